@@ -1,0 +1,30 @@
+/// @file
+/// `gflex`: the client. Parses the command line and runs one subcommand.
+
+#include <CLI/CLI.hpp>
+#include <spdlog/spdlog.h>
+
+#include <functional>
+
+#include "gflex/runtime/logging.hpp"
+#include "train_command.hpp"
+
+int main(int argc, char** argv) {
+  CLI::App app{"gflex: train neural networks on a hybrid GPU cloud"};
+  app.require_subcommand(1);
+  std::string log_level = "info";
+  app.add_option("--log-level", log_level, "trace, debug, info, warn, error, critical or off")
+      ->capture_default_str();
+  std::function<int()> run;
+  gflex::app::add_train_commands(app, run);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  if (auto ok = gflex::init_logging(log_level); !ok) {
+    std::fprintf(stderr, "gflex: %s\n", ok.error().message().c_str());
+    return 2;
+  }
+  return run ? run() : 2;
+}

@@ -1,0 +1,163 @@
+#include "train_command.hpp"
+
+#include <spdlog/spdlog.h>
+
+#include <cstdio>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "gflex/kernels/backend.hpp"
+#include "gflex/kernels/trainer.hpp"
+#include "gflex/kernels/workload.hpp"
+#include "gflex/runtime/progress.hpp"
+
+namespace gflex::app {
+
+namespace {
+
+struct train_flags {
+  std::string workload = "fashion-mlp";
+  std::string backend = "cpu";
+  int threads = 0;
+  std::string json;
+  kernels::train_options options;
+};
+
+nlohmann::json to_json(const train_flags& f, const kernels::train_report& r,
+                       const std::string& backend) {
+  nlohmann::json epochs = nlohmann::json::array();
+  for (const auto& e : r.epochs)
+    epochs.push_back({{"epoch", e.epoch},
+                      {"train_loss", e.train_loss},
+                      {"train_accuracy", e.train_accuracy},
+                      {"test_loss", e.test_loss},
+                      {"test_accuracy", e.test_accuracy},
+                      {"train_s", e.train_s}});
+  return {{"workload", f.workload},
+          {"backend", backend},
+          {"epochs", static_cast<int>(r.epochs.size())},
+          {"batch_size", f.options.batch_size},
+          {"seed", f.options.seed},
+          {"steps", r.steps},
+          {"samples", r.samples},
+          {"test_accuracy", r.test_accuracy},
+          {"samples_per_s", r.samples_per_s},
+          {"train_s", r.train_s},
+          {"wall_s", r.wall_s},
+          {"gemm_gflops_per_s", r.train_s > 0 ? r.gemm_flops / r.train_s / 1e9 : 0.0},
+          {"history", epochs}};
+}
+
+int run_training(const train_flags& f) {
+  auto w = kernels::find_workload(f.workload);
+  if (!w) {
+    spdlog::error("{}", w.error().message());
+    return 2;
+  }
+  auto b = kernels::make_backend(f.backend, f.threads);
+  if (!b) {
+    spdlog::error("{}", b.error().message());
+    return 2;
+  }
+  spdlog::info("workload {}: {}, {} parameters", (*w)->name(), (*w)->describe(),
+               (*w)->parameter_count());
+  spdlog::info("backend {}", (*b)->describe());
+  auto data = (*w)->load_data();
+  if (!data) {
+    spdlog::error("{}", data.error().message());
+    return 1;
+  }
+  std::unique_ptr<progress_bar> bar;
+  auto on_progress = [&](const kernels::train_progress& p) {
+    if (!bar) bar = std::make_unique<progress_bar>("train", p.total_steps);
+    char status[160];
+    std::snprintf(status, sizeof status, "epoch %d/%d | step %lld/%lld | loss %.4f | %.0f samples/s",
+                  p.epoch, p.epochs, static_cast<long long>(p.step),
+                  static_cast<long long>(p.total_steps), p.recent_loss, p.samples_per_s);
+    bar->update(p.step, status);
+    if (p.finished_epoch != nullptr) {
+      const auto& e = *p.finished_epoch;
+      if (f.options.evaluate) {
+        std::snprintf(status, sizeof status,
+                      "epoch %d/%d | train loss %.4f | test loss %.4f | test accuracy %.4f",
+                      e.epoch, p.epochs, e.train_loss, e.test_loss, e.test_accuracy);
+      } else {
+        std::snprintf(status, sizeof status, "epoch %d/%d | train loss %.4f", e.epoch, p.epochs,
+                      e.train_loss);
+      }
+      if (p.step == p.total_steps) {
+        bar->finish(status);
+      } else {
+        bar->clear_line();
+        spdlog::info("{}", status);
+      }
+    }
+  };
+  auto report = kernels::train(**w, *data, **b, f.options, on_progress);
+  if (!report) {
+    spdlog::error("{}", report.error().message());
+    return 1;
+  }
+  auto summary = to_json(f, *report, (*b)->describe());
+  std::printf("test accuracy %.4f after %zu epochs, %.0f samples/s, %.1f s\n",
+              report->test_accuracy, report->epochs.size(), report->samples_per_s,
+              report->wall_s);
+  if (!f.json.empty()) {
+    std::ofstream out(f.json);
+    out << summary.dump(2) << '\n';
+    if (!out) {
+      spdlog::error("{}: cannot write the JSON summary", f.json);
+      return 1;
+    }
+  }
+  return 0;
+}
+
+void add_common_flags(CLI::App* cmd, train_flags& f) {
+  cmd->add_option("--workload", f.workload, "workload to train")->capture_default_str();
+  cmd->add_option("--backend", f.backend, "compute backend: cpu, cuda or cuda:N")
+      ->capture_default_str();
+  cmd->add_option("--threads", f.threads, "CPU threads for OpenBLAS (0: all cores)")
+      ->check(CLI::Range(0, 1024));
+  cmd->add_option("--json", f.json, "write a JSON summary to this file");
+  cmd->add_option("--seed", f.options.seed, "seed of initialisation and shuffling")
+      ->capture_default_str();
+}
+
+}  // namespace
+
+void add_train_commands(CLI::App& app, std::function<int()>& run) {
+  auto flags = std::make_shared<train_flags>();
+  auto* train = app.add_subcommand("train", "train a workload in this process");
+  add_common_flags(train, *flags);
+  train->add_option("--epochs", flags->options.epochs, "passes over the training set")
+      ->check(CLI::Range(1, 100000))
+      ->capture_default_str();
+  train->add_option("--batch-size", flags->options.batch_size, "samples per step")
+      ->check(CLI::Range(1, 65536))
+      ->capture_default_str();
+  train->add_option("--lr", flags->options.optimizer.lr, "AdamW learning rate")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  train->add_option("--weight-decay", flags->options.optimizer.weight_decay,
+                    "AdamW decoupled weight decay")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  train->add_option("--max-steps", flags->options.max_steps, "stop after this many steps")
+      ->check(CLI::NonNegativeNumber);
+  train->add_flag("!--no-eval", flags->options.evaluate, "skip the test split after each epoch");
+  train->add_flag("!--constant-lr", flags->options.cosine_schedule,
+                  "keep the learning rate constant instead of cosine decay");
+  train->callback([flags, &run] { run = [flags] { return run_training(*flags); }; });
+
+  auto demo_flags = std::make_shared<train_flags>();
+  auto* demo = app.add_subcommand(
+      "demo", "train fashion-mlp on the embedded default to >= 0.88 test accuracy");
+  add_common_flags(demo, *demo_flags);
+  demo->add_option("--epochs", demo_flags->options.epochs, "passes over the training set")
+      ->check(CLI::Range(1, 100000))
+      ->capture_default_str();
+  demo->callback([demo_flags, &run] { run = [demo_flags] { return run_training(*demo_flags); }; });
+}
+
+}  // namespace gflex::app

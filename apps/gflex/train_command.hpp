@@ -1,0 +1,12 @@
+#pragma once
+/// @file
+/// `gflex train` and `gflex demo`: single-process training with a progress bar.
+
+#include <CLI/CLI.hpp>
+
+namespace gflex::app {
+
+/// Adds `train` and `demo` to the client's command line; `run` is set to the chosen one.
+void add_train_commands(CLI::App& app, std::function<int()>& run);
+
+}  // namespace gflex::app

@@ -1,0 +1,63 @@
+#pragma once
+/// @file
+/// GFLEX_CUDA_CHECK and GFLEX_CUBLAS_CHECK: turn a failed CUDA runtime or cuBLAS call into a
+/// gflex::kernels::compute_error carrying errc::device_error, the call site and the library's
+/// message. Private to the CUDA backend; it includes no CAF header so that nvcc never sees one.
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <string>
+
+#include "gflex/kernels/backend.hpp"
+
+namespace gflex::kernels::detail {
+
+/// Throws the compute_error for a failed CUDA runtime call; `what` names the call.
+[[noreturn]] inline void throw_cuda_error(cudaError_t status, const char* what, const char* file,
+                                          int line) {
+  // A failed call that does not poison the context (out of memory, an invalid argument) still
+  // leaves its code in the runtime's per-thread "last error"; clear it so that the next launch
+  // check does not report this failure a second time.
+  (void)cudaGetLastError();
+  std::string message = std::string(file) + ":" + std::to_string(line) + ": " + what + ": ";
+  if (status == cudaErrorMemoryAllocation) message += "out of device memory (";
+  message += cudaGetErrorName(status);
+  message += ": ";
+  message += cudaGetErrorString(status);
+  if (status == cudaErrorMemoryAllocation) message += ")";
+  throw compute_error(gflex::error(gflex::errc::device_error, std::move(message)));
+}
+
+/// Throws the compute_error for a failed cuBLAS call; `what` names the call.
+[[noreturn]] inline void throw_cublas_error(cublasStatus_t status, const char* what,
+                                            const char* file, int line) {
+  std::string message = std::string(file) + ":" + std::to_string(line) + ": " + what + ": ";
+  // cuBLAS reports a failed workspace or handle allocation as ALLOC_FAILED; say it plainly.
+  if (status == CUBLAS_STATUS_ALLOC_FAILED) message += "out of device memory (";
+  message += cublasGetStatusString(status);
+  if (status == CUBLAS_STATUS_ALLOC_FAILED) message += ")";
+  throw compute_error(gflex::error(gflex::errc::device_error, std::move(message)));
+}
+
+}  // namespace gflex::kernels::detail
+
+/// Evaluates a CUDA runtime call once; throws gflex::kernels::compute_error if it failed.
+#define GFLEX_CUDA_CHECK(expr)                                                                   \
+  do {                                                                                           \
+    const cudaError_t gflex_cuda_status_ = (expr);                                               \
+    if (gflex_cuda_status_ != cudaSuccess)                                                       \
+      ::gflex::kernels::detail::throw_cuda_error(gflex_cuda_status_, #expr, __FILE__, __LINE__); \
+  } while (false)
+
+/// Evaluates a cuBLAS call once; throws gflex::kernels::compute_error if it failed.
+#define GFLEX_CUBLAS_CHECK(expr)                                                          \
+  do {                                                                                    \
+    const cublasStatus_t gflex_cublas_status_ = (expr);                                   \
+    if (gflex_cublas_status_ != CUBLAS_STATUS_SUCCESS)                                    \
+      ::gflex::kernels::detail::throw_cublas_error(gflex_cublas_status_, #expr, __FILE__, \
+                                                   __LINE__);                             \
+  } while (false)
+
+/// Checks the kernel launch just made (a bad configuration, or an earlier asynchronous fault).
+#define GFLEX_CUDA_CHECK_LAUNCH() GFLEX_CUDA_CHECK(cudaGetLastError())

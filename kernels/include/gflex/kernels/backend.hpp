@@ -1,0 +1,130 @@
+#pragma once
+/// @file
+/// The compute backend interface: every numeric operation a workload needs, implemented
+/// once on the CPU (OpenBLAS and plain loops) and once in CUDA (cuBLAS and own kernels).
+///
+/// Conventions: matrices are row-major; pointers passed to an operation point into memory
+/// of the backend's own device (host memory for the CPU backend, device memory for CUDA),
+/// allocated with `allocate`. Operations are enqueued in order on the backend's single
+/// stream; only `download`, `synchronize` and the functions documented as synchronising wait
+/// for them. A backend is used by one thread at a time.
+
+#include <cstdint>
+#include <memory>
+#include <stdexcept>
+#include <string>
+
+#include "gflex/runtime/error.hpp"
+#include "gflex/runtime/tensor.hpp"
+
+namespace gflex::kernels {
+
+/// Hyper-parameters of AdamW (decoupled weight decay, Loshchilov & Hutter).
+struct adamw_config {
+  float lr = 1e-3f;
+  float beta1 = 0.9f;
+  float beta2 = 0.999f;
+  float eps = 1e-8f;
+  float weight_decay = 0.0f;
+};
+
+/// A device failure inside a backend operation (a CUDA error, out of device memory). The
+/// operations return nothing so that they can be enqueued cheaply; a failure is thrown as
+/// this exception and caught where the work was started (the trainer, a worker actor), which
+/// turns it back into `err`.
+class compute_error : public std::runtime_error {
+ public:
+  explicit compute_error(gflex::error err)
+      : std::runtime_error(err.message()), err_(std::move(err)) {}
+  const gflex::error& err() const noexcept { return err_; }
+
+ private:
+  gflex::error err_;
+};
+
+/// One device's compute. See the file comment for the conventions.
+class backend {
+ public:
+  virtual ~backend() = default;
+
+  /// The device this backend computes on.
+  virtual device where() const = 0;
+  /// A description for logs and benchmarks ("cpu: OpenBLAS, 2 threads").
+  virtual std::string describe() const = 0;
+
+  // -- memory ---------------------------------------------------------------------------------
+
+  /// A tensor in this backend's memory, uninitialised.
+  virtual tensor allocate(shape_t shape, dtype type) = 0;
+  /// Copies `count` bytes from host memory into backend memory (asynchronous where the
+  /// device allows; `src` must stay valid until the next synchronisation).
+  virtual void upload(const void* src, void* dst, size_t count) = 0;
+  /// Copies `count` bytes from backend memory to host memory and waits for it.
+  virtual void download(const void* src, void* dst, size_t count) = 0;
+  /// Waits until every enqueued operation has finished.
+  virtual void synchronize() = 0;
+  /// x[i] = value for i < n.
+  virtual void fill(float* x, int64_t n, float value) = 0;
+
+  // -- dense algebra --------------------------------------------------------------------------
+
+  /// C[m,n] = alpha * op(A) * op(B) + beta * C with op(A) [m,k], op(B) [k,n], all row-major
+  /// with leading dimensions lda, ldb, ldc.
+  virtual void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+                    const float* a, int64_t lda, const float* b, int64_t ldb, float beta,
+                    float* c, int64_t ldc) = 0;
+
+  /// y = a * x + b * y, elementwise over n values; with b == 0, y is not read.
+  virtual void axpby(int64_t n, float a, const float* x, float b, float* y) = 0;
+
+  // -- layers ---------------------------------------------------------------------------------
+
+  /// y[r, c] += bias[c], then y = max(y, 0) if `relu`: the epilogue of a dense layer.
+  virtual void bias_relu_forward(float* y, const float* bias, int64_t rows, int64_t cols,
+                                 bool relu) = 0;
+  /// dy[i] = 0 where y[i] <= 0: ReLU's backward pass, using the layer's output.
+  virtual void relu_backward(float* dy, const float* y, int64_t n) = 0;
+  /// out[c] = sum over r of x[r, c]: the bias gradient of a dense layer.
+  virtual void column_sum(const float* x, int64_t rows, int64_t cols, float* out) = 0;
+
+  /// Softmax cross-entropy over `rows` rows of `classes` logits with integer labels.
+  /// Adds the summed loss to stats[0] and the number of rows whose arg-max equals the label
+  /// to stats[1]. If `dlogits` is not null, writes (softmax - onehot) * grad_scale there.
+  /// Labels outside [0, classes) are a caller bug; workloads validate labels at load time.
+  virtual void softmax_xent(const float* logits, const int32_t* labels, int64_t rows,
+                            int64_t classes, float grad_scale, float* dlogits,
+                            float* stats) = 0;
+
+  // -- optimisers -----------------------------------------------------------------------------
+
+  /// One AdamW update of n parameters with moments m and v; `step` counts from 1 and sets
+  /// the bias corrections.
+  virtual void adamw(float* param, const float* grad, float* m, float* v, int64_t n,
+                     const adamw_config& config, int64_t step) = 0;
+
+  // -- reductions (synchronising) -------------------------------------------------------------
+
+  /// Sum of n values, accumulated in double precision.
+  virtual double sum(const float* x, int64_t n) = 0;
+  /// Sum of squares of n values (the squared L2 norm), accumulated in double precision.
+  virtual double sum_squares(const float* x, int64_t n) = 0;
+};
+
+/// The CPU backend on OpenBLAS, using `threads` threads (0: OpenBLAS's default).
+std::unique_ptr<backend> make_cpu_backend(int threads);
+
+/// Whether this build contains the CUDA backend.
+bool cuda_compiled() noexcept;
+
+/// Number of usable CUDA devices; 0 when the build has no CUDA backend or there is no
+/// driver or device (any CUDA error here is taken as "no device").
+int cuda_device_count() noexcept;
+
+/// The CUDA backend on device `ordinal`, with its own stream and cuBLAS handle. Fails with
+/// errc::no_device when there is no such device (or no CUDA in this build).
+expected<std::unique_ptr<backend>> make_cuda_backend(int ordinal);
+
+/// A backend by name: "cpu" or "cuda" / "cuda:N".
+expected<std::unique_ptr<backend>> make_backend(const std::string& name, int cpu_threads);
+
+}  // namespace gflex::kernels

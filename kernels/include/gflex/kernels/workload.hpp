@@ -1,0 +1,102 @@
+#pragma once
+/// @file
+/// Workloads: the models GPUFlex can train, compiled into every node (a job never ships code
+/// to a volunteer). A workload defines its parameter layout and initialisation and makes
+/// `model` instances bound to a backend; the trainer and the worker actors drive them.
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "gflex/kernels/backend.hpp"
+#include "gflex/runtime/dataset.hpp"
+#include "gflex/runtime/error.hpp"
+#include "gflex/runtime/tensor.hpp"
+
+namespace gflex::kernels {
+
+/// A named block of a workload's flat parameter vector (e.g. "fc1.weight", [784, 512]).
+struct parameter_block {
+  std::string name;
+  shape_t shape;
+  int64_t offset = 0;  ///< First element in the flat vector.
+};
+
+/// Loss and accuracy accumulated over some samples.
+struct batch_stats {
+  double loss_sum = 0.0;
+  int64_t correct = 0;
+  int64_t samples = 0;
+
+  double mean_loss() const { return samples > 0 ? loss_sum / static_cast<double>(samples) : 0.0; }
+  double accuracy() const {
+    return samples > 0 ? static_cast<double>(correct) / static_cast<double>(samples) : 0.0;
+  }
+};
+
+/// One instance of a workload's network on one backend: parameters, gradients, AdamW state
+/// and activation buffers for batches of up to `max_batch` rows, all in backend memory.
+class model {
+ public:
+  virtual ~model() = default;
+
+  virtual int64_t parameter_count() const = 0;
+  /// Replaces the parameters with host values (parameter_count() floats).
+  virtual void load_parameters(std::span<const float> host) = 0;
+  /// Copies the parameters to host memory (parameter_count() floats).
+  virtual void store_parameters(std::span<float> host) = 0;
+  /// Zeroes the AdamW moments and the step counter.
+  virtual void reset_optimizer() = 0;
+  /// The inner optimiser's hyper-parameters; changes apply from the next step.
+  virtual adamw_config& optimizer() = 0;
+
+  /// One AdamW step on a batch in host memory: features [batch, d], labels [batch].
+  /// Adds the batch's loss and accuracy (before the update) to the statistics.
+  virtual void train_step(const float* features, const int32_t* labels, int64_t batch) = 0;
+  /// The gradient of the batch's mean loss with respect to the parameters, copied to host
+  /// memory `out` (parameter_count() floats); parameters and optimiser state are unchanged.
+  virtual void compute_gradients(const float* features, const int32_t* labels, int64_t batch,
+                                 std::span<float> out) = 0;
+  /// Forward pass only; adds the batch's loss and accuracy to the statistics.
+  virtual void evaluate_batch(const float* features, const int32_t* labels, int64_t batch) = 0;
+  /// The statistics accumulated since the previous call (synchronising).
+  virtual batch_stats take_stats() = 0;
+
+  /// Floating-point operations of the GEMMs in one training step of `batch` rows.
+  virtual double train_step_gemm_flops(int64_t batch) const = 0;
+};
+
+/// A trainable network and the data set it learns from.
+class workload {
+ public:
+  virtual ~workload() = default;
+
+  /// The registry name ("fashion-mlp").
+  virtual std::string name() const = 0;
+  /// One line for humans ("MLP 784-512-256-10, ReLU, on Fashion-MNIST").
+  virtual std::string describe() const = 0;
+  virtual int64_t feature_dim() const = 0;
+  virtual int64_t classes() const = 0;
+
+  /// The parameter blocks, in flat-vector order.
+  virtual std::vector<parameter_block> layout() const = 0;
+  /// Total number of parameters.
+  int64_t parameter_count() const;
+  /// Writes the initial parameters for `seed` (deterministic on every platform).
+  virtual void init_parameters(uint64_t seed, std::span<float> out) const = 0;
+  /// A model on backend `b` for batches of up to `max_batch` rows.
+  virtual expected<std::unique_ptr<model>> instantiate(backend& b, int64_t max_batch) const = 0;
+  /// Loads the workload's data set (training and test splits).
+  virtual expected<dataset_splits> load_data() const = 0;
+};
+
+/// The workload registered under `name`, or errc::unknown_workload listing the known ones.
+expected<std::unique_ptr<workload>> find_workload(std::string_view name);
+
+/// Names of all built-in workloads.
+std::vector<std::string> workload_names();
+
+}  // namespace gflex::kernels

@@ -1,0 +1,222 @@
+#include "gflex/kernels/mlp.hpp"
+
+#include <cmath>
+
+#include "gflex/runtime/rng.hpp"
+
+namespace gflex::kernels {
+
+namespace {
+
+/// The MLP on one backend. Per layer l the forward pass computes
+///   act[l] = relu(in[l] * W[l] + b[l])   (no ReLU on the last layer: logits)
+/// and the backward pass, from d[l] = dLoss/d(pre-activation of layer l):
+///   gW[l] = in[l]^T * d[l],  gb[l] = column sums of d[l],  d[l-1] = (d[l] * W[l]^T) . relu'
+/// Parameters and gradients are each one flat buffer so that AdamW is a single pass.
+class mlp_model final : public model {
+ public:
+  mlp_model(backend& b, std::vector<int64_t> widths, std::vector<parameter_block> layout,
+            int64_t max_batch)
+      : backend_(b), widths_(std::move(widths)), layout_(std::move(layout)),
+        max_batch_(max_batch) {
+    count_ = layout_.back().offset + layout_.back().shape.back();
+    params_ = b.allocate({count_}, dtype::f32);
+    grads_ = b.allocate({count_}, dtype::f32);
+    m_ = b.allocate({count_}, dtype::f32);
+    v_ = b.allocate({count_}, dtype::f32);
+    b.fill(params_.data<float>(), count_, 0.0f);
+    reset_optimizer();
+    if (b.where().kind != device_kind::host) {
+      input_ = b.allocate({max_batch, widths_.front()}, dtype::f32);
+      labels_ = b.allocate({max_batch}, dtype::i32);
+    }
+    for (size_t l = 1; l < widths_.size(); ++l) {
+      acts_.push_back(b.allocate({max_batch, widths_[l]}, dtype::f32));
+      deltas_.push_back(b.allocate({max_batch, widths_[l]}, dtype::f32));
+    }
+    stats_ = b.allocate({2}, dtype::f32);
+    b.fill(stats_.data<float>(), 2, 0.0f);
+  }
+
+  int64_t parameter_count() const override { return count_; }
+
+  void load_parameters(std::span<const float> host) override {
+    GFLEX_CHECK(static_cast<int64_t>(host.size()) == count_, "parameter count mismatch");
+    backend_.upload(host.data(), params_.raw(), params_.nbytes());
+  }
+
+  void store_parameters(std::span<float> host) override {
+    GFLEX_CHECK(static_cast<int64_t>(host.size()) == count_, "parameter count mismatch");
+    backend_.download(params_.raw(), host.data(), params_.nbytes());
+  }
+
+  void reset_optimizer() override {
+    backend_.fill(m_.data<float>(), count_, 0.0f);
+    backend_.fill(v_.data<float>(), count_, 0.0f);
+    step_ = 0;
+  }
+
+  adamw_config& optimizer() override { return optimizer_; }
+
+  void train_step(const float* features, const int32_t* labels, int64_t batch) override {
+    backward(features, labels, batch);
+    backend_.adamw(params_.data<float>(), grads_.data<float>(), m_.data<float>(),
+                   v_.data<float>(), count_, optimizer_, ++step_);
+  }
+
+  void compute_gradients(const float* features, const int32_t* labels, int64_t batch,
+                         std::span<float> out) override {
+    GFLEX_CHECK(static_cast<int64_t>(out.size()) == count_, "gradient count mismatch");
+    backward(features, labels, batch);
+    backend_.download(grads_.raw(), out.data(), grads_.nbytes());
+  }
+
+  void evaluate_batch(const float* features, const int32_t* labels, int64_t batch) override {
+    auto [x, y] = stage(features, labels, batch);
+    forward(x, batch);
+    backend_.softmax_xent(acts_.back().data<float>(), y, batch, widths_.back(), 0.0f, nullptr,
+                          stats_.data<float>());
+    samples_ += batch;
+  }
+
+  batch_stats take_stats() override {
+    float host[2];
+    backend_.download(stats_.raw(), host, sizeof host);
+    backend_.fill(stats_.data<float>(), 2, 0.0f);
+    batch_stats out{host[0], static_cast<int64_t>(std::llround(host[1])), samples_};
+    samples_ = 0;
+    return out;
+  }
+
+  double train_step_gemm_flops(int64_t batch) const override {
+    double flops = 0.0;
+    for (size_t l = 0; l + 1 < widths_.size(); ++l) {
+      double mac = static_cast<double>(batch) * widths_[l] * widths_[l + 1];
+      flops += 2 * mac * (l == 0 ? 2 : 3);  // forward, weight gradient, input gradient
+    }
+    return flops;
+  }
+
+ private:
+  // Forward and backward pass of one batch: leaves the mean-loss gradient in grads_ and
+  // adds the batch's loss and accuracy to the statistics.
+  void backward(const float* features, const int32_t* labels, int64_t batch) {
+    auto [x, y] = stage(features, labels, batch);
+    forward(x, batch);
+    size_t last = widths_.size() - 2;
+    backend_.softmax_xent(acts_[last].data<float>(), y, batch, widths_.back(),
+                          1.0f / static_cast<float>(batch), deltas_[last].data<float>(),
+                          stats_.data<float>());
+    samples_ += batch;
+    for (size_t l = last + 1; l-- > 0;) {
+      const float* in = l == 0 ? x : acts_[l - 1].data<float>();
+      int64_t fan_in = widths_[l], fan_out = widths_[l + 1];
+      float* d = deltas_[l].data<float>();
+      float* gw = grads_.data<float>() + layout_[2 * l].offset;
+      float* gb = grads_.data<float>() + layout_[2 * l + 1].offset;
+      backend_.gemm(true, false, fan_in, fan_out, batch, 1.0f, in, fan_in, d, fan_out, 0.0f, gw,
+                    fan_out);
+      backend_.column_sum(d, batch, fan_out, gb);
+      if (l > 0) {
+        const float* w = params_.data<float>() + layout_[2 * l].offset;
+        float* d_in = deltas_[l - 1].data<float>();
+        backend_.gemm(false, true, batch, fan_in, fan_out, 1.0f, d, fan_out, w, fan_out, 0.0f,
+                      d_in, fan_in);
+        backend_.relu_backward(d_in, acts_[l - 1].data<float>(), batch * fan_in);
+      }
+    }
+  }
+
+  // Puts a host batch where the backend computes; the CPU backend reads it in place.
+  std::pair<const float*, const int32_t*> stage(const float* features, const int32_t* labels,
+                                                int64_t batch) {
+    GFLEX_CHECK(batch > 0 && batch <= max_batch_, "batch larger than the model's max_batch");
+    if (backend_.where().kind == device_kind::host) return {features, labels};
+    backend_.upload(features, input_.raw(), sizeof(float) * batch * widths_.front());
+    backend_.upload(labels, labels_.raw(), sizeof(int32_t) * batch);
+    return {input_.data<float>(), labels_.data<int32_t>()};
+  }
+
+  void forward(const float* x, int64_t batch) {
+    for (size_t l = 0; l + 1 < widths_.size(); ++l) {
+      const float* in = l == 0 ? x : acts_[l - 1].data<float>();
+      int64_t fan_in = widths_[l], fan_out = widths_[l + 1];
+      const float* w = params_.data<float>() + layout_[2 * l].offset;
+      const float* b = params_.data<float>() + layout_[2 * l + 1].offset;
+      float* out = acts_[l].data<float>();
+      backend_.gemm(false, false, batch, fan_out, fan_in, 1.0f, in, fan_in, w, fan_out, 0.0f,
+                    out, fan_out);
+      backend_.bias_relu_forward(out, b, batch, fan_out, l + 2 < widths_.size());
+    }
+  }
+
+  backend& backend_;
+  std::vector<int64_t> widths_;
+  std::vector<parameter_block> layout_;
+  int64_t max_batch_;
+  int64_t count_ = 0;
+  tensor params_, grads_, m_, v_, input_, labels_, stats_;
+  std::vector<tensor> acts_, deltas_;
+  adamw_config optimizer_;
+  int64_t step_ = 0;
+  int64_t samples_ = 0;
+};
+
+}  // namespace
+
+mlp_workload::mlp_workload(std::string name, std::vector<int64_t> widths,
+                           std::function<expected<dataset_splits>()> data)
+    : name_(std::move(name)), widths_(std::move(widths)), data_(std::move(data)) {
+  GFLEX_CHECK(widths_.size() >= 2, "an MLP needs an input and an output width");
+}
+
+std::string mlp_workload::describe() const {
+  std::string out = "MLP ";
+  for (size_t i = 0; i < widths_.size(); ++i) out += (i ? "-" : "") + std::to_string(widths_[i]);
+  return out + ", ReLU, softmax cross-entropy";
+}
+
+std::vector<parameter_block> mlp_workload::layout() const {
+  std::vector<parameter_block> blocks;
+  int64_t offset = 0;
+  for (size_t l = 0; l + 1 < widths_.size(); ++l) {
+    std::string layer = "fc" + std::to_string(l + 1);
+    blocks.push_back({layer + ".weight", {widths_[l], widths_[l + 1]}, offset});
+    offset += widths_[l] * widths_[l + 1];
+    blocks.push_back({layer + ".bias", {widths_[l + 1]}, offset});
+    offset += widths_[l + 1];
+  }
+  return blocks;
+}
+
+void mlp_workload::init_parameters(uint64_t seed, std::span<float> out) const {
+  GFLEX_CHECK(static_cast<int64_t>(out.size()) == parameter_count(), "parameter count mismatch");
+  rng root(seed);
+  auto blocks = layout();
+  for (size_t i = 0; i < blocks.size(); ++i) {
+    const auto& block = blocks[i];
+    float* p = out.data() + block.offset;
+    if (block.shape.size() == 1) {
+      std::fill(p, p + block.shape[0], 0.0f);
+      continue;
+    }
+    // He initialisation keeps the variance of ReLU activations constant across layers.
+    rng stream = root.fork(i);
+    double stddev = std::sqrt(2.0 / static_cast<double>(block.shape[0]));
+    for (int64_t j = 0; j < block.shape[0] * block.shape[1]; ++j)
+      p[j] = static_cast<float>(stream.normal() * stddev);
+  }
+}
+
+expected<std::unique_ptr<model>> mlp_workload::instantiate(backend& b, int64_t max_batch) const {
+  if (max_batch <= 0)
+    return error(errc::invalid_argument, "batch size must be positive, got " +
+                                             std::to_string(max_batch));
+  try {
+    return std::unique_ptr<model>(std::make_unique<mlp_model>(b, widths_, layout(), max_batch));
+  } catch (const compute_error& e) {
+    return e.err();
+  }
+}
+
+}  // namespace gflex::kernels

@@ -1,0 +1,198 @@
+#include "gflex/kernels/trainer.hpp"
+
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <numeric>
+
+#include "gflex/runtime/rng.hpp"
+
+namespace gflex::kernels {
+
+namespace {
+
+using clock_type = std::chrono::steady_clock;
+
+double seconds_since(clock_type::time_point start) {
+  return std::chrono::duration<double>(clock_type::now() - start).count();
+}
+
+expected<void> check_data(const workload& w, const dataset& d, const char* split) {
+  if (d.feature_dim() != w.feature_dim() || d.classes != w.classes())
+    return error(errc::shape_mismatch,
+                 std::string(split) + " data has " + std::to_string(d.feature_dim()) +
+                     " features and " + std::to_string(d.classes) + " classes but " + w.name() +
+                     " needs " + std::to_string(w.feature_dim()) + " and " +
+                     std::to_string(w.classes()));
+  if (d.size() == 0) return error(errc::invalid_argument, std::string(split) + " data is empty");
+  return {};
+}
+
+expected<void> check_options(const train_options& o) {
+  auto bad = [](const std::string& what) { return error(errc::invalid_argument, what); };
+  if (o.epochs < 1) return bad("epochs must be at least 1, got " + std::to_string(o.epochs));
+  if (o.batch_size < 1 || o.batch_size > 65536)
+    return bad("batch size must be in [1, 65536], got " + std::to_string(o.batch_size));
+  if (!(o.optimizer.lr > 0.0f) || !std::isfinite(o.optimizer.lr))
+    return bad("learning rate must be positive and finite");
+  if (!(o.optimizer.beta1 >= 0.0f && o.optimizer.beta1 < 1.0f) ||
+      !(o.optimizer.beta2 >= 0.0f && o.optimizer.beta2 < 1.0f))
+    return bad("AdamW betas must be in [0, 1)");
+  if (!(o.optimizer.weight_decay >= 0.0f) || !std::isfinite(o.optimizer.weight_decay))
+    return bad("weight decay must be non-negative and finite");
+  if (o.max_steps < 0) return bad("max_steps must not be negative");
+  return {};
+}
+
+// Runs one evaluation pass of `m` over `d` in chunks of at most `chunk` rows.
+batch_stats evaluate_model(model& m, const dataset& d, int64_t chunk) {
+  const float* x = d.features.data<float>();
+  const int32_t* y = d.labels.data<int32_t>();
+  int64_t dim = d.feature_dim();
+  m.take_stats();
+  for (int64_t start = 0; start < d.size(); start += chunk) {
+    int64_t rows = std::min(chunk, d.size() - start);
+    m.evaluate_batch(x + start * dim, y + start, rows);
+  }
+  return m.take_stats();
+}
+
+}  // namespace
+
+expected<train_report> train(const workload& w, const dataset_splits& data, backend& b,
+                             const train_options& options,
+                             const std::function<void(const train_progress&)>& on_progress) {
+  if (auto ok = check_options(options); !ok) return ok.error();
+  if (auto ok = check_data(w, data.train, "training"); !ok) return ok.error();
+  if (options.evaluate)
+    if (auto ok = check_data(w, data.test, "test"); !ok) return ok.error();
+
+  auto start = clock_type::now();
+  auto instance = w.instantiate(b, std::max<int64_t>(options.batch_size, 1000));
+  if (!instance) return instance.error();
+  model& m = **instance;
+  try {
+    std::vector<float> params(static_cast<size_t>(w.parameter_count()));
+    w.init_parameters(options.seed, params);
+    m.load_parameters(params);
+    m.optimizer() = options.optimizer;
+
+    const int64_t n = data.train.size();
+    const int64_t dim = data.train.feature_dim();
+    const int64_t steps_per_epoch = (n + options.batch_size - 1) / options.batch_size;
+    int64_t total_steps = steps_per_epoch * options.epochs;
+    if (options.max_steps > 0) total_steps = std::min(total_steps, options.max_steps);
+
+    // Batches are gathered into one staging buffer; a shuffled copy of the whole training
+    // set per epoch would cost 188 MB of writes for Fashion-MNIST.
+    tensor batch_x = tensor::empty({options.batch_size, dim}, dtype::f32);
+    tensor batch_y = tensor::empty({options.batch_size}, dtype::i32);
+    std::vector<int64_t> order(static_cast<size_t>(n));
+    const float* features = data.train.features.data<float>();
+    const int32_t* labels = data.train.labels.data<int32_t>();
+
+    train_report report;
+    rng root(options.seed);
+    int64_t step = 0;
+    for (int epoch = 1; epoch <= options.epochs && step < total_steps; ++epoch) {
+      // Fisher-Yates with the project's own generator: the same order on every platform.
+      std::iota(order.begin(), order.end(), 0);
+      rng shuffle = root.fork(static_cast<uint64_t>(epoch));
+      for (int64_t i = n - 1; i > 0; --i)
+        std::swap(order[i], order[shuffle.below(static_cast<uint64_t>(i + 1))]);
+
+      epoch_report er;
+      er.epoch = epoch;
+      auto epoch_start = clock_type::now();
+      m.take_stats();
+      for (int64_t s = 0; s < steps_per_epoch && step < total_steps; ++s, ++step) {
+        int64_t rows = std::min(options.batch_size, n - s * options.batch_size);
+        float* bx = batch_x.data<float>();
+        int32_t* by = batch_y.data<int32_t>();
+        for (int64_t r = 0; r < rows; ++r) {
+          int64_t src = order[s * options.batch_size + r];
+          std::memcpy(bx + r * dim, features + src * dim, sizeof(float) * dim);
+          by[r] = labels[src];
+        }
+        if (options.cosine_schedule) {
+          double progress = static_cast<double>(step) / static_cast<double>(total_steps);
+          double f = options.final_lr_fraction +
+                     (1.0 - options.final_lr_fraction) * 0.5 * (1.0 + std::cos(M_PI * progress));
+          m.optimizer().lr = static_cast<float>(options.optimizer.lr * f);
+        }
+        m.train_step(bx, by, rows);
+        er.samples += rows;
+        report.gemm_flops += m.train_step_gemm_flops(rows);
+        if (on_progress && (s % 20 == 19 || s + 1 == steps_per_epoch)) {
+          // Reading the loss synchronises a GPU stream, so it is sampled, not read per step.
+          auto recent = m.take_stats();
+          er.train_loss += recent.loss_sum;
+          er.train_accuracy += static_cast<double>(recent.correct);
+          train_progress p;
+          p.epoch = epoch;
+          p.epochs = options.epochs;
+          p.step = step + 1;
+          p.total_steps = total_steps;
+          p.recent_loss = recent.mean_loss();
+          double t = report.train_s + seconds_since(epoch_start);
+          p.samples_per_s = t > 0 ? static_cast<double>(report.samples + er.samples) / t : 0.0;
+          on_progress(p);
+        }
+      }
+      auto rest = m.take_stats();
+      er.train_s = seconds_since(epoch_start);
+      er.train_loss = (er.train_loss + rest.loss_sum) / static_cast<double>(er.samples);
+      er.train_accuracy =
+          (er.train_accuracy + static_cast<double>(rest.correct)) / static_cast<double>(er.samples);
+      report.train_s += er.train_s;
+      report.samples += er.samples;
+      if (options.evaluate) {
+        auto test = evaluate_model(m, data.test, std::max<int64_t>(options.batch_size, 1000));
+        er.test_loss = test.mean_loss();
+        er.test_accuracy = test.accuracy();
+        report.test_accuracy = er.test_accuracy;
+      }
+      report.epochs.push_back(er);
+      if (on_progress) {
+        train_progress p;
+        p.epoch = epoch;
+        p.epochs = options.epochs;
+        p.step = step;
+        p.total_steps = total_steps;
+        p.recent_loss = er.train_loss;
+        p.samples_per_s = static_cast<double>(report.samples) / report.train_s;
+        p.finished_epoch = &report.epochs.back();
+        on_progress(p);
+      }
+    }
+    report.steps = step;
+    report.samples_per_s =
+        report.train_s > 0 ? static_cast<double>(report.samples) / report.train_s : 0.0;
+    report.wall_s = seconds_since(start);
+    return report;
+  } catch (const compute_error& e) {
+    return e.err();
+  }
+}
+
+expected<batch_stats> evaluate(const workload& w, const dataset& test, backend& b,
+                               std::span<const float> params, int64_t batch_size) {
+  if (auto ok = check_data(w, test, "test"); !ok) return ok.error();
+  if (static_cast<int64_t>(params.size()) != w.parameter_count())
+    return error(errc::shape_mismatch, "parameters have " + std::to_string(params.size()) +
+                                           " values but " + w.name() + " has " +
+                                           std::to_string(w.parameter_count()));
+  if (auto bad = first_non_finite(params); bad >= 0)
+    return error(errc::non_finite,
+                 "parameter " + std::to_string(bad) + " is not finite (NaN or infinity)");
+  auto instance = w.instantiate(b, batch_size);
+  if (!instance) return instance.error();
+  try {
+    (*instance)->load_parameters(params);
+    return evaluate_model(**instance, test, batch_size);
+  } catch (const compute_error& e) {
+    return e.err();
+  }
+}
+
+}  // namespace gflex::kernels

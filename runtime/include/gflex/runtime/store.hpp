@@ -1,0 +1,60 @@
+#pragma once
+/// @file
+/// gflex::store: the embedded key-value store (LMDB) that keeps what must survive a restart.
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "gflex/runtime/error.hpp"
+
+namespace gflex {
+
+/// One write in a batch: a put, or an erase when `value` is empty.
+struct store_write {
+  std::string key;
+  std::optional<std::vector<uint8_t>> value;
+};
+
+/// An LMDB environment in a directory, with one key space. Every `commit` is one LMDB write
+/// transaction: all of its writes become durable together or none does, across crashes.
+/// LMDB requires a write transaction to stay on the thread that began it; each call here
+/// begins and ends its transaction, so a store may be used from any one thread at a time.
+class store {
+ public:
+  store(store&&) noexcept;
+  store& operator=(store&&) noexcept;
+  ~store();
+
+  /// Opens (creating if needed) the store in `dir`; `map_bytes` bounds its size.
+  static expected<store> open(const std::filesystem::path& dir,
+                              size_t map_bytes = size_t{1} << 32);
+
+  /// Applies all writes atomically.
+  expected<void> commit(std::span<const store_write> writes);
+
+  /// Writes one key.
+  expected<void> put(std::string_view key, std::span<const uint8_t> value);
+
+  /// The value under `key`, or nullopt if there is none.
+  expected<std::optional<std::vector<uint8_t>>> get(std::string_view key) const;
+
+  /// Calls `fn` for each key starting with `prefix`, in key order, within one read
+  /// transaction; `fn` returns false to stop early.
+  expected<void> scan(std::string_view prefix,
+                      const std::function<bool(std::string_view key,
+                                               std::span<const uint8_t> value)>& fn) const;
+
+ private:
+  struct impl;
+  explicit store(std::unique_ptr<impl> p);
+  std::unique_ptr<impl> impl_;
+};
+
+}  // namespace gflex

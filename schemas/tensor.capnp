@@ -1,0 +1,21 @@
+@0xb6f1d3a0c2e84a51;
+# Wire format of one tensor. Every tensor that crosses a process boundary (parameters,
+# pseudo-gradients, checkpoints) is encoded with this schema by runtime/src/tensor_codec.cpp.
+
+using Cxx = import "/capnp/c++.capnp";
+$Cxx.namespace("gflex::schema");
+
+enum DType {
+  f32 @0;
+  i32 @1;
+  u8 @2;
+  i8 @3;
+}
+
+struct Tensor {
+  dtype @0 :DType;
+  # Row-major extents, outermost first. An empty list is a scalar.
+  shape @1 :List(UInt64);
+  # Little-endian element bytes; size must equal product(shape) * sizeof(dtype).
+  data @2 :Data;
+}

@@ -1,0 +1,245 @@
+/// Every backend operation against a plain double-precision reference on random inputs.
+/// The CPU backend always runs; the CUDA backend runs where a device is present and the
+/// test says it was skipped where not.
+
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <vector>
+
+#include "gflex/kernels/backend.hpp"
+#include "gflex/runtime/rng.hpp"
+
+using namespace gflex;
+using namespace gflex::kernels;
+
+namespace {
+
+std::vector<float> random_vector(size_t n, uint64_t seed, double scale = 1.0) {
+  rng r(seed);
+  std::vector<float> v(n);
+  for (auto& x : v) x = static_cast<float>(r.normal() * scale);
+  return v;
+}
+
+// A host vector mirrored in backend memory.
+struct buffer {
+  backend& b;
+  tensor t;
+  buffer(backend& be, const std::vector<float>& host) : b(be) {
+    t = b.allocate({static_cast<int64_t>(host.size())}, dtype::f32);
+    b.upload(host.data(), t.raw(), host.size() * sizeof(float));
+  }
+  float* ptr() { return t.data<float>(); }
+  std::vector<float> read() {
+    std::vector<float> out(static_cast<size_t>(t.numel()));
+    b.download(t.raw(), out.data(), out.size() * sizeof(float));
+    return out;
+  }
+};
+
+void check_close(const std::vector<float>& got, const std::vector<double>& want, double rel,
+                 double abs) {
+  REQUIRE(got.size() == want.size());
+  for (size_t i = 0; i < got.size(); ++i) {
+    double tol = abs + rel * std::fabs(want[i]);
+    if (std::fabs(got[i] - want[i]) > tol) {
+      FAIL_CHECK("element " << i << ": got " << got[i] << ", want " << want[i]);
+      return;
+    }
+  }
+}
+
+std::vector<std::unique_ptr<backend>> backends_under_test() {
+  std::vector<std::unique_ptr<backend>> out;
+  out.push_back(make_cpu_backend(0));
+  if (cuda_device_count() > 0) {
+    auto cuda = make_cuda_backend(0);
+    REQUIRE_MESSAGE(cuda.has_value(), cuda.error().message());
+    out.push_back(std::move(*cuda));
+  } else {
+    std::string why = cuda_compiled() ? "no CUDA device on this machine" : "not compiled in";
+    MESSAGE("CUDA backend skipped: " << why);
+  }
+  return out;
+}
+
+void check_gemm(backend& b, bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha,
+                float beta) {
+  // Stored shapes: A is [m,k] or, transposed, [k,m]; likewise B. Leading dimensions are padded
+  // by 3 to catch code that confuses ld with the logical width.
+  int64_t a_rows = ta ? k : m, a_cols = ta ? m : k, b_rows = tb ? n : k, b_cols = tb ? k : n;
+  int64_t lda = a_cols + 3, ldb = b_cols + 3, ldc = n + 3;
+  auto a = random_vector(static_cast<size_t>(a_rows * lda), 11);
+  auto bm = random_vector(static_cast<size_t>(b_rows * ldb), 12);
+  auto c = random_vector(static_cast<size_t>(m * ldc), 13);
+  std::vector<double> want(c.begin(), c.end());
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t j = 0; j < n; ++j) {
+      double acc = 0.0;
+      for (int64_t p = 0; p < k; ++p) {
+        double av = ta ? a[p * lda + i] : a[i * lda + p];
+        double bv = tb ? bm[j * ldb + p] : bm[p * ldb + j];
+        acc += av * bv;
+      }
+      want[i * ldc + j] = alpha * acc + beta * c[i * ldc + j];
+    }
+  buffer da(b, a), db(b, bm), dc(b, c);
+  b.gemm(ta, tb, m, n, k, alpha, da.ptr(), lda, db.ptr(), ldb, beta, dc.ptr(), ldc);
+  // float accumulation over k terms of unit-variance products: error grows like sqrt(k).
+  check_close(dc.read(), want, 1e-4, 1e-5 * std::sqrt(static_cast<double>(k)) * 4);
+}
+
+}  // namespace
+
+TEST_SUITE("backend") {
+  TEST_CASE("gemm in every transposition against a double reference") {
+    for (auto& b : backends_under_test()) {
+      CAPTURE(b->describe());
+      for (bool ta : {false, true})
+        for (bool tb : {false, true}) {
+          CAPTURE(ta);
+          CAPTURE(tb);
+          check_gemm(*b, ta, tb, 37, 29, 53, 1.0f, 0.0f);
+          check_gemm(*b, ta, tb, 64, 128, 200, 0.5f, 1.0f);
+          check_gemm(*b, ta, tb, 1, 10, 784, 1.0f, 0.0f);
+        }
+    }
+  }
+
+  TEST_CASE("axpby, bias_relu_forward, relu_backward and column_sum") {
+    for (auto& b : backends_under_test()) {
+      CAPTURE(b->describe());
+      const int64_t rows = 33, cols = 70, n = rows * cols;
+      auto x = random_vector(n, 1), y = random_vector(n, 2), bias = random_vector(cols, 3);
+
+      buffer dx(*b, x), dy(*b, y);
+      b->axpby(n, 0.7f, dx.ptr(), -1.5f, dy.ptr());
+      std::vector<double> want(n);
+      for (int64_t i = 0; i < n; ++i) want[i] = 0.7 * x[i] - 1.5 * y[i];
+      check_close(dy.read(), want, 1e-6, 1e-6);
+
+      for (bool relu : {false, true}) {
+        buffer out(*b, y), db(*b, bias);
+        b->bias_relu_forward(out.ptr(), db.ptr(), rows, cols, relu);
+        for (int64_t r = 0; r < rows; ++r)
+          for (int64_t c = 0; c < cols; ++c) {
+            double v = double{y[r * cols + c]} + bias[c];
+            want[r * cols + c] = relu ? std::max(v, 0.0) : v;
+          }
+        check_close(out.read(), want, 1e-6, 1e-6);
+      }
+
+      buffer grad(*b, x), act(*b, y);
+      b->relu_backward(grad.ptr(), act.ptr(), n);
+      for (int64_t i = 0; i < n; ++i) want[i] = y[i] > 0 ? x[i] : 0.0;
+      check_close(grad.read(), want, 0, 0);
+
+      buffer sums(*b, std::vector<float>(cols, 99.0f)), src(*b, x);
+      b->column_sum(src.ptr(), rows, cols, sums.ptr());
+      std::vector<double> col(cols, 0.0);
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t c = 0; c < cols; ++c) col[c] += x[r * cols + c];
+      check_close(sums.read(), col, 1e-5, 1e-5);
+    }
+  }
+
+  TEST_CASE("softmax cross-entropy: loss, accuracy and gradient") {
+    for (auto& b : backends_under_test()) {
+      CAPTURE(b->describe());
+      const int64_t rows = 57, classes = 10;
+      auto logits = random_vector(rows * classes, 5, 3.0);
+      logits[3] = 80.0f;  // a large logit must not overflow the softmax
+      std::vector<int32_t> labels(rows);
+      rng r(6);
+      for (auto& l : labels) l = static_cast<int32_t>(r.below(classes));
+
+      double want_loss = 0.0;
+      int correct = 0;
+      std::vector<double> want_grad(rows * classes);
+      const double scale = 1.0 / rows;
+      for (int64_t i = 0; i < rows; ++i) {
+        const float* z = &logits[i * classes];
+        double max = z[0];
+        int arg = 0;
+        for (int c = 1; c < classes; ++c)
+          if (z[c] > max) max = z[c], arg = c;
+        double denom = 0.0;
+        for (int c = 0; c < classes; ++c) denom += std::exp(z[c] - max);
+        want_loss += std::log(denom) - (z[labels[i]] - max);
+        correct += arg == labels[i];
+        for (int c = 0; c < classes; ++c)
+          want_grad[i * classes + c] =
+              (std::exp(z[c] - max) / denom - (c == labels[i] ? 1.0 : 0.0)) * scale;
+      }
+
+      buffer dl(*b, logits), grad(*b, std::vector<float>(rows * classes, 0.0f)),
+          stats(*b, {0.0f, 0.0f});
+      tensor dlabels = b->allocate({rows}, dtype::i32);
+      b->upload(labels.data(), dlabels.raw(), rows * sizeof(int32_t));
+      b->softmax_xent(dl.ptr(), dlabels.data<int32_t>(), rows, classes,
+                      static_cast<float>(scale), grad.ptr(), stats.ptr());
+      check_close(grad.read(), want_grad, 1e-4, 1e-7);
+      check_close(stats.read(), {want_loss, static_cast<double>(correct)}, 1e-5, 1e-4);
+
+      // Without a gradient buffer only the statistics accumulate (on top of the previous).
+      b->softmax_xent(dl.ptr(), dlabels.data<int32_t>(), rows, classes, 0.0f, nullptr,
+                      stats.ptr());
+      check_close(stats.read(), {2 * want_loss, 2.0 * correct}, 1e-5, 1e-4);
+    }
+  }
+
+  TEST_CASE("adamw matches the reference update over several steps") {
+    for (auto& b : backends_under_test()) {
+      CAPTURE(b->describe());
+      const int64_t n = 1000;
+      auto p = random_vector(n, 21), m0 = std::vector<float>(n, 0.0f);
+      adamw_config cfg{.lr = 0.01f, .beta1 = 0.9f, .beta2 = 0.99f, .eps = 1e-8f,
+                       .weight_decay = 0.1f};
+      std::vector<double> rp(p.begin(), p.end()), rm(n, 0.0), rv(n, 0.0);
+      buffer dp(*b, p), dm(*b, m0), dv(*b, m0);
+      for (int64_t step = 1; step <= 3; ++step) {
+        auto g = random_vector(n, 100 + step);
+        buffer dg(*b, g);
+        b->adamw(dp.ptr(), dg.ptr(), dm.ptr(), dv.ptr(), n, cfg, step);
+        double bc1 = 1 - std::pow(0.9, step), bc2 = 1 - std::pow(0.99, step);
+        for (int64_t i = 0; i < n; ++i) {
+          rm[i] = 0.9 * rm[i] + 0.1 * g[i];
+          rv[i] = 0.99 * rv[i] + 0.01 * double{g[i]} * g[i];
+          rp[i] = rp[i] * (1 - 0.01 * 0.1) - 0.01 * (rm[i] / bc1) / (std::sqrt(rv[i] / bc2) + 1e-8);
+        }
+      }
+      check_close(dp.read(), rp, 1e-5, 1e-6);
+      check_close(dm.read(), rm, 1e-5, 1e-6);
+      check_close(dv.read(), rv, 1e-5, 1e-7);
+    }
+  }
+
+  TEST_CASE("sum, sum of squares and fill") {
+    for (auto& b : backends_under_test()) {
+      CAPTURE(b->describe());
+      auto x = random_vector(100003, 31);
+      double s = 0, s2 = 0;
+      for (float v : x) s += v, s2 += double{v} * v;
+      buffer dx(*b, x);
+      CHECK(b->sum(dx.ptr(), static_cast<int64_t>(x.size())) == doctest::Approx(s).epsilon(1e-9));
+      CHECK(b->sum_squares(dx.ptr(), static_cast<int64_t>(x.size())) ==
+            doctest::Approx(s2).epsilon(1e-9));
+      b->fill(dx.ptr(), 10, 4.0f);
+      auto back = dx.read();
+      CHECK(back[9] == 4.0f);
+      CHECK(back[10] == x[10]);
+    }
+  }
+
+  TEST_CASE("make_backend rejects unknown names and missing devices") {
+    auto bad = make_backend("tpu", 1);
+    REQUIRE_FALSE(bad.has_value());
+    CHECK(bad.error().code() == errc::invalid_argument);
+    CHECK(bad.error().message().find("tpu") != std::string::npos);
+    CHECK_FALSE(make_backend("cuda:x", 1).has_value());
+    auto far = make_backend("cuda:999", 1);
+    REQUIRE_FALSE(far.has_value());
+    CHECK(far.error().code() == errc::no_device);
+  }
+}

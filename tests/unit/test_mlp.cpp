@@ -1,0 +1,200 @@
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <cstring>
+
+#include "gflex/kernels/mlp.hpp"
+#include "gflex/kernels/trainer.hpp"
+#include "gflex/runtime/rng.hpp"
+
+using namespace gflex;
+using namespace gflex::kernels;
+
+namespace {
+
+// Two Gaussian blobs per class in `dim` dimensions: learnable, but not linearly trivial.
+dataset blobs(int64_t n, int64_t dim, int64_t classes, uint64_t seed) {
+  dataset d;
+  d.classes = classes;
+  d.features = tensor::empty({n, dim}, dtype::f32);
+  d.labels = tensor::empty({n}, dtype::i32);
+  rng centres(99);
+  std::vector<float> c(static_cast<size_t>(classes * 2 * dim));
+  for (auto& v : c) v = static_cast<float>(centres.normal() * 2.0);
+  rng r(seed);
+  for (int64_t i = 0; i < n; ++i) {
+    int64_t label = static_cast<int64_t>(r.below(classes));
+    int64_t blob = label * 2 + static_cast<int64_t>(r.below(2));
+    d.labels.span<int32_t>()[i] = static_cast<int32_t>(label);
+    for (int64_t j = 0; j < dim; ++j)
+      d.features.span<float>()[i * dim + j] = c[blob * dim + j] + static_cast<float>(r.normal());
+  }
+  return d;
+}
+
+mlp_workload small_mlp(dataset_splits data) {
+  return mlp_workload("test-mlp", {8, 16, 12, 3}, [data] { return data; });
+}
+
+dataset_splits small_data() { return {blobs(600, 8, 3, 1), blobs(300, 8, 3, 2)}; }
+
+}  // namespace
+
+TEST_SUITE("mlp") {
+  TEST_CASE("layout and initialisation") {
+    auto w = small_mlp(small_data());
+    auto blocks = w.layout();
+    REQUIRE(blocks.size() == 6);
+    CHECK(blocks[0].name == "fc1.weight");
+    CHECK(blocks[0].shape == shape_t{8, 16});
+    CHECK(blocks[1].offset == 128);
+    CHECK(w.parameter_count() == 8 * 16 + 16 + 16 * 12 + 12 + 12 * 3 + 3);
+    std::vector<float> a(w.parameter_count()), b(w.parameter_count()), c(w.parameter_count());
+    w.init_parameters(7, a);
+    w.init_parameters(7, b);
+    w.init_parameters(8, c);
+    CHECK(a == b);
+    CHECK(a != c);
+    CHECK(a[blocks[1].offset] == 0.0f);  // biases start at zero
+  }
+
+  TEST_CASE("backpropagation matches finite differences") {
+    auto data = small_data();
+    auto w = small_mlp(data);
+    auto be = make_cpu_backend(1);
+    auto m = w.instantiate(*be, 16);
+    REQUIRE(m.has_value());
+    std::vector<float> params(w.parameter_count());
+    w.init_parameters(3, params);
+    (*m)->load_parameters(params);
+    const int64_t batch = 16;
+    const float* x = data.train.features.data<float>();
+    const int32_t* y = data.train.labels.data<int32_t>();
+    std::vector<float> grad(params.size());
+    (*m)->compute_gradients(x, y, batch, grad);
+
+    auto loss_at = [&](const std::vector<float>& p) {
+      (*m)->load_parameters(p);
+      (*m)->take_stats();
+      (*m)->evaluate_batch(x, y, batch);
+      return (*m)->take_stats().mean_loss();
+    };
+    auto central_difference = [&](size_t i, float h) {
+      auto plus = params, minus = params;
+      plus[i] += h;
+      minus[i] -= h;
+      return (loss_at(plus) - loss_at(minus)) / (2.0 * h);
+    };
+    // Central differences on a sample of parameters from every block. A step that moves a
+    // ReLU input across zero makes the difference meaningless; two step sizes that disagree
+    // reveal it, and such parameters are left out.
+    rng pick(5);
+    int checked = 0;
+    for (int trial = 0; trial < 60; ++trial) {
+      size_t i = pick.below(params.size());
+      double numeric = central_difference(i, 2e-3f);
+      double half = central_difference(i, 1e-3f);
+      if (std::fabs(numeric - half) > 0.02 * std::fabs(numeric) + 1e-3) continue;
+      if (std::fabs(numeric) < 1e-3 && std::fabs(grad[i]) < 1e-3) continue;
+      CHECK_MESSAGE(grad[i] == doctest::Approx(numeric).epsilon(0.05).scale(1e-3),
+                    "parameter " << i);
+      ++checked;
+    }
+    CHECK(checked > 15);
+  }
+
+  TEST_CASE("training learns and is deterministic for a seed") {
+    auto data = small_data();
+    auto w = small_mlp(data);
+    train_options o;
+    o.epochs = 15;
+    o.batch_size = 32;
+    o.optimizer.lr = 3e-3f;
+    auto be = make_cpu_backend(1);
+    auto r1 = train(w, data, *be, o);
+    REQUIRE_MESSAGE(r1.has_value(), r1.error().message());
+    CHECK(r1->test_accuracy > 0.9);
+    CHECK(r1->epochs.back().train_loss < r1->epochs.front().train_loss);
+    auto r2 = train(w, data, *be, o);
+    REQUIRE(r2.has_value());
+    CHECK(r2->test_accuracy == r1->test_accuracy);
+    CHECK(r2->epochs.back().train_loss == r1->epochs.back().train_loss);
+    o.seed = 2;
+    auto r3 = train(w, data, *be, o);
+    REQUIRE(r3.has_value());
+    CHECK(r3->epochs.back().train_loss != r1->epochs.back().train_loss);
+  }
+
+  TEST_CASE("bad options and mismatched data are clear errors") {
+    auto data = small_data();
+    auto w = small_mlp(data);
+    auto be = make_cpu_backend(1);
+    auto expect = [&](train_options o, const std::string& fragment) {
+      auto r = train(w, data, *be, o);
+      REQUIRE_FALSE(r.has_value());
+      CHECK(r.error().code() == errc::invalid_argument);
+      CHECK_MESSAGE(r.error().message().find(fragment) != std::string::npos, r.error().message());
+    };
+    train_options o;
+    o.epochs = 0;
+    expect(o, "epochs");
+    o = {};
+    o.batch_size = 0;
+    expect(o, "batch size");
+    o = {};
+    o.optimizer.lr = std::nanf("");
+    expect(o, "learning rate");
+    o = {};
+    o.optimizer.beta1 = 1.0f;
+    expect(o, "betas");
+
+    dataset_splits wrong{blobs(10, 5, 3, 1), blobs(10, 5, 3, 2)};
+    auto r = train(w, wrong, *be, {});
+    REQUIRE_FALSE(r.has_value());
+    CHECK(r.error().code() == errc::shape_mismatch);
+    CHECK(r.error().message().find("5 features") != std::string::npos);
+  }
+
+  TEST_CASE("evaluate refuses wrong sizes and non-finite parameters") {
+    auto data = small_data();
+    auto w = small_mlp(data);
+    auto be = make_cpu_backend(1);
+    std::vector<float> params(w.parameter_count());
+    w.init_parameters(1, params);
+    auto ok = evaluate(w, data.test, *be, params);
+    REQUIRE(ok.has_value());
+    CHECK(ok->samples == 300);
+    std::vector<float> short_params(params.begin(), params.end() - 1);
+    CHECK(evaluate(w, data.test, *be, short_params).error().code() == errc::shape_mismatch);
+    params[17] = std::nanf("");
+    auto nan = evaluate(w, data.test, *be, params);
+    REQUIRE_FALSE(nan.has_value());
+    CHECK(nan.error().code() == errc::non_finite);
+    CHECK(nan.error().message().find("17") != std::string::npos);
+  }
+
+  TEST_CASE("fashion-mlp learns real Fashion-MNIST in a few hundred steps") {
+    auto w = find_workload("fashion-mlp");
+    REQUIRE(w.has_value());
+    auto data = (*w)->load_data();
+    if (!data) {
+      MESSAGE("skipped: " << data.error().message());
+      return;
+    }
+    train_options o;
+    o.max_steps = 300;
+    auto be = make_cpu_backend(0);
+    auto r = train(**w, *data, *be, o);
+    REQUIRE(r.has_value());
+    CHECK(r->steps == 300);
+    CHECK(r->test_accuracy > 0.80);
+  }
+
+  TEST_CASE("unknown workloads are named with the known ones") {
+    auto w = find_workload("imagenet-vit");
+    REQUIRE_FALSE(w.has_value());
+    CHECK(w.error().code() == errc::unknown_workload);
+    CHECK(w.error().message().find("imagenet-vit") != std::string::npos);
+    CHECK(w.error().message().find("fashion-mlp") != std::string::npos);
+  }
+}

@@ -1,0 +1,98 @@
+#include <doctest/doctest.h>
+
+#include <cstring>
+
+#include "gflex/runtime/rng.hpp"
+#include "gflex/runtime/tensor_codec.hpp"
+
+using namespace gflex;
+
+namespace {
+
+tensor random_tensor(shape_t shape, uint64_t seed) {
+  auto t = tensor::empty(std::move(shape), dtype::f32);
+  rng r(seed);
+  for (float& v : t.span<float>()) v = static_cast<float>(r.normal());
+  return t;
+}
+
+}  // namespace
+
+TEST_SUITE("tensor_codec") {
+  TEST_CASE("round trip keeps dtype, shape and bytes") {
+    for (auto shape : {shape_t{}, shape_t{0}, shape_t{7}, shape_t{3, 5}, shape_t{2, 3, 4}}) {
+      auto t = random_tensor(shape, 42);
+      auto bytes = encode_tensor(t);
+      auto back = decode_tensor(bytes);
+      REQUIRE(back.has_value());
+      CHECK(back->type() == dtype::f32);
+      CHECK(back->shape() == t.shape());
+      CHECK(std::memcmp(back->raw(), t.raw(), t.nbytes()) == 0);
+    }
+    auto labels = tensor::empty({4}, dtype::u8);
+    for (int i = 0; i < 4; ++i) labels.span<uint8_t>()[i] = static_cast<uint8_t>(i * 60);
+    auto back = decode_tensor(encode_tensor(labels));
+    REQUIRE(back.has_value());
+    CHECK(back->type() == dtype::u8);
+    CHECK(back->span<uint8_t>()[3] == 180);
+  }
+
+  TEST_CASE("a buffer at an odd address decodes") {
+    auto bytes = encode_tensor(random_tensor({9}, 1));
+    std::vector<uint8_t> shifted(bytes.size() + 1);
+    std::memcpy(shifted.data() + 1, bytes.data(), bytes.size());
+    auto back = decode_tensor(std::span<const uint8_t>(shifted).subspan(1));
+    REQUIRE(back.has_value());
+    CHECK(back->numel() == 9);
+  }
+
+  TEST_CASE("every truncation is a clear error, never a crash") {
+    auto bytes = encode_tensor(random_tensor({4, 4}, 3));
+    for (size_t len = 0; len < bytes.size(); ++len) {
+      auto r = decode_tensor(std::span<const uint8_t>(bytes.data(), len));
+      REQUIRE_FALSE(r.has_value());
+      CHECK(r.error().code() == errc::malformed_message);
+      CHECK(r.error().message().find("malformed tensor message") != std::string::npos);
+    }
+  }
+
+  TEST_CASE("random garbage is rejected") {
+    rng r(7);
+    for (int trial = 0; trial < 500; ++trial) {
+      std::vector<uint8_t> junk(8 * (1 + r.below(40)));
+      for (auto& b : junk) b = static_cast<uint8_t>(r.next());
+      auto out = decode_tensor(junk);
+      if (!out) CHECK(out.error().code() == errc::malformed_message);
+    }
+  }
+
+  TEST_CASE("inconsistent contents are rejected") {
+    auto t = random_tensor({2, 3}, 5);
+    auto bytes = encode_tensor(t);
+    // Flip bits one at a time; whatever decodes must still be self-consistent.
+    for (size_t i = 0; i < bytes.size(); ++i) {
+      auto copy = bytes;
+      copy[i] ^= 0xFF;
+      auto out = decode_tensor(copy);
+      if (out) CHECK(static_cast<size_t>(out->nbytes()) == out->numel() * size_of(out->type()));
+    }
+    SUBCASE("trailing bytes") {
+      bytes.resize(bytes.size() + 8, 0);
+      auto out = decode_tensor(bytes);
+      REQUIRE_FALSE(out.has_value());
+      CHECK(out.error().message().find("trailing") != std::string::npos);
+    }
+  }
+
+  TEST_CASE("limits are enforced") {
+    auto bytes = encode_tensor(random_tensor({1, 1, 1, 1, 1}, 9));
+    decode_limits tight;
+    tight.max_rank = 4;
+    auto out = decode_tensor(bytes, tight);
+    REQUIRE_FALSE(out.has_value());
+    CHECK(out.error().message().find("rank 5") != std::string::npos);
+    decode_limits small;
+    small.max_bytes = 16;
+    CHECK_FALSE(decode_tensor(bytes, small).has_value());
+  }
+}
