@@ -12,6 +12,7 @@
 int main(int argc, char** argv) {
   CLI::App app{"gflex: train neural networks on a hybrid GPU cloud"};
   app.require_subcommand(1);
+  app.fallthrough();  // --log-level may follow the subcommand too
   std::string log_level = "info";
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error, critical or off")
       ->capture_default_str();

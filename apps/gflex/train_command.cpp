@@ -2,7 +2,9 @@
 
 #include <spdlog/spdlog.h>
 
+#include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
@@ -113,6 +115,23 @@ int run_training(const train_flags& f) {
   return 0;
 }
 
+// CLI11's number validators print the whole double range; this one says what is wanted.
+std::string check_positive(const std::string& text) {
+  char* end = nullptr;
+  double v = std::strtod(text.c_str(), &end);
+  if (end == text.c_str() || *end != 0 || !std::isfinite(v) || v <= 0)
+    return "must be a positive number, got '" + text + "'";
+  return {};
+}
+
+std::string check_non_negative(const std::string& text) {
+  char* end = nullptr;
+  double v = std::strtod(text.c_str(), &end);
+  if (end == text.c_str() || *end != 0 || !std::isfinite(v) || v < 0)
+    return "must be a non-negative number, got '" + text + "'";
+  return {};
+}
+
 void add_common_flags(CLI::App* cmd, train_flags& f) {
   cmd->add_option("--workload", f.workload, "workload to train")->capture_default_str();
   cmd->add_option("--backend", f.backend, "compute backend: cpu, cuda or cuda:N")
@@ -137,14 +156,14 @@ void add_train_commands(CLI::App& app, std::function<int()>& run) {
       ->check(CLI::Range(1, 65536))
       ->capture_default_str();
   train->add_option("--lr", flags->options.optimizer.lr, "AdamW learning rate")
-      ->check(CLI::PositiveNumber)
+      ->check(CLI::Validator(check_positive, "POSITIVE"))
       ->capture_default_str();
   train->add_option("--weight-decay", flags->options.optimizer.weight_decay,
                     "AdamW decoupled weight decay")
-      ->check(CLI::NonNegativeNumber)
+      ->check(CLI::Validator(check_non_negative, "NON-NEGATIVE"))
       ->capture_default_str();
   train->add_option("--max-steps", flags->options.max_steps, "stop after this many steps")
-      ->check(CLI::NonNegativeNumber);
+      ->check(CLI::Range(int64_t{0}, int64_t{1} << 40));
   train->add_flag("!--no-eval", flags->options.evaluate, "skip the test split after each epoch");
   train->add_flag("!--constant-lr", flags->options.cosine_schedule,
                   "keep the learning rate constant instead of cosine decay");

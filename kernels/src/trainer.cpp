@@ -94,6 +94,13 @@ expected<train_report> train(const workload& w, const dataset_splits& data, back
     train_report report;
     rng root(options.seed);
     int64_t step = 0;
+    if (on_progress) {
+      train_progress p;
+      p.epoch = 1;
+      p.epochs = options.epochs;
+      p.total_steps = total_steps;
+      on_progress(p);  // lets a progress display start its clock with the run
+    }
     for (int epoch = 1; epoch <= options.epochs && step < total_steps; ++epoch) {
       // Fisher-Yates with the project's own generator: the same order on every platform.
       std::iota(order.begin(), order.end(), 0);

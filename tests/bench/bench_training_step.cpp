@@ -1,0 +1,188 @@
+/// @file
+/// gflex_bench_step: where the time of a fashion-mlp training step goes on the CPU backend,
+/// and OpenBLAS's own sgemm peak on this machine, measured in the same run.
+///
+/// Prints a JSON object: the sgemm peak (2048-square, best of several), the rate of each GEMM
+/// shape of the step in isolation, the time of AdamW, and the rate of whole training steps
+/// (synthetic data: the step's cost does not depend on the values).
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "gflex/kernels/backend.hpp"
+#include "gflex/kernels/workload.hpp"
+#include "gflex/runtime/rng.hpp"
+
+using namespace gflex;
+using namespace gflex::kernels;
+using clock_type = std::chrono::steady_clock;
+
+namespace {
+
+template <class F>
+double best_seconds(int repeats, int inner, F&& f) {
+  double best = 1e30;
+  for (int r = 0; r < repeats; ++r) {
+    auto t0 = clock_type::now();
+    for (int i = 0; i < inner; ++i) f();
+    double s = std::chrono::duration<double>(clock_type::now() - t0).count() / inner;
+    best = std::min(best, s);
+  }
+  return best;
+}
+
+std::vector<float> random_vector(size_t n, uint64_t seed) {
+  rng r(seed);
+  std::vector<float> v(n);
+  for (auto& x : v) x = static_cast<float>(r.normal() * 0.1);
+  return v;
+}
+
+double gemm_rate(backend& b, bool ta, bool tb, int64_t m, int64_t n, int64_t k, int inner) {
+  auto a = random_vector(static_cast<size_t>(m * k), 1);
+  auto bm = random_vector(static_cast<size_t>(k * n), 2);
+  std::vector<float> c(static_cast<size_t>(m * n));
+  int64_t lda = ta ? m : k, ldb = tb ? k : n;
+  double s = best_seconds(5, inner, [&] {
+    b.gemm(ta, tb, m, n, k, 1.0f, a.data(), lda, bm.data(), ldb, 0.0f, c.data(), n);
+  });
+  return 2.0 * m * n * k / s / 1e9;
+}
+
+// Forwards to another backend and adds up the wall time of each kind of operation.
+class timing_backend final : public backend {
+ public:
+  explicit timing_backend(backend& inner) : inner_(inner) {}
+  std::map<std::string, double> seconds;
+
+  device where() const override { return inner_.where(); }
+  std::string describe() const override { return inner_.describe(); }
+  tensor allocate(shape_t s, dtype t) override { return inner_.allocate(std::move(s), t); }
+  void upload(const void* s, void* d, size_t n) override { time("upload", [&] { inner_.upload(s, d, n); }); }
+  void download(const void* s, void* d, size_t n) override { time("download", [&] { inner_.download(s, d, n); }); }
+  void synchronize() override { inner_.synchronize(); }
+  void fill(float* x, int64_t n, float v) override { time("fill", [&] { inner_.fill(x, n, v); }); }
+  void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
+            int64_t lda, const float* b, int64_t ldb, float beta, float* c,
+            int64_t ldc) override {
+    time("gemm", [&] { inner_.gemm(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc); });
+  }
+  void axpby(int64_t n, float a, const float* x, float b, float* y) override {
+    time("axpby", [&] { inner_.axpby(n, a, x, b, y); });
+  }
+  void bias_relu_forward(float* y, const float* b, int64_t r, int64_t c, bool relu) override {
+    time("bias_relu_forward", [&] { inner_.bias_relu_forward(y, b, r, c, relu); });
+  }
+  void relu_backward(float* dy, const float* y, int64_t n) override {
+    time("relu_backward", [&] { inner_.relu_backward(dy, y, n); });
+  }
+  void column_sum(const float* x, int64_t r, int64_t c, float* out) override {
+    time("column_sum", [&] { inner_.column_sum(x, r, c, out); });
+  }
+  void softmax_xent(const float* l, const int32_t* y, int64_t r, int64_t c, float s, float* d,
+                    float* st) override {
+    time("softmax_xent", [&] { inner_.softmax_xent(l, y, r, c, s, d, st); });
+  }
+  void adamw(float* p, const float* g, float* m, float* v, int64_t n, const adamw_config& c,
+             int64_t step) override {
+    time("adamw", [&] { inner_.adamw(p, g, m, v, n, c, step); });
+  }
+  double sum(const float* x, int64_t n) override { return inner_.sum(x, n); }
+  double sum_squares(const float* x, int64_t n) override { return inner_.sum_squares(x, n); }
+
+ private:
+  template <class F>
+  void time(const char* what, F&& f) {
+    auto t0 = clock_type::now();
+    f();
+    seconds[what] += std::chrono::duration<double>(clock_type::now() - t0).count();
+  }
+  backend& inner_;
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  int threads = argc > 1 ? std::atoi(argv[1]) : 0;
+  int64_t batch = argc > 2 ? std::atoll(argv[2]) : 128;
+  auto b = make_cpu_backend(threads);
+
+  double peak = gemm_rate(*b, false, false, 2048, 2048, 2048, 3);
+
+  auto w = find_workload("fashion-mlp");
+  if (!w) {
+    std::fprintf(stderr, "%s\n", w.error().message().c_str());
+    return 1;
+  }
+  auto m = (*w)->instantiate(*b, batch);
+  if (!m) {
+    std::fprintf(stderr, "%s\n", m.error().message().c_str());
+    return 1;
+  }
+  std::vector<float> params((*w)->parameter_count());
+  (*w)->init_parameters(1, params);
+  (*m)->load_parameters(params);
+  auto x = random_vector(static_cast<size_t>(batch * 784), 3);
+  for (auto& v : x) v = std::abs(v) * 5;
+  std::vector<int32_t> y(static_cast<size_t>(batch));
+  for (int64_t i = 0; i < batch; ++i) y[i] = static_cast<int32_t>(i % 10);
+  double step_s = best_seconds(5, 100, [&] { (*m)->train_step(x.data(), y.data(), batch); });
+  double step_flops = (*m)->train_step_gemm_flops(batch);
+
+  // AdamW over all parameters, alone.
+  int64_t n = (*w)->parameter_count();
+  auto p = random_vector(n, 4), g = random_vector(n, 5);
+  std::vector<float> m1(n, 0.0f), v1(n, 0.0f);
+  int64_t step = 0;
+  double adamw_s = best_seconds(5, 100, [&] {
+    b->adamw(p.data(), g.data(), m1.data(), v1.data(), n, adamw_config{}, ++step);
+  });
+
+  // The GEMM shapes of one step (weights [in, out], activations [batch, width]).
+  struct shape {
+    const char* name;
+    bool ta, tb;
+    int64_t m, n, k;
+  };
+  std::vector<shape> shapes = {
+      {"fwd fc1", false, false, batch, 512, 784}, {"fwd fc2", false, false, batch, 256, 512},
+      {"fwd fc3", false, false, batch, 10, 256},  {"dW fc1", true, false, 784, 512, batch},
+      {"dW fc2", true, false, 512, 256, batch},   {"dW fc3", true, false, 256, 10, batch},
+      {"dX fc2", false, true, batch, 512, 256},   {"dX fc3", false, true, batch, 256, 10}};
+  double gemm_only_s = 0.0;
+  std::printf("{\n  \"backend\": \"%s\",\n  \"batch\": %lld,\n", b->describe().c_str(),
+              static_cast<long long>(batch));
+  std::printf("  \"sgemm_peak_gflops\": %.1f,\n  \"shapes\": [\n", peak);
+  for (size_t i = 0; i < shapes.size(); ++i) {
+    const auto& s = shapes[i];
+    double rate = gemm_rate(*b, s.ta, s.tb, s.m, s.n, s.k, 200);
+    gemm_only_s += 2.0 * s.m * s.n * s.k / (rate * 1e9);
+    std::printf("    {\"gemm\": \"%s\", \"m\": %lld, \"n\": %lld, \"k\": %lld, \"gflops\": %.1f}%s\n",
+                s.name, static_cast<long long>(s.m), static_cast<long long>(s.n),
+                static_cast<long long>(s.k), rate, i + 1 < shapes.size() ? "," : "");
+  }
+  std::printf("  ],\n  \"gemm_only_ms\": %.3f,\n  \"adamw_ms\": %.3f,\n", gemm_only_s * 1e3,
+              adamw_s * 1e3);
+  // The same steps through a timing wrapper: where the step's time goes, by operation.
+  timing_backend timed(*b);
+  auto tm = (*w)->instantiate(timed, batch);
+  (*tm)->load_parameters(params);
+  timed.seconds.clear();
+  const int timed_steps = 200;
+  for (int i = 0; i < timed_steps; ++i) (*tm)->train_step(x.data(), y.data(), batch);
+  std::printf("  \"step_breakdown_ms\": {");
+  bool first = true;
+  for (const auto& [op, secs] : timed.seconds) {
+    std::printf("%s\"%s\": %.3f", first ? "" : ", ", op.c_str(), secs / timed_steps * 1e3);
+    first = false;
+  }
+  std::printf("},\n");
+  std::printf("  \"step_ms\": %.3f,\n  \"samples_per_s\": %.0f,\n", step_s * 1e3, batch / step_s);
+  std::printf("  \"step_gemm_gflops\": %.1f,\n  \"fraction_of_peak\": %.3f\n}\n",
+              step_flops / step_s / 1e9, step_flops / step_s / 1e9 / peak);
+  return 0;
+}

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Bad input to `gflex train` gets a clear message and a non-zero exit: bad flags, an unknown
+# workload or backend, missing data, and corrupt IDX files (each naming the file).
+source "$(dirname "$0")/lib.sh"
+G="$BIN/gflex"
+
+expect_error "no subcommand" "subcommand is required" "$G"
+expect_error "unknown flag" "--frobnicate" "$G" train --frobnicate
+expect_error "zero epochs" "--epochs: Value 0 not in range" "$G" train --epochs 0
+expect_error "negative batch" "--batch-size" "$G" train --batch-size -5
+expect_error "non-numeric lr" "--lr: must be a positive number, got 'fast'" "$G" train --lr fast
+expect_error "NaN lr" "--lr: must be a positive number, got 'nan'" "$G" train --lr nan
+expect_error "bad log level" "unknown log level 'loud'" "$G" train --log-level loud
+expect_error "unknown workload" "unknown workload 'cifar-resnet' \(known: fashion-mlp\)" \
+  "$G" train --workload cifar-resnet
+expect_error "unknown backend" "unknown backend 'tpu'" "$G" train --backend tpu
+expect_error "missing CUDA device" "no CUDA device|no CUDA backend" "$G" train --backend cuda:7
+
+GFLEX_FASHION_MNIST_DIR="$WORK/absent" expect_error "missing data directory" \
+  "$WORK/absent: Fashion-MNIST directory not found .*dataset-fashion-mnist" "$G" train
+
+# A data directory whose files are damaged one way or another.
+data="$WORK/fashion"
+mkdir -p "$data"
+src=/usr/share/datasets/fashion-mnist
+if [ -f "$src/train-images-idx3-ubyte.gz" ]; then
+  cp "$src"/*.gz "$data"/
+  printf 'not an idx file at all' | gzip >"$data/t10k-labels-idx1-ubyte.gz"
+  GFLEX_FASHION_MNIST_DIR="$data" expect_error "wrong magic" \
+    "t10k-labels-idx1-ubyte.gz: wrong magic number" "$G" train
+  cp "$src/t10k-labels-idx1-ubyte.gz" "$data/"
+  { zcat "$src/train-images-idx3-ubyte.gz" || true; } | head -c 1000000 | gzip \
+    >"$data/train-images-idx3-ubyte.gz"
+  GFLEX_FASHION_MNIST_DIR="$data" expect_error "truncated images" \
+    "train-images-idx3-ubyte.gz: truncated" "$G" train
+  rm "$data/train-images-idx3-ubyte.gz"
+  GFLEX_FASHION_MNIST_DIR="$data" expect_error "missing images" \
+    "train-images-idx3-ubyte.gz: no such file" "$G" train
+else
+  echo "skipped: damaged-file checks need Debian's dataset-fashion-mnist"
+fi
+
+# A JSON summary that cannot be written is an error, after training, not a silent success.
+expect_error "unwritable json" "cannot write the JSON summary" \
+  "$G" train --max-steps 5 --no-eval --json /proc/gflex/summary.json
+finish

@@ -1,0 +1,45 @@
+# Helpers for the integration tests: bounded commands, expected failures, clean-up by pid.
+# Sourced by each test; BIN is the build's bin/ directory (first argument of the test).
+set -euo pipefail
+BIN=${1:?usage: $0 BUILD_BIN_DIR}
+WORK=$(mktemp -d /tmp/gflex-it-XXXXXX)
+PIDS=()
+failures=0
+
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+fail() {
+  echo "FAIL: $*" >&2
+  failures=$((failures + 1))
+}
+
+# expect_error NAME PATTERN CMD...: CMD must exit non-zero within 60 s and print PATTERN
+# (an extended regex) on stderr, and nothing that looks like a crash.
+expect_error() {
+  local name=$1 pattern=$2
+  shift 2
+  local rc=0
+  timeout -s KILL 60 "$@" >"$WORK/out" 2>"$WORK/err" || rc=$?
+  if [ "$rc" -eq 0 ]; then
+    fail "$name: exited 0"
+  elif [ "$rc" -ge 124 ]; then
+    fail "$name: crashed or timed out (exit $rc): $(tail -3 "$WORK/err")"
+  elif ! grep -Eq -e "$pattern" "$WORK/err"; then
+    fail "$name: stderr lacks /$pattern/: $(tail -3 "$WORK/err")"
+  else
+    echo "ok: $name (exit $rc)"
+  fi
+}
+
+finish() {
+  if [ "$failures" -ne 0 ]; then
+    echo "$failures check(s) failed"
+    exit 1
+  fi
+  echo "all checks passed"
+}
