@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Benchmark: fashion-mlp training throughput of gflex against PyTorch (Debian's python3-torch)
+# on the same model, data, batch size and thread count, side by side in one run, plus gflex's
+# GEMM rate inside the training step against OpenBLAS's own sgemm peak measured here too.
+#
+#   bash tests/bench/mlp_vs_pytorch.sh [THREADS] [BATCH] [EPOCHS]
+#
+# Installs its own peer (python3-torch); the test suite never depends on it.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+threads=${1:-$(nproc)}
+batch=${2:-128}
+epochs=${3:-3}
+
+if ! /usr/bin/python3 -c "import torch" 2>/dev/null; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-torch >/dev/null
+fi
+[ -x build/bin/gflex ] || bash .ci/setup >/dev/null
+
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+# Each side runs twice, alternating, and keeps its better run: the machine is shared.
+for round in 1 2; do
+  build/bin/gflex --log-level warn train --epochs "$epochs" --batch-size "$batch" \
+    --threads "$threads" --constant-lr --json "$out/gflex$round.json" >/dev/null 2>&1
+  OPENBLAS_NUM_THREADS=$threads OMP_NUM_THREADS=$threads /usr/bin/python3 \
+    tests/bench/torch_mlp.py --threads "$threads" --batch-size "$batch" --epochs "$epochs" \
+    >"$out/torch$round.json"
+done
+build/bin/gflex_bench_step "$threads" "$batch" >"$out/step.json"
+
+/usr/bin/python3 - "$out" "$threads" "$batch" "$epochs" <<'PY'
+import json, sys, platform, subprocess
+d, threads, batch, epochs = sys.argv[1:]
+load = lambda n: json.load(open(f"{d}/{n}.json"))
+g = max((load("gflex1"), load("gflex2")), key=lambda r: r["samples_per_s"])
+t = max((load("torch1"), load("torch2")), key=lambda r: r["samples_per_s"])
+s = load("step")
+cpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+model = next((l.split(":", 1)[1].strip() for l in cpu.splitlines() if l.startswith("Model name")), "?")
+print(f"machine: {model}, {threads} threads; fashion-mlp 784-512-256-10, batch {batch}, AdamW, {epochs} epochs")
+print()
+print("| | samples/s | test accuracy | ratio |")
+print("| --- | ---: | ---: | ---: |")
+print(f"| gflex ({g['backend']}) | {g['samples_per_s']:.0f} | {g['test_accuracy']:.4f} | {g['samples_per_s'] / t['samples_per_s']:.2f}x |")
+print(f"| {t['peer']} | {t['samples_per_s']:.0f} | {t['test_accuracy']:.4f} | 1.00x |")
+print()
+peak = s["sgemm_peak_gflops"]
+print("| GEMM rate | GFLOP/s | of sgemm peak |")
+print("| --- | ---: | ---: |")
+print(f"| OpenBLAS sgemm 2048x2048x2048 (peak) | {peak:.1f} | 100% |")
+print(f"| gflex train, whole run (steps + batch gathering) | {g['gemm_gflops_per_s']:.1f} | {100 * g['gemm_gflops_per_s'] / peak:.0f}% |")
+print(f"| gflex training step alone (bench_step) | {s['step_gemm_gflops']:.1f} | {100 * s['fraction_of_peak']:.0f}% |")
+print()
+print("step breakdown (ms): " + ", ".join(f"{k} {v:.3f}" for k, v in s["step_breakdown_ms"].items()))
+PY

@@ -1,0 +1,69 @@
+#!/usr/bin/env python3
+"""PyTorch peer of `gflex train`: the same MLP (784-512-256-10, ReLU), batch size, AdamW
+settings, thread count and data (Fashion-MNIST from the same IDX files), timed the same way
+(training steps only, evaluation excluded). Prints one JSON object."""
+import argparse
+import gzip
+import json
+import os
+import time
+
+import numpy as np
+import torch
+
+
+def load_idx(path):
+    with gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb") as f:
+        data = f.read()
+    rank = data[3]
+    dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(rank)]
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * rank).reshape(dims)
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--data", default=os.environ.get("GFLEX_FASHION_MNIST_DIR",
+                                                    "/usr/share/datasets/fashion-mnist"))
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(1)
+    x = torch.from_numpy(load_idx(f"{a.data}/train-images-idx3-ubyte.gz")
+                         .reshape(-1, 784).astype(np.float32) / 255.0)
+    y = torch.from_numpy(load_idx(f"{a.data}/train-labels-idx1-ubyte.gz").astype(np.int64))
+    xt = torch.from_numpy(load_idx(f"{a.data}/t10k-images-idx3-ubyte.gz")
+                          .reshape(-1, 784).astype(np.float32) / 255.0)
+    yt = torch.from_numpy(load_idx(f"{a.data}/t10k-labels-idx1-ubyte.gz").astype(np.int64))
+    model = torch.nn.Sequential(torch.nn.Linear(784, 512), torch.nn.ReLU(),
+                                torch.nn.Linear(512, 256), torch.nn.ReLU(),
+                                torch.nn.Linear(256, 10))
+    opt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=0.0)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    n = x.shape[0]
+    train_s = 0.0
+    samples = 0
+    for epoch in range(a.epochs):
+        order = torch.randperm(n)
+        start = time.perf_counter()
+        for s in range(0, n, a.batch_size):
+            idx = order[s:s + a.batch_size]
+            xb, yb = x[idx], y[idx]
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn(model(xb), yb)
+            loss.backward()
+            opt.step()
+            samples += len(idx)
+        train_s += time.perf_counter() - start
+    with torch.no_grad():
+        accuracy = (model(xt).argmax(1) == yt).float().mean().item()
+    print(json.dumps({"peer": f"pytorch {torch.__version__}", "threads": a.threads,
+                      "batch_size": a.batch_size, "epochs": a.epochs,
+                      "samples_per_s": samples / train_s, "train_s": train_s,
+                      "test_accuracy": accuracy}))
+
+
+if __name__ == "__main__":
+    main()
