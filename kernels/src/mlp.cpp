@@ -60,8 +60,13 @@ class mlp_model final : public model {
 
   void train_step(const float* features, const int32_t* labels, int64_t batch) override {
     backward(features, labels, batch);
-    backend_.adamw(params_.data<float>(), grads_.data<float>(), m_.data<float>(),
-                   v_.data<float>(), count_, optimizer_, ++step_);
+    ++step_;
+    if (optimizer_.plain_sgd) {
+      backend_.axpby(count_, -optimizer_.lr, grads_.data<float>(), 1.0f, params_.data<float>());
+    } else {
+      backend_.adamw(params_.data<float>(), grads_.data<float>(), m_.data<float>(),
+                     v_.data<float>(), count_, optimizer_, step_);
+    }
   }
 
   void compute_gradients(const float* features, const int32_t* labels, int64_t batch,

@@ -26,6 +26,9 @@ struct adamw_config {
   float beta2 = 0.999f;
   float eps = 1e-8f;
   float weight_decay = 0.0f;
+  /// Plain SGD instead: p -= lr * g, no moments and no decay (the synchronous data-parallel
+  /// baseline runs one such step per round).
+  bool plain_sgd = false;
 };
 
 /// A device failure inside a backend operation (a CUDA error, out of device memory). The

@@ -1,0 +1,96 @@
+#pragma once
+/// @file
+/// The embedding API of GPUFlex: run a core or a node, talk to a core as a client, or run
+/// core and nodes together in one process. The apps are thin mains over this header; a C++
+/// trainer links `gflex::actors` and uses the same calls. No CAF header is included here.
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "gflex/job_status.hpp"
+#include "gflex/runtime/error.hpp"
+
+namespace gflex {
+
+/// The wire protocol version this build speaks; a node with another is refused at join.
+inline constexpr uint32_t protocol_version = 1;
+
+/// How to run a core.
+struct core_config {
+  std::string host = "127.0.0.1";
+  uint16_t port = 7400;
+  std::filesystem::path data_dir;  ///< LMDB store; required.
+  /// Heartbeat interval a node is told to use, and the lease after which a silent node is
+  /// taken as lost.
+  uint32_t heartbeat_ms = 1000;
+  uint32_t lease_ms = 5000;
+  /// Deadline of one assignment; a worker that has not answered by then loses it.
+  uint32_t assignment_timeout_ms = 120000;
+};
+
+/// How to run a node.
+struct node_config {
+  std::string name;              ///< Shown by the core; defaults to the host name.
+  int workers = 1;               ///< Compute slots (one worker actor each).
+  std::filesystem::path data_dir;  ///< Chunk cache; required.
+  std::string backend = "cpu";   ///< cpu, cuda or cuda:N.
+  int threads_per_worker = 1;    ///< CPU threads per worker (CPU backend).
+  /// Protocol version announced at join; 0 means this build's. Only tests set it, to check
+  /// that a core refuses a node speaking another version.
+  uint32_t announce_protocol = 0;
+};
+
+/// Runs a core until SIGINT or SIGTERM; returns the process exit code. Blocks the signals
+/// in the calling thread (call before starting other threads).
+int run_core(const core_config& config);
+
+/// Runs a node joined to the core at host:port until SIGINT or SIGTERM, reconnecting when
+/// the core goes away; returns the exit code (non-zero when the core refuses the node).
+int run_node(const node_config& config, const std::string& host, uint16_t port);
+
+/// A connection to a core, for submitting and following jobs.
+class client {
+ public:
+  /// Connects to the core at host:port (TCP); errc::io_error when it cannot.
+  static expected<client> connect(const std::string& host, uint16_t port);
+
+  client(client&&) noexcept;
+  client& operator=(client&&) noexcept;
+  ~client();
+
+  /// Submits a job spec (TOML text); returns the job id. The core validates the spec and
+  /// refuses bad ones with an error naming the key.
+  expected<std::string> submit(const std::string& spec_toml);
+  expected<job_status> status(const std::string& job_id);
+  expected<std::vector<job_status>> jobs();
+  expected<std::vector<node_status>> nodes();
+  expected<void> cancel(const std::string& job_id);
+  /// The trained parameters of the last committed round, as checkpoint bytes.
+  expected<std::vector<uint8_t>> fetch(const std::string& job_id);
+
+  struct impl;
+
+ private:
+  explicit client(std::unique_ptr<impl> p);
+  std::unique_ptr<impl> impl_;
+  friend expected<job_status> run_embedded(const struct embedded_config&, const std::string&,
+                                           const std::function<void(const job_status&)>&);
+};
+
+/// Core and nodes in one process (no sockets; the same actors and job path).
+struct embedded_config {
+  int nodes = 3;
+  int workers_per_node = 1;
+  std::filesystem::path data_dir;  ///< Empty: a temporary directory, removed at the end.
+};
+
+/// Runs one job on an embedded core with `nodes` nodes to its end, calling `on_status` as it
+/// progresses; returns the final status.
+expected<job_status> run_embedded(const embedded_config& config, const std::string& spec_toml,
+                                  const std::function<void(const job_status&)>& on_status);
+
+}  // namespace gflex

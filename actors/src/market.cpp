@@ -1,0 +1,64 @@
+#include "market.hpp"
+
+#include "messages.hpp"
+
+namespace gflex {
+
+namespace {
+
+struct slot_entry {
+  worker_slot slot;
+  bool busy = false;
+};
+
+struct market_state {
+  std::vector<slot_entry> slots;
+  size_t cursor = 0;  // where the next acquire starts looking, for round-robin spreading
+  static inline const char* name = "market";
+};
+
+caf::behavior market_actor(caf::stateful_actor<market_state>* self) {
+  return {
+      [=](offer_atom, const std::string& node_id, std::vector<worker_slot>& offered) {
+        auto& slots = self->state.slots;
+        for (auto& s : offered) {
+          s.node_id = node_id;
+          slots.push_back({std::move(s), false});
+        }
+      },
+      [=](withdraw_atom, const std::string& node_id) {
+        auto& slots = self->state.slots;
+        slots.erase(std::remove_if(slots.begin(), slots.end(),
+                                   [&](const slot_entry& e) { return e.slot.node_id == node_id; }),
+                    slots.end());
+      },
+      [=](acquire_atom, const std::string&, int64_t wanted) -> std::vector<worker_slot> {
+        auto& st = self->state;
+        std::vector<worker_slot> out;
+        for (size_t i = 0; i < st.slots.size() && static_cast<int64_t>(out.size()) < wanted; ++i) {
+          auto& e = st.slots[(st.cursor + i) % st.slots.size()];
+          if (e.busy) continue;
+          e.busy = true;
+          out.push_back(e.slot);
+        }
+        if (!st.slots.empty()) st.cursor = (st.cursor + out.size()) % st.slots.size();
+        return out;
+      },
+      [=](release_atom, const caf::actor& worker) {
+        for (auto& e : self->state.slots)
+          if (e.slot.worker == worker) e.busy = false;
+      },
+      [=](nodes_atom) -> caf::result<int64_t, int64_t> {
+        int64_t free = 0;
+        for (const auto& e : self->state.slots) free += e.busy ? 0 : 1;
+        return caf::result<int64_t, int64_t>(static_cast<int64_t>(self->state.slots.size()),
+                                              free);
+      },
+  };
+}
+
+}  // namespace
+
+caf::actor spawn_market(caf::actor_system& sys) { return sys.spawn(market_actor); }
+
+}  // namespace gflex

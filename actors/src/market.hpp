@@ -1,0 +1,20 @@
+#pragma once
+/// @file
+/// The market actor: the core's pool of compute slots (one per node worker), handed to jobs
+/// round by round.
+///
+/// Protocol:
+/// - (offer_atom, node_id, slots) from the registry: a node's workers become available.
+/// - (withdraw_atom, node_id) from the registry: a node is gone; its slots disappear.
+/// - (acquire_atom, job_id, n) -> vector<worker_slot>: up to n free slots, now busy. Slots
+///   go to jobs in turn, starting after the node served last, so work spreads over nodes.
+/// - (release_atom, worker) : the slot is free again (ignored if its node is gone).
+/// - (nodes_atom) -> (total, free) slot counts.
+
+#include <caf/fwd.hpp>
+
+namespace gflex {
+
+caf::actor spawn_market(caf::actor_system& sys);
+
+}  // namespace gflex

@@ -1,0 +1,60 @@
+#include "messages.hpp"
+
+#include <caf/io/middleman.hpp>
+
+namespace gflex {
+
+void register_message_types(caf::actor_system_config& cfg) {
+  cfg.add_message_type<node_hello>("gflex::node_hello");
+  cfg.add_message_type<node_welcome>("gflex::node_welcome");
+  cfg.add_message_type<assignment>("gflex::assignment");
+  cfg.add_message_type<assignment_result>("gflex::assignment_result");
+  cfg.add_message_type<worker_slot>("gflex::worker_slot");
+  cfg.add_message_type<std::vector<worker_slot>>("std::vector<gflex::worker_slot>");
+  cfg.add_message_type<store_batch>("gflex::store_batch");
+  cfg.add_message_type<job_status>("gflex::job_status");
+  cfg.add_message_type<std::vector<job_status>>("std::vector<gflex::job_status>");
+  cfg.add_message_type<node_status>("gflex::node_status");
+  cfg.add_message_type<std::vector<node_status>>("std::vector<gflex::node_status>");
+  cfg.add_message_type<std::vector<uint8_t>>("std::vector<uint8_t>");
+  cfg.add_message_type<std::vector<std::vector<uint8_t>>>("std::vector<std::vector<uint8_t>>");
+  cfg.add_message_type<std::vector<std::string>>("std::vector<std::string>");
+}
+
+void configure_actor_system(caf::actor_system_config& cfg) {
+  register_message_types(cfg);
+  cfg.add_error_category(error_category, [](uint8_t code, const std::string& context) {
+    std::string out = to_string(static_cast<errc>(code));
+    if (!context.empty()) out += ": " + context;
+    return out;
+  });
+  cfg.set("scheduler.max-throughput", size_t{100});
+  cfg.load<caf::io::middleman>();
+}
+
+caf::error to_caf(const error& e) {
+  return caf::error(static_cast<uint8_t>(e.code()), error_category,
+                    caf::make_message(e.message()));
+}
+
+error from_caf(const caf::error& e, caf::actor_system* sys) {
+  if (e.category() == error_category) {
+    std::string message;
+    if (e.context().match_elements<std::string>()) message = e.context().get_as<std::string>(0);
+    return error(static_cast<errc>(e.code()), message);
+  }
+  if (e.category() == caf::atom("system")) {
+    auto code = static_cast<caf::sec>(e.code());
+    switch (code) {
+      case caf::sec::request_timeout:
+        return error(errc::io_error, "the request timed out");
+      case caf::sec::request_receiver_down:
+        return error(errc::io_error, "the receiver is gone");
+      default:
+        break;
+    }
+  }
+  return error(errc::io_error, sys != nullptr ? sys->render(e) : caf::to_string(e));
+}
+
+}  // namespace gflex

@@ -1,0 +1,174 @@
+#pragma once
+/// @file
+/// The protocol between core, nodes and clients: atoms, message structs with their CAF
+/// `inspect` overloads, and the mapping of gflex errors onto caf::error. Included only by
+/// actor sources (it pulls in CAF). docs/PROTOCOL.md describes every exchange.
+
+#include <caf/all.hpp>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "gflex/job_status.hpp"
+#include "gflex/runtime/error.hpp"
+
+namespace gflex {
+
+// -- atoms: each names the verb of a request --------------------------------------------------
+
+using hello_atom = caf::atom_constant<caf::atom("hello")>;        ///< node -> core: join
+using beat_atom = caf::atom_constant<caf::atom("heartbeat")>;     ///< node -> registry
+using bye_atom = caf::atom_constant<caf::atom("bye")>;            ///< node -> registry: leave
+using assign_atom = caf::atom_constant<caf::atom("assign")>;      ///< job -> worker
+using abort_atom = caf::atom_constant<caf::atom("abort")>;        ///< job -> worker: cancel
+using submit_atom = caf::atom_constant<caf::atom("submit")>;      ///< client -> core
+using status_atom = caf::atom_constant<caf::atom("status")>;      ///< client -> core
+using jobs_atom = caf::atom_constant<caf::atom("jobs")>;          ///< client -> core
+using nodes_atom = caf::atom_constant<caf::atom("nodes")>;        ///< client -> core
+using cancel_atom = caf::atom_constant<caf::atom("cancel")>;      ///< client -> core
+using fetch_atom = caf::atom_constant<caf::atom("fetch")>;        ///< client -> core
+using chunk_atom = caf::atom_constant<caf::atom("chunk")>;        ///< node -> core data
+using acquire_atom = caf::atom_constant<caf::atom("acquire")>;    ///< job -> market
+using release_atom = caf::atom_constant<caf::atom("release")>;    ///< job -> market
+using offer_atom = caf::atom_constant<caf::atom("offer")>;        ///< registry -> market
+using withdraw_atom = caf::atom_constant<caf::atom("withdraw")>;  ///< registry -> market
+using commit_atom = caf::atom_constant<caf::atom("commit")>;      ///< job -> store
+using read_atom = caf::atom_constant<caf::atom("read")>;          ///< any -> store
+using scan_atom = caf::atom_constant<caf::atom("scan")>;          ///< any -> store
+using update_atom = caf::atom_constant<caf::atom("update")>;      ///< job -> job_supervisor
+using tick_atom = caf::atom_constant<caf::atom("tick")>;          ///< timers, to self
+using stop_atom = caf::atom_constant<caf::atom("stop")>;          ///< to a process's owner
+
+// -- messages -----------------------------------------------------------------------------------
+
+/// node -> core (hello_atom): a node asks to join. The core checks `protocol` first and
+/// refuses any other version; it registers `workers` as compute slots and monitors `uplink`.
+struct node_hello {
+  uint32_t protocol = 0;
+  std::string name;
+  std::string device;  ///< "cpu" or the GPU's name.
+  uint64_t device_memory = 0;
+  std::vector<caf::actor> workers;
+  caf::actor uplink;
+};
+
+/// core -> node: the answer to node_hello.
+struct node_welcome {
+  uint32_t protocol = 0;
+  std::string node_id;
+  uint32_t heartbeat_ms = 1000;
+  caf::actor registry;     ///< where heartbeats and bye go
+  caf::actor data_server;  ///< where chunks are fetched
+};
+
+/// job -> worker (assign_atom): run `local_steps` inner steps from `params` on the shard whose
+/// content address is `shard`, and answer with an assignment_result. Deterministic given
+/// (params, shard, seed, hyper-parameters).
+struct assignment {
+  uint64_t id = 0;  ///< Unique (random 64-bit); a result must name it.
+  std::string job_id;
+  uint64_t round = 0;
+  std::string workload;
+  std::string shard;  ///< BLAKE2b-256 hex of the shard chunk.
+  uint64_t seed = 0;
+  int64_t local_steps = 1;
+  int64_t batch_size = 128;
+  float lr = 1e-3f;
+  float weight_decay = 0.0f;
+  bool plain_sgd = false;
+  uint8_t compression = 0;      ///< gflex::compression of the answer.
+  std::vector<uint8_t> params;  ///< Cap'n Proto Tensor, f32 [parameter_count].
+};
+
+/// worker -> job: the pseudo-gradient theta_start - theta_end of an assignment.
+struct assignment_result {
+  uint64_t assignment_id = 0;
+  std::vector<uint8_t> update;  ///< Cap'n Proto Update (fp32 or int8).
+  double loss = 0.0;            ///< Mean training loss over the inner steps.
+  int64_t samples = 0;
+  double compute_s = 0.0;
+};
+
+/// A compute slot as the market hands it out.
+struct worker_slot {
+  caf::actor worker;
+  std::string node_id;
+  std::string node_name;
+};
+
+/// A batch of writes for the store, applied in one LMDB transaction.
+struct store_batch {
+  std::vector<std::string> keys;
+  std::vector<std::vector<uint8_t>> values;
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, node_hello& x) {
+  return f(caf::meta::type_name("node_hello"), x.protocol, x.name, x.device, x.device_memory,
+           x.workers, x.uplink);
+}
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, node_welcome& x) {
+  return f(caf::meta::type_name("node_welcome"), x.protocol, x.node_id, x.heartbeat_ms,
+           x.registry, x.data_server);
+}
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, assignment& x) {
+  return f(caf::meta::type_name("assignment"), x.id, x.job_id, x.round, x.workload, x.shard,
+           x.seed, x.local_steps, x.batch_size, x.lr, x.weight_decay, x.plain_sgd,
+           x.compression, x.params);
+}
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, assignment_result& x) {
+  return f(caf::meta::type_name("assignment_result"), x.assignment_id, x.update, x.loss,
+           x.samples, x.compute_s);
+}
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, worker_slot& x) {
+  return f(caf::meta::type_name("worker_slot"), x.worker, x.node_id, x.node_name);
+}
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, store_batch& x) {
+  return f(caf::meta::type_name("store_batch"), x.keys, x.values);
+}
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, job_status& x) {
+  return f(caf::meta::type_name("job_status"), x.job_id, x.name, x.workload, x.state, x.detail,
+           x.round, x.rounds, x.test_accuracy, x.train_loss, x.nodes, x.bytes_sent,
+           x.bytes_received, x.elapsed_s, x.eta_s, x.late_results, x.rejected_results);
+}
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, node_status& x) {
+  return f(caf::meta::type_name("node_status"), x.node_id, x.name, x.device, x.workers,
+           x.last_seen_s);
+}
+
+/// Registers every message type above (and the vectors of them that travel) with `cfg`.
+/// Core, nodes and clients must all call it: CAF matches types by these names.
+void register_message_types(caf::actor_system_config& cfg);
+
+/// Applies the project's defaults to an actor system configuration: message types, the
+/// error category, and scheduler fairness (max-throughput, so one busy actor cannot starve
+/// the others).
+void configure_actor_system(caf::actor_system_config& cfg);
+
+/// The CAF error category of gflex errors.
+inline constexpr caf::atom_value error_category = caf::atom("gflex");
+
+/// A gflex error as a caf::error (code, category "gflex", message in the context), so that
+/// it crosses the network intact.
+caf::error to_caf(const error& e);
+
+/// The gflex error inside a caf::error; CAF's own errors (timeouts, unreachable peers)
+/// become errc::io_error with CAF's rendering of them.
+error from_caf(const caf::error& e, caf::actor_system* sys = nullptr);
+
+}  // namespace gflex

@@ -1,0 +1,98 @@
+#include "registry.hpp"
+
+#include <spdlog/spdlog.h>
+
+#include <chrono>
+#include <map>
+
+#include "messages.hpp"
+
+namespace gflex {
+
+namespace {
+
+using clock_type = std::chrono::steady_clock;
+
+struct node_entry {
+  std::string name;
+  std::string device;
+  caf::actor uplink;
+  uint32_t workers = 0;
+  clock_type::time_point last_seen;
+};
+
+struct registry_state {
+  std::map<std::string, node_entry> nodes;
+  uint64_t next_id = 1;
+  static inline const char* name = "registry";
+};
+
+caf::behavior registry_actor(caf::stateful_actor<registry_state>* self, caf::actor market,
+                             caf::actor data_server, registry_config config) {
+  auto remove_node = [=](const std::string& node_id, const char* why) {
+    auto& nodes = self->state.nodes;
+    auto it = nodes.find(node_id);
+    if (it == nodes.end()) return;
+    spdlog::warn("node {} ({}) {}: its work goes back to the market", node_id, it->second.name,
+                 why);
+    self->demonitor(it->second.uplink);
+    nodes.erase(it);
+    self->send(market, withdraw_atom::value, node_id);
+  };
+  self->set_down_handler([=](const caf::down_msg& down) {
+    for (const auto& [id, node] : self->state.nodes)
+      if (node.uplink.address() == down.source) {
+        remove_node(std::string(id), "is unreachable");
+        return;
+      }
+  });
+  self->delayed_send(self, std::chrono::milliseconds(config.lease_ms / 4 + 1), tick_atom::value);
+  return {
+      [=](hello_atom, node_hello& hello) -> node_welcome {
+        auto& st = self->state;
+        std::string id = "n" + std::to_string(st.next_id++);
+        self->monitor(hello.uplink);
+        st.nodes[id] = {hello.name, hello.device, hello.uplink,
+                        static_cast<uint32_t>(hello.workers.size()), clock_type::now()};
+        std::vector<worker_slot> slots;
+        for (auto& w : hello.workers) slots.push_back({w, id, hello.name});
+        self->send(market, offer_atom::value, id, std::move(slots));
+        spdlog::info("node {} joined as {} with {} worker(s) on {}", hello.name, id,
+                     hello.workers.size(), hello.device);
+        return node_welcome{protocol_version, id, config.heartbeat_ms,
+                            caf::actor_cast<caf::actor>(self), data_server};
+      },
+      [=](beat_atom, const std::string& node_id) {
+        auto it = self->state.nodes.find(node_id);
+        if (it != self->state.nodes.end()) it->second.last_seen = clock_type::now();
+      },
+      [=](bye_atom, const std::string& node_id) { remove_node(node_id, "left"); },
+      [=](tick_atom) {
+        auto now = clock_type::now();
+        std::vector<std::string> expired;
+        for (const auto& [id, node] : self->state.nodes)
+          if (now - node.last_seen > std::chrono::milliseconds(config.lease_ms))
+            expired.push_back(id);
+        for (const auto& id : expired) remove_node(id, "missed its heartbeats");
+        self->delayed_send(self, std::chrono::milliseconds(config.lease_ms / 4 + 1),
+                           tick_atom::value);
+      },
+      [=](nodes_atom) -> std::vector<node_status> {
+        std::vector<node_status> out;
+        auto now = clock_type::now();
+        for (const auto& [id, node] : self->state.nodes)
+          out.push_back({id, node.name, node.device, node.workers,
+                         std::chrono::duration<double>(now - node.last_seen).count()});
+        return out;
+      },
+  };
+}
+
+}  // namespace
+
+caf::actor spawn_registry(caf::actor_system& sys, caf::actor market, caf::actor data_server,
+                          registry_config config) {
+  return sys.spawn(registry_actor, std::move(market), std::move(data_server), config);
+}
+
+}  // namespace gflex

@@ -1,0 +1,29 @@
+#pragma once
+/// @file
+/// The registry actor: the nodes that have joined, their workers, and their heartbeats.
+///
+/// Protocol:
+/// - (hello_atom, node_hello) -> node_welcome, forwarded by the core supervisor after the
+///   protocol check: assigns a node id, monitors the node's uplink, offers its workers to
+///   the market.
+/// - (beat_atom, node_id): renews the node's lease. A node whose lease runs out (a hung
+///   process with its socket open) or whose uplink goes down (a killed process, a lost link)
+///   is removed and its workers withdrawn from the market at once.
+/// - (bye_atom, node_id): the node leaves on purpose.
+/// - (nodes_atom) -> vector<node_status>.
+
+#include <caf/fwd.hpp>
+
+#include <cstdint>
+
+namespace gflex {
+
+struct registry_config {
+  uint32_t heartbeat_ms = 1000;
+  uint32_t lease_ms = 5000;
+};
+
+caf::actor spawn_registry(caf::actor_system& sys, caf::actor market, caf::actor data_server,
+                          registry_config config);
+
+}  // namespace gflex

@@ -1,0 +1,58 @@
+#include "store.hpp"
+
+#include "gflex/runtime/store.hpp"
+#include "messages.hpp"
+
+namespace gflex {
+
+namespace {
+
+struct store_state {
+  std::unique_ptr<store> db;
+  static inline const char* name = "store";
+};
+
+caf::behavior store_actor(caf::stateful_actor<store_state>* self, std::shared_ptr<store> db) {
+  self->state.db = std::make_unique<store>(std::move(*db));
+  return {
+      [=](commit_atom, const store_batch& batch) -> caf::result<caf::ok_atom> {
+        if (batch.keys.size() != batch.values.size())
+          return to_caf(error(errc::invalid_argument, "store batch keys and values differ"));
+        std::vector<store_write> writes;
+        writes.reserve(batch.keys.size());
+        for (size_t i = 0; i < batch.keys.size(); ++i)
+          writes.push_back({batch.keys[i], batch.values[i]});
+        if (auto ok = self->state.db->commit(writes); !ok) return to_caf(ok.error());
+        return caf::ok_atom::value;
+      },
+      [=](read_atom, const std::string& key) -> caf::result<bool, std::vector<uint8_t>> {
+        auto value = self->state.db->get(key);
+        if (!value) return to_caf(value.error());
+        if (!value->has_value()) return {false, std::vector<uint8_t>{}};
+        return {true, std::move(**value)};
+      },
+      [=](scan_atom, const std::string& prefix)
+          -> caf::result<std::vector<std::string>, std::vector<std::vector<uint8_t>>> {
+        std::vector<std::string> keys;
+        std::vector<std::vector<uint8_t>> values;
+        auto ok = self->state.db->scan(prefix, [&](std::string_view k, std::span<const uint8_t> v) {
+          keys.emplace_back(k);
+          values.emplace_back(v.begin(), v.end());
+          return true;
+        });
+        if (!ok) return to_caf(ok.error());
+        return {std::move(keys), std::move(values)};
+      },
+  };
+}
+
+}  // namespace
+
+expected<caf::actor> spawn_store(caf::actor_system& sys, const std::filesystem::path& dir) {
+  auto db = store::open(dir);
+  if (!db) return db.error();
+  auto shared = std::make_shared<store>(std::move(*db));
+  return sys.spawn<caf::detached>(store_actor, shared);
+}
+
+}  // namespace gflex

@@ -1,0 +1,23 @@
+#pragma once
+/// @file
+/// The store actor: the core's only writer to LMDB. Detached (its own thread), because a
+/// write transaction blocks and must begin and end on one thread.
+///
+/// Protocol:
+/// - (commit_atom, store_batch) -> ok_atom | error: all writes in one transaction.
+/// - (read_atom, key) -> (bool found, bytes): one value.
+/// - (scan_atom, prefix) -> (keys, values): every key starting with prefix, in order.
+
+#include <caf/fwd.hpp>
+
+#include <filesystem>
+
+#include "gflex/runtime/error.hpp"
+
+namespace gflex {
+
+/// Opens the store in `dir` and spawns its actor; errors (a locked or unwritable directory)
+/// are returned before anything is spawned.
+expected<caf::actor> spawn_store(caf::actor_system& sys, const std::filesystem::path& dir);
+
+}  // namespace gflex

@@ -1,0 +1,48 @@
+#pragma once
+/// @file
+/// Checkpoints: a workload's name, a progress counter and named parameter tensors, encoded
+/// with schemas/checkpoint.capnp. `gflex fetch` writes one; `gflex eval` reads it.
+
+#include <cstdint>
+#include <filesystem>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "gflex/runtime/error.hpp"
+#include "gflex/runtime/tensor.hpp"
+#include "gflex/runtime/tensor_codec.hpp"
+
+namespace gflex {
+
+/// A named tensor of a checkpoint.
+struct named_tensor {
+  std::string name;
+  tensor value;
+};
+
+/// A decoded checkpoint.
+struct checkpoint {
+  std::string workload;
+  uint64_t step = 0;
+  std::vector<named_tensor> tensors;
+
+  /// The tensor called `name`, or nullptr.
+  const tensor* find(std::string_view name) const;
+};
+
+std::vector<uint8_t> encode_checkpoint(const checkpoint& c);
+
+/// Decodes a checkpoint; malformed input is errc::malformed_message (never a crash).
+expected<checkpoint> decode_checkpoint(std::span<const uint8_t> bytes,
+                                       const decode_limits& limits = {});
+
+/// Writes bytes to `file` atomically (a temporary file renamed over it).
+expected<void> write_file_atomically(const std::filesystem::path& file,
+                                     std::span<const uint8_t> bytes);
+
+/// Reads a whole file; errc::io_error naming it when it cannot.
+expected<std::vector<uint8_t>> read_file(const std::filesystem::path& file,
+                                         size_t max_bytes = size_t{1} << 31);
+
+}  // namespace gflex

@@ -1,0 +1,61 @@
+#pragma once
+/// @file
+/// A training job as a user submits it, read from TOML. toml++ stays out of this header:
+/// only job_spec.cpp includes it, so callers do not pay for its compile time.
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <string_view>
+
+#include "gflex/runtime/error.hpp"
+#include "gflex/runtime/update_codec.hpp"
+
+namespace gflex {
+
+/// The optimizer each assignment runs for its local steps.
+enum class inner_optimizer : uint8_t { adamw = 0, sgd = 1 };
+
+/// A training job as a user submits it. Training runs in DiLoCo-style rounds: each round
+/// hands out `workers` assignments, each runs `local_steps` inner steps from the round's
+/// parameters and returns its pseudo-gradient, which the outer optimizer (Nesterov momentum)
+/// applies. The comments name each field's TOML key and accepted range.
+struct job_spec {
+  std::string name = "job";                        ///< [job] name: 1..64 of [A-Za-z0-9._-].
+  std::string workload;                            ///< [job] workload: required, non-empty.
+  int64_t rounds = 30;                             ///< [job] rounds: 1..100000.
+  int64_t workers = 3;                             ///< [job] workers: per round, 1..1024.
+  uint64_t seed = 1;                               ///< [job] seed: 0..2^63-1 (a TOML integer).
+  inner_optimizer inner = inner_optimizer::adamw;  ///< [inner] optimizer: "adamw" | "sgd".
+  int64_t local_steps = 50;                        ///< [inner] local_steps: 1..100000.
+  int64_t batch_size = 128;                        ///< [inner] batch_size: 1..65536.
+  double inner_lr = 1e-3;                          ///< [inner] lr: in (0, 10].
+  double weight_decay = 0.0;                       ///< [inner] weight_decay: in [0, 1).
+  double outer_lr = 0.7;                           ///< [outer] lr: in (0, 10].
+  double outer_momentum = 0.9;                     ///< [outer] momentum: in [0, 1).
+  gflex::compression compression = gflex::compression::int8;  ///< [wire] compression.
+  int64_t eval_every = 1;  ///< [eval] every: test accuracy every N rounds, 1..100000.
+
+  /// Field-by-field equality; floating-point fields compare exactly, as a round trip keeps them.
+  bool operator==(const job_spec&) const = default;
+};
+
+/// Parses and validates a job spec from TOML text. `source` names the text in messages (a file
+/// name). Every problem is errc::invalid_argument with a message of the form
+/// "<source>: <table>.<key>: <what is wrong>"; syntax errors give "<source>:<line>:<column>:".
+/// Unknown tables and keys are errors, so that a misspelt key does not silently fall back to its
+/// default. Missing keys other than job.workload take the defaults above.
+expected<job_spec> parse_job_spec(std::string_view toml_text, const std::string& source);
+
+/// Reads and parses a file; a missing or unreadable file is errc::io_error naming it.
+expected<job_spec> load_job_spec(const std::filesystem::path& file);
+
+/// Renders a spec as TOML with every key. For a spec that parse_job_spec would accept, parsing
+/// the result gives back an equal spec (floating-point values are written in their shortest
+/// exact form).
+std::string to_toml(const job_spec& spec);
+
+/// The TOML spelling of an optimizer ("adamw", "sgd").
+const char* to_string(inner_optimizer optimizer) noexcept;
+
+}  // namespace gflex

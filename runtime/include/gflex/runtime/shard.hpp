@@ -1,0 +1,31 @@
+#pragma once
+/// @file
+/// Shards: contiguous slices of a training set, encoded with schemas/dataset.capnp for the
+/// core to serve to nodes as content-addressed chunks.
+
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "gflex/runtime/dataset.hpp"
+#include "gflex/runtime/error.hpp"
+
+namespace gflex {
+
+/// Describes one encoded shard: its content address and size.
+struct shard_info {
+  std::string digest;  ///< BLAKE2b-256 of the encoded bytes, hex.
+  int64_t samples = 0;
+  uint64_t bytes = 0;
+};
+
+/// Encodes rows [begin, end) of `d`. Features travel as 8-bit values (round(x * 255)): the
+/// image data sets served this way are 8-bit to begin with, so nothing is lost.
+std::vector<uint8_t> encode_shard(const dataset& d, int64_t begin, int64_t end);
+
+/// Decodes a shard into a dataset with features scaled back to [0, 1]. Malformed input,
+/// inconsistent counts or labels out of range are errc::malformed_message.
+expected<dataset> decode_shard(std::span<const uint8_t> bytes);
+
+}  // namespace gflex

@@ -1,0 +1,54 @@
+#pragma once
+/// @file
+/// Encoding of pseudo-gradient updates with the Cap'n Proto schema schemas/update.capnp, with
+/// optional int8 block quantisation and error feedback.
+
+#include <cstdint>
+#include <span>
+#include <string_view>
+#include <vector>
+
+#include "gflex/runtime/error.hpp"
+
+namespace gflex {
+
+/// How a pseudo-gradient travels on the wire. (Values match schemas/update.capnp.)
+enum class compression : uint8_t { fp32 = 0, int8 = 1 };
+
+/// Largest block size an int8 update may use; a decoder rejects larger ones.
+inline constexpr uint32_t max_update_block_size = uint32_t{1} << 20;
+
+/// Most values one update can carry with each compression: a Cap'n Proto Data field holds at
+/// most 2^29 - 1 bytes.
+inline constexpr uint64_t max_update_count_fp32 = ((uint64_t{1} << 29) - 1) / 4;
+inline constexpr uint64_t max_update_count_int8 = (uint64_t{1} << 29) - 1;
+
+/// Encodes an update. For int8, values are quantised per block of `block_size` (default 256)
+/// with scale = max|x|/127 (a zero block has scale 0), q = round(x/scale) clamped to [-127,127].
+/// Error feedback: if `residual` is non-null it must have delta.size() elements (a zero-filled
+/// vector on first use); the quantised input is delta + residual and afterwards residual holds
+/// (delta + residual) - dequantised, so what the quantiser drops is carried into the next update.
+/// For fp32, the values sent are delta + residual and residual (if given) is zeroed after use,
+/// so switching from int8 to fp32 flushes what int8 carried. Non-finite input, a block size
+/// outside [1, max_update_block_size] and more values than the compression's
+/// max_update_count_* are caller bugs (GFLEX_CHECK).
+std::vector<uint8_t> encode_update(std::span<const float> delta, compression c,
+                                   std::vector<float>* residual = nullptr,
+                                   uint32_t block_size = 256);
+
+/// Decodes an update into floats. `expected_count` is what the receiver expects; a different
+/// count is errc::shape_mismatch ("update has N values, expected M"). Malformed bytes
+/// (truncated, trailing bytes, bad enum, sizes inconsistent with count/blockSize, block_size 0 or
+/// > 1<<20, count above `max_count`) are errc::malformed_message; non-finite scales or values are
+/// errc::non_finite naming the first bad index. Never crashes, never allocates more than the
+/// limits allow before validating sizes.
+expected<std::vector<float>> decode_update(std::span<const uint8_t> bytes, uint64_t expected_count,
+                                           uint64_t max_count = uint64_t{1} << 28);
+
+/// A short, stable name for a compression ("int8").
+const char* to_string(compression c) noexcept;
+
+/// The compression named `name` ("fp32" or "int8"); anything else is errc::invalid_argument.
+expected<compression> parse_compression(std::string_view name);
+
+}  // namespace gflex

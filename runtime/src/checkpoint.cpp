@@ -1,0 +1,96 @@
+#include "gflex/runtime/checkpoint.hpp"
+
+#include <unistd.h>
+
+#include <cstdio>
+#include <fstream>
+
+#include "capnp_bytes.hpp"
+#include "gflex/schema/checkpoint.capnp.h"
+#include "tensor_capnp.hpp"
+
+namespace gflex {
+
+const tensor* checkpoint::find(std::string_view name) const {
+  for (const auto& t : tensors)
+    if (t.name == name) return &t.value;
+  return nullptr;
+}
+
+std::vector<uint8_t> encode_checkpoint(const checkpoint& c) {
+  size_t words = 64;
+  for (const auto& t : c.tensors) words += 16 + t.name.size() / 8 + (t.value.nbytes() + 7) / 8;
+  capnp::MallocMessageBuilder message(static_cast<unsigned>(std::min<size_t>(words, 1u << 28)));
+  auto root = message.initRoot<schema::Checkpoint>();
+  root.setWorkload(c.workload);
+  root.setStep(c.step);
+  auto list = root.initParameters(static_cast<unsigned>(c.tensors.size()));
+  for (size_t i = 0; i < c.tensors.size(); ++i) {
+    list[i].setName(c.tensors[i].name);
+    detail::write_tensor(list[i].initTensor(), c.tensors[i].value);
+  }
+  return detail::to_bytes(message);
+}
+
+expected<checkpoint> decode_checkpoint(std::span<const uint8_t> bytes,
+                                       const decode_limits& limits) {
+  return detail::read_message<checkpoint>(
+      bytes, "checkpoint", limits.max_bytes,
+      [&](capnp::MessageReader& reader) -> expected<checkpoint> {
+        auto root = reader.getRoot<schema::Checkpoint>();
+        checkpoint c;
+        c.workload = root.getWorkload().cStr();
+        c.step = root.getStep();
+        auto list = root.getParameters();
+        if (list.size() > 1024)
+          return error(errc::malformed_message, "malformed checkpoint: too many tensors");
+        for (auto entry : list) {
+          auto t = detail::read_tensor(entry.getTensor(), limits);
+          if (!t) return t.error();
+          c.tensors.push_back({entry.getName().cStr(), std::move(*t)});
+        }
+        return c;
+      });
+}
+
+expected<void> write_file_atomically(const std::filesystem::path& file,
+                                     std::span<const uint8_t> bytes) {
+  auto tmp = file;
+  tmp += ".tmp." + std::to_string(::getpid());
+  {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    out.write(reinterpret_cast<const char*>(bytes.data()),
+              static_cast<std::streamsize>(bytes.size()));
+    out.flush();
+    if (!out) {
+      std::error_code ec;
+      std::filesystem::remove(tmp, ec);
+      return error(errc::io_error, file.string() + ": cannot write");
+    }
+  }
+  std::error_code ec;
+  std::filesystem::rename(tmp, file, ec);
+  if (ec) {
+    std::filesystem::remove(tmp, ec);
+    return error(errc::io_error, file.string() + ": cannot write (" + ec.message() + ")");
+  }
+  return {};
+}
+
+expected<std::vector<uint8_t>> read_file(const std::filesystem::path& file, size_t max_bytes) {
+  std::error_code ec;
+  if (!std::filesystem::is_regular_file(file, ec))
+    return error(errc::io_error, file.string() + ": no such file");
+  auto size = std::filesystem::file_size(file, ec);
+  if (ec) return error(errc::io_error, file.string() + ": " + ec.message());
+  if (size > max_bytes)
+    return error(errc::io_error, file.string() + ": larger than " + std::to_string(max_bytes) +
+                                     " bytes");
+  std::vector<uint8_t> bytes(size);
+  std::ifstream in(file, std::ios::binary);
+  in.read(reinterpret_cast<char*>(bytes.data()), static_cast<std::streamsize>(size));
+  if (!in) return error(errc::io_error, file.string() + ": cannot read");
+  return bytes;
+}
+
+}  // namespace gflex

@@ -1,0 +1,410 @@
+#include "gflex/runtime/job_spec.hpp"
+
+#include <algorithm>
+#include <array>
+#include <cerrno>
+#include <charconv>
+#include <cstring>
+#include <fstream>
+#include <iterator>
+#include <limits>
+#include <optional>
+#include <vector>
+
+#include <toml++/toml.h>
+
+namespace gflex {
+
+const char* to_string(inner_optimizer optimizer) noexcept {
+  switch (optimizer) {
+    case inner_optimizer::adamw:
+      return "adamw";
+    case inner_optimizer::sgd:
+      return "sgd";
+  }
+  return "unknown";
+}
+
+namespace {
+
+// The schema: every table and the keys it may hold. Anything else in a spec is an error.
+struct table_schema {
+  std::string_view name;
+  std::vector<std::string_view> keys;
+};
+
+const std::array<table_schema, 5>& schema() {
+  static const std::array<table_schema, 5> tables{{
+      {"job", {"name", "workload", "rounds", "workers", "seed"}},
+      {"inner", {"optimizer", "local_steps", "batch_size", "lr", "weight_decay"}},
+      {"outer", {"lr", "momentum"}},
+      {"wire", {"compression"}},
+      {"eval", {"every"}},
+  }};
+  return tables;
+}
+
+// An interval of accepted floating-point values; either end may be open.
+struct real_range {
+  double lo;
+  bool lo_open;
+  double hi;
+  bool hi_open;
+
+  // NaN fails both comparisons, so this also rejects non-finite values.
+  bool contains(double x) const {
+    return (lo_open ? x > lo : x >= lo) && (hi_open ? x < hi : x <= hi);
+  }
+};
+
+// Shortest text that parses back to exactly `x` ("0.001", "1e-05", "nan", "inf").
+std::string format_double(double x) {
+  std::array<char, 64> buf{};
+  auto [end, ec] = std::to_chars(buf.data(), buf.data() + buf.size(), x);
+  return std::string(buf.data(), ec == std::errc{} ? end : buf.data());
+}
+
+std::string describe(const real_range& r) {
+  return std::string(r.lo_open ? "(" : "[") + format_double(r.lo) + ", " + format_double(r.hi) +
+         (r.hi_open ? ")" : "]");
+}
+
+// TOML's names for value types, as a user would write them in a message.
+const char* type_name(toml::node_type type) {
+  switch (type) {
+    case toml::node_type::none:
+      return "nothing";
+    case toml::node_type::table:
+      return "table";
+    case toml::node_type::array:
+      return "array";
+    case toml::node_type::string:
+      return "string";
+    case toml::node_type::integer:
+      return "integer";
+    case toml::node_type::floating_point:
+      return "float";
+    case toml::node_type::boolean:
+      return "boolean";
+    case toml::node_type::date:
+      return "date";
+    case toml::node_type::time:
+      return "time";
+    case toml::node_type::date_time:
+      return "date-time";
+  }
+  return "unknown";
+}
+
+// A TOML basic string for `s`: quoted, with quotes, backslashes and control characters escaped.
+// Other bytes pass through, which is right for the UTF-8 that toml++ has already validated.
+std::string quote(std::string_view s) {
+  std::string out = "\"";
+  for (char c : s) {
+    switch (c) {
+      case '"':
+        out += "\\\"";
+        break;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\b':
+        out += "\\b";
+        break;
+      case '\t':
+        out += "\\t";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      case '\f':
+        out += "\\f";
+        break;
+      case '\r':
+        out += "\\r";
+        break;
+      default:
+        if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) {
+          static constexpr char hex[] = "0123456789ABCDEF";
+          out += "\\u00";
+          out += hex[(static_cast<unsigned char>(c) >> 4) & 0xf];
+          out += hex[static_cast<unsigned char>(c) & 0xf];
+        } else {
+          out += c;
+        }
+    }
+  }
+  out += '"';
+  return out;
+}
+
+// A key as it would be written in TOML, so that a dotted path in a message is unambiguous
+// even when a (misspelt) key contains a dot or a space.
+std::string key_text(std::string_view key) {
+  bool bare = !key.empty() && std::all_of(key.begin(), key.end(), [](char c) {
+    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' ||
+           c == '-';
+  });
+  return bare ? std::string(key) : quote(key);
+}
+
+// Builds the messages for one spec and reads typed values out of its tables.
+class reader {
+ public:
+  reader(const std::string& source, const toml::table& root) : source_(source), root_(root) {}
+
+  error fail(std::string_view path, const std::string& what) const {
+    return error(errc::invalid_argument, source_ + ": " + std::string(path) + ": " + what);
+  }
+
+  // Checks that only known tables and keys occur. Of several unknown keys the one that comes
+  // first in the text is reported, which is the one a user reading top to bottom meets first.
+  expected<void> check_structure() const {
+    std::optional<error> first;
+    toml::source_position first_at{};
+    auto note = [&](const toml::node& node, error e) {
+      auto at = node.source().begin;
+      if (!first || at < first_at) {
+        first = std::move(e);
+        first_at = at;
+      }
+    };
+    for (auto&& [key, node] : root_) {
+      auto it = std::find_if(schema().begin(), schema().end(),
+                             [&](const table_schema& t) { return t.name == key.str(); });
+      std::string path = key_text(key.str());
+      if (it == schema().end()) {
+        note(node, fail(path, node.is_table() ? "unknown table" : "unknown key"));
+        continue;
+      }
+      const toml::table* table = node.as_table();
+      if (table == nullptr) {
+        note(node, fail(path, std::string("must be a table, got ") + type_name(node.type())));
+        continue;
+      }
+      for (auto&& [inner_key, inner_node] : *table) {
+        if (std::find(it->keys.begin(), it->keys.end(), inner_key.str()) != it->keys.end())
+          continue;
+        note(inner_node, fail(path + "." + key_text(inner_key.str()),
+                              inner_node.is_table() ? "unknown table" : "unknown key"));
+      }
+    }
+    if (first) return *first;
+    return {};
+  }
+
+  // The node at table.key, or null when absent; check_structure has vetted the table's type.
+  const toml::node* find(std::string_view table, std::string_view key) const {
+    const toml::table* t = root_.get_as<toml::table>(table);
+    return t == nullptr ? nullptr : t->get(key);
+  }
+
+  expected<void> integer(std::string_view table, std::string_view key, int64_t lo, int64_t hi,
+                         int64_t& out) const {
+    const toml::node* node = find(table, key);
+    if (node == nullptr) return {};
+    std::string path = std::string(table) + "." + std::string(key);
+    const auto* value = node->as_integer();
+    if (value == nullptr)
+      return fail(path, std::string("must be an integer, got ") + type_name(node->type()));
+    int64_t x = value->get();
+    if (x < lo || x > hi)
+      return fail(path, "must be an integer in " + bounds(lo, hi) + ", got " + std::to_string(x));
+    out = x;
+    return {};
+  }
+
+  // A TOML integer is signed 64-bit, so a seed is non-negative and below 2^63.
+  expected<void> seed(std::string_view table, std::string_view key, uint64_t& out) const {
+    int64_t x = static_cast<int64_t>(out);
+    auto r = integer(table, key, 0, std::numeric_limits<int64_t>::max(), x);
+    if (!r) return r;
+    out = static_cast<uint64_t>(x);
+    return {};
+  }
+
+  // Integers are accepted where a number is expected, so `lr = 1` means 1.0.
+  expected<void> number(std::string_view table, std::string_view key, const real_range& range,
+                        double& out) const {
+    const toml::node* node = find(table, key);
+    if (node == nullptr) return {};
+    std::string path = std::string(table) + "." + std::string(key);
+    double x = 0;
+    if (const auto* f = node->as_floating_point())
+      x = f->get();
+    else if (const auto* i = node->as_integer())
+      x = static_cast<double>(i->get());
+    else
+      return fail(path, std::string("must be a number, got ") + type_name(node->type()));
+    if (!range.contains(x))
+      return fail(path, "must be a number in " + describe(range) + ", got " + format_double(x));
+    out = x;
+    return {};
+  }
+
+  expected<void> string(std::string_view table, std::string_view key,
+                        std::optional<std::string>& out) const {
+    const toml::node* node = find(table, key);
+    if (node == nullptr) return {};
+    const auto* value = node->as_string();
+    if (value == nullptr)
+      return fail(std::string(table) + "." + std::string(key),
+                  std::string("must be a string, got ") + type_name(node->type()));
+    out = value->get();
+    return {};
+  }
+
+  // Reads an enum by its to_string spelling; `values` lists the accepted ones.
+  template <class Enum, size_t N>
+  expected<void> choice(std::string_view table, std::string_view key,
+                        const std::array<Enum, N>& values, Enum& out) const {
+    std::optional<std::string> text;
+    if (auto r = string(table, key, text); !r) return r;
+    if (!text) return {};
+    std::string allowed;
+    for (Enum v : values) {
+      if (*text == to_string(v)) {
+        out = v;
+        return {};
+      }
+      allowed += (allowed.empty() ? "" : ", ") + quote(to_string(v));
+    }
+    return fail(std::string(table) + "." + std::string(key),
+                "must be one of " + allowed + ", got " + quote(*text));
+  }
+
+ private:
+  static std::string bounds(int64_t lo, int64_t hi) {
+    return "[" + std::to_string(lo) + ", " + std::to_string(hi) + "]";
+  }
+
+  const std::string& source_;
+  const toml::table& root_;
+};
+
+// A job name ends up in log lines, file names and store keys, hence the conservative alphabet.
+expected<void> check_name(const reader& in, const std::string& name) {
+  constexpr size_t max_length = 64;
+  if (name.empty()) return in.fail("job.name", "must not be empty");
+  if (name.size() > max_length)
+    return in.fail("job.name", "must be at most " + std::to_string(max_length) +
+                                   " characters, got " + std::to_string(name.size()));
+  bool ok = std::all_of(name.begin(), name.end(), [](char c) {
+    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' ||
+           c == '_' || c == '-';
+  });
+  if (!ok)
+    return in.fail("job.name",
+                   "must use only letters, digits, '.', '_' and '-', got " + quote(name));
+  return {};
+}
+
+expected<job_spec> read_spec(const reader& in) {
+  constexpr int64_t max_steps = 100000;
+  constexpr real_range learning_rate{0.0, true, 10.0, false};
+  constexpr real_range unit_half_open{0.0, false, 1.0, true};
+
+  if (auto r = in.check_structure(); !r) return r.error();
+  job_spec spec;
+  std::optional<std::string> name;
+  std::optional<std::string> workload;
+  // Keys are read in the order of the struct so that the first error reported is stable.
+  if (auto r = in.string("job", "name", name); !r) return r.error();
+  if (name) {
+    if (auto r = check_name(in, *name); !r) return r.error();
+    spec.name = *name;
+  }
+  if (auto r = in.string("job", "workload", workload); !r) return r.error();
+  if (!workload) return in.fail("job.workload", "missing (required)");
+  if (workload->empty()) return in.fail("job.workload", "must not be empty");
+  spec.workload = *workload;
+  if (auto r = in.integer("job", "rounds", 1, max_steps, spec.rounds); !r) return r.error();
+  if (auto r = in.integer("job", "workers", 1, 1024, spec.workers); !r) return r.error();
+  if (auto r = in.seed("job", "seed", spec.seed); !r) return r.error();
+  if (auto r = in.choice("inner", "optimizer",
+                         std::array{inner_optimizer::adamw, inner_optimizer::sgd}, spec.inner);
+      !r)
+    return r.error();
+  if (auto r = in.integer("inner", "local_steps", 1, max_steps, spec.local_steps); !r)
+    return r.error();
+  if (auto r = in.integer("inner", "batch_size", 1, 65536, spec.batch_size); !r) return r.error();
+  if (auto r = in.number("inner", "lr", learning_rate, spec.inner_lr); !r) return r.error();
+  if (auto r = in.number("inner", "weight_decay", unit_half_open, spec.weight_decay); !r)
+    return r.error();
+  if (auto r = in.number("outer", "lr", learning_rate, spec.outer_lr); !r) return r.error();
+  if (auto r = in.number("outer", "momentum", unit_half_open, spec.outer_momentum); !r)
+    return r.error();
+  if (auto r =
+          in.choice("wire", "compression",
+                    std::array{compression::fp32, compression::int8}, spec.compression);
+      !r)
+    return r.error();
+  if (auto r = in.integer("eval", "every", 1, max_steps, spec.eval_every); !r) return r.error();
+  return spec;
+}
+
+}  // namespace
+
+expected<job_spec> parse_job_spec(std::string_view toml_text, const std::string& source) {
+  toml::table root;
+  try {
+    root = toml::parse(toml_text, std::string_view(source));
+  } catch (const toml::parse_error& e) {
+    const auto& at = e.source().begin;
+    return error(errc::invalid_argument, source + ":" + std::to_string(at.line) + ":" +
+                                             std::to_string(at.column) +
+                                             ": invalid TOML: " + std::string(e.description()));
+  }
+  return read_spec(reader(source, root));
+}
+
+expected<job_spec> load_job_spec(const std::filesystem::path& file) {
+  // A directory opens without complaint on Linux and then reads as empty; say what it is.
+  std::error_code ec;
+  if (std::filesystem::is_directory(file, ec))
+    return error(errc::io_error, file.string() + ": is a directory, not a job spec");
+  errno = 0;
+  std::ifstream in(file, std::ios::binary);
+  if (!in) {
+    int err = errno;
+    return error(errc::io_error,
+                 file.string() + ": cannot open job spec" +
+                     (err != 0 ? std::string(" (") + std::strerror(err) + ")" : std::string()));
+  }
+  std::string text{std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+  if (in.bad()) return error(errc::io_error, file.string() + ": cannot read job spec");
+  return parse_job_spec(text, file.string());
+}
+
+std::string to_toml(const job_spec& spec) {
+  // A float written without '.' or an exponent would read back as an integer; the parser
+  // accepts that, but writing "0.0" keeps the file saying what type the key has.
+  auto real = [](double x) {
+    std::string s = format_double(x);
+    if (s.find_first_of(".en") == std::string::npos) s += ".0";  // "nan" and "inf" have an 'n'.
+    return s;
+  };
+  std::string out;
+  out += "[job]\n";
+  out += "name = " + quote(spec.name) + "\n";
+  out += "workload = " + quote(spec.workload) + "\n";
+  out += "rounds = " + std::to_string(spec.rounds) + "\n";
+  out += "workers = " + std::to_string(spec.workers) + "\n";
+  out += "seed = " + std::to_string(spec.seed) + "\n";
+  out += "\n[inner]\n";
+  out += "optimizer = " + quote(to_string(spec.inner)) + "\n";
+  out += "local_steps = " + std::to_string(spec.local_steps) + "\n";
+  out += "batch_size = " + std::to_string(spec.batch_size) + "\n";
+  out += "lr = " + real(spec.inner_lr) + "\n";
+  out += "weight_decay = " + real(spec.weight_decay) + "\n";
+  out += "\n[outer]\n";
+  out += "lr = " + real(spec.outer_lr) + "\n";
+  out += "momentum = " + real(spec.outer_momentum) + "\n";
+  out += "\n[wire]\n";
+  out += "compression = " + quote(to_string(spec.compression)) + "\n";
+  out += "\n[eval]\n";
+  out += "every = " + std::to_string(spec.eval_every) + "\n";
+  return out;
+}
+
+}  // namespace gflex

@@ -1,0 +1,263 @@
+#include "gflex/runtime/update_codec.hpp"
+
+#include <capnp/message.h>
+#include <capnp/serialize.h>
+#include <kj/exception.h>
+#include <kj/io.h>
+
+#include <algorithm>
+#include <bit>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <string>
+
+#include "gflex/runtime/check.hpp"
+#include "gflex/runtime/tensor.hpp"
+#include "gflex/schema/update.capnp.h"
+
+namespace gflex {
+
+// Floats go on the wire with memcpy, which is the schema's little-endian layout only here.
+static_assert(std::endian::native == std::endian::little, "update_codec assumes little-endian");
+
+namespace {
+
+constexpr uint16_t max_compression_code = static_cast<uint16_t>(compression::int8);
+
+/// Quantises one block into `q` and returns its scale; writes the dequantisation error
+/// into `err` (which may alias `x`, as it does for error feedback).
+float quantise_block(const float* x, size_t n, int8_t* q, float* err) {
+  float max_abs = 0.0f;
+  for (size_t i = 0; i < n; ++i) max_abs = std::max(max_abs, std::fabs(x[i]));
+  float scale = max_abs / 127.0f;
+  // A zero block, or one so small that max/127 underflows to zero, sends zeros; with error
+  // feedback its values stay in the residual rather than being lost.
+  if (scale == 0.0f) {
+    std::memset(q, 0, n);
+    if (err != nullptr && err != x) std::memcpy(err, x, n * sizeof(float));
+    return 0.0f;
+  }
+  for (size_t i = 0; i < n; ++i) {
+    float r = std::round(x[i] / scale);
+    // x/scale can exceed 127 by an ulp of rounding; the clamp keeps q in the symmetric range.
+    r = std::clamp(r, -127.0f, 127.0f);
+    auto qi = static_cast<int8_t>(r);
+    q[i] = qi;
+    if (err != nullptr) err[i] = x[i] - static_cast<float>(qi) * scale;
+  }
+  return scale;
+}
+
+/// A kj stream that appends to a std::vector, so the serialised message is written once into
+/// the buffer the caller gets instead of going through an intermediate kj::Array.
+class vector_output final : public kj::OutputStream {
+ public:
+  explicit vector_output(std::vector<uint8_t>& out) : out_(out) {}
+  void write(const void* buffer, size_t size) override {
+    auto* p = static_cast<const uint8_t*>(buffer);
+    out_.insert(out_.end(), p, p + size);
+  }
+
+ private:
+  std::vector<uint8_t>& out_;
+};
+
+std::vector<uint8_t> serialise(capnp::MessageBuilder& message) {
+  std::vector<uint8_t> out;
+  out.reserve(capnp::computeSerializedSizeInWords(message) * sizeof(capnp::word));
+  vector_output stream(out);
+  capnp::writeMessage(stream, message);
+  return out;
+}
+
+size_t words_for(size_t bytes) {
+  return (bytes + sizeof(capnp::word) - 1) / sizeof(capnp::word);
+}
+
+error malformed(const std::string& what) {
+  return error(errc::malformed_message, "malformed update message: " + what);
+}
+
+}  // namespace
+
+std::vector<uint8_t> encode_update(std::span<const float> delta, compression c,
+                                   std::vector<float>* residual, uint32_t block_size) {
+  GFLEX_CHECK(c == compression::fp32 || c == compression::int8, "encode_update: bad compression");
+  GFLEX_CHECK(residual == nullptr || residual->size() == delta.size(),
+              "encode_update: residual size differs from delta size");
+  GFLEX_CHECK(first_non_finite(delta) < 0, "encode_update: non-finite delta");
+  const size_t n = delta.size();
+  const bool int8 = c == compression::int8;
+  GFLEX_CHECK(n <= (int8 ? max_update_count_int8 : max_update_count_fp32),
+              "encode_update: too many values for one update message");
+  if (int8) {
+    GFLEX_CHECK(block_size >= 1 && block_size <= max_update_block_size,
+                "encode_update: block size outside [1, 2^20]");
+  }
+
+  // With error feedback the residual becomes the quantiser's input in place (delta + residual)
+  // and then its error, so no temporary of the update's size is needed.
+  const float* input = delta.data();
+  if (residual != nullptr) {
+    float* r = residual->data();
+    for (size_t i = 0; i < n; ++i) r[i] += delta[i];
+    GFLEX_CHECK(first_non_finite(*residual) < 0, "encode_update: delta + residual overflows");
+    input = r;
+  }
+
+  const size_t blocks = int8 ? (n + block_size - 1) / block_size : 0;
+  const size_t value_bytes = int8 ? n : n * sizeof(float);
+  const size_t scale_bytes = blocks * sizeof(float);
+  // Sized so the message is one segment: segment table, root pointer, the root struct's 2 data
+  // and 2 pointer words, then the two Data blobs.
+  const size_t words = 8 + words_for(value_bytes) + words_for(scale_bytes);
+  capnp::MallocMessageBuilder message(static_cast<unsigned>(words),
+                                      capnp::AllocationStrategy::FIXED_SIZE);
+  auto root = message.initRoot<schema::Update>();
+  root.setCompression(static_cast<schema::Compression>(c));
+  root.setCount(n);
+  auto values = root.initValues(static_cast<unsigned>(value_bytes));
+
+  if (!int8) {
+    if (n > 0) std::memcpy(values.begin(), input, value_bytes);
+    if (residual != nullptr) std::fill(residual->begin(), residual->end(), 0.0f);
+    return serialise(message);
+  }
+
+  root.setBlockSize(block_size);
+  auto scales = root.initScales(static_cast<unsigned>(scale_bytes));
+  auto* q = reinterpret_cast<int8_t*>(values.begin());
+  float* err = residual != nullptr ? residual->data() : nullptr;
+  for (size_t b = 0; b < blocks; ++b) {
+    size_t begin = b * block_size;
+    size_t len = std::min<size_t>(block_size, n - begin);
+    float scale = quantise_block(input + begin, len, q + begin, err ? err + begin : nullptr);
+    std::memcpy(scales.begin() + b * sizeof(float), &scale, sizeof(float));
+  }
+  return serialise(message);
+}
+
+expected<std::vector<float>> decode_update(std::span<const uint8_t> bytes, uint64_t expected_count,
+                                           uint64_t max_count) {
+  // The largest honest message is int8 with block size 1: one byte and one scale per value.
+  // The slack covers the header, the root struct and a segment table of many segments.
+  constexpr uint64_t slack = 4096;
+  uint64_t max_bytes = max_count > (std::numeric_limits<uint64_t>::max() - slack) / 5
+                           ? std::numeric_limits<uint64_t>::max()
+                           : max_count * 5 + slack;
+  if (bytes.size() > max_bytes)
+    return malformed(std::to_string(bytes.size()) + " bytes exceed the limit of " +
+                     std::to_string(max_bytes) + " for " + std::to_string(max_count) + " values");
+  if (bytes.size() < 8 || bytes.size() % 8 != 0)
+    return malformed("length " + std::to_string(bytes.size()) +
+                     " is not a whole number of 8-byte words");
+  // Cap'n Proto reads words in place; copy into word-aligned memory when the caller's buffer
+  // is not aligned (a vector<uint8_t> from the network need not be).
+  kj::Array<capnp::word> aligned;
+  kj::ArrayPtr<const capnp::word> words;
+  if (reinterpret_cast<uintptr_t>(bytes.data()) % alignof(capnp::word) == 0) {
+    words = kj::ArrayPtr<const capnp::word>(reinterpret_cast<const capnp::word*>(bytes.data()),
+                                            bytes.size() / 8);
+  } else {
+    aligned = kj::heapArray<capnp::word>(bytes.size() / 8);
+    std::memcpy(aligned.begin(), bytes.data(), bytes.size());
+    words = aligned.asPtr();
+  }
+  try {
+    capnp::ReaderOptions options;
+    options.traversalLimitInWords = bytes.size() / 8 + 64;
+    options.nestingLimit = 8;
+    capnp::FlatArrayMessageReader reader(words, options);
+    auto root = reader.getRoot<schema::Update>();
+    if (reader.getEnd() != words.end())
+      return malformed(std::to_string((words.end() - reader.getEnd()) * 8) +
+                       " trailing bytes after the message");
+
+    auto raw_compression = static_cast<uint16_t>(root.getCompression());
+    if (raw_compression > max_compression_code)
+      return malformed("unknown compression code " + std::to_string(raw_compression));
+    auto c = static_cast<compression>(raw_compression);
+    uint64_t count = root.getCount();
+    if (count > max_count)
+      return malformed("count " + std::to_string(count) + " exceeds the limit of " +
+                       std::to_string(max_count));
+    auto values = root.getValues();
+    auto scales = root.getScales();
+    uint32_t block_size = root.getBlockSize();
+    uint64_t blocks = 0;
+    if (c == compression::fp32) {
+      if (block_size != 0 || scales.size() != 0)
+        return malformed("an fp32 update has block size " + std::to_string(block_size) + " and " +
+                         std::to_string(scales.size()) + " scale bytes; both must be 0");
+      // Compared by division: count * 4 could wrap for a hostile count and a large max_count.
+      if (values.size() % sizeof(float) != 0 || values.size() / sizeof(float) != count)
+        return malformed("fp32 count " + std::to_string(count) + " needs 4 bytes per value but " +
+                         "the message has " + std::to_string(values.size()) + " value bytes");
+    } else {
+      if (block_size == 0 || block_size > max_update_block_size)
+        return malformed("block size " + std::to_string(block_size) + " is outside [1, " +
+                         std::to_string(max_update_block_size) + "]");
+      if (values.size() != count)
+        return malformed("int8 count " + std::to_string(count) + " needs " + std::to_string(count) +
+                         " value bytes but the message has " + std::to_string(values.size()));
+      // count is now at most a Data field's size, so the block arithmetic cannot wrap.
+      blocks = (count + block_size - 1) / block_size;
+      if (scales.size() != blocks * sizeof(float))
+        return malformed("int8 count " + std::to_string(count) + " in blocks of " +
+                         std::to_string(block_size) + " needs " +
+                         std::to_string(blocks * sizeof(float)) +
+                         " scale bytes but the message has " + std::to_string(scales.size()));
+    }
+    // Only a well-formed update can disagree with the receiver about its size.
+    if (count != expected_count)
+      return error(errc::shape_mismatch, "update has " + std::to_string(count) +
+                                             " values, expected " + std::to_string(expected_count));
+
+    // count is now bounded by max_count and by the bytes actually received.
+    std::vector<float> out(static_cast<size_t>(count));
+    if (c == compression::fp32) {
+      if (count > 0) std::memcpy(out.data(), values.begin(), values.size());
+      if (int64_t bad = first_non_finite(out); bad >= 0)
+        return error(errc::non_finite, "update value " + std::to_string(bad) + " is not finite");
+      return out;
+    }
+    std::vector<float> scale(static_cast<size_t>(blocks));
+    if (blocks > 0) std::memcpy(scale.data(), scales.begin(), scales.size());
+    if (int64_t bad = first_non_finite(scale); bad >= 0)
+      return error(errc::non_finite, "update scale " + std::to_string(bad) + " (values from " +
+                                         std::to_string(static_cast<uint64_t>(bad) * block_size) +
+                                         ") is not finite");
+    const auto* q = reinterpret_cast<const int8_t*>(values.begin());
+    for (size_t b = 0; b < blocks; ++b) {
+      size_t begin = b * block_size;
+      size_t end = std::min<size_t>(begin + block_size, count);
+      for (size_t i = begin; i < end; ++i) out[i] = static_cast<float>(q[i]) * scale[b];
+    }
+    // A finite scale near the float maximum times q can still overflow.
+    if (int64_t bad = first_non_finite(out); bad >= 0)
+      return error(errc::non_finite, "update value " + std::to_string(bad) + " is not finite");
+    return out;
+  } catch (const kj::Exception& e) {
+    return malformed(e.getDescription().cStr());
+  }
+}
+
+const char* to_string(compression c) noexcept {
+  switch (c) {
+    case compression::fp32:
+      return "fp32";
+    case compression::int8:
+      return "int8";
+  }
+  return "unknown";
+}
+
+expected<compression> parse_compression(std::string_view name) {
+  if (name == "fp32") return compression::fp32;
+  if (name == "int8") return compression::int8;
+  return error(errc::invalid_argument,
+               "unknown compression \"" + std::string(name) + "\" (expected fp32 or int8)");
+}
+
+}  // namespace gflex

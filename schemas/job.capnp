@@ -1,0 +1,33 @@
+@0x9b7e4d21c6a8f03e;
+# What the core persists per job in LMDB. The record and the checkpoint of a committed round
+# are written in one transaction.
+
+using Cxx = import "/capnp/c++.capnp";
+$Cxx.namespace("gflex::schema");
+
+enum JobState {
+  queued @0;
+  running @1;
+  paused @2;
+  done @3;
+  failed @4;
+  cancelled @5;
+}
+
+struct JobRecord {
+  id @0 :Text;
+  # The spec as submitted (TOML), re-parsed on restart.
+  spec @1 :Text;
+  state @2 :JobState;
+  # Rounds committed so far; the checkpoint holds the parameters after this many rounds.
+  round @3 :UInt64;
+  testAccuracy @4 :Float64;
+  trainLoss @5 :Float64;
+  bytesSent @6 :UInt64;
+  bytesReceived @7 :UInt64;
+  # Seconds of running time before the last commit (so ETA survives restarts).
+  elapsed @8 :Float64;
+  detail @9 :Text;
+  # Results that arrived after their round had closed (dropped, counted).
+  lateResults @10 :UInt64;
+}

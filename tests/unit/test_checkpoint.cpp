@@ -1,0 +1,76 @@
+#include <doctest/doctest.h>
+
+#include <cstring>
+
+#include "gflex/runtime/checkpoint.hpp"
+#include "gflex/runtime/shard.hpp"
+#include "temp_dir.hpp"
+
+using namespace gflex;
+
+TEST_SUITE("checkpoint") {
+  TEST_CASE("round trip of named tensors through bytes and a file") {
+    checkpoint c;
+    c.workload = "fashion-mlp";
+    c.step = 17;
+    auto w = tensor::empty({3, 2}, dtype::f32);
+    for (int i = 0; i < 6; ++i) w.span<float>()[i] = 0.5f * static_cast<float>(i);
+    c.tensors.push_back({"fc1.weight", w});
+    c.tensors.push_back({"fc1.bias", tensor::zeros({2}, dtype::f32)});
+    test::temp_dir dir;
+    REQUIRE(write_file_atomically(dir / "c.gfck", encode_checkpoint(c)).has_value());
+    auto bytes = read_file(dir / "c.gfck");
+    REQUIRE(bytes.has_value());
+    auto back = decode_checkpoint(*bytes);
+    REQUIRE(back.has_value());
+    CHECK(back->workload == "fashion-mlp");
+    CHECK(back->step == 17);
+    REQUIRE(back->find("fc1.weight") != nullptr);
+    CHECK(back->find("fc1.weight")->shape() == shape_t{3, 2});
+    CHECK(back->find("fc1.weight")->span<float>()[5] == 2.5f);
+    CHECK(back->find("nope") == nullptr);
+  }
+
+  TEST_CASE("damaged checkpoints and missing files are clear errors") {
+    checkpoint c;
+    c.workload = "x";
+    c.tensors.push_back({"t", tensor::zeros({4}, dtype::f32)});
+    auto bytes = encode_checkpoint(c);
+    for (size_t len = 0; len < bytes.size(); len += 8) {
+      auto r = decode_checkpoint(std::span<const uint8_t>(bytes.data(), len));
+      REQUIRE_FALSE(r.has_value());
+      CHECK(r.error().code() == errc::malformed_message);
+    }
+    auto missing = read_file("/nonexistent/model.gfck");
+    REQUIRE_FALSE(missing.has_value());
+    CHECK(missing.error().message().find("/nonexistent/model.gfck") != std::string::npos);
+  }
+}
+
+TEST_SUITE("shard") {
+  TEST_CASE("a shard carries 8-bit features and labels exactly") {
+    dataset d;
+    d.classes = 10;
+    d.features = tensor::empty({5, 4}, dtype::f32);
+    d.labels = tensor::empty({5}, dtype::i32);
+    for (int i = 0; i < 20; ++i) d.features.span<float>()[i] = static_cast<float>(i * 13) / 255.0f;
+    for (int i = 0; i < 5; ++i) d.labels.span<int32_t>()[i] = 9 - i;
+    auto bytes = encode_shard(d, 1, 4);
+    auto back = decode_shard(bytes);
+    REQUIRE(back.has_value());
+    CHECK(back->size() == 3);
+    CHECK(back->feature_dim() == 4);
+    CHECK(back->labels.span<int32_t>()[0] == 8);
+    CHECK(back->features.span<float>()[0] == doctest::Approx(d.features.span<float>()[4]).epsilon(1e-6));
+  }
+
+  TEST_CASE("every truncation of a shard is malformed") {
+    dataset d;
+    d.classes = 3;
+    d.features = tensor::zeros({2, 2}, dtype::f32);
+    d.labels = tensor::zeros({2}, dtype::i32);
+    auto bytes = encode_shard(d, 0, 2);
+    for (size_t len = 0; len < bytes.size(); ++len)
+      CHECK_FALSE(decode_shard(std::span<const uint8_t>(bytes.data(), len)).has_value());
+  }
+}

@@ -1,0 +1,246 @@
+#include <doctest/doctest.h>
+
+#include <fstream>
+#include <string>
+
+#include "gflex/runtime/job_spec.hpp"
+#include "temp_dir.hpp"
+
+using namespace gflex;
+
+namespace {
+
+const std::string source = "job.toml";
+
+// The error message for `text`, which must fail to parse as errc::invalid_argument.
+std::string failure(const std::string& text) {
+  auto r = parse_job_spec(text, source);
+  REQUIRE_FALSE(r.has_value());
+  CHECK(r.error().code() == errc::invalid_argument);
+  return r.error().message();
+}
+
+// A minimal valid spec plus `extra` lines in [job].
+std::string with_job(const std::string& extra) {
+  return "[job]\nworkload = \"fashion-mlp\"\n" + extra + "\n";
+}
+
+// A minimal valid spec plus `body`, which may open other tables.
+std::string with(const std::string& body) {
+  return with_job("") + body + "\n";
+}
+
+bool contains(const std::string& s, const std::string& part) {
+  return s.find(part) != std::string::npos;
+}
+
+}  // namespace
+
+TEST_SUITE("job_spec") {
+  TEST_CASE("the shipped fashion-mlp spec parses with every key as documented") {
+    auto file = std::filesystem::path(__FILE__).parent_path() / "../../apps/jobs/fashion-mlp.toml";
+    auto r = load_job_spec(file);
+    REQUIRE_MESSAGE(r.has_value(), r.error().message());
+    CHECK(r->name == "fashion-mlp");
+    CHECK(r->workload == "fashion-mlp");
+    CHECK(r->rounds == 30);
+    CHECK(r->workers == 3);
+    CHECK(r->seed == 1);
+    CHECK(r->inner == inner_optimizer::adamw);
+    CHECK(r->local_steps == 50);
+    CHECK(r->batch_size == 128);
+    CHECK(r->inner_lr == 0.001);
+    CHECK(r->weight_decay == 0.0);
+    CHECK(r->outer_lr == 0.7);
+    CHECK(r->outer_momentum == 0.9);
+    CHECK(r->compression == compression::int8);
+    CHECK(r->eval_every == 1);
+  }
+
+  TEST_CASE("missing keys take the defaults") {
+    auto r = parse_job_spec("[job]\nworkload = \"w\"\n", source);
+    REQUIRE_MESSAGE(r.has_value(), r.error().message());
+    job_spec expected_spec;
+    expected_spec.workload = "w";
+    CHECK(*r == expected_spec);
+    CHECK(r->name == "job");
+    CHECK(r->inner_lr == 1e-3);
+
+    // Dotted keys at the top level are the same keys.
+    auto dotted = parse_job_spec("job.workload = \"w\"\n", source);
+    REQUIRE(dotted.has_value());
+    CHECK(*dotted == expected_spec);
+  }
+
+  TEST_CASE("integers are accepted for numbers") {
+    auto r = parse_job_spec(with("[outer]\nlr = 1\nmomentum = 0\n[inner]\nlr = 10"), source);
+    REQUIRE_MESSAGE(r.has_value(), r.error().message());
+    CHECK(r->outer_lr == 1.0);
+    CHECK(r->outer_momentum == 0.0);
+    CHECK(r->inner_lr == 10.0);
+  }
+
+  TEST_CASE("to_toml round-trips exactly") {
+    job_spec spec;
+    spec.name = "a.b_c-9";
+    spec.workload = "quote\" back\\slash\ttab \x01 \xc3\xa9";
+    spec.rounds = 100000;
+    spec.workers = 1024;
+    spec.seed = 9223372036854775807u;
+    spec.inner = inner_optimizer::sgd;
+    spec.local_steps = 1;
+    spec.batch_size = 65536;
+    spec.inner_lr = 0.1 + 0.2;  // Not the double nearest 0.3: needs all 17 digits.
+    spec.weight_decay = 1e-5;
+    spec.outer_lr = 1;
+    spec.outer_momentum = 0.9999999999999999;
+    spec.compression = compression::fp32;
+    spec.eval_every = 7;
+    std::string text = to_toml(spec);
+    auto r = parse_job_spec(text, source);
+    REQUIRE_MESSAGE(r.has_value(), (r.error().message() + "\n" + text));
+    CHECK(*r == spec);
+    CHECK(contains(text, "lr = 1.0\n"));
+
+    // The defaults round-trip too.
+    job_spec defaults;
+    defaults.workload = "w";
+    auto d = parse_job_spec(to_toml(defaults), source);
+    REQUIRE(d.has_value());
+    CHECK(*d == defaults);
+    CHECK(contains(to_toml(defaults), "lr = 0.001\n"));
+  }
+
+  TEST_CASE("a TOML syntax error gives line and column") {
+    auto m = failure("[job]\nworkload = \"w\"\nrounds = [1,\n");
+    CHECK(contains(m, "job.toml:3:"));
+    CHECK(contains(m, "invalid TOML"));
+    // The column too, and toml++'s own description of the problem.
+    m = failure("[job]\nworkload = \"w\"\nrounds = 3 3\n");
+    CHECK(contains(m, "job.toml:3:12: invalid TOML: "));
+    CHECK(contains(m, "saw '3'"));
+    m = failure("[job]\nworkload = \"w\"\nworkload = \"x\"\n");  // A duplicate key.
+    CHECK(contains(m, "job.toml:3:"));
+  }
+
+  TEST_CASE("unknown keys and tables name the full dotted key") {
+    auto m = failure(with("[inner]\noptimzer = \"sgd\""));
+    CHECK(m == "job.toml: inner.optimzer: unknown key");
+    CHECK(failure(with("[evaluation]\nevery = 2")) == "job.toml: evaluation: unknown table");
+    CHECK(failure(with("[inner.adam]\nbeta1 = 0.9")) == "job.toml: inner.adam: unknown table");
+    CHECK(failure("rounds = 3\n" + with("")) == "job.toml: rounds: unknown key");
+    CHECK(failure(with_job("\"odd key\" = 1")) == "job.toml: job.\"odd key\": unknown key");
+    // Of several unknown keys, the first in the text is reported.
+    m = failure(with("[outer]\nzz = 1\n[inner]\naa = 1"));
+    CHECK(m == "job.toml: outer.zz: unknown key");
+    // A known table given as something else.
+    CHECK(failure("job = 3\n") == "job.toml: job: must be a table, got integer");
+    CHECK(failure(with("[[eval]]\nevery = 1")) == "job.toml: eval: must be a table, got array");
+  }
+
+  TEST_CASE("wrong types name the key and the type given") {
+    CHECK(failure(with_job("rounds = \"30\"")) ==
+          "job.toml: job.rounds: must be an integer, got string");
+    CHECK(failure(with("[inner]\nlocal_steps = 50.0")) ==
+          "job.toml: inner.local_steps: must be an integer, got float");
+    CHECK(failure(with("[outer]\nlr = true")) ==
+          "job.toml: outer.lr: must be a number, got boolean");
+    CHECK(failure(with("[wire]\ncompression = 8")) ==
+          "job.toml: wire.compression: must be a string, got integer");
+    CHECK(failure("[job]\nworkload = [\"a\"]\n") ==
+          "job.toml: job.workload: must be a string, got array");
+    CHECK(failure(with_job("name = 1979-05-27")) ==
+          "job.toml: job.name: must be a string, got date");
+  }
+
+  TEST_CASE("out-of-range integers give the range and the value") {
+    CHECK(failure(with("[inner]\nlocal_steps = -3")) ==
+          "job.toml: inner.local_steps: must be an integer in [1, 100000], got -3");
+    CHECK(failure(with_job("rounds = 0")) ==
+          "job.toml: job.rounds: must be an integer in [1, 100000], got 0");
+    CHECK(failure(with_job("workers = 1025")) ==
+          "job.toml: job.workers: must be an integer in [1, 1024], got 1025");
+    CHECK(failure(with("[inner]\nbatch_size = 65537")) ==
+          "job.toml: inner.batch_size: must be an integer in [1, 65536], got 65537");
+    CHECK(failure(with("[eval]\nevery = 100001")) ==
+          "job.toml: eval.every: must be an integer in [1, 100000], got 100001");
+    auto m = failure(with_job("seed = -1"));
+    CHECK(contains(m, "job.toml: job.seed: must be an integer in [0, "));
+    CHECK(contains(m, "got -1"));
+    // Bounds are inclusive.
+    CHECK(parse_job_spec(with_job("rounds = 100000\nworkers = 1\nseed = 0"), source).has_value());
+  }
+
+  TEST_CASE("out-of-range and non-finite numbers give the interval and the value") {
+    CHECK(failure(with("[outer]\nmomentum = 1.5")) ==
+          "job.toml: outer.momentum: must be a number in [0, 1), got 1.5");
+    CHECK(failure(with("[outer]\nmomentum = 1")) ==
+          "job.toml: outer.momentum: must be a number in [0, 1), got 1");
+    CHECK(failure(with("[inner]\nlr = 0")) ==
+          "job.toml: inner.lr: must be a number in (0, 10], got 0");
+    CHECK(failure(with("[outer]\nlr = 10.5")) ==
+          "job.toml: outer.lr: must be a number in (0, 10], got 10.5");
+    CHECK(failure(with("[inner]\nweight_decay = -0.1")) ==
+          "job.toml: inner.weight_decay: must be a number in [0, 1), got -0.1");
+    CHECK(contains(failure(with("[inner]\nlr = nan")), "job.toml: inner.lr: must be a number in"));
+    CHECK(contains(failure(with("[outer]\nlr = inf")), "got inf"));
+    CHECK(contains(failure(with("[outer]\nmomentum = -inf")), "got -inf"));
+  }
+
+  TEST_CASE("enum strings must be one of the spellings") {
+    CHECK(failure(with("[inner]\noptimizer = \"adam\"")) ==
+          "job.toml: inner.optimizer: must be one of \"adamw\", \"sgd\", got \"adam\"");
+    CHECK(failure(with("[wire]\ncompression = \"INT8\"")) ==
+          "job.toml: wire.compression: must be one of \"fp32\", \"int8\", got \"INT8\"");
+    auto r = parse_job_spec(with("[inner]\noptimizer = \"sgd\"\n[wire]\ncompression = \"fp32\""),
+                            source);
+    REQUIRE(r.has_value());
+    CHECK(r->inner == inner_optimizer::sgd);
+    CHECK(r->compression == compression::fp32);
+    CHECK(std::string(to_string(inner_optimizer::adamw)) == "adamw");
+    CHECK(std::string(to_string(compression::int8)) == "int8");
+  }
+
+  TEST_CASE("the workload is required, even in an empty spec") {
+    CHECK(failure("") == "job.toml: job.workload: missing (required)");
+    CHECK(failure("[job]\nname = \"x\"\n") == "job.toml: job.workload: missing (required)");
+    CHECK(failure("[job]\nworkload = \"\"\n") == "job.toml: job.workload: must not be empty");
+  }
+
+  TEST_CASE("a bad job name says what is allowed") {
+    CHECK(failure(with_job("name = \"\"")) == "job.toml: job.name: must not be empty");
+    CHECK(failure(with_job("name = \"" + std::string(65, 'a') + "\"")) ==
+          "job.toml: job.name: must be at most 64 characters, got 65");
+    auto m = failure(with_job("name = \"my job\""));
+    CHECK(contains(m, "job.toml: job.name: must use only letters, digits"));
+    CHECK(contains(m, "got \"my job\""));
+    CHECK(parse_job_spec(with_job("name = \"" + std::string(64, 'a') + "\""), source).has_value());
+  }
+
+  TEST_CASE("the source name is used in every message") {
+    auto r = parse_job_spec("[job]\nrounds = 0\nworkload = \"w\"\n", "/etc/jobs/x.toml");
+    REQUIRE_FALSE(r.has_value());
+    CHECK(r.error().message() ==
+          "/etc/jobs/x.toml: job.rounds: must be an integer in [1, 100000], got 0");
+  }
+
+  TEST_CASE("load_job_spec reports files it cannot read as io_error") {
+    auto missing = load_job_spec("/nonexistent/gflex/job.toml");
+    REQUIRE_FALSE(missing.has_value());
+    CHECK(missing.error().code() == errc::io_error);
+    CHECK(contains(missing.error().message(), "/nonexistent/gflex/job.toml"));
+
+    test::temp_dir dir;
+    auto on_dir = load_job_spec(dir.path());
+    REQUIRE_FALSE(on_dir.has_value());
+    CHECK(on_dir.error().code() == errc::io_error);
+
+    // A file that reads but does not parse is invalid_argument, named by its path.
+    auto file = dir.path() / "bad.toml";
+    std::ofstream(file) << "[job]\nworkload = \"w\"\nrounds = -1\n";
+    auto bad = load_job_spec(file);
+    REQUIRE_FALSE(bad.has_value());
+    CHECK(bad.error().code() == errc::invalid_argument);
+    CHECK(contains(bad.error().message(), file.string() + ": job.rounds:"));
+  }
+}
