@@ -12,8 +12,8 @@ caf::behavior data_server_actor(caf::event_based_actor*, std::shared_ptr<data_ca
   return {
       [=](chunk_atom, const std::string& digest) -> caf::result<std::vector<uint8_t>> {
         if (!is_digest_hex(digest))
-          return to_caf(error(errc::invalid_argument, "'" + digest.substr(0, 80) +
-                                                          "' is not a chunk digest"));
+          return to_caf(error(errc::invalid_argument,
+                              "'" + digest.substr(0, 80) + "' is not a chunk digest"));
         auto bytes = catalog->chunk(digest);
         if (!bytes) return to_caf(error(errc::io_error, "no chunk " + digest + " here"));
         return *bytes;

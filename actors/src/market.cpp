@@ -51,14 +51,15 @@ caf::behavior market_actor(caf::stateful_actor<market_state>* self) {
       [=](nodes_atom) -> caf::result<int64_t, int64_t> {
         int64_t free = 0;
         for (const auto& e : self->state.slots) free += e.busy ? 0 : 1;
-        return caf::result<int64_t, int64_t>(static_cast<int64_t>(self->state.slots.size()),
-                                              free);
+        return caf::result<int64_t, int64_t>(static_cast<int64_t>(self->state.slots.size()), free);
       },
   };
 }
 
 }  // namespace
 
-caf::actor spawn_market(caf::actor_system& sys) { return sys.spawn(market_actor); }
+caf::actor spawn_market(caf::actor_system& sys) {
+  return sys.spawn(market_actor);
+}
 
 }  // namespace gflex

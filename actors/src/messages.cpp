@@ -23,18 +23,19 @@ void register_message_types(caf::actor_system_config& cfg) {
 
 void configure_actor_system(caf::actor_system_config& cfg) {
   register_message_types(cfg);
-  cfg.add_error_category(error_category, [](uint8_t code, const std::string& context) {
-    std::string out = to_string(static_cast<errc>(code));
-    if (!context.empty()) out += ": " + context;
-    return out;
-  });
+  cfg.add_error_category(error_category,
+                         [](uint8_t code, caf::atom_value, const caf::message& context) {
+                           std::string out = to_string(static_cast<errc>(code));
+                           if (context.match_elements<std::string>())
+                             out += ": " + context.get_as<std::string>(0);
+                           return out;
+                         });
   cfg.set("scheduler.max-throughput", size_t{100});
   cfg.load<caf::io::middleman>();
 }
 
 caf::error to_caf(const error& e) {
-  return caf::error(static_cast<uint8_t>(e.code()), error_category,
-                    caf::make_message(e.message()));
+  return caf::error(static_cast<uint8_t>(e.code()), error_category, caf::make_message(e.message()));
 }
 
 error from_caf(const caf::error& e, caf::actor_system* sys) {

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "gflex/gflex.hpp"
 #include "gflex/job_status.hpp"
 #include "gflex/runtime/error.hpp"
 
@@ -111,21 +112,20 @@ typename Inspector::result_type inspect(Inspector& f, node_hello& x) {
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, node_welcome& x) {
-  return f(caf::meta::type_name("node_welcome"), x.protocol, x.node_id, x.heartbeat_ms,
-           x.registry, x.data_server);
+  return f(caf::meta::type_name("node_welcome"), x.protocol, x.node_id, x.heartbeat_ms, x.registry,
+           x.data_server);
 }
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, assignment& x) {
-  return f(caf::meta::type_name("assignment"), x.id, x.job_id, x.round, x.workload, x.shard,
-           x.seed, x.local_steps, x.batch_size, x.lr, x.weight_decay, x.plain_sgd,
-           x.compression, x.params);
+  return f(caf::meta::type_name("assignment"), x.id, x.job_id, x.round, x.workload, x.shard, x.seed,
+           x.local_steps, x.batch_size, x.lr, x.weight_decay, x.plain_sgd, x.compression, x.params);
 }
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, assignment_result& x) {
-  return f(caf::meta::type_name("assignment_result"), x.assignment_id, x.update, x.loss,
-           x.samples, x.compute_s);
+  return f(caf::meta::type_name("assignment_result"), x.assignment_id, x.update, x.loss, x.samples,
+           x.compute_s);
 }
 
 template <class Inspector>

@@ -1,12 +1,13 @@
 /// @file
 /// `gflex`: the client. Parses the command line and runs one subcommand.
 
-#include <CLI/CLI.hpp>
 #include <spdlog/spdlog.h>
+#include <CLI/CLI.hpp>
 
 #include <functional>
 
 #include "gflex/runtime/logging.hpp"
+#include "job_commands.hpp"
 #include "train_command.hpp"
 
 int main(int argc, char** argv) {
@@ -18,6 +19,7 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   std::function<int()> run;
   gflex::app::add_train_commands(app, run);
+  gflex::app::add_job_commands(app, run);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

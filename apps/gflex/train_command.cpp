@@ -73,9 +73,10 @@ int run_training(const train_flags& f) {
   auto on_progress = [&](const kernels::train_progress& p) {
     if (!bar) bar = std::make_unique<progress_bar>("train", p.total_steps);
     char status[160];
-    std::snprintf(status, sizeof status, "epoch %d/%d | step %lld/%lld | loss %.4f | %.0f samples/s",
-                  p.epoch, p.epochs, static_cast<long long>(p.step),
-                  static_cast<long long>(p.total_steps), p.recent_loss, p.samples_per_s);
+    std::snprintf(status, sizeof status,
+                  "epoch %d/%d | step %lld/%lld | loss %.4f | %.0f samples/s", p.epoch, p.epochs,
+                  static_cast<long long>(p.step), static_cast<long long>(p.total_steps),
+                  p.recent_loss, p.samples_per_s);
     bar->update(p.step, status);
     if (p.finished_epoch != nullptr) {
       const auto& e = *p.finished_epoch;
@@ -102,8 +103,7 @@ int run_training(const train_flags& f) {
   }
   auto summary = to_json(f, *report, (*b)->describe());
   std::printf("test accuracy %.4f after %zu epochs, %.0f samples/s, %.1f s\n",
-              report->test_accuracy, report->epochs.size(), report->samples_per_s,
-              report->wall_s);
+              report->test_accuracy, report->epochs.size(), report->samples_per_s, report->wall_s);
   if (!f.json.empty()) {
     std::ofstream out(f.json);
     out << summary.dump(2) << '\n';
@@ -158,8 +158,9 @@ void add_train_commands(CLI::App& app, std::function<int()>& run) {
   train->add_option("--lr", flags->options.optimizer.lr, "AdamW learning rate")
       ->check(CLI::Validator(check_positive, "POSITIVE"))
       ->capture_default_str();
-  train->add_option("--weight-decay", flags->options.optimizer.weight_decay,
-                    "AdamW decoupled weight decay")
+  train
+      ->add_option("--weight-decay", flags->options.optimizer.weight_decay,
+                   "AdamW decoupled weight decay")
       ->check(CLI::Validator(check_non_negative, "NON-NEGATIVE"))
       ->capture_default_str();
   train->add_option("--max-steps", flags->options.max_steps, "stop after this many steps")
@@ -168,15 +169,6 @@ void add_train_commands(CLI::App& app, std::function<int()>& run) {
   train->add_flag("!--constant-lr", flags->options.cosine_schedule,
                   "keep the learning rate constant instead of cosine decay");
   train->callback([flags, &run] { run = [flags] { return run_training(*flags); }; });
-
-  auto demo_flags = std::make_shared<train_flags>();
-  auto* demo = app.add_subcommand(
-      "demo", "train fashion-mlp on the embedded default to >= 0.88 test accuracy");
-  add_common_flags(demo, *demo_flags);
-  demo->add_option("--epochs", demo_flags->options.epochs, "passes over the training set")
-      ->check(CLI::Range(1, 100000))
-      ->capture_default_str();
-  demo->callback([demo_flags, &run] { run = [demo_flags] { return run_training(*demo_flags); }; });
 }
 
 }  // namespace gflex::app

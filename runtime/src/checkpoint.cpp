@@ -84,8 +84,8 @@ expected<std::vector<uint8_t>> read_file(const std::filesystem::path& file, size
   auto size = std::filesystem::file_size(file, ec);
   if (ec) return error(errc::io_error, file.string() + ": " + ec.message());
   if (size > max_bytes)
-    return error(errc::io_error, file.string() + ": larger than " + std::to_string(max_bytes) +
-                                     " bytes");
+    return error(errc::io_error,
+                 file.string() + ": larger than " + std::to_string(max_bytes) + " bytes");
   std::vector<uint8_t> bytes(size);
   std::ifstream in(file, std::ios::binary);
   in.read(reinterpret_cast<char*>(bytes.data()), static_cast<std::streamsize>(size));

@@ -48,18 +48,18 @@ expected<tensor> read_idx_u8(const std::filesystem::path& file, size_t expected_
     return error(errc::io_error, file.string() + ": no such file");
   // gzopen reads plain files transparently as well as gzip ones.
   gz_ptr f(gzopen(file.c_str(), "rb"));
-  if (!f) return error(errc::io_error, file.string() + ": cannot open (" + std::strerror(errno) + ")");
+  if (!f)
+    return error(errc::io_error, file.string() + ": cannot open (" + std::strerror(errno) + ")");
 
   unsigned char magic[4];
   auto got = read_fully(f.get(), magic, 4, file);
   if (!got) return got.error();
   if (*got < 4) return bad(file, "truncated header (file has " + std::to_string(*got) + " bytes)");
   // IDX magic: two zero bytes, a type code (0x08 = unsigned byte), the number of dimensions.
-  if (magic[0] != 0 || magic[1] != 0)
-    return bad(file, "wrong magic number (not an IDX file)");
+  if (magic[0] != 0 || magic[1] != 0) return bad(file, "wrong magic number (not an IDX file)");
   if (magic[2] != 0x08)
-    return bad(file, "element type code 0x" + std::to_string(magic[2]) +
-                         " is not unsigned byte (0x08)");
+    return bad(file,
+               "element type code 0x" + std::to_string(magic[2]) + " is not unsigned byte (0x08)");
   size_t rank = magic[3];
   if (rank != expected_rank)
     return bad(file, "has " + std::to_string(rank) + " dimensions, expected " +

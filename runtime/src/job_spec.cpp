@@ -13,6 +13,8 @@
 
 #include <toml++/toml.h>
 
+#include <cmath>
+
 namespace gflex {
 
 const char* to_string(inner_optimizer optimizer) noexcept {
@@ -23,6 +25,24 @@ const char* to_string(inner_optimizer optimizer) noexcept {
       return "sgd";
   }
   return "unknown";
+}
+
+const char* to_string(lr_schedule schedule) noexcept {
+  switch (schedule) {
+    case lr_schedule::constant:
+      return "constant";
+    case lr_schedule::cosine:
+      return "cosine";
+  }
+  return "unknown";
+}
+
+double inner_lr_at(const job_spec& spec, int64_t round) {
+  if (spec.schedule == lr_schedule::constant || spec.rounds <= 1) return spec.inner_lr;
+  constexpr double final_fraction = 0.05;
+  double progress = static_cast<double>(round) / static_cast<double>(spec.rounds - 1);
+  return spec.inner_lr *
+         (final_fraction + (1.0 - final_fraction) * 0.5 * (1.0 + std::cos(M_PI * progress)));
 }
 
 namespace {
@@ -36,7 +56,7 @@ struct table_schema {
 const std::array<table_schema, 5>& schema() {
   static const std::array<table_schema, 5> tables{{
       {"job", {"name", "workload", "rounds", "workers", "seed"}},
-      {"inner", {"optimizer", "local_steps", "batch_size", "lr", "weight_decay"}},
+      {"inner", {"optimizer", "local_steps", "batch_size", "lr", "weight_decay", "lr_schedule"}},
       {"outer", {"lr", "momentum"}},
       {"wire", {"compression"}},
       {"eval", {"every"}},
@@ -331,12 +351,15 @@ expected<job_spec> read_spec(const reader& in) {
   if (auto r = in.number("inner", "lr", learning_rate, spec.inner_lr); !r) return r.error();
   if (auto r = in.number("inner", "weight_decay", unit_half_open, spec.weight_decay); !r)
     return r.error();
+  if (auto r = in.choice("inner", "lr_schedule",
+                         std::array{lr_schedule::cosine, lr_schedule::constant}, spec.schedule);
+      !r)
+    return r.error();
   if (auto r = in.number("outer", "lr", learning_rate, spec.outer_lr); !r) return r.error();
   if (auto r = in.number("outer", "momentum", unit_half_open, spec.outer_momentum); !r)
     return r.error();
-  if (auto r =
-          in.choice("wire", "compression",
-                    std::array{compression::fp32, compression::int8}, spec.compression);
+  if (auto r = in.choice("wire", "compression", std::array{compression::fp32, compression::int8},
+                         spec.compression);
       !r)
     return r.error();
   if (auto r = in.integer("eval", "every", 1, max_steps, spec.eval_every); !r) return r.error();
@@ -397,6 +420,7 @@ std::string to_toml(const job_spec& spec) {
   out += "batch_size = " + std::to_string(spec.batch_size) + "\n";
   out += "lr = " + real(spec.inner_lr) + "\n";
   out += "weight_decay = " + real(spec.weight_decay) + "\n";
+  out += "lr_schedule = " + quote(to_string(spec.schedule)) + "\n";
   out += "\n[outer]\n";
   out += "lr = " + real(spec.outer_lr) + "\n";
   out += "momentum = " + real(spec.outer_momentum) + "\n";

@@ -46,7 +46,9 @@ void progress_bar::clear_line() {
   std::fflush(out_);
 }
 
-void progress_bar::finish(const std::string& status) { draw(total_, status, true); }
+void progress_bar::finish(const std::string& status) {
+  draw(total_, status, true);
+}
 
 void progress_bar::draw(int64_t done, const std::string& status, bool final) {
   done = std::clamp<int64_t>(done, 0, total_);

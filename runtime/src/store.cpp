@@ -33,7 +33,8 @@ store::~store() = default;
 expected<store> store::open(const std::filesystem::path& dir, size_t map_bytes) {
   std::error_code ec;
   std::filesystem::create_directories(dir, ec);
-  if (ec) return error(errc::io_error, dir.string() + ": cannot create directory (" + ec.message() + ")");
+  if (ec)
+    return error(errc::io_error, dir.string() + ": cannot create directory (" + ec.message() + ")");
   auto p = std::make_unique<impl>();
   p->dir = dir.string();
   if (int rc = mdb_env_create(&p->env); rc != 0) return lmdb_error(p->dir, rc);

@@ -51,8 +51,9 @@ TEST_SUITE("job_spec") {
     CHECK(r->batch_size == 128);
     CHECK(r->inner_lr == 0.001);
     CHECK(r->weight_decay == 0.0);
-    CHECK(r->outer_lr == 0.7);
-    CHECK(r->outer_momentum == 0.9);
+    CHECK(r->outer_lr == 0.5);
+    CHECK(r->outer_momentum == 0.8);
+    CHECK(r->schedule == lr_schedule::cosine);
     CHECK(r->compression == compression::int8);
     CHECK(r->eval_every == 1);
   }
@@ -242,5 +243,21 @@ TEST_SUITE("job_spec") {
     REQUIRE_FALSE(bad.has_value());
     CHECK(bad.error().code() == errc::invalid_argument);
     CHECK(contains(bad.error().message(), file.string() + ": job.rounds:"));
+  }
+}
+
+TEST_SUITE("job_spec") {
+  TEST_CASE("the inner learning rate follows its schedule over the rounds") {
+    job_spec spec;
+    spec.rounds = 11;
+    spec.inner_lr = 0.01;
+    CHECK(inner_lr_at(spec, 0) == doctest::Approx(0.01));
+    CHECK(inner_lr_at(spec, 5) == doctest::Approx(0.01 * (0.05 + 0.95 * 0.5)));
+    CHECK(inner_lr_at(spec, 10) == doctest::Approx(0.0005));
+    spec.schedule = lr_schedule::constant;
+    CHECK(inner_lr_at(spec, 10) == doctest::Approx(0.01));
+    auto bad = parse_job_spec("[job]\nworkload = \"w\"\n[inner]\nlr_schedule = \"step\"\n", "j.toml");
+    REQUIRE_FALSE(bad.has_value());
+    CHECK(bad.error().message().find("inner.lr_schedule") != std::string::npos);
   }
 }

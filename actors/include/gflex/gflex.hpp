@@ -34,11 +34,11 @@ struct core_config {
 
 /// How to run a node.
 struct node_config {
-  std::string name;              ///< Shown by the core; defaults to the host name.
-  int workers = 1;               ///< Compute slots (one worker actor each).
+  std::string name;                ///< Shown by the core; defaults to the host name.
+  int workers = 1;                 ///< Compute slots (one worker actor each).
   std::filesystem::path data_dir;  ///< Chunk cache; required.
-  std::string backend = "cpu";   ///< cpu, cuda or cuda:N.
-  int threads_per_worker = 1;    ///< CPU threads per worker (CPU backend).
+  std::string backend = "cpu";     ///< cpu, cuda or cuda:N.
+  int threads_per_worker = 1;      ///< CPU threads per worker (CPU backend).
   /// Protocol version announced at join; 0 means this build's. Only tests set it, to check
   /// that a core refuses a node speaking another version.
   uint32_t announce_protocol = 0;

@@ -22,12 +22,12 @@ struct job_status {
   int64_t rounds = 0;  ///< Rounds planned.
   double test_accuracy = 0.0;
   double train_loss = 0.0;
-  int64_t nodes = 0;  ///< Distinct nodes whose results the last round used.
-  uint64_t bytes_sent = 0;      ///< Parameters sent to workers, bytes.
-  uint64_t bytes_received = 0;  ///< Updates received from workers, bytes.
-  double elapsed_s = 0.0;       ///< Running time so far.
-  double eta_s = -1.0;          ///< Estimated seconds to completion; negative when unknown.
-  uint64_t late_results = 0;    ///< Results that arrived after their round closed.
+  int64_t nodes = 0;              ///< Distinct nodes whose results the last round used.
+  uint64_t bytes_sent = 0;        ///< Parameters sent to workers, bytes.
+  uint64_t bytes_received = 0;    ///< Updates received from workers, bytes.
+  double elapsed_s = 0.0;         ///< Running time so far.
+  double eta_s = -1.0;            ///< Estimated seconds to completion; negative when unknown.
+  uint64_t late_results = 0;      ///< Results that arrived after their round closed.
   uint64_t rejected_results = 0;  ///< Results refused by validation.
 };
 

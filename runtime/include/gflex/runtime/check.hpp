@@ -7,7 +7,7 @@ namespace gflex::detail {
 [[noreturn]] void check_failed(const char* expr, const char* file, int line, const char* what);
 }  // namespace gflex::detail
 
-#define GFLEX_CHECK(expr, what)                                           \
-  do {                                                                    \
+#define GFLEX_CHECK(expr, what)                                                  \
+  do {                                                                           \
     if (!(expr)) ::gflex::detail::check_failed(#expr, __FILE__, __LINE__, what); \
   } while (false)

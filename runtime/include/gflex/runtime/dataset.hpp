@@ -42,7 +42,7 @@ expected<dataset_splits> load_fashion_mnist(const std::filesystem::path& dir);
 
 /// Builds a dataset from IDX image [n, h, w] (u8) and label [n] (u8) tensors; `what` names
 /// the source in error messages.
-expected<dataset> make_image_dataset(const tensor& images, const tensor& labels,
-                                     int64_t classes, const std::string& what);
+expected<dataset> make_image_dataset(const tensor& images, const tensor& labels, int64_t classes,
+                                     const std::string& what);
 
 }  // namespace gflex

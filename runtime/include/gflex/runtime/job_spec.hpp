@@ -16,6 +16,12 @@ namespace gflex {
 /// The optimizer each assignment runs for its local steps.
 enum class inner_optimizer : uint8_t { adamw = 0, sgd = 1 };
 
+/// How the inner learning rate changes over the rounds of a job.
+enum class lr_schedule : uint8_t {
+  constant = 0,  ///< `lr` in every round.
+  cosine = 1,    ///< From `lr` in round 1 down a half cosine to lr / 20 in the last round.
+};
+
 /// A training job as a user submits it. Training runs in DiLoCo-style rounds: each round
 /// hands out `workers` assignments, each runs `local_steps` inner steps from the round's
 /// parameters and returns its pseudo-gradient, which the outer optimizer (Nesterov momentum)
@@ -31,8 +37,9 @@ struct job_spec {
   int64_t batch_size = 128;                        ///< [inner] batch_size: 1..65536.
   double inner_lr = 1e-3;                          ///< [inner] lr: in (0, 10].
   double weight_decay = 0.0;                       ///< [inner] weight_decay: in [0, 1).
-  double outer_lr = 0.7;                           ///< [outer] lr: in (0, 10].
-  double outer_momentum = 0.9;                     ///< [outer] momentum: in [0, 1).
+  lr_schedule schedule = lr_schedule::cosine;      ///< [inner] lr_schedule: "cosine" | "constant".
+  double outer_lr = 0.5;                           ///< [outer] lr: in (0, 10].
+  double outer_momentum = 0.8;                     ///< [outer] momentum: in [0, 1).
   gflex::compression compression = gflex::compression::int8;  ///< [wire] compression.
   int64_t eval_every = 1;  ///< [eval] every: test accuracy every N rounds, 1..100000.
 
@@ -57,5 +64,11 @@ std::string to_toml(const job_spec& spec);
 
 /// The TOML spelling of an optimizer ("adamw", "sgd").
 const char* to_string(inner_optimizer optimizer) noexcept;
+
+/// The TOML spelling of a schedule ("constant", "cosine").
+const char* to_string(lr_schedule schedule) noexcept;
+
+/// The inner learning rate of round `round` (0-based) of a job.
+double inner_lr_at(const job_spec& spec, int64_t round);
 
 }  // namespace gflex

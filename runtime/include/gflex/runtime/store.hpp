@@ -33,8 +33,7 @@ class store {
   ~store();
 
   /// Opens (creating if needed) the store in `dir`; `map_bytes` bounds its size.
-  static expected<store> open(const std::filesystem::path& dir,
-                              size_t map_bytes = size_t{1} << 32);
+  static expected<store> open(const std::filesystem::path& dir, size_t map_bytes = size_t{1} << 32);
 
   /// Applies all writes atomically.
   expected<void> commit(std::span<const store_write> writes);
@@ -47,9 +46,9 @@ class store {
 
   /// Calls `fn` for each key starting with `prefix`, in key order, within one read
   /// transaction; `fn` returns false to stop early.
-  expected<void> scan(std::string_view prefix,
-                      const std::function<bool(std::string_view key,
-                                               std::span<const uint8_t> value)>& fn) const;
+  expected<void> scan(
+      std::string_view prefix,
+      const std::function<bool(std::string_view key, std::span<const uint8_t> value)>& fn) const;
 
  private:
   struct impl;

@@ -1,0 +1,58 @@
+#pragma once
+/// @file
+/// The job actor: owns one training job's parameters, outer optimiser and rounds.
+///
+/// Each round it asks the market for `workers` slots, sends each an assignment (the round's
+/// parameters, a shard, a seed), checks each result (it must answer an assignment of this
+/// round, decode to the right size, hold finite values), averages the pseudo-gradients,
+/// applies Nesterov momentum, evaluates on the test split, and commits the round (record and
+/// checkpoint in one LMDB transaction) before starting the next. A failed or lost assignment
+/// goes back into the round's queue at once. Every change of state is pushed to the job
+/// supervisor as (update_atom, job_status).
+///
+/// Protocol: (cancel_atom) -> ok_atom: ends the job as cancelled. (status_atom) -> job_status.
+
+#include <caf/actor.hpp>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "gflex/job_status.hpp"
+#include "gflex/runtime/job_spec.hpp"
+
+namespace gflex {
+
+class data_catalog;
+
+/// Where a job starts: a new job has round 0 and empty parameters (initialised from the
+/// seed); a resumed one carries its last committed round.
+struct job_start {
+  std::string id;
+  std::string spec_text;
+  job_spec spec;
+  job_status status;
+  std::vector<float> theta;
+  std::vector<float> momentum;
+};
+
+struct job_links {
+  caf::actor store;
+  caf::actor market;
+  caf::actor supervisor;
+  std::shared_ptr<data_catalog> catalog;
+  uint32_t assignment_timeout_ms = 120000;
+};
+
+/// Spawns a job actor on its own thread (evaluation and encoding block).
+caf::actor spawn_job(caf::actor_system& sys, job_start start, job_links links);
+
+/// LMDB keys of a job's record and checkpoint.
+std::string job_record_key(const std::string& job_id);
+std::string job_checkpoint_key(const std::string& job_id);
+
+/// Encodes/decodes a job record (schemas/job.capnp).
+std::vector<uint8_t> encode_job_record(const std::string& spec_text, const job_status& s);
+expected<std::pair<std::string, job_status>> decode_job_record(std::span<const uint8_t> bytes);
+
+}  // namespace gflex

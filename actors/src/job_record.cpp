@@ -1,0 +1,73 @@
+/// @file
+/// Encoding of the job record the core keeps in LMDB (schemas/job.capnp).
+
+#include <capnp/message.h>
+#include <capnp/serialize.h>
+#include <kj/exception.h>
+
+#include <cstring>
+
+#include "gflex/schema/job.capnp.h"
+#include "job.hpp"
+
+namespace gflex {
+
+namespace {
+
+constexpr const char* state_names[] = {"queued", "running", "paused",
+                                       "done",   "failed",  "cancelled"};
+
+schema::JobState state_of(const std::string& name) {
+  for (unsigned i = 0; i < std::size(state_names); ++i)
+    if (name == state_names[i]) return static_cast<schema::JobState>(i);
+  return schema::JobState::FAILED;
+}
+
+}  // namespace
+
+std::vector<uint8_t> encode_job_record(const std::string& spec_text, const job_status& s) {
+  capnp::MallocMessageBuilder message;
+  auto r = message.initRoot<schema::JobRecord>();
+  r.setId(s.job_id);
+  r.setSpec(spec_text);
+  r.setState(state_of(s.state));
+  r.setRound(static_cast<uint64_t>(s.round));
+  r.setTestAccuracy(s.test_accuracy);
+  r.setTrainLoss(s.train_loss);
+  r.setBytesSent(s.bytes_sent);
+  r.setBytesReceived(s.bytes_received);
+  r.setElapsed(s.elapsed_s);
+  r.setDetail(s.detail);
+  r.setLateResults(s.late_results);
+  auto flat = capnp::messageToFlatArray(message);
+  auto bytes = flat.asBytes();
+  return {bytes.begin(), bytes.end()};
+}
+
+expected<std::pair<std::string, job_status>> decode_job_record(std::span<const uint8_t> bytes) {
+  if (bytes.size() % 8 != 0 || bytes.empty())
+    return error(errc::malformed_message, "job record: bad length");
+  auto words = kj::heapArray<capnp::word>(bytes.size() / 8);
+  std::memcpy(words.begin(), bytes.data(), bytes.size());
+  try {
+    capnp::FlatArrayMessageReader reader(words.asPtr());
+    auto r = reader.getRoot<schema::JobRecord>();
+    job_status s;
+    s.job_id = r.getId().cStr();
+    auto state = static_cast<unsigned>(r.getState());
+    s.state = state < std::size(state_names) ? state_names[state] : "failed";
+    s.round = static_cast<int64_t>(r.getRound());
+    s.test_accuracy = r.getTestAccuracy();
+    s.train_loss = r.getTrainLoss();
+    s.bytes_sent = r.getBytesSent();
+    s.bytes_received = r.getBytesReceived();
+    s.elapsed_s = r.getElapsed();
+    s.detail = r.getDetail().cStr();
+    s.late_results = r.getLateResults();
+    return std::pair<std::string, job_status>{r.getSpec().cStr(), std::move(s)};
+  } catch (const kj::Exception& e) {
+    return error(errc::malformed_message, std::string("job record: ") + e.getDescription().cStr());
+  }
+}
+
+}  // namespace gflex

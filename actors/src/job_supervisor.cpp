@@ -1,0 +1,227 @@
+#include "job_supervisor.hpp"
+
+#include <spdlog/spdlog.h>
+
+#include <map>
+
+#include "data_catalog.hpp"
+#include "gflex/kernels/workload.hpp"
+#include "gflex/runtime/checkpoint.hpp"
+#include "job.hpp"
+#include "messages.hpp"
+
+namespace gflex {
+
+namespace {
+
+struct job_entry {
+  caf::actor actor;
+  job_status status;
+};
+
+struct job_supervisor_state {
+  std::map<std::string, job_entry> jobs;
+  uint64_t next_id = 1;
+  job_links links;
+  static inline const char* name = "job_supervisor";
+};
+
+using supervisor_actor = caf::stateful_actor<job_supervisor_state>;
+
+error unknown_job(const std::string& id) {
+  return error(errc::invalid_argument, "unknown job '" + id + "'");
+}
+
+void start_job(supervisor_actor* self, job_start start) {
+  auto id = start.id;
+  auto& entry = self->state.jobs[id];
+  entry.status = start.status;
+  entry.actor = spawn_job(self->system(), std::move(start), self->state.links);
+  self->monitor(entry.actor);
+}
+
+std::vector<float> floats_of(const tensor* t) {
+  if (t == nullptr || t->type() != dtype::f32) return {};
+  auto s = t->span<float>();
+  return {s.begin(), s.end()};
+}
+
+// Reads the records in the store and resumes every job that had not ended.
+void resume_jobs(supervisor_actor* self) {
+  self->request(self->state.links.store, std::chrono::seconds(60), scan_atom::value,
+                std::string("job/"))
+      .then(
+          [=](std::vector<std::string>& keys, std::vector<std::vector<uint8_t>>& values) {
+            std::map<std::string, std::vector<uint8_t>> checkpoints;
+            std::vector<std::pair<std::string, job_status>> records;
+            for (size_t i = 0; i < keys.size(); ++i) {
+              const auto& k = keys[i];
+              if (k.ends_with("/checkpoint")) {
+                checkpoints[k] = std::move(values[i]);
+              } else if (k.ends_with("/record")) {
+                auto r = decode_job_record(values[i]);
+                if (!r) {
+                  spdlog::error("store: {}: {}", k, r.error().message());
+                  continue;
+                }
+                records.push_back(std::move(*r));
+              }
+            }
+            for (auto& [spec_text, status] : records) {
+              auto digits = status.job_id.substr(status.job_id.find('-') + 1);
+              self->state.next_id = std::max<uint64_t>(
+                  self->state.next_id, std::strtoull(digits.c_str(), nullptr, 10) + 1);
+              auto spec = parse_job_spec(spec_text, status.job_id);
+              if (!spec) continue;
+              status.rounds = spec->rounds;
+              status.name = spec->name;
+              status.workload = spec->workload;
+              if (is_terminal(status.state)) {
+                self->state.jobs[status.job_id].status = status;
+                continue;
+              }
+              job_start start{status.job_id, spec_text, *spec, status, {}, {}};
+              auto it = checkpoints.find(job_checkpoint_key(status.job_id));
+              if (it != checkpoints.end()) {
+                auto c = decode_checkpoint(it->second);
+                if (c) {
+                  start.theta = floats_of(c->find("theta"));
+                  start.momentum = floats_of(c->find("outer_momentum"));
+                }
+              }
+              if (start.theta.size() != start.momentum.size()) start.theta.clear();
+              if (start.theta.empty()) start.status.round = 0;
+              spdlog::info("resuming job {} from round {}", status.job_id, start.status.round);
+              start_job(self, std::move(start));
+            }
+          },
+          [=](caf::error& e) {
+            spdlog::error("cannot read the job records: {}", self->system().render(e));
+          });
+}
+
+caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links) {
+  self->state.links = std::move(links);
+  self->state.links.supervisor = caf::actor_cast<caf::actor>(self);
+  self->set_down_handler([=](const caf::down_msg& down) {
+    for (auto& [id, entry] : self->state.jobs) {
+      if (entry.actor.address() != down.source) continue;
+      entry.actor = nullptr;
+      if (!is_terminal(entry.status.state)) {
+        entry.status.state = "failed";
+        entry.status.detail = "the job actor stopped: " + self->system().render(down.reason);
+      }
+    }
+  });
+  resume_jobs(self);
+  return {
+      [=](update_atom, job_status& s) {
+        auto it = self->state.jobs.find(s.job_id);
+        if (it != self->state.jobs.end()) it->second.status = std::move(s);
+      },
+      [=](submit_atom, const std::string& text) -> caf::result<std::string> {
+        auto spec = parse_job_spec(text, "job spec");
+        if (!spec) return to_caf(spec.error());
+        auto w = kernels::find_workload(spec->workload);
+        if (!w)
+          return to_caf(
+              error(errc::unknown_workload, "job spec: job.workload: " + w.error().message()));
+        auto& st = self->state;
+        std::string id = "job-" + std::to_string(st.next_id++);
+        job_status status;
+        status.job_id = id;
+        status.name = spec->name;
+        status.workload = spec->workload;
+        status.rounds = spec->rounds;
+        status.state = "queued";
+        store_batch batch;
+        batch.keys.push_back(job_record_key(id));
+        batch.values.push_back(encode_job_record(text, status));
+        auto rp = self->make_response_promise<std::string>();
+        self->request(st.links.store, std::chrono::seconds(30), commit_atom::value,
+                      std::move(batch))
+            .then(
+                [=](caf::ok_atom) mutable {
+                  spdlog::info("job {} ({}) submitted: {} rounds of {} workers", id, status.name,
+                               status.rounds, spec->workers);
+                  start_job(self, job_start{id, text, *spec, status, {}, {}});
+                  rp.deliver(id);
+                },
+                [=](caf::error& e) mutable { rp.deliver(e); });
+        return rp;
+      },
+      [=](status_atom, const std::string& id) -> caf::result<job_status> {
+        auto it = self->state.jobs.find(id);
+        if (it == self->state.jobs.end()) return to_caf(unknown_job(id));
+        return it->second.status;
+      },
+      [=](jobs_atom) -> std::vector<job_status> {
+        std::vector<job_status> out;
+        for (const auto& [id, entry] : self->state.jobs) out.push_back(entry.status);
+        return out;
+      },
+      [=](cancel_atom, const std::string& id) -> caf::result<caf::ok_atom> {
+        auto it = self->state.jobs.find(id);
+        if (it == self->state.jobs.end()) return to_caf(unknown_job(id));
+        if (is_terminal(it->second.status.state) || !it->second.actor)
+          return to_caf(error(errc::invalid_argument, "job '" + id + "' has already ended (" +
+                                                          it->second.status.state + ")"));
+        auto rp = self->make_response_promise<caf::ok_atom>();
+        self->request(it->second.actor, std::chrono::seconds(30), cancel_atom::value)
+            .then([=](caf::ok_atom) mutable { rp.deliver(caf::ok_atom::value); },
+                  [=](caf::error& e) mutable { rp.deliver(e); });
+        return rp;
+      },
+      [=](fetch_atom, const std::string& id) -> caf::result<std::vector<uint8_t>> {
+        auto it = self->state.jobs.find(id);
+        if (it == self->state.jobs.end()) return to_caf(unknown_job(id));
+        auto workload_name = it->second.status.workload;
+        auto rp = self->make_response_promise<std::vector<uint8_t>>();
+        self->request(self->state.links.store, std::chrono::seconds(30), read_atom::value,
+                      job_checkpoint_key(id))
+            .then(
+                [=](bool found, std::vector<uint8_t>& bytes) mutable {
+                  if (!found) {
+                    rp.deliver(to_caf(error(errc::invalid_argument,
+                                            "job '" + id + "' has no committed round yet")));
+                    return;
+                  }
+                  auto c = decode_checkpoint(bytes);
+                  auto w = kernels::find_workload(workload_name);
+                  const tensor* theta = c ? c->find("theta") : nullptr;
+                  if (!c || !w || theta == nullptr || theta->numel() != (*w)->parameter_count()) {
+                    rp.deliver(to_caf(error(errc::store_error,
+                                            "job '" + id + "': stored checkpoint is damaged")));
+                    return;
+                  }
+                  // Hand out the parameters named and shaped by the workload's layout.
+                  checkpoint out;
+                  out.workload = workload_name;
+                  out.step = c->step;
+                  for (const auto& block : (*w)->layout()) {
+                    auto t = tensor::empty(block.shape, dtype::f32);
+                    std::copy_n(theta->data<float>() + block.offset, t.numel(), t.data<float>());
+                    out.tensors.push_back({block.name, std::move(t)});
+                  }
+                  {
+                    rp.deliver(encode_checkpoint(out));
+                    return;
+                  }
+                },
+                [=](caf::error& e) mutable { rp.deliver(e); });
+        return rp;
+      },
+  };
+}
+
+}  // namespace
+
+caf::actor spawn_job_supervisor(caf::actor_system& sys, caf::actor store, caf::actor market,
+                                std::shared_ptr<data_catalog> catalog,
+                                uint32_t assignment_timeout_ms) {
+  job_links links{std::move(store), std::move(market), nullptr, std::move(catalog),
+                  assignment_timeout_ms};
+  return sys.spawn(job_supervisor_actor, std::move(links));
+}
+
+}  // namespace gflex

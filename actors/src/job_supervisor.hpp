@@ -1,0 +1,29 @@
+#pragma once
+/// @file
+/// The job supervisor: creates, lists, cancels and resumes jobs, one job actor each.
+///
+/// On start it reads every job record from the store and respawns the unfinished jobs from
+/// their last committed checkpoint. It keeps the latest status of every job (pushed by the
+/// job actors as (update_atom, job_status)), so status queries never wait on a busy job.
+///
+/// Protocol (from the core supervisor, on behalf of clients):
+/// - (submit_atom, spec_toml) -> job id: validates the spec (errors name the key), records
+///   the job and starts it.
+/// - (status_atom, job_id) -> job_status;  (jobs_atom) -> vector<job_status>
+/// - (cancel_atom, job_id) -> ok_atom;  (fetch_atom, job_id) -> checkpoint bytes of the last
+///   committed round, its parameters named by the workload's layout.
+
+#include <caf/fwd.hpp>
+
+#include <cstdint>
+#include <memory>
+
+namespace gflex {
+
+class data_catalog;
+
+caf::actor spawn_job_supervisor(caf::actor_system& sys, caf::actor store, caf::actor market,
+                                std::shared_ptr<data_catalog> catalog,
+                                uint32_t assignment_timeout_ms);
+
+}  // namespace gflex

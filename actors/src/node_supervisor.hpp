@@ -1,0 +1,21 @@
+#pragma once
+/// @file
+/// The node supervisor: the root of a node's actor tree (cache, one worker per compute slot,
+/// uplink). Children are linked to it, so the node stops as a whole.
+///
+/// Protocol: (bye_atom): say leave to the core, then stop (a graceful shutdown).
+
+#include <caf/fwd.hpp>
+
+#include "gflex/gflex.hpp"
+
+namespace gflex {
+
+/// Spawns a node. With `core` set the node joins that actor directly (embedded, no sockets);
+/// otherwise it dials host:port. `owner` hears (stop_atom, exit code, reason) if the core
+/// refuses the node.
+expected<caf::actor> spawn_node(caf::actor_system& sys, const node_config& config,
+                                const std::string& host, uint16_t port, caf::actor core,
+                                caf::actor owner);
+
+}  // namespace gflex

@@ -1,0 +1,278 @@
+/// @file
+/// The embedding API (<gflex/gflex.hpp>): processes for a core and a node, the client, and
+/// the embedded core-plus-nodes used by `gflex demo`.
+
+#include <signal.h>
+#include <spdlog/spdlog.h>
+#include <caf/io/middleman.hpp>
+
+#include <atomic>
+#include <cstdlib>
+#include <thread>
+
+#include "core_supervisor.hpp"
+#include "gflex/gflex.hpp"
+#include "messages.hpp"
+#include "node_supervisor.hpp"
+
+namespace gflex {
+
+namespace {
+
+// SIGINT and SIGTERM are blocked in every thread (CAF's threads inherit the mask from the
+// thread that creates the actor system) and taken by one watcher thread with sigtimedwait,
+// which turns them into a message for the process's owner actor.
+class signal_watcher {
+ public:
+  signal_watcher() {
+    sigemptyset(&set_);
+    sigaddset(&set_, SIGINT);
+    sigaddset(&set_, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &set_, nullptr);
+  }
+  void start(caf::actor_system& sys, caf::actor owner) {
+    thread_ = std::thread([this, &sys, owner] {
+      timespec wait{0, 200 * 1000 * 1000};
+      while (!done_) {
+        int sig = sigtimedwait(&set_, nullptr, &wait);
+        if (sig == SIGINT || sig == SIGTERM) {
+          caf::anon_send(owner, stop_atom::value, 0,
+                         std::string(sig == SIGINT ? "interrupted" : "terminated"));
+          return;
+        }
+      }
+      (void)sys;
+    });
+  }
+  ~signal_watcher() {
+    done_ = true;
+    if (thread_.joinable()) thread_.join();
+  }
+
+ private:
+  sigset_t set_;
+  std::atomic<bool> done_{false};
+  std::thread thread_;
+};
+
+// Waits until a signal arrives, `watched` goes down, or someone sends (stop_atom, code, why).
+int wait_for_stop(caf::scoped_actor& self, const caf::actor& watched) {
+  self->monitor(watched);
+  int code = 0;
+  bool running = true;
+  while (running) {
+    self->receive(
+        [&](stop_atom, int c, const std::string& why) {
+          if (c != 0)
+            spdlog::error("{}", why);
+          else
+            spdlog::info("{}: shutting down", why);
+          code = c;
+          running = false;
+        },
+        [&](const caf::down_msg& down) {
+          if (down.source == watched.address()) {
+            spdlog::error("stopped: {}", self->system().render(down.reason));
+            code = 1;
+            running = false;
+          }
+        });
+  }
+  return code;
+}
+
+template <class T, class... Ts>
+expected<T> ask(caf::actor_system& sys, const caf::actor& dest, std::chrono::seconds timeout,
+                Ts&&... xs) {
+  caf::scoped_actor self{sys};
+  expected<T> out = error(errc::io_error, "no answer");
+  self->request(dest, timeout, std::forward<Ts>(xs)...)
+      .receive([&](T& value) { out = std::move(value); },
+               [&](caf::error& e) { out = from_caf(e, &sys); });
+  return out;
+}
+
+}  // namespace
+
+// -- core and node processes ---------------------------------------------------------------------
+
+int run_core(const core_config& config) {
+  signal_watcher signals;
+  caf::actor_system_config cfg;
+  configure_actor_system(cfg);
+  caf::actor_system sys{cfg};
+  auto core = spawn_core(sys, config);
+  if (!core) {
+    spdlog::error("{}", core.error().message());
+    return 1;
+  }
+  auto port = sys.middleman().publish(*core, config.port, config.host.c_str(), true);
+  if (!port) {
+    spdlog::error("cannot listen on {}:{}: {}", config.host, config.port, sys.render(port.error()));
+    caf::anon_send_exit(*core, caf::exit_reason::user_shutdown);
+    return 1;
+  }
+  spdlog::info("core listening on {}:{}, data in {}", config.host, *port, config.data_dir.string());
+  caf::scoped_actor self{sys};
+  signals.start(sys, self);
+  int code = wait_for_stop(self, *core);
+  caf::anon_send_exit(*core, caf::exit_reason::user_shutdown);
+  return code;
+}
+
+int run_node(const node_config& config, const std::string& host, uint16_t port) {
+  signal_watcher signals;
+  caf::actor_system_config cfg;
+  configure_actor_system(cfg);
+  caf::actor_system sys{cfg};
+  caf::scoped_actor self{sys};
+  auto node = spawn_node(sys, config, host, port, nullptr, self);
+  if (!node) {
+    spdlog::error("{}", node.error().message());
+    return 2;
+  }
+  signals.start(sys, self);
+  int code = wait_for_stop(self, *node);
+  // Leave politely: the core reassigns this node's work at once instead of waiting.
+  self->send(*node, bye_atom::value);
+  self->wait_for(*node);
+  return code;
+}
+
+// -- client -------------------------------------------------------------------------------------
+
+struct client::impl {
+  caf::actor_system_config cfg;
+  std::unique_ptr<caf::actor_system> sys;
+  caf::actor core;
+  std::unique_ptr<caf::actor_system> owned;  // set when the client made its own system
+  caf::actor_system& system() { return *sys; }
+};
+
+client::client(std::unique_ptr<impl> p) : impl_(std::move(p)) {}
+client::client(client&&) noexcept = default;
+client& client::operator=(client&&) noexcept = default;
+client::~client() = default;
+
+expected<client> client::connect(const std::string& host, uint16_t port) {
+  auto p = std::make_unique<impl>();
+  configure_actor_system(p->cfg);
+  p->sys = std::make_unique<caf::actor_system>(p->cfg);
+  auto core = p->sys->middleman().remote_actor(host, port);
+  if (!core)
+    return error(errc::io_error, "cannot reach the core at " + host + ":" + std::to_string(port) +
+                                     ": " + p->sys->render(core.error()));
+  p->core = *core;
+  return client(std::move(p));
+}
+
+expected<std::string> client::submit(const std::string& spec_toml) {
+  return ask<std::string>(impl_->system(), impl_->core, std::chrono::seconds(60),
+                          submit_atom::value, spec_toml);
+}
+
+expected<job_status> client::status(const std::string& job_id) {
+  return ask<job_status>(impl_->system(), impl_->core, std::chrono::seconds(30), status_atom::value,
+                         job_id);
+}
+
+expected<std::vector<job_status>> client::jobs() {
+  return ask<std::vector<job_status>>(impl_->system(), impl_->core, std::chrono::seconds(30),
+                                      jobs_atom::value);
+}
+
+expected<std::vector<node_status>> client::nodes() {
+  return ask<std::vector<node_status>>(impl_->system(), impl_->core, std::chrono::seconds(30),
+                                       nodes_atom::value);
+}
+
+expected<void> client::cancel(const std::string& job_id) {
+  auto r = ask<caf::ok_atom>(impl_->system(), impl_->core, std::chrono::seconds(30),
+                             cancel_atom::value, job_id);
+  if (!r) return r.error();
+  return {};
+}
+
+expected<std::vector<uint8_t>> client::fetch(const std::string& job_id) {
+  return ask<std::vector<uint8_t>>(impl_->system(), impl_->core, std::chrono::seconds(120),
+                                   fetch_atom::value, job_id);
+}
+
+// -- embedded -----------------------------------------------------------------------------------
+
+expected<job_status> run_embedded(const embedded_config& config, const std::string& spec_toml,
+                                  const std::function<void(const job_status&)>& on_status) {
+  if (config.nodes < 1 || config.nodes > 64)
+    return error(errc::invalid_argument, "--nodes must be in [1, 64]");
+  std::filesystem::path dir = config.data_dir;
+  bool temporary = dir.empty();
+  if (temporary) {
+    std::string pattern = (std::filesystem::temp_directory_path() / "gflex-demo-XXXXXX").string();
+    if (mkdtemp(pattern.data()) == nullptr)
+      return error(errc::io_error, "cannot create a temporary directory");
+    dir = pattern;
+  }
+  struct remove_dir {
+    std::filesystem::path dir;
+    bool active;
+    ~remove_dir() {
+      std::error_code ec;
+      if (active) std::filesystem::remove_all(dir, ec);
+    }
+  } cleanup{dir, temporary};
+
+  // The client owns the actor system and is declared first, so that every actor handle
+  // below is released before the system's destructor waits for its actors.
+  auto p = std::make_unique<client::impl>();
+  configure_actor_system(p->cfg);
+  p->sys = std::make_unique<caf::actor_system>(p->cfg);
+  auto& sys = *p->sys;
+  client c(std::move(p));
+  core_config core_cfg;
+  core_cfg.data_dir = dir / "core";
+  auto core = spawn_core(sys, core_cfg);
+  if (!core) return core.error();
+  c.impl_->core = *core;
+  caf::scoped_actor owner{sys};
+  std::vector<caf::actor> nodes;
+  for (int i = 0; i < config.nodes; ++i) {
+    node_config n;
+    n.name = "node-" + std::to_string(i + 1);
+    n.workers = config.workers_per_node;
+    n.data_dir = dir / n.name;
+    auto node = spawn_node(sys, n, "", 0, *core, owner);
+    if (!node) {
+      caf::anon_send_exit(*core, caf::exit_reason::user_shutdown);
+      return node.error();
+    }
+    nodes.push_back(*node);
+  }
+  // Nodes first and waited for, so that none of them sees the core vanish and reconnects.
+  auto shutdown = [&] {
+    for (auto& n : nodes) owner->send_exit(n, caf::exit_reason::user_shutdown);
+    owner->wait_for(nodes);
+    owner->send_exit(*core, caf::exit_reason::user_shutdown);
+    owner->wait_for(*core);
+  };
+  auto id = c.submit(spec_toml);
+  if (!id) {
+    shutdown();
+    return id.error();
+  }
+  job_status last;
+  for (;;) {
+    auto s = c.status(*id);
+    if (!s) {
+      shutdown();
+      return s.error();
+    }
+    last = *s;
+    if (on_status) on_status(last);
+    if (is_terminal(last.state)) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+  shutdown();
+  return last;
+}
+
+}  // namespace gflex

@@ -1,0 +1,29 @@
+#pragma once
+/// @file
+/// The uplink: a node's only connection to the core. Nodes only dial out, so they work
+/// behind home routers. It joins (hello -> welcome), sends heartbeats, and when the core
+/// goes away reconnects with exponential backoff and jitter (0.5 s doubling to 30 s, times
+/// a random factor in [0.5, 1.5) so that a thousand nodes do not reconnect in step).
+///
+/// A refusal by the core (another protocol version, a malformed hello) is final: the uplink
+/// tells its owner (stop_atom, exit code, reason) and stops.
+
+#include <caf/fwd.hpp>
+
+#include <string>
+#include <vector>
+
+namespace gflex {
+
+struct uplink_config {
+  std::string name;
+  std::string device;
+  uint32_t protocol = 0;
+  std::string host;  ///< Empty when `core` is given (embedded: no sockets).
+  uint16_t port = 0;
+};
+
+caf::actor spawn_uplink(caf::actor_system& sys, uplink_config config, caf::actor core,
+                        std::vector<caf::actor> workers, caf::actor cache, caf::actor owner);
+
+}  // namespace gflex

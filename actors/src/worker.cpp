@@ -1,0 +1,206 @@
+#include "worker.hpp"
+
+#include <spdlog/spdlog.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <map>
+#include <numeric>
+#include <set>
+
+#include "gflex/kernels/workload.hpp"
+#include "gflex/runtime/rng.hpp"
+#include "gflex/runtime/shard.hpp"
+#include "gflex/runtime/tensor_codec.hpp"
+#include "gflex/runtime/update_codec.hpp"
+#include "messages.hpp"
+
+namespace gflex {
+
+namespace {
+
+struct loaded_model {
+  std::unique_ptr<kernels::workload> workload;
+  std::unique_ptr<kernels::model> model;
+  int64_t max_batch = 0;
+};
+
+struct worker_state {
+  worker_config config;
+  caf::actor cache;
+  std::unique_ptr<kernels::backend> backend;
+  std::map<std::string, loaded_model> models;                    // by workload
+  std::map<std::string, std::vector<float>> residuals;           // error feedback, by job
+  std::map<std::string, std::shared_ptr<const dataset>> shards;  // decoded, by digest
+  std::set<uint64_t> aborted;
+  static inline const char* name = "worker";
+};
+
+using worker_actor = caf::stateful_actor<worker_state>;
+
+error bad(const std::string& what) {
+  return error(errc::invalid_argument, "assignment: " + what);
+}
+
+expected<assignment_result> run_assignment(worker_state& st, const assignment& a,
+                                           const dataset& shard) {
+  auto start = std::chrono::steady_clock::now();
+  if (a.local_steps < 1 || a.local_steps > 1000000)
+    return bad("local_steps " + std::to_string(a.local_steps) + " is outside [1, 1000000]");
+  if (a.batch_size < 1 || a.batch_size > 65536)
+    return bad("batch_size " + std::to_string(a.batch_size) + " is outside [1, 65536]");
+  if (!(a.lr > 0.0f) || !std::isfinite(a.lr) || !(a.weight_decay >= 0.0f) ||
+      !std::isfinite(a.weight_decay))
+    return bad("learning rate and weight decay must be finite, lr positive");
+  if (a.compression > static_cast<uint8_t>(compression::int8))
+    return bad("unknown compression " + std::to_string(a.compression));
+
+  auto& slot = st.models[a.workload];
+  if (!slot.workload) {
+    auto w = kernels::find_workload(a.workload);
+    if (!w) return w.error();
+    slot.workload = std::move(*w);
+  }
+  const auto& w = *slot.workload;
+  if (shard.feature_dim() != w.feature_dim() || shard.classes != w.classes())
+    return bad("shard does not fit workload " + w.name());
+  if (!slot.model || slot.max_batch < a.batch_size) {
+    auto m = w.instantiate(*st.backend, a.batch_size);
+    if (!m) return m.error();
+    slot.model = std::move(*m);
+    slot.max_batch = a.batch_size;
+  }
+  auto params = decode_tensor(a.params);
+  if (!params) return params.error();
+  const int64_t n = w.parameter_count();
+  if (params->type() != dtype::f32 || params->rank() != 1 || params->numel() != n)
+    return error(errc::shape_mismatch, "assignment: parameters are " + to_string(params->shape()) +
+                                           " " + to_string(params->type()) + ", " + w.name() +
+                                           " needs [" + std::to_string(n) + "] f32");
+  auto theta = params->span<float>();
+  if (auto i = first_non_finite(theta); i >= 0)
+    return error(errc::non_finite, "assignment: parameter " + std::to_string(i) + " is not finite");
+
+  auto& m = *slot.model;
+  m.load_parameters(theta);
+  m.reset_optimizer();
+  m.optimizer() = kernels::adamw_config{};
+  m.optimizer().lr = a.lr;
+  m.optimizer().weight_decay = a.weight_decay;
+  m.optimizer().plain_sgd = a.plain_sgd;
+  m.take_stats();
+
+  // Batches walk a seeded permutation of the shard, reshuffled at each pass: the same
+  // assignment gives the same update anywhere.
+  rng r(a.seed);
+  const int64_t rows = shard.size(), dim = shard.feature_dim();
+  std::vector<int64_t> order(static_cast<size_t>(rows));
+  std::vector<float> bx(static_cast<size_t>(a.batch_size * dim));
+  std::vector<int32_t> by(static_cast<size_t>(a.batch_size));
+  int64_t cursor = rows;
+  for (int64_t step = 0; step < a.local_steps; ++step) {
+    for (int64_t b = 0; b < a.batch_size; ++b) {
+      if (cursor == rows) {
+        std::iota(order.begin(), order.end(), 0);
+        for (int64_t i = rows - 1; i > 0; --i)
+          std::swap(order[i], order[r.below(static_cast<uint64_t>(i + 1))]);
+        cursor = 0;
+      }
+      int64_t src = order[cursor++];
+      std::memcpy(&bx[b * dim], shard.features.data<float>() + src * dim, sizeof(float) * dim);
+      by[b] = shard.labels.data<int32_t>()[src];
+    }
+    m.train_step(bx.data(), by.data(), a.batch_size);
+  }
+  std::vector<float> end(static_cast<size_t>(n));
+  m.store_parameters(end);
+  auto stats = m.take_stats();
+  std::vector<float> delta(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) delta[i] = theta[i] - end[i];
+  if (auto i = first_non_finite(delta); i >= 0)
+    return error(errc::non_finite,
+                 "training diverged: update value " + std::to_string(i) + " is not finite");
+  auto& residual = st.residuals[a.job_id];
+  if (residual.size() != delta.size()) residual.assign(delta.size(), 0.0f);
+  assignment_result out;
+  out.assignment_id = a.id;
+  out.update = encode_update(delta, static_cast<compression>(a.compression), &residual);
+  out.loss = stats.mean_loss();
+  out.samples = stats.samples;
+  out.compute_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return out;
+}
+
+caf::behavior worker_behavior(worker_actor* self, worker_config config, caf::actor cache) {
+  auto& st = self->state;
+  st.config = std::move(config);
+  st.cache = std::move(cache);
+  auto backend = kernels::make_backend(st.config.backend, st.config.threads);
+  if (!backend) {
+    spdlog::error("worker: {}", backend.error().message());
+    self->quit(to_caf(backend.error()));
+    return {};
+  }
+  st.backend = std::move(*backend);
+
+  // A device failure is an error for this assignment only; the worker stays up.
+  auto compute = [=](const assignment& a,
+                     const dataset& shard) -> caf::expected<assignment_result> {
+    if (self->state.aborted.erase(a.id) > 0)
+      return to_caf(error(errc::invalid_argument, "assignment aborted by its job"));
+    try {
+      auto r = run_assignment(self->state, a, shard);
+      if (!r) return to_caf(r.error());
+      return std::move(*r);
+    } catch (const kernels::compute_error& e) {
+      return to_caf(e.err());
+    }
+  };
+  return {
+      [=](assign_atom, assignment& a) -> caf::result<assignment_result> {
+        auto& shards = self->state.shards;
+        if (auto it = shards.find(a.shard); it != shards.end()) {
+          auto r = compute(a, *it->second);
+          if (!r) return std::move(r.error());
+          return std::move(*r);
+        }
+        auto rp = self->make_response_promise<assignment_result>();
+        self->request(self->state.cache, std::chrono::seconds(180), chunk_atom::value, a.shard)
+            .then(
+                [=](std::vector<uint8_t>& bytes) mutable {
+                  auto decoded = decode_shard(bytes);
+                  if (!decoded) {
+                    rp.deliver(to_caf(decoded.error()));
+                    return;
+                  }
+                  auto& shards = self->state.shards;
+                  if (shards.size() >= 32) shards.erase(shards.begin());
+                  auto d = std::make_shared<const dataset>(std::move(*decoded));
+                  shards[a.shard] = d;
+                  auto r = compute(a, *d);
+                  if (!r) {
+                    rp.deliver(std::move(r.error()));
+                    return;
+                  }
+                  {
+                    rp.deliver(std::move(*r));
+                    return;
+                  }
+                },
+                [=](caf::error& e) mutable { rp.deliver(e); });
+        return rp;
+      },
+      [=](abort_atom, uint64_t id) {
+        if (self->state.aborted.size() < 4096) self->state.aborted.insert(id);
+      },
+  };
+}
+
+}  // namespace
+
+caf::actor spawn_worker(caf::actor_system& sys, worker_config config, caf::actor cache) {
+  return sys.spawn<caf::detached>(worker_behavior, std::move(config), std::move(cache));
+}
+
+}  // namespace gflex

@@ -1,0 +1,26 @@
+#pragma once
+/// @file
+/// A worker actor: one compute slot of a node (a CPU thread group or a CUDA stream). It runs
+/// assignments: H inner steps from the round's parameters on a shard, and answers with the
+/// encoded pseudo-gradient. Detached, so its compute never blocks CAF's scheduler threads.
+///
+/// Protocol:
+/// - (assign_atom, assignment) -> assignment_result, or an error that says what was wrong
+///   with the assignment (unknown workload, wrong parameter size, non-finite values, bad
+///   hyper-parameters) or that the shard could not be had.
+/// - (abort_atom, assignment_id): the job no longer wants it; skipped if not yet started.
+
+#include <caf/fwd.hpp>
+
+#include <string>
+
+namespace gflex {
+
+struct worker_config {
+  std::string backend = "cpu";
+  int threads = 1;
+};
+
+caf::actor spawn_worker(caf::actor_system& sys, worker_config config, caf::actor cache);
+
+}  // namespace gflex

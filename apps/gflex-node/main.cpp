@@ -1,0 +1,43 @@
+/// @file
+/// `gflex-node --join HOST:PORT`: lends this machine's compute to a core until SIGINT or
+/// SIGTERM; reconnects by itself when the core goes away.
+
+#include <spdlog/spdlog.h>
+#include <CLI/CLI.hpp>
+
+#include "../gflex/core_address.hpp"
+#include "gflex/gflex.hpp"
+#include "gflex/runtime/logging.hpp"
+
+int main(int argc, char** argv) {
+  CLI::App app{"gflex-node: a compute node of a GPUFlex cloud"};
+  std::string join, log_level = "info";
+  gflex::node_config config;
+  config.data_dir = "gflex-node-data";
+  app.add_option("--join", join, "the core's HOST:PORT")->required();
+  app.add_option("--name", config.name, "name shown by the core (default: host name)");
+  app.add_option("--workers", config.workers, "compute slots")
+      ->check(CLI::Range(1, 256))
+      ->capture_default_str();
+  app.add_option("--data-dir", config.data_dir, "cache of data set chunks")->capture_default_str();
+  app.add_option("--backend", config.backend, "cpu, cuda or cuda:N")->capture_default_str();
+  app.add_option("--threads", config.threads_per_worker, "CPU threads per worker")
+      ->check(CLI::Range(1, 256))
+      ->capture_default_str();
+  app.add_option("--protocol-version", config.announce_protocol,
+                 "announce another protocol version (a test aid)")
+      ->group("");
+  app.add_option("--log-level", log_level, "trace, debug, info, warn, error, critical or off")
+      ->capture_default_str();
+  CLI11_PARSE(app, argc, argv);
+  if (auto ok = gflex::init_logging(log_level); !ok) {
+    std::fprintf(stderr, "gflex-node: %s\n", ok.error().message().c_str());
+    return 2;
+  }
+  auto address = gflex::app::parse_host_port(join, "--join");
+  if (!address) {
+    spdlog::error("{}", address.error().message());
+    return 2;
+  }
+  return gflex::run_node(config, address->host, address->port);
+}

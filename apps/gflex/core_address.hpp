@@ -1,0 +1,34 @@
+#pragma once
+/// @file
+/// Parsing of HOST:PORT arguments shared by the apps.
+
+#include <charconv>
+#include <cstdint>
+#include <string>
+
+#include "gflex/runtime/error.hpp"
+
+namespace gflex::app {
+
+struct host_port {
+  std::string host;
+  uint16_t port = 0;
+};
+
+/// "host:port" with a port in [1, 65535]; `flag` names the option in errors.
+inline expected<host_port> parse_host_port(const std::string& text, const std::string& flag) {
+  auto colon = text.rfind(':');
+  auto bad = [&] {
+    return error(errc::invalid_argument,
+                 flag + ": expected HOST:PORT with a port in [1, 65535], got '" + text + "'");
+  };
+  if (colon == std::string::npos || colon == 0) return bad();
+  unsigned port = 0;
+  const char* begin = text.data() + colon + 1;
+  const char* end = text.data() + text.size();
+  auto [ptr, ec] = std::from_chars(begin, end, port);
+  if (ec != std::errc() || ptr != end || port == 0 || port > 65535) return bad();
+  return host_port{text.substr(0, colon), static_cast<uint16_t>(port)};
+}
+
+}  // namespace gflex::app

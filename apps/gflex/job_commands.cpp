@@ -1,0 +1,344 @@
+#include "job_commands.hpp"
+
+#include <spdlog/spdlog.h>
+
+#include <cstdio>
+#include <fstream>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <thread>
+
+#include "core_address.hpp"
+#include "default_job.hpp"
+#include "gflex/gflex.hpp"
+#include "gflex/kernels/backend.hpp"
+#include "gflex/kernels/trainer.hpp"
+#include "gflex/kernels/workload.hpp"
+#include "gflex/runtime/checkpoint.hpp"
+#include "gflex/runtime/job_spec.hpp"
+#include "gflex/runtime/progress.hpp"
+
+namespace gflex::app {
+
+namespace {
+
+nlohmann::json to_json(const job_status& s) {
+  return {{"job_id", s.job_id},
+          {"name", s.name},
+          {"workload", s.workload},
+          {"state", s.state},
+          {"detail", s.detail},
+          {"round", s.round},
+          {"rounds", s.rounds},
+          {"test_accuracy", s.test_accuracy},
+          {"train_loss", s.train_loss},
+          {"nodes", s.nodes},
+          {"bytes_sent", s.bytes_sent},
+          {"bytes_received", s.bytes_received},
+          {"wall_s", s.elapsed_s},
+          {"eta_s", s.eta_s},
+          {"late_results", s.late_results},
+          {"rejected_results", s.rejected_results}};
+}
+
+int fail(const error& e, int code = 1) {
+  spdlog::error("{}", e.message());
+  return code;
+}
+
+bool write_json(const std::string& file, const nlohmann::json& j) {
+  std::ofstream out(file);
+  out << j.dump(2) << '\n';
+  if (!out) spdlog::error("{}: cannot write the JSON summary", file);
+  return static_cast<bool>(out);
+}
+
+std::string human_bytes(double b) {
+  const char* units[] = {"B", "KB", "MB", "GB", "TB"};
+  int u = 0;
+  while (b >= 1000 && u < 4) b /= 1000, ++u;
+  char buf[32];
+  std::snprintf(buf, sizeof buf, u == 0 ? "%.0f %s" : "%.1f %s", b, units[u]);
+  return buf;
+}
+
+// Draws a job's progress bar from successive statuses.
+class job_progress {
+ public:
+  void operator()(const job_status& s) {
+    if (!bar_ && s.rounds > 0) bar_ = std::make_shared<progress_bar>(s.job_id, s.rounds);
+    if (!bar_) return;
+    char line[256];
+    std::snprintf(line, sizeof line,
+                  "round %lld/%lld | loss %.4f | test accuracy %.4f | nodes %lld | %s moved",
+                  static_cast<long long>(s.round), static_cast<long long>(s.rounds), s.train_loss,
+                  s.test_accuracy, static_cast<long long>(s.nodes),
+                  human_bytes(static_cast<double>(s.bytes_sent + s.bytes_received)).c_str());
+    std::string status = line;
+    if (!s.detail.empty() && !is_terminal(s.state)) status += " | " + s.detail;
+    if (is_terminal(s.state)) {
+      bar_->finish(status + " | " + s.state);
+    } else {
+      bar_->update(s.round, status);
+    }
+  }
+
+ private:
+  std::shared_ptr<progress_bar> bar_;  // shared: a std::function copies its target
+};
+
+expected<std::string> read_text(const std::string& file) {
+  auto bytes = read_file(file, size_t{1} << 20);
+  if (!bytes) return bytes.error();
+  return std::string(bytes->begin(), bytes->end());
+}
+
+struct job_flags {
+  std::string core = "127.0.0.1:7400";
+  std::string spec_file;
+  std::string job_id;
+  std::string json;
+  std::string out;
+  bool wait = false;
+  bool as_json = false;
+  int nodes = 3;
+  int workers_per_node = 1;
+};
+
+int run_submit(const job_flags& f) {
+  auto text = read_text(f.spec_file);
+  if (!text) return fail(text.error(), 2);
+  // Validate here first: the error names the file and the key, before any network traffic.
+  auto spec = parse_job_spec(*text, f.spec_file);
+  if (!spec) return fail(spec.error(), 2);
+  if (auto w = kernels::find_workload(spec->workload); !w)
+    return fail(
+        error(errc::unknown_workload, f.spec_file + ": job.workload: " + w.error().message()), 2);
+  auto address = parse_host_port(f.core, "--core");
+  if (!address) return fail(address.error(), 2);
+  auto c = client::connect(address->host, address->port);
+  if (!c) return fail(c.error());
+  auto id = c->submit(*text);
+  if (!id) return fail(id.error());
+  std::printf("%s\n", id->c_str());
+  std::fflush(stdout);
+  if (!f.wait) {
+    if (!f.json.empty() && !write_json(f.json, {{"job_id", *id}})) return 1;
+    return 0;
+  }
+  job_progress draw;
+  for (;;) {
+    auto s = c->status(*id);
+    if (!s) return fail(s.error());
+    draw(*s);
+    if (is_terminal(s->state)) {
+      std::printf("%s %s: test accuracy %.4f after %lld rounds, %s moved, %.1f s\n",
+                  s->job_id.c_str(), s->state.c_str(), s->test_accuracy,
+                  static_cast<long long>(s->round),
+                  human_bytes(static_cast<double>(s->bytes_sent + s->bytes_received)).c_str(),
+                  s->elapsed_s);
+      if (!f.json.empty() && !write_json(f.json, to_json(*s))) return 1;
+      return s->state == "done" ? 0 : 1;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(250));
+  }
+}
+
+int run_status(const job_flags& f) {
+  auto address = parse_host_port(f.core, "--core");
+  if (!address) return fail(address.error(), 2);
+  auto c = client::connect(address->host, address->port);
+  if (!c) return fail(c.error());
+  if (!f.job_id.empty()) {
+    auto s = c->status(f.job_id);
+    if (!s) return fail(s.error());
+    if (f.as_json) {
+      std::printf("%s\n", to_json(*s).dump(2).c_str());
+    } else {
+      std::printf("%s %s: %s, round %lld/%lld, test accuracy %.4f, loss %.4f%s%s\n",
+                  s->job_id.c_str(), s->name.c_str(), s->state.c_str(),
+                  static_cast<long long>(s->round), static_cast<long long>(s->rounds),
+                  s->test_accuracy, s->train_loss, s->detail.empty() ? "" : " - ",
+                  s->detail.c_str());
+    }
+    return 0;
+  }
+  auto all = c->jobs();
+  if (!all) return fail(all.error());
+  if (f.as_json) {
+    auto list = nlohmann::json::array();
+    for (const auto& s : *all) list.push_back(to_json(s));
+    std::printf("%s\n", list.dump(2).c_str());
+  } else {
+    std::printf("%-10s %-20s %-10s %9s %9s\n", "JOB", "NAME", "STATE", "ROUND", "ACCURACY");
+    for (const auto& s : *all)
+      std::printf("%-10s %-20s %-10s %4lld/%-4lld %9.4f\n", s.job_id.c_str(), s.name.c_str(),
+                  s.state.c_str(), static_cast<long long>(s.round),
+                  static_cast<long long>(s.rounds), s.test_accuracy);
+  }
+  return 0;
+}
+
+int run_nodes(const job_flags& f) {
+  auto address = parse_host_port(f.core, "--core");
+  if (!address) return fail(address.error(), 2);
+  auto c = client::connect(address->host, address->port);
+  if (!c) return fail(c.error());
+  auto nodes = c->nodes();
+  if (!nodes) return fail(nodes.error());
+  if (f.as_json) {
+    auto list = nlohmann::json::array();
+    for (const auto& n : *nodes)
+      list.push_back({{"node_id", n.node_id},
+                      {"name", n.name},
+                      {"device", n.device},
+                      {"workers", n.workers},
+                      {"last_seen_s", n.last_seen_s}});
+    std::printf("%s\n", list.dump(2).c_str());
+  } else {
+    for (const auto& n : *nodes)
+      std::printf("%-6s %-20s %u worker(s)  %s  (seen %.1f s ago)\n", n.node_id.c_str(),
+                  n.name.c_str(), n.workers, n.device.c_str(), n.last_seen_s);
+  }
+  return 0;
+}
+
+int run_cancel(const job_flags& f) {
+  auto address = parse_host_port(f.core, "--core");
+  if (!address) return fail(address.error(), 2);
+  auto c = client::connect(address->host, address->port);
+  if (!c) return fail(c.error());
+  if (auto ok = c->cancel(f.job_id); !ok) return fail(ok.error());
+  std::printf("%s cancelled\n", f.job_id.c_str());
+  return 0;
+}
+
+int run_fetch(const job_flags& f) {
+  auto address = parse_host_port(f.core, "--core");
+  if (!address) return fail(address.error(), 2);
+  auto c = client::connect(address->host, address->port);
+  if (!c) return fail(c.error());
+  auto bytes = c->fetch(f.job_id);
+  if (!bytes) return fail(bytes.error());
+  if (auto ok = write_file_atomically(f.out, *bytes); !ok) return fail(ok.error());
+  std::printf("%s: %s written\n", f.out.c_str(),
+              human_bytes(static_cast<double>(bytes->size())).c_str());
+  return 0;
+}
+
+int run_eval(const job_flags& f) {
+  auto bytes = read_file(f.out);
+  if (!bytes) return fail(bytes.error(), 2);
+  auto c = decode_checkpoint(*bytes);
+  if (!c) return fail(error(c.error().code(), f.out + ": " + c.error().message()), 2);
+  auto w = kernels::find_workload(c->workload);
+  if (!w) return fail(error(w.error().code(), f.out + ": " + w.error().message()), 2);
+  // Reassemble the flat parameter vector from the named blocks of the workload's layout.
+  std::vector<float> params(static_cast<size_t>((*w)->parameter_count()));
+  for (const auto& block : (*w)->layout()) {
+    const tensor* t = c->find(block.name);
+    if (t == nullptr || t->type() != dtype::f32 || t->shape() != block.shape)
+      return fail(error(errc::shape_mismatch, f.out + ": " + block.name + " is missing or not " +
+                                                  to_string(block.shape) + " f32"),
+                  2);
+    std::copy_n(t->data<float>(), t->numel(), params.begin() + block.offset);
+  }
+  auto data = (*w)->load_data();
+  if (!data) return fail(data.error());
+  auto b = kernels::make_cpu_backend(0);
+  auto stats = kernels::evaluate(**w, data->test, *b, params);
+  if (!stats) return fail(error(stats.error().code(), f.out + ": " + stats.error().message()), 2);
+  std::printf("%s: %s after %llu rounds: test accuracy %.4f, test loss %.4f\n", f.out.c_str(),
+              c->workload.c_str(), static_cast<unsigned long long>(c->step), stats->accuracy(),
+              stats->mean_loss());
+  if (!f.json.empty() && !write_json(f.json, {{"workload", c->workload},
+                                              {"step", c->step},
+                                              {"test_accuracy", stats->accuracy()},
+                                              {"test_loss", stats->mean_loss()}}))
+    return 1;
+  return 0;
+}
+
+int run_demo(const job_flags& f) {
+  std::string text = default_job_spec;
+  if (!f.spec_file.empty()) {
+    auto file = read_text(f.spec_file);
+    if (!file) return fail(file.error(), 2);
+    text = *file;
+  }
+  auto spec = parse_job_spec(text, f.spec_file.empty() ? "built-in fashion-mlp job" : f.spec_file);
+  if (!spec) return fail(spec.error(), 2);
+  spdlog::info("demo: a core and {} node(s) in this process, training {} for {} rounds", f.nodes,
+               spec->workload, spec->rounds);
+  job_progress draw;
+  auto last = run_embedded(embedded_config{f.nodes, f.workers_per_node, {}}, text, draw);
+  if (!last) return fail(last.error());
+  std::printf("%s: test accuracy %.4f after %lld rounds on %d node(s), %s moved, %.1f s\n",
+              last->state.c_str(), last->test_accuracy, static_cast<long long>(last->round),
+              f.nodes,
+              human_bytes(static_cast<double>(last->bytes_sent + last->bytes_received)).c_str(),
+              last->elapsed_s);
+  if (!f.json.empty() && !write_json(f.json, to_json(*last))) return 1;
+  return last->state == "done" ? 0 : 1;
+}
+
+}  // namespace
+
+void add_job_commands(CLI::App& app, std::function<int()>& run) {
+  auto f = std::make_shared<job_flags>();
+  auto core_flag = [&](CLI::App* cmd) {
+    cmd->add_option("--core", f->core, "the core's HOST:PORT")->capture_default_str();
+  };
+  auto set = [&run, f](int (*fn)(const job_flags&)) {
+    return [&run, f, fn] { run = [f, fn] { return fn(*f); }; };
+  };
+
+  auto* submit = app.add_subcommand("submit", "submit a job spec (TOML) to a core");
+  submit->add_option("spec", f->spec_file, "the job spec file")->required();
+  core_flag(submit);
+  submit->add_flag("--wait", f->wait, "follow the job with a progress bar until it ends");
+  submit->add_option("--json", f->json, "write {\"job_id\"} (or, with --wait, the summary)");
+  submit->callback(set(run_submit));
+
+  auto* status = app.add_subcommand("status", "show jobs, or one job");
+  status->add_option("job", f->job_id, "a job id");
+  core_flag(status);
+  status->add_flag("--json", f->as_json, "print JSON");
+  status->callback(set(run_status));
+
+  auto* nodes = app.add_subcommand("nodes", "show the nodes joined to a core");
+  core_flag(nodes);
+  nodes->add_flag("--json", f->as_json, "print JSON");
+  nodes->callback(set(run_nodes));
+
+  auto* cancel = app.add_subcommand("cancel", "cancel a job");
+  cancel->add_option("job", f->job_id, "a job id")->required();
+  core_flag(cancel);
+  cancel->callback(set(run_cancel));
+
+  auto* fetch = app.add_subcommand("fetch", "download a job's trained parameters");
+  fetch->add_option("job", f->job_id, "a job id")->required();
+  fetch->add_option("--out", f->out, "checkpoint file to write")->required();
+  core_flag(fetch);
+  fetch->callback(set(run_fetch));
+
+  auto* eval = app.add_subcommand("eval", "test accuracy of a fetched checkpoint");
+  eval->add_option("checkpoint", f->out, "a checkpoint file")->required();
+  eval->add_option("--json", f->json, "write the result as JSON");
+  eval->callback(set(run_eval));
+
+  auto* demo = app.add_subcommand(
+      "demo", "core and nodes in one process: train fashion-mlp to >= 0.88 test accuracy");
+  demo->add_option("--nodes", f->nodes, "nodes to run")
+      ->check(CLI::Range(1, 64))
+      ->capture_default_str();
+  demo->add_option("--workers", f->workers_per_node, "workers per node")
+      ->check(CLI::Range(1, 16))
+      ->capture_default_str();
+  demo->add_option("--spec", f->spec_file, "a job spec instead of the built-in one");
+  demo->add_option("--json", f->json, "write the final status as JSON");
+  demo->callback(set(run_demo));
+}
+
+}  // namespace gflex::app
