@@ -195,9 +195,16 @@ void commit_round(job_actor* self) {
 void on_result(job_actor* self, uint64_t id, assignment_result& r) {
   auto& st = self->state;
   auto it = st.pending.find(id);
-  if (it == st.pending.end() || r.assignment_id != id) {
-    // The round closed or the assignment was reassigned: drop the late copy, once.
+  if (it == st.pending.end()) {
+    // The assignment was reassigned or its round closed: drop the late copy, counted.
     st.job.status.late_results += 1;
+    return;
+  }
+  if (r.assignment_id != id) {
+    st.job.status.rejected_results += 1;
+    fail_assignment(self, id,
+                    "result rejected: it names assignment " + std::to_string(r.assignment_id) +
+                        ", which this worker was not given");
     return;
   }
   auto update = decode_update(r.update, st.job.theta.size());

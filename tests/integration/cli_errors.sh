@@ -40,6 +40,22 @@ else
   echo "skipped: damaged-file checks need Debian's dataset-fashion-mnist"
 fi
 
+# Job specs are checked before anything is sent: each error names the file and the key.
+spec="$WORK/job.toml"
+printf '[job]\nworkload = "fashion-mlp"\n[inner]\nlocal_steps = 0\n' >"$spec"
+expect_error "local_steps 0" "job.toml: inner.local_steps: must be an integer in \[1, 100000\], got 0" \
+  "$G" submit "$spec" --core 127.0.0.1:1
+printf '[job]\nworkload = "fashion-mlp"\nworkerz = 3\n' >"$spec"
+expect_error "misspelt key" "job.toml: job.workerz: unknown key" "$G" submit "$spec" --core 127.0.0.1:1
+printf '[job]\nworkload = "imagenet"\n' >"$spec"
+expect_error "unknown workload in a spec" "job.toml: job.workload: unknown workload 'imagenet'" \
+  "$G" submit "$spec" --core 127.0.0.1:1
+printf '[job\nworkload = 1\n' >"$spec"
+expect_error "TOML syntax" "job.toml:1:.*invalid TOML" "$G" submit "$spec" --core 127.0.0.1:1
+expect_error "missing spec file" "nope.toml: no such file" "$G" submit "$WORK/nope.toml"
+printf 'not a checkpoint at all!' >"$WORK/bad.gfck"
+expect_error "eval of a damaged checkpoint" "bad.gfck: malformed checkpoint" "$G" eval "$WORK/bad.gfck"
+
 # A JSON summary that cannot be written is an error, after training, not a silent success.
 expect_error "unwritable json" "cannot write the JSON summary" \
   "$G" train --max-steps 5 --no-eval --json /proc/gflex/summary.json

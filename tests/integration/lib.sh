@@ -2,6 +2,7 @@
 # Sourced by each test; BIN is the build's bin/ directory (first argument of the test).
 set -euo pipefail
 BIN=${1:?usage: $0 BUILD_BIN_DIR}
+SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 WORK=$(mktemp -d /tmp/gflex-it-XXXXXX)
 PIDS=()
 failures=0
@@ -34,6 +35,44 @@ expect_error() {
   else
     echo "ok: $name (exit $rc)"
   fi
+}
+
+# start NAME CMD...: runs CMD in the background with its output in $WORK/NAME.log and
+# remembers its pid for clean-up (SIGKILL at exit).
+start() {
+  local name=$1
+  shift
+  "$@" >"$WORK/$name.log" 2>&1 &
+  PIDS+=($!)
+  eval "PID_${name//-/_}=$!"
+}
+
+# wait_for SECONDS DESCRIPTION CMD...: polls CMD every 0.2 s until it succeeds.
+wait_for() {
+  local limit=$1 what=$2
+  shift 2
+  local deadline=$((SECONDS + limit))
+  until "$@" >/dev/null 2>&1; do
+    if ((SECONDS >= deadline)); then
+      fail "timed out after ${limit}s waiting for $what"
+      return 1
+    fi
+    sleep 0.2
+  done
+}
+
+# A TCP port nothing listens on, from the dynamic range.
+free_port() {
+  local port
+  while :; do
+    port=$((20000 + RANDOM % 30000))
+    ss -ltn "sport = :$port" | grep -q ":$port" || { echo "$port"; return; }
+  done
+}
+
+# json_get FILE EXPR: evaluates a Python expression on the JSON object `j` in FILE.
+json_get() {
+  python3 -c "import json,sys; j=json.load(open(sys.argv[1])); print($2)" "$1"
 }
 
 finish() {

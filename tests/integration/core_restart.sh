@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# SIGKILL of the core mid-job: restarted on the same data dir it resumes the job from its
+# last committed round (none lost), the nodes reconnect by themselves, and the job finishes
+# with >= 0.87 test accuracy.
+source "$(dirname "$0")/lib.sh"
+port=$(free_port)
+core=127.0.0.1:$port
+G="$BIN/gflex"
+
+start core "$BIN/gflex-core" --listen "$core" --data-dir "$WORK/core"
+wait_for 20 "the core to listen" grep -q "core listening" "$WORK/core.log"
+for i in 1 2 3; do
+  start "node$i" "$BIN/gflex-node" --join "$core" --name "node$i" --data-dir "$WORK/node$i"
+done
+wait_for 30 "three nodes to join" bash -c "[ \$('$G' nodes --core $core | wc -l) -eq 3 ]"
+"$G" submit "$SRC/apps/jobs/fashion-mlp.toml" --core "$core" --json "$WORK/submitted.json" \
+  >/dev/null || fail "submit"
+job=$(json_get "$WORK/submitted.json" "j['job_id']")
+
+round_now() {
+  "$G" status "$job" --core "$core" --json >"$WORK/st.json" 2>/dev/null &&
+    json_get "$WORK/st.json" "j['round']"
+}
+wait_for 120 "round 8" bash -c "r=\$('$G' status $job --core $core --json 2>/dev/null |
+  python3 -c 'import json,sys; print(json.load(sys.stdin)[\"round\"])'); [ \"\${r:-0}\" -ge 8 ]"
+before=$(round_now)
+kill -KILL "$PID_core"
+wait "$PID_core" 2>/dev/null || true
+echo "ok: core killed with SIGKILL at round >= $before"
+
+start core2 "$BIN/gflex-core" --listen "$core" --data-dir "$WORK/core"
+wait_for 20 "the restarted core to listen" grep -q "core listening" "$WORK/core2.log"
+wait_for 20 "the job to resume" grep -q "resuming job $job from round" "$WORK/core2.log"
+resumed=$(sed -n "s/.*resuming job $job from round \([0-9]*\).*/\1/p" "$WORK/core2.log" | head -1)
+[ "$resumed" -ge "$before" ] || fail "resumed from round $resumed, but $before had been reported"
+echo "ok: resumed from round $resumed (>= $before reported before the kill)"
+wait_for 60 "the nodes to reconnect" bash -c "[ \$('$G' nodes --core $core | wc -l) -eq 3 ]"
+echo "ok: the nodes reconnected by themselves"
+
+wait_for 240 "the job to finish" bash -c "'$G' status $job --core $core | grep -qE ' (done|failed|cancelled),'"
+"$G" status "$job" --core "$core" --json >"$WORK/final.json" || fail "final status"
+state=$(json_get "$WORK/final.json" "j['state']")
+acc=$(json_get "$WORK/final.json" "j['test_accuracy']")
+round=$(json_get "$WORK/final.json" "j['round']")
+[ "$state" = done ] || fail "job ended $state"
+[ "$round" -eq 30 ] || fail "job ended at round $round"
+python3 -c "import sys; sys.exit(0 if $acc >= 0.87 else 1)" || fail "test accuracy $acc < 0.87"
+echo "ok: $job finished after the restart: test accuracy $acc"
+finish

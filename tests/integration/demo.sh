@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# `gflex demo` (core and three nodes in one process) reaches >= 0.88 test accuracy, and a
+# bad --nodes is refused.
+source "$(dirname "$0")/lib.sh"
+timeout -s KILL 240 "$BIN/gflex" demo --json "$WORK/demo.json" >"$WORK/out" 2>"$WORK/err" ||
+  fail "gflex demo exited non-zero: $(tail -3 "$WORK/err")"
+acc=$(json_get "$WORK/demo.json" "j['test_accuracy']")
+python3 -c "import sys; sys.exit(0 if $acc >= 0.88 else 1)" || fail "demo accuracy $acc < 0.88"
+[ "$(json_get "$WORK/demo.json" "j['state']")" = done ] || fail "demo job did not finish"
+echo "ok: demo test accuracy $acc"
+expect_error "zero nodes" "--nodes" "$BIN/gflex" demo --nodes 0
+printf '[job]\nworkload = "fashion-mlp"\nrounds = -1\n' >"$WORK/bad.toml"
+expect_error "bad demo spec" "bad.toml: job.rounds: must be an integer in \[1, 100000\], got -1" \
+  "$BIN/gflex" demo --spec "$WORK/bad.toml"
+finish

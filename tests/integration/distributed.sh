@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# A core and three nodes as separate processes on loopback: a fashion-mlp job submitted with
+# `gflex submit --wait` reaches >= 0.87 test accuracy; `gflex fetch` and `gflex eval` give
+# the same accuracy back from the checkpoint; a node speaking another protocol version is
+# refused with a clear message and exit code 3.
+source "$(dirname "$0")/lib.sh"
+port=$(free_port)
+core=127.0.0.1:$port
+G="$BIN/gflex"
+
+start core "$BIN/gflex-core" --listen "$core" --data-dir "$WORK/core"
+wait_for 20 "the core to listen" grep -q "core listening" "$WORK/core.log"
+for i in 1 2 3; do
+  start "node$i" "$BIN/gflex-node" --join "$core" --name "node$i" --data-dir "$WORK/node$i"
+done
+wait_for 30 "three nodes to join" bash -c "[ \$('$G' nodes --core $core | wc -l) -eq 3 ]"
+
+timeout -s KILL 240 "$G" submit "$SRC/apps/jobs/fashion-mlp.toml" --core "$core" --wait \
+  --json "$WORK/summary.json" >"$WORK/submit.out" 2>"$WORK/submit.err" ||
+  fail "submit --wait exited non-zero: $(tail -3 "$WORK/submit.err")"
+acc=$(json_get "$WORK/summary.json" "j['test_accuracy']")
+state=$(json_get "$WORK/summary.json" "j['state']")
+job=$(json_get "$WORK/summary.json" "j['job_id']")
+[ "$state" = done ] || fail "job state is $state"
+python3 -c "import sys; sys.exit(0 if $acc >= 0.87 else 1)" || fail "test accuracy $acc < 0.87"
+python3 - "$WORK/summary.json" <<'PY' || fail "summary fields"
+import json, sys
+j = json.load(open(sys.argv[1]))
+for k in ("job_id", "state", "rounds", "test_accuracy", "bytes_sent", "wall_s"):
+    assert k in j, k
+assert j["round"] == j["rounds"] == 30 and j["bytes_sent"] > 0 and j["bytes_received"] > 0
+assert j["nodes"] == 3, j["nodes"]
+PY
+echo "ok: $job done, test accuracy $acc"
+
+"$G" fetch "$job" --out "$WORK/model.gfck" --core "$core" >/dev/null || fail "fetch"
+"$G" eval "$WORK/model.gfck" --json "$WORK/eval.json" >/dev/null || fail "eval"
+eval_acc=$(json_get "$WORK/eval.json" "j['test_accuracy']")
+[ "$eval_acc" = "$acc" ] || fail "eval of the fetched checkpoint gives $eval_acc, status said $acc"
+echo "ok: fetched checkpoint evaluates to $eval_acc"
+
+"$G" status "$job" --core "$core" --json >"$WORK/status.json" || fail "status --json"
+[ "$(json_get "$WORK/status.json" "j['state']")" = done ] || fail "status state"
+
+# Bad requests get clear errors.
+expect_error "status of an unknown job" "unknown job 'job-999'" "$G" status job-999 --core "$core"
+expect_error "fetch of an unknown job" "unknown job 'job-999'" \
+  "$G" fetch job-999 --out "$WORK/x" --core "$core"
+expect_error "cancel of a finished job" "has already ended \(done\)" "$G" cancel "$job" --core "$core"
+expect_error "bad --core" "--core: expected HOST:PORT" "$G" status --core nowhere
+expect_error "no core there" "cannot reach the core" "$G" status --core "127.0.0.1:$(free_port)"
+
+# A node that speaks another protocol version is refused and exits with code 3.
+rc=0
+timeout -s KILL 30 "$BIN/gflex-node" --join "$core" --name old --data-dir "$WORK/old" \
+  --protocol-version 99 >"$WORK/old.log" 2>&1 || rc=$?
+[ "$rc" -eq 3 ] || fail "a node with protocol 99 exited $rc, expected 3"
+grep -q "protocol version 99 is not supported (this core speaks version 1)" "$WORK/old.log" ||
+  fail "no clear refusal in the node's log: $(tail -2 "$WORK/old.log")"
+grep -q "refused node old: protocol version 99" "$WORK/core.log" || fail "core did not log it"
+echo "ok: protocol version 99 refused"
+finish
