@@ -1,0 +1,206 @@
+/// @file
+/// Speaks the wire protocol to a real core process (GFLEX_TEST_CORE=host:port, started by
+/// protocol.sh with one honest node) and checks that bad input gets a clear error and
+/// changes no state: malformed job specs, an unknown workload, a node with another protocol
+/// version or no workers, chunk names that are not digests, and a rogue worker whose
+/// results are of the wrong size, hold NaN, name another assignment or are not an update.
+
+#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
+#include <doctest/doctest.h>
+#include <caf/io/middleman.hpp>
+
+#include <atomic>
+#include <cmath>
+#include <thread>
+
+#include "gflex/gflex.hpp"
+#include "gflex/runtime/update_codec.hpp"
+#include "messages.hpp"
+
+using namespace gflex;
+
+namespace {
+
+struct core_address {
+  std::string host;
+  uint16_t port = 0;
+};
+
+core_address test_core() {
+  const char* env = std::getenv("GFLEX_TEST_CORE");
+  REQUIRE_MESSAGE(env != nullptr, "set GFLEX_TEST_CORE=host:port (protocol.sh does)");
+  std::string text = env;
+  auto colon = text.rfind(':');
+  return {text.substr(0, colon), static_cast<uint16_t>(std::stoi(text.substr(colon + 1)))};
+}
+
+// An actor system connected to the core, for talking to it as a node would.
+struct peer {
+  caf::actor_system_config cfg;
+  std::unique_ptr<caf::actor_system> sys;
+  caf::actor core;
+  peer() {
+    configure_actor_system(cfg);
+    sys = std::make_unique<caf::actor_system>(cfg);
+    auto where = test_core();
+    auto c = sys->middleman().remote_actor(where.host, where.port);
+    if (!c) FAIL("cannot reach the core: " << sys->render(c.error()));
+    core = *c;
+  }
+};
+
+const char* small_job = R"([job]
+name = "probe"
+workload = "fashion-mlp"
+rounds = 4
+workers = 2
+[inner]
+local_steps = 5
+batch_size = 32
+[wire]
+compression = "fp32"
+)";
+
+// Answers every assignment with a result that must be rejected, cycling through the ways.
+caf::behavior rogue_worker(caf::event_based_actor*, std::shared_ptr<std::atomic<int>> answered) {
+  return {
+      [=](assign_atom, const assignment& a) -> assignment_result {
+        int mode = answered->fetch_add(1) % 4;
+        assignment_result r;
+        r.assignment_id = a.id;
+        r.loss = 1.0;
+        r.samples = 1;
+        std::vector<float> update(535818, 0.0f);
+        switch (mode) {
+          case 0:  // too few values
+            update.resize(1000);
+            r.update = encode_update(update, compression::fp32);
+            break;
+          case 1: {  // NaN inside an otherwise well-formed update
+            r.update = encode_update(update, compression::fp32);
+            float nan = std::nanf("");
+            std::memcpy(r.update.data() + r.update.size() - 64, &nan, sizeof nan);
+            break;
+          }
+          case 2:  // answers for an assignment it was not given
+            r.assignment_id = a.id ^ 0x5a5a5a5a;
+            r.update = encode_update(update, compression::fp32);
+            break;
+          default:  // not an update at all
+            r.update = std::vector<uint8_t>(64, 0xAB);
+            break;
+        }
+        return r;
+      },
+  };
+}
+
+caf::behavior heartbeat(caf::event_based_actor* self, caf::actor registry, std::string node) {
+  self->send(self, tick_atom::value);
+  return {[=](tick_atom) {
+    self->send(registry, beat_atom::value, node);
+    self->delayed_send(self, std::chrono::milliseconds(300), tick_atom::value);
+  }};
+}
+
+}  // namespace
+
+TEST_CASE("malformed job specs and unknown workloads are refused and change nothing") {
+  auto where = test_core();
+  auto c = client::connect(where.host, where.port);
+  REQUIRE(c.has_value());
+  auto before = c->jobs();
+  REQUIRE(before.has_value());
+  auto bad = c->submit("[job]\nworkload = \"fashion-mlp\"\n[inner]\nbatch_size = \"big\"\n");
+  REQUIRE_FALSE(bad.has_value());
+  CHECK(bad.error().code() == errc::invalid_argument);
+  CHECK(bad.error().message().find("inner.batch_size") != std::string::npos);
+  auto syntax = c->submit("[job\n");
+  REQUIRE_FALSE(syntax.has_value());
+  CHECK(syntax.error().message().find("invalid TOML") != std::string::npos);
+  auto unknown = c->submit("[job]\nworkload = \"imagenet-vit\"\n");
+  REQUIRE_FALSE(unknown.has_value());
+  CHECK(unknown.error().code() == errc::unknown_workload);
+  CHECK(unknown.error().message().find("imagenet-vit") != std::string::npos);
+  auto after = c->jobs();
+  REQUIRE(after.has_value());
+  CHECK(after->size() == before->size());
+}
+
+TEST_CASE("a node with another protocol version or no workers is refused") {
+  peer p;
+  caf::scoped_actor self{*p.sys};
+  auto worker = p.sys->spawn([]() -> caf::behavior { return {[](int) {}}; });
+  auto ask = [&](node_hello h) {
+    std::string refusal;
+    self->request(p.core, std::chrono::seconds(10), hello_atom::value, std::move(h))
+        .receive([&](node_welcome&) { refusal = ""; },
+                 [&](caf::error& e) { refusal = from_caf(e).message(); });
+    return refusal;
+  };
+  node_hello wrong{protocol_version + 1, "probe", "cpu", 0, {worker}, worker};
+  auto refusal = ask(wrong);
+  CHECK_MESSAGE(refusal.find("protocol version " + std::to_string(protocol_version + 1) +
+                             " is not supported") != std::string::npos,
+                refusal);
+  node_hello empty{protocol_version, "probe", "cpu", 0, {}, worker};
+  CHECK(ask(empty).find("1-1024 workers") != std::string::npos);
+  node_hello nameless{protocol_version, "", "cpu", 0, {worker}, worker};
+  CHECK_FALSE(ask(nameless).empty());
+  self->send_exit(worker, caf::exit_reason::user_shutdown);
+}
+
+TEST_CASE("a rogue worker's results are rejected, reassigned, and never applied") {
+  peer p;
+  caf::scoped_actor self{*p.sys};
+  auto answered = std::make_shared<std::atomic<int>>(0);
+  auto rogue = p.sys->spawn(rogue_worker, answered);
+  node_welcome welcome;
+  self->request(p.core, std::chrono::seconds(10), hello_atom::value,
+                node_hello{protocol_version, "rogue", "cpu", 0, {rogue}, rogue})
+      .receive([&](node_welcome& w) { welcome = std::move(w); },
+               [&](caf::error& e) { FAIL("join refused: " << p.sys->render(e)); });
+  auto beats = p.sys->spawn(heartbeat, welcome.registry, welcome.node_id);
+
+  SUBCASE("chunk names that are not digests are refused") {
+    for (std::string name : {std::string("../../etc/passwd"), std::string(64, 'Z')}) {
+      std::string why;
+      self->request(welcome.data_server, std::chrono::seconds(10), chunk_atom::value, name)
+          .receive([&](std::vector<uint8_t>&) { why = "served"; },
+                   [&](caf::error& e) { why = from_caf(e).message(); });
+      CHECK(why.find("not a chunk digest") != std::string::npos);
+    }
+    std::string why;
+    self->request(welcome.data_server, std::chrono::seconds(10), chunk_atom::value,
+                  std::string(64, '0'))
+        .receive([&](std::vector<uint8_t>&) { why = "served"; },
+                 [&](caf::error& e) { why = from_caf(e).message(); });
+    CHECK(why.find("no chunk") != std::string::npos);
+  }
+
+  SUBCASE("bad results") {
+    auto where = test_core();
+    auto c = client::connect(where.host, where.port);
+    REQUIRE(c.has_value());
+    auto id = c->submit(small_job);
+    REQUIRE_MESSAGE(id.has_value(), id.error().message());
+    job_status s;
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+    do {
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+      auto st = c->status(*id);
+      REQUIRE(st.has_value());
+      s = *st;
+    } while (!is_terminal(s.state) && std::chrono::steady_clock::now() < deadline);
+    CHECK(s.state == "done");
+    CHECK(s.round == 4);
+    CHECK(answered->load() >= 2);
+    CHECK(s.rejected_results == static_cast<uint64_t>(answered->load()));
+    CHECK(std::isfinite(s.test_accuracy));
+    CHECK(s.test_accuracy > 0.5);  // only the honest node's updates were applied
+    MESSAGE("rogue answered " << answered->load() << " assignment(s), all rejected; accuracy "
+                              << s.test_accuracy);
+  }
+  self->send_exit(beats, caf::exit_reason::user_shutdown);
+  self->send_exit(rogue, caf::exit_reason::user_shutdown);
+}
