@@ -50,7 +50,11 @@ struct job_state {
   double loss_sum = 0.0;
   std::set<std::string> round_nodes;
   bool waiting_for_workers = false;
-  bool committing = false;
+  // What the last durable commit holds; clients are shown these, never rounds that a crash
+  // could still take back.
+  int64_t durable_round = 0;
+  double durable_accuracy = 0.0;
+  double durable_loss = 0.0;
   bool finished = false;
   std::set<caf::actor_addr> monitored;
 
@@ -144,7 +148,11 @@ void commit_round(job_actor* self) {
   s.round += 1;
   s.train_loss = st.loss_sum * inv;
   s.nodes = static_cast<int64_t>(st.round_nodes.size());
-  if (s.round % spec.eval_every == 0 || s.round == s.rounds) {
+  const bool last = s.round == s.rounds;
+  // The next round goes out before this one is evaluated and written, so that workers
+  // compute while the job thread evaluates, encodes the checkpoint and the store writes it.
+  if (!last) start_round(self);
+  if (s.round % spec.eval_every == 0 || last) {
     auto eval = kernels::evaluate(*st.workload, st.data->test, *st.eval_backend, st.job.theta);
     if (!eval) {
       finish(self, "failed", "evaluation failed: " + eval.error().message());
@@ -155,7 +163,7 @@ void commit_round(job_actor* self) {
   st.elapsed_before += std::chrono::duration<double>(clock_type::now() - st.resumed_at).count();
   st.resumed_at = clock_type::now();
   s.elapsed_s = st.elapsed_before;
-  if (s.round == s.rounds) s.state = "done";
+  if (last) s.state = "done";
 
   // Record and checkpoint of the round in one transaction: a restart resumes from here.
   checkpoint c;
@@ -171,20 +179,25 @@ void commit_round(job_actor* self) {
   store_batch batch;
   batch.keys = {job_record_key(st.job.id), job_checkpoint_key(st.job.id)};
   batch.values = {encode_job_record(st.job.spec_text, s), encode_checkpoint(c)};
-  st.committing = true;
+  // The store applies commits in the order they are sent, and a round counts as committed
+  // (and is reported) only once its transaction is durable. A crash before that resumes
+  // from the round before; the in-memory result of this one is then recomputed, never
+  // applied twice.
+  const int64_t round = s.round;
+  const double accuracy = s.test_accuracy, loss = s.train_loss;
   self->request(st.links.store, std::chrono::seconds(60), commit_atom::value, std::move(batch))
       .then(
           [=](caf::ok_atom) {
             auto& st = self->state;
-            st.committing = false;
+            st.durable_round = round;
+            st.durable_accuracy = accuracy;
+            st.durable_loss = loss;
             spdlog::info("job {}: round {}/{} committed, loss {:.4f}, test accuracy {:.4f}",
-                         st.job.id, st.job.status.round, st.job.status.rounds,
-                         st.job.status.train_loss, st.job.status.test_accuracy);
-            if (st.job.status.state == "done") {
+                         st.job.id, round, st.job.status.rounds, loss, accuracy);
+            if (last) {
               finish(self, "done", "");
             } else {
               publish(self);
-              start_round(self);
             }
           },
           [=](caf::error& e) {
@@ -218,6 +231,8 @@ void on_result(job_actor* self, uint64_t id, assignment_result& r) {
   st.pending.erase(it);
   self->send(st.links.market, release_atom::value, slot.worker);
   st.job.status.bytes_received += r.update.size();
+  spdlog::debug("job {}: assignment {:016x} from {}: {:.3f} s of compute, {} bytes", st.job.id, id,
+                slot.node_name, r.compute_s, r.update.size());
   for (size_t i = 0; i < update->size(); ++i) st.delta_sum[i] += (*update)[i];
   st.loss_sum += r.loss;
   st.received += 1;
@@ -258,7 +273,7 @@ void send_assignment(job_actor* self, const worker_slot& slot, int64_t shard) {
 
 void dispatch(job_actor* self) {
   auto& st = self->state;
-  if (st.finished || st.committing || st.unassigned.empty() || st.waiting_for_workers) return;
+  if (st.finished || st.unassigned.empty() || st.waiting_for_workers) return;
   st.waiting_for_workers = true;
   auto wanted = static_cast<int64_t>(st.unassigned.size());
   self->request(st.links.market, std::chrono::seconds(10), acquire_atom::value, st.job.id, wanted)
@@ -324,6 +339,9 @@ caf::behavior job_behavior(job_actor* self, job_start start, job_links links) {
   st.links = std::move(links);
   st.elapsed_before = st.job.status.elapsed_s;
   st.resumed_at = clock_type::now();
+  st.durable_round = st.job.status.round;
+  st.durable_accuracy = st.job.status.test_accuracy;
+  st.durable_loss = st.job.status.train_loss;
 
   auto w = kernels::find_workload(st.job.spec.workload);
   expected<std::shared_ptr<const served_data>> data =

@@ -42,6 +42,14 @@ echo "ok: fetched checkpoint evaluates to $eval_acc"
 "$G" status "$job" --core "$core" --json >"$WORK/status.json" || fail "status --json"
 [ "$(json_get "$WORK/status.json" "j['state']")" = done ] || fail "status state"
 
+# A running job can be cancelled; it then stays cancelled.
+"$G" submit "$SRC/apps/jobs/fashion-mlp.toml" --core "$core" --json "$WORK/second.json" >/dev/null ||
+  fail "second submit"
+second=$(json_get "$WORK/second.json" "j['job_id']")
+"$G" cancel "$second" --core "$core" >/dev/null || fail "cancel of a running job"
+wait_for 20 "the cancelled job to say so" bash -c "'$G' status $second --core $core | grep -q cancelled"
+echo "ok: $second cancelled"
+
 # Bad requests get clear errors.
 expect_error "status of an unknown job" "unknown job 'job-999'" "$G" status job-999 --core "$core"
 expect_error "fetch of an unknown job" "unknown job 'job-999'" \

@@ -1,0 +1,145 @@
+#!/usr/bin/env python3
+"""Benchmark: round-based training (DiLoCo-style, int8 updates) against the synchronous
+data-parallel baseline (local_steps = 1, plain SGD, fp32), each on a core and 4 node
+processes on loopback, side by side in one run. Reports time and bytes on the wire to 0.87
+test accuracy and their ratios. Then the runtime's overhead: `gflex demo --nodes 1` against
+`gflex train` on the same number of samples, one thread each.
+
+    python3 tests/bench/rounds_vs_sync.py [BUILD_BIN_DIR]
+"""
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+BIN = sys.argv[1] if len(sys.argv) > 1 else "build/bin"
+TARGET = 0.87
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def spec(**kw):
+    inner = kw.get("inner", {})
+    outer = kw.get("outer", {})
+    return f"""[job]
+name = "{kw['name']}"
+workload = "fashion-mlp"
+rounds = {kw['rounds']}
+workers = 4
+[inner]
+optimizer = "{inner.get('optimizer', 'adamw')}"
+local_steps = {inner.get('local_steps', 50)}
+batch_size = {inner.get('batch_size', 128)}
+lr = {inner.get('lr', 0.001)}
+lr_schedule = "{inner.get('schedule', 'cosine')}"
+[outer]
+lr = {outer.get('lr', 0.5)}
+momentum = {outer.get('momentum', 0.8)}
+[wire]
+compression = "{kw['compression']}"
+[eval]
+every = {kw['eval_every']}
+"""
+
+
+def run_job(tmp, name, text, limit_s):
+    """Starts a core and 4 nodes, submits `text`, polls until the test accuracy reaches
+    TARGET (then cancels) or the job ends; returns the figures at the first crossing."""
+    port = free_port()
+    core = f"127.0.0.1:{port}"
+    procs = []
+    try:
+        procs.append(subprocess.Popen([f"{BIN}/gflex-core", "--listen", core, "--data-dir",
+                                       f"{tmp}/{name}-core", "--log-level", "warn"]))
+        time.sleep(0.5)
+        for i in range(4):
+            procs.append(subprocess.Popen([f"{BIN}/gflex-node", "--join", core, "--name",
+                                           f"n{i}", "--data-dir", f"{tmp}/{name}-n{i}",
+                                           "--log-level", "warn"]))
+        for _ in range(100):
+            out = subprocess.run([f"{BIN}/gflex", "nodes", "--core", core, "--json"],
+                                 capture_output=True, text=True).stdout
+            if out.strip() and len(json.loads(out)) == 4:
+                break
+            time.sleep(0.2)
+        path = f"{tmp}/{name}.toml"
+        open(path, "w").write(text)
+        job = subprocess.run([f"{BIN}/gflex", "submit", path, "--core", core],
+                             capture_output=True, text=True, check=True).stdout.strip()
+        start = time.time()
+        while time.time() - start < limit_s:
+            st = json.loads(subprocess.run([f"{BIN}/gflex", "status", job, "--core", core,
+                                            "--json"], capture_output=True, text=True).stdout)
+            if st["test_accuracy"] >= TARGET or st["state"] in ("done", "failed", "cancelled"):
+                subprocess.run([f"{BIN}/gflex", "cancel", job, "--core", core],
+                               capture_output=True)
+                return st
+            time.sleep(0.1)
+        return st
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGKILL)
+            p.wait()
+
+
+def main():
+    tmp = tempfile.mkdtemp(prefix="gflex-bench-")
+    try:
+        sync = run_job(tmp, "sync", spec(name="sync", rounds=20000, compression="fp32",
+                                         eval_every=25,
+                                         inner={"optimizer": "sgd", "local_steps": 1,
+                                                "batch_size": 32, "lr": 0.1,
+                                                "schedule": "constant"},
+                                         outer={"lr": 1.0, "momentum": 0.0}), 900)
+        rounds = run_job(tmp, "rounds", spec(name="rounds", rounds=30, compression="int8",
+                                             eval_every=1), 600)
+        rows = [("synchronous (local_steps 1, SGD, fp32)", sync),
+                ("rounds (local_steps 50, AdamW, int8)", rounds)]
+        print(f"time and bytes to test accuracy {TARGET}, 4 node processes on loopback, "
+              f"{os.cpu_count()} cores")
+        print()
+        print("| mode | rounds | test accuracy | time (s) | bytes on the wire | bytes ratio | time ratio |")
+        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+        base = sync
+        for label, s in rows:
+            b = s["bytes_sent"] + s["bytes_received"]
+            bb = base["bytes_sent"] + base["bytes_received"]
+            print(f"| {label} | {s['round']} | {s['test_accuracy']:.4f} | {s['wall_s']:.1f} | "
+                  f"{b / 1e6:.1f} MB | {bb / b:.0f}x fewer | {base['wall_s'] / s['wall_s']:.2f}x |")
+
+        # Runtime overhead: one node, one worker, against the trainer on the same samples.
+        overhead_spec = spec(name="overhead", rounds=30, compression="fp32", eval_every=30)
+        overhead_spec = overhead_spec.replace("workers = 4", "workers = 1")
+        path = f"{tmp}/overhead.toml"
+        open(path, "w").write(overhead_spec)
+        samples = 30 * 50 * 128
+        t0 = time.time()
+        subprocess.run([f"{BIN}/gflex", "--log-level", "warn", "demo", "--nodes", "1", "--spec",
+                        path], check=True, capture_output=True)
+        demo_s = time.time() - t0
+        t0 = time.time()
+        subprocess.run([f"{BIN}/gflex", "--log-level", "warn", "train", "--threads", "1",
+                        "--epochs", "4", "--max-steps", str(samples // 128), "--no-eval"],
+                       check=True, capture_output=True)
+        train_s = time.time() - t0
+        print()
+        print(f"| runtime overhead ({samples} samples, 1 thread) | wall (s) | ratio |")
+        print("| --- | ---: | ---: |")
+        print(f"| gflex train --max-steps {samples // 128} | {train_s:.1f} | 1.00x |")
+        print(f"| gflex demo --nodes 1 (30 rounds x 50 steps) | {demo_s:.1f} | "
+              f"{demo_s / train_s:.2f}x |")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
