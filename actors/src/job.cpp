@@ -375,7 +375,12 @@ caf::behavior job_behavior(job_actor* self, job_start start, job_links links) {
   start_round(self);
   return {
       [=](tick_atom) { dispatch(self); },
-      [=](cancel_atom) -> caf::ok_atom {
+      [=](cancel_atom) -> caf::result<caf::ok_atom> {
+        // Workers learn this actor's address from the assignments it sends them; only the
+        // job supervisor (acting for the job's owner) may end the job.
+        if (self->current_sender() !=
+            caf::actor_cast<caf::strong_actor_ptr>(self->state.links.supervisor))
+          return to_caf(error(errc::invalid_argument, "only the job supervisor cancels a job"));
         finish(self, "cancelled", "cancelled by its owner");
         return caf::ok_atom::value;
       },
