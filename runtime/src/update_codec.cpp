@@ -12,6 +12,7 @@
 #include <limits>
 #include <string>
 
+#include "capnp_bytes.hpp"
 #include "gflex/runtime/check.hpp"
 #include "gflex/runtime/tensor.hpp"
 #include "gflex/schema/update.capnp.h"
@@ -146,101 +147,83 @@ expected<std::vector<float>> decode_update(std::span<const uint8_t> bytes, uint6
   uint64_t max_bytes = max_count > (std::numeric_limits<uint64_t>::max() - slack) / 5
                            ? std::numeric_limits<uint64_t>::max()
                            : max_count * 5 + slack;
-  if (bytes.size() > max_bytes)
-    return malformed(std::to_string(bytes.size()) + " bytes exceed the limit of " +
-                     std::to_string(max_bytes) + " for " + std::to_string(max_count) + " values");
-  if (bytes.size() < 8 || bytes.size() % 8 != 0)
-    return malformed("length " + std::to_string(bytes.size()) +
-                     " is not a whole number of 8-byte words");
-  // Cap'n Proto reads words in place; copy into word-aligned memory when the caller's buffer
-  // is not aligned (a vector<uint8_t> from the network need not be).
-  kj::Array<capnp::word> aligned;
-  kj::ArrayPtr<const capnp::word> words;
-  if (reinterpret_cast<uintptr_t>(bytes.data()) % alignof(capnp::word) == 0) {
-    words = kj::ArrayPtr<const capnp::word>(reinterpret_cast<const capnp::word*>(bytes.data()),
-                                            bytes.size() / 8);
-  } else {
-    aligned = kj::heapArray<capnp::word>(bytes.size() / 8);
-    std::memcpy(aligned.begin(), bytes.data(), bytes.size());
-    words = aligned.asPtr();
-  }
-  try {
-    capnp::ReaderOptions options;
-    options.traversalLimitInWords = bytes.size() / 8 + 64;
-    options.nestingLimit = 8;
-    capnp::FlatArrayMessageReader reader(words, options);
-    auto root = reader.getRoot<schema::Update>();
-    if (reader.getEnd() != words.end())
-      return malformed(std::to_string((words.end() - reader.getEnd()) * 8) +
-                       " trailing bytes after the message");
+  if (max_bytes > std::numeric_limits<size_t>::max())
+    max_bytes = std::numeric_limits<size_t>::max();
+  return detail::read_message<std::vector<float>>(
+      bytes, "update message", static_cast<size_t>(max_bytes),
+      [&](capnp::MessageReader& reader) -> expected<std::vector<float>> {
+        auto root = reader.getRoot<schema::Update>();
+        auto raw_compression = static_cast<uint16_t>(root.getCompression());
+        if (raw_compression > max_compression_code)
+          return malformed("unknown compression code " + std::to_string(raw_compression));
+        auto c = static_cast<compression>(raw_compression);
+        uint64_t count = root.getCount();
+        if (count > max_count)
+          return malformed("count " + std::to_string(count) + " exceeds the limit of " +
+                           std::to_string(max_count));
+        auto values = root.getValues();
+        auto scales = root.getScales();
+        uint32_t block_size = root.getBlockSize();
+        uint64_t blocks = 0;
+        if (c == compression::fp32) {
+          if (block_size != 0 || scales.size() != 0)
+            return malformed("an fp32 update has block size " + std::to_string(block_size) +
+                             " and " + std::to_string(scales.size()) +
+                             " scale bytes; both must be 0");
+          // Compared by division: count * 4 could wrap for a hostile count and a large max_count.
+          if (values.size() % sizeof(float) != 0 || values.size() / sizeof(float) != count)
+            return malformed("fp32 count " + std::to_string(count) +
+                             " needs 4 bytes per value but " + "the message has " +
+                             std::to_string(values.size()) + " value bytes");
+        } else {
+          if (block_size == 0 || block_size > max_update_block_size)
+            return malformed("block size " + std::to_string(block_size) + " is outside [1, " +
+                             std::to_string(max_update_block_size) + "]");
+          if (values.size() != count)
+            return malformed("int8 count " + std::to_string(count) + " needs " +
+                             std::to_string(count) + " value bytes but the message has " +
+                             std::to_string(values.size()));
+          // count is now at most a Data field's size, so the block arithmetic cannot wrap.
+          blocks = (count + block_size - 1) / block_size;
+          if (scales.size() != blocks * sizeof(float))
+            return malformed("int8 count " + std::to_string(count) + " in blocks of " +
+                             std::to_string(block_size) + " needs " +
+                             std::to_string(blocks * sizeof(float)) +
+                             " scale bytes but the message has " + std::to_string(scales.size()));
+        }
+        // Only a well-formed update can disagree with the receiver about its size.
+        if (count != expected_count)
+          return error(errc::shape_mismatch, "update has " + std::to_string(count) +
+                                                 " values, expected " +
+                                                 std::to_string(expected_count));
 
-    auto raw_compression = static_cast<uint16_t>(root.getCompression());
-    if (raw_compression > max_compression_code)
-      return malformed("unknown compression code " + std::to_string(raw_compression));
-    auto c = static_cast<compression>(raw_compression);
-    uint64_t count = root.getCount();
-    if (count > max_count)
-      return malformed("count " + std::to_string(count) + " exceeds the limit of " +
-                       std::to_string(max_count));
-    auto values = root.getValues();
-    auto scales = root.getScales();
-    uint32_t block_size = root.getBlockSize();
-    uint64_t blocks = 0;
-    if (c == compression::fp32) {
-      if (block_size != 0 || scales.size() != 0)
-        return malformed("an fp32 update has block size " + std::to_string(block_size) + " and " +
-                         std::to_string(scales.size()) + " scale bytes; both must be 0");
-      // Compared by division: count * 4 could wrap for a hostile count and a large max_count.
-      if (values.size() % sizeof(float) != 0 || values.size() / sizeof(float) != count)
-        return malformed("fp32 count " + std::to_string(count) + " needs 4 bytes per value but " +
-                         "the message has " + std::to_string(values.size()) + " value bytes");
-    } else {
-      if (block_size == 0 || block_size > max_update_block_size)
-        return malformed("block size " + std::to_string(block_size) + " is outside [1, " +
-                         std::to_string(max_update_block_size) + "]");
-      if (values.size() != count)
-        return malformed("int8 count " + std::to_string(count) + " needs " + std::to_string(count) +
-                         " value bytes but the message has " + std::to_string(values.size()));
-      // count is now at most a Data field's size, so the block arithmetic cannot wrap.
-      blocks = (count + block_size - 1) / block_size;
-      if (scales.size() != blocks * sizeof(float))
-        return malformed("int8 count " + std::to_string(count) + " in blocks of " +
-                         std::to_string(block_size) + " needs " +
-                         std::to_string(blocks * sizeof(float)) +
-                         " scale bytes but the message has " + std::to_string(scales.size()));
-    }
-    // Only a well-formed update can disagree with the receiver about its size.
-    if (count != expected_count)
-      return error(errc::shape_mismatch, "update has " + std::to_string(count) +
-                                             " values, expected " + std::to_string(expected_count));
-
-    // count is now bounded by max_count and by the bytes actually received.
-    std::vector<float> out(static_cast<size_t>(count));
-    if (c == compression::fp32) {
-      if (count > 0) std::memcpy(out.data(), values.begin(), values.size());
-      if (int64_t bad = first_non_finite(out); bad >= 0)
-        return error(errc::non_finite, "update value " + std::to_string(bad) + " is not finite");
-      return out;
-    }
-    std::vector<float> scale(static_cast<size_t>(blocks));
-    if (blocks > 0) std::memcpy(scale.data(), scales.begin(), scales.size());
-    if (int64_t bad = first_non_finite(scale); bad >= 0)
-      return error(errc::non_finite, "update scale " + std::to_string(bad) + " (values from " +
-                                         std::to_string(static_cast<uint64_t>(bad) * block_size) +
-                                         ") is not finite");
-    const auto* q = reinterpret_cast<const int8_t*>(values.begin());
-    for (size_t b = 0; b < blocks; ++b) {
-      size_t begin = b * block_size;
-      size_t end = std::min<size_t>(begin + block_size, count);
-      for (size_t i = begin; i < end; ++i) out[i] = static_cast<float>(q[i]) * scale[b];
-    }
-    // A finite scale near the float maximum times q can still overflow.
-    if (int64_t bad = first_non_finite(out); bad >= 0)
-      return error(errc::non_finite, "update value " + std::to_string(bad) + " is not finite");
-    return out;
-  } catch (const kj::Exception& e) {
-    return malformed(e.getDescription().cStr());
-  }
+        // count is now bounded by max_count and by the bytes actually received.
+        std::vector<float> out(static_cast<size_t>(count));
+        if (c == compression::fp32) {
+          if (count > 0) std::memcpy(out.data(), values.begin(), values.size());
+          if (int64_t bad = first_non_finite(out); bad >= 0)
+            return error(errc::non_finite,
+                         "update value " + std::to_string(bad) + " is not finite");
+          return out;
+        }
+        std::vector<float> scale(static_cast<size_t>(blocks));
+        if (blocks > 0) std::memcpy(scale.data(), scales.begin(), scales.size());
+        if (int64_t bad = first_non_finite(scale); bad >= 0)
+          return error(errc::non_finite,
+                       "update scale " + std::to_string(bad) + " (values from " +
+                           std::to_string(static_cast<uint64_t>(bad) * block_size) +
+                           ") is not finite");
+        const auto* q = reinterpret_cast<const int8_t*>(values.begin());
+        for (size_t b = 0; b < blocks; ++b) {
+          size_t begin = b * block_size;
+          size_t end = std::min<size_t>(begin + block_size, count);
+          for (size_t i = begin; i < end; ++i) out[i] = static_cast<float>(q[i]) * scale[b];
+        }
+        // A finite scale near the float maximum times q can still overflow.
+        if (int64_t bad = first_non_finite(out); bad >= 0)
+          return error(errc::non_finite, "update value " + std::to_string(bad) + " is not finite");
+        return out;
+      });
 }
 
 const char* to_string(compression c) noexcept {

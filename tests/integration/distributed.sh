@@ -4,16 +4,8 @@
 # the same accuracy back from the checkpoint; a node speaking another protocol version is
 # refused with a clear message and exit code 3.
 source "$(dirname "$0")/lib.sh"
-port=$(free_port)
-core=127.0.0.1:$port
 G="$BIN/gflex"
-
-start core "$BIN/gflex-core" --listen "$core" --data-dir "$WORK/core"
-wait_for 20 "the core to listen" grep -q "core listening" "$WORK/core.log"
-for i in 1 2 3; do
-  start "node$i" "$BIN/gflex-node" --join "$core" --name "node$i" --data-dir "$WORK/node$i"
-done
-wait_for 30 "three nodes to join" bash -c "[ \$('$G' nodes --core $core | wc -l) -eq 3 ]"
+start_cluster 3
 
 timeout -s KILL 240 "$G" submit "$SRC/apps/jobs/fashion-mlp.toml" --core "$core" --wait \
   --json "$WORK/summary.json" >"$WORK/submit.out" 2>"$WORK/submit.err" ||

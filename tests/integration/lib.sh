@@ -70,6 +70,19 @@ free_port() {
   done
 }
 
+# start_cluster N: a core on a free loopback port (its address in $core, pid in $PID_core)
+# and N nodes named node1..nodeN; returns once all N have joined.
+start_cluster() {
+  local n=$1
+  core=127.0.0.1:$(free_port)
+  start core "$BIN/gflex-core" --listen "$core" --data-dir "$WORK/core"
+  wait_for 20 "the core to listen" grep -q "core listening" "$WORK/core.log" || return 1
+  for i in $(seq 1 "$n"); do
+    start "node$i" "$BIN/gflex-node" --join "$core" --name "node$i" --data-dir "$WORK/node$i"
+  done
+  wait_for 30 "$n nodes to join" bash -c "[ \$('$BIN/gflex' nodes --core $core | wc -l) -eq $n ]"
+}
+
 # json_get FILE EXPR: evaluates a Python expression on the JSON object `j` in FILE.
 json_get() {
   python3 -c "import json,sys; j=json.load(open(sys.argv[1])); print($2)" "$1"
