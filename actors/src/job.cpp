@@ -375,6 +375,13 @@ caf::behavior job_behavior(job_actor* self, job_start start, job_links links) {
   start_round(self);
   return {
       [=](tick_atom) { dispatch(self); },
+      [=](withdraw_atom, const std::string& node_id) {
+        auto& st = self->state;
+        std::vector<uint64_t> lost;
+        for (const auto& [id, a] : st.pending)
+          if (a.slot.node_id == node_id) lost.push_back(id);
+        for (uint64_t id : lost) fail_assignment(self, id, "its node was withdrawn");
+      },
       [=](cancel_atom) -> caf::result<caf::ok_atom> {
         // Workers learn this actor's address from the assignments it sends them; only the
         // job supervisor (acting for the job's owner) may end the job.

@@ -9,6 +9,7 @@ namespace {
 struct slot_entry {
   worker_slot slot;
   bool busy = false;
+  caf::actor holder;  // the job that acquired it, while busy
 };
 
 struct market_state {
@@ -28,6 +29,11 @@ caf::behavior market_actor(caf::stateful_actor<market_state>* self) {
       },
       [=](withdraw_atom, const std::string& node_id) {
         auto& slots = self->state.slots;
+        // A job waiting on a withdrawn node's worker (one that hangs with its socket open
+        // is never `down`) must hear of it now, not at the assignment's deadline.
+        for (const auto& e : slots)
+          if (e.busy && e.holder && e.slot.node_id == node_id)
+            self->send(e.holder, withdraw_atom::value, node_id);
         slots.erase(std::remove_if(slots.begin(), slots.end(),
                                    [&](const slot_entry& e) { return e.slot.node_id == node_id; }),
                     slots.end());
@@ -39,6 +45,7 @@ caf::behavior market_actor(caf::stateful_actor<market_state>* self) {
           auto& e = st.slots[(st.cursor + i) % st.slots.size()];
           if (e.busy) continue;
           e.busy = true;
+          e.holder = caf::actor_cast<caf::actor>(self->current_sender());
           out.push_back(e.slot);
         }
         if (!st.slots.empty()) st.cursor = (st.cursor + out.size()) % st.slots.size();
@@ -46,7 +53,10 @@ caf::behavior market_actor(caf::stateful_actor<market_state>* self) {
       },
       [=](release_atom, const caf::actor& worker) {
         for (auto& e : self->state.slots)
-          if (e.slot.worker == worker) e.busy = false;
+          if (e.slot.worker == worker) {
+            e.busy = false;
+            e.holder = nullptr;
+          }
       },
       [=](nodes_atom) -> caf::result<int64_t, int64_t> {
         int64_t free = 0;

@@ -38,6 +38,7 @@ using commit_atom = caf::atom_constant<caf::atom("commit")>;      ///< job -> st
 using read_atom = caf::atom_constant<caf::atom("read")>;          ///< any -> store
 using scan_atom = caf::atom_constant<caf::atom("scan")>;          ///< any -> store
 using update_atom = caf::atom_constant<caf::atom("update")>;      ///< job -> job_supervisor
+using rejoin_atom = caf::atom_constant<caf::atom("rejoin")>;      ///< registry -> uplink
 using tick_atom = caf::atom_constant<caf::atom("tick")>;          ///< timers, to self
 using stop_atom = caf::atom_constant<caf::atom("stop")>;          ///< to a process's owner
 

@@ -64,7 +64,22 @@ caf::behavior registry_actor(caf::stateful_actor<registry_state>* self, caf::act
       },
       [=](beat_atom, const std::string& node_id) {
         auto it = self->state.nodes.find(node_id);
-        if (it != self->state.nodes.end()) it->second.last_seen = clock_type::now();
+        if (it != self->state.nodes.end()) {
+          it->second.last_seen = clock_type::now();
+          return;
+        }
+        // A node we gave up on (it hung past its lease, or the core restarted) is alive
+        // after all: it joins again and its workers go back to the market.
+        if (auto sender = caf::actor_cast<caf::actor>(self->current_sender()))
+          self->send(sender, rejoin_atom::value);
+      },
+      [=](offer_atom, const std::string& node_id, std::vector<caf::actor>& workers) {
+        auto it = self->state.nodes.find(node_id);
+        if (it == self->state.nodes.end()) return;
+        std::vector<worker_slot> slots;
+        for (auto& w : workers) slots.push_back({w, node_id, it->second.name});
+        it->second.workers += static_cast<uint32_t>(slots.size());
+        self->send(market, offer_atom::value, node_id, std::move(slots));
       },
       [=](bye_atom, const std::string& node_id) { remove_node(node_id, "left"); },
       [=](tick_atom) {

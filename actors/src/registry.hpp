@@ -10,6 +10,9 @@
 ///   process with its socket open) or whose uplink goes down (a killed process, a lost link)
 ///   is removed and its workers withdrawn from the market at once.
 /// - (bye_atom, node_id): the node leaves on purpose.
+/// - (offer_atom, node_id, workers): restarted workers of a node go to the market.
+/// A heartbeat from a node the registry does not know (it hung past its lease, or it was
+/// registered with the core before a restart) is answered with (rejoin_atom).
 /// - (nodes_atom) -> vector<node_status>.
 
 #include <caf/fwd.hpp>

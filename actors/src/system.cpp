@@ -19,29 +19,34 @@ namespace gflex {
 
 namespace {
 
-// SIGINT and SIGTERM are blocked in every thread (CAF's threads inherit the mask from the
-// thread that creates the actor system) and taken by one watcher thread with sigtimedwait,
-// which turns them into a message for the process's owner actor.
+// SIGINT and SIGTERM set a flag from a handler (any thread may take them: OpenBLAS starts its
+// threads before main, so blocking the signals in main's threads is not enough); a watcher
+// thread polls the flag and turns it into a message for the process's owner actor.
+std::atomic<int> received_signal{0};
+
+extern "C" void on_stop_signal(int sig) {
+  received_signal.store(sig);
+}
+
 class signal_watcher {
  public:
   signal_watcher() {
-    sigemptyset(&set_);
-    sigaddset(&set_, SIGINT);
-    sigaddset(&set_, SIGTERM);
-    pthread_sigmask(SIG_BLOCK, &set_, nullptr);
+    struct sigaction action {};
+    action.sa_handler = on_stop_signal;
+    sigemptyset(&action.sa_mask);
+    sigaction(SIGINT, &action, nullptr);
+    sigaction(SIGTERM, &action, nullptr);
   }
-  void start(caf::actor_system& sys, caf::actor owner) {
-    thread_ = std::thread([this, &sys, owner] {
-      timespec wait{0, 200 * 1000 * 1000};
+  void start(caf::actor owner) {
+    thread_ = std::thread([this, owner] {
       while (!done_) {
-        int sig = sigtimedwait(&set_, nullptr, &wait);
-        if (sig == SIGINT || sig == SIGTERM) {
+        if (int sig = received_signal.load(); sig != 0) {
           caf::anon_send(owner, stop_atom::value, 0,
                          std::string(sig == SIGINT ? "interrupted" : "terminated"));
           return;
         }
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
       }
-      (void)sys;
     });
   }
   ~signal_watcher() {
@@ -50,7 +55,6 @@ class signal_watcher {
   }
 
  private:
-  sigset_t set_;
   std::atomic<bool> done_{false};
   std::thread thread_;
 };
@@ -114,7 +118,7 @@ int run_core(const core_config& config) {
   }
   spdlog::info("core listening on {}:{}, data in {}", config.host, *port, config.data_dir.string());
   caf::scoped_actor self{sys};
-  signals.start(sys, self);
+  signals.start(self);
   int code = wait_for_stop(self, *core);
   caf::anon_send_exit(*core, caf::exit_reason::user_shutdown);
   return code;
@@ -131,7 +135,7 @@ int run_node(const node_config& config, const std::string& host, uint16_t port) 
     spdlog::error("{}", node.error().message());
     return 2;
   }
-  signals.start(sys, self);
+  signals.start(self);
   int code = wait_for_stop(self, *node);
   if (code != 0) {
     // Refused by the core: nothing to hand back or save. Exit at once: after a refused

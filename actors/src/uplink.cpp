@@ -124,6 +124,25 @@ caf::behavior uplink_behavior(uplink_actor* self, uplink_config config, caf::act
         self->delayed_send(self, std::chrono::milliseconds(st.heartbeat_ms), tick_atom::value,
                            generation);
       },
+      [=](rejoin_atom) {
+        auto& st = self->state;
+        if (!st.core) return;
+        spdlog::warn("the core no longer knows node {}; joining again", st.node_id);
+        self->demonitor(st.core);
+        auto core = st.core;
+        st.core = nullptr;
+        st.registry = nullptr;
+        st.generation += 1;
+        hello(self, core);
+      },
+      [=](offer_atom, caf::actor& replacement, caf::actor& replaced) {
+        // A worker was restarted: future hellos name the new one, and the core gets it now.
+        auto& st = self->state;
+        std::replace(st.workers.begin(), st.workers.end(), replaced, replacement);
+        if (st.registry)
+          self->send(st.registry, offer_atom::value, st.node_id,
+                     std::vector<caf::actor>{replacement});
+      },
       [=](bye_atom) {
         auto& st = self->state;
         if (st.registry) self->send(st.registry, bye_atom::value, st.node_id);

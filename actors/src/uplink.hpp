@@ -5,6 +5,10 @@
 /// goes away reconnects with exponential backoff and jitter (0.5 s doubling to 30 s, times
 /// a random factor in [0.5, 1.5) so that a thousand nodes do not reconnect in step).
 ///
+/// (rejoin_atom) from the registry means the core no longer knows this node (it was given up
+/// for lost while the process was stopped, or the core restarted): the uplink joins again.
+/// (offer_atom, new worker, old worker) from the node supervisor: a restarted worker.
+///
 /// A refusal by the core (another protocol version, a malformed hello) is final: the uplink
 /// tells its owner (stop_atom, exit code, reason) and stops.
 

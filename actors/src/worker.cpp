@@ -34,6 +34,7 @@ struct worker_state {
   std::map<std::string, std::vector<float>> residuals;           // error feedback, by job
   std::map<std::string, std::shared_ptr<const dataset>> shards;  // decoded, by digest
   std::set<uint64_t> aborted;
+  int assignments = 0;
   static inline const char* name = "worker";
 };
 
@@ -149,6 +150,8 @@ caf::behavior worker_behavior(worker_actor* self, worker_config config, caf::act
                      const dataset& shard) -> caf::expected<assignment_result> {
     if (self->state.aborted.erase(a.id) > 0)
       return to_caf(error(errc::invalid_argument, "assignment aborted by its job"));
+    if (++self->state.assignments == self->state.config.crash_at_assignment)
+      throw std::runtime_error("injected worker crash (test aid)");
     try {
       auto r = run_assignment(self->state, a, shard);
       if (!r) return to_caf(r.error());

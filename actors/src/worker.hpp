@@ -19,6 +19,8 @@ namespace gflex {
 struct worker_config {
   std::string backend = "cpu";
   int threads = 1;
+  /// Test aid: throw (and so crash this worker) when starting its Nth assignment; 0: never.
+  int crash_at_assignment = 0;
 };
 
 caf::actor spawn_worker(caf::actor_system& sys, worker_config config, caf::actor cache);

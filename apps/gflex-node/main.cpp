@@ -27,6 +27,9 @@ int main(int argc, char** argv) {
   app.add_option("--protocol-version", config.announce_protocol,
                  "announce another protocol version (a test aid)")
       ->group("");
+  app.add_option("--crash-worker-at", config.crash_worker_at,
+                 "crash each worker at its Nth assignment (a test aid)")
+      ->group("");
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error, critical or off")
       ->capture_default_str();
   CLI11_PARSE(app, argc, argv);

@@ -42,6 +42,9 @@ struct node_config {
   /// Protocol version announced at join; 0 means this build's. Only tests set it, to check
   /// that a core refuses a node speaking another version.
   uint32_t announce_protocol = 0;
+  /// Test aid: the first workers crash when they start their Nth assignment (0: never), to
+  /// exercise the node supervisor's restarts.
+  int crash_worker_at = 0;
 };
 
 /// Runs a core until SIGINT or SIGTERM; returns the process exit code. Blocks the signals
