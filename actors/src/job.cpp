@@ -232,10 +232,10 @@ void on_result(job_actor* self, uint64_t id, assignment_result& r) {
   st.pending.erase(it);
   self->send(st.links.market, release_atom::value, slot.worker);
   st.job.status.bytes_received += r.update.size();
-  spdlog::debug("job {}: applied assignment {:016x} (round {}, shard {}) from {}: {:.3f} s of "
-                "compute, {} bytes",
-                st.job.id, id, st.job.status.round + 1, shard, slot.node_name, r.compute_s,
-                r.update.size());
+  spdlog::debug(
+      "job {}: applied assignment {:016x} (round {}, shard {}) from {}: {:.3f} s of "
+      "compute, {} bytes",
+      st.job.id, id, st.job.status.round + 1, shard, slot.node_name, r.compute_s, r.update.size());
   for (size_t i = 0; i < update->size(); ++i) st.delta_sum[i] += (*update)[i];
   st.loss_sum += r.loss;
   st.received += 1;

@@ -2,6 +2,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include <deque>
 #include <map>
 
 #include "data_catalog.hpp"
@@ -17,7 +18,14 @@ namespace {
 struct job_entry {
   caf::actor actor;
   job_status status;
+  std::string spec_text;
+  job_spec spec;
+  std::deque<std::chrono::steady_clock::time_point> restarts;
 };
+
+/// Restarts of one job allowed within `restart_window` before it is marked failed.
+constexpr int restart_budget = 3;
+constexpr auto restart_window = std::chrono::seconds(60);
 
 struct job_supervisor_state {
   std::map<std::string, job_entry> jobs;
@@ -36,6 +44,8 @@ void start_job(supervisor_actor* self, job_start start) {
   auto id = start.id;
   auto& entry = self->state.jobs[id];
   entry.status = start.status;
+  entry.spec_text = start.spec_text;
+  entry.spec = start.spec;
   entry.actor = spawn_job(self->system(), std::move(start), self->state.links);
   self->monitor(entry.actor);
 }
@@ -44,6 +54,36 @@ std::vector<float> floats_of(const tensor* t) {
   if (t == nullptr || t->type() != dtype::f32) return {};
   auto s = t->span<float>();
   return {s.begin(), s.end()};
+}
+
+// Restarts a job whose actor died from its last committed checkpoint (one for one).
+void restart_job(supervisor_actor* self, const std::string& id) {
+  self->request(self->state.links.store, std::chrono::seconds(30), read_atom::value,
+                job_checkpoint_key(id))
+      .then(
+          [=](bool found, std::vector<uint8_t>& bytes) {
+            auto& entry = self->state.jobs[id];
+            job_start start{id, entry.spec_text, entry.spec, entry.status, {}, {}};
+            if (found) {
+              if (auto c = decode_checkpoint(bytes)) {
+                start.theta = floats_of(c->find("theta"));
+                start.momentum = floats_of(c->find("outer_momentum"));
+                start.status.round = static_cast<int64_t>(c->step);
+              }
+            }
+            if (start.theta.empty() || start.theta.size() != start.momentum.size()) {
+              start.theta.clear();
+              start.momentum.clear();
+              start.status.round = 0;
+            }
+            spdlog::warn("restarting job {} from round {}", id, start.status.round);
+            start_job(self, std::move(start));
+          },
+          [=](caf::error& e) {
+            auto& entry = self->state.jobs[id];
+            entry.status.state = "failed";
+            entry.status.detail = "cannot restart: " + self->system().render(e);
+          });
 }
 
 // Reads the records in the store and resumes every job that had not ended.
@@ -107,10 +147,24 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links) {
     for (auto& [id, entry] : self->state.jobs) {
       if (entry.actor.address() != down.source) continue;
       entry.actor = nullptr;
-      if (!is_terminal(entry.status.state)) {
+      if (is_terminal(entry.status.state) || !down.reason) return;
+      // A job that died before it ended restarts from its last committed round, unless it
+      // keeps dying: then it is failed (escalation) rather than restarted forever.
+      auto now = std::chrono::steady_clock::now();
+      while (!entry.restarts.empty() && now - entry.restarts.front() > restart_window)
+        entry.restarts.pop_front();
+      std::string why = self->system().render(down.reason);
+      if (static_cast<int>(entry.restarts.size()) >= restart_budget) {
+        spdlog::error("job {} stopped {} times within {} s ({}); failing it", id,
+                      restart_budget + 1, restart_window.count(), why);
         entry.status.state = "failed";
-        entry.status.detail = "the job actor stopped: " + self->system().render(down.reason);
+        entry.status.detail = "the job actor kept stopping: " + why;
+        return;
       }
+      entry.restarts.push_back(now);
+      spdlog::warn("job {} stopped ({})", id, why);
+      restart_job(self, std::string(id));
+      return;
     }
   });
   resume_jobs(self);

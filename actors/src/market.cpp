@@ -1,5 +1,7 @@
 #include "market.hpp"
 
+#include <set>
+
 #include "messages.hpp"
 
 namespace gflex {
@@ -15,15 +17,31 @@ struct slot_entry {
 struct market_state {
   std::vector<slot_entry> slots;
   size_t cursor = 0;  // where the next acquire starts looking, for round-robin spreading
+  std::set<caf::actor_addr> watched;  // jobs monitored
   static inline const char* name = "market";
 };
 
 caf::behavior market_actor(caf::stateful_actor<market_state>* self) {
+  // A job that dies holding slots (its supervisor restarts it) must not keep them busy.
+  // A worker that dies (its node supervisor offers a replacement) loses its slot.
+  self->set_down_handler([=](const caf::down_msg& down) {
+    auto& slots = self->state.slots;
+    slots.erase(
+        std::remove_if(slots.begin(), slots.end(),
+                       [&](const slot_entry& e) { return e.slot.worker.address() == down.source; }),
+        slots.end());
+    for (auto& e : slots)
+      if (e.holder && e.holder.address() == down.source) {
+        e.busy = false;
+        e.holder = nullptr;
+      }
+  });
   return {
       [=](offer_atom, const std::string& node_id, std::vector<worker_slot>& offered) {
         auto& slots = self->state.slots;
         for (auto& s : offered) {
           s.node_id = node_id;
+          self->monitor(s.worker);
           slots.push_back({std::move(s), false});
         }
       },
@@ -46,6 +64,8 @@ caf::behavior market_actor(caf::stateful_actor<market_state>* self) {
           if (e.busy) continue;
           e.busy = true;
           e.holder = caf::actor_cast<caf::actor>(self->current_sender());
+          if (e.holder && self->state.watched.insert(e.holder.address()).second)
+            self->monitor(e.holder);
           out.push_back(e.slot);
         }
         if (!st.slots.empty()) st.cursor = (st.cursor + out.size()) % st.slots.size();

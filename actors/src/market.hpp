@@ -12,6 +12,8 @@
 ///   go to jobs in turn, starting after the node served last, so work spreads over nodes.
 /// - (release_atom, worker) : the slot is free again (ignored if its node is gone).
 /// - (nodes_atom) -> (total, free) slot counts.
+/// The market monitors every worker it offers (a dead worker's slot disappears) and every
+/// job that holds slots (a job that dies gives its slots back).
 
 #include <caf/fwd.hpp>
 

@@ -9,4 +9,5 @@ wait_for 30 "the node to join" grep -q "joined the core" "$WORK/node.log"
 GFLEX_TEST_CORE="127.0.0.1:$port" timeout -s KILL 240 "$BIN/gflex_protocol_probe" ||
   fail "protocol probe failed"
 grep -q "result rejected" "$WORK/core.log" || fail "the core logged no rejected result"
+grep -q "restarting job .* from round" "$WORK/core.log" || fail "the core restarted no job"
 finish

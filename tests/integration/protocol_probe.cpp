@@ -95,6 +95,19 @@ caf::behavior rogue_worker(caf::event_based_actor*, std::shared_ptr<std::atomic<
   };
 }
 
+// Kills the job actor that sent it the first assignment, then behaves.
+caf::behavior job_killer(caf::event_based_actor* self, std::shared_ptr<std::atomic<int>> kills) {
+  return {
+      [=](assign_atom, const assignment&) -> caf::result<assignment_result> {
+        if (kills->fetch_add(1) == 0) {
+          auto job = caf::actor_cast<caf::actor>(self->current_sender());
+          self->send_exit(job, caf::exit_reason::kill);
+        }
+        return to_caf(error(errc::io_error, "this worker does not compute"));
+      },
+  };
+}
+
 caf::behavior heartbeat(caf::event_based_actor* self, caf::actor registry, std::string node) {
   self->send(self, tick_atom::value);
   return {[=](tick_atom) {
@@ -176,6 +189,30 @@ TEST_CASE("a rogue worker's results are rejected, reassigned, and never applied"
         .receive([&](std::vector<uint8_t>&) { why = "served"; },
                  [&](caf::error& e) { why = from_caf(e).message(); });
     CHECK(why.find("no chunk") != std::string::npos);
+  }
+
+  SUBCASE("a job actor killed mid-round is restarted from its checkpoint") {
+    auto kills = std::make_shared<std::atomic<int>>(0);
+    auto killer = p.sys->spawn(job_killer, kills);
+    self->send(welcome.registry, offer_atom::value, welcome.node_id,
+               std::vector<caf::actor>{killer});
+    auto where = test_core();
+    auto c = client::connect(where.host, where.port);
+    REQUIRE(c.has_value());
+    auto id = c->submit(small_job);
+    REQUIRE(id.has_value());
+    job_status s;
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+    do {
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+      auto st = c->status(*id);
+      REQUIRE(st.has_value());
+      s = *st;
+    } while (!is_terminal(s.state) && std::chrono::steady_clock::now() < deadline);
+    CHECK(kills->load() >= 1);
+    CHECK(s.state == "done");
+    CHECK(s.round == 4);
+    self->send_exit(killer, caf::exit_reason::user_shutdown);
   }
 
   SUBCASE("bad results") {
