@@ -32,6 +32,7 @@ using clock_type = std::chrono::steady_clock;
 struct in_flight {
   int64_t shard = 0;
   worker_slot slot;
+  std::chrono::steady_clock::time_point started;
 };
 
 struct job_state {
@@ -49,6 +50,11 @@ struct job_state {
   int64_t received = 0;
   double loss_sum = 0.0;
   std::set<std::string> round_nodes;
+  std::set<int64_t> answered;     // shards of this round with an applied result
+  std::map<int64_t, int> copies;  // assignments out per shard (backups make it > 1)
+  std::set<int64_t> backed_up;    // shards given a backup copy this round
+  std::vector<double> durations;  // seconds each answered assignment of this round took
+  std::chrono::steady_clock::time_point round_started;
   bool waiting_for_workers = false;
   // What the last durable commit holds; clients are shown these, never rounds that a crash
   // could still take back.
@@ -92,6 +98,7 @@ void publish(job_actor* self) {
 
 void dispatch(job_actor* self);
 void start_round(job_actor* self);
+void commit_round(job_actor* self);
 
 void finish(job_actor* self, const std::string& state, const std::string& detail) {
   auto& st = self->state;
@@ -122,11 +129,13 @@ void fail_assignment(job_actor* self, uint64_t id, const std::string& why) {
   auto& st = self->state;
   auto it = st.pending.find(id);
   if (it == st.pending.end()) return;
+  int64_t shard = it->second.shard;
   spdlog::warn("job {}: assignment {:016x} on {} failed ({}); reassigning shard {}", st.job.id, id,
-               it->second.slot.node_name, why, it->second.shard);
-  st.unassigned.push_front(it->second.shard);
+               it->second.slot.node_name, why, shard);
   self->send(st.links.market, release_atom::value, it->second.slot.worker);
   st.pending.erase(it);
+  // Another copy (a backup) may still be running, or may already have answered.
+  if (--st.copies[shard] <= 0 && !st.answered.count(shard)) st.unassigned.push_front(shard);
   // Give the market a moment: the failed worker's node may be on its way out.
   self->delayed_send(self, std::chrono::milliseconds(100), tick_atom::value);
 }
@@ -229,7 +238,23 @@ void on_result(job_actor* self, uint64_t id, assignment_result& r) {
   }
   auto slot = it->second.slot;
   auto shard = it->second.shard;
+  st.durations.push_back(
+      std::chrono::duration<double>(clock_type::now() - it->second.started).count());
   st.pending.erase(it);
+  st.answered.insert(shard);
+  st.copies[shard] -= 1;
+  // The first valid result of a shard wins; its other copies are cancelled, and their
+  // results, should they still come, are dropped as late.
+  for (auto other = st.pending.begin(); other != st.pending.end();) {
+    if (other->second.shard != shard) {
+      ++other;
+      continue;
+    }
+    self->send(other->second.slot.worker, abort_atom::value, other->first);
+    self->send(st.links.market, release_atom::value, other->second.slot.worker);
+    st.copies[shard] -= 1;
+    other = st.pending.erase(other);
+  }
   self->send(st.links.market, release_atom::value, slot.worker);
   st.job.status.bytes_received += r.update.size();
   spdlog::debug(
@@ -265,11 +290,12 @@ void send_assignment(job_actor* self, const worker_slot& slot, int64_t shard) {
   a.compression = static_cast<uint8_t>(spec.compression);
   a.params = st.round_params;
   st.job.status.bytes_sent += a.params.size();
-  st.pending[a.id] = {shard, slot};
+  st.pending[a.id] = {shard, slot, clock_type::now()};
+  st.copies[shard] += 1;
   if (st.monitored.insert(slot.worker.address()).second) self->monitor(slot.worker);
   uint64_t id = a.id;
-  self->request(slot.worker, std::chrono::milliseconds(st.links.assignment_timeout_ms),
-                assign_atom::value, std::move(a))
+  auto deadline = std::chrono::milliseconds(static_cast<int64_t>(spec.deadline_s * 1000));
+  self->request(slot.worker, deadline, assign_atom::value, std::move(a))
       .then([=](assignment_result& r) { on_result(self, id, r); },
             [=](caf::error& e) { fail_assignment(self, id, self->system().render(e)); });
 }
@@ -289,6 +315,9 @@ void dispatch(job_actor* self) {
               return;
             }
             for (auto& s : slots) {
+              // A backup queued for a shard that has been answered since is not needed.
+              while (!st.unassigned.empty() && st.answered.count(st.unassigned.front()))
+                st.unassigned.pop_front();
               if (st.unassigned.empty()) {
                 self->send(st.links.market, release_atom::value, s.worker);
                 continue;
@@ -330,10 +359,56 @@ void start_round(job_actor* self) {
   st.loss_sum = 0.0;
   st.round_nodes.clear();
   st.unassigned.clear();
+  st.answered.clear();
+  st.copies.clear();
+  st.backed_up.clear();
+  st.durations.clear();
+  st.round_started = clock_type::now();
+  self->delayed_send(self, std::chrono::milliseconds(250), tick_atom::value,
+                     static_cast<uint64_t>(st.job.status.round));
   auto shards = static_cast<int64_t>(st.data->shards.size());
   for (int64_t k = 0; k < spec.workers; ++k)
     st.unassigned.push_back((st.job.status.round * spec.workers + k) % shards);
   dispatch(self);
+}
+
+// Runs four times a second during a round: backup copies for stragglers, and closing a
+// round that is past its deadline with a quorum of results.
+void watch_round(job_actor* self) {
+  auto& st = self->state;
+  const auto& spec = st.job.spec;
+  auto now = clock_type::now();
+  const auto answered = static_cast<int64_t>(st.answered.size());
+  double age = std::chrono::duration<double>(now - st.round_started).count();
+  auto quorum = static_cast<int64_t>(std::ceil(spec.quorum * static_cast<double>(spec.workers)));
+  if (age > spec.deadline_s && answered >= quorum && answered < spec.workers) {
+    spdlog::warn("job {}: round {} past its deadline; closing it with {} of {} results", st.job.id,
+                 st.job.status.round + 1, answered, spec.workers);
+    for (auto& [id, a] : st.pending) {
+      self->send(a.slot.worker, abort_atom::value, id);
+      self->send(st.links.market, release_atom::value, a.slot.worker);
+    }
+    st.pending.clear();
+    st.unassigned.clear();
+    commit_round(self);
+    return;
+  }
+  if (spec.backup_after <= 0 || st.durations.empty()) return;
+  std::vector<double> d = st.durations;
+  std::nth_element(d.begin(), d.begin() + d.size() / 2, d.end());
+  double limit = spec.backup_after * d[d.size() / 2];
+  bool queued = false;
+  for (const auto& [id, a] : st.pending) {
+    if (st.answered.count(a.shard) || st.backed_up.count(a.shard)) continue;
+    if (std::chrono::duration<double>(now - a.started).count() <= limit) continue;
+    spdlog::info("job {}: shard {} on {} is slow ({:.1f} s, median {:.1f} s); backing it up",
+                 st.job.id, a.shard, a.slot.node_name,
+                 std::chrono::duration<double>(now - a.started).count(), d[d.size() / 2]);
+    st.backed_up.insert(a.shard);
+    st.unassigned.push_back(a.shard);
+    queued = true;
+  }
+  if (queued) dispatch(self);
 }
 
 caf::behavior job_behavior(job_actor* self, job_start start, job_links links) {
@@ -378,6 +453,12 @@ caf::behavior job_behavior(job_actor* self, job_start start, job_links links) {
   start_round(self);
   return {
       [=](tick_atom) { dispatch(self); },
+      [=](tick_atom, uint64_t round) {
+        auto& st = self->state;
+        if (st.finished || round != static_cast<uint64_t>(st.job.status.round)) return;
+        watch_round(self);
+        self->delayed_send(self, std::chrono::milliseconds(250), tick_atom::value, round);
+      },
       [=](withdraw_atom, const std::string& node_id) {
         auto& st = self->state;
         std::vector<uint64_t> lost;

@@ -53,13 +53,14 @@ struct table_schema {
   std::vector<std::string_view> keys;
 };
 
-const std::array<table_schema, 5>& schema() {
-  static const std::array<table_schema, 5> tables{{
+const std::array<table_schema, 6>& schema() {
+  static const std::array<table_schema, 6> tables{{
       {"job", {"name", "workload", "rounds", "workers", "seed"}},
       {"inner", {"optimizer", "local_steps", "batch_size", "lr", "weight_decay", "lr_schedule"}},
       {"outer", {"lr", "momentum"}},
       {"wire", {"compression"}},
       {"eval", {"every"}},
+      {"round", {"deadline_s", "quorum", "backup_after"}},
   }};
   return tables;
 }
@@ -363,6 +364,12 @@ expected<job_spec> read_spec(const reader& in) {
       !r)
     return r.error();
   if (auto r = in.integer("eval", "every", 1, max_steps, spec.eval_every); !r) return r.error();
+  constexpr real_range deadline{0.0, true, 86400.0, false};
+  constexpr real_range fraction{0.0, true, 1.0, false};
+  constexpr real_range backup{0.0, false, 100.0, false};
+  if (auto r = in.number("round", "deadline_s", deadline, spec.deadline_s); !r) return r.error();
+  if (auto r = in.number("round", "quorum", fraction, spec.quorum); !r) return r.error();
+  if (auto r = in.number("round", "backup_after", backup, spec.backup_after); !r) return r.error();
   return spec;
 }
 
@@ -428,6 +435,10 @@ std::string to_toml(const job_spec& spec) {
   out += "compression = " + quote(to_string(spec.compression)) + "\n";
   out += "\n[eval]\n";
   out += "every = " + std::to_string(spec.eval_every) + "\n";
+  out += "\n[round]\n";
+  out += "deadline_s = " + real(spec.deadline_s) + "\n";
+  out += "quorum = " + real(spec.quorum) + "\n";
+  out += "backup_after = " + real(spec.backup_after) + "\n";
   return out;
 }
 

@@ -42,6 +42,16 @@ struct job_spec {
   double outer_momentum = 0.8;                     ///< [outer] momentum: in [0, 1).
   gflex::compression compression = gflex::compression::int8;  ///< [wire] compression.
   int64_t eval_every = 1;  ///< [eval] every: test accuracy every N rounds, 1..100000.
+  /// [round] deadline_s, in (0, 86400]: an assignment not answered by then is reassigned, and
+  /// a round past it closes as soon as a quorum of its results is in.
+  double deadline_s = 120.0;
+  /// [round] quorum, in (0, 1]: the fraction of `workers` results a round past its deadline
+  /// may close with (1: every shard must be answered).
+  double quorum = 1.0;
+  /// [round] backup_after, in [0, 100]: an assignment running longer than this multiple of
+  /// the round's median assignment time gets a backup copy on another worker; the first
+  /// valid result wins. 0 turns backups off.
+  double backup_after = 2.0;
 
   /// Field-by-field equality; floating-point fields compare exactly, as a round trip keeps them.
   bool operator==(const job_spec&) const = default;
