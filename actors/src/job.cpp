@@ -136,8 +136,7 @@ void fail_assignment(job_actor* self, uint64_t id, const std::string& why) {
   st.pending.erase(it);
   // Another copy (a backup) may still be running, or may already have answered.
   if (--st.copies[shard] <= 0 && !st.answered.count(shard)) st.unassigned.push_front(shard);
-  // Give the market a moment: the failed worker's node may be on its way out.
-  self->delayed_send(self, std::chrono::milliseconds(100), tick_atom::value);
+  dispatch(self);
 }
 
 void commit_round(job_actor* self) {
@@ -294,6 +293,8 @@ void send_assignment(job_actor* self, const worker_slot& slot, int64_t shard) {
   st.copies[shard] += 1;
   if (st.monitored.insert(slot.worker.address()).second) self->monitor(slot.worker);
   uint64_t id = a.id;
+  spdlog::debug("job {}: assignment {:016x} (round {}, shard {}) to {}", st.job.id, a.id,
+                a.round + 1, shard, slot.node_name);
   auto deadline = std::chrono::milliseconds(static_cast<int64_t>(spec.deadline_s * 1000));
   self->request(slot.worker, deadline, assign_atom::value, std::move(a))
       .then([=](assignment_result& r) { on_result(self, id, r); },

@@ -23,7 +23,7 @@ namespace gflex {
 
 struct registry_config {
   uint32_t heartbeat_ms = 1000;
-  uint32_t lease_ms = 5000;
+  uint32_t lease_ms = 4000;
 };
 
 caf::actor spawn_registry(caf::actor_system& sys, caf::actor market, caf::actor data_server,

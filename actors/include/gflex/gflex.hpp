@@ -27,7 +27,7 @@ struct core_config {
   /// Heartbeat interval a node is told to use, and the lease after which a silent node is
   /// taken as lost.
   uint32_t heartbeat_ms = 1000;
-  uint32_t lease_ms = 5000;
+  uint32_t lease_ms = 4000;  ///< Checked every lease/4: a hung node is found within 5 s.
   /// Deadline of one assignment; a worker that has not answered by then loses it.
   uint32_t assignment_timeout_ms = 120000;
 };
