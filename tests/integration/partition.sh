@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# A network partition: one node runs in its own network namespace behind a veth link
+# (bandwidth-limited with tc tbf), the link is cut mid-job and healed. The core gives the
+# node up after its lease and reassigns its work; after the heal the node joins again by
+# itself; the job finishes. Needs root and iproute2 (CI runs as root).
+source "$(dirname "$0")/lib.sh"
+G="$BIN/gflex"
+if [ "$(id -u)" -ne 0 ] || ! command -v ip >/dev/null || ! ip netns add "gfx-probe-$$" 2>/dev/null; then
+  echo "skipped: network namespaces need root and iproute2"
+  exit 0
+fi
+ip netns del "gfx-probe-$$"
+
+ns=gfx-$$
+host_if=gfh$$
+node_if=gfn$$
+net=10.254.$((RANDOM % 200 + 20))
+teardown() {
+  ip link del "$host_if" 2>/dev/null || true
+  ip netns del "$ns" 2>/dev/null || true
+}
+trap 'cleanup; teardown' EXIT
+ip netns add "$ns"
+ip link add "$host_if" type veth peer name "$node_if"
+ip link set "$node_if" netns "$ns"
+ip addr add "$net.1/30" dev "$host_if"
+ip link set "$host_if" up
+ip netns exec "$ns" ip addr add "$net.2/30" dev "$node_if"
+ip netns exec "$ns" ip link set "$node_if" up
+ip netns exec "$ns" ip link set lo up
+# A volunteer's uplink: 200 Mbit/s.
+tc qdisc add dev "$host_if" root tbf rate 200mbit burst 256kb latency 200ms
+
+core="$net.1:$(free_port)"
+start core "$BIN/gflex-core" --listen "$core" --data-dir "$WORK/core" --lease-ms 2000 \
+  --heartbeat-ms 300
+wait_for 20 "the core to listen" grep -q "core listening" "$WORK/core.log"
+for i in 1 2; do
+  start "node$i" "$BIN/gflex-node" --join "$core" --name "node$i" --data-dir "$WORK/node$i"
+done
+start far ip netns exec "$ns" "$BIN/gflex-node" --join "$core" --name far --data-dir "$WORK/far"
+wait_for 30 "three nodes to join" bash -c "[ \$('$G' nodes --core $core | wc -l) -eq 3 ]"
+grep -q "far" <("$G" nodes --core "$core") || fail "the namespaced node did not join"
+
+"$G" submit "$SRC/apps/jobs/fashion-mlp.toml" --core "$core" --json "$WORK/submitted.json" \
+  >/dev/null || fail "submit"
+job=$(json_get "$WORK/submitted.json" "j['job_id']")
+deadline=$((SECONDS + 60))
+until "$G" status "$job" --core "$core" | grep -qE "round ([5-9]|[1-9][0-9])/"; do
+  ((SECONDS < deadline)) || { fail "timed out waiting for round 5"; break; }
+  sleep 0.2
+done
+
+ip link set "$host_if" down
+cut_at=$SECONDS
+echo "ok: link cut"
+wait_for 10 "the core to give up on the cut-off node" grep -q "(far) missed its heartbeats" \
+  "$WORK/core.log"
+echo "ok: the core gave up on the cut-off node after $((SECONDS - cut_at)) s"
+sleep 1
+ip link set "$host_if" up
+echo "ok: link healed"
+wait_for 60 "the node to join again" grep -qE "joining again|joined the core as n[4-9]" \
+  "$WORK/far.log"
+wait_for 30 "three nodes again" bash -c "[ \$('$G' nodes --core $core | wc -l) -eq 3 ]"
+echo "ok: the node joined again after the heal"
+
+wait_for 180 "the job to finish" bash -c "'$G' status $job --core $core | grep -qE ' (done|failed|cancelled),'"
+"$G" status "$job" --core "$core" --json >"$WORK/final.json"
+state=$(json_get "$WORK/final.json" "j['state']")
+acc=$(json_get "$WORK/final.json" "j['test_accuracy']")
+[ "$state" = done ] || fail "job ended $state"
+python3 -c "import sys; sys.exit(0 if $acc >= 0.885 else 1)" || fail "test accuracy $acc < 0.885"
+echo "ok: $job done across the partition, test accuracy $acc"
+finish
