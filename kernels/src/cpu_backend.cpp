@@ -37,8 +37,8 @@ void adamw_loop(float* __restrict param, const float* __restrict grad, float* __
 }
 
 GFLEX_VECTOR_CLONES
-void bias_relu_loop(float* __restrict y, const float* __restrict bias, int64_t rows,
-                    int64_t cols, bool relu) {
+void bias_relu_loop(float* __restrict y, const float* __restrict bias, int64_t rows, int64_t cols,
+                    bool relu) {
   for (int64_t r = 0; r < rows; ++r) {
     float* __restrict row = y + r * cols;
     if (relu) {
@@ -86,8 +86,7 @@ class cpu_backend final : public backend {
                 static_cast<blasint>(ldc));
   }
 
-  void axpby(int64_t n, float a, const float* __restrict x, float b,
-             float* __restrict y) override {
+  void axpby(int64_t n, float a, const float* __restrict x, float b, float* __restrict y) override {
     // As in BLAS, b == 0 overwrites y without reading it (y may be uninitialised).
     if (b == 0.0f) {
       for (int64_t i = 0; i < n; ++i) y[i] = a * x[i];

@@ -17,8 +17,7 @@ class mlp_model final : public model {
  public:
   mlp_model(backend& b, std::vector<int64_t> widths, std::vector<parameter_block> layout,
             int64_t max_batch)
-      : backend_(b), widths_(std::move(widths)), layout_(std::move(layout)),
-        max_batch_(max_batch) {
+      : backend_(b), widths_(std::move(widths)), layout_(std::move(layout)), max_batch_(max_batch) {
     count_ = layout_.back().offset + layout_.back().shape.back();
     params_ = b.allocate({count_}, dtype::f32);
     grads_ = b.allocate({count_}, dtype::f32);
@@ -125,8 +124,8 @@ class mlp_model final : public model {
       if (l > 0) {
         const float* w = params_.data<float>() + layout_[2 * l].offset;
         float* d_in = deltas_[l - 1].data<float>();
-        backend_.gemm(false, true, batch, fan_in, fan_out, 1.0f, d, fan_out, w, fan_out, 0.0f,
-                      d_in, fan_in);
+        backend_.gemm(false, true, batch, fan_in, fan_out, 1.0f, d, fan_out, w, fan_out, 0.0f, d_in,
+                      fan_in);
         backend_.relu_backward(d_in, acts_[l - 1].data<float>(), batch * fan_in);
       }
     }
@@ -149,8 +148,8 @@ class mlp_model final : public model {
       const float* w = params_.data<float>() + layout_[2 * l].offset;
       const float* b = params_.data<float>() + layout_[2 * l + 1].offset;
       float* out = acts_[l].data<float>();
-      backend_.gemm(false, false, batch, fan_out, fan_in, 1.0f, in, fan_in, w, fan_out, 0.0f,
-                    out, fan_out);
+      backend_.gemm(false, false, batch, fan_out, fan_in, 1.0f, in, fan_in, w, fan_out, 0.0f, out,
+                    fan_out);
       backend_.bias_relu_forward(out, b, batch, fan_out, l + 2 < widths_.size());
     }
   }
@@ -215,8 +214,8 @@ void mlp_workload::init_parameters(uint64_t seed, std::span<float> out) const {
 
 expected<std::unique_ptr<model>> mlp_workload::instantiate(backend& b, int64_t max_batch) const {
   if (max_batch <= 0)
-    return error(errc::invalid_argument, "batch size must be positive, got " +
-                                             std::to_string(max_batch));
+    return error(errc::invalid_argument,
+                 "batch size must be positive, got " + std::to_string(max_batch));
   try {
     return std::unique_ptr<model>(std::make_unique<mlp_model>(b, widths_, layout(), max_batch));
   } catch (const compute_error& e) {

@@ -17,7 +17,8 @@ constexpr int spin_iterations = 0;
 }  // namespace
 
 parallel_for::parallel_for(int threads) {
-  for (int i = 1; i < std::max(threads, 1); ++i) workers_.emplace_back([this, i] { worker_loop(i); });
+  for (int i = 1; i < std::max(threads, 1); ++i)
+    workers_.emplace_back([this, i] { worker_loop(i); });
 }
 
 parallel_for::~parallel_for() {

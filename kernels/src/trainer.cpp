@@ -19,11 +19,11 @@ double seconds_since(clock_type::time_point start) {
 
 expected<void> check_data(const workload& w, const dataset& d, const char* split) {
   if (d.feature_dim() != w.feature_dim() || d.classes != w.classes())
-    return error(errc::shape_mismatch,
-                 std::string(split) + " data has " + std::to_string(d.feature_dim()) +
-                     " features and " + std::to_string(d.classes) + " classes but " + w.name() +
-                     " needs " + std::to_string(w.feature_dim()) + " and " +
-                     std::to_string(w.classes()));
+    return error(errc::shape_mismatch, std::string(split) + " data has " +
+                                           std::to_string(d.feature_dim()) + " features and " +
+                                           std::to_string(d.classes) + " classes but " + w.name() +
+                                           " needs " + std::to_string(w.feature_dim()) + " and " +
+                                           std::to_string(w.classes()));
   if (d.size() == 0) return error(errc::invalid_argument, std::string(split) + " data is empty");
   return {};
 }

@@ -62,13 +62,18 @@ class timing_backend final : public backend {
   device where() const override { return inner_.where(); }
   std::string describe() const override { return inner_.describe(); }
   tensor allocate(shape_t s, dtype t) override { return inner_.allocate(std::move(s), t); }
-  void upload(const void* s, void* d, size_t n) override { time("upload", [&] { inner_.upload(s, d, n); }); }
-  void download(const void* s, void* d, size_t n) override { time("download", [&] { inner_.download(s, d, n); }); }
+  void upload(const void* s, void* d, size_t n) override {
+    time("upload", [&] { inner_.upload(s, d, n); });
+  }
+  void download(const void* s, void* d, size_t n) override {
+    time("download", [&] { inner_.download(s, d, n); });
+  }
   void synchronize() override { inner_.synchronize(); }
-  void fill(float* x, int64_t n, float v) override { time("fill", [&] { inner_.fill(x, n, v); }); }
+  void fill(float* x, int64_t n, float v) override {
+    time("fill", [&] { inner_.fill(x, n, v); });
+  }
   void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
-            int64_t lda, const float* b, int64_t ldb, float beta, float* c,
-            int64_t ldc) override {
+            int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc) override {
     time("gemm", [&] { inner_.gemm(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc); });
   }
   void axpby(int64_t n, float a, const float* x, float b, float* y) override {
@@ -161,9 +166,10 @@ int main(int argc, char** argv) {
     const auto& s = shapes[i];
     double rate = gemm_rate(*b, s.ta, s.tb, s.m, s.n, s.k, 200);
     gemm_only_s += 2.0 * s.m * s.n * s.k / (rate * 1e9);
-    std::printf("    {\"gemm\": \"%s\", \"m\": %lld, \"n\": %lld, \"k\": %lld, \"gflops\": %.1f}%s\n",
-                s.name, static_cast<long long>(s.m), static_cast<long long>(s.n),
-                static_cast<long long>(s.k), rate, i + 1 < shapes.size() ? "," : "");
+    std::printf(
+        "    {\"gemm\": \"%s\", \"m\": %lld, \"n\": %lld, \"k\": %lld, \"gflops\": %.1f}%s\n",
+        s.name, static_cast<long long>(s.m), static_cast<long long>(s.n),
+        static_cast<long long>(s.k), rate, i + 1 < shapes.size() ? "," : "");
   }
   std::printf("  ],\n  \"gemm_only_ms\": %.3f,\n  \"adamw_ms\": %.3f,\n", gemm_only_s * 1e3,
               adamw_s * 1e3);

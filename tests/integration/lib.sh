@@ -86,6 +86,21 @@ start_cluster() {
   wait_for 30 "$n nodes to join" bash -c "[ \$('$BIN/gflex' nodes --core $core | wc -l) -eq $n ]"
 }
 
+# expect_job_done JOB MIN_ACCURACY: waits (3 minutes at most) for JOB on $core to end, and
+# checks that it is done with at least MIN_ACCURACY test accuracy.
+expect_job_done() {
+  local job=$1 min=$2
+  wait_for 180 "$job to finish" bash -c \
+    "'$BIN/gflex' status $job --core $core | grep -qE ' (done|failed|cancelled),'"
+  "$BIN/gflex" status "$job" --core "$core" --json >"$WORK/final.json"
+  local state acc
+  state=$(json_get "$WORK/final.json" "j['state']")
+  acc=$(json_get "$WORK/final.json" "j['test_accuracy']")
+  [ "$state" = done ] || fail "$job ended $state"
+  python3 -c "import sys; sys.exit(0 if $acc >= $min else 1)" || fail "test accuracy $acc < $min"
+  FINAL_ACCURACY=$acc
+}
+
 # json_get FILE EXPR: evaluates a Python expression on the JSON object `j` in FILE.
 json_get() {
   python3 -c "import json,sys; j=json.load(open(sys.argv[1])); print($2)" "$1"

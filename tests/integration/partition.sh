@@ -65,11 +65,6 @@ wait_for 60 "the node to join again" grep -qE "joining again|joined the core as 
 wait_for 30 "three nodes again" bash -c "[ \$('$G' nodes --core $core | wc -l) -eq 3 ]"
 echo "ok: the node joined again after the heal"
 
-wait_for 180 "the job to finish" bash -c "'$G' status $job --core $core | grep -qE ' (done|failed|cancelled),'"
-"$G" status "$job" --core "$core" --json >"$WORK/final.json"
-state=$(json_get "$WORK/final.json" "j['state']")
-acc=$(json_get "$WORK/final.json" "j['test_accuracy']")
-[ "$state" = done ] || fail "job ended $state"
-python3 -c "import sys; sys.exit(0 if $acc >= 0.885 else 1)" || fail "test accuracy $acc < 0.885"
-echo "ok: $job done across the partition, test accuracy $acc"
+expect_job_done "$job" 0.885
+echo "ok: $job done across the partition, test accuracy $FINAL_ACCURACY"
 finish

@@ -61,6 +61,24 @@ batch_size = 32
 compression = "fp32"
 )";
 
+// Submits small_job to the test core and follows it until it ends (two minutes at most).
+job_status run_small_job() {
+  auto where = test_core();
+  auto c = client::connect(where.host, where.port);
+  REQUIRE(c.has_value());
+  auto id = c->submit(small_job);
+  REQUIRE_MESSAGE(id.has_value(), id.error().message());
+  job_status s;
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+  do {
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    auto st = c->status(*id);
+    REQUIRE(st.has_value());
+    s = *st;
+  } while (!is_terminal(s.state) && std::chrono::steady_clock::now() < deadline);
+  return s;
+}
+
 // Answers every assignment with a result that must be rejected, cycling through the ways.
 caf::behavior rogue_worker(caf::event_based_actor*, std::shared_ptr<std::atomic<int>> answered) {
   return {
@@ -196,19 +214,7 @@ TEST_CASE("a rogue worker's results are rejected, reassigned, and never applied"
     auto killer = p.sys->spawn(job_killer, kills);
     self->send(welcome.registry, offer_atom::value, welcome.node_id,
                std::vector<caf::actor>{killer});
-    auto where = test_core();
-    auto c = client::connect(where.host, where.port);
-    REQUIRE(c.has_value());
-    auto id = c->submit(small_job);
-    REQUIRE(id.has_value());
-    job_status s;
-    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
-    do {
-      std::this_thread::sleep_for(std::chrono::milliseconds(200));
-      auto st = c->status(*id);
-      REQUIRE(st.has_value());
-      s = *st;
-    } while (!is_terminal(s.state) && std::chrono::steady_clock::now() < deadline);
+    job_status s = run_small_job();
     CHECK(kills->load() >= 1);
     CHECK(s.state == "done");
     CHECK(s.round == 4);
@@ -216,19 +222,7 @@ TEST_CASE("a rogue worker's results are rejected, reassigned, and never applied"
   }
 
   SUBCASE("bad results") {
-    auto where = test_core();
-    auto c = client::connect(where.host, where.port);
-    REQUIRE(c.has_value());
-    auto id = c->submit(small_job);
-    REQUIRE_MESSAGE(id.has_value(), id.error().message());
-    job_status s;
-    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
-    do {
-      std::this_thread::sleep_for(std::chrono::milliseconds(200));
-      auto st = c->status(*id);
-      REQUIRE(st.has_value());
-      s = *st;
-    } while (!is_terminal(s.state) && std::chrono::steady_clock::now() < deadline);
+    job_status s = run_small_job();
     CHECK(s.state == "done");
     CHECK(s.round == 4);
     CHECK(answered->load() >= 2);

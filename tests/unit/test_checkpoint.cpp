@@ -61,7 +61,8 @@ TEST_SUITE("shard") {
     CHECK(back->size() == 3);
     CHECK(back->feature_dim() == 4);
     CHECK(back->labels.span<int32_t>()[0] == 8);
-    CHECK(back->features.span<float>()[0] == doctest::Approx(d.features.span<float>()[4]).epsilon(1e-6));
+    CHECK(back->features.span<float>()[0] ==
+          doctest::Approx(d.features.span<float>()[4]).epsilon(1e-6));
   }
 
   TEST_CASE("every truncation of a shard is malformed") {

@@ -256,7 +256,8 @@ TEST_SUITE("job_spec") {
     CHECK(inner_lr_at(spec, 10) == doctest::Approx(0.0005));
     spec.schedule = lr_schedule::constant;
     CHECK(inner_lr_at(spec, 10) == doctest::Approx(0.01));
-    auto bad = parse_job_spec("[job]\nworkload = \"w\"\n[inner]\nlr_schedule = \"step\"\n", "j.toml");
+    auto bad =
+        parse_job_spec("[job]\nworkload = \"w\"\n[inner]\nlr_schedule = \"step\"\n", "j.toml");
     REQUIRE_FALSE(bad.has_value());
     CHECK(bad.error().message().find("inner.lr_schedule") != std::string::npos);
   }

@@ -74,8 +74,8 @@ class backend {
   /// C[m,n] = alpha * op(A) * op(B) + beta * C with op(A) [m,k], op(B) [k,n], all row-major
   /// with leading dimensions lda, ldb, ldc.
   virtual void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
-                    const float* a, int64_t lda, const float* b, int64_t ldb, float beta,
-                    float* c, int64_t ldc) = 0;
+                    const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,
+                    int64_t ldc) = 0;
 
   /// y = a * x + b * y, elementwise over n values; with b == 0, y is not read.
   virtual void axpby(int64_t n, float a, const float* x, float b, float* y) = 0;
@@ -95,8 +95,7 @@ class backend {
   /// to stats[1]. If `dlogits` is not null, writes (softmax - onehot) * grad_scale there.
   /// Labels outside [0, classes) are a caller bug; workloads validate labels at load time.
   virtual void softmax_xent(const float* logits, const int32_t* labels, int64_t rows,
-                            int64_t classes, float grad_scale, float* dlogits,
-                            float* stats) = 0;
+                            int64_t classes, float grad_scale, float* dlogits, float* stats) = 0;
 
   // -- optimisers -----------------------------------------------------------------------------
 
