@@ -8,6 +8,10 @@
 ///   another protocol version (checked before anything else in the hello is looked at).
 /// - submit / status / jobs / cancel / fetch: forwarded to the job supervisor.
 /// - (nodes_atom) -> vector<node_status>: forwarded to the registry.
+///
+/// It supervises its children one for one: each is monitored and, when it dies, restarted
+/// from what it persists or can rebuild, and the siblings holding its handle are told
+/// (update_atom, role, new actor). More than 5 restarts a minute stop the core.
 
 #include <caf/fwd.hpp>
 

@@ -443,8 +443,15 @@ caf::behavior job_behavior(job_actor* self, job_start start, job_links links) {
   st.job.status.detail.clear();
   publish(self);
 
+  // A job stops with its supervisor (a restarted one resumes it from the store); a link
+  // would instead take the supervisor down with any job that is killed.
+  self->monitor(st.links.supervisor);
   self->set_down_handler([=](const caf::down_msg& down) {
     auto& st = self->state;
+    if (down.source == st.links.supervisor.address()) {
+      self->quit(down.reason);
+      return;
+    }
     st.monitored.erase(down.source);
     std::vector<uint64_t> lost;
     for (const auto& [id, a] : st.pending)
@@ -454,6 +461,12 @@ caf::behavior job_behavior(job_actor* self, job_start start, job_links links) {
   start_round(self);
   return {
       [=](tick_atom) { dispatch(self); },
+      [=](update_atom, const std::string& role, caf::actor& replacement) {
+        // The core restarted a sibling; in-flight requests to the old one fail and retry.
+        if (role == "store") self->state.links.store = std::move(replacement);
+        if (role == "market") self->state.links.market = std::move(replacement);
+        dispatch(self);
+      },
       [=](tick_atom, uint64_t round) {
         auto& st = self->state;
         if (st.finished || round != static_cast<uint64_t>(st.job.status.round)) return;

@@ -169,6 +169,13 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links) {
   });
   resume_jobs(self);
   return {
+      [=](update_atom, const std::string& role, caf::actor& replacement) {
+        auto& st = self->state;
+        if (role == "store") st.links.store = replacement;
+        if (role == "market") st.links.market = replacement;
+        for (auto& [id, entry] : st.jobs)
+          if (entry.actor) self->send(entry.actor, update_atom::value, role, replacement);
+      },
       [=](update_atom, job_status& s) {
         auto it = self->state.jobs.find(s.job_id);
         if (it != self->state.jobs.end()) it->second.status = std::move(s);

@@ -56,6 +56,13 @@ caf::behavior market_actor(caf::stateful_actor<market_state>* self) {
                                    [&](const slot_entry& e) { return e.slot.node_id == node_id; }),
                     slots.end());
       },
+      // The registry was restarted: every node joins again under a new id, so every slot
+      // goes, and the jobs holding one hear of it.
+      [=](withdraw_atom) {
+        for (const auto& e : self->state.slots)
+          if (e.busy && e.holder) self->send(e.holder, withdraw_atom::value, e.slot.node_id);
+        self->state.slots.clear();
+      },
       [=](acquire_atom, const std::string&, int64_t wanted) -> std::vector<worker_slot> {
         auto& st = self->state;
         std::vector<worker_slot> out;

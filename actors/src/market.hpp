@@ -8,6 +8,7 @@
 /// - (withdraw_atom, node_id) from the registry: a node is gone; its slots disappear, and
 ///   every job holding one of them is told (withdraw_atom, node_id) at once.
 /// - (offer_atom, node_id, slots) may come again for a node: a restarted worker.
+/// - (withdraw_atom): every slot goes (the registry was restarted; nodes join again).
 /// - (acquire_atom, job_id, n) -> vector<worker_slot>: up to n free slots, now busy. Slots
 ///   go to jobs in turn, starting after the node served last, so work spreads over nodes.
 /// - (release_atom, worker) : the slot is free again (ignored if its node is gone).

@@ -17,18 +17,26 @@ struct node_entry {
   std::string name;
   std::string device;
   caf::actor uplink;
-  uint32_t workers = 0;
+  std::vector<caf::actor> workers;
   clock_type::time_point last_seen;
 };
 
 struct registry_state {
   std::map<std::string, node_entry> nodes;
   uint64_t next_id = 1;
+  caf::actor market;
+  caf::actor data_server;
   static inline const char* name = "registry";
 };
 
 caf::behavior registry_actor(caf::stateful_actor<registry_state>* self, caf::actor market,
                              caf::actor data_server, registry_config config) {
+  self->state.market = std::move(market);
+  self->state.data_server = std::move(data_server);
+  // Node ids carry the registry's incarnation, so that a restarted registry never reuses an
+  // id the market may still hold.
+  std::string prefix =
+      config.incarnation == 0 ? "n" : "n" + std::to_string(config.incarnation) + "-";
   auto remove_node = [=](const std::string& node_id, const char* why) {
     auto& nodes = self->state.nodes;
     auto it = nodes.find(node_id);
@@ -37,7 +45,7 @@ caf::behavior registry_actor(caf::stateful_actor<registry_state>* self, caf::act
                  why);
     self->demonitor(it->second.uplink);
     nodes.erase(it);
-    self->send(market, withdraw_atom::value, node_id);
+    self->send(self->state.market, withdraw_atom::value, node_id);
   };
   self->set_down_handler([=](const caf::down_msg& down) {
     for (const auto& [id, node] : self->state.nodes)
@@ -50,17 +58,16 @@ caf::behavior registry_actor(caf::stateful_actor<registry_state>* self, caf::act
   return {
       [=](hello_atom, node_hello& hello) -> node_welcome {
         auto& st = self->state;
-        std::string id = "n" + std::to_string(st.next_id++);
+        std::string id = prefix + std::to_string(st.next_id++);
         self->monitor(hello.uplink);
-        st.nodes[id] = {hello.name, hello.device, hello.uplink,
-                        static_cast<uint32_t>(hello.workers.size()), clock_type::now()};
+        st.nodes[id] = {hello.name, hello.device, hello.uplink, hello.workers, clock_type::now()};
         std::vector<worker_slot> slots;
         for (auto& w : hello.workers) slots.push_back({w, id, hello.name});
-        self->send(market, offer_atom::value, id, std::move(slots));
+        self->send(st.market, offer_atom::value, id, std::move(slots));
         spdlog::info("node {} joined as {} with {} worker(s) on {}", hello.name, id,
                      hello.workers.size(), hello.device);
         return node_welcome{protocol_version, id, config.heartbeat_ms,
-                            caf::actor_cast<caf::actor>(self), data_server};
+                            caf::actor_cast<caf::actor>(self), st.data_server};
       },
       [=](beat_atom, const std::string& node_id) {
         auto it = self->state.nodes.find(node_id);
@@ -78,8 +85,8 @@ caf::behavior registry_actor(caf::stateful_actor<registry_state>* self, caf::act
         if (it == self->state.nodes.end()) return;
         std::vector<worker_slot> slots;
         for (auto& w : workers) slots.push_back({w, node_id, it->second.name});
-        it->second.workers += static_cast<uint32_t>(slots.size());
-        self->send(market, offer_atom::value, node_id, std::move(slots));
+        it->second.workers.insert(it->second.workers.end(), workers.begin(), workers.end());
+        self->send(self->state.market, offer_atom::value, node_id, std::move(slots));
       },
       [=](bye_atom, const std::string& node_id) { remove_node(node_id, "left"); },
       [=](tick_atom) {
@@ -92,11 +99,28 @@ caf::behavior registry_actor(caf::stateful_actor<registry_state>* self, caf::act
         self->delayed_send(self, std::chrono::milliseconds(config.lease_ms / 4 + 1),
                            tick_atom::value);
       },
+      // A sibling was restarted by the core supervisor: use the new one. A new market gets
+      // every known node's workers again; nodes get a new data server for their caches.
+      [=](update_atom, const std::string& role, caf::actor& replacement) {
+        auto& st = self->state;
+        if (role == "market") {
+          st.market = replacement;
+          for (const auto& [id, node] : st.nodes) {
+            std::vector<worker_slot> slots;
+            for (const auto& w : node.workers) slots.push_back({w, id, node.name});
+            self->send(st.market, offer_atom::value, id, std::move(slots));
+          }
+        } else if (role == "data_server") {
+          st.data_server = replacement;
+          for (const auto& [id, node] : st.nodes)
+            self->send(node.uplink, update_atom::value, st.data_server);
+        }
+      },
       [=](nodes_atom) -> std::vector<node_status> {
         std::vector<node_status> out;
         auto now = clock_type::now();
         for (const auto& [id, node] : self->state.nodes)
-          out.push_back({id, node.name, node.device, node.workers,
+          out.push_back({id, node.name, node.device, static_cast<uint32_t>(node.workers.size()),
                          std::chrono::duration<double>(now - node.last_seen).count()});
         return out;
       },

@@ -14,6 +14,9 @@
 /// A heartbeat from a node the registry does not know (it hung past its lease, or it was
 /// registered with the core before a restart) is answered with (rejoin_atom).
 /// - (nodes_atom) -> vector<node_status>.
+/// - (update_atom, "market" | "data_server", actor) from the core supervisor: a restarted
+///   sibling. A new market is offered every known node's workers again; a new data server
+///   is passed to every node's uplink.
 
 #include <caf/fwd.hpp>
 
@@ -24,6 +27,8 @@ namespace gflex {
 struct registry_config {
   uint32_t heartbeat_ms = 1000;
   uint32_t lease_ms = 4000;
+  /// How many registries the core has started before this one (it prefixes node ids).
+  uint32_t incarnation = 0;
 };
 
 caf::actor spawn_registry(caf::actor_system& sys, caf::actor market, caf::actor data_server,

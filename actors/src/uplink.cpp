@@ -55,6 +55,7 @@ void hello(uplink_actor* self, caf::actor core) {
             st.attempt = 0;
             st.generation += 1;
             self->monitor(core);
+            self->monitor(w.registry);
             self->send(st.cache, update_atom::value, w.data_server);
             spdlog::info("joined the core as {} with {} worker(s)", w.node_id, st.workers.size());
             self->send(self, tick_atom::value, st.generation);
@@ -105,6 +106,11 @@ caf::behavior uplink_behavior(uplink_actor* self, uplink_config config, caf::act
   st.owner = std::move(owner);
   self->set_down_handler([=](const caf::down_msg& down) {
     auto& st = self->state;
+    if (st.core && st.registry && down.source == st.registry.address()) {
+      // The core restarted its registry: join the new one through the core.
+      self->send(self, rejoin_atom::value);
+      return;
+    }
     if (!st.core || down.source != st.core.address()) return;
     spdlog::warn("lost the core ({}); reconnecting", self->system().render(down.reason));
     st.core = nullptr;
@@ -129,6 +135,7 @@ caf::behavior uplink_behavior(uplink_actor* self, uplink_config config, caf::act
         if (!st.core) return;
         spdlog::warn("the core no longer knows node {}; joining again", st.node_id);
         self->demonitor(st.core);
+        if (st.registry) self->demonitor(st.registry);
         auto core = st.core;
         st.core = nullptr;
         st.registry = nullptr;
@@ -142,6 +149,9 @@ caf::behavior uplink_behavior(uplink_actor* self, uplink_config config, caf::act
         if (st.registry)
           self->send(st.registry, offer_atom::value, st.node_id,
                      std::vector<caf::actor>{replacement});
+      },
+      [=](update_atom, caf::actor& data_server) {
+        self->send(self->state.cache, update_atom::value, std::move(data_server));
       },
       [=](bye_atom) {
         auto& st = self->state;

@@ -10,4 +10,7 @@ GFLEX_TEST_CORE="127.0.0.1:$port" timeout -s KILL 240 "$BIN/gflex_protocol_probe
   fail "protocol probe failed"
 grep -q "result rejected" "$WORK/core.log" || fail "the core logged no rejected result"
 grep -q "restarting job .* from round" "$WORK/core.log" || fail "the core restarted no job"
+grep -q "the registry stopped .*; restarting it" "$WORK/core.log" || fail "registry not restarted"
+grep -q "the data server stopped .*; restarting it" "$WORK/core.log" ||
+  fail "data server not restarted"
 finish

@@ -221,6 +221,28 @@ TEST_CASE("a rogue worker's results are rejected, reassigned, and never applied"
     self->send_exit(killer, caf::exit_reason::user_shutdown);
   }
 
+  SUBCASE("a killed registry and data server are restarted and nodes join again") {
+    self->send_exit(welcome.registry, caf::exit_reason::kill);
+    self->send_exit(welcome.data_server, caf::exit_reason::kill);
+    auto where = test_core();
+    auto c = client::connect(where.host, where.port);
+    REQUIRE(c.has_value());
+    // The honest node joins the new registry by itself (its id gets the new prefix).
+    bool rejoined = false;
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+    while (!rejoined && std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+      auto nodes = c->nodes();
+      if (!nodes) continue;
+      for (const auto& n : *nodes)
+        rejoined |= n.name == "honest" && n.node_id.find('-') != std::string::npos;
+    }
+    CHECK(rejoined);
+    auto s = run_small_job();
+    CHECK(s.state == "done");
+    CHECK(s.round == 4);
+  }
+
   SUBCASE("bad results") {
     job_status s = run_small_job();
     CHECK(s.state == "done");
