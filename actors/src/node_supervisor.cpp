@@ -20,59 +20,91 @@ struct node_children {
   caf::actor cache, uplink;
   std::vector<caf::actor> workers;
   worker_config config;
+  uplink_config uplink_cfg;
+  caf::actor core;   // embedded mode: the core in this process
+  caf::actor owner;  // hears (stop_atom, code, reason)
+  std::filesystem::path cache_dir;
 };
 
-/// Worker restarts allowed within `restart_window` before the node gives up (escalates).
+/// Restarts allowed within `restart_window` before the node gives up (escalates).
 constexpr int restart_budget = 5;
 constexpr auto restart_window = std::chrono::seconds(60);
 
 struct node_state {
-  node_children children;
+  // Shared with the functor that stops the children when the node stops: by then the
+  // actor's state is gone.
+  std::shared_ptr<node_children> children;
   std::deque<std::chrono::steady_clock::time_point> restarts;
   static inline const char* name = "node_supervisor";
 };
 
-caf::behavior node_actor(caf::stateful_actor<node_state>* self, node_children children) {
-  // Cache and uplink share the node's fate; workers are supervised one for one: a worker
-  // that crashes is replaced, and the uplink offers the replacement to the core (the job
-  // that lost the assignment has already been told by its monitor).
-  self->link_to(children.cache);
-  self->link_to(children.uplink);
-  for (auto& w : children.workers) self->monitor(w);
+using node_actor_type = caf::stateful_actor<node_state>;
+
+// Replaces a dead child: a worker (offered to the core by the uplink), the uplink (which
+// joins the core again; the core has seen the old one go down), or the cache (workers and
+// uplink are given the new one). Returns the replacement, or nothing if `who` is no child.
+caf::actor restart_child(node_actor_type* self, const caf::actor_addr& who) {
+  auto& c = *self->state.children;
+  auto& sys = self->system();
+  auto it = std::find_if(c.workers.begin(), c.workers.end(),
+                         [&](const caf::actor& w) { return w.address() == who; });
+  if (it != c.workers.end()) {
+    auto old = *it;
+    *it = spawn_worker(sys, c.config, c.cache);
+    self->send(c.uplink, offer_atom::value, *it, old);
+    return *it;
+  }
+  if (who == c.uplink.address()) {
+    c.uplink = spawn_uplink(sys, c.uplink_cfg, c.core, c.workers, c.cache, c.owner);
+    return c.uplink;
+  }
+  if (who == c.cache.address()) {
+    c.cache = spawn_cache(sys, c.cache_dir);
+    for (const auto& w : c.workers)
+      self->send(w, update_atom::value, std::string("cache"), c.cache);
+    self->send(c.uplink, update_atom::value, std::string("cache"), c.cache);
+    return c.cache;
+  }
+  return {};
+}
+
+caf::behavior node_actor(node_actor_type* self, node_children children) {
+  // Every child is supervised one for one: monitored, and restarted when it dies with an
+  // error, at most 5 times a minute; then the node stops (escalation).
   children.config.crash_at_assignment = 0;  // the test aid applies to the first workers only
-  self->state.children = children;
-  auto uplink = children.uplink;
-  // However the node stops, its workers (monitored, not linked) stop with it. The list is
-  // shared because the actor's state is gone by the time attached functors run.
-  auto workers = std::make_shared<std::vector<caf::actor>>(children.workers);
-  self->attach_functor([workers](const caf::error&) {
-    for (auto& w : *workers) caf::anon_send_exit(w, caf::exit_reason::user_shutdown);
+  self->state.children = std::make_shared<node_children>(std::move(children));
+  auto current = self->state.children;
+  self->monitor(current->cache);
+  self->monitor(current->uplink);
+  for (auto& w : current->workers) self->monitor(w);
+  self->attach_functor([current](const caf::error&) {
+    for (auto& w : current->workers) caf::anon_send_exit(w, caf::exit_reason::user_shutdown);
+    caf::anon_send_exit(current->uplink, caf::exit_reason::user_shutdown);
+    caf::anon_send_exit(current->cache, caf::exit_reason::user_shutdown);
   });
   self->set_down_handler([=](const caf::down_msg& down) {
     auto& st = self->state;
-    auto it = std::find_if(workers->begin(), workers->end(),
-                           [&](const caf::actor& w) { return w.address() == down.source; });
-    if (it == workers->end()) return;
+    // An uplink that stops normally was refused by the core: its owner ends the process.
+    if (!down.reason) return;
     auto now = std::chrono::steady_clock::now();
     while (!st.restarts.empty() && now - st.restarts.front() > restart_window)
       st.restarts.pop_front();
     if (static_cast<int>(st.restarts.size()) >= restart_budget) {
-      spdlog::error("workers crashed {} times within {} s; stopping the node", restart_budget,
+      spdlog::error("children crashed {} times within {} s; stopping the node", restart_budget + 1,
                     restart_window.count());
       self->quit(down.reason);
       return;
     }
+    auto replacement = restart_child(self, down.source);
+    if (!replacement) return;
     st.restarts.push_back(now);
-    spdlog::warn("worker crashed ({}); restarting it", self->system().render(down.reason));
-    auto old = *it;
-    *it = spawn_worker(self->system(), st.children.config, st.children.cache);
-    self->monitor(*it);
-    self->send(uplink, offer_atom::value, *it, old);
+    spdlog::warn("a node child stopped ({}); restarted it", self->system().render(down.reason));
+    self->monitor(replacement);
   });
   return {
       [=](bye_atom) {
-        self->send(uplink, bye_atom::value);
-        // Let the bye leave before the links take everything down.
+        self->send(current->uplink, bye_atom::value);
+        // Let the bye leave before the children are stopped.
         self->delayed_send(self, std::chrono::milliseconds(200), stop_atom::value);
       },
       [=](stop_atom) { self->quit(caf::exit_reason::user_shutdown); },
@@ -102,11 +134,15 @@ expected<caf::actor> spawn_node(caf::actor_system& sys, const node_config& confi
   node_children c;
   c.cache = spawn_cache(sys, config.data_dir / "chunks");
   c.config = worker_config{config.backend, config.threads_per_worker, config.crash_worker_at};
+  c.cache_dir = config.data_dir / "chunks";
   for (int i = 0; i < config.workers; ++i)
     c.workers.push_back(spawn_worker(sys, c.config, c.cache));
   uplink_config up{name, device,
                    config.announce_protocol != 0 ? config.announce_protocol : protocol_version,
                    host, port};
+  c.uplink_cfg = up;
+  c.core = core;
+  c.owner = owner;
   c.uplink = spawn_uplink(sys, up, std::move(core), c.workers, c.cache, std::move(owner));
   return sys.spawn(node_actor, std::move(c));
 }

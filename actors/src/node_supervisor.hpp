@@ -1,7 +1,9 @@
 #pragma once
 /// @file
 /// The node supervisor: the root of a node's actor tree (cache, one worker per compute slot,
-/// uplink). Children are linked to it, so the node stops as a whole.
+/// uplink). It supervises them one for one: a child that dies with an error is restarted (a
+/// worker is offered to the core again, an uplink joins again, a new cache is handed to the
+/// workers), at most 5 times a minute; then the node stops. Its children stop with it.
 ///
 /// Protocol: (bye_atom): say leave to the core, then stop (a graceful shutdown).
 

@@ -17,6 +17,7 @@ struct uplink_state {
   caf::actor registry;
   std::vector<caf::actor> workers;
   caf::actor cache;
+  caf::actor data_server;
   caf::actor owner;
   std::string node_id;
   uint32_t heartbeat_ms = 1000;
@@ -56,6 +57,7 @@ void hello(uplink_actor* self, caf::actor core) {
             st.generation += 1;
             self->monitor(core);
             self->monitor(w.registry);
+            st.data_server = w.data_server;
             self->send(st.cache, update_atom::value, w.data_server);
             spdlog::info("joined the core as {} with {} worker(s)", w.node_id, st.workers.size());
             self->send(self, tick_atom::value, st.generation);
@@ -151,7 +153,14 @@ caf::behavior uplink_behavior(uplink_actor* self, uplink_config config, caf::act
                      std::vector<caf::actor>{replacement});
       },
       [=](update_atom, caf::actor& data_server) {
+        self->state.data_server = data_server;
         self->send(self->state.cache, update_atom::value, std::move(data_server));
+      },
+      [=](update_atom, const std::string& role, caf::actor& replacement) {
+        auto& st = self->state;
+        if (role != "cache") return;
+        st.cache = std::move(replacement);  // restarted by the node supervisor
+        if (st.data_server) self->send(st.cache, update_atom::value, st.data_server);
       },
       [=](bye_atom) {
         auto& st = self->state;

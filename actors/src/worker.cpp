@@ -194,6 +194,9 @@ caf::behavior worker_behavior(worker_actor* self, worker_config config, caf::act
                 [=](caf::error& e) mutable { rp.deliver(e); });
         return rp;
       },
+      [=](update_atom, const std::string& role, caf::actor& replacement) {
+        if (role == "cache") self->state.cache = std::move(replacement);  // restarted cache
+      },
       [=](abort_atom, uint64_t id) {
         if (self->state.aborted.size() < 4096) self->state.aborted.insert(id);
       },

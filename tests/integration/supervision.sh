@@ -14,7 +14,7 @@ round() {
     python3 -c 'import json,sys; print(json.load(sys.stdin)["round"])'
 }
 
-wait_for 60 "node1's worker to crash and restart" grep -q "restarting it" "$WORK/node1.log"
+wait_for 60 "node1's worker to crash and restart" grep -q "a node child stopped (.*runtime_error.*); restarted it" "$WORK/node1.log"
 echo "ok: node1's worker crashed and was restarted"
 
 deadline=$((SECONDS + 60))
