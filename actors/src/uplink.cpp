@@ -23,6 +23,7 @@ struct uplink_state {
   uint32_t heartbeat_ms = 1000;
   uint64_t generation = 0;  // bumped per connection; stale heartbeat timers carry old ones
   int attempt = 0;
+  bool leaving = false;  // said bye: no more heartbeats, no rejoining
   static inline const char* name = "uplink";
 };
 
@@ -108,6 +109,7 @@ caf::behavior uplink_behavior(uplink_actor* self, uplink_config config, caf::act
   st.owner = std::move(owner);
   self->set_down_handler([=](const caf::down_msg& down) {
     auto& st = self->state;
+    if (st.leaving) return;
     if (st.core && st.registry && down.source == st.registry.address()) {
       // The core restarted its registry: join the new one through the core.
       self->send(self, rejoin_atom::value);
@@ -134,7 +136,7 @@ caf::behavior uplink_behavior(uplink_actor* self, uplink_config config, caf::act
       },
       [=](rejoin_atom) {
         auto& st = self->state;
-        if (!st.core) return;
+        if (!st.core || st.leaving) return;
         spdlog::warn("the core no longer knows node {}; joining again", st.node_id);
         self->demonitor(st.core);
         if (st.registry) self->demonitor(st.registry);
@@ -164,6 +166,8 @@ caf::behavior uplink_behavior(uplink_actor* self, uplink_config config, caf::act
       },
       [=](bye_atom) {
         auto& st = self->state;
+        st.leaving = true;
+        st.generation += 1;  // stops the heartbeat timer
         if (st.registry) self->send(st.registry, bye_atom::value, st.node_id);
       },
   };
