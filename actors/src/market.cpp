@@ -42,7 +42,7 @@ caf::behavior market_actor(caf::stateful_actor<market_state>* self) {
         for (auto& s : offered) {
           s.node_id = node_id;
           self->monitor(s.worker);
-          slots.push_back({std::move(s), false});
+          slots.push_back({std::move(s), false, nullptr});
         }
       },
       [=](withdraw_atom, const std::string& node_id) {

@@ -35,8 +35,11 @@ caf::behavior registry_actor(caf::stateful_actor<registry_state>* self, caf::act
   self->state.data_server = std::move(data_server);
   // Node ids carry the registry's incarnation, so that a restarted registry never reuses an
   // id the market may still hold.
-  std::string prefix =
-      config.incarnation == 0 ? "n" : "n" + std::to_string(config.incarnation) + "-";
+  std::string prefix = "n";
+  if (config.incarnation != 0) {
+    prefix += std::to_string(config.incarnation);
+    prefix += '-';
+  }
   auto remove_node = [=](const std::string& node_id, const char* why) {
     auto& nodes = self->state.nodes;
     auto it = nodes.find(node_id);

@@ -176,7 +176,10 @@ mlp_workload::mlp_workload(std::string name, std::vector<int64_t> widths,
 
 std::string mlp_workload::describe() const {
   std::string out = "MLP ";
-  for (size_t i = 0; i < widths_.size(); ++i) out += (i ? "-" : "") + std::to_string(widths_[i]);
+  for (size_t i = 0; i < widths_.size(); ++i) {
+    if (i > 0) out += '-';
+    out += std::to_string(widths_[i]);
+  }
   return out + ", ReLU, softmax cross-entropy";
 }
 
