@@ -70,8 +70,7 @@ caf::actor restart_child(core_actor_type* self, const caf::actor_addr& who) {
     tell(c.registry, "data_server", c.data_server);
     return c.data_server;
   } else if (who == c.jobs.address()) {
-    c.jobs =
-        spawn_job_supervisor(sys, c.store, c.market, st.catalog, st.config.assignment_timeout_ms);
+    c.jobs = spawn_job_supervisor(sys, c.store, c.market, st.catalog);
     return c.jobs;
   }
   return {};
@@ -167,7 +166,7 @@ expected<caf::actor> spawn_core(caf::actor_system& sys, const core_config& confi
   c.data_server = spawn_data_server(sys, catalog);
   c.registry = spawn_registry(sys, c.market, c.data_server,
                               registry_config{config.heartbeat_ms, config.lease_ms});
-  c.jobs = spawn_job_supervisor(sys, c.store, c.market, catalog, config.assignment_timeout_ms);
+  c.jobs = spawn_job_supervisor(sys, c.store, c.market, catalog);
   return sys.spawn(core_actor, c, config, catalog);
 }
 

@@ -41,7 +41,6 @@ struct job_links {
   caf::actor market;
   caf::actor supervisor;
   std::shared_ptr<data_catalog> catalog;
-  uint32_t assignment_timeout_ms = 120000;
 };
 
 /// Spawns a job actor on its own thread (evaluation and encoding block).

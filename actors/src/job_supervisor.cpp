@@ -278,10 +278,8 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links) {
 }  // namespace
 
 caf::actor spawn_job_supervisor(caf::actor_system& sys, caf::actor store, caf::actor market,
-                                std::shared_ptr<data_catalog> catalog,
-                                uint32_t assignment_timeout_ms) {
-  job_links links{std::move(store), std::move(market), nullptr, std::move(catalog),
-                  assignment_timeout_ms};
+                                std::shared_ptr<data_catalog> catalog) {
+  job_links links{std::move(store), std::move(market), nullptr, std::move(catalog)};
   return sys.spawn(job_supervisor_actor, std::move(links));
 }
 

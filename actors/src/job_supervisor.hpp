@@ -25,7 +25,6 @@ namespace gflex {
 class data_catalog;
 
 caf::actor spawn_job_supervisor(caf::actor_system& sys, caf::actor store, caf::actor market,
-                                std::shared_ptr<data_catalog> catalog,
-                                uint32_t assignment_timeout_ms);
+                                std::shared_ptr<data_catalog> catalog);
 
 }  // namespace gflex

@@ -137,19 +137,19 @@ int run_node(const node_config& config, const std::string& host, uint16_t port) 
   }
   signals.start(self);
   int code = wait_for_stop(self, *node);
-  if (code != 0) {
-    // Refused by the core: nothing to hand back or save. Exit at once: after a refused
-    // handshake, CAF 0.17's BASP layer can keep references to the worker actors it
-    // serialized into the hello, and the actor system's destructor would then wait for
-    // their threads forever (seen about once in 16 runs).
-    spdlog::default_logger()->flush();
-    std::fflush(nullptr);
-    std::_Exit(code);
+  if (code == 0) {
+    // Leave politely: the core reassigns this node's work at once instead of waiting.
+    self->send(*node, bye_atom::value);
+    self->wait_for(*node);
   }
-  // Leave politely: the core reassigns this node's work at once instead of waiting.
-  self->send(*node, bye_atom::value);
-  self->wait_for(*node);
-  return code;
+  // The node's actors have stopped and it keeps nothing unsaved (cached chunks are written
+  // by atomic renames). Exit without tearing the actor system down: CAF 0.17's BASP layer
+  // keeps references to the worker actors it serialized into the hello until the core drops
+  // its proxies, so the actor system's destructor can wait seconds for their threads (and,
+  // after a refused hello, forever).
+  spdlog::default_logger()->flush();
+  std::fflush(nullptr);
+  std::_Exit(code);
 }
 
 // -- client -------------------------------------------------------------------------------------

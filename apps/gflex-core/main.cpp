@@ -1,12 +1,10 @@
 /// @file
 /// `gflex-core --listen HOST:PORT --data-dir DIR`: runs a core until SIGINT or SIGTERM.
 
-#include <spdlog/spdlog.h>
 #include <CLI/CLI.hpp>
 
 #include "../gflex/core_address.hpp"
 #include "gflex/gflex.hpp"
-#include "gflex/runtime/logging.hpp"
 
 int main(int argc, char** argv) {
   CLI::App app{"gflex-core: the coordinating core of a GPUFlex cloud"};
@@ -24,15 +22,8 @@ int main(int argc, char** argv) {
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error, critical or off")
       ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
-  if (auto ok = gflex::init_logging(log_level); !ok) {
-    std::fprintf(stderr, "gflex-core: %s\n", ok.error().message().c_str());
-    return 2;
-  }
-  auto address = gflex::app::parse_host_port(listen, "--listen");
-  if (!address) {
-    spdlog::error("{}", address.error().message());
-    return 2;
-  }
+  auto address = gflex::app::start_daemon("gflex-core", log_level, listen, "--listen");
+  if (!address) return 2;
   config.host = address->host;
   config.port = address->port;
   return gflex::run_core(config);

@@ -2,12 +2,10 @@
 /// `gflex-node --join HOST:PORT`: lends this machine's compute to a core until SIGINT or
 /// SIGTERM; reconnects by itself when the core goes away.
 
-#include <spdlog/spdlog.h>
 #include <CLI/CLI.hpp>
 
 #include "../gflex/core_address.hpp"
 #include "gflex/gflex.hpp"
-#include "gflex/runtime/logging.hpp"
 
 int main(int argc, char** argv) {
   CLI::App app{"gflex-node: a compute node of a GPUFlex cloud"};
@@ -33,14 +31,7 @@ int main(int argc, char** argv) {
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error, critical or off")
       ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
-  if (auto ok = gflex::init_logging(log_level); !ok) {
-    std::fprintf(stderr, "gflex-node: %s\n", ok.error().message().c_str());
-    return 2;
-  }
-  auto address = gflex::app::parse_host_port(join, "--join");
-  if (!address) {
-    spdlog::error("{}", address.error().message());
-    return 2;
-  }
+  auto address = gflex::app::start_daemon("gflex-node", log_level, join, "--join");
+  if (!address) return 2;
   return gflex::run_node(config, address->host, address->port);
 }

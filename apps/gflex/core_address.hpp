@@ -4,6 +4,7 @@
 
 #include <charconv>
 #include <cstdint>
+#include <cstdio>
 #include <string>
 
 #include "gflex/runtime/error.hpp"
@@ -30,5 +31,10 @@ inline expected<host_port> parse_host_port(const std::string& text, const std::s
   if (ec != std::errc() || ptr != end || port == 0 || port > 65535) return bad();
   return host_port{text.substr(0, colon), static_cast<uint16_t>(port)};
 }
+
+/// The shared start of a daemon's main: logging at `log_level`, then the HOST:PORT given for
+/// `flag`. On error it prints why (prefixed with `program`) and the caller exits with 2.
+expected<host_port> start_daemon(const char* program, const std::string& log_level,
+                                 const std::string& address, const std::string& flag);
 
 }  // namespace gflex::app

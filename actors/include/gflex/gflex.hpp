@@ -28,8 +28,6 @@ struct core_config {
   /// taken as lost.
   uint32_t heartbeat_ms = 1000;
   uint32_t lease_ms = 4000;  ///< Checked every lease/4: a hung node is found within 5 s.
-  /// Deadline of one assignment; a worker that has not answered by then loses it.
-  uint32_t assignment_timeout_ms = 120000;
 };
 
 /// How to run a node.

@@ -1,0 +1,19 @@
+#include "core_address.hpp"
+
+#include "gflex/runtime/logging.hpp"
+
+namespace gflex::app {
+
+expected<host_port> start_daemon(const char* program, const std::string& log_level,
+                                 const std::string& address, const std::string& flag) {
+  auto bad = [&](const error& e) {
+    std::fprintf(stderr, "%s: %s\n", program, e.message().c_str());
+    return e;
+  };
+  if (auto ok = init_logging(log_level); !ok) return bad(ok.error());
+  auto parsed = parse_host_port(address, flag);
+  if (!parsed) return bad(parsed.error());
+  return parsed;
+}
+
+}  // namespace gflex::app
