@@ -30,4 +30,10 @@ struct JobRecord {
   detail @9 :Text;
   # Results that arrived after their round had closed (dropped, counted).
   lateResults @10 :UInt64;
+  # Results refused by the immediate checks or by verification.
+  rejectedResults @11 :UInt64;
+  # Results re-computed on core-tier workers and found to match.
+  verifiedResults @12 :UInt64;
+  # Rounds undone because one of their results failed verification after they were applied.
+  rollbacks @13 :UInt64;
 }

@@ -2,22 +2,31 @@
 
 #include <spdlog/spdlog.h>
 
+#include <sodium.h>
+
 #include <deque>
+#include <map>
 
 #include "data_catalog.hpp"
 #include "data_server.hpp"
+#include "job.hpp"
 #include "job_supervisor.hpp"
 #include "market.hpp"
 #include "messages.hpp"
 #include "registry.hpp"
+#include "reputation_tracker.hpp"
 #include "store.hpp"
+#include "verifier.hpp"
 
 namespace gflex {
 
 namespace {
 
 struct core_children {
-  caf::actor store, market, data_server, registry, jobs;
+  caf::actor store, market, data_server, registry, jobs, reputation, verifier;
+  std::vector<caf::actor> all() const {
+    return {store, market, data_server, registry, jobs, reputation, verifier};
+  }
 };
 
 /// Child restarts allowed within `restart_window` before the core gives up (escalates).
@@ -36,6 +45,38 @@ struct core_state {
 
 using core_actor_type = caf::stateful_actor<core_state>;
 
+job_links links_of(const core_children& c, std::shared_ptr<data_catalog> catalog) {
+  job_links links;
+  links.store = c.store;
+  links.market = c.market;
+  links.catalog = std::move(catalog);
+  links.reputation = c.reputation;
+  links.verifier = c.verifier;
+  return links;
+}
+
+// Merges the registry's connected nodes with the tracker's records of them.
+std::vector<node_status> merge_reputation(std::vector<node_status> nodes,
+                                          const std::vector<node_status>& records) {
+  std::map<std::string, const node_status*> by_name;
+  for (const auto& r : records) by_name[r.name] = &r;
+  for (auto& n : nodes) {
+    auto it = by_name.find(n.name);
+    if (it == by_name.end()) continue;
+    const auto& r = *it->second;
+    n.tier = r.tier;
+    n.score = r.score;
+    n.streak = r.streak;
+    n.validated = r.validated;
+    n.verified = r.verified;
+    n.rejected = r.rejected;
+    n.flagged = r.flagged;
+    n.credited_s = r.credited_s;
+    n.last_rejection = r.last_rejection;
+  }
+  return nodes;
+}
+
 // Replaces the child that went down with a fresh one and tells the siblings that hold its
 // handle. Each child restarts from what it persists or can rebuild: the store reopens LMDB,
 // the market is offered every node's workers again by the registry, a new registry makes
@@ -53,11 +94,14 @@ caf::actor restart_child(core_actor_type* self, const caf::actor_addr& who) {
     if (!store) return {};
     c.store = *store;
     tell(c.jobs, "store", c.store);
+    tell(c.reputation, "store", c.store);
     return c.store;
   } else if (who == c.market.address()) {
     c.market = spawn_market(sys);
+    tell(c.reputation, "market", c.market);
     tell(c.registry, "market", c.market);
     tell(c.jobs, "market", c.market);
+    tell(c.verifier, "market", c.market);
     return c.market;
   } else if (who == c.registry.address()) {
     self->send(c.market, withdraw_atom::value);
@@ -70,8 +114,16 @@ caf::actor restart_child(core_actor_type* self, const caf::actor_addr& who) {
     tell(c.registry, "data_server", c.data_server);
     return c.data_server;
   } else if (who == c.jobs.address()) {
-    c.jobs = spawn_job_supervisor(sys, c.store, c.market, st.catalog);
+    c.jobs = spawn_job_supervisor(sys, links_of(c, st.catalog));
     return c.jobs;
+  } else if (who == c.reputation.address()) {
+    c.reputation = spawn_reputation_tracker(sys, c.store, c.market, reputation_policy{});
+    tell(c.jobs, "reputation", c.reputation);
+    return c.reputation;
+  } else if (who == c.verifier.address()) {
+    c.verifier = spawn_verifier(sys, c.market);
+    tell(c.jobs, "verifier", c.verifier);
+    return c.verifier;
   }
   return {};
 }
@@ -83,9 +135,7 @@ caf::behavior core_actor(core_actor_type* self, core_children children, core_con
   self->state.catalog = std::move(catalog);
   // Children are supervised one for one: monitored, restarted when they die, with a budget
   // (5 restarts a minute) after which the core stops and recovers like a crashed core.
-  for (const auto& child :
-       {children.store, children.market, children.data_server, children.registry, children.jobs})
-    self->monitor(child);
+  for (const auto& child : children.all()) self->monitor(child);
   self->set_down_handler([=](const caf::down_msg& down) {
     auto& st = self->state;
     auto& c = *st.children;
@@ -94,6 +144,8 @@ caf::behavior core_actor(core_actor_type* self, core_children children, core_con
                        : down.source == c.registry.address()    ? "registry"
                        : down.source == c.data_server.address() ? "data server"
                        : down.source == c.jobs.address()        ? "job supervisor"
+                       : down.source == c.reputation.address()  ? "reputation tracker"
+                       : down.source == c.verifier.address()    ? "verifier"
                                                                 : nullptr;
     if (role == nullptr) return;
     auto now = std::chrono::steady_clock::now();
@@ -119,8 +171,7 @@ caf::behavior core_actor(core_actor_type* self, core_children children, core_con
   // However the core stops, its children stop with it.
   auto kids = self->state.children;
   self->attach_functor([=](const caf::error&) {
-    for (const auto& child :
-         {kids->store, kids->market, kids->data_server, kids->registry, kids->jobs})
+    for (const auto& child : kids->all())
       caf::anon_send_exit(child, caf::exit_reason::user_shutdown);
   });
   auto jobs = [=] { return self->state.children->jobs; };
@@ -138,11 +189,34 @@ caf::behavior core_actor(core_actor_type* self, core_children children, core_con
           return to_caf(error(errc::invalid_argument,
                               "a node must name itself (1-128 characters) and bring 1-1024 "
                               "workers and an uplink"));
+        if (hello.tier > static_cast<uint8_t>(node_tier::core))
+          return to_caf(error(errc::invalid_argument, "unknown tier " + std::to_string(hello.tier) +
+                                                          " (community is 0, core is 1)"));
+        if (hello.tier == static_cast<uint8_t>(node_tier::core)) {
+          const auto& secret = self->state.config.core_secret;
+          bool match = !secret.empty() && hello.credential.size() == secret.size() &&
+                       sodium_memcmp(hello.credential.data(), secret.data(), secret.size()) == 0;
+          if (!match) {
+            spdlog::warn("refused node {}: wrong core-tier credential", hello.name);
+            return to_caf(error(errc::permission_denied,
+                                secret.empty() ? "this core accepts no core-tier nodes (it was "
+                                                 "started without a core secret)"
+                                               : "the core tier needs the core's secret, and "
+                                                 "this one does not match"));
+          }
+        }
+        hello.credential.clear();
         auto rp = self->make_response_promise<node_welcome>();
+        const auto name = hello.name;
+        const auto tier = hello.tier;
         self->request(self->state.children->registry, std::chrono::seconds(10), hello_atom::value,
                       std::move(hello))
-            .then([=](node_welcome& w) mutable { rp.deliver(std::move(w)); },
-                  [=](caf::error& e) mutable { rp.deliver(e); });
+            .then(
+                [=](node_welcome& w) mutable {
+                  self->send(self->state.children->reputation, hello_atom::value, name, tier);
+                  rp.deliver(std::move(w));
+                },
+                [=](caf::error& e) mutable { rp.deliver(e); });
         return rp;
       },
       [=](submit_atom a, std::string& text) { return self->delegate(jobs(), a, std::move(text)); },
@@ -150,7 +224,22 @@ caf::behavior core_actor(core_actor_type* self, core_children children, core_con
       [=](jobs_atom a) { return self->delegate(jobs(), a); },
       [=](cancel_atom a, std::string& id) { return self->delegate(jobs(), a, std::move(id)); },
       [=](fetch_atom a, std::string& id) { return self->delegate(jobs(), a, std::move(id)); },
-      [=](nodes_atom a) { return self->delegate(self->state.children->registry, a); },
+      [=](nodes_atom a) -> caf::result<std::vector<node_status>> {
+        auto rp = self->make_response_promise<std::vector<node_status>>();
+        auto& c = *self->state.children;
+        self->request(c.registry, std::chrono::seconds(10), a)
+            .then(
+                [=](std::vector<node_status>& nodes) mutable {
+                  self->request(self->state.children->reputation, std::chrono::seconds(10), a)
+                      .then(
+                          [=](std::vector<node_status>& records) mutable {
+                            rp.deliver(merge_reputation(std::move(nodes), records));
+                          },
+                          [=](caf::error& e) mutable { rp.deliver(e); });
+                },
+                [=](caf::error& e) mutable { rp.deliver(e); });
+        return rp;
+      },
   };
 }
 
@@ -166,7 +255,9 @@ expected<caf::actor> spawn_core(caf::actor_system& sys, const core_config& confi
   c.data_server = spawn_data_server(sys, catalog);
   c.registry = spawn_registry(sys, c.market, c.data_server,
                               registry_config{config.heartbeat_ms, config.lease_ms});
-  c.jobs = spawn_job_supervisor(sys, c.store, c.market, catalog);
+  c.reputation = spawn_reputation_tracker(sys, c.store, c.market, reputation_policy{});
+  c.verifier = spawn_verifier(sys, c.market);
+  c.jobs = spawn_job_supervisor(sys, links_of(c, catalog));
   return sys.spawn(core_actor, c, config, catalog);
 }
 

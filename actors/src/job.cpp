@@ -7,6 +7,7 @@
 #include <cmath>
 #include <deque>
 #include <map>
+#include <optional>
 #include <set>
 
 #include "data_catalog.hpp"
@@ -15,6 +16,8 @@
 #include "gflex/runtime/tensor_codec.hpp"
 #include "gflex/runtime/update_codec.hpp"
 #include "messages.hpp"
+#include "reputation.hpp"
+#include "robust_aggregation.hpp"
 
 namespace gflex {
 
@@ -29,10 +32,47 @@ namespace {
 
 using clock_type = std::chrono::steady_clock;
 
+/// An assignment out on a worker.
 struct in_flight {
   int64_t shard = 0;
   worker_slot slot;
-  std::chrono::steady_clock::time_point started;
+  clock_type::time_point started;
+  assignment work;  // as sent, without its parameters (kept for a re-computation)
+};
+
+/// Where an accepted result stands with verification.
+enum class check_state : uint8_t {
+  deciding,   // the reputation tracker is drawing whether to re-compute it
+  verifying,  // a core-tier worker is re-computing it
+  clear,      // not sampled (or from the core tier)
+  verified,   // re-computed and matched
+};
+
+/// A result that passed the immediate checks.
+struct round_result {
+  uint64_t assignment_id = 0;
+  worker_slot slot;
+  assignment work;
+  std::vector<float> update;
+  double loss = 0.0;
+  double compute_s = 0.0;
+  check_state check = check_state::deciding;
+};
+
+using round_results = std::map<int64_t, round_result>;  // by shard: the first valid one wins
+
+/// A round that has been applied to the parameters while some of its results are still
+/// being verified. The next round runs on top of it; if a verification fails, both are
+/// undone (theta and momentum restored) and this round is collected again without the
+/// caught node's work. It is committed only once every sampled result is verified.
+struct unconfirmed_round {
+  int64_t index = 0;
+  std::vector<float> theta_before;
+  std::vector<float> momentum_before;
+  std::shared_ptr<const std::vector<uint8_t>> params;
+  round_results results;
+  double train_loss_before = 0.0;
+  int64_t nodes_before = 0;
 };
 
 struct job_state {
@@ -43,24 +83,24 @@ struct job_state {
   std::unique_ptr<kernels::backend> eval_backend;
 
   // The current round.
-  std::vector<uint8_t> round_params;  // encoded theta, sent with every assignment
-  std::deque<int64_t> unassigned;     // shards still to hand out
+  std::shared_ptr<const std::vector<uint8_t>> round_params;  // encoded theta it started from
+  std::deque<int64_t> unassigned;                            // shards still to hand out
   std::map<uint64_t, in_flight> pending;
-  std::vector<double> delta_sum;
-  int64_t received = 0;
-  double loss_sum = 0.0;
-  std::set<std::string> round_nodes;
-  std::set<int64_t> answered;     // shards of this round with an applied result
+  round_results results;
   std::map<int64_t, int> copies;  // assignments out per shard (backups make it > 1)
   std::set<int64_t> backed_up;    // shards given a backup copy this round
   std::vector<double> durations;  // seconds each answered assignment of this round took
   std::chrono::steady_clock::time_point round_started;
+  bool closing = false;  // past its deadline with a quorum: close with what is in
   bool waiting_for_workers = false;
+  std::optional<unconfirmed_round> unconfirmed;
+  std::set<std::string> caught;  // nodes caught misbehaving during this job
   // What the last durable commit holds; clients are shown these, never rounds that a crash
-  // could still take back.
+  // or a failed verification could still take back.
   int64_t durable_round = 0;
   double durable_accuracy = 0.0;
   double durable_loss = 0.0;
+  int64_t durable_nodes = 0;
   bool finished = false;
   std::set<caf::actor_addr> monitored;
 
@@ -84,21 +124,35 @@ uint64_t mix_seed(uint64_t seed, uint64_t round, uint64_t shard) {
   return z ^ (z >> 29);
 }
 
+std::string format_g(double x) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.3g", x);
+  return buf;
+}
+
 void publish(job_actor* self) {
   auto& st = self->state;
   auto& s = st.job.status;
   s.elapsed_s =
       st.elapsed_before + std::chrono::duration<double>(clock_type::now() - st.resumed_at).count();
-  if (s.round > 0 && s.state == "running") {
-    double per_round = s.elapsed_s / static_cast<double>(s.round);
-    s.eta_s = per_round * static_cast<double>(s.rounds - s.round);
+  auto shown = s;
+  if (!is_terminal(s.state)) {
+    shown.round = st.durable_round;
+    shown.test_accuracy = st.durable_accuracy;
+    shown.train_loss = st.durable_loss;
+    shown.nodes = st.durable_nodes;
   }
-  self->send(st.links.supervisor, update_atom::value, s);
+  if (shown.round > 0 && s.state == "running") {
+    double per_round = s.elapsed_s / static_cast<double>(shown.round);
+    shown.eta_s = s.eta_s = per_round * static_cast<double>(s.rounds - shown.round);
+  }
+  self->send(st.links.supervisor, update_atom::value, shown);
 }
 
 void dispatch(job_actor* self);
 void start_round(job_actor* self);
-void commit_round(job_actor* self);
+void try_advance(job_actor* self);
+void try_confirm(job_actor* self);
 
 void finish(job_actor* self, const std::string& state, const std::string& detail) {
   auto& st = self->state;
@@ -107,6 +161,13 @@ void finish(job_actor* self, const std::string& state, const std::string& detail
   st.job.status.state = state;
   st.job.status.detail = detail;
   st.job.status.eta_s = 0.0;
+  if (state != "done") {
+    // What the store holds is what the job ends with.
+    st.job.status.round = st.durable_round;
+    st.job.status.test_accuracy = st.durable_accuracy;
+    st.job.status.train_loss = st.durable_loss;
+    st.job.status.nodes = st.durable_nodes;
+  }
   for (auto& [id, a] : st.pending) {
     self->send(a.slot.worker, abort_atom::value, id);
     self->send(st.links.market, release_atom::value, a.slot.worker);
@@ -132,34 +193,167 @@ void fail_assignment(job_actor* self, uint64_t id, const std::string& why) {
   int64_t shard = it->second.shard;
   spdlog::warn("job {}: assignment {:016x} on {} failed ({}); reassigning shard {}", st.job.id, id,
                it->second.slot.node_name, why, shard);
-  self->send(st.links.market, release_atom::value, it->second.slot.worker);
+  self->send(st.links.market, release_atom::value, it->second.slot.worker, true);
   st.pending.erase(it);
   // Another copy (a backup) may still be running, or may already have answered.
-  if (--st.copies[shard] <= 0 && !st.answered.count(shard)) st.unassigned.push_front(shard);
+  if (--st.copies[shard] <= 0 && !st.results.count(shard)) st.unassigned.push_front(shard);
   dispatch(self);
 }
 
-void commit_round(job_actor* self) {
-  auto& st = self->state;
-  const auto& spec = st.job.spec;
-  const double inv = 1.0 / static_cast<double>(st.received);
-  const double mu = spec.outer_momentum, lr = spec.outer_lr;
-  // Nesterov momentum on the averaged pseudo-gradient (DiLoCo's outer optimiser):
-  //   m = mu * m + g;  theta -= lr * (g + mu * m)
-  for (size_t i = 0; i < st.job.theta.size(); ++i) {
-    double g = st.delta_sum[i] * inv;
-    double m = mu * st.job.momentum[i] + g;
-    st.job.momentum[i] = static_cast<float>(m);
-    st.job.theta[i] = static_cast<float>(st.job.theta[i] - lr * (g + mu * m));
+// The shards round `index` hands out, in order.
+std::vector<int64_t> shards_of_round(const job_state& st, int64_t index) {
+  std::vector<int64_t> out;
+  auto shards = static_cast<int64_t>(st.data->shards.size());
+  for (int64_t k = 0; k < st.job.spec.workers; ++k)
+    out.push_back((index * st.job.spec.workers + k) % shards);
+  return out;
+}
+
+// Drops every result of `node` from `results`; returns how many went.
+size_t drop_node(round_results& results, const std::string& node) {
+  size_t dropped = 0;
+  for (auto it = results.begin(); it != results.end();) {
+    if (it->second.slot.node_name == node) {
+      it = results.erase(it);
+      ++dropped;
+    } else {
+      ++it;
+    }
   }
+  return dropped;
+}
+
+// Undoes the unconfirmed round and the current one: theta and momentum go back to before
+// the unconfirmed round, which is collected again (its other results kept, their checks
+// going on); the current round's work is discarded, never credited.
+void roll_back(job_actor* self) {
+  auto& st = self->state;
+  auto u = std::move(*st.unconfirmed);
+  st.unconfirmed.reset();
+  for (auto& [id, a] : st.pending) {
+    self->send(a.slot.worker, abort_atom::value, id);
+    self->send(st.links.market, release_atom::value, a.slot.worker);
+  }
+  st.pending.clear();
+  st.job.theta = std::move(u.theta_before);
+  st.job.momentum = std::move(u.momentum_before);
   auto& s = st.job.status;
-  s.round += 1;
-  s.train_loss = st.loss_sum * inv;
-  s.nodes = static_cast<int64_t>(st.round_nodes.size());
+  s.round = u.index;
+  s.train_loss = u.train_loss_before;
+  s.nodes = u.nodes_before;
+  s.rollbacks += 1;
+  spdlog::warn("job {}: round {} rolled back: it is collected again without the caught work",
+               st.job.id, u.index + 1);
+  st.round_params = u.params;
+  st.results = std::move(u.results);
+  st.unassigned.clear();
+  for (int64_t shard : shards_of_round(st, u.index))
+    if (!st.results.count(shard)) st.unassigned.push_back(shard);
+  st.copies.clear();
+  st.backed_up.clear();
+  st.durations.clear();
+  st.closing = false;
+  st.round_started = clock_type::now();
+  self->delayed_send(self, std::chrono::milliseconds(250), tick_atom::value,
+                     static_cast<uint64_t>(s.round));
+  dispatch(self);
+}
+
+// A node was caught: its reputation hears why, and all its work in the rounds not yet
+// committed is discarded (rolling the unconfirmed round back if it held any).
+void caught(job_actor* self, const std::string& node, const std::string& why) {
+  auto& st = self->state;
+  st.job.status.rejected_results += 1;
+  self->send(st.links.reputation, reject_atom::value, node, why);
+  st.caught.insert(node);
+  std::vector<uint64_t> out;
+  for (const auto& [id, a] : st.pending)
+    if (a.slot.node_name == node) out.push_back(id);
+  for (uint64_t id : out) {
+    self->send(st.pending[id].slot.worker, abort_atom::value, id);
+    fail_assignment(self, id, "its node was caught: " + why);
+  }
+  drop_node(st.results, node);
+  if (st.unconfirmed && drop_node(st.unconfirmed->results, node) > 0) {
+    roll_back(self);
+    return;
+  }
+  for (int64_t shard : shards_of_round(st, st.job.status.round))
+    if (!st.results.count(shard) && st.copies[shard] <= 0 &&
+        std::find(st.unassigned.begin(), st.unassigned.end(), shard) == st.unassigned.end())
+      st.unassigned.push_back(shard);
+  dispatch(self);
+}
+
+round_result* find_result(job_state& st, uint64_t assignment_id) {
+  for (auto* results : {&st.results, st.unconfirmed ? &st.unconfirmed->results : nullptr}) {
+    if (results == nullptr) continue;
+    for (auto& [shard, r] : *results)
+      if (r.assignment_id == assignment_id) return &r;
+  }
+  return nullptr;
+}
+
+size_t unsettled(const round_results& results) {
+  size_t n = 0;
+  for (const auto& [shard, r] : results)
+    n += (r.check == check_state::deciding || r.check == check_state::verifying) ? 1 : 0;
+  return n;
+}
+
+void verify(job_actor* self, uint64_t assignment_id) {
+  auto& st = self->state;
+  auto* r = find_result(st, assignment_id);
+  if (r == nullptr) return;
+  verify_request req;
+  req.work = r->work;
+  // The parameters it started from: the current round's, or the unconfirmed round's.
+  bool current = false;
+  for (const auto& [shard, x] : st.results) current = current || x.assignment_id == assignment_id;
+  req.work.params = current ? *st.round_params : *st.unconfirmed->params;
+  req.claimed = r->update;
+  self->request(st.links.verifier, std::chrono::minutes(30), verify_atom::value, std::move(req))
+      .then(
+          [=](double distance) {
+            auto& st = self->state;
+            auto* r = find_result(st, assignment_id);
+            if (r == nullptr || st.finished) return;  // discarded meanwhile
+            const auto tolerance = st.job.spec.tolerance;
+            spdlog::info("job {}: re-computed round {} shard {} of {}: distance {:.4f} ({})",
+                         st.job.id, r->work.round + 1, r->work.shard.substr(0, 12),
+                         r->slot.node_name, distance, distance <= tolerance ? "match" : "MISMATCH");
+            if (distance <= tolerance) {
+              r->check = check_state::verified;
+              st.job.status.verified_results += 1;
+              try_confirm(self);
+              try_advance(self);
+              return;
+            }
+            caught(self, r->slot.node_name,
+                   "its result for round " + std::to_string(r->work.round + 1) +
+                       " differs from a re-computation by " + format_g(distance) +
+                       " (relative L2; tolerance " + format_g(tolerance) + ")");
+          },
+          [=](caf::error& e) {
+            spdlog::warn("job {}: verification failed ({}); trying again", self->state.job.id,
+                         self->system().render(e));
+            self->delayed_send(self, std::chrono::seconds(1), verify_atom::value, assignment_id);
+          });
+}
+
+// Credits, evaluates and commits the unconfirmed round once every sampled result of it is
+// verified; then the current round may be applied.
+void try_confirm(job_actor* self) {
+  auto& st = self->state;
+  if (st.finished || !st.unconfirmed || unsettled(st.unconfirmed->results) > 0) return;
+  auto u = std::move(*st.unconfirmed);
+  st.unconfirmed.reset();
+  for (const auto& [shard, r] : u.results)
+    self->send(st.links.reputation, credit_atom::value, r.slot.node_name,
+               r.check == check_state::verified, r.compute_s);
+  const auto& spec = st.job.spec;
+  auto& s = st.job.status;
   const bool last = s.round == s.rounds;
-  // The next round goes out before this one is evaluated and written, so that workers
-  // compute while the job thread evaluates, encodes the checkpoint and the store writes it.
-  if (!last) start_round(self);
   if (s.round % spec.eval_every == 0 || last) {
     auto eval = kernels::evaluate(*st.workload, st.data->test, *st.eval_backend, st.job.theta);
     if (!eval) {
@@ -191,7 +385,7 @@ void commit_round(job_actor* self) {
   // (and is reported) only once its transaction is durable. A crash before that resumes
   // from the round before; the in-memory result of this one is then recomputed, never
   // applied twice.
-  const int64_t round = s.round;
+  const int64_t round = s.round, nodes = s.nodes;
   const double accuracy = s.test_accuracy, loss = s.train_loss;
   self->request(st.links.store, std::chrono::seconds(60), commit_atom::value, std::move(batch))
       .then(
@@ -200,6 +394,7 @@ void commit_round(job_actor* self) {
             st.durable_round = round;
             st.durable_accuracy = accuracy;
             st.durable_loss = loss;
+            st.durable_nodes = nodes;
             spdlog::info("job {}: round {}/{} committed, loss {:.4f}, test accuracy {:.4f}",
                          st.job.id, round, st.job.status.rounds, loss, accuracy);
             if (last) {
@@ -211,6 +406,94 @@ void commit_round(job_actor* self) {
           [=](caf::error& e) {
             finish(self, "failed", "cannot commit round: " + self->system().render(e));
           });
+  if (!last) try_advance(self);
+}
+
+// Applies the current round once its results are in (all of them, or a quorum past the
+// deadline) and the round before it is confirmed: outliers are refused first, then the
+// robust mean of the rest goes through the outer optimiser, and the next round starts at
+// once while this one's sampled results are still being verified.
+void try_advance(job_actor* self) {
+  auto& st = self->state;
+  const auto& spec = st.job.spec;
+  if (st.finished || st.unconfirmed) return;
+  auto quorum = static_cast<size_t>(std::ceil(spec.quorum * static_cast<double>(spec.workers)));
+  const bool ready = st.results.size() == static_cast<size_t>(spec.workers) ||
+                     (st.closing && !st.results.empty() && st.results.size() >= quorum);
+  if (!ready) return;
+  std::vector<std::span<const float>> updates;
+  std::vector<const round_result*> order;
+  for (const auto& [shard, r] : st.results) {
+    updates.emplace_back(r.update);
+    order.push_back(&r);
+  }
+  if (spdlog::should_log(spdlog::level::debug)) {
+    auto cosines = agreement(updates);
+    std::vector<double> norms;
+    for (const auto& u : updates) norms.push_back(l2_norm(u));
+    spdlog::debug("job {}: round {}: update norms [{:.4g}, {:.4g}], agreement [{:.4f}, {:.4f}]",
+                  st.job.id, st.job.status.round + 1, *std::min_element(norms.begin(), norms.end()),
+                  *std::max_element(norms.begin(), norms.end()),
+                  *std::min_element(cosines.begin(), cosines.end()),
+                  *std::max_element(cosines.begin(), cosines.end()));
+  }
+  auto outliers = find_outliers(updates, spec.norm_bound, spec.min_cosine);
+  if (!outliers.empty()) {
+    std::vector<std::pair<std::string, std::string>> who;
+    for (const auto& o : outliers)
+      who.emplace_back(order[o.index]->slot.node_name, "its result for round " +
+                                                           std::to_string(st.job.status.round + 1) +
+                                                           " is an outlier: " + o.why);
+    std::set<std::string> done;
+    for (const auto& [node, why] : who)
+      if (done.insert(node).second) caught(self, node, why);
+    return;
+  }
+  if (st.closing)
+    spdlog::warn("job {}: round {} past its deadline; closing it with {} of {} results", st.job.id,
+                 st.job.status.round + 1, st.results.size(), spec.workers);
+  for (auto& [id, a] : st.pending) {
+    self->send(a.slot.worker, abort_atom::value, id);
+    self->send(st.links.market, release_atom::value, a.slot.worker);
+  }
+  st.pending.clear();
+  st.unassigned.clear();
+
+  unconfirmed_round u;
+  u.index = st.job.status.round;
+  u.theta_before = st.job.theta;
+  u.momentum_before = st.job.momentum;
+  u.params = st.round_params;
+  u.train_loss_before = st.job.status.train_loss;
+  u.nodes_before = st.job.status.nodes;
+  std::vector<double> mean;
+  robust_mean(updates, spec.clip, spec.trim, mean);
+  const double mu = spec.outer_momentum, lr = spec.outer_lr;
+  // Nesterov momentum on the averaged pseudo-gradient (DiLoCo's outer optimiser):
+  //   m = mu * m + g;  theta -= lr * (g + mu * m)
+  for (size_t i = 0; i < st.job.theta.size(); ++i) {
+    double g = mean[i];
+    double m = mu * st.job.momentum[i] + g;
+    st.job.momentum[i] = static_cast<float>(m);
+    st.job.theta[i] = static_cast<float>(st.job.theta[i] - lr * (g + mu * m));
+  }
+  auto& s = st.job.status;
+  double loss_sum = 0.0;
+  std::set<std::string> nodes;
+  for (const auto& [shard, r] : st.results) {
+    loss_sum += r.loss;
+    nodes.insert(r.slot.node_id);
+  }
+  s.round += 1;
+  s.train_loss = loss_sum / static_cast<double>(st.results.size());
+  s.nodes = static_cast<int64_t>(nodes.size());
+  u.results = std::move(st.results);
+  st.results.clear();
+  st.unconfirmed = std::move(u);
+  // The next round goes out before this one is confirmed, evaluated and written, so that
+  // workers compute while verification runs and the store writes.
+  if (s.round < s.rounds) start_round(self);
+  try_confirm(self);
 }
 
 void on_result(job_actor* self, uint64_t id, assignment_result& r) {
@@ -221,26 +504,25 @@ void on_result(job_actor* self, uint64_t id, assignment_result& r) {
     st.job.status.late_results += 1;
     return;
   }
+  const auto node = it->second.slot.node_name;
   if (r.assignment_id != id) {
-    st.job.status.rejected_results += 1;
-    fail_assignment(self, id,
-                    "result rejected: it names assignment " + std::to_string(r.assignment_id) +
-                        ", which this worker was not given");
+    caught(self, node,
+           "its result names assignment " + std::to_string(r.assignment_id) +
+               ", which it was not given");
     return;
   }
   auto update = decode_update(r.update, st.job.theta.size());
   if (!update || !std::isfinite(r.loss)) {
-    st.job.status.rejected_results += 1;
-    fail_assignment(self, id,
-                    "result rejected: " + (update ? "non-finite loss" : update.error().message()));
+    caught(self, node,
+           "its result is malformed: " + (update ? "non-finite loss" : update.error().message()));
     return;
   }
   auto slot = it->second.slot;
   auto shard = it->second.shard;
+  auto work = std::move(it->second.work);
   st.durations.push_back(
       std::chrono::duration<double>(clock_type::now() - it->second.started).count());
   st.pending.erase(it);
-  st.answered.insert(shard);
   st.copies[shard] -= 1;
   // The first valid result of a shard wins; its other copies are cancelled, and their
   // results, should they still come, are dropped as late.
@@ -257,18 +539,37 @@ void on_result(job_actor* self, uint64_t id, assignment_result& r) {
   self->send(st.links.market, release_atom::value, slot.worker);
   st.job.status.bytes_received += r.update.size();
   spdlog::debug(
-      "job {}: applied assignment {:016x} (round {}, shard {}) from {}: {:.3f} s of "
+      "job {}: accepted assignment {:016x} (round {}, shard {}) from {}: {:.3f} s of "
       "compute, {} bytes",
       st.job.id, id, st.job.status.round + 1, shard, slot.node_name, r.compute_s, r.update.size());
-  for (size_t i = 0; i < update->size(); ++i) st.delta_sum[i] += (*update)[i];
-  st.loss_sum += r.loss;
-  st.received += 1;
-  st.round_nodes.insert(slot.node_id);
-  if (st.received == st.job.spec.workers) {
-    commit_round(self);
-  } else {
-    dispatch(self);
+  round_result result{id, slot, std::move(work), std::move(*update), r.loss, r.compute_s};
+  const bool trusted = slot.tier == static_cast<uint8_t>(node_tier::core);
+  result.check = trusted ? check_state::clear : check_state::deciding;
+  st.results[shard] = std::move(result);
+  if (!trusted) {
+    self->request(st.links.reputation, std::chrono::seconds(30), sample_atom::value, slot.node_name)
+        .then(
+            [=](bool sampled) {
+              auto* r = find_result(self->state, id);
+              if (r == nullptr || r->check != check_state::deciding) return;
+              r->check = sampled ? check_state::verifying : check_state::clear;
+              if (sampled) {
+                verify(self, id);
+              } else {
+                try_confirm(self);
+                try_advance(self);
+              }
+            },
+            [=](caf::error&) {
+              // No answer: re-compute it, the safe choice.
+              auto* r = find_result(self->state, id);
+              if (r == nullptr || r->check != check_state::deciding) return;
+              r->check = check_state::verifying;
+              verify(self, id);
+            });
   }
+  try_advance(self);
+  dispatch(self);
 }
 
 void send_assignment(job_actor* self, const worker_slot& slot, int64_t shard) {
@@ -287,9 +588,9 @@ void send_assignment(job_actor* self, const worker_slot& slot, int64_t shard) {
   a.weight_decay = static_cast<float>(spec.weight_decay);
   a.plain_sgd = spec.inner == inner_optimizer::sgd;
   a.compression = static_cast<uint8_t>(spec.compression);
-  a.params = st.round_params;
+  st.pending[a.id] = {shard, slot, clock_type::now(), a};
+  a.params = *st.round_params;
   st.job.status.bytes_sent += a.params.size();
-  st.pending[a.id] = {shard, slot, clock_type::now()};
   st.copies[shard] += 1;
   if (st.monitored.insert(slot.worker.address()).second) self->monitor(slot.worker);
   uint64_t id = a.id;
@@ -306,7 +607,8 @@ void dispatch(job_actor* self) {
   if (st.finished || st.unassigned.empty() || st.waiting_for_workers) return;
   st.waiting_for_workers = true;
   auto wanted = static_cast<int64_t>(st.unassigned.size());
-  self->request(st.links.market, std::chrono::seconds(10), acquire_atom::value, st.job.id, wanted)
+  self->request(st.links.market, std::chrono::seconds(10), acquire_atom::value, st.job.id, wanted,
+                static_cast<uint8_t>(st.job.spec.tier))
       .then(
           [=](std::vector<worker_slot>& slots) {
             auto& st = self->state;
@@ -317,9 +619,9 @@ void dispatch(job_actor* self) {
             }
             for (auto& s : slots) {
               // A backup queued for a shard that has been answered since is not needed.
-              while (!st.unassigned.empty() && st.answered.count(st.unassigned.front()))
+              while (!st.unassigned.empty() && st.results.count(st.unassigned.front()))
                 st.unassigned.pop_front();
-              if (st.unassigned.empty()) {
+              if (st.unassigned.empty() || st.caught.count(s.node_name)) {
                 self->send(st.links.market, release_atom::value, s.worker);
                 continue;
               }
@@ -331,7 +633,7 @@ void dispatch(job_actor* self) {
             if (!st.unassigned.empty()) {
               detail = "waiting for workers: " + std::to_string(st.unassigned.size()) +
                        " assignment(s) of round " + std::to_string(st.job.status.round + 1) +
-                       " have none";
+                       " have none (tier " + to_string(st.job.spec.tier) + ")";
               self->delayed_send(self, std::chrono::milliseconds(250), tick_atom::value);
             }
             if (detail != st.job.status.detail) {
@@ -349,27 +651,21 @@ void dispatch(job_actor* self) {
 
 void start_round(job_actor* self) {
   auto& st = self->state;
-  const auto& spec = st.job.spec;
-  st.round_params = encode_tensor([&] {
+  st.round_params = std::make_shared<const std::vector<uint8_t>>(encode_tensor([&] {
     auto t = tensor::empty({static_cast<int64_t>(st.job.theta.size())}, dtype::f32);
     std::copy(st.job.theta.begin(), st.job.theta.end(), t.data<float>());
     return t;
-  }());
-  st.delta_sum.assign(st.job.theta.size(), 0.0);
-  st.received = 0;
-  st.loss_sum = 0.0;
-  st.round_nodes.clear();
+  }()));
+  st.results.clear();
   st.unassigned.clear();
-  st.answered.clear();
   st.copies.clear();
   st.backed_up.clear();
   st.durations.clear();
+  st.closing = false;
   st.round_started = clock_type::now();
   self->delayed_send(self, std::chrono::milliseconds(250), tick_atom::value,
                      static_cast<uint64_t>(st.job.status.round));
-  auto shards = static_cast<int64_t>(st.data->shards.size());
-  for (int64_t k = 0; k < spec.workers; ++k)
-    st.unassigned.push_back((st.job.status.round * spec.workers + k) % shards);
+  for (int64_t shard : shards_of_round(st, st.job.status.round)) st.unassigned.push_back(shard);
   dispatch(self);
 }
 
@@ -379,20 +675,24 @@ void watch_round(job_actor* self) {
   auto& st = self->state;
   const auto& spec = st.job.spec;
   auto now = clock_type::now();
-  const auto answered = static_cast<int64_t>(st.answered.size());
+  const auto answered = static_cast<int64_t>(st.results.size());
   double age = std::chrono::duration<double>(now - st.round_started).count();
   auto quorum = static_cast<int64_t>(std::ceil(spec.quorum * static_cast<double>(spec.workers)));
-  if (age > spec.deadline_s && answered >= quorum && answered < spec.workers) {
-    spdlog::warn("job {}: round {} past its deadline; closing it with {} of {} results", st.job.id,
-                 st.job.status.round + 1, answered, spec.workers);
-    for (auto& [id, a] : st.pending) {
-      self->send(a.slot.worker, abort_atom::value, id);
-      self->send(st.links.market, release_atom::value, a.slot.worker);
-    }
-    st.pending.clear();
-    st.unassigned.clear();
-    commit_round(self);
+  if (!st.closing && age > spec.deadline_s && answered >= quorum && answered < spec.workers) {
+    st.closing = true;
+    try_advance(self);
     return;
+  }
+  if (st.unconfirmed && answered == spec.workers) {
+    auto waiting = unsettled(st.unconfirmed->results);
+    std::string detail = "round " + std::to_string(st.job.status.round + 1) +
+                         " is in; waiting for " + std::to_string(waiting) +
+                         " verification(s) of round " + std::to_string(st.unconfirmed->index + 1) +
+                         " on core-tier workers";
+    if (detail != st.job.status.detail) {
+      st.job.status.detail = detail;
+      publish(self);
+    }
   }
   if (spec.backup_after <= 0 || st.durations.empty()) return;
   std::vector<double> d = st.durations;
@@ -400,7 +700,7 @@ void watch_round(job_actor* self) {
   double limit = spec.backup_after * d[d.size() / 2];
   bool queued = false;
   for (const auto& [id, a] : st.pending) {
-    if (st.answered.count(a.shard) || st.backed_up.count(a.shard)) continue;
+    if (st.results.count(a.shard) || st.backed_up.count(a.shard)) continue;
     if (std::chrono::duration<double>(now - a.started).count() <= limit) continue;
     spdlog::info("job {}: shard {} on {} is slow ({:.1f} s, median {:.1f} s); backing it up",
                  st.job.id, a.shard, a.slot.node_name,
@@ -421,6 +721,7 @@ caf::behavior job_behavior(job_actor* self, job_start start, job_links links) {
   st.durable_round = st.job.status.round;
   st.durable_accuracy = st.job.status.test_accuracy;
   st.durable_loss = st.job.status.train_loss;
+  st.durable_nodes = st.job.status.nodes;
 
   auto w = kernels::find_workload(st.job.spec.workload);
   expected<std::shared_ptr<const served_data>> data =
@@ -443,6 +744,13 @@ caf::behavior job_behavior(job_actor* self, job_start start, job_links links) {
   st.job.status.detail.clear();
   publish(self);
 
+  // An error sent to the job outside a request (a node's actor refusing an abort it does
+  // not understand) says nothing about the job: without this handler CAF would stop it.
+  self->set_error_handler([=](caf::error& e) {
+    spdlog::debug("job {}: ignored an error message: {}", self->state.job.id,
+                  self->system().render(e));
+  });
+  self->set_default_handler(caf::drop);
   // A job stops with its supervisor (a restarted one resumes it from the store); a link
   // would instead take the supervisor down with any job that is killed.
   self->monitor(st.links.supervisor);
@@ -465,8 +773,11 @@ caf::behavior job_behavior(job_actor* self, job_start start, job_links links) {
         // The core restarted a sibling; in-flight requests to the old one fail and retry.
         if (role == "store") self->state.links.store = std::move(replacement);
         if (role == "market") self->state.links.market = std::move(replacement);
+        if (role == "reputation") self->state.links.reputation = std::move(replacement);
+        if (role == "verifier") self->state.links.verifier = std::move(replacement);
         dispatch(self);
       },
+      [=](verify_atom, uint64_t assignment_id) { verify(self, assignment_id); },
       [=](tick_atom, uint64_t round) {
         auto& st = self->state;
         if (st.finished || round != static_cast<uint64_t>(st.job.status.round)) return;

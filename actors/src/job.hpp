@@ -41,6 +41,8 @@ struct job_links {
   caf::actor market;
   caf::actor supervisor;
   std::shared_ptr<data_catalog> catalog;
+  caf::actor reputation;  ///< the reputation tracker: sampling, credits, rejections
+  caf::actor verifier;    ///< re-computes sampled results on core-tier workers
 };
 
 /// Spawns a job actor on its own thread (evaluation and encoding block).

@@ -39,6 +39,9 @@ std::vector<uint8_t> encode_job_record(const std::string& spec_text, const job_s
   r.setElapsed(s.elapsed_s);
   r.setDetail(s.detail);
   r.setLateResults(s.late_results);
+  r.setRejectedResults(s.rejected_results);
+  r.setVerifiedResults(s.verified_results);
+  r.setRollbacks(s.rollbacks);
   auto flat = capnp::messageToFlatArray(message);
   auto bytes = flat.asBytes();
   return {bytes.begin(), bytes.end()};
@@ -64,6 +67,9 @@ expected<std::pair<std::string, job_status>> decode_job_record(std::span<const u
     s.elapsed_s = r.getElapsed();
     s.detail = r.getDetail().cStr();
     s.late_results = r.getLateResults();
+    s.rejected_results = r.getRejectedResults();
+    s.verified_results = r.getVerifiedResults();
+    s.rollbacks = r.getRollbacks();
     return std::pair<std::string, job_status>{r.getSpec().cStr(), std::move(s)};
   } catch (const kj::Exception& e) {
     return error(errc::malformed_message, std::string("job record: ") + e.getDescription().cStr());

@@ -173,6 +173,8 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links) {
         auto& st = self->state;
         if (role == "store") st.links.store = replacement;
         if (role == "market") st.links.market = replacement;
+        if (role == "reputation") st.links.reputation = replacement;
+        if (role == "verifier") st.links.verifier = replacement;
         for (auto& [id, entry] : st.jobs)
           if (entry.actor) self->send(entry.actor, update_atom::value, role, replacement);
       },
@@ -277,9 +279,7 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links) {
 
 }  // namespace
 
-caf::actor spawn_job_supervisor(caf::actor_system& sys, caf::actor store, caf::actor market,
-                                std::shared_ptr<data_catalog> catalog) {
-  job_links links{std::move(store), std::move(market), nullptr, std::move(catalog)};
+caf::actor spawn_job_supervisor(caf::actor_system& sys, job_links links) {
   return sys.spawn(job_supervisor_actor, std::move(links));
 }
 

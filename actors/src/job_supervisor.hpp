@@ -24,7 +24,10 @@ namespace gflex {
 
 class data_catalog;
 
-caf::actor spawn_job_supervisor(caf::actor_system& sys, caf::actor store, caf::actor market,
-                                std::shared_ptr<data_catalog> catalog);
+struct job_links;
+
+/// `links` names the core's store, market, reputation tracker and verifier (its supervisor
+/// field is set to the new actor) and the data catalog, handed to every job.
+caf::actor spawn_job_supervisor(caf::actor_system& sys, job_links links);
 
 }  // namespace gflex

@@ -1,23 +1,37 @@
 #include "market.hpp"
 
+#include <chrono>
 #include <set>
 
+#include "gflex/runtime/job_spec.hpp"
 #include "messages.hpp"
+#include "reputation.hpp"
 
 namespace gflex {
 
 namespace {
 
+using clock_type = std::chrono::steady_clock;
+
 struct slot_entry {
   worker_slot slot;
   bool busy = false;
   caf::actor holder;  // the job that acquired it, while busy
+  int failures = 0;   // assignments failed in a row
+  clock_type::time_point cooldown_until{};
 };
+
+/// How long a slot whose assignments keep failing is left out: 0.5 s after the first
+/// failure, doubling up to a minute, so that a broken worker cannot soak up a round's work.
+clock_type::duration cooldown(int failures) {
+  return std::chrono::milliseconds(500) * (1 << std::min(failures - 1, 7));
+}
 
 struct market_state {
   std::vector<slot_entry> slots;
   size_t cursor = 0;  // where the next acquire starts looking, for round-robin spreading
   std::set<caf::actor_addr> watched;  // jobs monitored
+  std::set<std::string> barred;       // node names caught misbehaving: never offered again
   static inline const char* name = "market";
 };
 
@@ -40,6 +54,7 @@ caf::behavior market_actor(caf::stateful_actor<market_state>* self) {
       [=](offer_atom, const std::string& node_id, std::vector<worker_slot>& offered) {
         auto& slots = self->state.slots;
         for (auto& s : offered) {
+          if (self->state.barred.count(s.node_name)) continue;
           s.node_id = node_id;
           self->monitor(s.worker);
           slots.push_back({std::move(s), false, nullptr});
@@ -63,19 +78,53 @@ caf::behavior market_actor(caf::stateful_actor<market_state>* self) {
           if (e.busy && e.holder) self->send(e.holder, withdraw_atom::value, e.slot.node_id);
         self->state.slots.clear();
       },
-      [=](acquire_atom, const std::string&, int64_t wanted) -> std::vector<worker_slot> {
+      [=](bar_atom, const std::string& name) {
+        auto& st = self->state;
+        if (!st.barred.insert(name).second) return;
+        // Its slots go now; a job waiting on one of them reassigns the work at once.
+        for (const auto& e : st.slots)
+          if (e.slot.node_name == name && e.busy && e.holder)
+            self->send(e.holder, withdraw_atom::value, e.slot.node_id);
+        st.slots.erase(
+            std::remove_if(st.slots.begin(), st.slots.end(),
+                           [&](const slot_entry& e) { return e.slot.node_name == name; }),
+            st.slots.end());
+      },
+      [=](acquire_atom, const std::string&, int64_t wanted,
+          uint8_t policy) -> std::vector<worker_slot> {
         auto& st = self->state;
         std::vector<worker_slot> out;
-        for (size_t i = 0; i < st.slots.size() && static_cast<int64_t>(out.size()) < wanted; ++i) {
-          auto& e = st.slots[(st.cursor + i) % st.slots.size()];
-          if (e.busy) continue;
-          e.busy = true;
-          e.holder = caf::actor_cast<caf::actor>(self->current_sender());
-          if (e.holder && self->state.watched.insert(e.holder.address()).second)
-            self->monitor(e.holder);
-          out.push_back(e.slot);
+        const auto core = static_cast<uint8_t>(node_tier::core);
+        const auto community = static_cast<uint8_t>(node_tier::community);
+        // Hybrid takes community slots first and core-tier slots for what is left.
+        std::vector<uint8_t> passes;
+        switch (static_cast<trust_tier>(policy)) {
+          case trust_tier::core:
+            passes = {core};
+            break;
+          case trust_tier::community:
+            passes = {community};
+            break;
+          default:
+            passes = {community, core};
         }
-        if (!st.slots.empty()) st.cursor = (st.cursor + out.size()) % st.slots.size();
+        size_t taken_from = st.cursor;
+        const auto now = clock_type::now();
+        for (uint8_t tier : passes) {
+          for (size_t i = 0; i < st.slots.size() && static_cast<int64_t>(out.size()) < wanted;
+               ++i) {
+            size_t at = (st.cursor + i) % st.slots.size();
+            auto& e = st.slots[at];
+            if (e.busy || e.slot.tier != tier || now < e.cooldown_until) continue;
+            e.busy = true;
+            e.holder = caf::actor_cast<caf::actor>(self->current_sender());
+            if (e.holder && self->state.watched.insert(e.holder.address()).second)
+              self->monitor(e.holder);
+            out.push_back(e.slot);
+            taken_from = at + 1;
+          }
+        }
+        if (!st.slots.empty()) st.cursor = taken_from % st.slots.size();
         return out;
       },
       [=](release_atom, const caf::actor& worker) {
@@ -83,6 +132,18 @@ caf::behavior market_actor(caf::stateful_actor<market_state>* self) {
           if (e.slot.worker == worker) {
             e.busy = false;
             e.holder = nullptr;
+            e.failures = 0;
+          }
+      },
+      [=](release_atom, const caf::actor& worker, bool failed) {
+        for (auto& e : self->state.slots)
+          if (e.slot.worker == worker) {
+            e.busy = false;
+            e.holder = nullptr;
+            if (failed) {
+              e.failures += 1;
+              e.cooldown_until = clock_type::now() + cooldown(e.failures);
+            }
           }
       },
       [=](nodes_atom) -> caf::result<int64_t, int64_t> {

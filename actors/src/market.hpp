@@ -9,9 +9,15 @@
 ///   every job holding one of them is told (withdraw_atom, node_id) at once.
 /// - (offer_atom, node_id, slots) may come again for a node: a restarted worker.
 /// - (withdraw_atom): every slot goes (the registry was restarted; nodes join again).
-/// - (acquire_atom, job_id, n) -> vector<worker_slot>: up to n free slots, now busy. Slots
-///   go to jobs in turn, starting after the node served last, so work spreads over nodes.
+/// - (acquire_atom, job_id, n, policy) -> vector<worker_slot>: up to n free slots, now busy.
+///   `policy` is a gflex::trust_tier: core-tier slots only, community slots only, or hybrid
+///   (community first, core tier for the rest). Slots go out in turn, starting after the
+///   slot served last, so work spreads over nodes.
+/// - (bar_atom, node_name) from the reputation tracker: a node caught misbehaving. Its slots
+///   go (their holders hear withdraw_atom) and it is never offered again.
 /// - (release_atom, worker) : the slot is free again (ignored if its node is gone).
+/// - (release_atom, worker, failed): the same after a failed assignment; a slot that keeps
+///   failing is left out for a while (0.5 s, doubling per failure in a row up to a minute).
 /// - (nodes_atom) -> (total, free) slot counts.
 /// The market monitors every worker it offers (a dead worker's slot disappears) and every
 /// job that holds slots (a job that dies gives its slots back).

@@ -11,6 +11,7 @@ void register_message_types(caf::actor_system_config& cfg) {
   cfg.add_message_type<assignment_result>("gflex::assignment_result");
   cfg.add_message_type<worker_slot>("gflex::worker_slot");
   cfg.add_message_type<std::vector<worker_slot>>("std::vector<gflex::worker_slot>");
+  cfg.add_message_type<verify_request>("gflex::verify_request");
   cfg.add_message_type<store_batch>("gflex::store_batch");
   cfg.add_message_type<job_status>("gflex::job_status");
   cfg.add_message_type<std::vector<job_status>>("std::vector<gflex::job_status>");

@@ -41,6 +41,11 @@ using update_atom = caf::atom_constant<caf::atom("update")>;      ///< job -> jo
 using rejoin_atom = caf::atom_constant<caf::atom("rejoin")>;      ///< registry -> uplink
 using tick_atom = caf::atom_constant<caf::atom("tick")>;          ///< timers, to self
 using stop_atom = caf::atom_constant<caf::atom("stop")>;          ///< to a process's owner
+using sample_atom = caf::atom_constant<caf::atom("sample")>;      ///< job -> reputation
+using credit_atom = caf::atom_constant<caf::atom("credit")>;      ///< job -> reputation
+using reject_atom = caf::atom_constant<caf::atom("reject")>;      ///< job -> reputation
+using verify_atom = caf::atom_constant<caf::atom("verify")>;      ///< job -> verifier
+using bar_atom = caf::atom_constant<caf::atom("bar")>;            ///< reputation -> market
 
 // -- messages -----------------------------------------------------------------------------------
 
@@ -53,6 +58,8 @@ struct node_hello {
   uint64_t device_memory = 0;
   std::vector<caf::actor> workers;
   caf::actor uplink;
+  uint8_t tier = 0;        ///< gflex::node_tier: community (0) or core (1).
+  std::string credential;  ///< The core's secret; required for the core tier.
 };
 
 /// core -> node: the answer to node_hello.
@@ -81,6 +88,8 @@ struct assignment {
   bool plain_sgd = false;
   uint8_t compression = 0;      ///< gflex::compression of the answer.
   std::vector<uint8_t> params;  ///< Cap'n Proto Tensor, f32 [parameter_count].
+  /// A re-computation for the verifier: the worker leaves its error-feedback residual alone.
+  bool verify = false;
 };
 
 /// worker -> job: the pseudo-gradient theta_start - theta_end of an assignment.
@@ -97,6 +106,14 @@ struct worker_slot {
   caf::actor worker;
   std::string node_id;
   std::string node_name;
+  uint8_t tier = 0;  ///< gflex::node_tier of its node.
+};
+
+/// job -> verifier (verify_atom): re-run `work` on a core-tier worker and answer with the
+/// relative L2 distance of `claimed` (the decoded update a node returned) from the result.
+struct verify_request {
+  assignment work;
+  std::vector<float> claimed;
 };
 
 /// A batch of writes for the store, applied in one LMDB transaction.
@@ -108,7 +125,7 @@ struct store_batch {
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, node_hello& x) {
   return f(caf::meta::type_name("node_hello"), x.protocol, x.name, x.device, x.device_memory,
-           x.workers, x.uplink);
+           x.workers, x.uplink, x.tier, x.credential);
 }
 
 template <class Inspector>
@@ -120,7 +137,8 @@ typename Inspector::result_type inspect(Inspector& f, node_welcome& x) {
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, assignment& x) {
   return f(caf::meta::type_name("assignment"), x.id, x.job_id, x.round, x.workload, x.shard, x.seed,
-           x.local_steps, x.batch_size, x.lr, x.weight_decay, x.plain_sgd, x.compression, x.params);
+           x.local_steps, x.batch_size, x.lr, x.weight_decay, x.plain_sgd, x.compression, x.params,
+           x.verify);
 }
 
 template <class Inspector>
@@ -131,7 +149,12 @@ typename Inspector::result_type inspect(Inspector& f, assignment_result& x) {
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, worker_slot& x) {
-  return f(caf::meta::type_name("worker_slot"), x.worker, x.node_id, x.node_name);
+  return f(caf::meta::type_name("worker_slot"), x.worker, x.node_id, x.node_name, x.tier);
+}
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, verify_request& x) {
+  return f(caf::meta::type_name("verify_request"), x.work, x.claimed);
 }
 
 template <class Inspector>
@@ -143,13 +166,15 @@ template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, job_status& x) {
   return f(caf::meta::type_name("job_status"), x.job_id, x.name, x.workload, x.state, x.detail,
            x.round, x.rounds, x.test_accuracy, x.train_loss, x.nodes, x.bytes_sent,
-           x.bytes_received, x.elapsed_s, x.eta_s, x.late_results, x.rejected_results);
+           x.bytes_received, x.elapsed_s, x.eta_s, x.late_results, x.rejected_results,
+           x.verified_results, x.rollbacks);
 }
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, node_status& x) {
   return f(caf::meta::type_name("node_status"), x.node_id, x.name, x.device, x.workers,
-           x.last_seen_s);
+           x.last_seen_s, x.tier, x.score, x.streak, x.validated, x.verified, x.rejected, x.flagged,
+           x.credited_s, x.last_rejection);
 }
 
 /// Registers every message type above (and the vectors of them that travel) with `cfg`.

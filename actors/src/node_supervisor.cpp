@@ -1,5 +1,8 @@
 #include "node_supervisor.hpp"
 
+#include "misbehaviour.hpp"
+#include "reputation.hpp"
+
 #include <unistd.h>
 
 #include <spdlog/spdlog.h>
@@ -131,15 +134,37 @@ expected<caf::actor> spawn_node(caf::actor_system& sys, const node_config& confi
     gethostname(buf, sizeof buf - 1);
     name = buf;
   }
+  auto tier = parse_node_tier(config.tier);
+  if (!tier) return error(errc::invalid_argument, "--" + tier.error().message());
+  if (*tier == node_tier::core && config.core_secret.empty())
+    return error(errc::invalid_argument, "--tier core needs the core's secret (--core-secret)");
+  auto misbehave = parse_misbehaviour(config.misbehave);
+  if (!misbehave) return misbehave.error();
+  if (misbehave->kind != misbehaviour::mode::honest)
+    spdlog::warn("this node misbehaves ({}): a test aid", config.misbehave);
   node_children c;
   c.cache = spawn_cache(sys, config.data_dir / "chunks");
-  c.config = worker_config{config.backend, config.threads_per_worker, config.crash_worker_at};
+  c.config.backend = config.backend;
+  c.config.threads = config.threads_per_worker;
+  c.config.crash_at_assignment = config.crash_worker_at;
+  c.config.misbehave = *misbehave;
+  // Each worker draws its own misbehaviour stream, repeatable for a given node name.
+  uint64_t seed = config.misbehave_seed;
+  if (seed == 0)
+    for (char ch : name) seed = (seed ^ static_cast<uint8_t>(ch)) * 0x100000001B3ULL;
   c.cache_dir = config.data_dir / "chunks";
-  for (int i = 0; i < config.workers; ++i)
+  for (int i = 0; i < config.workers; ++i) {
+    c.config.misbehave_seed = seed + static_cast<uint64_t>(i);
     c.workers.push_back(spawn_worker(sys, c.config, c.cache));
-  uplink_config up{name, device,
-                   config.announce_protocol != 0 ? config.announce_protocol : protocol_version,
-                   host, port};
+  }
+  uplink_config up;
+  up.name = name;
+  up.device = device;
+  up.protocol = config.announce_protocol != 0 ? config.announce_protocol : protocol_version;
+  up.host = host;
+  up.port = port;
+  up.tier = static_cast<uint8_t>(*tier);
+  up.credential = config.core_secret;
   c.uplink_cfg = up;
   c.core = core;
   c.owner = owner;

@@ -19,6 +19,7 @@ struct node_entry {
   caf::actor uplink;
   std::vector<caf::actor> workers;
   clock_type::time_point last_seen;
+  uint8_t tier = 0;
 };
 
 struct registry_state {
@@ -50,6 +51,9 @@ caf::behavior registry_actor(caf::stateful_actor<registry_state>* self, caf::act
     nodes.erase(it);
     self->send(self->state.market, withdraw_atom::value, node_id);
   };
+  // Nodes' actors answer what they do not understand with an error message; that must not
+  // stop the registry (CAF's default error handler would).
+  self->set_error_handler([](caf::error&) {});
   self->set_down_handler([=](const caf::down_msg& down) {
     for (const auto& [id, node] : self->state.nodes)
       if (node.uplink.address() == down.source) {
@@ -63,9 +67,10 @@ caf::behavior registry_actor(caf::stateful_actor<registry_state>* self, caf::act
         auto& st = self->state;
         std::string id = prefix + std::to_string(st.next_id++);
         self->monitor(hello.uplink);
-        st.nodes[id] = {hello.name, hello.device, hello.uplink, hello.workers, clock_type::now()};
+        st.nodes[id] = {hello.name,    hello.device,      hello.uplink,
+                        hello.workers, clock_type::now(), hello.tier};
         std::vector<worker_slot> slots;
-        for (auto& w : hello.workers) slots.push_back({w, id, hello.name});
+        for (auto& w : hello.workers) slots.push_back({w, id, hello.name, hello.tier});
         self->send(st.market, offer_atom::value, id, std::move(slots));
         spdlog::info("node {} joined as {} with {} worker(s) on {}", hello.name, id,
                      hello.workers.size(), hello.device);
@@ -87,7 +92,7 @@ caf::behavior registry_actor(caf::stateful_actor<registry_state>* self, caf::act
         auto it = self->state.nodes.find(node_id);
         if (it == self->state.nodes.end()) return;
         std::vector<worker_slot> slots;
-        for (auto& w : workers) slots.push_back({w, node_id, it->second.name});
+        for (auto& w : workers) slots.push_back({w, node_id, it->second.name, it->second.tier});
         it->second.workers.insert(it->second.workers.end(), workers.begin(), workers.end());
         self->send(self->state.market, offer_atom::value, node_id, std::move(slots));
       },
@@ -110,7 +115,7 @@ caf::behavior registry_actor(caf::stateful_actor<registry_state>* self, caf::act
           st.market = replacement;
           for (const auto& [id, node] : st.nodes) {
             std::vector<worker_slot> slots;
-            for (const auto& w : node.workers) slots.push_back({w, id, node.name});
+            for (const auto& w : node.workers) slots.push_back({w, id, node.name, node.tier});
             self->send(st.market, offer_atom::value, id, std::move(slots));
           }
         } else if (role == "data_server") {
@@ -122,9 +127,16 @@ caf::behavior registry_actor(caf::stateful_actor<registry_state>* self, caf::act
       [=](nodes_atom) -> std::vector<node_status> {
         std::vector<node_status> out;
         auto now = clock_type::now();
-        for (const auto& [id, node] : self->state.nodes)
-          out.push_back({id, node.name, node.device, static_cast<uint32_t>(node.workers.size()),
-                         std::chrono::duration<double>(now - node.last_seen).count()});
+        for (const auto& [id, node] : self->state.nodes) {
+          node_status s;
+          s.node_id = id;
+          s.name = node.name;
+          s.device = node.device;
+          s.workers = static_cast<uint32_t>(node.workers.size());
+          s.last_seen_s = std::chrono::duration<double>(now - node.last_seen).count();
+          s.tier = node.tier == 1 ? "core" : "community";
+          out.push_back(std::move(s));
+        }
         return out;
       },
   };

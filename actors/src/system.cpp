@@ -3,6 +3,7 @@
 /// the embedded core-plus-nodes used by `gflex demo`.
 
 #include <signal.h>
+#include <sodium.h>
 #include <spdlog/spdlog.h>
 #include <caf/io/middleman.hpp>
 
@@ -241,8 +242,16 @@ expected<job_status> run_embedded(const embedded_config& config, const std::stri
   p->sys = std::make_unique<caf::actor_system>(p->cfg);
   auto& sys = *p->sys;
   client c(std::move(p));
+  // The embedded nodes are this process's own: they join the core tier, with a secret made
+  // for this run.
+  unsigned char secret_bytes[16];
+  randombytes_buf(secret_bytes, sizeof secret_bytes);
+  std::string secret;
+  for (unsigned char b : secret_bytes)
+    secret += "0123456789abcdef"[b >> 4], secret += "0123456789abcdef"[b & 15];
   core_config core_cfg;
   core_cfg.data_dir = dir / "core";
+  core_cfg.core_secret = secret;
   auto core = spawn_core(sys, core_cfg);
   if (!core) return core.error();
   c.impl_->core = *core;
@@ -253,6 +262,8 @@ expected<job_status> run_embedded(const embedded_config& config, const std::stri
     n.name = "node-" + std::to_string(i + 1);
     n.workers = config.workers_per_node;
     n.data_dir = dir / n.name;
+    n.tier = "core";
+    n.core_secret = secret;
     auto node = spawn_node(sys, n, "", 0, *core, owner);
     if (!node) {
       caf::anon_send_exit(*core, caf::exit_reason::user_shutdown);

@@ -43,9 +43,14 @@ void retry_later(uplink_actor* self) {
 
 void hello(uplink_actor* self, caf::actor core) {
   auto& st = self->state;
-  node_hello h{st.config.protocol, st.config.name,
-               st.config.device,   0,
-               st.workers,         caf::actor_cast<caf::actor>(self)};
+  node_hello h;
+  h.protocol = st.config.protocol;
+  h.name = st.config.name;
+  h.device = st.config.device;
+  h.workers = st.workers;
+  h.uplink = caf::actor_cast<caf::actor>(self);
+  h.tier = st.config.tier;
+  h.credential = st.config.credential;
   self->request(core, std::chrono::seconds(15), hello_atom::value, std::move(h))
       .then(
           [=](node_welcome& w) {
@@ -65,7 +70,7 @@ void hello(uplink_actor* self, caf::actor core) {
           },
           [=](caf::error& e) {
             auto err = from_caf(e, &self->system());
-            if (err.code() == errc::invalid_argument) {
+            if (err.code() == errc::invalid_argument || err.code() == errc::permission_denied) {
               spdlog::error("the core refused this node: {}", err.message());
               self->send(self->state.owner, stop_atom::value, 3,
                          "the core refused this node: " + err.message());

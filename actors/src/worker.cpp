@@ -35,6 +35,7 @@ struct worker_state {
   std::map<std::string, std::shared_ptr<const dataset>> shards;  // decoded, by digest
   std::set<uint64_t> aborted;
   int assignments = 0;
+  std::unique_ptr<misbehaving_worker> misbehaving;  // test aid; null for honest workers
   static inline const char* name = "worker";
 };
 
@@ -100,7 +101,10 @@ expected<assignment_result> run_assignment(worker_state& st, const assignment& a
   std::vector<float> bx(static_cast<size_t>(a.batch_size * dim));
   std::vector<int32_t> by(static_cast<size_t>(a.batch_size));
   int64_t cursor = rows;
-  for (int64_t step = 0; step < a.local_steps; ++step) {
+  // A verification re-runs someone else's work: it is always honest.
+  const bool misbehave = st.misbehaving && !a.verify && st.misbehaving->decide();
+  const int64_t steps = misbehave ? st.misbehaving->steps(a.local_steps) : a.local_steps;
+  for (int64_t step = 0; step < steps; ++step) {
     for (int64_t b = 0; b < a.batch_size; ++b) {
       if (cursor == rows) {
         std::iota(order.begin(), order.end(), 0);
@@ -122,11 +126,16 @@ expected<assignment_result> run_assignment(worker_state& st, const assignment& a
   if (auto i = first_non_finite(delta); i >= 0)
     return error(errc::non_finite,
                  "training diverged: update value " + std::to_string(i) + " is not finite");
-  auto& residual = st.residuals[a.job_id];
-  if (residual.size() != delta.size()) residual.assign(delta.size(), 0.0f);
+  if (st.misbehaving && !a.verify) st.misbehaving->alter(a.job_id, delta);
   assignment_result out;
   out.assignment_id = a.id;
-  out.update = encode_update(delta, static_cast<compression>(a.compression), &residual);
+  if (a.verify) {
+    out.update = encode_update(delta, compression::fp32);
+  } else {
+    auto& residual = st.residuals[a.job_id];
+    if (residual.size() != delta.size()) residual.assign(delta.size(), 0.0f);
+    out.update = encode_update(delta, static_cast<compression>(a.compression), &residual);
+  }
   out.loss = stats.mean_loss();
   out.samples = stats.samples;
   out.compute_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -144,6 +153,9 @@ caf::behavior worker_behavior(worker_actor* self, worker_config config, caf::act
     return {};
   }
   st.backend = std::move(*backend);
+  if (st.config.misbehave.kind != misbehaviour::mode::honest)
+    st.misbehaving =
+        std::make_unique<misbehaving_worker>(st.config.misbehave, st.config.misbehave_seed);
 
   // A device failure is an error for this assignment only; the worker stays up.
   auto compute = [=](const assignment& a,

@@ -14,6 +14,8 @@
 
 #include <string>
 
+#include "misbehaviour.hpp"
+
 namespace gflex {
 
 struct worker_config {
@@ -21,6 +23,9 @@ struct worker_config {
   int threads = 1;
   /// Test aid: throw (and so crash this worker) when starting its Nth assignment; 0: never.
   int crash_at_assignment = 0;
+  /// Test aid: bad work on purpose (see misbehaviour.hpp), drawn from `misbehave_seed`.
+  misbehaviour misbehave;
+  uint64_t misbehave_seed = 0;
 };
 
 caf::actor spawn_worker(caf::actor_system& sys, worker_config config, caf::actor cache);

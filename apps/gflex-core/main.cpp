@@ -3,6 +3,8 @@
 
 #include <CLI/CLI.hpp>
 
+#include <cstdlib>
+
 #include "../gflex/core_address.hpp"
 #include "gflex/gflex.hpp"
 
@@ -19,9 +21,15 @@ int main(int argc, char** argv) {
   app.add_option("--lease-ms", config.lease_ms, "silence after which a node is taken as lost")
       ->check(CLI::Range(100, 3600000))
       ->capture_default_str();
+  app.add_option("--core-secret", config.core_secret,
+                 "secret a node must present to join the core tier (default: "
+                 "$GFLEX_CORE_SECRET; none: no core-tier nodes)");
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error, critical or off")
       ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
+  if (const char* secret = std::getenv("GFLEX_CORE_SECRET");
+      config.core_secret.empty() && secret != nullptr)
+    config.core_secret = secret;
   auto address = gflex::app::start_daemon("gflex-core", log_level, listen, "--listen");
   if (!address) return 2;
   config.host = address->host;

@@ -4,6 +4,8 @@
 
 #include <CLI/CLI.hpp>
 
+#include <cstdlib>
+
 #include "../gflex/core_address.hpp"
 #include "gflex/gflex.hpp"
 
@@ -22,6 +24,16 @@ int main(int argc, char** argv) {
   app.add_option("--threads", config.threads_per_worker, "CPU threads per worker")
       ->check(CLI::Range(1, 256))
       ->capture_default_str();
+  app.add_option("--tier", config.tier,
+                 "community, or core (the platform's own machines; needs the core's secret)")
+      ->capture_default_str();
+  app.add_option("--core-secret", config.core_secret,
+                 "the core's secret, for --tier core (default: $GFLEX_CORE_SECRET)");
+  app.add_option("--misbehave", config.misbehave,
+                 "return bad work on purpose, a test aid: random, scale:X, signflip, lazy, stale "
+                 "or sometimes:P:MODE");
+  app.add_option("--misbehave-seed", config.misbehave_seed,
+                 "seed of --misbehave's random choices (default: from the name)");
   app.add_option("--protocol-version", config.announce_protocol,
                  "announce another protocol version (a test aid)")
       ->group("");
@@ -31,6 +43,10 @@ int main(int argc, char** argv) {
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error, critical or off")
       ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
+  // A secret is better kept out of the process list: the environment is the usual place.
+  if (const char* secret = std::getenv("GFLEX_CORE_SECRET");
+      config.core_secret.empty() && secret != nullptr)
+    config.core_secret = secret;
   auto address = gflex::app::start_daemon("gflex-node", log_level, join, "--join");
   if (!address) return 2;
   return gflex::run_node(config, address->host, address->port);

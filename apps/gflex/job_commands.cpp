@@ -40,7 +40,9 @@ nlohmann::json to_json(const job_status& s) {
           {"wall_s", s.elapsed_s},
           {"eta_s", s.eta_s},
           {"late_results", s.late_results},
-          {"rejected_results", s.rejected_results}};
+          {"rejected_results", s.rejected_results},
+          {"verified_results", s.verified_results},
+          {"rollbacks", s.rollbacks}};
 }
 
 int fail(const error& e, int code = 1) {
@@ -200,12 +202,29 @@ int run_nodes(const job_flags& f) {
                       {"name", n.name},
                       {"device", n.device},
                       {"workers", n.workers},
-                      {"last_seen_s", n.last_seen_s}});
+                      {"last_seen_s", n.last_seen_s},
+                      {"tier", n.tier},
+                      {"score", n.score},
+                      {"streak", n.streak},
+                      {"validated", n.validated},
+                      {"verified", n.verified},
+                      {"rejected", n.rejected},
+                      {"flagged", n.flagged},
+                      {"credited_s", n.credited_s},
+                      {"last_rejection", n.last_rejection}});
     std::printf("%s\n", list.dump(2).c_str());
   } else {
-    for (const auto& n : *nodes)
-      std::printf("%-6s %-20s %u worker(s)  %s  (seen %.1f s ago)\n", n.node_id.c_str(),
-                  n.name.c_str(), n.workers, n.device.c_str(), n.last_seen_s);
+    for (const auto& n : *nodes) {
+      std::printf(
+          "%-6s %-20s %-9s %u worker(s)  %s  score %.2f streak %lld  validated %llu "
+          "(verified %llu) rejected %llu%s  (seen %.1f s ago)\n",
+          n.node_id.c_str(), n.name.c_str(), n.tier.c_str(), n.workers, n.device.c_str(), n.score,
+          static_cast<long long>(n.streak), static_cast<unsigned long long>(n.validated),
+          static_cast<unsigned long long>(n.verified), static_cast<unsigned long long>(n.rejected),
+          n.flagged ? "  FLAGGED" : "", n.last_seen_s);
+      if (n.flagged && !n.last_rejection.empty())
+        std::printf("       flagged: %s\n", n.last_rejection.c_str());
+    }
   }
   return 0;
 }

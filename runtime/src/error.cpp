@@ -32,6 +32,8 @@ const char* to_string(errc code) noexcept {
       return "no_device";
     case errc::store_error:
       return "store_error";
+    case errc::permission_denied:
+      return "permission_denied";
   }
   return "unknown";
 }

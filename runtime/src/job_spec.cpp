@@ -37,6 +37,18 @@ const char* to_string(lr_schedule schedule) noexcept {
   return "unknown";
 }
 
+const char* to_string(trust_tier tier) noexcept {
+  switch (tier) {
+    case trust_tier::hybrid:
+      return "hybrid";
+    case trust_tier::core:
+      return "core";
+    case trust_tier::community:
+      return "community";
+  }
+  return "unknown";
+}
+
 double inner_lr_at(const job_spec& spec, int64_t round) {
   if (spec.schedule == lr_schedule::constant || spec.rounds <= 1) return spec.inner_lr;
   constexpr double final_fraction = 0.05;
@@ -53,14 +65,15 @@ struct table_schema {
   std::vector<std::string_view> keys;
 };
 
-const std::array<table_schema, 6>& schema() {
-  static const std::array<table_schema, 6> tables{{
+const std::array<table_schema, 7>& schema() {
+  static const std::array<table_schema, 7> tables{{
       {"job", {"name", "workload", "rounds", "workers", "seed"}},
       {"inner", {"optimizer", "local_steps", "batch_size", "lr", "weight_decay", "lr_schedule"}},
       {"outer", {"lr", "momentum"}},
       {"wire", {"compression"}},
       {"eval", {"every"}},
       {"round", {"deadline_s", "quorum", "backup_after"}},
+      {"trust", {"tier", "tolerance", "norm_bound", "min_cosine", "clip", "trim"}},
   }};
   return tables;
 }
@@ -370,6 +383,24 @@ expected<job_spec> read_spec(const reader& in) {
   if (auto r = in.number("round", "deadline_s", deadline, spec.deadline_s); !r) return r.error();
   if (auto r = in.number("round", "quorum", fraction, spec.quorum); !r) return r.error();
   if (auto r = in.number("round", "backup_after", backup, spec.backup_after); !r) return r.error();
+  if (auto r = in.choice("trust", "tier",
+                         std::array{trust_tier::hybrid, trust_tier::core, trust_tier::community},
+                         spec.tier);
+      !r)
+    return r.error();
+  constexpr real_range tolerance{0.0, true, 1.0, false};
+  constexpr real_range norm_bound{1.5, false, 1000.0, false};
+  constexpr real_range cosine{-1.0, false, 1.0, false};
+  constexpr real_range clip{0.0, false, 1000.0, false};
+  constexpr real_range trim{0.0, false, 0.5, true};
+  if (auto r = in.number("trust", "tolerance", tolerance, spec.tolerance); !r) return r.error();
+  if (auto r = in.number("trust", "norm_bound", norm_bound, spec.norm_bound); !r) return r.error();
+  if (auto r = in.number("trust", "min_cosine", cosine, spec.min_cosine); !r) return r.error();
+  if (auto r = in.number("trust", "clip", clip, spec.clip); !r) return r.error();
+  if (spec.clip > 0.0 && spec.clip < 1.0)
+    return in.fail("trust.clip",
+                   "must be 0 (off) or in [1, 1000], got " + format_double(spec.clip));
+  if (auto r = in.number("trust", "trim", trim, spec.trim); !r) return r.error();
   return spec;
 }
 
@@ -439,6 +470,13 @@ std::string to_toml(const job_spec& spec) {
   out += "deadline_s = " + real(spec.deadline_s) + "\n";
   out += "quorum = " + real(spec.quorum) + "\n";
   out += "backup_after = " + real(spec.backup_after) + "\n";
+  out += "\n[trust]\n";
+  out += "tier = " + quote(to_string(spec.tier)) + "\n";
+  out += "tolerance = " + real(spec.tolerance) + "\n";
+  out += "norm_bound = " + real(spec.norm_bound) + "\n";
+  out += "min_cosine = " + real(spec.min_cosine) + "\n";
+  out += "clip = " + real(spec.clip) + "\n";
+  out += "trim = " + real(spec.trim) + "\n";
   return out;
 }
 

@@ -15,6 +15,7 @@ machine.
 """
 import datetime
 import json
+import os
 import re
 import shutil
 import signal
@@ -23,6 +24,10 @@ import subprocess
 import sys
 import tempfile
 import time
+
+# The nodes join the core tier (trusted, so nothing is re-computed) with this credential;
+# gflex-core and gflex-node read it from the environment.
+os.environ["GFLEX_CORE_SECRET"] = "test-core-secret"
 
 BIN = sys.argv[1] if len(sys.argv) > 1 else "build/bin"
 SPEC = """[job]
@@ -55,7 +60,8 @@ class cluster:
         self.nodes = []
         for i in range(nodes):
             p = subprocess.Popen([f"{BIN}/gflex-node", "--join", self.core, "--name", f"n{i}",
-                                  "--data-dir", f"{tmp}/{name}-n{i}", "--log-level", "warn"],
+                                  "--data-dir", f"{tmp}/{name}-n{i}", "--log-level", "warn",
+                                  "--tier", "core"],
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             self.procs.append(p)
             self.nodes.append(p)

@@ -17,6 +17,10 @@ import sys
 import tempfile
 import time
 
+# The nodes join the core tier (trusted, so nothing is re-computed) with this credential;
+# gflex-core and gflex-node read it from the environment.
+os.environ["GFLEX_CORE_SECRET"] = "test-core-secret"
+
 BIN = sys.argv[1] if len(sys.argv) > 1 else "build/bin"
 TARGET = 0.87
 
@@ -64,7 +68,7 @@ def run_job(tmp, name, text, limit_s):
         for i in range(4):
             procs.append(subprocess.Popen([f"{BIN}/gflex-node", "--join", core, "--name",
                                            f"n{i}", "--data-dir", f"{tmp}/{name}-n{i}",
-                                           "--log-level", "warn"]))
+                                           "--log-level", "warn", "--tier", "core"]))
         for _ in range(100):
             out = subprocess.run([f"{BIN}/gflex", "nodes", "--core", core, "--json"],
                                  capture_output=True, text=True).stdout

@@ -20,6 +20,10 @@ import sys
 import tempfile
 import time
 
+# The nodes join the core tier (trusted, so nothing is re-computed) with this credential;
+# gflex-core and gflex-node read it from the environment.
+os.environ["GFLEX_CORE_SECRET"] = "test-core-secret"
+
 BIN = sys.argv[1]
 SPEC = sys.argv[2] if len(sys.argv) > 2 else os.path.join(
     os.path.dirname(__file__), "..", "..", "apps", "jobs", "fashion-mlp.toml")
@@ -55,7 +59,7 @@ def start_core(name):
 
 def start_node(name):
     start(name, [f"{BIN}/gflex-node", "--join", core, "--name", name, "--data-dir",
-                 f"{work}/{name}"])
+                 f"{work}/{name}", "--tier", "core"])
 
 
 def read(name):

@@ -10,7 +10,7 @@ failures=0
 cleanup() {
   for pid in "${PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
   for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-  rm -rf "$WORK"
+  if [ -n "${GFLEX_KEEP_WORK:-}" ]; then echo "kept $WORK"; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
 
@@ -70,8 +70,12 @@ free_port() {
   done
 }
 
+# The core-tier credential of the test cores; gflex-core and gflex-node read it from here.
+export GFLEX_CORE_SECRET=integration-test-secret
+
 # start_cluster N: a core on a free loopback port (its address in $core, pid in $PID_core)
-# and N nodes named node1..nodeN; returns once all N have joined.
+# and N nodes named node1..nodeN; returns once all N have joined. The nodes join the core
+# tier (trusted: nothing to verify) unless NODE_TIER says otherwise.
 # Extra arguments for the core: CORE_ARGS; for node i: NODE_ARGS_i.
 start_cluster() {
   local n=$1
@@ -81,7 +85,7 @@ start_cluster() {
   for i in $(seq 1 "$n"); do
     local extra="NODE_ARGS_$i"
     start "node$i" "$BIN/gflex-node" --join "$core" --name "node$i" --data-dir "$WORK/node$i" \
-      ${!extra:-}
+      --tier "${NODE_TIER:-core}" ${!extra:-}
   done
   wait_for 30 "$n nodes to join" bash -c "[ \$('$BIN/gflex' nodes --core $core | wc -l) -eq $n ]"
 }

@@ -36,9 +36,11 @@ start core "$BIN/gflex-core" --listen "$core" --data-dir "$WORK/core" --lease-ms
   --heartbeat-ms 300
 wait_for 20 "the core to listen" grep -q "core listening" "$WORK/core.log"
 for i in 1 2; do
-  start "node$i" "$BIN/gflex-node" --join "$core" --name "node$i" --data-dir "$WORK/node$i"
+  start "node$i" "$BIN/gflex-node" --join "$core" --name "node$i" --data-dir "$WORK/node$i" \
+    --tier core
 done
-start far ip netns exec "$ns" "$BIN/gflex-node" --join "$core" --name far --data-dir "$WORK/far"
+start far ip netns exec "$ns" "$BIN/gflex-node" --join "$core" --name far --data-dir "$WORK/far" \
+  --tier core
 wait_for 30 "three nodes to join" bash -c "[ \$('$G' nodes --core $core | wc -l) -eq 3 ]"
 grep -q "far" <("$G" nodes --core "$core") || fail "the namespaced node did not join"
 

@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
-# Runs protocol_probe against a real core process with one honest node.
+# Runs protocol_probe against a real core process with one honest core-tier node.
 source "$(dirname "$0")/lib.sh"
 port=$(free_port)
+export GFLEX_CORE_SECRET=protocol-test-secret
 start core "$BIN/gflex-core" --listen "127.0.0.1:$port" --data-dir "$WORK/core"
 wait_for 20 "the core to listen" grep -q "core listening" "$WORK/core.log"
-start node "$BIN/gflex-node" --join "127.0.0.1:$port" --name honest --data-dir "$WORK/node"
+start node "$BIN/gflex-node" --join "127.0.0.1:$port" --name honest --data-dir "$WORK/node" \
+  --tier core
 wait_for 30 "the node to join" grep -q "joined the core" "$WORK/node.log"
 GFLEX_TEST_CORE="127.0.0.1:$port" timeout -s KILL 240 "$BIN/gflex_protocol_probe" ||
   fail "protocol probe failed"
-grep -q "result rejected" "$WORK/core.log" || fail "the core logged no rejected result"
+grep -q "node rogue-.* flagged" "$WORK/core.log" || fail "the core flagged no rogue node"
 grep -q "restarting job .* from round" "$WORK/core.log" || fail "the core restarted no job"
 grep -q "the registry stopped .*; restarting it" "$WORK/core.log" || fail "registry not restarted"
 grep -q "the data server stopped .*; restarting it" "$WORK/core.log" ||

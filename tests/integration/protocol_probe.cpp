@@ -2,8 +2,9 @@
 /// Speaks the wire protocol to a real core process (GFLEX_TEST_CORE=host:port, started by
 /// protocol.sh with one honest node) and checks that bad input gets a clear error and
 /// changes no state: malformed job specs, an unknown workload, a node with another protocol
-/// version or no workers, chunk names that are not digests, and a rogue worker whose
-/// results are of the wrong size, hold NaN, name another assignment or are not an update.
+/// version, no workers or a forged core-tier credential, chunk names that are not digests,
+/// and rogue workers whose results are of the wrong size, hold NaN, name another assignment
+/// or are not an update (each rogue is flagged at once and never credited).
 
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
@@ -79,11 +80,34 @@ job_status run_small_job() {
   return s;
 }
 
-// Answers every assignment with a result that must be rejected, cycling through the ways.
-caf::behavior rogue_worker(caf::event_based_actor*, std::shared_ptr<std::atomic<int>> answered) {
+node_hello make_hello(uint32_t protocol, std::string name, std::vector<caf::actor> workers,
+                      caf::actor uplink, uint8_t tier = 0, std::string credential = "") {
+  node_hello h;
+  h.protocol = protocol;
+  h.name = std::move(name);
+  h.device = "cpu";
+  h.workers = std::move(workers);
+  h.uplink = std::move(uplink);
+  h.tier = tier;
+  h.credential = std::move(credential);
+  return h;
+}
+
+// Answers every assignment with an error: a node that joins but never computes.
+caf::behavior idle_worker(caf::event_based_actor*) {
+  return {
+      [=](assign_atom, const assignment&) -> caf::result<assignment_result> {
+        return to_caf(error(errc::io_error, "this worker does not compute"));
+      },
+  };
+}
+
+// Answers every assignment with a result that must be rejected, in the way `mode` names.
+caf::behavior rogue_worker(caf::event_based_actor*, int mode,
+                           std::shared_ptr<std::atomic<int>> answered) {
   return {
       [=](assign_atom, const assignment& a) -> assignment_result {
-        int mode = answered->fetch_add(1) % 4;
+        answered->fetch_add(1);
         assignment_result r;
         r.assignment_id = a.id;
         r.loss = 1.0;
@@ -169,28 +193,38 @@ TEST_CASE("a node with another protocol version or no workers is refused") {
                  [&](caf::error& e) { refusal = from_caf(e).message(); });
     return refusal;
   };
-  node_hello wrong{protocol_version + 1, "probe", "cpu", 0, {worker}, worker};
+  node_hello wrong = make_hello(protocol_version + 1, "probe", {worker}, worker);
   auto refusal = ask(wrong);
   CHECK_MESSAGE(refusal.find("protocol version " + std::to_string(protocol_version + 1) +
                              " is not supported") != std::string::npos,
                 refusal);
-  node_hello empty{protocol_version, "probe", "cpu", 0, {}, worker};
-  CHECK(ask(empty).find("1-1024 workers") != std::string::npos);
-  node_hello nameless{protocol_version, "", "cpu", 0, {worker}, worker};
-  CHECK_FALSE(ask(nameless).empty());
+  CHECK(ask(make_hello(protocol_version, "probe", {}, worker)).find("1-1024 workers") !=
+        std::string::npos);
+  CHECK_FALSE(ask(make_hello(protocol_version, "", {worker}, worker)).empty());
+  // The core tier needs the core's secret; a wrong or missing one is refused, and so is a
+  // tier that does not exist.
+  auto forged = ask(make_hello(protocol_version, "probe", {worker}, worker, 1, "not-the-secret"));
+  CHECK_MESSAGE(forged.find("the core tier needs the core's secret") != std::string::npos, forged);
+  CHECK(ask(make_hello(protocol_version, "probe", {worker}, worker, 1)).find("core's secret") !=
+        std::string::npos);
+  CHECK(ask(make_hello(protocol_version, "probe", {worker}, worker, 7)).find("unknown tier") !=
+        std::string::npos);
   self->send_exit(worker, caf::exit_reason::user_shutdown);
 }
 
-TEST_CASE("a rogue worker's results are rejected, reassigned, and never applied") {
+TEST_CASE("rogue workers' results are rejected, reassigned, never applied nor credited") {
   peer p;
   caf::scoped_actor self{*p.sys};
-  auto answered = std::make_shared<std::atomic<int>>(0);
-  auto rogue = p.sys->spawn(rogue_worker, answered);
-  node_welcome welcome;
-  self->request(p.core, std::chrono::seconds(10), hello_atom::value,
-                node_hello{protocol_version, "rogue", "cpu", 0, {rogue}, rogue})
-      .receive([&](node_welcome& w) { welcome = std::move(w); },
-               [&](caf::error& e) { FAIL("join refused: " << p.sys->render(e)); });
+  auto idle = p.sys->spawn(idle_worker);
+  auto join = [&](const std::string& name, caf::actor worker) {
+    node_welcome welcome;
+    self->request(p.core, std::chrono::seconds(10), hello_atom::value,
+                  make_hello(protocol_version, name, {worker}, worker))
+        .receive([&](node_welcome& w) { welcome = std::move(w); },
+                 [&](caf::error& e) { FAIL("join refused: " << p.sys->render(e)); });
+    return welcome;
+  };
+  node_welcome welcome = join("idle", idle);
   auto beats = p.sys->spawn(heartbeat, welcome.registry, welcome.node_id);
 
   SUBCASE("chunk names that are not digests are refused") {
@@ -244,16 +278,46 @@ TEST_CASE("a rogue worker's results are rejected, reassigned, and never applied"
   }
 
   SUBCASE("bad results") {
+    // Four rogue nodes, one per kind of bad result. Each is caught at its first answer,
+    // flagged and given no more work; the honest core-tier node finishes the job.
+    const char* names[] = {"rogue-size", "rogue-nan", "rogue-id", "rogue-garbage"};
+    auto answered = std::make_shared<std::atomic<int>>(0);
+    std::vector<caf::actor> rogues;
+    for (int mode = 0; mode < 4; ++mode) {
+      rogues.push_back(p.sys->spawn(rogue_worker, mode, answered));
+      auto w = join(names[mode], rogues.back());
+      rogues.push_back(p.sys->spawn(heartbeat, w.registry, w.node_id));
+    }
     job_status s = run_small_job();
     CHECK(s.state == "done");
     CHECK(s.round == 4);
-    CHECK(answered->load() >= 2);
+    CHECK(answered->load() >= 1);
     CHECK(s.rejected_results == static_cast<uint64_t>(answered->load()));
     CHECK(std::isfinite(s.test_accuracy));
     CHECK(s.test_accuracy > 0.5);  // only the honest node's updates were applied
-    MESSAGE("rogue answered " << answered->load() << " assignment(s), all rejected; accuracy "
-                              << s.test_accuracy);
+    auto where = test_core();
+    auto c = client::connect(where.host, where.port);
+    REQUIRE(c.has_value());
+    auto nodes = c->nodes();
+    REQUIRE(nodes.has_value());
+    int flagged = 0;
+    for (const auto& n : *nodes) {
+      if (n.name.starts_with("rogue-") && n.rejected > 0) {
+        CHECK(n.flagged);
+        CHECK(n.validated == 0);
+        CHECK(n.credited_s == 0.0);
+        flagged += 1;
+      }
+      if (n.name == "honest") {
+        CHECK_FALSE(n.flagged);
+        CHECK(n.tier == "core");
+      }
+    }
+    CHECK(flagged == answered->load());
+    MESSAGE("rogues answered " << answered->load() << " assignment(s), all rejected; " << flagged
+                               << " flagged; accuracy " << s.test_accuracy);
+    for (auto& r : rogues) self->send_exit(r, caf::exit_reason::user_shutdown);
   }
   self->send_exit(beats, caf::exit_reason::user_shutdown);
-  self->send_exit(rogue, caf::exit_reason::user_shutdown);
+  self->send_exit(idle, caf::exit_reason::user_shutdown);
 }

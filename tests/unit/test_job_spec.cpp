@@ -56,6 +56,30 @@ TEST_SUITE("job_spec") {
     CHECK(r->schedule == lr_schedule::cosine);
     CHECK(r->compression == compression::int8);
     CHECK(r->eval_every == 1);
+    CHECK(r->tier == trust_tier::hybrid);
+    CHECK(r->tolerance == 0.1);
+    CHECK(r->norm_bound == 4.0);
+    CHECK(r->min_cosine == 0.0);
+    CHECK(r->clip == 2.0);
+    CHECK(r->trim == 0.0);
+  }
+
+  TEST_CASE("the trust table: tiers, bounds and the clip gap") {
+    auto r = parse_job_spec(
+        with("[trust]\ntier = \"core\"\ntrim = 0.25\nclip = 0\nmin_cosine = -1"), source);
+    REQUIRE_MESSAGE(r.has_value(), r.error().message());
+    CHECK(r->tier == trust_tier::core);
+    CHECK(r->trim == 0.25);
+    CHECK(r->clip == 0.0);
+    CHECK(r->min_cosine == -1.0);
+    CHECK(contains(failure(with("[trust]\ntier = \"volunteer\"")),
+                   "trust.tier: must be one of \"hybrid\", \"core\", \"community\""));
+    CHECK(contains(failure(with("[trust]\ntolerance = 0")), "trust.tolerance"));
+    CHECK(contains(failure(with("[trust]\nnorm_bound = 1.0")), "trust.norm_bound"));
+    CHECK(contains(failure(with("[trust]\ntrim = 0.5")), "trust.trim"));
+    CHECK(contains(failure(with("[trust]\nclip = 0.5")),
+                   "trust.clip: must be 0 (off) or in [1, 1000]"));
+    CHECK(contains(failure(with("[trust]\nmin_cosine = nan")), "trust.min_cosine"));
   }
 
   TEST_CASE("missing keys take the defaults") {

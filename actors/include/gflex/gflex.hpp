@@ -17,7 +17,7 @@
 namespace gflex {
 
 /// The wire protocol version this build speaks; a node with another is refused at join.
-inline constexpr uint32_t protocol_version = 1;
+inline constexpr uint32_t protocol_version = 2;
 
 /// How to run a core.
 struct core_config {
@@ -28,6 +28,9 @@ struct core_config {
   /// taken as lost.
   uint32_t heartbeat_ms = 1000;
   uint32_t lease_ms = 4000;  ///< Checked every lease/4: a hung node is found within 5 s.
+  /// The credential a node must present to join the core tier (the platform's own, trusted
+  /// machines); empty: no node may join the core tier.
+  std::string core_secret;
 };
 
 /// How to run a node.
@@ -43,6 +46,14 @@ struct node_config {
   /// Test aid: the first workers crash when they start their Nth assignment (0: never), to
   /// exercise the node supervisor's restarts.
   int crash_worker_at = 0;
+  /// "community" (the default: results are checked and sampled for verification) or "core"
+  /// (the platform's own machines: trusted, and they verify others' work).
+  std::string tier = "community";
+  std::string core_secret;  ///< Required with the core tier; must match the core's.
+  /// Test aid: return bad work on purpose (random, scale:X, signflip, lazy, stale,
+  /// sometimes:P:MODE); empty: honest. Nothing else in the node changes.
+  std::string misbehave;
+  uint64_t misbehave_seed = 0;  ///< 0: derived from the node's name.
 };
 
 /// Runs a core until SIGINT or SIGTERM; returns the process exit code. Blocks the signals

@@ -28,16 +28,27 @@ struct job_status {
   double elapsed_s = 0.0;         ///< Running time so far.
   double eta_s = -1.0;            ///< Estimated seconds to completion; negative when unknown.
   uint64_t late_results = 0;      ///< Results that arrived after their round closed.
-  uint64_t rejected_results = 0;  ///< Results refused by validation.
+  uint64_t rejected_results = 0;  ///< Results refused by the checks or by verification.
+  uint64_t verified_results = 0;  ///< Results re-computed on core-tier workers and matched.
+  uint64_t rollbacks = 0;         ///< Applied rounds undone because a result failed verification.
 };
 
-/// A node as the core's registry sees it.
+/// A node as the core's registry sees it, with its reputation.
 struct node_status {
   std::string node_id;
   std::string name;
   std::string device;
   uint32_t workers = 0;
-  double last_seen_s = 0.0;  ///< Seconds since its last heartbeat.
+  double last_seen_s = 0.0;        ///< Seconds since its last heartbeat.
+  std::string tier = "community";  ///< "community" or "core".
+  double score = 0.5;              ///< Beta reputation (good + 1) / (good + bad + 2), decayed.
+  int64_t streak = 0;              ///< Results accepted since it was last caught.
+  uint64_t validated = 0;          ///< Results applied in committed rounds (and credited).
+  uint64_t verified = 0;           ///< Of those, re-computed by a core-tier worker and matched.
+  uint64_t rejected = 0;           ///< Results refused by the checks or by verification.
+  bool flagged = false;            ///< Caught at least once; it gets no more work.
+  double credited_s = 0.0;         ///< Compute seconds credited for validated results.
+  std::string last_rejection;      ///< Why its last rejected result was refused.
 };
 
 /// Whether a job in `state` will change no more (done, failed, cancelled).

@@ -13,16 +13,17 @@ namespace gflex {
 /// What went wrong, independent of the message. Values are stable: they are sent on the wire.
 enum class errc : uint8_t {
   none = 0,
-  invalid_argument = 1,   ///< A caller passed a value outside the accepted domain.
-  malformed_message = 2,  ///< Bytes from outside the process failed to decode.
-  io_error = 3,           ///< A file could not be opened, read or written.
-  bad_format = 4,         ///< A file was readable but its content is not what it claims.
-  shape_mismatch = 5,     ///< Tensor shapes or sizes disagree.
-  non_finite = 6,         ///< A tensor holds NaN or infinity where finite values are required.
-  unknown_workload = 7,   ///< No workload is registered under the requested name.
-  device_error = 8,       ///< A compute device (CUDA, cuBLAS, NCCL) reported a failure.
-  no_device = 9,          ///< The requested compute device does not exist here.
-  store_error = 10,       ///< The LMDB store failed.
+  invalid_argument = 1,    ///< A caller passed a value outside the accepted domain.
+  malformed_message = 2,   ///< Bytes from outside the process failed to decode.
+  io_error = 3,            ///< A file could not be opened, read or written.
+  bad_format = 4,          ///< A file was readable but its content is not what it claims.
+  shape_mismatch = 5,      ///< Tensor shapes or sizes disagree.
+  non_finite = 6,          ///< A tensor holds NaN or infinity where finite values are required.
+  unknown_workload = 7,    ///< No workload is registered under the requested name.
+  device_error = 8,        ///< A compute device (CUDA, cuBLAS, NCCL) reported a failure.
+  no_device = 9,           ///< The requested compute device does not exist here.
+  store_error = 10,        ///< The LMDB store failed.
+  permission_denied = 11,  ///< The caller lacks the credential the request needs.
 };
 
 /// A short, stable name for an error code ("io_error").

@@ -22,6 +22,13 @@ enum class lr_schedule : uint8_t {
   cosine = 1,    ///< From `lr` in round 1 down a half cosine to lr / 20 in the last round.
 };
 
+/// Which workers a job's assignments go to.
+enum class trust_tier : uint8_t {
+  hybrid = 0,     ///< Community workers first; core-tier workers verify and fill gaps.
+  core = 1,       ///< Only the platform's core-tier workers.
+  community = 2,  ///< Only community workers (core-tier ones still verify).
+};
+
 /// A training job as a user submits it. Training runs in DiLoCo-style rounds: each round
 /// hands out `workers` assignments, each runs `local_steps` inner steps from the round's
 /// parameters and returns its pseudo-gradient, which the outer optimizer (Nesterov momentum)
@@ -52,6 +59,25 @@ struct job_spec {
   /// the round's median assignment time gets a backup copy on another worker; the first
   /// valid result wins. 0 turns backups off.
   double backup_after = 2.0;
+  /// [trust] tier: "hybrid" | "core" | "community": where the job's assignments go.
+  trust_tier tier = trust_tier::hybrid;
+  /// [trust] tolerance, in (0, 1]: the largest relative L2 distance |claimed - recomputed| /
+  /// |recomputed| a verified update may have. It must cover int8 error feedback (each side
+  /// carries a different residual) and CPU/GPU rounding differences.
+  double tolerance = 0.1;
+  /// [trust] norm_bound, in [1.5, 1000]: a result whose update norm is above norm_bound times
+  /// the round's median norm, or below the median over norm_bound, is rejected.
+  double norm_bound = 4.0;
+  /// [trust] min_cosine, in [-1, 1]: a result whose cosine similarity with the round's other
+  /// results is below this, or below what random noise reaches (5 / sqrt(parameters)), is
+  /// rejected (sign flips, noise); -1 turns the check off.
+  double min_cosine = 0.0;
+  /// [trust] clip, 0 or in [1, 1000]: before averaging, updates are scaled down to at most clip
+  /// times the round's median norm; 0 turns clipping off.
+  double clip = 2.0;
+  /// [trust] trim, in [0, 0.5): the fraction of values dropped at each end, coordinate by
+  /// coordinate, before averaging (a trimmed mean); 0 is the plain mean.
+  double trim = 0.0;
 
   /// Field-by-field equality; floating-point fields compare exactly, as a round trip keeps them.
   bool operator==(const job_spec&) const = default;
@@ -77,6 +103,9 @@ const char* to_string(inner_optimizer optimizer) noexcept;
 
 /// The TOML spelling of a schedule ("constant", "cosine").
 const char* to_string(lr_schedule schedule) noexcept;
+
+/// The TOML spelling of a tier ("hybrid", "core", "community").
+const char* to_string(trust_tier tier) noexcept;
 
 /// The inner learning rate of round `round` (0-based) of a job.
 double inner_lr_at(const job_spec& spec, int64_t round);

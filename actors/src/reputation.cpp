@@ -1,0 +1,94 @@
+#include "reputation.hpp"
+
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <cmath>
+
+namespace gflex {
+
+const char* to_string(node_tier tier) noexcept {
+  return tier == node_tier::core ? "core" : "community";
+}
+
+expected<node_tier> parse_node_tier(std::string_view text) {
+  if (text == "community") return node_tier::community;
+  if (text == "core") return node_tier::core;
+  return error(errc::invalid_argument,
+               "tier must be \"community\" or \"core\", got \"" + std::string(text) + "\"");
+}
+
+double reputation::score() const noexcept {
+  return (good + 1.0) / (good + bad + 2.0);
+}
+
+double reputation::verify_probability(const reputation_policy& policy) const noexcept {
+  if (tier == node_tier::core) return 0.0;
+  if (streak < policy.trust_after) return 1.0;
+  return std::clamp(1.0 / static_cast<double>(std::max<int64_t>(streak, 1)), policy.floor, 1.0);
+}
+
+void reputation::on_validated(const reputation_policy& policy, bool was_verified,
+                              double compute_s) {
+  good = good * policy.decay + 1.0;
+  bad *= policy.decay;
+  streak += 1;
+  validated += 1;
+  if (was_verified) verified += 1;
+  if (std::isfinite(compute_s) && compute_s > 0.0) credited_s += compute_s;
+}
+
+void reputation::on_rejected(const reputation_policy& policy, std::string reason) {
+  good = 0.0;
+  bad = bad * policy.decay + 1.0;
+  streak = 0;
+  rejected += 1;
+  flagged = true;
+  last_rejection = std::move(reason);
+}
+
+std::string encode_reputation(const reputation& r) {
+  nlohmann::json j = {{"name", r.name},
+                      {"tier", to_string(r.tier)},
+                      {"good", r.good},
+                      {"bad", r.bad},
+                      {"streak", r.streak},
+                      {"validated", r.validated},
+                      {"verified", r.verified},
+                      {"rejected", r.rejected},
+                      {"flagged", r.flagged},
+                      {"credited_s", r.credited_s},
+                      {"last_rejection", r.last_rejection}};
+  return j.dump();
+}
+
+expected<reputation> decode_reputation(std::string_view text) {
+  auto j = nlohmann::json::parse(text, nullptr, false);
+  if (j.is_discarded() || !j.is_object())
+    return error(errc::malformed_message, "reputation record is not a JSON object");
+  try {
+    reputation r;
+    r.name = j.at("name").get<std::string>();
+    auto tier = parse_node_tier(j.at("tier").get<std::string>());
+    if (!tier)
+      return error(errc::malformed_message, "reputation record: " + tier.error().message());
+    r.tier = *tier;
+    r.good = j.at("good").get<double>();
+    r.bad = j.at("bad").get<double>();
+    r.streak = j.at("streak").get<int64_t>();
+    r.validated = j.at("validated").get<uint64_t>();
+    r.verified = j.at("verified").get<uint64_t>();
+    r.rejected = j.at("rejected").get<uint64_t>();
+    r.flagged = j.at("flagged").get<bool>();
+    r.credited_s = j.at("credited_s").get<double>();
+    r.last_rejection = j.at("last_rejection").get<std::string>();
+    if (r.name.empty() || !(r.good >= 0.0) || !(r.bad >= 0.0) || r.streak < 0 ||
+        !std::isfinite(r.good) || !std::isfinite(r.bad) || !(r.credited_s >= 0.0))
+      return error(errc::malformed_message, "reputation record has out-of-range values");
+    return r;
+  } catch (const nlohmann::json::exception& e) {
+    return error(errc::malformed_message, std::string("reputation record: ") + e.what());
+  }
+}
+
+}  // namespace gflex

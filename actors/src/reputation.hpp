@@ -1,0 +1,73 @@
+#pragma once
+/// @file
+/// A node's reputation and the adaptive verification policy built on it. Free of CAF, so
+/// that the unit tests and the verification benchmark use the same code as the core.
+///
+/// The score is a beta reputation, (good + 1) / (good + bad + 2), where good and bad count
+/// accepted and rejected results with exponential decay (each new result multiplies the old
+/// evidence by `decay`), so old behaviour fades. The streak counts results accepted since
+/// the node was last caught. Verification sampling follows BOINC's adaptive replication: a
+/// new identity is untrusted, and every one of its results is re-computed until its streak
+/// reaches `trust_after`; after that a result is re-computed with probability 1/streak, but
+/// never less than `floor`. A caught node loses streak and score and is flagged.
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include "gflex/runtime/error.hpp"
+
+namespace gflex {
+
+/// The tier a node joined with. Core-tier nodes are the platform's own machines: their
+/// results are trusted and they re-compute others' results.
+enum class node_tier : uint8_t { community = 0, core = 1 };
+
+const char* to_string(node_tier tier) noexcept;
+
+/// "community" or "core"; anything else is errc::invalid_argument.
+expected<node_tier> parse_node_tier(std::string_view text);
+
+struct reputation_policy {
+  double decay = 0.98;      ///< Weight old evidence keeps at each new result, in (0, 1].
+  int64_t trust_after = 5;  ///< Accepted results before sampling drops below 1.
+  double floor = 0.05;      ///< Lowest verification probability of a community node.
+};
+
+/// What the core knows of one node identity (today its name; a public key once nodes have
+/// key pairs).
+struct reputation {
+  std::string name;
+  node_tier tier = node_tier::community;
+  double good = 0.0;  ///< Accepted results, decayed.
+  double bad = 0.0;   ///< Rejected results, decayed.
+  int64_t streak = 0;
+  uint64_t validated = 0;  ///< Results applied in a committed round.
+  uint64_t verified = 0;   ///< Of those, re-computed and matched.
+  uint64_t rejected = 0;
+  bool flagged = false;
+  double credited_s = 0.0;  ///< Compute seconds credited for validated results.
+  std::string last_rejection;
+
+  /// The beta score (good + 1) / (good + bad + 2), in (0, 1); 0.5 for a new identity.
+  double score() const noexcept;
+
+  /// The probability that a result of this node is re-computed: 0 for the core tier, 1 for
+  /// an untrusted community node, then max(floor, 1 / streak).
+  double verify_probability(const reputation_policy& policy) const noexcept;
+
+  /// A result was applied in a committed round: streak and score grow, and it is credited.
+  void on_validated(const reputation_policy& policy, bool was_verified, double compute_s);
+
+  /// A result was refused (an immediate check or verification failed): the node loses its
+  /// streak and what it had earned of its score, and is flagged.
+  void on_rejected(const reputation_policy& policy, std::string reason);
+};
+
+/// The stored form of a record (JSON, one LMDB value per node).
+std::string encode_reputation(const reputation& r);
+
+/// Parses a stored record; anything malformed is errc::malformed_message.
+expected<reputation> decode_reputation(std::string_view text);
+
+}  // namespace gflex

@@ -1,0 +1,165 @@
+#include "reputation_tracker.hpp"
+
+#include <sodium.h>
+#include <spdlog/spdlog.h>
+
+#include <map>
+#include <set>
+
+#include "gflex/runtime/rng.hpp"
+#include "messages.hpp"
+
+namespace gflex {
+
+std::string reputation_key(const std::string& name) {
+  return "node/" + name + "/reputation";
+}
+
+namespace {
+
+struct tracker_state {
+  reputation_policy policy;
+  caf::actor store;
+  caf::actor market;
+  std::map<std::string, reputation> records;
+  std::set<std::string> dirty;
+  bool flush_scheduled = false;
+  rng draw{0};
+  static inline const char* name = "reputation_tracker";
+};
+
+using tracker_actor = caf::stateful_actor<tracker_state>;
+
+reputation& record_of(tracker_actor* self, const std::string& name) {
+  auto& r = self->state.records[name];
+  if (r.name.empty()) r.name = name;
+  return r;
+}
+
+void flush(tracker_actor* self) {
+  auto& st = self->state;
+  st.flush_scheduled = false;
+  if (st.dirty.empty()) return;
+  store_batch batch;
+  for (const auto& name : st.dirty) {
+    auto text = encode_reputation(st.records[name]);
+    batch.keys.push_back(reputation_key(name));
+    batch.values.emplace_back(text.begin(), text.end());
+  }
+  st.dirty.clear();
+  self->request(st.store, std::chrono::seconds(30), commit_atom::value, std::move(batch))
+      .then([](caf::ok_atom) {},
+            [=](caf::error& e) {
+              spdlog::error("reputation: cannot store records: {}", self->system().render(e));
+            });
+}
+
+void changed(tracker_actor* self, const std::string& name, bool now) {
+  auto& st = self->state;
+  st.dirty.insert(name);
+  if (now) {
+    flush(self);
+  } else if (!st.flush_scheduled) {
+    st.flush_scheduled = true;
+    self->delayed_send(self, std::chrono::milliseconds(100), tick_atom::value);
+  }
+}
+
+caf::behavior tracker(tracker_actor* self, caf::actor store, caf::actor market,
+                      reputation_policy policy) {
+  auto& st = self->state;
+  st.store = std::move(store);
+  st.market = std::move(market);
+  st.policy = policy;
+  uint64_t seed = 0;
+  randombytes_buf(&seed, sizeof seed);
+  st.draw = rng(seed);
+  // Nothing is answered before the records are in: a barred node must not get work
+  // because the core just restarted.
+  self->request(st.store, std::chrono::seconds(60), scan_atom::value, std::string("node/"))
+      .await(
+          [=](std::vector<std::string>& keys, std::vector<std::vector<uint8_t>>& values) {
+            auto& st = self->state;
+            for (size_t i = 0; i < keys.size(); ++i) {
+              if (!keys[i].ends_with("/reputation")) continue;
+              auto r = decode_reputation(std::string_view(
+                  reinterpret_cast<const char*>(values[i].data()), values[i].size()));
+              if (!r) {
+                spdlog::error("store: {}: {}", keys[i], r.error().message());
+                continue;
+              }
+              if (r->flagged) self->send(st.market, bar_atom::value, r->name);
+              st.records[r->name] = std::move(*r);
+            }
+            spdlog::debug("reputation: {} node record(s) loaded", st.records.size());
+          },
+          [=](caf::error& e) {
+            spdlog::error("reputation: cannot read records: {}", self->system().render(e));
+            self->quit(e);
+          });
+  return {
+      [=](hello_atom, const std::string& name, uint8_t tier) {
+        auto& r = record_of(self, name);
+        auto t =
+            tier == static_cast<uint8_t>(node_tier::core) ? node_tier::core : node_tier::community;
+        if (r.tier != t || r.validated + r.rejected == 0) {
+          r.tier = t;
+          changed(self, name, false);
+        }
+      },
+      [=](sample_atom, const std::string& name) -> bool {
+        auto& st = self->state;
+        double p = record_of(self, name).verify_probability(st.policy);
+        return p >= 1.0 || (p > 0.0 && st.draw.uniform() < p);
+      },
+      [=](credit_atom, const std::string& name, bool verified, double compute_s) {
+        record_of(self, name).on_validated(self->state.policy, verified, compute_s);
+        changed(self, name, false);
+      },
+      [=](reject_atom, const std::string& name, std::string& reason) {
+        auto& r = record_of(self, name);
+        bool first = !r.flagged;
+        spdlog::warn("node {} {}: {}", name, first ? "flagged" : "rejected again", reason);
+        r.on_rejected(self->state.policy, std::move(reason));
+        if (first) self->send(self->state.market, bar_atom::value, name);
+        changed(self, name, true);
+      },
+      [=](tick_atom) { flush(self); },
+      [=](nodes_atom) -> std::vector<node_status> {
+        std::vector<node_status> out;
+        for (const auto& [name, r] : self->state.records) {
+          node_status s;
+          s.name = name;
+          s.tier = to_string(r.tier);
+          s.score = r.score();
+          s.streak = r.streak;
+          s.validated = r.validated;
+          s.verified = r.verified;
+          s.rejected = r.rejected;
+          s.flagged = r.flagged;
+          s.credited_s = r.credited_s;
+          s.last_rejection = r.last_rejection;
+          out.push_back(std::move(s));
+        }
+        return out;
+      },
+      [=](update_atom, const std::string& role, caf::actor& replacement) {
+        auto& st = self->state;
+        if (role == "store") st.store = std::move(replacement);
+        if (role == "market") {
+          st.market = std::move(replacement);
+          for (const auto& [name, r] : st.records)
+            if (r.flagged) self->send(st.market, bar_atom::value, name);
+        }
+      },
+  };
+}
+
+}  // namespace
+
+caf::actor spawn_reputation_tracker(caf::actor_system& sys, caf::actor store, caf::actor market,
+                                    reputation_policy policy) {
+  return sys.spawn(tracker, std::move(store), std::move(market), policy);
+}
+
+}  // namespace gflex

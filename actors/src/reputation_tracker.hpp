@@ -1,0 +1,34 @@
+#pragma once
+/// @file
+/// The reputation tracker: the core's record of every node identity it has seen (score,
+/// streak, counts, flag; see reputation.hpp), persisted in LMDB under
+/// `node/<name>/reputation`, and the source of verification sampling decisions.
+///
+/// Protocol:
+/// - (hello_atom, name, tier) from the core supervisor: a node joined; a new identity gets a
+///   record (untrusted).
+/// - (sample_atom, name) -> bool: whether to re-compute this result of the node (drawn with
+///   the node's verification probability).
+/// - (credit_atom, name, verified, compute_s): a result of the node was applied in a
+///   committed round; it is credited.
+/// - (reject_atom, name, reason): a result of the node was refused. The node is flagged and
+///   the market told to bar it (bar_atom, name).
+/// - (nodes_atom) -> vector<node_status>: every record, reputation fields filled in.
+/// - (update_atom, "market" | "store", actor): a restarted sibling; a new market is told
+///   every barred node again.
+/// Records are read before the first message is handled, and written in batches a tenth of
+/// a second after they change (at once for a rejection).
+
+#include <caf/fwd.hpp>
+
+#include "reputation.hpp"
+
+namespace gflex {
+
+caf::actor spawn_reputation_tracker(caf::actor_system& sys, caf::actor store, caf::actor market,
+                                    reputation_policy policy);
+
+/// The LMDB key of a node identity's record.
+std::string reputation_key(const std::string& name);
+
+}  // namespace gflex

@@ -1,0 +1,172 @@
+#include "verifier.hpp"
+
+#include <sodium.h>
+#include <spdlog/spdlog.h>
+
+#include <deque>
+#include <map>
+
+#include "gflex/runtime/job_spec.hpp"
+#include "gflex/runtime/update_codec.hpp"
+#include "messages.hpp"
+#include "robust_aggregation.hpp"
+
+namespace gflex {
+
+namespace {
+
+/// Tries a request gets before the verifier gives up on it.
+constexpr int max_attempts = 3;
+
+struct pending_check {
+  verify_request request;
+  caf::response_promise promise;
+  int attempts = 0;
+};
+
+struct running_check {
+  pending_check check;
+  worker_slot slot;
+};
+
+struct verifier_state {
+  caf::actor market;
+  std::deque<pending_check> queue;
+  std::map<uint64_t, running_check> running;  // by the re-computation's assignment id
+  bool asking = false;                        // an acquire is in flight
+  bool tick_scheduled = false;
+  static inline const char* name = "verifier";
+};
+
+using verifier_actor = caf::stateful_actor<verifier_state>;
+
+void pump(verifier_actor* self);
+
+void retry_or_fail(verifier_actor* self, pending_check check, const std::string& why) {
+  if (++check.attempts >= max_attempts) {
+    check.promise.deliver(to_caf(error(errc::io_error, "re-computation failed: " + why)));
+  } else {
+    self->state.queue.push_front(std::move(check));
+  }
+  pump(self);
+}
+
+void run(verifier_actor* self, pending_check check, const worker_slot& slot) {
+  auto work = check.request.work;
+  do randombytes_buf(&work.id, sizeof work.id);
+  while (work.id == 0);
+  work.verify = true;
+  work.compression = static_cast<uint8_t>(compression::fp32);
+  const uint64_t id = work.id;
+  spdlog::debug("verifier: re-computing job {} round {} shard {} on {}", work.job_id,
+                work.round + 1, work.shard.substr(0, 12), slot.node_name);
+  self->state.running[id] = {std::move(check), slot};
+  self->request(slot.worker, std::chrono::minutes(10), assign_atom::value, std::move(work))
+      .then(
+          [=](assignment_result& r) {
+            auto& st = self->state;
+            auto it = st.running.find(id);
+            if (it == st.running.end()) return;
+            auto done = std::move(it->second);
+            st.running.erase(it);
+            self->send(st.market, release_atom::value, done.slot.worker);
+            const auto& claimed = done.check.request.claimed;
+            auto recomputed = decode_update(r.update, claimed.size());
+            if (!recomputed || r.assignment_id != id) {
+              retry_or_fail(self, std::move(done.check),
+                            recomputed ? "the core-tier worker answered another assignment"
+                                       : recomputed.error().message());
+              return;
+            }
+            done.check.promise.deliver(relative_distance(claimed, *recomputed));
+            pump(self);
+          },
+          [=](caf::error& e) {
+            auto& st = self->state;
+            auto it = st.running.find(id);
+            if (it == st.running.end()) return;
+            auto done = std::move(it->second);
+            st.running.erase(it);
+            self->send(st.market, release_atom::value, done.slot.worker, true);
+            retry_or_fail(self, std::move(done.check), self->system().render(e));
+          });
+}
+
+void pump(verifier_actor* self) {
+  auto& st = self->state;
+  if (st.queue.empty() || st.asking) return;
+  st.asking = true;
+  auto wanted = static_cast<int64_t>(st.queue.size());
+  self->request(st.market, std::chrono::seconds(10), acquire_atom::value, std::string("verifier"),
+                wanted, static_cast<uint8_t>(trust_tier::core))
+      .then(
+          [=](std::vector<worker_slot>& slots) {
+            auto& st = self->state;
+            st.asking = false;
+            for (auto& slot : slots) {
+              if (st.queue.empty()) {
+                self->send(st.market, release_atom::value, slot.worker);
+                continue;
+              }
+              auto check = std::move(st.queue.front());
+              st.queue.pop_front();
+              run(self, std::move(check), slot);
+            }
+            if (!st.queue.empty() && !st.tick_scheduled) {
+              st.tick_scheduled = true;
+              self->delayed_send(self, std::chrono::milliseconds(200), tick_atom::value);
+            }
+          },
+          [=](caf::error& e) {
+            auto& st = self->state;
+            st.asking = false;
+            spdlog::warn("verifier: market did not answer: {}", self->system().render(e));
+            if (!st.tick_scheduled) {
+              st.tick_scheduled = true;
+              self->delayed_send(self, std::chrono::milliseconds(500), tick_atom::value);
+            }
+          });
+}
+
+caf::behavior verifier(verifier_actor* self, caf::actor market) {
+  self->state.market = std::move(market);
+  return {
+      [=](verify_atom, verify_request& request) -> caf::response_promise {
+        auto promise = self->make_response_promise();
+        if (request.claimed.empty()) {
+          promise.deliver(to_caf(error(errc::invalid_argument, "nothing to verify")));
+          return promise;
+        }
+        self->state.queue.push_back({std::move(request), promise, 0});
+        pump(self);
+        return promise;
+      },
+      [=](tick_atom) {
+        self->state.tick_scheduled = false;
+        pump(self);
+      },
+      [=](withdraw_atom, const std::string& node_id) {
+        auto& st = self->state;
+        std::vector<uint64_t> lost;
+        for (const auto& [id, r] : st.running)
+          if (r.slot.node_id == node_id) lost.push_back(id);
+        for (uint64_t id : lost) {
+          auto check = std::move(st.running[id].check);
+          st.running.erase(id);
+          retry_or_fail(self, std::move(check), "its core-tier node went away");
+        }
+      },
+      [=](update_atom, const std::string& role, caf::actor& replacement) {
+        if (role == "market") self->state.market = std::move(replacement);
+        pump(self);
+      },
+  };
+}
+
+}  // namespace
+
+caf::actor spawn_verifier(caf::actor_system& sys, caf::actor market) {
+  return sys.spawn(verifier, std::move(market));
+}
+
+}  // namespace gflex

@@ -1,0 +1,281 @@
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "gflex/runtime/rng.hpp"
+#include "misbehaviour.hpp"
+#include "reputation.hpp"
+#include "robust_aggregation.hpp"
+
+using namespace gflex;
+
+namespace {
+
+std::vector<float> gaussian(size_t n, uint64_t seed) {
+  rng r(seed);
+  std::vector<float> v(n);
+  for (float& x : v) x = static_cast<float>(r.normal());
+  return v;
+}
+
+// Updates that share a direction and differ by noise, as honest pseudo-gradients of one
+// round do: common * 1 + noise * sigma.
+std::vector<std::vector<float>> honest_round(size_t n, size_t dim, double sigma, uint64_t seed) {
+  auto common = gaussian(dim, seed);
+  std::vector<std::vector<float>> out;
+  for (size_t i = 0; i < n; ++i) {
+    auto noise = gaussian(dim, seed + 1 + i);
+    std::vector<float> u(dim);
+    for (size_t k = 0; k < dim; ++k) u[k] = static_cast<float>(common[k] + sigma * noise[k]);
+    out.push_back(std::move(u));
+  }
+  return out;
+}
+
+std::vector<std::span<const float>> spans(const std::vector<std::vector<float>>& v) {
+  return {v.begin(), v.end()};
+}
+
+}  // namespace
+
+TEST_SUITE("reputation") {
+  TEST_CASE("a new identity is untrusted, then sampled about 1/streak down to the floor") {
+    reputation_policy policy;
+    reputation r;
+    r.name = "n";
+    CHECK(r.score() == doctest::Approx(0.5));
+    for (int64_t i = 0; i < policy.trust_after; ++i) {
+      CHECK(r.verify_probability(policy) == 1.0);
+      r.on_validated(policy, true, 1.0);
+    }
+    CHECK(r.streak == policy.trust_after);
+    CHECK(r.verify_probability(policy) == doctest::Approx(1.0 / policy.trust_after));
+    while (r.streak < 1000) r.on_validated(policy, false, 1.0);
+    CHECK(r.verify_probability(policy) == policy.floor);
+    CHECK(r.validated == 1000);
+    CHECK(r.verified == static_cast<uint64_t>(policy.trust_after));
+    CHECK(r.credited_s == doctest::Approx(1000.0));
+    CHECK(r.score() > 0.95);  // decay keeps good below 1 / (1 - decay) = 50
+    CHECK(r.score() < 1.0);
+  }
+
+  TEST_CASE("a caught node loses streak and score, is flagged and checked every time") {
+    reputation_policy policy;
+    reputation r;
+    r.name = "n";
+    for (int i = 0; i < 100; ++i) r.on_validated(policy, false, 0.5);
+    double credited = r.credited_s;
+    r.on_rejected(policy, "signflip");
+    CHECK(r.flagged);
+    CHECK(r.streak == 0);
+    CHECK(r.rejected == 1);
+    CHECK(r.score() == doctest::Approx(1.0 / 3.0));
+    CHECK(r.verify_probability(policy) == 1.0);
+    CHECK(r.credited_s == credited);  // what was credited before stays; nothing is added
+    CHECK(r.last_rejection == "signflip");
+  }
+
+  TEST_CASE("the core tier is never sampled") {
+    reputation r;
+    r.tier = node_tier::core;
+    CHECK(r.verify_probability(reputation_policy{}) == 0.0);
+  }
+
+  TEST_CASE("records round-trip, and malformed ones are refused") {
+    reputation r;
+    r.name = "node-7";
+    r.tier = node_tier::core;
+    r.good = 3.5;
+    r.bad = 1.25;
+    r.streak = 4;
+    r.validated = 9;
+    r.verified = 2;
+    r.rejected = 1;
+    r.flagged = true;
+    r.credited_s = 12.5;
+    r.last_rejection = "why";
+    auto back = decode_reputation(encode_reputation(r));
+    REQUIRE_MESSAGE(back.has_value(), back.error().message());
+    CHECK(back->name == r.name);
+    CHECK(back->tier == r.tier);
+    CHECK(back->good == r.good);
+    CHECK(back->bad == r.bad);
+    CHECK(back->streak == r.streak);
+    CHECK(back->validated == r.validated);
+    CHECK(back->verified == r.verified);
+    CHECK(back->rejected == r.rejected);
+    CHECK(back->flagged == r.flagged);
+    CHECK(back->credited_s == r.credited_s);
+    CHECK(back->last_rejection == r.last_rejection);
+    for (std::string bad : {std::string("{"), std::string("[]"), std::string("{\"name\":\"x\"}"),
+                            encode_reputation(r).replace(0, 1, "["),
+                            std::string(R"({"name":"x","tier":"gold","good":0,"bad":0,"streak":0,
+                              "validated":0,"verified":0,"rejected":0,"flagged":false,
+                              "credited_s":0,"last_rejection":""})"),
+                            std::string(R"({"name":"x","tier":"core","good":-1,"bad":0,"streak":0,
+                              "validated":0,"verified":0,"rejected":0,"flagged":false,
+                              "credited_s":0,"last_rejection":""})")}) {
+      auto d = decode_reputation(bad);
+      REQUIRE_FALSE(d.has_value());
+      CHECK(d.error().code() == errc::malformed_message);
+    }
+  }
+
+  TEST_CASE("tiers parse by name only") {
+    CHECK(parse_node_tier("core").value() == node_tier::core);
+    CHECK(parse_node_tier("community").value() == node_tier::community);
+    auto bad = parse_node_tier("gold");
+    REQUIRE_FALSE(bad.has_value());
+    CHECK(bad.error().message().find("\"gold\"") != std::string::npos);
+  }
+}
+
+TEST_SUITE("robust_aggregation") {
+  TEST_CASE("relative distance") {
+    std::vector<float> a{3.0f, 4.0f}, b{3.0f, 4.0f}, z{0.0f, 0.0f}, flipped{-3.0f, -4.0f};
+    CHECK(relative_distance(a, b) == 0.0);
+    CHECK(relative_distance(flipped, a) == doctest::Approx(2.0));
+    CHECK(relative_distance(z, a) == doctest::Approx(1.0));
+    CHECK(std::isinf(relative_distance(a, z)));
+    CHECK(relative_distance(z, z) == 0.0);
+  }
+
+  TEST_CASE("honest rounds have no outliers") {
+    // Honest updates that are mostly noise (sigma 3: pairwise cosine about 0.1, as late in a
+    // fashion-mlp job) still agree far more than a random direction does.
+    for (uint64_t seed : {1, 2, 3}) {
+      auto round = honest_round(8, 50000, 3.0, seed);
+      CHECK(find_outliers(spans(round), 4.0, 0.0).empty());
+    }
+  }
+
+  TEST_CASE("sign flips, noise, scaling and laziness are outliers") {
+    const size_t dim = 50000;
+    // Eight honest results; the ninth, computed honestly too, is what the bad node alters
+    // and sends in place of result 5.
+    auto all = honest_round(9, dim, 3.0, 11);
+    auto own = all[8];
+    all.pop_back();
+    const auto& round = all;
+    auto flipped = own;
+    for (float& v : flipped) v = -v;
+    auto noise = gaussian(dim, 99);
+    double scale = l2_norm(own) / l2_norm(noise);
+    for (float& v : noise) v = static_cast<float>(v * scale);
+    auto big = own;
+    for (float& v : big) v *= 10.0f;
+    auto lazy = own;
+    for (float& v : lazy) v *= 0.1f;
+    struct bad_case {
+      std::string name;
+      std::vector<float> update;
+      const char* why;
+    };
+    for (const auto& [name, update, why] : std::vector<bad_case>{{"signflip", flipped, "cosine"},
+                                                                 {"noise", noise, "cosine"},
+                                                                 {"scale:10", big, "norm"},
+                                                                 {"lazy", lazy, "norm"}}) {
+      CAPTURE(name);
+      auto with_bad = round;
+      with_bad[5] = update;
+      auto out = find_outliers(spans(with_bad), 4.0, 0.0);
+      REQUIRE(out.size() == 1);
+      CHECK(out[0].index == 5);
+      CHECK(out[0].why.find(why) != std::string::npos);
+    }
+  }
+
+  TEST_CASE("too few results to compare, and the check turned off") {
+    auto round = honest_round(2, 1000, 1.0, 5);
+    for (float& v : round[1]) v = -v;
+    CHECK(find_outliers(spans(round), 4.0, 0.0).empty());
+    auto three = honest_round(3, 1000, 0.5, 5);
+    for (float& v : three[0]) v = -v;
+    CHECK(find_outliers(spans(three), 4.0, -1.0).empty());
+    CHECK_FALSE(find_outliers(spans(three), 4.0, 0.0).empty());
+  }
+
+  TEST_CASE("the robust mean clips large updates and trims per coordinate") {
+    std::vector<std::vector<float>> u{{1.0f, 0.0f}, {1.0f, 0.0f}, {1.0f, 0.0f}, {100.0f, 0.0f}};
+    std::vector<double> mean;
+    robust_mean(spans(u), 0.0, 0.0, mean);
+    CHECK(mean[0] == doctest::Approx(103.0 / 4.0));
+    robust_mean(spans(u), 2.0, 0.0, mean);  // the big one is scaled to 2 x the median norm
+    CHECK(mean[0] == doctest::Approx(5.0 / 4.0));
+    robust_mean(spans(u), 0.0, 0.25, mean);  // one value dropped at each end
+    CHECK(mean[0] == doctest::Approx(1.0));
+    std::vector<std::vector<float>> one{{2.0f, 4.0f}};
+    robust_mean(spans(one), 2.0, 0.4, mean);  // at least one value is kept
+    CHECK(mean[0] == doctest::Approx(2.0));
+    CHECK(mean[1] == doctest::Approx(4.0));
+  }
+}
+
+TEST_SUITE("misbehaviour") {
+  TEST_CASE("modes parse, and bad ones say what is wrong") {
+    CHECK(parse_misbehaviour("").value().kind == misbehaviour::mode::honest);
+    CHECK(parse_misbehaviour("signflip").value().kind == misbehaviour::mode::signflip);
+    auto scale = parse_misbehaviour("scale:2.5").value();
+    CHECK(scale.kind == misbehaviour::mode::scale);
+    CHECK(scale.factor == 2.5);
+    auto some = parse_misbehaviour("sometimes:0.2:random").value();
+    CHECK(some.kind == misbehaviour::mode::random);
+    CHECK(some.probability == 0.2);
+    for (const char* bad :
+         {"evil", "scale:x", "scale:1", "scale:inf", "sometimes:2:random", "sometimes:0.5",
+          "sometimes:0.5:sometimes:0.5:lazy", "sometimes:0:lazy"}) {
+      CAPTURE(bad);
+      auto r = parse_misbehaviour(bad);
+      REQUIRE_FALSE(r.has_value());
+      CHECK(r.error().code() == errc::invalid_argument);
+      CHECK(r.error().message().find(bad) != std::string::npos);
+    }
+  }
+
+  TEST_CASE("each mode alters the update as documented") {
+    auto honest = gaussian(1000, 3);
+    auto run = [&](const char* mode, const std::string& job = "j") {
+      misbehaving_worker w(parse_misbehaviour(mode).value(), 1);
+      CHECK(w.decide());
+      auto d = honest;
+      w.alter(job, d);
+      return d;
+    };
+    auto flipped = run("signflip");
+    CHECK(flipped[7] == -honest[7]);
+    auto scaled = run("scale:3");
+    CHECK(scaled[7] == doctest::Approx(3.0f * honest[7]));
+    auto noise = run("random");
+    CHECK(l2_norm(noise) == doctest::Approx(l2_norm(honest)).epsilon(1e-4));
+    CHECK(std::abs(agreement({noise, honest})[0]) < 0.2);
+    misbehaving_worker lazy(parse_misbehaviour("lazy").value(), 1);
+    CHECK(lazy.decide());
+    CHECK(lazy.steps(50) == 5);
+    CHECK(lazy.steps(3) == 1);
+    misbehaving_worker stale(parse_misbehaviour("stale").value(), 1);
+    auto first = honest;
+    stale.decide();
+    stale.alter("j", first);
+    CHECK(first == honest);  // nothing to replay yet
+    auto second = gaussian(1000, 4);
+    stale.decide();
+    stale.alter("j", second);
+    CHECK(second == honest);  // the previous update again
+  }
+
+  TEST_CASE("sometimes misbehaves at about its rate, repeatably per seed") {
+    auto count = [](uint64_t seed) {
+      misbehaving_worker w(parse_misbehaviour("sometimes:0.2:signflip").value(), seed);
+      int n = 0;
+      for (int i = 0; i < 5000; ++i) n += w.decide() ? 1 : 0;
+      return n;
+    };
+    CHECK(count(7) == count(7));
+    CHECK(count(7) > 900);
+    CHECK(count(7) < 1100);
+    misbehaving_worker honest(misbehaviour{}, 1);
+    CHECK_FALSE(honest.decide());
+  }
+}
