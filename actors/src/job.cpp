@@ -422,8 +422,8 @@ void try_advance(job_actor* self) {
                      (st.closing && !st.results.empty() && st.results.size() >= quorum);
   if (!ready) return;
   std::vector<std::span<const float>> updates;
-  std::vector<const round_result*> order;
-  for (const auto& [shard, r] : st.results) {
+  std::vector<round_result*> order;
+  for (auto& [shard, r] : st.results) {
     updates.emplace_back(r.update);
     order.push_back(&r);
   }
@@ -448,6 +448,17 @@ void try_advance(job_actor* self) {
     for (const auto& [node, why] : who)
       if (done.insert(node).second) caught(self, node, why);
     return;
+  }
+  // Results that passed but stand out are re-computed whatever their node's reputation; the
+  // round is applied meanwhile and rolled back should one of them fail.
+  for (size_t i : find_suspicious(updates)) {
+    auto& r = *order[i];
+    if (r.check != check_state::clear || r.slot.tier == static_cast<uint8_t>(node_tier::core))
+      continue;
+    spdlog::info("job {}: the result of {} for round {} stands out; re-computing it", st.job.id,
+                 r.slot.node_name, st.job.status.round + 1);
+    r.check = check_state::verifying;
+    verify(self, r.assignment_id);
   }
   if (st.closing)
     spdlog::warn("job {}: round {} past its deadline; closing it with {} of {} results", st.job.id,

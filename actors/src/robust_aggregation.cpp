@@ -115,6 +115,24 @@ std::vector<outlier> find_outliers(const std::vector<std::span<const float>>& up
   return out;
 }
 
+std::vector<size_t> find_suspicious(const std::vector<std::span<const float>>& updates) {
+  constexpr double norm_ratio = 1.15, agreement_ratio = 0.5;
+  std::vector<size_t> out;
+  const size_t n = updates.size();
+  if (n < 3) return out;
+  std::vector<double> norms(n);
+  for (size_t i = 0; i < n; ++i) norms[i] = l2_norm(updates[i]);
+  const double median_norm = median_of(norms);
+  const auto cosines = agreement(updates);
+  const double median_agreement = median_of(cosines);
+  for (size_t i = 0; i < n; ++i) {
+    bool odd_norm = norms[i] > norm_ratio * median_norm || norms[i] * norm_ratio < median_norm;
+    bool odd_direction = median_agreement > 0.0 && cosines[i] < agreement_ratio * median_agreement;
+    if (odd_norm || odd_direction) out.push_back(i);
+  }
+  return out;
+}
+
 void robust_mean(const std::vector<std::span<const float>>& updates, double clip, double trim,
                  std::vector<double>& out) {
   GFLEX_CHECK(!updates.empty(), "robust_mean: no updates");

@@ -43,6 +43,13 @@ struct outlier {
 std::vector<outlier> find_outliers(const std::vector<std::span<const float>>& updates,
                                    double norm_bound, double min_cosine);
 
+/// Results that pass the checks above but stand out enough to deserve a re-computation
+/// whatever their node's reputation: a norm more than 15% away from the round's median, or
+/// an agreement under half the round's median agreement. Honest results of one round are
+/// much closer than that (their norms within a few percent), while a node scaling its
+/// updates or replaying old ones is not. With fewer than 3 results, none.
+std::vector<size_t> find_suspicious(const std::vector<std::span<const float>>& updates);
+
 /// The robust mean of a round's updates into `out` (resized to their length): each update is
 /// first scaled down to at most `clip` times the median norm (clip 0: no clipping), then the
 /// mean is taken per coordinate with `trim` of the values dropped at each end (trim 0: plain

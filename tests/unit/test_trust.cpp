@@ -110,7 +110,6 @@ TEST_SUITE("reputation") {
     CHECK(back->credited_s == r.credited_s);
     CHECK(back->last_rejection == r.last_rejection);
     for (std::string bad : {std::string("{"), std::string("[]"), std::string("{\"name\":\"x\"}"),
-                            encode_reputation(r).replace(0, 1, "["),
                             std::string(R"({"name":"x","tier":"gold","good":0,"bad":0,"streak":0,
                               "validated":0,"verified":0,"rejected":0,"flagged":false,
                               "credited_s":0,"last_rejection":""})"),
@@ -185,6 +184,23 @@ TEST_SUITE("robust_aggregation") {
       CHECK(out[0].index == 5);
       CHECK(out[0].why.find(why) != std::string::npos);
     }
+  }
+
+  TEST_CASE("results that pass but stand out are suspicious; honest ones are not") {
+    const size_t dim = 50000;
+    auto all = honest_round(9, dim, 3.0, 21);
+    auto own = all[8];
+    all.pop_back();
+    CHECK(find_suspicious(spans(all)).empty());
+    auto scaled = all;
+    for (float& v : scaled[2]) v *= 1.5f;
+    CHECK(find_outliers(spans(scaled), 4.0, 0.0).empty());  // within the norm bound
+    CHECK(find_suspicious(spans(scaled)) == std::vector<size_t>{2});
+    auto replayed = all;
+    replayed[4] = honest_round(1, dim, 3.0, 77)[0];  // another round's update: other direction
+    auto r = find_suspicious(spans(replayed));
+    CHECK(r == std::vector<size_t>{4});
+    CHECK(find_suspicious(spans(std::vector<std::vector<float>>{own, own})).empty());
   }
 
   TEST_CASE("too few results to compare, and the check turned off") {
