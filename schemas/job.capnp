@@ -36,4 +36,12 @@ struct JobRecord {
   verifiedResults @12 :UInt64;
   # Rounds undone because one of their results failed verification after they were applied.
   rollbacks @13 :UInt64;
+  # Metered jobs, in micro-credits: the budget (spec plus top-ups), what was paid for
+  # committed rounds, what escrow held at the last commit, the device time paid for, and
+  # what that time would cost at the core's cloud reference price.
+  budget @14 :Int64;
+  creditsSpent @15 :Int64;
+  creditsHeld @16 :Int64;
+  deviceHours @17 :Float64;
+  cloudCost @18 :Int64;
 }

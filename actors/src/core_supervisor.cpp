@@ -11,6 +11,7 @@
 #include "data_server.hpp"
 #include "job.hpp"
 #include "job_supervisor.hpp"
+#include "ledger_keeper.hpp"
 #include "market.hpp"
 #include "messages.hpp"
 #include "registry.hpp"
@@ -23,9 +24,9 @@ namespace gflex {
 namespace {
 
 struct core_children {
-  caf::actor store, market, data_server, registry, jobs, reputation, verifier;
+  caf::actor store, market, data_server, registry, jobs, reputation, verifier, ledger;
   std::vector<caf::actor> all() const {
-    return {store, market, data_server, registry, jobs, reputation, verifier};
+    return {store, market, data_server, registry, jobs, reputation, verifier, ledger};
   }
 };
 
@@ -45,13 +46,17 @@ struct core_state {
 
 using core_actor_type = caf::stateful_actor<core_state>;
 
-job_links links_of(const core_children& c, std::shared_ptr<data_catalog> catalog) {
+job_links links_of(const core_children& c, std::shared_ptr<data_catalog> catalog,
+                   const core_config& config) {
   job_links links;
+  links.fee = config.fee;
+  links.cloud_price = config.cloud_price;
   links.store = c.store;
   links.market = c.market;
   links.catalog = std::move(catalog);
   links.reputation = c.reputation;
   links.verifier = c.verifier;
+  links.ledger = c.ledger;
   return links;
 }
 
@@ -95,6 +100,7 @@ caf::actor restart_child(core_actor_type* self, const caf::actor_addr& who) {
     c.store = *store;
     tell(c.jobs, "store", c.store);
     tell(c.reputation, "store", c.store);
+    tell(c.ledger, "store", c.store);
     return c.store;
   } else if (who == c.market.address()) {
     c.market = spawn_market(sys);
@@ -114,12 +120,16 @@ caf::actor restart_child(core_actor_type* self, const caf::actor_addr& who) {
     tell(c.registry, "data_server", c.data_server);
     return c.data_server;
   } else if (who == c.jobs.address()) {
-    c.jobs = spawn_job_supervisor(sys, links_of(c, st.catalog));
+    c.jobs = spawn_job_supervisor(sys, links_of(c, st.catalog, st.config));
     return c.jobs;
   } else if (who == c.reputation.address()) {
     c.reputation = spawn_reputation_tracker(sys, c.store, c.market, reputation_policy{});
     tell(c.jobs, "reputation", c.reputation);
     return c.reputation;
+  } else if (who == c.ledger.address()) {
+    c.ledger = spawn_ledger_keeper(sys, c.store);
+    tell(c.jobs, "ledger", c.ledger);
+    return c.ledger;
   } else if (who == c.verifier.address()) {
     c.verifier = spawn_verifier(sys, c.market);
     tell(c.jobs, "verifier", c.verifier);
@@ -146,6 +156,7 @@ caf::behavior core_actor(core_actor_type* self, core_children children, core_con
                        : down.source == c.jobs.address()        ? "job supervisor"
                        : down.source == c.reputation.address()  ? "reputation tracker"
                        : down.source == c.verifier.address()    ? "verifier"
+                       : down.source == c.ledger.address()      ? "ledger keeper"
                                                                 : nullptr;
     if (role == nullptr) return;
     auto now = std::chrono::steady_clock::now();
@@ -185,10 +196,15 @@ caf::behavior core_actor(core_actor_type* self, core_children children, core_con
                                                 std::to_string(protocol_version) + ")"));
         }
         if (hello.workers.empty() || hello.workers.size() > 1024 || !hello.uplink ||
-            hello.name.empty() || hello.name.size() > 128)
+            !is_account_id("node/" + hello.name))
           return to_caf(error(errc::invalid_argument,
-                              "a node must name itself (1-128 characters) and bring 1-1024 "
-                              "workers and an uplink"));
+                              "a node must name itself (1-128 of A-Z a-z 0-9 . _ -) and bring "
+                              "1-1024 workers and an uplink"));
+        if (hello.price < 0 || hello.price > max_amount_micro / 1000 ||
+            !(hello.throughput >= 0.0 && hello.throughput < 1e12))
+          return to_caf(error(errc::invalid_argument,
+                              "a node's price must be in [0, 1000000] credits per hour and its "
+                              "throughput finite and not negative"));
         if (hello.tier > static_cast<uint8_t>(node_tier::core))
           return to_caf(error(errc::invalid_argument, "unknown tier " + std::to_string(hello.tier) +
                                                           " (community is 0, core is 1)"));
@@ -214,6 +230,14 @@ caf::behavior core_actor(core_actor_type* self, core_children children, core_con
             .then(
                 [=](node_welcome& w) mutable {
                   self->send(self->state.children->reputation, hello_atom::value, name, tier);
+                  // Its payout account, opened at its first join.
+                  self->request(self->state.children->ledger, std::chrono::seconds(30),
+                                open_atom::value, "node/" + name, true)
+                      .then([](caf::ok_atom) {},
+                            [=](caf::error& e) {
+                              spdlog::error("cannot open the payout account of node {}: {}", name,
+                                            self->system().render(e));
+                            });
                   rp.deliver(std::move(w));
                 },
                 [=](caf::error& e) mutable { rp.deliver(e); });
@@ -224,6 +248,48 @@ caf::behavior core_actor(core_actor_type* self, core_children children, core_con
       [=](jobs_atom a) { return self->delegate(jobs(), a); },
       [=](cancel_atom a, std::string& id) { return self->delegate(jobs(), a, std::move(id)); },
       [=](fetch_atom a, std::string& id) { return self->delegate(jobs(), a, std::move(id)); },
+      [=](open_atom a, std::string& account) -> caf::result<caf::message> {
+        // Node and escrow accounts are the core's to open.
+        if (!account.starts_with("user/"))
+          return to_caf(error(errc::invalid_argument, "'" + account +
+                                                          "': clients open user accounts only "
+                                                          "(user/NAME)"));
+        return self->delegate(self->state.children->ledger, a, std::move(account), false);
+      },
+      [=](credit_in_atom, std::string& account,
+          int64_t amount) -> caf::result<caf::message> {
+        if (amount <= 0 || amount > max_amount_micro)
+          return to_caf(error(errc::invalid_argument, "a credit must be in (0, 1e12] credits"));
+        if (!account.starts_with("user/"))
+          return to_caf(error(errc::invalid_argument,
+                              "only user accounts are credited from outside, not " + account));
+        std::vector<posting> postings{{account, amount}, {ledger_book::external, -amount}};
+        return self->delegate(self->state.children->ledger, transfer_atom::value,
+                              std::string("credit"), "operator credit to " + account,
+                              std::move(postings));
+      },
+      [=](account_atom a, std::string& account) {
+        return self->delegate(self->state.children->ledger, a, std::move(account));
+      },
+      [=](topup_atom a, std::string& job, int64_t amount) {
+        return self->delegate(self->state.children->jobs, a, std::move(job), amount);
+      },
+      [=](ledger_atom a) -> caf::result<ledger_report> {
+        // Ended jobs must hold nothing in escrow; the job supervisor knows which ended.
+        auto rp = self->make_response_promise<ledger_report>();
+        self->request(self->state.children->jobs, std::chrono::seconds(30), jobs_atom::value)
+            .then(
+                [=](std::vector<job_status>& jobs) mutable {
+                  std::vector<std::string> ended;
+                  for (const auto& j : jobs)
+                    if (is_terminal(j.state)) ended.push_back(j.job_id);
+                  self->request(self->state.children->ledger, std::chrono::seconds(120), a, ended)
+                      .then([=](ledger_report& r) mutable { rp.deliver(std::move(r)); },
+                            [=](caf::error& e) mutable { rp.deliver(e); });
+                },
+                [=](caf::error& e) mutable { rp.deliver(e); });
+        return rp;
+      },
       [=](nodes_atom a) -> caf::result<std::vector<node_status>> {
         auto rp = self->make_response_promise<std::vector<node_status>>();
         auto& c = *self->state.children;
@@ -257,7 +323,8 @@ expected<caf::actor> spawn_core(caf::actor_system& sys, const core_config& confi
                               registry_config{config.heartbeat_ms, config.lease_ms});
   c.reputation = spawn_reputation_tracker(sys, c.store, c.market, reputation_policy{});
   c.verifier = spawn_verifier(sys, c.market);
-  c.jobs = spawn_job_supervisor(sys, links_of(c, catalog));
+  c.ledger = spawn_ledger_keeper(sys, c.store);
+  c.jobs = spawn_job_supervisor(sys, links_of(c, catalog, config));
   return sys.spawn(core_actor, c, config, catalog);
 }
 

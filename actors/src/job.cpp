@@ -3,6 +3,7 @@
 #include <sodium.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <deque>
@@ -56,6 +57,7 @@ struct round_result {
   std::vector<float> update;
   double loss = 0.0;
   double compute_s = 0.0;
+  double wall_s = 0.0;  // from sending the assignment to its answer, as the core saw it
   check_state check = check_state::deciding;
 };
 
@@ -95,6 +97,12 @@ struct job_state {
   bool waiting_for_workers = false;
   std::optional<unconfirmed_round> unconfirmed;
   std::set<std::string> caught;  // nodes caught misbehaving during this job
+  // Metered jobs: escrow held per round index (a rolled-back round keeps its hold), and
+  // whether the next round waits for its hold or for a top-up.
+  std::map<int64_t, int64_t> held;
+  bool holding = false;
+  bool paused = false;
+  bool paused_for_budget = false;  // re-tried when a round settles and frees escrow
   // What the last durable commit holds; clients are shown these, never rounds that a crash
   // or a failed verification could still take back.
   int64_t durable_round = 0;
@@ -151,6 +159,128 @@ void publish(job_actor* self) {
 
 void dispatch(job_actor* self);
 void start_round(job_actor* self);
+
+bool metered(const job_state& st) {
+  return !st.job.spec.account.empty();
+}
+
+std::string escrow_of(const job_state& st) {
+  return "escrow/" + st.job.id;
+}
+
+int64_t total_held(const job_state& st) {
+  int64_t sum = 0;
+  for (const auto& [round, amount] : st.held) sum += amount;
+  return sum;
+}
+
+void pause(job_actor* self, const std::string& why) {
+  auto& st = self->state;
+  st.paused = true;
+  st.job.status.state = "paused";
+  st.job.status.detail = why;
+  spdlog::warn("job {}: paused: {}", st.job.id, why);
+  publish(self);
+}
+
+// Holds the current round's escrow (once per round index: a rolled-back round keeps its
+// hold), then hands out its assignments. A budget or an account that cannot cover the hold
+// pauses the job until a top-up.
+void hold_round(job_actor* self) {
+  auto& st = self->state;
+  const int64_t index = st.job.status.round;
+  if (!metered(st) || st.held.count(index) != 0 || st.paused) {
+    dispatch(self);
+    return;
+  }
+  const int64_t hold = round_escrow(st.job.spec);
+  auto& s = st.job.status;
+  if (s.credits_spent + total_held(st) + hold > s.budget) {
+    // With a round still unconfirmed its escrow may come back soon: wait for it quietly.
+    st.paused_for_budget = true;
+    if (total_held(st) > 0) {
+      st.paused = true;
+      return;
+    }
+    pause(self, "budget exhausted: " + format_credits(s.credits_spent) + " credits spent and " +
+                    format_credits(total_held(st)) + " in escrow of a budget of " +
+                    format_credits(s.budget) + "; round " + std::to_string(index + 1) +
+                    " needs " + format_credits(hold) + " in escrow (gflex topup " + st.job.id +
+                    " AMOUNT resumes it)");
+    return;
+  }
+  if (hold == 0) {
+    st.held[index] = 0;
+    dispatch(self);
+    return;
+  }
+  st.holding = true;
+  std::vector<posting> postings{{st.job.spec.account, -hold}, {escrow_of(st), hold}};
+  self->request(st.links.ledger, std::chrono::seconds(60), transfer_atom::value,
+                std::string("hold"),
+                st.job.id + " round " + std::to_string(index + 1) + ": escrow",
+                std::move(postings))
+      .then(
+          [=](uint64_t) {
+            auto& st = self->state;
+            st.holding = false;
+            st.held[index] = hold;
+            st.job.status.credits_held = total_held(st);
+            dispatch(self);
+          },
+          [=](caf::error& e) {
+            auto& st = self->state;
+            st.holding = false;
+            pause(self, "the account " + st.job.spec.account + " cannot hold round " +
+                            std::to_string(index + 1) + "'s escrow (" + format_credits(hold) +
+                            " credits): " + from_caf(e).message() +
+                            " (credit it, then gflex topup " + st.job.id + " AMOUNT)");
+          });
+}
+
+// The payments of a confirmed round: each accepted result is paid at its node's price for
+// the time it took, the smaller of what the node reports and what the core measured (and
+// never more than the round's deadline); the platform keeps its fee, and what the round's
+// escrow held beyond that goes back to the job's account.
+struct settlement {
+  std::vector<posting> postings;
+  int64_t paid = 0;
+  double hours = 0.0;
+  std::string memo;
+};
+
+settlement settle_round(job_state& st, int64_t index, const round_results& results) {
+  settlement out;
+  const auto& spec = st.job.spec;
+  const int64_t hold = st.held.count(index) ? st.held[index] : 0;
+  std::map<std::string, int64_t> to_nodes;
+  int64_t fees = 0;
+  for (const auto& [shard, r] : results) {
+    double paid_s = std::clamp(std::min(r.compute_s, r.wall_s), 0.0, spec.deadline_s);
+    auto cost = static_cast<int64_t>(static_cast<double>(r.slot.price) * paid_s / 3600.0);
+    auto fee = static_cast<int64_t>(static_cast<double>(cost) * st.links.fee);
+    to_nodes["node/" + r.slot.node_name] += cost - fee;
+    fees += fee;
+    out.paid += cost;
+    out.hours += paid_s / 3600.0;
+  }
+  if (out.paid > hold) {  // cannot happen: prices are within max_price, times within the deadline
+    spdlog::error("job {}: round {} costs {} but holds {}; paying nothing", st.job.id, index + 1,
+                  format_credits(out.paid), format_credits(hold));
+    to_nodes.clear();
+    fees = 0;
+    out.paid = 0;
+  }
+  if (hold > 0) out.postings.push_back({escrow_of(st), -hold});
+  for (const auto& [account, amount] : to_nodes)
+    if (amount > 0) out.postings.push_back({account, amount});
+  if (fees > 0) out.postings.push_back({ledger_book::platform, fees});
+  if (hold - out.paid > 0) out.postings.push_back({spec.account, hold - out.paid});
+  out.memo = st.job.id + " round " + std::to_string(index + 1) + ": " +
+             std::to_string(results.size()) + " assignment(s) paid";
+  st.held.erase(index);
+  return out;
+}
 void try_advance(job_actor* self);
 void try_confirm(job_actor* self);
 
@@ -173,11 +303,25 @@ void finish(job_actor* self, const std::string& state, const std::string& detail
     self->send(st.links.market, release_atom::value, a.slot.worker);
   }
   st.pending.clear();
+  // What escrow still holds goes back with the final record, in one transaction.
+  std::vector<posting> release;
+  if (metered(st) && total_held(st) > 0) {
+    release = {{escrow_of(st), -total_held(st)}, {st.job.spec.account, total_held(st)}};
+    st.held.clear();
+  }
+  st.job.status.credits_held = 0;
   publish(self);
   store_batch batch;
   batch.keys.push_back(job_record_key(st.job.id));
   batch.values.push_back(encode_job_record(st.job.spec_text, st.job.status));
-  self->request(st.links.store, std::chrono::seconds(30), commit_atom::value, std::move(batch))
+  auto written = metered(st)
+                     ? self->request(st.links.ledger, std::chrono::seconds(60), settle_atom::value,
+                                     std::string("release"),
+                                     st.job.id + " ended (" + state + "): escrow returned",
+                                     std::move(release), std::move(batch))
+                     : self->request(st.links.store, std::chrono::seconds(30), commit_atom::value,
+                                     std::move(batch));
+  std::move(written)
       .then([=](caf::ok_atom) { self->quit(); },
             [=](caf::error& e) {
               spdlog::error("job {}: cannot record its end: {}", self->state.job.id,
@@ -353,6 +497,14 @@ void try_confirm(job_actor* self) {
                r.check == check_state::verified, r.compute_s);
   const auto& spec = st.job.spec;
   auto& s = st.job.status;
+  settlement pay;
+  if (metered(st)) {
+    pay = settle_round(st, u.index, u.results);
+    s.credits_spent += pay.paid;
+    s.credits_held = total_held(st);
+    s.device_hours += pay.hours;
+    s.cloud_cost = std::llround(s.device_hours * st.links.cloud_price * 1e6);
+  }
   const bool last = s.round == s.rounds;
   if (s.round % spec.eval_every == 0 || last) {
     auto eval = kernels::evaluate(*st.workload, st.data->test, *st.eval_backend, st.job.theta);
@@ -387,7 +539,15 @@ void try_confirm(job_actor* self) {
   // applied twice.
   const int64_t round = s.round, nodes = s.nodes;
   const double accuracy = s.test_accuracy, loss = s.train_loss;
-  self->request(st.links.store, std::chrono::seconds(60), commit_atom::value, std::move(batch))
+  // A metered round's payments are booked in the same transaction as its record and
+  // checkpoint: a round is committed and paid, or neither.
+  auto written = metered(st)
+                     ? self->request(st.links.ledger, std::chrono::seconds(60), settle_atom::value,
+                                     std::string("settle"), std::move(pay.memo),
+                                     std::move(pay.postings), std::move(batch))
+                     : self->request(st.links.store, std::chrono::seconds(60), commit_atom::value,
+                                     std::move(batch));
+  std::move(written)
       .then(
           [=](caf::ok_atom) {
             auto& st = self->state;
@@ -399,8 +559,18 @@ void try_confirm(job_actor* self) {
                          st.job.id, round, st.job.status.rounds, loss, accuracy);
             if (last) {
               finish(self, "done", "");
-            } else {
-              publish(self);
+              return;
+            }
+            publish(self);
+            // A round waiting for escrow may fit the budget now that this one is settled.
+            if (st.paused_for_budget) {
+              st.paused_for_budget = false;
+              st.paused = false;
+              if (st.job.status.state == "paused") {
+                st.job.status.state = "running";
+                st.job.status.detail.clear();
+              }
+              hold_round(self);
             }
           },
           [=](caf::error& e) {
@@ -531,8 +701,10 @@ void on_result(job_actor* self, uint64_t id, assignment_result& r) {
   auto slot = it->second.slot;
   auto shard = it->second.shard;
   auto work = std::move(it->second.work);
-  st.durations.push_back(
-      std::chrono::duration<double>(clock_type::now() - it->second.started).count());
+  // The time the core saw the assignment take: a node is never paid for more.
+  const double wall_s =
+      std::chrono::duration<double>(clock_type::now() - it->second.started).count();
+  st.durations.push_back(wall_s);
   st.pending.erase(it);
   st.copies[shard] -= 1;
   // The first valid result of a shard wins; its other copies are cancelled, and their
@@ -553,7 +725,7 @@ void on_result(job_actor* self, uint64_t id, assignment_result& r) {
       "job {}: accepted assignment {:016x} (round {}, shard {}) from {}: {:.3f} s of "
       "compute, {} bytes",
       st.job.id, id, st.job.status.round + 1, shard, slot.node_name, r.compute_s, r.update.size());
-  round_result result{id, slot, std::move(work), std::move(*update), r.loss, r.compute_s};
+  round_result result{id, slot, std::move(work), std::move(*update), r.loss, r.compute_s, wall_s};
   const bool trusted = slot.tier == static_cast<uint8_t>(node_tier::core);
   result.check = trusted ? check_state::clear : check_state::deciding;
   st.results[shard] = std::move(result);
@@ -615,14 +787,17 @@ void send_assignment(job_actor* self, const worker_slot& slot, int64_t shard) {
 
 void dispatch(job_actor* self) {
   auto& st = self->state;
-  if (st.finished || st.unassigned.empty() || st.waiting_for_workers) return;
+  if (st.finished || st.unassigned.empty() || st.waiting_for_workers || st.holding || st.paused)
+    return;
   st.waiting_for_workers = true;
   auto wanted = static_cast<int64_t>(st.unassigned.size());
   self->request(st.links.market, std::chrono::seconds(10), acquire_atom::value, st.job.id, wanted,
-                static_cast<uint8_t>(st.job.spec.tier))
+                static_cast<uint8_t>(st.job.spec.tier), st.job.spec.max_price,
+                st.job.spec.min_reputation)
       .then(
-          [=](std::vector<worker_slot>& slots) {
+          [=](acquire_reply& reply) {
             auto& st = self->state;
+            auto& slots = reply.slots;
             st.waiting_for_workers = false;
             if (st.finished) {
               for (auto& s : slots) self->send(st.links.market, release_atom::value, s.worker);
@@ -644,7 +819,11 @@ void dispatch(job_actor* self) {
             if (!st.unassigned.empty()) {
               detail = "waiting for workers: " + std::to_string(st.unassigned.size()) +
                        " assignment(s) of round " + std::to_string(st.job.status.round + 1) +
-                       " have none (tier " + to_string(st.job.spec.tier) + ")";
+                       " have none (tier " + to_string(st.job.spec.tier) +
+                       "): " + std::to_string(reply.busy) + " worker(s) busy, " +
+                       std::to_string(reply.wrong_tier) + " of another tier, " +
+                       std::to_string(reply.too_expensive) + " over max_price, " +
+                       std::to_string(reply.low_reputation) + " below min_reputation";
               self->delayed_send(self, std::chrono::milliseconds(250), tick_atom::value);
             }
             if (detail != st.job.status.detail) {
@@ -677,7 +856,7 @@ void start_round(job_actor* self) {
   self->delayed_send(self, std::chrono::milliseconds(250), tick_atom::value,
                      static_cast<uint64_t>(st.job.status.round));
   for (int64_t shard : shards_of_round(st, st.job.status.round)) st.unassigned.push_back(shard);
-  dispatch(self);
+  hold_round(self);
 }
 
 // Runs four times a second during a round: backup copies for stragglers, and closing a
@@ -688,6 +867,12 @@ void watch_round(job_actor* self) {
   auto now = clock_type::now();
   const auto answered = static_cast<int64_t>(st.results.size());
   double age = std::chrono::duration<double>(now - st.round_started).count();
+  if (spec.deadline_h > 0.0 &&
+      st.elapsed_before + std::chrono::duration<double>(now - st.resumed_at).count() >
+          spec.deadline_h * 3600.0) {
+    finish(self, "failed", "its deadline of " + format_g(spec.deadline_h) + " h passed");
+    return;
+  }
   auto quorum = static_cast<int64_t>(std::ceil(spec.quorum * static_cast<double>(spec.workers)));
   if (!st.closing && age > spec.deadline_s && answered >= quorum && answered < spec.workers) {
     st.closing = true;
@@ -777,15 +962,95 @@ caf::behavior job_behavior(job_actor* self, job_start start, job_links links) {
       if (a.slot.worker.address() == down.source) lost.push_back(id);
     for (uint64_t id : lost) fail_assignment(self, id, "worker lost");
   });
-  start_round(self);
+  if (metered(st)) {
+    // Escrow left by an interrupted run (a crash between a hold and its round's commit) goes
+    // back to the account before the job holds anew.
+    st.job.status.budget = std::max(st.job.status.budget, st.job.spec.budget);
+    st.job.status.account = st.job.spec.account;
+    st.holding = true;
+    self->request(st.links.ledger, std::chrono::seconds(60), open_atom::value, escrow_of(st), true)
+        .then(
+            [=](caf::ok_atom) {
+              self->request(self->state.links.ledger, std::chrono::seconds(60),
+                            account_atom::value, escrow_of(self->state))
+                  .then(
+                      [=](account_info& info) {
+                        auto& st = self->state;
+                        st.job.status.credits_held = 0;
+                        auto go = [=] {
+                          self->state.holding = false;
+                          start_round(self);
+                        };
+                        if (info.balance <= 0) return go();
+                        std::vector<posting> back{{info.id, -info.balance},
+                                                  {st.job.spec.account, info.balance}};
+                        self->request(st.links.ledger, std::chrono::seconds(60),
+                                      transfer_atom::value, std::string("release"),
+                                      st.job.id + " resumed: escrow of an interrupted round "
+                                                  "returned",
+                                      std::move(back))
+                            .then([=](uint64_t) { go(); },
+                                  [=](caf::error& e) {
+                                    finish(self, "failed",
+                                           "cannot return stale escrow: " + from_caf(e).message());
+                                  });
+                      },
+                      [=](caf::error& e) {
+                        finish(self, "failed", "cannot read escrow: " + from_caf(e).message());
+                      });
+            },
+            [=](caf::error& e) {
+              finish(self, "failed", "cannot open escrow: " + from_caf(e).message());
+            });
+  } else {
+    start_round(self);
+  }
   return {
       [=](tick_atom) { dispatch(self); },
+      [=](topup_atom, int64_t amount) -> caf::result<caf::ok_atom> {
+        auto& st = self->state;
+        if (self->current_sender() !=
+            caf::actor_cast<caf::strong_actor_ptr>(st.links.supervisor))
+          return to_caf(error(errc::invalid_argument, "only the job supervisor tops a job up"));
+        st.job.status.budget += amount;
+        spdlog::info("job {}: budget topped up by {} to {} credits", st.job.id,
+                     format_credits(amount), format_credits(st.job.status.budget));
+        // The new budget is durable before it is used.
+        store_batch batch;
+        batch.keys.push_back(job_record_key(st.job.id));
+        auto recorded = st.job.status;
+        recorded.round = st.durable_round;
+        recorded.test_accuracy = st.durable_accuracy;
+        recorded.train_loss = st.durable_loss;
+        batch.values.push_back(encode_job_record(st.job.spec_text, recorded));
+        auto rp = self->make_response_promise<caf::ok_atom>();
+        self->request(st.links.store, std::chrono::seconds(30), commit_atom::value,
+                      std::move(batch))
+            .then(
+                [=](caf::ok_atom) mutable {
+                  auto& st = self->state;
+                  if (st.paused) {
+                    st.paused = false;
+                    st.paused_for_budget = false;
+                    st.job.status.state = "running";
+                    st.job.status.detail.clear();
+                    publish(self);
+                    hold_round(self);
+                  } else {
+                    publish(self);
+                  }
+                  rp.deliver(caf::ok_atom::value);
+                },
+                [=](caf::error& e) mutable { rp.deliver(e); });
+        return rp;
+      },
       [=](update_atom, const std::string& role, caf::actor& replacement) {
         // The core restarted a sibling; in-flight requests to the old one fail and retry.
         if (role == "store") self->state.links.store = std::move(replacement);
         if (role == "market") self->state.links.market = std::move(replacement);
         if (role == "reputation") self->state.links.reputation = std::move(replacement);
         if (role == "verifier") self->state.links.verifier = std::move(replacement);
+        if (role == "ledger") self->state.links.ledger = std::move(replacement);
         dispatch(self);
       },
       [=](verify_atom, uint64_t assignment_id) { verify(self, assignment_id); },

@@ -42,6 +42,11 @@ std::vector<uint8_t> encode_job_record(const std::string& spec_text, const job_s
   r.setRejectedResults(s.rejected_results);
   r.setVerifiedResults(s.verified_results);
   r.setRollbacks(s.rollbacks);
+  r.setBudget(s.budget);
+  r.setCreditsSpent(s.credits_spent);
+  r.setCreditsHeld(s.credits_held);
+  r.setDeviceHours(s.device_hours);
+  r.setCloudCost(s.cloud_cost);
   auto flat = capnp::messageToFlatArray(message);
   auto bytes = flat.asBytes();
   return {bytes.begin(), bytes.end()};
@@ -70,6 +75,11 @@ expected<std::pair<std::string, job_status>> decode_job_record(std::span<const u
     s.rejected_results = r.getRejectedResults();
     s.verified_results = r.getVerifiedResults();
     s.rollbacks = r.getRollbacks();
+    s.budget = r.getBudget();
+    s.credits_spent = r.getCreditsSpent();
+    s.credits_held = r.getCreditsHeld();
+    s.device_hours = r.getDeviceHours();
+    s.cloud_cost = r.getCloudCost();
     return std::pair<std::string, job_status>{r.getSpec().cStr(), std::move(s)};
   } catch (const kj::Exception& e) {
     return error(errc::malformed_message, std::string("job record: ") + e.getDescription().cStr());

@@ -116,6 +116,7 @@ void resume_jobs(supervisor_actor* self) {
               status.rounds = spec->rounds;
               status.name = spec->name;
               status.workload = spec->workload;
+              status.account = spec->account;
               if (is_terminal(status.state)) {
                 self->state.jobs[status.job_id].status = status;
                 continue;
@@ -175,6 +176,7 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links) {
         if (role == "market") st.links.market = replacement;
         if (role == "reputation") st.links.reputation = replacement;
         if (role == "verifier") st.links.verifier = replacement;
+        if (role == "ledger") st.links.ledger = replacement;
         for (auto& [id, entry] : st.jobs)
           if (entry.actor) self->send(entry.actor, update_atom::value, role, replacement);
       },
@@ -182,35 +184,79 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links) {
         auto it = self->state.jobs.find(s.job_id);
         if (it != self->state.jobs.end()) it->second.status = std::move(s);
       },
-      [=](submit_atom, const std::string& text) -> caf::result<std::string> {
+      [=](submit_atom, std::string text) -> caf::result<std::string> {
         auto spec = parse_job_spec(text, "job spec");
         if (!spec) return to_caf(spec.error());
         auto w = kernels::find_workload(spec->workload);
         if (!w)
           return to_caf(
               error(errc::unknown_workload, "job spec: job.workload: " + w.error().message()));
-        auto& st = self->state;
-        std::string id = "job-" + std::to_string(st.next_id++);
-        job_status status;
-        status.job_id = id;
-        status.name = spec->name;
-        status.workload = spec->workload;
-        status.rounds = spec->rounds;
-        status.state = "queued";
-        store_batch batch;
-        batch.keys.push_back(job_record_key(id));
-        batch.values.push_back(encode_job_record(text, status));
         auto rp = self->make_response_promise<std::string>();
-        self->request(st.links.store, std::chrono::seconds(30), commit_atom::value,
-                      std::move(batch))
+        auto accept = [=](job_spec spec) mutable {
+          auto& st = self->state;
+          std::string id = "job-" + std::to_string(st.next_id++);
+          job_status status;
+          status.job_id = id;
+          status.name = spec.name;
+          status.workload = spec.workload;
+          status.rounds = spec.rounds;
+          status.state = "queued";
+          status.account = spec.account;
+          status.budget = spec.budget;
+          store_batch batch;
+          batch.keys.push_back(job_record_key(id));
+          batch.values.push_back(encode_job_record(text, status));
+          self->request(st.links.store, std::chrono::seconds(30), commit_atom::value,
+                        std::move(batch))
+              .then(
+                  [=](caf::ok_atom) mutable {
+                    spdlog::info("job {} ({}) submitted: {} rounds of {} workers", id,
+                                 status.name, status.rounds, spec.workers);
+                    start_job(self, job_start{id, text, spec, status, {}, {}});
+                    rp.deliver(id);
+                  },
+                  [=](caf::error& e) mutable { rp.deliver(e); });
+        };
+        if (spec->account.empty()) {
+          accept(*spec);
+          return rp;
+        }
+        // A metered job's account must exist, and hold one round's escrow, before anything
+        // is recorded.
+        self->request(self->state.links.ledger, std::chrono::seconds(30), account_atom::value,
+                      spec->account)
             .then(
-                [=](caf::ok_atom) mutable {
-                  spdlog::info("job {} ({}) submitted: {} rounds of {} workers", id, status.name,
-                               status.rounds, spec->workers);
-                  start_job(self, job_start{id, text, *spec, status, {}, {}});
-                  rp.deliver(id);
+                [=](account_info& info) mutable {
+                  auto need = round_escrow(*spec);
+                  if (info.balance < need) {
+                    rp.deliver(to_caf(error(
+                        errc::invalid_argument,
+                        "job spec: market.account: " + info.id + " holds " +
+                            format_credits(info.balance) + " credits, less than one round's "
+                            "escrow (" + format_credits(need) + ")")));
+                    return;
+                  }
+                  accept(*spec);
                 },
-                [=](caf::error& e) mutable { rp.deliver(e); });
+                [=](caf::error& e) mutable {
+                  rp.deliver(to_caf(error(errc::invalid_argument,
+                                          "job spec: market.account: " + from_caf(e).message())));
+                });
+        return rp;
+      },
+      [=](topup_atom, const std::string& id, int64_t amount) -> caf::result<caf::ok_atom> {
+        auto it = self->state.jobs.find(id);
+        if (it == self->state.jobs.end()) return to_caf(unknown_job(id));
+        if (is_terminal(it->second.status.state) || !it->second.actor)
+          return to_caf(error(errc::invalid_argument, "job " + id + " has ended"));
+        if (it->second.spec.account.empty())
+          return to_caf(error(errc::invalid_argument, "job " + id + " is unmetered (no account)"));
+        if (amount <= 0 || amount > max_amount_micro)
+          return to_caf(error(errc::invalid_argument, "a top-up must be in (0, 1e12] credits"));
+        auto rp = self->make_response_promise<caf::ok_atom>();
+        self->request(it->second.actor, std::chrono::seconds(30), topup_atom::value, amount)
+            .then([=](caf::ok_atom) mutable { rp.deliver(caf::ok_atom::value); },
+                  [=](caf::error& e) mutable { rp.deliver(e); });
         return rp;
       },
       [=](status_atom, const std::string& id) -> caf::result<job_status> {

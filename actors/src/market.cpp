@@ -1,9 +1,11 @@
 #include "market.hpp"
 
 #include <chrono>
+#include <map>
 #include <set>
 
 #include "gflex/runtime/job_spec.hpp"
+#include "matcher.hpp"
 #include "messages.hpp"
 #include "reputation.hpp"
 
@@ -32,6 +34,7 @@ struct market_state {
   size_t cursor = 0;  // where the next acquire starts looking, for round-robin spreading
   std::set<caf::actor_addr> watched;  // jobs monitored
   std::set<std::string> barred;       // node names caught misbehaving: never offered again
+  std::map<std::string, double> scores;  // reputation by node name, from the tracker
   static inline const char* name = "market";
 };
 
@@ -90,41 +93,40 @@ caf::behavior market_actor(caf::stateful_actor<market_state>* self) {
                            [&](const slot_entry& e) { return e.slot.node_name == name; }),
             st.slots.end());
       },
-      [=](acquire_atom, const std::string&, int64_t wanted,
-          uint8_t policy) -> std::vector<worker_slot> {
+      [=](score_atom, const std::string& name, double score) {
+        self->state.scores[name] = score;
+      },
+      [=](acquire_atom, const std::string&, int64_t wanted, uint8_t policy, int64_t max_price,
+          double min_reputation) -> acquire_reply {
         auto& st = self->state;
-        std::vector<worker_slot> out;
-        const auto core = static_cast<uint8_t>(node_tier::core);
-        const auto community = static_cast<uint8_t>(node_tier::community);
-        // Hybrid takes community slots first and core-tier slots for what is left.
-        std::vector<uint8_t> passes;
-        switch (static_cast<trust_tier>(policy)) {
-          case trust_tier::core:
-            passes = {core};
-            break;
-          case trust_tier::community:
-            passes = {community};
-            break;
-          default:
-            passes = {community, core};
-        }
-        size_t taken_from = st.cursor;
         const auto now = clock_type::now();
-        for (uint8_t tier : passes) {
-          for (size_t i = 0; i < st.slots.size() && static_cast<int64_t>(out.size()) < wanted;
-               ++i) {
-            size_t at = (st.cursor + i) % st.slots.size();
-            auto& e = st.slots[at];
-            if (e.busy || e.slot.tier != tier || now < e.cooldown_until) continue;
-            e.busy = true;
-            e.holder = caf::actor_cast<caf::actor>(self->current_sender());
-            if (e.holder && self->state.watched.insert(e.holder.address()).second)
-              self->monitor(e.holder);
-            out.push_back(e.slot);
-            taken_from = at + 1;
-          }
+        std::vector<slot_offer> offers;
+        offers.reserve(st.slots.size());
+        for (const auto& e : st.slots) {
+          auto score = st.scores.find(e.slot.node_name);
+          offers.push_back({e.slot.tier, e.slot.price, e.slot.throughput,
+                            score == st.scores.end() ? 0.5 : score->second,
+                            !e.busy && now >= e.cooldown_until});
         }
-        if (!st.slots.empty()) st.cursor = taken_from % st.slots.size();
+        slot_bid bid{static_cast<trust_tier>(std::min<uint8_t>(policy, 2)), max_price,
+                     min_reputation};
+        auto m = match_slots(offers, bid, static_cast<size_t>(std::max<int64_t>(wanted, 0)),
+                             st.cursor);
+        acquire_reply out;
+        out.busy = m.busy;
+        out.wrong_tier = m.wrong_tier;
+        out.too_expensive = m.too_expensive;
+        out.low_reputation = m.low_reputation;
+        auto holder = caf::actor_cast<caf::actor>(self->current_sender());
+        if (holder && st.watched.insert(holder.address()).second) self->monitor(holder);
+        for (size_t i : m.chosen) {
+          auto& e = st.slots[i];
+          e.busy = true;
+          e.holder = holder;
+          out.slots.push_back(e.slot);
+        }
+        // Slots of equal cost are taken from here on next time, to spread work.
+        if (!st.slots.empty()) st.cursor = (st.cursor + m.chosen.size()) % st.slots.size();
         return out;
       },
       [=](release_atom, const caf::actor& worker) {

@@ -9,10 +9,13 @@
 ///   every job holding one of them is told (withdraw_atom, node_id) at once.
 /// - (offer_atom, node_id, slots) may come again for a node: a restarted worker.
 /// - (withdraw_atom): every slot goes (the registry was restarted; nodes join again).
-/// - (acquire_atom, job_id, n, policy) -> vector<worker_slot>: up to n free slots, now busy.
-///   `policy` is a gflex::trust_tier: core-tier slots only, community slots only, or hybrid
-///   (community first, core tier for the rest). Slots go out in turn, starting after the
-///   slot served last, so work spreads over nodes.
+/// - (acquire_atom, job_id, n, policy, max_price, min_reputation) -> acquire_reply: up to n
+///   free slots, now busy, chosen by matcher.hpp: `policy` is a gflex::trust_tier (core-tier
+///   slots only, community only, or hybrid: community first), a slot's price must be within
+///   max_price (micro-credits per device-hour; negative: any) and its node's score reach
+///   min_reputation; the cheapest per unit of work go first, equal ones in turn. The reply
+///   counts the slots left out (busy, wrong tier, too expensive, low reputation).
+/// - (score_atom, node_name, score) from the reputation tracker: a node's current score.
 /// - (bar_atom, node_name) from the reputation tracker: a node caught misbehaving. Its slots
 ///   go (their holders hear withdraw_atom) and it is never offered again.
 /// - (release_atom, worker) : the slot is free again (ignored if its node is gone).

@@ -12,6 +12,11 @@ void register_message_types(caf::actor_system_config& cfg) {
   cfg.add_message_type<worker_slot>("gflex::worker_slot");
   cfg.add_message_type<std::vector<worker_slot>>("std::vector<gflex::worker_slot>");
   cfg.add_message_type<verify_request>("gflex::verify_request");
+  cfg.add_message_type<acquire_reply>("gflex::acquire_reply");
+  cfg.add_message_type<posting>("gflex::posting");
+  cfg.add_message_type<std::vector<posting>>("std::vector<gflex::posting>");
+  cfg.add_message_type<account_info>("gflex::account_info");
+  cfg.add_message_type<ledger_report>("gflex::ledger_report");
   cfg.add_message_type<store_batch>("gflex::store_batch");
   cfg.add_message_type<job_status>("gflex::job_status");
   cfg.add_message_type<std::vector<job_status>>("std::vector<gflex::job_status>");
@@ -20,6 +25,7 @@ void register_message_types(caf::actor_system_config& cfg) {
   cfg.add_message_type<std::vector<uint8_t>>("std::vector<uint8_t>");
   cfg.add_message_type<std::vector<std::vector<uint8_t>>>("std::vector<std::vector<uint8_t>>");
   cfg.add_message_type<std::vector<std::string>>("std::vector<std::string>");
+  cfg.add_message_type<std::vector<uint64_t>>("std::vector<uint64_t>");
 }
 
 void configure_actor_system(caf::actor_system_config& cfg) {

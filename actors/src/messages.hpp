@@ -10,8 +10,10 @@
 #include <string>
 #include <vector>
 
+#include "gflex/accounts.hpp"
 #include "gflex/gflex.hpp"
 #include "gflex/job_status.hpp"
+#include "ledger_book.hpp"
 #include "gflex/runtime/error.hpp"
 
 namespace gflex {
@@ -46,6 +48,14 @@ using credit_atom = caf::atom_constant<caf::atom("credit")>;      ///< job -> re
 using reject_atom = caf::atom_constant<caf::atom("reject")>;      ///< job -> reputation
 using verify_atom = caf::atom_constant<caf::atom("verify")>;      ///< job -> verifier
 using bar_atom = caf::atom_constant<caf::atom("bar")>;            ///< reputation -> market
+using score_atom = caf::atom_constant<caf::atom("score")>;        ///< reputation -> market
+using open_atom = caf::atom_constant<caf::atom("open")>;          ///< any -> ledger
+using transfer_atom = caf::atom_constant<caf::atom("transfer")>;  ///< any -> ledger
+using settle_atom = caf::atom_constant<caf::atom("settle")>;      ///< job -> ledger
+using account_atom = caf::atom_constant<caf::atom("account")>;    ///< client -> core
+using ledger_atom = caf::atom_constant<caf::atom("ledger")>;      ///< client -> core
+using topup_atom = caf::atom_constant<caf::atom("topup")>;        ///< client -> core
+using credit_in_atom = caf::atom_constant<caf::atom("creditin")>; ///< operator -> core
 
 // -- messages -----------------------------------------------------------------------------------
 
@@ -60,6 +70,8 @@ struct node_hello {
   caf::actor uplink;
   uint8_t tier = 0;        ///< gflex::node_tier: community (0) or core (1).
   std::string credential;  ///< The core's secret; required for the core tier.
+  int64_t price = 0;        ///< Asked, micro-credits per device-hour.
+  double throughput = 0.0;  ///< Calibrated, fashion-mlp samples per second per worker.
 };
 
 /// core -> node: the answer to node_hello.
@@ -107,6 +119,17 @@ struct worker_slot {
   std::string node_id;
   std::string node_name;
   uint8_t tier = 0;  ///< gflex::node_tier of its node.
+  int64_t price = 0;        ///< Micro-credits per device-hour its node asks.
+  double throughput = 0.0;  ///< Its calibrated samples per second.
+};
+
+/// market -> job: the answer to acquire: the slots, and why others were left out.
+struct acquire_reply {
+  std::vector<worker_slot> slots;
+  int64_t busy = 0;
+  int64_t wrong_tier = 0;
+  int64_t too_expensive = 0;
+  int64_t low_reputation = 0;
 };
 
 /// job -> verifier (verify_atom): re-run `work` on a core-tier worker and answer with the
@@ -125,7 +148,7 @@ struct store_batch {
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, node_hello& x) {
   return f(caf::meta::type_name("node_hello"), x.protocol, x.name, x.device, x.device_memory,
-           x.workers, x.uplink, x.tier, x.credential);
+           x.workers, x.uplink, x.tier, x.credential, x.price, x.throughput);
 }
 
 template <class Inspector>
@@ -149,7 +172,30 @@ typename Inspector::result_type inspect(Inspector& f, assignment_result& x) {
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, worker_slot& x) {
-  return f(caf::meta::type_name("worker_slot"), x.worker, x.node_id, x.node_name, x.tier);
+  return f(caf::meta::type_name("worker_slot"), x.worker, x.node_id, x.node_name, x.tier, x.price,
+           x.throughput);
+}
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, acquire_reply& x) {
+  return f(caf::meta::type_name("acquire_reply"), x.slots, x.busy, x.wrong_tier, x.too_expensive,
+           x.low_reputation);
+}
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, posting& x) {
+  return f(caf::meta::type_name("posting"), x.account, x.amount);
+}
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, account_info& x) {
+  return f(caf::meta::type_name("account_info"), x.id, x.balance, x.recent);
+}
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, ledger_report& x) {
+  return f(caf::meta::type_name("ledger_report"), x.ok, x.problem, x.entries, x.accounts, x.issued,
+           x.in_escrow, x.stale_escrow, x.settled_jobs, x.settled_rounds);
 }
 
 template <class Inspector>
@@ -167,7 +213,8 @@ typename Inspector::result_type inspect(Inspector& f, job_status& x) {
   return f(caf::meta::type_name("job_status"), x.job_id, x.name, x.workload, x.state, x.detail,
            x.round, x.rounds, x.test_accuracy, x.train_loss, x.nodes, x.bytes_sent,
            x.bytes_received, x.elapsed_s, x.eta_s, x.late_results, x.rejected_results,
-           x.verified_results, x.rollbacks);
+           x.verified_results, x.rollbacks, x.account, x.budget, x.credits_spent, x.credits_held,
+           x.device_hours, x.cloud_cost);
 }
 
 template <class Inspector>

@@ -7,10 +7,13 @@
 
 #include <spdlog/spdlog.h>
 
+#include <atomic>
+#include <cmath>
 #include <deque>
 
 #include "cache.hpp"
 #include "gflex/kernels/backend.hpp"
+#include "gflex/kernels/calibration.hpp"
 #include "messages.hpp"
 #include "uplink.hpp"
 #include "worker.hpp"
@@ -104,7 +107,21 @@ caf::behavior node_actor(node_actor_type* self, node_children children) {
     spdlog::warn("a node child stopped ({}); restarted it", self->system().render(down.reason));
     self->monitor(replacement);
   });
+  // --max-hours: once the workers have computed that long, the node leaves like on SIGTERM.
+  if (current->config.max_compute_s > 0.0)
+    self->delayed_send(self, std::chrono::seconds(1), tick_atom::value);
   return {
+      [=](tick_atom) {
+        auto& c = *self->state.children;
+        double used = c.config.compute_used->load();
+        if (used >= c.config.max_compute_s) {
+          self->send(c.owner, stop_atom::value, 0,
+                     "this node has computed for its --max-hours (" +
+                         std::to_string(c.config.max_compute_s / 3600.0) + " h)");
+          return;
+        }
+        self->delayed_send(self, std::chrono::seconds(1), tick_atom::value);
+      },
       [=](bye_atom) {
         self->send(current->uplink, bye_atom::value);
         // Let the bye leave before the children are stopped.
@@ -148,6 +165,20 @@ expected<caf::actor> spawn_node(caf::actor_system& sys, const node_config& confi
   c.config.threads = config.threads_per_worker;
   c.config.crash_at_assignment = config.crash_worker_at;
   c.config.misbehave = *misbehave;
+  c.config.idle_only = config.idle_only;
+  c.config.max_compute_s = config.max_hours * 3600.0;
+  c.config.compute_used = std::make_shared<std::atomic<double>>(0.0);
+  if (!(config.price >= 0.0 && config.price <= 1e6))
+    return error(errc::invalid_argument, "--price must be in [0, 1000000] credits per hour");
+  if (!(config.max_hours >= 0.0 && config.max_hours <= 1e6))
+    return error(errc::invalid_argument, "--max-hours must be in [0, 1000000] (0: no limit)");
+  auto calibration = kernels::make_backend(config.backend, config.threads_per_worker);
+  if (!calibration) return calibration.error();
+  auto throughput = kernels::calibrate_throughput(**calibration);
+  if (!throughput) return throughput.error();
+  spdlog::info("calibration: {:.0f} fashion-mlp samples/s per worker; asking {} credits per "
+               "device-hour",
+               *throughput, config.price);
   // Each worker draws its own misbehaviour stream, repeatable for a given node name.
   uint64_t seed = config.misbehave_seed;
   if (seed == 0)
@@ -164,6 +195,8 @@ expected<caf::actor> spawn_node(caf::actor_system& sys, const node_config& confi
   up.host = host;
   up.port = port;
   up.tier = static_cast<uint8_t>(*tier);
+  up.price = std::llround(config.price * 1e6);
+  up.throughput = *throughput;
   up.credential = config.core_secret;
   c.uplink_cfg = up;
   c.core = core;

@@ -20,6 +20,8 @@ struct node_entry {
   std::vector<caf::actor> workers;
   clock_type::time_point last_seen;
   uint8_t tier = 0;
+  int64_t price = 0;
+  double throughput = 0.0;
 };
 
 struct registry_state {
@@ -67,13 +69,24 @@ caf::behavior registry_actor(caf::stateful_actor<registry_state>* self, caf::act
         auto& st = self->state;
         std::string id = prefix + std::to_string(st.next_id++);
         self->monitor(hello.uplink);
-        st.nodes[id] = {hello.name,    hello.device,      hello.uplink,
-                        hello.workers, clock_type::now(), hello.tier};
+        node_entry entry;
+        entry.name = hello.name;
+        entry.device = hello.device;
+        entry.uplink = hello.uplink;
+        entry.workers = hello.workers;
+        entry.last_seen = clock_type::now();
+        entry.tier = hello.tier;
+        entry.price = hello.price;
+        entry.throughput = hello.throughput;
+        st.nodes[id] = std::move(entry);
         std::vector<worker_slot> slots;
-        for (auto& w : hello.workers) slots.push_back({w, id, hello.name, hello.tier});
+        for (auto& w : hello.workers)
+          slots.push_back({w, id, hello.name, hello.tier, hello.price, hello.throughput});
         self->send(st.market, offer_atom::value, id, std::move(slots));
-        spdlog::info("node {} joined as {} with {} worker(s) on {}", hello.name, id,
-                     hello.workers.size(), hello.device);
+        spdlog::info("node {} joined as {} with {} worker(s) on {}, asking {} credits per "
+                     "device-hour for {:.0f} samples/s",
+                     hello.name, id, hello.workers.size(), hello.device,
+                     static_cast<double>(hello.price) / 1e6, hello.throughput);
         return node_welcome{protocol_version, id, config.heartbeat_ms,
                             caf::actor_cast<caf::actor>(self), st.data_server};
       },
@@ -92,7 +105,8 @@ caf::behavior registry_actor(caf::stateful_actor<registry_state>* self, caf::act
         auto it = self->state.nodes.find(node_id);
         if (it == self->state.nodes.end()) return;
         std::vector<worker_slot> slots;
-        for (auto& w : workers) slots.push_back({w, node_id, it->second.name, it->second.tier});
+        const auto& n = it->second;
+        for (auto& w : workers) slots.push_back({w, node_id, n.name, n.tier, n.price, n.throughput});
         it->second.workers.insert(it->second.workers.end(), workers.begin(), workers.end());
         self->send(self->state.market, offer_atom::value, node_id, std::move(slots));
       },
@@ -115,7 +129,8 @@ caf::behavior registry_actor(caf::stateful_actor<registry_state>* self, caf::act
           st.market = replacement;
           for (const auto& [id, node] : st.nodes) {
             std::vector<worker_slot> slots;
-            for (const auto& w : node.workers) slots.push_back({w, id, node.name, node.tier});
+            for (const auto& w : node.workers)
+              slots.push_back({w, id, node.name, node.tier, node.price, node.throughput});
             self->send(st.market, offer_atom::value, id, std::move(slots));
           }
         } else if (role == "data_server") {

@@ -42,6 +42,7 @@ void flush(tracker_actor* self) {
   if (st.dirty.empty()) return;
   store_batch batch;
   for (const auto& name : st.dirty) {
+    self->send(st.market, score_atom::value, name, st.records[name].score());
     auto text = encode_reputation(st.records[name]);
     batch.keys.push_back(reputation_key(name));
     batch.values.emplace_back(text.begin(), text.end());
@@ -89,6 +90,7 @@ caf::behavior tracker(tracker_actor* self, caf::actor store, caf::actor market,
                 continue;
               }
               if (r->flagged) self->send(st.market, bar_atom::value, r->name);
+              self->send(st.market, score_atom::value, r->name, r->score());
               st.records[r->name] = std::move(*r);
             }
             spdlog::debug("reputation: {} node record(s) loaded", st.records.size());
@@ -148,8 +150,10 @@ caf::behavior tracker(tracker_actor* self, caf::actor store, caf::actor market,
         if (role == "store") st.store = std::move(replacement);
         if (role == "market") {
           st.market = std::move(replacement);
-          for (const auto& [name, r] : st.records)
+          for (const auto& [name, r] : st.records) {
             if (r.flagged) self->send(st.market, bar_atom::value, name);
+            self->send(st.market, score_atom::value, name, r.score());
+          }
         }
       },
   };

@@ -15,7 +15,8 @@
 ///   the market told to bar it (bar_atom, name).
 /// - (nodes_atom) -> vector<node_status>: every record, reputation fields filled in.
 /// - (update_atom, "market" | "store", actor): a restarted sibling; a new market is told
-///   every barred node again.
+///   every barred node and every score again.
+/// Every changed score goes to the market (score_atom, name, score), for min_reputation.
 /// Records are read before the first message is handled, and written in batches a tenth of
 /// a second after they change (at once for a rejection).
 

@@ -212,6 +212,37 @@ expected<std::vector<uint8_t>> client::fetch(const std::string& job_id) {
                                    fetch_atom::value, job_id);
 }
 
+expected<void> client::create_account(const std::string& id) {
+  auto r = ask<caf::ok_atom>(impl_->system(), impl_->core, std::chrono::seconds(30),
+                             open_atom::value, id);
+  if (!r) return r.error();
+  return {};
+}
+
+expected<uint64_t> client::credit_account(const std::string& id, int64_t micro) {
+  if (micro <= 0 || micro > max_amount_micro)
+    return error(errc::invalid_argument, "a credit must be in (0, 1e12] credits");
+  return ask<uint64_t>(impl_->system(), impl_->core, std::chrono::seconds(30),
+                       credit_in_atom::value, id, micro);
+}
+
+expected<account_info> client::account(const std::string& id) {
+  return ask<account_info>(impl_->system(), impl_->core, std::chrono::seconds(30),
+                           account_atom::value, id);
+}
+
+expected<ledger_report> client::verify_ledger() {
+  return ask<ledger_report>(impl_->system(), impl_->core, std::chrono::seconds(300),
+                            ledger_atom::value);
+}
+
+expected<void> client::topup(const std::string& job_id, int64_t micro) {
+  auto r = ask<caf::ok_atom>(impl_->system(), impl_->core, std::chrono::seconds(60),
+                             topup_atom::value, job_id, micro);
+  if (!r) return r.error();
+  return {};
+}
+
 // -- embedded -----------------------------------------------------------------------------------
 
 expected<job_status> run_embedded(const embedded_config& config, const std::string& spec_toml,

@@ -51,6 +51,8 @@ void hello(uplink_actor* self, caf::actor core) {
   h.uplink = caf::actor_cast<caf::actor>(self);
   h.tier = st.config.tier;
   h.credential = st.config.credential;
+  h.price = st.config.price;
+  h.throughput = st.config.throughput;
   self->request(core, std::chrono::seconds(15), hello_atom::value, std::move(h))
       .then(
           [=](node_welcome& w) {

@@ -27,6 +27,8 @@ struct uplink_config {
   uint16_t port = 0;
   uint8_t tier = 0;        ///< gflex::node_tier to join with.
   std::string credential;  ///< The core's secret, for the core tier.
+  int64_t price = 0;        ///< Micro-credits per device-hour.
+  double throughput = 0.0;  ///< Calibrated samples per second per worker.
 };
 
 caf::actor spawn_uplink(caf::actor_system& sys, uplink_config config, caf::actor core,

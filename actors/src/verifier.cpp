@@ -98,9 +98,10 @@ void pump(verifier_actor* self) {
   st.asking = true;
   auto wanted = static_cast<int64_t>(st.queue.size());
   self->request(st.market, std::chrono::seconds(10), acquire_atom::value, std::string("verifier"),
-                wanted, static_cast<uint8_t>(trust_tier::core))
+                wanted, static_cast<uint8_t>(trust_tier::core), int64_t{-1}, 0.0)
       .then(
-          [=](std::vector<worker_slot>& slots) {
+          [=](acquire_reply& reply) {
+            auto& slots = reply.slots;
             auto& st = self->state;
             st.asking = false;
             for (auto& slot : slots) {

@@ -10,6 +10,7 @@
 #include <set>
 
 #include "gflex/kernels/workload.hpp"
+#include "gflex/runtime/cpu_usage.hpp"
 #include "gflex/runtime/rng.hpp"
 #include "gflex/runtime/shard.hpp"
 #include "gflex/runtime/tensor_codec.hpp"
@@ -36,6 +37,7 @@ struct worker_state {
   std::set<uint64_t> aborted;
   int assignments = 0;
   std::unique_ptr<misbehaving_worker> misbehaving;  // test aid; null for honest workers
+  cpu_monitor cpu;                                  // for --idle-only
   static inline const char* name = "worker";
 };
 
@@ -164,9 +166,24 @@ caf::behavior worker_behavior(worker_actor* self, worker_config config, caf::act
       return to_caf(error(errc::invalid_argument, "assignment aborted by its job"));
     if (++self->state.assignments == self->state.config.crash_at_assignment)
       throw std::runtime_error("injected worker crash (test aid)");
+    auto& cfg = self->state.config;
+    if (cfg.max_compute_s > 0.0 && cfg.compute_used->load() >= cfg.max_compute_s)
+      return to_caf(error(errc::invalid_argument, "this node has given its --max-hours"));
+    if (cfg.idle_only && !a.verify) {
+      // What other processes used since this worker last looked (its own compute excluded).
+      auto busy = self->state.cpu.others_busy();
+      if (busy && *busy > 0.5)
+        return to_caf(error(errc::io_error,
+                            "--idle-only: the machine is busy (other processes use " +
+                                std::to_string(static_cast<int>(*busy * 100)) +
+                                "% of its CPUs); try later"));
+    }
     try {
       auto r = run_assignment(self->state, a, shard);
       if (!r) return to_caf(r.error());
+      double used = cfg.compute_used->load();
+      while (!cfg.compute_used->compare_exchange_weak(used, used + r->compute_s)) {
+      }
       return std::move(*r);
     } catch (const kernels::compute_error& e) {
       return to_caf(e.err());

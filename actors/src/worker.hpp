@@ -12,6 +12,8 @@
 
 #include <caf/fwd.hpp>
 
+#include <atomic>
+#include <memory>
 #include <string>
 
 #include "misbehaviour.hpp"
@@ -26,6 +28,12 @@ struct worker_config {
   /// Test aid: bad work on purpose (see misbehaviour.hpp), drawn from `misbehave_seed`.
   misbehaviour misbehave;
   uint64_t misbehave_seed = 0;
+  /// --idle-only: refuse an assignment while other processes keep the machine busy.
+  bool idle_only = false;
+  /// --max-hours in seconds (0: no limit), and the node's compute so far, shared by its
+  /// workers; a worker refuses assignments once it is spent.
+  double max_compute_s = 0.0;
+  std::shared_ptr<std::atomic<double>> compute_used = std::make_shared<std::atomic<double>>(0.0);
 };
 
 caf::actor spawn_worker(caf::actor_system& sys, worker_config config, caf::actor cache);

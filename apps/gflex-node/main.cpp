@@ -29,6 +29,15 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--core-secret", config.core_secret,
                  "the core's secret, for --tier core (default: $GFLEX_CORE_SECRET)");
+  app.add_option("--price", config.price, "credits asked per device-hour (one worker, one hour)")
+      ->check(CLI::Range(0.0, 1e6))
+      ->capture_default_str();
+  app.add_option("--max-hours", config.max_hours,
+                 "leave after this many device-hours of compute (0: no limit)")
+      ->check(CLI::Range(0.0, 1e6))
+      ->capture_default_str();
+  app.add_flag("--idle-only", config.idle_only,
+               "take assignments only while other processes leave the machine idle");
   app.add_option("--misbehave", config.misbehave,
                  "return bad work on purpose, a test aid: random, scale:X, signflip, lazy, stale "
                  "or sometimes:P:MODE");

@@ -17,6 +17,7 @@
 #include "gflex/kernels/trainer.hpp"
 #include "gflex/kernels/workload.hpp"
 #include "gflex/runtime/checkpoint.hpp"
+#include "gflex/runtime/credits.hpp"
 #include "gflex/runtime/job_spec.hpp"
 #include "gflex/runtime/progress.hpp"
 
@@ -42,7 +43,16 @@ nlohmann::json to_json(const job_status& s) {
           {"late_results", s.late_results},
           {"rejected_results", s.rejected_results},
           {"verified_results", s.verified_results},
-          {"rollbacks", s.rollbacks}};
+          {"rollbacks", s.rollbacks},
+          {"account", s.account},
+          {"budget", format_credits(s.budget)},
+          {"credits_spent", format_credits(s.credits_spent)},
+          {"credits_held", format_credits(s.credits_held)},
+          {"device_hours", s.device_hours},
+          {"cloud_cost", format_credits(s.cloud_cost)},
+          {"cost_ratio", s.cloud_cost > 0 ? static_cast<double>(s.credits_spent) /
+                                                static_cast<double>(s.cloud_cost)
+                                          : 0.0}};
 }
 
 int fail(const error& e, int code = 1) {
@@ -171,6 +181,15 @@ int run_status(const job_flags& f) {
                   static_cast<long long>(s->round), static_cast<long long>(s->rounds),
                   s->test_accuracy, s->train_loss, s->detail.empty() ? "" : " - ",
                   s->detail.c_str());
+      if (!s->account.empty())
+        std::printf("  cost: %s credits spent of a %s budget (%s in escrow) by %s, for %.4f "
+                    "device-hours; the same time in a public cloud: %s credits (%.1f%% of it)\n",
+                    format_credits(s->credits_spent).c_str(), format_credits(s->budget).c_str(),
+                    format_credits(s->credits_held).c_str(), s->account.c_str(), s->device_hours,
+                    format_credits(s->cloud_cost).c_str(),
+                    s->cloud_cost > 0 ? 100.0 * static_cast<double>(s->credits_spent) /
+                                            static_cast<double>(s->cloud_cost)
+                                      : 0.0);
     }
     return 0;
   }

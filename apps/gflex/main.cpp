@@ -8,6 +8,7 @@
 
 #include "gflex/runtime/logging.hpp"
 #include "job_commands.hpp"
+#include "market_commands.hpp"
 #include "train_command.hpp"
 
 int main(int argc, char** argv) {
@@ -20,6 +21,7 @@ int main(int argc, char** argv) {
   std::function<int()> run;
   gflex::app::add_train_commands(app, run);
   gflex::app::add_job_commands(app, run);
+  gflex::app::add_market_commands(app, run);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

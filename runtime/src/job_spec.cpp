@@ -49,6 +49,13 @@ const char* to_string(trust_tier tier) noexcept {
   return "unknown";
 }
 
+int64_t round_escrow(const job_spec& spec) {
+  if (spec.account.empty() || spec.max_price <= 0) return 0;
+  long double micro = static_cast<long double>(spec.workers) * spec.max_price * spec.deadline_s /
+                      3600.0L;
+  return static_cast<int64_t>(std::ceil(micro));
+}
+
 double inner_lr_at(const job_spec& spec, int64_t round) {
   if (spec.schedule == lr_schedule::constant || spec.rounds <= 1) return spec.inner_lr;
   constexpr double final_fraction = 0.05;
@@ -65,8 +72,8 @@ struct table_schema {
   std::vector<std::string_view> keys;
 };
 
-const std::array<table_schema, 7>& schema() {
-  static const std::array<table_schema, 7> tables{{
+const std::array<table_schema, 8>& schema() {
+  static const std::array<table_schema, 8> tables{{
       {"job", {"name", "workload", "rounds", "workers", "seed"}},
       {"inner", {"optimizer", "local_steps", "batch_size", "lr", "weight_decay", "lr_schedule"}},
       {"outer", {"lr", "momentum"}},
@@ -74,6 +81,7 @@ const std::array<table_schema, 7>& schema() {
       {"eval", {"every"}},
       {"round", {"deadline_s", "quorum", "backup_after"}},
       {"trust", {"tier", "tolerance", "norm_bound", "min_cosine", "clip", "trim"}},
+      {"market", {"account", "budget", "max_price", "min_reputation", "deadline_h"}},
   }};
   return tables;
 }
@@ -401,6 +409,42 @@ expected<job_spec> read_spec(const reader& in) {
     return in.fail("trust.clip",
                    "must be 0 (off) or in [1, 1000], got " + format_double(spec.clip));
   if (auto r = in.number("trust", "trim", trim, spec.trim); !r) return r.error();
+  std::optional<std::string> account;
+  if (auto r = in.string("market", "account", account); !r) return r.error();
+  double budget = 0.0, max_price = -1.0;
+  constexpr real_range credits{0.0, true, 1e12, false};
+  constexpr real_range price{0.0, false, 1e6, false};
+  constexpr real_range unit{0.0, false, 1.0, false};
+  constexpr real_range hours{0.0, false, 100000.0, false};
+  if (auto r = in.number("market", "budget", credits, budget); !r) return r.error();
+  if (auto r = in.number("market", "max_price", price, max_price); !r) return r.error();
+  if (auto r = in.number("market", "min_reputation", unit, spec.min_reputation); !r)
+    return r.error();
+  if (auto r = in.number("market", "deadline_h", hours, spec.deadline_h); !r) return r.error();
+  spec.budget = budget > 0.0 ? std::llround(budget * 1e6) : 0;
+  spec.max_price = max_price >= 0.0 ? std::llround(max_price * 1e6) : -1;
+  if (account) {
+    const auto& a = *account;
+    bool ok = a.size() > 5 && a.size() <= 5 + 128 && a.starts_with("user/");
+    for (size_t i = 5; ok && i < a.size(); ++i) {
+      char c = a[i];
+      ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+           c == '.' || c == '_' || c == '-';
+    }
+    if (!ok)
+      return in.fail("market.account",
+                     "must be user/NAME (NAME 1-128 of A-Z a-z 0-9 . _ -), got " + quote(a));
+    spec.account = a;
+    if (spec.budget == 0) return in.fail("market.budget", "required with market.account");
+    if (spec.max_price < 0) return in.fail("market.max_price", "required with market.account");
+    if (spec.budget < round_escrow(spec))
+      return in.fail("market.budget",
+                     format_double(budget) + " credits is less than one round's escrow, " +
+                         format_double(static_cast<double>(round_escrow(spec)) / 1e6) +
+                         " (job.workers x market.max_price x round.deadline_s / 3600)");
+  } else if (spec.budget != 0) {
+    return in.fail("market.budget", "needs market.account (who pays)");
+  }
   return spec;
 }
 
@@ -477,6 +521,13 @@ std::string to_toml(const job_spec& spec) {
   out += "min_cosine = " + real(spec.min_cosine) + "\n";
   out += "clip = " + real(spec.clip) + "\n";
   out += "trim = " + real(spec.trim) + "\n";
+  out += "\n[market]\n";
+  if (!spec.account.empty()) out += "account = " + quote(spec.account) + "\n";
+  if (spec.budget > 0) out += "budget = " + real(static_cast<double>(spec.budget) / 1e6) + "\n";
+  if (spec.max_price >= 0)
+    out += "max_price = " + real(static_cast<double>(spec.max_price) / 1e6) + "\n";
+  out += "min_reputation = " + real(spec.min_reputation) + "\n";
+  out += "deadline_h = " + real(spec.deadline_h) + "\n";
   return out;
 }
 

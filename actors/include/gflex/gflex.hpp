@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "gflex/accounts.hpp"
 #include "gflex/job_status.hpp"
 #include "gflex/runtime/error.hpp"
 
@@ -31,6 +32,12 @@ struct core_config {
   /// The credential a node must present to join the core tier (the platform's own, trusted
   /// machines); empty: no node may join the core tier.
   std::string core_secret;
+  /// The platform's share of every payment to a node, in [0, 1).
+  double fee = 0.1;
+  /// What a device-hour costs in a public cloud, credits (1 credit = 1 US dollar): the
+  /// default is the on-demand price of an AWS EC2 p3.2xlarge (one V100 GPU), $3.06 an hour,
+  /// in us-east-1. `gflex status` compares a job's cost with it.
+  double cloud_price = 3.06;
 };
 
 /// How to run a node.
@@ -54,6 +61,13 @@ struct node_config {
   /// sometimes:P:MODE); empty: honest. Nothing else in the node changes.
   std::string misbehave;
   uint64_t misbehave_seed = 0;  ///< 0: derived from the node's name.
+  /// The price asked, credits per device-hour (one worker for an hour), in [0, 1e6].
+  double price = 1.0;
+  /// Stop offering compute after this many device-hours (0: no limit): the node leaves.
+  double max_hours = 0.0;
+  /// Take assignments only while other processes leave the machine idle (they use less
+  /// than half of its CPUs).
+  bool idle_only = false;
 };
 
 /// Runs a core until SIGINT or SIGTERM; returns the process exit code. Blocks the signals
@@ -83,6 +97,17 @@ class client {
   expected<void> cancel(const std::string& job_id);
   /// The trained parameters of the last committed round, as checkpoint bytes.
   expected<std::vector<uint8_t>> fetch(const std::string& job_id);
+
+  /// Opens a ledger account (user/NAME); an existing or malformed id is refused.
+  expected<void> create_account(const std::string& id);
+  /// Operator: credits `micro` micro-credits to an account from outside; returns the entry's
+  /// sequence number.
+  expected<uint64_t> credit_account(const std::string& id, int64_t micro);
+  expected<account_info> account(const std::string& id);
+  /// Checks the whole ledger (chain, balances, escrow of ended jobs).
+  expected<ledger_report> verify_ledger();
+  /// Raises a paused or running metered job's budget by `micro`; a paused job resumes.
+  expected<void> topup(const std::string& job_id, int64_t micro);
 
   struct impl;
 

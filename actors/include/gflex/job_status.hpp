@@ -31,6 +31,14 @@ struct job_status {
   uint64_t rejected_results = 0;  ///< Results refused by the checks or by verification.
   uint64_t verified_results = 0;  ///< Results re-computed on core-tier workers and matched.
   uint64_t rollbacks = 0;         ///< Applied rounds undone because a result failed verification.
+  // Cost, for a job with an account (all credits in micro-credits).
+  std::string account;        ///< The paying account; empty for an unmetered job.
+  int64_t budget = 0;         ///< The most the job may spend (its spec's, plus top-ups).
+  int64_t credits_spent = 0;  ///< Paid to nodes and the platform for committed rounds.
+  int64_t credits_held = 0;   ///< In escrow for the rounds under way.
+  double device_hours = 0.0;  ///< Device time paid for.
+  /// What the paid device time would cost at the core's cloud reference price (micro).
+  int64_t cloud_cost = 0;
 };
 
 /// A node as the core's registry sees it, with its reputation.

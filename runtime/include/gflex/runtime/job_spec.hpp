@@ -78,10 +78,27 @@ struct job_spec {
   /// [trust] trim, in [0, 0.5): the fraction of values dropped at each end, coordinate by
   /// coordinate, before averaging (a trimmed mean); 0 is the plain mean.
   double trim = 0.0;
+  /// [market] account: the ledger account that pays (user/NAME); empty: an unmetered job
+  /// (no escrow, nobody paid).
+  std::string account;
+  /// [market] budget, credits in (0, 1e12] (stored in micro-credits): the most the job may
+  /// spend; it pauses when the next round would pass it. Required with an account.
+  int64_t budget = 0;
+  /// [market] max_price, credits per device-hour in [0, 1e6] (micro-credits): the dearest
+  /// worker the job takes. Required with an account; -1 (the default otherwise): any.
+  int64_t max_price = -1;
+  /// [market] min_reputation, in [0, 1]: community workers whose node scores lower are left out.
+  double min_reputation = 0.0;
+  /// [market] deadline_h, in [0, 100000]: hours after which an unfinished job fails; 0: none.
+  double deadline_h = 0.0;
 
   /// Field-by-field equality; floating-point fields compare exactly, as a round trip keeps them.
   bool operator==(const job_spec&) const = default;
 };
+
+/// The escrow a round of `spec` holds (micro-credits): every assignment paid at max_price for
+/// at most the round's deadline, workers x max_price x deadline_s / 3600; 0 when unmetered.
+int64_t round_escrow(const job_spec& spec);
 
 /// Parses and validates a job spec from TOML text. `source` names the text in messages (a file
 /// name). Every problem is errc::invalid_argument with a message of the form

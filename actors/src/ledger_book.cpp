@@ -1,0 +1,186 @@
+#include "ledger_book.hpp"
+
+#include <nlohmann/json.hpp>
+
+#include <charconv>
+
+#include "gflex/runtime/digest.hpp"
+
+namespace gflex {
+
+namespace {
+
+const std::string zero_hash(64, '0');
+
+error refuse(const std::string& what) {
+  return error(errc::invalid_argument, what);
+}
+
+nlohmann::json body_of(const ledger_entry& e) {
+  auto postings = nlohmann::json::array();
+  for (const auto& p : e.postings) postings.push_back({p.account, p.amount});
+  return {{"seq", e.seq},   {"prev", e.prev}, {"time_ms", e.time_ms},
+          {"kind", e.kind}, {"memo", e.memo}, {"postings", postings}};
+}
+
+}  // namespace
+
+std::string entry_hash(const ledger_entry& e) {
+  std::string text = e.prev + "\n" + body_of(e).dump();
+  return digest_hex({reinterpret_cast<const uint8_t*>(text.data()), text.size()});
+}
+
+std::string encode_entry(const ledger_entry& e) {
+  auto j = body_of(e);
+  j["hash"] = e.hash;
+  return j.dump();
+}
+
+expected<ledger_entry> decode_entry(std::string_view text) {
+  auto j = nlohmann::json::parse(text, nullptr, false);
+  if (j.is_discarded() || !j.is_object())
+    return error(errc::malformed_message, "ledger entry is not a JSON object");
+  try {
+    ledger_entry e;
+    e.seq = j.at("seq").get<uint64_t>();
+    e.prev = j.at("prev").get<std::string>();
+    e.time_ms = j.at("time_ms").get<int64_t>();
+    e.kind = j.at("kind").get<std::string>();
+    e.memo = j.at("memo").get<std::string>();
+    for (const auto& p : j.at("postings")) {
+      if (!p.is_array() || p.size() != 2)
+        return error(errc::malformed_message, "ledger entry: a posting is not [account, amount]");
+      e.postings.push_back({p.at(0).get<std::string>(), p.at(1).get<int64_t>()});
+    }
+    e.hash = j.at("hash").get<std::string>();
+    return e;
+  } catch (const nlohmann::json::exception& ex) {
+    return error(errc::malformed_message, std::string("ledger entry: ") + ex.what());
+  }
+}
+
+bool is_account_id(std::string_view id) noexcept {
+  if (id == ledger_book::external || id == ledger_book::platform) return true;
+  auto slash = id.find('/');
+  if (slash == std::string_view::npos) return false;
+  auto kind = id.substr(0, slash), name = id.substr(slash + 1);
+  if (kind != "user" && kind != "node" && kind != "escrow") return false;
+  if (name.empty() || name.size() > 128) return false;
+  for (char c : name)
+    if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+          c == '.' || c == '_' || c == '-'))
+      return false;
+  return true;
+}
+
+ledger_book::ledger_book() : head_(zero_hash) {
+  balances_[external] = 0;
+  balances_[platform] = 0;
+}
+
+int64_t ledger_book::balance(const std::string& id) const {
+  auto it = balances_.find(id);
+  return it == balances_.end() ? 0 : it->second;
+}
+
+expected<ledger_entry> ledger_book::prepare_open(const std::string& id, int64_t time_ms) const {
+  if (!is_account_id(id))
+    return refuse("'" + id +
+                  "' is not an account id (user/NAME, node/NAME or escrow/NAME, NAME 1-128 "
+                  "of A-Z a-z 0-9 . _ -)");
+  if (has_account(id)) return refuse("account " + id + " exists already");
+  ledger_entry e;
+  e.seq = seq_ + 1;
+  e.prev = head_;
+  e.time_ms = time_ms;
+  e.kind = "open";
+  e.memo = id;
+  e.hash = entry_hash(e);
+  return e;
+}
+
+expected<ledger_entry> ledger_book::prepare(std::string kind, std::string memo,
+                                            std::vector<posting> postings,
+                                            int64_t time_ms) const {
+  if (kind.empty() || kind == "open") return refuse("a transaction needs a kind other than open");
+  if (memo.size() > 4096) return refuse("memo longer than 4096 characters");
+  if (postings.size() < 2) return refuse("a transaction needs at least two postings");
+  std::map<std::string, int64_t> after;
+  __int128 sum = 0;
+  for (const auto& p : postings) {
+    if (!has_account(p.account)) return refuse("unknown account " + p.account);
+    if (p.amount == 0) return refuse("a posting of zero to " + p.account);
+    if (p.amount > max_amount_micro || p.amount < -max_amount_micro)
+      return refuse("a posting of more than 1e12 credits to " + p.account);
+    sum += p.amount;
+    auto [it, fresh] = after.emplace(p.account, balance(p.account));
+    it->second += p.amount;
+  }
+  if (sum != 0) return refuse("postings do not balance (they sum to " +
+                              format_credits(static_cast<int64_t>(sum)) + ")");
+  for (const auto& [account, value] : after)
+    if (value < 0 && account != external)
+      return refuse("account " + account + " would go below zero (balance " +
+                    format_credits(balance(account)) + ", change " +
+                    format_credits(value - balance(account)) + ")");
+  ledger_entry e;
+  e.seq = seq_ + 1;
+  e.prev = head_;
+  e.time_ms = time_ms;
+  e.kind = std::move(kind);
+  e.memo = std::move(memo);
+  e.postings = std::move(postings);
+  e.hash = entry_hash(e);
+  return e;
+}
+
+void ledger_book::apply(const ledger_entry& e) {
+  if (e.kind == "open") balances_.emplace(e.memo, 0);
+  for (const auto& p : e.postings) balances_[p.account] += p.amount;
+  seq_ = e.seq;
+  head_ = e.hash;
+}
+
+ledger_audit verify_ledger(const std::vector<ledger_entry>& entries,
+                           const std::map<std::string, int64_t>& stored, uint64_t head_seq) {
+  ledger_audit audit;
+  auto fail = [&](uint64_t seq, const std::string& why) {
+    audit.ok = false;
+    audit.problem = "entry " + std::to_string(seq) + ": " + why;
+    return audit;
+  };
+  ledger_book book;
+  for (const auto& e : entries) {
+    if (e.seq != book.last_seq() + 1)
+      return fail(e.seq, "sequence number follows " + std::to_string(book.last_seq()));
+    if (e.prev != book.head()) return fail(e.seq, "does not chain to the entry before");
+    if (e.hash != entry_hash(e)) return fail(e.seq, "hash does not match its contents");
+    if (e.kind == "open") {
+      auto again = book.prepare_open(e.memo, e.time_ms);
+      if (!again) return fail(e.seq, again.error().message());
+    } else {
+      auto again = book.prepare(e.kind, e.memo, e.postings, e.time_ms);
+      if (!again) return fail(e.seq, again.error().message());
+    }
+    book.apply(e);
+    audit.entries += 1;
+  }
+  if (book.last_seq() != head_seq)
+    return fail(head_seq, "the head names entry " + std::to_string(head_seq) + ", the chain ends at " +
+                              std::to_string(book.last_seq()));
+  for (const auto& [account, value] : book.balances()) {
+    auto it = stored.find(account);
+    int64_t kept = it == stored.end() ? 0 : it->second;
+    if (kept != value)
+      return fail(book.last_seq(), "account " + account + " holds " + format_credits(kept) +
+                                       ", the chain gives " + format_credits(value));
+  }
+  for (const auto& [account, value] : stored)
+    if (!book.has_account(account))
+      return fail(book.last_seq(), "account " + account + " is not opened in the chain");
+  audit.accounts = book.balances().size();
+  audit.issued = -book.balance(ledger_book::external);
+  return audit;
+}
+
+}  // namespace gflex

@@ -1,0 +1,288 @@
+#include "ledger_keeper.hpp"
+
+#include <spdlog/spdlog.h>
+
+#include <chrono>
+#include <cstdio>
+#include <ctime>
+#include <optional>
+#include <deque>
+#include <map>
+#include <set>
+
+#include "messages.hpp"
+
+namespace gflex {
+
+namespace {
+
+/// Entries kept in memory for `account` views (the newest).
+constexpr size_t recent_entries = 2000;
+
+std::string entry_key(uint64_t seq) {
+  char buf[40];
+  std::snprintf(buf, sizeof buf, "ledger/entry/%020llu", static_cast<unsigned long long>(seq));
+  return buf;
+}
+
+std::string balance_key(const std::string& account) {
+  return "ledger/balance/" + account;
+}
+
+std::vector<uint8_t> bytes_of(const std::string& s) {
+  return {s.begin(), s.end()};
+}
+
+std::string text_of(const std::vector<uint8_t>& v) {
+  return {v.begin(), v.end()};
+}
+
+int64_t now_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+struct keeper_state {
+  caf::actor store;
+  ledger_book book;
+  std::deque<ledger_entry> recent;
+  std::string broken;  // why the stored ledger failed its check at start; writes refused
+  static inline const char* name = "ledger_keeper";
+};
+
+using keeper_actor = caf::stateful_actor<keeper_state>;
+
+// Everything under ledger/, parsed: entries in order, balances, head.
+struct stored_ledger {
+  std::vector<ledger_entry> entries;
+  std::map<std::string, int64_t> balances;
+  uint64_t head = 0;
+  std::string problem;
+};
+
+stored_ledger parse_stored(std::vector<std::string>& keys, std::vector<std::vector<uint8_t>>& values) {
+  stored_ledger out;
+  for (size_t i = 0; i < keys.size() && out.problem.empty(); ++i) {
+    const auto& k = keys[i];
+    auto text = text_of(values[i]);
+    if (k.starts_with("ledger/entry/")) {
+      auto e = decode_entry(text);
+      if (!e) out.problem = k + ": " + e.error().message();
+      else out.entries.push_back(std::move(*e));
+    } else if (k.starts_with("ledger/balance/")) {
+      char* end = nullptr;
+      long long v = std::strtoll(text.c_str(), &end, 10);
+      if (text.empty() || end != text.c_str() + text.size())
+        out.problem = k + ": not a number";
+      out.balances[k.substr(15)] = v;
+    } else if (k == "ledger/head") {
+      out.head = std::strtoull(text.c_str(), nullptr, 10);
+    }
+  }
+  return out;
+}
+
+// The writes that book `e` on top of `book` (which does not hold it yet).
+void add_writes(const ledger_book& book, const ledger_entry& e, store_batch& batch) {
+  batch.keys.push_back(entry_key(e.seq));
+  batch.values.push_back(bytes_of(encode_entry(e)));
+  std::map<std::string, int64_t> changed;
+  if (e.kind == "open") changed[e.memo] = 0;
+  for (const auto& p : e.postings) {
+    auto [it, fresh] = changed.emplace(p.account, book.balance(p.account));
+    it->second += p.amount;
+  }
+  for (const auto& [account, value] : changed) {
+    batch.keys.push_back(balance_key(account));
+    batch.values.push_back(bytes_of(std::to_string(value)));
+  }
+  batch.keys.push_back("ledger/head");
+  batch.values.push_back(bytes_of(std::to_string(e.seq)));
+}
+
+std::string describe(const ledger_entry& e, const std::string& account) {
+  int64_t change = 0;
+  for (const auto& p : e.postings)
+    if (p.account == account) change += p.amount;
+  char when[32];
+  std::time_t t = static_cast<std::time_t>(e.time_ms / 1000);
+  std::strftime(when, sizeof when, "%Y-%m-%d %H:%M:%S", std::gmtime(&t));
+  return std::to_string(e.seq) + "  " + when + "  " + e.kind + "  " +
+         (change >= 0 ? "+" : "") + format_credits(change) + "  " + e.memo;
+}
+
+// Books `e` in memory once its writes are durable, and answers `promise`.
+template <class Promise, class Value>
+void write(keeper_actor* self, ledger_entry e, store_batch batch, Promise promise, Value done) {
+  self->request(self->state.store, std::chrono::seconds(60), commit_atom::value, std::move(batch))
+      .await(
+          [=](caf::ok_atom) mutable {
+            auto& st = self->state;
+            if (!e.hash.empty()) {
+              st.book.apply(e);
+              st.recent.push_back(e);
+              if (st.recent.size() > recent_entries) st.recent.pop_front();
+            }
+            promise.deliver(done);
+          },
+          [=](caf::error& err) mutable {
+            spdlog::error("ledger: cannot write: {}", self->system().render(err));
+            promise.deliver(err);
+          });
+}
+
+caf::behavior keeper(keeper_actor* self, caf::actor store) {
+  self->state.store = std::move(store);
+  self->request(self->state.store, std::chrono::seconds(120), scan_atom::value,
+                std::string("ledger/"))
+      .await(
+          [=](std::vector<std::string>& keys, std::vector<std::vector<uint8_t>>& values) {
+            auto& st = self->state;
+            auto stored = parse_stored(keys, values);
+            auto audit = stored.problem.empty()
+                             ? verify_ledger(stored.entries, stored.balances, stored.head)
+                             : ledger_audit{false, stored.problem};
+            if (!audit.ok) {
+              st.broken = audit.problem;
+              spdlog::error("ledger: the stored ledger fails its check ({}); refusing every "
+                            "transaction until it is repaired",
+                            audit.problem);
+              return;
+            }
+            for (const auto& e : stored.entries) {
+              st.book.apply(e);
+              st.recent.push_back(e);
+              if (st.recent.size() > recent_entries) st.recent.pop_front();
+            }
+            spdlog::debug("ledger: {} entries, {} accounts", stored.entries.size(),
+                          st.book.balances().size());
+          },
+          [=](caf::error& e) {
+            spdlog::error("ledger: cannot read: {}", self->system().render(e));
+            self->quit(e);
+          });
+  auto refuse_if_broken = [=]() -> std::optional<caf::error> {
+    if (self->state.broken.empty()) return std::nullopt;
+    return to_caf(error(errc::store_error, "the ledger fails its check: " + self->state.broken));
+  };
+  return {
+      [=](open_atom, const std::string& account, bool exists_ok) -> caf::result<caf::ok_atom> {
+        if (auto e = refuse_if_broken()) return *e;
+        auto& st = self->state;
+        if (exists_ok && st.book.has_account(account)) return caf::ok_atom::value;
+        auto e = st.book.prepare_open(account, now_ms());
+        if (!e) return to_caf(e.error());
+        store_batch batch;
+        add_writes(st.book, *e, batch);
+        auto rp = self->make_response_promise<caf::ok_atom>();
+        write(self, std::move(*e), std::move(batch), rp, caf::ok_atom::value);
+        return rp;
+      },
+      [=](transfer_atom, std::string& kind, std::string& memo,
+          std::vector<posting>& postings) -> caf::result<uint64_t> {
+        if (auto e = refuse_if_broken()) return *e;
+        auto& st = self->state;
+        auto e = st.book.prepare(std::move(kind), std::move(memo), std::move(postings), now_ms());
+        if (!e) return to_caf(e.error());
+        store_batch batch;
+        add_writes(st.book, *e, batch);
+        auto rp = self->make_response_promise<uint64_t>();
+        uint64_t seq = e->seq;
+        write(self, std::move(*e), std::move(batch), rp, seq);
+        return rp;
+      },
+      [=](settle_atom, std::string& kind, std::string& memo, std::vector<posting>& postings,
+          store_batch& batch) -> caf::result<caf::ok_atom> {
+        if (auto e = refuse_if_broken()) return *e;
+        auto& st = self->state;
+        ledger_entry entry;
+        if (!postings.empty()) {
+          auto e = st.book.prepare(std::move(kind), std::move(memo), std::move(postings), now_ms());
+          if (!e) return to_caf(e.error());
+          entry = std::move(*e);
+          add_writes(st.book, entry, batch);
+        }
+        auto rp = self->make_response_promise<caf::ok_atom>();
+        write(self, std::move(entry), std::move(batch), rp, caf::ok_atom::value);
+        return rp;
+      },
+      [=](account_atom, const std::string& account) -> caf::result<account_info> {
+        auto& st = self->state;
+        if (!st.book.has_account(account))
+          return to_caf(error(errc::invalid_argument, "unknown account " + account));
+        account_info info;
+        info.id = account;
+        info.balance = st.book.balance(account);
+        for (auto it = st.recent.rbegin(); it != st.recent.rend() && info.recent.size() < 20;
+             ++it) {
+          bool touches = it->kind == "open" ? it->memo == account : false;
+          for (const auto& p : it->postings) touches = touches || p.account == account;
+          if (touches) info.recent.push_back(describe(*it, account));
+        }
+        return info;
+      },
+      [=](ledger_atom, const std::vector<std::string>& ended_jobs) -> caf::result<ledger_report> {
+        auto rp = self->make_response_promise<ledger_report>();
+        self->request(self->state.store, std::chrono::seconds(120), scan_atom::value,
+                      std::string("ledger/"))
+            .then(
+                [=](std::vector<std::string>& keys,
+                    std::vector<std::vector<uint8_t>>& values) mutable {
+                  auto stored = parse_stored(keys, values);
+                  ledger_report r;
+                  auto audit = stored.problem.empty()
+                                   ? verify_ledger(stored.entries, stored.balances, stored.head)
+                                   : ledger_audit{false, stored.problem};
+                  r.ok = audit.ok;
+                  r.problem = audit.problem;
+                  r.entries = audit.entries;
+                  r.accounts = audit.accounts;
+                  r.issued = audit.issued;
+                  for (const auto& [account, value] : stored.balances)
+                    if (account.starts_with("escrow/")) r.in_escrow += value;
+                  for (const auto& job : ended_jobs) {
+                    auto it = stored.balances.find("escrow/" + job);
+                    if (it != stored.balances.end() && it->second != 0) r.stale_escrow += 1;
+                  }
+                  // Each round of a job is paid once: settle entries name "JOB round R:".
+                  std::map<std::string, std::set<std::string>> settled;
+                  for (const auto& e : stored.entries) {
+                    if (e.kind != "settle") continue;
+                    auto space = e.memo.find(' '), colon = e.memo.find(':');
+                    if (space == std::string::npos || colon == std::string::npos) continue;
+                    auto job = e.memo.substr(0, space);
+                    auto round = e.memo.substr(space + 1, colon - space - 1);
+                    if (!settled[job].insert(round).second && r.ok) {
+                      r.ok = false;
+                      r.problem = "entry " + std::to_string(e.seq) + ": " + job + " " + round +
+                                  " is paid a second time";
+                    }
+                  }
+                  for (const auto& [job, rounds] : settled) {
+                    r.settled_jobs.push_back(job);
+                    r.settled_rounds.push_back(rounds.size());
+                  }
+                  if (r.ok && r.stale_escrow != 0) {
+                    r.ok = false;
+                    r.problem = std::to_string(r.stale_escrow) +
+                                " ended job(s) still hold credits in escrow";
+                  }
+                  rp.deliver(std::move(r));
+                },
+                [=](caf::error& e) mutable { rp.deliver(e); });
+        return rp;
+      },
+      [=](update_atom, const std::string& role, caf::actor& replacement) {
+        if (role == "store") self->state.store = std::move(replacement);
+      },
+  };
+}
+
+}  // namespace
+
+caf::actor spawn_ledger_keeper(caf::actor_system& sys, caf::actor store) {
+  return sys.spawn(keeper, std::move(store));
+}
+
+}  // namespace gflex

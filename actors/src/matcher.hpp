@@ -1,0 +1,51 @@
+#pragma once
+/// @file
+/// The market's matching rule, free of CAF: which free slots a round's assignments go to.
+/// A slot is eligible when its tier fits the job's policy, its price is within the job's
+/// max_price and its node's reputation reaches the job's min_reputation. Eligible slots are
+/// taken cheapest first by cost per unit of work, price over calibrated throughput; hybrid
+/// jobs take community slots first and core-tier slots for the rest. The counts of slots
+/// left out say why a job waits.
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "gflex/runtime/job_spec.hpp"
+
+namespace gflex {
+
+/// A slot as the matcher sees it.
+struct slot_offer {
+  uint8_t tier = 0;           ///< gflex::node_tier.
+  int64_t price = 0;          ///< Micro-credits per device-hour.
+  double throughput = 0.0;    ///< Calibrated samples per second (fashion-mlp); > 0.
+  double reputation = 0.5;    ///< The node's score.
+  bool available = true;      ///< Free, not cooling down.
+};
+
+/// What a job asks for.
+struct slot_bid {
+  trust_tier policy = trust_tier::hybrid;
+  int64_t max_price = -1;  ///< Micro-credits per device-hour; negative: any.
+  double min_reputation = 0.0;
+};
+
+struct match_result {
+  std::vector<size_t> chosen;  ///< Indices into the offers, in the order taken.
+  int64_t busy = 0;            ///< Eligible but not available.
+  int64_t wrong_tier = 0;
+  int64_t too_expensive = 0;
+  int64_t low_reputation = 0;
+};
+
+/// Cost per unit of work: price over throughput (a slot without a throughput costs most).
+double unit_cost(const slot_offer& o) noexcept;
+
+/// Up to `wanted` slots for `bid`; O(n log wanted). Slots of equal cost are taken in index
+/// order starting at `rotate` (mod n), so that a caller rotating it spreads work over them.
+match_result match_slots(std::span<const slot_offer> offers, const slot_bid& bid, size_t wanted,
+                         size_t rotate = 0);
+
+}  // namespace gflex

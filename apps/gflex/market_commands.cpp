@@ -1,0 +1,130 @@
+#include "market_commands.hpp"
+
+#include <spdlog/spdlog.h>
+
+#include <cstdio>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <optional>
+
+#include "core_address.hpp"
+#include "gflex/gflex.hpp"
+#include "gflex/runtime/credits.hpp"
+
+namespace gflex::app {
+
+namespace {
+
+struct market_flags {
+  std::string core = "127.0.0.1:7400";
+  std::string id;
+  std::string amount;
+  bool as_json = false;
+};
+
+int fail(const error& e, int code = 1) {
+  spdlog::error("{}", e.message());
+  return code;
+}
+
+int connect(const market_flags& f, std::optional<client>& out) {
+  auto address = parse_host_port(f.core, "--core");
+  if (!address) return fail(address.error(), 2);
+  auto c = client::connect(address->host, address->port);
+  if (!c) return fail(c.error());
+  out.emplace(std::move(*c));
+  return 0;
+}
+
+int run_account(const market_flags& f) {
+  std::optional<client> c;
+  if (int code = connect(f, c); code != 0) return code;
+  auto a = c->account(f.id.empty() ? std::string("platform") : f.id);
+  if (!a) return fail(a.error());
+  if (f.as_json) {
+    nlohmann::json j{{"id", a->id},
+                     {"balance", format_credits(a->balance)},
+                     {"balance_micro", a->balance},
+                     {"recent", a->recent}};
+    std::printf("%s\n", j.dump(2).c_str());
+    return 0;
+  }
+  std::printf("%s: %s credits\n", a->id.c_str(), format_credits(a->balance).c_str());
+  for (const auto& line : a->recent) std::printf("  %s\n", line.c_str());
+  return 0;
+}
+
+int run_verify(const market_flags& f) {
+  std::optional<client> c;
+  if (int code = connect(f, c); code != 0) return code;
+  auto r = c->verify_ledger();
+  if (!r) return fail(r.error());
+  if (f.as_json) {
+    nlohmann::json j{{"ok", r->ok},
+                     {"problem", r->problem},
+                     {"entries", r->entries},
+                     {"accounts", r->accounts},
+                     {"issued", format_credits(r->issued)},
+                     {"in_escrow", format_credits(r->in_escrow)},
+                     {"stale_escrow", r->stale_escrow},
+                     {"settled_rounds", nlohmann::json::object()}};
+    for (size_t i = 0; i < r->settled_jobs.size(); ++i)
+      j["settled_rounds"][r->settled_jobs[i]] = r->settled_rounds[i];
+    std::printf("%s\n", j.dump(2).c_str());
+  } else if (r->ok) {
+    std::printf("ledger ok: %llu entries, %llu accounts, %s credits issued, %s in escrow; "
+                "the chain verifies, every transaction balances, no account is below zero\n",
+                static_cast<unsigned long long>(r->entries),
+                static_cast<unsigned long long>(r->accounts), format_credits(r->issued).c_str(),
+                format_credits(r->in_escrow).c_str());
+  } else {
+    std::printf("ledger FAILS its check: %s\n", r->problem.c_str());
+  }
+  return r->ok ? 0 : 1;
+}
+
+int run_topup(const market_flags& f) {
+  auto amount = parse_credits(f.amount);
+  if (!amount) return fail(amount.error(), 2);
+  if (*amount == 0) return fail(error(errc::invalid_argument, "a top-up must be positive"), 2);
+  std::optional<client> c;
+  if (int code = connect(f, c); code != 0) return code;
+  if (auto r = c->topup(f.id, *amount); !r) return fail(r.error());
+  std::printf("%s: budget raised by %s credits\n", f.id.c_str(), format_credits(*amount).c_str());
+  return 0;
+}
+
+}  // namespace
+
+void add_market_commands(CLI::App& app, std::function<int()>& run) {
+  auto f = std::make_shared<market_flags>();
+  auto set = [&run, f](int (*fn)(const market_flags&)) {
+    return [&run, f, fn] { run = [f, fn] { return fn(*f); }; };
+  };
+  auto core_flag = [&](CLI::App* cmd) {
+    cmd->add_option("--core", f->core, "the core's HOST:PORT")->capture_default_str();
+  };
+
+  auto* account = app.add_subcommand("account", "show an account's balance and recent entries");
+  account->add_option("id", f->id, "user/NAME, node/NAME, escrow/JOB or platform (default)");
+  account->add_flag("--json", f->as_json, "print JSON");
+  core_flag(account);
+  account->callback(set(run_account));
+
+  auto* ledger = app.add_subcommand("ledger", "the credit ledger");
+  ledger->require_subcommand(1);
+  auto* verify = ledger->add_subcommand(
+      "verify", "check the hash chain, that every transaction balances, that no account is "
+                "below zero, and that ended jobs hold no escrow");
+  verify->add_flag("--json", f->as_json, "print JSON");
+  core_flag(verify);
+  verify->callback(set(run_verify));
+
+  auto* topup = app.add_subcommand("topup", "raise a metered job's budget; a paused job resumes");
+  topup->add_option("job", f->id, "a job id")->required();
+  topup->add_option("amount", f->amount, "credits to add")->required();
+  core_flag(topup);
+  topup->callback(set(run_topup));
+}
+
+}  // namespace gflex::app

@@ -1,0 +1,144 @@
+#!/usr/bin/env bash
+# The marketplace against real processes. A core (platform fee 10%), a core-tier node and
+# three community nodes asking different prices. Bad input is refused with a clear message
+# and changes nothing: malformed or duplicate accounts, negative, absurd or unparsable
+# credits, an unknown account, a budget smaller than one round, an account that cannot cover
+# one round, node prices out of range. A metered job runs with a max_price that leaves the
+# dearest node out: the cheaper nodes do (and are paid for) the work, the dear one gets
+# nothing; the job pauses when its budget runs out and `gflex topup` resumes it. The core is
+# SIGKILLed during the job's payments and restarted; afterwards `gflex ledger verify` passes,
+# every committed round was paid exactly once, and no escrow is left.
+source "$(dirname "$0")/lib.sh"
+G="$BIN/gflex"
+C="$BIN/gflex-core"
+
+CORE_ARGS="--fee 0.1" start_cluster 0
+core_port=${core##*:}
+start verifier "$BIN/gflex-node" --join "$core" --name verifier --data-dir "$WORK/verifier" \
+  --tier core --price 40
+start cheap "$BIN/gflex-node" --join "$core" --name cheap --data-dir "$WORK/cheap" --price 50
+start mid "$BIN/gflex-node" --join "$core" --name mid --data-dir "$WORK/mid" --price 80
+start dear "$BIN/gflex-node" --join "$core" --name dear --data-dir "$WORK/dear" --price 500
+wait_for 30 "4 nodes to join" bash -c "[ \$('$G' nodes --core $core | wc -l) -eq 4 ]"
+
+ledger_state() { "$G" ledger verify --core "$core" --json | python3 -c \
+  "import json,sys; j=json.load(sys.stdin); print(j['ok'], j['entries'], j['issued'])"; }
+
+# -- accounts and bad input ------------------------------------------------------------------
+"$C" account create user/alice --core "$core" >/dev/null || fail "create user/alice"
+"$C" account credit user/alice 10 --core "$core" >/dev/null || fail "credit user/alice"
+"$C" account create user/poor --core "$core" >/dev/null || fail "create user/poor"
+"$C" account credit user/poor 0.01 --core "$core" >/dev/null || fail "credit user/poor"
+before=$(ledger_state)
+expect_error "duplicate account" "exists already" "$C" account create user/alice --core "$core"
+expect_error "malformed account" "not an account id|user accounts only" \
+  "$C" account create alice --core "$core"
+expect_error "node account from a client" "user accounts only" \
+  "$C" account create node/cheap --core "$core"
+expect_error "negative credit" "non-negative decimal" "$C" account credit user/alice -5 --core "$core"
+expect_error "absurd credit" "more than 1e12 credits" \
+  "$C" account credit user/alice 99999999999999 --core "$core"
+expect_error "unparsable credit" "non-negative decimal" \
+  "$C" account credit user/alice 1e3 --core "$core"
+expect_error "unknown account" "unknown account user/nobody" \
+  "$C" account credit user/nobody 5 --core "$core"
+expect_error "unknown account shown" "unknown account user/nobody" \
+  "$G" account user/nobody --core "$core"
+expect_error "negative node price" "price" "$BIN/gflex-node" --join "$core" --name neg \
+  --data-dir "$WORK/neg" --price -1
+expect_error "absurd node price" "price" "$BIN/gflex-node" --join "$core" --name rich \
+  --data-dir "$WORK/rich" --price 1e9
+
+job_spec() {  # job_spec ACCOUNT BUDGET: a metered fashion-mlp job
+  cat <<TOML
+[job]
+name = "paid"
+workload = "fashion-mlp"
+rounds = 12
+workers = 2
+[inner]
+local_steps = 20
+[round]
+deadline_s = 2.0
+[market]
+account = "$1"
+budget = $2
+max_price = 100
+TOML
+}
+job_spec user/alice 0.05 >"$WORK/small.toml"
+expect_error "budget below one round" "market.budget: 0.05 credits is less than one round" \
+  "$G" submit "$WORK/small.toml" --core "$core"
+job_spec user/nobody 5 >"$WORK/nobody.toml"
+expect_error "job for an unknown account" "unknown account user/nobody" \
+  "$G" submit "$WORK/nobody.toml" --core "$core"
+job_spec user/poor 5 >"$WORK/poor.toml"
+expect_error "overdraft" "holds 0.01 credits, less than one round's escrow" \
+  "$G" submit "$WORK/poor.toml" --core "$core"
+expect_error "top-up of an unknown job" "unknown job" "$G" topup job-99 1 --core "$core"
+[ "$(ledger_state)" = "$before" ] || fail "bad input changed the ledger: $before -> $(ledger_state)"
+[ "$("$G" status --core "$core" | grep -c job-)" -eq 0 ] || fail "a refused job was recorded"
+
+# -- a metered job: cheaper adequate nodes get the work, the budget runs out, a top-up -------
+job_spec user/alice 0.13 >"$WORK/paid.toml"
+job=$("$G" submit "$WORK/paid.toml" --core "$core") || fail "submit the metered job"
+wait_for 120 "$job to pause on its budget" bash -c \
+  "'$G' status $job --core $core | grep -q 'paused.*budget exhausted'"
+"$G" status "$job" --core "$core"
+"$G" topup "$job" 0.08 --core "$core" >/dev/null || fail "topup"
+# A burst of payments: kill the core once a few more rounds are committed after the top-up.
+committed() { grep -c "job $job: round .* committed" "$WORK/core.log" || true; }
+n=$(committed)
+wait_for 60 "more rounds after the top-up" bash -c "[ \$(grep -c 'job $job: round .* committed' '$WORK/core.log') -ge $((n + 2)) ]"
+kill -KILL "$PID_core"
+wait "$PID_core" 2>/dev/null || true
+cp "$WORK/core.log" "$WORK/core-before-kill.log"
+start core2 "$C" --listen "$core" --data-dir "$WORK/core" --fee 0.1
+wait_for 20 "the core to listen again" grep -q "core listening" "$WORK/core2.log"
+# The job may need more budget to finish: top it up until it is done.
+for _ in $(seq 1 40); do
+  state=$("$G" status "$job" --core "$core" --json 2>/dev/null | python3 -c \
+    "import json,sys; print(json.load(sys.stdin)['state'])" 2>/dev/null || echo unknown)
+  [ "$state" = done ] && break
+  [ "$state" = paused ] && "$G" topup "$job" 0.05 --core "$core" >/dev/null
+  sleep 1
+done
+"$G" status "$job" --core "$core"
+"$G" status "$job" --core "$core" --json >"$WORK/job.json"
+"$G" ledger verify --core "$core" || fail "ledger verify"
+"$G" ledger verify --core "$core" --json >"$WORK/verify.json"
+for a in cheap mid dear verifier; do "$G" account node/$a --core "$core" --json >"$WORK/$a.json"; done
+"$G" account platform --core "$core" --json >"$WORK/platform.json"
+"$G" account user/alice --core "$core" | tee "$WORK/alice.txt"
+grep -q "resumed: escrow of an interrupted round returned" "$WORK/alice.txt" &&
+  echo "ok: the escrow the kill interrupted went back to user/alice" ||
+  echo "note: no round held escrow when the core was killed"
+python3 - "$WORK" "$job" <<'PY' || fail "market checks"
+import json, sys
+work, job = sys.argv[1], sys.argv[2]
+load = lambda name: json.load(open(f"{work}/{name}.json"))
+j, v = load("job"), load("verify")
+bal = {a: load(a)["balance_micro"] for a in ("cheap", "mid", "dear", "verifier", "platform")}
+ok = True
+def check(cond, what):
+    global ok
+    print(("ok: " if cond else "FAIL: ") + what)
+    ok = ok and cond
+check(j["state"] == "done", f"the job ended {j['state']}")
+check(v["ok"], f"ledger verifies: {v['problem'] or 'chain, balances, no overdraft'}")
+check(v["settled_rounds"].get(job) == j["rounds"],
+      f"each of the {j['rounds']} rounds paid exactly once ({v['settled_rounds'].get(job)})")
+check(v["stale_escrow"] == 0 and v["in_escrow"] == "0", f"no escrow left ({v['in_escrow']})")
+check(bal["cheap"] > 0 and bal["mid"] > 0, f"the cheaper nodes were paid ({bal})")
+check(bal["dear"] == 0, "the node over max_price got no work and no pay")
+check(bal["platform"] > 0, "the platform took its fee")
+spent = float(j["credits_spent"])
+paid = sum(bal[a] for a in ("cheap", "mid", "verifier", "platform")) / 1e6
+check(abs(spent - paid) < 1e-5, f"the job spent {spent}, nodes and platform got {paid:.6f}")
+check(float(j["cloud_cost"]) > 0 and j["device_hours"] > 0,
+      f"cost report: {j['credits_spent']} credits for {j['device_hours']:.5f} device-hours, "
+      f"{j['cloud_cost']} at the cloud price")
+sys.exit(0 if ok else 1)
+PY
+grep -q "paused: budget exhausted" "$WORK/core-before-kill.log" || fail "the job never paused"
+finish

@@ -1,0 +1,161 @@
+#include <doctest/doctest.h>
+
+#include <string>
+#include <vector>
+
+#include "ledger_book.hpp"
+#include "matcher.hpp"
+#include "reputation.hpp"
+
+using namespace gflex;
+
+namespace {
+
+int64_t cr(const char* text) {
+  return parse_credits(text).value();
+}
+
+// A book with user/alice holding 100 credits and node/n1 open.
+ledger_book funded_book(std::vector<ledger_entry>* log = nullptr) {
+  ledger_book book;
+  auto book_it = [&](expected<ledger_entry> e) {
+    REQUIRE_MESSAGE(e.has_value(), e.error().message());
+    book.apply(*e);
+    if (log) log->push_back(*e);
+  };
+  book_it(book.prepare_open("user/alice", 1));
+  book_it(book.prepare_open("node/n1", 2));
+  book_it(book.prepare("credit", "operator", {{"user/alice", cr("100")}, {"external", -cr("100")}},
+                       3));
+  return book;
+}
+
+}  // namespace
+
+TEST_SUITE("ledger") {
+  TEST_CASE("amounts parse exactly and refuse what is not an amount") {
+    CHECK(parse_credits("12").value() == 12'000'000);
+    CHECK(parse_credits("0.25").value() == 250'000);
+    CHECK(parse_credits("0.000001").value() == 1);
+    CHECK(parse_credits("1000000000000").value() == max_amount_micro);
+    for (const char* bad : {"", "-1", "1.", ".5", "1e3", "0.0000001", "abc", "1,5",
+                            "10000000000000", "1000000000000.5", " 1"}) {
+      CAPTURE(bad);
+      auto r = parse_credits(bad);
+      REQUIRE_FALSE(r.has_value());
+      CHECK(r.error().code() == errc::invalid_argument);
+    }
+    CHECK(format_credits(12'500'000) == "12.5");
+    CHECK(format_credits(1) == "0.000001");
+    CHECK(format_credits(-3'000'000) == "-3");
+  }
+
+  TEST_CASE("transactions balance, stay non-negative, and name open accounts") {
+    auto book = funded_book();
+    CHECK(book.balance("user/alice") == cr("100"));
+    CHECK(book.balance(ledger_book::external) == -cr("100"));
+    auto ok = book.prepare("hold", "job-1 round 1",
+                           {{"user/alice", -cr("10")}, {"node/n1", cr("10")}}, 4);
+    REQUIRE(ok.has_value());
+    auto refused = [&](std::vector<posting> p, const char* why) {
+      auto before = book.balances();
+      auto r = book.prepare("pay", "", std::move(p), 5);
+      REQUIRE_FALSE(r.has_value());
+      CHECK(r.error().code() == errc::invalid_argument);
+      CHECK_MESSAGE(r.error().message().find(why) != std::string::npos, r.error().message());
+      CHECK(book.balances() == before);
+    };
+    refused({{"user/alice", -cr("101")}, {"node/n1", cr("101")}}, "below zero");  // overdraft
+    refused({{"user/alice", -cr("1")}, {"node/n1", cr("2")}}, "do not balance");
+    refused({{"user/bob", -cr("1")}, {"node/n1", cr("1")}}, "unknown account user/bob");
+    refused({{"user/alice", 0}, {"node/n1", 0}}, "zero");
+    refused({{"user/alice", -cr("1")}}, "at least two postings");
+    CHECK_FALSE(book.prepare_open("user/alice", 6).has_value());  // exists
+    CHECK_FALSE(book.prepare_open("admin", 6).has_value());
+    CHECK_FALSE(book.prepare_open("user/../x", 6).has_value());
+    CHECK_FALSE(book.prepare("open", "user/x", {}, 6).has_value());
+  }
+
+  TEST_CASE("entries round-trip and the chain verifies; any change is found") {
+    std::vector<ledger_entry> log;
+    auto book = funded_book(&log);
+    auto pay = book.prepare("settle", "job-1 round 1 a=00ff",
+                            {{"user/alice", -cr("3")}, {"node/n1", cr("2.7")},
+                             {ledger_book::platform, cr("0.3")}},
+                            9);
+    REQUIRE(pay.has_value());
+    book.apply(*pay);
+    log.push_back(*pay);
+    for (auto& e : log) {
+      auto back = decode_entry(encode_entry(e));
+      REQUIRE(back.has_value());
+      CHECK(encode_entry(*back) == encode_entry(e));
+    }
+    auto audit = verify_ledger(log, book.balances(), book.last_seq());
+    CHECK_MESSAGE(audit.ok, audit.problem);
+    CHECK(audit.entries == 4);
+    CHECK(audit.issued == cr("100"));
+
+    auto tampered = log;
+    tampered[2].postings[0].amount += 1;  // someone edits an amount
+    CHECK_FALSE(verify_ledger(tampered, book.balances(), book.last_seq()).ok);
+    tampered = log;  // a balanced edit, re-hashed: the next entry no longer chains to it
+    tampered[2].postings[0].amount += 1;
+    tampered[2].postings[1].amount -= 1;
+    tampered[2].hash = entry_hash(tampered[2]);
+    auto a = verify_ledger(tampered, book.balances(), book.last_seq());
+    CHECK_FALSE(a.ok);
+    CHECK(a.problem.find("does not chain") != std::string::npos);
+    auto dropped = log;
+    dropped.erase(dropped.begin() + 1);
+    CHECK_FALSE(verify_ledger(dropped, book.balances(), book.last_seq()).ok);
+    auto stored = book.balances();
+    stored["node/n1"] += 1;  // a balance edited beside the chain
+    auto b = verify_ledger(log, stored, book.last_seq());
+    CHECK_FALSE(b.ok);
+    CHECK(b.problem.find("node/n1") != std::string::npos);
+    CHECK_FALSE(verify_ledger(log, book.balances(), book.last_seq() + 1).ok);
+    CHECK_FALSE(decode_entry("{\"seq\": 1}").has_value());
+    CHECK_FALSE(decode_entry("not json").has_value());
+  }
+}
+
+TEST_SUITE("matcher") {
+  slot_offer offer(uint8_t tier, double price_credits, double throughput, double rep = 0.5) {
+    return {tier, static_cast<int64_t>(price_credits * micro_per_credit), throughput, rep, true};
+  }
+
+  TEST_CASE("cheapest per unit of work first, within the bid's limits") {
+    std::vector<slot_offer> offers{offer(0, 2.0, 1000),   // cost 2e-3
+                                   offer(0, 1.0, 100),    // cost 1e-2
+                                   offer(0, 3.0, 3000),   // cost 1e-3: cheapest per work
+                                   offer(0, 9.0, 10000),  // over max_price
+                                   offer(1, 0.5, 1000),   // core tier
+                                   offer(0, 0.1, 1000, 0.2)};  // low reputation
+    slot_bid bid{trust_tier::community, 5 * micro_per_credit, 0.4};
+    auto r = match_slots(offers, bid, 3);
+    CHECK(r.chosen == std::vector<size_t>{2, 0, 1});
+    CHECK(r.too_expensive == 1);
+    CHECK(r.wrong_tier == 1);
+    CHECK(r.low_reputation == 1);
+    offers[2].available = false;
+    r = match_slots(offers, bid, 3);
+    CHECK(r.chosen == std::vector<size_t>{0, 1});
+    CHECK(r.busy == 1);
+  }
+
+  TEST_CASE("hybrid takes community slots first, core for the rest; core takes core only") {
+    std::vector<slot_offer> offers{offer(1, 0.1, 1000), offer(0, 5.0, 1000), offer(0, 4.0, 1000)};
+    auto r = match_slots(offers, {trust_tier::hybrid, -1, 0.0}, 3);
+    CHECK(r.chosen == std::vector<size_t>{2, 1, 0});
+    r = match_slots(offers, {trust_tier::core, -1, 0.0}, 3);
+    CHECK(r.chosen == std::vector<size_t>{0});
+    CHECK(r.wrong_tier == 2);
+  }
+
+  TEST_CASE("equal costs rotate") {
+    std::vector<slot_offer> offers(4, offer(0, 1.0, 100));
+    CHECK(match_slots(offers, {}, 2, 0).chosen == std::vector<size_t>{0, 1});
+    CHECK(match_slots(offers, {}, 2, 3).chosen == std::vector<size_t>{3, 0});
+  }
+}
