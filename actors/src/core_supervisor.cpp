@@ -256,8 +256,7 @@ caf::behavior core_actor(core_actor_type* self, core_children children, core_con
                                                           "(user/NAME)"));
         return self->delegate(self->state.children->ledger, a, std::move(account), false);
       },
-      [=](credit_in_atom, std::string& account,
-          int64_t amount) -> caf::result<caf::message> {
+      [=](credit_in_atom, std::string& account, int64_t amount) -> caf::result<caf::message> {
         if (amount <= 0 || amount > max_amount_micro)
           return to_caf(error(errc::invalid_argument, "a credit must be in (0, 1e12] credits"));
         if (!account.starts_with("user/"))

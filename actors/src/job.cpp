@@ -204,8 +204,8 @@ void hold_round(job_actor* self) {
     }
     pause(self, "budget exhausted: " + format_credits(s.credits_spent) + " credits spent and " +
                     format_credits(total_held(st)) + " in escrow of a budget of " +
-                    format_credits(s.budget) + "; round " + std::to_string(index + 1) +
-                    " needs " + format_credits(hold) + " in escrow (gflex topup " + st.job.id +
+                    format_credits(s.budget) + "; round " + std::to_string(index + 1) + " needs " +
+                    format_credits(hold) + " in escrow (gflex topup " + st.job.id +
                     " AMOUNT resumes it)");
     return;
   }
@@ -217,8 +217,7 @@ void hold_round(job_actor* self) {
   st.holding = true;
   std::vector<posting> postings{{st.job.spec.account, -hold}, {escrow_of(st), hold}};
   self->request(st.links.ledger, std::chrono::seconds(60), transfer_atom::value,
-                std::string("hold"),
-                st.job.id + " round " + std::to_string(index + 1) + ": escrow",
+                std::string("hold"), st.job.id + " round " + std::to_string(index + 1) + ": escrow",
                 std::move(postings))
       .then(
           [=](uint64_t) {
@@ -314,20 +313,18 @@ void finish(job_actor* self, const std::string& state, const std::string& detail
   store_batch batch;
   batch.keys.push_back(job_record_key(st.job.id));
   batch.values.push_back(encode_job_record(st.job.spec_text, st.job.status));
-  auto written = metered(st)
-                     ? self->request(st.links.ledger, std::chrono::seconds(60), settle_atom::value,
-                                     std::string("release"),
-                                     st.job.id + " ended (" + state + "): escrow returned",
-                                     std::move(release), std::move(batch))
-                     : self->request(st.links.store, std::chrono::seconds(30), commit_atom::value,
-                                     std::move(batch));
-  std::move(written)
-      .then([=](caf::ok_atom) { self->quit(); },
-            [=](caf::error& e) {
-              spdlog::error("job {}: cannot record its end: {}", self->state.job.id,
-                            self->system().render(e));
-              self->quit();
-            });
+  auto written = metered(st) ? self->request(st.links.ledger, std::chrono::seconds(60),
+                                             settle_atom::value, std::string("release"),
+                                             st.job.id + " ended (" + state + "): escrow returned",
+                                             std::move(release), std::move(batch))
+                             : self->request(st.links.store, std::chrono::seconds(30),
+                                             commit_atom::value, std::move(batch));
+  std::move(written).then([=](caf::ok_atom) { self->quit(); },
+                          [=](caf::error& e) {
+                            spdlog::error("job {}: cannot record its end: {}", self->state.job.id,
+                                          self->system().render(e));
+                            self->quit();
+                          });
 }
 
 void fail_assignment(job_actor* self, uint64_t id, const std::string& why) {
@@ -547,35 +544,34 @@ void try_confirm(job_actor* self) {
                                      std::move(pay.postings), std::move(batch))
                      : self->request(st.links.store, std::chrono::seconds(60), commit_atom::value,
                                      std::move(batch));
-  std::move(written)
-      .then(
-          [=](caf::ok_atom) {
-            auto& st = self->state;
-            st.durable_round = round;
-            st.durable_accuracy = accuracy;
-            st.durable_loss = loss;
-            st.durable_nodes = nodes;
-            spdlog::info("job {}: round {}/{} committed, loss {:.4f}, test accuracy {:.4f}",
-                         st.job.id, round, st.job.status.rounds, loss, accuracy);
-            if (last) {
-              finish(self, "done", "");
-              return;
-            }
-            publish(self);
-            // A round waiting for escrow may fit the budget now that this one is settled.
-            if (st.paused_for_budget) {
-              st.paused_for_budget = false;
-              st.paused = false;
-              if (st.job.status.state == "paused") {
-                st.job.status.state = "running";
-                st.job.status.detail.clear();
-              }
-              hold_round(self);
-            }
-          },
-          [=](caf::error& e) {
-            finish(self, "failed", "cannot commit round: " + self->system().render(e));
-          });
+  std::move(written).then(
+      [=](caf::ok_atom) {
+        auto& st = self->state;
+        st.durable_round = round;
+        st.durable_accuracy = accuracy;
+        st.durable_loss = loss;
+        st.durable_nodes = nodes;
+        spdlog::info("job {}: round {}/{} committed, loss {:.4f}, test accuracy {:.4f}", st.job.id,
+                     round, st.job.status.rounds, loss, accuracy);
+        if (last) {
+          finish(self, "done", "");
+          return;
+        }
+        publish(self);
+        // A round waiting for escrow may fit the budget now that this one is settled.
+        if (st.paused_for_budget) {
+          st.paused_for_budget = false;
+          st.paused = false;
+          if (st.job.status.state == "paused") {
+            st.job.status.state = "running";
+            st.job.status.detail.clear();
+          }
+          hold_round(self);
+        }
+      },
+      [=](caf::error& e) {
+        finish(self, "failed", "cannot commit round: " + self->system().render(e));
+      });
   if (!last) try_advance(self);
 }
 
@@ -971,8 +967,8 @@ caf::behavior job_behavior(job_actor* self, job_start start, job_links links) {
     self->request(st.links.ledger, std::chrono::seconds(60), open_atom::value, escrow_of(st), true)
         .then(
             [=](caf::ok_atom) {
-              self->request(self->state.links.ledger, std::chrono::seconds(60),
-                            account_atom::value, escrow_of(self->state))
+              self->request(self->state.links.ledger, std::chrono::seconds(60), account_atom::value,
+                            escrow_of(self->state))
                   .then(
                       [=](account_info& info) {
                         auto& st = self->state;
@@ -986,8 +982,9 @@ caf::behavior job_behavior(job_actor* self, job_start start, job_links links) {
                                                   {st.job.spec.account, info.balance}};
                         self->request(st.links.ledger, std::chrono::seconds(60),
                                       transfer_atom::value, std::string("release"),
-                                      st.job.id + " resumed: escrow of an interrupted round "
-                                                  "returned",
+                                      st.job.id +
+                                          " resumed: escrow of an interrupted round "
+                                          "returned",
                                       std::move(back))
                             .then([=](uint64_t) { go(); },
                                   [=](caf::error& e) {
@@ -1009,8 +1006,7 @@ caf::behavior job_behavior(job_actor* self, job_start start, job_links links) {
       [=](tick_atom) { dispatch(self); },
       [=](topup_atom, int64_t amount) -> caf::result<caf::ok_atom> {
         auto& st = self->state;
-        if (self->current_sender() !=
-            caf::actor_cast<caf::strong_actor_ptr>(st.links.supervisor))
+        if (self->current_sender() != caf::actor_cast<caf::strong_actor_ptr>(st.links.supervisor))
           return to_caf(error(errc::invalid_argument, "only the job supervisor tops a job up"));
         st.job.status.budget += amount;
         spdlog::info("job {}: budget topped up by {} to {} credits", st.job.id,

@@ -210,8 +210,8 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links) {
                         std::move(batch))
               .then(
                   [=](caf::ok_atom) mutable {
-                    spdlog::info("job {} ({}) submitted: {} rounds of {} workers", id,
-                                 status.name, status.rounds, spec.workers);
+                    spdlog::info("job {} ({}) submitted: {} rounds of {} workers", id, status.name,
+                                 status.rounds, spec.workers);
                     start_job(self, job_start{id, text, spec, status, {}, {}});
                     rp.deliver(id);
                   },
@@ -229,11 +229,12 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links) {
                 [=](account_info& info) mutable {
                   auto need = round_escrow(*spec);
                   if (info.balance < need) {
-                    rp.deliver(to_caf(error(
-                        errc::invalid_argument,
-                        "job spec: market.account: " + info.id + " holds " +
-                            format_credits(info.balance) + " credits, less than one round's "
-                            "escrow (" + format_credits(need) + ")")));
+                    rp.deliver(to_caf(
+                        error(errc::invalid_argument, "job spec: market.account: " + info.id +
+                                                          " holds " + format_credits(info.balance) +
+                                                          " credits, less than one round's "
+                                                          "escrow (" +
+                                                          format_credits(need) + ")")));
                     return;
                   }
                   accept(*spec);

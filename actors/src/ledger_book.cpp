@@ -67,8 +67,8 @@ bool is_account_id(std::string_view id) noexcept {
   if (kind != "user" && kind != "node" && kind != "escrow") return false;
   if (name.empty() || name.size() > 128) return false;
   for (char c : name)
-    if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-          c == '.' || c == '_' || c == '-'))
+    if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
+          c == '_' || c == '-'))
       return false;
   return true;
 }
@@ -100,8 +100,7 @@ expected<ledger_entry> ledger_book::prepare_open(const std::string& id, int64_t 
 }
 
 expected<ledger_entry> ledger_book::prepare(std::string kind, std::string memo,
-                                            std::vector<posting> postings,
-                                            int64_t time_ms) const {
+                                            std::vector<posting> postings, int64_t time_ms) const {
   if (kind.empty() || kind == "open") return refuse("a transaction needs a kind other than open");
   if (memo.size() > 4096) return refuse("memo longer than 4096 characters");
   if (postings.size() < 2) return refuse("a transaction needs at least two postings");
@@ -116,8 +115,9 @@ expected<ledger_entry> ledger_book::prepare(std::string kind, std::string memo,
     auto [it, fresh] = after.emplace(p.account, balance(p.account));
     it->second += p.amount;
   }
-  if (sum != 0) return refuse("postings do not balance (they sum to " +
-                              format_credits(static_cast<int64_t>(sum)) + ")");
+  if (sum != 0)
+    return refuse("postings do not balance (they sum to " +
+                  format_credits(static_cast<int64_t>(sum)) + ")");
   for (const auto& [account, value] : after)
     if (value < 0 && account != external)
       return refuse("account " + account + " would go below zero (balance " +
@@ -166,8 +166,8 @@ ledger_audit verify_ledger(const std::vector<ledger_entry>& entries,
     audit.entries += 1;
   }
   if (book.last_seq() != head_seq)
-    return fail(head_seq, "the head names entry " + std::to_string(head_seq) + ", the chain ends at " +
-                              std::to_string(book.last_seq()));
+    return fail(head_seq, "the head names entry " + std::to_string(head_seq) +
+                              ", the chain ends at " + std::to_string(book.last_seq()));
   for (const auto& [account, value] : book.balances()) {
     auto it = stored.find(account);
     int64_t kept = it == stored.end() ? 0 : it->second;

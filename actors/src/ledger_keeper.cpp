@@ -5,9 +5,9 @@
 #include <chrono>
 #include <cstdio>
 #include <ctime>
-#include <optional>
 #include <deque>
 #include <map>
+#include <optional>
 #include <set>
 
 #include "messages.hpp"
@@ -61,20 +61,22 @@ struct stored_ledger {
   std::string problem;
 };
 
-stored_ledger parse_stored(std::vector<std::string>& keys, std::vector<std::vector<uint8_t>>& values) {
+stored_ledger parse_stored(std::vector<std::string>& keys,
+                           std::vector<std::vector<uint8_t>>& values) {
   stored_ledger out;
   for (size_t i = 0; i < keys.size() && out.problem.empty(); ++i) {
     const auto& k = keys[i];
     auto text = text_of(values[i]);
     if (k.starts_with("ledger/entry/")) {
       auto e = decode_entry(text);
-      if (!e) out.problem = k + ": " + e.error().message();
-      else out.entries.push_back(std::move(*e));
+      if (!e)
+        out.problem = k + ": " + e.error().message();
+      else
+        out.entries.push_back(std::move(*e));
     } else if (k.starts_with("ledger/balance/")) {
       char* end = nullptr;
       long long v = std::strtoll(text.c_str(), &end, 10);
-      if (text.empty() || end != text.c_str() + text.size())
-        out.problem = k + ": not a number";
+      if (text.empty() || end != text.c_str() + text.size()) out.problem = k + ": not a number";
       out.balances[k.substr(15)] = v;
     } else if (k == "ledger/head") {
       out.head = std::strtoull(text.c_str(), nullptr, 10);
@@ -108,8 +110,8 @@ std::string describe(const ledger_entry& e, const std::string& account) {
   char when[32];
   std::time_t t = static_cast<std::time_t>(e.time_ms / 1000);
   std::strftime(when, sizeof when, "%Y-%m-%d %H:%M:%S", std::gmtime(&t));
-  return std::to_string(e.seq) + "  " + when + "  " + e.kind + "  " +
-         (change >= 0 ? "+" : "") + format_credits(change) + "  " + e.memo;
+  return std::to_string(e.seq) + "  " + when + "  " + e.kind + "  " + (change >= 0 ? "+" : "") +
+         format_credits(change) + "  " + e.memo;
 }
 
 // Books `e` in memory once its writes are durable, and answers `promise`.
@@ -145,9 +147,10 @@ caf::behavior keeper(keeper_actor* self, caf::actor store) {
                              : ledger_audit{false, stored.problem};
             if (!audit.ok) {
               st.broken = audit.problem;
-              spdlog::error("ledger: the stored ledger fails its check ({}); refusing every "
-                            "transaction until it is repaired",
-                            audit.problem);
+              spdlog::error(
+                  "ledger: the stored ledger fails its check ({}); refusing every "
+                  "transaction until it is repaired",
+                  audit.problem);
               return;
             }
             for (const auto& e : stored.entries) {

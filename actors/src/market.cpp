@@ -32,8 +32,8 @@ clock_type::duration cooldown(int failures) {
 struct market_state {
   std::vector<slot_entry> slots;
   size_t cursor = 0;  // where the next acquire starts looking, for round-robin spreading
-  std::set<caf::actor_addr> watched;  // jobs monitored
-  std::set<std::string> barred;       // node names caught misbehaving: never offered again
+  std::set<caf::actor_addr> watched;     // jobs monitored
+  std::set<std::string> barred;          // node names caught misbehaving: never offered again
   std::map<std::string, double> scores;  // reputation by node name, from the tracker
   static inline const char* name = "market";
 };
@@ -93,9 +93,7 @@ caf::behavior market_actor(caf::stateful_actor<market_state>* self) {
                            [&](const slot_entry& e) { return e.slot.node_name == name; }),
             st.slots.end());
       },
-      [=](score_atom, const std::string& name, double score) {
-        self->state.scores[name] = score;
-      },
+      [=](score_atom, const std::string& name, double score) { self->state.scores[name] = score; },
       [=](acquire_atom, const std::string&, int64_t wanted, uint8_t policy, int64_t max_price,
           double min_reputation) -> acquire_reply {
         auto& st = self->state;
@@ -110,8 +108,8 @@ caf::behavior market_actor(caf::stateful_actor<market_state>* self) {
         }
         slot_bid bid{static_cast<trust_tier>(std::min<uint8_t>(policy, 2)), max_price,
                      min_reputation};
-        auto m = match_slots(offers, bid, static_cast<size_t>(std::max<int64_t>(wanted, 0)),
-                             st.cursor);
+        auto m =
+            match_slots(offers, bid, static_cast<size_t>(std::max<int64_t>(wanted, 0)), st.cursor);
         acquire_reply out;
         out.busy = m.busy;
         out.wrong_tier = m.wrong_tier;

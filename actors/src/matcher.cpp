@@ -19,8 +19,8 @@ match_result match_slots(std::span<const slot_offer> offers, const slot_bid& bid
   std::vector<size_t> community_pool, core_pool;
   for (size_t i = 0; i < offers.size(); ++i) {
     const auto& o = offers[i];
-    bool tier_ok = bid.policy == trust_tier::hybrid ||
-                   (bid.policy == trust_tier::core) == (o.tier == core);
+    bool tier_ok =
+        bid.policy == trust_tier::hybrid || (bid.policy == trust_tier::core) == (o.tier == core);
     if (!tier_ok) {
       out.wrong_tier += 1;
     } else if (bid.max_price >= 0 && o.price > bid.max_price) {
@@ -40,8 +40,8 @@ match_result match_slots(std::span<const slot_offer> offers, const slot_bid& bid
   };
   for (auto* pool : {&community_pool, &core_pool}) {
     size_t take = std::min(pool->size(), wanted - out.chosen.size());
-    std::partial_sort(pool->begin(), pool->begin() + static_cast<std::ptrdiff_t>(take),
-                      pool->end(), cheaper);
+    std::partial_sort(pool->begin(), pool->begin() + static_cast<std::ptrdiff_t>(take), pool->end(),
+                      cheaper);
     out.chosen.insert(out.chosen.end(), pool->begin(),
                       pool->begin() + static_cast<std::ptrdiff_t>(take));
   }

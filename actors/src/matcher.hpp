@@ -18,11 +18,11 @@ namespace gflex {
 
 /// A slot as the matcher sees it.
 struct slot_offer {
-  uint8_t tier = 0;           ///< gflex::node_tier.
-  int64_t price = 0;          ///< Micro-credits per device-hour.
-  double throughput = 0.0;    ///< Calibrated samples per second (fashion-mlp); > 0.
-  double reputation = 0.5;    ///< The node's score.
-  bool available = true;      ///< Free, not cooling down.
+  uint8_t tier = 0;         ///< gflex::node_tier.
+  int64_t price = 0;        ///< Micro-credits per device-hour.
+  double throughput = 0.0;  ///< Calibrated samples per second (fashion-mlp); > 0.
+  double reputation = 0.5;  ///< The node's score.
+  bool available = true;    ///< Free, not cooling down.
 };
 
 /// What a job asks for.

@@ -13,49 +13,49 @@
 #include "gflex/accounts.hpp"
 #include "gflex/gflex.hpp"
 #include "gflex/job_status.hpp"
-#include "ledger_book.hpp"
 #include "gflex/runtime/error.hpp"
+#include "ledger_book.hpp"
 
 namespace gflex {
 
 // -- atoms: each names the verb of a request --------------------------------------------------
 
-using hello_atom = caf::atom_constant<caf::atom("hello")>;        ///< node -> core: join
-using beat_atom = caf::atom_constant<caf::atom("heartbeat")>;     ///< node -> registry
-using bye_atom = caf::atom_constant<caf::atom("bye")>;            ///< node -> registry: leave
-using assign_atom = caf::atom_constant<caf::atom("assign")>;      ///< job -> worker
-using abort_atom = caf::atom_constant<caf::atom("abort")>;        ///< job -> worker: cancel
-using submit_atom = caf::atom_constant<caf::atom("submit")>;      ///< client -> core
-using status_atom = caf::atom_constant<caf::atom("status")>;      ///< client -> core
-using jobs_atom = caf::atom_constant<caf::atom("jobs")>;          ///< client -> core
-using nodes_atom = caf::atom_constant<caf::atom("nodes")>;        ///< client -> core
-using cancel_atom = caf::atom_constant<caf::atom("cancel")>;      ///< client -> core
-using fetch_atom = caf::atom_constant<caf::atom("fetch")>;        ///< client -> core
-using chunk_atom = caf::atom_constant<caf::atom("chunk")>;        ///< node -> core data
-using acquire_atom = caf::atom_constant<caf::atom("acquire")>;    ///< job -> market
-using release_atom = caf::atom_constant<caf::atom("release")>;    ///< job -> market
-using offer_atom = caf::atom_constant<caf::atom("offer")>;        ///< registry -> market
-using withdraw_atom = caf::atom_constant<caf::atom("withdraw")>;  ///< registry -> market
-using commit_atom = caf::atom_constant<caf::atom("commit")>;      ///< job -> store
-using read_atom = caf::atom_constant<caf::atom("read")>;          ///< any -> store
-using scan_atom = caf::atom_constant<caf::atom("scan")>;          ///< any -> store
-using update_atom = caf::atom_constant<caf::atom("update")>;      ///< job -> job_supervisor
-using rejoin_atom = caf::atom_constant<caf::atom("rejoin")>;      ///< registry -> uplink
-using tick_atom = caf::atom_constant<caf::atom("tick")>;          ///< timers, to self
-using stop_atom = caf::atom_constant<caf::atom("stop")>;          ///< to a process's owner
-using sample_atom = caf::atom_constant<caf::atom("sample")>;      ///< job -> reputation
-using credit_atom = caf::atom_constant<caf::atom("credit")>;      ///< job -> reputation
-using reject_atom = caf::atom_constant<caf::atom("reject")>;      ///< job -> reputation
-using verify_atom = caf::atom_constant<caf::atom("verify")>;      ///< job -> verifier
-using bar_atom = caf::atom_constant<caf::atom("bar")>;            ///< reputation -> market
-using score_atom = caf::atom_constant<caf::atom("score")>;        ///< reputation -> market
-using open_atom = caf::atom_constant<caf::atom("open")>;          ///< any -> ledger
-using transfer_atom = caf::atom_constant<caf::atom("transfer")>;  ///< any -> ledger
-using settle_atom = caf::atom_constant<caf::atom("settle")>;      ///< job -> ledger
-using account_atom = caf::atom_constant<caf::atom("account")>;    ///< client -> core
-using ledger_atom = caf::atom_constant<caf::atom("ledger")>;      ///< client -> core
-using topup_atom = caf::atom_constant<caf::atom("topup")>;        ///< client -> core
-using credit_in_atom = caf::atom_constant<caf::atom("creditin")>; ///< operator -> core
+using hello_atom = caf::atom_constant<caf::atom("hello")>;         ///< node -> core: join
+using beat_atom = caf::atom_constant<caf::atom("heartbeat")>;      ///< node -> registry
+using bye_atom = caf::atom_constant<caf::atom("bye")>;             ///< node -> registry: leave
+using assign_atom = caf::atom_constant<caf::atom("assign")>;       ///< job -> worker
+using abort_atom = caf::atom_constant<caf::atom("abort")>;         ///< job -> worker: cancel
+using submit_atom = caf::atom_constant<caf::atom("submit")>;       ///< client -> core
+using status_atom = caf::atom_constant<caf::atom("status")>;       ///< client -> core
+using jobs_atom = caf::atom_constant<caf::atom("jobs")>;           ///< client -> core
+using nodes_atom = caf::atom_constant<caf::atom("nodes")>;         ///< client -> core
+using cancel_atom = caf::atom_constant<caf::atom("cancel")>;       ///< client -> core
+using fetch_atom = caf::atom_constant<caf::atom("fetch")>;         ///< client -> core
+using chunk_atom = caf::atom_constant<caf::atom("chunk")>;         ///< node -> core data
+using acquire_atom = caf::atom_constant<caf::atom("acquire")>;     ///< job -> market
+using release_atom = caf::atom_constant<caf::atom("release")>;     ///< job -> market
+using offer_atom = caf::atom_constant<caf::atom("offer")>;         ///< registry -> market
+using withdraw_atom = caf::atom_constant<caf::atom("withdraw")>;   ///< registry -> market
+using commit_atom = caf::atom_constant<caf::atom("commit")>;       ///< job -> store
+using read_atom = caf::atom_constant<caf::atom("read")>;           ///< any -> store
+using scan_atom = caf::atom_constant<caf::atom("scan")>;           ///< any -> store
+using update_atom = caf::atom_constant<caf::atom("update")>;       ///< job -> job_supervisor
+using rejoin_atom = caf::atom_constant<caf::atom("rejoin")>;       ///< registry -> uplink
+using tick_atom = caf::atom_constant<caf::atom("tick")>;           ///< timers, to self
+using stop_atom = caf::atom_constant<caf::atom("stop")>;           ///< to a process's owner
+using sample_atom = caf::atom_constant<caf::atom("sample")>;       ///< job -> reputation
+using credit_atom = caf::atom_constant<caf::atom("credit")>;       ///< job -> reputation
+using reject_atom = caf::atom_constant<caf::atom("reject")>;       ///< job -> reputation
+using verify_atom = caf::atom_constant<caf::atom("verify")>;       ///< job -> verifier
+using bar_atom = caf::atom_constant<caf::atom("bar")>;             ///< reputation -> market
+using score_atom = caf::atom_constant<caf::atom("score")>;         ///< reputation -> market
+using open_atom = caf::atom_constant<caf::atom("open")>;           ///< any -> ledger
+using transfer_atom = caf::atom_constant<caf::atom("transfer")>;   ///< any -> ledger
+using settle_atom = caf::atom_constant<caf::atom("settle")>;       ///< job -> ledger
+using account_atom = caf::atom_constant<caf::atom("account")>;     ///< client -> core
+using ledger_atom = caf::atom_constant<caf::atom("ledger")>;       ///< client -> core
+using topup_atom = caf::atom_constant<caf::atom("topup")>;         ///< client -> core
+using credit_in_atom = caf::atom_constant<caf::atom("creditin")>;  ///< operator -> core
 
 // -- messages -----------------------------------------------------------------------------------
 
@@ -68,8 +68,8 @@ struct node_hello {
   uint64_t device_memory = 0;
   std::vector<caf::actor> workers;
   caf::actor uplink;
-  uint8_t tier = 0;        ///< gflex::node_tier: community (0) or core (1).
-  std::string credential;  ///< The core's secret; required for the core tier.
+  uint8_t tier = 0;         ///< gflex::node_tier: community (0) or core (1).
+  std::string credential;   ///< The core's secret; required for the core tier.
   int64_t price = 0;        ///< Asked, micro-credits per device-hour.
   double throughput = 0.0;  ///< Calibrated, fashion-mlp samples per second per worker.
 };
@@ -118,7 +118,7 @@ struct worker_slot {
   caf::actor worker;
   std::string node_id;
   std::string node_name;
-  uint8_t tier = 0;  ///< gflex::node_tier of its node.
+  uint8_t tier = 0;         ///< gflex::node_tier of its node.
   int64_t price = 0;        ///< Micro-credits per device-hour its node asks.
   double throughput = 0.0;  ///< Its calibrated samples per second.
 };

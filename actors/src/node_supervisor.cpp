@@ -176,9 +176,10 @@ expected<caf::actor> spawn_node(caf::actor_system& sys, const node_config& confi
   if (!calibration) return calibration.error();
   auto throughput = kernels::calibrate_throughput(**calibration);
   if (!throughput) return throughput.error();
-  spdlog::info("calibration: {:.0f} fashion-mlp samples/s per worker; asking {} credits per "
-               "device-hour",
-               *throughput, config.price);
+  spdlog::info(
+      "calibration: {:.0f} fashion-mlp samples/s per worker; asking {} credits per "
+      "device-hour",
+      *throughput, config.price);
   // Each worker draws its own misbehaviour stream, repeatable for a given node name.
   uint64_t seed = config.misbehave_seed;
   if (seed == 0)

@@ -83,10 +83,11 @@ caf::behavior registry_actor(caf::stateful_actor<registry_state>* self, caf::act
         for (auto& w : hello.workers)
           slots.push_back({w, id, hello.name, hello.tier, hello.price, hello.throughput});
         self->send(st.market, offer_atom::value, id, std::move(slots));
-        spdlog::info("node {} joined as {} with {} worker(s) on {}, asking {} credits per "
-                     "device-hour for {:.0f} samples/s",
-                     hello.name, id, hello.workers.size(), hello.device,
-                     static_cast<double>(hello.price) / 1e6, hello.throughput);
+        spdlog::info(
+            "node {} joined as {} with {} worker(s) on {}, asking {} credits per "
+            "device-hour for {:.0f} samples/s",
+            hello.name, id, hello.workers.size(), hello.device,
+            static_cast<double>(hello.price) / 1e6, hello.throughput);
         return node_welcome{protocol_version, id, config.heartbeat_ms,
                             caf::actor_cast<caf::actor>(self), st.data_server};
       },
@@ -106,7 +107,8 @@ caf::behavior registry_actor(caf::stateful_actor<registry_state>* self, caf::act
         if (it == self->state.nodes.end()) return;
         std::vector<worker_slot> slots;
         const auto& n = it->second;
-        for (auto& w : workers) slots.push_back({w, node_id, n.name, n.tier, n.price, n.throughput});
+        for (auto& w : workers)
+          slots.push_back({w, node_id, n.name, n.tier, n.price, n.throughput});
         it->second.workers.insert(it->second.workers.end(), workers.begin(), workers.end());
         self->send(self->state.market, offer_atom::value, node_id, std::move(slots));
       },

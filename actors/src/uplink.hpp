@@ -25,8 +25,8 @@ struct uplink_config {
   uint32_t protocol = 0;
   std::string host;  ///< Empty when `core` is given (embedded: no sockets).
   uint16_t port = 0;
-  uint8_t tier = 0;        ///< gflex::node_tier to join with.
-  std::string credential;  ///< The core's secret, for the core tier.
+  uint8_t tier = 0;         ///< gflex::node_tier to join with.
+  std::string credential;   ///< The core's secret, for the core tier.
   int64_t price = 0;        ///< Micro-credits per device-hour.
   double throughput = 0.0;  ///< Calibrated samples per second per worker.
 };

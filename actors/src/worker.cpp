@@ -173,10 +173,10 @@ caf::behavior worker_behavior(worker_actor* self, worker_config config, caf::act
       // What other processes used since this worker last looked (its own compute excluded).
       auto busy = self->state.cpu.others_busy();
       if (busy && *busy > 0.5)
-        return to_caf(error(errc::io_error,
-                            "--idle-only: the machine is busy (other processes use " +
-                                std::to_string(static_cast<int>(*busy * 100)) +
-                                "% of its CPUs); try later"));
+        return to_caf(
+            error(errc::io_error, "--idle-only: the machine is busy (other processes use " +
+                                      std::to_string(static_cast<int>(*busy * 100)) +
+                                      "% of its CPUs); try later"));
     }
     try {
       auto r = run_assignment(self->state, a, shard);

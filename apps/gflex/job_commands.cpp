@@ -182,14 +182,15 @@ int run_status(const job_flags& f) {
                   s->test_accuracy, s->train_loss, s->detail.empty() ? "" : " - ",
                   s->detail.c_str());
       if (!s->account.empty())
-        std::printf("  cost: %s credits spent of a %s budget (%s in escrow) by %s, for %.4f "
-                    "device-hours; the same time in a public cloud: %s credits (%.1f%% of it)\n",
-                    format_credits(s->credits_spent).c_str(), format_credits(s->budget).c_str(),
-                    format_credits(s->credits_held).c_str(), s->account.c_str(), s->device_hours,
-                    format_credits(s->cloud_cost).c_str(),
-                    s->cloud_cost > 0 ? 100.0 * static_cast<double>(s->credits_spent) /
-                                            static_cast<double>(s->cloud_cost)
-                                      : 0.0);
+        std::printf(
+            "  cost: %s credits spent of a %s budget (%s in escrow) by %s, for %.4f "
+            "device-hours; the same time in a public cloud: %s credits (%.1f%% of it)\n",
+            format_credits(s->credits_spent).c_str(), format_credits(s->budget).c_str(),
+            format_credits(s->credits_held).c_str(), s->account.c_str(), s->device_hours,
+            format_credits(s->cloud_cost).c_str(),
+            s->cloud_cost > 0
+                ? 100.0 * static_cast<double>(s->credits_spent) / static_cast<double>(s->cloud_cost)
+                : 0.0);
     }
     return 0;
   }

@@ -72,11 +72,11 @@ int run_verify(const market_flags& f) {
       j["settled_rounds"][r->settled_jobs[i]] = r->settled_rounds[i];
     std::printf("%s\n", j.dump(2).c_str());
   } else if (r->ok) {
-    std::printf("ledger ok: %llu entries, %llu accounts, %s credits issued, %s in escrow; "
-                "the chain verifies, every transaction balances, no account is below zero\n",
-                static_cast<unsigned long long>(r->entries),
-                static_cast<unsigned long long>(r->accounts), format_credits(r->issued).c_str(),
-                format_credits(r->in_escrow).c_str());
+    std::printf(
+        "ledger ok: %llu entries, %llu accounts, %s credits issued, %s in escrow; "
+        "the chain verifies, every transaction balances, no account is below zero\n",
+        static_cast<unsigned long long>(r->entries), static_cast<unsigned long long>(r->accounts),
+        format_credits(r->issued).c_str(), format_credits(r->in_escrow).c_str());
   } else {
     std::printf("ledger FAILS its check: %s\n", r->problem.c_str());
   }
@@ -114,8 +114,9 @@ void add_market_commands(CLI::App& app, std::function<int()>& run) {
   auto* ledger = app.add_subcommand("ledger", "the credit ledger");
   ledger->require_subcommand(1);
   auto* verify = ledger->add_subcommand(
-      "verify", "check the hash chain, that every transaction balances, that no account is "
-                "below zero, and that ended jobs hold no escrow");
+      "verify",
+      "check the hash chain, that every transaction balances, that no account is "
+      "below zero, and that ended jobs hold no escrow");
   verify->add_flag("--json", f->as_json, "print JSON");
   core_flag(verify);
   verify->callback(set(run_verify));

@@ -51,8 +51,8 @@ const char* to_string(trust_tier tier) noexcept {
 
 int64_t round_escrow(const job_spec& spec) {
   if (spec.account.empty() || spec.max_price <= 0) return 0;
-  long double micro = static_cast<long double>(spec.workers) * spec.max_price * spec.deadline_s /
-                      3600.0L;
+  long double micro =
+      static_cast<long double>(spec.workers) * spec.max_price * spec.deadline_s / 3600.0L;
   return static_cast<int64_t>(std::ceil(micro));
 }
 
@@ -428,8 +428,8 @@ expected<job_spec> read_spec(const reader& in) {
     bool ok = a.size() > 5 && a.size() <= 5 + 128 && a.starts_with("user/");
     for (size_t i = 5; ok && i < a.size(); ++i) {
       char c = a[i];
-      ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-           c == '.' || c == '_' || c == '-';
+      ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
+           c == '_' || c == '-';
     }
     if (!ok)
       return in.fail("market.account",

@@ -72,23 +72,24 @@ int main(int argc, char** argv) {
     std::vector<slot_offer> offers;
     offers.reserve(slots.size());
     for (size_t i = 0; i < slots.size(); ++i)
-      offers.push_back({slots[i].tier, slots[i].price, slots[i].throughput, scores[i],
-                        !slots[i].busy});
+      offers.push_back(
+          {slots[i].tier, slots[i].price, slots[i].throughput, scores[i], !slots[i].busy});
     auto m = match_slots(offers, bid, 1000, static_cast<size_t>(rep));
     times.push_back(seconds_since(t) * 1e3);
     filled = m.chosen.size();
   }
   std::sort(times.begin(), times.end());
   std::printf("| measure | value | target |\n|---|---:|---:|\n");
-  std::printf("| fill a round of 1,000 assignments from 10,000 offers, median of 200 | %.3f ms "
-              "| < 10 ms |\n",
-              times[times.size() / 2]);
+  std::printf(
+      "| fill a round of 1,000 assignments from 10,000 offers, median of 200 | %.3f ms "
+      "| < 10 ms |\n",
+      times[times.size() / 2]);
   std::printf("| ... worst of 200 | %.3f ms | |\n", times.back());
   std::printf("| assignments filled | %zu | 1000 |\n", filled);
 
   // -- 2. the ledger against LMDB's raw put rate ----------------------------------------------
-  auto dir = std::filesystem::temp_directory_path() /
-             ("gflex-bench-market-" + std::to_string(::getpid()));
+  auto dir =
+      std::filesystem::temp_directory_path() / ("gflex-bench-market-" + std::to_string(::getpid()));
   std::filesystem::remove_all(dir);
   {
     auto raw = store::open(dir / "raw");
@@ -128,22 +129,26 @@ int main(int argc, char** argv) {
     };
     for (const char* a : {"user/alice", "node/a", "node/b", "escrow/job-1"})
       commit(book.prepare_open(a, 0).value());
-    commit(book.prepare("credit", "operator", {{"user/alice", 1'000'000 * micro_per_credit},
-                                               {ledger_book::external, -1'000'000 * micro_per_credit}},
+    commit(book.prepare("credit", "operator",
+                        {{"user/alice", 1'000'000 * micro_per_credit},
+                         {ledger_book::external, -1'000'000 * micro_per_credit}},
                         0)
                .value());
     t = clock_type::now();
     for (int i = 0; i < entries; ++i) {
       // A hold and its settlement, alternately: each is one entry and one transaction.
-      auto e = i % 2 == 0
-                   ? book.prepare("hold", "job-1 round " + std::to_string(i / 2 + 1) + ": escrow",
-                                  {{"user/alice", -1000}, {"escrow/job-1", 1000}}, i)
-                   : book.prepare("settle",
-                                  "job-1 round " + std::to_string(i / 2 + 1) +
-                                      ": 2 assignment(s) paid",
-                                  {{"escrow/job-1", -1000}, {"node/a", 400}, {"node/b", 400},
-                                   {ledger_book::platform, 100}, {"user/alice", 100}},
-                                  i);
+      auto e =
+          i % 2 == 0
+              ? book.prepare("hold", "job-1 round " + std::to_string(i / 2 + 1) + ": escrow",
+                             {{"user/alice", -1000}, {"escrow/job-1", 1000}}, i)
+              : book.prepare("settle",
+                             "job-1 round " + std::to_string(i / 2 + 1) + ": 2 assignment(s) paid",
+                             {{"escrow/job-1", -1000},
+                              {"node/a", 400},
+                              {"node/b", 400},
+                              {ledger_book::platform, 100},
+                              {"user/alice", 100}},
+                             i);
       if (!e) {
         std::fprintf(stderr, "%s\n", e.error().message().c_str());
         return 1;
@@ -153,9 +158,10 @@ int main(int argc, char** argv) {
     double ledger_rate = entries / seconds_since(t);
     std::printf("| LMDB raw: one 64-byte put per transaction, fsync each | %.0f per s | |\n",
                 raw_rate);
-    std::printf("| ledger: one hash-chained entry (hold or settlement) per transaction | %.0f "
-                "per s | |\n",
-                ledger_rate);
+    std::printf(
+        "| ledger: one hash-chained entry (hold or settlement) per transaction | %.0f "
+        "per s | |\n",
+        ledger_rate);
     std::printf("| ledger / raw | %.0f%% | >= 50%% |\n", 100.0 * ledger_rate / raw_rate);
   }
   std::filesystem::remove_all(dir);

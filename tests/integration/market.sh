@@ -141,4 +141,15 @@ check(float(j["cloud_cost"]) > 0 and j["device_hours"] > 0,
 sys.exit(0 if ok else 1)
 PY
 grep -q "paused: budget exhausted" "$WORK/core-before-kill.log" || fail "the job never paused"
+
+# --max-hours: a node that has computed its share leaves by itself, exit 0.
+start brief "$BIN/gflex-node" --join "$core" --name brief --data-dir "$WORK/brief" \
+  --price 10 --max-hours 0.00005
+wait_for 30 "brief to join" bash -c "'$G' nodes --core $core | grep -q brief"
+printf '[job]\nname = "short"\nworkload = "fashion-mlp"\nrounds = 40\nworkers = 3\n' \
+  >"$WORK/short.toml"
+"$G" submit "$WORK/short.toml" --core "$core" >/dev/null || fail "submit the short job"
+wait_for 120 "brief to leave after its --max-hours" bash -c "! kill -0 $PID_brief 2>/dev/null"
+wait "$PID_brief" && echo "ok: brief left with exit 0" || fail "brief exited non-zero"
+grep -q "computed for its --max-hours" "$WORK/brief.log" || fail "brief did not say why it left"
 finish

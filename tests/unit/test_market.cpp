@@ -25,8 +25,8 @@ ledger_book funded_book(std::vector<ledger_entry>* log = nullptr) {
   };
   book_it(book.prepare_open("user/alice", 1));
   book_it(book.prepare_open("node/n1", 2));
-  book_it(book.prepare("credit", "operator", {{"user/alice", cr("100")}, {"external", -cr("100")}},
-                       3));
+  book_it(
+      book.prepare("credit", "operator", {{"user/alice", cr("100")}, {"external", -cr("100")}}, 3));
   return book;
 }
 
@@ -79,10 +79,9 @@ TEST_SUITE("ledger") {
   TEST_CASE("entries round-trip and the chain verifies; any change is found") {
     std::vector<ledger_entry> log;
     auto book = funded_book(&log);
-    auto pay = book.prepare("settle", "job-1 round 1 a=00ff",
-                            {{"user/alice", -cr("3")}, {"node/n1", cr("2.7")},
-                             {ledger_book::platform, cr("0.3")}},
-                            9);
+    auto pay = book.prepare(
+        "settle", "job-1 round 1 a=00ff",
+        {{"user/alice", -cr("3")}, {"node/n1", cr("2.7")}, {ledger_book::platform, cr("0.3")}}, 9);
     REQUIRE(pay.has_value());
     book.apply(*pay);
     log.push_back(*pay);
@@ -126,11 +125,11 @@ TEST_SUITE("matcher") {
   }
 
   TEST_CASE("cheapest per unit of work first, within the bid's limits") {
-    std::vector<slot_offer> offers{offer(0, 2.0, 1000),   // cost 2e-3
-                                   offer(0, 1.0, 100),    // cost 1e-2
-                                   offer(0, 3.0, 3000),   // cost 1e-3: cheapest per work
-                                   offer(0, 9.0, 10000),  // over max_price
-                                   offer(1, 0.5, 1000),   // core tier
+    std::vector<slot_offer> offers{offer(0, 2.0, 1000),        // cost 2e-3
+                                   offer(0, 1.0, 100),         // cost 1e-2
+                                   offer(0, 3.0, 3000),        // cost 1e-3: cheapest per work
+                                   offer(0, 9.0, 10000),       // over max_price
+                                   offer(1, 0.5, 1000),        // core tier
                                    offer(0, 0.1, 1000, 0.2)};  // low reputation
     slot_bid bid{trust_tier::community, 5 * micro_per_credit, 0.4};
     auto r = match_slots(offers, bid, 3);

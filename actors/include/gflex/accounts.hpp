@@ -21,8 +21,8 @@ struct ledger_report {
   std::string problem;
   uint64_t entries = 0;
   uint64_t accounts = 0;
-  int64_t issued = 0;      ///< Micro-credits that entered from outside.
-  int64_t in_escrow = 0;   ///< Micro-credits held for running jobs.
+  int64_t issued = 0;         ///< Micro-credits that entered from outside.
+  int64_t in_escrow = 0;      ///< Micro-credits held for running jobs.
   uint64_t stale_escrow = 0;  ///< Escrow accounts of ended jobs that still hold credits.
   /// Rounds settled (paid) per job: settled_jobs[i] had settled_rounds[i] rounds paid, each
   /// exactly once (a round settled twice fails the check).

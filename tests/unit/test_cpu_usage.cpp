@@ -1,0 +1,40 @@
+#include <doctest/doctest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <thread>
+
+#include "gflex/runtime/cpu_usage.hpp"
+
+using namespace gflex;
+
+TEST_CASE("cpu_monitor sees another process keep a CPU busy, and not this one's own work") {
+  cpu_monitor m;
+  // This process spins for a while: that is its own use, not others'.
+  auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(300);
+  volatile uint64_t x = 0;
+  while (std::chrono::steady_clock::now() < until) x = x + 1;
+  auto own = m.others_busy();
+  REQUIRE(own.has_value());
+  CHECK(*own >= 0.0);
+  CHECK(*own <= 1.0);
+  const double cpus = static_cast<double>(std::max(1u, std::thread::hardware_concurrency()));
+  // A child process spins: others' use rises by about one CPU's share.
+  pid_t child = fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    volatile uint64_t y = 0;
+    for (;;) y = y + 1;
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  m.others_busy();
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  auto busy = m.others_busy();
+  kill(child, SIGKILL);
+  waitpid(child, nullptr, 0);
+  REQUIRE(busy.has_value());
+  CHECK(*busy >= 0.6 / cpus);  // one CPU of `cpus`, less what the scheduler gave others
+  CHECK(*busy <= 1.0);
+}
