@@ -68,16 +68,13 @@ std::vector<node_status> merge_reputation(std::vector<node_status> nodes,
   for (auto& n : nodes) {
     auto it = by_name.find(n.name);
     if (it == by_name.end()) continue;
-    const auto& r = *it->second;
-    n.tier = r.tier;
-    n.score = r.score;
-    n.streak = r.streak;
-    n.validated = r.validated;
-    n.verified = r.verified;
-    n.rejected = r.rejected;
-    n.flagged = r.flagged;
-    n.credited_s = r.credited_s;
-    n.last_rejection = r.last_rejection;
+    // The record has every reputation field; the registry knows the connection.
+    node_status merged = *it->second;
+    merged.node_id = std::move(n.node_id);
+    merged.device = std::move(n.device);
+    merged.workers = n.workers;
+    merged.last_seen_s = n.last_seen_s;
+    n = std::move(merged);
   }
   return nodes;
 }

@@ -364,6 +364,20 @@ size_t drop_node(round_results& results, const std::string& node) {
   return dropped;
 }
 
+// Starts the bookkeeping of the current round (a new one, or one collected again after a
+// rollback): nothing handed out yet, no backups, and its watch every quarter second.
+void open_round(job_actor* self) {
+  auto& st = self->state;
+  st.unassigned.clear();
+  st.copies.clear();
+  st.backed_up.clear();
+  st.durations.clear();
+  st.closing = false;
+  st.round_started = clock_type::now();
+  self->delayed_send(self, std::chrono::milliseconds(250), tick_atom::value,
+                     static_cast<uint64_t>(st.job.status.round));
+}
+
 // Undoes the unconfirmed round and the current one: theta and momentum go back to before
 // the unconfirmed round, which is collected again (its other results kept, their checks
 // going on); the current round's work is discarded, never credited.
@@ -387,16 +401,9 @@ void roll_back(job_actor* self) {
                st.job.id, u.index + 1);
   st.round_params = u.params;
   st.results = std::move(u.results);
-  st.unassigned.clear();
+  open_round(self);
   for (int64_t shard : shards_of_round(st, u.index))
     if (!st.results.count(shard)) st.unassigned.push_back(shard);
-  st.copies.clear();
-  st.backed_up.clear();
-  st.durations.clear();
-  st.closing = false;
-  st.round_started = clock_type::now();
-  self->delayed_send(self, std::chrono::milliseconds(250), tick_atom::value,
-                     static_cast<uint64_t>(s.round));
   dispatch(self);
 }
 
@@ -843,14 +850,7 @@ void start_round(job_actor* self) {
     return t;
   }()));
   st.results.clear();
-  st.unassigned.clear();
-  st.copies.clear();
-  st.backed_up.clear();
-  st.durations.clear();
-  st.closing = false;
-  st.round_started = clock_type::now();
-  self->delayed_send(self, std::chrono::milliseconds(250), tick_atom::value,
-                     static_cast<uint64_t>(st.job.status.round));
+  open_round(self);
   for (int64_t shard : shards_of_round(st, st.job.status.round)) st.unassigned.push_back(shard);
   hold_round(self);
 }

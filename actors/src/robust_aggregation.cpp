@@ -19,6 +19,12 @@ double median_of(std::vector<double> v) {
   return 0.5 * (lower + upper);
 }
 
+std::vector<double> norms_of(const std::vector<std::span<const float>>& updates) {
+  std::vector<double> norms(updates.size());
+  for (size_t i = 0; i < updates.size(); ++i) norms[i] = l2_norm(updates[i]);
+  return norms;
+}
+
 std::string format(double x) {
   char buf[32];
   std::snprintf(buf, sizeof buf, "%.3g", x);
@@ -80,8 +86,7 @@ std::vector<outlier> find_outliers(const std::vector<std::span<const float>>& up
   std::vector<outlier> out;
   const size_t n = updates.size();
   if (n < 3) return out;
-  std::vector<double> norms(n);
-  for (size_t i = 0; i < n; ++i) norms[i] = l2_norm(updates[i]);
+  const auto norms = norms_of(updates);
   const double median = median_of(norms);
   std::vector<bool> kept(n, true);
   for (size_t i = 0; i < n; ++i) {
@@ -120,8 +125,7 @@ std::vector<size_t> find_suspicious(const std::vector<std::span<const float>>& u
   std::vector<size_t> out;
   const size_t n = updates.size();
   if (n < 3) return out;
-  std::vector<double> norms(n);
-  for (size_t i = 0; i < n; ++i) norms[i] = l2_norm(updates[i]);
+  const auto norms = norms_of(updates);
   const double median_norm = median_of(norms);
   const auto cosines = agreement(updates);
   const double median_agreement = median_of(cosines);
@@ -140,8 +144,7 @@ void robust_mean(const std::vector<std::span<const float>>& updates, double clip
   for (const auto& u : updates) GFLEX_CHECK(u.size() == dim, "robust_mean: sizes differ");
   std::vector<double> scale(n, 1.0);
   if (clip > 0.0) {
-    std::vector<double> norms(n);
-    for (size_t i = 0; i < n; ++i) norms[i] = l2_norm(updates[i]);
+    const auto norms = norms_of(updates);
     const double limit = clip * median_of(norms);
     for (size_t i = 0; i < n; ++i)
       if (norms[i] > limit) scale[i] = limit / norms[i];

@@ -10,6 +10,7 @@
 #include <sstream>
 #include <thread>
 
+#include "client_connection.hpp"
 #include "core_address.hpp"
 #include "default_job.hpp"
 #include "gflex/gflex.hpp"
@@ -119,17 +120,6 @@ struct job_flags {
   int workers_per_node = 1;
 };
 
-// Connects to the core named by --core; returns 0, or the exit code after reporting why not
-// (2 for a malformed address, 1 for an unreachable core).
-int connect_core(const job_flags& f, std::optional<client>& out) {
-  auto address = parse_host_port(f.core, "--core");
-  if (!address) return fail(address.error(), 2);
-  auto c = client::connect(address->host, address->port);
-  if (!c) return fail(c.error());
-  out.emplace(std::move(*c));
-  return 0;
-}
-
 int run_submit(const job_flags& f) {
   auto text = read_text(f.spec_file);
   if (!text) return fail(text.error(), 2);
@@ -140,7 +130,7 @@ int run_submit(const job_flags& f) {
     return fail(
         error(errc::unknown_workload, f.spec_file + ": job.workload: " + w.error().message()), 2);
   std::optional<client> c;
-  if (int code = connect_core(f, c); code != 0) return code;
+  if (int code = connect_core(f.core, c); code != 0) return code;
   auto id = c->submit(*text);
   if (!id) return fail(id.error());
   std::printf("%s\n", id->c_str());
@@ -169,7 +159,7 @@ int run_submit(const job_flags& f) {
 
 int run_status(const job_flags& f) {
   std::optional<client> c;
-  if (int code = connect_core(f, c); code != 0) return code;
+  if (int code = connect_core(f.core, c); code != 0) return code;
   if (!f.job_id.empty()) {
     auto s = c->status(f.job_id);
     if (!s) return fail(s.error());
@@ -212,7 +202,7 @@ int run_status(const job_flags& f) {
 
 int run_nodes(const job_flags& f) {
   std::optional<client> c;
-  if (int code = connect_core(f, c); code != 0) return code;
+  if (int code = connect_core(f.core, c); code != 0) return code;
   auto nodes = c->nodes();
   if (!nodes) return fail(nodes.error());
   if (f.as_json) {
@@ -251,7 +241,7 @@ int run_nodes(const job_flags& f) {
 
 int run_cancel(const job_flags& f) {
   std::optional<client> c;
-  if (int code = connect_core(f, c); code != 0) return code;
+  if (int code = connect_core(f.core, c); code != 0) return code;
   if (auto ok = c->cancel(f.job_id); !ok) return fail(ok.error());
   std::printf("%s cancelled\n", f.job_id.c_str());
   return 0;
@@ -259,7 +249,7 @@ int run_cancel(const job_flags& f) {
 
 int run_fetch(const job_flags& f) {
   std::optional<client> c;
-  if (int code = connect_core(f, c); code != 0) return code;
+  if (int code = connect_core(f.core, c); code != 0) return code;
   auto bytes = c->fetch(f.job_id);
   if (!bytes) return fail(bytes.error());
   if (auto ok = write_file_atomically(f.out, *bytes); !ok) return fail(ok.error());

@@ -7,7 +7,7 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 
-#include "core_address.hpp"
+#include "client_connection.hpp"
 #include "gflex/gflex.hpp"
 #include "gflex/runtime/credits.hpp"
 
@@ -27,18 +27,9 @@ int fail(const error& e, int code = 1) {
   return code;
 }
 
-int connect(const market_flags& f, std::optional<client>& out) {
-  auto address = parse_host_port(f.core, "--core");
-  if (!address) return fail(address.error(), 2);
-  auto c = client::connect(address->host, address->port);
-  if (!c) return fail(c.error());
-  out.emplace(std::move(*c));
-  return 0;
-}
-
 int run_account(const market_flags& f) {
   std::optional<client> c;
-  if (int code = connect(f, c); code != 0) return code;
+  if (int code = connect_core(f.core, c); code != 0) return code;
   auto a = c->account(f.id.empty() ? std::string("platform") : f.id);
   if (!a) return fail(a.error());
   if (f.as_json) {
@@ -56,7 +47,7 @@ int run_account(const market_flags& f) {
 
 int run_verify(const market_flags& f) {
   std::optional<client> c;
-  if (int code = connect(f, c); code != 0) return code;
+  if (int code = connect_core(f.core, c); code != 0) return code;
   auto r = c->verify_ledger();
   if (!r) return fail(r.error());
   if (f.as_json) {
@@ -88,7 +79,7 @@ int run_topup(const market_flags& f) {
   if (!amount) return fail(amount.error(), 2);
   if (*amount == 0) return fail(error(errc::invalid_argument, "a top-up must be positive"), 2);
   std::optional<client> c;
-  if (int code = connect(f, c); code != 0) return code;
+  if (int code = connect_core(f.core, c); code != 0) return code;
   if (auto r = c->topup(f.id, *amount); !r) return fail(r.error());
   std::printf("%s: budget raised by %s credits\n", f.id.c_str(), format_credits(*amount).c_str());
   return 0;

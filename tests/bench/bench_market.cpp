@@ -61,7 +61,8 @@ int main(int argc, char** argv) {
   for (int i = 0; i < 10000; ++i) {
     slots.push_back({static_cast<uint8_t>(i % 10 == 0 ? 1 : 0),
                      static_cast<int64_t>((0.2 + 4.8 * r.uniform()) * micro_per_credit),
-                     1000.0 + 49000.0 * r.uniform(), "n" + std::to_string(i), r.uniform() < 0.2});
+                     1000.0 + 49000.0 * r.uniform(), std::string("n").append(std::to_string(i)),
+                     r.uniform() < 0.2});
     scores.push_back(r.uniform());
   }
   slot_bid bid{trust_tier::hybrid, 4 * micro_per_credit, 0.3};
@@ -88,8 +89,8 @@ int main(int argc, char** argv) {
   std::printf("| assignments filled | %zu | 1000 |\n", filled);
 
   // -- 2. the ledger against LMDB's raw put rate ----------------------------------------------
-  auto dir =
-      std::filesystem::temp_directory_path() / ("gflex-bench-market-" + std::to_string(::getpid()));
+  auto dir = std::filesystem::temp_directory_path() /
+             std::string("gflex-bench-market-").append(std::to_string(::getpid()));
   std::filesystem::remove_all(dir);
   {
     auto raw = store::open(dir / "raw");
@@ -139,10 +140,12 @@ int main(int argc, char** argv) {
       // A hold and its settlement, alternately: each is one entry and one transaction.
       auto e =
           i % 2 == 0
-              ? book.prepare("hold", "job-1 round " + std::to_string(i / 2 + 1) + ": escrow",
+              ? book.prepare("hold", std::string("job-1 round ").append(std::to_string(i / 2 + 1)),
                              {{"user/alice", -1000}, {"escrow/job-1", 1000}}, i)
               : book.prepare("settle",
-                             "job-1 round " + std::to_string(i / 2 + 1) + ": 2 assignment(s) paid",
+                             std::string("job-1 round ")
+                                 .append(std::to_string(i / 2 + 1))
+                                 .append(": 2 assignment(s) paid"),
                              {{"escrow/job-1", -1000},
                               {"node/a", 400},
                               {"node/b", 400},
