@@ -2,7 +2,8 @@
 
 #include <nlohmann/json.hpp>
 
-#include <charconv>
+#include <stdexcept>
+#include <type_traits>
 
 #include "gflex/runtime/digest.hpp"
 
@@ -36,25 +37,41 @@ std::string encode_entry(const ledger_entry& e) {
   return j.dump();
 }
 
+namespace {
+
+// nlohmann converts a JSON float to an integer type with a cast, undefined when it is out
+// of range: integers must be stored as integers.
+template <class T>
+T integer_at(const nlohmann::json& j, const char* key) {
+  const auto& v = j.at(key);
+  if (!v.is_number_integer()) throw std::invalid_argument(std::string(key) + " is not an integer");
+  if constexpr (std::is_unsigned_v<T>) {
+    if (!v.is_number_unsigned()) throw std::invalid_argument(std::string(key) + " is negative");
+  }
+  return v.get<T>();
+}
+
+}  // namespace
+
 expected<ledger_entry> decode_entry(std::string_view text) {
   auto j = nlohmann::json::parse(text, nullptr, false);
   if (j.is_discarded() || !j.is_object())
     return error(errc::malformed_message, "ledger entry is not a JSON object");
   try {
     ledger_entry e;
-    e.seq = j.at("seq").get<uint64_t>();
+    e.seq = integer_at<uint64_t>(j, "seq");
     e.prev = j.at("prev").get<std::string>();
-    e.time_ms = j.at("time_ms").get<int64_t>();
+    e.time_ms = integer_at<int64_t>(j, "time_ms");
     e.kind = j.at("kind").get<std::string>();
     e.memo = j.at("memo").get<std::string>();
     for (const auto& p : j.at("postings")) {
-      if (!p.is_array() || p.size() != 2)
+      if (!p.is_array() || p.size() != 2 || !p.at(1).is_number_integer())
         return error(errc::malformed_message, "ledger entry: a posting is not [account, amount]");
       e.postings.push_back({p.at(0).get<std::string>(), p.at(1).get<int64_t>()});
     }
     e.hash = j.at("hash").get<std::string>();
     return e;
-  } catch (const nlohmann::json::exception& ex) {
+  } catch (const std::exception& ex) {  // nlohmann's errors and integer_at's
     return error(errc::malformed_message, std::string("ledger entry: ") + ex.what());
   }
 }

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <stdexcept>
 
 namespace gflex {
 
@@ -62,6 +63,20 @@ std::string encode_reputation(const reputation& r) {
   return j.dump();
 }
 
+namespace {
+
+// nlohmann converts a JSON float to an integer type with a cast, undefined when it is out
+// of range: counts must be stored as non-negative integers.
+template <class T>
+T count_at(const nlohmann::json& j, const char* key) {
+  const auto& v = j.at(key);
+  if (!v.is_number_unsigned())
+    throw std::invalid_argument(std::string(key) + " is not a non-negative integer");
+  return v.get<T>();
+}
+
+}  // namespace
+
 expected<reputation> decode_reputation(std::string_view text) {
   auto j = nlohmann::json::parse(text, nullptr, false);
   if (j.is_discarded() || !j.is_object())
@@ -75,10 +90,10 @@ expected<reputation> decode_reputation(std::string_view text) {
     r.tier = *tier;
     r.good = j.at("good").get<double>();
     r.bad = j.at("bad").get<double>();
-    r.streak = j.at("streak").get<int64_t>();
-    r.validated = j.at("validated").get<uint64_t>();
-    r.verified = j.at("verified").get<uint64_t>();
-    r.rejected = j.at("rejected").get<uint64_t>();
+    r.streak = count_at<int64_t>(j, "streak");
+    r.validated = count_at<uint64_t>(j, "validated");
+    r.verified = count_at<uint64_t>(j, "verified");
+    r.rejected = count_at<uint64_t>(j, "rejected");
     r.flagged = j.at("flagged").get<bool>();
     r.credited_s = j.at("credited_s").get<double>();
     r.last_rejection = j.at("last_rejection").get<std::string>();
@@ -86,7 +101,7 @@ expected<reputation> decode_reputation(std::string_view text) {
         !std::isfinite(r.good) || !std::isfinite(r.bad) || !(r.credited_s >= 0.0))
       return error(errc::malformed_message, "reputation record has out-of-range values");
     return r;
-  } catch (const nlohmann::json::exception& e) {
+  } catch (const std::exception& e) {  // nlohmann's errors and count_at's
     return error(errc::malformed_message, std::string("reputation record: ") + e.what());
   }
 }

@@ -2,6 +2,7 @@
 
 #include <zlib.h>
 
+#include <algorithm>
 #include <cstring>
 #include <memory>
 
@@ -74,13 +75,24 @@ expected<tensor> read_idx_u8(const std::filesystem::path& file, size_t expected_
   auto numel = checked_numel(shape, int64_t{1} << 34);
   if (!numel) return bad(file, numel.error().message());
 
+  // The header is only a claim: read in bounded chunks, so that memory follows what the
+  // file holds, never what a corrupt header says it holds.
+  const auto needed = static_cast<size_t>(*numel);
+  constexpr size_t chunk = size_t{1} << 20;
+  std::vector<unsigned char> data;
+  while (data.size() < needed) {
+    size_t want = std::min(chunk, needed - data.size());
+    size_t at = data.size();
+    data.resize(at + want);
+    got = read_fully(f.get(), data.data() + at, want, file);
+    if (!got) return got.error();
+    if (*got < want)
+      return bad(file, "truncated: header " + to_string(shape) + " needs " +
+                           std::to_string(needed) + " data bytes, file has " +
+                           std::to_string(at + *got));
+  }
   tensor t = tensor::empty(shape, dtype::u8);
-  got = read_fully(f.get(), t.raw(), t.nbytes(), file);
-  if (!got) return got.error();
-  if (*got < t.nbytes())
-    return bad(file, "truncated: header " + to_string(shape) + " needs " +
-                         std::to_string(t.nbytes()) + " data bytes, file has " +
-                         std::to_string(*got));
+  if (needed > 0) std::memcpy(t.raw(), data.data(), needed);
   unsigned char extra;
   got = read_fully(f.get(), &extra, 1, file);
   if (!got) return got.error();

@@ -212,8 +212,9 @@ class reader {
       }
     };
     for (auto&& [key, node] : root_) {
+      const std::string_view name = key.str();  // clang 14 cannot capture a binding
       auto it = std::find_if(schema().begin(), schema().end(),
-                             [&](const table_schema& t) { return t.name == key.str(); });
+                             [&](const table_schema& t) { return t.name == name; });
       std::string path = key_text(key.str());
       if (it == schema().end()) {
         note(node, fail(path, node.is_table() ? "unknown table" : "unknown key"));
