@@ -43,6 +43,11 @@ TEST_SUITE("idx") {
       write_file(file, {0, 0, 0x0D, 1, 0, 0, 0, 1, 9, 9, 9, 9}, true);
       expect_error(errc::bad_format, "unsigned byte");
     }
+    SUBCASE("a header claiming billions of values on a ten-byte file") {
+      // Found by fuzzing: memory must follow the file, not the header's claim.
+      write_file(file, {0, 0, 8, 1, 0xfc, 0xa2, 0x5d, 0x00, 1, 2}, false);
+      expect_error(errc::bad_format, "truncated");
+    }
     SUBCASE("wrong rank") {
       write_file(file, idx_bytes({1, 1}, {5}), true);
       expect_error(errc::bad_format, "dimensions");

@@ -115,6 +115,12 @@ TEST_SUITE("ledger") {
     CHECK(b.problem.find("node/n1") != std::string::npos);
     CHECK_FALSE(verify_ledger(log, book.balances(), book.last_seq() + 1).ok);
     CHECK_FALSE(decode_entry("{\"seq\": 1}").has_value());
+    // Found by fuzzing: an integer field holding a huge float is malformed, not a cast.
+    auto floated = encode_entry(log[0]);
+    floated.replace(floated.find("\"seq\":1"), 7, "\"seq\":1.5e96");
+    auto f = decode_entry(floated);
+    REQUIRE_FALSE(f.has_value());
+    CHECK(f.error().code() == errc::malformed_message);
     CHECK_FALSE(decode_entry("not json").has_value());
   }
 }
