@@ -9,6 +9,7 @@
 
 #include "data_catalog.hpp"
 #include "data_server.hpp"
+#include "gflex/runtime/identity.hpp"
 #include "job.hpp"
 #include "job_supervisor.hpp"
 #include "ledger_keeper.hpp"
@@ -219,25 +220,42 @@ caf::behavior core_actor(core_actor_type* self, core_children children, core_con
           }
         }
         hello.credential.clear();
+        // The node proves it holds the key it presents: its identity from here on.
+        if (!verify_signature(hello.public_key, hello_message(hello.protocol, hello.name),
+                              hello.proof)) {
+          spdlog::warn("refused node {}: its hello is not signed by the key it presents",
+                       hello.name);
+          return to_caf(error(errc::permission_denied,
+                              "the hello's signature does not match the node key it presents"));
+        }
         auto rp = self->make_response_promise<node_welcome>();
         const auto name = hello.name;
         const auto tier = hello.tier;
-        self->request(self->state.children->registry, std::chrono::seconds(10), hello_atom::value,
-                      std::move(hello))
-            .then(
-                [=](node_welcome& w) mutable {
-                  self->send(self->state.children->reputation, hello_atom::value, name, tier);
-                  // Its payout account, opened at its first join.
-                  self->request(self->state.children->ledger, std::chrono::seconds(30),
-                                open_atom::value, "node/" + name, true)
-                      .then([](caf::ok_atom) {},
-                            [=](caf::error& e) {
-                              spdlog::error("cannot open the payout account of node {}: {}", name,
-                                            self->system().render(e));
-                            });
-                  rp.deliver(std::move(w));
-                },
-                [=](caf::error& e) mutable { rp.deliver(e); });
+        const auto key = key_hex(hello.public_key);
+        auto join = [=](node_hello hello) mutable {
+          self->request(self->state.children->registry, std::chrono::seconds(10), hello_atom::value,
+                        std::move(hello))
+              .then(
+                  [=](node_welcome& w) mutable {
+                    // Its payout account, opened at its first join.
+                    self->request(self->state.children->ledger, std::chrono::seconds(30),
+                                  open_atom::value, "node/" + name, true)
+                        .then([](caf::ok_atom) {},
+                              [=](caf::error& e) {
+                                spdlog::error("cannot open the payout account of node {}: {}", name,
+                                              self->system().render(e));
+                              });
+                    rp.deliver(std::move(w));
+                  },
+                  [=](caf::error& e) mutable { rp.deliver(e); });
+        };
+        self->request(self->state.children->reputation, std::chrono::seconds(10), hello_atom::value,
+                      name, tier, key)
+            .then([=](caf::ok_atom) mutable { join(std::move(hello)); },
+                  [=](caf::error& e) mutable {
+                    spdlog::warn("refused node {}: {}", name, from_caf(e).message());
+                    rp.deliver(e);
+                  });
         return rp;
       },
       [=](submit_atom a, std::string& text) { return self->delegate(jobs(), a, std::move(text)); },

@@ -14,6 +14,7 @@
 #include "data_catalog.hpp"
 #include "gflex/kernels/trainer.hpp"
 #include "gflex/runtime/checkpoint.hpp"
+#include "gflex/runtime/identity.hpp"
 #include "gflex/runtime/tensor_codec.hpp"
 #include "gflex/runtime/update_codec.hpp"
 #include "messages.hpp"
@@ -689,6 +690,13 @@ void on_result(job_actor* self, uint64_t id, assignment_result& r) {
     return;
   }
   const auto node = it->second.slot.node_name;
+  // The signature first: a result must come from the key of the node that was given the
+  // assignment, over the assignment id and the update it carries.
+  if (!verify_signature(it->second.slot.public_key, result_message(r.assignment_id, r.update),
+                        r.signature)) {
+    caught(self, node, "its result is not signed by its node key");
+    return;
+  }
   if (r.assignment_id != id) {
     caught(self, node,
            "its result names assignment " + std::to_string(r.assignment_id) +

@@ -68,10 +68,12 @@ struct node_hello {
   uint64_t device_memory = 0;
   std::vector<caf::actor> workers;
   caf::actor uplink;
-  uint8_t tier = 0;         ///< gflex::node_tier: community (0) or core (1).
-  std::string credential;   ///< The core's secret; required for the core tier.
-  int64_t price = 0;        ///< Asked, micro-credits per device-hour.
-  double throughput = 0.0;  ///< Calibrated, fashion-mlp samples per second per worker.
+  uint8_t tier = 0;                 ///< gflex::node_tier: community (0) or core (1).
+  std::string credential;           ///< The core's secret; required for the core tier.
+  int64_t price = 0;                ///< Asked, micro-credits per device-hour.
+  double throughput = 0.0;          ///< Calibrated, fashion-mlp samples per second per worker.
+  std::vector<uint8_t> public_key;  ///< The node's Ed25519 key: its identity.
+  std::vector<uint8_t> proof;       ///< Its signature of hello_message(protocol, name).
 };
 
 /// core -> node: the answer to node_hello.
@@ -111,6 +113,8 @@ struct assignment_result {
   double loss = 0.0;            ///< Mean training loss over the inner steps.
   int64_t samples = 0;
   double compute_s = 0.0;
+  /// The node's signature of result_message(assignment_id, update); checked first.
+  std::vector<uint8_t> signature;
 };
 
 /// A compute slot as the market hands it out.
@@ -118,9 +122,10 @@ struct worker_slot {
   caf::actor worker;
   std::string node_id;
   std::string node_name;
-  uint8_t tier = 0;         ///< gflex::node_tier of its node.
-  int64_t price = 0;        ///< Micro-credits per device-hour its node asks.
-  double throughput = 0.0;  ///< Its calibrated samples per second.
+  uint8_t tier = 0;                 ///< gflex::node_tier of its node.
+  int64_t price = 0;                ///< Micro-credits per device-hour its node asks.
+  double throughput = 0.0;          ///< Its calibrated samples per second.
+  std::vector<uint8_t> public_key;  ///< Its node's key, which signs its results.
 };
 
 /// market -> job: the answer to acquire: the slots, and why others were left out.
@@ -148,7 +153,7 @@ struct store_batch {
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, node_hello& x) {
   return f(caf::meta::type_name("node_hello"), x.protocol, x.name, x.device, x.device_memory,
-           x.workers, x.uplink, x.tier, x.credential, x.price, x.throughput);
+           x.workers, x.uplink, x.tier, x.credential, x.price, x.throughput, x.public_key, x.proof);
 }
 
 template <class Inspector>
@@ -167,13 +172,13 @@ typename Inspector::result_type inspect(Inspector& f, assignment& x) {
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, assignment_result& x) {
   return f(caf::meta::type_name("assignment_result"), x.assignment_id, x.update, x.loss, x.samples,
-           x.compute_s);
+           x.compute_s, x.signature);
 }
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, worker_slot& x) {
   return f(caf::meta::type_name("worker_slot"), x.worker, x.node_id, x.node_name, x.tier, x.price,
-           x.throughput);
+           x.throughput, x.public_key);
 }
 
 template <class Inspector>

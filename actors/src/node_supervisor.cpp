@@ -159,12 +159,18 @@ expected<caf::actor> spawn_node(caf::actor_system& sys, const node_config& confi
   if (!misbehave) return misbehave.error();
   if (misbehave->kind != misbehaviour::mode::honest)
     spdlog::warn("this node misbehaves ({}): a test aid", config.misbehave);
+  // The node's identity: made at its first start, kept beside its cache.
+  auto identity = node_identity::load_or_create(config.data_dir / "node.key");
+  if (!identity) return identity.error();
+  auto key = std::make_shared<const node_identity>(std::move(*identity));
+  spdlog::info("node key {}", key_hex(key->public_key()));
   node_children c;
   c.cache = spawn_cache(sys, config.data_dir / "chunks");
   c.config.backend = config.backend;
   c.config.threads = config.threads_per_worker;
   c.config.crash_at_assignment = config.crash_worker_at;
   c.config.misbehave = *misbehave;
+  c.config.identity = key;
   c.config.idle_only = config.idle_only;
   c.config.max_compute_s = config.max_hours * 3600.0;
   c.config.compute_used = std::make_shared<std::atomic<double>>(0.0);
@@ -198,6 +204,7 @@ expected<caf::actor> spawn_node(caf::actor_system& sys, const node_config& confi
   up.tier = static_cast<uint8_t>(*tier);
   up.price = std::llround(config.price * 1e6);
   up.throughput = *throughput;
+  up.identity = key;
   up.credential = config.core_secret;
   c.uplink_cfg = up;
   c.core = core;

@@ -22,6 +22,7 @@ struct node_entry {
   uint8_t tier = 0;
   int64_t price = 0;
   double throughput = 0.0;
+  std::vector<uint8_t> public_key;
 };
 
 struct registry_state {
@@ -78,10 +79,12 @@ caf::behavior registry_actor(caf::stateful_actor<registry_state>* self, caf::act
         entry.tier = hello.tier;
         entry.price = hello.price;
         entry.throughput = hello.throughput;
+        entry.public_key = hello.public_key;
         st.nodes[id] = std::move(entry);
         std::vector<worker_slot> slots;
         for (auto& w : hello.workers)
-          slots.push_back({w, id, hello.name, hello.tier, hello.price, hello.throughput});
+          slots.push_back(
+              {w, id, hello.name, hello.tier, hello.price, hello.throughput, hello.public_key});
         self->send(st.market, offer_atom::value, id, std::move(slots));
         spdlog::info(
             "node {} joined as {} with {} worker(s) on {}, asking {} credits per "
@@ -108,7 +111,7 @@ caf::behavior registry_actor(caf::stateful_actor<registry_state>* self, caf::act
         std::vector<worker_slot> slots;
         const auto& n = it->second;
         for (auto& w : workers)
-          slots.push_back({w, node_id, n.name, n.tier, n.price, n.throughput});
+          slots.push_back({w, node_id, n.name, n.tier, n.price, n.throughput, n.public_key});
         it->second.workers.insert(it->second.workers.end(), workers.begin(), workers.end());
         self->send(self->state.market, offer_atom::value, node_id, std::move(slots));
       },
@@ -132,7 +135,8 @@ caf::behavior registry_actor(caf::stateful_actor<registry_state>* self, caf::act
           for (const auto& [id, node] : st.nodes) {
             std::vector<worker_slot> slots;
             for (const auto& w : node.workers)
-              slots.push_back({w, id, node.name, node.tier, node.price, node.throughput});
+              slots.push_back(
+                  {w, id, node.name, node.tier, node.price, node.throughput, node.public_key});
             self->send(st.market, offer_atom::value, id, std::move(slots));
           }
         } else if (role == "data_server") {

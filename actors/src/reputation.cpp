@@ -59,7 +59,8 @@ std::string encode_reputation(const reputation& r) {
                       {"rejected", r.rejected},
                       {"flagged", r.flagged},
                       {"credited_s", r.credited_s},
-                      {"last_rejection", r.last_rejection}};
+                      {"last_rejection", r.last_rejection},
+                      {"public_key", r.public_key}};
   return j.dump();
 }
 
@@ -97,6 +98,7 @@ expected<reputation> decode_reputation(std::string_view text) {
     r.flagged = j.at("flagged").get<bool>();
     r.credited_s = j.at("credited_s").get<double>();
     r.last_rejection = j.at("last_rejection").get<std::string>();
+    if (j.contains("public_key")) r.public_key = j.at("public_key").get<std::string>();
     if (r.name.empty() || !(r.good >= 0.0) || !(r.bad >= 0.0) || r.streak < 0 ||
         !std::isfinite(r.good) || !std::isfinite(r.bad) || !(r.credited_s >= 0.0))
       return error(errc::malformed_message, "reputation record has out-of-range values");

@@ -48,6 +48,7 @@ struct reputation {
   bool flagged = false;
   double credited_s = 0.0;  ///< Compute seconds credited for validated results.
   std::string last_rejection;
+  std::string public_key;  ///< Hex Ed25519 key the name is bound to at its first join.
 
   /// The beta score (good + 1) / (good + bad + 2), in (0, 1); 0.5 for a new identity.
   double score() const noexcept;

@@ -100,14 +100,22 @@ caf::behavior tracker(tracker_actor* self, caf::actor store, caf::actor market,
             self->quit(e);
           });
   return {
-      [=](hello_atom, const std::string& name, uint8_t tier) {
+      [=](hello_atom, const std::string& name, uint8_t tier,
+          const std::string& key) -> caf::result<caf::ok_atom> {
         auto& r = record_of(self, name);
+        // A name belongs to the key it first joined with: nobody else may take it (and its
+        // reputation and payouts).
+        if (!r.public_key.empty() && r.public_key != key)
+          return to_caf(
+              error(errc::permission_denied, "the name " + name + " belongs to another node key"));
         auto t =
             tier == static_cast<uint8_t>(node_tier::core) ? node_tier::core : node_tier::community;
-        if (r.tier != t || r.validated + r.rejected == 0) {
+        if (r.tier != t || r.public_key != key) {
           r.tier = t;
-          changed(self, name, false);
+          r.public_key = key;
+          changed(self, name, true);
         }
+        return caf::ok_atom::value;
       },
       [=](sample_atom, const std::string& name) -> bool {
         auto& st = self->state;

@@ -5,8 +5,9 @@
 /// `node/<name>/reputation`, and the source of verification sampling decisions.
 ///
 /// Protocol:
-/// - (hello_atom, name, tier) from the core supervisor: a node joined; a new identity gets a
-///   record (untrusted).
+/// - (hello_atom, name, tier, public key hex) -> ok_atom from the core supervisor: a node
+///   joins; a new name gets a record (untrusted) bound to its key; a name bound to another
+///   key is refused (permission_denied).
 /// - (sample_atom, name) -> bool: whether to re-compute this result of the node (drawn with
 ///   the node's verification probability).
 /// - (credit_atom, name, verified, compute_s): a result of the node was applied in a

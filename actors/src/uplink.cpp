@@ -53,6 +53,10 @@ void hello(uplink_actor* self, caf::actor core) {
   h.credential = st.config.credential;
   h.price = st.config.price;
   h.throughput = st.config.throughput;
+  if (st.config.identity) {
+    h.public_key = st.config.identity->public_key();
+    h.proof = st.config.identity->sign(hello_message(h.protocol, h.name));
+  }
   self->request(core, std::chrono::seconds(15), hello_atom::value, std::move(h))
       .then(
           [=](node_welcome& w) {

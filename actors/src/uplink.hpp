@@ -14,8 +14,11 @@
 
 #include <caf/fwd.hpp>
 
+#include <memory>
 #include <string>
 #include <vector>
+
+#include "gflex/runtime/identity.hpp"
 
 namespace gflex {
 
@@ -25,10 +28,11 @@ struct uplink_config {
   uint32_t protocol = 0;
   std::string host;  ///< Empty when `core` is given (embedded: no sockets).
   uint16_t port = 0;
-  uint8_t tier = 0;         ///< gflex::node_tier to join with.
-  std::string credential;   ///< The core's secret, for the core tier.
-  int64_t price = 0;        ///< Micro-credits per device-hour.
-  double throughput = 0.0;  ///< Calibrated samples per second per worker.
+  uint8_t tier = 0;                               ///< gflex::node_tier to join with.
+  std::string credential;                         ///< The core's secret, for the core tier.
+  int64_t price = 0;                              ///< Micro-credits per device-hour.
+  double throughput = 0.0;                        ///< Calibrated samples per second per worker.
+  std::shared_ptr<const node_identity> identity;  ///< Signs the hello.
 };
 
 caf::actor spawn_uplink(caf::actor_system& sys, uplink_config config, caf::actor core,

@@ -138,6 +138,8 @@ expected<assignment_result> run_assignment(worker_state& st, const assignment& a
     if (residual.size() != delta.size()) residual.assign(delta.size(), 0.0f);
     out.update = encode_update(delta, static_cast<compression>(a.compression), &residual);
   }
+  if (st.config.identity)
+    out.signature = st.config.identity->sign(result_message(out.assignment_id, out.update));
   out.loss = stats.mean_loss();
   out.samples = stats.samples;
   out.compute_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();

@@ -16,6 +16,7 @@
 #include <memory>
 #include <string>
 
+#include "gflex/runtime/identity.hpp"
 #include "misbehaviour.hpp"
 
 namespace gflex {
@@ -34,6 +35,8 @@ struct worker_config {
   /// workers; a worker refuses assignments once it is spent.
   double max_compute_s = 0.0;
   std::shared_ptr<std::atomic<double>> compute_used = std::make_shared<std::atomic<double>>(0.0);
+  /// The node's key: every result is signed with it.
+  std::shared_ptr<const node_identity> identity;
 };
 
 caf::actor spawn_worker(caf::actor_system& sys, worker_config config, caf::actor cache);

@@ -12,9 +12,11 @@
 
 #include <atomic>
 #include <cmath>
+#include <map>
 #include <thread>
 
 #include "gflex/gflex.hpp"
+#include "gflex/runtime/identity.hpp"
 #include "gflex/runtime/update_codec.hpp"
 #include "messages.hpp"
 
@@ -81,8 +83,11 @@ job_status run_small_job() {
 }
 
 node_hello make_hello(uint32_t protocol, std::string name, std::vector<caf::actor> workers,
-                      caf::actor uplink, uint8_t tier = 0, std::string credential = "") {
+                      caf::actor uplink, uint8_t tier = 0, std::string credential = "",
+                      const node_identity& key = node_identity::generate()) {
   node_hello h;
+  h.public_key = key.public_key();
+  h.proof = key.sign(hello_message(protocol, name));
   h.protocol = protocol;
   h.name = std::move(name);
   h.device = "cpu";
@@ -91,6 +96,15 @@ node_hello make_hello(uint32_t protocol, std::string name, std::vector<caf::acto
   h.tier = tier;
   h.credential = std::move(credential);
   return h;
+}
+
+// One key per node name for the whole run: doctest re-runs a test case for each subcase, and a
+// name stays bound to the key it first joined with.
+const node_identity& key_of(const std::string& name) {
+  static std::map<std::string, node_identity> keys;
+  auto it = keys.find(name);
+  if (it == keys.end()) it = keys.emplace(name, node_identity::generate()).first;
+  return it->second;
 }
 
 // Answers every assignment with an error: a node that joins but never computes.
@@ -102,9 +116,11 @@ caf::behavior idle_worker(caf::event_based_actor*) {
   };
 }
 
-// Answers every assignment with a result that must be rejected, in the way `mode` names.
+// Answers every assignment with a result that must be rejected, in the way `mode` names,
+// signed with the node's key `key` (mode 4: with another key).
 caf::behavior rogue_worker(caf::event_based_actor*, int mode,
-                           std::shared_ptr<std::atomic<int>> answered) {
+                           std::shared_ptr<std::atomic<int>> answered,
+                           std::shared_ptr<const node_identity> key) {
   return {
       [=](assign_atom, const assignment& a) -> assignment_result {
         answered->fetch_add(1);
@@ -128,10 +144,15 @@ caf::behavior rogue_worker(caf::event_based_actor*, int mode,
             r.assignment_id = a.id ^ 0x5a5a5a5a;
             r.update = encode_update(update, compression::fp32);
             break;
-          default:  // not an update at all
+          case 3:  // not an update at all
             r.update = std::vector<uint8_t>(64, 0xAB);
             break;
+          default:  // a well-formed update, signed by a key that is not the node's
+            r.update = encode_update(update, compression::fp32);
+            r.signature = node_identity::generate().sign(result_message(r.assignment_id, r.update));
+            return r;
         }
+        r.signature = key->sign(result_message(r.assignment_id, r.update));
         return r;
       },
   };
@@ -209,6 +230,14 @@ TEST_CASE("a node with another protocol version or no workers is refused") {
         std::string::npos);
   CHECK(ask(make_hello(protocol_version, "probe", {worker}, worker, 7)).find("unknown tier") !=
         std::string::npos);
+  // A hello signed by another key than the one it presents, and a name that belongs to
+  // another node's key, are refused.
+  auto forged_key = make_hello(protocol_version, "probe", {worker}, worker);
+  forged_key.proof = node_identity::generate().sign(hello_message(protocol_version, "probe"));
+  auto why = ask(forged_key);
+  CHECK_MESSAGE(why.find("signature does not match") != std::string::npos, why);
+  why = ask(make_hello(protocol_version, "honest", {worker}, worker));
+  CHECK_MESSAGE(why.find("belongs to another node key") != std::string::npos, why);
   self->send_exit(worker, caf::exit_reason::user_shutdown);
 }
 
@@ -216,10 +245,11 @@ TEST_CASE("rogue workers' results are rejected, reassigned, never applied nor cr
   peer p;
   caf::scoped_actor self{*p.sys};
   auto idle = p.sys->spawn(idle_worker);
-  auto join = [&](const std::string& name, caf::actor worker) {
+  auto join = [&](const std::string& name, caf::actor worker,
+                  const node_identity& key = key_of("idle")) {
     node_welcome welcome;
     self->request(p.core, std::chrono::seconds(10), hello_atom::value,
-                  make_hello(protocol_version, name, {worker}, worker))
+                  make_hello(protocol_version, name, {worker}, worker, 0, "", key))
         .receive([&](node_welcome& w) { welcome = std::move(w); },
                  [&](caf::error& e) { FAIL("join refused: " << p.sys->render(e)); });
     return welcome;
@@ -278,14 +308,16 @@ TEST_CASE("rogue workers' results are rejected, reassigned, never applied nor cr
   }
 
   SUBCASE("bad results") {
-    // Four rogue nodes, one per kind of bad result. Each is caught at its first answer,
-    // flagged and given no more work; the honest core-tier node finishes the job.
-    const char* names[] = {"rogue-size", "rogue-nan", "rogue-id", "rogue-garbage"};
+    // Five rogue nodes, one per kind of bad result (the fifth signs with a key not its own). Each
+    // is caught at its first answer, flagged and given no more work; the honest core-tier node
+    // finishes the job.
+    const char* names[] = {"rogue-size", "rogue-nan", "rogue-id", "rogue-garbage", "rogue-forger"};
     auto answered = std::make_shared<std::atomic<int>>(0);
     std::vector<caf::actor> rogues;
-    for (int mode = 0; mode < 4; ++mode) {
-      rogues.push_back(p.sys->spawn(rogue_worker, mode, answered));
-      auto w = join(names[mode], rogues.back());
+    for (int mode = 0; mode < 5; ++mode) {
+      auto key = std::make_shared<const node_identity>(key_of(names[mode]));
+      rogues.push_back(p.sys->spawn(rogue_worker, mode, answered, key));
+      auto w = join(names[mode], rogues.back(), *key);
       rogues.push_back(p.sys->spawn(heartbeat, w.registry, w.node_id));
     }
     job_status s = run_small_job();

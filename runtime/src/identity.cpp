@@ -1,0 +1,121 @@
+#include "gflex/runtime/identity.hpp"
+
+#include <fcntl.h>
+#include <sodium.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "gflex/runtime/digest.hpp"
+
+namespace gflex {
+
+namespace {
+
+error key_error(const std::filesystem::path& file, const std::string& what) {
+  return error(errc::io_error, file.string() + ": " + what);
+}
+
+void append(std::vector<uint8_t>& out, std::string_view text) {
+  // Byte by byte: GCC 12 warns (-Wstringop-overflow, a false positive) on insert here.
+  out.reserve(out.size() + text.size());
+  for (char c : text) out.push_back(static_cast<uint8_t>(c));
+}
+
+void append_u64(std::vector<uint8_t>& out, uint64_t x) {
+  for (int i = 0; i < 8; ++i) out.push_back(static_cast<uint8_t>(x >> (8 * i)));
+}
+
+}  // namespace
+
+node_identity node_identity::generate() {
+  if (sodium_init() < 0) std::abort();
+  node_identity id;
+  id.public_.resize(crypto_sign_PUBLICKEYBYTES);
+  crypto_sign_keypair(id.public_.data(), id.secret_.data());
+  return id;
+}
+
+expected<node_identity> node_identity::load_or_create(const std::filesystem::path& file) {
+  if (sodium_init() < 0) return error(errc::io_error, "libsodium cannot start");
+  int fd = ::open(file.c_str(), O_RDONLY | O_NOFOLLOW);
+  if (fd < 0 && errno == ENOENT) {
+    std::error_code ec;
+    std::filesystem::create_directories(file.parent_path(), ec);
+    auto id = generate();
+    int out = ::open(file.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, 0600);
+    if (out < 0)
+      return key_error(file, std::string("cannot create (") + std::strerror(errno) + ")");
+    bool ok = ::write(out, id.secret_.data(), id.secret_.size()) ==
+              static_cast<ssize_t>(id.secret_.size());
+    ok = ::fsync(out) == 0 && ok;
+    ::close(out);
+    if (!ok) return key_error(file, "cannot write the key");
+    return id;
+  }
+  if (fd < 0) return key_error(file, std::string("cannot open (") + std::strerror(errno) + ")");
+  struct stat st {};
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    ::close(fd);
+    return key_error(file, "is not a regular file");
+  }
+  if ((st.st_mode & 077) != 0) {
+    ::close(fd);
+    return key_error(file, "may be read by others (mode " + std::to_string(st.st_mode & 0777) +
+                               " in octal digits " + "should be 0600); fix it with chmod 600");
+  }
+  node_identity id;
+  ssize_t got = ::read(fd, id.secret_.data(), id.secret_.size());
+  char extra = 0;
+  ssize_t more = ::read(fd, &extra, 1);
+  ::close(fd);
+  if (got != static_cast<ssize_t>(id.secret_.size()) || more != 0)
+    return key_error(file, "is not a node key (64 bytes)");
+  id.public_.resize(crypto_sign_PUBLICKEYBYTES);
+  crypto_sign_ed25519_sk_to_pk(id.public_.data(), id.secret_.data());
+  return id;
+}
+
+std::vector<uint8_t> node_identity::sign(std::span<const uint8_t> message) const {
+  std::vector<uint8_t> sig(crypto_sign_BYTES);
+  crypto_sign_detached(sig.data(), nullptr, message.data(), message.size(), secret_.data());
+  return sig;
+}
+
+bool verify_signature(std::span<const uint8_t> public_key, std::span<const uint8_t> message,
+                      std::span<const uint8_t> signature) {
+  if (public_key.size() != crypto_sign_PUBLICKEYBYTES || signature.size() != crypto_sign_BYTES)
+    return false;
+  return crypto_sign_verify_detached(signature.data(), message.data(), message.size(),
+                                     public_key.data()) == 0;
+}
+
+std::vector<uint8_t> hello_message(uint32_t protocol, std::string_view name) {
+  std::vector<uint8_t> out;
+  append(out, "gflex-hello");
+  append_u64(out, protocol);
+  append(out, name);
+  return out;
+}
+
+std::vector<uint8_t> result_message(uint64_t assignment_id, std::span<const uint8_t> update) {
+  std::vector<uint8_t> out;
+  append(out, "gflex-result");
+  append_u64(out, assignment_id);
+  append(out, digest_hex(update));
+  return out;
+}
+
+std::string key_hex(std::span<const uint8_t> public_key) {
+  static const char* digits = "0123456789abcdef";
+  std::string out;
+  for (uint8_t b : public_key) {
+    out += digits[b >> 4];
+    out += digits[b & 15];
+  }
+  return out;
+}
+
+}  // namespace gflex
