@@ -6,6 +6,7 @@
 #include <type_traits>
 
 #include "gflex/runtime/digest.hpp"
+#include "json_fields.hpp"
 
 namespace gflex {
 
@@ -36,22 +37,6 @@ std::string encode_entry(const ledger_entry& e) {
   j["hash"] = e.hash;
   return j.dump();
 }
-
-namespace {
-
-// nlohmann converts a JSON float to an integer type with a cast, undefined when it is out
-// of range: integers must be stored as integers.
-template <class T>
-T integer_at(const nlohmann::json& j, const char* key) {
-  const auto& v = j.at(key);
-  if (!v.is_number_integer()) throw std::invalid_argument(std::string(key) + " is not an integer");
-  if constexpr (std::is_unsigned_v<T>) {
-    if (!v.is_number_unsigned()) throw std::invalid_argument(std::string(key) + " is negative");
-  }
-  return v.get<T>();
-}
-
-}  // namespace
 
 expected<ledger_entry> decode_entry(std::string_view text) {
   auto j = nlohmann::json::parse(text, nullptr, false);

@@ -6,6 +6,8 @@
 #include <cmath>
 #include <stdexcept>
 
+#include "json_fields.hpp"
+
 namespace gflex {
 
 const char* to_string(node_tier tier) noexcept {
@@ -64,20 +66,6 @@ std::string encode_reputation(const reputation& r) {
   return j.dump();
 }
 
-namespace {
-
-// nlohmann converts a JSON float to an integer type with a cast, undefined when it is out
-// of range: counts must be stored as non-negative integers.
-template <class T>
-T count_at(const nlohmann::json& j, const char* key) {
-  const auto& v = j.at(key);
-  if (!v.is_number_unsigned())
-    throw std::invalid_argument(std::string(key) + " is not a non-negative integer");
-  return v.get<T>();
-}
-
-}  // namespace
-
 expected<reputation> decode_reputation(std::string_view text) {
   auto j = nlohmann::json::parse(text, nullptr, false);
   if (j.is_discarded() || !j.is_object())
@@ -91,10 +79,10 @@ expected<reputation> decode_reputation(std::string_view text) {
     r.tier = *tier;
     r.good = j.at("good").get<double>();
     r.bad = j.at("bad").get<double>();
-    r.streak = count_at<int64_t>(j, "streak");
-    r.validated = count_at<uint64_t>(j, "validated");
-    r.verified = count_at<uint64_t>(j, "verified");
-    r.rejected = count_at<uint64_t>(j, "rejected");
+    r.streak = static_cast<int64_t>(integer_at<uint64_t>(j, "streak"));
+    r.validated = integer_at<uint64_t>(j, "validated");
+    r.verified = integer_at<uint64_t>(j, "verified");
+    r.rejected = integer_at<uint64_t>(j, "rejected");
     r.flagged = j.at("flagged").get<bool>();
     r.credited_s = j.at("credited_s").get<double>();
     r.last_rejection = j.at("last_rejection").get<std::string>();
@@ -103,7 +91,7 @@ expected<reputation> decode_reputation(std::string_view text) {
         !std::isfinite(r.good) || !std::isfinite(r.bad) || !(r.credited_s >= 0.0))
       return error(errc::malformed_message, "reputation record has out-of-range values");
     return r;
-  } catch (const std::exception& e) {  // nlohmann's errors and count_at's
+  } catch (const std::exception& e) {  // nlohmann's errors and integer_at's
     return error(errc::malformed_message, std::string("reputation record: ") + e.what());
   }
 }

@@ -31,10 +31,11 @@ TEST_SUITE("idx") {
       REQUIRE_FALSE(t.has_value());
       CHECK(t.error().code() == code);
       CHECK(t.error().message().find(file.string()) != std::string::npos);
-      CHECK_MESSAGE(t.error().message().find(fragment) != std::string::npos,
-                    t.error().message());
+      CHECK_MESSAGE(t.error().message().find(fragment) != std::string::npos, t.error().message());
     };
-    SUBCASE("missing") { expect_error(errc::io_error, "no such file"); }
+    SUBCASE("missing") {
+      expect_error(errc::io_error, "no such file");
+    }
     SUBCASE("wrong magic") {
       write_file(file, {1, 2, 8, 1, 0, 0, 0, 1, 9}, true);
       expect_error(errc::bad_format, "magic");
@@ -73,7 +74,8 @@ TEST_SUITE("idx") {
         raw.assign(std::istreambuf_iterator<char>(in), {});
       }
       raw.resize(raw.size() / 2);  // cut the deflate stream in half
-      std::ofstream(file, std::ios::binary).write(raw.data(), static_cast<std::streamsize>(raw.size()));
+      std::ofstream(file, std::ios::binary)
+          .write(raw.data(), static_cast<std::streamsize>(raw.size()));
       auto t = read_idx_u8(file, 1);
       REQUIRE_FALSE(t.has_value());
       CHECK(t.error().message().find(file.string()) != std::string::npos);
