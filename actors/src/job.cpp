@@ -98,6 +98,7 @@ struct job_state {
   bool waiting_for_workers = false;
   std::optional<unconfirmed_round> unconfirmed;
   std::set<std::string> caught;  // nodes caught misbehaving during this job
+  std::map<std::string, std::vector<float>> last_sketch;  // each node's last update, sketched
   // Metered jobs: escrow held per round index (a rolled-back round keeps its hold), and
   // whether the next round waits for its hold or for a top-up.
   std::map<int64_t, int64_t> held;
@@ -739,8 +740,19 @@ void on_result(job_actor* self, uint64_t id, assignment_result& r) {
   round_result result{id, slot, std::move(work), std::move(*update), r.loss, r.compute_s, wall_s};
   const bool trusted = slot.tier == static_cast<uint8_t>(node_tier::core);
   result.check = trusted ? check_state::clear : check_state::deciding;
+  // An update nearly the same as the node's previous one is a replay (honest updates of
+  // successive rounds are far apart): it is re-computed whatever the node's reputation.
+  auto sketch = update_sketch(result.update);
+  auto& last = st.last_sketch[slot.node_name];
+  const bool replay = !trusted && !last.empty() && cosine(sketch, last) > replay_cosine;
+  last = std::move(sketch);
   st.results[shard] = std::move(result);
-  if (!trusted) {
+  if (replay) {
+    spdlog::info("job {}: the result of {} for round {} repeats its previous one; re-computing it",
+                 st.job.id, slot.node_name, st.job.status.round + 1);
+    st.results[shard].check = check_state::verifying;
+    verify(self, id);
+  } else if (!trusted) {
     self->request(st.links.reputation, std::chrono::seconds(30), sample_atom::value, slot.node_name)
         .then(
             [=](bool sampled) {

@@ -137,6 +137,29 @@ std::vector<size_t> find_suspicious(const std::vector<std::span<const float>>& u
   return out;
 }
 
+std::vector<float> update_sketch(std::span<const float> update, size_t buckets) {
+  std::vector<float> out(buckets, 0.0f);
+  for (size_t i = 0; i < update.size(); ++i) {
+    uint64_t z = (i + 1) * 0x9E3779B97F4A7C15ULL;  // SplitMix64 of the index
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    z ^= z >> 31;
+    out[z % buckets] += (z >> 63) != 0 ? update[i] : -update[i];
+  }
+  return out;
+}
+
+double cosine(std::span<const float> a, std::span<const float> b) {
+  GFLEX_CHECK(a.size() == b.size(), "cosine: sizes differ");
+  double dot = 0.0, na = 0.0, nb = 0.0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    dot += static_cast<double>(a[i]) * b[i];
+    na += static_cast<double>(a[i]) * a[i];
+    nb += static_cast<double>(b[i]) * b[i];
+  }
+  return na > 0.0 && nb > 0.0 ? dot / std::sqrt(na * nb) : 0.0;
+}
+
 void robust_mean(const std::vector<std::span<const float>>& updates, double clip, double trim,
                  std::vector<double>& out) {
   GFLEX_CHECK(!updates.empty(), "robust_mean: no updates");

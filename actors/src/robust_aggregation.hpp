@@ -50,6 +50,19 @@ std::vector<outlier> find_outliers(const std::vector<std::span<const float>>& up
 /// updates or replaying old ones is not. With fewer than 3 results, none.
 std::vector<size_t> find_suspicious(const std::vector<std::span<const float>>& updates);
 
+/// A count sketch of an update (each value added, with a pseudo-random sign, to one of
+/// `buckets` pseudo-random buckets; the same for every update of the same size): the cosine
+/// of two sketches estimates the cosine of the updates to about 1/sqrt(buckets), in O(n).
+/// A job keeps each node's last one to notice a replayed update.
+std::vector<float> update_sketch(std::span<const float> update, size_t buckets = 4096);
+
+/// Cosine similarity of two vectors of the same size (0 if either is zero).
+double cosine(std::span<const float> a, std::span<const float> b);
+
+/// A node's update whose sketch has a cosine above this with the node's previous one is
+/// taken for a replay and re-computed: honest updates of successive rounds are far apart.
+inline constexpr double replay_cosine = 0.95;
+
 /// The robust mean of a round's updates into `out` (resized to their length): each update is
 /// first scaled down to at most `clip` times the median norm (clip 0: no clipping), then the
 /// mean is taken per coordinate with `trim` of the values dropped at each end (trim 0: plain

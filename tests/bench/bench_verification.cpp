@@ -6,10 +6,11 @@
 /// 1. Real updates. A fashion-mlp job is trained round by round (8 honest nodes, 30 inner
 ///    AdamW steps each, the job's outer Nesterov step), and in every round a ninth node's
 ///    honest update is altered by each --misbehave mode (the node's own code,
-///    misbehaviour.hpp). The job's checks (robust_aggregation.hpp) are run on the round with
-///    that result: the share each mode has refused outright (an outlier: no compute spent),
-///    flagged for re-computation (it stands out), or neither; and how often an honest ninth
-///    result stands out (the re-computations honest nodes cost beyond sampling).
+///    misbehaviour.hpp); its update of the round before is taken to be honest, as it is for a
+///    node that misbehaves on a few of its results. The job's checks (robust_aggregation.hpp) are
+///    run on the round with that result: the share each mode has refused outright (an outlier: no
+///    compute spent), flagged for re-computation (it stands out), or neither; and how often an
+///    honest ninth result stands out (the re-computations honest nodes cost beyond sampling).
 /// 2. A population. Those measured rates drive the core's reputation code (reputation.hpp:
 ///    score, streak, adaptive sampling) over a population of community nodes of which a share
 ///    cheat on a share of their results: how many cheaters are caught by round 30 and later,
@@ -99,6 +100,11 @@ std::vector<check_rates> measure_checks(int rounds, uint64_t seed) {
       cheats.emplace(mode, misbehaving_worker(parse_misbehaviour(mode).value(), seed));
   std::vector<check_rates> rates;
   for (const auto& mode : modes) rates.push_back({mode});
+  // Per mode, the sketch of what the ninth node sent the round before, for the job's replay
+  // check. A cheater misbehaves on a few of its results, so what it sent before is taken to
+  // be its honest update of that round.
+  std::map<std::string, std::vector<float>> last_sent;
+  double honest_max_repeat = 0.0;
   for (int round = 0; round < rounds; ++round) {
     std::vector<std::vector<float>> honest;
     for (int node = 0; node < 8; ++node) honest.push_back(inner(node, round, steps));
@@ -119,6 +125,14 @@ std::vector<check_rates> measure_checks(int rounds, uint64_t seed) {
       for (const auto& o : find_outliers(spans, 4.0, 0.0)) outlier |= o.index == 4;
       if (!outlier)
         for (size_t i : find_suspicious(spans)) suspect |= i == 4;
+      auto sketch = update_sketch(sent);
+      auto& last = last_sent[rate.mode];
+      if (!last.empty()) {
+        double repeat = cosine(sketch, last);
+        if (rate.mode == "honest") honest_max_repeat = std::max(honest_max_repeat, repeat);
+        suspect |= !outlier && repeat > replay_cosine;
+      }
+      last = update_sketch(own);
       // The stale mode's first result is honest (nothing to replay yet): not counted.
       if (rate.mode == "stale" && round == 0) continue;
       rate.outlier += outlier ? 1 : 0;
@@ -140,6 +154,10 @@ std::vector<check_rates> measure_checks(int rounds, uint64_t seed) {
     rate.outlier /= rate.samples;
     rate.suspect /= rate.samples;
   }
+  std::printf(
+      "(an honest node's successive updates: sketch cosine at most %.3f; a replay is "
+      "taken above %.2f)\n\n",
+      honest_max_repeat, replay_cosine);
   return rates;
 }
 
@@ -177,8 +195,10 @@ outcome simulate(const check_rates& cheat, const check_rates& honest, int per_ro
           caught_at[static_cast<size_t>(i)] = round;
           break;
         }
+        // Part 1 counts "stands out" only among results that are not outliers.
+        const double suspect = how.outlier < 1.0 ? how.suspect / (1.0 - how.outlier) : 0.0;
         const double p = r.verify_probability(policy);
-        const bool sampled = p >= 1.0 || draw.uniform() < p || draw.uniform() < how.suspect;
+        const bool sampled = p >= 1.0 || draw.uniform() < p || draw.uniform() < suspect;
         if (sampled && round < 30) checks_30 += 1;
         if (sampled && round >= steady_from) checks_steady += 1;
         if (sampled && bad) {

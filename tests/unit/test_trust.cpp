@@ -203,6 +203,17 @@ TEST_SUITE("robust_aggregation") {
     CHECK(find_suspicious(spans(std::vector<std::vector<float>>{own, own})).empty());
   }
 
+  TEST_CASE("sketches tell a replayed update from a new one") {
+    auto a = gaussian(100000, 1), b = gaussian(100000, 2);
+    auto again = a;
+    for (size_t i = 0; i < again.size(); i += 97) again[i] += 0.01f;  // int8-like noise
+    CHECK(cosine(update_sketch(a), update_sketch(again)) > replay_cosine);
+    CHECK(std::abs(cosine(update_sketch(a), update_sketch(b))) < 0.1);
+    CHECK(update_sketch(a).size() == 4096);
+    CHECK(cosine(update_sketch(std::vector<float>(10, 0.0f)),
+                 update_sketch(std::vector<float>(10, 1.0f))) == 0.0);  // a zero update
+  }
+
   TEST_CASE("too few results to compare, and the check turned off") {
     auto round = honest_round(2, 1000, 1.0, 5);
     for (float& v : round[1]) v = -v;
