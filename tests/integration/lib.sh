@@ -2,7 +2,7 @@
 # Sourced by each test; BIN is the build's bin/ directory (first argument of the test).
 set -euo pipefail
 BIN=${1:?usage: $0 BUILD_BIN_DIR}
-SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+export SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)  # also for the tests' Python (checks.py)
 WORK=$(mktemp -d /tmp/gflex-it-XXXXXX)
 PIDS=()
 failures=0

@@ -114,16 +114,13 @@ grep -q "resumed: escrow of an interrupted round returned" "$WORK/alice.txt" &&
   echo "ok: the escrow the kill interrupted went back to user/alice" ||
   echo "note: no round held escrow when the core was killed"
 python3 - "$WORK" "$job" <<'PY' || fail "market checks"
-import json, sys
+import json, os, sys
 work, job = sys.argv[1], sys.argv[2]
 load = lambda name: json.load(open(f"{work}/{name}.json"))
 j, v = load("job"), load("verify")
 bal = {a: load(a)["balance_micro"] for a in ("cheap", "mid", "dear", "verifier", "platform")}
-ok = True
-def check(cond, what):
-    global ok
-    print(("ok: " if cond else "FAIL: ") + what)
-    ok = ok and cond
+sys.path.insert(0, os.environ["SRC"] + "/tests/integration")
+from checks import check, finish
 check(j["state"] == "done", f"the job ended {j['state']}")
 check(v["ok"], f"ledger verifies: {v['problem'] or 'chain, balances, no overdraft'}")
 check(v["settled_rounds"].get(job) == j["rounds"],
@@ -138,7 +135,7 @@ check(abs(spent - paid) < 1e-5, f"the job spent {spent}, nodes and platform got 
 check(float(j["cloud_cost"]) > 0 and j["device_hours"] > 0,
       f"cost report: {j['credits_spent']} credits for {j['device_hours']:.5f} device-hours, "
       f"{j['cloud_cost']} at the cloud price")
-sys.exit(0 if ok else 1)
+finish()
 PY
 grep -q "paused: budget exhausted" "$WORK/core-before-kill.log" || fail "the job never paused"
 

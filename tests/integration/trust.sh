@@ -57,15 +57,12 @@ submit_job() {
 submit_job first "$WORK/job.toml"
 "$G" nodes --core "$core"
 python3 - "$WORK/first.json" "$WORK/first-nodes.json" "$honest" <<'PY' || fail "first job"
-import json, sys
+import json, os, sys
 job = json.load(open(sys.argv[1]))
 nodes = {n["name"]: n for n in json.load(open(sys.argv[2]))}
 honest = float(sys.argv[3])
-ok = True
-def check(cond, what):
-    global ok
-    print(("ok: " if cond else "FAIL: ") + what)
-    ok = ok and cond
+sys.path.insert(0, os.environ["SRC"] + "/tests/integration")
+from checks import check, finish
 check(job["state"] == "done", f"job ended {job['state']}")
 check(abs(job["test_accuracy"] - honest) <= 0.01,
       f"test accuracy {job['test_accuracy']:.4f} within 0.01 of the honest-only {honest:.4f}")
@@ -92,7 +89,7 @@ credited = sum(n["validated"] for n in nodes.values())
 check(credited == job["rounds"] * 8,
       f"{credited} results credited = rounds x workers ({job['rounds'] * 8}); "
       f"{job['rollbacks']} round(s) rolled back")
-sys.exit(0 if ok else 1)
+finish()
 PY
 
 # A subtle cheater: scaled updates pass the norm and direction checks.

@@ -1,0 +1,17 @@
+"""Shared by the integration tests' inline Python: named checks that print ok/FAIL lines and
+remember whether any failed."""
+import sys
+
+_ok = True
+
+
+def check(cond, what):
+    """Prints `what` as passed or failed; a failure is remembered for finish()."""
+    global _ok
+    print(("ok: " if cond else "FAIL: ") + what)
+    _ok = _ok and bool(cond)
+
+
+def finish():
+    """Exits 0 if every check passed, 1 otherwise."""
+    sys.exit(0 if _ok else 1)
