@@ -44,4 +44,6 @@ struct JobRecord {
   creditsHeld @16 :Int64;
   deviceHours @17 :Float64;
   cloudCost @18 :Int64;
+  # Who submitted the job and may see and change it: an account (user/NAME) or "operator".
+  owner @19 :Text;
 }

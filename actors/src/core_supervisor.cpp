@@ -2,13 +2,14 @@
 
 #include <spdlog/spdlog.h>
 
-#include <sodium.h>
+#include <caf/io/middleman.hpp>
 
 #include <deque>
 #include <map>
 
 #include "data_catalog.hpp"
 #include "data_server.hpp"
+#include "gatekeeper.hpp"
 #include "gflex/runtime/identity.hpp"
 #include "job.hpp"
 #include "job_supervisor.hpp"
@@ -25,9 +26,9 @@ namespace gflex {
 namespace {
 
 struct core_children {
-  caf::actor store, market, data_server, registry, jobs, reputation, verifier, ledger;
+  caf::actor store, market, data_server, registry, jobs, reputation, verifier, ledger, gate;
   std::vector<caf::actor> all() const {
-    return {store, market, data_server, registry, jobs, reputation, verifier, ledger};
+    return {store, market, data_server, registry, jobs, reputation, verifier, ledger, gate};
   }
 };
 
@@ -58,6 +59,7 @@ job_links links_of(const core_children& c, std::shared_ptr<data_catalog> catalog
   links.reputation = c.reputation;
   links.verifier = c.verifier;
   links.ledger = c.ledger;
+  links.max_jobs_per_account = config.max_jobs_per_account;
   return links;
 }
 
@@ -99,6 +101,7 @@ caf::actor restart_child(core_actor_type* self, const caf::actor_addr& who) {
     tell(c.jobs, "store", c.store);
     tell(c.reputation, "store", c.store);
     tell(c.ledger, "store", c.store);
+    tell(c.gate, "store", c.store);
     return c.store;
   } else if (who == c.market.address()) {
     c.market = spawn_market(sys);
@@ -128,6 +131,9 @@ caf::actor restart_child(core_actor_type* self, const caf::actor_addr& who) {
     c.ledger = spawn_ledger_keeper(sys, c.store);
     tell(c.jobs, "ledger", c.ledger);
     return c.ledger;
+  } else if (who == c.gate.address()) {
+    c.gate = spawn_gatekeeper(sys, c.store, st.config.operator_key);
+    return c.gate;
   } else if (who == c.verifier.address()) {
     c.verifier = spawn_verifier(sys, c.market);
     tell(c.jobs, "verifier", c.verifier);
@@ -155,6 +161,7 @@ caf::behavior core_actor(core_actor_type* self, core_children children, core_con
                        : down.source == c.reputation.address()  ? "reputation tracker"
                        : down.source == c.verifier.address()    ? "verifier"
                        : down.source == c.ledger.address()      ? "ledger keeper"
+                       : down.source == c.gate.address()        ? "gatekeeper"
                                                                 : nullptr;
     if (role == nullptr) return;
     auto now = std::chrono::steady_clock::now();
@@ -184,6 +191,28 @@ caf::behavior core_actor(core_actor_type* self, core_children children, core_con
       caf::anon_send_exit(child, caf::exit_reason::user_shutdown);
   });
   auto jobs = [=] { return self->state.children->jobs; };
+  // Answers a client's request once its API key is known: `then` gets the promise and the
+  // principal (the key's account, or the operator). With `operator_only`, other keys are
+  // refused.
+  using then_fn = std::function<void(caf::response_promise&, const std::string&)>;
+  auto authorized = [=](const std::string& key, bool operator_only,
+                        then_fn then) -> caf::response_promise {
+    auto rp = self->make_response_promise();
+    self->request(self->state.children->gate, std::chrono::seconds(30), auth_atom::value, key)
+        .then(
+            [=](std::string& who) mutable {
+              if (operator_only && who != operator_principal) {
+                rp.deliver(to_caf(error(errc::permission_denied,
+                                        "only the operator's key may do this (this key belongs "
+                                        "to " +
+                                            who + ")")));
+                return;
+              }
+              then(rp, who);
+            },
+            [=](caf::error& e) mutable { rp.deliver(e); });
+    return rp;
+  };
   return {
       [=](hello_atom, node_hello& hello) -> caf::result<node_welcome> {
         if (hello.protocol != protocol_version) {
@@ -206,28 +235,14 @@ caf::behavior core_actor(core_actor_type* self, core_children children, core_con
         if (hello.tier > static_cast<uint8_t>(node_tier::core))
           return to_caf(error(errc::invalid_argument, "unknown tier " + std::to_string(hello.tier) +
                                                           " (community is 0, core is 1)"));
-        if (hello.tier == static_cast<uint8_t>(node_tier::core)) {
-          const auto& secret = self->state.config.core_secret;
-          bool match = !secret.empty() && hello.credential.size() == secret.size() &&
-                       sodium_memcmp(hello.credential.data(), secret.data(), secret.size()) == 0;
-          if (!match) {
-            spdlog::warn("refused node {}: wrong core-tier credential", hello.name);
-            return to_caf(error(errc::permission_denied,
-                                secret.empty() ? "this core accepts no core-tier nodes (it was "
-                                                 "started without a core secret)"
-                                               : "the core tier needs the core's secret, and "
-                                                 "this one does not match"));
-          }
-        }
+        // The node proves it holds the key it presents (its identity from here on), and
+        // brings a join token for its tier; the gatekeeper counts failures per address.
+        bool proof_ok = verify_signature(hello.public_key,
+                                         hello_message(hello.protocol, hello.name), hello.proof);
+        auto token = std::move(hello.credential);
         hello.credential.clear();
-        // The node proves it holds the key it presents: its identity from here on.
-        if (!verify_signature(hello.public_key, hello_message(hello.protocol, hello.name),
-                              hello.proof)) {
-          spdlog::warn("refused node {}: its hello is not signed by the key it presents",
-                       hello.name);
-          return to_caf(error(errc::permission_denied,
-                              "the hello's signature does not match the node key it presents"));
-        }
+        // Taken before the promise: making one moves the sender out of the message.
+        auto sender = self->current_sender();
         auto rp = self->make_response_promise<node_welcome>();
         const auto name = hello.name;
         const auto tier = hello.tier;
@@ -249,76 +264,164 @@ caf::behavior core_actor(core_actor_type* self, core_children children, core_con
                   },
                   [=](caf::error& e) mutable { rp.deliver(e); });
         };
-        self->request(self->state.children->reputation, std::chrono::seconds(10), hello_atom::value,
-                      name, tier, key)
-            .then([=](caf::ok_atom) mutable { join(std::move(hello)); },
-                  [=](caf::error& e) mutable {
-                    spdlog::warn("refused node {}: {}", name, from_caf(e).message());
-                    rp.deliver(e);
-                  });
+        auto bind = [=](node_hello hello) mutable {
+          self->request(self->state.children->reputation, std::chrono::seconds(10),
+                        hello_atom::value, name, tier, key)
+              .then([=](caf::ok_atom) mutable { join(std::move(hello)); },
+                    [=](caf::error& e) mutable {
+                      spdlog::warn("refused node {}: {}", name, from_caf(e).message());
+                      rp.deliver(e);
+                    });
+        };
+        auto admit = [=](std::string address) mutable {
+          self->request(self->state.children->gate, std::chrono::seconds(60), admit_atom::value,
+                        token, std::string(to_string(static_cast<node_tier>(tier))), address,
+                        proof_ok)
+              .then([=](caf::ok_atom) mutable { bind(std::move(hello)); },
+                    [=](caf::error& e) mutable {
+                      spdlog::warn("refused node {} from {}: {}", name, address,
+                                   from_caf(e).message());
+                      rp.deliver(e);
+                    });
+        };
+        // Failures are counted by the address the hello came from, as the middleman knows
+        // it (the TCP peer); an embedded node is "local".
+        if (!sender || sender->node() == self->node()) {
+          admit("local");
+        } else {
+          self->request(self->system().middleman().actor_handle(), std::chrono::seconds(10),
+                        caf::get_atom::value, sender->node())
+              .then([=](const caf::node_id&, std::string& host,
+                        uint16_t) mutable { admit(host.empty() ? "unknown" : host); },
+                    [=](caf::error&) mutable { admit("unknown"); });
+        }
         return rp;
       },
-      [=](submit_atom a, std::string& text) { return self->delegate(jobs(), a, std::move(text)); },
-      [=](status_atom a, std::string& id) { return self->delegate(jobs(), a, std::move(id)); },
-      [=](jobs_atom a) { return self->delegate(jobs(), a); },
-      [=](cancel_atom a, std::string& id) { return self->delegate(jobs(), a, std::move(id)); },
-      [=](fetch_atom a, std::string& id) { return self->delegate(jobs(), a, std::move(id)); },
-      [=](open_atom a, std::string& account) -> caf::result<caf::message> {
-        // Node and escrow accounts are the core's to open.
-        if (!account.starts_with("user/"))
-          return to_caf(error(errc::invalid_argument, "'" + account +
-                                                          "': clients open user accounts only "
-                                                          "(user/NAME)"));
-        return self->delegate(self->state.children->ledger, a, std::move(account), false);
+      // Clients: every request carries an API key; the gatekeeper says whose it is. The job
+      // supervisor shows and changes only the principal's own jobs; operator requests need
+      // the operator's key.
+      [=](submit_atom a, std::string& key, std::string& text) {
+        return authorized(key, false, [=](caf::response_promise& rp, const std::string& who) {
+          rp.delegate(jobs(), a, who, text);
+        });
       },
-      [=](credit_in_atom, std::string& account, int64_t amount) -> caf::result<caf::message> {
-        if (amount <= 0 || amount > max_amount_micro)
-          return to_caf(error(errc::invalid_argument, "a credit must be in (0, 1e12] credits"));
-        if (!account.starts_with("user/"))
-          return to_caf(error(errc::invalid_argument,
-                              "only user accounts are credited from outside, not " + account));
-        std::vector<posting> postings{{account, amount}, {ledger_book::external, -amount}};
-        return self->delegate(self->state.children->ledger, transfer_atom::value,
-                              std::string("credit"), "operator credit to " + account,
-                              std::move(postings));
+      [=](status_atom a, std::string& key, std::string& id) {
+        return authorized(key, false, [=](caf::response_promise& rp, const std::string& who) {
+          rp.delegate(jobs(), a, who, id);
+        });
       },
-      [=](account_atom a, std::string& account) {
-        return self->delegate(self->state.children->ledger, a, std::move(account));
+      [=](jobs_atom a, std::string& key) {
+        return authorized(key, false, [=](caf::response_promise& rp, const std::string& who) {
+          rp.delegate(jobs(), a, who);
+        });
       },
-      [=](topup_atom a, std::string& job, int64_t amount) {
-        return self->delegate(self->state.children->jobs, a, std::move(job), amount);
+      [=](cancel_atom a, std::string& key, std::string& id) {
+        return authorized(key, false, [=](caf::response_promise& rp, const std::string& who) {
+          rp.delegate(jobs(), a, who, id);
+        });
       },
-      [=](ledger_atom a) -> caf::result<ledger_report> {
-        // Ended jobs must hold nothing in escrow; the job supervisor knows which ended.
-        auto rp = self->make_response_promise<ledger_report>();
-        self->request(self->state.children->jobs, std::chrono::seconds(30), jobs_atom::value)
-            .then(
-                [=](std::vector<job_status>& jobs) mutable {
-                  std::vector<std::string> ended;
-                  for (const auto& j : jobs)
-                    if (is_terminal(j.state)) ended.push_back(j.job_id);
-                  self->request(self->state.children->ledger, std::chrono::seconds(120), a, ended)
-                      .then([=](ledger_report& r) mutable { rp.deliver(std::move(r)); },
+      [=](fetch_atom a, std::string& key, std::string& id) {
+        return authorized(key, false, [=](caf::response_promise& rp, const std::string& who) {
+          rp.delegate(jobs(), a, who, id);
+        });
+      },
+      [=](topup_atom a, std::string& key, std::string& job, int64_t amount) {
+        return authorized(key, false, [=](caf::response_promise& rp, const std::string& who) {
+          rp.delegate(jobs(), a, who, job, amount);
+        });
+      },
+      [=](account_atom a, std::string& key, std::string& account) {
+        return authorized(key, false, [=](caf::response_promise& rp, const std::string& who) {
+          if (who != operator_principal && who != account) {
+            rp.deliver(to_caf(error(errc::permission_denied,
+                                    "this API key belongs to " + who + ", not to " + account)));
+            return;
+          }
+          rp.delegate(self->state.children->ledger, a, account);
+        });
+      },
+      // Operator: open an account and hand out its API key.
+      [=](open_atom, std::string& key, std::string& account) {
+        return authorized(key, true, [=](caf::response_promise& rp, const std::string&) {
+          // Node and escrow accounts are the core's to open.
+          if (!account.starts_with("user/")) {
+            rp.deliver(
+                to_caf(error(errc::invalid_argument, "'" + account +
+                                                         "': clients open user accounts only "
+                                                         "(user/NAME)")));
+            return;
+          }
+          self->request(self->state.children->ledger, std::chrono::seconds(30), open_atom::value,
+                        account, false)
+              .then(
+                  [=](caf::ok_atom) mutable {
+                    rp.delegate(self->state.children->gate, api_key_atom::value, account);
+                  },
+                  [=](caf::error& e) mutable { rp.deliver(e); });
+        });
+      },
+      [=](credit_in_atom, std::string& key, std::string& account, int64_t amount) {
+        return authorized(key, true, [=](caf::response_promise& rp, const std::string&) {
+          if (amount <= 0 || amount > max_amount_micro) {
+            rp.deliver(
+                to_caf(error(errc::invalid_argument, "a credit must be in (0, 1e12] credits")));
+            return;
+          }
+          if (!account.starts_with("user/")) {
+            rp.deliver(
+                to_caf(error(errc::invalid_argument,
+                             "only user accounts are credited from outside, not " + account)));
+            return;
+          }
+          std::vector<posting> postings{{account, amount}, {ledger_book::external, -amount}};
+          rp.delegate(self->state.children->ledger, transfer_atom::value, std::string("credit"),
+                      "operator credit to " + account, std::move(postings));
+        });
+      },
+      [=](token_atom a, std::string& key, std::string& tier, int64_t lifetime_s) {
+        return authorized(key, true, [=](caf::response_promise& rp, const std::string&) {
+          rp.delegate(self->state.children->gate, a, tier, lifetime_s);
+        });
+      },
+      [=](token_atom a, std::string& key) {
+        return authorized(key, true, [=](caf::response_promise& rp, const std::string&) {
+          rp.delegate(self->state.children->gate, a);
+        });
+      },
+      [=](revoke_atom a, std::string& key, std::string& id) {
+        return authorized(key, true, [=](caf::response_promise& rp, const std::string&) {
+          rp.delegate(self->state.children->gate, a, id);
+        });
+      },
+      [=](ledger_atom a, std::string& key) {
+        return authorized(key, true, [=](caf::response_promise& rp, const std::string&) {
+          // Ended jobs must hold nothing in escrow; the job supervisor knows which ended.
+          self->request(self->state.children->jobs, std::chrono::seconds(30), jobs_atom::value,
+                        std::string(operator_principal))
+              .then(
+                  [=](std::vector<job_status>& jobs) mutable {
+                    std::vector<std::string> ended;
+                    for (const auto& j : jobs)
+                      if (is_terminal(j.state)) ended.push_back(j.job_id);
+                    rp.delegate(self->state.children->ledger, a, ended);
+                  },
+                  [=](caf::error& e) mutable { rp.deliver(e); });
+        });
+      },
+      [=](nodes_atom a, std::string& key) {
+        return authorized(key, true, [=](caf::response_promise& rp, const std::string&) {
+          self->request(self->state.children->registry, std::chrono::seconds(10), a)
+              .then(
+                  [=](std::vector<node_status>& nodes) mutable {
+                    self->request(self->state.children->reputation, std::chrono::seconds(10), a)
+                        .then(
+                            [=](std::vector<node_status>& records) mutable {
+                              rp.deliver(merge_reputation(std::move(nodes), records));
+                            },
                             [=](caf::error& e) mutable { rp.deliver(e); });
-                },
-                [=](caf::error& e) mutable { rp.deliver(e); });
-        return rp;
-      },
-      [=](nodes_atom a) -> caf::result<std::vector<node_status>> {
-        auto rp = self->make_response_promise<std::vector<node_status>>();
-        auto& c = *self->state.children;
-        self->request(c.registry, std::chrono::seconds(10), a)
-            .then(
-                [=](std::vector<node_status>& nodes) mutable {
-                  self->request(self->state.children->reputation, std::chrono::seconds(10), a)
-                      .then(
-                          [=](std::vector<node_status>& records) mutable {
-                            rp.deliver(merge_reputation(std::move(nodes), records));
-                          },
-                          [=](caf::error& e) mutable { rp.deliver(e); });
-                },
-                [=](caf::error& e) mutable { rp.deliver(e); });
-        return rp;
+                  },
+                  [=](caf::error& e) mutable { rp.deliver(e); });
+        });
       },
   };
 }
@@ -338,6 +441,7 @@ expected<caf::actor> spawn_core(caf::actor_system& sys, const core_config& confi
   c.reputation = spawn_reputation_tracker(sys, c.store, c.market, reputation_policy{});
   c.verifier = spawn_verifier(sys, c.market);
   c.ledger = spawn_ledger_keeper(sys, c.store);
+  c.gate = spawn_gatekeeper(sys, c.store, config.operator_key);
   c.jobs = spawn_job_supervisor(sys, links_of(c, catalog, config));
   return sys.spawn(core_actor, c, config, catalog);
 }

@@ -803,9 +803,24 @@ void send_assignment(job_actor* self, const worker_slot& slot, int64_t shard) {
   spdlog::debug("job {}: assignment {:016x} (round {}, shard {}) to {}", st.job.id, a.id,
                 a.round + 1, shard, slot.node_name);
   auto deadline = std::chrono::milliseconds(static_cast<int64_t>(spec.deadline_s * 1000));
+  auto worker = caf::actor_cast<caf::strong_actor_ptr>(slot.worker);
   self->request(slot.worker, deadline, assign_atom::value, std::move(a))
-      .then([=](assignment_result& r) { on_result(self, id, r); },
-            [=](caf::error& e) { fail_assignment(self, id, self->system().render(e)); });
+      .then(
+          [=](assignment_result& r) {
+            // A response is matched by its message id, which a peer can forge: one that does
+            // not come from the worker given the assignment is nobody's result, and must not
+            // be held against the node that was given it. The work goes to another worker.
+            if (self->current_sender() != worker) {
+              spdlog::warn(
+                  "job {}: a result for assignment {:016x} came from an actor that was "
+                  "not given it; ignored",
+                  self->state.job.id, id);
+              fail_assignment(self, id, "answered by another actor");
+              return;
+            }
+            on_result(self, id, r);
+          },
+          [=](caf::error& e) { fail_assignment(self, id, self->system().render(e)); });
 }
 
 void dispatch(job_actor* self) {

@@ -47,6 +47,7 @@ std::vector<uint8_t> encode_job_record(const std::string& spec_text, const job_s
   r.setCreditsHeld(s.credits_held);
   r.setDeviceHours(s.device_hours);
   r.setCloudCost(s.cloud_cost);
+  r.setOwner(s.owner);
   auto flat = capnp::messageToFlatArray(message);
   auto bytes = flat.asBytes();
   return {bytes.begin(), bytes.end()};
@@ -80,6 +81,7 @@ expected<std::pair<std::string, job_status>> decode_job_record(std::span<const u
     s.credits_held = r.getCreditsHeld();
     s.device_hours = r.getDeviceHours();
     s.cloud_cost = r.getCloudCost();
+    s.owner = r.getOwner().cStr();
     return std::pair<std::string, job_status>{r.getSpec().cStr(), std::move(s)};
   } catch (const kj::Exception& e) {
     return error(errc::malformed_message, std::string("job record: ") + e.getDescription().cStr());

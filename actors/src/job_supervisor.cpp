@@ -40,6 +40,19 @@ error unknown_job(const std::string& id) {
   return error(errc::invalid_argument, "unknown job '" + id + "'");
 }
 
+// Whether `who` may see and change a job: its owner, or the operator. Others are told the
+// job is unknown, so that job ids reveal nothing about other accounts.
+bool may_touch(const std::string& who, const job_status& job) {
+  return who == operator_principal || who == job.owner;
+}
+
+// The job `id` if `who` may touch it, else nullptr.
+job_entry* find_for(supervisor_actor* self, const std::string& who, const std::string& id) {
+  auto it = self->state.jobs.find(id);
+  if (it == self->state.jobs.end() || !may_touch(who, it->second.status)) return nullptr;
+  return &it->second;
+}
+
 void start_job(supervisor_actor* self, job_start start) {
   auto id = start.id;
   auto& entry = self->state.jobs[id];
@@ -182,11 +195,28 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links) {
       },
       [=](update_atom, job_status& s) {
         auto it = self->state.jobs.find(s.job_id);
-        if (it != self->state.jobs.end()) it->second.status = std::move(s);
+        if (it == self->state.jobs.end()) return;
+        if (s.owner.empty()) s.owner = it->second.status.owner;
+        it->second.status = std::move(s);
       },
-      [=](submit_atom, std::string text) -> caf::result<std::string> {
+      [=](submit_atom, const std::string& who, std::string text) -> caf::result<std::string> {
         auto spec = parse_job_spec(text, "job spec");
         if (!spec) return to_caf(spec.error());
+        // An account bills its own jobs only; the operator may bill any account.
+        if (who != operator_principal && !spec->account.empty() && spec->account != who)
+          return to_caf(
+              error(errc::permission_denied, "job spec: market.account: this API key belongs to " +
+                                                 who + ", which cannot bill " + spec->account));
+        const std::string owner = who != operator_principal ? who
+                                  : !spec->account.empty()  ? spec->account
+                                                            : std::string(operator_principal);
+        int64_t unfinished = 0;
+        for (const auto& [id, entry] : self->state.jobs)
+          if (entry.status.owner == owner && !is_terminal(entry.status.state)) ++unfinished;
+        if (unfinished >= self->state.links.max_jobs_per_account)
+          return to_caf(error(errc::permission_denied,
+                              owner + " already has " + std::to_string(unfinished) +
+                                  " unfinished jobs, the most one account may have"));
         auto w = kernels::find_workload(spec->workload);
         if (!w)
           return to_caf(
@@ -203,6 +233,7 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links) {
           status.state = "queued";
           status.account = spec.account;
           status.budget = spec.budget;
+          status.owner = owner;
           store_batch batch;
           batch.keys.push_back(job_record_key(id));
           batch.values.push_back(encode_job_record(text, status));
@@ -245,47 +276,50 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links) {
                 });
         return rp;
       },
-      [=](topup_atom, const std::string& id, int64_t amount) -> caf::result<caf::ok_atom> {
-        auto it = self->state.jobs.find(id);
-        if (it == self->state.jobs.end()) return to_caf(unknown_job(id));
-        if (is_terminal(it->second.status.state) || !it->second.actor)
+      [=](topup_atom, const std::string& who, const std::string& id,
+          int64_t amount) -> caf::result<caf::ok_atom> {
+        auto* entry = find_for(self, who, id);
+        if (entry == nullptr) return to_caf(unknown_job(id));
+        if (is_terminal(entry->status.state) || !entry->actor)
           return to_caf(error(errc::invalid_argument, "job " + id + " has ended"));
-        if (it->second.spec.account.empty())
+        if (entry->spec.account.empty())
           return to_caf(error(errc::invalid_argument, "job " + id + " is unmetered (no account)"));
         if (amount <= 0 || amount > max_amount_micro)
           return to_caf(error(errc::invalid_argument, "a top-up must be in (0, 1e12] credits"));
         auto rp = self->make_response_promise<caf::ok_atom>();
-        self->request(it->second.actor, std::chrono::seconds(30), topup_atom::value, amount)
+        self->request(entry->actor, std::chrono::seconds(30), topup_atom::value, amount)
             .then([=](caf::ok_atom) mutable { rp.deliver(caf::ok_atom::value); },
                   [=](caf::error& e) mutable { rp.deliver(e); });
         return rp;
       },
-      [=](status_atom, const std::string& id) -> caf::result<job_status> {
-        auto it = self->state.jobs.find(id);
-        if (it == self->state.jobs.end()) return to_caf(unknown_job(id));
-        return it->second.status;
+      [=](status_atom, const std::string& who, const std::string& id) -> caf::result<job_status> {
+        auto* entry = find_for(self, who, id);
+        if (entry == nullptr) return to_caf(unknown_job(id));
+        return entry->status;
       },
-      [=](jobs_atom) -> std::vector<job_status> {
+      [=](jobs_atom, const std::string& who) -> std::vector<job_status> {
         std::vector<job_status> out;
-        for (const auto& [id, entry] : self->state.jobs) out.push_back(entry.status);
+        for (const auto& [id, entry] : self->state.jobs)
+          if (may_touch(who, entry.status)) out.push_back(entry.status);
         return out;
       },
-      [=](cancel_atom, const std::string& id) -> caf::result<caf::ok_atom> {
-        auto it = self->state.jobs.find(id);
-        if (it == self->state.jobs.end()) return to_caf(unknown_job(id));
-        if (is_terminal(it->second.status.state) || !it->second.actor)
-          return to_caf(error(errc::invalid_argument, "job '" + id + "' has already ended (" +
-                                                          it->second.status.state + ")"));
+      [=](cancel_atom, const std::string& who, const std::string& id) -> caf::result<caf::ok_atom> {
+        auto* entry = find_for(self, who, id);
+        if (entry == nullptr) return to_caf(unknown_job(id));
+        if (is_terminal(entry->status.state) || !entry->actor)
+          return to_caf(error(errc::invalid_argument,
+                              "job '" + id + "' has already ended (" + entry->status.state + ")"));
         auto rp = self->make_response_promise<caf::ok_atom>();
-        self->request(it->second.actor, std::chrono::seconds(30), cancel_atom::value)
+        self->request(entry->actor, std::chrono::seconds(30), cancel_atom::value)
             .then([=](caf::ok_atom) mutable { rp.deliver(caf::ok_atom::value); },
                   [=](caf::error& e) mutable { rp.deliver(e); });
         return rp;
       },
-      [=](fetch_atom, const std::string& id) -> caf::result<std::vector<uint8_t>> {
-        auto it = self->state.jobs.find(id);
-        if (it == self->state.jobs.end()) return to_caf(unknown_job(id));
-        auto workload_name = it->second.status.workload;
+      [=](fetch_atom, const std::string& who,
+          const std::string& id) -> caf::result<std::vector<uint8_t>> {
+        auto* entry = find_for(self, who, id);
+        if (entry == nullptr) return to_caf(unknown_job(id));
+        auto workload_name = entry->status.workload;
         auto rp = self->make_response_promise<std::vector<uint8_t>>();
         self->request(self->state.links.store, std::chrono::seconds(30), read_atom::value,
                       job_checkpoint_key(id))

@@ -26,6 +26,8 @@ void register_message_types(caf::actor_system_config& cfg) {
   cfg.add_message_type<std::vector<std::vector<uint8_t>>>("std::vector<std::vector<uint8_t>>");
   cfg.add_message_type<std::vector<std::string>>("std::vector<std::string>");
   cfg.add_message_type<std::vector<uint64_t>>("std::vector<uint64_t>");
+  cfg.add_message_type<join_token_record>("gflex::join_token_record");
+  cfg.add_message_type<std::vector<join_token_record>>("std::vector<gflex::join_token_record>");
 }
 
 void configure_actor_system(caf::actor_system_config& cfg) {

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "access.hpp"
 #include "gflex/accounts.hpp"
 #include "gflex/gflex.hpp"
 #include "gflex/job_status.hpp"
@@ -56,6 +57,11 @@ using account_atom = caf::atom_constant<caf::atom("account")>;     ///< client -
 using ledger_atom = caf::atom_constant<caf::atom("ledger")>;       ///< client -> core
 using topup_atom = caf::atom_constant<caf::atom("topup")>;         ///< client -> core
 using credit_in_atom = caf::atom_constant<caf::atom("creditin")>;  ///< operator -> core
+using auth_atom = caf::atom_constant<caf::atom("auth")>;           ///< core -> gatekeeper
+using api_key_atom = caf::atom_constant<caf::atom("apikey")>;      ///< core -> gatekeeper
+using token_atom = caf::atom_constant<caf::atom("token")>;         ///< operator -> core
+using revoke_atom = caf::atom_constant<caf::atom("revoke")>;       ///< operator -> core
+using admit_atom = caf::atom_constant<caf::atom("admit")>;         ///< core -> gatekeeper
 
 // -- messages -----------------------------------------------------------------------------------
 
@@ -204,6 +210,12 @@ typename Inspector::result_type inspect(Inspector& f, ledger_report& x) {
 }
 
 template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, join_token_record& x) {
+  return f(caf::meta::type_name("join_token_record"), x.id, x.tier, x.created_unix, x.expires_unix,
+           x.revoked, x.joins);
+}
+
+template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, verify_request& x) {
   return f(caf::meta::type_name("verify_request"), x.work, x.claimed);
 }
@@ -215,8 +227,8 @@ typename Inspector::result_type inspect(Inspector& f, store_batch& x) {
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, job_status& x) {
-  return f(caf::meta::type_name("job_status"), x.job_id, x.name, x.workload, x.state, x.detail,
-           x.round, x.rounds, x.test_accuracy, x.train_loss, x.nodes, x.bytes_sent,
+  return f(caf::meta::type_name("job_status"), x.job_id, x.name, x.workload, x.owner, x.state,
+           x.detail, x.round, x.rounds, x.test_accuracy, x.train_loss, x.nodes, x.bytes_sent,
            x.bytes_received, x.elapsed_s, x.eta_s, x.late_results, x.rejected_results,
            x.verified_results, x.rollbacks, x.account, x.budget, x.credits_spent, x.credits_held,
            x.device_hours, x.cloud_cost);

@@ -153,8 +153,10 @@ expected<caf::actor> spawn_node(caf::actor_system& sys, const node_config& confi
   }
   auto tier = parse_node_tier(config.tier);
   if (!tier) return error(errc::invalid_argument, "--" + tier.error().message());
-  if (*tier == node_tier::core && config.core_secret.empty())
-    return error(errc::invalid_argument, "--tier core needs the core's secret (--core-secret)");
+  if (config.token.empty())
+    return error(errc::invalid_argument,
+                 "a node needs a join token (--token or GFLEX_TOKEN; the core's operator makes "
+                 "one with `gflex-core token create`)");
   auto misbehave = parse_misbehaviour(config.misbehave);
   if (!misbehave) return misbehave.error();
   if (misbehave->kind != misbehaviour::mode::honest)
@@ -205,7 +207,8 @@ expected<caf::actor> spawn_node(caf::actor_system& sys, const node_config& confi
   up.price = std::llround(config.price * 1e6);
   up.throughput = *throughput;
   up.identity = key;
-  up.credential = config.core_secret;
+  up.credential = config.token;
+  up.tls = !core && !config.insecure;
   c.uplink_cfg = up;
   c.core = core;
   c.owner = owner;

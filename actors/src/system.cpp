@@ -2,17 +2,26 @@
 /// The embedding API (<gflex/gflex.hpp>): processes for a core and a node, the client, and
 /// the embedded core-plus-nodes used by `gflex demo`.
 
+#include <fcntl.h>
 #include <signal.h>
-#include <sodium.h>
 #include <spdlog/spdlog.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <caf/io/middleman.hpp>
+#include <caf/openssl/manager.hpp>
+#include <caf/openssl/publish.hpp>
+#include <caf/openssl/remote_actor.hpp>
 
 #include <atomic>
 #include <cstdlib>
 #include <thread>
 
+#include "access.hpp"
 #include "core_supervisor.hpp"
 #include "gflex/gflex.hpp"
+#include "gflex/runtime/tls_credentials.hpp"
+#include "link_security.hpp"
+#include "message_limit.hpp"
 #include "messages.hpp"
 #include "node_supervisor.hpp"
 
@@ -97,31 +106,109 @@ expected<T> ask(caf::actor_system& sys, const caf::actor& dest, std::chrono::sec
   return out;
 }
 
+std::filesystem::path operator_key_file(const std::filesystem::path& data_dir) {
+  return data_dir / "operator.key";
+}
+
+// The operator's key from DATA_DIR/operator.key, which only its owner may read.
+expected<std::string> read_operator_key(const std::filesystem::path& data_dir) {
+  auto file = operator_key_file(data_dir);
+  int fd = ::open(file.c_str(), O_RDONLY | O_NOFOLLOW);
+  if (fd < 0)
+    return error(errc::invalid_argument,
+                 file.string() +
+                     " is missing: make the core's credentials with `gflex-core init "
+                     "--data-dir " +
+                     data_dir.string() + "` first");
+  struct stat st {};
+  char buf[128] = {};
+  ssize_t n = -1;
+  if (::fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && (st.st_mode & 077) == 0)
+    n = ::read(fd, buf, sizeof buf - 1);
+  ::close(fd);
+  if (n < 0)
+    return error(errc::invalid_argument,
+                 file.string() + " must be a regular file only its owner may read (chmod 600)");
+  std::string key(buf, static_cast<size_t>(n));
+  while (!key.empty() && (key.back() == '\n' || key.back() == '\r')) key.pop_back();
+  if (!looks_like_api_key(key))
+    return error(errc::bad_format, file.string() + " does not hold an API key");
+  return key;
+}
+
 }  // namespace
+
+expected<std::string> init_core(const std::filesystem::path& data_dir) {
+  auto key_file = operator_key_file(data_dir);
+  if (std::filesystem::exists(key_file))
+    return error(errc::invalid_argument,
+                 key_file.string() + " already exists: this core has its credentials");
+  std::error_code ec;
+  std::filesystem::create_directories(data_dir, ec);
+  if (ec) return error(errc::io_error, data_dir.string() + ": " + ec.message());
+  auto fingerprint = create_core_credentials(data_dir);
+  if (!fingerprint) return fingerprint.error();
+  auto key = new_api_key() + "\n";
+  int fd = ::open(key_file.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, 0600);
+  if (fd < 0) return error(errc::io_error, key_file.string() + ": cannot create");
+  bool ok = ::write(fd, key.data(), key.size()) == static_cast<ssize_t>(key.size());
+  ok = ::fsync(fd) == 0 && ok;
+  ::close(fd);
+  if (!ok) return error(errc::io_error, key_file.string() + ": cannot write");
+  return fingerprint;
+}
 
 // -- core and node processes ---------------------------------------------------------------------
 
-int run_core(const core_config& config) {
+int run_core(const core_config& given) {
   signal_watcher signals;
+  core_config config = given;
+  if (config.operator_key.empty()) {
+    auto key = read_operator_key(config.data_dir);
+    if (!key) {
+      spdlog::error("{}", key.error().message());
+      return 2;
+    }
+    config.operator_key = std::move(*key);
+  }
   caf::actor_system_config cfg;
   configure_actor_system(cfg);
+  std::string link = "plain TCP";
+  if (config.insecure) {
+    spdlog::warn(
+        "--insecure: links to this core are NOT encrypted, and nodes and clients "
+        "cannot tell it from an impostor");
+  } else {
+    if (auto ok = configure_core_tls(cfg, std::filesystem::absolute(config.data_dir)); !ok) {
+      spdlog::error("{}", ok.error().message());
+      return 2;
+    }
+    auto fingerprint = pinned_fingerprint(core_tls_files::in(config.data_dir).ca_cert);
+    link = "TLS, authority " + (fingerprint ? *fingerprint : std::string("?"));
+  }
   caf::actor_system sys{cfg};
   auto core = spawn_core(sys, config);
   if (!core) {
     spdlog::error("{}", core.error().message());
     return 1;
   }
-  auto port = sys.middleman().publish(*core, config.port, config.host.c_str(), true);
+  auto port = config.insecure
+                  ? sys.middleman().publish(*core, config.port, config.host.c_str(), true)
+                  : caf::openssl::publish(*core, config.port, config.host.c_str(), true);
   if (!port) {
     spdlog::error("cannot listen on {}:{}: {}", config.host, config.port, sys.render(port.error()));
     caf::anon_send_exit(*core, caf::exit_reason::user_shutdown);
     return 1;
   }
-  spdlog::info("core listening on {}:{}, data in {}", config.host, *port, config.data_dir.string());
+  spdlog::info("core listening on {}:{} ({}), data in {}", config.host, *port, link,
+               config.data_dir.string());
   caf::scoped_actor self{sys};
   signals.start(self);
   int code = wait_for_stop(self, *core);
   caf::anon_send_exit(*core, caf::exit_reason::user_shutdown);
+  if (auto n = oversized_messages_refused(); n > 0)
+    spdlog::info("closed {} connection(s) that announced messages over {} MiB", n,
+                 max_message_bytes >> 20);
   return code;
 }
 
@@ -129,6 +216,18 @@ int run_node(const node_config& config, const std::string& host, uint16_t port) 
   signal_watcher signals;
   caf::actor_system_config cfg;
   configure_actor_system(cfg);
+  if (config.insecure) {
+    spdlog::warn(
+        "--insecure: the link to the core is NOT encrypted, and this node cannot tell "
+        "the core from an impostor");
+  } else {
+    auto fingerprint = configure_peer_tls(cfg, config.core_cert);
+    if (!fingerprint) {
+      spdlog::error("{}", fingerprint.error().message());
+      return 2;
+    }
+    spdlog::info("TLS to the core, pinned to authority {}", *fingerprint);
+  }
   caf::actor_system sys{cfg};
   caf::scoped_actor self{sys};
   auto node = spawn_node(sys, config, host, port, nullptr, self);
@@ -159,6 +258,7 @@ struct client::impl {
   caf::actor_system_config cfg;
   std::unique_ptr<caf::actor_system> sys;
   caf::actor core;
+  std::string key;                           // the API key every request carries
   std::unique_ptr<caf::actor_system> owned;  // set when the client made its own system
   caf::actor_system& system() { return *sys; }
 };
@@ -168,53 +268,82 @@ client::client(client&&) noexcept = default;
 client& client::operator=(client&&) noexcept = default;
 client::~client() = default;
 
-expected<client> client::connect(const std::string& host, uint16_t port) {
+expected<client> client::connect(const std::string& host, uint16_t port,
+                                 const client_options& options) {
   auto p = std::make_unique<impl>();
   configure_actor_system(p->cfg);
+  p->key = options.api_key;
+  if (!options.insecure) {
+    auto fingerprint = configure_peer_tls(p->cfg, options.core_cert);
+    if (!fingerprint) return fingerprint.error();
+  }
   p->sys = std::make_unique<caf::actor_system>(p->cfg);
-  auto core = p->sys->middleman().remote_actor(host, port);
-  if (!core)
-    return error(errc::io_error, "cannot reach the core at " + host + ":" + std::to_string(port) +
-                                     ": " + p->sys->render(core.error()));
+  auto core = options.insecure ? p->sys->middleman().remote_actor(host, port)
+                               : caf::openssl::remote_actor(*p->sys, host, port);
+  if (!core) {
+    std::string why = p->sys->render(core.error());
+    if (core.error() == caf::sec::disconnect_during_handshake)
+      why += options.insecure
+                 ? " (does the core serve TLS? then drop --insecure)"
+                 : " (is this the core whose certificate " + options.core_cert.string() +
+                       " holds, and does it serve TLS rather than --insecure?)";
+    return error(errc::io_error,
+                 "cannot reach the core at " + host + ":" + std::to_string(port) + ": " + why);
+  }
   p->core = *core;
   return client(std::move(p));
 }
 
 expected<std::string> client::submit(const std::string& spec_toml) {
   return ask<std::string>(impl_->system(), impl_->core, std::chrono::seconds(60),
-                          submit_atom::value, spec_toml);
+                          submit_atom::value, impl_->key, spec_toml);
 }
 
 expected<job_status> client::status(const std::string& job_id) {
   return ask<job_status>(impl_->system(), impl_->core, std::chrono::seconds(30), status_atom::value,
-                         job_id);
+                         impl_->key, job_id);
 }
 
 expected<std::vector<job_status>> client::jobs() {
   return ask<std::vector<job_status>>(impl_->system(), impl_->core, std::chrono::seconds(30),
-                                      jobs_atom::value);
+                                      jobs_atom::value, impl_->key);
 }
 
 expected<std::vector<node_status>> client::nodes() {
   return ask<std::vector<node_status>>(impl_->system(), impl_->core, std::chrono::seconds(30),
-                                       nodes_atom::value);
+                                       nodes_atom::value, impl_->key);
 }
 
 expected<void> client::cancel(const std::string& job_id) {
   auto r = ask<caf::ok_atom>(impl_->system(), impl_->core, std::chrono::seconds(30),
-                             cancel_atom::value, job_id);
+                             cancel_atom::value, impl_->key, job_id);
   if (!r) return r.error();
   return {};
 }
 
 expected<std::vector<uint8_t>> client::fetch(const std::string& job_id) {
   return ask<std::vector<uint8_t>>(impl_->system(), impl_->core, std::chrono::seconds(120),
-                                   fetch_atom::value, job_id);
+                                   fetch_atom::value, impl_->key, job_id);
 }
 
-expected<void> client::create_account(const std::string& id) {
+expected<std::string> client::create_account(const std::string& id) {
+  return ask<std::string>(impl_->system(), impl_->core, std::chrono::seconds(30), open_atom::value,
+                          impl_->key, id);
+}
+
+expected<std::string> client::create_token(const std::string& tier, int64_t lifetime_s) {
+  return ask<std::string>(impl_->system(), impl_->core, std::chrono::seconds(30), token_atom::value,
+                          impl_->key, tier, lifetime_s);
+}
+
+expected<std::vector<join_token_record>> client::tokens() {
+  return ask<std::vector<join_token_record>>(impl_->system(), impl_->core, std::chrono::seconds(30),
+                                             token_atom::value, impl_->key);
+}
+
+expected<void> client::revoke_token(const std::string& id) {
   auto r = ask<caf::ok_atom>(impl_->system(), impl_->core, std::chrono::seconds(30),
-                             open_atom::value, id);
+                             revoke_atom::value, impl_->key, id);
   if (!r) return r.error();
   return {};
 }
@@ -223,22 +352,22 @@ expected<uint64_t> client::credit_account(const std::string& id, int64_t micro) 
   if (micro <= 0 || micro > max_amount_micro)
     return error(errc::invalid_argument, "a credit must be in (0, 1e12] credits");
   return ask<uint64_t>(impl_->system(), impl_->core, std::chrono::seconds(30),
-                       credit_in_atom::value, id, micro);
+                       credit_in_atom::value, impl_->key, id, micro);
 }
 
 expected<account_info> client::account(const std::string& id) {
   return ask<account_info>(impl_->system(), impl_->core, std::chrono::seconds(30),
-                           account_atom::value, id);
+                           account_atom::value, impl_->key, id);
 }
 
 expected<ledger_report> client::verify_ledger() {
   return ask<ledger_report>(impl_->system(), impl_->core, std::chrono::seconds(300),
-                            ledger_atom::value);
+                            ledger_atom::value, impl_->key);
 }
 
 expected<void> client::topup(const std::string& job_id, int64_t micro) {
   auto r = ask<caf::ok_atom>(impl_->system(), impl_->core, std::chrono::seconds(60),
-                             topup_atom::value, job_id, micro);
+                             topup_atom::value, impl_->key, job_id, micro);
   if (!r) return r.error();
   return {};
 }
@@ -273,19 +402,20 @@ expected<job_status> run_embedded(const embedded_config& config, const std::stri
   p->sys = std::make_unique<caf::actor_system>(p->cfg);
   auto& sys = *p->sys;
   client c(std::move(p));
-  // The embedded nodes are this process's own: they join the core tier, with a secret made
-  // for this run.
-  unsigned char secret_bytes[16];
-  randombytes_buf(secret_bytes, sizeof secret_bytes);
-  std::string secret;
-  for (unsigned char b : secret_bytes)
-    secret += "0123456789abcdef"[b >> 4], secret += "0123456789abcdef"[b & 15];
+  // The process is the core's operator, with a key made for this run; its nodes are its
+  // own and join the core tier with a token it makes.
   core_config core_cfg;
   core_cfg.data_dir = dir / "core";
-  core_cfg.core_secret = secret;
+  core_cfg.operator_key = new_api_key();
   auto core = spawn_core(sys, core_cfg);
   if (!core) return core.error();
   c.impl_->core = *core;
+  c.impl_->key = core_cfg.operator_key;
+  auto token = c.create_token("core", 0);
+  if (!token) {
+    caf::anon_send_exit(*core, caf::exit_reason::user_shutdown);
+    return token.error();
+  }
   caf::scoped_actor owner{sys};
   std::vector<caf::actor> nodes;
   for (int i = 0; i < config.nodes; ++i) {
@@ -294,7 +424,7 @@ expected<job_status> run_embedded(const embedded_config& config, const std::stri
     n.workers = config.workers_per_node;
     n.data_dir = dir / n.name;
     n.tier = "core";
-    n.core_secret = secret;
+    n.token = *token;
     auto node = spawn_node(sys, n, "", 0, *core, owner);
     if (!node) {
       caf::anon_send_exit(*core, caf::exit_reason::user_shutdown);

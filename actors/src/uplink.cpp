@@ -3,6 +3,7 @@
 #include <sodium.h>
 #include <spdlog/spdlog.h>
 #include <caf/io/middleman.hpp>
+#include <caf/openssl/manager.hpp>
 
 #include "messages.hpp"
 
@@ -91,7 +92,8 @@ void hello(uplink_actor* self, caf::actor core) {
 void connect(uplink_actor* self) {
   auto& st = self->state;
   if (st.fixed_core) return hello(self, st.fixed_core);
-  auto mm = self->system().middleman().actor_handle();
+  auto mm = st.config.tls ? self->system().openssl_manager().actor_handle()
+                          : self->system().middleman().actor_handle();
   self->request(mm, std::chrono::seconds(15), caf::connect_atom::value, st.config.host,
                 st.config.port)
       .then(

@@ -28,9 +28,10 @@ struct uplink_config {
   uint32_t protocol = 0;
   std::string host;  ///< Empty when `core` is given (embedded: no sockets).
   uint16_t port = 0;
-  uint8_t tier = 0;                               ///< gflex::node_tier to join with.
-  std::string credential;                         ///< The core's secret, for the core tier.
-  int64_t price = 0;                              ///< Micro-credits per device-hour.
+  uint8_t tier = 0;        ///< gflex::node_tier to join with.
+  std::string credential;  ///< The join token.
+  bool tls = false;        ///< Connect through the OpenSSL module (the actor system has it loaded).
+  int64_t price = 0;       ///< Micro-credits per device-hour.
   double throughput = 0.0;                        ///< Calibrated samples per second per worker.
   std::shared_ptr<const node_identity> identity;  ///< Signs the hello.
 };

@@ -1,17 +1,21 @@
 /// @file
+/// `gflex-core init --data-dir DIR`: makes a new core's credentials (TLS, operator key).
 /// `gflex-core --listen HOST:PORT --data-dir DIR`: runs a core until SIGINT or SIGTERM.
-/// `gflex-core account create ID | credit ID AMOUNT [--core HOST:PORT]`: the operator's
-/// account commands, against a running core.
+/// `gflex-core account create|credit ...`, `gflex-core token create|list|revoke ...`: the
+/// operator's commands, against a running core, with the operator's key.
 
 #include <spdlog/spdlog.h>
 #include <CLI/CLI.hpp>
 
 #include <cstdio>
-#include <cstdlib>
+#include <ctime>
+#include <optional>
 
+#include "../gflex/client_connection.hpp"
 #include "../gflex/core_address.hpp"
 #include "gflex/gflex.hpp"
 #include "gflex/runtime/credits.hpp"
+#include "gflex/runtime/lifetime.hpp"
 #include "gflex/runtime/logging.hpp"
 
 namespace {
@@ -21,32 +25,72 @@ int fail(const gflex::error& e, int code = 1) {
   return code;
 }
 
-// The operator's account commands: a client of the running core.
-int run_account(const std::string& core, const std::string& action, const std::string& id,
-                const std::string& amount_text) {
+struct operator_flags {
+  gflex::app::connection_flags link;
+  std::string action, id, amount, tier = "community", expires = "0";
+};
+
+// The operator's commands: a client of the running core.
+int run_operator(const operator_flags& f) {
   int64_t amount = 0;
-  if (action == "credit") {
-    auto a = gflex::parse_credits(amount_text);
+  if (f.action == "credit") {
+    auto a = gflex::parse_credits(f.amount);
     if (!a) return fail(a.error(), 2);
     if (*a == 0) return fail(gflex::error(gflex::errc::invalid_argument, "credit zero"), 2);
     amount = *a;
   }
-  auto address = gflex::app::parse_host_port(core, "--core");
-  if (!address) return fail(address.error(), 2);
-  auto c = gflex::client::connect(address->host, address->port);
-  if (!c) return fail(c.error());
-  if (action == "create") {
-    if (auto r = c->create_account(id); !r) return fail(r.error());
-    std::printf("%s\n", id.c_str());
+  int64_t lifetime_s = 0;
+  if (f.action == "token-create") {
+    auto l = gflex::parse_lifetime(f.expires);
+    if (!l) return fail(l.error(), 2);
+    lifetime_s = *l;
+  }
+  std::optional<gflex::client> c;
+  if (int code = gflex::app::connect_core(f.link, c); code != 0) return code;
+  if (f.action == "create") {
+    auto key = c->create_account(f.id);
+    if (!key) return fail(key.error());
+    // The key goes to stdout alone, to be saved by whoever runs this; it is shown once.
+    std::fprintf(stderr, "%s opened; its API key (shown once, keep it secret):\n", f.id.c_str());
+    std::printf("%s\n", key->c_str());
     return 0;
   }
-  auto seq = c->credit_account(id, amount);
-  if (!seq) return fail(seq.error());
-  auto info = c->account(id);
-  if (!info) return fail(info.error());
-  std::printf("%s: credited %s, balance %s credits (ledger entry %llu)\n", id.c_str(),
-              gflex::format_credits(amount).c_str(), gflex::format_credits(info->balance).c_str(),
-              static_cast<unsigned long long>(*seq));
+  if (f.action == "credit") {
+    auto seq = c->credit_account(f.id, amount);
+    if (!seq) return fail(seq.error());
+    auto info = c->account(f.id);
+    if (!info) return fail(info.error());
+    std::printf("%s: credited %s, balance %s credits (ledger entry %llu)\n", f.id.c_str(),
+                gflex::format_credits(amount).c_str(), gflex::format_credits(info->balance).c_str(),
+                static_cast<unsigned long long>(*seq));
+    return 0;
+  }
+  if (f.action == "token-create") {
+    auto token = c->create_token(f.tier, lifetime_s);
+    if (!token) return fail(token.error());
+    std::printf("%s\n", token->c_str());
+    return 0;
+  }
+  if (f.action == "token-revoke") {
+    if (auto r = c->revoke_token(f.id); !r) return fail(r.error());
+    std::printf("token %s revoked\n", f.id.c_str());
+    return 0;
+  }
+  auto tokens = c->tokens();
+  if (!tokens) return fail(tokens.error());
+  auto when = [](int64_t t) {
+    if (t == 0) return std::string("never");
+    char buf[32];
+    std::time_t tt = static_cast<std::time_t>(t);
+    std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&tt));
+    return std::string(buf);
+  };
+  std::printf("%-12s  %-9s  %-20s  %-20s  %-7s  %s\n", "id", "tier", "created", "expires",
+              "revoked", "joins");
+  for (const auto& t : *tokens)
+    std::printf("%-12s  %-9s  %-20s  %-20s  %-7s  %llu\n", t.id.c_str(), t.tier.c_str(),
+                when(t.created_unix).c_str(), when(t.expires_unix).c_str(),
+                t.revoked ? "yes" : "no", static_cast<unsigned long long>(t.joins));
   return 0;
 }
 
@@ -58,16 +102,14 @@ int main(int argc, char** argv) {
   gflex::core_config config;
   app.add_option("--listen", listen, "HOST:PORT to accept nodes and clients on")
       ->capture_default_str();
-  app.add_option("--data-dir", config.data_dir, "directory of the LMDB store");
+  app.add_option("--data-dir", config.data_dir,
+                 "directory of the LMDB store and the credentials `init` made");
   app.add_option("--heartbeat-ms", config.heartbeat_ms, "heartbeat interval told to nodes")
       ->check(CLI::Range(50, 600000))
       ->capture_default_str();
   app.add_option("--lease-ms", config.lease_ms, "silence after which a node is taken as lost")
       ->check(CLI::Range(100, 3600000))
       ->capture_default_str();
-  app.add_option("--core-secret", config.core_secret,
-                 "secret a node must present to join the core tier (default: "
-                 "$GFLEX_CORE_SECRET; none: no core-tier nodes)");
   app.add_option("--fee", config.fee, "the platform's share of every payment to a node")
       ->check(CLI::Range(0.0, 0.99))
       ->capture_default_str();
@@ -76,38 +118,75 @@ int main(int argc, char** argv) {
                  "AWS p3.2xlarge on demand, $3.06/h)")
       ->check(CLI::Range(0.0, 1e6))
       ->capture_default_str();
+  app.add_option("--max-jobs-per-account", config.max_jobs_per_account,
+                 "unfinished jobs one account may have")
+      ->check(CLI::Range(1, 100000))
+      ->capture_default_str();
+  app.add_flag("--insecure", config.insecure,
+               "serve plain TCP instead of TLS: links are not encrypted (a warning is logged)");
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error, critical or off")
       ->capture_default_str();
   app.fallthrough();
 
-  std::string core = "127.0.0.1:7400", action, id, amount;
+  std::filesystem::path init_dir;
+  auto* init = app.add_subcommand(
+      "init",
+      "make a new core's credentials: TLS authority and certificate, the bundle nodes "
+      "and clients pin (DATA_DIR/core-cert.pem), and the operator key "
+      "(DATA_DIR/operator.key)");
+  init->add_option("--data-dir", init_dir, "the core's data directory")->required();
+
+  operator_flags f;
   auto* account = app.add_subcommand("account", "operator: open and credit ledger accounts");
   account->require_subcommand(1);
-  auto* create = account->add_subcommand("create", "open an account (user/NAME)");
-  create->add_option("id", id, "user/NAME")->required();
-  create->add_option("--core", core, "the running core's HOST:PORT")->capture_default_str();
-  create->callback([&] { action = "create"; });
+  auto* create = account->add_subcommand("create", "open an account; prints its API key");
+  create->add_option("id", f.id, "user/NAME")->required();
+  gflex::app::add_connection_flags(create, f.link);
+  create->callback([&] { f.action = "create"; });
   auto* credit = account->add_subcommand("credit", "credit an account from outside");
-  credit->add_option("id", id, "user/NAME")->required();
-  credit->add_option("amount", amount, "credits")->required();
-  credit->add_option("--core", core, "the running core's HOST:PORT")->capture_default_str();
-  credit->callback([&] { action = "credit"; });
+  credit->add_option("id", f.id, "user/NAME")->required();
+  credit->add_option("amount", f.amount, "credits")->required();
+  gflex::app::add_connection_flags(credit, f.link);
+  credit->callback([&] { f.action = "credit"; });
+
+  auto* token = app.add_subcommand("token", "operator: join tokens for nodes");
+  token->require_subcommand(1);
+  auto* token_create = token->add_subcommand("create", "make a join token; prints it");
+  token_create->add_option("--tier", f.tier, "community or core")->capture_default_str();
+  token_create
+      ->add_option("--expires", f.expires, "lifetime: 0 (until revoked), or 90m, 12h, 7d ...")
+      ->capture_default_str();
+  gflex::app::add_connection_flags(token_create, f.link);
+  token_create->callback([&] { f.action = "token-create"; });
+  auto* token_list = token->add_subcommand("list", "show every join token (not the tokens)");
+  gflex::app::add_connection_flags(token_list, f.link);
+  token_list->callback([&] { f.action = "token-list"; });
+  auto* token_revoke = token->add_subcommand("revoke", "revoke a join token by its id");
+  token_revoke->add_option("id", f.id, "the token's id (as `token list` shows it)")->required();
+  gflex::app::add_connection_flags(token_revoke, f.link);
+  token_revoke->callback([&] { f.action = "token-revoke"; });
   CLI11_PARSE(app, argc, argv);
 
-  if (!action.empty()) {
-    if (auto ok = gflex::init_logging(log_level); !ok) {
-      std::fprintf(stderr, "gflex-core: %s\n", ok.error().message().c_str());
-      return 2;
-    }
-    return run_account(core, action, id, amount);
+  if (auto ok = gflex::init_logging(log_level); !ok) {
+    std::fprintf(stderr, "gflex-core: %s\n", ok.error().message().c_str());
+    return 2;
   }
+  if (init->parsed()) {
+    auto fingerprint = gflex::init_core(init_dir);
+    if (!fingerprint) return fail(fingerprint.error(), 2);
+    std::printf(
+        "core credentials made in %s\n"
+        "  give nodes and clients:  %s  (--core-cert; authority %s)\n"
+        "  operator key:            %s  (--api-key-file; keep it secret)\n",
+        init_dir.string().c_str(), (init_dir / "core-cert.pem").string().c_str(),
+        fingerprint->c_str(), (init_dir / "operator.key").string().c_str());
+    return 0;
+  }
+  if (!f.action.empty()) return run_operator(f);
   if (config.data_dir.empty()) {
     std::fprintf(stderr, "gflex-core: --data-dir is required to run a core\n");
     return 2;
   }
-  if (const char* secret = std::getenv("GFLEX_CORE_SECRET");
-      config.core_secret.empty() && secret != nullptr)
-    config.core_secret = secret;
   auto address = gflex::app::start_daemon("gflex-core", log_level, listen, "--listen");
   if (!address) return 2;
   config.host = address->host;

@@ -25,10 +25,15 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(1, 256))
       ->capture_default_str();
   app.add_option("--tier", config.tier,
-                 "community, or core (the platform's own machines; needs the core's secret)")
+                 "community, or core (the platform's own machines; needs a core-tier token)")
       ->capture_default_str();
-  app.add_option("--core-secret", config.core_secret,
-                 "the core's secret, for --tier core (default: $GFLEX_CORE_SECRET)");
+  app.add_option("--token", config.token,
+                 "join token from the core's operator (default: $GFLEX_TOKEN)");
+  std::string core_cert;
+  app.add_option("--core-cert", core_cert,
+                 "the core's certificate bundle, its core-cert.pem (default: $GFLEX_CORE_CERT)");
+  app.add_flag("--insecure", config.insecure,
+               "plain TCP, unencrypted (a core run with --insecure)");
   app.add_option("--price", config.price, "credits asked per device-hour (one worker, one hour)")
       ->check(CLI::Range(0.0, 1e6))
       ->capture_default_str();
@@ -53,9 +58,11 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
   // A secret is better kept out of the process list: the environment is the usual place.
-  if (const char* secret = std::getenv("GFLEX_CORE_SECRET");
-      config.core_secret.empty() && secret != nullptr)
-    config.core_secret = secret;
+  if (const char* token = std::getenv("GFLEX_TOKEN"); config.token.empty() && token != nullptr)
+    config.token = token;
+  if (const char* cert = std::getenv("GFLEX_CORE_CERT"); core_cert.empty() && cert != nullptr)
+    core_cert = cert;
+  config.core_cert = core_cert;
   auto address = gflex::app::start_daemon("gflex-node", log_level, join, "--join");
   if (!address) return 2;
   return gflex::run_node(config, address->host, address->port);

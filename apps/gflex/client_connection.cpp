@@ -1,21 +1,74 @@
 #include "client_connection.hpp"
 
 #include <spdlog/spdlog.h>
+#include <sys/stat.h>
+
+#include <cstdlib>
+#include <fstream>
 
 #include "core_address.hpp"
 
 namespace gflex::app {
 
-int connect_core(const std::string& core, std::optional<client>& out) {
-  auto address = parse_host_port(core, "--core");
+namespace {
+
+// The API key: from --api-key-file (a file only its owner may read), else GFLEX_API_KEY.
+expected<std::string> api_key_of(const connection_flags& f) {
+  if (f.api_key_file.empty()) {
+    const char* env = std::getenv("GFLEX_API_KEY");
+    return std::string(env != nullptr ? env : "");
+  }
+  struct stat st {};
+  if (::stat(f.api_key_file.c_str(), &st) != 0)
+    return error(errc::invalid_argument, "--api-key-file: cannot read " + f.api_key_file);
+  if ((st.st_mode & 077) != 0)
+    return error(errc::invalid_argument,
+                 "--api-key-file: " + f.api_key_file + " may be read by others; chmod 600 it");
+  std::ifstream in(f.api_key_file);
+  std::string key;
+  std::getline(in, key);
+  if (!in && !in.eof())
+    return error(errc::invalid_argument, "--api-key-file: cannot read " + f.api_key_file);
+  while (!key.empty() && (key.back() == '\r' || key.back() == ' ')) key.pop_back();
+  return key;
+}
+
+}  // namespace
+
+void add_connection_flags(CLI::App* cmd, connection_flags& f) {
+  cmd->add_option("--core", f.core, "the core's HOST:PORT")->capture_default_str();
+  cmd->add_option("--api-key-file", f.api_key_file,
+                  "file holding the API key (default: $GFLEX_API_KEY)");
+  cmd->add_option("--core-cert", f.core_cert,
+                  "the core's certificate bundle, its core-cert.pem (default: $GFLEX_CORE_CERT)");
+  cmd->add_flag("--insecure", f.insecure, "plain TCP, unencrypted (a core run with --insecure)");
+}
+
+int connect_core(const connection_flags& f, std::optional<client>& out) {
+  auto address = parse_host_port(f.core, "--core");
   if (!address) {
     spdlog::error("{}", address.error().message());
     return 2;
   }
-  auto c = client::connect(address->host, address->port);
+  client_options options;
+  auto key = api_key_of(f);
+  if (!key) {
+    spdlog::error("{}", key.error().message());
+    return 2;
+  }
+  options.api_key = std::move(*key);
+  options.core_cert = f.core_cert;
+  if (options.core_cert.empty())
+    if (const char* env = std::getenv("GFLEX_CORE_CERT")) options.core_cert = env;
+  options.insecure = f.insecure;
+  if (f.insecure)
+    spdlog::warn(
+        "--insecure: the link to the core is NOT encrypted, and this client cannot tell "
+        "the core from an impostor");
+  auto c = client::connect(address->host, address->port, options);
   if (!c) {
     spdlog::error("{}", c.error().message());
-    return 1;
+    return c.error().code() == errc::io_error ? 1 : 2;
   }
   out.emplace(std::move(*c));
   return 0;

@@ -1,6 +1,9 @@
 #pragma once
 /// @file
-/// The client commands' shared start: a connection to the core named by --core.
+/// The client commands' shared start: a connection to the core named by --core, over TLS
+/// pinned to --core-cert (or plain with --insecure), with the API key of --api-key-file.
+
+#include <CLI/CLI.hpp>
 
 #include <optional>
 #include <string>
@@ -9,8 +12,20 @@
 
 namespace gflex::app {
 
-/// Connects to the core at `core` (HOST:PORT); returns 0, or the exit code after logging why
-/// not (2 for a malformed address, 1 for an unreachable core).
-int connect_core(const std::string& core, std::optional<client>& out);
+/// Where the core is and how to reach it; the environment fills what the flags leave out
+/// (GFLEX_API_KEY, GFLEX_CORE_CERT), so that secrets stay out of the process list.
+struct connection_flags {
+  std::string core = "127.0.0.1:7400";
+  std::string api_key_file;
+  std::string core_cert;
+  bool insecure = false;
+};
+
+/// Adds --core, --api-key-file, --core-cert and --insecure to `cmd`.
+void add_connection_flags(CLI::App* cmd, connection_flags& f);
+
+/// Connects to the core; returns 0, or the exit code after logging why not (2 for a
+/// malformed address or unusable key or certificate file, 1 for an unreachable core).
+int connect_core(const connection_flags& f, std::optional<client>& out);
 
 }  // namespace gflex::app

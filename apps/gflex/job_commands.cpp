@@ -30,6 +30,7 @@ nlohmann::json to_json(const job_status& s) {
   return {{"job_id", s.job_id},
           {"name", s.name},
           {"workload", s.workload},
+          {"owner", s.owner},
           {"state", s.state},
           {"detail", s.detail},
           {"round", s.round},
@@ -109,7 +110,7 @@ expected<std::string> read_text(const std::string& file) {
 }
 
 struct job_flags {
-  std::string core = "127.0.0.1:7400";
+  connection_flags link;
   std::string spec_file;
   std::string job_id;
   std::string json;
@@ -130,7 +131,7 @@ int run_submit(const job_flags& f) {
     return fail(
         error(errc::unknown_workload, f.spec_file + ": job.workload: " + w.error().message()), 2);
   std::optional<client> c;
-  if (int code = connect_core(f.core, c); code != 0) return code;
+  if (int code = connect_core(f.link, c); code != 0) return code;
   auto id = c->submit(*text);
   if (!id) return fail(id.error());
   std::printf("%s\n", id->c_str());
@@ -159,7 +160,7 @@ int run_submit(const job_flags& f) {
 
 int run_status(const job_flags& f) {
   std::optional<client> c;
-  if (int code = connect_core(f.core, c); code != 0) return code;
+  if (int code = connect_core(f.link, c); code != 0) return code;
   if (!f.job_id.empty()) {
     auto s = c->status(f.job_id);
     if (!s) return fail(s.error());
@@ -202,7 +203,7 @@ int run_status(const job_flags& f) {
 
 int run_nodes(const job_flags& f) {
   std::optional<client> c;
-  if (int code = connect_core(f.core, c); code != 0) return code;
+  if (int code = connect_core(f.link, c); code != 0) return code;
   auto nodes = c->nodes();
   if (!nodes) return fail(nodes.error());
   if (f.as_json) {
@@ -241,7 +242,7 @@ int run_nodes(const job_flags& f) {
 
 int run_cancel(const job_flags& f) {
   std::optional<client> c;
-  if (int code = connect_core(f.core, c); code != 0) return code;
+  if (int code = connect_core(f.link, c); code != 0) return code;
   if (auto ok = c->cancel(f.job_id); !ok) return fail(ok.error());
   std::printf("%s cancelled\n", f.job_id.c_str());
   return 0;
@@ -249,7 +250,7 @@ int run_cancel(const job_flags& f) {
 
 int run_fetch(const job_flags& f) {
   std::optional<client> c;
-  if (int code = connect_core(f.core, c); code != 0) return code;
+  if (int code = connect_core(f.link, c); code != 0) return code;
   auto bytes = c->fetch(f.job_id);
   if (!bytes) return fail(bytes.error());
   if (auto ok = write_file_atomically(f.out, *bytes); !ok) return fail(ok.error());
@@ -319,7 +320,7 @@ int run_demo(const job_flags& f) {
 void add_job_commands(CLI::App& app, std::function<int()>& run) {
   auto f = std::make_shared<job_flags>();
   auto core_flag = [&](CLI::App* cmd) {
-    cmd->add_option("--core", f->core, "the core's HOST:PORT")->capture_default_str();
+    add_connection_flags(cmd, f->link);
   };
   auto set = [&run, f](int (*fn)(const job_flags&)) {
     return [&run, f, fn] { run = [f, fn] { return fn(*f); }; };

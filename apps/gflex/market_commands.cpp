@@ -16,7 +16,7 @@ namespace gflex::app {
 namespace {
 
 struct market_flags {
-  std::string core = "127.0.0.1:7400";
+  connection_flags link;
   std::string id;
   std::string amount;
   bool as_json = false;
@@ -29,7 +29,7 @@ int fail(const error& e, int code = 1) {
 
 int run_account(const market_flags& f) {
   std::optional<client> c;
-  if (int code = connect_core(f.core, c); code != 0) return code;
+  if (int code = connect_core(f.link, c); code != 0) return code;
   auto a = c->account(f.id.empty() ? std::string("platform") : f.id);
   if (!a) return fail(a.error());
   if (f.as_json) {
@@ -47,7 +47,7 @@ int run_account(const market_flags& f) {
 
 int run_verify(const market_flags& f) {
   std::optional<client> c;
-  if (int code = connect_core(f.core, c); code != 0) return code;
+  if (int code = connect_core(f.link, c); code != 0) return code;
   auto r = c->verify_ledger();
   if (!r) return fail(r.error());
   if (f.as_json) {
@@ -79,7 +79,7 @@ int run_topup(const market_flags& f) {
   if (!amount) return fail(amount.error(), 2);
   if (*amount == 0) return fail(error(errc::invalid_argument, "a top-up must be positive"), 2);
   std::optional<client> c;
-  if (int code = connect_core(f.core, c); code != 0) return code;
+  if (int code = connect_core(f.link, c); code != 0) return code;
   if (auto r = c->topup(f.id, *amount); !r) return fail(r.error());
   std::printf("%s: budget raised by %s credits\n", f.id.c_str(), format_credits(*amount).c_str());
   return 0;
@@ -93,7 +93,7 @@ void add_market_commands(CLI::App& app, std::function<int()>& run) {
     return [&run, f, fn] { run = [f, fn] { return fn(*f); }; };
   };
   auto core_flag = [&](CLI::App* cmd) {
-    cmd->add_option("--core", f->core, "the core's HOST:PORT")->capture_default_str();
+    add_connection_flags(cmd, f->link);
   };
 
   auto* account = app.add_subcommand("account", "show an account's balance and recent entries");

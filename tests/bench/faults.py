@@ -25,9 +25,10 @@ import sys
 import tempfile
 import time
 
-# The nodes join the core tier (trusted, so nothing is re-computed) with this credential;
-# gflex-core and gflex-node read it from the environment.
-os.environ["GFLEX_CORE_SECRET"] = "test-core-secret"
+# The nodes join the core tier (trusted, so nothing is re-computed) with a core-tier token;
+# the test cores' credentials and tokens come from core_credentials.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "integration"))
+import core_credentials  # noqa: E402
 
 BIN = sys.argv[1] if len(sys.argv) > 1 else "build/bin"
 SPEC = """[job]
@@ -53,16 +54,19 @@ class cluster:
             s.bind(("127.0.0.1", 0))
             self.core = f"127.0.0.1:{s.getsockname()[1]}"
         self.log = f"{tmp}/{name}-core.log"
+        self.env = core_credentials.init_core(BIN, f"{tmp}/{name}-core")
         self.procs = [subprocess.Popen(
             [f"{BIN}/gflex-core", "--listen", self.core, "--data-dir", f"{tmp}/{name}-core",
-             "--log-level", "debug"], stdout=open(self.log, "w"), stderr=subprocess.STDOUT)]
-        time.sleep(0.5)
+             "--log-level", "debug"], stdout=open(self.log, "w"), stderr=subprocess.STDOUT,
+            env=self.env)]
+        core_credentials.add_join_token(BIN, self.core, self.env)
         self.nodes = []
         for i in range(nodes):
             p = subprocess.Popen([f"{BIN}/gflex-node", "--join", self.core, "--name", f"n{i}",
                                   "--data-dir", f"{tmp}/{name}-n{i}", "--log-level", "warn",
                                   "--tier", "core"],
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                 env=self.env)
             self.procs.append(p)
             self.nodes.append(p)
         while len(json.loads(self.gflex("nodes", "--json") or "[]")) < nodes:
@@ -73,7 +77,7 @@ class cluster:
 
     def gflex(self, *args):
         r = subprocess.run([f"{BIN}/gflex", *args, "--core", self.core], capture_output=True,
-                           text=True)
+                           text=True, env=self.env)
         return r.stdout if r.returncode == 0 else None
 
     def status(self):

@@ -17,9 +17,10 @@ import sys
 import tempfile
 import time
 
-# The nodes join the core tier (trusted, so nothing is re-computed) with this credential;
-# gflex-core and gflex-node read it from the environment.
-os.environ["GFLEX_CORE_SECRET"] = "test-core-secret"
+# The nodes join the core tier (trusted, so nothing is re-computed) with a core-tier token;
+# the test cores' credentials and tokens come from core_credentials.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "integration"))
+import core_credentials  # noqa: E402
 
 BIN = sys.argv[1] if len(sys.argv) > 1 else "build/bin"
 TARGET = 0.87
@@ -62,30 +63,32 @@ def run_job(tmp, name, text, limit_s):
     core = f"127.0.0.1:{port}"
     procs = []
     try:
+        env = core_credentials.init_core(BIN, f"{tmp}/{name}-core")
         procs.append(subprocess.Popen([f"{BIN}/gflex-core", "--listen", core, "--data-dir",
-                                       f"{tmp}/{name}-core", "--log-level", "warn"]))
-        time.sleep(0.5)
+                                       f"{tmp}/{name}-core", "--log-level", "warn"], env=env))
+        core_credentials.add_join_token(BIN, core, env)
         for i in range(4):
             procs.append(subprocess.Popen([f"{BIN}/gflex-node", "--join", core, "--name",
                                            f"n{i}", "--data-dir", f"{tmp}/{name}-n{i}",
-                                           "--log-level", "warn", "--tier", "core"]))
+                                           "--log-level", "warn", "--tier", "core"], env=env))
         for _ in range(100):
             out = subprocess.run([f"{BIN}/gflex", "nodes", "--core", core, "--json"],
-                                 capture_output=True, text=True).stdout
+                                 capture_output=True, text=True, env=env).stdout
             if out.strip() and len(json.loads(out)) == 4:
                 break
             time.sleep(0.2)
         path = f"{tmp}/{name}.toml"
         open(path, "w").write(text)
         job = subprocess.run([f"{BIN}/gflex", "submit", path, "--core", core],
-                             capture_output=True, text=True, check=True).stdout.strip()
+                             capture_output=True, text=True, check=True, env=env).stdout.strip()
         start = time.time()
         while time.time() - start < limit_s:
             st = json.loads(subprocess.run([f"{BIN}/gflex", "status", job, "--core", core,
-                                            "--json"], capture_output=True, text=True).stdout)
+                                            "--json"], capture_output=True, text=True,
+                                           env=env).stdout)
             if st["test_accuracy"] >= TARGET or st["state"] in ("done", "failed", "cancelled"):
                 subprocess.run([f"{BIN}/gflex", "cancel", job, "--core", core],
-                               capture_output=True)
+                               capture_output=True, env=env)
                 return st
             time.sleep(0.1)
         return st

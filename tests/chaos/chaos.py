@@ -20,9 +20,8 @@ import sys
 import tempfile
 import time
 
-# The nodes join the core tier (trusted, so nothing is re-computed) with this credential;
-# gflex-core and gflex-node read it from the environment.
-os.environ["GFLEX_CORE_SECRET"] = "test-core-secret"
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "integration"))
+import core_credentials  # noqa: E402
 
 BIN = sys.argv[1]
 SPEC = sys.argv[2] if len(sys.argv) > 2 else os.path.join(
@@ -52,9 +51,16 @@ def start(name, args):
 
 
 def start_core(name):
+    # The first start makes the core's credentials; nodes join the core tier (trusted, so
+    # nothing is re-computed) with a core-tier token, all read from the environment.
+    first = not os.path.exists(f"{work}/core/operator.key")
+    if first:
+        os.environ.update(core_credentials.init_core(BIN, f"{work}/core"))
     start(name, [f"{BIN}/gflex-core", "--listen", core, "--data-dir", f"{work}/core",
                  "--lease-ms", "2000", "--heartbeat-ms", "300", "--log-level", "debug"])
     wait(20, lambda: "core listening" in read(name), f"{name} to listen")
+    if first:
+        core_credentials.add_join_token(BIN, core, os.environ)
 
 
 def start_node(name):

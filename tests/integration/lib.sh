@@ -70,8 +70,28 @@ free_port() {
   done
 }
 
-# The core-tier credential of the test cores; gflex-core and gflex-node read it from here.
-export GFLEX_CORE_SECRET=integration-test-secret
+# start_core NAME ADDRESS DATA_DIR [ARGS...]: makes the core's credentials in DATA_DIR (the
+# first time), starts the core over TLS at ADDRESS and waits for it to listen. The
+# environment then holds what nodes and clients need: the pinned bundle (GFLEX_CORE_CERT),
+# the operator's key (GFLEX_API_KEY) and a community join token (GFLEX_TOKEN); $TOKEN_core
+# is a core-tier token (nodes started with --tier core pass --token "$TOKEN_core").
+start_core() {
+  local name=$1 address=$2 dir=$3
+  shift 3
+  if [ ! -f "$dir/operator.key" ]; then
+    "$BIN/gflex-core" init --data-dir "$dir" >/dev/null || { fail "gflex-core init"; return 1; }
+  fi
+  export GFLEX_CORE_CERT="$dir/core-cert.pem"
+  GFLEX_API_KEY=$(cat "$dir/operator.key")
+  export GFLEX_API_KEY
+  start "$name" "$BIN/gflex-core" --listen "$address" --data-dir "$dir" "$@"
+  wait_for 20 "the core to listen" grep -q "core listening" "$WORK/$name.log" || return 1
+  GFLEX_TOKEN=$("$BIN/gflex-core" token create --tier community --core "$address") ||
+    fail "make a community join token"
+  TOKEN_core=$("$BIN/gflex-core" token create --tier core --core "$address") ||
+    fail "make a core-tier join token"
+  export GFLEX_TOKEN TOKEN_core
+}
 
 # start_cluster N: a core on a free loopback port (its address in $core, pid in $PID_core)
 # and N nodes named node1..nodeN; returns once all N have joined. The nodes join the core
@@ -80,12 +100,14 @@ export GFLEX_CORE_SECRET=integration-test-secret
 start_cluster() {
   local n=$1
   core=127.0.0.1:$(free_port)
-  start core "$BIN/gflex-core" --listen "$core" --data-dir "$WORK/core" ${CORE_ARGS:-}
-  wait_for 20 "the core to listen" grep -q "core listening" "$WORK/core.log" || return 1
+  # shellcheck disable=SC2086
+  start_core core "$core" "$WORK/core" ${CORE_ARGS:-} || return 1
+  local tier=${NODE_TIER:-core} token=$GFLEX_TOKEN
+  [ "$tier" = core ] && token=$TOKEN_core
   for i in $(seq 1 "$n"); do
     local extra="NODE_ARGS_$i"
     start "node$i" "$BIN/gflex-node" --join "$core" --name "node$i" --data-dir "$WORK/node$i" \
-      --tier "${NODE_TIER:-core}" ${!extra:-}
+      --tier "$tier" --token "$token" ${!extra:-}
   done
   wait_for 30 "$n nodes to join" bash -c "[ \$('$BIN/gflex' nodes --core $core | wc -l) -eq $n ]"
 }

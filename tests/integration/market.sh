@@ -15,7 +15,7 @@ C="$BIN/gflex-core"
 CORE_ARGS="--fee 0.1" start_cluster 0
 core_port=${core##*:}
 start verifier "$BIN/gflex-node" --join "$core" --name verifier --data-dir "$WORK/verifier" \
-  --tier core --price 40
+  --tier core --token "$TOKEN_core" --price 40
 start cheap "$BIN/gflex-node" --join "$core" --name cheap --data-dir "$WORK/cheap" --price 50
 start mid "$BIN/gflex-node" --join "$core" --name mid --data-dir "$WORK/mid" --price 80
 start dear "$BIN/gflex-node" --join "$core" --name dear --data-dir "$WORK/dear" --price 500

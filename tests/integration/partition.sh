@@ -32,15 +32,13 @@ ip netns exec "$ns" ip link set lo up
 tc qdisc add dev "$host_if" root tbf rate 200mbit burst 256kb latency 200ms
 
 core="$net.1:$(free_port)"
-start core "$BIN/gflex-core" --listen "$core" --data-dir "$WORK/core" --lease-ms 2000 \
-  --heartbeat-ms 300
-wait_for 20 "the core to listen" grep -q "core listening" "$WORK/core.log"
+start_core core "$core" "$WORK/core" --lease-ms 2000 --heartbeat-ms 300
 for i in 1 2; do
   start "node$i" "$BIN/gflex-node" --join "$core" --name "node$i" --data-dir "$WORK/node$i" \
-    --tier core
+    --tier core --token "$TOKEN_core"
 done
 start far ip netns exec "$ns" "$BIN/gflex-node" --join "$core" --name far --data-dir "$WORK/far" \
-  --tier core
+  --tier core --token "$TOKEN_core"
 wait_for 30 "three nodes to join" bash -c "[ \$('$G' nodes --core $core | wc -l) -eq 3 ]"
 grep -q "far" <("$G" nodes --core "$core") || fail "the namespaced node did not join"
 

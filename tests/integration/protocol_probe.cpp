@@ -4,11 +4,15 @@
 /// changes no state: malformed job specs, an unknown workload, a node with another protocol
 /// version, no workers or a forged core-tier credential, chunk names that are not digests,
 /// and rogue workers whose results are of the wrong size, hold NaN, name another assignment
-/// or are not an update (each rogue is flagged at once and never credited).
+/// or are not an update (each rogue is flagged at once and never credited). Everything runs
+/// over TLS pinned to the core's bundle (GFLEX_CORE_CERT). (security.sh tests tokens and
+/// clients' authorization with real processes: one process is one CAF node, and a core
+/// takes a second connection from the same node for the first.)
 
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 #include <caf/io/middleman.hpp>
+#include <caf/openssl/remote_actor.hpp>
 
 #include <atomic>
 #include <cmath>
@@ -18,6 +22,7 @@
 #include "gflex/gflex.hpp"
 #include "gflex/runtime/identity.hpp"
 #include "gflex/runtime/update_codec.hpp"
+#include "link_security.hpp"
 #include "messages.hpp"
 
 using namespace gflex;
@@ -28,6 +33,30 @@ struct core_address {
   std::string host;
   uint16_t port = 0;
 };
+
+std::string env_or_fail(const char* name) {
+  const char* v = std::getenv(name);
+  REQUIRE_MESSAGE(v != nullptr, "set " << name << " (protocol.sh does)");
+  return v;
+}
+
+// A client of the test core with the operator's key (GFLEX_API_KEY).
+expected<client> connect_operator() {
+  client_options o;
+  o.api_key = env_or_fail("GFLEX_API_KEY");
+  o.core_cert = env_or_fail("GFLEX_CORE_CERT");
+  auto where = std::getenv("GFLEX_TEST_CORE");
+  REQUIRE(where != nullptr);
+  std::string text = where;
+  auto colon = text.rfind(':');
+  return client::connect(text.substr(0, colon),
+                         static_cast<uint16_t>(std::stoi(text.substr(colon + 1))), o);
+}
+
+// The community-tier join token protocol.sh made.
+std::string community_token() {
+  return env_or_fail("GFLEX_TEST_TOKEN");
+}
 
 core_address test_core() {
   const char* env = std::getenv("GFLEX_TEST_CORE");
@@ -44,9 +73,11 @@ struct peer {
   caf::actor core;
   peer() {
     configure_actor_system(cfg);
+    auto tls = configure_peer_tls(cfg, env_or_fail("GFLEX_CORE_CERT"));
+    REQUIRE_MESSAGE(tls.has_value(), tls.error().message());
     sys = std::make_unique<caf::actor_system>(cfg);
     auto where = test_core();
-    auto c = sys->middleman().remote_actor(where.host, where.port);
+    auto c = caf::openssl::remote_actor(*sys, where.host, where.port);
     if (!c) FAIL("cannot reach the core: " << sys->render(c.error()));
     core = *c;
   }
@@ -66,8 +97,7 @@ compression = "fp32"
 
 // Submits small_job to the test core and follows it until it ends (two minutes at most).
 job_status run_small_job() {
-  auto where = test_core();
-  auto c = client::connect(where.host, where.port);
+  auto c = connect_operator();
   REQUIRE(c.has_value());
   auto id = c->submit(small_job);
   REQUIRE_MESSAGE(id.has_value(), id.error().message());
@@ -83,7 +113,7 @@ job_status run_small_job() {
 }
 
 node_hello make_hello(uint32_t protocol, std::string name, std::vector<caf::actor> workers,
-                      caf::actor uplink, uint8_t tier = 0, std::string credential = "",
+                      caf::actor uplink, uint8_t tier = 0, std::string credential = "-",
                       const node_identity& key = node_identity::generate()) {
   node_hello h;
   h.public_key = key.public_key();
@@ -94,7 +124,7 @@ node_hello make_hello(uint32_t protocol, std::string name, std::vector<caf::acto
   h.workers = std::move(workers);
   h.uplink = std::move(uplink);
   h.tier = tier;
-  h.credential = std::move(credential);
+  h.credential = credential == "-" ? community_token() : std::move(credential);
   return h;
 }
 
@@ -182,8 +212,7 @@ caf::behavior heartbeat(caf::event_based_actor* self, caf::actor registry, std::
 }  // namespace
 
 TEST_CASE("malformed job specs and unknown workloads are refused and change nothing") {
-  auto where = test_core();
-  auto c = client::connect(where.host, where.port);
+  auto c = connect_operator();
   REQUIRE(c.has_value());
   auto before = c->jobs();
   REQUIRE(before.has_value());
@@ -222,12 +251,6 @@ TEST_CASE("a node with another protocol version or no workers is refused") {
   CHECK(ask(make_hello(protocol_version, "probe", {}, worker)).find("1-1024 workers") !=
         std::string::npos);
   CHECK_FALSE(ask(make_hello(protocol_version, "", {worker}, worker)).empty());
-  // The core tier needs the core's secret; a wrong or missing one is refused, and so is a
-  // tier that does not exist.
-  auto forged = ask(make_hello(protocol_version, "probe", {worker}, worker, 1, "not-the-secret"));
-  CHECK_MESSAGE(forged.find("the core tier needs the core's secret") != std::string::npos, forged);
-  CHECK(ask(make_hello(protocol_version, "probe", {worker}, worker, 1)).find("core's secret") !=
-        std::string::npos);
   CHECK(ask(make_hello(protocol_version, "probe", {worker}, worker, 7)).find("unknown tier") !=
         std::string::npos);
   // A hello signed by another key than the one it presents, and a name that belongs to
@@ -249,7 +272,7 @@ TEST_CASE("rogue workers' results are rejected, reassigned, never applied nor cr
                   const node_identity& key = key_of("idle")) {
     node_welcome welcome;
     self->request(p.core, std::chrono::seconds(10), hello_atom::value,
-                  make_hello(protocol_version, name, {worker}, worker, 0, "", key))
+                  make_hello(protocol_version, name, {worker}, worker, 0, "-", key))
         .receive([&](node_welcome& w) { welcome = std::move(w); },
                  [&](caf::error& e) { FAIL("join refused: " << p.sys->render(e)); });
     return welcome;
@@ -288,8 +311,7 @@ TEST_CASE("rogue workers' results are rejected, reassigned, never applied nor cr
   SUBCASE("a killed registry and data server are restarted and nodes join again") {
     self->send_exit(welcome.registry, caf::exit_reason::kill);
     self->send_exit(welcome.data_server, caf::exit_reason::kill);
-    auto where = test_core();
-    auto c = client::connect(where.host, where.port);
+    auto c = connect_operator();
     REQUIRE(c.has_value());
     // The honest node joins the new registry by itself (its id gets the new prefix).
     bool rejoined = false;
@@ -327,8 +349,7 @@ TEST_CASE("rogue workers' results are rejected, reassigned, never applied nor cr
     CHECK(s.rejected_results == static_cast<uint64_t>(answered->load()));
     CHECK(std::isfinite(s.test_accuracy));
     CHECK(s.test_accuracy > 0.5);  // only the honest node's updates were applied
-    auto where = test_core();
-    auto c = client::connect(where.host, where.port);
+    auto c = connect_operator();
     REQUIRE(c.has_value());
     auto nodes = c->nodes();
     REQUIRE(nodes.has_value());

@@ -32,7 +32,7 @@ echo "honest-only run: test accuracy $honest"
 
 start_cluster 0
 start verifier "$BIN/gflex-node" --join "$core" --name verifier --data-dir "$WORK/verifier" \
-  --tier core --workers 2
+  --tier core --token "$TOKEN_core" --workers 2
 for i in $(seq 1 8); do
   extra=""
   [ "$i" = 7 ] && extra="--misbehave signflip"
@@ -42,8 +42,8 @@ for i in $(seq 1 8); do
 done
 wait_for 30 "9 nodes to join" bash -c "[ \$('$G' nodes --core $core | wc -l) -eq 9 ]"
 
-# A core-tier join with the wrong secret is refused (exit 3) and changes nothing.
-GFLEX_CORE_SECRET=wrong expect_error "forged core tier" "the core tier needs the core's secret" \
+# A core-tier join with a community token is refused (exit 3) and changes nothing.
+expect_error "forged core tier" "admits the community tier, not the core tier" \
   "$BIN/gflex-node" --join "$core" --name forger --data-dir "$WORK/forger" --tier core
 [ "$("$G" nodes --core "$core" | wc -l)" -eq 9 ] || fail "the refused node is listed"
 

@@ -1,12 +1,22 @@
 #pragma once
 /// @file
-/// What clients see of the credit ledger. Plain structs, free of CAF.
+/// What clients see of the credit ledger and of join tokens. Plain structs, free of CAF.
 
 #include <cstdint>
 #include <string>
 #include <vector>
 
 namespace gflex {
+
+/// A join token as the core keeps it (never the token itself, only its digest).
+struct join_token_record {
+  std::string id;    ///< The first 12 hex digits of its digest: what operators name.
+  std::string tier;  ///< "community" or "core".
+  int64_t created_unix = 0;
+  int64_t expires_unix = 0;  ///< 0: never.
+  bool revoked = false;
+  uint64_t joins = 0;  ///< Hellos it admitted.
+};
 
 /// One account: its balance and the latest entries that touched it.
 struct account_info {

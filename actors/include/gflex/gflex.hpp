@@ -29,9 +29,14 @@ struct core_config {
   /// taken as lost.
   uint32_t heartbeat_ms = 1000;
   uint32_t lease_ms = 4000;  ///< Checked every lease/4: a hung node is found within 5 s.
-  /// The credential a node must present to join the core tier (the platform's own, trusted
-  /// machines); empty: no node may join the core tier.
-  std::string core_secret;
+  /// The operator's API key (`gflex-core init` writes it to DATA_DIR/operator.key; run_core
+  /// reads it from there). Empty: no key is the operator's.
+  std::string operator_key;
+  /// Serve plain TCP instead of TLS (run_core logs a warning). Without it, run_core serves
+  /// TLS with the credentials `gflex-core init` made in the data directory.
+  bool insecure = false;
+  /// Unfinished jobs one account may have at a time.
+  int max_jobs_per_account = 16;
   /// The platform's share of every payment to a node, in [0, 1).
   double fee = 0.1;
   /// What a device-hour costs in a public cloud, credits (1 credit = 1 US dollar): the
@@ -56,7 +61,12 @@ struct node_config {
   /// "community" (the default: results are checked and sampled for verification) or "core"
   /// (the platform's own machines: trusted, and they verify others' work).
   std::string tier = "community";
-  std::string core_secret;  ///< Required with the core tier; must match the core's.
+  /// The join token (`gflex-core token create`); its tier must be `tier`.
+  std::string token;
+  /// The core's certificate bundle (its core-cert.pem): the link runs over TLS and accepts
+  /// only that core. Required unless `insecure`.
+  std::filesystem::path core_cert;
+  bool insecure = false;  ///< Plain TCP, unencrypted (a warning is logged).
   /// Test aid: return bad work on purpose (random, scale:X, signflip, lazy, stale,
   /// sometimes:P:MODE); empty: honest. Nothing else in the node changes.
   std::string misbehave;
@@ -70,19 +80,39 @@ struct node_config {
   bool idle_only = false;
 };
 
+/// Makes a new core's credentials in `data_dir`: its TLS authority, certificate and the
+/// bundle nodes and clients pin (see <gflex/runtime/tls_credentials.hpp>), and the
+/// operator's API key in DATA_DIR/operator.key (mode 0600). Returns the authority's
+/// fingerprint. Refuses, changing nothing, when the directory already has credentials.
+expected<std::string> init_core(const std::filesystem::path& data_dir);
+
 /// Runs a core until SIGINT or SIGTERM; returns the process exit code. Blocks the signals
-/// in the calling thread (call before starting other threads).
+/// in the calling thread (call before starting other threads). The data directory must
+/// have been made by init_core: the operator key is read from it, and (unless `insecure`)
+/// the TLS credentials.
 int run_core(const core_config& config);
 
 /// Runs a node joined to the core at host:port until SIGINT or SIGTERM, reconnecting when
 /// the core goes away; returns the exit code (non-zero when the core refuses the node).
 int run_node(const node_config& config, const std::string& host, uint16_t port);
 
-/// A connection to a core, for submitting and following jobs.
+/// How a client reaches a core and who it is there.
+struct client_options {
+  /// An account's API key or the operator's; every request carries it.
+  std::string api_key;
+  /// The core's certificate bundle (its core-cert.pem): TLS, pinned to that core.
+  std::filesystem::path core_cert;
+  bool insecure = false;  ///< Plain TCP instead (needs a core run with --insecure).
+};
+
+/// A connection to a core, for submitting and following jobs. A client sees and changes
+/// only its account's jobs and account; the operator's key sees everything.
 class client {
  public:
-  /// Connects to the core at host:port (TCP); errc::io_error when it cannot.
-  static expected<client> connect(const std::string& host, uint16_t port);
+  /// Connects to the core at host:port; errc::io_error when it cannot, errc::bad_format
+  /// for a certificate bundle that is not one.
+  static expected<client> connect(const std::string& host, uint16_t port,
+                                  const client_options& options);
 
   client(client&&) noexcept;
   client& operator=(client&&) noexcept;
@@ -98,8 +128,9 @@ class client {
   /// The trained parameters of the last committed round, as checkpoint bytes.
   expected<std::vector<uint8_t>> fetch(const std::string& job_id);
 
-  /// Opens a ledger account (user/NAME); an existing or malformed id is refused.
-  expected<void> create_account(const std::string& id);
+  /// Operator: opens a ledger account (user/NAME) and returns its new API key; an existing
+  /// or malformed id is refused.
+  expected<std::string> create_account(const std::string& id);
   /// Operator: credits `micro` micro-credits to an account from outside; returns the entry's
   /// sequence number.
   expected<uint64_t> credit_account(const std::string& id, int64_t micro);
@@ -108,6 +139,14 @@ class client {
   expected<ledger_report> verify_ledger();
   /// Raises a paused or running metered job's budget by `micro`; a paused job resumes.
   expected<void> topup(const std::string& job_id, int64_t micro);
+
+  /// Operator: a new join token for `tier` ("community" or "core"), valid for `lifetime_s`
+  /// seconds (0: until revoked).
+  expected<std::string> create_token(const std::string& tier, int64_t lifetime_s);
+  /// Operator: every join token's record.
+  expected<std::vector<join_token_record>> tokens();
+  /// Operator: revokes the token with this id (or a unique prefix of at least 6 digits).
+  expected<void> revoke_token(const std::string& id);
 
   struct impl;
 

@@ -14,6 +14,8 @@ struct job_status {
   std::string job_id;
   std::string name;
   std::string workload;
+  /// Who submitted it and may see and change it: an account (user/NAME) or "operator".
+  std::string owner;
   /// queued, running, paused, done, failed or cancelled.
   std::string state = "queued";
   /// Why the job is waiting or failed, in words; empty when there is nothing to say.

@@ -100,7 +100,10 @@ struct job_spec {
 /// at most the round's deadline, workers x max_price x deadline_s / 3600; 0 when unmetered.
 int64_t round_escrow(const job_spec& spec);
 
-/// Parses and validates a job spec from TOML text. `source` names the text in messages (a file
+/// The largest job spec accepted, in bytes (a full spec is about 1 KiB).
+inline constexpr size_t max_job_spec_bytes = 64 * 1024;
+
+/// Parses and validates a job spec from TOML text. Longer than max_job_spec_bytes is an error. `source` names the text in messages (a file
 /// name). Every problem is errc::invalid_argument with a message of the form
 /// "<source>: <table>.<key>: <what is wrong>"; syntax errors give "<source>:<line>:<column>:".
 /// Unknown tables and keys are errors, so that a misspelt key does not silently fall back to its

@@ -1,0 +1,255 @@
+#include "gatekeeper.hpp"
+
+#include <spdlog/spdlog.h>
+
+#include <ctime>
+#include <map>
+
+#include "access.hpp"
+#include "messages.hpp"
+
+namespace gflex {
+
+namespace {
+
+struct pending_admit {
+  caf::response_promise promise;
+  std::string token, tier, address;
+  bool proof_ok = false;
+};
+
+struct gatekeeper_state {
+  caf::actor store;
+  std::string operator_key;
+  join_failures failures;
+  std::map<uint64_t, pending_admit> held;  // answers delayed for addresses that keep failing
+  uint64_t next_held = 1;
+  static inline const char* name = "gatekeeper";
+};
+
+using gatekeeper_actor = caf::stateful_actor<gatekeeper_state>;
+
+constexpr auto store_timeout = std::chrono::seconds(30);
+
+int64_t now_unix() {
+  return static_cast<int64_t>(std::time(nullptr));
+}
+
+std::vector<uint8_t> bytes_of(const std::string& s) {
+  return {s.begin(), s.end()};
+}
+
+store_batch one_write(std::string key, std::vector<uint8_t> value) {
+  store_batch b;
+  b.keys.push_back(std::move(key));
+  b.values.push_back(std::move(value));
+  return b;
+}
+
+// Decides a join and answers `p`: the token's record is read, checked, and its join count
+// written back; every refusal is counted against the address.
+void decide(gatekeeper_actor* self, pending_admit p) {
+  auto refuse = [self](pending_admit& p, const error& e) {
+    self->state.failures.record(p.address, join_failures::clock::now());
+    spdlog::warn("gatekeeper: refused a join from {}: {} ({} failures from there recently)",
+                 p.address, e.message(),
+                 self->state.failures.count(p.address, join_failures::clock::now()));
+    p.promise.deliver(to_caf(e));
+  };
+  if (!p.proof_ok) {
+    refuse(p, error(errc::permission_denied,
+                    "the hello's signature does not match the node key it presents"));
+    return;
+  }
+  if (!looks_like_join_token(p.token)) {
+    refuse(p, error(errc::permission_denied,
+                    p.token.empty() ? "a node needs a join token (--token) to join"
+                                    : "that is not a join token (gft_ and 64 hex digits)"));
+    return;
+  }
+  auto key = token_store_key(secret_digest(p.token));
+  self->request(self->state.store, store_timeout, read_atom::value, key)
+      .then(
+          [=](bool found, std::vector<uint8_t>& bytes) mutable {
+            if (!found) {
+              refuse(p, error(errc::permission_denied, "unknown join token"));
+              return;
+            }
+            auto r = decode_token_record(bytes);
+            if (!r) {
+              p.promise.deliver(to_caf(r.error()));
+              return;
+            }
+            if (auto ok = admits(*r, p.tier, now_unix()); !ok) {
+              refuse(p, ok.error());
+              return;
+            }
+            r->joins += 1;
+            self->request(self->state.store, store_timeout, commit_atom::value,
+                          one_write(key, encode_token_record(*r)))
+                .then([=](caf::ok_atom) mutable { p.promise.deliver(caf::ok_atom::value); },
+                      [=](caf::error& e) mutable { p.promise.deliver(e); });
+          },
+          [=](caf::error& e) mutable { p.promise.deliver(e); });
+}
+
+caf::behavior gatekeeper(gatekeeper_actor* self, caf::actor store, std::string operator_key) {
+  self->state.store = std::move(store);
+  self->state.operator_key = std::move(operator_key);
+  return {
+      [=](update_atom, const std::string& role, caf::actor& replacement) {
+        if (role == "store") self->state.store = replacement;
+      },
+      [=](auth_atom, const std::string& key) -> caf::result<std::string> {
+        const auto& op = self->state.operator_key;
+        if (!op.empty() && same_secret(key, op)) return std::string(operator_principal);
+        if (!looks_like_api_key(key))
+          return to_caf(error(errc::permission_denied,
+                              key.empty() ? "this core needs an API key (--api-key-file or "
+                                            "GFLEX_API_KEY)"
+                                          : "that is not an API key (gfk_ and 64 hex digits)"));
+        auto rp = self->make_response_promise<std::string>();
+        self->request(self->state.store, store_timeout, read_atom::value,
+                      api_key_store_key(secret_digest(key)))
+            .then(
+                [=](bool found, std::vector<uint8_t>& bytes) mutable {
+                  if (!found) {
+                    rp.deliver(to_caf(error(errc::permission_denied, "unknown API key")));
+                    return;
+                  }
+                  rp.deliver(std::string(bytes.begin(), bytes.end()));
+                },
+                [=](caf::error& e) mutable { rp.deliver(e); });
+        return rp;
+      },
+      [=](api_key_atom, const std::string& account) -> caf::result<std::string> {
+        auto key = new_api_key();
+        auto rp = self->make_response_promise<std::string>();
+        self->request(self->state.store, store_timeout, commit_atom::value,
+                      one_write(api_key_store_key(secret_digest(key)), bytes_of(account)))
+            .then([=](caf::ok_atom) mutable { rp.deliver(key); },
+                  [=](caf::error& e) mutable { rp.deliver(e); });
+        return rp;
+      },
+      [=](token_atom, const std::string& tier, int64_t lifetime_s) -> caf::result<std::string> {
+        if (tier != "community" && tier != "core")
+          return to_caf(error(errc::invalid_argument,
+                              "--tier: '" + tier + "' is not a tier (community or core)"));
+        if (lifetime_s < 0)
+          return to_caf(error(errc::invalid_argument, "a token's lifetime cannot be negative"));
+        auto token = new_join_token();
+        auto digest = secret_digest(token);
+        join_token_record r;
+        r.id = digest.substr(0, 12);
+        r.tier = tier;
+        r.created_unix = now_unix();
+        r.expires_unix = lifetime_s == 0 ? 0 : r.created_unix + lifetime_s;
+        auto rp = self->make_response_promise<std::string>();
+        self->request(self->state.store, store_timeout, commit_atom::value,
+                      one_write(token_store_key(digest), encode_token_record(r)))
+            .then(
+                [=](caf::ok_atom) mutable {
+                  spdlog::info("gatekeeper: join token {} created for the {} tier", r.id, tier);
+                  rp.deliver(token);
+                },
+                [=](caf::error& e) mutable { rp.deliver(e); });
+        return rp;
+      },
+      [=](token_atom) -> caf::result<std::vector<join_token_record>> {
+        auto rp = self->make_response_promise<std::vector<join_token_record>>();
+        self->request(self->state.store, store_timeout, scan_atom::value, std::string("token/"))
+            .then(
+                [=](std::vector<std::string>& keys,
+                    std::vector<std::vector<uint8_t>>& values) mutable {
+                  std::vector<join_token_record> out;
+                  for (size_t i = 0; i < keys.size(); ++i) {
+                    auto r = decode_token_record(values[i]);
+                    if (!r) {
+                      spdlog::error("store: {}: {}", keys[i], r.error().message());
+                      continue;
+                    }
+                    out.push_back(std::move(*r));
+                  }
+                  std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) {
+                    return a.created_unix < b.created_unix;
+                  });
+                  rp.deliver(std::move(out));
+                },
+                [=](caf::error& e) mutable { rp.deliver(e); });
+        return rp;
+      },
+      [=](revoke_atom, const std::string& id) -> caf::result<caf::ok_atom> {
+        if (id.size() < 6 || id.size() > 12)
+          return to_caf(error(errc::invalid_argument,
+                              "a token id has 6 to 12 hex digits (see `gflex-core token list`)"));
+        auto rp = self->make_response_promise<caf::ok_atom>();
+        self->request(self->state.store, store_timeout, scan_atom::value, std::string("token/"))
+            .then(
+                [=](std::vector<std::string>& keys,
+                    std::vector<std::vector<uint8_t>>& values) mutable {
+                  std::vector<size_t> matches;
+                  for (size_t i = 0; i < keys.size(); ++i)
+                    if (keys[i].compare(6, id.size(), id) == 0) matches.push_back(i);
+                  if (matches.size() != 1) {
+                    rp.deliver(to_caf(error(errc::invalid_argument,
+                                            matches.empty() ? "no join token has the id " + id
+                                                            : "the id " + id +
+                                                                  " names several tokens; give "
+                                                                  "more digits")));
+                    return;
+                  }
+                  auto r = decode_token_record(values[matches[0]]);
+                  if (!r) {
+                    rp.deliver(to_caf(r.error()));
+                    return;
+                  }
+                  r->revoked = true;
+                  self->request(self->state.store, store_timeout, commit_atom::value,
+                                one_write(keys[matches[0]], encode_token_record(*r)))
+                      .then(
+                          [=](caf::ok_atom) mutable {
+                            spdlog::info("gatekeeper: join token {} revoked", r->id);
+                            rp.deliver(caf::ok_atom::value);
+                          },
+                          [=](caf::error& e) mutable { rp.deliver(e); });
+                },
+                [=](caf::error& e) mutable { rp.deliver(e); });
+        return rp;
+      },
+      [=](admit_atom, std::string& token, std::string& tier, std::string& address,
+          bool proof_ok) -> caf::result<caf::ok_atom> {
+        auto rp = self->make_response_promise<caf::ok_atom>();
+        pending_admit p{rp, std::move(token), std::move(tier), std::move(address), proof_ok};
+        auto wait = self->state.failures.delay(p.address, join_failures::clock::now());
+        if (wait.count() == 0) {
+          decide(self, std::move(p));
+        } else {
+          // Held, not refused: a node that has the right token still gets in, only slower.
+          spdlog::info(
+              "gatekeeper: holding the answer to a hello from {} for {} ms ({} failed "
+              "joins from there recently)",
+              p.address, wait.count(),
+              self->state.failures.count(p.address, join_failures::clock::now()));
+          auto id = self->state.next_held++;
+          self->state.held.emplace(id, std::move(p));
+          self->delayed_send(self, wait, tick_atom::value, id);
+        }
+        return rp;
+      },
+      [=](tick_atom, uint64_t id) {
+        auto it = self->state.held.find(id);
+        if (it == self->state.held.end()) return;
+        auto p = std::move(it->second);
+        self->state.held.erase(it);
+        decide(self, std::move(p));
+      },
+  };
+}
+
+}  // namespace
+
+caf::actor spawn_gatekeeper(caf::actor_system& sys, caf::actor store, std::string operator_key) {
+  return sys.spawn(gatekeeper, std::move(store), std::move(operator_key));
+}
+
+}  // namespace gflex

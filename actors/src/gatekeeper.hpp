@@ -1,0 +1,29 @@
+#pragma once
+/// @file
+/// The gatekeeper: a child of the core that decides who may do what. It knows the operator's
+/// key, the accounts' API keys and the join tokens (their digests, in LMDB through the
+/// store), and counts failed joins per address.
+///
+/// Protocol:
+/// - (auth_atom, api_key) -> principal: "operator" or the key's account (user/NAME); an
+///   unknown or malformed key is errc::permission_denied.
+/// - (api_key_atom, account) -> api_key: a new key for `account`, recorded at once.
+/// - (token_atom, tier, lifetime_s) -> token: a new join token (lifetime 0: no expiry).
+/// - (token_atom) -> std::vector<join_token_record>: every token's record, newest last.
+/// - (revoke_atom, id) -> ok_atom: revokes the token whose id (or a prefix of it, of at
+///   least 6 digits, naming one token) is `id`.
+/// - (admit_atom, token, tier, address, bool proof_ok) -> ok_atom: whether a node that
+///   signed its hello (proof_ok) may join `tier` with `token`; failures are counted per
+///   address, and an address with many recent failures waits for its answer.
+/// The records are read from the store when asked, so a revocation holds at once and a
+/// restarted gatekeeper needs no warm-up.
+
+#include <caf/fwd.hpp>
+
+#include <string>
+
+namespace gflex {
+
+caf::actor spawn_gatekeeper(caf::actor_system& sys, caf::actor store, std::string operator_key);
+
+}  // namespace gflex

@@ -1,0 +1,26 @@
+#pragma once
+/// @file
+/// The largest message a core, node or client accepts from a peer, checked before anything
+/// is allocated for it.
+///
+/// CAF 0.17's BASP layer reads a 32-byte header and then allocates a buffer of the size the
+/// header claims, up to 4 GiB, before it has received a byte of the payload: one peer that
+/// completes the handshake (with TLS, anyone holding a core's bundle) could make the core
+/// allocate gigabytes per connection. CAF has no setting for it, so message_limit.cpp
+/// interposes on the one function through which BASP asks for a payload of a given size
+/// (caf::io::abstract_broker::configure_read, called through the PLT) and closes a
+/// connection that announces more than max_message_bytes instead.
+
+#include <cstddef>
+#include <cstdint>
+
+namespace gflex {
+
+/// 128 MiB: a whole Fashion-MNIST training set as one data chunk is 47 MiB, fashion-mlp's
+/// parameters 2 MiB.
+inline constexpr size_t max_message_bytes = size_t{128} << 20;
+
+/// Connections closed for announcing a larger message, since the process started.
+uint64_t oversized_messages_refused();
+
+}  // namespace gflex

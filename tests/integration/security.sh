@@ -1,0 +1,205 @@
+#!/usr/bin/env bash
+# Security against a real core over TLS. Join tokens: nodes without one, with a malformed,
+# unknown, expired, revoked or other-tier token, or presenting another node's name with their
+# own key, are refused (exit 3) and change nothing; failures are counted per address and,
+# past five, answers to that address are held back. Clients: an account's key sees and
+# changes only that account's jobs and account, operator commands need the operator's key,
+# an account may have three unfinished jobs here. Bad bytes on the core's port and an
+# oversized job spec or a BASP header announcing 3 GiB leave the core up and unchanged (and
+# the last without a large allocation). A packet capture of the core's port
+# while a job trains and its parameters are fetched holds none of the parameters' bytes;
+# the same capture of an --insecure core does (so the check can fail).
+source "$(dirname "$0")/lib.sh"
+G="$BIN/gflex"
+C="$BIN/gflex-core"
+
+CORE_ARGS="--max-jobs-per-account 3" start_cluster 1
+nodes_now() { "$G" nodes --core "$core" | wc -l; }
+
+# -- join tokens -------------------------------------------------------------------------------
+NODE=("$BIN/gflex-node" --join "$core")  # + --name NAME --data-dir DIR: a node to refuse
+GFLEX_TOKEN="" expect_error "no token" "needs a join token" \
+  "${NODE[@]}" --name t-none --data-dir "$WORK/t-none"
+expect_error "malformed token" "not a join token" \
+  "${NODE[@]}" --name t-bad --data-dir "$WORK/t-bad" --token hunter2
+expect_error "unknown token" "unknown join token" \
+  "${NODE[@]}" --name t-unknown --data-dir "$WORK/t-unknown" --token "gft_$(printf '%064d' 7)"
+expect_error "community token for the core tier" "admits the community tier, not the core tier" \
+  "${NODE[@]}" --name t-tier --data-dir "$WORK/t-tier" --tier core
+brief=$("$C" token create --tier community --expires 1s --core "$core") || fail "token create"
+sleep 2
+expect_error "expired token" "has expired" \
+  "${NODE[@]}" --name t-expired --data-dir "$WORK/t-expired" --token "$brief"
+revoked=$("$C" token create --tier community --core "$core") || fail "token create"
+id=$("$C" token list --core "$core" | tail -1 | cut -d' ' -f1)
+"$C" token revoke "$id" --core "$core" >/dev/null || fail "token revoke $id"
+expect_error "revoked token" "was revoked" \
+  "${NODE[@]}" --name t-revoked --data-dir "$WORK/t-revoked" --token "$revoked"
+expect_error "unknown token id" "no join token has the id" "$C" token revoke abcdef --core "$core"
+expect_error "bad lifetime" "is not a lifetime" "$C" token create --expires soon --core "$core"
+# node1 is bound to its key: the same name with another key (another data dir) is refused.
+expect_error "another node's name" "belongs to another node key" \
+  "$BIN/gflex-node" --join "$core" --name node1 --data-dir "$WORK/impostor" --tier core \
+  --token "$TOKEN_core"
+[ "$(nodes_now)" -eq 1 ] || fail "a refused node is listed"
+grep -q "refused a join from 127.0.0.1: .*(5 failures from there recently)" "$WORK/core.log" ||
+  fail "failed joins are not counted per address: $(grep 'refused a join' "$WORK/core.log" | tail -1)"
+# Past five failures, the answer to a hello from there is held, a good token's included:
+# guessing slows down, and nobody is locked out.
+start t-good "$BIN/gflex-node" --join "$core" --name t-good --data-dir "$WORK/t-good"
+wait_for 60 "t-good to join despite the failures" grep -q "joined the core" "$WORK/t-good.log"
+grep -Eq "holding the answer to a hello from 127.0.0.1 for [0-9]+ ms" "$WORK/core.log" ||
+  fail "no hello was held back"
+"$C" token list --core "$core" | grep -Eq " yes +0$" || fail "token list lacks the revoked token"
+
+# -- clients -----------------------------------------------------------------------------------
+key_file() {  # key_file NAME: opens user/NAME, writes its key to $WORK/NAME.key (mode 600)
+  (umask 077 && "$C" account create "user/$1" --core "$core" >"$WORK/$1.key") ||
+    fail "account create user/$1"
+}
+key_file alice
+key_file bob
+ALICE=(env "GFLEX_API_KEY=$(cat "$WORK/alice.key")")
+BOB=(env "GFLEX_API_KEY=$(cat "$WORK/bob.key")")
+printf '[job]\nname = "long"\nworkload = "fashion-mlp"\nrounds = 100000\nworkers = 1\n' \
+  >"$WORK/long.toml"
+job=$("${ALICE[@]}" "$G" submit "$WORK/long.toml" --core "$core") || fail "alice submits"
+# The key from a file works as well as from the environment.
+GFLEX_API_KEY="" "$G" status "$job" --json --api-key-file "$WORK/alice.key" --core "$core" \
+  >"$WORK/alice-job.json" || fail "alice sees her job"
+[ "$(json_get "$WORK/alice-job.json" "j['owner']")" = user/alice ] || fail "owner is not alice"
+expect_error "bob reads alice's job" "unknown job '$job'" "${BOB[@]}" "$G" status "$job" --core "$core"
+expect_error "bob cancels alice's job" "unknown job '$job'" "${BOB[@]}" "$G" cancel "$job" --core "$core"
+expect_error "bob fetches alice's job" "unknown job '$job'" "${BOB[@]}" "$G" fetch "$job" --core "$core" \
+  --out "$WORK/stolen"
+expect_error "bob tops up alice's job" "unknown job '$job'" "${BOB[@]}" "$G" topup "$job" 1 --core "$core"
+"${BOB[@]}" "$G" status --core "$core" >"$WORK/bob-list" || fail "bob lists his jobs"
+grep -q "$job" "$WORK/bob-list" && fail "bob's list shows alice's job"
+expect_error "bob reads alice's account" "belongs to user/bob, not to user/alice" \
+  "${BOB[@]}" "$G" account user/alice --core "$core"
+"${BOB[@]}" "$G" account user/bob --core "$core" >/dev/null || fail "bob reads his own account"
+printf '[market]\naccount = "user/alice"\nbudget = 10\nmax_price = 1\n' >>"$WORK/billed.toml"
+cat "$WORK/long.toml" "$WORK/billed.toml" >"$WORK/bill-alice.toml"
+expect_error "bob bills alice" "belongs to user/bob, which cannot bill user/alice" \
+  "${BOB[@]}" "$G" submit "$WORK/bill-alice.toml" --core "$core"
+for cmd in "$G nodes" "$G ledger verify" "$C token list" "$C token create" \
+  "$C account credit user/bob 5" "$C account create user/mallory"; do
+  # shellcheck disable=SC2086
+  expect_error "bob: $cmd" "only the operator's key may do this" "${BOB[@]}" $cmd --core "$core"
+done
+expect_error "unknown API key" "unknown API key" \
+  env GFLEX_API_KEY="gfk_$(printf '%064d' 0)" "$G" status --core "$core"
+expect_error "malformed API key" "not an API key" env GFLEX_API_KEY=letmein "$G" status --core "$core"
+expect_error "no API key" "needs an API key" env GFLEX_API_KEY= "$G" status --core "$core"
+cp "$WORK/bob.key" "$WORK/open.key" && chmod 644 "$WORK/open.key"
+expect_error "key file others may read" "may be read by others" \
+  "$G" status --api-key-file "$WORK/open.key" --core "$core"
+"${ALICE[@]}" "$G" status "$job" --json --core "$core" >"$WORK/alice-job2.json" || fail "alice sees her job"
+[ "$(json_get "$WORK/alice-job2.json" "j['state']")" = running ] || fail "alice's job was changed"
+"${ALICE[@]}" "$G" cancel "$job" --core "$core" >/dev/null || fail "alice cancels her job"
+# Three unfinished jobs per account here; the fourth is refused until one ends.
+for i in 1 2 3; do "${BOB[@]}" "$G" submit "$WORK/long.toml" --core "$core" >>"$WORK/bob-jobs" || fail "bob job $i"; done
+expect_error "a fourth unfinished job" "user/bob already has 3 unfinished jobs" \
+  "${BOB[@]}" "$G" submit "$WORK/long.toml" --core "$core"
+while read -r j; do "${BOB[@]}" "$G" cancel "$j" --core "$core" >/dev/null || fail "bob cancels $j"; done <"$WORK/bob-jobs"
+
+# -- bad bytes and oversized input -------------------------------------------------------------
+"$G" status --core "$core" >"$WORK/jobs-before" || fail "status"
+python3 - "${core##*:}" <<'PY' || fail "bad bytes"
+import os, socket, sys
+port = int(sys.argv[1])
+for payload in (os.urandom(65536), b"\x16\x03\x01\xff\xff" + b"\0" * 70000,
+                b"\0\0\0\0" * 300000):
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        try:
+            s.sendall(payload)
+            s.recv(4096)
+        except OSError:
+            pass  # the core hangs up on such bytes
+PY
+# Past TLS (anyone with the bundle gets that far), a BASP header that announces a 3 GiB
+# message: the core closes the connection without allocating it.
+python3 - "${core##*:}" "$GFLEX_CORE_CERT" "$PID_core" <<'PY' || fail "oversized BASP message"
+import socket, ssl, struct, sys, time
+port, bundle, pid = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+ctx.check_hostname = False
+ctx.load_verify_locations(bundle)
+ctx.load_cert_chain(bundle)
+def rss_mib():
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) // 1024
+before = rss_mib()
+for op in (1, 2):  # a client handshake, a direct message
+    with ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10)) as s:
+        s.recv(65536)  # the core's handshake
+        s.sendall(struct.pack(">BBBBIQQQ", op, 0, 0, 0, 3 << 30, 0, 0, 0) + b"x" * 64)
+        time.sleep(0.5)
+        peak = rss_mib()
+        try:
+            closed = s.recv(16) == b""
+        except (ssl.SSLError, OSError):
+            closed = True
+        if not closed or peak > before + 512:
+            sys.exit(f"op {op}: closed {closed}, core RSS {before} -> {peak} MiB")
+print(f"oversized BASP messages refused; core RSS {before} -> {rss_mib()} MiB")
+PY
+grep -q "closed a connection that announced a 3221225472 byte message" "$WORK/core.log" ||
+  fail "the core did not log the oversized message"
+head -c 70000 /dev/zero | tr '\0' '#' >"$WORK/huge.toml"
+printf '\n[job]\nworkload = "fashion-mlp"\n' >>"$WORK/huge.toml"
+expect_error "oversized job spec" "more than a job spec may have" \
+  "$G" submit "$WORK/huge.toml" --core "$core"
+kill -0 "$PID_core" || fail "the core died"
+"$G" status --core "$core" >"$WORK/jobs-after" || fail "status after bad bytes"
+cmp -s "$WORK/jobs-before" "$WORK/jobs-after" || fail "the job list changed"
+[ "$(nodes_now)" -eq 2 ] || fail "nodes changed: $(nodes_now)"
+
+# -- what the wire shows -----------------------------------------------------------------------
+# capture NAME: trains a short job on $core and fetches its parameters while tcpdump records
+# the core's port; then counts how many of 64 32-byte pieces of the parameters the capture
+# holds, into $found. $INSECURE is passed to the clients.
+capture() {
+  local name=$1 j
+  start "tcpdump_$name" tcpdump -i lo -U -w "$WORK/$name.pcap" "tcp port ${core##*:}"
+  sleep 1
+  printf '[job]\nname = "wire"\nworkload = "fashion-mlp"\nrounds = 3\nworkers = 1\n' \
+    >"$WORK/wire.toml"
+  j=$("$G" submit "$WORK/wire.toml" --core "$core" ${INSECURE:-}) || fail "$name: submit"
+  wait_for 120 "$name: the job to finish" bash -c \
+    "'$G' status $j --core $core ${INSECURE:-} | grep -q ' done,'"
+  "$G" fetch "$j" --out "$WORK/$name.ckpt" --core "$core" ${INSECURE:-} >/dev/null ||
+    fail "$name: fetch"
+  sleep 1
+  local pid="PID_tcpdump_$name"
+  kill -INT "${!pid}"
+  wait "${!pid}" 2>/dev/null || true
+  found=$(python3 - "$WORK/$name.ckpt" "$WORK/$name.pcap" <<'PY'
+import sys
+ckpt, pcap = (open(p, "rb").read() for p in sys.argv[1:3])
+# Pieces from the middle of the checkpoint: the parameters (float32), not its header.
+pieces = [ckpt[len(ckpt) // 4 + i * 4096:][:32] for i in range(64)]
+print(sum(1 for p in pieces if len(p) == 32 and p in pcap))
+PY
+  )
+  echo "$name capture: $found of 64 parameter pieces seen"
+}
+capture tls
+[ "$found" = 0 ] || fail "the TLS capture shows the parameters in plain text"
+
+# The same on a core run with --insecure: the check sees what it looks for.
+kill -KILL "$PID_core" "$PID_node1" "$PID_t_good"
+core=127.0.0.1:$(free_port)
+"$C" init --data-dir "$WORK/plain" >/dev/null || fail "init the plain core"
+start plain "$C" --listen "$core" --data-dir "$WORK/plain" --insecure
+wait_for 20 "the plain core to listen" grep -q "core listening" "$WORK/plain.log"
+grep -q "NOT encrypted" "$WORK/plain.log" || fail "--insecure logged no warning"
+GFLEX_API_KEY=$(cat "$WORK/plain/operator.key")
+plain_token=$("$C" token create --tier core --core "$core" --insecure) || fail "plain token"
+start plain_node "$BIN/gflex-node" --join "$core" --name p1 --data-dir "$WORK/p1" --tier core \
+  --token "$plain_token" --insecure
+wait_for 30 "the plain node to join" grep -q "joined the core" "$WORK/plain_node.log"
+INSECURE=--insecure capture plain
+[ "$found" -ge 32 ] || fail "the plain capture shows only $found of 64 pieces"
+finish
