@@ -132,12 +132,15 @@ void join_failures::age(const std::string& address, clock::time_point now) {
 void join_failures::record(const std::string& address, clock::time_point now) {
   ++total_;
   if (failures_.size() >= max_addresses && failures_.find(address) == failures_.end()) {
+    // Full: age everything out of the window, then, if that freed too little, forget an
+    // eighth of the addresses, so that the sweep (linear) runs once per many failures.
     for (auto it = failures_.begin(); it != failures_.end();) {
       auto next = std::next(it);
       age(it->first, now);
       it = next;
     }
-    while (failures_.size() >= max_addresses) failures_.erase(failures_.begin());
+    while (failures_.size() > max_addresses - max_addresses / 8)
+      failures_.erase(failures_.begin());
   }
   failures_[address].push_back(now);
 }

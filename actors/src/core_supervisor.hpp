@@ -6,8 +6,12 @@
 /// Protocol:
 /// - (hello_atom, node_hello) -> node_welcome, or errc::invalid_argument when the node speaks
 ///   another protocol version (checked before anything else in the hello is looked at).
-/// - submit / status / jobs / cancel / fetch: forwarded to the job supervisor.
-/// - (nodes_atom) -> vector<node_status>: forwarded to the registry.
+///   Then the signature, the join token (the gatekeeper) and the name's key binding (the
+///   reputation tracker) are checked, errc::permission_denied for each.
+/// - Client requests (submit, status, jobs, cancel, fetch, topup, account; the operator's
+///   open, creditin, token, revoke, ledger, nodes) carry an API key after the atom; the
+///   gatekeeper resolves it to a principal, and the job supervisor, ledger keeper or
+///   gatekeeper answers for that principal (docs/PROTOCOL.md).
 ///
 /// It supervises its children one for one: each is monitored and, when it dies, restarted
 /// from what it persists or can rebuild, and the siblings holding its handle are told

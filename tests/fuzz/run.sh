@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Builds the libFuzzer targets (clang, with AddressSanitizer and UndefinedBehaviorSanitizer)
-# in build-fuzz/ and runs each for SECONDS (default 20) from seeds plus its saved corpus.
-# A crash, a leak, undefined behaviour or a broken round trip fails the run; the input that
-# did it is kept in build-fuzz/crashes/. Prints one line per target (executions, coverage).
+# Builds the sanitized build (clang, AddressSanitizer and UndefinedBehaviorSanitizer) in
+# build-fuzz/: runs the unit tests under the sanitizers, then each libFuzzer target for
+# SECONDS (default 20) from seeds plus its saved corpus. A failed test, a crash, a leak,
+# undefined behaviour, a broken round trip or a core that stops answering fails the run; the
+# input that did it is kept in build-fuzz/crashes/. Prints one line per target (executions,
+# coverage).
 set -euo pipefail
 SECONDS_EACH=${1:-20}
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -10,20 +12,34 @@ OUT=$ROOT/build-fuzz
 CC=clang CXX=clang++ cmake -S "$ROOT" -B "$OUT" -G Ninja -DGFLEX_FUZZ=ON \
   -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 cmake --build "$OUT" >/dev/null
+export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1}
+export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
+if "$OUT/bin/gflex_unit_tests" >"$OUT/unit.log" 2>&1; then
+  echo "unit tests under ASan and UBSan: $(grep -m1 'test cases:' "$OUT/unit.log")"
+else
+  echo "unit tests under ASan and UBSan: FAILED"
+  tail -40 "$OUT/unit.log"
+  exit 1
+fi
 rm -rf "$OUT/seeds"
 "$OUT/bin/fuzz_seeds" "$OUT/seeds"
 cp "$ROOT/apps/jobs/fashion-mlp.toml" "$OUT/seeds/job_spec/"
 mkdir -p "$OUT/crashes"
 failed=0
-for target in tensor checkpoint update shard job_spec idx ledger_entry reputation; do
+targets=(tensor checkpoint update shard job_spec idx ledger_entry reputation core)
+for target in "${targets[@]}"; do
   corpus=$OUT/corpus/$target
-  mkdir -p "$corpus"
+  mkdir -p "$corpus" "$OUT/seeds/$target"
   log=$OUT/fuzz_$target.log
-  if timeout -s KILL $((SECONDS_EACH + 60)) "$OUT/bin/fuzz_$target" "$corpus" "$OUT/seeds/$target" \
-    -max_total_time="$SECONDS_EACH" -rss_limit_mb=2048 -max_len=65536 -timeout=10 \
+  # The core's harness keeps a whole core alive across inputs (no per-input leak check) and
+  # waits up to 20 s for its answers.
+  extra=(-rss_limit_mb=2048 -timeout=10)
+  [ "$target" = core ] && extra=(-rss_limit_mb=4096 -timeout=30 -detect_leaks=0)
+  if timeout -s KILL $((SECONDS_EACH + 90)) "$OUT/bin/fuzz_$target" "$corpus" "$OUT/seeds/$target" \
+    -max_total_time="$SECONDS_EACH" "${extra[@]}" -max_len=65536 \
     -artifact_prefix="$OUT/crashes/$target-" -print_final_stats=1 >"$log" 2>&1; then
-    execs=$(grep -m1 "stat::number_of_executed_units" "$log" | awk '{print $2}')
-    cov=$(grep -E "^#[0-9]+.*cov:" "$log" | tail -1 | sed -E 's/.*cov: ([0-9]+).*/\1/')
+    execs=$(grep -a -m1 "stat::number_of_executed_units" "$log" | awk '{print $2}')
+    cov=$(grep -a -E "^#[0-9]+.*cov:" "$log" | tail -1 | sed -E 's/.*cov: ([0-9]+).*/\1/')
     echo "fuzz $target: ok, ${execs:-?} executions in ${SECONDS_EACH} s, coverage ${cov:-?} edges"
   else
     echo "fuzz $target: FAILED (see $log and $OUT/crashes/)"
@@ -31,5 +47,5 @@ for target in tensor checkpoint update shard job_spec idx ledger_entry reputatio
     failed=$((failed + 1))
   fi
 done
-echo "$((8 - failed)) passed, $failed failed"
+echo "$((${#targets[@]} - failed)) passed, $failed failed"
 [ "$failed" -eq 0 ]

@@ -172,13 +172,15 @@ TEST_SUITE("robust_aggregation") {
       std::vector<float> update;
       const char* why;
     };
-    for (const auto& [name, update, why] : std::vector<bad_case>{{"signflip", flipped, "cosine"},
-                                                                 {"noise", noise, "cosine"},
-                                                                 {"scale:10", big, "norm"},
-                                                                 {"lazy", lazy, "norm"}}) {
-      CAPTURE(name);
+    // Members, not a structured binding: clang 14 cannot capture a binding in CAPTURE.
+    for (const auto& bad : std::vector<bad_case>{{"signflip", flipped, "cosine"},
+                                                 {"noise", noise, "cosine"},
+                                                 {"scale:10", big, "norm"},
+                                                 {"lazy", lazy, "norm"}}) {
+      const auto& why = bad.why;
+      CAPTURE(bad.name);
       auto with_bad = round;
-      with_bad[5] = update;
+      with_bad[5] = bad.update;
       auto out = find_outliers(spans(with_bad), 4.0, 0.0);
       REQUIRE(out.size() == 1);
       CHECK(out[0].index == 5);

@@ -1,0 +1,164 @@
+/// @file
+/// The core's handling of every message a client or node may send, under libFuzzer with
+/// ASan and UBSan. A real core (its actors, its LMDB store in a temporary directory) runs in
+/// the process; each input picks a message type and fills its fields from the fuzzer's
+/// bytes (strings, numbers, keys, signatures, with the operator's key or without), sends it,
+/// and then asks the core for its jobs: the core must answer within 10 s, or the input is
+/// reported as a hang (abort). Fields are drawn rather than CAF's wire bytes decoded, so
+/// that the fuzzer spends its time in the project's handlers rather than in CAF's
+/// deserializer.
+
+#include <fuzzer/FuzzedDataProvider.h>
+
+#include <caf/all.hpp>
+
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <memory>
+
+#include "core_supervisor.hpp"
+#include "gflex/runtime/identity.hpp"
+#include "messages.hpp"
+
+using namespace gflex;
+
+namespace {
+
+struct harness {
+  std::filesystem::path dir;
+  caf::actor_system_config cfg;
+  std::unique_ptr<caf::actor_system> sys;
+  caf::actor core;
+  caf::actor dummy;  // stands in for a node's workers and uplink
+  std::string operator_key;
+  node_identity key = node_identity::generate();
+
+  harness() {
+    std::string pattern = (std::filesystem::temp_directory_path() / "gflex-fuzz-XXXXXX").string();
+    if (mkdtemp(pattern.data()) == nullptr) std::abort();
+    dir = pattern;
+    configure_actor_system(cfg);
+    cfg.set("scheduler.max-threads", size_t{2});
+    sys = std::make_unique<caf::actor_system>(cfg);
+    core_config config;
+    config.data_dir = dir;
+    config.operator_key = operator_key = new_api_key();
+    config.max_jobs_per_account = 4;
+    auto c = spawn_core(*sys, config);
+    if (!c) {
+      std::fprintf(stderr, "cannot start a core: %s\n", c.error().message().c_str());
+      std::abort();
+    }
+    core = *c;
+    dummy = sys->spawn([]() -> caf::behavior { return {[](int) {}}; });
+  }
+};
+
+// Made once and never destroyed: tearing a CAF 0.17 actor system down among the static
+// destructors at exit crashes in CAF. Only its LMDB directory is removed at exit.
+harness& the_harness() {
+  static harness* h = [] {
+    auto* made = new harness;
+    static std::filesystem::path dir = made->dir;
+    std::atexit([] {
+      std::error_code ec;
+      std::filesystem::remove_all(dir, ec);
+    });
+    return made;
+  }();
+  return *h;
+}
+
+std::string some_string(FuzzedDataProvider& in) {
+  return in.ConsumeRandomLengthString(256);
+}
+
+// The API key of a request: the operator's, a well-formed unknown one, or fuzz.
+std::string some_key(FuzzedDataProvider& in, const harness& h) {
+  switch (in.ConsumeIntegralInRange<int>(0, 2)) {
+    case 0:
+      return h.operator_key;
+    case 1:
+      return new_api_key();
+    default:
+      return some_string(in);
+  }
+}
+
+caf::message some_request(FuzzedDataProvider& in, harness& h) {
+  auto key = some_key(in, h);
+  switch (in.ConsumeIntegralInRange<int>(0, 14)) {
+    case 0:
+      return caf::make_message(submit_atom::value, key, some_string(in));
+    case 1:
+      return caf::make_message(status_atom::value, key, some_string(in));
+    case 2:
+      return caf::make_message(jobs_atom::value, key);
+    case 3:
+      return caf::make_message(cancel_atom::value, key, some_string(in));
+    case 4:
+      return caf::make_message(fetch_atom::value, key, some_string(in));
+    case 5:
+      return caf::make_message(open_atom::value, key, some_string(in));
+    case 6:
+      return caf::make_message(credit_in_atom::value, key, some_string(in),
+                               in.ConsumeIntegral<int64_t>());
+    case 7:
+      return caf::make_message(account_atom::value, key, some_string(in));
+    case 8:
+      return caf::make_message(topup_atom::value, key, some_string(in),
+                               in.ConsumeIntegral<int64_t>());
+    case 9:
+      return caf::make_message(token_atom::value, key, some_string(in),
+                               in.ConsumeIntegral<int64_t>());
+    case 10:
+      return caf::make_message(token_atom::value, key);
+    case 11:
+      return caf::make_message(revoke_atom::value, key, some_string(in));
+    case 12:
+      return caf::make_message(nodes_atom::value, key);
+    case 13:
+      return caf::make_message(ledger_atom::value, key);
+    default: {
+      node_hello hello;
+      hello.protocol = in.ConsumeBool() ? protocol_version : in.ConsumeIntegral<uint32_t>();
+      hello.name = some_string(in);
+      hello.device = some_string(in);
+      hello.device_memory = in.ConsumeIntegral<uint64_t>();
+      hello.workers.assign(in.ConsumeIntegralInRange<size_t>(0, 3), h.dummy);
+      if (in.ConsumeBool()) hello.uplink = h.dummy;
+      hello.tier = in.ConsumeIntegral<uint8_t>();
+      hello.credential = some_string(in);
+      hello.price = in.ConsumeIntegral<int64_t>();
+      hello.throughput = in.ConsumeFloatingPoint<double>();
+      if (in.ConsumeBool()) {
+        hello.public_key = h.key.public_key();
+        hello.proof = h.key.sign(hello_message(hello.protocol, hello.name));
+      } else {
+        auto k = in.ConsumeBytes<uint8_t>(in.ConsumeIntegralInRange<size_t>(0, 40));
+        hello.public_key = k;
+        hello.proof = in.ConsumeBytes<uint8_t>(in.ConsumeIntegralInRange<size_t>(0, 80));
+      }
+      return caf::make_message(hello_atom::value, std::move(hello));
+    }
+  }
+}
+
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  auto& h = the_harness();
+  FuzzedDataProvider in(data, size);
+  caf::scoped_actor self{*h.sys};
+  // The answer to the fuzzed request may be anything; it waits in the mailbox, unread.
+  self->request(h.core, std::chrono::seconds(10), some_request(in, h));
+  bool alive = false;
+  self->request(h.core, std::chrono::seconds(10), jobs_atom::value, h.operator_key)
+      .receive([&](std::vector<job_status>&) { alive = true; },
+               [&](caf::error& e) {
+                 std::fprintf(stderr, "the core did not answer: %s\n", h.sys->render(e).c_str());
+               });
+  if (!alive) std::abort();
+  return 0;
+}
