@@ -38,7 +38,7 @@ bool contains(const std::string& s, const std::string& part) {
 
 TEST_SUITE("job_spec") {
   TEST_CASE("the shipped fashion-mlp spec parses with every key as documented") {
-    auto file = std::filesystem::path(__FILE__).parent_path() / "../../apps/jobs/fashion-mlp.toml";
+    auto file = std::filesystem::path(GFLEX_SOURCE_DIR) / "apps/jobs/fashion-mlp.toml";
     auto r = load_job_spec(file);
     REQUIRE_MESSAGE(r.has_value(), r.error().message());
     CHECK(r->name == "fashion-mlp");

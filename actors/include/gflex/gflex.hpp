@@ -18,7 +18,7 @@
 namespace gflex {
 
 /// The wire protocol version this build speaks; a node with another is refused at join.
-inline constexpr uint32_t protocol_version = 2;
+inline constexpr uint32_t protocol_version = 3;
 
 /// How to run a core.
 struct core_config {
