@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the sanitized build (clang, AddressSanitizer and UndefinedBehaviorSanitizer) in
-# build-fuzz/: runs the unit tests under the sanitizers, then each libFuzzer target for
-# SECONDS (default 20) from seeds plus its saved corpus. A failed test, a crash, a leak,
+# build-fuzz/: runs the unit tests and the security and protocol integration tests (real
+# processes over TLS) under the sanitizers, then each libFuzzer target for SECONDS (default
+# 20) from seeds plus its saved corpus. A failed test, a crash, a leak,
 # undefined behaviour, a broken round trip or a core that stops answering fails the run; the
 # input that did it is kept in build-fuzz/crashes/. Prints one line per target (executions,
 # coverage).
@@ -21,6 +22,24 @@ else
   tail -40 "$OUT/unit.log"
   exit 1
 fi
+# The integration tests' processes write any sanitizer report to a file of their own; a run
+# with such a file fails even if the test's own checks passed. Leaks are not checked there
+# (daemons that are killed do not free what they hold).
+reports=$OUT/sanitizer-reports
+for t in security protocol; do
+  rm -rf "$reports" && mkdir -p "$reports"
+  if ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:log_path=$reports/asan \
+    UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:log_path=$reports/ubsan \
+    timeout -s KILL 600 bash "$ROOT/tests/integration/$t.sh" "$OUT/bin" >"$OUT/$t.log" 2>&1 &&
+    [ -z "$(ls -A "$reports")" ]; then
+    echo "integration test $t under ASan and UBSan: ok"
+  else
+    echo "integration test $t under ASan and UBSan: FAILED"
+    tail -20 "$OUT/$t.log"
+    cat "$reports"/* 2>/dev/null | head -60
+    exit 1
+  fi
+done
 rm -rf "$OUT/seeds"
 "$OUT/bin/fuzz_seeds" "$OUT/seeds"
 cp "$ROOT/apps/jobs/fashion-mlp.toml" "$OUT/seeds/job_spec/"
