@@ -139,8 +139,7 @@ void join_failures::record(const std::string& address, clock::time_point now) {
       age(it->first, now);
       it = next;
     }
-    while (failures_.size() > max_addresses - max_addresses / 8)
-      failures_.erase(failures_.begin());
+    while (failures_.size() > max_addresses - max_addresses / 8) failures_.erase(failures_.begin());
   }
   failures_[address].push_back(now);
 }

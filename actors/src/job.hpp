@@ -41,11 +41,11 @@ struct job_links {
   caf::actor market;
   caf::actor supervisor;
   std::shared_ptr<data_catalog> catalog;
-  caf::actor reputation;      ///< the reputation tracker: sampling, credits, rejections
-  caf::actor verifier;        ///< re-computes sampled results on core-tier workers
-  caf::actor ledger;          ///< escrow and payments of metered jobs
-  double fee = 0.1;           ///< the platform's share of a payment
-  double cloud_price = 3.06;  ///< credits per device-hour in a public cloud, for comparison
+  caf::actor reputation;          ///< the reputation tracker: sampling, credits, rejections
+  caf::actor verifier;            ///< re-computes sampled results on core-tier workers
+  caf::actor ledger;              ///< escrow and payments of metered jobs
+  double fee = 0.1;               ///< the platform's share of a payment
+  double cloud_price = 3.06;      ///< credits per device-hour in a public cloud, for comparison
   int max_jobs_per_account = 16;  ///< unfinished jobs one account may have
 };
 

@@ -319,9 +319,7 @@ int run_demo(const job_flags& f) {
 
 void add_job_commands(CLI::App& app, std::function<int()>& run) {
   auto f = std::make_shared<job_flags>();
-  auto core_flag = [&](CLI::App* cmd) {
-    add_connection_flags(cmd, f->link);
-  };
+  auto core_flag = [&](CLI::App* cmd) { add_connection_flags(cmd, f->link); };
   auto set = [&run, f](int (*fn)(const job_flags&)) {
     return [&run, f, fn] { run = [f, fn] { return fn(*f); }; };
   };

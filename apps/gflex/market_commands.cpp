@@ -92,9 +92,7 @@ void add_market_commands(CLI::App& app, std::function<int()>& run) {
   auto set = [&run, f](int (*fn)(const market_flags&)) {
     return [&run, f, fn] { run = [f, fn] { return fn(*f); }; };
   };
-  auto core_flag = [&](CLI::App* cmd) {
-    add_connection_flags(cmd, f->link);
-  };
+  auto core_flag = [&](CLI::App* cmd) { add_connection_flags(cmd, f->link); };
 
   auto* account = app.add_subcommand("account", "show an account's balance and recent entries");
   account->add_option("id", f->id, "user/NAME, node/NAME, escrow/JOB or platform (default)");

@@ -454,10 +454,9 @@ expected<job_spec> read_spec(const reader& in) {
 expected<job_spec> parse_job_spec(std::string_view toml_text, const std::string& source) {
   // Checked before the parser allocates anything for it: specs come from clients.
   if (toml_text.size() > max_job_spec_bytes)
-    return error(errc::invalid_argument,
-                 source + ": " + std::to_string(toml_text.size()) +
-                     " bytes, more than a job spec may have (" +
-                     std::to_string(max_job_spec_bytes) + ")");
+    return error(errc::invalid_argument, source + ": " + std::to_string(toml_text.size()) +
+                                             " bytes, more than a job spec may have (" +
+                                             std::to_string(max_job_spec_bytes) + ")");
   toml::table root;
   try {
     root = toml::parse(toml_text, std::string_view(source));

@@ -103,8 +103,9 @@ int64_t round_escrow(const job_spec& spec);
 /// The largest job spec accepted, in bytes (a full spec is about 1 KiB).
 inline constexpr size_t max_job_spec_bytes = 64 * 1024;
 
-/// Parses and validates a job spec from TOML text. Longer than max_job_spec_bytes is an error. `source` names the text in messages (a file
-/// name). Every problem is errc::invalid_argument with a message of the form
+/// Parses and validates a job spec from TOML text. Longer than max_job_spec_bytes is an error.
+/// `source` names the text in messages (a file name). Every problem is errc::invalid_argument with
+/// a message of the form
 /// "<source>: <table>.<key>: <what is wrong>"; syntax errors give "<source>:<line>:<column>:".
 /// Unknown tables and keys are errors, so that a misspelt key does not silently fall back to its
 /// default. Missing keys other than job.workload take the defaults above.
