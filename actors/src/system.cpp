@@ -5,7 +5,6 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <spdlog/spdlog.h>
-#include <sys/stat.h>
 #include <unistd.h>
 #include <caf/io/middleman.hpp>
 #include <caf/openssl/manager.hpp>
@@ -19,6 +18,7 @@
 #include "access.hpp"
 #include "core_supervisor.hpp"
 #include "gflex/gflex.hpp"
+#include "gflex/runtime/secret_file.hpp"
 #include "gflex/runtime/tls_credentials.hpp"
 #include "link_security.hpp"
 #include "message_limit.hpp"
@@ -113,25 +113,15 @@ std::filesystem::path operator_key_file(const std::filesystem::path& data_dir) {
 // The operator's key from DATA_DIR/operator.key, which only its owner may read.
 expected<std::string> read_operator_key(const std::filesystem::path& data_dir) {
   auto file = operator_key_file(data_dir);
-  int fd = ::open(file.c_str(), O_RDONLY | O_NOFOLLOW);
-  if (fd < 0)
+  if (!std::filesystem::exists(file))
     return error(errc::invalid_argument,
                  file.string() +
                      " is missing: make the core's credentials with `gflex-core init "
                      "--data-dir " +
                      data_dir.string() + "` first");
-  struct stat st {};
-  char buf[128] = {};
-  ssize_t n = -1;
-  if (::fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && (st.st_mode & 077) == 0)
-    n = ::read(fd, buf, sizeof buf - 1);
-  ::close(fd);
-  if (n < 0)
-    return error(errc::invalid_argument,
-                 file.string() + " must be a regular file only its owner may read (chmod 600)");
-  std::string key(buf, static_cast<size_t>(n));
-  while (!key.empty() && (key.back() == '\n' || key.back() == '\r')) key.pop_back();
-  if (!looks_like_api_key(key))
+  auto key = read_secret_file(file);
+  if (!key) return key.error();
+  if (!looks_like_api_key(*key))
     return error(errc::bad_format, file.string() + " does not hold an API key");
   return key;
 }

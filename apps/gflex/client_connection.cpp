@@ -1,12 +1,11 @@
 #include "client_connection.hpp"
 
 #include <spdlog/spdlog.h>
-#include <sys/stat.h>
 
 #include <cstdlib>
-#include <fstream>
 
 #include "core_address.hpp"
+#include "gflex/runtime/secret_file.hpp"
 
 namespace gflex::app {
 
@@ -18,18 +17,12 @@ expected<std::string> api_key_of(const connection_flags& f) {
     const char* env = std::getenv("GFLEX_API_KEY");
     return std::string(env != nullptr ? env : "");
   }
-  struct stat st {};
-  if (::stat(f.api_key_file.c_str(), &st) != 0)
-    return error(errc::invalid_argument, "--api-key-file: cannot read " + f.api_key_file);
-  if ((st.st_mode & 077) != 0)
-    return error(errc::invalid_argument,
-                 "--api-key-file: " + f.api_key_file + " may be read by others; chmod 600 it");
-  std::ifstream in(f.api_key_file);
-  std::string key;
-  std::getline(in, key);
-  if (!in && !in.eof())
-    return error(errc::invalid_argument, "--api-key-file: cannot read " + f.api_key_file);
-  while (!key.empty() && (key.back() == '\r' || key.back() == ' ')) key.pop_back();
+  auto key = read_secret_file(f.api_key_file);
+  if (!key) {
+    std::string why = "--api-key-file: ";  // appended: GCC 12 warns on "lit" + string here
+    why.append(key.error().message());
+    return error(key.error().code(), why);
+  }
   return key;
 }
 

@@ -7,6 +7,7 @@
 #include "access.hpp"
 #include "gflex/runtime/job_spec.hpp"
 #include "gflex/runtime/lifetime.hpp"
+#include "gflex/runtime/secret_file.hpp"
 #include "gflex/runtime/tls_credentials.hpp"
 #include "temp_dir.hpp"
 
@@ -131,6 +132,30 @@ TEST_SUITE("access") {
     auto spec = parse_job_spec(big, "big.toml");
     REQUIRE_FALSE(spec.has_value());
     CHECK(spec.error().message().find("more than a job spec may have") != std::string::npos);
+  }
+}
+
+TEST_SUITE("secret files") {
+  TEST_CASE("a secret file: its first line, only if no one else may read it") {
+    test::temp_dir dir;
+    auto file = dir / "key";
+    std::ofstream(file) << "gfk_abc \r\nsecond line\n";
+    ::chmod(file.c_str(), 0600);
+    auto key = read_secret_file(file);
+    REQUIRE_MESSAGE(key.has_value(), key.error().message());
+    CHECK(*key == "gfk_abc");
+    ::chmod(file.c_str(), 0640);
+    auto open = read_secret_file(file);
+    REQUIRE_FALSE(open.has_value());
+    CHECK(open.error().message().find("may be read by others") != std::string::npos);
+    auto missing = read_secret_file(dir / "absent");
+    REQUIRE_FALSE(missing.has_value());
+    CHECK(missing.error().code() == errc::io_error);
+    auto link = dir / "link";
+    ::chmod(file.c_str(), 0600);
+    std::filesystem::create_symlink(file, link);
+    CHECK_FALSE(read_secret_file(link).has_value());
+    CHECK_FALSE(read_secret_file(dir.path()).has_value());
   }
 }
 

@@ -1,0 +1,36 @@
+#include "gflex/runtime/secret_file.hpp"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+namespace gflex {
+
+expected<std::string> read_secret_file(const std::filesystem::path& file) {
+  // One open file for every check and the read, so that nothing swaps the file between.
+  int fd = ::open(file.c_str(), O_RDONLY | O_NOFOLLOW);
+  if (fd < 0)
+    return error(errc::io_error, file.string() + ": cannot open (" + std::strerror(errno) + ")");
+  struct stat st {};
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    ::close(fd);
+    return error(errc::invalid_argument, file.string() + " is not a regular file");
+  }
+  if ((st.st_mode & 077) != 0) {
+    ::close(fd);
+    return error(errc::invalid_argument, file.string() + " may be read by others; chmod 600 it");
+  }
+  char buf[4096];
+  ssize_t n = ::read(fd, buf, sizeof buf);
+  ::close(fd);
+  if (n < 0) return error(errc::io_error, file.string() + ": cannot read");
+  std::string text(buf, static_cast<size_t>(n));
+  text = text.substr(0, text.find('\n'));
+  while (!text.empty() && (text.back() == '\r' || text.back() == ' ')) text.pop_back();
+  return text;
+}
+
+}  // namespace gflex
