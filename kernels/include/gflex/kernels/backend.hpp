@@ -31,6 +31,40 @@ struct adamw_config {
   bool plain_sgd = false;
 };
 
+/// How a backend's GEMMs and convolutions may round their products. FP32 is exact single
+/// precision everywhere. TF32 (10-bit mantissa products, FP32 accumulation) and BF16 (7-bit)
+/// use tensor cores on GPUs that have them; a job opts into them. The CPU backend computes
+/// every precision in FP32 (more exact than asked, never less).
+enum class math_precision : uint8_t { fp32 = 0, tf32 = 1, bf16 = 2 };
+
+/// "fp32", "tf32", "bf16".
+const char* to_string(math_precision p) noexcept;
+/// The precision named `name`; anything else is errc::invalid_argument.
+expected<math_precision> parse_math_precision(const std::string& name);
+
+/// The geometry of a stride-1 2-D convolution. Activations are NHWC ([batch, height, width,
+/// channels], channels fastest: a bias or ReLU over channels is a row-wise operation on
+/// [batch*height*width, channels]); filters are [out_channels, kernel_h, kernel_w,
+/// in_channels] (cuDNN's NHWC filter layout, "KRSC"). Zero padding of pad_h / pad_w.
+struct conv2d_geometry {
+  int64_t batch = 0;
+  int64_t height = 0;
+  int64_t width = 0;
+  int64_t in_channels = 0;
+  int64_t out_channels = 0;
+  int64_t kernel_h = 0;
+  int64_t kernel_w = 0;
+  int64_t pad_h = 0;
+  int64_t pad_w = 0;
+
+  int64_t out_height() const { return height + 2 * pad_h - kernel_h + 1; }
+  int64_t out_width() const { return width + 2 * pad_w - kernel_w + 1; }
+  /// Values per filter: kernel_h * kernel_w * in_channels.
+  int64_t patch() const { return kernel_h * kernel_w * in_channels; }
+  /// Whether every extent is positive and the output is not empty.
+  bool valid() const;
+};
+
 /// A device failure inside a backend operation (a CUDA error, out of device memory). The
 /// operations return nothing so that they can be enqueued cheaply; a failure is thrown as
 /// this exception and caught where the work was started (the trainer, a worker actor), which
@@ -54,6 +88,9 @@ class backend {
   virtual device where() const = 0;
   /// A description for logs and benchmarks ("cpu: OpenBLAS, 2 threads").
   virtual std::string describe() const = 0;
+  /// The backend's CUDA stream (a cudaStream_t) for libraries that enqueue on it (NCCL);
+  /// null for the CPU backend.
+  virtual void* native_stream() const noexcept { return nullptr; }
 
   // -- memory ---------------------------------------------------------------------------------
 
@@ -97,6 +134,44 @@ class backend {
   virtual void softmax_xent(const float* logits, const int32_t* labels, int64_t rows,
                             int64_t classes, float grad_scale, float* dlogits, float* stats) = 0;
 
+  // -- convolutional layers -----------------------------------------------------------------
+
+  /// y = x (*) w for the geometry `g`: x [N,H,W,C], w [K,R,S,C], y [N,OH,OW,K] (overwritten).
+  virtual void conv2d_forward(const conv2d_geometry& g, const float* x, const float* w,
+                              float* y) = 0;
+  /// dx = dLoss/dx from dy [N,OH,OW,K] and w (overwritten, [N,H,W,C]).
+  virtual void conv2d_backward_data(const conv2d_geometry& g, const float* dy, const float* w,
+                                    float* dx) = 0;
+  /// dw = dLoss/dw from x and dy (overwritten, [K,R,S,C]).
+  virtual void conv2d_backward_filter(const conv2d_geometry& g, const float* x, const float* dy,
+                                      float* dw) = 0;
+
+  /// 2x2 max pooling with stride 2 over NHWC x [batch, height, width, channels]: y is
+  /// [batch, height/2, width/2, channels] (an odd last row or column is dropped). `argmax`
+  /// (one int32 per output) records the offset of the winning input within its sample, the
+  /// first of equal values in row-major window order.
+  virtual void max_pool2_forward(const float* x, int64_t batch, int64_t height, int64_t width,
+                                 int64_t channels, float* y, int32_t* argmax) = 0;
+  /// dx (overwritten, x's shape) = dy routed to the inputs `argmax` names, zero elsewhere.
+  virtual void max_pool2_backward(const float* dy, const int32_t* argmax, int64_t batch,
+                                  int64_t height, int64_t width, int64_t channels, float* dx) = 0;
+
+  /// From now on GEMMs and convolutions round as `p` allows (see math_precision).
+  virtual void set_precision(math_precision p) = 0;
+  virtual math_precision precision() const = 0;
+
+  // -- update compression ---------------------------------------------------------------------
+
+  /// Int8 quantisation with error feedback, as the update codec does it: per block of `block`
+  /// values (the last may be shorter), v = x + residual, scale = max|v| / 127, q = round(v /
+  /// scale) clamped to [-127, 127] (all zero and scale 0 for a zero block), residual = v -
+  /// q * scale. q has n values, scales one per block.
+  virtual void quantize_int8(const float* x, float* residual, int64_t n, int64_t block,
+                             int8_t* q, float* scales) = 0;
+  /// out[i] = q[i] * scales[i / block].
+  virtual void dequantize_int8(const int8_t* q, const float* scales, int64_t n, int64_t block,
+                               float* out) = 0;
+
   // -- optimisers -----------------------------------------------------------------------------
 
   /// One AdamW update of n parameters with moments m and v; `step` counts from 1 and sets
@@ -122,8 +197,10 @@ bool cuda_compiled() noexcept;
 /// driver or device (any CUDA error here is taken as "no device").
 int cuda_device_count() noexcept;
 
-/// The CUDA backend on device `ordinal`, with its own stream and cuBLAS handle. Fails with
-/// errc::no_device when there is no such device (or no CUDA in this build).
+/// The CUDA backend on device `ordinal`, with its own stream, cuBLAS and cuDNN handles and
+/// pinned host staging buffers (so that `upload` returns before the copy is done and the
+/// caller may reuse its memory at once). Fails with errc::no_device when there is no such
+/// device (or no CUDA in this build). Allocations count against set_cuda_memory_limit.
 expected<std::unique_ptr<backend>> make_cuda_backend(int ordinal);
 
 /// A backend by name: "cpu" or "cuda" / "cuda:N".

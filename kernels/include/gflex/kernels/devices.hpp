@@ -1,0 +1,58 @@
+#pragma once
+/// @file
+/// What compute a machine has: its CUDA devices, what each achieves (measured at node start),
+/// and the limits a node's owner sets on them. A node advertises this to the core; the
+/// market prices work by it.
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "gflex/runtime/error.hpp"
+
+namespace gflex::kernels {
+
+/// One CUDA device as the driver describes it.
+struct gpu_info {
+  int ordinal = 0;
+  std::string name;  ///< "NVIDIA H100 80GB HBM3"
+  int cc_major = 0;  ///< Compute capability.
+  int cc_minor = 0;
+  uint64_t memory_bytes = 0;  ///< Total device memory.
+  int sm_count = 0;           ///< Streaming multiprocessors.
+};
+
+/// The usable CUDA devices, in ordinal order; empty where this build has no CUDA backend or
+/// there is no driver or device. `why_none`, when given, receives the reason for an empty
+/// list ("no CUDA driver: ...", "built without CUDA").
+std::vector<gpu_info> cuda_devices(std::string* why_none = nullptr);
+
+/// What one device achieved in a short measurement.
+struct device_calibration {
+  double gemm_tflops = 0.0;  ///< FP32 GEMM (cuBLAS, 4096^3), tera-FLOP/s.
+  double h2d_gbps = 0.0;     ///< Host-to-device copy from pinned memory, GB/s.
+  double d2h_gbps = 0.0;     ///< Device-to-host copy into pinned memory, GB/s.
+};
+
+/// Measures device `ordinal` for roughly `seconds` in all. errc::no_device where there is no
+/// such device; errc::device_error if a CUDA call fails.
+expected<device_calibration> calibrate_cuda_device(int ordinal, double seconds = 0.5);
+
+/// Caps the device memory that every backend of this process together may allocate on
+/// device `ordinal` (0: no cap beyond the device's own). An allocation past the cap fails as
+/// an out-of-memory compute_error naming the cap; nothing else changes. Call before the
+/// first backend on the device is made.
+void set_cuda_memory_limit(int ordinal, uint64_t bytes);
+
+/// Bytes the backends of this process hold on device `ordinal` now.
+uint64_t cuda_memory_in_use(int ordinal);
+
+/// Parses a --gpus list ("0,2"): distinct ordinals, each below `count`; an empty string
+/// means every device. Errors name the bad entry and the devices there are.
+expected<std::vector<int>> parse_gpu_list(const std::string& text, int count);
+
+/// Parses a byte size with an optional binary suffix ("512M", "6G", "1073741824"); "0" means
+/// no limit.
+expected<uint64_t> parse_byte_size(const std::string& text);
+
+}  // namespace gflex::kernels
