@@ -1,40 +1,58 @@
 /// @file
-/// The CUDA backend: cuBLAS for gemm, own kernels for everything else.
+/// The CUDA backend: cuBLAS for gemm, cuDNN for convolutions, own kernels for everything else.
 ///
 /// Design:
-/// - One non-blocking stream per backend, and one cuBLAS handle bound to it. Every operation
-///   is enqueued on that stream, so operations run in the order they were called and only
-///   `download`, `synchronize`, `sum` and `sum_squares` wait. Non-blocking, because the
-///   legacy default stream would serialise us with every other library in the process.
+/// - One non-blocking stream per backend, and one cuBLAS handle (and, from the first
+///   convolution, one cuDNN handle) bound to it. Every operation is enqueued on that stream, so
+///   operations run in the order they were called and only `download`, `synchronize`, `sum`
+///   and `sum_squares` wait. Non-blocking, because the legacy default stream would serialise us
+///   with every other library in the process.
 /// - cudaSetDevice(ordinal) at the start of every public operation: the current device is per
 ///   host thread, and the actor layer may call a backend from a different thread than the one
 ///   that built it (one thread at a time, but not always the same one). The call is cheap.
 /// - Memory comes from the device's stream-ordered pool (cudaMallocAsync) where the device
 ///   supports it, so a training step's temporaries cost no device synchronisation. A tensor's
 ///   deleter frees on the backend's stream; the stream is shared with the deleters so that a
-///   tensor may outlive the backend that allocated it.
+///   tensor may outlive the backend that allocated it. Every device allocation (tensors, the
+///   cuDNN workspace, scratch) is first reserved against the process-wide per-device budget
+///   of set_cuda_memory_limit (cuda_memory.hpp), so a node's owner can cap what jobs take.
+/// - `upload` stages through a small ring of pinned host buffers: the caller's memory is
+///   copied into a slot and the DMA runs from there, so the call returns before the transfer
+///   is done and the caller may reuse its buffer at once. A slot is reused only after the
+///   event recorded behind its last copy has fired.
 /// - Elementwise kernels use grid-stride loops with 256 threads per block and at most one
 ///   full-occupancy wave of blocks (SMs x resident blocks per SM): more blocks only add
 ///   scheduling, fewer leave SMs idle. 64-bit indices throughout; tensors may exceed 2^31.
 /// - Reductions are two-pass (per-block partials in a fixed order, then one block) rather
 ///   than atomics, so `sum`, `sum_squares` and `column_sum` are deterministic run to run.
 ///   Only softmax_xent's statistics use float atomics, as its interface adds into `stats`.
-/// - gemm is exact FP32: CUBLAS_DEFAULT_MATH, no TF32, so results match the CPU backend to
-///   FP32 rounding.
+///   cuDNN algorithms are chosen deterministic where one fits (backward-filter and
+///   backward-data algorithms that accumulate with atomics are skipped while another exists).
+/// - Precision: FP32 (the default) is exact, CUBLAS_DEFAULT_MATH and CUDNN_FMA_MATH, so
+///   results match the CPU backend to FP32 rounding. TF32 and BF16 are opted into per backend
+///   (set_precision) and only change how GEMMs and convolutions round their products.
 
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
+#include <cudnn.h>
 
 #include <algorithm>
+#include <array>
 #include <climits>
 #include <cmath>
+#include <compare>
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
+#include <map>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "cuda_check.hpp"
+#include "cuda_memory.hpp"
 #include "gflex/kernels/backend.hpp"
+#include "gflex/kernels/devices.hpp"
 
 namespace gflex::kernels {
 
@@ -256,6 +274,111 @@ __global__ void reduce_final_kernel(const double* partial, int count, double* ou
   if (threadIdx.x == 0) *out = acc;
 }
 
+/// 2x2 max pooling with stride 2 over NHWC, one thread per output. The window is scanned in
+/// row-major order (0,0), (0,1), (1,0), (1,1) with a strict '>', so the first of equal values
+/// wins, as on the CPU. argmax is the winner's offset within its sample, (h*W + w)*C + c;
+/// the caller has checked that a sample's offsets fit in int32. Consecutive threads take
+/// consecutive channels, so both the loads and the stores are coalesced.
+__global__ void max_pool2_forward_kernel(const float* x, int64_t height, int64_t width,
+                                         int64_t channels, int64_t out_h, int64_t out_w, int64_t n,
+                                         float* y, int32_t* argmax) {
+  const int64_t sample_size = height * width * channels;
+  for (int64_t i = grid_start(); i < n; i += grid_stride()) {
+    const int64_t c = i % channels;
+    int64_t rest = i / channels;
+    const int64_t ow = rest % out_w;
+    rest /= out_w;
+    const int64_t oh = rest % out_h;
+    const int64_t sample = rest / out_h;
+    const float* xs = x + sample * sample_size;
+    const int64_t top_left = ((2 * oh) * width + 2 * ow) * channels + c;
+    const int64_t candidates[4] = {top_left, top_left + channels, top_left + width * channels,
+                                   top_left + width * channels + channels};
+    float best = xs[candidates[0]];
+    int64_t best_offset = candidates[0];
+    for (int k = 1; k < 4; ++k) {
+      const float v = xs[candidates[k]];
+      if (v > best) {
+        best = v;
+        best_offset = candidates[k];
+      }
+    }
+    y[i] = best;
+    argmax[i] = static_cast<int32_t>(best_offset);
+  }
+}
+
+/// dx[sample, argmax] = dy, one thread per output; dx was zeroed before. The 2x2 stride-2
+/// windows do not overlap, so no two outputs name the same input: a plain store suffices.
+__global__ void max_pool2_backward_kernel(const float* dy, const int32_t* argmax, int64_t sample_in,
+                                          int64_t sample_out, int64_t n, float* dx) {
+  for (int64_t i = grid_start(); i < n; i += grid_stride())
+    dx[(i / sample_out) * sample_in + argmax[i]] = dy[i];
+}
+
+/// Int8 quantisation with error feedback, one thread block per quantisation block (blocks of
+/// up to 2^20 values: each thread loops). Pass 1 finds max|v| over the block (max is exact
+/// and order-free, so the scale is deterministic); pass 2 writes q and the new residual.
+/// Every step is written with explicit round-to-nearest intrinsics: the default contraction
+/// of v - q*scale into an FMA (and --use_fast_math's division) would differ from the update
+/// codec on the CPU in the last bit of the residual. Without `Feedback` there is no residual:
+/// v = x.
+template <bool Feedback>
+__global__ void quantize_int8_kernel(const float* x, float* residual, int64_t n, int64_t block,
+                                     int64_t blocks, int8_t* q, float* scales) {
+  __shared__ float warp_max[k_warps_per_block];
+  __shared__ float block_scale;
+  const int lane = threadIdx.x % k_warp;
+  const int warp = threadIdx.x / k_warp;
+  // The loop bound depends only on blockIdx, so the whole block agrees at __syncthreads.
+  for (int64_t b = blockIdx.x; b < blocks; b += gridDim.x) {
+    const int64_t begin = b * block;
+    const int64_t end = min(begin + block, n);
+    float local_max = 0.0f;
+    for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) {
+      const float v = Feedback ? __fadd_rn(x[i], residual[i]) : x[i];
+      // fmaxf drops a NaN operand, as std::max(max_abs, |v|) does on the CPU.
+      local_max = fmaxf(local_max, fabsf(v));
+    }
+    for (int offset = k_warp / 2; offset > 0; offset /= 2)
+      local_max = fmaxf(local_max, __shfl_xor_sync(k_full_mask, local_max, offset));
+    if (lane == 0) warp_max[warp] = local_max;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      float m = 0.0f;
+      for (int w = 0; w < k_warps_per_block; ++w) m = fmaxf(m, warp_max[w]);
+      block_scale = __fdiv_rn(m, 127.0f);
+      scales[b] = block_scale;
+    }
+    __syncthreads();
+    const float scale = block_scale;
+    for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) {
+      const float v = Feedback ? __fadd_rn(x[i], residual[i]) : x[i];
+      if (scale == 0.0f) {
+        // A zero block, or one so small that max/127 underflows: send zeros and keep the
+        // values in the residual rather than lose them.
+        q[i] = 0;
+        if (Feedback) residual[i] = v;
+      } else {
+        // roundf rounds half away from zero, as std::round; the clamp catches v/scale landing
+        // an ulp beyond 127.
+        const float r = fminf(fmaxf(roundf(__fdiv_rn(v, scale)), -127.0f), 127.0f);
+        const auto qi = static_cast<int8_t>(r);
+        q[i] = qi;
+        if (Feedback) residual[i] = __fsub_rn(v, __fmul_rn(static_cast<float>(qi), scale));
+      }
+    }
+    __syncthreads();  // warp_max and block_scale are reused by the next block
+  }
+}
+
+/// out[i] = q[i] * scales[i / block].
+__global__ void dequantize_int8_kernel(const int8_t* q, const float* scales, int64_t n,
+                                       int64_t block, float* out) {
+  for (int64_t i = grid_start(); i < n; i += grid_stride())
+    out[i] = __fmul_rn(static_cast<float>(q[i]), scales[i / block]);
+}
+
 // -- the backend ------------------------------------------------------------------------------
 
 /// Makes `ordinal` the calling thread's device for the lifetime of the guard and restores the
@@ -304,13 +427,20 @@ class stream_owner {
   cudaStream_t stream() const noexcept { return stream_; }
   bool pooled() const noexcept { return pooled_; }
 
-  /// Frees memory from `allocate`, ordered after all work enqueued so far. Never throws (it
-  /// runs in a deleter); a failure can only leak, and is cleared so that it does not surface
-  /// as an unrelated launch error later.
-  void free(void* memory) const noexcept {
-    device_guard guard(ordinal_);
-    const cudaError_t status = pooled_ ? cudaFreeAsync(memory, stream_) : cudaFree(memory);
-    if (status != cudaSuccess) (void)cudaGetLastError();
+  /// Frees `bytes` of memory from `allocate_device`, ordered after all work enqueued so far,
+  /// and gives the bytes back to the device's budget. Never throws (it runs in a deleter); a
+  /// failure can only leak, and is cleared so that it does not surface as an unrelated launch
+  /// error later.
+  void free(void* memory, uint64_t bytes) const noexcept {
+    if (memory == nullptr) return;
+    {
+      device_guard guard(ordinal_);
+      const cudaError_t status = pooled_ ? cudaFreeAsync(memory, stream_) : cudaFree(memory);
+      if (status != cudaSuccess) (void)cudaGetLastError();
+    }
+    // Given back as soon as the free is enqueued: the pool itself keeps the memory from a new
+    // owner until this stream's work on it is done.
+    detail::release_device_memory(ordinal_, bytes);
   }
 
  private:
@@ -318,6 +448,144 @@ class stream_owner {
   bool pooled_;
   cudaStream_t stream_ = nullptr;
 };
+
+/// Owns one cuDNN descriptor; `Destroy` is the matching cudnnDestroy*Descriptor. Descriptors
+/// are host objects: destroying one needs no device and no stream.
+template <class Handle, cudnnStatus_t (*Destroy)(Handle)>
+class cudnn_descriptor {
+ public:
+  cudnn_descriptor() = default;
+  ~cudnn_descriptor() {
+    if (handle_ != nullptr) (void)Destroy(handle_);
+  }
+  cudnn_descriptor(const cudnn_descriptor&) = delete;
+  cudnn_descriptor& operator=(const cudnn_descriptor&) = delete;
+
+  Handle get() const noexcept { return handle_; }
+  Handle* out() noexcept { return &handle_; }
+
+ private:
+  Handle handle_ = nullptr;
+};
+
+using tensor_descriptor = cudnn_descriptor<cudnnTensorDescriptor_t, cudnnDestroyTensorDescriptor>;
+using filter_descriptor = cudnn_descriptor<cudnnFilterDescriptor_t, cudnnDestroyFilterDescriptor>;
+using convolution_descriptor =
+    cudnn_descriptor<cudnnConvolutionDescriptor_t, cudnnDestroyConvolutionDescriptor>;
+
+/// The three passes of a convolution, each with its own algorithm.
+enum class conv_pass : int { forward = 0, backward_data = 1, backward_filter = 2 };
+
+constexpr const char* pass_name(conv_pass pass) {
+  switch (pass) {
+    case conv_pass::forward:
+      return "forward";
+    case conv_pass::backward_data:
+      return "backward-data";
+    case conv_pass::backward_filter:
+      return "backward-filter";
+  }
+  return "?";
+}
+
+/// What the plan cache is keyed on: the geometry and the precision (which sets the math types
+/// the algorithm may use).
+struct conv_key {
+  std::array<int64_t, 9> extents{};
+  math_precision precision = math_precision::fp32;
+  auto operator<=>(const conv_key&) const = default;
+};
+
+/// The algorithm chosen for one pass, with the math type it runs under and the workspace it
+/// needs.
+struct conv_choice {
+  bool chosen = false;
+  int algo = 0;
+  cudnnMathType_t math = CUDNN_FMA_MATH;
+  size_t workspace = 0;
+};
+
+/// Everything cuDNN needs for one geometry: built once, then reused by every call (a training
+/// run has a handful of geometries and calls each thousands of times). Each pass has its own
+/// convolution descriptor because each carries the math type of its own algorithm.
+struct conv_plan {
+  tensor_descriptor x;
+  tensor_descriptor y;
+  filter_descriptor w;
+  std::array<convolution_descriptor, 3> conv;
+  std::array<conv_choice, 3> choice;
+};
+
+/// "batch 128, 32x32x3 -> 16, kernel 3x3, pad 1x1": a geometry for error messages.
+std::string describe_geometry(const conv2d_geometry& g) {
+  return "batch " + std::to_string(g.batch) + ", " + std::to_string(g.height) + "x" +
+         std::to_string(g.width) + "x" + std::to_string(g.in_channels) + " -> " +
+         std::to_string(g.out_channels) + ", kernel " + std::to_string(g.kernel_h) + "x" +
+         std::to_string(g.kernel_w) + ", pad " + std::to_string(g.pad_h) + "x" +
+         std::to_string(g.pad_w);
+}
+
+/// Whether an algorithm that cuDNN's heuristics rate with math type `math` may serve a
+/// backend at precision `p`. FP32 takes only algorithms without tensor cores (FMA; DEFAULT
+/// rows run under the descriptor's FMA_MATH, which forbids TF32). TF32 and BF16 also take
+/// tensor-core algorithms (TF32 for FP32 data), but never ALLOW_CONVERSION: the legacy API's
+/// down-conversion is to FP16, whose range (65504) gradients can overflow.
+bool math_allowed(cudnnMathType_t math, math_precision p) {
+  if (math == CUDNN_FMA_MATH || math == CUDNN_DEFAULT_MATH) return true;
+  return p != math_precision::fp32 && math == CUDNN_TENSOR_OP_MATH;
+}
+
+/// Picks the first algorithm of cuDNN's heuristic ranking (best first) that succeeds, is
+/// allowed at precision `p`, needs at most `cap` bytes of workspace, and (in the first round)
+/// is deterministic; the second round drops determinism rather than fail. Leaves `conv` at
+/// the chosen algorithm's math type. `heuristic(requested, &returned, perf)` and
+/// `workspace(algo, &bytes)` wrap the pass's cudnnGet*Algorithm_v7 and
+/// cudnnGet*WorkspaceSize.
+template <class Perf, class Heuristic, class Workspace>
+conv_choice pick_algorithm(cudnnConvolutionDescriptor_t conv, math_precision p, size_t cap,
+                           int max_count, Heuristic heuristic, Workspace workspace, conv_pass pass,
+                           const conv2d_geometry& g) {
+  // FP32 must never run tensor-core math: FMA_MATH on the descriptor both steers the
+  // heuristics and forbids TF32 at run time. Otherwise DEFAULT_MATH permits TF32.
+  const cudnnMathType_t preferred = p == math_precision::fp32 ? CUDNN_FMA_MATH : CUDNN_DEFAULT_MATH;
+  GFLEX_CUDNN_CHECK(cudnnSetConvolutionMathType(conv, preferred));
+  std::vector<Perf> perf(static_cast<size_t>(std::max(max_count, 1)));
+  int returned = 0;
+  GFLEX_CUDNN_CHECK(heuristic(static_cast<int>(perf.size()), &returned, perf.data()));
+  for (int round = 0; round < 2; ++round) {
+    for (int i = 0; i < returned; ++i) {
+      const Perf& candidate = perf[static_cast<size_t>(i)];
+      if (candidate.status != CUDNN_STATUS_SUCCESS) continue;
+      if (round == 0 && candidate.determinism != CUDNN_DETERMINISTIC) continue;
+      if (!math_allowed(candidate.mathType, p) || candidate.memory > cap) continue;
+      const cudnnMathType_t math = p == math_precision::fp32 ? CUDNN_FMA_MATH : candidate.mathType;
+      if (cudnnSetConvolutionMathType(conv, math) != CUDNN_STATUS_SUCCESS) continue;
+      // The heuristics' memory figure is an estimate; the exact size under the math type we
+      // run with decides, and a failure here means the algorithm cannot run this way.
+      size_t bytes = 0;
+      if (workspace(static_cast<int>(candidate.algo), &bytes) != CUDNN_STATUS_SUCCESS ||
+          bytes > cap)
+        continue;
+      return conv_choice{true, static_cast<int>(candidate.algo), math, bytes};
+    }
+  }
+  throw compute_error(gflex::error(
+      errc::device_error, std::string("no cuDNN ") + pass_name(pass) +
+                              " convolution algorithm for " + describe_geometry(g) + " at " +
+                              to_string(p) + " within a workspace of " + std::to_string(cap) +
+                              " bytes (" + std::to_string(returned) + " candidates)"));
+}
+
+/// Pinned staging buffers of `upload`, and the most one copy stages at once. Four slots let
+/// the host fill one while up to three DMAs are in flight; 16 MiB chunks keep a large upload
+/// pipelined (memcpy of chunk i+1 overlaps the DMA of chunk i) and bound the pinned memory
+/// per backend to 64 MiB, however large the tensors.
+constexpr int k_staging_slots = 4;
+constexpr size_t k_staging_chunk = size_t{16} << 20;
+
+/// The largest cuDNN workspace a backend holds. FFT and Winograd algorithms can ask for
+/// gigabytes for a few percent of speed; past this the next-ranked algorithm is used.
+constexpr size_t k_max_workspace = size_t{512} << 20;
 
 class cuda_backend final : public backend {
  public:
@@ -340,6 +608,10 @@ class cuda_backend final : public backend {
 
   std::string describe() const override { return description_; }
 
+  void* native_stream() const noexcept override {
+    return streams_ ? static_cast<void*>(streams_->stream()) : nullptr;
+  }
+
   // -- memory ---------------------------------------------------------------------------------
 
   tensor allocate(shape_t shape, dtype type) override {
@@ -348,26 +620,50 @@ class cuda_backend final : public backend {
     const size_t bytes = static_cast<size_t>(*numel) * size_of(type);
     if (bytes == 0) return tensor::adopt(std::move(shape), type, where(), nullptr);
     activate();
-    void* memory = nullptr;
-    const cudaError_t status = streams_->pooled()
-                                   ? cudaMallocAsync(&memory, bytes, streams_->stream())
-                                   : cudaMalloc(&memory, bytes);
-    if (status != cudaSuccess) {
-      const std::string what = "allocating " + std::to_string(bytes) + " bytes for " +
-                               to_string(shape) + " " + to_string(type) +
-                               " on cuda:" + std::to_string(ordinal_);
-      detail::throw_cuda_error(status, what.c_str(), __FILE__, __LINE__);
-    }
+    const std::string what = "allocating " + std::to_string(bytes) + " bytes for " +
+                             gflex::to_string(shape) + " " + to_string(type) +
+                             " on cuda:" + std::to_string(ordinal_);
+    void* memory = allocate_device(bytes, what);
     std::shared_ptr<stream_owner> owner = streams_;
     return tensor::adopt(
         std::move(shape), type, where(),
-        std::shared_ptr<void>(memory, [owner](void* p) noexcept { owner->free(p); }));
+        std::shared_ptr<void>(memory, [owner, bytes](void* p) noexcept { owner->free(p, bytes); }));
   }
 
   void upload(const void* src, void* dst, size_t count) override {
     if (count == 0) return;
     activate();
-    GFLEX_CUDA_CHECK(cudaMemcpyAsync(dst, src, count, cudaMemcpyHostToDevice, stream()));
+    const auto* from = static_cast<const char*>(src);
+    auto* to = static_cast<char*>(dst);
+    while (count > 0) {
+      const size_t chunk = std::min(count, k_staging_chunk);
+      staging_slot& slot = staging_[next_slot_];
+      next_slot_ = (next_slot_ + 1) % k_staging_slots;
+      if (slot.pending) {
+        // The slot's previous DMA must have read the buffer before we overwrite it.
+        GFLEX_CUDA_CHECK(cudaEventSynchronize(slot.done));
+        slot.pending = false;
+      }
+      if (slot.capacity < chunk) {
+        // Grown in powers of two (up to the chunk size) so that a run of slightly growing
+        // uploads does not re-pin memory each time; pinning is slow.
+        size_t capacity = std::max<size_t>(slot.capacity, 4096);
+        while (capacity < chunk) capacity *= 2;
+        capacity = std::min(capacity, k_staging_chunk);
+        if (slot.host != nullptr) GFLEX_CUDA_CHECK(cudaFreeHost(slot.host));
+        slot.host = nullptr;
+        slot.capacity = 0;
+        GFLEX_CUDA_CHECK(cudaMallocHost(&slot.host, capacity));
+        slot.capacity = capacity;
+      }
+      std::memcpy(slot.host, from, chunk);
+      GFLEX_CUDA_CHECK(cudaMemcpyAsync(to, slot.host, chunk, cudaMemcpyHostToDevice, stream()));
+      GFLEX_CUDA_CHECK(cudaEventRecord(slot.done, stream()));
+      slot.pending = true;
+      from += chunk;
+      to += chunk;
+      count -= chunk;
+    }
   }
 
   void download(const void* src, void* dst, size_t count) override {
@@ -413,9 +709,25 @@ class cuda_backend final : public backend {
     // compute C^T = op(B)^T * op(A)^T: B first, A second, m and n swapped, the same flags.
     const cublasOperation_t op_a = trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
     const cublasOperation_t op_b = trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
-    GFLEX_CUBLAS_CHECK(cublasSgemm(blas_, op_b, op_a, static_cast<int>(n), static_cast<int>(m),
-                                   static_cast<int>(k), &alpha, b, static_cast<int>(ldb), a,
-                                   static_cast<int>(lda), &beta, c, static_cast<int>(ldc)));
+    const auto mi = static_cast<int>(m);
+    const auto ni = static_cast<int>(n);
+    const auto ki = static_cast<int>(k);
+    if (precision_ == math_precision::fp32) {
+      GFLEX_CUBLAS_CHECK(cublasSgemm(blas_, op_b, op_a, ni, mi, ki, &alpha, b,
+                                     static_cast<int>(ldb), a, static_cast<int>(lda), &beta, c,
+                                     static_cast<int>(ldc)));
+      return;
+    }
+    // FP32 in and out, products rounded as the precision allows, FP32 accumulation. The
+    // compute type, not the handle's math mode, grants the down-conversion, so the handle
+    // stays at CUBLAS_DEFAULT_MATH and FP32 calls above stay exact.
+    const cublasComputeType_t compute = precision_ == math_precision::tf32
+                                            ? CUBLAS_COMPUTE_32F_FAST_TF32
+                                            : CUBLAS_COMPUTE_32F_FAST_16BF;
+    GFLEX_CUBLAS_CHECK(cublasGemmEx(blas_, op_b, op_a, ni, mi, ki, &alpha, b, CUDA_R_32F,
+                                    static_cast<int>(ldb), a, CUDA_R_32F, static_cast<int>(lda),
+                                    &beta, c, CUDA_R_32F, static_cast<int>(ldc), compute,
+                                    CUBLAS_GEMM_DEFAULT));
   }
 
   void axpby(int64_t n, float a, const float* x, float b, float* y) override {
@@ -469,6 +781,117 @@ class cuda_backend final : public backend {
     GFLEX_CUDA_CHECK_LAUNCH();
   }
 
+  // -- convolutional layers -----------------------------------------------------------------
+
+  void conv2d_forward(const conv2d_geometry& g, const float* x, const float* w, float* y) override {
+    activate();
+    conv_plan& plan = plan_for(g);
+    const conv_choice& choice = choose(plan, conv_pass::forward, g);
+    void* workspace = ensure_workspace(choice.workspace);
+    const float one = 1.0f;
+    const float zero = 0.0f;  // y is overwritten
+    GFLEX_CUDNN_CHECK(cudnnConvolutionForward(dnn_, &one, plan.x.get(), x, plan.w.get(), w,
+                                              plan.conv[0].get(),
+                                              static_cast<cudnnConvolutionFwdAlgo_t>(choice.algo),
+                                              workspace, choice.workspace, &zero, plan.y.get(), y));
+  }
+
+  void conv2d_backward_data(const conv2d_geometry& g, const float* dy, const float* w,
+                            float* dx) override {
+    activate();
+    conv_plan& plan = plan_for(g);
+    const conv_choice& choice = choose(plan, conv_pass::backward_data, g);
+    void* workspace = ensure_workspace(choice.workspace);
+    const float one = 1.0f;
+    const float zero = 0.0f;  // dx is overwritten
+    GFLEX_CUDNN_CHECK(cudnnConvolutionBackwardData(
+        dnn_, &one, plan.w.get(), w, plan.y.get(), dy, plan.conv[1].get(),
+        static_cast<cudnnConvolutionBwdDataAlgo_t>(choice.algo), workspace, choice.workspace, &zero,
+        plan.x.get(), dx));
+  }
+
+  void conv2d_backward_filter(const conv2d_geometry& g, const float* x, const float* dy,
+                              float* dw) override {
+    activate();
+    conv_plan& plan = plan_for(g);
+    const conv_choice& choice = choose(plan, conv_pass::backward_filter, g);
+    void* workspace = ensure_workspace(choice.workspace);
+    const float one = 1.0f;
+    const float zero = 0.0f;  // dw is overwritten
+    GFLEX_CUDNN_CHECK(cudnnConvolutionBackwardFilter(
+        dnn_, &one, plan.x.get(), x, plan.y.get(), dy, plan.conv[2].get(),
+        static_cast<cudnnConvolutionBwdFilterAlgo_t>(choice.algo), workspace, choice.workspace,
+        &zero, plan.w.get(), dw));
+  }
+
+  void max_pool2_forward(const float* x, int64_t batch, int64_t height, int64_t width,
+                         int64_t channels, float* y, int32_t* argmax) override {
+    if (batch <= 0 || channels <= 0 || height < 2 || width < 2) return;  // no output
+    check_pool_extents(height, width, channels);
+    activate();
+    const int64_t out_h = height / 2;
+    const int64_t out_w = width / 2;
+    const int64_t n = batch * out_h * out_w * channels;
+    max_pool2_forward_kernel<<<grid_for(n), k_block, 0, stream()>>>(x, height, width, channels,
+                                                                    out_h, out_w, n, y, argmax);
+    GFLEX_CUDA_CHECK_LAUNCH();
+  }
+
+  void max_pool2_backward(const float* dy, const int32_t* argmax, int64_t batch, int64_t height,
+                          int64_t width, int64_t channels, float* dx) override {
+    if (batch <= 0 || channels <= 0 || height <= 0 || width <= 0) return;  // dx is empty
+    check_pool_extents(height, width, channels);
+    activate();
+    const int64_t sample_in = height * width * channels;
+    // Inputs no window covers (an odd last row or column) get zero, as do the losers.
+    GFLEX_CUDA_CHECK(
+        cudaMemsetAsync(dx, 0, static_cast<size_t>(batch * sample_in) * sizeof(float), stream()));
+    const int64_t sample_out = (height / 2) * (width / 2) * channels;
+    if (sample_out == 0) return;
+    const int64_t n = batch * sample_out;
+    max_pool2_backward_kernel<<<grid_for(n), k_block, 0, stream()>>>(dy, argmax, sample_in,
+                                                                     sample_out, n, dx);
+    GFLEX_CUDA_CHECK_LAUNCH();
+  }
+
+  void set_precision(math_precision p) override {
+    if (p != math_precision::fp32 && p != math_precision::tf32 && p != math_precision::bf16)
+      throw compute_error(gflex::error(errc::invalid_argument, "unknown math precision"));
+    // Nothing to reconfigure: gemm picks its compute type per call from precision_, and conv
+    // plans are keyed on the precision, so each precision gets its own algorithms.
+    precision_ = p;
+  }
+
+  math_precision precision() const override { return precision_; }
+
+  // -- update compression ---------------------------------------------------------------------
+
+  void quantize_int8(const float* x, float* residual, int64_t n, int64_t block, int8_t* q,
+                     float* scales) override {
+    if (n <= 0) return;
+    check_quant_block(block);
+    activate();
+    const int64_t blocks = (n + block - 1) / block;
+    const auto grid = static_cast<unsigned>(std::min<int64_t>(blocks, max_blocks_));
+    if (residual != nullptr) {
+      quantize_int8_kernel<true>
+          <<<grid, k_block, 0, stream()>>>(x, residual, n, block, blocks, q, scales);
+    } else {
+      quantize_int8_kernel<false>
+          <<<grid, k_block, 0, stream()>>>(x, residual, n, block, blocks, q, scales);
+    }
+    GFLEX_CUDA_CHECK_LAUNCH();
+  }
+
+  void dequantize_int8(const int8_t* q, const float* scales, int64_t n, int64_t block,
+                       float* out) override {
+    if (n <= 0) return;
+    check_quant_block(block);
+    activate();
+    dequantize_int8_kernel<<<grid_for(n), k_block, 0, stream()>>>(q, scales, n, block, out);
+    GFLEX_CUDA_CHECK_LAUNCH();
+  }
+
   // -- optimisers -----------------------------------------------------------------------------
 
   void adamw(float* param, const float* grad, float* m, float* v, int64_t n,
@@ -492,6 +915,14 @@ class cuda_backend final : public backend {
   double sum_squares(const float* x, int64_t n) override { return reduce<true>(x, n); }
 
  private:
+  /// One pinned staging buffer of `upload` and the event behind its last copy.
+  struct staging_slot {
+    void* host = nullptr;
+    size_t capacity = 0;
+    cudaEvent_t done = nullptr;
+    bool pending = false;  ///< A copy from `host` was enqueued and `done` recorded after it.
+  };
+
   void init() {
     GFLEX_CUDA_CHECK(cudaSetDevice(ordinal_));
     cudaDeviceProp prop{};
@@ -520,18 +951,56 @@ class cuda_backend final : public backend {
     streams_ = std::make_shared<stream_owner>(ordinal_, pools != 0);
     GFLEX_CUBLAS_CHECK(cublasCreate(&blas_));
     GFLEX_CUBLAS_CHECK(cublasSetStream(blas_, stream()));
-    // Exact FP32: TF32 would make gemm disagree with the CPU backend in the 4th digit.
+    // Exact FP32: TF32 would make gemm disagree with the CPU backend in the 4th digit. The
+    // other precisions are granted per call through cublasGemmEx's compute type.
     GFLEX_CUBLAS_CHECK(cublasSetMathMode(blas_, CUBLAS_DEFAULT_MATH));
-    // max_blocks_ partials, then the final sum.
-    GFLEX_CUDA_CHECK(cudaMalloc(&reduce_buffer_, sizeof(double) * (max_blocks_ + 1)));
+    for (staging_slot& slot : staging_) {
+      // No timing: these events only order host reuse after the DMA, and timing costs.
+      GFLEX_CUDA_CHECK(cudaEventCreateWithFlags(&slot.done, cudaEventDisableTiming));
+    }
+    // max_blocks_ partials, then the final sum. Allocated once, synchronously (no pool
+    // needed), but counted against the budget like everything else on the device.
+    reduce_bytes_ = sizeof(double) * static_cast<size_t>(max_blocks_ + 1);
+    detail::reserve_device_memory(
+        ordinal_, reduce_bytes_,
+        "allocating reduction scratch on cuda:" + std::to_string(ordinal_));
+    void* scratch = nullptr;
+    const cudaError_t status = cudaMalloc(&scratch, reduce_bytes_);
+    if (status != cudaSuccess) {
+      detail::release_device_memory(ordinal_, reduce_bytes_);
+      reduce_bytes_ = 0;
+      detail::throw_cuda_error(status, "cudaMalloc(reduction scratch)", __FILE__, __LINE__);
+    }
+    reduce_buffer_ = static_cast<double*>(scratch);
   }
 
-  /// Frees what init() made, in reverse order; safe on a partly built backend. Never throws.
+  /// Frees what init() and later calls made, in reverse order; safe on a partly built backend.
+  /// Never throws.
   void release() noexcept {
     device_guard guard(ordinal_);
-    if (reduce_buffer_ != nullptr && cudaFree(reduce_buffer_) != cudaSuccess)
-      (void)cudaGetLastError();
+    // Staging buffers may still feed a DMA: wait for each slot's last copy before unpinning.
+    for (staging_slot& slot : staging_) {
+      if (slot.pending && cudaEventSynchronize(slot.done) != cudaSuccess) (void)cudaGetLastError();
+      slot.pending = false;
+      if (slot.host != nullptr && cudaFreeHost(slot.host) != cudaSuccess) (void)cudaGetLastError();
+      slot.host = nullptr;
+      slot.capacity = 0;
+      if (slot.done != nullptr && cudaEventDestroy(slot.done) != cudaSuccess)
+        (void)cudaGetLastError();
+      slot.done = nullptr;
+    }
+    plans_.clear();
+    if (dnn_ != nullptr) (void)cudnnDestroy(dnn_);
+    dnn_ = nullptr;
+    if (workspace_ != nullptr) streams_->free(workspace_, workspace_bytes_);
+    workspace_ = nullptr;
+    workspace_bytes_ = 0;
+    if (reduce_buffer_ != nullptr) {
+      if (cudaFree(reduce_buffer_) != cudaSuccess) (void)cudaGetLastError();
+      detail::release_device_memory(ordinal_, reduce_bytes_);
+    }
     reduce_buffer_ = nullptr;
+    reduce_bytes_ = 0;
     if (blas_ != nullptr) (void)cublasDestroy(blas_);
     blas_ = nullptr;
     streams_.reset();  // the stream itself lives on while a tensor from this backend does
@@ -546,6 +1015,211 @@ class cuda_backend final : public backend {
   /// at most one full-occupancy wave.
   unsigned grid_for(int64_t n) const {
     return static_cast<unsigned>(std::min<int64_t>((n + k_block - 1) / k_block, max_blocks_));
+  }
+
+  /// `bytes` (> 0) of device memory, reserved against the device's budget first; `what` names
+  /// the allocation in errors. Free with streams_->free(memory, bytes).
+  void* allocate_device(size_t bytes, const std::string& what) {
+    detail::reserve_device_memory(ordinal_, bytes, what);
+    void* memory = nullptr;
+    const cudaError_t status = streams_->pooled()
+                                   ? cudaMallocAsync(&memory, bytes, streams_->stream())
+                                   : cudaMalloc(&memory, bytes);
+    if (status != cudaSuccess) {
+      detail::release_device_memory(ordinal_, bytes);
+      detail::throw_cuda_error(status, what.c_str(), __FILE__, __LINE__);
+    }
+    return memory;
+  }
+
+  /// The cuDNN workspace, grown to at least `bytes` (null for 0). Growing frees the old one on
+  /// the stream first, so the calls already enqueued keep theirs and the pool can reuse it.
+  void* ensure_workspace(size_t bytes) {
+    if (bytes <= workspace_bytes_) return workspace_;
+    if (workspace_ != nullptr) streams_->free(workspace_, workspace_bytes_);
+    workspace_ = nullptr;
+    workspace_bytes_ = 0;
+    workspace_ = allocate_device(bytes, "allocating a cuDNN workspace of " + std::to_string(bytes) +
+                                            " bytes on cuda:" + std::to_string(ordinal_));
+    workspace_bytes_ = bytes;
+    return workspace_;
+  }
+
+  /// The workspace an algorithm may ask for now: half of what the budget (or, without one,
+  /// the device) has left, counting the current workspace as free since growing replaces it,
+  /// and at most k_max_workspace. Half, because the layers after this one still allocate.
+  size_t workspace_cap() const {
+    uint64_t available = 0;
+    const uint64_t limit = detail::device_memory_limit(ordinal_);
+    if (limit != 0) {
+      const uint64_t used = cuda_memory_in_use(ordinal_);
+      available = used < limit ? limit - used : 0;
+    } else {
+      size_t free_bytes = 0;
+      size_t total_bytes = 0;
+      GFLEX_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
+      available = free_bytes;
+      if (streams_->pooled()) {
+        // The pool keeps freed memory (release threshold UINT64_MAX, see init): the driver
+        // counts it as used, but a workspace allocation would be served from it.
+        cudaMemPool_t pool = nullptr;
+        uint64_t reserved = 0;
+        uint64_t used = 0;
+        GFLEX_CUDA_CHECK(cudaDeviceGetDefaultMemPool(&pool, ordinal_));
+        GFLEX_CUDA_CHECK(
+            cudaMemPoolGetAttribute(pool, cudaMemPoolAttrReservedMemCurrent, &reserved));
+        GFLEX_CUDA_CHECK(cudaMemPoolGetAttribute(pool, cudaMemPoolAttrUsedMemCurrent, &used));
+        if (reserved > used) available += reserved - used;
+      }
+    }
+    available += workspace_bytes_;
+    return static_cast<size_t>(std::min<uint64_t>(available / 2, k_max_workspace));
+  }
+
+  /// The cuDNN handle, made on first use: cudnnCreate loads cuDNN's kernels and takes device
+  /// memory, which a workload without convolutions (the MLPs) should not pay for.
+  void ensure_dnn() {
+    if (dnn_ != nullptr) return;
+    GFLEX_CUDNN_CHECK(cudnnCreate(&dnn_));
+    GFLEX_CUDNN_CHECK(cudnnSetStream(dnn_, stream()));
+  }
+
+  /// The plan for `g` at the current precision, built on first use.
+  conv_plan& plan_for(const conv2d_geometry& g) {
+    if (!g.valid())
+      throw compute_error(gflex::error(errc::invalid_argument,
+                                       "invalid convolution geometry: " + describe_geometry(g)));
+    const int64_t out_h = g.out_height();
+    const int64_t out_w = g.out_width();
+    for (int64_t extent : {g.batch, g.height, g.width, g.in_channels, g.out_channels, g.kernel_h,
+                           g.kernel_w, g.pad_h, g.pad_w, out_h, out_w}) {
+      if (extent > INT_MAX)
+        throw compute_error(
+            gflex::error(errc::invalid_argument, "convolution extent " + std::to_string(extent) +
+                                                     " exceeds cuDNN's 32-bit limit (" +
+                                                     describe_geometry(g) + ")"));
+    }
+    conv_key key;
+    key.extents = {g.batch,    g.height,   g.width, g.in_channels, g.out_channels,
+                   g.kernel_h, g.kernel_w, g.pad_h, g.pad_w};
+    key.precision = precision_;
+    if (auto found = plans_.find(key); found != plans_.end()) return *found->second;
+
+    ensure_dnn();
+    auto plan = std::make_unique<conv_plan>();
+    const auto n = static_cast<int>(g.batch);
+    const auto c = static_cast<int>(g.in_channels);
+    const auto k = static_cast<int>(g.out_channels);
+    GFLEX_CUDNN_CHECK(cudnnCreateTensorDescriptor(plan->x.out()));
+    GFLEX_CUDNN_CHECK(cudnnSetTensor4dDescriptor(plan->x.get(), CUDNN_TENSOR_NHWC, CUDNN_DATA_FLOAT,
+                                                 n, c, static_cast<int>(g.height),
+                                                 static_cast<int>(g.width)));
+    GFLEX_CUDNN_CHECK(cudnnCreateTensorDescriptor(plan->y.out()));
+    GFLEX_CUDNN_CHECK(cudnnSetTensor4dDescriptor(plan->y.get(), CUDNN_TENSOR_NHWC, CUDNN_DATA_FLOAT,
+                                                 n, k, static_cast<int>(out_h),
+                                                 static_cast<int>(out_w)));
+    // NHWC filter format is KRSC in memory: [out_channels, kernel_h, kernel_w, in_channels].
+    GFLEX_CUDNN_CHECK(cudnnCreateFilterDescriptor(plan->w.out()));
+    GFLEX_CUDNN_CHECK(cudnnSetFilter4dDescriptor(plan->w.get(), CUDNN_DATA_FLOAT, CUDNN_TENSOR_NHWC,
+                                                 k, c, static_cast<int>(g.kernel_h),
+                                                 static_cast<int>(g.kernel_w)));
+    for (convolution_descriptor& conv : plan->conv) {
+      GFLEX_CUDNN_CHECK(cudnnCreateConvolutionDescriptor(conv.out()));
+      // Cross-correlation (no filter flip), as every framework's "convolution" and the CPU
+      // backend compute; FP32 accumulation.
+      GFLEX_CUDNN_CHECK(cudnnSetConvolution2dDescriptor(conv.get(), static_cast<int>(g.pad_h),
+                                                        static_cast<int>(g.pad_w), 1, 1, 1, 1,
+                                                        CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT));
+    }
+    // cuDNN's idea of the output must be ours, or y's descriptor would lie about its memory.
+    int dn = 0;
+    int dk = 0;
+    int dh = 0;
+    int dw = 0;
+    GFLEX_CUDNN_CHECK(cudnnGetConvolution2dForwardOutputDim(plan->conv[0].get(), plan->x.get(),
+                                                            plan->w.get(), &dn, &dk, &dh, &dw));
+    if (dn != n || dk != k || dh != out_h || dw != out_w)
+      throw compute_error(gflex::error(
+          errc::device_error, "cuDNN computes a " + std::to_string(dn) + "x" + std::to_string(dh) +
+                                  "x" + std::to_string(dw) + "x" + std::to_string(dk) +
+                                  " output for " + describe_geometry(g)));
+    return *plans_.emplace(key, std::move(plan)).first->second;
+  }
+
+  /// The algorithm of `pass` in `plan`, chosen on first use (see pick_algorithm).
+  const conv_choice& choose(conv_plan& plan, conv_pass pass, const conv2d_geometry& g) {
+    conv_choice& choice = plan.choice[static_cast<size_t>(pass)];
+    if (choice.chosen) return choice;
+    cudnnConvolutionDescriptor_t conv = plan.conv[static_cast<size_t>(pass)].get();
+    const size_t cap = workspace_cap();
+    int max_count = 0;
+    switch (pass) {
+      case conv_pass::forward:
+        GFLEX_CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithmMaxCount(dnn_, &max_count));
+        choice = pick_algorithm<cudnnConvolutionFwdAlgoPerf_t>(
+            conv, precision_, cap, max_count,
+            [&](int requested, int* returned, cudnnConvolutionFwdAlgoPerf_t* perf) {
+              return cudnnGetConvolutionForwardAlgorithm_v7(
+                  dnn_, plan.x.get(), plan.w.get(), conv, plan.y.get(), requested, returned, perf);
+            },
+            [&](int algo, size_t* bytes) {
+              return cudnnGetConvolutionForwardWorkspaceSize(
+                  dnn_, plan.x.get(), plan.w.get(), conv, plan.y.get(),
+                  static_cast<cudnnConvolutionFwdAlgo_t>(algo), bytes);
+            },
+            pass, g);
+        break;
+      case conv_pass::backward_data:
+        GFLEX_CUDNN_CHECK(cudnnGetConvolutionBackwardDataAlgorithmMaxCount(dnn_, &max_count));
+        choice = pick_algorithm<cudnnConvolutionBwdDataAlgoPerf_t>(
+            conv, precision_, cap, max_count,
+            [&](int requested, int* returned, cudnnConvolutionBwdDataAlgoPerf_t* perf) {
+              return cudnnGetConvolutionBackwardDataAlgorithm_v7(
+                  dnn_, plan.w.get(), plan.y.get(), conv, plan.x.get(), requested, returned, perf);
+            },
+            [&](int algo, size_t* bytes) {
+              return cudnnGetConvolutionBackwardDataWorkspaceSize(
+                  dnn_, plan.w.get(), plan.y.get(), conv, plan.x.get(),
+                  static_cast<cudnnConvolutionBwdDataAlgo_t>(algo), bytes);
+            },
+            pass, g);
+        break;
+      case conv_pass::backward_filter:
+        GFLEX_CUDNN_CHECK(cudnnGetConvolutionBackwardFilterAlgorithmMaxCount(dnn_, &max_count));
+        choice = pick_algorithm<cudnnConvolutionBwdFilterAlgoPerf_t>(
+            conv, precision_, cap, max_count,
+            [&](int requested, int* returned, cudnnConvolutionBwdFilterAlgoPerf_t* perf) {
+              return cudnnGetConvolutionBackwardFilterAlgorithm_v7(
+                  dnn_, plan.x.get(), plan.y.get(), conv, plan.w.get(), requested, returned, perf);
+            },
+            [&](int algo, size_t* bytes) {
+              return cudnnGetConvolutionBackwardFilterWorkspaceSize(
+                  dnn_, plan.x.get(), plan.y.get(), conv, plan.w.get(),
+                  static_cast<cudnnConvolutionBwdFilterAlgo_t>(algo), bytes);
+            },
+            pass, g);
+        break;
+    }
+    return choice;
+  }
+
+  /// Pooling records offsets within a sample as int32: a sample must have fewer than 2^31
+  /// values.
+  static void check_pool_extents(int64_t height, int64_t width, int64_t channels) {
+    const bool fits = height <= INT32_MAX && width <= INT32_MAX && channels <= INT32_MAX &&
+                      height * width <= INT32_MAX && height * width * channels <= INT32_MAX;
+    if (!fits)
+      throw compute_error(gflex::error(errc::invalid_argument,
+                                       "max_pool2: a sample of " + std::to_string(height) + "x" +
+                                           std::to_string(width) + "x" + std::to_string(channels) +
+                                           " values exceeds the int32 argmax"));
+  }
+
+  static void check_quant_block(int64_t block) {
+    if (block <= 0)
+      throw compute_error(gflex::error(
+          errc::invalid_argument,
+          "int8 quantisation block size " + std::to_string(block) + " is not positive"));
   }
 
   template <bool Square>
@@ -568,9 +1242,17 @@ class cuda_backend final : public backend {
   int ordinal_;
   std::string description_;
   int max_blocks_ = 1;
+  math_precision precision_ = math_precision::fp32;
   std::shared_ptr<stream_owner> streams_;
   cublasHandle_t blas_ = nullptr;
+  cudnnHandle_t dnn_ = nullptr;      ///< Made by the first convolution (ensure_dnn).
   double* reduce_buffer_ = nullptr;  ///< Device scratch for sum / sum_squares.
+  size_t reduce_bytes_ = 0;
+  void* workspace_ = nullptr;  ///< cuDNN workspace, shared by every plan (calls are ordered).
+  size_t workspace_bytes_ = 0;
+  std::map<conv_key, std::unique_ptr<conv_plan>> plans_;
+  std::array<staging_slot, k_staging_slots> staging_{};
+  int next_slot_ = 0;
 };
 
 }  // namespace

@@ -13,11 +13,14 @@ bool cuda_compiled() noexcept {
 }
 
 #ifndef GFLEX_HAVE_CUDA
-int cuda_device_count() noexcept { return 0; }
+int cuda_device_count() noexcept {
+  return 0;
+}
 
 expected<std::unique_ptr<backend>> make_cuda_backend(int) {
-  return error(errc::no_device, "this build of gflex has no CUDA backend (built with GFLEX_CUDA=OFF "
-                                "or without a CUDA toolkit)");
+  return error(errc::no_device,
+               "this build of gflex has no CUDA backend (built with GFLEX_CUDA=OFF "
+               "or without a CUDA toolkit)");
 }
 #endif
 
@@ -31,8 +34,7 @@ expected<std::unique_ptr<backend>> make_backend(const std::string& name, int cpu
     if (ec == std::errc() && end == digits.data() + digits.size() && ordinal >= 0)
       return make_cuda_backend(ordinal);
   }
-  return error(errc::invalid_argument,
-               "unknown backend '" + name + "' (use cpu, cuda or cuda:N)");
+  return error(errc::invalid_argument, "unknown backend '" + name + "' (use cpu, cuda or cuda:N)");
 }
 
 }  // namespace gflex::kernels

@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <vector>
 
 #include "gflex/kernels/backend.hpp"
 #include "parallel_for.hpp"
@@ -47,6 +48,80 @@ void bias_relu_loop(float* __restrict y, const float* __restrict bias, int64_t r
       for (int64_t c = 0; c < cols; ++c) row[c] += bias[c];
     }
   }
+}
+
+/// Samples per im2col chunk: as many as keep the patch matrix near 16 MiB (at least one), so
+/// that a batch of 1000 does not need a quarter-gigabyte buffer and the GEMMs stay large.
+int64_t im2col_chunk(const conv2d_geometry& g) {
+  const int64_t per_sample = g.out_height() * g.out_width() * g.patch() * int64_t{sizeof(float)};
+  return std::clamp<int64_t>((int64_t{16} << 20) / std::max<int64_t>(per_sample, 1), 1, g.batch);
+}
+
+/// Writes the patch matrix of samples [n0, n0 + count): one row of kernel_h * kernel_w *
+/// in_channels values per output pixel, in filter order (r, s, c), zeros for padding.
+void im2col(const conv2d_geometry& g, const float* x, int64_t n0, int64_t count, float* col) {
+  const int64_t oh_n = g.out_height(), ow_n = g.out_width(), c_n = g.in_channels;
+  const size_t run = sizeof(float) * static_cast<size_t>(c_n);
+  for (int64_t n = n0; n < n0 + count; ++n) {
+    const float* sample = x + n * g.height * g.width * c_n;
+    for (int64_t oh = 0; oh < oh_n; ++oh)
+      for (int64_t ow = 0; ow < ow_n; ++ow, col += g.patch())
+        for (int64_t r = 0; r < g.kernel_h; ++r) {
+          const int64_t ih = oh + r - g.pad_h;
+          for (int64_t s = 0; s < g.kernel_w; ++s) {
+            const int64_t iw = ow + s - g.pad_w;
+            float* dst = col + (r * g.kernel_w + s) * c_n;
+            if (ih < 0 || ih >= g.height || iw < 0 || iw >= g.width)
+              std::memset(dst, 0, run);
+            else
+              std::memcpy(dst, sample + (ih * g.width + iw) * c_n, run);
+          }
+        }
+  }
+}
+
+/// The adjoint of im2col: adds every patch-matrix row back into the input positions it was
+/// read from (dx of samples [n0, n0 + count), which the caller has zeroed).
+void col2im(const conv2d_geometry& g, const float* col, int64_t n0, int64_t count, float* dx) {
+  const int64_t oh_n = g.out_height(), ow_n = g.out_width(), c_n = g.in_channels;
+  for (int64_t n = n0; n < n0 + count; ++n) {
+    float* sample = dx + n * g.height * g.width * c_n;
+    for (int64_t oh = 0; oh < oh_n; ++oh)
+      for (int64_t ow = 0; ow < ow_n; ++ow, col += g.patch())
+        for (int64_t r = 0; r < g.kernel_h; ++r) {
+          const int64_t ih = oh + r - g.pad_h;
+          if (ih < 0 || ih >= g.height) continue;
+          for (int64_t s = 0; s < g.kernel_w; ++s) {
+            const int64_t iw = ow + s - g.pad_w;
+            if (iw < 0 || iw >= g.width) continue;
+            const float* __restrict src = col + (r * g.kernel_w + s) * c_n;
+            float* __restrict dst = sample + (ih * g.width + iw) * c_n;
+            for (int64_t c = 0; c < c_n; ++c) dst[c] += src[c];
+          }
+        }
+  }
+}
+
+/// Int8 quantisation of one block: the update codec's rule, on v = x + residual (kept in
+/// `residual`, which ends as v's quantisation error) or, without a residual, on x alone.
+float quantize_block(const float* x, float* residual, int64_t n, int8_t* q) {
+  const float* v = x;
+  if (residual != nullptr) {
+    for (int64_t i = 0; i < n; ++i) residual[i] += x[i];
+    v = residual;
+  }
+  float max_abs = 0.0f;
+  for (int64_t i = 0; i < n; ++i) max_abs = std::max(max_abs, std::fabs(v[i]));
+  const float scale = max_abs / 127.0f;
+  if (scale == 0.0f) {
+    std::memset(q, 0, static_cast<size_t>(n));
+    return 0.0f;
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    q[i] = static_cast<int8_t>(std::clamp(std::round(v[i] / scale), -127.0f, 127.0f));
+    if (residual != nullptr) residual[i] -= static_cast<float>(q[i]) * scale;
+  }
+  return scale;
 }
 
 class cpu_backend final : public backend {
@@ -143,6 +218,102 @@ class cpu_backend final : public backend {
     stats[1] += static_cast<float>(correct);
   }
 
+  // -- convolutional layers -----------------------------------------------------------------
+  //
+  // im2col + OpenBLAS: the patch matrix of a chunk of samples, [pixels, R*S*C], times the
+  // filters [K, R*S*C] transposed gives NHWC output rows directly; the backward passes are the
+  // two other products of the same matrices. A 1x1 unpadded convolution needs no patch matrix.
+
+  void conv2d_forward(const conv2d_geometry& g, const float* x, const float* w, float* y) override {
+    const int64_t pixels = g.out_height() * g.out_width(), patch = g.patch();
+    const int64_t chunk = im2col_chunk(g);
+    for (int64_t n0 = 0; n0 < g.batch; n0 += chunk) {
+      const int64_t count = std::min(chunk, g.batch - n0);
+      const float* col = patches(g, x, n0, count);
+      gemm(false, true, count * pixels, g.out_channels, patch, 1.0f, col, patch, w, patch, 0.0f,
+           y + n0 * pixels * g.out_channels, g.out_channels);
+    }
+  }
+
+  void conv2d_backward_data(const conv2d_geometry& g, const float* dy, const float* w,
+                            float* dx) override {
+    const int64_t pixels = g.out_height() * g.out_width(), patch = g.patch();
+    const int64_t chunk = im2col_chunk(g);
+    std::fill(dx, dx + g.batch * g.height * g.width * g.in_channels, 0.0f);
+    for (int64_t n0 = 0; n0 < g.batch; n0 += chunk) {
+      const int64_t count = std::min(chunk, g.batch - n0);
+      float* dcol = workspace(count * pixels * patch);
+      gemm(false, false, count * pixels, patch, g.out_channels, 1.0f,
+           dy + n0 * pixels * g.out_channels, g.out_channels, w, patch, 0.0f, dcol, patch);
+      col2im(g, dcol, n0, count, dx);
+    }
+  }
+
+  void conv2d_backward_filter(const conv2d_geometry& g, const float* x, const float* dy,
+                              float* dw) override {
+    const int64_t pixels = g.out_height() * g.out_width(), patch = g.patch();
+    const int64_t chunk = im2col_chunk(g);
+    for (int64_t n0 = 0; n0 < g.batch; n0 += chunk) {
+      const int64_t count = std::min(chunk, g.batch - n0);
+      const float* col = patches(g, x, n0, count);
+      gemm(true, false, g.out_channels, patch, count * pixels, 1.0f,
+           dy + n0 * pixels * g.out_channels, g.out_channels, col, patch, n0 == 0 ? 0.0f : 1.0f, dw,
+           patch);
+    }
+  }
+
+  void max_pool2_forward(const float* x, int64_t batch, int64_t height, int64_t width,
+                         int64_t channels, float* y, int32_t* argmax) override {
+    const int64_t oh_n = height / 2, ow_n = width / 2;
+    for (int64_t n = 0; n < batch; ++n) {
+      const float* sample = x + n * height * width * channels;
+      for (int64_t oh = 0; oh < oh_n; ++oh)
+        for (int64_t ow = 0; ow < ow_n; ++ow, y += channels, argmax += channels) {
+          // The window's first input wins ties; the other three replace it only if larger.
+          const int64_t first = (2 * oh * width + 2 * ow) * channels;
+          for (int64_t c = 0; c < channels; ++c) {
+            y[c] = sample[first + c];
+            argmax[c] = static_cast<int32_t>(first + c);
+          }
+          for (int64_t off : {channels, width * channels, (width + 1) * channels})
+            for (int64_t c = 0; c < channels; ++c) {
+              const float v = sample[first + off + c];
+              if (v > y[c]) {
+                y[c] = v;
+                argmax[c] = static_cast<int32_t>(first + off + c);
+              }
+            }
+        }
+    }
+  }
+
+  void max_pool2_backward(const float* dy, const int32_t* argmax, int64_t batch, int64_t height,
+                          int64_t width, int64_t channels, float* dx) override {
+    const int64_t in_sample = height * width * channels;
+    const int64_t out_sample = (height / 2) * (width / 2) * channels;
+    std::fill(dx, dx + batch * in_sample, 0.0f);
+    for (int64_t n = 0; n < batch; ++n)
+      for (int64_t i = 0; i < out_sample; ++i)
+        dx[n * in_sample + argmax[n * out_sample + i]] = dy[n * out_sample + i];
+  }
+
+  void set_precision(math_precision p) override { precision_ = p; }
+  math_precision precision() const override { return precision_; }
+
+  // -- update compression ---------------------------------------------------------------------
+
+  void quantize_int8(const float* x, float* residual, int64_t n, int64_t block, int8_t* q,
+                     float* scales) override {
+    for (int64_t b = 0, begin = 0; begin < n; ++b, begin += block)
+      scales[b] = quantize_block(x + begin, residual != nullptr ? residual + begin : nullptr,
+                                 std::min(block, n - begin), q + begin);
+  }
+
+  void dequantize_int8(const int8_t* q, const float* scales, int64_t n, int64_t block,
+                       float* out) override {
+    for (int64_t i = 0; i < n; ++i) out[i] = static_cast<float>(q[i]) * scales[i / block];
+  }
+
   void adamw(float* __restrict param, const float* __restrict grad, float* __restrict m,
              float* __restrict v, int64_t n, const adamw_config& cfg, int64_t step) override {
     const float b1 = cfg.beta1, b2 = cfg.beta2;
@@ -168,8 +339,25 @@ class cpu_backend final : public backend {
   }
 
  private:
+  float* workspace(int64_t floats) {
+    if (static_cast<int64_t>(workspace_.size()) < floats)
+      workspace_.resize(static_cast<size_t>(floats));
+    return workspace_.data();
+  }
+
+  // The patch matrix of samples [n0, n0 + count); x itself for an unpadded 1x1 convolution.
+  const float* patches(const conv2d_geometry& g, const float* x, int64_t n0, int64_t count) {
+    if (g.kernel_h == 1 && g.kernel_w == 1 && g.pad_h == 0 && g.pad_w == 0)
+      return x + n0 * g.height * g.width * g.in_channels;
+    float* col = workspace(count * g.out_height() * g.out_width() * g.patch());
+    im2col(g, x, n0, count, col);
+    return col;
+  }
+
   int threads_;
   parallel_for pool_;
+  math_precision precision_ = math_precision::fp32;
+  std::vector<float> workspace_;  ///< im2col patch matrices, grown to the largest chunk.
 };
 
 }  // namespace

@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "gflex/runtime/rng.hpp"
+#include "model_base.hpp"
 
 namespace gflex::kernels {
 
@@ -12,84 +13,24 @@ namespace {
 ///   act[l] = relu(in[l] * W[l] + b[l])   (no ReLU on the last layer: logits)
 /// and the backward pass, from d[l] = dLoss/d(pre-activation of layer l):
 ///   gW[l] = in[l]^T * d[l],  gb[l] = column sums of d[l],  d[l-1] = (d[l] * W[l]^T) . relu'
-/// Parameters and gradients are each one flat buffer so that AdamW is a single pass.
-class mlp_model final : public model {
+class mlp_model final : public detail::model_base {
  public:
   mlp_model(backend& b, std::vector<int64_t> widths, std::vector<parameter_block> layout,
             int64_t max_batch)
-      : backend_(b), widths_(std::move(widths)), layout_(std::move(layout)), max_batch_(max_batch) {
-    count_ = layout_.back().offset + layout_.back().shape.back();
-    params_ = b.allocate({count_}, dtype::f32);
-    grads_ = b.allocate({count_}, dtype::f32);
-    m_ = b.allocate({count_}, dtype::f32);
-    v_ = b.allocate({count_}, dtype::f32);
-    b.fill(params_.data<float>(), count_, 0.0f);
-    reset_optimizer();
-    if (b.where().kind != device_kind::host) {
-      input_ = b.allocate({max_batch, widths_.front()}, dtype::f32);
-      labels_ = b.allocate({max_batch}, dtype::i32);
-    }
+      : model_base(b, layout.back().offset + layout.back().shape.back(), widths.front(), max_batch),
+        widths_(std::move(widths)),
+        layout_(std::move(layout)) {
     for (size_t l = 1; l < widths_.size(); ++l) {
       acts_.push_back(b.allocate({max_batch, widths_[l]}, dtype::f32));
       deltas_.push_back(b.allocate({max_batch, widths_[l]}, dtype::f32));
     }
-    stats_ = b.allocate({2}, dtype::f32);
-    b.fill(stats_.data<float>(), 2, 0.0f);
-  }
-
-  int64_t parameter_count() const override { return count_; }
-
-  void load_parameters(std::span<const float> host) override {
-    GFLEX_CHECK(static_cast<int64_t>(host.size()) == count_, "parameter count mismatch");
-    backend_.upload(host.data(), params_.raw(), params_.nbytes());
-  }
-
-  void store_parameters(std::span<float> host) override {
-    GFLEX_CHECK(static_cast<int64_t>(host.size()) == count_, "parameter count mismatch");
-    backend_.download(params_.raw(), host.data(), params_.nbytes());
-  }
-
-  void reset_optimizer() override {
-    backend_.fill(m_.data<float>(), count_, 0.0f);
-    backend_.fill(v_.data<float>(), count_, 0.0f);
-    step_ = 0;
-  }
-
-  adamw_config& optimizer() override { return optimizer_; }
-
-  void train_step(const float* features, const int32_t* labels, int64_t batch) override {
-    backward(features, labels, batch);
-    ++step_;
-    if (optimizer_.plain_sgd) {
-      backend_.axpby(count_, -optimizer_.lr, grads_.data<float>(), 1.0f, params_.data<float>());
-    } else {
-      backend_.adamw(params_.data<float>(), grads_.data<float>(), m_.data<float>(),
-                     v_.data<float>(), count_, optimizer_, step_);
-    }
-  }
-
-  void compute_gradients(const float* features, const int32_t* labels, int64_t batch,
-                         std::span<float> out) override {
-    GFLEX_CHECK(static_cast<int64_t>(out.size()) == count_, "gradient count mismatch");
-    backward(features, labels, batch);
-    backend_.download(grads_.raw(), out.data(), grads_.nbytes());
   }
 
   void evaluate_batch(const float* features, const int32_t* labels, int64_t batch) override {
     auto [x, y] = stage(features, labels, batch);
     forward(x, batch);
     backend_.softmax_xent(acts_.back().data<float>(), y, batch, widths_.back(), 0.0f, nullptr,
-                          stats_.data<float>());
-    samples_ += batch;
-  }
-
-  batch_stats take_stats() override {
-    float host[2];
-    backend_.download(stats_.raw(), host, sizeof host);
-    backend_.fill(stats_.data<float>(), 2, 0.0f);
-    batch_stats out{host[0], static_cast<int64_t>(std::llround(host[1])), samples_};
-    samples_ = 0;
-    return out;
+                          stats());
   }
 
   double train_step_gemm_flops(int64_t batch) const override {
@@ -101,28 +42,26 @@ class mlp_model final : public model {
     return flops;
   }
 
- private:
-  // Forward and backward pass of one batch: leaves the mean-loss gradient in grads_ and
-  // adds the batch's loss and accuracy to the statistics.
-  void backward(const float* features, const int32_t* labels, int64_t batch) {
+  // Forward and backward pass of one batch: leaves the scaled loss gradient in the gradient
+  // buffer and adds the batch's loss and accuracy to the statistics.
+  void backward(const float* features, const int32_t* labels, int64_t batch,
+                float loss_scale) override {
     auto [x, y] = stage(features, labels, batch);
     forward(x, batch);
     size_t last = widths_.size() - 2;
-    backend_.softmax_xent(acts_[last].data<float>(), y, batch, widths_.back(),
-                          1.0f / static_cast<float>(batch), deltas_[last].data<float>(),
-                          stats_.data<float>());
-    samples_ += batch;
+    backend_.softmax_xent(acts_[last].data<float>(), y, batch, widths_.back(), loss_scale,
+                          deltas_[last].data<float>(), stats());
     for (size_t l = last + 1; l-- > 0;) {
       const float* in = l == 0 ? x : acts_[l - 1].data<float>();
       int64_t fan_in = widths_[l], fan_out = widths_[l + 1];
       float* d = deltas_[l].data<float>();
-      float* gw = grads_.data<float>() + layout_[2 * l].offset;
-      float* gb = grads_.data<float>() + layout_[2 * l + 1].offset;
+      float* gw = gradients() + layout_[2 * l].offset;
+      float* gb = gradients() + layout_[2 * l + 1].offset;
       backend_.gemm(true, false, fan_in, fan_out, batch, 1.0f, in, fan_in, d, fan_out, 0.0f, gw,
                     fan_out);
       backend_.column_sum(d, batch, fan_out, gb);
       if (l > 0) {
-        const float* w = params_.data<float>() + layout_[2 * l].offset;
+        const float* w = params() + layout_[2 * l].offset;
         float* d_in = deltas_[l - 1].data<float>();
         backend_.gemm(false, true, batch, fan_in, fan_out, 1.0f, d, fan_out, w, fan_out, 0.0f, d_in,
                       fan_in);
@@ -131,22 +70,13 @@ class mlp_model final : public model {
     }
   }
 
-  // Puts a host batch where the backend computes; the CPU backend reads it in place.
-  std::pair<const float*, const int32_t*> stage(const float* features, const int32_t* labels,
-                                                int64_t batch) {
-    GFLEX_CHECK(batch > 0 && batch <= max_batch_, "batch larger than the model's max_batch");
-    if (backend_.where().kind == device_kind::host) return {features, labels};
-    backend_.upload(features, input_.raw(), sizeof(float) * batch * widths_.front());
-    backend_.upload(labels, labels_.raw(), sizeof(int32_t) * batch);
-    return {input_.data<float>(), labels_.data<int32_t>()};
-  }
-
+ private:
   void forward(const float* x, int64_t batch) {
     for (size_t l = 0; l + 1 < widths_.size(); ++l) {
       const float* in = l == 0 ? x : acts_[l - 1].data<float>();
       int64_t fan_in = widths_[l], fan_out = widths_[l + 1];
-      const float* w = params_.data<float>() + layout_[2 * l].offset;
-      const float* b = params_.data<float>() + layout_[2 * l + 1].offset;
+      const float* w = params() + layout_[2 * l].offset;
+      const float* b = params() + layout_[2 * l + 1].offset;
       float* out = acts_[l].data<float>();
       backend_.gemm(false, false, batch, fan_out, fan_in, 1.0f, in, fan_in, w, fan_out, 0.0f, out,
                     fan_out);
@@ -154,16 +84,9 @@ class mlp_model final : public model {
     }
   }
 
-  backend& backend_;
   std::vector<int64_t> widths_;
   std::vector<parameter_block> layout_;
-  int64_t max_batch_;
-  int64_t count_ = 0;
-  tensor params_, grads_, m_, v_, input_, labels_, stats_;
   std::vector<tensor> acts_, deltas_;
-  adamw_config optimizer_;
-  int64_t step_ = 0;
-  int64_t samples_ = 0;
 };
 
 }  // namespace

@@ -4,6 +4,7 @@
 #include <functional>
 #include <map>
 
+#include "gflex/kernels/cnn.hpp"
 #include "gflex/kernels/mlp.hpp"
 #include "gflex/kernels/workload.hpp"
 
@@ -27,6 +28,11 @@ const std::map<std::string, factory, std::less<>>& registry() {
          return std::make_unique<mlp_workload>(
              "fashion-mlp", std::vector<int64_t>{784, 512, 256, 10},
              [] { return load_fashion_mnist(fashion_mnist_dir()); });
+       }},
+      {"fashion-cnn",
+       [] {
+         return std::make_unique<cnn_workload>(
+             "fashion-cnn", cnn_shape{}, [] { return load_fashion_mnist(fashion_mnist_dir()); });
        }},
   };
   return workloads;

@@ -96,6 +96,33 @@ class timing_backend final : public backend {
              int64_t step) override {
     time("adamw", [&] { inner_.adamw(p, g, m, v, n, c, step); });
   }
+  void conv2d_forward(const conv2d_geometry& g, const float* x, const float* w, float* y) override {
+    time("conv2d_forward", [&] { inner_.conv2d_forward(g, x, w, y); });
+  }
+  void conv2d_backward_data(const conv2d_geometry& g, const float* dy, const float* w,
+                            float* dx) override {
+    time("conv2d_backward_data", [&] { inner_.conv2d_backward_data(g, dy, w, dx); });
+  }
+  void conv2d_backward_filter(const conv2d_geometry& g, const float* x, const float* dy,
+                              float* dw) override {
+    time("conv2d_backward_filter", [&] { inner_.conv2d_backward_filter(g, x, dy, dw); });
+  }
+  void max_pool2_forward(const float* x, int64_t n, int64_t h, int64_t w, int64_t c, float* y,
+                         int32_t* i) override {
+    time("max_pool2_forward", [&] { inner_.max_pool2_forward(x, n, h, w, c, y, i); });
+  }
+  void max_pool2_backward(const float* dy, const int32_t* i, int64_t n, int64_t h, int64_t w,
+                          int64_t c, float* dx) override {
+    time("max_pool2_backward", [&] { inner_.max_pool2_backward(dy, i, n, h, w, c, dx); });
+  }
+  void set_precision(math_precision p) override { inner_.set_precision(p); }
+  math_precision precision() const override { return inner_.precision(); }
+  void quantize_int8(const float* x, float* r, int64_t n, int64_t b, int8_t* q, float* s) override {
+    time("quantize_int8", [&] { inner_.quantize_int8(x, r, n, b, q, s); });
+  }
+  void dequantize_int8(const int8_t* q, const float* s, int64_t n, int64_t b, float* o) override {
+    time("dequantize_int8", [&] { inner_.dequantize_int8(q, s, n, b, o); });
+  }
   double sum(const float* x, int64_t n) override { return inner_.sum(x, n); }
   double sum_squares(const float* x, int64_t n) override { return inner_.sum_squares(x, n); }
 

@@ -9,6 +9,7 @@
 
 #include "gflex/kernels/backend.hpp"
 #include "gflex/runtime/rng.hpp"
+#include "gflex/runtime/update_codec.hpp"
 
 using namespace gflex;
 using namespace gflex::kernels;
@@ -90,9 +91,176 @@ void check_gemm(backend& b, bool ta, bool tb, int64_t m, int64_t n, int64_t k, f
   check_close(dc.read(), want, 1e-4, 1e-5 * std::sqrt(static_cast<double>(k)) * 4);
 }
 
+// Direct convolution in double: y[n,oh,ow,k] = sum over r,s,c of x[n,oh+r-ph,ow+s-pw,c] *
+// w[k,r,s,c], and its two adjoints, for checking all three convolution operations.
+struct conv_reference {
+  conv2d_geometry g;
+  int64_t x_at(int64_t n, int64_t h, int64_t w, int64_t c) const {
+    return ((n * g.height + h) * g.width + w) * g.in_channels + c;
+  }
+  int64_t w_at(int64_t k, int64_t r, int64_t s, int64_t c) const {
+    return ((k * g.kernel_h + r) * g.kernel_w + s) * g.in_channels + c;
+  }
+  int64_t y_at(int64_t n, int64_t h, int64_t w, int64_t k) const {
+    return ((n * g.out_height() + h) * g.out_width() + w) * g.out_channels + k;
+  }
+  // Calls f(x index, w index, y index) for every term of the convolution.
+  template <class F>
+  void each_term(F&& f) const {
+    for (int64_t n = 0; n < g.batch; ++n)
+      for (int64_t oh = 0; oh < g.out_height(); ++oh)
+        for (int64_t ow = 0; ow < g.out_width(); ++ow)
+          for (int64_t k = 0; k < g.out_channels; ++k)
+            for (int64_t r = 0; r < g.kernel_h; ++r)
+              for (int64_t s = 0; s < g.kernel_w; ++s) {
+                int64_t ih = oh + r - g.pad_h, iw = ow + s - g.pad_w;
+                if (ih < 0 || ih >= g.height || iw < 0 || iw >= g.width) continue;
+                for (int64_t c = 0; c < g.in_channels; ++c)
+                  f(x_at(n, ih, iw, c), w_at(k, r, s, c), y_at(n, oh, ow, k));
+              }
+  }
+};
+
+void check_conv(backend& b, const conv2d_geometry& g) {
+  CAPTURE(g.batch);
+  CAPTURE(g.height);
+  CAPTURE(g.in_channels);
+  CAPTURE(g.kernel_h);
+  CAPTURE(g.pad_h);
+  REQUIRE(g.valid());
+  conv_reference ref{g};
+  const int64_t nx = g.batch * g.height * g.width * g.in_channels;
+  const int64_t nw = g.out_channels * g.patch();
+  const int64_t ny = g.batch * g.out_height() * g.out_width() * g.out_channels;
+  auto x = random_vector(nx, 41), w = random_vector(nw, 42), dy = random_vector(ny, 43);
+  std::vector<double> y(ny, 0.0), dx(nx, 0.0), dw(nw, 0.0);
+  ref.each_term([&](int64_t xi, int64_t wi, int64_t yi) {
+    y[yi] += double{x[xi]} * w[wi];
+    dx[xi] += double{dy[yi]} * w[wi];
+    dw[wi] += double{dy[yi]} * x[xi];
+  });
+  // Outputs are overwritten: start them at garbage.
+  buffer bx(b, x), bw(b, w), bdy(b, dy), by(b, std::vector<float>(ny, 7.0f)),
+      bdx(b, std::vector<float>(nx, 7.0f)), bdw(b, std::vector<float>(nw, 7.0f));
+  b.conv2d_forward(g, bx.ptr(), bw.ptr(), by.ptr());
+  b.conv2d_backward_data(g, bdy.ptr(), bw.ptr(), bdx.ptr());
+  b.conv2d_backward_filter(g, bx.ptr(), bdy.ptr(), bdw.ptr());
+  // Sums of unit-variance products: absolute error grows like the square root of the terms.
+  const double terms_y = static_cast<double>(g.patch());
+  const double terms_w = static_cast<double>(g.batch * g.out_height() * g.out_width());
+  check_close(by.read(), y, 1e-4, 2e-5 * std::sqrt(terms_y));
+  check_close(bdx.read(), dx, 1e-4, 2e-5 * std::sqrt(terms_y));
+  check_close(bdw.read(), dw, 1e-4, 2e-5 * std::sqrt(terms_w));
+}
+
 }  // namespace
 
 TEST_SUITE("backend") {
+  TEST_CASE("convolutions forward and backward against a direct double reference") {
+    for (auto& b : backends_under_test()) {
+      CAPTURE(b->describe());
+      // The network's two layers, a rectangular kernel with uneven padding, an unpadded 1x1
+      // (no patch matrix on the CPU), and one whose batch spans several im2col chunks.
+      check_conv(*b, {3, 28, 28, 1, 8, 3, 3, 1, 1});
+      check_conv(*b, {2, 14, 14, 8, 16, 3, 3, 1, 1});
+      check_conv(*b, {2, 9, 7, 3, 5, 3, 2, 1, 0});
+      check_conv(*b, {2, 5, 6, 4, 3, 1, 1, 0, 0});
+      check_conv(*b, {9, 64, 64, 16, 8, 3, 3, 1, 1});
+    }
+  }
+
+  TEST_CASE("2x2 max pooling routes gradients to the window's winner") {
+    for (auto& b : backends_under_test()) {
+      CAPTURE(b->describe());
+      const int64_t n = 3, h = 7, w = 6, c = 5;  // odd height: the last row is dropped
+      const int64_t oh = h / 2, ow = w / 2, nx = n * h * w * c, ny = n * oh * ow * c;
+      auto x = random_vector(nx, 51);
+      // One window of equal values: the first in row-major window order must win.
+      for (int64_t dh : {0, 1})
+        for (int64_t dw : {0, 1}) x[((0 * h + 2 + dh) * w + 2 + dw) * c + 1] = 0.25f;
+      auto dy = random_vector(ny, 52);
+      std::vector<double> want_y(ny), want_dx(nx, 0.0);
+      std::vector<int32_t> want_arg(ny);
+      for (int64_t s = 0; s < n; ++s)
+        for (int64_t i = 0; i < oh; ++i)
+          for (int64_t j = 0; j < ow; ++j)
+            for (int64_t k = 0; k < c; ++k) {
+              int64_t best = -1;
+              for (int64_t dh : {0, 1})
+                for (int64_t dw : {0, 1}) {
+                  int64_t at = ((2 * i + dh) * w + 2 * j + dw) * c + k;
+                  if (best < 0 || x[s * h * w * c + at] > x[s * h * w * c + best]) best = at;
+                }
+              int64_t o = ((s * oh + i) * ow + j) * c + k;
+              want_y[o] = x[s * h * w * c + best];
+              want_arg[o] = static_cast<int32_t>(best);
+              want_dx[s * h * w * c + best] = dy[o];
+            }
+      buffer bx(*b, x), by(*b, std::vector<float>(ny, 9.0f)), bdy(*b, dy),
+          bdx(*b, std::vector<float>(nx, 9.0f));
+      tensor arg = b->allocate({ny}, dtype::i32);
+      b->max_pool2_forward(bx.ptr(), n, h, w, c, by.ptr(), arg.data<int32_t>());
+      b->max_pool2_backward(bdy.ptr(), arg.data<int32_t>(), n, h, w, c, bdx.ptr());
+      check_close(by.read(), want_y, 0, 0);
+      check_close(bdx.read(), want_dx, 0, 0);
+      std::vector<int32_t> got_arg(ny);
+      b->download(arg.raw(), got_arg.data(), got_arg.size() * sizeof(int32_t));
+      CHECK(got_arg == want_arg);
+    }
+  }
+
+  TEST_CASE("int8 quantisation with error feedback matches the update codec") {
+    for (auto& b : backends_under_test()) {
+      CAPTURE(b->describe());
+      const int64_t n = 1000, block = 256;  // a short last block
+      auto x = random_vector(n, 61, 0.01);
+      std::fill(x.begin() + 256, x.begin() + 512, 0.0f);  // a zero block: scale 0
+      auto residual = random_vector(n, 62, 0.001);
+      std::fill(residual.begin() + 256, residual.begin() + 512, 0.0f);
+      // The codec's answer: encode with the same residual, decode.
+      std::vector<float> codec_residual = residual;
+      auto bytes = encode_update(x, compression::int8, &codec_residual, block);
+      auto decoded = decode_update(bytes, n);
+      REQUIRE(decoded.has_value());
+
+      buffer bx(*b, x), bres(*b, residual), scales(*b, std::vector<float>(4, 0.0f)),
+          out(*b, std::vector<float>(n, 5.0f));
+      tensor q = b->allocate({n}, dtype::i8);
+      b->quantize_int8(bx.ptr(), bres.ptr(), n, block, q.data<int8_t>(), scales.ptr());
+      b->dequantize_int8(q.data<int8_t>(), scales.ptr(), n, block, out.ptr());
+      check_close(out.read(), std::vector<double>(decoded->begin(), decoded->end()), 0, 0);
+      check_close(bres.read(), std::vector<double>(codec_residual.begin(), codec_residual.end()), 0,
+                  0);
+      CHECK(scales.read()[1] == 0.0f);
+    }
+  }
+
+  TEST_CASE("precision is a setting; reduced precision keeps gemm close") {
+    for (auto& b : backends_under_test()) {
+      CAPTURE(b->describe());
+      CHECK(b->precision() == math_precision::fp32);
+      for (auto p : {math_precision::tf32, math_precision::bf16}) {
+        b->set_precision(p);
+        CHECK(b->precision() == p);
+        // bf16 keeps 8 bits of mantissa: relative error about 2^-8 per product.
+        const int64_t m = 32, n = 24, k = 64;
+        auto a = random_vector(m * k, 71), bm = random_vector(k * n, 72);
+        std::vector<double> want(m * n, 0.0);
+        for (int64_t i = 0; i < m; ++i)
+          for (int64_t j = 0; j < n; ++j)
+            for (int64_t q = 0; q < k; ++q) want[i * n + j] += double{a[i * k + q]} * bm[q * n + j];
+        buffer da(*b, a), db(*b, bm), dc(*b, std::vector<float>(m * n, 0.0f));
+        b->gemm(false, false, m, n, k, 1.0f, da.ptr(), k, db.ptr(), n, 0.0f, dc.ptr(), n);
+        check_close(dc.read(), want, 0, 0.1);
+      }
+      b->set_precision(math_precision::fp32);
+    }
+    CHECK(parse_math_precision("tf32").value() == math_precision::tf32);
+    auto bad = parse_math_precision("fp8");
+    REQUIRE_FALSE(bad.has_value());
+    CHECK(bad.error().message().find("fp8") != std::string::npos);
+  }
+
   TEST_CASE("gemm in every transposition against a double reference") {
     for (auto& b : backends_under_test()) {
       CAPTURE(b->describe());
@@ -177,14 +345,13 @@ TEST_SUITE("backend") {
           stats(*b, {0.0f, 0.0f});
       tensor dlabels = b->allocate({rows}, dtype::i32);
       b->upload(labels.data(), dlabels.raw(), rows * sizeof(int32_t));
-      b->softmax_xent(dl.ptr(), dlabels.data<int32_t>(), rows, classes,
-                      static_cast<float>(scale), grad.ptr(), stats.ptr());
+      b->softmax_xent(dl.ptr(), dlabels.data<int32_t>(), rows, classes, static_cast<float>(scale),
+                      grad.ptr(), stats.ptr());
       check_close(grad.read(), want_grad, 1e-4, 1e-7);
       check_close(stats.read(), {want_loss, static_cast<double>(correct)}, 1e-5, 1e-4);
 
       // Without a gradient buffer only the statistics accumulate (on top of the previous).
-      b->softmax_xent(dl.ptr(), dlabels.data<int32_t>(), rows, classes, 0.0f, nullptr,
-                      stats.ptr());
+      b->softmax_xent(dl.ptr(), dlabels.data<int32_t>(), rows, classes, 0.0f, nullptr, stats.ptr());
       check_close(stats.read(), {2 * want_loss, 2.0 * correct}, 1e-5, 1e-4);
     }
   }
@@ -194,8 +361,8 @@ TEST_SUITE("backend") {
       CAPTURE(b->describe());
       const int64_t n = 1000;
       auto p = random_vector(n, 21), m0 = std::vector<float>(n, 0.0f);
-      adamw_config cfg{.lr = 0.01f, .beta1 = 0.9f, .beta2 = 0.99f, .eps = 1e-8f,
-                       .weight_decay = 0.1f};
+      adamw_config cfg{
+          .lr = 0.01f, .beta1 = 0.9f, .beta2 = 0.99f, .eps = 1e-8f, .weight_decay = 0.1f};
       std::vector<double> rp(p.begin(), p.end()), rm(n, 0.0), rv(n, 0.0);
       buffer dp(*b, p), dm(*b, m0), dv(*b, m0);
       for (int64_t step = 1; step <= 3; ++step) {

@@ -19,6 +19,10 @@
 
 namespace gflex::kernels {
 
+// kernels' own to_string overloads below would hide gflex::to_string(shape_t) and the others
+// from unqualified calls in this namespace.
+using gflex::to_string;
+
 /// Hyper-parameters of AdamW (decoupled weight decay, Loshchilov & Hutter).
 struct adamw_config {
   float lr = 1e-3f;
@@ -165,9 +169,9 @@ class backend {
   /// Int8 quantisation with error feedback, as the update codec does it: per block of `block`
   /// values (the last may be shorter), v = x + residual, scale = max|v| / 127, q = round(v /
   /// scale) clamped to [-127, 127] (all zero and scale 0 for a zero block), residual = v -
-  /// q * scale. q has n values, scales one per block.
-  virtual void quantize_int8(const float* x, float* residual, int64_t n, int64_t block,
-                             int8_t* q, float* scales) = 0;
+  /// q * scale. q has n values, scales one per block. A null `residual` quantises x alone.
+  virtual void quantize_int8(const float* x, float* residual, int64_t n, int64_t block, int8_t* q,
+                             float* scales) = 0;
   /// out[i] = q[i] * scales[i / block].
   virtual void dequantize_int8(const int8_t* q, const float* scales, int64_t n, int64_t block,
                                float* out) = 0;
@@ -197,7 +201,8 @@ bool cuda_compiled() noexcept;
 /// driver or device (any CUDA error here is taken as "no device").
 int cuda_device_count() noexcept;
 
-/// The CUDA backend on device `ordinal`, with its own stream, cuBLAS and cuDNN handles and
+/// The CUDA backend on device `ordinal`, with its own stream, cuBLAS handle (cuDNN's is made
+/// at the first convolution) and
 /// pinned host staging buffers (so that `upload` returns before the copy is done and the
 /// caller may reuse its memory at once). Fails with errc::no_device when there is no such
 /// device (or no CUDA in this build). Allocations count against set_cuda_memory_limit.

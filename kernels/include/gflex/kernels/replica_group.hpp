@@ -23,7 +23,7 @@ class replica_group {
   /// GPUs it is enqueued on every rank's stream (ordered after the work already enqueued there)
   /// and returns without waiting.
   virtual void all_reduce_sum(const std::vector<float*>& buffers, int64_t n) = 0;
-  /// "nccl 2.21, 2 ranks" / "host, 1 rank".
+  /// "nccl 2.28.9, 2 ranks" / "host, 1 rank".
   virtual std::string describe() const = 0;
 };
 

@@ -56,7 +56,7 @@ struct train_report {
 
 /// Progress as training goes: called after each step and after each evaluation.
 struct train_progress {
-  int epoch = 0;            ///< 1-based.
+  int epoch = 0;  ///< 1-based.
   int epochs = 0;
   int64_t step = 0;         ///< Steps done in total.
   int64_t total_steps = 0;  ///< Planned steps in total.

@@ -54,8 +54,24 @@ class model {
   virtual adamw_config& optimizer() = 0;
 
   /// One AdamW step on a batch in host memory: features [batch, d], labels [batch].
-  /// Adds the batch's loss and accuracy (before the update) to the statistics.
-  virtual void train_step(const float* features, const int32_t* labels, int64_t batch) = 0;
+  /// Adds the batch's loss and accuracy (before the update) to the statistics. The same as
+  /// backward(features, labels, batch, 1 / batch) then apply_gradients().
+  void train_step(const float* features, const int32_t* labels, int64_t batch) {
+    backward(features, labels, batch, 1.0f / static_cast<float>(batch));
+    apply_gradients();
+  }
+
+  /// Forward and backward pass of a batch in host memory: leaves `loss_scale` times the
+  /// gradient of the batch's summed loss in gradients() and adds the batch's loss and accuracy
+  /// to the statistics. Replicas that each take a part of a batch pass 1 / (whole batch), so
+  /// that the sum of their gradients is the whole batch's mean-loss gradient.
+  virtual void backward(const float* features, const int32_t* labels, int64_t batch,
+                        float loss_scale) = 0;
+  /// The gradient buffer (parameter_count() floats in backend memory); a replica group
+  /// all-reduces it between backward and apply_gradients.
+  virtual float* gradients() = 0;
+  /// One optimiser step (AdamW, or SGD if the optimiser says so) with gradients().
+  virtual void apply_gradients() = 0;
   /// The gradient of the batch's mean loss with respect to the parameters, copied to host
   /// memory `out` (parameter_count() floats); parameters and optimiser state are unchanged.
   virtual void compute_gradients(const float* features, const int32_t* labels, int64_t batch,

@@ -1,0 +1,101 @@
+/// @file
+/// The parts of device discovery that need no CUDA: flag parsing, names, and the answers of
+/// a build without the CUDA backend.
+
+#include "gflex/kernels/devices.hpp"
+
+#include <charconv>
+#include <set>
+
+#include "gflex/kernels/backend.hpp"
+
+namespace gflex::kernels {
+
+bool conv2d_geometry::valid() const {
+  for (int64_t v : {batch, height, width, in_channels, out_channels, kernel_h, kernel_w})
+    if (v <= 0) return false;
+  return pad_h >= 0 && pad_w >= 0 && out_height() > 0 && out_width() > 0;
+}
+
+const char* to_string(math_precision p) noexcept {
+  switch (p) {
+    case math_precision::fp32:
+      return "fp32";
+    case math_precision::tf32:
+      return "tf32";
+    case math_precision::bf16:
+      return "bf16";
+  }
+  return "?";
+}
+
+expected<math_precision> parse_math_precision(const std::string& name) {
+  for (auto p : {math_precision::fp32, math_precision::tf32, math_precision::bf16})
+    if (name == to_string(p)) return p;
+  return error(errc::invalid_argument, "unknown precision '" + name + "' (use fp32, tf32 or bf16)");
+}
+
+expected<std::vector<int>> parse_gpu_list(const std::string& text, int count) {
+  std::vector<int> out;
+  if (text.empty()) {
+    for (int i = 0; i < count; ++i) out.push_back(i);
+    return out;
+  }
+  std::set<int> seen;
+  std::string_view rest = text;
+  while (true) {
+    auto comma = rest.find(',');
+    auto item = rest.substr(0, comma);
+    int ordinal = -1;
+    auto [end, ec] = std::from_chars(item.data(), item.data() + item.size(), ordinal);
+    if (item.empty() || ec != std::errc() || end != item.data() + item.size() || ordinal < 0)
+      return error(errc::invalid_argument,
+                   "--gpus: '" + std::string(item) + "' is not a device number (e.g. --gpus 0,2)");
+    if (ordinal >= count)
+      return error(errc::no_device, "--gpus: there is no CUDA device " + std::to_string(ordinal) +
+                                        " (" + std::to_string(count) + " found)");
+    if (!seen.insert(ordinal).second)
+      return error(errc::invalid_argument,
+                   "--gpus: device " + std::to_string(ordinal) + " is listed twice");
+    out.push_back(ordinal);
+    if (comma == std::string_view::npos) break;
+    rest = rest.substr(comma + 1);
+  }
+  return out;
+}
+
+expected<uint64_t> parse_byte_size(const std::string& text) {
+  uint64_t value = 0;
+  auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+  std::string_view suffix(end, static_cast<size_t>(text.data() + text.size() - end));
+  int shift = -1;
+  if (suffix.empty()) shift = 0;
+  for (auto [name, bits] : {std::pair{"K", 10}, {"M", 20}, {"G", 30}, {"T", 40}})
+    if (suffix == name || suffix == std::string(name) + "i" || suffix == std::string(name) + "iB")
+      shift = bits;
+  if (text.empty() || end == text.data() || ec != std::errc() || shift < 0 ||
+      (shift > 0 && value > (UINT64_MAX >> shift)))
+    return error(errc::invalid_argument,
+                 "'" + text + "' is not a byte size (e.g. 6G, 512M, 1073741824)");
+  return value << shift;
+}
+
+#ifndef GFLEX_HAVE_CUDA
+std::vector<gpu_info> cuda_devices(std::string* why_none) {
+  if (why_none != nullptr) *why_none = "this build of gflex has no CUDA backend";
+  return {};
+}
+
+expected<device_calibration> calibrate_cuda_device(int ordinal, double) {
+  return error(errc::no_device, "no CUDA device cuda:" + std::to_string(ordinal) +
+                                    " (this build of gflex has no CUDA backend)");
+}
+
+void set_cuda_memory_limit(int, uint64_t) {}
+
+uint64_t cuda_memory_in_use(int) {
+  return 0;
+}
+#endif
+
+}  // namespace gflex::kernels

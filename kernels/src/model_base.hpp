@@ -1,0 +1,110 @@
+#pragma once
+/// @file
+/// What every model on a backend shares: one flat buffer each for parameters, gradients and
+/// the two AdamW moments (so that the optimiser and the all-reduce are single passes), the
+/// loss/accuracy statistics, and the staging of host batches into backend memory. A network
+/// adds its activations, forward and backward passes.
+
+#include <cmath>
+#include <span>
+#include <utility>
+
+#include "gflex/kernels/workload.hpp"
+
+namespace gflex::kernels::detail {
+
+class model_base : public model {
+ public:
+  model_base(backend& b, int64_t parameters, int64_t feature_dim, int64_t max_batch)
+      : backend_(b), count_(parameters), feature_dim_(feature_dim), max_batch_(max_batch) {
+    params_ = b.allocate({count_}, dtype::f32);
+    grads_ = b.allocate({count_}, dtype::f32);
+    m_ = b.allocate({count_}, dtype::f32);
+    v_ = b.allocate({count_}, dtype::f32);
+    b.fill(params_.data<float>(), count_, 0.0f);
+    reset_optimizer();
+    if (b.where().kind != device_kind::host) {
+      input_ = b.allocate({max_batch, feature_dim}, dtype::f32);
+      labels_ = b.allocate({max_batch}, dtype::i32);
+    }
+    stats_ = b.allocate({2}, dtype::f32);
+    b.fill(stats_.data<float>(), 2, 0.0f);
+  }
+
+  int64_t parameter_count() const override { return count_; }
+
+  void load_parameters(std::span<const float> host) override {
+    GFLEX_CHECK(static_cast<int64_t>(host.size()) == count_, "parameter count mismatch");
+    backend_.upload(host.data(), params_.raw(), params_.nbytes());
+  }
+
+  void store_parameters(std::span<float> host) override {
+    GFLEX_CHECK(static_cast<int64_t>(host.size()) == count_, "parameter count mismatch");
+    backend_.download(params_.raw(), host.data(), params_.nbytes());
+  }
+
+  void reset_optimizer() override {
+    backend_.fill(m_.data<float>(), count_, 0.0f);
+    backend_.fill(v_.data<float>(), count_, 0.0f);
+    step_ = 0;
+  }
+
+  adamw_config& optimizer() override { return optimizer_; }
+
+  float* gradients() override { return grads_.data<float>(); }
+
+  void apply_gradients() override {
+    ++step_;
+    if (optimizer_.plain_sgd) {
+      backend_.axpby(count_, -optimizer_.lr, grads_.data<float>(), 1.0f, params_.data<float>());
+    } else {
+      backend_.adamw(params_.data<float>(), grads_.data<float>(), m_.data<float>(),
+                     v_.data<float>(), count_, optimizer_, step_);
+    }
+  }
+
+  void compute_gradients(const float* features, const int32_t* labels, int64_t batch,
+                         std::span<float> out) override {
+    GFLEX_CHECK(static_cast<int64_t>(out.size()) == count_, "gradient count mismatch");
+    backward(features, labels, batch, 1.0f / static_cast<float>(batch));
+    backend_.download(grads_.raw(), out.data(), grads_.nbytes());
+  }
+
+  batch_stats take_stats() override {
+    float host[2];
+    backend_.download(stats_.raw(), host, sizeof host);
+    backend_.fill(stats_.data<float>(), 2, 0.0f);
+    batch_stats out{host[0], static_cast<int64_t>(std::llround(host[1])), samples_};
+    samples_ = 0;
+    return out;
+  }
+
+ protected:
+  /// Puts a host batch where the backend computes (the CPU backend reads it in place) and
+  /// counts its samples.
+  std::pair<const float*, const int32_t*> stage(const float* features, const int32_t* labels,
+                                                int64_t batch) {
+    GFLEX_CHECK(batch > 0 && batch <= max_batch_, "batch larger than the model's max_batch");
+    samples_ += batch;
+    if (backend_.where().kind == device_kind::host) return {features, labels};
+    backend_.upload(features, input_.raw(), sizeof(float) * batch * feature_dim_);
+    backend_.upload(labels, labels_.raw(), sizeof(int32_t) * batch);
+    return {input_.data<float>(), labels_.data<int32_t>()};
+  }
+
+  float* params() { return params_.data<float>(); }
+  float* stats() { return stats_.data<float>(); }
+
+  backend& backend_;
+  const int64_t count_;
+  const int64_t feature_dim_;
+  const int64_t max_batch_;
+
+ private:
+  tensor params_, grads_, m_, v_, input_, labels_, stats_;
+  adamw_config optimizer_;
+  int64_t step_ = 0;
+  int64_t samples_ = 0;
+};
+
+}  // namespace gflex::kernels::detail

@@ -1,0 +1,60 @@
+/// @file
+/// Replica groups of CPU ranks (a host sum), and the dispatch to the NCCL group for CUDA
+/// ranks.
+
+#include "gflex/kernels/replica_group.hpp"
+
+#ifdef GFLEX_HAVE_CUDA
+#include "../cuda/cuda_replica_group.hpp"
+#endif
+
+namespace gflex::kernels {
+
+namespace {
+
+/// CPU ranks share the host's memory: the all-reduce adds every other rank's buffer into
+/// rank 0's and copies the sum back. One rank is the identity. Several CPU ranks in one
+/// process are what tests use to run the multi-rank path without GPUs.
+class host_replica_group final : public replica_group {
+ public:
+  explicit host_replica_group(std::vector<std::unique_ptr<backend>> ranks)
+      : ranks_(std::move(ranks)) {}
+
+  int size() const override { return static_cast<int>(ranks_.size()); }
+  backend& rank(int r) override { return *ranks_.at(static_cast<size_t>(r)); }
+
+  void all_reduce_sum(const std::vector<float*>& buffers, int64_t n) override {
+    GFLEX_CHECK(buffers.size() == ranks_.size(), "all_reduce_sum: one buffer per rank");
+    for (size_t r = 1; r < buffers.size(); ++r)
+      ranks_[0]->axpby(n, 1.0f, buffers[r], 1.0f, buffers[0]);
+    for (size_t r = 1; r < buffers.size(); ++r)
+      ranks_[r]->axpby(n, 1.0f, buffers[0], 0.0f, buffers[r]);
+  }
+
+  std::string describe() const override {
+    return "host, " + std::to_string(ranks_.size()) + (ranks_.size() == 1 ? " rank" : " ranks");
+  }
+
+ private:
+  std::vector<std::unique_ptr<backend>> ranks_;
+};
+
+}  // namespace
+
+expected<std::unique_ptr<replica_group>> make_replica_group(
+    std::vector<std::unique_ptr<backend>> ranks) {
+  if (ranks.empty()) return error(errc::invalid_argument, "a replica group needs a rank");
+  size_t cpu = 0;
+  for (const auto& r : ranks) cpu += r && r->where().kind == device_kind::host ? 1 : 0;
+  if (cpu == ranks.size())
+    return std::unique_ptr<replica_group>(std::make_unique<host_replica_group>(std::move(ranks)));
+  if (cpu != 0)
+    return error(errc::invalid_argument, "a replica group's ranks must all be CPUs or all GPUs");
+#ifdef GFLEX_HAVE_CUDA
+  return detail::make_cuda_replica_group(std::move(ranks));
+#else
+  return error(errc::no_device, "this build of gflex has no CUDA backend");
+#endif
+}
+
+}  // namespace gflex::kernels

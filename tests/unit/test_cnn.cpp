@@ -1,0 +1,218 @@
+/// fashion-cnn and the replica group: gradients against finite differences, learning on
+/// synthetic and real data, and the multi-rank path (CPU ranks) against a single rank.
+
+#include <doctest/doctest.h>
+
+#include <cmath>
+
+#include "gflex/kernels/cnn.hpp"
+#include "gflex/kernels/replica_group.hpp"
+#include "gflex/kernels/trainer.hpp"
+#include "gflex/runtime/rng.hpp"
+
+using namespace gflex;
+using namespace gflex::kernels;
+
+namespace {
+
+// 8x8 single-channel images of three classes: a bright square in one of three places, on
+// noise. A convolution and a pool see it; the class is where it is.
+dataset squares(int64_t n, uint64_t seed) {
+  dataset d;
+  d.classes = 3;
+  d.features = tensor::empty({n, 64}, dtype::f32);
+  d.labels = tensor::empty({n}, dtype::i32);
+  rng r(seed);
+  for (int64_t i = 0; i < n; ++i) {
+    auto label = static_cast<int32_t>(r.below(3));
+    d.labels.span<int32_t>()[i] = label;
+    float* img = d.features.data<float>() + i * 64;
+    for (int64_t p = 0; p < 64; ++p) img[p] = static_cast<float>(r.normal() * 0.3);
+    int64_t top = label == 2 ? 5 : 1, left = label == 1 ? 5 : 1;
+    for (int64_t y = top; y < top + 2; ++y)
+      for (int64_t x = left; x < left + 2; ++x) img[y * 8 + x] += 2.0f;
+  }
+  return d;
+}
+
+cnn_workload small_cnn(dataset_splits data) {
+  cnn_shape s{
+      .height = 8, .width = 8, .channels = 1, .conv1 = 3, .conv2 = 4, .hidden = 6, .classes = 3};
+  return cnn_workload("test-cnn", s, [data] { return data; });
+}
+
+dataset_splits small_data() {
+  return {squares(600, 1), squares(300, 2)};
+}
+
+}  // namespace
+
+TEST_SUITE("cnn") {
+  TEST_CASE("layout and initialisation") {
+    auto w = small_cnn(small_data());
+    auto blocks = w.layout();
+    REQUIRE(blocks.size() == 8);
+    CHECK(blocks[0].name == "conv1.weight");
+    CHECK(blocks[0].shape == shape_t{3, 3, 3, 1});
+    CHECK(blocks[4].shape == shape_t{2 * 2 * 4, 6});
+    CHECK(w.parameter_count() == 27 + 3 + 4 * 27 + 4 + 16 * 6 + 6 + 6 * 3 + 3);
+    std::vector<float> a(w.parameter_count()), b(w.parameter_count());
+    w.init_parameters(7, a);
+    w.init_parameters(7, b);
+    CHECK(a == b);
+    CHECK(a[blocks[1].offset] == 0.0f);
+    auto real = find_workload("fashion-cnn");
+    REQUIRE(real.has_value());
+    CHECK((*real)->feature_dim() == 784);
+    CHECK((*real)->describe().find("conv3x3-32") != std::string::npos);
+  }
+
+  TEST_CASE("backpropagation matches finite differences") {
+    auto data = small_data();
+    auto w = small_cnn(data);
+    auto be = make_cpu_backend(1);
+    auto m = w.instantiate(*be, 16);
+    REQUIRE(m.has_value());
+    std::vector<float> params(w.parameter_count());
+    w.init_parameters(3, params);
+    (*m)->load_parameters(params);
+    const int64_t batch = 16;
+    const float* x = data.train.features.data<float>();
+    const int32_t* y = data.train.labels.data<int32_t>();
+    std::vector<float> grad(params.size());
+    (*m)->compute_gradients(x, y, batch, grad);
+    auto loss_at = [&](const std::vector<float>& p) {
+      (*m)->load_parameters(p);
+      (*m)->take_stats();
+      (*m)->evaluate_batch(x, y, batch);
+      return (*m)->take_stats().mean_loss();
+    };
+    auto central_difference = [&](size_t i, float h) {
+      auto plus = params, minus = params;
+      plus[i] += h;
+      minus[i] -= h;
+      return (loss_at(plus) - loss_at(minus)) / (2.0 * h);
+    };
+    // Every block is sampled. A step that flips a ReLU or a pooling winner makes the
+    // difference meaningless; two step sizes that disagree reveal it. A first-layer weight
+    // moves every pixel of its channel, so the steps are small to make such flips rare.
+    rng pick(5);
+    auto blocks = w.layout();
+    int checked = 0;
+    std::vector<int> per_block(blocks.size(), 0);
+    for (int trial = 0; trial < 200; ++trial) {
+      size_t bi = static_cast<size_t>(trial) % blocks.size();
+      int64_t n = *checked_numel(blocks[bi].shape);
+      size_t i = static_cast<size_t>(blocks[bi].offset) + pick.below(static_cast<uint64_t>(n));
+      double numeric = central_difference(i, 5e-4f);
+      double half = central_difference(i, 2.5e-4f);
+      if (std::fabs(numeric - half) > 0.01 * std::fabs(numeric) + 5e-4) continue;
+      if (std::fabs(numeric) < 1e-3 && std::fabs(grad[i]) < 1e-3) continue;
+      CHECK_MESSAGE(grad[i] == doctest::Approx(numeric).epsilon(0.05).scale(1e-3),
+                    blocks[bi].name << " parameter " << i);
+      ++checked;
+      ++per_block[bi];
+    }
+    CHECK(checked > 60);
+    for (size_t b = 0; b < blocks.size(); ++b) CHECK_MESSAGE(per_block[b] > 0, blocks[b].name);
+  }
+
+  TEST_CASE("training learns the synthetic images and is deterministic") {
+    auto data = small_data();
+    auto w = small_cnn(data);
+    train_options o;
+    o.epochs = 6;
+    o.batch_size = 32;
+    o.optimizer.lr = 5e-3f;
+    auto be = make_cpu_backend(1);
+    auto r1 = train(w, data, *be, o);
+    REQUIRE_MESSAGE(r1.has_value(), r1.error().message());
+    CHECK(r1->test_accuracy > 0.95);
+    auto r2 = train(w, data, *be, o);
+    REQUIRE(r2.has_value());
+    CHECK(r2->epochs.back().train_loss == r1->epochs.back().train_loss);
+  }
+
+  TEST_CASE("fashion-cnn learns real Fashion-MNIST in a few hundred steps") {
+    auto w = find_workload("fashion-cnn");
+    REQUIRE(w.has_value());
+    auto data = (*w)->load_data();
+    if (!data) {
+      MESSAGE("skipped: " << data.error().message());
+      return;
+    }
+    train_options o;
+    o.max_steps = 150;
+    auto be = make_cpu_backend(0);
+    auto r = train(**w, *data, *be, o);
+    REQUIRE_MESSAGE(r.has_value(), r.error().message());
+    CHECK(r->steps == 150);
+    CHECK(r->test_accuracy > 0.78);
+  }
+}
+
+TEST_SUITE("replica group") {
+  TEST_CASE("two ranks on halves of a batch step like one rank on all of it") {
+    auto data = small_data();
+    auto w = small_cnn(data);
+    std::vector<float> params(w.parameter_count());
+    w.init_parameters(11, params);
+    const int64_t batch = 32, half = batch / 2, dim = w.feature_dim();
+    const float* x = data.train.features.data<float>();
+    const int32_t* y = data.train.labels.data<int32_t>();
+
+    auto one = make_cpu_backend(1);
+    auto single = w.instantiate(*one, batch);
+    REQUIRE(single.has_value());
+    (*single)->load_parameters(params);
+
+    std::vector<std::unique_ptr<backend>> ranks;
+    ranks.push_back(make_cpu_backend(1));
+    ranks.push_back(make_cpu_backend(1));
+    auto group = make_replica_group(std::move(ranks));
+    REQUIRE(group.has_value());
+    CHECK((*group)->describe() == "host, 2 ranks");
+    std::vector<std::unique_ptr<model>> replicas;
+    for (int r = 0; r < 2; ++r) {
+      auto m = w.instantiate((*group)->rank(r), half);
+      REQUIRE(m.has_value());
+      (*m)->load_parameters(params);
+      replicas.push_back(std::move(*m));
+    }
+    for (int step = 0; step < 3; ++step) {
+      const int64_t offset = step * batch;
+      (*single)->train_step(x + offset * dim, y + offset, batch);
+      std::vector<float*> grads;
+      for (int r = 0; r < 2; ++r) {
+        replicas[r]->backward(x + (offset + r * half) * dim, y + offset + r * half, half,
+                              1.0f / static_cast<float>(batch));
+        grads.push_back(replicas[r]->gradients());
+      }
+      (*group)->all_reduce_sum(grads, w.parameter_count());
+      for (auto& m : replicas) m->apply_gradients();
+    }
+    std::vector<float> want(params.size()), a(params.size()), b(params.size());
+    (*single)->store_parameters(want);
+    replicas[0]->store_parameters(a);
+    replicas[1]->store_parameters(b);
+    CHECK(a == b);  // the replicas never diverge
+    for (size_t i = 0; i < want.size(); ++i) {
+      if (std::fabs(a[i] - want[i]) > 1e-4f + 1e-3f * std::fabs(want[i])) {
+        FAIL_CHECK("parameter " << i << ": " << a[i] << " vs " << want[i]);
+        break;
+      }
+    }
+    auto stats = replicas[0]->take_stats();
+    CHECK(stats.samples == 3 * half);
+  }
+
+  TEST_CASE("groups must be non-empty and of one kind") {
+    CHECK(make_replica_group({}).error().code() == errc::invalid_argument);
+    std::vector<std::unique_ptr<backend>> one;
+    one.push_back(make_cpu_backend(1));
+    auto g = make_replica_group(std::move(one));
+    REQUIRE(g.has_value());
+    CHECK((*g)->size() == 1);
+    CHECK((*g)->describe() == "host, 1 rank");
+  }
+}

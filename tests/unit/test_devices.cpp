@@ -1,0 +1,72 @@
+/// Device discovery's parsing and its answers where there is no GPU.
+
+#include <doctest/doctest.h>
+
+#include "gflex/kernels/backend.hpp"
+#include "gflex/kernels/devices.hpp"
+
+using namespace gflex;
+using namespace gflex::kernels;
+
+TEST_SUITE("devices") {
+  TEST_CASE("--gpus lists: all by default, distinct existing ordinals") {
+    CHECK(parse_gpu_list("", 3).value() == std::vector<int>{0, 1, 2});
+    CHECK(parse_gpu_list("", 0).value().empty());
+    CHECK(parse_gpu_list("0,2", 3).value() == std::vector<int>{0, 2});
+    CHECK(parse_gpu_list("1", 2).value() == std::vector<int>{1});
+    auto missing = parse_gpu_list("0,2", 2);
+    REQUIRE_FALSE(missing.has_value());
+    CHECK(missing.error().code() == errc::no_device);
+    CHECK(missing.error().message().find("no CUDA device 2 (2 found)") != std::string::npos);
+    for (const char* bad : {"x", "0,,1", "-1", "1,", "0 1", "1.5"}) {
+      CAPTURE(bad);
+      auto r = parse_gpu_list(bad, 8);
+      REQUIRE_FALSE(r.has_value());
+      CHECK(r.error().code() == errc::invalid_argument);
+    }
+    CHECK(parse_gpu_list("1,1", 2).error().message().find("twice") != std::string::npos);
+  }
+
+  TEST_CASE("byte sizes with binary suffixes") {
+    CHECK(parse_byte_size("0").value() == 0);
+    CHECK(parse_byte_size("1073741824").value() == 1073741824ULL);
+    CHECK(parse_byte_size("512M").value() == 512ULL << 20);
+    CHECK(parse_byte_size("6G").value() == 6ULL << 30);
+    CHECK(parse_byte_size("6GiB").value() == 6ULL << 30);
+    CHECK(parse_byte_size("2Ki").value() == 2048);
+    for (const char* bad : {"", "G", "6X", "-1", "6 G", "99999999999999999999", "20000000000T"}) {
+      CAPTURE(bad);
+      auto r = parse_byte_size(bad);
+      REQUIRE_FALSE(r.has_value());
+      CHECK(r.error().message().find("byte size") != std::string::npos);
+    }
+  }
+
+  TEST_CASE("without a device: an empty list with its reason, calibration refused") {
+    std::string why;
+    auto devices = cuda_devices(&why);
+    if (!devices.empty()) {
+      MESSAGE("skipped: this machine has " << devices.size() << " CUDA device(s)");
+      CHECK(devices[0].memory_bytes > 0);
+      CHECK(devices[0].sm_count > 0);
+      CHECK_FALSE(devices[0].name.empty());
+      return;
+    }
+    CHECK_FALSE(why.empty());
+    CHECK(cuda_device_count() == 0);
+    auto cal = calibrate_cuda_device(0);
+    REQUIRE_FALSE(cal.has_value());
+    CHECK(cal.error().code() == errc::no_device);
+  }
+
+  TEST_CASE("conv2d geometry validity") {
+    conv2d_geometry g{2, 28, 28, 1, 32, 3, 3, 1, 1};
+    CHECK(g.valid());
+    CHECK(g.out_height() == 28);
+    CHECK(g.patch() == 9);
+    g.pad_h = -1;
+    CHECK_FALSE(g.valid());
+    g = {2, 2, 2, 1, 1, 3, 3, 0, 0};  // kernel larger than the unpadded image
+    CHECK_FALSE(g.valid());
+  }
+}
