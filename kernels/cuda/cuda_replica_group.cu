@@ -16,6 +16,7 @@
 
 #include <cuda_runtime.h>
 
+#include <mutex>
 #include <set>
 #include <string>
 
@@ -120,6 +121,13 @@ class nccl_replica_group final : public replica_group {
     check_buffers(buffers, ranks_.size());
     if (n <= 0) return;
     current_device_keeper keeper;
+    // Workers of one node (--streams-per-gpu) hold separate cliques over the same GPUs and
+    // call this from their own threads. Enqueued in different orders on different GPUs, two
+    // cliques' collectives could each wait for a peer kernel queued behind the other's: one
+    // launch at a time keeps the order the same on every GPU (NCCL's advice for several
+    // communicators per device). Launching takes microseconds; the reductions still overlap.
+    static std::mutex launch_order;
+    std::lock_guard<std::mutex> lock(launch_order);
     GFLEX_NCCL_CHECK(ncclGroupStart());
     // A failed call inside the group must still be followed by ncclGroupEnd, which then
     // discards the whole group (launching part of a collective would hang the other ranks).

@@ -75,7 +75,9 @@ struct table_schema {
 const std::array<table_schema, 8>& schema() {
   static const std::array<table_schema, 8> tables{{
       {"job", {"name", "workload", "rounds", "workers", "seed"}},
-      {"inner", {"optimizer", "local_steps", "batch_size", "lr", "weight_decay", "lr_schedule"}},
+      {"inner",
+       {"optimizer", "local_steps", "batch_size", "lr", "weight_decay", "lr_schedule",
+        "precision"}},
       {"outer", {"lr", "momentum"}},
       {"wire", {"compression"}},
       {"eval", {"every"}},
@@ -378,6 +380,12 @@ expected<job_spec> read_spec(const reader& in) {
                          std::array{lr_schedule::cosine, lr_schedule::constant}, spec.schedule);
       !r)
     return r.error();
+  if (auto r =
+          in.choice("inner", "precision",
+                    std::array{math_precision::fp32, math_precision::tf32, math_precision::bf16},
+                    spec.precision);
+      !r)
+    return r.error();
   if (auto r = in.number("outer", "lr", learning_rate, spec.outer_lr); !r) return r.error();
   if (auto r = in.number("outer", "momentum", unit_half_open, spec.outer_momentum); !r)
     return r.error();
@@ -509,6 +517,7 @@ std::string to_toml(const job_spec& spec) {
   out += "lr = " + real(spec.inner_lr) + "\n";
   out += "weight_decay = " + real(spec.weight_decay) + "\n";
   out += "lr_schedule = " + quote(to_string(spec.schedule)) + "\n";
+  out += "precision = " + quote(to_string(spec.precision)) + "\n";
   out += "\n[outer]\n";
   out += "lr = " + real(spec.outer_lr) + "\n";
   out += "momentum = " + real(spec.outer_momentum) + "\n";

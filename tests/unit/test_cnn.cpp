@@ -216,3 +216,51 @@ TEST_SUITE("replica group") {
     CHECK((*g)->describe() == "host, 1 rank");
   }
 }
+
+TEST_SUITE("cnn") {
+  TEST_CASE("on a GPU: the same gradients as the CPU, and a one-rank NCCL group") {
+    if (cuda_device_count() == 0) {
+      MESSAGE("skipped: " << (cuda_compiled() ? "no CUDA device on this machine"
+                                              : "CUDA not compiled in"));
+      return;
+    }
+    auto data = small_data();
+    auto w = small_cnn(data);
+    std::vector<float> params(w.parameter_count());
+    w.init_parameters(5, params);
+    const float* x = data.train.features.data<float>();
+    const int32_t* y = data.train.labels.data<int32_t>();
+    auto gradients_on = [&](backend& b) {
+      auto m = w.instantiate(b, 32);
+      REQUIRE_MESSAGE(m.has_value(), m.error().message());
+      (*m)->load_parameters(params);
+      std::vector<float> g(params.size());
+      (*m)->compute_gradients(x, y, 32, g);
+      return g;
+    };
+    auto cpu = make_cpu_backend(1);
+    auto gpu = make_cuda_backend(0);
+    REQUIRE_MESSAGE(gpu.has_value(), gpu.error().message());
+    auto want = gradients_on(*cpu);
+    auto got = gradients_on(**gpu);
+    for (size_t i = 0; i < want.size(); ++i)
+      CHECK_MESSAGE(std::fabs(got[i] - want[i]) <= 1e-4f + 1e-3f * std::fabs(want[i]),
+                    "gradient " << i << ": " << got[i] << " vs " << want[i]);
+
+    std::vector<std::unique_ptr<backend>> ranks;
+    ranks.push_back(std::move(*gpu));
+    auto group = make_replica_group(std::move(ranks));
+    REQUIRE_MESSAGE(group.has_value(), group.error().message());
+    MESSAGE("group: " << (*group)->describe());
+    auto m = w.instantiate((*group)->rank(0), 32);
+    REQUIRE(m.has_value());
+    (*m)->load_parameters(params);
+    (*m)->backward(x, y, 32, 1.0f / 32);
+    (*group)->all_reduce_sum({(*m)->gradients()}, w.parameter_count());
+    std::vector<float> reduced(params.size());
+    (*group)->rank(0).download((*m)->gradients(), reduced.data(), reduced.size() * sizeof(float));
+    for (size_t i = 0; i < want.size(); ++i)
+      CHECK_MESSAGE(std::fabs(reduced[i] - want[i]) <= 1e-4f + 1e-3f * std::fabs(want[i]),
+                    "reduced gradient " << i);
+  }
+}

@@ -2,6 +2,9 @@
 
 #include <doctest/doctest.h>
 
+#include <string>
+#include <vector>
+
 #include "gflex/kernels/backend.hpp"
 #include "gflex/kernels/devices.hpp"
 
@@ -68,5 +71,37 @@ TEST_SUITE("devices") {
     CHECK_FALSE(g.valid());
     g = {2, 2, 2, 1, 1, 3, 3, 0, 0};  // kernel larger than the unpadded image
     CHECK_FALSE(g.valid());
+  }
+}
+
+TEST_SUITE("devices") {
+  TEST_CASE("--gpu-memory-limit: an allocation past it is a clear out-of-memory error") {
+    if (cuda_device_count() == 0) {
+      MESSAGE("skipped: no CUDA device on this machine");
+      return;
+    }
+    const uint64_t before = cuda_memory_in_use(0);
+    set_cuda_memory_limit(0, before + (1 << 20));  // 1 MiB more than is in use now
+    {
+      auto b = make_cuda_backend(0);
+      REQUIRE_MESSAGE(b.has_value(), b.error().message());
+      tensor small = (*b)->allocate({1024}, dtype::f32);
+      CHECK(cuda_memory_in_use(0) >= before + 4096);
+      try {
+        (*b)->allocate({1 << 20}, dtype::f32);  // 4 MiB
+        FAIL("allocation past the limit succeeded");
+      } catch (const compute_error& e) {
+        CHECK(e.err().code() == errc::device_error);
+        CHECK_MESSAGE(std::string(e.what()).find("out of device memory") != std::string::npos,
+                      e.what());
+      }
+      // The backend stays usable after the refusal.
+      (*b)->fill(small.data<float>(), 1024, 2.0f);
+      std::vector<float> host(1024);
+      (*b)->download(small.raw(), host.data(), host.size() * sizeof(float));
+      CHECK(host[1023] == 2.0f);
+    }
+    CHECK(cuda_memory_in_use(0) == before);  // every byte given back
+    set_cuda_memory_limit(0, 0);
   }
 }

@@ -15,13 +15,10 @@
 #include <string>
 
 #include "gflex/runtime/error.hpp"
+#include "gflex/runtime/precision.hpp"
 #include "gflex/runtime/tensor.hpp"
 
 namespace gflex::kernels {
-
-// kernels' own to_string overloads below would hide gflex::to_string(shape_t) and the others
-// from unqualified calls in this namespace.
-using gflex::to_string;
 
 /// Hyper-parameters of AdamW (decoupled weight decay, Loshchilov & Hutter).
 struct adamw_config {
@@ -34,17 +31,6 @@ struct adamw_config {
   /// baseline runs one such step per round).
   bool plain_sgd = false;
 };
-
-/// How a backend's GEMMs and convolutions may round their products. FP32 is exact single
-/// precision everywhere. TF32 (10-bit mantissa products, FP32 accumulation) and BF16 (7-bit)
-/// use tensor cores on GPUs that have them; a job opts into them. The CPU backend computes
-/// every precision in FP32 (more exact than asked, never less).
-enum class math_precision : uint8_t { fp32 = 0, tf32 = 1, bf16 = 2 };
-
-/// "fp32", "tf32", "bf16".
-const char* to_string(math_precision p) noexcept;
-/// The precision named `name`; anything else is errc::invalid_argument.
-expected<math_precision> parse_math_precision(const std::string& name);
 
 /// The geometry of a stride-1 2-D convolution. Activations are NHWC ([batch, height, width,
 /// channels], channels fastest: a bias or ReLU over channels is a row-wise operation on

@@ -9,6 +9,7 @@
 #include <string_view>
 
 #include "gflex/runtime/error.hpp"
+#include "gflex/runtime/precision.hpp"
 #include "gflex/runtime/update_codec.hpp"
 
 namespace gflex {
@@ -45,8 +46,10 @@ struct job_spec {
   double inner_lr = 1e-3;                          ///< [inner] lr: in (0, 10].
   double weight_decay = 0.0;                       ///< [inner] weight_decay: in [0, 1).
   lr_schedule schedule = lr_schedule::cosine;      ///< [inner] lr_schedule: "cosine" | "constant".
-  double outer_lr = 0.5;                           ///< [outer] lr: in (0, 10].
-  double outer_momentum = 0.8;                     ///< [outer] momentum: in [0, 1).
+  math_precision precision =
+      math_precision::fp32;     ///< [inner] precision: "fp32" | "tf32" | "bf16".
+  double outer_lr = 0.5;        ///< [outer] lr: in (0, 10].
+  double outer_momentum = 0.8;  ///< [outer] momentum: in [0, 1).
   gflex::compression compression = gflex::compression::int8;  ///< [wire] compression.
   int64_t eval_every = 1;  ///< [eval] every: test accuracy every N rounds, 1..100000.
   /// [round] deadline_s, in (0, 86400]: an assignment not answered by then is reassigned, and
