@@ -25,6 +25,20 @@ namespace gflex {
 
 namespace {
 
+/// What is wrong with the GPUs a node advertises (empty: nothing). They are shown to users
+/// and priced by the market, so they are bounded like every other field of a hello.
+std::string check_gpus(const std::vector<gpu_status>& gpus) {
+  if (gpus.size() > 64) return "more than 64 GPUs";
+  for (const auto& g : gpus) {
+    if (g.ordinal < 0 || g.ordinal > 1023) return "ordinal out of [0, 1023]";
+    if (g.name.size() > 128 || g.compute_capability.size() > 16) return "name too long";
+    if (g.sm_count < 0 || !(g.gemm_tflops >= 0.0 && g.gemm_tflops < 1e6) ||
+        !(g.h2d_gbps >= 0.0 && g.h2d_gbps < 1e6))
+      return "negative or non-finite figures";
+  }
+  return {};
+}
+
 struct core_children {
   caf::actor store, market, data_server, registry, jobs, reputation, verifier, ledger, gate;
   std::vector<caf::actor> all() const {
@@ -232,6 +246,8 @@ caf::behavior core_actor(core_actor_type* self, core_children children, core_con
           return to_caf(error(errc::invalid_argument,
                               "a node's price must be in [0, 1000000] credits per hour and its "
                               "throughput finite and not negative"));
+        if (auto bad = check_gpus(hello.gpus); !bad.empty())
+          return to_caf(error(errc::invalid_argument, "a node's GPU list: " + bad));
         if (hello.tier > static_cast<uint8_t>(node_tier::core))
           return to_caf(error(errc::invalid_argument, "unknown tier " + std::to_string(hello.tier) +
                                                           " (community is 0, core is 1)"));

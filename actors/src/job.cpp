@@ -794,6 +794,7 @@ void send_assignment(job_actor* self, const worker_slot& slot, int64_t shard) {
   a.weight_decay = static_cast<float>(spec.weight_decay);
   a.plain_sgd = spec.inner == inner_optimizer::sgd;
   a.compression = static_cast<uint8_t>(spec.compression);
+  a.precision = static_cast<uint8_t>(spec.precision);
   st.pending[a.id] = {shard, slot, clock_type::now(), a};
   a.params = *st.round_params;
   st.job.status.bytes_sent += a.params.size();

@@ -5,6 +5,8 @@
 namespace gflex {
 
 void register_message_types(caf::actor_system_config& cfg) {
+  cfg.add_message_type<gpu_status>("gflex::gpu_status");
+  cfg.add_message_type<std::vector<gpu_status>>("std::vector<gflex::gpu_status>");
   cfg.add_message_type<node_hello>("gflex::node_hello");
   cfg.add_message_type<node_welcome>("gflex::node_welcome");
   cfg.add_message_type<assignment>("gflex::assignment");

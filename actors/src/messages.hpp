@@ -70,8 +70,9 @@ using admit_atom = caf::atom_constant<caf::atom("admit")>;         ///< core -> 
 struct node_hello {
   uint32_t protocol = 0;
   std::string name;
-  std::string device;  ///< "cpu" or the GPU's name.
+  std::string device;  ///< What computes: "cpu: OpenBLAS ..." or the GPU group's description.
   uint64_t device_memory = 0;
+  std::vector<gpu_status> gpus;  ///< The GPUs its workers use, as measured at start.
   std::vector<caf::actor> workers;
   caf::actor uplink;
   uint8_t tier = 0;                 ///< gflex::node_tier: community (0) or core (1).
@@ -107,6 +108,7 @@ struct assignment {
   float weight_decay = 0.0f;
   bool plain_sgd = false;
   uint8_t compression = 0;      ///< gflex::compression of the answer.
+  uint8_t precision = 0;        ///< gflex::math_precision the job allows its GEMMs.
   std::vector<uint8_t> params;  ///< Cap'n Proto Tensor, f32 [parameter_count].
   /// A re-computation for the verifier: the worker leaves its error-feedback residual alone.
   bool verify = false;
@@ -157,9 +159,16 @@ struct store_batch {
 };
 
 template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, gpu_status& x) {
+  return f(caf::meta::type_name("gpu_status"), x.ordinal, x.name, x.compute_capability,
+           x.memory_bytes, x.memory_limit, x.sm_count, x.gemm_tflops, x.h2d_gbps);
+}
+
+template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, node_hello& x) {
   return f(caf::meta::type_name("node_hello"), x.protocol, x.name, x.device, x.device_memory,
-           x.workers, x.uplink, x.tier, x.credential, x.price, x.throughput, x.public_key, x.proof);
+           x.gpus, x.workers, x.uplink, x.tier, x.credential, x.price, x.throughput, x.public_key,
+           x.proof);
 }
 
 template <class Inspector>
@@ -171,8 +180,8 @@ typename Inspector::result_type inspect(Inspector& f, node_welcome& x) {
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, assignment& x) {
   return f(caf::meta::type_name("assignment"), x.id, x.job_id, x.round, x.workload, x.shard, x.seed,
-           x.local_steps, x.batch_size, x.lr, x.weight_decay, x.plain_sgd, x.compression, x.params,
-           x.verify);
+           x.local_steps, x.batch_size, x.lr, x.weight_decay, x.plain_sgd, x.compression,
+           x.precision, x.params, x.verify);
 }
 
 template <class Inspector>
@@ -236,7 +245,7 @@ typename Inspector::result_type inspect(Inspector& f, job_status& x) {
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, node_status& x) {
-  return f(caf::meta::type_name("node_status"), x.node_id, x.name, x.device, x.workers,
+  return f(caf::meta::type_name("node_status"), x.node_id, x.name, x.device, x.workers, x.gpus,
            x.last_seen_s, x.tier, x.score, x.streak, x.validated, x.verified, x.rejected, x.flagged,
            x.credited_s, x.last_rejection);
 }

@@ -12,6 +12,7 @@
 #include <deque>
 
 #include "cache.hpp"
+#include "compute_plan.hpp"
 #include "gflex/kernels/backend.hpp"
 #include "gflex/kernels/calibration.hpp"
 #include "messages.hpp"
@@ -138,12 +139,16 @@ expected<caf::actor> spawn_node(caf::actor_system& sys, const node_config& confi
                                 caf::actor owner) {
   if (config.workers < 1 || config.workers > 256)
     return error(errc::invalid_argument, "--workers must be in [1, 256]");
-  // Check the backend here, so that a node without the device fails at start with the
-  // reason rather than with workers that die one by one.
-  auto probe = kernels::make_backend(config.backend, config.threads_per_worker);
+  // Decide the devices here, and make one worker's replica group, so that a node without the
+  // device fails at start with the reason rather than with workers that die one by one.
+  auto plan = plan_compute(config);
+  if (!plan) return plan.error();
+  auto probe = make_worker_group(plan->ranks, config.threads_per_worker);
   if (!probe) return probe.error();
-  std::string device = (*probe)->describe();
-  probe->reset();
+  // What the core shows: the device, or each GPU of the group and how they reduce.
+  std::string device = (*probe)->rank(0).describe();
+  for (int r = 1; r < (*probe)->size(); ++r) device += "; " + (*probe)->rank(r).describe();
+  if ((*probe)->size() > 1) device += " (" + (*probe)->describe() + ")";
 
   std::string name = config.name;
   if (name.empty()) {
@@ -168,9 +173,10 @@ expected<caf::actor> spawn_node(caf::actor_system& sys, const node_config& confi
   spdlog::info("node key {}", key_hex(key->public_key()));
   node_children c;
   c.cache = spawn_cache(sys, config.data_dir / "chunks");
-  c.config.backend = config.backend;
+  c.config.ranks = plan->ranks;
   c.config.threads = config.threads_per_worker;
   c.config.crash_at_assignment = config.crash_worker_at;
+  c.config.device_error_at_assignment = config.device_error_at;
   c.config.misbehave = *misbehave;
   c.config.identity = key;
   c.config.idle_only = config.idle_only;
@@ -180,10 +186,12 @@ expected<caf::actor> spawn_node(caf::actor_system& sys, const node_config& confi
     return error(errc::invalid_argument, "--price must be in [0, 1000000] credits per hour");
   if (!(config.max_hours >= 0.0 && config.max_hours <= 1e6))
     return error(errc::invalid_argument, "--max-hours must be in [0, 1000000] (0: no limit)");
-  auto calibration = kernels::make_backend(config.backend, config.threads_per_worker);
-  if (!calibration) return calibration.error();
-  auto throughput = kernels::calibrate_throughput(**calibration);
+  // One rank's fashion-mlp rate; a group of several GPUs splits each batch between them, so
+  // its rate is taken as that many times one rank's (the all-reduce is not counted).
+  auto throughput = kernels::calibrate_throughput((*probe)->rank(0));
   if (!throughput) return throughput.error();
+  *throughput *= static_cast<double>((*probe)->size());
+  probe->reset();
   spdlog::info(
       "calibration: {:.0f} fashion-mlp samples/s per worker; asking {} credits per "
       "device-hour",
@@ -193,13 +201,14 @@ expected<caf::actor> spawn_node(caf::actor_system& sys, const node_config& confi
   if (seed == 0)
     for (char ch : name) seed = (seed ^ static_cast<uint8_t>(ch)) * 0x100000001B3ULL;
   c.cache_dir = config.data_dir / "chunks";
-  for (int i = 0; i < config.workers; ++i) {
+  for (int i = 0; i < plan->workers; ++i) {
     c.config.misbehave_seed = seed + static_cast<uint64_t>(i);
     c.workers.push_back(spawn_worker(sys, c.config, c.cache));
   }
   uplink_config up;
   up.name = name;
   up.device = device;
+  up.gpus = plan->gpus;
   up.protocol = config.announce_protocol != 0 ? config.announce_protocol : protocol_version;
   up.host = host;
   up.port = port;

@@ -16,6 +16,7 @@ using clock_type = std::chrono::steady_clock;
 struct node_entry {
   std::string name;
   std::string device;
+  std::vector<gpu_status> gpus;
   caf::actor uplink;
   std::vector<caf::actor> workers;
   clock_type::time_point last_seen;
@@ -73,6 +74,7 @@ caf::behavior registry_actor(caf::stateful_actor<registry_state>* self, caf::act
         node_entry entry;
         entry.name = hello.name;
         entry.device = hello.device;
+        entry.gpus = hello.gpus;
         entry.uplink = hello.uplink;
         entry.workers = hello.workers;
         entry.last_seen = clock_type::now();
@@ -153,6 +155,7 @@ caf::behavior registry_actor(caf::stateful_actor<registry_state>* self, caf::act
           s.node_id = id;
           s.name = node.name;
           s.device = node.device;
+          s.gpus = node.gpus;
           s.workers = static_cast<uint32_t>(node.workers.size());
           s.last_seen_s = std::chrono::duration<double>(now - node.last_seen).count();
           s.tier = node.tier == 1 ? "core" : "community";

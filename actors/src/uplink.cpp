@@ -48,6 +48,7 @@ void hello(uplink_actor* self, caf::actor core) {
   h.protocol = st.config.protocol;
   h.name = st.config.name;
   h.device = st.config.device;
+  h.gpus = st.config.gpus;
   h.workers = st.workers;
   h.uplink = caf::actor_cast<caf::actor>(self);
   h.tier = st.config.tier;

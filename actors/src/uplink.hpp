@@ -18,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "gflex/job_status.hpp"
 #include "gflex/runtime/identity.hpp"
 
 namespace gflex {
@@ -25,6 +26,7 @@ namespace gflex {
 struct uplink_config {
   std::string name;
   std::string device;
+  std::vector<gpu_status> gpus;  ///< Advertised to the core with the hello.
   uint32_t protocol = 0;
   std::string host;  ///< Empty when `core` is given (embedded: no sockets).
   uint16_t port = 0;

@@ -21,16 +21,17 @@ namespace gflex {
 
 namespace {
 
+/// A workload's model on every rank of the worker's group.
 struct loaded_model {
   std::unique_ptr<kernels::workload> workload;
-  std::unique_ptr<kernels::model> model;
-  int64_t max_batch = 0;
+  std::vector<std::unique_ptr<kernels::model>> replicas;  ///< One per rank.
+  int64_t max_batch = 0;                                  ///< Of the whole step (all ranks).
 };
 
 struct worker_state {
   worker_config config;
   caf::actor cache;
-  std::unique_ptr<kernels::backend> backend;
+  std::unique_ptr<kernels::replica_group> group;
   std::map<std::string, loaded_model> models;                    // by workload
   std::map<std::string, std::vector<float>> residuals;           // error feedback, by job
   std::map<std::string, std::shared_ptr<const dataset>> shards;  // decoded, by digest
@@ -59,6 +60,8 @@ expected<assignment_result> run_assignment(worker_state& st, const assignment& a
     return bad("learning rate and weight decay must be finite, lr positive");
   if (a.compression > static_cast<uint8_t>(compression::int8))
     return bad("unknown compression " + std::to_string(a.compression));
+  if (a.precision > static_cast<uint8_t>(math_precision::bf16))
+    return bad("unknown precision " + std::to_string(a.precision));
 
   auto& slot = st.models[a.workload];
   if (!slot.workload) {
@@ -69,10 +72,19 @@ expected<assignment_result> run_assignment(worker_state& st, const assignment& a
   const auto& w = *slot.workload;
   if (shard.feature_dim() != w.feature_dim() || shard.classes != w.classes())
     return bad("shard does not fit workload " + w.name());
-  if (!slot.model || slot.max_batch < a.batch_size) {
-    auto m = w.instantiate(*st.backend, a.batch_size);
-    if (!m) return m.error();
-    slot.model = std::move(*m);
+  auto& group = *st.group;
+  const int ranks = group.size();
+  if (slot.replicas.empty() || slot.max_batch < a.batch_size) {
+    slot.replicas.clear();  // frees the old buffers before the larger ones are made
+    const int64_t per_rank = (a.batch_size + ranks - 1) / ranks;
+    for (int r = 0; r < ranks; ++r) {
+      auto m = w.instantiate(group.rank(r), per_rank);
+      if (!m) {
+        slot.replicas.clear();
+        return m.error();
+      }
+      slot.replicas.push_back(std::move(*m));
+    }
     slot.max_batch = a.batch_size;
   }
   auto params = decode_tensor(a.params);
@@ -86,14 +98,25 @@ expected<assignment_result> run_assignment(worker_state& st, const assignment& a
   if (auto i = first_non_finite(theta); i >= 0)
     return error(errc::non_finite, "assignment: parameter " + std::to_string(i) + " is not finite");
 
-  auto& m = *slot.model;
-  m.load_parameters(theta);
-  m.reset_optimizer();
-  m.optimizer() = kernels::adamw_config{};
-  m.optimizer().lr = a.lr;
-  m.optimizer().weight_decay = a.weight_decay;
-  m.optimizer().plain_sgd = a.plain_sgd;
-  m.take_stats();
+  // Verifications too run at the job's precision: the closer the re-run, the tighter the match.
+  for (int r = 0; r < ranks; ++r)
+    group.rank(r).set_precision(static_cast<math_precision>(a.precision));
+  for (auto& m : slot.replicas) {
+    m->load_parameters(theta);
+    m->reset_optimizer();
+    m->optimizer() = kernels::adamw_config{};
+    m->optimizer().lr = a.lr;
+    m->optimizer().weight_decay = a.weight_decay;
+    m->optimizer().plain_sgd = a.plain_sgd;
+    m->take_stats();
+  }
+  // Rank r takes rows [r * share, (r + 1) * share) of each batch; each computes its part of
+  // the whole batch's mean-loss gradient, the all-reduce adds the parts, and every rank takes
+  // the same optimiser step, so the replicas stay identical.
+  const int64_t share = (a.batch_size + ranks - 1) / ranks;
+  const float loss_scale = 1.0f / static_cast<float>(a.batch_size);
+  std::vector<float*> gradients;
+  for (auto& m : slot.replicas) gradients.push_back(m->gradients());
 
   // Batches walk a seeded permutation of the shard, reshuffled at each pass: the same
   // assignment gives the same update anywhere.
@@ -118,11 +141,26 @@ expected<assignment_result> run_assignment(worker_state& st, const assignment& a
       std::memcpy(&bx[b * dim], shard.features.data<float>() + src * dim, sizeof(float) * dim);
       by[b] = shard.labels.data<int32_t>()[src];
     }
-    m.train_step(bx.data(), by.data(), a.batch_size);
+    for (int r = 0; r < ranks; ++r) {
+      const int64_t first = r * share, rows = std::min(share, a.batch_size - first);
+      auto& m = *slot.replicas[static_cast<size_t>(r)];
+      if (rows > 0)
+        m.backward(&bx[first * dim], &by[first], rows, loss_scale);
+      else
+        group.rank(r).fill(m.gradients(), n, 0.0f);  // a batch smaller than the group
+    }
+    group.all_reduce_sum(gradients, n);
+    for (auto& m : slot.replicas) m->apply_gradients();
   }
   std::vector<float> end(static_cast<size_t>(n));
-  m.store_parameters(end);
-  auto stats = m.take_stats();
+  slot.replicas.front()->store_parameters(end);
+  kernels::batch_stats stats;
+  for (auto& m : slot.replicas) {
+    auto part = m->take_stats();
+    stats.loss_sum += part.loss_sum;
+    stats.correct += part.correct;
+    stats.samples += part.samples;
+  }
   std::vector<float> delta(static_cast<size_t>(n));
   for (int64_t i = 0; i < n; ++i) delta[i] = theta[i] - end[i];
   if (auto i = first_non_finite(delta); i >= 0)
@@ -150,13 +188,13 @@ caf::behavior worker_behavior(worker_actor* self, worker_config config, caf::act
   auto& st = self->state;
   st.config = std::move(config);
   st.cache = std::move(cache);
-  auto backend = kernels::make_backend(st.config.backend, st.config.threads);
-  if (!backend) {
-    spdlog::error("worker: {}", backend.error().message());
-    self->quit(to_caf(backend.error()));
+  auto group = make_worker_group(st.config.ranks, st.config.threads);
+  if (!group) {
+    spdlog::error("worker: {}", group.error().message());
+    self->quit(to_caf(group.error()));
     return {};
   }
-  st.backend = std::move(*backend);
+  st.group = std::move(*group);
   if (st.config.misbehave.kind != misbehaviour::mode::honest)
     st.misbehaving =
         std::make_unique<misbehaving_worker>(st.config.misbehave, st.config.misbehave_seed);
@@ -168,6 +206,8 @@ caf::behavior worker_behavior(worker_actor* self, worker_config config, caf::act
       return to_caf(error(errc::invalid_argument, "assignment aborted by its job"));
     if (++self->state.assignments == self->state.config.crash_at_assignment)
       throw std::runtime_error("injected worker crash (test aid)");
+    const bool inject_device_error =
+        self->state.assignments == self->state.config.device_error_at_assignment;
     auto& cfg = self->state.config;
     if (cfg.max_compute_s > 0.0 && cfg.compute_used->load() >= cfg.max_compute_s)
       return to_caf(error(errc::invalid_argument, "this node has given its --max-hours"));
@@ -181,6 +221,10 @@ caf::behavior worker_behavior(worker_actor* self, worker_config config, caf::act
                                       "% of its CPUs); try later"));
     }
     try {
+      if (inject_device_error)
+        throw kernels::compute_error(
+            error(errc::device_error,
+                  "out of device memory (injected by --device-error-at, a test aid)"));
       auto r = run_assignment(self->state, a, shard);
       if (!r) return to_caf(r.error());
       double used = cfg.compute_used->load();
@@ -188,6 +232,11 @@ caf::behavior worker_behavior(worker_actor* self, worker_config config, caf::act
       }
       return std::move(*r);
     } catch (const kernels::compute_error& e) {
+      // Out of device memory, or another device failure: this assignment goes back to its
+      // job (which gives it to another worker) and the worker stays up. Its models are
+      // dropped, so their memory is free and the next assignment starts from a clean state.
+      spdlog::warn("worker: assignment {} failed on the device: {}", a.id, e.err().message());
+      self->state.models.clear();
       return to_caf(e.err());
     }
   };
@@ -235,6 +284,17 @@ caf::behavior worker_behavior(worker_actor* self, worker_config config, caf::act
 }
 
 }  // namespace
+
+expected<std::unique_ptr<kernels::replica_group>> make_worker_group(
+    const std::vector<std::string>& ranks, int cpu_threads) {
+  std::vector<std::unique_ptr<kernels::backend>> backends;
+  for (const auto& name : ranks) {
+    auto b = kernels::make_backend(name, cpu_threads);
+    if (!b) return b.error();
+    backends.push_back(std::move(*b));
+  }
+  return kernels::make_replica_group(std::move(backends));
+}
 
 caf::actor spawn_worker(caf::actor_system& sys, worker_config config, caf::actor cache) {
   return sys.spawn<caf::detached>(worker_behavior, std::move(config), std::move(cache));

@@ -1,8 +1,11 @@
 #pragma once
 /// @file
-/// A worker actor: one compute slot of a node (a CPU thread group or a CUDA stream). It runs
-/// assignments: H inner steps from the round's parameters on a shard, and answers with the
-/// encoded pseudo-gradient. Detached, so its compute never blocks CAF's scheduler threads.
+/// A worker actor: one compute slot of a node. It owns a replica group (one CPU rank, or one
+/// stream on each of the node's GPUs) and runs assignments: H inner steps from the round's
+/// parameters on a shard, each step's batch split between the ranks and their gradients
+/// all-reduced (NCCL on GPUs) before the optimiser step, and answers with one encoded
+/// pseudo-gradient. Detached: its compute, and every CUDA call that waits, runs on the
+/// worker's own thread, never on CAF's scheduler threads.
 ///
 /// Protocol:
 /// - (assign_atom, assignment) -> assignment_result, or an error that says what was wrong
@@ -16,16 +19,22 @@
 #include <memory>
 #include <string>
 
+#include <vector>
+
+#include "gflex/kernels/replica_group.hpp"
 #include "gflex/runtime/identity.hpp"
 #include "misbehaviour.hpp"
 
 namespace gflex {
 
 struct worker_config {
-  std::string backend = "cpu";
+  /// Backend names of the replica group's ranks: {"cpu"} or {"cuda:0", "cuda:1"}.
+  std::vector<std::string> ranks = {"cpu"};
   int threads = 1;
   /// Test aid: throw (and so crash this worker) when starting its Nth assignment; 0: never.
   int crash_at_assignment = 0;
+  /// Test aid: fail the Nth assignment with an out-of-device-memory error; 0: never.
+  int device_error_at_assignment = 0;
   /// Test aid: bad work on purpose (see misbehaviour.hpp), drawn from `misbehave_seed`.
   misbehaviour misbehave;
   uint64_t misbehave_seed = 0;
@@ -38,6 +47,10 @@ struct worker_config {
   /// The node's key: every result is signed with it.
   std::shared_ptr<const node_identity> identity;
 };
+
+/// The replica group over `ranks` (CPU ranks use `cpu_threads` OpenBLAS threads each).
+expected<std::unique_ptr<kernels::replica_group>> make_worker_group(
+    const std::vector<std::string>& ranks, int cpu_threads);
 
 caf::actor spawn_worker(caf::actor_system& sys, worker_config config, caf::actor cache);
 

@@ -16,11 +16,21 @@ int main(int argc, char** argv) {
   config.data_dir = "gflex-node-data";
   app.add_option("--join", join, "the core's HOST:PORT")->required();
   app.add_option("--name", config.name, "name shown by the core (default: host name)");
-  app.add_option("--workers", config.workers, "compute slots")
+  app.add_option("--workers", config.workers, "compute slots on the CPU backend")
       ->check(CLI::Range(1, 256))
       ->capture_default_str();
   app.add_option("--data-dir", config.data_dir, "cache of data set chunks")->capture_default_str();
-  app.add_option("--backend", config.backend, "cpu, cuda or cuda:N")->capture_default_str();
+  app.add_option("--backend", config.backend,
+                 "auto (every GPU found, else the CPU), cpu, cuda or cuda:N")
+      ->capture_default_str();
+  app.add_option("--gpus", config.gpus, "which CUDA devices to use, e.g. 0,2 (default: all)");
+  app.add_option("--streams-per-gpu", config.streams_per_gpu,
+                 "workers per GPU group, each with its own CUDA stream on every GPU")
+      ->check(CLI::Range(1, 64))
+      ->capture_default_str();
+  app.add_option("--gpu-memory-limit", config.gpu_memory_limit,
+                 "device memory the node may use on each GPU, e.g. 6G (0: no limit)")
+      ->capture_default_str();
   app.add_option("--threads", config.threads_per_worker, "CPU threads per worker")
       ->check(CLI::Range(1, 256))
       ->capture_default_str();
@@ -50,6 +60,9 @@ int main(int argc, char** argv) {
                  "seed of --misbehave's random choices (default: from the name)");
   app.add_option("--protocol-version", config.announce_protocol,
                  "announce another protocol version (a test aid)")
+      ->group("");
+  app.add_option("--device-error-at", config.device_error_at,
+                 "fail each worker's Nth assignment as out of device memory (a test aid)")
       ->group("");
   app.add_option("--crash-worker-at", config.crash_worker_at,
                  "crash each worker at its Nth assignment (a test aid)")

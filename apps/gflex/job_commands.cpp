@@ -208,10 +208,21 @@ int run_nodes(const job_flags& f) {
   if (!nodes) return fail(nodes.error());
   if (f.as_json) {
     auto list = nlohmann::json::array();
-    for (const auto& n : *nodes)
+    for (const auto& n : *nodes) {
+      auto gpus = nlohmann::json::array();
+      for (const auto& g : n.gpus)
+        gpus.push_back({{"ordinal", g.ordinal},
+                        {"name", g.name},
+                        {"cc", g.compute_capability},
+                        {"memory_bytes", g.memory_bytes},
+                        {"memory_limit", g.memory_limit},
+                        {"sm_count", g.sm_count},
+                        {"gemm_tflops", g.gemm_tflops},
+                        {"h2d_gbps", g.h2d_gbps}});
       list.push_back({{"node_id", n.node_id},
                       {"name", n.name},
                       {"device", n.device},
+                      {"gpus", gpus},
                       {"workers", n.workers},
                       {"last_seen_s", n.last_seen_s},
                       {"tier", n.tier},
@@ -223,6 +234,7 @@ int run_nodes(const job_flags& f) {
                       {"flagged", n.flagged},
                       {"credited_s", n.credited_s},
                       {"last_rejection", n.last_rejection}});
+    }
     std::printf("%s\n", list.dump(2).c_str());
   } else {
     for (const auto& n : *nodes) {
@@ -233,6 +245,12 @@ int run_nodes(const job_flags& f) {
           static_cast<long long>(n.streak), static_cast<unsigned long long>(n.validated),
           static_cast<unsigned long long>(n.verified), static_cast<unsigned long long>(n.rejected),
           n.flagged ? "  FLAGGED" : "", n.last_seen_s);
+      for (const auto& g : n.gpus)
+        std::printf(
+            "       cuda:%d %s (sm %s, %d SMs, %.1f GiB): %.1f TFLOP/s FP32 GEMM, %.1f GB/s "
+            "host-to-device\n",
+            g.ordinal, g.name.c_str(), g.compute_capability.c_str(), g.sm_count,
+            static_cast<double>(g.memory_bytes) / (1 << 30), g.gemm_tflops, g.h2d_gbps);
       if (n.flagged && !n.last_rejection.empty())
         std::printf("       flagged: %s\n", n.last_rejection.c_str());
     }

@@ -6,6 +6,7 @@
 
 #include <functional>
 
+#include "devices_command.hpp"
 #include "gflex/runtime/logging.hpp"
 #include "job_commands.hpp"
 #include "market_commands.hpp"
@@ -20,6 +21,7 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   std::function<int()> run;
   gflex::app::add_train_commands(app, run);
+  gflex::app::add_devices_command(app, run);
   gflex::app::add_job_commands(app, run);
   gflex::app::add_market_commands(app, run);
   try {

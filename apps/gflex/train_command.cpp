@@ -20,6 +20,7 @@ namespace {
 struct train_flags {
   std::string workload = "fashion-mlp";
   std::string backend = "cpu";
+  std::string precision = "fp32";
   int threads = 0;
   std::string json;
   kernels::train_options options;
@@ -37,6 +38,7 @@ nlohmann::json to_json(const train_flags& f, const kernels::train_report& r,
                       {"train_s", e.train_s}});
   return {{"workload", f.workload},
           {"backend", backend},
+          {"precision", f.precision},
           {"epochs", static_cast<int>(r.epochs.size())},
           {"batch_size", f.options.batch_size},
           {"seed", f.options.seed},
@@ -56,11 +58,17 @@ int run_training(const train_flags& f) {
     spdlog::error("{}", w.error().message());
     return 2;
   }
+  auto precision = parse_math_precision(f.precision);
+  if (!precision) {
+    spdlog::error("--precision: {}", precision.error().message());
+    return 2;
+  }
   auto b = kernels::make_backend(f.backend, f.threads);
   if (!b) {
     spdlog::error("{}", b.error().message());
     return 2;
   }
+  (*b)->set_precision(*precision);
   spdlog::info("workload {}: {}, {} parameters", (*w)->name(), (*w)->describe(),
                (*w)->parameter_count());
   spdlog::info("backend {}", (*b)->describe());
@@ -135,6 +143,9 @@ std::string check_non_negative(const std::string& text) {
 void add_common_flags(CLI::App* cmd, train_flags& f) {
   cmd->add_option("--workload", f.workload, "workload to train")->capture_default_str();
   cmd->add_option("--backend", f.backend, "compute backend: cpu, cuda or cuda:N")
+      ->capture_default_str();
+  cmd->add_option("--precision", f.precision,
+                  "GEMM and convolution precision: fp32, or tf32 / bf16 on GPUs with tensor cores")
       ->capture_default_str();
   cmd->add_option("--threads", f.threads, "CPU threads for OpenBLAS (0: all cores)")
       ->check(CLI::Range(0, 1024));

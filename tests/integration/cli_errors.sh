@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Bad input to `gflex train` gets a clear message and a non-zero exit: bad flags, an unknown
-# workload or backend, missing data, and corrupt IDX files (each naming the file).
+# workload, backend or precision, missing data, corrupt IDX files (each naming the file), bad
+# job specs, and a node's bad device flags.
 source "$(dirname "$0")/lib.sh"
 G="$BIN/gflex"
 
@@ -11,10 +12,32 @@ expect_error "negative batch" "--batch-size" "$G" train --batch-size -5
 expect_error "non-numeric lr" "--lr: must be a positive number, got 'fast'" "$G" train --lr fast
 expect_error "NaN lr" "--lr: must be a positive number, got 'nan'" "$G" train --lr nan
 expect_error "bad log level" "unknown log level 'loud'" "$G" train --log-level loud
-expect_error "unknown workload" "unknown workload 'cifar-resnet' \(known: fashion-mlp\)" \
+expect_error "unknown workload" "unknown workload 'cifar-resnet' \(known: fashion-cnn, fashion-mlp\)" \
   "$G" train --workload cifar-resnet
 expect_error "unknown backend" "unknown backend 'tpu'" "$G" train --backend tpu
 expect_error "missing CUDA device" "no CUDA device|no CUDA backend" "$G" train --backend cuda:7
+expect_error "unknown precision" "unknown precision 'fp8' \(use fp32, tf32 or bf16\)" \
+  "$G" train --precision fp8
+
+# A node's device flags are checked before it contacts the core (there is none at port 1).
+N="$BIN/gflex-node"
+nd="$WORK/node"
+expect_error "node: --gpus on the CPU" "--gpus needs a CUDA backend" \
+  "$N" --join 127.0.0.1:1 --data-dir "$nd" --token t --insecure --backend cpu --gpus 0
+expect_error "node: unknown backend" "unknown --backend 'tpu'" \
+  "$N" --join 127.0.0.1:1 --data-dir "$nd" --token t --insecure --backend tpu
+expect_error "node: bad memory limit" "--gpu-memory-limit: '6X' is not a byte size" \
+  "$N" --join 127.0.0.1:1 --data-dir "$nd" --token t --insecure --gpu-memory-limit 6X
+expect_error "node: no streams" "--streams-per-gpu" \
+  "$N" --join 127.0.0.1:1 --data-dir "$nd" --token t --insecure --streams-per-gpu 0
+if [ "$("$G" devices --json - | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["devices"]))')" = 0 ]; then
+  expect_error "node: --backend cuda without a device" "--backend cuda: no usable CUDA device" \
+    "$N" --join 127.0.0.1:1 --data-dir "$nd" --token t --insecure --backend cuda
+  expect_error "node: --gpus without a device" "--gpus 1: no usable CUDA device" \
+    "$N" --join 127.0.0.1:1 --data-dir "$nd" --token t --insecure --gpus 1
+else
+  echo "skipped: the no-device checks (this machine has a CUDA device)"
+fi
 
 GFLEX_FASHION_MNIST_DIR="$WORK/absent" expect_error "missing data directory" \
   "$WORK/absent: Fashion-MNIST directory not found .*dataset-fashion-mnist" "$G" train
@@ -49,6 +72,10 @@ printf '[job]\nworkload = "fashion-mlp"\nworkerz = 3\n' >"$spec"
 expect_error "misspelt key" "job.toml: job.workerz: unknown key" "$G" submit "$spec" --core 127.0.0.1:1
 printf '[job]\nworkload = "imagenet"\n' >"$spec"
 expect_error "unknown workload in a spec" "job.toml: job.workload: unknown workload 'imagenet'" \
+  "$G" submit "$spec" --core 127.0.0.1:1
+printf '[job]\nworkload = "fashion-cnn"\n[inner]\nprecision = "fp16"\n' >"$spec"
+expect_error "unknown precision in a spec" \
+  'job.toml: inner.precision: must be one of "fp32", "tf32", "bf16", got "fp16"' \
   "$G" submit "$spec" --core 127.0.0.1:1
 printf '[job\nworkload = 1\n' >"$spec"
 expect_error "TOML syntax" "job.toml:1:.*invalid TOML" "$G" submit "$spec" --core 127.0.0.1:1

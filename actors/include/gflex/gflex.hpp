@@ -18,7 +18,7 @@
 namespace gflex {
 
 /// The wire protocol version this build speaks; a node with another is refused at join.
-inline constexpr uint32_t protocol_version = 3;
+inline constexpr uint32_t protocol_version = 4;
 
 /// How to run a core.
 struct core_config {
@@ -48,16 +48,26 @@ struct core_config {
 /// How to run a node.
 struct node_config {
   std::string name;                ///< Shown by the core; defaults to the host name.
-  int workers = 1;                 ///< Compute slots (one worker actor each).
+  int workers = 1;                 ///< Compute slots (one worker actor each) on the CPU.
   std::filesystem::path data_dir;  ///< Chunk cache; required.
-  std::string backend = "cpu";     ///< cpu, cuda or cuda:N.
-  int threads_per_worker = 1;      ///< CPU threads per worker (CPU backend).
+  /// auto (every GPU found, else the CPU), cpu, cuda (every GPU, or those of `gpus`) or
+  /// cuda:N. A GPU node's workers each span all its GPUs (a replica group: one stream per
+  /// GPU, updates all-reduced with NCCL) and `workers` is ignored.
+  std::string backend = "auto";
+  int threads_per_worker = 1;  ///< CPU threads per worker (CPU backend).
+  std::string gpus;            ///< --gpus "0,2": which CUDA devices (empty: all).
+  int streams_per_gpu = 1;     ///< Worker actors per GPU group, each with its own streams.
+  /// Device memory all workers together may use on each GPU ("6G"; "0": no limit).
+  std::string gpu_memory_limit = "0";
   /// Protocol version announced at join; 0 means this build's. Only tests set it, to check
   /// that a core refuses a node speaking another version.
   uint32_t announce_protocol = 0;
   /// Test aid: the first workers crash when they start their Nth assignment (0: never), to
   /// exercise the node supervisor's restarts.
   int crash_worker_at = 0;
+  /// Test aid: every worker's Nth assignment fails as a device running out of memory would
+  /// (0: never), to exercise that path where there is no GPU.
+  int device_error_at = 0;
   /// "community" (the default: results are checked and sampled for verification) or "core"
   /// (the platform's own machines: trusted, and they verify others' work).
   std::string tier = "community";

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace gflex {
 
@@ -44,11 +45,24 @@ struct job_status {
 };
 
 /// A node as the core's registry sees it, with its reputation.
+/// A GPU as its node measured it at start.
+struct gpu_status {
+  int32_t ordinal = 0;
+  std::string name;                ///< "NVIDIA H100 80GB HBM3"
+  std::string compute_capability;  ///< "9.0"
+  uint64_t memory_bytes = 0;       ///< Total device memory.
+  uint64_t memory_limit = 0;       ///< The node's --gpu-memory-limit (0: none).
+  int32_t sm_count = 0;
+  double gemm_tflops = 0.0;  ///< Achieved FP32 GEMM rate (cuBLAS, 4096^3).
+  double h2d_gbps = 0.0;     ///< Achieved host-to-device copy rate from pinned memory.
+};
+
 struct node_status {
   std::string node_id;
   std::string name;
   std::string device;
   uint32_t workers = 0;
+  std::vector<gpu_status> gpus;    ///< Empty for a node serving on its CPU.
   double last_seen_s = 0.0;        ///< Seconds since its last heartbeat.
   std::string tier = "community";  ///< "community" or "core".
   double score = 0.5;              ///< Beta reputation (good + 1) / (good + bad + 2), decayed.
