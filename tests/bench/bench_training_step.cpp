@@ -1,10 +1,13 @@
 /// @file
-/// gflex_bench_step: where the time of a fashion-mlp training step goes on the CPU backend,
-/// and OpenBLAS's own sgemm peak on this machine, measured in the same run.
+/// gflex_bench_step [THREADS] [BATCH] [BACKEND] [WORKLOAD]: where the time of a training step
+/// goes on a backend (cpu, or cuda:N), and the backend's own sgemm peak, measured in the same
+/// run.
 ///
-/// Prints a JSON object: the sgemm peak (2048-square, best of several), the rate of each GEMM
-/// shape of the step in isolation, the time of AdamW, and the rate of whole training steps
-/// (synthetic data: the step's cost does not depend on the values).
+/// Prints a JSON object: the sgemm peak (2048-square on the CPU, 4096-square on a GPU, best of
+/// several), for fashion-mlp the rate of each GEMM shape of the step in isolation, the time of
+/// AdamW, the rate of whole training steps (synthetic data: the step's cost does not depend on
+/// the values), and the GEMM-bound part of the step: the time its GEMMs and convolutions take
+/// inside the step (each operation timed to completion) and the rate they reach there.
 
 #include <chrono>
 #include <cstdio>
@@ -23,12 +26,16 @@ using clock_type = std::chrono::steady_clock;
 
 namespace {
 
+// Best per-call time of `inner` calls, over `repeats`; waits for the backend's queue so that
+// a GPU's asynchronous work is counted.
 template <class F>
-double best_seconds(int repeats, int inner, F&& f) {
+double best_seconds(int repeats, int inner, F&& f, backend& b) {
   double best = 1e30;
   for (int r = 0; r < repeats; ++r) {
+    b.synchronize();
     auto t0 = clock_type::now();
     for (int i = 0; i < inner; ++i) f();
+    b.synchronize();
     double s = std::chrono::duration<double>(clock_type::now() - t0).count() / inner;
     best = std::min(best, s);
   }
@@ -42,14 +49,26 @@ std::vector<float> random_vector(size_t n, uint64_t seed) {
   return v;
 }
 
+// A host vector copied into backend memory.
+tensor on_backend(backend& b, const std::vector<float>& host) {
+  tensor t = b.allocate({static_cast<int64_t>(host.size())}, dtype::f32);
+  b.upload(host.data(), t.raw(), host.size() * sizeof(float));
+  return t;
+}
+
 double gemm_rate(backend& b, bool ta, bool tb, int64_t m, int64_t n, int64_t k, int inner) {
-  auto a = random_vector(static_cast<size_t>(m * k), 1);
-  auto bm = random_vector(static_cast<size_t>(k * n), 2);
-  std::vector<float> c(static_cast<size_t>(m * n));
+  tensor a = on_backend(b, random_vector(static_cast<size_t>(m * k), 1));
+  tensor bm = on_backend(b, random_vector(static_cast<size_t>(k * n), 2));
+  tensor c = b.allocate({m * n}, dtype::f32);
   int64_t lda = ta ? m : k, ldb = tb ? k : n;
-  double s = best_seconds(5, inner, [&] {
-    b.gemm(ta, tb, m, n, k, 1.0f, a.data(), lda, bm.data(), ldb, 0.0f, c.data(), n);
-  });
+  auto run = [&] {
+    b.gemm(ta, tb, m, n, k, 1.0f, a.data<float>(), lda, bm.data<float>(), ldb, 0.0f,
+           c.data<float>(), n);
+  };
+  run();  // warm-up: library initialisation, first touch
+  b.synchronize();
+  double s = best_seconds(
+      5, inner, [&] { run(); }, b);
   return 2.0 * m * n * k / s / 1e9;
 }
 
@@ -127,10 +146,13 @@ class timing_backend final : public backend {
   double sum_squares(const float* x, int64_t n) override { return inner_.sum_squares(x, n); }
 
  private:
+  // Each operation is timed to its completion: on a GPU the wrapper waits for the stream,
+  // which costs the overlap of launches but says where the device's time goes.
   template <class F>
   void time(const char* what, F&& f) {
     auto t0 = clock_type::now();
     f();
+    inner_.synchronize();
     seconds[what] += std::chrono::duration<double>(clock_type::now() - t0).count();
   }
   backend& inner_;
@@ -141,11 +163,19 @@ class timing_backend final : public backend {
 int main(int argc, char** argv) {
   int threads = argc > 1 ? std::atoi(argv[1]) : 0;
   int64_t batch = argc > 2 ? std::atoll(argv[2]) : 128;
-  auto b = make_cpu_backend(threads);
+  std::string backend_name = argc > 3 ? argv[3] : "cpu";
+  std::string workload = argc > 4 ? argv[4] : "fashion-mlp";
+  auto made = make_backend(backend_name, threads);
+  if (!made) {
+    std::fprintf(stderr, "%s\n", made.error().message().c_str());
+    return 1;
+  }
+  auto& b = *made;
+  const bool gpu = b->where().kind != device_kind::host;
+  const int64_t peak_size = gpu ? 4096 : 2048;
+  double peak = gemm_rate(*b, false, false, peak_size, peak_size, peak_size, gpu ? 20 : 3);
 
-  double peak = gemm_rate(*b, false, false, 2048, 2048, 2048, 3);
-
-  auto w = find_workload("fashion-mlp");
+  auto w = find_workload(workload);
   if (!w) {
     std::fprintf(stderr, "%s\n", w.error().message().c_str());
     return 1;
@@ -158,63 +188,81 @@ int main(int argc, char** argv) {
   std::vector<float> params((*w)->parameter_count());
   (*w)->init_parameters(1, params);
   (*m)->load_parameters(params);
-  auto x = random_vector(static_cast<size_t>(batch * 784), 3);
+  const int64_t dim = (*w)->feature_dim();
+  auto x = random_vector(static_cast<size_t>(batch * dim), 3);
   for (auto& v : x) v = std::abs(v) * 5;
   std::vector<int32_t> y(static_cast<size_t>(batch));
-  for (int64_t i = 0; i < batch; ++i) y[i] = static_cast<int32_t>(i % 10);
-  double step_s = best_seconds(5, 100, [&] { (*m)->train_step(x.data(), y.data(), batch); });
+  for (int64_t i = 0; i < batch; ++i) y[i] = static_cast<int32_t>(i % (*w)->classes());
+  const int inner = workload == "fashion-mlp" || gpu ? 100 : 10;
+  double step_s = best_seconds(
+      5, inner, [&] { (*m)->train_step(x.data(), y.data(), batch); }, *b);
   double step_flops = (*m)->train_step_gemm_flops(batch);
 
   // AdamW over all parameters, alone.
   int64_t n = (*w)->parameter_count();
-  auto p = random_vector(n, 4), g = random_vector(n, 5);
-  std::vector<float> m1(n, 0.0f), v1(n, 0.0f);
+  tensor p = on_backend(*b, random_vector(n, 4)), g = on_backend(*b, random_vector(n, 5));
+  tensor m1 = on_backend(*b, std::vector<float>(n, 0.0f)),
+         v1 = on_backend(*b, std::vector<float>(n, 0.0f));
   int64_t step = 0;
-  double adamw_s = best_seconds(5, 100, [&] {
-    b->adamw(p.data(), g.data(), m1.data(), v1.data(), n, adamw_config{}, ++step);
-  });
+  double adamw_s = best_seconds(
+      5, 100,
+      [&] {
+        b->adamw(p.data<float>(), g.data<float>(), m1.data<float>(), v1.data<float>(), n,
+                 adamw_config{}, ++step);
+      },
+      *b);
 
-  // The GEMM shapes of one step (weights [in, out], activations [batch, width]).
-  struct shape {
-    const char* name;
-    bool ta, tb;
-    int64_t m, n, k;
-  };
-  std::vector<shape> shapes = {
-      {"fwd fc1", false, false, batch, 512, 784}, {"fwd fc2", false, false, batch, 256, 512},
-      {"fwd fc3", false, false, batch, 10, 256},  {"dW fc1", true, false, 784, 512, batch},
-      {"dW fc2", true, false, 512, 256, batch},   {"dW fc3", true, false, 256, 10, batch},
-      {"dX fc2", false, true, batch, 512, 256},   {"dX fc3", false, true, batch, 256, 10}};
-  double gemm_only_s = 0.0;
-  std::printf("{\n  \"backend\": \"%s\",\n  \"batch\": %lld,\n", b->describe().c_str(),
-              static_cast<long long>(batch));
-  std::printf("  \"sgemm_peak_gflops\": %.1f,\n  \"shapes\": [\n", peak);
-  for (size_t i = 0; i < shapes.size(); ++i) {
-    const auto& s = shapes[i];
-    double rate = gemm_rate(*b, s.ta, s.tb, s.m, s.n, s.k, 200);
-    gemm_only_s += 2.0 * s.m * s.n * s.k / (rate * 1e9);
-    std::printf(
-        "    {\"gemm\": \"%s\", \"m\": %lld, \"n\": %lld, \"k\": %lld, \"gflops\": %.1f}%s\n",
-        s.name, static_cast<long long>(s.m), static_cast<long long>(s.n),
-        static_cast<long long>(s.k), rate, i + 1 < shapes.size() ? "," : "");
+  std::printf("{\n  \"backend\": \"%s\",\n  \"workload\": \"%s\",\n  \"batch\": %lld,\n",
+              b->describe().c_str(), workload.c_str(), static_cast<long long>(batch));
+  std::printf("  \"sgemm_peak_size\": %lld,\n  \"sgemm_peak_gflops\": %.1f,\n",
+              static_cast<long long>(peak_size), peak);
+  // The GEMM shapes of one fashion-mlp step (weights [in, out], activations [batch, width]).
+  if (workload == "fashion-mlp") {
+    struct shape {
+      const char* name;
+      bool ta, tb;
+      int64_t m, n, k;
+    };
+    std::vector<shape> shapes = {
+        {"fwd fc1", false, false, batch, 512, 784}, {"fwd fc2", false, false, batch, 256, 512},
+        {"fwd fc3", false, false, batch, 10, 256},  {"dW fc1", true, false, 784, 512, batch},
+        {"dW fc2", true, false, 512, 256, batch},   {"dW fc3", true, false, 256, 10, batch},
+        {"dX fc2", false, true, batch, 512, 256},   {"dX fc3", false, true, batch, 256, 10}};
+    double gemm_only_s = 0.0;
+    std::printf("  \"shapes\": [\n");
+    for (size_t i = 0; i < shapes.size(); ++i) {
+      const auto& s = shapes[i];
+      double rate = gemm_rate(*b, s.ta, s.tb, s.m, s.n, s.k, 200);
+      gemm_only_s += 2.0 * s.m * s.n * s.k / (rate * 1e9);
+      std::printf(
+          "    {\"gemm\": \"%s\", \"m\": %lld, \"n\": %lld, \"k\": %lld, \"gflops\": %.1f}%s\n",
+          s.name, static_cast<long long>(s.m), static_cast<long long>(s.n),
+          static_cast<long long>(s.k), rate, i + 1 < shapes.size() ? "," : "");
+    }
+    std::printf("  ],\n  \"gemm_only_ms\": %.3f,\n", gemm_only_s * 1e3);
   }
-  std::printf("  ],\n  \"gemm_only_ms\": %.3f,\n  \"adamw_ms\": %.3f,\n", gemm_only_s * 1e3,
-              adamw_s * 1e3);
+  std::printf("  \"adamw_ms\": %.3f,\n", adamw_s * 1e3);
   // The same steps through a timing wrapper: where the step's time goes, by operation.
   timing_backend timed(*b);
   auto tm = (*w)->instantiate(timed, batch);
   (*tm)->load_parameters(params);
+  (*tm)->train_step(x.data(), y.data(), batch);  // warm-up: cuDNN algorithm choice
   timed.seconds.clear();
-  const int timed_steps = 200;
+  const int timed_steps = workload == "fashion-mlp" || gpu ? 200 : 20;
   for (int i = 0; i < timed_steps; ++i) (*tm)->train_step(x.data(), y.data(), batch);
   std::printf("  \"step_breakdown_ms\": {");
   bool first = true;
+  double gemm_bound_s = 0.0;
   for (const auto& [op, secs] : timed.seconds) {
     std::printf("%s\"%s\": %.3f", first ? "" : ", ", op.c_str(), secs / timed_steps * 1e3);
     first = false;
+    if (op == "gemm" || op.starts_with("conv2d_")) gemm_bound_s += secs / timed_steps;
   }
   std::printf("},\n");
   std::printf("  \"step_ms\": %.3f,\n  \"samples_per_s\": %.0f,\n", step_s * 1e3, batch / step_s);
+  std::printf("  \"gemm_bound_ms\": %.3f,\n  \"gemm_bound_gflops\": %.1f,\n", gemm_bound_s * 1e3,
+              step_flops / gemm_bound_s / 1e9);
+  std::printf("  \"gemm_bound_fraction_of_peak\": %.3f,\n", step_flops / gemm_bound_s / 1e9 / peak);
   std::printf("  \"step_gemm_gflops\": %.1f,\n  \"fraction_of_peak\": %.3f\n}\n",
               step_flops / step_s / 1e9, step_flops / step_s / 1e9 / peak);
   return 0;

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Benchmark: fashion-mlp training throughput of gflex against PyTorch (Debian's python3-torch)
-# on the same model, data, batch size and thread count, side by side in one run, plus gflex's
-# GEMM rate inside the training step against OpenBLAS's own sgemm peak measured here too.
+# Benchmark: CPU training throughput of gflex against PyTorch (Debian's python3-torch) on the
+# same model, data, batch size and thread count, side by side in one run, plus gflex's GEMM
+# rate inside the training step against OpenBLAS's own sgemm peak measured here too. The
+# workload is fashion-mlp, or fashion-cnn (im2col + OpenBLAS against PyTorch's convolutions).
 #
-#   bash tests/bench/mlp_vs_pytorch.sh [THREADS] [BATCH] [EPOCHS]
+#   bash tests/bench/mlp_vs_pytorch.sh [THREADS] [BATCH] [EPOCHS] [WORKLOAD]
 #
 # Installs its own peer (python3-torch); the test suite never depends on it.
 set -euo pipefail
@@ -11,6 +12,9 @@ cd "$(dirname "$0")/../.."
 threads=${1:-$(nproc)}
 batch=${2:-128}
 epochs=${3:-3}
+workload=${4:-fashion-mlp}
+peer=tests/bench/torch_mlp.py
+[ "$workload" = fashion-cnn ] && peer=tests/bench/torch_cnn.py
 
 if ! /usr/bin/python3 -c "import torch" 2>/dev/null; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-torch >/dev/null
@@ -21,24 +25,25 @@ out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 # Each side runs twice, alternating, and keeps its better run: the machine is shared.
 for round in 1 2; do
-  build/bin/gflex --log-level warn train --epochs "$epochs" --batch-size "$batch" \
+  build/bin/gflex --log-level warn train --workload "$workload" --epochs "$epochs" --batch-size "$batch" \
     --threads "$threads" --constant-lr --json "$out/gflex$round.json" >/dev/null 2>&1
   OPENBLAS_NUM_THREADS=$threads OMP_NUM_THREADS=$threads /usr/bin/python3 \
-    tests/bench/torch_mlp.py --threads "$threads" --batch-size "$batch" --epochs "$epochs" \
+    "$peer" --threads "$threads" --batch-size "$batch" --epochs "$epochs" \
     >"$out/torch$round.json"
 done
-build/bin/gflex_bench_step "$threads" "$batch" >"$out/step.json"
+build/bin/gflex_bench_step "$threads" "$batch" cpu "$workload" >"$out/step.json"
 
-/usr/bin/python3 - "$out" "$threads" "$batch" "$epochs" <<'PY'
+/usr/bin/python3 - "$out" "$threads" "$batch" "$epochs" "$workload" <<'PY'
 import json, sys, platform, subprocess
-d, threads, batch, epochs = sys.argv[1:]
+d, threads, batch, epochs, workload = sys.argv[1:]
 load = lambda n: json.load(open(f"{d}/{n}.json"))
 g = max((load("gflex1"), load("gflex2")), key=lambda r: r["samples_per_s"])
 t = max((load("torch1"), load("torch2")), key=lambda r: r["samples_per_s"])
 s = load("step")
 cpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
 model = next((l.split(":", 1)[1].strip() for l in cpu.splitlines() if l.startswith("Model name")), "?")
-print(f"machine: {model}, {threads} threads; fashion-mlp 784-512-256-10, batch {batch}, AdamW, {epochs} epochs")
+shape = "784-512-256-10" if workload == "fashion-mlp" else "conv3x3-32, pool, conv3x3-64, pool, 128, 10"
+print(f"machine: {model}, {threads} threads; {workload} {shape}, batch {batch}, AdamW, {epochs} epochs")
 print()
 print("| | samples/s | test accuracy | ratio |")
 print("| --- | ---: | ---: | ---: |")
@@ -51,6 +56,7 @@ print("| --- | ---: | ---: |")
 print(f"| OpenBLAS sgemm 2048x2048x2048 (peak) | {peak:.1f} | 100% |")
 print(f"| gflex train, whole run (steps + batch gathering) | {g['gemm_gflops_per_s']:.1f} | {100 * g['gemm_gflops_per_s'] / peak:.0f}% |")
 print(f"| gflex training step alone (bench_step) | {s['step_gemm_gflops']:.1f} | {100 * s['fraction_of_peak']:.0f}% |")
+print(f"| gflex GEMMs and convolutions inside the step (bench_step) | {s['gemm_bound_gflops']:.1f} | {100 * s['gemm_bound_fraction_of_peak']:.0f}% |")
 print()
 print("step breakdown (ms): " + ", ".join(f"{k} {v:.3f}" for k, v in s["step_breakdown_ms"].items()))
 PY

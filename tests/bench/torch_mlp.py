@@ -1,7 +1,11 @@
 #!/usr/bin/env python3
 """PyTorch peer of `gflex train`: the same MLP (784-512-256-10, ReLU), batch size, AdamW
 settings, thread count and data (Fashion-MNIST from the same IDX files), timed the same way
-(training steps only, evaluation excluded). Prints one JSON object."""
+(training steps only, evaluation excluded). Prints one JSON object.
+
+--device cuda (or cuda:N) trains on a GPU in FP32 with TF32 off (gflex's precision): the data
+are copied to the device once, before timing, and the clock is read after
+torch.cuda.synchronize()."""
 import argparse
 import gzip
 import json
@@ -28,7 +32,13 @@ def main():
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--data", default=os.environ.get("GFLEX_FASHION_MNIST_DIR",
                                                     "/usr/share/datasets/fashion-mnist"))
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     a = p.parse_args()
+    device = torch.device(a.device)
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
     torch.set_num_threads(a.threads)
     torch.manual_seed(1)
     x = torch.from_numpy(load_idx(f"{a.data}/train-images-idx3-ubyte.gz")
@@ -37,16 +47,18 @@ def main():
     xt = torch.from_numpy(load_idx(f"{a.data}/t10k-images-idx3-ubyte.gz")
                           .reshape(-1, 784).astype(np.float32) / 255.0)
     yt = torch.from_numpy(load_idx(f"{a.data}/t10k-labels-idx1-ubyte.gz").astype(np.int64))
+    x, y, xt, yt = (t.to(device) for t in (x, y, xt, yt))
     model = torch.nn.Sequential(torch.nn.Linear(784, 512), torch.nn.ReLU(),
                                 torch.nn.Linear(512, 256), torch.nn.ReLU(),
-                                torch.nn.Linear(256, 10))
+                                torch.nn.Linear(256, 10)).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=0.0)
     loss_fn = torch.nn.CrossEntropyLoss()
     n = x.shape[0]
     train_s = 0.0
     samples = 0
     for epoch in range(a.epochs):
-        order = torch.randperm(n)
+        order = torch.randperm(n, device=device)
+        sync()
         start = time.perf_counter()
         for s in range(0, n, a.batch_size):
             idx = order[s:s + a.batch_size]
@@ -56,10 +68,14 @@ def main():
             loss.backward()
             opt.step()
             samples += len(idx)
+        sync()
         train_s += time.perf_counter() - start
     with torch.no_grad():
         accuracy = (model(xt).argmax(1) == yt).float().mean().item()
-    print(json.dumps({"peer": f"pytorch {torch.__version__}", "threads": a.threads,
+    peer = f"pytorch {torch.__version__}"
+    if device.type == "cuda":
+        peer += f" (CUDA {torch.version.cuda})"
+    print(json.dumps({"peer": peer, "threads": a.threads, "device": a.device,
                       "batch_size": a.batch_size, "epochs": a.epochs,
                       "samples_per_s": samples / train_s, "train_s": train_s,
                       "test_accuracy": accuracy}))

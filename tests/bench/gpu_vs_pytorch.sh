@@ -1,0 +1,144 @@
+#!/usr/bin/env bash
+# Benchmark: training throughput of gflex's CUDA backend against PyTorch on the same GPU, model,
+# batch size and precision (FP32, TF32 off on both sides), for fashion-mlp and fashion-cnn, side
+# by side in one run; plus gflex's GEMM rate inside training against the cuBLAS sgemm peak that
+# `gflex devices --calibrate` measures on the same card.
+#
+#   bash tests/bench/gpu_vs_pytorch.sh [BATCH] [EPOCHS]
+#
+# Environment: GFLEX_BIN_DIR (the folder holding gflex; default: bin/ beside this script's
+# folder, as in a bundle from tests/gpu/bundle.sh, else build/bin of this checkout), PYTHON (a
+# python with torch built for CUDA; default python3), GFLEX_BENCH_OUT (keep every run's JSON
+# there), GFLEX_FASHION_MNIST_DIR (the data, read by both sides).
+#
+# Timing: training steps only, evaluation excluded, every epoch counted (warm-up included on
+# both sides). PyTorch's data sit in GPU memory, copied there once before timing; gflex copies
+# each batch from host to device every step, and its numbers include that copy. Without a GPU
+# (gflex reports no device, or torch.cuda.is_available() is false) it says so and exits 0.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+batch=${1:-128}
+epochs=${2:-3}
+python=${PYTHON:-python3}
+
+bin=${GFLEX_BIN_DIR:-}
+if [ -z "$bin" ]; then
+  if [ -x "$here/../bin/gflex" ]; then bin=$here/../bin; else bin=$here/../../build/bin; fi
+fi
+gflex=$bin/gflex
+[ -x "$gflex" ] || { echo "gpu_vs_pytorch: no gflex in $bin (set GFLEX_BIN_DIR)" >&2; exit 1; }
+
+if [ -n "${GFLEX_BENCH_OUT:-}" ]; then
+  out=$GFLEX_BENCH_OUT
+  mkdir -p "$out"
+else
+  out=$(mktemp -d)
+  trap 'rm -rf "$out"' EXIT
+fi
+
+# Is there a GPU, for each side?
+peak_note=""
+if "$gflex" --log-level warn devices --calibrate --json "$out/devices.json" \
+  >"$out/devices.txt" 2>&1; then
+  gpus=$("$python" -c 'import json, sys; print(len(json.load(open(sys.argv[1]))["devices"]))' \
+    "$out/devices.json" 2>/dev/null || echo "?")
+  if [ "$gpus" = 0 ]; then
+    reason=$("$python" -c 'import json, sys; print(json.load(open(sys.argv[1])).get("reason", ""))' \
+      "$out/devices.json" 2>/dev/null || true)
+    echo "no GPU: gflex devices reports none${reason:+ ($reason)}; the benchmark is left ready to run."
+    exit 0
+  fi
+else
+  # gflex without the devices command or with a failing one: the run goes on if torch sees a
+  # GPU, without the cuBLAS peak.
+  peak_note="gflex devices --calibrate failed: $(tail -1 "$out/devices.txt")"
+  rm -f "$out/devices.json"
+fi
+if ! torch_cuda=$("$python" -c 'import torch; print(int(torch.cuda.is_available()))' 2>&1); then
+  echo "no PyTorch: $python cannot import torch (${torch_cuda##*$'\n'}); set PYTHON to a python" \
+    "with torch built for CUDA."
+  exit 1
+fi
+if [ "$torch_cuda" != 1 ]; then
+  echo "no GPU: torch.cuda.is_available() is False${peak_note:+ ($peak_note)}; the benchmark is" \
+    "left ready to run."
+  exit 0
+fi
+
+card=$(nvidia-smi --query-gpu=name --format=csv,noheader -i 0 2>/dev/null | head -1 || true)
+[ -n "$card" ] || card=$("$python" -c 'import torch; print(torch.cuda.get_device_name(0))')
+
+# Each side runs twice, alternating, and keeps its better run; device 0 on both sides.
+for workload in fashion-mlp fashion-cnn; do
+  script=$here/torch_mlp.py
+  [ "$workload" = fashion-cnn ] && script=$here/torch_cnn.py
+  for round in 1 2; do
+    "$gflex" --log-level warn train --workload "$workload" --backend cuda --epochs "$epochs" \
+      --batch-size "$batch" --constant-lr --json "$out/gflex-$workload-$round.json" \
+      >"$out/gflex-$workload-$round.log" 2>&1 ||
+      { echo "gflex train --workload $workload failed:"; tail -5 "$out/gflex-$workload-$round.log"; exit 1; }
+    "$python" "$script" --device cuda --batch-size "$batch" --epochs "$epochs" \
+      >"$out/torch-$workload-$round.json" 2>"$out/torch-$workload-$round.log" ||
+      { echo "$script failed:"; tail -5 "$out/torch-$workload-$round.log"; exit 1; }
+  done
+  # Where a step's time goes, each operation timed to completion: the GEMM-bound part (GEMMs
+  # and convolutions) and the rate it reaches, against cuBLAS's 4096^3 peak in the same run.
+  if [ -x "$bin/gflex_bench_step" ]; then
+    "$bin/gflex_bench_step" 0 "$batch" cuda:0 "$workload" >"$out/step-$workload.json" \
+      2>"$out/step-$workload.log" || { echo "gflex_bench_step $workload failed:"; tail -3 "$out/step-$workload.log"; }
+  fi
+done
+
+"$python" - "$out" "$batch" "$epochs" "$card" "$peak_note" <<'PY'
+import json, os, sys
+d, batch, epochs, card, peak_note = sys.argv[1:]
+load = lambda n: json.load(open(f"{d}/{n}.json"))
+best = lambda side, w: max((load(f"{side}-{w}-1"), load(f"{side}-{w}-2")),
+                           key=lambda r: r["samples_per_s"])
+dev = None
+if os.path.exists(f"{d}/devices.json"):
+    devices = load("devices")["devices"]
+    dev = devices[0] if devices else None
+print(f"card: {card}" + (f" (compute capability {dev['cc']}, {dev['sm_count']} SMs)" if dev else ""))
+print(f"batch {batch}, AdamW lr 1e-3 wd 0, constant lr, {epochs} epochs; FP32 with TF32 off on both "
+      "sides; training steps only, each side best of 2 alternating runs")
+print("PyTorch holds the data in GPU memory (copied once, before timing); gflex copies each batch "
+      "host to device every step, and its samples/s include that copy.")
+print()
+print("| workload | | samples/s | test accuracy | ratio |")
+print("| --- | --- | ---: | ---: | ---: |")
+rows = {}
+for w, shape in (("fashion-mlp", "784-512-256-10"), ("fashion-cnn", "conv32-conv64-128-10")):
+    g, t = best("gflex", w), best("torch", w)
+    rows[w] = g
+    print(f"| {w} ({shape}) | gflex ({g['backend']}) | {g['samples_per_s']:.0f} | "
+          f"{g['test_accuracy']:.4f} | {g['samples_per_s'] / t['samples_per_s']:.2f}x |")
+    print(f"| | {t['peer']} | {t['samples_per_s']:.0f} | {t['test_accuracy']:.4f} | 1.00x |")
+print()
+if dev is None or not dev.get("gemm_tflops"):
+    print(f"GEMM peak not measured ({peak_note or 'gflex devices gave no gemm_tflops'}); "
+          "gflex's GEMM rate inside training: " +
+          ", ".join(f"{w} {g['gemm_gflops_per_s']:.1f} GFLOP/s" for w, g in rows.items()))
+else:
+    peak = dev["gemm_tflops"] * 1e3
+    print("| GEMM rate | GFLOP/s | of cuBLAS peak |")
+    print("| --- | ---: | ---: |")
+    print(f"| cuBLAS sgemm, FP32 (peak, gflex devices --calibrate) | {peak:.0f} | 100% |")
+    for w, g in rows.items():
+        print(f"| gflex train {w}, whole training time (steps + batch copies) | "
+              f"{g['gemm_gflops_per_s']:.1f} | {100 * g['gemm_gflops_per_s'] / peak:.1f}% |")
+print()
+for w in rows:
+    f = f"{d}/step-{w}.json"
+    if os.path.exists(f) and os.path.getsize(f) > 0:
+        s = json.load(open(f))
+        print(f"{w} step (gflex_bench_step, batch {s['batch']}): {s['step_ms']:.3f} ms, of which "
+              f"GEMMs and convolutions {s['gemm_bound_ms']:.3f} ms at {s['gemm_bound_gflops']:.0f} "
+              f"GFLOP/s = {100 * s['gemm_bound_fraction_of_peak']:.1f}% of the {s['sgemm_peak_size']}^3 "
+              f"sgemm peak measured in the same run ({s['sgemm_peak_gflops']:.0f} GFLOP/s); "
+              "breakdown (ms): " + ", ".join(f"{k} {v:.3f}" for k, v in s["step_breakdown_ms"].items()))
+if dev is not None and dev.get("gemm_tflops"):
+    print()
+    print(f"host to device {dev['h2d_gbps']:.1f} GB/s, device to host {dev['d2h_gbps']:.1f} GB/s "
+          "(gflex devices --calibrate)")
+PY
