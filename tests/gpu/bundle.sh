@@ -172,7 +172,9 @@ if ((needs_cudnn)); then cuda_sonames+=("${cudnn_dlopened[@]}"); fi
 # Data, benchmark scripts, the run script.
 cp "$data_src"/*-idx?-ubyte* "$out/data/fashion-mnist/"
 cp tests/bench/gpu_vs_pytorch.sh tests/bench/torch_mlp.py tests/bench/torch_cnn.py "$out/bench/"
-cp tests/gpu/run-gpu.sh "$out/run-gpu.sh"
+cp tests/gpu/run-gpu.sh tests/gpu/gpu_job.sh "$out/"
+mkdir -p "$out/jobs"
+cp apps/jobs/*.toml "$out/jobs/"
 chmod +x "$out/run-gpu.sh" "$out/bench/gpu_vs_pytorch.sh"
 
 commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)

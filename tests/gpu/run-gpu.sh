@@ -10,7 +10,9 @@
 #    checks with ldd that all resolve and says which do not;
 # 2. prints nvidia-smi;
 # 3. runs gflex_unit_tests (its backend suite runs the CUDA backend where a device is present);
-# 4. runs the GPU benchmark, bench/gpu_vs_pytorch.sh.
+# 4. runs a core and a node on the GPU, which train fashion-mlp and fashion-cnn as jobs
+#    (gpu_job.sh);
+# 5. runs the GPU benchmark, bench/gpu_vs_pytorch.sh.
 #
 # Everything goes to OUT_DIR (run.log is the whole console). A failing step does not stop
 # the later ones; the exit status is non-zero when any failed. No GPU is not a failure: the
@@ -186,6 +188,15 @@ grep -h 'CUDA backend skipped' "$out/unit-tests.txt" | sort -u
 if ((rc != 0)); then
   echo "PROBLEM: gflex_unit_tests exited with $rc"
   failed+=("unit-tests")
+fi
+
+step "jobs"
+# A core and a node on this GPU: fashion-mlp and fashion-cnn trained as part of jobs.
+timeout 1500 bash "$here/gpu_job.sh" "$bin" "$here/jobs" "$out/jobs" 2>&1 | tee "$out/jobs.txt"
+rc=${PIPESTATUS[0]}
+if ((rc != 0)); then
+  echo "PROBLEM: the GPU job check exited with $rc"
+  failed+=("jobs")
 fi
 
 step "benchmark"
