@@ -110,14 +110,6 @@ expected<assignment_result> run_assignment(worker_state& st, const assignment& a
     m->optimizer().plain_sgd = a.plain_sgd;
     m->take_stats();
   }
-  // Rank r takes rows [r * share, (r + 1) * share) of each batch; each computes its part of
-  // the whole batch's mean-loss gradient, the all-reduce adds the parts, and every rank takes
-  // the same optimiser step, so the replicas stay identical.
-  const int64_t share = (a.batch_size + ranks - 1) / ranks;
-  const float loss_scale = 1.0f / static_cast<float>(a.batch_size);
-  std::vector<float*> gradients;
-  for (auto& m : slot.replicas) gradients.push_back(m->gradients());
-
   // Batches walk a seeded permutation of the shard, reshuffled at each pass: the same
   // assignment gives the same update anywhere.
   rng r(a.seed);
@@ -141,16 +133,7 @@ expected<assignment_result> run_assignment(worker_state& st, const assignment& a
       std::memcpy(&bx[b * dim], shard.features.data<float>() + src * dim, sizeof(float) * dim);
       by[b] = shard.labels.data<int32_t>()[src];
     }
-    for (int r = 0; r < ranks; ++r) {
-      const int64_t first = r * share, rows = std::min(share, a.batch_size - first);
-      auto& m = *slot.replicas[static_cast<size_t>(r)];
-      if (rows > 0)
-        m.backward(&bx[first * dim], &by[first], rows, loss_scale);
-      else
-        group.rank(r).fill(m.gradients(), n, 0.0f);  // a batch smaller than the group
-    }
-    group.all_reduce_sum(gradients, n);
-    for (auto& m : slot.replicas) m->apply_gradients();
+    kernels::replica_step(group, slot.replicas, bx.data(), by.data(), a.batch_size);
   }
   std::vector<float> end(static_cast<size_t>(n));
   slot.replicas.front()->store_parameters(end);

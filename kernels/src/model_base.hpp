@@ -32,6 +32,7 @@ class model_base : public model {
   }
 
   int64_t parameter_count() const override { return count_; }
+  int64_t feature_dim() const override { return feature_dim_; }
 
   void load_parameters(std::span<const float> host) override {
     GFLEX_CHECK(static_cast<int64_t>(host.size()) == count_, "parameter count mismatch");

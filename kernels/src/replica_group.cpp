@@ -41,6 +41,28 @@ class host_replica_group final : public replica_group {
 
 }  // namespace
 
+void replica_step(replica_group& group, const std::vector<std::unique_ptr<model>>& replicas,
+                  const float* features, const int32_t* labels, int64_t batch) {
+  const int ranks = group.size();
+  GFLEX_CHECK(static_cast<int>(replicas.size()) == ranks, "replica_step: one model per rank");
+  GFLEX_CHECK(batch > 0, "replica_step: empty batch");
+  const int64_t share = (batch + ranks - 1) / ranks;
+  const int64_t n = replicas.front()->parameter_count();
+  const float loss_scale = 1.0f / static_cast<float>(batch);
+  std::vector<float*> gradients;
+  for (int r = 0; r < ranks; ++r) {
+    auto& m = *replicas[static_cast<size_t>(r)];
+    const int64_t first = r * share, rows = std::min(share, batch - first);
+    if (rows > 0)
+      m.backward(features + first * m.feature_dim(), labels + first, rows, loss_scale);
+    else
+      group.rank(r).fill(m.gradients(), n, 0.0f);
+    gradients.push_back(m.gradients());
+  }
+  group.all_reduce_sum(gradients, n);
+  for (const auto& m : replicas) m->apply_gradients();
+}
+
 expected<std::unique_ptr<replica_group>> make_replica_group(
     std::vector<std::unique_ptr<backend>> ranks) {
   if (ranks.empty()) return error(errc::invalid_argument, "a replica group needs a rank");

@@ -152,58 +152,60 @@ TEST_SUITE("cnn") {
 }
 
 TEST_SUITE("replica group") {
-  TEST_CASE("two ranks on halves of a batch step like one rank on all of it") {
+  TEST_CASE("replicas on parts of a batch step like one model on all of it") {
     auto data = small_data();
     auto w = small_cnn(data);
     std::vector<float> params(w.parameter_count());
     w.init_parameters(11, params);
-    const int64_t batch = 32, half = batch / 2, dim = w.feature_dim();
+    const int64_t dim = w.feature_dim();
     const float* x = data.train.features.data<float>();
     const int32_t* y = data.train.labels.data<int32_t>();
+    // Even and uneven splits, and a batch smaller than the group (a rank without rows).
+    for (auto [ranks, batch] : {std::pair{2, 32}, {3, 32}, {3, 2}}) {
+      CAPTURE(ranks);
+      CAPTURE(batch);
+      auto one = make_cpu_backend(1);
+      auto single = w.instantiate(*one, batch);
+      REQUIRE(single.has_value());
+      (*single)->load_parameters(params);
 
-    auto one = make_cpu_backend(1);
-    auto single = w.instantiate(*one, batch);
-    REQUIRE(single.has_value());
-    (*single)->load_parameters(params);
-
-    std::vector<std::unique_ptr<backend>> ranks;
-    ranks.push_back(make_cpu_backend(1));
-    ranks.push_back(make_cpu_backend(1));
-    auto group = make_replica_group(std::move(ranks));
-    REQUIRE(group.has_value());
-    CHECK((*group)->describe() == "host, 2 ranks");
-    std::vector<std::unique_ptr<model>> replicas;
-    for (int r = 0; r < 2; ++r) {
-      auto m = w.instantiate((*group)->rank(r), half);
-      REQUIRE(m.has_value());
-      (*m)->load_parameters(params);
-      replicas.push_back(std::move(*m));
-    }
-    for (int step = 0; step < 3; ++step) {
-      const int64_t offset = step * batch;
-      (*single)->train_step(x + offset * dim, y + offset, batch);
-      std::vector<float*> grads;
-      for (int r = 0; r < 2; ++r) {
-        replicas[r]->backward(x + (offset + r * half) * dim, y + offset + r * half, half,
-                              1.0f / static_cast<float>(batch));
-        grads.push_back(replicas[r]->gradients());
+      std::vector<std::unique_ptr<backend>> backends;
+      for (int r = 0; r < ranks; ++r) backends.push_back(make_cpu_backend(1));
+      auto group = make_replica_group(std::move(backends));
+      REQUIRE(group.has_value());
+      CHECK((*group)->describe() == "host, " + std::to_string(ranks) + " ranks");
+      std::vector<std::unique_ptr<model>> replicas;
+      for (int r = 0; r < ranks; ++r) {
+        auto m = w.instantiate((*group)->rank(r), (batch + ranks - 1) / ranks);
+        REQUIRE(m.has_value());
+        (*m)->load_parameters(params);
+        replicas.push_back(std::move(*m));
       }
-      (*group)->all_reduce_sum(grads, w.parameter_count());
-      for (auto& m : replicas) m->apply_gradients();
-    }
-    std::vector<float> want(params.size()), a(params.size()), b(params.size());
-    (*single)->store_parameters(want);
-    replicas[0]->store_parameters(a);
-    replicas[1]->store_parameters(b);
-    CHECK(a == b);  // the replicas never diverge
-    for (size_t i = 0; i < want.size(); ++i) {
-      if (std::fabs(a[i] - want[i]) > 1e-4f + 1e-3f * std::fabs(want[i])) {
-        FAIL_CHECK("parameter " << i << ": " << a[i] << " vs " << want[i]);
-        break;
+      for (int step = 0; step < 3; ++step) {
+        const int64_t offset = step * batch;
+        (*single)->train_step(x + offset * dim, y + offset, batch);
+        replica_step(**group, replicas, x + offset * dim, y + offset, batch);
       }
+      std::vector<float> want(params.size()), got(params.size());
+      (*single)->store_parameters(want);
+      for (int r = 0; r < ranks; ++r) {
+        replicas[static_cast<size_t>(r)]->store_parameters(got);
+        if (r > 0) {
+          std::vector<float> first(params.size());
+          replicas[0]->store_parameters(first);
+          CHECK(got == first);  // the replicas never diverge
+        }
+      }
+      for (size_t i = 0; i < want.size(); ++i) {
+        if (std::fabs(got[i] - want[i]) > 1e-4f + 1e-3f * std::fabs(want[i])) {
+          FAIL_CHECK("parameter " << i << ": " << got[i] << " vs " << want[i]);
+          break;
+        }
+      }
+      int64_t samples = 0;
+      for (auto& m : replicas) samples += m->take_stats().samples;
+      CHECK(samples == 3 * batch);
     }
-    auto stats = replicas[0]->take_stats();
-    CHECK(stats.samples == 3 * half);
   }
 
   TEST_CASE("groups must be non-empty and of one kind") {

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "gflex/kernels/backend.hpp"
+#include "gflex/kernels/workload.hpp"
 #include "gflex/runtime/error.hpp"
 
 namespace gflex::kernels {
@@ -32,5 +33,14 @@ class replica_group {
 /// empty groups are errc::invalid_argument.
 expected<std::unique_ptr<replica_group>> make_replica_group(
     std::vector<std::unique_ptr<backend>> ranks);
+
+/// One optimiser step of a group's replicas (one model per rank, made with max_batch at least
+/// ceil(batch / size), holding the same parameters) on a batch in host memory: rank r takes
+/// rows [r * share, (r + 1) * share) with share = ceil(batch / size), computes its part of the
+/// whole batch's mean-loss gradient, the all-reduce adds the parts, and every rank applies the
+/// same step, so the replicas stay identical. A rank left without rows (a batch smaller than
+/// the group) contributes zeros.
+void replica_step(replica_group& group, const std::vector<std::unique_ptr<model>>& replicas,
+                  const float* features, const int32_t* labels, int64_t batch);
 
 }  // namespace gflex::kernels

@@ -44,6 +44,8 @@ class model {
   virtual ~model() = default;
 
   virtual int64_t parameter_count() const = 0;
+  /// Values per sample in the batches the model takes.
+  virtual int64_t feature_dim() const = 0;
   /// Replaces the parameters with host values (parameter_count() floats).
   virtual void load_parameters(std::span<const float> host) = 0;
   /// Copies the parameters to host memory (parameter_count() floats).
