@@ -124,6 +124,50 @@ float quantize_block(const float* x, float* residual, int64_t n, int8_t* q) {
   return scale;
 }
 
+GFLEX_VECTOR_CLONES
+void relu_backward_loop(float* __restrict dy, const float* __restrict y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) dy[i] = y[i] > 0.0f ? dy[i] : 0.0f;
+}
+
+GFLEX_VECTOR_CLONES
+void column_sum_loop(const float* __restrict x, int64_t rows, int64_t cols, float* __restrict out) {
+  std::fill(out, out + cols, 0.0f);
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* __restrict row = x + r * cols;
+    for (int64_t c = 0; c < cols; ++c) out[c] += row[c];
+  }
+}
+
+/// One output row of 2x2 max pooling: `top` and `bottom` are the two input rows (width w,
+/// c channels) of a sample whose first value is at `base`; selects, not branches, so that it
+/// vectorises over channels.
+GFLEX_VECTOR_CLONES
+void max_pool_row(const float* __restrict top, const float* __restrict bottom, int64_t out_w,
+                  int64_t c, int32_t top_at, int32_t bottom_at, float* __restrict y,
+                  int32_t* __restrict argmax) {
+  for (int64_t ow = 0; ow < out_w; ++ow) {
+    const int64_t left = 2 * ow * c, right = left + c;
+    for (int64_t k = 0; k < c; ++k) {
+      float best = top[left + k];
+      auto at = static_cast<int32_t>(top_at + left + k);
+      const float v1 = top[right + k], v2 = bottom[left + k], v3 = bottom[right + k];
+      at = v1 > best ? static_cast<int32_t>(top_at + right + k) : at;
+      best = v1 > best ? v1 : best;
+      at = v2 > best ? static_cast<int32_t>(bottom_at + left + k) : at;
+      best = v2 > best ? v2 : best;
+      at = v3 > best ? static_cast<int32_t>(bottom_at + right + k) : at;
+      best = v3 > best ? v3 : best;
+      y[ow * c + k] = best;
+      argmax[ow * c + k] = at;
+    }
+  }
+}
+
+/// Elementwise passes below this many values run on the calling thread alone.
+constexpr int64_t k_parallel_elements = int64_t{1} << 16;
+/// Rows per float partial sum of column_sum.
+constexpr int64_t k_sum_block = 512;
+
 class cpu_backend final : public backend {
  public:
   explicit cpu_backend(int threads)
@@ -170,23 +214,42 @@ class cpu_backend final : public backend {
     }
   }
 
+  // Elementwise passes over a convolution's activations (a batch of 128 28x28x32 maps is
+  // 12.8 MB) are split across the pool like AdamW; a dense layer's stay on the caller.
+
   void bias_relu_forward(float* y, const float* bias, int64_t rows, int64_t cols,
                          bool relu) override {
-    bias_relu_loop(y, bias, rows, cols, relu);
+    pool_.run(rows, 1, k_parallel_elements / std::max<int64_t>(cols, 1),
+              [&](int64_t begin, int64_t end) {
+                bias_relu_loop(y + begin * cols, bias, end - begin, cols, relu);
+              });
   }
 
-  void relu_backward(float* __restrict dy, const float* __restrict y, int64_t n) override {
-    for (int64_t i = 0; i < n; ++i) dy[i] = y[i] > 0.0f ? dy[i] : 0.0f;
+  void relu_backward(float* dy, const float* y, int64_t n) override {
+    pool_.run(n, 16, k_parallel_elements, [&](int64_t begin, int64_t end) {
+      relu_backward_loop(dy + begin, y + begin, end - begin);
+    });
   }
 
-  void column_sum(const float* __restrict x, int64_t rows, int64_t cols,
-                  float* __restrict out) override {
-    // Row by row so that every pass streams contiguous memory; float partial sums per column
-    // are exact enough for batch-sized row counts (a few hundred terms).
-    std::fill(out, out + cols, 0.0f);
-    for (int64_t r = 0; r < rows; ++r) {
-      const float* __restrict row = x + r * cols;
-      for (int64_t c = 0; c < cols; ++c) out[c] += row[c];
+  void column_sum(const float* x, int64_t rows, int64_t cols, float* out) override {
+    // Row by row so that every pass streams contiguous memory. Float sums per block of rows,
+    // then the blocks added in double in a fixed order: exact enough for a convolution's
+    // hundred thousand rows, and the same whatever the thread count.
+    const int64_t blocks = (rows + k_sum_block - 1) / k_sum_block;
+    if (blocks <= 1) {
+      column_sum_loop(x, rows, cols, out);
+      return;
+    }
+    std::vector<float> partial(static_cast<size_t>(blocks * cols));
+    pool_.run(blocks, 1, 4, [&](int64_t begin, int64_t end) {
+      for (int64_t b = begin; b < end; ++b)
+        column_sum_loop(x + b * k_sum_block * cols, std::min(k_sum_block, rows - b * k_sum_block),
+                        cols, partial.data() + b * cols);
+    });
+    for (int64_t c = 0; c < cols; ++c) {
+      double total = 0.0;
+      for (int64_t b = 0; b < blocks; ++b) total += partial[static_cast<size_t>(b * cols + c)];
+      out[c] = static_cast<float>(total);
     }
   }
 
@@ -239,13 +302,18 @@ class cpu_backend final : public backend {
                             float* dx) override {
     const int64_t pixels = g.out_height() * g.out_width(), patch = g.patch();
     const int64_t chunk = im2col_chunk(g);
-    std::fill(dx, dx + g.batch * g.height * g.width * g.in_channels, 0.0f);
+    const int64_t in_sample = g.height * g.width * g.in_channels;
     for (int64_t n0 = 0; n0 < g.batch; n0 += chunk) {
       const int64_t count = std::min(chunk, g.batch - n0);
       float* dcol = workspace(count * pixels * patch);
       gemm(false, false, count * pixels, patch, g.out_channels, 1.0f,
            dy + n0 * pixels * g.out_channels, g.out_channels, w, patch, 0.0f, dcol, patch);
-      col2im(g, dcol, n0, count, dx);
+      // Each sample's rows add into that sample's dx only: samples split across the pool.
+      pool_.run(count, 1, 2, [&](int64_t begin, int64_t end) {
+        float* first = dx + (n0 + begin) * in_sample;
+        std::fill(first, first + (end - begin) * in_sample, 0.0f);
+        col2im(g, dcol + begin * pixels * patch, n0 + begin, end - begin, dx);
+      });
     }
   }
 
@@ -264,37 +332,33 @@ class cpu_backend final : public backend {
 
   void max_pool2_forward(const float* x, int64_t batch, int64_t height, int64_t width,
                          int64_t channels, float* y, int32_t* argmax) override {
-    const int64_t oh_n = height / 2, ow_n = width / 2;
-    for (int64_t n = 0; n < batch; ++n) {
-      const float* sample = x + n * height * width * channels;
-      for (int64_t oh = 0; oh < oh_n; ++oh)
-        for (int64_t ow = 0; ow < ow_n; ++ow, y += channels, argmax += channels) {
-          // The window's first input wins ties; the other three replace it only if larger.
-          const int64_t first = (2 * oh * width + 2 * ow) * channels;
-          for (int64_t c = 0; c < channels; ++c) {
-            y[c] = sample[first + c];
-            argmax[c] = static_cast<int32_t>(first + c);
-          }
-          for (int64_t off : {channels, width * channels, (width + 1) * channels})
-            for (int64_t c = 0; c < channels; ++c) {
-              const float v = sample[first + off + c];
-              if (v > y[c]) {
-                y[c] = v;
-                argmax[c] = static_cast<int32_t>(first + off + c);
-              }
-            }
+    // The window's first input wins ties; the other three replace it only if larger.
+    const int64_t oh_n = height / 2, ow_n = width / 2, row = width * channels;
+    const int64_t in_sample = height * row, out_sample = oh_n * ow_n * channels;
+    pool_.run(batch, 1, 2, [&](int64_t begin, int64_t end) {
+      for (int64_t n = begin; n < end; ++n)
+        for (int64_t oh = 0; oh < oh_n; ++oh) {
+          const int64_t top = 2 * oh * row;
+          const int64_t out = n * out_sample + oh * ow_n * channels;
+          max_pool_row(x + n * in_sample + top, x + n * in_sample + top + row, ow_n, channels,
+                       static_cast<int32_t>(top), static_cast<int32_t>(top + row), y + out,
+                       argmax + out);
         }
-    }
+    });
   }
 
   void max_pool2_backward(const float* dy, const int32_t* argmax, int64_t batch, int64_t height,
                           int64_t width, int64_t channels, float* dx) override {
     const int64_t in_sample = height * width * channels;
     const int64_t out_sample = (height / 2) * (width / 2) * channels;
-    std::fill(dx, dx + batch * in_sample, 0.0f);
-    for (int64_t n = 0; n < batch; ++n)
-      for (int64_t i = 0; i < out_sample; ++i)
-        dx[n * in_sample + argmax[n * out_sample + i]] = dy[n * out_sample + i];
+    pool_.run(batch, 1, 2, [&](int64_t begin, int64_t end) {
+      for (int64_t n = begin; n < end; ++n) {
+        float* sample = dx + n * in_sample;
+        std::fill(sample, sample + in_sample, 0.0f);
+        for (int64_t i = 0; i < out_sample; ++i)
+          sample[argmax[n * out_sample + i]] = dy[n * out_sample + i];
+      }
+    });
   }
 
   void set_precision(math_precision p) override { precision_ = p; }
@@ -349,8 +413,11 @@ class cpu_backend final : public backend {
   const float* patches(const conv2d_geometry& g, const float* x, int64_t n0, int64_t count) {
     if (g.kernel_h == 1 && g.kernel_w == 1 && g.pad_h == 0 && g.pad_w == 0)
       return x + n0 * g.height * g.width * g.in_channels;
-    float* col = workspace(count * g.out_height() * g.out_width() * g.patch());
-    im2col(g, x, n0, count, col);
+    const int64_t rows = g.out_height() * g.out_width() * g.patch();
+    float* col = workspace(count * rows);
+    pool_.run(count, 1, 2, [&](int64_t begin, int64_t end) {
+      im2col(g, x, n0 + begin, end - begin, col + begin * rows);
+    });
     return col;
   }
 
