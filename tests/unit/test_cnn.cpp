@@ -4,6 +4,7 @@
 #include <doctest/doctest.h>
 
 #include <cmath>
+#include <string>
 
 #include "gflex/kernels/cnn.hpp"
 #include "gflex/kernels/replica_group.hpp"
@@ -222,8 +223,9 @@ TEST_SUITE("replica group") {
 TEST_SUITE("cnn") {
   TEST_CASE("on a GPU: the same gradients as the CPU, and a one-rank NCCL group") {
     if (cuda_device_count() == 0) {
-      MESSAGE("skipped: " << (cuda_compiled() ? "no CUDA device on this machine"
-                                              : "CUDA not compiled in"));
+      const std::string why =
+          cuda_compiled() ? "no CUDA device on this machine" : "CUDA not compiled in";
+      MESSAGE("skipped: " << why);
       return;
     }
     auto data = small_data();
