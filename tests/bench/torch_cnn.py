@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from torch_mlp import load_idx  # noqa: E402
+from torch_mlp import load_idx, train_timed  # noqa: E402
 
 
 def make_model():
@@ -66,25 +66,7 @@ def main():
     x, y = images("train-images-idx3-ubyte.gz"), labels("train-labels-idx1-ubyte.gz")
     xt, yt = images("t10k-images-idx3-ubyte.gz"), labels("t10k-labels-idx1-ubyte.gz")
     model = make_model().to(device, memory_format=memory_format)
-    opt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=0.0)
-    loss_fn = torch.nn.CrossEntropyLoss()
-    n = x.shape[0]
-    train_s = 0.0
-    samples = 0
-    for epoch in range(a.epochs):
-        order = torch.randperm(n, device=device)
-        sync()
-        start = time.perf_counter()
-        for s in range(0, n, a.batch_size):
-            idx = order[s:s + a.batch_size]
-            xb, yb = x[idx], y[idx]
-            opt.zero_grad(set_to_none=True)
-            loss = loss_fn(model(xb), yb)
-            loss.backward()
-            opt.step()
-            samples += len(idx)
-        sync()
-        train_s += time.perf_counter() - start
+    samples, train_s = train_timed(model, x, y, a.lr, a.batch_size, a.epochs, device, sync)
     correct = 0
     with torch.no_grad():
         for s in range(0, xt.shape[0], 1000):

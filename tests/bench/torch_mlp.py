@@ -24,6 +24,31 @@ def load_idx(path):
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * rank).reshape(dims)
 
 
+def train_timed(model, x, y, lr, batch_size, epochs, device, sync):
+    """Trains `model` on (x, y) with AdamW in shuffled batches; returns (samples, seconds) of
+    the training steps alone, the clock read after `sync()` (a device synchronisation)."""
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    n = x.shape[0]
+    train_s = 0.0
+    samples = 0
+    for epoch in range(epochs):
+        order = torch.randperm(n, device=device)
+        sync()
+        start = time.perf_counter()
+        for s in range(0, n, batch_size):
+            idx = order[s:s + batch_size]
+            xb, yb = x[idx], y[idx]
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn(model(xb), yb)
+            loss.backward()
+            opt.step()
+            samples += len(idx)
+        sync()
+        train_s += time.perf_counter() - start
+    return samples, train_s
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--threads", type=int, default=2)
@@ -51,25 +76,7 @@ def main():
     model = torch.nn.Sequential(torch.nn.Linear(784, 512), torch.nn.ReLU(),
                                 torch.nn.Linear(512, 256), torch.nn.ReLU(),
                                 torch.nn.Linear(256, 10)).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=0.0)
-    loss_fn = torch.nn.CrossEntropyLoss()
-    n = x.shape[0]
-    train_s = 0.0
-    samples = 0
-    for epoch in range(a.epochs):
-        order = torch.randperm(n, device=device)
-        sync()
-        start = time.perf_counter()
-        for s in range(0, n, a.batch_size):
-            idx = order[s:s + a.batch_size]
-            xb, yb = x[idx], y[idx]
-            opt.zero_grad(set_to_none=True)
-            loss = loss_fn(model(xb), yb)
-            loss.backward()
-            opt.step()
-            samples += len(idx)
-        sync()
-        train_s += time.perf_counter() - start
+    samples, train_s = train_timed(model, x, y, a.lr, a.batch_size, a.epochs, device, sync)
     with torch.no_grad():
         accuracy = (model(xt).argmax(1) == yt).float().mean().item()
     peer = f"pytorch {torch.__version__}"

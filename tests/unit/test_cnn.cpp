@@ -6,6 +6,7 @@
 #include <cmath>
 #include <string>
 
+#include "finite_difference.hpp"
 #include "gflex/kernels/cnn.hpp"
 #include "gflex/kernels/replica_group.hpp"
 #include "gflex/kernels/trainer.hpp"
@@ -82,17 +83,8 @@ TEST_SUITE("cnn") {
     const int32_t* y = data.train.labels.data<int32_t>();
     std::vector<float> grad(params.size());
     (*m)->compute_gradients(x, y, batch, grad);
-    auto loss_at = [&](const std::vector<float>& p) {
-      (*m)->load_parameters(p);
-      (*m)->take_stats();
-      (*m)->evaluate_batch(x, y, batch);
-      return (*m)->take_stats().mean_loss();
-    };
     auto central_difference = [&](size_t i, float h) {
-      auto plus = params, minus = params;
-      plus[i] += h;
-      minus[i] -= h;
-      return (loss_at(plus) - loss_at(minus)) / (2.0 * h);
+      return test::central_difference(**m, params, i, h, x, y, batch);
     };
     // Every block is sampled. A step that flips a ReLU or a pooling winner makes the
     // difference meaningless; two step sizes that disagree reveal it. A first-layer weight
@@ -162,7 +154,10 @@ TEST_SUITE("replica group") {
     const float* x = data.train.features.data<float>();
     const int32_t* y = data.train.labels.data<int32_t>();
     // Even and uneven splits, and a batch smaller than the group (a rank without rows).
-    for (auto [ranks, batch] : {std::pair{2, 32}, {3, 32}, {3, 2}}) {
+    for (auto [group_size, batch_size] : {std::pair{2, 32}, {3, 32}, {3, 2}}) {
+      // Copies: clang cannot capture structured bindings in CAPTURE's lambda.
+      const int ranks = group_size;
+      const int64_t batch = batch_size;
       CAPTURE(ranks);
       CAPTURE(batch);
       auto one = make_cpu_backend(1);

@@ -3,6 +3,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "finite_difference.hpp"
 #include "gflex/kernels/mlp.hpp"
 #include "gflex/kernels/trainer.hpp"
 #include "gflex/runtime/rng.hpp"
@@ -36,7 +37,9 @@ mlp_workload small_mlp(dataset_splits data) {
   return mlp_workload("test-mlp", {8, 16, 12, 3}, [data] { return data; });
 }
 
-dataset_splits small_data() { return {blobs(600, 8, 3, 1), blobs(300, 8, 3, 2)}; }
+dataset_splits small_data() {
+  return {blobs(600, 8, 3, 1), blobs(300, 8, 3, 2)};
+}
 
 }  // namespace
 
@@ -73,17 +76,8 @@ TEST_SUITE("mlp") {
     std::vector<float> grad(params.size());
     (*m)->compute_gradients(x, y, batch, grad);
 
-    auto loss_at = [&](const std::vector<float>& p) {
-      (*m)->load_parameters(p);
-      (*m)->take_stats();
-      (*m)->evaluate_batch(x, y, batch);
-      return (*m)->take_stats().mean_loss();
-    };
     auto central_difference = [&](size_t i, float h) {
-      auto plus = params, minus = params;
-      plus[i] += h;
-      minus[i] -= h;
-      return (loss_at(plus) - loss_at(minus)) / (2.0 * h);
+      return test::central_difference(**m, params, i, h, x, y, batch);
     };
     // Central differences on a sample of parameters from every block. A step that moves a
     // ReLU input across zero makes the difference meaningless; two step sizes that disagree
