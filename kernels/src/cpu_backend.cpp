@@ -163,6 +163,52 @@ void max_pool_row(const float* __restrict top, const float* __restrict bottom, i
   }
 }
 
+/// Filters with at most this many values per output channel (a first layer's 3x3x1) are
+/// convolved directly: a patch matrix 9 columns wide makes a GEMM whose reduction is too
+/// short to pay for writing the matrix.
+constexpr int64_t k_direct_patch = 32;
+
+/// Gathers the patch of output pixel (oh, ow) of one sample, in filter order (r, s, c), zeros
+/// for padding.
+inline void gather_patch(const conv2d_geometry& g, const float* sample, int64_t oh, int64_t ow,
+                         float* patch) {
+  const int64_t c_n = g.in_channels;
+  for (int64_t r = 0; r < g.kernel_h; ++r) {
+    const int64_t ih = oh + r - g.pad_h;
+    for (int64_t s = 0; s < g.kernel_w; ++s) {
+      const int64_t iw = ow + s - g.pad_w;
+      float* dst = patch + (r * g.kernel_w + s) * c_n;
+      const bool inside = ih >= 0 && ih < g.height && iw >= 0 && iw < g.width;
+      for (int64_t c = 0; c < c_n; ++c)
+        dst[c] = inside ? sample[(ih * g.width + iw) * c_n + c] : 0.0f;
+    }
+  }
+}
+
+/// y[k] = sum over j of wt[j][k] * patch[j]: one output pixel of a direct convolution, with
+/// the filters transposed to [patch][K] so that the loop over output channels vectorises.
+GFLEX_VECTOR_CLONES
+void direct_conv_pixel(const float* __restrict patch, const float* __restrict wt, int64_t taps,
+                       int64_t k_n, float* __restrict y) {
+  for (int64_t k = 0; k < k_n; ++k) y[k] = 0.0f;
+  for (int64_t j = 0; j < taps; ++j) {
+    const float v = patch[j];
+    const float* __restrict row = wt + j * k_n;
+    for (int64_t k = 0; k < k_n; ++k) y[k] += row[k] * v;
+  }
+}
+
+/// dwt[j][k] += patch[j] * dy[k]: one output pixel's share of a direct filter gradient.
+GFLEX_VECTOR_CLONES
+void direct_filter_pixel(const float* __restrict patch, const float* __restrict dy, int64_t taps,
+                         int64_t k_n, float* __restrict dwt) {
+  for (int64_t j = 0; j < taps; ++j) {
+    const float v = patch[j];
+    float* __restrict row = dwt + j * k_n;
+    for (int64_t k = 0; k < k_n; ++k) row[k] += dy[k] * v;
+  }
+}
+
 /// Elementwise passes below this many values run on the calling thread alone.
 constexpr int64_t k_parallel_elements = int64_t{1} << 16;
 /// Rows per float partial sum of column_sum.
@@ -289,6 +335,22 @@ class cpu_backend final : public backend {
 
   void conv2d_forward(const conv2d_geometry& g, const float* x, const float* w, float* y) override {
     const int64_t pixels = g.out_height() * g.out_width(), patch = g.patch();
+    if (patch <= k_direct_patch) {
+      const auto wt = transposed(w, g.out_channels, patch);
+      pool_.run(g.batch, 1, 2, [&](int64_t begin, int64_t end) {
+        float taps[k_direct_patch];
+        for (int64_t n = begin; n < end; ++n) {
+          const float* sample = x + n * g.height * g.width * g.in_channels;
+          float* out = y + n * pixels * g.out_channels;
+          for (int64_t oh = 0; oh < g.out_height(); ++oh)
+            for (int64_t ow = 0; ow < g.out_width(); ++ow, out += g.out_channels) {
+              gather_patch(g, sample, oh, ow, taps);
+              direct_conv_pixel(taps, wt.data(), patch, g.out_channels, out);
+            }
+        }
+      });
+      return;
+    }
     const int64_t chunk = im2col_chunk(g);
     for (int64_t n0 = 0; n0 < g.batch; n0 += chunk) {
       const int64_t count = std::min(chunk, g.batch - n0);
@@ -320,6 +382,36 @@ class cpu_backend final : public backend {
   void conv2d_backward_filter(const conv2d_geometry& g, const float* x, const float* dy,
                               float* dw) override {
     const int64_t pixels = g.out_height() * g.out_width(), patch = g.patch();
+    if (patch <= k_direct_patch) {
+      // Each thread sums its samples into its own [patch][K] partial; the partials are added
+      // in thread order, so the result depends only on the thread count.
+      const int64_t k_n = g.out_channels, parts = pool_.threads();
+      std::vector<float> partial(static_cast<size_t>(parts * patch * k_n), 0.0f);
+      const int64_t per_part = (g.batch + parts - 1) / parts;
+      pool_.run(parts, 1, 2, [&](int64_t begin, int64_t end) {
+        float taps[k_direct_patch];
+        for (int64_t part = begin; part < end; ++part) {
+          float* acc = partial.data() + part * patch * k_n;
+          for (int64_t n = part * per_part; n < std::min(g.batch, (part + 1) * per_part); ++n) {
+            const float* sample = x + n * g.height * g.width * g.in_channels;
+            const float* grad = dy + n * pixels * k_n;
+            for (int64_t oh = 0; oh < g.out_height(); ++oh)
+              for (int64_t ow = 0; ow < g.out_width(); ++ow, grad += k_n) {
+                gather_patch(g, sample, oh, ow, taps);
+                direct_filter_pixel(taps, grad, patch, k_n, acc);
+              }
+          }
+        }
+      });
+      for (int64_t k = 0; k < k_n; ++k)
+        for (int64_t j = 0; j < patch; ++j) {
+          float total = 0.0f;
+          for (int64_t part = 0; part < parts; ++part)
+            total += partial[static_cast<size_t>((part * patch + j) * k_n + k)];
+          dw[k * patch + j] = total;
+        }
+      return;
+    }
     const int64_t chunk = im2col_chunk(g);
     for (int64_t n0 = 0; n0 < g.batch; n0 += chunk) {
       const int64_t count = std::min(chunk, g.batch - n0);
@@ -403,6 +495,14 @@ class cpu_backend final : public backend {
   }
 
  private:
+  /// w [rows, cols] transposed to [cols, rows].
+  static std::vector<float> transposed(const float* w, int64_t rows, int64_t cols) {
+    std::vector<float> t(static_cast<size_t>(rows * cols));
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t c = 0; c < cols; ++c) t[static_cast<size_t>(c * rows + r)] = w[r * cols + c];
+    return t;
+  }
+
   float* workspace(int64_t floats) {
     if (static_cast<int64_t>(workspace_.size()) < floats)
       workspace_.resize(static_cast<size_t>(floats));
