@@ -213,14 +213,7 @@ void cnn_workload::init_parameters(uint64_t seed, std::span<float> out) const {
 }
 
 expected<std::unique_ptr<model>> cnn_workload::instantiate(backend& b, int64_t max_batch) const {
-  if (max_batch <= 0)
-    return error(errc::invalid_argument,
-                 "batch size must be positive, got " + std::to_string(max_batch));
-  try {
-    return std::unique_ptr<model>(std::make_unique<cnn_model>(b, shape_, layout(), max_batch));
-  } catch (const compute_error& e) {
-    return e.err();
-  }
+  return detail::make_model<cnn_model>(max_batch, b, shape_, layout());
 }
 
 }  // namespace gflex::kernels

@@ -139,14 +139,7 @@ void mlp_workload::init_parameters(uint64_t seed, std::span<float> out) const {
 }
 
 expected<std::unique_ptr<model>> mlp_workload::instantiate(backend& b, int64_t max_batch) const {
-  if (max_batch <= 0)
-    return error(errc::invalid_argument,
-                 "batch size must be positive, got " + std::to_string(max_batch));
-  try {
-    return std::unique_ptr<model>(std::make_unique<mlp_model>(b, widths_, layout(), max_batch));
-  } catch (const compute_error& e) {
-    return e.err();
-  }
+  return detail::make_model<mlp_model>(max_batch, b, widths_, layout());
 }
 
 }  // namespace gflex::kernels

@@ -6,7 +6,9 @@
 /// adds its activations, forward and backward passes.
 
 #include <cmath>
+#include <memory>
 #include <span>
+#include <string>
 #include <utility>
 
 #include "gflex/kernels/workload.hpp"
@@ -107,5 +109,19 @@ class model_base : public model {
   int64_t step_ = 0;
   int64_t samples_ = 0;
 };
+
+/// A workload's instantiate(): checks the batch size and turns a device failure while the
+/// model allocates into its error.
+template <class Model, class... Args>
+expected<std::unique_ptr<model>> make_model(int64_t max_batch, Args&&... args) {
+  if (max_batch <= 0)
+    return error(errc::invalid_argument,
+                 "batch size must be positive, got " + std::to_string(max_batch));
+  try {
+    return std::unique_ptr<model>(std::make_unique<Model>(std::forward<Args>(args)..., max_batch));
+  } catch (const compute_error& e) {
+    return e.err();
+  }
+}
 
 }  // namespace gflex::kernels::detail

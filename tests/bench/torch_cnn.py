@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from torch_mlp import load_idx, train_timed  # noqa: E402
+from torch_mlp import common_arguments, load_idx, prepare, train_timed  # noqa: E402
 
 
 def make_model():
@@ -36,22 +36,11 @@ def make_model():
 
 
 def main():
-    p = argparse.ArgumentParser()
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--data", default=os.environ.get("GFLEX_FASHION_MNIST_DIR",
-                                                    "/usr/share/datasets/fashion-mnist"))
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p = common_arguments()
     p.add_argument("--channels-last", action="store_true",
                    help="NHWC memory format for the model and its input")
     a = p.parse_args()
-    device = torch.device(a.device)
-    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
+    device, sync = prepare(a)
     memory_format = torch.channels_last if a.channels_last else torch.contiguous_format
     torch.set_num_threads(a.threads)
     torch.manual_seed(1)

@@ -24,6 +24,29 @@ def load_idx(path):
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * rank).reshape(dims)
 
 
+def common_arguments():
+    """The flags every PyTorch peer takes, matching `gflex train`'s."""
+    p = argparse.ArgumentParser()
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--data", default=os.environ.get("GFLEX_FASHION_MNIST_DIR",
+                                                    "/usr/share/datasets/fashion-mnist"))
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    return p
+
+
+def prepare(a):
+    """The device and its synchronisation; on a GPU, FP32 with TF32 off (gflex's default)."""
+    device = torch.device(a.device)
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    return device, sync
+
+
 def train_timed(model, x, y, lr, batch_size, epochs, device, sync):
     """Trains `model` on (x, y) with AdamW in shuffled batches; returns (samples, seconds) of
     the training steps alone, the clock read after `sync()` (a device synchronisation)."""
@@ -50,20 +73,9 @@ def train_timed(model, x, y, lr, batch_size, epochs, device, sync):
 
 
 def main():
-    p = argparse.ArgumentParser()
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--data", default=os.environ.get("GFLEX_FASHION_MNIST_DIR",
-                                                    "/usr/share/datasets/fashion-mnist"))
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p = common_arguments()
     a = p.parse_args()
-    device = torch.device(a.device)
-    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
+    device, sync = prepare(a)
     torch.set_num_threads(a.threads)
     torch.manual_seed(1)
     x = torch.from_numpy(load_idx(f"{a.data}/train-images-idx3-ubyte.gz")
