@@ -46,4 +46,11 @@ struct JobRecord {
   cloudCost @18 :Int64;
   # Who submitted the job and may see and change it: an account (user/NAME) or "operator".
   owner @19 :Text;
+  # Results that did not look like the rest of their round and were re-computed (or, from
+  # the core tier, used as they were) instead of being taken on trust.
+  screenedResults @20 :UInt64;
+  # Device seconds of the results the job used, and of the re-computations that checked
+  # them: verification's share of the compute.
+  computeSeconds @21 :Float64;
+  recomputeSeconds @22 :Float64;
 }

@@ -60,6 +60,7 @@ struct round_result {
   double compute_s = 0.0;
   double wall_s = 0.0;  // from sending the assignment to its answer, as the core saw it
   check_state check = check_state::deciding;
+  bool excluded = false;  // an outlier left out of the round's mean while it is re-computed
 };
 
 using round_results = std::map<int64_t, round_result>;  // by shard: the first valid one wins
@@ -352,13 +353,14 @@ std::vector<int64_t> shards_of_round(const job_state& st, int64_t index) {
   return out;
 }
 
-// Drops every result of `node` from `results`; returns how many went.
+// Drops every result of `node` from `results`; returns how many of them had gone into the
+// round's mean (an outlier left out of it needs no rollback).
 size_t drop_node(round_results& results, const std::string& node) {
   size_t dropped = 0;
   for (auto it = results.begin(); it != results.end();) {
     if (it->second.slot.node_name == node) {
+      dropped += it->second.excluded ? 0 : 1;
       it = results.erase(it);
-      ++dropped;
     } else {
       ++it;
     }
@@ -464,15 +466,20 @@ void verify(job_actor* self, uint64_t assignment_id) {
   req.claimed = r->update;
   self->request(st.links.verifier, std::chrono::minutes(30), verify_atom::value, std::move(req))
       .then(
-          [=](double distance) {
+          [=](double distance, double norm_ratio, double compute_s) {
             auto& st = self->state;
+            st.job.status.recompute_s += std::isfinite(compute_s) ? std::max(compute_s, 0.0) : 0.0;
             auto* r = find_result(st, assignment_id);
             if (r == nullptr || st.finished) return;  // discarded meanwhile
             const auto tolerance = st.job.spec.tolerance;
-            spdlog::info("job {}: re-computed round {} shard {} of {}: distance {:.4f} ({})",
-                         st.job.id, r->work.round + 1, r->work.shard.substr(0, 12),
-                         r->slot.node_name, distance, distance <= tolerance ? "match" : "MISMATCH");
-            if (distance <= tolerance) {
+            const double norm_off = std::abs(norm_ratio - 1.0);
+            const bool match = distance <= tolerance && norm_off <= st.job.spec.norm_tolerance;
+            spdlog::info(
+                "job {}: re-computed round {} shard {} of {}: distance {:.4f}, norm ratio {:.4f} "
+                "({})",
+                st.job.id, r->work.round + 1, r->work.shard.substr(0, 12), r->slot.node_name,
+                distance, norm_ratio, match ? "match" : "MISMATCH");
+            if (match) {
               r->check = check_state::verified;
               st.job.status.verified_results += 1;
               try_confirm(self);
@@ -481,8 +488,12 @@ void verify(job_actor* self, uint64_t assignment_id) {
             }
             caught(self, r->slot.node_name,
                    "its result for round " + std::to_string(r->work.round + 1) +
-                       " differs from a re-computation by " + format_g(distance) +
-                       " (relative L2; tolerance " + format_g(tolerance) + ")");
+                       (distance > tolerance
+                            ? " differs from a re-computation by " + format_g(distance) +
+                                  " (relative L2; tolerance " + format_g(tolerance) + ")"
+                            : " has " + format_g(norm_ratio) +
+                                  " times the norm of a re-computation (norm tolerance " +
+                                  format_g(st.job.spec.norm_tolerance) + ")"));
           },
           [=](caf::error& e) {
             spdlog::warn("job {}: verification failed ({}); trying again", self->state.job.id,
@@ -498,9 +509,11 @@ void try_confirm(job_actor* self) {
   if (st.finished || !st.unconfirmed || unsettled(st.unconfirmed->results) > 0) return;
   auto u = std::move(*st.unconfirmed);
   st.unconfirmed.reset();
-  for (const auto& [shard, r] : u.results)
+  for (const auto& [shard, r] : u.results) {
     self->send(st.links.reputation, credit_atom::value, r.slot.node_name,
                r.check == check_state::verified, r.compute_s);
+    st.job.status.compute_s += std::min(r.compute_s, r.wall_s);
+  }
   const auto& spec = st.job.spec;
   auto& s = st.job.status;
   settlement pay;
@@ -612,29 +625,40 @@ void try_advance(job_actor* self) {
                   *std::min_element(cosines.begin(), cosines.end()),
                   *std::max_element(cosines.begin(), cosines.end()));
   }
-  auto outliers = find_outliers(updates, spec.norm_bound, spec.min_cosine);
-  if (!outliers.empty()) {
-    std::vector<std::pair<std::string, std::string>> who;
-    for (const auto& o : outliers)
-      who.emplace_back(order[o.index]->slot.node_name, "its result for round " +
-                                                           std::to_string(st.job.status.round + 1) +
-                                                           " is an outlier: " + o.why);
-    std::set<std::string> done;
-    for (const auto& [node, why] : who)
-      if (done.insert(node).second) caught(self, node, why);
-    return;
-  }
-  // Results that passed but stand out are re-computed whatever their node's reputation; the
-  // round is applied meanwhile and rolled back should one of them fail.
-  for (size_t i : find_suspicious(updates)) {
+  // No flag without proof: a result that does not look like the others is re-computed on a
+  // core-tier worker, and only a re-computation that disagrees with it flags its node. An
+  // outlier stays out of the mean (it is credited if the re-computation reproduces it);
+  // one that merely stands out is used while it is checked, and the round rolled back should
+  // the check fail. Core-tier results are the platform's own: never re-computed, always used.
+  screen_bounds bounds;
+  bounds.norm_bound = spec.norm_bound;
+  bounds.min_cosine = spec.min_cosine;
+  const auto screened = screen_round(updates, bounds);
+  for (size_t i = 0; i < screened.size(); ++i) {
     auto& r = *order[i];
-    if (r.check != check_state::clear || r.slot.tier == static_cast<uint8_t>(node_tier::core))
+    const auto& v = screened[i];
+    if (v.verdict == screen_verdict::typical) continue;
+    st.job.status.screened_results += 1;
+    if (r.slot.tier == static_cast<uint8_t>(node_tier::core)) {
+      spdlog::info("job {}: the core-tier result of {} for round {} is atypical ({}); used as is",
+                   st.job.id, r.slot.node_name, st.job.status.round + 1, v.why);
       continue;
-    spdlog::info("job {}: the result of {} for round {} stands out; re-computing it", st.job.id,
-                 r.slot.node_name, st.job.status.round + 1);
-    r.check = check_state::verifying;
-    verify(self, r.assignment_id);
+    }
+    r.excluded = v.verdict == screen_verdict::outlier;
+    spdlog::info("job {}: the result of {} for round {} {}: {}; re-computing it", st.job.id,
+                 r.slot.node_name, st.job.status.round + 1,
+                 r.excluded ? "is an outlier, left out of the mean" : "stands out", v.why);
+    if (r.check == check_state::clear || r.check == check_state::deciding) {
+      r.check = check_state::verifying;
+      verify(self, r.assignment_id);
+    }
   }
+  // The mean is taken over the results that are not left out (all of them, should every one
+  // be: the round's median cannot be an outlier, so that takes a round of fewer than 3).
+  std::vector<std::span<const float>> used;
+  for (size_t i = 0; i < order.size(); ++i)
+    if (!order[i]->excluded) used.push_back(updates[i]);
+  if (used.empty()) used = updates;
   if (st.closing)
     spdlog::warn("job {}: round {} past its deadline; closing it with {} of {} results", st.job.id,
                  st.job.status.round + 1, st.results.size(), spec.workers);
@@ -653,7 +677,7 @@ void try_advance(job_actor* self) {
   u.train_loss_before = st.job.status.train_loss;
   u.nodes_before = st.job.status.nodes;
   std::vector<double> mean;
-  robust_mean(updates, spec.clip, spec.trim, mean);
+  robust_mean(used, spec.clip, spec.trim, mean);
   const double mu = spec.outer_momentum, lr = spec.outer_lr;
   // Nesterov momentum on the averaged pseudo-gradient (DiLoCo's outer optimiser):
   //   m = mu * m + g;  theta -= lr * (g + mu * m)

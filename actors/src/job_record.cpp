@@ -41,6 +41,9 @@ std::vector<uint8_t> encode_job_record(const std::string& spec_text, const job_s
   r.setLateResults(s.late_results);
   r.setRejectedResults(s.rejected_results);
   r.setVerifiedResults(s.verified_results);
+  r.setScreenedResults(s.screened_results);
+  r.setComputeSeconds(s.compute_s);
+  r.setRecomputeSeconds(s.recompute_s);
   r.setRollbacks(s.rollbacks);
   r.setBudget(s.budget);
   r.setCreditsSpent(s.credits_spent);
@@ -75,6 +78,9 @@ expected<std::pair<std::string, job_status>> decode_job_record(std::span<const u
     s.late_results = r.getLateResults();
     s.rejected_results = r.getRejectedResults();
     s.verified_results = r.getVerifiedResults();
+    s.screened_results = r.getScreenedResults();
+    s.compute_s = r.getComputeSeconds();
+    s.recompute_s = r.getRecomputeSeconds();
     s.rollbacks = r.getRollbacks();
     s.budget = r.getBudget();
     s.credits_spent = r.getCreditsSpent();

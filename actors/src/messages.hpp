@@ -146,7 +146,8 @@ struct acquire_reply {
 };
 
 /// job -> verifier (verify_atom): re-run `work` on a core-tier worker and answer with the
-/// relative L2 distance of `claimed` (the decoded update a node returned) from the result.
+/// relative L2 distance of `claimed` (the decoded update a node returned) from the result,
+/// the ratio of their norms, and the re-computation's compute seconds.
 struct verify_request {
   assignment work;
   std::vector<float> claimed;
@@ -239,8 +240,8 @@ typename Inspector::result_type inspect(Inspector& f, job_status& x) {
   return f(caf::meta::type_name("job_status"), x.job_id, x.name, x.workload, x.owner, x.state,
            x.detail, x.round, x.rounds, x.test_accuracy, x.train_loss, x.nodes, x.bytes_sent,
            x.bytes_received, x.elapsed_s, x.eta_s, x.late_results, x.rejected_results,
-           x.verified_results, x.rollbacks, x.account, x.budget, x.credits_spent, x.credits_held,
-           x.device_hours, x.cloud_cost);
+           x.verified_results, x.rollbacks, x.screened_results, x.compute_s, x.recompute_s,
+           x.account, x.budget, x.credits_spent, x.credits_held, x.device_hours, x.cloud_cost);
 }
 
 template <class Inspector>

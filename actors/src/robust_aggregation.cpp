@@ -51,10 +51,6 @@ double relative_distance(std::span<const float> claimed, std::span<const float> 
   return std::sqrt(diff / ref);
 }
 
-double noise_agreement_bound(size_t dim) noexcept {
-  return dim == 0 ? 0.0 : 5.0 / std::sqrt(static_cast<double>(dim));
-}
-
 std::vector<double> agreement(const std::vector<std::span<const float>>& updates) {
   const size_t n = updates.size();
   std::vector<double> out(n, 0.0);
@@ -81,58 +77,99 @@ std::vector<double> agreement(const std::vector<std::span<const float>>& updates
   return out;
 }
 
-std::vector<outlier> find_outliers(const std::vector<std::span<const float>>& updates,
-                                   double norm_bound, double min_cosine) {
-  std::vector<outlier> out;
-  const size_t n = updates.size();
-  if (n < 3) return out;
-  const auto norms = norms_of(updates);
-  const double median = median_of(norms);
-  std::vector<bool> kept(n, true);
-  for (size_t i = 0; i < n; ++i) {
-    if (norms[i] > norm_bound * median || norms[i] * norm_bound < median) {
-      out.push_back({i, "update norm " + format(norms[i]) + " is outside [" +
-                            format(median / norm_bound) + ", " + format(median * norm_bound) +
-                            "] (the round's median " + format(median) + " within a factor " +
-                            format(norm_bound) + ")"});
-      kept[i] = false;
-    }
+void coordinate_median(const std::vector<std::span<const float>>& updates,
+                       std::vector<float>& out) {
+  GFLEX_CHECK(!updates.empty(), "coordinate_median: no updates");
+  const size_t n = updates.size(), dim = updates[0].size();
+  for (const auto& u : updates) GFLEX_CHECK(u.size() == dim, "coordinate_median: sizes differ");
+  out.resize(dim);
+  std::vector<float> column(n);
+  auto mid = column.begin() + static_cast<std::ptrdiff_t>(n / 2);
+  for (size_t k = 0; k < dim; ++k) {
+    for (size_t i = 0; i < n; ++i) column[i] = updates[i][k];
+    std::nth_element(column.begin(), mid, column.end());
+    float m = *mid;
+    if (n % 2 == 0) m = 0.5f * (m + *std::max_element(column.begin(), mid));
+    out[k] = m;
   }
-  if (min_cosine <= -1.0) return out;
-  std::vector<size_t> rest;
-  for (size_t i = 0; i < n; ++i)
-    if (kept[i] && norms[i] > 0.0) rest.push_back(i);
-  if (rest.size() < 3) return out;
-  std::vector<std::span<const float>> kept_updates;
-  for (size_t i : rest) kept_updates.push_back(updates[i]);
-  auto cosines = agreement(kept_updates);
-  // A random direction in `dim` dimensions has a cosine of about N(0, 1/dim) with any fixed
-  // one: an update must agree with the others clearly more than noise does.
-  const double chance = noise_agreement_bound(updates[rest[0]].size());
-  const double threshold = std::max(min_cosine, chance);
-  for (size_t j = 0; j < rest.size(); ++j)
-    if (cosines[j] < threshold)
-      out.push_back({rest[j], "update direction has cosine similarity " + format(cosines[j]) +
-                                  " with the round's other results, below " + format(threshold) +
-                                  (threshold == chance ? " (what noise reaches)" : "")});
-  std::sort(out.begin(), out.end(),
-            [](const outlier& a, const outlier& b) { return a.index < b.index; });
-  return out;
 }
 
-std::vector<size_t> find_suspicious(const std::vector<std::span<const float>>& updates) {
-  constexpr double norm_ratio = 1.15, agreement_ratio = 0.5;
-  std::vector<size_t> out;
+std::vector<screened_result> screen_round(const std::vector<std::span<const float>>& updates,
+                                          const screen_bounds& bounds) {
   const size_t n = updates.size();
+  std::vector<screened_result> out(n);
+  for (size_t i = 0; i < n; ++i) out[i].norm = l2_norm(updates[i]);
   if (n < 3) return out;
-  const auto norms = norms_of(updates);
-  const double median_norm = median_of(norms);
-  const auto cosines = agreement(updates);
-  const double median_agreement = median_of(cosines);
+  // Each result against the coordinate-wise median of the others: a median that includes
+  // the result itself leans towards it (its own noise), and a sign flipper among nearly
+  // orthogonal honest updates would then seem to agree with it. Per coordinate the column is
+  // sorted once, and each result's leave-one-out median read from it in O(1).
+  const size_t dim = updates[0].size();
+  std::vector<double> dot(n, 0.0), ref_sq(n, 0.0), log_norms(n), cosines(n);
+  std::vector<std::pair<float, uint32_t>> column(n);
+  std::vector<size_t> rank(n);
+  const size_t m = n - 1, h = m / 2;  // the others: m values, median at h (and h - 1 if even)
+  for (size_t k = 0; k < dim; ++k) {
+    for (size_t i = 0; i < n; ++i) column[i] = {updates[i][k], static_cast<uint32_t>(i)};
+    std::sort(column.begin(), column.end());
+    for (size_t j = 0; j < n; ++j) rank[column[j].second] = j;
+    for (size_t i = 0; i < n; ++i) {
+      // The j-th smallest of the others is column[j] before i's rank, column[j + 1] after.
+      auto nth = [&](size_t j) { return column[j < rank[i] ? j : j + 1].first; };
+      const double med = m % 2 == 1 ? nth(h) : 0.5 * (static_cast<double>(nth(h - 1)) + nth(h));
+      dot[i] += med * updates[i][k];
+      ref_sq[i] += med * med;
+    }
+  }
   for (size_t i = 0; i < n; ++i) {
-    bool odd_norm = norms[i] > norm_ratio * median_norm || norms[i] * norm_ratio < median_norm;
-    bool odd_direction = median_agreement > 0.0 && cosines[i] < agreement_ratio * median_agreement;
-    if (odd_norm || odd_direction) out.push_back(i);
+    const double denominator = out[i].norm * std::sqrt(ref_sq[i]);
+    out[i].cosine = cosines[i] = denominator > 0.0 ? dot[i] / denominator : 0.0;
+    // A zero update has no direction and the smallest norm there is.
+    log_norms[i] = std::log(std::max(out[i].norm, 1e-30));
+  }
+  auto mad = [](const std::vector<double>& v, double centre) {
+    std::vector<double> d(v.size());
+    for (size_t i = 0; i < v.size(); ++i) d[i] = std::abs(v[i] - centre);
+    return median_of(std::move(d));
+  };
+  const double median_log_norm = median_of(log_norms);
+  const double median_norm = std::exp(median_log_norm);
+  const double median_cosine = median_of(cosines);
+  // 1.4826 x MAD estimates a standard deviation for normally spread values.
+  const double norm_spread =
+      std::max(1.4826 * mad(log_norms, median_log_norm), bounds.min_norm_spread);
+  // A cosine between directions in `dim` dimensions that are unrelated beyond a common part
+  // wanders by about 1/sqrt(dim): no spread is taken to be smaller than that.
+  const double chance = 1.0 / std::sqrt(static_cast<double>(std::max<size_t>(dim, 1)));
+  const double cosine_spread =
+      std::max({1.4826 * mad(cosines, median_cosine), bounds.min_cosine_spread, chance});
+  for (size_t i = 0; i < n; ++i) {
+    auto& r = out[i];
+    if (r.norm > bounds.norm_bound * median_norm || r.norm * bounds.norm_bound < median_norm) {
+      r.verdict = screen_verdict::outlier;
+      r.why = "update norm " + format(r.norm) + " is outside [" +
+              format(median_norm / bounds.norm_bound) + ", " +
+              format(median_norm * bounds.norm_bound) + "] (the round's median " +
+              format(median_norm) + " within a factor " + format(bounds.norm_bound) + ")";
+    } else if (bounds.min_cosine > -1.0 && r.cosine < bounds.min_cosine &&
+               (median_cosine - r.cosine > bounds.spreads * cosine_spread ||
+                r.cosine < bounds.min_cosine - bounds.spreads * chance)) {
+      // Below the bound and atypical for the round; or below it by more than chance allows,
+      // whatever the round shows (a large minority of cheats widens the round's spread).
+      r.verdict = screen_verdict::outlier;
+      r.why = "update direction has cosine " + format(r.cosine) +
+              " with the coordinate-wise median of the round's other results, below " + format(bounds.min_cosine);
+    } else if (std::abs(log_norms[i] - median_log_norm) > bounds.spreads * norm_spread) {
+      r.verdict = screen_verdict::stands_out;
+      r.why = "update norm " + format(r.norm) + " is " +
+              format(std::exp(std::abs(log_norms[i] - median_log_norm))) +
+              " times off the round's median " + format(median_norm);
+    } else if (median_cosine - r.cosine > bounds.spreads * cosine_spread) {
+      r.verdict = screen_verdict::stands_out;
+      r.why = "update direction has cosine " + format(r.cosine) +
+              " with the coordinate-wise median of the round's other results, against a median of " +
+              format(median_cosine) + " (spread " + format(cosine_spread) + ")";
+    }
   }
   return out;
 }

@@ -23,32 +23,49 @@ double relative_distance(std::span<const float> claimed, std::span<const float> 
 /// update, or one with no others to compare with, gets 0.
 std::vector<double> agreement(const std::vector<std::span<const float>>& updates);
 
-/// Five standard deviations of the cosine between a random direction and a fixed one in
-/// `dim` dimensions, 5 / sqrt(dim): an update agreeing less than this with the others is
-/// indistinguishable from noise.
-double noise_agreement_bound(size_t dim) noexcept;
-
-/// A result the immediate checks refuse, and why in words.
-struct outlier {
-  size_t index = 0;
-  std::string why;
+/// How a result compares with the rest of its round.
+enum class screen_verdict : uint8_t {
+  typical,     ///< like the others
+  stands_out,  ///< further from the others than honest results usually are: re-computed
+  outlier,     ///< far off (norm or direction): re-computed, and left out of the mean
 };
 
-/// The results of one round that do not look like the others. Norms: a result whose norm is
-/// over `norm_bound` times the median norm, or under the median over `norm_bound`, is an
-/// outlier. Directions, among the rest: a result whose agreement (below) is under
-/// max(min_cosine, noise_agreement_bound) is an outlier. With fewer than 3 results nothing can be
-/// compared and none is an outlier; min_cosine <= -1 turns the direction check off. The bounds hold
-/// while honest results are a majority of the round.
-std::vector<outlier> find_outliers(const std::vector<std::span<const float>>& updates,
-                                   double norm_bound, double min_cosine);
+/// The bounds of `screen_round`: hard ones from the job's spec, and how many robust spreads
+/// away from the round's median a result may lie before it stands out.
+struct screen_bounds {
+  double norm_bound = 4.0;  ///< Outlier: norm over this times the median norm, or under it.
+  /// Outlier: a cosine with the reference below this and atypically low (<= -1: off).
+  double min_cosine = 0.0;
+  double spreads = 3.0;  ///< Stands out: this many robust spreads from the round's median.
+  /// The smallest spread used, whatever the round shows: a round of three nearly equal
+  /// results would otherwise make the smallest difference stand out. Log-norm, and cosine
+  /// (which is never taken below 1/sqrt(parameters), how far unrelated directions wander).
+  double min_norm_spread = 0.05;
+  double min_cosine_spread = 0.0;
+};
 
-/// Results that pass the checks above but stand out enough to deserve a re-computation
-/// whatever their node's reputation: a norm more than 15% away from the round's median, or
-/// an agreement under half the round's median agreement. Honest results of one round are
-/// much closer than that (their norms within a few percent), while a node scaling its
-/// updates or replaying old ones is not. With fewer than 3 results, none.
-std::vector<size_t> find_suspicious(const std::vector<std::span<const float>>& updates);
+/// One result's figures and verdict.
+struct screened_result {
+  screen_verdict verdict = screen_verdict::typical;
+  double norm = 0.0;
+  double cosine = 0.0;  ///< With the coordinate-wise median of the round's other results.
+  std::string why;      ///< For a verdict other than typical.
+};
+
+/// Compares every result of a round with a reference that a minority cannot move: the
+/// coordinate-wise median of the round's other results. A result's norm (on a log scale) and its
+/// cosine with the reference are set against the round's own medians and median absolute
+/// deviations, so the bounds follow the spread that honest results show at that point of
+/// training (late in training honest updates are nearly orthogonal, and their cosines with
+/// the reference fall; so does the bound). A verdict is never proof of cheating: the job
+/// re-computes what does not look typical before it flags anyone. With fewer than 3 results
+/// there is nothing to compare and every result is typical.
+std::vector<screened_result> screen_round(const std::vector<std::span<const float>>& updates,
+                                          const screen_bounds& bounds);
+
+/// The coordinate-wise median of `updates` (all of one length) into `out`.
+void coordinate_median(const std::vector<std::span<const float>>& updates,
+                       std::vector<float>& out);
 
 /// A count sketch of an update (each value added, with a pseudo-random sign, to one of
 /// `buckets` pseudo-random buckets; the same for every update of the same size): the cosine

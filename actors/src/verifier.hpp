@@ -2,14 +2,15 @@
 /// @file
 /// The verifier: re-runs sampled assignments on core-tier workers, the platform's own
 /// machines, and says how far a node's claimed update is from the re-computed one. An
-/// assignment is deterministic given its parameters, shard, seed and hyper-parameters, so an
-/// honest result differs from the re-computation only by rounding and by the claimant's
-/// int8 error-feedback residual (the re-computation runs in fp32 and leaves the core-tier
-/// worker's residual alone).
+/// assignment is deterministic given its parameters, shard, seed and hyper-parameters (a
+/// worker carries nothing from one assignment to the next), so an honest result differs from
+/// the re-computation only by the int8 wire format and by rounding on other arithmetic, which
+/// training can amplify (docs/BENCHMARKS.md, "Re-computation on other arithmetic").
 ///
 /// Protocol:
-/// - (verify_atom, verify_request) -> double: the relative L2 distance |claimed - recomputed|
-///   / |recomputed|, or an error when the re-computation itself failed three times. Requests
+/// - (verify_atom, verify_request) -> (double distance, double norm_ratio, double compute_s):
+///   the relative L2 distance |claimed - recomputed| / |recomputed|, the ratio of the norms
+///   |claimed| / |recomputed|, and the compute seconds the re-computation took; or an error when the re-computation itself failed three times. Requests
 ///   wait in order for a free core-tier slot (acquired from the market with the core
 ///   policy); a lost worker's request is run again on another.
 /// - (withdraw_atom, node_id) from the market: a core-tier node went away; its requests are

@@ -82,7 +82,7 @@ const std::array<table_schema, 8>& schema() {
       {"wire", {"compression"}},
       {"eval", {"every"}},
       {"round", {"deadline_s", "quorum", "backup_after"}},
-      {"trust", {"tier", "tolerance", "norm_bound", "min_cosine", "clip", "trim"}},
+      {"trust", {"tier", "tolerance", "norm_tolerance", "norm_bound", "min_cosine", "clip", "trim"}},
       {"market", {"account", "budget", "max_price", "min_reputation", "deadline_h"}},
   }};
   return tables;
@@ -411,6 +411,8 @@ expected<job_spec> read_spec(const reader& in) {
   constexpr real_range clip{0.0, false, 1000.0, false};
   constexpr real_range trim{0.0, false, 0.5, true};
   if (auto r = in.number("trust", "tolerance", tolerance, spec.tolerance); !r) return r.error();
+  if (auto r = in.number("trust", "norm_tolerance", tolerance, spec.norm_tolerance); !r)
+    return r.error();
   if (auto r = in.number("trust", "norm_bound", norm_bound, spec.norm_bound); !r) return r.error();
   if (auto r = in.number("trust", "min_cosine", cosine, spec.min_cosine); !r) return r.error();
   if (auto r = in.number("trust", "clip", clip, spec.clip); !r) return r.error();
@@ -532,6 +534,7 @@ std::string to_toml(const job_spec& spec) {
   out += "\n[trust]\n";
   out += "tier = " + quote(to_string(spec.tier)) + "\n";
   out += "tolerance = " + real(spec.tolerance) + "\n";
+  out += "norm_tolerance = " + real(spec.norm_tolerance) + "\n";
   out += "norm_bound = " + real(spec.norm_bound) + "\n";
   out += "min_cosine = " + real(spec.min_cosine) + "\n";
   out += "clip = " + real(spec.clip) + "\n";

@@ -57,7 +57,8 @@ TEST_SUITE("job_spec") {
     CHECK(r->compression == compression::int8);
     CHECK(r->eval_every == 1);
     CHECK(r->tier == trust_tier::hybrid);
-    CHECK(r->tolerance == 0.1);
+    CHECK(r->tolerance == 0.35);
+    CHECK(r->norm_tolerance == 0.05);
     CHECK(r->norm_bound == 4.0);
     CHECK(r->min_cosine == 0.0);
     CHECK(r->clip == 2.0);
@@ -75,6 +76,7 @@ TEST_SUITE("job_spec") {
     CHECK(contains(failure(with("[trust]\ntier = \"volunteer\"")),
                    "trust.tier: must be one of \"hybrid\", \"core\", \"community\""));
     CHECK(contains(failure(with("[trust]\ntolerance = 0")), "trust.tolerance"));
+    CHECK(contains(failure(with("[trust]\nnorm_tolerance = 1.5")), "trust.norm_tolerance"));
     CHECK(contains(failure(with("[trust]\nnorm_bound = 1.0")), "trust.norm_bound"));
     CHECK(contains(failure(with("[trust]\ntrim = 0.5")), "trust.trim"));
     CHECK(contains(failure(with("[trust]\nclip = 0.5")),
