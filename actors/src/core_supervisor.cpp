@@ -118,7 +118,7 @@ caf::actor restart_child(core_actor_type* self, const caf::actor_addr& who) {
     tell(c.gate, "store", c.store);
     return c.store;
   } else if (who == c.market.address()) {
-    c.market = spawn_market(sys);
+    c.market = spawn_market(sys, st.config.newcomer_share);
     tell(c.reputation, "market", c.market);
     tell(c.registry, "market", c.market);
     tell(c.jobs, "market", c.market);
@@ -449,7 +449,7 @@ expected<caf::actor> spawn_core(caf::actor_system& sys, const core_config& confi
   if (!store) return store.error();
   core_children c;
   c.store = *store;
-  c.market = spawn_market(sys);
+  c.market = spawn_market(sys, config.newcomer_share);
   auto catalog = std::make_shared<data_catalog>();
   c.data_server = spawn_data_server(sys, catalog);
   c.registry = spawn_registry(sys, c.market, c.data_server,

@@ -251,6 +251,21 @@ struct settlement {
   std::string memo;
 };
 
+struct payment {
+  int64_t cost = 0;  // what the job pays for the result
+  int64_t fee = 0;   // of which the platform keeps this
+  double paid_s = 0.0;
+};
+
+payment payment_of(const job_state& st, const round_result& r) {
+  payment p;
+  if (!metered(st)) return p;
+  p.paid_s = std::clamp(std::min(r.compute_s, r.wall_s), 0.0, st.job.spec.deadline_s);
+  p.cost = static_cast<int64_t>(static_cast<double>(r.slot.price) * p.paid_s / 3600.0);
+  p.fee = static_cast<int64_t>(static_cast<double>(p.cost) * st.links.fee);
+  return p;
+}
+
 settlement settle_round(job_state& st, int64_t index, const round_results& results) {
   settlement out;
   const auto& spec = st.job.spec;
@@ -258,9 +273,7 @@ settlement settle_round(job_state& st, int64_t index, const round_results& resul
   std::map<std::string, int64_t> to_nodes;
   int64_t fees = 0;
   for (const auto& [shard, r] : results) {
-    double paid_s = std::clamp(std::min(r.compute_s, r.wall_s), 0.0, spec.deadline_s);
-    auto cost = static_cast<int64_t>(static_cast<double>(r.slot.price) * paid_s / 3600.0);
-    auto fee = static_cast<int64_t>(static_cast<double>(cost) * st.links.fee);
+    const auto [cost, fee, paid_s] = payment_of(st, r);
     to_nodes["node/" + r.slot.node_name] += cost - fee;
     fees += fee;
     out.paid += cost;
@@ -510,8 +523,9 @@ void try_confirm(job_actor* self) {
   auto u = std::move(*st.unconfirmed);
   st.unconfirmed.reset();
   for (const auto& [shard, r] : u.results) {
+    const auto pay = payment_of(st, r);
     self->send(st.links.reputation, credit_atom::value, r.slot.node_name,
-               r.check == check_state::verified, r.compute_s);
+               r.check == check_state::verified, r.compute_s, pay.cost - pay.fee);
     st.job.status.compute_s += std::min(r.compute_s, r.wall_s);
   }
   const auto& spec = st.job.spec;

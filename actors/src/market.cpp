@@ -1,6 +1,7 @@
 #include "market.hpp"
 
 #include <chrono>
+#include <cmath>
 #include <map>
 #include <set>
 
@@ -35,10 +36,14 @@ struct market_state {
   std::set<caf::actor_addr> watched;     // jobs monitored
   std::set<std::string> barred;          // node names caught misbehaving: never offered again
   std::map<std::string, double> scores;  // reputation by node name, from the tracker
+  std::map<std::string, int64_t> served;  // assignments given, by node name (its history)
+  double newcomer_share = 0.05;
+  double newcomer_quota = 0.0;  // reserved slots owed to newcomers, fractions carried over
   static inline const char* name = "market";
 };
 
-caf::behavior market_actor(caf::stateful_actor<market_state>* self) {
+caf::behavior market_actor(caf::stateful_actor<market_state>* self, double newcomer_share) {
+  self->state.newcomer_share = newcomer_share;
   // A job that dies holding slots (its supervisor restarts it) must not keep them busy.
   // A worker that dies (its node supervisor offers a replacement) loses its slot.
   self->set_down_handler([=](const caf::down_msg& down) {
@@ -102,12 +107,18 @@ caf::behavior market_actor(caf::stateful_actor<market_state>* self) {
         offers.reserve(st.slots.size());
         for (const auto& e : st.slots) {
           auto score = st.scores.find(e.slot.node_name);
+          auto served = st.served.find(e.slot.node_name);
           offers.push_back({e.slot.tier, e.slot.price, e.slot.throughput,
                             score == st.scores.end() ? 0.5 : score->second,
-                            !e.busy && now >= e.cooldown_until});
+                            !e.busy && now >= e.cooldown_until,
+                            served == st.served.end() ? 0 : served->second});
         }
         slot_bid bid{static_cast<trust_tier>(std::min<uint8_t>(policy, 2)), max_price,
                      min_reputation};
+        if (bid.policy != trust_tier::core && wanted > 0) {
+          st.newcomer_quota += st.newcomer_share * static_cast<double>(wanted);
+          bid.reserve_new = static_cast<size_t>(std::floor(st.newcomer_quota));
+        }
         auto m =
             match_slots(offers, bid, static_cast<size_t>(std::max<int64_t>(wanted, 0)), st.cursor);
         acquire_reply out;
@@ -117,12 +128,21 @@ caf::behavior market_actor(caf::stateful_actor<market_state>* self) {
         out.low_reputation = m.low_reputation;
         auto holder = caf::actor_cast<caf::actor>(self->current_sender());
         if (holder && st.watched.insert(holder.address()).second) self->monitor(holder);
+        size_t to_newcomers = 0;
         for (size_t i : m.chosen) {
           auto& e = st.slots[i];
+          if (offers[i].tier != static_cast<uint8_t>(node_tier::core) &&
+              offers[i].served < bid.newcomer_served)
+            ++to_newcomers;
+          st.served[e.slot.node_name] += 1;
           e.busy = true;
           e.holder = holder;
           out.slots.push_back(e.slot);
         }
+        // What newcomers got is paid off the quota; what none could take is not owed on (a
+        // market without newcomers must not build up a debt to the next one that comes).
+        st.newcomer_quota -= static_cast<double>(std::min(to_newcomers, bid.reserve_new));
+        st.newcomer_quota = std::min(st.newcomer_quota, 1.0);
         // Slots of equal cost are taken from here on next time, to spread work.
         if (!st.slots.empty()) st.cursor = (st.cursor + m.chosen.size()) % st.slots.size();
         return out;
@@ -156,8 +176,8 @@ caf::behavior market_actor(caf::stateful_actor<market_state>* self) {
 
 }  // namespace
 
-caf::actor spawn_market(caf::actor_system& sys) {
-  return sys.spawn(market_actor);
+caf::actor spawn_market(caf::actor_system& sys, double newcomer_share) {
+  return sys.spawn(market_actor, newcomer_share);
 }
 
 }  // namespace gflex

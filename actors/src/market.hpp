@@ -13,8 +13,11 @@
 ///   free slots, now busy, chosen by matcher.hpp: `policy` is a gflex::trust_tier (core-tier
 ///   slots only, community only, or hybrid: community first), a slot's price must be within
 ///   max_price (micro-credits per device-hour; negative: any) and its node's score reach
-///   min_reputation; the cheapest per unit of work go first, equal ones in turn. The reply
-///   counts the slots left out (busy, wrong tier, too expensive, low reputation).
+///   min_reputation; the cheapest per unit of work go first, and among offers of (nearly)
+///   equal cost the node given the least work so far; a share of community slots
+///   (`newcomer_share` of the slots asked for, the fractions carried from one acquire to the
+///   next) goes to nodes given fewer than 5 assignments first. The reply counts the slots
+///   left out (busy, wrong tier, too expensive, low reputation).
 /// - (score_atom, node_name, score) from the reputation tracker: a node's current score.
 /// - (bar_atom, node_name) from the reputation tracker: a node caught misbehaving. Its slots
 ///   go (their holders hear withdraw_atom) and it is never offered again.
@@ -29,6 +32,7 @@
 
 namespace gflex {
 
-caf::actor spawn_market(caf::actor_system& sys);
+/// `newcomer_share`, in [0, 1]: the share of the slots jobs ask for reserved for newcomers.
+caf::actor spawn_market(caf::actor_system& sys, double newcomer_share = 0.05);
 
 }  // namespace gflex

@@ -34,17 +34,41 @@ match_result match_slots(std::span<const slot_offer> offers, const slot_bid& bid
     }
   }
   const size_t n = std::max<size_t>(offers.size(), 1);
-  auto cheaper = [&](size_t a, size_t b) {
-    double ca = unit_cost(offers[a]), cb = unit_cost(offers[b]);
-    return ca != cb ? ca < cb : (a + n - rotate % n) % n < (b + n - rotate % n) % n;
+  auto rotated = [&](size_t i) { return (i + n - rotate % n) % n; };
+  auto fairer = [&](size_t a, size_t b) {
+    if (offers[a].served != offers[b].served) return offers[a].served < offers[b].served;
+    return rotated(a) < rotated(b);
   };
-  for (auto* pool : {&community_pool, &core_pool}) {
-    size_t take = std::min(pool->size(), wanted - out.chosen.size());
-    std::partial_sort(pool->begin(), pool->begin() + static_cast<std::ptrdiff_t>(take), pool->end(),
-                      cheaper);
-    out.chosen.insert(out.chosen.end(), pool->begin(),
-                      pool->begin() + static_cast<std::ptrdiff_t>(take));
+  // Takes up to `count` of `pool` into the result: repeatedly the offers within the band of
+  // the cheapest left, the least served of them first.
+  auto take = [&](std::vector<size_t>& pool, size_t count) {
+    std::sort(pool.begin(), pool.end(),
+              [&](size_t a, size_t b) { return unit_cost(offers[a]) < unit_cost(offers[b]); });
+    size_t begin = 0;
+    while (count > 0 && begin < pool.size()) {
+      const double limit = unit_cost(offers[pool[begin]]) * (1.0 + bid.equal_cost_band);
+      size_t end = begin;
+      while (end < pool.size() && unit_cost(offers[pool[end]]) <= limit) ++end;
+      std::sort(pool.begin() + static_cast<std::ptrdiff_t>(begin),
+                pool.begin() + static_cast<std::ptrdiff_t>(end), fairer);
+      const size_t k = std::min(count, end - begin);
+      out.chosen.insert(out.chosen.end(), pool.begin() + static_cast<std::ptrdiff_t>(begin),
+                        pool.begin() + static_cast<std::ptrdiff_t>(begin + k));
+      count -= k;
+      begin += k;  // (a band only partly taken leaves count at 0)
+    }
+    pool.erase(pool.begin(), pool.begin() + static_cast<std::ptrdiff_t>(begin));
+  };
+  // Newcomers first, for the reserved share: they earn and get tested.
+  if (bid.reserve_new > 0) {
+    std::vector<size_t> newcomers, rest;
+    for (size_t i : community_pool)
+      (offers[i].served < bid.newcomer_served ? newcomers : rest).push_back(i);
+    take(newcomers, std::min(bid.reserve_new, wanted));
+    rest.insert(rest.end(), newcomers.begin(), newcomers.end());
+    community_pool = std::move(rest);
   }
+  for (auto* pool : {&community_pool, &core_pool}) take(*pool, wanted - out.chosen.size());
   return out;
 }
 

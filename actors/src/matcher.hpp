@@ -4,8 +4,12 @@
 /// A slot is eligible when its tier fits the job's policy, its price is within the job's
 /// max_price and its node's reputation reaches the job's min_reputation. Eligible slots are
 /// taken cheapest first by cost per unit of work, price over calibrated throughput; hybrid
-/// jobs take community slots first and core-tier slots for the rest. The counts of slots
-/// left out say why a job waits.
+/// jobs take community slots first and core-tier slots for the rest. Offers whose costs are
+/// within `equal_cost_band` of the cheapest left count as equal (calibrated throughputs of
+/// identical machines differ by measurement noise), and among equal offers the node that has
+/// been given the least work goes first, so every eligible node gets its turn. A number of
+/// slots can be reserved for newcomers (nodes with little history), so that they earn and
+/// get tested. The counts of slots left out say why a job waits.
 
 #include <cstddef>
 #include <cstdint>
@@ -23,6 +27,7 @@ struct slot_offer {
   double throughput = 0.0;  ///< Calibrated samples per second (fashion-mlp); > 0.
   double reputation = 0.5;  ///< The node's score.
   bool available = true;    ///< Free, not cooling down.
+  int64_t served = 0;       ///< Assignments its node has been given: its history.
 };
 
 /// What a job asks for.
@@ -30,6 +35,11 @@ struct slot_bid {
   trust_tier policy = trust_tier::hybrid;
   int64_t max_price = -1;  ///< Micro-credits per device-hour; negative: any.
   double min_reputation = 0.0;
+  /// Of the slots wanted, how many go to newcomers first (community slots whose node has
+  /// been served fewer than `newcomer_served` assignments) where there are such slots.
+  size_t reserve_new = 0;
+  int64_t newcomer_served = 5;
+  double equal_cost_band = 0.25;  ///< Costs within this fraction of each other are equal.
 };
 
 struct match_result {
@@ -43,8 +53,8 @@ struct match_result {
 /// Cost per unit of work: price over throughput (a slot without a throughput costs most).
 double unit_cost(const slot_offer& o) noexcept;
 
-/// Up to `wanted` slots for `bid`; O(n log wanted). Slots of equal cost are taken in index
-/// order starting at `rotate` (mod n), so that a caller rotating it spreads work over them.
+/// Up to `wanted` slots for `bid`; O(n log n). Among equal offers those of the least served
+/// node go first, then index order starting at `rotate` (mod n).
 match_result match_slots(std::span<const slot_offer> offers, const slot_bid& bid, size_t wanted,
                          size_t rotate = 0);
 

@@ -248,7 +248,7 @@ template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, node_status& x) {
   return f(caf::meta::type_name("node_status"), x.node_id, x.name, x.device, x.workers, x.gpus,
            x.last_seen_s, x.tier, x.score, x.streak, x.validated, x.verified, x.rejected, x.flagged,
-           x.credited_s, x.last_rejection);
+           x.credited_s, x.earned, x.last_rejection);
 }
 
 /// Registers every message type above (and the vectors of them that travel) with `cfg`.

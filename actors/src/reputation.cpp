@@ -32,13 +32,14 @@ double reputation::verify_probability(const reputation_policy& policy) const noe
 }
 
 void reputation::on_validated(const reputation_policy& policy, bool was_verified,
-                              double compute_s) {
+                              double compute_s, int64_t paid) {
   good = good * policy.decay + 1.0;
   bad *= policy.decay;
   streak += 1;
   validated += 1;
   if (was_verified) verified += 1;
   if (std::isfinite(compute_s) && compute_s > 0.0) credited_s += compute_s;
+  if (paid > 0) earned += paid;
 }
 
 void reputation::on_rejected(const reputation_policy& policy, std::string reason) {
@@ -61,6 +62,7 @@ std::string encode_reputation(const reputation& r) {
                       {"rejected", r.rejected},
                       {"flagged", r.flagged},
                       {"credited_s", r.credited_s},
+                      {"earned", r.earned},
                       {"last_rejection", r.last_rejection},
                       {"public_key", r.public_key}};
   return j.dump();
@@ -87,6 +89,8 @@ expected<reputation> decode_reputation(std::string_view text) {
     r.credited_s = j.at("credited_s").get<double>();
     r.last_rejection = j.at("last_rejection").get<std::string>();
     if (j.contains("public_key")) r.public_key = j.at("public_key").get<std::string>();
+    // Records written before earnings were kept have none.
+    if (j.contains("earned")) r.earned = static_cast<int64_t>(integer_at<uint64_t>(j, "earned"));
     if (r.name.empty() || !(r.good >= 0.0) || !(r.bad >= 0.0) || r.streak < 0 ||
         !std::isfinite(r.good) || !std::isfinite(r.bad) || !(r.credited_s >= 0.0))
       return error(errc::malformed_message, "reputation record has out-of-range values");

@@ -47,6 +47,7 @@ struct reputation {
   uint64_t rejected = 0;
   bool flagged = false;
   double credited_s = 0.0;  ///< Compute seconds credited for validated results.
+  int64_t earned = 0;       ///< Micro-credits paid for validated results.
   std::string last_rejection;
   std::string public_key;  ///< Hex Ed25519 key the name is bound to at its first join.
 
@@ -57,8 +58,10 @@ struct reputation {
   /// an untrusted community node, then max(floor, 1 / streak).
   double verify_probability(const reputation_policy& policy) const noexcept;
 
-  /// A result was applied in a committed round: streak and score grow, and it is credited.
-  void on_validated(const reputation_policy& policy, bool was_verified, double compute_s);
+  /// A result was applied in a committed round: streak and score grow, and it is credited
+  /// (`earned`: micro-credits it was paid; negative amounts are ignored).
+  void on_validated(const reputation_policy& policy, bool was_verified, double compute_s,
+                    int64_t earned = 0);
 
   /// A result was refused (an immediate check or verification failed): the node loses its
   /// streak and what it had earned of its score, and is flagged.

@@ -10,8 +10,9 @@
 ///   key is refused (permission_denied).
 /// - (sample_atom, name) -> bool: whether to re-compute this result of the node (drawn with
 ///   the node's verification probability).
-/// - (credit_atom, name, verified, compute_s): a result of the node was applied in a
-///   committed round; it is credited.
+/// - (credit_atom, name, verified, compute_s, earned): a result of the node was applied in
+///   a committed round; it is credited, and `earned` micro-credits (what the node was paid
+///   for it, 0 for an unmetered job) are added to its earnings.
 /// - (reject_atom, name, reason): a result of the node was refused. The node is flagged and
 ///   the market told to bar it (bar_atom, name).
 /// - (nodes_atom) -> vector<node_status>: every record, reputation fields filled in.

@@ -118,6 +118,10 @@ int main(int argc, char** argv) {
                  "AWS p3.2xlarge on demand, $3.06/h)")
       ->check(CLI::Range(0.0, 1e6))
       ->capture_default_str();
+  app.add_option("--newcomer-share", config.newcomer_share,
+                 "share of each round's assignments reserved for nodes with little history")
+      ->check(CLI::Range(0.0, 1.0))
+      ->capture_default_str();
   app.add_option("--max-jobs-per-account", config.max_jobs_per_account,
                  "unfinished jobs one account may have")
       ->check(CLI::Range(1, 100000))

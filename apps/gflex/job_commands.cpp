@@ -209,6 +209,12 @@ int run_nodes(const job_flags& f) {
   if (int code = connect_core(f.link, c); code != 0) return code;
   auto nodes = c->nodes();
   if (!nodes) return fail(nodes.error());
+  // Each node's share of the work done: its validated results over all nodes' listed.
+  uint64_t total = 0;
+  for (const auto& n : *nodes) total += n.validated;
+  auto share = [&](const node_status& n) {
+    return total > 0 ? static_cast<double>(n.validated) / static_cast<double>(total) : 0.0;
+  };
   if (f.as_json) {
     auto list = nlohmann::json::array();
     for (const auto& n : *nodes) {
@@ -236,6 +242,8 @@ int run_nodes(const job_flags& f) {
                       {"rejected", n.rejected},
                       {"flagged", n.flagged},
                       {"credited_s", n.credited_s},
+                      {"earned", format_credits(n.earned)},
+                      {"work_share", share(n)},
                       {"last_rejection", n.last_rejection}});
     }
     std::printf("%s\n", list.dump(2).c_str());
@@ -243,10 +251,11 @@ int run_nodes(const job_flags& f) {
     for (const auto& n : *nodes) {
       std::printf(
           "%-6s %-20s %-9s %u worker(s)  %s  score %.2f streak %lld  validated %llu "
-          "(verified %llu) rejected %llu%s  (seen %.1f s ago)\n",
+          "(verified %llu, %.1f%% of the work) rejected %llu  earned %s%s  (seen %.1f s ago)\n",
           n.node_id.c_str(), n.name.c_str(), n.tier.c_str(), n.workers, n.device.c_str(), n.score,
           static_cast<long long>(n.streak), static_cast<unsigned long long>(n.validated),
-          static_cast<unsigned long long>(n.verified), static_cast<unsigned long long>(n.rejected),
+          static_cast<unsigned long long>(n.verified), 100.0 * share(n),
+          static_cast<unsigned long long>(n.rejected), format_credits(n.earned).c_str(),
           n.flagged ? "  FLAGGED" : "", n.last_seen_s);
       for (const auto& g : n.gpus)
         std::printf(

@@ -150,7 +150,7 @@ TEST_SUITE("matcher") {
   }
 
   TEST_CASE("hybrid takes community slots first, core for the rest; core takes core only") {
-    std::vector<slot_offer> offers{offer(1, 0.1, 1000), offer(0, 5.0, 1000), offer(0, 4.0, 1000)};
+    std::vector<slot_offer> offers{offer(1, 0.1, 1000), offer(0, 6.0, 1000), offer(0, 4.0, 1000)};
     auto r = match_slots(offers, {trust_tier::hybrid, -1, 0.0}, 3);
     CHECK(r.chosen == std::vector<size_t>{2, 1, 0});
     r = match_slots(offers, {trust_tier::core, -1, 0.0}, 3);
@@ -162,5 +162,43 @@ TEST_SUITE("matcher") {
     std::vector<slot_offer> offers(4, offer(0, 1.0, 100));
     CHECK(match_slots(offers, {}, 2, 0).chosen == std::vector<size_t>{0, 1});
     CHECK(match_slots(offers, {}, 2, 3).chosen == std::vector<size_t>{3, 0});
+  }
+
+  TEST_CASE("every node of equal price gets its turn, whatever its calibration noise") {
+    // Seven community nodes of one price whose calibrated throughputs differ by up to 20%,
+    // as those of identical machines do under load; rounds of three assignments. Before,
+    // the three fastest-measured took every round and four nodes never worked.
+    std::vector<slot_offer> offers;
+    for (double t : {1000.0, 1150.0, 980.0, 1190.0, 1010.0, 1100.0, 1050.0})
+      offers.push_back(offer(0, 1.0, t));
+    for (int round = 0; round < 28; ++round) {
+      auto r = match_slots(offers, {}, 3, static_cast<size_t>(round) * 3);
+      REQUIRE(r.chosen.size() == 3);
+      for (size_t i : r.chosen) offers[i].served += 1;
+    }
+    for (const auto& o : offers) CHECK(o.served == 12);
+    // A clearly cheaper node (half the cost) is still preferred.
+    offers[2].throughput = 2000.0;
+    auto r = match_slots(offers, {}, 3);
+    CHECK(r.chosen.front() == 2);
+  }
+
+  TEST_CASE("a reserved share goes to newcomers first") {
+    std::vector<slot_offer> offers{offer(0, 1.0, 1000), offer(0, 1.0, 1000), offer(0, 1.0, 1000),
+                                   offer(0, 3.0, 1000), offer(0, 3.0, 1000), offer(1, 0.5, 1000)};
+    for (size_t i = 0; i < 3; ++i) offers[i].served = 50;
+    offers[4].served = 5;  // has history: served newcomer_served assignments
+    slot_bid bid;
+    auto r = match_slots(offers, bid, 3);
+    CHECK(r.chosen == std::vector<size_t>{0, 1, 2});  // nothing reserved: cheapest first
+    bid.reserve_new = 1;
+    r = match_slots(offers, bid, 3);
+    CHECK(r.chosen == std::vector<size_t>{3, 0, 1});  // the newcomer, then the cheapest
+    bid.reserve_new = 5;  // more than there are newcomers: the rest as usual
+    r = match_slots(offers, bid, 3);
+    CHECK(r.chosen == std::vector<size_t>{3, 0, 1});
+    bid.policy = trust_tier::core;  // a core-tier job has no newcomers to reserve for
+    r = match_slots(offers, bid, 3);
+    CHECK(r.chosen == std::vector<size_t>{5});
   }
 }

@@ -43,6 +43,11 @@ struct core_config {
   /// default is the on-demand price of an AWS EC2 p3.2xlarge (one V100 GPU), $3.06 an hour,
   /// in us-east-1. `gflex status` compares a job's cost with it.
   double cloud_price = 3.06;
+  /// The share of each round's assignments reserved for community nodes with little history
+  /// (given fewer than 5 assignments so far), in [0, 1], so that new nodes earn and are
+  /// tested. Fractions carry over from round to round: 0.05 of rounds of three is one
+  /// assignment in about seven rounds.
+  double newcomer_share = 0.05;
 };
 
 /// How to run a node.

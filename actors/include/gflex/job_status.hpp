@@ -75,6 +75,7 @@ struct node_status {
   uint64_t rejected = 0;           ///< Results refused by the checks or by verification.
   bool flagged = false;            ///< Caught at least once; it gets no more work.
   double credited_s = 0.0;         ///< Compute seconds credited for validated results.
+  int64_t earned = 0;              ///< Micro-credits paid for validated results.
   std::string last_rejection;      ///< Why its last rejected result was refused.
 };
 

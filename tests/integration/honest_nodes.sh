@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Trust must never condemn the honest. The shipped fashion-mlp spec changed only to
+# `workers = 4`, on four honest core-tier nodes (real processes over TLS): late in training
+# honest updates are nearly orthogonal, and a fixed direction bound once flagged every node in
+# turn (round 26) and stalled the job. It must finish all 30 rounds, flag nobody, and reach
+# the accuracy the shipped job reaches (>= 0.88).
+source "$(dirname "$0")/lib.sh"
+G="$BIN/gflex"
+
+sed -e 's/^workers = 3$/workers = 4/' "$SRC/apps/jobs/fashion-mlp.toml" >"$WORK/job.toml"
+grep -q '^workers = 4$' "$WORK/job.toml" || fail "the shipped spec has no 'workers = 3' line"
+
+start_cluster 4
+timeout -s KILL 300 "$G" submit "$WORK/job.toml" --core "$core" --wait --json "$WORK/job.json" \
+  >"$WORK/submit.out" 2>"$WORK/submit.err" || fail "submit --wait: $(tail -3 "$WORK/submit.err")"
+"$G" nodes --core "$core" --json >"$WORK/nodes.json" || fail "gflex nodes --json"
+"$G" nodes --core "$core"
+python3 - "$WORK/job.json" "$WORK/nodes.json" <<'PY' || fail "the four honest nodes' job"
+import json, os, sys
+sys.path.insert(0, os.environ["SRC"] + "/tests/integration")
+from checks import check, finish
+job = json.load(open(sys.argv[1]))
+nodes = json.load(open(sys.argv[2]))
+check(job["state"] == "done" and job["round"] == 30,
+      f"the job finished all its rounds ({job['state']}, round {job['round']}/30: {job['detail']})")
+check(job["test_accuracy"] >= 0.88, f"test accuracy {job['test_accuracy']:.4f} >= 0.88")
+check(job["rejected_results"] == 0, f"no result rejected ({job['rejected_results']})")
+for n in nodes:
+    check(not n["flagged"] and n["rejected"] == 0, f"{n['name']} not flagged")
+check(sum(n["validated"] for n in nodes) == 120, "120 results credited (30 rounds x 4)")
+print(f"{job['screened_results']} result(s) did not look typical of their round and were "
+      "used as they were (core tier)")
+finish()
+PY
+finish
