@@ -77,6 +77,16 @@ std::vector<double> agreement(const std::vector<std::span<const float>>& updates
   return out;
 }
 
+double effective_dimension(std::span<const float> x) noexcept {
+  double s2 = 0.0, s4 = 0.0;
+  for (float v : x) {
+    const double q = static_cast<double>(v) * v;
+    s2 += q;
+    s4 += q * q;
+  }
+  return s4 > 0.0 ? s2 * s2 / s4 : 0.0;
+}
+
 void coordinate_median(const std::vector<std::span<const float>>& updates,
                        std::vector<float>& out) {
   GFLEX_CHECK(!updates.empty(), "coordinate_median: no updates");
@@ -140,7 +150,11 @@ std::vector<screened_result> screen_round(const std::vector<std::span<const floa
       std::max(1.4826 * mad(log_norms, median_log_norm), bounds.min_norm_spread);
   // A cosine between directions in `dim` dimensions that are unrelated beyond a common part
   // wanders by about 1/sqrt(dim): no spread is taken to be smaller than that.
-  const double chance = 1.0 / std::sqrt(static_cast<double>(std::max<size_t>(dim, 1)));
+  // The cosine of unrelated directions wanders by about 1/sqrt(effective dimension); real
+  // pseudo-gradients carry their weight in far fewer coordinates than they have.
+  std::vector<double> dims(n);
+  for (size_t i = 0; i < n; ++i) dims[i] = effective_dimension(updates[i]);
+  const double chance = 1.0 / std::sqrt(std::max(median_of(dims), 1.0));
   const double cosine_spread =
       std::max({1.4826 * mad(cosines, median_cosine), bounds.min_cosine_spread, chance});
   for (size_t i = 0; i < n; ++i) {
@@ -152,10 +166,10 @@ std::vector<screened_result> screen_round(const std::vector<std::span<const floa
               format(median_norm * bounds.norm_bound) + "] (the round's median " +
               format(median_norm) + " within a factor " + format(bounds.norm_bound) + ")";
     } else if (bounds.min_cosine > -1.0 && r.cosine < bounds.min_cosine &&
-               (median_cosine - r.cosine > bounds.spreads * cosine_spread ||
-                r.cosine < bounds.min_cosine - bounds.spreads * chance)) {
-      // Below the bound and atypical for the round; or below it by more than chance allows,
-      // whatever the round shows (a large minority of cheats widens the round's spread).
+               median_cosine - r.cosine > bounds.spreads * cosine_spread) {
+      // Below the bound and atypical for the round: late in training, with a small inner
+      // learning rate, honest cosines scatter around 0 and the bound alone would take many
+      // honest results out of the mean.
       r.verdict = screen_verdict::outlier;
       r.why = "update direction has cosine " + format(r.cosine) +
               " with the coordinate-wise median of the round's other results, below " + format(bounds.min_cosine);

@@ -36,7 +36,11 @@ struct screen_bounds {
   double norm_bound = 4.0;  ///< Outlier: norm over this times the median norm, or under it.
   /// Outlier: a cosine with the reference below this and atypically low (<= -1: off).
   double min_cosine = 0.0;
-  double spreads = 3.0;  ///< Stands out: this many robust spreads from the round's median.
+  /// Stands out: this many robust spreads from the round's median. Medians and MADs of
+  /// rounds of a few results are noisy: 4 keeps honest results that stand out to a few
+  /// percent (measured in tests/bench/trust_matrix.py), and still takes a 1.5 times scaled
+  /// update for one (log 1.5 = 0.41 > 4 x 0.05).
+  double spreads = 4.0;
   /// The smallest spread used, whatever the round shows: a round of three nearly equal
   /// results would otherwise make the smallest difference stand out. Log-norm, and cosine
   /// (which is never taken below 1/sqrt(parameters), how far unrelated directions wander).
@@ -62,6 +66,12 @@ struct screened_result {
 /// there is nothing to compare and every result is typical.
 std::vector<screened_result> screen_round(const std::vector<std::span<const float>>& updates,
                                           const screen_bounds& bounds);
+
+/// The participation ratio (sum x^2)^2 / sum x^4: how many coordinates carry an update's
+/// weight (n for a vector of equal magnitudes, 1 for a single non-zero). The cosine of two
+/// unrelated updates wanders by about 1/sqrt of it, far more than 1/sqrt(size) when a few
+/// coordinates carry most of the weight, as in real pseudo-gradients.
+double effective_dimension(std::span<const float> x) noexcept;
 
 /// The coordinate-wise median of `updates` (all of one length) into `out`.
 void coordinate_median(const std::vector<std::span<const float>>& updates,

@@ -57,7 +57,7 @@ TEST_SUITE("job_spec") {
     CHECK(r->compression == compression::int8);
     CHECK(r->eval_every == 1);
     CHECK(r->tier == trust_tier::hybrid);
-    CHECK(r->tolerance == 0.35);
+    CHECK(r->tolerance == 0.5);
     CHECK(r->norm_tolerance == 0.05);
     CHECK(r->norm_bound == 4.0);
     CHECK(r->min_cosine == 0.0);

@@ -66,13 +66,15 @@ struct job_spec {
   trust_tier tier = trust_tier::hybrid;
   /// [trust] tolerance, in (0, 1]: the largest relative L2 distance |claimed - recomputed| /
   /// |recomputed| a verified update may have. It covers the int8 wire format (0.6-0.8%) and
-  /// the divergence of honest work on other arithmetic: one unit in the last place at the
-  /// start of an assignment moves a fashion-mlp update by up to 0.09 in some rounds, a GPU's
-  /// fp32 against a CPU's by 0.22 (docs/BENCHMARKS.md, "Re-computation on other arithmetic").
-  double tolerance = 0.35;
+  /// the divergence of honest work on other arithmetic, which training amplifies in a few
+  /// rounds: one unit in the last place at the start of an assignment moved a fashion-mlp
+  /// update by up to 0.09, another OpenBLAS kernel by up to 0.30, a GPU's fp32 against a
+  /// CPU's by 0.22 (docs/BENCHMARKS.md, "Re-computation on other arithmetic"). Sign flips,
+  /// noise and replays land at 1.3-2.
+  double tolerance = 0.5;
   /// [trust] norm_tolerance, in (0, 1]: the largest relative difference of the norms of the
   /// claimed and the re-computed update. Honest divergence turns an update, it hardly scales
-  /// it (0.2% measured where the distance was 0.09), so this is much tighter than
+  /// it (at most 0.4% measured, where the distance was up to 0.30), so this is much tighter than
   /// `tolerance` and catches a scaled update that the distance alone would let through.
   double norm_tolerance = 0.05;
   /// [trust] norm_bound, in [1.5, 1000]: a result whose update norm is above norm_bound times
