@@ -501,12 +501,10 @@ void verify(job_actor* self, uint64_t assignment_id) {
             }
             caught(self, r->slot.node_name,
                    "its result for round " + std::to_string(r->work.round + 1) +
-                       (distance > tolerance
-                            ? " differs from a re-computation by " + format_g(distance) +
-                                  " (relative L2; tolerance " + format_g(tolerance) + ")"
-                            : " has " + format_g(norm_ratio) +
-                                  " times the norm of a re-computation (norm tolerance " +
-                                  format_g(st.job.spec.norm_tolerance) + ")"));
+                       " differs from a re-computation: relative L2 distance " +
+                       format_g(distance) + " (tolerance " + format_g(tolerance) +
+                       "), norm ratio " + format_g(norm_ratio) + " (within " +
+                       format_g(st.job.spec.norm_tolerance) + " of 1)");
           },
           [=](caf::error& e) {
             spdlog::warn("job {}: verification failed ({}); trying again", self->state.job.id,

@@ -85,10 +85,12 @@ rejected = nodes["node7"]["rejected"] + nodes["node8"]["rejected"]
 check(job["rejected_results"] == rejected,
       f"the job rejected {job['rejected_results']} results, all of node7 and node8 ({rejected})")
 check(job["verified_results"] >= 1, f"{job['verified_results']} results re-computed and matched")
+# Every shard is credited at most once; only rejected work is missing (an outlier is left
+# out of its round's mean while it is re-computed, and its round is not undone for it).
 credited = sum(n["validated"] for n in nodes.values())
-check(credited == job["rounds"] * 8,
-      f"{credited} results credited = rounds x workers ({job['rounds'] * 8}); "
-      f"{job['rollbacks']} round(s) rolled back")
+check(job["rounds"] * 8 - job["rejected_results"] <= credited <= job["rounds"] * 8,
+      f"{credited} results credited: rounds x workers ({job['rounds'] * 8}) less at most the "
+      f"{job['rejected_results']} rejected; {job['rollbacks']} round(s) rolled back")
 finish()
 PY
 
@@ -111,7 +113,8 @@ assert n["validated"] == 0 and n["credited_s"] == 0, n
 assert job["rejected_results"] == n["rejected"], (job["rejected_results"], n["rejected"])
 credited = sum(m["validated"] - before.get(m["name"], {"validated": 0})["validated"]
                for m in nodes.values())
-assert credited == job["rounds"] * 8, (credited, job["rounds"] * 8)
+assert job["rounds"] * 8 - job["rejected_results"] <= credited <= job["rounds"] * 8, \
+    (credited, job["rounds"] * 8, job["rejected_results"])
 print(f"ok: node9 caught by re-computation ({n['last_rejection']}); {job['rollbacks']} "
       f"round(s) rolled back; {credited} results credited")
 PY
