@@ -148,7 +148,14 @@ expected<assignment_result> run_assignment(worker_state& st, const assignment& a
   if (auto i = first_non_finite(delta); i >= 0)
     return error(errc::non_finite,
                  "training diverged: update value " + std::to_string(i) + " is not finite");
-  if (st.misbehaving && !a.verify) st.misbehaving->alter(a.job_id, delta);
+  if (st.misbehaving && !a.verify) {
+    // A stale cheat has nothing to replay on its first result of a job: that one is honest.
+    const auto before = misbehave ? delta : std::vector<float>{};
+    st.misbehaving->alter(a.job_id, delta);
+    if (misbehave && (steps != a.local_steps || delta != before))
+      spdlog::warn("worker: misbehaving (--misbehave, a test aid) on job {} round {}",
+                   a.job_id, a.round + 1);
+  }
   assignment_result out;
   out.assignment_id = a.id;
   // No error-feedback residual is carried from one assignment to the next: a result must

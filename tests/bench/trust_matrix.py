@@ -13,7 +13,8 @@ The matrix: seeds x worker counts x cheat mixes.
          the community nodes, cheating on every result;
 - 30%:   30% of the community nodes cheat on a third of their results (sometimes:0.34:MODE,
          the modes in turn).
-Per cell: cheats caught (of those given work) and the latest round one was caught in, honest
+Per cell: cheats caught (of those that cheated at least once: a cheat's worker logs each
+result it alters) and the most rounds from a cheat's first altered result to its flag, honest
 nodes flagged (must be 0), rounds rolled back, test accuracy against the honest run of the
 same seed and worker count, and verification compute (re-computations' compute seconds) as a
 share of the compute of used results, over the whole job and in its second half (steady
@@ -93,8 +94,8 @@ def run_cell(bin_dir, tmp, seed, workers, rounds, mix):
                     "--data-dir", f"{base}/c{i}", "--log-level", "warn"]
             if mode:
                 args += ["--misbehave", mode]
-            procs.append(subprocess.Popen(args, stdout=subprocess.DEVNULL,
-                                          stderr=subprocess.DEVNULL, env=env))
+            procs.append(subprocess.Popen(args, stdout=open(f"{base}/c{i}.log", "w"),
+                                          stderr=subprocess.STDOUT, env=env))
         deadline = time.time() + 60
         while True:
             r = subprocess.run([f"{bin_dir}/gflex", "nodes", "--json", "--core", core],
@@ -121,13 +122,15 @@ def run_cell(bin_dir, tmp, seed, workers, rounds, mix):
             p.wait()
     by_name = {n["name"]: n for n in nodes}
     cheats = {f"c{i}": m for i, m in enumerate(modes) if m}
-    given_work = {n for n, x in by_name.items() if x["validated"] + x["rejected"] > 0}
     caught = {n for n in cheats if by_name[n]["flagged"]}
+    cheated = {n for n in cheats if "misbehaving" in open(f"{base}/{n}.log").read()}
+    # How many rounds after its first altered result each cheat was caught.
     caught_rounds = []
-    for n in caught:
+    for n in caught & cheated:
         m = re.search(r"round (\d+)", by_name[n]["last_rejection"])
-        if m:
-            caught_rounds.append(int(m.group(1)))
+        first = re.search(r"misbehaving .* round (\d+)", open(f"{base}/{n}.log").read())
+        if m and first:
+            caught_rounds.append(int(m.group(1)) - int(first.group(1)))
     honest_flagged = sorted(n for n, x in by_name.items() if x["flagged"] and n not in cheats)
     # Steady state: re-computations of the second half's rounds over its results.
     half = rounds // 2
@@ -140,9 +143,12 @@ def run_cell(bin_dir, tmp, seed, workers, rounds, mix):
         "cell": name, "seed": seed, "workers": workers, "mix": mix,
         "state": job.get("state", "?"), "rounds": job.get("round", 0),
         "accuracy": job.get("test_accuracy", 0.0), "wall_s": wall,
-        "cheats": len(cheats), "cheats_with_work": len([c for c in cheats if c in given_work]),
-        "caught": len(caught), "caught_by_round": max(caught_rounds) if caught_rounds else 0,
-        "uncaught_with_work": sorted(c for c in cheats if c in given_work and c not in caught),
+        "cheats": len(cheats), "cheats_with_work": len(cheated),
+        # A cheat counts once it has cheated (its worker logs each result it alters): a stale
+        # cheat's first result, and most results of an occasional one, are honest.
+        "caught": len(caught & cheated),
+        "caught_by_round": max(caught_rounds) if caught_rounds else 0,
+        "uncaught_with_work": sorted(c for c in cheated if c not in caught),
         "honest_flagged": honest_flagged, "rollbacks": job.get("rollbacks", 0),
         "verified": job.get("verified_results", 0), "screened": job.get("screened_results", 0),
         "overhead": job.get("recompute_s", 0.0) / max(job.get("compute_s", 0.0), 1e-9),
@@ -176,7 +182,7 @@ def main():
     honest_acc = {(c["seed"], c["workers"]): c["accuracy"] for c in cells if c["mix"] == "none"}
     print(f"\n{a.rounds} rounds of fashion-mlp (20 AdamW steps of 64 a result), "
           f"seeds 1-{a.seeds}; one row per worker count and mix, summed over the seeds\n")
-    print("| workers | mix | jobs done | cheats caught / given work | caught by round (worst) "
+    print("| workers | mix | jobs done | cheats caught / that cheated | rounds from first cheat to caught (worst) "
           "| honest flagged | rollbacks | accuracy (min) | vs honest (worst) "
           "| verification, whole job | at steady state |")
     print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
@@ -200,7 +206,7 @@ def main():
                   f"{sum(c['rollbacks'] for c in row)} | {min(c['accuracy'] for c in row):.4f} | "
                   f"{max(gaps) if gaps else 0:+.4f} | {100 * overhead:.1f}% | {100 * late:.1f}% |")
             failed |= honest > 0 or done < len(row) or any(c["uncaught_with_work"] for c in row)
-    print("\nTargets: 0 honest flagged in every cell; every cheat given work caught within 30 "
+    print("\nTargets: 0 honest flagged in every cell; every cheat that cheats caught within 30 "
           "rounds; verification at most 5% of the compute at steady state.")
     sys.exit(1 if failed else 0)
 
