@@ -33,9 +33,9 @@ clock_type::duration cooldown(int failures) {
 struct market_state {
   std::vector<slot_entry> slots;
   size_t cursor = 0;  // where the next acquire starts looking, for round-robin spreading
-  std::set<caf::actor_addr> watched;     // jobs monitored
-  std::set<std::string> barred;          // node names caught misbehaving: never offered again
-  std::map<std::string, double> scores;  // reputation by node name, from the tracker
+  std::set<caf::actor_addr> watched;      // jobs monitored
+  std::set<std::string> barred;           // node names caught misbehaving: never offered again
+  std::map<std::string, double> scores;   // reputation by node name, from the tracker
   std::map<std::string, int64_t> served;  // assignments given, by node name (its history)
   double newcomer_share = 0.05;
   double newcomer_quota = 0.0;  // reserved slots owed to newcomers, fractions carried over

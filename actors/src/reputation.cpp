@@ -31,8 +31,8 @@ double reputation::verify_probability(const reputation_policy& policy) const noe
   return std::clamp(1.0 / static_cast<double>(std::max<int64_t>(streak, 1)), policy.floor, 1.0);
 }
 
-void reputation::on_validated(const reputation_policy& policy, bool was_verified,
-                              double compute_s, int64_t paid) {
+void reputation::on_validated(const reputation_policy& policy, bool was_verified, double compute_s,
+                              int64_t paid) {
   good = good * policy.decay + 1.0;
   bad *= policy.decay;
   streak += 1;

@@ -122,8 +122,7 @@ caf::behavior tracker(tracker_actor* self, caf::actor store, caf::actor market,
         double p = record_of(self, name).verify_probability(st.policy);
         return p >= 1.0 || (p > 0.0 && st.draw.uniform() < p);
       },
-      [=](credit_atom, const std::string& name, bool verified, double compute_s,
-          int64_t earned) {
+      [=](credit_atom, const std::string& name, bool verified, double compute_s, int64_t earned) {
         record_of(self, name).on_validated(self->state.policy, verified, compute_s, earned);
         changed(self, name, false);
       },

@@ -172,7 +172,8 @@ std::vector<screened_result> screen_round(const std::vector<std::span<const floa
       // honest results out of the mean.
       r.verdict = screen_verdict::outlier;
       r.why = "update direction has cosine " + format(r.cosine) +
-              " with the coordinate-wise median of the round's other results, below " + format(bounds.min_cosine);
+              " with the coordinate-wise median of the round's other results, below " +
+              format(bounds.min_cosine);
     } else if (std::abs(log_norms[i] - median_log_norm) > bounds.spreads * norm_spread) {
       r.verdict = screen_verdict::stands_out;
       r.why = "update norm " + format(r.norm) + " is " +
@@ -180,9 +181,10 @@ std::vector<screened_result> screen_round(const std::vector<std::span<const floa
               " times off the round's median " + format(median_norm);
     } else if (median_cosine - r.cosine > bounds.spreads * cosine_spread) {
       r.verdict = screen_verdict::stands_out;
-      r.why = "update direction has cosine " + format(r.cosine) +
-              " with the coordinate-wise median of the round's other results, against a median of " +
-              format(median_cosine) + " (spread " + format(cosine_spread) + ")";
+      r.why =
+          "update direction has cosine " + format(r.cosine) +
+          " with the coordinate-wise median of the round's other results, against a median of " +
+          format(median_cosine) + " (spread " + format(cosine_spread) + ")";
     }
   }
   return out;

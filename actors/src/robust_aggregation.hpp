@@ -74,8 +74,7 @@ std::vector<screened_result> screen_round(const std::vector<std::span<const floa
 double effective_dimension(std::span<const float> x) noexcept;
 
 /// The coordinate-wise median of `updates` (all of one length) into `out`.
-void coordinate_median(const std::vector<std::span<const float>>& updates,
-                       std::vector<float>& out);
+void coordinate_median(const std::vector<std::span<const float>>& updates, std::vector<float>& out);
 
 /// A count sketch of an update (each value added, with a pseudo-random sign, to one of
 /// `buckets` pseudo-random buckets; the same for every update of the same size): the cosine

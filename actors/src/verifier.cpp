@@ -81,8 +81,9 @@ void run(verifier_actor* self, pending_check check, const worker_slot& slot) {
             }
             const double recomputed_norm = l2_norm(*recomputed), claimed_norm = l2_norm(claimed);
             const double norm_ratio = recomputed_norm > 0.0 ? claimed_norm / recomputed_norm
-                                      : claimed_norm == 0.0 ? 1.0
-                                                            : std::numeric_limits<double>::infinity();
+                                      : claimed_norm == 0.0
+                                          ? 1.0
+                                          : std::numeric_limits<double>::infinity();
             done.check.promise.deliver(relative_distance(claimed, *recomputed), norm_ratio,
                                        r.compute_s);
             pump(self);

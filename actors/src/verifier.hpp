@@ -10,9 +10,10 @@
 /// Protocol:
 /// - (verify_atom, verify_request) -> (double distance, double norm_ratio, double compute_s):
 ///   the relative L2 distance |claimed - recomputed| / |recomputed|, the ratio of the norms
-///   |claimed| / |recomputed|, and the compute seconds the re-computation took; or an error when the re-computation itself failed three times. Requests
-///   wait in order for a free core-tier slot (acquired from the market with the core
-///   policy); a lost worker's request is run again on another.
+///   |claimed| / |recomputed|, and the compute seconds the re-computation took; or an error when
+///   the re-computation itself failed three times. Requests wait in order for a free core-tier slot
+///   (acquired from the market with the core policy); a lost worker's request is run again on
+///   another.
 /// - (withdraw_atom, node_id) from the market: a core-tier node went away; its requests are
 ///   run again.
 /// - (update_atom, "market", actor): a restarted market.

@@ -153,8 +153,8 @@ expected<assignment_result> run_assignment(worker_state& st, const assignment& a
     const auto before = misbehave ? delta : std::vector<float>{};
     st.misbehaving->alter(a.job_id, delta);
     if (misbehave && (steps != a.local_steps || delta != before))
-      spdlog::warn("worker: misbehaving (--misbehave, a test aid) on job {} round {}",
-                   a.job_id, a.round + 1);
+      spdlog::warn("worker: misbehaving (--misbehave, a test aid) on job {} round {}", a.job_id,
+                   a.round + 1);
   }
   assignment_result out;
   out.assignment_id = a.id;
@@ -162,8 +162,8 @@ expected<assignment_result> run_assignment(worker_state& st, const assignment& a
   // depend on its assignment alone, or no re-computation elsewhere could reproduce it (a
   // node's residual belongs to another round's shard anyway; int8 costs 0.6-0.8% of an
   // update's norm, measured by gflex_bench_reproducibility).
-  out.update = encode_update(
-      delta, a.verify ? compression::fp32 : static_cast<compression>(a.compression));
+  out.update =
+      encode_update(delta, a.verify ? compression::fp32 : static_cast<compression>(a.compression));
   if (st.config.identity)
     out.signature = st.config.identity->sign(result_message(out.assignment_id, out.update));
   out.loss = stats.mean_loss();

@@ -82,7 +82,8 @@ const std::array<table_schema, 8>& schema() {
       {"wire", {"compression"}},
       {"eval", {"every"}},
       {"round", {"deadline_s", "quorum", "backup_after"}},
-      {"trust", {"tier", "tolerance", "norm_tolerance", "norm_bound", "min_cosine", "clip", "trim"}},
+      {"trust",
+       {"tier", "tolerance", "norm_tolerance", "norm_bound", "min_cosine", "clip", "trim"}},
       {"market", {"account", "budget", "max_price", "min_reputation", "deadline_h"}},
   }};
   return tables;

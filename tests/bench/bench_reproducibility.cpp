@@ -75,8 +75,8 @@ int main(int argc, char** argv) {
     for (size_t i = 0; i < n; ++i) delta[i] = start[i] - end[i];
     return delta;
   };
-  std::printf("%5s %10s %10s %10s %10s %8s %9s %8s %8s %8s\n", "round", "threads", "ulp", "int8", "agreement",
-              "ulp@1%", "ulp norm", "d_eff", "cos min", "cos max");
+  std::printf("%5s %10s %10s %10s %10s %8s %9s %8s %8s %8s\n", "round", "threads", "ulp", "int8",
+              "agreement", "ulp@1%", "ulp norm", "d_eff", "cos min", "cos max");
   double worst_threads = 0, worst_ulp = 0;
   rng flip(99);
   for (int round = 0; round < rounds; ++round) {
@@ -109,10 +109,10 @@ int main(int argc, char** argv) {
     for (auto& r : screen_round(spans, {})) cos_med.push_back(r.cosine);
     std::sort(cos_med.begin(), cos_med.end());
     std::printf("%5d %10.2e %10.2e %10.2e %10.4f %8.3f %9.5f %8.0f %8.4f %8.4f\n", round + 1,
-                d_threads, d_ulp,
-                relative_distance(wire, updates[0]), *std::min_element(agree.begin(), agree.end()),
-                total > 0 ? top / total : 0.0, l2_norm(ulp) / l2_norm(updates[0]),
-                effective_dimension(updates[0]), cos_med.front(), cos_med.back());
+                d_threads, d_ulp, relative_distance(wire, updates[0]),
+                *std::min_element(agree.begin(), agree.end()), total > 0 ? top / total : 0.0,
+                l2_norm(ulp) / l2_norm(updates[0]), effective_dimension(updates[0]),
+                cos_med.front(), cos_med.back());
     std::vector<double> mean(n, 0.0);
     for (const auto& u : updates)
       for (size_t i = 0; i < n; ++i) mean[i] += u[i] / workers;

@@ -7,15 +7,11 @@
 source "$(dirname "$0")/lib.sh"
 G="$BIN/gflex"
 
-sed -e 's/^workers = 3$/workers = 4/' "$SRC/apps/jobs/fashion-mlp.toml" >"$WORK/job.toml"
-grep -q '^workers = 4$' "$WORK/job.toml" || fail "the shipped spec has no 'workers = 3' line"
-
+shipped_spec 4 "$WORK/job.toml"
 start_cluster 4
-timeout -s KILL 300 "$G" submit "$WORK/job.toml" --core "$core" --wait --json "$WORK/job.json" \
-  >"$WORK/submit.out" 2>"$WORK/submit.err" || fail "submit --wait: $(tail -3 "$WORK/submit.err")"
-"$G" nodes --core "$core" --json >"$WORK/nodes.json" || fail "gflex nodes --json"
+submit_job job "$WORK/job.toml"
 "$G" nodes --core "$core"
-python3 - "$WORK/job.json" "$WORK/nodes.json" <<'PY' || fail "the four honest nodes' job"
+python3 - "$WORK/job.json" "$WORK/job-nodes.json" <<'PY' || fail "the four honest nodes' job"
 import json, os, sys
 sys.path.insert(0, os.environ["SRC"] + "/tests/integration")
 from checks import check, finish

@@ -8,8 +8,7 @@
 source "$(dirname "$0")/lib.sh"
 G="$BIN/gflex"
 
-sed -e 's/^workers = 3$/workers = 7/' "$SRC/apps/jobs/fashion-mlp.toml" >"$WORK/job.toml"
-grep -q '^workers = 7$' "$WORK/job.toml" || fail "the shipped spec has no 'workers = 3' line"
+shipped_spec 7 "$WORK/job.toml"
 grep -q '^tier = "hybrid"$' "$WORK/job.toml" || fail "the shipped spec is not hybrid"
 
 start_cluster 0
@@ -29,11 +28,9 @@ start replayer "$BIN/gflex-node" --join "$core" --name replayer --data-dir "$WOR
   --misbehave sometimes:0.34:stale
 wait_for 30 "8 nodes to join" bash -c "[ \$('$G' nodes --core $core | wc -l) -eq 8 ]"
 
-timeout -s KILL 330 "$G" submit "$WORK/job.toml" --core "$core" --wait --json "$WORK/job.json" \
-  >"$WORK/submit.out" 2>"$WORK/submit.err" || fail "submit --wait: $(tail -3 "$WORK/submit.err")"
-"$G" nodes --core "$core" --json >"$WORK/nodes.json" || fail "gflex nodes --json"
+submit_job job "$WORK/job.toml" 330
 "$G" nodes --core "$core"
-python3 - "$WORK/job.json" "$WORK/nodes.json" <<'PY' || fail "the hybrid job with two cheats"
+python3 - "$WORK/job.json" "$WORK/job-nodes.json" <<'PY' || fail "the hybrid job with two cheats"
 import json, os, sys
 sys.path.insert(0, os.environ["SRC"] + "/tests/integration")
 from checks import check, finish

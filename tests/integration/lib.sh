@@ -127,6 +127,21 @@ expect_job_done() {
   FINAL_ACCURACY=$acc
 }
 
+# submit_job NAME SPEC [LIMIT_S]: runs SPEC on $core to its end (LIMIT_S, 300 s by default),
+# then saves its summary as $WORK/NAME.json and the nodes' as $WORK/NAME-nodes.json.
+submit_job() {
+  timeout -s KILL "${3:-300}" "$BIN/gflex" submit "$2" --core "$core" --wait \
+    --json "$WORK/$1.json" >"$WORK/$1.out" 2>"$WORK/$1.err" ||
+    fail "$1: submit --wait failed: $(tail -3 "$WORK/$1.err")"
+  "$BIN/gflex" nodes --core "$core" --json >"$WORK/$1-nodes.json" || fail "gflex nodes --json"
+}
+
+# shipped_spec WORKERS FILE: the shipped fashion-mlp spec with only `workers` changed.
+shipped_spec() {
+  sed -e "s/^workers = 3\$/workers = $1/" "$SRC/apps/jobs/fashion-mlp.toml" >"$2"
+  grep -q "^workers = $1\$" "$2" || fail "the shipped spec has no 'workers = 3' line"
+}
+
 # json_get FILE EXPR: evaluates a Python expression on the JSON object `j` in FILE.
 json_get() {
   python3 -c "import json,sys; j=json.load(open(sys.argv[1])); print($2)" "$1"

@@ -47,13 +47,6 @@ expect_error "forged core tier" "admits the community tier, not the core tier" \
   "$BIN/gflex-node" --join "$core" --name forger --data-dir "$WORK/forger" --tier core
 [ "$("$G" nodes --core "$core" | wc -l)" -eq 9 ] || fail "the refused node is listed"
 
-# submit_job NAME SPEC: runs SPEC to its end, then saves its summary and the nodes' JSON.
-submit_job() {
-  timeout -s KILL 300 "$G" submit "$2" --core "$core" --wait --json "$WORK/$1.json" \
-    >"$WORK/$1.out" 2>"$WORK/$1.err" || fail "$1: submit --wait failed: $(tail -3 "$WORK/$1.err")"
-  "$G" nodes --core "$core" --json >"$WORK/$1-nodes.json" || fail "gflex nodes --json"
-}
-
 submit_job first "$WORK/job.toml"
 "$G" nodes --core "$core"
 python3 - "$WORK/first.json" "$WORK/first-nodes.json" "$honest" <<'PY' || fail "first job"
