@@ -649,6 +649,7 @@ void try_advance(job_actor* self) {
   for (size_t i = 0; i < screened.size(); ++i) {
     auto& r = *order[i];
     const auto& v = screened[i];
+    r.excluded = false;  // a round collected again after a rollback is screened anew
     if (v.verdict == screen_verdict::typical) continue;
     st.job.status.screened_results += 1;
     if (r.slot.tier == static_cast<uint8_t>(node_tier::core)) {
@@ -656,6 +657,7 @@ void try_advance(job_actor* self) {
                    st.job.id, r.slot.node_name, st.job.status.round + 1, v.why);
       continue;
     }
+    if (r.check == check_state::verified) continue;  // proven already (sampled and re-computed)
     r.excluded = v.verdict == screen_verdict::outlier;
     spdlog::info("job {}: the result of {} for round {} {}: {}; re-computing it", st.job.id,
                  r.slot.node_name, st.job.status.round + 1,

@@ -19,6 +19,10 @@ expect_error "missing CUDA device" "no CUDA device|no CUDA backend" "$G" train -
 expect_error "unknown precision" "unknown precision 'fp8' \(use fp32, tf32 or bf16\)" \
   "$G" train --precision fp8
 
+# The core's market flags are checked before it opens its store.
+expect_error "core: newcomer share over 1" "--newcomer-share: Value 1.5 not in range" \
+  "$BIN/gflex-core" --listen 127.0.0.1:1 --data-dir "$WORK/core" --newcomer-share 1.5
+
 # A node's device flags are checked before it contacts the core (there is none at port 1).
 N="$BIN/gflex-node"
 nd="$WORK/node"
