@@ -443,6 +443,12 @@ void caught(job_actor* self, const std::string& node, const std::string& why) {
     roll_back(self);
     return;
   }
+  // The caught result may have been the last check the unconfirmed round waited for (an
+  // outlier left out of its mean: nothing to roll back).
+  try_confirm(self);
+  // With the last round applied there is no current round to refill: its index would be one
+  // past the job's end.
+  if (st.finished || st.job.status.round >= st.job.status.rounds) return;
   for (int64_t shard : shards_of_round(st, st.job.status.round))
     if (!st.results.count(shard) && st.copies[shard] <= 0 &&
         std::find(st.unassigned.begin(), st.unassigned.end(), shard) == st.unassigned.end())
