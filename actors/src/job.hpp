@@ -4,7 +4,9 @@
 ///
 /// Each round it asks the market for `workers` slots, sends each an assignment (the round's
 /// parameters, a shard, a seed), checks each result (it must answer an assignment of this
-/// round, decode to the right size, hold finite values), averages the pseudo-gradients,
+/// round, decode to the right size, hold finite values), screens the round's results against
+/// the median of the others (what looks odd is re-computed by the verifier, never flagged
+/// on sight), averages the pseudo-gradients,
 /// applies Nesterov momentum, evaluates on the test split, and commits the round (record and
 /// checkpoint in one LMDB transaction) before starting the next. A failed or lost assignment
 /// goes back into the round's queue at once. Every change of state is pushed to the job
