@@ -87,23 +87,6 @@ double effective_dimension(std::span<const float> x) noexcept {
   return s4 > 0.0 ? s2 * s2 / s4 : 0.0;
 }
 
-void coordinate_median(const std::vector<std::span<const float>>& updates,
-                       std::vector<float>& out) {
-  GFLEX_CHECK(!updates.empty(), "coordinate_median: no updates");
-  const size_t n = updates.size(), dim = updates[0].size();
-  for (const auto& u : updates) GFLEX_CHECK(u.size() == dim, "coordinate_median: sizes differ");
-  out.resize(dim);
-  std::vector<float> column(n);
-  auto mid = column.begin() + static_cast<std::ptrdiff_t>(n / 2);
-  for (size_t k = 0; k < dim; ++k) {
-    for (size_t i = 0; i < n; ++i) column[i] = updates[i][k];
-    std::nth_element(column.begin(), mid, column.end());
-    float m = *mid;
-    if (n % 2 == 0) m = 0.5f * (m + *std::max_element(column.begin(), mid));
-    out[k] = m;
-  }
-}
-
 std::vector<screened_result> screen_round(const std::vector<std::span<const float>>& updates,
                                           const screen_bounds& bounds) {
   const size_t n = updates.size();
@@ -155,8 +138,7 @@ std::vector<screened_result> screen_round(const std::vector<std::span<const floa
   std::vector<double> dims(n);
   for (size_t i = 0; i < n; ++i) dims[i] = effective_dimension(updates[i]);
   const double chance = 1.0 / std::sqrt(std::max(median_of(dims), 1.0));
-  const double cosine_spread =
-      std::max({1.4826 * mad(cosines, median_cosine), bounds.min_cosine_spread, chance});
+  const double cosine_spread = std::max(1.4826 * mad(cosines, median_cosine), chance);
   for (size_t i = 0; i < n; ++i) {
     auto& r = out[i];
     if (r.norm > bounds.norm_bound * median_norm || r.norm * bounds.norm_bound < median_norm) {

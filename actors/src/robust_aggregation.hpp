@@ -41,11 +41,11 @@ struct screen_bounds {
   /// percent (measured in tests/bench/trust_matrix.py), and still takes a 1.5 times scaled
   /// update for one (log 1.5 = 0.41 > 4 x 0.05).
   double spreads = 4.0;
-  /// The smallest spread used, whatever the round shows: a round of three nearly equal
-  /// results would otherwise make the smallest difference stand out. Log-norm, and cosine
-  /// (which is never taken below 1/sqrt(parameters), how far unrelated directions wander).
+  /// The smallest log-norm spread used, whatever the round shows: a round of three nearly
+  /// equal results would otherwise make the smallest difference stand out. (The cosine's
+  /// spread is never taken below 1/sqrt(effective dimension), how far unrelated directions
+  /// wander.)
   double min_norm_spread = 0.05;
-  double min_cosine_spread = 0.0;
 };
 
 /// One result's figures and verdict.
@@ -72,9 +72,6 @@ std::vector<screened_result> screen_round(const std::vector<std::span<const floa
 /// unrelated updates wanders by about 1/sqrt of it, far more than 1/sqrt(size) when a few
 /// coordinates carry most of the weight, as in real pseudo-gradients.
 double effective_dimension(std::span<const float> x) noexcept;
-
-/// The coordinate-wise median of `updates` (all of one length) into `out`.
-void coordinate_median(const std::vector<std::span<const float>>& updates, std::vector<float>& out);
 
 /// A count sketch of an update (each value added, with a pseudo-random sign, to one of
 /// `buckets` pseudo-random buckets; the same for every update of the same size): the cosine

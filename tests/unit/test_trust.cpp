@@ -256,16 +256,6 @@ TEST_SUITE("robust_aggregation") {
     CHECK(atypical(three) == std::map<size_t, screen_verdict>{{0, screen_verdict::outlier}});
   }
 
-  TEST_CASE("the coordinate-wise median") {
-    std::vector<std::vector<float>> odd{{1, 5}, {3, -1}, {2, 100}};
-    std::vector<float> m;
-    coordinate_median(spans(odd), m);
-    CHECK(m == std::vector<float>{2, 5});
-    std::vector<std::vector<float>> even{{1, 5}, {3, -1}, {2, 100}, {10, 7}};
-    coordinate_median(spans(even), m);
-    CHECK(m == std::vector<float>{2.5f, 6});
-  }
-
   TEST_CASE("sketches tell a replayed update from a new one") {
     auto a = gaussian(100000, 1), b = gaussian(100000, 2);
     auto again = a;
