@@ -77,13 +77,21 @@ std::string token_store_key(std::string_view digest) {
   return k;
 }
 
+std::string banned_key_store_key(std::string_view key_hex) {
+  std::string k = "banned/";
+  k.append(key_hex);
+  return k;
+}
+
 std::vector<uint8_t> encode_token_record(const join_token_record& r) {
   nlohmann::json j{{"id", r.id},
                    {"tier", r.tier},
                    {"created", r.created_unix},
                    {"expires", r.expires_unix},
                    {"revoked", r.revoked},
-                   {"joins", r.joins}};
+                   {"joins", r.joins},
+                   {"uses", r.uses},
+                   {"keys", r.keys}};
   auto text = j.dump();
   return {text.begin(), text.end()};
 }
@@ -98,6 +106,9 @@ expected<join_token_record> decode_token_record(std::span<const uint8_t> bytes) 
     r.expires_unix = integer_at<int64_t>(j, "expires");
     r.revoked = j.at("revoked").get<bool>();
     r.joins = integer_at<uint64_t>(j, "joins");
+    // Records written before tokens had use limits admit any number of keys.
+    if (j.contains("uses")) r.uses = integer_at<uint64_t>(j, "uses");
+    if (j.contains("keys")) r.keys = j.at("keys").get<std::vector<std::string>>();
     if (r.tier != "community" && r.tier != "core")
       return error(errc::malformed_message, "token record: unknown tier '" + r.tier + "'");
     return r;
@@ -106,7 +117,8 @@ expected<join_token_record> decode_token_record(std::span<const uint8_t> bytes) 
   }
 }
 
-expected<void> admits(const join_token_record& r, std::string_view tier, int64_t now_unix) {
+expected<void> admits(const join_token_record& r, std::string_view tier, std::string_view key,
+                      int64_t now_unix) {
   if (r.revoked) return error(errc::permission_denied, "join token " + r.id + " was revoked");
   if (r.expires_unix != 0 && now_unix >= r.expires_unix)
     return error(errc::permission_denied, "join token " + r.id + " has expired");
@@ -116,6 +128,11 @@ expected<void> admits(const join_token_record& r, std::string_view tier, int64_t
     m.append(tier).append(" tier");
     return error(errc::permission_denied, m);
   }
+  const bool bound = std::find(r.keys.begin(), r.keys.end(), key) != r.keys.end();
+  if (!bound && r.uses != 0 && r.keys.size() >= r.uses)
+    return error(errc::permission_denied, "join token " + r.id + " is used up: it admits " +
+                                              std::to_string(r.uses) +
+                                              " node key(s), and other keys have used it");
   return {};
 }
 

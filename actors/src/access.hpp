@@ -48,9 +48,14 @@ std::vector<uint8_t> encode_token_record(const join_token_record& r);
 /// Refuses malformed records (bad JSON, missing or mistyped fields, an unknown tier).
 expected<join_token_record> decode_token_record(std::span<const uint8_t> bytes);
 
-/// Whether a token with record `r` admits a node asking for `tier` at `now_unix`; the error
-/// says why not, in words a node's operator can act on.
-expected<void> admits(const join_token_record& r, std::string_view tier, int64_t now_unix);
+/// Whether a token with record `r` admits a node with key `key` (hex) asking for `tier` at
+/// `now_unix`: unrevoked, unexpired, of that tier, and either already bound to `key` or with
+/// a use left. The error says why not, in words a node's operator can act on.
+expected<void> admits(const join_token_record& r, std::string_view tier, std::string_view key,
+                      int64_t now_unix);
+
+/// Store key of a banned node key (its value: the name it was flagged under).
+std::string banned_key_store_key(std::string_view key_hex);
 
 /// Failed joins per address, to slow guessing down: after `free_failures` failures within
 /// `window`, every further hello from that address is answered only after a delay that

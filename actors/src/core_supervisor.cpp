@@ -7,6 +7,7 @@
 #include <deque>
 #include <map>
 
+#include "boundary.hpp"
 #include "data_catalog.hpp"
 #include "data_server.hpp"
 #include "gatekeeper.hpp"
@@ -39,6 +40,12 @@ std::string check_gpus(const std::vector<gpu_status>& gpus) {
   return {};
 }
 
+/// A type as a value, to name the answer a relayed request expects.
+template <class T>
+struct as {
+  using type = T;
+};
+
 struct core_children {
   caf::actor store, market, data_server, registry, jobs, reputation, verifier, ledger, gate;
   std::vector<caf::actor> all() const {
@@ -60,7 +67,22 @@ struct core_state {
   static inline const char* name = "core_supervisor";
 };
 
-using core_actor_type = caf::stateful_actor<core_state>;
+// The front door: every peer holds this handle, so it is guarded (boundary.hpp).
+using core_actor_type = caf::stateful_actor<core_state, guarded<caf::event_based_actor>>;
+
+/// The longest device description a node may advertise.
+constexpr size_t max_device_chars = 512;
+
+registry_config registry_config_of(const core_config& config, uint32_t incarnation) {
+  registry_config r;
+  r.heartbeat_ms = config.heartbeat_ms;
+  r.lease_ms = config.lease_ms;
+  r.incarnation = incarnation;
+  r.max_per_address = config.max_nodes_per_address;
+  r.limits.chunk_bytes_per_s = uint64_t{config.chunk_mib_per_s} << 20;
+  r.limits.chunk_queue = config.chunk_queue;
+  return r;
+}
 
 job_links links_of(const core_children& c, std::shared_ptr<data_catalog> catalog,
                    const core_config& config) {
@@ -91,6 +113,8 @@ std::vector<node_status> merge_reputation(std::vector<node_status> nodes,
     merged.device = std::move(n.device);
     merged.workers = n.workers;
     merged.last_seen_s = n.last_seen_s;
+    merged.gpus = std::move(n.gpus);
+    merged.dropped = n.dropped;
     n = std::move(merged);
   }
   return nodes;
@@ -126,9 +150,8 @@ caf::actor restart_child(core_actor_type* self, const caf::actor_addr& who) {
     return c.market;
   } else if (who == c.registry.address()) {
     self->send(c.market, withdraw_atom::value);
-    c.registry = spawn_registry(
-        sys, c.market, c.data_server,
-        registry_config{st.config.heartbeat_ms, st.config.lease_ms, ++st.registry_incarnation});
+    c.registry = spawn_registry(sys, c.market, c.data_server,
+                                registry_config_of(st.config, ++st.registry_incarnation));
     return c.registry;
   } else if (who == c.data_server.address()) {
     c.data_server = spawn_data_server(sys, st.catalog);
@@ -138,7 +161,7 @@ caf::actor restart_child(core_actor_type* self, const caf::actor_addr& who) {
     c.jobs = spawn_job_supervisor(sys, links_of(c, st.catalog, st.config));
     return c.jobs;
   } else if (who == c.reputation.address()) {
-    c.reputation = spawn_reputation_tracker(sys, c.store, c.market, reputation_policy{});
+    c.reputation = spawn_reputation_tracker(sys, c.store, c.market, c.gate, reputation_policy{});
     tell(c.jobs, "reputation", c.reputation);
     return c.reputation;
   } else if (who == c.ledger.address()) {
@@ -147,6 +170,7 @@ caf::actor restart_child(core_actor_type* self, const caf::actor_addr& who) {
     return c.ledger;
   } else if (who == c.gate.address()) {
     c.gate = spawn_gatekeeper(sys, c.store, st.config.operator_key);
+    tell(c.reputation, "gate", c.gate);
     return c.gate;
   } else if (who == c.verifier.address()) {
     c.verifier = spawn_verifier(sys, c.market);
@@ -182,9 +206,14 @@ caf::behavior core_actor(core_actor_type* self, core_children children, core_con
     while (!st.restarts.empty() && now - st.restarts.front() > restart_window)
       st.restarts.pop_front();
     if (static_cast<int>(st.restarts.size()) >= restart_budget) {
-      spdlog::error("core: children stopped {} times within {} s; stopping the core",
-                    restart_budget + 1, restart_window.count());
-      self->quit(down.reason);
+      // The last word names the child that kept failing, for the operator and the service
+      // manager (which restarts the core).
+      auto why = std::string("the core gave up: its children stopped ") +
+                 std::to_string(restart_budget + 1) + " times within " +
+                 std::to_string(restart_window.count()) + " s, the last one the " + role + " (" +
+                 self->system().render(down.reason) + ")";
+      spdlog::error("{}", why);
+      self->quit(to_caf(error(errc::io_error, why)));
       return;
     }
     st.restarts.push_back(now);
@@ -192,8 +221,9 @@ caf::behavior core_actor(core_actor_type* self, core_children children, core_con
                  self->system().render(down.reason));
     auto replacement = restart_child(self, down.source);
     if (!replacement) {
-      spdlog::error("core: cannot restart the {}; stopping the core", role);
-      self->quit(down.reason);
+      auto why = std::string("the core gave up: it cannot restart the ") + role;
+      spdlog::error("{}", why);
+      self->quit(to_caf(error(errc::io_error, why)));
       return;
     }
     self->monitor(replacement);
@@ -204,7 +234,20 @@ caf::behavior core_actor(core_actor_type* self, core_children children, core_con
     for (const auto& child : kids->all())
       caf::anon_send_exit(child, caf::exit_reason::user_shutdown);
   });
+  // A peer's error messages and messages outside the protocol are dropped, never fatal.
+  self->set_error_handler([](caf::error&) {});
+  self->set_default_handler(caf::drop);
   auto jobs = [=] { return self->state.children->jobs; };
+  // Hands a request to an internal actor and its answer back to the peer. Never delegate:
+  // the internal actor would answer the peer itself, and a handle that crosses the network
+  // is one the peer can message and kill.
+  auto relay = [=](auto answer_type, caf::response_promise& rp, const caf::actor& dest,
+                   auto&&... xs) {
+    using answer = typename decltype(answer_type)::type;
+    self->request(dest, std::chrono::minutes(5), std::forward<decltype(xs)>(xs)...)
+        .then([=](answer& a) mutable { rp.deliver(std::move(a)); },
+              [=](caf::error& e) mutable { rp.deliver(std::move(e)); });
+  };
   // Answers a client's request once its API key is known: `then` gets the promise and the
   // principal (the key's account, or the operator). With `operator_only`, other keys are
   // refused.
@@ -236,11 +279,16 @@ caf::behavior core_actor(core_actor_type* self, core_children children, core_con
                                                 " is not supported (this core speaks version " +
                                                 std::to_string(protocol_version) + ")"));
         }
-        if (hello.workers.empty() || hello.workers.size() > 1024 || !hello.uplink ||
+        if (hello.workers == 0 || hello.workers > 1024 || !hello.uplink ||
             !is_account_id("node/" + hello.name))
           return to_caf(error(errc::invalid_argument,
                               "a node must name itself (1-128 of A-Z a-z 0-9 . _ -) and bring "
                               "1-1024 workers and an uplink"));
+        if (hello.device.size() > max_device_chars)
+          return to_caf(error(errc::invalid_argument, "a node's device description has at most " +
+                                                          std::to_string(max_device_chars) +
+                                                          " characters, not " +
+                                                          std::to_string(hello.device.size())));
         if (hello.price < 0 || hello.price > max_amount_micro / 1000 ||
             !(hello.throughput >= 0.0 && hello.throughput < 1e12))
           return to_caf(error(errc::invalid_argument,
@@ -263,9 +311,9 @@ caf::behavior core_actor(core_actor_type* self, core_children children, core_con
         const auto name = hello.name;
         const auto tier = hello.tier;
         const auto key = key_hex(hello.public_key);
-        auto join = [=](node_hello hello) mutable {
+        auto join = [=](node_hello hello, std::string address) mutable {
           self->request(self->state.children->registry, std::chrono::seconds(10), hello_atom::value,
-                        std::move(hello))
+                        std::move(hello), std::move(address))
               .then(
                   [=](node_welcome& w) mutable {
                     // Its payout account, opened at its first join.
@@ -280,10 +328,10 @@ caf::behavior core_actor(core_actor_type* self, core_children children, core_con
                   },
                   [=](caf::error& e) mutable { rp.deliver(e); });
         };
-        auto bind = [=](node_hello hello) mutable {
+        auto bind = [=](node_hello hello, std::string address) mutable {
           self->request(self->state.children->reputation, std::chrono::seconds(10),
                         hello_atom::value, name, tier, key)
-              .then([=](caf::ok_atom) mutable { join(std::move(hello)); },
+              .then([=](caf::ok_atom) mutable { join(std::move(hello), address); },
                     [=](caf::error& e) mutable {
                       spdlog::warn("refused node {}: {}", name, from_caf(e).message());
                       rp.deliver(e);
@@ -292,8 +340,8 @@ caf::behavior core_actor(core_actor_type* self, core_children children, core_con
         auto admit = [=](std::string address) mutable {
           self->request(self->state.children->gate, std::chrono::seconds(60), admit_atom::value,
                         token, std::string(to_string(static_cast<node_tier>(tier))), address,
-                        proof_ok)
-              .then([=](caf::ok_atom) mutable { bind(std::move(hello)); },
+                        proof_ok, key)
+              .then([=](caf::ok_atom) mutable { bind(std::move(hello), address); },
                     [=](caf::error& e) mutable {
                       spdlog::warn("refused node {} from {}: {}", name, address,
                                    from_caf(e).message());
@@ -318,32 +366,32 @@ caf::behavior core_actor(core_actor_type* self, core_children children, core_con
       // the operator's key.
       [=](submit_atom a, std::string& key, std::string& text) {
         return authorized(key, false, [=](caf::response_promise& rp, const std::string& who) {
-          rp.delegate(jobs(), a, who, text);
+          relay(as<std::string>{}, rp, jobs(), a, who, text);
         });
       },
       [=](status_atom a, std::string& key, std::string& id) {
         return authorized(key, false, [=](caf::response_promise& rp, const std::string& who) {
-          rp.delegate(jobs(), a, who, id);
+          relay(as<job_status>{}, rp, jobs(), a, who, id);
         });
       },
       [=](jobs_atom a, std::string& key) {
         return authorized(key, false, [=](caf::response_promise& rp, const std::string& who) {
-          rp.delegate(jobs(), a, who);
+          relay(as<std::vector<job_status>>{}, rp, jobs(), a, who);
         });
       },
       [=](cancel_atom a, std::string& key, std::string& id) {
         return authorized(key, false, [=](caf::response_promise& rp, const std::string& who) {
-          rp.delegate(jobs(), a, who, id);
+          relay(as<caf::ok_atom>{}, rp, jobs(), a, who, id);
         });
       },
       [=](fetch_atom a, std::string& key, std::string& id) {
         return authorized(key, false, [=](caf::response_promise& rp, const std::string& who) {
-          rp.delegate(jobs(), a, who, id);
+          relay(as<std::vector<uint8_t>>{}, rp, jobs(), a, who, id);
         });
       },
       [=](topup_atom a, std::string& key, std::string& job, int64_t amount) {
         return authorized(key, false, [=](caf::response_promise& rp, const std::string& who) {
-          rp.delegate(jobs(), a, who, job, amount);
+          relay(as<caf::ok_atom>{}, rp, jobs(), a, who, job, amount);
         });
       },
       [=](account_atom a, std::string& key, std::string& account) {
@@ -353,7 +401,7 @@ caf::behavior core_actor(core_actor_type* self, core_children children, core_con
                                     "this API key belongs to " + who + ", not to " + account)));
             return;
           }
-          rp.delegate(self->state.children->ledger, a, account);
+          relay(as<account_info>{}, rp, self->state.children->ledger, a, account);
         });
       },
       // Operator: open an account and hand out its API key.
@@ -371,7 +419,8 @@ caf::behavior core_actor(core_actor_type* self, core_children children, core_con
                         account, false)
               .then(
                   [=](caf::ok_atom) mutable {
-                    rp.delegate(self->state.children->gate, api_key_atom::value, account);
+                    relay(as<std::string>{}, rp, self->state.children->gate, api_key_atom::value,
+                          account);
                   },
                   [=](caf::error& e) mutable { rp.deliver(e); });
         });
@@ -390,23 +439,23 @@ caf::behavior core_actor(core_actor_type* self, core_children children, core_con
             return;
           }
           std::vector<posting> postings{{account, amount}, {ledger_book::external, -amount}};
-          rp.delegate(self->state.children->ledger, transfer_atom::value, std::string("credit"),
-                      "operator credit to " + account, std::move(postings));
+          relay(as<uint64_t>{}, rp, self->state.children->ledger, transfer_atom::value,
+                std::string("credit"), "operator credit to " + account, std::move(postings));
         });
       },
-      [=](token_atom a, std::string& key, std::string& tier, int64_t lifetime_s) {
+      [=](token_atom a, std::string& key, std::string& tier, int64_t lifetime_s, int64_t uses) {
         return authorized(key, true, [=](caf::response_promise& rp, const std::string&) {
-          rp.delegate(self->state.children->gate, a, tier, lifetime_s);
+          relay(as<std::string>{}, rp, self->state.children->gate, a, tier, lifetime_s, uses);
         });
       },
       [=](token_atom a, std::string& key) {
         return authorized(key, true, [=](caf::response_promise& rp, const std::string&) {
-          rp.delegate(self->state.children->gate, a);
+          relay(as<std::vector<join_token_record>>{}, rp, self->state.children->gate, a);
         });
       },
       [=](revoke_atom a, std::string& key, std::string& id) {
         return authorized(key, true, [=](caf::response_promise& rp, const std::string&) {
-          rp.delegate(self->state.children->gate, a, id);
+          relay(as<caf::ok_atom>{}, rp, self->state.children->gate, a, id);
         });
       },
       [=](ledger_atom a, std::string& key) {
@@ -419,7 +468,7 @@ caf::behavior core_actor(core_actor_type* self, core_children children, core_con
                     std::vector<std::string> ended;
                     for (const auto& j : jobs)
                       if (is_terminal(j.state)) ended.push_back(j.job_id);
-                    rp.delegate(self->state.children->ledger, a, ended);
+                    relay(as<ledger_report>{}, rp, self->state.children->ledger, a, ended);
                   },
                   [=](caf::error& e) mutable { rp.deliver(e); });
         });
@@ -452,12 +501,11 @@ expected<caf::actor> spawn_core(caf::actor_system& sys, const core_config& confi
   c.market = spawn_market(sys, config.newcomer_share);
   auto catalog = std::make_shared<data_catalog>();
   c.data_server = spawn_data_server(sys, catalog);
-  c.registry = spawn_registry(sys, c.market, c.data_server,
-                              registry_config{config.heartbeat_ms, config.lease_ms});
-  c.reputation = spawn_reputation_tracker(sys, c.store, c.market, reputation_policy{});
+  c.registry = spawn_registry(sys, c.market, c.data_server, registry_config_of(config, 0));
+  c.gate = spawn_gatekeeper(sys, c.store, config.operator_key);
+  c.reputation = spawn_reputation_tracker(sys, c.store, c.market, c.gate, reputation_policy{});
   c.verifier = spawn_verifier(sys, c.market);
   c.ledger = spawn_ledger_keeper(sys, c.store);
-  c.gate = spawn_gatekeeper(sys, c.store, config.operator_key);
   c.jobs = spawn_job_supervisor(sys, links_of(c, catalog, config));
   return sys.spawn(core_actor, c, config, catalog);
 }

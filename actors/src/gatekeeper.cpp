@@ -2,6 +2,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <ctime>
 #include <map>
 
@@ -16,7 +17,12 @@ struct pending_admit {
   caf::response_promise promise;
   std::string token, tier, address;
   bool proof_ok = false;
+  std::string key;  // the node key (hex) the hello presents
 };
+
+/// Answers held for addresses that keep failing; past this many the oldest is refused (a
+/// guesser must not grow the core's memory).
+constexpr size_t max_held = 1024;
 
 struct gatekeeper_state {
   caf::actor store;
@@ -68,27 +74,45 @@ void decide(gatekeeper_actor* self, pending_admit p) {
     return;
   }
   auto key = token_store_key(secret_digest(p.token));
-  self->request(self->state.store, store_timeout, read_atom::value, key)
+  auto check_token = [=](pending_admit p) {
+    self->request(self->state.store, store_timeout, read_atom::value, key)
+        .then(
+            [=](bool found, std::vector<uint8_t>& bytes) mutable {
+              if (!found) {
+                refuse(p, error(errc::permission_denied, "unknown join token"));
+                return;
+              }
+              auto r = decode_token_record(bytes);
+              if (!r) {
+                p.promise.deliver(to_caf(r.error()));
+                return;
+              }
+              if (auto ok = admits(*r, p.tier, p.key, now_unix()); !ok) {
+                refuse(p, ok.error());
+                return;
+              }
+              r->joins += 1;
+              // The token binds to the keys that use it (up to its use limit).
+              if (std::find(r->keys.begin(), r->keys.end(), p.key) == r->keys.end())
+                r->keys.push_back(p.key);
+              self->request(self->state.store, store_timeout, commit_atom::value,
+                            one_write(key, encode_token_record(*r)))
+                  .then([=](caf::ok_atom) mutable { p.promise.deliver(caf::ok_atom::value); },
+                        [=](caf::error& e) mutable { p.promise.deliver(e); });
+            },
+            [=](caf::error& e) mutable { p.promise.deliver(e); });
+  };
+  // A banned key is refused whatever token it brings.
+  self->request(self->state.store, store_timeout, read_atom::value, banned_key_store_key(p.key))
       .then(
-          [=](bool found, std::vector<uint8_t>& bytes) mutable {
-            if (!found) {
-              refuse(p, error(errc::permission_denied, "unknown join token"));
+          [=](bool banned, std::vector<uint8_t>& name) mutable {
+            if (banned) {
+              refuse(p, error(errc::permission_denied, "this node key is banned: node " +
+                                                           std::string(name.begin(), name.end()) +
+                                                           " was caught cheating"));
               return;
             }
-            auto r = decode_token_record(bytes);
-            if (!r) {
-              p.promise.deliver(to_caf(r.error()));
-              return;
-            }
-            if (auto ok = admits(*r, p.tier, now_unix()); !ok) {
-              refuse(p, ok.error());
-              return;
-            }
-            r->joins += 1;
-            self->request(self->state.store, store_timeout, commit_atom::value,
-                          one_write(key, encode_token_record(*r)))
-                .then([=](caf::ok_atom) mutable { p.promise.deliver(caf::ok_atom::value); },
-                      [=](caf::error& e) mutable { p.promise.deliver(e); });
+            check_token(std::move(p));
           },
           [=](caf::error& e) mutable { p.promise.deliver(e); });
 }
@@ -131,12 +155,16 @@ caf::behavior gatekeeper(gatekeeper_actor* self, caf::actor store, std::string o
                   [=](caf::error& e) mutable { rp.deliver(e); });
         return rp;
       },
-      [=](token_atom, const std::string& tier, int64_t lifetime_s) -> caf::result<std::string> {
+      [=](token_atom, const std::string& tier, int64_t lifetime_s,
+          int64_t uses) -> caf::result<std::string> {
         if (tier != "community" && tier != "core")
           return to_caf(error(errc::invalid_argument,
                               "--tier: '" + tier + "' is not a tier (community or core)"));
         if (lifetime_s < 0)
           return to_caf(error(errc::invalid_argument, "a token's lifetime cannot be negative"));
+        if (uses < 0 || uses > 1000000)
+          return to_caf(error(errc::invalid_argument,
+                              "--uses: a token admits 0 (any number) to 1000000 node keys"));
         auto token = new_join_token();
         auto digest = secret_digest(token);
         join_token_record r;
@@ -144,6 +172,7 @@ caf::behavior gatekeeper(gatekeeper_actor* self, caf::actor store, std::string o
         r.tier = tier;
         r.created_unix = now_unix();
         r.expires_unix = lifetime_s == 0 ? 0 : r.created_unix + lifetime_s;
+        r.uses = static_cast<uint64_t>(uses);
         auto rp = self->make_response_promise<std::string>();
         self->request(self->state.store, store_timeout, commit_atom::value,
                       one_write(token_store_key(digest), encode_token_record(r)))
@@ -216,10 +245,11 @@ caf::behavior gatekeeper(gatekeeper_actor* self, caf::actor store, std::string o
                 [=](caf::error& e) mutable { rp.deliver(e); });
         return rp;
       },
-      [=](admit_atom, std::string& token, std::string& tier, std::string& address,
-          bool proof_ok) -> caf::result<caf::ok_atom> {
+      [=](admit_atom, std::string& token, std::string& tier, std::string& address, bool proof_ok,
+          std::string& key) -> caf::result<caf::ok_atom> {
         auto rp = self->make_response_promise<caf::ok_atom>();
-        pending_admit p{rp, std::move(token), std::move(tier), std::move(address), proof_ok};
+        pending_admit p{rp,       std::move(token), std::move(tier), std::move(address),
+                        proof_ok, std::move(key)};
         auto wait = self->state.failures.delay(p.address, join_failures::clock::now());
         if (wait.count() == 0) {
           decide(self, std::move(p));
@@ -230,11 +260,53 @@ caf::behavior gatekeeper(gatekeeper_actor* self, caf::actor store, std::string o
               "joins from there recently)",
               p.address, wait.count(),
               self->state.failures.count(p.address, join_failures::clock::now()));
+          auto& held = self->state.held;
+          if (held.size() >= max_held) {
+            held.begin()->second.promise.deliver(to_caf(error(
+                errc::limit_exceeded, "too many joins are waiting for an answer; try later")));
+            held.erase(held.begin());
+          }
           auto id = self->state.next_held++;
-          self->state.held.emplace(id, std::move(p));
+          held.emplace(id, std::move(p));
           self->delayed_send(self, wait, tick_atom::value, id);
         }
         return rp;
+      },
+      // From the reputation tracker: the node with `key` (hex) was caught. Its key is banned
+      // and every token it joined with is revoked, so that it cannot return under a new name
+      // with the same token, nor with the same key and a new token.
+      [=](bar_atom, const std::string& key, const std::string& name) {
+        auto& st = self->state;
+        auto report = [=](caf::error& e) {
+          spdlog::error("gatekeeper: cannot ban the key of node {}: {}", name,
+                        self->system().render(e));
+        };
+        self->request(st.store, store_timeout, commit_atom::value,
+                      one_write(banned_key_store_key(key), bytes_of(name)))
+            .then([](caf::ok_atom) {}, report);
+        self->request(st.store, store_timeout, scan_atom::value, std::string("token/"))
+            .then(
+                [=](std::vector<std::string>& keys, std::vector<std::vector<uint8_t>>& values) {
+                  store_batch batch;
+                  for (size_t i = 0; i < keys.size(); ++i) {
+                    auto r = decode_token_record(values[i]);
+                    if (!r || r->revoked ||
+                        std::find(r->keys.begin(), r->keys.end(), key) == r->keys.end())
+                      continue;
+                    r->revoked = true;
+                    spdlog::warn(
+                        "gatekeeper: join token {} revoked: node {} joined with it and "
+                        "was caught",
+                        r->id, name);
+                    batch.keys.push_back(keys[i]);
+                    batch.values.push_back(encode_token_record(*r));
+                  }
+                  if (!batch.keys.empty())
+                    self->request(self->state.store, store_timeout, commit_atom::value,
+                                  std::move(batch))
+                        .then([](caf::ok_atom) {}, report);
+                },
+                report);
       },
       [=](tick_atom, uint64_t id) {
         auto it = self->state.held.find(id);

@@ -8,13 +8,17 @@
 /// - (auth_atom, api_key) -> principal: "operator" or the key's account (user/NAME); an
 ///   unknown or malformed key is errc::permission_denied.
 /// - (api_key_atom, account) -> api_key: a new key for `account`, recorded at once.
-/// - (token_atom, tier, lifetime_s) -> token: a new join token (lifetime 0: no expiry).
+/// - (token_atom, tier, lifetime_s, uses) -> token: a new join token (lifetime 0: no expiry)
+///   that admits `uses` node keys (0: any number); it binds to the keys that use it.
 /// - (token_atom) -> std::vector<join_token_record>: every token's record, newest last.
 /// - (revoke_atom, id) -> ok_atom: revokes the token whose id (or a prefix of it, of at
 ///   least 6 digits, naming one token) is `id`.
-/// - (admit_atom, token, tier, address, bool proof_ok) -> ok_atom: whether a node that
-///   signed its hello (proof_ok) may join `tier` with `token`; failures are counted per
-///   address, and an address with many recent failures waits for its answer.
+/// - (admit_atom, token, tier, address, bool proof_ok, key hex) -> ok_atom: whether a node
+///   that signed its hello (proof_ok) with `key` may join `tier` with `token` (the key is not
+///   banned; the token is bound to it or has a use left); failures are counted per address,
+///   and an address with many recent failures waits for its answer (at most 1024 wait).
+/// - (bar_atom, key hex, name) from the reputation tracker: the node was caught; its key is
+///   banned and every token bound to it revoked.
 /// The records are read from the store when asked, so a revocation holds at once and a
 /// restarted gatekeeper needs no warm-up.
 

@@ -1,5 +1,7 @@
 #include "job.hpp"
 
+#include "billing.hpp"
+
 #include <sodium.h>
 #include <spdlog/spdlog.h>
 
@@ -240,59 +242,21 @@ void hold_round(job_actor* self) {
           });
 }
 
-// The payments of a confirmed round: each accepted result is paid at its node's price for
-// the time it took, the smaller of what the node reports and what the core measured (and
-// never more than the round's deadline); the platform keeps its fee, and what the round's
-// escrow held beyond that goes back to the job's account.
-struct settlement {
-  std::vector<posting> postings;
-  int64_t paid = 0;
-  double hours = 0.0;
-  std::string memo;
-};
-
-struct payment {
-  int64_t cost = 0;  // what the job pays for the result
-  int64_t fee = 0;   // of which the platform keeps this
-  double paid_s = 0.0;
-};
-
+// What a round's applied results cost (billing.hpp) and the transaction that settles its
+// escrow. The hold leaves `held` here; it goes back there if the commit fails.
 payment payment_of(const job_state& st, const round_result& r) {
-  payment p;
-  if (!metered(st)) return p;
-  p.paid_s = std::clamp(std::min(r.compute_s, r.wall_s), 0.0, st.job.spec.deadline_s);
-  p.cost = static_cast<int64_t>(static_cast<double>(r.slot.price) * p.paid_s / 3600.0);
-  p.fee = static_cast<int64_t>(static_cast<double>(p.cost) * st.links.fee);
-  return p;
+  if (!metered(st)) return {};
+  return payment_for({r.slot.node_name, r.slot.price, r.compute_s, r.wall_s},
+                     st.job.spec.deadline_s, st.links.fee);
 }
 
 settlement settle_round(job_state& st, int64_t index, const round_results& results) {
-  settlement out;
-  const auto& spec = st.job.spec;
+  std::vector<billed_result> billed;
+  for (const auto& [shard, r] : results)
+    billed.push_back({r.slot.node_name, r.slot.price, r.compute_s, r.wall_s});
   const int64_t hold = st.held.count(index) ? st.held[index] : 0;
-  std::map<std::string, int64_t> to_nodes;
-  int64_t fees = 0;
-  for (const auto& [shard, r] : results) {
-    const auto [cost, fee, paid_s] = payment_of(st, r);
-    to_nodes["node/" + r.slot.node_name] += cost - fee;
-    fees += fee;
-    out.paid += cost;
-    out.hours += paid_s / 3600.0;
-  }
-  if (out.paid > hold) {  // cannot happen: prices are within max_price, times within the deadline
-    spdlog::error("job {}: round {} costs {} but holds {}; paying nothing", st.job.id, index + 1,
-                  format_credits(out.paid), format_credits(hold));
-    to_nodes.clear();
-    fees = 0;
-    out.paid = 0;
-  }
-  if (hold > 0) out.postings.push_back({escrow_of(st), -hold});
-  for (const auto& [account, amount] : to_nodes)
-    if (amount > 0) out.postings.push_back({account, amount});
-  if (fees > 0) out.postings.push_back({ledger_book::platform, fees});
-  if (hold - out.paid > 0) out.postings.push_back({spec.account, hold - out.paid});
-  out.memo = st.job.id + " round " + std::to_string(index + 1) + ": " +
-             std::to_string(results.size()) + " assignment(s) paid";
+  auto out = settle_round(st.job.id, index, hold, st.job.spec.account, escrow_of(st), billed,
+                          st.job.spec.deadline_s, st.links.fee);
   st.held.erase(index);
   return out;
 }
@@ -578,6 +542,8 @@ void try_confirm(job_actor* self) {
   const double accuracy = s.test_accuracy, loss = s.train_loss;
   // A metered round's payments are booked in the same transaction as its record and
   // checkpoint: a round is committed and paid, or neither.
+  const settlement settled{{}, pay.hold, pay.paid, pay.hours, {}};
+  const int64_t settled_index = u.index;
   auto written = metered(st)
                      ? self->request(st.links.ledger, std::chrono::seconds(60), settle_atom::value,
                                      std::string("settle"), std::move(pay.memo),
@@ -610,6 +576,14 @@ void try_confirm(job_actor* self) {
         }
       },
       [=](caf::error& e) {
+        // The round was not settled: its hold goes back to escrow (and with the job's end to
+        // its account), and what it would have paid is not spent.
+        auto& st = self->state;
+        if (metered(st) && settled.hold > 0) {
+          st.held[settled_index] = settled.hold;
+          st.job.status.credits_spent -= settled.paid;
+          st.job.status.device_hours -= settled.hours;
+        }
         finish(self, "failed", "cannot commit round: " + self->system().render(e));
       });
   if (!last) try_advance(self);
@@ -749,9 +723,17 @@ void on_result(job_actor* self, uint64_t id, assignment_result& r) {
     return;
   }
   auto update = decode_update(r.update, st.job.theta.size());
-  if (!update || !std::isfinite(r.loss)) {
+  // Every number a node reports is checked: a non-finite or negative compute time would
+  // reach the bill (a NaN converted to micro-credits is undefined).
+  const char* bad_figure = !std::isfinite(r.loss) ? "non-finite loss"
+                           : !std::isfinite(r.compute_s) || r.compute_s < 0.0
+                               ? "compute_s not a finite, non-negative number"
+                           : r.samples < 0 ? "negative samples"
+                                           : nullptr;
+  if (!update || bad_figure != nullptr) {
     caught(self, node,
-           "its result is malformed: " + (update ? "non-finite loss" : update.error().message()));
+           "its result is malformed: " +
+               (update ? std::string(bad_figure) : update.error().message()));
     return;
   }
   auto slot = it->second.slot;

@@ -41,7 +41,6 @@ using commit_atom = caf::atom_constant<caf::atom("commit")>;       ///< job -> s
 using read_atom = caf::atom_constant<caf::atom("read")>;           ///< any -> store
 using scan_atom = caf::atom_constant<caf::atom("scan")>;           ///< any -> store
 using update_atom = caf::atom_constant<caf::atom("update")>;       ///< job -> job_supervisor
-using rejoin_atom = caf::atom_constant<caf::atom("rejoin")>;       ///< registry -> uplink
 using tick_atom = caf::atom_constant<caf::atom("tick")>;           ///< timers, to self
 using stop_atom = caf::atom_constant<caf::atom("stop")>;           ///< to a process's owner
 using sample_atom = caf::atom_constant<caf::atom("sample")>;       ///< job -> reputation
@@ -62,18 +61,20 @@ using api_key_atom = caf::atom_constant<caf::atom("apikey")>;      ///< core -> 
 using token_atom = caf::atom_constant<caf::atom("token")>;         ///< operator -> core
 using revoke_atom = caf::atom_constant<caf::atom("revoke")>;       ///< operator -> core
 using admit_atom = caf::atom_constant<caf::atom("admit")>;         ///< core -> gatekeeper
+using serve_atom = caf::atom_constant<caf::atom("serve")>;         ///< registry -> session
 
 // -- messages -----------------------------------------------------------------------------------
 
 /// node -> core (hello_atom): a node asks to join. The core checks `protocol` first and
-/// refuses any other version; it registers `workers` as compute slots and monitors `uplink`.
+/// refuses any other version; it offers `workers` compute slots to the market and sends
+/// their assignments to `uplink`, the only handle of the node it holds (never a worker's).
 struct node_hello {
   uint32_t protocol = 0;
   std::string name;
   std::string device;  ///< What computes: "cpu: OpenBLAS ..." or the GPU group's description.
   uint64_t device_memory = 0;
   std::vector<gpu_status> gpus;  ///< The GPUs its workers use, as measured at start.
-  std::vector<caf::actor> workers;
+  uint32_t workers = 0;          ///< How many assignments it runs at once (1-1024).
   caf::actor uplink;
   uint8_t tier = 0;                 ///< gflex::node_tier: community (0) or core (1).
   std::string credential;           ///< The core's secret; required for the core tier.
@@ -81,15 +82,6 @@ struct node_hello {
   double throughput = 0.0;          ///< Calibrated, fashion-mlp samples per second per worker.
   std::vector<uint8_t> public_key;  ///< The node's Ed25519 key: its identity.
   std::vector<uint8_t> proof;       ///< Its signature of hello_message(protocol, name).
-};
-
-/// core -> node: the answer to node_hello.
-struct node_welcome {
-  uint32_t protocol = 0;
-  std::string node_id;
-  uint32_t heartbeat_ms = 1000;
-  caf::actor registry;     ///< where heartbeats and bye go
-  caf::actor data_server;  ///< where chunks are fetched
 };
 
 /// job -> worker (assign_atom): run `local_steps` inner steps from `params` on the shard whose
@@ -123,6 +115,42 @@ struct assignment_result {
   double compute_s = 0.0;
   /// The node's signature of result_message(assignment_id, update); checked first.
   std::vector<uint8_t> signature;
+};
+
+/// What a node may send to its session, the only core handle it ever holds (docs/PROTOCOL.md,
+/// "Sessions"). Anything else it sends is dropped and counted.
+/// - (beat_atom): renews the node's lease.
+/// - (bye_atom): the node leaves; the session ends.
+/// - (chunk_atom, digest) -> bytes: a data chunk, within the session's request bounds.
+using node_session_actor =
+    caf::typed_actor<caf::reacts_to<beat_atom>, caf::reacts_to<bye_atom>,
+                     caf::replies_to<chunk_atom, std::string>::with<std::vector<uint8_t>>>;
+
+/// What the core's own actors send to a session (refused from any other process):
+/// - (assign_atom, worker index, assignment) -> assignment_result: the session sends it to the
+///   node's uplink and checks the answer (it names the assignment, its figures are finite,
+///   compute_s is at most what the session measured).
+/// - (abort_atom, assignment id): the assignment is no longer needed.
+/// - (serve_atom, data server): a restarted data server.
+using node_session_internal = node_session_actor::extend<
+    caf::replies_to<assign_atom, uint32_t, assignment>::with<assignment_result>,
+    caf::reacts_to<abort_atom, uint64_t>, caf::reacts_to<serve_atom, caf::actor>,
+    caf::reacts_to<tick_atom>>;
+
+/// What a node's session may send to the node's uplink (the only node handle the core holds):
+/// - (assign_atom, worker index, assignment) -> assignment_result.
+/// - (abort_atom, assignment id).
+/// - (bye_atom, reason): the core is ending this session, and says why.
+using node_uplink_actor =
+    caf::typed_actor<caf::replies_to<assign_atom, uint32_t, assignment>::with<assignment_result>,
+                     caf::reacts_to<abort_atom, uint64_t>, caf::reacts_to<bye_atom, std::string>>;
+
+/// core -> node: the answer to node_hello.
+struct node_welcome {
+  uint32_t protocol = 0;
+  std::string node_id;
+  uint32_t heartbeat_ms = 1000;
+  node_session_actor session;  ///< Where heartbeats, bye and chunk requests go.
 };
 
 /// A compute slot as the market hands it out.
@@ -174,8 +202,7 @@ typename Inspector::result_type inspect(Inspector& f, node_hello& x) {
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, node_welcome& x) {
-  return f(caf::meta::type_name("node_welcome"), x.protocol, x.node_id, x.heartbeat_ms, x.registry,
-           x.data_server);
+  return f(caf::meta::type_name("node_welcome"), x.protocol, x.node_id, x.heartbeat_ms, x.session);
 }
 
 template <class Inspector>
@@ -222,7 +249,7 @@ typename Inspector::result_type inspect(Inspector& f, ledger_report& x) {
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, join_token_record& x) {
   return f(caf::meta::type_name("join_token_record"), x.id, x.tier, x.created_unix, x.expires_unix,
-           x.revoked, x.joins);
+           x.revoked, x.joins, x.uses, x.keys);
 }
 
 template <class Inspector>
@@ -248,7 +275,7 @@ template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, node_status& x) {
   return f(caf::meta::type_name("node_status"), x.node_id, x.name, x.device, x.workers, x.gpus,
            x.last_seen_s, x.tier, x.score, x.streak, x.validated, x.verified, x.rejected, x.flagged,
-           x.credited_s, x.earned, x.last_rejection);
+           x.credited_s, x.earned, x.dropped, x.last_rejection);
 }
 
 /// Registers every message type above (and the vectors of them that travel) with `cfg`.

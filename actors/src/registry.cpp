@@ -5,7 +5,9 @@
 #include <chrono>
 #include <map>
 
+#include "gflex/runtime/identity.hpp"
 #include "messages.hpp"
+#include "node_session.hpp"
 
 namespace gflex {
 
@@ -18,7 +20,10 @@ struct node_entry {
   std::string device;
   std::vector<gpu_status> gpus;
   caf::actor uplink;
-  std::vector<caf::actor> workers;
+  node_session_internal session;
+  std::vector<caf::actor> workers;  // the session's worker handles, one per compute slot
+  std::string address;              // where it connected from
+  uint64_t dropped = 0;             // messages its session refused, as of its last heartbeat
   clock_type::time_point last_seen;
   uint8_t tier = 0;
   int64_t price = 0;
@@ -31,6 +36,7 @@ struct registry_state {
   uint64_t next_id = 1;
   caf::actor market;
   caf::actor data_server;
+  std::map<std::string, int> per_address;  // live sessions per address
   static inline const char* name = "registry";
 };
 
@@ -51,7 +57,11 @@ caf::behavior registry_actor(caf::stateful_actor<registry_state>* self, caf::act
     if (it == nodes.end()) return;
     spdlog::warn("node {} ({}) {}: its work goes back to the market", node_id, it->second.name,
                  why);
-    self->demonitor(it->second.uplink);
+    self->demonitor(it->second.session.address());
+    // Its session ends (the node's uplink sees that and joins again when it can).
+    self->send_exit(it->second.session, caf::exit_reason::user_shutdown);
+    if (--self->state.per_address[it->second.address] <= 0)
+      self->state.per_address.erase(it->second.address);
     nodes.erase(it);
     self->send(self->state.market, withdraw_atom::value, node_id);
   };
@@ -60,23 +70,35 @@ caf::behavior registry_actor(caf::stateful_actor<registry_state>* self, caf::act
   self->set_error_handler([](caf::error&) {});
   self->set_down_handler([=](const caf::down_msg& down) {
     for (const auto& [id, node] : self->state.nodes)
-      if (node.uplink.address() == down.source) {
-        remove_node(std::string(id), "is unreachable");
+      if (node.session.address() == down.source) {
+        remove_node(std::string(id), down.reason ? "is unreachable" : "left");
         return;
       }
   });
   self->delayed_send(self, std::chrono::milliseconds(config.lease_ms / 4 + 1), tick_atom::value);
   return {
-      [=](hello_atom, node_hello& hello) -> node_welcome {
+      [=](hello_atom, node_hello& hello, std::string& address) -> caf::result<node_welcome> {
         auto& st = self->state;
+        if (st.per_address[address] >= static_cast<int>(config.max_per_address)) {
+          if (st.per_address[address] == 0) st.per_address.erase(address);
+          return to_caf(error(errc::limit_exceeded,
+                              "too many nodes connected from " + address + " (at most " +
+                                  std::to_string(config.max_per_address) + ", --max-per-address)"));
+        }
         std::string id = prefix + std::to_string(st.next_id++);
-        self->monitor(hello.uplink);
+        session_identity who{id, hello.name, key_hex(hello.public_key), hello.tier, hello.workers};
+        auto spawned = spawn_node_session(self->system(), who, config.limits, hello.uplink,
+                                          caf::actor_cast<caf::actor>(self), st.data_server);
+        self->monitor(spawned.session);
+        st.per_address[address] += 1;
         node_entry entry;
         entry.name = hello.name;
         entry.device = hello.device;
         entry.gpus = hello.gpus;
         entry.uplink = hello.uplink;
-        entry.workers = hello.workers;
+        entry.session = spawned.session;
+        entry.workers = spawned.workers;
+        entry.address = address;
         entry.last_seen = clock_type::now();
         entry.tier = hello.tier;
         entry.price = hello.price;
@@ -84,40 +106,25 @@ caf::behavior registry_actor(caf::stateful_actor<registry_state>* self, caf::act
         entry.public_key = hello.public_key;
         st.nodes[id] = std::move(entry);
         std::vector<worker_slot> slots;
-        for (auto& w : hello.workers)
+        for (auto& w : spawned.workers)
           slots.push_back(
               {w, id, hello.name, hello.tier, hello.price, hello.throughput, hello.public_key});
         self->send(st.market, offer_atom::value, id, std::move(slots));
         spdlog::info(
-            "node {} joined as {} with {} worker(s) on {}, asking {} credits per "
+            "node {} joined as {} from {} with {} worker(s) on {}, asking {} credits per "
             "device-hour for {:.0f} samples/s",
-            hello.name, id, hello.workers.size(), hello.device,
+            hello.name, id, address, hello.workers, hello.device,
             static_cast<double>(hello.price) / 1e6, hello.throughput);
         return node_welcome{protocol_version, id, config.heartbeat_ms,
-                            caf::actor_cast<caf::actor>(self), st.data_server};
+                            caf::actor_cast<node_session_actor>(spawned.session)};
       },
-      [=](beat_atom, const std::string& node_id) {
-        auto it = self->state.nodes.find(node_id);
-        if (it != self->state.nodes.end()) {
-          it->second.last_seen = clock_type::now();
-          return;
-        }
-        // A node we gave up on (it hung past its lease, or the core restarted) is alive
-        // after all: it joins again and its workers go back to the market.
-        if (auto sender = caf::actor_cast<caf::actor>(self->current_sender()))
-          self->send(sender, rejoin_atom::value);
-      },
-      [=](offer_atom, const std::string& node_id, std::vector<caf::actor>& workers) {
+      // From a session: the node it speaks for is alive.
+      [=](beat_atom, const std::string& node_id, uint64_t dropped) {
         auto it = self->state.nodes.find(node_id);
         if (it == self->state.nodes.end()) return;
-        std::vector<worker_slot> slots;
-        const auto& n = it->second;
-        for (auto& w : workers)
-          slots.push_back({w, node_id, n.name, n.tier, n.price, n.throughput, n.public_key});
-        it->second.workers.insert(it->second.workers.end(), workers.begin(), workers.end());
-        self->send(self->state.market, offer_atom::value, node_id, std::move(slots));
+        it->second.last_seen = clock_type::now();
+        it->second.dropped = dropped;
       },
-      [=](bye_atom, const std::string& node_id) { remove_node(node_id, "left"); },
       [=](tick_atom) {
         auto now = clock_type::now();
         std::vector<std::string> expired;
@@ -144,7 +151,7 @@ caf::behavior registry_actor(caf::stateful_actor<registry_state>* self, caf::act
         } else if (role == "data_server") {
           st.data_server = replacement;
           for (const auto& [id, node] : st.nodes)
-            self->send(node.uplink, update_atom::value, st.data_server);
+            self->send(node.session, serve_atom::value, st.data_server);
         }
       },
       [=](nodes_atom) -> std::vector<node_status> {
@@ -159,6 +166,7 @@ caf::behavior registry_actor(caf::stateful_actor<registry_state>* self, caf::act
           s.workers = static_cast<uint32_t>(node.workers.size());
           s.last_seen_s = std::chrono::duration<double>(now - node.last_seen).count();
           s.tier = node.tier == 1 ? "core" : "community";
+          s.dropped = node.dropped;
           out.push_back(std::move(s));
         }
         return out;

@@ -3,24 +3,25 @@
 /// The registry actor: the nodes that have joined, their workers, and their heartbeats.
 ///
 /// Protocol:
-/// - (hello_atom, node_hello) -> node_welcome, forwarded by the core supervisor after the
-///   protocol check: assigns a node id, monitors the node's uplink, offers its workers to
-///   the market.
-/// - (beat_atom, node_id): renews the node's lease. A node whose lease runs out (a hung
-///   process with its socket open) or whose uplink goes down (a killed process, a lost link)
-///   is removed and its workers withdrawn from the market at once.
-/// - (bye_atom, node_id): the node leaves on purpose.
-/// - (offer_atom, node_id, workers): restarted workers of a node go to the market.
-/// A heartbeat from a node the registry does not know (it hung past its lease, or it was
-/// registered with the core before a restart) is answered with (rejoin_atom).
+/// - (hello_atom, node_hello, address) -> node_welcome, forwarded by the core supervisor
+///   once the node is admitted: assigns a node id, spawns the node's session (node_session.hpp)
+///   and offers the session's worker handles to the market. The welcome carries only the
+///   session. At most `max_per_address` nodes from one address at once.
+/// - (beat_atom, node_id, dropped) from a session: renews the node's lease. A node whose
+///   lease runs out (a hung process with its socket open) has its session ended; a session
+///   that ends (the node said bye, its uplink went down, it was disconnected) takes the node
+///   out of the registry and its workers out of the market at once.
 /// - (nodes_atom) -> vector<node_status>.
 /// - (update_atom, "market" | "data_server", actor) from the core supervisor: a restarted
 ///   sibling. A new market is offered every known node's workers again; a new data server
-///   is passed to every node's uplink.
+///   is passed to every session.
+/// No node ever holds the registry's handle: sessions hold it and stamp their node's id.
 
 #include <caf/fwd.hpp>
 
 #include <cstdint>
+
+#include "node_session.hpp"
 
 namespace gflex {
 
@@ -29,6 +30,9 @@ struct registry_config {
   uint32_t lease_ms = 4000;
   /// How many registries the core has started before this one (it prefixes node ids).
   uint32_t incarnation = 0;
+  /// Nodes connected from one address at once (a NAT can hide several honest ones).
+  uint32_t max_per_address = 64;
+  session_limits limits;  ///< What each node's session allows.
 };
 
 caf::actor spawn_registry(caf::actor_system& sys, caf::actor market, caf::actor data_server,

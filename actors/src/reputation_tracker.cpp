@@ -21,6 +21,7 @@ struct tracker_state {
   reputation_policy policy;
   caf::actor store;
   caf::actor market;
+  caf::actor gate;  // the gatekeeper: bans a caught node's key and tokens
   std::map<std::string, reputation> records;
   std::set<std::string> dirty;
   bool flush_scheduled = false;
@@ -66,10 +67,11 @@ void changed(tracker_actor* self, const std::string& name, bool now) {
   }
 }
 
-caf::behavior tracker(tracker_actor* self, caf::actor store, caf::actor market,
+caf::behavior tracker(tracker_actor* self, caf::actor store, caf::actor market, caf::actor gate,
                       reputation_policy policy) {
   auto& st = self->state;
   st.store = std::move(store);
+  st.gate = std::move(gate);
   st.market = std::move(market);
   st.policy = policy;
   uint64_t seed = 0;
@@ -131,7 +133,12 @@ caf::behavior tracker(tracker_actor* self, caf::actor store, caf::actor market,
         bool first = !r.flagged;
         spdlog::warn("node {} {}: {}", name, first ? "flagged" : "rejected again", reason);
         r.on_rejected(self->state.policy, std::move(reason));
-        if (first) self->send(self->state.market, bar_atom::value, name);
+        if (first) {
+          self->send(self->state.market, bar_atom::value, name);
+          // Its key is banned and its tokens revoked: it cannot come back as someone else.
+          if (!r.public_key.empty())
+            self->send(self->state.gate, bar_atom::value, r.public_key, name);
+        }
         changed(self, name, true);
       },
       [=](tick_atom) { flush(self); },
@@ -157,6 +164,7 @@ caf::behavior tracker(tracker_actor* self, caf::actor store, caf::actor market,
       [=](update_atom, const std::string& role, caf::actor& replacement) {
         auto& st = self->state;
         if (role == "store") st.store = std::move(replacement);
+        if (role == "gate") st.gate = std::move(replacement);
         if (role == "market") {
           st.market = std::move(replacement);
           for (const auto& [name, r] : st.records) {
@@ -171,8 +179,8 @@ caf::behavior tracker(tracker_actor* self, caf::actor store, caf::actor market,
 }  // namespace
 
 caf::actor spawn_reputation_tracker(caf::actor_system& sys, caf::actor store, caf::actor market,
-                                    reputation_policy policy) {
-  return sys.spawn(tracker, std::move(store), std::move(market), policy);
+                                    caf::actor gate, reputation_policy policy) {
+  return sys.spawn(tracker, std::move(store), std::move(market), std::move(gate), policy);
 }
 
 }  // namespace gflex

@@ -13,10 +13,11 @@
 /// - (credit_atom, name, verified, compute_s, earned): a result of the node was applied in
 ///   a committed round; it is credited, and `earned` micro-credits (what the node was paid
 ///   for it, 0 for an unmetered job) are added to its earnings.
-/// - (reject_atom, name, reason): a result of the node was refused. The node is flagged and
-///   the market told to bar it (bar_atom, name).
+/// - (reject_atom, name, reason): a result of the node was refused. The node is flagged, the
+///   market told to bar it (bar_atom, name), and the gatekeeper to ban its key and the tokens
+///   it joined with (bar_atom, key, name).
 /// - (nodes_atom) -> vector<node_status>: every record, reputation fields filled in.
-/// - (update_atom, "market" | "store", actor): a restarted sibling; a new market is told
+/// - (update_atom, "market" | "store" | "gate", actor): a restarted sibling; a new market is told
 ///   every barred node and every score again.
 /// Every changed score goes to the market (score_atom, name, score), for min_reputation.
 /// Records are read before the first message is handled, and written in batches a tenth of
@@ -29,7 +30,7 @@
 namespace gflex {
 
 caf::actor spawn_reputation_tracker(caf::actor_system& sys, caf::actor store, caf::actor market,
-                                    reputation_policy policy);
+                                    caf::actor gate, reputation_policy policy);
 
 /// The LMDB key of a node identity's record.
 std::string reputation_key(const std::string& name);

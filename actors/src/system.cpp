@@ -86,7 +86,8 @@ int wait_for_stop(caf::scoped_actor& self, const caf::actor& watched) {
         },
         [&](const caf::down_msg& down) {
           if (down.source == watched.address()) {
-            spdlog::error("stopped: {}", self->system().render(down.reason));
+            // Its reason names what failed (the core names the child that kept failing).
+            spdlog::error("stopped: {}", from_caf(down.reason, &self->system()).message());
             code = 1;
             running = false;
           }
@@ -321,9 +322,11 @@ expected<std::string> client::create_account(const std::string& id) {
                           impl_->key, id);
 }
 
-expected<std::string> client::create_token(const std::string& tier, int64_t lifetime_s) {
+expected<std::string> client::create_token(const std::string& tier, int64_t lifetime_s,
+                                           int64_t uses) {
+  if (uses < 0) uses = tier == "community" ? 1 : 0;
   return ask<std::string>(impl_->system(), impl_->core, std::chrono::seconds(30), token_atom::value,
-                          impl_->key, tier, lifetime_s);
+                          impl_->key, tier, lifetime_s, uses);
 }
 
 expected<std::vector<join_token_record>> client::tokens() {

@@ -5,6 +5,8 @@
 #include <caf/io/middleman.hpp>
 #include <caf/openssl/manager.hpp>
 
+#include <map>
+
 #include "messages.hpp"
 
 namespace gflex {
@@ -13,12 +15,12 @@ namespace {
 
 struct uplink_state {
   uplink_config config;
-  caf::actor core;        // the core supervisor, once connected
+  caf::actor core;        // the core's front door, once connected
   caf::actor fixed_core;  // embedded mode: the core in this process
-  caf::actor registry;
+  caf::actor session;     // this node's session: the only other core handle it holds
   std::vector<caf::actor> workers;
+  std::map<uint64_t, size_t> running;  // assignment id -> worker index
   caf::actor cache;
-  caf::actor data_server;
   caf::actor owner;
   std::string node_id;
   uint32_t heartbeat_ms = 1000;
@@ -49,7 +51,7 @@ void hello(uplink_actor* self, caf::actor core) {
   h.name = st.config.name;
   h.device = st.config.device;
   h.gpus = st.config.gpus;
-  h.workers = st.workers;
+  h.workers = static_cast<uint32_t>(st.workers.size());
   h.uplink = caf::actor_cast<caf::actor>(self);
   h.tier = st.config.tier;
   h.credential = st.config.credential;
@@ -63,16 +65,20 @@ void hello(uplink_actor* self, caf::actor core) {
       .then(
           [=](node_welcome& w) {
             auto& st = self->state;
+            if (!w.session) {
+              spdlog::warn("uplink: the core's welcome holds no session");
+              return retry_later(self);
+            }
             st.core = core;
-            st.registry = w.registry;
+            st.session = caf::actor_cast<caf::actor>(w.session);
             st.node_id = w.node_id;
             st.heartbeat_ms = std::max<uint32_t>(w.heartbeat_ms, 50);
             st.attempt = 0;
             st.generation += 1;
             self->monitor(core);
-            self->monitor(w.registry);
-            st.data_server = w.data_server;
-            self->send(st.cache, update_atom::value, w.data_server);
+            self->monitor(st.session);
+            // Chunks come through the session too.
+            self->send(st.cache, update_atom::value, st.session);
             spdlog::info("joined the core as {} with {} worker(s)", w.node_id, st.workers.size());
             self->send(self, tick_atom::value, st.generation);
           },
@@ -124,15 +130,20 @@ caf::behavior uplink_behavior(uplink_actor* self, uplink_config config, caf::act
   self->set_down_handler([=](const caf::down_msg& down) {
     auto& st = self->state;
     if (st.leaving) return;
-    if (st.core && st.registry && down.source == st.registry.address()) {
-      // The core restarted its registry: join the new one through the core.
-      self->send(self, rejoin_atom::value);
+    if (st.session && down.source == st.session.address()) {
+      // The core ended this node's session (its registry restarted, the lease ran out, or
+      // it disconnected the node): join again through the front door.
+      spdlog::warn("the core ended this node's session ({}); joining again",
+                   self->system().render(down.reason));
+    } else if (!st.core || down.source != st.core.address()) {
       return;
+    } else {
+      spdlog::warn("lost the core ({}); reconnecting", self->system().render(down.reason));
     }
-    if (!st.core || down.source != st.core.address()) return;
-    spdlog::warn("lost the core ({}); reconnecting", self->system().render(down.reason));
+    if (st.core) self->demonitor(st.core);
+    if (st.session) self->demonitor(st.session);
     st.core = nullptr;
-    st.registry = nullptr;
+    st.session = nullptr;
     st.generation += 1;
     retry_later(self);
   });
@@ -143,46 +154,65 @@ caf::behavior uplink_behavior(uplink_actor* self, uplink_config config, caf::act
       },
       [=](tick_atom, uint64_t generation) {
         auto& st = self->state;
-        if (generation != st.generation || !st.registry) return;
-        self->send(st.registry, beat_atom::value, st.node_id);
+        if (generation != st.generation || !st.session) return;
+        self->send(st.session, beat_atom::value);
         self->delayed_send(self, std::chrono::milliseconds(st.heartbeat_ms), tick_atom::value,
                            generation);
       },
-      [=](rejoin_atom) {
+      // From the session: run an assignment on worker `index`. Work from anyone else is
+      // refused.
+      [=](assign_atom, uint32_t index, assignment& a) -> caf::result<assignment_result> {
         auto& st = self->state;
-        if (!st.core || st.leaving) return;
-        spdlog::warn("the core no longer knows node {}; joining again", st.node_id);
-        self->demonitor(st.core);
-        if (st.registry) self->demonitor(st.registry);
-        auto core = st.core;
-        st.core = nullptr;
-        st.registry = nullptr;
-        st.generation += 1;
-        hello(self, core);
+        if (!st.session ||
+            self->current_sender() != caf::actor_cast<caf::strong_actor_ptr>(st.session))
+          return to_caf(
+              error(errc::permission_denied, "assignments come from this node's session"));
+        if (index >= st.workers.size())
+          return to_caf(error(errc::invalid_argument, "no worker " + std::to_string(index)));
+        const uint64_t id = a.id;
+        st.running[id] = index;
+        auto rp = self->make_response_promise<assignment_result>();
+        self->request(st.workers[index], caf::infinite, assign_atom::value, std::move(a))
+            .then(
+                [=](assignment_result& r) mutable {
+                  self->state.running.erase(id);
+                  rp.deliver(std::move(r));
+                },
+                [=](caf::error& e) mutable {
+                  self->state.running.erase(id);
+                  rp.deliver(std::move(e));
+                });
+        return rp;
+      },
+      [=](abort_atom, uint64_t id) {
+        auto& st = self->state;
+        if (self->current_sender() != caf::actor_cast<caf::strong_actor_ptr>(st.session)) return;
+        auto it = st.running.find(id);
+        if (it != st.running.end()) self->send(st.workers[it->second], abort_atom::value, id);
       },
       [=](offer_atom, caf::actor& replacement, caf::actor& replaced) {
-        // A worker was restarted: future hellos name the new one, and the core gets it now.
+        // A worker was restarted by the node supervisor: it takes the old one's index. The
+        // core never held a worker's handle, so it hears nothing of this.
         auto& st = self->state;
         std::replace(st.workers.begin(), st.workers.end(), replaced, replacement);
-        if (st.registry)
-          self->send(st.registry, offer_atom::value, st.node_id,
-                     std::vector<caf::actor>{replacement});
-      },
-      [=](update_atom, caf::actor& data_server) {
-        self->state.data_server = data_server;
-        self->send(self->state.cache, update_atom::value, std::move(data_server));
       },
       [=](update_atom, const std::string& role, caf::actor& replacement) {
         auto& st = self->state;
         if (role != "cache") return;
         st.cache = std::move(replacement);  // restarted by the node supervisor
-        if (st.data_server) self->send(st.cache, update_atom::value, st.data_server);
+        if (st.session) self->send(st.cache, update_atom::value, st.session);
       },
       [=](bye_atom) {
         auto& st = self->state;
         st.leaving = true;
         st.generation += 1;  // stops the heartbeat timer
-        if (st.registry) self->send(st.registry, bye_atom::value, st.node_id);
+        if (st.session) self->send(st.session, bye_atom::value);
+      },
+      [=](bye_atom, const std::string& why) {
+        // The session says why it is ending this node's session; its end (down) follows.
+        auto& st = self->state;
+        if (self->current_sender() != caf::actor_cast<caf::strong_actor_ptr>(st.session)) return;
+        spdlog::warn("the core: {}", why);
       },
   };
 }

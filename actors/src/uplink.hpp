@@ -5,9 +5,14 @@
 /// goes away reconnects with exponential backoff and jitter (0.5 s doubling to 30 s, times
 /// a random factor in [0.5, 1.5) so that a thousand nodes do not reconnect in step).
 ///
-/// (rejoin_atom) from the registry means the core no longer knows this node (it was given up
-/// for lost while the process was stopped, or the core restarted): the uplink joins again.
-/// (offer_atom, new worker, old worker) from the node supervisor: a restarted worker.
+/// The core's welcome holds this node's session, the only core handle besides the front door
+/// that the node ever holds; heartbeats, bye and chunk requests (from the cache) go there,
+/// and assignments come from there as (assign_atom, worker index, assignment), answered by
+/// that worker (the core never holds a worker's handle). When the session ends (the node
+/// was given up for lost while stopped, the core restarted its registry, or the core
+/// disconnected it and said why with (bye_atom, reason)), the uplink joins again.
+/// (offer_atom, new worker, old worker) from the node supervisor: a restarted worker takes
+/// the old one's index.
 ///
 /// A refusal by the core (another protocol version, a malformed hello) is final: the uplink
 /// tells its owner (stop_atom, exit code, reason) and stops.

@@ -28,6 +28,7 @@ int fail(const gflex::error& e, int code = 1) {
 struct operator_flags {
   gflex::app::connection_flags link;
   std::string action, id, amount, tier = "community", expires = "0";
+  int64_t uses = -1;  // the tier's default
 };
 
 // The operator's commands: a client of the running core.
@@ -66,7 +67,7 @@ int run_operator(const operator_flags& f) {
     return 0;
   }
   if (f.action == "token-create") {
-    auto token = c->create_token(f.tier, lifetime_s);
+    auto token = c->create_token(f.tier, lifetime_s, f.uses);
     if (!token) return fail(token.error());
     std::printf("%s\n", token->c_str());
     return 0;
@@ -85,12 +86,13 @@ int run_operator(const operator_flags& f) {
     std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&tt));
     return std::string(buf);
   };
-  std::printf("%-12s  %-9s  %-20s  %-20s  %-7s  %s\n", "id", "tier", "created", "expires",
-              "revoked", "joins");
+  std::printf("%-12s  %-9s  %-20s  %-20s  %-7s  %-6s  %-9s  %s\n", "id", "tier", "created",
+              "expires", "revoked", "joins", "keys", "uses");
   for (const auto& t : *tokens)
-    std::printf("%-12s  %-9s  %-20s  %-20s  %-7s  %llu\n", t.id.c_str(), t.tier.c_str(),
-                when(t.created_unix).c_str(), when(t.expires_unix).c_str(),
-                t.revoked ? "yes" : "no", static_cast<unsigned long long>(t.joins));
+    std::printf("%-12s  %-9s  %-20s  %-20s  %-7s  %-6llu  %-9zu  %s\n", t.id.c_str(),
+                t.tier.c_str(), when(t.created_unix).c_str(), when(t.expires_unix).c_str(),
+                t.revoked ? "yes" : "no", static_cast<unsigned long long>(t.joins), t.keys.size(),
+                t.uses == 0 ? "any" : std::to_string(t.uses).c_str());
   return 0;
 }
 
@@ -121,6 +123,18 @@ int main(int argc, char** argv) {
   app.add_option("--newcomer-share", config.newcomer_share,
                  "share of each round's assignments reserved for nodes with little history")
       ->check(CLI::Range(0.0, 1.0))
+      ->capture_default_str();
+  app.add_option("--max-per-address", config.max_nodes_per_address,
+                 "nodes that may be connected from one address at once")
+      ->check(CLI::Range(1, 1000000))
+      ->capture_default_str();
+  app.add_option("--chunk-rate", config.chunk_mib_per_s,
+                 "MiB per second of data chunks one node may fetch (sustained; an 8 s burst)")
+      ->check(CLI::Range(1, 1000000))
+      ->capture_default_str();
+  app.add_option("--chunk-queue", config.chunk_queue,
+                 "chunk requests one node may have waiting; one more disconnects it")
+      ->check(CLI::Range(1, 100000))
       ->capture_default_str();
   app.add_option("--max-jobs-per-account", config.max_jobs_per_account,
                  "unfinished jobs one account may have")
@@ -160,6 +174,11 @@ int main(int argc, char** argv) {
   token_create
       ->add_option("--expires", f.expires, "lifetime: 0 (until revoked), or 90m, 12h, 7d ...")
       ->capture_default_str();
+  token_create
+      ->add_option("--uses", f.uses,
+                   "how many node keys it admits, 0 for any number (default: 1 for a community "
+                   "token, any number for a core token)")
+      ->check(CLI::Range(int64_t{0}, int64_t{1000000}));
   gflex::app::add_connection_flags(token_create, f.link);
   token_create->callback([&] { f.action = "token-create"; });
   auto* token_list = token->add_subcommand("list", "show every join token (not the tokens)");

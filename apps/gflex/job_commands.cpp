@@ -244,6 +244,7 @@ int run_nodes(const job_flags& f) {
                       {"credited_s", n.credited_s},
                       {"earned", format_credits(n.earned)},
                       {"work_share", share(n)},
+                      {"dropped_messages", n.dropped},
                       {"last_rejection", n.last_rejection}});
     }
     std::printf("%s\n", list.dump(2).c_str());
@@ -251,12 +252,14 @@ int run_nodes(const job_flags& f) {
     for (const auto& n : *nodes) {
       std::printf(
           "%-6s %-20s %-9s %u worker(s)  %s  score %.2f streak %lld  validated %llu "
-          "(verified %llu, %.1f%% of the work) rejected %llu  earned %s%s  (seen %.1f s ago)\n",
+          "(verified %llu, %.1f%% of the work) rejected %llu  earned %s%s%s  (seen %.1f s ago)\n",
           n.node_id.c_str(), n.name.c_str(), n.tier.c_str(), n.workers, n.device.c_str(), n.score,
           static_cast<long long>(n.streak), static_cast<unsigned long long>(n.validated),
           static_cast<unsigned long long>(n.verified), 100.0 * share(n),
           static_cast<unsigned long long>(n.rejected), format_credits(n.earned).c_str(),
-          n.flagged ? "  FLAGGED" : "", n.last_seen_s);
+          n.flagged ? "  FLAGGED" : "",
+          n.dropped != 0 ? ("  dropped " + std::to_string(n.dropped) + " message(s)").c_str() : "",
+          n.last_seen_s);
       for (const auto& g : n.gpus)
         std::printf(
             "       cuda:%d %s (sm %s, %d SMs, %.1f GiB): %.1f TFLOP/s FP32 GEMM, %.1f GB/s "

@@ -34,6 +34,8 @@ const char* to_string(errc code) noexcept {
       return "store_error";
     case errc::permission_denied:
       return "permission_denied";
+    case errc::limit_exceeded:
+      return "limit_exceeded";
   }
   return "unknown";
 }

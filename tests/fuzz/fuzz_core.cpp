@@ -126,7 +126,7 @@ caf::message some_request(FuzzedDataProvider& in, harness& h) {
       hello.name = some_string(in);
       hello.device = some_string(in);
       hello.device_memory = in.ConsumeIntegral<uint64_t>();
-      hello.workers.assign(in.ConsumeIntegralInRange<size_t>(0, 3), h.dummy);
+      hello.workers = in.ConsumeIntegralInRange<uint32_t>(0, 3);
       if (in.ConsumeBool()) hello.uplink = h.dummy;
       hello.tier = in.ConsumeIntegral<uint8_t>();
       hello.credential = some_string(in);

@@ -86,7 +86,9 @@ start_core() {
   export GFLEX_API_KEY
   start "$name" "$BIN/gflex-core" --listen "$address" --data-dir "$dir" "$@"
   wait_for 20 "the core to listen" grep -q "core listening" "$WORK/$name.log" || return 1
-  GFLEX_TOKEN=$("$BIN/gflex-core" token create --tier community --core "$address") ||
+  # One community token for all of a test's community nodes: it admits any number of keys
+  # (a community token admits one by default).
+  GFLEX_TOKEN=$("$BIN/gflex-core" token create --tier community --uses 0 --core "$address") ||
     fail "make a community join token"
   TOKEN_core=$("$BIN/gflex-core" token create --tier core --core "$address") ||
     fail "make a core-tier join token"

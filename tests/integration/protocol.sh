@@ -1,16 +1,29 @@
 #!/usr/bin/env bash
-# Runs protocol_probe against a real core process with one honest core-tier node.
+# The hostile-node suite: runs protocol_probe against a real core process with one honest
+# core-tier node, then checks what the core's log says of the attacks.
 source "$(dirname "$0")/lib.sh"
 port=$(free_port)
-start_core core "127.0.0.1:$port" "$WORK/core"
+# A small chunk budget, so that the probe's flood passes it quickly.
+start_core core "127.0.0.1:$port" "$WORK/core" --chunk-rate 4
 start node "$BIN/gflex-node" --join "127.0.0.1:$port" --name honest --data-dir "$WORK/node" \
   --tier core --token "$TOKEN_core"
 wait_for 30 "the node to join" grep -q "joined the core" "$WORK/node.log"
 GFLEX_TEST_TOKEN=$GFLEX_TOKEN GFLEX_TEST_CORE="127.0.0.1:$port" timeout -s KILL 240 "$BIN/gflex_protocol_probe" ||
   fail "protocol probe failed"
 grep -q "node rogue-.* flagged" "$WORK/core.log" || fail "the core flagged no rogue node"
-grep -q "restarting job .* from round" "$WORK/core.log" || fail "the core restarted no job"
-grep -q "the registry stopped .*; restarting it" "$WORK/core.log" || fail "registry not restarted"
-grep -q "the data server stopped .*; restarting it" "$WORK/core.log" ||
-  fail "data server not restarted"
+grep -q "session of node .* (mallory): dropped" "$WORK/core.log" ||
+  fail "the core logged no dropped message"
+grep -q "(rogue-size): more than 64 chunk requests waiting; disconnecting it" "$WORK/core.log" ||
+  fail "the core did not disconnect the flooding node"
+grep -q "join token .* revoked: node rogue-.* joined with it and was caught" "$WORK/core.log" ||
+  fail "no caught node's token was revoked"
+# The attacks stopped nothing: no child of the core was restarted, the core is still up.
+if grep -q "; restarting it" "$WORK/core.log"; then
+  fail "a child of the core stopped: $(grep '; restarting it' "$WORK/core.log" | head -3)"
+fi
+kill -0 "$PID_core" 2>/dev/null || fail "the core is gone"
+grep -q "joined the core" "$WORK/node.log" || fail "the honest node never joined"
+if grep -q "joining again\|reconnecting" "$WORK/node.log"; then
+  fail "the honest node lost its session: $(grep 'joining again\|reconnecting' "$WORK/node.log" | head -3)"
+fi
 finish

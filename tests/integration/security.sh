@@ -50,7 +50,22 @@ start t-good "$BIN/gflex-node" --join "$core" --name t-good --data-dir "$WORK/t-
 wait_for 60 "t-good to join despite the failures" grep -q "joined the core" "$WORK/t-good.log"
 grep -Eq "holding the answer to a hello from 127.0.0.1 for [0-9]+ ms" "$WORK/core.log" ||
   fail "no hello was held back"
-"$C" token list --core "$core" | grep -Eq " yes +0$" || fail "token list lacks the revoked token"
+"$C" token list --core "$core" | grep -Eq " yes +0 +0 +1$" ||
+  fail "token list lacks the revoked token: $("$C" token list --core "$core")"
+# A community token admits one node key by default: a second key is refused, the first may
+# come back with it.
+single=$("$C" token create --tier community --core "$core") || fail "token create"
+start t-single "${NODE[@]}" --name t-single --data-dir "$WORK/t-single" --token "$single"
+wait_for 60 "t-single to join" grep -q "joined the core" "$WORK/t-single.log"
+expect_error "a used single-use token" "is used up" \
+  "${NODE[@]}" --name t-second --data-dir "$WORK/t-second" --token "$single"
+kill -KILL "$PID_t_single"
+start t-single-again "${NODE[@]}" --name t-single --data-dir "$WORK/t-single" --token "$single"
+wait_for 60 "t-single to join again with its token" \
+  grep -q "joined the core" "$WORK/t-single-again.log"
+kill -KILL "$PID_t_single_again"
+wait_for 30 "t-single to leave the node list" bash -c "[ \$(\"$G\" nodes --core $core | wc -l) -eq 2 ]"
+expect_error "bad --uses" "not in range" "$C" token create --uses -3 --core "$core"
 
 # -- clients -----------------------------------------------------------------------------------
 key_file() {  # key_file NAME: opens user/NAME, writes its key to $WORK/NAME.key (mode 600)

@@ -39,7 +39,7 @@ TEST_SUITE("access") {
   }
 
   TEST_CASE("token records round-trip; malformed ones are refused") {
-    join_token_record r{"0123456789ab", "core", 1700000000, 1700003600, true, 7};
+    join_token_record r{"0123456789ab", "core", 1700000000, 1700003600, true, 7, 2, {"aa", "bb"}};
     auto back = decode_token_record(encode_token_record(r));
     REQUIRE(back.has_value());
     CHECK(back->id == r.id);
@@ -48,6 +48,8 @@ TEST_SUITE("access") {
     CHECK(back->expires_unix == r.expires_unix);
     CHECK(back->revoked);
     CHECK(back->joins == 7);
+    CHECK(back->uses == 2);
+    CHECK(back->keys == std::vector<std::string>{"aa", "bb"});
     auto bytes = [](std::string s) { return std::vector<uint8_t>(s.begin(), s.end()); };
     for (std::string bad :
          {std::string("{"), std::string("[]"),
@@ -66,21 +68,45 @@ TEST_SUITE("access") {
 
   TEST_CASE("a token admits its own tier until it expires or is revoked") {
     join_token_record r{"0123456789ab", "community", 100, 200, false, 0};
-    CHECK(admits(r, "community", 150).has_value());
-    auto tier = admits(r, "core", 150);
+    CHECK(admits(r, "community", "k1", 150).has_value());
+    auto tier = admits(r, "core", "k1", 150);
     REQUIRE_FALSE(tier.has_value());
     CHECK(tier.error().message().find("admits the community tier, not the core tier") !=
           std::string::npos);
-    auto late = admits(r, "community", 200);
+    auto late = admits(r, "community", "k1", 200);
     REQUIRE_FALSE(late.has_value());
     CHECK(late.error().message().find("has expired") != std::string::npos);
     r.expires_unix = 0;
-    CHECK(admits(r, "community", 1LL << 40).has_value());
+    CHECK(admits(r, "community", "k1", 1LL << 40).has_value());
     r.revoked = true;
-    auto revoked = admits(r, "community", 150);
+    auto revoked = admits(r, "community", "k1", 150);
     REQUIRE_FALSE(revoked.has_value());
     CHECK(revoked.error().code() == errc::permission_denied);
     CHECK(revoked.error().message().find("was revoked") != std::string::npos);
+  }
+
+  TEST_CASE("a token with a use limit binds to the keys that used it") {
+    join_token_record r{"0123456789ab", "community", 100, 0, false, 0, 1, {}};
+    CHECK(admits(r, "community", "k1", 150).has_value());  // unused: any key
+    r.keys.push_back("k1");
+    CHECK(admits(r, "community", "k1", 150).has_value());  // its key comes back
+    auto second = admits(r, "community", "k2", 150);
+    REQUIRE_FALSE(second.has_value());
+    CHECK(second.error().code() == errc::permission_denied);
+    CHECK(second.error().message().find("is used up") != std::string::npos);
+    r.uses = 0;  // any number of keys
+    CHECK(admits(r, "community", "k2", 150).has_value());
+    r.uses = 2;
+    CHECK(admits(r, "community", "k2", 150).has_value());
+    r.keys.push_back("k2");
+    CHECK_FALSE(admits(r, "community", "k3", 150).has_value());
+    // A record from before use limits (no "uses", no "keys") admits any number of keys.
+    std::string old =
+        R"({"id":"a","tier":"core","created":1,"expires":0,"revoked":false,"joins":3})";
+    auto back = decode_token_record(std::vector<uint8_t>(old.begin(), old.end()));
+    REQUIRE(back.has_value());
+    CHECK(back->uses == 0);
+    CHECK(back->keys.empty());
   }
 
   TEST_CASE("lifetimes: 0, or a count with s, m, h or d, at most ten years") {

@@ -16,6 +16,9 @@ struct join_token_record {
   int64_t expires_unix = 0;  ///< 0: never.
   bool revoked = false;
   uint64_t joins = 0;  ///< Hellos it admitted.
+  /// How many node keys it admits (0: any number). A key that used it may use it again.
+  uint64_t uses = 0;
+  std::vector<std::string> keys;  ///< The node keys (hex) it is bound to, first use first.
 };
 
 /// One account: its balance and the latest entries that touched it.

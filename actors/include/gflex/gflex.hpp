@@ -18,7 +18,7 @@
 namespace gflex {
 
 /// The wire protocol version this build speaks; a node with another is refused at join.
-inline constexpr uint32_t protocol_version = 4;
+inline constexpr uint32_t protocol_version = 5;
 
 /// How to run a core.
 struct core_config {
@@ -48,6 +48,12 @@ struct core_config {
   /// tested. Fractions carry over from round to round: 0.05 of rounds of three is one
   /// assignment in about seven rounds.
   double newcomer_share = 0.05;
+  /// Bounds on what one peer may hold or ask for (docs/SECURITY.md): nodes connected from
+  /// one address at once, and the data chunks one node may fetch (MiB per second sustained,
+  /// requests waiting; one more waiting disconnects it).
+  uint32_t max_nodes_per_address = 64;
+  uint32_t chunk_mib_per_s = 64;
+  uint32_t chunk_queue = 64;
 };
 
 /// How to run a node.
@@ -156,8 +162,11 @@ class client {
   expected<void> topup(const std::string& job_id, int64_t micro);
 
   /// Operator: a new join token for `tier` ("community" or "core"), valid for `lifetime_s`
-  /// seconds (0: until revoked).
-  expected<std::string> create_token(const std::string& tier, int64_t lifetime_s);
+  /// seconds (0: until revoked), that admits `uses` node keys (0: any number; negative: the
+  /// tier's default, 1 for community tokens and any number for core tokens). It binds to the
+  /// keys that use it: a node that joined with it may always rejoin with it.
+  expected<std::string> create_token(const std::string& tier, int64_t lifetime_s,
+                                     int64_t uses = -1);
   /// Operator: every join token's record.
   expected<std::vector<join_token_record>> tokens();
   /// Operator: revokes the token with this id (or a unique prefix of at least 6 digits).

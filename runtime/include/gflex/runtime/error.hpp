@@ -24,6 +24,7 @@ enum class errc : uint8_t {
   no_device = 9,           ///< The requested compute device does not exist here.
   store_error = 10,        ///< The LMDB store failed.
   permission_denied = 11,  ///< The caller lacks the credential the request needs.
+  limit_exceeded = 12,     ///< A peer passed one of the bounds on what it may ask for.
 };
 
 /// A short, stable name for an error code ("io_error").
