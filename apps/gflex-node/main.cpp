@@ -8,11 +8,13 @@
 
 #include "../gflex/core_address.hpp"
 #include "gflex/gflex.hpp"
+#include "gflex/test_aids.hpp"
 
 int main(int argc, char** argv) {
   CLI::App app{"gflex-node: a compute node of a GPUFlex cloud"};
   std::string join, log_level = "info";
   gflex::node_config config;
+  gflex::node_test_aids aids;  // hidden flags, for the project's tests
   config.data_dir = "gflex-node-data";
   app.add_option("--join", join, "the core's HOST:PORT")->required();
   app.add_option("--name", config.name, "name shown by the core (default: host name)");
@@ -53,18 +55,18 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_flag("--idle-only", config.idle_only,
                "take assignments only while other processes leave the machine idle");
-  app.add_option("--misbehave", config.misbehave,
+  app.add_option("--misbehave", aids.misbehave,
                  "return bad work on purpose, a test aid: random, scale:X, signflip, lazy, stale "
                  "or sometimes:P:MODE");
-  app.add_option("--misbehave-seed", config.misbehave_seed,
+  app.add_option("--misbehave-seed", aids.misbehave_seed,
                  "seed of --misbehave's random choices (default: from the name)");
-  app.add_option("--protocol-version", config.announce_protocol,
+  app.add_option("--protocol-version", aids.announce_protocol,
                  "announce another protocol version (a test aid)")
       ->group("");
-  app.add_option("--device-error-at", config.device_error_at,
+  app.add_option("--device-error-at", aids.device_error_at,
                  "fail each worker's Nth assignment as out of device memory (a test aid)")
       ->group("");
-  app.add_option("--crash-worker-at", config.crash_worker_at,
+  app.add_option("--crash-worker-at", aids.crash_worker_at,
                  "crash each worker at its Nth assignment (a test aid)")
       ->group("");
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error, critical or off")
@@ -78,5 +80,5 @@ int main(int argc, char** argv) {
   config.core_cert = core_cert;
   auto address = gflex::app::start_daemon("gflex-node", log_level, join, "--join");
   if (!address) return 2;
-  return gflex::run_node(config, address->host, address->port);
+  return gflex::run_node(config, address->host, address->port, aids);
 }

@@ -3,7 +3,7 @@
 /// run.
 /// 1. Matching: the time to fill a round of 1,000 assignments from 10,000 offers (a mix of
 ///    tiers, prices, throughputs, reputations, a fifth busy), building the offer list as the
-///    market actor does and running the core's matcher (actors/src/matcher.cpp). Target:
+///    market actor does and running the core's matcher (actors/domain/matcher.cpp). Target:
 ///    < 10 ms.
 /// 2. The ledger: entries committed per second with the hash chain (each a settlement paying
 ///    two nodes and the platform from escrow: prepare, hash, encode, and one LMDB transaction

@@ -1,12 +1,14 @@
 /// @file
 /// The core's handling of every message a client or node may send, under libFuzzer with
-/// ASan and UBSan. A real core (its actors, its LMDB store in a temporary directory) runs in
-/// the process; each input picks a message type and fills its fields from the fuzzer's
-/// bytes (strings, numbers, keys, signatures, with the operator's key or without), sends it,
-/// and then asks the core for its jobs: the core must answer within 10 s, or the input is
-/// reported as a hang (abort). Fields are drawn rather than CAF's wire bytes decoded, so
-/// that the fuzzer spends its time in the project's handlers rather than in CAF's
-/// deserializer.
+/// ASan and UBSan, to every handle a peer can hold: the front door, and a joined node's
+/// session. A real core (its actors, its LMDB store in a temporary directory) runs in the
+/// process, with one node joined; each input picks a handle and a message type and fills
+/// its fields from the fuzzer's bytes (strings, numbers, keys, signatures, with the
+/// operator's key or without), sends it, and then asks the core for its jobs and the
+/// session for a chunk: both must answer within 10 s, or the input is reported as a hang
+/// (abort). A session the input ended (bye) is replaced by joining again. Fields are drawn rather
+/// than CAF's wire bytes decoded, so that the fuzzer spends its time in the project's handlers
+/// rather than in CAF's deserializer.
 
 #include <fuzzer/FuzzedDataProvider.h>
 
@@ -33,6 +35,30 @@ struct harness {
   caf::actor dummy;  // stands in for a node's workers and uplink
   std::string operator_key;
   node_identity key = node_identity::generate();
+  node_identity node_key = node_identity::generate();
+  std::string token;  // a community token for the joined node
+  caf::actor session;
+
+  // Joins the fuzzed node (again); aborts if the core refuses it.
+  void join() {
+    caf::scoped_actor self{*sys};
+    node_hello h;
+    h.protocol = protocol_version;
+    h.name = "fuzzed";
+    h.device = "cpu";
+    h.workers = 2;
+    h.uplink = dummy;
+    h.credential = token;
+    h.public_key = node_key.public_key();
+    h.proof = node_key.sign(hello_message(h.protocol, h.name));
+    self->request(core, std::chrono::seconds(30), hello_atom::value, std::move(h))
+        .receive([&](node_welcome& w) { session = caf::actor_cast<caf::actor>(w.session); },
+                 [&](caf::error& e) {
+                   std::fprintf(stderr, "the fuzzed node cannot join: %s\n",
+                                sys->render(e).c_str());
+                   std::abort();
+                 });
+  }
 
   harness() {
     std::string pattern = (std::filesystem::temp_directory_path() / "gflex-fuzz-XXXXXX").string();
@@ -52,6 +78,15 @@ struct harness {
     }
     core = *c;
     dummy = sys->spawn([]() -> caf::behavior { return {[](int) {}}; });
+    caf::scoped_actor self{*sys};
+    self->request(core, std::chrono::seconds(30), token_atom::value, operator_key,
+                  std::string("community"), int64_t{0}, int64_t{0})
+        .receive([&](std::string& t) { token = std::move(t); },
+                 [&](caf::error& e) {
+                   std::fprintf(stderr, "no token: %s\n", sys->render(e).c_str());
+                   std::abort();
+                 });
+    join();
   }
 };
 
@@ -145,6 +180,38 @@ caf::message some_request(FuzzedDataProvider& in, harness& h) {
   }
 }
 
+// A message for the node's session: its own interface, the core's internal verbs, and the
+// verbs of the old protocol that sessions must drop.
+caf::message some_session_message(FuzzedDataProvider& in, harness& h) {
+  switch (in.ConsumeIntegralInRange<int>(0, 7)) {
+    case 0:
+      return caf::make_message(beat_atom::value);
+    case 1:
+      return caf::make_message(bye_atom::value);
+    case 2:
+      return caf::make_message(chunk_atom::value, some_string(in));
+    case 3: {
+      assignment a;
+      a.id = in.ConsumeIntegral<uint64_t>();
+      a.job_id = some_string(in);
+      a.workload = some_string(in);
+      a.local_steps = in.ConsumeIntegral<int64_t>();
+      a.batch_size = in.ConsumeIntegral<int64_t>();
+      a.params = in.ConsumeBytes<uint8_t>(in.ConsumeIntegralInRange<size_t>(0, 64));
+      return caf::make_message(assign_atom::value, in.ConsumeIntegral<uint32_t>(), std::move(a));
+    }
+    case 4:
+      return caf::make_message(abort_atom::value, in.ConsumeIntegral<uint64_t>());
+    case 5:
+      return caf::make_message(offer_atom::value, some_string(in),
+                               std::vector<caf::actor>{h.dummy});
+    case 6:
+      return caf::make_message(bye_atom::value, some_string(in));
+    default:
+      return caf::make_message(update_atom::value, some_string(in), h.dummy);
+  }
+}
+
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
@@ -152,7 +219,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   FuzzedDataProvider in(data, size);
   caf::scoped_actor self{*h.sys};
   // The answer to the fuzzed request may be anything; it waits in the mailbox, unread.
-  self->request(h.core, std::chrono::seconds(10), some_request(in, h));
+  if (in.ConsumeBool())
+    self->request(h.session, std::chrono::seconds(10), some_session_message(in, h));
+  else
+    self->request(h.core, std::chrono::seconds(10), some_request(in, h));
   bool alive = false;
   self->request(h.core, std::chrono::seconds(10), jobs_atom::value, h.operator_key)
       .receive([&](std::vector<job_status>&) { alive = true; },
@@ -160,5 +230,21 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
                  std::fprintf(stderr, "the core did not answer: %s\n", h.sys->render(e).c_str());
                });
   if (!alive) std::abort();
+  // The session answers too, unless the input ended it (bye): then the node joins again.
+  bool session_alive = false, ended = false;
+  self->request(h.session, std::chrono::seconds(10), chunk_atom::value, std::string(64, '0'))
+      .receive([&](std::vector<uint8_t>&) { session_alive = true; },
+               [&](caf::error& e) {
+                 session_alive = e.category() == error_category;  // "no chunk": it answered
+                 ended = e == caf::sec::request_receiver_down;
+                 if (!session_alive && !ended)
+                   std::fprintf(stderr, "the session did not answer: %s\n",
+                                h.sys->render(e).c_str());
+               });
+  if (ended) {
+    h.join();
+  } else if (!session_alive) {
+    std::abort();
+  }
   return 0;
 }

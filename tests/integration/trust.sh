@@ -87,9 +87,16 @@ check(job["rounds"] * 8 - job["rejected_results"] <= credited <= job["rounds"] *
 finish()
 PY
 
-# A subtle cheater: scaled updates pass the norm and direction checks.
+# The cheaters of the first job joined with the shared community token: it is closed to new
+# keys now (a caught node cannot come back as someone new), while the honest nodes bound to
+# it may still come back with it.
+expect_error "a new key on a token a caught node used" "admits no new node keys: node node" \
+  "$BIN/gflex-node" --join "$core" --name newcomer --data-dir "$WORK/newcomer"
+# A subtle cheater: scaled updates pass the norm and direction checks. It gets a token of
+# its own.
+token9=$("$BIN/gflex-core" token create --tier community --core "$core") || fail "token create"
 start node9 "$BIN/gflex-node" --join "$core" --name node9 --data-dir "$WORK/node9" \
-  --misbehave scale:1.5
+  --token "$token9" --misbehave scale:1.5
 wait_for 30 "node9 to join" bash -c "'$G' nodes --core $core | grep -q node9"
 sed -e 's/rounds = 16/rounds = 6/' -e 's/name = "trust"/name = "subtle"/' "$WORK/job.toml" \
   >"$WORK/subtle.toml"

@@ -39,7 +39,8 @@ TEST_SUITE("access") {
   }
 
   TEST_CASE("token records round-trip; malformed ones are refused") {
-    join_token_record r{"0123456789ab", "core", 1700000000, 1700003600, true, 7, 2, {"aa", "bb"}};
+    join_token_record r{"0123456789ab", "core", 1700000000, 1700003600, true, 7, 2,
+                        {"aa", "bb"},   ""};
     auto back = decode_token_record(encode_token_record(r));
     REQUIRE(back.has_value());
     CHECK(back->id == r.id);
@@ -67,7 +68,7 @@ TEST_SUITE("access") {
   }
 
   TEST_CASE("a token admits its own tier until it expires or is revoked") {
-    join_token_record r{"0123456789ab", "community", 100, 200, false, 0};
+    join_token_record r{"0123456789ab", "community", 100, 200, false, 0, 0, {}, ""};
     CHECK(admits(r, "community", "k1", 150).has_value());
     auto tier = admits(r, "core", "k1", 150);
     REQUIRE_FALSE(tier.has_value());
@@ -86,7 +87,7 @@ TEST_SUITE("access") {
   }
 
   TEST_CASE("a token with a use limit binds to the keys that used it") {
-    join_token_record r{"0123456789ab", "community", 100, 0, false, 0, 1, {}};
+    join_token_record r{"0123456789ab", "community", 100, 0, false, 0, 1, {}, ""};
     CHECK(admits(r, "community", "k1", 150).has_value());  // unused: any key
     r.keys.push_back("k1");
     CHECK(admits(r, "community", "k1", 150).has_value());  // its key comes back
@@ -100,6 +101,12 @@ TEST_SUITE("access") {
     CHECK(admits(r, "community", "k2", 150).has_value());
     r.keys.push_back("k2");
     CHECK_FALSE(admits(r, "community", "k3", 150).has_value());
+    // Closed to new keys (a node that joined with it was caught): its keys may come back.
+    r.closed = "node x joined with it and was caught";
+    CHECK(admits(r, "community", "k1", 150).has_value());
+    auto closed = admits(r, "community", "k3", 150);
+    REQUIRE_FALSE(closed.has_value());
+    CHECK(closed.error().message().find("admits no new node keys: node x") != std::string::npos);
     // A record from before use limits (no "uses", no "keys") admits any number of keys.
     std::string old =
         R"({"id":"a","tier":"core","created":1,"expires":0,"revoked":false,"joins":3})";

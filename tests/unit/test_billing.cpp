@@ -1,5 +1,5 @@
 /// @file
-/// Billing (actors/src/billing.hpp): what a result costs and how a round's escrow is settled.
+/// Billing (actors/domain/billing.hpp): what a result costs and how a round's escrow is settled.
 
 #include <doctest/doctest.h>
 

@@ -1,5 +1,7 @@
 #include <doctest/doctest.h>
 
+#include <cmath>
+
 #include <string>
 #include <vector>
 
@@ -200,5 +202,34 @@ TEST_SUITE("matcher") {
     bid.policy = trust_tier::core;  // a core-tier job has no newcomers to reserve for
     r = match_slots(offers, bid, 3);
     CHECK(r.chosen == std::vector<size_t>{5});
+  }
+
+  TEST_CASE("nodes are priced by the throughput the core measured, never by a claim alone") {
+    // Three honest nodes claim what they do (calibration units are twice the workload's
+    // samples per second here); a liar claims 100 times its speed.
+    std::vector<speed_evidence> nodes{
+        {1000.0, 500.0}, {2000.0, 1000.0}, {1000.0, 500.0}, {100000.0, 500.0}};
+    auto priced = priced_throughputs(nodes);
+    CHECK(priced[0] == doctest::Approx(1000.0));
+    CHECK(priced[1] == doctest::Approx(2000.0));
+    CHECK(priced[3] == doctest::Approx(1000.0));  // what it does, not what it says
+    // A node that under-claims is priced by its claim.
+    nodes[2].claimed = 100.0;
+    CHECK(priced_throughputs(nodes)[2] == doctest::Approx(100.0));
+    // A node not measured yet is priced by its claim, never above the fastest measured one.
+    nodes.push_back({50000.0, std::nullopt});
+    nodes.push_back({300.0, std::nullopt});
+    priced = priced_throughputs(nodes);
+    CHECK(priced[4] == doctest::Approx(2000.0));
+    CHECK(priced[5] == doctest::Approx(300.0));
+    // Nothing measured: claims, sanitised.
+    std::vector<speed_evidence> fresh{
+        {1000.0, std::nullopt}, {std::nan(""), std::nullopt}, {-5.0, std::nullopt}};
+    priced = priced_throughputs(fresh);
+    CHECK(priced == std::vector<double>{1000.0, 0.0, 0.0});
+    // A measured NaN or negative rate counts as nothing done.
+    std::vector<speed_evidence> odd{{1000.0, 500.0}, {1000.0, std::nan("")}};
+    priced = priced_throughputs(odd);
+    CHECK(priced[1] == 0.0);
   }
 }

@@ -19,6 +19,10 @@ struct join_token_record {
   /// How many node keys it admits (0: any number). A key that used it may use it again.
   uint64_t uses = 0;
   std::vector<std::string> keys;  ///< The node keys (hex) it is bound to, first use first.
+  /// Why it admits no new keys (a node that joined with it was caught); empty: open. The
+  /// keys bound to it may still come back with it, the caught one excepted (its key is
+  /// banned).
+  std::string closed;
 };
 
 /// One account: its balance and the latest entries that touched it.

@@ -70,15 +70,6 @@ struct node_config {
   int streams_per_gpu = 1;     ///< Worker actors per GPU group, each with its own streams.
   /// Device memory all workers together may use on each GPU ("6G"; "0": no limit).
   std::string gpu_memory_limit = "0";
-  /// Protocol version announced at join; 0 means this build's. Only tests set it, to check
-  /// that a core refuses a node speaking another version.
-  uint32_t announce_protocol = 0;
-  /// Test aid: the first workers crash when they start their Nth assignment (0: never), to
-  /// exercise the node supervisor's restarts.
-  int crash_worker_at = 0;
-  /// Test aid: every worker's Nth assignment fails as a device running out of memory would
-  /// (0: never), to exercise that path where there is no GPU.
-  int device_error_at = 0;
   /// "community" (the default: results are checked and sampled for verification) or "core"
   /// (the platform's own machines: trusted, and they verify others' work).
   std::string tier = "community";
@@ -88,10 +79,6 @@ struct node_config {
   /// only that core. Required unless `insecure`.
   std::filesystem::path core_cert;
   bool insecure = false;  ///< Plain TCP, unencrypted (a warning is logged).
-  /// Test aid: return bad work on purpose (random, scale:X, signflip, lazy, stale,
-  /// sometimes:P:MODE); empty: honest. Nothing else in the node changes.
-  std::string misbehave;
-  uint64_t misbehave_seed = 0;  ///< 0: derived from the node's name.
   /// The price asked, credits per device-hour (one worker for an hour), in [0, 1e6].
   double price = 1.0;
   /// Stop offering compute after this many device-hours (0: no limit): the node leaves.

@@ -76,8 +76,8 @@ struct node_status {
   bool flagged = false;            ///< Caught at least once; it gets no more work.
   double credited_s = 0.0;         ///< Compute seconds credited for validated results.
   int64_t earned = 0;              ///< Micro-credits paid for validated results.
-  uint64_t dropped = 0;  ///< Messages its session refused (outside its interface, forged).
-  std::string last_rejection;      ///< Why its last rejected result was refused.
+  uint64_t dropped = 0;        ///< Messages its session refused (outside its interface, forged).
+  std::string last_rejection;  ///< Why its last rejected result was refused.
 };
 
 /// Whether a job in `state` will change no more (done, failed, cancelled).

@@ -20,6 +20,7 @@
 #include "gflex/gflex.hpp"
 #include "gflex/runtime/secret_file.hpp"
 #include "gflex/runtime/tls_credentials.hpp"
+#include "gflex/test_aids.hpp"
 #include "link_security.hpp"
 #include "message_limit.hpp"
 #include "messages.hpp"
@@ -204,6 +205,11 @@ int run_core(const core_config& given) {
 }
 
 int run_node(const node_config& config, const std::string& host, uint16_t port) {
+  return run_node(config, host, port, node_test_aids{});
+}
+
+int run_node(const node_config& config, const std::string& host, uint16_t port,
+             const node_test_aids& aids) {
   signal_watcher signals;
   caf::actor_system_config cfg;
   configure_actor_system(cfg);
@@ -221,7 +227,7 @@ int run_node(const node_config& config, const std::string& host, uint16_t port) 
   }
   caf::actor_system sys{cfg};
   caf::scoped_actor self{sys};
-  auto node = spawn_node(sys, config, host, port, nullptr, self);
+  auto node = spawn_node(sys, config, aids, host, port, nullptr, self);
   if (!node) {
     spdlog::error("{}", node.error().message());
     return 2;
@@ -418,7 +424,7 @@ expected<job_status> run_embedded(const embedded_config& config, const std::stri
     n.data_dir = dir / n.name;
     n.tier = "core";
     n.token = *token;
-    auto node = spawn_node(sys, n, "", 0, *core, owner);
+    auto node = spawn_node(sys, n, node_test_aids{}, "", 0, *core, owner);
     if (!node) {
       caf::anon_send_exit(*core, caf::exit_reason::user_shutdown);
       return node.error();

@@ -9,8 +9,9 @@
 ///   every job holding one of them is told (withdraw_atom, node_id) at once.
 /// - (offer_atom, node_id, slots) may come again for a node: a restarted worker.
 /// - (withdraw_atom): every slot goes (the registry was restarted; nodes join again).
-/// - (acquire_atom, job_id, n, policy, max_price, min_reputation) -> acquire_reply: up to n
-///   free slots, now busy, chosen by matcher.hpp: `policy` is a gflex::trust_tier (core-tier
+/// - (acquire_atom, job_id, workload, n, policy, max_price, min_reputation) -> acquire_reply:
+///   up to n free slots, now busy, chosen by matcher.hpp (throughputs as the core measured
+///   them on `workload`, priced_throughputs; empty: as calibrated): `policy` is a gflex::trust_tier (core-tier
 ///   slots only, community only, or hybrid: community first), a slot's price must be within
 ///   max_price (micro-credits per device-hour; negative: any) and its node's score reach
 ///   min_reputation; the cheapest per unit of work go first, and among offers of (nearly)
@@ -19,6 +20,8 @@
 ///   next) goes to nodes given fewer than 5 assignments first. The reply counts the slots
 ///   left out (busy, wrong tier, too expensive, low reputation).
 /// - (score_atom, node_name, score) from the reputation tracker: a node's current score.
+/// - (rate_atom, node_name, workload, samples/s) from a session, through the registry: the
+///   rate the core measured for one of the node's assignments (averaged per node).
 /// - (bar_atom, node_name) from the reputation tracker: a node caught misbehaving. Its slots
 ///   go (their holders hear withdraw_atom) and it is never offered again.
 /// - (release_atom, worker) : the slot is free again (ignored if its node is gone).

@@ -273,8 +273,9 @@ caf::behavior gatekeeper(gatekeeper_actor* self, caf::actor store, std::string o
         return rp;
       },
       // From the reputation tracker: the node with `key` (hex) was caught. Its key is banned
-      // and every token it joined with is revoked, so that it cannot return under a new name
-      // with the same token, nor with the same key and a new token.
+      // and every token it joined with is closed to new keys, so that it cannot return under
+      // a new name and key with the same token, nor with the same key and a new token. The
+      // other nodes bound to a shared token may still come back with it.
       [=](bar_atom, const std::string& key, const std::string& name) {
         auto& st = self->state;
         auto report = [=](caf::error& e) {
@@ -290,14 +291,12 @@ caf::behavior gatekeeper(gatekeeper_actor* self, caf::actor store, std::string o
                   store_batch batch;
                   for (size_t i = 0; i < keys.size(); ++i) {
                     auto r = decode_token_record(values[i]);
-                    if (!r || r->revoked ||
+                    if (!r || r->revoked || !r->closed.empty() ||
                         std::find(r->keys.begin(), r->keys.end(), key) == r->keys.end())
                       continue;
-                    r->revoked = true;
-                    spdlog::warn(
-                        "gatekeeper: join token {} revoked: node {} joined with it and "
-                        "was caught",
-                        r->id, name);
+                    r->closed = "node " + name + " joined with it and was caught";
+                    spdlog::warn("gatekeeper: join token {} closed to new keys: {}", r->id,
+                                 r->closed);
                     batch.keys.push_back(keys[i]);
                     batch.values.push_back(encode_token_record(*r));
                   }

@@ -154,6 +154,10 @@ caf::behavior registry_actor(caf::stateful_actor<registry_state>* self, caf::act
             self->send(node.session, serve_atom::value, st.data_server);
         }
       },
+      // From a session: a measured rate, for the market's prices.
+      [=](rate_atom, const std::string& name, const std::string& workload, double rate) {
+        self->send(self->state.market, rate_atom::value, name, workload, rate);
+      },
       [=](nodes_atom) -> std::vector<node_status> {
         std::vector<node_status> out;
         auto now = clock_type::now();

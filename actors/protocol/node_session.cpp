@@ -121,17 +121,18 @@ void pump_chunks(session_actor* self) {
 // and carry finite figures; the compute time it claims is capped at what the session
 // measured between sending and receiving (what the job pays for). An answer naming another
 // assignment or with non-finite figures goes on to the job unchanged, which rejects it as
-// malformed (proof of misbehaviour, held against this node).
-void check_answer(session_actor* self, uint64_t id, clock_type::time_point sent_at,
+// malformed (proof of misbehaviour, held against this node). Whether the answer is well
+// formed (its rate then counts for the market).
+bool check_answer(session_actor* self, uint64_t id, clock_type::time_point sent_at,
                   assignment_result& r) {
   auto& st = self->state;
   const double measured = std::chrono::duration<double>(clock_type::now() - sent_at).count();
   if (r.assignment_id != id) {
     spdlog::warn("session of node {} ({}): answer to assignment {:016x} names {:016x}",
                  st.who.node_id, st.who.name, id, r.assignment_id);
-    return;
+    return false;
   }
-  if (!std::isfinite(r.compute_s) || r.compute_s < 0.0) return;  // the job rejects it
+  if (!std::isfinite(r.compute_s) || r.compute_s < 0.0) return false;  // the job rejects it
   if (r.compute_s > measured) {
     spdlog::warn(
         "session of node {} ({}): assignment {:016x} claims {:.3f} s of compute in {:.3f} s; "
@@ -139,6 +140,7 @@ void check_answer(session_actor* self, uint64_t id, clock_type::time_point sent_
         st.who.node_id, st.who.name, id, r.compute_s, measured, measured);
     r.compute_s = measured;
   }
+  return true;
 }
 
 node_session_internal::behavior_type session_behavior(session_actor* self, session_identity who,
@@ -206,13 +208,25 @@ node_session_internal::behavior_type session_behavior(session_actor* self, sessi
           return to_caf(error(errc::invalid_argument, "no such worker"));
         const uint64_t id = a.id;
         const auto sent_at = clock_type::now();
+        // The work it stands for, known before the node answers: what the measured rate
+        // counts (a node's claimed samples are not trusted).
+        const double samples = static_cast<double>(std::max<int64_t>(a.local_steps, 0)) *
+                               static_cast<double>(std::max<int64_t>(a.batch_size, 0));
+        const std::string workload = a.workload;
         st.in_flight[id] = sent_at;
         auto rp = self->make_response_promise<assignment_result>();
         self->request(st.uplink, std::chrono::minutes(30), assign_atom::value, worker, std::move(a))
             .then(
                 [=](assignment_result& r) mutable {
-                  self->state.in_flight.erase(id);
-                  check_answer(self, id, sent_at, r);
+                  auto& st = self->state;
+                  st.in_flight.erase(id);
+                  if (check_answer(self, id, sent_at, r)) {
+                    const double took =
+                        std::chrono::duration<double>(clock_type::now() - sent_at).count();
+                    if (took > 0.0 && samples > 0.0)
+                      caf::anon_send(st.registry, rate_atom::value, st.who.name, workload,
+                                     samples / took);
+                  }
                   rp.deliver(std::move(r));
                 },
                 [=](caf::error& e) mutable {

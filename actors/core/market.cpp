@@ -37,6 +37,8 @@ struct market_state {
   std::set<std::string> barred;           // node names caught misbehaving: never offered again
   std::map<std::string, double> scores;   // reputation by node name, from the tracker
   std::map<std::string, int64_t> served;  // assignments given, by node name (its history)
+  // Rates the core measured (samples per second, averaged), by workload and node name.
+  std::map<std::string, std::map<std::string, double>> measured;
   double newcomer_share = 0.05;
   double newcomer_quota = 0.0;  // reserved slots owed to newcomers, fractions carried over
   static inline const char* name = "market";
@@ -99,16 +101,40 @@ caf::behavior market_actor(caf::stateful_actor<market_state>* self, double newco
             st.slots.end());
       },
       [=](score_atom, const std::string& name, double score) { self->state.scores[name] = score; },
-      [=](acquire_atom, const std::string&, int64_t wanted, uint8_t policy, int64_t max_price,
-          double min_reputation) -> acquire_reply {
+      // From a session (through the registry): a node answered an assignment of `workload`
+      // at `rate` samples per second, as the core measured it.
+      [=](rate_atom, const std::string& name, const std::string& workload, double rate) {
+        if (!std::isfinite(rate) || rate <= 0.0 || rate > 1e12 || workload.size() > 128) return;
+        auto& by_node = self->state.measured[workload];
+        auto it = by_node.find(name);
+        if (it == by_node.end())
+          by_node.emplace(name, rate);
+        else
+          it->second = 0.7 * it->second + 0.3 * rate;
+      },
+      [=](acquire_atom, const std::string&, const std::string& workload, int64_t wanted,
+          uint8_t policy, int64_t max_price, double min_reputation) -> acquire_reply {
         auto& st = self->state;
         const auto now = clock_type::now();
+        // Throughputs by what the core measured for this workload, never a claim alone.
+        std::map<std::string, size_t> node_index;
+        std::vector<speed_evidence> speeds;
+        const auto measured = st.measured.find(workload);
+        for (const auto& e : st.slots) {
+          if (!node_index.emplace(e.slot.node_name, speeds.size()).second) continue;
+          speed_evidence ev{e.slot.throughput, std::nullopt};
+          if (measured != st.measured.end())
+            if (auto m = measured->second.find(e.slot.node_name); m != measured->second.end())
+              ev.measured = m->second;
+          speeds.push_back(ev);
+        }
+        const auto priced = priced_throughputs(speeds);
         std::vector<slot_offer> offers;
         offers.reserve(st.slots.size());
         for (const auto& e : st.slots) {
           auto score = st.scores.find(e.slot.node_name);
           auto served = st.served.find(e.slot.node_name);
-          offers.push_back({e.slot.tier, e.slot.price, e.slot.throughput,
+          offers.push_back({e.slot.tier, e.slot.price, priced[node_index[e.slot.node_name]],
                             score == st.scores.end() ? 0.5 : score->second,
                             !e.busy && now >= e.cooldown_until,
                             served == st.served.end() ? 0 : served->second});

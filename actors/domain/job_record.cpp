@@ -8,7 +8,7 @@
 #include <cstring>
 
 #include "gflex/schema/job.capnp.h"
-#include "job.hpp"
+#include "job_record.hpp"
 
 namespace gflex {
 

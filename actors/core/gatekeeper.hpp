@@ -18,7 +18,7 @@
 ///   banned; the token is bound to it or has a use left); failures are counted per address,
 ///   and an address with many recent failures waits for its answer (at most 1024 wait).
 /// - (bar_atom, key hex, name) from the reputation tracker: the node was caught; its key is
-///   banned and every token bound to it revoked.
+///   banned and every token bound to it closed to new keys.
 /// The records are read from the store when asked, so a revocation holds at once and a
 /// restarted gatekeeper needs no warm-up.
 

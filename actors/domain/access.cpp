@@ -91,7 +91,8 @@ std::vector<uint8_t> encode_token_record(const join_token_record& r) {
                    {"revoked", r.revoked},
                    {"joins", r.joins},
                    {"uses", r.uses},
-                   {"keys", r.keys}};
+                   {"keys", r.keys},
+                   {"closed", r.closed}};
   auto text = j.dump();
   return {text.begin(), text.end()};
 }
@@ -109,6 +110,7 @@ expected<join_token_record> decode_token_record(std::span<const uint8_t> bytes) 
     // Records written before tokens had use limits admit any number of keys.
     if (j.contains("uses")) r.uses = integer_at<uint64_t>(j, "uses");
     if (j.contains("keys")) r.keys = j.at("keys").get<std::vector<std::string>>();
+    if (j.contains("closed")) r.closed = j.at("closed").get<std::string>();
     if (r.tier != "community" && r.tier != "core")
       return error(errc::malformed_message, "token record: unknown tier '" + r.tier + "'");
     return r;
@@ -129,6 +131,9 @@ expected<void> admits(const join_token_record& r, std::string_view tier, std::st
     return error(errc::permission_denied, m);
   }
   const bool bound = std::find(r.keys.begin(), r.keys.end(), key) != r.keys.end();
+  if (!bound && !r.closed.empty())
+    return error(errc::permission_denied,
+                 "join token " + r.id + " admits no new node keys: " + r.closed);
   if (!bound && r.uses != 0 && r.keys.size() >= r.uses)
     return error(errc::permission_denied, "join token " + r.id + " is used up: it admits " +
                                               std::to_string(r.uses) +

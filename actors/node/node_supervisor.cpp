@@ -135,8 +135,8 @@ caf::behavior node_actor(node_actor_type* self, node_children children) {
 }  // namespace
 
 expected<caf::actor> spawn_node(caf::actor_system& sys, const node_config& config,
-                                const std::string& host, uint16_t port, caf::actor core,
-                                caf::actor owner) {
+                                const node_test_aids& aids, const std::string& host, uint16_t port,
+                                caf::actor core, caf::actor owner) {
   if (config.workers < 1 || config.workers > 256)
     return error(errc::invalid_argument, "--workers must be in [1, 256]");
   // Decide the devices here, and make one worker's replica group, so that a node without the
@@ -162,10 +162,10 @@ expected<caf::actor> spawn_node(caf::actor_system& sys, const node_config& confi
     return error(errc::invalid_argument,
                  "a node needs a join token (--token or GFLEX_TOKEN; the core's operator makes "
                  "one with `gflex-core token create`)");
-  auto misbehave = parse_misbehaviour(config.misbehave);
+  auto misbehave = parse_misbehaviour(aids.misbehave);
   if (!misbehave) return misbehave.error();
   if (misbehave->kind != misbehaviour::mode::honest)
-    spdlog::warn("this node misbehaves ({}): a test aid", config.misbehave);
+    spdlog::warn("this node misbehaves ({}): a test aid", aids.misbehave);
   // The node's identity: made at its first start, kept beside its cache.
   auto identity = node_identity::load_or_create(config.data_dir / "node.key");
   if (!identity) return identity.error();
@@ -175,8 +175,8 @@ expected<caf::actor> spawn_node(caf::actor_system& sys, const node_config& confi
   c.cache = spawn_cache(sys, config.data_dir / "chunks");
   c.config.ranks = plan->ranks;
   c.config.threads = config.threads_per_worker;
-  c.config.crash_at_assignment = config.crash_worker_at;
-  c.config.device_error_at_assignment = config.device_error_at;
+  c.config.crash_at_assignment = aids.crash_worker_at;
+  c.config.device_error_at_assignment = aids.device_error_at;
   c.config.misbehave = *misbehave;
   c.config.identity = key;
   c.config.idle_only = config.idle_only;
@@ -197,7 +197,7 @@ expected<caf::actor> spawn_node(caf::actor_system& sys, const node_config& confi
       "device-hour",
       *throughput, config.price);
   // Each worker draws its own misbehaviour stream, repeatable for a given node name.
-  uint64_t seed = config.misbehave_seed;
+  uint64_t seed = aids.misbehave_seed;
   if (seed == 0)
     for (char ch : name) seed = (seed ^ static_cast<uint8_t>(ch)) * 0x100000001B3ULL;
   c.cache_dir = config.data_dir / "chunks";
@@ -209,7 +209,7 @@ expected<caf::actor> spawn_node(caf::actor_system& sys, const node_config& confi
   up.name = name;
   up.device = device;
   up.gpus = plan->gpus;
-  up.protocol = config.announce_protocol != 0 ? config.announce_protocol : protocol_version;
+  up.protocol = aids.announce_protocol != 0 ? aids.announce_protocol : protocol_version;
   up.host = host;
   up.port = port;
   up.tier = static_cast<uint8_t>(*tier);

@@ -22,6 +22,7 @@
 
 #include "gflex/job_status.hpp"
 #include "gflex/runtime/job_spec.hpp"
+#include "job_record.hpp"
 
 namespace gflex {
 
@@ -53,13 +54,5 @@ struct job_links {
 
 /// Spawns a job actor on its own thread (evaluation and encoding block).
 caf::actor spawn_job(caf::actor_system& sys, job_start start, job_links links);
-
-/// LMDB keys of a job's record and checkpoint.
-std::string job_record_key(const std::string& job_id);
-std::string job_checkpoint_key(const std::string& job_id);
-
-/// Encodes/decodes a job record (schemas/job.capnp).
-std::vector<uint8_t> encode_job_record(const std::string& spec_text, const job_status& s);
-expected<std::pair<std::string, job_status>> decode_job_record(std::span<const uint8_t> bytes);
 
 }  // namespace gflex

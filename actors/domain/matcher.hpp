@@ -13,6 +13,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <vector>
 
@@ -49,6 +50,22 @@ struct match_result {
   int64_t too_expensive = 0;
   int64_t low_reputation = 0;
 };
+
+/// What the market knows of a node's speed: the throughput it claims (calibrated, in
+/// fashion-mlp samples per second) and, once it has answered assignments of the job's
+/// workload, the rate the core measured (samples of the workload per second, from sending
+/// an assignment to its answer).
+struct speed_evidence {
+  double claimed = 0.0;
+  std::optional<double> measured;
+};
+
+/// The throughputs the market prices nodes by, never a claim alone. Measured rates are in
+/// the workload's units; the median over measured nodes of claimed / measured converts them
+/// to calibration units (an honest majority calibrates it). A measured node is priced by
+/// min(claimed, measured x that factor); a node not measured yet by its claim, but never
+/// above the fastest measured node. Non-finite or negative figures count as 0.
+std::vector<double> priced_throughputs(std::span<const speed_evidence> nodes);
 
 /// Cost per unit of work: price over throughput (a slot without a throughput costs most).
 double unit_cost(const slot_offer& o) noexcept;

@@ -62,6 +62,7 @@ using token_atom = caf::atom_constant<caf::atom("token")>;         ///< operator
 using revoke_atom = caf::atom_constant<caf::atom("revoke")>;       ///< operator -> core
 using admit_atom = caf::atom_constant<caf::atom("admit")>;         ///< core -> gatekeeper
 using serve_atom = caf::atom_constant<caf::atom("serve")>;         ///< registry -> session
+using rate_atom = caf::atom_constant<caf::atom("rate")>;           ///< session -> market
 
 // -- messages -----------------------------------------------------------------------------------
 
@@ -249,7 +250,7 @@ typename Inspector::result_type inspect(Inspector& f, ledger_report& x) {
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, join_token_record& x) {
   return f(caf::meta::type_name("join_token_record"), x.id, x.tier, x.created_unix, x.expires_unix,
-           x.revoked, x.joins, x.uses, x.keys);
+           x.revoked, x.joins, x.uses, x.keys, x.closed);
 }
 
 template <class Inspector>

@@ -1,11 +1,37 @@
 #include "matcher.hpp"
 
+#include <cmath>
+
 #include <algorithm>
 #include <limits>
 
 #include "reputation.hpp"
 
 namespace gflex {
+
+std::vector<double> priced_throughputs(std::span<const speed_evidence> nodes) {
+  auto sane = [](double x) { return std::isfinite(x) && x > 0.0 ? x : 0.0; };
+  std::vector<double> factors;
+  for (const auto& n : nodes)
+    if (n.measured && sane(*n.measured) > 0.0 && sane(n.claimed) > 0.0)
+      factors.push_back(n.claimed / *n.measured);
+  std::vector<double> out(nodes.size(), 0.0);
+  if (factors.empty()) {
+    for (size_t i = 0; i < nodes.size(); ++i) out[i] = sane(nodes[i].claimed);
+    return out;
+  }
+  std::nth_element(factors.begin(), factors.begin() + factors.size() / 2, factors.end());
+  const double factor = factors[factors.size() / 2];
+  double fastest = 0.0;
+  for (size_t i = 0; i < nodes.size(); ++i)
+    if (nodes[i].measured) {
+      out[i] = std::min(sane(nodes[i].claimed), sane(*nodes[i].measured) * factor);
+      fastest = std::max(fastest, out[i]);
+    }
+  for (size_t i = 0; i < nodes.size(); ++i)
+    if (!nodes[i].measured) out[i] = std::min(sane(nodes[i].claimed), fastest);
+  return out;
+}
 
 double unit_cost(const slot_offer& o) noexcept {
   if (!(o.throughput > 0.0)) return std::numeric_limits<double>::infinity();

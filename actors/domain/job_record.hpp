@@ -1,0 +1,25 @@
+#pragma once
+/// @file
+/// A job's durable record (schemas/job.capnp: its spec text and last status) and the LMDB
+/// keys of its record and checkpoint; free of CAF.
+
+#include <cstdint>
+#include <span>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "gflex/job_status.hpp"
+#include "gflex/runtime/error.hpp"
+
+namespace gflex {
+
+/// LMDB keys of a job's record and checkpoint.
+std::string job_record_key(const std::string& job_id);
+std::string job_checkpoint_key(const std::string& job_id);
+
+/// Encodes/decodes a job record (schemas/job.capnp).
+std::vector<uint8_t> encode_job_record(const std::string& spec_text, const job_status& s);
+expected<std::pair<std::string, job_status>> decode_job_record(std::span<const uint8_t> bytes);
+
+}  // namespace gflex
