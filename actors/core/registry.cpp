@@ -79,7 +79,9 @@ caf::behavior registry_actor(caf::stateful_actor<registry_state>* self, caf::act
   return {
       [=](hello_atom, node_hello& hello, std::string& address) -> caf::result<node_welcome> {
         auto& st = self->state;
-        if (st.per_address[address] >= static_cast<int>(config.max_per_address)) {
+        // Nodes in the core's own process (embedded) are the operator's: not bounded.
+        if (address != "local" &&
+            st.per_address[address] >= static_cast<int>(config.max_per_address)) {
           if (st.per_address[address] == 0) st.per_address.erase(address);
           return to_caf(error(errc::limit_exceeded,
                               "too many nodes connected from " + address + " (at most " +

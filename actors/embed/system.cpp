@@ -254,10 +254,37 @@ int run_node(const node_config& config, const std::string& host, uint16_t port,
 struct client::impl {
   caf::actor_system_config cfg;
   std::unique_ptr<caf::actor_system> sys;
-  caf::actor core;
-  std::string key;                           // the API key every request carries
+  caf::actor core;     // the front door
+  std::string key;     // the API key, given to the front door once
+  caf::actor session;  // this client's session, once the front door has given it
+  caf::actor link;     // lives as long as this client: the session ends with it
   std::unique_ptr<caf::actor_system> owned;  // set when the client made its own system
   caf::actor_system& system() { return *sys; }
+
+  ~impl() {
+    if (link) caf::anon_send_exit(link, caf::exit_reason::user_shutdown);
+  }
+
+  // The session, asked for at the first request: the key's errors come back from there.
+  expected<caf::actor> session_handle() {
+    if (session) return session;
+    if (!link)
+      link =
+          sys->spawn([](caf::event_based_actor*) -> caf::behavior { return {[](tick_atom) {}}; });
+    auto w = ask<client_welcome>(*sys, core, std::chrono::seconds(30), auth_atom::value, key, link);
+    if (!w) return w.error();
+    if (!w->session) return error(errc::io_error, "the core's answer holds no session");
+    session = caf::actor_cast<caf::actor>(w->session);
+    return session;
+  }
+
+  // A request to this client's session.
+  template <class T, class... Ts>
+  expected<T> ask_session(std::chrono::seconds timeout, Ts&&... xs) {
+    auto s = session_handle();
+    if (!s) return s.error();
+    return ask<T>(*sys, *s, timeout, std::forward<Ts>(xs)...);
+  }
 };
 
 client::client(std::unique_ptr<impl> p) : impl_(std::move(p)) {}
@@ -292,57 +319,50 @@ expected<client> client::connect(const std::string& host, uint16_t port,
 }
 
 expected<std::string> client::submit(const std::string& spec_toml) {
-  return ask<std::string>(impl_->system(), impl_->core, std::chrono::seconds(60),
-                          submit_atom::value, impl_->key, spec_toml);
+  return impl_->ask_session<std::string>(std::chrono::seconds(60), submit_atom::value, spec_toml);
 }
 
 expected<job_status> client::status(const std::string& job_id) {
-  return ask<job_status>(impl_->system(), impl_->core, std::chrono::seconds(30), status_atom::value,
-                         impl_->key, job_id);
+  return impl_->ask_session<job_status>(std::chrono::seconds(30), status_atom::value, job_id);
 }
 
 expected<std::vector<job_status>> client::jobs() {
-  return ask<std::vector<job_status>>(impl_->system(), impl_->core, std::chrono::seconds(30),
-                                      jobs_atom::value, impl_->key);
+  return impl_->ask_session<std::vector<job_status>>(std::chrono::seconds(30), jobs_atom::value);
 }
 
 expected<std::vector<node_status>> client::nodes() {
-  return ask<std::vector<node_status>>(impl_->system(), impl_->core, std::chrono::seconds(30),
-                                       nodes_atom::value, impl_->key);
+  return impl_->ask_session<std::vector<node_status>>(std::chrono::seconds(30), nodes_atom::value);
 }
 
 expected<void> client::cancel(const std::string& job_id) {
-  auto r = ask<caf::ok_atom>(impl_->system(), impl_->core, std::chrono::seconds(30),
-                             cancel_atom::value, impl_->key, job_id);
+  auto r = impl_->ask_session<caf::ok_atom>(std::chrono::seconds(30), cancel_atom::value, job_id);
   if (!r) return r.error();
   return {};
 }
 
 expected<std::vector<uint8_t>> client::fetch(const std::string& job_id) {
-  return ask<std::vector<uint8_t>>(impl_->system(), impl_->core, std::chrono::seconds(120),
-                                   fetch_atom::value, impl_->key, job_id);
+  return impl_->ask_session<std::vector<uint8_t>>(std::chrono::seconds(120), fetch_atom::value,
+                                                  job_id);
 }
 
 expected<std::string> client::create_account(const std::string& id) {
-  return ask<std::string>(impl_->system(), impl_->core, std::chrono::seconds(30), open_atom::value,
-                          impl_->key, id);
+  return impl_->ask_session<std::string>(std::chrono::seconds(30), open_atom::value, id);
 }
 
 expected<std::string> client::create_token(const std::string& tier, int64_t lifetime_s,
                                            int64_t uses) {
   if (uses < 0) uses = tier == "community" ? 1 : 0;
-  return ask<std::string>(impl_->system(), impl_->core, std::chrono::seconds(30), token_atom::value,
-                          impl_->key, tier, lifetime_s, uses);
+  return impl_->ask_session<std::string>(std::chrono::seconds(30), token_atom::value, tier,
+                                         lifetime_s, uses);
 }
 
 expected<std::vector<join_token_record>> client::tokens() {
-  return ask<std::vector<join_token_record>>(impl_->system(), impl_->core, std::chrono::seconds(30),
-                                             token_atom::value, impl_->key);
+  return impl_->ask_session<std::vector<join_token_record>>(std::chrono::seconds(30),
+                                                            token_atom::value);
 }
 
 expected<void> client::revoke_token(const std::string& id) {
-  auto r = ask<caf::ok_atom>(impl_->system(), impl_->core, std::chrono::seconds(30),
-                             revoke_atom::value, impl_->key, id);
+  auto r = impl_->ask_session<caf::ok_atom>(std::chrono::seconds(30), revoke_atom::value, id);
   if (!r) return r.error();
   return {};
 }
@@ -350,23 +370,20 @@ expected<void> client::revoke_token(const std::string& id) {
 expected<uint64_t> client::credit_account(const std::string& id, int64_t micro) {
   if (micro <= 0 || micro > max_amount_micro)
     return error(errc::invalid_argument, "a credit must be in (0, 1e12] credits");
-  return ask<uint64_t>(impl_->system(), impl_->core, std::chrono::seconds(30),
-                       credit_in_atom::value, impl_->key, id, micro);
+  return impl_->ask_session<uint64_t>(std::chrono::seconds(30), credit_in_atom::value, id, micro);
 }
 
 expected<account_info> client::account(const std::string& id) {
-  return ask<account_info>(impl_->system(), impl_->core, std::chrono::seconds(30),
-                           account_atom::value, impl_->key, id);
+  return impl_->ask_session<account_info>(std::chrono::seconds(30), account_atom::value, id);
 }
 
 expected<ledger_report> client::verify_ledger() {
-  return ask<ledger_report>(impl_->system(), impl_->core, std::chrono::seconds(300),
-                            ledger_atom::value, impl_->key);
+  return impl_->ask_session<ledger_report>(std::chrono::seconds(300), ledger_atom::value);
 }
 
 expected<void> client::topup(const std::string& job_id, int64_t micro) {
-  auto r = ask<caf::ok_atom>(impl_->system(), impl_->core, std::chrono::seconds(60),
-                             topup_atom::value, impl_->key, job_id, micro);
+  auto r =
+      impl_->ask_session<caf::ok_atom>(std::chrono::seconds(60), topup_atom::value, job_id, micro);
   if (!r) return r.error();
   return {};
 }

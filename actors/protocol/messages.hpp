@@ -56,13 +56,13 @@ using account_atom = caf::atom_constant<caf::atom("account")>;     ///< client -
 using ledger_atom = caf::atom_constant<caf::atom("ledger")>;       ///< client -> core
 using topup_atom = caf::atom_constant<caf::atom("topup")>;         ///< client -> core
 using credit_in_atom = caf::atom_constant<caf::atom("creditin")>;  ///< operator -> core
-using auth_atom = caf::atom_constant<caf::atom("auth")>;           ///< core -> gatekeeper
-using api_key_atom = caf::atom_constant<caf::atom("apikey")>;      ///< core -> gatekeeper
-using token_atom = caf::atom_constant<caf::atom("token")>;         ///< operator -> core
-using revoke_atom = caf::atom_constant<caf::atom("revoke")>;       ///< operator -> core
-using admit_atom = caf::atom_constant<caf::atom("admit")>;         ///< core -> gatekeeper
-using serve_atom = caf::atom_constant<caf::atom("serve")>;         ///< registry -> session
-using rate_atom = caf::atom_constant<caf::atom("rate")>;           ///< session -> market
+using auth_atom = caf::atom_constant<caf::atom("auth")>;  ///< client -> core; core -> gatekeeper
+using api_key_atom = caf::atom_constant<caf::atom("apikey")>;  ///< core -> gatekeeper
+using token_atom = caf::atom_constant<caf::atom("token")>;     ///< operator -> core
+using revoke_atom = caf::atom_constant<caf::atom("revoke")>;   ///< operator -> core
+using admit_atom = caf::atom_constant<caf::atom("admit")>;     ///< core -> gatekeeper
+using serve_atom = caf::atom_constant<caf::atom("serve")>;     ///< registry -> session
+using rate_atom = caf::atom_constant<caf::atom("rate")>;       ///< session -> market
 
 // -- messages -----------------------------------------------------------------------------------
 
@@ -146,6 +146,31 @@ using node_uplink_actor =
     caf::typed_actor<caf::replies_to<assign_atom, uint32_t, assignment>::with<assignment_result>,
                      caf::reacts_to<abort_atom, uint64_t>, caf::reacts_to<bye_atom, std::string>>;
 
+/// What a client may send to its session, the handle the front door gives it for its API key
+/// (auth_atom); the same requests as docs/PROTOCOL.md lists, without the key, answered for
+/// the key's principal. Anything else is dropped and counted.
+using client_session_actor =
+    caf::typed_actor<caf::replies_to<submit_atom, std::string>::with<std::string>,
+                     caf::replies_to<status_atom, std::string>::with<job_status>,
+                     caf::replies_to<jobs_atom>::with<std::vector<job_status>>,
+                     caf::replies_to<nodes_atom>::with<std::vector<node_status>>,
+                     caf::replies_to<cancel_atom, std::string>::with<caf::ok_atom>,
+                     caf::replies_to<fetch_atom, std::string>::with<std::vector<uint8_t>>,
+                     caf::replies_to<topup_atom, std::string, int64_t>::with<caf::ok_atom>,
+                     caf::replies_to<account_atom, std::string>::with<account_info>,
+                     caf::replies_to<open_atom, std::string>::with<std::string>,
+                     caf::replies_to<credit_in_atom, std::string, int64_t>::with<uint64_t>,
+                     caf::replies_to<ledger_atom>::with<ledger_report>,
+                     caf::replies_to<token_atom, std::string, int64_t, int64_t>::with<std::string>,
+                     caf::replies_to<token_atom>::with<std::vector<join_token_record>>,
+                     caf::replies_to<revoke_atom, std::string>::with<caf::ok_atom>>;
+
+/// core -> client: the answer to (auth_atom, API key, link).
+struct client_welcome {
+  std::string principal;         ///< Whom the key authenticates: user/NAME or operator.
+  client_session_actor session;  ///< Where its requests go from now on.
+};
+
 /// core -> node: the answer to node_hello.
 struct node_welcome {
   uint32_t protocol = 0;
@@ -204,6 +229,11 @@ typename Inspector::result_type inspect(Inspector& f, node_hello& x) {
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, node_welcome& x) {
   return f(caf::meta::type_name("node_welcome"), x.protocol, x.node_id, x.heartbeat_ms, x.session);
+}
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, client_welcome& x) {
+  return f(caf::meta::type_name("client_welcome"), x.principal, x.session);
 }
 
 template <class Inspector>

@@ -1,7 +1,7 @@
 /// @file
 /// The core's handling of every message a client or node may send, under libFuzzer with
-/// ASan and UBSan, to every handle a peer can hold: the front door, and a joined node's
-/// session. A real core (its actors, its LMDB store in a temporary directory) runs in the
+/// ASan and UBSan, to every handle a peer can hold: the front door, a client session and a joined
+/// node's session. A real core (its actors, its LMDB store in a temporary directory) runs in the
 /// process, with one node joined; each input picks a handle and a message type and fills
 /// its fields from the fuzzer's bytes (strings, numbers, keys, signatures, with the
 /// operator's key or without), sends it, and then asks the core for its jobs and the
@@ -38,6 +38,7 @@ struct harness {
   node_identity node_key = node_identity::generate();
   std::string token;  // a community token for the joined node
   caf::actor session;
+  caf::actor client_session;  // the operator's session, as a client would hold it
 
   // Joins the fuzzed node (again); aborts if the core refuses it.
   void join() {
@@ -87,6 +88,13 @@ struct harness {
                    std::abort();
                  });
     join();
+    self->request(core, std::chrono::seconds(30), auth_atom::value, operator_key, dummy)
+        .receive(
+            [&](client_welcome& w) { client_session = caf::actor_cast<caf::actor>(w.session); },
+            [&](caf::error& e) {
+              std::fprintf(stderr, "no client session: %s\n", sys->render(e).c_str());
+              std::abort();
+            });
   }
 };
 
@@ -180,6 +188,31 @@ caf::message some_request(FuzzedDataProvider& in, harness& h) {
   }
 }
 
+// A message for the operator's client session: every verb of its interface, without a key.
+caf::message some_client_message(FuzzedDataProvider& in) {
+  switch (in.ConsumeIntegralInRange<int>(0, 8)) {
+    case 0:
+      return caf::make_message(submit_atom::value, some_string(in));
+    case 1:
+      return caf::make_message(status_atom::value, some_string(in));
+    case 2:
+      return caf::make_message(cancel_atom::value, some_string(in));
+    case 3:
+      return caf::make_message(fetch_atom::value, some_string(in));
+    case 4:
+      return caf::make_message(account_atom::value, some_string(in));
+    case 5:
+      return caf::make_message(topup_atom::value, some_string(in), in.ConsumeIntegral<int64_t>());
+    case 6:
+      return caf::make_message(token_atom::value, some_string(in), in.ConsumeIntegral<int64_t>(),
+                               in.ConsumeIntegral<int64_t>());
+    case 7:
+      return caf::make_message(revoke_atom::value, some_string(in));
+    default:
+      return caf::make_message(jobs_atom::value);
+  }
+}
+
 // A message for the node's session: its own interface, the core's internal verbs, and the
 // verbs of the old protocol that sessions must drop.
 caf::message some_session_message(FuzzedDataProvider& in, harness& h) {
@@ -219,10 +252,16 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   FuzzedDataProvider in(data, size);
   caf::scoped_actor self{*h.sys};
   // The answer to the fuzzed request may be anything; it waits in the mailbox, unread.
-  if (in.ConsumeBool())
-    self->request(h.session, std::chrono::seconds(10), some_session_message(in, h));
-  else
-    self->request(h.core, std::chrono::seconds(10), some_request(in, h));
+  switch (in.ConsumeIntegralInRange<int>(0, 2)) {
+    case 0:
+      self->request(h.session, std::chrono::seconds(10), some_session_message(in, h));
+      break;
+    case 1:
+      self->request(h.client_session, std::chrono::seconds(10), some_client_message(in));
+      break;
+    default:
+      self->request(h.core, std::chrono::seconds(10), some_request(in, h));
+  }
   bool alive = false;
   self->request(h.core, std::chrono::seconds(10), jobs_atom::value, h.operator_key)
       .receive([&](std::vector<job_status>&) { alive = true; },

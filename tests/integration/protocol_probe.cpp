@@ -26,6 +26,7 @@
 #include <optional>
 #include <thread>
 
+#include "access.hpp"
 #include "gflex/gflex.hpp"
 #include "gflex/runtime/identity.hpp"
 #include "gflex/runtime/update_codec.hpp"
@@ -535,4 +536,71 @@ TEST_CASE("hellos outside the protocol are refused; a single-use token admits on
   CHECK_MESSAGE(why.empty(), why);
   self->send(w.session, bye_atom::value);
   self->send_exit(worker, caf::exit_reason::user_shutdown);
+}
+
+TEST_CASE(
+    "a client holds only its session: keyed requests elsewhere, forged system messages "
+    "and floods are refused") {
+  peer p;
+  caf::scoped_actor self{*p.sys};
+  auto link =
+      p.sys->spawn([](caf::event_based_actor*) -> caf::behavior { return {[](tick_atom) {}}; });
+  // The old protocol's keyed requests to the front door are refused from another process.
+  std::string why;
+  self->request(p.core, std::chrono::seconds(10), jobs_atom::value,
+                std::string(env_or_fail("GFLEX_API_KEY")))
+      .receive([&](std::vector<job_status>&) { why = "answered"; },
+               [&](caf::error& e) { why = from_caf(e).message(); });
+  CHECK_MESSAGE(why.find("sends (auth, API key) first") != std::string::npos, why);
+  // A bad key gets no session.
+  self->request(p.core, std::chrono::seconds(30), auth_atom::value, new_api_key(), link)
+      .receive([&](client_welcome&) { why = "welcomed"; },
+               [&](caf::error& e) { why = from_caf(e).message(); });
+  CHECK_MESSAGE(why.find("unknown API key") != std::string::npos, why);
+  // The operator's key gets a session, which answers for the operator.
+  client_welcome w;
+  self->request(p.core, std::chrono::seconds(30), auth_atom::value,
+                std::string(env_or_fail("GFLEX_API_KEY")), link)
+      .receive([&](client_welcome& x) { w = std::move(x); },
+               [&](caf::error& e) { FAIL("no session: " << from_caf(e).message()); });
+  REQUIRE(w.session);
+  CHECK(w.principal == "operator");
+  auto session = caf::actor_cast<caf::actor>(w.session);
+  // System messages and messages outside its interface: dropped; it still answers.
+  self->send(session, caf::down_msg{link.address(), caf::exit_reason::kill});
+  self->send(session, caf::make_error(caf::sec::runtime_error));
+  for (auto reason : {caf::exit_reason::user_shutdown, caf::exit_reason::kill})
+    self->send_exit(session, reason);
+  self->send(session, hello_atom::value, std::string("x"));
+  self->send(session, update_atom::value, std::string("verifier"), link);
+  bool answered = false;
+  self->request(session, std::chrono::seconds(10), jobs_atom::value)
+      .receive([&](std::vector<job_status>&) { answered = true; },
+               [&](caf::error& e) { MESSAGE(from_caf(e).message()); });
+  CHECK(answered);
+  // More requests open at once than the session allows: the rest are refused.
+  auto refused = std::make_shared<std::atomic<int>>(0);
+  auto answers = std::make_shared<std::atomic<int>>(0);
+  auto flooder = p.sys->spawn([=](caf::event_based_actor* f) -> caf::behavior {
+    for (int i = 0; i < 200; ++i)
+      f->request(session, std::chrono::seconds(60), ledger_atom::value)
+          .then([=](ledger_report&) { answers->fetch_add(1); },
+                [=](caf::error& e) {
+                  answers->fetch_add(1);
+                  if (from_caf(e).code() == errc::limit_exceeded) refused->fetch_add(1);
+                });
+    return {[](tick_atom) {}};
+  });
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (answers->load() < 200 && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  CHECK(answers->load() == 200);
+  CHECK(refused->load() >= 1);
+  MESSAGE("of 200 ledger checks at once, " << refused->load() << " were refused");
+  // The front door still serves clients.
+  auto c = connect_operator();
+  REQUIRE(c.has_value());
+  CHECK(c->jobs().has_value());
+  self->send_exit(flooder, caf::exit_reason::user_shutdown);
+  self->send_exit(link, caf::exit_reason::user_shutdown);
 }

@@ -1,0 +1,123 @@
+#include "client_session.hpp"
+
+#include <spdlog/spdlog.h>
+
+#include "boundary.hpp"
+
+namespace gflex {
+
+namespace {
+
+struct client_session_state {
+  std::string key, principal;
+  caf::actor door, link;
+  client_session_limits limits;
+  uint32_t in_flight = 0;
+  uint64_t dropped = 0;
+  static inline const char* name = "client_session";
+};
+
+using session_actor =
+    caf::stateful_actor<client_session_state, guarded<client_session_actor::base>>;
+
+void drop(session_actor* self, const char* what) {
+  auto& st = self->state;
+  st.dropped += 1;
+  if (st.dropped == 1 || st.dropped % 100 == 0)
+    spdlog::warn("session of client {}: dropped {} ({} dropped so far)", st.principal, what,
+                 st.dropped + self->refused());
+  if (st.dropped + self->refused() > st.limits.max_dropped) {
+    spdlog::warn("session of client {}: more than {} messages dropped; ending it", st.principal,
+                 st.limits.max_dropped);
+    self->quit(caf::exit_reason::user_shutdown);
+  }
+}
+
+// Relays one request to the front door with the session's key, and its answer back.
+template <class T, class... Ts>
+caf::result<T> relay(session_actor* self, Ts&&... xs) {
+  auto& st = self->state;
+  if (st.in_flight >= st.limits.max_in_flight)
+    return to_caf(
+        error(errc::limit_exceeded, "more than " + std::to_string(st.limits.max_in_flight) +
+                                        " requests open on this session; wait for their answers"));
+  st.in_flight += 1;
+  auto rp = self->template make_response_promise<T>();
+  self->request(st.door, std::chrono::minutes(10), std::forward<Ts>(xs)...)
+      .then(
+          [=](T& answer) mutable {
+            self->state.in_flight -= 1;
+            rp.deliver(std::move(answer));
+          },
+          [=](caf::error& e) mutable {
+            self->state.in_flight -= 1;
+            rp.deliver(std::move(e));
+          });
+  return rp;
+}
+
+client_session_actor::behavior_type client_session(session_actor* self, std::string key,
+                                                   std::string principal, caf::actor door,
+                                                   caf::actor link, client_session_limits limits) {
+  auto& st = self->state;
+  st.key = std::move(key);
+  st.principal = std::move(principal);
+  st.door = std::move(door);
+  st.link = std::move(link);
+  st.limits = limits;
+  self->monitor(st.link);
+  self->monitor(st.door);
+  self->set_down_handler([=](const caf::down_msg& down) {
+    auto& st = self->state;
+    if (down.source == st.link.address() || down.source == st.door.address())
+      self->quit(caf::exit_reason::user_shutdown);
+  });
+  // A peer's exit messages never get here (guarded); the core's own are obeyed.
+  self->set_exit_handler([=](caf::exit_msg& msg) { self->quit(std::move(msg.reason)); });
+  self->set_error_handler([=](caf::error&) { drop(self, "a bare error message"); });
+  self->set_default_handler(
+      [=](caf::scheduled_actor*, caf::message_view&) -> caf::result<caf::message> {
+        drop(self, "a message outside its interface");
+        return caf::sec::unexpected_message;
+      });
+  auto key_of = [=] { return self->state.key; };
+  return {
+      [=](submit_atom a, std::string& text) { return relay<std::string>(self, a, key_of(), text); },
+      [=](status_atom a, std::string& id) { return relay<job_status>(self, a, key_of(), id); },
+      [=](jobs_atom a) { return relay<std::vector<job_status>>(self, a, key_of()); },
+      [=](nodes_atom a) { return relay<std::vector<node_status>>(self, a, key_of()); },
+      [=](cancel_atom a, std::string& id) { return relay<caf::ok_atom>(self, a, key_of(), id); },
+      [=](fetch_atom a, std::string& id) {
+        return relay<std::vector<uint8_t>>(self, a, key_of(), id);
+      },
+      [=](topup_atom a, std::string& id, int64_t amount) {
+        return relay<caf::ok_atom>(self, a, key_of(), id, amount);
+      },
+      [=](account_atom a, std::string& account) {
+        return relay<account_info>(self, a, key_of(), account);
+      },
+      [=](open_atom a, std::string& account) {
+        return relay<std::string>(self, a, key_of(), account);
+      },
+      [=](credit_in_atom a, std::string& account, int64_t amount) {
+        return relay<uint64_t>(self, a, key_of(), account, amount);
+      },
+      [=](ledger_atom a) { return relay<ledger_report>(self, a, key_of()); },
+      [=](token_atom a, std::string& tier, int64_t lifetime_s, int64_t uses) {
+        return relay<std::string>(self, a, key_of(), tier, lifetime_s, uses);
+      },
+      [=](token_atom a) { return relay<std::vector<join_token_record>>(self, a, key_of()); },
+      [=](revoke_atom a, std::string& id) { return relay<caf::ok_atom>(self, a, key_of(), id); },
+  };
+}
+
+}  // namespace
+
+client_session_actor spawn_client_session(caf::actor_system& sys, std::string key,
+                                          std::string principal, caf::actor door, caf::actor link,
+                                          client_session_limits limits) {
+  return sys.spawn(client_session, std::move(key), std::move(principal), std::move(door),
+                   std::move(link), limits);
+}
+
+}  // namespace gflex

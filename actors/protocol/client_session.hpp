@@ -1,0 +1,33 @@
+#pragma once
+/// @file
+/// A client's session: the actor the front door spawns for a client once its API key is
+/// known (auth_atom), and the only core handle the client uses from then on. It holds the
+/// key and its principal (an account, or the operator) and relays each request to the front
+/// door with the key, which authorizes it as before and answers; the session delivers the
+/// answer itself. Like a node's session it is a `guarded` typed actor (client_session_actor):
+/// forged system messages are dropped at the door, anything outside its interface dropped
+/// and counted, and past `max_dropped` the session ends. At most `max_in_flight` requests
+/// are open at once; one more is refused (limit_exceeded). It ends when the client's link
+/// actor goes down (the client went away) or when the front door stops.
+
+#include <caf/fwd.hpp>
+
+#include <cstdint>
+#include <string>
+
+#include "messages.hpp"
+
+namespace gflex {
+
+struct client_session_limits {
+  uint32_t max_in_flight = 32;  ///< Requests open at once.
+  uint64_t max_dropped = 1000;  ///< Dropped messages before the session ends.
+};
+
+/// Spawns the session of a client with `key` (authenticated as `principal`), relaying to
+/// `door`; it lives while `link` (an actor of the client's) does.
+client_session_actor spawn_client_session(caf::actor_system& sys, std::string key,
+                                          std::string principal, caf::actor door, caf::actor link,
+                                          client_session_limits limits);
+
+}  // namespace gflex
