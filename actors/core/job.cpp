@@ -159,7 +159,7 @@ void publish(job_actor* self) {
     double per_round = s.elapsed_s / static_cast<double>(shown.round);
     shown.eta_s = s.eta_s = per_round * static_cast<double>(s.rounds - shown.round);
   }
-  self->send(st.links.supervisor, update_atom::value, shown);
+  self->send(st.links.supervisor, progress_atom::value, shown);
 }
 
 void dispatch(job_actor* self);

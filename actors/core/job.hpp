@@ -10,7 +10,7 @@
 /// applies Nesterov momentum, evaluates on the test split, and commits the round (record and
 /// checkpoint in one LMDB transaction) before starting the next. A failed or lost assignment
 /// goes back into the round's queue at once. Every change of state is pushed to the job
-/// supervisor as (update_atom, job_status).
+/// supervisor as (progress_atom, job_status).
 ///
 /// Protocol: (cancel_atom) -> ok_atom: ends the job as cancelled. (status_atom) -> job_status.
 

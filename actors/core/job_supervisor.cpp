@@ -193,7 +193,7 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links) {
         for (auto& [id, entry] : st.jobs)
           if (entry.actor) self->send(entry.actor, update_atom::value, role, replacement);
       },
-      [=](update_atom, job_status& s) {
+      [=](progress_atom, job_status& s) {
         auto it = self->state.jobs.find(s.job_id);
         if (it == self->state.jobs.end()) return;
         if (s.owner.empty()) s.owner = it->second.status.owner;

@@ -6,7 +6,7 @@
 /// their last committed checkpoint. It monitors every job actor: one that dies before its job
 /// ended is restarted from its last committed checkpoint (one for one); a job that dies more
 /// than 3 times in 60 s is marked failed instead. It keeps the latest status of every job (pushed
-/// by the job actors as (update_atom, job_status)), so status queries never wait on a busy job.
+/// by the job actors as (progress_atom, job_status)), so status queries never wait on a busy job.
 ///
 /// Protocol (from the core supervisor, on behalf of clients):
 /// - (submit_atom, spec_toml) -> job id: validates the spec (errors name the key), records

@@ -21,7 +21,7 @@ caf::behavior cache_actor(caf::stateful_actor<cache_state>* self, std::filesyste
   std::filesystem::create_directories(dir, ec);
   self->state.dir = std::move(dir);
   return {
-      [=](update_atom, caf::actor& server) { self->state.server = std::move(server); },
+      [=](serve_atom, caf::actor& server) { self->state.server = std::move(server); },
       [=](chunk_atom, const std::string& digest) -> caf::result<std::vector<uint8_t>> {
         if (!is_digest_hex(digest))
           return to_caf(error(errc::invalid_argument, "not a chunk digest"));

@@ -7,7 +7,8 @@
 ///
 /// Protocol:
 /// - (chunk_atom, digest) -> bytes (from disk or the data server), or an error.
-/// - (update_atom, data_server): where to fetch misses from (set again after a reconnect).
+/// - (serve_atom, source): where to fetch misses from: the node's session (set again after
+///   every join).
 
 #include <caf/fwd.hpp>
 

@@ -78,7 +78,7 @@ void hello(uplink_actor* self, caf::actor core) {
             self->monitor(core);
             self->monitor(st.session);
             // Chunks come through the session too.
-            self->send(st.cache, update_atom::value, st.session);
+            self->send(st.cache, serve_atom::value, st.session);
             spdlog::info("joined the core as {} with {} worker(s)", w.node_id, st.workers.size());
             self->send(self, tick_atom::value, st.generation);
           },
@@ -200,7 +200,7 @@ caf::behavior uplink_behavior(uplink_actor* self, uplink_config config, caf::act
         auto& st = self->state;
         if (role != "cache") return;
         st.cache = std::move(replacement);  // restarted by the node supervisor
-        if (st.session) self->send(st.cache, update_atom::value, st.session);
+        if (st.session) self->send(st.cache, serve_atom::value, st.session);
       },
       [=](bye_atom) {
         auto& st = self->state;

@@ -40,7 +40,8 @@ using withdraw_atom = caf::atom_constant<caf::atom("withdraw")>;   ///< registry
 using commit_atom = caf::atom_constant<caf::atom("commit")>;       ///< job -> store
 using read_atom = caf::atom_constant<caf::atom("read")>;           ///< any -> store
 using scan_atom = caf::atom_constant<caf::atom("scan")>;           ///< any -> store
-using update_atom = caf::atom_constant<caf::atom("update")>;       ///< job -> job_supervisor
+using update_atom = caf::atom_constant<caf::atom("update")>;       ///< a restarted sibling
+using progress_atom = caf::atom_constant<caf::atom("progress")>;   ///< job -> job_supervisor
 using tick_atom = caf::atom_constant<caf::atom("tick")>;           ///< timers, to self
 using stop_atom = caf::atom_constant<caf::atom("stop")>;           ///< to a process's owner
 using sample_atom = caf::atom_constant<caf::atom("sample")>;       ///< job -> reputation
@@ -61,7 +62,7 @@ using api_key_atom = caf::atom_constant<caf::atom("apikey")>;  ///< core -> gate
 using token_atom = caf::atom_constant<caf::atom("token")>;     ///< operator -> core
 using revoke_atom = caf::atom_constant<caf::atom("revoke")>;   ///< operator -> core
 using admit_atom = caf::atom_constant<caf::atom("admit")>;     ///< core -> gatekeeper
-using serve_atom = caf::atom_constant<caf::atom("serve")>;     ///< registry -> session
+using serve_atom = caf::atom_constant<caf::atom("serve")>;     ///< chunk source: session, cache
 using rate_atom = caf::atom_constant<caf::atom("rate")>;       ///< session -> market
 
 // -- messages -----------------------------------------------------------------------------------
