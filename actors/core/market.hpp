@@ -11,9 +11,9 @@
 /// - (withdraw_atom): every slot goes (the registry was restarted; nodes join again).
 /// - (acquire_atom, job_id, workload, n, policy, max_price, min_reputation) -> acquire_reply:
 ///   up to n free slots, now busy, chosen by matcher.hpp (throughputs as the core measured
-///   them on `workload`, priced_throughputs; empty: as calibrated): `policy` is a gflex::trust_tier (core-tier
-///   slots only, community only, or hybrid: community first), a slot's price must be within
-///   max_price (micro-credits per device-hour; negative: any) and its node's score reach
+///   them on `workload`, priced_throughputs; empty: as calibrated): `policy` is a gflex::trust_tier
+///   (core-tier slots only, community only, or hybrid: community first), a slot's price must be
+///   within max_price (micro-credits per device-hour; negative: any) and its node's score reach
 ///   min_reputation; the cheapest per unit of work go first, and among offers of (nearly)
 ///   equal cost the node given the least work so far; a share of community slots
 ///   (`newcomer_share` of the slots asked for, the fractions carried from one acquire to the

@@ -18,7 +18,7 @@ namespace gflex {
 /// otherwise it dials host:port. `owner` hears (stop_atom, exit code, reason) if the core
 /// refuses the node.
 expected<caf::actor> spawn_node(caf::actor_system& sys, const node_config& config,
-                                const node_test_aids& aids, const std::string& host,
-                                uint16_t port, caf::actor core, caf::actor owner);
+                                const node_test_aids& aids, const std::string& host, uint16_t port,
+                                caf::actor core, caf::actor owner);
 
 }  // namespace gflex

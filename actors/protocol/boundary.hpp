@@ -53,4 +53,18 @@ class guarded : public Base {
   std::atomic<uint64_t> refused_{0};
 };
 
+/// Installs a session's handlers for what the guard lets through: exit messages (the core's
+/// own, from this process) are obeyed; a bare error message that is no response, and any
+/// message outside the session's interface, go to `drop(self, what)`, which counts them.
+template <class Self, class Drop>
+void handle_outside_messages(Self* self, Drop drop) {
+  self->set_exit_handler([=](caf::exit_msg& msg) { self->quit(std::move(msg.reason)); });
+  self->set_error_handler([=](caf::error&) { drop(self, "a bare error message"); });
+  self->set_default_handler(
+      [=](caf::scheduled_actor*, caf::message_view&) -> caf::result<caf::message> {
+        drop(self, "a message outside its interface");
+        return caf::sec::unexpected_message;
+      });
+}
+
 }  // namespace gflex

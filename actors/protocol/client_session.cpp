@@ -72,14 +72,7 @@ client_session_actor::behavior_type client_session(session_actor* self, std::str
     if (down.source == st.link.address() || down.source == st.door.address())
       self->quit(caf::exit_reason::user_shutdown);
   });
-  // A peer's exit messages never get here (guarded); the core's own are obeyed.
-  self->set_exit_handler([=](caf::exit_msg& msg) { self->quit(std::move(msg.reason)); });
-  self->set_error_handler([=](caf::error&) { drop(self, "a bare error message"); });
-  self->set_default_handler(
-      [=](caf::scheduled_actor*, caf::message_view&) -> caf::result<caf::message> {
-        drop(self, "a message outside its interface");
-        return caf::sec::unexpected_message;
-      });
+  handle_outside_messages(self, drop);
   auto key_of = [=] { return self->state.key; };
   return {
       [=](submit_atom a, std::string& text) { return relay<std::string>(self, a, key_of(), text); },

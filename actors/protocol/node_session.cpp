@@ -167,15 +167,7 @@ node_session_internal::behavior_type session_behavior(session_actor* self, sessi
       self->quit(down.reason ? down.reason : caf::error(caf::exit_reason::remote_link_unreachable));
     }
   });
-  // A peer's exit messages never get here (guarded); the core's own are obeyed.
-  self->set_exit_handler([=](caf::exit_msg& msg) { self->quit(std::move(msg.reason)); });
-  // An error message that is no response (the guard has already dropped a peer's).
-  self->set_error_handler([=](caf::error&) { drop(self, "a bare error message"); });
-  self->set_default_handler(
-      [=](caf::scheduled_actor*, caf::message_view&) -> caf::result<caf::message> {
-        drop(self, "a message outside its interface");
-        return caf::sec::unexpected_message;
-      });
+  handle_outside_messages(self, drop);
   return {
       [=](beat_atom) {
         auto& st = self->state;
