@@ -19,7 +19,6 @@ struct node_entry {
   std::string name;
   std::string device;
   std::vector<gpu_status> gpus;
-  caf::actor uplink;
   node_session_internal session;
   std::vector<caf::actor> workers;  // the session's worker handles, one per compute slot
   std::string address;              // where it connected from
@@ -97,7 +96,6 @@ caf::behavior registry_actor(caf::stateful_actor<registry_state>* self, caf::act
         entry.name = hello.name;
         entry.device = hello.device;
         entry.gpus = hello.gpus;
-        entry.uplink = hello.uplink;
         entry.session = spawned.session;
         entry.workers = spawned.workers;
         entry.address = address;
