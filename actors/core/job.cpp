@@ -812,6 +812,7 @@ void send_assignment(job_actor* self, const worker_slot& slot, int64_t shard) {
   a.job_id = st.job.id;
   a.round = static_cast<uint64_t>(st.job.status.round);
   a.workload = spec.workload;
+  a.model = spec.model;
   a.shard = st.data->shards[static_cast<size_t>(shard)].digest;
   a.seed = mix_seed(spec.seed, a.round, static_cast<uint64_t>(shard));
   a.local_steps = spec.local_steps;
@@ -977,7 +978,7 @@ caf::behavior job_behavior(job_actor* self, job_start start, job_links links) {
   st.durable_loss = st.job.status.train_loss;
   st.durable_nodes = st.job.status.nodes;
 
-  auto w = kernels::find_workload(st.job.spec.workload);
+  auto w = kernels::find_workload(st.job.spec.workload, st.job.spec.model, st.job.spec.data_set);
   expected<std::shared_ptr<const served_data>> data =
       w ? st.links.catalog->get(**w) : expected<std::shared_ptr<const served_data>>(w.error());
   if (!data) {

@@ -217,10 +217,12 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links) {
           return to_caf(error(errc::permission_denied,
                               owner + " already has " + std::to_string(unfinished) +
                                   " unfinished jobs, the most one account may have"));
-        auto w = kernels::find_workload(spec->workload);
+        auto w = kernels::find_workload(spec->workload, spec->model, spec->data_set);
         if (!w)
-          return to_caf(
-              error(errc::unknown_workload, "job spec: job.workload: " + w.error().message()));
+          return to_caf(error(w.error().code(),
+                              spec->model.empty()
+                                  ? "job spec: job.workload: " + w.error().message()
+                                  : "job spec: " + w.error().message()));
         auto rp = self->make_response_promise<std::string>();
         auto accept = [=](job_spec spec) mutable {
           auto& st = self->state;
@@ -320,6 +322,7 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links) {
         auto* entry = find_for(self, who, id);
         if (entry == nullptr) return to_caf(unknown_job(id));
         auto workload_name = entry->status.workload;
+        auto model_text = entry->spec.model;
         auto rp = self->make_response_promise<std::vector<uint8_t>>();
         self->request(self->state.links.store, std::chrono::seconds(30), read_atom::value,
                       job_checkpoint_key(id))
@@ -331,7 +334,7 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links) {
                     return;
                   }
                   auto c = decode_checkpoint(bytes);
-                  auto w = kernels::find_workload(workload_name);
+                  auto w = kernels::find_workload(workload_name, model_text, "");
                   const tensor* theta = c ? c->find("theta") : nullptr;
                   if (!c || !w || theta == nullptr || theta->numel() != (*w)->parameter_count()) {
                     rp.deliver(to_caf(error(errc::store_error,

@@ -8,7 +8,9 @@ namespace gflex {
 
 expected<std::shared_ptr<const served_data>> data_catalog::get(const kernels::workload& w) {
   std::lock_guard<std::mutex> guard(mutex_);
-  if (auto it = by_workload_.find(w.name()); it != by_workload_.end()) return it->second;
+  // A user-defined model's data depend on its declaration (a token model's sample length).
+  const std::string key = w.name() + '\n' + w.model_text();
+  if (auto it = by_workload_.find(key); it != by_workload_.end()) return it->second;
   auto splits = w.load_data();
   if (!splits) return splits.error();
   auto data = std::make_shared<served_data>();
@@ -24,7 +26,7 @@ expected<std::shared_ptr<const served_data>> data_catalog::get(const kernels::wo
   }
   spdlog::info("data for {}: {} training samples in {} shards, {} test samples", w.name(),
                data->train_samples, data->shards.size(), data->test.size());
-  by_workload_[w.name()] = data;
+  by_workload_[key] = data;
   return std::shared_ptr<const served_data>(data);
 }
 

@@ -62,9 +62,9 @@ expected<assignment_result> run_assignment(worker_state& st, const assignment& a
   if (a.precision > static_cast<uint8_t>(math_precision::bf16))
     return bad("unknown precision " + std::to_string(a.precision));
 
-  auto& slot = st.models[a.workload];
+  auto& slot = st.models[a.workload + '\n' + a.model];
   if (!slot.workload) {
-    auto w = kernels::find_workload(a.workload);
+    auto w = kernels::find_workload(a.workload, a.model, "");
     if (!w) return w.error();
     slot.workload = std::move(*w);
   }

@@ -94,6 +94,9 @@ struct assignment {
   std::string job_id;
   uint64_t round = 0;
   std::string workload;
+  /// A user-defined model's declaration (a `[model]` table as TOML); empty for a built-in
+  /// workload. The node plans it with its own kernels: a model is data, never code.
+  std::string model;
   std::string shard;  ///< BLAKE2b-256 hex of the shard chunk.
   uint64_t seed = 0;
   int64_t local_steps = 1;
@@ -239,7 +242,7 @@ typename Inspector::result_type inspect(Inspector& f, client_welcome& x) {
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, assignment& x) {
-  return f(caf::meta::type_name("assignment"), x.id, x.job_id, x.round, x.workload, x.shard, x.seed,
+  return f(caf::meta::type_name("assignment"), x.id, x.job_id, x.round, x.workload, x.model, x.shard, x.seed,
            x.local_steps, x.batch_size, x.lr, x.weight_decay, x.plain_sgd, x.compression,
            x.precision, x.params, x.verify);
 }

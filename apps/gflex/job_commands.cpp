@@ -130,9 +130,11 @@ int run_submit(const job_flags& f) {
   // Validate here first: the error names the file and the key, before any network traffic.
   auto spec = parse_job_spec(*text, f.spec_file);
   if (!spec) return fail(spec.error(), 2);
-  if (auto w = kernels::find_workload(spec->workload); !w)
-    return fail(
-        error(errc::unknown_workload, f.spec_file + ": job.workload: " + w.error().message()), 2);
+  if (auto w = kernels::find_workload(spec->workload, spec->model, spec->data_set); !w)
+    return fail(error(w.error().code(), f.spec_file + ": " +
+                                            (spec->model.empty() ? "job.workload: " : "") +
+                                            w.error().message()),
+                2);
   std::optional<client> c;
   if (int code = connect_core(f.link, c); code != 0) return code;
   auto id = c->submit(*text);

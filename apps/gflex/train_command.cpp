@@ -11,6 +11,7 @@
 #include "gflex/kernels/backend.hpp"
 #include "gflex/kernels/trainer.hpp"
 #include "gflex/kernels/workload.hpp"
+#include "gflex/runtime/job_spec.hpp"
 #include "gflex/runtime/progress.hpp"
 
 namespace gflex::app {
@@ -19,6 +20,7 @@ namespace {
 
 struct train_flags {
   std::string workload = "fashion-mlp";
+  std::string spec_file;  ///< A job spec whose workload or [model] and [data] to train.
   std::string backend = "cpu";
   std::string precision = "fp32";
   int threads = 0;
@@ -36,7 +38,10 @@ nlohmann::json to_json(const train_flags& f, const kernels::train_report& r,
                       {"test_loss", e.test_loss},
                       {"test_accuracy", e.test_accuracy},
                       {"train_s", e.train_s}});
-  return {{"workload", f.workload},
+  const double test_loss = r.epochs.empty() ? 0.0 : r.epochs.back().test_loss;
+  return {{"workload", f.spec_file.empty() ? f.workload : f.spec_file},
+          {"test_loss", test_loss},
+          {"test_bits", test_loss / std::log(2.0)},
           {"backend", backend},
           {"precision", f.precision},
           {"epochs", static_cast<int>(r.epochs.size())},
@@ -52,8 +57,19 @@ nlohmann::json to_json(const train_flags& f, const kernels::train_report& r,
           {"history", epochs}};
 }
 
+// The workload a job spec names (its [model] on its [data] set, or a built-in one): what a
+// user checks locally before paying for the job.
+expected<std::unique_ptr<kernels::workload>> workload_of(const train_flags& f) {
+  if (f.spec_file.empty()) return kernels::find_workload(f.workload);
+  auto spec = load_job_spec(f.spec_file);
+  if (!spec) return spec.error();
+  auto w = kernels::find_workload(spec->workload, spec->model, spec->data_set);
+  if (!w) return error(w.error().code(), f.spec_file + ": " + w.error().message());
+  return w;
+}
+
 int run_training(const train_flags& f) {
-  auto w = kernels::find_workload(f.workload);
+  auto w = workload_of(f);
   if (!w) {
     spdlog::error("{}", w.error().message());
     return 2;
@@ -112,6 +128,10 @@ int run_training(const train_flags& f) {
   auto summary = to_json(f, *report, (*b)->describe());
   std::printf("test accuracy %.4f after %zu epochs, %.0f samples/s, %.1f s\n",
               report->test_accuracy, report->epochs.size(), report->samples_per_s, report->wall_s);
+  if (f.options.evaluate && !report->epochs.empty())
+    std::printf("test loss %.4f nats per %s (%.4f bits)\n", report->epochs.back().test_loss,
+                (*w)->model_text().find("vocab") != std::string::npos ? "token" : "sample",
+                report->epochs.back().test_loss / std::log(2.0));
   if (!f.json.empty()) {
     std::ofstream out(f.json);
     out << summary.dump(2) << '\n';
@@ -142,6 +162,8 @@ std::string check_non_negative(const std::string& text) {
 
 void add_common_flags(CLI::App* cmd, train_flags& f) {
   cmd->add_option("--workload", f.workload, "workload to train")->capture_default_str();
+  cmd->add_option("--spec", f.spec_file,
+                  "train what a job spec names: its [model] on its [data] set, or its workload");
   cmd->add_option("--backend", f.backend, "compute backend: cpu, cuda or cuda:N")
       ->capture_default_str();
   cmd->add_option("--precision", f.precision,

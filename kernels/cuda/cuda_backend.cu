@@ -25,7 +25,9 @@
 ///   scheduling, fewer leave SMs idle. 64-bit indices throughout; tensors may exceed 2^31.
 /// - Reductions are two-pass (per-block partials in a fixed order, then one block) rather
 ///   than atomics, so `sum`, `sum_squares` and `column_sum` are deterministic run to run.
-///   Only softmax_xent's statistics use float atomics, as its interface adds into `stats`.
+///   Only softmax_xent's and mse_onehot's statistics (their interface adds into `stats`) and
+///   embedding_backward's scatter of repeated ids use float atomics; pool2d_backward and
+///   norm_backward gather instead, so they are deterministic too.
 ///   cuDNN algorithms are chosen deterministic where one fits (backward-filter and
 ///   backward-data algorithms that accumulate with atomics are skipped while another exists).
 /// - Precision: FP32 (the default) is exact, CUBLAS_DEFAULT_MATH and CUDNN_FMA_MATH, so
@@ -109,12 +111,17 @@ __global__ void axpby_kernel(int64_t n, float a, const float* x, float b, float*
   }
 }
 
-/// C[r, c] *= beta for an m x n row-major block with leading dimension ldc; beta == 0 writes
-/// zeros without reading C. This is gemm with k == 0.
-__global__ void scale_matrix_kernel(float* c, int64_t rows, int64_t cols, int64_t ldc, float beta) {
-  const int64_t n = rows * cols;
+/// C[r, c] *= beta for `count` m x n row-major blocks with leading dimension ldc, the b-th at
+/// c + b * stride_c; beta == 0 writes zeros without reading C. This is gemm (and
+/// gemm_strided_batched) with k == 0.
+__global__ void scale_matrix_kernel(float* c, int64_t rows, int64_t cols, int64_t ldc,
+                                    int64_t stride_c, int64_t count, float beta) {
+  const int64_t per_matrix = rows * cols;
+  const int64_t n = per_matrix * count;
   for (int64_t i = grid_start(); i < n; i += grid_stride()) {
-    float& e = c[(i / cols) * ldc + i % cols];
+    const int64_t b = i / per_matrix;
+    const int64_t j = i % per_matrix;
+    float& e = c[b * stride_c + (j / cols) * ldc + j % cols];
     e = beta == 0.0f ? 0.0f : beta * e;
   }
 }
@@ -379,6 +386,463 @@ __global__ void dequantize_int8_kernel(const int8_t* q, const float* scales, int
     out[i] = __fmul_rn(static_cast<float>(q[i]), scales[i / block]);
 }
 
+// -- kernels of user-defined models (model_graph) ---------------------------------------------
+
+/// The sum of `value` over a warp, in every lane. The butterfly adds the same two operands in
+/// every pair of lanes, so all 32 lanes hold bitwise the same result.
+__device__ inline double warp_sum(double value) {
+  for (int offset = k_warp / 2; offset > 0; offset /= 2)
+    value += __shfl_xor_sync(k_full_mask, value, offset);
+  return value;
+}
+
+/// The maximum of `value` over a warp, in every lane (fmaxf drops NaN operands).
+__device__ inline float warp_max(float value) {
+  for (int offset = k_warp / 2; offset > 0; offset /= 2)
+    value = fmaxf(value, __shfl_xor_sync(k_full_mask, value, offset));
+  return value;
+}
+
+/// The sums of `a` and `b` over the block, returned to every thread, the per-warp partials
+/// added in a fixed order (deterministic). Every thread of the block must call it; the block
+/// must have k_block threads.
+__device__ inline void block_sum2(double& a, double& b) {
+  __shared__ double warp_a[k_warps_per_block];
+  __shared__ double warp_b[k_warps_per_block];
+  __shared__ double total_a;
+  __shared__ double total_b;
+  a = warp_sum(a);
+  b = warp_sum(b);
+  const int lane = threadIdx.x % k_warp;
+  const int warp = threadIdx.x / k_warp;
+  if (lane == 0) {
+    warp_a[warp] = a;
+    warp_b[warp] = b;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    double sa = 0.0;
+    double sb = 0.0;
+    for (int w = 0; w < k_warps_per_block; ++w) {
+      sa += warp_a[w];
+      sb += warp_b[w];
+    }
+    total_a = sa;
+    total_b = sb;
+  }
+  __syncthreads();
+  a = total_a;
+  b = total_b;
+  __syncthreads();  // the shared partials and totals are reused by the next call
+}
+
+/// The sum of `value` over the block, returned to every thread (see block_sum2).
+__device__ inline double block_allreduce_sum(double value) {
+  double unused = 0.0;
+  block_sum2(value, unused);
+  return value;
+}
+
+/// General pooling over NHWC, one thread per output (consecutive threads take consecutive
+/// channels: coalesced). The window is scanned in row-major order; max pooling keeps the
+/// first of equal values (strict '>') and records its offset within the sample, (h*W + w)*C
+/// + c (the caller has checked that it fits in int32); average pooling sums the window in
+/// that order in double and multiplies by 1 / area, rounded as the CPU backend rounds it.
+template <bool Max>
+__global__ void pool2d_forward_kernel(const float* x, int64_t height, int64_t width,
+                                      int64_t channels, int64_t window, int64_t stride,
+                                      int64_t out_h, int64_t out_w, int64_t n, float* y,
+                                      int32_t* argmax) {
+  const int64_t sample_size = height * width * channels;
+  const float inv_area = 1.0f / static_cast<float>(window * window);
+  for (int64_t i = grid_start(); i < n; i += grid_stride()) {
+    const int64_t c = i % channels;
+    int64_t rest = i / channels;
+    const int64_t ow = rest % out_w;
+    rest /= out_w;
+    const int64_t oh = rest % out_h;
+    const int64_t sample = rest / out_h;
+    const float* xs = x + sample * sample_size;
+    const int64_t ih0 = oh * stride;
+    const int64_t iw0 = ow * stride;
+    if (Max) {
+      int64_t best_offset = (ih0 * width + iw0) * channels + c;
+      float best = xs[best_offset];
+      for (int64_t r = 0; r < window; ++r)
+        for (int64_t s = 0; s < window; ++s) {
+          const int64_t offset = ((ih0 + r) * width + iw0 + s) * channels + c;
+          const float v = xs[offset];
+          if (v > best) {
+            best = v;
+            best_offset = offset;
+          }
+        }
+      y[i] = best;
+      argmax[i] = static_cast<int32_t>(best_offset);
+    } else {
+      double acc = 0.0;
+      for (int64_t r = 0; r < window; ++r)
+        for (int64_t s = 0; s < window; ++s)
+          acc += xs[((ih0 + r) * width + iw0 + s) * channels + c];
+      y[i] = static_cast<float>(acc) * inv_area;
+    }
+  }
+}
+
+/// The backward pass of pool2d_forward_kernel as a gather, one thread per input: each input
+/// sums, over the outputs whose window covers it (in increasing oh, then ow), dy * (1 /
+/// window^2) (average) or dy where the output's argmax names this input (max). Every input is
+/// written (zero where nothing covers it or it never won), with no atomics: deterministic even
+/// where windows overlap, and in the order in which the CPU backend's scatter adds, so the
+/// result is the CPU's bit for bit.
+template <bool Max>
+__global__ void pool2d_backward_kernel(const float* dy, const int32_t* argmax, int64_t height,
+                                       int64_t width, int64_t channels, int64_t window,
+                                       int64_t stride, int64_t out_h, int64_t out_w, int64_t n,
+                                       float* dx) {
+  const float inv_area = 1.0f / static_cast<float>(window * window);
+  for (int64_t i = grid_start(); i < n; i += grid_stride()) {
+    const int64_t c = i % channels;
+    int64_t rest = i / channels;
+    const int64_t iw = rest % width;
+    rest /= width;
+    const int64_t ih = rest % height;
+    const int64_t sample = rest / height;
+    const int64_t offset = (ih * width + iw) * channels + c;
+    // Output oh covers ih when oh*stride <= ih < oh*stride + window.
+    const int64_t oh_begin = ih >= window ? (ih - window) / stride + 1 : 0;
+    const int64_t oh_end = min(ih / stride + 1, out_h);
+    const int64_t ow_begin = iw >= window ? (iw - window) / stride + 1 : 0;
+    const int64_t ow_end = min(iw / stride + 1, out_w);
+    float acc = 0.0f;
+    for (int64_t oh = oh_begin; oh < oh_end; ++oh)
+      for (int64_t ow = ow_begin; ow < ow_end; ++ow) {
+        const int64_t o = ((sample * out_h + oh) * out_w + ow) * channels + c;
+        if (Max) {
+          if (argmax[o] == offset) acc += dy[o];
+        } else {
+          // Explicit rounding: an FMA contraction would differ from the CPU's multiply-add.
+          acc = __fadd_rn(acc, __fmul_rn(dy[o], inv_area));
+        }
+      }
+    dx[i] = acc;
+  }
+}
+
+/// sqrt(2 / pi) and the cubic coefficient of GELU's tanh approximation.
+constexpr float k_gelu_scale = 0.7978845608028654f;
+constexpr float k_gelu_cubic = 0.044715f;
+
+template <activation F>
+__device__ inline float activation_value(float x) {
+  if constexpr (F == activation::relu) {
+    return x < 0.0f ? 0.0f : x;  // std::max(x, 0.0f), as the CPU: a NaN stays NaN
+  } else if constexpr (F == activation::gelu) {
+    const float u = k_gelu_scale * (x + k_gelu_cubic * x * x * x);
+    return 0.5f * x * (1.0f + tanhf(u));
+  } else {
+    return tanhf(x);
+  }
+}
+
+/// f'(x).
+template <activation F>
+__device__ inline float activation_derivative(float x) {
+  if constexpr (F == activation::relu) {
+    return x > 0.0f ? 1.0f : 0.0f;
+  } else if constexpr (F == activation::gelu) {
+    // Grouped as the CPU backend groups it.
+    const float t = tanhf(k_gelu_scale * (x + k_gelu_cubic * x * x * x));
+    const float dt = (1.0f - t * t) * k_gelu_scale * (1.0f + 3.0f * k_gelu_cubic * x * x);
+    return 0.5f * (1.0f + t) + 0.5f * x * dt;
+  } else {
+    const float t = tanhf(x);
+    return 1.0f - t * t;
+  }
+}
+
+/// y = f(x); y may be x (each element is read before it is written, by the same thread).
+template <activation F>
+__global__ void activation_forward_kernel(const float* x, float* y, int64_t n) {
+  for (int64_t i = grid_start(); i < n; i += grid_stride()) y[i] = activation_value<F>(x[i]);
+}
+
+/// dx = dy * f'(x); dx may be dy.
+template <activation F>
+__global__ void activation_backward_kernel(const float* x, const float* dy, float* dx, int64_t n) {
+  for (int64_t i = grid_start(); i < n; i += grid_stride()) {
+    if constexpr (F == activation::relu) {
+      dx[i] = x[i] > 0.0f ? dy[i] : 0.0f;  // no 0 * inf = NaN for a masked gradient
+    } else {
+      dx[i] = dy[i] * activation_derivative<F>(x[i]);
+    }
+  }
+}
+
+/// out = a * b; out may be a or b.
+__global__ void multiply_kernel(int64_t n, const float* a, const float* b, float* out) {
+  for (int64_t i = grid_start(); i < n; i += grid_stride()) out[i] = a[i] * b[i];
+}
+
+/// Inverted dropout's mask from splitmix64 of (seed + i * golden ratio), the top 24 bits as a
+/// uniform u in [0, 1): mask = 0 where u < rate, else `keep` (1 / (1 - rate), rounded once on
+/// the host). Integer arithmetic and exact conversions only, so the mask is bit for bit the
+/// CPU backend's.
+__global__ void dropout_mask_kernel(int64_t n, float rate, float keep, uint64_t seed, float* mask) {
+  for (int64_t i = grid_start(); i < n; i += grid_stride()) {
+    uint64_t z = seed + static_cast<uint64_t>(i) * 0x9E3779B97F4A7C15ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    z ^= z >> 31;
+    const float u = static_cast<float>(z >> 40) * (1.0f / 16777216.0f);
+    mask[i] = u < rate ? 0.0f : keep;
+  }
+}
+
+/// Layer norm (or RMS norm) forward, one block per row: the row's mean and variance (or mean
+/// square) by block reductions in double, then y = xhat * gamma (+ beta) with xhat = (x -
+/// mean) * rstd computed in float from the saved (rounded) mean and rstd, exactly as the
+/// backward pass recomputes it. y may be x: every read of the row precedes the reductions'
+/// barriers, and each thread then reads and writes only its own elements.
+template <bool Rms>
+__global__ void norm_forward_kernel(const float* x, const float* gamma, const float* beta,
+                                    int64_t rows, int64_t cols, float eps, float* y,
+                                    float* mean_out, float* rstd_out) {
+  // The loop bound depends only on blockIdx, so the whole block agrees at every barrier.
+  for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
+    const float* xr = x + row * cols;
+    float* yr = y + row * cols;
+    double mean = 0.0;
+    double acc = 0.0;
+    if (!Rms) {
+      for (int64_t j = threadIdx.x; j < cols; j += blockDim.x) acc += xr[j];
+      mean = block_allreduce_sum(acc) / static_cast<double>(cols);
+      acc = 0.0;
+    }
+    for (int64_t j = threadIdx.x; j < cols; j += blockDim.x) {
+      const double d = static_cast<double>(xr[j]) - mean;
+      acc += d * d;
+    }
+    const double var = block_allreduce_sum(acc) / static_cast<double>(cols);
+    const auto m = static_cast<float>(mean);
+    const auto r = static_cast<float>(1.0 / sqrt(var + static_cast<double>(eps)));
+    for (int64_t j = threadIdx.x; j < cols; j += blockDim.x) {
+      const float xhat = Rms ? xr[j] * r : (xr[j] - m) * r;
+      yr[j] = Rms || beta == nullptr ? xhat * gamma[j] : xhat * gamma[j] + beta[j];
+    }
+    if (threadIdx.x == 0) {
+      if (mean_out != nullptr) mean_out[row] = Rms ? 0.0f : m;
+      if (rstd_out != nullptr) rstd_out[row] = r;
+    }
+  }
+}
+
+/// dx of layer norm (or RMS norm), one block per row: with g = dy * gamma, dx = rstd * (g -
+/// mean(g) - xhat * mean(g * xhat)) (RMS: without the mean(g) term), the two means by block
+/// reductions in double and the final expression in double, as the CPU backend forms it.
+/// dx may be dy or x (reads precede the barriers; afterwards each thread touches only its own
+/// elements). RMS norm never reads `mean`.
+template <bool Rms>
+__global__ void norm_backward_dx_kernel(const float* x, const float* gamma, const float* dy,
+                                        const float* mean, const float* rstd, int64_t rows,
+                                        int64_t cols, float* dx) {
+  for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
+    const float* xr = x + row * cols;
+    const float* dyr = dy + row * cols;
+    float* dxr = dx + row * cols;
+    const float m = Rms ? 0.0f : mean[row];
+    const float r = rstd[row];
+    double sum_g = 0.0;
+    double sum_gx = 0.0;
+    for (int64_t j = threadIdx.x; j < cols; j += blockDim.x) {
+      const double g = static_cast<double>(dyr[j]) * gamma[j];  // exact in double
+      const float xhat = Rms ? xr[j] * r : (xr[j] - m) * r;
+      sum_g += g;
+      sum_gx += g * xhat;
+    }
+    block_sum2(sum_g, sum_gx);
+    const double mean_g = Rms ? 0.0 : sum_g / static_cast<double>(cols);
+    const double mean_gx = sum_gx / static_cast<double>(cols);
+    for (int64_t j = threadIdx.x; j < cols; j += blockDim.x) {
+      const float g = dyr[j] * gamma[j];
+      const double xhat = Rms ? xr[j] * r : (xr[j] - m) * r;
+      dxr[j] = static_cast<float>(r * (g - mean_g - xhat * mean_gx));
+    }
+  }
+}
+
+/// dgamma[c] = sum over rows of dy * xhat, dbeta[c] (if not null) = sum over rows of dy, as
+/// column_sum_kernel sums: block (32, 8), each thread every 8th row of one column in double,
+/// the 8 partials added in a fixed order. Deterministic; rows == 0 writes zeros.
+template <bool Rms>
+__global__ void norm_param_grad_kernel(const float* x, const float* dy, const float* mean,
+                                       const float* rstd, int64_t rows, int64_t cols, float* dgamma,
+                                       float* dbeta) {
+  __shared__ double partial_gamma[k_tile_rows][k_tile_cols];
+  __shared__ double partial_beta[k_tile_rows][k_tile_cols];
+  for (int64_t tile = blockIdx.x; tile * k_tile_cols < cols; tile += gridDim.x) {
+    const int64_t c = tile * k_tile_cols + threadIdx.x;
+    double acc_gamma = 0.0;
+    double acc_beta = 0.0;
+    if (c < cols)
+      for (int64_t r = threadIdx.y; r < rows; r += k_tile_rows) {
+        const float xv = x[r * cols + c];
+        const float xhat = Rms ? xv * rstd[r] : (xv - mean[r]) * rstd[r];
+        const float d = dy[r * cols + c];
+        acc_gamma += static_cast<double>(d) * xhat;
+        acc_beta += d;
+      }
+    partial_gamma[threadIdx.y][threadIdx.x] = acc_gamma;
+    partial_beta[threadIdx.y][threadIdx.x] = acc_beta;
+    __syncthreads();
+    if (threadIdx.y == 0 && c < cols) {
+      double total_gamma = 0.0;
+      double total_beta = 0.0;
+      for (int i = 0; i < k_tile_rows; ++i) {
+        total_gamma += partial_gamma[i][threadIdx.x];
+        total_beta += partial_beta[i][threadIdx.x];
+      }
+      if (dgamma != nullptr) dgamma[c] = static_cast<float>(total_gamma);
+      if (dbeta != nullptr) dbeta[c] = static_cast<float>(total_beta);
+    }
+    __syncthreads();  // the partials are reused by the next tile
+  }
+}
+
+/// y[r, d] = table[ids[r], d], one thread per output value (coalesced along d).
+__global__ void embedding_forward_kernel(const int32_t* ids, const float* table, int64_t rows,
+                                         int64_t dim, float* y) {
+  const int64_t n = rows * dim;
+  for (int64_t i = grid_start(); i < n; i += grid_stride()) {
+    const int64_t r = i / dim;
+    y[i] = table[static_cast<int64_t>(ids[r]) * dim + i % dim];
+  }
+}
+
+/// dtable[ids[r], d] += dy[r, d], one thread per dy value; dtable was zeroed before. Repeated
+/// ids add up with float atomics. An id outside [0, vocab) (a caller bug: ids are checked at
+/// load time) is skipped rather than written out of bounds.
+__global__ void embedding_backward_kernel(const int32_t* ids, const float* dy, int64_t rows,
+                                          int64_t dim, int64_t vocab, float* dtable) {
+  const int64_t n = rows * dim;
+  for (int64_t i = grid_start(); i < n; i += grid_stride()) {
+    const int64_t id = ids[i / dim];
+    if (id < 0 || id >= vocab) continue;
+    atomicAdd(&dtable[id * dim + i % dim], dy[i]);
+  }
+}
+
+/// Causal softmax in place, one warp per row of `t` scores (rows = count * t): row i of its
+/// matrix (i = row % t) sees columns 0..i. p = exp(scale*s - max) * float(1 / sum), the sum
+/// over the visible columns in double (as the CPU backend forms it), and 0 for the rest. The
+/// scaled value is formed with __fmul_rn in every pass so that no contraction into an FMA
+/// makes the max pass and the exp pass see different values. Each lane reads and writes only
+/// its own columns (j = lane mod 32), so in place is safe.
+__global__ void causal_softmax_kernel(float* s, int64_t rows, int64_t t, float scale) {
+  const int lane = threadIdx.x % k_warp;
+  const int warp = threadIdx.x / k_warp;
+  const int64_t warps_in_grid = static_cast<int64_t>(gridDim.x) * k_warps_per_block;
+  // The loop bound depends only on the warp, so all 32 lanes take part in every shuffle.
+  for (int64_t row = static_cast<int64_t>(blockIdx.x) * k_warps_per_block + warp; row < rows;
+       row += warps_in_grid) {
+    float* sr = s + row * t;
+    const int64_t visible = row % t + 1;
+    float best = -INFINITY;
+    for (int64_t j = lane; j < visible; j += k_warp) best = fmaxf(best, __fmul_rn(scale, sr[j]));
+    best = warp_max(best);
+    double total = 0.0;
+    for (int64_t j = lane; j < visible; j += k_warp) total += expf(__fmul_rn(scale, sr[j]) - best);
+    const auto inv = static_cast<float>(1.0 / warp_sum(total));
+    for (int64_t j = lane; j < t; j += k_warp)
+      sr[j] = j < visible ? expf(__fmul_rn(scale, sr[j]) - best) * inv : 0.0f;
+  }
+}
+
+/// Softmax backward in place, one warp per row: dp = scale * p * (dp - sum(p * dp)), the dot
+/// product in double. Each lane reads and writes only its own columns.
+__global__ void softmax_backward_kernel(const float* p, float* dp, int64_t rows, int64_t cols,
+                                        float scale) {
+  const int lane = threadIdx.x % k_warp;
+  const int warp = threadIdx.x / k_warp;
+  const int64_t warps_in_grid = static_cast<int64_t>(gridDim.x) * k_warps_per_block;
+  for (int64_t row = static_cast<int64_t>(blockIdx.x) * k_warps_per_block + warp; row < rows;
+       row += warps_in_grid) {
+    const float* pr = p + row * cols;
+    float* dpr = dp + row * cols;
+    double dot = 0.0;
+    for (int64_t j = lane; j < cols; j += k_warp) dot += static_cast<double>(pr[j]) * dpr[j];
+    const auto d = static_cast<float>(warp_sum(dot));
+    for (int64_t j = lane; j < cols; j += k_warp) dpr[j] = scale * pr[j] * (dpr[j] - d);
+  }
+}
+
+/// Mean squared error against one-hot labels, one warp per row, laid out as
+/// softmax_xent_kernel: per row the squared error sum (in double) and the first arg-max;
+/// per-block totals go to `stats` with one atomic each. dy = 2 (y - onehot) * grad_scale if
+/// not null; dy may alias y (each lane reads y[j] before writing dy[j], for its own j only).
+__global__ void mse_onehot_kernel(const float* y, const int32_t* labels, int64_t rows, int64_t cols,
+                                  float grad_scale, float* dy, float* stats) {
+  __shared__ double block_loss[k_warps_per_block];
+  __shared__ double block_correct[k_warps_per_block];
+  const int lane = threadIdx.x % k_warp;
+  const int warp = threadIdx.x / k_warp;
+  double loss_total = 0.0;
+  double correct_total = 0.0;
+  const int64_t warps_in_grid = static_cast<int64_t>(gridDim.x) * k_warps_per_block;
+  for (int64_t row = static_cast<int64_t>(blockIdx.x) * k_warps_per_block + warp; row < rows;
+       row += warps_in_grid) {
+    const float* yr = y + row * cols;
+    const int32_t label = labels[row];
+    float best = -INFINITY;
+    int64_t best_index = INT64_MAX;
+    double loss = 0.0;
+    for (int64_t j = lane; j < cols; j += k_warp) {
+      const float v = yr[j];
+      if (v > best || best_index == INT64_MAX) {
+        best = v;
+        best_index = j;
+      }
+      const float e = v - (j == label ? 1.0f : 0.0f);
+      loss += static_cast<double>(e) * e;
+    }
+    for (int offset = k_warp / 2; offset > 0; offset /= 2) {
+      const float other = __shfl_xor_sync(k_full_mask, best, offset);
+      const int64_t other_index = __shfl_xor_sync(k_full_mask, best_index, offset);
+      if (other > best || (other == best && other_index < best_index)) {
+        best = other;
+        best_index = other_index;
+      }
+    }
+    loss = warp_sum(loss);
+    if (lane == 0) {
+      // An out-of-range label matches no column: an all-zero target, never counted correct
+      // (as on the CPU; there is no out-of-bounds read to guard against here).
+      loss_total += loss;
+      correct_total += best_index == label ? 1.0 : 0.0;
+    }
+    if (dy != nullptr) {
+      float* d = dy + row * cols;
+      for (int64_t j = lane; j < cols; j += k_warp)
+        d[j] = 2.0f * (yr[j] - (j == label ? 1.0f : 0.0f)) * grad_scale;
+    }
+  }
+  if (lane == 0) {
+    block_loss[warp] = loss_total;
+    block_correct[warp] = correct_total;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    double loss = 0.0;
+    double correct = 0.0;
+    for (int w = 0; w < k_warps_per_block; ++w) {
+      loss += block_loss[w];
+      correct += block_correct[w];
+    }
+    atomicAdd(&stats[0], static_cast<float>(loss));
+    atomicAdd(&stats[1], static_cast<float>(correct));
+  }
+}
+
 // -- the backend ------------------------------------------------------------------------------
 
 /// Makes `ordinal` the calling thread's device for the lifetime of the guard and restores the
@@ -491,7 +955,7 @@ constexpr const char* pass_name(conv_pass pass) {
 /// What the plan cache is keyed on: the geometry and the precision (which sets the math types
 /// the algorithm may use).
 struct conv_key {
-  std::array<int64_t, 9> extents{};
+  std::array<int64_t, 10> extents{};
   math_precision precision = math_precision::fp32;
   auto operator<=>(const conv_key&) const = default;
 };
@@ -516,13 +980,13 @@ struct conv_plan {
   std::array<conv_choice, 3> choice;
 };
 
-/// "batch 128, 32x32x3 -> 16, kernel 3x3, pad 1x1": a geometry for error messages.
+/// "batch 128, 32x32x3 -> 16, kernel 3x3, pad 1x1, stride 1": a geometry for error messages.
 std::string describe_geometry(const conv2d_geometry& g) {
   return "batch " + std::to_string(g.batch) + ", " + std::to_string(g.height) + "x" +
          std::to_string(g.width) + "x" + std::to_string(g.in_channels) + " -> " +
          std::to_string(g.out_channels) + ", kernel " + std::to_string(g.kernel_h) + "x" +
          std::to_string(g.kernel_w) + ", pad " + std::to_string(g.pad_h) + "x" +
-         std::to_string(g.pad_w);
+         std::to_string(g.pad_w) + ", stride " + std::to_string(g.stride);
 }
 
 /// Whether an algorithm that cuDNN's heuristics rate with math type `math` may serve a
@@ -695,7 +1159,7 @@ class cuda_backend final : public backend {
     if (k <= 0) {
       // Nothing to multiply: C = beta * C. Done here so that cuBLAS never sees k == 0 with the
       // leading dimensions a caller may leave at 0 for an empty operand.
-      scale_matrix_kernel<<<grid_for(m * n), k_block, 0, stream()>>>(c, m, n, ldc, beta);
+      scale_matrix_kernel<<<grid_for(m * n), k_block, 0, stream()>>>(c, m, n, ldc, 0, 1, beta);
       GFLEX_CUDA_CHECK_LAUNCH();
       return;
     }
@@ -827,7 +1291,7 @@ class cuda_backend final : public backend {
   void max_pool2_forward(const float* x, int64_t batch, int64_t height, int64_t width,
                          int64_t channels, float* y, int32_t* argmax) override {
     if (batch <= 0 || channels <= 0 || height < 2 || width < 2) return;  // no output
-    check_pool_extents(height, width, channels);
+    check_pool_extents("max_pool2", height, width, channels);
     activate();
     const int64_t out_h = height / 2;
     const int64_t out_w = width / 2;
@@ -840,7 +1304,7 @@ class cuda_backend final : public backend {
   void max_pool2_backward(const float* dy, const int32_t* argmax, int64_t batch, int64_t height,
                           int64_t width, int64_t channels, float* dx) override {
     if (batch <= 0 || channels <= 0 || height <= 0 || width <= 0) return;  // dx is empty
-    check_pool_extents(height, width, channels);
+    check_pool_extents("max_pool2", height, width, channels);
     activate();
     const int64_t sample_in = height * width * channels;
     // Inputs no window covers (an odd last row or column) get zero, as do the losers.
@@ -851,6 +1315,250 @@ class cuda_backend final : public backend {
     const int64_t n = batch * sample_out;
     max_pool2_backward_kernel<<<grid_for(n), k_block, 0, stream()>>>(dy, argmax, sample_in,
                                                                      sample_out, n, dx);
+    GFLEX_CUDA_CHECK_LAUNCH();
+  }
+
+  // -- layers of user-defined models (model_graph) -----------------------------------------
+
+  void pool2d_forward(bool max, const float* x, int64_t batch, int64_t height, int64_t width,
+                      int64_t channels, int64_t window, int64_t stride, float* y,
+                      int32_t* argmax) override {
+    check_pool_window(window, stride);
+    if (batch <= 0 || channels <= 0 || height < window || width < window) return;  // no output
+    if (max) check_pool_extents("pool2d", height, width, channels);
+    activate();
+    const int64_t out_h = (height - window) / stride + 1;
+    const int64_t out_w = (width - window) / stride + 1;
+    const int64_t n = batch * out_h * out_w * channels;
+    if (max) {
+      pool2d_forward_kernel<true><<<grid_for(n), k_block, 0, stream()>>>(
+          x, height, width, channels, window, stride, out_h, out_w, n, y, argmax);
+    } else {
+      pool2d_forward_kernel<false><<<grid_for(n), k_block, 0, stream()>>>(
+          x, height, width, channels, window, stride, out_h, out_w, n, y, nullptr);
+    }
+    GFLEX_CUDA_CHECK_LAUNCH();
+  }
+
+  void pool2d_backward(bool max, const float* dy, const int32_t* argmax, int64_t batch,
+                       int64_t height, int64_t width, int64_t channels, int64_t window,
+                       int64_t stride, float* dx) override {
+    check_pool_window(window, stride);
+    if (batch <= 0 || channels <= 0 || height <= 0 || width <= 0) return;  // dx is empty
+    if (max) check_pool_extents("pool2d", height, width, channels);
+    activate();
+    const int64_t n = batch * height * width * channels;
+    if (height < window || width < window) {
+      // No window fits: no output, and every input's gradient is zero.
+      GFLEX_CUDA_CHECK(cudaMemsetAsync(dx, 0, static_cast<size_t>(n) * sizeof(float), stream()));
+      return;
+    }
+    const int64_t out_h = (height - window) / stride + 1;
+    const int64_t out_w = (width - window) / stride + 1;
+    // A gather over the covering outputs writes every input (zero where nothing routes to it),
+    // so dx needs no memset and overlapping windows need no atomics.
+    if (max) {
+      pool2d_backward_kernel<true><<<grid_for(n), k_block, 0, stream()>>>(
+          dy, argmax, height, width, channels, window, stride, out_h, out_w, n, dx);
+    } else {
+      pool2d_backward_kernel<false><<<grid_for(n), k_block, 0, stream()>>>(
+          dy, nullptr, height, width, channels, window, stride, out_h, out_w, n, dx);
+    }
+    GFLEX_CUDA_CHECK_LAUNCH();
+  }
+
+  void activation_forward(activation f, const float* x, float* y, int64_t n) override {
+    if (n <= 0) return;
+    activate();
+    switch (f) {
+      case activation::relu:
+        activation_forward_kernel<activation::relu><<<grid_for(n), k_block, 0, stream()>>>(x, y, n);
+        break;
+      case activation::gelu:
+        activation_forward_kernel<activation::gelu><<<grid_for(n), k_block, 0, stream()>>>(x, y, n);
+        break;
+      case activation::tanh:
+        activation_forward_kernel<activation::tanh><<<grid_for(n), k_block, 0, stream()>>>(x, y, n);
+        break;
+      default:
+        throw_unknown_activation(f);
+    }
+    GFLEX_CUDA_CHECK_LAUNCH();
+  }
+
+  void activation_backward(activation f, const float* x, const float* dy, float* dx,
+                           int64_t n) override {
+    if (n <= 0) return;
+    activate();
+    switch (f) {
+      case activation::relu:
+        activation_backward_kernel<activation::relu>
+            <<<grid_for(n), k_block, 0, stream()>>>(x, dy, dx, n);
+        break;
+      case activation::gelu:
+        activation_backward_kernel<activation::gelu>
+            <<<grid_for(n), k_block, 0, stream()>>>(x, dy, dx, n);
+        break;
+      case activation::tanh:
+        activation_backward_kernel<activation::tanh>
+            <<<grid_for(n), k_block, 0, stream()>>>(x, dy, dx, n);
+        break;
+      default:
+        throw_unknown_activation(f);
+    }
+    GFLEX_CUDA_CHECK_LAUNCH();
+  }
+
+  void multiply(int64_t n, const float* a, const float* b, float* out) override {
+    if (n <= 0) return;
+    activate();
+    multiply_kernel<<<grid_for(n), k_block, 0, stream()>>>(n, a, b, out);
+    GFLEX_CUDA_CHECK_LAUNCH();
+  }
+
+  void dropout_mask(int64_t n, float rate, uint64_t seed, float* mask) override {
+    if (n <= 0) return;
+    activate();
+    // Rounded once here, as the CPU backend's 1.0f / (1.0f - rate): the same float either way.
+    const float keep = 1.0f / (1.0f - rate);
+    dropout_mask_kernel<<<grid_for(n), k_block, 0, stream()>>>(n, rate, keep, seed, mask);
+    GFLEX_CUDA_CHECK_LAUNCH();
+  }
+
+  void norm_forward(bool rms, const float* x, const float* gamma, const float* beta, int64_t rows,
+                    int64_t cols, float eps, float* y, float* mean, float* rstd) override {
+    if (rows <= 0 || cols <= 0) return;
+    activate();
+    const auto blocks = static_cast<unsigned>(std::min<int64_t>(rows, max_blocks_));
+    if (rms) {
+      norm_forward_kernel<true>
+          <<<blocks, k_block, 0, stream()>>>(x, gamma, nullptr, rows, cols, eps, y, mean, rstd);
+    } else {
+      norm_forward_kernel<false>
+          <<<blocks, k_block, 0, stream()>>>(x, gamma, beta, rows, cols, eps, y, mean, rstd);
+    }
+    GFLEX_CUDA_CHECK_LAUNCH();
+  }
+
+  void norm_backward(bool rms, const float* x, const float* gamma, const float* dy,
+                     const float* mean, const float* rstd, int64_t rows, int64_t cols, float* dx,
+                     float* dgamma, float* dbeta) override {
+    if (cols <= 0) return;
+    rows = std::max<int64_t>(rows, 0);  // no rows still overwrites dgamma and dbeta with zeros
+    activate();
+    // The parameter gradients first: they read dy and x, which dx may overwrite.
+    const int64_t tiles = (cols + k_tile_cols - 1) / k_tile_cols;
+    const auto tile_blocks = static_cast<unsigned>(std::min<int64_t>(tiles, max_blocks_));
+    if (rms) {
+      norm_param_grad_kernel<true><<<tile_blocks, dim3(k_tile_cols, k_tile_rows), 0, stream()>>>(
+          x, dy, nullptr, rstd, rows, cols, dgamma, nullptr);
+    } else {
+      norm_param_grad_kernel<false><<<tile_blocks, dim3(k_tile_cols, k_tile_rows), 0, stream()>>>(
+          x, dy, mean, rstd, rows, cols, dgamma, dbeta);
+    }
+    GFLEX_CUDA_CHECK_LAUNCH();
+    if (rows == 0) return;
+    const auto blocks = static_cast<unsigned>(std::min<int64_t>(rows, max_blocks_));
+    if (rms) {
+      norm_backward_dx_kernel<true>
+          <<<blocks, k_block, 0, stream()>>>(x, gamma, dy, nullptr, rstd, rows, cols, dx);
+    } else {
+      norm_backward_dx_kernel<false>
+          <<<blocks, k_block, 0, stream()>>>(x, gamma, dy, mean, rstd, rows, cols, dx);
+    }
+    GFLEX_CUDA_CHECK_LAUNCH();
+  }
+
+  void embedding_forward(const int32_t* ids, const float* table, int64_t rows, int64_t dim,
+                         float* y) override {
+    if (rows <= 0 || dim <= 0) return;
+    activate();
+    embedding_forward_kernel<<<grid_for(rows * dim), k_block, 0, stream()>>>(ids, table, rows, dim,
+                                                                             y);
+    GFLEX_CUDA_CHECK_LAUNCH();
+  }
+
+  void embedding_backward(const int32_t* ids, const float* dy, int64_t rows, int64_t dim,
+                          int64_t vocab, float* dtable) override {
+    if (vocab <= 0 || dim <= 0) return;  // dtable is empty
+    activate();
+    GFLEX_CUDA_CHECK(
+        cudaMemsetAsync(dtable, 0, static_cast<size_t>(vocab * dim) * sizeof(float), stream()));
+    if (rows <= 0) return;
+    embedding_backward_kernel<<<grid_for(rows * dim), k_block, 0, stream()>>>(ids, dy, rows, dim,
+                                                                              vocab, dtable);
+    GFLEX_CUDA_CHECK_LAUNCH();
+  }
+
+  void causal_softmax_forward(float* s, int64_t count, int64_t t, float scale) override {
+    if (count <= 0 || t <= 0) return;
+    activate();
+    const int64_t rows = count * t;
+    causal_softmax_kernel<<<warp_row_blocks(rows), k_block, 0, stream()>>>(s, rows, t, scale);
+    GFLEX_CUDA_CHECK_LAUNCH();
+  }
+
+  void softmax_backward(const float* p, float* dp, int64_t rows, int64_t cols,
+                        float scale) override {
+    if (rows <= 0 || cols <= 0) return;
+    activate();
+    softmax_backward_kernel<<<warp_row_blocks(rows), k_block, 0, stream()>>>(p, dp, rows, cols,
+                                                                             scale);
+    GFLEX_CUDA_CHECK_LAUNCH();
+  }
+
+  void gemm_strided_batched(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,
+                            float alpha, const float* a, int64_t lda, int64_t stride_a,
+                            const float* b, int64_t ldb, int64_t stride_b, float beta, float* c,
+                            int64_t ldc, int64_t stride_c, int64_t count) override {
+    if (m <= 0 || n <= 0 || count <= 0) return;
+    activate();
+    if (k <= 0) {
+      // C_i = beta * C_i, as gemm does for k == 0 (cuBLAS never sees the empty operands).
+      scale_matrix_kernel<<<grid_for(m * n * count), k_block, 0, stream()>>>(c, m, n, ldc, stride_c,
+                                                                             count, beta);
+      GFLEX_CUDA_CHECK_LAUNCH();
+      return;
+    }
+    for (int64_t extent : {m, n, k, lda, ldb, ldc, count}) {
+      if (extent > INT_MAX)
+        throw compute_error(gflex::error(errc::invalid_argument,
+                                         "gemm_strided_batched extent " + std::to_string(extent) +
+                                             " exceeds cuBLAS's 32-bit limit"));
+    }
+    // Row-major as in gemm: C_i^T = op(B_i)^T * op(A_i)^T, B first, m and n swapped. The
+    // strides are 64-bit in cuBLAS (long long).
+    const cublasOperation_t op_a = trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
+    const cublasOperation_t op_b = trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
+    const auto mi = static_cast<int>(m);
+    const auto ni = static_cast<int>(n);
+    const auto ki = static_cast<int>(k);
+    const auto batches = static_cast<int>(count);
+    const auto sa = static_cast<long long>(stride_a);
+    const auto sb = static_cast<long long>(stride_b);
+    const auto sc = static_cast<long long>(stride_c);
+    if (precision_ == math_precision::fp32) {
+      GFLEX_CUBLAS_CHECK(cublasSgemmStridedBatched(
+          blas_, op_b, op_a, ni, mi, ki, &alpha, b, static_cast<int>(ldb), sb, a,
+          static_cast<int>(lda), sa, &beta, c, static_cast<int>(ldc), sc, batches));
+      return;
+    }
+    // As in gemm: the compute type grants the down-conversion, the handle stays exact.
+    const cublasComputeType_t compute = precision_ == math_precision::tf32
+                                            ? CUBLAS_COMPUTE_32F_FAST_TF32
+                                            : CUBLAS_COMPUTE_32F_FAST_16BF;
+    GFLEX_CUBLAS_CHECK(cublasGemmStridedBatchedEx(
+        blas_, op_b, op_a, ni, mi, ki, &alpha, b, CUDA_R_32F, static_cast<int>(ldb), sb, a,
+        CUDA_R_32F, static_cast<int>(lda), sa, &beta, c, CUDA_R_32F, static_cast<int>(ldc), sc,
+        batches, compute, CUBLAS_GEMM_DEFAULT));
+  }
+
+  void mse_onehot(const float* y, const int32_t* labels, int64_t rows, int64_t cols,
+                  float grad_scale, float* dy, float* stats) override {
+    if (rows <= 0 || cols <= 0) return;
+    activate();
+    mse_onehot_kernel<<<warp_row_blocks(rows), k_block, 0, stream()>>>(y, labels, rows, cols,
+                                                                       grad_scale, dy, stats);
     GFLEX_CUDA_CHECK_LAUNCH();
   }
 
@@ -1092,7 +1800,7 @@ class cuda_backend final : public backend {
     const int64_t out_h = g.out_height();
     const int64_t out_w = g.out_width();
     for (int64_t extent : {g.batch, g.height, g.width, g.in_channels, g.out_channels, g.kernel_h,
-                           g.kernel_w, g.pad_h, g.pad_w, out_h, out_w}) {
+                           g.kernel_w, g.pad_h, g.pad_w, g.stride, out_h, out_w}) {
       if (extent > INT_MAX)
         throw compute_error(
             gflex::error(errc::invalid_argument, "convolution extent " + std::to_string(extent) +
@@ -1101,7 +1809,7 @@ class cuda_backend final : public backend {
     }
     conv_key key;
     key.extents = {g.batch,    g.height,   g.width, g.in_channels, g.out_channels,
-                   g.kernel_h, g.kernel_w, g.pad_h, g.pad_w};
+                   g.kernel_h, g.kernel_w, g.pad_h, g.pad_w,       g.stride};
     key.precision = precision_;
     if (auto found = plans_.find(key); found != plans_.end()) return *found->second;
 
@@ -1126,10 +1834,11 @@ class cuda_backend final : public backend {
     for (convolution_descriptor& conv : plan->conv) {
       GFLEX_CUDNN_CHECK(cudnnCreateConvolutionDescriptor(conv.out()));
       // Cross-correlation (no filter flip), as every framework's "convolution" and the CPU
-      // backend compute; FP32 accumulation.
-      GFLEX_CUDNN_CHECK(cudnnSetConvolution2dDescriptor(conv.get(), static_cast<int>(g.pad_h),
-                                                        static_cast<int>(g.pad_w), 1, 1, 1, 1,
-                                                        CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT));
+      // backend compute; the same stride in both directions, no dilation; FP32 accumulation.
+      const auto stride = static_cast<int>(g.stride);
+      GFLEX_CUDNN_CHECK(cudnnSetConvolution2dDescriptor(
+          conv.get(), static_cast<int>(g.pad_h), static_cast<int>(g.pad_w), stride, stride, 1, 1,
+          CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT));
     }
     // cuDNN's idea of the output must be ours, or y's descriptor would lie about its memory.
     int dn = 0;
@@ -1203,16 +1912,36 @@ class cuda_backend final : public backend {
     return choice;
   }
 
-  /// Pooling records offsets within a sample as int32: a sample must have fewer than 2^31
-  /// values.
-  static void check_pool_extents(int64_t height, int64_t width, int64_t channels) {
+  /// Max pooling records offsets within a sample as int32: a sample must have fewer than
+  /// 2^31 values. `what` names the operation in the error.
+  static void check_pool_extents(const char* what, int64_t height, int64_t width,
+                                 int64_t channels) {
     const bool fits = height <= INT32_MAX && width <= INT32_MAX && channels <= INT32_MAX &&
                       height * width <= INT32_MAX && height * width * channels <= INT32_MAX;
     if (!fits)
+      throw compute_error(gflex::error(
+          errc::invalid_argument, std::string(what) + ": a sample of " + std::to_string(height) +
+                                      "x" + std::to_string(width) + "x" + std::to_string(channels) +
+                                      " values exceeds the int32 argmax"));
+  }
+
+  /// pool2d's window and stride must be positive.
+  static void check_pool_window(int64_t window, int64_t stride) {
+    if (window <= 0 || stride <= 0)
       throw compute_error(gflex::error(errc::invalid_argument,
-                                       "max_pool2: a sample of " + std::to_string(height) + "x" +
-                                           std::to_string(width) + "x" + std::to_string(channels) +
-                                           " values exceeds the int32 argmax"));
+                                       "pool2d: window " + std::to_string(window) + " and stride " +
+                                           std::to_string(stride) + " must be positive"));
+  }
+
+  [[noreturn]] static void throw_unknown_activation(activation f) {
+    throw compute_error(gflex::error(errc::invalid_argument,
+                                     "unknown activation " + std::to_string(static_cast<int>(f))));
+  }
+
+  /// Blocks for a kernel with one warp per row over `rows` > 0 rows (at most one wave).
+  unsigned warp_row_blocks(int64_t rows) const {
+    const int64_t needed = (rows + k_warps_per_block - 1) / k_warps_per_block;
+    return static_cast<unsigned>(std::min<int64_t>(needed, max_blocks_));
   }
 
   static void check_quant_block(int64_t block) {

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "gflex/kernels/backend.hpp"
+#include "cpu_model_layers.hpp"
 #include "parallel_for.hpp"
 
 namespace gflex::kernels {
@@ -67,9 +68,9 @@ void im2col(const conv2d_geometry& g, const float* x, int64_t n0, int64_t count,
     for (int64_t oh = 0; oh < oh_n; ++oh)
       for (int64_t ow = 0; ow < ow_n; ++ow, col += g.patch())
         for (int64_t r = 0; r < g.kernel_h; ++r) {
-          const int64_t ih = oh + r - g.pad_h;
+          const int64_t ih = oh * g.stride + r - g.pad_h;
           for (int64_t s = 0; s < g.kernel_w; ++s) {
-            const int64_t iw = ow + s - g.pad_w;
+            const int64_t iw = ow * g.stride + s - g.pad_w;
             float* dst = col + (r * g.kernel_w + s) * c_n;
             if (ih < 0 || ih >= g.height || iw < 0 || iw >= g.width)
               std::memset(dst, 0, run);
@@ -89,10 +90,10 @@ void col2im(const conv2d_geometry& g, const float* col, int64_t n0, int64_t coun
     for (int64_t oh = 0; oh < oh_n; ++oh)
       for (int64_t ow = 0; ow < ow_n; ++ow, col += g.patch())
         for (int64_t r = 0; r < g.kernel_h; ++r) {
-          const int64_t ih = oh + r - g.pad_h;
+          const int64_t ih = oh * g.stride + r - g.pad_h;
           if (ih < 0 || ih >= g.height) continue;
           for (int64_t s = 0; s < g.kernel_w; ++s) {
-            const int64_t iw = ow + s - g.pad_w;
+            const int64_t iw = ow * g.stride + s - g.pad_w;
             if (iw < 0 || iw >= g.width) continue;
             const float* __restrict src = col + (r * g.kernel_w + s) * c_n;
             float* __restrict dst = sample + (ih * g.width + iw) * c_n;
@@ -174,9 +175,9 @@ inline void gather_patch(const conv2d_geometry& g, const float* sample, int64_t 
                          float* patch) {
   const int64_t c_n = g.in_channels;
   for (int64_t r = 0; r < g.kernel_h; ++r) {
-    const int64_t ih = oh + r - g.pad_h;
+    const int64_t ih = oh * g.stride + r - g.pad_h;
     for (int64_t s = 0; s < g.kernel_w; ++s) {
-      const int64_t iw = ow + s - g.pad_w;
+      const int64_t iw = ow * g.stride + s - g.pad_w;
       float* dst = patch + (r * g.kernel_w + s) * c_n;
       const bool inside = ih >= 0 && ih < g.height && iw >= 0 && iw < g.width;
       for (int64_t c = 0; c < c_n; ++c)
@@ -453,6 +454,111 @@ class cpu_backend final : public backend {
     });
   }
 
+  // -- layers of user-defined models (loops in cpu_model_layers.cpp) ------------------------
+
+  void pool2d_forward(bool max, const float* x, int64_t batch, int64_t height, int64_t width,
+                      int64_t channels, int64_t window, int64_t stride, float* y,
+                      int32_t* argmax) override {
+    pool_.run(batch, 1, 2, [&](int64_t begin, int64_t end) {
+      cpu::pool2d_forward(max, x, begin, end, height, width, channels, window, stride, y, argmax);
+    });
+  }
+
+  void pool2d_backward(bool max, const float* dy, const int32_t* argmax, int64_t batch,
+                       int64_t height, int64_t width, int64_t channels, int64_t window,
+                       int64_t stride, float* dx) override {
+    pool_.run(batch, 1, 2, [&](int64_t begin, int64_t end) {
+      cpu::pool2d_backward(max, dy, argmax, begin, end, height, width, channels, window, stride,
+                           dx);
+    });
+  }
+
+  void activation_forward(activation f, const float* x, float* y, int64_t n) override {
+    pool_.run(n, 16, k_parallel_elements / 8, [&](int64_t begin, int64_t end) {
+      cpu::activation_forward(f, x, y, begin, end);
+    });
+  }
+
+  void activation_backward(activation f, const float* x, const float* dy, float* dx,
+                           int64_t n) override {
+    pool_.run(n, 16, k_parallel_elements / 8, [&](int64_t begin, int64_t end) {
+      cpu::activation_backward(f, x, dy, dx, begin, end);
+    });
+  }
+
+  void multiply(int64_t n, const float* a, const float* b, float* out) override {
+    for (int64_t i = 0; i < n; ++i) out[i] = a[i] * b[i];
+  }
+
+  void dropout_mask(int64_t n, float rate, uint64_t seed, float* mask) override {
+    pool_.run(n, 16, k_parallel_elements, [&](int64_t begin, int64_t end) {
+      cpu::dropout_mask(begin, end, rate, seed, mask);
+    });
+  }
+
+  void norm_forward(bool rms, const float* x, const float* gamma, const float* beta, int64_t rows,
+                    int64_t cols, float eps, float* y, float* mean, float* rstd) override {
+    pool_.run(rows, 1, 64, [&](int64_t begin, int64_t end) {
+      cpu::norm_forward(rms, x, gamma, beta, begin, end, cols, eps, y, mean, rstd);
+    });
+  }
+
+  void norm_backward(bool rms, const float* x, const float* gamma, const float* dy,
+                     const float* mean, const float* rstd, int64_t rows, int64_t cols, float* dx,
+                     float* dgamma, float* dbeta) override {
+    // The parameter gradients first: dx may not alias dy, but the caller may reuse x's
+    // buffer afterwards.
+    pool_.run(cols, 16, 64, [&](int64_t begin, int64_t end) {
+      cpu::norm_backward_params(rms, x, dy, mean, rstd, rows, cols, begin, end, dgamma, dbeta);
+    });
+    pool_.run(rows, 1, 64, [&](int64_t begin, int64_t end) {
+      cpu::norm_backward_input(rms, x, gamma, dy, mean, rstd, begin, end, cols, dx);
+    });
+  }
+
+  void embedding_forward(const int32_t* ids, const float* table, int64_t rows, int64_t dim,
+                         float* y) override {
+    for (int64_t r = 0; r < rows; ++r)
+      std::memcpy(y + r * dim, table + static_cast<int64_t>(ids[r]) * dim, sizeof(float) * dim);
+  }
+
+  void embedding_backward(const int32_t* ids, const float* dy, int64_t rows, int64_t dim,
+                          int64_t vocab, float* dtable) override {
+    std::fill(dtable, dtable + vocab * dim, 0.0f);
+    for (int64_t r = 0; r < rows; ++r) {
+      float* __restrict dst = dtable + static_cast<int64_t>(ids[r]) * dim;
+      const float* __restrict src = dy + r * dim;
+      for (int64_t c = 0; c < dim; ++c) dst[c] += src[c];
+    }
+  }
+
+  void causal_softmax_forward(float* s, int64_t count, int64_t t, float scale) override {
+    pool_.run(count * t, 1, 64, [&](int64_t begin, int64_t end) {
+      cpu::causal_softmax_rows(s, begin, end, t, scale);
+    });
+  }
+
+  void softmax_backward(const float* p, float* dp, int64_t rows, int64_t cols,
+                        float scale) override {
+    pool_.run(rows, 1, 64, [&](int64_t begin, int64_t end) {
+      cpu::softmax_backward_rows(p, dp, begin, end, cols, scale);
+    });
+  }
+
+  void gemm_strided_batched(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,
+                            float alpha, const float* a, int64_t lda, int64_t stride_a,
+                            const float* b, int64_t ldb, int64_t stride_b, float beta, float* c,
+                            int64_t ldc, int64_t stride_c, int64_t count) override {
+    for (int64_t i = 0; i < count; ++i)
+      gemm(trans_a, trans_b, m, n, k, alpha, a + i * stride_a, lda, b + i * stride_b, ldb, beta,
+           c + i * stride_c, ldc);
+  }
+
+  void mse_onehot(const float* y, const int32_t* labels, int64_t rows, int64_t cols,
+                  float grad_scale, float* dy, float* stats) override {
+    cpu::mse_onehot(y, labels, rows, cols, grad_scale, dy, stats);
+  }
+
   void set_precision(math_precision p) override { precision_ = p; }
   math_precision precision() const override { return precision_; }
 
@@ -509,9 +615,9 @@ class cpu_backend final : public backend {
     return workspace_.data();
   }
 
-  // The patch matrix of samples [n0, n0 + count); x itself for an unpadded 1x1 convolution.
+  // The patch matrix of samples [n0, n0 + count); x itself for an unpadded stride-1 1x1 one.
   const float* patches(const conv2d_geometry& g, const float* x, int64_t n0, int64_t count) {
-    if (g.kernel_h == 1 && g.kernel_w == 1 && g.pad_h == 0 && g.pad_w == 0)
+    if (g.kernel_h == 1 && g.kernel_w == 1 && g.pad_h == 0 && g.pad_w == 0 && g.stride == 1)
       return x + n0 * g.height * g.width * g.in_channels;
     const int64_t rows = g.out_height() * g.out_width() * g.patch();
     float* col = workspace(count * rows);

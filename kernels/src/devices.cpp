@@ -14,7 +14,8 @@ namespace gflex::kernels {
 bool conv2d_geometry::valid() const {
   for (int64_t v : {batch, height, width, in_channels, out_channels, kernel_h, kernel_w})
     if (v <= 0) return false;
-  return pad_h >= 0 && pad_w >= 0 && out_height() > 0 && out_width() > 0;
+  return pad_h >= 0 && pad_w >= 0 && stride > 0 && height + 2 * pad_h >= kernel_h &&
+         width + 2 * pad_w >= kernel_w && out_height() > 0 && out_width() > 0;
 }
 
 expected<std::vector<int>> parse_gpu_list(const std::string& text, int count) {

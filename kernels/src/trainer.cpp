@@ -68,7 +68,8 @@ expected<train_report> train(const workload& w, const dataset_splits& data, back
     if (auto ok = check_data(w, data.test, "test"); !ok) return ok.error();
 
   auto start = clock_type::now();
-  auto instance = w.instantiate(b, std::max<int64_t>(options.batch_size, 1000));
+  const int64_t eval_rows = std::max<int64_t>(options.batch_size, w.eval_batch());
+  auto instance = w.instantiate(b, eval_rows);
   if (!instance) return instance.error();
   model& m = **instance;
   try {
@@ -154,7 +155,7 @@ expected<train_report> train(const workload& w, const dataset_splits& data, back
       report.train_s += er.train_s;
       report.samples += er.samples;
       if (options.evaluate) {
-        auto test = evaluate_model(m, data.test, std::max<int64_t>(options.batch_size, 1000));
+        auto test = evaluate_model(m, data.test, eval_rows);
         er.test_loss = test.mean_loss();
         er.test_accuracy = test.accuracy();
         report.test_accuracy = er.test_accuracy;
@@ -192,6 +193,7 @@ expected<batch_stats> evaluate(const workload& w, const dataset& test, backend& 
   if (auto bad = first_non_finite(params); bad >= 0)
     return error(errc::non_finite,
                  "parameter " + std::to_string(bad) + " is not finite (NaN or infinity)");
+  batch_size = std::min(batch_size, w.eval_batch());
   auto instance = w.instantiate(b, batch_size);
   if (!instance) return instance.error();
   try {

@@ -9,6 +9,7 @@
 #include <iterator>
 #include <limits>
 #include <optional>
+#include <sstream>
 #include <vector>
 
 #include <toml++/toml.h>
@@ -72,8 +73,8 @@ struct table_schema {
   std::vector<std::string_view> keys;
 };
 
-const std::array<table_schema, 8>& schema() {
-  static const std::array<table_schema, 8> tables{{
+const std::array<table_schema, 10>& schema() {
+  static const std::array<table_schema, 10> tables{{
       {"job", {"name", "workload", "rounds", "workers", "seed"}},
       {"inner",
        {"optimizer", "local_steps", "batch_size", "lr", "weight_decay", "lr_schedule",
@@ -85,6 +86,8 @@ const std::array<table_schema, 8>& schema() {
       {"trust",
        {"tier", "tolerance", "norm_tolerance", "norm_bound", "min_cosine", "clip", "trim"}},
       {"market", {"account", "budget", "max_price", "min_reputation", "deadline_h"}},
+      {"data", {"set"}},
+      {"model", {}},  // any keys: the kernels check a model
   }};
   return tables;
 }
@@ -228,6 +231,7 @@ class reader {
         note(node, fail(path, std::string("must be a table, got ") + type_name(node.type())));
         continue;
       }
+      if (name == "model") continue;
       for (auto&& [inner_key, inner_node] : *table) {
         if (std::find(it->keys.begin(), it->keys.end(), inner_key.str()) != it->keys.end())
           continue;
@@ -238,6 +242,9 @@ class reader {
     if (first) return *first;
     return {};
   }
+
+  // The top-level table `name`, or null when absent.
+  const toml::table* table(std::string_view name) const { return root_.get_as<toml::table>(name); }
 
   // The node at table.key, or null when absent; check_structure has vetted the table's type.
   const toml::node* find(std::string_view table, std::string_view key) const {
@@ -361,9 +368,30 @@ expected<job_spec> read_spec(const reader& in) {
     spec.name = *name;
   }
   if (auto r = in.string("job", "workload", workload); !r) return r.error();
-  if (!workload) return in.fail("job.workload", "missing (required)");
+  const toml::table* model = in.table("model");
+  if (model != nullptr) {
+    // Canonical text: what the formatter writes parses back to the same text.
+    std::ostringstream text;
+    text << toml::toml_formatter(toml::table{{"model", *model}},
+                                 toml::toml_formatter::default_flags &
+                                     ~toml::format_flags::indentation);
+    spec.model = text.str() + "\n";
+    if (!workload) {
+      const auto* label = model->get_as<std::string>("name");
+      workload = label != nullptr && !label->get().empty() ? label->get() : "model";
+    }
+  }
+  if (!workload) return in.fail("job.workload", "missing (required without a [model] table)");
   if (workload->empty()) return in.fail("job.workload", "must not be empty");
   spec.workload = *workload;
+  std::optional<std::string> data_set;
+  if (auto r = in.string("data", "set", data_set); !r) return r.error();
+  if (model != nullptr && (!data_set || data_set->empty()))
+    return in.fail("data.set", "missing (a [model] needs the data set it trains on)");
+  if (model == nullptr && data_set)
+    return in.fail("data.set", "only a job with a [model] names its data (a built-in workload "
+                               "brings its own)");
+  if (data_set) spec.data_set = *data_set;
   if (auto r = in.integer("job", "rounds", 1, max_steps, spec.rounds); !r) return r.error();
   if (auto r = in.integer("job", "workers", 1, 1024, spec.workers); !r) return r.error();
   if (auto r = in.seed("job", "seed", spec.seed); !r) return r.error();
@@ -547,6 +575,8 @@ std::string to_toml(const job_spec& spec) {
     out += "max_price = " + real(static_cast<double>(spec.max_price) / 1e6) + "\n";
   out += "min_reputation = " + real(spec.min_reputation) + "\n";
   out += "deadline_h = " + real(spec.deadline_h) + "\n";
+  if (!spec.data_set.empty()) out += "\n[data]\nset = " + quote(spec.data_set) + "\n";
+  if (!spec.model.empty()) out += "\n" + spec.model;
   return out;
 }
 

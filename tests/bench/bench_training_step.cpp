@@ -134,6 +134,66 @@ class timing_backend final : public backend {
                           int64_t c, float* dx) override {
     time("max_pool2_backward", [&] { inner_.max_pool2_backward(dy, i, n, h, w, c, dx); });
   }
+  void pool2d_forward(bool max, const float* x, int64_t n, int64_t h, int64_t w, int64_t c,
+                      int64_t win, int64_t stride, float* y, int32_t* i) override {
+    time("pool2d_forward", [&] { inner_.pool2d_forward(max, x, n, h, w, c, win, stride, y, i); });
+  }
+  void pool2d_backward(bool max, const float* dy, const int32_t* i, int64_t n, int64_t h,
+                       int64_t w, int64_t c, int64_t win, int64_t stride, float* dx) override {
+    time("pool2d_backward",
+         [&] { inner_.pool2d_backward(max, dy, i, n, h, w, c, win, stride, dx); });
+  }
+  void activation_forward(activation f, const float* x, float* y, int64_t n) override {
+    time("activation_forward", [&] { inner_.activation_forward(f, x, y, n); });
+  }
+  void activation_backward(activation f, const float* x, const float* dy, float* dx,
+                           int64_t n) override {
+    time("activation_backward", [&] { inner_.activation_backward(f, x, dy, dx, n); });
+  }
+  void multiply(int64_t n, const float* a, const float* b, float* out) override {
+    time("multiply", [&] { inner_.multiply(n, a, b, out); });
+  }
+  void dropout_mask(int64_t n, float rate, uint64_t seed, float* mask) override {
+    time("dropout_mask", [&] { inner_.dropout_mask(n, rate, seed, mask); });
+  }
+  void norm_forward(bool rms, const float* x, const float* g, const float* b, int64_t rows,
+                    int64_t cols, float eps, float* y, float* mean, float* rstd) override {
+    time("norm_forward", [&] { inner_.norm_forward(rms, x, g, b, rows, cols, eps, y, mean, rstd); });
+  }
+  void norm_backward(bool rms, const float* x, const float* g, const float* dy, const float* mean,
+                     const float* rstd, int64_t rows, int64_t cols, float* dx, float* dg,
+                     float* db) override {
+    time("norm_backward",
+         [&] { inner_.norm_backward(rms, x, g, dy, mean, rstd, rows, cols, dx, dg, db); });
+  }
+  void embedding_forward(const int32_t* ids, const float* table, int64_t rows, int64_t dim,
+                         float* y) override {
+    time("embedding_forward", [&] { inner_.embedding_forward(ids, table, rows, dim, y); });
+  }
+  void embedding_backward(const int32_t* ids, const float* dy, int64_t rows, int64_t dim,
+                          int64_t vocab, float* dt) override {
+    time("embedding_backward", [&] { inner_.embedding_backward(ids, dy, rows, dim, vocab, dt); });
+  }
+  void causal_softmax_forward(float* s, int64_t count, int64_t t, float scale) override {
+    time("causal_softmax_forward", [&] { inner_.causal_softmax_forward(s, count, t, scale); });
+  }
+  void softmax_backward(const float* p, float* dp, int64_t rows, int64_t cols,
+                        float scale) override {
+    time("softmax_backward", [&] { inner_.softmax_backward(p, dp, rows, cols, scale); });
+  }
+  void gemm_strided_batched(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha,
+                            const float* a, int64_t lda, int64_t sa, const float* b, int64_t ldb,
+                            int64_t sb, float beta, float* c, int64_t ldc, int64_t sc,
+                            int64_t count) override {
+    time("gemm_strided_batched", [&] {
+      inner_.gemm_strided_batched(ta, tb, m, n, k, alpha, a, lda, sa, b, ldb, sb, beta, c, ldc, sc,
+                                  count);
+    });
+  }
+  void mse_onehot(const float* y, const int32_t* labels, int64_t rows, int64_t cols, float scale,
+                  float* dy, float* stats) override {
+    time("mse_onehot", [&] { inner_.mse_onehot(y, labels, rows, cols, scale, dy, stats); });
+  }
   void set_precision(math_precision p) override { inner_.set_precision(p); }
   math_precision precision() const override { return inner_.precision(); }
   void quantize_int8(const float* x, float* r, int64_t n, int64_t b, int8_t* q, float* s) override {

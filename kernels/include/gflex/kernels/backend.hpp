@@ -32,7 +32,10 @@ struct adamw_config {
   bool plain_sgd = false;
 };
 
-/// The geometry of a stride-1 2-D convolution. Activations are NHWC ([batch, height, width,
+/// Elementwise activations of model graphs (GELU in its tanh approximation).
+enum class activation : uint8_t { relu = 0, gelu = 1, tanh = 2 };
+
+/// The geometry of a 2-D convolution. Activations are NHWC ([batch, height, width,
 /// channels], channels fastest: a bias or ReLU over channels is a row-wise operation on
 /// [batch*height*width, channels]); filters are [out_channels, kernel_h, kernel_w,
 /// in_channels] (cuDNN's NHWC filter layout, "KRSC"). Zero padding of pad_h / pad_w.
@@ -46,9 +49,10 @@ struct conv2d_geometry {
   int64_t kernel_w = 0;
   int64_t pad_h = 0;
   int64_t pad_w = 0;
+  int64_t stride = 1;  ///< The step between output pixels, in both directions.
 
-  int64_t out_height() const { return height + 2 * pad_h - kernel_h + 1; }
-  int64_t out_width() const { return width + 2 * pad_w - kernel_w + 1; }
+  int64_t out_height() const { return (height + 2 * pad_h - kernel_h) / stride + 1; }
+  int64_t out_width() const { return (width + 2 * pad_w - kernel_w) / stride + 1; }
   /// Values per filter: kernel_h * kernel_w * in_channels.
   int64_t patch() const { return kernel_h * kernel_w * in_channels; }
   /// Whether every extent is positive and the output is not empty.
@@ -145,6 +149,76 @@ class backend {
   /// dx (overwritten, x's shape) = dy routed to the inputs `argmax` names, zero elsewhere.
   virtual void max_pool2_backward(const float* dy, const int32_t* argmax, int64_t batch,
                                   int64_t height, int64_t width, int64_t channels, float* dx) = 0;
+
+  // -- layers of user-defined models (model_graph) -----------------------------------------
+
+  /// General 2-D pooling over NHWC x [batch, height, width, channels]: windows of
+  /// `window` x `window` every `stride` pixels, no padding; y is [batch, (height - window) /
+  /// stride + 1, (width - window) / stride + 1, channels]. Max pooling records in `argmax`
+  /// (one int32 per output) the offset of the winner within its sample, the first of equal
+  /// values in row-major window order; average pooling ignores `argmax` (may be null).
+  virtual void pool2d_forward(bool max, const float* x, int64_t batch, int64_t height,
+                              int64_t width, int64_t channels, int64_t window, int64_t stride,
+                              float* y, int32_t* argmax) = 0;
+  /// dx (overwritten, x's shape) from dy: max pooling routes each dy to its argmax, average
+  /// pooling spreads dy / window^2 over its window (overlapping windows add up).
+  virtual void pool2d_backward(bool max, const float* dy, const int32_t* argmax, int64_t batch,
+                               int64_t height, int64_t width, int64_t channels, int64_t window,
+                               int64_t stride, float* dx) = 0;
+
+  /// y = f(x) elementwise over n values (y may be x).
+  virtual void activation_forward(activation f, const float* x, float* y, int64_t n) = 0;
+  /// dx = dy * f'(x) elementwise, from the activation's input x (dx may be dy).
+  virtual void activation_backward(activation f, const float* x, const float* dy, float* dx,
+                                   int64_t n) = 0;
+
+  /// out[i] = a[i] * b[i] (out may be a or b).
+  virtual void multiply(int64_t n, const float* a, const float* b, float* out) = 0;
+  /// Inverted dropout's mask: mask[i] = 0 with probability `rate`, else 1 / (1 - rate), from a
+  /// counter-based hash of (seed, i), so every backend draws the same mask.
+  virtual void dropout_mask(int64_t n, float rate, uint64_t seed, float* mask) = 0;
+
+  /// Normalises each of `rows` rows of `cols` values: layer norm y = (x - mean) * rstd *
+  /// gamma + beta, or RMS norm (`rms`, no mean and no beta: beta may be null) y = x * rstd *
+  /// gamma with rstd = 1 / sqrt(mean(x^2) + eps). Saves mean (0 for RMS) and rstd per row for
+  /// the backward pass.
+  virtual void norm_forward(bool rms, const float* x, const float* gamma, const float* beta,
+                            int64_t rows, int64_t cols, float eps, float* y, float* mean,
+                            float* rstd) = 0;
+  /// dx (overwritten) from dy and the saved statistics; dgamma and dbeta (overwritten; dbeta
+  /// null for RMS) are the parameter gradients summed over the rows.
+  virtual void norm_backward(bool rms, const float* x, const float* gamma, const float* dy,
+                             const float* mean, const float* rstd, int64_t rows, int64_t cols,
+                             float* dx, float* dgamma, float* dbeta) = 0;
+
+  /// y[r, :] = table[ids[r], :] for `rows` ids, rows of `dim` values. Ids are checked at load
+  /// time to be below the table's row count.
+  virtual void embedding_forward(const int32_t* ids, const float* table, int64_t rows,
+                                 int64_t dim, float* y) = 0;
+  /// dtable (overwritten, [vocab, dim]) = sum over r with ids[r] == v of dy[r, :].
+  virtual void embedding_backward(const int32_t* ids, const float* dy, int64_t rows, int64_t dim,
+                                  int64_t vocab, float* dtable) = 0;
+
+  /// In place over `count` square [t, t] score matrices: s = softmax(scale * s) per row with a
+  /// causal mask (row i sees columns 0..i; the rest become 0).
+  virtual void causal_softmax_forward(float* s, int64_t count, int64_t t, float scale) = 0;
+  /// In place over `rows` rows of `cols` probabilities p: dp becomes the gradient of the
+  /// softmax's input, p * (dp - sum(p * dp)), times `scale`.
+  virtual void softmax_backward(const float* p, float* dp, int64_t rows, int64_t cols,
+                                float scale) = 0;
+
+  /// `count` GEMMs as gemm() does them, the i-th on a + i * stride_a, b + i * stride_b and
+  /// c + i * stride_c (cuBLAS's strided batched GEMM; the CPU loops).
+  virtual void gemm_strided_batched(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,
+                                    float alpha, const float* a, int64_t lda, int64_t stride_a,
+                                    const float* b, int64_t ldb, int64_t stride_b, float beta,
+                                    float* c, int64_t ldc, int64_t stride_c, int64_t count) = 0;
+
+  /// Mean squared error of `rows` rows of `cols` predictions against one-hot labels: adds
+  /// the summed per-row squared error to stats[0] and the rows whose arg-max is the label to
+  /// stats[1]; if `dy` is not null writes 2 (y - onehot) * grad_scale there.
+  virtual void mse_onehot(const float* y, const int32_t* labels, int64_t rows, int64_t cols,
+                          float grad_scale, float* dy, float* stats) = 0;
 
   /// From now on GEMMs and convolutions round as `p` allows (see math_precision).
   virtual void set_precision(math_precision p) = 0;

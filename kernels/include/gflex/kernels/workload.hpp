@@ -107,12 +107,25 @@ class workload {
   virtual void init_parameters(uint64_t seed, std::span<float> out) const = 0;
   /// A model on backend `b` for batches of up to `max_batch` rows.
   virtual expected<std::unique_ptr<model>> instantiate(backend& b, int64_t max_batch) const = 0;
+  /// The model's declaration (a `[model]` table as TOML) for a user-defined model, which
+  /// assignments carry to nodes; empty for a built-in workload, which nodes know by name.
+  virtual std::string model_text() const { return {}; }
+  /// The most samples an evaluation pass should take at once (activation memory).
+  virtual int64_t eval_batch() const { return 1000; }
   /// Loads the workload's data set (training and test splits).
   virtual expected<dataset_splits> load_data() const = 0;
 };
 
 /// The workload registered under `name`, or errc::unknown_workload listing the known ones.
 expected<std::unique_ptr<workload>> find_workload(std::string_view name);
+
+/// A workload as a job or an assignment names it: the built-in one called `name` when
+/// `model_text` is empty, else the user-defined model it declares (labelled `name`), which
+/// trains on the data set `data_set` (empty: none attached, as on a node, which gets its data
+/// from the core). A model that does not plan is errc::invalid_argument naming the layer.
+expected<std::unique_ptr<workload>> find_workload(std::string_view name,
+                                                  const std::string& model_text,
+                                                  const std::string& data_set);
 
 /// Names of all built-in workloads.
 std::vector<std::string> workload_names();

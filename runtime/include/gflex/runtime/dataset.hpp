@@ -11,7 +11,8 @@
 
 namespace gflex {
 
-/// A labelled data set held in memory: `features` is f32 [n, d] scaled to [0, 1], `labels`
+/// A labelled data set held in memory: `features` is f32 [n, d] (pixels scaled to [0, 1], or
+/// token ids for a language model), `labels`
 /// is i32 [n] with values in [0, classes).
 struct dataset {
   tensor features;

@@ -36,7 +36,9 @@ enum class trust_tier : uint8_t {
 /// applies. The comments name each field's TOML key and accepted range.
 struct job_spec {
   std::string name = "job";                        ///< [job] name: 1..64 of [A-Za-z0-9._-].
-  std::string workload;                            ///< [job] workload: required, non-empty.
+  /// [job] workload: a built-in workload's name (required without [model]); with a [model]
+  /// table, the model's label (default: model.name, else "model").
+  std::string workload;
   int64_t rounds = 30;                             ///< [job] rounds: 1..100000.
   int64_t workers = 3;                             ///< [job] workers: per round, 1..1024.
   uint64_t seed = 1;                               ///< [job] seed: 0..2^63-1 (a TOML integer).
@@ -104,6 +106,15 @@ struct job_spec {
   double min_reputation = 0.0;
   /// [market] deadline_h, in [0, 100000]: hours after which an unfinished job fails; 0: none.
   double deadline_h = 0.0;
+
+  /// [model]: a user-defined model (kernels/model_spec.hpp), kept as the TOML text of the
+  /// table in a canonical form; empty for a built-in workload. This parser checks only that
+  /// it is a table: the kernels plan it, and the client and the core refuse a job whose model
+  /// does not plan.
+  std::string model;
+  /// [data] set: the data set a [model] trains on (built in: "fashion-mnist", "fortunes");
+  /// required with [model], and only there (a built-in workload brings its data).
+  std::string data_set;
 
   /// Field-by-field equality; floating-point fields compare exactly, as a round trip keeps them.
   bool operator==(const job_spec&) const = default;

@@ -1,0 +1,250 @@
+/// @file
+/// CPU loops of the model-graph layers (see cpu_model_layers.hpp). Reductions accumulate in
+/// double so that results depend little on the order, and never on the thread count: rows
+/// split across threads, each row summed by one thread.
+
+#include "cpu_model_layers.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+namespace gflex::kernels::cpu {
+
+namespace {
+
+constexpr float k_gelu_c = 0.7978845608028654f;  // sqrt(2 / pi)
+constexpr float k_gelu_a = 0.044715f;
+
+int64_t pooled(int64_t extent, int64_t window, int64_t stride) {
+  return (extent - window) / stride + 1;
+}
+
+}  // namespace
+
+void pool2d_forward(bool max, const float* x, int64_t n0, int64_t n1, int64_t height,
+                    int64_t width, int64_t channels, int64_t window, int64_t stride, float* y,
+                    int32_t* argmax) {
+  const int64_t oh_n = pooled(height, window, stride), ow_n = pooled(width, window, stride);
+  const int64_t in_sample = height * width * channels, out_sample = oh_n * ow_n * channels;
+  const float inv_area = 1.0f / static_cast<float>(window * window);
+  std::vector<double> sums(static_cast<size_t>(channels));
+  for (int64_t n = n0; n < n1; ++n) {
+    const float* in = x + n * in_sample;
+    for (int64_t oh = 0; oh < oh_n; ++oh)
+      for (int64_t ow = 0; ow < ow_n; ++ow) {
+        const int64_t out = n * out_sample + (oh * ow_n + ow) * channels;
+        if (max) {
+          for (int64_t c = 0; c < channels; ++c) {
+            float best = -std::numeric_limits<float>::infinity();
+            int32_t at = 0;
+            for (int64_t r = 0; r < window; ++r)
+              for (int64_t s = 0; s < window; ++s) {
+                const int64_t off = ((oh * stride + r) * width + ow * stride + s) * channels + c;
+                if (r + s == 0 || in[off] > best) best = in[off], at = static_cast<int32_t>(off);
+              }
+            y[out + c] = best;
+            argmax[out + c] = at;
+          }
+        } else {
+          std::fill(sums.begin(), sums.end(), 0.0);
+          for (int64_t r = 0; r < window; ++r)
+            for (int64_t s = 0; s < window; ++s) {
+              const float* px = in + ((oh * stride + r) * width + ow * stride + s) * channels;
+              for (int64_t c = 0; c < channels; ++c) sums[static_cast<size_t>(c)] += px[c];
+            }
+          for (int64_t c = 0; c < channels; ++c)
+            y[out + c] = static_cast<float>(sums[static_cast<size_t>(c)]) * inv_area;
+        }
+      }
+  }
+}
+
+void pool2d_backward(bool max, const float* dy, const int32_t* argmax, int64_t n0, int64_t n1,
+                     int64_t height, int64_t width, int64_t channels, int64_t window,
+                     int64_t stride, float* dx) {
+  const int64_t oh_n = pooled(height, window, stride), ow_n = pooled(width, window, stride);
+  const int64_t in_sample = height * width * channels, out_sample = oh_n * ow_n * channels;
+  const float inv_area = 1.0f / static_cast<float>(window * window);
+  for (int64_t n = n0; n < n1; ++n) {
+    float* d = dx + n * in_sample;
+    std::fill(d, d + in_sample, 0.0f);
+    const float* g = dy + n * out_sample;
+    if (max) {
+      for (int64_t i = 0; i < out_sample; ++i) d[argmax[n * out_sample + i]] += g[i];
+      continue;
+    }
+    for (int64_t oh = 0; oh < oh_n; ++oh)
+      for (int64_t ow = 0; ow < ow_n; ++ow) {
+        const float* go = g + (oh * ow_n + ow) * channels;
+        for (int64_t r = 0; r < window; ++r)
+          for (int64_t s = 0; s < window; ++s) {
+            float* px = d + ((oh * stride + r) * width + ow * stride + s) * channels;
+            for (int64_t c = 0; c < channels; ++c) px[c] += go[c] * inv_area;
+          }
+      }
+  }
+}
+
+void activation_forward(activation f, const float* x, float* y, int64_t i0, int64_t i1) {
+  switch (f) {
+    case activation::relu:
+      for (int64_t i = i0; i < i1; ++i) y[i] = std::max(x[i], 0.0f);
+      break;
+    case activation::tanh:
+      for (int64_t i = i0; i < i1; ++i) y[i] = std::tanh(x[i]);
+      break;
+    case activation::gelu:
+      for (int64_t i = i0; i < i1; ++i) {
+        const float v = x[i];
+        y[i] = 0.5f * v * (1.0f + std::tanh(k_gelu_c * (v + k_gelu_a * v * v * v)));
+      }
+      break;
+  }
+}
+
+void activation_backward(activation f, const float* x, const float* dy, float* dx, int64_t i0,
+                         int64_t i1) {
+  switch (f) {
+    case activation::relu:
+      for (int64_t i = i0; i < i1; ++i) dx[i] = x[i] > 0.0f ? dy[i] : 0.0f;
+      break;
+    case activation::tanh:
+      for (int64_t i = i0; i < i1; ++i) {
+        const float t = std::tanh(x[i]);
+        dx[i] = dy[i] * (1.0f - t * t);
+      }
+      break;
+    case activation::gelu:
+      for (int64_t i = i0; i < i1; ++i) {
+        const float v = x[i];
+        const float t = std::tanh(k_gelu_c * (v + k_gelu_a * v * v * v));
+        const float dt = (1.0f - t * t) * k_gelu_c * (1.0f + 3.0f * k_gelu_a * v * v);
+        dx[i] = dy[i] * (0.5f * (1.0f + t) + 0.5f * v * dt);
+      }
+      break;
+  }
+}
+
+void dropout_mask(int64_t i0, int64_t i1, float rate, uint64_t seed, float* mask) {
+  const float keep = 1.0f / (1.0f - rate);
+  for (int64_t i = i0; i < i1; ++i)
+    mask[i] = dropout_uniform(seed, static_cast<uint64_t>(i)) < rate ? 0.0f : keep;
+}
+
+void norm_forward(bool rms, const float* x, const float* gamma, const float* beta, int64_t r0,
+                  int64_t r1, int64_t cols, float eps, float* y, float* mean, float* rstd) {
+  for (int64_t r = r0; r < r1; ++r) {
+    const float* in = x + r * cols;
+    float* out = y + r * cols;
+    double mu = 0.0;
+    if (!rms) {
+      for (int64_t c = 0; c < cols; ++c) mu += in[c];
+      mu /= static_cast<double>(cols);
+    }
+    double var = 0.0;
+    for (int64_t c = 0; c < cols; ++c) var += (in[c] - mu) * (in[c] - mu);
+    var /= static_cast<double>(cols);
+    const float m = static_cast<float>(mu), s = static_cast<float>(1.0 / std::sqrt(var + eps));
+    mean[r] = m;
+    rstd[r] = s;
+    for (int64_t c = 0; c < cols; ++c)
+      out[c] = (in[c] - m) * s * gamma[c] + (beta != nullptr ? beta[c] : 0.0f);
+  }
+}
+
+void norm_backward_input(bool rms, const float* x, const float* gamma, const float* dy,
+                         const float* mean, const float* rstd, int64_t r0, int64_t r1,
+                         int64_t cols, float* dx) {
+  for (int64_t r = r0; r < r1; ++r) {
+    const float* in = x + r * cols;
+    const float* g = dy + r * cols;
+    float* out = dx + r * cols;
+    const float m = mean[r], s = rstd[r];
+    double sum_g = 0.0, sum_gx = 0.0;
+    for (int64_t c = 0; c < cols; ++c) {
+      const double gc = static_cast<double>(g[c]) * gamma[c];
+      sum_g += gc;
+      sum_gx += gc * ((in[c] - m) * s);
+    }
+    const double mean_g = rms ? 0.0 : sum_g / static_cast<double>(cols);
+    const double mean_gx = sum_gx / static_cast<double>(cols);
+    for (int64_t c = 0; c < cols; ++c) {
+      const double xhat = (in[c] - m) * s;
+      out[c] = static_cast<float>(s * (g[c] * gamma[c] - mean_g - xhat * mean_gx));
+    }
+  }
+}
+
+void norm_backward_params(bool rms, const float* x, const float* dy, const float* mean,
+                          const float* rstd, int64_t rows, int64_t cols, int64_t c0, int64_t c1,
+                          float* dgamma, float* dbeta) {
+  std::vector<double> dg(static_cast<size_t>(c1 - c0), 0.0), db(dg.size(), 0.0);
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* in = x + r * cols;
+    const float* g = dy + r * cols;
+    const float m = mean[r], s = rstd[r];
+    for (int64_t c = c0; c < c1; ++c) {
+      dg[static_cast<size_t>(c - c0)] += static_cast<double>(g[c]) * ((in[c] - m) * s);
+      db[static_cast<size_t>(c - c0)] += g[c];
+    }
+  }
+  (void)rms;
+  for (int64_t c = c0; c < c1; ++c) {
+    dgamma[c] = static_cast<float>(dg[static_cast<size_t>(c - c0)]);
+    if (dbeta != nullptr) dbeta[c] = static_cast<float>(db[static_cast<size_t>(c - c0)]);
+  }
+}
+
+void causal_softmax_rows(float* s, int64_t r0, int64_t r1, int64_t t, float scale) {
+  for (int64_t r = r0; r < r1; ++r) {
+    float* row = s + r * t;
+    const int64_t visible = r % t + 1;
+    float max = -std::numeric_limits<float>::infinity();
+    for (int64_t c = 0; c < visible; ++c) max = std::max(max, row[c] * scale);
+    double denom = 0.0;
+    for (int64_t c = 0; c < visible; ++c) {
+      row[c] = std::exp(row[c] * scale - max);
+      denom += row[c];
+    }
+    const float inv = static_cast<float>(1.0 / denom);
+    for (int64_t c = 0; c < visible; ++c) row[c] *= inv;
+    std::fill(row + visible, row + t, 0.0f);
+  }
+}
+
+void softmax_backward_rows(const float* p, float* dp, int64_t r0, int64_t r1, int64_t cols,
+                           float scale) {
+  for (int64_t r = r0; r < r1; ++r) {
+    const float* pr = p + r * cols;
+    float* g = dp + r * cols;
+    double dot = 0.0;
+    for (int64_t c = 0; c < cols; ++c) dot += static_cast<double>(pr[c]) * g[c];
+    const float d = static_cast<float>(dot);
+    for (int64_t c = 0; c < cols; ++c) g[c] = scale * pr[c] * (g[c] - d);
+  }
+}
+
+void mse_onehot(const float* y, const int32_t* labels, int64_t rows, int64_t cols,
+                float grad_scale, float* dy, float* stats) {
+  double loss = 0.0;
+  int64_t correct = 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* row = y + r * cols;
+    int64_t arg = 0;
+    for (int64_t c = 0; c < cols; ++c) {
+      const float target = c == labels[r] ? 1.0f : 0.0f;
+      const float diff = row[c] - target;
+      loss += static_cast<double>(diff) * diff;
+      if (row[c] > row[arg]) arg = c;
+      if (dy != nullptr) dy[r * cols + c] = 2.0f * diff * grad_scale;
+    }
+    correct += arg == labels[r] ? 1 : 0;
+  }
+  stats[0] += static_cast<float>(loss);
+  stats[1] += static_cast<float>(correct);
+}
+
+}  // namespace gflex::kernels::cpu

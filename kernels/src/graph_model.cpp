@@ -1,0 +1,600 @@
+/// @file
+/// The engine of user-defined models: a planned layer graph (model_spec.hpp) executed on a
+/// backend. Every value (the input and each layer's output) has an activation buffer and a
+/// gradient buffer of max_batch samples; flatten and reshape are views of their input's
+/// buffers. The backward pass visits the layers in reverse; a value read by several layers
+/// (a residual) sums the gradients they send it.
+
+#include <cmath>
+#include <limits>
+
+#include "gflex/kernels/model_spec.hpp"
+#include "gflex/runtime/rng.hpp"
+#include "model_base.hpp"
+
+namespace gflex::kernels {
+
+namespace {
+
+int64_t numel_of(const shape_t& s) { return *checked_numel(s); }
+
+class graph_model final : public detail::model_base {
+ public:
+  graph_model(backend& b, const model_plan& plan, int64_t max_batch)
+      : model_base(b, plan.parameters, plan.sample_values, max_batch), plan_(plan) {
+    const size_t n = plan_.values.size();
+    root_.resize(n);
+    for (size_t v = 0; v < n; ++v) root_[v] = static_cast<int>(v);
+    for (const auto& l : plan_.layers)
+      if (l.spec.kind == layer_kind::flatten || l.spec.kind == layer_kind::reshape)
+        root_[static_cast<size_t>(l.output)] = root_[static_cast<size_t>(l.input)];
+    acts_.resize(n);
+    grads_.resize(n);
+    int64_t widest = 0;
+    for (size_t v = 0; v < n; ++v) {
+      if (root_[v] != static_cast<int>(v)) continue;
+      const int64_t size = max_batch * numel_of(plan_.values[v]);
+      widest = std::max(widest, size);
+      if (v == 0 && tokens()) continue;  // token ids live in ids_
+      if (v == 0 && b.where().kind == device_kind::host) {
+        // The CPU reads host batches in place; only a gradient-free copy is never needed.
+      } else {
+        acts_[v] = b.allocate({size}, dtype::f32);
+      }
+      if (v != 0) grads_[v] = b.allocate({size}, dtype::f32);
+    }
+    scratch_ = b.allocate({std::max<int64_t>(widest, 1)}, dtype::f32);
+    written_.assign(n, false);
+    extra_.resize(plan_.layers.size());
+    for (size_t i = 0; i < plan_.layers.size(); ++i) {
+      const auto& l = plan_.layers[i];
+      const int64_t in = numel_of(l.in_shape), out = numel_of(l.out_shape);
+      auto& e = extra_[i];
+      switch (l.spec.kind) {
+        case layer_kind::max_pool:
+          e.index = b.allocate({max_batch * out}, dtype::i32);
+          break;
+        case layer_kind::dropout:
+          e.a = b.allocate({max_batch * in}, dtype::f32);
+          break;
+        case layer_kind::layer_norm:
+        case layer_kind::rms_norm:
+          e.a = b.allocate({max_batch * in / l.in_shape.back()}, dtype::f32);
+          e.b = b.allocate({max_batch * in / l.in_shape.back()}, dtype::f32);
+          break;
+        case layer_kind::attention: {
+          const int64_t t = l.in_shape[0], d = l.in_shape[1], h = l.spec.heads;
+          e.a = b.allocate({max_batch * t * 3 * d}, dtype::f32);  // q, k, v
+          e.b = b.allocate({max_batch * h * t * t}, dtype::f32);  // probabilities
+          e.c = b.allocate({max_batch * t * d}, dtype::f32);      // context
+          attn_scratch_ = std::max(attn_scratch_, max_batch * std::max(h * t * t, 3 * t * d));
+          break;
+        }
+        case layer_kind::next_token_xent:
+          loss_stats_ = b.allocate({2}, dtype::f32);
+          break;
+        default:
+          break;
+      }
+    }
+    if (attn_scratch_ > 0) {
+      attn_d1_ = b.allocate({attn_scratch_}, dtype::f32);
+      attn_d2_ = b.allocate({attn_scratch_}, dtype::f32);
+    }
+    if (tokens()) {
+      const int64_t t = plan_.spec.input[0];
+      ids_host_.resize(static_cast<size_t>(max_batch * t));
+      targets_host_.resize(static_cast<size_t>(max_batch * t));
+      if (b.where().kind != device_kind::host) {
+        ids_ = b.allocate({max_batch * t}, dtype::i32);
+        targets_ = b.allocate({max_batch * t}, dtype::i32);
+      }
+    }
+  }
+
+  void evaluate_batch(const float* features, const int32_t* labels, int64_t batch) override {
+    auto y = prepare(features, labels, batch);
+    forward(batch, false);
+    loss(batch, y, 0.0f, false);
+  }
+
+  void backward(const float* features, const int32_t* labels, int64_t batch,
+                float loss_scale) override {
+    auto y = prepare(features, labels, batch);
+    ++passes_;
+    forward(batch, true);
+    std::fill(written_.begin(), written_.end(), false);
+    loss(batch, y, loss_scale, true);
+    for (size_t i = plan_.layers.size(); i-- > 0;) backward_layer(i, batch);
+  }
+
+  void reset_optimizer() override {
+    model_base::reset_optimizer();
+    passes_ = 0;  // dropout masks restart with the optimiser: a re-computation draws the same
+  }
+
+  double train_step_gemm_flops(int64_t batch) const override {
+    return 3.0 * plan_.forward_flops * static_cast<double>(batch);
+  }
+
+ private:
+  struct layer_buffers {
+    tensor a, b, c, index;
+  };
+
+  bool tokens() const { return plan_.spec.vocab > 0; }
+
+  // Stages a batch: the features (or, for a token model, ids and next-token targets) where
+  // the backend computes; returns the labels the loss reads.
+  const int32_t* prepare(const float* features, const int32_t* labels, int64_t batch) {
+    if (!tokens()) {
+      auto [x, y] = stage(features, labels, batch);
+      input_ = x;
+      return y;
+    }
+    const int64_t t = plan_.spec.input[0], vocab = plan_.spec.vocab;
+    for (int64_t r = 0; r < batch; ++r)
+      for (int64_t j = 0; j <= t; ++j) {
+        const float v = features[r * (t + 1) + j];
+        if (!(v >= 0.0f && v < static_cast<float>(vocab)) || v != std::floor(v))
+          throw compute_error(error(errc::invalid_argument,
+                                    "token " + std::to_string(v) + " of sample " +
+                                        std::to_string(r) + " is not an id below the vocabulary (" +
+                                        std::to_string(vocab) + ")"));
+        const auto id = static_cast<int32_t>(v);
+        if (j < t) ids_host_[static_cast<size_t>(r * t + j)] = id;
+        if (j > 0) targets_host_[static_cast<size_t>(r * t + j - 1)] = id;
+      }
+    auto [x, y] = stage(features, labels, batch);  // counts the samples
+    (void)x;
+    (void)y;
+    if (backend_.where().kind == device_kind::host) {
+      ids_ptr_ = ids_host_.data();
+      return targets_host_.data();
+    }
+    backend_.upload(ids_host_.data(), ids_.raw(), sizeof(int32_t) * batch * t);
+    backend_.upload(targets_host_.data(), targets_.raw(), sizeof(int32_t) * batch * t);
+    ids_ptr_ = ids_.data<int32_t>();
+    return targets_.data<int32_t>();
+  }
+
+  const float* act(int v) const {
+    const int r = root_[static_cast<size_t>(v)];
+    if (r == 0) return input_;
+    return acts_[static_cast<size_t>(r)].data<float>();
+  }
+  float* act_mut(int v) { return const_cast<float*>(act(v)); }
+
+  // The gradient buffer to write value v's gradient into: the value's own buffer if nothing
+  // has written it in this pass, else scratch, which finish_grad adds in.
+  float* grad_out(int v) {
+    const auto r = static_cast<size_t>(root_[static_cast<size_t>(v)]);
+    return written_[r] ? scratch_.data<float>() : grads_[r].data<float>();
+  }
+  void finish_grad(int v, int64_t n) {
+    const auto r = static_cast<size_t>(root_[static_cast<size_t>(v)]);
+    if (written_[r])
+      backend_.axpby(n, 1.0f, scratch_.data<float>(), 1.0f, grads_[r].data<float>());
+    written_[r] = true;
+  }
+  const float* grad(int v) const {
+    return grads_[static_cast<size_t>(root_[static_cast<size_t>(v)])].data<float>();
+  }
+  // The model's input (and views of it) takes no gradient.
+  bool needs_grad(int v) const { return root_[static_cast<size_t>(v)] != 0; }
+  bool has_grad(int v) const { return written_[static_cast<size_t>(root_[static_cast<size_t>(v)])]; }
+
+  float* param(const planned_layer& l, size_t k) { return params() + l.params[k].offset; }
+  float* dparam(const planned_layer& l, size_t k) { return gradients() + l.params[k].offset; }
+
+  void forward(int64_t batch, bool training) {
+    for (size_t i = 0; i < plan_.layers.size(); ++i) forward_layer(i, batch, training);
+  }
+
+  void forward_layer(size_t i, int64_t batch, bool training) {
+    const planned_layer& l = plan_.layers[i];
+    auto& e = extra_[i];
+    const int64_t in_n = batch * numel_of(l.in_shape);
+    const int64_t cols = l.in_shape.back(), rows = in_n / cols;
+    const float* x = l.spec.kind == layer_kind::embedding ? nullptr : act(l.input);
+    float* y = act_mut(l.output);
+    switch (l.spec.kind) {
+      case layer_kind::linear: {
+        const int64_t units = l.spec.units;
+        backend_.gemm(false, false, rows, units, cols, 1.0f, x, cols, param(l, 0), units, 0.0f, y,
+                      units);
+        if (l.spec.bias) backend_.bias_relu_forward(y, param(l, 1), rows, units, false);
+        break;
+      }
+      case layer_kind::conv2d: {
+        const auto g = geometry(l, batch);
+        backend_.conv2d_forward(g, x, param(l, 0), y);
+        if (l.spec.bias)
+          backend_.bias_relu_forward(y, param(l, 1), batch * g.out_height() * g.out_width(),
+                                     l.spec.filters, false);
+        break;
+      }
+      case layer_kind::max_pool:
+      case layer_kind::avg_pool:
+        backend_.pool2d_forward(l.spec.kind == layer_kind::max_pool, x, batch, l.in_shape[0],
+                                l.in_shape[1], l.in_shape[2], l.spec.size, l.spec.stride, y,
+                                l.spec.kind == layer_kind::max_pool ? e.index.data<int32_t>()
+                                                                    : nullptr);
+        break;
+      case layer_kind::flatten:
+      case layer_kind::reshape:
+        break;  // a view
+      case layer_kind::relu:
+        backend_.activation_forward(activation::relu, x, y, in_n);
+        break;
+      case layer_kind::gelu:
+        backend_.activation_forward(activation::gelu, x, y, in_n);
+        break;
+      case layer_kind::tanh:
+        backend_.activation_forward(activation::tanh, x, y, in_n);
+        break;
+      case layer_kind::dropout:
+        if (!training || l.spec.rate == 0.0) {
+          backend_.axpby(in_n, 1.0f, x, 0.0f, y);
+        } else {
+          // The mask depends on the layer and on how many passes this model has made since
+          // its optimiser was reset, so a re-computation of an assignment draws the same.
+          const uint64_t seed = (static_cast<uint64_t>(i) << 40) ^ passes_ ^ 0x6a09e667f3bcc909ull;
+          backend_.dropout_mask(in_n, static_cast<float>(l.spec.rate), seed, e.a.data<float>());
+          backend_.multiply(in_n, x, e.a.data<float>(), y);
+        }
+        break;
+      case layer_kind::layer_norm:
+      case layer_kind::rms_norm: {
+        const bool rms = l.spec.kind == layer_kind::rms_norm;
+        backend_.norm_forward(rms, x, param(l, 0), rms ? nullptr : param(l, 1), rows, cols,
+                              static_cast<float>(l.spec.eps), y, e.a.data<float>(),
+                              e.b.data<float>());
+        break;
+      }
+      case layer_kind::embedding:
+        backend_.embedding_forward(ids_ptr_, param(l, 0), batch * plan_.spec.input[0], l.spec.dim,
+                                   y);
+        break;
+      case layer_kind::position_embedding:
+        backend_.axpby(in_n, 1.0f, x, 0.0f, y);
+        backend_.bias_relu_forward(y, param(l, 0), batch, numel_of(l.in_shape), false);
+        break;
+      case layer_kind::attention:
+        attention_forward(l, e, batch, x, y);
+        break;
+      case layer_kind::add:
+        backend_.axpby(in_n, 1.0f, x, 0.0f, y);
+        backend_.axpby(in_n, 1.0f, act(l.other), 1.0f, y);
+        break;
+      default:
+        break;  // losses run in loss()
+    }
+  }
+
+  conv2d_geometry geometry(const planned_layer& l, int64_t batch) const {
+    return {batch,         l.in_shape[0], l.in_shape[1], l.in_shape[2], l.spec.filters,
+            l.spec.kernel, l.spec.kernel, l.spec.padding, l.spec.padding, l.spec.stride};
+  }
+
+  // Causal multi-head self-attention over [batch, t, d]: qkv = x Wqkv + b; per head
+  // P = softmax(Q K^T / sqrt(dh)) with a causal mask; context = P V; y = context Wo + bo.
+  // Heads are column blocks of qkv and context, so each head's products are strided GEMMs
+  // over the batch, with no transposes.
+  void attention_forward(const planned_layer& l, layer_buffers& e, int64_t batch, const float* x,
+                         float* y) {
+    const int64_t t = l.in_shape[0], d = l.in_shape[1], h = l.spec.heads, dh = d / h;
+    const size_t wo = l.spec.bias ? 2 : 1;
+    float* qkv = e.a.data<float>();
+    float* probs = e.b.data<float>();
+    float* ctx = e.c.data<float>();
+    backend_.gemm(false, false, batch * t, 3 * d, d, 1.0f, x, d, param(l, 0), 3 * d, 0.0f, qkv,
+                  3 * d);
+    if (l.spec.bias) backend_.bias_relu_forward(qkv, param(l, 1), batch * t, 3 * d, false);
+    for (int64_t head = 0; head < h; ++head)
+      backend_.gemm_strided_batched(false, true, t, t, dh, 1.0f, qkv + head * dh, 3 * d, t * 3 * d,
+                                    qkv + d + head * dh, 3 * d, t * 3 * d, 0.0f,
+                                    probs + head * t * t, t, h * t * t, batch);
+    backend_.causal_softmax_forward(probs, batch * h, t,
+                                    1.0f / std::sqrt(static_cast<float>(dh)));
+    for (int64_t head = 0; head < h; ++head)
+      backend_.gemm_strided_batched(false, false, t, dh, t, 1.0f, probs + head * t * t, t,
+                                    h * t * t, qkv + 2 * d + head * dh, 3 * d, t * 3 * d, 0.0f,
+                                    ctx + head * dh, d, t * d, batch);
+    backend_.gemm(false, false, batch * t, d, d, 1.0f, ctx, d, param(l, wo), d, 0.0f, y, d);
+    if (l.spec.bias) backend_.bias_relu_forward(y, param(l, wo + 1), batch * t, d, false);
+  }
+
+  void attention_backward(const planned_layer& l, layer_buffers& e, int64_t batch,
+                          const float* dy) {
+    const int64_t t = l.in_shape[0], d = l.in_shape[1], h = l.spec.heads, dh = d / h;
+    const size_t wo = l.spec.bias ? 2 : 1;
+    const float* x = act(l.input);
+    const float* qkv = e.a.data<float>();
+    const float* probs = e.b.data<float>();
+    const float* ctx = e.c.data<float>();
+    float* dctx = attn_d1_.data<float>();
+    float* dprobs = attn_d2_.data<float>();
+    backend_.gemm(true, false, d, d, batch * t, 1.0f, ctx, d, dy, d, 0.0f, dparam(l, wo), d);
+    if (l.spec.bias) backend_.column_sum(dy, batch * t, d, dparam(l, wo + 1));
+    backend_.gemm(false, true, batch * t, d, d, 1.0f, dy, d, param(l, wo), d, 0.0f, dctx, d);
+    for (int64_t head = 0; head < h; ++head)
+      backend_.gemm_strided_batched(false, true, t, t, dh, 1.0f, dctx + head * dh, d, t * d,
+                                    qkv + 2 * d + head * dh, 3 * d, t * 3 * d, 0.0f,
+                                    dprobs + head * t * t, t, h * t * t, batch);
+    // dV, written into the third column block of dqkv; dqkv reuses dctx's buffer only after
+    // dctx is consumed, so it lives in scratch_ (at least batch * t * 3d values).
+    float* dqkv = scratch_for_qkv(batch * t * 3 * d);
+    for (int64_t head = 0; head < h; ++head)
+      backend_.gemm_strided_batched(true, false, t, dh, t, 1.0f, probs + head * t * t, t,
+                                    h * t * t, dctx + head * dh, d, t * d, 0.0f,
+                                    dqkv + 2 * d + head * dh, 3 * d, t * 3 * d, batch);
+    backend_.softmax_backward(probs, dprobs, batch * h * t, t,
+                              1.0f / std::sqrt(static_cast<float>(dh)));
+    for (int64_t head = 0; head < h; ++head) {
+      backend_.gemm_strided_batched(false, false, t, dh, t, 1.0f, dprobs + head * t * t, t,
+                                    h * t * t, qkv + d + head * dh, 3 * d, t * 3 * d, 0.0f,
+                                    dqkv + head * dh, 3 * d, t * 3 * d, batch);
+      backend_.gemm_strided_batched(true, false, t, dh, t, 1.0f, dprobs + head * t * t, t,
+                                    h * t * t, qkv + head * dh, 3 * d, t * 3 * d, 0.0f,
+                                    dqkv + d + head * dh, 3 * d, t * 3 * d, batch);
+    }
+    backend_.gemm(true, false, d, 3 * d, batch * t, 1.0f, x, d, dqkv, 3 * d, 0.0f, dparam(l, 0),
+                  3 * d);
+    if (l.spec.bias) backend_.column_sum(dqkv, batch * t, 3 * d, dparam(l, 1));
+    if (!needs_grad(l.input)) return;
+    float* dx = grad_out(l.input);
+    backend_.gemm(false, true, batch * t, d, 3 * d, 1.0f, dqkv, 3 * d, param(l, 0), 3 * d, 0.0f,
+                  dx, d);
+    finish_grad(l.input, batch * t * d);
+  }
+
+  float* scratch_for_qkv(int64_t n) {
+    if (qkv_grad_.numel() < n) qkv_grad_ = backend_.allocate({n}, dtype::f32);
+    return qkv_grad_.data<float>();
+  }
+
+  void loss(int64_t batch, const int32_t* labels, float loss_scale, bool training) {
+    const planned_layer& l = plan_.layers.back();
+    const float* y = act(l.input);
+    const int64_t cols = l.in_shape.back();
+    float* dy = training ? grad_out(l.input) : nullptr;
+    switch (l.spec.kind) {
+      case layer_kind::softmax_xent:
+        backend_.softmax_xent(y, labels, batch, cols, loss_scale, dy, stats());
+        break;
+      case layer_kind::mse:
+        backend_.mse_onehot(y, labels, batch, cols, loss_scale, dy, stats());
+        break;
+      case layer_kind::next_token_xent: {
+        // Per-token mean loss and accuracy: each sample's T positions count as one sample.
+        const int64_t t = l.in_shape[0];
+        backend_.fill(loss_stats_.data<float>(), 2, 0.0f);
+        backend_.softmax_xent(y, labels, batch * t, cols, loss_scale / static_cast<float>(t), dy,
+                              loss_stats_.data<float>());
+        backend_.axpby(2, 1.0f / static_cast<float>(t), loss_stats_.data<float>(), 1.0f, stats());
+        break;
+      }
+      default:
+        break;
+    }
+    if (training) finish_grad(l.input, batch * numel_of(l.in_shape));
+  }
+
+  void backward_layer(size_t i, int64_t batch) {
+    const planned_layer& l = plan_.layers[i];
+    auto& e = extra_[i];
+    const layer_kind kind = l.spec.kind;
+    if (kind == layer_kind::softmax_xent || kind == layer_kind::mse ||
+        kind == layer_kind::next_token_xent || kind == layer_kind::flatten ||
+        kind == layer_kind::reshape)
+      return;  // losses ran in loss(); views share their input's gradient
+    if (!has_grad(l.output)) return;  // nothing downstream depends on it
+    const float* dy = grad(l.output);
+    const int64_t in_n = batch * numel_of(l.in_shape);
+    const int64_t cols = l.in_shape.back(), rows = in_n / cols;
+    const bool input_grad = needs_grad(l.input);
+    const float* x = kind == layer_kind::embedding ? nullptr : act(l.input);
+    switch (kind) {
+      case layer_kind::linear: {
+        const int64_t units = l.spec.units;
+        backend_.gemm(true, false, cols, units, rows, 1.0f, x, cols, dy, units, 0.0f,
+                      dparam(l, 0), units);
+        if (l.spec.bias) backend_.column_sum(dy, rows, units, dparam(l, 1));
+        if (input_grad) {
+          backend_.gemm(false, true, rows, cols, units, 1.0f, dy, units, param(l, 0), units, 0.0f,
+                        grad_out(l.input), cols);
+          finish_grad(l.input, in_n);
+        }
+        break;
+      }
+      case layer_kind::conv2d: {
+        const auto g = geometry(l, batch);
+        backend_.conv2d_backward_filter(g, x, dy, dparam(l, 0));
+        if (l.spec.bias)
+          backend_.column_sum(dy, batch * g.out_height() * g.out_width(), l.spec.filters,
+                              dparam(l, 1));
+        if (input_grad) {
+          backend_.conv2d_backward_data(g, dy, param(l, 0), grad_out(l.input));
+          finish_grad(l.input, in_n);
+        }
+        break;
+      }
+      case layer_kind::max_pool:
+      case layer_kind::avg_pool:
+        if (!input_grad) break;
+        backend_.pool2d_backward(kind == layer_kind::max_pool, dy,
+                                 kind == layer_kind::max_pool ? e.index.data<int32_t>() : nullptr,
+                                 batch, l.in_shape[0], l.in_shape[1], l.in_shape[2], l.spec.size,
+                                 l.spec.stride, grad_out(l.input));
+        finish_grad(l.input, in_n);
+        break;
+      case layer_kind::relu:
+      case layer_kind::gelu:
+      case layer_kind::tanh:
+        if (!input_grad) break;
+        backend_.activation_backward(kind == layer_kind::relu   ? activation::relu
+                                     : kind == layer_kind::gelu ? activation::gelu
+                                                                : activation::tanh,
+                                     x, dy, grad_out(l.input), in_n);
+        finish_grad(l.input, in_n);
+        break;
+      case layer_kind::dropout:
+        if (!input_grad) break;
+        if (l.spec.rate == 0.0)
+          backend_.axpby(in_n, 1.0f, dy, 0.0f, grad_out(l.input));
+        else
+          backend_.multiply(in_n, dy, e.a.data<float>(), grad_out(l.input));
+        finish_grad(l.input, in_n);
+        break;
+      case layer_kind::layer_norm:
+      case layer_kind::rms_norm: {
+        const bool rms = kind == layer_kind::rms_norm;
+        // norm_backward writes dx whole: into scratch or the value's buffer as grad_out says.
+        float* dx = input_grad ? grad_out(l.input) : scratch_.data<float>();
+        backend_.norm_backward(rms, x, param(l, 0), dy, e.a.data<float>(), e.b.data<float>(),
+                               rows, cols, dx, dparam(l, 0), rms ? nullptr : dparam(l, 1));
+        if (input_grad) finish_grad(l.input, in_n);
+        break;
+      }
+      case layer_kind::embedding:
+        backend_.embedding_backward(ids_ptr_, dy, batch * plan_.spec.input[0], l.spec.dim,
+                                    plan_.spec.vocab, dparam(l, 0));
+        break;
+      case layer_kind::position_embedding:
+        backend_.column_sum(dy, batch, numel_of(l.in_shape), dparam(l, 0));
+        if (input_grad) {
+          backend_.axpby(in_n, 1.0f, dy, 0.0f, grad_out(l.input));
+          finish_grad(l.input, in_n);
+        }
+        break;
+      case layer_kind::attention:
+        attention_backward(l, e, batch, dy);
+        break;
+      case layer_kind::add:
+        for (int v : {l.input, l.other}) {
+          if (!needs_grad(v)) continue;
+          backend_.axpby(in_n, 1.0f, dy, 0.0f, grad_out(v));
+          finish_grad(v, in_n);
+        }
+        break;
+      default:
+        break;
+    }
+  }
+
+  const model_plan plan_;  // a copy: a model may outlive the workload that made it
+  std::vector<int> root_;
+  std::vector<tensor> acts_, grads_;
+  std::vector<bool> written_;
+  std::vector<layer_buffers> extra_;
+  tensor scratch_, attn_d1_, attn_d2_, qkv_grad_, loss_stats_, ids_, targets_;
+  int64_t attn_scratch_ = 0;
+  std::vector<int32_t> ids_host_, targets_host_;
+  const int32_t* ids_ptr_ = nullptr;
+  const float* input_ = nullptr;
+  uint64_t passes_ = 0;
+};
+
+class graph_workload final : public workload {
+ public:
+  graph_workload(std::string label, model_plan plan, std::string model_text,
+                 std::function<expected<dataset_splits>()> data)
+      : label_(std::move(label)),
+        plan_(std::move(plan)),
+        text_(std::move(model_text)),
+        data_(std::move(data)) {}
+
+  std::string name() const override { return label_; }
+  std::string describe() const override {
+    return "user model" + (plan_.spec.name.empty() ? "" : " '" + plan_.spec.name + "'") + ": " +
+           std::to_string(plan_.layers.size()) + " layers, " + std::to_string(plan_.parameters) +
+           " parameters, " + std::to_string(static_cast<int64_t>(plan_.forward_flops)) +
+           " FLOPs per sample forward";
+  }
+  int64_t feature_dim() const override { return plan_.sample_values; }
+  int64_t eval_batch() const override {
+    // Attention keeps [heads, t, t] probabilities per sample: evaluate in small batches.
+    return plan_.spec.vocab > 0 ? 16 : 1000;
+  }
+  int64_t classes() const override { return plan_.classes; }
+  std::string model_text() const override { return text_; }
+
+  std::vector<parameter_block> layout() const override {
+    std::vector<parameter_block> out;
+    for (const auto& l : plan_.layers)
+      for (const auto& p : l.params) out.push_back(p);
+    return out;
+  }
+
+  void init_parameters(uint64_t seed, std::span<float> out) const override {
+    GFLEX_CHECK(static_cast<int64_t>(out.size()) == plan_.parameters, "parameter count mismatch");
+    rng root(seed);
+    uint64_t stream_index = 0;
+    for (size_t i = 0; i < plan_.layers.size(); ++i) {
+      const auto& l = plan_.layers[i];
+      const bool next_relu = i + 1 < plan_.layers.size() &&
+                             (plan_.layers[i + 1].spec.kind == layer_kind::relu ||
+                              plan_.layers[i + 1].spec.kind == layer_kind::gelu);
+      for (const auto& p : l.params) {
+        rng stream = root.fork(stream_index++);
+        float* dst = out.data() + p.offset;
+        const int64_t n = *checked_numel(p.shape);
+        const bool is_bias = p.name.ends_with("bias");
+        double stddev = 0.0;
+        float constant = 0.0f;
+        switch (l.spec.kind) {
+          case layer_kind::linear:
+          case layer_kind::conv2d:
+          case layer_kind::attention: {
+            if (is_bias) break;  // biases start at zero
+            // He initialisation before a ReLU/GELU, LeCun otherwise; fan-in is the product of
+            // every dimension but the output one.
+            const int64_t fan_in = l.spec.kind == layer_kind::conv2d ? n / p.shape[0]
+                                                                     : p.shape[0];
+            stddev = std::sqrt((next_relu ? 2.0 : 1.0) / static_cast<double>(fan_in));
+            break;
+          }
+          case layer_kind::layer_norm:
+          case layer_kind::rms_norm:
+            constant = p.name.ends_with("gamma") ? 1.0f : 0.0f;
+            break;
+          case layer_kind::embedding:
+          case layer_kind::position_embedding:
+            stddev = 0.02;
+            break;
+          default:
+            break;
+        }
+        for (int64_t j = 0; j < n; ++j)
+          dst[j] = stddev > 0.0 ? static_cast<float>(stream.normal() * stddev) : constant;
+      }
+    }
+  }
+
+  expected<std::unique_ptr<model>> instantiate(backend& b, int64_t max_batch) const override {
+    return detail::make_model<graph_model>(max_batch, b, plan_);
+  }
+
+  expected<dataset_splits> load_data() const override {
+    if (!data_) return error(errc::invalid_argument, label_ + ": no data set is attached");
+    return data_();
+  }
+
+ private:
+  std::string label_;
+  model_plan plan_;
+  std::string text_;
+  std::function<expected<dataset_splits>()> data_;
+};
+
+}  // namespace
+
+std::unique_ptr<workload> make_graph_workload(std::string label, model_plan plan,
+                                              std::string model_text,
+                                              std::function<expected<dataset_splits>()> data) {
+  return std::make_unique<graph_workload>(std::move(label), std::move(plan),
+                                          std::move(model_text), std::move(data));
+}
+
+}  // namespace gflex::kernels

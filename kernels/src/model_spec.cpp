@@ -1,0 +1,530 @@
+/// @file
+/// Reading and planning user-defined models (model_spec.hpp).
+
+#include "gflex/kernels/model_spec.hpp"
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <map>
+#include <optional>
+
+#include <toml++/toml.h>
+
+namespace gflex::kernels {
+
+namespace {
+
+struct kind_name {
+  layer_kind kind;
+  const char* name;
+};
+
+constexpr std::array<kind_name, 19> k_kinds{{
+    {layer_kind::linear, "linear"},
+    {layer_kind::conv2d, "conv2d"},
+    {layer_kind::max_pool, "max_pool"},
+    {layer_kind::avg_pool, "avg_pool"},
+    {layer_kind::flatten, "flatten"},
+    {layer_kind::reshape, "reshape"},
+    {layer_kind::relu, "relu"},
+    {layer_kind::gelu, "gelu"},
+    {layer_kind::tanh, "tanh"},
+    {layer_kind::dropout, "dropout"},
+    {layer_kind::layer_norm, "layer_norm"},
+    {layer_kind::rms_norm, "rms_norm"},
+    {layer_kind::embedding, "embedding"},
+    {layer_kind::position_embedding, "position_embedding"},
+    {layer_kind::attention, "attention"},
+    {layer_kind::add, "add"},
+    {layer_kind::softmax_xent, "softmax_xent"},
+    {layer_kind::next_token_xent, "next_token_xent"},
+    {layer_kind::mse, "mse"},
+}};
+
+/// The keys each layer type takes besides type, name and from.
+std::vector<std::string_view> keys_of(layer_kind kind) {
+  switch (kind) {
+    case layer_kind::linear:
+      return {"units", "bias"};
+    case layer_kind::conv2d:
+      return {"filters", "kernel", "stride", "padding", "bias"};
+    case layer_kind::max_pool:
+    case layer_kind::avg_pool:
+      return {"size", "stride"};
+    case layer_kind::reshape:
+      return {"shape"};
+    case layer_kind::dropout:
+      return {"rate"};
+    case layer_kind::layer_norm:
+    case layer_kind::rms_norm:
+      return {"eps"};
+    case layer_kind::embedding:
+      return {"dim"};
+    case layer_kind::attention:
+      return {"heads", "bias"};
+    case layer_kind::add:
+      return {"with"};
+    default:
+      return {};
+  }
+}
+
+bool is_loss(layer_kind k) {
+  return k == layer_kind::softmax_xent || k == layer_kind::next_token_xent || k == layer_kind::mse;
+}
+
+bool valid_name(const std::string& s) {
+  if (s.empty() || s.size() > 64) return false;
+  return std::all_of(s.begin(), s.end(), [](char c) {
+    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' ||
+           c == '-' || c == '.';
+  });
+}
+
+std::string shape_text(const shape_t& s) {
+  std::string out = "[";
+  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
+  return out + "]";
+}
+
+// Names a layer in messages: "model.layers[3] (conv2d 'c1')".
+std::string where(size_t index, const layer_spec& l) {
+  std::string out = "model.layers[" + std::to_string(index) + "] (" + to_string(l.kind);
+  if (!l.name.empty()) out += " '" + l.name + "'";
+  return out + ")";
+}
+
+class spec_reader {
+ public:
+  explicit spec_reader(std::string source) : source_(std::move(source)) {}
+
+  error fail(const std::string& path, const std::string& what) const {
+    return error(errc::invalid_argument, source_ + ": " + path + ": " + what);
+  }
+
+  expected<int64_t> integer(const toml::table& t, std::string_view key, const std::string& path,
+                            int64_t lo, int64_t hi, int64_t fallback) const {
+    const toml::node* n = t.get(key);
+    if (n == nullptr) return fallback;
+    const auto* v = n->as_integer();
+    const std::string at = path + "." + std::string(key);
+    if (v == nullptr) return fail(at, "must be an integer");
+    if (v->get() < lo || v->get() > hi)
+      return fail(at, "must be in [" + std::to_string(lo) + ", " + std::to_string(hi) + "], got " +
+                          std::to_string(v->get()));
+    return v->get();
+  }
+
+  expected<double> real(const toml::table& t, std::string_view key, const std::string& path,
+                        double lo, double hi, bool hi_open, double fallback) const {
+    const toml::node* n = t.get(key);
+    if (n == nullptr) return fallback;
+    const std::string at = path + "." + std::string(key);
+    std::optional<double> x;
+    if (const auto* f = n->as_floating_point()) x = f->get();
+    if (const auto* i = n->as_integer()) x = static_cast<double>(i->get());
+    if (!x) return fail(at, "must be a number");
+    if (!(*x >= lo) || !(hi_open ? *x < hi : *x <= hi))
+      return fail(at, "must be in [" + std::to_string(lo) + ", " + std::to_string(hi) +
+                          (hi_open ? ")" : "]") + ", got " + std::to_string(*x));
+    return *x;
+  }
+
+  expected<std::string> name(const toml::table& t, std::string_view key,
+                             const std::string& path) const {
+    const toml::node* n = t.get(key);
+    if (n == nullptr) return std::string();
+    const auto* v = n->as_string();
+    const std::string at = path + "." + std::string(key);
+    if (v == nullptr) return fail(at, "must be a string");
+    if (!valid_name(v->get())) return fail(at, "must be 1-64 of A-Z a-z 0-9 _ - .");
+    return v->get();
+  }
+
+  expected<std::vector<int64_t>> extents(const toml::table& t, std::string_view key,
+                                         const std::string& path) const {
+    const std::string at = path + "." + std::string(key);
+    const toml::node* n = t.get(key);
+    if (n == nullptr) return fail(at, "missing (required)");
+    const auto* a = n->as_array();
+    if (a == nullptr || a->empty() || a->size() > 4)
+      return fail(at, "must be an array of 1 to 4 positive integers");
+    std::vector<int64_t> out;
+    for (const auto& e : *a) {
+      const auto* v = e.as_integer();
+      if (v == nullptr || v->get() <= 0 || v->get() > (int64_t{1} << 20))
+        return fail(at, "must be an array of 1 to 4 integers in [1, 1048576]");
+      out.push_back(v->get());
+    }
+    return out;
+  }
+
+ private:
+  std::string source_;
+};
+
+expected<layer_spec> read_layer(const spec_reader& in, const toml::table& t, size_t index) {
+  std::string path = "model.layers[" + std::to_string(index) + "]";
+  const toml::node* type = t.get("type");
+  if (type == nullptr || !type->is_string()) return in.fail(path + ".type", "missing (required)");
+  const std::string type_name = type->as_string()->get();
+  auto it = std::find_if(k_kinds.begin(), k_kinds.end(),
+                         [&](const kind_name& k) { return type_name == k.name; });
+  if (it == k_kinds.end()) {
+    std::string known;
+    for (const auto& k : k_kinds) known += (known.empty() ? "" : ", ") + std::string(k.name);
+    return in.fail(path + ".type", "unknown layer type '" + type_name + "' (known: " + known + ")");
+  }
+  layer_spec l;
+  l.kind = it->kind;
+  path += " (" + type_name + ")";
+  const auto keys = keys_of(l.kind);
+  for (auto&& [key, node] : t) {
+    const auto k = key.str();
+    if (k == "type" || k == "name" || k == "from") continue;
+    if (std::find(keys.begin(), keys.end(), k) == keys.end())
+      return in.fail(path + "." + std::string(k), std::string("not a key of a ") + type_name +
+                                                      " layer");
+  }
+  auto name = in.name(t, "name", path);
+  if (!name) return name.error();
+  l.name = *name;
+  auto from = in.name(t, "from", path);
+  if (!from) return from.error();
+  l.from = *from;
+  auto with = in.name(t, "with", path);
+  if (!with) return with.error();
+  l.with = *with;
+  constexpr int64_t big = int64_t{1} << 20;
+  auto get = [&](std::string_view key, int64_t lo, int64_t hi, int64_t fallback,
+                 int64_t& out) -> expected<void> {
+    auto v = in.integer(t, key, path, lo, hi, fallback);
+    if (!v) return v.error();
+    out = *v;
+    return {};
+  };
+  auto need = [&](std::string_view key) -> expected<void> {
+    if (t.get(key) == nullptr) return in.fail(path + "." + std::string(key), "missing (required)");
+    return {};
+  };
+  switch (l.kind) {
+    case layer_kind::linear:
+      if (auto r = need("units"); !r) return r.error();
+      if (auto r = get("units", 1, big, 0, l.units); !r) return r.error();
+      break;
+    case layer_kind::conv2d:
+      if (auto r = need("filters"); !r) return r.error();
+      if (auto r = need("kernel"); !r) return r.error();
+      if (auto r = get("filters", 1, 65536, 0, l.filters); !r) return r.error();
+      if (auto r = get("kernel", 1, 64, 0, l.kernel); !r) return r.error();
+      if (auto r = get("stride", 1, 64, 1, l.stride); !r) return r.error();
+      if (auto r = get("padding", 0, 64, 0, l.padding); !r) return r.error();
+      break;
+    case layer_kind::max_pool:
+    case layer_kind::avg_pool:
+      if (auto r = need("size"); !r) return r.error();
+      if (auto r = get("size", 1, 64, 0, l.size); !r) return r.error();
+      if (auto r = get("stride", 1, 64, l.size, l.stride); !r) return r.error();
+      break;
+    case layer_kind::reshape: {
+      auto s = in.extents(t, "shape", path);
+      if (!s) return s.error();
+      l.shape = *s;
+      break;
+    }
+    case layer_kind::dropout: {
+      auto r = in.real(t, "rate", path, 0.0, 1.0, true, 0.1);
+      if (!r) return r.error();
+      l.rate = *r;
+      break;
+    }
+    case layer_kind::layer_norm:
+    case layer_kind::rms_norm: {
+      auto r = in.real(t, "eps", path, 1e-12, 1.0, false, 1e-5);
+      if (!r) return r.error();
+      l.eps = *r;
+      break;
+    }
+    case layer_kind::embedding:
+      if (auto r = need("dim"); !r) return r.error();
+      if (auto r = get("dim", 1, 65536, 0, l.dim); !r) return r.error();
+      break;
+    case layer_kind::attention:
+      if (auto r = need("heads"); !r) return r.error();
+      if (auto r = get("heads", 1, 1024, 0, l.heads); !r) return r.error();
+      break;
+    case layer_kind::add:
+      if (l.with.empty()) return in.fail(path + ".with", "missing (required)");
+      break;
+    default:
+      break;
+  }
+  if (const toml::node* b = t.get("bias")) {
+    if (!b->is_boolean()) return in.fail(path + ".bias", "must be true or false");
+    l.bias = b->as_boolean()->get();
+  }
+  return l;
+}
+
+}  // namespace
+
+const char* to_string(layer_kind kind) noexcept {
+  for (const auto& k : k_kinds)
+    if (k.kind == kind) return k.name;
+  return "unknown";
+}
+
+expected<model_spec> parse_model_spec(std::string_view toml_text, const std::string& source) {
+  toml::table root;
+  try {
+    root = toml::parse(toml_text, std::string_view(source));
+  } catch (const toml::parse_error& e) {
+    const auto& at = e.source().begin;
+    return error(errc::invalid_argument, source + ":" + std::to_string(at.line) + ":" +
+                                             std::to_string(at.column) +
+                                             ": invalid TOML: " + std::string(e.description()));
+  }
+  spec_reader in(source);
+  const toml::table* m = root.get_as<toml::table>("model");
+  if (m == nullptr) return in.fail("model", "missing (a table)");
+  for (auto&& [key, node] : *m) {
+    const auto k = key.str();
+    if (k != "name" && k != "input" && k != "vocab" && k != "layers")
+      return in.fail("model." + std::string(k), "unknown key");
+  }
+  model_spec spec;
+  auto name = in.name(*m, "name", "model");
+  if (!name) return name.error();
+  spec.name = *name;
+  auto input = in.extents(*m, "input", "model");
+  if (!input) return input.error();
+  spec.input = *input;
+  auto vocab = in.integer(*m, "vocab", "model", 1, 1 << 20, 0);
+  if (!vocab) return vocab.error();
+  spec.vocab = *vocab;
+  const toml::node* layers = m->get("layers");
+  if (layers == nullptr) return in.fail("model.layers", "missing (required)");
+  const auto* list = layers->as_array();
+  if (list == nullptr || list->empty())
+    return in.fail("model.layers", "must be a non-empty array of layer tables");
+  for (size_t i = 0; i < list->size(); ++i) {
+    const auto* t = (*list)[i].as_table();
+    if (t == nullptr)
+      return in.fail("model.layers[" + std::to_string(i) + "]", "must be a table");
+    auto l = read_layer(in, *t, i);
+    if (!l) return l.error();
+    spec.layers.push_back(std::move(*l));
+  }
+  return spec;
+}
+
+expected<model_plan> plan_model(const model_spec& spec, const model_limits& limits) {
+  auto fail = [](const std::string& where, const std::string& what) {
+    return error(errc::invalid_argument, where + ": " + what);
+  };
+  model_plan plan;
+  plan.spec = spec;
+  if (spec.layers.empty()) return fail("model.layers", "empty");
+  if (static_cast<int64_t>(spec.layers.size()) > limits.max_layers)
+    return fail("model.layers", std::to_string(spec.layers.size()) + " layers, more than " +
+                                    std::to_string(limits.max_layers));
+  const bool tokens = spec.vocab > 0;
+  if (tokens && spec.input.size() != 1)
+    return fail("model.input", "a token model (with vocab) takes input = [context], got " +
+                                   shape_text(spec.input));
+  plan.values.push_back(spec.input);
+  auto in_numel = checked_numel(spec.input);
+  if (!in_numel || *in_numel > limits.max_activations)
+    return fail("model.input", "too large: " + shape_text(spec.input));
+  plan.sample_values = tokens ? spec.input[0] + 1 : *in_numel;
+  std::map<std::string, int> names{{"input", 0}};
+  int64_t offset = 0;
+  int64_t activations = *in_numel;
+  int previous = 0;
+  for (size_t i = 0; i < spec.layers.size(); ++i) {
+    const layer_spec& l = spec.layers[i];
+    const std::string at = where(i, l);
+    planned_layer p;
+    p.spec = l;
+    auto resolve = [&](const std::string& ref, const char* key) -> expected<int> {
+      auto it = names.find(ref);
+      if (it == names.end())
+        return fail(at + "." + key, "no earlier layer is named '" + ref + "'");
+      return it->second;
+    };
+    if (l.from.empty()) {
+      p.input = previous;
+    } else {
+      auto v = resolve(l.from, "from");
+      if (!v) return v.error();
+      p.input = *v;
+    }
+    if (l.kind == layer_kind::add) {
+      auto v = resolve(l.with, "with");
+      if (!v) return v.error();
+      p.other = *v;
+    }
+    const shape_t in = plan.values[static_cast<size_t>(p.input)];
+    p.in_shape = in;
+    const int64_t last = in.back();
+    const int64_t numel = *checked_numel(in);
+    if (tokens && p.input == 0 && l.kind != layer_kind::embedding)
+      return fail(at, "reads the token input: only an embedding layer can");
+    if (!tokens && l.kind == layer_kind::embedding)
+      return fail(at, "an embedding needs token input: declare model.vocab");
+    shape_t out = in;
+    auto add_param = [&](const std::string& what, shape_t shape) {
+      p.params.push_back({(l.name.empty() ? "layer" + std::to_string(i) : l.name) + "." + what,
+                          shape, offset});
+      offset += *checked_numel(shape);
+    };
+    switch (l.kind) {
+      case layer_kind::linear:
+        out.back() = l.units;
+        add_param("weight", {last, l.units});
+        if (l.bias) add_param("bias", {l.units});
+        p.flops = 2.0 * static_cast<double>(numel) * static_cast<double>(l.units);
+        break;
+      case layer_kind::conv2d: {
+        if (in.size() != 3)
+          return fail(at, "takes [height, width, channels] input, got " + shape_text(in));
+        conv2d_geometry g{1, in[0], in[1], in[2], l.filters, l.kernel, l.kernel,
+                          l.padding, l.padding, l.stride};
+        if (!g.valid())
+          return fail(at + ".kernel", "a " + std::to_string(l.kernel) + "x" +
+                                          std::to_string(l.kernel) + " kernel with padding " +
+                                          std::to_string(l.padding) + " does not fit input " +
+                                          shape_text(in));
+        out = {g.out_height(), g.out_width(), l.filters};
+        add_param("weight", {l.filters, l.kernel, l.kernel, in[2]});
+        if (l.bias) add_param("bias", {l.filters});
+        p.flops = 2.0 * static_cast<double>(g.out_height() * g.out_width()) *
+                  static_cast<double>(l.filters) * static_cast<double>(g.patch());
+        break;
+      }
+      case layer_kind::max_pool:
+      case layer_kind::avg_pool:
+        if (in.size() != 3)
+          return fail(at, "takes [height, width, channels] input, got " + shape_text(in));
+        if (l.size > in[0] || l.size > in[1])
+          return fail(at + ".size",
+                      "window " + std::to_string(l.size) + " is larger than input " + shape_text(in));
+        out = {(in[0] - l.size) / l.stride + 1, (in[1] - l.size) / l.stride + 1, in[2]};
+        break;
+      case layer_kind::flatten:
+        out = {numel};
+        break;
+      case layer_kind::reshape: {
+        auto n = checked_numel(l.shape);
+        if (!n || *n != numel)
+          return fail(at + ".shape", shape_text(l.shape) + " does not hold the " +
+                                         std::to_string(numel) + " values of " + shape_text(in));
+        out = l.shape;
+        break;
+      }
+      case layer_kind::layer_norm:
+      case layer_kind::rms_norm:
+        add_param("gamma", {last});
+        if (l.kind == layer_kind::layer_norm) add_param("beta", {last});
+        break;
+      case layer_kind::embedding:
+        out = {in[0], l.dim};
+        add_param("table", {spec.vocab, l.dim});
+        break;
+      case layer_kind::position_embedding:
+        if (in.size() != 2)
+          return fail(at, "takes [positions, width] input, got " + shape_text(in));
+        add_param("table", in);
+        break;
+      case layer_kind::attention: {
+        if (in.size() != 2)
+          return fail(at, "takes [positions, width] input, got " + shape_text(in));
+        if (last % l.heads != 0)
+          return fail(at + ".heads", "width " + std::to_string(last) + " is not a multiple of " +
+                                         std::to_string(l.heads) + " heads");
+        add_param("qkv.weight", {last, 3 * last});
+        if (l.bias) add_param("qkv.bias", {3 * last});
+        add_param("out.weight", {last, last});
+        if (l.bias) add_param("out.bias", {last});
+        const double t = static_cast<double>(in[0]), d = static_cast<double>(last);
+        // Projections (4 d^2 per position) and the two products of attention (t d each).
+        p.flops = 2.0 * t * 4.0 * d * d + 2.0 * 2.0 * t * t * d;
+        break;
+      }
+      case layer_kind::add: {
+        const shape_t& other = plan.values[static_cast<size_t>(p.other)];
+        if (other != in)
+          return fail(at + ".with", "adds '" + l.with + "' of shape " + shape_text(other) +
+                                        " to input of shape " + shape_text(in));
+        break;
+      }
+      case layer_kind::softmax_xent:
+      case layer_kind::mse:
+        if (tokens) return fail(at, "a token model's loss is next_token_xent");
+        if (in.size() != 1)
+          return fail(at, "takes [classes] input (flatten first), got " + shape_text(in));
+        if (last < 2) return fail(at, "needs at least 2 classes, got " + std::to_string(last));
+        plan.classes = last;
+        break;
+      case layer_kind::next_token_xent:
+        if (!tokens) return fail(at, "needs a token model (declare model.vocab)");
+        if (in.size() != 2 || in[0] != spec.input[0] || in[1] != spec.vocab)
+          return fail(at, "takes [" + std::to_string(spec.input[0]) + ", " +
+                              std::to_string(spec.vocab) + "] logits (context, vocab), got " +
+                              shape_text(in));
+        plan.classes = spec.vocab;
+        break;
+      default:
+        break;
+    }
+    for (int64_t e : out)
+      if (e <= 0 || e > limits.max_extent)
+        return fail(at, "output shape " + shape_text(out) + " is empty or too large");
+    p.out_shape = out;
+    const bool view = l.kind == layer_kind::flatten || l.kind == layer_kind::reshape;
+    if (is_loss(l.kind)) {
+      if (i + 1 != spec.layers.size())
+        return fail(at, "a loss must be the last layer");
+      p.output = p.input;
+    } else if (view) {
+      p.output = static_cast<int>(plan.values.size());
+      plan.values.push_back(out);
+    } else {
+      p.output = static_cast<int>(plan.values.size());
+      plan.values.push_back(out);
+      activations += *checked_numel(out);
+    }
+    if (offset > limits.max_parameters)
+      return fail(at, "brings the parameters to " + std::to_string(offset) + ", more than " +
+                          std::to_string(limits.max_parameters));
+    if (activations > limits.max_activations)
+      return fail(at, "brings one sample's activations to " + std::to_string(activations) +
+                          " values, more than " + std::to_string(limits.max_activations));
+    if (!l.name.empty()) {
+      if (names.count(l.name) != 0)
+        return fail(at + ".name", "'" + l.name + "' names an earlier layer too");
+      names[l.name] = p.output;
+    }
+    previous = p.output;
+    plan.forward_flops += p.flops;
+    plan.layers.push_back(std::move(p));
+  }
+  if (!is_loss(spec.layers.back().kind))
+    return fail(where(spec.layers.size() - 1, spec.layers.back()),
+                "the last layer must be a loss (softmax_xent, next_token_xent or mse)");
+  // An output nothing reads would get no gradient: almost certainly a misspelt `from`.
+  std::vector<int> uses(plan.values.size(), 0);
+  for (const auto& p : plan.layers) {
+    ++uses[static_cast<size_t>(p.input)];
+    if (p.other >= 0) ++uses[static_cast<size_t>(p.other)];
+  }
+  for (size_t i = 0; i + 1 < plan.layers.size(); ++i)
+    if (uses[static_cast<size_t>(plan.layers[i].output)] == 0)
+      return fail(where(i, spec.layers[i]), "its output is never used");
+  plan.parameters = offset;
+  if (plan.parameters == 0) return fail("model.layers", "the model has no parameters to train");
+  return plan;
+}
+
+}  // namespace gflex::kernels

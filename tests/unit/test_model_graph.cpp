@@ -1,0 +1,402 @@
+/// User-defined models (kernels/model_spec.hpp): every layer's gradient against finite
+/// differences, the new backend operations against double-precision references, planning
+/// errors that name the layer and key, and a graph model that learns.
+
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "finite_difference.hpp"
+#include "gflex/kernels/model_spec.hpp"
+#include "gflex/kernels/trainer.hpp"
+#include "gflex/runtime/job_spec.hpp"
+#include "gflex/runtime/rng.hpp"
+#include "gflex/runtime/text_corpus.hpp"
+
+using namespace gflex;
+using namespace gflex::kernels;
+
+namespace {
+
+std::unique_ptr<workload> graph(const std::string& text) {
+  auto w = find_workload("test-model", text, "");
+  REQUIRE_MESSAGE(w.has_value(), (w ? "" : w.error().message()));
+  return std::move(*w);
+}
+
+// Random samples for a model: features in [-1, 1] (token ids below `vocab` for a token
+// model) and labels below `classes`.
+struct batch_data {
+  std::vector<float> x;
+  std::vector<int32_t> y;
+};
+
+batch_data random_batch(const workload& w, int64_t batch, int64_t vocab, uint64_t seed) {
+  rng r(seed);
+  batch_data d;
+  d.x.resize(static_cast<size_t>(batch * w.feature_dim()));
+  for (auto& v : d.x)
+    v = vocab > 0 ? static_cast<float>(r.below(static_cast<uint64_t>(vocab)))
+                  : static_cast<float>(r.uniform() * 2.0 - 1.0);
+  d.y.resize(static_cast<size_t>(batch));
+  for (auto& v : d.y) v = static_cast<int32_t>(r.below(static_cast<uint64_t>(w.classes())));
+  return d;
+}
+
+// Samples parameters of every block and compares backpropagation with central differences.
+// A step that crosses a kink (ReLU, a pooling winner) makes the difference meaningless; two
+// step sizes that disagree reveal it, and such a parameter is skipped.
+void check_gradients(const std::string& text, int64_t vocab, int64_t batch = 4) {
+  auto w = graph(text);
+  auto be = make_cpu_backend(1);
+  auto m = w->instantiate(*be, batch);
+  REQUIRE(m.has_value());
+  std::vector<float> params(static_cast<size_t>(w->parameter_count()));
+  w->init_parameters(7, params);
+  // Non-zero biases and norm parameters, so that their gradients and effects are tested too.
+  rng jitter(11);
+  for (auto& p : params) p += static_cast<float>(jitter.normal() * 0.05);
+  (*m)->load_parameters(params);
+  auto data = random_batch(*w, batch, vocab, 3);
+  std::vector<float> grad(params.size());
+  (*m)->compute_gradients(data.x.data(), data.y.data(), batch, grad);
+  auto blocks = w->layout();
+  rng pick(5);
+  std::vector<int> per_block(blocks.size(), 0);
+  for (int trial = 0; trial < 12 * static_cast<int>(blocks.size()); ++trial) {
+    const size_t bi = static_cast<size_t>(trial) % blocks.size();
+    const int64_t n = *checked_numel(blocks[bi].shape);
+    const size_t i = static_cast<size_t>(blocks[bi].offset) + pick.below(static_cast<uint64_t>(n));
+    const double numeric = test::central_difference(**m, params, i, 2e-3f, data.x.data(),
+                                                    data.y.data(), batch);
+    const double half = test::central_difference(**m, params, i, 1e-3f, data.x.data(),
+                                                 data.y.data(), batch);
+    if (std::fabs(numeric - half) > 0.02 * std::fabs(numeric) + 2e-4) continue;
+    CHECK_MESSAGE(grad[i] == doctest::Approx(numeric).epsilon(0.03).scale(3e-3),
+                  blocks[bi].name << " parameter " << i << ": " << grad[i] << " vs " << numeric);
+    ++per_block[bi];
+  }
+  for (size_t b = 0; b < blocks.size(); ++b) CHECK_MESSAGE(per_block[b] > 0, blocks[b].name);
+}
+
+std::string plan_error(const std::string& text) {
+  auto w = find_workload("test-model", text, "");
+  REQUIRE_FALSE(w.has_value());
+  return w.error().message();
+}
+
+}  // namespace
+
+TEST_SUITE("model graph") {
+  TEST_CASE("dense layers, activations and norms backpropagate as finite differences say") {
+    check_gradients(R"([model]
+input = [6]
+layers = [
+  { type = "linear", units = 5 }, { type = "tanh" },
+  { type = "linear", units = 4 }, { type = "gelu" }, { type = "layer_norm" },
+  { type = "linear", units = 4 }, { type = "relu" }, { type = "rms_norm" },
+  { type = "linear", units = 3 }, { type = "softmax_xent" },
+])",
+                    0);
+  }
+
+  TEST_CASE("strided convolution, pooling, flatten and mse backpropagate") {
+    check_gradients(R"([model]
+input = [6, 6, 2]
+layers = [
+  { type = "conv2d", filters = 3, kernel = 3, stride = 2, padding = 1 },
+  { type = "tanh" },
+  { type = "avg_pool", size = 2, stride = 1 },
+  { type = "conv2d", filters = 2, kernel = 1 },
+  { type = "max_pool", size = 2, stride = 1 },
+  { type = "flatten" },
+  { type = "linear", units = 3 }, { type = "mse" },
+])",
+                    0);
+  }
+
+  TEST_CASE("reshape and a linear layer over the last dimension backpropagate") {
+    check_gradients(R"([model]
+input = [12]
+layers = [
+  { type = "reshape", shape = [3, 4] },
+  { type = "linear", units = 5 }, { type = "gelu" },
+  { type = "flatten" },
+  { type = "linear", units = 3 }, { type = "softmax_xent" },
+])",
+                    0);
+  }
+
+  TEST_CASE("a transformer block (embeddings, causal attention, residuals) backpropagates") {
+    check_gradients(R"([model]
+input = [5]
+vocab = 7
+layers = [
+  { type = "embedding", dim = 8 },
+  { type = "position_embedding", name = "x0" },
+  { type = "layer_norm" },
+  { type = "attention", heads = 2 },
+  { type = "add", with = "x0", name = "x1" },
+  { type = "rms_norm" },
+  { type = "linear", units = 16 }, { type = "gelu" },
+  { type = "linear", units = 8 },
+  { type = "add", with = "x1" },
+  { type = "layer_norm" },
+  { type = "linear", units = 7 },
+  { type = "next_token_xent" },
+])",
+                    7, 3);
+  }
+
+  TEST_CASE("backend operations agree with double-precision references") {
+    auto be = make_cpu_backend(1);
+    rng r(9);
+    std::vector<float> x(3 * 8);
+    for (auto& v : x) v = static_cast<float>(r.normal());
+    std::vector<float> gamma(8), beta(8);
+    for (auto& v : gamma) v = static_cast<float>(1.0 + 0.3 * r.normal());
+    for (auto& v : beta) v = static_cast<float>(0.3 * r.normal());
+    SUBCASE("layer norm and RMS norm") {
+      for (bool rms : {false, true}) {
+        std::vector<float> y(x.size()), mean(3), rstd(3);
+        be->norm_forward(rms, x.data(), gamma.data(), rms ? nullptr : beta.data(), 3, 8, 1e-5f,
+                         y.data(), mean.data(), rstd.data());
+        for (int row = 0; row < 3; ++row) {
+          double mu = 0, var = 0;
+          for (int c = 0; c < 8; ++c) mu += rms ? 0.0 : x[row * 8 + c] / 8.0;
+          for (int c = 0; c < 8; ++c) var += (x[row * 8 + c] - mu) * (x[row * 8 + c] - mu) / 8.0;
+          for (int c = 0; c < 8; ++c) {
+            double want = (x[row * 8 + c] - mu) / std::sqrt(var + 1e-5) * gamma[c] +
+                          (rms ? 0.0 : beta[c]);
+            CHECK(y[row * 8 + c] == doctest::Approx(want).epsilon(1e-5));
+          }
+        }
+      }
+    }
+    SUBCASE("causal softmax") {
+      std::vector<float> s(x.begin(), x.begin() + 16);  // one 4x4 score matrix
+      auto copy = s;
+      be->causal_softmax_forward(s.data(), 1, 4, 0.5f);
+      for (int i = 0; i < 4; ++i) {
+        double denom = 0;
+        for (int j = 0; j <= i; ++j) denom += std::exp(0.5 * copy[i * 4 + j]);
+        for (int j = 0; j < 4; ++j) {
+          double want = j <= i ? std::exp(0.5 * copy[i * 4 + j]) / denom : 0.0;
+          CHECK(s[i * 4 + j] == doctest::Approx(want).epsilon(1e-5));
+        }
+      }
+    }
+    SUBCASE("GELU and tanh") {
+      std::vector<float> y(x.size());
+      be->activation_forward(activation::gelu, x.data(), y.data(), static_cast<int64_t>(x.size()));
+      for (size_t i = 0; i < x.size(); ++i) {
+        const double v = x[i];
+        const double want =
+            0.5 * v * (1 + std::tanh(std::sqrt(2 / M_PI) * (v + 0.044715 * v * v * v)));
+        CHECK(y[i] == doctest::Approx(want).epsilon(1e-5));
+      }
+      be->activation_forward(activation::tanh, x.data(), y.data(), static_cast<int64_t>(x.size()));
+      for (size_t i = 0; i < x.size(); ++i) CHECK(y[i] == doctest::Approx(std::tanh(x[i])));
+    }
+    SUBCASE("pooling with overlapping windows") {
+      // One 3x3 single-channel image, window 2, stride 1: four overlapping windows.
+      std::vector<float> img{1, 5, 2, 4, 3, 9, 0, 7, 6}, y(4);
+      std::vector<int32_t> arg(4);
+      be->pool2d_forward(true, img.data(), 1, 3, 3, 1, 2, 1, y.data(), arg.data());
+      CHECK(y == std::vector<float>{5, 9, 7, 9});
+      be->pool2d_forward(false, img.data(), 1, 3, 3, 1, 2, 1, y.data(), nullptr);
+      CHECK(y[0] == doctest::Approx(13.0 / 4));
+      CHECK(y[3] == doctest::Approx(25.0 / 4));
+      std::vector<float> dy{1, 1, 1, 1}, dx(9);
+      be->pool2d_forward(true, img.data(), 1, 3, 3, 1, 2, 1, y.data(), arg.data());
+      be->pool2d_backward(true, dy.data(), arg.data(), 1, 3, 3, 1, 2, 1, dx.data());
+      CHECK(dx == std::vector<float>{0, 1, 0, 0, 0, 2, 0, 1, 0});  // 9 wins two windows
+    }
+    SUBCASE("dropout keeps about 1 - rate of the values, scaled") {
+      std::vector<float> mask(100000);
+      be->dropout_mask(static_cast<int64_t>(mask.size()), 0.25f, 42, mask.data());
+      double kept = 0;
+      for (float v : mask) {
+        CHECK((v == 0.0f || v == doctest::Approx(1.0 / 0.75)));
+        kept += v != 0.0f;
+      }
+      CHECK(kept / static_cast<double>(mask.size()) == doctest::Approx(0.75).epsilon(0.01));
+    }
+  }
+
+  TEST_CASE("plans: shapes, parameters and FLOPs") {
+    auto spec = parse_model_spec(R"([model]
+input = [28, 28, 1]
+layers = [
+  { type = "conv2d", filters = 8, kernel = 3, padding = 1 }, { type = "relu" },
+  { type = "max_pool", size = 2 }, { type = "flatten" },
+  { type = "linear", units = 10 }, { type = "softmax_xent" },
+])",
+                                 "spec");
+    REQUIRE(spec.has_value());
+    auto plan = plan_model(*spec);
+    REQUIRE(plan.has_value());
+    CHECK(plan->parameters == 8 * 9 + 8 + 14 * 14 * 8 * 10 + 10);
+    CHECK(plan->classes == 10);
+    CHECK(plan->sample_values == 784);
+    CHECK(plan->layers[2].out_shape == shape_t{14, 14, 8});
+    CHECK(plan->forward_flops == doctest::Approx(2.0 * 28 * 28 * 8 * 9 + 2.0 * 1568 * 10));
+  }
+
+  TEST_CASE("a bad model is refused with the layer and the key named") {
+    const std::string head = "[model]\ninput = [6]\nlayers = [\n";
+    auto err = [&](const std::string& layers) { return plan_error(head + layers + "\n]\n"); };
+    CHECK(err(R"({ type = "linear", units = 3 }, { type = "softmax" },)")
+              .find("model.layers[1].type: unknown layer type 'softmax'") != std::string::npos);
+    CHECK(err(R"({ type = "linear" }, { type = "softmax_xent" },)")
+              .find("model.layers[0] (linear).units: missing") != std::string::npos);
+    CHECK(err(R"({ type = "linear", units = 3, kernel = 2 }, { type = "softmax_xent" },)")
+              .find("model.layers[0] (linear).kernel: not a key of a linear layer") !=
+          std::string::npos);
+    CHECK(err(R"({ type = "linear", units = -3 }, { type = "softmax_xent" },)")
+              .find("units: must be in [1, 1048576], got -3") != std::string::npos);
+    CHECK(err(R"({ type = "conv2d", filters = 2, kernel = 3 }, { type = "softmax_xent" },)")
+              .find("model.layers[0] (conv2d): takes [height, width, channels] input, got [6]") !=
+          std::string::npos);
+    CHECK(err(R"({ type = "linear", units = 3 }, { type = "relu" },)")
+              .find("the last layer must be a loss") != std::string::npos);
+    CHECK(err(R"({ type = "linear", units = 3, name = "a" }, { type = "add", with = "b" },
+                 { type = "softmax_xent" },)")
+              .find("model.layers[1] (add).with: no earlier layer is named 'b'") !=
+          std::string::npos);
+    CHECK(err(R"({ type = "linear", units = 3, name = "a" }, { type = "linear", units = 4 },
+                 { type = "add", with = "a" }, { type = "softmax_xent" },)")
+              .find("model.layers[2] (add 'a')") == std::string::npos);
+    CHECK(err(R"({ type = "linear", units = 3, name = "a" }, { type = "linear", units = 4 },
+                 { type = "add", with = "a" }, { type = "softmax_xent" },)")
+              .find("adds 'a' of shape [3] to input of shape [4]") != std::string::npos);
+    CHECK(err(R"({ type = "linear", units = 3, name = "a" },
+                 { type = "linear", units = 3, from = "input" }, { type = "softmax_xent" },)")
+              .find("model.layers[0] (linear 'a'): its output is never used") != std::string::npos);
+    CHECK(err(R"({ type = "linear", units = 100000 }, { type = "linear", units = 100000 },
+                 { type = "softmax_xent" },)")
+              .find("more than") != std::string::npos);
+    CHECK(err(R"({ type = "softmax_xent" }, { type = "linear", units = 3 },)")
+              .find("a loss must be the last layer") != std::string::npos);
+    CHECK(err(R"({ type = "embedding", dim = 4 }, { type = "softmax_xent" },)")
+              .find("an embedding needs token input") != std::string::npos);
+    CHECK(plan_error(R"([model]
+input = [8]
+vocab = 16
+layers = [ { type = "embedding", dim = 6 }, { type = "attention", heads = 4 },
+           { type = "linear", units = 16 }, { type = "next_token_xent" } ])")
+              .find("model.layers[1] (attention).heads: width 6 is not a multiple of 4 heads") !=
+          std::string::npos);
+    CHECK(plan_error("[model]\ninput = [8]\nlayers = []\n").find("model.layers") !=
+          std::string::npos);
+    CHECK(plan_error("[model]\nlayers = [ { type = \"softmax_xent\" } ]\n")
+              .find("model.input: missing") != std::string::npos);
+    CHECK(plan_error("[model]\ninput = [8]\nwidth = 3\nlayers = []\n")
+              .find("model.width: unknown key") != std::string::npos);
+  }
+
+  TEST_CASE("a job spec carries its model and data set, and refuses them half given") {
+    const std::string model = R"(
+[data]
+set = "fashion-mnist"
+
+[model]
+name = "small-mlp"
+input = [784]
+layers = [ { type = "linear", units = 32 }, { type = "relu" },
+           { type = "linear", units = 10 }, { type = "softmax_xent" } ]
+)";
+    auto spec = parse_job_spec("[job]\nrounds = 2\n" + model, "spec");
+    REQUIRE_MESSAGE(spec.has_value(), (spec ? "" : spec.error().message()));
+    CHECK(spec->workload == "small-mlp");
+    CHECK(spec->data_set == "fashion-mnist");
+    CHECK(spec->model.find("[model]") != std::string::npos);
+    auto again = parse_job_spec(to_toml(*spec), "round trip");
+    REQUIRE(again.has_value());
+    CHECK(*again == *spec);
+    auto w = find_workload(spec->workload, spec->model, spec->data_set);
+    REQUIRE(w.has_value());
+    CHECK((*w)->parameter_count() == 784 * 32 + 32 + 32 * 10 + 10);
+    auto no_data = parse_job_spec("[model]\ninput = [4]\nlayers = []\n", "spec");
+    REQUIRE_FALSE(no_data.has_value());
+    CHECK(no_data.error().message().find("data.set: missing") != std::string::npos);
+    auto stray = parse_job_spec("[job]\nworkload = \"fashion-mlp\"\n[data]\nset = \"x\"\n", "s");
+    REQUIRE_FALSE(stray.has_value());
+    CHECK(stray.error().message().find("data.set: only a job with a [model]") !=
+          std::string::npos);
+    auto wrong_set = find_workload("m", spec->model, "imagenet");
+    REQUIRE_FALSE(wrong_set.has_value());
+    CHECK(wrong_set.error().message().find("unknown data set 'imagenet'") != std::string::npos);
+    auto fortunes_for_images = find_workload("m", spec->model, "fortunes");
+    REQUIRE_FALSE(fortunes_for_images.has_value());
+    CHECK(fortunes_for_images.error().message().find("vocab = 256") != std::string::npos);
+  }
+
+  TEST_CASE("token data: windows overlap by one byte and the held-out split is every tenth") {
+    std::vector<uint8_t> bytes(1000);
+    for (size_t i = 0; i < bytes.size(); ++i) bytes[i] = static_cast<uint8_t>(i % 251);
+    auto splits = make_token_splits(bytes, 11, 10);
+    REQUIRE(splits.has_value());
+    CHECK(splits->train.size() + splits->test.size() == 999 / 10);
+    CHECK(splits->test.size() == 9);
+    const float* first = splits->train.features.data<float>();
+    CHECK(first[10] == first[11]);  // the last token of a sample starts the next one
+    CHECK(splits->train.labels.data<int32_t>()[0] == 10);
+    CHECK_FALSE(make_token_splits(std::vector<uint8_t>(5), 11, 10).has_value());
+  }
+
+  TEST_CASE("a token outside the vocabulary is an error, not a read out of bounds") {
+    auto w = graph(R"([model]
+input = [3]
+vocab = 4
+layers = [ { type = "embedding", dim = 4 }, { type = "linear", units = 4 },
+           { type = "next_token_xent" } ])");
+    auto be = make_cpu_backend(1);
+    auto m = w->instantiate(*be, 1);
+    REQUIRE(m.has_value());
+    std::vector<float> x{1, 2, 9, 0};
+    std::vector<int32_t> y{0};
+    CHECK_THROWS_AS((*m)->evaluate_batch(x.data(), y.data(), 1), compute_error);
+  }
+
+  TEST_CASE("a graph model learns: a small convolutional net on synthetic images") {
+    // Three classes told apart by where a bright square sits.
+    dataset_splits data;
+    for (dataset* d : {&data.train, &data.test}) {
+      const int64_t n = d == &data.train ? 600 : 200;
+      d->classes = 3;
+      d->features = tensor::empty({n, 64}, dtype::f32);
+      d->labels = tensor::empty({n}, dtype::i32);
+      rng r(d == &data.train ? 1 : 2);
+      for (int64_t i = 0; i < n; ++i) {
+        auto label = static_cast<int32_t>(r.below(3));
+        d->labels.span<int32_t>()[i] = label;
+        float* img = d->features.data<float>() + i * 64;
+        for (int64_t p = 0; p < 64; ++p) img[p] = static_cast<float>(r.normal() * 0.3);
+        int64_t top = label == 2 ? 5 : 1, left = label == 1 ? 5 : 1;
+        for (int64_t yy = top; yy < top + 2; ++yy)
+          for (int64_t xx = left; xx < left + 2; ++xx) img[yy * 8 + xx] += 2.0f;
+      }
+    }
+    auto w = graph(R"([model]
+input = [8, 8, 1]
+layers = [
+  { type = "conv2d", filters = 4, kernel = 3, padding = 1 }, { type = "relu" },
+  { type = "max_pool", size = 2 }, { type = "flatten" }, { type = "dropout", rate = 0.1 },
+  { type = "linear", units = 3 }, { type = "softmax_xent" },
+])");
+    auto be = make_cpu_backend(1);
+    train_options o;
+    o.epochs = 3;
+    o.batch_size = 32;
+    o.optimizer.lr = 1e-2f;
+    auto report = train(*w, data, *be, o);
+    REQUIRE(report.has_value());
+    CHECK(report->test_accuracy > 0.95);
+    auto again = train(*w, data, *be, o);
+    REQUIRE(again.has_value());
+    CHECK(again->test_accuracy == report->test_accuracy);  // dropout masks are deterministic
+  }
+}
