@@ -13,4 +13,7 @@ struct Shard {
   # u8 [n]: class labels below `classes`.
   labels @1 :Tensor;
   classes @2 :UInt32;
+  # Token ids instead of pixels: `images` holds them unscaled (u8 below 256 classes, else
+  # i32), as do the labels; the node checks each is below `classes`.
+  tokens @3 :Bool;
 }

@@ -53,4 +53,6 @@ struct JobRecord {
   # them: verification's share of the compute.
   computeSeconds @21 :Float64;
   recomputeSeconds @22 :Float64;
+  # Mean loss per sample (per token for a language model) on the test split, nats.
+  testLoss @23 :Float64;
 }

@@ -514,6 +514,7 @@ void try_confirm(job_actor* self) {
       return;
     }
     s.test_accuracy = eval->accuracy();
+    s.test_loss = eval->mean_loss();
   }
   st.elapsed_before += std::chrono::duration<double>(clock_type::now() - st.resumed_at).count();
   st.resumed_at = clock_type::now();

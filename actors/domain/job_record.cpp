@@ -34,6 +34,7 @@ std::vector<uint8_t> encode_job_record(const std::string& spec_text, const job_s
   r.setRound(static_cast<uint64_t>(s.round));
   r.setTestAccuracy(s.test_accuracy);
   r.setTrainLoss(s.train_loss);
+  r.setTestLoss(s.test_loss);
   r.setBytesSent(s.bytes_sent);
   r.setBytesReceived(s.bytes_received);
   r.setElapsed(s.elapsed_s);
@@ -71,6 +72,7 @@ expected<std::pair<std::string, job_status>> decode_job_record(std::span<const u
     s.round = static_cast<int64_t>(r.getRound());
     s.test_accuracy = r.getTestAccuracy();
     s.train_loss = r.getTrainLoss();
+    s.test_loss = r.getTestLoss();
     s.bytes_sent = r.getBytesSent();
     s.bytes_received = r.getBytesReceived();
     s.elapsed_s = r.getElapsed();

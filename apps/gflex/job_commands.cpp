@@ -1,5 +1,6 @@
 #include "job_commands.hpp"
 
+#include <cmath>
 #include <spdlog/spdlog.h>
 
 #include <cstdio>
@@ -37,6 +38,8 @@ nlohmann::json to_json(const job_status& s) {
           {"rounds", s.rounds},
           {"test_accuracy", s.test_accuracy},
           {"train_loss", s.train_loss},
+          {"test_loss", s.test_loss},
+          {"test_bits", s.test_loss / std::log(2.0)},
           {"nodes", s.nodes},
           {"bytes_sent", s.bytes_sent},
           {"bytes_received", s.bytes_received},
@@ -341,6 +344,10 @@ int run_demo(const job_flags& f) {
   job_progress draw;
   auto last = run_embedded(embedded_config{f.nodes, f.workers_per_node, {}}, text, draw);
   if (!last) return fail(last.error());
+  if (!spec->model.empty())
+    std::printf("test loss %.4f nats per %s (%.4f bits)\n", last->test_loss,
+                spec->model.find("vocab") != std::string::npos ? "token" : "sample",
+                last->test_loss / std::log(2.0));
   std::printf("%s: test accuracy %.4f after %lld rounds on %d node(s), %s moved, %.1f s\n",
               last->state.c_str(), last->test_accuracy, static_cast<long long>(last->round),
               f.nodes,

@@ -12,21 +12,74 @@ namespace gflex {
 std::vector<uint8_t> encode_shard(const dataset& d, int64_t begin, int64_t end) {
   GFLEX_CHECK(0 <= begin && begin <= end && end <= d.size(), "shard range outside the data set");
   int64_t n = end - begin, dim = d.feature_dim();
-  tensor images = tensor::empty({n, dim}, dtype::u8);
-  tensor labels = tensor::empty({n}, dtype::u8);
   const float* src = d.features.data<float>() + begin * dim;
-  uint8_t* pixels = images.data<uint8_t>();
-  for (int64_t i = 0; i < n * dim; ++i)
-    pixels[i] = static_cast<uint8_t>(std::lround(std::clamp(src[i], 0.0f, 1.0f) * 255.0f));
-  for (int64_t i = 0; i < n; ++i)
-    labels.data<uint8_t>()[i] = static_cast<uint8_t>(d.labels.data<int32_t>()[begin + i]);
-  capnp::MallocMessageBuilder message(static_cast<unsigned>(64 + (n * dim + n) / 8));
+  // Pixels travel as bytes (scaled back by the node), tokens as their ids: a byte each for a
+  // vocabulary of up to 256, else four.
+  const bool wide = d.tokens && d.classes > 256;
+  const dtype type = wide ? dtype::i32 : dtype::u8;
+  tensor images = tensor::empty({n, dim}, type);
+  tensor labels = tensor::empty({n}, type);
+  for (int64_t i = 0; i < n * dim; ++i) {
+    if (wide)
+      images.data<int32_t>()[i] = static_cast<int32_t>(src[i]);
+    else if (d.tokens)
+      images.data<uint8_t>()[i] = static_cast<uint8_t>(src[i]);
+    else
+      images.data<uint8_t>()[i] =
+          static_cast<uint8_t>(std::lround(std::clamp(src[i], 0.0f, 1.0f) * 255.0f));
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    const int32_t label = d.labels.data<int32_t>()[begin + i];
+    if (wide)
+      labels.data<int32_t>()[i] = label;
+    else
+      labels.data<uint8_t>()[i] = static_cast<uint8_t>(label);
+  }
+  capnp::MallocMessageBuilder message(
+      static_cast<unsigned>(64 + (images.nbytes() + labels.nbytes()) / 8));
   auto root = message.initRoot<schema::Shard>();
   detail::write_tensor(root.initImages(), images);
   detail::write_tensor(root.initLabels(), labels);
   root.setClasses(static_cast<uint32_t>(d.classes));
+  root.setTokens(d.tokens);
   return detail::to_bytes(message);
 }
+
+namespace {
+
+// A token shard: ids (u8, or i32 for more than 256 classes) below `classes`, checked here so
+// that an embedding never reads outside its table.
+expected<dataset> decode_tokens(const tensor& ids, const tensor& labels, uint32_t classes) {
+  auto malformed = [](const std::string& what) {
+    return error(errc::malformed_message, "malformed token shard: " + what);
+  };
+  const dtype want = classes > 256 ? dtype::i32 : dtype::u8;
+  if (classes < 2 || classes > (1u << 24)) return malformed("bad vocabulary size");
+  if (ids.type() != want || labels.type() != want || ids.rank() != 2 || labels.rank() != 1 ||
+      ids.dim(0) != labels.dim(0))
+    return malformed("ids must be [n, d] and labels [n], u8 for up to 256 classes, else i32");
+  dataset d;
+  d.tokens = true;
+  d.classes = classes;
+  d.features = tensor::empty({ids.dim(0), ids.dim(1)}, dtype::f32);
+  d.labels = tensor::empty({labels.dim(0)}, dtype::i32);
+  auto read = [&](const tensor& t, int64_t i) -> int64_t {
+    return want == dtype::u8 ? t.data<uint8_t>()[i] : t.data<int32_t>()[i];
+  };
+  for (int64_t i = 0; i < ids.numel(); ++i) {
+    const int64_t v = read(ids, i);
+    if (v < 0 || v >= classes) return malformed("token " + std::to_string(v) + " out of range");
+    d.features.data<float>()[i] = static_cast<float>(v);
+  }
+  for (int64_t i = 0; i < labels.numel(); ++i) {
+    const int64_t v = read(labels, i);
+    if (v < 0 || v >= classes) return malformed("label " + std::to_string(v) + " out of range");
+    d.labels.data<int32_t>()[i] = static_cast<int32_t>(v);
+  }
+  return d;
+}
+
+}  // namespace
 
 expected<dataset> decode_shard(std::span<const uint8_t> bytes) {
   decode_limits limits;
@@ -41,6 +94,7 @@ expected<dataset> decode_shard(std::span<const uint8_t> bytes) {
         if (!images) return images.error();
         auto labels = detail::read_tensor(root.getLabels(), limits);
         if (!labels) return labels.error();
+        if (root.getTokens()) return decode_tokens(*images, *labels, root.getClasses());
         if (images->type() != dtype::u8 || labels->type() != dtype::u8 || images->rank() != 2 ||
             labels->rank() != 1)
           return malformed("images must be u8 [n, d] and labels u8 [n]");

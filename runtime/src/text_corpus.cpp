@@ -49,6 +49,7 @@ expected<dataset_splits> make_token_splits(const std::vector<uint8_t>& bytes, in
   for (dataset* d : {&out.train, &out.test}) {
     const int64_t n = d == &out.test ? test : samples - test;
     d->classes = 256;
+    d->tokens = true;
     d->features = tensor::empty({n, window}, dtype::f32);
     d->labels = tensor::empty({n}, dtype::i32);
   }

@@ -24,6 +24,7 @@ struct job_status {
   int64_t round = 0;   ///< Rounds committed.
   int64_t rounds = 0;  ///< Rounds planned.
   double test_accuracy = 0.0;
+  double test_loss = 0.0;  ///< Per sample (per token for a language model), nats.
   double train_loss = 0.0;
   int64_t nodes = 0;              ///< Distinct nodes whose results the last round used.
   uint64_t bytes_sent = 0;        ///< Parameters sent to workers, bytes.

@@ -18,6 +18,8 @@ struct dataset {
   tensor features;
   tensor labels;
   int64_t classes = 0;
+  /// The features are token ids below `classes` (a language model's text), not pixels.
+  bool tokens = false;
 
   int64_t size() const { return labels.numel(); }
   int64_t feature_dim() const { return features.rank() == 2 ? features.dim(1) : 0; }
