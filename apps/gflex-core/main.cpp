@@ -11,6 +11,7 @@
 #include <ctime>
 #include <optional>
 
+#include "gflex/kernels/blas_kernels.hpp"
 #include "../gflex/client_connection.hpp"
 #include "../gflex/core_address.hpp"
 #include "gflex/gflex.hpp"
@@ -99,6 +100,7 @@ int run_operator(const operator_flags& f) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  gflex::kernels::use_best_blas_kernels(argv);
   CLI::App app{"gflex-core: the coordinating core of a GPUFlex cloud"};
   std::string listen = "127.0.0.1:7400", log_level = "info";
   gflex::core_config config;

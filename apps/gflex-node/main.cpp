@@ -6,11 +6,13 @@
 
 #include <cstdlib>
 
+#include "gflex/kernels/blas_kernels.hpp"
 #include "../gflex/core_address.hpp"
 #include "gflex/gflex.hpp"
 #include "gflex/test_aids.hpp"
 
 int main(int argc, char** argv) {
+  gflex::kernels::use_best_blas_kernels(argv);
   CLI::App app{"gflex-node: a compute node of a GPUFlex cloud"};
   std::string join, log_level = "info";
   gflex::node_config config;

@@ -125,6 +125,7 @@ struct job_flags {
   bool as_json = false;
   int nodes = 3;
   int workers_per_node = 1;
+  std::string demo_workload = "fashion-mlp";
 };
 
 int run_submit(const job_flags& f) {
@@ -332,12 +333,20 @@ int run_eval(const job_flags& f) {
 
 int run_demo(const job_flags& f) {
   std::string text = default_job_spec;
+  if (f.demo_workload == "lm") {
+    text = lm_job_spec;
+  } else if (f.demo_workload != "fashion-mlp") {
+    return fail(error(errc::invalid_argument, "--workload: the demo runs fashion-mlp or lm, got '" +
+                                                  f.demo_workload + "'"),
+                2);
+  }
   if (!f.spec_file.empty()) {
     auto file = read_text(f.spec_file);
     if (!file) return fail(file.error(), 2);
     text = *file;
   }
-  auto spec = parse_job_spec(text, f.spec_file.empty() ? "built-in fashion-mlp job" : f.spec_file);
+  auto spec = parse_job_spec(
+      text, f.spec_file.empty() ? "built-in " + f.demo_workload + " job" : f.spec_file);
   if (!spec) return fail(spec.error(), 2);
   spdlog::info("demo: a core and {} node(s) in this process, training {} for {} rounds", f.nodes,
                spec->workload, spec->rounds);
@@ -409,6 +418,10 @@ void add_job_commands(CLI::App& app, std::function<int()>& run) {
       ->check(CLI::Range(1, 16))
       ->capture_default_str();
   demo->add_option("--spec", f->spec_file, "a job spec instead of the built-in one");
+  demo->add_option("--workload", f->demo_workload,
+                   "the built-in job to run: fashion-mlp, or lm (a byte-level language model on "
+                   "Debian's fortunes, apps/jobs/lm.toml)")
+      ->capture_default_str();
   demo->add_option("--json", f->json, "write the final status as JSON");
   demo->callback(set(run_demo));
 }

@@ -6,6 +6,7 @@
 
 #include <functional>
 
+#include "gflex/kernels/blas_kernels.hpp"
 #include "devices_command.hpp"
 #include "gflex/runtime/logging.hpp"
 #include "job_commands.hpp"
@@ -13,6 +14,7 @@
 #include "train_command.hpp"
 
 int main(int argc, char** argv) {
+  gflex::kernels::use_best_blas_kernels(argv);
   CLI::App app{"gflex: train neural networks on a hybrid GPU cloud"};
   app.require_subcommand(1);
   app.fallthrough();  // --log-level may follow the subcommand too

@@ -22,6 +22,7 @@
 #include <string>
 #include <vector>
 
+#include "gflex/kernels/blas_kernels.hpp"
 #include "gflex/kernels/backend.hpp"
 #include "gflex/kernels/workload.hpp"
 #include "gflex/runtime/rng.hpp"
@@ -31,6 +32,7 @@
 using namespace gflex;
 
 int main(int argc, char** argv) {
+  gflex::kernels::use_best_blas_kernels(argv);
   const int rounds = argc > 1 ? std::atoi(argv[1]) : 30;
   const int workers = argc > 2 ? std::atoi(argv[2]) : 4;
   const int64_t steps = argc > 3 ? std::atoll(argv[3]) : 50;

@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "gflex/kernels/blas_kernels.hpp"
 #include "gflex/kernels/backend.hpp"
 #include "gflex/kernels/workload.hpp"
 #include "gflex/runtime/rng.hpp"
@@ -221,6 +222,7 @@ class timing_backend final : public backend {
 }  // namespace
 
 int main(int argc, char** argv) {
+  gflex::kernels::use_best_blas_kernels(argv);
   int threads = argc > 1 ? std::atoi(argv[1]) : 0;
   int64_t batch = argc > 2 ? std::atoll(argv[2]) : 128;
   std::string backend_name = argc > 3 ? argv[3] : "cpu";

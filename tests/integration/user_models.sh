@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# User-defined models (a [model] table in the job spec): bad models are refused before
+# anything is sent, each error naming the layer and the key; a model that is not one of the
+# shipped ones trains in `gflex train` and then as a distributed job on two node processes,
+# which plan it with their own kernels, to the accuracy the one-process trainer reaches; and
+# the shipped language model (apps/jobs/lm.toml) runs as a distributed job on fortunes and
+# reports its held-out loss in bits per byte.
+source "$(dirname "$0")/lib.sh"
+G="$BIN/gflex"
+
+# -- bad models: refused by `gflex submit` before it connects (no core at port 1) ---------
+spec_with() {  # spec_with FILE LAYERS [EXTRA_MODEL_KEYS]: a fashion-mnist job with a model
+  printf '[job]\nrounds = 2\n\n[data]\nset = "fashion-mnist"\n\n[model]\ninput = [784]\n%s\nlayers = [\n%s\n]\n' \
+    "${3:-}" "$2" >"$1"
+}
+bad="$WORK/bad.toml"
+spec_with "$bad" '{ type = "linear", units = 10 }, { type = "softmax" },'
+expect_error "unknown layer type" "model.layers\[1\].type: unknown layer type 'softmax'" \
+  "$G" submit "$bad" --core 127.0.0.1:1
+spec_with "$bad" '{ type = "conv2d", filters = 4, kernel = 3 }, { type = "softmax_xent" },'
+expect_error "conv2d on a flat input" \
+  "model.layers\[0\] \(conv2d\): takes \[height, width, channels\] input, got \[784\]" \
+  "$G" submit "$bad" --core 127.0.0.1:1
+spec_with "$bad" '{ type = "linear", units = 10, name = "a" }, { type = "linear", units = 5 }, { type = "add", with = "a" }, { type = "softmax_xent" },'
+expect_error "residual of another shape" \
+  "model.layers\[2\] \(add\).with: adds 'a' of shape \[10\] to input of shape \[5\]" \
+  "$G" submit "$bad" --core 127.0.0.1:1
+spec_with "$bad" '{ type = "linear", units = 10 }, { type = "softmax_xent" },' 'vocab = 256'
+expect_error "token model on images" "fashion-mnist has 784 values per sample|token model" \
+  "$G" submit "$bad" --core 127.0.0.1:1
+spec_with "$bad" '{ type = "linear", units = 7 }, { type = "softmax_xent" },'
+expect_error "classes the data do not have" "7 classes|10 classes|classes" \
+  "$G" train --spec "$bad" --max-steps 1
+spec_with "$bad" '{ type = "linear", units = 10, stride = 2 }, { type = "softmax_xent" },'
+expect_error "a key the layer does not take" \
+  "model.layers\[0\] \(linear\).stride: not a key of a linear layer" "$G" train --spec "$bad"
+printf '[job]\nrounds = 2\n[model]\ninput = [784]\nlayers = []\n' >"$bad"
+expect_error "a model without data" "data.set: missing" "$G" submit "$bad" --core 127.0.0.1:1
+
+# -- a user's own model: one process, then a distributed job -------------------------------
+# Not a shipped model: a normalised GELU MLP with dropout and a residual connection.
+mine="$WORK/mine.toml"
+cat >"$mine" <<'TOML'
+[job]
+name = "my-mlp"
+rounds = 8
+workers = 2
+
+[inner]
+local_steps = 40
+batch_size = 64
+lr = 0.002
+
+[data]
+set = "fashion-mnist"
+
+[model]
+name = "my-mlp"
+input = [784]
+layers = [
+  { type = "linear", units = 128 }, { type = "gelu" }, { type = "layer_norm", name = "h" },
+  { type = "linear", units = 128 }, { type = "gelu" }, { type = "dropout", rate = 0.1 },
+  { type = "add", with = "h" },
+  { type = "linear", units = 10 }, { type = "softmax_xent" },
+]
+TOML
+# The trainer takes as many samples as the job's rounds do: 8 x 2 x 40 x 64.
+timeout -s KILL 200 "$G" train --spec "$mine" --max-steps 640 --batch-size 64 --lr 0.002 \
+  --json "$WORK/train.json" >"$WORK/train.out" 2>&1 || fail "gflex train --spec: $(tail -3 "$WORK/train.out")"
+local_acc=$(json_get "$WORK/train.json" "j['test_accuracy']")
+echo "ok: my-mlp in one process: test accuracy $local_acc"
+
+start_cluster 2
+submit_job mine "$mine" 240
+state=$(json_get "$WORK/mine.json" "j['state']")
+job_acc=$(json_get "$WORK/mine.json" "j['test_accuracy']")
+[ "$state" = done ] || fail "my-mlp job ended $state"
+python3 -c "import sys; sys.exit(0 if $job_acc >= 0.82 and $job_acc >= $local_acc - 0.03 else 1)" ||
+  fail "my-mlp job reached $job_acc, the trainer $local_acc"
+echo "ok: my-mlp as a job on 2 nodes: test accuracy $job_acc (trainer: $local_acc)"
+
+# -- the shipped language model, distributed, on held-out text ----------------------------
+lm="$WORK/lm.toml"
+sed -e "s/^rounds = .*/rounds = ${GFLEX_LM_ROUNDS:-6}/" "$SRC/apps/jobs/lm.toml" >"$lm"
+submit_job lm "$lm" 300
+state=$(json_get "$WORK/lm.json" "j['state']")
+bits=$(json_get "$WORK/lm.json" "j['test_bits']")
+[ "$state" = done ] || fail "lm job ended $state"
+python3 -c "import sys; sys.exit(0 if $bits <= ${GFLEX_LM_MAX_BITS:-3.3} else 1)" ||
+  fail "lm job: $bits bits per byte on held-out text"
+echo "ok: lm job on 2 nodes: $bits bits per byte on held-out text"
+finish
