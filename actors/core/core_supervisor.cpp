@@ -433,6 +433,21 @@ caf::behavior core_actor(core_actor_type* self, core_children children, core_con
           relay(as<caf::ok_atom>{}, rp, jobs(), a, who, id);
         });
       },
+      [=](dpush_atom a, std::string& key, std::string& name, data_part& part) {
+        return authorized(key, false, [=](caf::response_promise& rp, const std::string& who) {
+          relay(as<data_set_info>{}, rp, jobs(), a, who, name, part);
+        });
+      },
+      [=](dlist_atom a, std::string& key) {
+        return authorized(key, false, [=](caf::response_promise& rp, const std::string& who) {
+          relay(as<std::vector<data_set_info>>{}, rp, jobs(), a, who);
+        });
+      },
+      [=](drm_atom a, std::string& key, std::string& name) {
+        return authorized(key, false, [=](caf::response_promise& rp, const std::string& who) {
+          relay(as<caf::ok_atom>{}, rp, jobs(), a, who, name);
+        });
+      },
       [=](fetch_atom a, std::string& key, std::string& id) {
         return authorized(key, false, [=](caf::response_promise& rp, const std::string& who) {
           relay(as<std::vector<uint8_t>>{}, rp, jobs(), a, who, id);

@@ -979,9 +979,17 @@ caf::behavior job_behavior(job_actor* self, job_start start, job_links links) {
   st.durable_loss = st.job.status.train_loss;
   st.durable_nodes = st.job.status.nodes;
 
-  auto w = kernels::find_workload(st.job.spec.workload, st.job.spec.model, st.job.spec.data_set);
+  // A model on a built-in data set loads it through its workload; on a user's data set, the
+  // catalog has it from the store (the job supervisor registered it).
+  const auto& spec = st.job.spec;
+  const bool builtin_data = kernels::is_builtin_data_set(spec.data_set);
+  auto w = kernels::find_workload(spec.workload, spec.model,
+                                  builtin_data ? spec.data_set : std::string());
   expected<std::shared_ptr<const served_data>> data =
-      w ? st.links.catalog->get(**w) : expected<std::shared_ptr<const served_data>>(w.error());
+      !w                                 ? expected<std::shared_ptr<const served_data>>(w.error())
+      : spec.model.empty() || builtin_data ? st.links.catalog->get(**w)
+                                           : st.links.catalog->user_set(st.job.status.owner,
+                                                                        spec.data_set, **w);
   if (!data) {
     st.job.status.state = "failed";
     st.job.status.detail = data.error().message();

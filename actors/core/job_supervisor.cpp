@@ -6,6 +6,8 @@
 #include <map>
 
 #include "data_catalog.hpp"
+#include "gflex/kernels/model_spec.hpp"
+#include "user_data.hpp"
 #include "gflex/kernels/workload.hpp"
 #include "gflex/runtime/checkpoint.hpp"
 #include "job.hpp"
@@ -27,8 +29,14 @@ struct job_entry {
 constexpr int restart_budget = 3;
 constexpr auto restart_window = std::chrono::seconds(60);
 
+using data_set_id = std::pair<std::string, std::string>;  // owner, name
+
 struct job_supervisor_state {
   std::map<std::string, job_entry> jobs;
+  /// Users' data sets: stored, and uploads in progress (in memory until their last part).
+  std::map<data_set_id, data_set_info> data_sets;
+  std::map<data_set_id, data_upload> uploads;
+  user_data_limits data_limits;
   uint64_t next_id = 1;
   job_links links;
   static inline const char* name = "job_supervisor";
@@ -100,6 +108,53 @@ void restart_job(supervisor_actor* self, const std::string& id) {
 }
 
 // Reads the records in the store and resumes every job that had not ended.
+void resume_jobs(supervisor_actor* self);
+
+// Registers every stored data set with the catalog, then resumes the jobs (which may train
+// on them). A damaged data set is logged and left out.
+void load_data_sets(supervisor_actor* self) {
+  auto store = self->state.links.store;
+  self->request(store, std::chrono::seconds(120), scan_atom::value, std::string(data_set_prefix))
+      .then(
+          [=](std::vector<std::string>& keys, std::vector<std::vector<uint8_t>>& values) {
+            if (keys.empty()) {
+              resume_jobs(self);
+              return;
+            }
+            self->request(store, std::chrono::seconds(300), scan_atom::value,
+                          std::string(data_chunk_prefix))
+                .then(
+                    [=](std::vector<std::string>& chunk_keys,
+                        std::vector<std::vector<uint8_t>>& chunk_values) {
+                      std::map<std::string, std::shared_ptr<const std::vector<uint8_t>>> chunks;
+                      const size_t prefix = std::string(data_chunk_prefix).size();
+                      for (size_t i = 0; i < chunk_keys.size(); ++i)
+                        chunks[chunk_keys[i].substr(prefix)] =
+                            std::make_shared<const std::vector<uint8_t>>(std::move(chunk_values[i]));
+                      for (size_t i = 0; i < keys.size(); ++i) {
+                        auto info = decode_data_set(values[i]);
+                        auto ok = info ? self->state.links.catalog->put_user_set(*info, chunks)
+                                       : expected<void>(info.error());
+                        if (!ok) {
+                          spdlog::error("store: {}: {}", keys[i], ok.error().message());
+                          continue;
+                        }
+                        self->state.data_sets[{info->owner, info->name}] = *info;
+                      }
+                      spdlog::info("{} data set(s) loaded", self->state.data_sets.size());
+                      resume_jobs(self);
+                    },
+                    [=](caf::error& e) {
+                      spdlog::error("cannot load data sets: {}", self->system().render(e));
+                      resume_jobs(self);
+                    });
+          },
+          [=](caf::error& e) {
+            spdlog::error("cannot load data sets: {}", self->system().render(e));
+            resume_jobs(self);
+          });
+}
+
 void resume_jobs(supervisor_actor* self) {
   self->request(self->state.links.store, std::chrono::seconds(60), scan_atom::value,
                 std::string("job/"))
@@ -181,7 +236,7 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links) {
       return;
     }
   });
-  resume_jobs(self);
+  load_data_sets(self);
   return {
       [=](update_atom, const std::string& role, caf::actor& replacement) {
         auto& st = self->state;
@@ -217,12 +272,18 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links) {
           return to_caf(error(errc::permission_denied,
                               owner + " already has " + std::to_string(unfinished) +
                                   " unfinished jobs, the most one account may have"));
-        auto w = kernels::find_workload(spec->workload, spec->model, spec->data_set);
+        const bool builtin_data = kernels::is_builtin_data_set(spec->data_set);
+        auto w = kernels::find_workload(spec->workload, spec->model,
+                                        builtin_data ? spec->data_set : std::string());
         if (!w)
           return to_caf(error(w.error().code(),
                               spec->model.empty()
                                   ? "job spec: job.workload: " + w.error().message()
                                   : "job spec: " + w.error().message()));
+        if (!spec->model.empty() && !builtin_data) {
+          if (auto data = self->state.links.catalog->user_set(owner, spec->data_set, **w); !data)
+            return to_caf(error(data.error().code(), "job spec: " + data.error().message()));
+        }
         auto rp = self->make_response_promise<std::string>();
         auto accept = [=](job_spec spec) mutable {
           auto& st = self->state;
@@ -304,6 +365,102 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links) {
         for (const auto& [id, entry] : self->state.jobs)
           if (may_touch(who, entry.status)) out.push_back(entry.status);
         return out;
+      },
+      // Users' data sets: an upload arrives shard by shard and is stored, manifest and
+      // shards in one transaction, with its last part.
+      [=](dpush_atom, const std::string& who, const std::string& name,
+          data_part& part) -> caf::result<data_set_info> {
+        auto& st = self->state;
+        if (!valid_data_set_name(name))
+          return to_caf(error(errc::invalid_argument,
+                              "data set name must be 1-64 of A-Z a-z 0-9 . _ -, got '" +
+                                  name.substr(0, 80) + "'"));
+        if (kernels::is_builtin_data_set(name))
+          return to_caf(error(errc::invalid_argument,
+                              "'" + name + "' names a built-in data set: choose another name"));
+        const data_set_id id{who, name};
+        if (part.index == 0) {
+          st.uploads.erase(id);
+          if (part.count == 0 || part.count > st.data_limits.max_parts)
+            return to_caf(error(errc::invalid_argument,
+                                "a data set has 1 to " + std::to_string(st.data_limits.max_parts) +
+                                    " parts, got " + std::to_string(part.count)));
+          int64_t owned = 0, uploading = 0;
+          for (const auto& [key, _] : st.data_sets) owned += key.first == who && key != id;
+          for (const auto& [key, _] : st.uploads) uploading += key.first == who;
+          if (owned >= st.data_limits.max_sets_per_owner || uploading >= 2)
+            return to_caf(error(errc::limit_exceeded,
+                                who + " has " + std::to_string(owned) + " data sets and " +
+                                    std::to_string(uploading) +
+                                    " uploads in progress: remove one first"));
+          st.uploads.emplace(id, data_upload(who, name, part.count, st.data_limits));
+        }
+        auto it = st.uploads.find(id);
+        if (it == st.uploads.end())
+          return to_caf(error(errc::invalid_argument,
+                              "data set '" + name + "': no upload in progress (send part 0 first)"));
+        if (auto ok = it->second.add(part); !ok) {
+          st.uploads.erase(it);
+          return to_caf(ok.error());
+        }
+        if (!it->second.complete()) return it->second.info();
+        auto info = it->second.finish();
+        if (!info) {
+          st.uploads.erase(it);
+          return to_caf(info.error());
+        }
+        auto chunks = it->second.chunks();
+        st.uploads.erase(it);
+        store_batch batch;
+        batch.keys.push_back(data_set_key(who, name));
+        batch.values.push_back(encode_data_set(*info));
+        for (const auto& [digest, bytes] : chunks) {
+          batch.keys.push_back(data_chunk_key(digest));
+          batch.values.push_back(*bytes);
+        }
+        auto rp = self->make_response_promise<data_set_info>();
+        self->request(st.links.store, std::chrono::seconds(120), commit_atom::value,
+                      std::move(batch))
+            .then(
+                [=](caf::ok_atom) mutable {
+                  if (auto ok = self->state.links.catalog->put_user_set(*info, chunks); !ok) {
+                    rp.deliver(to_caf(ok.error()));
+                    return;
+                  }
+                  self->state.data_sets[id] = *info;
+                  spdlog::info("data set {}/{} stored: {} training and {} test samples, {} bytes",
+                               who, name, info->train_samples, info->test_samples, info->bytes);
+                  rp.deliver(*info);
+                },
+                [=](caf::error& e) mutable { rp.deliver(e); });
+        return rp;
+      },
+      [=](dlist_atom, const std::string& who) {
+        std::vector<data_set_info> out;
+        for (const auto& [key, info] : self->state.data_sets)
+          if (who == operator_principal || key.first == who) out.push_back(info);
+        return out;
+      },
+      [=](drm_atom, const std::string& who, const std::string& name) -> caf::result<caf::ok_atom> {
+        const data_set_id id{who, name};
+        if (self->state.data_sets.count(id) == 0)
+          return to_caf(error(errc::invalid_argument, who + " has no data set '" + name + "'"));
+        // The manifest goes; shards stay (another data set may share them, and running jobs
+        // hold their data in memory until they end).
+        store_batch batch;
+        batch.keys.push_back(data_set_key(who, name));
+        batch.values.emplace_back();
+        auto rp = self->make_response_promise<caf::ok_atom>();
+        self->request(self->state.links.store, std::chrono::seconds(30), commit_atom::value,
+                      std::move(batch))
+            .then(
+                [=](caf::ok_atom) mutable {
+                  self->state.data_sets.erase(id);
+                  self->state.links.catalog->drop_user_set(who, name);
+                  rp.deliver(caf::ok_atom::value);
+                },
+                [=](caf::error& e) mutable { rp.deliver(e); });
+        return rp;
       },
       [=](cancel_atom, const std::string& who, const std::string& id) -> caf::result<caf::ok_atom> {
         auto* entry = find_for(self, who, id);

@@ -30,6 +30,74 @@ expected<std::shared_ptr<const served_data>> data_catalog::get(const kernels::wo
   return std::shared_ptr<const served_data>(data);
 }
 
+expected<void> data_catalog::put_user_set(
+    const data_set_info& info,
+    const std::map<std::string, std::shared_ptr<const std::vector<uint8_t>>>& chunks) {
+  auto data = std::make_shared<served_data>();
+  std::vector<dataset> tests;
+  int64_t test_rows = 0;
+  for (const auto& digest : info.test_shards) {
+    auto it = chunks.find(digest);
+    if (it == chunks.end())
+      return error(errc::store_error, "data set " + info.owner + "/" + info.name +
+                                          ": test shard " + digest + " is missing");
+    auto d = decode_shard(*it->second);
+    if (!d) return d.error();
+    test_rows += d->size();
+    tests.push_back(std::move(*d));
+  }
+  if (tests.empty()) return error(errc::store_error, "data set " + info.name + " has no test split");
+  const int64_t dim = tests.front().feature_dim();
+  data->test.classes = tests.front().classes;
+  data->test.tokens = tests.front().tokens;
+  data->test.features = tensor::empty({test_rows, dim}, dtype::f32);
+  data->test.labels = tensor::empty({test_rows}, dtype::i32);
+  int64_t row = 0;
+  for (const auto& d : tests) {
+    std::copy_n(d.features.data<float>(), d.size() * dim, data->test.features.data<float>() + row * dim);
+    std::copy_n(d.labels.data<int32_t>(), d.size(), data->test.labels.data<int32_t>() + row);
+    row += d.size();
+  }
+  for (const auto& digest : info.train_shards) {
+    auto it = chunks.find(digest);
+    if (it == chunks.end())
+      return error(errc::store_error, "data set " + info.owner + "/" + info.name +
+                                          ": training shard " + digest + " is missing");
+    auto d = decode_shard(*it->second);
+    if (!d) return d.error();
+    data->shards.push_back({digest, d->size(), it->second->size()});
+    data->train_samples += d->size();
+  }
+  std::lock_guard<std::mutex> guard(mutex_);
+  for (const auto& digest : info.train_shards) chunks_[digest] = chunks.at(digest);
+  user_sets_[{info.owner, info.name}] = {info, std::move(data)};
+  return {};
+}
+
+void data_catalog::drop_user_set(const std::string& owner, const std::string& name) {
+  std::lock_guard<std::mutex> guard(mutex_);
+  user_sets_.erase({owner, name});
+}
+
+expected<std::shared_ptr<const served_data>> data_catalog::user_set(
+    const std::string& owner, const std::string& name, const kernels::workload& w) const {
+  std::lock_guard<std::mutex> guard(mutex_);
+  auto it = user_sets_.find({owner, name});
+  if (it == user_sets_.end())
+    return error(errc::invalid_argument, "data.set: " + owner + " has no data set '" + name +
+                                             "' (push it with gflex data push)");
+  const auto& i = it->second.info;
+  const bool token_model = w.token_input();
+  if (i.sample_values != w.feature_dim() || i.classes != w.classes() || i.tokens != token_model)
+    return error(errc::invalid_argument,
+                 "data.set: '" + name + "' has " + std::to_string(i.sample_values) +
+                     (i.tokens ? " tokens" : " values") + " per sample and " +
+                     std::to_string(i.classes) + " classes; the model takes " +
+                     std::to_string(w.feature_dim()) + (token_model ? " tokens" : " values") +
+                     " and " + std::to_string(w.classes()));
+  return it->second.data;
+}
+
 std::shared_ptr<const std::vector<uint8_t>> data_catalog::chunk(const std::string& digest) const {
   std::lock_guard<std::mutex> guard(mutex_);
   auto it = chunks_.find(digest);

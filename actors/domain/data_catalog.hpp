@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "gflex/data_sets.hpp"
 #include "gflex/kernels/workload.hpp"
 #include "gflex/runtime/dataset.hpp"
 #include "gflex/runtime/shard.hpp"
@@ -33,6 +34,19 @@ class data_catalog {
   /// detached actor). Errors of loading are returned, and retried on the next call.
   expected<std::shared_ptr<const served_data>> get(const kernels::workload& w);
 
+  /// Registers a user's data set (data_sets.hpp) with its shards' bytes, replacing one of
+  /// the same owner and name; its test shards are decoded here. An error leaves it out.
+  expected<void> put_user_set(const data_set_info& info,
+                              const std::map<std::string, std::shared_ptr<const std::vector<uint8_t>>>&
+                                  chunks);
+  /// Forgets a user's data set (its shards stay while another set or a job holds them).
+  void drop_user_set(const std::string& owner, const std::string& name);
+  /// A user's data set as a job of workload `w` trains on it: errc::invalid_argument when
+  /// there is none or its samples do not fit the model (values per sample, classes, kind).
+  expected<std::shared_ptr<const served_data>> user_set(const std::string& owner,
+                                                        const std::string& name,
+                                                        const kernels::workload& w) const;
+
   /// The bytes of the shard with this digest, if the catalog has it.
   std::shared_ptr<const std::vector<uint8_t>> chunk(const std::string& digest) const;
 
@@ -40,6 +54,11 @@ class data_catalog {
   int64_t shard_samples_;
   mutable std::mutex mutex_;
   std::map<std::string, std::shared_ptr<const served_data>> by_workload_;
+  struct user_set_entry {
+    data_set_info info;
+    std::shared_ptr<const served_data> data;
+  };
+  std::map<std::pair<std::string, std::string>, user_set_entry> user_sets_;
   std::map<std::string, std::shared_ptr<const std::vector<uint8_t>>> chunks_;
 };
 

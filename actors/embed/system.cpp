@@ -17,6 +17,7 @@
 
 #include "access.hpp"
 #include "core_supervisor.hpp"
+#include "gflex/runtime/shard.hpp"
 #include "gflex/gflex.hpp"
 #include "gflex/runtime/secret_file.hpp"
 #include "gflex/runtime/tls_credentials.hpp"
@@ -336,6 +337,47 @@ expected<std::vector<node_status>> client::nodes() {
 
 expected<void> client::cancel(const std::string& job_id) {
   auto r = impl_->ask_session<caf::ok_atom>(std::chrono::seconds(30), cancel_atom::value, job_id);
+  if (!r) return r.error();
+  return {};
+}
+
+expected<data_set_info> client::push_data(const std::string& name, const dataset_splits& data) {
+  // Shards of about 8 MiB (the core takes up to 32 MiB each), at least one sample each.
+  constexpr int64_t shard_bytes = int64_t{8} << 20;
+  struct piece {
+    const dataset* d;
+    int64_t begin, end;
+    bool test;
+  };
+  std::vector<piece> pieces;
+  for (const dataset* d : {&data.train, &data.test}) {
+    const int64_t per_sample = std::max<int64_t>(d->feature_dim() * 4, 1);
+    const int64_t rows = std::max<int64_t>(shard_bytes / per_sample, 1);
+    for (int64_t b = 0; b < d->size(); b += rows)
+      pieces.push_back({d, b, std::min(d->size(), b + rows), d == &data.test});
+  }
+  if (pieces.empty()) return error(errc::invalid_argument, "the data set is empty");
+  expected<data_set_info> last = error(errc::invalid_argument, "nothing sent");
+  for (size_t i = 0; i < pieces.size(); ++i) {
+    data_part part;
+    part.index = static_cast<uint32_t>(i);
+    part.count = static_cast<uint32_t>(pieces.size());
+    part.test = pieces[i].test;
+    part.shard = encode_shard(*pieces[i].d, pieces[i].begin, pieces[i].end);
+    last = impl_->ask_session<data_set_info>(std::chrono::seconds(120), dpush_atom::value, name,
+                                             std::move(part));
+    if (!last) return last.error();
+  }
+  return last;
+}
+
+expected<std::vector<data_set_info>> client::data_sets() {
+  return impl_->ask_session<std::vector<data_set_info>>(std::chrono::seconds(30),
+                                                        dlist_atom::value);
+}
+
+expected<void> client::remove_data(const std::string& name) {
+  auto r = impl_->ask_session<caf::ok_atom>(std::chrono::seconds(30), drm_atom::value, name);
   if (!r) return r.error();
   return {};
 }

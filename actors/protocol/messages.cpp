@@ -19,6 +19,9 @@ void register_message_types(caf::actor_system_config& cfg) {
   cfg.add_message_type<posting>("gflex::posting");
   cfg.add_message_type<std::vector<posting>>("std::vector<gflex::posting>");
   cfg.add_message_type<account_info>("gflex::account_info");
+  cfg.add_message_type<data_set_info>("gflex::data_set_info");
+  cfg.add_message_type<std::vector<data_set_info>>("std::vector<gflex::data_set_info>");
+  cfg.add_message_type<data_part>("gflex::data_part");
   cfg.add_message_type<ledger_report>("gflex::ledger_report");
   cfg.add_message_type<store_batch>("gflex::store_batch");
   cfg.add_message_type<job_status>("gflex::job_status");

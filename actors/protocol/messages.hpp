@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "access.hpp"
+#include "gflex/data_sets.hpp"
 #include "gflex/accounts.hpp"
 #include "gflex/gflex.hpp"
 #include "gflex/job_status.hpp"
@@ -64,6 +65,9 @@ using revoke_atom = caf::atom_constant<caf::atom("revoke")>;   ///< operator -> 
 using admit_atom = caf::atom_constant<caf::atom("admit")>;     ///< core -> gatekeeper
 using serve_atom = caf::atom_constant<caf::atom("serve")>;     ///< chunk source: session, cache
 using rate_atom = caf::atom_constant<caf::atom("rate")>;       ///< session -> market
+using dpush_atom = caf::atom_constant<caf::atom("dpush")>;     ///< client -> core: data upload
+using dlist_atom = caf::atom_constant<caf::atom("dlist")>;     ///< client -> core: data sets
+using drm_atom = caf::atom_constant<caf::atom("drm")>;         ///< client -> core: remove one
 
 // -- messages -----------------------------------------------------------------------------------
 
@@ -167,7 +171,10 @@ using client_session_actor =
                      caf::replies_to<ledger_atom>::with<ledger_report>,
                      caf::replies_to<token_atom, std::string, int64_t, int64_t>::with<std::string>,
                      caf::replies_to<token_atom>::with<std::vector<join_token_record>>,
-                     caf::replies_to<revoke_atom, std::string>::with<caf::ok_atom>>;
+                     caf::replies_to<revoke_atom, std::string>::with<caf::ok_atom>,
+                     caf::replies_to<dpush_atom, std::string, data_part>::with<data_set_info>,
+                     caf::replies_to<dlist_atom>::with<std::vector<data_set_info>>,
+                     caf::replies_to<drm_atom, std::string>::with<caf::ok_atom>>;
 
 /// core -> client: the answer to (auth_atom, API key, link).
 struct client_welcome {
@@ -268,6 +275,18 @@ typename Inspector::result_type inspect(Inspector& f, acquire_reply& x) {
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, posting& x) {
   return f(caf::meta::type_name("posting"), x.account, x.amount);
+}
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, data_set_info& x) {
+  return f(caf::meta::type_name("data_set_info"), x.owner, x.name, x.train_samples,
+           x.test_samples, x.sample_values, x.classes, x.tokens, x.bytes, x.train_shards,
+           x.test_shards, x.parts_received);
+}
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, data_part& x) {
+  return f(caf::meta::type_name("data_part"), x.index, x.count, x.test, x.shard);
 }
 
 template <class Inspector>

@@ -15,6 +15,7 @@
 #include "core_address.hpp"
 #include "default_job.hpp"
 #include "gflex/gflex.hpp"
+#include "gflex/kernels/model_spec.hpp"
 #include "gflex/kernels/backend.hpp"
 #include "gflex/kernels/trainer.hpp"
 #include "gflex/kernels/workload.hpp"
@@ -134,7 +135,11 @@ int run_submit(const job_flags& f) {
   // Validate here first: the error names the file and the key, before any network traffic.
   auto spec = parse_job_spec(*text, f.spec_file);
   if (!spec) return fail(spec.error(), 2);
-  if (auto w = kernels::find_workload(spec->workload, spec->model, spec->data_set); !w)
+  // A user's data set is on the core, which checks that the model fits it.
+  if (auto w = kernels::find_workload(
+          spec->workload, spec->model,
+          kernels::is_builtin_data_set(spec->data_set) ? spec->data_set : std::string());
+      !w)
     return fail(error(w.error().code(), f.spec_file + ": " +
                                             (spec->model.empty() ? "job.workload: " : "") +
                                             w.error().message()),
@@ -355,7 +360,7 @@ int run_demo(const job_flags& f) {
   if (!last) return fail(last.error());
   if (!spec->model.empty())
     std::printf("test loss %.4f nats per %s (%.4f bits)\n", last->test_loss,
-                spec->model.find("vocab") != std::string::npos ? "token" : "sample",
+                kernels::model_takes_tokens(spec->model) ? "token" : "sample",
                 last->test_loss / std::log(2.0));
   std::printf("%s: test accuracy %.4f after %lld rounds on %d node(s), %s moved, %.1f s\n",
               last->state.c_str(), last->test_accuracy, static_cast<long long>(last->round),

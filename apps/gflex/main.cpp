@@ -7,6 +7,7 @@
 #include <functional>
 
 #include "gflex/kernels/blas_kernels.hpp"
+#include "data_commands.hpp"
 #include "devices_command.hpp"
 #include "gflex/runtime/logging.hpp"
 #include "job_commands.hpp"
@@ -26,6 +27,7 @@ int main(int argc, char** argv) {
   gflex::app::add_devices_command(app, run);
   gflex::app::add_job_commands(app, run);
   gflex::app::add_market_commands(app, run);
+  gflex::app::add_data_commands(app, run);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

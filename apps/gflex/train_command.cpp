@@ -130,7 +130,7 @@ int run_training(const train_flags& f) {
               report->test_accuracy, report->epochs.size(), report->samples_per_s, report->wall_s);
   if (f.options.evaluate && !report->epochs.empty())
     std::printf("test loss %.4f nats per %s (%.4f bits)\n", report->epochs.back().test_loss,
-                (*w)->model_text().find("vocab") != std::string::npos ? "token" : "sample",
+                (*w)->token_input() ? "token" : "sample",
                 report->epochs.back().test_loss / std::log(2.0));
   if (!f.json.empty()) {
     std::ofstream out(f.json);

@@ -513,6 +513,7 @@ class graph_workload final : public workload {
            " FLOPs per sample forward";
   }
   int64_t feature_dim() const override { return plan_.sample_values; }
+  bool token_input() const override { return plan_.spec.vocab > 0; }
   int64_t eval_batch() const override {
     // Attention keeps [heads, t, t] probabilities per sample: evaluate in small batches.
     return plan_.spec.vocab > 0 ? 16 : 1000;

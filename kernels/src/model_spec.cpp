@@ -319,6 +319,11 @@ expected<model_spec> parse_model_spec(std::string_view toml_text, const std::str
   return spec;
 }
 
+bool model_takes_tokens(std::string_view toml_text) {
+  auto spec = parse_model_spec(toml_text, "model");
+  return spec && spec->vocab > 0;
+}
+
 expected<model_plan> plan_model(const model_spec& spec, const model_limits& limits) {
   auto fail = [](const std::string& where, const std::string& what) {
     return error(errc::invalid_argument, where + ": " + what);

@@ -82,6 +82,10 @@ expected<std::function<expected<dataset_splits>()>> data_set_loader(const std::s
 
 }  // namespace
 
+bool is_builtin_data_set(std::string_view name) {
+  return name == "fashion-mnist" || name == "fortunes";
+}
+
 expected<std::unique_ptr<workload>> find_workload(std::string_view name,
                                                   const std::string& model_text,
                                                   const std::string& data_set) {

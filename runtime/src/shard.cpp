@@ -16,12 +16,20 @@ std::vector<uint8_t> encode_shard(const dataset& d, int64_t begin, int64_t end) 
   // Pixels travel as bytes (scaled back by the node), tokens as their ids: a byte each for a
   // vocabulary of up to 256, else four.
   const bool wide = d.tokens && d.classes > 256;
-  const dtype type = wide ? dtype::i32 : dtype::u8;
+  // Values that are not 8-bit pixels (a user's standardised features) travel as f32.
+  bool pixels = !d.tokens;
+  for (int64_t i = 0; pixels && i < n * dim; ++i)
+    pixels = src[i] >= 0.0f && src[i] <= 1.0f &&
+             std::lround(src[i] * 255.0f) * (1.0f / 255.0f) == src[i];
+  const bool real = !d.tokens && !pixels;
+  const dtype type = wide ? dtype::i32 : real ? dtype::f32 : dtype::u8;
   tensor images = tensor::empty({n, dim}, type);
-  tensor labels = tensor::empty({n}, type);
+  tensor labels = tensor::empty({n}, wide ? dtype::i32 : dtype::u8);
   for (int64_t i = 0; i < n * dim; ++i) {
     if (wide)
       images.data<int32_t>()[i] = static_cast<int32_t>(src[i]);
+    else if (real)
+      images.data<float>()[i] = src[i];
     else if (d.tokens)
       images.data<uint8_t>()[i] = static_cast<uint8_t>(src[i]);
     else
@@ -79,6 +87,32 @@ expected<dataset> decode_tokens(const tensor& ids, const tensor& labels, uint32_
   return d;
 }
 
+// A shard of real-valued features (f32 [n, d], finite) with u8 labels below `classes`.
+expected<dataset> decode_values(const tensor& values, const tensor& labels, uint32_t classes) {
+  auto malformed = [](const std::string& what) {
+    return error(errc::malformed_message, "malformed shard: " + what);
+  };
+  if (classes < 2 || classes > 256) return malformed("bad class count");
+  if (values.rank() != 2 || labels.type() != dtype::u8 || labels.rank() != 1 ||
+      values.dim(0) != labels.dim(0))
+    return malformed("values must be f32 [n, d] and labels u8 [n]");
+  dataset d;
+  d.classes = classes;
+  d.features = tensor::empty({values.dim(0), values.dim(1)}, dtype::f32);
+  d.labels = tensor::empty({labels.dim(0)}, dtype::i32);
+  for (int64_t i = 0; i < values.numel(); ++i) {
+    const float v = values.data<float>()[i];
+    if (!std::isfinite(v)) return malformed("value " + std::to_string(i) + " is not finite");
+    d.features.data<float>()[i] = v;
+  }
+  for (int64_t i = 0; i < labels.numel(); ++i) {
+    const uint8_t v = labels.data<uint8_t>()[i];
+    if (v >= classes) return malformed("label " + std::to_string(v) + " out of range");
+    d.labels.data<int32_t>()[i] = v;
+  }
+  return d;
+}
+
 }  // namespace
 
 expected<dataset> decode_shard(std::span<const uint8_t> bytes) {
@@ -95,6 +129,7 @@ expected<dataset> decode_shard(std::span<const uint8_t> bytes) {
         auto labels = detail::read_tensor(root.getLabels(), limits);
         if (!labels) return labels.error();
         if (root.getTokens()) return decode_tokens(*images, *labels, root.getClasses());
+        if (images->type() == dtype::f32) return decode_values(*images, *labels, root.getClasses());
         if (images->type() != dtype::u8 || labels->type() != dtype::u8 || images->rank() != 2 ||
             labels->rank() != 1)
           return malformed("images must be u8 [n, d] and labels u8 [n]");

@@ -11,6 +11,8 @@
 #include <string>
 #include <vector>
 
+#include "gflex/data_sets.hpp"
+#include "gflex/runtime/dataset.hpp"
 #include "gflex/accounts.hpp"
 #include "gflex/job_status.hpp"
 #include "gflex/runtime/error.hpp"
@@ -135,6 +137,14 @@ class client {
   expected<void> cancel(const std::string& job_id);
   /// The trained parameters of the last committed round, as checkpoint bytes.
   expected<std::vector<uint8_t>> fetch(const std::string& job_id);
+
+  /// Uploads `data` as the data set `name` of this key's account (replacing one of that
+  /// name): its splits cut into shards of about 8 MiB, sent in order; the core checks each
+  /// and stores the set with the last. Returns what the core stored.
+  expected<data_set_info> push_data(const std::string& name, const dataset_splits& data);
+  /// This account's data sets (the operator's key: everyone's).
+  expected<std::vector<data_set_info>> data_sets();
+  expected<void> remove_data(const std::string& name);
 
   /// Operator: opens a ledger account (user/NAME) and returns its new API key; an existing
   /// or malformed id is refused.

@@ -127,6 +127,10 @@ struct model_plan {
 /// `source` names the text in messages.
 expected<model_spec> parse_model_spec(std::string_view toml_text, const std::string& source);
 
+/// Whether the model declared in `toml_text` is a token model (declares a vocabulary); false
+/// for text that does not parse.
+bool model_takes_tokens(std::string_view toml_text);
+
 /// Checks a model and works out its shapes, parameters and FLOPs.
 expected<model_plan> plan_model(const model_spec& spec, const model_limits& limits = {});
 

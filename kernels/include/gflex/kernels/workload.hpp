@@ -110,6 +110,8 @@ class workload {
   /// The model's declaration (a `[model]` table as TOML) for a user-defined model, which
   /// assignments carry to nodes; empty for a built-in workload, which nodes know by name.
   virtual std::string model_text() const { return {}; }
+  /// Whether samples are token ids (a language model: losses per token), not values.
+  virtual bool token_input() const { return false; }
   /// The most samples an evaluation pass should take at once (activation memory).
   virtual int64_t eval_batch() const { return 1000; }
   /// Loads the workload's data set (training and test splits).
@@ -126,6 +128,10 @@ expected<std::unique_ptr<workload>> find_workload(std::string_view name);
 expected<std::unique_ptr<workload>> find_workload(std::string_view name,
                                                   const std::string& model_text,
                                                   const std::string& data_set);
+
+/// Whether `name` is a built-in data set ("fashion-mnist", "fortunes"), which every core
+/// has; other names are users' data sets, which only the core that stores them knows.
+bool is_builtin_data_set(std::string_view name);
 
 /// Names of all built-in workloads.
 std::vector<std::string> workload_names();

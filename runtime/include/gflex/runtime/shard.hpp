@@ -20,8 +20,9 @@ struct shard_info {
   uint64_t bytes = 0;
 };
 
-/// Encodes rows [begin, end) of `d`. Features travel as 8-bit values (round(x * 255)): the
-/// image data sets served this way are 8-bit to begin with, so nothing is lost.
+/// Encodes rows [begin, end) of `d`. Pixels travel as 8-bit values (round(x * 255)) when
+/// every value is one (the image data sets are 8-bit to begin with, so nothing is lost);
+/// other real values as f32, token ids as u8 (vocabularies up to 256) or i32.
 std::vector<uint8_t> encode_shard(const dataset& d, int64_t begin, int64_t end);
 
 /// Decodes a shard into a dataset with features scaled back to [0, 1]. Malformed input,

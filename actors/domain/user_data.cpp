@@ -1,0 +1,118 @@
+#include "user_data.hpp"
+
+#include <algorithm>
+
+#include <nlohmann/json.hpp>
+
+#include "gflex/runtime/digest.hpp"
+#include "gflex/runtime/shard.hpp"
+#include "json_fields.hpp"
+
+namespace gflex {
+
+bool valid_data_set_name(const std::string& name) {
+  if (name.empty() || name.size() > 64) return false;
+  return std::all_of(name.begin(), name.end(), [](char c) {
+    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' ||
+           c == '_' || c == '-';
+  });
+}
+
+std::string data_set_key(const std::string& owner, const std::string& name) {
+  return std::string(data_set_prefix) + owner + "/" + name;
+}
+
+std::string data_chunk_key(const std::string& digest) { return data_chunk_prefix + digest; }
+
+data_upload::data_upload(std::string owner, std::string name, uint32_t count,
+                         user_data_limits limits)
+    : count_(count), limits_(limits) {
+  info_.owner = std::move(owner);
+  info_.name = std::move(name);
+}
+
+expected<void> data_upload::add(const data_part& p) {
+  auto bad = [&](const std::string& what) {
+    return error(errc::invalid_argument,
+                 "data set '" + info_.name + "', part " + std::to_string(p.index) + ": " + what);
+  };
+  if (p.count != count_ || p.index != info_.parts_received)
+    return bad("expected part " + std::to_string(info_.parts_received) + " of " +
+               std::to_string(count_) + " (parts are sent in order, from 0)");
+  if (p.shard.size() > limits_.max_part_bytes)
+    return bad("a shard of " + std::to_string(p.shard.size()) + " bytes is over the limit of " +
+               std::to_string(limits_.max_part_bytes));
+  if (info_.bytes + p.shard.size() > limits_.max_bytes)
+    return bad("the data set would pass " + std::to_string(limits_.max_bytes) + " bytes");
+  auto shard = decode_shard(p.shard);
+  if (!shard) return bad(shard.error().message());
+  if (shard->size() == 0) return bad("an empty shard");
+  if (info_.parts_received > 0 &&
+      (shard->feature_dim() != info_.sample_values || shard->classes != info_.classes ||
+       shard->tokens != info_.tokens))
+    return bad("has " + std::to_string(shard->feature_dim()) + " values per sample and " +
+               std::to_string(shard->classes) + " classes" + (shard->tokens ? " (tokens)" : "") +
+               ", the first part " + std::to_string(info_.sample_values) + " and " +
+               std::to_string(info_.classes) + (info_.tokens ? " (tokens)" : ""));
+  if (!p.test && !info_.test_shards.empty())
+    return bad("training shards come before the test shards");
+  info_.sample_values = shard->feature_dim();
+  info_.classes = shard->classes;
+  info_.tokens = shard->tokens;
+  auto bytes = std::make_shared<const std::vector<uint8_t>>(p.shard);
+  const std::string digest = digest_hex(*bytes);
+  (p.test ? info_.test_shards : info_.train_shards).push_back(digest);
+  (p.test ? info_.test_samples : info_.train_samples) += shard->size();
+  info_.bytes += p.shard.size();
+  chunks_[digest] = std::move(bytes);
+  ++info_.parts_received;
+  return {};
+}
+
+expected<data_set_info> data_upload::finish() const {
+  if (!complete())
+    return error(errc::invalid_argument, "data set '" + info_.name + "': the upload is incomplete");
+  if (info_.train_samples == 0 || info_.test_samples == 0)
+    return error(errc::invalid_argument, "data set '" + info_.name +
+                                             "': needs training and test samples, has " +
+                                             std::to_string(info_.train_samples) + " and " +
+                                             std::to_string(info_.test_samples));
+  return info_;
+}
+
+std::vector<uint8_t> encode_data_set(const data_set_info& i) {
+  nlohmann::json j = {{"owner", i.owner},
+                      {"name", i.name},
+                      {"train_samples", i.train_samples},
+                      {"test_samples", i.test_samples},
+                      {"sample_values", i.sample_values},
+                      {"classes", i.classes},
+                      {"tokens", i.tokens},
+                      {"bytes", i.bytes},
+                      {"train_shards", i.train_shards},
+                      {"test_shards", i.test_shards}};
+  auto text = j.dump();
+  return {text.begin(), text.end()};
+}
+
+expected<data_set_info> decode_data_set(std::span<const uint8_t> bytes) {
+  try {
+    auto j = nlohmann::json::parse(bytes.begin(), bytes.end());
+    data_set_info i;
+    i.owner = j.at("owner").get<std::string>();
+    i.name = j.at("name").get<std::string>();
+    i.train_samples = integer_at<int64_t>(j, "train_samples");
+    i.test_samples = integer_at<int64_t>(j, "test_samples");
+    i.sample_values = integer_at<int64_t>(j, "sample_values");
+    i.classes = integer_at<int64_t>(j, "classes");
+    i.tokens = j.at("tokens").get<bool>();
+    i.bytes = integer_at<uint64_t>(j, "bytes");
+    i.train_shards = j.at("train_shards").get<std::vector<std::string>>();
+    i.test_shards = j.at("test_shards").get<std::vector<std::string>>();
+    return i;
+  } catch (const std::exception& e) {
+    return error(errc::store_error, std::string("damaged data set manifest: ") + e.what());
+  }
+}
+
+}  // namespace gflex

@@ -1,0 +1,67 @@
+#pragma once
+/// @file
+/// The rules of users' data sets (data_sets.hpp): checking an upload part by part, the
+/// stored manifest, and the store's keys. CAF-free: the job supervisor applies them.
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <span>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "gflex/data_sets.hpp"
+#include "gflex/runtime/dataset.hpp"
+#include "gflex/runtime/error.hpp"
+
+namespace gflex {
+
+/// Bounds on what one account may upload.
+struct user_data_limits {
+  uint32_t max_parts = 4096;                      ///< Shards per data set.
+  uint64_t max_bytes = uint64_t{1} << 30;         ///< Shard bytes per data set.
+  uint64_t max_part_bytes = uint64_t{32} << 20;   ///< One shard.
+  int64_t max_sets_per_owner = 64;
+};
+
+/// Whether `name` may name a data set: 1-64 of A-Z a-z 0-9 . _ -.
+bool valid_data_set_name(const std::string& name);
+
+/// The store key of a data set's manifest, and the prefix of all of them.
+std::string data_set_key(const std::string& owner, const std::string& name);
+inline constexpr const char* data_set_prefix = "dataset/";
+/// The store key of a shard's bytes (shared by every data set that has the shard).
+std::string data_chunk_key(const std::string& digest);
+inline constexpr const char* data_chunk_prefix = "datachunk/";
+
+/// One upload in progress: each part is decoded (which checks its dtype, shape, labels and
+/// tokens) and must agree with the first on values per sample, classes and kind.
+class data_upload {
+ public:
+  data_upload(std::string owner, std::string name, uint32_t count, user_data_limits limits);
+
+  /// Adds part `p`; an error leaves the upload as it was.
+  expected<void> add(const data_part& p);
+  bool complete() const { return info_.parts_received == count_; }
+  /// The data set, with a training split of at least one sample and a test split of at least
+  /// one, once complete.
+  expected<data_set_info> finish() const;
+  /// The shards' bytes by digest.
+  const std::map<std::string, std::shared_ptr<const std::vector<uint8_t>>>& chunks() const {
+    return chunks_;
+  }
+  const data_set_info& info() const { return info_; }
+
+ private:
+  data_set_info info_;
+  uint32_t count_;
+  user_data_limits limits_;
+  std::map<std::string, std::shared_ptr<const std::vector<uint8_t>>> chunks_;
+};
+
+/// The manifest (JSON) a data set is stored as, and back; a damaged one is an error.
+std::vector<uint8_t> encode_data_set(const data_set_info& info);
+expected<data_set_info> decode_data_set(std::span<const uint8_t> bytes);
+
+}  // namespace gflex

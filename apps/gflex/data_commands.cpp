@@ -1,0 +1,260 @@
+#include "data_commands.hpp"
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <iterator>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <optional>
+
+#include "client_connection.hpp"
+#include "gflex/gflex.hpp"
+#include "gflex/runtime/idx.hpp"
+#include "gflex/runtime/npy.hpp"
+#include "gflex/runtime/text_corpus.hpp"
+
+namespace gflex::app {
+
+namespace {
+
+struct data_flags {
+  connection_flags link;
+  std::string name;
+  std::string path;
+  std::string labels;
+  std::string format;
+  int64_t classes = 0;
+  double test_fraction = 0.1;
+  int64_t context = 64;
+  bool as_json = false;
+};
+
+int fail(const error& e, int code = 1) {
+  spdlog::error("{}", e.message());
+  return code;
+}
+
+// Features [n, ...] and labels [n] as a data set: u8 features are pixels (scaled to [0, 1]),
+// others must be finite; labels below `classes` (given, or the largest label + 1).
+expected<dataset> labelled(const tensor& features, const tensor& labels, int64_t classes,
+                           const std::string& what) {
+  if (features.rank() < 2)
+    return error(errc::shape_mismatch, what + ": features must be [samples, ...], got rank " +
+                                           std::to_string(features.rank()));
+  if (labels.rank() != 1 || labels.dim(0) != features.dim(0))
+    return error(errc::shape_mismatch, what + ": " + std::to_string(features.dim(0)) +
+                                           " samples but labels of shape " +
+                                           to_string(labels.shape()) + " (need [" +
+                                           std::to_string(features.dim(0)) + "])");
+  const int64_t n = features.dim(0), d = features.numel() / std::max<int64_t>(n, 1);
+  dataset out;
+  out.features = tensor::empty({n, d}, dtype::f32);
+  out.labels = tensor::empty({n}, dtype::i32);
+  for (int64_t i = 0; i < features.numel(); ++i) {
+    float v;
+    if (features.type() == dtype::u8)
+      v = static_cast<float>(features.data<uint8_t>()[i]) * (1.0f / 255.0f);
+    else if (features.type() == dtype::f32)
+      v = features.data<float>()[i];
+    else
+      v = static_cast<float>(features.data<int32_t>()[i]);
+    if (!std::isfinite(v))
+      return error(errc::bad_format, what + ": feature value " + std::to_string(i) +
+                                         " is not finite");
+    out.features.data<float>()[i] = v;
+  }
+  int64_t largest = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    int64_t v;
+    if (labels.type() == dtype::u8)
+      v = labels.data<uint8_t>()[i];
+    else if (labels.type() == dtype::i32)
+      v = labels.data<int32_t>()[i];
+    else
+      return error(errc::bad_format, what + ": labels must be integers");
+    if (v < 0 || (classes > 0 && v >= classes))
+      return error(errc::bad_format, what + ": label " + std::to_string(v) + " of sample " +
+                                         std::to_string(i) + " is outside [0, " +
+                                         std::to_string(classes > 0 ? classes : 256) + ")");
+    largest = std::max(largest, v);
+    out.labels.data<int32_t>()[i] = static_cast<int32_t>(v);
+  }
+  out.classes = classes > 0 ? classes : largest + 1;
+  if (out.classes < 2 || out.classes > 256)
+    return error(errc::bad_format, what + ": needs 2 to 256 classes, the labels make " +
+                                       std::to_string(out.classes));
+  return out;
+}
+
+// The last `fraction` of the samples become the test split.
+expected<dataset_splits> split(const dataset& all, double fraction) {
+  const int64_t n = all.size(), test = static_cast<int64_t>(std::floor(n * fraction));
+  if (test < 1 || n - test < 1)
+    return error(errc::invalid_argument, std::to_string(n) + " samples cannot give both splits a "
+                                                              "sample at --test-fraction " +
+                                             std::to_string(fraction));
+  const int64_t d = all.feature_dim();
+  dataset_splits out;
+  for (auto [part, begin, end] : {std::tuple{&out.train, int64_t{0}, n - test},
+                                  std::tuple{&out.test, n - test, n}}) {
+    part->classes = all.classes;
+    part->tokens = all.tokens;
+    part->features = tensor::empty({end - begin, d}, dtype::f32);
+    part->labels = tensor::empty({end - begin}, dtype::i32);
+    std::copy_n(all.features.data<float>() + begin * d, (end - begin) * d,
+                part->features.data<float>());
+    std::copy_n(all.labels.data<int32_t>() + begin, end - begin, part->labels.data<int32_t>());
+  }
+  return out;
+}
+
+expected<dataset_splits> read_data(const data_flags& f) {
+  if (f.format == "tokens") {
+    std::ifstream in(f.path, std::ios::binary);
+    if (!in) return error(errc::io_error, f.path + ": cannot open");
+    std::vector<uint8_t> bytes{std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+    auto splits = make_token_splits(bytes, f.context + 1);
+    if (!splits) return error(splits.error().code(), f.path + ": " + splits.error().message());
+    return splits;
+  }
+  if (f.labels.empty())
+    return error(errc::invalid_argument, "--labels: required with --format " + f.format);
+  expected<tensor> features = error(errc::invalid_argument, "");
+  expected<tensor> labels = error(errc::invalid_argument, "");
+  if (f.format == "idx") {
+    features = read_idx_u8(f.path, 3);
+    if (!features) features = read_idx_u8(f.path, 2);
+    labels = read_idx_u8(f.labels, 1);
+  } else if (f.format == "npy") {
+    features = read_npy(f.path);
+    labels = read_npy(f.labels);
+    if (labels && labels->type() == dtype::f32)
+      return error(errc::bad_format, f.labels + ": labels must be integers, not floats");
+  } else {
+    return error(errc::invalid_argument,
+                 "--format: idx, npy or tokens, got '" + f.format + "'");
+  }
+  if (!features) return features.error();
+  if (!labels) return labels.error();
+  auto all = labelled(*features, *labels, f.classes, f.path);
+  if (!all) return all.error();
+  return split(*all, f.test_fraction);
+}
+
+nlohmann::json to_json(const data_set_info& i) {
+  return {{"owner", i.owner},
+          {"name", i.name},
+          {"train_samples", i.train_samples},
+          {"test_samples", i.test_samples},
+          {"sample_values", i.sample_values},
+          {"classes", i.classes},
+          {"tokens", i.tokens},
+          {"bytes", i.bytes},
+          {"shards", i.train_shards.size() + i.test_shards.size()}};
+}
+
+void print(const data_set_info& i) {
+  std::printf("%s/%s: %lld training and %lld test samples of %lld %s, %lld classes, %.1f MB in "
+              "%zu shards\n",
+              i.owner.c_str(), i.name.c_str(), static_cast<long long>(i.train_samples),
+              static_cast<long long>(i.test_samples), static_cast<long long>(i.sample_values),
+              i.tokens ? "tokens" : "values", static_cast<long long>(i.classes),
+              static_cast<double>(i.bytes) / 1e6, i.train_shards.size() + i.test_shards.size());
+}
+
+int run_push(const data_flags& f) {
+  auto data = read_data(f);
+  if (!data) return fail(data.error(), 2);
+  std::optional<client> c;
+  if (int code = connect_core(f.link, c); code != 0) return code;
+  auto info = c->push_data(f.name, *data);
+  if (!info) return fail(info.error());
+  if (f.as_json)
+    std::printf("%s\n", to_json(*info).dump(2).c_str());
+  else
+    print(*info);
+  return 0;
+}
+
+int run_list(const data_flags& f) {
+  std::optional<client> c;
+  if (int code = connect_core(f.link, c); code != 0) return code;
+  auto sets = c->data_sets();
+  if (!sets) return fail(sets.error());
+  if (!f.name.empty()) {
+    auto it = std::find_if(sets->begin(), sets->end(),
+                           [&](const data_set_info& i) { return i.name == f.name; });
+    if (it == sets->end())
+      return fail(error(errc::invalid_argument, "no data set '" + f.name + "'"));
+    *sets = {*it};
+  }
+  if (f.as_json) {
+    nlohmann::json j = nlohmann::json::array();
+    for (const auto& i : *sets) j.push_back(to_json(i));
+    std::printf("%s\n", (f.name.empty() ? j : j[0]).dump(2).c_str());
+    return 0;
+  }
+  for (const auto& i : *sets) print(i);
+  return 0;
+}
+
+int run_remove(const data_flags& f) {
+  std::optional<client> c;
+  if (int code = connect_core(f.link, c); code != 0) return code;
+  if (auto r = c->remove_data(f.name); !r) return fail(r.error());
+  std::printf("removed %s\n", f.name.c_str());
+  return 0;
+}
+
+}  // namespace
+
+void add_data_commands(CLI::App& app, std::function<int()>& run) {
+  auto f = std::make_shared<data_flags>();
+  auto set = [&run, f](int (*fn)(const data_flags&)) {
+    return [&run, f, fn] { run = [f, fn] { return fn(*f); }; };
+  };
+  auto* data = app.add_subcommand("data", "users' data sets on a core");
+  data->require_subcommand(1);
+
+  auto* push = data->add_subcommand("push", "upload a data set (checked here, then by the core)");
+  push->add_option("name", f->name, "its name (what a job's [data] set says)")->required();
+  push->add_option("path", f->path, "the features file (tokens: a text file of bytes)")
+      ->required();
+  push->add_option("--format", f->format, "idx, npy or tokens")->required();
+  push->add_option("--labels", f->labels, "the labels file (idx and npy)");
+  push->add_option("--classes", f->classes, "label count (default: the largest label + 1)")
+      ->check(CLI::Range(int64_t{2}, int64_t{256}));
+  push->add_option("--test-fraction", f->test_fraction,
+                   "the last part held out as the test split (idx and npy)")
+      ->check(CLI::Range(0.0, 0.9))
+      ->capture_default_str();
+  push->add_option("--context", f->context,
+                   "tokens: positions per sample (a model's input = [context])")
+      ->check(CLI::Range(int64_t{1}, int64_t{65536}))
+      ->capture_default_str();
+  push->add_flag("--json", f->as_json, "print what was stored as JSON");
+  add_connection_flags(push, f->link);
+  push->callback(set(run_push));
+
+  auto* list = data->add_subcommand("list", "this account's data sets");
+  list->add_flag("--json", f->as_json, "print JSON");
+  add_connection_flags(list, f->link);
+  list->callback(set(run_list));
+
+  auto* show = data->add_subcommand("show", "one data set");
+  show->add_option("name", f->name, "its name")->required();
+  show->add_flag("--json", f->as_json, "print JSON");
+  add_connection_flags(show, f->link);
+  show->callback(set(run_list));
+
+  auto* rm = data->add_subcommand("rm", "remove a data set");
+  rm->add_option("name", f->name, "its name")->required();
+  add_connection_flags(rm, f->link);
+  rm->callback(set(run_remove));
+}
+
+}  // namespace gflex::app

@@ -1,0 +1,383 @@
+#!/usr/bin/env python3
+"""Benchmark: gflex's byte-level language model against the same model in PyTorch on the CPU.
+
+    python3 tests/bench/lm_vs_torch.py build/bin [--steps 1000] [--batch 16] [--lr 0.004]
+        [--threads 2] [--spec apps/jobs/lm.toml]
+
+Runs `gflex train --spec SPEC` first, then the PyTorch peer built from the same spec's [model]
+table (never both at once), on the same data (Debian's fortunes, split as
+runtime/src/text_corpus.cpp splits it), thread count, batch size, number of steps, learning
+rate schedule (cosine decay to 5%) and AdamW settings (betas 0.9/0.999, eps 1e-8, no weight
+decay), in FP32. Prints a table: training tokens/s (training steps only: data loading and
+evaluation are excluded on both sides) and held-out bits per byte after training.
+
+The peer is Debian's python3-torch: if `import torch` fails the script installs it with
+apt-get (and says so), and runs itself again under /usr/bin/python3, which sees it.
+"""
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+SYSTEM_PYTHON = "/usr/bin/python3"
+REEXEC_GUARD = "GFLEX_LM_BENCH_REEXEC"
+SUPPORTED = ("embedding", "position_embedding", "layer_norm", "attention", "add", "linear",
+             "gelu", "next_token_xent")
+# Keys each supported layer type may carry (as model_spec.hpp documents them).
+KEYS = {
+    "embedding": {"dim"},
+    "position_embedding": set(),
+    "layer_norm": {"eps"},
+    "attention": {"heads", "bias"},
+    "add": {"with"},
+    "linear": {"units", "bias"},
+    "gelu": set(),
+    "next_token_xent": set(),
+}
+COMMON_KEYS = {"type", "name", "from"}
+
+
+def fail(message):
+    print(f"lm_vs_torch: {message}", file=sys.stderr)
+    sys.exit(1)
+
+
+def arguments():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("bin", help="directory holding the gflex binary (build/bin)")
+    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--lr", type=float, default=0.004)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--spec", default="apps/jobs/lm.toml")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--json", help="also write both sides' results to this file")
+    a = p.parse_args()
+    if a.steps < 1 or a.batch < 1 or a.threads < 1 or a.lr <= 0:
+        fail("--steps, --batch and --threads must be positive, --lr above 0")
+    return a
+
+
+def ensure_torch():
+    """Imports torch; installs Debian's python3-torch if it is missing, and runs this script
+    again under the system Python when this interpreter (a pyenv or venv one, say) cannot see
+    Debian's packages."""
+    try:
+        import torch  # noqa: F401
+        return
+    except ImportError:
+        pass
+    if os.environ.get(REEXEC_GUARD):
+        fail(f"{sys.executable} cannot import torch even after installing python3-torch")
+    has = lambda: subprocess.run([SYSTEM_PYTHON, "-c", "import torch"],  # noqa: E731
+                                 capture_output=True).returncode == 0
+    if not os.path.exists(SYSTEM_PYTHON) or not has():
+        print("lm_vs_torch: torch is not importable: installing Debian's python3-torch with "
+              "apt-get", file=sys.stderr)
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        subprocess.run(["apt-get", "update", "-qq"], env=env, check=True)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "python3-torch"], env=env,
+                       check=True, stdout=subprocess.DEVNULL)
+        if not has():
+            fail(f"{SYSTEM_PYTHON} still cannot import torch after apt-get install python3-torch")
+    print(f"lm_vs_torch: running again under {SYSTEM_PYTHON} (Debian's python3-torch)",
+          file=sys.stderr)
+    sys.stdout.flush()
+    os.environ[REEXEC_GUARD] = "1"
+    os.execv(SYSTEM_PYTHON, [SYSTEM_PYTHON] + sys.argv)
+
+
+def read_model(spec_path):
+    import tomllib
+    with open(spec_path, "rb") as f:
+        spec = tomllib.load(f)
+    model = spec.get("model")
+    if model is None:
+        fail(f"{spec_path}: no [model] table")
+    if model.get("vocab", 0) <= 0 or len(model.get("input", [])) != 1:
+        fail(f"{spec_path}: [model] is not a token model (needs vocab and input = [T])")
+    for i, layer in enumerate(model.get("layers", [])):
+        kind = layer.get("type")
+        if kind not in SUPPORTED:
+            fail(f"{spec_path}: layer {i} has type {kind!r}; this benchmark supports only "
+                 f"{', '.join(SUPPORTED)}")
+        extra = set(layer) - COMMON_KEYS - KEYS[kind]
+        if extra:
+            fail(f"{spec_path}: layer {i} ({kind}): keys {sorted(extra)} are not supported here")
+    if not model["layers"] or model["layers"][-1]["type"] != "next_token_xent":
+        fail(f"{spec_path}: the last layer must be next_token_xent")
+    return model
+
+
+def read_corpus():
+    """runtime/src/text_corpus.cpp's read_text_corpus: the regular files without an extension
+    (not symlinks) in the fortunes directory, sorted by path, concatenated."""
+    d = os.environ.get("GFLEX_FORTUNES_DIR") or "/usr/share/games/fortunes"
+    if not os.path.isdir(d):
+        fail(f"{d}: not found (apt-get install -y fortunes, or set GFLEX_FORTUNES_DIR)")
+    paths = sorted(os.path.join(d, n) for n in os.listdir(d))
+    files = [p for p in paths if os.path.isfile(p) and not os.path.islink(p)
+             and not os.path.splitext(os.path.basename(p))[1]]
+    data = b"".join(open(p, "rb").read() for p in files)
+    if not data:
+        fail(f"{d}: no text files")
+    return data
+
+
+def token_splits(torch, data, window, test_every=10):
+    """make_token_splits: sample s is bytes [s*(W-1), s*(W-1)+W); s % 10 == 9 is held out."""
+    samples = (len(data) - 1) // (window - 1)
+    raw = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+    starts = torch.arange(samples) * (window - 1)
+    rows = raw[starts[:, None] + torch.arange(window)[None, :]].long()
+    held = torch.arange(samples) % test_every == test_every - 1
+    return rows[~held].contiguous(), rows[held].contiguous()
+
+
+def build_model(torch, model):
+    nn = torch.nn
+    F = torch.nn.functional
+    T = model["input"][0]
+    vocab = model["vocab"]
+    sdpa = getattr(F, "scaled_dot_product_attention", None)
+
+    class Attention(nn.Module):
+        """Causal multi-head self-attention: fused qkv projection, out projection."""
+
+        def __init__(self, d, heads, bias):
+            super().__init__()
+            if d % heads:
+                fail(f"attention: width {d} is not a multiple of {heads} heads")
+            self.h = heads
+            self.qkv = nn.Linear(d, 3 * d, bias=bias)
+            self.out = nn.Linear(d, d, bias=bias)
+            self.register_buffer("mask", torch.ones(T, T, dtype=torch.bool).triu(1),
+                                 persistent=False)
+
+        def forward(self, x):
+            b, t, d = x.shape
+            q, k, v = self.qkv(x).split(d, dim=2)
+            q, k, v = (z.view(b, t, self.h, d // self.h).transpose(1, 2) for z in (q, k, v))
+            if sdpa is not None:
+                y = sdpa(q, k, v, is_causal=True)
+            else:
+                att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(d // self.h))
+                att = att.masked_fill(self.mask[:t, :t], float("-inf")).softmax(dim=-1)
+                y = att @ v
+            return self.out(y.transpose(1, 2).reshape(b, t, d))
+
+    class PositionEmbedding(nn.Module):
+        def __init__(self, t, d):
+            super().__init__()
+            self.table = nn.Parameter(torch.empty(t, d))
+
+        def forward(self, x):
+            return x + self.table
+
+    class GraphLM(nn.Module):
+        """The [model] layer list, interpreted as gflex plans it: layer i reads the previous
+        layer's output (or `from`), writes value i + 1; `add` adds the value named by `with`."""
+
+        def __init__(self):
+            super().__init__()
+            layers = model["layers"]
+            self.mods = nn.ModuleList()
+            self.plan = []  # (kind, input value, other value)
+            names = {"input": 0}
+            width = [None]  # last dimension of each value (None: token ids)
+            for i, l in enumerate(layers):
+                kind = l["type"]
+                if "from" in l and l["from"] not in names:
+                    fail(f"layer {i} ({kind}): from = {l['from']!r} names no earlier layer")
+                src = names[l["from"]] if "from" in l else i
+                w = width[src]
+                if kind != "embedding" and w is None:
+                    fail(f"layer {i} ({kind}) reads token ids; only embedding may")
+                other = -1
+                nxt = layers[i + 1]["type"] if i + 1 < len(layers) else None
+                gain = 2.0 if nxt in ("relu", "gelu") else 1.0  # He before ReLU/GELU, else LeCun
+                if kind == "embedding":
+                    m = nn.Embedding(vocab, l["dim"])
+                    nn.init.normal_(m.weight, 0.0, 0.02)
+                    w = l["dim"]
+                elif kind == "position_embedding":
+                    m = PositionEmbedding(T, w)
+                    nn.init.normal_(m.table, 0.0, 0.02)
+                elif kind == "layer_norm":
+                    m = nn.LayerNorm(w, eps=l.get("eps", 1e-5))  # gamma 1, beta 0
+                elif kind == "attention":
+                    m = Attention(w, l["heads"], l.get("bias", True))
+                    for lin in (m.qkv, m.out):
+                        init_linear(lin, gain)
+                elif kind == "linear":
+                    m = nn.Linear(w, l["units"], bias=l.get("bias", True))
+                    init_linear(m, gain)
+                    w = l["units"]
+                elif kind == "gelu":
+                    m = nn.GELU(approximate="tanh")
+                elif kind == "add":
+                    if l.get("with") not in names:
+                        fail(f"layer {i} (add): with = {l.get('with')!r} names no earlier layer")
+                    other = names[l["with"]]
+                    if width[other] != w:
+                        fail(f"layer {i} (add): widths {width[other]} and {w} differ")
+                    m = nn.Identity()
+                elif kind == "next_token_xent":
+                    if w != vocab:
+                        fail(f"next_token_xent: takes {vocab} logits per position, gets {w}")
+                    if i != len(layers) - 1:
+                        fail("next_token_xent must be the last layer")
+                    m = nn.Identity()
+                self.mods.append(m)
+                self.plan.append((kind, src, other))
+                width.append(w)
+                if "name" in l:
+                    names[l["name"]] = i + 1
+
+        def forward(self, ids, targets):
+            vals = [ids]
+            for m, (kind, src, other) in zip(self.mods, self.plan):
+                x = vals[src]
+                if kind == "add":
+                    y = x + vals[other]
+                elif kind == "next_token_xent":
+                    return F.cross_entropy(x.reshape(-1, x.shape[-1]), targets.reshape(-1))
+                else:
+                    y = m(x)
+                vals.append(y)
+            raise AssertionError("unreachable: the last layer is the loss")
+
+    def init_linear(lin, gain):
+        # kernels/src/graph_model.cpp: N(0, sqrt(gain / fan_in)), biases zero.
+        nn.init.normal_(lin.weight, 0.0, math.sqrt(gain / lin.in_features))
+        if lin.bias is not None:
+            nn.init.zeros_(lin.bias)
+
+    return GraphLM(), sdpa is not None
+
+
+def cosine(step, total):
+    """kernels/src/trainer.cpp's schedule: cosine decay to 5% over the run."""
+    return 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * step / total))
+
+
+def run_gflex(a, epochs, out_dir):
+    gflex = os.path.join(a.bin, "gflex")
+    if not os.access(gflex, os.X_OK):
+        fail(f"{gflex}: not an executable")
+    out = os.path.join(out_dir, "gflex.json")
+    cmd = [gflex, "--log-level", "warn", "train", "--spec", a.spec, "--max-steps", str(a.steps),
+           "--batch-size", str(a.batch), "--lr", repr(a.lr), "--threads", str(a.threads),
+           "--epochs", str(epochs), "--seed", str(a.seed), "--json", out]
+    print("gflex:", " ".join(cmd), file=sys.stderr, flush=True)
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        sys.stderr.write(r.stdout + r.stderr)
+        fail(f"gflex train exited with status {r.returncode}")
+    with open(out) as f:
+        return json.load(f)
+
+
+def run_torch(torch, a, model, train, test):
+    torch.manual_seed(a.seed)
+    torch.set_num_threads(a.threads)
+    net, fused = build_model(torch, model)
+    parameters = sum(p.numel() for p in net.parameters())
+    opt = torch.optim.AdamW(net.parameters(), lr=a.lr, betas=(0.9, 0.999), eps=1e-8,
+                            weight_decay=0.0)
+    T = model["input"][0]
+    n = train.shape[0]
+    steps_per_epoch = (n + a.batch - 1) // a.batch
+    total = a.steps
+    print(f"pytorch {torch.__version__}: {parameters} parameters, {a.steps} steps",
+          file=sys.stderr, flush=True)
+    net.train()
+    step = 0
+    train_s = 0.0
+    samples = 0
+    loss_sum = torch.zeros(())
+    while step < total:
+        order = torch.randperm(n)  # a uniform shuffle per epoch, like the trainer's
+        start = time.perf_counter()
+        for s in range(steps_per_epoch):
+            if step >= total:
+                break
+            rows = train[order[s * a.batch:(s + 1) * a.batch]]
+            for group in opt.param_groups:
+                group["lr"] = a.lr * cosine(step, total)
+            loss = net(rows[:, :T], rows[:, 1:])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            loss_sum += loss.detach() * rows.shape[0]
+            samples += rows.shape[0]
+            step += 1
+        train_s += time.perf_counter() - start
+    net.eval()
+    nats = 0.0
+    with torch.no_grad():
+        for i in range(0, test.shape[0], 256):
+            rows = test[i:i + 256]
+            nats += net(rows[:, :T], rows[:, 1:]).item() * rows.shape[0]
+    test_loss = nats / test.shape[0]
+    return {
+        "peer": f"pytorch {torch.__version__}",
+        "attention": "scaled_dot_product_attention" if fused else "matmuls + masked softmax",
+        "parameters": parameters,
+        "steps": step,
+        "samples": samples,
+        "train_s": train_s,
+        "samples_per_s": samples / train_s,
+        "train_loss": loss_sum.item() / samples,
+        "test_loss": test_loss,
+        "test_bits": test_loss / math.log(2.0),
+    }
+
+
+def main():
+    a = arguments()
+    # OpenBLAS / OpenMP pools inside torch read these when it loads.
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(a.threads)
+    ensure_torch()
+    import torch
+
+    model = read_model(a.spec)
+    T = model["input"][0]
+    train, test = token_splits(torch, read_corpus(), T + 1)
+    steps_per_epoch = (train.shape[0] + a.batch - 1) // a.batch
+    epochs = (a.steps + steps_per_epoch - 1) // steps_per_epoch  # so --max-steps binds
+
+    with tempfile.TemporaryDirectory() as tmp:
+        g = run_gflex(a, epochs, tmp)
+    t = run_torch(torch, a, model, train, test)
+
+    g_tok = g["samples_per_s"] * T
+    t_tok = t["samples_per_s"] * T
+    g_train_loss = g["history"][-1]["train_loss"] if g.get("history") else float("nan")
+    print(f"model {model.get('name', '?')} ({t['parameters']} parameters), context {T}, "
+          f"{train.shape[0]} training / {test.shape[0]} held-out samples; batch {a.batch}, "
+          f"{a.steps} steps ({a.steps * a.batch * T} tokens), AdamW lr {a.lr} cosine to 5%, "
+          f"{a.threads} threads; torch attention: {t['attention']}")
+    print()
+    print("| implementation | tokens/s | held-out bits/byte | train seconds |")
+    print("| --- | ---: | ---: | ---: |")
+    print(f"| gflex ({g['backend']}) | {g_tok:.0f} | {g['test_bits']:.4f} | {g['train_s']:.1f} |")
+    print(f"| {t['peer']} | {t_tok:.0f} | {t['test_bits']:.4f} | {t['train_s']:.1f} |")
+    print()
+    print(f"gflex / pytorch tokens/s: {g_tok / t_tok:.2f}x; held-out bits/byte, gflex - pytorch: "
+          f"{g['test_bits'] - t['test_bits']:+.4f}")
+    print(f"mean training loss over the run (nats/token): gflex {g_train_loss:.4f}, "
+          f"pytorch {t['train_loss']:.4f}")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump({"gflex": g, "pytorch": t, "context": T, "steps": a.steps,
+                       "batch": a.batch, "lr": a.lr, "threads": a.threads}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,146 @@
+#!/usr/bin/env bash
+# Users' data sets: `gflex data push` in each format (idx, npy, tokens) stores a set that
+# belongs to the pushing account (another account neither sees nor uses it); bad files are
+# refused with a message naming what is wrong, and store nothing; a user-defined model trains
+# on a pushed set as a job on two node processes; the sets survive a core restart; `data rm`
+# removes one.
+source "$(dirname "$0")/lib.sh"
+G="$BIN/gflex"
+C="$BIN/gflex-core"
+start_cluster 2
+
+key_file() {  # key_file NAME: opens user/NAME, writes its key to $WORK/NAME.key (mode 600)
+  (umask 077 && "$C" account create "user/$1" --core "$core" >"$WORK/$1.key") ||
+    fail "account create user/$1"
+}
+key_file alice
+key_file bob
+ALICE=(env "GFLEX_API_KEY=$(cat "$WORK/alice.key")")
+BOB=(env "GFLEX_API_KEY=$(cat "$WORK/bob.key")")
+
+# -- files: a slice of Fashion-MNIST as IDX and as .npy; a text file of bytes --------------
+src=/usr/share/datasets/fashion-mnist
+python3 - "$src" "$WORK" <<'PY'
+import gzip, struct, sys
+src, work = sys.argv[1], sys.argv[2]
+def idx(name):
+    with gzip.open(f"{src}/{name}.gz") as f:
+        data = f.read()
+    ndim = data[3]
+    dims = struct.unpack(">" + "I" * ndim, data[4:4 + 4 * ndim])
+    return dims, data[4 + 4 * ndim:]
+(n, h, w), images = idx("train-images-idx3-ubyte")
+(_,), labels = idx("train-labels-idx1-ubyte")
+n = 12000
+images, labels = images[:n * h * w], labels[:n]
+def write_idx(path, dims, payload):
+    with open(path, "wb") as f:
+        f.write(bytes([0, 0, 8, len(dims)]) + struct.pack(">" + "I" * len(dims), *dims) + payload)
+write_idx(f"{work}/images.idx", (n, h, w), images)
+write_idx(f"{work}/labels.idx", (n,), labels)
+def write_npy(path, descr, shape, payload):
+    header = "{'descr': '%s', 'fortran_order': False, 'shape': (%s), }" % (
+        descr, ", ".join(str(s) for s in shape) + ("," if len(shape) == 1 else ""))
+    header += " " * (63 - (10 + len(header)) % 64) + "\n"
+    with open(path, "wb") as f:
+        f.write(b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header.encode() + payload)
+# Standardised features (real values, not pixels) and int64 labels.
+feats = struct.pack("<%df" % (n * h * w), *[(b / 255.0 - 0.29) / 0.35 for b in images])
+write_npy(f"{work}/x.npy", "<f4", (n, h * w), feats)
+write_npy(f"{work}/y.npy", "<i8", (n,), struct.pack("<%dq" % n, *labels))
+# Bad files: truncated, a wrong dtype, a label outside the classes, Fortran order.
+write_npy(f"{work}/short.npy", "<f4", (n, h * w), feats[: len(feats) // 2])
+write_npy(f"{work}/complex.npy", "<c8", (n, h * w), feats + feats)
+bad = bytearray(struct.pack("<%dq" % n, *labels)); bad[8 * 7] = 12
+write_npy(f"{work}/y12.npy", "<i8", (n,), bytes(bad))
+with open(f"{work}/fortran.npy", "wb") as f:
+    header = "{'descr': '<f4', 'fortran_order': True, 'shape': (%d, %d), }" % (n, h * w)
+    header += " " * (63 - (10 + len(header)) % 64) + "\n"
+    f.write(b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header.encode() + feats)
+PY
+[ -f "$WORK/x.npy" ] || fail "test files not written"
+head -c 300000 /usr/share/games/fortunes/fortunes >"$WORK/text.txt"
+
+# -- bad files and names: refused, nothing stored ----------------------------------------
+expect_error "truncated npy" "short.npy: holds .* data bytes, the header says .* \(truncated\)" \
+  "${ALICE[@]}" "$G" data push bad "$WORK/short.npy" --format npy --labels "$WORK/y.npy" --core "$core"
+expect_error "complex dtype" "complex.npy: dtype '<c8' is not supported" \
+  "${ALICE[@]}" "$G" data push bad "$WORK/complex.npy" --format npy --labels "$WORK/y.npy" --core "$core"
+expect_error "label outside the classes" "label 12 of sample 7 is outside \[0, 10\)" \
+  "${ALICE[@]}" "$G" data push bad "$WORK/x.npy" --format npy --labels "$WORK/y12.npy" --classes 10 --core "$core"
+expect_error "fortran order" "fortran.npy: Fortran-ordered arrays are not supported" \
+  "${ALICE[@]}" "$G" data push bad "$WORK/fortran.npy" --format npy --labels "$WORK/y.npy" --core "$core"
+expect_error "labels of another length" "12000 samples but labels of shape \[10000\]" \
+  "${ALICE[@]}" "$G" data push bad "$WORK/images.idx" --format idx \
+  --labels /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz --core "$core"
+expect_error "idx as npy" "images.idx: not an .npy file" \
+  "${ALICE[@]}" "$G" data push bad "$WORK/images.idx" --format npy --labels "$WORK/y.npy" --core "$core"
+expect_error "bad name" "data set name must be 1-64 of" \
+  "${ALICE[@]}" "$G" data push "no/slashes" "$WORK/text.txt" --format tokens --core "$core"
+expect_error "a built-in name" "names a built-in data set" \
+  "${ALICE[@]}" "$G" data push fortunes "$WORK/text.txt" --format tokens --core "$core"
+[ "$("${ALICE[@]}" "$G" data list --core "$core" | wc -l)" -eq 0 ] || fail "a refused push stored something"
+
+# -- good pushes ---------------------------------------------------------------------------
+"${ALICE[@]}" "$G" data push fm-idx "$WORK/images.idx" --format idx --labels "$WORK/labels.idx" \
+  --classes 10 --core "$core" --json >"$WORK/idx.json" || fail "push idx"
+"${ALICE[@]}" "$G" data push fm-npy "$WORK/x.npy" --format npy --labels "$WORK/y.npy" \
+  --core "$core" --json >"$WORK/npy.json" || fail "push npy"
+"${ALICE[@]}" "$G" data push text "$WORK/text.txt" --format tokens --context 32 \
+  --core "$core" --json >"$WORK/tokens.json" || fail "push tokens"
+[ "$(json_get "$WORK/idx.json" "(j['train_samples'], j['test_samples'], j['classes'])")" = "(10800, 1200, 10)" ] ||
+  fail "idx set: $(cat "$WORK/idx.json")"
+[ "$(json_get "$WORK/npy.json" "(j['sample_values'], j['tokens'])")" = "(784, False)" ] || fail "npy set"
+[ "$(json_get "$WORK/tokens.json" "(j['sample_values'], j['classes'], j['tokens'])")" = "(33, 256, True)" ] ||
+  fail "tokens set: $(cat "$WORK/tokens.json")"
+[ "$("${ALICE[@]}" "$G" data list --core "$core" | wc -l)" -eq 3 ] || fail "alice should have 3 data sets"
+[ "$("${BOB[@]}" "$G" data list --core "$core" | wc -l)" -eq 0 ] || fail "bob sees alice's data sets"
+echo "ok: idx, npy and tokens pushed; only alice sees them"
+
+# -- a user's model on a pushed set, as a job; bob cannot name alice's set ----------------
+spec="$WORK/job.toml"
+cat >"$spec" <<'TOML'
+[job]
+name = "on-pushed"
+rounds = 6
+workers = 2
+
+[inner]
+local_steps = 30
+batch_size = 64
+lr = 0.002
+
+[data]
+set = "fm-npy"
+
+[model]
+input = [784]
+layers = [
+  { type = "linear", units = 64 }, { type = "relu" },
+  { type = "linear", units = 10 }, { type = "softmax_xent" },
+]
+TOML
+expect_error "another account's set" "user/bob has no data set 'fm-npy'" \
+  "${BOB[@]}" "$G" submit "$spec" --core "$core"
+sed -e 's/^set = "fm-npy"/set = "text"/' "$spec" >"$WORK/mismatch.toml"
+expect_error "a set that does not fit the model" "'text' has 33 tokens per sample and 256 classes" \
+  "${ALICE[@]}" "$G" submit "$WORK/mismatch.toml" --core "$core"
+timeout -s KILL 240 "${ALICE[@]}" "$G" submit "$spec" --core "$core" --wait --json "$WORK/job.json" \
+  >"$WORK/job.out" 2>"$WORK/job.err" || fail "job on the pushed set: $(tail -3 "$WORK/job.err")"
+acc=$(json_get "$WORK/job.json" "j['test_accuracy']")
+python3 -c "import sys; sys.exit(0 if $acc >= 0.75 else 1)" || fail "job on fm-npy: accuracy $acc"
+echo "ok: a model trained on alice's pushed npy set: test accuracy $acc"
+
+# -- the sets survive a restart of the core; rm removes one ------------------------------
+kill -KILL "$PID_core"
+start core "$C" --listen "$core" --data-dir "$WORK/core"
+wait_for 20 "the core to listen again" grep -q "core listening" "$WORK/core.log"
+wait_for 20 "the data sets to load" grep -q "3 data set(s) loaded" "$WORK/core.log"
+[ "$("${ALICE[@]}" "$G" data list --core "$core" | wc -l)" -eq 3 ] || fail "data sets lost in the restart"
+"${ALICE[@]}" "$G" data rm text --core "$core" >/dev/null || fail "data rm"
+expect_error "rm twice" "user/alice has no data set 'text'" "${ALICE[@]}" "$G" data rm text --core "$core"
+[ "$("${ALICE[@]}" "$G" data list --core "$core" | wc -l)" -eq 2 ] || fail "rm did not remove"
+"${ALICE[@]}" "$G" data show fm-idx --core "$core" | grep -q "10800 training and 1200 test samples" ||
+  fail "data show"
+echo "ok: the sets survived the restart; rm removed one"
+finish
