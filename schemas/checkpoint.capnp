@@ -11,6 +11,10 @@ struct Checkpoint {
   # Training progress when the checkpoint was written (epochs or committed rounds).
   step @1 :UInt64;
   parameters @2 :List(NamedTensor);
+  # A user-defined model's declaration (its [model] table as TOML) and the data set it was
+  # trained on; empty for a built-in workload.
+  model @3 :Text;
+  dataSet @4 :Text;
 }
 
 struct NamedTensor {

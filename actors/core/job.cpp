@@ -524,6 +524,8 @@ void try_confirm(job_actor* self) {
   // Record and checkpoint of the round in one transaction: a restart resumes from here.
   checkpoint c;
   c.workload = spec.workload;
+  c.model = spec.model;
+  c.data_set = spec.data_set;
   c.step = static_cast<uint64_t>(s.round);
   auto as_tensor = [](const std::vector<float>& v) {
     auto t = tensor::empty({static_cast<int64_t>(v.size())}, dtype::f32);

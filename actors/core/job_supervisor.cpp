@@ -480,6 +480,7 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links) {
         if (entry == nullptr) return to_caf(unknown_job(id));
         auto workload_name = entry->status.workload;
         auto model_text = entry->spec.model;
+        auto data_set = entry->spec.data_set;
         auto rp = self->make_response_promise<std::vector<uint8_t>>();
         self->request(self->state.links.store, std::chrono::seconds(30), read_atom::value,
                       job_checkpoint_key(id))
@@ -501,6 +502,8 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links) {
                   // Hand out the parameters named and shaped by the workload's layout.
                   checkpoint out;
                   out.workload = workload_name;
+                  out.model = model_text;
+                  out.data_set = data_set;
                   out.step = c->step;
                   for (const auto& block : (*w)->layout()) {
                     auto t = tensor::empty(block.shape, dtype::f32);

@@ -308,7 +308,13 @@ int run_eval(const job_flags& f) {
   if (!bytes) return fail(bytes.error(), 2);
   auto c = decode_checkpoint(*bytes);
   if (!c) return fail(error(c.error().code(), f.out + ": " + c.error().message()), 2);
-  auto w = kernels::find_workload(c->workload);
+  if (!c->model.empty() && !kernels::is_builtin_data_set(c->data_set))
+    return fail(error(errc::invalid_argument,
+                      f.out + ": trained on the core's data set '" + c->data_set +
+                          "', which is not on this machine: the job's status shows its test "
+                          "figures"),
+                2);
+  auto w = kernels::find_workload(c->workload, c->model, c->data_set);
   if (!w) return fail(error(w.error().code(), f.out + ": " + w.error().message()), 2);
   // Reassemble the flat parameter vector from the named blocks of the workload's layout.
   std::vector<float> params(static_cast<size_t>((*w)->parameter_count()));

@@ -12,6 +12,7 @@
 #include "gflex/runtime/logging.hpp"
 #include "job_commands.hpp"
 #include "market_commands.hpp"
+#include "sample_command.hpp"
 #include "train_command.hpp"
 
 int main(int argc, char** argv) {
@@ -28,6 +29,7 @@ int main(int argc, char** argv) {
   gflex::app::add_job_commands(app, run);
   gflex::app::add_market_commands(app, run);
   gflex::app::add_data_commands(app, run);
+  gflex::app::add_sample_command(app, run);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -98,6 +98,16 @@ class graph_model final : public detail::model_base {
     loss(batch, y, 0.0f, false);
   }
 
+  void predict(const float* features, int64_t batch, std::span<float> out) override {
+    std::vector<int32_t> no_labels(static_cast<size_t>(batch), 0);
+    prepare(features, no_labels.data(), batch);
+    forward(batch, false);
+    const planned_layer& l = plan_.layers.back();
+    const auto n = static_cast<size_t>(batch * numel_of(l.in_shape));
+    GFLEX_CHECK(out.size() == n, "predict: output size mismatch");
+    backend_.download(act(l.input), out.data(), n * sizeof(float));
+  }
+
   void backward(const float* features, const int32_t* labels, int64_t batch,
                 float loss_scale) override {
     auto y = prepare(features, labels, batch);

@@ -12,6 +12,10 @@
 
 namespace gflex::kernels {
 
+void model::predict(const float*, int64_t, std::span<float>) {
+  throw compute_error(error(errc::invalid_argument, "this model does not offer its outputs"));
+}
+
 int64_t workload::parameter_count() const {
   auto blocks = layout();
   if (blocks.empty()) return 0;

@@ -23,6 +23,8 @@ std::vector<uint8_t> encode_checkpoint(const checkpoint& c) {
   capnp::MallocMessageBuilder message(static_cast<unsigned>(std::min<size_t>(words, 1u << 28)));
   auto root = message.initRoot<schema::Checkpoint>();
   root.setWorkload(c.workload);
+  root.setModel(c.model);
+  root.setDataSet(c.data_set);
   root.setStep(c.step);
   auto list = root.initParameters(static_cast<unsigned>(c.tensors.size()));
   for (size_t i = 0; i < c.tensors.size(); ++i) {
@@ -40,6 +42,8 @@ expected<checkpoint> decode_checkpoint(std::span<const uint8_t> bytes,
         auto root = reader.getRoot<schema::Checkpoint>();
         checkpoint c;
         c.workload = root.getWorkload().cStr();
+        c.model = root.getModel().cStr();
+        c.data_set = root.getDataSet().cStr();
         c.step = root.getStep();
         auto list = root.getParameters();
         if (list.size() > 1024)

@@ -80,6 +80,10 @@ class model {
                                  std::span<float> out) = 0;
   /// Forward pass only; adds the batch's loss and accuracy to the statistics.
   virtual void evaluate_batch(const float* features, const int32_t* labels, int64_t batch) = 0;
+  /// The output the loss reads (logits: [batch, classes], or [batch, context, vocab] for a
+  /// token model) for a batch in host memory, copied to `out`; errc::invalid_argument as a
+  /// compute_error where the model does not offer it (the built-in workloads).
+  virtual void predict(const float* features, int64_t batch, std::span<float> out);
   /// The statistics accumulated since the previous call (synchronising).
   virtual batch_stats take_stats() = 0;
 

@@ -24,6 +24,9 @@ struct named_tensor {
 /// A decoded checkpoint.
 struct checkpoint {
   std::string workload;
+  /// A user-defined model's declaration and data set (empty for a built-in workload).
+  std::string model;
+  std::string data_set;
   uint64_t step = 0;
   std::vector<named_tensor> tensors;
 
