@@ -20,7 +20,7 @@
 namespace gflex {
 
 /// The wire protocol version this build speaks; a node with another is refused at join.
-inline constexpr uint32_t protocol_version = 5;
+inline constexpr uint32_t protocol_version = 6;
 
 /// How to run a core.
 struct core_config {
