@@ -1,0 +1,145 @@
+/// Users' data sets (actors/domain/user_data.hpp): an upload checked part by part, the
+/// stored manifest, token and real-valued shards, and the .npy reader's refusals.
+
+#include <doctest/doctest.h>
+
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <string>
+
+#include "gflex/runtime/npy.hpp"
+#include "gflex/runtime/shard.hpp"
+#include "gflex/runtime/text_corpus.hpp"
+#include "user_data.hpp"
+
+using namespace gflex;
+
+namespace {
+
+dataset values(int64_t n, int64_t d, int64_t classes, float scale) {
+  dataset out;
+  out.classes = classes;
+  out.features = tensor::empty({n, d}, dtype::f32);
+  out.labels = tensor::empty({n}, dtype::i32);
+  for (int64_t i = 0; i < n * d; ++i) out.features.data<float>()[i] = scale * (i % 7 - 3);
+  for (int64_t i = 0; i < n; ++i) out.labels.data<int32_t>()[i] = static_cast<int32_t>(i % classes);
+  return out;
+}
+
+data_part part(uint32_t index, uint32_t count, bool test, const dataset& d) {
+  return {index, count, test, encode_shard(d, 0, d.size())};
+}
+
+}  // namespace
+
+TEST_SUITE("user data") {
+  TEST_CASE("real-valued and token shards round-trip exactly") {
+    auto real = values(5, 4, 3, 0.37f);
+    auto back = decode_shard(encode_shard(real, 0, 5));
+    REQUIRE(back.has_value());
+    for (int64_t i = 0; i < 20; ++i)
+      CHECK(back->features.data<float>()[i] == real.features.data<float>()[i]);
+    std::vector<uint8_t> text(200);
+    for (size_t i = 0; i < text.size(); ++i) text[i] = static_cast<uint8_t>(i * 7);
+    auto tokens = make_token_splits(text, 9, 10);
+    REQUIRE(tokens.has_value());
+    auto t = decode_shard(encode_shard(tokens->train, 0, tokens->train.size()));
+    REQUIRE(t.has_value());
+    CHECK(t->tokens);
+    CHECK(t->classes == 256);
+    CHECK(t->features.data<float>()[8] == tokens->train.features.data<float>()[8]);
+  }
+
+  TEST_CASE("an upload takes parts in order that agree with the first") {
+    auto a = values(10, 4, 3, 0.5f), other = values(10, 5, 3, 0.5f);
+    data_upload up("user/alice", "set", 3, {});
+    CHECK(up.add(part(0, 3, false, a)).has_value());
+    auto skipped = up.add(part(2, 3, true, a));
+    REQUIRE_FALSE(skipped.has_value());
+    CHECK(skipped.error().message().find("expected part 1 of 3") != std::string::npos);
+    auto wider = up.add(part(1, 3, false, other));
+    REQUIRE_FALSE(wider.has_value());
+    CHECK(wider.error().message().find("has 5 values per sample") != std::string::npos);
+    CHECK(up.info().parts_received == 1);  // the refused parts changed nothing
+    CHECK(up.add(part(1, 3, false, a)).has_value());
+    CHECK_FALSE(up.finish().has_value());  // incomplete
+    CHECK(up.add(part(2, 3, true, a)).has_value());
+    auto info = up.finish();
+    REQUIRE(info.has_value());
+    CHECK(info->train_samples == 20);
+    CHECK(info->test_samples == 10);
+    CHECK(info->train_shards.size() == 2);
+    auto back = decode_data_set(encode_data_set(*info));
+    REQUIRE(back.has_value());
+    CHECK(back->train_shards == info->train_shards);
+    CHECK(back->sample_values == 4);
+    std::vector<uint8_t> damaged{'{', '}'};
+    CHECK_FALSE(decode_data_set(damaged).has_value());
+  }
+
+  TEST_CASE("an upload refuses a damaged shard, one over its limits, and no test split") {
+    auto a = values(10, 4, 3, 0.5f);
+    data_upload up("user/alice", "set", 2, user_data_limits{4096, 100, 1000, 64});
+    auto big = up.add(part(0, 2, false, a));
+    REQUIRE_FALSE(big.has_value());
+    CHECK(big.error().message().find("would pass 100 bytes") != std::string::npos);
+    data_upload fine("user/alice", "set", 1, {});
+    auto p = part(0, 1, false, a);
+    p.shard.resize(p.shard.size() / 2);
+    auto cut = fine.add(p);
+    REQUIRE_FALSE(cut.has_value());
+    CHECK(cut.error().message().find("malformed") != std::string::npos);
+    CHECK(fine.add(part(0, 1, false, a)).has_value());
+    auto no_test = fine.finish();
+    REQUIRE_FALSE(no_test.has_value());
+    CHECK(no_test.error().message().find("needs training and test samples") != std::string::npos);
+    CHECK(valid_data_set_name("fm-npy.v2"));
+    CHECK_FALSE(valid_data_set_name("a/b"));
+    CHECK_FALSE(valid_data_set_name(""));
+  }
+
+  TEST_CASE(".npy files: the formats users save, and what is refused") {
+    const std::string dir = "/tmp";
+    auto write = [&](const std::string& name, const std::string& descr, const std::string& shape,
+                     const std::string& payload, bool fortran = false) {
+      std::string header = "{'descr': '" + descr + "', 'fortran_order': " +
+                           (fortran ? "True" : "False") + ", 'shape': " + shape + ", }";
+      header += std::string(63 - (10 + header.size()) % 64, ' ') + "\n";
+      std::ofstream out(dir + "/" + name, std::ios::binary);
+      out << "\x93NUMPY" << '\x01' << '\x00' << static_cast<char>(header.size() & 0xff)
+          << static_cast<char>(header.size() >> 8) << header << payload;
+      return dir + "/" + name;
+    };
+    std::string floats(4 * 6, '\0');
+    const float v[6] = {1.5f, -2, 0, 3, 4, 5};
+    std::memcpy(floats.data(), v, sizeof v);
+    auto ok = read_npy(write("gflex_ok.npy", "<f4", "(2, 3)", floats));
+    REQUIRE(ok.has_value());
+    CHECK(ok->shape() == shape_t{2, 3});
+    CHECK(ok->data<float>()[1] == -2.0f);
+    std::string longs(8 * 2, '\0');
+    const int64_t l[2] = {3, 1};
+    std::memcpy(longs.data(), l, sizeof l);
+    auto labels = read_npy(write("gflex_l.npy", "<i8", "(2,)", longs));
+    REQUIRE(labels.has_value());
+    CHECK(labels->data<int32_t>()[0] == 3);
+    auto err = [](const expected<tensor>& t) { return t ? std::string() : t.error().message(); };
+    CHECK(err(read_npy(write("gflex_short.npy", "<f4", "(2, 3)", floats.substr(0, 10))))
+              .find("(truncated)") != std::string::npos);
+    CHECK(err(read_npy(write("gflex_c.npy", "<c8", "(2, 3)", floats + floats)))
+              .find("dtype '<c8' is not supported") != std::string::npos);
+    CHECK(err(read_npy(write("gflex_be.npy", ">f4", "(2, 3)", floats)))
+              .find("dtype '>f4' is not supported") != std::string::npos);
+    CHECK(err(read_npy(write("gflex_f.npy", "<f4", "(2, 3)", floats, true)))
+              .find("Fortran-ordered") != std::string::npos);
+    const int64_t huge[2] = {int64_t{1} << 40, 0};
+    std::memcpy(longs.data(), huge, sizeof huge);
+    CHECK(err(read_npy(write("gflex_h.npy", "<i8", "(2,)", longs))).find("does not fit int32") !=
+          std::string::npos);
+    CHECK(err(read_npy("/tmp/gflex-no-such.npy")).find("cannot open") != std::string::npos);
+    for (const char* f : {"gflex_ok.npy", "gflex_l.npy", "gflex_short.npy", "gflex_c.npy",
+                          "gflex_be.npy", "gflex_f.npy", "gflex_h.npy"})
+      std::remove((dir + "/" + f).c_str());
+  }
+}
