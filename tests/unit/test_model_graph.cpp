@@ -150,6 +150,61 @@ layers = [
                     7, 3);
   }
 
+  TEST_CASE("on a GPU: every layer's gradients agree with the CPU's") {
+    if (cuda_device_count() == 0) {
+      const std::string why =
+          cuda_compiled() ? "no CUDA device on this machine" : "CUDA not compiled in";
+      MESSAGE("skipped: " << why);
+      return;
+    }
+    // One model with every layer type but the losses it cannot share (mse has its own).
+    for (const auto& [text, vocab] : std::vector<std::pair<std::string, int64_t>>{
+             {R"([model]
+input = [6, 6, 2]
+layers = [
+  { type = "conv2d", filters = 3, kernel = 3, stride = 2, padding = 1 }, { type = "tanh" },
+  { type = "avg_pool", size = 2, stride = 1 }, { type = "max_pool", size = 1 },
+  { type = "flatten" }, { type = "linear", units = 8 }, { type = "gelu" },
+  { type = "layer_norm" }, { type = "dropout", rate = 0.2 }, { type = "rms_norm" },
+  { type = "reshape", shape = [2, 4] }, { type = "relu" }, { type = "flatten" },
+  { type = "linear", units = 3 }, { type = "mse" },
+])",
+              0},
+             {R"([model]
+input = [5]
+vocab = 7
+layers = [
+  { type = "embedding", dim = 8 }, { type = "position_embedding", name = "x0" },
+  { type = "layer_norm" }, { type = "attention", heads = 2 }, { type = "add", with = "x0" },
+  { type = "linear", units = 7 }, { type = "next_token_xent" },
+])",
+              7}}) {
+      auto w = graph(text);
+      std::vector<float> params(static_cast<size_t>(w->parameter_count()));
+      w->init_parameters(5, params);
+      auto data = random_batch(*w, 8, vocab, 3);
+      auto gradients_on = [&](backend& b) {
+        auto m = w->instantiate(b, 8);
+        REQUIRE_MESSAGE(m.has_value(), (m ? "" : m.error().message()));
+        (*m)->load_parameters(params);
+        std::vector<float> g(params.size());
+        (*m)->compute_gradients(data.x.data(), data.y.data(), 8, g);
+        return g;
+      };
+      auto cpu = make_cpu_backend(1);
+      auto gpu = make_cuda_backend(0);
+      REQUIRE(gpu.has_value());
+      auto a = gradients_on(*cpu), b = gradients_on(**gpu);
+      double diff = 0.0, norm = 0.0;
+      for (size_t i = 0; i < a.size(); ++i) {
+        diff += (a[i] - b[i]) * (a[i] - b[i]);
+        norm += a[i] * a[i];
+      }
+      CHECK_MESSAGE(std::sqrt(diff) <= 1e-4 * std::sqrt(norm) + 1e-7,
+                    "relative difference " << std::sqrt(diff / norm));
+    }
+  }
+
   TEST_CASE("backend operations agree with double-precision references") {
     auto be = make_cpu_backend(1);
     rng r(9);
