@@ -988,10 +988,10 @@ caf::behavior job_behavior(job_actor* self, job_start start, job_links links) {
   auto w = kernels::find_workload(spec.workload, spec.model,
                                   builtin_data ? spec.data_set : std::string());
   expected<std::shared_ptr<const served_data>> data =
-      !w                                 ? expected<std::shared_ptr<const served_data>>(w.error())
-      : spec.model.empty() || builtin_data ? st.links.catalog->get(**w)
-                                           : st.links.catalog->user_set(st.job.status.owner,
-                                                                        spec.data_set, **w);
+      !w ? expected<std::shared_ptr<const served_data>>(w.error())
+      : spec.model.empty() || builtin_data
+          ? st.links.catalog->get(**w)
+          : st.links.catalog->user_set(st.job.status.owner, spec.data_set, **w);
   if (!data) {
     st.job.status.state = "failed";
     st.job.status.detail = data.error().message();

@@ -7,11 +7,11 @@
 
 #include "data_catalog.hpp"
 #include "gflex/kernels/model_spec.hpp"
-#include "user_data.hpp"
 #include "gflex/kernels/workload.hpp"
 #include "gflex/runtime/checkpoint.hpp"
 #include "job.hpp"
 #include "messages.hpp"
+#include "user_data.hpp"
 
 namespace gflex {
 
@@ -130,7 +130,8 @@ void load_data_sets(supervisor_actor* self) {
                       const size_t prefix = std::string(data_chunk_prefix).size();
                       for (size_t i = 0; i < chunk_keys.size(); ++i)
                         chunks[chunk_keys[i].substr(prefix)] =
-                            std::make_shared<const std::vector<uint8_t>>(std::move(chunk_values[i]));
+                            std::make_shared<const std::vector<uint8_t>>(
+                                std::move(chunk_values[i]));
                       for (size_t i = 0; i < keys.size(); ++i) {
                         auto info = decode_data_set(values[i]);
                         auto ok = info ? self->state.links.catalog->put_user_set(*info, chunks)
@@ -277,9 +278,8 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links) {
                                         builtin_data ? spec->data_set : std::string());
         if (!w)
           return to_caf(error(w.error().code(),
-                              spec->model.empty()
-                                  ? "job spec: job.workload: " + w.error().message()
-                                  : "job spec: " + w.error().message()));
+                              spec->model.empty() ? "job spec: job.workload: " + w.error().message()
+                                                  : "job spec: " + w.error().message()));
         if (!spec->model.empty() && !builtin_data) {
           if (auto data = self->state.links.catalog->user_set(owner, spec->data_set, **w); !data)
             return to_caf(error(data.error().code(), "job spec: " + data.error().message()));
@@ -372,9 +372,9 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links) {
           data_part& part) -> caf::result<data_set_info> {
         auto& st = self->state;
         if (!valid_data_set_name(name))
-          return to_caf(error(errc::invalid_argument,
-                              "data set name must be 1-64 of A-Z a-z 0-9 . _ -, got '" +
-                                  name.substr(0, 80) + "'"));
+          return to_caf(error(
+              errc::invalid_argument,
+              "data set name must be 1-64 of A-Z a-z 0-9 . _ -, got '" + name.substr(0, 80) + "'"));
         if (kernels::is_builtin_data_set(name))
           return to_caf(error(errc::invalid_argument,
                               "'" + name + "' names a built-in data set: choose another name"));
@@ -389,16 +389,17 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links) {
           for (const auto& [key, _] : st.data_sets) owned += key.first == who && key != id;
           for (const auto& [key, _] : st.uploads) uploading += key.first == who;
           if (owned >= st.data_limits.max_sets_per_owner || uploading >= 2)
-            return to_caf(error(errc::limit_exceeded,
-                                who + " has " + std::to_string(owned) + " data sets and " +
-                                    std::to_string(uploading) +
-                                    " uploads in progress: remove one first"));
+            return to_caf(
+                error(errc::limit_exceeded, who + " has " + std::to_string(owned) +
+                                                " data sets and " + std::to_string(uploading) +
+                                                " uploads in progress: remove one first"));
           st.uploads.emplace(id, data_upload(who, name, part.count, st.data_limits));
         }
         auto it = st.uploads.find(id);
         if (it == st.uploads.end())
-          return to_caf(error(errc::invalid_argument,
-                              "data set '" + name + "': no upload in progress (send part 0 first)"));
+          return to_caf(
+              error(errc::invalid_argument,
+                    "data set '" + name + "': no upload in progress (send part 0 first)"));
         if (auto ok = it->second.add(part); !ok) {
           st.uploads.erase(it);
           return to_caf(ok.error());

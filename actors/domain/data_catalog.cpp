@@ -39,14 +39,15 @@ expected<void> data_catalog::put_user_set(
   for (const auto& digest : info.test_shards) {
     auto it = chunks.find(digest);
     if (it == chunks.end())
-      return error(errc::store_error, "data set " + info.owner + "/" + info.name +
-                                          ": test shard " + digest + " is missing");
+      return error(errc::store_error, "data set " + info.owner + "/" + info.name + ": test shard " +
+                                          digest + " is missing");
     auto d = decode_shard(*it->second);
     if (!d) return d.error();
     test_rows += d->size();
     tests.push_back(std::move(*d));
   }
-  if (tests.empty()) return error(errc::store_error, "data set " + info.name + " has no test split");
+  if (tests.empty())
+    return error(errc::store_error, "data set " + info.name + " has no test split");
   const int64_t dim = tests.front().feature_dim();
   data->test.classes = tests.front().classes;
   data->test.tokens = tests.front().tokens;
@@ -54,7 +55,8 @@ expected<void> data_catalog::put_user_set(
   data->test.labels = tensor::empty({test_rows}, dtype::i32);
   int64_t row = 0;
   for (const auto& d : tests) {
-    std::copy_n(d.features.data<float>(), d.size() * dim, data->test.features.data<float>() + row * dim);
+    std::copy_n(d.features.data<float>(), d.size() * dim,
+                data->test.features.data<float>() + row * dim);
     std::copy_n(d.labels.data<int32_t>(), d.size(), data->test.labels.data<int32_t>() + row);
     row += d.size();
   }

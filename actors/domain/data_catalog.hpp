@@ -36,9 +36,9 @@ class data_catalog {
 
   /// Registers a user's data set (data_sets.hpp) with its shards' bytes, replacing one of
   /// the same owner and name; its test shards are decoded here. An error leaves it out.
-  expected<void> put_user_set(const data_set_info& info,
-                              const std::map<std::string, std::shared_ptr<const std::vector<uint8_t>>>&
-                                  chunks);
+  expected<void> put_user_set(
+      const data_set_info& info,
+      const std::map<std::string, std::shared_ptr<const std::vector<uint8_t>>>& chunks);
   /// Forgets a user's data set (its shards stay while another set or a job holds them).
   void drop_user_set(const std::string& owner, const std::string& name);
   /// A user's data set as a job of workload `w` trains on it: errc::invalid_argument when

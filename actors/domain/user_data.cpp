@@ -22,7 +22,9 @@ std::string data_set_key(const std::string& owner, const std::string& name) {
   return std::string(data_set_prefix) + owner + "/" + name;
 }
 
-std::string data_chunk_key(const std::string& digest) { return data_chunk_prefix + digest; }
+std::string data_chunk_key(const std::string& digest) {
+  return data_chunk_prefix + digest;
+}
 
 data_upload::data_upload(std::string owner, std::string name, uint32_t count,
                          user_data_limits limits)

@@ -19,9 +19,9 @@ namespace gflex {
 
 /// Bounds on what one account may upload.
 struct user_data_limits {
-  uint32_t max_parts = 4096;                      ///< Shards per data set.
-  uint64_t max_bytes = uint64_t{1} << 30;         ///< Shard bytes per data set.
-  uint64_t max_part_bytes = uint64_t{32} << 20;   ///< One shard.
+  uint32_t max_parts = 4096;                     ///< Shards per data set.
+  uint64_t max_bytes = uint64_t{1} << 30;        ///< Shard bytes per data set.
+  uint64_t max_part_bytes = uint64_t{32} << 20;  ///< One shard.
   int64_t max_sets_per_owner = 64;
 };
 

@@ -17,9 +17,9 @@
 
 #include "access.hpp"
 #include "core_supervisor.hpp"
-#include "gflex/runtime/shard.hpp"
 #include "gflex/gflex.hpp"
 #include "gflex/runtime/secret_file.hpp"
+#include "gflex/runtime/shard.hpp"
 #include "gflex/runtime/tls_credentials.hpp"
 #include "gflex/test_aids.hpp"
 #include "link_security.hpp"

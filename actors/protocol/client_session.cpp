@@ -84,9 +84,7 @@ client_session_actor::behavior_type client_session(session_actor* self, std::str
         return relay<data_set_info>(self, a, key_of(), name, std::move(part));
       },
       [=](dlist_atom a) { return relay<std::vector<data_set_info>>(self, a, key_of()); },
-      [=](drm_atom a, std::string& name) {
-        return relay<caf::ok_atom>(self, a, key_of(), name);
-      },
+      [=](drm_atom a, std::string& name) { return relay<caf::ok_atom>(self, a, key_of(), name); },
       [=](fetch_atom a, std::string& id) {
         return relay<std::vector<uint8_t>>(self, a, key_of(), id);
       },

@@ -11,8 +11,8 @@
 #include <vector>
 
 #include "access.hpp"
-#include "gflex/data_sets.hpp"
 #include "gflex/accounts.hpp"
+#include "gflex/data_sets.hpp"
 #include "gflex/gflex.hpp"
 #include "gflex/job_status.hpp"
 #include "gflex/runtime/error.hpp"
@@ -249,9 +249,9 @@ typename Inspector::result_type inspect(Inspector& f, client_welcome& x) {
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, assignment& x) {
-  return f(caf::meta::type_name("assignment"), x.id, x.job_id, x.round, x.workload, x.model, x.shard, x.seed,
-           x.local_steps, x.batch_size, x.lr, x.weight_decay, x.plain_sgd, x.compression,
-           x.precision, x.params, x.verify);
+  return f(caf::meta::type_name("assignment"), x.id, x.job_id, x.round, x.workload, x.model,
+           x.shard, x.seed, x.local_steps, x.batch_size, x.lr, x.weight_decay, x.plain_sgd,
+           x.compression, x.precision, x.params, x.verify);
 }
 
 template <class Inspector>
@@ -279,9 +279,9 @@ typename Inspector::result_type inspect(Inspector& f, posting& x) {
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, data_set_info& x) {
-  return f(caf::meta::type_name("data_set_info"), x.owner, x.name, x.train_samples,
-           x.test_samples, x.sample_values, x.classes, x.tokens, x.bytes, x.train_shards,
-           x.test_shards, x.parts_received);
+  return f(caf::meta::type_name("data_set_info"), x.owner, x.name, x.train_samples, x.test_samples,
+           x.sample_values, x.classes, x.tokens, x.bytes, x.train_shards, x.test_shards,
+           x.parts_received);
 }
 
 template <class Inspector>
@@ -319,8 +319,8 @@ typename Inspector::result_type inspect(Inspector& f, store_batch& x) {
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, job_status& x) {
   return f(caf::meta::type_name("job_status"), x.job_id, x.name, x.workload, x.owner, x.state,
-           x.detail, x.round, x.rounds, x.test_accuracy, x.test_loss, x.train_loss, x.nodes, x.bytes_sent,
-           x.bytes_received, x.elapsed_s, x.eta_s, x.late_results, x.rejected_results,
+           x.detail, x.round, x.rounds, x.test_accuracy, x.test_loss, x.train_loss, x.nodes,
+           x.bytes_sent, x.bytes_received, x.elapsed_s, x.eta_s, x.late_results, x.rejected_results,
            x.verified_results, x.rollbacks, x.screened_results, x.compute_s, x.recompute_s,
            x.account, x.budget, x.credits_spent, x.credits_held, x.device_hours, x.cloud_cost);
 }

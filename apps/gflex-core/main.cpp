@@ -11,10 +11,10 @@
 #include <ctime>
 #include <optional>
 
-#include "gflex/kernels/blas_kernels.hpp"
 #include "../gflex/client_connection.hpp"
 #include "../gflex/core_address.hpp"
 #include "gflex/gflex.hpp"
+#include "gflex/kernels/blas_kernels.hpp"
 #include "gflex/runtime/credits.hpp"
 #include "gflex/runtime/lifetime.hpp"
 #include "gflex/runtime/logging.hpp"

@@ -6,9 +6,9 @@
 
 #include <cstdlib>
 
-#include "gflex/kernels/blas_kernels.hpp"
 #include "../gflex/core_address.hpp"
 #include "gflex/gflex.hpp"
+#include "gflex/kernels/blas_kernels.hpp"
 #include "gflex/test_aids.hpp"
 
 int main(int argc, char** argv) {

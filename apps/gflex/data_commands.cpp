@@ -63,8 +63,8 @@ expected<dataset> labelled(const tensor& features, const tensor& labels, int64_t
     else
       v = static_cast<float>(features.data<int32_t>()[i]);
     if (!std::isfinite(v))
-      return error(errc::bad_format, what + ": feature value " + std::to_string(i) +
-                                         " is not finite");
+      return error(errc::bad_format,
+                   what + ": feature value " + std::to_string(i) + " is not finite");
     out.features.data<float>()[i] = v;
   }
   int64_t largest = 0;
@@ -85,8 +85,8 @@ expected<dataset> labelled(const tensor& features, const tensor& labels, int64_t
   }
   out.classes = classes > 0 ? classes : largest + 1;
   if (out.classes < 2 || out.classes > 256)
-    return error(errc::bad_format, what + ": needs 2 to 256 classes, the labels make " +
-                                       std::to_string(out.classes));
+    return error(errc::bad_format,
+                 what + ": needs 2 to 256 classes, the labels make " + std::to_string(out.classes));
   return out;
 }
 
@@ -94,13 +94,14 @@ expected<dataset> labelled(const tensor& features, const tensor& labels, int64_t
 expected<dataset_splits> split(const dataset& all, double fraction) {
   const int64_t n = all.size(), test = static_cast<int64_t>(std::floor(n * fraction));
   if (test < 1 || n - test < 1)
-    return error(errc::invalid_argument, std::to_string(n) + " samples cannot give both splits a "
-                                                              "sample at --test-fraction " +
+    return error(errc::invalid_argument, std::to_string(n) +
+                                             " samples cannot give both splits a "
+                                             "sample at --test-fraction " +
                                              std::to_string(fraction));
   const int64_t d = all.feature_dim();
   dataset_splits out;
-  for (auto [part, begin, end] : {std::tuple{&out.train, int64_t{0}, n - test},
-                                  std::tuple{&out.test, n - test, n}}) {
+  for (auto [part, begin, end] :
+       {std::tuple{&out.train, int64_t{0}, n - test}, std::tuple{&out.test, n - test, n}}) {
     part->classes = all.classes;
     part->tokens = all.tokens;
     part->features = tensor::empty({end - begin, d}, dtype::f32);
@@ -116,7 +117,8 @@ expected<dataset_splits> read_data(const data_flags& f) {
   if (f.format == "tokens") {
     std::ifstream in(f.path, std::ios::binary);
     if (!in) return error(errc::io_error, f.path + ": cannot open");
-    std::vector<uint8_t> bytes{std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+    std::vector<uint8_t> bytes{std::istreambuf_iterator<char>(in),
+                               std::istreambuf_iterator<char>()};
     auto splits = make_token_splits(bytes, f.context + 1);
     if (!splits) return error(splits.error().code(), f.path + ": " + splits.error().message());
     return splits;
@@ -135,8 +137,7 @@ expected<dataset_splits> read_data(const data_flags& f) {
     if (labels && labels->type() == dtype::f32)
       return error(errc::bad_format, f.labels + ": labels must be integers, not floats");
   } else {
-    return error(errc::invalid_argument,
-                 "--format: idx, npy or tokens, got '" + f.format + "'");
+    return error(errc::invalid_argument, "--format: idx, npy or tokens, got '" + f.format + "'");
   }
   if (!features) return features.error();
   if (!labels) return labels.error();
@@ -158,12 +159,13 @@ nlohmann::json to_json(const data_set_info& i) {
 }
 
 void print(const data_set_info& i) {
-  std::printf("%s/%s: %lld training and %lld test samples of %lld %s, %lld classes, %.1f MB in "
-              "%zu shards\n",
-              i.owner.c_str(), i.name.c_str(), static_cast<long long>(i.train_samples),
-              static_cast<long long>(i.test_samples), static_cast<long long>(i.sample_values),
-              i.tokens ? "tokens" : "values", static_cast<long long>(i.classes),
-              static_cast<double>(i.bytes) / 1e6, i.train_shards.size() + i.test_shards.size());
+  std::printf(
+      "%s/%s: %lld training and %lld test samples of %lld %s, %lld classes, %.1f MB in "
+      "%zu shards\n",
+      i.owner.c_str(), i.name.c_str(), static_cast<long long>(i.train_samples),
+      static_cast<long long>(i.test_samples), static_cast<long long>(i.sample_values),
+      i.tokens ? "tokens" : "values", static_cast<long long>(i.classes),
+      static_cast<double>(i.bytes) / 1e6, i.train_shards.size() + i.test_shards.size());
 }
 
 int run_push(const data_flags& f) {
@@ -222,8 +224,7 @@ void add_data_commands(CLI::App& app, std::function<int()>& run) {
 
   auto* push = data->add_subcommand("push", "upload a data set (checked here, then by the core)");
   push->add_option("name", f->name, "its name (what a job's [data] set says)")->required();
-  push->add_option("path", f->path, "the features file (tokens: a text file of bytes)")
-      ->required();
+  push->add_option("path", f->path, "the features file (tokens: a text file of bytes)")->required();
   push->add_option("--format", f->format, "idx, npy or tokens")->required();
   push->add_option("--labels", f->labels, "the labels file (idx and npy)");
   push->add_option("--classes", f->classes, "label count (default: the largest label + 1)")

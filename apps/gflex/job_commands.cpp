@@ -1,7 +1,7 @@
 #include "job_commands.hpp"
 
-#include <cmath>
 #include <spdlog/spdlog.h>
+#include <cmath>
 
 #include <cstdio>
 #include <fstream>
@@ -15,8 +15,8 @@
 #include "core_address.hpp"
 #include "default_job.hpp"
 #include "gflex/gflex.hpp"
-#include "gflex/kernels/model_spec.hpp"
 #include "gflex/kernels/backend.hpp"
+#include "gflex/kernels/model_spec.hpp"
 #include "gflex/kernels/trainer.hpp"
 #include "gflex/kernels/workload.hpp"
 #include "gflex/runtime/checkpoint.hpp"
@@ -140,10 +140,10 @@ int run_submit(const job_flags& f) {
           spec->workload, spec->model,
           kernels::is_builtin_data_set(spec->data_set) ? spec->data_set : std::string());
       !w)
-    return fail(error(w.error().code(), f.spec_file + ": " +
-                                            (spec->model.empty() ? "job.workload: " : "") +
-                                            w.error().message()),
-                2);
+    return fail(
+        error(w.error().code(), f.spec_file + ": " + (spec->model.empty() ? "job.workload: " : "") +
+                                    w.error().message()),
+        2);
   std::optional<client> c;
   if (int code = connect_core(f.link, c); code != 0) return code;
   auto id = c->submit(*text);
@@ -347,8 +347,8 @@ int run_demo(const job_flags& f) {
   if (f.demo_workload == "lm") {
     text = lm_job_spec;
   } else if (f.demo_workload != "fashion-mlp") {
-    return fail(error(errc::invalid_argument, "--workload: the demo runs fashion-mlp or lm, got '" +
-                                                  f.demo_workload + "'"),
+    return fail(error(errc::invalid_argument,
+                      "--workload: the demo runs fashion-mlp or lm, got '" + f.demo_workload + "'"),
                 2);
   }
   if (!f.spec_file.empty()) {

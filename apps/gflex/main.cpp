@@ -6,9 +6,9 @@
 
 #include <functional>
 
-#include "gflex/kernels/blas_kernels.hpp"
 #include "data_commands.hpp"
 #include "devices_command.hpp"
+#include "gflex/kernels/blas_kernels.hpp"
 #include "gflex/runtime/logging.hpp"
 #include "job_commands.hpp"
 #include "market_commands.hpp"

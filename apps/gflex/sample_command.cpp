@@ -71,8 +71,8 @@ int run_sample(const sample_flags& f) {
       const int64_t k = std::min<int64_t>(static_cast<int64_t>(text.size()), t);
       std::fill(sample.begin(), sample.end(), 0.0f);
       for (int64_t i = 0; i < k; ++i)
-        sample[static_cast<size_t>(i)] =
-            static_cast<float>(static_cast<uint8_t>(text[text.size() - static_cast<size_t>(k - i)]));
+        sample[static_cast<size_t>(i)] = static_cast<float>(
+            static_cast<uint8_t>(text[text.size() - static_cast<size_t>(k - i)]));
       (*m)->predict(sample.data(), 1, logits);
       const float* z = logits.data() + (k - 1) * vocab;
       int64_t next = std::max_element(z, z + vocab) - z;

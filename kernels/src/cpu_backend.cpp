@@ -12,8 +12,8 @@
 #include <cstring>
 #include <vector>
 
-#include "gflex/kernels/backend.hpp"
 #include "cpu_model_layers.hpp"
+#include "gflex/kernels/backend.hpp"
 #include "parallel_for.hpp"
 
 namespace gflex::kernels {
@@ -474,9 +474,8 @@ class cpu_backend final : public backend {
   }
 
   void activation_forward(activation f, const float* x, float* y, int64_t n) override {
-    pool_.run(n, 16, k_parallel_elements / 8, [&](int64_t begin, int64_t end) {
-      cpu::activation_forward(f, x, y, begin, end);
-    });
+    pool_.run(n, 16, k_parallel_elements / 8,
+              [&](int64_t begin, int64_t end) { cpu::activation_forward(f, x, y, begin, end); });
   }
 
   void activation_backward(activation f, const float* x, const float* dy, float* dx,
@@ -491,9 +490,8 @@ class cpu_backend final : public backend {
   }
 
   void dropout_mask(int64_t n, float rate, uint64_t seed, float* mask) override {
-    pool_.run(n, 16, k_parallel_elements, [&](int64_t begin, int64_t end) {
-      cpu::dropout_mask(begin, end, rate, seed, mask);
-    });
+    pool_.run(n, 16, k_parallel_elements,
+              [&](int64_t begin, int64_t end) { cpu::dropout_mask(begin, end, rate, seed, mask); });
   }
 
   void norm_forward(bool rms, const float* x, const float* gamma, const float* beta, int64_t rows,

@@ -48,9 +48,8 @@ int64_t pooled(int64_t extent, int64_t window, int64_t stride) {
 
 }  // namespace
 
-void pool2d_forward(bool max, const float* x, int64_t n0, int64_t n1, int64_t height,
-                    int64_t width, int64_t channels, int64_t window, int64_t stride, float* y,
-                    int32_t* argmax) {
+void pool2d_forward(bool max, const float* x, int64_t n0, int64_t n1, int64_t height, int64_t width,
+                    int64_t channels, int64_t window, int64_t stride, float* y, int32_t* argmax) {
   const int64_t oh_n = pooled(height, window, stride), ow_n = pooled(width, window, stride);
   const int64_t in_sample = height * width * channels, out_sample = oh_n * ow_n * channels;
   const float inv_area = 1.0f / static_cast<float>(window * window);
@@ -182,8 +181,8 @@ void norm_forward(bool rms, const float* x, const float* gamma, const float* bet
 }
 
 void norm_backward_input(bool rms, const float* x, const float* gamma, const float* dy,
-                         const float* mean, const float* rstd, int64_t r0, int64_t r1,
-                         int64_t cols, float* dx) {
+                         const float* mean, const float* rstd, int64_t r0, int64_t r1, int64_t cols,
+                         float* dx) {
   for (int64_t r = r0; r < r1; ++r) {
     const float* in = x + r * cols;
     const float* g = dy + r * cols;
@@ -253,8 +252,8 @@ void softmax_backward_rows(const float* p, float* dp, int64_t r0, int64_t r1, in
   }
 }
 
-void mse_onehot(const float* y, const int32_t* labels, int64_t rows, int64_t cols,
-                float grad_scale, float* dy, float* stats) {
+void mse_onehot(const float* y, const int32_t* labels, int64_t rows, int64_t cols, float grad_scale,
+                float* dy, float* stats) {
   double loss = 0.0;
   int64_t correct = 0;
   for (int64_t r = 0; r < rows; ++r) {

@@ -12,9 +12,8 @@
 namespace gflex::kernels::cpu {
 
 /// Pooling of samples [n0, n1).
-void pool2d_forward(bool max, const float* x, int64_t n0, int64_t n1, int64_t height,
-                    int64_t width, int64_t channels, int64_t window, int64_t stride, float* y,
-                    int32_t* argmax);
+void pool2d_forward(bool max, const float* x, int64_t n0, int64_t n1, int64_t height, int64_t width,
+                    int64_t channels, int64_t window, int64_t stride, float* y, int32_t* argmax);
 void pool2d_backward(bool max, const float* dy, const int32_t* argmax, int64_t n0, int64_t n1,
                      int64_t height, int64_t width, int64_t channels, int64_t window,
                      int64_t stride, float* dx);
@@ -30,8 +29,8 @@ void dropout_mask(int64_t i0, int64_t i1, float rate, uint64_t seed, float* mask
 void norm_forward(bool rms, const float* x, const float* gamma, const float* beta, int64_t r0,
                   int64_t r1, int64_t cols, float eps, float* y, float* mean, float* rstd);
 void norm_backward_input(bool rms, const float* x, const float* gamma, const float* dy,
-                         const float* mean, const float* rstd, int64_t r0, int64_t r1,
-                         int64_t cols, float* dx);
+                         const float* mean, const float* rstd, int64_t r0, int64_t r1, int64_t cols,
+                         float* dx);
 /// Columns [c0, c1) of dgamma (and dbeta unless null), summed over all rows in order.
 void norm_backward_params(bool rms, const float* x, const float* dy, const float* mean,
                           const float* rstd, int64_t rows, int64_t cols, int64_t c0, int64_t c1,
@@ -43,8 +42,8 @@ void softmax_backward_rows(const float* p, float* dp, int64_t r0, int64_t r1, in
                            float scale);
 
 /// Mean squared error against one-hot labels over all rows (stats as softmax_xent).
-void mse_onehot(const float* y, const int32_t* labels, int64_t rows, int64_t cols,
-                float grad_scale, float* dy, float* stats);
+void mse_onehot(const float* y, const int32_t* labels, int64_t rows, int64_t cols, float grad_scale,
+                float* dy, float* stats);
 
 /// The dropout hash: splitmix64 of (seed + i * golden), its top 24 bits as a uniform in
 /// [0, 1). The CUDA backend computes the same, so both draw the same mask.

@@ -16,7 +16,9 @@ namespace gflex::kernels {
 
 namespace {
 
-int64_t numel_of(const shape_t& s) { return *checked_numel(s); }
+int64_t numel_of(const shape_t& s) {
+  return *checked_numel(s);
+}
 
 class graph_model final : public detail::model_base {
  public:
@@ -183,8 +185,7 @@ class graph_model final : public detail::model_base {
   }
   void finish_grad(int v, int64_t n) {
     const auto r = static_cast<size_t>(root_[static_cast<size_t>(v)]);
-    if (written_[r])
-      backend_.axpby(n, 1.0f, scratch_.data<float>(), 1.0f, grads_[r].data<float>());
+    if (written_[r]) backend_.axpby(n, 1.0f, scratch_.data<float>(), 1.0f, grads_[r].data<float>());
     written_[r] = true;
   }
   const float* grad(int v) const {
@@ -192,7 +193,9 @@ class graph_model final : public detail::model_base {
   }
   // The model's input (and views of it) takes no gradient.
   bool needs_grad(int v) const { return root_[static_cast<size_t>(v)] != 0; }
-  bool has_grad(int v) const { return written_[static_cast<size_t>(root_[static_cast<size_t>(v)])]; }
+  bool has_grad(int v) const {
+    return written_[static_cast<size_t>(root_[static_cast<size_t>(v)])];
+  }
 
   float* param(const planned_layer& l, size_t k) { return params() + l.params[k].offset; }
   float* dparam(const planned_layer& l, size_t k) { return gradients() + l.params[k].offset; }
@@ -226,10 +229,10 @@ class graph_model final : public detail::model_base {
       }
       case layer_kind::max_pool:
       case layer_kind::avg_pool:
-        backend_.pool2d_forward(l.spec.kind == layer_kind::max_pool, x, batch, l.in_shape[0],
-                                l.in_shape[1], l.in_shape[2], l.spec.size, l.spec.stride, y,
-                                l.spec.kind == layer_kind::max_pool ? e.index.data<int32_t>()
-                                                                    : nullptr);
+        backend_.pool2d_forward(
+            l.spec.kind == layer_kind::max_pool, x, batch, l.in_shape[0], l.in_shape[1],
+            l.in_shape[2], l.spec.size, l.spec.stride, y,
+            l.spec.kind == layer_kind::max_pool ? e.index.data<int32_t>() : nullptr);
         break;
       case layer_kind::flatten:
       case layer_kind::reshape:
@@ -283,7 +286,7 @@ class graph_model final : public detail::model_base {
   }
 
   conv2d_geometry geometry(const planned_layer& l, int64_t batch) const {
-    return {batch,         l.in_shape[0], l.in_shape[1], l.in_shape[2], l.spec.filters,
+    return {batch,         l.in_shape[0], l.in_shape[1],  l.in_shape[2],  l.spec.filters,
             l.spec.kernel, l.spec.kernel, l.spec.padding, l.spec.padding, l.spec.stride};
   }
 
@@ -305,8 +308,7 @@ class graph_model final : public detail::model_base {
       backend_.gemm_strided_batched(false, true, t, t, dh, 1.0f, qkv + head * dh, 3 * d, t * 3 * d,
                                     qkv + d + head * dh, 3 * d, t * 3 * d, 0.0f,
                                     probs + head * t * t, t, h * t * t, batch);
-    backend_.causal_softmax_forward(probs, batch * h, t,
-                                    1.0f / std::sqrt(static_cast<float>(dh)));
+    backend_.causal_softmax_forward(probs, batch * h, t, 1.0f / std::sqrt(static_cast<float>(dh)));
     for (int64_t head = 0; head < h; ++head)
       backend_.gemm_strided_batched(false, false, t, dh, t, 1.0f, probs + head * t * t, t,
                                     h * t * t, qkv + 2 * d + head * dh, 3 * d, t * 3 * d, 0.0f,
@@ -336,9 +338,9 @@ class graph_model final : public detail::model_base {
     // dctx is consumed, so it lives in scratch_ (at least batch * t * 3d values).
     float* dqkv = scratch_for_qkv(batch * t * 3 * d);
     for (int64_t head = 0; head < h; ++head)
-      backend_.gemm_strided_batched(true, false, t, dh, t, 1.0f, probs + head * t * t, t,
-                                    h * t * t, dctx + head * dh, d, t * d, 0.0f,
-                                    dqkv + 2 * d + head * dh, 3 * d, t * 3 * d, batch);
+      backend_.gemm_strided_batched(true, false, t, dh, t, 1.0f, probs + head * t * t, t, h * t * t,
+                                    dctx + head * dh, d, t * d, 0.0f, dqkv + 2 * d + head * dh,
+                                    3 * d, t * 3 * d, batch);
     backend_.softmax_backward(probs, dprobs, batch * h * t, t,
                               1.0f / std::sqrt(static_cast<float>(dh)));
     for (int64_t head = 0; head < h; ++head) {
@@ -354,8 +356,8 @@ class graph_model final : public detail::model_base {
     if (l.spec.bias) backend_.column_sum(dqkv, batch * t, 3 * d, dparam(l, 1));
     if (!needs_grad(l.input)) return;
     float* dx = grad_out(l.input);
-    backend_.gemm(false, true, batch * t, d, 3 * d, 1.0f, dqkv, 3 * d, param(l, 0), 3 * d, 0.0f,
-                  dx, d);
+    backend_.gemm(false, true, batch * t, d, 3 * d, 1.0f, dqkv, 3 * d, param(l, 0), 3 * d, 0.0f, dx,
+                  d);
     finish_grad(l.input, batch * t * d);
   }
 
@@ -398,7 +400,7 @@ class graph_model final : public detail::model_base {
     if (kind == layer_kind::softmax_xent || kind == layer_kind::mse ||
         kind == layer_kind::next_token_xent || kind == layer_kind::flatten ||
         kind == layer_kind::reshape)
-      return;  // losses ran in loss(); views share their input's gradient
+      return;                         // losses ran in loss(); views share their input's gradient
     if (!has_grad(l.output)) return;  // nothing downstream depends on it
     const float* dy = grad(l.output);
     const int64_t in_n = batch * numel_of(l.in_shape);
@@ -408,8 +410,8 @@ class graph_model final : public detail::model_base {
     switch (kind) {
       case layer_kind::linear: {
         const int64_t units = l.spec.units;
-        backend_.gemm(true, false, cols, units, rows, 1.0f, x, cols, dy, units, 0.0f,
-                      dparam(l, 0), units);
+        backend_.gemm(true, false, cols, units, rows, 1.0f, x, cols, dy, units, 0.0f, dparam(l, 0),
+                      units);
         if (l.spec.bias) backend_.column_sum(dy, rows, units, dparam(l, 1));
         if (input_grad) {
           backend_.gemm(false, true, rows, cols, units, 1.0f, dy, units, param(l, 0), units, 0.0f,
@@ -462,8 +464,8 @@ class graph_model final : public detail::model_base {
         const bool rms = kind == layer_kind::rms_norm;
         // norm_backward writes dx whole: into scratch or the value's buffer as grad_out says.
         float* dx = input_grad ? grad_out(l.input) : scratch_.data<float>();
-        backend_.norm_backward(rms, x, param(l, 0), dy, e.a.data<float>(), e.b.data<float>(),
-                               rows, cols, dx, dparam(l, 0), rms ? nullptr : dparam(l, 1));
+        backend_.norm_backward(rms, x, param(l, 0), dy, e.a.data<float>(), e.b.data<float>(), rows,
+                               cols, dx, dparam(l, 0), rms ? nullptr : dparam(l, 1));
         if (input_grad) finish_grad(l.input, in_n);
         break;
       }
@@ -544,9 +546,9 @@ class graph_workload final : public workload {
     uint64_t stream_index = 0;
     for (size_t i = 0; i < plan_.layers.size(); ++i) {
       const auto& l = plan_.layers[i];
-      const bool next_relu = i + 1 < plan_.layers.size() &&
-                             (plan_.layers[i + 1].spec.kind == layer_kind::relu ||
-                              plan_.layers[i + 1].spec.kind == layer_kind::gelu);
+      const bool next_relu =
+          i + 1 < plan_.layers.size() && (plan_.layers[i + 1].spec.kind == layer_kind::relu ||
+                                          plan_.layers[i + 1].spec.kind == layer_kind::gelu);
       for (const auto& p : l.params) {
         rng stream = root.fork(stream_index++);
         float* dst = out.data() + p.offset;
@@ -561,8 +563,7 @@ class graph_workload final : public workload {
             if (is_bias) break;  // biases start at zero
             // He initialisation before a ReLU/GELU, LeCun otherwise; fan-in is the product of
             // every dimension but the output one.
-            const int64_t fan_in = l.spec.kind == layer_kind::conv2d ? n / p.shape[0]
-                                                                     : p.shape[0];
+            const int64_t fan_in = l.spec.kind == layer_kind::conv2d ? n / p.shape[0] : p.shape[0];
             stddev = std::sqrt((next_relu ? 2.0 : 1.0) / static_cast<double>(fan_in));
             break;
           }
@@ -604,8 +605,8 @@ class graph_workload final : public workload {
 std::unique_ptr<workload> make_graph_workload(std::string label, model_plan plan,
                                               std::string model_text,
                                               std::function<expected<dataset_splits>()> data) {
-  return std::make_unique<graph_workload>(std::move(label), std::move(plan),
-                                          std::move(model_text), std::move(data));
+  return std::make_unique<graph_workload>(std::move(label), std::move(plan), std::move(model_text),
+                                          std::move(data));
 }
 
 }  // namespace gflex::kernels

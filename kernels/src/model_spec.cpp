@@ -184,8 +184,8 @@ expected<layer_spec> read_layer(const spec_reader& in, const toml::table& t, siz
     const auto k = key.str();
     if (k == "type" || k == "name" || k == "from") continue;
     if (std::find(keys.begin(), keys.end(), k) == keys.end())
-      return in.fail(path + "." + std::string(k), std::string("not a key of a ") + type_name +
-                                                      " layer");
+      return in.fail(path + "." + std::string(k),
+                     std::string("not a key of a ") + type_name + " layer");
   }
   auto name = in.name(t, "name", path);
   if (!name) return name.error();
@@ -310,8 +310,7 @@ expected<model_spec> parse_model_spec(std::string_view toml_text, const std::str
     return in.fail("model.layers", "must be a non-empty array of layer tables");
   for (size_t i = 0; i < list->size(); ++i) {
     const auto* t = (*list)[i].as_table();
-    if (t == nullptr)
-      return in.fail("model.layers[" + std::to_string(i) + "]", "must be a table");
+    if (t == nullptr) return in.fail("model.layers[" + std::to_string(i) + "]", "must be a table");
     auto l = read_layer(in, *t, i);
     if (!l) return l.error();
     spec.layers.push_back(std::move(*l));
@@ -354,8 +353,7 @@ expected<model_plan> plan_model(const model_spec& spec, const model_limits& limi
     p.spec = l;
     auto resolve = [&](const std::string& ref, const char* key) -> expected<int> {
       auto it = names.find(ref);
-      if (it == names.end())
-        return fail(at + "." + key, "no earlier layer is named '" + ref + "'");
+      if (it == names.end()) return fail(at + "." + key, "no earlier layer is named '" + ref + "'");
       return it->second;
     };
     if (l.from.empty()) {
@@ -380,8 +378,8 @@ expected<model_plan> plan_model(const model_spec& spec, const model_limits& limi
       return fail(at, "an embedding needs token input: declare model.vocab");
     shape_t out = in;
     auto add_param = [&](const std::string& what, shape_t shape) {
-      p.params.push_back({(l.name.empty() ? "layer" + std::to_string(i) : l.name) + "." + what,
-                          shape, offset});
+      p.params.push_back(
+          {(l.name.empty() ? "layer" + std::to_string(i) : l.name) + "." + what, shape, offset});
       offset += *checked_numel(shape);
     };
     switch (l.kind) {
@@ -394,8 +392,8 @@ expected<model_plan> plan_model(const model_spec& spec, const model_limits& limi
       case layer_kind::conv2d: {
         if (in.size() != 3)
           return fail(at, "takes [height, width, channels] input, got " + shape_text(in));
-        conv2d_geometry g{1, in[0], in[1], in[2], l.filters, l.kernel, l.kernel,
-                          l.padding, l.padding, l.stride};
+        conv2d_geometry g{1,        in[0],    in[1],     in[2],     l.filters,
+                          l.kernel, l.kernel, l.padding, l.padding, l.stride};
         if (!g.valid())
           return fail(at + ".kernel", "a " + std::to_string(l.kernel) + "x" +
                                           std::to_string(l.kernel) + " kernel with padding " +
@@ -413,8 +411,8 @@ expected<model_plan> plan_model(const model_spec& spec, const model_limits& limi
         if (in.size() != 3)
           return fail(at, "takes [height, width, channels] input, got " + shape_text(in));
         if (l.size > in[0] || l.size > in[1])
-          return fail(at + ".size",
-                      "window " + std::to_string(l.size) + " is larger than input " + shape_text(in));
+          return fail(at + ".size", "window " + std::to_string(l.size) + " is larger than input " +
+                                        shape_text(in));
         out = {(in[0] - l.size) / l.stride + 1, (in[1] - l.size) / l.stride + 1, in[2]};
         break;
       case layer_kind::flatten:
@@ -489,8 +487,7 @@ expected<model_plan> plan_model(const model_spec& spec, const model_limits& limi
     p.out_shape = out;
     const bool view = l.kind == layer_kind::flatten || l.kind == layer_kind::reshape;
     if (is_loss(l.kind)) {
-      if (i + 1 != spec.layers.size())
-        return fail(at, "a loss must be the last layer");
+      if (i + 1 != spec.layers.size()) return fail(at, "a loss must be the last layer");
       p.output = p.input;
     } else if (view) {
       p.output = static_cast<int>(plan.values.size());

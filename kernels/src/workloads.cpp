@@ -59,7 +59,7 @@ namespace {
 
 // The data sets a user-defined model can name: built in, like the workloads.
 expected<std::function<expected<dataset_splits>()>> data_set_loader(const std::string& name,
-                                                                     const model_plan& plan) {
+                                                                    const model_plan& plan) {
   if (name == "fashion-mnist") {
     if (plan.spec.vocab > 0 || plan.sample_values != 784)
       return error(errc::invalid_argument,

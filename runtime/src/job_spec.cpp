@@ -372,9 +372,9 @@ expected<job_spec> read_spec(const reader& in) {
   if (model != nullptr) {
     // Canonical text: what the formatter writes parses back to the same text.
     std::ostringstream text;
-    text << toml::toml_formatter(toml::table{{"model", *model}},
-                                 toml::toml_formatter::default_flags &
-                                     ~toml::format_flags::indentation);
+    text << toml::toml_formatter(
+        toml::table{{"model", *model}},
+        toml::toml_formatter::default_flags & ~toml::format_flags::indentation);
     spec.model = text.str() + "\n";
     if (!workload) {
       const auto* label = model->get_as<std::string>("name");
@@ -389,8 +389,9 @@ expected<job_spec> read_spec(const reader& in) {
   if (model != nullptr && (!data_set || data_set->empty()))
     return in.fail("data.set", "missing (a [model] needs the data set it trains on)");
   if (model == nullptr && data_set)
-    return in.fail("data.set", "only a job with a [model] names its data (a built-in workload "
-                               "brings its own)");
+    return in.fail("data.set",
+                   "only a job with a [model] names its data (a built-in workload "
+                   "brings its own)");
   if (data_set) spec.data_set = *data_set;
   if (auto r = in.integer("job", "rounds", 1, max_steps, spec.rounds); !r) return r.error();
   if (auto r = in.integer("job", "workers", 1, 1024, spec.workers); !r) return r.error();

@@ -83,7 +83,8 @@ expected<tensor> read_npy(const std::filesystem::path& file) {
       i = j;
     }
   }
-  if (shape.empty() || shape.size() > 4) return bad("arrays of 1 to 4 dimensions only, shape " + shape_text);
+  if (shape.empty() || shape.size() > 4)
+    return bad("arrays of 1 to 4 dimensions only, shape " + shape_text);
   auto count = checked_numel(shape);
   if (!count) return bad("shape " + shape_text + " is too large");
   struct kind {
@@ -91,11 +92,10 @@ expected<tensor> read_npy(const std::filesystem::path& file) {
     size_t size;
     dtype out;
   };
-  static const kind kinds[] = {{"'<f4'", 4, dtype::f32}, {"'<f8'", 8, dtype::f32},
-                               {"'|u1'", 1, dtype::u8},  {"'|i1'", 1, dtype::i32},
-                               {"'<i2'", 2, dtype::i32}, {"'<u2'", 2, dtype::i32},
-                               {"'<i4'", 4, dtype::i32}, {"'<u4'", 4, dtype::i32},
-                               {"'<i8'", 8, dtype::i32}};
+  static const kind kinds[] = {
+      {"'<f4'", 4, dtype::f32}, {"'<f8'", 8, dtype::f32}, {"'|u1'", 1, dtype::u8},
+      {"'|i1'", 1, dtype::i32}, {"'<i2'", 2, dtype::i32}, {"'<u2'", 2, dtype::i32},
+      {"'<i4'", 4, dtype::i32}, {"'<u4'", 4, dtype::i32}, {"'<i8'", 8, dtype::i32}};
   const kind* k = nullptr;
   for (const auto& candidate : kinds)
     if (descr == candidate.descr) k = &candidate;
@@ -128,10 +128,26 @@ expected<tensor> read_npy(const std::filesystem::path& file) {
       int64_t v = 0;
       const std::string& d = descr;
       if (d == "'|i1'") v = static_cast<int8_t>(*p);
-      if (d == "'<i2'") { int16_t x; std::memcpy(&x, p, 2); v = x; }
-      if (d == "'<u2'") { uint16_t x; std::memcpy(&x, p, 2); v = x; }
-      if (d == "'<i4'") { int32_t x; std::memcpy(&x, p, 4); v = x; }
-      if (d == "'<u4'") { uint32_t x; std::memcpy(&x, p, 4); v = x; }
+      if (d == "'<i2'") {
+        int16_t x;
+        std::memcpy(&x, p, 2);
+        v = x;
+      }
+      if (d == "'<u2'") {
+        uint16_t x;
+        std::memcpy(&x, p, 2);
+        v = x;
+      }
+      if (d == "'<i4'") {
+        int32_t x;
+        std::memcpy(&x, p, 4);
+        v = x;
+      }
+      if (d == "'<u4'") {
+        uint32_t x;
+        std::memcpy(&x, p, 4);
+        v = x;
+      }
       if (d == "'<i8'") std::memcpy(&v, p, 8);
       if (v < std::numeric_limits<int32_t>::min() || v > std::numeric_limits<int32_t>::max())
         return bad("value " + std::to_string(i) + " does not fit int32");

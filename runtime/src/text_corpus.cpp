@@ -36,8 +36,7 @@ expected<std::vector<uint8_t>> read_text_corpus(const std::filesystem::path& dir
 
 expected<dataset_splits> make_token_splits(const std::vector<uint8_t>& bytes, int64_t window,
                                            int64_t test_every) {
-  if (window < 2)
-    return error(errc::invalid_argument, "a token sample needs at least 2 tokens");
+  if (window < 2) return error(errc::invalid_argument, "a token sample needs at least 2 tokens");
   const auto size = static_cast<int64_t>(bytes.size());
   const int64_t samples = size < window ? 0 : (size - 1) / (window - 1);
   const int64_t test = test_every > 0 ? samples / test_every : 0;

@@ -22,8 +22,8 @@
 #include <string>
 #include <vector>
 
-#include "gflex/kernels/blas_kernels.hpp"
 #include "gflex/kernels/backend.hpp"
+#include "gflex/kernels/blas_kernels.hpp"
 #include "gflex/kernels/workload.hpp"
 #include "gflex/runtime/rng.hpp"
 #include "gflex/runtime/update_codec.hpp"

@@ -16,8 +16,8 @@
 #include <string>
 #include <vector>
 
-#include "gflex/kernels/blas_kernels.hpp"
 #include "gflex/kernels/backend.hpp"
+#include "gflex/kernels/blas_kernels.hpp"
 #include "gflex/kernels/workload.hpp"
 #include "gflex/runtime/rng.hpp"
 
@@ -139,8 +139,8 @@ class timing_backend final : public backend {
                       int64_t win, int64_t stride, float* y, int32_t* i) override {
     time("pool2d_forward", [&] { inner_.pool2d_forward(max, x, n, h, w, c, win, stride, y, i); });
   }
-  void pool2d_backward(bool max, const float* dy, const int32_t* i, int64_t n, int64_t h,
-                       int64_t w, int64_t c, int64_t win, int64_t stride, float* dx) override {
+  void pool2d_backward(bool max, const float* dy, const int32_t* i, int64_t n, int64_t h, int64_t w,
+                       int64_t c, int64_t win, int64_t stride, float* dx) override {
     time("pool2d_backward",
          [&] { inner_.pool2d_backward(max, dy, i, n, h, w, c, win, stride, dx); });
   }
@@ -159,7 +159,8 @@ class timing_backend final : public backend {
   }
   void norm_forward(bool rms, const float* x, const float* g, const float* b, int64_t rows,
                     int64_t cols, float eps, float* y, float* mean, float* rstd) override {
-    time("norm_forward", [&] { inner_.norm_forward(rms, x, g, b, rows, cols, eps, y, mean, rstd); });
+    time("norm_forward",
+         [&] { inner_.norm_forward(rms, x, g, b, rows, cols, eps, y, mean, rstd); });
   }
   void norm_backward(bool rms, const float* x, const float* g, const float* dy, const float* mean,
                      const float* rstd, int64_t rows, int64_t cols, float* dx, float* dg,

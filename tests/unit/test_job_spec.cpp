@@ -230,7 +230,8 @@ TEST_SUITE("job_spec") {
 
   TEST_CASE("the workload is required, even in an empty spec") {
     CHECK(failure("") == "job.toml: job.workload: missing (required without a [model] table)");
-    CHECK(failure("[job]\nname = \"x\"\n") == "job.toml: job.workload: missing (required without a [model] table)");
+    CHECK(failure("[job]\nname = \"x\"\n") ==
+          "job.toml: job.workload: missing (required without a [model] table)");
     CHECK(failure("[job]\nworkload = \"\"\n") == "job.toml: job.workload: must not be empty");
   }
 

@@ -69,10 +69,10 @@ void check_gradients(const std::string& text, int64_t vocab, int64_t batch = 4) 
     const size_t bi = static_cast<size_t>(trial) % blocks.size();
     const int64_t n = *checked_numel(blocks[bi].shape);
     const size_t i = static_cast<size_t>(blocks[bi].offset) + pick.below(static_cast<uint64_t>(n));
-    const double numeric = test::central_difference(**m, params, i, 2e-3f, data.x.data(),
-                                                    data.y.data(), batch);
-    const double half = test::central_difference(**m, params, i, 1e-3f, data.x.data(),
-                                                 data.y.data(), batch);
+    const double numeric =
+        test::central_difference(**m, params, i, 2e-3f, data.x.data(), data.y.data(), batch);
+    const double half =
+        test::central_difference(**m, params, i, 1e-3f, data.x.data(), data.y.data(), batch);
     if (std::fabs(numeric - half) > 0.02 * std::fabs(numeric) + 2e-4) continue;
     CHECK_MESSAGE(grad[i] == doctest::Approx(numeric).epsilon(0.03).scale(3e-3),
                   blocks[bi].name << " parameter " << i << ": " << grad[i] << " vs " << numeric);
@@ -158,8 +158,7 @@ layers = [
       return;
     }
     // One model with every layer type but the losses it cannot share (mse has its own).
-    for (const auto& [text, vocab] : std::vector<std::pair<std::string, int64_t>>{
-             {R"([model]
+    for (const auto& [text, vocab] : std::vector<std::pair<std::string, int64_t>>{{R"([model]
 input = [6, 6, 2]
 layers = [
   { type = "conv2d", filters = 3, kernel = 3, stride = 2, padding = 1 }, { type = "tanh" },
@@ -169,8 +168,8 @@ layers = [
   { type = "reshape", shape = [2, 4] }, { type = "relu" }, { type = "flatten" },
   { type = "linear", units = 3 }, { type = "mse" },
 ])",
-              0},
-             {R"([model]
+                                                                                   0},
+                                                                                  {R"([model]
 input = [5]
 vocab = 7
 layers = [
@@ -178,7 +177,7 @@ layers = [
   { type = "layer_norm" }, { type = "attention", heads = 2 }, { type = "add", with = "x0" },
   { type = "linear", units = 7 }, { type = "next_token_xent" },
 ])",
-              7}}) {
+                                                                                   7}}) {
       auto w = graph(text);
       std::vector<float> params(static_cast<size_t>(w->parameter_count()));
       w->init_parameters(5, params);
@@ -223,8 +222,8 @@ layers = [
           for (int c = 0; c < 8; ++c) mu += rms ? 0.0 : x[row * 8 + c] / 8.0;
           for (int c = 0; c < 8; ++c) var += (x[row * 8 + c] - mu) * (x[row * 8 + c] - mu) / 8.0;
           for (int c = 0; c < 8; ++c) {
-            double want = (x[row * 8 + c] - mu) / std::sqrt(var + 1e-5) * gamma[c] +
-                          (rms ? 0.0 : beta[c]);
+            double want =
+                (x[row * 8 + c] - mu) / std::sqrt(var + 1e-5) * gamma[c] + (rms ? 0.0 : beta[c]);
             CHECK(y[row * 8 + c] == doctest::Approx(want).epsilon(1e-5));
           }
         }
@@ -379,8 +378,7 @@ layers = [ { type = "linear", units = 32 }, { type = "relu" },
     CHECK(no_data.error().message().find("data.set: missing") != std::string::npos);
     auto stray = parse_job_spec("[job]\nworkload = \"fashion-mlp\"\n[data]\nset = \"x\"\n", "s");
     REQUIRE_FALSE(stray.has_value());
-    CHECK(stray.error().message().find("data.set: only a job with a [model]") !=
-          std::string::npos);
+    CHECK(stray.error().message().find("data.set: only a job with a [model]") != std::string::npos);
     auto wrong_set = find_workload("m", spec->model, "imagenet");
     REQUIRE_FALSE(wrong_set.has_value());
     CHECK(wrong_set.error().message().find("unknown data set 'imagenet'") != std::string::npos);

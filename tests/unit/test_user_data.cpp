@@ -103,8 +103,9 @@ TEST_SUITE("user data") {
     const std::string dir = "/tmp";
     auto write = [&](const std::string& name, const std::string& descr, const std::string& shape,
                      const std::string& payload, bool fortran = false) {
-      std::string header = "{'descr': '" + descr + "', 'fortran_order': " +
-                           (fortran ? "True" : "False") + ", 'shape': " + shape + ", }";
+      std::string header = "{'descr': '" + descr +
+                           "', 'fortran_order': " + (fortran ? "True" : "False") +
+                           ", 'shape': " + shape + ", }";
       header += std::string(63 - (10 + header.size()) % 64, ' ') + "\n";
       std::ofstream out(dir + "/" + name, std::ios::binary);
       out << "\x93NUMPY" << '\x01' << '\x00' << static_cast<char>(header.size() & 0xff)

@@ -16,10 +16,10 @@ struct data_set_info {
   std::string name;   ///< 1-64 of A-Z a-z 0-9 . _ -; unique per owner.
   int64_t train_samples = 0;
   int64_t test_samples = 0;
-  int64_t sample_values = 0;  ///< Values per sample (pixels, or tokens).
-  int64_t classes = 0;        ///< Labels are below this (the vocabulary for tokens).
-  bool tokens = false;        ///< Samples are token ids, not pixel values in [0, 1].
-  uint64_t bytes = 0;         ///< Stored shard bytes.
+  int64_t sample_values = 0;              ///< Values per sample (pixels, or tokens).
+  int64_t classes = 0;                    ///< Labels are below this (the vocabulary for tokens).
+  bool tokens = false;                    ///< Samples are token ids, not pixel values in [0, 1].
+  uint64_t bytes = 0;                     ///< Stored shard bytes.
   std::vector<std::string> train_shards;  ///< BLAKE2b-256 hex digests, in order.
   std::vector<std::string> test_shards;
   uint32_t parts_received = 0;  ///< Of an upload in progress: parts staged so far.

@@ -11,10 +11,10 @@
 #include <string>
 #include <vector>
 
-#include "gflex/data_sets.hpp"
-#include "gflex/runtime/dataset.hpp"
 #include "gflex/accounts.hpp"
+#include "gflex/data_sets.hpp"
 #include "gflex/job_status.hpp"
+#include "gflex/runtime/dataset.hpp"
 #include "gflex/runtime/error.hpp"
 
 namespace gflex {

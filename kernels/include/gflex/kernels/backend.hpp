@@ -193,8 +193,8 @@ class backend {
 
   /// y[r, :] = table[ids[r], :] for `rows` ids, rows of `dim` values. Ids are checked at load
   /// time to be below the table's row count.
-  virtual void embedding_forward(const int32_t* ids, const float* table, int64_t rows,
-                                 int64_t dim, float* y) = 0;
+  virtual void embedding_forward(const int32_t* ids, const float* table, int64_t rows, int64_t dim,
+                                 float* y) = 0;
   /// dtable (overwritten, [vocab, dim]) = sum over r with ids[r] == v of dy[r, :].
   virtual void embedding_backward(const int32_t* ids, const float* dy, int64_t rows, int64_t dim,
                                   int64_t vocab, float* dtable) = 0;

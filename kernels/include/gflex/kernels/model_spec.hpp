@@ -67,20 +67,20 @@ const char* to_string(layer_kind kind) noexcept;
 /// One layer as declared. Keys a type does not use must be absent.
 struct layer_spec {
   layer_kind kind = layer_kind::linear;
-  std::string name;  ///< `name`: optional; what `from` and `with` refer to.
-  std::string from;  ///< `from`: the input, if not the previous layer ("input": the model's).
-  std::string with;  ///< `with` (add): the other summand.
-  int64_t units = 0;       ///< linear
-  int64_t filters = 0;     ///< conv2d
-  int64_t kernel = 0;      ///< conv2d
-  int64_t stride = 0;      ///< conv2d (default 1), pools (default size)
-  int64_t padding = 0;     ///< conv2d
-  int64_t size = 0;        ///< pools: the window
-  int64_t heads = 0;       ///< attention
-  int64_t dim = 0;         ///< embedding: the vector width
-  bool bias = true;        ///< linear, conv2d, attention
-  double rate = 0.0;       ///< dropout, in [0, 1)
-  double eps = 1e-5;       ///< layer_norm, rms_norm
+  std::string name;     ///< `name`: optional; what `from` and `with` refer to.
+  std::string from;     ///< `from`: the input, if not the previous layer ("input": the model's).
+  std::string with;     ///< `with` (add): the other summand.
+  int64_t units = 0;    ///< linear
+  int64_t filters = 0;  ///< conv2d
+  int64_t kernel = 0;   ///< conv2d
+  int64_t stride = 0;   ///< conv2d (default 1), pools (default size)
+  int64_t padding = 0;  ///< conv2d
+  int64_t size = 0;     ///< pools: the window
+  int64_t heads = 0;    ///< attention
+  int64_t dim = 0;      ///< embedding: the vector width
+  bool bias = true;     ///< linear, conv2d, attention
+  double rate = 0.0;    ///< dropout, in [0, 1)
+  double eps = 1e-5;    ///< layer_norm, rms_norm
   std::vector<int64_t> shape;  ///< reshape
 };
 
@@ -96,8 +96,8 @@ struct model_spec {
 struct model_limits {
   int64_t max_layers = 512;
   int64_t max_parameters = int64_t{64} << 20;
-  int64_t max_extent = int64_t{1} << 20;          ///< Any one dimension.
-  int64_t max_activations = int64_t{64} << 20;    ///< Values of one sample's activations.
+  int64_t max_extent = int64_t{1} << 20;        ///< Any one dimension.
+  int64_t max_activations = int64_t{64} << 20;  ///< Values of one sample's activations.
 };
 
 /// One planned layer: its inputs (value ids: 0 is the model input, layer i writes i + 1

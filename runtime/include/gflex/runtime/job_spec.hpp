@@ -35,7 +35,7 @@ enum class trust_tier : uint8_t {
 /// parameters and returns its pseudo-gradient, which the outer optimizer (Nesterov momentum)
 /// applies. The comments name each field's TOML key and accepted range.
 struct job_spec {
-  std::string name = "job";                        ///< [job] name: 1..64 of [A-Za-z0-9._-].
+  std::string name = "job";  ///< [job] name: 1..64 of [A-Za-z0-9._-].
   /// [job] workload: a built-in workload's name (required without [model]); with a [model]
   /// table, the model's label (default: model.name, else "model").
   std::string workload;
