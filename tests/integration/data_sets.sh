@@ -9,10 +9,6 @@ G="$BIN/gflex"
 C="$BIN/gflex-core"
 start_cluster 2
 
-key_file() {  # key_file NAME: opens user/NAME, writes its key to $WORK/NAME.key (mode 600)
-  (umask 077 && "$C" account create "user/$1" --core "$core" >"$WORK/$1.key") ||
-    fail "account create user/$1"
-}
 key_file alice
 key_file bob
 ALICE=(env "GFLEX_API_KEY=$(cat "$WORK/alice.key")")

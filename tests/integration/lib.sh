@@ -144,6 +144,13 @@ shipped_spec() {
   grep -q "^workers = $1\$" "$2" || fail "the shipped spec has no 'workers = 3' line"
 }
 
+# key_file NAME: opens the account user/NAME on $core and writes its API key to
+# $WORK/NAME.key (mode 600).
+key_file() {
+  (umask 077 && "$BIN/gflex-core" account create "user/$1" --core "$core" >"$WORK/$1.key") ||
+    fail "account create user/$1"
+}
+
 # json_get FILE EXPR: evaluates a Python expression on the JSON object `j` in FILE.
 json_get() {
   python3 -c "import json,sys; j=json.load(open(sys.argv[1])); print($2)" "$1"

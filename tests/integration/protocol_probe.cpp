@@ -27,6 +27,7 @@
 #include <thread>
 
 #include "access.hpp"
+#include "gflex/runtime/shard.hpp"
 #include "gflex/gflex.hpp"
 #include "gflex/runtime/identity.hpp"
 #include "gflex/runtime/update_codec.hpp"
@@ -578,6 +579,35 @@ TEST_CASE(
       .receive([&](std::vector<job_status>&) { answered = true; },
                [&](caf::error& e) { MESSAGE(from_caf(e).message()); });
   CHECK(answered);
+  // A hostile upload, past the client's own checks: damaged, inconsistent or out-of-order
+  // shards and bad names are refused, and nothing is stored.
+  auto push = [&](const std::string& name, data_part part) {
+    std::string out = "stored";
+    self->request(session, std::chrono::seconds(30), dpush_atom::value, name, std::move(part))
+        .receive([&](data_set_info& i) { out = "part " + std::to_string(i.parts_received); },
+                 [&](caf::error& e) { out = from_caf(e).message(); });
+    return out;
+  };
+  dataset ok_data;
+  ok_data.classes = 3;
+  ok_data.features = tensor::empty({4, 2}, dtype::f32);
+  ok_data.labels = tensor::empty({4}, dtype::i32);
+  for (int i = 0; i < 8; ++i) ok_data.features.data<float>()[i] = 0.25f * static_cast<float>(i);
+  for (int i = 0; i < 4; ++i) ok_data.labels.data<int32_t>()[i] = i % 3;
+  const auto good = encode_shard(ok_data, 0, 4);
+  auto garbage = good;
+  garbage.resize(garbage.size() / 2);
+  CHECK(push("probe", {0, 2, false, garbage}).find("malformed") != std::string::npos);
+  CHECK(push("../x", {0, 1, false, good}).find("data set name must be") != std::string::npos);
+  CHECK(push("probe", {0, 100000, false, good}).find("1 to 4096 parts") != std::string::npos);
+  CHECK(push("probe", {0, 3, false, good}) == "part 1");
+  CHECK(push("probe", {2, 3, true, good}).find("expected part 1 of 3") != std::string::npos);
+  CHECK(push("probe", {1, 3, false, good}).find("no upload in progress") != std::string::npos);
+  std::vector<data_set_info> sets{data_set_info{}};
+  self->request(session, std::chrono::seconds(10), dlist_atom::value)
+      .receive([&](std::vector<data_set_info>& s) { sets = std::move(s); },
+               [&](caf::error& e) { FAIL(from_caf(e).message()); });
+  CHECK(sets.empty());
   // More requests open at once than the session allows: the rest are refused.
   auto refused = std::make_shared<std::atomic<int>>(0);
   auto answers = std::make_shared<std::atomic<int>>(0);

@@ -68,10 +68,6 @@ wait_for 30 "t-single to leave the node list" bash -c "[ \$(\"$G\" nodes --core 
 expect_error "bad --uses" "not in range" "$C" token create --uses -3 --core "$core"
 
 # -- clients -----------------------------------------------------------------------------------
-key_file() {  # key_file NAME: opens user/NAME, writes its key to $WORK/NAME.key (mode 600)
-  (umask 077 && "$C" account create "user/$1" --core "$core" >"$WORK/$1.key") ||
-    fail "account create user/$1"
-}
 key_file alice
 key_file bob
 ALICE=(env "GFLEX_API_KEY=$(cat "$WORK/alice.key")")
