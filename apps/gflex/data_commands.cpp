@@ -24,12 +24,7 @@ namespace {
 struct data_flags {
   connection_flags link;
   std::string name;
-  std::string path;
-  std::string labels;
-  std::string format;
-  int64_t classes = 0;
-  double test_fraction = 0.1;
-  int64_t context = 64;
+  data_files files;
   bool as_json = false;
 };
 
@@ -113,7 +108,9 @@ expected<dataset_splits> split(const dataset& all, double fraction) {
   return out;
 }
 
-expected<dataset_splits> read_data(const data_flags& f) {
+}  // namespace
+
+expected<dataset_splits> read_data_files(const data_files& f) {
   if (f.format == "tokens") {
     std::ifstream in(f.path, std::ios::binary);
     if (!in) return error(errc::io_error, f.path + ": cannot open");
@@ -146,6 +143,8 @@ expected<dataset_splits> read_data(const data_flags& f) {
   return split(*all, f.test_fraction);
 }
 
+namespace {
+
 nlohmann::json to_json(const data_set_info& i) {
   return {{"owner", i.owner},
           {"name", i.name},
@@ -169,7 +168,7 @@ void print(const data_set_info& i) {
 }
 
 int run_push(const data_flags& f) {
-  auto data = read_data(f);
+  auto data = read_data_files(f.files);
   if (!data) return fail(data.error(), 2);
   std::optional<client> c;
   if (int code = connect_core(f.link, c); code != 0) return code;
@@ -224,16 +223,17 @@ void add_data_commands(CLI::App& app, std::function<int()>& run) {
 
   auto* push = data->add_subcommand("push", "upload a data set (checked here, then by the core)");
   push->add_option("name", f->name, "its name (what a job's [data] set says)")->required();
-  push->add_option("path", f->path, "the features file (tokens: a text file of bytes)")->required();
-  push->add_option("--format", f->format, "idx, npy or tokens")->required();
-  push->add_option("--labels", f->labels, "the labels file (idx and npy)");
-  push->add_option("--classes", f->classes, "label count (default: the largest label + 1)")
+  push->add_option("path", f->files.path, "the features file (tokens: a text file of bytes)")
+      ->required();
+  push->add_option("--format", f->files.format, "idx, npy or tokens")->required();
+  push->add_option("--labels", f->files.labels, "the labels file (idx and npy)");
+  push->add_option("--classes", f->files.classes, "label count (default: the largest label + 1)")
       ->check(CLI::Range(int64_t{2}, int64_t{256}));
-  push->add_option("--test-fraction", f->test_fraction,
+  push->add_option("--test-fraction", f->files.test_fraction,
                    "the last part held out as the test split (idx and npy)")
       ->check(CLI::Range(0.0, 0.9))
       ->capture_default_str();
-  push->add_option("--context", f->context,
+  push->add_option("--context", f->files.context,
                    "tokens: positions per sample (a model's input = [context])")
       ->check(CLI::Range(int64_t{1}, int64_t{65536}))
       ->capture_default_str();

@@ -8,6 +8,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "data_commands.hpp"
 #include "gflex/kernels/backend.hpp"
 #include "gflex/kernels/trainer.hpp"
 #include "gflex/kernels/workload.hpp"
@@ -21,6 +22,9 @@ namespace {
 struct train_flags {
   std::string workload = "fashion-mlp";
   std::string spec_file;  ///< A job spec whose workload or [model] and [data] to train.
+  /// Local files in place of the spec's data set (`gflex data push`'s formats): a model meant
+  /// for a pushed data set, checked here first.
+  data_files data;
   std::string backend = "cpu";
   std::string precision = "fp32";
   int threads = 0;
@@ -60,10 +64,13 @@ nlohmann::json to_json(const train_flags& f, const kernels::train_report& r,
 // The workload a job spec names (its [model] on its [data] set, or a built-in one): what a
 // user checks locally before paying for the job.
 expected<std::unique_ptr<kernels::workload>> workload_of(const train_flags& f) {
+  if (f.spec_file.empty() && !f.data.path.empty())
+    return error(errc::invalid_argument, "--data: needs --spec (the model to train on it)");
   if (f.spec_file.empty()) return kernels::find_workload(f.workload);
   auto spec = load_job_spec(f.spec_file);
   if (!spec) return spec.error();
-  auto w = kernels::find_workload(spec->workload, spec->model, spec->data_set);
+  const bool local = !f.data.path.empty();
+  auto w = kernels::find_workload(spec->workload, spec->model, local ? "" : spec->data_set);
   if (!w) return error(w.error().code(), f.spec_file + ": " + w.error().message());
   return w;
 }
@@ -88,7 +95,7 @@ int run_training(const train_flags& f) {
   spdlog::info("workload {}: {}, {} parameters", (*w)->name(), (*w)->describe(),
                (*w)->parameter_count());
   spdlog::info("backend {}", (*b)->describe());
-  auto data = (*w)->load_data();
+  auto data = f.data.path.empty() ? (*w)->load_data() : read_data_files(f.data);
   if (!data) {
     spdlog::error("{}", data.error().message());
     return 1;
@@ -164,6 +171,16 @@ void add_common_flags(CLI::App* cmd, train_flags& f) {
   cmd->add_option("--workload", f.workload, "workload to train")->capture_default_str();
   cmd->add_option("--spec", f.spec_file,
                   "train what a job spec names: its [model] on its [data] set, or its workload");
+  cmd->add_option("--data", f.data.path,
+                  "with --spec: train on this file instead of the data set (as gflex data push "
+                  "reads it)");
+  cmd->add_option("--format", f.data.format, "--data's format: idx, npy or tokens");
+  cmd->add_option("--labels", f.data.labels, "--data's labels file (idx and npy)");
+  cmd->add_option("--classes", f.data.classes, "--data's label count (default: largest + 1)");
+  cmd->add_option("--test-fraction", f.data.test_fraction, "--data's held-out part")
+      ->capture_default_str();
+  cmd->add_option("--context", f.data.context, "--data tokens: positions per sample")
+      ->capture_default_str();
   cmd->add_option("--backend", f.backend, "compute backend: cpu, cuda or cuda:N")
       ->capture_default_str();
   cmd->add_option("--precision", f.precision,

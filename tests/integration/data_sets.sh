@@ -126,6 +126,15 @@ timeout -s KILL 240 "${ALICE[@]}" "$G" submit "$spec" --core "$core" --wait --js
 acc=$(json_get "$WORK/job.json" "j['test_accuracy']")
 python3 -c "import sys; sys.exit(0 if $acc >= 0.75 else 1)" || fail "job on fm-npy: accuracy $acc"
 echo "ok: a model trained on alice's pushed npy set: test accuracy $acc"
+# The same model on the same files in one process, as many samples: the job is as good.
+timeout -s KILL 120 "$G" train --spec "$spec" --data "$WORK/x.npy" --format npy \
+  --labels "$WORK/y.npy" --max-steps 360 --batch-size 64 --lr 0.002 --json "$WORK/local.json" \
+  >"$WORK/local.out" 2>&1 || fail "gflex train --data: $(tail -3 "$WORK/local.out")"
+local_acc=$(json_get "$WORK/local.json" "j['test_accuracy']")
+python3 -c "import sys; sys.exit(0 if $acc >= $local_acc - 0.03 else 1)" ||
+  fail "the job reached $acc, the same model in one process $local_acc"
+echo "ok: the same model on the same files in one process: $local_acc"
+expect_error "--data without --spec" "--data: needs --spec" "$G" train --data "$WORK/x.npy"
 
 # -- the sets survive a restart of the core; rm removes one ------------------------------
 kill -KILL "$PID_core"
