@@ -171,6 +171,29 @@ __global__ void column_sum_kernel(const float* x, int64_t rows, int64_t cols, fl
 /// log(sum exp(x - max)), loss = logsumexp - x[label]. Per-block totals go to `stats` with
 /// one atomic each. `dlogits` may alias `logits`: each lane reads x[j] before writing d[j],
 /// and x[label] is read before any lane writes.
+
+// Adds one block's per-warp loss and accuracy sums to stats[0] and stats[1] (the loss
+// kernels' shared epilogue): each warp's lane 0 leaves its sums in shared memory, thread 0
+// adds them in warp order and makes one atomic add each.
+__device__ void add_block_stats(double* block_loss, double* block_correct, int lane, int warp,
+                                double loss_total, double correct_total, float* stats) {
+  if (lane == 0) {
+    block_loss[warp] = loss_total;
+    block_correct[warp] = correct_total;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    double loss = 0.0;
+    double correct = 0.0;
+    for (int w = 0; w < k_warps_per_block; ++w) {
+      loss += block_loss[w];
+      correct += block_correct[w];
+    }
+    atomicAdd(&stats[0], static_cast<float>(loss));
+    atomicAdd(&stats[1], static_cast<float>(correct));
+  }
+}
+
 __global__ void softmax_xent_kernel(const float* logits, const int32_t* labels, int64_t rows,
                                     int64_t classes, float grad_scale, float* dlogits,
                                     float* stats) {
@@ -227,21 +250,7 @@ __global__ void softmax_xent_kernel(const float* logits, const int32_t* labels, 
       }
     }
   }
-  if (lane == 0) {
-    block_loss[warp] = loss_total;
-    block_correct[warp] = correct_total;
-  }
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    double loss = 0.0;
-    double correct = 0.0;
-    for (int w = 0; w < k_warps_per_block; ++w) {
-      loss += block_loss[w];
-      correct += block_correct[w];
-    }
-    atomicAdd(&stats[0], static_cast<float>(loss));
-    atomicAdd(&stats[1], static_cast<float>(correct));
-  }
+  add_block_stats(block_loss, block_correct, lane, warp, loss_total, correct_total, stats);
 }
 
 /// One AdamW step, written in the same order of operations as the CPU backend.
@@ -826,21 +835,7 @@ __global__ void mse_onehot_kernel(const float* y, const int32_t* labels, int64_t
         d[j] = 2.0f * (yr[j] - (j == label ? 1.0f : 0.0f)) * grad_scale;
     }
   }
-  if (lane == 0) {
-    block_loss[warp] = loss_total;
-    block_correct[warp] = correct_total;
-  }
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    double loss = 0.0;
-    double correct = 0.0;
-    for (int w = 0; w < k_warps_per_block; ++w) {
-      loss += block_loss[w];
-      correct += block_correct[w];
-    }
-    atomicAdd(&stats[0], static_cast<float>(loss));
-    atomicAdd(&stats[1], static_cast<float>(correct));
-  }
+  add_block_stats(block_loss, block_correct, lane, warp, loss_total, correct_total, stats);
 }
 
 // -- the backend ------------------------------------------------------------------------------

@@ -37,13 +37,11 @@ class graph_model final : public detail::model_base {
       if (root_[v] != static_cast<int>(v)) continue;
       const int64_t size = max_batch * numel_of(plan_.values[v]);
       widest = std::max(widest, size);
-      if (v == 0 && tokens()) continue;  // token ids live in ids_
-      if (v == 0 && b.where().kind == device_kind::host) {
-        // The CPU reads host batches in place; only a gradient-free copy is never needed.
-      } else {
-        acts_[v] = b.allocate({size}, dtype::f32);
-      }
-      if (v != 0) grads_[v] = b.allocate({size}, dtype::f32);
+      // The input is the staged batch (model_base's buffer, or the host batch the CPU reads
+      // in place; token ids live in ids_) and takes no gradient.
+      if (v == 0) continue;
+      acts_[v] = b.allocate({size}, dtype::f32);
+      grads_[v] = b.allocate({size}, dtype::f32);
     }
     scratch_ = b.allocate({std::max<int64_t>(widest, 1)}, dtype::f32);
     written_.assign(n, false);

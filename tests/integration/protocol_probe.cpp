@@ -27,9 +27,9 @@
 #include <thread>
 
 #include "access.hpp"
-#include "gflex/runtime/shard.hpp"
 #include "gflex/gflex.hpp"
 #include "gflex/runtime/identity.hpp"
+#include "gflex/runtime/shard.hpp"
 #include "gflex/runtime/update_codec.hpp"
 #include "link_security.hpp"
 #include "messages.hpp"
