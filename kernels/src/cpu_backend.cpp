@@ -459,6 +459,8 @@ class cpu_backend final : public backend {
   void pool2d_forward(bool max, const float* x, int64_t batch, int64_t height, int64_t width,
                       int64_t channels, int64_t window, int64_t stride, float* y,
                       int32_t* argmax) override {
+    if (max && window == 2 && stride == 2 && height % 2 == 0 && width % 2 == 0)
+      return max_pool2_forward(x, batch, height, width, channels, y, argmax);  // the common case
     pool_.run(batch, 1, 2, [&](int64_t begin, int64_t end) {
       cpu::pool2d_forward(max, x, begin, end, height, width, channels, window, stride, y, argmax);
     });
@@ -467,6 +469,8 @@ class cpu_backend final : public backend {
   void pool2d_backward(bool max, const float* dy, const int32_t* argmax, int64_t batch,
                        int64_t height, int64_t width, int64_t channels, int64_t window,
                        int64_t stride, float* dx) override {
+    if (max && window == 2 && stride == 2 && height % 2 == 0 && width % 2 == 0)
+      return max_pool2_backward(dy, argmax, batch, height, width, channels, dx);
     pool_.run(batch, 1, 2, [&](int64_t begin, int64_t end) {
       cpu::pool2d_backward(max, dy, argmax, begin, end, height, width, channels, window, stride,
                            dx);

@@ -60,17 +60,25 @@ void pool2d_forward(bool max, const float* x, int64_t n0, int64_t n1, int64_t he
       for (int64_t ow = 0; ow < ow_n; ++ow) {
         const int64_t out = n * out_sample + (oh * ow_n + ow) * channels;
         if (max) {
-          for (int64_t c = 0; c < channels; ++c) {
-            float best = -std::numeric_limits<float>::infinity();
-            int32_t at = 0;
-            for (int64_t r = 0; r < window; ++r)
-              for (int64_t s = 0; s < window; ++s) {
-                const int64_t off = ((oh * stride + r) * width + ow * stride + s) * channels + c;
-                if (r + s == 0 || in[off] > best) best = in[off], at = static_cast<int32_t>(off);
+          // Channels innermost, so each window position is one vectorised compare-and-select
+          // over the channels; the window's first input wins ties.
+          float* __restrict best = y + out;
+          int32_t* __restrict at = argmax + out;
+          for (int64_t r = 0; r < window; ++r)
+            for (int64_t s = 0; s < window; ++s) {
+              const int64_t off = ((oh * stride + r) * width + ow * stride + s) * channels;
+              const float* px = in + off;
+              if (r + s == 0) {
+                for (int64_t c = 0; c < channels; ++c)
+                  best[c] = px[c], at[c] = static_cast<int32_t>(off + c);
+                continue;
               }
-            y[out + c] = best;
-            argmax[out + c] = at;
-          }
+              for (int64_t c = 0; c < channels; ++c) {  // selects, not branches: vectorises
+                const bool larger = px[c] > best[c];
+                at[c] = larger ? static_cast<int32_t>(off + c) : at[c];
+                best[c] = larger ? px[c] : best[c];
+              }
+            }
         } else {
           std::fill(sums.begin(), sums.end(), 0.0);
           for (int64_t r = 0; r < window; ++r)

@@ -25,11 +25,7 @@ class graph_model final : public detail::model_base {
   graph_model(backend& b, const model_plan& plan, int64_t max_batch)
       : model_base(b, plan.parameters, plan.sample_values, max_batch), plan_(plan) {
     const size_t n = plan_.values.size();
-    root_.resize(n);
-    for (size_t v = 0; v < n; ++v) root_[v] = static_cast<int>(v);
-    for (const auto& l : plan_.layers)
-      if (l.spec.kind == layer_kind::flatten || l.spec.kind == layer_kind::reshape)
-        root_[static_cast<size_t>(l.output)] = root_[static_cast<size_t>(l.input)];
+    alias_values();
     acts_.resize(n);
     grads_.resize(n);
     int64_t widest = 0;
@@ -134,6 +130,50 @@ class graph_model final : public detail::model_base {
 
   bool tokens() const { return plan_.spec.vocab > 0; }
 
+  // Decides which values share a buffer: flatten and reshape are views of their input; a ReLU
+  // that is the only reader of its input runs in place (its output is its input's buffer, its
+  // backward masks the gradient in place), and when that input comes straight from a linear
+  // or conv2d layer with a bias, the bias and the ReLU are one pass (bias_relu_forward). This
+  // is the hand-written networks' fused layer, so the shipped graphs run as fast as they did.
+  void alias_values() {
+    const size_t n = plan_.values.size();
+    auto is_view = [](const planned_layer& l) {
+      return l.spec.kind == layer_kind::flatten || l.spec.kind == layer_kind::reshape;
+    };
+    std::vector<int> view_root(n);
+    for (size_t v = 0; v < n; ++v) view_root[v] = static_cast<int>(v);
+    for (const auto& l : plan_.layers)
+      if (is_view(l)) view_root[static_cast<size_t>(l.output)] = view_root[l.input];
+    std::vector<int> readers(n, 0);
+    for (const auto& l : plan_.layers) {
+      if (is_view(l) || l.spec.kind == layer_kind::embedding) continue;
+      ++readers[static_cast<size_t>(view_root[static_cast<size_t>(l.input)])];
+      if (l.other >= 0) ++readers[static_cast<size_t>(view_root[static_cast<size_t>(l.other)])];
+    }
+    root_.resize(n);
+    for (size_t v = 0; v < n; ++v) root_[v] = static_cast<int>(v);
+    relu_in_place_.assign(plan_.layers.size(), false);
+    bias_relu_.assign(plan_.layers.size(), false);
+    relu_fused_.assign(plan_.layers.size(), false);
+    for (size_t i = 0; i < plan_.layers.size(); ++i) {
+      const auto& l = plan_.layers[i];
+      const auto in = static_cast<size_t>(l.input);
+      if (is_view(l)) {
+        root_[static_cast<size_t>(l.output)] = root_[in];
+        continue;
+      }
+      if (l.spec.kind != layer_kind::relu || root_[in] == 0 || readers[view_root[in]] != 1)
+        continue;
+      relu_in_place_[i] = true;
+      root_[static_cast<size_t>(l.output)] = root_[in];
+      // Value v > 0 is written by layer v - 1.
+      const auto& producer = plan_.layers[static_cast<size_t>(view_root[in] - 1)];
+      if ((producer.spec.kind == layer_kind::linear || producer.spec.kind == layer_kind::conv2d) &&
+          producer.spec.bias)
+        bias_relu_[static_cast<size_t>(view_root[in] - 1)] = relu_fused_[i] = true;
+    }
+  }
+
   // Stages a batch: the features (or, for a token model, ids and next-token targets) where
   // the backend computes; returns the labels the loss reads.
   const int32_t* prepare(const float* features, const int32_t* labels, int64_t batch) {
@@ -214,7 +254,7 @@ class graph_model final : public detail::model_base {
         const int64_t units = l.spec.units;
         backend_.gemm(false, false, rows, units, cols, 1.0f, x, cols, param(l, 0), units, 0.0f, y,
                       units);
-        if (l.spec.bias) backend_.bias_relu_forward(y, param(l, 1), rows, units, false);
+        if (l.spec.bias) backend_.bias_relu_forward(y, param(l, 1), rows, units, bias_relu_[i]);
         break;
       }
       case layer_kind::conv2d: {
@@ -222,7 +262,7 @@ class graph_model final : public detail::model_base {
         backend_.conv2d_forward(g, x, param(l, 0), y);
         if (l.spec.bias)
           backend_.bias_relu_forward(y, param(l, 1), batch * g.out_height() * g.out_width(),
-                                     l.spec.filters, false);
+                                     l.spec.filters, bias_relu_[i]);
         break;
       }
       case layer_kind::max_pool:
@@ -236,7 +276,8 @@ class graph_model final : public detail::model_base {
       case layer_kind::reshape:
         break;  // a view
       case layer_kind::relu:
-        backend_.activation_forward(activation::relu, x, y, in_n);
+        // In place (y == x) unless its producer applied it already.
+        if (!relu_fused_[i]) backend_.activation_forward(activation::relu, x, y, in_n);
         break;
       case layer_kind::gelu:
         backend_.activation_forward(activation::gelu, x, y, in_n);
@@ -443,6 +484,10 @@ class graph_model final : public detail::model_base {
       case layer_kind::gelu:
       case layer_kind::tanh:
         if (!input_grad) break;
+        if (relu_in_place_[i]) {  // the gradient is the input's too: mask it where y <= 0
+          backend_.relu_backward(const_cast<float*>(dy), act(l.output), in_n);
+          break;
+        }
         backend_.activation_backward(kind == layer_kind::relu   ? activation::relu
                                      : kind == layer_kind::gelu ? activation::gelu
                                                                 : activation::tanh,
@@ -498,6 +543,9 @@ class graph_model final : public detail::model_base {
   std::vector<tensor> acts_, grads_;
   std::vector<bool> written_;
   std::vector<layer_buffers> extra_;
+  std::vector<bool> relu_in_place_;  // per layer: a ReLU that overwrites its input
+  std::vector<bool> bias_relu_;      // per layer: a linear/conv2d that applies the next ReLU
+  std::vector<bool> relu_fused_;     // per layer: a ReLU its producer applied
   tensor scratch_, attn_d1_, attn_d2_, qkv_grad_, loss_stats_, ids_, targets_;
   int64_t attn_scratch_ = 0;
   std::vector<int32_t> ids_host_, targets_host_;
@@ -517,7 +565,7 @@ class graph_workload final : public workload {
 
   std::string name() const override { return label_; }
   std::string describe() const override {
-    return "user model" + (plan_.spec.name.empty() ? "" : " '" + plan_.spec.name + "'") + ": " +
+    return "model" + (plan_.spec.name.empty() ? "" : " '" + plan_.spec.name + "'") + ": " +
            std::to_string(plan_.layers.size()) + " layers, " + std::to_string(plan_.parameters) +
            " parameters, " + std::to_string(static_cast<int64_t>(plan_.forward_flops)) +
            " FLOPs per sample forward";
@@ -548,7 +596,7 @@ class graph_workload final : public workload {
           i + 1 < plan_.layers.size() && (plan_.layers[i + 1].spec.kind == layer_kind::relu ||
                                           plan_.layers[i + 1].spec.kind == layer_kind::gelu);
       for (const auto& p : l.params) {
-        rng stream = root.fork(stream_index++);
+        const uint64_t block_index = stream_index++;
         float* dst = out.data() + p.offset;
         const int64_t n = *checked_numel(p.shape);
         const bool is_bias = p.name.ends_with("bias");
@@ -559,10 +607,14 @@ class graph_workload final : public workload {
           case layer_kind::conv2d:
           case layer_kind::attention: {
             if (is_bias) break;  // biases start at zero
-            // He initialisation before a ReLU/GELU, LeCun otherwise; fan-in is the product of
-            // every dimension but the output one.
+            // He initialisation before a ReLU/GELU, LeCun otherwise, unless the layer says;
+            // fan-in is the product of every dimension but the output one.
             const int64_t fan_in = l.spec.kind == layer_kind::conv2d ? n / p.shape[0] : p.shape[0];
-            stddev = std::sqrt((next_relu ? 2.0 : 1.0) / static_cast<double>(fan_in));
+            const double gain = l.spec.init == weight_init::he      ? 2.0
+                                : l.spec.init == weight_init::lecun ? 1.0
+                                : next_relu                         ? 2.0
+                                                                    : 1.0;
+            stddev = std::sqrt(gain / static_cast<double>(fan_in));
             break;
           }
           case layer_kind::layer_norm:
@@ -576,8 +628,14 @@ class graph_workload final : public workload {
           default:
             break;
         }
-        for (int64_t j = 0; j < n; ++j)
-          dst[j] = stddev > 0.0 ? static_cast<float>(stream.normal() * stddev) : constant;
+        if (stddev == 0.0) {
+          std::fill(dst, dst + n, constant);
+          continue;
+        }
+        // Only drawn blocks fork a stream (forking advances the root), salted with the block's
+        // index: the hand-written networks the shipped graphs replaced drew the same way.
+        rng stream = root.fork(block_index);
+        for (int64_t j = 0; j < n; ++j) dst[j] = static_cast<float>(stream.normal() * stddev);
       }
     }
   }

@@ -46,9 +46,9 @@ constexpr std::array<kind_name, 19> k_kinds{{
 std::vector<std::string_view> keys_of(layer_kind kind) {
   switch (kind) {
     case layer_kind::linear:
-      return {"units", "bias"};
+      return {"units", "bias", "init"};
     case layer_kind::conv2d:
-      return {"filters", "kernel", "stride", "padding", "bias"};
+      return {"filters", "kernel", "stride", "padding", "bias", "init"};
     case layer_kind::max_pool:
     case layer_kind::avg_pool:
       return {"size", "stride"};
@@ -62,7 +62,7 @@ std::vector<std::string_view> keys_of(layer_kind kind) {
     case layer_kind::embedding:
       return {"dim"};
     case layer_kind::attention:
-      return {"heads", "bias"};
+      return {"heads", "bias", "init"};
     case layer_kind::add:
       return {"with"};
     default:
@@ -263,6 +263,12 @@ expected<layer_spec> read_layer(const spec_reader& in, const toml::table& t, siz
   if (const toml::node* b = t.get("bias")) {
     if (!b->is_boolean()) return in.fail(path + ".bias", "must be true or false");
     l.bias = b->as_boolean()->get();
+  }
+  if (const toml::node* init = t.get("init")) {
+    const auto* v = init->as_string();
+    if (v == nullptr || (v->get() != "he" && v->get() != "lecun"))
+      return in.fail(path + ".init", "must be \"he\" or \"lecun\"");
+    l.init = v->get() == "he" ? weight_init::he : weight_init::lecun;
   }
   return l;
 }

@@ -4,8 +4,6 @@
 #include <functional>
 #include <map>
 
-#include "gflex/kernels/cnn.hpp"
-#include "gflex/kernels/mlp.hpp"
 #include "gflex/kernels/model_spec.hpp"
 #include "gflex/kernels/workload.hpp"
 #include "gflex/runtime/text_corpus.hpp"
@@ -27,19 +25,57 @@ namespace {
 
 using factory = std::function<std::unique_ptr<workload>()>;
 
+// The shipped models are layer graphs like any user's, declared here as a user would declare
+// them. Every weighted layer starts with He initialisation (init = "he"), the logits layer
+// included, as the hand-written networks these graphs replaced did: the same seed gives the
+// same parameters, and the same training, as before.
+constexpr std::string_view k_fashion_mlp = R"([model]
+name = "fashion-mlp"
+input = [784]
+layers = [
+  { type = "linear", name = "fc1", units = 512, init = "he" },
+  { type = "relu" },
+  { type = "linear", name = "fc2", units = 256, init = "he" },
+  { type = "relu" },
+  { type = "linear", name = "fc3", units = 10, init = "he" },
+  { type = "softmax_xent" },
+]
+)";
+
+constexpr std::string_view k_fashion_cnn = R"([model]
+name = "fashion-cnn"
+input = [28, 28, 1]
+layers = [
+  { type = "conv2d", name = "conv1", filters = 32, kernel = 3, padding = 1, init = "he" },
+  { type = "relu" },
+  { type = "max_pool", size = 2 },
+  { type = "conv2d", name = "conv2", filters = 64, kernel = 3, padding = 1, init = "he" },
+  { type = "relu" },
+  { type = "max_pool", size = 2 },
+  { type = "flatten" },
+  { type = "linear", name = "fc1", units = 128, init = "he" },
+  { type = "relu" },
+  { type = "linear", name = "fc2", units = 10, init = "he" },
+  { type = "softmax_xent" },
+]
+)";
+
+// A shipped graph on Fashion-MNIST. Its model text stays empty: jobs and assignments name the
+// workload, and every node plans the same graph from its own copy of this registry.
+std::unique_ptr<workload> fashion_graph(std::string_view text) {
+  auto spec = parse_model_spec(text, "built-in model");
+  GFLEX_CHECK(spec.has_value(), "a built-in model does not parse");
+  auto plan = plan_model(*spec);
+  GFLEX_CHECK(plan.has_value(), "a built-in model does not plan");
+  std::string name = spec->name;
+  return make_graph_workload(std::move(name), std::move(*plan), std::string(),
+                             [] { return load_fashion_mnist(fashion_mnist_dir()); });
+}
+
 const std::map<std::string, factory, std::less<>>& registry() {
   static const std::map<std::string, factory, std::less<>> workloads = {
-      {"fashion-mlp",
-       [] {
-         return std::make_unique<mlp_workload>(
-             "fashion-mlp", std::vector<int64_t>{784, 512, 256, 10},
-             [] { return load_fashion_mnist(fashion_mnist_dir()); });
-       }},
-      {"fashion-cnn",
-       [] {
-         return std::make_unique<cnn_workload>(
-             "fashion-cnn", cnn_shape{}, [] { return load_fashion_mnist(fashion_mnist_dir()); });
-       }},
+      {"fashion-mlp", [] { return fashion_graph(k_fashion_mlp); }},
+      {"fashion-cnn", [] { return fashion_graph(k_fashion_cnn); }},
   };
   return workloads;
 }

@@ -331,8 +331,8 @@ class GflexRng:
 
 
 def init_like_gflex(torch, net, seed):
-    """graph_model.cpp's init_parameters: stream k = root.fork(k) for the k-th parameter block
-    in the plan's order; gflex stores a linear weight as [in, out], PyTorch as [out, in]."""
+    """graph_model.cpp's init_parameters: the k-th parameter block in the plan's order, if drawn,
+    from stream root.fork(k) (constant blocks fork nothing); gflex stores a linear weight as [in, out], PyTorch as [out, in]."""
     import numpy as np
     root = GflexRng(seed)
     kinds = [kind for kind, _, _ in net.plan]
@@ -354,10 +354,10 @@ def init_like_gflex(torch, net, seed):
         fail("init_like_gflex: the parameter blocks do not cover the model")
     with torch.no_grad():
         for k, (p, std, transposed, constant) in enumerate(blocks):
-            stream = root.fork(np, k)
-            if std is None:  # biases, gamma and beta: the stream is forked but not drawn from
+            if std is None:  # biases, gamma and beta: constant, and no stream is forked
                 p.fill_(constant)
                 continue
+            stream = root.fork(np, k)
             shape = tuple(reversed(p.shape)) if transposed else tuple(p.shape)
             v = torch.from_numpy((stream.normals(np, p.numel()) * std).astype(np.float32))
             v = v.reshape(shape)

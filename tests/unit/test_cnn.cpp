@@ -66,7 +66,7 @@ TEST_SUITE("cnn") {
     auto real = find_workload("fashion-cnn");
     REQUIRE(real.has_value());
     CHECK((*real)->feature_dim() == 784);
-    CHECK((*real)->describe().find("conv3x3-32") != std::string::npos);
+    CHECK((*real)->describe().find("fashion-cnn") != std::string::npos);
   }
 
   TEST_CASE("backpropagation matches finite differences") {

@@ -64,6 +64,13 @@ enum class layer_kind : uint8_t {
 /// The spelling of a layer type in a spec ("linear", "next_token_xent").
 const char* to_string(layer_kind kind) noexcept;
 
+/// How a layer's weights start (biases start at zero): normal with variance gain / fan-in.
+enum class weight_init : uint8_t {
+  automatic,  ///< He (gain 2) before a ReLU or GELU, LeCun (gain 1) otherwise.
+  he,         ///< `init = "he"`: gain 2.
+  lecun,      ///< `init = "lecun"`: gain 1.
+};
+
 /// One layer as declared. Keys a type does not use must be absent.
 struct layer_spec {
   layer_kind kind = layer_kind::linear;
@@ -79,9 +86,10 @@ struct layer_spec {
   int64_t heads = 0;    ///< attention
   int64_t dim = 0;      ///< embedding: the vector width
   bool bias = true;     ///< linear, conv2d, attention
-  double rate = 0.0;    ///< dropout, in [0, 1)
-  double eps = 1e-5;    ///< layer_norm, rms_norm
-  std::vector<int64_t> shape;  ///< reshape
+  weight_init init = weight_init::automatic;  ///< linear, conv2d, attention
+  double rate = 0.0;                          ///< dropout, in [0, 1)
+  double eps = 1e-5;                          ///< layer_norm, rms_norm
+  std::vector<int64_t> shape;                 ///< reshape
 };
 
 /// A model as declared in a `[model]` table.
