@@ -490,6 +490,12 @@ void try_confirm(job_actor* self) {
   if (st.finished || !st.unconfirmed || unsettled(st.unconfirmed->results) > 0) return;
   auto u = std::move(*st.unconfirmed);
   st.unconfirmed.reset();
+  // A machine-readable record of what the round applied for good: tests/chaos/chaos.py checks
+  // from it that no assignment and no (round, shard) is applied twice.
+  std::string applied;
+  for (const auto& [shard, r] : u.results)
+    if (!r.excluded) applied += fmt::format(" {:016x}:{}", r.assignment_id, shard);
+  spdlog::info("job {}: round {} confirmed, applied{}", st.job.id, u.index + 1, applied);
   for (const auto& [shard, r] : u.results) {
     const auto pay = payment_of(st, r);
     self->send(st.links.reputation, credit_atom::value, r.slot.node_name,
@@ -992,6 +998,10 @@ caf::behavior job_behavior(job_actor* self, job_start start, job_links links) {
       : spec.model.empty() || builtin_data
           ? st.links.catalog->get(**w)
           : st.links.catalog->user_set(st.job.status.owner, spec.data_set, **w);
+  if (data) {
+    if (auto fits = check_workers_fit(spec.workers, (*data)->shards.size()); !fits)
+      data = fits.error();  // a round could never fill: the job fails now rather than hang
+  }
   if (!data) {
     st.job.status.state = "failed";
     st.job.status.detail = data.error().message();

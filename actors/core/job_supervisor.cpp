@@ -38,6 +38,10 @@ struct job_supervisor_state {
   std::map<data_set_id, data_upload> uploads;
   user_data_limits data_limits;
   uint64_t next_id = 1;
+  /// Per account, submits accepted by the job limit whose record is not yet written (the
+  /// ledger check and the store write are asynchronous): they count against the limit too,
+  /// so that parallel submits cannot all pass it.
+  std::map<std::string, int64_t> submitting;
   job_links links;
   static inline const char* name = "job_supervisor";
 };
@@ -266,7 +270,7 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links) {
         const std::string owner = who != operator_principal ? who
                                   : !spec->account.empty()  ? spec->account
                                                             : std::string(operator_principal);
-        int64_t unfinished = 0;
+        int64_t unfinished = self->state.submitting[owner];
         for (const auto& [id, entry] : self->state.jobs)
           if (entry.status.owner == owner && !is_terminal(entry.status.state)) ++unfinished;
         if (unfinished >= self->state.links.max_jobs_per_account)
@@ -281,10 +285,20 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links) {
                               spec->model.empty() ? "job spec: job.workload: " + w.error().message()
                                                   : "job spec: " + w.error().message()));
         if (!spec->model.empty() && !builtin_data) {
-          if (auto data = self->state.links.catalog->user_set(owner, spec->data_set, **w); !data)
+          auto data = self->state.links.catalog->user_set(owner, spec->data_set, **w);
+          if (!data)
             return to_caf(error(data.error().code(), "job spec: " + data.error().message()));
+          if (auto fits = check_workers_fit(spec->workers, (*data)->shards.size()); !fits)
+            return to_caf(fits.error());
         }
         auto rp = self->make_response_promise<std::string>();
+        self->state.submitting[owner] += 1;
+        // Called once on every way out of this submit, whatever its outcome.
+        auto submitted = [=] {
+          auto& pending = self->state.submitting;
+          if (auto it = pending.find(owner); it != pending.end() && --it->second <= 0)
+            pending.erase(it);
+        };
         auto accept = [=](job_spec spec) mutable {
           auto& st = self->state;
           std::string id = "job-" + std::to_string(st.next_id++);
@@ -304,12 +318,16 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links) {
                         std::move(batch))
               .then(
                   [=](caf::ok_atom) mutable {
+                    submitted();
                     spdlog::info("job {} ({}) submitted: {} rounds of {} workers", id, status.name,
                                  status.rounds, spec.workers);
                     start_job(self, job_start{id, text, spec, status, {}, {}});
                     rp.deliver(id);
                   },
-                  [=](caf::error& e) mutable { rp.deliver(e); });
+                  [=](caf::error& e) mutable {
+                    submitted();
+                    rp.deliver(e);
+                  });
         };
         if (spec->account.empty()) {
           accept(*spec);
@@ -323,6 +341,7 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links) {
                 [=](account_info& info) mutable {
                   auto need = round_escrow(*spec);
                   if (info.balance < need) {
+                    submitted();
                     rp.deliver(to_caf(
                         error(errc::invalid_argument, "job spec: market.account: " + info.id +
                                                           " holds " + format_credits(info.balance) +
@@ -334,6 +353,7 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links) {
                   accept(*spec);
                 },
                 [=](caf::error& e) mutable {
+                  submitted();
                   rp.deliver(to_caf(error(errc::invalid_argument,
                                           "job spec: market.account: " + from_caf(e).message())));
                 });

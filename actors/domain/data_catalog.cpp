@@ -6,6 +6,15 @@
 
 namespace gflex {
 
+expected<void> check_workers_fit(int64_t workers, size_t shards) {
+  if (workers <= static_cast<int64_t>(shards)) return {};
+  return error(errc::invalid_argument,
+               "job spec: job.workers: " + std::to_string(workers) +
+                   " workers, but the data set has only " + std::to_string(shards) +
+                   " shards and a round gives each worker a different one (at most " +
+                   std::to_string(shards) + ")");
+}
+
 expected<std::shared_ptr<const served_data>> data_catalog::get(const kernels::workload& w) {
   std::lock_guard<std::mutex> guard(mutex_);
   // A user-defined model's data depend on its declaration (a token model's sample length).

@@ -24,6 +24,11 @@ struct served_data {
   int64_t train_samples = 0;
 };
 
+/// A round hands each of its `workers` assignments a different shard, so a job needs at
+/// least as many shards as workers, or its rounds could never fill: an error with the
+/// numbers otherwise.
+expected<void> check_workers_fit(int64_t workers, size_t shards);
+
 class data_catalog {
  public:
   /// Samples per shard: about 2.4 MB per Fashion-MNIST chunk, below the size at which one

@@ -177,6 +177,7 @@ expected<caf::actor> spawn_node(caf::actor_system& sys, const node_config& confi
   c.config.threads = config.threads_per_worker;
   c.config.crash_at_assignment = aids.crash_worker_at;
   c.config.device_error_at_assignment = aids.device_error_at;
+  c.config.verify_delay_ms = aids.verify_delay_ms;
   c.config.misbehave = *misbehave;
   c.config.identity = key;
   c.config.idle_only = config.idle_only;

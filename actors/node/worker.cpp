@@ -3,6 +3,7 @@
 #include <spdlog/spdlog.h>
 
 #include <chrono>
+#include <thread>
 #include <cmath>
 #include <cstring>
 #include <map>
@@ -208,6 +209,8 @@ caf::behavior worker_behavior(worker_actor* self, worker_config config, caf::act
                                       std::to_string(static_cast<int>(*busy * 100)) +
                                       "% of its CPUs); try later"));
     }
+    if (a.verify && cfg.verify_delay_ms > 0)  // a test aid; the worker is a detached actor
+      std::this_thread::sleep_for(std::chrono::milliseconds(cfg.verify_delay_ms));
     try {
       if (inject_device_error)
         throw kernels::compute_error(

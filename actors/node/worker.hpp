@@ -35,6 +35,8 @@ struct worker_config {
   int crash_at_assignment = 0;
   /// Test aid: fail the Nth assignment with an out-of-device-memory error; 0: never.
   int device_error_at_assignment = 0;
+  /// Test aid: milliseconds a verification waits before it runs (0: none).
+  int verify_delay_ms = 0;
   /// Test aid: bad work on purpose (see misbehaviour.hpp), drawn from `misbehave_seed`.
   misbehaviour misbehave;
   uint64_t misbehave_seed = 0;

@@ -68,6 +68,10 @@ int main(int argc, char** argv) {
   app.add_option("--device-error-at", aids.device_error_at,
                  "fail each worker's Nth assignment as out of device memory (a test aid)")
       ->group("");
+  app.add_option("--verify-delay-ms", aids.verify_delay_ms,
+                 "start each re-computation this many milliseconds late (a test aid)")
+      ->check(CLI::Range(0, 60000))
+      ->group("");
   app.add_option("--crash-worker-at", aids.crash_worker_at,
                  "crash each worker at its Nth assignment (a test aid)")
       ->group("");

@@ -121,6 +121,17 @@ expect_error "another account's set" "user/bob has no data set 'fm-npy'" \
 sed -e 's/^set = "fm-npy"/set = "text"/' "$spec" >"$WORK/mismatch.toml"
 expect_error "a set that does not fit the model" "'text' has 33 tokens per sample and 256 classes" \
   "${ALICE[@]}" "$G" submit "$WORK/mismatch.toml" --core "$core"
+# More workers than the data set has shards: a round could never fill. Refused at submit on a
+# pushed set (whose shards the core knows); a job on a built-in set fails at its start.
+sed -e 's/^workers = 2/workers = 64/' "$spec" >"$WORK/wide.toml"
+expect_error "more workers than a pushed set's shards" \
+  "job.workers: 64 workers, but the data set has only [0-9]+ shards" \
+  "${ALICE[@]}" "$G" submit "$WORK/wide.toml" --core "$core"
+printf '[job]\nname = "wide"\nworkload = "fashion-mlp"\nrounds = 2\nworkers = 40\n' \
+  >"$WORK/wide-builtin.toml"
+expect_error "more workers than a built-in set's shards" \
+  "failed: job spec: job.workers: 40 workers, but the data set has only 20 shards" \
+  "${ALICE[@]}" "$G" submit "$WORK/wide-builtin.toml" --core "$core" --wait
 timeout -s KILL 240 "${ALICE[@]}" "$G" submit "$spec" --core "$core" --wait --json "$WORK/job.json" \
   >"$WORK/job.out" 2>"$WORK/job.err" || fail "job on the pushed set: $(tail -3 "$WORK/job.err")"
 acc=$(json_get "$WORK/job.json" "j['test_accuracy']")

@@ -4,7 +4,7 @@
 source "$(dirname "$0")/lib.sh"
 port=$(free_port)
 # A small chunk budget, so that the probe's flood passes it quickly.
-start_core core "127.0.0.1:$port" "$WORK/core" --chunk-rate 4
+start_core core "127.0.0.1:$port" "$WORK/core" --chunk-rate 4 --max-jobs-per-account 3
 start node "$BIN/gflex-node" --join "127.0.0.1:$port" --name honest --data-dir "$WORK/node" \
   --tier core --token "$TOKEN_core"
 wait_for 30 "the node to join" grep -q "joined the core" "$WORK/node.log"

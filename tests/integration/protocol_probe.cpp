@@ -608,6 +608,60 @@ TEST_CASE(
       .receive([&](std::vector<data_set_info>& s) { sets = std::move(s); },
                [&](caf::error& e) { FAIL(from_caf(e).message()); });
   CHECK(sets.empty());
+  // Submits sent at once count against the account's job limit before any of them is
+  // recorded (protocol.sh runs the core with --max-jobs-per-account 3).
+  auto unfinished = [&] {
+    int64_t n = 0;
+    self->request(session, std::chrono::seconds(10), jobs_atom::value)
+        .receive(
+            [&](std::vector<job_status>& jobs) {
+              for (const auto& j : jobs)
+                n += j.state == "queued" || j.state == "running" || j.state == "paused";
+            },
+            [&](caf::error& e) { FAIL(from_caf(e).message()); });
+    return n;
+  };
+  const int64_t before = unfinished();
+  auto submitted = std::make_shared<std::atomic<int>>(0);
+  auto over_limit = std::make_shared<std::atomic<int>>(0);
+  auto accepted_ids = std::make_shared<std::vector<std::string>>();
+  auto ids_mutex = std::make_shared<std::mutex>();
+  const std::string long_job =
+      "[job]\nname = \"limit\"\nworkload = \"fashion-mlp\"\nrounds = 1000\nworkers = 1\n";
+  auto submitter = p.sys->spawn([=](caf::event_based_actor* f) -> caf::behavior {
+    for (int i = 0; i < 10; ++i)
+      f->request(session, std::chrono::seconds(60), submit_atom::value, long_job)
+          .then(
+              [=](std::string& id) {
+                std::lock_guard<std::mutex> guard(*ids_mutex);
+                accepted_ids->push_back(id);
+                submitted->fetch_add(1);
+              },
+              [=](caf::error& e) {
+                if (from_caf(e).message().find("unfinished jobs") != std::string::npos)
+                  over_limit->fetch_add(1);
+                submitted->fetch_add(1);
+              });
+    return {[](tick_atom) {}};
+  });
+  auto submit_deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (submitted->load() < 10 && std::chrono::steady_clock::now() < submit_deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  std::vector<std::string> ids;
+  {
+    std::lock_guard<std::mutex> guard(*ids_mutex);
+    ids = *accepted_ids;
+  }
+  CHECK(submitted->load() == 10);
+  CHECK_MESSAGE(before + static_cast<int64_t>(ids.size()) <= 3,
+                before << " unfinished jobs, then " << ids.size() << " of 10 submits accepted");
+  CHECK(over_limit->load() + static_cast<int>(ids.size()) == 10);
+  MESSAGE("of 10 submits at once (with " << before << " unfinished), " << ids.size()
+                                          << " were accepted");
+  for (const auto& id : ids)
+    self->request(session, std::chrono::seconds(10), cancel_atom::value, id)
+        .receive([](caf::ok_atom) {}, [&](caf::error& e) { FAIL(from_caf(e).message()); });
+  self->send_exit(submitter, caf::exit_reason::user_shutdown);
   // More requests open at once than the session allows: the rest are refused.
   auto refused = std::make_shared<std::atomic<int>>(0);
   auto answers = std::make_shared<std::atomic<int>>(0);

@@ -9,6 +9,7 @@
 #include "finite_difference.hpp"
 #include "gflex/kernels/cnn.hpp"
 #include "gflex/kernels/replica_group.hpp"
+#include "fashion_mnist_installed.hpp"
 #include "gflex/kernels/trainer.hpp"
 #include "gflex/runtime/rng.hpp"
 
@@ -126,14 +127,11 @@ TEST_SUITE("cnn") {
     CHECK(r2->epochs.back().train_loss == r1->epochs.back().train_loss);
   }
 
-  TEST_CASE("fashion-cnn learns real Fashion-MNIST in a few hundred steps") {
+  TEST_CASE("fashion-cnn learns real Fashion-MNIST in a few hundred steps" * doctest::skip(!test::fashion_mnist_installed())) {
     auto w = find_workload("fashion-cnn");
     REQUIRE(w.has_value());
     auto data = (*w)->load_data();
-    if (!data) {
-      MESSAGE("skipped: " << data.error().message());
-      return;
-    }
+    REQUIRE_MESSAGE(data.has_value(), data.error().message());
     train_options o;
     o.max_steps = 150;
     auto be = make_cpu_backend(0);

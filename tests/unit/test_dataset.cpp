@@ -2,6 +2,7 @@
 
 #include <cstdlib>
 
+#include "fashion_mnist_installed.hpp"
 #include "gflex/runtime/dataset.hpp"
 #include "idx_writer.hpp"
 #include "temp_dir.hpp"
@@ -71,12 +72,9 @@ TEST_SUITE("dataset") {
     CHECK(r.error().message().find("28x28") != std::string::npos);
   }
 
-  TEST_CASE("the real Fashion-MNIST from Debian's package") {
+  TEST_CASE("the real Fashion-MNIST from Debian's package" *
+            doctest::skip(!test::fashion_mnist_installed())) {
     auto dir = fashion_mnist_dir();
-    if (!std::filesystem::exists(dir / "train-images-idx3-ubyte.gz")) {
-      MESSAGE("skipped: Fashion-MNIST is not installed at " << dir.string());
-      return;
-    }
     auto splits = load_fashion_mnist(dir);
     REQUIRE(splits.has_value());
     CHECK(splits->train.size() == 60000);

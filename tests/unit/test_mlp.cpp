@@ -5,6 +5,7 @@
 
 #include "finite_difference.hpp"
 #include "gflex/kernels/mlp.hpp"
+#include "fashion_mnist_installed.hpp"
 #include "gflex/kernels/trainer.hpp"
 #include "gflex/runtime/rng.hpp"
 
@@ -167,14 +168,11 @@ TEST_SUITE("mlp") {
     CHECK(nan.error().message().find("17") != std::string::npos);
   }
 
-  TEST_CASE("fashion-mlp learns real Fashion-MNIST in a few hundred steps") {
+  TEST_CASE("fashion-mlp learns real Fashion-MNIST in a few hundred steps" * doctest::skip(!test::fashion_mnist_installed())) {
     auto w = find_workload("fashion-mlp");
     REQUIRE(w.has_value());
     auto data = (*w)->load_data();
-    if (!data) {
-      MESSAGE("skipped: " << data.error().message());
-      return;
-    }
+    REQUIRE_MESSAGE(data.has_value(), data.error().message());
     train_options o;
     o.max_steps = 300;
     auto be = make_cpu_backend(0);

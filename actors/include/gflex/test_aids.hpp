@@ -23,6 +23,9 @@ struct node_test_aids {
   /// Return bad work on purpose (random, scale:X, signflip, lazy, stale, sometimes:P:MODE);
   /// empty: honest. Nothing else in the node changes.
   std::string misbehave;
+  /// Re-computations (verifications) wait this long before they start, so that a test can
+  /// have a round applied before its check ends and see it rolled back (0: no wait).
+  int verify_delay_ms = 0;
   uint64_t misbehave_seed = 0;  ///< 0: derived from the node's name.
 };
 
