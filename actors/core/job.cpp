@@ -495,7 +495,7 @@ void try_confirm(job_actor* self) {
   std::string applied;
   for (const auto& [shard, r] : u.results)
     if (!r.excluded) applied += fmt::format(" {:016x}:{}", r.assignment_id, shard);
-  spdlog::info("job {}: round {} confirmed, applied{}", st.job.id, u.index + 1, applied);
+  spdlog::debug("job {}: round {} confirmed, applied{}", st.job.id, u.index + 1, applied);
   for (const auto& [shard, r] : u.results) {
     const auto pay = payment_of(st, r);
     self->send(st.links.reputation, credit_atom::value, r.slot.node_name,

@@ -3,12 +3,12 @@
 #include <spdlog/spdlog.h>
 
 #include <chrono>
-#include <thread>
 #include <cmath>
 #include <cstring>
 #include <map>
 #include <numeric>
 #include <set>
+#include <thread>
 
 #include "gflex/kernels/workload.hpp"
 #include "gflex/runtime/cpu_usage.hpp"

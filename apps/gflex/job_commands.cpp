@@ -167,8 +167,7 @@ int run_submit(const job_flags& f) {
                   s->elapsed_s);
       if (!f.json.empty() && !write_json(f.json, to_json(*s))) return 1;
       if (s->state != "done" && !s->detail.empty())
-        std::fprintf(stderr, "%s %s: %s\n", s->job_id.c_str(), s->state.c_str(),
-                     s->detail.c_str());
+        std::fprintf(stderr, "%s %s: %s\n", s->job_id.c_str(), s->state.c_str(), s->detail.c_str());
       return s->state == "done" ? 0 : 1;
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(250));

@@ -8,6 +8,7 @@
 #include <cmath>
 #include <map>
 #include <optional>
+#include <sstream>
 
 #include <toml++/toml.h>
 
@@ -322,6 +323,57 @@ expected<model_spec> parse_model_spec(std::string_view toml_text, const std::str
     spec.layers.push_back(std::move(*l));
   }
   return spec;
+}
+
+std::string to_toml(const model_spec& spec) {
+  toml::table model;
+  if (!spec.name.empty()) model.insert("name", spec.name);
+  toml::array input;
+  for (int64_t e : spec.input) input.push_back(e);
+  model.insert("input", std::move(input));
+  if (spec.vocab > 0) model.insert("vocab", spec.vocab);
+  // One inline table per layer and line, as a user writes them (toml++ alone would print
+  // an [[model.layers]] section per layer).
+  std::string layers = "layers = [\n";
+  for (const auto& l : spec.layers) {
+    toml::table t;
+    t.is_inline(true);
+    t.insert("type", std::string(to_string(l.kind)));
+    if (!l.name.empty()) t.insert("name", l.name);
+    if (!l.from.empty()) t.insert("from", l.from);
+    const auto keys = keys_of(l.kind);
+    auto takes = [&](std::string_view key) {
+      return std::find(keys.begin(), keys.end(), key) != keys.end();
+    };
+    if (takes("units")) t.insert("units", l.units);
+    if (takes("filters")) t.insert("filters", l.filters);
+    if (takes("kernel")) t.insert("kernel", l.kernel);
+    if (takes("size")) t.insert("size", l.size);
+    const bool pool = l.kind == layer_kind::max_pool || l.kind == layer_kind::avg_pool;
+    if (takes("stride") && l.stride != (pool ? l.size : 1)) t.insert("stride", l.stride);
+    if (takes("padding") && l.padding != 0) t.insert("padding", l.padding);
+    if (takes("heads")) t.insert("heads", l.heads);
+    if (takes("dim")) t.insert("dim", l.dim);
+    if (takes("with")) t.insert("with", l.with);
+    if (takes("rate")) t.insert("rate", l.rate);
+    if (takes("eps") && l.eps != 1e-5) t.insert("eps", l.eps);
+    if (takes("shape")) {
+      toml::array shape;
+      for (int64_t e : l.shape) shape.push_back(e);
+      t.insert("shape", std::move(shape));
+    }
+    if (takes("bias") && !l.bias) t.insert("bias", false);
+    if (takes("init") && l.init != weight_init::automatic)
+      t.insert("init", std::string(l.init == weight_init::he ? "he" : "lecun"));
+    std::ostringstream line;
+    line << t;
+    layers += "  " + line.str() + ",\n";
+  }
+  toml::table root;
+  root.insert("model", std::move(model));
+  std::ostringstream out;
+  out << root << '\n' << layers << "]\n";
+  return out.str();
 }
 
 bool model_takes_tokens(std::string_view toml_text) {

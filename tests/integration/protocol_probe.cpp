@@ -657,7 +657,7 @@ TEST_CASE(
                 before << " unfinished jobs, then " << ids.size() << " of 10 submits accepted");
   CHECK(over_limit->load() + static_cast<int>(ids.size()) == 10);
   MESSAGE("of 10 submits at once (with " << before << " unfinished), " << ids.size()
-                                          << " were accepted");
+                                         << " were accepted");
   for (const auto& id : ids)
     self->request(session, std::chrono::seconds(10), cancel_atom::value, id)
         .receive([](caf::ok_atom) {}, [&](caf::error& e) { FAIL(from_caf(e).message()); });

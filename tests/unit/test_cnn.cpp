@@ -6,10 +6,10 @@
 #include <cmath>
 #include <string>
 
+#include "fashion_mnist_installed.hpp"
 #include "finite_difference.hpp"
 #include "gflex/kernels/cnn.hpp"
 #include "gflex/kernels/replica_group.hpp"
-#include "fashion_mnist_installed.hpp"
 #include "gflex/kernels/trainer.hpp"
 #include "gflex/runtime/rng.hpp"
 
@@ -127,7 +127,8 @@ TEST_SUITE("cnn") {
     CHECK(r2->epochs.back().train_loss == r1->epochs.back().train_loss);
   }
 
-  TEST_CASE("fashion-cnn learns real Fashion-MNIST in a few hundred steps" * doctest::skip(!test::fashion_mnist_installed())) {
+  TEST_CASE("fashion-cnn learns real Fashion-MNIST in a few hundred steps" *
+            doctest::skip(!test::fashion_mnist_installed())) {
     auto w = find_workload("fashion-cnn");
     REQUIRE(w.has_value());
     auto data = (*w)->load_data();

@@ -3,9 +3,9 @@
 #include <cmath>
 #include <cstring>
 
+#include "fashion_mnist_installed.hpp"
 #include "finite_difference.hpp"
 #include "gflex/kernels/mlp.hpp"
-#include "fashion_mnist_installed.hpp"
 #include "gflex/kernels/trainer.hpp"
 #include "gflex/runtime/rng.hpp"
 
@@ -168,7 +168,8 @@ TEST_SUITE("mlp") {
     CHECK(nan.error().message().find("17") != std::string::npos);
   }
 
-  TEST_CASE("fashion-mlp learns real Fashion-MNIST in a few hundred steps" * doctest::skip(!test::fashion_mnist_installed())) {
+  TEST_CASE("fashion-mlp learns real Fashion-MNIST in a few hundred steps" *
+            doctest::skip(!test::fashion_mnist_installed())) {
     auto w = find_workload("fashion-mlp");
     REQUIRE(w.has_value());
     auto data = (*w)->load_data();

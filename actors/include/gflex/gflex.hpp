@@ -2,7 +2,8 @@
 /// @file
 /// The embedding API of GPUFlex: run a core or a node, talk to a core as a client, or run
 /// core and nodes together in one process. The apps are thin mains over this header; a C++
-/// trainer links `gflex::actors` and uses the same calls. No CAF header is included here.
+/// trainer links the installed SDK's `gflex::gflex` (docs/EMBEDDING.md) and uses the same
+/// calls. No CAF header is included here.
 
 #include <cstdint>
 #include <filesystem>
@@ -18,6 +19,9 @@
 #include "gflex/runtime/error.hpp"
 
 namespace gflex {
+
+/// The SDK's version ("0.2.0"), from libgflex (cmake/gflex_sdk.cmake).
+const char* sdk_version() noexcept;
 
 /// The wire protocol version this build speaks; a node with another is refused at join.
 inline constexpr uint32_t protocol_version = 6;

@@ -139,6 +139,10 @@ expected<model_spec> parse_model_spec(std::string_view toml_text, const std::str
 /// for text that does not parse.
 bool model_takes_tokens(std::string_view toml_text);
 
+/// The model as a `[model]` table that parse_model_spec reads back to the same spec: keys
+/// at their defaults are left out, one inline table per layer.
+std::string to_toml(const model_spec& spec);
+
 /// Checks a model and works out its shapes, parameters and FLOPs.
 expected<model_plan> plan_model(const model_spec& spec, const model_limits& limits = {});
 

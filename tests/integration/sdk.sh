@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# The embedding SDK as a user gets it: `cmake --install` into a fresh prefix, then the
+# programs under examples/ configured with find_package(gflex 0.2) against that prefix (not
+# the source tree) and built; one also built by hand with pkg-config's flags. custom_trainer
+# trains its own model on an in-process cluster; remote_trainer trains one on a real core
+# (another process, over TLS, with an account's API key) and fetches the parameters.
+source "$(dirname "$0")/lib.sh"
+BUILD=$(cd "$BIN/.." && pwd)
+PREFIX="$WORK/prefix"
+
+cmake --install "$BUILD" --prefix "$PREFIX" >"$WORK/install.log" 2>&1 ||
+  { fail "cmake --install: $(tail -3 "$WORK/install.log")"; finish; }
+for f in include/gflex/gflex.hpp include/gflex/kernels/model_builder.hpp \
+  lib/cmake/gflex/gflexConfig.cmake lib/cmake/gflex/gflexConfigVersion.cmake \
+  lib/pkgconfig/gflex.pc bin/gflex-node; do
+  [ -e "$PREFIX/$f" ] || fail "the install lacks $f"
+done
+[ -e "$PREFIX/include/gflex/test_aids.hpp" ] && fail "the install ships the tests' aids"
+# The public headers are free of CAF, Cap'n Proto and LMDB.
+if grep -rlE '#include <(caf/|capnp/|kj/|lmdb)' "$PREFIX/include" >"$WORK/leaks"; then
+  fail "public headers include internal libraries: $(cat "$WORK/leaks")"
+fi
+
+gen=()
+command -v ninja >/dev/null && gen=(-G Ninja)
+cmake -S "$SRC/examples" -B "$WORK/examples" "${gen[@]}" -DCMAKE_PREFIX_PATH="$PREFIX" \
+  -DCMAKE_BUILD_TYPE=Release >"$WORK/configure.log" 2>&1 ||
+  fail "configure the examples: $(tail -5 "$WORK/configure.log")"
+cmake --build "$WORK/examples" >"$WORK/build.log" 2>&1 ||
+  fail "build the examples: $(tail -5 "$WORK/build.log")"
+grep -q "$PREFIX/lib/cmake/gflex" "$WORK/examples/CMakeCache.txt" ||
+  fail "the examples did not find gflex in the prefix"
+# An SDK older than a program asks for is refused by find_package's version check.
+sed 's/find_package(gflex 0.2 /find_package(gflex 9.0 /' "$SRC/examples/CMakeLists.txt" \
+  >"$WORK/too-new.txt"
+mkdir -p "$WORK/too-new" && cp -r "$SRC/examples/custom_trainer" "$SRC/examples/remote_trainer" \
+  "$WORK/too-new/" && cp "$WORK/too-new.txt" "$WORK/too-new/CMakeLists.txt"
+if cmake -S "$WORK/too-new" -B "$WORK/too-new-build" -DCMAKE_PREFIX_PATH="$PREFIX" \
+  >"$WORK/too-new.log" 2>&1; then
+  fail "find_package(gflex 9.0) accepted SDK 0.2"
+else
+  grep -q "version: 0.2.0" "$WORK/too-new.log" && echo "ok: find_package(gflex 9.0) refuses 0.2.0" ||
+    fail "find_package(gflex 9.0): $(tail -3 "$WORK/too-new.log")"
+fi
+# pkg-config's flags build the same program.
+flags=$(PKG_CONFIG_PATH="$PREFIX/lib/pkgconfig" pkg-config --cflags --libs gflex) ||
+  fail "pkg-config gflex"
+# shellcheck disable=SC2086
+c++ "$SRC/examples/custom_trainer/main.cpp" -o "$WORK/custom_trainer_pc" $flags \
+  -Wl,-rpath,"$PREFIX/lib" 2>"$WORK/pc.log" || fail "build with pkg-config: $(tail -3 "$WORK/pc.log")"
+"$WORK/custom_trainer_pc" 0 >/dev/null 2>&1 && fail "custom_trainer accepted 0 nodes"
+
+# custom_trainer: its own model on an in-process cluster of 2 nodes.
+timeout -s KILL 180 "$WORK/examples/custom_trainer/custom_trainer" 2 8 >"$WORK/custom.out" \
+  2>"$WORK/custom.err" || fail "custom_trainer: $(tail -3 "$WORK/custom.err")"
+acc=$(sed -n 's/.*: done, test accuracy \([0-9.]*\) after 8 rounds/\1/p' "$WORK/custom.out")
+python3 -c "import sys; sys.exit(0 if float('${acc:-0}') >= 0.80 else 1)" ||
+  fail "custom_trainer: accuracy '${acc}' < 0.80: $(tail -3 "$WORK/custom.out")"
+grep -q "type = 'add', with = 'h1'" "$WORK/custom.out" ||
+  fail "custom_trainer did not print its model: $(head -12 "$WORK/custom.out")"
+echo "ok: custom_trainer (installed SDK): its residual MLP reached $acc in 8 rounds"
+
+# remote_trainer: a real core in another process, two nodes, an account's API key.
+start_cluster 2
+key_file carol
+timeout -s KILL 180 "$WORK/examples/remote_trainer/remote_trainer" "$core" "$WORK/carol.key" \
+  "$GFLEX_CORE_CERT" 6 "$WORK/remote.gfck" >"$WORK/remote.out" 2>"$WORK/remote.err" ||
+  fail "remote_trainer: $(tail -3 "$WORK/remote.err") $(tail -3 "$WORK/remote.out")"
+grep -q ": done, test accuracy" "$WORK/remote.out" || fail "remote_trainer: $(tail -3 "$WORK/remote.out")"
+[ -s "$WORK/remote.gfck" ] || fail "remote_trainer wrote no parameters"
+"$BIN/gflex" sample "$WORK/remote.gfck" --prompt x >/dev/null 2>"$WORK/sample.err" &&
+  fail "an image model's checkpoint was sampled as text"
+grep -q "is not a byte-level language model" "$WORK/sample.err" ||
+  fail "the fetched checkpoint is not remote_trainer's model: $(cat "$WORK/sample.err")"
+echo "ok: remote_trainer (installed SDK): $(tail -2 "$WORK/remote.out" | head -1)"
+# A wrong key gets the core's refusal as a value, not a crash.
+echo "gfk_0000000000000000000000000000000000000000000000000000000000000000" >"$WORK/bad.key"
+rc=0
+timeout -s KILL 60 "$WORK/examples/remote_trainer/remote_trainer" "$core" "$WORK/bad.key" \
+  "$GFLEX_CORE_CERT" 1 >"$WORK/bad.out" 2>"$WORK/bad.err" || rc=$?
+[ "$rc" = 1 ] && grep -qi "key" "$WORK/bad.err" && echo "ok: a wrong API key is refused (exit 1)" ||
+  fail "remote_trainer with a wrong key: exit $rc, $(cat "$WORK/bad.err")"
+finish

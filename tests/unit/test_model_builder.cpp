@@ -1,0 +1,125 @@
+// The C++ model builder declares the same graphs as a spec's [model] table: its TOML reads
+// back to the same model, and it reproduces the shipped specs.
+
+#include <doctest/doctest.h>
+
+#include <fstream>
+#include <sstream>
+
+#include "gflex/kernels/model_builder.hpp"
+#include "gflex/kernels/workload.hpp"
+
+using namespace gflex;
+using namespace gflex::kernels;
+
+namespace {
+
+// A GPT block as apps/jobs/lm.toml writes it: pre-norm attention and GELU MLP, each added to
+// its input.
+void block(model_builder& m, const std::string& in, const std::string& mid,
+           const std::string& out) {
+  m.layer_norm().from(in).attention(4).add(in).named(mid);
+  m.layer_norm().linear(512).gelu().linear(128).add(mid).named(out);
+}
+
+std::string read_file(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+}  // namespace
+
+TEST_SUITE("model builder") {
+  TEST_CASE("the builder's TOML reads back to the same model") {
+    auto m = model_builder("every-key", {8, 8, 2});
+    m.conv2d(4, 3, 2, 1, false)
+        .init(weight_init::lecun)
+        .named("c")
+        .avg_pool(2, 1)
+        .max_pool(1)
+        .flatten()
+        .reshape({6, 6})
+        .linear(6)
+        .init(weight_init::he)
+        .tanh()
+        .dropout(0.25)
+        .rms_norm(1e-6)
+        .named("r")
+        .linear(6)
+        .from("r")
+        .add("r")
+        .linear(3)
+        .flatten()
+        .mse();
+    const std::string text = m.toml();
+    auto back = parse_model_spec(text, "builder");
+    REQUIRE_MESSAGE(back.has_value(), back.error().message() << "\n" << text);
+    CHECK(to_toml(*back) == text);
+    CHECK(back->layers.size() == m.spec().layers.size());
+    CHECK(back->layers[0].stride == 2);
+    CHECK(back->layers[0].padding == 1);
+    CHECK_FALSE(back->layers[0].bias);
+    CHECK(back->layers[0].init == weight_init::lecun);
+    CHECK(back->layers[1].stride == 1);
+    CHECK(back->layers[9].from == "r");
+    auto a = m.plan();
+    auto b = plan_model(*back);
+    REQUIRE_MESSAGE(a.has_value(), a.error().message());
+    REQUIRE(b.has_value());
+    CHECK(a->parameters == b->parameters);
+    CHECK(a->forward_flops == b->forward_flops);
+  }
+
+  TEST_CASE("the shipped language model, built in C++") {
+    auto m = model_builder::tokens("gpt-2x128", 64, 256);
+    m.embedding(128).position_embedding().named("x0");
+    block(m, "x0", "x1", "x2");
+    block(m, "x2", "x3", "x4");
+    m.layer_norm().linear(256).next_token_xent();
+    auto shipped = parse_model_spec(read_file(GFLEX_SOURCE_DIR "/apps/jobs/lm.toml"), "lm.toml");
+    REQUIRE_MESSAGE(shipped.has_value(), shipped.error().message());
+    auto a = m.plan();
+    auto b = plan_model(*shipped);
+    REQUIRE_MESSAGE(a.has_value(), a.error().message());
+    REQUIRE(b.has_value());
+    CHECK(a->parameters == b->parameters);
+    CHECK(a->forward_flops == b->forward_flops);
+    REQUIRE(a->layers.size() == b->layers.size());
+    for (size_t i = 0; i < a->layers.size(); ++i) {
+      CAPTURE(i);
+      CHECK(a->layers[i].out_shape == b->layers[i].out_shape);
+      CHECK(a->layers[i].input == b->layers[i].input);
+      CHECK(a->layers[i].other == b->layers[i].other);
+    }
+  }
+
+  TEST_CASE("fashion-cnn, built in C++, has the shipped workload's parameters") {
+    auto m = model_builder("fashion-cnn", {28, 28, 1});
+    m.conv2d(32, 3, 1, 1).named("conv1").relu().max_pool(2);
+    m.conv2d(64, 3, 1, 1).named("conv2").relu().max_pool(2).flatten();
+    m.linear(128).named("fc1").relu().linear(10).named("fc2").softmax_xent();
+    auto plan = m.plan();
+    REQUIRE(plan.has_value());
+    auto shipped = find_workload("fashion-cnn");
+    REQUIRE(shipped.has_value());
+    auto blocks = (*shipped)->layout();
+    std::vector<parameter_block> built;
+    for (const auto& l : plan->layers)
+      for (const auto& p : l.params) built.push_back(p);
+    REQUIRE(built.size() == blocks.size());
+    for (size_t i = 0; i < blocks.size(); ++i) {
+      CHECK(built[i].name == blocks[i].name);
+      CHECK(built[i].shape == blocks[i].shape);
+    }
+  }
+
+  TEST_CASE("a bad model from the builder gets the planner's error, naming the layer") {
+    auto m = model_builder("bad", {10});
+    m.linear(5).add("nowhere").softmax_xent();
+    auto plan = m.plan();
+    REQUIRE_FALSE(plan.has_value());
+    CHECK(plan.error().message().find("model.layers[1] (add).with") != std::string::npos);
+  }
+}
