@@ -13,11 +13,13 @@
 
 #include <atomic>
 #include <cstdlib>
+#include <optional>
 #include <thread>
 
 #include "access.hpp"
 #include "core_supervisor.hpp"
 #include "gflex/gflex.hpp"
+#include "gflex/runtime/checkpoint.hpp"
 #include "gflex/runtime/secret_file.hpp"
 #include "gflex/runtime/shard.hpp"
 #include "gflex/runtime/tls_credentials.hpp"
@@ -432,34 +434,113 @@ expected<void> client::topup(const std::string& job_id, int64_t micro) {
 
 // -- embedded -----------------------------------------------------------------------------------
 
-expected<job_status> run_embedded(const embedded_config& config, const std::string& spec_toml,
+expected<std::vector<std::string>> client::fetch_parameters(const std::string& job_id,
+                                                            std::span<float> out) {
+  auto bytes = fetch(job_id);
+  if (!bytes) return bytes.error();
+  auto c = decode_checkpoint(*bytes);
+  if (!c) return c.error();
+  int64_t total = 0;
+  for (const auto& t : c->tensors) {
+    if (t.value.type() != dtype::f32)
+      return error(errc::bad_format,
+                   "job " + job_id + ": parameter block " + t.name + " is not float32");
+    total += t.value.numel();
+  }
+  if (total != static_cast<int64_t>(out.size()))
+    return error(errc::invalid_argument, "job " + job_id + " has " + std::to_string(total) +
+                                             " parameters; the buffer holds " +
+                                             std::to_string(out.size()));
+  std::vector<std::string> names;
+  size_t at = 0;
+  for (const auto& t : c->tensors) {
+    const auto n = static_cast<size_t>(t.value.numel());
+    std::copy_n(t.value.data<float>(), n, out.data() + at);
+    at += n;
+    names.push_back(t.name);
+  }
+  return names;
+}
+
+expected<job_status> client::wait(const std::string& job_id,
                                   const std::function<void(const job_status&)>& on_status) {
+  for (;;) {
+    auto s = status(job_id);
+    if (!s) return s.error();
+    if (on_status) on_status(*s);
+    if (is_terminal(s->state)) return s;
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+}
+
+// What an embedded cluster holds. Members are destroyed in reverse order: the node and
+// core handles and the owning actor before the client, which owns the actor system.
+struct embedded_cluster::state {
+  gflex::client client;
+  std::filesystem::path dir;
+  bool temporary = false;
+  std::optional<caf::scoped_actor> owner;
+  caf::actor core;
+  std::vector<caf::actor> nodes;
+  std::vector<std::string> names;
+
+  explicit state(gflex::client c) : client(std::move(c)) {}
+  state(const state&) = delete;
+  state& operator=(const state&) = delete;
+
+  // Nodes first and waited for, so that none of them sees the core vanish and reconnects.
+  ~state() {
+    if (owner) {
+      for (auto& n : nodes) (*owner)->send_exit(n, caf::exit_reason::user_shutdown);
+      (*owner)->wait_for(nodes);
+      if (core) {
+        (*owner)->send_exit(core, caf::exit_reason::user_shutdown);
+        (*owner)->wait_for(core);
+      }
+    } else if (core) {
+      caf::anon_send_exit(core, caf::exit_reason::user_shutdown);
+    }
+    nodes.clear();
+    core = nullptr;
+    owner.reset();
+    std::error_code ec;
+    if (temporary) std::filesystem::remove_all(dir, ec);
+  }
+};
+
+embedded_cluster::embedded_cluster(std::unique_ptr<state> s) : s_(std::move(s)) {}
+embedded_cluster::embedded_cluster(embedded_cluster&&) noexcept = default;
+embedded_cluster& embedded_cluster::operator=(embedded_cluster&&) noexcept = default;
+embedded_cluster::~embedded_cluster() = default;
+
+gflex::client& embedded_cluster::client() {
+  return s_->client;
+}
+
+std::vector<std::string> embedded_cluster::node_names() const {
+  return s_->names;
+}
+
+expected<embedded_cluster> embedded_cluster::start(const embedded_config& config) {
   if (config.nodes < 1 || config.nodes > 64)
     return error(errc::invalid_argument, "--nodes must be in [1, 64]");
+  if (config.workers_per_node < 1 || config.workers_per_node > 64)
+    return error(errc::invalid_argument, "workers per node must be in [1, 64]");
   std::filesystem::path dir = config.data_dir;
-  bool temporary = dir.empty();
+  const bool temporary = dir.empty();
   if (temporary) {
     std::string pattern = (std::filesystem::temp_directory_path() / "gflex-demo-XXXXXX").string();
     if (mkdtemp(pattern.data()) == nullptr)
       return error(errc::io_error, "cannot create a temporary directory");
     dir = pattern;
   }
-  struct remove_dir {
-    std::filesystem::path dir;
-    bool active;
-    ~remove_dir() {
-      std::error_code ec;
-      if (active) std::filesystem::remove_all(dir, ec);
-    }
-  } cleanup{dir, temporary};
-
-  // The client owns the actor system and is declared first, so that every actor handle
-  // below is released before the system's destructor waits for its actors.
   auto p = std::make_unique<client::impl>();
   configure_actor_system(p->cfg);
   p->sys = std::make_unique<caf::actor_system>(p->cfg);
-  auto& sys = *p->sys;
-  client c(std::move(p));
+  auto s = std::make_unique<state>(gflex::client(std::move(p)));
+  s->dir = dir;
+  s->temporary = temporary;
+  auto& sys = s->client.impl_->system();
   // The process is the core's operator, with a key made for this run; its nodes are its
   // own and join the core tier with a token it makes.
   core_config core_cfg;
@@ -467,15 +548,12 @@ expected<job_status> run_embedded(const embedded_config& config, const std::stri
   core_cfg.operator_key = new_api_key();
   auto core = spawn_core(sys, core_cfg);
   if (!core) return core.error();
-  c.impl_->core = *core;
-  c.impl_->key = core_cfg.operator_key;
-  auto token = c.create_token("core", 0);
-  if (!token) {
-    caf::anon_send_exit(*core, caf::exit_reason::user_shutdown);
-    return token.error();
-  }
-  caf::scoped_actor owner{sys};
-  std::vector<caf::actor> nodes;
+  s->core = *core;
+  s->client.impl_->core = *core;
+  s->client.impl_->key = core_cfg.operator_key;
+  s->owner.emplace(sys);
+  auto token = s->client.create_token("core", 0);
+  if (!token) return token.error();
   for (int i = 0; i < config.nodes; ++i) {
     node_config n;
     n.name = "node-" + std::to_string(i + 1);
@@ -483,39 +561,21 @@ expected<job_status> run_embedded(const embedded_config& config, const std::stri
     n.data_dir = dir / n.name;
     n.tier = "core";
     n.token = *token;
-    auto node = spawn_node(sys, n, node_test_aids{}, "", 0, *core, owner);
-    if (!node) {
-      caf::anon_send_exit(*core, caf::exit_reason::user_shutdown);
-      return node.error();
-    }
-    nodes.push_back(*node);
+    auto node = spawn_node(sys, n, node_test_aids{}, "", 0, *core, *s->owner);
+    if (!node) return node.error();
+    s->nodes.push_back(*node);
+    s->names.push_back(n.name);
   }
-  // Nodes first and waited for, so that none of them sees the core vanish and reconnects.
-  auto shutdown = [&] {
-    for (auto& n : nodes) owner->send_exit(n, caf::exit_reason::user_shutdown);
-    owner->wait_for(nodes);
-    owner->send_exit(*core, caf::exit_reason::user_shutdown);
-    owner->wait_for(*core);
-  };
-  auto id = c.submit(spec_toml);
-  if (!id) {
-    shutdown();
-    return id.error();
-  }
-  job_status last;
-  for (;;) {
-    auto s = c.status(*id);
-    if (!s) {
-      shutdown();
-      return s.error();
-    }
-    last = *s;
-    if (on_status) on_status(last);
-    if (is_terminal(last.state)) break;
-    std::this_thread::sleep_for(std::chrono::milliseconds(200));
-  }
-  shutdown();
-  return last;
+  return embedded_cluster(std::move(s));
+}
+
+expected<job_status> run_embedded(const embedded_config& config, const std::string& spec_toml,
+                                  const std::function<void(const job_status&)>& on_status) {
+  auto cluster = embedded_cluster::start(config);
+  if (!cluster) return cluster.error();
+  auto id = cluster->client().submit(spec_toml);
+  if (!id) return id.error();
+  return cluster->client().wait(*id, on_status);
 }
 
 }  // namespace gflex

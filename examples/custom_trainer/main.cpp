@@ -1,5 +1,6 @@
 // A C++ trainer that defines its own model and trains it on an in-process cluster (a core
-// and N nodes in this process, the embedded default), printing each committed round.
+// and N nodes in this process, the embedded default), printing each committed round, then
+// fetches the trained parameters into its own buffer.
 //
 //   custom_trainer [NODES] [ROUNDS]
 //
@@ -10,9 +11,11 @@
 #include <gflex/gflex.hpp>
 #include <gflex/kernels/model_builder.hpp>
 
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
+#include <vector>
 
 int main(int argc, char** argv) {
   const int nodes = argc > 1 ? std::atoi(argv[1]) : 2;
@@ -44,10 +47,21 @@ int main(int argc, char** argv) {
                            "[outer]\nlr = 0.7\nmomentum = 0.5\n"
                            "[data]\nset = \"fashion-mnist\"\n" +
                            model.toml();
-  gflex::embedded_config cluster;
-  cluster.nodes = nodes;
+  gflex::embedded_config config;
+  config.nodes = nodes;
+  auto cluster = gflex::embedded_cluster::start(config);
+  if (!cluster) {
+    std::fprintf(stderr, "the cluster did not start: %s\n", cluster.error().message().c_str());
+    return 1;
+  }
+  auto& core = cluster->client();
+  auto id = core.submit(spec);
+  if (!id) {
+    std::fprintf(stderr, "the job is refused: %s\n", id.error().message().c_str());
+    return 1;
+  }
   long long last_round = -1;
-  auto done = gflex::run_embedded(cluster, spec, [&](const gflex::job_status& s) {
+  auto done = core.wait(*id, [&](const gflex::job_status& s) {
     if (s.round == last_round) return;
     last_round = s.round;
     std::printf("round %lld/%lld: train loss %.4f, test accuracy %.4f, %d nodes\n",
@@ -61,5 +75,19 @@ int main(int argc, char** argv) {
   }
   std::printf("%s: %s, test accuracy %.4f after %lld rounds\n", done->job_id.c_str(),
               done->state.c_str(), done->test_accuracy, static_cast<long long>(done->round));
-  return done->state == "done" ? 0 : 1;
+  if (done->state != "done") return 1;
+
+  // The trained parameters, into this program's own buffer (block after block, in the order
+  // the plan lists them).
+  std::vector<float> parameters(static_cast<size_t>(plan->parameters));
+  auto blocks = core.fetch_parameters(*id, parameters);
+  if (!blocks) {
+    std::fprintf(stderr, "fetch: %s\n", blocks.error().message().c_str());
+    return 1;
+  }
+  double sum_sq = 0.0;
+  for (float v : parameters) sum_sq += static_cast<double>(v) * v;
+  std::printf("fetched %zu parameters in %zu blocks (%s first), L2 norm %.4f\n", parameters.size(),
+              blocks->size(), blocks->front().c_str(), std::sqrt(sum_sq));
+  return 0;
 }

@@ -58,6 +58,8 @@ python3 -c "import sys; sys.exit(0 if float('${acc:-0}') >= 0.80 else 1)" ||
   fail "custom_trainer: accuracy '${acc}' < 0.80: $(tail -3 "$WORK/custom.out")"
 grep -q "type = 'add', with = 'h1'" "$WORK/custom.out" ||
   fail "custom_trainer did not print its model: $(head -12 "$WORK/custom.out")"
+grep -q "fetched 118282 parameters in 6 blocks (layer0.weight first)" "$WORK/custom.out" ||
+  fail "custom_trainer did not fetch its parameters: $(tail -2 "$WORK/custom.out")"
 echo "ok: custom_trainer (installed SDK): its residual MLP reached $acc in 8 rounds"
 
 # remote_trainer: a real core in another process, two nodes, an account's API key.

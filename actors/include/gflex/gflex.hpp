@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <functional>
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -141,6 +142,15 @@ class client {
   expected<void> cancel(const std::string& job_id);
   /// The trained parameters of the last committed round, as checkpoint bytes.
   expected<std::vector<uint8_t>> fetch(const std::string& job_id);
+  /// The same parameters written into the caller's buffer, block after block in the model's
+  /// layout order (as plan_model lists them); `out` must hold exactly the model's parameter
+  /// count (the error says how many it holds). Returns the checkpoint's tensor names.
+  expected<std::vector<std::string>> fetch_parameters(const std::string& job_id,
+                                                      std::span<float> out);
+  /// Follows a job to its end, polling every 200 ms and calling `on_status` with each status
+  /// seen; returns the final one.
+  expected<job_status> wait(const std::string& job_id,
+                            const std::function<void(const job_status&)>& on_status = {});
 
   /// Uploads `data` as the data set `name` of this key's account (replacing one of that
   /// name): its splits cut into shards of about 8 MiB, sent in order; the core checks each
@@ -178,8 +188,7 @@ class client {
  private:
   explicit client(std::unique_ptr<impl> p);
   std::unique_ptr<impl> impl_;
-  friend expected<job_status> run_embedded(const struct embedded_config&, const std::string&,
-                                           const std::function<void(const job_status&)>&);
+  friend class embedded_cluster;
 };
 
 /// Core and nodes in one process (no sockets; the same actors and job path).
@@ -189,8 +198,30 @@ struct embedded_config {
   std::filesystem::path data_dir;  ///< Empty: a temporary directory, removed at the end.
 };
 
-/// Runs one job on an embedded core with `nodes` nodes to its end, calling `on_status` as it
-/// progresses; returns the final status.
+/// A core and `nodes` core-tier nodes in this process (no sockets; the same actors and job
+/// path as separate processes), up until the object is destroyed: a trainer submits, follows,
+/// fetches and cancels any number of jobs through `client()`, which holds the operator's key.
+class embedded_cluster {
+ public:
+  static expected<embedded_cluster> start(const embedded_config& config);
+  embedded_cluster(embedded_cluster&&) noexcept;
+  embedded_cluster& operator=(embedded_cluster&&) noexcept;
+  /// Stops the nodes, then the core; a temporary data directory is removed.
+  ~embedded_cluster();
+
+  gflex::client& client();
+  /// The nodes' names ("node-1", ...).
+  std::vector<std::string> node_names() const;
+
+  struct state;
+
+ private:
+  explicit embedded_cluster(std::unique_ptr<state> s);
+  std::unique_ptr<state> s_;
+};
+
+/// Runs one job on an embedded cluster to its end, calling `on_status` as it progresses;
+/// returns the final status.
 expected<job_status> run_embedded(const embedded_config& config, const std::string& spec_toml,
                                   const std::function<void(const job_status&)>& on_status);
 

@@ -1,0 +1,78 @@
+// The embedding API's in-process cluster: several jobs on one cluster, parameters fetched
+// into the caller's buffer, and bad input answered with errors, never aborts.
+
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "fashion_mnist_installed.hpp"
+#include "gflex/gflex.hpp"
+#include "gflex/kernels/model_builder.hpp"
+
+using namespace gflex;
+
+namespace {
+
+std::string small_job(const std::string& name, const kernels::model_builder& model) {
+  return "[job]\nname = \"" + name +
+         "\"\nrounds = 2\nworkers = 2\n[inner]\nlocal_steps = 5\nbatch_size = 32\n"
+         "[data]\nset = \"fashion-mnist\"\n" +
+         model.toml();
+}
+
+}  // namespace
+
+TEST_SUITE("embedded cluster") {
+  TEST_CASE("one cluster runs several jobs; parameters land in the caller's buffer" *
+            doctest::skip(!test::fashion_mnist_installed())) {
+    embedded_config config;
+    config.nodes = 2;
+    auto cluster = embedded_cluster::start(config);
+    REQUIRE_MESSAGE(cluster.has_value(), cluster.error().message());
+    CHECK(cluster->node_names() == std::vector<std::string>{"node-1", "node-2"});
+    auto& c = cluster->client();
+
+    kernels::model_builder model("tiny", {784});
+    model.linear(16).relu().linear(10).softmax_xent();
+    const int64_t count = model.plan()->parameters;
+    for (const char* name : {"first", "second"}) {
+      auto id = c.submit(small_job(name, model));
+      REQUIRE_MESSAGE(id.has_value(), id.error().message());
+      int polls = 0;
+      auto done = c.wait(*id, [&](const job_status&) { ++polls; });
+      REQUIRE(done.has_value());
+      CHECK(done->state == "done");
+      CHECK(done->round == 2);
+      CHECK(polls >= 1);
+      std::vector<float> params(static_cast<size_t>(count), NAN);
+      auto names = c.fetch_parameters(*id, params);
+      REQUIRE_MESSAGE(names.has_value(), names.error().message());
+      CHECK(names->size() == 4);
+      CHECK(names->front() == "layer0.weight");
+      CHECK(std::all_of(params.begin(), params.end(), [](float v) { return std::isfinite(v); }));
+      // A buffer of the wrong size is an error that says both sizes, and is left alone.
+      std::vector<float> small(10, 7.0f);
+      auto wrong = c.fetch_parameters(*id, small);
+      REQUIRE_FALSE(wrong.has_value());
+      CHECK(wrong.error().message().find(std::to_string(count) + " parameters") !=
+            std::string::npos);
+      CHECK(small[0] == 7.0f);
+    }
+    // Bad specs are refused with the core's message; the cluster stays usable.
+    auto bad = c.submit("[job]\nname = \"bad\"\nworkload = \"no-such\"\n");
+    REQUIRE_FALSE(bad.has_value());
+    CHECK(bad.error().message().find("unknown workload 'no-such'") != std::string::npos);
+    CHECK(c.jobs().has_value());
+    auto unknown = c.wait("job-999");
+    CHECK_FALSE(unknown.has_value());
+  }
+
+  TEST_CASE("a cluster of no nodes is an error, not an abort") {
+    embedded_config config;
+    config.nodes = 0;
+    auto cluster = embedded_cluster::start(config);
+    REQUIRE_FALSE(cluster.has_value());
+    CHECK(cluster.error().message().find("[1, 64]") != std::string::npos);
+  }
+}
