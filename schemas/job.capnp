@@ -55,4 +55,6 @@ struct JobRecord {
   recomputeSeconds @22 :Float64;
   # Mean loss per sample (per token for a language model) on the test split, nats.
   testLoss @23 :Float64;
+  # Sampled results used without re-computation (no core-tier worker; --unverified accept).
+  unverifiedResults @24 :UInt64;
 }

@@ -91,6 +91,12 @@ registry_config registry_config_of(const core_config& config, uint32_t incarnati
   return r;
 }
 
+verifier_limits verifier_limits_of(const core_config& config) {
+  verifier_limits limits;
+  limits.max_wait = std::chrono::milliseconds(static_cast<int64_t>(config.verify_wait_s * 1000.0));
+  return limits;
+}
+
 job_links links_of(const core_children& c, std::shared_ptr<data_catalog> catalog,
                    const core_config& config) {
   job_links links;
@@ -103,6 +109,7 @@ job_links links_of(const core_children& c, std::shared_ptr<data_catalog> catalog
   links.verifier = c.verifier;
   links.ledger = c.ledger;
   links.max_jobs_per_account = config.max_jobs_per_account;
+  links.accept_unverified = config.unverified == "accept";
   return links;
 }
 
@@ -180,7 +187,7 @@ caf::actor restart_child(core_actor_type* self, const caf::actor_addr& who) {
     tell(c.reputation, "gate", c.gate);
     return c.gate;
   } else if (who == c.verifier.address()) {
-    c.verifier = spawn_verifier(sys, c.market);
+    c.verifier = spawn_verifier(sys, c.market, verifier_limits_of(st.config));
     tell(c.jobs, "verifier", c.verifier);
     return c.verifier;
   }
@@ -568,7 +575,7 @@ expected<caf::actor> spawn_core(caf::actor_system& sys, const core_config& confi
   c.registry = spawn_registry(sys, c.market, c.data_server, registry_config_of(config, 0));
   c.gate = spawn_gatekeeper(sys, c.store, config.operator_key);
   c.reputation = spawn_reputation_tracker(sys, c.store, c.market, c.gate, reputation_policy{});
-  c.verifier = spawn_verifier(sys, c.market);
+  c.verifier = spawn_verifier(sys, c.market, verifier_limits_of(config));
   c.ledger = spawn_ledger_keeper(sys, c.store);
   c.jobs = spawn_job_supervisor(sys, links_of(c, catalog, config));
   return sys.spawn(core_actor, c, config, catalog);

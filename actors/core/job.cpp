@@ -46,10 +46,11 @@ struct in_flight {
 
 /// Where an accepted result stands with verification.
 enum class check_state : uint8_t {
-  deciding,   // the reputation tracker is drawing whether to re-compute it
-  verifying,  // a core-tier worker is re-computing it
-  clear,      // not sampled (or from the core tier)
-  verified,   // re-computed and matched
+  deciding,    // the reputation tracker is drawing whether to re-compute it
+  verifying,   // a core-tier worker is re-computing it
+  clear,       // not sampled (or from the core tier)
+  verified,    // re-computed and matched
+  unverified,  // sampled, but used without re-computation (no core-tier worker; policy accept)
 };
 
 /// A result that passed the immediate checks.
@@ -84,6 +85,7 @@ struct unconfirmed_round {
 struct job_state {
   job_start job;
   job_links links;
+  std::string verifier_missing;  // why the last re-computation found no core-tier worker
   std::unique_ptr<kernels::workload> workload;
   std::shared_ptr<const served_data> data;
   std::unique_ptr<kernels::backend> eval_backend;
@@ -462,6 +464,7 @@ void verify(job_actor* self, uint64_t assignment_id) {
                 "({})",
                 st.job.id, r->work.round + 1, r->work.shard.substr(0, 12), r->slot.node_name,
                 distance, norm_ratio, match ? "match" : "MISMATCH");
+            st.verifier_missing.clear();
             if (match) {
               r->check = check_state::verified;
               st.job.status.verified_results += 1;
@@ -477,9 +480,31 @@ void verify(job_actor* self, uint64_t assignment_id) {
                        format_g(st.job.spec.norm_tolerance) + " of 1)");
           },
           [=](caf::error& e) {
-            spdlog::warn("job {}: verification failed ({}); trying again", self->state.job.id,
-                         self->system().render(e));
-            self->delayed_send(self, std::chrono::seconds(1), verify_atom::value, assignment_id);
+            auto& st = self->state;
+            auto* r = find_result(st, assignment_id);
+            if (r == nullptr || st.finished) return;
+            const auto err = from_caf(e);
+            if (err.code() != errc::unavailable && err.code() != errc::limit_exceeded) {
+              spdlog::warn("job {}: verification failed ({}); trying again", st.job.id,
+                           err.message());
+              self->delayed_send(self, std::chrono::seconds(1), verify_atom::value, assignment_id);
+              return;
+            }
+            // No core-tier worker to re-compute it: the operator's policy decides.
+            if (st.links.accept_unverified) {
+              r->check = check_state::unverified;
+              st.job.status.unverified_results += 1;
+              spdlog::warn(
+                  "job {}: the result of {} for round {} is used unverified ({}; the core runs "
+                  "with --unverified accept)",
+                  st.job.id, r->slot.node_name, r->work.round + 1, err.message());
+              try_confirm(self);
+              try_advance(self);
+              return;
+            }
+            st.verifier_missing = err.message();
+            spdlog::warn("job {}: waiting for a verifier: {}", st.job.id, err.message());
+            self->delayed_send(self, std::chrono::seconds(5), verify_atom::value, assignment_id);
           });
 }
 
@@ -949,10 +974,12 @@ void watch_round(job_actor* self) {
   }
   if (st.unconfirmed && answered == spec.workers) {
     auto waiting = unsettled(st.unconfirmed->results);
-    std::string detail = "round " + std::to_string(st.job.status.round + 1) +
-                         " is in; waiting for " + std::to_string(waiting) +
-                         " verification(s) of round " + std::to_string(st.unconfirmed->index + 1) +
-                         " on core-tier workers";
+    std::string detail =
+        "round " + std::to_string(st.job.status.round + 1) + " is in; waiting for " +
+        std::to_string(waiting) + " verification(s) of round " +
+        std::to_string(st.unconfirmed->index + 1) + " on core-tier workers" +
+        (st.verifier_missing.empty() ? std::string()
+                                     : " (waiting for a verifier: " + st.verifier_missing + ")");
     if (detail != st.job.status.detail) {
       st.job.status.detail = detail;
       publish(self);

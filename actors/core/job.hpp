@@ -50,6 +50,7 @@ struct job_links {
   double fee = 0.1;               ///< the platform's share of a payment
   double cloud_price = 3.06;      ///< credits per device-hour in a public cloud, for comparison
   int max_jobs_per_account = 16;  ///< unfinished jobs one account may have
+  bool accept_unverified = false;  ///< with no core-tier worker: use sampled results unverified
 };
 
 /// Spawns a job actor on its own thread (evaluation and encoding block).

@@ -23,6 +23,7 @@ struct pending_check {
   verify_request request;
   caf::response_promise promise;
   int attempts = 0;
+  std::chrono::steady_clock::time_point queued = std::chrono::steady_clock::now();
 };
 
 struct running_check {
@@ -32,6 +33,7 @@ struct running_check {
 
 struct verifier_state {
   caf::actor market;
+  verifier_limits limits;
   std::deque<pending_check> queue;
   std::map<uint64_t, running_check> running;  // by the re-computation's assignment id
   bool asking = false;                        // an acquire is in flight
@@ -47,6 +49,7 @@ void retry_or_fail(verifier_actor* self, pending_check check, const std::string&
   if (++check.attempts >= max_attempts) {
     check.promise.deliver(to_caf(error(errc::io_error, "re-computation failed: " + why)));
   } else {
+    check.queued = std::chrono::steady_clock::now();  // its wait starts again
     self->state.queue.push_front(std::move(check));
   }
   pump(self);
@@ -99,8 +102,27 @@ void run(verifier_actor* self, pending_check check, const worker_slot& slot) {
           });
 }
 
+// Answers the requests that have waited longer than the limit for a core-tier worker.
+void expire(verifier_actor* self) {
+  auto& st = self->state;
+  const auto now = std::chrono::steady_clock::now();
+  for (auto it = st.queue.begin(); it != st.queue.end();) {
+    if (now - it->queued < st.limits.max_wait) {
+      ++it;
+      continue;
+    }
+    const auto waited = std::chrono::duration_cast<std::chrono::seconds>(now - it->queued);
+    it->promise.deliver(to_caf(error(
+        errc::unavailable, "no core-tier worker was free to re-compute it for " +
+                               std::to_string(waited.count()) + " s (" +
+                               std::to_string(st.queue.size()) + " re-computations waiting)")));
+    it = st.queue.erase(it);
+  }
+}
+
 void pump(verifier_actor* self) {
   auto& st = self->state;
+  expire(self);
   if (st.queue.empty() || st.asking) return;
   st.asking = true;
   auto wanted = static_cast<int64_t>(st.queue.size());
@@ -137,8 +159,9 @@ void pump(verifier_actor* self) {
           });
 }
 
-caf::behavior verifier(verifier_actor* self, caf::actor market) {
+caf::behavior verifier(verifier_actor* self, caf::actor market, verifier_limits limits) {
   self->state.market = std::move(market);
+  self->state.limits = limits;
   return {
       [=](verify_atom, verify_request& request) -> caf::response_promise {
         auto promise = self->make_response_promise();
@@ -146,7 +169,15 @@ caf::behavior verifier(verifier_actor* self, caf::actor market) {
           promise.deliver(to_caf(error(errc::invalid_argument, "nothing to verify")));
           return promise;
         }
-        self->state.queue.push_back({std::move(request), promise, 0});
+        if (self->state.queue.size() >= self->state.limits.max_queue) {
+          promise.deliver(to_caf(error(errc::limit_exceeded,
+                                       std::to_string(self->state.queue.size()) +
+                                           " re-computations are waiting for a core-tier worker, "
+                                           "the most the verifier holds")));
+          return promise;
+        }
+        self->state.queue.push_back(
+            {std::move(request), promise, 0, std::chrono::steady_clock::now()});
         pump(self);
         return promise;
       },
@@ -174,8 +205,8 @@ caf::behavior verifier(verifier_actor* self, caf::actor market) {
 
 }  // namespace
 
-caf::actor spawn_verifier(caf::actor_system& sys, caf::actor market) {
-  return sys.spawn(verifier, std::move(market));
+caf::actor spawn_verifier(caf::actor_system& sys, caf::actor market, verifier_limits limits) {
+  return sys.spawn(verifier, std::move(market), limits);
 }
 
 }  // namespace gflex

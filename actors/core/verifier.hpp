@@ -13,15 +13,25 @@
 ///   |claimed| / |recomputed|, and the compute seconds the re-computation took; or an error when
 ///   the re-computation itself failed three times. Requests wait in order for a free core-tier slot
 ///   (acquired from the market with the core policy); a lost worker's request is run again on
-///   another.
+///   another. A request that has waited `max_wait` without one is answered errc::unavailable
+///   (the job decides whether to ask again or to go on unverified), and at most `max_queue`
+///   wait: one more is answered errc::limit_exceeded at once, so nothing piles up.
 /// - (withdraw_atom, node_id) from the market: a core-tier node went away; its requests are
 ///   run again.
 /// - (update_atom, "market", actor): a restarted market.
 
 #include <caf/fwd.hpp>
 
+#include <chrono>
+#include <cstddef>
+
 namespace gflex {
 
-caf::actor spawn_verifier(caf::actor_system& sys, caf::actor market);
+struct verifier_limits {
+  std::chrono::milliseconds max_wait{60000};
+  size_t max_queue = 4096;
+};
+
+caf::actor spawn_verifier(caf::actor_system& sys, caf::actor market, verifier_limits limits = {});
 
 }  // namespace gflex

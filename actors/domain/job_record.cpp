@@ -43,6 +43,7 @@ std::vector<uint8_t> encode_job_record(const std::string& spec_text, const job_s
   r.setRejectedResults(s.rejected_results);
   r.setVerifiedResults(s.verified_results);
   r.setScreenedResults(s.screened_results);
+  r.setUnverifiedResults(s.unverified_results);
   r.setComputeSeconds(s.compute_s);
   r.setRecomputeSeconds(s.recompute_s);
   r.setRollbacks(s.rollbacks);
@@ -81,6 +82,7 @@ expected<std::pair<std::string, job_status>> decode_job_record(std::span<const u
     s.rejected_results = r.getRejectedResults();
     s.verified_results = r.getVerifiedResults();
     s.screened_results = r.getScreenedResults();
+    s.unverified_results = r.getUnverifiedResults();
     s.compute_s = r.getComputeSeconds();
     s.recompute_s = r.getRecomputeSeconds();
     s.rollbacks = r.getRollbacks();

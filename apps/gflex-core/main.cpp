@@ -142,6 +142,16 @@ int main(int argc, char** argv) {
                  "unfinished jobs one account may have")
       ->check(CLI::Range(1, 100000))
       ->capture_default_str();
+  app.add_option("--unverified", config.unverified,
+                 "when no core-tier worker can re-compute sampled results: wait for one, or "
+                 "accept them unverified (counted in each job's unverified_results)")
+      ->check(CLI::IsMember({"wait", "accept"}))
+      ->capture_default_str();
+  app.add_option("--verify-wait-s", config.verify_wait_s,
+                 "seconds a re-computation waits for a core-tier worker before --unverified "
+                 "applies")
+      ->check(CLI::Range(0.1, 86400.0))
+      ->capture_default_str();
   app.add_flag("--insecure", config.insecure,
                "serve plain TCP instead of TLS: links are not encrypted (a warning is logged)");
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error, critical or off")

@@ -1,6 +1,7 @@
 #include "job_commands.hpp"
 
 #include <spdlog/spdlog.h>
+#include <algorithm>
 #include <cmath>
 
 #include <cstdio>
@@ -51,6 +52,7 @@ nlohmann::json to_json(const job_status& s) {
           {"verified_results", s.verified_results},
           {"rollbacks", s.rollbacks},
           {"screened_results", s.screened_results},
+          {"unverified_results", s.unverified_results},
           {"compute_s", s.compute_s},
           {"recompute_s", s.recompute_s},
           {"account", s.account},
@@ -150,6 +152,19 @@ int run_submit(const job_flags& f) {
   if (!id) return fail(id.error());
   std::printf("%s\n", id->c_str());
   std::fflush(stdout);
+  // Community results are sampled and re-computed on core-tier workers: without one, the job
+  // waits for a verifier (or, on a core run with --unverified accept, goes on unverified).
+  if (spec->tier != trust_tier::core) {
+    auto nodes = c->nodes();
+    const bool verifier = nodes && std::any_of(nodes->begin(), nodes->end(),
+                                               [](const auto& n) { return n.tier == "core"; });
+    if (nodes && !verifier)
+      std::fprintf(stderr,
+                   "warning: no core-tier node is connected to verify %s's sampled results; "
+                   "until one joins, the job waits for a verifier (unless the core runs with "
+                   "--unverified accept)\n",
+                   id->c_str());
+  }
   if (!f.wait) {
     if (!f.json.empty() && !write_json(f.json, {{"job_id", *id}})) return 1;
     return 0;

@@ -36,6 +36,8 @@ const char* to_string(errc code) noexcept {
       return "permission_denied";
     case errc::limit_exceeded:
       return "limit_exceeded";
+    case errc::unavailable:
+      return "unavailable";
   }
   return "unknown";
 }

@@ -44,6 +44,12 @@ struct core_config {
   bool insecure = false;
   /// Unfinished jobs one account may have at a time.
   int max_jobs_per_account = 16;
+  /// Sampled community results are re-computed on core-tier workers. When none has been
+  /// free for `verify_wait_s` seconds, a job either waits for one ("wait": its status says
+  /// so) or uses such results unverified ("accept": with reduced assurance, counted in its
+  /// unverified_results).
+  std::string unverified = "wait";
+  double verify_wait_s = 60.0;
   /// The platform's share of every payment to a node, in [0, 1).
   double fee = 0.1;
   /// What a device-hour costs in a public cloud, credits (1 credit = 1 US dollar): the

@@ -36,8 +36,11 @@ struct job_status {
   uint64_t verified_results = 0;  ///< Results re-computed on core-tier workers and matched.
   uint64_t rollbacks = 0;         ///< Applied rounds undone because a result failed verification.
   uint64_t screened_results = 0;  ///< Results that did not look typical of their round.
-  double compute_s = 0.0;         ///< Compute seconds of the results of committed rounds.
-  double recompute_s = 0.0;       ///< Compute seconds spent re-computing results.
+  /// Sampled results used without their re-computation, no core-tier worker being free (a
+  /// core run with --unverified accept): reduced assurance.
+  uint64_t unverified_results = 0;
+  double compute_s = 0.0;    ///< Compute seconds of the results of committed rounds.
+  double recompute_s = 0.0;  ///< Compute seconds spent re-computing results.
   // Cost, for a job with an account (all credits in micro-credits).
   std::string account;        ///< The paying account; empty for an unmetered job.
   int64_t budget = 0;         ///< The most the job may spend (its spec's, plus top-ups).

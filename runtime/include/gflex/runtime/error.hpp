@@ -25,6 +25,7 @@ enum class errc : uint8_t {
   store_error = 10,        ///< The LMDB store failed.
   permission_denied = 11,  ///< The caller lacks the credential the request needs.
   limit_exceeded = 12,     ///< A peer passed one of the bounds on what it may ask for.
+  unavailable = 13,        ///< Nothing can serve the request now (no core-tier worker free).
 };
 
 /// A short, stable name for an error code ("io_error").
