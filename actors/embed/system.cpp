@@ -166,6 +166,10 @@ int run_core(const core_config& given) {
     }
     config.operator_key = std::move(*key);
   }
+  if (auto limit = message_limit_in_effect(); !limit) {
+    spdlog::error("{}", limit.error().message());
+    return 1;
+  }
   caf::actor_system_config cfg;
   configure_actor_system(cfg);
   std::string link = "plain TCP";
@@ -214,6 +218,10 @@ int run_node(const node_config& config, const std::string& host, uint16_t port) 
 int run_node(const node_config& config, const std::string& host, uint16_t port,
              const node_test_aids& aids) {
   signal_watcher signals;
+  if (auto limit = message_limit_in_effect(); !limit) {
+    spdlog::error("{}", limit.error().message());
+    return 1;
+  }
   caf::actor_system_config cfg;
   configure_actor_system(cfg);
   if (config.insecure) {
@@ -297,6 +305,7 @@ client::~client() = default;
 
 expected<client> client::connect(const std::string& host, uint16_t port,
                                  const client_options& options) {
+  if (auto limit = message_limit_in_effect(); !limit) return limit.error();
   auto p = std::make_unique<impl>();
   configure_actor_system(p->cfg);
   p->key = options.api_key;

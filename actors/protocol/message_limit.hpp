@@ -14,6 +14,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "gflex/runtime/error.hpp"
+
 namespace gflex {
 
 /// 128 MiB: a data chunk (3000 samples) is about 2.4 MB and fashion-mlp's parameters 2 MiB;
@@ -22,5 +24,11 @@ inline constexpr size_t max_message_bytes = size_t{128} << 20;
 
 /// Connections closed for announcing a larger message, since the process started.
 uint64_t oversized_messages_refused();
+
+/// Whether the limit is in effect in this process: CAF's own configure_read exists, the
+/// global symbol lookup finds this module's definition first, and libcaf_io was not linked
+/// with -Bsymbolic (which would bind its internal calls to its own definition and bypass
+/// the limit silently). run_core, run_node and client::connect refuse to start without it.
+expected<void> message_limit_in_effect();
 
 }  // namespace gflex

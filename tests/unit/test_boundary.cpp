@@ -17,6 +17,7 @@
 #include <thread>
 
 #include "boundary.hpp"
+#include "message_limit.hpp"
 #include "messages.hpp"
 
 using namespace gflex;
@@ -125,4 +126,11 @@ TEST_CASE("a peer's forged exit, down and error messages kill a plain actor, not
           [&](caf::error& e) { MESSAGE("guarded actor: " << sys.render(e)); });
   CHECK(answered);
   CHECK(dropped == 4);
+}
+
+TEST_CASE("the message size limit is in effect in this process") {
+  // The same check run_core, run_node and client::connect make before they start: CAF's
+  // configure_read resolves to the interposed one and libcaf_io does not bind symbolically.
+  auto in_effect = gflex::message_limit_in_effect();
+  CHECK_MESSAGE(in_effect.has_value(), (in_effect ? "" : in_effect.error().message()));
 }
