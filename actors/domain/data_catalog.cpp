@@ -16,10 +16,16 @@ expected<void> check_workers_fit(int64_t workers, size_t shards) {
 }
 
 expected<std::shared_ptr<const served_data>> data_catalog::get(const kernels::workload& w) {
-  std::lock_guard<std::mutex> guard(mutex_);
   // A user-defined model's data depend on its declaration (a token model's sample length).
   const std::string key = w.name() + '\n' + w.model_text();
-  if (auto it = by_workload_.find(key); it != by_workload_.end()) return it->second;
+  {
+    std::lock_guard<std::mutex> guard(mutex_);
+    if (auto it = by_workload_.find(key); it != by_workload_.end()) return it->second;
+  }
+  // Loading, cutting and hashing take seconds, so they run without the lock: the data server
+  // (event-based, on CAF's scheduler) reads chunks under it and must never wait for them.
+  // Two jobs that load the same data at once both do the work; the first one's is kept.
+  std::map<std::string, std::shared_ptr<const std::vector<uint8_t>>> new_chunks;
   auto splits = w.load_data();
   if (!splits) return splits.error();
   auto data = std::make_shared<served_data>();
@@ -30,9 +36,12 @@ expected<std::shared_ptr<const served_data>> data_catalog::get(const kernels::wo
     int64_t end = std::min(train.size(), begin + shard_samples_);
     auto bytes = std::make_shared<std::vector<uint8_t>>(encode_shard(train, begin, end));
     shard_info info{digest_hex(*bytes), end - begin, bytes->size()};
-    chunks_[info.digest] = std::move(bytes);
+    new_chunks[info.digest] = std::move(bytes);
     data->shards.push_back(std::move(info));
   }
+  std::lock_guard<std::mutex> guard(mutex_);
+  if (auto it = by_workload_.find(key); it != by_workload_.end()) return it->second;
+  for (auto& [digest, bytes] : new_chunks) chunks_[digest] = std::move(bytes);
   spdlog::info("data for {}: {} training samples in {} shards, {} test samples", w.name(),
                data->train_samples, data->shards.size(), data->test.size());
   by_workload_[key] = data;

@@ -36,7 +36,8 @@ class data_catalog {
   explicit data_catalog(int64_t shard_samples = 3000) : shard_samples_(shard_samples) {}
 
   /// The data of workload `w`, loading and sharding it on first use (blocking: call from a
-  /// detached actor). Errors of loading are returned, and retried on the next call.
+  /// detached actor). The load runs without the catalog's lock, so chunk() answers
+  /// meanwhile. Errors of loading are returned, and retried on the next call.
   expected<std::shared_ptr<const served_data>> get(const kernels::workload& w);
 
   /// Registers a user's data set (data_sets.hpp) with its shards' bytes, replacing one of

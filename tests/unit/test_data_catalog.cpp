@@ -1,0 +1,71 @@
+// The data catalog serves chunks to the data server (an event-based actor on CAF's
+// scheduler) while a job loads another data set: loading must not hold the lock chunk()
+// takes.
+
+#include <doctest/doctest.h>
+
+#include <chrono>
+#include <future>
+#include <thread>
+
+#include "data_catalog.hpp"
+#include "gflex/kernels/model_builder.hpp"
+
+using namespace gflex;
+
+namespace {
+
+dataset tiny(int64_t n) {
+  dataset d;
+  d.classes = 2;
+  d.features = tensor::empty({n, 4}, dtype::f32);
+  d.labels = tensor::empty({n}, dtype::i32);
+  for (int64_t i = 0; i < n * 4; ++i) d.features.data<float>()[i] = static_cast<float>(i % 7);
+  for (int64_t i = 0; i < n; ++i) d.labels.data<int32_t>()[i] = static_cast<int32_t>(i % 2);
+  return d;
+}
+
+std::unique_ptr<kernels::workload> workload_loading_for(std::chrono::milliseconds delay,
+                                                        const std::string& name) {
+  kernels::model_builder m(name, {4});
+  m.linear(2).softmax_xent();
+  auto plan = m.plan();
+  REQUIRE(plan.has_value());
+  return kernels::make_graph_workload(name, std::move(*plan), m.toml(),
+                                      [delay]() -> expected<dataset_splits> {
+                                        std::this_thread::sleep_for(delay);
+                                        return dataset_splits{tiny(40), tiny(10)};
+                                      });
+}
+
+}  // namespace
+
+TEST_SUITE("data catalog") {
+  TEST_CASE("chunks are served while another data set loads") {
+    data_catalog catalog(10);
+    auto fast = workload_loading_for(std::chrono::milliseconds(0), "fast");
+    auto first = catalog.get(*fast);
+    REQUIRE(first.has_value());
+    REQUIRE((*first)->shards.size() == 4);
+    const std::string digest = (*first)->shards[0].digest;
+
+    auto slow = workload_loading_for(std::chrono::milliseconds(1500), "slow");
+    auto loading = std::async(std::launch::async, [&] { return catalog.get(*slow); });
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));  // the load is under way
+    const auto start = std::chrono::steady_clock::now();
+    auto bytes = catalog.chunk(digest);
+    const auto waited = std::chrono::steady_clock::now() - start;
+    CHECK(bytes != nullptr);
+    CHECK_MESSAGE(waited < std::chrono::milliseconds(300),
+                  "chunk() waited "
+                      << std::chrono::duration_cast<std::chrono::milliseconds>(waited).count()
+                      << " ms for another data set's load");
+    auto second = loading.get();
+    REQUIRE(second.has_value());
+    CHECK(catalog.chunk((*second)->shards[0].digest) != nullptr);
+    // The second call finds it loaded.
+    auto again = catalog.get(*slow);
+    REQUIRE(again.has_value());
+    CHECK(again->get() == second->get());
+  }
+}
