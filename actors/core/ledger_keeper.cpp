@@ -134,6 +134,62 @@ void write(keeper_actor* self, ledger_entry e, store_batch batch, Promise promis
           });
 }
 
+// The audit behind `gflex ledger verify`: the whole chain re-hashed and every balance
+// recomputed. It runs on a detached auditor (below), never on the keeper's scheduler thread.
+ledger_report audit_ledger(std::vector<std::string>& keys,
+                           std::vector<std::vector<uint8_t>>& values,
+                           const std::vector<std::string>& ended_jobs) {
+  auto stored = parse_stored(keys, values);
+  ledger_report r;
+  auto audit = stored.problem.empty() ? verify_ledger(stored.entries, stored.balances, stored.head)
+                                      : ledger_audit{false, stored.problem};
+  r.ok = audit.ok;
+  r.problem = audit.problem;
+  r.entries = audit.entries;
+  r.accounts = audit.accounts;
+  r.issued = audit.issued;
+  for (const auto& [account, value] : stored.balances)
+    if (account.starts_with("escrow/")) r.in_escrow += value;
+  for (const auto& job : ended_jobs) {
+    auto it = stored.balances.find("escrow/" + job);
+    if (it != stored.balances.end() && it->second != 0) r.stale_escrow += 1;
+  }
+  // Each round of a job is paid once: settle entries name "JOB round R:".
+  std::map<std::string, std::set<std::string>> settled;
+  for (const auto& e : stored.entries) {
+    if (e.kind != "settle") continue;
+    auto space = e.memo.find(' '), colon = e.memo.find(':');
+    if (space == std::string::npos || colon == std::string::npos) continue;
+    auto job = e.memo.substr(0, space);
+    auto round = e.memo.substr(space + 1, colon - space - 1);
+    if (!settled[job].insert(round).second && r.ok) {
+      r.ok = false;
+      r.problem =
+          "entry " + std::to_string(e.seq) + ": " + job + " " + round + " is paid a second time";
+    }
+  }
+  for (const auto& [job, rounds] : settled) {
+    r.settled_jobs.push_back(job);
+    r.settled_rounds.push_back(rounds.size());
+  }
+  if (r.ok && r.stale_escrow != 0) {
+    r.ok = false;
+    r.problem = std::to_string(r.stale_escrow) + " ended job(s) still hold credits in escrow";
+  }
+  return r;
+}
+
+// A one-shot actor on its own thread that audits one scan of the ledger and ends.
+caf::behavior auditor(caf::event_based_actor* self) {
+  return {
+      [=](ledger_atom, std::vector<std::string>& keys, std::vector<std::vector<uint8_t>>& values,
+          const std::vector<std::string>& ended_jobs) -> ledger_report {
+        self->quit();
+        return audit_ledger(keys, values, ended_jobs);
+      },
+  };
+}
+
 caf::behavior keeper(keeper_actor* self, caf::actor store) {
   self->state.store = std::move(store);
   self->request(self->state.store, std::chrono::seconds(120), scan_atom::value,
@@ -232,46 +288,12 @@ caf::behavior keeper(keeper_actor* self, caf::actor store) {
             .then(
                 [=](std::vector<std::string>& keys,
                     std::vector<std::vector<uint8_t>>& values) mutable {
-                  auto stored = parse_stored(keys, values);
-                  ledger_report r;
-                  auto audit = stored.problem.empty()
-                                   ? verify_ledger(stored.entries, stored.balances, stored.head)
-                                   : ledger_audit{false, stored.problem};
-                  r.ok = audit.ok;
-                  r.problem = audit.problem;
-                  r.entries = audit.entries;
-                  r.accounts = audit.accounts;
-                  r.issued = audit.issued;
-                  for (const auto& [account, value] : stored.balances)
-                    if (account.starts_with("escrow/")) r.in_escrow += value;
-                  for (const auto& job : ended_jobs) {
-                    auto it = stored.balances.find("escrow/" + job);
-                    if (it != stored.balances.end() && it->second != 0) r.stale_escrow += 1;
-                  }
-                  // Each round of a job is paid once: settle entries name "JOB round R:".
-                  std::map<std::string, std::set<std::string>> settled;
-                  for (const auto& e : stored.entries) {
-                    if (e.kind != "settle") continue;
-                    auto space = e.memo.find(' '), colon = e.memo.find(':');
-                    if (space == std::string::npos || colon == std::string::npos) continue;
-                    auto job = e.memo.substr(0, space);
-                    auto round = e.memo.substr(space + 1, colon - space - 1);
-                    if (!settled[job].insert(round).second && r.ok) {
-                      r.ok = false;
-                      r.problem = "entry " + std::to_string(e.seq) + ": " + job + " " + round +
-                                  " is paid a second time";
-                    }
-                  }
-                  for (const auto& [job, rounds] : settled) {
-                    r.settled_jobs.push_back(job);
-                    r.settled_rounds.push_back(rounds.size());
-                  }
-                  if (r.ok && r.stale_escrow != 0) {
-                    r.ok = false;
-                    r.problem = std::to_string(r.stale_escrow) +
-                                " ended job(s) still hold credits in escrow";
-                  }
-                  rp.deliver(std::move(r));
+                  // Re-hashing a long ledger takes a while: a detached auditor does it.
+                  auto audit = self->system().spawn<caf::detached>(auditor);
+                  self->request(audit, std::chrono::minutes(10), ledger_atom::value,
+                                std::move(keys), std::move(values), ended_jobs)
+                      .then([=](ledger_report& r) mutable { rp.deliver(std::move(r)); },
+                            [=](caf::error& e) mutable { rp.deliver(e); });
                 },
                 [=](caf::error& e) mutable { rp.deliver(e); });
         return rp;
