@@ -323,6 +323,12 @@ void fail_assignment(job_actor* self, uint64_t id, const std::string& why) {
   dispatch(self);
 }
 
+std::vector<float> floats_of(const tensor* t) {
+  if (t == nullptr || t->type() != dtype::f32) return {};
+  auto s = t->span<float>();
+  return {s.begin(), s.end()};
+}
+
 // The shards round `index` hands out, in order.
 std::vector<int64_t> shards_of_round(const job_state& st, int64_t index) {
   std::vector<int64_t> out;
@@ -1007,6 +1013,28 @@ caf::behavior job_behavior(job_actor* self, job_start start, job_links links) {
   auto& st = self->state;
   st.job = std::move(start);
   st.links = std::move(links);
+  // The last committed checkpoint, decoded here on the job's own thread.
+  if (!st.job.checkpoint.empty()) {
+    if (auto c = decode_checkpoint(st.job.checkpoint)) {
+      st.job.theta = floats_of(c->find("theta"));
+      st.job.momentum = floats_of(c->find("outer_momentum"));
+      if (st.job.from == job_start::origin::restarted)
+        st.job.status.round = static_cast<int64_t>(c->step);
+    } else {
+      spdlog::error("job {}: its checkpoint is damaged ({}); starting from round 0", st.job.id,
+                    c.error().message());
+    }
+    st.job.checkpoint = {};
+  }
+  if (st.job.theta.empty() || st.job.theta.size() != st.job.momentum.size()) {
+    st.job.theta.clear();
+    st.job.momentum.clear();
+    st.job.status.round = 0;
+  }
+  if (st.job.from == job_start::origin::resumed)
+    spdlog::info("resuming job {} from round {}", st.job.id, st.job.status.round);
+  else if (st.job.from == job_start::origin::restarted)
+    spdlog::warn("restarting job {} from round {}", st.job.id, st.job.status.round);
   st.elapsed_before = st.job.status.elapsed_s;
   st.resumed_at = clock_type::now();
   st.durable_round = st.job.status.round;

@@ -37,6 +37,13 @@ struct job_start {
   job_status status;
   std::vector<float> theta;
   std::vector<float> momentum;
+  /// The last committed checkpoint, still encoded: the job decodes it on its own thread
+  /// (theta and momentum from it; when restarted, the round too), so that the supervisor
+  /// never decodes parameters on CAF's scheduler. Unusable bytes start the job from round 0.
+  std::vector<uint8_t> checkpoint;
+  /// How the job starts: submitted now, resumed by a starting core from its record, or
+  /// restarted after its actor died.
+  enum class origin : uint8_t { submitted, resumed, restarted } from = origin::submitted;
 };
 
 struct job_links {
@@ -44,12 +51,12 @@ struct job_links {
   caf::actor market;
   caf::actor supervisor;
   std::shared_ptr<data_catalog> catalog;
-  caf::actor reputation;          ///< the reputation tracker: sampling, credits, rejections
-  caf::actor verifier;            ///< re-computes sampled results on core-tier workers
-  caf::actor ledger;              ///< escrow and payments of metered jobs
-  double fee = 0.1;               ///< the platform's share of a payment
-  double cloud_price = 3.06;      ///< credits per device-hour in a public cloud, for comparison
-  int max_jobs_per_account = 16;  ///< unfinished jobs one account may have
+  caf::actor reputation;           ///< the reputation tracker: sampling, credits, rejections
+  caf::actor verifier;             ///< re-computes sampled results on core-tier workers
+  caf::actor ledger;               ///< escrow and payments of metered jobs
+  double fee = 0.1;                ///< the platform's share of a payment
+  double cloud_price = 3.06;       ///< credits per device-hour in a public cloud, for comparison
+  int max_jobs_per_account = 16;   ///< unfinished jobs one account may have
   bool accept_unverified = false;  ///< with no core-tier worker: use sampled results unverified
 };
 

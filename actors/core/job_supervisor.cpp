@@ -75,12 +75,6 @@ void start_job(supervisor_actor* self, job_start start) {
   self->monitor(entry.actor);
 }
 
-std::vector<float> floats_of(const tensor* t) {
-  if (t == nullptr || t->type() != dtype::f32) return {};
-  auto s = t->span<float>();
-  return {s.begin(), s.end()};
-}
-
 // Restarts a job whose actor died from its last committed checkpoint (one for one).
 void restart_job(supervisor_actor* self, const std::string& id) {
   self->request(self->state.links.store, std::chrono::seconds(30), read_atom::value,
@@ -88,20 +82,11 @@ void restart_job(supervisor_actor* self, const std::string& id) {
       .then(
           [=](bool found, std::vector<uint8_t>& bytes) {
             auto& entry = self->state.jobs[id];
-            job_start start{id, entry.spec_text, entry.spec, entry.status, {}, {}};
-            if (found) {
-              if (auto c = decode_checkpoint(bytes)) {
-                start.theta = floats_of(c->find("theta"));
-                start.momentum = floats_of(c->find("outer_momentum"));
-                start.status.round = static_cast<int64_t>(c->step);
-              }
-            }
-            if (start.theta.empty() || start.theta.size() != start.momentum.size()) {
-              start.theta.clear();
-              start.momentum.clear();
-              start.status.round = 0;
-            }
-            spdlog::warn("restarting job {} from round {}", id, start.status.round);
+            job_start start{id,         entry.spec_text,
+                            entry.spec, entry.status,
+                            {},         {},
+                            {},         job_start::origin::restarted};
+            if (found) start.checkpoint = std::move(bytes);
             start_job(self, std::move(start));
           },
           [=](caf::error& e) {
@@ -194,18 +179,10 @@ void resume_jobs(supervisor_actor* self) {
                 self->state.jobs[status.job_id].status = status;
                 continue;
               }
-              job_start start{status.job_id, spec_text, *spec, status, {}, {}};
+              job_start start{
+                  status.job_id, spec_text, *spec, status, {}, {}, {}, job_start::origin::resumed};
               auto it = checkpoints.find(job_checkpoint_key(status.job_id));
-              if (it != checkpoints.end()) {
-                auto c = decode_checkpoint(it->second);
-                if (c) {
-                  start.theta = floats_of(c->find("theta"));
-                  start.momentum = floats_of(c->find("outer_momentum"));
-                }
-              }
-              if (start.theta.size() != start.momentum.size()) start.theta.clear();
-              if (start.theta.empty()) start.status.round = 0;
-              spdlog::info("resuming job {} from round {}", status.job_id, start.status.round);
+              if (it != checkpoints.end()) start.checkpoint = std::move(it->second);
               start_job(self, std::move(start));
             }
           },
@@ -321,7 +298,10 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links) {
                     submitted();
                     spdlog::info("job {} ({}) submitted: {} rounds of {} workers", id, status.name,
                                  status.rounds, spec.workers);
-                    start_job(self, job_start{id, text, spec, status, {}, {}});
+                    start_job(
+                        self,
+                        job_start{
+                            id, text, spec, status, {}, {}, {}, job_start::origin::submitted});
                     rp.deliver(id);
                   },
                   [=](caf::error& e) mutable {
