@@ -11,8 +11,9 @@
 #include <ctime>
 #include <optional>
 
-#include "../gflex/client_connection.hpp"
-#include "../gflex/core_address.hpp"
+#include "client_connection.hpp"
+#include "core_address.hpp"
+#include "fail.hpp"
 #include "gflex/gflex.hpp"
 #include "gflex/kernels/blas_kernels.hpp"
 #include "gflex/runtime/credits.hpp"
@@ -21,10 +22,7 @@
 
 namespace {
 
-int fail(const gflex::error& e, int code = 1) {
-  spdlog::error("{}", e.message());
-  return code;
-}
+using gflex::app::fail;
 
 struct operator_flags {
   gflex::app::connection_flags link;

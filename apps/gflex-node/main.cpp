@@ -6,7 +6,7 @@
 
 #include <cstdlib>
 
-#include "../gflex/core_address.hpp"
+#include "core_address.hpp"
 #include "gflex/gflex.hpp"
 #include "gflex/kernels/blas_kernels.hpp"
 #include "gflex/test_aids.hpp"

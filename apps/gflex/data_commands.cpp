@@ -1,4 +1,5 @@
 #include "data_commands.hpp"
+#include "fail.hpp"
 
 #include <spdlog/spdlog.h>
 
@@ -27,11 +28,6 @@ struct data_flags {
   data_files files;
   bool as_json = false;
 };
-
-int fail(const error& e, int code = 1) {
-  spdlog::error("{}", e.message());
-  return code;
-}
 
 // Features [n, ...] and labels [n] as a data set: u8 features are pixels (scaled to [0, 1]),
 // others must be finite; labels below `classes` (given, or the largest label + 1).

@@ -1,4 +1,5 @@
 #include "job_commands.hpp"
+#include "fail.hpp"
 
 #include <spdlog/spdlog.h>
 #include <algorithm>
@@ -64,11 +65,6 @@ nlohmann::json to_json(const job_status& s) {
           {"cost_ratio", s.cloud_cost > 0 ? static_cast<double>(s.credits_spent) /
                                                 static_cast<double>(s.cloud_cost)
                                           : 0.0}};
-}
-
-int fail(const error& e, int code = 1) {
-  spdlog::error("{}", e.message());
-  return code;
 }
 
 bool write_json(const std::string& file, const nlohmann::json& j) {

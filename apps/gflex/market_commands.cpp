@@ -1,4 +1,5 @@
 #include "market_commands.hpp"
+#include "fail.hpp"
 
 #include <spdlog/spdlog.h>
 
@@ -21,11 +22,6 @@ struct market_flags {
   std::string amount;
   bool as_json = false;
 };
-
-int fail(const error& e, int code = 1) {
-  spdlog::error("{}", e.message());
-  return code;
-}
 
 int run_account(const market_flags& f) {
   std::optional<client> c;

@@ -1,4 +1,5 @@
 #include "sample_command.hpp"
+#include "fail.hpp"
 
 #include <spdlog/spdlog.h>
 
@@ -28,37 +29,34 @@ struct sample_flags {
   uint64_t seed = 1;
 };
 
-int fail(const error& e, int code = 2) {
-  spdlog::error("{}", e.message());
-  return code;
-}
-
 // The next byte after `text` from the model's logits at the last position it sees. The
 // context is the last `t` bytes; a shorter one sits at positions 0..k-1 and the positions
 // after it (zeros) cannot change the logits of earlier ones (attention is causal).
 int run_sample(const sample_flags& f) {
   std::ifstream in(f.checkpoint, std::ios::binary);
-  if (!in) return fail(error(errc::io_error, f.checkpoint + ": cannot open"));
+  if (!in) return fail(error(errc::io_error, f.checkpoint + ": cannot open"), 2);
   std::vector<uint8_t> bytes{std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
   auto c = decode_checkpoint(bytes);
-  if (!c) return fail(error(c.error().code(), f.checkpoint + ": " + c.error().message()));
+  if (!c) return fail(error(c.error().code(), f.checkpoint + ": " + c.error().message()), 2);
   auto w = kernels::find_workload(c->workload, c->model, "");
-  if (!w) return fail(error(w.error().code(), f.checkpoint + ": " + w.error().message()));
+  if (!w) return fail(error(w.error().code(), f.checkpoint + ": " + w.error().message()), 2);
   if (!(*w)->token_input() || (*w)->classes() != 256)
     return fail(error(errc::invalid_argument,
                       f.checkpoint + ": " + c->workload +
-                          " is not a byte-level language model (a [model] with vocab = 256)"));
+                          " is not a byte-level language model (a [model] with vocab = 256)"),
+                2);
   std::vector<float> params(static_cast<size_t>((*w)->parameter_count()));
   for (const auto& block : (*w)->layout()) {
     const tensor* t = c->find(block.name);
     if (t == nullptr || t->type() != dtype::f32 || t->shape() != block.shape)
       return fail(error(errc::shape_mismatch, f.checkpoint + ": " + block.name +
-                                                  " is missing or not " + to_string(block.shape)));
+                                                  " is missing or not " + to_string(block.shape)),
+                  2);
     std::copy_n(t->data<float>(), t->numel(), params.begin() + block.offset);
   }
   auto b = kernels::make_cpu_backend(0);
   auto m = (*w)->instantiate(*b, 1);
-  if (!m) return fail(m.error());
+  if (!m) return fail(m.error(), 2);
   const int64_t window = (*w)->feature_dim(), t = window - 1, vocab = 256;
   std::vector<float> sample(static_cast<size_t>(window)), logits(static_cast<size_t>(t * vocab));
   std::string text = f.prompt;
