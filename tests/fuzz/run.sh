@@ -15,7 +15,10 @@ CC=clang CXX=clang++ cmake -S "$ROOT" -B "$OUT" -G Ninja -DGFLEX_FUZZ=ON \
 cmake --build "$OUT" >/dev/null
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
-if "$OUT/bin/gflex_unit_tests" >"$OUT/unit.log" 2>&1; then
+# The two cases that train on the real Fashion-MNIST for hundreds of steps take five minutes
+# under the sanitizers and exercise no code the others do not; the release build's suite runs
+# them. doctest reports them as skipped here.
+if "$OUT/bin/gflex_unit_tests" -tce="*learns real Fashion-MNIST*" >"$OUT/unit.log" 2>&1; then
   echo "unit tests under ASan and UBSan: $(grep -m1 'test cases:' "$OUT/unit.log")"
 else
   echo "unit tests under ASan and UBSan: FAILED"
