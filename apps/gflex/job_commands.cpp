@@ -166,23 +166,16 @@ int run_submit(const job_flags& f) {
     return 0;
   }
   job_progress draw;
-  for (;;) {
-    auto s = c->status(*id);
-    if (!s) return fail(s.error());
-    draw(*s);
-    if (is_terminal(s->state)) {
-      std::printf("%s %s: test accuracy %.4f after %lld rounds, %s moved, %.1f s\n",
-                  s->job_id.c_str(), s->state.c_str(), s->test_accuracy,
-                  static_cast<long long>(s->round),
-                  human_bytes(static_cast<double>(s->bytes_sent + s->bytes_received)).c_str(),
-                  s->elapsed_s);
-      if (!f.json.empty() && !write_json(f.json, to_json(*s))) return 1;
-      if (s->state != "done" && !s->detail.empty())
-        std::fprintf(stderr, "%s %s: %s\n", s->job_id.c_str(), s->state.c_str(), s->detail.c_str());
-      return s->state == "done" ? 0 : 1;
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(250));
-  }
+  auto s = c->wait(*id, draw);
+  if (!s) return fail(s.error());
+  std::printf("%s %s: test accuracy %.4f after %lld rounds, %s moved, %.1f s\n", s->job_id.c_str(),
+              s->state.c_str(), s->test_accuracy, static_cast<long long>(s->round),
+              human_bytes(static_cast<double>(s->bytes_sent + s->bytes_received)).c_str(),
+              s->elapsed_s);
+  if (!f.json.empty() && !write_json(f.json, to_json(*s))) return 1;
+  if (s->state != "done" && !s->detail.empty())
+    std::fprintf(stderr, "%s %s: %s\n", s->job_id.c_str(), s->state.c_str(), s->detail.c_str());
+  return s->state == "done" ? 0 : 1;
 }
 
 int run_status(const job_flags& f) {
