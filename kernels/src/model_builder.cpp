@@ -56,18 +56,19 @@ model_builder& model_builder::conv2d(int64_t filters, int64_t kernel, int64_t st
   return push(std::move(l));
 }
 
-model_builder& model_builder::max_pool(int64_t size, int64_t stride) {
-  auto l = layer(layer_kind::max_pool);
+model_builder& model_builder::pool(layer_kind kind, int64_t size, int64_t stride) {
+  auto l = layer(kind);
   l.size = size;
   l.stride = stride > 0 ? stride : size;
   return push(std::move(l));
 }
 
+model_builder& model_builder::max_pool(int64_t size, int64_t stride) {
+  return pool(layer_kind::max_pool, size, stride);
+}
+
 model_builder& model_builder::avg_pool(int64_t size, int64_t stride) {
-  auto l = layer(layer_kind::avg_pool);
-  l.size = size;
-  l.stride = stride > 0 ? stride : size;
-  return push(std::move(l));
+  return pool(layer_kind::avg_pool, size, stride);
 }
 
 model_builder& model_builder::flatten() {
@@ -96,16 +97,17 @@ model_builder& model_builder::dropout(double rate) {
   return push(std::move(l));
 }
 
-model_builder& model_builder::layer_norm(double eps) {
-  auto l = layer(layer_kind::layer_norm);
+model_builder& model_builder::norm(layer_kind kind, double eps) {
+  auto l = layer(kind);
   l.eps = eps;
   return push(std::move(l));
 }
 
+model_builder& model_builder::layer_norm(double eps) {
+  return norm(layer_kind::layer_norm, eps);
+}
 model_builder& model_builder::rms_norm(double eps) {
-  auto l = layer(layer_kind::rms_norm);
-  l.eps = eps;
-  return push(std::move(l));
+  return norm(layer_kind::rms_norm, eps);
 }
 
 model_builder& model_builder::embedding(int64_t dim) {

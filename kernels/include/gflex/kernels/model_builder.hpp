@@ -64,6 +64,8 @@ class model_builder {
 
  private:
   model_builder& push(layer_spec l);
+  model_builder& pool(layer_kind kind, int64_t size, int64_t stride);
+  model_builder& norm(layer_kind kind, double eps);
   layer_spec& last();
 
   model_spec spec_;
