@@ -352,7 +352,8 @@ expected<void> client::cancel(const std::string& job_id) {
   return {};
 }
 
-expected<data_set_info> client::push_data(const std::string& name, const dataset_splits& data) {
+expected<data_set_info> client::push_data(const std::string& name, const dataset_splits& data,
+                                          int64_t min_train_shards) {
   // Shards of about 8 MiB (the core takes up to 32 MiB each), at least one sample each.
   constexpr int64_t shard_bytes = int64_t{8} << 20;
   struct piece {
@@ -363,7 +364,10 @@ expected<data_set_info> client::push_data(const std::string& name, const dataset
   std::vector<piece> pieces;
   for (const dataset* d : {&data.train, &data.test}) {
     const int64_t per_sample = std::max<int64_t>(d->feature_dim() * 4, 1);
-    const int64_t rows = std::max<int64_t>(shard_bytes / per_sample, 1);
+    int64_t rows = std::max<int64_t>(shard_bytes / per_sample, 1);
+    if (d == &data.train && min_train_shards > 1)
+      rows = std::max<int64_t>(
+          1, std::min(rows, (d->size() + min_train_shards - 1) / min_train_shards));
     for (int64_t b = 0; b < d->size(); b += rows)
       pieces.push_back({d, b, std::min(d->size(), b + rows), d == &data.test});
   }

@@ -38,6 +38,8 @@ const char* to_string(errc code) noexcept {
       return "limit_exceeded";
     case errc::unavailable:
       return "unavailable";
+    case errc::stage_failed:
+      return "stage_failed";
   }
   return "unknown";
 }

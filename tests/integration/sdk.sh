@@ -2,7 +2,8 @@
 # The embedding SDK as a user gets it: `cmake --install` into a fresh prefix, then the
 # programs under examples/ configured with find_package(gflex 0.2) against that prefix (not
 # the source tree) and built; one also built by hand with pkg-config's flags. custom_trainer
-# trains its own model on an in-process cluster; remote_trainer trains one on a real core
+# trains its own model on an in-process cluster; pipeline_lm trains the language model from
+# text files through a pipeline of stage actors; remote_trainer trains one on a real core
 # (another process, over TLS, with an account's API key) and fetches the parameters.
 source "$(dirname "$0")/lib.sh"
 BUILD=$(cd "$BIN/.." && pwd)
@@ -34,7 +35,7 @@ grep -q "$PREFIX/lib/cmake/gflex" "$WORK/examples/CMakeCache.txt" ||
 sed 's/find_package(gflex 0.2 /find_package(gflex 9.0 /' "$SRC/examples/CMakeLists.txt" \
   >"$WORK/too-new.txt"
 mkdir -p "$WORK/too-new" && cp -r "$SRC/examples/custom_trainer" "$SRC/examples/remote_trainer" \
-  "$WORK/too-new/" && cp "$WORK/too-new.txt" "$WORK/too-new/CMakeLists.txt"
+  "$SRC/examples/pipeline_lm" "$WORK/too-new/" && cp "$WORK/too-new.txt" "$WORK/too-new/CMakeLists.txt"
 if cmake -S "$WORK/too-new" -B "$WORK/too-new-build" -DCMAKE_PREFIX_PATH="$PREFIX" \
   >"$WORK/too-new.log" 2>&1; then
   fail "find_package(gflex 9.0) accepted SDK 0.2"
@@ -61,6 +62,28 @@ grep -q "type = 'add', with = 'h1'" "$WORK/custom.out" ||
 grep -q "fetched 118282 parameters in 6 blocks (layer0.weight first)" "$WORK/custom.out" ||
   fail "custom_trainer did not fetch its parameters: $(tail -2 "$WORK/custom.out")"
 echo "ok: custom_trainer (installed SDK): its residual MLP reached $acc in 8 rounds"
+
+# pipeline_lm: text files -> tokenize -> shuffle -> batch -> train -> evaluate -> sink, on an
+# in-process cluster, on four fortune files (the last, in name order, held out).
+mkdir -p "$WORK/text"
+for f in art computers cookie debian; do cp "/usr/share/games/fortunes/$f" "$WORK/text/"; done
+timeout -s KILL 300 "$WORK/examples/pipeline_lm/pipeline_lm" "$WORK/lm" --text "$WORK/text" \
+  --nodes 2 --rounds 4 --steps 20 >"$WORK/pipeline.out" 2>"$WORK/pipeline.err" ||
+  fail "pipeline_lm: $(tail -3 "$WORK/pipeline.err") $(tail -3 "$WORK/pipeline.out")"
+python3 - "$WORK/lm/loss.csv" <<'PY' || fail "pipeline_lm's loss.csv: $(cat "$WORK/lm/loss.csv")"
+import csv, math, sys
+rows = list(csv.DictReader(open(sys.argv[1])))
+assert len(rows) >= 2, "fewer than 2 rounds recorded"
+assert int(rows[-1]["round"]) == 4, "the last round is not 4"
+bits = [float(r["held_out_bits"]) for r in rows]
+assert all(math.isfinite(b) and 0 < b < 8 for b in bits), bits
+assert bits[-1] < bits[0], f"held-out bits did not fall: {bits}"
+PY
+grep -Eq "^stage tokenize +flat_map +in +[0-9]+ out +[0-9]+ restarts 0" "$WORK/pipeline.out" ||
+  fail "pipeline_lm printed no stage report: $(tail -9 "$WORK/pipeline.out")"
+"$PREFIX/bin/gflex" sample "$WORK/lm/lm.ckpt" --prompt "The " --tokens 20 >"$WORK/lm.sample" \
+  2>"$WORK/lm.sample.err" || fail "gflex sample on pipeline_lm's checkpoint: $(cat "$WORK/lm.sample.err")"
+echo "ok: pipeline_lm (installed SDK): $(tail -1 "$WORK/lm/loss.csv" | cut -d, -f1,4) (round, held-out bits/byte)"
 
 # remote_trainer: a real core in another process, two nodes, an account's API key.
 start_cluster 2

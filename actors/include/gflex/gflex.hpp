@@ -160,8 +160,11 @@ class client {
 
   /// Uploads `data` as the data set `name` of this key's account (replacing one of that
   /// name): its splits cut into shards of about 8 MiB, sent in order; the core checks each
-  /// and stores the set with the last. Returns what the core stored.
-  expected<data_set_info> push_data(const std::string& name, const dataset_splits& data);
+  /// and stores the set with the last. Returns what the core stored. The training split is
+  /// cut into at least `min_train_shards` shards where it has that many samples (a round
+  /// gives each of its workers a different shard).
+  expected<data_set_info> push_data(const std::string& name, const dataset_splits& data,
+                                    int64_t min_train_shards = 1);
   /// This account's data sets (the operator's key: everyone's).
   expected<std::vector<data_set_info>> data_sets();
   expected<void> remove_data(const std::string& name);

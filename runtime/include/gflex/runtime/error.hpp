@@ -26,6 +26,7 @@ enum class errc : uint8_t {
   permission_denied = 11,  ///< The caller lacks the credential the request needs.
   limit_exceeded = 12,     ///< A peer passed one of the bounds on what it may ask for.
   unavailable = 13,        ///< Nothing can serve the request now (no core-tier worker free).
+  stage_failed = 14,       ///< A pipeline stage failed more often than its restarts allow.
 };
 
 /// A short, stable name for an error code ("io_error").

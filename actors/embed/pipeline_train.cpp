@@ -1,0 +1,116 @@
+#include "pipeline_train.hpp"
+
+#include <algorithm>
+#include <cstring>
+#include <sstream>
+#include <stdexcept>
+#include <utility>
+
+#include "gflex/kernels/workload.hpp"
+#include "gflex/runtime/job_spec.hpp"
+
+namespace gflex::pipeline::detail {
+namespace {
+
+[[noreturn]] void fail(const std::string& what) {
+  throw std::runtime_error(what);
+}
+
+dataset make_split(std::vector<float>& x, std::vector<int32_t>& y, int64_t values,
+                   const train_options& o) {
+  dataset d;
+  const auto n = static_cast<int64_t>(y.size());
+  d.features = tensor::empty({n, values}, dtype::f32);
+  d.labels = tensor::empty({n}, dtype::i32);
+  std::memcpy(d.features.data<float>(), x.data(), x.size() * sizeof(float));
+  std::memcpy(d.labels.data<int32_t>(), y.data(), y.size() * sizeof(int32_t));
+  d.classes = o.classes;
+  d.tokens = o.tokens;
+  return d;
+}
+
+}  // namespace
+
+train_driver::train_driver(train_options options) : options_(std::move(options)) {
+  if (options_.client == nullptr) fail("train: no client (train_options.client)");
+  if (options_.max_samples < 2) fail("train: max_samples must be at least 2");
+  if (options_.test_every < 2) fail("train: test_every must be at least 2");
+  if (options_.classes < 2) fail("train: classes must be at least 2");
+  spec_ = options_.spec_toml + "\n[data]\nset = \"" + options_.data_set + "\"\n";
+  auto spec = parse_job_spec(spec_, "train stage spec");
+  if (!spec) fail(spec.error().message());
+  auto w = kernels::find_workload(spec->workload, spec->model, "");
+  if (!w) fail("train: " + w.error().message());
+  parameters_ = (*w)->parameter_count();
+  workers_ = spec->workers;
+}
+
+void train_driver::resume(const std::string& checkpoint) {
+  std::istringstream in(checkpoint);
+  in >> job_id_ >> last_round_;
+  if (!in) fail("train: unusable checkpoint '" + checkpoint + "'");
+}
+
+void train_driver::absorb(const sample_batch& batch) {
+  if (submitted() || full()) {
+    dropped_ += batch.rows();
+    return;
+  }
+  if (batch.sample_values <= 0 ||
+      batch.features.size() != static_cast<size_t>(batch.rows() * batch.sample_values))
+    fail("train: a batch of " + std::to_string(batch.rows()) + " labels holds " +
+         std::to_string(batch.features.size()) + " values, not rows x sample_values (" +
+         std::to_string(batch.sample_values) + ")");
+  if (sample_values_ == 0) sample_values_ = batch.sample_values;
+  if (batch.sample_values != sample_values_)
+    fail("train: a batch of samples of " + std::to_string(batch.sample_values) +
+         " values after samples of " + std::to_string(sample_values_));
+  const bool held_out = batches_++ % options_.test_every == options_.test_every - 1;
+  auto& x = held_out ? test_x_ : train_x_;
+  auto& y = held_out ? test_y_ : train_y_;
+  x.insert(x.end(), batch.features.begin(), batch.features.end());
+  y.insert(y.end(), batch.labels.begin(), batch.labels.end());
+  rows_ += batch.rows();
+}
+
+void train_driver::submit() {
+  if (train_y_.empty() || test_y_.empty())
+    fail("train: the stream gave " + std::to_string(batches_) + " batches: too few for a " +
+         "training and a held-out split (every " + std::to_string(options_.test_every) +
+         "th batch is held out)");
+  dataset_splits splits;
+  splits.train = make_split(train_x_, train_y_, sample_values_, options_);
+  splits.test = make_split(test_x_, test_y_, sample_values_, options_);
+  auto pushed = options_.client->push_data(options_.data_set, splits, workers_);
+  if (!pushed) fail("train: pushing the data set: " + pushed.error().message());
+  auto id = options_.client->submit(spec_);
+  if (!id) fail("train: the job is refused: " + id.error().message());
+  job_id_ = *id;
+  std::vector<float>().swap(train_x_);
+  std::vector<float>().swap(test_x_);
+  std::vector<int32_t>().swap(train_y_);
+  std::vector<int32_t>().swap(test_y_);
+}
+
+bool train_driver::poll(std::vector<round_update>& out) {
+  auto s = options_.client->status(job_id_);
+  if (!s) fail("train: job " + job_id_ + ": " + s.error().message());
+  const bool ended = is_terminal(s->state);
+  if (s->round > last_round_) {
+    auto params = std::make_shared<std::vector<float>>(static_cast<size_t>(parameters_));
+    auto fetched = options_.client->fetch_parameters(job_id_, *params);
+    if (!fetched)
+      fail("train: fetching job " + job_id_ + "'s parameters: " + fetched.error().message());
+    last_round_ = s->round;
+    out.push_back(round_update{*s, std::move(params)});
+  }
+  if (!ended) return false;
+  if (s->state != "done") fail("train: job " + job_id_ + " " + s->state + ": " + s->detail);
+  return true;
+}
+
+std::string train_driver::checkpoint() const {
+  return job_id_ + " " + std::to_string(last_round_);
+}
+
+}  // namespace gflex::pipeline::detail

@@ -1,0 +1,348 @@
+#pragma once
+/// @file
+/// Training pipelines as actor graphs: a user composes typed stages (a source, map, filter,
+/// flat_map, batch, shuffle, a distributed `train` job, sinks) and runs them; every stage is
+/// an actor of its own with a bounded input window, and the whole graph is supervised.
+///
+///   gflex::pipeline::graph g;
+///   auto lines = g.source<std::string>("read", read_line);        // std::optional<T>(position)
+///   auto tokens = lines.flat_map<sample>("tokenize", cut_windows); // f(T&&, emit)
+///   tokens.shuffle("shuffle", 4096, 7).batch("batch", 256).sink("count", count);
+///   auto report = g.run();
+///
+/// Flow control is credit-based: a stage may have at most `window` items from each producer
+/// instance that it has not finished with (its outputs sent); a producer without credit
+/// stops (a source stops generating), so a slow stage slows everything before it and memory
+/// stays bounded by the windows. Items move between stages in one process without copies.
+///
+/// Supervision: a stage whose function throws, or whose actor dies, is restarted with a
+/// fresh copy of its function: its producers send it again every item it had not finished,
+/// and a source resumes at its last checkpointed position (the position after the last item
+/// it sent). After `restarts` restarts the pipeline fails with the stage's error. Each item
+/// is processed to completion exactly once when one stage fails at a time.
+///
+/// Types are checked at compile time (a stage's function must accept what the stage before
+/// it produces), and graphs are acyclic by construction: a stage reads a stream that exists
+/// already. Everything here is header-only to use; the actors run in libgflex, and no CAF
+/// header is included.
+
+#include <any>
+#include <chrono>
+#include <concepts>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "gflex/gflex.hpp"
+#include "gflex/runtime/error.hpp"
+
+namespace gflex::pipeline {
+
+/// How a stage runs.
+struct stage_options {
+  /// Parallel instances of a map, filter or flat_map stage (items go to whichever has
+  /// credit; their order is not kept). Other stages run one instance.
+  int instances = 1;
+  /// Items from each producer instance this stage may hold unfinished (its input window).
+  /// A batch stage's window is at least its batch size, a shuffle's at least its buffer.
+  int window = 64;
+  /// Restarts allowed before a failure of this stage fails the pipeline.
+  int restarts = 3;
+  /// Runs on a thread of its own (for functions that block: file or network I/O, long
+  /// computations); otherwise on the shared scheduler. Sources and train always do.
+  bool blocking = false;
+};
+
+/// What a stage did, in the run's report.
+struct stage_report {
+  std::string name;
+  std::string kind;  ///< "source", "map", "filter", "flat_map", "batch", "shuffle", ...
+  int instances = 1;
+  int64_t items_in = 0;
+  int64_t items_out = 0;
+  int restarts = 0;
+  /// The most items this stage held sent but unfinished by its consumers at once (per
+  /// consumer instance): what backpressure bounds.
+  int64_t peak_unfinished = 0;
+};
+
+struct run_report {
+  std::vector<stage_report> stages;
+  double elapsed_s = 0.0;
+  const stage_report* stage(const std::string& name) const {
+    for (const auto& s : stages)
+      if (s.name == name) return &s;
+    return nullptr;
+  }
+};
+
+/// Samples for the `train` stage: `rows` samples of `sample_values` values each (pixels, or
+/// token ids as floats for a token model) and one label per sample.
+struct sample_batch {
+  std::vector<float> features;
+  std::vector<int32_t> labels;
+  int64_t sample_values = 0;
+  int64_t rows() const { return static_cast<int64_t>(labels.size()); }
+};
+
+/// What the `train` stage emits for every committed round of its job: the job's status and
+/// the round's parameters (in the model's layout order).
+struct round_update {
+  job_status status;
+  std::shared_ptr<const std::vector<float>> parameters;
+};
+
+/// The distributed job a `train` stage runs. The stage gathers the samples it is fed (up to
+/// `max_samples`; every `test_every`-th batch is held out), pushes them to the core as the
+/// data set `data_set` (content-addressed shards), submits `spec_toml` with `[data] set`
+/// naming it, and emits a round_update for every committed round until the job ends; a job
+/// that ends other than "done" fails the stage with its detail.
+struct train_options {
+  gflex::client* client = nullptr;  ///< The core to run on (an embedded cluster's or a remote one).
+  std::string spec_toml;            ///< The job spec, without a [data] table.
+  std::string data_set = "pipeline";
+  int64_t max_samples = 1 << 20;
+  int test_every = 10;
+  int64_t classes = 256;  ///< Labels are below this (the vocabulary for tokens).
+  bool tokens = true;     ///< Samples are token ids.
+  std::chrono::milliseconds poll{200};
+};
+
+template <class T>
+class stream;
+
+namespace detail {
+
+/// Items travel as shared, immutable values: a producer keeps the same object it sends until
+/// the consumer has finished with it, so that a restarted consumer gets it again.
+using item = std::shared_ptr<const std::any>;
+
+template <class T>
+item make_item(T&& value) {
+  return std::make_shared<const std::any>(std::in_place_type<std::decay_t<T>>,
+                                          std::forward<T>(value));
+}
+
+template <class T>
+const T& get(const item& i) {
+  return *std::any_cast<std::decay_t<T>>(i.get());
+}
+
+enum class stage_kind { source, map, filter, flat_map, batch, shuffle, sink, train };
+
+/// A stage's generator (sources): the item at `position`, or none at the end.
+using generator = std::function<std::optional<item>(int64_t position)>;
+/// A stage's transformation: one input, any number of outputs (appended).
+using transform = std::function<void(const item& in, std::vector<item>& out)>;
+/// A batch stage's assembly of inputs into one output.
+using assemble = std::function<item(const std::vector<item>& inputs)>;
+
+struct stage_def {
+  std::string name;
+  stage_kind kind = stage_kind::map;
+  stage_options options;
+  int input = -1;  ///< The stage it reads (-1: a source).
+  // Each (re)start calls a factory, so that a restarted stage has a fresh copy of the user's
+  // function and no state the failure left behind.
+  std::function<generator()> make_generator;
+  std::function<transform()> make_transform;
+  assemble assemble_batch;
+  size_t size = 0;    ///< batch: samples per batch; shuffle: buffer.
+  uint64_t seed = 0;  ///< shuffle
+  train_options train;
+};
+
+}  // namespace detail
+
+/// Fault injection while a pipeline runs: kills a stage instance's actor, as a crash would.
+/// The pipeline is expected to recover (tests use it).
+class running {
+ public:
+  virtual ~running() = default;
+  /// Kills instance `instance` of stage `name`; false when no such stage is running.
+  virtual bool kill(const std::string& name, int instance = 0) = 0;
+};
+
+/// A pipeline under construction: stages added through the streams it hands out.
+class graph {
+ public:
+  /// A source: `generate(position)` returns the item at that position (0, 1, ...) or
+  /// std::nullopt at the end. After a restart it is asked again from its last checkpoint, so
+  /// it must give the same item for the same position.
+  template <class T, class F>
+  requires std::invocable<F&, int64_t> &&
+      std::same_as<std::invoke_result_t<F&, int64_t>, std::optional<T>>
+          stream<T> source(std::string name, F generate, stage_options options = {});
+
+  /// Runs the pipeline to its end (every item through every stage) or its failure: a stage
+  /// that failed more often than its restarts allow, named in the error (errc::stage_failed).
+  /// `on_running` is called once every stage has started, with a handle for fault
+  /// injection. With a `deadline`, stages still unfinished when it passes are killed and
+  /// the run is errc::unavailable naming them. A stream read by two stages, a stage without
+  /// a name or two of the same name, and options out of range are errc::invalid_argument
+  /// before anything starts.
+  expected<run_report> run(const std::function<void(running&)>& on_running = {},
+                           std::chrono::milliseconds deadline = {}) const;
+
+  /// The stages, in the order they were added (for the runtime and for inspection).
+  const std::vector<detail::stage_def>& stages() const { return stages_; }
+
+ private:
+  template <class T>
+  friend class stream;
+  int add(detail::stage_def def) {
+    stages_.push_back(std::move(def));
+    return static_cast<int>(stages_.size() - 1);
+  }
+  std::vector<detail::stage_def> stages_;
+};
+
+/// The output of a stage: items of type T. Each stream feeds at most one stage (run()
+/// refuses a graph where two read the same one).
+template <class T>
+class stream {
+ public:
+  using value_type = T;
+
+  /// One output per input: `f(const T&)`.
+  template <class F>
+  requires std::invocable<F&, const T&> &&
+      (!std::is_void_v<std::invoke_result_t<F&, const T&>>)auto map(
+          std::string name, F f, stage_options options = {}) const
+      -> stream<std::decay_t<std::invoke_result_t<F&, const T&>>> {
+    using U = std::decay_t<std::invoke_result_t<F&, const T&>>;
+    detail::stage_def d = def(std::move(name), detail::stage_kind::map, options);
+    d.make_transform = [f] {
+      return detail::transform(
+          [g = f](const detail::item& in, std::vector<detail::item>& out) mutable {
+            out.push_back(detail::make_item<U>(g(detail::get<T>(in))));
+          });
+    };
+    return stream<U>(g_, g_->add(std::move(d)));
+  }
+
+  /// Keeps the inputs for which `keep(const T&)` is true.
+  template <class F>
+  requires std::predicate<F&, const T&> stream<T> filter(std::string name, F keep,
+                                                         stage_options options = {})
+  const {
+    detail::stage_def d = def(std::move(name), detail::stage_kind::filter, options);
+    d.make_transform = [keep] {
+      return detail::transform(
+          [k = keep](const detail::item& in, std::vector<detail::item>& out) mutable {
+            if (k(detail::get<T>(in))) out.push_back(in);
+          });
+    };
+    return stream<T>(g_, g_->add(std::move(d)));
+  }
+
+  /// Any number of outputs per input: `f(const T&, emit)` calls `emit(U)` for each.
+  template <class U, class F>
+  requires std::invocable < F&, const T&, const std::function<void(U)>
+  & > stream<U> flat_map(std::string name, F f, stage_options options = {}) const {
+    detail::stage_def d = def(std::move(name), detail::stage_kind::flat_map, options);
+    d.make_transform = [f] {
+      return detail::transform(
+          [g = f](const detail::item& in, std::vector<detail::item>& out) mutable {
+            const std::function<void(U)> emit = [&out](U u) {
+              out.push_back(detail::make_item<U>(std::move(u)));
+            };
+            g(detail::get<T>(in), emit);
+          });
+    };
+    return stream<U>(g_, g_->add(std::move(d)));
+  }
+
+  /// Groups `n` inputs into a vector (the last one may be shorter).
+  stream<std::vector<T>> batch(std::string name, size_t n, stage_options options = {}) const {
+    detail::stage_def d = def(std::move(name), detail::stage_kind::batch, options);
+    d.size = n;
+    d.assemble_batch = [](const std::vector<detail::item>& inputs) {
+      std::vector<T> out;
+      out.reserve(inputs.size());
+      for (const auto& i : inputs) out.push_back(detail::get<T>(i));
+      return detail::make_item<std::vector<T>>(std::move(out));
+    };
+    return stream<std::vector<T>>(g_, g_->add(std::move(d)));
+  }
+
+  /// Emits its inputs in a pseudo-random order: holds `buffer` of them and sends a random
+  /// one for each that arrives (the rest, shuffled, at the end). Deterministic per `seed`
+  /// for the same arrival order.
+  stream<T> shuffle(std::string name, size_t buffer, uint64_t seed,
+                    stage_options options = {}) const {
+    detail::stage_def d = def(std::move(name), detail::stage_kind::shuffle, options);
+    d.size = buffer;
+    d.seed = seed;
+    return stream<T>(g_, g_->add(std::move(d)));
+  }
+
+  /// Consumes the stream: `f(const T&)` for each item (writing files, metrics, ...).
+  template <class F>
+  requires std::invocable<F&, const T&>
+  void sink(std::string name, F f, stage_options options = {}) const {
+    detail::stage_def d = def(std::move(name), detail::stage_kind::sink, options);
+    d.make_transform = [f] {
+      return detail::transform([g = f](const detail::item& in, std::vector<detail::item>&) mutable {
+        g(detail::get<T>(in));
+      });
+    };
+    g_->add(std::move(d));
+  }
+
+  /// A distributed job trained on this stream's samples (see train_options); emits one
+  /// round_update per committed round.
+  stream<round_update> train(std::string name, train_options train,
+                             stage_options options = {}) const {
+    static_assert(std::is_same_v<T, sample_batch>,
+                  "train reads a stream of gflex::pipeline::sample_batch");
+    detail::stage_def d = def(std::move(name), detail::stage_kind::train, options);
+    d.options.blocking = true;
+    d.train = std::move(train);
+    return stream<round_update>(g_, g_->add(std::move(d)));
+  }
+
+ private:
+  friend class graph;
+  template <class>
+  friend class stream;
+  stream(graph* g, int stage) : g_(g), stage_(stage) {}
+  detail::stage_def def(std::string name, detail::stage_kind kind,
+                        const stage_options& options) const {
+    detail::stage_def d;
+    d.name = std::move(name);
+    d.kind = kind;
+    d.options = options;
+    d.input = stage_;
+    return d;
+  }
+  graph* g_;
+  int stage_;
+};
+
+template <class T, class F>
+requires std::invocable<F&, int64_t> &&
+    std::same_as<std::invoke_result_t<F&, int64_t>, std::optional<T>>
+        stream<T> graph::source(std::string name, F generate, stage_options options) {
+  detail::stage_def d;
+  d.name = std::move(name);
+  d.kind = detail::stage_kind::source;
+  d.options = options;
+  d.options.blocking = true;
+  d.make_generator = [generate] {
+    return detail::generator(
+        [g = generate](int64_t position) mutable -> std::optional<detail::item> {
+          auto v = g(position);
+          if (!v) return std::nullopt;
+          return detail::make_item<T>(std::move(*v));
+        });
+  };
+  return stream<T>(this, add(std::move(d)));
+}
+
+}  // namespace gflex::pipeline

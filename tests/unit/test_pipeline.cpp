@@ -1,0 +1,400 @@
+// Pipelines as actor graphs (<gflex/pipeline.hpp>): every item through every stage exactly
+// once, bounded memory under a slow consumer, restarts after throws and after killed actors,
+// failure past the restart budget, graphs refused before they start, types checked at
+// compile time, and a train stage that runs a distributed job on the samples it is fed.
+
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdlib>
+#include <iterator>
+#include <mutex>
+#include <numeric>
+#include <set>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "gflex/kernels/model_builder.hpp"
+#include "gflex/pipeline.hpp"
+
+using namespace gflex;
+using namespace gflex::pipeline;
+
+namespace {
+
+/// A source of 0, 1, ..., n-1.
+auto count_to(int64_t n) {
+  return [n](int64_t position) -> std::optional<int64_t> {
+    if (position >= n) return std::nullopt;
+    return position;
+  };
+}
+
+/// What a sink saw, from any thread.
+struct seen {
+  std::mutex m;
+  std::vector<int64_t> values;
+  void add(int64_t v) {
+    std::lock_guard<std::mutex> lock(m);
+    values.push_back(v);
+  }
+  std::vector<int64_t> sorted() {
+    std::lock_guard<std::mutex> lock(m);
+    auto v = values;
+    std::sort(v.begin(), v.end());
+    return v;
+  }
+  size_t size() {
+    std::lock_guard<std::mutex> lock(m);
+    return values.size();
+  }
+};
+
+std::vector<int64_t> iota_to(int64_t n, int64_t scale = 1) {
+  std::vector<int64_t> v(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) v[static_cast<size_t>(i)] = i * scale;
+  return v;
+}
+
+/// A payload that counts how many of its kind are alive: what backpressure must bound.
+struct counted {
+  static std::atomic<int64_t> alive;
+  static std::atomic<int64_t> peak;
+  int64_t value = 0;
+  explicit counted(int64_t v) : value(v) { up(); }
+  counted(const counted& o) : value(o.value) { up(); }
+  counted& operator=(const counted&) = default;
+  ~counted() { --alive; }
+  static void up() {
+    int64_t a = ++alive;
+    int64_t p = peak.load();
+    while (a > p && !peak.compare_exchange_weak(p, a)) {
+    }
+  }
+};
+std::atomic<int64_t> counted::alive{0};
+std::atomic<int64_t> counted::peak{0};
+
+/// Every run here is bounded: a pipeline that loses an item never ends, and fails the test.
+constexpr std::chrono::milliseconds bound{60000};
+
+template <class S, class F>
+concept can_map = requires(S s, F f) {
+  s.map("m", f);
+};
+template <class S, class F>
+concept can_sink = requires(S s, F f) {
+  s.sink("s", f);
+};
+
+}  // namespace
+
+TEST_SUITE("pipeline") {
+  TEST_CASE("a chain delivers every item once, in order, through map and filter") {
+    graph g;
+    seen out;
+    g.source<int64_t>("numbers", count_to(5000))
+        .map("double", [](const int64_t& v) { return v * 2; })
+        .filter("multiples of 4", [](const int64_t& v) { return v % 4 == 0; })
+        .sink("collect", [&](const int64_t& v) { out.add(v); });
+    auto report = g.run({}, bound);
+    REQUIRE_MESSAGE(report.has_value(), report.error().message());
+    std::vector<int64_t> want = iota_to(2500, 4);
+    CHECK(out.values == want);  // one instance per stage: order is kept
+    CHECK(report->stage("numbers")->items_out == 5000);
+    CHECK(report->stage("double")->items_in == 5000);
+    CHECK(report->stage("multiples of 4")->items_out == 2500);
+    CHECK(report->stage("collect")->items_in == 2500);
+    for (const auto& s : report->stages) CHECK(s.restarts == 0);
+  }
+
+  TEST_CASE("flat_map, shuffle and batch keep every item; parallel instances share the work") {
+    graph g;
+    seen out;
+    std::vector<size_t> batch_sizes;
+    std::mutex m;
+    g.source<int64_t>("lines", count_to(200))
+        .flat_map<int64_t>("split",
+                           [](const int64_t& v, const std::function<void(int64_t)>& emit) {
+                             for (int k = 0; k < 10; ++k) emit(v * 10 + k);
+                           })
+        .shuffle("shuffle", 256, 42)
+        .map(
+            "square", [](const int64_t& v) { return v; }, stage_options{.instances = 4})
+        .batch("batch", 64)
+        .sink("collect", [&](const std::vector<int64_t>& b) {
+          std::lock_guard<std::mutex> lock(m);
+          batch_sizes.push_back(b.size());
+          for (auto v : b) out.add(v);
+        });
+    auto report = g.run({}, bound);
+    REQUIRE_MESSAGE(report.has_value(), report.error().message());
+    CHECK(out.sorted() == iota_to(2000));
+    CHECK(out.values != iota_to(2000));  // shuffled
+    CHECK(batch_sizes.size() == 32);     // 31 of 64 and one of 16
+    CHECK(std::count(batch_sizes.begin(), batch_sizes.end(), size_t{64}) == 31);
+    CHECK(report->stage("square")->instances == 4);
+    CHECK(report->stage("square")->items_in == 2000);
+  }
+
+  TEST_CASE("a slow consumer bounds what is in flight: the producer waits") {
+    counted::alive = 0;
+    counted::peak = 0;
+    const int window = 8;
+    graph g;
+    std::atomic<int64_t> got{0};
+    g.source<counted>("fast",
+                      [](int64_t p) -> std::optional<counted> {
+                        if (p >= 3000) return std::nullopt;
+                        return counted(p);
+                      })
+        .map(
+            "pass", [](const counted& c) { return counted(c.value + 1); },
+            stage_options{.window = window})
+        .sink(
+            "slow",
+            [&](const counted&) {
+              std::this_thread::sleep_for(std::chrono::microseconds(200));
+              ++got;
+            },
+            stage_options{.window = window});
+    auto report = g.run({}, bound);
+    REQUIRE_MESSAGE(report.has_value(), report.error().message());
+    CHECK(got == 3000);
+    CHECK(report->stage("fast")->peak_unfinished <= window);
+    CHECK(report->stage("pass")->peak_unfinished <= window);
+    // Alive at once: at most a window on each edge, and the few being built or run.
+    MESSAGE("peak payloads alive: " << counted::peak.load());
+    CHECK(counted::peak <= 2 * window + 6);
+    CHECK(counted::alive == 0);
+  }
+
+  TEST_CASE("a stage that throws is restarted and no item is lost or repeated") {
+    graph g;
+    seen out;
+    auto failures = std::make_shared<std::atomic<int>>(0);
+    g.source<int64_t>("numbers", count_to(1000))
+        .map("flaky",
+             [failures](const int64_t& v) {
+               if (v == 377 && failures->fetch_add(1) < 2) throw std::runtime_error("bad luck");
+               return v;
+             })
+        .batch("batch", 10)
+        .sink("collect", [&](const std::vector<int64_t>& b) {
+          for (auto v : b) out.add(v);
+        });
+    auto report = g.run({}, bound);
+    REQUIRE_MESSAGE(report.has_value(), report.error().message());
+    CHECK(report->stage("flaky")->restarts == 2);
+    CHECK(out.sorted() == iota_to(1000));
+  }
+
+  TEST_CASE("past its restart budget a stage fails the pipeline with its error") {
+    graph g;
+    g.source<int64_t>("numbers", count_to(100))
+        .map(
+            "broken",
+            [](const int64_t& v) -> int64_t {
+              if (v == 50) throw std::runtime_error("cannot parse record 50");
+              return v;
+            },
+            stage_options{.restarts = 2})
+        .sink("collect", [](const int64_t&) {});
+    auto report = g.run({}, bound);
+    REQUIRE_FALSE(report.has_value());
+    CHECK(report.error().code() == errc::stage_failed);
+    CHECK(report.error().message() ==
+          "pipeline stage 'broken' failed after 2 restarts: cannot parse record 50");
+  }
+
+  TEST_CASE("killed stage actors are replaced and the pipeline finishes exactly once") {
+    graph g;
+    seen out, doubled;
+    const int64_t n = 4000;
+    g.source<int64_t>("numbers", count_to(n))
+        .map(
+            "double",
+            [&](const int64_t& v) {
+              doubled.add(v);
+              return 2 * v;
+            },
+            stage_options{.instances = 2})
+        .shuffle("shuffle", 32, 1)
+        .batch("batch", 16)
+        .sink("collect", [&](const std::vector<int64_t>& b) {
+          std::this_thread::sleep_for(std::chrono::microseconds(500));
+          for (auto v : b) out.add(v);
+        });
+    std::vector<std::string> killed;
+    auto report = g.run(
+        [&](running& r) {
+          // Kill each kind of stage while items flow through it.
+          std::vector<std::pair<std::string, int>> victims{
+              {"double", 1}, {"shuffle", 0}, {"batch", 0}, {"numbers", 0}, {"collect", 0}};
+          if (const char* only = std::getenv("GFLEX_TEST_KILL_ONLY"))
+            std::erase_if(victims, [&](const auto& v) { return v.first != only; });
+          for (auto [name, instance] : victims) {
+            const size_t before = out.size();
+            auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+            while (out.size() < before + 200 && std::chrono::steady_clock::now() < deadline)
+              std::this_thread::sleep_for(std::chrono::milliseconds(1));
+            if (r.kill(name, instance)) killed.push_back(name);
+          }
+        },
+        bound);
+    REQUIRE_MESSAGE(report.has_value(), report.error().message());
+    CHECK(killed.size() == (std::getenv("GFLEX_TEST_KILL_ONLY") ? 1u : 5u));
+    for (const auto& name : killed) CHECK(report->stage(name)->restarts == 1);
+    auto got = out.sorted();
+    std::vector<int64_t> missing, twice;
+    std::set_difference(iota_to(n, 2).begin(), iota_to(n, 2).end(), got.begin(), got.end(),
+                        std::back_inserter(missing));
+    for (size_t k = 1; k < got.size(); ++k)
+      if (got[k] == got[k - 1]) twice.push_back(got[k]);
+    auto d = doubled.sorted();
+    INFO("doubled " << d.size() << ", the first missing doubled: "
+                    << (missing.empty() ? false
+                                        : std::binary_search(d.begin(), d.end(), missing[0] / 2)));
+    INFO("missing " << missing.size() << " (first " << (missing.empty() ? -1 : missing[0])
+                    << "), twice " << twice.size() << " (first " << (twice.empty() ? -1 : twice[0])
+                    << ")");
+    for (const auto& s : report->stages)
+      INFO(s.name << ": in " << s.items_in << " out " << s.items_out << " restarts " << s.restarts);
+    CHECK(got == iota_to(n, 2));
+  }
+
+  TEST_CASE("past its deadline a pipeline is stopped and the unfinished stages named") {
+    graph g;
+    g.source<int64_t>("endless", [](int64_t p) -> std::optional<int64_t> {
+       return p;
+     }).sink("slow", [](const int64_t&) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    });
+    auto t0 = std::chrono::steady_clock::now();
+    auto r = g.run({}, std::chrono::milliseconds(300));
+    REQUIRE_FALSE(r.has_value());
+    CHECK(r.error().code() == errc::unavailable);
+    CHECK(r.error().message() ==
+          "pipeline: its deadline of 0.3 s passed (unfinished: 'endless', 'slow')");
+    CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::seconds(5));
+  }
+
+  TEST_CASE("graphs that cannot run are refused before anything starts") {
+    {
+      graph g;
+      auto s = g.source<int64_t>("numbers", count_to(10));
+      s.sink("a", [](const int64_t&) {});
+      s.sink("b", [](const int64_t&) {});
+      auto r = g.run({}, bound);
+      REQUIRE_FALSE(r.has_value());
+      CHECK(r.error().message() ==
+            "pipeline stage 2 'b': reads the output of 'numbers', which 'a' reads already");
+    }
+    {
+      graph g;
+      g.source<int64_t>("numbers", count_to(10)).map("m", [](const int64_t& v) { return v; });
+      auto r = g.run({}, bound);
+      REQUIRE_FALSE(r.has_value());
+      CHECK(r.error().message() ==
+            "pipeline stage 1 'm': nothing reads its output (end the pipeline with a sink)");
+    }
+    {
+      graph g;
+      g.source<int64_t>("x", count_to(10)).sink("x", [](const int64_t&) {});
+      auto r = g.run({}, bound);
+      REQUIRE_FALSE(r.has_value());
+      CHECK(r.error().message() == "pipeline stage 1 'x': a second stage of that name");
+    }
+    {
+      graph g;
+      g.source<int64_t>("numbers", count_to(10))
+          .batch("batch", 4, stage_options{.instances = 3})
+          .sink("s", [](const std::vector<int64_t>&) {});
+      auto r = g.run({}, bound);
+      REQUIRE_FALSE(r.has_value());
+      CHECK(r.error().message() == "pipeline stage 1 'batch': instances must be 1");
+    }
+  }
+
+  TEST_CASE("the types between stages are checked when the graph is compiled") {
+    using ints = stream<int64_t>;
+    auto on_int = [](const int64_t& v) { return v; };
+    auto on_string = [](const std::string& s) { return s.size(); };
+    static_assert(can_map<ints, decltype(on_int)>);
+    static_assert(!can_map<ints, decltype(on_string)>);
+    static_assert(!can_sink<stream<std::vector<int64_t>>, decltype(on_int)>);
+    static_assert(can_sink<stream<std::string>, decltype(on_string)>);
+    CHECK(true);
+  }
+
+  TEST_CASE("a train stage runs a distributed job on the samples it is fed") {
+    embedded_config config;
+    config.nodes = 2;
+    auto cluster = embedded_cluster::start(config);
+    REQUIRE_MESSAGE(cluster.has_value(), cluster.error().message());
+
+    // Two classes of 8 values: class 1 has a larger sum. Deterministic per position.
+    auto sample = [](int64_t p) {
+      std::vector<float> x(8);
+      uint64_t h = static_cast<uint64_t>(p) * 0x9E3779B97F4A7C15ull;
+      float sum = 0;
+      for (auto& v : x) {
+        h ^= h >> 29;
+        h *= 0xBF58476D1CE4E5B9ull;
+        v = static_cast<float>(h >> 40) / static_cast<float>(1 << 24);
+        sum += v;
+      }
+      return std::pair{x, sum > 4.0f ? 1 : 0};
+    };
+    kernels::model_builder model("pipe-mlp", {8});
+    model.linear(16).relu().linear(2).softmax_xent();
+    train_options t;
+    t.client = &cluster->client();
+    t.spec_toml =
+        "[job]\nname = \"pipe\"\nrounds = 4\nworkers = 2\nseed = 5\n"
+        "[inner]\nlocal_steps = 20\nbatch_size = 32\nlr = 0.01\n" +
+        model.toml();
+    t.data_set = "pipe-samples";
+    t.classes = 2;
+    t.tokens = false;
+
+    std::vector<round_update> updates;
+    graph g;
+    g.source<int64_t>("ids", count_to(4000))
+        .map("make sample", [&](const int64_t& p) { return sample(p); })
+        .batch("rows", 100)
+        .map("to batch",
+             [](const std::vector<std::pair<std::vector<float>, int>>& rows) {
+               sample_batch b;
+               b.sample_values = 8;
+               for (const auto& [x, y] : rows) {
+                 b.features.insert(b.features.end(), x.begin(), x.end());
+                 b.labels.push_back(y);
+               }
+               return b;
+             })
+        .train("train", t)
+        .sink("rounds", [&](const round_update& u) { updates.push_back(u); });
+    auto report = g.run({}, bound);
+    REQUIRE_MESSAGE(report.has_value(), report.error().message());
+    REQUIRE_FALSE(updates.empty());
+    const auto& last = updates.back();
+    CHECK(last.status.state == "done");
+    CHECK(last.status.round == 4);
+    CHECK(last.status.test_accuracy > 0.8);
+    REQUIRE(last.parameters);
+    CHECK(static_cast<int64_t>(last.parameters->size()) == model.plan()->parameters);
+    for (size_t i = 1; i < updates.size(); ++i)
+      CHECK(updates[i].status.round > updates[i - 1].status.round);
+    auto sets = cluster->client().data_sets();
+    REQUIRE(sets.has_value());
+    bool pushed = false;
+    for (const auto& s : *sets)
+      if (s.name == "pipe-samples") pushed = s.train_samples == 3600 && s.test_samples == 400;
+    CHECK(pushed);
+  }
+}
