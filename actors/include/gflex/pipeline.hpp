@@ -18,8 +18,10 @@
 /// Supervision: a stage whose function throws, or whose actor dies, is restarted with a
 /// fresh copy of its function: its producers send it again every item it had not finished,
 /// and a source resumes at its last checkpointed position (the position after the last item
-/// it sent). After `restarts` restarts the pipeline fails with the stage's error. Each item
-/// is processed to completion exactly once when one stage fails at a time.
+/// it sent); a producer's replacement adopts what its predecessor had sent and its consumers
+/// had not finished. After `restarts` restarts the pipeline fails with the stage's error.
+/// Each item is processed to completion exactly once through any sequence of failures, as
+/// long as a producer and its consumer do not die at the same moment.
 ///
 /// Types are checked at compile time (a stage's function must accept what the stage before
 /// it produces), and graphs are acyclic by construction: a stage reads a stream that exists
