@@ -13,6 +13,7 @@
 
 #include <atomic>
 #include <cstdlib>
+#include <map>
 #include <optional>
 #include <thread>
 
@@ -483,6 +484,47 @@ expected<job_status> client::wait(const std::string& job_id,
     if (on_status) on_status(*s);
     if (is_terminal(s->state)) return s;
     std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+}
+
+expected<job_status> client::follow(const std::string& job_id, const job_events& events,
+                                    std::chrono::milliseconds poll) {
+  // The cluster's nodes are the operator's to see: with an account's key the core refuses to
+  // list them, and node events are not reported.
+  bool want_nodes = events.on_node_joined || events.on_node_lost;
+  std::map<std::string, node_status> known;  // by node id
+  std::string state;
+  int64_t round = 0, spent = 0;
+  for (bool first = true;; first = false) {
+    auto s = status(job_id);
+    if (!s) return s.error();
+    if (want_nodes) {
+      auto listed = nodes();
+      if (!listed && listed.error().code() == errc::permission_denied) {
+        want_nodes = false;
+        listed = std::vector<node_status>{};
+      }
+      if (!listed) return listed.error();
+      std::map<std::string, node_status> now;
+      for (auto& n : *listed) now.emplace(n.node_id, std::move(n));
+      for (const auto& [id, n] : now)
+        if (!known.contains(id) && events.on_node_joined) events.on_node_joined(n);
+      for (const auto& [id, n] : known)
+        if (!now.contains(id) && events.on_node_lost) events.on_node_lost(n);
+      known = std::move(now);
+    }
+    if ((first || s->state != state) && events.on_state) events.on_state(*s);
+    state = s->state;
+    if (s->round > round) {
+      if (events.on_round) events.on_round(*s, round);
+      round = s->round;
+    }
+    if (s->credits_spent > spent) {
+      if (events.on_bill) events.on_bill(*s, s->credits_spent - spent);
+      spent = s->credits_spent;
+    }
+    if (is_terminal(s->state)) return s;
+    std::this_thread::sleep_for(poll);
   }
 }
 

@@ -1,22 +1,23 @@
 // A C++ trainer against a remote core: connects with an account's API key over TLS pinned to
-// the core's certificate, submits a model built in C++, follows the job to its end and
-// writes the trained parameters (a checkpoint `gflex sample`/`gflex train` can read).
+// the core's certificate, submits a model built in C++, follows the job to its end (rounds,
+// the bill, nodes joining and lost) and writes the trained parameters (a checkpoint `gflex
+// sample`/`gflex train` can read).
 //
-//   remote_trainer HOST:PORT API_KEY_FILE CORE_CERT [ROUNDS] [OUT.gfck]
+//   remote_trainer HOST:PORT API_KEY_FILE CORE_CERT [ROUNDS] [OUT.gfck] [ACCOUNT:BUDGET]
 //
+// With ACCOUNT:BUDGET (user/NAME:CREDITS) the job is paid from that account, at most BUDGET
+// credits, and the trainer reports the bill as rounds are paid for.
 // The core must have nodes joined (with their join tokens) to run the job. Exit status: 0
 // when the job is done and its parameters are written, 1 otherwise, 2 for bad arguments.
 
 #include <gflex/gflex.hpp>
 #include <gflex/kernels/model_builder.hpp>
 
-#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
 #include <iterator>
 #include <string>
-#include <thread>
 
 namespace {
 
@@ -29,7 +30,9 @@ int fail(const std::string& what, const gflex::error& e) {
 
 int main(int argc, char** argv) {
   if (argc < 4) {
-    std::fprintf(stderr, "usage: remote_trainer HOST:PORT API_KEY_FILE CORE_CERT [ROUNDS] [OUT]\n");
+    std::fprintf(stderr,
+                 "usage: remote_trainer HOST:PORT API_KEY_FILE CORE_CERT [ROUNDS] [OUT] "
+                 "[ACCOUNT:BUDGET]\n");
     return 2;
   }
   const std::string address = argv[1];
@@ -47,6 +50,17 @@ int main(int argc, char** argv) {
   }
   const int rounds = argc > 4 ? std::atoi(argv[4]) : 10;
   const std::string out = argc > 5 ? argv[5] : "remote_trainer.gfck";
+  std::string market;
+  if (argc > 6) {
+    const std::string paid = argv[6];
+    const auto at = paid.rfind(':');
+    if (at == std::string::npos) {
+      std::fprintf(stderr, "remote_trainer: '%s' is not ACCOUNT:BUDGET\n", paid.c_str());
+      return 2;
+    }
+    market = "[market]\naccount = \"" + paid.substr(0, at) + "\"\nbudget = " + paid.substr(at + 1) +
+             "\nmax_price = 10.0\n";
+  }
 
   gflex::client_options options;
   options.api_key = api_key;
@@ -58,29 +72,34 @@ int main(int argc, char** argv) {
   gflex::kernels::model_builder model("remote-mlp", {784});
   model.linear(96).gelu().linear(10).softmax_xent();
   const std::string spec = "[job]\nname = \"remote-trainer\"\nrounds = " + std::to_string(rounds) +
-                           "\nworkers = 2\n[inner]\nlocal_steps = 40\nbatch_size = 64\n"
-                           "[data]\nset = \"fashion-mnist\"\n" +
-                           model.toml();
+                           "\nworkers = 2\n[inner]\nlocal_steps = 40\nbatch_size = 64\n" + market +
+                           "[data]\nset = \"fashion-mnist\"\n" + model.toml();
   auto id = core->submit(spec);
   if (!id) return fail("the core refused the job", id.error());
   std::printf("submitted %s\n", id->c_str());
-  long long last_round = -1;
-  for (;;) {
-    auto s = core->status(*id);
-    if (!s) return fail("status", s.error());
-    if (s->round != last_round) {
-      last_round = s->round;
-      std::printf("round %lld/%lld: test accuracy %.4f\n", static_cast<long long>(s->round),
-                  static_cast<long long>(s->rounds), s->test_accuracy);
-      std::fflush(stdout);
-    }
-    if (s->state == "done" || s->state == "failed" || s->state == "cancelled") {
-      std::printf("%s: %s, test accuracy %.4f\n", id->c_str(), s->state.c_str(), s->test_accuracy);
-      if (s->state != "done") return 1;
-      break;
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(250));
-  }
+  // Follow the job: rounds, the bill, and nodes joining or lost while it runs.
+  gflex::job_events events;
+  events.on_round = [](const gflex::job_status& s, int64_t) {
+    std::printf("round %lld/%lld: test accuracy %.4f\n", static_cast<long long>(s.round),
+                static_cast<long long>(s.rounds), s.test_accuracy);
+    std::fflush(stdout);
+  };
+  events.on_bill = [](const gflex::job_status& s, int64_t micro) {
+    std::printf("bill: %+lld micro-credits (%lld of %lld spent)\n", static_cast<long long>(micro),
+                static_cast<long long>(s.credits_spent), static_cast<long long>(s.budget));
+  };
+  events.on_node_joined = [](const gflex::node_status& n) {
+    std::printf("node %s joined (%s tier)\n", n.name.c_str(), n.tier.c_str());
+    std::fflush(stdout);
+  };
+  events.on_node_lost = [](const gflex::node_status& n) {
+    std::printf("node %s lost\n", n.name.c_str());
+    std::fflush(stdout);
+  };
+  auto s = core->follow(*id, events);
+  if (!s) return fail("follow", s.error());
+  std::printf("%s: %s, test accuracy %.4f\n", id->c_str(), s->state.c_str(), s->test_accuracy);
+  if (s->state != "done") return 1;
   auto bytes = core->fetch(*id);
   if (!bytes) return fail("fetch", bytes.error());
   std::ofstream file(out, std::ios::binary);

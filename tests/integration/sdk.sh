@@ -85,13 +85,41 @@ grep -Eq "^stage tokenize +flat_map +in +[0-9]+ out +[0-9]+ restarts 0" "$WORK/p
   2>"$WORK/lm.sample.err" || fail "gflex sample on pipeline_lm's checkpoint: $(cat "$WORK/lm.sample.err")"
 echo "ok: pipeline_lm (installed SDK): $(tail -1 "$WORK/lm/loss.csv" | cut -d, -f1,4) (round, held-out bits/byte)"
 
-# remote_trainer: a real core in another process, two nodes, an account's API key.
-start_cluster 2
+# remote_trainer with the operator's key against a real core in another process and three
+# nodes. One node is killed (SIGKILL) while the job runs: the trainer is told it was lost, and
+# the job ends on the other two.
+start_cluster 3
+echo "$GFLEX_API_KEY" >"$WORK/operator.key"
+timeout -s KILL 180 "$WORK/examples/remote_trainer/remote_trainer" "$core" "$WORK/operator.key" \
+  "$GFLEX_CORE_CERT" 60 "$WORK/operator.gfck" >"$WORK/operator.out" 2>"$WORK/operator.err" &
+trainer=$!
+PIDS+=("$trainer")
+wait_for 60 "remote_trainer's round 2" grep -q "^round [2-9]" "$WORK/operator.out"
+kill -KILL "$PID_node3"
+rc=0
+wait "$trainer" || rc=$?
+[ "$rc" = 0 ] ||
+  fail "remote_trainer (exit $rc): $(tail -3 "$WORK/operator.err") $(tail -3 "$WORK/operator.out")"
+grep -q ": done, test accuracy" "$WORK/operator.out" ||
+  fail "remote_trainer: $(tail -3 "$WORK/operator.out")"
+[ "$(grep -c "^node node[123] joined (core tier)" "$WORK/operator.out")" = 3 ] ||
+  fail "remote_trainer did not report the 3 nodes joining: $(grep node "$WORK/operator.out")"
+grep -q "^node node3 lost" "$WORK/operator.out" ||
+  fail "remote_trainer was not told node3 was lost: $(grep node "$WORK/operator.out")"
+grep -q "^node node[12] lost" "$WORK/operator.out" &&
+  fail "remote_trainer reported a live node lost: $(grep node "$WORK/operator.out")"
+echo "ok: remote_trainer followed the job as node3 was killed: $(grep -c "^round" "$WORK/operator.out") round reports, $(grep "lost" "$WORK/operator.out")"
+# The same with an account's API key, paid from its credits: the job and its bill, no nodes
+# (the operator's to see).
 key_file carol
+"$BIN/gflex-core" account credit user/carol 10 --core "$core" >/dev/null || fail "credit user/carol"
 timeout -s KILL 180 "$WORK/examples/remote_trainer/remote_trainer" "$core" "$WORK/carol.key" \
-  "$GFLEX_CORE_CERT" 6 "$WORK/remote.gfck" >"$WORK/remote.out" 2>"$WORK/remote.err" ||
+  "$GFLEX_CORE_CERT" 6 "$WORK/remote.gfck" user/carol:5 >"$WORK/remote.out" 2>"$WORK/remote.err" ||
   fail "remote_trainer: $(tail -3 "$WORK/remote.err") $(tail -3 "$WORK/remote.out")"
 grep -q ": done, test accuracy" "$WORK/remote.out" || fail "remote_trainer: $(tail -3 "$WORK/remote.out")"
+grep -q "^node " "$WORK/remote.out" && fail "an account's trainer saw the nodes: $(grep node "$WORK/remote.out")"
+grep -q "^bill: +[0-9]* micro-credits" "$WORK/remote.out" ||
+  fail "remote_trainer reported no bill: $(tail -4 "$WORK/remote.out")"
 [ -s "$WORK/remote.gfck" ] || fail "remote_trainer wrote no parameters"
 "$BIN/gflex" sample "$WORK/remote.gfck" --prompt x >/dev/null 2>"$WORK/sample.err" &&
   fail "an image model's checkpoint was sampled as text"

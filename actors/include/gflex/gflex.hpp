@@ -5,6 +5,7 @@
 /// trainer links the installed SDK's `gflex::gflex` (docs/EMBEDDING.md) and uses the same
 /// calls. No CAF header is included here.
 
+#include <chrono>
 #include <cstdint>
 #include <filesystem>
 #include <functional>
@@ -126,6 +127,24 @@ struct client_options {
   bool insecure = false;  ///< Plain TCP instead (needs a core run with --insecure).
 };
 
+/// What client::follow reports as a job runs. Each callback is optional.
+struct job_events {
+  /// Rounds were committed since the last report: the status after them and the number of
+  /// rounds committed before (polling may see several at once).
+  std::function<void(const job_status&, int64_t previous_round)> on_round;
+  /// The job's state changed (queued, running, paused, done, failed, cancelled).
+  std::function<void(const job_status&)> on_state;
+  /// A node joined the cluster (those connected when following starts are reported first).
+  /// Node events need the operator's key: the core lists its nodes to the operator only, and
+  /// with an account's key they are not reported.
+  std::function<void(const node_status&)> on_node_joined;
+  /// A node left the cluster or was found silent past its lease (operator's key only).
+  std::function<void(const node_status&)> on_node_lost;
+  /// The job paid for committed rounds: `micro` more micro-credits spent since the last
+  /// report (a metered job only).
+  std::function<void(const job_status&, int64_t micro)> on_bill;
+};
+
 /// A connection to a core, for submitting and following jobs. A client sees and changes
 /// only its account's jobs and account; the operator's key sees everything.
 class client {
@@ -157,6 +176,10 @@ class client {
   /// seen; returns the final one.
   expected<job_status> wait(const std::string& job_id,
                             const std::function<void(const job_status&)>& on_status = {});
+  /// Follows a job to its end, polling its status (and, for the node events, the cluster's
+  /// nodes) every `poll`, and calls `events` with what changed; returns the final status.
+  expected<job_status> follow(const std::string& job_id, const job_events& events,
+                              std::chrono::milliseconds poll = std::chrono::milliseconds(200));
 
   /// Uploads `data` as the data set `name` of this key's account (replacing one of that
   /// name): its splits cut into shards of about 8 MiB, sent in order; the core checks each
