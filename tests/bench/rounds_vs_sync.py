@@ -7,29 +7,17 @@ test accuracy and their ratios. Then the runtime's overhead: `gflex demo --nodes
 
     python3 tests/bench/rounds_vs_sync.py [BUILD_BIN_DIR]
 """
-import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 
-# The nodes join the core tier (trusted, so nothing is re-computed) with a core-tier token;
-# the test cores' credentials and tokens come from core_credentials.
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "integration"))
-import core_credentials  # noqa: E402
+from local_cluster import LocalCluster
 
 BIN = sys.argv[1] if len(sys.argv) > 1 else "build/bin"
 TARGET = 0.87
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def spec(**kw):
@@ -62,43 +50,18 @@ norm_bound = {kw.get('norm_bound', 4.0)}
 def run_job(tmp, name, text, limit_s):
     """Starts a core and 4 nodes, submits `text`, polls until the test accuracy reaches
     TARGET (then cancels) or the job ends; returns the figures at the first crossing."""
-    port = free_port()
-    core = f"127.0.0.1:{port}"
-    procs = []
-    try:
-        env = core_credentials.init_core(BIN, f"{tmp}/{name}-core")
-        procs.append(subprocess.Popen([f"{BIN}/gflex-core", "--listen", core, "--data-dir",
-                                       f"{tmp}/{name}-core", "--log-level", "warn"], env=env))
-        core_credentials.add_join_token(BIN, core, env)
-        for i in range(4):
-            procs.append(subprocess.Popen([f"{BIN}/gflex-node", "--join", core, "--name",
-                                           f"n{i}", "--data-dir", f"{tmp}/{name}-n{i}",
-                                           "--log-level", "warn", "--tier", "core"], env=env))
-        for _ in range(100):
-            out = subprocess.run([f"{BIN}/gflex", "nodes", "--core", core, "--json"],
-                                 capture_output=True, text=True, env=env).stdout
-            if out.strip() and len(json.loads(out)) == 4:
-                break
-            time.sleep(0.2)
+    with LocalCluster(BIN, f"{tmp}/{name}", nodes=4) as c:
         path = f"{tmp}/{name}.toml"
         open(path, "w").write(text)
-        job = subprocess.run([f"{BIN}/gflex", "submit", path, "--core", core],
-                             capture_output=True, text=True, check=True, env=env).stdout.strip()
+        job = c.gflex("submit", path).strip()
         start = time.time()
         while time.time() - start < limit_s:
-            st = json.loads(subprocess.run([f"{BIN}/gflex", "status", job, "--core", core,
-                                            "--json"], capture_output=True, text=True,
-                                           env=env).stdout)
+            st = c.status(job)
             if st["test_accuracy"] >= TARGET or st["state"] in ("done", "failed", "cancelled"):
-                subprocess.run([f"{BIN}/gflex", "cancel", job, "--core", core],
-                               capture_output=True, env=env)
+                c.gflex("cancel", job, check=False)
                 return st
             time.sleep(0.1)
         return st
-    finally:
-        for p in procs:
-            p.send_signal(signal.SIGKILL)
-            p.wait()
 
 
 def main():
