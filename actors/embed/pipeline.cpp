@@ -62,8 +62,7 @@ struct pipe_end {
 
 /// What a stage instance talks to; from the coordinator.
 struct pipe_wiring {
-  std::vector<caf::actor> producers;
-  std::vector<bool> producers_finished;
+  std::vector<bool> producers_finished;  ///< One per producer instance.
   std::vector<caf::actor> consumers;
   int64_t consumer_window = 0;
   /// A replacement waits for these consumer instances to adopt what its predecessor left
@@ -192,8 +191,7 @@ struct stage_state {
   stage_init init;
   bool wired = false;
   // input side
-  std::vector<caf::actor> producers;
-  std::vector<bool> producer_ended;
+  std::vector<bool> producer_ended;  ///< Per producer instance: its end arrived.
   bool inputs_ended = false;
   std::deque<pipe_item> inbox;  ///< Arrived, not processed yet (the outbox was full).
   std::vector<pipe_item> held;  ///< batch, shuffle, train: taken in, not finished.
@@ -433,7 +431,6 @@ caf::behavior stage_behavior(stage_actor* self, stage_init init) {
   return {
       [=](pwire_atom, pipe_wiring& w) {
         auto& st = self->state;
-        st.producers = std::move(w.producers);
         st.producer_ended = std::move(w.producers_finished);
         st.window = w.consumer_window;
         st.awaiting_adoption.insert(w.awaiting_adoption.begin(), w.awaiting_adoption.end());
@@ -622,7 +619,6 @@ void wire(coordinator_actor* self, int s, int i) {
   pipe_wiring w;
   if (def.input >= 0)
     for (auto& p : st.stages[static_cast<size_t>(def.input)]) {
-      w.producers.push_back(p.actor);
       w.producers_finished.push_back(p.finished);
     }
   const int c = st.consumer_of[static_cast<size_t>(s)];
