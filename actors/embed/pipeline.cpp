@@ -172,7 +172,10 @@ struct stage_counters {
 };
 
 struct stage_init {
-  const stage_def* def = nullptr;
+  /// The stages' definitions, shared: an instance killed while the coordinator stops may
+  /// still be finishing a message.
+  std::shared_ptr<const std::vector<stage_def>> defs;
+  const stage_def* def = nullptr;  ///< Its own, in `defs`.
   int stage = 0;
   int instance = 0;
   uint64_t epoch = 0;
@@ -580,6 +583,7 @@ struct instance_record {
 
 struct coordinator_state {
   std::vector<stage_def> defs;
+  std::shared_ptr<const std::vector<stage_def>> shared_defs;  ///< The same, for the instances.
   std::vector<int> consumer_of;  ///< The stage reading each stage's output, or -1.
   std::vector<std::vector<instance_record>> stages;
   std::vector<int> restarts;
@@ -599,7 +603,8 @@ caf::actor spawn_instance(coordinator_actor* self, int s, int i) {
   auto& st = self->state;
   auto& rec = st.stages[static_cast<size_t>(s)][static_cast<size_t>(i)];
   stage_init init;
-  init.def = &st.defs[static_cast<size_t>(s)];
+  init.defs = st.shared_defs;
+  init.def = &(*st.shared_defs)[static_cast<size_t>(s)];
   init.stage = s;
   init.instance = i;
   init.epoch = rec.epoch;
@@ -730,6 +735,7 @@ void on_down(coordinator_actor* self, const caf::down_msg& dm) {
 caf::behavior coordinator_behavior(coordinator_actor* self, std::vector<stage_def> defs) {
   auto& st = self->state;
   st.defs = std::move(defs);
+  st.shared_defs = std::make_shared<const std::vector<stage_def>>(st.defs);
   const size_t n = st.defs.size();
   st.consumer_of.assign(n, -1);
   st.stages.resize(n);
