@@ -335,6 +335,52 @@ TEST_SUITE("pipeline") {
     CHECK(true);
   }
 
+  TEST_CASE("a train stage refuses what it cannot use, naming it") {
+    auto run_train = [](train_options t, int64_t values_per_row) {
+      graph g;
+      g.source<int64_t>("ids", count_to(40))
+          .map("batch",
+               [values_per_row](const int64_t&) {
+                 sample_batch b;
+                 b.sample_values = 8;
+                 b.labels = {0, 1};
+                 b.features.assign(static_cast<size_t>(2 * values_per_row), 0.5f);
+                 return b;
+               })
+          .train("train", std::move(t), stage_options{.restarts = 0});
+      return g.run({}, bound);
+    };
+    kernels::model_builder model("bad-input", {8});
+    model.linear(2).softmax_xent();
+    train_options t;
+    t.spec_toml = "[job]\nname = \"bad\"\nrounds = 1\nworkers = 1\n" + model.toml();
+    t.classes = 2;
+    t.tokens = false;
+    auto no_client = run_train(t, 8);
+    REQUIRE_FALSE(no_client.has_value());
+    CHECK(no_client.error().message() ==
+          "pipeline stage 'train' failed after 0 restarts: train: no client "
+          "(train_options.client)");
+
+    embedded_config config;
+    config.nodes = 1;
+    auto cluster = embedded_cluster::start(config);
+    REQUIRE_MESSAGE(cluster.has_value(), cluster.error().message());
+    t.client = &cluster->client();
+    auto short_rows = run_train(t, 7);
+    REQUIRE_FALSE(short_rows.has_value());
+    CHECK(short_rows.error().message() ==
+          "pipeline stage 'train' failed after 0 restarts: train: a batch of 2 labels holds 14 "
+          "values, not rows x sample_values (8)");
+    t.spec_toml = "[job]\nname = \"bad\"\nrounds = 0\n" + model.toml();
+    auto bad_spec = run_train(t, 8);
+    REQUIRE_FALSE(bad_spec.has_value());
+    CHECK(bad_spec.error().message().find("job.rounds") != std::string::npos);
+    auto sets = cluster->client().data_sets();
+    REQUIRE(sets.has_value());
+    CHECK(sets->empty());  // nothing was pushed
+  }
+
   TEST_CASE("a train stage runs a distributed job on the samples it is fed") {
     embedded_config config;
     config.nodes = 2;
