@@ -10,8 +10,15 @@
 // send it again to the replacement, and nothing it finished is repeated: its outputs are
 // already with its consumers. A source's state is its position, which it reports to the
 // coordinator after every item sent; a train stage's is its job and the last round emitted.
+//
+// Worker processes run the same program and build the same graph; a host actor in each
+// spawns the stage instances the coordinator places there. Items and adoptions crossing a
+// process boundary travel encoded (the stage's codec); everything else is the same
+// protocol, since CAF's handles work across processes, and a lost process is seen as its
+// instances' deaths.
 
 #include <caf/all.hpp>
+#include <caf/io/all.hpp>
 
 #include <algorithm>
 #include <atomic>
@@ -50,6 +57,14 @@ struct pipe_item {
   item value;
 };
 
+/// An item for another process: its producer's codec encoded it.
+struct pipe_wire_item {
+  int producer = 0;
+  uint64_t epoch = 0;
+  uint64_t seq = 0;
+  std::string bytes;
+};
+
 struct pipe_ack {
   int consumer = 0;    ///< The consumer's instance.
   uint64_t epoch = 0;  ///< The producer epoch the item was sent under.
@@ -62,7 +77,7 @@ struct pipe_end {
 
 /// What a stage instance talks to; from the coordinator.
 struct pipe_wiring {
-  std::vector<bool> producers_finished;  ///< One per producer instance.
+  std::vector<int32_t> producers_finished;  ///< One per producer instance (0 or 1).
   std::vector<caf::actor> consumers;
   int64_t consumer_window = 0;
   /// A replacement waits for these consumer instances to adopt what its predecessor left
@@ -82,21 +97,66 @@ struct pipe_adoption {
   std::vector<std::pair<uint64_t, item>> items;
 };
 
+/// The same, for a producer in another process (encoded with the producer's codec).
+struct pipe_wire_adoption {
+  int consumer = 0;
+  std::vector<uint64_t> keys;
+  std::vector<std::string> items;
+};
+
 struct pipe_checkpoint {
   int stage = 0;
   int instance = 0;
   std::string position;
 };
 
+/// A worker process's instance -> the coordinator: its counts since the last report.
+struct pipe_stat {
+  int stage = 0;
+  int64_t in = 0;
+  int64_t out = 0;
+  int64_t peak = 0;
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, pipe_wire_item& x) {
+  return f(caf::meta::type_name("gflex_pipe_wire_item"), x.producer, x.epoch, x.seq, x.bytes);
+}
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, pipe_ack& x) {
+  return f(caf::meta::type_name("gflex_pipe_ack"), x.consumer, x.epoch, x.seq);
+}
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, pipe_end& x) {
+  return f(caf::meta::type_name("gflex_pipe_end"), x.producer);
+}
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, pipe_wiring& x) {
+  return f(caf::meta::type_name("gflex_pipe_wiring"), x.producers_finished, x.consumers,
+           x.consumer_window, x.awaiting_adoption);
+}
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, pipe_replace& x) {
+  return f(caf::meta::type_name("gflex_pipe_replace"), x.instance, x.actor);
+}
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, pipe_wire_adoption& x) {
+  return f(caf::meta::type_name("gflex_pipe_wire_adoption"), x.consumer, x.keys, x.items);
+}
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, pipe_checkpoint& x) {
+  return f(caf::meta::type_name("gflex_pipe_checkpoint"), x.stage, x.instance, x.position);
+}
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, pipe_stat& x) {
+  return f(caf::meta::type_name("gflex_pipe_stat"), x.stage, x.in, x.out, x.peak);
+}
+
 }  // namespace
 }  // namespace gflex::pipeline::detail
 
+// In one process only (they hold items as objects, not bytes).
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(gflex::pipeline::detail::pipe_item)
-CAF_ALLOW_UNSAFE_MESSAGE_TYPE(gflex::pipeline::detail::pipe_ack)
-CAF_ALLOW_UNSAFE_MESSAGE_TYPE(gflex::pipeline::detail::pipe_end)
-CAF_ALLOW_UNSAFE_MESSAGE_TYPE(gflex::pipeline::detail::pipe_wiring)
-CAF_ALLOW_UNSAFE_MESSAGE_TYPE(gflex::pipeline::detail::pipe_replace)
-CAF_ALLOW_UNSAFE_MESSAGE_TYPE(gflex::pipeline::detail::pipe_checkpoint)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(gflex::pipeline::detail::pipe_adoption)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(gflex::pipeline::run_report)
 
@@ -117,6 +177,50 @@ using pckpt_atom = caf::atom_constant<caf::atom("pckpt")>;
 using pkill_atom = caf::atom_constant<caf::atom("pkill")>;
 using prun_atom = caf::atom_constant<caf::atom("prun")>;
 using pstop_atom = caf::atom_constant<caf::atom("pstop")>;
+using pwitem_atom = caf::atom_constant<caf::atom("pwitem")>;   ///< an encoded item
+using pwadopt_atom = caf::atom_constant<caf::atom("pwadopt")>; ///< an encoded adoption
+using pstat_atom = caf::atom_constant<caf::atom("pstat")>;
+using pjoin_atom = caf::atom_constant<caf::atom("pjoin")>;    ///< a worker process joins
+using pwait_atom = caf::atom_constant<caf::atom("pwait")>;    ///< the workers, once joined
+using phost_atom = caf::atom_constant<caf::atom("phost")>;    ///< a late worker process
+using phosts_atom = caf::atom_constant<caf::atom("phosts")>;  ///< all that joined
+using pspawn_atom = caf::atom_constant<caf::atom("pspawn")>;  ///< place an instance
+using pbye_atom = caf::atom_constant<caf::atom("pbye")>;      ///< the pipeline ended
+
+/// The actor system of a pipeline's process or of a worker process: with `network`, the
+/// middleman and the messages that cross processes.
+void configure(caf::actor_system_config& cfg, bool network) {
+  cfg.set("scheduler.max-threads",
+          static_cast<size_t>(std::max(2u, std::thread::hardware_concurrency())));
+  if (!network) return;
+  cfg.load<caf::io::middleman>();
+  cfg.add_message_type<pipe_wire_item>("gflex_pipe_wire_item");
+  cfg.add_message_type<pipe_ack>("gflex_pipe_ack");
+  cfg.add_message_type<pipe_end>("gflex_pipe_end");
+  cfg.add_message_type<pipe_wiring>("gflex_pipe_wiring");
+  cfg.add_message_type<pipe_replace>("gflex_pipe_replace");
+  cfg.add_message_type<pipe_wire_adoption>("gflex_pipe_wire_adoption");
+  cfg.add_message_type<pipe_checkpoint>("gflex_pipe_checkpoint");
+  cfg.add_message_type<pipe_stat>("gflex_pipe_stat");
+  cfg.add_message_type<std::vector<caf::actor>>("gflex_actor_list");
+  cfg.add_message_type<std::vector<int32_t>>("gflex_int32_list");
+}
+
+/// Whether `a` lives in another process than `self`.
+bool elsewhere(const caf::local_actor* self, const caf::actor& a) {
+  return a && a.node() != self->node();
+}
+
+/// A worker process's check that it builds the same graph: the stages' names, kinds,
+/// wiring, instances and placement.
+std::string fingerprint(const std::vector<stage_def>& defs) {
+  std::string f;
+  for (const auto& d : defs)
+    f += d.name + '\x1f' + std::to_string(static_cast<int>(d.kind)) + ',' +
+         std::to_string(d.input) + ',' + std::to_string(d.options.instances) + ',' +
+         (d.options.on_workers ? "w" : "p") + '\x1e';
+  return f;
+}
 
 const char* kind_name(stage_kind k) {
   switch (k) {
@@ -182,6 +286,8 @@ struct stage_init {
   caf::actor coordinator;
   std::string checkpoint;  ///< Empty: start afresh.
   std::shared_ptr<stage_counters> counters;
+  /// Runs in a worker process: its counts go to the coordinator in pipe_stat reports.
+  bool remote = false;
 };
 
 struct out_slot {
@@ -218,6 +324,9 @@ struct stage_state {
   std::unique_ptr<train_driver> train;
   bool train_done = false;
   bool ticking = false;
+  // counts reported so far (in a worker process)
+  int64_t reported_in = 0;
+  int64_t reported_out = 0;
 };
 
 using stage_actor = caf::stateful_actor<stage_state>;
@@ -230,6 +339,29 @@ void ack(stage_actor* self, const input_ref& ref) {
 
 void process_inbox(stage_actor* self);
 void maybe_finish(stage_actor* self);
+
+/// Sends an item to a consumer instance: as the object in this process, encoded otherwise.
+void send_item(stage_actor* self, const caf::actor& to, const input_ref& ref, item value) {
+  if (elsewhere(self, to))
+    self->send(to, pwitem_atom::value,
+               pipe_wire_item{ref.producer, ref.epoch, ref.seq, self->state.init.def->encode(value)});
+  else
+    self->send(to, pitem_atom::value, pipe_item{ref, std::move(value)});
+}
+
+/// A worker process's instance tells the coordinator what it counted since its last report.
+void report_counts(stage_actor* self) {
+  auto& st = self->state;
+  if (!st.init.remote || !st.init.coordinator) return;
+  const int64_t in = st.init.counters->in.load();
+  const int64_t out = st.init.counters->out.load();
+  if (in == st.reported_in && out == st.reported_out) return;
+  self->send(st.init.coordinator, pstat_atom::value,
+             pipe_stat{st.init.stage, in - st.reported_in, out - st.reported_out,
+                       st.init.counters->peak.load()});
+  st.reported_in = in;
+  st.reported_out = out;
+}
 
 /// Sends what the outbox holds while some consumer instance has credit; once it is empty,
 /// the inputs that produced it are finished.
@@ -257,8 +389,7 @@ void flush(stage_actor* self) {
     slot->unfinished.emplace(seq, value);
     st.init.counters->raise_peak(static_cast<int64_t>(slot->unfinished.size()));
     ++st.init.counters->out;
-    self->send(slot->actor, pitem_atom::value,
-               pipe_item{input_ref{st.init.instance, st.init.epoch, seq}, std::move(value)});
+    send_item(self, slot->actor, input_ref{st.init.instance, st.init.epoch, seq, {}}, std::move(value));
   }
   for (const auto& in : st.finished_on_sent) ack(self, in.from);
   st.finished_on_sent.clear();
@@ -378,6 +509,7 @@ void maybe_finish(stage_actor* self) {
   }
   for (auto& s : st.slots)
     if (!s.unfinished.empty()) return;
+  report_counts(self);
   self->quit();
 }
 
@@ -422,6 +554,7 @@ caf::behavior stage_behavior(stage_actor* self, stage_init init) {
       st.gen = def.make_generator();
       if (!st.init.checkpoint.empty()) st.position = std::stoll(st.init.checkpoint);
     }
+    if (st.init.remote) self->delayed_send(self, std::chrono::milliseconds(250), pstat_atom::value);
     if (def.kind == stage_kind::train) {
       st.train = std::make_unique<train_driver>(def.train);
       if (!st.init.checkpoint.empty()) {
@@ -434,7 +567,7 @@ caf::behavior stage_behavior(stage_actor* self, stage_init init) {
   return {
       [=](pwire_atom, pipe_wiring& w) {
         auto& st = self->state;
-        st.producer_ended = std::move(w.producers_finished);
+        st.producer_ended.assign(w.producers_finished.begin(), w.producers_finished.end());
         st.window = w.consumer_window;
         st.awaiting_adoption.insert(w.awaiting_adoption.begin(), w.awaiting_adoption.end());
         for (auto& a : w.consumers) st.slots.push_back(out_slot{std::move(a), st.window, {}});
@@ -452,6 +585,23 @@ caf::behavior stage_behavior(stage_actor* self, stage_init init) {
         in.from.sender = caf::actor_cast<caf::actor>(self->current_sender());
         st.inbox.push_back(std::move(in));
         guarded(self, [&] { process_inbox(self); });
+      },
+      [=](pwitem_atom, pipe_wire_item& w) {
+        auto& st = self->state;
+        const int input = st.init.def->input;
+        if (input < 0 || !(*st.init.defs)[static_cast<size_t>(input)].decode) return;
+        ++st.init.counters->in;
+        guarded(self, [&] {
+          st.inbox.push_back(
+              pipe_item{input_ref{w.producer, w.epoch, w.seq,
+                                  caf::actor_cast<caf::actor>(self->current_sender())},
+                        (*st.init.defs)[static_cast<size_t>(input)].decode(w.bytes)});
+          process_inbox(self);
+        });
+      },
+      [=](pstat_atom) {
+        report_counts(self);
+        self->delayed_send(self, std::chrono::milliseconds(250), pstat_atom::value);
       },
       [=](pack_atom, const pipe_ack& a) {
         auto& st = self->state;
@@ -485,11 +635,11 @@ caf::behavior stage_behavior(stage_actor* self, stage_init init) {
         auto& slot = st.slots[static_cast<size_t>(r.instance)];
         slot.actor = std::move(r.actor);
         slot.credit = st.window - static_cast<int64_t>(slot.unfinished.size());
-        for (auto& [seq, value] : slot.unfinished)
-          self->send(slot.actor, pitem_atom::value,
-                     pipe_item{input_ref{st.init.instance, st.init.epoch, seq}, value});
-        if (st.end_sent) self->send(slot.actor, pend_atom::value, pipe_end{st.init.instance});
         guarded(self, [&] {
+          for (auto& [seq, value] : slot.unfinished)
+            send_item(self, slot.actor, input_ref{st.init.instance, st.init.epoch, seq, {}}, value);
+          // After the items: the end tells the consumer that nothing else comes.
+          if (st.end_sent) self->send(slot.actor, pend_atom::value, pipe_end{st.init.instance});
           flush(self);
           if (st.init.def->kind == stage_kind::source) pull(self);
         });
@@ -510,8 +660,35 @@ caf::behavior stage_behavior(stage_actor* self, stage_init init) {
         for (auto& x : st.inbox) adopt(x);
         for (auto& x : st.held) adopt(x);
         for (auto& x : st.finished_on_sent) adopt(x);
-        self->send(r.actor, padopt_atom::value,
-                   pipe_adoption{st.init.instance, std::move(adopted)});
+        if (!elsewhere(self, r.actor)) {
+          self->send(r.actor, padopt_atom::value,
+                     pipe_adoption{st.init.instance, std::move(adopted)});
+          return;
+        }
+        guarded(self, [&] {
+          const auto& producer = (*st.init.defs)[static_cast<size_t>(st.init.def->input)];
+          pipe_wire_adoption w{st.init.instance, {}, {}};
+          for (auto& [key, value] : adopted) {
+            w.keys.push_back(key);
+            w.items.push_back(producer.encode(value));
+          }
+          self->send(r.actor, pwadopt_atom::value, std::move(w));
+        });
+      },
+      [=](pwadopt_atom, pipe_wire_adoption& w) {
+        auto& st = self->state;
+        if (w.consumer < 0 || static_cast<size_t>(w.consumer) >= st.slots.size() ||
+            w.keys.size() != w.items.size() || !st.init.def->decode)
+          return;
+        auto& slot = st.slots[static_cast<size_t>(w.consumer)];
+        guarded(self, [&] {
+          for (size_t k = 0; k < w.keys.size(); ++k) {
+            slot.unfinished.emplace(w.keys[k], st.init.def->decode(w.items[k]));
+            --slot.credit;
+          }
+          st.awaiting_adoption.erase(w.consumer);
+          maybe_finish(self);
+        });
       },
       [=](padopt_atom, pipe_adoption& a) {
         auto& st = self->state;
@@ -575,10 +752,15 @@ caf::behavior stage_behavior(stage_actor* self, stage_init init) {
 // -- the coordinator ----------------------------------------------------------------------
 
 struct instance_record {
-  caf::actor actor;
+  caf::actor actor;  ///< None while it is being placed in a worker process.
   uint64_t epoch = 0;
   bool finished = false;
   std::string checkpoint;
+};
+
+struct host_record {
+  caf::actor actor;
+  bool alive = true;
 };
 
 struct coordinator_state {
@@ -589,17 +771,30 @@ struct coordinator_state {
   std::vector<int> restarts;
   std::vector<std::shared_ptr<stage_counters>> counters;
   std::map<caf::actor_addr, std::pair<int, int>> by_address;
+  std::vector<host_record> hosts;  ///< Worker processes, in the order they joined.
+  size_t next_host = 0;
+  int workers_lost = 0;
+  int placing = 0;  ///< Instances not placed yet at the start.
+  bool started = false;
   int unfinished = 0;
   bool failed = false;
   std::string failure;
   bool ended = false;
   std::vector<caf::response_promise> waiting;
-  std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now();
+  std::chrono::steady_clock::time_point started_at = std::chrono::steady_clock::now();
 };
 
 using coordinator_actor = caf::stateful_actor<coordinator_state>;
 
-caf::actor spawn_instance(coordinator_actor* self, int s, int i) {
+void install(coordinator_actor* self, int s, int i, caf::actor a) {
+  auto& st = self->state;
+  auto& rec = st.stages[static_cast<size_t>(s)][static_cast<size_t>(i)];
+  rec.actor = std::move(a);
+  self->monitor(rec.actor);
+  st.by_address[rec.actor.address()] = {s, i};
+}
+
+stage_init init_for(coordinator_actor* self, int s, int i) {
   auto& st = self->state;
   auto& rec = st.stages[static_cast<size_t>(s)][static_cast<size_t>(i)];
   stage_init init;
@@ -611,11 +806,65 @@ caf::actor spawn_instance(coordinator_actor* self, int s, int i) {
   init.coordinator = caf::actor_cast<caf::actor>(self);
   init.checkpoint = rec.checkpoint;
   init.counters = st.counters[static_cast<size_t>(s)];
-  rec.actor = init.def->options.blocking ? self->system().spawn<caf::detached>(stage_behavior, init)
-                                         : self->system().spawn(stage_behavior, init);
-  self->monitor(rec.actor);
-  st.by_address[rec.actor.address()] = {s, i};
-  return rec.actor;
+  return init;
+}
+
+caf::actor spawn_stage(caf::actor_system& sys, stage_init init) {
+  return init.def->options.blocking ? sys.spawn<caf::detached>(stage_behavior, std::move(init))
+                                    : sys.spawn(stage_behavior, std::move(init));
+}
+
+/// The next worker process still alive, in turn; none when all are lost.
+caf::actor next_host(coordinator_state& st) {
+  for (size_t k = 0; k < st.hosts.size(); ++k) {
+    auto& h = st.hosts[(st.next_host + k) % st.hosts.size()];
+    if (h.alive) {
+      st.next_host = (st.next_host + k + 1) % st.hosts.size();
+      return h.actor;
+    }
+  }
+  return {};
+}
+
+/// Starts instance `i` of stage `s`: in a worker process for an on_workers stage while one
+/// is alive, in this one otherwise; `then` runs once its actor is known.
+void place(coordinator_actor* self, int s, int i, std::function<void()> then) {
+  auto& st = self->state;
+  auto& rec = st.stages[static_cast<size_t>(s)][static_cast<size_t>(i)];
+  rec.actor = caf::actor{};
+  caf::actor host;
+  if (st.defs[static_cast<size_t>(s)].options.on_workers) host = next_host(st);
+  if (!host) {
+    install(self, s, i, spawn_stage(self->system(), init_for(self, s, i)));
+    then();
+    return;
+  }
+  const uint64_t epoch = rec.epoch;
+  self->request(host, std::chrono::seconds(10), pspawn_atom::value, s, i, epoch, rec.checkpoint,
+                caf::actor_cast<caf::actor>(self))
+      .then(
+          [=](caf::actor& a) {
+            auto& st = self->state;
+            auto& rec = st.stages[static_cast<size_t>(s)][static_cast<size_t>(i)];
+            if (st.failed || st.ended || rec.epoch != epoch || !a) {
+              if (a) self->send_exit(a, caf::exit_reason::kill);
+              return;
+            }
+            install(self, s, i, std::move(a));
+            then();
+          },
+          [=](caf::error&) {
+            // That process cannot take it (lost, or too slow to answer): another one, or
+            // this one, does.
+            auto& st = self->state;
+            for (auto& h : st.hosts)
+              if (h.actor == host && h.alive) {
+                h.alive = false;
+                ++st.workers_lost;
+              }
+            if (st.failed || st.ended) return;
+            place(self, s, i, then);
+          });
 }
 
 void wire(coordinator_actor* self, int s, int i) {
@@ -623,9 +872,8 @@ void wire(coordinator_actor* self, int s, int i) {
   const auto& def = st.defs[static_cast<size_t>(s)];
   pipe_wiring w;
   if (def.input >= 0)
-    for (auto& p : st.stages[static_cast<size_t>(def.input)]) {
-      w.producers_finished.push_back(p.finished);
-    }
+    for (auto& p : st.stages[static_cast<size_t>(def.input)])
+      w.producers_finished.push_back(p.finished ? 1 : 0);
   const int c = st.consumer_of[static_cast<size_t>(s)];
   if (c >= 0) {
     const auto& consumers = st.stages[static_cast<size_t>(c)];
@@ -640,6 +888,16 @@ void wire(coordinator_actor* self, int s, int i) {
   }
   self->send(st.stages[static_cast<size_t>(s)][static_cast<size_t>(i)].actor, pwire_atom::value,
              std::move(w));
+}
+
+/// Once every instance is placed: consumers are wired before producers, so that a stage is
+/// wired before the first item can reach it.
+void start(coordinator_actor* self) {
+  auto& st = self->state;
+  st.started = true;
+  for (size_t s = st.stages.size(); s-- > 0;)
+    for (size_t i = 0; i < st.stages[s].size(); ++i)
+      wire(self, static_cast<int>(s), static_cast<int>(i));
 }
 
 run_report make_report(coordinator_actor* self) {
@@ -657,7 +915,9 @@ run_report make_report(coordinator_actor* self) {
     r.stages.push_back(std::move(sr));
   }
   r.elapsed_s =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - st.started).count();
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - st.started_at).count();
+  r.workers_joined = static_cast<int>(st.hosts.size());
+  r.workers_lost = st.workers_lost;
   return r;
 }
 
@@ -674,10 +934,33 @@ void conclude(coordinator_actor* self) {
   st.waiting.clear();
 }
 
+/// Why an instance died, for the pipeline's error once its restarts are spent.
+std::string death_cause(coordinator_actor* self, stage_counters& c, const caf::error& reason) {
+  std::lock_guard<std::mutex> lock(c.m);
+  std::string why = std::move(c.last_error);
+  c.last_error.clear();
+  if (!why.empty()) return why;
+  // An instance in a worker process: its error came with its death.
+  if (reason == caf::sec::runtime_error && !reason.context().empty() &&
+      reason.context().match_element<std::string>(0))
+    return reason.context().get_as<std::string>(0);
+  if (reason == caf::exit_reason::remote_link_unreachable)
+    return "its worker process was lost";
+  if (reason == caf::exit_reason::kill) return "its actor was killed";
+  return self->system().render(reason);
+}
+
 void on_down(coordinator_actor* self, const caf::down_msg& dm) {
   auto& st = self->state;
   auto it = st.by_address.find(dm.source);
-  if (it == st.by_address.end()) return;
+  if (it == st.by_address.end()) {
+    for (auto& h : st.hosts)
+      if (h.alive && h.actor.address() == dm.source) {
+        h.alive = false;
+        ++st.workers_lost;
+      }
+    return;
+  }
   const auto [s, i] = it->second;
   st.by_address.erase(it);
   auto& rec = st.stages[static_cast<size_t>(s)][static_cast<size_t>(i)];
@@ -690,24 +973,18 @@ void on_down(coordinator_actor* self, const caf::down_msg& dm) {
     const int c = st.consumer_of[static_cast<size_t>(s)];
     if (c >= 0)
       for (auto& k : st.stages[static_cast<size_t>(c)])
-        if (!k.finished) self->send(k.actor, pend_atom::value, pipe_end{i});
+        if (!k.finished && k.actor) self->send(k.actor, pend_atom::value, pipe_end{i});
     // A replaced producer waiting for this instance to adopt its predecessor's items need
     // not wait: it finished them.
     const int p = st.defs[static_cast<size_t>(s)].input;
     if (p >= 0)
       for (auto& r : st.stages[static_cast<size_t>(p)])
-        if (!r.finished) self->send(r.actor, pdone_atom::value, i);
+        if (!r.finished && r.actor) self->send(r.actor, pdone_atom::value, i);
     conclude(self);
     return;
   }
   const auto& def = st.defs[static_cast<size_t>(s)];
-  std::string why;
-  {
-    auto& c = *st.counters[static_cast<size_t>(s)];
-    std::lock_guard<std::mutex> lock(c.m);
-    why = c.last_error.empty() ? "its actor was killed" : c.last_error;
-    c.last_error.clear();
-  }
+  const std::string why = death_cause(self, *st.counters[static_cast<size_t>(s)], dm.reason);
   if (++st.restarts[static_cast<size_t>(s)] > def.options.restarts) {
     st.failed = true;
     st.failure = "pipeline stage '" + def.name + "' failed after " +
@@ -718,21 +995,41 @@ void on_down(coordinator_actor* self, const caf::down_msg& dm) {
     conclude(self);
     return;
   }
+  ++rec.epoch;
+  if (!st.started) {  // died before the start: it is wired with the others
+    ++st.placing;
+    place(self, s, i, [=] {
+      if (--self->state.placing == 0) start(self);
+    });
+    return;
+  }
   // Restart: the replacement is wired first, so that what its producers send it again
   // arrives after its wiring.
-  ++rec.epoch;
-  auto fresh = spawn_instance(self, s, i);
-  wire(self, s, i);
-  if (def.input >= 0)
-    for (auto& p : st.stages[static_cast<size_t>(def.input)])
-      if (!p.finished) self->send(p.actor, pcons_atom::value, pipe_replace{i, fresh});
-  const int c = st.consumer_of[static_cast<size_t>(s)];
-  if (c >= 0)
-    for (auto& k : st.stages[static_cast<size_t>(c)])
-      if (!k.finished) self->send(k.actor, pprod_atom::value, pipe_replace{i, fresh}, rec.epoch);
+  place(self, s, i, [=] {
+    auto& st = self->state;
+    auto fresh = st.stages[static_cast<size_t>(s)][static_cast<size_t>(i)].actor;
+    const uint64_t epoch = st.stages[static_cast<size_t>(s)][static_cast<size_t>(i)].epoch;
+    wire(self, s, i);
+    const auto& def = st.defs[static_cast<size_t>(s)];
+    if (def.input >= 0)
+      for (auto& p : st.stages[static_cast<size_t>(def.input)])
+        if (!p.finished && p.actor) self->send(p.actor, pcons_atom::value, pipe_replace{i, fresh});
+    const int c = st.consumer_of[static_cast<size_t>(s)];
+    if (c >= 0)
+      for (auto& k : st.stages[static_cast<size_t>(c)])
+        if (!k.finished && k.actor)
+          self->send(k.actor, pprod_atom::value, pipe_replace{i, fresh}, epoch);
+  });
 }
 
-caf::behavior coordinator_behavior(coordinator_actor* self, std::vector<stage_def> defs) {
+void add_host(coordinator_actor* self, caf::actor host) {
+  if (!host) return;
+  self->monitor(host);
+  self->state.hosts.push_back(host_record{std::move(host), true});
+}
+
+caf::behavior coordinator_behavior(coordinator_actor* self, std::vector<stage_def> defs,
+                                   std::vector<caf::actor> hosts) {
   auto& st = self->state;
   st.defs = std::move(defs);
   st.shared_defs = std::make_shared<const std::vector<stage_def>>(st.defs);
@@ -748,13 +1045,13 @@ caf::behavior coordinator_behavior(coordinator_actor* self, std::vector<stage_de
     st.unfinished += st.defs[s].options.instances;
   }
   self->set_down_handler([=](caf::down_msg& dm) { on_down(self, dm); });
+  for (auto& h : hosts) add_host(self, std::move(h));
+  st.placing = st.unfinished;
   for (size_t s = 0; s < n; ++s)
     for (size_t i = 0; i < st.stages[s].size(); ++i)
-      spawn_instance(self, static_cast<int>(s), static_cast<int>(i));
-  // Consumers before producers: a stage is wired before the first item can reach it.
-  for (size_t s = n; s-- > 0;)
-    for (size_t i = 0; i < st.stages[s].size(); ++i)
-      wire(self, static_cast<int>(s), static_cast<int>(i));
+      place(self, static_cast<int>(s), static_cast<int>(i), [=] {
+        if (--self->state.placing == 0) start(self);
+      });
   return {
       [=](prun_atom) -> caf::result<run_report> {
         auto p = self->make_response_promise<run_report>();
@@ -762,12 +1059,22 @@ caf::behavior coordinator_behavior(coordinator_actor* self, std::vector<stage_de
         conclude(self);
         return p;
       },
+      [=](phost_atom, caf::actor& host) { add_host(self, std::move(host)); },
       [=](pckpt_atom, const pipe_checkpoint& c) {
         auto& st = self->state;
         auto it = st.by_address.find(caf::actor_cast<caf::actor_addr>(self->current_sender()));
-        if (it == st.by_address.end()) return;  // from an instance already replaced
+        if (it == st.by_address.end() || it->second != std::make_pair(c.stage, c.instance))
+          return;  // from an instance already replaced
         st.stages[static_cast<size_t>(c.stage)][static_cast<size_t>(c.instance)].checkpoint =
             c.position;
+      },
+      [=](pstat_atom, const pipe_stat& x) {
+        auto& st = self->state;
+        if (x.stage < 0 || static_cast<size_t>(x.stage) >= st.counters.size()) return;
+        auto& c = *st.counters[static_cast<size_t>(x.stage)];
+        c.in += x.in;
+        c.out += x.out;
+        c.raise_peak(x.peak);
       },
       [=](pstop_atom, const std::string& why) {
         // The caller gives up (its deadline passed): every stage is killed.
@@ -800,6 +1107,136 @@ caf::behavior coordinator_behavior(coordinator_actor* self, std::vector<stage_de
   };
 }
 
+// -- worker processes ---------------------------------------------------------------------
+
+bool same_secret(const std::string& a, const std::string& b) {
+  unsigned char diff = a.size() == b.size() ? 0 : 1;
+  for (size_t k = 0; k < a.size(); ++k)
+    diff |= static_cast<unsigned char>(a[k] ^ (k < b.size() ? b[k] : 0));
+  return diff == 0;
+}
+
+struct gate_state {
+  std::string token;
+  std::string fingerprint;
+  size_t wanted = 0;
+  std::vector<caf::actor> hosts;
+  caf::actor coordinator;  ///< Once the pipeline runs: later workers go to it.
+  std::vector<caf::response_promise> waiting;
+};
+
+using gate_actor = caf::stateful_actor<gate_state>;
+
+/// The pipeline's published actor: the only one a process that connects can reach before it
+/// has joined. It admits worker processes with the token and the same graph.
+caf::behavior gate_behavior(gate_actor* self, std::string token, std::string fingerprint,
+                            size_t wanted) {
+  self->state.token = std::move(token);
+  self->state.fingerprint = std::move(fingerprint);
+  self->state.wanted = wanted;
+  auto local = [=] {
+    return self->current_sender() && self->current_sender()->node() == self->node();
+  };
+  auto deliver = [=] {
+    auto& st = self->state;
+    if (st.hosts.size() < st.wanted) return;
+    for (auto& p : st.waiting) p.deliver(st.hosts);
+    st.waiting.clear();
+  };
+  return {
+      [=](pjoin_atom, const std::string& token, const std::string& fingerprint,
+          caf::actor& host) -> caf::result<bool> {
+        auto& st = self->state;
+        if (!same_secret(token, st.token))
+          return caf::make_error(caf::sec::runtime_error, std::string("pipeline: a wrong token"));
+        if (fingerprint != st.fingerprint)
+          return caf::make_error(caf::sec::runtime_error,
+                                 std::string("pipeline: this process builds a different graph "
+                                             "(stages, wiring, instances or placement differ)"));
+        if (!host || host.node() != self->current_sender()->node())
+          return caf::make_error(caf::sec::runtime_error,
+                                 std::string("pipeline: a worker joins with its own host"));
+        st.hosts.push_back(host);
+        if (st.coordinator) self->send(st.coordinator, phost_atom::value, host);
+        deliver();
+        return true;
+      },
+      [=](pwait_atom) -> caf::result<std::vector<caf::actor>> {
+        if (!local()) return caf::sec::unexpected_message;
+        auto p = self->make_response_promise<std::vector<caf::actor>>();
+        self->state.waiting.push_back(p);
+        deliver();
+        return p;
+      },
+      [=](prun_atom, caf::actor& coordinator) {
+        if (local()) self->state.coordinator = std::move(coordinator);
+      },
+      [=](phosts_atom) -> caf::result<std::vector<caf::actor>> {
+        if (!local()) return caf::sec::unexpected_message;
+        return self->state.hosts;
+      },
+  };
+}
+
+struct host_state {
+  std::shared_ptr<const std::vector<stage_def>> defs;
+  std::vector<caf::actor> instances;
+  std::shared_ptr<std::atomic<int>> spawned;
+  caf::actor gate;
+  bool ended = false;
+};
+
+using host_actor = caf::stateful_actor<host_state>;
+
+/// A worker process's actor: starts the stage instances the pipeline places here, and ends
+/// with the pipeline (or when the pipeline's process is lost).
+caf::behavior host_behavior(host_actor* self, std::shared_ptr<const std::vector<stage_def>> defs,
+                            std::shared_ptr<std::atomic<int>> spawned, caf::actor gate) {
+  self->state.defs = std::move(defs);
+  self->state.spawned = std::move(spawned);
+  self->state.gate = gate;
+  self->monitor(gate);
+  self->set_down_handler([=](caf::down_msg& dm) {
+    if (dm.source != self->state.gate.address()) return;
+    for (auto& a : self->state.instances) self->send_exit(a, caf::exit_reason::kill);
+    self->quit(caf::make_error(caf::sec::runtime_error,
+                               std::string("pipeline: the pipeline's process was lost")));
+  });
+  auto from_pipeline = [=] {
+    return self->current_sender() && self->current_sender()->node() == gate.node();
+  };
+  return {
+      [=](pspawn_atom, int s, int i, uint64_t epoch, const std::string& checkpoint,
+          caf::actor& coordinator) -> caf::result<caf::actor> {
+        auto& st = self->state;
+        if (!from_pipeline() || s < 0 || static_cast<size_t>(s) >= st.defs->size() ||
+            !(*st.defs)[static_cast<size_t>(s)].options.on_workers || i < 0 ||
+            i >= (*st.defs)[static_cast<size_t>(s)].options.instances)
+          return caf::sec::unexpected_message;
+        stage_init init;
+        init.defs = st.defs;
+        init.def = &(*st.defs)[static_cast<size_t>(s)];
+        init.stage = s;
+        init.instance = i;
+        init.epoch = epoch;
+        init.coordinator = std::move(coordinator);
+        init.checkpoint = checkpoint;
+        init.counters = std::make_shared<stage_counters>();
+        init.remote = true;
+        auto a = spawn_stage(self->system(), std::move(init));
+        st.instances.push_back(a);
+        ++*st.spawned;
+        return a;
+      },
+      [=](pbye_atom) -> bool {
+        if (!from_pipeline()) return false;
+        for (auto& a : self->state.instances) self->send_exit(a, caf::exit_reason::kill);
+        self->quit();
+        return true;
+      },
+  };
+}
+
 class running_pipeline final : public running {
  public:
   running_pipeline(caf::actor_system& sys, caf::actor coordinator)
@@ -817,7 +1254,8 @@ class running_pipeline final : public running {
   caf::actor coordinator_;
 };
 
-expected<void> validate(const std::vector<stage_def>& stages) {
+/// `workers`: the run's worker processes; -1 in a worker process (which does not check it).
+expected<void> validate(const std::vector<stage_def>& stages, int workers) {
   auto bad = [](const std::string& what) { return error(errc::invalid_argument, what); };
   if (stages.empty()) return bad("pipeline: no stages");
   std::set<std::string> names;
@@ -850,12 +1288,33 @@ expected<void> validate(const std::vector<stage_def>& stages) {
         (d.size < 1 || d.size > (1u << 20)))
       return bad(at + (d.kind == stage_kind::batch ? "the batch size" : "the buffer") +
                  " must be in [1, 1048576]");
+    if (d.options.on_workers) {
+      if (d.kind == stage_kind::train)
+        return bad(at + "a train stage runs in the pipeline's own process, not on workers");
+      if (workers == 0)
+        return bad(at + "runs on workers, but the run has none (run_options::workers)");
+      if (d.input >= 0 && !stages[static_cast<size_t>(d.input)].decode)
+        return bad(at + "runs on workers, but its input type (the output of '" +
+                   stages[static_cast<size_t>(d.input)].name +
+                   "') has no gflex::pipeline::codec to cross processes");
+    }
   }
-  for (size_t s = 0; s < stages.size(); ++s)
+  for (size_t s = 0; s < stages.size(); ++s) {
     if (readers[s] < 0 && stages[s].kind != stage_kind::sink && stages[s].kind != stage_kind::train)
       return bad("pipeline stage " + std::to_string(s) + " '" + stages[s].name +
                  "': nothing reads its output (end the pipeline with a sink)");
+    if (readers[s] >= 0 && !stages[s].encode &&
+        (stages[s].options.on_workers || stages[static_cast<size_t>(readers[s])].options.on_workers))
+      return bad("pipeline stage " + std::to_string(s) + " '" + stages[s].name +
+                 "': its output crosses processes, but its type has no gflex::pipeline::codec");
+  }
   return {};
+}
+
+std::string render(caf::actor_system& sys, const caf::error& e) {
+  if (!e.context().empty() && e.context().match_element<std::string>(0))
+    return e.context().get_as<std::string>(0);
+  return sys.render(e);
 }
 
 }  // namespace
@@ -865,18 +1324,57 @@ namespace gflex::pipeline {
 
 expected<run_report> graph::run(const std::function<void(running&)>& on_running,
                                 std::chrono::milliseconds deadline) const {
-  if (auto ok = detail::validate(stages_); !ok) return ok.error();
+  run_options options;
+  options.on_running = on_running;
+  options.deadline = deadline;
+  return run(options);
+}
+
+expected<run_report> graph::run(const run_options& options) const {
+  if (auto ok = detail::validate(stages_, options.workers); !ok) return ok.error();
+  if (options.workers < 0 || options.workers > 256)
+    return error(errc::invalid_argument, "pipeline: workers must be in [0, 256]");
+  if (options.workers > 0 && options.token.size() < 16)
+    return error(errc::invalid_argument,
+                 "pipeline: worker processes need a token of at least 16 characters");
   caf::actor_system_config cfg;
-  cfg.set("scheduler.max-threads",
-          static_cast<size_t>(std::max(2u, std::thread::hardware_concurrency())));
+  detail::configure(cfg, options.workers > 0);
   caf::actor_system sys{cfg};
-  auto coordinator = sys.spawn(detail::coordinator_behavior, stages_);
-  if (on_running) {
+  caf::scoped_actor self{sys};
+  std::vector<caf::actor> hosts;
+  caf::actor gate;
+  if (options.workers > 0) {
+    gate = sys.spawn(detail::gate_behavior, options.token, detail::fingerprint(stages_),
+                     static_cast<size_t>(options.workers));
+    auto port = sys.middleman().publish(gate, options.port, options.listen_host.c_str(), true);
+    if (!port) {
+      self->send_exit(gate, caf::exit_reason::user_shutdown);
+      return error(errc::unavailable, "pipeline: cannot listen on " + options.listen_host + ":" +
+                                          std::to_string(options.port) + ": " +
+                                          detail::render(sys, port.error()));
+    }
+    if (options.on_listening) options.on_listening(*port);
+    std::optional<error> failed;
+    self->request(gate, caf::duration{options.join_timeout}, detail::pwait_atom::value)
+        .receive([&](std::vector<caf::actor>& h) { hosts = std::move(h); },
+                 [&](caf::error&) {
+                   failed = error(errc::unavailable,
+                                  "pipeline: " + std::to_string(options.workers) +
+                                      " worker processes did not join within " +
+                                      std::to_string(options.join_timeout.count()) + " ms");
+                 });
+    if (failed) {
+      self->send_exit(gate, caf::exit_reason::user_shutdown);
+      return *failed;
+    }
+  }
+  auto coordinator = sys.spawn(detail::coordinator_behavior, stages_, hosts);
+  if (gate) self->send(gate, detail::prun_atom::value, coordinator);
+  if (options.on_running) {
     detail::running_pipeline handle(sys, coordinator);
-    on_running(handle);
+    options.on_running(handle);
   }
   expected<run_report> result = error(errc::stage_failed, "pipeline: no result");
-  caf::scoped_actor self{sys};
   auto wait = [&](caf::duration limit) {
     bool timed_out = false;
     self->request(coordinator, limit, detail::prun_atom::value)
@@ -886,12 +1384,11 @@ expected<run_report> graph::run(const std::function<void(running&)>& on_running,
                      timed_out = true;
                      return;
                    }
-                   result = error(errc::stage_failed, e.context().empty()
-                                                          ? sys.render(e)
-                                                          : e.context().get_as<std::string>(0));
+                   result = error(errc::stage_failed, detail::render(sys, e));
                  });
     return timed_out;
   };
+  const auto deadline = options.deadline;
   if (deadline.count() > 0 ? wait(caf::duration{deadline}) : wait(caf::infinite)) {
     const double s = static_cast<double>(deadline.count()) / 1000.0;
     char text[64];
@@ -905,7 +1402,61 @@ expected<run_report> graph::run(const std::function<void(running&)>& on_running,
       result = error(errc::unavailable, result.error().message());
   }
   self->send_exit(coordinator, caf::exit_reason::user_shutdown);
+  if (gate) {
+    // The workers end with the pipeline: each is told, and answers, before this process
+    // closes its links (a lost one does not answer and is not waited for long).
+    std::vector<caf::actor> joined;
+    self->request(gate, std::chrono::seconds(5), detail::phosts_atom::value)
+        .receive([&](std::vector<caf::actor>& h) { joined = std::move(h); }, [](caf::error&) {});
+    for (auto& h : joined)
+      self->request(h, std::chrono::seconds(2), detail::pbye_atom::value)
+          .receive([](bool) {}, [](caf::error&) {});
+    self->send_exit(gate, caf::exit_reason::user_shutdown);
+  }
   return result;
+}
+
+expected<join_report> graph::join(const join_options& options) const {
+  if (auto ok = detail::validate(stages_, -1); !ok) return ok.error();
+  caf::actor_system_config cfg;
+  detail::configure(cfg, true);
+  caf::actor_system sys{cfg};
+  const std::string where = options.host + ":" + std::to_string(options.port);
+  // The pipeline may not be listening yet: tried again until the timeout.
+  const auto until = std::chrono::steady_clock::now() + options.connect_timeout;
+  caf::expected<caf::actor> gate = caf::sec::cannot_connect_to_node;
+  while (true) {
+    gate = sys.middleman().remote_actor(options.host, options.port);
+    if (gate || std::chrono::steady_clock::now() >= until) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+  if (!gate)
+    return error(errc::unavailable, "pipeline: cannot reach the pipeline at " + where + ": " +
+                                        detail::render(sys, gate.error()));
+  auto defs = std::make_shared<const std::vector<detail::stage_def>>(stages_);
+  auto spawned = std::make_shared<std::atomic<int>>(0);
+  auto host = sys.spawn(detail::host_behavior, defs, spawned, *gate);
+  caf::scoped_actor self{sys};
+  std::optional<error> refused;
+  self->request(*gate, std::chrono::seconds(10), detail::pjoin_atom::value, options.token,
+                detail::fingerprint(stages_), host)
+      .receive([](bool) {},
+               [&](caf::error& e) {
+                 refused = error(errc::permission_denied, "pipeline at " + where + " refused "
+                                                              "this process: " +
+                                                              detail::render(sys, e));
+               });
+  if (refused) {
+    self->send_exit(host, caf::exit_reason::kill);
+    return *refused;
+  }
+  self->monitor(host);
+  std::optional<error> lost;
+  self->receive([&](caf::down_msg& dm) {
+    if (dm.reason) lost = error(errc::unavailable, detail::render(sys, dm.reason));
+  });
+  if (lost) return *lost;
+  return join_report{spawned->load()};
 }
 
 }  // namespace gflex::pipeline

@@ -324,6 +324,94 @@ TEST_SUITE("pipeline") {
     }
   }
 
+  TEST_CASE("codecs carry items across processes and refuse malformed bytes") {
+    auto round_trip = [](const auto& v) {
+      using T = std::decay_t<decltype(v)>;
+      std::string bytes;
+      codec<T>::encode(v, bytes);
+      std::string_view in = bytes;
+      T back = codec<T>::decode(in);
+      CHECK(in.empty());
+      return back;
+    };
+    CHECK(round_trip(int64_t{-42}) == -42);
+    CHECK(round_trip(2.5) == 2.5);
+    CHECK(round_trip(std::string("tokens\n")) == "tokens\n");
+    CHECK(round_trip(std::vector<int64_t>{1, 2, 3}) == std::vector<int64_t>{1, 2, 3});
+    CHECK(round_trip(std::vector<std::string>{"a", "", "bc"}) ==
+          std::vector<std::string>{"a", "", "bc"});
+    sample_batch b;
+    b.features = {1.f, 2.f, 3.f, 4.f};
+    b.labels = {7, 9};
+    b.sample_values = 2;
+    const auto bb = round_trip(b);
+    CHECK(bb.features == b.features);
+    CHECK(bb.labels == b.labels);
+    CHECK(bb.sample_values == 2);
+    static_assert(has_codec<std::vector<std::vector<float>>>);
+    static_assert(!has_codec<round_update>);
+    // Truncated bytes, and a length larger than what follows, are errors, not reads past
+    // the end.
+    std::string bytes;
+    codec<std::vector<int64_t>>::encode({1, 2, 3}, bytes);
+    std::string_view cut(bytes.data(), bytes.size() - 1);
+    CHECK_THROWS_WITH(codec<std::vector<int64_t>>::decode(cut),
+                      "pipeline: a malformed item (truncated)");
+    std::string huge;
+    codec<uint64_t>::encode(uint64_t{1} << 60, huge);
+    std::string_view h = huge;
+    CHECK_THROWS_WITH(codec<std::vector<std::string>>::decode(h),
+                      "pipeline: a malformed item (truncated)");
+  }
+
+  TEST_CASE("stages on worker processes are refused where they cannot run") {
+    auto message = [](const graph& g, run_options o = {}) {
+      o.deadline = bound;
+      auto r = g.run(o);
+      REQUIRE_FALSE(r.has_value());
+      CHECK(r.error().code() == errc::invalid_argument);
+      return r.error().message();
+    };
+    stage_options workers;
+    workers.on_workers = true;
+    {
+      graph g;
+      g.source<int64_t>("numbers", count_to(10))
+          .map("m", [](const int64_t& v) { return v; }, workers)
+          .sink("s", [](const int64_t&) {});
+      CHECK(message(g) ==
+            "pipeline stage 1 'm': runs on workers, but the run has none (run_options::workers)");
+      run_options o;
+      o.workers = 1;
+      o.token = "short";
+      CHECK(message(g, o) == "pipeline: worker processes need a token of at least 16 characters");
+    }
+    {
+      // A type with no codec cannot reach a worker process, nor leave one.
+      struct opaque {
+        int64_t v = 0;
+      };
+      run_options o;
+      o.workers = 1;
+      o.token = "a-token-of-sixteen-chars";
+      graph g1;
+      g1.source<int64_t>("numbers", count_to(10))
+          .map("wrap", [](const int64_t& v) { return opaque{v}; })
+          .map("m", [](const opaque& x) { return x.v; }, workers)
+          .sink("s", [](const int64_t&) {});
+      CHECK(message(g1, o) ==
+            "pipeline stage 2 'm': runs on workers, but its input type (the output of 'wrap') "
+            "has no gflex::pipeline::codec to cross processes");
+      graph g2;
+      g2.source<int64_t>("numbers", count_to(10))
+          .map("m", [](const int64_t& v) { return opaque{v}; }, workers)
+          .sink("s", [](const opaque&) {});
+      CHECK(message(g2, o) ==
+            "pipeline stage 1 'm': its output crosses processes, but its type has no "
+            "gflex::pipeline::codec");
+    }
+  }
+
   TEST_CASE("the types between stages are checked when the graph is compiled") {
     using ints = stream<int64_t>;
     auto on_int = [](const int64_t& v) { return v; };

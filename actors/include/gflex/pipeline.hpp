@@ -23,6 +23,14 @@
 /// Each item is processed to completion exactly once through any sequence of failures, as
 /// long as a producer and its consumer do not die at the same moment.
 ///
+/// Worker processes: a stage marked `on_workers` runs in processes of the same program on
+/// the user's own machines (never on volunteers, who run no user code), started with
+/// graph::join and admitted with a shared token; items crossing a process boundary are
+/// encoded with gflex::pipeline::codec<T> (built in for numbers, strings, vectors and
+/// sample_batch; a user specializes it for other types). When such a process is lost, its
+/// stage instances are restarted on another worker (or, with none left, in the pipeline's
+/// own process) with the same guarantees as above.
+///
 /// Types are checked at compile time (a stage's function must accept what the stage before
 /// it produces), and graphs are acyclic by construction: a stage reads a stream that exists
 /// already. Everything here is header-only to use; the actors run in libgflex, and no CAF
@@ -30,12 +38,15 @@
 
 #include <any>
 #include <chrono>
+#include <cstring>
 #include <concepts>
 #include <cstdint>
 #include <functional>
 #include <memory>
 #include <optional>
+#include <stdexcept>
 #include <string>
+#include <string_view>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -58,6 +69,10 @@ struct stage_options {
   /// Runs on a thread of its own (for functions that block: file or network I/O, long
   /// computations); otherwise on the shared scheduler. Sources and train always do.
   bool blocking = false;
+  /// Runs in the pipeline's worker processes (run_options::workers) instead of the
+  /// pipeline's own; instances are spread over them. The stage's input and output types
+  /// need a codec. A train stage runs in the pipeline's process.
+  bool on_workers = false;
 };
 
 /// What a stage did, in the run's report.
@@ -76,6 +91,8 @@ struct stage_report {
 struct run_report {
   std::vector<stage_report> stages;
   double elapsed_s = 0.0;
+  int workers_joined = 0;  ///< Worker processes that joined (run_options::workers).
+  int workers_lost = 0;    ///< Of those, lost while the pipeline ran.
   const stage_report* stage(const std::string& name) const {
     for (const auto& s : stages)
       if (s.name == name) return &s;
@@ -113,6 +130,99 @@ struct train_options {
   int64_t classes = 256;  ///< Labels are below this (the vocabulary for tokens).
   bool tokens = true;     ///< Samples are token ids.
   std::chrono::milliseconds poll{200};
+};
+
+/// How an item of type T crosses a process boundary. Specialize it for a type of your own:
+///   template <> struct gflex::pipeline::codec<my_type> {
+///     static void encode(const my_type& v, std::string& out);  // appends
+///     static my_type decode(std::string_view& in);             // consumes; throws if malformed
+///   };
+template <class T, class = void>
+struct codec;
+
+/// Whether T has a codec (an item of T may cross processes).
+template <class T>
+concept has_codec = requires(const T& v, std::string& out, std::string_view& in) {
+  codec<T>::encode(v, out);
+  { codec<T>::decode(in) } -> std::same_as<T>;
+};
+
+namespace detail {
+inline void need(std::string_view in, size_t n) {
+  if (in.size() < n) throw std::runtime_error("pipeline: a malformed item (truncated)");
+}
+}  // namespace detail
+
+template <class T>
+struct codec<T, std::enable_if_t<std::is_arithmetic_v<T>>> {
+  static void encode(const T& v, std::string& out) {
+    out.append(reinterpret_cast<const char*>(&v), sizeof v);
+  }
+  static T decode(std::string_view& in) {
+    detail::need(in, sizeof(T));
+    T v;
+    std::memcpy(&v, in.data(), sizeof v);
+    in.remove_prefix(sizeof v);
+    return v;
+  }
+};
+
+template <>
+struct codec<std::string> {
+  static void encode(const std::string& v, std::string& out) {
+    codec<uint64_t>::encode(v.size(), out);
+    out += v;
+  }
+  static std::string decode(std::string_view& in) {
+    const uint64_t n = codec<uint64_t>::decode(in);
+    detail::need(in, n);
+    std::string v(in.substr(0, n));
+    in.remove_prefix(n);
+    return v;
+  }
+};
+
+template <class T>
+requires has_codec<T>
+struct codec<std::vector<T>> {
+  static void encode(const std::vector<T>& v, std::string& out) {
+    codec<uint64_t>::encode(v.size(), out);
+    if constexpr (std::is_arithmetic_v<T>)
+      out.append(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(T));
+    else
+      for (const auto& x : v) codec<T>::encode(x, out);
+  }
+  static std::vector<T> decode(std::string_view& in) {
+    const uint64_t n = codec<uint64_t>::decode(in);
+    std::vector<T> v;
+    if constexpr (std::is_arithmetic_v<T>) {
+      detail::need(in, n * sizeof(T));
+      v.resize(n);
+      std::memcpy(v.data(), in.data(), n * sizeof(T));
+      in.remove_prefix(n * sizeof(T));
+    } else {
+      detail::need(in, n);  // every element takes a byte at least
+      v.reserve(n);
+      for (uint64_t k = 0; k < n; ++k) v.push_back(codec<T>::decode(in));
+    }
+    return v;
+  }
+};
+
+template <>
+struct codec<sample_batch> {
+  static void encode(const sample_batch& v, std::string& out) {
+    codec<std::vector<float>>::encode(v.features, out);
+    codec<std::vector<int32_t>>::encode(v.labels, out);
+    codec<int64_t>::encode(v.sample_values, out);
+  }
+  static sample_batch decode(std::string_view& in) {
+    sample_batch v;
+    v.features = codec<std::vector<float>>::decode(in);
+    v.labels = codec<std::vector<int32_t>>::decode(in);
+    v.sample_values = codec<int64_t>::decode(in);
+    return v;
+  }
 };
 
 template <class T>
@@ -157,7 +267,26 @@ struct stage_def {
   size_t size = 0;    ///< batch: samples per batch; shuffle: buffer.
   uint64_t seed = 0;  ///< shuffle
   train_options train;
+  /// The stage's output across a process boundary; empty when its type has no codec.
+  std::function<std::string(const item&)> encode;
+  std::function<item(std::string_view)> decode;
 };
+
+template <class T>
+void set_codec(stage_def& d) {
+  if constexpr (has_codec<T>) {
+    d.encode = [](const item& i) {
+      std::string out;
+      codec<T>::encode(get<T>(i), out);
+      return out;
+    };
+    d.decode = [](std::string_view in) {
+      T v = codec<T>::decode(in);
+      if (!in.empty()) throw std::runtime_error("pipeline: a malformed item (bytes left over)");
+      return make_item<T>(std::move(v));
+    };
+  }
+}
 
 }  // namespace detail
 
@@ -168,6 +297,39 @@ class running {
   virtual ~running() = default;
   /// Kills instance `instance` of stage `name`; false when no such stage is running.
   virtual bool kill(const std::string& name, int instance = 0) = 0;
+};
+
+/// How a pipeline runs.
+struct run_options {
+  /// Called once every stage has started, with a handle for fault injection.
+  std::function<void(running&)> on_running;
+  /// Stages still unfinished when it passes are killed (zero: no deadline).
+  std::chrono::milliseconds deadline{};
+  /// Worker processes to wait for before starting (graph::join): stages marked on_workers
+  /// run in them. Zero: everything runs in this process.
+  int workers = 0;
+  /// Where workers join: an address of this machine and a port (0: any free one, told to
+  /// on_listening). The link is not encrypted: keep it on the user's own network.
+  std::string listen_host = "127.0.0.1";
+  uint16_t port = 0;
+  std::function<void(uint16_t port)> on_listening;
+  /// The secret a worker must present (at least 16 characters).
+  std::string token;
+  /// How long to wait for the workers before giving up (errc::unavailable).
+  std::chrono::milliseconds join_timeout{30000};
+};
+
+/// How a worker process joins a pipeline.
+struct join_options {
+  std::string host = "127.0.0.1";
+  uint16_t port = 0;
+  std::string token;
+  std::chrono::milliseconds connect_timeout{10000};
+};
+
+/// What a worker process did.
+struct join_report {
+  int instances = 0;  ///< Stage instances it ran.
 };
 
 /// A pipeline under construction: stages added through the streams it hands out.
@@ -190,6 +352,16 @@ class graph {
   /// before anything starts.
   expected<run_report> run(const std::function<void(running&)>& on_running = {},
                            std::chrono::milliseconds deadline = {}) const;
+  /// The same, with worker processes when `options.workers` > 0: the pipeline listens,
+  /// waits for that many processes of this program to join with its token, and runs its
+  /// on_workers stages in them. A worker process that joins later serves restarts.
+  expected<run_report> run(const run_options& options) const;
+
+  /// Serves this graph's on_workers stages for a pipeline that another process of this
+  /// program runs (the same graph, built by the same code: a different one is refused).
+  /// Returns when that pipeline ends; an error when it cannot join (a wrong token, a
+  /// different graph, nobody listening) or the pipeline's process is lost.
+  expected<join_report> join(const join_options& options) const;
 
   /// The stages, in the order they were added (for the runtime and for inspection).
   const std::vector<detail::stage_def>& stages() const { return stages_; }
@@ -313,7 +485,9 @@ class stream {
   friend class graph;
   template <class>
   friend class stream;
-  stream(graph* g, int stage) : g_(g), stage_(stage) {}
+  stream(graph* g, int stage) : g_(g), stage_(stage) {
+    detail::set_codec<T>(g_->stages_[static_cast<size_t>(stage)]);
+  }
   detail::stage_def def(std::string name, detail::stage_kind kind,
                         const stage_options& options) const {
     detail::stage_def d;

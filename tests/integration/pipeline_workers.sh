@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# A pipeline whose middle stage runs in worker processes of the same program
+# (gflex_pipeline_probe): a worker process killed with SIGKILL mid-run, and a worker's stage
+# actor killed mid-run, and the pipeline recovers both with every item through exactly once;
+# a wrong token and a different graph are refused; a worker whose pipeline's process is lost
+# ends with an error instead of waiting.
+source "$(dirname "$0")/lib.sh"
+PROBE="$BIN/gflex_pipeline_probe"
+
+# serve_and_join NAME WORKERS [SERVE ARGS...]: starts the pipeline (its output in
+# $WORK/NAME.log) and WORKERS worker processes (NAME-w1, ...), once it listens.
+serve_and_join() {
+  local name=$1 workers=$2
+  shift 2
+  rm -f "$WORK/$name.port"
+  start "$name" "$PROBE" serve --port-file "$WORK/$name.port" --workers "$workers" "$@"
+  wait_for 20 "$name to listen" test -s "$WORK/$name.port"
+  local port
+  port=$(cat "$WORK/$name.port")
+  for i in $(seq 1 "$workers"); do start "$name-w$i" "$PROBE" join --port "$port"; done
+}
+
+# expect_exit SECONDS PID NAME [CODE]: PID must exit within SECONDS (with CODE, default 0).
+expect_exit() {
+  local limit=$1 pid=$2 name=$3 want=${4:-0} rc=0
+  local deadline=$((SECONDS + limit))
+  while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.2; done
+  if kill -0 "$pid" 2>/dev/null; then
+    fail "$name did not end within ${limit}s: $(tail -2 "$WORK/$name.log")"
+    return 0
+  fi
+  wait "$pid" || rc=$?
+  if [ "$rc" -ne "$want" ]; then
+    fail "$name exited $rc, not $want: $(tail -2 "$WORK/$name.log")"
+  else
+    echo "ok: $name exited $rc: $(tail -1 "$WORK/$name.log")"
+  fi
+}
+
+# 1. A worker process killed mid-run: its square instance moves to the other worker.
+serve_and_join kill9 2 --items 3000
+wait_for 20 "kill9 to run" grep -q running "$WORK/kill9.log"
+sleep 1
+kill -KILL "$PID_kill9_w1"
+echo "killed worker process $PID_kill9_w1"
+expect_exit 90 "$PID_kill9" kill9
+grep -Eq "done: 3000 items, each once; square restarts [1-9].*workers joined 2, lost 1" \
+  "$WORK/kill9.log" || fail "kill9: not every item once with a restart and a lost worker: $(tail -1 "$WORK/kill9.log")"
+expect_exit 20 "$PID_kill9_w2" kill9-w2
+grep -q "joined: ran [1-9]" "$WORK/kill9-w2.log" || fail "kill9-w2 ran no stage instance"
+
+# 2. A worker's stage actor killed mid-run (the process stays).
+serve_and_join killactor 2 --items 2000 --kill-actor-ms 800
+expect_exit 90 "$PID_killactor" killactor
+grep -q "killed square's actor 0: yes" "$WORK/killactor.log" || fail "killactor: no actor killed"
+grep -Eq "done: 2000 items, each once; square restarts [1-9].*workers joined 2, lost 0" \
+  "$WORK/killactor.log" || fail "killactor: $(tail -1 "$WORK/killactor.log")"
+expect_exit 20 "$PID_killactor_w1" killactor-w1
+expect_exit 20 "$PID_killactor_w2" killactor-w2
+
+# 3. A wrong token and a different graph are refused; the pipeline then times out waiting.
+rm -f "$WORK/refuse.port"
+start refuse "$PROBE" serve --port-file "$WORK/refuse.port" --workers 1 --join-timeout-ms 6000
+wait_for 20 "refuse to listen" test -s "$WORK/refuse.port"
+port=$(cat "$WORK/refuse.port")
+rc=0
+timeout -s KILL 30 "$PROBE" join --port "$port" --token wrong-token-wrong-token >"$WORK/badtoken.log" 2>&1 || rc=$?
+{ [ "$rc" -eq 1 ] && grep -q "refused this process: pipeline: a wrong token" "$WORK/badtoken.log"; } ||
+  fail "a wrong token: exit $rc, $(tail -1 "$WORK/badtoken.log")"
+rc=0
+timeout -s KILL 30 "$PROBE" join --port "$port" --other-graph >"$WORK/othergraph.log" 2>&1 || rc=$?
+{ [ "$rc" -eq 1 ] && grep -q "builds a different graph" "$WORK/othergraph.log"; } ||
+  fail "a different graph: exit $rc, $(tail -1 "$WORK/othergraph.log")"
+expect_exit 30 "$PID_refuse" refuse 1
+grep -q "error: pipeline: 1 worker processes did not join within 6000 ms" "$WORK/refuse.log" ||
+  fail "refuse: $(tail -1 "$WORK/refuse.log")"
+
+# 4. The pipeline's process killed: its worker ends with an error.
+serve_and_join lost 1 --items 100000
+wait_for 20 "lost to run" grep -q running "$WORK/lost.log"
+sleep 1
+kill -KILL "$PID_lost"
+expect_exit 20 "$PID_lost_w1" lost-w1 1
+grep -q "error: pipeline: the pipeline's process was lost" "$WORK/lost-w1.log" ||
+  fail "lost-w1: $(tail -1 "$WORK/lost-w1.log")"
+
+finish
