@@ -177,8 +177,8 @@ using pckpt_atom = caf::atom_constant<caf::atom("pckpt")>;
 using pkill_atom = caf::atom_constant<caf::atom("pkill")>;
 using prun_atom = caf::atom_constant<caf::atom("prun")>;
 using pstop_atom = caf::atom_constant<caf::atom("pstop")>;
-using pwitem_atom = caf::atom_constant<caf::atom("pwitem")>;   ///< an encoded item
-using pwadopt_atom = caf::atom_constant<caf::atom("pwadopt")>; ///< an encoded adoption
+using pwitem_atom = caf::atom_constant<caf::atom("pwitem")>;    ///< an encoded item
+using pwadopt_atom = caf::atom_constant<caf::atom("pwadopt")>;  ///< an encoded adoption
 using pstat_atom = caf::atom_constant<caf::atom("pstat")>;
 using pjoin_atom = caf::atom_constant<caf::atom("pjoin")>;    ///< a worker process joins
 using pwait_atom = caf::atom_constant<caf::atom("pwait")>;    ///< the workers, once joined
@@ -343,8 +343,9 @@ void maybe_finish(stage_actor* self);
 /// Sends an item to a consumer instance: as the object in this process, encoded otherwise.
 void send_item(stage_actor* self, const caf::actor& to, const input_ref& ref, item value) {
   if (elsewhere(self, to))
-    self->send(to, pwitem_atom::value,
-               pipe_wire_item{ref.producer, ref.epoch, ref.seq, self->state.init.def->encode(value)});
+    self->send(
+        to, pwitem_atom::value,
+        pipe_wire_item{ref.producer, ref.epoch, ref.seq, self->state.init.def->encode(value)});
   else
     self->send(to, pitem_atom::value, pipe_item{ref, std::move(value)});
 }
@@ -389,7 +390,8 @@ void flush(stage_actor* self) {
     slot->unfinished.emplace(seq, value);
     st.init.counters->raise_peak(static_cast<int64_t>(slot->unfinished.size()));
     ++st.init.counters->out;
-    send_item(self, slot->actor, input_ref{st.init.instance, st.init.epoch, seq, {}}, std::move(value));
+    send_item(self, slot->actor, input_ref{st.init.instance, st.init.epoch, seq, {}},
+              std::move(value));
   }
   for (const auto& in : st.finished_on_sent) ack(self, in.from);
   st.finished_on_sent.clear();
@@ -944,8 +946,7 @@ std::string death_cause(coordinator_actor* self, stage_counters& c, const caf::e
   if (reason == caf::sec::runtime_error && !reason.context().empty() &&
       reason.context().match_element<std::string>(0))
     return reason.context().get_as<std::string>(0);
-  if (reason == caf::exit_reason::remote_link_unreachable)
-    return "its worker process was lost";
+  if (reason == caf::exit_reason::remote_link_unreachable) return "its worker process was lost";
   if (reason == caf::exit_reason::kill) return "its actor was killed";
   return self->system().render(reason);
 }
@@ -1304,7 +1305,8 @@ expected<void> validate(const std::vector<stage_def>& stages, int workers) {
       return bad("pipeline stage " + std::to_string(s) + " '" + stages[s].name +
                  "': nothing reads its output (end the pipeline with a sink)");
     if (readers[s] >= 0 && !stages[s].encode &&
-        (stages[s].options.on_workers || stages[static_cast<size_t>(readers[s])].options.on_workers))
+        (stages[s].options.on_workers ||
+         stages[static_cast<size_t>(readers[s])].options.on_workers))
       return bad("pipeline stage " + std::to_string(s) + " '" + stages[s].name +
                  "': its output crosses processes, but its type has no gflex::pipeline::codec");
   }
@@ -1442,7 +1444,8 @@ expected<join_report> graph::join(const join_options& options) const {
                 detail::fingerprint(stages_), host)
       .receive([](bool) {},
                [&](caf::error& e) {
-                 refused = error(errc::permission_denied, "pipeline at " + where + " refused "
+                 refused = error(errc::permission_denied, "pipeline at " + where +
+                                                              " refused "
                                                               "this process: " +
                                                               detail::render(sys, e));
                });

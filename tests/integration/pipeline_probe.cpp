@@ -57,10 +57,11 @@ pl::graph build(const args& a, tally* t) {
   square.instances = a.other_graph ? 3 : 2;
   square.window = 16;
   square.restarts = 5;
-  g.source<int64_t>("numbers", [n](int64_t p) -> std::optional<int64_t> {
-     if (p >= n) return std::nullopt;
-     return p;
-   })
+  g.source<int64_t>("numbers",
+                    [n](int64_t p) -> std::optional<int64_t> {
+                      if (p >= n) return std::nullopt;
+                      return p;
+                    })
       .map(
           "square",
           [](const int64_t& x) {
@@ -120,9 +121,10 @@ int serve(const args& a) {
     return 1;
   }
   const auto* sq = report->stage("square");
-  std::printf("done: %lld items, each once; square restarts %d, in %lld; workers joined %d, lost %d\n",
-              static_cast<long long>(a.items), sq->restarts, static_cast<long long>(sq->items_in),
-              report->workers_joined, report->workers_lost);
+  std::printf(
+      "done: %lld items, each once; square restarts %d, in %lld; workers joined %d, lost %d\n",
+      static_cast<long long>(a.items), sq->restarts, static_cast<long long>(sq->items_in),
+      report->workers_joined, report->workers_lost);
   return 0;
 }
 
@@ -158,14 +160,22 @@ int main(int argc, char** argv) {
       }
       return argv[++k];
     };
-    if (s == "--port-file") a.port_file = next();
-    else if (s == "--workers") a.workers = std::stoi(next());
-    else if (s == "--items") a.items = std::stoll(next());
-    else if (s == "--token") a.token = next();
-    else if (s == "--kill-actor-ms") a.kill_actor_ms = std::stoi(next());
-    else if (s == "--join-timeout-ms") a.join_timeout_ms = std::stoi(next());
-    else if (s == "--port") a.port = std::stoi(next());
-    else if (s == "--other-graph") a.other_graph = true;
+    if (s == "--port-file")
+      a.port_file = next();
+    else if (s == "--workers")
+      a.workers = std::stoi(next());
+    else if (s == "--items")
+      a.items = std::stoll(next());
+    else if (s == "--token")
+      a.token = next();
+    else if (s == "--kill-actor-ms")
+      a.kill_actor_ms = std::stoi(next());
+    else if (s == "--join-timeout-ms")
+      a.join_timeout_ms = std::stoi(next());
+    else if (s == "--port")
+      a.port = std::stoi(next());
+    else if (s == "--other-graph")
+      a.other_graph = true;
     else {
       std::fprintf(stderr, "unknown option %s\n", s.c_str());
       return 2;

@@ -377,7 +377,8 @@ TEST_SUITE("pipeline") {
     {
       graph g;
       g.source<int64_t>("numbers", count_to(10))
-          .map("m", [](const int64_t& v) { return v; }, workers)
+          .map(
+              "m", [](const int64_t& v) { return v; }, workers)
           .sink("s", [](const int64_t&) {});
       CHECK(message(g) ==
             "pipeline stage 1 'm': runs on workers, but the run has none (run_options::workers)");
@@ -397,14 +398,16 @@ TEST_SUITE("pipeline") {
       graph g1;
       g1.source<int64_t>("numbers", count_to(10))
           .map("wrap", [](const int64_t& v) { return opaque{v}; })
-          .map("m", [](const opaque& x) { return x.v; }, workers)
+          .map(
+              "m", [](const opaque& x) { return x.v; }, workers)
           .sink("s", [](const int64_t&) {});
       CHECK(message(g1, o) ==
             "pipeline stage 2 'm': runs on workers, but its input type (the output of 'wrap') "
             "has no gflex::pipeline::codec to cross processes");
       graph g2;
       g2.source<int64_t>("numbers", count_to(10))
-          .map("m", [](const int64_t& v) { return opaque{v}; }, workers)
+          .map(
+              "m", [](const int64_t& v) { return opaque{v}; }, workers)
           .sink("s", [](const opaque&) {});
       CHECK(message(g2, o) ==
             "pipeline stage 1 'm': its output crosses processes, but its type has no "

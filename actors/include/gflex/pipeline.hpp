@@ -38,9 +38,9 @@
 
 #include <any>
 #include <chrono>
-#include <cstring>
 #include <concepts>
 #include <cstdint>
+#include <cstring>
 #include <functional>
 #include <memory>
 #include <optional>
