@@ -962,7 +962,7 @@ void on_down(coordinator_actor* self, const caf::down_msg& dm) {
       }
     return;
   }
-  const auto [s, i] = it->second;
+  const int s = it->second.first, i = it->second.second;
   st.by_address.erase(it);
   auto& rec = st.stages[static_cast<size_t>(s)][static_cast<size_t>(i)];
   if (st.failed) return;
