@@ -1,5 +1,6 @@
 #include "data_server.hpp"
 
+#include "core_metrics.hpp"
 #include "data_catalog.hpp"
 #include "gflex/runtime/digest.hpp"
 #include "messages.hpp"
@@ -23,6 +24,7 @@ caf::behavior data_server_actor(caf::event_based_actor*, std::shared_ptr<data_ca
           return to_caf(error(errc::invalid_argument, quoted(digest) + " is not a chunk digest"));
         auto bytes = catalog->chunk(digest);
         if (!bytes) return to_caf(error(errc::io_error, "no chunk " + digest + " here"));
+        core_metrics::bytes("out", "chunk").inc(static_cast<double>(bytes->size()));
         return *bytes;
       },
   };

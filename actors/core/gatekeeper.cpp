@@ -7,6 +7,7 @@
 #include <map>
 
 #include "access.hpp"
+#include "core_metrics.hpp"
 #include "messages.hpp"
 
 namespace gflex {
@@ -57,6 +58,7 @@ store_batch one_write(std::string key, std::vector<uint8_t> value) {
 void decide(gatekeeper_actor* self, pending_admit p) {
   auto refuse = [self](pending_admit& p, const error& e) {
     self->state.failures.record(p.address, join_failures::clock::now());
+    core_metrics::join_refusals(to_string(e.code())).inc();
     spdlog::warn("gatekeeper: refused a join from {}: {} ({} failures from there recently)",
                  p.address, e.message(),
                  self->state.failures.count(p.address, join_failures::clock::now()));

@@ -13,6 +13,7 @@
 #include <optional>
 #include <set>
 
+#include "core_metrics.hpp"
 #include "data_catalog.hpp"
 #include "gflex/kernels/trainer.hpp"
 #include "gflex/runtime/checkpoint.hpp"
@@ -314,6 +315,7 @@ void fail_assignment(job_actor* self, uint64_t id, const std::string& why) {
   auto it = st.pending.find(id);
   if (it == st.pending.end()) return;
   int64_t shard = it->second.shard;
+  core_metrics::assignments("failed").inc();
   spdlog::warn("job {}: assignment {:016x} on {} failed ({}); reassigning shard {}", st.job.id, id,
                it->second.slot.node_name, why, shard);
   self->send(st.links.market, release_atom::value, it->second.slot.worker, true);
@@ -465,6 +467,7 @@ void verify(job_actor* self, uint64_t assignment_id) {
             const auto tolerance = st.job.spec.tolerance;
             const double norm_off = std::abs(norm_ratio - 1.0);
             const bool match = distance <= tolerance && norm_off <= st.job.spec.norm_tolerance;
+            core_metrics::assignments(match ? "verified" : "refuted").inc();
             spdlog::info(
                 "job {}: re-computed round {} shard {} of {}: distance {:.4f}, norm ratio {:.4f} "
                 "({})",
@@ -597,6 +600,7 @@ void try_confirm(job_actor* self) {
         st.durable_accuracy = accuracy;
         st.durable_loss = loss;
         st.durable_nodes = nodes;
+        core_metrics::rounds_committed().inc();
         spdlog::info("job {}: round {}/{} committed, loss {:.4f}, test accuracy {:.4f}", st.job.id,
                      round, st.job.status.rounds, loss, accuracy);
         if (last) {
@@ -733,6 +737,8 @@ void try_advance(job_actor* self) {
   s.nodes = static_cast<int64_t>(nodes.size());
   u.results = std::move(st.results);
   st.results.clear();
+  core_metrics::round_duration().observe(
+      std::chrono::duration<double>(clock_type::now() - st.round_started).count());
   st.unconfirmed = std::move(u);
   // The next round goes out before this one is confirmed, evaluated and written, so that
   // workers compute while verification runs and the store writes.
@@ -799,6 +805,8 @@ void on_result(job_actor* self, uint64_t id, assignment_result& r) {
   }
   self->send(st.links.market, release_atom::value, slot.worker);
   st.job.status.bytes_received += r.update.size();
+  core_metrics::assignments("accepted").inc();
+  core_metrics::bytes("in", "update").inc(static_cast<double>(r.update.size()));
   spdlog::debug(
       "job {}: accepted assignment {:016x} (round {}, shard {}) from {}: {:.3f} s of "
       "compute, {} bytes",
@@ -865,6 +873,8 @@ void send_assignment(job_actor* self, const worker_slot& slot, int64_t shard) {
   st.pending[a.id] = {shard, slot, clock_type::now(), a};
   a.params = *st.round_params;
   st.job.status.bytes_sent += a.params.size();
+  core_metrics::assignments("sent").inc();
+  core_metrics::bytes("out", "parameters").inc(static_cast<double>(a.params.size()));
   st.copies[shard] += 1;
   if (st.monitored.insert(slot.worker.address()).second) self->monitor(slot.worker);
   uint64_t id = a.id;

@@ -5,9 +5,11 @@
 #include <chrono>
 #include <map>
 
+#include "core_metrics.hpp"
 #include "gflex/runtime/identity.hpp"
 #include "messages.hpp"
 #include "node_session.hpp"
+#include "reputation.hpp"
 
 namespace gflex {
 
@@ -59,6 +61,7 @@ caf::behavior registry_actor(caf::stateful_actor<registry_state>* self, caf::act
     self->demonitor(it->second.session.address());
     // Its session ends (the node's uplink sees that and joins again when it can).
     self->send_exit(it->second.session, caf::exit_reason::user_shutdown);
+    core_metrics::nodes(it->second.tier == static_cast<uint8_t>(node_tier::core)).dec();
     if (--self->state.per_address[it->second.address] <= 0)
       self->state.per_address.erase(it->second.address);
     nodes.erase(it);
@@ -110,6 +113,9 @@ caf::behavior registry_actor(caf::stateful_actor<registry_state>* self, caf::act
           slots.push_back(
               {w, id, hello.name, hello.tier, hello.price, hello.throughput, hello.public_key});
         self->send(st.market, offer_atom::value, id, std::move(slots));
+        const bool core_tier = hello.tier == static_cast<uint8_t>(node_tier::core);
+        core_metrics::joins(core_tier).inc();
+        core_metrics::nodes(core_tier).inc();
         spdlog::info(
             "node {} joined as {} from {} with {} worker(s) on {}, asking {} credits per "
             "device-hour for {:.0f} samples/s",

@@ -1,5 +1,7 @@
 #include "store.hpp"
 
+#include "core_metrics.hpp"
+
 #include "gflex/runtime/store.hpp"
 #include "messages.hpp"
 
@@ -23,6 +25,7 @@ caf::behavior store_actor(caf::stateful_actor<store_state>* self, std::shared_pt
         for (size_t i = 0; i < batch.keys.size(); ++i)
           writes.push_back({batch.keys[i], batch.values[i]});
         if (auto ok = self->state.db->commit(writes); !ok) return to_caf(ok.error());
+        core_metrics::store_bytes().set(static_cast<double>(self->state.db->used_bytes()));
         return caf::ok_atom::value;
       },
       [=](read_atom, const std::string& key) -> caf::result<bool, std::vector<uint8_t>> {

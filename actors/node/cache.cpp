@@ -5,6 +5,7 @@
 #include "gflex/runtime/checkpoint.hpp"
 #include "gflex/runtime/digest.hpp"
 #include "messages.hpp"
+#include "node_metrics.hpp"
 
 namespace gflex {
 
@@ -38,6 +39,7 @@ caf::behavior cache_actor(caf::stateful_actor<cache_state>* self, std::filesyste
         self->request(self->state.server, std::chrono::seconds(120), chunk_atom::value, digest)
             .then(
                 [=](std::vector<uint8_t>& bytes) mutable {
+                  node_metrics::bytes("in", "chunk").inc(static_cast<double>(bytes.size()));
                   if (digest_hex(bytes) != digest) {
                     rp.deliver(to_caf(error(errc::malformed_message,
                                             "chunk " + digest + " failed verification")));

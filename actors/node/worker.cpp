@@ -17,6 +17,7 @@
 #include "gflex/runtime/tensor_codec.hpp"
 #include "gflex/runtime/update_codec.hpp"
 #include "messages.hpp"
+#include "node_metrics.hpp"
 
 namespace gflex {
 
@@ -217,16 +218,28 @@ caf::behavior worker_behavior(worker_actor* self, worker_config config, caf::act
             error(errc::device_error,
                   "out of device memory (injected by --device-error-at, a test aid)"));
       auto r = run_assignment(self->state, a, shard);
-      if (!r) return to_caf(r.error());
+      if (!r) {
+        node_metrics::assignments("failed").inc();
+        return to_caf(r.error());
+      }
       double used = cfg.compute_used->load();
       while (!cfg.compute_used->compare_exchange_weak(used, used + r->compute_s)) {
       }
+      node_metrics::assignments("done").inc();
+      node_metrics::compute_seconds().inc(r->compute_s);
+      node_metrics::step_duration().observe(
+          r->compute_s / static_cast<double>(std::max<int64_t>(1, a.local_steps)));
+      if (r->compute_s > 0)
+        node_metrics::samples_per_second().set(static_cast<double>(r->samples) / r->compute_s);
+      node_metrics::bytes("in", "parameters").inc(static_cast<double>(a.params.size()));
+      node_metrics::bytes("out", "update").inc(static_cast<double>(r->update.size()));
       return std::move(*r);
     } catch (const kernels::compute_error& e) {
       // Out of device memory, or another device failure: this assignment goes back to its
       // job (which gives it to another worker) and the worker stays up. Its models are
       // dropped, so their memory is free and the next assignment starts from a clean state.
       spdlog::warn("worker: assignment {} failed on the device: {}", a.id, e.err().message());
+      node_metrics::assignments("failed").inc();
       self->state.models.clear();
       return to_caf(e.err());
     }

@@ -1,5 +1,9 @@
 #include "core_address.hpp"
 
+#include "gflex/runtime/metrics.hpp"
+
+#include <spdlog/spdlog.h>
+
 #include "gflex/runtime/logging.hpp"
 
 namespace gflex::app {
@@ -14,6 +18,26 @@ expected<host_port> start_daemon(const char* program, const std::string& log_lev
   auto parsed = parse_host_port(address, flag);
   if (!parsed) return bad(parsed.error());
   return parsed;
+}
+
+}  // namespace gflex::app
+
+namespace gflex::app {
+
+bool serve_metrics(const std::string& address) {
+  if (address.empty()) return true;
+  auto where = parse_host_port(address, "--metrics-listen");
+  if (!where) {
+    spdlog::error("{}", where.error().message());
+    return false;
+  }
+  auto port = metrics::serve(address);
+  if (!port) {
+    spdlog::error("{}", port.error().message());
+    return false;
+  }
+  spdlog::info("metrics on http://{}:{}/metrics", where->host, *port);
+  return true;
 }
 
 }  // namespace gflex::app

@@ -37,4 +37,8 @@ inline expected<host_port> parse_host_port(const std::string& text, const std::s
 expected<host_port> start_daemon(const char* program, const std::string& log_level,
                                  const std::string& address, const std::string& flag);
 
+/// `--metrics-listen HOST:PORT`: serves the process's Prometheus metrics on /metrics (no-op
+/// when empty). False, with the reason logged, when it cannot.
+bool serve_metrics(const std::string& address);
+
 }  // namespace gflex::app

@@ -100,10 +100,12 @@ int run_operator(const operator_flags& f) {
 int main(int argc, char** argv) {
   gflex::kernels::use_best_blas_kernels(argv);
   CLI::App app{"gflex-core: the coordinating core of a GPUFlex cloud"};
-  std::string listen = "127.0.0.1:7400", log_level = "info";
+  std::string listen = "127.0.0.1:7400", log_level = "info", metrics_listen;
   gflex::core_config config;
   app.add_option("--listen", listen, "HOST:PORT to accept nodes and clients on")
       ->capture_default_str();
+  app.add_option("--metrics-listen", metrics_listen,
+                 "HOST:PORT to serve Prometheus metrics on (/metrics); off unless given");
   app.add_option("--data-dir", config.data_dir,
                  "directory of the LMDB store and the credentials `init` made");
   app.add_option("--heartbeat-ms", config.heartbeat_ms, "heartbeat interval told to nodes")
@@ -224,5 +226,6 @@ int main(int argc, char** argv) {
   if (!address) return 2;
   config.host = address->host;
   config.port = address->port;
+  if (!gflex::app::serve_metrics(metrics_listen)) return 2;
   return gflex::run_core(config);
 }

@@ -14,12 +14,14 @@
 int main(int argc, char** argv) {
   gflex::kernels::use_best_blas_kernels(argv);
   CLI::App app{"gflex-node: a compute node of a GPUFlex cloud"};
-  std::string join, log_level = "info";
+  std::string join, log_level = "info", metrics_listen;
   gflex::node_config config;
   gflex::node_test_aids aids;  // hidden flags, for the project's tests
   config.data_dir = "gflex-node-data";
   app.add_option("--join", join, "the core's HOST:PORT")->required();
   app.add_option("--name", config.name, "name shown by the core (default: host name)");
+  app.add_option("--metrics-listen", metrics_listen,
+                 "HOST:PORT to serve Prometheus metrics on (/metrics); off unless given");
   app.add_option("--workers", config.workers, "compute slots on the CPU backend")
       ->check(CLI::Range(1, 256))
       ->capture_default_str();
@@ -86,5 +88,6 @@ int main(int argc, char** argv) {
   config.core_cert = core_cert;
   auto address = gflex::app::start_daemon("gflex-node", log_level, join, "--join");
   if (!address) return 2;
+  if (!gflex::app::serve_metrics(metrics_listen)) return 2;
   return gflex::run_node(config, address->host, address->port, aids);
 }

@@ -51,6 +51,13 @@ expected<store> store::open(const std::filesystem::path& dir, size_t map_bytes) 
   return store(std::move(p));
 }
 
+int64_t store::used_bytes() const {
+  MDB_envinfo info{};
+  MDB_stat stat{};
+  if (mdb_env_info(impl_->env, &info) != 0 || mdb_env_stat(impl_->env, &stat) != 0) return 0;
+  return static_cast<int64_t>(info.me_last_pgno + 1) * static_cast<int64_t>(stat.ms_psize);
+}
+
 expected<void> store::commit(std::span<const store_write> writes) {
   MDB_txn* txn = nullptr;
   if (int rc = mdb_txn_begin(impl_->env, nullptr, 0, &txn); rc != 0)

@@ -2,10 +2,14 @@
 # A core and three nodes as separate processes on loopback: a fashion-mlp job submitted with
 # `gflex submit --wait` reaches >= 0.87 test accuracy; `gflex fetch` and `gflex eval` give
 # the same accuracy back from the checkpoint; a node speaking another protocol version is
-# refused with a clear message and exit code 3.
+# refused with a clear message and exit code 3. The core and one node serve Prometheus
+# metrics (--metrics-listen): after the job they count its rounds and assignments, and pass
+# `promtool check metrics`.
 source "$(dirname "$0")/lib.sh"
 G="$BIN/gflex"
-start_cluster 3
+core_metrics=127.0.0.1:$(free_port)
+node_metrics=127.0.0.1:$(free_port)
+CORE_ARGS="--metrics-listen $core_metrics" NODE_ARGS_1="--metrics-listen $node_metrics" start_cluster 3
 
 timeout -s KILL 240 "$G" submit "$SRC/apps/jobs/fashion-mlp.toml" --core "$core" --wait \
   --json "$WORK/summary.json" >"$WORK/submit.out" 2>"$WORK/submit.err" ||
@@ -24,6 +28,51 @@ assert j["round"] == j["rounds"] == 30 and j["bytes_sent"] > 0 and j["bytes_rece
 assert j["nodes"] == 3, j["nodes"]
 PY
 echo "ok: $job done, test accuracy $acc"
+
+# metrics URL FILE: GET URL/metrics into FILE.
+metrics() {
+  python3 -c "import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1] + '/metrics', timeout=10).read().decode())" \
+    "http://$1" >"$2" || fail "GET http://$1/metrics"
+}
+metrics "$core_metrics" "$WORK/core.prom"
+metrics "$node_metrics" "$WORK/node.prom"
+python3 - "$WORK/core.prom" "$WORK/node.prom" <<'PY' || fail "metrics values"
+import re, sys
+def values(path):
+    out = {}
+    for line in open(path):
+        if line.startswith("#") or not line.strip():
+            continue
+        name, value = line.rsplit(" ", 1)
+        out[name] = float(value)
+    return out
+core, node = values(sys.argv[1]), values(sys.argv[2])
+def need(d, k, cond, what):
+    assert k in d, f"no {k}"
+    assert cond(d[k]), f"{k} = {d[k]}: {what}"
+need(core, "gflex_core_rounds_committed_total", lambda v: v == 30, "30 rounds")
+need(core, 'gflex_core_joins_total{tier="core"}', lambda v: v == 3, "3 joins")
+need(core, 'gflex_core_nodes{tier="core"}', lambda v: v == 3, "3 nodes")
+need(core, 'gflex_core_assignments_total{outcome="sent"}', lambda v: v >= 90, ">= 90 sent")
+need(core, 'gflex_core_assignments_total{outcome="accepted"}', lambda v: v >= 90, ">= 90 accepted")
+need(core, "gflex_core_round_duration_seconds_count", lambda v: v == 30, "30 rounds timed")
+need(core, 'gflex_core_payload_bytes_total{direction="out",kind="chunk"}', lambda v: v > 0, "chunks")
+need(core, "gflex_core_store_bytes", lambda v: v > 0, "a store")
+need(node, 'gflex_node_assignments_total{outcome="done"}', lambda v: v >= 1, "work done")
+need(node, "gflex_node_step_duration_seconds_count", lambda v: v >= 1, "steps timed")
+need(node, "gflex_node_samples_per_second", lambda v: v > 0, "a rate")
+done = int(node['gflex_node_assignments_total{outcome="done"}'])
+rounds = int(core["gflex_core_rounds_committed_total"])
+print(f"ok: metrics: the core counted {rounds} rounds, node1 {done} assignments done")
+PY
+for f in core node; do
+  promtool check metrics <"$WORK/$f.prom" >"$WORK/promtool-$f.out" 2>&1 ||
+    fail "promtool check metrics ($f): $(head -5 "$WORK/promtool-$f.out")"
+done
+expect_error "a malformed --metrics-listen" "--metrics-listen: expected HOST:PORT" \
+  "$BIN/gflex-node" --join "$core" --metrics-listen nowhere --data-dir "$WORK/nodex"
+expect_error "a --metrics-listen port in use" "cannot serve metrics on $core_metrics" \
+  "$BIN/gflex-node" --join "$core" --metrics-listen "$core_metrics" --data-dir "$WORK/nodex"
 
 "$G" fetch "$job" --out "$WORK/model.gfck" --core "$core" >/dev/null || fail "fetch"
 "$G" eval "$WORK/model.gfck" --json "$WORK/eval.json" >/dev/null || fail "eval"

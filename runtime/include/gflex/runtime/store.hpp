@@ -50,6 +50,9 @@ class store {
       std::string_view prefix,
       const std::function<bool(std::string_view key, std::span<const uint8_t> value)>& fn) const;
 
+  /// The bytes the store's pages use in its file (its high-water mark).
+  int64_t used_bytes() const;
+
  private:
   struct impl;
   explicit store(std::unique_ptr<impl> p);

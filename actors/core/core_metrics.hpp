@@ -1,0 +1,64 @@
+#pragma once
+/// @file
+/// The core's Prometheus metrics (served by `gflex-core --metrics-listen`): their names,
+/// help texts and label values in one place. Labels come from fixed sets only.
+
+#include <string>
+
+#include "gflex/runtime/metrics.hpp"
+
+namespace gflex::core_metrics {
+
+/// What happened to assignments: "sent", "accepted" (a valid result), "failed" (lost,
+/// refused, late: handed out again), "verified" and "refuted" (a re-computation agreed or
+/// not).
+inline metrics::counter assignments(const char* outcome) {
+  return metrics::counter_of("gflex_core_assignments_total",
+                             "Assignments by outcome: sent, accepted, failed, verified, refuted",
+                             {{"outcome", outcome}});
+}
+
+inline const metrics::counter& rounds_committed() {
+  static const auto c = metrics::counter_of("gflex_core_rounds_committed_total",
+                                            "Training rounds committed (durably, paid)");
+  return c;
+}
+
+inline const metrics::histogram& round_duration() {
+  static const auto h = metrics::histogram_of(
+      "gflex_core_round_duration_seconds",
+      "From a round's start to its last result (or its quorum)", metrics::seconds_buckets());
+  return h;
+}
+
+/// Nodes connected now, by tier ("community" or "core").
+inline metrics::gauge nodes(bool core_tier) {
+  return metrics::gauge_of("gflex_core_nodes", "Nodes connected, by tier",
+                           {{"tier", core_tier ? "core" : "community"}});
+}
+
+inline metrics::counter joins(bool core_tier) {
+  return metrics::counter_of("gflex_core_joins_total", "Nodes admitted, by tier",
+                             {{"tier", core_tier ? "core" : "community"}});
+}
+
+/// Refused joins, by the refusal's error kind (permission_denied, invalid_argument, ...).
+inline metrics::counter join_refusals(const char* reason) {
+  return metrics::counter_of("gflex_core_join_refusals_total",
+                             "Joins refused, by the kind of error", {{"reason", reason}});
+}
+
+/// Payload bytes: "out" (parameters in assignments, data chunks) and "in" (updates).
+inline metrics::counter bytes(const char* direction, const char* kind) {
+  return metrics::counter_of("gflex_core_payload_bytes_total",
+                             "Payload bytes sent and received, by kind",
+                             {{"direction", direction}, {"kind", kind}});
+}
+
+inline const metrics::gauge& store_bytes() {
+  static const auto g =
+      metrics::gauge_of("gflex_core_store_bytes", "Size of the core's LMDB store file");
+  return g;
+}
+
+}  // namespace gflex::core_metrics

@@ -1,0 +1,45 @@
+#pragma once
+/// @file
+/// A node's Prometheus metrics (served by `gflex-node --metrics-listen`): names, help texts
+/// and label values in one place. No label takes a job id or a node name.
+
+#include "gflex/runtime/metrics.hpp"
+
+namespace gflex::node_metrics {
+
+/// Assignments this node's workers ended: "done" (a result sent) or "failed".
+inline metrics::counter assignments(const char* outcome) {
+  return metrics::counter_of("gflex_node_assignments_total",
+                             "Assignments ended by this node's workers, by outcome",
+                             {{"outcome", outcome}});
+}
+
+inline const metrics::histogram& step_duration() {
+  static const auto h =
+      metrics::histogram_of("gflex_node_step_duration_seconds",
+                            "Wall time of one local training step (an assignment's "
+                            "compute time over its steps)",
+                            metrics::seconds_buckets());
+  return h;
+}
+
+inline const metrics::gauge& samples_per_second() {
+  static const auto g = metrics::gauge_of("gflex_node_samples_per_second",
+                                          "Training samples per second in the last assignment");
+  return g;
+}
+
+inline const metrics::counter& compute_seconds() {
+  static const auto c = metrics::counter_of("gflex_node_compute_seconds_total",
+                                            "Seconds spent computing assignments");
+  return c;
+}
+
+/// Payload bytes: "in" (data chunks fetched, parameters) and "out" (updates sent).
+inline metrics::counter bytes(const char* direction, const char* kind) {
+  return metrics::counter_of("gflex_node_payload_bytes_total",
+                             "Payload bytes received and sent, by kind",
+                             {{"direction", direction}, {"kind", kind}});
+}
+
+}  // namespace gflex::node_metrics
