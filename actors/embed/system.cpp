@@ -187,6 +187,10 @@ int run_core(const core_config& given) {
     link = "TLS, authority " + (fingerprint ? *fingerprint : std::string("?"));
   }
   caf::actor_system sys{cfg};
+  // The core's front door drops exit messages that come from no actor of this process
+  // (boundary.hpp): an anonymous one would be ignored and the process would never end, so
+  // this actor is the one that stops it.
+  caf::scoped_actor self{sys};
   auto core = spawn_core(sys, config);
   if (!core) {
     spdlog::error("{}", core.error().message());
@@ -197,15 +201,14 @@ int run_core(const core_config& given) {
                   : caf::openssl::publish(*core, config.port, config.host.c_str(), true);
   if (!port) {
     spdlog::error("cannot listen on {}:{}: {}", config.host, config.port, sys.render(port.error()));
-    caf::anon_send_exit(*core, caf::exit_reason::user_shutdown);
+    self->send_exit(*core, caf::exit_reason::user_shutdown);
     return 1;
   }
   spdlog::info("core listening on {}:{} ({}), data in {}", config.host, *port, link,
                config.data_dir.string());
-  caf::scoped_actor self{sys};
   signals.start(self);
   int code = wait_for_stop(self, *core);
-  caf::anon_send_exit(*core, caf::exit_reason::user_shutdown);
+  self->send_exit(*core, caf::exit_reason::user_shutdown);
   if (auto n = oversized_messages_refused(); n > 0)
     spdlog::info("closed {} connection(s) that announced messages over {} MiB", n,
                  max_message_bytes >> 20);

@@ -4,7 +4,7 @@
 # the same accuracy back from the checkpoint; a node speaking another protocol version is
 # refused with a clear message and exit code 3. The core and one node serve Prometheus
 # metrics (--metrics-listen): after the job they count its rounds and assignments, and pass
-# `promtool check metrics`.
+# `promtool check metrics`. The core stops on SIGTERM.
 source "$(dirname "$0")/lib.sh"
 G="$BIN/gflex"
 core_metrics=127.0.0.1:$(free_port)
@@ -108,4 +108,16 @@ grep -q "protocol version 99 is not supported (this core speaks version 6)" "$WO
   fail "no clear refusal in the node's log: $(tail -2 "$WORK/old.log")"
 grep -q "refused node old: protocol version 99" "$WORK/core.log" || fail "core did not log it"
 echo "ok: protocol version 99 refused"
+
+# The core stops on SIGTERM (what a service manager sends), with exit code 0, in seconds.
+kill -TERM "$PID_core"
+for _ in $(seq 1 75); do kill -0 "$PID_core" 2>/dev/null || break; sleep 0.2; done
+if kill -0 "$PID_core" 2>/dev/null; then
+  fail "the core did not stop within 15 s of SIGTERM"
+else
+  rc=0
+  wait "$PID_core" || rc=$?
+  [ "$rc" -eq 0 ] && grep -q "terminated: shutting down" "$WORK/core.log" &&
+    echo "ok: the core stopped on SIGTERM" || fail "the core exited $rc on SIGTERM"
+fi
 finish
