@@ -53,3 +53,20 @@ file(RELATIVE_PATH GFLEX_PC_TO_PREFIX "/p/${CMAKE_INSTALL_LIBDIR}/pkgconfig" "/p
 configure_file(${PROJECT_SOURCE_DIR}/cmake/gflex.pc.in ${CMAKE_CURRENT_BINARY_DIR}/gflex.pc @ONLY)
 install(FILES ${CMAKE_CURRENT_BINARY_DIR}/gflex.pc DESTINATION ${CMAKE_INSTALL_LIBDIR}/pkgconfig)
 target_compile_definitions(gflex_sdk PRIVATE GFLEX_VERSION="${PROJECT_VERSION}")
+
+# systemd units for the core and a node, written at install time with the prefix they are
+# installed under (`cmake --install build --prefix P` puts P/bin in their ExecStart), and
+# examples of their environment files.
+install(CODE "
+  set(GFLEX_BINDIR \"\${CMAKE_INSTALL_PREFIX}/${CMAKE_INSTALL_BINDIR}\")
+  foreach(unit gflex-core gflex-node)
+    configure_file(${PROJECT_SOURCE_DIR}/cmake/systemd/\${unit}.service.in
+                   ${CMAKE_CURRENT_BINARY_DIR}/systemd/\${unit}.service @ONLY)
+  endforeach()
+")
+install(FILES ${CMAKE_CURRENT_BINARY_DIR}/systemd/gflex-core.service
+              ${CMAKE_CURRENT_BINARY_DIR}/systemd/gflex-node.service
+        DESTINATION lib/systemd/system)
+install(FILES ${PROJECT_SOURCE_DIR}/cmake/systemd/core.env.example
+              ${PROJECT_SOURCE_DIR}/cmake/systemd/node.env.example
+        DESTINATION ${CMAKE_INSTALL_DATADIR}/gflex)

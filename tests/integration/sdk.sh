@@ -17,6 +17,37 @@ for f in include/gflex/gflex.hpp include/gflex/kernels/model_builder.hpp \
   [ -e "$PREFIX/$f" ] || fail "the install lacks $f"
 done
 [ -e "$PREFIX/include/gflex/test_aids.hpp" ] && fail "the install ships the tests' aids"
+
+# The systemd units: valid for systemd (`systemd-analyze verify`, which also requires their
+# programs to exist under this prefix), and their command lines start a real core from the
+# installed programs, which then stops on SIGTERM (what `systemctl stop` sends) with exit 0.
+units="$PREFIX/lib/systemd/system"
+for u in gflex-core gflex-node; do
+  [ -f "$units/$u.service" ] || fail "the install lacks lib/systemd/system/$u.service"
+done
+[ -f "$PREFIX/share/gflex/node.env.example" ] || fail "the install lacks node.env.example"
+if (cd "$units" && systemd-analyze verify ./gflex-core.service ./gflex-node.service) \
+  >"$WORK/verify.log" 2>&1 && [ ! -s "$WORK/verify.log" ]; then
+  echo "ok: systemd-analyze verify passes on both units"
+else
+  fail "systemd-analyze verify: $(head -3 "$WORK/verify.log")"
+fi
+unit_line() { # unit_line UNIT KEY: the unit's KEY= value, with the state directory in $WORK
+  sed -n "s|^$2=||p" "$units/$1.service" | sed "s|/var/lib/$1|$WORK/$1-state|g"
+}
+mkdir -p "$WORK/gflex-core-state"
+svc_port=$(free_port)
+GFLEX_LISTEN=127.0.0.1:$svc_port GFLEX_CORE_ARGS= bash -c "$(unit_line gflex-core ExecStartPre | sed "s|^/bin/sh -c '||; s|'\$||")" \
+  >"$WORK/svc-init.log" 2>&1 || fail "the core unit's ExecStartPre: $(tail -2 "$WORK/svc-init.log")"
+[ -f "$WORK/gflex-core-state/operator.key" ] || fail "the core unit's first start made no credentials"
+start svc_core env GFLEX_LISTEN=127.0.0.1:$svc_port GFLEX_CORE_ARGS= bash -c "exec $(unit_line gflex-core ExecStart)"
+wait_for 20 "the unit's core to listen" grep -q "core listening on 127.0.0.1:$svc_port" "$WORK/svc_core.log"
+kill -TERM "$PID_svc_core"
+rc=0
+timeout 15 tail --pid="$PID_svc_core" -f /dev/null || fail "the unit's core did not stop on SIGTERM"
+wait "$PID_svc_core" || rc=$?
+[ "$rc" -eq 0 ] && echo "ok: the core unit's command lines start a core from the install; SIGTERM stops it" ||
+  fail "the unit's core exited $rc on SIGTERM: $(tail -2 "$WORK/svc_core.log")"
 # The public headers are free of CAF, Cap'n Proto and LMDB.
 if grep -rlE '#include <(caf/|capnp/|kj/|lmdb)' "$PREFIX/include" >"$WORK/leaks"; then
   fail "public headers include internal libraries: $(cat "$WORK/leaks")"
