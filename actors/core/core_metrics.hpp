@@ -61,4 +61,12 @@ inline const metrics::gauge& store_bytes() {
   return g;
 }
 
+/// Credits held by the ledger's accounts, by kind: "user" (clients' balances), "escrow"
+/// (held for jobs' running rounds), "node" (earned by nodes), "platform" (its fees) and
+/// "issued" (all credits that entered from outside).
+inline metrics::gauge ledger_credits(const char* kind) {
+  return metrics::gauge_of("gflex_core_ledger_credits", "Credits in the ledger's accounts, by kind",
+                           {{"kind", kind}});
+}
+
 }  // namespace gflex::core_metrics

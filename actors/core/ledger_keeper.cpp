@@ -1,5 +1,8 @@
 #include "ledger_keeper.hpp"
 
+#include "core_metrics.hpp"
+#include "gflex/runtime/credits.hpp"
+
 #include <spdlog/spdlog.h>
 
 #include <chrono>
@@ -114,6 +117,29 @@ std::string describe(const ledger_entry& e, const std::string& account) {
          format_credits(change) + "  " + e.memo;
 }
 
+// The ledger's totals by kind of account, for /metrics.
+void publish_totals(const ledger_book& book) {
+  double user = 0, escrow = 0, node = 0, platform = 0, issued = 0;
+  for (const auto& [account, micro] : book.balances()) {
+    const double credits = static_cast<double>(micro) / static_cast<double>(micro_per_credit);
+    if (account.starts_with("user/"))
+      user += credits;
+    else if (account.starts_with("escrow/"))
+      escrow += credits;
+    else if (account.starts_with("node/"))
+      node += credits;
+    else if (account == ledger_book::platform)
+      platform += credits;
+    else if (account == ledger_book::external)
+      issued -= credits;
+  }
+  core_metrics::ledger_credits("user").set(user);
+  core_metrics::ledger_credits("escrow").set(escrow);
+  core_metrics::ledger_credits("node").set(node);
+  core_metrics::ledger_credits("platform").set(platform);
+  core_metrics::ledger_credits("issued").set(issued);
+}
+
 // Books `e` in memory once its writes are durable, and answers `promise`.
 template <class Promise, class Value>
 void write(keeper_actor* self, ledger_entry e, store_batch batch, Promise promise, Value done) {
@@ -125,6 +151,7 @@ void write(keeper_actor* self, ledger_entry e, store_batch batch, Promise promis
               st.book.apply(e);
               st.recent.push_back(e);
               if (st.recent.size() > recent_entries) st.recent.pop_front();
+              publish_totals(st.book);
             }
             promise.deliver(done);
           },
@@ -214,6 +241,7 @@ caf::behavior keeper(keeper_actor* self, caf::actor store) {
               st.recent.push_back(e);
               if (st.recent.size() > recent_entries) st.recent.pop_front();
             }
+            publish_totals(st.book);
             spdlog::debug("ledger: {} entries, {} accounts", stored.entries.size(),
                           st.book.balances().size());
           },

@@ -34,6 +34,9 @@ metrics() {
   python3 -c "import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1] + '/metrics', timeout=10).read().decode())" \
     "http://$1" >"$2" || fail "GET http://$1/metrics"
 }
+# Credits entering the ledger show in its totals.
+"$BIN/gflex-core" account create user/metered --core "$core" >/dev/null || fail "account create"
+"$BIN/gflex-core" account credit user/metered 25 --core "$core" >/dev/null || fail "account credit"
 metrics "$core_metrics" "$WORK/core.prom"
 metrics "$node_metrics" "$WORK/node.prom"
 python3 - "$WORK/core.prom" "$WORK/node.prom" <<'PY' || fail "metrics values"
@@ -58,6 +61,9 @@ need(core, 'gflex_core_assignments_total{outcome="accepted"}', lambda v: v >= 90
 need(core, "gflex_core_round_duration_seconds_count", lambda v: v == 30, "30 rounds timed")
 need(core, 'gflex_core_payload_bytes_total{direction="out",kind="chunk"}', lambda v: v > 0, "chunks")
 need(core, "gflex_core_store_bytes", lambda v: v > 0, "a store")
+need(core, 'gflex_core_ledger_credits{kind="user"}', lambda v: v == 25, "25 credits credited")
+need(core, 'gflex_core_ledger_credits{kind="issued"}', lambda v: v == 25, "25 credits issued")
+need(core, 'gflex_core_ledger_credits{kind="escrow"}', lambda v: v == 0, "nothing held")
 need(node, 'gflex_node_assignments_total{outcome="done"}', lambda v: v >= 1, "work done")
 need(node, "gflex_node_step_duration_seconds_count", lambda v: v >= 1, "steps timed")
 need(node, "gflex_node_samples_per_second", lambda v: v > 0, "a rate")
