@@ -57,4 +57,17 @@ struct JobRecord {
   testLoss @23 :Float64;
   # Sampled results used without re-computation (no core-tier worker; --unverified accept).
   unverifiedResults @24 :UInt64;
+  # The committed rounds, oldest first (thinned past 1,024 points): the job's curves.
+  history @25 :List(RoundPoint);
+}
+
+struct RoundPoint {
+  round @0 :UInt64;
+  trainLoss @1 :Float64;
+  testLoss @2 :Float64;
+  testAccuracy @3 :Float64;
+  # Whether the test split was evaluated after this round (else the test figures are the
+  # last evaluation's).
+  evaluated @4 :Bool;
+  elapsed @5 :Float64;
 }

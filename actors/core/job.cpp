@@ -157,6 +157,7 @@ void publish(job_actor* self) {
     shown.test_accuracy = st.durable_accuracy;
     shown.train_loss = st.durable_loss;
     shown.nodes = st.durable_nodes;
+    trim_history(shown.history, st.durable_round);
   }
   if (shown.round > 0 && s.state == "running") {
     double per_round = s.elapsed_s / static_cast<double>(shown.round);
@@ -279,6 +280,7 @@ void finish(job_actor* self, const std::string& state, const std::string& detail
     st.job.status.test_accuracy = st.durable_accuracy;
     st.job.status.train_loss = st.durable_loss;
     st.job.status.nodes = st.durable_nodes;
+    trim_history(st.job.status.history, st.durable_round);
   }
   for (auto& [id, a] : st.pending) {
     self->send(a.slot.worker, abort_atom::value, id);
@@ -547,7 +549,8 @@ void try_confirm(job_actor* self) {
     s.cloud_cost = std::llround(s.device_hours * st.links.cloud_price * 1e6);
   }
   const bool last = s.round == s.rounds;
-  if (s.round % spec.eval_every == 0 || last) {
+  const bool evaluate = s.round % spec.eval_every == 0 || last;
+  if (evaluate) {
     auto eval = kernels::evaluate(*st.workload, st.data->test, *st.eval_backend, st.job.theta);
     if (!eval) {
       finish(self, "failed", "evaluation failed: " + eval.error().message());
@@ -560,6 +563,9 @@ void try_confirm(job_actor* self) {
   st.resumed_at = clock_type::now();
   s.elapsed_s = st.elapsed_before;
   if (last) s.state = "done";
+  trim_history(s.history, s.round - 1);  // a round committed again after a rollback
+  add_round(s.history,
+            {s.round, s.train_loss, s.test_loss, s.test_accuracy, evaluate, s.elapsed_s});
 
   // Record and checkpoint of the round in one transaction: a restart resumes from here.
   checkpoint c;

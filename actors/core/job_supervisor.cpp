@@ -363,7 +363,10 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links) {
       [=](jobs_atom, const std::string& who) -> std::vector<job_status> {
         std::vector<job_status> out;
         for (const auto& [id, entry] : self->state.jobs)
-          if (may_touch(who, entry.status)) out.push_back(entry.status);
+          if (may_touch(who, entry.status)) {
+            out.push_back(entry.status);
+            out.back().history.clear();  // one job's status carries its curve, the list not
+          }
         return out;
       },
       // Users' data sets: an upload arrives shard by shard and is stored, manifest and

@@ -25,6 +25,24 @@ schema::JobState state_of(const std::string& name) {
 
 }  // namespace
 
+void add_round(std::vector<round_point>& history, const round_point& p) {
+  if (history.size() >= job_status::max_history) {
+    // Every other point of the older half goes: the curve keeps its shape and its recent
+    // detail, and the record stays bounded however long the job runs.
+    const size_t half = history.size() / 2;
+    std::vector<round_point> kept;
+    kept.reserve(history.size());
+    for (size_t i = 0; i < half; i += 2) kept.push_back(history[i]);
+    kept.insert(kept.end(), history.begin() + static_cast<std::ptrdiff_t>(half), history.end());
+    history = std::move(kept);
+  }
+  history.push_back(p);
+}
+
+void trim_history(std::vector<round_point>& history, int64_t round) {
+  while (!history.empty() && history.back().round > round) history.pop_back();
+}
+
 std::vector<uint8_t> encode_job_record(const std::string& spec_text, const job_status& s) {
   capnp::MallocMessageBuilder message;
   auto r = message.initRoot<schema::JobRecord>();
@@ -53,6 +71,17 @@ std::vector<uint8_t> encode_job_record(const std::string& spec_text, const job_s
   r.setDeviceHours(s.device_hours);
   r.setCloudCost(s.cloud_cost);
   r.setOwner(s.owner);
+  auto points = r.initHistory(static_cast<unsigned>(s.history.size()));
+  for (unsigned i = 0; i < s.history.size(); ++i) {
+    const auto& p = s.history[i];
+    auto out = points[i];
+    out.setRound(static_cast<uint64_t>(p.round));
+    out.setTrainLoss(p.train_loss);
+    out.setTestLoss(p.test_loss);
+    out.setTestAccuracy(p.test_accuracy);
+    out.setEvaluated(p.evaluated);
+    out.setElapsed(p.elapsed_s);
+  }
   auto flat = capnp::messageToFlatArray(message);
   auto bytes = flat.asBytes();
   return {bytes.begin(), bytes.end()};
@@ -92,6 +121,9 @@ expected<std::pair<std::string, job_status>> decode_job_record(std::span<const u
     s.device_hours = r.getDeviceHours();
     s.cloud_cost = r.getCloudCost();
     s.owner = r.getOwner().cStr();
+    for (auto p : r.getHistory())
+      s.history.push_back({static_cast<int64_t>(p.getRound()), p.getTrainLoss(), p.getTestLoss(),
+                           p.getTestAccuracy(), p.getEvaluated(), p.getElapsed()});
     return std::pair<std::string, job_status>{r.getSpec().cStr(), std::move(s)};
   } catch (const kj::Exception& e) {
     return error(errc::malformed_message, std::string("job record: ") + e.getDescription().cStr());

@@ -10,6 +10,16 @@
 
 namespace gflex {
 
+/// One committed round of a job, as its curves show it.
+struct round_point {
+  int64_t round = 0;  ///< 1-based.
+  double train_loss = 0.0;
+  double test_loss = 0.0;      ///< The last evaluation's, when this round was not evaluated.
+  double test_accuracy = 0.0;  ///< Likewise.
+  bool evaluated = false;      ///< Whether the test split was evaluated after this round.
+  double elapsed_s = 0.0;      ///< Running time when it was committed.
+};
+
 /// The state of a job as the core reports it.
 struct job_status {
   std::string job_id;
@@ -49,7 +59,18 @@ struct job_status {
   double device_hours = 0.0;  ///< Device time paid for.
   /// What the paid device time would cost at the core's cloud reference price (micro).
   int64_t cloud_cost = 0;
+  /// The committed rounds, oldest first; past `max_history` points every other older one is
+  /// dropped, so a long job keeps its curve's shape. Only the status of one job carries it
+  /// (client::status); the list of jobs leaves it empty.
+  std::vector<round_point> history;
+  static constexpr size_t max_history = 1024;
 };
+
+/// Adds a committed round to `history`, thinning the older half when it is full.
+void add_round(std::vector<round_point>& history, const round_point& p);
+
+/// Drops the points after `round` (rounds a crash or a failed verification took back).
+void trim_history(std::vector<round_point>& history, int64_t round);
 
 /// A node as the core's registry sees it, with its reputation.
 /// A GPU as its node measured it at start.

@@ -1,0 +1,58 @@
+// The job record the core keeps in LMDB: a job's per-round history survives the round trip
+// (the dashboard's curves after a restart), stays bounded, and loses the rounds taken back.
+#include <doctest/doctest.h>
+
+#include "job_record.hpp"
+
+using namespace gflex;
+
+TEST_CASE("job record: the round history survives encoding") {
+  job_status s;
+  s.job_id = "job-7";
+  s.owner = "user/alice";
+  s.state = "running";
+  s.round = 3;
+  for (int64_t r = 1; r <= 3; ++r)
+    add_round(s.history,
+              {r, 1.0 / static_cast<double>(r), 0.9 / static_cast<double>(r),
+               0.5 + 0.1 * static_cast<double>(r), r != 2, 2.5 * static_cast<double>(r)});
+  auto bytes = encode_job_record("[job]\nworkload = \"fashion-mlp\"\n", s);
+  auto back = decode_job_record(bytes);
+  REQUIRE(back);
+  const auto& h = back->second.history;
+  REQUIRE(h.size() == 3);
+  for (size_t i = 0; i < h.size(); ++i) {
+    CHECK(h[i].round == s.history[i].round);
+    CHECK(h[i].train_loss == s.history[i].train_loss);
+    CHECK(h[i].test_loss == s.history[i].test_loss);
+    CHECK(h[i].test_accuracy == s.history[i].test_accuracy);
+    CHECK(h[i].evaluated == s.history[i].evaluated);
+    CHECK(h[i].elapsed_s == s.history[i].elapsed_s);
+  }
+  // A record cut short is refused, not read as a shorter history.
+  bytes.resize(bytes.size() - 8);
+  CHECK_FALSE(decode_job_record(bytes));
+}
+
+TEST_CASE("job record: a long job's history is thinned, keeping its ends") {
+  std::vector<round_point> h;
+  const int64_t rounds = 10000;
+  for (int64_t r = 1; r <= rounds; ++r) add_round(h, {r, 0.0, 0.0, 0.0, true, 0.0});
+  CHECK(h.size() <= job_status::max_history);
+  CHECK(h.size() > job_status::max_history / 2);
+  CHECK(h.front().round == 1);
+  CHECK(h.back().round == rounds);
+  for (size_t i = 1; i < h.size(); ++i) REQUIRE(h[i].round > h[i - 1].round);
+  // The recent half keeps every round.
+  CHECK(h[h.size() - 2].round == rounds - 1);
+}
+
+TEST_CASE("job record: rounds taken back leave the history") {
+  std::vector<round_point> h;
+  for (int64_t r = 1; r <= 5; ++r) add_round(h, {r, 0.0, 0.0, 0.0, true, 0.0});
+  trim_history(h, 3);
+  REQUIRE(h.size() == 3);
+  CHECK(h.back().round == 3);
+  trim_history(h, 0);
+  CHECK(h.empty());
+}
