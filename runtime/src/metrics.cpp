@@ -1,11 +1,8 @@
 // The process's Prometheus registry behind <gflex/runtime/metrics.hpp>, and its /metrics.
-//
-// /metrics is served with cpp-httplib rather than prometheus-cpp's own exposer: that one runs
-// on civetweb, whose threads get a fixed 100 KiB stack, and in our programs the static TLS of
-// cuBLASLt and OpenBLAS alone is about 170 KiB, so glibc refuses to create them ("null
-// context when constructing CivetServer"). httplib's threads take the default stack.
 
 #include "gflex/runtime/metrics.hpp"
+
+#include "gflex/runtime/http_server.hpp"
 
 #include <httplib.h>
 #include <prometheus/counter.h>
@@ -13,14 +10,11 @@
 #include <prometheus/histogram.h>
 #include <prometheus/registry.h>
 #include <prometheus/text_serializer.h>
-#include <pthread.h>
-#include <signal.h>
 
 #include <map>
 #include <memory>
 #include <mutex>
 #include <stdexcept>
-#include <thread>
 
 namespace gflex::metrics {
 namespace {
@@ -31,7 +25,7 @@ struct process_metrics {
   std::map<std::string, prometheus::Family<prometheus::Counter>*> counters;
   std::map<std::string, prometheus::Family<prometheus::Gauge>*> gauges;
   std::map<std::string, prometheus::Family<prometheus::Histogram>*> histograms;
-  std::unique_ptr<httplib::Server> server;
+  std::unique_ptr<http::server> server;
 };
 
 process_metrics& the() {
@@ -110,31 +104,19 @@ expected<uint16_t> serve(const std::string& host_port) {
   auto& p = the();
   std::lock_guard<std::mutex> lock(p.m);
   if (p.server) return error(errc::invalid_argument, "metrics are served already");
-  auto server = std::make_unique<httplib::Server>();
   // Scrapes are rare and small: two threads serve them.
-  server->new_task_queue = [] { return new httplib::ThreadPool(2); };
-  // Not httplib's default SO_REUSEPORT: a second process must not share the port.
-  server->set_socket_options([](socket_t sock) {
-    int yes = 1;
-    ::setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
-  });
-  server->Get("/metrics", [](const httplib::Request&, httplib::Response& res) {
-    res.set_content(render(), "text/plain; version=0.0.4; charset=utf-8");
-  });
-  const int port = wanted == 0 ? server->bind_to_any_port(host)
-                               : (server->bind_to_port(host, wanted) ? wanted : -1);
-  if (port <= 0)
-    return error(errc::unavailable, "cannot serve metrics on " + host_port +
-                                        ": the address is in use or not this machine's");
-  // The server's threads take no signals: the programs wait for SIGINT and SIGTERM on their
-  // own thread, and a stop delivered to one of these would be lost.
-  sigset_t all, before;
-  sigfillset(&all);
-  pthread_sigmask(SIG_BLOCK, &all, &before);
-  std::thread([s = server.get()] { s->listen_after_bind(); }).detach();
-  pthread_sigmask(SIG_SETMASK, &before, nullptr);
-  p.server = std::move(server);
-  return static_cast<uint16_t>(port);
+  auto server = http::server::start(
+      host, static_cast<uint16_t>(wanted), 2,
+      [](httplib::Server& routes) {
+        routes.Get("/metrics", [](const httplib::Request&, httplib::Response& res) {
+          res.set_content(render(), "text/plain; version=0.0.4; charset=utf-8");
+        });
+      },
+      "metrics");
+  if (!server) return server.error();
+  const uint16_t port = (*server)->port();
+  p.server = std::move(*server);
+  return port;
 }
 
 std::string render() {
