@@ -156,7 +156,18 @@ expected<std::string> init_core(const std::filesystem::path& data_dir) {
 
 // -- core and node processes ---------------------------------------------------------------------
 
-int run_core(const core_config& given) {
+int run_core(const core_config& config) {
+  return run_core(config, {});
+}
+
+struct in_process_core final : local_core {
+  caf::actor_system& sys;
+  caf::actor core;
+  in_process_core(caf::actor_system& s, caf::actor c) : sys(s), core(std::move(c)) {}
+  client connect(const std::string& api_key) override;
+};
+
+int run_core(const core_config& given, const core_service_starter& start) {
   signal_watcher signals;
   core_config config = given;
   if (config.operator_key.empty()) {
@@ -206,8 +217,20 @@ int run_core(const core_config& given) {
   }
   spdlog::info("core listening on {}:{} ({}), data in {}", config.host, *port, link,
                config.data_dir.string());
+  in_process_core local{sys, *core};
+  std::unique_ptr<core_service> service;
+  if (start) {
+    auto started = start(local);
+    if (!started) {
+      spdlog::error("{}", started.error().message());
+      self->send_exit(*core, caf::exit_reason::user_shutdown);
+      return 2;
+    }
+    service = std::move(*started);
+  }
   signals.start(self);
   int code = wait_for_stop(self, *core);
+  service.reset();  // its clients end their sessions while the core still runs
   self->send_exit(*core, caf::exit_reason::user_shutdown);
   if (auto n = oversized_messages_refused(); n > 0)
     spdlog::info("closed {} connection(s) that announced messages over {} MiB", n,
@@ -268,13 +291,22 @@ int run_node(const node_config& config, const std::string& host, uint16_t port,
 
 struct client::impl {
   caf::actor_system_config cfg;
-  std::unique_ptr<caf::actor_system> sys;
-  caf::actor core;     // the front door
-  std::string key;     // the API key, given to the front door once
-  caf::actor session;  // this client's session, once the front door has given it
-  caf::actor link;     // lives as long as this client: the session ends with it
-  std::unique_ptr<caf::actor_system> owned;  // set when the client made its own system
+  // The client's own actor system (a remote client, an embedded cluster), declared before
+  // the handles so that they are released first; null for a client of a core in this
+  // process, which uses the core's.
+  std::unique_ptr<caf::actor_system> owned;
+  caf::actor_system* sys = nullptr;
+  caf::actor core;        // the front door
+  std::string key;        // the API key, given to the front door once
+  caf::actor session;     // this client's session, once the front door has given it
+  caf::actor link;        // lives as long as this client: the session ends with it
+  std::string principal;  // who the key authenticates as, once the session is given
   caf::actor_system& system() { return *sys; }
+
+  void own_system() {
+    owned = std::make_unique<caf::actor_system>(cfg);
+    sys = owned.get();
+  }
 
   ~impl() {
     if (link) caf::anon_send_exit(link, caf::exit_reason::user_shutdown);
@@ -290,6 +322,7 @@ struct client::impl {
     if (!w) return w.error();
     if (!w->session) return error(errc::io_error, "the core's answer holds no session");
     session = caf::actor_cast<caf::actor>(w->session);
+    principal = w->principal;
     return session;
   }
 
@@ -307,6 +340,14 @@ client::client(client&&) noexcept = default;
 client& client::operator=(client&&) noexcept = default;
 client::~client() = default;
 
+client in_process_core::connect(const std::string& api_key) {
+  auto p = std::make_unique<client::impl>();
+  p->sys = &sys;
+  p->core = core;
+  p->key = api_key;
+  return client(std::move(p));
+}
+
 expected<client> client::connect(const std::string& host, uint16_t port,
                                  const client_options& options) {
   if (auto limit = message_limit_in_effect(); !limit) return limit.error();
@@ -317,7 +358,7 @@ expected<client> client::connect(const std::string& host, uint16_t port,
     auto fingerprint = configure_peer_tls(p->cfg, options.core_cert);
     if (!fingerprint) return fingerprint.error();
   }
-  p->sys = std::make_unique<caf::actor_system>(p->cfg);
+  p->own_system();
   auto core = options.insecure ? p->sys->middleman().remote_actor(host, port)
                                : caf::openssl::remote_actor(*p->sys, host, port);
   if (!core) {
@@ -332,6 +373,12 @@ expected<client> client::connect(const std::string& host, uint16_t port,
   }
   p->core = *core;
   return client(std::move(p));
+}
+
+expected<std::string> client::principal() {
+  auto s = impl_->session_handle();
+  if (!s) return s.error();
+  return impl_->principal;
 }
 
 expected<std::string> client::submit(const std::string& spec_toml) {
@@ -594,7 +641,7 @@ expected<embedded_cluster> embedded_cluster::start(const embedded_config& config
   }
   auto p = std::make_unique<client::impl>();
   configure_actor_system(p->cfg);
-  p->sys = std::make_unique<caf::actor_system>(p->cfg);
+  p->own_system();
   auto s = std::make_unique<state>(gflex::client(std::move(p)));
   s->dir = dir;
   s->temporary = temporary;

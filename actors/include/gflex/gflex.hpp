@@ -114,6 +114,30 @@ expected<std::string> init_core(const std::filesystem::path& data_dir);
 /// the TLS credentials.
 int run_core(const core_config& config);
 
+class client;
+
+/// A core running in this process, as run_core lends it to a service beside it (the
+/// dashboard): it opens clients that reach the core without a socket. Each one's key is
+/// checked at its first request as a remote client's is, and it sees what that key may see.
+class local_core {
+ public:
+  virtual ~local_core() = default;
+  virtual client connect(const std::string& api_key) = 0;
+};
+
+/// Something that runs beside a core in its process; destroyed before the core stops.
+class core_service {
+ public:
+  virtual ~core_service() = default;
+};
+
+/// Starts a service once the core listens; an error stops the core (exit code 2).
+using core_service_starter =
+    std::function<expected<std::unique_ptr<core_service>>(local_core& core)>;
+
+/// run_core with a service beside the core (`start` may be empty: none).
+int run_core(const core_config& config, const core_service_starter& start);
+
 /// Runs a node joined to the core at host:port until SIGINT or SIGTERM, reconnecting when
 /// the core goes away; returns the exit code (non-zero when the core refuses the node).
 int run_node(const node_config& config, const std::string& host, uint16_t port);
@@ -157,6 +181,10 @@ class client {
   client(client&&) noexcept;
   client& operator=(client&&) noexcept;
   ~client();
+
+  /// Who this client's key authenticates as: "operator" or an account (user/NAME). The
+  /// first request checks the key; errc::permission_denied for one the core does not know.
+  expected<std::string> principal();
 
   /// Submits a job spec (TOML text); returns the job id. The core validates the spec and
   /// refuses bad ones with an error naming the key.
@@ -221,6 +249,7 @@ class client {
   explicit client(std::unique_ptr<impl> p);
   std::unique_ptr<impl> impl_;
   friend class embedded_cluster;
+  friend struct in_process_core;
 };
 
 /// Core and nodes in one process (no sockets; the same actors and job path).
