@@ -26,7 +26,7 @@ namespace gflex {
 const char* sdk_version() noexcept;
 
 /// The wire protocol version this build speaks; a node with another is refused at join.
-inline constexpr uint32_t protocol_version = 6;
+inline constexpr uint32_t protocol_version = 7;
 
 /// How to run a core.
 struct core_config {
