@@ -13,6 +13,7 @@
 
 #include "client_connection.hpp"
 #include "core_address.hpp"
+#include "dashboard.hpp"
 #include "fail.hpp"
 #include "gflex/gflex.hpp"
 #include "gflex/kernels/blas_kernels.hpp"
@@ -106,6 +107,14 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--metrics-listen", metrics_listen,
                  "HOST:PORT to serve Prometheus metrics on (/metrics); off unless given");
+  std::string http_listen;
+  gflex::app::dashboard_options dashboard;
+  app.add_option("--http-listen", http_listen,
+                 "HOST:PORT to serve the web dashboard and its JSON API on (read-only, behind "
+                 "an API key); off unless given");
+  app.add_option("--chart-js", dashboard.chart_js,
+                 "Chart.js for the dashboard (Debian's libjs-chart.js)")
+      ->capture_default_str();
   app.add_option("--data-dir", config.data_dir,
                  "directory of the LMDB store and the credentials `init` made");
   app.add_option("--heartbeat-ms", config.heartbeat_ms, "heartbeat interval told to nodes")
@@ -227,5 +236,12 @@ int main(int argc, char** argv) {
   config.host = address->host;
   config.port = address->port;
   if (!gflex::app::serve_metrics(metrics_listen)) return 2;
-  return gflex::run_core(config);
+  if (http_listen.empty()) return gflex::run_core(config);
+  auto where = gflex::app::parse_host_port(http_listen, "--http-listen");
+  if (!where) return fail(where.error(), 2);
+  dashboard.host = where->host;
+  dashboard.port = where->port;
+  return gflex::run_core(config, [&](gflex::local_core& core) {
+    return gflex::app::start_dashboard(dashboard, core);
+  });
 }

@@ -25,47 +25,11 @@
 #include "gflex/runtime/credits.hpp"
 #include "gflex/runtime/job_spec.hpp"
 #include "gflex/runtime/progress.hpp"
+#include "status_json.hpp"
 
 namespace gflex::app {
 
 namespace {
-
-nlohmann::json to_json(const job_status& s) {
-  return {{"job_id", s.job_id},
-          {"name", s.name},
-          {"workload", s.workload},
-          {"owner", s.owner},
-          {"state", s.state},
-          {"detail", s.detail},
-          {"round", s.round},
-          {"rounds", s.rounds},
-          {"test_accuracy", s.test_accuracy},
-          {"train_loss", s.train_loss},
-          {"test_loss", s.test_loss},
-          {"test_bits", s.test_loss / std::log(2.0)},
-          {"nodes", s.nodes},
-          {"bytes_sent", s.bytes_sent},
-          {"bytes_received", s.bytes_received},
-          {"wall_s", s.elapsed_s},
-          {"eta_s", s.eta_s},
-          {"late_results", s.late_results},
-          {"rejected_results", s.rejected_results},
-          {"verified_results", s.verified_results},
-          {"rollbacks", s.rollbacks},
-          {"screened_results", s.screened_results},
-          {"unverified_results", s.unverified_results},
-          {"compute_s", s.compute_s},
-          {"recompute_s", s.recompute_s},
-          {"account", s.account},
-          {"budget", format_credits(s.budget)},
-          {"credits_spent", format_credits(s.credits_spent)},
-          {"credits_held", format_credits(s.credits_held)},
-          {"device_hours", s.device_hours},
-          {"cloud_cost", format_credits(s.cloud_cost)},
-          {"cost_ratio", s.cloud_cost > 0 ? static_cast<double>(s.credits_spent) /
-                                                static_cast<double>(s.cloud_cost)
-                                          : 0.0}};
-}
 
 bool write_json(const std::string& file, const nlohmann::json& j) {
   std::ofstream out(file);
@@ -233,38 +197,7 @@ int run_nodes(const job_flags& f) {
     return total > 0 ? static_cast<double>(n.validated) / static_cast<double>(total) : 0.0;
   };
   if (f.as_json) {
-    auto list = nlohmann::json::array();
-    for (const auto& n : *nodes) {
-      auto gpus = nlohmann::json::array();
-      for (const auto& g : n.gpus)
-        gpus.push_back({{"ordinal", g.ordinal},
-                        {"name", g.name},
-                        {"cc", g.compute_capability},
-                        {"memory_bytes", g.memory_bytes},
-                        {"memory_limit", g.memory_limit},
-                        {"sm_count", g.sm_count},
-                        {"gemm_tflops", g.gemm_tflops},
-                        {"h2d_gbps", g.h2d_gbps}});
-      list.push_back({{"node_id", n.node_id},
-                      {"name", n.name},
-                      {"device", n.device},
-                      {"gpus", gpus},
-                      {"workers", n.workers},
-                      {"last_seen_s", n.last_seen_s},
-                      {"tier", n.tier},
-                      {"score", n.score},
-                      {"streak", n.streak},
-                      {"validated", n.validated},
-                      {"verified", n.verified},
-                      {"rejected", n.rejected},
-                      {"flagged", n.flagged},
-                      {"credited_s", n.credited_s},
-                      {"earned", format_credits(n.earned)},
-                      {"work_share", share(n)},
-                      {"dropped_messages", n.dropped},
-                      {"last_rejection", n.last_rejection}});
-    }
-    std::printf("%s\n", list.dump(2).c_str());
+    std::printf("%s\n", to_json(*nodes).dump(2).c_str());
   } else {
     for (const auto& n : *nodes) {
       std::printf(

@@ -11,6 +11,7 @@
 #include "client_connection.hpp"
 #include "gflex/gflex.hpp"
 #include "gflex/runtime/credits.hpp"
+#include "status_json.hpp"
 
 namespace gflex::app {
 
@@ -29,11 +30,7 @@ int run_account(const market_flags& f) {
   auto a = c->account(f.id.empty() ? std::string("platform") : f.id);
   if (!a) return fail(a.error());
   if (f.as_json) {
-    nlohmann::json j{{"id", a->id},
-                     {"balance", format_credits(a->balance)},
-                     {"balance_micro", a->balance},
-                     {"recent", a->recent}};
-    std::printf("%s\n", j.dump(2).c_str());
+    std::printf("%s\n", to_json(*a).dump(2).c_str());
     return 0;
   }
   std::printf("%s: %s credits\n", a->id.c_str(), format_credits(a->balance).c_str());
@@ -47,17 +44,7 @@ int run_verify(const market_flags& f) {
   auto r = c->verify_ledger();
   if (!r) return fail(r.error());
   if (f.as_json) {
-    nlohmann::json j{{"ok", r->ok},
-                     {"problem", r->problem},
-                     {"entries", r->entries},
-                     {"accounts", r->accounts},
-                     {"issued", format_credits(r->issued)},
-                     {"in_escrow", format_credits(r->in_escrow)},
-                     {"stale_escrow", r->stale_escrow},
-                     {"settled_rounds", nlohmann::json::object()}};
-    for (size_t i = 0; i < r->settled_jobs.size(); ++i)
-      j["settled_rounds"][r->settled_jobs[i]] = r->settled_rounds[i];
-    std::printf("%s\n", j.dump(2).c_str());
+    std::printf("%s\n", to_json(*r).dump(2).c_str());
   } else if (r->ok) {
     std::printf(
         "ledger ok: %llu entries, %llu accounts, %s credits issued, %s in escrow; "
