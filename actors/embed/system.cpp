@@ -282,6 +282,11 @@ int run_node(const node_config& config, const std::string& host, uint16_t port,
   // keeps references to the worker actors it serialized into the hello until the core drops
   // its proxies, so the actor system's destructor can wait seconds for their threads (and,
   // after a refused hello, forever).
+  if (config.on_activity) {
+    node_activity stopping;
+    stopping.what = node_activity::kind::stopping;
+    config.on_activity(stopping);
+  }
   spdlog::default_logger()->flush();
   std::fflush(nullptr);
   std::_Exit(code);

@@ -183,6 +183,7 @@ expected<caf::actor> spawn_node(caf::actor_system& sys, const node_config& confi
   c.config.idle_only = config.idle_only;
   c.config.max_compute_s = config.max_hours * 3600.0;
   c.config.compute_used = std::make_shared<std::atomic<double>>(0.0);
+  c.config.on_activity = config.on_activity;
   if (!(config.price >= 0.0 && config.price <= 1e6))
     return error(errc::invalid_argument, "--price must be in [0, 1000000] credits per hour");
   if (!(config.max_hours >= 0.0 && config.max_hours <= 1e6))
@@ -219,6 +220,7 @@ expected<caf::actor> spawn_node(caf::actor_system& sys, const node_config& confi
   up.identity = key;
   up.credential = config.token;
   up.tls = !core && !config.insecure;
+  up.on_activity = config.on_activity;
   c.uplink_cfg = up;
   c.core = core;
   c.owner = owner;

@@ -80,6 +80,12 @@ void hello(uplink_actor* self, caf::actor core) {
             // Chunks come through the session too.
             self->send(st.cache, serve_atom::value, st.session);
             spdlog::info("joined the core as {} with {} worker(s)", w.node_id, st.workers.size());
+            if (st.config.on_activity) {
+              node_activity n;
+              n.what = node_activity::kind::joined;
+              n.node_id = w.node_id;
+              st.config.on_activity(n);
+            }
             self->send(self, tick_atom::value, st.generation);
           },
           [=](caf::error& e) {
@@ -139,6 +145,12 @@ caf::behavior uplink_behavior(uplink_actor* self, uplink_config config, caf::act
       return;
     } else {
       spdlog::warn("lost the core ({}); reconnecting", self->system().render(down.reason));
+    }
+    if (st.config.on_activity) {
+      node_activity n;
+      n.what = node_activity::kind::lost;
+      n.node_id = st.node_id;
+      st.config.on_activity(n);
     }
     if (st.core) self->demonitor(st.core);
     if (st.session) self->demonitor(st.session);

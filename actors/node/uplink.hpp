@@ -19,11 +19,13 @@
 
 #include <caf/fwd.hpp>
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "gflex/job_status.hpp"
+#include "gflex/node_activity.hpp"
 #include "gflex/runtime/identity.hpp"
 
 namespace gflex {
@@ -41,6 +43,7 @@ struct uplink_config {
   int64_t price = 0;       ///< Micro-credits per device-hour.
   double throughput = 0.0;                        ///< Calibrated samples per second per worker.
   std::shared_ptr<const node_identity> identity;  ///< Signs the hello.
+  std::function<void(const node_activity&)> on_activity;  ///< node_config's (may be empty).
 };
 
 caf::actor spawn_uplink(caf::actor_system& sys, uplink_config config, caf::actor core,

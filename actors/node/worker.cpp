@@ -212,6 +212,18 @@ caf::behavior worker_behavior(worker_actor* self, worker_config config, caf::act
     }
     if (a.verify && cfg.verify_delay_ms > 0)  // a test aid; the worker is a detached actor
       std::this_thread::sleep_for(std::chrono::milliseconds(cfg.verify_delay_ms));
+    auto tell = [&](node_activity::kind what, double samples_per_s, double compute_s) {
+      if (!cfg.on_activity) return;
+      node_activity n;
+      n.what = what;
+      n.job_id = a.job_id;
+      n.round = static_cast<int64_t>(a.round) + 1;
+      n.verify = a.verify;
+      n.samples_per_s = samples_per_s;
+      n.compute_s = compute_s;
+      cfg.on_activity(n);
+    };
+    tell(node_activity::kind::started, 0.0, 0.0);
     try {
       if (inject_device_error)
         throw kernels::compute_error(
@@ -220,6 +232,7 @@ caf::behavior worker_behavior(worker_actor* self, worker_config config, caf::act
       auto r = run_assignment(self->state, a, shard);
       if (!r) {
         node_metrics::assignments("failed").inc();
+        tell(node_activity::kind::failed, 0.0, 0.0);
         return to_caf(r.error());
       }
       double used = cfg.compute_used->load();
@@ -233,6 +246,8 @@ caf::behavior worker_behavior(worker_actor* self, worker_config config, caf::act
         node_metrics::samples_per_second().set(static_cast<double>(r->samples) / r->compute_s);
       node_metrics::bytes("in", "parameters").inc(static_cast<double>(a.params.size()));
       node_metrics::bytes("out", "update").inc(static_cast<double>(r->update.size()));
+      tell(node_activity::kind::done,
+           r->compute_s > 0 ? static_cast<double>(r->samples) / r->compute_s : 0.0, r->compute_s);
       return std::move(*r);
     } catch (const kernels::compute_error& e) {
       // Out of device memory, or another device failure: this assignment goes back to its
@@ -240,6 +255,7 @@ caf::behavior worker_behavior(worker_actor* self, worker_config config, caf::act
       // dropped, so their memory is free and the next assignment starts from a clean state.
       spdlog::warn("worker: assignment {} failed on the device: {}", a.id, e.err().message());
       node_metrics::assignments("failed").inc();
+      tell(node_activity::kind::failed, 0.0, 0.0);
       self->state.models.clear();
       return to_caf(e.err());
     }

@@ -16,12 +16,14 @@
 #include <caf/fwd.hpp>
 
 #include <atomic>
+#include <functional>
 #include <memory>
 #include <string>
 
 #include <vector>
 
 #include "gflex/kernels/replica_group.hpp"
+#include "gflex/node_activity.hpp"
 #include "gflex/runtime/identity.hpp"
 #include "misbehaviour.hpp"
 
@@ -46,6 +48,8 @@ struct worker_config {
   /// workers; a worker refuses assignments once it is spent.
   double max_compute_s = 0.0;
   std::shared_ptr<std::atomic<double>> compute_used = std::make_shared<std::atomic<double>>(0.0);
+  /// node_config::on_activity (may be empty).
+  std::function<void(const node_activity&)> on_activity;
   /// The node's key: every result is signed with it.
   std::shared_ptr<const node_identity> identity;
 };

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The core's web dashboard (--http-listen), in a real browser: a core and two nodes run a
+# The core's web dashboard (--http-listen), in a real browser: a core and two nodes (one on a
+# terminal, which draws its status line there; the other logs plainly) run a
 # metered job for user/alice to its end; then headless Chromium opens the page with the
 # operator's key and the test reads the drawn page (its DOM): the job's row, both nodes, and
 # a loss curve with one point per committed round; a screenshot is kept in
@@ -13,7 +14,13 @@ C="$BIN/gflex-core"
 OUT_DIR=$(cd "$BIN/.." && pwd)/test-output
 mkdir -p "$OUT_DIR"
 dash=127.0.0.1:$(free_port)
-CORE_ARGS="--http-listen $dash" NODE_ARGS_1="--price 10" NODE_ARGS_2="--price 10" start_cluster 2
+CORE_ARGS="--http-listen $dash" NODE_ARGS_1="--price 10" start_cluster 1
+# node2 runs on a terminal (script(1) gives it one): it draws its status line there, while
+# node1, whose output is a file, logs a plain line per assignment.
+start node2_tty script -qfec "$BIN/gflex-node --join $core --name node2 --data-dir $WORK/node2 \
+  --tier core --token $TOKEN_core --price 10" "$WORK/node2.tty"
+wait_for 30 "2 nodes to join" bash -c "[ \$('$BIN/gflex' nodes --core $core | wc -l) -eq 2 ]"
+PIDS+=($(pgrep -P "$PID_node2_tty" || true))  # the node itself, killed by pid at the end
 grep -q "dashboard on http://$dash/" "$WORK/core.log" || fail "the core does not tell the dashboard's address"
 
 ALICE=$("$C" account create user/alice --core "$core" 2>/dev/null) || fail "create user/alice"
@@ -36,6 +43,15 @@ timeout -s KILL 240 env GFLEX_API_KEY="$ALICE" "$G" submit "$WORK/job.toml" --co
   --json "$WORK/summary.json" >"$WORK/submit.out" 2>"$WORK/submit.err" ||
   fail "submit --wait exited non-zero: $(tail -3 "$WORK/submit.err")"
 job=$(json_get "$WORK/summary.json" "j['job_id']")
+
+# The node on a terminal drew its status line; the other logged its assignments plainly.
+sleep 1.5  # one more redraw of the status line after the last assignment
+tr '\r' '\n' <"$WORK/node2.tty" | grep -a "node2 | connected as .* | assignments: [1-9][0-9]* done" \
+  >/dev/null && echo "ok: node2's status line on its terminal" ||
+  fail "node2's terminal lacks its status line: $(tr '\r' '\n' <"$WORK/node2.tty" | tail -2)"
+grep -q "computed $job round 1: [0-9]* samples/s" "$WORK/node1.log" &&
+  ! grep -q "assignments: " "$WORK/node1.log" && echo "ok: node1 logs its assignments plainly" ||
+  fail "node1's log: $(tail -2 "$WORK/node1.log")"
 
 # get PATH KEY OUT: GET http://$dash/PATH with KEY (none when empty) into OUT; prints the status.
 get() {

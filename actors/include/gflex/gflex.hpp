@@ -17,6 +17,7 @@
 #include "gflex/accounts.hpp"
 #include "gflex/data_sets.hpp"
 #include "gflex/job_status.hpp"
+#include "gflex/node_activity.hpp"
 #include "gflex/runtime/dataset.hpp"
 #include "gflex/runtime/error.hpp"
 
@@ -84,6 +85,9 @@ struct node_config {
   int streams_per_gpu = 1;     ///< Worker actors per GPU group, each with its own streams.
   /// Device memory all workers together may use on each GPU ("6G"; "0": no limit).
   std::string gpu_memory_limit = "0";
+  /// Told what the node does (from the node's threads: it must be quick and thread-safe);
+  /// empty: nobody listens.
+  std::function<void(const node_activity&)> on_activity;
   /// "community" (the default: results are checked and sampled for verification) or "core"
   /// (the platform's own machines: trusted, and they verify others' work).
   std::string tier = "community";

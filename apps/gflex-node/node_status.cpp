@@ -1,0 +1,77 @@
+#include "node_status.hpp"
+
+#include <spdlog/spdlog.h>
+
+#include <chrono>
+#include <cstdio>
+
+namespace gflex::app {
+
+node_status::node_status(std::string name, int workers)
+    : name_(std::move(name)), workers_(workers) {
+  line_ = status_line::start([this] { return line(); }, std::chrono::seconds(1));
+}
+
+node_status::~node_status() = default;
+
+void node_status::on_activity(const node_activity& a) {
+  using kind = node_activity::kind;
+  if (a.what == kind::stopping) {
+    line_.reset();  // the process ends without unwinding: clear the line now
+    return;
+  }
+  std::lock_guard<std::mutex> lock(m_);
+  switch (a.what) {
+    case kind::joined:
+      connected_ = true;
+      node_id_ = a.node_id;
+      break;
+    case kind::lost:
+      connected_ = false;
+      break;
+    case kind::started:
+      busy_ += 1;
+      job_ = a.job_id;
+      round_ = a.round;
+      break;
+    case kind::done:
+    case kind::failed:
+      busy_ = busy_ > 0 ? busy_ - 1 : 0;
+      if (a.what == kind::done) {
+        done_ += 1;
+        verified_ += a.verify ? 1 : 0;
+        samples_per_s_ = a.samples_per_s;
+        compute_s_ += a.compute_s;
+      } else {
+        failed_ += 1;
+      }
+      // Without a terminal the logs tell: one line per assignment ended.
+      if (!line_)
+        spdlog::info("{} {} round {}{}{}", a.what == kind::done ? "computed" : "could not compute",
+                     a.job_id, a.round, a.verify ? " (a re-computation)" : "",
+                     a.what == kind::done
+                         ? fmt::format(": {:.0f} samples/s, {:.2f} s", a.samples_per_s, a.compute_s)
+                         : std::string());
+      break;
+    case kind::stopping:
+      break;
+  }
+}
+
+std::string node_status::line() const {
+  std::lock_guard<std::mutex> lock(m_);
+  std::string s = name_;
+  s += connected_ ? " | connected as " + node_id_ : " | connecting to the core";
+  if (busy_ > 0)
+    s += fmt::format(" | working on {} round {} ({}/{} workers)", job_, round_, busy_, workers_);
+  else
+    s += " | idle";
+  s += fmt::format(" | assignments: {} done", done_);
+  if (verified_ > 0) s += fmt::format(" ({} re-computations)", verified_);
+  if (failed_ > 0) s += fmt::format(", {} failed", failed_);
+  if (samples_per_s_ > 0) s += fmt::format(" | {:.0f} samples/s", samples_per_s_);
+  s += fmt::format(" | {:.1f} min of compute", compute_s_ / 60.0);
+  return s;
+}
+
+}  // namespace gflex::app
