@@ -30,17 +30,21 @@ set_target_properties(gflex_sdk PROPERTIES
 set_target_properties(gflex_sdk gflex gflex-core gflex-node PROPERTIES
   INSTALL_RPATH_USE_LINK_PATH ON)
 
+# Each file belongs to one of the Debian packages cmake/gflex_packages.cmake makes: dev
+# (libgflex-dev), client (gflex-client), core (gflex-core), node (gflex-node).
 install(TARGETS gflex_sdk EXPORT gflexTargets
-  LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR}
+  LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR} COMPONENT dev
   INCLUDES DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
-install(TARGETS gflex gflex-core gflex-node RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
+install(TARGETS gflex RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR} COMPONENT client)
+install(TARGETS gflex-core RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR} COMPONENT core)
+install(TARGETS gflex-node RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR} COMPONENT node)
 # The public headers; <gflex/test_aids.hpp> is for the project's own tests.
 foreach(dir runtime kernels actors)
   install(DIRECTORY ${PROJECT_SOURCE_DIR}/${dir}/include/ DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}
-          FILES_MATCHING PATTERN "*.hpp" PATTERN "test_aids.hpp" EXCLUDE)
+          COMPONENT dev FILES_MATCHING PATTERN "*.hpp" PATTERN "test_aids.hpp" EXCLUDE)
 endforeach()
 install(EXPORT gflexTargets NAMESPACE gflex::
-        DESTINATION ${CMAKE_INSTALL_LIBDIR}/cmake/gflex)
+        DESTINATION ${CMAKE_INSTALL_LIBDIR}/cmake/gflex COMPONENT dev)
 configure_package_config_file(${PROJECT_SOURCE_DIR}/cmake/gflexConfig.cmake.in
   ${CMAKE_CURRENT_BINARY_DIR}/gflexConfig.cmake
   INSTALL_DESTINATION ${CMAKE_INSTALL_LIBDIR}/cmake/gflex)
@@ -48,25 +52,24 @@ write_basic_package_version_file(${CMAKE_CURRENT_BINARY_DIR}/gflexConfigVersion.
   VERSION ${PROJECT_VERSION} COMPATIBILITY SameMinorVersion)
 install(FILES ${CMAKE_CURRENT_BINARY_DIR}/gflexConfig.cmake
               ${CMAKE_CURRENT_BINARY_DIR}/gflexConfigVersion.cmake
-        DESTINATION ${CMAKE_INSTALL_LIBDIR}/cmake/gflex)
+        DESTINATION ${CMAKE_INSTALL_LIBDIR}/cmake/gflex COMPONENT dev)
 file(RELATIVE_PATH GFLEX_PC_TO_PREFIX "/p/${CMAKE_INSTALL_LIBDIR}/pkgconfig" "/p")
 configure_file(${PROJECT_SOURCE_DIR}/cmake/gflex.pc.in ${CMAKE_CURRENT_BINARY_DIR}/gflex.pc @ONLY)
-install(FILES ${CMAKE_CURRENT_BINARY_DIR}/gflex.pc DESTINATION ${CMAKE_INSTALL_LIBDIR}/pkgconfig)
+install(FILES ${CMAKE_CURRENT_BINARY_DIR}/gflex.pc DESTINATION ${CMAKE_INSTALL_LIBDIR}/pkgconfig
+        COMPONENT dev)
 target_compile_definitions(gflex_sdk PRIVATE GFLEX_VERSION="${PROJECT_VERSION}")
 
 # systemd units for the core and a node, written at install time with the prefix they are
 # installed under (`cmake --install build --prefix P` puts P/bin in their ExecStart), and
 # examples of their environment files.
-install(CODE "
-  set(GFLEX_BINDIR \"\${CMAKE_INSTALL_PREFIX}/${CMAKE_INSTALL_BINDIR}\")
-  foreach(unit gflex-core gflex-node)
-    configure_file(${PROJECT_SOURCE_DIR}/cmake/systemd/\${unit}.service.in
-                   ${CMAKE_CURRENT_BINARY_DIR}/systemd/\${unit}.service @ONLY)
-  endforeach()
-")
-install(FILES ${CMAKE_CURRENT_BINARY_DIR}/systemd/gflex-core.service
-              ${CMAKE_CURRENT_BINARY_DIR}/systemd/gflex-node.service
-        DESTINATION lib/systemd/system)
-install(FILES ${PROJECT_SOURCE_DIR}/cmake/systemd/core.env.example
-              ${PROJECT_SOURCE_DIR}/cmake/systemd/node.env.example
-        DESTINATION ${CMAKE_INSTALL_DATADIR}/gflex)
+foreach(part core node)
+  install(CODE "
+    set(GFLEX_BINDIR \"\${CMAKE_INSTALL_PREFIX}/${CMAKE_INSTALL_BINDIR}\")
+    configure_file(${PROJECT_SOURCE_DIR}/cmake/systemd/gflex-${part}.service.in
+                   ${CMAKE_CURRENT_BINARY_DIR}/systemd/gflex-${part}.service @ONLY)
+  " COMPONENT ${part})
+  install(FILES ${CMAKE_CURRENT_BINARY_DIR}/systemd/gflex-${part}.service
+          DESTINATION lib/systemd/system COMPONENT ${part})
+  install(FILES ${PROJECT_SOURCE_DIR}/cmake/systemd/${part}.env.example
+          DESTINATION ${CMAKE_INSTALL_DATADIR}/gflex COMPONENT ${part})
+endforeach()
