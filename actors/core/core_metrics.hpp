@@ -3,6 +3,7 @@
 /// The core's Prometheus metrics (served by `gflex-core --metrics-listen`): their names,
 /// help texts and label values in one place. Labels come from fixed sets only.
 
+#include <chrono>
 #include <string>
 
 #include "gflex/runtime/metrics.hpp"
@@ -67,6 +68,29 @@ inline const metrics::gauge& store_bytes() {
 inline metrics::gauge ledger_credits(const char* kind) {
   return metrics::gauge_of("gflex_core_ledger_credits", "Credits in the ledger's accounts, by kind",
                            {{"kind", kind}});
+}
+
+/// Messages a session dropped: outside its interface, forged, bare errors ("node" or
+/// "client" sessions; `gflex nodes` shows each node's own count).
+inline metrics::counter dropped_messages(const char* session) {
+  return metrics::counter_of("gflex_core_dropped_messages_total",
+                             "Messages sessions dropped (outside their interface, forged)",
+                             {{"session", session}});
+}
+
+/// Notes the calling actor's mailbox length in gflex_core_mailbox_messages{actor=role}, at
+/// most every 250 ms. CAF lets only the actor itself read its mailbox, so the busy actors
+/// call this from their busiest handler: the figure is the backlog each time they get to it.
+template <class Self>
+void note_mailbox(Self* self, const char* role) {
+  auto& st = self->state;
+  const auto now = std::chrono::steady_clock::now();
+  if (now - st.mailbox_noted < std::chrono::milliseconds(250)) return;
+  st.mailbox_noted = now;
+  metrics::gauge_of("gflex_core_mailbox_messages",
+                    "Messages waiting in the mailbox of the core's busy actors, when last seen",
+                    {{"actor", role}})
+      .set(static_cast<double>(self->mailbox().size()));
 }
 
 }  // namespace gflex::core_metrics

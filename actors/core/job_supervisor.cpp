@@ -5,6 +5,7 @@
 #include <deque>
 #include <map>
 
+#include "core_metrics.hpp"
 #include "data_catalog.hpp"
 #include "gflex/kernels/model_spec.hpp"
 #include "gflex/kernels/workload.hpp"
@@ -32,6 +33,7 @@ constexpr auto restart_window = std::chrono::seconds(60);
 using data_set_id = std::pair<std::string, std::string>;  // owner, name
 
 struct job_supervisor_state {
+  std::chrono::steady_clock::time_point mailbox_noted{};  // core_metrics::note_mailbox
   std::map<std::string, job_entry> jobs;
   /// Users' data sets: stored, and uploads in progress (in memory until their last part).
   std::map<data_set_id, data_set_info> data_sets;
@@ -231,6 +233,7 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links) {
           if (entry.actor) self->send(entry.actor, update_atom::value, role, replacement);
       },
       [=](progress_atom, job_status& s) {
+        core_metrics::note_mailbox(self, "job_supervisor");
         auto it = self->state.jobs.find(s.job_id);
         if (it == self->state.jobs.end()) return;
         if (s.owner.empty()) s.owner = it->second.status.owner;

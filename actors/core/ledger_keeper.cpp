@@ -47,6 +47,7 @@ int64_t now_ms() {
 }
 
 struct keeper_state {
+  std::chrono::steady_clock::time_point mailbox_noted{};  // core_metrics::note_mailbox
   caf::actor store;
   ledger_book book;
   std::deque<ledger_entry> recent;
@@ -281,6 +282,7 @@ caf::behavior keeper(keeper_actor* self, caf::actor store) {
       },
       [=](settle_atom, std::string& kind, std::string& memo, std::vector<posting>& postings,
           store_batch& batch) -> caf::result<caf::ok_atom> {
+        core_metrics::note_mailbox(self, "ledger");
         if (auto e = refuse_if_broken()) return *e;
         auto& st = self->state;
         ledger_entry entry;

@@ -5,6 +5,7 @@
 #include <map>
 #include <set>
 
+#include "core_metrics.hpp"
 #include "gflex/runtime/job_spec.hpp"
 #include "matcher.hpp"
 #include "messages.hpp"
@@ -31,6 +32,7 @@ clock_type::duration cooldown(int failures) {
 }
 
 struct market_state {
+  std::chrono::steady_clock::time_point mailbox_noted{};  // core_metrics::note_mailbox
   std::vector<slot_entry> slots;
   size_t cursor = 0;  // where the next acquire starts looking, for round-robin spreading
   std::set<caf::actor_addr> watched;      // jobs monitored
@@ -114,6 +116,7 @@ caf::behavior market_actor(caf::stateful_actor<market_state>* self, double newco
       },
       [=](acquire_atom, const std::string&, const std::string& workload, int64_t wanted,
           uint8_t policy, int64_t max_price, double min_reputation) -> acquire_reply {
+        core_metrics::note_mailbox(self, "market");
         auto& st = self->state;
         const auto now = clock_type::now();
         // Throughputs by what the core measured for this workload, never a claim alone.

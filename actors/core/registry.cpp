@@ -33,6 +33,7 @@ struct node_entry {
 };
 
 struct registry_state {
+  std::chrono::steady_clock::time_point mailbox_noted{};  // core_metrics::note_mailbox
   std::map<std::string, node_entry> nodes;
   uint64_t next_id = 1;
   caf::actor market;
@@ -126,6 +127,7 @@ caf::behavior registry_actor(caf::stateful_actor<registry_state>* self, caf::act
       },
       // From a session: the node it speaks for is alive.
       [=](beat_atom, const std::string& node_id, uint64_t dropped) {
+        core_metrics::note_mailbox(self, "registry");
         auto it = self->state.nodes.find(node_id);
         if (it == self->state.nodes.end()) return;
         it->second.last_seen = clock_type::now();

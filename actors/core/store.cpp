@@ -10,6 +10,7 @@ namespace gflex {
 namespace {
 
 struct store_state {
+  std::chrono::steady_clock::time_point mailbox_noted{};  // core_metrics::note_mailbox
   std::unique_ptr<store> db;
   static inline const char* name = "store";
 };
@@ -18,6 +19,7 @@ caf::behavior store_actor(caf::stateful_actor<store_state>* self, std::shared_pt
   self->state.db = std::make_unique<store>(std::move(*db));
   return {
       [=](commit_atom, const store_batch& batch) -> caf::result<caf::ok_atom> {
+        core_metrics::note_mailbox(self, "store");
         if (batch.keys.size() != batch.values.size())
           return to_caf(error(errc::invalid_argument, "store batch keys and values differ"));
         std::vector<store_write> writes;

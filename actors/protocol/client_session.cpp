@@ -3,6 +3,7 @@
 #include <spdlog/spdlog.h>
 
 #include "boundary.hpp"
+#include "core_metrics.hpp"
 
 namespace gflex {
 
@@ -23,6 +24,7 @@ using session_actor =
 void drop(session_actor* self, const char* what) {
   auto& st = self->state;
   st.dropped += 1;
+  core_metrics::dropped_messages("client").inc();
   if (st.dropped == 1 || st.dropped % 100 == 0)
     spdlog::warn("session of client {}: dropped {} ({} dropped so far)", st.principal, what,
                  st.dropped + self->refused());

@@ -9,6 +9,7 @@
 #include <map>
 
 #include "boundary.hpp"
+#include "core_metrics.hpp"
 
 namespace gflex {
 
@@ -55,6 +56,7 @@ void disconnect(session_actor* self, const std::string& why) {
 void drop(session_actor* self, const char* what) {
   auto& st = self->state;
   st.dropped += 1;
+  core_metrics::dropped_messages("node").inc();
   if (st.dropped == 1 || st.dropped % 100 == 0)
     spdlog::warn("session of node {} ({}): dropped {} ({} dropped so far)", st.who.node_id,
                  st.who.name, what, dropped_total(self));

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # The hostile-node suite: runs protocol_probe against a real core process with one honest
-# core-tier node, then checks what the core's log says of the attacks.
+# core-tier node, then checks what the core's log and metrics say of the attacks.
 source "$(dirname "$0")/lib.sh"
 port=$(free_port)
+metrics=127.0.0.1:$(free_port)
 # A small chunk budget, so that the probe's flood passes it quickly.
-start_core core "127.0.0.1:$port" "$WORK/core" --chunk-rate 4 --max-jobs-per-account 3
+start_core core "127.0.0.1:$port" "$WORK/core" --chunk-rate 4 --max-jobs-per-account 3 \
+  --metrics-listen "$metrics"
 start node "$BIN/gflex-node" --join "127.0.0.1:$port" --name honest --data-dir "$WORK/node" \
   --tier core --token "$TOKEN_core"
 wait_for 30 "the node to join" grep -q "joined the core" "$WORK/node.log"
@@ -17,6 +19,21 @@ grep -q "(rogue-size): more than 64 chunk requests waiting; disconnecting it" "$
   fail "the core did not disconnect the flooding node"
 grep -q "join token .* closed to new keys: node rogue-.* joined with it and was caught" \
   "$WORK/core.log" || fail "no caught node's token was closed"
+# The metrics count the dropped messages, and the busy actors' mailboxes were looked at.
+python3 - "http://$metrics/metrics" <<'PY' || fail "the core's metrics of the attacks"
+import sys, urllib.request
+text = urllib.request.urlopen(sys.argv[1], timeout=10).read().decode()
+values = {}
+for line in text.splitlines():
+    if line and not line.startswith("#"):
+        name, value = line.rsplit(" ", 1)
+        values[name] = float(value)
+dropped = values.get('gflex_core_dropped_messages_total{session="node"}', 0)
+assert dropped >= 1, f"{dropped} dropped node messages counted"
+for actor in ("registry", "market", "store"):
+    assert f'gflex_core_mailbox_messages{{actor="{actor}"}}' in values, "no mailbox figure for " + actor
+print(f"ok: the metrics count {dropped:.0f} dropped node messages and the busy actors' mailboxes")
+PY
 # The attacks stopped nothing: no child of the core was restarted, the core is still up.
 if grep -q "; restarting it" "$WORK/core.log"; then
   fail "a child of the core stopped: $(grep '; restarting it' "$WORK/core.log" | head -3)"
