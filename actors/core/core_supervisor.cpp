@@ -166,6 +166,7 @@ caf::actor restart_child(core_actor_type* self, const caf::actor_addr& who) {
     self->send(c.market, withdraw_atom::value);
     c.registry = spawn_registry(sys, c.market, c.data_server,
                                 registry_config_of(st.config, ++st.registry_incarnation));
+    tell(c.registry, "reputation", c.reputation);
     return c.registry;
   } else if (who == c.data_server.address()) {
     c.data_server = spawn_data_server(sys, st.catalog);
@@ -177,6 +178,7 @@ caf::actor restart_child(core_actor_type* self, const caf::actor_addr& who) {
   } else if (who == c.reputation.address()) {
     c.reputation = spawn_reputation_tracker(sys, c.store, c.market, c.gate, reputation_policy{});
     tell(c.jobs, "reputation", c.reputation);
+    tell(c.registry, "reputation", c.reputation);
     return c.reputation;
   } else if (who == c.ledger.address()) {
     c.ledger = spawn_ledger_keeper(sys, c.store);
@@ -575,6 +577,7 @@ expected<caf::actor> spawn_core(caf::actor_system& sys, const core_config& confi
   c.registry = spawn_registry(sys, c.market, c.data_server, registry_config_of(config, 0));
   c.gate = spawn_gatekeeper(sys, c.store, config.operator_key);
   c.reputation = spawn_reputation_tracker(sys, c.store, c.market, c.gate, reputation_policy{});
+  caf::anon_send(c.registry, update_atom::value, std::string("reputation"), c.reputation);
   c.verifier = spawn_verifier(sys, c.market, verifier_limits_of(config));
   c.ledger = spawn_ledger_keeper(sys, c.store);
   c.jobs = spawn_job_supervisor(sys, links_of(c, catalog, config));

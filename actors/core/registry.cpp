@@ -38,6 +38,7 @@ struct registry_state {
   uint64_t next_id = 1;
   caf::actor market;
   caf::actor data_server;
+  caf::actor reputation;                   // told by the core supervisor (update_atom "reputation")
   std::map<std::string, int> per_address;  // live sessions per address
   static inline const char* name = "registry";
 };
@@ -133,6 +134,15 @@ caf::behavior registry_actor(caf::stateful_actor<registry_state>* self, caf::act
         it->second.last_seen = clock_type::now();
         it->second.dropped = dropped;
       },
+      // From a session: what its node has earned, from the reputation tracker's record.
+      [=](earned_atom, const std::string& name) -> caf::result<int64_t> {
+        if (!self->state.reputation) return int64_t{0};
+        auto rp = self->make_response_promise<int64_t>();
+        self->request(self->state.reputation, std::chrono::seconds(10), earned_atom::value, name)
+            .then([=](int64_t micro) mutable { rp.deliver(micro); },
+                  [=](caf::error& e) mutable { rp.deliver(std::move(e)); });
+        return rp;
+      },
       [=](tick_atom) {
         auto now = clock_type::now();
         std::vector<std::string> expired;
@@ -156,6 +166,8 @@ caf::behavior registry_actor(caf::stateful_actor<registry_state>* self, caf::act
                   {w, id, node.name, node.tier, node.price, node.throughput, node.public_key});
             self->send(st.market, offer_atom::value, id, std::move(slots));
           }
+        } else if (role == "reputation") {
+          st.reputation = replacement;
         } else if (role == "data_server") {
           st.data_server = replacement;
           for (const auto& [id, node] : st.nodes)

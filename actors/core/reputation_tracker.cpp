@@ -142,6 +142,11 @@ caf::behavior tracker(tracker_actor* self, caf::actor store, caf::actor market, 
         changed(self, name, true);
       },
       [=](tick_atom) { flush(self); },
+      // What a node has been paid for validated results (0 for a name with no record).
+      [=](earned_atom, const std::string& name) -> int64_t {
+        auto it = self->state.records.find(name);
+        return it == self->state.records.end() ? 0 : it->second.earned;
+      },
       [=](nodes_atom) -> std::vector<node_status> {
         std::vector<node_status> out;
         for (const auto& [name, r] : self->state.records) {

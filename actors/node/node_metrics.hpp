@@ -35,6 +35,14 @@ inline const metrics::counter& compute_seconds() {
   return c;
 }
 
+/// What the core has paid this node for validated results, in credits (it asks about every
+/// 5 s while connected).
+inline const metrics::gauge& credits_earned() {
+  static const auto g = metrics::gauge_of(
+      "gflex_node_credits_earned", "Credits the core has paid this node for validated results");
+  return g;
+}
+
 /// Payload bytes: "in" (data chunks fetched, parameters) and "out" (updates sent).
 inline metrics::counter bytes(const char* direction, const char* kind) {
   return metrics::counter_of("gflex_node_payload_bytes_total",

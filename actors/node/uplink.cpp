@@ -1,5 +1,7 @@
 #include "uplink.hpp"
 
+#include "node_metrics.hpp"
+
 #include <sodium.h>
 #include <spdlog/spdlog.h>
 #include <caf/io/middleman.hpp>
@@ -25,6 +27,7 @@ struct uplink_state {
   std::string node_id;
   uint32_t heartbeat_ms = 1000;
   uint64_t generation = 0;  // bumped per connection; stale heartbeat timers carry old ones
+  uint64_t ticks = 0;       // heartbeats sent
   int attempt = 0;
   bool leaving = false;  // said bye: no more heartbeats, no rejoining
   static inline const char* name = "uplink";
@@ -168,6 +171,23 @@ caf::behavior uplink_behavior(uplink_actor* self, uplink_config config, caf::act
         auto& st = self->state;
         if (generation != st.generation || !st.session) return;
         self->send(st.session, beat_atom::value);
+        // About every 5 s: what the core has paid this node so far.
+        st.ticks += 1;
+        if ((st.ticks - 1) % std::max<uint64_t>(1, 5000 / st.heartbeat_ms) == 0)
+          self->request(st.session, std::chrono::seconds(15), earned_atom::value)
+              .then(
+                  [=](int64_t micro) {
+                    node_metrics::credits_earned().set(static_cast<double>(micro) / 1e6);
+                    auto& st = self->state;
+                    if (st.config.on_activity) {
+                      node_activity n;
+                      n.what = node_activity::kind::earned;
+                      n.node_id = st.node_id;
+                      n.earned = micro;
+                      st.config.on_activity(n);
+                    }
+                  },
+                  [](caf::error&) {});  // asked again in 5 s
         self->delayed_send(self, std::chrono::milliseconds(st.heartbeat_ms), tick_atom::value,
                            generation);
       },

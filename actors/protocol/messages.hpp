@@ -68,6 +68,7 @@ using rate_atom = caf::atom_constant<caf::atom("rate")>;       ///< session -> m
 using dpush_atom = caf::atom_constant<caf::atom("dpush")>;     ///< client -> core: data upload
 using dlist_atom = caf::atom_constant<caf::atom("dlist")>;     ///< client -> core: data sets
 using drm_atom = caf::atom_constant<caf::atom("drm")>;         ///< client -> core: remove one
+using earned_atom = caf::atom_constant<caf::atom("earned")>;   ///< node -> session: its credits
 
 // -- messages -----------------------------------------------------------------------------------
 
@@ -131,9 +132,12 @@ struct assignment_result {
 /// - (beat_atom): renews the node's lease.
 /// - (bye_atom): the node leaves; the session ends.
 /// - (chunk_atom, digest) -> bytes: a data chunk, within the session's request bounds.
+/// - (earned_atom) -> micro-credits: what the node has been paid for validated results so far
+///   (looked up at most every 2 s; asked more often, the session answers what it last saw).
 using node_session_actor =
     caf::typed_actor<caf::reacts_to<beat_atom>, caf::reacts_to<bye_atom>,
-                     caf::replies_to<chunk_atom, std::string>::with<std::vector<uint8_t>>>;
+                     caf::replies_to<chunk_atom, std::string>::with<std::vector<uint8_t>>,
+                     caf::replies_to<earned_atom>::with<int64_t>>;
 
 /// What the core's own actors send to a session (refused from any other process):
 /// - (assign_atom, worker index, assignment) -> assignment_result: the session sends it to the

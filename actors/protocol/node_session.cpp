@@ -27,6 +27,10 @@ struct session_state {
   session_limits limits;
   node_uplink_actor uplink;
   caf::actor registry, data_server;
+  // The node's earnings as last looked up, and when (a node asking often gets these).
+  int64_t earned = 0;
+  clock_type::time_point earned_at{};
+  bool asking_earned = false;
   std::map<uint64_t, clock_type::time_point> in_flight;  // assignment id -> sent at
   std::deque<chunk_request> chunk_queue;
   uint32_t chunks_serving = 0;
@@ -174,6 +178,26 @@ node_session_internal::behavior_type session_behavior(session_actor* self, sessi
       [=](beat_atom) {
         auto& st = self->state;
         caf::anon_send(st.registry, beat_atom::value, st.who.node_id, dropped_total(self));
+      },
+      [=](earned_atom) -> caf::result<int64_t> {
+        auto& st = self->state;
+        const auto now = clock_type::now();
+        if (st.asking_earned || now - st.earned_at < std::chrono::seconds(2)) return st.earned;
+        st.asking_earned = true;
+        st.earned_at = now;
+        auto rp = self->make_response_promise<int64_t>();
+        self->request(st.registry, std::chrono::seconds(10), earned_atom::value, st.who.name)
+            .then(
+                [=](int64_t micro) mutable {
+                  self->state.earned = micro;
+                  self->state.asking_earned = false;
+                  rp.deliver(micro);
+                },
+                [=](caf::error&) mutable {
+                  self->state.asking_earned = false;
+                  rp.deliver(self->state.earned);
+                });
+        return rp;
       },
       [=](bye_atom) {
         spdlog::info("node {} ({}) said bye", self->state.who.node_id, self->state.who.name);

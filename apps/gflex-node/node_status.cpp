@@ -2,6 +2,8 @@
 
 #include <spdlog/spdlog.h>
 
+#include "gflex/runtime/credits.hpp"
+
 #include <chrono>
 #include <cstdio>
 
@@ -53,6 +55,11 @@ void node_status::on_activity(const node_activity& a) {
                          ? fmt::format(": {:.0f} samples/s, {:.2f} s", a.samples_per_s, a.compute_s)
                          : std::string());
       break;
+    case kind::earned:
+      if (!line_ && a.earned != earned_)
+        spdlog::info("earned {} credits so far", format_credits(a.earned));
+      earned_ = a.earned;
+      break;
     case kind::stopping:
       break;
   }
@@ -60,12 +67,14 @@ void node_status::on_activity(const node_activity& a) {
 
 std::string node_status::line() const {
   std::lock_guard<std::mutex> lock(m_);
+  // The facts that matter most first: a narrow terminal cuts the end of the line.
   std::string s = name_;
   s += connected_ ? " | connected as " + node_id_ : " | connecting to the core";
   if (busy_ > 0)
     s += fmt::format(" | working on {} round {} ({}/{} workers)", job_, round_, busy_, workers_);
   else
     s += " | idle";
+  s += " | earned " + format_credits(earned_) + " credits";
   s += fmt::format(" | assignments: {} done", done_);
   if (verified_ > 0) s += fmt::format(" ({} re-computations)", verified_);
   if (failed_ > 0) s += fmt::format(", {} failed", failed_);

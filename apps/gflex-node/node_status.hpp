@@ -1,8 +1,8 @@
 #pragma once
 /// @file
 /// What gflex-node shows of its work: on a terminal, a status line (connected, the job and
-/// round being computed, assignments done, samples/s, compute time) redrawn every second
-/// under the logs; otherwise, a plain log line per assignment ended.
+/// round being computed, assignments done, samples/s, compute time, credits earned) redrawn every
+/// second under the logs; otherwise, a plain log line per assignment ended.
 
 #include <memory>
 #include <mutex>
@@ -33,6 +33,7 @@ class node_status {
   int64_t round_ = 0;
   uint64_t done_ = 0, failed_ = 0, verified_ = 0;
   double samples_per_s_ = 0.0, compute_s_ = 0.0;
+  int64_t earned_ = 0;                 // micro-credits, as the core last said
   std::unique_ptr<status_line> line_;  // null when stderr is not a terminal
 };
 

@@ -17,7 +17,7 @@ dash=127.0.0.1:$(free_port)
 CORE_ARGS="--http-listen $dash" NODE_ARGS_1="--price 10" start_cluster 1
 # node2 runs on a terminal (script(1) gives it one): it draws its status line there, while
 # node1, whose output is a file, logs a plain line per assignment.
-start node2_tty script -qfec "$BIN/gflex-node --join $core --name node2 --data-dir $WORK/node2 \
+start node2_tty script -qfec "stty cols 200; exec $BIN/gflex-node --join $core --name node2 --data-dir $WORK/node2 \
   --tier core --token $TOKEN_core --price 10" "$WORK/node2.tty"
 wait_for 30 "2 nodes to join" bash -c "[ \$('$BIN/gflex' nodes --core $core | wc -l) -eq 2 ]"
 PIDS+=($(pgrep -P "$PID_node2_tty" || true))  # the node itself, killed by pid at the end
@@ -45,11 +45,13 @@ timeout -s KILL 240 env GFLEX_API_KEY="$ALICE" "$G" submit "$WORK/job.toml" --co
 job=$(json_get "$WORK/summary.json" "j['job_id']")
 
 # The node on a terminal drew its status line; the other logged its assignments plainly.
-sleep 1.5  # one more redraw of the status line after the last assignment
-tr '\r' '\n' <"$WORK/node2.tty" | grep -a "node2 | connected as .* | assignments: [1-9][0-9]* done" \
+sleep 5  # the node asks the core what it has earned about every 5 s
+tr '\r' '\n' <"$WORK/node2.tty" |
+  grep -a "node2 | connected as .* | earned 0\.0*[1-9][0-9]* credits | assignments: [1-9][0-9]* done" \
   >/dev/null && echo "ok: node2's status line on its terminal" ||
   fail "node2's terminal lacks its status line: $(tr '\r' '\n' <"$WORK/node2.tty" | tail -2)"
 grep -q "computed $job round 1: [0-9]* samples/s" "$WORK/node1.log" &&
+  grep -q "earned 0\.0*[1-9][0-9]* credits so far" "$WORK/node1.log" &&
   ! grep -q "assignments: " "$WORK/node1.log" && echo "ok: node1 logs its assignments plainly" ||
   fail "node1's log: $(tail -2 "$WORK/node1.log")"
 

@@ -67,6 +67,7 @@ need(core, 'gflex_core_ledger_credits{kind="escrow"}', lambda v: v == 0, "nothin
 need(node, 'gflex_node_assignments_total{outcome="done"}', lambda v: v >= 1, "work done")
 need(node, "gflex_node_step_duration_seconds_count", lambda v: v >= 1, "steps timed")
 need(node, "gflex_node_samples_per_second", lambda v: v > 0, "a rate")
+need(node, "gflex_node_credits_earned", lambda v: v == 0, "nothing paid for an unmetered job")
 done = int(node['gflex_node_assignments_total{outcome="done"}'])
 rounds = int(core["gflex_core_rounds_committed_total"])
 print(f"ok: metrics: the core counted {rounds} rounds, node1 {done} assignments done")

@@ -16,6 +16,7 @@ struct node_activity {
     started,   ///< A worker took an assignment: `job_id`, `round`, `verify`.
     done,      ///< ... and sent its result: also `samples_per_s`, `compute_s`.
     failed,    ///< ... or could not compute it (it goes back to its job).
+    earned,    ///< The core says what it has paid the node so far: `earned`.
     stopping,  ///< The node stops (run_node ends the process right after).
   };
   kind what = kind::joined;
@@ -25,6 +26,7 @@ struct node_activity {
   bool verify = false;  ///< A re-computation of another node's result.
   double samples_per_s = 0.0;
   double compute_s = 0.0;
+  int64_t earned = 0;  ///< Micro-credits.
 };
 
 }  // namespace gflex
