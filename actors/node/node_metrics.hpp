@@ -3,6 +3,8 @@
 /// A node's Prometheus metrics (served by `gflex-node --metrics-listen`): names, help texts
 /// and label values in one place. No label takes a job id or a node name.
 
+#include <string>
+
 #include "gflex/runtime/metrics.hpp"
 
 namespace gflex::node_metrics {
@@ -41,6 +43,21 @@ inline const metrics::gauge& credits_earned() {
   static const auto g = metrics::gauge_of(
       "gflex_node_credits_earned", "Credits the core has paid this node for validated results");
   return g;
+}
+
+/// A GPU's memory (NVML), by `what`: "total", "used" (by every process on the device) and
+/// "ours" (held by this node's backends). `gpu` is its CUDA ordinal.
+inline metrics::gauge gpu_memory_bytes(const std::string& gpu, const char* what) {
+  return metrics::gauge_of("gflex_node_gpu_memory_bytes", "GPU memory: total, used, ours",
+                           {{"gpu", gpu}, {"what", what}});
+}
+
+/// Share of NVML's last sample period a GPU was busy, by `what`: "compute" (a kernel ran)
+/// or "memory" (device memory was read or written).
+inline metrics::gauge gpu_utilization(const std::string& gpu, const char* what) {
+  return metrics::gauge_of("gflex_node_gpu_utilization_ratio",
+                           "Share of the last sample period a GPU computed or moved memory",
+                           {{"gpu", gpu}, {"what", what}});
 }
 
 /// Payload bytes: "in" (data chunks fetched, parameters) and "out" (updates sent).

@@ -9,6 +9,7 @@
 
 #include <map>
 
+#include "gflex/kernels/devices.hpp"
 #include "messages.hpp"
 
 namespace gflex {
@@ -26,8 +27,9 @@ struct uplink_state {
   caf::actor owner;
   std::string node_id;
   uint32_t heartbeat_ms = 1000;
-  uint64_t generation = 0;  // bumped per connection; stale heartbeat timers carry old ones
-  uint64_t ticks = 0;       // heartbeats sent
+  uint64_t generation = 0;        // bumped per connection; stale heartbeat timers carry old ones
+  uint64_t ticks = 0;             // heartbeats sent
+  bool gpu_sampling_off = false;  // NVML could not serve; said once
   int attempt = 0;
   bool leaving = false;  // said bye: no more heartbeats, no rejoining
   static inline const char* name = "uplink";
@@ -36,6 +38,29 @@ struct uplink_state {
 using uplink_actor = caf::stateful_actor<uplink_state>;
 
 void connect(uplink_actor* self);
+
+// The GPUs' memory and utilisation into the node's metrics (NVML). Where NVML cannot serve,
+// it says why once and the GPU gauges are left out rather than made up.
+void sample_gpus(uplink_actor* self) {
+  auto& st = self->state;
+  if (st.config.gpus.empty() || st.gpu_sampling_off) return;
+  std::vector<int> ordinals;
+  for (const auto& g : st.config.gpus) ordinals.push_back(g.ordinal);
+  auto samples = kernels::sample_gpus(ordinals);
+  if (!samples) {
+    spdlog::info("GPU metrics are off: {}", samples.error().message());
+    st.gpu_sampling_off = true;
+    return;
+  }
+  for (const auto& s : *samples) {
+    const std::string gpu = std::to_string(s.ordinal);
+    node_metrics::gpu_memory_bytes(gpu, "total").set(static_cast<double>(s.memory_total));
+    node_metrics::gpu_memory_bytes(gpu, "used").set(static_cast<double>(s.memory_used));
+    node_metrics::gpu_memory_bytes(gpu, "ours").set(static_cast<double>(s.memory_ours));
+    node_metrics::gpu_utilization(gpu, "compute").set(s.utilization);
+    node_metrics::gpu_utilization(gpu, "memory").set(s.memory_activity);
+  }
+}
 
 void retry_later(uplink_actor* self) {
   auto& st = self->state;
@@ -171,9 +196,11 @@ caf::behavior uplink_behavior(uplink_actor* self, uplink_config config, caf::act
         auto& st = self->state;
         if (generation != st.generation || !st.session) return;
         self->send(st.session, beat_atom::value);
-        // About every 5 s: what the core has paid this node so far.
+        // About every 5 s: the GPUs' state, and what the core has paid this node so far.
         st.ticks += 1;
-        if ((st.ticks - 1) % std::max<uint64_t>(1, 5000 / st.heartbeat_ms) == 0)
+        const bool every_5s = (st.ticks - 1) % std::max<uint64_t>(1, 5000 / st.heartbeat_ms) == 0;
+        if (every_5s) sample_gpus(self);
+        if (every_5s)
           self->request(st.session, std::chrono::seconds(15), earned_atom::value)
               .then(
                   [=](int64_t micro) {

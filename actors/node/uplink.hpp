@@ -33,7 +33,9 @@ namespace gflex {
 struct uplink_config {
   std::string name;
   std::string device;
-  std::vector<gpu_status> gpus;  ///< Advertised to the core with the hello.
+  /// Advertised to the core with the hello, and sampled into the node's metrics about every
+  /// 5 s (NVML) while the node runs.
+  std::vector<gpu_status> gpus;
   uint32_t protocol = 0;
   std::string host;  ///< Empty when `core` is given (embedded: no sockets).
   uint16_t port = 0;

@@ -19,6 +19,7 @@
 #include <array>
 #include <atomic>
 #include <cstdint>
+#include <cstdio>
 #include <string>
 #include <vector>
 
@@ -114,6 +115,10 @@ std::vector<gpu_info> cuda_devices(std::string* why_none) {
     info.cc_minor = prop.minor;
     info.memory_bytes = prop.totalGlobalMem;
     info.sm_count = prop.multiProcessorCount;
+    char bus[32];
+    std::snprintf(bus, sizeof bus, "%04x:%02x:%02x.0", static_cast<unsigned>(prop.pciDomainID),
+                  static_cast<unsigned>(prop.pciBusID), static_cast<unsigned>(prop.pciDeviceID));
+    info.pci_bus_id = bus;
     devices.push_back(std::move(info));
   }
   if (devices.empty() && why_none != nullptr) {

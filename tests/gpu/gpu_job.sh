@@ -47,8 +47,9 @@ export GFLEX_API_KEY
 pids+=($!)
 wait_for 30 "the core to listen" grep -q "core listening" "$work/core.log" || exit 1
 token=$("$bin/gflex-core" token create --tier core --core "$core") || { fail "token"; exit 1; }
+metrics=127.0.0.1:$((20000 + RANDOM % 30000))
 "$bin/gflex-node" --join "$core" --name gpu-node --tier core --token "$token" \
-  --data-dir "$work/node" >"$work/node.log" 2>&1 &
+  --data-dir "$work/node" --metrics-listen "$metrics" >"$work/node.log" 2>&1 &
 pids+=($!)
 wait_for 120 "the node to join" bash -c "'$bin/gflex' nodes --core $core | grep -q gpu-node" || exit 1
 "$bin/gflex" nodes --core "$core"
@@ -71,5 +72,21 @@ assert j["state"] == "done" and j["test_accuracy"] >= minimum, j
 PY
 done
 grep -q "failed on the device" "$work/node.log" && fail "an assignment failed on the device"
+# The node's metrics carry its GPUs' memory and utilisation (NVML, sampled every 5 s).
+sleep 6
+python3 - "http://$metrics/metrics" <<'PY' || fail "the node's GPU metrics: $(grep 'GPU metrics' "$work/node.log")"
+import sys, urllib.request
+text = urllib.request.urlopen(sys.argv[1], timeout=10).read().decode()
+values = {}
+for line in text.splitlines():
+    if line and not line.startswith("#"):
+        name, value = line.rsplit(" ", 1)
+        values[name] = float(value)
+total = values['gflex_node_gpu_memory_bytes{gpu="0",what="total"}']
+ours = values['gflex_node_gpu_memory_bytes{gpu="0",what="ours"}']
+util = values['gflex_node_gpu_utilization_ratio{gpu="0",what="compute"}']
+assert total > 0 and 0 <= ours <= total and 0 <= util <= 1, (total, ours, util)
+print(f"ok: GPU 0 metrics: {total / 2**30:.1f} GiB, {ours / 2**20:.0f} MiB ours, {util:.0%} busy")
+PY
 ((failures == 0)) && echo "ok: the GPU node trained fashion-mlp and fashion-cnn as part of jobs"
 exit $((failures > 0))

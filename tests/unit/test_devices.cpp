@@ -62,6 +62,35 @@ TEST_SUITE("devices") {
     CHECK(cal.error().code() == errc::no_device);
   }
 
+  TEST_CASE("GPU samples (NVML): real figures on a GPU, a reason and no figures without") {
+    auto devices = cuda_devices();
+    auto samples = sample_gpus({0});
+    if (devices.empty()) {
+      MESSAGE("skipped the figures: no CUDA device here");
+      REQUIRE_FALSE(samples.has_value());
+      CHECK(samples.error().code() == errc::no_device);
+      CHECK_FALSE(samples.error().message().empty());
+      return;
+    }
+    REQUIRE_MESSAGE(samples.has_value(), samples.error().message());
+    REQUIRE(samples->size() == 1);
+    const auto& s = samples->front();
+    CHECK(s.ordinal == 0);
+    // NVML's total and CUDA's agree within what the driver reserves for itself.
+    const double ratio =
+        static_cast<double>(s.memory_total) / static_cast<double>(devices[0].memory_bytes);
+    CHECK(ratio > 0.95);
+    CHECK(ratio < 1.05);
+    CHECK(s.memory_used <= s.memory_total);
+    CHECK(s.utilization >= 0.0);
+    CHECK(s.utilization <= 1.0);
+    CHECK(s.memory_activity >= 0.0);
+    CHECK(s.memory_activity <= 1.0);
+    auto missing = sample_gpus({static_cast<int>(devices.size())});
+    REQUIRE_FALSE(missing.has_value());
+    CHECK(missing.error().code() == errc::no_device);
+  }
+
   TEST_CASE("conv2d geometry validity") {
     conv2d_geometry g{2, 28, 28, 1, 32, 3, 3, 1, 1};
     CHECK(g.valid());

@@ -20,6 +20,7 @@ struct gpu_info {
   int cc_minor = 0;
   uint64_t memory_bytes = 0;  ///< Total device memory.
   int sm_count = 0;           ///< Streaming multiprocessors.
+  std::string pci_bus_id;     ///< "0000:3b:00.0": how NVML finds the same device.
 };
 
 /// The usable CUDA devices, in ordinal order; empty where this build has no CUDA backend or
@@ -46,6 +47,22 @@ void set_cuda_memory_limit(int ordinal, uint64_t bytes);
 
 /// Bytes the backends of this process hold on device `ordinal` now.
 uint64_t cuda_memory_in_use(int ordinal);
+
+/// A device's state now, for a node's metrics.
+struct gpu_sample {
+  int ordinal = 0;
+  uint64_t memory_total = 0;      ///< Bytes.
+  uint64_t memory_used = 0;       ///< Bytes used on the device by every process (NVML).
+  uint64_t memory_ours = 0;       ///< Bytes this process's backends hold (cuda_memory_in_use).
+  double utilization = -1.0;      ///< Share of the last sample period a kernel ran, [0, 1].
+  double memory_activity = -1.0;  ///< Share of it device memory was read or written, [0, 1].
+};
+
+/// Samples devices `ordinals` through NVML, the driver's management library (loaded at run
+/// time: it ships with the driver, not the toolkit). errc::no_device, saying why, where this
+/// build has no CUDA, there is no such device, or NVML is missing or fails; the samples then
+/// are not made up.
+expected<std::vector<gpu_sample>> sample_gpus(const std::vector<int>& ordinals);
 
 /// Parses a --gpus list ("0,2"): distinct ordinals, each below `count`; an empty string
 /// means every device. Errors name the bad entry and the devices there are.
