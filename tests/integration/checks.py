@@ -15,3 +15,20 @@ def check(cond, what):
 def finish():
     """Exits 0 if every check passed, 1 otherwise."""
     sys.exit(0 if _ok else 1)
+
+
+def metrics_values(text):
+    """A Prometheus text exposition as {'name{labels}': value}."""
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            out[name] = float(value)
+    return out
+
+
+def fetch_metrics(address):
+    """GET http://ADDRESS/metrics, parsed by metrics_values."""
+    import urllib.request
+    url = "http://" + address + "/metrics"
+    return metrics_values(urllib.request.urlopen(url, timeout=10).read().decode())

@@ -40,15 +40,10 @@ metrics() {
 metrics "$core_metrics" "$WORK/core.prom"
 metrics "$node_metrics" "$WORK/node.prom"
 python3 - "$WORK/core.prom" "$WORK/node.prom" <<'PY' || fail "metrics values"
-import re, sys
-def values(path):
-    out = {}
-    for line in open(path):
-        if line.startswith("#") or not line.strip():
-            continue
-        name, value = line.rsplit(" ", 1)
-        out[name] = float(value)
-    return out
+import os, sys
+sys.path.insert(0, os.environ["SRC"] + "/tests/integration")
+from checks import metrics_values
+values = lambda path: metrics_values(open(path).read())
 core, node = values(sys.argv[1]), values(sys.argv[2])
 def need(d, k, cond, what):
     assert k in d, f"no {k}"

@@ -20,14 +20,11 @@ grep -q "(rogue-size): more than 64 chunk requests waiting; disconnecting it" "$
 grep -q "join token .* closed to new keys: node rogue-.* joined with it and was caught" \
   "$WORK/core.log" || fail "no caught node's token was closed"
 # The metrics count the dropped messages, and the busy actors' mailboxes were looked at.
-python3 - "http://$metrics/metrics" <<'PY' || fail "the core's metrics of the attacks"
-import sys, urllib.request
-text = urllib.request.urlopen(sys.argv[1], timeout=10).read().decode()
-values = {}
-for line in text.splitlines():
-    if line and not line.startswith("#"):
-        name, value = line.rsplit(" ", 1)
-        values[name] = float(value)
+python3 - "$metrics" <<'PY' || fail "the core's metrics of the attacks"
+import os, sys
+sys.path.insert(0, os.environ["SRC"] + "/tests/integration")
+from checks import fetch_metrics
+values = fetch_metrics(sys.argv[1])
 dropped = values.get('gflex_core_dropped_messages_total{session="node"}', 0)
 assert dropped >= 1, f"{dropped} dropped node messages counted"
 for actor in ("registry", "market", "store"):
