@@ -111,6 +111,12 @@ python3 -c "import json,sys; j=json.load(open(sys.argv[1])); assert sorted(n['na
 expect_status "the operator: the ledger" /api/ledger "$OP" 200
 python3 -c "import json,sys; j=json.load(open(sys.argv[1])); assert j['verify']['ok'] and {'platform', 'user/alice'} <= {a['id'] for a in j['accounts']}, j" \
   "$WORK/answer.json" || fail "the operator's ledger view"
+# The whole ledger's check runs at most once a minute, however often pages ask.
+sleep 1.2
+expect_status "the operator: the ledger again" /api/ledger "$OP" 200
+python3 -c "import json,sys; j=json.load(open(sys.argv[1])); assert j['verify']['ok'] and 1.0 <= j['verify_age_s'] < 60, j['verify_age_s']" \
+  "$WORK/answer.json" && echo "ok: the ledger's check was not run again within the minute" ||
+  fail "the ledger's check ran again: $(head -c 300 "$WORK/answer.json")"
 
 # -- the page in a real browser ---------------------------------------------------------------
 browser=$(command -v chromium || command -v chromium-browser || true)
