@@ -126,9 +126,8 @@ class dashboard final : public core_service {
     answer(res, out);
   }
 
-  // The ledger's check re-reads and re-hashes the whole ledger: however many pages poll, the
-  // core runs it at most once a minute, and the pages show when it ran.
-  // The report and its age in seconds.
+  // The ledger's check and its age in seconds. The check re-reads and re-hashes the whole
+  // ledger: however many pages poll, the core runs it at most once a minute.
   expected<std::pair<ledger_report, double>> verified_ledger(client& c) {
     std::lock_guard<std::mutex> lock(verify_m_);
     const auto now = clock_type::now();
