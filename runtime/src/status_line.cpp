@@ -69,7 +69,6 @@ struct status_line::impl {
   std::function<std::string()> text;
   std::chrono::milliseconds period;
   std::shared_ptr<under_status_sink> sink;
-  std::vector<spdlog::sink_ptr> before;  // the logger's sinks, given back at the end
   std::mutex m;
   std::condition_variable wake;
   bool stopping = false;
@@ -83,8 +82,7 @@ std::unique_ptr<status_line> status_line::start(std::function<std::string()> tex
   p->text = std::move(text);
   p->period = period;
   auto logger = spdlog::default_logger();
-  p->before = logger->sinks();
-  p->sink = std::make_shared<under_status_sink>(p->before);
+  p->sink = std::make_shared<under_status_sink>(logger->sinks());
   logger->sinks() = {p->sink};
   // The drawing thread takes no signals: the program waits for SIGINT and SIGTERM itself.
   sigset_t all, previous;
@@ -112,8 +110,9 @@ status_line::~status_line() {
   }
   impl_->wake.notify_all();
   impl_->loop.join();
+  // The sink stays in front of the logger's own (with no line to draw it only passes lines
+  // through): swapping the logger's sinks back while other threads may log would race.
   impl_->sink->clear();
-  spdlog::default_logger()->sinks() = impl_->before;
 }
 
 }  // namespace gflex
