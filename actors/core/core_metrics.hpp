@@ -81,6 +81,9 @@ inline metrics::counter dropped_messages(const char* session) {
 /// Notes the calling actor's mailbox length in gflex_core_mailbox_messages{actor=role}, at
 /// most every 250 ms. CAF lets only the actor itself read its mailbox, so the busy actors
 /// call this from their busiest handler: the figure is the backlog each time they get to it.
+/// It counts the messages the actor has taken in and not yet handled, read without changing
+/// the queue (mailbox().size() would move new messages in, which corrupts the queue CAF is
+/// iterating while a handler runs); those that arrived since are counted next time.
 template <class Self>
 void note_mailbox(Self* self, const char* role) {
   auto& st = self->state;
@@ -90,7 +93,7 @@ void note_mailbox(Self* self, const char* role) {
   metrics::gauge_of("gflex_core_mailbox_messages",
                     "Messages waiting in the mailbox of the core's busy actors, when last seen",
                     {{"actor", role}})
-      .set(static_cast<double>(self->mailbox().size()));
+      .set(static_cast<double>(self->mailbox().queue().total_task_size()));
 }
 
 }  // namespace gflex::core_metrics
