@@ -58,17 +58,23 @@ struct pipe_item {
 };
 
 /// An item for another process: its producer's codec encoded it.
+struct pipe_ack {
+  int consumer = 0;    ///< The consumer's instance.
+  uint64_t epoch = 0;  ///< The producer epoch the item was sent under.
+  uint64_t seq = 0;
+};
+
 struct pipe_wire_item {
   int producer = 0;
   uint64_t epoch = 0;
   uint64_t seq = 0;
   std::string bytes;
-};
-
-struct pipe_ack {
-  int consumer = 0;    ///< The consumer's instance.
-  uint64_t epoch = 0;  ///< The producer epoch the item was sent under.
-  uint64_t seq = 0;
+  /// Acknowledgements the sender owes for the inputs that made this item, which the receiver
+  /// delivers (acks[i] to ack_to[i]) before it takes the item. Item and acks cross in one
+  /// message: a process killed between two messages could otherwise leave the item delivered
+  /// and its input unacknowledged, and the input, replayed, would arrive twice.
+  std::vector<caf::actor> ack_to;
+  std::vector<pipe_ack> acks;
 };
 
 struct pipe_end {
@@ -120,7 +126,8 @@ struct pipe_stat {
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, pipe_wire_item& x) {
-  return f(caf::meta::type_name("gflex_pipe_wire_item"), x.producer, x.epoch, x.seq, x.bytes);
+  return f(caf::meta::type_name("gflex_pipe_wire_item"), x.producer, x.epoch, x.seq, x.bytes,
+           x.ack_to, x.acks);
 }
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, pipe_ack& x) {
@@ -341,13 +348,24 @@ void process_inbox(stage_actor* self);
 void maybe_finish(stage_actor* self);
 
 /// Sends an item to a consumer instance: as the object in this process, encoded otherwise.
-void send_item(stage_actor* self, const caf::actor& to, const input_ref& ref, item value) {
-  if (elsewhere(self, to))
-    self->send(
-        to, pwitem_atom::value,
-        pipe_wire_item{ref.producer, ref.epoch, ref.seq, self->state.init.def->encode(value)});
-  else
+/// Going to another process, it carries the acknowledgements of `finished` (the inputs it
+/// completes), which are then cleared; in this process the two cannot be separated.
+void send_item(stage_actor* self, const caf::actor& to, const input_ref& ref, item value,
+               std::vector<pipe_item>* finished = nullptr) {
+  if (elsewhere(self, to)) {
+    pipe_wire_item w{ref.producer, ref.epoch, ref.seq, self->state.init.def->encode(value), {}, {}};
+    if (finished != nullptr) {
+      for (const auto& in : *finished)
+        if (in.from.sender) {
+          w.ack_to.push_back(in.from.sender);
+          w.acks.push_back(pipe_ack{self->state.init.instance, in.from.epoch, in.from.seq});
+        }
+      finished->clear();
+    }
+    self->send(to, pwitem_atom::value, std::move(w));
+  } else {
     self->send(to, pitem_atom::value, pipe_item{ref, std::move(value)});
+  }
 }
 
 /// A worker process's instance tells the coordinator what it counted since its last report.
@@ -390,8 +408,10 @@ void flush(stage_actor* self) {
     slot->unfinished.emplace(seq, value);
     st.init.counters->raise_peak(static_cast<int64_t>(slot->unfinished.size()));
     ++st.init.counters->out;
+    // The last item of the outbox finishes its inputs: to another process it takes their
+    // acknowledgements along.
     send_item(self, slot->actor, input_ref{st.init.instance, st.init.epoch, seq, {}},
-              std::move(value));
+              std::move(value), st.outbox.empty() ? &st.finished_on_sent : nullptr);
   }
   for (const auto& in : st.finished_on_sent) ack(self, in.from);
   st.finished_on_sent.clear();
@@ -593,6 +613,11 @@ caf::behavior stage_behavior(stage_actor* self, stage_init init) {
         const int input = st.init.def->input;
         if (input < 0 || !(*st.init.defs)[static_cast<size_t>(input)].decode) return;
         ++st.init.counters->in;
+        // The producer's acknowledgements of what made this item go on first (see
+        // pipe_wire_item).
+        if (w.ack_to.size() == w.acks.size())
+          for (size_t i = 0; i < w.acks.size(); ++i)
+            if (w.ack_to[i]) self->send(w.ack_to[i], pack_atom::value, w.acks[i]);
         guarded(self, [&] {
           st.inbox.push_back(
               pipe_item{input_ref{w.producer, w.epoch, w.seq,
