@@ -10,7 +10,7 @@
 #include "gflex/gflex.hpp"
 #include "gflex/kernels/blas_kernels.hpp"
 #include "gflex/test_aids.hpp"
-#include "node_status.hpp"
+#include "node_progress.hpp"
 
 int main(int argc, char** argv) {
   gflex::kernels::use_best_blas_kernels(argv);
@@ -90,8 +90,8 @@ int main(int argc, char** argv) {
   auto address = gflex::app::start_daemon("gflex-node", log_level, join, "--join");
   if (!address) return 2;
   if (!gflex::app::serve_metrics(metrics_listen)) return 2;
-  gflex::app::node_status status(config.name.empty() ? std::string("gflex-node") : config.name,
-                                 config.workers);
+  gflex::app::node_progress status(config.name.empty() ? std::string("gflex-node") : config.name,
+                                   config.workers);
   config.on_activity = [&status](const gflex::node_activity& a) { status.on_activity(a); };
   return gflex::run_node(config, address->host, address->port, aids);
 }

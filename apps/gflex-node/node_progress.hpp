@@ -13,11 +13,11 @@
 
 namespace gflex::app {
 
-class node_status {
+class node_progress {
  public:
   /// `name`: the node's name; `workers`: its compute slots.
-  node_status(std::string name, int workers);
-  ~node_status();
+  node_progress(std::string name, int workers);
+  ~node_progress();
 
   /// Called by the node (from its threads).
   void on_activity(const node_activity& a);

@@ -1,4 +1,4 @@
-#include "node_status.hpp"
+#include "node_progress.hpp"
 
 #include <spdlog/spdlog.h>
 
@@ -9,14 +9,14 @@
 
 namespace gflex::app {
 
-node_status::node_status(std::string name, int workers)
+node_progress::node_progress(std::string name, int workers)
     : name_(std::move(name)), workers_(workers) {
   line_ = status_line::start([this] { return line(); }, std::chrono::seconds(1));
 }
 
-node_status::~node_status() = default;
+node_progress::~node_progress() = default;
 
-void node_status::on_activity(const node_activity& a) {
+void node_progress::on_activity(const node_activity& a) {
   using kind = node_activity::kind;
   if (a.what == kind::stopping) {
     line_.reset();  // the process ends without unwinding: clear the line now
@@ -65,7 +65,7 @@ void node_status::on_activity(const node_activity& a) {
   }
 }
 
-std::string node_status::line() const {
+std::string node_progress::line() const {
   std::lock_guard<std::mutex> lock(m_);
   // The facts that matter most first: a narrow terminal cuts the end of the line.
   std::string s = name_;
