@@ -88,6 +88,7 @@ registry_config registry_config_of(const core_config& config, uint32_t incarnati
   r.max_per_address = config.max_nodes_per_address;
   r.limits.chunk_bytes_per_s = uint64_t{config.chunk_mib_per_s} << 20;
   r.limits.chunk_queue = config.chunk_queue;
+  r.limits.payload_chunk_bytes = uint64_t{config.payload_chunk_kib} << 10;
   return r;
 }
 
@@ -102,6 +103,7 @@ job_links links_of(const core_children& c, std::shared_ptr<data_catalog> catalog
   job_links links;
   links.fee = config.fee;
   links.cloud_price = config.cloud_price;
+  links.payload_chunk_bytes = uint64_t{config.payload_chunk_kib} << 10;
   links.store = c.store;
   links.market = c.market;
   links.catalog = std::move(catalog);

@@ -18,6 +18,7 @@
 #include "gflex/kernels/trainer.hpp"
 #include "gflex/runtime/checkpoint.hpp"
 #include "gflex/runtime/identity.hpp"
+#include "gflex/runtime/payload_chunks.hpp"
 #include "gflex/runtime/tensor_codec.hpp"
 #include "gflex/runtime/update_codec.hpp"
 #include "messages.hpp"
@@ -77,7 +78,7 @@ struct unconfirmed_round {
   int64_t index = 0;
   std::vector<float> theta_before;
   std::vector<float> momentum_before;
-  std::shared_ptr<const std::vector<uint8_t>> params;
+  std::shared_ptr<const shared_params> params;
   round_results results;
   double train_loss_before = 0.0;
   int64_t nodes_before = 0;
@@ -92,8 +93,8 @@ struct job_state {
   std::unique_ptr<kernels::backend> eval_backend;
 
   // The current round.
-  std::shared_ptr<const std::vector<uint8_t>> round_params;  // encoded theta it started from
-  std::deque<int64_t> unassigned;                            // shards still to hand out
+  std::shared_ptr<const shared_params> round_params;  // encoded theta it started from
+  std::deque<int64_t> unassigned;                     // shards still to hand out
   std::map<uint64_t, in_flight> pending;
   round_results results;
   std::map<int64_t, int> copies;  // assignments out per shard (backups make it > 1)
@@ -457,7 +458,7 @@ void verify(job_actor* self, uint64_t assignment_id) {
   // The parameters it started from: the current round's, or the unconfirmed round's.
   bool current = false;
   for (const auto& [shard, x] : st.results) current = current || x.assignment_id == assignment_id;
-  req.work.params = current ? *st.round_params : *st.unconfirmed->params;
+  req.work.params_ref = current ? st.round_params : st.unconfirmed->params;
   req.claimed = r->update;
   self->request(st.links.verifier, std::chrono::minutes(30), verify_atom::value, std::move(req))
       .then(
@@ -877,10 +878,11 @@ void send_assignment(job_actor* self, const worker_slot& slot, int64_t shard) {
   a.compression = static_cast<uint8_t>(spec.compression);
   a.precision = static_cast<uint8_t>(spec.precision);
   st.pending[a.id] = {shard, slot, clock_type::now(), a};
-  a.params = *st.round_params;
-  st.job.status.bytes_sent += a.params.size();
+  a.params_ref = st.round_params;
+  const auto params_bytes = st.round_params->bytes.size();
+  st.job.status.bytes_sent += params_bytes;
   core_metrics::assignments("sent").inc();
-  core_metrics::bytes("out", "parameters").inc(static_cast<double>(a.params.size()));
+  core_metrics::bytes("out", "parameters").inc(static_cast<double>(params_bytes));
   st.copies[shard] += 1;
   if (st.monitored.insert(slot.worker.address()).second) self->monitor(slot.worker);
   uint64_t id = a.id;
@@ -963,11 +965,19 @@ void dispatch(job_actor* self) {
 
 void start_round(job_actor* self) {
   auto& st = self->state;
-  st.round_params = std::make_shared<const std::vector<uint8_t>>(encode_tensor([&] {
+  auto params = std::make_shared<shared_params>();
+  params->bytes = encode_tensor([&] {
     auto t = tensor::empty({static_cast<int64_t>(st.job.theta.size())}, dtype::f32);
     std::copy(st.job.theta.begin(), st.job.theta.end(), t.data<float>());
     return t;
-  }()));
+  }());
+  // Named once per round here, not by each node's session: hashing a large model's
+  // parameters takes about a second per gigabyte.
+  if (params->bytes.size() > st.links.payload_chunk_bytes) {
+    params->chunk_bytes = st.links.payload_chunk_bytes;
+    params->chunks = chunk_digests(params->bytes, params->chunk_bytes);
+  }
+  st.round_params = std::move(params);
   st.results.clear();
   open_round(self);
   for (int64_t shard : shards_of_round(st, st.job.status.round)) st.unassigned.push_back(shard);

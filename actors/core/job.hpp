@@ -58,6 +58,8 @@ struct job_links {
   double cloud_price = 3.06;       ///< credits per device-hour in a public cloud, for comparison
   int max_jobs_per_account = 16;   ///< unfinished jobs one account may have
   bool accept_unverified = false;  ///< with no core-tier worker: use sampled results unverified
+  /// Parameters larger than this are cut into chunks of it, once per round (shared_params).
+  uint64_t payload_chunk_bytes = 8ull << 20;
 };
 
 /// Spawns a job actor on its own thread (evaluation and encoding block).

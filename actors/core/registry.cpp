@@ -124,7 +124,8 @@ caf::behavior registry_actor(caf::stateful_actor<registry_state>* self, caf::act
             hello.name, id, address, hello.workers, hello.device,
             static_cast<double>(hello.price) / 1e6, hello.throughput);
         return node_welcome{protocol_version, id, config.heartbeat_ms,
-                            caf::actor_cast<node_session_actor>(spawned.session)};
+                            caf::actor_cast<node_session_actor>(spawned.session),
+                            config.limits.payload_chunk_bytes};
       },
       // From a session: the node it speaks for is alive.
       [=](beat_atom, const std::string& node_id, uint64_t dropped) {

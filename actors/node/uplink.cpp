@@ -8,13 +8,54 @@
 #include <caf/openssl/manager.hpp>
 
 #include <map>
+#include <optional>
+#include <set>
 
 #include "gflex/kernels/devices.hpp"
+#include "gflex/runtime/payload_chunks.hpp"
 #include "messages.hpp"
 
 namespace gflex {
 
 namespace {
+
+/// An assignment waiting for its parameters' chunks.
+struct waiting_assignment {
+  uint32_t index = 0;
+  assignment work;
+  caf::typed_response_promise<assignment_result> promise;
+};
+
+/// Parameters being fetched from the session chunk by chunk, or fetched. A fetch that the
+/// session's end interrupted keeps what it has: the next assignment of the same parameters
+/// (from the next session, after a reconnect) asks only for the chunks still missing.
+struct params_fetch {
+  std::vector<std::string> chunks;
+  std::optional<chunk_assembler> parts;
+  std::set<uint64_t> asking;
+  std::vector<waiting_assignment> waiting;
+  std::shared_ptr<const shared_params> done;
+  caf::error failure;  // a chunk request failed; set until the others are back
+};
+
+/// A chunk of an answer sent with update_chunks, until the session has taken it.
+struct answer_chunk {
+  std::shared_ptr<const std::vector<uint8_t>> bytes;
+  uint64_t chunk_bytes = 0;
+  uint64_t index = 0;
+  uint32_t owed = 0;  // occurrences not yet served
+  uint64_t assignment_id = 0;
+};
+
+/// Parameters fetched or being fetched that the uplink keeps (the current round's, and the
+/// previous while a late assignment may still need it).
+constexpr size_t kept_params = 2;
+
+/// Chunk requests an uplink keeps out to its session while fetching parameters.
+constexpr size_t params_chunks_in_flight = 4;
+
+/// The largest parameters a node accepts (the tensor decoder's bound).
+constexpr uint64_t max_params_bytes = uint64_t{1} << 30;
 
 struct uplink_state {
   uplink_config config;
@@ -27,6 +68,9 @@ struct uplink_state {
   caf::actor owner;
   std::string node_id;
   uint32_t heartbeat_ms = 1000;
+  uint64_t payload_chunk_bytes = 0;                   // the session's; 0: payloads travel whole
+  std::vector<std::shared_ptr<params_fetch>> params;  // newest last
+  std::map<std::string, answer_chunk> answer_chunks;  // by digest
   uint64_t generation = 0;        // bumped per connection; stale heartbeat timers carry old ones
   uint64_t ticks = 0;             // heartbeats sent
   bool gpu_sampling_off = false;  // NVML could not serve; said once
@@ -101,6 +145,7 @@ void hello(uplink_actor* self, caf::actor core) {
             st.session = caf::actor_cast<caf::actor>(w.session);
             st.node_id = w.node_id;
             st.heartbeat_ms = std::max<uint32_t>(w.heartbeat_ms, 50);
+            st.payload_chunk_bytes = w.payload_chunk_bytes;
             st.attempt = 0;
             st.generation += 1;
             self->monitor(core);
@@ -153,6 +198,138 @@ void connect(uplink_actor* self) {
           });
 }
 
+// Runs assignment `a` on worker `index` and answers `rp`; an update larger than one payload
+// chunk is kept here and announced by its chunks, which the session then asks for.
+void run_on_worker(uplink_actor* self, uint32_t index, assignment a,
+                   caf::typed_response_promise<assignment_result> rp) {
+  auto& st = self->state;
+  const uint64_t id = a.id;
+  st.running[id] = index;
+  self->request(st.workers[index], caf::infinite, assign_atom::value, std::move(a))
+      .then(
+          [=](assignment_result& r) mutable {
+            auto& st = self->state;
+            st.running.erase(id);
+            const uint64_t chunk = st.payload_chunk_bytes;
+            const bool remote = st.session && st.session.node() != self->node();
+            if (remote && chunk > 0 && r.update.size() > chunk) {
+              auto bytes = std::make_shared<const std::vector<uint8_t>>(std::move(r.update));
+              r.update.clear();
+              r.update_bytes = bytes->size();
+              r.update_chunks = chunk_digests(*bytes, chunk);
+              for (uint64_t i = 0; i < r.update_chunks.size(); ++i) {
+                auto& c = st.answer_chunks[r.update_chunks[i]];
+                if (!c.bytes) c = answer_chunk{bytes, chunk, i, 0, id};
+                c.owed += 1;
+              }
+              // Kept while the session collects it; an answer nobody collects goes.
+              self->delayed_send(self, std::chrono::minutes(10), expire_atom::value, id);
+            }
+            rp.deliver(std::move(r));
+          },
+          [=](caf::error& e) mutable {
+            self->state.running.erase(id);
+            rp.deliver(std::move(e));
+          });
+}
+
+void pump_params(uplink_actor* self, std::shared_ptr<params_fetch> f);
+
+// The fetch ended (done, or failed with `e`): the assignments waiting for it go on or fail.
+void end_fetch(uplink_actor* self, const std::shared_ptr<params_fetch>& f,
+               const caf::error& e = caf::error{}) {
+  auto waiting = std::move(f->waiting);
+  f->waiting.clear();
+  for (auto& w : waiting) {
+    if (e || !f->done) {
+      w.promise.deliver(e);
+      continue;
+    }
+    w.work.params_ref = f->done;
+    run_on_worker(self, w.index, std::move(w.work), std::move(w.promise));
+  }
+}
+
+void pump_params(uplink_actor* self, std::shared_ptr<params_fetch> f) {
+  auto& st = self->state;
+  if (!st.session || f->done || !f->parts) return;
+  // A chunk that failed stops the asking; the waiting assignments fail once the requests
+  // still out are back (what arrived stays, for the next assignment of these parameters).
+  if (f->failure) {
+    if (f->asking.empty()) {
+      auto e = std::move(f->failure);
+      f->failure = caf::error{};
+      end_fetch(self, f, e);
+    }
+    return;
+  }
+  for (uint64_t i = 0; i < f->parts->count() && f->asking.size() < params_chunks_in_flight; ++i) {
+    if (f->parts->has(i) || f->asking.count(i)) continue;
+    f->asking.insert(i);
+    self->request(st.session, std::chrono::seconds(120), chunk_atom::value, f->chunks[i])
+        .then(
+            [=](std::vector<uint8_t>& bytes) {
+              f->asking.erase(i);
+              if (f->done || !f->parts) return;
+              node_metrics::bytes("in", "parameter_chunk").inc(static_cast<double>(bytes.size()));
+              if (auto added = f->parts->add(i, bytes); !added) {
+                spdlog::warn("uplink: parameters from the core: {}", added.error().message());
+                f->parts.reset();  // nothing of it is trusted any more
+                return end_fetch(self, f, to_caf(added.error()));
+              }
+              if (f->parts->complete()) {
+                auto p = std::make_shared<shared_params>();
+                p->chunk_bytes = self->state.payload_chunk_bytes;
+                p->chunks = f->chunks;
+                p->bytes = f->parts->take();
+                f->parts.reset();
+                f->done = std::move(p);
+                return end_fetch(self, f);
+              }
+              pump_params(self, f);
+            },
+            [=](caf::error& e) {
+              f->asking.erase(i);
+              if (f->done || !f->parts) return;
+              if (!f->failure) f->failure = std::move(e);
+              pump_params(self, f);
+            });
+  }
+}
+
+// Finds or starts the fetch of an assignment's parameters, and queues the assignment on it.
+void fetch_params(uplink_actor* self, uint32_t index, assignment a,
+                  caf::typed_response_promise<assignment_result> rp) {
+  auto& st = self->state;
+  auto it = std::find_if(st.params.begin(), st.params.end(),
+                         [&](const auto& f) { return f->chunks == a.params_chunks; });
+  std::shared_ptr<params_fetch> f;
+  if (it != st.params.end() && ((*it)->done || (*it)->parts)) {
+    f = *it;
+    if (f->done) {
+      a.params_ref = f->done;
+      a.params_chunks.clear();
+      return run_on_worker(self, index, std::move(a), std::move(rp));
+    }
+  } else {
+    auto parts = chunk_assembler::make(a.params_bytes, st.payload_chunk_bytes, a.params_chunks,
+                                       max_params_bytes);
+    if (!parts) {
+      rp.deliver(to_caf(parts.error()));
+      return;
+    }
+    f = std::make_shared<params_fetch>();
+    f->chunks = a.params_chunks;
+    f->parts = std::move(*parts);
+    if (it != st.params.end()) st.params.erase(it);
+    st.params.push_back(f);
+    while (st.params.size() > kept_params) st.params.erase(st.params.begin());
+  }
+  a.params_chunks.clear();
+  f->waiting.push_back({index, std::move(a), std::move(rp)});
+  pump_params(self, f);
+}
+
 caf::behavior uplink_behavior(uplink_actor* self, uplink_config config, caf::actor core,
                               std::vector<caf::actor> workers, caf::actor cache, caf::actor owner) {
   auto& st = self->state;
@@ -184,6 +361,7 @@ caf::behavior uplink_behavior(uplink_actor* self, uplink_config config, caf::act
     if (st.session) self->demonitor(st.session);
     st.core = nullptr;
     st.session = nullptr;
+    st.answer_chunks.clear();  // answers to a session that is gone
     st.generation += 1;
     retry_later(self);
   });
@@ -228,20 +406,38 @@ caf::behavior uplink_behavior(uplink_actor* self, uplink_config config, caf::act
               error(errc::permission_denied, "assignments come from this node's session"));
         if (index >= st.workers.size())
           return to_caf(error(errc::invalid_argument, "no worker " + std::to_string(index)));
-        const uint64_t id = a.id;
-        st.running[id] = index;
         auto rp = self->make_response_promise<assignment_result>();
-        self->request(st.workers[index], caf::infinite, assign_atom::value, std::move(a))
-            .then(
-                [=](assignment_result& r) mutable {
-                  self->state.running.erase(id);
-                  rp.deliver(std::move(r));
-                },
-                [=](caf::error& e) mutable {
-                  self->state.running.erase(id);
-                  rp.deliver(std::move(e));
-                });
+        if (!a.params_chunks.empty()) {
+          if (st.payload_chunk_bytes == 0)
+            return to_caf(error(errc::malformed_message, "parameters in chunks of size 0"));
+          fetch_params(self, index, std::move(a), rp);
+        } else {
+          run_on_worker(self, index, std::move(a), rp);
+        }
         return rp;
+      },
+      // From the session: a chunk of an answer this node sent with update_chunks.
+      [=](chunk_atom, const std::string& digest) -> caf::result<std::vector<uint8_t>> {
+        auto& st = self->state;
+        if (!st.session ||
+            self->current_sender() != caf::actor_cast<caf::strong_actor_ptr>(st.session))
+          return to_caf(error(errc::permission_denied, "chunks go to this node's session"));
+        auto it = st.answer_chunks.find(digest);
+        if (it == st.answer_chunks.end())
+          return to_caf(error(errc::invalid_argument, "no such answer chunk"));
+        auto& c = it->second;
+        const auto r = chunk_at(c.bytes->size(), c.chunk_bytes, c.index);
+        std::vector<uint8_t> out(c.bytes->begin() + static_cast<std::ptrdiff_t>(r.offset),
+                                 c.bytes->begin() + static_cast<std::ptrdiff_t>(r.offset + r.size));
+        node_metrics::bytes("out", "update_chunk").inc(static_cast<double>(out.size()));
+        if (--c.owed == 0) st.answer_chunks.erase(it);
+        return out;
+      },
+      [=](expire_atom, uint64_t id) {
+        auto& st = self->state;
+        if (self->current_sender() != caf::actor_cast<caf::strong_actor_ptr>(self)) return;
+        for (auto it = st.answer_chunks.begin(); it != st.answer_chunks.end();)
+          it = it->second.assignment_id == id ? st.answer_chunks.erase(it) : std::next(it);
       },
       [=](abort_atom, uint64_t id) {
         auto& st = self->state;

@@ -88,7 +88,7 @@ expected<assignment_result> run_assignment(worker_state& st, const assignment& a
     }
     slot.max_batch = a.batch_size;
   }
-  auto params = decode_tensor(a.params);
+  auto params = decode_tensor(params_of(a));
   if (!params) return params.error();
   const int64_t n = w.parameter_count();
   if (params->type() != dtype::f32 || params->rank() != 1 || params->numel() != n)
@@ -244,7 +244,7 @@ caf::behavior worker_behavior(worker_actor* self, worker_config config, caf::act
           r->compute_s / static_cast<double>(std::max<int64_t>(1, a.local_steps)));
       if (r->compute_s > 0)
         node_metrics::samples_per_second().set(static_cast<double>(r->samples) / r->compute_s);
-      node_metrics::bytes("in", "parameters").inc(static_cast<double>(a.params.size()));
+      node_metrics::bytes("in", "parameters").inc(static_cast<double>(params_of(a).size()));
       node_metrics::bytes("out", "update").inc(static_cast<double>(r->update.size()));
       tell(node_activity::kind::done,
            r->compute_s > 0 ? static_cast<double>(r->samples) / r->compute_s : 0.0, r->compute_s);

@@ -7,6 +7,8 @@
 #include <caf/all.hpp>
 
 #include <cstdint>
+#include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -69,6 +71,7 @@ using dpush_atom = caf::atom_constant<caf::atom("dpush")>;     ///< client -> co
 using dlist_atom = caf::atom_constant<caf::atom("dlist")>;     ///< client -> core: data sets
 using drm_atom = caf::atom_constant<caf::atom("drm")>;         ///< client -> core: remove one
 using earned_atom = caf::atom_constant<caf::atom("earned")>;   ///< node -> session: its credits
+using expire_atom = caf::atom_constant<caf::atom("expire")>;   ///< timers, to self: drop stale
 
 // -- messages -----------------------------------------------------------------------------------
 
@@ -91,6 +94,16 @@ struct node_hello {
   std::vector<uint8_t> proof;       ///< Its signature of hello_message(protocol, name).
 };
 
+/// A round's encoded parameters (a Cap'n Proto Tensor, f32 [parameter_count]), made once and
+/// shared by every assignment of the round inside a process, never copied per assignment.
+/// When they are larger than one payload chunk, `chunks` names their chunks (payload_chunks.hpp)
+/// and they cross the network as those.
+struct shared_params {
+  std::vector<uint8_t> bytes;
+  uint64_t chunk_bytes = 0;         ///< The chunk size `chunks` were cut with.
+  std::vector<std::string> chunks;  ///< Digests; empty when the bytes travel inline.
+};
+
 /// job -> worker (assign_atom): run `local_steps` inner steps from `params` on the shard whose
 /// content address is `shard`, and answer with an assignment_result. Deterministic given
 /// (params, shard, seed, hyper-parameters).
@@ -109,18 +122,37 @@ struct assignment {
   float lr = 1e-3f;
   float weight_decay = 0.0f;
   bool plain_sgd = false;
-  uint8_t compression = 0;      ///< gflex::compression of the answer.
-  uint8_t precision = 0;        ///< gflex::math_precision the job allows its GEMMs.
-  std::vector<uint8_t> params;  ///< Cap'n Proto Tensor, f32 [parameter_count].
-  /// A re-computation for the verifier: the worker leaves its error-feedback residual alone.
+  uint8_t compression = 0;  ///< gflex::compression of the answer.
+  uint8_t precision = 0;    ///< gflex::math_precision the job allows its GEMMs.
+  /// On the wire, the parameters as a Cap'n Proto Tensor, f32 [parameter_count], when they fit
+  /// in one payload chunk; otherwise empty, and `params_chunks` names the chunks of their
+  /// `params_bytes` bytes, which the node asks its session for (chunk_atom).
+  std::vector<uint8_t> params;
+  std::vector<std::string> params_chunks;
+  uint64_t params_bytes = 0;
+  /// A re-computation for the verifier: always sent with fp32 answers.
   bool verify = false;
+  /// Inside a process (job -> session, uplink -> worker): the parameters, shared. Never
+  /// serialized; the node's session turns it into `params` or `params_chunks`.
+  std::shared_ptr<const shared_params> params_ref;
 };
+
+/// The encoded parameters an assignment carries, wherever they are.
+inline std::span<const uint8_t> params_of(const assignment& a) {
+  if (a.params_ref) return a.params_ref->bytes;
+  return a.params;
+}
 
 /// worker -> job: the pseudo-gradient theta_start - theta_end of an assignment.
 struct assignment_result {
   uint64_t assignment_id = 0;
-  std::vector<uint8_t> update;  ///< Cap'n Proto Update (fp32 or int8).
-  double loss = 0.0;            ///< Mean training loss over the inner steps.
+  /// Cap'n Proto Update (fp32 or int8). From a node, when larger than one payload chunk, it is
+  /// empty and `update_chunks` names the chunks of its `update_bytes` bytes, which the session
+  /// asks the node's uplink for (chunk_atom) and puts back here before the job sees it.
+  std::vector<uint8_t> update;
+  std::vector<std::string> update_chunks;
+  uint64_t update_bytes = 0;
+  double loss = 0.0;  ///< Mean training loss over the inner steps.
   int64_t samples = 0;
   double compute_s = 0.0;
   /// The node's signature of result_message(assignment_id, update); checked first.
@@ -154,8 +186,10 @@ using node_session_internal = node_session_actor::extend<
 /// - (assign_atom, worker index, assignment) -> assignment_result.
 /// - (abort_atom, assignment id).
 /// - (bye_atom, reason): the core is ending this session, and says why.
+/// - (chunk_atom, digest) -> bytes: a chunk of an answer it sent with `update_chunks`.
 using node_uplink_actor =
     caf::typed_actor<caf::replies_to<assign_atom, uint32_t, assignment>::with<assignment_result>,
+                     caf::replies_to<chunk_atom, std::string>::with<std::vector<uint8_t>>,
                      caf::reacts_to<abort_atom, uint64_t>, caf::reacts_to<bye_atom, std::string>>;
 
 /// What a client may send to its session, the handle the front door gives it for its API key
@@ -192,6 +226,8 @@ struct node_welcome {
   std::string node_id;
   uint32_t heartbeat_ms = 1000;
   node_session_actor session;  ///< Where heartbeats, bye and chunk requests go.
+  /// Payloads larger than this travel as chunks of this size, both ways.
+  uint64_t payload_chunk_bytes = 0;
 };
 
 /// A compute slot as the market hands it out.
@@ -243,7 +279,8 @@ typename Inspector::result_type inspect(Inspector& f, node_hello& x) {
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, node_welcome& x) {
-  return f(caf::meta::type_name("node_welcome"), x.protocol, x.node_id, x.heartbeat_ms, x.session);
+  return f(caf::meta::type_name("node_welcome"), x.protocol, x.node_id, x.heartbeat_ms, x.session,
+           x.payload_chunk_bytes);
 }
 
 template <class Inspector>
@@ -255,13 +292,13 @@ template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, assignment& x) {
   return f(caf::meta::type_name("assignment"), x.id, x.job_id, x.round, x.workload, x.model,
            x.shard, x.seed, x.local_steps, x.batch_size, x.lr, x.weight_decay, x.plain_sgd,
-           x.compression, x.precision, x.params, x.verify);
+           x.compression, x.precision, x.params, x.params_chunks, x.params_bytes, x.verify);
 }
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, assignment_result& x) {
-  return f(caf::meta::type_name("assignment_result"), x.assignment_id, x.update, x.loss, x.samples,
-           x.compute_s, x.signature);
+  return f(caf::meta::type_name("assignment_result"), x.assignment_id, x.update, x.update_chunks,
+           x.update_bytes, x.loss, x.samples, x.compute_s, x.signature);
 }
 
 template <class Inspector>

@@ -7,9 +7,11 @@
 #include <cmath>
 #include <deque>
 #include <map>
+#include <optional>
 
 #include "boundary.hpp"
 #include "core_metrics.hpp"
+#include "gflex/runtime/payload_chunks.hpp"
 
 namespace gflex {
 
@@ -22,6 +24,23 @@ struct chunk_request {
   caf::typed_response_promise<std::vector<uint8_t>> promise;
 };
 
+/// A chunk of the parameters of assignments out on this node, which it may ask for.
+struct param_chunk {
+  std::shared_ptr<const shared_params> params;
+  uint64_t index = 0;
+  uint32_t users = 0;    // occurrences in assignments still out
+  uint32_t allowed = 0;  // times it may be served: a few per occurrence (retries, resumption)
+  uint32_t served = 0;
+};
+
+/// How often one chunk of parameters may be served per assignment that needs it: once, and
+/// again after a lost answer or a reconnect. Past it a node is asking to waste the core's
+/// bandwidth.
+constexpr uint32_t serves_per_assignment = 3;
+
+/// Chunk requests a session keeps out to its node's uplink while collecting an answer.
+constexpr int answer_chunks_in_flight = 4;
+
 struct session_state {
   session_identity who;
   session_limits limits;
@@ -31,7 +50,9 @@ struct session_state {
   int64_t earned = 0;
   clock_type::time_point earned_at{};
   bool asking_earned = false;
-  std::map<uint64_t, clock_type::time_point> in_flight;  // assignment id -> sent at
+  std::map<uint64_t, clock_type::time_point> in_flight;                  // assignment id -> sent at
+  std::map<std::string, param_chunk> param_chunks;                       // by digest
+  std::map<uint64_t, std::shared_ptr<const shared_params>> chunked_out;  // by assignment
   std::deque<chunk_request> chunk_queue;
   uint32_t chunks_serving = 0;
   double chunk_budget = 0.0;  // bytes that may go out now; refilled at chunk_bytes_per_s
@@ -123,6 +144,88 @@ void pump_chunks(session_actor* self) {
   }
 }
 
+// Whether the node's uplink lives in another process: only then do payloads go as chunks.
+bool node_is_remote(session_actor* self) {
+  return self->state.uplink.node() != self->node();
+}
+
+// Makes the chunks of an assignment's parameters available to the node until it answers.
+void offer_params(session_actor* self, uint64_t id, std::shared_ptr<const shared_params> p) {
+  auto& st = self->state;
+  for (uint64_t i = 0; i < p->chunks.size(); ++i) {
+    auto& c = st.param_chunks[p->chunks[i]];
+    if (!c.params) {
+      c.params = p;
+      c.index = i;
+    }
+    c.users += 1;
+    c.allowed += serves_per_assignment;
+  }
+  st.chunked_out[id] = std::move(p);
+}
+
+void withdraw_params(session_actor* self, uint64_t id) {
+  auto& st = self->state;
+  auto it = st.chunked_out.find(id);
+  if (it == st.chunked_out.end()) return;
+  for (const auto& digest : it->second->chunks) {
+    auto c = st.param_chunks.find(digest);
+    if (c != st.param_chunks.end() && --c->second.users == 0) st.param_chunks.erase(c);
+  }
+  st.chunked_out.erase(it);
+}
+
+// An answer whose update the node sent as chunks, being collected from its uplink.
+struct answer_pull {
+  std::optional<chunk_assembler> parts;
+  assignment_result result;
+  caf::typed_response_promise<assignment_result> promise;
+  uint64_t next = 0;
+  int in_flight = 0;
+  bool ended = false;
+};
+
+// Asks the uplink for the answer's chunks, a few at a time; delivers the whole answer. A chunk
+// that does not match its name makes the answer malformed: it goes on to the job without its
+// update, which the job rejects as the node's misbehaviour. A chunk the node does not send in
+// time fails the assignment (the job gives it to another worker).
+void pull_answer(session_actor* self, std::shared_ptr<answer_pull> p) {
+  auto& st = self->state;
+  while (!p->ended && p->in_flight < answer_chunks_in_flight && p->next < p->parts->count()) {
+    const uint64_t i = p->next++;
+    p->in_flight += 1;
+    self->request(st.uplink, std::chrono::seconds(120), chunk_atom::value, p->parts->digests()[i])
+        .then(
+            [=](std::vector<uint8_t>& bytes) {
+              p->in_flight -= 1;
+              if (p->ended) return;
+              core_metrics::bytes("in", "update_chunk").inc(static_cast<double>(bytes.size()));
+              if (auto added = p->parts->add(i, bytes); !added) {
+                auto& st = self->state;
+                spdlog::warn("session of node {} ({}): answer {:016x}: {}", st.who.node_id,
+                             st.who.name, p->result.assignment_id, added.error().message());
+                p->ended = true;
+                p->result.update.clear();
+                p->promise.deliver(std::move(p->result));
+                return;
+              }
+              if (p->parts->complete()) {
+                p->ended = true;
+                p->result.update = p->parts->take();
+                p->promise.deliver(std::move(p->result));
+                return;
+              }
+              pull_answer(self, p);
+            },
+            [=](caf::error& e) {
+              p->in_flight -= 1;
+              if (p->ended) return;
+              p->ended = true;
+              p->promise.deliver(std::move(e));
+            });
+  }
+}
+
 // Checks a node's answer to assignment `id`, sent `sent_at`: it must name that assignment
 // and carry finite figures; the compute time it claims is capped at what the session
 // measured between sending and receiving (what the job pays for). An answer naming another
@@ -205,6 +308,22 @@ node_session_internal::behavior_type session_behavior(session_actor* self, sessi
       },
       [=](chunk_atom, std::string& digest) -> caf::result<std::vector<uint8_t>> {
         auto& st = self->state;
+        // A chunk of parameters it was assigned comes from memory, outside the data budget
+        // (which is for data sets), a bounded number of times.
+        if (auto c = st.param_chunks.find(digest); c != st.param_chunks.end()) {
+          auto& chunk = c->second;
+          if (chunk.served >= chunk.allowed) {
+            drop(self, "a parameter chunk asked for again past its allowance");
+            return to_caf(error(errc::limit_exceeded, "parameter chunk served too often"));
+          }
+          chunk.served += 1;
+          const auto& p = *chunk.params;
+          const auto r = chunk_at(p.bytes.size(), p.chunk_bytes, chunk.index);
+          core_metrics::bytes("out", "parameter_chunk").inc(static_cast<double>(r.size));
+          return std::vector<uint8_t>(
+              p.bytes.begin() + static_cast<std::ptrdiff_t>(r.offset),
+              p.bytes.begin() + static_cast<std::ptrdiff_t>(r.offset + r.size));
+        }
         if (st.chunk_queue.size() >= st.limits.chunk_queue) {
           auto why =
               "more than " + std::to_string(st.limits.chunk_queue) + " chunk requests waiting";
@@ -231,6 +350,18 @@ node_session_internal::behavior_type session_behavior(session_actor* self, sessi
         const double samples = static_cast<double>(std::max<int64_t>(a.local_steps, 0)) *
                                static_cast<double>(std::max<int64_t>(a.batch_size, 0));
         const std::string workload = a.workload;
+        // An answer's update is at most as large as fp32 parameters (plus its header).
+        const uint64_t max_update = params_of(a).size() + (uint64_t{64} << 10);
+        if (a.params_ref && node_is_remote(self)) {
+          auto p = std::move(a.params_ref);
+          if (p->chunks.empty()) {
+            a.params = p->bytes;
+          } else {
+            a.params_chunks = p->chunks;
+            a.params_bytes = p->bytes.size();
+            offer_params(self, id, std::move(p));
+          }
+        }
         st.in_flight[id] = sent_at;
         auto rp = self->make_response_promise<assignment_result>();
         self->request(st.uplink, std::chrono::minutes(30), assign_atom::value, worker, std::move(a))
@@ -238,6 +369,7 @@ node_session_internal::behavior_type session_behavior(session_actor* self, sessi
                 [=](assignment_result& r) mutable {
                   auto& st = self->state;
                   st.in_flight.erase(id);
+                  withdraw_params(self, id);
                   if (check_answer(self, id, sent_at, r)) {
                     const double took =
                         std::chrono::duration<double>(clock_type::now() - sent_at).count();
@@ -245,10 +377,29 @@ node_session_internal::behavior_type session_behavior(session_actor* self, sessi
                       caf::anon_send(st.registry, rate_atom::value, st.who.name, workload,
                                      samples / took);
                   }
-                  rp.deliver(std::move(r));
+                  if (r.update_chunks.empty()) {
+                    rp.deliver(std::move(r));
+                    return;
+                  }
+                  auto p = std::make_shared<answer_pull>();
+                  p->promise = rp;
+                  auto parts = chunk_assembler::make(r.update_bytes, st.limits.payload_chunk_bytes,
+                                                     std::move(r.update_chunks), max_update);
+                  r.update.clear();
+                  r.update_chunks.clear();
+                  if (!parts) {
+                    spdlog::warn("session of node {} ({}): answer {:016x}: {}", st.who.node_id,
+                                 st.who.name, id, parts.error().message());
+                    rp.deliver(std::move(r));  // malformed: the job rejects it
+                    return;
+                  }
+                  p->parts = std::move(*parts);
+                  p->result = std::move(r);
+                  pull_answer(self, std::move(p));
                 },
                 [=](caf::error& e) mutable {
                   self->state.in_flight.erase(id);
+                  withdraw_params(self, id);
                   rp.deliver(std::move(e));
                 });
         return rp;

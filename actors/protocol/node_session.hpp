@@ -33,6 +33,8 @@ struct session_limits {
   /// Sustained chunk bytes per second (a burst of 8 s of it is allowed).
   uint64_t chunk_bytes_per_s = 64ull << 20;
   uint64_t max_dropped = 1000;  ///< Dropped messages before the node is disconnected.
+  /// Parameters and updates larger than this cross to and from the node as chunks of it.
+  uint64_t payload_chunk_bytes = 8ull << 20;
 };
 
 /// Who the session speaks for.

@@ -147,6 +147,11 @@ int main(int argc, char** argv) {
                  "chunk requests one node may have waiting; one more disconnects it")
       ->check(CLI::Range(1, 100000))
       ->capture_default_str();
+  app.add_option("--payload-chunk-kib", config.payload_chunk_kib,
+                 "parameters, updates and exported models larger than this travel as "
+                 "content-addressed chunks of it, KiB")
+      ->check(CLI::Range(16, 65536))
+      ->capture_default_str();
   app.add_option("--max-jobs-per-account", config.max_jobs_per_account,
                  "unfinished jobs one account may have")
       ->check(CLI::Range(1, 100000))

@@ -4,12 +4,14 @@
 # the same accuracy back from the checkpoint; a node speaking another protocol version is
 # refused with a clear message and exit code 3. The core and one node serve Prometheus
 # metrics (--metrics-listen): after the job they count its rounds and assignments, and pass
-# `promtool check metrics`. The core stops on SIGTERM.
+# `promtool check metrics`. The core stops on SIGTERM. The core cuts payloads into chunks of
+# 64 KiB (--payload-chunk-kib), so the job's parameters and updates travel as content-addressed
+# chunks (the way a model too large for one message does), checked in the metrics.
 source "$(dirname "$0")/lib.sh"
 G="$BIN/gflex"
 core_metrics=127.0.0.1:$(free_port)
 node_metrics=127.0.0.1:$(free_port)
-CORE_ARGS="--metrics-listen $core_metrics" NODE_ARGS_1="--metrics-listen $node_metrics" start_cluster 3
+CORE_ARGS="--metrics-listen $core_metrics --payload-chunk-kib 64" NODE_ARGS_1="--metrics-listen $node_metrics" start_cluster 3
 
 timeout -s KILL 240 "$G" submit "$SRC/apps/jobs/fashion-mlp.toml" --core "$core" --wait \
   --json "$WORK/summary.json" >"$WORK/submit.out" 2>"$WORK/submit.err" ||
@@ -56,6 +58,13 @@ need(core, 'gflex_core_assignments_total{outcome="accepted"}', lambda v: v >= 90
 need(core, "gflex_core_round_duration_seconds_count", lambda v: v == 30, "30 rounds timed")
 need(core, 'gflex_core_payload_bytes_total{direction="out",kind="chunk"}', lambda v: v > 0, "chunks")
 need(core, "gflex_core_store_bytes", lambda v: v > 0, "a store")
+# 30 rounds x 3 assignments of about 0.9 MB of parameters, in chunks both ways.
+need(core, 'gflex_core_payload_bytes_total{direction="out",kind="parameter_chunk"}',
+     lambda v: v >= 90 * 900_000, "parameters sent as chunks")
+need(core, 'gflex_core_payload_bytes_total{direction="in",kind="update_chunk"}',
+     lambda v: v > 0, "updates received as chunks")
+need(node, 'gflex_node_payload_bytes_total{direction="in",kind="parameter_chunk"}',
+     lambda v: v >= 30 * 900_000, "node1 fetched parameter chunks")
 need(core, 'gflex_core_ledger_credits{kind="user"}', lambda v: v == 25, "25 credits credited")
 need(core, 'gflex_core_ledger_credits{kind="issued"}', lambda v: v == 25, "25 credits issued")
 need(core, 'gflex_core_ledger_credits{kind="escrow"}', lambda v: v == 0, "nothing held")
@@ -106,7 +115,7 @@ rc=0
 timeout -s KILL 30 "$BIN/gflex-node" --join "$core" --name old --data-dir "$WORK/old" \
   --protocol-version 99 >"$WORK/old.log" 2>&1 || rc=$?
 [ "$rc" -eq 3 ] || fail "a node with protocol 99 exited $rc, expected 3"
-grep -q "protocol version 99 is not supported (this core speaks version 7)" "$WORK/old.log" ||
+grep -q "protocol version 99 is not supported (this core speaks version 8)" "$WORK/old.log" ||
   fail "no clear refusal in the node's log: $(tail -2 "$WORK/old.log")"
 grep -q "refused node old: protocol version 99" "$WORK/core.log" || fail "core did not log it"
 echo "ok: protocol version 99 refused"

@@ -27,7 +27,7 @@ namespace gflex {
 const char* sdk_version() noexcept;
 
 /// The wire protocol version this build speaks; a node with another is refused at join.
-inline constexpr uint32_t protocol_version = 7;
+inline constexpr uint32_t protocol_version = 8;
 
 /// How to run a core.
 struct core_config {
@@ -69,6 +69,10 @@ struct core_config {
   uint32_t max_nodes_per_address = 64;
   uint32_t chunk_mib_per_s = 64;
   uint32_t chunk_queue = 64;
+  /// Parameters, updates and exported models larger than this travel between processes as
+  /// content-addressed chunks of this size (KiB, 16 to 65536): one network message is capped
+  /// at 128 MiB, which whole payloads would limit to about 33 million fp32 parameters.
+  uint32_t payload_chunk_kib = 8192;
 };
 
 /// How to run a node.
