@@ -459,9 +459,9 @@ caf::behavior core_actor(core_actor_type* self, core_children children, core_con
           relay(as<caf::ok_atom>{}, rp, jobs(), a, who, name);
         });
       },
-      [=](fetch_atom a, std::string& key, std::string& id) {
+      [=](fetch_atom a, std::string& key, std::string& id, uint64_t offset) {
         return authorized(key, false, [=](caf::response_promise& rp, const std::string& who) {
-          relay(as<std::vector<uint8_t>>{}, rp, jobs(), a, who, id);
+          relay(as<model_part>{}, rp, jobs(), a, who, id, offset);
         });
       },
       [=](topup_atom a, std::string& key, std::string& job, int64_t amount) {

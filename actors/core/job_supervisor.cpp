@@ -2,6 +2,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <deque>
 #include <map>
 
@@ -32,6 +33,25 @@ constexpr auto restart_window = std::chrono::seconds(60);
 
 using data_set_id = std::pair<std::string, std::string>;  // owner, name
 
+/// A fetch waiting for its job's model to be exported.
+struct waiting_fetch {
+  uint64_t offset = 0;
+  caf::typed_response_promise<model_part> promise;
+};
+
+/// A job's model as handed out (the checkpoint's parameters named by the workload's layout),
+/// made once by a detached builder and served in parts of one payload chunk.
+struct model_export {
+  int64_t step = 0;
+  std::shared_ptr<const std::vector<uint8_t>> bytes;  // null while it is being made
+  std::vector<waiting_fetch> waiting;
+  std::chrono::steady_clock::time_point used;
+};
+
+/// Exports kept at once, and how long one stays unused before it goes.
+constexpr size_t max_exports = 4;
+constexpr auto export_idle = std::chrono::minutes(5);
+
 struct job_supervisor_state {
   std::chrono::steady_clock::time_point mailbox_noted{};  // core_metrics::note_mailbox
   std::map<std::string, job_entry> jobs;
@@ -44,11 +64,84 @@ struct job_supervisor_state {
   /// ledger check and the store write are asynchronous): they count against the limit too,
   /// so that parallel submits cannot all pass it.
   std::map<std::string, int64_t> submitting;
+  std::map<std::string, model_export> exports;  // by job
   job_links links;
   static inline const char* name = "job_supervisor";
 };
 
 using supervisor_actor = caf::stateful_actor<job_supervisor_state>;
+
+void deliver_part(caf::typed_response_promise<model_part>& rp, expected<model_part> part) {
+  if (part)
+    rp.deliver(std::move(*part));
+  else
+    rp.deliver(to_caf(part.error()));
+}
+
+// Part of an export from `offset`: at most one payload chunk.
+expected<model_part> part_of(const model_export& ex, uint64_t offset, uint64_t chunk_bytes) {
+  const auto& bytes = *ex.bytes;
+  if (offset > bytes.size())
+    return error(errc::invalid_argument, "offset " + std::to_string(offset) +
+                                             " is past the model's " +
+                                             std::to_string(bytes.size()) + " bytes");
+  const uint64_t n = std::min<uint64_t>(chunk_bytes, bytes.size() - offset);
+  model_part out;
+  out.offset = offset;
+  out.total = bytes.size();
+  out.step = ex.step;
+  out.bytes.assign(bytes.begin() + static_cast<std::ptrdiff_t>(offset),
+                   bytes.begin() + static_cast<std::ptrdiff_t>(offset + n));
+  return out;
+}
+
+// A one-shot actor (spawned detached) that reads a job's checkpoint and answers (fetch_atom)
+// with the model as handed out (its parameters named and shaped by the workload's layout) and
+// the checkpoint's step, then ends.
+caf::behavior export_builder(caf::event_based_actor* self, caf::actor store, std::string id,
+                             std::string workload_name, std::string model_text,
+                             std::string data_set) {
+  return {
+      [=](fetch_atom) -> caf::result<std::vector<uint8_t>, int64_t> {
+        auto rp = self->make_response_promise<std::vector<uint8_t>, int64_t>();
+        self->request(store, std::chrono::seconds(60), read_atom::value, job_checkpoint_key(id))
+            .then(
+                [=](bool found, std::vector<uint8_t>& bytes) mutable {
+                  self->quit();
+                  if (!found) {
+                    rp.deliver(to_caf(error(errc::invalid_argument,
+                                            "job '" + id + "' has no committed round yet")));
+                    return;
+                  }
+                  auto c = decode_checkpoint(bytes);
+                  bytes = {};
+                  auto w = kernels::find_workload(workload_name, model_text, "");
+                  const tensor* theta = c ? c->find("theta") : nullptr;
+                  if (!c || !w || theta == nullptr || theta->numel() != (*w)->parameter_count()) {
+                    rp.deliver(to_caf(error(errc::store_error,
+                                            "job '" + id + "': stored checkpoint is damaged")));
+                    return;
+                  }
+                  checkpoint out;
+                  out.workload = workload_name;
+                  out.model = model_text;
+                  out.data_set = data_set;
+                  out.step = c->step;
+                  for (const auto& block : (*w)->layout()) {
+                    auto t = tensor::empty(block.shape, dtype::f32);
+                    std::copy_n(theta->data<float>() + block.offset, t.numel(), t.data<float>());
+                    out.tensors.push_back({block.name, std::move(t)});
+                  }
+                  rp.deliver(encode_checkpoint(out), static_cast<int64_t>(out.step));
+                },
+                [=](caf::error& e) mutable {
+                  self->quit();
+                  rp.deliver(e);
+                });
+        return rp;
+      },
+  };
+}
 
 error unknown_job(const std::string& id) {
   return error(errc::invalid_argument, "unknown job '" + id + "'");
@@ -481,48 +574,69 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links) {
                   [=](caf::error& e) mutable { rp.deliver(e); });
         return rp;
       },
-      [=](fetch_atom, const std::string& who,
-          const std::string& id) -> caf::result<std::vector<uint8_t>> {
+      [=](fetch_atom, const std::string& who, const std::string& id,
+          uint64_t offset) -> caf::result<model_part> {
+        auto& st = self->state;
         auto* entry = find_for(self, who, id);
         if (entry == nullptr) return to_caf(unknown_job(id));
-        auto workload_name = entry->status.workload;
-        auto model_text = entry->spec.model;
-        auto data_set = entry->spec.data_set;
-        auto rp = self->make_response_promise<std::vector<uint8_t>>();
-        self->request(self->state.links.store, std::chrono::seconds(30), read_atom::value,
-                      job_checkpoint_key(id))
+        const auto now = std::chrono::steady_clock::now();
+        for (auto it = st.exports.begin(); it != st.exports.end();)
+          it = it->second.bytes && now - it->second.used > export_idle ? st.exports.erase(it)
+                                                                       : std::next(it);
+        auto found = st.exports.find(id);
+        if (found != st.exports.end() && found->second.bytes &&
+            (offset > 0 || found->second.step == entry->status.round)) {
+          found->second.used = now;
+          auto part = part_of(found->second, offset, st.links.payload_chunk_bytes);
+          if (!part) return to_caf(part.error());
+          return std::move(*part);
+        }
+        if (offset > 0)
+          return to_caf(
+              error(errc::invalid_argument,
+                    "job '" + id + "': the model's export is gone; fetch from the start"));
+        auto rp = self->make_response_promise<model_part>();
+        if (found != st.exports.end() && !found->second.bytes) {
+          found->second.waiting.push_back({offset, rp});  // being made
+          return rp;
+        }
+        while (st.exports.size() >= max_exports) {
+          auto oldest = std::min_element(
+              st.exports.begin(), st.exports.end(),
+              [](const auto& a, const auto& b) { return a.second.used < b.second.used; });
+          if (!oldest->second.bytes) break;  // all are being made: one more is allowed
+          st.exports.erase(oldest);
+        }
+        auto& ex = st.exports[id];
+        ex = model_export{};
+        ex.used = now;
+        ex.waiting.push_back({offset, rp});
+        // Decoding and encoding a large model takes seconds: not on the scheduler's threads.
+        auto builder =
+            self->spawn<caf::detached>(export_builder, st.links.store, id, entry->status.workload,
+                                       entry->spec.model, entry->spec.data_set);
+        self->request(builder, std::chrono::minutes(10), fetch_atom::value)
             .then(
-                [=](bool found, std::vector<uint8_t>& bytes) mutable {
-                  if (!found) {
-                    rp.deliver(to_caf(error(errc::invalid_argument,
-                                            "job '" + id + "' has no committed round yet")));
-                    return;
-                  }
-                  auto c = decode_checkpoint(bytes);
-                  auto w = kernels::find_workload(workload_name, model_text, "");
-                  const tensor* theta = c ? c->find("theta") : nullptr;
-                  if (!c || !w || theta == nullptr || theta->numel() != (*w)->parameter_count()) {
-                    rp.deliver(to_caf(error(errc::store_error,
-                                            "job '" + id + "': stored checkpoint is damaged")));
-                    return;
-                  }
-                  // Hand out the parameters named and shaped by the workload's layout.
-                  checkpoint out;
-                  out.workload = workload_name;
-                  out.model = model_text;
-                  out.data_set = data_set;
-                  out.step = c->step;
-                  for (const auto& block : (*w)->layout()) {
-                    auto t = tensor::empty(block.shape, dtype::f32);
-                    std::copy_n(theta->data<float>() + block.offset, t.numel(), t.data<float>());
-                    out.tensors.push_back({block.name, std::move(t)});
-                  }
-                  {
-                    rp.deliver(encode_checkpoint(out));
-                    return;
-                  }
+                [=](std::vector<uint8_t>& bytes, int64_t step) {
+                  auto& st = self->state;
+                  auto it = st.exports.find(id);
+                  if (it == st.exports.end()) return;
+                  it->second.step = step;
+                  it->second.bytes = std::make_shared<const std::vector<uint8_t>>(std::move(bytes));
+                  auto waiting = std::move(it->second.waiting);
+                  it->second.waiting.clear();
+                  for (auto& w : waiting)
+                    deliver_part(w.promise,
+                                 part_of(it->second, w.offset, st.links.payload_chunk_bytes));
                 },
-                [=](caf::error& e) mutable { rp.deliver(e); });
+                [=](caf::error& e) {
+                  auto& st = self->state;
+                  auto it = st.exports.find(id);
+                  if (it == st.exports.end()) return;
+                  auto waiting = std::move(it->second.waiting);
+                  st.exports.erase(it);
+                  for (auto& w : waiting) w.promise.deliver(e);
+                });
         return rp;
       },
   };

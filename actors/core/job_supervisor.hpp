@@ -12,8 +12,11 @@
 /// - (submit_atom, spec_toml) -> job id: validates the spec (errors name the key), records
 ///   the job and starts it.
 /// - (status_atom, job_id) -> job_status;  (jobs_atom) -> vector<job_status>
-/// - (cancel_atom, job_id) -> ok_atom;  (fetch_atom, job_id) -> checkpoint bytes of the last
-///   committed round, its parameters named by the workload's layout.
+/// - (cancel_atom, job_id) -> ok_atom
+/// - (fetch_atom, job_id, offset) -> model_part: the checkpoint of the last committed round,
+///   its parameters named by the workload's layout, in parts of one payload chunk. Offset 0
+///   makes the export (on a detached thread) unless the one kept is of the current round;
+///   later offsets read the kept one, which the parts' `step` identifies.
 
 #include <caf/fwd.hpp>
 

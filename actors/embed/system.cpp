@@ -454,8 +454,34 @@ expected<void> client::remove_data(const std::string& name) {
 }
 
 expected<std::vector<uint8_t>> client::fetch(const std::string& job_id) {
-  return impl_->ask_session<std::vector<uint8_t>>(std::chrono::seconds(120), fetch_atom::value,
-                                                  job_id);
+  // In parts of one payload chunk (a model may be larger than one message may be). A part of
+  // a newer export (a round committed while the client was reading) starts the reading again.
+  for (int attempt = 0; attempt < 5; ++attempt) {
+    std::vector<uint8_t> out;
+    int64_t step = -1;
+    uint64_t total = 0;
+    bool again = false;
+    do {
+      auto part = impl_->ask_session<model_part>(std::chrono::seconds(300), fetch_atom::value,
+                                                 job_id, static_cast<uint64_t>(out.size()));
+      if (!part) return part.error();
+      if (step < 0) {
+        step = part->step;
+        total = part->total;
+        out.reserve(total);
+      } else if (part->step != step || part->total != total) {
+        again = true;
+        break;
+      }
+      if (part->offset != out.size() || part->bytes.size() > total - out.size() ||
+          (part->bytes.empty() && out.size() < total))
+        return error(errc::malformed_message, "fetch: the core sent a part out of place");
+      out.insert(out.end(), part->bytes.begin(), part->bytes.end());
+    } while (out.size() < total);
+    if (!again) return out;
+  }
+  return error(errc::unavailable,
+               "fetch: job " + job_id + " committed new rounds faster than its model was read");
 }
 
 expected<std::string> client::create_account(const std::string& id) {

@@ -87,8 +87,8 @@ client_session_actor::behavior_type client_session(session_actor* self, std::str
       },
       [=](dlist_atom a) { return relay<std::vector<data_set_info>>(self, a, key_of()); },
       [=](drm_atom a, std::string& name) { return relay<caf::ok_atom>(self, a, key_of(), name); },
-      [=](fetch_atom a, std::string& id) {
-        return relay<std::vector<uint8_t>>(self, a, key_of(), id);
+      [=](fetch_atom a, std::string& id, uint64_t offset) {
+        return relay<model_part>(self, a, key_of(), id, offset);
       },
       [=](topup_atom a, std::string& id, int64_t amount) {
         return relay<caf::ok_atom>(self, a, key_of(), id, amount);

@@ -10,6 +10,7 @@ void register_message_types(caf::actor_system_config& cfg) {
   cfg.add_message_type<node_hello>("gflex::node_hello");
   cfg.add_message_type<node_welcome>("gflex::node_welcome");
   cfg.add_message_type<client_welcome>("gflex::client_welcome");
+  cfg.add_message_type<model_part>("gflex::model_part");
   cfg.add_message_type<assignment>("gflex::assignment");
   cfg.add_message_type<assignment_result>("gflex::assignment_result");
   cfg.add_message_type<worker_slot>("gflex::worker_slot");

@@ -192,6 +192,17 @@ using node_uplink_actor =
                      caf::replies_to<chunk_atom, std::string>::with<std::vector<uint8_t>>,
                      caf::reacts_to<abort_atom, uint64_t>, caf::reacts_to<bye_atom, std::string>>;
 
+/// core -> client: the answer to (fetch_atom, job id, offset): the bytes of a job's exported
+/// model (a checkpoint) from `offset`, at most one payload chunk of them. A client asks from 0
+/// and on until it has `total`; every part of one export has the same `step`, and a part with
+/// another step means a newer export replaced it (the client starts again).
+struct model_part {
+  std::vector<uint8_t> bytes;
+  uint64_t offset = 0;
+  uint64_t total = 0;
+  int64_t step = 0;
+};
+
 /// What a client may send to its session, the handle the front door gives it for its API key
 /// (auth_atom); the same requests as docs/PROTOCOL.md lists, without the key, answered for
 /// the key's principal. Anything else is dropped and counted.
@@ -201,7 +212,7 @@ using client_session_actor =
                      caf::replies_to<jobs_atom>::with<std::vector<job_status>>,
                      caf::replies_to<nodes_atom>::with<std::vector<node_status>>,
                      caf::replies_to<cancel_atom, std::string>::with<caf::ok_atom>,
-                     caf::replies_to<fetch_atom, std::string>::with<std::vector<uint8_t>>,
+                     caf::replies_to<fetch_atom, std::string, uint64_t>::with<model_part>,
                      caf::replies_to<topup_atom, std::string, int64_t>::with<caf::ok_atom>,
                      caf::replies_to<account_atom, std::string>::with<account_info>,
                      caf::replies_to<open_atom, std::string>::with<std::string>,
@@ -286,6 +297,11 @@ typename Inspector::result_type inspect(Inspector& f, node_welcome& x) {
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, client_welcome& x) {
   return f(caf::meta::type_name("client_welcome"), x.principal, x.session);
+}
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, model_part& x) {
+  return f(caf::meta::type_name("model_part"), x.bytes, x.offset, x.total, x.step);
 }
 
 template <class Inspector>
