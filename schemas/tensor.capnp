@@ -18,4 +18,8 @@ struct Tensor {
   shape @1 :List(UInt64);
   # Little-endian element bytes; size must equal product(shape) * sizeof(dtype).
   data @2 :Data;
+  # The same bytes in order, in pieces of at most 2^28, when they are more than one Data
+  # field can hold (2^29 - 1 bytes: a model of over 134 million fp32 values); `data` is then
+  # empty.
+  pieces @3 :List(Data);
 }

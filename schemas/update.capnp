@@ -21,4 +21,7 @@ struct Update {
   scales @3 :Data;
   # fp32: count * 4 bytes of little-endian f32; int8: count bytes (two's complement).
   values @4 :Data;
+  # fp32 values of more than 2^28 bytes (more than one Data field can hold): the same bytes
+  # in order, in pieces of at most 2^28; `values` is then empty.
+  valuePieces @5 :List(Data);
 }

@@ -7,7 +7,9 @@
 #include <capnp/serialize.h>
 #include <kj/exception.h>
 
+#include <algorithm>
 #include <cstring>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -16,11 +18,85 @@
 
 namespace gflex::detail {
 
-/// Flattens a built message into one byte vector.
+/// The largest piece a Data field is given: a Data field holds at most 2^29 - 1 bytes, so
+/// larger payloads (tensors, fp32 updates) are written as a List(Data) of such pieces.
+inline constexpr size_t max_piece_bytes = size_t{1} << 28;
+
+/// A kj stream that appends to a std::vector, so a serialised message is written once into
+/// the buffer the caller gets instead of going through an intermediate kj::Array.
+class vector_output final : public kj::OutputStream {
+ public:
+  explicit vector_output(std::vector<uint8_t>& out) : out_(out) {}
+  void write(const void* buffer, size_t size) override {
+    auto* p = static_cast<const uint8_t*>(buffer);
+    out_.insert(out_.end(), p, p + size);
+  }
+
+ private:
+  std::vector<uint8_t>& out_;
+};
+
+/// Flattens a built message into one byte vector, copying it once.
 inline std::vector<uint8_t> to_bytes(capnp::MessageBuilder& message) {
-  auto flat = capnp::messageToFlatArray(message);
-  auto bytes = flat.asBytes();
-  return {bytes.begin(), bytes.end()};
+  std::vector<uint8_t> out;
+  out.reserve(capnp::computeSerializedSizeInWords(message) * sizeof(capnp::word));
+  vector_output stream(out);
+  capnp::writeMessage(stream, message);
+  return out;
+}
+
+/// Writes `bytes` into `data` when they fit one Data field, else into `pieces`.
+template <class InitData, class InitPieces>
+void write_blob(std::span<const uint8_t> bytes, InitData init_data, InitPieces init_pieces) {
+  if (bytes.size() <= max_piece_bytes) {
+    auto data = init_data(static_cast<unsigned>(bytes.size()));
+    if (!bytes.empty()) std::memcpy(data.begin(), bytes.data(), bytes.size());
+    return;
+  }
+  const size_t n = (bytes.size() + max_piece_bytes - 1) / max_piece_bytes;
+  auto pieces = init_pieces(static_cast<unsigned>(n));
+  for (size_t i = 0; i < n; ++i) {
+    const size_t at = i * max_piece_bytes, len = std::min(max_piece_bytes, bytes.size() - at);
+    auto piece = pieces.init(static_cast<unsigned>(i), static_cast<unsigned>(len));
+    std::memcpy(piece.begin(), bytes.data() + at, len);
+  }
+}
+
+/// The parts of a blob written by write_blob (`data`, or its `pieces`), each read once (every
+/// read counts against the reader's traversal limit); nullopt when it is malformed: both forms,
+/// or a piece but the last of other than max_piece_bytes.
+template <class DataReader, class PiecesReader>
+std::optional<std::vector<kj::ArrayPtr<const kj::byte>>> blob_parts(DataReader data,
+                                                                    PiecesReader pieces) {
+  std::vector<kj::ArrayPtr<const kj::byte>> parts;
+  if (pieces.size() == 0) {
+    parts.push_back(data.asBytes());
+    return parts;
+  }
+  if (data.size() != 0) return std::nullopt;
+  for (unsigned i = 0; i < pieces.size(); ++i) {
+    auto piece = pieces[i].asBytes();
+    if (piece.size() == 0 || piece.size() > max_piece_bytes ||
+        (i + 1 < pieces.size() && piece.size() != max_piece_bytes))
+      return std::nullopt;
+    parts.push_back(piece);
+  }
+  return parts;
+}
+
+/// The bytes in `parts`.
+inline size_t blob_size(const std::vector<kj::ArrayPtr<const kj::byte>>& parts) {
+  size_t total = 0;
+  for (const auto& p : parts) total += p.size();
+  return total;
+}
+
+/// Copies `parts` to `out`, in order.
+inline void copy_blob(const std::vector<kj::ArrayPtr<const kj::byte>>& parts, uint8_t* out) {
+  for (const auto& p : parts) {
+    if (p.size() > 0) std::memcpy(out, p.begin(), p.size());
+    out += p.size();
+  }
 }
 
 /// Calls `read(reader)` on a reader over `bytes`, with traversal limits sized to the input;

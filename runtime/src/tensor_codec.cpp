@@ -14,8 +14,9 @@ void write_tensor(schema::Tensor::Builder out, const tensor& t) {
   out.setDtype(static_cast<schema::DType>(t.type()));
   auto shape = out.initShape(static_cast<unsigned>(t.rank()));
   for (size_t i = 0; i < t.rank(); ++i) shape.set(static_cast<unsigned>(i), t.dim(i));
-  auto data = out.initData(static_cast<unsigned>(t.nbytes()));
-  if (t.nbytes() > 0) std::memcpy(data.begin(), t.raw(), t.nbytes());
+  write_blob(
+      std::span<const uint8_t>(static_cast<const uint8_t*>(t.raw()), t.nbytes()),
+      [&](unsigned n) { return out.initData(n); }, [&](unsigned n) { return out.initPieces(n); });
 }
 
 expected<tensor> read_tensor(schema::Tensor::Reader in, const decode_limits& limits) {
@@ -38,14 +39,16 @@ expected<tensor> read_tensor(schema::Tensor::Reader in, const decode_limits& lim
   }
   auto numel = checked_numel(shape, limits.max_elements);
   if (!numel) return malformed(numel.error().message());
-  auto data = in.getData();
+  auto parts = blob_parts(in.getData(), in.getPieces());
+  if (!parts) return malformed("data in both forms, or in pieces of the wrong sizes");
+  const size_t have = blob_size(*parts);
   size_t want = static_cast<size_t>(*numel) * size_of(type);
-  if (data.size() != want)
+  if (have != want)
     return malformed("shape " + to_string(shape) + " of " + to_string(type) + " needs " +
                      std::to_string(want) + " data bytes but the message has " +
-                     std::to_string(data.size()));
+                     std::to_string(have));
   tensor t = tensor::empty(std::move(shape), type);
-  if (want > 0) std::memcpy(t.raw(), data.begin(), want);
+  if (want > 0) copy_blob(*parts, static_cast<uint8_t*>(t.raw()));
   return t;
 }
 
@@ -53,7 +56,7 @@ expected<tensor> read_tensor(schema::Tensor::Reader in, const decode_limits& lim
 
 std::vector<uint8_t> encode_tensor(const tensor& t) {
   // One segment sized to fit, so encoding allocates once and the output is contiguous.
-  size_t words = 16 + t.rank() + (t.nbytes() + 7) / 8;
+  size_t words = 16 + t.rank() + (t.nbytes() + 7) / 8 + t.nbytes() / detail::max_piece_bytes + 2;
   capnp::MallocMessageBuilder message(static_cast<unsigned>(words));
   detail::write_tensor(message.initRoot<schema::Tensor>(), t);
   return detail::to_bytes(message);

@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <optional>
 #include <string>
 
 #include "capnp_bytes.hpp"
@@ -50,26 +51,8 @@ float quantise_block(const float* x, size_t n, int8_t* q, float* err) {
   return scale;
 }
 
-/// A kj stream that appends to a std::vector, so the serialised message is written once into
-/// the buffer the caller gets instead of going through an intermediate kj::Array.
-class vector_output final : public kj::OutputStream {
- public:
-  explicit vector_output(std::vector<uint8_t>& out) : out_(out) {}
-  void write(const void* buffer, size_t size) override {
-    auto* p = static_cast<const uint8_t*>(buffer);
-    out_.insert(out_.end(), p, p + size);
-  }
-
- private:
-  std::vector<uint8_t>& out_;
-};
-
 std::vector<uint8_t> serialise(capnp::MessageBuilder& message) {
-  std::vector<uint8_t> out;
-  out.reserve(capnp::computeSerializedSizeInWords(message) * sizeof(capnp::word));
-  vector_output stream(out);
-  capnp::writeMessage(stream, message);
-  return out;
+  return detail::to_bytes(message);
 }
 
 size_t words_for(size_t bytes) {
@@ -112,20 +95,24 @@ std::vector<uint8_t> encode_update(std::span<const float> delta, compression c,
   const size_t scale_bytes = blocks * sizeof(float);
   // Sized so the message is one segment: segment table, root pointer, the root struct's 2 data
   // and 2 pointer words, then the two Data blobs.
-  const size_t words = 8 + words_for(value_bytes) + words_for(scale_bytes);
+  const size_t words = 8 + words_for(value_bytes) + words_for(scale_bytes) +
+                       value_bytes / detail::max_piece_bytes + 2;
   capnp::MallocMessageBuilder message(static_cast<unsigned>(words),
                                       capnp::AllocationStrategy::FIXED_SIZE);
   auto root = message.initRoot<schema::Update>();
   root.setCompression(static_cast<schema::Compression>(c));
   root.setCount(n);
-  auto values = root.initValues(static_cast<unsigned>(value_bytes));
-
   if (!int8) {
-    if (n > 0) std::memcpy(values.begin(), input, value_bytes);
+    // More than one Data field holds (a model of over 67 million values) goes in pieces.
+    detail::write_blob(
+        std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(input), value_bytes),
+        [&](unsigned k) { return root.initValues(k); },
+        [&](unsigned k) { return root.initValuePieces(k); });
     if (residual != nullptr) std::fill(residual->begin(), residual->end(), 0.0f);
     return serialise(message);
   }
 
+  auto values = root.initValues(static_cast<unsigned>(value_bytes));
   root.setBlockSize(block_size);
   auto scales = root.initScales(static_cast<unsigned>(scale_bytes));
   auto* q = reinterpret_cast<int8_t*>(values.begin());
@@ -162,23 +149,31 @@ expected<std::vector<float>> decode_update(std::span<const uint8_t> bytes, uint6
           return malformed("count " + std::to_string(count) + " exceeds the limit of " +
                            std::to_string(max_count));
         auto values = root.getValues();
+        const bool in_pieces = root.hasValuePieces() && root.getValuePieces().size() > 0;
         auto scales = root.getScales();
         uint32_t block_size = root.getBlockSize();
         uint64_t blocks = 0;
+        std::optional<std::vector<kj::ArrayPtr<const kj::byte>>> fp32_parts;
         if (c == compression::fp32) {
           if (block_size != 0 || scales.size() != 0)
             return malformed("an fp32 update has block size " + std::to_string(block_size) +
                              " and " + std::to_string(scales.size()) +
                              " scale bytes; both must be 0");
+          fp32_parts = detail::blob_parts(values, root.getValuePieces());
+          if (!fp32_parts)
+            return malformed("values in both forms, or in pieces of the wrong sizes");
+          const size_t have = detail::blob_size(*fp32_parts);
           // Compared by division: count * 4 could wrap for a hostile count and a large max_count.
-          if (values.size() % sizeof(float) != 0 || values.size() / sizeof(float) != count)
+          if (have % sizeof(float) != 0 || have / sizeof(float) != count)
             return malformed("fp32 count " + std::to_string(count) +
                              " needs 4 bytes per value but " + "the message has " +
-                             std::to_string(values.size()) + " value bytes");
+                             std::to_string(have) + " value bytes");
         } else {
           if (block_size == 0 || block_size > max_update_block_size)
             return malformed("block size " + std::to_string(block_size) + " is outside [1, " +
                              std::to_string(max_update_block_size) + "]");
+          if (in_pieces)
+            return malformed("int8 values in pieces (only fp32 values come in pieces)");
           if (values.size() != count)
             return malformed("int8 count " + std::to_string(count) + " needs " +
                              std::to_string(count) + " value bytes but the message has " +
@@ -200,7 +195,7 @@ expected<std::vector<float>> decode_update(std::span<const uint8_t> bytes, uint6
         // count is now bounded by max_count and by the bytes actually received.
         std::vector<float> out(static_cast<size_t>(count));
         if (c == compression::fp32) {
-          if (count > 0) std::memcpy(out.data(), values.begin(), values.size());
+          if (count > 0) detail::copy_blob(*fp32_parts, reinterpret_cast<uint8_t*>(out.data()));
           if (int64_t bad = first_non_finite(out); bad >= 0)
             return error(errc::non_finite,
                          "update value " + std::to_string(bad) + " is not finite");

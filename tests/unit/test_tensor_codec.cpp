@@ -1,9 +1,13 @@
 #include <doctest/doctest.h>
 
+#include <capnp/message.h>
+#include <capnp/serialize.h>
+
 #include <cstring>
 
 #include "gflex/runtime/rng.hpp"
 #include "gflex/runtime/tensor_codec.hpp"
+#include "gflex/schema/tensor.capnp.h"
 
 using namespace gflex;
 
@@ -94,5 +98,45 @@ TEST_SUITE("tensor_codec") {
     decode_limits small;
     small.max_bytes = 16;
     CHECK_FALSE(decode_tensor(bytes, small).has_value());
+  }
+
+  TEST_CASE("a tensor larger than one Data field travels in pieces") {
+    // 2^26 + 3 floats: 256 MiB and 12 bytes, more than one 2^28-byte piece.
+    const int64_t n = (int64_t{1} << 26) + 3;
+    auto t = tensor::empty({n}, dtype::f32);
+    auto v = t.span<float>();
+    for (int64_t i = 0; i < n; ++i) v[i] = static_cast<float>(i % 1000003) * 0.5f;
+    auto bytes = encode_tensor(t);
+    decode_limits limits;
+    auto back = decode_tensor(bytes, limits);
+    REQUIRE(back.has_value());
+    REQUIRE(back->numel() == n);
+    CHECK(std::memcmp(back->raw(), t.raw(), t.nbytes()) == 0);
+  }
+
+  TEST_CASE("pieces of the wrong sizes, or data in both forms, are refused") {
+    auto build = [](std::vector<unsigned> pieces, unsigned data_bytes, uint64_t numel) {
+      capnp::MallocMessageBuilder m;
+      auto root = m.initRoot<schema::Tensor>();
+      root.setDtype(schema::DType::U8);
+      root.initShape(1).set(0, numel);
+      if (data_bytes > 0) root.initData(data_bytes);
+      auto list = root.initPieces(static_cast<unsigned>(pieces.size()));
+      for (unsigned i = 0; i < pieces.size(); ++i) list.init(i, pieces[i]);
+      auto flat = capnp::messageToFlatArray(m);
+      auto b = flat.asBytes();
+      return std::vector<uint8_t>(b.begin(), b.end());
+    };
+    // A short first piece (only the last may be short), both forms, an empty piece.
+    for (const auto& bytes :
+         {build({100, 100}, 0, 200), build({100}, 100, 200), build({0}, 0, 0)}) {
+      auto out = decode_tensor(bytes);
+      REQUIRE_FALSE(out.has_value());
+      CHECK(out.error().message().find("pieces") != std::string::npos);
+    }
+    // One short piece alone is a whole blob.
+    auto one = decode_tensor(build({100}, 0, 100));
+    REQUIRE(one.has_value());
+    CHECK(one->numel() == 100);
   }
 }

@@ -86,6 +86,18 @@ TEST_SUITE("update_codec") {
     }
   }
 
+  TEST_CASE("an fp32 update larger than one Data field travels in pieces") {
+    // 150 million values (600 MB), as a wide model's pseudo-gradient (a verification is fp32).
+    const size_t n = 150'000'000;
+    std::vector<float> delta(n);
+    for (size_t i = 0; i < n; ++i) delta[i] = static_cast<float>(i % 65521) * 1e-3f - 30.0f;
+    auto bytes = encode_update(delta, compression::fp32);
+    CHECK(bytes.size() > size_t{600'000'000});
+    auto out = decode_update(bytes, n);
+    REQUIRE(out.has_value());
+    CHECK(*out == delta);
+  }
+
   TEST_CASE("fp32 sends delta + residual and zeroes the residual") {
     auto delta = random_delta(100, 3);
     auto carried = random_delta(100, 4, 0.01f);

@@ -100,10 +100,11 @@ struct model_spec {
   std::vector<layer_spec> layers;
 };
 
-/// Limits a model must keep to (a job's parameters travel in every assignment).
+/// Limits a model must keep to. Parameters travel in every assignment, as content-addressed
+/// chunks when large; their bound is the tensor decoder's (2^28 values, 1 GiB of fp32).
 struct model_limits {
   int64_t max_layers = 512;
-  int64_t max_parameters = int64_t{64} << 20;
+  int64_t max_parameters = int64_t{1} << 28;
   int64_t max_extent = int64_t{1} << 20;        ///< Any one dimension.
   int64_t max_activations = int64_t{64} << 20;  ///< Values of one sample's activations.
 };

@@ -36,9 +36,13 @@ struct checkpoint {
 
 std::vector<uint8_t> encode_checkpoint(const checkpoint& c);
 
+/// Bounds for a checkpoint: several tensors of up to a model's 2^28 values each (parameters
+/// and optimizer state), 4 GiB in all.
+inline constexpr decode_limits checkpoint_limits{size_t{1} << 32, 8, int64_t{1} << 28};
+
 /// Decodes a checkpoint; malformed input is errc::malformed_message (never a crash).
 expected<checkpoint> decode_checkpoint(std::span<const uint8_t> bytes,
-                                       const decode_limits& limits = {});
+                                       const decode_limits& limits = checkpoint_limits);
 
 /// Writes bytes to `file` atomically (a temporary file renamed over it).
 expected<void> write_file_atomically(const std::filesystem::path& file,
@@ -46,6 +50,6 @@ expected<void> write_file_atomically(const std::filesystem::path& file,
 
 /// Reads a whole file; errc::io_error naming it when it cannot.
 expected<std::vector<uint8_t>> read_file(const std::filesystem::path& file,
-                                         size_t max_bytes = size_t{1} << 31);
+                                         size_t max_bytes = size_t{1} << 32);
 
 }  // namespace gflex

@@ -32,8 +32,11 @@ class store {
   store& operator=(store&&) noexcept;
   ~store();
 
-  /// Opens (creating if needed) the store in `dir`; `map_bytes` bounds its size.
-  static expected<store> open(const std::filesystem::path& dir, size_t map_bytes = size_t{1} << 32);
+  /// Opens (creating if needed) the store in `dir`; `map_bytes` bounds its size. The bound is
+  /// address space, not disk: the file grows with what is written. 64 GiB leaves room for the
+  /// checkpoints of large models (a 150-million-parameter job's is 1.2 GB, and LMDB keeps the
+  /// old copy until the new one is committed).
+  static expected<store> open(const std::filesystem::path& dir, size_t map_bytes = size_t{1} << 36);
 
   /// Applies all writes atomically.
   expected<void> commit(std::span<const store_write> writes);

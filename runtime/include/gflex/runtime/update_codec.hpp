@@ -18,9 +18,10 @@ enum class compression : uint8_t { fp32 = 0, int8 = 1 };
 /// Largest block size an int8 update may use; a decoder rejects larger ones.
 inline constexpr uint32_t max_update_block_size = uint32_t{1} << 20;
 
-/// Most values one update can carry with each compression: a Cap'n Proto Data field holds at
-/// most 2^29 - 1 bytes.
-inline constexpr uint64_t max_update_count_fp32 = ((uint64_t{1} << 29) - 1) / 4;
+/// Most values one update can carry with each compression: as many as a model may have
+/// (2^28; fp32 values beyond one Cap'n Proto Data field's 2^29 - 1 bytes go in pieces), and for
+/// int8 what one Data field holds.
+inline constexpr uint64_t max_update_count_fp32 = uint64_t{1} << 28;
 inline constexpr uint64_t max_update_count_int8 = (uint64_t{1} << 29) - 1;
 
 /// Encodes an update. For int8, values are quantised per block of `block_size` (default 256)

@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# A model too large for one network message: a wide MLP of 153.5 million parameters (614 MB
+# of fp32, more than four times CAF's 128 MiB message cap) trains as a job on two node
+# processes over loopback. Its parameters go out and its updates come back as
+# content-addressed chunks, and `gflex fetch` reads the trained model in parts. Each process's
+# peak resident memory (VmHWM) is measured against the model's size and bounded.
+source "$(dirname "$0")/lib.sh"
+G="$BIN/gflex"
+start_cluster 2
+key_file alice
+ALICE=(env "GFLEX_API_KEY=$(cat "$WORK/alice.key")")
+
+# A small slice of Fashion-MNIST (the model, not the data, is what is large here): 6,000
+# images (three shards of about 8 MiB), a tenth of them held out for the test accuracy.
+python3 - /usr/share/datasets/fashion-mnist "$WORK" <<'PY'
+import gzip, struct, sys
+src, work = sys.argv[1], sys.argv[2]
+def idx(name):
+    with gzip.open(f"{src}/{name}.gz") as f:
+        data = f.read()
+    dims = struct.unpack(">" + "I" * data[3], data[4:4 + 4 * data[3]])
+    return dims, data[4 + 4 * data[3]:]
+(n, h, w), images = idx("train-images-idx3-ubyte")
+(_,), labels = idx("train-labels-idx1-ubyte")
+n = 6000
+for path, dims, payload in ((f"{work}/images.idx", (n, h, w), images[:n * h * w]),
+                            (f"{work}/labels.idx", (n,), labels[:n])):
+    with open(path, "wb") as f:
+        f.write(bytes([0, 0, 8, len(dims)]) + struct.pack(">" + "I" * len(dims), *dims) + payload)
+PY
+"${ALICE[@]}" "$G" data push fm-small "$WORK/images.idx" --format idx --labels "$WORK/labels.idx" \
+  --classes 10 --core "$core" >/dev/null || fail "push the data set"
+
+cat >"$WORK/wide.toml" <<'TOML'
+[job]
+name = "wide-mlp"
+rounds = 2
+workers = 2
+seed = 3
+
+[inner]
+optimizer = "sgd"
+local_steps = 3
+batch_size = 16
+lr = 0.02
+lr_schedule = "constant"
+
+[outer]
+lr = 1.0
+momentum = 0.0
+
+[wire]
+compression = "int8"
+
+[round]
+deadline_s = 600.0
+
+[data]
+set = "fm-small"
+
+[model]
+input = [784]
+layers = [
+  { type = "linear", units = 12000 }, { type = "relu" },
+  { type = "linear", units = 12000 }, { type = "relu" },
+  { type = "linear", units = 10 }, { type = "softmax_xent" },
+]
+TOML
+params=$(((784 * 12000 + 12000) + (12000 * 12000 + 12000) + (12000 * 10 + 10)))
+model_bytes=$((params * 4))
+
+start_s=$SECONDS
+timeout -s KILL 600 "${ALICE[@]}" "$G" submit "$WORK/wide.toml" --core "$core" --wait \
+  --json "$WORK/job.json" >"$WORK/job.out" 2>"$WORK/job.err" ||
+  fail "the wide job: $(tail -3 "$WORK/job.err")"
+job_s=$((SECONDS - start_s))
+acc=$(json_get "$WORK/job.json" "j['test_accuracy']")
+[ "$(json_get "$WORK/job.json" "j['state']")" = done ] || fail "the wide job did not finish"
+python3 -c "import sys; sys.exit(0 if $acc >= 0.3 else 1)" || fail "test accuracy $acc < 0.3"
+sent=$(json_get "$WORK/job.json" "j['bytes_sent']")
+[ "$sent" -ge $((4 * model_bytes)) ] || fail "bytes sent $sent < 4 x $model_bytes"
+echo "ok: a $params-parameter model ($((model_bytes >> 20)) MiB) trained in ${job_s} s, test accuracy $acc"
+
+"${ALICE[@]}" "$G" fetch "$(json_get "$WORK/job.json" "j['job_id']")" --out "$WORK/wide.gfck" \
+  --core "$core" >/dev/null || fail "fetch the wide model"
+size=$(stat -c %s "$WORK/wide.gfck")
+[ "$size" -ge "$model_bytes" ] || fail "the fetched model has $size bytes, under $model_bytes"
+"$G" eval "$WORK/wide.gfck" --json "$WORK/eval.json" >/dev/null 2>"$WORK/eval.err" ||
+  true  # a model on a pushed set is evaluated by the core, not here; the fetch is what counts
+echo "ok: fetched the trained model in parts: $size bytes"
+
+# Peak resident memory of each process, in multiples of the model's size.
+report=""
+for p in core node1 node2; do
+  pid_var="PID_$p"
+  hwm_kb=$(awk '/^VmHWM/ {print $2}' "/proc/${!pid_var}/status") || fail "no VmHWM for $p"
+  ratio=$(python3 -c "print(f'{$hwm_kb * 1024 / $model_bytes:.2f}')")
+  report="$report $p ${ratio}x ($((hwm_kb >> 10)) MiB)"
+  python3 -c "import sys; sys.exit(0 if $ratio <= ${MAX_RATIO:-8} else 1)" ||
+    fail "$p peaked at ${ratio}x the model's size (bound ${MAX_RATIO:-8}x)"
+done
+echo "ok: peak resident memory:$report"
+finish
