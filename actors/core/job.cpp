@@ -16,6 +16,7 @@
 #include "core_metrics.hpp"
 #include "data_catalog.hpp"
 #include "gflex/kernels/trainer.hpp"
+#include "gflex/runtime/check.hpp"
 #include "gflex/runtime/checkpoint.hpp"
 #include "gflex/runtime/identity.hpp"
 #include "gflex/runtime/payload_chunks.hpp"
@@ -377,6 +378,8 @@ void open_round(job_actor* self) {
 // going on); the current round's work is discarded, never credited.
 void roll_back(job_actor* self) {
   auto& st = self->state;
+  GFLEX_CHECK(st.unconfirmed->params != nullptr,
+              "a round kept nothing to roll back to, yet one of its results was re-computed");
   auto u = std::move(*st.unconfirmed);
   st.unconfirmed.reset();
   for (auto& [id, a] : st.pending) {
@@ -568,19 +571,15 @@ void try_confirm(job_actor* self) {
   add_round(s.history,
             {s.round, s.train_loss, s.test_loss, s.test_accuracy, evaluate, s.elapsed_s});
 
-  // Record and checkpoint of the round in one transaction: a restart resumes from here.
-  checkpoint c;
+  // Record and checkpoint of the round in one transaction: a restart resumes from here. The
+  // checkpoint is encoded from theta and momentum where they are (a large model's are not
+  // copied first).
+  checkpoint_view c;
   c.workload = spec.workload;
   c.model = spec.model;
   c.data_set = spec.data_set;
   c.step = static_cast<uint64_t>(s.round);
-  auto as_tensor = [](const std::vector<float>& v) {
-    auto t = tensor::empty({static_cast<int64_t>(v.size())}, dtype::f32);
-    std::copy(v.begin(), v.end(), t.data<float>());
-    return t;
-  };
-  c.tensors.push_back({"theta", as_tensor(st.job.theta)});
-  c.tensors.push_back({"outer_momentum", as_tensor(st.job.momentum)});
+  c.vectors = {{"theta", st.job.theta}, {"outer_momentum", st.job.momentum}};
   store_batch batch;
   batch.keys = {job_record_key(st.job.id), job_checkpoint_key(st.job.id)};
   batch.values = {encode_job_record(st.job.spec_text, s), encode_checkpoint(c)};
@@ -716,21 +715,38 @@ void try_advance(job_actor* self) {
 
   unconfirmed_round u;
   u.index = st.job.status.round;
-  u.theta_before = st.job.theta;
-  u.momentum_before = st.job.momentum;
-  u.params = st.round_params;
+  // What a rollback would restore, and the parameters a re-computation starts from, are kept
+  // only while some result of the round may still be re-computed: a round of results already
+  // clear (the core tier's, or not sampled) or verified can never be rolled back, and copying
+  // a large model's theta and momentum every round would double the core's memory.
+  const bool may_roll_back = std::any_of(st.results.begin(), st.results.end(), [](const auto& x) {
+    return x.second.check == check_state::deciding || x.second.check == check_state::verifying;
+  });
+  if (may_roll_back) {
+    u.theta_before = st.job.theta;
+    u.momentum_before = st.job.momentum;
+    u.params = st.round_params;
+  }
   u.train_loss_before = st.job.status.train_loss;
   u.nodes_before = st.job.status.nodes;
-  std::vector<double> mean;
-  robust_mean(used, spec.clip, spec.trim, mean);
   const double mu = spec.outer_momentum, lr = spec.outer_lr;
   // Nesterov momentum on the averaged pseudo-gradient (DiLoCo's outer optimiser):
   //   m = mu * m + g;  theta -= lr * (g + mu * m)
-  for (size_t i = 0; i < st.job.theta.size(); ++i) {
-    double g = mean[i];
-    double m = mu * st.job.momentum[i] + g;
-    st.job.momentum[i] = static_cast<float>(m);
-    st.job.theta[i] = static_cast<float>(st.job.theta[i] - lr * (g + mu * m));
+  // The mean is taken a block of coordinates at a time (each coordinate's is independent of
+  // the others once the clipping scales are known), so it never exists whole in doubles.
+  const auto scales = robust_mean_scales(used, spec.clip);
+  constexpr size_t mean_block = size_t{1} << 16;
+  std::vector<double> mean;
+  for (size_t begin = 0; begin < st.job.theta.size(); begin += mean_block) {
+    const size_t len = std::min(mean_block, st.job.theta.size() - begin);
+    robust_mean_block(used, scales, spec.trim, begin, len, mean);
+    for (size_t k = 0; k < len; ++k) {
+      const size_t i = begin + k;
+      double g = mean[k];
+      double m = mu * st.job.momentum[i] + g;
+      st.job.momentum[i] = static_cast<float>(m);
+      st.job.theta[i] = static_cast<float>(st.job.theta[i] - lr * (g + mu * m));
+    }
   }
   auto& s = st.job.status;
   double loss_sum = 0.0;

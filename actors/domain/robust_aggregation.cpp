@@ -195,8 +195,8 @@ double cosine(std::span<const float> a, std::span<const float> b) {
   return na > 0.0 && nb > 0.0 ? dot / std::sqrt(na * nb) : 0.0;
 }
 
-void robust_mean(const std::vector<std::span<const float>>& updates, double clip, double trim,
-                 std::vector<double>& out) {
+std::vector<double> robust_mean_scales(const std::vector<std::span<const float>>& updates,
+                                       double clip) {
   GFLEX_CHECK(!updates.empty(), "robust_mean: no updates");
   const size_t n = updates.size(), dim = updates[0].size();
   for (const auto& u : updates) GFLEX_CHECK(u.size() == dim, "robust_mean: sizes differ");
@@ -207,24 +207,40 @@ void robust_mean(const std::vector<std::span<const float>>& updates, double clip
     for (size_t i = 0; i < n; ++i)
       if (norms[i] > limit) scale[i] = limit / norms[i];
   }
-  out.assign(dim, 0.0);
+  return scale;
+}
+
+void robust_mean_block(const std::vector<std::span<const float>>& updates,
+                       const std::vector<double>& scale, double trim, size_t begin, size_t len,
+                       std::vector<double>& out) {
+  const size_t n = updates.size();
+  GFLEX_CHECK(scale.size() == n, "robust_mean: one scale per update");
+  out.assign(len, 0.0);
   auto drop = static_cast<size_t>(std::floor(trim * static_cast<double>(n)));
   if (2 * drop >= n) drop = (n - 1) / 2;
   if (drop == 0) {
-    for (size_t i = 0; i < n; ++i)
-      for (size_t k = 0; k < dim; ++k) out[k] += updates[i][k] * scale[i];
+    for (size_t i = 0; i < n; ++i) {
+      const float* u = updates[i].data() + begin;
+      for (size_t k = 0; k < len; ++k) out[k] += u[k] * scale[i];
+    }
     for (auto& v : out) v /= static_cast<double>(n);
     return;
   }
   std::vector<double> column(n);
   const double kept = static_cast<double>(n - 2 * drop);
-  for (size_t k = 0; k < dim; ++k) {
-    for (size_t i = 0; i < n; ++i) column[i] = updates[i][k] * scale[i];
+  for (size_t k = 0; k < len; ++k) {
+    for (size_t i = 0; i < n; ++i) column[i] = updates[i][begin + k] * scale[i];
     std::sort(column.begin(), column.end());
     double s = 0.0;
     for (size_t i = drop; i < n - drop; ++i) s += column[i];
     out[k] = s / kept;
   }
+}
+
+void robust_mean(const std::vector<std::span<const float>>& updates, double clip, double trim,
+                 std::vector<double>& out) {
+  const auto scale = robust_mean_scales(updates, clip);
+  robust_mean_block(updates, scale, trim, 0, updates[0].size(), out);
 }
 
 }  // namespace gflex

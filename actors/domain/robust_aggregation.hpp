@@ -93,4 +93,14 @@ inline constexpr double replay_cosine = 0.95;
 void robust_mean(const std::vector<std::span<const float>>& updates, double clip, double trim,
                  std::vector<double>& out);
 
+/// robust_mean in two steps, so that a large model's mean is taken a block of coordinates at
+/// a time: the clipping scale of each update (1 where it is not clipped), then the mean of
+/// coordinates [begin, begin + len) into `out` (len values). Together they give exactly
+/// robust_mean's values.
+std::vector<double> robust_mean_scales(const std::vector<std::span<const float>>& updates,
+                                       double clip);
+void robust_mean_block(const std::vector<std::span<const float>>& updates,
+                       const std::vector<double>& scale, double trim, size_t begin, size_t len,
+                       std::vector<double>& out);
+
 }  // namespace gflex

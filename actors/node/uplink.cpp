@@ -34,7 +34,10 @@ struct params_fetch {
   std::optional<chunk_assembler> parts;
   std::set<uint64_t> asking;
   std::vector<waiting_assignment> waiting;
-  std::shared_ptr<const shared_params> done;
+  bool complete = false;
+  // Once complete, the parameters as long as an assignment holds them (a worker lets them go
+  // once it has decoded them: a large model's are not kept twice).
+  std::weak_ptr<const shared_params> kept;
   caf::error failure;  // a chunk request failed; set until the others are back
 };
 
@@ -236,23 +239,23 @@ void run_on_worker(uplink_actor* self, uint32_t index, assignment a,
 void pump_params(uplink_actor* self, std::shared_ptr<params_fetch> f);
 
 // The fetch ended (done, or failed with `e`): the assignments waiting for it go on or fail.
-void end_fetch(uplink_actor* self, const std::shared_ptr<params_fetch>& f,
-               const caf::error& e = caf::error{}) {
+void end_fetch(uplink_actor* self, const std::shared_ptr<params_fetch>& f, const caf::error& e,
+               std::shared_ptr<const shared_params> done = nullptr) {
   auto waiting = std::move(f->waiting);
   f->waiting.clear();
   for (auto& w : waiting) {
-    if (e || !f->done) {
+    if (e || !done) {
       w.promise.deliver(e);
       continue;
     }
-    w.work.params_ref = f->done;
+    w.work.params_ref = done;
     run_on_worker(self, w.index, std::move(w.work), std::move(w.promise));
   }
 }
 
 void pump_params(uplink_actor* self, std::shared_ptr<params_fetch> f) {
   auto& st = self->state;
-  if (!st.session || f->done || !f->parts) return;
+  if (!st.session || f->complete || !f->parts) return;
   // A chunk that failed stops the asking; the waiting assignments fail once the requests
   // still out are back (what arrived stays, for the next assignment of these parameters).
   if (f->failure) {
@@ -270,7 +273,7 @@ void pump_params(uplink_actor* self, std::shared_ptr<params_fetch> f) {
         .then(
             [=](std::vector<uint8_t>& bytes) {
               f->asking.erase(i);
-              if (f->done || !f->parts) return;
+              if (f->complete || !f->parts) return;
               node_metrics::bytes("in", "parameter_chunk").inc(static_cast<double>(bytes.size()));
               if (auto added = f->parts->add(i, bytes); !added) {
                 spdlog::warn("uplink: parameters from the core: {}", added.error().message());
@@ -283,14 +286,15 @@ void pump_params(uplink_actor* self, std::shared_ptr<params_fetch> f) {
                 p->chunks = f->chunks;
                 p->bytes = f->parts->take();
                 f->parts.reset();
-                f->done = std::move(p);
-                return end_fetch(self, f);
+                f->complete = true;
+                f->kept = p;
+                return end_fetch(self, f, caf::error{}, std::move(p));
               }
               pump_params(self, f);
             },
             [=](caf::error& e) {
               f->asking.erase(i);
-              if (f->done || !f->parts) return;
+              if (f->complete || !f->parts) return;
               if (!f->failure) f->failure = std::move(e);
               pump_params(self, f);
             });
@@ -304,13 +308,15 @@ void fetch_params(uplink_actor* self, uint32_t index, assignment a,
   auto it = std::find_if(st.params.begin(), st.params.end(),
                          [&](const auto& f) { return f->chunks == a.params_chunks; });
   std::shared_ptr<params_fetch> f;
-  if (it != st.params.end() && ((*it)->done || (*it)->parts)) {
+  std::shared_ptr<const shared_params> kept;
+  if (it != st.params.end() && (*it)->complete) kept = (*it)->kept.lock();
+  if (kept) {
+    a.params_ref = std::move(kept);
+    a.params_chunks.clear();
+    return run_on_worker(self, index, std::move(a), std::move(rp));
+  }
+  if (it != st.params.end() && (*it)->parts) {
     f = *it;
-    if (f->done) {
-      a.params_ref = f->done;
-      a.params_chunks.clear();
-      return run_on_worker(self, index, std::move(a), std::move(rp));
-    }
   } else {
     auto parts = chunk_assembler::make(a.params_bytes, st.payload_chunk_bytes, a.params_chunks,
                                        max_params_bytes);

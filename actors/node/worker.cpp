@@ -49,8 +49,7 @@ error bad(const std::string& what) {
   return error(errc::invalid_argument, "assignment: " + what);
 }
 
-expected<assignment_result> run_assignment(worker_state& st, const assignment& a,
-                                           const dataset& shard) {
+expected<assignment_result> run_assignment(worker_state& st, assignment& a, const dataset& shard) {
   auto start = std::chrono::steady_clock::now();
   if (a.local_steps < 1 || a.local_steps > 1000000)
     return bad("local_steps " + std::to_string(a.local_steps) + " is outside [1, 1000000]");
@@ -95,6 +94,10 @@ expected<assignment_result> run_assignment(worker_state& st, const assignment& a
     return error(errc::shape_mismatch, "assignment: parameters are " + to_string(params->shape()) +
                                            " " + to_string(params->type()) + ", " + w.name() +
                                            " needs [" + std::to_string(n) + "] f32");
+  // The encoded parameters are let go once decoded (the uplink keeps them only while an
+  // assignment holds them): a large model's would otherwise stay twice in memory.
+  a.params_ref.reset();
+  a.params = {};
   auto theta = params->span<float>();
   if (auto i = first_non_finite(theta); i >= 0)
     return error(errc::non_finite, "assignment: parameter " + std::to_string(i) + " is not finite");
@@ -136,8 +139,10 @@ expected<assignment_result> run_assignment(worker_state& st, const assignment& a
     }
     kernels::replica_step(group, slot.replicas, bx.data(), by.data(), a.batch_size);
   }
-  std::vector<float> end(static_cast<size_t>(n));
-  slot.replicas.front()->store_parameters(end);
+  // The pseudo-gradient theta - end is made in the buffer `end` is read into, and theta is
+  // let go before the update is encoded.
+  std::vector<float> delta(static_cast<size_t>(n));
+  slot.replicas.front()->store_parameters(delta);
   kernels::batch_stats stats;
   for (auto& m : slot.replicas) {
     auto part = m->take_stats();
@@ -145,8 +150,8 @@ expected<assignment_result> run_assignment(worker_state& st, const assignment& a
     stats.correct += part.correct;
     stats.samples += part.samples;
   }
-  std::vector<float> delta(static_cast<size_t>(n));
-  for (int64_t i = 0; i < n; ++i) delta[i] = theta[i] - end[i];
+  for (int64_t i = 0; i < n; ++i) delta[i] = theta[i] - delta[i];
+  params = error(errc::invalid_argument, "released");  // theta's memory goes
   if (auto i = first_non_finite(delta); i >= 0)
     return error(errc::non_finite,
                  "training diverged: update value " + std::to_string(i) + " is not finite");
@@ -190,8 +195,7 @@ caf::behavior worker_behavior(worker_actor* self, worker_config config, caf::act
         std::make_unique<misbehaving_worker>(st.config.misbehave, st.config.misbehave_seed);
 
   // A device failure is an error for this assignment only; the worker stays up.
-  auto compute = [=](const assignment& a,
-                     const dataset& shard) -> caf::expected<assignment_result> {
+  auto compute = [=](assignment& a, const dataset& shard) -> caf::expected<assignment_result> {
     if (self->state.aborted.erase(a.id) > 0)
       return to_caf(error(errc::invalid_argument, "assignment aborted by its job"));
     if (++self->state.assignments == self->state.config.crash_at_assignment)
@@ -224,6 +228,7 @@ caf::behavior worker_behavior(worker_actor* self, worker_config config, caf::act
       cfg.on_activity(n);
     };
     tell(node_activity::kind::started, 0.0, 0.0);
+    const auto params_bytes = params_of(a).size();  // run_assignment lets them go
     try {
       if (inject_device_error)
         throw kernels::compute_error(
@@ -244,7 +249,7 @@ caf::behavior worker_behavior(worker_actor* self, worker_config config, caf::act
           r->compute_s / static_cast<double>(std::max<int64_t>(1, a.local_steps)));
       if (r->compute_s > 0)
         node_metrics::samples_per_second().set(static_cast<double>(r->samples) / r->compute_s);
-      node_metrics::bytes("in", "parameters").inc(static_cast<double>(params_of(a).size()));
+      node_metrics::bytes("in", "parameters").inc(static_cast<double>(params_bytes));
       node_metrics::bytes("out", "update").inc(static_cast<double>(r->update.size()));
       tell(node_activity::kind::done,
            r->compute_s > 0 ? static_cast<double>(r->samples) / r->compute_s : 0.0, r->compute_s);

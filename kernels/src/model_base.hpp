@@ -21,8 +21,6 @@ class model_base : public model {
       : backend_(b), count_(parameters), feature_dim_(feature_dim), max_batch_(max_batch) {
     params_ = b.allocate({count_}, dtype::f32);
     grads_ = b.allocate({count_}, dtype::f32);
-    m_ = b.allocate({count_}, dtype::f32);
-    v_ = b.allocate({count_}, dtype::f32);
     b.fill(params_.data<float>(), count_, 0.0f);
     reset_optimizer();
     if (b.where().kind != device_kind::host) {
@@ -47,8 +45,10 @@ class model_base : public model {
   }
 
   void reset_optimizer() override {
-    backend_.fill(m_.data<float>(), count_, 0.0f);
-    backend_.fill(v_.data<float>(), count_, 0.0f);
+    if (moments_) {
+      backend_.fill(m_.data<float>(), count_, 0.0f);
+      backend_.fill(v_.data<float>(), count_, 0.0f);
+    }
     step_ = 0;
   }
 
@@ -61,6 +61,15 @@ class model_base : public model {
     if (optimizer_.plain_sgd) {
       backend_.axpby(count_, -optimizer_.lr, grads_.data<float>(), 1.0f, params_.data<float>());
     } else {
+      // The moments are made at the first AdamW step: a model trained with SGD or only
+      // evaluated (a large one on the core) never holds them, two parameter-sized buffers.
+      if (!moments_) {
+        m_ = backend_.allocate({count_}, dtype::f32);
+        v_ = backend_.allocate({count_}, dtype::f32);
+        backend_.fill(m_.data<float>(), count_, 0.0f);
+        backend_.fill(v_.data<float>(), count_, 0.0f);
+        moments_ = true;
+      }
       backend_.adamw(params_.data<float>(), grads_.data<float>(), m_.data<float>(),
                      v_.data<float>(), count_, optimizer_, step_);
     }
@@ -105,6 +114,7 @@ class model_base : public model {
 
  private:
   tensor params_, grads_, m_, v_, input_, labels_, stats_;
+  bool moments_ = false;  // m_ and v_ exist
   adamw_config optimizer_;
   int64_t step_ = 0;
   int64_t samples_ = 0;

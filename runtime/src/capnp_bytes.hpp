@@ -45,6 +45,26 @@ inline std::vector<uint8_t> to_bytes(capnp::MessageBuilder& message) {
   return out;
 }
 
+/// Builds a single-segment message straight into the byte vector it is returned in, so that a
+/// large payload (a model's parameters, a checkpoint) exists once while it is encoded, not
+/// twice (a builder's segment, then its flattened copy). `max_words` must bound the message;
+/// `build` gets the capnp::MessageBuilder to fill.
+template <class Build>
+std::vector<uint8_t> build_flat(size_t max_words, Build&& build) {
+  // Zero-filled, as Cap'n Proto requires of a buffer it builds in; after the 8-byte segment
+  // table (one segment), which is word-aligned since the vector's storage is.
+  std::vector<uint8_t> out((max_words + 1) * sizeof(capnp::word));
+  capnp::FlatMessageBuilder message(
+      kj::arrayPtr(reinterpret_cast<capnp::word*>(out.data() + sizeof(capnp::word)), max_words));
+  build(static_cast<capnp::MessageBuilder&>(message));
+  const auto segments = message.getSegmentsForOutput();
+  const size_t used = segments.size() == 1 ? segments[0].size() : 0;
+  const uint32_t header[2] = {0, static_cast<uint32_t>(used)};  // segment count - 1, size
+  std::memcpy(out.data(), header, sizeof header);
+  out.resize((used + 1) * sizeof(capnp::word));
+  return out;
+}
+
 /// Writes `bytes` into `data` when they fit one Data field, else into `pieces`.
 template <class InitData, class InitPieces>
 void write_blob(std::span<const uint8_t> bytes, InitData init_data, InitPieces init_pieces) {

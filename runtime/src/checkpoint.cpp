@@ -19,19 +19,38 @@ const tensor* checkpoint::find(std::string_view name) const {
 
 std::vector<uint8_t> encode_checkpoint(const checkpoint& c) {
   size_t words = 64;
-  for (const auto& t : c.tensors) words += 16 + t.name.size() / 8 + (t.value.nbytes() + 7) / 8;
-  capnp::MallocMessageBuilder message(static_cast<unsigned>(std::min<size_t>(words, 1u << 28)));
-  auto root = message.initRoot<schema::Checkpoint>();
-  root.setWorkload(c.workload);
-  root.setModel(c.model);
-  root.setDataSet(c.data_set);
-  root.setStep(c.step);
-  auto list = root.initParameters(static_cast<unsigned>(c.tensors.size()));
-  for (size_t i = 0; i < c.tensors.size(); ++i) {
-    list[i].setName(c.tensors[i].name);
-    detail::write_tensor(list[i].initTensor(), c.tensors[i].value);
-  }
-  return detail::to_bytes(message);
+  for (const auto& t : c.tensors)
+    words += 8 + t.name.size() / 8 + detail::tensor_words(t.value.nbytes(), t.value.rank());
+  return detail::build_flat(words, [&](capnp::MessageBuilder& message) {
+    auto root = message.initRoot<schema::Checkpoint>();
+    root.setWorkload(c.workload);
+    root.setModel(c.model);
+    root.setDataSet(c.data_set);
+    root.setStep(c.step);
+    auto list = root.initParameters(static_cast<unsigned>(c.tensors.size()));
+    for (size_t i = 0; i < c.tensors.size(); ++i) {
+      list[i].setName(c.tensors[i].name);
+      detail::write_tensor(list[i].initTensor(), c.tensors[i].value);
+    }
+  });
+}
+
+std::vector<uint8_t> encode_checkpoint(const checkpoint_view& c) {
+  size_t words = 64 + (c.workload.size() + c.model.size() + c.data_set.size()) / 8;
+  for (const auto& [name, values] : c.vectors)
+    words += 8 + name.size() / 8 + detail::tensor_words(values.size_bytes(), 1);
+  return detail::build_flat(words, [&](capnp::MessageBuilder& message) {
+    auto root = message.initRoot<schema::Checkpoint>();
+    root.setWorkload(c.workload);
+    root.setModel(c.model);
+    root.setDataSet(c.data_set);
+    root.setStep(c.step);
+    auto list = root.initParameters(static_cast<unsigned>(c.vectors.size()));
+    for (size_t i = 0; i < c.vectors.size(); ++i) {
+      list[i].setName(c.vectors[i].first);
+      detail::write_vector(list[i].initTensor(), c.vectors[i].second);
+    }
+  });
 }
 
 expected<checkpoint> decode_checkpoint(std::span<const uint8_t> bytes,

@@ -3,6 +3,8 @@
 /// Tensor <-> Cap'n Proto builder/reader, shared by every schema that embeds a Tensor.
 /// Private to runtime/src.
 
+#include <span>
+
 #include "gflex/runtime/tensor.hpp"
 #include "gflex/runtime/tensor_codec.hpp"
 #include "gflex/schema/tensor.capnp.h"
@@ -11,6 +13,14 @@ namespace gflex::detail {
 
 /// Fills `out` with host tensor `t`.
 void write_tensor(schema::Tensor::Builder out, const tensor& t);
+
+/// Fills `out` with a 1-D f32 tensor of `values` (memory the caller owns, not copied first).
+void write_vector(schema::Tensor::Builder out, std::span<const float> values);
+
+/// Words a message needs for a tensor of `bytes` data bytes and `rank` dimensions, at most.
+inline size_t tensor_words(size_t bytes, size_t rank) {
+  return 16 + rank + (bytes + 7) / 8 + bytes / (size_t{1} << 28) + 2;
+}
 
 /// A new host tensor from `in`, validated against `limits` (rank, element count, dtype, and
 /// data size equal to product(shape) * sizeof(dtype)); errors are errc::malformed_message.

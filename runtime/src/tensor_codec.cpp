@@ -19,6 +19,15 @@ void write_tensor(schema::Tensor::Builder out, const tensor& t) {
       [&](unsigned n) { return out.initData(n); }, [&](unsigned n) { return out.initPieces(n); });
 }
 
+void write_vector(schema::Tensor::Builder out, std::span<const float> values) {
+  out.setDtype(schema::DType::F32);
+  out.initShape(1).set(0, values.size());
+  write_blob(
+      std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(values.data()),
+                               values.size_bytes()),
+      [&](unsigned n) { return out.initData(n); }, [&](unsigned n) { return out.initPieces(n); });
+}
+
 expected<tensor> read_tensor(schema::Tensor::Reader in, const decode_limits& limits) {
   auto malformed = [](const std::string& what) {
     return error(errc::malformed_message, "malformed tensor message: " + what);
@@ -55,11 +64,10 @@ expected<tensor> read_tensor(schema::Tensor::Reader in, const decode_limits& lim
 }  // namespace detail
 
 std::vector<uint8_t> encode_tensor(const tensor& t) {
-  // One segment sized to fit, so encoding allocates once and the output is contiguous.
-  size_t words = 16 + t.rank() + (t.nbytes() + 7) / 8 + t.nbytes() / detail::max_piece_bytes + 2;
-  capnp::MallocMessageBuilder message(static_cast<unsigned>(words));
-  detail::write_tensor(message.initRoot<schema::Tensor>(), t);
-  return detail::to_bytes(message);
+  return detail::build_flat(detail::tensor_words(t.nbytes(), t.rank()),
+                            [&](capnp::MessageBuilder& message) {
+                              detail::write_tensor(message.initRoot<schema::Tensor>(), t);
+                            });
 }
 
 expected<tensor> decode_tensor(std::span<const uint8_t> bytes, const decode_limits& limits) {

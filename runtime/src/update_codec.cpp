@@ -51,10 +51,6 @@ float quantise_block(const float* x, size_t n, int8_t* q, float* err) {
   return scale;
 }
 
-std::vector<uint8_t> serialise(capnp::MessageBuilder& message) {
-  return detail::to_bytes(message);
-}
-
 size_t words_for(size_t bytes) {
   return (bytes + sizeof(capnp::word) - 1) / sizeof(capnp::word);
 }
@@ -97,33 +93,32 @@ std::vector<uint8_t> encode_update(std::span<const float> delta, compression c,
   // and 2 pointer words, then the two Data blobs.
   const size_t words = 8 + words_for(value_bytes) + words_for(scale_bytes) +
                        value_bytes / detail::max_piece_bytes + 2;
-  capnp::MallocMessageBuilder message(static_cast<unsigned>(words),
-                                      capnp::AllocationStrategy::FIXED_SIZE);
-  auto root = message.initRoot<schema::Update>();
-  root.setCompression(static_cast<schema::Compression>(c));
-  root.setCount(n);
-  if (!int8) {
-    // More than one Data field holds (a model of over 67 million values) goes in pieces.
-    detail::write_blob(
-        std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(input), value_bytes),
-        [&](unsigned k) { return root.initValues(k); },
-        [&](unsigned k) { return root.initValuePieces(k); });
-    if (residual != nullptr) std::fill(residual->begin(), residual->end(), 0.0f);
-    return serialise(message);
-  }
-
-  auto values = root.initValues(static_cast<unsigned>(value_bytes));
-  root.setBlockSize(block_size);
-  auto scales = root.initScales(static_cast<unsigned>(scale_bytes));
-  auto* q = reinterpret_cast<int8_t*>(values.begin());
-  float* err = residual != nullptr ? residual->data() : nullptr;
-  for (size_t b = 0; b < blocks; ++b) {
-    size_t begin = b * block_size;
-    size_t len = std::min<size_t>(block_size, n - begin);
-    float scale = quantise_block(input + begin, len, q + begin, err ? err + begin : nullptr);
-    std::memcpy(scales.begin() + b * sizeof(float), &scale, sizeof(float));
-  }
-  return serialise(message);
+  // Built in the vector it is returned in: an update exists once while it is encoded.
+  return detail::build_flat(words, [&](capnp::MessageBuilder& message) {
+    auto root = message.initRoot<schema::Update>();
+    root.setCompression(static_cast<schema::Compression>(c));
+    root.setCount(n);
+    if (!int8) {
+      // More than one Data field holds (a model of over 134 million values) goes in pieces.
+      detail::write_blob(
+          std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(input), value_bytes),
+          [&](unsigned k) { return root.initValues(k); },
+          [&](unsigned k) { return root.initValuePieces(k); });
+      if (residual != nullptr) std::fill(residual->begin(), residual->end(), 0.0f);
+      return;
+    }
+    auto values = root.initValues(static_cast<unsigned>(value_bytes));
+    root.setBlockSize(block_size);
+    auto scales = root.initScales(static_cast<unsigned>(scale_bytes));
+    auto* q = reinterpret_cast<int8_t*>(values.begin());
+    float* err = residual != nullptr ? residual->data() : nullptr;
+    for (size_t b = 0; b < blocks; ++b) {
+      size_t begin = b * block_size;
+      size_t len = std::min<size_t>(block_size, n - begin);
+      float scale = quantise_block(input + begin, len, q + begin, err ? err + begin : nullptr);
+      std::memcpy(scales.begin() + b * sizeof(float), &scale, sizeof(float));
+    }
+  });
 }
 
 expected<std::vector<float>> decode_update(std::span<const uint8_t> bytes, uint64_t expected_count,

@@ -31,6 +31,37 @@ TEST_SUITE("checkpoint") {
     CHECK(back->find("nope") == nullptr);
   }
 
+  TEST_CASE("a checkpoint of borrowed vectors decodes like one of tensors") {
+    std::vector<float> theta(1000), momentum(1000);
+    for (size_t i = 0; i < theta.size(); ++i) {
+      theta[i] = 0.25f * static_cast<float>(i);
+      momentum[i] = -static_cast<float>(i);
+    }
+    checkpoint_view v;
+    v.workload = "model";
+    v.model = "[model]";
+    v.data_set = "set";
+    v.step = 4;
+    v.vectors = {{"theta", theta}, {"outer_momentum", momentum}};
+    auto bytes = encode_checkpoint(v);
+    checkpoint c;
+    c.workload = "model";
+    c.model = "[model]";
+    c.data_set = "set";
+    c.step = 4;
+    for (const auto& [name, values] : v.vectors) {
+      auto t = tensor::empty({static_cast<int64_t>(values.size())}, dtype::f32);
+      std::copy(values.begin(), values.end(), t.data<float>());
+      c.tensors.push_back({name, std::move(t)});
+    }
+    CHECK(bytes == encode_checkpoint(c));  // the same bytes, byte for byte
+    auto back = decode_checkpoint(bytes);
+    REQUIRE(back.has_value());
+    REQUIRE(back->find("outer_momentum") != nullptr);
+    CHECK(back->find("outer_momentum")->span<float>()[999] == -999.0f);
+    CHECK(back->data_set == "set");
+  }
+
   TEST_CASE("damaged checkpoints and missing files are clear errors") {
     checkpoint c;
     c.workload = "x";

@@ -281,6 +281,24 @@ TEST_SUITE("robust_aggregation") {
     CHECK(mean[0] == doctest::Approx(2.0));
     CHECK(mean[1] == doctest::Approx(4.0));
   }
+
+  TEST_CASE("the robust mean taken block by block is exactly the whole one") {
+    std::vector<std::vector<float>> u(5, std::vector<float>(1000));
+    for (size_t i = 0; i < u.size(); ++i)
+      for (size_t k = 0; k < 1000; ++k)
+        u[i][k] = std::sin(static_cast<float>(k * (i + 3))) * static_cast<float>(1 + 4 * (i == 2));
+    for (auto [clip, trim] : {std::pair{0.0, 0.0}, std::pair{2.0, 0.0}, std::pair{2.0, 0.2}}) {
+      std::vector<double> whole, part;
+      robust_mean(spans(u), clip, trim, whole);
+      const auto scales = robust_mean_scales(spans(u), clip);
+      std::vector<double> joined;
+      for (size_t begin = 0; begin < 1000; begin += 300) {
+        robust_mean_block(spans(u), scales, trim, begin, std::min<size_t>(300, 1000 - begin), part);
+        joined.insert(joined.end(), part.begin(), part.end());
+      }
+      CHECK(joined == whole);
+    }
+  }
 }
 
 TEST_SUITE("misbehaviour") {

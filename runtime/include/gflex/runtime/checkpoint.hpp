@@ -36,6 +36,18 @@ struct checkpoint {
 
 std::vector<uint8_t> encode_checkpoint(const checkpoint& c);
 
+/// A checkpoint whose tensors are 1-D f32 vectors the caller owns, encoded without copying
+/// them into tensors first (the core writes a large model's checkpoint every round). It
+/// decodes as a checkpoint like any other.
+struct checkpoint_view {
+  std::string workload;
+  std::string model;
+  std::string data_set;
+  uint64_t step = 0;
+  std::vector<std::pair<std::string, std::span<const float>>> vectors;
+};
+std::vector<uint8_t> encode_checkpoint(const checkpoint_view& c);
+
 /// Bounds for a checkpoint: several tensors of up to a model's 2^28 values each (parameters
 /// and optimizer state), 4 GiB in all.
 inline constexpr decode_limits checkpoint_limits{size_t{1} << 32, 8, int64_t{1} << 28};
