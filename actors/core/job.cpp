@@ -760,6 +760,10 @@ void try_advance(job_actor* self) {
   s.nodes = static_cast<int64_t>(nodes.size());
   u.results = std::move(st.results);
   st.results.clear();
+  // A round that cannot be rolled back needs its updates no more (nothing will re-aggregate
+  // or re-compute them): a large model's would otherwise stay until the round is written.
+  if (!may_roll_back)
+    for (auto& [shard, r] : u.results) std::vector<float>().swap(r.update);
   core_metrics::round_duration().observe(
       std::chrono::duration<double>(clock_type::now() - st.round_started).count());
   st.unconfirmed = std::move(u);
@@ -982,11 +986,7 @@ void dispatch(job_actor* self) {
 void start_round(job_actor* self) {
   auto& st = self->state;
   auto params = std::make_shared<shared_params>();
-  params->bytes = encode_tensor([&] {
-    auto t = tensor::empty({static_cast<int64_t>(st.job.theta.size())}, dtype::f32);
-    std::copy(st.job.theta.begin(), st.job.theta.end(), t.data<float>());
-    return t;
-  }());
+  params->bytes = encode_vector(st.job.theta);
   // Named once per round here, not by each node's session: hashing a large model's
   // parameters takes about a second per gigabyte.
   if (params->bytes.size() > st.links.payload_chunk_bytes) {

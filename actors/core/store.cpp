@@ -18,14 +18,14 @@ struct store_state {
 caf::behavior store_actor(caf::stateful_actor<store_state>* self, std::shared_ptr<store> db) {
   self->state.db = std::make_unique<store>(std::move(*db));
   return {
-      [=](commit_atom, const store_batch& batch) -> caf::result<caf::ok_atom> {
+      [=](commit_atom, store_batch& batch) -> caf::result<caf::ok_atom> {
         core_metrics::note_mailbox(self, "store");
         if (batch.keys.size() != batch.values.size())
           return to_caf(error(errc::invalid_argument, "store batch keys and values differ"));
         std::vector<store_write> writes;
         writes.reserve(batch.keys.size());
         for (size_t i = 0; i < batch.keys.size(); ++i)
-          writes.push_back({batch.keys[i], batch.values[i]});
+          writes.push_back({std::move(batch.keys[i]), std::move(batch.values[i])});
         if (auto ok = self->state.db->commit(writes); !ok) return to_caf(ok.error());
         core_metrics::store_bytes().set(static_cast<double>(self->state.db->used_bytes()));
         return caf::ok_atom::value;

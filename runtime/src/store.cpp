@@ -1,10 +1,118 @@
 #include "gflex/runtime/store.hpp"
 
+#include <fcntl.h>
 #include <lmdb.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <set>
+
+#include "gflex/runtime/digest.hpp"
 
 namespace gflex {
 
 namespace {
+
+// Values of at least this size are kept in files beside the LMDB file (dir/blobs/NAME), and
+// LMDB holds a reference to them: a large model's checkpoint (over a gigabyte) would
+// otherwise be copied into LMDB's dirty pages in the writer's memory at every commit, and
+// read back whole by every scan of its prefix.
+constexpr size_t blob_threshold = size_t{16} << 20;
+
+// A reference: this marker, then the blob's size (8 bytes, little-endian), then its name. No
+// value the core stores begins with it (Cap'n Proto messages begin with a segment count, text
+// values with text).
+constexpr char blob_marker[16] = {'\0', 'g', 'f', 'l', 'e', 'x', '-', 'b',
+                                  'l',  'o', 'b', '-', 'r', 'e', 'f', '\0'};
+
+struct blob_ref {
+  uint64_t size = 0;
+  std::string name;  // "<digest of the value>-<16 hex of the key's digest>"
+};
+
+std::optional<blob_ref> as_blob_ref(std::span<const uint8_t> v) {
+  if (v.size() < sizeof blob_marker + 8 || std::memcmp(v.data(), blob_marker, sizeof blob_marker))
+    return std::nullopt;
+  blob_ref r;
+  std::memcpy(&r.size, v.data() + sizeof blob_marker, 8);
+  r.name.assign(reinterpret_cast<const char*>(v.data()) + sizeof blob_marker + 8,
+                v.size() - sizeof blob_marker - 8);
+  return r;
+}
+
+std::vector<uint8_t> encode_blob_ref(const blob_ref& r) {
+  std::vector<uint8_t> out(sizeof blob_marker + 8 + r.name.size());
+  std::memcpy(out.data(), blob_marker, sizeof blob_marker);
+  std::memcpy(out.data() + sizeof blob_marker, &r.size, 8);
+  std::memcpy(out.data() + sizeof blob_marker + 8, r.name.data(), r.name.size());
+  return out;
+}
+
+error io_error(const std::string& what) {
+  return error(errc::store_error, what + ": " + std::strerror(errno));
+}
+
+// Writes a blob durably: a temporary file written and synced, renamed into place, and the
+// directory synced, so that the reference LMDB commits next never names a missing file.
+expected<void> write_blob(const std::filesystem::path& dir, const std::string& name,
+                          std::span<const uint8_t> bytes) {
+  const auto file = dir / name;
+  const auto tmp = dir / (name + ".tmp");
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (fd < 0) return io_error(tmp.string());
+  size_t at = 0;
+  while (at < bytes.size()) {
+    ssize_t n = ::write(fd, bytes.data() + at, std::min<size_t>(bytes.size() - at, 1u << 30));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      auto e = io_error(tmp.string());
+      ::close(fd);
+      ::unlink(tmp.c_str());
+      return e;
+    }
+    at += static_cast<size_t>(n);
+  }
+  if (::fsync(fd) != 0 || ::close(fd) != 0) {
+    auto e = io_error(tmp.string());
+    ::unlink(tmp.c_str());
+    return e;
+  }
+  if (::rename(tmp.c_str(), file.c_str()) != 0) {
+    auto e = io_error(file.string());
+    ::unlink(tmp.c_str());
+    return e;
+  }
+  int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd >= 0) {
+    ::fsync(dfd);
+    ::close(dfd);
+  }
+  return {};
+}
+
+// Reads a blob and checks it against its name's digest (a damaged file is an error, never
+// wrong bytes).
+expected<std::vector<uint8_t>> read_blob(const std::filesystem::path& dir, const blob_ref& r) {
+  if (r.name.size() != 81 || !is_digest_hex(r.name.substr(0, 64)))
+    return error(errc::store_error, "a blob reference is malformed");
+  const auto file = dir / r.name;
+  int fd = ::open(file.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return io_error(file.string());
+  std::vector<uint8_t> out(r.size);
+  size_t at = 0;
+  while (at < out.size()) {
+    ssize_t n = ::read(fd, out.data() + at, std::min<size_t>(out.size() - at, 1u << 30));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    at += static_cast<size_t>(n);
+  }
+  ::close(fd);
+  if (at != out.size() || digest_hex(out) != r.name.substr(0, 64))
+    return error(errc::store_error, file.string() + ": damaged (its size or digest is wrong)");
+  return out;
+}
 
 error lmdb_error(const std::string& what, int rc) {
   return error(errc::store_error, what + ": " + mdb_strerror(rc));
@@ -20,6 +128,7 @@ struct store::impl {
   MDB_env* env = nullptr;
   MDB_dbi dbi = 0;
   std::string dir;
+  std::filesystem::path blobs;
   ~impl() {
     if (env != nullptr) mdb_env_close(env);
   }
@@ -37,6 +146,10 @@ expected<store> store::open(const std::filesystem::path& dir, size_t map_bytes) 
     return error(errc::io_error, dir.string() + ": cannot create directory (" + ec.message() + ")");
   auto p = std::make_unique<impl>();
   p->dir = dir.string();
+  p->blobs = dir / "blobs";
+  std::filesystem::create_directories(p->blobs, ec);
+  if (ec)
+    return error(errc::io_error, p->blobs.string() + ": cannot create (" + ec.message() + ")");
   if (int rc = mdb_env_create(&p->env); rc != 0) return lmdb_error(p->dir, rc);
   mdb_env_set_mapsize(p->env, map_bytes);
   if (int rc = mdb_env_open(p->env, p->dir.c_str(), 0, 0600); rc != 0)
@@ -59,14 +172,46 @@ int64_t store::used_bytes() const {
 }
 
 expected<void> store::commit(std::span<const store_write> writes) {
+  // Large values go to their files first (durably); then one LMDB transaction writes the
+  // references with everything else. The files a commit replaced go after it.
+  std::vector<std::optional<std::vector<uint8_t>>> refs(writes.size());
+  std::set<std::string> written;
+  auto drop_written = [&] {
+    for (const auto& name : written) ::unlink((impl_->blobs / name).c_str());
+  };
+  for (size_t i = 0; i < writes.size(); ++i) {
+    const auto& w = writes[i];
+    if (!w.value || w.value->size() < blob_threshold) continue;
+    blob_ref r{w.value->size(),
+               digest_hex(*w.value) + "-" +
+                   digest_hex({reinterpret_cast<const uint8_t*>(w.key.data()), w.key.size()})
+                       .substr(0, 16)};
+    if (!std::filesystem::exists(impl_->blobs / r.name)) {
+      if (auto ok = write_blob(impl_->blobs, r.name, *w.value); !ok) {
+        drop_written();
+        return ok.error();
+      }
+      written.insert(r.name);
+    }
+    refs[i] = encode_blob_ref(r);
+  }
+  std::set<std::string> replaced;
   MDB_txn* txn = nullptr;
-  if (int rc = mdb_txn_begin(impl_->env, nullptr, 0, &txn); rc != 0)
+  if (int rc = mdb_txn_begin(impl_->env, nullptr, 0, &txn); rc != 0) {
+    drop_written();
     return lmdb_error(impl_->dir, rc);
-  for (const auto& w : writes) {
+  }
+  for (size_t i = 0; i < writes.size(); ++i) {
+    const auto& w = writes[i];
     MDB_val key = as_val(w.key);
+    MDB_val old;
+    if (mdb_get(txn, impl_->dbi, &key, &old) == 0)
+      if (auto r = as_blob_ref({static_cast<const uint8_t*>(old.mv_data), old.mv_size}))
+        replaced.insert(r->name);
     int rc;
     if (w.value) {
-      MDB_val val{w.value->size(), const_cast<uint8_t*>(w.value->data())};
+      const auto& bytes = refs[i] ? *refs[i] : *w.value;
+      MDB_val val{bytes.size(), const_cast<uint8_t*>(bytes.data())};
       rc = mdb_put(txn, impl_->dbi, &key, &val, 0);
     } else {
       rc = mdb_del(txn, impl_->dbi, &key, nullptr);
@@ -74,10 +219,17 @@ expected<void> store::commit(std::span<const store_write> writes) {
     }
     if (rc != 0) {
       mdb_txn_abort(txn);
+      drop_written();
       return lmdb_error(impl_->dir + ": write of key '" + w.key + "'", rc);
     }
   }
-  if (int rc = mdb_txn_commit(txn); rc != 0) return lmdb_error(impl_->dir + ": commit", rc);
+  if (int rc = mdb_txn_commit(txn); rc != 0) {
+    drop_written();
+    return lmdb_error(impl_->dir + ": commit", rc);
+  }
+  for (size_t i = 0; i < writes.size(); ++i)
+    if (refs[i]) replaced.erase(as_blob_ref(*refs[i])->name);
+  for (const auto& name : replaced) ::unlink((impl_->blobs / name).c_str());
   return {};
 }
 
@@ -94,12 +246,19 @@ expected<std::optional<std::vector<uint8_t>>> store::get(std::string_view key) c
   MDB_val v;
   int rc = mdb_get(txn, impl_->dbi, &k, &v);
   std::optional<std::vector<uint8_t>> out;
+  std::optional<blob_ref> blob;
   if (rc == 0) {
     auto* p = static_cast<const uint8_t*>(v.mv_data);
-    out.emplace(p, p + v.mv_size);
+    blob = as_blob_ref({p, v.mv_size});
+    if (!blob) out.emplace(p, p + v.mv_size);
   }
   mdb_txn_abort(txn);
   if (rc != 0 && rc != MDB_NOTFOUND) return lmdb_error(impl_->dir, rc);
+  if (blob) {
+    auto bytes = read_blob(impl_->blobs, *blob);
+    if (!bytes) return bytes.error();
+    out.emplace(std::move(*bytes));
+  }
   return out;
 }
 
@@ -120,7 +279,19 @@ expected<void> store::scan(
   while (rc == 0) {
     std::string_view key(static_cast<const char*>(k.mv_data), k.mv_size);
     if (key.substr(0, prefix.size()) != prefix) break;
-    if (!fn(key, {static_cast<const uint8_t*>(v.mv_data), v.mv_size})) break;
+    std::span<const uint8_t> value{static_cast<const uint8_t*>(v.mv_data), v.mv_size};
+    std::vector<uint8_t> from_file;
+    if (auto blob = as_blob_ref(value)) {
+      auto bytes = read_blob(impl_->blobs, *blob);
+      if (!bytes) {
+        mdb_cursor_close(cursor);
+        mdb_txn_abort(txn);
+        return bytes.error();
+      }
+      from_file = std::move(*bytes);
+      value = from_file;
+    }
+    if (!fn(key, value)) break;
     rc = mdb_cursor_get(cursor, &k, &v, MDB_NEXT);
   }
   mdb_cursor_close(cursor);

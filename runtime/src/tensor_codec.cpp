@@ -70,6 +70,13 @@ std::vector<uint8_t> encode_tensor(const tensor& t) {
                             });
 }
 
+std::vector<uint8_t> encode_vector(std::span<const float> values) {
+  return detail::build_flat(detail::tensor_words(values.size_bytes(), 1),
+                            [&](capnp::MessageBuilder& message) {
+                              detail::write_vector(message.initRoot<schema::Tensor>(), values);
+                            });
+}
+
 expected<tensor> decode_tensor(std::span<const uint8_t> bytes, const decode_limits& limits) {
   return detail::read_message<tensor>(
       bytes, "tensor message", limits.max_bytes, [&](capnp::MessageReader& reader) {

@@ -1,5 +1,7 @@
 #include <doctest/doctest.h>
 
+#include <filesystem>
+#include <fstream>
 #include <string>
 
 #include "gflex/runtime/store.hpp"
@@ -8,7 +10,9 @@
 using namespace gflex;
 
 namespace {
-std::vector<uint8_t> bytes(const std::string& s) { return {s.begin(), s.end()}; }
+std::vector<uint8_t> bytes(const std::string& s) {
+  return {s.begin(), s.end()};
+}
 }  // namespace
 
 TEST_SUITE("store") {
@@ -18,8 +22,10 @@ TEST_SUITE("store") {
       auto s = store::open(dir.path());
       REQUIRE(s.has_value());
       REQUIRE(s->put("job/1", bytes("a")).has_value());
-      std::vector<store_write> batch = {{"job/2", bytes("b")}, {"job/3", bytes("c")},
-                                        {"round/1", bytes("r")}, {"job/1", std::nullopt}};
+      std::vector<store_write> batch = {{"job/2", bytes("b")},
+                                        {"job/3", bytes("c")},
+                                        {"round/1", bytes("r")},
+                                        {"job/1", std::nullopt}};
       REQUIRE(s->commit(batch).has_value());
       auto missing = s->get("job/1");
       REQUIRE(missing.has_value());
@@ -34,9 +40,9 @@ TEST_SUITE("store") {
     CHECK(**v == bytes("c"));
     std::vector<std::string> keys;
     REQUIRE(s->scan("job/", [&](std::string_view k, std::span<const uint8_t>) {
-                keys.emplace_back(k);
-                return true;
-              }).has_value());
+               keys.emplace_back(k);
+               return true;
+             }).has_value());
     CHECK(keys == std::vector<std::string>{"job/2", "job/3"});
   }
 
@@ -51,6 +57,57 @@ TEST_SUITE("store") {
     REQUIRE_FALSE(r.has_value());
     CHECK(r.error().code() == errc::store_error);
     CHECK(**s->get("k") == bytes("old"));
+  }
+
+  TEST_CASE(
+      "large values live in checked files beside LMDB, replaced and removed with their keys") {
+    test::temp_dir dir;
+    auto blobs = [&] {
+      size_t n = 0;
+      for (const auto& e : std::filesystem::directory_iterator(dir.path() / "blobs"))
+        n += e.is_regular_file() ? 1 : 0;
+      return n;
+    };
+    std::vector<uint8_t> big(size_t{20} << 20);
+    for (size_t i = 0; i < big.size(); ++i) big[i] = static_cast<uint8_t>(i * 7 + (i >> 12));
+    {
+      auto s = store::open(dir.path());
+      REQUIRE(s.has_value());
+      std::vector<store_write> batch = {{"job/1/checkpoint", big}, {"job/1/record", bytes("r")}};
+      REQUIRE(s->commit(batch).has_value());
+      CHECK(blobs() == 1);
+      CHECK(s->used_bytes() < int64_t{1} << 20);  // LMDB holds only the reference
+    }
+    auto s = store::open(dir.path());  // reopened: the reference still finds its file
+    REQUIRE(s.has_value());
+    CHECK(**s->get("job/1/checkpoint") == big);
+    size_t scanned = 0;
+    REQUIRE(s->scan("job/1/", [&](std::string_view k, std::span<const uint8_t> v) {
+      if (k == "job/1/checkpoint") CHECK(std::equal(v.begin(), v.end(), big.begin(), big.end()));
+      return ++scanned > 0;
+    }));
+    CHECK(scanned == 2);
+    // A new value replaces the file; a failed batch leaves the old one in place.
+    big[5] ^= 1;
+    std::vector<store_write> failed = {{"job/1/checkpoint", big}, {"", bytes("x")}};
+    REQUIRE_FALSE(s->commit(failed).has_value());
+    CHECK(blobs() == 1);
+    REQUIRE(s->put("job/1/checkpoint", big).has_value());
+    CHECK(blobs() == 1);
+    CHECK(**s->get("job/1/checkpoint") == big);
+    // A damaged file is an error, never wrong bytes.
+    for (const auto& e : std::filesystem::directory_iterator(dir.path() / "blobs")) {
+      std::fstream f(e.path(), std::ios::in | std::ios::out | std::ios::binary);
+      f.seekp(1000);
+      f.put('\x55');
+    }
+    auto damaged = s->get("job/1/checkpoint");
+    REQUIRE_FALSE(damaged.has_value());
+    CHECK(damaged.error().message().find("damaged") != std::string::npos);
+    // Erasing the key removes the file.
+    std::vector<store_write> erase = {{"job/1/checkpoint", std::nullopt}};
+    REQUIRE(s->commit(erase).has_value());
+    CHECK(blobs() == 0);
   }
 
   TEST_CASE("an unusable directory is a clear error") {

@@ -100,6 +100,14 @@ TEST_SUITE("tensor_codec") {
     CHECK_FALSE(decode_tensor(bytes, small).has_value());
   }
 
+  TEST_CASE("a vector encodes as the 1-D tensor of its values") {
+    std::vector<float> v(777);
+    for (size_t i = 0; i < v.size(); ++i) v[i] = 0.125f * static_cast<float>(i) - 3.0f;
+    auto t = tensor::empty({777}, dtype::f32);
+    std::copy(v.begin(), v.end(), t.data<float>());
+    CHECK(encode_vector(v) == encode_tensor(t));
+  }
+
   TEST_CASE("a tensor larger than one Data field travels in pieces") {
     // 2^26 + 3 floats: 256 MiB and 12 bytes, more than one 2^28-byte piece.
     const int64_t n = (int64_t{1} << 26) + 3;

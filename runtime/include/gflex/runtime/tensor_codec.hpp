@@ -21,6 +21,9 @@ struct decode_limits {
 /// Encodes a host tensor as a single-segment Cap'n Proto message.
 std::vector<uint8_t> encode_tensor(const tensor& t);
 
+/// Encodes `values` as a 1-D f32 tensor, from where they are (no tensor copy first).
+std::vector<uint8_t> encode_vector(std::span<const float> values);
+
 /// Decodes bytes made by encode_tensor into a new host tensor. Truncated, malformed or
 /// inconsistent input (shape disagreeing with the data size, unknown dtype, limits exceeded)
 /// gives errc::malformed_message with a message that says what was wrong; it never crashes.
