@@ -49,7 +49,8 @@ inline metrics::counter join_refusals(const char* reason) {
                              "Joins refused, by the kind of error", {{"reason", reason}});
 }
 
-/// Payload bytes: "out" (parameters in assignments, data chunks) and "in" (updates).
+/// Payload bytes: "out" (parameters in assignments, their chunks as served, data chunks) and
+/// "in" (updates, update chunks as pulled).
 inline metrics::counter bytes(const char* direction, const char* kind) {
   return metrics::counter_of("gflex_core_payload_bytes_total",
                              "Payload bytes sent and received, by kind",

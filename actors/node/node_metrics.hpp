@@ -60,7 +60,8 @@ inline metrics::gauge gpu_utilization(const std::string& gpu, const char* what) 
                            {{"gpu", gpu}, {"what", what}});
 }
 
-/// Payload bytes: "in" (data chunks fetched, parameters) and "out" (updates sent).
+/// Payload bytes: "in" (data chunks fetched, parameters, parameter chunks) and "out" (updates
+/// sent, update chunks served).
 inline metrics::counter bytes(const char* direction, const char* kind) {
   return metrics::counter_of("gflex_node_payload_bytes_total",
                              "Payload bytes received and sent, by kind",
