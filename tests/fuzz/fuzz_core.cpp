@@ -141,7 +141,8 @@ caf::message some_request(FuzzedDataProvider& in, harness& h) {
     case 3:
       return caf::make_message(cancel_atom::value, key, some_string(in));
     case 4:
-      return caf::make_message(fetch_atom::value, key, some_string(in));
+      return caf::make_message(fetch_atom::value, key, some_string(in),
+                               in.ConsumeIntegral<uint64_t>());
     case 5:
       return caf::make_message(open_atom::value, key, some_string(in));
     case 6:
@@ -198,7 +199,7 @@ caf::message some_client_message(FuzzedDataProvider& in) {
     case 2:
       return caf::make_message(cancel_atom::value, some_string(in));
     case 3:
-      return caf::make_message(fetch_atom::value, some_string(in));
+      return caf::make_message(fetch_atom::value, some_string(in), in.ConsumeIntegral<uint64_t>());
     case 4:
       return caf::make_message(account_atom::value, some_string(in));
     case 5:
@@ -231,6 +232,10 @@ caf::message some_session_message(FuzzedDataProvider& in, harness& h) {
       a.local_steps = in.ConsumeIntegral<int64_t>();
       a.batch_size = in.ConsumeIntegral<int64_t>();
       a.params = in.ConsumeBytes<uint8_t>(in.ConsumeIntegralInRange<size_t>(0, 64));
+      if (in.ConsumeBool()) {  // parameters announced as chunks
+        a.params_chunks = {some_string(in), some_string(in)};
+        a.params_bytes = in.ConsumeIntegral<uint64_t>();
+      }
       return caf::make_message(assign_atom::value, in.ConsumeIntegral<uint32_t>(), std::move(a));
     }
     case 4:
