@@ -337,7 +337,10 @@ caf::behavior keeper(keeper_actor* self, caf::actor store) {
 }  // namespace
 
 caf::actor spawn_ledger_keeper(caf::actor_system& sys, caf::actor store) {
-  return sys.spawn(keeper, std::move(store));
+  // Detached: at start (and at every restart by the core's supervisor) the keeper re-hashes
+  // the whole chain before it takes a transaction, which for a long ledger would hold one of
+  // CAF's scheduler threads (and every actor waiting for it) for as long.
+  return sys.spawn<caf::detached>(keeper, std::move(store));
 }
 
 }  // namespace gflex
