@@ -94,6 +94,13 @@ struct node_hello {
   std::vector<uint8_t> proof;       ///< Its signature of hello_message(protocol, name).
 };
 
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, node_hello& x) {
+  return f(caf::meta::type_name("node_hello"), x.protocol, x.name, x.device, x.device_memory,
+           x.gpus, x.workers, x.uplink, x.tier, x.credential, x.price, x.throughput, x.public_key,
+           x.proof);
+}
+
 /// A round's encoded parameters (a Cap'n Proto Tensor, f32 [parameter_count]), made once and
 /// shared by every assignment of the round inside a process, never copied per assignment.
 /// When they are larger than one payload chunk, `chunks` names their chunks (payload_chunks.hpp)
@@ -137,6 +144,13 @@ struct assignment {
   std::shared_ptr<const shared_params> params_ref;
 };
 
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, assignment& x) {
+  return f(caf::meta::type_name("assignment"), x.id, x.job_id, x.round, x.workload, x.model,
+           x.shard, x.seed, x.local_steps, x.batch_size, x.lr, x.weight_decay, x.plain_sgd,
+           x.compression, x.precision, x.params, x.params_chunks, x.params_bytes, x.verify);
+}
+
 /// The encoded parameters an assignment carries, wherever they are.
 inline std::span<const uint8_t> params_of(const assignment& a) {
   if (a.params_ref) return a.params_ref->bytes;
@@ -158,6 +172,12 @@ struct assignment_result {
   /// The node's signature of result_message(assignment_id, update); checked first.
   std::vector<uint8_t> signature;
 };
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, assignment_result& x) {
+  return f(caf::meta::type_name("assignment_result"), x.assignment_id, x.update, x.update_chunks,
+           x.update_bytes, x.loss, x.samples, x.compute_s, x.signature);
+}
 
 /// What a node may send to its session, the only core handle it ever holds (docs/PROTOCOL.md,
 /// "Sessions"). Anything else it sends is dropped and counted.
@@ -203,6 +223,11 @@ struct model_part {
   int64_t step = 0;
 };
 
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, model_part& x) {
+  return f(caf::meta::type_name("model_part"), x.bytes, x.offset, x.total, x.step);
+}
+
 /// What a client may send to its session, the handle the front door gives it for its API key
 /// (auth_atom); the same requests as docs/PROTOCOL.md lists, without the key, answered for
 /// the key's principal. Anything else is dropped and counted.
@@ -231,6 +256,11 @@ struct client_welcome {
   client_session_actor session;  ///< Where its requests go from now on.
 };
 
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, client_welcome& x) {
+  return f(caf::meta::type_name("client_welcome"), x.principal, x.session);
+}
+
 /// core -> node: the answer to node_hello.
 struct node_welcome {
   uint32_t protocol = 0;
@@ -240,6 +270,12 @@ struct node_welcome {
   /// Payloads larger than this travel as chunks of this size, both ways.
   uint64_t payload_chunk_bytes = 0;
 };
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, node_welcome& x) {
+  return f(caf::meta::type_name("node_welcome"), x.protocol, x.node_id, x.heartbeat_ms, x.session,
+           x.payload_chunk_bytes);
+}
 
 /// A compute slot as the market hands it out.
 struct worker_slot {
@@ -252,6 +288,12 @@ struct worker_slot {
   std::vector<uint8_t> public_key;  ///< Its node's key, which signs its results.
 };
 
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, worker_slot& x) {
+  return f(caf::meta::type_name("worker_slot"), x.worker, x.node_id, x.node_name, x.tier, x.price,
+           x.throughput, x.public_key);
+}
+
 /// market -> job: the answer to acquire: the slots, and why others were left out.
 struct acquire_reply {
   std::vector<worker_slot> slots;
@@ -261,6 +303,12 @@ struct acquire_reply {
   int64_t low_reputation = 0;
 };
 
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, acquire_reply& x) {
+  return f(caf::meta::type_name("acquire_reply"), x.slots, x.busy, x.wrong_tier, x.too_expensive,
+           x.low_reputation);
+}
+
 /// job -> verifier (verify_atom): re-run `work` on a core-tier worker and answer with the
 /// relative L2 distance of `claimed` (the decoded update a node returned) from the result,
 /// the ratio of their norms, and the re-computation's compute seconds.
@@ -269,6 +317,11 @@ struct verify_request {
   std::vector<float> claimed;
 };
 
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, verify_request& x) {
+  return f(caf::meta::type_name("verify_request"), x.work, x.claimed);
+}
+
 /// A batch of writes for the store, applied in one LMDB transaction.
 struct store_batch {
   std::vector<std::string> keys;
@@ -276,57 +329,16 @@ struct store_batch {
 };
 
 template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, store_batch& x) {
+  return f(caf::meta::type_name("store_batch"), x.keys, x.values);
+}
+
+// -- inspect overloads of the types the public headers define (they stay free of CAF) ------
+
+template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, gpu_status& x) {
   return f(caf::meta::type_name("gpu_status"), x.ordinal, x.name, x.compute_capability,
            x.memory_bytes, x.memory_limit, x.sm_count, x.gemm_tflops, x.h2d_gbps);
-}
-
-template <class Inspector>
-typename Inspector::result_type inspect(Inspector& f, node_hello& x) {
-  return f(caf::meta::type_name("node_hello"), x.protocol, x.name, x.device, x.device_memory,
-           x.gpus, x.workers, x.uplink, x.tier, x.credential, x.price, x.throughput, x.public_key,
-           x.proof);
-}
-
-template <class Inspector>
-typename Inspector::result_type inspect(Inspector& f, node_welcome& x) {
-  return f(caf::meta::type_name("node_welcome"), x.protocol, x.node_id, x.heartbeat_ms, x.session,
-           x.payload_chunk_bytes);
-}
-
-template <class Inspector>
-typename Inspector::result_type inspect(Inspector& f, client_welcome& x) {
-  return f(caf::meta::type_name("client_welcome"), x.principal, x.session);
-}
-
-template <class Inspector>
-typename Inspector::result_type inspect(Inspector& f, model_part& x) {
-  return f(caf::meta::type_name("model_part"), x.bytes, x.offset, x.total, x.step);
-}
-
-template <class Inspector>
-typename Inspector::result_type inspect(Inspector& f, assignment& x) {
-  return f(caf::meta::type_name("assignment"), x.id, x.job_id, x.round, x.workload, x.model,
-           x.shard, x.seed, x.local_steps, x.batch_size, x.lr, x.weight_decay, x.plain_sgd,
-           x.compression, x.precision, x.params, x.params_chunks, x.params_bytes, x.verify);
-}
-
-template <class Inspector>
-typename Inspector::result_type inspect(Inspector& f, assignment_result& x) {
-  return f(caf::meta::type_name("assignment_result"), x.assignment_id, x.update, x.update_chunks,
-           x.update_bytes, x.loss, x.samples, x.compute_s, x.signature);
-}
-
-template <class Inspector>
-typename Inspector::result_type inspect(Inspector& f, worker_slot& x) {
-  return f(caf::meta::type_name("worker_slot"), x.worker, x.node_id, x.node_name, x.tier, x.price,
-           x.throughput, x.public_key);
-}
-
-template <class Inspector>
-typename Inspector::result_type inspect(Inspector& f, acquire_reply& x) {
-  return f(caf::meta::type_name("acquire_reply"), x.slots, x.busy, x.wrong_tier, x.too_expensive,
-           x.low_reputation);
 }
 
 template <class Inspector>
@@ -361,16 +373,6 @@ template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, join_token_record& x) {
   return f(caf::meta::type_name("join_token_record"), x.id, x.tier, x.created_unix, x.expires_unix,
            x.revoked, x.joins, x.uses, x.keys, x.closed);
-}
-
-template <class Inspector>
-typename Inspector::result_type inspect(Inspector& f, verify_request& x) {
-  return f(caf::meta::type_name("verify_request"), x.work, x.claimed);
-}
-
-template <class Inspector>
-typename Inspector::result_type inspect(Inspector& f, store_batch& x) {
-  return f(caf::meta::type_name("store_batch"), x.keys, x.values);
 }
 
 template <class Inspector>
