@@ -1046,6 +1046,10 @@ constexpr size_t k_staging_chunk = size_t{16} << 20;
 /// gigabytes for a few percent of speed; past this the next-ranked algorithm is used.
 constexpr size_t k_max_workspace = size_t{512} << 20;
 
+/// cuBLAS's workspace: what NVIDIA's cuBLAS documentation recommends for Hopper (4 MiB
+/// suffices on older GPUs).
+constexpr size_t k_blas_workspace = size_t{32} << 20;
+
 class cuda_backend final : public backend {
  public:
   explicit cuda_backend(int ordinal) : ordinal_(ordinal) {
@@ -1675,6 +1679,22 @@ class cuda_backend final : public backend {
       detail::throw_cuda_error(status, "cudaMalloc(reduction scratch)", __FILE__, __LINE__);
     }
     reduce_buffer_ = static_cast<double*>(scratch);
+    // cuBLAS's workspace from memory the budget counts (left to itself, cuBLAS takes its
+    // own, which --gpu-memory-limit cannot see). 32 MiB is what cuBLAS asks for on Hopper; set
+    // after cublasSetStream, which resets it.
+    blas_workspace_bytes_ = k_blas_workspace;
+    detail::reserve_device_memory(
+        ordinal_, blas_workspace_bytes_,
+        "allocating the cuBLAS workspace on cuda:" + std::to_string(ordinal_));
+    void* blas_workspace = nullptr;
+    const cudaError_t blas_status = cudaMalloc(&blas_workspace, blas_workspace_bytes_);
+    if (blas_status != cudaSuccess) {
+      detail::release_device_memory(ordinal_, blas_workspace_bytes_);
+      blas_workspace_bytes_ = 0;
+      detail::throw_cuda_error(blas_status, "cudaMalloc(cuBLAS workspace)", __FILE__, __LINE__);
+    }
+    blas_workspace_ = blas_workspace;
+    GFLEX_CUBLAS_CHECK(cublasSetWorkspace(blas_, blas_workspace_, blas_workspace_bytes_));
   }
 
   /// Frees what init() and later calls made, in reverse order; safe on a partly built backend.
@@ -1706,6 +1726,12 @@ class cuda_backend final : public backend {
     reduce_bytes_ = 0;
     if (blas_ != nullptr) (void)cublasDestroy(blas_);
     blas_ = nullptr;
+    if (blas_workspace_ != nullptr) {
+      if (cudaFree(blas_workspace_) != cudaSuccess) (void)cudaGetLastError();
+      detail::release_device_memory(ordinal_, blas_workspace_bytes_);
+    }
+    blas_workspace_ = nullptr;
+    blas_workspace_bytes_ = 0;
     streams_.reset();  // the stream itself lives on while a tensor from this backend does
   }
 
@@ -1972,6 +1998,8 @@ class cuda_backend final : public backend {
   cudnnHandle_t dnn_ = nullptr;      ///< Made by the first convolution (ensure_dnn).
   double* reduce_buffer_ = nullptr;  ///< Device scratch for sum / sum_squares.
   size_t reduce_bytes_ = 0;
+  void* blas_workspace_ = nullptr;  ///< cuBLAS's workspace, counted against the budget.
+  size_t blas_workspace_bytes_ = 0;
   void* workspace_ = nullptr;  ///< cuDNN workspace, shared by every plan (calls are ordered).
   size_t workspace_bytes_ = 0;
   std::map<conv_key, std::unique_ptr<conv_plan>> plans_;
