@@ -45,6 +45,10 @@ struct worker_state {
 
 using worker_actor = caf::stateful_actor<worker_state>;
 
+/// Models of more parameter bytes than this are not kept between assignments: a node then
+/// holds no model while the next assignment's parameters arrive and are decoded.
+constexpr int64_t kept_model_bytes = int64_t{64} << 20;
+
 error bad(const std::string& what) {
   return error(errc::invalid_argument, "assignment: " + what);
 }
@@ -139,10 +143,6 @@ expected<assignment_result> run_assignment(worker_state& st, assignment& a, cons
     }
     kernels::replica_step(group, slot.replicas, bx.data(), by.data(), a.batch_size);
   }
-  // The pseudo-gradient theta - end is made in the buffer `end` is read into, and theta is
-  // let go before the update is encoded.
-  std::vector<float> delta(static_cast<size_t>(n));
-  slot.replicas.front()->store_parameters(delta);
   kernels::batch_stats stats;
   for (auto& m : slot.replicas) {
     auto part = m->take_stats();
@@ -150,18 +150,38 @@ expected<assignment_result> run_assignment(worker_state& st, assignment& a, cons
     stats.correct += part.correct;
     stats.samples += part.samples;
   }
-  for (int64_t i = 0; i < n; ++i) delta[i] = theta[i] - delta[i];
-  params = error(errc::invalid_argument, "released");  // theta's memory goes
+  // theta becomes the pseudo-gradient theta - end in place, the end parameters read a block
+  // at a time: a large model's update takes no buffer of its own.
+  {
+    constexpr int64_t block = int64_t{1} << 20;
+    std::vector<float> end(static_cast<size_t>(std::min(n, block)));
+    for (int64_t at = 0; at < n; at += block) {
+      const int64_t len = std::min(block, n - at);
+      slot.replicas.front()->store_parameters(
+          std::span<float>(end.data(), static_cast<size_t>(len)), at);
+      for (int64_t i = 0; i < len; ++i) theta[at + i] -= end[i];
+    }
+  }
+  std::span<const float> delta = theta;
+  // A large model's buffers go before its update is encoded (and are made again for the next
+  // assignment); a small one's stay for the next assignment.
+  if (n * static_cast<int64_t>(sizeof(float)) > kept_model_bytes) {
+    slot.replicas.clear();
+    slot.max_batch = 0;
+  }
   if (auto i = first_non_finite(delta); i >= 0)
     return error(errc::non_finite,
                  "training diverged: update value " + std::to_string(i) + " is not finite");
+  std::vector<float> altered;  // a misbehaving worker's (a test aid)
   if (st.misbehaving && !a.verify) {
+    altered.assign(delta.begin(), delta.end());
     // A stale cheat has nothing to replay on its first result of a job: that one is honest.
-    const auto before = misbehave ? delta : std::vector<float>{};
-    st.misbehaving->alter(a.job_id, delta);
-    if (misbehave && (steps != a.local_steps || delta != before))
+    const auto before = misbehave ? altered : std::vector<float>{};
+    st.misbehaving->alter(a.job_id, altered);
+    if (misbehave && (steps != a.local_steps || altered != before))
       spdlog::warn("worker: misbehaving (--misbehave, a test aid) on job {} round {}", a.job_id,
                    a.round + 1);
+    delta = altered;
   }
   assignment_result out;
   out.assignment_id = a.id;

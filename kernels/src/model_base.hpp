@@ -44,6 +44,12 @@ class model_base : public model {
     backend_.download(params_.raw(), host.data(), params_.nbytes());
   }
 
+  void store_parameters(std::span<float> host, int64_t offset) override {
+    GFLEX_CHECK(offset >= 0 && offset + static_cast<int64_t>(host.size()) <= count_,
+                "parameter range outside the model");
+    backend_.download(params_.data<float>() + offset, host.data(), host.size_bytes());
+  }
+
   void reset_optimizer() override {
     if (moments_) {
       backend_.fill(m_.data<float>(), count_, 0.0f);

@@ -50,6 +50,9 @@ class model {
   virtual void load_parameters(std::span<const float> host) = 0;
   /// Copies the parameters to host memory (parameter_count() floats).
   virtual void store_parameters(std::span<float> host) = 0;
+  /// Copies parameters [offset, offset + host.size()) to host memory, so that a large
+  /// model's can be read a block at a time.
+  virtual void store_parameters(std::span<float> host, int64_t offset) = 0;
   /// Zeroes the AdamW moments and the step counter.
   virtual void reset_optimizer() = 0;
   /// The inner optimiser's hyper-parameters; changes apply from the next step.
