@@ -28,6 +28,7 @@
 
 #include "access.hpp"
 #include "gflex/gflex.hpp"
+#include "gflex/runtime/digest.hpp"
 #include "gflex/runtime/identity.hpp"
 #include "gflex/runtime/shard.hpp"
 #include "gflex/runtime/update_codec.hpp"
@@ -150,7 +151,8 @@ struct node_log {
   std::atomic<int> answered{0};
   std::mutex mutex;
   std::string bye;
-  std::string shard;  // the digest of a data chunk it was told to train on
+  std::string shard;                    // the digest of a data chunk it was told to train on
+  std::atomic<size_t> update_bytes{0};  // the size of the last update it announced as chunks
   std::string last_bye() {
     std::lock_guard<std::mutex> lock(mutex);
     return bye;
@@ -165,6 +167,8 @@ enum class answer_mode {
   garbage,       // not an update at all
   forged_key,    // signed by a key that is not the node's
   nan_compute,   // compute_s is NaN
+  chunk_lie,     // announces its update as chunks of far more bytes than any update can have
+  chunk_forged,  // announces its real update's chunk, then sends other bytes for it
 };
 
 // A fake node's uplink: what its session sends assignments to.
@@ -209,13 +213,33 @@ caf::behavior fake_uplink(caf::event_based_actor*, answer_mode mode, std::shared
             r.update = encode_update(update, compression::fp32);
             signer = &other;
             break;
+          case answer_mode::chunk_lie:
+          case answer_mode::chunk_forged:
+            r.update = encode_update(update, compression::fp32);
+            break;
           default:  // nan_compute
             r.update = encode_update(update, compression::fp32);
             r.compute_s = std::nan("");
             break;
         }
         r.signature = signer->sign(result_message(r.assignment_id, r.update));
+        if (mode == answer_mode::chunk_lie) {
+          // 1 GiB in 8 MiB chunks (the core's size here), named by one real digest.
+          r.update_bytes = uint64_t{1} << 30;
+          r.update_chunks.assign(128, digest_hex(r.update));
+          r.update.clear();
+        } else if (mode == answer_mode::chunk_forged) {
+          r.update_bytes = r.update.size();
+          log->update_bytes.store(r.update.size());
+          r.update_chunks = {digest_hex(r.update)};
+          r.update.clear();
+        }
         return r;
+      },
+      // The session asks for the chunk of an answer sent as chunks: of the right size, but not
+      // the bytes its digest names.
+      [=](chunk_atom, const std::string&) {
+        return std::vector<uint8_t>(log->update_bytes.load(), 0x5A);
       },
       [](abort_atom, uint64_t) {},
       [=](bye_atom, const std::string& why) {
@@ -403,7 +427,8 @@ TEST_CASE(
   const std::pair<const char*, answer_mode> rogues[] = {
       {"rogue-size", answer_mode::short_update}, {"rogue-nan", answer_mode::nan_update},
       {"rogue-id", answer_mode::other_id},       {"rogue-garbage", answer_mode::garbage},
-      {"rogue-forger", answer_mode::forged_key}, {"rogue-compute", answer_mode::nan_compute}};
+      {"rogue-forger", answer_mode::forged_key}, {"rogue-compute", answer_mode::nan_compute},
+      {"rogue-chunks", answer_mode::chunk_lie},  {"rogue-pieces", answer_mode::chunk_forged}};
   std::vector<fake_node> nodes;
   for (const auto& [name, mode] : rogues)
     nodes.push_back(join_fake(p, self, name, mode, *rogue_token));
