@@ -17,40 +17,52 @@ const tensor* checkpoint::find(std::string_view name) const {
   return nullptr;
 }
 
-std::vector<uint8_t> encode_checkpoint(const checkpoint& c) {
-  size_t words = 64;
-  for (const auto& t : c.tensors)
-    words += 8 + t.name.size() / 8 + detail::tensor_words(t.value.nbytes(), t.value.rank());
+namespace {
+
+// A checkpoint message: its header, then `count` named tensors that `fill(list)` writes,
+// whose names and data take at most `body_words`.
+template <class Fill>
+std::vector<uint8_t> build_checkpoint(const std::string& workload, const std::string& model,
+                                      const std::string& data_set, uint64_t step, size_t count,
+                                      size_t body_words, Fill&& fill) {
+  const size_t words =
+      64 + (workload.size() + model.size() + data_set.size()) / 8 + 8 * count + body_words;
   return detail::build_flat(words, [&](capnp::MessageBuilder& message) {
     auto root = message.initRoot<schema::Checkpoint>();
-    root.setWorkload(c.workload);
-    root.setModel(c.model);
-    root.setDataSet(c.data_set);
-    root.setStep(c.step);
-    auto list = root.initParameters(static_cast<unsigned>(c.tensors.size()));
-    for (size_t i = 0; i < c.tensors.size(); ++i) {
-      list[i].setName(c.tensors[i].name);
-      detail::write_tensor(list[i].initTensor(), c.tensors[i].value);
-    }
+    root.setWorkload(workload);
+    root.setModel(model);
+    root.setDataSet(data_set);
+    root.setStep(step);
+    fill(root.initParameters(static_cast<unsigned>(count)));
   });
 }
 
+}  // namespace
+
+std::vector<uint8_t> encode_checkpoint(const checkpoint& c) {
+  size_t body = 0;
+  for (const auto& t : c.tensors)
+    body += t.name.size() / 8 + detail::tensor_words(t.value.nbytes(), t.value.rank());
+  return build_checkpoint(c.workload, c.model, c.data_set, c.step, c.tensors.size(), body,
+                          [&](auto list) {
+                            for (size_t i = 0; i < c.tensors.size(); ++i) {
+                              list[i].setName(c.tensors[i].name);
+                              detail::write_tensor(list[i].initTensor(), c.tensors[i].value);
+                            }
+                          });
+}
+
 std::vector<uint8_t> encode_checkpoint(const checkpoint_view& c) {
-  size_t words = 64 + (c.workload.size() + c.model.size() + c.data_set.size()) / 8;
-  for (const auto& [name, values] : c.vectors)
-    words += 8 + name.size() / 8 + detail::tensor_words(values.size_bytes(), 1);
-  return detail::build_flat(words, [&](capnp::MessageBuilder& message) {
-    auto root = message.initRoot<schema::Checkpoint>();
-    root.setWorkload(c.workload);
-    root.setModel(c.model);
-    root.setDataSet(c.data_set);
-    root.setStep(c.step);
-    auto list = root.initParameters(static_cast<unsigned>(c.vectors.size()));
-    for (size_t i = 0; i < c.vectors.size(); ++i) {
-      list[i].setName(c.vectors[i].first);
-      detail::write_vector(list[i].initTensor(), c.vectors[i].second);
-    }
-  });
+  size_t body = 0;
+  for (const auto& v : c.vectors)
+    body += v.first.size() / 8 + detail::tensor_words(v.second.size_bytes(), 1);
+  return build_checkpoint(c.workload, c.model, c.data_set, c.step, c.vectors.size(), body,
+                          [&](auto list) {
+                            for (size_t i = 0; i < c.vectors.size(); ++i) {
+                              list[i].setName(c.vectors[i].first);
+                              detail::write_vector(list[i].initTensor(), c.vectors[i].second);
+                            }
+                          });
 }
 
 expected<checkpoint> decode_checkpoint(std::span<const uint8_t> bytes,

@@ -39,14 +39,14 @@ TEST_SUITE("checkpoint") {
     }
     checkpoint_view v;
     v.workload = "model";
-    v.model = "[model]";
+    v.model = "[model]\n" + std::string(60000, '#');  // a long declaration (64 KiB allowed)
     v.data_set = "set";
     v.step = 4;
     v.vectors = {{"theta", theta}, {"outer_momentum", momentum}};
     auto bytes = encode_checkpoint(v);
     checkpoint c;
     c.workload = "model";
-    c.model = "[model]";
+    c.model = v.model;
     c.data_set = "set";
     c.step = 4;
     for (const auto& [name, values] : v.vectors) {
