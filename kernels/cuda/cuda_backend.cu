@@ -1667,34 +1667,31 @@ class cuda_backend final : public backend {
     }
     // max_blocks_ partials, then the final sum. Allocated once, synchronously (no pool
     // needed), but counted against the budget like everything else on the device.
-    reduce_bytes_ = sizeof(double) * static_cast<size_t>(max_blocks_ + 1);
-    detail::reserve_device_memory(
-        ordinal_, reduce_bytes_,
-        "allocating reduction scratch on cuda:" + std::to_string(ordinal_));
-    void* scratch = nullptr;
-    const cudaError_t status = cudaMalloc(&scratch, reduce_bytes_);
-    if (status != cudaSuccess) {
-      detail::release_device_memory(ordinal_, reduce_bytes_);
-      reduce_bytes_ = 0;
-      detail::throw_cuda_error(status, "cudaMalloc(reduction scratch)", __FILE__, __LINE__);
-    }
-    reduce_buffer_ = static_cast<double*>(scratch);
+    reduce_buffer_ = static_cast<double*>(allocate_fixed(
+        sizeof(double) * static_cast<size_t>(max_blocks_ + 1), reduce_bytes_, "reduction scratch"));
     // cuBLAS's workspace from memory the budget counts (left to itself, cuBLAS takes its
     // own, which --gpu-memory-limit cannot see). 32 MiB is what cuBLAS asks for on Hopper; set
     // after cublasSetStream, which resets it.
-    blas_workspace_bytes_ = k_blas_workspace;
-    detail::reserve_device_memory(
-        ordinal_, blas_workspace_bytes_,
-        "allocating the cuBLAS workspace on cuda:" + std::to_string(ordinal_));
-    void* blas_workspace = nullptr;
-    const cudaError_t blas_status = cudaMalloc(&blas_workspace, blas_workspace_bytes_);
-    if (blas_status != cudaSuccess) {
-      detail::release_device_memory(ordinal_, blas_workspace_bytes_);
-      blas_workspace_bytes_ = 0;
-      detail::throw_cuda_error(blas_status, "cudaMalloc(cuBLAS workspace)", __FILE__, __LINE__);
-    }
-    blas_workspace_ = blas_workspace;
+    blas_workspace_ = allocate_fixed(k_blas_workspace, blas_workspace_bytes_, "cuBLAS workspace");
     GFLEX_CUBLAS_CHECK(cublasSetWorkspace(blas_, blas_workspace_, blas_workspace_bytes_));
+  }
+
+  /// `bytes` of device memory for the backend's lifetime, allocated synchronously (no pool
+  /// needed) but counted against the budget like everything else on the device; `held` is set
+  /// to what must be released with it. `what` names it in errors.
+  void* allocate_fixed(size_t bytes, size_t& held, const char* what) {
+    detail::reserve_device_memory(
+        ordinal_, bytes,
+        std::string("allocating ") + what + " on cuda:" + std::to_string(ordinal_));
+    void* memory = nullptr;
+    const cudaError_t status = cudaMalloc(&memory, bytes);
+    if (status != cudaSuccess) {
+      detail::release_device_memory(ordinal_, bytes);
+      const std::string call = std::string("cudaMalloc(") + what + ")";
+      detail::throw_cuda_error(status, call.c_str(), __FILE__, __LINE__);
+    }
+    held = bytes;
+    return memory;
   }
 
   /// Frees what init() and later calls made, in reverse order; safe on a partly built backend.
