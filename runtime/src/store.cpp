@@ -161,7 +161,44 @@ expected<store> store::open(const std::filesystem::path& dir, size_t map_bytes) 
     return lmdb_error(p->dir, rc);
   }
   if (int rc = mdb_txn_commit(txn); rc != 0) return lmdb_error(p->dir, rc);
-  return store(std::move(p));
+  store s(std::move(p));
+  s.sweep_blobs();
+  return s;
+}
+
+void store::sweep_blobs() {
+  // A crash between a blob's file and the commit that names it (or between a commit and the
+  // removal of the file it replaced) leaves a file no key names: it goes at the next start.
+  // Only the core's process opens its store, so no other writer can be between the two steps.
+  std::set<std::string> named;
+  auto listed = scan_raw([&](std::span<const uint8_t> value) {
+    if (auto r = as_blob_ref(value)) named.insert(r->name);
+  });
+  if (!listed) return;  // nothing is removed on a doubt
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(impl_->blobs, ec)) {
+    const auto name = entry.path().filename().string();
+    if (!named.count(name)) std::filesystem::remove(entry.path(), ec);
+  }
+}
+
+bool store::scan_raw(const std::function<void(std::span<const uint8_t>)>& fn) const {
+  MDB_txn* txn = nullptr;
+  if (mdb_txn_begin(impl_->env, nullptr, MDB_RDONLY, &txn) != 0) return false;
+  MDB_cursor* cursor = nullptr;
+  if (mdb_cursor_open(txn, impl_->dbi, &cursor) != 0) {
+    mdb_txn_abort(txn);
+    return false;
+  }
+  MDB_val k, v;
+  int rc = mdb_cursor_get(cursor, &k, &v, MDB_FIRST);
+  while (rc == 0) {
+    fn({static_cast<const uint8_t*>(v.mv_data), v.mv_size});
+    rc = mdb_cursor_get(cursor, &k, &v, MDB_NEXT);
+  }
+  mdb_cursor_close(cursor);
+  mdb_txn_abort(txn);
+  return rc == MDB_NOTFOUND;
 }
 
 int64_t store::used_bytes() const {

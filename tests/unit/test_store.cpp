@@ -110,6 +110,28 @@ TEST_SUITE("store") {
     CHECK(blobs() == 0);
   }
 
+  TEST_CASE("files no key names (left by a crash) go when the store opens; named ones stay") {
+    test::temp_dir dir;
+    std::vector<uint8_t> big(size_t{17} << 20, 0x42);
+    {
+      auto s = store::open(dir.path());
+      REQUIRE(s.has_value());
+      REQUIRE(s->put("job/1/checkpoint", big).has_value());
+    }
+    const auto blobs = dir.path() / "blobs";
+    std::ofstream(blobs / "0000-left-by-a-crash") << "x";
+    std::ofstream(blobs / "half-written.tmp") << "y";
+    auto s = store::open(dir.path());
+    REQUIRE(s.has_value());
+    size_t files = 0;
+    for (const auto& e : std::filesystem::directory_iterator(blobs)) {
+      CHECK(e.path().filename().string().size() == 81);  // the named blob
+      files += 1;
+    }
+    CHECK(files == 1);
+    CHECK(**s->get("job/1/checkpoint") == big);
+  }
+
   TEST_CASE("an unusable directory is a clear error") {
     auto s = store::open("/proc/gflex-cannot-exist");
     REQUIRE_FALSE(s.has_value());

@@ -59,6 +59,11 @@ class store {
  private:
   struct impl;
   explicit store(std::unique_ptr<impl> p);
+  /// Removes files under blobs/ that no key names (left by a crash); called by open().
+  void sweep_blobs();
+  /// Calls `fn` with every stored value as LMDB holds it (references unresolved); false when
+  /// the store could not be read to its end.
+  bool scan_raw(const std::function<void(std::span<const uint8_t>)>& fn) const;
   std::unique_ptr<impl> impl_;
 };
 
