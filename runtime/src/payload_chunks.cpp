@@ -81,15 +81,6 @@ expected<void> chunk_assembler::add(uint64_t index, std::span<const uint8_t> pie
   return {};
 }
 
-uint64_t chunk_assembler::next_missing(uint64_t from) const noexcept {
-  const uint64_t n = have_.size();
-  for (uint64_t k = 0; k < n; ++k) {
-    const uint64_t i = (from + k) % n;
-    if (!have_[i]) return i;
-  }
-  return n;
-}
-
 std::vector<uint8_t> chunk_assembler::take() {
   have_.clear();
   digests_.clear();

@@ -42,13 +42,10 @@ class chunk_assembler {
   /// Puts chunk `index` in place.
   expected<void> add(uint64_t index, std::span<const uint8_t> piece);
 
-  /// The next chunk not yet in place, from `from` on (wrapping); count() when complete.
-  uint64_t next_missing(uint64_t from = 0) const noexcept;
   bool has(uint64_t index) const noexcept { return index < have_.size() && have_[index]; }
   uint64_t missing() const noexcept { return missing_; }
   bool complete() const noexcept { return missing_ == 0; }
   uint64_t count() const noexcept { return digests_.size(); }
-  uint64_t total() const noexcept { return total_; }
   const std::vector<std::string>& digests() const noexcept { return digests_; }
 
   /// The payload, once complete (the assembler is empty afterwards).
