@@ -221,6 +221,7 @@ expected<caf::actor> spawn_node(caf::actor_system& sys, const node_config& confi
   up.credential = config.token;
   up.tls = !core && !config.insecure;
   up.on_activity = config.on_activity;
+  up.cancelled = c.config.cancelled;
   c.uplink_cfg = up;
   c.core = core;
   c.owner = owner;

@@ -7,6 +7,7 @@
 #include <caf/io/middleman.hpp>
 #include <caf/openssl/manager.hpp>
 
+#include <deque>
 #include <map>
 #include <optional>
 #include <set>
@@ -67,6 +68,12 @@ struct uplink_state {
   caf::actor session;     // this node's session: the only other core handle it holds
   std::vector<caf::actor> workers;
   std::map<uint64_t, size_t> running;  // assignment id -> worker index
+  // Workers that have an assignment: fetching its parameters, or computing it. A worker
+  // takes one assignment at a time; one that comes for a busy worker (a new session's,
+  // while the worker still ends the old session's) waits here, and its parameters are not
+  // fetched before the worker is free: a node holds one assignment's memory per worker.
+  std::set<uint32_t> busy;
+  std::map<uint32_t, std::deque<waiting_assignment>> deferred;
   caf::actor cache;
   caf::actor owner;
   std::string node_id;
@@ -203,11 +210,14 @@ void connect(uplink_actor* self) {
 
 // Runs assignment `a` on worker `index` and answers `rp`; an update larger than one payload
 // chunk is kept here and announced by its chunks, which the session then asks for.
+void release_worker(uplink_actor* self, uint32_t index);
+
 void run_on_worker(uplink_actor* self, uint32_t index, assignment a,
                    caf::typed_response_promise<assignment_result> rp) {
   auto& st = self->state;
   const uint64_t id = a.id;
   st.running[id] = index;
+  st.busy.insert(index);
   self->request(st.workers[index], caf::infinite, assign_atom::value, std::move(a))
       .then(
           [=](assignment_result& r) mutable {
@@ -229,10 +239,12 @@ void run_on_worker(uplink_actor* self, uint32_t index, assignment a,
               self->delayed_send(self, std::chrono::minutes(10), expire_atom::value, id);
             }
             rp.deliver(std::move(r));
+            release_worker(self, index);
           },
           [=](caf::error& e) mutable {
             self->state.running.erase(id);
             rp.deliver(std::move(e));
+            release_worker(self, index);
           });
 }
 
@@ -246,6 +258,7 @@ void end_fetch(uplink_actor* self, const std::shared_ptr<params_fetch>& f, const
   for (auto& w : waiting) {
     if (e || !done) {
       w.promise.deliver(e);
+      release_worker(self, w.index);
       continue;
     }
     w.work.params_ref = done;
@@ -269,9 +282,11 @@ void pump_params(uplink_actor* self, std::shared_ptr<params_fetch> f) {
   for (uint64_t i = 0; i < f->parts->count() && f->asking.size() < params_chunks_in_flight; ++i) {
     if (f->parts->has(i) || f->asking.count(i)) continue;
     f->asking.insert(i);
+    const uint64_t generation = st.generation;  // answers from an ended session are ignored
     self->request(st.session, std::chrono::seconds(120), chunk_atom::value, f->chunks[i])
         .then(
             [=](std::vector<uint8_t>& bytes) {
+              if (generation != self->state.generation) return;
               f->asking.erase(i);
               if (f->complete || !f->parts) return;
               node_metrics::bytes("in", "parameter_chunk").inc(static_cast<double>(bytes.size()));
@@ -293,6 +308,7 @@ void pump_params(uplink_actor* self, std::shared_ptr<params_fetch> f) {
               pump_params(self, f);
             },
             [=](caf::error& e) {
+              if (generation != self->state.generation) return;
               f->asking.erase(i);
               if (f->complete || !f->parts) return;
               if (!f->failure) f->failure = std::move(e);
@@ -322,7 +338,7 @@ void fetch_params(uplink_actor* self, uint32_t index, assignment a,
                                        max_params_bytes);
     if (!parts) {
       rp.deliver(to_caf(parts.error()));
-      return;
+      return release_worker(self, index);
     }
     f = std::make_shared<params_fetch>();
     f->chunks = a.params_chunks;
@@ -334,6 +350,32 @@ void fetch_params(uplink_actor* self, uint32_t index, assignment a,
   a.params_chunks.clear();
   f->waiting.push_back({index, std::move(a), std::move(rp)});
   pump_params(self, f);
+}
+
+// Starts assignment `a` on worker `index` (free): its parameters are fetched first when they
+// come in chunks.
+void dispatch(uplink_actor* self, uint32_t index, assignment a,
+              caf::typed_response_promise<assignment_result> rp) {
+  auto& st = self->state;
+  st.busy.insert(index);
+  if (a.params_chunks.empty()) return run_on_worker(self, index, std::move(a), std::move(rp));
+  if (st.payload_chunk_bytes == 0) {
+    rp.deliver(to_caf(error(errc::malformed_message, "parameters in chunks of size 0")));
+    return release_worker(self, index);
+  }
+  fetch_params(self, index, std::move(a), std::move(rp));
+}
+
+// Worker `index` is free again: the next assignment that waited for it starts.
+void release_worker(uplink_actor* self, uint32_t index) {
+  auto& st = self->state;
+  st.busy.erase(index);
+  auto it = st.deferred.find(index);
+  if (it == st.deferred.end()) return;
+  auto next = std::move(it->second.front());
+  it->second.pop_front();
+  if (it->second.empty()) st.deferred.erase(it);
+  dispatch(self, index, std::move(next.work), std::move(next.promise));
 }
 
 caf::behavior uplink_behavior(uplink_actor* self, uplink_config config, caf::actor core,
@@ -368,6 +410,18 @@ caf::behavior uplink_behavior(uplink_actor* self, uplink_config config, caf::act
     st.core = nullptr;
     st.session = nullptr;
     st.answer_chunks.clear();  // answers to a session that is gone
+    // The core has given this session's work to other nodes: what runs stops at its next
+    // step, and what waited for a worker is not started.
+    for (const auto& [id, index] : st.running) st.config.cancelled->cancel(id);
+    for (auto& [index, queue] : st.deferred)
+      for (auto& w : queue) w.promise.deliver(to_caf(error(errc::io_error, "the session ended")));
+    st.deferred.clear();
+    // Fetches stop asking the ended session; what they hold stays for the next one.
+    for (const auto& f : st.params) {
+      f->asking.clear();
+      f->failure = caf::error{};
+      end_fetch(self, f, to_caf(error(errc::io_error, "the session ended")));
+    }
     st.generation += 1;
     retry_later(self);
   });
@@ -413,13 +467,10 @@ caf::behavior uplink_behavior(uplink_actor* self, uplink_config config, caf::act
         if (index >= st.workers.size())
           return to_caf(error(errc::invalid_argument, "no worker " + std::to_string(index)));
         auto rp = self->make_response_promise<assignment_result>();
-        if (!a.params_chunks.empty()) {
-          if (st.payload_chunk_bytes == 0)
-            return to_caf(error(errc::malformed_message, "parameters in chunks of size 0"));
-          fetch_params(self, index, std::move(a), rp);
-        } else {
-          run_on_worker(self, index, std::move(a), rp);
-        }
+        if (st.busy.count(index) > 0)
+          st.deferred[index].push_back({index, std::move(a), rp});
+        else
+          dispatch(self, index, std::move(a), rp);
         return rp;
       },
       // From the session: a chunk of an answer this node sent with update_chunks.
@@ -448,8 +499,16 @@ caf::behavior uplink_behavior(uplink_actor* self, uplink_config config, caf::act
       [=](abort_atom, uint64_t id) {
         auto& st = self->state;
         if (self->current_sender() != caf::actor_cast<caf::strong_actor_ptr>(st.session)) return;
-        auto it = st.running.find(id);
-        if (it != st.running.end()) self->send(st.workers[it->second], abort_atom::value, id);
+        st.config.cancelled->cancel(id);  // a running assignment stops at its next step
+        for (auto& [index, queue] : st.deferred)
+          for (auto w = queue.begin(); w != queue.end(); ++w)
+            if (w->work.id == id) {
+              w->promise.deliver(
+                  to_caf(error(errc::invalid_argument, "assignment aborted by its job")));
+              queue.erase(w);
+              break;
+            }
+        std::erase_if(st.deferred, [](const auto& q) { return q.second.empty(); });
       },
       [=](offer_atom, caf::actor& replacement, caf::actor& replaced) {
         // A worker was restarted by the node supervisor: it takes the old one's index. The

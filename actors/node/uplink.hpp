@@ -28,6 +28,8 @@
 #include "gflex/node_activity.hpp"
 #include "gflex/runtime/identity.hpp"
 
+#include "cancellations.hpp"
+
 namespace gflex {
 
 struct uplink_config {
@@ -46,6 +48,8 @@ struct uplink_config {
   double throughput = 0.0;                        ///< Calibrated samples per second per worker.
   std::shared_ptr<const node_identity> identity;  ///< Signs the hello.
   std::function<void(const node_activity&)> on_activity;  ///< node_config's (may be empty).
+  /// Shared with the workers: what the uplink cancels, a running assignment stops at.
+  std::shared_ptr<cancellations> cancelled = std::make_shared<cancellations>();
 };
 
 caf::actor spawn_uplink(caf::actor_system& sys, uplink_config config, caf::actor core,

@@ -36,7 +36,6 @@ struct worker_state {
   std::unique_ptr<kernels::replica_group> group;
   std::map<std::string, loaded_model> models;                    // by workload
   std::map<std::string, std::shared_ptr<const dataset>> shards;  // decoded, by digest
-  std::set<uint64_t> aborted;
   int assignments = 0;
   std::unique_ptr<misbehaving_worker> misbehaving;  // test aid; null for honest workers
   cpu_monitor cpu;                                  // for --idle-only
@@ -130,6 +129,11 @@ expected<assignment_result> run_assignment(worker_state& st, assignment& a, cons
   const bool misbehave = st.misbehaving && !a.verify && st.misbehaving->decide();
   const int64_t steps = misbehave ? st.misbehaving->steps(a.local_steps) : a.local_steps;
   for (int64_t step = 0; step < steps; ++step) {
+    if (st.config.cancelled->cancelled(a.id)) {
+      spdlog::info("stopped {} round {} after {} of {} steps: the node no longer wants it",
+                   a.job_id, a.round + 1, step, steps);
+      return error(errc::invalid_argument, "assignment cancelled while it ran");
+    }
     for (int64_t b = 0; b < a.batch_size; ++b) {
       if (cursor == rows) {
         std::iota(order.begin(), order.end(), 0);
@@ -216,8 +220,10 @@ caf::behavior worker_behavior(worker_actor* self, worker_config config, caf::act
 
   // A device failure is an error for this assignment only; the worker stays up.
   auto compute = [=](assignment& a, const dataset& shard) -> caf::expected<assignment_result> {
-    if (self->state.aborted.erase(a.id) > 0)
+    if (self->state.config.cancelled->cancelled(a.id)) {
+      self->state.config.cancelled->forget(a.id);
       return to_caf(error(errc::invalid_argument, "assignment aborted by its job"));
+    }
     if (++self->state.assignments == self->state.config.crash_at_assignment)
       throw std::runtime_error("injected worker crash (test aid)");
     const bool inject_device_error =
@@ -255,6 +261,7 @@ caf::behavior worker_behavior(worker_actor* self, worker_config config, caf::act
             error(errc::device_error,
                   "out of device memory (injected by --device-error-at, a test aid)"));
       auto r = run_assignment(self->state, a, shard);
+      cfg.cancelled->forget(a.id);
       if (!r) {
         node_metrics::assignments("failed").inc();
         tell(node_activity::kind::failed, 0.0, 0.0);
@@ -278,6 +285,7 @@ caf::behavior worker_behavior(worker_actor* self, worker_config config, caf::act
       // Out of device memory, or another device failure: this assignment goes back to its
       // job (which gives it to another worker) and the worker stays up. Its models are
       // dropped, so their memory is free and the next assignment starts from a clean state.
+      cfg.cancelled->forget(a.id);
       spdlog::warn("worker: assignment {} failed on the device: {}", a.id, e.err().message());
       node_metrics::assignments("failed").inc();
       tell(node_activity::kind::failed, 0.0, 0.0);
@@ -322,9 +330,7 @@ caf::behavior worker_behavior(worker_actor* self, worker_config config, caf::act
       [=](update_atom, const std::string& role, caf::actor& replacement) {
         if (role == "cache") self->state.cache = std::move(replacement);  // restarted cache
       },
-      [=](abort_atom, uint64_t id) {
-        if (self->state.aborted.size() < 4096) self->state.aborted.insert(id);
-      },
+      [=](abort_atom, uint64_t id) { self->state.config.cancelled->cancel(id); },
   };
 }
 

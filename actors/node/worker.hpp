@@ -12,6 +12,8 @@
 ///   with the assignment (unknown workload, wrong parameter size, non-finite values, bad
 ///   hyper-parameters) or that the shard could not be had.
 /// - (abort_atom, assignment_id): the job no longer wants it; skipped if not yet started.
+///   The uplink also cancels through `worker_config::cancelled`, which a running assignment
+///   reads between its steps.
 
 #include <caf/fwd.hpp>
 
@@ -22,6 +24,7 @@
 
 #include <vector>
 
+#include "cancellations.hpp"
 #include "gflex/kernels/replica_group.hpp"
 #include "gflex/node_activity.hpp"
 #include "gflex/runtime/identity.hpp"
@@ -52,6 +55,9 @@ struct worker_config {
   std::function<void(const node_activity&)> on_activity;
   /// The node's key: every result is signed with it.
   std::shared_ptr<const node_identity> identity;
+  /// Assignments the node no longer wants (shared with its uplink): one that is cancelled
+  /// before it starts is refused, one that is running stops at its next step.
+  std::shared_ptr<cancellations> cancelled = std::make_shared<cancellations>();
 };
 
 /// The replica group over `ranks` (CPU ranks use `cpu_threads` OpenBLAS threads each).

@@ -72,10 +72,43 @@ TOML
 params=$(((784 * 12000 + 12000) + (12000 * 12000 + 12000) + (12000 * 10 + 10)))
 model_bytes=$((params * 4))
 
+# On failure, what the processes warned about (a lost session, a failed assignment).
+report_warnings() {
+  [ "$failures" -eq 0 ] && return
+  for p in core node1 node2; do
+    echo "-- $p's warnings:"
+    grep -E ' (warning|error) | stopped ' "$WORK/$p.log" | tail -8 | cut -c1-240
+  done
+}
+trap 'report_warnings; cleanup' EXIT
+
 start_s=$SECONDS
 timeout -s KILL 600 "${ALICE[@]}" "$G" submit "$WORK/wide.toml" --core "$core" --wait \
-  --json "$WORK/job.json" >"$WORK/job.out" 2>"$WORK/job.err" ||
-  fail "the wide job: $(tail -3 "$WORK/job.err")"
+  --json "$WORK/job.json" >"$WORK/job.out" 2>"$WORK/job.err" &
+submit_pid=$!
+PIDS+=("$submit_pid")
+
+# A node that sleeps (SIGSTOP) through its lease while it computes, as a laptop does: the
+# core gives its work to another node and ends its session. Woken, the node must stop that
+# work at its next step rather than finish it for nobody, and must not fetch the next
+# session's parameters while its worker still holds the old model: its memory bound below
+# holds through this. It is frozen once its model is in memory (resident over 2.5x).
+deadline=$((SECONDS + 300))
+until [ "$(awk -v m="$model_bytes" '/^VmRSS/ {printf "%d", $2 * 1024 * 10 / m}' \
+  "/proc/$PID_node1/status")" -ge 25 ]; do
+  ((SECONDS < deadline)) || { fail "node1 never held its first assignment's model"; break; }
+  sleep 0.1
+done
+kill -STOP "$PID_node1"
+wait_for 20 "the core to give up on the frozen node1" grep -q "(node1) missed its heartbeats" "$WORK/core.log"
+kill -CONT "$PID_node1"
+before=$failures
+wait_for 120 "node1 to stop the work its ended session gave it" \
+  grep -q "stopped job-1 round 1 after .* steps: the node no longer wants it" "$WORK/node1.log"
+[ "$failures" -eq "$before" ] &&
+  echo "ok: node1, frozen past its lease while computing, stopped that work once woken"
+
+wait "$submit_pid" || fail "the wide job: $(tail -3 "$WORK/job.err")"
 job_s=$((SECONDS - start_s))
 acc=$(json_get "$WORK/job.json" "j['test_accuracy']")
 [ "$(json_get "$WORK/job.json" "j['state']")" = done ] || fail "the wide job did not finish"
