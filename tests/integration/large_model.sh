@@ -77,10 +77,10 @@ report_warnings() {
   [ "$failures" -eq 0 ] && return
   for p in core node1 node2; do
     echo "-- $p's warnings:"
-    grep -E ' (warning|error) | stopped ' "$WORK/$p.log" | tail -8 | cut -c1-240
+    grep -E ' (warning|error) | stopped ' "$WORK/$p.log" | tail -8 | cut -c1-240 || true
   done
 }
-trap 'report_warnings; cleanup' EXIT
+trap 'report_warnings || true; cleanup' EXIT
 
 start_s=$SECONDS
 timeout -s KILL 600 "${ALICE[@]}" "$G" submit "$WORK/wide.toml" --core "$core" --wait \
