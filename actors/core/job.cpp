@@ -579,7 +579,8 @@ void try_confirm(job_actor* self) {
   c.model = spec.model;
   c.data_set = spec.data_set;
   c.step = static_cast<uint64_t>(s.round);
-  c.vectors = {{"theta", st.job.theta}, {"outer_momentum", st.job.momentum}};
+  c.vectors = {{"theta", st.job.theta}};
+  if (!st.job.momentum.empty()) c.vectors.push_back({"outer_momentum", st.job.momentum});
   store_batch batch;
   batch.keys = {job_record_key(st.job.id), job_checkpoint_key(st.job.id)};
   batch.values = {encode_job_record(st.job.spec_text, s), encode_checkpoint(c)};
@@ -740,6 +741,11 @@ void try_advance(job_actor* self) {
   for (size_t begin = 0; begin < st.job.theta.size(); begin += mean_block) {
     const size_t len = std::min(mean_block, st.job.theta.size() - begin);
     robust_mean_block(used, scales, spec.trim, begin, len, mean);
+    if (st.job.momentum.empty()) {  // outer momentum 0: theta -= lr * g
+      for (size_t k = 0; k < len; ++k)
+        st.job.theta[begin + k] = static_cast<float>(st.job.theta[begin + k] - lr * mean[k]);
+      continue;
+    }
     for (size_t k = 0; k < len; ++k) {
       const size_t i = begin + k;
       double g = mean[k];
@@ -1068,11 +1074,15 @@ caf::behavior job_behavior(job_actor* self, job_start start, job_links links) {
     }
     st.job.checkpoint = {};
   }
-  if (st.job.theta.empty() || st.job.theta.size() != st.job.momentum.size()) {
+  // A checkpoint without momentum is one of a job whose outer momentum is 0.
+  const bool wants_momentum = st.job.spec.outer_momentum != 0.0;
+  if (st.job.theta.empty() || (st.job.momentum.empty() && wants_momentum) ||
+      (!st.job.momentum.empty() && st.job.theta.size() != st.job.momentum.size())) {
     st.job.theta.clear();
     st.job.momentum.clear();
     st.job.status.round = 0;
   }
+  if (!wants_momentum) std::vector<float>().swap(st.job.momentum);
   if (st.job.from == job_start::origin::resumed)
     spdlog::info("resuming job {} from round {}", st.job.id, st.job.status.round);
   else if (st.job.from == job_start::origin::restarted)
@@ -1111,7 +1121,7 @@ caf::behavior job_behavior(job_actor* self, job_start start, job_links links) {
   if (st.job.theta.empty()) {
     st.job.theta.resize(static_cast<size_t>(st.workload->parameter_count()));
     st.workload->init_parameters(st.job.spec.seed, st.job.theta);
-    st.job.momentum.assign(st.job.theta.size(), 0.0f);
+    if (wants_momentum) st.job.momentum.assign(st.job.theta.size(), 0.0f);
   }
   st.job.status.state = "running";
   st.job.status.detail.clear();

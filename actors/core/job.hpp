@@ -36,6 +36,9 @@ struct job_start {
   job_spec spec;
   job_status status;
   std::vector<float> theta;
+  /// The outer optimiser's momentum, one per parameter; empty when the spec's outer
+  /// momentum is 0 (plain averaging needs none, and a large model's would double the core's
+  /// state and checkpoint).
   std::vector<float> momentum;
   /// The last committed checkpoint, still encoded: the job decodes it on its own thread
   /// (theta and momentum from it; when restarted, the round too), so that the supervisor

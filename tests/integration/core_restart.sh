@@ -5,7 +5,7 @@
 source "$(dirname "$0")/lib.sh"
 G="$BIN/gflex"
 start_cluster 3
-"$G" submit "$SRC/apps/jobs/fashion-mlp.toml" --core "$core" --json "$WORK/submitted.json" \
+"$G" submit "${JOB_FILE:-$SRC/apps/jobs/fashion-mlp.toml}" --core "$core" --json "$WORK/submitted.json" \
   >/dev/null || fail "submit"
 job=$(json_get "$WORK/submitted.json" "j['job_id']")
 
