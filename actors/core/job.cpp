@@ -61,7 +61,7 @@ struct round_result {
   uint64_t assignment_id = 0;
   worker_slot slot;
   assignment work;
-  std::vector<float> update;
+  packed_update update;  // as it came (int8 at a quarter of its float size), read by blocks
   double loss = 0.0;
   double compute_s = 0.0;
   double wall_s = 0.0;  // from sending the assignment to its answer, as the core saw it
@@ -70,6 +70,33 @@ struct round_result {
 };
 
 using round_results = std::map<int64_t, round_result>;  // by shard: the first valid one wins
+
+/// Reads the same block of coordinates of several results' updates into buffers of its own:
+/// how a round's updates are screened and averaged without decoding any of them whole.
+class update_blocks {
+ public:
+  static constexpr size_t size = size_t{1} << 16;
+
+  update_blocks(size_t dim, size_t results)
+      : dim_(dim), buffers_(results, std::vector<float>(std::min(size, dim))) {}
+
+  /// Coordinates [begin, begin + size) (fewer at the end) of each result's update.
+  std::vector<std::span<const float>> read(const std::vector<round_result*>& results,
+                                           size_t begin) {
+    const size_t len = std::min(size, dim_ - begin);
+    std::vector<std::span<const float>> out;
+    for (size_t i = 0; i < results.size(); ++i) {
+      std::span<float> into(buffers_[i].data(), len);
+      results[i]->update.read(begin, into);
+      out.emplace_back(into);
+    }
+    return out;
+  }
+
+ private:
+  size_t dim_;
+  std::vector<std::vector<float>> buffers_;
+};
 
 /// A round that has been applied to the parameters while some of its results are still
 /// being verified. The next round runs on top of it; if a verification fails, both are
@@ -462,7 +489,7 @@ void verify(job_actor* self, uint64_t assignment_id) {
   bool current = false;
   for (const auto& [shard, x] : st.results) current = current || x.assignment_id == assignment_id;
   req.work.params_ref = current ? st.round_params : st.unconfirmed->params;
-  req.claimed = r->update;
+  req.claimed = r->update.unpack();
   self->request(st.links.verifier, std::chrono::minutes(30), verify_atom::value, std::move(req))
       .then(
           [=](double distance, double norm_ratio, double compute_s) {
@@ -583,7 +610,11 @@ void try_confirm(job_actor* self) {
   if (!st.job.momentum.empty()) c.vectors.push_back({"outer_momentum", st.job.momentum});
   store_batch batch;
   batch.keys = {job_record_key(st.job.id), job_checkpoint_key(st.job.id)};
-  batch.values = {encode_job_record(st.job.spec_text, s), encode_checkpoint(c)};
+  // Moved in, not listed: an initializer list's elements are copied, and a large model's
+  // checkpoint would be in memory twice while it is.
+  batch.values.reserve(2);
+  batch.values.push_back(encode_job_record(st.job.spec_text, s));
+  batch.values.push_back(encode_checkpoint(c));
   // The store applies commits in the order they are sent, and a round counts as committed
   // (and is reported) only once its transaction is durable. A crash before that resumes
   // from the round before; the in-memory result of this one is then recomputed, never
@@ -652,31 +683,37 @@ void try_advance(job_actor* self) {
   const bool ready = st.results.size() == static_cast<size_t>(spec.workers) ||
                      (st.closing && !st.results.empty() && st.results.size() >= quorum);
   if (!ready) return;
-  std::vector<std::span<const float>> updates;
   std::vector<round_result*> order;
-  for (auto& [shard, r] : st.results) {
-    updates.emplace_back(r.update);
-    order.push_back(&r);
-  }
+  for (auto& [shard, r] : st.results) order.push_back(&r);
+  // The updates are read a block of coordinates at a time, from the form they came in: a
+  // large model's are never all decoded at once.
+  screen_bounds bounds;
+  bounds.norm_bound = spec.norm_bound;
+  bounds.min_cosine = spec.min_cosine;
+  round_screen screen(order.size());
+  update_blocks blocks(st.job.theta.size(), order.size());
+  for (size_t begin = 0; begin < st.job.theta.size(); begin += update_blocks::size)
+    screen.add(blocks.read(order, begin));
+  const auto screened = screen.verdicts(bounds);
   if (spdlog::should_log(spdlog::level::debug)) {
-    auto cosines = agreement(updates);
-    std::vector<double> norms;
-    for (const auto& u : updates) norms.push_back(l2_norm(u));
-    spdlog::debug("job {}: round {}: update norms [{:.4g}, {:.4g}], agreement [{:.4f}, {:.4f}]",
-                  st.job.id, st.job.status.round + 1, *std::min_element(norms.begin(), norms.end()),
-                  *std::max_element(norms.begin(), norms.end()),
-                  *std::min_element(cosines.begin(), cosines.end()),
-                  *std::max_element(cosines.begin(), cosines.end()));
+    std::vector<double> norms, cosines;
+    for (const auto& v : screened) {
+      norms.push_back(v.norm);
+      cosines.push_back(v.cosine);
+    }
+    spdlog::debug(
+        "job {}: round {}: update norms [{:.4g}, {:.4g}], cosines with the others' median "
+        "[{:.4f}, {:.4f}]",
+        st.job.id, st.job.status.round + 1, *std::min_element(norms.begin(), norms.end()),
+        *std::max_element(norms.begin(), norms.end()),
+        *std::min_element(cosines.begin(), cosines.end()),
+        *std::max_element(cosines.begin(), cosines.end()));
   }
   // No flag without proof: a result that does not look like the others is re-computed on a
   // core-tier worker, and only a re-computation that disagrees with it flags its node. An
   // outlier stays out of the mean (it is credited if the re-computation reproduces it);
   // one that merely stands out is used while it is checked, and the round rolled back should
   // the check fail. Core-tier results are the platform's own: never re-computed, always used.
-  screen_bounds bounds;
-  bounds.norm_bound = spec.norm_bound;
-  bounds.min_cosine = spec.min_cosine;
-  const auto screened = screen_round(updates, bounds);
   for (size_t i = 0; i < screened.size(); ++i) {
     auto& r = *order[i];
     const auto& v = screened[i];
@@ -700,10 +737,17 @@ void try_advance(job_actor* self) {
   }
   // The mean is taken over the results that are not left out (all of them, should every one
   // be: the round's median cannot be an outlier, so that takes a round of fewer than 3).
-  std::vector<std::span<const float>> used;
+  std::vector<round_result*> used;
+  std::vector<double> used_norms;
   for (size_t i = 0; i < order.size(); ++i)
-    if (!order[i]->excluded) used.push_back(updates[i]);
-  if (used.empty()) used = updates;
+    if (!order[i]->excluded) {
+      used.push_back(order[i]);
+      used_norms.push_back(screened[i].norm);
+    }
+  if (used.empty()) {
+    used = order;
+    for (const auto& v : screened) used_norms.push_back(v.norm);
+  }
   if (st.closing)
     spdlog::warn("job {}: round {} past its deadline; closing it with {} of {} results", st.job.id,
                  st.job.status.round + 1, st.results.size(), spec.workers);
@@ -735,12 +779,11 @@ void try_advance(job_actor* self) {
   //   m = mu * m + g;  theta -= lr * (g + mu * m)
   // The mean is taken a block of coordinates at a time (each coordinate's is independent of
   // the others once the clipping scales are known), so it never exists whole in doubles.
-  const auto scales = robust_mean_scales(used, spec.clip);
-  constexpr size_t mean_block = size_t{1} << 16;
+  const auto scales = robust_mean_scales(used_norms, spec.clip);
   std::vector<double> mean;
-  for (size_t begin = 0; begin < st.job.theta.size(); begin += mean_block) {
-    const size_t len = std::min(mean_block, st.job.theta.size() - begin);
-    robust_mean_block(used, scales, spec.trim, begin, len, mean);
+  for (size_t begin = 0; begin < st.job.theta.size(); begin += update_blocks::size) {
+    const size_t len = std::min(update_blocks::size, st.job.theta.size() - begin);
+    robust_mean_block(blocks.read(used, begin), scales, spec.trim, 0, len, mean);
     if (st.job.momentum.empty()) {  // outer momentum 0: theta -= lr * g
       for (size_t k = 0; k < len; ++k)
         st.job.theta[begin + k] = static_cast<float>(st.job.theta[begin + k] - lr * mean[k]);
@@ -769,13 +812,16 @@ void try_advance(job_actor* self) {
   // A round that cannot be rolled back needs its updates no more (nothing will re-aggregate
   // or re-compute them): a large model's would otherwise stay until the round is written.
   if (!may_roll_back)
-    for (auto& [shard, r] : u.results) std::vector<float>().swap(r.update);
+    for (auto& [shard, r] : u.results) r.update.clear();
   core_metrics::round_duration().observe(
       std::chrono::duration<double>(clock_type::now() - st.round_started).count());
   st.unconfirmed = std::move(u);
   // The next round goes out before this one is confirmed, evaluated and written, so that
   // workers compute while verification runs and the store writes.
-  if (s.round < s.rounds) start_round(self);
+  if (s.round < s.rounds)
+    start_round(self);
+  else if (!may_roll_back)
+    st.round_params.reset();  // the last round's: nothing will be computed from them again
   try_confirm(self);
 }
 
@@ -801,7 +847,7 @@ void on_result(job_actor* self, uint64_t id, assignment_result& r) {
                ", which it was not given");
     return;
   }
-  auto update = decode_update(r.update, st.job.theta.size());
+  auto update = decode_packed_update(r.update, st.job.theta.size());
   // Every number a node reports is checked: a non-finite or negative compute time would
   // reach the bill (a NaN converted to micro-credits is undefined).
   const char* bad_figure = !std::isfinite(r.loss) ? "non-finite loss"
@@ -849,7 +895,13 @@ void on_result(job_actor* self, uint64_t id, assignment_result& r) {
   result.check = trusted ? check_state::clear : check_state::deciding;
   // An update nearly the same as the node's previous one is a replay (honest updates of
   // successive rounds are far apart): it is re-computed whatever the node's reputation.
-  auto sketch = update_sketch(result.update);
+  std::vector<float> sketch(4096, 0.0f);
+  {
+    update_blocks one(st.job.theta.size(), 1);
+    std::vector<round_result*> just{&result};
+    for (size_t begin = 0; begin < st.job.theta.size(); begin += update_blocks::size)
+      update_sketch_add(one.read(just, begin)[0], begin, sketch);
+  }
   auto& last = st.last_sketch[slot.node_name];
   const bool replay = !trusted && !last.empty() && cosine(sketch, last) > replay_cosine;
   last = std::move(sketch);
@@ -991,6 +1043,10 @@ void dispatch(job_actor* self) {
 
 void start_round(job_actor* self) {
   auto& st = self->state;
+  // The last round's parameters go before this round's are encoded, unless a rollback may
+  // still need them (the unconfirmed round holds them then): a large model's would otherwise
+  // be in memory twice.
+  st.round_params.reset();
   auto params = std::make_shared<shared_params>();
   params->bytes = encode_vector(st.job.theta);
   // Named once per round here, not by each node's session: hashing a large model's

@@ -87,36 +87,60 @@ double effective_dimension(std::span<const float> x) noexcept {
   return s4 > 0.0 ? s2 * s2 / s4 : 0.0;
 }
 
-std::vector<screened_result> screen_round(const std::vector<std::span<const float>>& updates,
-                                          const screen_bounds& bounds) {
-  const size_t n = updates.size();
-  std::vector<screened_result> out(n);
-  for (size_t i = 0; i < n; ++i) out[i].norm = l2_norm(updates[i]);
-  if (n < 3) return out;
+round_screen::round_screen(size_t updates)
+    : n_(updates),
+      norm_sq_(updates, 0.0),
+      fourth_(updates, 0.0),
+      dot_(updates, 0.0),
+      ref_sq_(updates, 0.0) {}
+
+void round_screen::add(const std::vector<std::span<const float>>& block) {
+  GFLEX_CHECK(block.size() == n_, "round_screen: a block of the wrong number of updates");
+  const size_t dim = n_ == 0 ? 0 : block[0].size();
+  for (const auto& b : block) GFLEX_CHECK(b.size() == dim, "round_screen: block sizes differ");
+  for (size_t i = 0; i < n_; ++i)
+    for (float v : block[i]) {
+      const double q = static_cast<double>(v) * v;
+      norm_sq_[i] += q;
+      fourth_[i] += q * q;
+    }
+  if (n_ < 3) return;
   // Each result against the coordinate-wise median of the others: a median that includes
   // the result itself leans towards it (its own noise), and a sign flipper among nearly
   // orthogonal honest updates would then seem to agree with it. Per coordinate the column is
   // sorted once, and each result's leave-one-out median read from it in O(1).
-  const size_t dim = updates[0].size();
-  std::vector<double> dot(n, 0.0), ref_sq(n, 0.0), log_norms(n), cosines(n);
-  std::vector<std::pair<float, uint32_t>> column(n);
-  std::vector<size_t> rank(n);
-  const size_t m = n - 1, h = m / 2;  // the others: m values, median at h (and h - 1 if even)
+  std::vector<std::pair<float, uint32_t>> column(n_);
+  std::vector<size_t> rank(n_);
+  const size_t m = n_ - 1, h = m / 2;  // the others: m values, median at h (and h - 1 if even)
   for (size_t k = 0; k < dim; ++k) {
-    for (size_t i = 0; i < n; ++i) column[i] = {updates[i][k], static_cast<uint32_t>(i)};
+    for (size_t i = 0; i < n_; ++i) column[i] = {block[i][k], static_cast<uint32_t>(i)};
     std::sort(column.begin(), column.end());
-    for (size_t j = 0; j < n; ++j) rank[column[j].second] = j;
-    for (size_t i = 0; i < n; ++i) {
+    for (size_t j = 0; j < n_; ++j) rank[column[j].second] = j;
+    for (size_t i = 0; i < n_; ++i) {
       // The j-th smallest of the others is column[j] before i's rank, column[j + 1] after.
       auto nth = [&](size_t j) { return column[j < rank[i] ? j : j + 1].first; };
       const double med = m % 2 == 1 ? nth(h) : 0.5 * (static_cast<double>(nth(h - 1)) + nth(h));
-      dot[i] += med * updates[i][k];
-      ref_sq[i] += med * med;
+      dot_[i] += med * block[i][k];
+      ref_sq_[i] += med * med;
     }
   }
+}
+
+std::vector<double> round_screen::norms() const {
+  std::vector<double> out(n_);
+  for (size_t i = 0; i < n_; ++i) out[i] = std::sqrt(norm_sq_[i]);
+  return out;
+}
+
+std::vector<screened_result> round_screen::verdicts(const screen_bounds& bounds) const {
+  const size_t n = n_;
+  std::vector<screened_result> out(n);
+  for (size_t i = 0; i < n; ++i) out[i].norm = std::sqrt(norm_sq_[i]);
+  if (n < 3) return out;
+  std::vector<double> log_norms(n), cosines(n);
   for (size_t i = 0; i < n; ++i) {
-    const double denominator = out[i].norm * std::sqrt(ref_sq[i]);
-    out[i].cosine = cosines[i] = denominator > 0.0 ? dot[i] / denominator : 0.0;
+    const double denominator = out[i].norm * std::sqrt(ref_sq_[i]);
+    out[i].cosine = cosines[i] = denominator > 0.0 ? dot_[i] / denominator : 0.0;
     // A zero update has no direction and the smallest norm there is.
     log_norms[i] = std::log(std::max(out[i].norm, 1e-30));
   }
@@ -136,7 +160,8 @@ std::vector<screened_result> screen_round(const std::vector<std::span<const floa
   // The cosine of unrelated directions wanders by about 1/sqrt(effective dimension); real
   // pseudo-gradients carry their weight in far fewer coordinates than they have.
   std::vector<double> dims(n);
-  for (size_t i = 0; i < n; ++i) dims[i] = effective_dimension(updates[i]);
+  for (size_t i = 0; i < n; ++i)  // effective_dimension's, from the sums
+    dims[i] = fourth_[i] > 0.0 ? norm_sq_[i] * norm_sq_[i] / fourth_[i] : 0.0;
   const double chance = 1.0 / std::sqrt(std::max(median_of(dims), 1.0));
   const double cosine_spread = std::max(1.4826 * mad(cosines, median_cosine), chance);
   for (size_t i = 0; i < n; ++i) {
@@ -172,15 +197,28 @@ std::vector<screened_result> screen_round(const std::vector<std::span<const floa
   return out;
 }
 
-std::vector<float> update_sketch(std::span<const float> update, size_t buckets) {
-  std::vector<float> out(buckets, 0.0f);
-  for (size_t i = 0; i < update.size(); ++i) {
-    uint64_t z = (i + 1) * 0x9E3779B97F4A7C15ULL;  // SplitMix64 of the index
+std::vector<screened_result> screen_round(const std::vector<std::span<const float>>& updates,
+                                          const screen_bounds& bounds) {
+  round_screen screen(updates.size());
+  screen.add(updates);
+  return screen.verdicts(bounds);
+}
+
+void update_sketch_add(std::span<const float> block, size_t begin, std::vector<float>& sketch) {
+  const size_t buckets = sketch.size();
+  GFLEX_CHECK(buckets > 0, "update_sketch_add: no buckets");
+  for (size_t k = 0; k < block.size(); ++k) {
+    uint64_t z = (begin + k + 1) * 0x9E3779B97F4A7C15ULL;  // SplitMix64 of the index
     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
     z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
     z ^= z >> 31;
-    out[z % buckets] += (z >> 63) != 0 ? update[i] : -update[i];
+    sketch[z % buckets] += (z >> 63) != 0 ? block[k] : -block[k];
   }
+}
+
+std::vector<float> update_sketch(std::span<const float> update, size_t buckets) {
+  std::vector<float> out(buckets, 0.0f);
+  update_sketch_add(update, 0, out);
   return out;
 }
 
@@ -198,11 +236,17 @@ double cosine(std::span<const float> a, std::span<const float> b) {
 std::vector<double> robust_mean_scales(const std::vector<std::span<const float>>& updates,
                                        double clip) {
   GFLEX_CHECK(!updates.empty(), "robust_mean: no updates");
-  const size_t n = updates.size(), dim = updates[0].size();
+  const size_t dim = updates[0].size();
   for (const auto& u : updates) GFLEX_CHECK(u.size() == dim, "robust_mean: sizes differ");
+  return robust_mean_scales(clip > 0.0 ? norms_of(updates) : std::vector<double>(updates.size()),
+                            clip);
+}
+
+std::vector<double> robust_mean_scales(const std::vector<double>& norms, double clip) {
+  GFLEX_CHECK(!norms.empty(), "robust_mean: no updates");
+  const size_t n = norms.size();
   std::vector<double> scale(n, 1.0);
   if (clip > 0.0) {
-    const auto norms = norms_of(updates);
     const double limit = clip * median_of(norms);
     for (size_t i = 0; i < n; ++i)
       if (norms[i] > limit) scale[i] = limit / norms[i];

@@ -67,6 +67,23 @@ struct screened_result {
 std::vector<screened_result> screen_round(const std::vector<std::span<const float>>& updates,
                                           const screen_bounds& bounds);
 
+/// screen_round a block of coordinates at a time, for updates too large to hold decoded
+/// together: add() the same coordinates of every update (in the round's order), block after
+/// block from the first coordinate to the last, then verdicts(). The figures are exactly
+/// screen_round's (the sums run in the same order).
+class round_screen {
+ public:
+  explicit round_screen(size_t updates);
+  void add(const std::vector<std::span<const float>>& block);
+  std::vector<screened_result> verdicts(const screen_bounds& bounds) const;
+  /// Each update's L2 norm over what was added.
+  std::vector<double> norms() const;
+
+ private:
+  size_t n_;
+  std::vector<double> norm_sq_, fourth_, dot_, ref_sq_;
+};
+
 /// The participation ratio (sum x^2)^2 / sum x^4: how many coordinates carry an update's
 /// weight (n for a vector of equal magnitudes, 1 for a single non-zero). The cosine of two
 /// unrelated updates wanders by about 1/sqrt of it, far more than 1/sqrt(size) when a few
@@ -78,6 +95,9 @@ double effective_dimension(std::span<const float> x) noexcept;
 /// of two sketches estimates the cosine of the updates to about 1/sqrt(buckets), in O(n).
 /// A job keeps each node's last one to notice a replayed update.
 std::vector<float> update_sketch(std::span<const float> update, size_t buckets = 4096);
+/// update_sketch a block at a time: adds values [begin, begin + block.size()) of an update to
+/// `sketch` (made with the bucket count wanted, zero-filled).
+void update_sketch_add(std::span<const float> block, size_t begin, std::vector<float>& sketch);
 
 /// Cosine similarity of two vectors of the same size (0 if either is zero).
 double cosine(std::span<const float> a, std::span<const float> b);
@@ -99,6 +119,8 @@ void robust_mean(const std::vector<std::span<const float>>& updates, double clip
 /// robust_mean's values.
 std::vector<double> robust_mean_scales(const std::vector<std::span<const float>>& updates,
                                        double clip);
+/// robust_mean_scales from the updates' L2 norms, when the updates are read a block at a time.
+std::vector<double> robust_mean_scales(const std::vector<double>& norms, double clip);
 void robust_mean_block(const std::vector<std::span<const float>>& updates,
                        const std::vector<double>& scale, double trim, size_t begin, size_t len,
                        std::vector<double>& out);

@@ -121,8 +121,8 @@ std::vector<uint8_t> encode_update(std::span<const float> delta, compression c,
   });
 }
 
-expected<std::vector<float>> decode_update(std::span<const uint8_t> bytes, uint64_t expected_count,
-                                           uint64_t max_count) {
+expected<packed_update> decode_packed_update(std::span<const uint8_t> bytes,
+                                             uint64_t expected_count, uint64_t max_count) {
   // The largest honest message is int8 with block size 1: one byte and one scale per value.
   // The slack covers the header, the root struct and a segment table of many segments.
   constexpr uint64_t slack = 4096;
@@ -131,9 +131,9 @@ expected<std::vector<float>> decode_update(std::span<const uint8_t> bytes, uint6
                            : max_count * 5 + slack;
   if (max_bytes > std::numeric_limits<size_t>::max())
     max_bytes = std::numeric_limits<size_t>::max();
-  return detail::read_message<std::vector<float>>(
+  return detail::read_message<packed_update>(
       bytes, "update message", static_cast<size_t>(max_bytes),
-      [&](capnp::MessageReader& reader) -> expected<std::vector<float>> {
+      [&](capnp::MessageReader& reader) -> expected<packed_update> {
         auto root = reader.getRoot<schema::Update>();
         auto raw_compression = static_cast<uint16_t>(root.getCompression());
         if (raw_compression > max_compression_code)
@@ -188,32 +188,82 @@ expected<std::vector<float>> decode_update(std::span<const uint8_t> bytes, uint6
                                                  std::to_string(expected_count));
 
         // count is now bounded by max_count and by the bytes actually received.
-        std::vector<float> out(static_cast<size_t>(count));
+        packed_update out;
+        out.compression_ = c;
+        out.count_ = count;
         if (c == compression::fp32) {
-          if (count > 0) detail::copy_blob(*fp32_parts, reinterpret_cast<uint8_t*>(out.data()));
-          if (int64_t bad = first_non_finite(out); bad >= 0)
+          out.values_.resize(static_cast<size_t>(count));
+          if (count > 0)
+            detail::copy_blob(*fp32_parts, reinterpret_cast<uint8_t*>(out.values_.data()));
+          if (int64_t bad = first_non_finite(out.values_); bad >= 0)
             return error(errc::non_finite,
                          "update value " + std::to_string(bad) + " is not finite");
           return out;
         }
-        std::vector<float> scale(static_cast<size_t>(blocks));
-        if (blocks > 0) std::memcpy(scale.data(), scales.begin(), scales.size());
-        if (int64_t bad = first_non_finite(scale); bad >= 0)
+        out.block_size_ = block_size;
+        out.scales_.resize(static_cast<size_t>(blocks));
+        if (blocks > 0) std::memcpy(out.scales_.data(), scales.begin(), scales.size());
+        if (int64_t bad = first_non_finite(out.scales_); bad >= 0)
           return error(errc::non_finite,
                        "update scale " + std::to_string(bad) + " (values from " +
                            std::to_string(static_cast<uint64_t>(bad) * block_size) +
                            ") is not finite");
-        const auto* q = reinterpret_cast<const int8_t*>(values.begin());
+        out.q_.resize(static_cast<size_t>(count));
+        if (count > 0) std::memcpy(out.q_.data(), values.begin(), static_cast<size_t>(count));
+        // A finite scale near the float maximum times q can still overflow: every value that
+        // read() can yield is checked here once.
         for (size_t b = 0; b < blocks; ++b) {
-          size_t begin = b * block_size;
-          size_t end = std::min<size_t>(begin + block_size, count);
-          for (size_t i = begin; i < end; ++i) out[i] = static_cast<float>(q[i]) * scale[b];
+          const size_t begin = b * block_size;
+          const size_t end = std::min<size_t>(begin + block_size, count);
+          for (size_t i = begin; i < end; ++i)
+            if (!std::isfinite(static_cast<float>(out.q_[i]) * out.scales_[b]))
+              return error(errc::non_finite,
+                           "update value " + std::to_string(i) + " is not finite");
         }
-        // A finite scale near the float maximum times q can still overflow.
-        if (int64_t bad = first_non_finite(out); bad >= 0)
-          return error(errc::non_finite, "update value " + std::to_string(bad) + " is not finite");
         return out;
       });
+}
+
+expected<std::vector<float>> decode_update(std::span<const uint8_t> bytes, uint64_t expected_count,
+                                           uint64_t max_count) {
+  auto packed = decode_packed_update(bytes, expected_count, max_count);
+  if (!packed) return packed.error();
+  return std::move(*packed).unpack();
+}
+
+uint64_t packed_update::memory_bytes() const noexcept {
+  return values_.size() * sizeof(float) + q_.size() + scales_.size() * sizeof(float);
+}
+
+void packed_update::read(uint64_t begin, std::span<float> out) const {
+  GFLEX_CHECK(begin <= count_ && out.size() <= count_ - begin,
+              "packed_update::read: range outside the update");
+  if (compression_ == compression::fp32) {
+    if (!out.empty()) std::memcpy(out.data(), values_.data() + begin, out.size() * sizeof(float));
+    return;
+  }
+  for (size_t k = 0; k < out.size(); ++k) {
+    const uint64_t i = begin + k;
+    out[k] = static_cast<float>(q_[i]) * scales_[i / block_size_];
+  }
+}
+
+std::vector<float> packed_update::unpack() && {
+  if (compression_ == compression::fp32) return std::move(values_);
+  return static_cast<const packed_update&>(*this).unpack();
+}
+
+std::vector<float> packed_update::unpack() const& {
+  std::vector<float> out(static_cast<size_t>(count_));
+  read(0, out);
+  return out;
+}
+
+void packed_update::clear() noexcept {
+  std::vector<float>().swap(values_);
+  std::vector<int8_t>().swap(q_);
+  std::vector<float>().swap(scales_);
+  count_ = 0;
 }
 
 const char* to_string(compression c) noexcept {

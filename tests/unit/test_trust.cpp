@@ -297,7 +297,54 @@ TEST_SUITE("robust_aggregation") {
         joined.insert(joined.end(), part.begin(), part.end());
       }
       CHECK(joined == whole);
+      // The scales from the updates' norms (as a job that reads its updates by blocks has
+      // them) are the same.
+      std::vector<double> norms;
+      for (const auto& x : u) norms.push_back(l2_norm(x));
+      CHECK(robust_mean_scales(norms, clip) == scales);
     }
+  }
+
+  TEST_CASE("a round screened block by block gives exactly screen_round's figures and verdicts") {
+    // Five results, one scaled up and one flipped, so that verdicts other than typical occur.
+    std::vector<std::vector<float>> u(5, std::vector<float>(1000));
+    for (size_t i = 0; i < u.size(); ++i)
+      for (size_t k = 0; k < 1000; ++k)
+        u[i][k] = std::sin(static_cast<float>(k) * 0.01f) +
+                  0.3f * std::cos(static_cast<float>(k * (i + 2)));
+    for (float& x : u[1]) x *= 6.0f;
+    for (float& x : u[3]) x = -x;
+    const auto whole = screen_round(spans(u), {});
+    round_screen screen(u.size());
+    for (size_t begin = 0; begin < 1000; begin += 333) {
+      const size_t len = std::min<size_t>(333, 1000 - begin);
+      std::vector<std::span<const float>> block;
+      for (const auto& x : u) block.emplace_back(x.data() + begin, len);
+      screen.add(block);
+    }
+    const auto parts = screen.verdicts({});
+    REQUIRE(parts.size() == whole.size());
+    int atypical = 0;
+    for (size_t i = 0; i < whole.size(); ++i) {
+      CHECK(parts[i].norm == whole[i].norm);
+      CHECK(parts[i].cosine == whole[i].cosine);
+      CHECK(parts[i].verdict == whole[i].verdict);
+      CHECK(parts[i].why == whole[i].why);
+      CHECK(screen.norms()[i] == whole[i].norm);
+      atypical += whole[i].verdict != screen_verdict::typical;
+    }
+    CHECK(atypical >= 2);  // the comparison covers verdicts, not only typical ones
+  }
+
+  TEST_CASE("an update sketched block by block is its whole sketch") {
+    std::vector<float> u(10000);
+    for (size_t k = 0; k < u.size(); ++k) u[k] = std::sin(static_cast<float>(k) * 0.37f);
+    std::vector<float> parts(4096, 0.0f);
+    for (size_t begin = 0; begin < u.size(); begin += 4000)
+      update_sketch_add(
+          std::span<const float>(u).subspan(begin, std::min<size_t>(4000, u.size() - begin)), begin,
+          parts);
+    CHECK(parts == update_sketch(u));
   }
 }
 

@@ -66,7 +66,8 @@ std::vector<uint8_t> fp32_message(uint64_t count, const std::vector<float>& valu
   return bytes_of(message);
 }
 
-void check_error(const expected<std::vector<float>>& out, errc code, const std::string& needle) {
+template <class T>
+void check_error(const expected<T>& out, errc code, const std::string& needle) {
   REQUIRE_FALSE(out.has_value());
   CHECK(out.error().code() == code);
   INFO(out.error().message());
@@ -277,6 +278,40 @@ TEST_SUITE("update_codec") {
     // A finite scale can still overflow when multiplied by q.
     check_error(decode_update(int8_message(2, 2, {std::numeric_limits<float>::max()}, {0, 127}), 2),
                 errc::non_finite, "update value 1");
+  }
+
+  TEST_CASE("a packed update reads, by any range, exactly the floats decode_update gives") {
+    for (auto c : {compression::int8, compression::fp32}) {
+      CAPTURE(to_string(c));
+      const auto bytes = encode_update(random_delta(1000, 7), c, nullptr, 64);
+      const auto whole = decode_update(bytes, 1000).value();
+      auto packed = decode_packed_update(bytes, 1000).value();
+      CHECK(packed.size() == 1000);
+      // int8 holds a byte a value and a float a block; fp32 four bytes a value.
+      CHECK(packed.memory_bytes() == (c == compression::int8 ? 1000 + 16 * 4 : 4000));
+      std::vector<float> joined;
+      for (size_t begin = 0; begin < 1000; begin += 97) {
+        std::vector<float> part(std::min<size_t>(97, 1000 - begin));
+        packed.read(begin, part);
+        joined.insert(joined.end(), part.begin(), part.end());
+      }
+      CHECK(joined == whole);
+      CHECK(packed.unpack() == whole);
+      CHECK(std::move(packed).unpack() == whole);
+    }
+  }
+
+  TEST_CASE("a packed update is refused for what decode_update refuses, with the same error") {
+    const float nan = std::numeric_limits<float>::quiet_NaN();
+    check_error(decode_packed_update(int8_message(4, 2, {1.0f, nan}, {1, 2, 3, 4}), 4),
+                errc::non_finite, "update scale 1 (values from 2)");
+    check_error(decode_packed_update(fp32_message(3, {1.0f, 2.0f, nan}), 3), errc::non_finite,
+                "update value 2");
+    check_error(
+        decode_packed_update(int8_message(2, 2, {std::numeric_limits<float>::max()}, {0, 127}), 2),
+        errc::non_finite, "update value 1");
+    check_error(decode_packed_update(fp32_message(3, {1.0f, 2.0f, 3.0f}), 4), errc::shape_mismatch,
+                "update has 3 values, expected 4");
   }
 
   TEST_CASE("random garbage and bit flips never crash") {

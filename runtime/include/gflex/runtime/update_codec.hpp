@@ -46,6 +46,44 @@ std::vector<uint8_t> encode_update(std::span<const float> delta, compression c,
 expected<std::vector<float>> decode_update(std::span<const uint8_t> bytes, uint64_t expected_count,
                                            uint64_t max_count = uint64_t{1} << 28);
 
+class packed_update;
+
+/// Decodes an update into its packed form (packed_update below), with decode_update's checks
+/// and errors (every value it can yield is finite).
+expected<packed_update> decode_packed_update(std::span<const uint8_t> bytes,
+                                             uint64_t expected_count,
+                                             uint64_t max_count = uint64_t{1} << 28);
+
+/// A decoded update kept in its wire form: fp32 values, or int8 values with one scale per
+/// block. A core holds a round's int8 updates of a large model at a quarter of their float
+/// size and reads them a range of coordinates at a time; the floats read are exactly
+/// decode_update's.
+class packed_update {
+ public:
+  packed_update() = default;
+
+  /// How many values it holds.
+  uint64_t size() const noexcept { return count_; }
+  /// Bytes it holds in memory.
+  uint64_t memory_bytes() const noexcept;
+  /// Values [begin, begin + out.size()) into `out`; the range must lie inside (GFLEX_CHECK).
+  void read(uint64_t begin, std::span<float> out) const;
+  /// All values as floats (an fp32 update's are moved out, not copied).
+  std::vector<float> unpack() &&;
+  std::vector<float> unpack() const&;
+  /// Lets its memory go.
+  void clear() noexcept;
+
+ private:
+  friend expected<packed_update> decode_packed_update(std::span<const uint8_t>, uint64_t, uint64_t);
+  compression compression_ = compression::fp32;
+  uint64_t count_ = 0;
+  uint32_t block_size_ = 0;
+  std::vector<float> values_;  // fp32
+  std::vector<int8_t> q_;      // int8: the quantised values
+  std::vector<float> scales_;  // int8: one per block
+};
+
 /// A short, stable name for a compression ("int8").
 const char* to_string(compression c) noexcept;
 
