@@ -122,15 +122,28 @@ caf::behavior export_builder(caf::event_based_actor* self, caf::actor store, std
                                             "job '" + id + "': stored checkpoint is damaged")));
                     return;
                   }
-                  checkpoint out;
+                  // Each layer is encoded from where it lies in the parameters: a large
+                  // model's are not copied again on their way out.
+                  checkpoint_view out;
                   out.workload = workload_name;
                   out.model = model_text;
                   out.data_set = data_set;
                   out.step = c->step;
+                  const std::span<const float> all(theta->data<float>(),
+                                                   static_cast<size_t>(theta->numel()));
                   for (const auto& block : (*w)->layout()) {
-                    auto t = tensor::empty(block.shape, dtype::f32);
-                    std::copy_n(theta->data<float>() + block.offset, t.numel(), t.data<float>());
-                    out.tensors.push_back({block.name, std::move(t)});
+                    auto n = checked_numel(block.shape);
+                    if (!n || block.offset < 0 || block.offset + *n > theta->numel()) {
+                      rp.deliver(
+                          to_caf(error(errc::store_error, "job '" + id +
+                                                              "': its model's layout does not "
+                                                              "fit its checkpoint")));
+                      return;
+                    }
+                    out.vectors.push_back(
+                        {block.name,
+                         all.subspan(static_cast<size_t>(block.offset), static_cast<size_t>(*n))});
+                    out.shapes.push_back(block.shape);
                   }
                   rp.deliver(encode_checkpoint(out), static_cast<int64_t>(out.step));
                 },

@@ -54,13 +54,22 @@ std::vector<uint8_t> encode_checkpoint(const checkpoint& c) {
 
 std::vector<uint8_t> encode_checkpoint(const checkpoint_view& c) {
   size_t body = 0;
-  for (const auto& v : c.vectors)
-    body += v.first.size() / 8 + detail::tensor_words(v.second.size_bytes(), 1);
+  for (size_t i = 0; i < c.vectors.size(); ++i) {
+    const auto& v = c.vectors[i];
+    const size_t rank = i < c.shapes.size() ? std::max<size_t>(c.shapes[i].size(), 1) : 1;
+    if (i < c.shapes.size()) {
+      auto n = checked_numel(c.shapes[i]);
+      GFLEX_CHECK(n.has_value() && static_cast<size_t>(*n) == v.second.size(),
+                  "encode_checkpoint: a shape that does not fit its vector");
+    }
+    body += v.first.size() / 8 + detail::tensor_words(v.second.size_bytes(), rank);
+  }
   return build_checkpoint(c.workload, c.model, c.data_set, c.step, c.vectors.size(), body,
                           [&](auto list) {
                             for (size_t i = 0; i < c.vectors.size(); ++i) {
                               list[i].setName(c.vectors[i].first);
-                              detail::write_vector(list[i].initTensor(), c.vectors[i].second);
+                              detail::write_vector(list[i].initTensor(), c.vectors[i].second,
+                                                   i < c.shapes.size() ? &c.shapes[i] : nullptr);
                             }
                           });
 }

@@ -15,7 +15,9 @@ namespace gflex::detail {
 void write_tensor(schema::Tensor::Builder out, const tensor& t);
 
 /// Fills `out` with a 1-D f32 tensor of `values` (memory the caller owns, not copied first).
-void write_vector(schema::Tensor::Builder out, std::span<const float> values);
+/// f32 values as a tensor of `shape` (1-D when null; its product must be values' size).
+void write_vector(schema::Tensor::Builder out, std::span<const float> values,
+                  const shape_t* shape = nullptr);
 
 /// Words a message needs for a tensor of `bytes` data bytes and `rank` dimensions, at most.
 inline size_t tensor_words(size_t bytes, size_t rank) {

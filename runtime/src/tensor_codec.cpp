@@ -19,9 +19,16 @@ void write_tensor(schema::Tensor::Builder out, const tensor& t) {
       [&](unsigned n) { return out.initData(n); }, [&](unsigned n) { return out.initPieces(n); });
 }
 
-void write_vector(schema::Tensor::Builder out, std::span<const float> values) {
+void write_vector(schema::Tensor::Builder out, std::span<const float> values,
+                  const shape_t* shape) {
   out.setDtype(schema::DType::F32);
-  out.initShape(1).set(0, values.size());
+  if (shape == nullptr) {
+    out.initShape(1).set(0, values.size());
+  } else {
+    auto dims = out.initShape(static_cast<unsigned>(shape->size()));
+    for (size_t i = 0; i < shape->size(); ++i)
+      dims.set(static_cast<unsigned>(i), static_cast<uint64_t>((*shape)[i]));
+  }
   write_blob(
       std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(values.data()),
                                values.size_bytes()),

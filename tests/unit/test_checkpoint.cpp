@@ -1,5 +1,6 @@
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cstring>
 
 #include "gflex/runtime/checkpoint.hpp"
@@ -60,6 +61,34 @@ TEST_SUITE("checkpoint") {
     REQUIRE(back->find("outer_momentum") != nullptr);
     CHECK(back->find("outer_momentum")->span<float>()[999] == -999.0f);
     CHECK(back->data_set == "set");
+  }
+
+  TEST_CASE("a view's vectors with shapes encode as the tensors of those shapes") {
+    // How a model is exported: each layer a part of the flat parameters, with its shape.
+    std::vector<float> flat(2 * 3 + 3);
+    for (size_t i = 0; i < flat.size(); ++i) flat[i] = static_cast<float>(i) - 4.0f;
+    checkpoint_view v;
+    v.workload = "mlp";
+    v.step = 7;
+    const std::span<const float> all(flat);
+    v.vectors = {{"w", all.subspan(0, 6)}, {"b", all.subspan(6, 3)}};
+    v.shapes = {{2, 3}, {3}};
+    checkpoint c;
+    c.workload = "mlp";
+    c.step = 7;
+    auto w = tensor::empty({2, 3}, dtype::f32);
+    std::copy_n(flat.begin(), 6, w.data<float>());
+    auto b = tensor::empty({3}, dtype::f32);
+    std::copy_n(flat.begin() + 6, 3, b.data<float>());
+    c.tensors.push_back({"w", std::move(w)});
+    c.tensors.push_back({"b", std::move(b)});
+    const auto bytes = encode_checkpoint(v);
+    CHECK(bytes == encode_checkpoint(c));  // the same bytes as the copied tensors give
+    auto back = decode_checkpoint(bytes);
+    REQUIRE(back.has_value());
+    REQUIRE(back->find("w") != nullptr);
+    CHECK(back->find("w")->shape() == shape_t{2, 3});
+    CHECK(back->find("b")->span<float>()[2] == 4.0f);
   }
 
   TEST_CASE("damaged checkpoints and missing files are clear errors") {

@@ -36,15 +36,18 @@ struct checkpoint {
 
 std::vector<uint8_t> encode_checkpoint(const checkpoint& c);
 
-/// A checkpoint whose tensors are 1-D f32 vectors the caller owns, encoded without copying
-/// them into tensors first (the core writes a large model's checkpoint every round). It
-/// decodes as a checkpoint like any other.
+/// A checkpoint whose tensors are f32 values the caller owns, encoded without copying them
+/// into tensors first (the core writes a large model's checkpoint every round, and exports
+/// a model's layers from its flat parameters). It decodes as a checkpoint like any other.
 struct checkpoint_view {
   std::string workload;
   std::string model;
   std::string data_set;
   uint64_t step = 0;
   std::vector<std::pair<std::string, std::span<const float>>> vectors;
+  /// The shape of each vector, where given (its product must be the vector's size); a vector
+  /// without one is 1-D.
+  std::vector<shape_t> shapes;
 };
 std::vector<uint8_t> encode_checkpoint(const checkpoint_view& c);
 
