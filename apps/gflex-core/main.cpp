@@ -20,6 +20,7 @@
 #include "gflex/runtime/credits.hpp"
 #include "gflex/runtime/lifetime.hpp"
 #include "gflex/runtime/logging.hpp"
+#include "large_buffers.hpp"
 
 namespace {
 
@@ -100,6 +101,7 @@ int run_operator(const operator_flags& f) {
 
 int main(int argc, char** argv) {
   gflex::kernels::use_best_blas_kernels(argv);
+  gflex::app::map_large_buffers_apart();
   CLI::App app{"gflex-core: the coordinating core of a GPUFlex cloud"};
   std::string listen = "127.0.0.1:7400", log_level = "info", metrics_listen;
   gflex::core_config config;
