@@ -208,10 +208,10 @@ void connect(uplink_actor* self) {
           });
 }
 
-// Runs assignment `a` on worker `index` and answers `rp`; an update larger than one payload
-// chunk is kept here and announced by its chunks, which the session then asks for.
 void release_worker(uplink_actor* self, uint32_t index);
 
+// Runs assignment `a` on worker `index` and answers `rp`; an update larger than one payload
+// chunk is kept here and announced by its chunks, which the session then asks for.
 void run_on_worker(uplink_actor* self, uint32_t index, assignment a,
                    caf::typed_response_promise<assignment_result> rp) {
   auto& st = self->state;
