@@ -10,12 +10,10 @@
 #include "gflex/gflex.hpp"
 #include "gflex/kernels/blas_kernels.hpp"
 #include "gflex/test_aids.hpp"
-#include "large_buffers.hpp"
 #include "node_progress.hpp"
 
 int main(int argc, char** argv) {
   gflex::kernels::use_best_blas_kernels(argv);
-  gflex::app::map_large_buffers_apart();
   CLI::App app{"gflex-node: a compute node of a GPUFlex cloud"};
   std::string join, log_level = "info", metrics_listen;
   gflex::node_config config;

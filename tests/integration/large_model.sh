@@ -125,9 +125,9 @@ echo "ok: fetched the trained model in parts: $size bytes"
 
 # Peak resident memory of each process, in multiples of the model's size, bounded at 4x for
 # every process. A node holds the decoded parameters, which become the pseudo-gradient in
-# place, and the model's parameters and gradients (3.4x measured); the core holds theta, the
+# place, and the model's parameters and gradients (3.6x measured); the core holds theta, the
 # round's encoded parameters, the round's int8 updates as they came (a quarter each), and
-# the checkpoint being written (3.75x measured with this job's outer momentum of 0; a job
+# the checkpoint being written (3.74x measured with this job's outer momentum of 0; a job
 # with outer momentum holds one more model-sized vector, docs/DESIGN.md, "Large models").
 # A copy creeping back in fails here.
 report=""
