@@ -330,7 +330,6 @@ caf::behavior worker_behavior(worker_actor* self, worker_config config, caf::act
       [=](update_atom, const std::string& role, caf::actor& replacement) {
         if (role == "cache") self->state.cache = std::move(replacement);  // restarted cache
       },
-      [=](abort_atom, uint64_t id) { self->state.config.cancelled->cancel(id); },
   };
 }
 

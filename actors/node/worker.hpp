@@ -11,9 +11,9 @@
 /// - (assign_atom, assignment) -> assignment_result, or an error that says what was wrong
 ///   with the assignment (unknown workload, wrong parameter size, non-finite values, bad
 ///   hyper-parameters) or that the shard could not be had.
-/// - (abort_atom, assignment_id): the job no longer wants it; skipped if not yet started.
-///   The uplink also cancels through `worker_config::cancelled`, which a running assignment
-///   reads between its steps.
+/// An assignment the node no longer wants is cancelled through `worker_config::cancelled`
+/// (the uplink writes it), which the worker reads before and between its steps: a running
+/// handler cannot receive a message.
 
 #include <caf/fwd.hpp>
 
