@@ -159,9 +159,10 @@ caf::behavior gatekeeper(gatekeeper_actor* self, caf::actor store, std::string o
       },
       [=](token_atom, const std::string& tier, int64_t lifetime_s,
           int64_t uses) -> caf::result<std::string> {
-        if (tier != "community" && tier != "core")
-          return to_caf(error(errc::invalid_argument,
-                              "--tier: '" + tier + "' is not a tier (community or core)"));
+        const auto named = parse_node_tier(tier);
+        if (!named)
+          return to_caf(error(errc::invalid_argument, "--tier: '" + tier + "' is not a tier (" +
+                                                          enum_choices<node_tier>() + ")"));
         if (lifetime_s < 0)
           return to_caf(error(errc::invalid_argument, "a token's lifetime cannot be negative"));
         if (uses < 0 || uses > 1000000)
@@ -171,7 +172,7 @@ caf::behavior gatekeeper(gatekeeper_actor* self, caf::actor store, std::string o
         auto digest = secret_digest(token);
         join_token_record r;
         r.id = digest.substr(0, 12);
-        r.tier = tier;
+        r.tier = *named;
         r.created_unix = now_unix();
         r.expires_unix = lifetime_s == 0 ? 0 : r.created_unix + lifetime_s;
         r.uses = static_cast<uint64_t>(uses);

@@ -112,7 +112,7 @@ struct unconfirmed_round {
   int64_t nodes_before = 0;
 };
 
-struct job_state {
+struct job_actor_state {
   job_start job;
   job_links links;
   std::string verifier_missing;  // why the last re-computation found no core-tier worker
@@ -155,7 +155,7 @@ struct job_state {
   static inline const char* name = "job";
 };
 
-using job_actor = caf::stateful_actor<job_state>;
+using job_actor = caf::stateful_actor<job_actor_state>;
 
 uint64_t fresh_assignment_id() {
   uint64_t id = 0;
@@ -188,7 +188,7 @@ void publish(job_actor* self) {
     shown.nodes = st.durable_nodes;
     trim_history(shown.history, st.durable_round);
   }
-  if (shown.round > 0 && s.state == "running") {
+  if (shown.round > 0 && s.state == job_state::running) {
     double per_round = s.elapsed_s / static_cast<double>(shown.round);
     shown.eta_s = s.eta_s = per_round * static_cast<double>(s.rounds - shown.round);
   }
@@ -198,15 +198,15 @@ void publish(job_actor* self) {
 void dispatch(job_actor* self);
 void start_round(job_actor* self);
 
-bool metered(const job_state& st) {
+bool metered(const job_actor_state& st) {
   return !st.job.spec.account.empty();
 }
 
-std::string escrow_of(const job_state& st) {
+std::string escrow_of(const job_actor_state& st) {
   return "escrow/" + st.job.id;
 }
 
-int64_t total_held(const job_state& st) {
+int64_t total_held(const job_actor_state& st) {
   int64_t sum = 0;
   for (const auto& [round, amount] : st.held) sum += amount;
   return sum;
@@ -215,7 +215,7 @@ int64_t total_held(const job_state& st) {
 void pause(job_actor* self, const std::string& why) {
   auto& st = self->state;
   st.paused = true;
-  st.job.status.state = "paused";
+  st.job.status.state = job_state::paused;
   st.job.status.detail = why;
   spdlog::warn("job {}: paused: {}", st.job.id, why);
   publish(self);
@@ -277,13 +277,13 @@ void hold_round(job_actor* self) {
 
 // What a round's applied results cost (billing.hpp) and the transaction that settles its
 // escrow. The hold leaves `held` here; it goes back there if the commit fails.
-payment payment_of(const job_state& st, const round_result& r) {
+payment payment_of(const job_actor_state& st, const round_result& r) {
   if (!metered(st)) return {};
   return payment_for({r.slot.node_name, r.slot.price, r.compute_s, r.wall_s},
                      st.job.spec.deadline_s, st.links.fee);
 }
 
-settlement settle_round(job_state& st, int64_t index, const round_results& results) {
+settlement settle_round(job_actor_state& st, int64_t index, const round_results& results) {
   std::vector<billed_result> billed;
   for (const auto& [shard, r] : results)
     billed.push_back({r.slot.node_name, r.slot.price, r.compute_s, r.wall_s});
@@ -296,14 +296,14 @@ settlement settle_round(job_state& st, int64_t index, const round_results& resul
 void try_advance(job_actor* self);
 void try_confirm(job_actor* self);
 
-void finish(job_actor* self, const std::string& state, const std::string& detail) {
+void finish(job_actor* self, job_state state, const std::string& detail) {
   auto& st = self->state;
   if (st.finished) return;
   st.finished = true;
   st.job.status.state = state;
   st.job.status.detail = detail;
   st.job.status.eta_s = 0.0;
-  if (state != "done") {
+  if (state != job_state::done) {
     // What the store holds is what the job ends with.
     st.job.status.round = st.durable_round;
     st.job.status.test_accuracy = st.durable_accuracy;
@@ -327,12 +327,13 @@ void finish(job_actor* self, const std::string& state, const std::string& detail
   store_batch batch;
   batch.keys.push_back(job_record_key(st.job.id));
   batch.values.push_back(encode_job_record(st.job.spec_text, st.job.status));
-  auto written = metered(st) ? self->request(st.links.ledger, std::chrono::seconds(60),
-                                             settle_atom::value, std::string("release"),
-                                             st.job.id + " ended (" + state + "): escrow returned",
-                                             std::move(release), std::move(batch))
-                             : self->request(st.links.store, std::chrono::seconds(30),
-                                             commit_atom::value, std::move(batch));
+  auto written =
+      metered(st) ? self->request(st.links.ledger, std::chrono::seconds(60), settle_atom::value,
+                                  std::string("release"),
+                                  st.job.id + " ended (" + to_string(state) + "): escrow returned",
+                                  std::move(release), std::move(batch))
+                  : self->request(st.links.store, std::chrono::seconds(30), commit_atom::value,
+                                  std::move(batch));
   std::move(written).then([=](caf::ok_atom) { self->quit(); },
                           [=](caf::error& e) {
                             spdlog::error("job {}: cannot record its end: {}", self->state.job.id,
@@ -363,7 +364,7 @@ std::vector<float> floats_of(const tensor* t) {
 }
 
 // The shards round `index` hands out, in order.
-std::vector<int64_t> shards_of_round(const job_state& st, int64_t index) {
+std::vector<int64_t> shards_of_round(const job_actor_state& st, int64_t index) {
   std::vector<int64_t> out;
   auto shards = static_cast<int64_t>(st.data->shards.size());
   for (int64_t k = 0; k < st.job.spec.workers; ++k)
@@ -463,7 +464,7 @@ void caught(job_actor* self, const std::string& node, const std::string& why) {
   dispatch(self);
 }
 
-round_result* find_result(job_state& st, uint64_t assignment_id) {
+round_result* find_result(job_actor_state& st, uint64_t assignment_id) {
   for (auto* results : {&st.results, st.unconfirmed ? &st.unconfirmed->results : nullptr}) {
     if (results == nullptr) continue;
     for (auto& [shard, r] : *results)
@@ -584,7 +585,7 @@ void try_confirm(job_actor* self) {
   if (evaluate) {
     auto eval = kernels::evaluate(*st.workload, st.data->test, *st.eval_backend, st.job.theta);
     if (!eval) {
-      finish(self, "failed", "evaluation failed: " + eval.error().message());
+      finish(self, job_state::failed, "evaluation failed: " + eval.error().message());
       return;
     }
     s.test_accuracy = eval->accuracy();
@@ -593,7 +594,7 @@ void try_confirm(job_actor* self) {
   st.elapsed_before += std::chrono::duration<double>(clock_type::now() - st.resumed_at).count();
   st.resumed_at = clock_type::now();
   s.elapsed_s = st.elapsed_before;
-  if (last) s.state = "done";
+  if (last) s.state = job_state::done;
   trim_history(s.history, s.round - 1);  // a round committed again after a rollback
   add_round(s.history,
             {s.round, s.train_loss, s.test_loss, s.test_accuracy, evaluate, s.elapsed_s});
@@ -642,7 +643,7 @@ void try_confirm(job_actor* self) {
         spdlog::info("job {}: round {}/{} committed, loss {:.4f}, test accuracy {:.4f}", st.job.id,
                      round, st.job.status.rounds, loss, accuracy);
         if (last) {
-          finish(self, "done", "");
+          finish(self, job_state::done, "");
           return;
         }
         publish(self);
@@ -650,8 +651,8 @@ void try_confirm(job_actor* self) {
         if (st.paused_for_budget) {
           st.paused_for_budget = false;
           st.paused = false;
-          if (st.job.status.state == "paused") {
-            st.job.status.state = "running";
+          if (st.job.status.state == job_state::paused) {
+            st.job.status.state = job_state::running;
             st.job.status.detail.clear();
           }
           hold_round(self);
@@ -666,7 +667,7 @@ void try_confirm(job_actor* self) {
           st.job.status.credits_spent -= settled.paid;
           st.job.status.device_hours -= settled.hours;
         }
-        finish(self, "failed", "cannot commit round: " + self->system().render(e));
+        finish(self, job_state::failed, "cannot commit round: " + self->system().render(e));
       });
   if (!last) try_advance(self);
 }
@@ -1073,7 +1074,7 @@ void watch_round(job_actor* self) {
   if (spec.deadline_h > 0.0 &&
       st.elapsed_before + std::chrono::duration<double>(now - st.resumed_at).count() >
           spec.deadline_h * 3600.0) {
-    finish(self, "failed", "its deadline of " + format_g(spec.deadline_h) + " h passed");
+    finish(self, job_state::failed, "its deadline of " + format_g(spec.deadline_h) + " h passed");
     return;
   }
   auto quorum = static_cast<int64_t>(std::ceil(spec.quorum * static_cast<double>(spec.workers)));
@@ -1166,9 +1167,9 @@ caf::behavior job_behavior(job_actor* self, job_start start, job_links links) {
       data = fits.error();  // a round could never fill: the job fails now rather than hang
   }
   if (!data) {
-    st.job.status.state = "failed";
+    st.job.status.state = job_state::failed;
     st.job.status.detail = data.error().message();
-    finish(self, "failed", data.error().message());
+    finish(self, job_state::failed, data.error().message());
     return {[](status_atom) {}};
   }
   st.workload = std::move(*w);
@@ -1179,7 +1180,7 @@ caf::behavior job_behavior(job_actor* self, job_start start, job_links links) {
     st.workload->init_parameters(st.job.spec.seed, st.job.theta);
     if (wants_momentum) st.job.momentum.assign(st.job.theta.size(), 0.0f);
   }
-  st.job.status.state = "running";
+  st.job.status.state = job_state::running;
   st.job.status.detail.clear();
   publish(self);
 
@@ -1235,16 +1236,17 @@ caf::behavior job_behavior(job_actor* self, job_start start, job_links links) {
                                       std::move(back))
                             .then([=](uint64_t) { go(); },
                                   [=](caf::error& e) {
-                                    finish(self, "failed",
+                                    finish(self, job_state::failed,
                                            "cannot return stale escrow: " + from_caf(e).message());
                                   });
                       },
                       [=](caf::error& e) {
-                        finish(self, "failed", "cannot read escrow: " + from_caf(e).message());
+                        finish(self, job_state::failed,
+                               "cannot read escrow: " + from_caf(e).message());
                       });
             },
             [=](caf::error& e) {
-              finish(self, "failed", "cannot open escrow: " + from_caf(e).message());
+              finish(self, job_state::failed, "cannot open escrow: " + from_caf(e).message());
             });
   } else {
     start_round(self);
@@ -1275,7 +1277,7 @@ caf::behavior job_behavior(job_actor* self, job_start start, job_links links) {
                   if (st.paused) {
                     st.paused = false;
                     st.paused_for_budget = false;
-                    st.job.status.state = "running";
+                    st.job.status.state = job_state::running;
                     st.job.status.detail.clear();
                     publish(self);
                     hold_round(self);
@@ -1316,7 +1318,7 @@ caf::behavior job_behavior(job_actor* self, job_start start, job_links links) {
         if (self->current_sender() !=
             caf::actor_cast<caf::strong_actor_ptr>(self->state.links.supervisor))
           return to_caf(error(errc::invalid_argument, "only the job supervisor cancels a job"));
-        finish(self, "cancelled", "cancelled by its owner");
+        finish(self, job_state::cancelled, "cancelled by its owner");
         return caf::ok_atom::value;
       },
       [=](status_atom) -> job_status { return self->state.job.status; },

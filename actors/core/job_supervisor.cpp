@@ -199,7 +199,7 @@ void restart_job(supervisor_actor* self, const std::string& id) {
           },
           [=](caf::error& e) {
             auto& entry = self->state.jobs[id];
-            entry.status.state = "failed";
+            entry.status.state = job_state::failed;
             entry.status.detail = "cannot restart: " + self->system().render(e);
           });
 }
@@ -316,7 +316,7 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links) {
       if (static_cast<int>(entry.restarts.size()) >= restart_budget) {
         spdlog::error("job {} stopped {} times within {} s ({}); failing it", id,
                       restart_budget + 1, restart_window.count(), why);
-        entry.status.state = "failed";
+        entry.status.state = job_state::failed;
         entry.status.detail = "the job actor kept stopping: " + why;
         return;
       }
@@ -393,7 +393,7 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links) {
           status.name = spec.name;
           status.workload = spec.workload;
           status.rounds = spec.rounds;
-          status.state = "queued";
+          status.state = job_state::queued;
           status.account = spec.account;
           status.budget = spec.budget;
           status.owner = owner;
@@ -579,8 +579,8 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links) {
         auto* entry = find_for(self, who, id);
         if (entry == nullptr) return to_caf(unknown_job(id));
         if (is_terminal(entry->status.state) || !entry->actor)
-          return to_caf(error(errc::invalid_argument,
-                              "job '" + id + "' has already ended (" + entry->status.state + ")"));
+          return to_caf(error(errc::invalid_argument, "job '" + id + "' has already ended (" +
+                                                          to_string(entry->status.state) + ")"));
         auto rp = self->make_response_promise<caf::ok_atom>();
         self->request(entry->actor, std::chrono::seconds(30), cancel_atom::value)
             .then([=](caf::ok_atom) mutable { rp.deliver(caf::ok_atom::value); },

@@ -190,7 +190,8 @@ caf::behavior registry_actor(caf::stateful_actor<registry_state>* self, caf::act
           s.gpus = node.gpus;
           s.workers = static_cast<uint32_t>(node.workers.size());
           s.last_seen_s = std::chrono::duration<double>(now - node.last_seen).count();
-          s.tier = node.tier == 1 ? "core" : "community";
+          s.tier = node.tier == static_cast<uint8_t>(node_tier::core) ? node_tier::core
+                                                                      : node_tier::community;
           s.dropped = node.dropped;
           out.push_back(std::move(s));
         }

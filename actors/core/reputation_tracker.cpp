@@ -152,7 +152,7 @@ caf::behavior tracker(tracker_actor* self, caf::actor store, caf::actor market, 
         for (const auto& [name, r] : self->state.records) {
           node_status s;
           s.name = name;
-          s.tier = to_string(r.tier);
+          s.tier = r.tier;
           s.score = r.score();
           s.streak = r.streak;
           s.validated = r.validated;

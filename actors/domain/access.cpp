@@ -85,7 +85,7 @@ std::string banned_key_store_key(std::string_view key_hex) {
 
 std::vector<uint8_t> encode_token_record(const join_token_record& r) {
   nlohmann::json j{{"id", r.id},
-                   {"tier", r.tier},
+                   {"tier", to_string(r.tier)},
                    {"created", r.created_unix},
                    {"expires", r.expires_unix},
                    {"revoked", r.revoked},
@@ -102,7 +102,10 @@ expected<join_token_record> decode_token_record(std::span<const uint8_t> bytes) 
     auto j = nlohmann::json::parse(bytes.begin(), bytes.end());
     join_token_record r;
     r.id = j.at("id").get<std::string>();
-    r.tier = j.at("tier").get<std::string>();
+    const auto tier = j.at("tier").get<std::string>();
+    const auto known = parse_node_tier(tier);
+    if (!known) return error(errc::malformed_message, "token record: unknown tier '" + tier + "'");
+    r.tier = *known;
     r.created_unix = integer_at<int64_t>(j, "created");
     r.expires_unix = integer_at<int64_t>(j, "expires");
     r.revoked = j.at("revoked").get<bool>();
@@ -111,8 +114,6 @@ expected<join_token_record> decode_token_record(std::span<const uint8_t> bytes) 
     if (j.contains("uses")) r.uses = integer_at<uint64_t>(j, "uses");
     if (j.contains("keys")) r.keys = j.at("keys").get<std::vector<std::string>>();
     if (j.contains("closed")) r.closed = j.at("closed").get<std::string>();
-    if (r.tier != "community" && r.tier != "core")
-      return error(errc::malformed_message, "token record: unknown tier '" + r.tier + "'");
     return r;
   } catch (const std::exception& e) {
     return error(errc::malformed_message, std::string("token record: ") + e.what());
@@ -124,9 +125,9 @@ expected<void> admits(const join_token_record& r, std::string_view tier, std::st
   if (r.revoked) return error(errc::permission_denied, "join token " + r.id + " was revoked");
   if (r.expires_unix != 0 && now_unix >= r.expires_unix)
     return error(errc::permission_denied, "join token " + r.id + " has expired");
-  if (tier != r.tier) {
+  if (tier != to_string(r.tier)) {
     std::string m = "join token ";
-    m.append(r.id).append(" admits the ").append(r.tier).append(" tier, not the ");
+    m.append(r.id).append(" admits the ").append(to_string(r.tier)).append(" tier, not the ");
     m.append(tier).append(" tier");
     return error(errc::permission_denied, m);
   }

@@ -12,19 +12,6 @@
 
 namespace gflex {
 
-namespace {
-
-constexpr const char* state_names[] = {"queued", "running", "paused",
-                                       "done",   "failed",  "cancelled"};
-
-schema::JobState state_of(const std::string& name) {
-  for (unsigned i = 0; i < std::size(state_names); ++i)
-    if (name == state_names[i]) return static_cast<schema::JobState>(i);
-  return schema::JobState::FAILED;
-}
-
-}  // namespace
-
 void add_round(std::vector<round_point>& history, const round_point& p) {
   if (history.size() >= job_status::max_history) {
     // Every other point of the older half goes: the curve keeps its shape and its recent
@@ -48,7 +35,7 @@ std::vector<uint8_t> encode_job_record(const std::string& spec_text, const job_s
   auto r = message.initRoot<schema::JobRecord>();
   r.setId(s.job_id);
   r.setSpec(spec_text);
-  r.setState(state_of(s.state));
+  r.setState(static_cast<schema::JobState>(s.state));
   r.setRound(static_cast<uint64_t>(s.round));
   r.setTestAccuracy(s.test_accuracy);
   r.setTrainLoss(s.train_loss);
@@ -97,8 +84,10 @@ expected<std::pair<std::string, job_status>> decode_job_record(std::span<const u
     auto r = reader.getRoot<schema::JobRecord>();
     job_status s;
     s.job_id = r.getId().cStr();
-    auto state = static_cast<unsigned>(r.getState());
-    s.state = state < std::size(state_names) ? state_names[state] : "failed";
+    // A state this build does not know (a newer core's record) reads as failed: it will not
+    // be resumed.
+    const auto state = static_cast<job_state>(r.getState());
+    s.state = is_named(state) ? state : job_state::failed;
     s.round = static_cast<int64_t>(r.getRound());
     s.test_accuracy = r.getTestAccuracy();
     s.train_loss = r.getTrainLoss();

@@ -10,17 +10,6 @@
 
 namespace gflex {
 
-const char* to_string(node_tier tier) noexcept {
-  return tier == node_tier::core ? "core" : "community";
-}
-
-expected<node_tier> parse_node_tier(std::string_view text) {
-  if (text == "community") return node_tier::community;
-  if (text == "core") return node_tier::core;
-  return error(errc::invalid_argument,
-               "tier must be \"community\" or \"core\", got \"" + std::string(text) + "\"");
-}
-
 double reputation::score() const noexcept {
   return (good + 1.0) / (good + bad + 2.0);
 }

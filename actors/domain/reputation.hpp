@@ -15,18 +15,10 @@
 #include <string>
 #include <string_view>
 
+#include "gflex/job_status.hpp"
 #include "gflex/runtime/error.hpp"
 
 namespace gflex {
-
-/// The tier a node joined with. Core-tier nodes are the platform's own machines: their
-/// results are trusted and they re-compute others' results.
-enum class node_tier : uint8_t { community = 0, core = 1 };
-
-const char* to_string(node_tier tier) noexcept;
-
-/// "community" or "core"; anything else is errc::invalid_argument.
-expected<node_tier> parse_node_tier(std::string_view text);
 
 struct reputation_policy {
   double decay = 0.98;      ///< Weight old evidence keeps at each new result, in (0, 1].

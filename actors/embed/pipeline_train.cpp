@@ -105,7 +105,8 @@ bool train_driver::poll(std::vector<round_update>& out) {
     out.push_back(round_update{*s, std::move(params)});
   }
   if (!ended) return false;
-  if (s->state != "done") fail("train: job " + job_id_ + " " + s->state + ": " + s->detail);
+  if (s->state != job_state::done)
+    fail("train: job " + job_id_ + " " + to_string(s->state) + ": " + s->detail);
   return true;
 }
 

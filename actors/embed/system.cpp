@@ -490,7 +490,7 @@ expected<std::string> client::create_account(const std::string& id) {
 
 expected<std::string> client::create_token(const std::string& tier, int64_t lifetime_s,
                                            int64_t uses) {
-  if (uses < 0) uses = tier == "community" ? 1 : 0;
+  if (uses < 0) uses = tier == to_string(node_tier::community) ? 1 : 0;
   return impl_->ask_session<std::string>(std::chrono::seconds(30), token_atom::value, tier,
                                          lifetime_s, uses);
 }
@@ -574,7 +574,7 @@ expected<job_status> client::follow(const std::string& job_id, const job_events&
   // list them, and node events are not reported.
   bool want_nodes = events.on_node_joined || events.on_node_lost;
   std::map<std::string, node_status> known;  // by node id
-  std::string state;
+  job_state state = job_state::queued;
   int64_t round = 0, spent = 0;
   for (bool first = true;; first = false) {
     auto s = status(job_id);
@@ -695,7 +695,7 @@ expected<embedded_cluster> embedded_cluster::start(const embedded_config& config
     n.name = "node-" + std::to_string(i + 1);
     n.workers = config.workers_per_node;
     n.data_dir = dir / n.name;
-    n.tier = "core";
+    n.tier = node_tier::core;
     n.token = *token;
     auto node = spawn_node(sys, n, node_test_aids{}, "", 0, *core, *s->owner);
     if (!node) return node.error();

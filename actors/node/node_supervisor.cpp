@@ -156,8 +156,6 @@ expected<caf::actor> spawn_node(caf::actor_system& sys, const node_config& confi
     gethostname(buf, sizeof buf - 1);
     name = buf;
   }
-  auto tier = parse_node_tier(config.tier);
-  if (!tier) return error(errc::invalid_argument, "--" + tier.error().message());
   if (config.token.empty())
     return error(errc::invalid_argument,
                  "a node needs a join token (--token or GFLEX_TOKEN; the core's operator makes "
@@ -214,7 +212,7 @@ expected<caf::actor> spawn_node(caf::actor_system& sys, const node_config& confi
   up.protocol = aids.announce_protocol != 0 ? aids.announce_protocol : protocol_version;
   up.host = host;
   up.port = port;
-  up.tier = static_cast<uint8_t>(*tier);
+  up.tier = static_cast<uint8_t>(config.tier);
   up.price = std::llround(config.price * 1e6);
   up.throughput = *throughput;
   up.identity = key;

@@ -91,7 +91,7 @@ int run_operator(const operator_flags& f) {
               "expires", "revoked", "joins", "keys", "uses");
   for (const auto& t : *tokens)
     std::printf("%-12s  %-9s  %-20s  %-20s  %-7s  %-6llu  %-9zu  %s\n", t.id.c_str(),
-                t.tier.c_str(), when(t.created_unix).c_str(), when(t.expires_unix).c_str(),
+                to_string(t.tier), when(t.created_unix).c_str(), when(t.expires_unix).c_str(),
                 t.revoked ? "yes" : "no", static_cast<unsigned long long>(t.joins), t.keys.size(),
                 t.uses == 0 ? "any" : std::to_string(t.uses).c_str());
   return 0;

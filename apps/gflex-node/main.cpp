@@ -5,6 +5,7 @@
 #include <CLI/CLI.hpp>
 
 #include <cstdlib>
+#include <string>
 
 #include "core_address.hpp"
 #include "gflex/gflex.hpp"
@@ -41,8 +42,13 @@ int main(int argc, char** argv) {
   app.add_option("--threads", config.threads_per_worker, "CPU threads per worker")
       ->check(CLI::Range(1, 256))
       ->capture_default_str();
-  app.add_option("--tier", config.tier,
+  std::string tier = gflex::to_string(config.tier);
+  app.add_option("--tier", tier,
                  "community, or core (the platform's own machines; needs a core-tier token)")
+      ->check([](const std::string& name) {
+        auto known = gflex::parse_node_tier(name);
+        return known ? std::string() : known.error().message();
+      })
       ->capture_default_str();
   app.add_option("--token", config.token,
                  "join token from the core's operator (default: $GFLEX_TOKEN)");
@@ -81,6 +87,7 @@ int main(int argc, char** argv) {
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error, critical or off")
       ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
+  config.tier = gflex::parse_node_tier(tier).value();
   // A secret is better kept out of the process list: the environment is the usual place.
   if (const char* token = std::getenv("GFLEX_TOKEN"); config.token.empty() && token != nullptr)
     config.token = token;

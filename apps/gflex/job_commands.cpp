@@ -62,7 +62,7 @@ class job_progress {
     std::string status = line;
     if (!s.detail.empty() && !is_terminal(s.state)) status += " | " + s.detail;
     if (is_terminal(s.state)) {
-      bar_->finish(status + " | " + s.state);
+      bar_->finish(status + " | " + to_string(s.state));
     } else {
       bar_->update(s.round, status);
     }
@@ -116,8 +116,9 @@ int run_submit(const job_flags& f) {
   // waits for a verifier (or, on a core run with --unverified accept, goes on unverified).
   if (spec->tier != trust_tier::core) {
     auto nodes = c->nodes();
-    const bool verifier = nodes && std::any_of(nodes->begin(), nodes->end(),
-                                               [](const auto& n) { return n.tier == "core"; });
+    const bool verifier = nodes && std::any_of(nodes->begin(), nodes->end(), [](const auto& n) {
+                            return n.tier == node_tier::core;
+                          });
     if (nodes && !verifier)
       std::fprintf(stderr,
                    "warning: no core-tier node is connected to verify %s's sampled results; "
@@ -133,13 +134,13 @@ int run_submit(const job_flags& f) {
   auto s = c->wait(*id, draw);
   if (!s) return fail(s.error());
   std::printf("%s %s: test accuracy %.4f after %lld rounds, %s moved, %.1f s\n", s->job_id.c_str(),
-              s->state.c_str(), s->test_accuracy, static_cast<long long>(s->round),
+              to_string(s->state), s->test_accuracy, static_cast<long long>(s->round),
               human_bytes(static_cast<double>(s->bytes_sent + s->bytes_received)).c_str(),
               s->elapsed_s);
   if (!f.json.empty() && !write_json(f.json, to_json(*s))) return 1;
-  if (s->state != "done" && !s->detail.empty())
-    std::fprintf(stderr, "%s %s: %s\n", s->job_id.c_str(), s->state.c_str(), s->detail.c_str());
-  return s->state == "done" ? 0 : 1;
+  if (s->state != job_state::done && !s->detail.empty())
+    std::fprintf(stderr, "%s %s: %s\n", s->job_id.c_str(), to_string(s->state), s->detail.c_str());
+  return s->state == job_state::done ? 0 : 1;
 }
 
 int run_status(const job_flags& f) {
@@ -152,7 +153,7 @@ int run_status(const job_flags& f) {
       std::printf("%s\n", to_json(*s).dump(2).c_str());
     } else {
       std::printf("%s %s: %s, round %lld/%lld, test accuracy %.4f, loss %.4f%s%s\n",
-                  s->job_id.c_str(), s->name.c_str(), s->state.c_str(),
+                  s->job_id.c_str(), s->name.c_str(), to_string(s->state),
                   static_cast<long long>(s->round), static_cast<long long>(s->rounds),
                   s->test_accuracy, s->train_loss, s->detail.empty() ? "" : " - ",
                   s->detail.c_str());
@@ -179,7 +180,7 @@ int run_status(const job_flags& f) {
     std::printf("%-10s %-20s %-10s %9s %9s\n", "JOB", "NAME", "STATE", "ROUND", "ACCURACY");
     for (const auto& s : *all)
       std::printf("%-10s %-20s %-10s %4lld/%-4lld %9.4f\n", s.job_id.c_str(), s.name.c_str(),
-                  s.state.c_str(), static_cast<long long>(s.round),
+                  to_string(s.state), static_cast<long long>(s.round),
                   static_cast<long long>(s.rounds), s.test_accuracy);
   }
   return 0;
@@ -203,8 +204,8 @@ int run_nodes(const job_flags& f) {
       std::printf(
           "%-6s %-20s %-9s %u worker(s)  %s  score %.2f streak %lld  validated %llu "
           "(verified %llu, %.1f%% of the work) rejected %llu  earned %s%s%s  (seen %.1f s ago)\n",
-          n.node_id.c_str(), n.name.c_str(), n.tier.c_str(), n.workers, n.device.c_str(), n.score,
-          static_cast<long long>(n.streak), static_cast<unsigned long long>(n.validated),
+          n.node_id.c_str(), n.name.c_str(), to_string(n.tier), n.workers, n.device.c_str(),
+          n.score, static_cast<long long>(n.streak), static_cast<unsigned long long>(n.validated),
           static_cast<unsigned long long>(n.verified), 100.0 * share(n),
           static_cast<unsigned long long>(n.rejected), format_credits(n.earned).c_str(),
           n.flagged ? "  FLAGGED" : "",
@@ -308,12 +309,12 @@ int run_demo(const job_flags& f) {
                 kernels::model_takes_tokens(spec->model) ? "token" : "sample",
                 last->test_loss / std::log(2.0));
   std::printf("%s: test accuracy %.4f after %lld rounds on %d node(s), %s moved, %.1f s\n",
-              last->state.c_str(), last->test_accuracy, static_cast<long long>(last->round),
+              to_string(last->state), last->test_accuracy, static_cast<long long>(last->round),
               f.nodes,
               human_bytes(static_cast<double>(last->bytes_sent + last->bytes_received)).c_str(),
               last->elapsed_s);
   if (!f.json.empty() && !write_json(f.json, to_json(*last))) return 1;
-  return last->state == "done" ? 0 : 1;
+  return last->state == job_state::done ? 0 : 1;
 }
 
 }  // namespace

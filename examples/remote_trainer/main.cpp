@@ -89,7 +89,7 @@ int main(int argc, char** argv) {
                 static_cast<long long>(s.credits_spent), static_cast<long long>(s.budget));
   };
   events.on_node_joined = [](const gflex::node_status& n) {
-    std::printf("node %s joined (%s tier)\n", n.name.c_str(), n.tier.c_str());
+    std::printf("node %s joined (%s tier)\n", n.name.c_str(), gflex::to_string(n.tier));
     std::fflush(stdout);
   };
   events.on_node_lost = [](const gflex::node_status& n) {
@@ -98,8 +98,8 @@ int main(int argc, char** argv) {
   };
   auto s = core->follow(*id, events);
   if (!s) return fail("follow", s.error());
-  std::printf("%s: %s, test accuracy %.4f\n", id->c_str(), s->state.c_str(), s->test_accuracy);
-  if (s->state != "done") return 1;
+  std::printf("%s: %s, test accuracy %.4f\n", id->c_str(), gflex::to_string(s->state), s->test_accuracy);
+  if (s->state != gflex::job_state::done) return 1;
   auto bytes = core->fetch(*id);
   if (!bytes) return fail("fetch", bytes.error());
   std::ofstream file(out, std::ios::binary);

@@ -1,5 +1,6 @@
 #include "gflex/runtime/error.hpp"
 
+#include <array>
 #include <cstdio>
 #include <cstdlib>
 
@@ -8,54 +9,51 @@
 
 namespace gflex {
 
+namespace {
+
+constexpr std::array<enum_name<errc>, 15> k_errc_names{{
+    {errc::none, "none"},
+    {errc::invalid_argument, "invalid_argument"},
+    {errc::malformed_message, "malformed_message"},
+    {errc::io_error, "io_error"},
+    {errc::bad_format, "bad_format"},
+    {errc::shape_mismatch, "shape_mismatch"},
+    {errc::non_finite, "non_finite"},
+    {errc::unknown_workload, "unknown_workload"},
+    {errc::device_error, "device_error"},
+    {errc::no_device, "no_device"},
+    {errc::store_error, "store_error"},
+    {errc::permission_denied, "permission_denied"},
+    {errc::limit_exceeded, "limit_exceeded"},
+    {errc::unavailable, "unavailable"},
+    {errc::stage_failed, "stage_failed"},
+}};
+
+constexpr std::array<enum_name<dtype>, 4> k_dtype_names{{
+    {dtype::f32, "f32"},
+    {dtype::i32, "i32"},
+    {dtype::u8, "u8"},
+    {dtype::i8, "i8"},
+}};
+
+}  // namespace
+
+template <>
+std::span<const enum_name<errc>> enum_names<errc>() noexcept {
+  return k_errc_names;
+}
+
+template <>
+std::span<const enum_name<dtype>> enum_names<dtype>() noexcept {
+  return k_dtype_names;
+}
+
 const char* to_string(errc code) noexcept {
-  switch (code) {
-    case errc::none:
-      return "none";
-    case errc::invalid_argument:
-      return "invalid_argument";
-    case errc::malformed_message:
-      return "malformed_message";
-    case errc::io_error:
-      return "io_error";
-    case errc::bad_format:
-      return "bad_format";
-    case errc::shape_mismatch:
-      return "shape_mismatch";
-    case errc::non_finite:
-      return "non_finite";
-    case errc::unknown_workload:
-      return "unknown_workload";
-    case errc::device_error:
-      return "device_error";
-    case errc::no_device:
-      return "no_device";
-    case errc::store_error:
-      return "store_error";
-    case errc::permission_denied:
-      return "permission_denied";
-    case errc::limit_exceeded:
-      return "limit_exceeded";
-    case errc::unavailable:
-      return "unavailable";
-    case errc::stage_failed:
-      return "stage_failed";
-  }
-  return "unknown";
+  return name_of(code);
 }
 
 const char* to_string(dtype t) noexcept {
-  switch (t) {
-    case dtype::f32:
-      return "f32";
-    case dtype::i32:
-      return "i32";
-    case dtype::u8:
-      return "u8";
-    case dtype::i8:
-      return "i8";
-  }
-  return "unknown";
+  return name_of(t);
 }
 
 namespace detail {

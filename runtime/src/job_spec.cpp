@@ -6,9 +6,11 @@
 #include <charconv>
 #include <cstring>
 #include <fstream>
+#include <functional>
 #include <iterator>
 #include <limits>
 #include <optional>
+#include <span>
 #include <sstream>
 #include <vector>
 
@@ -18,36 +20,51 @@
 
 namespace gflex {
 
+namespace {
+
+constexpr std::array<enum_name<inner_optimizer>, 2> k_optimizer_names{{
+    {inner_optimizer::adamw, "adamw"},
+    {inner_optimizer::sgd, "sgd"},
+}};
+
+constexpr std::array<enum_name<lr_schedule>, 2> k_schedule_names{{
+    {lr_schedule::cosine, "cosine"},
+    {lr_schedule::constant, "constant"},
+}};
+
+constexpr std::array<enum_name<trust_tier>, 3> k_trust_tier_names{{
+    {trust_tier::hybrid, "hybrid"},
+    {trust_tier::core, "core"},
+    {trust_tier::community, "community"},
+}};
+
+}  // namespace
+
+template <>
+std::span<const enum_name<inner_optimizer>> enum_names<inner_optimizer>() noexcept {
+  return k_optimizer_names;
+}
+
+template <>
+std::span<const enum_name<lr_schedule>> enum_names<lr_schedule>() noexcept {
+  return k_schedule_names;
+}
+
+template <>
+std::span<const enum_name<trust_tier>> enum_names<trust_tier>() noexcept {
+  return k_trust_tier_names;
+}
+
 const char* to_string(inner_optimizer optimizer) noexcept {
-  switch (optimizer) {
-    case inner_optimizer::adamw:
-      return "adamw";
-    case inner_optimizer::sgd:
-      return "sgd";
-  }
-  return "unknown";
+  return name_of(optimizer);
 }
 
 const char* to_string(lr_schedule schedule) noexcept {
-  switch (schedule) {
-    case lr_schedule::constant:
-      return "constant";
-    case lr_schedule::cosine:
-      return "cosine";
-  }
-  return "unknown";
+  return name_of(schedule);
 }
 
 const char* to_string(trust_tier tier) noexcept {
-  switch (tier) {
-    case trust_tier::hybrid:
-      return "hybrid";
-    case trust_tier::core:
-      return "core";
-    case trust_tier::community:
-      return "community";
-  }
-  return "unknown";
+  return name_of(tier);
 }
 
 int64_t round_escrow(const job_spec& spec) {
@@ -67,30 +84,11 @@ double inner_lr_at(const job_spec& spec, int64_t round) {
 
 namespace {
 
-// The schema: every table and the keys it may hold. Anything else in a spec is an error.
+// A table a spec may hold and the keys it may hold. Anything else in a spec is an error.
 struct table_schema {
   std::string_view name;
   std::vector<std::string_view> keys;
 };
-
-const std::array<table_schema, 10>& schema() {
-  static const std::array<table_schema, 10> tables{{
-      {"job", {"name", "workload", "rounds", "workers", "seed"}},
-      {"inner",
-       {"optimizer", "local_steps", "batch_size", "lr", "weight_decay", "lr_schedule",
-        "precision"}},
-      {"outer", {"lr", "momentum"}},
-      {"wire", {"compression"}},
-      {"eval", {"every"}},
-      {"round", {"deadline_s", "quorum", "backup_after"}},
-      {"trust",
-       {"tier", "tolerance", "norm_tolerance", "norm_bound", "min_cosine", "clip", "trim"}},
-      {"market", {"account", "budget", "max_price", "min_reputation", "deadline_h"}},
-      {"data", {"set"}},
-      {"model", {}},  // any keys: the kernels check a model
-  }};
-  return tables;
-}
 
 // An interval of accepted floating-point values; either end may be open.
 struct real_range {
@@ -205,9 +203,10 @@ class reader {
     return error(errc::invalid_argument, source_ + ": " + std::string(path) + ": " + what);
   }
 
-  // Checks that only known tables and keys occur. Of several unknown keys the one that comes
-  // first in the text is reported, which is the one a user reading top to bottom meets first.
-  expected<void> check_structure() const {
+  // Checks that only the tables and keys of `tables` occur ("model" takes any keys: the kernels
+  // check a model). Of several unknown keys the one that comes first in the text is reported,
+  // which is the one a user reading top to bottom meets first.
+  expected<void> check_structure(std::span<const table_schema> tables) const {
     std::optional<error> first;
     toml::source_position first_at{};
     auto note = [&](const toml::node& node, error e) {
@@ -219,10 +218,10 @@ class reader {
     };
     for (auto&& [key, node] : root_) {
       const std::string_view name = key.str();  // clang 14 cannot capture a binding
-      auto it = std::find_if(schema().begin(), schema().end(),
+      auto it = std::find_if(tables.begin(), tables.end(),
                              [&](const table_schema& t) { return t.name == name; });
       std::string path = key_text(key.str());
-      if (it == schema().end()) {
+      if (it == tables.end()) {
         note(node, fail(path, node.is_table() ? "unknown table" : "unknown key"));
         continue;
       }
@@ -267,15 +266,6 @@ class reader {
     return {};
   }
 
-  // A TOML integer is signed 64-bit, so a seed is non-negative and below 2^63.
-  expected<void> seed(std::string_view table, std::string_view key, uint64_t& out) const {
-    int64_t x = static_cast<int64_t>(out);
-    auto r = integer(table, key, 0, std::numeric_limits<int64_t>::max(), x);
-    if (!r) return r;
-    out = static_cast<uint64_t>(x);
-    return {};
-  }
-
   // Integers are accepted where a number is expected, so `lr = 1` means 1.0.
   expected<void> number(std::string_view table, std::string_view key, const real_range& range,
                         double& out) const {
@@ -307,23 +297,18 @@ class reader {
     return {};
   }
 
-  // Reads an enum by its to_string spelling; `values` lists the accepted ones.
-  template <class Enum, size_t N>
-  expected<void> choice(std::string_view table, std::string_view key,
-                        const std::array<Enum, N>& values, Enum& out) const {
+  // Reads an enum by its name (enum_names.hpp).
+  template <class Enum>
+  expected<void> choice(std::string_view table, std::string_view key, Enum& out) const {
     std::optional<std::string> text;
     if (auto r = string(table, key, text); !r) return r;
     if (!text) return {};
-    std::string allowed;
-    for (Enum v : values) {
-      if (*text == to_string(v)) {
-        out = v;
-        return {};
-      }
-      allowed += (allowed.empty() ? "" : ", ") + quote(to_string(v));
+    if (auto value = enum_from_name<Enum>(*text)) {
+      out = *value;
+      return {};
     }
     return fail(std::string(table) + "." + std::string(key),
-                "must be one of " + allowed + ", got " + quote(*text));
+                "must be one of " + enum_choices<Enum>("\"", ", ") + ", got " + quote(*text));
   }
 
  private:
@@ -334,6 +319,87 @@ class reader {
   const std::string& source_;
   const toml::table& root_;
 };
+
+// One key of a job spec, described once: parsing, the structure check and to_toml all read
+// the table below, so that no key can be parsed and not written, or written and refused.
+struct field {
+  std::string_view table;
+  std::string_view key;
+  // Reads the key into the spec when it is there: a wrong type or a value out of range is an
+  // error that names it.
+  std::function<expected<void>(const reader&, job_spec&)> read;
+  // The key's value as TOML text, or nothing when the spec leaves it unset.
+  std::function<std::optional<std::string>(const job_spec&)> write;
+};
+
+// A float written without '.' or an exponent would read back as an integer; the parser accepts
+// that, but writing "0.0" keeps the file saying what type the key has.
+std::string real_text(double x) {
+  std::string s = format_double(x);
+  if (s.find_first_of(".en") == std::string::npos) s += ".0";  // "nan" and "inf" have an 'n'.
+  return s;
+}
+
+field integer_field(std::string_view table, std::string_view key, int64_t job_spec::*member,
+                    int64_t lo, int64_t hi) {
+  return {table, key,
+          [=](const reader& in, job_spec& spec) {
+            return in.integer(table, key, lo, hi, spec.*member);
+          },
+          [=](const job_spec& spec) { return std::to_string(spec.*member); }};
+}
+
+field real_field(std::string_view table, std::string_view key, double job_spec::*member,
+                 real_range range) {
+  return {
+      table, key,
+      [=](const reader& in, job_spec& spec) { return in.number(table, key, range, spec.*member); },
+      [=](const job_spec& spec) { return real_text(spec.*member); }};
+}
+
+template <class Enum>
+field choice_field(std::string_view table, std::string_view key, Enum job_spec::*member) {
+  return {table, key,
+          [=](const reader& in, job_spec& spec) { return in.choice(table, key, spec.*member); },
+          [=](const job_spec& spec) { return quote(name_of(spec.*member)); }};
+}
+
+// A string key; `check` vets a present value, and an empty one is written only with
+// `write_empty`.
+field text_field(std::string_view table, std::string_view key, std::string job_spec::*member,
+                 std::function<expected<void>(const reader&, const std::string&)> check,
+                 bool write_empty) {
+  return {table, key,
+          [=](const reader& in, job_spec& spec) -> expected<void> {
+            std::optional<std::string> text;
+            if (auto r = in.string(table, key, text); !r || !text) return r;
+            if (check)
+              if (auto r = check(in, *text); !r) return r;
+            spec.*member = std::move(*text);
+            return {};
+          },
+          [=](const job_spec& spec) -> std::optional<std::string> {
+            if (!write_empty && (spec.*member).empty()) return std::nullopt;
+            return quote(spec.*member);
+          }};
+}
+
+// A number of credits stored in micro-credits; `unset` (the default) is not written.
+field credits_field(std::string_view table, std::string_view key, int64_t job_spec::*member,
+                    real_range range, int64_t unset) {
+  return {table, key,
+          [=](const reader& in, job_spec& spec) -> expected<void> {
+            if (in.find(table, key) == nullptr) return {};
+            double credits = 0.0;
+            if (auto r = in.number(table, key, range, credits); !r) return r;
+            spec.*member = std::llround(credits * 1e6);
+            return {};
+          },
+          [=](const job_spec& spec) -> std::optional<std::string> {
+            if (spec.*member == unset) return std::nullopt;
+            return real_text(static_cast<double>(spec.*member) / 1e6);
+          }};
+}
 
 // A job name ends up in log lines, file names and store keys, hence the conservative alphabet.
 expected<void> check_name(const reader& in, const std::string& name) {
@@ -352,22 +418,109 @@ expected<void> check_name(const reader& in, const std::string& name) {
   return {};
 }
 
-expected<job_spec> read_spec(const reader& in) {
+// The paying account: user/NAME, NAME 1-128 of a conservative alphabet (it is a ledger key).
+expected<void> check_account(const reader& in, const std::string& a) {
+  bool ok = a.size() > 5 && a.size() <= 5 + 128 && a.starts_with("user/");
+  for (size_t i = 5; ok && i < a.size(); ++i) {
+    char c = a[i];
+    ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
+         c == '_' || c == '-';
+  }
+  if (!ok)
+    return in.fail("market.account",
+                   "must be user/NAME (NAME 1-128 of A-Z a-z 0-9 . _ -), got " + quote(a));
+  return {};
+}
+
+// Every key of a spec but [model]'s, in the order they are read (so that the first error
+// reported is stable) and written. The ranges are those job_spec's comments give.
+const std::vector<field>& fields() {
   constexpr int64_t max_steps = 100000;
   constexpr real_range learning_rate{0.0, true, 10.0, false};
   constexpr real_range unit_half_open{0.0, false, 1.0, true};
+  constexpr real_range fraction{0.0, true, 1.0, false};
+  constexpr real_range unit{0.0, false, 1.0, false};
+  static const std::vector<field> table{
+      text_field("job", "name", &job_spec::name, check_name, true),
+      text_field(
+          "job", "workload", &job_spec::workload,
+          [](const reader& in, const std::string& workload) -> expected<void> {
+            if (workload.empty()) return in.fail("job.workload", "must not be empty");
+            return {};
+          },
+          true),
+      integer_field("job", "rounds", &job_spec::rounds, 1, max_steps),
+      integer_field("job", "workers", &job_spec::workers, 1, 1024),
+      {"job", "seed",
+       [](const reader& in, job_spec& spec) {
+         // A TOML integer is signed 64-bit, so a seed is non-negative and below 2^63.
+         int64_t seed = static_cast<int64_t>(spec.seed);
+         auto r = in.integer("job", "seed", 0, std::numeric_limits<int64_t>::max(), seed);
+         if (r) spec.seed = static_cast<uint64_t>(seed);
+         return r;
+       },
+       [](const job_spec& spec) { return std::to_string(spec.seed); }},
+      choice_field("inner", "optimizer", &job_spec::inner),
+      integer_field("inner", "local_steps", &job_spec::local_steps, 1, max_steps),
+      integer_field("inner", "batch_size", &job_spec::batch_size, 1, 65536),
+      real_field("inner", "lr", &job_spec::inner_lr, learning_rate),
+      real_field("inner", "weight_decay", &job_spec::weight_decay, unit_half_open),
+      choice_field("inner", "lr_schedule", &job_spec::schedule),
+      choice_field("inner", "precision", &job_spec::precision),
+      real_field("outer", "lr", &job_spec::outer_lr, learning_rate),
+      real_field("outer", "momentum", &job_spec::outer_momentum, unit_half_open),
+      choice_field("wire", "compression", &job_spec::compression),
+      integer_field("eval", "every", &job_spec::eval_every, 1, max_steps),
+      real_field("round", "deadline_s", &job_spec::deadline_s, {0.0, true, 86400.0, false}),
+      real_field("round", "quorum", &job_spec::quorum, fraction),
+      real_field("round", "backup_after", &job_spec::backup_after, {0.0, false, 100.0, false}),
+      choice_field("trust", "tier", &job_spec::tier),
+      real_field("trust", "tolerance", &job_spec::tolerance, fraction),
+      real_field("trust", "norm_tolerance", &job_spec::norm_tolerance, fraction),
+      real_field("trust", "norm_bound", &job_spec::norm_bound, {1.5, false, 1000.0, false}),
+      real_field("trust", "min_cosine", &job_spec::min_cosine, {-1.0, false, 1.0, false}),
+      {"trust", "clip",
+       [](const reader& in, job_spec& spec) -> expected<void> {
+         if (auto r = in.number("trust", "clip", {0.0, false, 1000.0, false}, spec.clip); !r)
+           return r;
+         if (spec.clip > 0.0 && spec.clip < 1.0)
+           return in.fail("trust.clip",
+                          "must be 0 (off) or in [1, 1000], got " + format_double(spec.clip));
+         return {};
+       },
+       [](const job_spec& spec) { return real_text(spec.clip); }},
+      real_field("trust", "trim", &job_spec::trim, {0.0, false, 0.5, true}),
+      text_field("market", "account", &job_spec::account, check_account, false),
+      credits_field("market", "budget", &job_spec::budget, {0.0, true, 1e12, false}, 0),
+      credits_field("market", "max_price", &job_spec::max_price, {0.0, false, 1e6, false}, -1),
+      real_field("market", "min_reputation", &job_spec::min_reputation, unit),
+      real_field("market", "deadline_h", &job_spec::deadline_h, {0.0, false, 100000.0, false}),
+      text_field("data", "set", &job_spec::data_set, nullptr, false),
+  };
+  return table;
+}
 
-  if (auto r = in.check_structure(); !r) return r.error();
+// The tables a spec may hold and their keys, from the fields, and [model] with any keys.
+const std::vector<table_schema>& tables() {
+  static const std::vector<table_schema> schema = [] {
+    std::vector<table_schema> out;
+    for (const field& f : fields()) {
+      if (out.empty() || out.back().name != f.table) out.push_back({f.table, {}});
+      out.back().keys.push_back(f.key);
+    }
+    out.push_back({"model", {}});
+    return out;
+  }();
+  return schema;
+}
+
+expected<job_spec> read_spec(const reader& in) {
+  if (auto r = in.check_structure(tables()); !r) return r.error();
   job_spec spec;
-  std::optional<std::string> name;
-  std::optional<std::string> workload;
-  // Keys are read in the order of the struct so that the first error reported is stable.
-  if (auto r = in.string("job", "name", name); !r) return r.error();
-  if (name) {
-    if (auto r = check_name(in, *name); !r) return r.error();
-    spec.name = *name;
-  }
-  if (auto r = in.string("job", "workload", workload); !r) return r.error();
+  for (const field& f : fields())
+    if (auto r = f.read(in, spec); !r) return r.error();
+
+  // What one key alone cannot say.
   const toml::table* model = in.table("model");
   if (model != nullptr) {
     // Canonical text: what the formatter writes parses back to the same text.
@@ -376,111 +529,26 @@ expected<job_spec> read_spec(const reader& in) {
         toml::table{{"model", *model}},
         toml::toml_formatter::default_flags & ~toml::format_flags::indentation);
     spec.model = text.str() + "\n";
-    if (!workload) {
+    if (in.find("job", "workload") == nullptr) {
       const auto* label = model->get_as<std::string>("name");
-      workload = label != nullptr && !label->get().empty() ? label->get() : "model";
+      spec.workload = label != nullptr && !label->get().empty() ? label->get() : "model";
     }
   }
-  if (!workload) return in.fail("job.workload", "missing (required without a [model] table)");
-  if (workload->empty()) return in.fail("job.workload", "must not be empty");
-  spec.workload = *workload;
-  std::optional<std::string> data_set;
-  if (auto r = in.string("data", "set", data_set); !r) return r.error();
-  if (model != nullptr && (!data_set || data_set->empty()))
+  if (spec.workload.empty())
+    return in.fail("job.workload", "missing (required without a [model] table)");
+  if (model != nullptr && spec.data_set.empty())
     return in.fail("data.set", "missing (a [model] needs the data set it trains on)");
-  if (model == nullptr && data_set)
+  if (model == nullptr && in.find("data", "set") != nullptr)
     return in.fail("data.set",
                    "only a job with a [model] names its data (a built-in workload "
                    "brings its own)");
-  if (data_set) spec.data_set = *data_set;
-  if (auto r = in.integer("job", "rounds", 1, max_steps, spec.rounds); !r) return r.error();
-  if (auto r = in.integer("job", "workers", 1, 1024, spec.workers); !r) return r.error();
-  if (auto r = in.seed("job", "seed", spec.seed); !r) return r.error();
-  if (auto r = in.choice("inner", "optimizer",
-                         std::array{inner_optimizer::adamw, inner_optimizer::sgd}, spec.inner);
-      !r)
-    return r.error();
-  if (auto r = in.integer("inner", "local_steps", 1, max_steps, spec.local_steps); !r)
-    return r.error();
-  if (auto r = in.integer("inner", "batch_size", 1, 65536, spec.batch_size); !r) return r.error();
-  if (auto r = in.number("inner", "lr", learning_rate, spec.inner_lr); !r) return r.error();
-  if (auto r = in.number("inner", "weight_decay", unit_half_open, spec.weight_decay); !r)
-    return r.error();
-  if (auto r = in.choice("inner", "lr_schedule",
-                         std::array{lr_schedule::cosine, lr_schedule::constant}, spec.schedule);
-      !r)
-    return r.error();
-  if (auto r =
-          in.choice("inner", "precision",
-                    std::array{math_precision::fp32, math_precision::tf32, math_precision::bf16},
-                    spec.precision);
-      !r)
-    return r.error();
-  if (auto r = in.number("outer", "lr", learning_rate, spec.outer_lr); !r) return r.error();
-  if (auto r = in.number("outer", "momentum", unit_half_open, spec.outer_momentum); !r)
-    return r.error();
-  if (auto r = in.choice("wire", "compression", std::array{compression::fp32, compression::int8},
-                         spec.compression);
-      !r)
-    return r.error();
-  if (auto r = in.integer("eval", "every", 1, max_steps, spec.eval_every); !r) return r.error();
-  constexpr real_range deadline{0.0, true, 86400.0, false};
-  constexpr real_range fraction{0.0, true, 1.0, false};
-  constexpr real_range backup{0.0, false, 100.0, false};
-  if (auto r = in.number("round", "deadline_s", deadline, spec.deadline_s); !r) return r.error();
-  if (auto r = in.number("round", "quorum", fraction, spec.quorum); !r) return r.error();
-  if (auto r = in.number("round", "backup_after", backup, spec.backup_after); !r) return r.error();
-  if (auto r = in.choice("trust", "tier",
-                         std::array{trust_tier::hybrid, trust_tier::core, trust_tier::community},
-                         spec.tier);
-      !r)
-    return r.error();
-  constexpr real_range tolerance{0.0, true, 1.0, false};
-  constexpr real_range norm_bound{1.5, false, 1000.0, false};
-  constexpr real_range cosine{-1.0, false, 1.0, false};
-  constexpr real_range clip{0.0, false, 1000.0, false};
-  constexpr real_range trim{0.0, false, 0.5, true};
-  if (auto r = in.number("trust", "tolerance", tolerance, spec.tolerance); !r) return r.error();
-  if (auto r = in.number("trust", "norm_tolerance", tolerance, spec.norm_tolerance); !r)
-    return r.error();
-  if (auto r = in.number("trust", "norm_bound", norm_bound, spec.norm_bound); !r) return r.error();
-  if (auto r = in.number("trust", "min_cosine", cosine, spec.min_cosine); !r) return r.error();
-  if (auto r = in.number("trust", "clip", clip, spec.clip); !r) return r.error();
-  if (spec.clip > 0.0 && spec.clip < 1.0)
-    return in.fail("trust.clip",
-                   "must be 0 (off) or in [1, 1000], got " + format_double(spec.clip));
-  if (auto r = in.number("trust", "trim", trim, spec.trim); !r) return r.error();
-  std::optional<std::string> account;
-  if (auto r = in.string("market", "account", account); !r) return r.error();
-  double budget = 0.0, max_price = -1.0;
-  constexpr real_range credits{0.0, true, 1e12, false};
-  constexpr real_range price{0.0, false, 1e6, false};
-  constexpr real_range unit{0.0, false, 1.0, false};
-  constexpr real_range hours{0.0, false, 100000.0, false};
-  if (auto r = in.number("market", "budget", credits, budget); !r) return r.error();
-  if (auto r = in.number("market", "max_price", price, max_price); !r) return r.error();
-  if (auto r = in.number("market", "min_reputation", unit, spec.min_reputation); !r)
-    return r.error();
-  if (auto r = in.number("market", "deadline_h", hours, spec.deadline_h); !r) return r.error();
-  spec.budget = budget > 0.0 ? std::llround(budget * 1e6) : 0;
-  spec.max_price = max_price >= 0.0 ? std::llround(max_price * 1e6) : -1;
-  if (account) {
-    const auto& a = *account;
-    bool ok = a.size() > 5 && a.size() <= 5 + 128 && a.starts_with("user/");
-    for (size_t i = 5; ok && i < a.size(); ++i) {
-      char c = a[i];
-      ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
-           c == '_' || c == '-';
-    }
-    if (!ok)
-      return in.fail("market.account",
-                     "must be user/NAME (NAME 1-128 of A-Z a-z 0-9 . _ -), got " + quote(a));
-    spec.account = a;
+  if (!spec.account.empty()) {
     if (spec.budget == 0) return in.fail("market.budget", "required with market.account");
     if (spec.max_price < 0) return in.fail("market.max_price", "required with market.account");
     if (spec.budget < round_escrow(spec))
       return in.fail("market.budget",
-                     format_double(budget) + " credits is less than one round's escrow, " +
+                     format_double(static_cast<double>(spec.budget) / 1e6) +
+                         " credits is less than one round's escrow, " +
                          format_double(static_cast<double>(round_escrow(spec)) / 1e6) +
                          " (job.workers x market.max_price x round.deadline_s / 3600)");
   } else if (spec.budget != 0) {
@@ -528,55 +596,18 @@ expected<job_spec> load_job_spec(const std::filesystem::path& file) {
 }
 
 std::string to_toml(const job_spec& spec) {
-  // A float written without '.' or an exponent would read back as an integer; the parser
-  // accepts that, but writing "0.0" keeps the file saying what type the key has.
-  auto real = [](double x) {
-    std::string s = format_double(x);
-    if (s.find_first_of(".en") == std::string::npos) s += ".0";  // "nan" and "inf" have an 'n'.
-    return s;
-  };
   std::string out;
-  out += "[job]\n";
-  out += "name = " + quote(spec.name) + "\n";
-  out += "workload = " + quote(spec.workload) + "\n";
-  out += "rounds = " + std::to_string(spec.rounds) + "\n";
-  out += "workers = " + std::to_string(spec.workers) + "\n";
-  out += "seed = " + std::to_string(spec.seed) + "\n";
-  out += "\n[inner]\n";
-  out += "optimizer = " + quote(to_string(spec.inner)) + "\n";
-  out += "local_steps = " + std::to_string(spec.local_steps) + "\n";
-  out += "batch_size = " + std::to_string(spec.batch_size) + "\n";
-  out += "lr = " + real(spec.inner_lr) + "\n";
-  out += "weight_decay = " + real(spec.weight_decay) + "\n";
-  out += "lr_schedule = " + quote(to_string(spec.schedule)) + "\n";
-  out += "precision = " + quote(to_string(spec.precision)) + "\n";
-  out += "\n[outer]\n";
-  out += "lr = " + real(spec.outer_lr) + "\n";
-  out += "momentum = " + real(spec.outer_momentum) + "\n";
-  out += "\n[wire]\n";
-  out += "compression = " + quote(to_string(spec.compression)) + "\n";
-  out += "\n[eval]\n";
-  out += "every = " + std::to_string(spec.eval_every) + "\n";
-  out += "\n[round]\n";
-  out += "deadline_s = " + real(spec.deadline_s) + "\n";
-  out += "quorum = " + real(spec.quorum) + "\n";
-  out += "backup_after = " + real(spec.backup_after) + "\n";
-  out += "\n[trust]\n";
-  out += "tier = " + quote(to_string(spec.tier)) + "\n";
-  out += "tolerance = " + real(spec.tolerance) + "\n";
-  out += "norm_tolerance = " + real(spec.norm_tolerance) + "\n";
-  out += "norm_bound = " + real(spec.norm_bound) + "\n";
-  out += "min_cosine = " + real(spec.min_cosine) + "\n";
-  out += "clip = " + real(spec.clip) + "\n";
-  out += "trim = " + real(spec.trim) + "\n";
-  out += "\n[market]\n";
-  if (!spec.account.empty()) out += "account = " + quote(spec.account) + "\n";
-  if (spec.budget > 0) out += "budget = " + real(static_cast<double>(spec.budget) / 1e6) + "\n";
-  if (spec.max_price >= 0)
-    out += "max_price = " + real(static_cast<double>(spec.max_price) / 1e6) + "\n";
-  out += "min_reputation = " + real(spec.min_reputation) + "\n";
-  out += "deadline_h = " + real(spec.deadline_h) + "\n";
-  if (!spec.data_set.empty()) out += "\n[data]\nset = " + quote(spec.data_set) + "\n";
+  std::string_view table;
+  for (const field& f : fields()) {
+    const std::optional<std::string> value = f.write(spec);
+    if (!value) continue;
+    if (f.table != table) {
+      out += out.empty() ? "[" : "\n[";
+      out.append(f.table).append("]\n");
+      table = f.table;
+    }
+    out.append(f.key).append(" = ").append(*value).append("\n");
+  }
   if (!spec.model.empty()) out += "\n" + spec.model;
   return out;
 }

@@ -6,6 +6,7 @@
 #include <kj/io.h>
 
 #include <algorithm>
+#include <array>
 #include <bit>
 #include <cmath>
 #include <cstring>
@@ -266,21 +267,26 @@ void packed_update::clear() noexcept {
   count_ = 0;
 }
 
+namespace {
+constexpr std::array<enum_name<compression>, 2> k_compression_names{{
+    {compression::fp32, "fp32"},
+    {compression::int8, "int8"},
+}};
+}  // namespace
+
+template <>
+std::span<const enum_name<compression>> enum_names<compression>() noexcept {
+  return k_compression_names;
+}
+
 const char* to_string(compression c) noexcept {
-  switch (c) {
-    case compression::fp32:
-      return "fp32";
-    case compression::int8:
-      return "int8";
-  }
-  return "unknown";
+  return name_of(c);
 }
 
 expected<compression> parse_compression(std::string_view name) {
-  if (name == "fp32") return compression::fp32;
-  if (name == "int8") return compression::int8;
-  return error(errc::invalid_argument,
-               "unknown compression \"" + std::string(name) + "\" (expected fp32 or int8)");
+  if (auto c = enum_from_name<compression>(name)) return *c;
+  return error(errc::invalid_argument, "unknown compression \"" + std::string(name) +
+                                           "\" (expected " + enum_choices<compression>() + ")");
 }
 
 }  // namespace gflex

@@ -26,6 +26,8 @@ expect_error "core: newcomer share over 1" "--newcomer-share: Value 1.5 not in r
 # A node's device flags are checked before it contacts the core (there is none at port 1).
 N="$BIN/gflex-node"
 nd="$WORK/node"
+expect_error "node: unknown tier" '--tier: tier must be "community" or "core", got "gold"' \
+  "$N" --join 127.0.0.1:1 --data-dir "$nd" --token t --insecure --tier gold
 expect_error "node: --gpus on the CPU" "--gpus needs a CUDA backend" \
   "$N" --join 127.0.0.1:1 --data-dir "$nd" --token t --insecure --backend cpu --gpus 0
 expect_error "node: unknown backend" "unknown --backend 'tpu'" \

@@ -401,13 +401,13 @@ TEST_CASE("a hostile node's attacks on the front door and its session are refuse
   std::this_thread::sleep_for(std::chrono::seconds(1));  // a heartbeat carries the count
   auto m = node_named(*c, "mallory");
   REQUIRE_MESSAGE(m.has_value(), "mallory's session ended");
-  CHECK(m->tier == "community");
+  CHECK(m->tier == node_tier::community);
   CHECK(m->dropped >= 10);
   MESSAGE("mallory's session dropped " << m->dropped << " message(s)");
   auto honest = node_named(*c, "honest");
   REQUIRE(honest.has_value());
   CHECK(honest->node_id == honest_before->node_id);  // same session: never disconnected
-  CHECK(honest->tier == "core");
+  CHECK(honest->tier == node_tier::core);
   CHECK_FALSE(honest->flagged);
 
   leave(self, mallory);
@@ -435,7 +435,7 @@ TEST_CASE(
   job_status s = run_small_job();
   int answered = 0;
   for (auto& n : nodes) answered += n.log->answered.load();
-  CHECK(s.state == "done");
+  CHECK(s.state == job_state::done);
   CHECK(s.round == 4);
   CHECK(answered >= 1);
   CHECK(s.rejected_results == static_cast<uint64_t>(answered));
@@ -640,8 +640,7 @@ TEST_CASE(
     self->request(session, std::chrono::seconds(10), jobs_atom::value)
         .receive(
             [&](std::vector<job_status>& jobs) {
-              for (const auto& j : jobs)
-                n += j.state == "queued" || j.state == "running" || j.state == "paused";
+              for (const auto& j : jobs) n += !is_terminal(j.state);
             },
             [&](caf::error& e) { FAIL(from_caf(e).message()); });
     return n;

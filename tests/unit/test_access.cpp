@@ -39,12 +39,12 @@ TEST_SUITE("access") {
   }
 
   TEST_CASE("token records round-trip; malformed ones are refused") {
-    join_token_record r{"0123456789ab", "core", 1700000000, 1700003600, true, 7, 2,
-                        {"aa", "bb"},   ""};
+    join_token_record r{
+        "0123456789ab", node_tier::core, 1700000000, 1700003600, true, 7, 2, {"aa", "bb"}, ""};
     auto back = decode_token_record(encode_token_record(r));
     REQUIRE(back.has_value());
     CHECK(back->id == r.id);
-    CHECK(back->tier == "core");
+    CHECK(back->tier == node_tier::core);
     CHECK(back->created_unix == r.created_unix);
     CHECK(back->expires_unix == r.expires_unix);
     CHECK(back->revoked);
@@ -68,7 +68,7 @@ TEST_SUITE("access") {
   }
 
   TEST_CASE("a token admits its own tier until it expires or is revoked") {
-    join_token_record r{"0123456789ab", "community", 100, 200, false, 0, 0, {}, ""};
+    join_token_record r{"0123456789ab", node_tier::community, 100, 200, false, 0, 0, {}, ""};
     CHECK(admits(r, "community", "k1", 150).has_value());
     auto tier = admits(r, "core", "k1", 150);
     REQUIRE_FALSE(tier.has_value());
@@ -87,7 +87,7 @@ TEST_SUITE("access") {
   }
 
   TEST_CASE("a token with a use limit binds to the keys that used it") {
-    join_token_record r{"0123456789ab", "community", 100, 0, false, 0, 1, {}, ""};
+    join_token_record r{"0123456789ab", node_tier::community, 100, 0, false, 0, 1, {}, ""};
     CHECK(admits(r, "community", "k1", 150).has_value());  // unused: any key
     r.keys.push_back("k1");
     CHECK(admits(r, "community", "k1", 150).has_value());  // its key comes back

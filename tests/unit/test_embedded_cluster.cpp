@@ -42,7 +42,7 @@ TEST_SUITE("embedded cluster") {
       int polls = 0;
       auto done = c.wait(*id, [&](const job_status&) { ++polls; });
       REQUIRE(done.has_value());
-      CHECK(done->state == "done");
+      CHECK(done->state == job_state::done);
       CHECK(done->round == 2);
       CHECK(polls >= 1);
       std::vector<float> params(static_cast<size_t>(count), NAN);

@@ -10,7 +10,7 @@ TEST_CASE("job record: the round history survives encoding") {
   job_status s;
   s.job_id = "job-7";
   s.owner = "user/alice";
-  s.state = "running";
+  s.state = job_state::running;
   s.round = 3;
   for (int64_t r = 1; r <= 3; ++r)
     add_round(s.history,

@@ -524,7 +524,7 @@ TEST_SUITE("pipeline") {
     REQUIRE_MESSAGE(report.has_value(), report.error().message());
     REQUIRE_FALSE(updates.empty());
     const auto& last = updates.back();
-    CHECK(last.status.state == "done");
+    CHECK(last.status.state == job_state::done);
     CHECK(last.status.round == 4);
     CHECK(last.status.test_accuracy > 0.8);
     REQUIRE(last.parameters);

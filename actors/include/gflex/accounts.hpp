@@ -6,12 +6,14 @@
 #include <string>
 #include <vector>
 
+#include "gflex/job_status.hpp"
+
 namespace gflex {
 
 /// A join token as the core keeps it (never the token itself, only its digest).
 struct join_token_record {
-  std::string id;    ///< The first 12 hex digits of its digest: what operators name.
-  std::string tier;  ///< "community" or "core".
+  std::string id;  ///< The first 12 hex digits of its digest: what operators name.
+  node_tier tier = node_tier::community;
   int64_t created_unix = 0;
   int64_t expires_unix = 0;  ///< 0: never.
   bool revoked = false;

@@ -92,9 +92,9 @@ struct node_config {
   /// Told what the node does (from the node's threads: it must be quick and thread-safe);
   /// empty: nobody listens.
   std::function<void(const node_activity&)> on_activity;
-  /// "community" (the default: results are checked and sampled for verification) or "core"
-  /// (the platform's own machines: trusted, and they verify others' work).
-  std::string tier = "community";
+  /// community (the default: results are checked and sampled for verification) or core (the
+  /// platform's own machines: trusted, and they verify others' work).
+  node_tier tier = node_tier::community;
   /// The join token (`gflex-core token create`); its tier must be `tier`.
   std::string token;
   /// The core's certificate bundle (its core-cert.pem): the link runs over TLS and accepts

@@ -8,7 +8,44 @@
 #include <string_view>
 #include <vector>
 
+#include "gflex/runtime/enum_names.hpp"
+#include "gflex/runtime/error.hpp"
+
 namespace gflex {
+
+/// Where a job is in its life. Values match schemas/job.capnp's JobState (they are stored).
+enum class job_state : uint8_t {
+  queued = 0,     ///< Accepted, waiting for its first round.
+  running = 1,    ///< Handing out and committing rounds.
+  paused = 2,     ///< Waiting for credits or workers; it goes on by itself.
+  done = 3,       ///< Every round committed.
+  failed = 4,     ///< Ended by an error; `detail` says which.
+  cancelled = 5,  ///< Ended by its owner or the operator.
+};
+
+template <>
+std::span<const enum_name<job_state>> enum_names<job_state>() noexcept;
+
+/// "queued", "running", "paused", "done", "failed" or "cancelled".
+const char* to_string(job_state state) noexcept;
+
+/// Whether a job in `state` will change no more (done, failed, cancelled).
+inline bool is_terminal(job_state state) {
+  return state == job_state::done || state == job_state::failed || state == job_state::cancelled;
+}
+
+/// The tier a node joined with. Core-tier nodes are the platform's own machines: their
+/// results are trusted and they re-compute others' results. Values travel in a node's hello.
+enum class node_tier : uint8_t { community = 0, core = 1 };
+
+template <>
+std::span<const enum_name<node_tier>> enum_names<node_tier>() noexcept;
+
+/// "community" or "core".
+const char* to_string(node_tier tier) noexcept;
+
+/// The tier named `text` ("community" or "core"); anything else is errc::invalid_argument.
+expected<node_tier> parse_node_tier(std::string_view text);
 
 /// One committed round of a job, as its curves show it.
 struct round_point {
@@ -27,8 +64,7 @@ struct job_status {
   std::string workload;
   /// Who submitted it and may see and change it: an account (user/NAME) or "operator".
   std::string owner;
-  /// queued, running, paused, done, failed or cancelled.
-  std::string state = "queued";
+  job_state state = job_state::queued;
   /// Why the job is waiting or failed, in words; empty when there is nothing to say.
   std::string detail;
   int64_t round = 0;   ///< Rounds committed.
@@ -90,24 +126,19 @@ struct node_status {
   std::string name;
   std::string device;
   uint32_t workers = 0;
-  std::vector<gpu_status> gpus;    ///< Empty for a node serving on its CPU.
-  double last_seen_s = 0.0;        ///< Seconds since its last heartbeat.
-  std::string tier = "community";  ///< "community" or "core".
-  double score = 0.5;              ///< Beta reputation (good + 1) / (good + bad + 2), decayed.
-  int64_t streak = 0;              ///< Results accepted since it was last caught.
-  uint64_t validated = 0;          ///< Results applied in committed rounds (and credited).
-  uint64_t verified = 0;           ///< Of those, re-computed by a core-tier worker and matched.
-  uint64_t rejected = 0;           ///< Results refused by the checks or by verification.
-  bool flagged = false;            ///< Caught at least once; it gets no more work.
-  double credited_s = 0.0;         ///< Compute seconds credited for validated results.
-  int64_t earned = 0;              ///< Micro-credits paid for validated results.
+  std::vector<gpu_status> gpus;  ///< Empty for a node serving on its CPU.
+  double last_seen_s = 0.0;      ///< Seconds since its last heartbeat.
+  node_tier tier = node_tier::community;
+  double score = 0.5;          ///< Beta reputation (good + 1) / (good + bad + 2), decayed.
+  int64_t streak = 0;          ///< Results accepted since it was last caught.
+  uint64_t validated = 0;      ///< Results applied in committed rounds (and credited).
+  uint64_t verified = 0;       ///< Of those, re-computed by a core-tier worker and matched.
+  uint64_t rejected = 0;       ///< Results refused by the checks or by verification.
+  bool flagged = false;        ///< Caught at least once; it gets no more work.
+  double credited_s = 0.0;     ///< Compute seconds credited for validated results.
+  int64_t earned = 0;          ///< Micro-credits paid for validated results.
   uint64_t dropped = 0;        ///< Messages its session refused (outside its interface, forged).
   std::string last_rejection;  ///< Why its last rejected result was refused.
 };
-
-/// Whether a job in `state` will change no more (done, failed, cancelled).
-inline bool is_terminal(std::string_view state) {
-  return state == "done" || state == "failed" || state == "cancelled";
-}
 
 }  // namespace gflex

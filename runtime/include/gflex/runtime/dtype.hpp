@@ -5,10 +5,15 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "gflex/runtime/enum_names.hpp"
+
 namespace gflex {
 
 /// Element type of a tensor. Values match schemas/tensor.capnp's DType.
 enum class dtype : uint8_t { f32 = 0, i32 = 1, u8 = 2, i8 = 3 };
+
+template <>
+std::span<const enum_name<dtype>> enum_names<dtype>() noexcept;
 
 /// Size of one element in bytes.
 constexpr size_t size_of(dtype t) noexcept {

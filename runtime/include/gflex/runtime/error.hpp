@@ -8,6 +8,8 @@
 #include <utility>
 #include <variant>
 
+#include "gflex/runtime/enum_names.hpp"
+
 namespace gflex {
 
 /// What went wrong, independent of the message. Values are stable: they are sent on the wire.
@@ -28,6 +30,9 @@ enum class errc : uint8_t {
   unavailable = 13,        ///< Nothing can serve the request now (no core-tier worker free).
   stage_failed = 14,       ///< A pipeline stage failed more often than its restarts allow.
 };
+
+template <>
+std::span<const enum_name<errc>> enum_names<errc>() noexcept;
 
 /// A short, stable name for an error code ("io_error").
 const char* to_string(errc code) noexcept;

@@ -8,6 +8,7 @@
 #include <string>
 #include <string_view>
 
+#include "gflex/runtime/enum_names.hpp"
 #include "gflex/runtime/error.hpp"
 #include "gflex/runtime/precision.hpp"
 #include "gflex/runtime/update_codec.hpp"
@@ -29,6 +30,13 @@ enum class trust_tier : uint8_t {
   core = 1,       ///< Only the platform's core-tier workers.
   community = 2,  ///< Only community workers (core-tier ones still verify).
 };
+
+template <>
+std::span<const enum_name<inner_optimizer>> enum_names<inner_optimizer>() noexcept;
+template <>
+std::span<const enum_name<lr_schedule>> enum_names<lr_schedule>() noexcept;
+template <>
+std::span<const enum_name<trust_tier>> enum_names<trust_tier>() noexcept;
 
 /// A training job as a user submits it. Training runs in DiLoCo-style rounds: each round
 /// hands out `workers` assignments, each runs `local_steps` inner steps from the round's

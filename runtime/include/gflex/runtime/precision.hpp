@@ -4,7 +4,9 @@
 
 #include <cstdint>
 #include <string>
+#include <string_view>
 
+#include "gflex/runtime/enum_names.hpp"
 #include "gflex/runtime/error.hpp"
 
 namespace gflex {
@@ -15,9 +17,12 @@ namespace gflex {
 /// precision in FP32 (more exact than asked, never less).
 enum class math_precision : uint8_t { fp32 = 0, tf32 = 1, bf16 = 2 };
 
+template <>
+std::span<const enum_name<math_precision>> enum_names<math_precision>() noexcept;
+
 /// "fp32", "tf32", "bf16".
 const char* to_string(math_precision p) noexcept;
 /// The precision named `name`; anything else is errc::invalid_argument.
-expected<math_precision> parse_math_precision(const std::string& name);
+expected<math_precision> parse_math_precision(std::string_view name);
 
 }  // namespace gflex

@@ -8,12 +8,16 @@
 #include <string_view>
 #include <vector>
 
+#include "gflex/runtime/enum_names.hpp"
 #include "gflex/runtime/error.hpp"
 
 namespace gflex {
 
 /// How a pseudo-gradient travels on the wire. (Values match schemas/update.capnp.)
 enum class compression : uint8_t { fp32 = 0, int8 = 1 };
+
+template <>
+std::span<const enum_name<compression>> enum_names<compression>() noexcept;
 
 /// Largest block size an int8 update may use; a decoder rejects larger ones.
 inline constexpr uint32_t max_update_block_size = uint32_t{1} << 20;
