@@ -10,8 +10,8 @@ start_core core "127.0.0.1:$port" "$WORK/core" --chunk-rate 4 --max-jobs-per-acc
 start node "$BIN/gflex-node" --join "127.0.0.1:$port" --name honest --data-dir "$WORK/node" \
   --tier core --token "$TOKEN_core"
 wait_for 30 "the node to join" grep -q "joined the core" "$WORK/node.log"
-GFLEX_TEST_TOKEN=$GFLEX_TOKEN GFLEX_TEST_CORE="127.0.0.1:$port" timeout -s KILL 240 "$BIN/gflex_protocol_probe" ||
-  fail "protocol probe failed"
+GFLEX_TEST_TOKEN=$GFLEX_TOKEN GFLEX_TEST_CORE="127.0.0.1:$port" timeout -s KILL 240 \
+  "$BIN/gflex_protocol_probe" --test-case-exclude="*chunked core*" || fail "protocol probe failed"
 grep -q "node rogue-.* flagged" "$WORK/core.log" || fail "the core flagged no rogue node"
 grep -q "session of node .* (mallory): dropped" "$WORK/core.log" ||
   fail "the core logged no dropped message"
@@ -40,4 +40,13 @@ grep -q "joined the core" "$WORK/node.log" || fail "the honest node never joined
 if grep -q "joining again\|reconnecting" "$WORK/node.log"; then
   fail "the honest node lost its session: $(grep 'joining again\|reconnecting' "$WORK/node.log" | head -3)"
 fi
+
+# A second core whose parameters travel in 64 KiB chunks: a node asking for one chunk of its
+# assignment's parameters past its allowance (3 serves) is refused.
+port2=$(free_port)
+start_core chunked "127.0.0.1:$port2" "$WORK/chunked" --payload-chunk-kib 64
+GFLEX_TEST_TOKEN=$GFLEX_TOKEN GFLEX_TEST_CORE="127.0.0.1:$port2" timeout -s KILL 120 \
+  "$BIN/gflex_protocol_probe" --test-case="*chunked core*" || fail "the chunk allowance probe failed"
+grep -q "(greedy): dropped .*a parameter chunk asked for again past its allowance" "$WORK/chunked.log" ||
+  fail "the chunked core did not log the refused chunk: $(grep greedy "$WORK/chunked.log" | tail -3)"
 finish

@@ -151,8 +151,9 @@ struct node_log {
   std::atomic<int> answered{0};
   std::mutex mutex;
   std::string bye;
-  std::string shard;                    // the digest of a data chunk it was told to train on
-  std::atomic<size_t> update_bytes{0};  // the size of the last update it announced as chunks
+  std::string shard;                       // the digest of a data chunk it was told to train on
+  std::atomic<size_t> update_bytes{0};     // the size of the last update it announced as chunks
+  std::vector<std::string> params_chunks;  // hold: the chunks of its assignment's parameters
   std::string last_bye() {
     std::lock_guard<std::mutex> lock(mutex);
     return bye;
@@ -169,13 +170,24 @@ enum class answer_mode {
   nan_compute,   // compute_s is NaN
   chunk_lie,     // announces its update as chunks of far more bytes than any update can have
   chunk_forged,  // announces its real update's chunk, then sends other bytes for it
+  hold,          // keeps its assignment (never answers), noting its parameters' chunks
 };
 
 // A fake node's uplink: what its session sends assignments to.
-caf::behavior fake_uplink(caf::event_based_actor*, answer_mode mode, std::shared_ptr<node_log> log,
-                          std::shared_ptr<const node_identity> key) {
+caf::behavior fake_uplink(caf::event_based_actor* self, answer_mode mode,
+                          std::shared_ptr<node_log> log, std::shared_ptr<const node_identity> key) {
+  // hold: the answers it owes, kept (never delivered) so that the assignments stay out.
+  auto owed = std::make_shared<std::vector<caf::response_promise>>();
   return {
       [=](assign_atom, uint32_t, const assignment& a) -> caf::result<assignment_result> {
+        if (mode == answer_mode::hold) {
+          {
+            std::lock_guard<std::mutex> lock(log->mutex);
+            log->params_chunks = a.params_chunks;
+          }
+          owed->push_back(self->make_response_promise());
+          return caf::delegated<assignment_result>();
+        }
         {
           std::lock_guard<std::mutex> lock(log->mutex);
           log->shard = a.shard;
@@ -519,6 +531,50 @@ TEST_CASE(
     CHECK_MESSAGE(why.find("this node key is banned") != std::string::npos, why);
     self->send_exit(fake, caf::exit_reason::user_shutdown);
   }
+}
+
+// Run by protocol.sh against a second core whose parameters travel in 64 KiB chunks (the
+// first core's 8 MiB hold a fashion-mlp's whole).
+TEST_CASE("a parameter chunk is served three times per assignment, then refused (chunked core)") {
+  peer p;
+  caf::scoped_actor self{*p.sys};
+  auto c = connect_operator();
+  REQUIRE(c.has_value());
+  auto holder = join_fake(p, self, "greedy", answer_mode::hold);
+  auto id = c->submit(R"([job]
+name = "greedy"
+workload = "fashion-mlp"
+rounds = 1
+workers = 1
+[trust]
+tier = "community"
+)");
+  REQUIRE_MESSAGE(id.has_value(), id.error().message());
+  std::vector<std::string> chunks;
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (chunks.empty() && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    std::lock_guard<std::mutex> lock(holder.log->mutex);
+    chunks = holder.log->params_chunks;
+  }
+  REQUIRE_MESSAGE(chunks.size() > 1, "the assignment's parameters did not come in chunks");
+  const auto session = holder.session();
+  for (int i = 1; i <= 3; ++i) CHECK(ask_chunk(self, session, chunks.front()) == "served");
+  CHECK(ask_chunk(self, session, chunks.front()) == "parameter chunk served too often");
+  // Another chunk of the same assignment still has its own allowance.
+  CHECK(ask_chunk(self, session, chunks.back()) == "served");
+  // The refusal counts as a dropped message (the core learns the count with the next beat).
+  uint64_t dropped = 0;
+  deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (dropped == 0 && std::chrono::steady_clock::now() < deadline) {
+    auto greedy = node_named(*c, "greedy");
+    REQUIRE(greedy.has_value());
+    dropped = greedy->dropped;
+    if (dropped == 0) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  CHECK(dropped == 1);
+  CHECK(c->cancel(*id).has_value());
+  leave(self, holder);
 }
 
 TEST_CASE("hellos outside the protocol are refused; a single-use token admits one key") {
