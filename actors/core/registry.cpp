@@ -54,7 +54,7 @@ caf::behavior registry_actor(caf::stateful_actor<registry_state>* self, caf::act
     prefix += std::to_string(config.incarnation);
     prefix += '-';
   }
-  auto remove_node = [=](const std::string& node_id, const char* why) {
+  auto remove_node = [=](const std::string& node_id, const std::string& why) {
     auto& nodes = self->state.nodes;
     auto it = nodes.find(node_id);
     if (it == nodes.end()) return;
@@ -146,11 +146,16 @@ caf::behavior registry_actor(caf::stateful_actor<registry_state>* self, caf::act
       },
       [=](tick_atom) {
         auto now = clock_type::now();
-        std::vector<std::string> expired;
-        for (const auto& [id, node] : self->state.nodes)
-          if (now - node.last_seen > std::chrono::milliseconds(config.lease_ms))
-            expired.push_back(id);
-        for (const auto& id : expired) remove_node(id, "missed its heartbeats");
+        std::vector<std::pair<std::string, int64_t>> expired;  // with its silence, ms
+        for (const auto& [id, node] : self->state.nodes) {
+          const auto silent =
+              std::chrono::duration_cast<std::chrono::milliseconds>(now - node.last_seen);
+          if (silent > std::chrono::milliseconds(config.lease_ms))
+            expired.emplace_back(id, silent.count());
+        }
+        for (const auto& [id, silent_ms] : expired)
+          remove_node(id, "missed its heartbeats (silent for " + std::to_string(silent_ms) +
+                              " ms, lease " + std::to_string(config.lease_ms) + " ms)");
         self->delayed_send(self, std::chrono::milliseconds(config.lease_ms / 4 + 1),
                            tick_atom::value);
       },

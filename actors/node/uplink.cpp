@@ -7,6 +7,7 @@
 #include <caf/io/middleman.hpp>
 #include <caf/openssl/manager.hpp>
 
+#include <chrono>
 #include <deque>
 #include <map>
 #include <optional>
@@ -81,9 +82,14 @@ struct uplink_state {
   uint64_t payload_chunk_bytes = 0;                   // the session's; 0: payloads travel whole
   std::vector<std::shared_ptr<params_fetch>> params;  // newest last
   std::map<std::string, answer_chunk> answer_chunks;  // by digest
-  uint64_t generation = 0;        // bumped per connection; stale heartbeat timers carry old ones
-  uint64_t ticks = 0;             // heartbeats sent
-  bool gpu_sampling_off = false;  // NVML could not serve; said once
+  uint64_t generation = 0;  // bumped per connection; stale heartbeat timers carry old ones
+  uint64_t ticks = 0;       // heartbeats sent
+  // When the last heartbeat went: a beat much later than its interval means this actor was
+  // kept from running (a long handler, or a starved process), and the core may give the node
+  // up; the log says so, with the delay.
+  std::chrono::steady_clock::time_point last_beat{};
+  uint64_t last_beat_generation = 0;  // the session it went to
+  bool gpu_sampling_off = false;      // NVML could not serve; said once
   int attempt = 0;
   bool leaving = false;  // said bye: no more heartbeats, no rejoining
   static inline const char* name = "uplink";
@@ -434,6 +440,15 @@ caf::behavior uplink_behavior(uplink_actor* self, uplink_config config, caf::act
         auto& st = self->state;
         if (generation != st.generation || !st.session) return;
         self->send(st.session, beat_atom::value);
+        const auto now = std::chrono::steady_clock::now();
+        const auto gap =
+            std::chrono::duration_cast<std::chrono::milliseconds>(now - st.last_beat).count();
+        if (st.last_beat_generation == generation &&
+            gap > 2 * static_cast<int64_t>(st.heartbeat_ms))
+          spdlog::warn("heartbeat sent {} ms after the last one (interval {} ms)", gap,
+                       st.heartbeat_ms);
+        st.last_beat = now;
+        st.last_beat_generation = generation;
         // About every 5 s: the GPUs' state, and what the core has paid this node so far.
         st.ticks += 1;
         const bool every_5s = (st.ticks - 1) % std::max<uint64_t>(1, 5000 / st.heartbeat_ms) == 0;
