@@ -895,17 +895,19 @@ void on_result(job_actor* self, uint64_t id, assignment_result& r) {
   const bool trusted = slot.tier == static_cast<uint8_t>(node_tier::core);
   result.check = trusted ? check_state::clear : check_state::deciding;
   // An update nearly the same as the node's previous one is a replay (honest updates of
-  // successive rounds are far apart): it is re-computed whatever the node's reputation.
-  std::vector<float> sketch(4096, 0.0f);
-  {
+  // successive rounds are far apart): it is re-computed whatever the node's reputation. A
+  // core-tier node's results are trusted, so theirs are not sketched (a pass over the update).
+  bool replay = false;
+  if (!trusted) {
+    std::vector<float> sketch(4096, 0.0f);
     update_blocks one(st.job.theta.size(), 1);
     std::vector<round_result*> just{&result};
     for (size_t begin = 0; begin < st.job.theta.size(); begin += update_blocks::size)
       update_sketch_add(one.read(just, begin)[0], begin, sketch);
+    auto& last = st.last_sketch[slot.node_name];
+    replay = !last.empty() && cosine(sketch, last) > replay_cosine;
+    last = std::move(sketch);
   }
-  auto& last = st.last_sketch[slot.node_name];
-  const bool replay = !trusted && !last.empty() && cosine(sketch, last) > replay_cosine;
-  last = std::move(sketch);
   st.results[shard] = std::move(result);
   if (replay) {
     spdlog::info("job {}: the result of {} for round {} repeats its previous one; re-computing it",
