@@ -115,7 +115,7 @@ rc=0
 timeout -s KILL 30 "$BIN/gflex-node" --join "$core" --name old --data-dir "$WORK/old" \
   --protocol-version 99 >"$WORK/old.log" 2>&1 || rc=$?
 [ "$rc" -eq 3 ] || fail "a node with protocol 99 exited $rc, expected 3"
-grep -q "protocol version 99 is not supported (this core speaks version 8)" "$WORK/old.log" ||
+grep -q "protocol version 99 is not supported (this core speaks version 9)" "$WORK/old.log" ||
   fail "no clear refusal in the node's log: $(tail -2 "$WORK/old.log")"
 grep -q "refused node old: protocol version 99" "$WORK/core.log" || fail "core did not log it"
 echo "ok: protocol version 99 refused"
