@@ -24,9 +24,12 @@ def free_port():
 
 
 class LocalCluster:
-    def __init__(self, bin_dir, prefix, nodes):
+    def __init__(self, bin_dir, prefix, nodes, host="127.0.0.1", node_prefix=None):
+        """`host`: the address the core listens on; `node_prefix(i)`: a command prefix for
+        node i (running it in a network namespace), or None."""
         self.bin, self.prefix, self.nodes = bin_dir, prefix, nodes
-        self.core = f"127.0.0.1:{free_port()}"
+        self.core = f"{host}:{free_port()}"
+        self.node_prefix = node_prefix or (lambda i: [])
         self.procs = []
         self.env = None
 
@@ -39,7 +42,7 @@ class LocalCluster:
             core_credentials.add_join_token(self.bin, self.core, self.env)
             for i in range(self.nodes):
                 self.procs.append(subprocess.Popen(
-                    [f"{self.bin}/gflex-node", "--join", self.core, "--name", f"n{i}",
+                    [*self.node_prefix(i), f"{self.bin}/gflex-node", "--join", self.core, "--name", f"n{i}",
                      "--data-dir", f"{self.prefix}-n{i}", "--log-level", "warn", "--tier",
                      "core"], env=self.env))
             for _ in range(150):
