@@ -74,7 +74,8 @@ int main(int argc, char** argv) {
     return 1;
   }
   std::printf("%s: %s, test accuracy %.4f after %lld rounds\n", done->job_id.c_str(),
-              gflex::to_string(done->state), done->test_accuracy, static_cast<long long>(done->round));
+              gflex::to_string(done->state), done->test_accuracy,
+              static_cast<long long>(done->round));
   if (done->state != gflex::job_state::done) return 1;
 
   // The trained parameters, into this program's own buffer (block after block, in the order

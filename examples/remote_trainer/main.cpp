@@ -98,7 +98,8 @@ int main(int argc, char** argv) {
   };
   auto s = core->follow(*id, events);
   if (!s) return fail("follow", s.error());
-  std::printf("%s: %s, test accuracy %.4f\n", id->c_str(), gflex::to_string(s->state), s->test_accuracy);
+  std::printf("%s: %s, test accuracy %.4f\n", id->c_str(), gflex::to_string(s->state),
+              s->test_accuracy);
   if (s->state != gflex::job_state::done) return 1;
   auto bytes = core->fetch(*id);
   if (!bytes) return fail("fetch", bytes.error());

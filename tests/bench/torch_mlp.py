@@ -24,6 +24,27 @@ def load_idx(path):
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * rank).reshape(dims)
 
 
+def load_fashion(data):
+    """Fashion-MNIST from its IDX files: training images and labels, then the test ones;
+    images as [n, 784] floats in [0, 1], labels as int64."""
+    def images(name):
+        return torch.from_numpy(load_idx(f"{data}/{name}").reshape(-1, 784).astype(np.float32)
+                                / 255.0)
+
+    def labels(name):
+        return torch.from_numpy(load_idx(f"{data}/{name}").astype(np.int64))
+
+    return (images("train-images-idx3-ubyte.gz"), labels("train-labels-idx1-ubyte.gz"),
+            images("t10k-images-idx3-ubyte.gz"), labels("t10k-labels-idx1-ubyte.gz"))
+
+
+def fashion_mlp():
+    """gflex's fashion-mlp: 784-512-256-10 with ReLU."""
+    return torch.nn.Sequential(torch.nn.Linear(784, 512), torch.nn.ReLU(),
+                               torch.nn.Linear(512, 256), torch.nn.ReLU(),
+                               torch.nn.Linear(256, 10))
+
+
 def common_arguments():
     """The flags every PyTorch peer takes, matching `gflex train`'s."""
     p = argparse.ArgumentParser()
@@ -78,16 +99,8 @@ def main():
     device, sync = prepare(a)
     torch.set_num_threads(a.threads)
     torch.manual_seed(1)
-    x = torch.from_numpy(load_idx(f"{a.data}/train-images-idx3-ubyte.gz")
-                         .reshape(-1, 784).astype(np.float32) / 255.0)
-    y = torch.from_numpy(load_idx(f"{a.data}/train-labels-idx1-ubyte.gz").astype(np.int64))
-    xt = torch.from_numpy(load_idx(f"{a.data}/t10k-images-idx3-ubyte.gz")
-                          .reshape(-1, 784).astype(np.float32) / 255.0)
-    yt = torch.from_numpy(load_idx(f"{a.data}/t10k-labels-idx1-ubyte.gz").astype(np.int64))
-    x, y, xt, yt = (t.to(device) for t in (x, y, xt, yt))
-    model = torch.nn.Sequential(torch.nn.Linear(784, 512), torch.nn.ReLU(),
-                                torch.nn.Linear(512, 256), torch.nn.ReLU(),
-                                torch.nn.Linear(256, 10)).to(device)
+    x, y, xt, yt = (t.to(device) for t in load_fashion(a.data))
+    model = fashion_mlp().to(device)
     samples, train_s = train_timed(model, x, y, a.lr, a.batch_size, a.epochs, device, sync)
     with torch.no_grad():
         accuracy = (model(xt).argmax(1) == yt).float().mean().item()

@@ -77,26 +77,18 @@ def loopback_bytes():
 
 def ddp_rank(rank, master, target, data, limit_s):
     """One DDP rank (run as its own process); rank 0 prints the result as JSON."""
-    import numpy as np
     import torch
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
-    from torch_mlp import load_idx
+    from torch_mlp import fashion_mlp, load_fashion
 
     torch.set_num_threads(1)
     start = time.time()
     dist.init_process_group("gloo", init_method=f"tcp://{master}", rank=rank,
                             world_size=WORKERS)
     torch.manual_seed(1)
-    x = torch.from_numpy(load_idx(f"{data}/train-images-idx3-ubyte.gz")
-                         .reshape(-1, 784).astype(np.float32) / 255.0)
-    y = torch.from_numpy(load_idx(f"{data}/train-labels-idx1-ubyte.gz").astype(np.int64))
-    xt = torch.from_numpy(load_idx(f"{data}/t10k-images-idx3-ubyte.gz")
-                          .reshape(-1, 784).astype(np.float32) / 255.0)
-    yt = torch.from_numpy(load_idx(f"{data}/t10k-labels-idx1-ubyte.gz").astype(np.int64))
-    model = torch.nn.Sequential(torch.nn.Linear(784, 512), torch.nn.ReLU(),
-                                torch.nn.Linear(512, 256), torch.nn.ReLU(),
-                                torch.nn.Linear(256, 10))
+    x, y, xt, yt = load_fashion(data)
+    model = fashion_mlp()
     ddp = DistributedDataParallel(model)  # gloo, default bucket_cap_mb (25)
     opt = torch.optim.AdamW(ddp.parameters(), lr=1e-3, weight_decay=0.0)
     loss_fn = torch.nn.CrossEntropyLoss()
