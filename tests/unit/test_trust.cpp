@@ -1,7 +1,9 @@
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <map>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -334,6 +336,44 @@ TEST_SUITE("robust_aggregation") {
       atypical += whole[i].verdict != screen_verdict::typical;
     }
     CHECK(atypical >= 2);  // the comparison covers verdicts, not only typical ones
+  }
+
+  TEST_CASE("each result is compared with the exact median of the others, ties included") {
+    // The screen reads each result's leave-one-out median from three order statistics of the
+    // column; here every median is taken the slow way, by sorting the others, and the
+    // cosines must come out bit for bit the same. Values from a few levels make ties.
+    std::mt19937 rng(7);
+    for (size_t n : {3, 4, 5, 6, 9, 32, 33}) {
+      for (int levels : {3, 1000}) {
+        std::uniform_int_distribution<int> pick(-levels, levels);
+        std::vector<std::vector<float>> round(n, std::vector<float>(40));
+        for (auto& u : round)
+          for (auto& v : u) v = static_cast<float>(pick(rng)) / static_cast<float>(levels);
+        const auto screened = screen_round(spans(round), {});
+        for (size_t i = 0; i < n; ++i) {
+          double dot = 0.0, ref_sq = 0.0, norm_sq = 0.0;
+          for (size_t k = 0; k < round[i].size(); ++k) {
+            std::vector<float> others;
+            for (size_t j = 0; j < n; ++j)
+              if (j != i) others.push_back(round[j][k]);
+            std::sort(others.begin(), others.end());
+            const size_t m = others.size(), h = m / 2;
+            const double med =
+                m % 2 == 1 ? others[h] : 0.5 * (static_cast<double>(others[h - 1]) + others[h]);
+            dot += med * round[i][k];
+            ref_sq += med * med;
+            norm_sq += static_cast<double>(round[i][k]) * round[i][k];
+          }
+          const double norm = std::sqrt(norm_sq);
+          const double cosine =
+              norm * std::sqrt(ref_sq) > 0.0 ? dot / (norm * std::sqrt(ref_sq)) : 0.0;
+          CAPTURE(n);
+          CAPTURE(levels);
+          CAPTURE(i);
+          CHECK(screened[i].cosine == cosine);
+        }
+      }
+    }
   }
 
   TEST_CASE("an update sketched block by block is its whole sketch") {
