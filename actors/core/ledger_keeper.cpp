@@ -9,7 +9,9 @@
 #include <cstdio>
 #include <ctime>
 #include <deque>
+#include <functional>
 #include <map>
+#include <memory>
 #include <optional>
 #include <set>
 
@@ -46,11 +48,45 @@ int64_t now_ms() {
       .count();
 }
 
+// The ledger's totals by kind of account, for /metrics, in micro-credits. Kept up to date
+// from each entry's postings (integers, so the sums are exact): summing every balance at each
+// write made a burst of new nodes' account openings quadratic in the number of accounts.
+struct ledger_totals {
+  int64_t user = 0, escrow = 0, node = 0, platform = 0, issued = 0;
+
+  void add(const std::string& account, int64_t micro) {
+    if (account.starts_with("user/"))
+      user += micro;
+    else if (account.starts_with("escrow/"))
+      escrow += micro;
+    else if (account.starts_with("node/"))
+      node += micro;
+    else if (account == ledger_book::platform)
+      platform += micro;
+    else if (account == ledger_book::external)
+      issued -= micro;
+  }
+
+  void publish() const {
+    auto credits = [](int64_t micro) {
+      return static_cast<double>(micro) / static_cast<double>(micro_per_credit);
+    };
+    core_metrics::ledger_credits("user").set(credits(user));
+    core_metrics::ledger_credits("escrow").set(credits(escrow));
+    core_metrics::ledger_credits("node").set(credits(node));
+    core_metrics::ledger_credits("platform").set(credits(platform));
+    core_metrics::ledger_credits("issued").set(credits(issued));
+  }
+};
+
 struct keeper_state {
   std::chrono::steady_clock::time_point mailbox_noted{};  // core_metrics::note_mailbox
   caf::actor store;
   ledger_book book;
+  ledger_totals totals;
   std::deque<ledger_entry> recent;
+  std::deque<std::function<void()>> queued;  // operations waiting for the write before them
+  bool writing = false;                      // a write is in flight
   std::string broken;  // why the stored ledger failed its check at start; writes refused
   static inline const char* name = "ledger_keeper";
 };
@@ -118,47 +154,54 @@ std::string describe(const ledger_entry& e, const std::string& account) {
          format_credits(change) + "  " + e.memo;
 }
 
-// The ledger's totals by kind of account, for /metrics.
-void publish_totals(const ledger_book& book) {
-  double user = 0, escrow = 0, node = 0, platform = 0, issued = 0;
-  for (const auto& [account, micro] : book.balances()) {
-    const double credits = static_cast<double>(micro) / static_cast<double>(micro_per_credit);
-    if (account.starts_with("user/"))
-      user += credits;
-    else if (account.starts_with("escrow/"))
-      escrow += credits;
-    else if (account.starts_with("node/"))
-      node += credits;
-    else if (account == ledger_book::platform)
-      platform += credits;
-    else if (account == ledger_book::external)
-      issued -= credits;
-  }
-  core_metrics::ledger_credits("user").set(user);
-  core_metrics::ledger_credits("escrow").set(escrow);
-  core_metrics::ledger_credits("node").set(node);
-  core_metrics::ledger_credits("platform").set(platform);
-  core_metrics::ledger_credits("issued").set(issued);
+void next_in_turn(keeper_actor* self);
+
+// Runs `op` once every write queued before it is durable and booked: each entry's sequence
+// number and hash come from the one before, so entries are prepared one at a time. The queue
+// is the keeper's own rather than CAF's `await`, which parks every other message in the
+// mailbox's cache and walks that cache again at each resume: quadratic in a burst (10,000
+// new nodes' payout accounts, opened at their first join, kept the keeper busy for minutes,
+// and rounds waited behind them to be settled).
+void in_turn(keeper_actor* self, std::function<void()> op) {
+  auto& st = self->state;
+  st.queued.push_back(std::move(op));
+  next_in_turn(self);
 }
 
-// Books `e` in memory once its writes are durable, and answers `promise`.
+void next_in_turn(keeper_actor* self) {
+  auto& st = self->state;
+  while (!st.writing && !st.queued.empty()) {
+    auto op = std::move(st.queued.front());
+    st.queued.pop_front();
+    op();  // answers at once, or starts a write (and the queue waits for it)
+  }
+}
+
+// Books `e` in memory once its writes are durable, answers `promise`, and lets the next
+// queued operation run.
 template <class Promise, class Value>
 void write(keeper_actor* self, ledger_entry e, store_batch batch, Promise promise, Value done) {
+  self->state.writing = true;
   self->request(self->state.store, std::chrono::seconds(60), commit_atom::value, std::move(batch))
-      .await(
+      .then(
           [=](caf::ok_atom) mutable {
             auto& st = self->state;
             if (!e.hash.empty()) {
               st.book.apply(e);
+              for (const auto& p : e.postings) st.totals.add(p.account, p.amount);
               st.recent.push_back(e);
               if (st.recent.size() > recent_entries) st.recent.pop_front();
-              publish_totals(st.book);
+              st.totals.publish();
             }
             promise.deliver(done);
+            st.writing = false;
+            next_in_turn(self);
           },
           [=](caf::error& err) mutable {
             spdlog::error("ledger: cannot write: {}", self->system().render(err));
             promise.deliver(err);
+            self->state.writing = false;
+            next_in_turn(self);
           });
 }
 
@@ -242,7 +285,8 @@ caf::behavior keeper(keeper_actor* self, caf::actor store) {
               st.recent.push_back(e);
               if (st.recent.size() > recent_entries) st.recent.pop_front();
             }
-            publish_totals(st.book);
+            for (const auto& [account, micro] : st.book.balances()) st.totals.add(account, micro);
+            st.totals.publish();
             spdlog::debug("ledger: {} entries, {} accounts", stored.entries.size(),
                           st.book.balances().size());
           },
@@ -256,44 +300,76 @@ caf::behavior keeper(keeper_actor* self, caf::actor store) {
   };
   return {
       [=](open_atom, const std::string& account, bool exists_ok) -> caf::result<caf::ok_atom> {
-        if (auto e = refuse_if_broken()) return *e;
-        auto& st = self->state;
-        if (exists_ok && st.book.has_account(account)) return caf::ok_atom::value;
-        auto e = st.book.prepare_open(account, now_ms());
-        if (!e) return to_caf(e.error());
-        store_batch batch;
-        add_writes(st.book, *e, batch);
         auto rp = self->make_response_promise<caf::ok_atom>();
-        write(self, std::move(*e), std::move(batch), rp, caf::ok_atom::value);
+        in_turn(self, [=]() mutable {
+          if (auto e = refuse_if_broken()) {
+            rp.deliver(*e);
+            return;
+          }
+          auto& st = self->state;
+          if (exists_ok && st.book.has_account(account)) {
+            rp.deliver(caf::ok_atom::value);
+            return;
+          }
+          auto e = st.book.prepare_open(account, now_ms());
+          if (!e) {
+            rp.deliver(to_caf(e.error()));
+            return;
+          }
+          store_batch batch;
+          add_writes(st.book, *e, batch);
+          write(self, std::move(*e), std::move(batch), rp, caf::ok_atom::value);
+        });
         return rp;
       },
       [=](transfer_atom, std::string& kind, std::string& memo,
           std::vector<posting>& postings) -> caf::result<uint64_t> {
-        if (auto e = refuse_if_broken()) return *e;
-        auto& st = self->state;
-        auto e = st.book.prepare(std::move(kind), std::move(memo), std::move(postings), now_ms());
-        if (!e) return to_caf(e.error());
-        store_batch batch;
-        add_writes(st.book, *e, batch);
         auto rp = self->make_response_promise<uint64_t>();
-        uint64_t seq = e->seq;
-        write(self, std::move(*e), std::move(batch), rp, seq);
+        in_turn(self, [=, kind = std::move(kind), memo = std::move(memo),
+                       postings = std::move(postings)]() mutable {
+          if (auto e = refuse_if_broken()) {
+            rp.deliver(*e);
+            return;
+          }
+          auto& st = self->state;
+          auto e = st.book.prepare(std::move(kind), std::move(memo), std::move(postings), now_ms());
+          if (!e) {
+            rp.deliver(to_caf(e.error()));
+            return;
+          }
+          store_batch batch;
+          add_writes(st.book, *e, batch);
+          uint64_t seq = e->seq;
+          write(self, std::move(*e), std::move(batch), rp, seq);
+        });
         return rp;
       },
       [=](settle_atom, std::string& kind, std::string& memo, std::vector<posting>& postings,
           store_batch& batch) -> caf::result<caf::ok_atom> {
         core_metrics::note_mailbox(self, "ledger");
-        if (auto e = refuse_if_broken()) return *e;
-        auto& st = self->state;
-        ledger_entry entry;
-        if (!postings.empty()) {
-          auto e = st.book.prepare(std::move(kind), std::move(memo), std::move(postings), now_ms());
-          if (!e) return to_caf(e.error());
-          entry = std::move(*e);
-          add_writes(st.book, entry, batch);
-        }
         auto rp = self->make_response_promise<caf::ok_atom>();
-        write(self, std::move(entry), std::move(batch), rp, caf::ok_atom::value);
+        // Shared, not copied, while it waits: a large job's batch holds its checkpoint.
+        auto held = std::make_shared<store_batch>(std::move(batch));
+        in_turn(self, [=, kind = std::move(kind), memo = std::move(memo),
+                       postings = std::move(postings)]() mutable {
+          if (auto e = refuse_if_broken()) {
+            rp.deliver(*e);
+            return;
+          }
+          auto& st = self->state;
+          ledger_entry entry;
+          if (!postings.empty()) {
+            auto e =
+                st.book.prepare(std::move(kind), std::move(memo), std::move(postings), now_ms());
+            if (!e) {
+              rp.deliver(to_caf(e.error()));
+              return;
+            }
+            entry = std::move(*e);
+            add_writes(st.book, entry, *held);
+          }
+          write(self, std::move(entry), std::move(*held), rp, caf::ok_atom::value);
+        });
         return rp;
       },
       [=](account_atom, const std::string& account) -> caf::result<account_info> {

@@ -1,0 +1,86 @@
+/// The ledger keeper under a burst: many account openings and transfers sent at once, as when
+/// thousands of new nodes join together. Each entry's sequence number and hash come from the
+/// one before, so the keeper must prepare them one at a time in arrival order while their
+/// writes go to the store; the chain it leaves in LMDB must verify, every request must be
+/// answered, and transfers must see the accounts opened before them.
+
+#include <doctest/doctest.h>
+
+#include <caf/all.hpp>
+
+#include <string>
+#include <vector>
+
+#include "gflex/accounts.hpp"
+#include "ledger_keeper.hpp"
+#include "messages.hpp"
+#include "store.hpp"
+#include "temp_dir.hpp"
+
+using namespace gflex;
+
+TEST_SUITE("ledger_keeper") {
+  TEST_CASE("a burst of openings and transfers is booked in order, and the chain verifies") {
+    test::temp_dir dir;
+    caf::actor_system_config cfg;
+    configure_actor_system(cfg);
+    caf::actor_system sys{cfg};
+    auto store = spawn_store(sys, dir.path());
+    REQUIRE(store.has_value());
+    auto keeper = spawn_ledger_keeper(sys, *store);
+    caf::scoped_actor self{sys};
+    const auto timeout = std::chrono::seconds(60);
+    constexpr int nodes = 300;
+    // Credit a user first, then send everything at once without waiting for any answer:
+    // each node's account opening, then a payment to it, then the same opening again (an
+    // error unless exists_ok, which the second one sets).
+    bool credited = false;
+    self->request(keeper, timeout, open_atom::value, std::string("user/alice"), false)
+        .receive([&](caf::ok_atom) {}, [&](caf::error& e) { FAIL(sys.render(e)); });
+    self->request(keeper, timeout, transfer_atom::value, std::string("credit"), std::string("test"),
+                  std::vector<posting>{{"external", -nodes * 10}, {"user/alice", nodes * 10}})
+        .receive([&](uint64_t) { credited = true; }, [&](caf::error& e) { FAIL(sys.render(e)); });
+    REQUIRE(credited);
+    std::vector<caf::response_handle<caf::blocking_actor, caf::message, true>> opened, paid, again;
+    for (int i = 0; i < nodes; ++i) {
+      const std::string account = "node/n" + std::to_string(i);
+      opened.push_back(self->request(keeper, timeout, open_atom::value, account, false));
+      paid.push_back(self->request(keeper, timeout, transfer_atom::value, std::string("pay"),
+                                   std::string("test"),
+                                   std::vector<posting>{{"user/alice", -10}, {account, 10}}));
+      again.push_back(self->request(keeper, timeout, open_atom::value, account, true));
+    }
+    int ok = 0;
+    uint64_t last_seq = 0;
+    bool in_order = true;
+    for (int i = 0; i < nodes; ++i) {
+      opened[i].receive([&](caf::ok_atom) { ++ok; },
+                        [&](caf::error& e) { FAIL("open: " << sys.render(e)); });
+      paid[i].receive(
+          [&](uint64_t seq) {
+            ++ok;
+            in_order = in_order && seq > last_seq;
+            last_seq = seq;
+          },
+          [&](caf::error& e) { FAIL("transfer: " << sys.render(e)); });
+      again[i].receive([&](caf::ok_atom) { ++ok; },
+                       [&](caf::error& e) { FAIL("open again: " << sys.render(e)); });
+    }
+    CHECK(ok == 3 * nodes);
+    CHECK(in_order);
+    self->request(keeper, timeout, ledger_atom::value, std::vector<std::string>{})
+        .receive(
+            [&](ledger_report& r) {
+              CHECK_MESSAGE(r.ok, r.problem);
+              // alice's opening and credit, then an opening and a payment per node.
+              CHECK(r.entries == static_cast<uint64_t>(2 + 2 * nodes));
+              CHECK(r.issued == nodes * 10);
+            },
+            [&](caf::error& e) { FAIL(sys.render(e)); });
+    self->request(keeper, timeout, account_atom::value, std::string("user/alice"))
+        .receive([&](account_info& a) { CHECK(a.balance == 0); },
+                 [&](caf::error& e) { FAIL(sys.render(e)); });
+    self->send_exit(keeper, caf::exit_reason::user_shutdown);
+    self->send_exit(*store, caf::exit_reason::user_shutdown);
+  }
+}
