@@ -38,6 +38,13 @@ inline metrics::gauge nodes(bool core_tier) {
                            {{"tier", core_tier ? "core" : "community"}});
 }
 
+/// Heartbeats the registry has taken in (each renews a node's lease).
+inline const metrics::counter& heartbeats() {
+  static const auto c =
+      metrics::counter_of("gflex_core_heartbeats_total", "Heartbeats taken in by the registry");
+  return c;
+}
+
 inline metrics::counter joins(bool core_tier) {
   return metrics::counter_of("gflex_core_joins_total", "Nodes admitted, by tier",
                              {{"tier", core_tier ? "core" : "community"}});

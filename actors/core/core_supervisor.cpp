@@ -574,7 +574,7 @@ expected<caf::actor> spawn_core(caf::actor_system& sys, const core_config& confi
   core_children c;
   c.store = *store;
   c.market = spawn_market(sys, config.newcomer_share);
-  auto catalog = std::make_shared<data_catalog>();
+  auto catalog = std::make_shared<data_catalog>(config.shard_samples);
   c.data_server = spawn_data_server(sys, catalog);
   c.registry = spawn_registry(sys, c.market, c.data_server, registry_config_of(config, 0));
   c.gate = spawn_gatekeeper(sys, c.store, config.operator_key);

@@ -130,6 +130,7 @@ caf::behavior registry_actor(caf::stateful_actor<registry_state>* self, caf::act
       // From a session: the node it speaks for is alive.
       [=](beat_atom, const std::string& node_id, uint64_t dropped) {
         core_metrics::note_mailbox(self, "registry");
+        core_metrics::heartbeats().inc();
         auto it = self->state.nodes.find(node_id);
         if (it == self->state.nodes.end()) return;
         it->second.last_seen = clock_type::now();

@@ -154,6 +154,11 @@ int main(int argc, char** argv) {
                  "content-addressed chunks of it, KiB")
       ->check(CLI::Range(16, 65536))
       ->capture_default_str();
+  app.add_option("--shard-samples", config.shard_samples,
+                 "training samples per data shard of a built-in data set (a job has at most "
+                 "as many workers as shards)")
+      ->check(CLI::Range(int64_t{1}, int64_t{1000000}))
+      ->capture_default_str();
   app.add_option("--max-jobs-per-account", config.max_jobs_per_account,
                  "unfinished jobs one account may have")
       ->check(CLI::Range(1, 100000))
