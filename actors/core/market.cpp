@@ -4,6 +4,7 @@
 #include <cmath>
 #include <map>
 #include <set>
+#include <unordered_map>
 
 #include "core_metrics.hpp"
 #include "gflex/runtime/job_spec.hpp"
@@ -23,27 +24,54 @@ struct slot_entry {
   caf::actor holder;  // the job that acquired it, while busy
   int failures = 0;   // assignments failed in a row
   clock_type::time_point cooldown_until{};
+  uint32_t node = 0;  // its node's dense id (market_state::node_ids)
 };
 
-/// How long a slot whose assignments keep failing is left out: 0.5 s after the first
-/// failure, doubling up to a minute, so that a broken worker cannot soak up a round's work.
 clock_type::duration cooldown(int failures) {
   return std::chrono::milliseconds(500) * (1 << std::min(failures - 1, 7));
 }
 
+// What the market knows of each node it has seen, by a dense id given at its first offer:
+// an acquire reads it for every slot, and string-keyed maps made that the most of a
+// dispatch's time at 10,000 nodes (docs/SCALING.md).
+struct node_facts {
+  double score = 0.5;                      // reputation, from the tracker (0.5 until it says)
+  int64_t served = 0;                      // assignments given (its history)
+  std::map<std::string, double> measured;  // samples/s the core measured, by workload
+};
+
 struct market_state {
   std::chrono::steady_clock::time_point mailbox_noted{};  // core_metrics::note_mailbox
   std::vector<slot_entry> slots;
+  std::map<caf::actor_addr, size_t> slot_of;  // a worker's index in `slots`
   size_t cursor = 0;  // where the next acquire starts looking, for round-robin spreading
-  std::set<caf::actor_addr> watched;      // jobs monitored
-  std::set<std::string> barred;           // node names caught misbehaving: never offered again
-  std::map<std::string, double> scores;   // reputation by node name, from the tracker
-  std::map<std::string, int64_t> served;  // assignments given, by node name (its history)
-  // Rates the core measured (samples per second, averaged), by workload and node name.
-  std::map<std::string, std::map<std::string, double>> measured;
+  std::set<caf::actor_addr> watched;  // jobs monitored
+  std::set<std::string> barred;       // node names caught misbehaving: never offered again
+  std::unordered_map<std::string, uint32_t> node_ids;  // node name -> index in `nodes`
+  std::vector<node_facts> nodes;
   double newcomer_share = 0.05;
   double newcomer_quota = 0.0;  // reserved slots owed to newcomers, fractions carried over
   static inline const char* name = "market";
+
+  uint32_t node_id(const std::string& name) {
+    auto [it, added] = node_ids.emplace(name, static_cast<uint32_t>(nodes.size()));
+    if (added) nodes.emplace_back();
+    return it->second;
+  }
+
+  // Drops the slots `gone` picks and re-indexes the rest (a node's leave: rarer than a
+  // release, which the index makes O(log n)).
+  template <class Pred>
+  void erase_slots(Pred gone) {
+    slots.erase(std::remove_if(slots.begin(), slots.end(), gone), slots.end());
+    slot_of.clear();
+    for (size_t i = 0; i < slots.size(); ++i) slot_of[slots[i].slot.worker.address()] = i;
+  }
+
+  slot_entry* slot_at(const caf::actor& worker) {
+    auto it = slot_of.find(worker.address());
+    return it == slot_of.end() ? nullptr : &slots[it->second];
+  }
 };
 
 caf::behavior market_actor(caf::stateful_actor<market_state>* self, double newcomer_share) {
@@ -51,12 +79,10 @@ caf::behavior market_actor(caf::stateful_actor<market_state>* self, double newco
   // A job that dies holding slots (its supervisor restarts it) must not keep them busy.
   // A worker that dies (its node supervisor offers a replacement) loses its slot.
   self->set_down_handler([=](const caf::down_msg& down) {
-    auto& slots = self->state.slots;
-    slots.erase(
-        std::remove_if(slots.begin(), slots.end(),
-                       [&](const slot_entry& e) { return e.slot.worker.address() == down.source; }),
-        slots.end());
-    for (auto& e : slots)
+    auto& st = self->state;
+    if (st.slot_of.count(down.source))
+      st.erase_slots([&](const slot_entry& e) { return e.slot.worker.address() == down.source; });
+    for (auto& e : st.slots)
       if (e.holder && e.holder.address() == down.source) {
         e.busy = false;
         e.holder = nullptr;
@@ -69,7 +95,9 @@ caf::behavior market_actor(caf::stateful_actor<market_state>* self, double newco
           if (self->state.barred.count(s.node_name)) continue;
           s.node_id = node_id;
           self->monitor(s.worker);
-          slots.push_back({std::move(s), false, nullptr});
+          const uint32_t node = self->state.node_id(s.node_name);
+          self->state.slot_of[s.worker.address()] = slots.size();
+          slots.push_back({std::move(s), false, nullptr, 0, {}, node});
         }
       },
       [=](withdraw_atom, const std::string& node_id) {
@@ -79,9 +107,7 @@ caf::behavior market_actor(caf::stateful_actor<market_state>* self, double newco
         for (const auto& e : slots)
           if (e.busy && e.holder && e.slot.node_id == node_id)
             self->send(e.holder, withdraw_atom::value, node_id);
-        slots.erase(std::remove_if(slots.begin(), slots.end(),
-                                   [&](const slot_entry& e) { return e.slot.node_id == node_id; }),
-                    slots.end());
+        self->state.erase_slots([&](const slot_entry& e) { return e.slot.node_id == node_id; });
       },
       // The registry was restarted: every node joins again under a new id, so every slot
       // goes, and the jobs holding one hear of it.
@@ -89,6 +115,7 @@ caf::behavior market_actor(caf::stateful_actor<market_state>* self, double newco
         for (const auto& e : self->state.slots)
           if (e.busy && e.holder) self->send(e.holder, withdraw_atom::value, e.slot.node_id);
         self->state.slots.clear();
+        self->state.slot_of.clear();
       },
       [=](bar_atom, const std::string& name) {
         auto& st = self->state;
@@ -97,20 +124,21 @@ caf::behavior market_actor(caf::stateful_actor<market_state>* self, double newco
         for (const auto& e : st.slots)
           if (e.slot.node_name == name && e.busy && e.holder)
             self->send(e.holder, withdraw_atom::value, e.slot.node_id);
-        st.slots.erase(
-            std::remove_if(st.slots.begin(), st.slots.end(),
-                           [&](const slot_entry& e) { return e.slot.node_name == name; }),
-            st.slots.end());
+        st.erase_slots([&](const slot_entry& e) { return e.slot.node_name == name; });
       },
-      [=](score_atom, const std::string& name, double score) { self->state.scores[name] = score; },
+      [=](score_atom, const std::string& name, double score) {
+        auto& st = self->state;
+        st.nodes[st.node_id(name)].score = score;
+      },
       // From a session (through the registry): a node answered an assignment of `workload`
       // at `rate` samples per second, as the core measured it.
       [=](rate_atom, const std::string& name, const std::string& workload, double rate) {
         if (!std::isfinite(rate) || rate <= 0.0 || rate > 1e12 || workload.size() > 128) return;
-        auto& by_node = self->state.measured[workload];
-        auto it = by_node.find(name);
-        if (it == by_node.end())
-          by_node.emplace(name, rate);
+        auto& st = self->state;
+        auto& measured = st.nodes[st.node_id(name)].measured;
+        auto it = measured.find(workload);
+        if (it == measured.end())
+          measured.emplace(workload, rate);
         else
           it->second = 0.7 * it->second + 0.3 * rate;
       },
@@ -120,27 +148,23 @@ caf::behavior market_actor(caf::stateful_actor<market_state>* self, double newco
         auto& st = self->state;
         const auto now = clock_type::now();
         // Throughputs by what the core measured for this workload, never a claim alone.
-        std::map<std::string, size_t> node_index;
+        std::vector<int32_t> node_index(st.nodes.size(), -1);  // node id -> index in speeds
         std::vector<speed_evidence> speeds;
-        const auto measured = st.measured.find(workload);
         for (const auto& e : st.slots) {
-          if (!node_index.emplace(e.slot.node_name, speeds.size()).second) continue;
+          if (node_index[e.node] >= 0) continue;
+          node_index[e.node] = static_cast<int32_t>(speeds.size());
           speed_evidence ev{e.slot.throughput, std::nullopt};
-          if (measured != st.measured.end())
-            if (auto m = measured->second.find(e.slot.node_name); m != measured->second.end())
-              ev.measured = m->second;
+          const auto& measured = st.nodes[e.node].measured;
+          if (auto m = measured.find(workload); m != measured.end()) ev.measured = m->second;
           speeds.push_back(ev);
         }
         const auto priced = priced_throughputs(speeds);
         std::vector<slot_offer> offers;
         offers.reserve(st.slots.size());
         for (const auto& e : st.slots) {
-          auto score = st.scores.find(e.slot.node_name);
-          auto served = st.served.find(e.slot.node_name);
-          offers.push_back({e.slot.tier, e.slot.price, priced[node_index[e.slot.node_name]],
-                            score == st.scores.end() ? 0.5 : score->second,
-                            !e.busy && now >= e.cooldown_until,
-                            served == st.served.end() ? 0 : served->second});
+          const auto& facts = st.nodes[e.node];
+          offers.push_back({e.slot.tier, e.slot.price, priced[node_index[e.node]], facts.score,
+                            !e.busy && now >= e.cooldown_until, facts.served});
         }
         slot_bid bid{static_cast<trust_tier>(std::min<uint8_t>(policy, 2)), max_price,
                      min_reputation};
@@ -163,7 +187,7 @@ caf::behavior market_actor(caf::stateful_actor<market_state>* self, double newco
           if (offers[i].tier != static_cast<uint8_t>(node_tier::core) &&
               offers[i].served < bid.newcomer_served)
             ++to_newcomers;
-          st.served[e.slot.node_name] += 1;
+          st.nodes[e.node].served += 1;
           e.busy = true;
           e.holder = holder;
           out.slots.push_back(e.slot);
@@ -177,23 +201,21 @@ caf::behavior market_actor(caf::stateful_actor<market_state>* self, double newco
         return out;
       },
       [=](release_atom, const caf::actor& worker) {
-        for (auto& e : self->state.slots)
-          if (e.slot.worker == worker) {
-            e.busy = false;
-            e.holder = nullptr;
-            e.failures = 0;
-          }
+        if (auto* e = self->state.slot_at(worker)) {
+          e->busy = false;
+          e->holder = nullptr;
+          e->failures = 0;
+        }
       },
       [=](release_atom, const caf::actor& worker, bool failed) {
-        for (auto& e : self->state.slots)
-          if (e.slot.worker == worker) {
-            e.busy = false;
-            e.holder = nullptr;
-            if (failed) {
-              e.failures += 1;
-              e.cooldown_until = clock_type::now() + cooldown(e.failures);
-            }
+        if (auto* e = self->state.slot_at(worker)) {
+          e->busy = false;
+          e->holder = nullptr;
+          if (failed) {
+            e->failures += 1;
+            e->cooldown_until = clock_type::now() + cooldown(e->failures);
           }
+        }
       },
       [=](nodes_atom) -> caf::result<int64_t, int64_t> {
         int64_t free = 0;
