@@ -35,6 +35,7 @@ struct node_entry {
 struct registry_state {
   std::chrono::steady_clock::time_point mailbox_noted{};  // core_metrics::note_mailbox
   std::map<std::string, node_entry> nodes;
+  std::map<caf::actor_addr, std::string> by_session;  // a session's node id
   uint64_t next_id = 1;
   caf::actor market;
   caf::actor data_server;
@@ -61,6 +62,7 @@ caf::behavior registry_actor(caf::stateful_actor<registry_state>* self, caf::act
     spdlog::warn("node {} ({}) {}: its work goes back to the market", node_id, it->second.name,
                  why);
     self->demonitor(it->second.session.address());
+    self->state.by_session.erase(it->second.session.address());
     // Its session ends (the node's uplink sees that and joins again when it can).
     self->send_exit(it->second.session, caf::exit_reason::user_shutdown);
     core_metrics::nodes(it->second.tier == static_cast<uint8_t>(node_tier::core)).dec();
@@ -72,12 +74,11 @@ caf::behavior registry_actor(caf::stateful_actor<registry_state>* self, caf::act
   // Nodes' actors answer what they do not understand with an error message; that must not
   // stop the registry (CAF's default error handler would).
   self->set_error_handler([](caf::error&) {});
+  // Found through an index: a thousand nodes lost at once are a thousand down messages.
   self->set_down_handler([=](const caf::down_msg& down) {
-    for (const auto& [id, node] : self->state.nodes)
-      if (node.session.address() == down.source) {
-        remove_node(std::string(id), down.reason ? "is unreachable" : "left");
-        return;
-      }
+    auto it = self->state.by_session.find(down.source);
+    if (it != self->state.by_session.end())
+      remove_node(std::string(it->second), down.reason ? "is unreachable" : "left");
   });
   self->delayed_send(self, std::chrono::milliseconds(config.lease_ms / 4 + 1), tick_atom::value);
   return {
@@ -96,6 +97,7 @@ caf::behavior registry_actor(caf::stateful_actor<registry_state>* self, caf::act
         auto spawned = spawn_node_session(self->system(), who, config.limits, hello.uplink,
                                           caf::actor_cast<caf::actor>(self), st.data_server);
         self->monitor(spawned.session);
+        st.by_session[spawned.session.address()] = id;
         st.per_address[address] += 1;
         node_entry entry;
         entry.name = hello.name;
