@@ -25,12 +25,14 @@ def free_port():
 
 class LocalCluster:
     def __init__(self, bin_dir, prefix, nodes, host="127.0.0.1", node_prefix=None, core_args=(),
-                 core_log=None):
+                 core_log=None, core_log_level="warn"):
         """`host`: the address the core listens on; `node_prefix(i)`: a command prefix for
         node i (running it in a network namespace), or None; `core_args`: more flags for
-        gflex-core; `core_log`: a file for the core's output (else this process's)."""
+        gflex-core; `core_log`: a file for the core's output (else this process's), at
+        `core_log_level`."""
         self.bin, self.prefix, self.nodes = bin_dir, prefix, nodes
         self.core_args, self.core_log = list(core_args), core_log
+        self.core_log_level = core_log_level
         self.core = f"{host}:{free_port()}"
         self.node_prefix = node_prefix or (lambda i: [])
         self.procs = []
@@ -41,7 +43,8 @@ class LocalCluster:
             self.env = core_credentials.init_core(self.bin, f"{self.prefix}-core")
             self.procs.append(subprocess.Popen(
                 [f"{self.bin}/gflex-core", "--listen", self.core, "--data-dir",
-                 f"{self.prefix}-core", "--log-level", "warn", *self.core_args], env=self.env,
+                 f"{self.prefix}-core", "--log-level", self.core_log_level, *self.core_args],
+                env=self.env,
                 stdout=self.core_log, stderr=self.core_log))
             core_credentials.add_join_token(self.bin, self.core, self.env)
             for i in range(self.nodes):
