@@ -162,9 +162,19 @@ void next_in_turn(keeper_actor* self);
 // mailbox's cache and walks that cache again at each resume: quadratic in a burst (10,000
 // new nodes' payout accounts, opened at their first join, kept the keeper busy for minutes,
 // and rounds waited behind them to be settled).
-void in_turn(keeper_actor* self, std::function<void()> op) {
+// A ledger whose stored chain failed its check at start takes no operation: `op` is not run
+// and `promise` gets the reason.
+template <class Promise>
+void in_turn(keeper_actor* self, Promise promise, std::function<void()> op) {
   auto& st = self->state;
-  st.queued.push_back(std::move(op));
+  st.queued.push_back([=]() mutable {
+    if (!self->state.broken.empty()) {
+      promise.deliver(
+          to_caf(error(errc::store_error, "the ledger fails its check: " + self->state.broken)));
+      return;
+    }
+    op();
+  });
   next_in_turn(self);
 }
 
@@ -294,18 +304,10 @@ caf::behavior keeper(keeper_actor* self, caf::actor store) {
             spdlog::error("ledger: cannot read: {}", self->system().render(e));
             self->quit(e);
           });
-  auto refuse_if_broken = [=]() -> std::optional<caf::error> {
-    if (self->state.broken.empty()) return std::nullopt;
-    return to_caf(error(errc::store_error, "the ledger fails its check: " + self->state.broken));
-  };
   return {
       [=](open_atom, const std::string& account, bool exists_ok) -> caf::result<caf::ok_atom> {
         auto rp = self->make_response_promise<caf::ok_atom>();
-        in_turn(self, [=]() mutable {
-          if (auto e = refuse_if_broken()) {
-            rp.deliver(*e);
-            return;
-          }
+        in_turn(self, rp, [=]() mutable {
           auto& st = self->state;
           if (exists_ok && st.book.has_account(account)) {
             rp.deliver(caf::ok_atom::value);
@@ -325,23 +327,21 @@ caf::behavior keeper(keeper_actor* self, caf::actor store) {
       [=](transfer_atom, std::string& kind, std::string& memo,
           std::vector<posting>& postings) -> caf::result<uint64_t> {
         auto rp = self->make_response_promise<uint64_t>();
-        in_turn(self, [=, kind = std::move(kind), memo = std::move(memo),
-                       postings = std::move(postings)]() mutable {
-          if (auto e = refuse_if_broken()) {
-            rp.deliver(*e);
-            return;
-          }
-          auto& st = self->state;
-          auto e = st.book.prepare(std::move(kind), std::move(memo), std::move(postings), now_ms());
-          if (!e) {
-            rp.deliver(to_caf(e.error()));
-            return;
-          }
-          store_batch batch;
-          add_writes(st.book, *e, batch);
-          uint64_t seq = e->seq;
-          write(self, std::move(*e), std::move(batch), rp, seq);
-        });
+        in_turn(self, rp,
+                [=, kind = std::move(kind), memo = std::move(memo),
+                 postings = std::move(postings)]() mutable {
+                  auto& st = self->state;
+                  auto e = st.book.prepare(std::move(kind), std::move(memo), std::move(postings),
+                                           now_ms());
+                  if (!e) {
+                    rp.deliver(to_caf(e.error()));
+                    return;
+                  }
+                  store_batch batch;
+                  add_writes(st.book, *e, batch);
+                  uint64_t seq = e->seq;
+                  write(self, std::move(*e), std::move(batch), rp, seq);
+                });
         return rp;
       },
       [=](settle_atom, std::string& kind, std::string& memo, std::vector<posting>& postings,
@@ -350,26 +350,23 @@ caf::behavior keeper(keeper_actor* self, caf::actor store) {
         auto rp = self->make_response_promise<caf::ok_atom>();
         // Shared, not copied, while it waits: a large job's batch holds its checkpoint.
         auto held = std::make_shared<store_batch>(std::move(batch));
-        in_turn(self, [=, kind = std::move(kind), memo = std::move(memo),
-                       postings = std::move(postings)]() mutable {
-          if (auto e = refuse_if_broken()) {
-            rp.deliver(*e);
-            return;
-          }
-          auto& st = self->state;
-          ledger_entry entry;
-          if (!postings.empty()) {
-            auto e =
-                st.book.prepare(std::move(kind), std::move(memo), std::move(postings), now_ms());
-            if (!e) {
-              rp.deliver(to_caf(e.error()));
-              return;
-            }
-            entry = std::move(*e);
-            add_writes(st.book, entry, *held);
-          }
-          write(self, std::move(entry), std::move(*held), rp, caf::ok_atom::value);
-        });
+        in_turn(self, rp,
+                [=, kind = std::move(kind), memo = std::move(memo),
+                 postings = std::move(postings)]() mutable {
+                  auto& st = self->state;
+                  ledger_entry entry;
+                  if (!postings.empty()) {
+                    auto e = st.book.prepare(std::move(kind), std::move(memo), std::move(postings),
+                                             now_ms());
+                    if (!e) {
+                      rp.deliver(to_caf(e.error()));
+                      return;
+                    }
+                    entry = std::move(*e);
+                    add_writes(st.book, entry, *held);
+                  }
+                  write(self, std::move(entry), std::move(*held), rp, caf::ok_atom::value);
+                });
         return rp;
       },
       [=](account_atom, const std::string& account) -> caf::result<account_info> {

@@ -83,4 +83,34 @@ TEST_SUITE("ledger_keeper") {
     self->send_exit(keeper, caf::exit_reason::user_shutdown);
     self->send_exit(*store, caf::exit_reason::user_shutdown);
   }
+
+  TEST_CASE("a ledger whose stored chain fails its check takes no transaction") {
+    test::temp_dir dir;
+    caf::actor_system_config cfg;
+    configure_actor_system(cfg);
+    caf::actor_system sys{cfg};
+    auto store = spawn_store(sys, dir.path());
+    REQUIRE(store.has_value());
+    caf::scoped_actor self{sys};
+    const auto timeout = std::chrono::seconds(60);
+    auto keeper = spawn_ledger_keeper(sys, *store);
+    self->request(keeper, timeout, open_atom::value, std::string("user/alice"), false)
+        .receive([&](caf::ok_atom) {}, [&](caf::error& e) { FAIL(sys.render(e)); });
+    self->send_exit(keeper, caf::exit_reason::user_shutdown);
+    self->wait_for(keeper);
+    // A balance changed behind the ledger's back: the chain no longer adds up to it.
+    store_batch tamper;
+    tamper.keys.push_back("ledger/balance/user/alice");
+    const std::string forged = "5000000";
+    tamper.values.emplace_back(forged.begin(), forged.end());
+    self->request(*store, timeout, commit_atom::value, tamper)
+        .receive([&](caf::ok_atom) {}, [&](caf::error& e) { FAIL(sys.render(e)); });
+    keeper = spawn_ledger_keeper(sys, *store);
+    std::string refusal;
+    self->request(keeper, timeout, open_atom::value, std::string("user/bob"), false)
+        .receive([&](caf::ok_atom) {}, [&](caf::error& e) { refusal = from_caf(e).message(); });
+    CHECK(refusal.find("the ledger fails its check") != std::string::npos);
+    self->send_exit(keeper, caf::exit_reason::user_shutdown);
+    self->send_exit(*store, caf::exit_reason::user_shutdown);
+  }
 }
