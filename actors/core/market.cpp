@@ -27,6 +27,8 @@ struct slot_entry {
   uint32_t node = 0;  // its node's dense id (market_state::node_ids)
 };
 
+/// How long a slot whose assignments keep failing is left out: 0.5 s after the first
+/// failure, doubling up to a minute, so that a broken worker cannot soak up a round's work.
 clock_type::duration cooldown(int failures) {
   return std::chrono::milliseconds(500) * (1 << std::min(failures - 1, 7));
 }
