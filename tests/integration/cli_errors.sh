@@ -22,6 +22,8 @@ expect_error "unknown precision" "unknown precision 'fp8' \(use fp32, tf32 or bf
 # The core's market flags are checked before it opens its store.
 expect_error "core: newcomer share over 1" "--newcomer-share: Value 1.5 not in range" \
   "$BIN/gflex-core" --listen 127.0.0.1:1 --data-dir "$WORK/core" --newcomer-share 1.5
+expect_error "core: no samples per shard" "--shard-samples: Value 0 not in range" \
+  "$BIN/gflex-core" --listen 127.0.0.1:1 --data-dir "$WORK/core" --shard-samples 0
 
 # A node's device flags are checked before it contacts the core (there is none at port 1).
 N="$BIN/gflex-node"
