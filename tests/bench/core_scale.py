@@ -8,7 +8,7 @@ from the assignment, and computes nothing). The nodes of one process share its c
 
 1. **Ramp** to each of --steps nodes: the time to join them, then over --window seconds the
    heartbeats the core's registry took in per second (gflex_core_heartbeats_total) against
-   those the nodes sent, the core's CPU (of one core, from /proc) and its resident memory per
+   the rate the nodes beat at, the core's CPU (of one core, from /proc) and its resident memory per
    connected node (above the core's own with no node).
 2. **Dispatch** at the last step, one job at a time of --round-sizes workers: a linear
    784-10 model on Fashion-MNIST (7,850 parameters), local_steps 1, --rounds rounds. A round's
