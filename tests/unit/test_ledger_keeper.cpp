@@ -8,6 +8,7 @@
 
 #include <caf/all.hpp>
 
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -19,17 +20,33 @@
 
 using namespace gflex;
 
+// An actor system with a store in a fresh directory and a keeper on it.
+struct keeper_fixture {
+  test::temp_dir dir;
+  caf::actor_system_config cfg;
+  std::unique_ptr<caf::actor_system> sys;
+  caf::actor store;
+  caf::actor keeper;
+  const std::chrono::seconds timeout{60};
+
+  keeper_fixture() {
+    configure_actor_system(cfg);
+    sys = std::make_unique<caf::actor_system>(cfg);
+    auto s = spawn_store(*sys, dir.path());
+    REQUIRE(s.has_value());
+    store = *s;
+    keeper = spawn_ledger_keeper(*sys, store);
+  }
+};
+
 TEST_SUITE("ledger_keeper") {
   TEST_CASE("a burst of openings and transfers is booked in order, and the chain verifies") {
-    test::temp_dir dir;
-    caf::actor_system_config cfg;
-    configure_actor_system(cfg);
-    caf::actor_system sys{cfg};
-    auto store = spawn_store(sys, dir.path());
-    REQUIRE(store.has_value());
-    auto keeper = spawn_ledger_keeper(sys, *store);
+    keeper_fixture f;
+    auto& sys = *f.sys;
+    auto store = f.store;
+    auto keeper = f.keeper;
     caf::scoped_actor self{sys};
-    const auto timeout = std::chrono::seconds(60);
+    const auto timeout = f.timeout;
     constexpr int nodes = 300;
     // Credit a user first, then send everything at once without waiting for any answer:
     // each node's account opening, then a payment to it, then the same opening again (an
@@ -81,19 +98,16 @@ TEST_SUITE("ledger_keeper") {
         .receive([&](account_info& a) { CHECK(a.balance == 0); },
                  [&](caf::error& e) { FAIL(sys.render(e)); });
     self->send_exit(keeper, caf::exit_reason::user_shutdown);
-    self->send_exit(*store, caf::exit_reason::user_shutdown);
+    self->send_exit(store, caf::exit_reason::user_shutdown);
   }
 
   TEST_CASE("a ledger whose stored chain fails its check takes no transaction") {
-    test::temp_dir dir;
-    caf::actor_system_config cfg;
-    configure_actor_system(cfg);
-    caf::actor_system sys{cfg};
-    auto store = spawn_store(sys, dir.path());
-    REQUIRE(store.has_value());
+    keeper_fixture f;
+    auto& sys = *f.sys;
+    auto store = f.store;
+    auto keeper = f.keeper;
     caf::scoped_actor self{sys};
-    const auto timeout = std::chrono::seconds(60);
-    auto keeper = spawn_ledger_keeper(sys, *store);
+    const auto timeout = f.timeout;
     self->request(keeper, timeout, open_atom::value, std::string("user/alice"), false)
         .receive([&](caf::ok_atom) {}, [&](caf::error& e) { FAIL(sys.render(e)); });
     self->send_exit(keeper, caf::exit_reason::user_shutdown);
@@ -103,14 +117,14 @@ TEST_SUITE("ledger_keeper") {
     tamper.keys.push_back("ledger/balance/user/alice");
     const std::string forged = "5000000";
     tamper.values.emplace_back(forged.begin(), forged.end());
-    self->request(*store, timeout, commit_atom::value, tamper)
+    self->request(store, timeout, commit_atom::value, tamper)
         .receive([&](caf::ok_atom) {}, [&](caf::error& e) { FAIL(sys.render(e)); });
-    keeper = spawn_ledger_keeper(sys, *store);
+    keeper = spawn_ledger_keeper(sys, store);
     std::string refusal;
     self->request(keeper, timeout, open_atom::value, std::string("user/bob"), false)
         .receive([&](caf::ok_atom) {}, [&](caf::error& e) { refusal = from_caf(e).message(); });
     CHECK(refusal.find("the ledger fails its check") != std::string::npos);
     self->send_exit(keeper, caf::exit_reason::user_shutdown);
-    self->send_exit(*store, caf::exit_reason::user_shutdown);
+    self->send_exit(store, caf::exit_reason::user_shutdown);
   }
 }
