@@ -8,7 +8,6 @@
 
 #include <caf/all.hpp>
 
-#include <memory>
 #include <string>
 #include <vector>
 
@@ -22,31 +21,31 @@ using namespace gflex;
 
 // An actor system with a store in a fresh directory and a keeper on it.
 struct keeper_fixture {
+  static caf::actor_system_config& configured(caf::actor_system_config& cfg) {
+    configure_actor_system(cfg);
+    return cfg;
+  }
+
   test::temp_dir dir;
   caf::actor_system_config cfg;
-  std::unique_ptr<caf::actor_system> sys;
+  caf::actor_system sys{configured(cfg)};
   caf::actor store;
   caf::actor keeper;
+  caf::scoped_actor self{sys};
   const std::chrono::seconds timeout{60};
 
   keeper_fixture() {
-    configure_actor_system(cfg);
-    sys = std::make_unique<caf::actor_system>(cfg);
-    auto s = spawn_store(*sys, dir.path());
+    auto s = spawn_store(sys, dir.path());
     REQUIRE(s.has_value());
     store = *s;
-    keeper = spawn_ledger_keeper(*sys, store);
+    keeper = spawn_ledger_keeper(sys, store);
   }
 };
 
 TEST_SUITE("ledger_keeper") {
-  TEST_CASE("a burst of openings and transfers is booked in order, and the chain verifies") {
-    keeper_fixture f;
-    auto& sys = *f.sys;
-    auto store = f.store;
-    auto keeper = f.keeper;
-    caf::scoped_actor self{sys};
-    const auto timeout = f.timeout;
+  TEST_CASE_FIXTURE(
+      keeper_fixture,
+      "a burst of openings and transfers is booked in order, and the chain verifies") {
     constexpr int nodes = 300;
     // Credit a user first, then send everything at once without waiting for any answer:
     // each node's account opening, then a payment to it, then the same opening again (an
@@ -101,13 +100,8 @@ TEST_SUITE("ledger_keeper") {
     self->send_exit(store, caf::exit_reason::user_shutdown);
   }
 
-  TEST_CASE("a ledger whose stored chain fails its check takes no transaction") {
-    keeper_fixture f;
-    auto& sys = *f.sys;
-    auto store = f.store;
-    auto keeper = f.keeper;
-    caf::scoped_actor self{sys};
-    const auto timeout = f.timeout;
+  TEST_CASE_FIXTURE(keeper_fixture,
+                    "a ledger whose stored chain fails its check takes no transaction") {
     self->request(keeper, timeout, open_atom::value, std::string("user/alice"), false)
         .receive([&](caf::ok_atom) {}, [&](caf::error& e) { FAIL(sys.render(e)); });
     self->send_exit(keeper, caf::exit_reason::user_shutdown);
