@@ -32,6 +32,7 @@
 #include <thread>
 
 #include "gflex/runtime/identity.hpp"
+#include "gflex/runtime/rng.hpp"
 #include "gflex/runtime/tensor_codec.hpp"
 #include "gflex/runtime/update_codec.hpp"
 #include "link_security.hpp"
@@ -73,33 +74,23 @@ struct fleet {
   std::string last_refusal;
 };
 
-uint64_t splitmix(uint64_t& x) {
-  uint64_t z = (x += 0x9e3779b97f4a7c15ull);
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return z ^ (z >> 31);
-}
-
-double unit(uint64_t& x) {  // in [-1, 1)
-  return static_cast<double>(splitmix(x) >> 11) * 0x1.0p-52 - 1.0;
-}
-
 // The update a simulated node "computes" for an assignment: a direction common to the round
 // (so that every result of a round looks like the others, as honest ones do) plus a tenth of
 // that in noise of the assignment's own seed (so that a node's successive results differ, as
 // honest ones do). A function of the assignment only: a re-computation reproduces it.
 std::vector<float> made_update(const assignment& a, size_t count) {
-  uint64_t round_state = std::hash<std::string>{}(a.job_id) ^ (a.round * 0x2545f4914f6cdd1dull);
-  uint64_t own_state = a.seed;
+  rng common(std::hash<std::string>{}(a.job_id) ^ (a.round * 0x2545f4914f6cdd1dull));
+  rng own(a.seed);
+  auto unit = [](rng& r) { return 2.0 * r.uniform() - 1.0; };  // in [-1, 1)
   std::vector<float> v(count);
-  for (auto& x : v) x = static_cast<float>(1e-3 * (unit(round_state) + 0.1 * unit(own_state)));
+  for (auto& x : v) x = static_cast<float>(1e-3 * (unit(common) + 0.1 * unit(own)));
   return v;
 }
 
-// The parameter count of an assignment, from its encoded tensor's size: an f32 tensor's bytes
-// are its values plus a header of a few dozen bytes, so the count is the size / 4 rounded
-// down once the header's bytes are off. Decoding 10,000 copies of the same parameters per
-// round would cost the load generator more than the core's sending them.
+// The parameter count of an assignment's tensor, decoded once per encoded size and remembered:
+// decoding 10,000 copies of the same parameters per round would cost the load generator more
+// than the core's sending them. Parameters sent as chunks (a model over one payload chunk)
+// have no inline tensor: 0, which the node refuses.
 size_t parameter_count(const assignment& a, std::map<size_t, size_t>& known) {
   const auto& bytes = a.params;
   auto it = known.find(bytes.size());

@@ -23,7 +23,7 @@ from the assignment, and computes nothing). The nodes of one process share its c
    again and answered).
 
     python3 tests/bench/core_scale.py [BUILD_BIN_DIR] [--steps 1000,2500,5000,10000]
-        [--per-process 500] [--round-sizes 10,100,1000] [--jobs 8]
+        [--per-process 500] [--round-sizes 10,100,1000] [--jobs 4]
 
 Everything runs on this machine: the core shares its cores with the load generators, so
 the core's CPU figure is what it used, not what it would get alone.
