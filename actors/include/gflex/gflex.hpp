@@ -212,10 +212,11 @@ class client {
   /// count (the error says how many it holds). Returns the checkpoint's tensor names.
   expected<std::vector<std::string>> fetch_parameters(const std::string& job_id,
                                                       std::span<float> out);
-  /// Follows a job to its end, polling every 200 ms and calling `on_status` with each status
+  /// Follows a job to its end, polling every `poll` and calling `on_status` with each status
   /// seen; returns the final one.
   expected<job_status> wait(const std::string& job_id,
-                            const std::function<void(const job_status&)>& on_status = {});
+                            const std::function<void(const job_status&)>& on_status = {},
+                            std::chrono::milliseconds poll = std::chrono::milliseconds(200));
   /// Follows a job to its end, polling its status (and, for the node events, the cluster's
   /// nodes) every `poll`, and calls `events` with what changed; returns the final status.
   expected<job_status> follow(const std::string& job_id, const job_events& events,
@@ -289,7 +290,11 @@ class embedded_cluster {
   struct state;
 
  private:
+  friend expected<job_status> run_embedded(const embedded_config&, const std::string&,
+                                           const std::function<void(const job_status&)>&);
   explicit embedded_cluster(std::unique_ptr<state> s);
+  static expected<std::unique_ptr<state>> start_core(const embedded_config& config);
+  static error add_nodes(state& s, const embedded_config& config);
   std::unique_ptr<state> s_;
 };
 
