@@ -22,4 +22,12 @@ struct Tensor {
   # field can hold (2^29 - 1 bytes: a model of over 134 million fp32 values); `data` is then
   # empty.
   pieces @3 :List(Data);
+  # The same bytes compressed as one zstd frame, when that is smaller (`data` and `pieces` are
+  # then empty): a shard's pixels, a round's parameters. The reader decompresses into exactly
+  # product(shape) * sizeof(dtype) bytes and refuses a frame that holds more or less.
+  zstd @4 :Data;
+  # With `zstd`: the bytes were laid out in planes before compressing (every element's first
+  # byte, then every element's second byte, ...), which makes f32 values compress: their
+  # sign-and-exponent bytes repeat, their low mantissa bytes do not.
+  planes @5 :Bool;
 }

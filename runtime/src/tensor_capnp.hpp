@@ -12,12 +12,13 @@
 namespace gflex::detail {
 
 /// Fills `out` with host tensor `t`.
-void write_tensor(schema::Tensor::Builder out, const tensor& t);
+void write_tensor(schema::Tensor::Builder out, const tensor& t,
+                  tensor_packing packing = tensor_packing::raw);
 
 /// Fills `out` with a 1-D f32 tensor of `values` (memory the caller owns, not copied first).
 /// f32 values as a tensor of `shape` (1-D when null; its product must be values' size).
 void write_vector(schema::Tensor::Builder out, std::span<const float> values,
-                  const shape_t* shape = nullptr);
+                  const shape_t* shape = nullptr, tensor_packing packing = tensor_packing::raw);
 
 /// Words a message needs for a tensor of `bytes` data bytes and `rank` dimensions, at most.
 inline size_t tensor_words(size_t bytes, size_t rank) {

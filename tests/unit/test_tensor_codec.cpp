@@ -3,6 +3,8 @@
 #include <capnp/message.h>
 #include <capnp/serialize.h>
 
+#include <zstd.h>
+
 #include <cstring>
 
 #include "gflex/runtime/rng.hpp"
@@ -146,5 +148,78 @@ TEST_SUITE("tensor_codec") {
     auto one = decode_tensor(build({100}, 0, 100));
     REQUIRE(one.has_value());
     CHECK(one->numel() == 100);
+  }
+
+  TEST_CASE("packed tensors decode to the same bytes and are smaller") {
+    // Parameters as a model holds them (small normal values), pixels with a dark background.
+    auto params = tensor::empty({100000}, dtype::f32);
+    rng r(11);
+    for (float& v : params.span<float>()) v = 0.05f * static_cast<float>(r.normal());
+    auto pixels = tensor::empty({300, 784}, dtype::u8);
+    for (auto& p : pixels.span<uint8_t>())
+      p = r.below(3) == 0 ? static_cast<uint8_t>(r.below(256)) : 0;
+    for (const tensor* t : {&params, &pixels}) {
+      auto raw = encode_tensor(*t);
+      auto packed = encode_tensor(*t, tensor_packing::zstd);
+      CHECK(packed.size() < raw.size() * 9 / 10);
+      auto back = decode_tensor(packed);
+      REQUIRE(back.has_value());
+      CHECK(back->type() == t->type());
+      CHECK(back->shape() == t->shape());
+      CHECK(std::memcmp(back->raw(), t->raw(), t->nbytes()) == 0);
+    }
+    CHECK(encode_vector(params.span<float>(), tensor_packing::zstd) ==
+          encode_tensor(params, tensor_packing::zstd));
+    // Bytes that do not compress travel raw.
+    auto noise = tensor::empty({4096}, dtype::u8);
+    for (auto& b : noise.span<uint8_t>()) b = static_cast<uint8_t>(r.next());
+    CHECK(encode_tensor(noise, tensor_packing::zstd) == encode_tensor(noise));
+  }
+
+  TEST_CASE("a packed tensor whose frame disagrees with its shape is refused") {
+    // A message whose zstd field holds `frame`, for a u8 tensor of `numel` elements.
+    auto message = [](const std::vector<uint8_t>& frame, uint64_t numel, unsigned data_bytes) {
+      capnp::MallocMessageBuilder m;
+      auto root = m.initRoot<schema::Tensor>();
+      root.setDtype(schema::DType::U8);
+      root.initShape(1).set(0, numel);
+      if (data_bytes > 0) root.initData(data_bytes);
+      root.setZstd(kj::arrayPtr(frame.data(), frame.size()));
+      auto flat = capnp::messageToFlatArray(m);
+      auto b = flat.asBytes();
+      return std::vector<uint8_t>(b.begin(), b.end());
+    };
+    auto compress = [](const std::vector<uint8_t>& bytes, bool say_size) {
+      ZSTD_CCtx* cctx = ZSTD_createCCtx();
+      ZSTD_CCtx_setParameter(cctx, ZSTD_c_contentSizeFlag, say_size ? 1 : 0);
+      std::vector<uint8_t> frame(ZSTD_compressBound(bytes.size()));
+      size_t n = ZSTD_compress2(cctx, frame.data(), frame.size(), bytes.data(), bytes.size());
+      ZSTD_freeCCtx(cctx);
+      REQUIRE_FALSE(ZSTD_isError(n));
+      frame.resize(n);
+      return frame;
+    };
+    auto refused = [](const std::vector<uint8_t>& bytes, const std::string& why) {
+      auto out = decode_tensor(bytes);
+      REQUIRE_FALSE(out.has_value());
+      CHECK(out.error().code() == errc::malformed_message);
+      INFO(out.error().message());
+      CHECK(out.error().message().find(why) != std::string::npos);
+    };
+    const std::vector<uint8_t> zeros(1000, 0);
+    REQUIRE(decode_tensor(message(compress(zeros, true), 1000, 0)).has_value());
+    // More or fewer bytes than the shape needs (a 64 MiB frame for 1000 elements is refused
+    // before anything of its size is made).
+    refused(message(compress(zeros, true), 999, 0),
+            "needs 999 data bytes but the zstd frame holds 1000");
+    refused(message(compress(std::vector<uint8_t>(size_t{64} << 20, 0), true), 1000, 0),
+            "holds 67108864");
+    refused(message(compress(zeros, false), 1000, 0), "does not say its size");
+    refused(message({1, 2, 3, 4, 5, 6, 7, 8, 9}, 1000, 0), "is not one");
+    refused(message(compress(zeros, true), 1000, 16), "both packed and raw");
+    // A frame cut short says its size but cannot give it.
+    auto cut = compress(zeros, true);
+    cut.resize(cut.size() - 3);
+    refused(message(cut, 1000, 0), "does not decompress");
   }
 }

@@ -27,7 +27,7 @@ namespace gflex {
 const char* sdk_version() noexcept;
 
 /// The wire protocol version this build speaks; a node with another is refused at join.
-inline constexpr uint32_t protocol_version = 9;
+inline constexpr uint32_t protocol_version = 10;
 
 /// How to run a core.
 struct core_config {

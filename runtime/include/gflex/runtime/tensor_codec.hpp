@@ -18,11 +18,18 @@ struct decode_limits {
   int64_t max_elements = int64_t{1} << 28;
 };
 
+/// How a tensor's element bytes travel.
+enum class tensor_packing {
+  raw,   ///< As they are in memory.
+  zstd,  ///< Compressed with zstd (byte planes first for wider elements) when that is smaller.
+};
+
 /// Encodes a host tensor as a single-segment Cap'n Proto message.
-std::vector<uint8_t> encode_tensor(const tensor& t);
+std::vector<uint8_t> encode_tensor(const tensor& t, tensor_packing packing = tensor_packing::raw);
 
 /// Encodes `values` as a 1-D f32 tensor, from where they are (no tensor copy first).
-std::vector<uint8_t> encode_vector(std::span<const float> values);
+std::vector<uint8_t> encode_vector(std::span<const float> values,
+                                   tensor_packing packing = tensor_packing::raw);
 
 /// Decodes bytes made by encode_tensor into a new host tensor. Truncated, malformed or
 /// inconsistent input (shape disagreeing with the data size, unknown dtype, limits exceeded)
