@@ -1051,8 +1051,8 @@ void start_round(job_actor* self) {
   // be in memory twice.
   st.round_params.reset();
   auto params = std::make_shared<shared_params>();
-  // Packed (byte planes, zstd): parameters are most of what a node downloads.
-  params->bytes = encode_vector(st.job.theta, tensor_packing::zstd);
+  // Raw: a node in another process gets them packed (shared_params::wire_bytes).
+  params->bytes = encode_vector(st.job.theta);
   // Named once per round here, not by each node's session: hashing a large model's
   // parameters takes about a second per gigabyte.
   if (params->bytes.size() > st.links.payload_chunk_bytes) {

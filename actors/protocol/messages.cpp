@@ -2,7 +2,14 @@
 
 #include <caf/io/middleman.hpp>
 
+#include "gflex/runtime/tensor_codec.hpp"
+
 namespace gflex {
+
+const std::vector<uint8_t>& shared_params::wire_bytes() const {
+  std::call_once(packed_once_, [this] { packed_ = repack_tensor(bytes, tensor_packing::zstd); });
+  return packed_;
+}
 
 void register_message_types(caf::actor_system_config& cfg) {
   cfg.add_message_type<gpu_status>("gflex::gpu_status");

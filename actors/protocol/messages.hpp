@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <span>
 #include <string>
 #include <vector>
@@ -109,6 +110,15 @@ struct shared_params {
   std::vector<uint8_t> bytes;
   uint64_t chunk_bytes = 0;         ///< The chunk size `chunks` were cut with.
   std::vector<std::string> chunks;  ///< Digests; empty when the bytes travel inline.
+
+  /// The bytes as they travel inline to a node in another process: packed (zstd, byte
+  /// planes), made once by the first session that sends them. A node in the core's process
+  /// reads `bytes` and pays for no packing.
+  const std::vector<uint8_t>& wire_bytes() const;
+
+ private:
+  mutable std::once_flag packed_once_;
+  mutable std::vector<uint8_t> packed_;
 };
 
 /// job -> worker (assign_atom): run `local_steps` inner steps from `params` on the shard whose

@@ -355,7 +355,9 @@ node_session_internal::behavior_type session_behavior(session_actor* self, sessi
         if (a.params_ref && node_is_remote(self)) {
           auto p = std::move(a.params_ref);
           if (p->chunks.empty()) {
-            a.params = p->bytes;
+            // Packed once per round, by the first session that sends them: parameters are
+            // most of what a node downloads.
+            a.params = p->wire_bytes();
           } else {
             a.params_chunks = p->chunks;
             a.params_bytes = p->bytes.size();

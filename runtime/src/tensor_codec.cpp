@@ -168,6 +168,12 @@ std::vector<uint8_t> encode_vector(std::span<const float> values, tensor_packing
       });
 }
 
+std::vector<uint8_t> repack_tensor(std::span<const uint8_t> encoded, tensor_packing packing) {
+  auto t = decode_tensor(encoded);
+  if (!t) return {encoded.begin(), encoded.end()};
+  return encode_tensor(*t, packing);
+}
+
 expected<tensor> decode_tensor(std::span<const uint8_t> bytes, const decode_limits& limits) {
   return detail::read_message<tensor>(
       bytes, "tensor message", limits.max_bytes, [&](capnp::MessageReader& reader) {

@@ -170,6 +170,12 @@ TEST_SUITE("tensor_codec") {
     }
     CHECK(encode_vector(params.span<float>(), tensor_packing::zstd) ==
           encode_tensor(params, tensor_packing::zstd));
+    // A raw message packed afterwards is the message packed at once; bytes that are no tensor
+    // message stay as they are.
+    CHECK(repack_tensor(encode_tensor(params), tensor_packing::zstd) ==
+          encode_tensor(params, tensor_packing::zstd));
+    const std::vector<uint8_t> junk{1, 2, 3};
+    CHECK(repack_tensor(junk, tensor_packing::zstd) == junk);
     // Bytes that do not compress travel raw.
     auto noise = tensor::empty({4096}, dtype::u8);
     for (auto& b : noise.span<uint8_t>()) b = static_cast<uint8_t>(r.next());

@@ -31,6 +31,10 @@ std::vector<uint8_t> encode_tensor(const tensor& t, tensor_packing packing = ten
 std::vector<uint8_t> encode_vector(std::span<const float> values,
                                    tensor_packing packing = tensor_packing::raw);
 
+/// The tensor message `encoded` written again with `packing` (the bytes as they are when they
+/// do not decode).
+std::vector<uint8_t> repack_tensor(std::span<const uint8_t> encoded, tensor_packing packing);
+
 /// Decodes bytes made by encode_tensor into a new host tensor. Truncated, malformed or
 /// inconsistent input (shape disagreeing with the data size, unknown dtype, limits exceeded)
 /// gives errc::malformed_message with a message that says what was wrong; it never crashes.
