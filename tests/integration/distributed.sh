@@ -115,7 +115,11 @@ rc=0
 timeout -s KILL 30 "$BIN/gflex-node" --join "$core" --name old --data-dir "$WORK/old" \
   --protocol-version 99 >"$WORK/old.log" 2>&1 || rc=$?
 [ "$rc" -eq 3 ] || fail "a node with protocol 99 exited $rc, expected 3"
-grep -q "protocol version 99 is not supported (this core speaks version 9)" "$WORK/old.log" ||
+# The refusal names the version this build speaks.
+speaks=$(sed -n 's/.*protocol_version = \([0-9]*\);.*/\1/p' \
+  "$(dirname "$0")/../../actors/include/gflex/gflex.hpp")
+[ -n "$speaks" ] || fail "no protocol_version in gflex.hpp"
+grep -q "protocol version 99 is not supported (this core speaks version $speaks)" "$WORK/old.log" ||
   fail "no clear refusal in the node's log: $(tail -2 "$WORK/old.log")"
 grep -q "refused node old: protocol version 99" "$WORK/core.log" || fail "core did not log it"
 echo "ok: protocol version 99 refused"
