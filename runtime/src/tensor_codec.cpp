@@ -14,8 +14,8 @@ namespace detail {
 
 namespace {
 
-// zstd's fastest level: a round's parameters are packed once per round on the core's path
-// between two rounds, and the byte planes do most of the work for f32 values.
+// zstd's fastest level: a round's parameters are packed between two rounds (by the first
+// node session that sends them), and the byte planes do most of the work for f32 values.
 constexpr int packing_level = 1;
 // One Data field holds the frame; larger tensors (models of over 64 million parameters)
 // travel raw, in pieces.
