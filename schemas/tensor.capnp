@@ -24,7 +24,8 @@ struct Tensor {
   pieces @3 :List(Data);
   # The same bytes compressed as one zstd frame, when that is smaller (`data` and `pieces` are
   # then empty): a shard's pixels, a round's parameters. The reader decompresses into exactly
-  # product(shape) * sizeof(dtype) bytes and refuses a frame that holds more or less.
+  # product(shape) * sizeof(dtype) bytes and refuses a frame that holds more or less, or
+  # that would expand to more than 32 times its size (such data travels raw).
   zstd @4 :Data;
   # With `zstd`: the bytes were laid out in planes before compressing (every element's first
   # byte, then every element's second byte, ...), which makes f32 values compress: their

@@ -176,7 +176,11 @@ TEST_SUITE("tensor_codec") {
           encode_tensor(params, tensor_packing::zstd));
     const std::vector<uint8_t> junk{1, 2, 3};
     CHECK(repack_tensor(junk, tensor_packing::zstd) == junk);
-    // Bytes that do not compress travel raw.
+    // Bytes that do not compress travel raw, and so do bytes that compress more than a reader
+    // lets a frame expand (all zeros).
+    auto zeros = tensor::empty({100000}, dtype::u8);
+    std::fill_n(zeros.data<uint8_t>(), zeros.numel(), uint8_t{0});
+    CHECK(encode_tensor(zeros, tensor_packing::zstd) == encode_tensor(zeros));
     auto noise = tensor::empty({4096}, dtype::u8);
     for (auto& b : noise.span<uint8_t>()) b = static_cast<uint8_t>(r.next());
     CHECK(encode_tensor(noise, tensor_packing::zstd) == encode_tensor(noise));
@@ -212,19 +216,25 @@ TEST_SUITE("tensor_codec") {
       INFO(out.error().message());
       CHECK(out.error().message().find(why) != std::string::npos);
     };
-    const std::vector<uint8_t> zeros(1000, 0);
-    REQUIRE(decode_tensor(message(compress(zeros, true), 1000, 0)).has_value());
+    // Bytes that pack about twice (a value in [0, 16) each).
+    std::vector<uint8_t> values(1000);
+    rng r(5);
+    for (auto& b : values) b = static_cast<uint8_t>(r.below(16));
+    REQUIRE(decode_tensor(message(compress(values, true), 1000, 0)).has_value());
     // More or fewer bytes than the shape needs (a 64 MiB frame for 1000 elements is refused
     // before anything of its size is made).
-    refused(message(compress(zeros, true), 999, 0),
+    refused(message(compress(values, true), 999, 0),
             "needs 999 data bytes but the zstd frame holds 1000");
+    // A frame that says what the shape needs but would expand over 32 times.
+    refused(message(compress(std::vector<uint8_t>(1 << 20, 0), true), 1 << 20, 0),
+            "may not expand to 1048576 (at most 32 times)");
     refused(message(compress(std::vector<uint8_t>(size_t{64} << 20, 0), true), 1000, 0),
             "holds 67108864");
-    refused(message(compress(zeros, false), 1000, 0), "does not say its size");
+    refused(message(compress(values, false), 1000, 0), "does not say its size");
     refused(message({1, 2, 3, 4, 5, 6, 7, 8, 9}, 1000, 0), "is not one");
-    refused(message(compress(zeros, true), 1000, 16), "both packed and raw");
+    refused(message(compress(values, true), 1000, 16), "both packed and raw");
     // A frame cut short says its size but cannot give it.
-    auto cut = compress(zeros, true);
+    auto cut = compress(values, true);
     cut.resize(cut.size() - 3);
     refused(message(cut, 1000, 0), "does not decompress");
   }
