@@ -136,6 +136,13 @@ std::vector<node_status> merge_reputation(std::vector<node_status> nodes,
   return nodes;
 }
 
+// The core's store actor: over the store the caller opened (the replicated one, kept across
+// restarts of the actor), or over LMDB in the data directory (reopened).
+expected<caf::actor> open_core_store(caf::actor_system& sys, const core_config& config) {
+  if (config.shared_store) return spawn_store(sys, config.shared_store);
+  return spawn_store(sys, config.data_dir);
+}
+
 // Replaces the child that went down with a fresh one and tells the siblings that hold its
 // handle. Each child restarts from what it persists or can rebuild: the store reopens LMDB,
 // the market is offered every node's workers again by the registry, a new registry makes
@@ -149,7 +156,7 @@ caf::actor restart_child(core_actor_type* self, const caf::actor_addr& who) {
     self->send(dest, update_atom::value, std::string(role), replacement);
   };
   if (who == c.store.address()) {
-    auto store = spawn_store(sys, st.config.data_dir);
+    auto store = open_core_store(sys, st.config);
     if (!store) return {};
     c.store = *store;
     tell(c.jobs, "store", c.store);
@@ -569,7 +576,7 @@ caf::behavior core_actor(core_actor_type* self, core_children children, core_con
 }  // namespace
 
 expected<caf::actor> spawn_core(caf::actor_system& sys, const core_config& config) {
-  auto store = spawn_store(sys, config.data_dir);
+  auto store = open_core_store(sys, config);
   if (!store) return store.error();
   core_children c;
   c.store = *store;

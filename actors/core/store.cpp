@@ -11,12 +11,13 @@ namespace {
 
 struct store_state {
   std::chrono::steady_clock::time_point mailbox_noted{};  // core_metrics::note_mailbox
-  std::unique_ptr<store> db;
+  std::shared_ptr<key_value_store> db;
   static inline const char* name = "store";
 };
 
-caf::behavior store_actor(caf::stateful_actor<store_state>* self, std::shared_ptr<store> db) {
-  self->state.db = std::make_unique<store>(std::move(*db));
+caf::behavior store_actor(caf::stateful_actor<store_state>* self,
+                          std::shared_ptr<key_value_store> db) {
+  self->state.db = std::move(db);
   return {
       [=](commit_atom, store_batch& batch) -> caf::result<caf::ok_atom> {
         core_metrics::note_mailbox(self, "store");
@@ -56,8 +57,11 @@ caf::behavior store_actor(caf::stateful_actor<store_state>* self, std::shared_pt
 expected<caf::actor> spawn_store(caf::actor_system& sys, const std::filesystem::path& dir) {
   auto db = store::open(dir);
   if (!db) return db.error();
-  auto shared = std::make_shared<store>(std::move(*db));
-  return sys.spawn<caf::detached>(store_actor, shared);
+  return spawn_store(sys, std::make_shared<store>(std::move(*db)));
+}
+
+caf::actor spawn_store(caf::actor_system& sys, std::shared_ptr<key_value_store> db) {
+  return sys.spawn<caf::detached>(store_actor, std::move(db));
 }
 
 }  // namespace gflex

@@ -11,6 +11,7 @@
 #include <caf/fwd.hpp>
 
 #include <filesystem>
+#include <memory>
 
 #include "gflex/runtime/error.hpp"
 
@@ -19,5 +20,11 @@ namespace gflex {
 /// Opens the store in `dir` and spawns its actor; errors (a locked or unwritable directory)
 /// are returned before anything is spawned.
 expected<caf::actor> spawn_store(caf::actor_system& sys, const std::filesystem::path& dir);
+
+class key_value_store;
+
+/// Spawns the store actor over a store its caller keeps (the replicated one); a restarted
+/// actor reuses it.
+caf::actor spawn_store(caf::actor_system& sys, std::shared_ptr<key_value_store> db);
 
 }  // namespace gflex

@@ -21,6 +21,7 @@
 #include "core_supervisor.hpp"
 #include "gflex/gflex.hpp"
 #include "gflex/runtime/checkpoint.hpp"
+#include "gflex/runtime/replicated_store.hpp"
 #include "gflex/runtime/secret_file.hpp"
 #include "gflex/runtime/shard.hpp"
 #include "gflex/runtime/tls_credentials.hpp"
@@ -167,6 +168,57 @@ struct in_process_core final : local_core {
   client connect(const std::string& api_key) override;
 };
 
+namespace {
+
+// A core of several servers: joins the other cores through etcd and waits until this one
+// leads (the others serve nobody). On success config.shared_store holds the replicated
+// store; nullopt when a stop signal came first.
+std::optional<int> lead_replicated(core_config& config) {
+  auto endpoints = etcd_endpoints_of(config.store_url);
+  if (!endpoints) {
+    spdlog::error("{}", endpoints.error().message());
+    return 2;
+  }
+  if (config.chunk_listen.empty()) {
+    spdlog::error(
+        "--chunk-listen HOST:PORT is required with --store etcd://...: the other "
+        "cores fetch parameters and checkpoints from it");
+    return 2;
+  }
+  replication_config rc;
+  rc.endpoints = *endpoints;
+  rc.core_address = config.host + ":" + std::to_string(config.port);
+  rc.core_id = config.core_id.empty() ? rc.core_address : config.core_id;
+  rc.chunk_listen = config.chunk_listen;
+  rc.chunk_dir = config.data_dir / "chunks";
+  rc.secret = config.operator_key;
+  rc.lease_ttl_s = config.leader_lease_s;
+  // A leader that lost its lease must not act once more: another core may lead already.
+  // Everything it committed is in etcd; nothing local needs saving.
+  auto store = replicated_store::start(rc, [] {
+    spdlog::critical("this core lost the leadership; stopping at once");
+    spdlog::default_logger()->flush();
+    std::_Exit(3);
+  });
+  if (!store) {
+    spdlog::error("{}", store.error().message());
+    return 1;
+  }
+  spdlog::info("core {} joined the cores at {}; waiting to lead", rc.core_id, rc.endpoints);
+  auto led = (*store)->campaign(received_signal, [](const std::string& leader) {
+    spdlog::info("following {}", leader.empty() ? std::string("(no leader yet)") : leader);
+  });
+  if (!led) {
+    spdlog::error("{}", led.error().message());
+    return 1;
+  }
+  if (!*led) return 0;
+  config.shared_store = std::shared_ptr<key_value_store>(std::move(*store));
+  return std::nullopt;
+}
+
+}  // namespace
+
 int run_core(const core_config& given, const core_service_starter& start) {
   signal_watcher signals;
   core_config config = given;
@@ -197,6 +249,8 @@ int run_core(const core_config& given, const core_service_starter& start) {
     auto fingerprint = pinned_fingerprint(core_tls_files::in(config.data_dir).ca_cert);
     link = "TLS, authority " + (fingerprint ? *fingerprint : std::string("?"));
   }
+  if (!config.store_url.empty())
+    if (auto code = lead_replicated(config)) return *code;
   caf::actor_system sys{cfg};
   // The core's front door drops exit messages that come from no actor of this process
   // (boundary.hpp): an anonymous one would be ignored and the process would never end, so

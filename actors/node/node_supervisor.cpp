@@ -212,6 +212,7 @@ expected<caf::actor> spawn_node(caf::actor_system& sys, const node_config& confi
   up.protocol = aids.announce_protocol != 0 ? aids.announce_protocol : protocol_version;
   up.host = host;
   up.port = port;
+  up.other_cores = config.other_cores;
   up.tier = static_cast<uint8_t>(config.tier);
   up.price = std::llround(config.price * 1e6);
   up.throughput = *throughput;

@@ -91,7 +91,8 @@ struct uplink_state {
   uint64_t last_beat_generation = 0;  // the session it went to
   bool gpu_sampling_off = false;      // NVML could not serve; said once
   int attempt = 0;
-  bool leaving = false;  // said bye: no more heartbeats, no rejoining
+  size_t core_index = 0;  // which of the cores (0: config.host) the next connect tries
+  bool leaving = false;   // said bye: no more heartbeats, no rejoining
   static inline const char* name = "uplink";
 };
 
@@ -122,8 +123,22 @@ void sample_gpus(uplink_actor* self) {
   }
 }
 
+// The address of the core the next connect tries.
+std::pair<std::string, uint16_t> core_address(const uplink_state& st) {
+  if (st.core_index == 0) return {st.config.host, st.config.port};
+  return st.config.other_cores[st.core_index - 1];
+}
+
 void retry_later(uplink_actor* self) {
   auto& st = self->state;
+  if (!st.config.other_cores.empty()) {
+    // A core of several: try the next server soon; back off once every one has failed.
+    st.core_index = (st.core_index + 1) % (st.config.other_cores.size() + 1);
+    if (st.core_index != 0) {
+      self->delayed_send(self, std::chrono::milliseconds(200), caf::connect_atom::value);
+      return;
+    }
+  }
   double base = std::min(30.0, 0.5 * std::pow(2.0, std::min(st.attempt, 10)));
   double jitter = 0.5 + randombytes_uniform(1000) / 1000.0;
   st.attempt += 1;
@@ -196,20 +211,21 @@ void connect(uplink_actor* self) {
   if (st.fixed_core) return hello(self, st.fixed_core);
   auto mm = st.config.tls ? self->system().openssl_manager().actor_handle()
                           : self->system().middleman().actor_handle();
-  self->request(mm, std::chrono::seconds(15), caf::connect_atom::value, st.config.host,
-                st.config.port)
+  const auto address = core_address(st);
+  const std::string host = address.first;
+  const uint16_t port = address.second;
+  self->request(mm, std::chrono::seconds(15), caf::connect_atom::value, host, port)
       .then(
           [=](const caf::node_id&, caf::strong_actor_ptr& ptr, const std::set<std::string>&) {
             if (!ptr) {
-              spdlog::warn("uplink: {}:{} published no actor", self->state.config.host,
-                           self->state.config.port);
+              spdlog::warn("uplink: {}:{} published no actor", host, port);
               return retry_later(self);
             }
             hello(self, caf::actor_cast<caf::actor>(ptr));
           },
           [=](caf::error& e) {
-            spdlog::warn("uplink: cannot reach the core at {}:{}: {}", self->state.config.host,
-                         self->state.config.port, self->system().render(e));
+            spdlog::warn("uplink: cannot reach the core at {}:{}: {}", host, port,
+                         self->system().render(e));
             retry_later(self);
           });
 }

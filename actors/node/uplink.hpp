@@ -41,6 +41,8 @@ struct uplink_config {
   uint32_t protocol = 0;
   std::string host;  ///< Empty when `core` is given (embedded: no sockets).
   uint16_t port = 0;
+  /// The other servers of a core of several, tried in turn when one cannot be reached.
+  std::vector<std::pair<std::string, uint16_t>> other_cores;
   uint8_t tier = 0;        ///< gflex::node_tier to join with.
   std::string credential;  ///< The join token.
   bool tls = false;        ///< Connect through the OpenSSL module (the actor system has it loaded).

@@ -29,7 +29,10 @@ expected<std::string> api_key_of(const connection_flags& f) {
 }  // namespace
 
 void add_connection_flags(CLI::App* cmd, connection_flags& f) {
-  cmd->add_option("--core", f.core, "the core's HOST:PORT")->capture_default_str();
+  cmd->add_option("--core", f.core,
+                  "the core's HOST:PORT (a core of several servers: every one's, "
+                  "comma-separated; the first that answers is used)")
+      ->capture_default_str();
   cmd->add_option("--api-key-file", f.api_key_file,
                   "file holding the API key (default: $GFLEX_API_KEY)");
   cmd->add_option("--core-cert", f.core_cert,
@@ -38,9 +41,9 @@ void add_connection_flags(CLI::App* cmd, connection_flags& f) {
 }
 
 int connect_core(const connection_flags& f, std::optional<client>& out) {
-  auto address = parse_host_port(f.core, "--core");
-  if (!address) {
-    spdlog::error("{}", address.error().message());
+  auto addresses = parse_host_ports(f.core, "--core");
+  if (!addresses) {
+    spdlog::error("{}", addresses.error().message());
     return 2;
   }
   client_options options;
@@ -58,7 +61,10 @@ int connect_core(const connection_flags& f, std::optional<client>& out) {
     spdlog::warn(
         "--insecure: the link to the core is NOT encrypted, and this client cannot tell "
         "the core from an impostor");
-  auto c = client::connect(address->host, address->port, options);
+  // Only the leader of a core of several serves: the others do not listen.
+  auto c = client::connect(addresses->front().host, addresses->front().port, options);
+  for (size_t i = 1; i < addresses->size() && !c && c.error().code() == errc::io_error; ++i)
+    c = client::connect((*addresses)[i].host, (*addresses)[i].port, options);
   if (!c) {
     spdlog::error("{}", c.error().message());
     return c.error().code() == errc::io_error ? 1 : 2;

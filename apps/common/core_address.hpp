@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <string>
+#include <vector>
 
 #include "gflex/runtime/error.hpp"
 
@@ -30,6 +31,23 @@ inline expected<host_port> parse_host_port(const std::string& text, const std::s
   auto [ptr, ec] = std::from_chars(begin, end, port);
   if (ec != std::errc() || ptr != end || port == 0 || port > 65535) return bad();
   return host_port{text.substr(0, colon), static_cast<uint16_t>(port)};
+}
+
+/// "host:port[,host:port...]": the servers of a core of several (only the leader serves);
+/// `flag` names the option in errors.
+inline expected<std::vector<host_port>> parse_host_ports(const std::string& text,
+                                                         const std::string& flag) {
+  std::vector<host_port> out;
+  size_t at = 0;
+  for (;;) {
+    const size_t comma = text.find(',', at);
+    auto one = parse_host_port(
+        text.substr(at, comma == std::string::npos ? std::string::npos : comma - at), flag);
+    if (!one) return one.error();
+    out.push_back(std::move(*one));
+    if (comma == std::string::npos) return out;
+    at = comma + 1;
+  }
 }
 
 /// The shared start of a daemon's main: logging at `log_level`, then the HOST:PORT given for

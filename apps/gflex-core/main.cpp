@@ -119,6 +119,19 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--data-dir", config.data_dir,
                  "directory of the LMDB store and the credentials `init` made");
+  app.add_option("--store", config.store_url,
+                 "etcd://HOST:PORT[,HOST:PORT...]: one of a core of several servers, its state "
+                 "in etcd, serving nodes and clients while it leads (docs/FAILURES.md); "
+                 "default: this core alone, its state in LMDB in --data-dir");
+  app.add_option("--core-id", config.core_id,
+                 "this core's name among the cores (default: its --listen address)");
+  app.add_option("--chunk-listen", config.chunk_listen,
+                 "HOST:PORT the other cores fetch parameters and checkpoints from (with "
+                 "--store etcd://)");
+  app.add_option("--leader-lease-s", config.leader_lease_s,
+                 "seconds without renewal after which a leader's etcd lease lapses")
+      ->check(CLI::Range(2, 600))
+      ->capture_default_str();
   app.add_option("--heartbeat-ms", config.heartbeat_ms, "heartbeat interval told to nodes")
       ->check(CLI::Range(50, 600000))
       ->capture_default_str();

@@ -20,7 +20,9 @@ int main(int argc, char** argv) {
   gflex::node_config config;
   gflex::node_test_aids aids;  // hidden flags, for the project's tests
   config.data_dir = "gflex-node-data";
-  app.add_option("--join", join, "the core's HOST:PORT")->required();
+  app.add_option("--join", join,
+                 "the core's HOST:PORT (a core of several servers: every one's, comma-separated)")
+      ->required();
   app.add_option("--name", config.name, "name shown by the core (default: host name)");
   app.add_option("--metrics-listen", metrics_listen,
                  "HOST:PORT to serve Prometheus metrics on (/metrics); off unless given");
@@ -94,8 +96,16 @@ int main(int argc, char** argv) {
   if (const char* cert = std::getenv("GFLEX_CORE_CERT"); core_cert.empty() && cert != nullptr)
     core_cert = cert;
   config.core_cert = core_cert;
-  auto address = gflex::app::start_daemon("gflex-node", log_level, join, "--join");
+  auto address =
+      gflex::app::start_daemon("gflex-node", log_level, join.substr(0, join.find(',')), "--join");
   if (!address) return 2;
+  auto cores = gflex::app::parse_host_ports(join, "--join");
+  if (!cores) {
+    std::fprintf(stderr, "gflex-node: %s\n", cores.error().message().c_str());
+    return 2;
+  }
+  for (size_t i = 1; i < cores->size(); ++i)
+    config.other_cores.emplace_back((*cores)[i].host, (*cores)[i].port);
   if (!gflex::app::serve_metrics(metrics_listen)) return 2;
   gflex::app::node_progress status(config.name.empty() ? std::string("gflex-node") : config.name,
                                    config.workers);

@@ -270,7 +270,7 @@ expected<void> store::commit(std::span<const store_write> writes) {
   return {};
 }
 
-expected<void> store::put(std::string_view key, std::span<const uint8_t> value) {
+expected<void> key_value_store::put(std::string_view key, std::span<const uint8_t> value) {
   store_write w{std::string(key), std::vector<uint8_t>(value.begin(), value.end())};
   return commit({&w, 1});
 }

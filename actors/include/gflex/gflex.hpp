@@ -23,6 +23,8 @@
 
 namespace gflex {
 
+class key_value_store;
+
 /// The SDK's version ("0.2.0"), from libgflex (cmake/gflex_sdk.cmake).
 const char* sdk_version() noexcept;
 
@@ -34,6 +36,16 @@ struct core_config {
   std::string host = "127.0.0.1";
   uint16_t port = 7400;
   std::filesystem::path data_dir;  ///< LMDB store; required.
+  /// A core of several servers (docs/FAILURES.md): "etcd://HOST:PORT,..." keeps the state in
+  /// etcd instead of LMDB; the core serves nodes and clients only while it leads. Empty: the
+  /// one-machine core on LMDB.
+  std::string store_url;
+  std::string core_id;         ///< This core's name among the cores (default: HOST:PORT).
+  std::string chunk_listen;    ///< HOST:PORT its chunk service listens on (the other cores).
+  int64_t leader_lease_s = 5;  ///< TTL of the etcd lease a leader holds.
+  /// The store the core keeps its state in, when its caller opened one (run_core does for
+  /// store_url); null: LMDB in data_dir.
+  std::shared_ptr<key_value_store> shared_store;
   /// Heartbeat interval a node is told to use, and the lease after which a silent node is
   /// taken as lost.
   uint32_t heartbeat_ms = 1000;
@@ -112,6 +124,9 @@ struct node_config {
   /// Take assignments only while other processes leave the machine idle (they use less
   /// than half of its CPUs).
   bool idle_only = false;
+  /// The other servers of a core of several (host, port), tried in turn after the one
+  /// run_node is given when a core cannot be reached: only the leader serves nodes.
+  std::vector<std::pair<std::string, uint16_t>> other_cores;
 };
 
 /// Makes a new core's credentials in `data_dir`: its TLS authority, certificate and the

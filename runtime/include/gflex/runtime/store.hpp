@@ -22,11 +22,38 @@ struct store_write {
   std::optional<std::vector<uint8_t>> value;
 };
 
+/// What the core keeps its state in: one key space of byte values with atomic batches. LMDB
+/// in the data directory (`store`) is the one-machine default; a core of several servers
+/// keeps it in etcd (`replicated_store`).
+class key_value_store {
+ public:
+  virtual ~key_value_store() = default;
+
+  /// Applies all writes atomically.
+  virtual expected<void> commit(std::span<const store_write> writes) = 0;
+
+  /// Writes one key.
+  expected<void> put(std::string_view key, std::span<const uint8_t> value);
+
+  /// The value under `key`, or nullopt if there is none.
+  virtual expected<std::optional<std::vector<uint8_t>>> get(std::string_view key) const = 0;
+
+  /// Calls `fn` for each key starting with `prefix`, in key order, from one consistent view;
+  /// `fn` returns false to stop early.
+  virtual expected<void> scan(
+      std::string_view prefix,
+      const std::function<bool(std::string_view key, std::span<const uint8_t> value)>& fn)
+      const = 0;
+
+  /// The bytes the store uses (its high-water mark where it has one).
+  virtual int64_t used_bytes() const = 0;
+};
+
 /// An LMDB environment in a directory, with one key space. Every `commit` is one LMDB write
 /// transaction: all of its writes become durable together or none does, across crashes.
 /// LMDB requires a write transaction to stay on the thread that began it; each call here
 /// begins and ends its transaction, so a store may be used from any one thread at a time.
-class store {
+class store final : public key_value_store {
  public:
   store(store&&) noexcept;
   store& operator=(store&&) noexcept;
@@ -38,23 +65,18 @@ class store {
   /// old copy until the new one is committed).
   static expected<store> open(const std::filesystem::path& dir, size_t map_bytes = size_t{1} << 36);
 
-  /// Applies all writes atomically.
-  expected<void> commit(std::span<const store_write> writes);
+  /// Applies all writes in one LMDB write transaction.
+  expected<void> commit(std::span<const store_write> writes) override;
 
-  /// Writes one key.
-  expected<void> put(std::string_view key, std::span<const uint8_t> value);
+  expected<std::optional<std::vector<uint8_t>>> get(std::string_view key) const override;
 
-  /// The value under `key`, or nullopt if there is none.
-  expected<std::optional<std::vector<uint8_t>>> get(std::string_view key) const;
-
-  /// Calls `fn` for each key starting with `prefix`, in key order, within one read
-  /// transaction; `fn` returns false to stop early.
-  expected<void> scan(
-      std::string_view prefix,
-      const std::function<bool(std::string_view key, std::span<const uint8_t> value)>& fn) const;
+  /// Scans within one read transaction.
+  expected<void> scan(std::string_view prefix,
+                      const std::function<bool(std::string_view key,
+                                               std::span<const uint8_t> value)>& fn) const override;
 
   /// The bytes the store's pages use in its file (its high-water mark).
-  int64_t used_bytes() const;
+  int64_t used_bytes() const override;
 
  private:
   struct impl;

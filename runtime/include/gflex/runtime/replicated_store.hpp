@@ -1,0 +1,89 @@
+#pragma once
+/// @file
+/// gflex::replicated_store: a core's state kept in etcd, for a core of several servers, one
+/// of which leads at a time (docs/FAILURES.md).
+///
+/// - Membership and leadership: each core holds an etcd lease (renewed every third of its
+///   TTL) with its member record attached (/gflex/member/ID: the address of its chunk
+///   service). The leader is the core whose record /gflex/leader (attached to its lease) is;
+///   a core wins it with a transaction that creates the key only where none exists.
+/// - Fencing: every commit is one etcd transaction that applies only while /gflex/leader
+///   still has the revision this core created it at; a core whose lease lapsed, or that
+///   another core replaced, cannot commit. Each commit also records its writer
+///   (/gflex/writer: "ID REVISION"), so etcd's history shows who committed what.
+/// - Values of `chunk_threshold` bytes or more (parameters, checkpoints, data sets) are too
+///   large for etcd: each is a file named by its digest in every core's chunk directory,
+///   pushed to every live member before the commit that names it, and etcd holds a
+///   reference. A core that joins (or rejoins after a partition) fetches the chunks it lacks
+///   before it may campaign.
+///
+/// The core's keys live under /gflex/data/.
+
+#include <atomic>
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "gflex/runtime/error.hpp"
+#include "gflex/runtime/store.hpp"
+
+namespace gflex {
+
+struct replication_config {
+  std::string endpoints;  ///< etcd members, "host:port,host:port,..."
+  std::string core_id;    ///< this core's name among the cores (letters, digits, '-', '.', ':')
+  /// Where this core serves its chunks to the other cores (HOST:PORT; port 0: any free one),
+  /// and the address they reach it at (default: the listen address with the chosen port).
+  std::string chunk_listen;
+  std::string chunk_advertise;
+  std::filesystem::path chunk_dir;  ///< the chunk files (created if missing)
+  /// Shared by the cores of one cloud; chunk requests without it are refused. The cores use
+  /// a digest of the operator key, which they share with the rest of the data directory.
+  std::string secret;
+  /// The address nodes and clients reach this core at, written into the leader record.
+  std::string core_address;
+  int64_t lease_ttl_s = 5;
+  size_t chunk_threshold = size_t{64} << 10;
+};
+
+class replicated_store final : public key_value_store {
+ public:
+  /// Connects to etcd, starts the chunk service, registers this core as a member and fetches
+  /// the chunks that committed values name and this core lacks. `on_lost` is called (from
+  /// the lease thread) when this core led and lost its lease: it must stop acting as leader
+  /// at once.
+  static expected<std::unique_ptr<replicated_store>> start(replication_config config,
+                                                           std::function<void()> on_lost);
+  ~replicated_store() override;
+
+  /// Tries, every second, to become the leader until it does (true) or `stop` is set
+  /// (false). `on_follow` is told the leader record whenever it changes.
+  expected<bool> campaign(const std::atomic<int>& stop,
+                          const std::function<void(const std::string& leader)>& on_follow);
+
+  /// The current leader's record ("ID ADDRESS"), empty when none leads.
+  expected<std::string> leader() const;
+
+  expected<void> commit(std::span<const store_write> writes) override;
+  expected<std::optional<std::vector<uint8_t>>> get(std::string_view key) const override;
+  expected<void> scan(std::string_view prefix,
+                      const std::function<bool(std::string_view key,
+                                               std::span<const uint8_t> value)>& fn) const override;
+  int64_t used_bytes() const override;
+
+  /// The port the chunk service listens on.
+  uint16_t chunk_port() const;
+
+ private:
+  struct impl;
+  explicit replicated_store(std::unique_ptr<impl> p);
+  std::unique_ptr<impl> impl_;
+};
+
+/// The store URL's etcd endpoints: "etcd://h:p,h:p" gives "h:p,h:p"; errc::invalid_argument
+/// for any other scheme.
+expected<std::string> etcd_endpoints_of(const std::string& store_url);
+
+}  // namespace gflex

@@ -1,0 +1,571 @@
+#include "gflex/runtime/replicated_store.hpp"
+
+#include <fcntl.h>
+#include <httplib.h>
+#include <sodium.h>
+#include <unistd.h>
+
+#include <spdlog/spdlog.h>
+
+#include <chrono>
+#include <cstring>
+#include <fstream>
+#include <mutex>
+#include <set>
+#include <thread>
+
+#include "gflex/runtime/digest.hpp"
+#include "gflex/runtime/etcd_client.hpp"
+#include "gflex/runtime/http_server.hpp"
+
+namespace gflex {
+
+namespace {
+
+using clock_type = std::chrono::steady_clock;
+
+constexpr std::string_view data_prefix = "/gflex/data/";
+constexpr std::string_view member_prefix = "/gflex/member/";
+constexpr std::string_view leader_key = "/gflex/leader";
+constexpr std::string_view writer_key = "/gflex/writer";
+
+// A value kept as a chunk: this marker, the value's size (8 bytes, little-endian), then its
+// digest (64 hex). No value the core stores begins with a NUL and "gflex-chunk".
+constexpr char chunk_marker[13] = {'\0', 'g', 'f', 'l', 'e', 'x', '-',
+                                   'c',  'h', 'u', 'n', 'k', '\0'};
+
+struct chunk_ref {
+  uint64_t size = 0;
+  std::string digest;
+};
+
+std::optional<chunk_ref> as_chunk_ref(std::span<const uint8_t> v) {
+  if (v.size() != sizeof chunk_marker + 8 + 64 ||
+      std::memcmp(v.data(), chunk_marker, sizeof chunk_marker))
+    return std::nullopt;
+  chunk_ref r;
+  std::memcpy(&r.size, v.data() + sizeof chunk_marker, 8);
+  r.digest.assign(reinterpret_cast<const char*>(v.data()) + sizeof chunk_marker + 8, 64);
+  if (!is_digest_hex(r.digest)) return std::nullopt;
+  return r;
+}
+
+std::vector<uint8_t> encode_chunk_ref(const chunk_ref& r) {
+  std::vector<uint8_t> out(sizeof chunk_marker + 8 + 64);
+  std::memcpy(out.data(), chunk_marker, sizeof chunk_marker);
+  std::memcpy(out.data() + sizeof chunk_marker, &r.size, 8);
+  std::memcpy(out.data() + sizeof chunk_marker + 8, r.digest.data(), 64);
+  return out;
+}
+
+std::string text_of(const std::vector<uint8_t>& v) {
+  return std::string(v.begin(), v.end());
+}
+
+std::vector<uint8_t> bytes_of(std::string_view s) {
+  return {s.begin(), s.end()};
+}
+
+bool valid_core_id(const std::string& id) {
+  if (id.empty() || id.size() > 128) return false;
+  for (char c : id)
+    if (!std::isalnum(static_cast<unsigned char>(c)) && c != '-' && c != '.' && c != ':' &&
+        c != '_')
+      return false;
+  return true;
+}
+
+// Writes a chunk file durably under its digest (a temporary file, synced, renamed).
+expected<void> write_chunk(const std::filesystem::path& dir, const std::string& digest,
+                           std::span<const uint8_t> bytes) {
+  const auto file = dir / digest;
+  std::error_code exists_ec;
+  if (std::filesystem::exists(file, exists_ec)) {
+    // Written again: it is young again, so the garbage collection (which spares young
+    // chunks) cannot take it before the commit that names it lands.
+    std::filesystem::last_write_time(file, std::filesystem::file_time_type::clock::now(),
+                                     exists_ec);
+    return {};
+  }
+  const auto tmp = dir / (digest + ".tmp" + std::to_string(::getpid()) + "-" +
+                          std::to_string(std::hash<std::thread::id>{}(std::this_thread::get_id())));
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (fd < 0)
+    return error(errc::io_error, "cannot write " + tmp.string() + ": " + std::strerror(errno));
+  size_t at = 0;
+  while (at < bytes.size()) {
+    ssize_t n = ::write(fd, bytes.data() + at, std::min<size_t>(bytes.size() - at, 1u << 30));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      ::close(fd);
+      ::unlink(tmp.c_str());
+      return error(errc::io_error, "cannot write " + tmp.string() + ": " + std::strerror(errno));
+    }
+    at += static_cast<size_t>(n);
+  }
+  if (::fsync(fd) != 0 || ::close(fd) != 0) {
+    ::unlink(tmp.c_str());
+    return error(errc::io_error, "cannot sync " + tmp.string());
+  }
+  std::error_code ec;
+  std::filesystem::rename(tmp, file, ec);
+  if (ec) return error(errc::io_error, "cannot rename " + tmp.string() + ": " + ec.message());
+  return {};
+}
+
+std::optional<std::vector<uint8_t>> read_chunk(const std::filesystem::path& dir,
+                                               const chunk_ref& r) {
+  std::ifstream in(dir / r.digest, std::ios::binary);
+  if (!in) return std::nullopt;
+  std::vector<uint8_t> bytes(r.size);
+  in.read(reinterpret_cast<char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
+  if (static_cast<uint64_t>(in.gcount()) != r.size || in.peek() != EOF) return std::nullopt;
+  return bytes;
+}
+
+std::pair<std::string, int> split_host_port(const std::string& address) {
+  auto colon = address.rfind(':');
+  if (colon == std::string::npos) return {address, 0};
+  try {
+    return {address.substr(0, colon), std::stoi(address.substr(colon + 1))};
+  } catch (const std::exception&) {
+    return {address, 0};
+  }
+}
+
+}  // namespace
+
+struct replicated_store::impl {
+  // How often each core looks for chunks nothing names, and how old an unnamed one must be.
+  static constexpr auto garbage_period = std::chrono::seconds(60);
+  static constexpr auto garbage_age = std::chrono::seconds(120);
+
+  replication_config config;
+  std::function<void()> on_lost;
+  std::string bearer;  // "Bearer <hex digest of the secret>"
+
+  mutable std::mutex etcd_mutex;  // guards `etcd` (one client; the store actor and campaign)
+  mutable std::optional<etcd_client> etcd;
+
+  std::unique_ptr<http::server> chunks;
+  std::string advertise;  // HOST:PORT other cores fetch this core's chunks at
+
+  std::atomic<int64_t> lease{0};
+  std::atomic<bool> member_ready{false};  // registered and holding every committed chunk
+  std::atomic<bool> leading{false};
+  std::atomic<int64_t> leader_revision{0};      // /gflex/leader's revision while this core leads
+  mutable std::atomic<int64_t> chunk_bytes{0};  // in the chunk directory
+
+  std::atomic<bool> stopping{false};
+  std::thread lease_thread;
+
+  ~impl() {
+    stopping = true;
+    if (lease_thread.joinable()) lease_thread.join();
+  }
+
+  // The other live cores: id -> chunk address.
+  expected<std::vector<std::pair<std::string, std::string>>> peers() const {
+    std::lock_guard lock(etcd_mutex);
+    auto kvs = etcd->range(member_prefix, true);
+    if (!kvs) return kvs.error();
+    std::vector<std::pair<std::string, std::string>> out;
+    for (auto& kv : *kvs) {
+      std::string id = kv.key.substr(member_prefix.size());
+      if (id != config.core_id) out.emplace_back(id, text_of(kv.value));
+    }
+    return out;
+  }
+
+  bool is_member(const std::string& id) const {
+    std::lock_guard lock(etcd_mutex);
+    auto kvs = etcd->range(std::string(member_prefix) + id, false);
+    return !kvs || !kvs->empty();  // when etcd cannot say, keep trying
+  }
+
+  // Pushes a chunk to every other live core; a core that cannot take it is tried again until
+  // it does or its membership lapses (its lease TTL): a committed value is on every core
+  // that is a member when it commits.
+  expected<void> push_chunk(const std::string& digest, std::span<const uint8_t> bytes) {
+    auto others = peers();
+    if (!others) return others.error();
+    for (const auto& [id, address] : *others) {
+      auto [host, port] = split_host_port(address);
+      const auto give_up = clock_type::now() + std::chrono::seconds(config.lease_ttl_s + 5);
+      for (;;) {
+        httplib::Client c(host, port);
+        c.set_connection_timeout(1, 0);
+        c.set_write_timeout(30, 0);
+        c.set_read_timeout(30, 0);
+        httplib::Headers h{{"Authorization", bearer}};
+        auto r = c.Put("/chunk/" + digest, h, reinterpret_cast<const char*>(bytes.data()),
+                       bytes.size(), "application/octet-stream");
+        if (r && r->status == 204) break;
+        if (!is_member(id)) {
+          spdlog::warn("replication: core {} left before taking chunk {}", id,
+                       digest.substr(0, 12));
+          break;
+        }
+        if (clock_type::now() > give_up)
+          return error(
+              errc::unavailable,
+              "core " + id + " at " + address + " does not take chunk " + digest + " (" +
+                  (r ? "HTTP " + std::to_string(r->status) : httplib::to_string(r.error())) + ")");
+        std::this_thread::sleep_for(std::chrono::milliseconds(250));
+      }
+    }
+    return {};
+  }
+
+  // Fetches a chunk this core lacks from the other cores.
+  expected<std::vector<uint8_t>> fetch_chunk(const chunk_ref& ref) const {
+    auto others = peers();
+    if (!others) return others.error();
+    for (const auto& [id, address] : *others) {
+      auto [host, port] = split_host_port(address);
+      httplib::Client c(host, port);
+      c.set_connection_timeout(1, 0);
+      c.set_read_timeout(60, 0);
+      auto r = c.Get("/chunk/" + ref.digest, httplib::Headers{{"Authorization", bearer}});
+      if (!r || r->status != 200 || r->body.size() != ref.size) continue;
+      std::span<const uint8_t> body(reinterpret_cast<const uint8_t*>(r->body.data()),
+                                    r->body.size());
+      if (digest_hex(body) != ref.digest) {
+        spdlog::warn("replication: core {} sent chunk {} with other contents", id,
+                     ref.digest.substr(0, 12));
+        continue;
+      }
+      if (auto ok = write_chunk(config.chunk_dir, ref.digest, body); !ok) return ok.error();
+      chunk_bytes_add(body.size());
+      return std::vector<uint8_t>(body.begin(), body.end());
+    }
+    return error(errc::unavailable, "no core holds chunk " + ref.digest);
+  }
+
+  void chunk_bytes_add(size_t n) const { chunk_bytes += static_cast<int64_t>(n); }
+
+  expected<std::vector<uint8_t>> resolve(std::vector<uint8_t> value) const {
+    auto ref = as_chunk_ref(value);
+    if (!ref) return value;
+    if (auto local = read_chunk(config.chunk_dir, *ref)) return std::move(*local);
+    return fetch_chunk(*ref);
+  }
+
+  // Registers this core as a member under a fresh lease, then fetches every chunk committed
+  // values name that it lacks; only then may it campaign.
+  expected<void> join() {
+    member_ready = false;
+    int64_t id = 0;
+    {
+      std::lock_guard lock(etcd_mutex);
+      auto l = etcd->grant_lease(config.lease_ttl_s);
+      if (!l) return l.error();
+      id = *l;
+      etcd_op put{std::string(member_prefix) + config.core_id, bytes_of(advertise), id};
+      auto r = etcd->txn({}, {&put, 1});
+      if (!r) return r.error();
+    }
+    lease = id;
+    std::vector<chunk_ref> refs;
+    {
+      std::lock_guard lock(etcd_mutex);
+      auto kvs = etcd->range(data_prefix, true);
+      if (!kvs) return kvs.error();
+      for (const auto& kv : *kvs)
+        if (auto ref = as_chunk_ref(kv.value)) refs.push_back(*ref);
+    }
+    size_t fetched = 0;
+    for (const auto& ref : refs) {
+      if (std::filesystem::exists(config.chunk_dir / ref.digest)) continue;
+      auto got = fetch_chunk(ref);
+      if (!got) return got.error();
+      ++fetched;
+    }
+    spdlog::info("replication: core {} is a member ({} chunk(s) held, {} fetched)", config.core_id,
+                 refs.size(), fetched);
+    member_ready = true;
+    return {};
+  }
+
+  // Removes the chunk files no committed value names (an older round's checkpoint), and
+  // temporary files a crash left. Young files are spared: a chunk is pushed before the
+  // commit that names it, and the commit may not have landed yet.
+  void collect_garbage() {
+    std::set<std::string> live;
+    {
+      std::lock_guard lock(etcd_mutex);
+      auto kvs = etcd->range(data_prefix, true);
+      if (!kvs) return;
+      for (const auto& kv : *kvs)
+        if (auto ref = as_chunk_ref(kv.value)) live.insert(ref->digest);
+    }
+    const auto cutoff = std::filesystem::file_time_type::clock::now() - garbage_age;
+    std::error_code ec;
+    size_t removed = 0;
+    for (const auto& f : std::filesystem::directory_iterator(config.chunk_dir, ec)) {
+      const std::string name = f.path().filename().string();
+      if (live.count(name) || f.last_write_time(ec) > cutoff || ec) continue;
+      const auto size = f.is_regular_file(ec) ? f.file_size(ec) : 0;
+      if (std::filesystem::remove(f.path(), ec) && is_digest_hex(name)) {
+        chunk_bytes -= static_cast<int64_t>(size);
+        ++removed;
+      }
+    }
+    if (removed > 0) spdlog::debug("replication: removed {} unused chunk(s)", removed);
+  }
+
+  // Renews the lease every third of its TTL. A leader that cannot renew it within the TTL
+  // (or hears that it expired) has lost it; a follower joins again.
+  void renew_leases() {
+    auto client = etcd_client::make(config.endpoints);
+    if (!client) return;
+    auto last_ok = clock_type::now();
+    auto next_collection = clock_type::now() + garbage_period;
+    const auto period = std::chrono::milliseconds(config.lease_ttl_s * 1000 / 3);
+    while (!stopping) {
+      auto next = clock_type::now() + period;
+      while (!stopping && clock_type::now() < next)
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      if (stopping) return;
+      auto left = client->keep_alive(lease);
+      const bool expired = (left && *left <= 0) ||
+                           clock_type::now() - last_ok > std::chrono::seconds(config.lease_ttl_s);
+      if (left && *left > 0) {
+        last_ok = clock_type::now();
+        if (last_ok >= next_collection) {
+          collect_garbage();
+          next_collection = clock_type::now() + garbage_period;
+        }
+        continue;
+      }
+      if (!expired) continue;  // etcd unreachable for now; the lease may still hold
+      if (leading.exchange(false)) {
+        spdlog::error("replication: core {} lost its leader lease", config.core_id);
+        if (on_lost) on_lost();
+        return;
+      }
+      spdlog::warn("replication: core {} lost its membership lease; joining again", config.core_id);
+      while (!stopping) {
+        auto ok = join();
+        if (ok) break;
+        spdlog::warn("replication: joining again failed: {}", ok.error().message());
+        std::this_thread::sleep_for(std::chrono::seconds(1));
+      }
+      last_ok = clock_type::now();
+    }
+  }
+
+  expected<void> fenced_commit(std::span<const store_write> writes) {
+    if (!leading)
+      return error(errc::permission_denied, "this core does not lead: it cannot commit");
+    std::vector<etcd_op> ops;
+    ops.reserve(writes.size() + 1);
+    for (const auto& w : writes) {
+      if (w.key.empty()) return error(errc::store_error, "empty store key");
+      etcd_op op{std::string(data_prefix) + w.key, std::nullopt, 0};
+      if (w.value && w.value->size() >= config.chunk_threshold) {
+        chunk_ref ref{w.value->size(), digest_hex(*w.value)};
+        const bool had = std::filesystem::exists(config.chunk_dir / ref.digest);
+        if (auto ok = write_chunk(config.chunk_dir, ref.digest, *w.value); !ok) return ok;
+        if (!had) chunk_bytes_add(w.value->size());
+        if (auto ok = push_chunk(ref.digest, *w.value); !ok) return ok;
+        op.value = encode_chunk_ref(ref);
+      } else {
+        op.value = w.value;
+      }
+      ops.push_back(std::move(op));
+    }
+    const int64_t fence = leader_revision;
+    ops.push_back(
+        {std::string(writer_key), bytes_of(config.core_id + " " + std::to_string(fence)), 0});
+    etcd_compare still_leader{
+        std::string(leader_key), etcd_compare::target::mod_revision, fence, {}};
+    std::lock_guard lock(etcd_mutex);
+    auto r = etcd->txn({&still_leader, 1}, ops);
+    if (!r) return r.error();
+    if (!r->succeeded) {
+      if (leading.exchange(false)) {
+        spdlog::error("replication: core {} is no longer the leader: its commit was fenced off",
+                      config.core_id);
+        if (on_lost) on_lost();
+      }
+      return error(errc::permission_denied,
+                   "this core no longer leads (its lease lapsed or another core leads)");
+    }
+    return {};
+  }
+};
+
+replicated_store::replicated_store(std::unique_ptr<impl> p) : impl_(std::move(p)) {}
+replicated_store::~replicated_store() = default;
+
+expected<std::unique_ptr<replicated_store>> replicated_store::start(replication_config config,
+                                                                    std::function<void()> on_lost) {
+  if (!valid_core_id(config.core_id))
+    return error(errc::invalid_argument,
+                 "core id \"" + config.core_id +
+                     "\" must be 1 to 128 letters, digits, '-', '.', ':' or '_'");
+  if (config.lease_ttl_s < 2) return error(errc::invalid_argument, "lease TTL under 2 s");
+  auto p = std::make_unique<impl>();
+  auto client = etcd_client::make(config.endpoints);
+  if (!client) return client.error();
+  p->etcd.emplace(std::move(*client));
+  std::error_code ec;
+  std::filesystem::create_directories(config.chunk_dir, ec);
+  if (ec)
+    return error(errc::io_error, "cannot make " + config.chunk_dir.string() + ": " + ec.message());
+  for (const auto& f : std::filesystem::directory_iterator(config.chunk_dir, ec))
+    if (f.is_regular_file() && is_digest_hex(f.path().filename().string()))
+      p->chunk_bytes += static_cast<int64_t>(f.file_size());
+  p->bearer =
+      "Bearer " + digest_hex(std::span(reinterpret_cast<const uint8_t*>(config.secret.data()),
+                                       config.secret.size()));
+  auto [host, port] = split_host_port(config.chunk_listen);
+  if (port < 0 || port > 65535 || host.empty())
+    return error(errc::invalid_argument,
+                 "chunk service address \"" + config.chunk_listen + "\" is not HOST:PORT");
+  impl* self = p.get();
+  auto server = http::server::start(
+      host, static_cast<uint16_t>(port), 2,
+      [self](httplib::Server& http) {
+        auto authorized = [self](const httplib::Request& req, httplib::Response& res) {
+          if (req.get_header_value("Authorization") == self->bearer) return true;
+          res.status = 403;
+          return false;
+        };
+        http.Put(R"(/chunk/([0-9a-f]{64}))",
+                 [self, authorized](const httplib::Request& req, httplib::Response& res) {
+                   if (!authorized(req, res)) return;
+                   const std::string digest = req.matches[1];
+                   std::span<const uint8_t> body(reinterpret_cast<const uint8_t*>(req.body.data()),
+                                                 req.body.size());
+                   if (digest_hex(body) != digest) {
+                     res.status = 400;
+                     res.set_content("the chunk's contents do not match its digest", "text/plain");
+                     return;
+                   }
+                   const bool had = std::filesystem::exists(self->config.chunk_dir / digest);
+                   if (!write_chunk(self->config.chunk_dir, digest, body)) {
+                     res.status = 500;
+                     return;
+                   }
+                   if (!had) self->chunk_bytes_add(body.size());
+                   res.status = 204;
+                 });
+        http.Get(R"(/chunk/([0-9a-f]{64}))", [self, authorized](const httplib::Request& req,
+                                                                httplib::Response& res) {
+          if (!authorized(req, res)) return;
+          std::ifstream in(self->config.chunk_dir / std::string(req.matches[1]), std::ios::binary);
+          if (!in) {
+            res.status = 404;
+            return;
+          }
+          std::string body((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+          res.set_content(std::move(body), "application/octet-stream");
+        });
+      },
+      "the chunk service");
+  if (!server) return server.error();
+  p->chunks = std::move(*server);
+  p->advertise = config.chunk_advertise.empty() ? host + ":" + std::to_string(p->chunks->port())
+                                                : config.chunk_advertise;
+  p->config = std::move(config);
+  p->on_lost = std::move(on_lost);
+  if (auto ok = p->join(); !ok) return ok.error();
+  p->lease_thread = std::thread([self] { self->renew_leases(); });
+  return std::unique_ptr<replicated_store>(new replicated_store(std::move(p)));
+}
+
+expected<bool> replicated_store::campaign(
+    const std::atomic<int>& stop, const std::function<void(const std::string&)>& on_follow) {
+  auto& p = *impl_;
+  std::string seen = "\x01";  // no record seen yet
+  while (stop.load() == 0) {
+    if (p.member_ready) {
+      const std::string record = p.config.core_id + " " + p.config.core_address;
+      etcd_compare none{std::string(leader_key), etcd_compare::target::create_revision, 0, {}};
+      etcd_op take{std::string(leader_key), bytes_of(record), p.lease.load()};
+      expected<etcd_txn_result> r = error(errc::unavailable, "");
+      {
+        std::lock_guard lock(p.etcd_mutex);
+        r = p.etcd->txn({&none, 1}, {&take, 1});
+      }
+      if (r && r->succeeded) {
+        p.leader_revision = r->revision;
+        p.leading = true;
+        spdlog::info("replication: core {} leads (lease {:x}, revision {})", p.config.core_id,
+                     p.lease.load(), r->revision);
+        return true;
+      }
+      auto current = leader();
+      if (current && *current != seen) {
+        seen = *current;
+        if (on_follow) on_follow(seen);
+      }
+    }
+    for (int i = 0; i < 20 && stop.load() == 0; ++i)
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return false;
+}
+
+expected<std::string> replicated_store::leader() const {
+  std::lock_guard lock(impl_->etcd_mutex);
+  auto kvs = impl_->etcd->range(leader_key, false);
+  if (!kvs) return kvs.error();
+  return kvs->empty() ? std::string() : text_of(kvs->front().value);
+}
+
+expected<void> replicated_store::commit(std::span<const store_write> writes) {
+  return impl_->fenced_commit(writes);
+}
+
+expected<std::optional<std::vector<uint8_t>>> replicated_store::get(std::string_view key) const {
+  std::vector<etcd_kv> kvs;
+  {
+    std::lock_guard lock(impl_->etcd_mutex);
+    auto r = impl_->etcd->range(std::string(data_prefix) + std::string(key), false);
+    if (!r) return r.error();
+    kvs = std::move(*r);
+  }
+  if (kvs.empty()) return std::optional<std::vector<uint8_t>>{};
+  auto v = impl_->resolve(std::move(kvs.front().value));
+  if (!v) return v.error();
+  return std::optional<std::vector<uint8_t>>(std::move(*v));
+}
+
+expected<void> replicated_store::scan(
+    std::string_view prefix,
+    const std::function<bool(std::string_view, std::span<const uint8_t>)>& fn) const {
+  std::vector<etcd_kv> kvs;
+  {
+    std::lock_guard lock(impl_->etcd_mutex);
+    auto r = impl_->etcd->range(std::string(data_prefix) + std::string(prefix), true);
+    if (!r) return r.error();
+    kvs = std::move(*r);
+  }
+  for (auto& kv : kvs) {
+    auto v = impl_->resolve(std::move(kv.value));
+    if (!v) return v.error();
+    if (!fn(std::string_view(kv.key).substr(data_prefix.size()), *v)) break;
+  }
+  return {};
+}
+
+int64_t replicated_store::used_bytes() const {
+  return impl_->chunk_bytes.load();
+}
+
+uint16_t replicated_store::chunk_port() const {
+  return impl_->chunks->port();
+}
+
+expected<std::string> etcd_endpoints_of(const std::string& store_url) {
+  constexpr std::string_view scheme = "etcd://";
+  if (store_url.rfind(scheme, 0) != 0 || store_url.size() == scheme.size())
+    return error(errc::invalid_argument,
+                 "--store \"" + store_url + "\" is not etcd://HOST:PORT[,HOST:PORT...]");
+  return store_url.substr(scheme.size());
+}
+
+}  // namespace gflex
