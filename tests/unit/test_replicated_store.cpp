@@ -1,0 +1,279 @@
+/// @file
+/// The replicated store against a real etcd server (Debian's etcd-server, started here on
+/// loopback ports in a temporary directory): values and chunks, leadership, fencing, the
+/// chunk service's refusals. Skipped, saying so, where etcd is not installed.
+
+#include <arpa/inet.h>
+#include <doctest/doctest.h>
+#include <httplib.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <filesystem>
+#include <stdexcept>
+#include <thread>
+
+#include "gflex/runtime/digest.hpp"
+#include "gflex/runtime/etcd_client.hpp"
+#include "gflex/runtime/replicated_store.hpp"
+#include "temp_dir.hpp"
+
+using namespace gflex;
+
+namespace {
+
+bool etcd_installed() {
+  return std::filesystem::exists("/usr/bin/etcd");
+}
+
+// `n` distinct loopback ports free now: every socket stays bound until all are chosen, so no
+// two are the same.
+std::vector<int> free_ports(size_t n) {
+  std::vector<int> fds, ports;
+  for (size_t i = 0; i < n; ++i) {
+    const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof addr;
+    if (fd < 0 || ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 ||
+        ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0)
+      throw std::runtime_error("no free loopback port");
+    fds.push_back(fd);
+    ports.push_back(ntohs(addr.sin_port));
+  }
+  for (int fd : fds) ::close(fd);
+  return ports;
+}
+
+// One etcd member in `dir`, killed (SIGKILL) and reaped when the test ends.
+class etcd_server {
+ public:
+  explicit etcd_server(const std::filesystem::path& dir) {
+    const auto ports = free_ports(2);
+    client_port_ = ports[0];
+    const int peer_port = ports[1];
+    const std::string client = "http://127.0.0.1:" + std::to_string(client_port_);
+    const std::string peer = "http://127.0.0.1:" + std::to_string(peer_port);
+    const std::string data = (dir / "etcd").string();
+    const std::string log = (dir / "etcd.log").string();
+    pid_ = ::fork();
+    if (pid_ == 0) {
+      FILE* out = std::freopen(log.c_str(), "w", stderr);
+      (void)out;
+      ::execl("/usr/bin/etcd", "etcd", "--name", "e1", "--data-dir", data.c_str(),
+              "--listen-client-urls", client.c_str(), "--advertise-client-urls", client.c_str(),
+              "--listen-peer-urls", peer.c_str(), "--initial-advertise-peer-urls", peer.c_str(),
+              "--initial-cluster", ("e1=" + peer).c_str(), nullptr);
+      ::_exit(127);
+    }
+    // Ready when it answers; given up (the test then fails on its first request) when it
+    // exits or takes over 20 s.
+    auto c = etcd_client::make(endpoint());
+    for (int i = 0; i < 200; ++i) {
+      if (c->revision()) return;
+      if (::waitpid(pid_, nullptr, WNOHANG) == pid_) {
+        pid_ = -1;
+        MESSAGE("etcd exited at start; its log is in " << log);
+        return;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+  }
+  ~etcd_server() {
+    if (pid_ > 0) {
+      ::kill(pid_, SIGKILL);
+      ::waitpid(pid_, nullptr, 0);
+    }
+  }
+  std::string endpoint() const { return "127.0.0.1:" + std::to_string(client_port_); }
+
+ private:
+  pid_t pid_ = -1;
+  int client_port_ = 0;
+};
+
+replication_config config_of(const etcd_server& etcd, const test::temp_dir& dir,
+                             const std::string& id) {
+  replication_config c;
+  c.endpoints = etcd.endpoint();
+  c.core_id = id;
+  c.chunk_listen = "127.0.0.1:0";
+  c.chunk_dir = dir / ("chunks-" + id);
+  c.secret = "the operator key";
+  c.core_address = "127.0.0.1:7400";
+  c.lease_ttl_s = 2;
+  c.chunk_threshold = 1024;
+  return c;
+}
+
+std::vector<uint8_t> bytes(const std::string& s) {
+  return {s.begin(), s.end()};
+}
+
+std::vector<uint8_t> large(size_t n, uint8_t seed) {
+  std::vector<uint8_t> v(n);
+  for (size_t i = 0; i < n; ++i) v[i] = static_cast<uint8_t>(seed + i * 7 + (i >> 9));
+  return v;
+}
+
+}  // namespace
+
+TEST_SUITE("replicated_store") {
+  TEST_CASE("values and chunks round-trip; a later core fetches the chunks it lacks" *
+            doctest::skip(!etcd_installed())) {
+    test::temp_dir dir;
+    etcd_server etcd(dir.path());
+    auto a = replicated_store::start(config_of(etcd, dir, "a"), [] {});
+    if (!a) MESSAGE(a.error().message());
+    REQUIRE(a.has_value());
+    std::atomic<int> stop{0};
+    auto led = (*a)->campaign(stop, {});
+    REQUIRE(led.has_value());
+    REQUIRE(*led);
+    const auto checkpoint = large(100000, 3);
+    std::vector<store_write> batch = {
+        {"job/1", bytes("record")}, {"ckpt/1", checkpoint}, {"job/2", bytes("other")}};
+    REQUIRE((*a)->commit(batch).has_value());
+    std::vector<store_write> erase = {{"job/2", std::nullopt}};
+    REQUIRE((*a)->commit(erase).has_value());
+    auto v = (*a)->get("ckpt/1");
+    REQUIRE(v.has_value());
+    REQUIRE(v->has_value());
+    CHECK(**v == checkpoint);
+    CHECK_FALSE((*a)->get("job/2")->has_value());
+    // etcd holds a reference, not the bytes.
+    auto raw = etcd_client::make(etcd.endpoint())->range("/gflex/data/ckpt/1", false);
+    REQUIRE(raw.has_value());
+    REQUIRE(raw->size() == 1);
+    CHECK(raw->front().value.size() < 100);
+    std::vector<std::string> keys;
+    REQUIRE((*a)->scan("",
+                       [&](std::string_view k, std::span<const uint8_t>) {
+                         keys.emplace_back(k);
+                         return true;
+                       })
+                .has_value());
+    CHECK(keys == std::vector<std::string>{"ckpt/1", "job/1"});
+
+    // A second core joins: it fetches the checkpoint's chunk from the first, and the first
+    // pushes it the next one before committing.
+    auto b = replicated_store::start(config_of(etcd, dir, "b"), [] {});
+    REQUIRE(b.has_value());
+    CHECK(std::filesystem::exists(dir / "chunks-b" / digest_hex(checkpoint)));
+    const auto next = large(50000, 9);
+    std::vector<store_write> more = {{"ckpt/1", next}};
+    REQUIRE((*a)->commit(more).has_value());
+    CHECK(std::filesystem::exists(dir / "chunks-b" / digest_hex(next)));
+    CHECK(**(*b)->get("ckpt/1") == next);
+  }
+
+  TEST_CASE("one leader; a follower cannot commit; a deposed leader is fenced off" *
+            doctest::skip(!etcd_installed())) {
+    test::temp_dir dir;
+    etcd_server etcd(dir.path());
+    std::atomic<int> lost_a{0};
+    auto a = replicated_store::start(config_of(etcd, dir, "a"), [&] { ++lost_a; });
+    REQUIRE(a.has_value());
+    auto b = replicated_store::start(config_of(etcd, dir, "b"), [] {});
+    REQUIRE(b.has_value());
+    std::atomic<int> stop{0};
+    REQUIRE(*(*a)->campaign(stop, {}));
+    CHECK(*(*a)->leader() == "a 127.0.0.1:7400");
+
+    // b follows: its campaign goes on until told to stop, and it cannot commit.
+    std::string followed;
+    std::thread stopper([&] {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+      stop = 1;
+    });
+    auto led = (*b)->campaign(stop, [&](const std::string& l) { followed = l; });
+    stopper.join();
+    REQUIRE(led.has_value());
+    CHECK_FALSE(*led);
+    CHECK(followed == "a 127.0.0.1:7400");
+    std::vector<store_write> w = {{"k", bytes("from b")}};
+    auto refused = (*b)->commit(w);
+    REQUIRE_FALSE(refused.has_value());
+    CHECK(refused.error().code() == errc::permission_denied);
+
+    // a's lease ends (as when it is cut off longer than its TTL); b takes over. a's next
+    // commit must not land, and a is told it lost the leadership.
+    auto admin = etcd_client::make(etcd.endpoint());
+    auto leader = admin->range("/gflex/leader", false);
+    REQUIRE(leader.has_value());
+    REQUIRE(leader->size() == 1);
+    REQUIRE(admin->revoke(leader->front().lease).has_value());
+    stop = 0;
+    REQUIRE(*(*b)->campaign(stop, {}));
+    std::vector<store_write> from_b = {{"k", bytes("from b, the leader")}};
+    REQUIRE((*b)->commit(from_b).has_value());
+    std::vector<store_write> from_a = {{"k", bytes("from a, deposed")}};
+    auto fenced = (*a)->commit(from_a);
+    REQUIRE_FALSE(fenced.has_value());
+    CHECK(fenced.error().code() == errc::permission_denied);
+    CHECK(lost_a.load() == 1);
+    CHECK(**(*b)->get("k") == bytes("from b, the leader"));
+    auto writer = admin->range("/gflex/writer", false);
+    REQUIRE(writer.has_value());
+    CHECK(
+        std::string(writer->front().value.begin(), writer->front().value.end()).starts_with("b "));
+  }
+
+  TEST_CASE("the chunk service refuses a wrong secret and contents that are not their digest" *
+            doctest::skip(!etcd_installed())) {
+    test::temp_dir dir;
+    etcd_server etcd(dir.path());
+    auto a = replicated_store::start(config_of(etcd, dir, "a"), [] {});
+    REQUIRE(a.has_value());
+    httplib::Client c("127.0.0.1", (*a)->chunk_port());
+    const std::string body = "some chunk";
+    const std::string digest =
+        digest_hex(std::span(reinterpret_cast<const uint8_t*>(body.data()), body.size()));
+    const std::string good =
+        "Bearer " + digest_hex(std::span(reinterpret_cast<const uint8_t*>("the operator key"), 16));
+    auto no_secret = c.Put("/chunk/" + digest, body, "application/octet-stream");
+    REQUIRE(no_secret);
+    CHECK(no_secret->status == 403);
+    auto wrong = c.Put("/chunk/" + digest, {{"Authorization", "Bearer nope"}}, body,
+                       "application/octet-stream");
+    REQUIRE(wrong);
+    CHECK(wrong->status == 403);
+    auto lie = c.Put("/chunk/" + std::string(64, 'a'), {{"Authorization", good}}, body,
+                     "application/octet-stream");
+    REQUIRE(lie);
+    CHECK(lie->status == 400);
+    CHECK_FALSE(std::filesystem::exists(dir / "chunks-a" / std::string(64, 'a')));
+    auto read = c.Get("/chunk/" + digest, {{"Authorization", "Bearer nope"}});
+    REQUIRE(read);
+    CHECK(read->status == 403);
+    auto fine =
+        c.Put("/chunk/" + digest, {{"Authorization", good}}, body, "application/octet-stream");
+    REQUIRE(fine);
+    CHECK(fine->status == 204);
+    auto back = c.Get("/chunk/" + digest, {{"Authorization", good}});
+    REQUIRE(back);
+    CHECK(back->body == body);
+  }
+
+  TEST_CASE("bad configuration is refused before anything starts") {
+    replication_config c;
+    c.endpoints = "127.0.0.1:1";
+    c.core_id = "bad/id";
+    c.chunk_listen = "127.0.0.1:0";
+    auto r = replicated_store::start(c, [] {});
+    REQUIRE_FALSE(r.has_value());
+    CHECK(r.error().code() == errc::invalid_argument);
+    CHECK_FALSE(etcd_client::make("no-port").has_value());
+    CHECK_FALSE(etcd_client::make("h:0").has_value());
+    CHECK_FALSE(etcd_endpoints_of("http://127.0.0.1:2379").has_value());
+    CHECK(*etcd_endpoints_of("etcd://a:1,b:2") == "a:1,b:2");
+    CHECK(etcd_prefix_end("ab") == "ac");
+    CHECK(etcd_prefix_end(std::string("a\xff", 2)) == "b");
+  }
+}
