@@ -7,6 +7,7 @@
 #include <caf/io/middleman.hpp>
 #include <caf/openssl/manager.hpp>
 
+#include <algorithm>
 #include <chrono>
 #include <deque>
 #include <map>
@@ -139,7 +140,14 @@ void retry_later(uplink_actor* self) {
       return;
     }
   }
-  double base = std::min(30.0, 0.5 * std::pow(2.0, std::min(st.attempt, 10)));
+  // One core: back off exponentially from 0.5 s. Several: the cores are expected to be
+  // without a leader for up to the leader's lease (5 s by default) while a follower takes
+  // over, so the first 8 rounds of tries (about 7 s) wait 0.25-0.75 s each and only then
+  // does the wait grow; a node that had backed off to 4-6 s was often the last to find the
+  // new leader, and a round waits for its slowest worker.
+  const int patient = st.config.other_cores.empty() ? 0 : 8;
+  const int doublings = std::clamp(st.attempt - patient, 0, 10);
+  double base = std::min(30.0, 0.5 * std::pow(2.0, doublings));
   double jitter = 0.5 + randombytes_uniform(1000) / 1000.0;
   st.attempt += 1;
   auto delay = std::chrono::milliseconds(static_cast<int64_t>(base * jitter * 1000));

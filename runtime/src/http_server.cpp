@@ -31,6 +31,9 @@ expected<std::unique_ptr<server>> server::start(const std::string& host, uint16_
     int yes = 1;
     ::setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
   });
+  // A response's header and body leave in separate writes; with Nagle's algorithm the second
+  // waits for the client's delayed acknowledgement (40 ms on Linux).
+  http.set_tcp_nodelay(true);
   routes(http);
   const int bound =
       port == 0 ? http.bind_to_any_port(host) : (http.bind_to_port(host, port) ? port : -1);

@@ -10,6 +10,7 @@
 #include <chrono>
 #include <cstring>
 #include <fstream>
+#include <future>
 #include <mutex>
 #include <set>
 #include <thread>
@@ -183,38 +184,48 @@ struct replicated_store::impl {
     return !kvs || !kvs->empty();  // when etcd cannot say, keep trying
   }
 
-  // Pushes a chunk to every other live core; a core that cannot take it is tried again until
-  // it does or its membership lapses (its lease TTL): a committed value is on every core
-  // that is a member when it commits.
+  // Pushes a chunk to every other live core, to all at once; a core that cannot take it is
+  // tried again until it does or its membership lapses (its lease TTL): a committed value is
+  // on every core that is a member when it commits.
   expected<void> push_chunk(const std::string& digest, std::span<const uint8_t> bytes) {
     auto others = peers();
     if (!others) return others.error();
-    for (const auto& [id, address] : *others) {
-      auto [host, port] = split_host_port(address);
-      const auto give_up = clock_type::now() + std::chrono::seconds(config.lease_ttl_s + 5);
-      for (;;) {
-        httplib::Client c(host, port);
-        c.set_connection_timeout(1, 0);
-        c.set_write_timeout(30, 0);
-        c.set_read_timeout(30, 0);
-        httplib::Headers h{{"Authorization", bearer}};
-        auto r = c.Put("/chunk/" + digest, h, reinterpret_cast<const char*>(bytes.data()),
-                       bytes.size(), "application/octet-stream");
-        if (r && r->status == 204) break;
-        if (!is_member(id)) {
-          spdlog::warn("replication: core {} left before taking chunk {}", id,
-                       digest.substr(0, 12));
-          break;
-        }
-        if (clock_type::now() > give_up)
-          return error(
-              errc::unavailable,
-              "core " + id + " at " + address + " does not take chunk " + digest + " (" +
-                  (r ? "HTTP " + std::to_string(r->status) : httplib::to_string(r.error())) + ")");
-        std::this_thread::sleep_for(std::chrono::milliseconds(250));
+    std::vector<std::future<expected<void>>> pushes;
+    for (const auto& [id, address] : *others)
+      pushes.push_back(std::async(std::launch::async, [this, &digest, bytes, id, address] {
+        return push_chunk_to(id, address, digest, bytes);
+      }));
+    expected<void> all;
+    for (auto& p : pushes)
+      if (auto ok = p.get(); !ok && all) all = ok.error();
+    return all;
+  }
+
+  expected<void> push_chunk_to(const std::string& id, const std::string& address,
+                               const std::string& digest, std::span<const uint8_t> bytes) {
+    auto [host, port] = split_host_port(address);
+    const auto give_up = clock_type::now() + std::chrono::seconds(config.lease_ttl_s + 5);
+    for (;;) {
+      httplib::Client c(host, port);
+      c.set_tcp_nodelay(true);  // see etcd_client.cpp
+      c.set_connection_timeout(1, 0);
+      c.set_write_timeout(30, 0);
+      c.set_read_timeout(30, 0);
+      httplib::Headers h{{"Authorization", bearer}};
+      auto r = c.Put("/chunk/" + digest, h, reinterpret_cast<const char*>(bytes.data()),
+                     bytes.size(), "application/octet-stream");
+      if (r && r->status == 204) return {};
+      if (!is_member(id)) {
+        spdlog::warn("replication: core {} left before taking chunk {}", id, digest.substr(0, 12));
+        return {};
       }
+      if (clock_type::now() > give_up)
+        return error(errc::unavailable,
+                     "core " + id + " at " + address + " does not take chunk " + digest + " (" +
+                         (r ? "HTTP " + std::to_string(r->status) : httplib::to_string(r.error())) +
+                         ")");
+      std::this_thread::sleep_for(std::chrono::milliseconds(250));
     }
-    return {};
   }
 
   // Fetches a chunk this core lacks from the other cores.
@@ -224,6 +235,7 @@ struct replicated_store::impl {
     for (const auto& [id, address] : *others) {
       auto [host, port] = split_host_port(address);
       httplib::Client c(host, port);
+      c.set_tcp_nodelay(true);
       c.set_connection_timeout(1, 0);
       c.set_read_timeout(60, 0);
       auto r = c.Get("/chunk/" + ref.digest, httplib::Headers{{"Authorization", bearer}});
