@@ -2,7 +2,7 @@
 # A core of several servers (docs/FAILURES.md): three etcd members and three cores on
 # loopback, four nodes given every core's address, a metered job running. The leader core is
 # killed with SIGKILL mid-job, then the next leader; a follower is cut off (SIGSTOP past its
-# lease) and comes back. Checks: a follower takes over each time and the nodes find it; the
+# lease) and comes back; then one etcd member is killed. Checks: a follower takes over each time and the nodes find it; the
 # job finishes within 0.005 of the same job's accuracy on an undisturbed core of three; the
 # ledger verifies on the last leader; every round of the job is paid exactly once (from the
 # entries in etcd); and no commit was made by a core that did not hold the leadership at
@@ -129,6 +129,15 @@ kill -CONT "${!pid}"
 wait_for 20 "c$follower to join again" grep -q "joining again" "${!log}"
 wait_for 20 "c$follower to be a member again" bash -c "[ \$(grep -c 'is a member' '${!log}') -ge 2 ]"
 echo "ok: follower c$follower cut off for $((LEASE_S + 2)) s joined again"
+
+# One etcd member of three lost mid-job (the first the cores name): a quorum remains, the
+# cores' etcd clients go on with the others, and the job goes on.
+at_round=$("$G" status "$job" --core "$cores" --json | python3 -c "import json,sys; print(json.load(sys.stdin)['round'])")
+[ "$at_round" -lt 30 ] || fail "the job ended before an etcd member could be killed"
+kill -KILL "$PID_etcd1"
+wait "$PID_etcd1" 2>/dev/null || true
+endpoints=${endpoints#*,}
+echo "ok: etcd member e1 killed at round $at_round"
 
 wait_for 240 "the job to finish" bash -c "'$G' status $job --core $cores | grep -qE ' (done|failed|cancelled),'"
 "$G" status "$job" --core "$cores" --json >"$WORK/final.json" || fail "final status"
