@@ -279,10 +279,7 @@ void resume_jobs(supervisor_actor* self) {
                   self->state.next_id, std::strtoull(digits.c_str(), nullptr, 10) + 1);
               auto spec = parse_job_spec(spec_text, status.job_id);
               if (!spec) continue;
-              status.rounds = spec->rounds;
-              status.name = spec->name;
-              status.workload = spec->workload;
-              status.account = spec->account;
+              fill_from_spec(status, *spec);
               if (is_terminal(status.state)) {
                 self->state.jobs[status.job_id].status = status;
                 continue;

@@ -149,21 +149,7 @@ caf::behavior tracker(tracker_actor* self, caf::actor store, caf::actor market, 
       },
       [=](nodes_atom) -> std::vector<node_status> {
         std::vector<node_status> out;
-        for (const auto& [name, r] : self->state.records) {
-          node_status s;
-          s.name = name;
-          s.tier = r.tier;
-          s.score = r.score();
-          s.streak = r.streak;
-          s.validated = r.validated;
-          s.verified = r.verified;
-          s.rejected = r.rejected;
-          s.flagged = r.flagged;
-          s.credited_s = r.credited_s;
-          s.earned = r.earned;
-          s.last_rejection = r.last_rejection;
-          out.push_back(std::move(s));
-        }
+        for (const auto& [name, r] : self->state.records) out.push_back(status_of(name, r));
         return out;
       },
       [=](update_atom, const std::string& role, caf::actor& replacement) {

@@ -119,4 +119,11 @@ expected<std::pair<std::string, job_status>> decode_job_record(std::span<const u
   }
 }
 
+void fill_from_spec(job_status& s, const job_spec& spec) {
+  s.rounds = spec.rounds;
+  s.name = spec.name;
+  s.workload = spec.workload;
+  s.account = spec.account;
+}
+
 }  // namespace gflex

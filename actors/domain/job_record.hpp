@@ -11,6 +11,7 @@
 
 #include "gflex/job_status.hpp"
 #include "gflex/runtime/error.hpp"
+#include "gflex/runtime/job_spec.hpp"
 
 namespace gflex {
 
@@ -21,5 +22,8 @@ std::string job_checkpoint_key(const std::string& job_id);
 /// Encodes/decodes a job record (schemas/job.capnp).
 std::vector<uint8_t> encode_job_record(const std::string& spec_text, const job_status& s);
 expected<std::pair<std::string, job_status>> decode_job_record(std::span<const uint8_t> bytes);
+
+/// Fills in what a stored status leaves to its spec (name, workload, rounds, account).
+void fill_from_spec(job_status& s, const job_spec& spec);
 
 }  // namespace gflex

@@ -40,6 +40,22 @@ void reputation::on_rejected(const reputation_policy& policy, std::string reason
   last_rejection = std::move(reason);
 }
 
+node_status status_of(const std::string& name, const reputation& r) {
+  node_status s;
+  s.name = name;
+  s.tier = r.tier;
+  s.score = r.score();
+  s.streak = r.streak;
+  s.validated = r.validated;
+  s.verified = r.verified;
+  s.rejected = r.rejected;
+  s.flagged = r.flagged;
+  s.credited_s = r.credited_s;
+  s.earned = r.earned;
+  s.last_rejection = r.last_rejection;
+  return s;
+}
+
 std::string encode_reputation(const reputation& r) {
   nlohmann::json j = {{"name", r.name},
                       {"tier", to_string(r.tier)},

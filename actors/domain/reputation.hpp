@@ -60,6 +60,10 @@ struct reputation {
   void on_rejected(const reputation_policy& policy, std::string reason);
 };
 
+/// What `gflex nodes` shows of a node's record (its reputation fields; the connection's
+/// fields are the registry's).
+node_status status_of(const std::string& name, const reputation& r);
+
 /// The stored form of a record (JSON, one LMDB value per node).
 std::string encode_reputation(const reputation& r);
 

@@ -19,6 +19,8 @@
 
 #include "access.hpp"
 #include "core_supervisor.hpp"
+#include "follower_door.hpp"
+#include "gatekeeper.hpp"
 #include "gflex/gflex.hpp"
 #include "gflex/runtime/checkpoint.hpp"
 #include "gflex/runtime/replicated_store.hpp"
@@ -30,6 +32,7 @@
 #include "message_limit.hpp"
 #include "messages.hpp"
 #include "node_supervisor.hpp"
+#include "store.hpp"
 
 namespace gflex {
 
@@ -171,9 +174,11 @@ struct in_process_core final : local_core {
 namespace {
 
 // A core of several servers: joins the other cores through etcd and waits until this one
-// leads (the others serve nobody). On success config.shared_store holds the replicated
-// store; nullopt when a stop signal came first.
-std::optional<int> lead_replicated(core_config& config) {
+// leads. Meanwhile it follows: its front door (follower_door.hpp) answers status, jobs and
+// nodes from the replicated state and sends every other request to the leader. On success
+// config.shared_store holds the replicated store and the door is gone, its address free for
+// the leader's; nullopt when a stop signal came first.
+std::optional<int> lead_replicated(core_config& config, caf::actor_system& sys) {
   auto endpoints = etcd_endpoints_of(config.store_url);
   if (!endpoints) {
     spdlog::error("{}", endpoints.error().message());
@@ -195,28 +200,64 @@ std::optional<int> lead_replicated(core_config& config) {
   rc.lease_ttl_s = config.leader_lease_s;
   // A leader that lost its lease must not act once more: another core may lead already.
   // Everything it committed is in etcd; nothing local needs saving.
-  auto store = replicated_store::start(rc, [] {
+  auto started = replicated_store::start(rc, [] {
     spdlog::critical("this core lost the leadership; stopping at once");
     spdlog::default_logger()->flush();
     std::_Exit(3);
   });
-  if (!store) {
-    spdlog::error("{}", store.error().message());
+  if (!started) {
+    spdlog::error("{}", started.error().message());
     return 1;
   }
+  std::shared_ptr<replicated_store> store(std::move(*started));
   spdlog::info("core {} joined the cores at {}; waiting to lead", rc.core_id, rc.endpoints);
-  auto led = (*store)->campaign(received_signal, [](const std::string& leader) {
-    spdlog::info("following {}", leader.empty() ? std::string("(no leader yet)") : leader);
+  auto leader = std::make_shared<leader_record>();
+  auto store_actor = spawn_store(sys, store);
+  auto gate = spawn_gatekeeper(sys, store_actor, config.operator_key);
+  auto door = spawn_follower_door(sys, rc.core_id, store_actor, gate, leader);
+  // From an actor of this process: the door drops exit messages that come from none
+  // (boundary.hpp), an anonymous one included.
+  auto stop_follower = [&] {
+    caf::scoped_actor self{sys};
+    for (const auto& a : {door, gate, store_actor})
+      self->send_exit(a, caf::exit_reason::user_shutdown);
+  };
+  auto port = config.insecure
+                  ? sys.middleman().publish(door, config.port, config.host.c_str(), true)
+                  : caf::openssl::publish(door, config.port, config.host.c_str(), true);
+  if (!port) {
+    spdlog::error("cannot listen on {}:{}: {}", config.host, config.port, sys.render(port.error()));
+    stop_follower();
+    return 1;
+  }
+  auto led = store->campaign(received_signal, [&](const std::string& record) {
+    leader->set(record);
+    spdlog::info("following {}; answering reads on {}:{}",
+                 record.empty() ? std::string("(no leader yet)") : record, config.host, *port);
   });
+  {
+    // Asked of the manager directly: CAF 0.17's caf::openssl::unpublish does not compile (it
+    // leaves out the actor's address that the manager's interface wants).
+    caf::scoped_actor self{sys};
+    auto manager =
+        config.insecure ? sys.middleman().actor_handle() : sys.openssl_manager().actor_handle();
+    self->request(manager, std::chrono::seconds(10), caf::unpublish_atom::value, door.address(),
+                  *port)
+        .receive([] {},
+                 [&](caf::error& e) {
+                   spdlog::warn("could not stop answering as a follower on port {}: {}", *port,
+                                sys.render(e));
+                 });
+  }
+  stop_follower();
   if (!led) {
     spdlog::error("{}", led.error().message());
     return 1;
   }
   if (!*led) return 0;
-  config.shared_store = std::shared_ptr<key_value_store>(std::move(*store));
+  config.shared_store = std::move(store);
   return std::nullopt;
 }
-
 }  // namespace
 
 int run_core(const core_config& given, const core_service_starter& start) {
@@ -249,9 +290,9 @@ int run_core(const core_config& given, const core_service_starter& start) {
     auto fingerprint = pinned_fingerprint(core_tls_files::in(config.data_dir).ca_cert);
     link = "TLS, authority " + (fingerprint ? *fingerprint : std::string("?"));
   }
-  if (!config.store_url.empty())
-    if (auto code = lead_replicated(config)) return *code;
   caf::actor_system sys{cfg};
+  if (!config.store_url.empty())
+    if (auto code = lead_replicated(config, sys)) return *code;
   // The core's front door drops exit messages that come from no actor of this process
   // (boundary.hpp): an anonymous one would be ignored and the process would never end, so
   // this actor is the one that stops it.
@@ -360,6 +401,7 @@ struct client::impl {
   caf::actor session;     // this client's session, once the front door has given it
   caf::actor link;        // lives as long as this client: the session ends with it
   std::string principal;  // who the key authenticates as, once the session is given
+  bool insecure = false;  // plain TCP (--insecure) rather than TLS
   caf::actor_system& system() { return *sys; }
 
   void own_system() {
@@ -385,12 +427,49 @@ struct client::impl {
     return session;
   }
 
-  // A request to this client's session.
+  // A request to this client's session. A core of several: a follower answers reads and
+  // names the leader for the rest; the request then goes there, once.
   template <class T, class... Ts>
-  expected<T> ask_session(std::chrono::seconds timeout, Ts&&... xs) {
+  expected<T> ask_session(std::chrono::seconds timeout, const Ts&... xs) {
+    auto answer = ask_session_once<T>(timeout, xs...);
+    if (!answer && answer.error().code() == errc::not_leader &&
+        go_to_leader(answer.error().message()))
+      answer = ask_session_once<T>(timeout, xs...);
+    return answer;
+  }
+
+  template <class T, class... Ts>
+  expected<T> ask_session_once(std::chrono::seconds timeout, const Ts&... xs) {
     auto s = session_handle();
     if (!s) return s.error();
-    return ask<T>(*sys, *s, timeout, std::forward<Ts>(xs)...);
+    return ask<T>(*sys, *s, timeout, xs...);
+  }
+
+  // Connects to the leader a follower named ("... is at HOST:PORT"); the next request asks
+  // it for a session. False for a client in the core's process (it has no other core) and
+  // when the leader cannot be reached.
+  bool go_to_leader(const std::string& why) {
+    if (!owned) return false;
+    const auto at = why.rfind(" is at ");
+    if (at == std::string::npos) return false;
+    const std::string address = why.substr(at + 7);
+    const auto colon = address.rfind(':');
+    if (colon == std::string::npos) return false;
+    const std::string host = address.substr(0, colon);
+    const int port = std::atoi(address.c_str() + colon + 1);
+    if (host.empty() || port <= 0 || port > 65535) return false;
+    auto leader = insecure ? sys->middleman().remote_actor(host, static_cast<uint16_t>(port))
+                           : caf::openssl::remote_actor(*sys, host, static_cast<uint16_t>(port));
+    if (!leader) {
+      spdlog::warn("cannot reach the leader at {}: {}", address, sys->render(leader.error()));
+      return false;
+    }
+    spdlog::debug("a follower sent this request to the leader at {}", address);
+    if (link) caf::anon_send_exit(link, caf::exit_reason::user_shutdown);
+    link = nullptr;
+    session = nullptr;
+    core = *leader;
+    return true;
   }
 };
 
@@ -413,6 +492,7 @@ expected<client> client::connect(const std::string& host, uint16_t port,
   auto p = std::make_unique<impl>();
   configure_actor_system(p->cfg);
   p->key = options.api_key;
+  p->insecure = options.insecure;
   if (!options.insecure) {
     auto fingerprint = configure_peer_tls(p->cfg, options.core_cert);
     if (!fingerprint) return fingerprint.error();

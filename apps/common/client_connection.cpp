@@ -61,7 +61,8 @@ int connect_core(const connection_flags& f, std::optional<client>& out) {
     spdlog::warn(
         "--insecure: the link to the core is NOT encrypted, and this client cannot tell "
         "the core from an impostor");
-  // Only the leader of a core of several serves: the others do not listen.
+  // A core of several: the first core that answers is used. A follower answers reads and
+  // names the leader for the rest (the client goes there); a core that is down is skipped.
   auto c = client::connect(addresses->front().host, addresses->front().port, options);
   for (size_t i = 1; i < addresses->size() && !c && c.error().code() == errc::io_error; ++i)
     c = client::connect((*addresses)[i].host, (*addresses)[i].port, options);

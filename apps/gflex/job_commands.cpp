@@ -197,20 +197,27 @@ int run_nodes(const job_flags& f) {
   auto share = [&](const node_status& n) {
     return total > 0 ? static_cast<double>(n.validated) / static_cast<double>(total) : 0.0;
   };
+  // A follower of a core of several knows identities, not connections (last_seen_s < 0).
+  auto seen = [](const node_status& n) {
+    if (n.last_seen_s < 0) return std::string("connection known to the leader");
+    char text[48];
+    std::snprintf(text, sizeof text, "seen %.1f s ago", n.last_seen_s);
+    return std::string(text);
+  };
   if (f.as_json) {
     std::printf("%s\n", to_json(*nodes).dump(2).c_str());
   } else {
     for (const auto& n : *nodes) {
       std::printf(
           "%-6s %-20s %-9s %u worker(s)  %s  score %.2f streak %lld  validated %llu "
-          "(verified %llu, %.1f%% of the work) rejected %llu  earned %s%s%s  (seen %.1f s ago)\n",
+          "(verified %llu, %.1f%% of the work) rejected %llu  earned %s%s%s  (%s)\n",
           n.node_id.c_str(), n.name.c_str(), to_string(n.tier), n.workers, n.device.c_str(),
           n.score, static_cast<long long>(n.streak), static_cast<unsigned long long>(n.validated),
           static_cast<unsigned long long>(n.verified), 100.0 * share(n),
           static_cast<unsigned long long>(n.rejected), format_credits(n.earned).c_str(),
           n.flagged ? "  FLAGGED" : "",
           n.dropped != 0 ? ("  dropped " + std::to_string(n.dropped) + " message(s)").c_str() : "",
-          n.last_seen_s);
+          seen(n).c_str());
       for (const auto& g : n.gpus)
         std::printf(
             "       cuda:%d %s (sm %s, %d SMs, %.1f GiB): %.1f TFLOP/s FP32 GEMM, %.1f GB/s "

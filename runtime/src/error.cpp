@@ -11,7 +11,7 @@ namespace gflex {
 
 namespace {
 
-constexpr std::array<enum_name<errc>, 15> k_errc_names{{
+constexpr std::array<enum_name<errc>, 16> k_errc_names{{
     {errc::none, "none"},
     {errc::invalid_argument, "invalid_argument"},
     {errc::malformed_message, "malformed_message"},
@@ -27,6 +27,7 @@ constexpr std::array<enum_name<errc>, 15> k_errc_names{{
     {errc::limit_exceeded, "limit_exceeded"},
     {errc::unavailable, "unavailable"},
     {errc::stage_failed, "stage_failed"},
+    {errc::not_leader, "not_leader"},
 }};
 
 constexpr std::array<enum_name<dtype>, 4> k_dtype_names{{

@@ -67,8 +67,8 @@ wait_for 20 "c2 and c3 to follow" bash -c "grep -q following '$LOG_c2' && grep -
 [ "$(leader_id)" = c1 ] || fail "c1 does not lead: $(leader_id)"
 echo "ok: c1 leads, c2 and c3 follow"
 
-# A follower serves nobody: only the leader listens for nodes and clients.
-expect_error "a follower is not served" "cannot|refused|connect" "$G" status --core "127.0.0.1:$port2"
+# A follower answers reads from the replicated state and sends writes to the leader.
+"$G" status --core "127.0.0.1:$port2" >/dev/null || fail "status on a follower"
 
 TOKEN=$("$C" token create --tier core --core "$cores") || fail "token create"
 for i in 1 2 3 4; do
@@ -77,7 +77,13 @@ for i in 1 2 3 4; do
 done
 wait_for 30 "4 nodes to join" bash -c "[ \$('$G' nodes --core $cores | wc -l) -eq 4 ]"
 (umask 077 && "$C" account create user/alice --core "$cores" >"$WORK/alice.key" 2>/dev/null) || fail "account create"
-"$C" account credit user/alice 100 --core "$cores" >/dev/null || fail "account credit"
+# A write given to a follower alone reaches the leader (the follower names it; the client
+# goes there), and the follower then reads what the leader committed.
+"$C" account credit user/alice 100 --core "127.0.0.1:$port3" >/dev/null ||
+  fail "account credit through a follower"
+"$G" nodes --core "127.0.0.1:$port2" --json >"$WORK/follower-nodes.json" || fail "nodes on a follower"
+[ "$(json_get "$WORK/follower-nodes.json" "len(j)")" -eq 4 ] || fail "a follower lists $(json_get "$WORK/follower-nodes.json" "len(j)") nodes, not 4"
+echo "ok: a follower answers status and nodes, and a credit sent to one reached the leader"
 spec() {  # the shipped fashion-mlp job on 4 workers, metered
   sed -e "s/^workers = 3\$/workers = 4/" -e "s/^\[market\]\$/[market]\naccount = \"user\/alice\"\nbudget = 40\nmax_price = 100/" \
     "$SRC/apps/jobs/fashion-mlp.toml"
@@ -151,6 +157,18 @@ python3 -c "import sys; sys.exit(0 if abs($acc - $calm) <= 0.005 else 1)" ||
 echo "ok: $job done through two leader kills and a cut-off follower: accuracy $acc (undisturbed $calm)"
 
 "$G" ledger verify --core "$cores" || fail "ledger verify on the leader"
+
+# Every follower reads the job as the leader committed it.
+for i in 1 2 3; do
+  [ "c$i" = "$(leader_id)" ] && continue
+  port="port$i"
+  "$G" status "$job" --core "127.0.0.1:${!port}" --json >"$WORK/follower-$i.json" ||
+    fail "status of $job on follower c$i"
+  [ "$(json_get "$WORK/follower-$i.json" "j['round']")" -eq 30 ] &&
+    [ "$(json_get "$WORK/follower-$i.json" "j['test_accuracy']")" = "$acc" ] ||
+    fail "follower c$i reads $job otherwise than the leader: $(cat "$WORK/follower-$i.json")"
+done
+echo "ok: the followers read $job as committed (round 30, accuracy $acc)"
 
 # Every round of the faulted job paid exactly once: its settle entries in etcd.
 etcd get --prefix /gflex/data/ledger/entry/ --print-value-only >"$WORK/ledger.txt" || fail "read the ledger from etcd"

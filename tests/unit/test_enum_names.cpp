@@ -41,7 +41,7 @@ void check_table(size_t count) {
 
 TEST_SUITE("enum_names") {
   TEST_CASE("every enum's names are distinct, complete and parse back") {
-    check_table<errc>(15);
+    check_table<errc>(16);
     check_table<dtype>(4);
     check_table<math_precision>(3);
     check_table<compression>(2);

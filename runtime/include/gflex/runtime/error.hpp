@@ -29,6 +29,9 @@ enum class errc : uint8_t {
   limit_exceeded = 12,     ///< A peer passed one of the bounds on what it may ask for.
   unavailable = 13,        ///< Nothing can serve the request now (no core-tier worker free).
   stage_failed = 14,       ///< A pipeline stage failed more often than its restarts allow.
+  /// A core of several: this core follows and does not do this; the message ends with the
+  /// leader's address ("... is at HOST:PORT").
+  not_leader = 15,
 };
 
 template <>

@@ -1,0 +1,210 @@
+#include "follower_door.hpp"
+
+#include <spdlog/spdlog.h>
+
+#include <map>
+
+#include "access.hpp"
+#include "boundary.hpp"
+#include "client_session.hpp"
+#include "job_record.hpp"
+#include "messages.hpp"
+#include "reputation.hpp"
+
+namespace gflex {
+
+namespace {
+
+struct door_state {
+  std::string core_id;
+  caf::actor store, gate;
+  std::shared_ptr<const leader_record> leader;
+  // Clients' sessions (their principal), and how many each principal has open.
+  std::map<caf::actor_addr, std::string> client_sessions;
+  std::map<std::string, int> sessions_of;
+  static inline const char* name = "follower_door";
+};
+
+using door_actor = caf::stateful_actor<door_state, guarded<caf::event_based_actor>>;
+
+/// Sessions one principal may have open at once (as on the leader).
+constexpr int max_sessions_per_principal = 64;
+
+// Where the caller should go instead.
+error to_the_leader(const door_state& st) {
+  const std::string record = st.leader->get();
+  const auto space = record.find(' ');
+  if (space == std::string::npos)
+    return error(errc::unavailable, "core " + st.core_id +
+                                        " follows and no core leads at the moment (another "
+                                        "takes over within the leader's lease); try again");
+  return error(errc::not_leader, "core " + st.core_id + " follows and answers only status, jobs " +
+                                     "and nodes; the leader, " + record.substr(0, space) +
+                                     ", is at " + record.substr(space + 1));
+}
+
+std::string as_text(const std::vector<uint8_t>& bytes) {
+  return {reinterpret_cast<const char*>(bytes.data()), bytes.size()};
+}
+
+// A job's status as its record holds it, marked as read here.
+job_status as_committed(job_status s, const std::string& core_id) {
+  const std::string where = "as of its last committed round, read on core " + core_id;
+  s.detail = s.detail.empty() ? where : s.detail + "; " + where;
+  return s;
+}
+
+caf::behavior follower_door(door_actor* self, std::string core_id, caf::actor store,
+                            caf::actor gate, std::shared_ptr<const leader_record> leader) {
+  auto& st = self->state;
+  st.core_id = std::move(core_id);
+  st.store = std::move(store);
+  st.gate = std::move(gate);
+  st.leader = std::move(leader);
+  self->set_down_handler([=](const caf::down_msg& down) {
+    auto& st = self->state;
+    if (auto it = st.client_sessions.find(down.source); it != st.client_sessions.end()) {
+      if (--st.sessions_of[it->second] <= 0) st.sessions_of.erase(it->second);
+      st.client_sessions.erase(it);
+    }
+  });
+  // A peer's error messages are dropped; whatever this door does not answer goes to the
+  // leader (a node's hello, a client's writes relayed by its session).
+  self->set_error_handler([](caf::error&) {});
+  self->set_default_handler(
+      [=](caf::scheduled_actor*, caf::message_view&) -> caf::result<caf::message> {
+        return to_caf(to_the_leader(self->state));
+      });
+  using then_fn = std::function<void(caf::response_promise&, const std::string&)>;
+  // As on the leader: keyed requests come from sessions in this process only.
+  auto authorized = [=](const std::string& key, bool operator_only,
+                        then_fn then) -> caf::response_promise {
+    const auto& sender = self->current_sender();
+    const bool local = sender && sender->node() == self->node();
+    auto rp = self->make_response_promise();
+    if (!local) {
+      rp.deliver(to_caf(error(errc::permission_denied,
+                              "a client sends (auth, API key) first and its requests to the "
+                              "session it gets (protocol version " +
+                                  std::to_string(protocol_version) + ")")));
+      return rp;
+    }
+    self->request(self->state.gate, std::chrono::seconds(30), auth_atom::value, key)
+        .then(
+            [=](std::string& who) mutable {
+              if (operator_only && who != operator_principal) {
+                rp.deliver(to_caf(error(errc::permission_denied,
+                                        "only the operator's key may do this (this key belongs "
+                                        "to " +
+                                            who + ")")));
+                return;
+              }
+              then(rp, who);
+            },
+            [=](caf::error& e) mutable { rp.deliver(e); });
+    return rp;
+  };
+  // Every job record the caller may see, as (spec, status) pairs.
+  auto with_jobs = [=](caf::response_promise rp, std::string who,
+                       std::function<void(caf::response_promise&, std::vector<job_status>)> then) {
+    self->request(self->state.store, std::chrono::seconds(30), scan_atom::value,
+                  std::string("job/"))
+        .then(
+            [=](std::vector<std::string>& keys, std::vector<std::vector<uint8_t>>& values) mutable {
+              std::vector<job_status> out;
+              for (size_t i = 0; i < keys.size(); ++i) {
+                if (!keys[i].ends_with("/record")) continue;
+                auto r = decode_job_record(values[i]);
+                if (!r) {
+                  spdlog::error("store: {}: {}", keys[i], r.error().message());
+                  continue;
+                }
+                if (who != operator_principal && who != r->second.owner) continue;
+                if (auto spec = parse_job_spec(r->first, r->second.job_id))
+                  fill_from_spec(r->second, *spec);
+                out.push_back(as_committed(std::move(r->second), self->state.core_id));
+              }
+              then(rp, std::move(out));
+            },
+            [=](caf::error& e) mutable { rp.deliver(e); });
+  };
+  return {
+      [=](auth_atom, std::string& key, caf::actor& link) -> caf::result<client_welcome> {
+        if (!link)
+          return to_caf(error(errc::invalid_argument, "a client names an actor of its own"));
+        auto rp = self->make_response_promise<client_welcome>();
+        self->request(self->state.gate, std::chrono::seconds(30), auth_atom::value, key)
+            .then(
+                [=](std::string& who) mutable {
+                  auto& st = self->state;
+                  if (st.sessions_of[who] >= max_sessions_per_principal) {
+                    rp.deliver(
+                        to_caf(error(errc::limit_exceeded,
+                                     who + " has " + std::to_string(max_sessions_per_principal) +
+                                         " sessions open already")));
+                    return;
+                  }
+                  auto session = spawn_client_session(self->system(), key, who,
+                                                      caf::actor_cast<caf::actor>(self), link, {});
+                  self->monitor(session);
+                  st.client_sessions[session.address()] = who;
+                  st.sessions_of[who] += 1;
+                  rp.deliver(client_welcome{who, session});
+                },
+                [=](caf::error& e) mutable { rp.deliver(std::move(e)); });
+        return rp;
+      },
+      [=](status_atom, std::string& key, std::string& id) {
+        return authorized(key, false, [=](caf::response_promise& rp, const std::string& who) {
+          with_jobs(rp, who, [=](caf::response_promise& rp, std::vector<job_status> jobs) {
+            for (auto& j : jobs)
+              if (j.job_id == id) return rp.deliver(std::move(j));
+            rp.deliver(to_caf(error(errc::invalid_argument, "unknown job '" + id + "'")));
+          });
+        });
+      },
+      [=](jobs_atom, std::string& key) {
+        return authorized(key, false, [=](caf::response_promise& rp, const std::string& who) {
+          with_jobs(rp, who, [](caf::response_promise& rp, std::vector<job_status> jobs) {
+            for (auto& j : jobs) j.history.clear();  // one job's status carries its curve
+            rp.deliver(std::move(jobs));
+          });
+        });
+      },
+      [=](nodes_atom, std::string& key) {
+        return authorized(key, true, [=](caf::response_promise& rp, const std::string&) {
+          self->request(self->state.store, std::chrono::seconds(30), scan_atom::value,
+                        std::string("node/"))
+              .then(
+                  [=](std::vector<std::string>& keys,
+                      std::vector<std::vector<uint8_t>>& values) mutable {
+                    std::vector<node_status> out;
+                    for (size_t i = 0; i < keys.size(); ++i) {
+                      if (!keys[i].ends_with("/reputation")) continue;
+                      auto r = decode_reputation(as_text(values[i]));
+                      if (!r) {
+                        spdlog::error("store: {}: {}", keys[i], r.error().message());
+                        continue;
+                      }
+                      auto s = status_of(r->name, *r);
+                      s.node_id = "-";
+                      s.last_seen_s = -1;  // connections are the leader's to know
+                      out.push_back(std::move(s));
+                    }
+                    rp.deliver(std::move(out));
+                  },
+                  [=](caf::error& e) mutable { rp.deliver(e); });
+        });
+      },
+  };
+}
+
+}  // namespace
+
+caf::actor spawn_follower_door(caf::actor_system& sys, std::string core_id, caf::actor store,
+                               caf::actor gate, std::shared_ptr<const leader_record> leader) {
+  return sys.spawn(follower_door, std::move(core_id), std::move(store), std::move(gate),
+                   std::move(leader));
+}
+
+}  // namespace gflex

@@ -1,0 +1,170 @@
+/// The front door of a follower core (actors/core/follower_door.hpp), over an LMDB store
+/// holding what the leader committed: keys are checked as on the leader, status, jobs and
+/// nodes are answered from the records (each principal seeing only its own jobs), and every
+/// other request, a node's hello included, names the leader; with no leader it says to try
+/// again.
+
+#include <doctest/doctest.h>
+
+#include <caf/all.hpp>
+
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "follower_door.hpp"
+#include "gatekeeper.hpp"
+#include "job_record.hpp"
+#include "messages.hpp"
+#include "reputation.hpp"
+#include "store.hpp"
+#include "temp_dir.hpp"
+
+using namespace gflex;
+
+namespace {
+
+const std::string operator_key = "the operator's key";
+
+std::string shipped_spec() {
+  std::ifstream in(std::filesystem::path(GFLEX_SOURCE_DIR) / "apps/jobs/fashion-mlp.toml");
+  std::stringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+std::vector<uint8_t> bytes_of(const std::string& s) {
+  return {s.begin(), s.end()};
+}
+
+struct door_fixture {
+  static caf::actor_system_config& configured(caf::actor_system_config& cfg) {
+    configure_actor_system(cfg);
+    return cfg;
+  }
+
+  test::temp_dir dir;
+  caf::actor_system_config cfg;
+  caf::actor_system sys{configured(cfg)};
+  caf::scoped_actor self{sys};
+  caf::actor store, gate, door, link;
+  std::shared_ptr<leader_record> leader = std::make_shared<leader_record>();
+  const std::chrono::seconds timeout{30};
+  std::string alice_key;
+
+  door_fixture() {
+    auto s = spawn_store(sys, dir.path());
+    REQUIRE(s.has_value());
+    store = *s;
+    gate = spawn_gatekeeper(sys, store, operator_key);
+    leader->set("c1 127.0.0.1:7400");
+    door = spawn_follower_door(sys, "c2", store, gate, leader);
+    link = sys.spawn([](caf::event_based_actor*) -> caf::behavior { return {[](tick_atom) {}}; });
+    // What the leader committed: alice's key, her job at round 7, the operator's job, a node.
+    self->request(gate, timeout, api_key_atom::value, std::string("user/alice"))
+        .receive([&](std::string& key) { alice_key = key; },
+                 [&](caf::error& e) { FAIL(sys.render(e)); });
+    store_batch batch;
+    auto job = [&](const std::string& id, const std::string& owner, int64_t round) {
+      job_status s;
+      s.job_id = id;
+      s.owner = owner;
+      s.state = job_state::running;
+      s.round = round;
+      s.test_accuracy = 0.85;
+      batch.keys.push_back(job_record_key(id));
+      batch.values.push_back(encode_job_record(shipped_spec(), s));
+    };
+    job("job-1", "user/alice", 7);
+    job("job-2", "operator", 3);
+    reputation r;
+    r.name = "n1";
+    r.tier = node_tier::core;
+    r.validated = 12;
+    batch.keys.push_back("node/n1/reputation");
+    batch.values.push_back(bytes_of(encode_reputation(r)));
+    self->request(store, timeout, commit_atom::value, std::move(batch))
+        .receive([](caf::ok_atom) {}, [&](caf::error& e) { FAIL(sys.render(e)); });
+  }
+
+  ~door_fixture() {
+    for (const auto& a : {door, gate, store, link}) self->send_exit(a, caf::exit_reason::kill);
+  }
+
+  // A session for `key`, or the door's error.
+  expected<caf::actor> session_of(const std::string& key) {
+    expected<caf::actor> out = error(errc::io_error, "no answer");
+    self->request(door, timeout, auth_atom::value, key, link)
+        .receive([&](client_welcome& w) { out = caf::actor_cast<caf::actor>(w.session); },
+                 [&](caf::error& e) { out = from_caf(e, &sys); });
+    return out;
+  }
+
+  template <class T, class... Ts>
+  expected<T> ask(const caf::actor& to, Ts&&... xs) {
+    expected<T> out = error(errc::io_error, "no answer");
+    self->request(to, timeout, std::forward<Ts>(xs)...)
+        .receive([&](T& v) { out = std::move(v); },
+                 [&](caf::error& e) { out = from_caf(e, &sys); });
+    return out;
+  }
+};
+
+}  // namespace
+
+TEST_SUITE("follower_door") {
+  TEST_CASE_FIXTURE(door_fixture, "reads come from the committed records, for their owner only") {
+    CHECK(session_of("gfk_" + std::string(64, '0')).error().code() == errc::permission_denied);
+    auto alice = session_of(alice_key);
+    REQUIRE(alice.has_value());
+    auto job = ask<job_status>(*alice, status_atom::value, std::string("job-1"));
+    REQUIRE(job.has_value());
+    CHECK(job->round == 7);
+    CHECK(job->rounds == 30);  // filled in from the spec, as the leader shows it
+    CHECK(job->name == "fashion-mlp");
+    CHECK(job->detail.find("as of its last committed round, read on core c2") != std::string::npos);
+    // The operator's job is not alice's to see, here as on the leader.
+    auto other = ask<job_status>(*alice, status_atom::value, std::string("job-2"));
+    REQUIRE_FALSE(other.has_value());
+    CHECK(other.error().message() == "unknown job 'job-2'");
+    auto jobs = ask<std::vector<job_status>>(*alice, jobs_atom::value);
+    REQUIRE(jobs.has_value());
+    REQUIRE(jobs->size() == 1);
+    CHECK(jobs->front().job_id == "job-1");
+    CHECK(ask<std::vector<node_status>>(*alice, nodes_atom::value).error().code() ==
+          errc::permission_denied);
+
+    auto op = session_of(operator_key);
+    REQUIRE(op.has_value());
+    CHECK(ask<std::vector<job_status>>(*op, jobs_atom::value)->size() == 2);
+    auto nodes = ask<std::vector<node_status>>(*op, nodes_atom::value);
+    REQUIRE(nodes.has_value());
+    REQUIRE(nodes->size() == 1);
+    CHECK(nodes->front().name == "n1");
+    CHECK(nodes->front().validated == 12);
+    CHECK(nodes->front().node_id == "-");
+    CHECK(nodes->front().last_seen_s < 0);
+  }
+
+  TEST_CASE_FIXTURE(door_fixture, "writes and hellos name the leader; with none, try again") {
+    auto alice = session_of(alice_key);
+    REQUIRE(alice.has_value());
+    auto submitted = ask<std::string>(*alice, submit_atom::value, shipped_spec());
+    REQUIRE_FALSE(submitted.has_value());
+    CHECK(submitted.error().code() == errc::not_leader);
+    CHECK(submitted.error().message().ends_with("the leader, c1, is at 127.0.0.1:7400"));
+    auto cancelled = ask<caf::ok_atom>(*alice, cancel_atom::value, std::string("job-1"));
+    CHECK(cancelled.error().code() == errc::not_leader);
+    auto hello = ask<node_welcome>(door, hello_atom::value, node_hello{});
+    CHECK(hello.error().code() == errc::not_leader);
+    // Nothing was written: the job is still running at round 7.
+    CHECK(ask<job_status>(*alice, status_atom::value, std::string("job-1"))->round == 7);
+
+    leader->set("");
+    auto later = ask<std::string>(*alice, submit_atom::value, shipped_spec());
+    CHECK(later.error().code() == errc::unavailable);
+    CHECK(later.error().message().find("no core leads at the moment") != std::string::npos);
+  }
+}
