@@ -1,9 +1,10 @@
 /// @file
 /// The core's handling of every message a client or node may send, under libFuzzer with
-/// ASan and UBSan, to every handle a peer can hold: the front door, a client session and a joined
-/// node's session. A real core (its actors, its LMDB store in a temporary directory) runs in the
-/// process, with one node joined; each input picks a handle and a message type and fills
-/// its fields from the fuzzer's bytes (strings, numbers, keys, signatures, with the
+/// ASan and UBSan, to every handle a peer can hold: the front door, a client session, a joined
+/// node's session, and the front door of a follower core (a core of several servers; over its
+/// own LMDB store, its leader elsewhere). A real core (its actors, its LMDB store in a temporary
+/// directory) runs in the process, with one node joined; each input picks a handle and a message
+/// type and fills its fields from the fuzzer's bytes (strings, numbers, keys, signatures, with the
 /// operator's key or without), sends it, and then asks the core for its jobs and the
 /// session for a chunk: both must answer within 10 s, or the input is reported as a hang
 /// (abort). A session the input ended (bye) is replaced by joining again. Fields are drawn rather
@@ -20,8 +21,11 @@
 #include <memory>
 
 #include "core_supervisor.hpp"
+#include "follower_door.hpp"
+#include "gatekeeper.hpp"
 #include "gflex/runtime/identity.hpp"
 #include "messages.hpp"
+#include "store.hpp"
 
 using namespace gflex;
 
@@ -39,6 +43,7 @@ struct harness {
   std::string token;  // a community token for the joined node
   caf::actor session;
   caf::actor client_session;  // the operator's session, as a client would hold it
+  caf::actor follower;        // a follower core's front door
 
   // Joins the fuzzed node (again); aborts if the core refuses it.
   void join() {
@@ -88,6 +93,12 @@ struct harness {
                    std::abort();
                  });
     join();
+    auto follower_store = spawn_store(*sys, dir / "follower");
+    if (!follower_store) std::abort();
+    auto leader = std::make_shared<leader_record>();
+    leader->set("c1 127.0.0.1:7400");
+    follower = spawn_follower_door(*sys, "c2", *follower_store,
+                                   spawn_gatekeeper(*sys, *follower_store, operator_key), leader);
     self->request(core, std::chrono::seconds(30), auth_atom::value, operator_key, dummy)
         .receive(
             [&](client_welcome& w) { client_session = caf::actor_cast<caf::actor>(w.session); },
@@ -257,12 +268,15 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   FuzzedDataProvider in(data, size);
   caf::scoped_actor self{*h.sys};
   // The answer to the fuzzed request may be anything; it waits in the mailbox, unread.
-  switch (in.ConsumeIntegralInRange<int>(0, 2)) {
+  switch (in.ConsumeIntegralInRange<int>(0, 3)) {
     case 0:
       self->request(h.session, std::chrono::seconds(10), some_session_message(in, h));
       break;
     case 1:
       self->request(h.client_session, std::chrono::seconds(10), some_client_message(in));
+      break;
+    case 2:
+      self->request(h.follower, std::chrono::seconds(10), some_request(in, h));
       break;
     default:
       self->request(h.core, std::chrono::seconds(10), some_request(in, h));
@@ -274,6 +288,14 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
                  std::fprintf(stderr, "the core did not answer: %s\n", h.sys->render(e).c_str());
                });
   if (!alive) std::abort();
+  bool follower_alive = false;
+  self->request(h.follower, std::chrono::seconds(10), jobs_atom::value, h.operator_key)
+      .receive([&](std::vector<job_status>&) { follower_alive = true; },
+               [&](caf::error& e) {
+                 std::fprintf(stderr, "the follower did not answer: %s\n",
+                              h.sys->render(e).c_str());
+               });
+  if (!follower_alive) std::abort();
   // The session answers too, unless the input ended it (bye): then the node joins again.
   bool session_alive = false, ended = false;
   self->request(h.session, std::chrono::seconds(10), chunk_atom::value, std::string(64, '0'))
