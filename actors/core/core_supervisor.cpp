@@ -8,6 +8,7 @@
 #include <map>
 
 #include "boundary.hpp"
+#include "client_door.hpp"
 #include "client_session.hpp"
 #include "data_catalog.hpp"
 #include "data_server.hpp"
@@ -65,17 +66,12 @@ struct core_state {
   std::shared_ptr<data_catalog> catalog;
   uint32_t registry_incarnation = 0;
   std::deque<std::chrono::steady_clock::time_point> restarts;
-  // Clients' sessions (their principal), and how many each principal has open.
-  std::map<caf::actor_addr, std::string> client_sessions;
-  std::map<std::string, int> sessions_of;
+  client_sessions sessions;  // the clients' (client_door.hpp)
   static inline const char* name = "core_supervisor";
 };
 
 // The front door: every peer holds this handle, so it is guarded (boundary.hpp).
 using core_actor_type = caf::stateful_actor<core_state, guarded<caf::event_based_actor>>;
-
-/// Sessions one principal may have open at once.
-constexpr int max_sessions_per_principal = 64;
 
 /// The longest device description a node may advertise.
 constexpr size_t max_device_chars = 512;
@@ -215,11 +211,7 @@ caf::behavior core_actor(core_actor_type* self, core_children children, core_con
   for (const auto& child : children.all()) self->monitor(child);
   self->set_down_handler([=](const caf::down_msg& down) {
     auto& st = self->state;
-    if (auto it = st.client_sessions.find(down.source); it != st.client_sessions.end()) {
-      if (--st.sessions_of[it->second] <= 0) st.sessions_of.erase(it->second);
-      st.client_sessions.erase(it);
-      return;
-    }
+    if (st.sessions.forget(down.source)) return;
     auto& c = *st.children;
     const char* role = down.source == c.store.address()         ? "store"
                        : down.source == c.market.address()      ? "market"
@@ -278,65 +270,15 @@ caf::behavior core_actor(core_actor_type* self, core_children children, core_con
         .then([=](answer& a) mutable { rp.deliver(std::move(a)); },
               [=](caf::error& e) mutable { rp.deliver(std::move(e)); });
   };
-  // Answers a client's request once its API key is known: `then` gets the promise and the
-  // principal (the key's account, or the operator). With `operator_only`, other keys are
-  // refused.
-  using then_fn = std::function<void(caf::response_promise&, const std::string&)>;
-  auto authorized = [=](const std::string& key, bool operator_only,
-                        then_fn then) -> caf::response_promise {
-    // Keyed requests come from clients' sessions (and embedded clients) in this process; a
-    // client elsewhere asks for a session first, and its requests go there.
-    const auto& sender = self->current_sender();
-    const bool local = sender && sender->node() == self->node();
-    auto rp = self->make_response_promise();
-    if (!local) {
-      rp.deliver(to_caf(error(errc::permission_denied,
-                              "a client sends (auth, API key) first and its requests to the "
-                              "session it gets (protocol version " +
-                                  std::to_string(protocol_version) + ")")));
-      return rp;
-    }
-    self->request(self->state.children->gate, std::chrono::seconds(30), auth_atom::value, key)
-        .then(
-            [=](std::string& who) mutable {
-              if (operator_only && who != operator_principal) {
-                rp.deliver(to_caf(error(errc::permission_denied,
-                                        "only the operator's key may do this (this key belongs "
-                                        "to " +
-                                            who + ")")));
-                return;
-              }
-              then(rp, who);
-            },
-            [=](caf::error& e) mutable { rp.deliver(e); });
-    return rp;
+  // Answers a client's request once its API key is known (client_door.hpp).
+  auto authorized = [=](const std::string& key, bool operator_only, authorized_fn then) {
+    return authorize(self, self->state.children->gate, key, operator_only, std::move(then));
   };
   return {
       // A client's API key, and an actor of its own whose end ends the session: its session.
       [=](auth_atom, std::string& key, caf::actor& link) -> caf::result<client_welcome> {
-        if (!link)
-          return to_caf(error(errc::invalid_argument, "a client names an actor of its own"));
-        auto rp = self->make_response_promise<client_welcome>();
-        self->request(self->state.children->gate, std::chrono::seconds(30), auth_atom::value, key)
-            .then(
-                [=](std::string& who) mutable {
-                  auto& st = self->state;
-                  if (st.sessions_of[who] >= max_sessions_per_principal) {
-                    rp.deliver(
-                        to_caf(error(errc::limit_exceeded,
-                                     who + " has " + std::to_string(max_sessions_per_principal) +
-                                         " sessions open already")));
-                    return;
-                  }
-                  auto session = spawn_client_session(self->system(), key, who,
-                                                      caf::actor_cast<caf::actor>(self), link, {});
-                  self->monitor(session);
-                  st.client_sessions[session.address()] = who;
-                  st.sessions_of[who] += 1;
-                  rp.deliver(client_welcome{who, session});
-                },
-                [=](caf::error& e) mutable { rp.deliver(std::move(e)); });
-        return rp;
+        return open_client_session(self, self->state.children->gate, std::move(key),
+                                   std::move(link));
       },
       [=](hello_atom, node_hello& hello) -> caf::result<node_welcome> {
         if (hello.protocol != protocol_version) {

@@ -6,7 +6,7 @@
 
 #include "access.hpp"
 #include "boundary.hpp"
-#include "client_session.hpp"
+#include "client_door.hpp"
 #include "job_record.hpp"
 #include "messages.hpp"
 #include "reputation.hpp"
@@ -19,16 +19,11 @@ struct door_state {
   std::string core_id;
   caf::actor store, gate;
   std::shared_ptr<const leader_record> leader;
-  // Clients' sessions (their principal), and how many each principal has open.
-  std::map<caf::actor_addr, std::string> client_sessions;
-  std::map<std::string, int> sessions_of;
+  client_sessions sessions;  // the clients' (client_door.hpp)
   static inline const char* name = "follower_door";
 };
 
 using door_actor = caf::stateful_actor<door_state, guarded<caf::event_based_actor>>;
-
-/// Sessions one principal may have open at once (as on the leader).
-constexpr int max_sessions_per_principal = 64;
 
 // Where the caller should go instead.
 error to_the_leader(const door_state& st) {
@@ -61,13 +56,8 @@ caf::behavior follower_door(door_actor* self, std::string core_id, caf::actor st
   st.store = std::move(store);
   st.gate = std::move(gate);
   st.leader = std::move(leader);
-  self->set_down_handler([=](const caf::down_msg& down) {
-    auto& st = self->state;
-    if (auto it = st.client_sessions.find(down.source); it != st.client_sessions.end()) {
-      if (--st.sessions_of[it->second] <= 0) st.sessions_of.erase(it->second);
-      st.client_sessions.erase(it);
-    }
-  });
+  self->set_down_handler(
+      [=](const caf::down_msg& down) { self->state.sessions.forget(down.source); });
   // A peer's error messages are dropped; whatever this door does not answer goes to the
   // leader (a node's hello, a client's writes relayed by its session).
   self->set_error_handler([](caf::error&) {});
@@ -75,34 +65,9 @@ caf::behavior follower_door(door_actor* self, std::string core_id, caf::actor st
       [=](caf::scheduled_actor*, caf::message_view&) -> caf::result<caf::message> {
         return to_caf(to_the_leader(self->state));
       });
-  using then_fn = std::function<void(caf::response_promise&, const std::string&)>;
-  // As on the leader: keyed requests come from sessions in this process only.
-  auto authorized = [=](const std::string& key, bool operator_only,
-                        then_fn then) -> caf::response_promise {
-    const auto& sender = self->current_sender();
-    const bool local = sender && sender->node() == self->node();
-    auto rp = self->make_response_promise();
-    if (!local) {
-      rp.deliver(to_caf(error(errc::permission_denied,
-                              "a client sends (auth, API key) first and its requests to the "
-                              "session it gets (protocol version " +
-                                  std::to_string(protocol_version) + ")")));
-      return rp;
-    }
-    self->request(self->state.gate, std::chrono::seconds(30), auth_atom::value, key)
-        .then(
-            [=](std::string& who) mutable {
-              if (operator_only && who != operator_principal) {
-                rp.deliver(to_caf(error(errc::permission_denied,
-                                        "only the operator's key may do this (this key belongs "
-                                        "to " +
-                                            who + ")")));
-                return;
-              }
-              then(rp, who);
-            },
-            [=](caf::error& e) mutable { rp.deliver(e); });
-    return rp;
+  // As on the leader (client_door.hpp).
+  auto authorized = [=](const std::string& key, bool operator_only, authorized_fn then) {
+    return authorize(self, self->state.gate, key, operator_only, std::move(then));
   };
   // Every job record the caller may see, as (spec, status) pairs.
   auto with_jobs = [=](caf::response_promise rp, std::string who,
@@ -130,29 +95,7 @@ caf::behavior follower_door(door_actor* self, std::string core_id, caf::actor st
   };
   return {
       [=](auth_atom, std::string& key, caf::actor& link) -> caf::result<client_welcome> {
-        if (!link)
-          return to_caf(error(errc::invalid_argument, "a client names an actor of its own"));
-        auto rp = self->make_response_promise<client_welcome>();
-        self->request(self->state.gate, std::chrono::seconds(30), auth_atom::value, key)
-            .then(
-                [=](std::string& who) mutable {
-                  auto& st = self->state;
-                  if (st.sessions_of[who] >= max_sessions_per_principal) {
-                    rp.deliver(
-                        to_caf(error(errc::limit_exceeded,
-                                     who + " has " + std::to_string(max_sessions_per_principal) +
-                                         " sessions open already")));
-                    return;
-                  }
-                  auto session = spawn_client_session(self->system(), key, who,
-                                                      caf::actor_cast<caf::actor>(self), link, {});
-                  self->monitor(session);
-                  st.client_sessions[session.address()] = who;
-                  st.sessions_of[who] += 1;
-                  rp.deliver(client_welcome{who, session});
-                },
-                [=](caf::error& e) mutable { rp.deliver(std::move(e)); });
-        return rp;
+        return open_client_session(self, self->state.gate, std::move(key), std::move(link));
       },
       [=](status_atom, std::string& key, std::string& id) {
         return authorized(key, false, [=](caf::response_promise& rp, const std::string& who) {

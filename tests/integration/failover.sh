@@ -59,11 +59,17 @@ start_member() {  # start_member I: core cI (again), its log $WORK/cI-N.log
   eval "LOG_c$i=$WORK/c$i-$runs.log PID_c$i=\$PID_c${i}_$runs"
 }
 leader_id() { etcd get /gflex/leader --print-value-only 2>/dev/null | cut -d' ' -f1; }
+said() {  # said LOG: the last lines a core logged, when it did not do what was waited for
+  echo "--- the end of $1:" >&2
+  tail -5 "$1" >&2
+}
 start_member 1
-wait_for 20 "c1 to lead" grep -q "core listening" "$LOG_c1"
+wait_for 30 "c1 to lead" grep -q "core listening" "$LOG_c1"
+grep -q "core listening" "$LOG_c1" || said "$LOG_c1"
 start_member 2
 start_member 3
-wait_for 20 "c2 and c3 to follow" bash -c "grep -q following '$LOG_c2' && grep -q following '$LOG_c3'"
+wait_for 30 "c2 and c3 to follow" bash -c "grep -q following '$LOG_c2' && grep -q following '$LOG_c3'"
+for log in "$LOG_c2" "$LOG_c3"; do grep -q following "$log" || said "$log"; done
 [ "$(leader_id)" = c1 ] || fail "c1 does not lead: $(leader_id)"
 echo "ok: c1 leads, c2 and c3 follow"
 
@@ -122,7 +128,9 @@ kill_leader 6
 kill_leader 14
 for i in 1 2 3; do
   log="LOG_c$i"
-  [ "c$i" = "$(leader_id)" ] || wait_for 30 "c$i to follow" grep -q following "${!log}"
+  [ "c$i" = "$(leader_id)" ] && continue
+  wait_for 30 "c$i to follow" grep -q following "${!log}"
+  grep -q following "${!log}" || said "${!log}"
 done
 
 # A follower cut off past its lease, then back: it joins again.

@@ -62,11 +62,18 @@ wait_for() {
 }
 
 # A TCP port nothing listens on, from the dynamic range.
+# free_port: a loopback port no socket uses now and this test has not handed out before (it
+# is called in subshells, so the ports given are kept in a file), below Linux's ephemeral
+# range (32768 up) so that no outgoing connection takes it before its server binds it.
 free_port() {
   local port
   while :; do
-    port=$((20000 + RANDOM % 30000))
-    ss -ltn "sport = :$port" | grep -q ":$port" || { echo "$port"; return; }
+    port=$((20000 + RANDOM % 12000))
+    grep -qx "$port" "$WORK/.ports" 2>/dev/null && continue
+    ss -tan "sport = :$port" | grep -q ":$port" && continue
+    echo "$port" >>"$WORK/.ports"
+    echo "$port"
+    return
   done
 }
 

@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "configured_system.hpp"
 #include "follower_door.hpp"
 #include "gatekeeper.hpp"
 #include "job_record.hpp"
@@ -39,16 +40,8 @@ std::vector<uint8_t> bytes_of(const std::string& s) {
   return {s.begin(), s.end()};
 }
 
-struct door_fixture {
-  static caf::actor_system_config& configured(caf::actor_system_config& cfg) {
-    configure_actor_system(cfg);
-    return cfg;
-  }
-
+struct door_fixture : test::configured_system {
   test::temp_dir dir;
-  caf::actor_system_config cfg;
-  caf::actor_system sys{configured(cfg)};
-  caf::scoped_actor self{sys};
   caf::actor store, gate, door, link;
   std::shared_ptr<leader_record> leader = std::make_shared<leader_record>();
   const std::chrono::seconds timeout{30};

@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "configured_system.hpp"
 #include "gflex/accounts.hpp"
 #include "ledger_keeper.hpp"
 #include "messages.hpp"
@@ -20,18 +21,10 @@
 using namespace gflex;
 
 // An actor system with a store in a fresh directory and a keeper on it.
-struct keeper_fixture {
-  static caf::actor_system_config& configured(caf::actor_system_config& cfg) {
-    configure_actor_system(cfg);
-    return cfg;
-  }
-
+struct keeper_fixture : test::configured_system {
   test::temp_dir dir;
-  caf::actor_system_config cfg;
-  caf::actor_system sys{configured(cfg)};
   caf::actor store;
   caf::actor keeper;
-  caf::scoped_actor self{sys};
   const std::chrono::seconds timeout{60};
 
   keeper_fixture() {
