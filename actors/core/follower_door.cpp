@@ -73,12 +73,11 @@ caf::behavior follower_door(door_actor* self, std::string core_id, caf::actor st
   auto with_jobs = [=](caf::response_promise rp, std::string who,
                        std::function<void(caf::response_promise&, std::vector<job_status>)> then) {
     self->request(self->state.store, std::chrono::seconds(30), scan_atom::value,
-                  std::string("job/"))
+                  std::string("job/"), std::string("/record"))
         .then(
             [=](std::vector<std::string>& keys, std::vector<std::vector<uint8_t>>& values) mutable {
               std::vector<job_status> out;
               for (size_t i = 0; i < keys.size(); ++i) {
-                if (!keys[i].ends_with("/record")) continue;
                 auto r = decode_job_record(values[i]);
                 if (!r) {
                   spdlog::error("store: {}: {}", keys[i], r.error().message());
@@ -117,13 +116,12 @@ caf::behavior follower_door(door_actor* self, std::string core_id, caf::actor st
       [=](nodes_atom, std::string& key) {
         return authorized(key, true, [=](caf::response_promise& rp, const std::string&) {
           self->request(self->state.store, std::chrono::seconds(30), scan_atom::value,
-                        std::string("node/"))
+                        std::string("node/"), std::string("/reputation"))
               .then(
                   [=](std::vector<std::string>& keys,
                       std::vector<std::vector<uint8_t>>& values) mutable {
                     std::vector<node_status> out;
                     for (size_t i = 0; i < keys.size(); ++i) {
-                      if (!keys[i].ends_with("/reputation")) continue;
                       auto r = decode_reputation(as_text(values[i]));
                       if (!r) {
                         spdlog::error("store: {}: {}", keys[i], r.error().message());

@@ -49,6 +49,19 @@ caf::behavior store_actor(caf::stateful_actor<store_state>* self,
         if (!ok) return to_caf(ok.error());
         return {std::move(keys), std::move(values)};
       },
+      [=](scan_atom, const std::string& prefix, const std::string& suffix)
+          -> caf::result<std::vector<std::string>, std::vector<std::vector<uint8_t>>> {
+        std::vector<std::string> keys;
+        std::vector<std::vector<uint8_t>> values;
+        auto ok = self->state.db->scan_ending(prefix, suffix,
+                                              [&](std::string_view k, std::span<const uint8_t> v) {
+                                                keys.emplace_back(k);
+                                                values.emplace_back(v.begin(), v.end());
+                                                return true;
+                                              });
+        if (!ok) return to_caf(ok.error());
+        return {std::move(keys), std::move(values)};
+      },
   };
 }
 

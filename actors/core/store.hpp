@@ -7,6 +7,8 @@
 /// - (commit_atom, store_batch) -> ok_atom | error: all writes in one transaction.
 /// - (read_atom, key) -> (bool found, bytes): one value.
 /// - (scan_atom, prefix) -> (keys, values): every key starting with prefix, in order.
+/// - (scan_atom, prefix, suffix) -> (keys, values): those that also end with suffix (the
+///   others' values are not read).
 
 #include <caf/fwd.hpp>
 

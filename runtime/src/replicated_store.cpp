@@ -212,8 +212,22 @@ struct replicated_store::impl {
       c.set_write_timeout(30, 0);
       c.set_read_timeout(30, 0);
       httplib::Headers h{{"Authorization", bearer}};
-      auto r = c.Put("/chunk/" + digest, h, reinterpret_cast<const char*>(bytes.data()),
+      // A core cut off or frozen mid-push would hold the commit for the socket's timeouts:
+      // while the push runs, the core's membership is looked at every third of the lease,
+      // and a push to a core that left is cut short (stop() is httplib's way to abort a
+      // request from another thread). A large chunk to a live core takes as long as it takes.
+      auto push = std::async(std::launch::async, [&] {
+        return c.Put("/chunk/" + digest, h, reinterpret_cast<const char*>(bytes.data()),
                      bytes.size(), "application/octet-stream");
+      });
+      const auto look = std::chrono::milliseconds(config.lease_ttl_s * 1000 / 3);
+      bool left = false;
+      while (push.wait_for(look) != std::future_status::ready)
+        if (!left && !is_member(id)) {
+          left = true;
+          c.stop();
+        }
+      auto r = push.get();
       if (r && r->status == 204) return {};
       if (!is_member(id)) {
         spdlog::warn("replication: core {} left before taking chunk {}", id, digest.substr(0, 12));
@@ -549,6 +563,12 @@ expected<std::optional<std::vector<uint8_t>>> replicated_store::get(std::string_
 expected<void> replicated_store::scan(
     std::string_view prefix,
     const std::function<bool(std::string_view, std::span<const uint8_t>)>& fn) const {
+  return scan_ending(prefix, "", fn);
+}
+
+expected<void> replicated_store::scan_ending(
+    std::string_view prefix, std::string_view suffix,
+    const std::function<bool(std::string_view, std::span<const uint8_t>)>& fn) const {
   std::vector<etcd_kv> kvs;
   {
     std::lock_guard lock(impl_->etcd_mutex);
@@ -557,6 +577,7 @@ expected<void> replicated_store::scan(
     kvs = std::move(*r);
   }
   for (auto& kv : kvs) {
+    if (!kv.key.ends_with(suffix)) continue;
     auto v = impl_->resolve(std::move(kv.value));
     if (!v) return v.error();
     if (!fn(std::string_view(kv.key).substr(data_prefix.size()), *v)) break;

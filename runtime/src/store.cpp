@@ -270,6 +270,14 @@ expected<void> store::commit(std::span<const store_write> writes) {
   return {};
 }
 
+expected<void> key_value_store::scan_ending(
+    std::string_view prefix, std::string_view suffix,
+    const std::function<bool(std::string_view, std::span<const uint8_t>)>& fn) const {
+  return scan(prefix, [&](std::string_view key, std::span<const uint8_t> value) {
+    return !key.ends_with(suffix) || fn(key, value);
+  });
+}
+
 expected<void> key_value_store::put(std::string_view key, std::span<const uint8_t> value) {
   store_write w{std::string(key), std::vector<uint8_t>(value.begin(), value.end())};
   return commit({&w, 1});

@@ -44,6 +44,12 @@ TEST_SUITE("store") {
                return true;
              }).has_value());
     CHECK(keys == std::vector<std::string>{"job/2", "job/3"});
+    keys.clear();
+    REQUIRE(s->scan_ending("job/", "3", [&](std::string_view k, std::span<const uint8_t>) {
+               keys.emplace_back(k);
+               return true;
+             }).has_value());
+    CHECK(keys == std::vector<std::string>{"job/3"});
   }
 
   TEST_CASE("a failed batch changes nothing") {

@@ -71,6 +71,11 @@ class replicated_store final : public key_value_store {
   expected<void> scan(std::string_view prefix,
                       const std::function<bool(std::string_view key,
                                                std::span<const uint8_t> value)>& fn) const override;
+  /// Reads only the chunks of the keys it hands to `fn`.
+  expected<void> scan_ending(
+      std::string_view prefix, std::string_view suffix,
+      const std::function<bool(std::string_view key, std::span<const uint8_t> value)>& fn)
+      const override;
   int64_t used_bytes() const override;
 
   /// The port the chunk service listens on.

@@ -45,6 +45,13 @@ class key_value_store {
       const std::function<bool(std::string_view key, std::span<const uint8_t> value)>& fn)
       const = 0;
 
+  /// As `scan`, for the keys that also end with `suffix`: a reader of job records need not
+  /// read every checkpoint beside them (a replicated store does not read the others' values;
+  /// LMDB's are in its map, read only if large).
+  virtual expected<void> scan_ending(
+      std::string_view prefix, std::string_view suffix,
+      const std::function<bool(std::string_view key, std::span<const uint8_t> value)>& fn) const;
+
   /// The bytes the store uses (its high-water mark where it has one).
   virtual int64_t used_bytes() const = 0;
 };
