@@ -239,6 +239,42 @@ TEST_SUITE("replicated_store") {
         std::string(writer->front().value.begin(), writer->front().value.end()).starts_with("b "));
   }
 
+  TEST_CASE("a push to a core that stops reading is cut short once it leaves" *
+            doctest::skip(!etcd_installed())) {
+    test::temp_dir dir;
+    etcd_server etcd(dir.path());
+    auto a = replicated_store::start(config_of(etcd, dir, "a"), [] {});
+    REQUIRE(a.has_value());
+    std::atomic<int> stop{0};
+    REQUIRE(*(*a)->campaign(stop, {}));
+    // A member that takes connections and never reads them, as a frozen process does (the
+    // kernel completes the handshake), registered under a lease of its own.
+    const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof addr;
+    REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+    REQUIRE(::listen(fd, 4) == 0);
+    REQUIRE(::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0);
+    auto admin = etcd_client::make(etcd.endpoint());
+    auto lease = admin->grant_lease(2);
+    REQUIRE(lease.has_value());
+    etcd_op member{"/gflex/member/frozen",
+                   bytes("127.0.0.1:" + std::to_string(ntohs(addr.sin_port))), *lease};
+    REQUIRE(admin->txn({}, {&member, 1}).has_value());
+    // Its lease is not renewed: it lapses in 2 s, and the push must end soon after, not
+    // after the socket's 30 s timeouts.
+    const auto begin = std::chrono::steady_clock::now();
+    std::vector<store_write> w = {{"ckpt/big", large(size_t{64} << 20, 5)}};
+    REQUIRE((*a)->commit(w).has_value());
+    const auto took = std::chrono::steady_clock::now() - begin;
+    ::close(fd);
+    CHECK(took < std::chrono::seconds(8));
+    CHECK(took > std::chrono::milliseconds(1500));  // it did wait for the member
+    CHECK(**(*a)->get("ckpt/big") == w.front().value);
+  }
+
   TEST_CASE("the chunk service refuses a wrong secret and contents that are not their digest" *
             doctest::skip(!etcd_installed())) {
     test::temp_dir dir;
