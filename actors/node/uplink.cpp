@@ -408,6 +408,36 @@ void release_worker(uplink_actor* self, uint32_t index) {
   dispatch(self, index, std::move(next.work), std::move(next.promise));
 }
 
+// Leaves the core and its session (gone, or not answering) and connects again.
+void lose_core(uplink_actor* self) {
+  auto& st = self->state;
+  if (st.config.on_activity) {
+    node_activity n;
+    n.what = node_activity::kind::lost;
+    n.node_id = st.node_id;
+    st.config.on_activity(n);
+  }
+  if (st.core) self->demonitor(st.core);
+  if (st.session) self->demonitor(st.session);
+  st.core = nullptr;
+  st.session = nullptr;
+  st.answer_chunks.clear();  // answers to a session that is gone
+  // The core has given this session's work to other nodes: what runs stops at its next
+  // step, and what waited for a worker is not started.
+  for (const auto& [id, index] : st.running) st.config.cancelled->cancel(id);
+  for (auto& [index, queue] : st.deferred)
+    for (auto& w : queue) w.promise.deliver(to_caf(error(errc::io_error, "the session ended")));
+  st.deferred.clear();
+  // Fetches stop asking the ended session; what they hold stays for the next one.
+  for (const auto& f : st.params) {
+    f->asking.clear();
+    f->failure = caf::error{};
+    end_fetch(self, f, to_caf(error(errc::io_error, "the session ended")));
+  }
+  st.generation += 1;
+  retry_later(self);
+}
+
 caf::behavior uplink_behavior(uplink_actor* self, uplink_config config, caf::actor core,
                               std::vector<caf::actor> workers, caf::actor cache, caf::actor owner) {
   auto& st = self->state;
@@ -429,31 +459,7 @@ caf::behavior uplink_behavior(uplink_actor* self, uplink_config config, caf::act
     } else {
       spdlog::warn("lost the core ({}); reconnecting", self->system().render(down.reason));
     }
-    if (st.config.on_activity) {
-      node_activity n;
-      n.what = node_activity::kind::lost;
-      n.node_id = st.node_id;
-      st.config.on_activity(n);
-    }
-    if (st.core) self->demonitor(st.core);
-    if (st.session) self->demonitor(st.session);
-    st.core = nullptr;
-    st.session = nullptr;
-    st.answer_chunks.clear();  // answers to a session that is gone
-    // The core has given this session's work to other nodes: what runs stops at its next
-    // step, and what waited for a worker is not started.
-    for (const auto& [id, index] : st.running) st.config.cancelled->cancel(id);
-    for (auto& [index, queue] : st.deferred)
-      for (auto& w : queue) w.promise.deliver(to_caf(error(errc::io_error, "the session ended")));
-    st.deferred.clear();
-    // Fetches stop asking the ended session; what they hold stays for the next one.
-    for (const auto& f : st.params) {
-      f->asking.clear();
-      f->failure = caf::error{};
-      end_fetch(self, f, to_caf(error(errc::io_error, "the session ended")));
-    }
-    st.generation += 1;
-    retry_later(self);
+    lose_core(self);
   });
   self->send(self, caf::connect_atom::value);
   return {
@@ -491,7 +497,18 @@ caf::behavior uplink_behavior(uplink_actor* self, uplink_config config, caf::act
                       st.config.on_activity(n);
                     }
                   },
-                  [](caf::error&) {});  // asked again in 5 s
+                  [=](caf::error& e) {
+                    // Asked again in 5 s. A core of several: a leader that does not answer
+                    // for 15 s (frozen, its machine paused) has likely lost its lease to
+                    // another core, which the nodes would otherwise not look for until it
+                    // comes back or its connection drops.
+                    auto& st = self->state;
+                    if (e != caf::sec::request_timeout || generation != st.generation ||
+                        st.config.other_cores.empty() || st.leaving)
+                      return;
+                    spdlog::warn("the core has not answered for 15 s; trying the next core");
+                    lose_core(self);
+                  });
         self->delayed_send(self, std::chrono::milliseconds(st.heartbeat_ms), tick_atom::value,
                            generation);
       },

@@ -4,7 +4,8 @@
 # namespace of its own behind a veth link (as root; elsewhere all on loopback). The leader
 # core is killed with SIGKILL mid-job, then the next leader; then c3, following, is
 # partitioned away (its link cut past its lease; without namespaces it is frozen with SIGSTOP)
-# and healed; then one etcd member is killed. Followers are read from and written through.
+# and healed; then the leader is frozen past its lease and resumed (it must stop, code 3);
+# then one etcd member is killed. Followers are read from and written through.
 # Checks: a follower takes over each time and the nodes find it; the
 # job finishes within 0.005 of the same job's accuracy on an undisturbed core of three; the
 # ledger verifies on the last leader; every round of the job is paid exactly once (from the
@@ -19,6 +20,7 @@ if ! command -v etcd >/dev/null || ! command -v etcdctl >/dev/null; then
 fi
 export ETCDCTL_API=3
 LEASE_S=3
+ROUNDS=40
 
 # -- c3's network namespace: the others and etcd listen on the host's end of its link ----------
 host=127.0.0.1 c3_host=127.0.0.1 c3_run=()
@@ -118,11 +120,12 @@ wait_for 30 "4 nodes to join" bash -c "[ \$('$G' nodes --core $cores | wc -l) -e
 [ "$(json_get "$WORK/follower-nodes.json" "len(j)")" -eq 4 ] || fail "a follower lists $(json_get "$WORK/follower-nodes.json" "len(j)") nodes, not 4"
 echo "ok: a follower answers status and nodes, and a credit sent to one reached the leader"
 spec() {  # the shipped fashion-mlp job on 4 workers, metered
-  sed -e "s/^workers = 3\$/workers = 4/" -e "s/^\[market\]\$/[market]\naccount = \"user\/alice\"\nbudget = 40\nmax_price = 100/" \
+  sed -e "s/^workers = 3\$/workers = 4/" -e "s/^rounds = 30\$/rounds = $ROUNDS/" -e "s/^\[market\]\$/[market]\naccount = \"user\/alice\"\nbudget = 40\nmax_price = 100/" \
     "$SRC/apps/jobs/fashion-mlp.toml"
 }
 spec >"$WORK/job.toml"
 grep -q '^account = "user/alice"' "$WORK/job.toml" || fail "the spec has no [market] table"
+grep -q "^rounds = $ROUNDS\$" "$WORK/job.toml" || fail "the spec does not have $ROUNDS rounds"
 
 # -- the same job undisturbed, for the accuracy to compare with --------------------------------
 timeout -s KILL 240 "$G" submit "$WORK/job.toml" --core "$cores" --api-key-file "$WORK/alice.key" \
@@ -134,8 +137,8 @@ echo "ok: undisturbed job: test accuracy $calm"
 "$G" submit "$WORK/job.toml" --core "$cores" --api-key-file "$WORK/alice.key" \
   --json "$WORK/submitted.json" >/dev/null || fail "submit"
 job=$(json_get "$WORK/submitted.json" "j['job_id']")
-round_at_least() {
-  "$G" status "$job" --core "$cores" --json 2>/dev/null |
+round_at_least() {  # round_at_least N [CORES]: the job has committed round N (asked of CORES)
+  timeout 10 "$G" status "$job" --core "${2:-$cores}" --json 2>/dev/null |
     python3 -c "import json,sys; sys.exit(0 if json.load(sys.stdin)['round'] >= $1 else 1)"
 }
 kill_leader() {  # kill_leader MIN_ROUND: SIGKILL the leader once MIN_ROUND is committed
@@ -183,10 +186,34 @@ wait_for 30 "c3 to be a member again" bash -c "[ \$(grep -c 'is a member' '$LOG_
 grep -q "joining again" "$LOG_c3" || said "$LOG_c3"
 echo "ok: follower c3 $how for $((LEASE_S + 2)) s from round $cut_round joined again: $(grep 'is a member' "$LOG_c3" | tail -1 | sed 's/.*is a member/a member/')"
 
+# The leader frozen past its lease (a long pause: swap, a stopped VM) and resumed: another
+# core leads meanwhile; the old one, resumed, finds its lease gone and stops with exit code 3
+# (a commit it tries is fenced off; the writer history below checks that none landed).
+who=$(leader_id)
+pid="PID_$who" log="LOG_$who"
+frozen_round=$("$G" status "$job" --core "$cores" --json | python3 -c "import json,sys; print(json.load(sys.stdin)['round'])")
+kill -STOP "${!pid}"
+wait_for 30 "another core to lead while $who is frozen" bash -c "l=\$(etcdctl --endpoints $endpoints get /gflex/leader --print-value-only | cut -d' ' -f1); [ -n \"\$l\" ] && [ \"\$l\" != $who ]"
+# The nodes stay connected to the frozen core; they give it up when it stops answering
+# (15 s) and find the new leader, which commits rounds while the old one is still frozen.
+addr="addr${who#c}"
+others=$(tr ',' '\n' <<<"$cores" | grep -vx "${!addr}" | paste -sd,)
+wait_for 60 "a round committed while $who is frozen" round_at_least $((frozen_round + 2)) "$others"
+echo "ok: round $((frozen_round + 2)) committed by $(leader_id) while $who stayed frozen"
+kill -CONT "${!pid}"
+wait_for 20 "$who to stop" bash -c "! ps -o stat= -p ${!pid} | grep -qv Z"
+code=0
+wait "${!pid}" || code=$?
+[ "$code" -eq 3 ] || fail "the deposed leader $who ended with code $code, not 3"
+grep -qE "lost the leadership|fenced off|lost its leader lease" "${!log}" ||
+  fail "the deposed leader $who did not say it lost the leadership"
+echo "ok: leader $who frozen past its lease: $(leader_id) took over, and $who, resumed, stopped with code 3 ($(grep -oE 'fenced off|lost its leader lease' "${!log}" | head -1))"
+start_member "${who#c}"
+
 # One etcd member of three lost mid-job (the first the cores name): a quorum remains, the
 # cores' etcd clients go on with the others, and the job goes on.
 at_round=$("$G" status "$job" --core "$cores" --json | python3 -c "import json,sys; print(json.load(sys.stdin)['round'])")
-[ "$at_round" -lt 30 ] || fail "the job ended before an etcd member could be killed"
+[ "$at_round" -lt "$ROUNDS" ] || fail "the job ended before an etcd member could be killed"
 kill -KILL "$PID_etcd1"
 wait "$PID_etcd1" 2>/dev/null || true
 endpoints=${endpoints#*,}
@@ -198,7 +225,7 @@ state=$(json_get "$WORK/final.json" "j['state']")
 acc=$(json_get "$WORK/final.json" "j['test_accuracy']")
 round=$(json_get "$WORK/final.json" "j['round']")
 [ "$state" = done ] || fail "job ended $state"
-[ "$round" -eq 30 ] || fail "job ended at round $round"
+[ "$round" -eq "$ROUNDS" ] || fail "job ended at round $round"
 python3 -c "import sys; sys.exit(0 if abs($acc - $calm) <= 0.005 else 1)" ||
   fail "test accuracy $acc is not within 0.005 of the undisturbed $calm"
 echo "ok: $job done through two leader kills and a cut-off follower: accuracy $acc (undisturbed $calm)"
@@ -211,11 +238,11 @@ for i in 1 2 3; do
   addr="addr$i"
   "$G" status "$job" --core "${!addr}" --json >"$WORK/follower-$i.json" ||
     fail "status of $job on follower c$i"
-  [ "$(json_get "$WORK/follower-$i.json" "j['round']")" -eq 30 ] &&
+  [ "$(json_get "$WORK/follower-$i.json" "j['round']")" -eq "$ROUNDS" ] &&
     [ "$(json_get "$WORK/follower-$i.json" "j['test_accuracy']")" = "$acc" ] ||
     fail "follower c$i reads $job otherwise than the leader: $(cat "$WORK/follower-$i.json")"
 done
-echo "ok: the followers read $job as committed (round 30, accuracy $acc)"
+echo "ok: the followers read $job as committed (round $ROUNDS, accuracy $acc)"
 
 # Every core holds the chunk of the job's last checkpoint, which etcd names.
 etcd get "/gflex/data/job/$job/checkpoint" --write-out=json >"$WORK/checkpoint.json"
@@ -227,7 +254,7 @@ echo "ok: every core holds chunk ${digest:0:12} of $job's last checkpoint"
 
 # Every round of the faulted job paid exactly once: its settle entries in etcd.
 etcd get --prefix /gflex/data/ledger/entry/ --print-value-only >"$WORK/ledger.txt" || fail "read the ledger from etcd"
-python3 - "$WORK/ledger.txt" "$job" <<'EOF' || fail "rounds not paid exactly once"
+python3 - "$WORK/ledger.txt" "$job" "$ROUNDS" <<'EOF' || fail "rounds not paid exactly once"
 import json, re, sys
 text, job = open(sys.argv[1], errors="replace").read(), sys.argv[2]
 paid = {}
@@ -243,7 +270,7 @@ for line in text.splitlines():
     if e.get("kind") == "settle" and m:
         paid[int(m.group(1))] = paid.get(int(m.group(1)), 0) + 1
 bad = {r: n for r, n in paid.items() if n != 1}
-missing = [r for r in range(1, 31) if r not in paid]
+missing = [r for r in range(1, int(sys.argv[3]) + 1) if r not in paid]
 print(f"rounds paid: {len(paid)}, paid twice: {bad or 'none'}, unpaid: {missing or 'none'}")
 sys.exit(1 if bad or missing else 0)
 EOF
