@@ -191,9 +191,9 @@ struct replicated_store::impl {
     auto others = peers();
     if (!others) return others.error();
     std::vector<std::future<expected<void>>> pushes;
-    for (const auto& [id, address] : *others)
-      pushes.push_back(std::async(std::launch::async, [this, &digest, bytes, id, address] {
-        return push_chunk_to(id, address, digest, bytes);
+    for (const auto& member : *others)  // (clang 14 cannot capture structured bindings)
+      pushes.push_back(std::async(std::launch::async, [this, &digest, bytes, member] {
+        return push_chunk_to(member.first, member.second, digest, bytes);
       }));
     expected<void> all;
     for (auto& p : pushes)
