@@ -31,13 +31,7 @@ if [ "$(id -u)" -eq 0 ] && command -v ip >/dev/null && ip netns add "gfx-c3-$$" 
     ip netns del "$ns" 2>/dev/null || true
   }
   trap 'cleanup; teardown' EXIT
-  ip link add "$host_if" type veth peer name "$c3_if"
-  ip link set "$c3_if" netns "$ns"
-  ip addr add "$net.1/30" dev "$host_if"
-  ip link set "$host_if" up
-  ip netns exec "$ns" ip addr add "$net.2/30" dev "$c3_if"
-  ip netns exec "$ns" ip link set "$c3_if" up
-  ip netns exec "$ns" ip link set lo up
+  veth_into "$ns" "$host_if" "$c3_if" "$net"
   host=$net.1 c3_host=$net.2 c3_run=(ip netns exec "$ns")
   echo "ok: c3 gets network namespace $ns ($c3_host, the host's end $host)"
 else

@@ -62,6 +62,19 @@ wait_for() {
 }
 
 # A TCP port nothing listens on, from the dynamic range.
+# veth_into NS HOST_IF NS_IF NET: joins network namespace NS (made already) to this one by a
+# veth pair, HOST_IF with NET.1/30 here and NS_IF with NET.2/30 there, loopback up inside.
+veth_into() {
+  local ns=$1 host_if=$2 ns_if=$3 net=$4
+  ip link add "$host_if" type veth peer name "$ns_if"
+  ip link set "$ns_if" netns "$ns"
+  ip addr add "$net.1/30" dev "$host_if"
+  ip link set "$host_if" up
+  ip netns exec "$ns" ip addr add "$net.2/30" dev "$ns_if"
+  ip netns exec "$ns" ip link set "$ns_if" up
+  ip netns exec "$ns" ip link set lo up
+}
+
 # free_port: a loopback port no socket uses now and this test has not handed out before (it
 # is called in subshells, so the ports given are kept in a file), below Linux's ephemeral
 # range (32768 up) so that no outgoing connection takes it before its server binds it.

@@ -21,13 +21,7 @@ teardown() {
 }
 trap 'cleanup; teardown' EXIT
 ip netns add "$ns"
-ip link add "$host_if" type veth peer name "$node_if"
-ip link set "$node_if" netns "$ns"
-ip addr add "$net.1/30" dev "$host_if"
-ip link set "$host_if" up
-ip netns exec "$ns" ip addr add "$net.2/30" dev "$node_if"
-ip netns exec "$ns" ip link set "$node_if" up
-ip netns exec "$ns" ip link set lo up
+veth_into "$ns" "$host_if" "$node_if" "$net"
 # A volunteer's uplink: 200 Mbit/s.
 tc qdisc add dev "$host_if" root tbf rate 200mbit burst 256kb latency 200ms
 

@@ -17,6 +17,7 @@
 #include <filesystem>
 #include <stdexcept>
 #include <thread>
+#include <utility>
 
 #include "gflex/runtime/digest.hpp"
 #include "gflex/runtime/etcd_client.hpp"
@@ -31,23 +32,29 @@ bool etcd_installed() {
   return std::filesystem::exists("/usr/bin/etcd");
 }
 
+// A TCP socket bound to a free loopback port: (descriptor, port).
+std::pair<int, int> bound_socket() {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof addr;
+  if (fd < 0 || ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 ||
+      ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0)
+    throw std::runtime_error("no free loopback port");
+  return {fd, ntohs(addr.sin_port)};
+}
+
 // `n` distinct loopback ports free now: every socket stays bound until all are chosen, so no
 // two are the same.
 std::vector<int> free_ports(size_t n) {
-  std::vector<int> fds, ports;
-  for (size_t i = 0; i < n; ++i) {
-    const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t len = sizeof addr;
-    if (fd < 0 || ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 ||
-        ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0)
-      throw std::runtime_error("no free loopback port");
-    fds.push_back(fd);
-    ports.push_back(ntohs(addr.sin_port));
+  std::vector<std::pair<int, int>> bound;
+  for (size_t i = 0; i < n; ++i) bound.push_back(bound_socket());
+  std::vector<int> ports;
+  for (auto [fd, port] : bound) {
+    ::close(fd);
+    ports.push_back(port);
   }
-  for (int fd : fds) ::close(fd);
   return ports;
 }
 
@@ -249,19 +256,12 @@ TEST_SUITE("replicated_store") {
     REQUIRE(*(*a)->campaign(stop, {}));
     // A member that takes connections and never reads them, as a frozen process does (the
     // kernel completes the handshake), registered under a lease of its own.
-    const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t len = sizeof addr;
-    REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+    const auto [fd, port] = bound_socket();
     REQUIRE(::listen(fd, 4) == 0);
-    REQUIRE(::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0);
     auto admin = etcd_client::make(etcd.endpoint());
     auto lease = admin->grant_lease(2);
     REQUIRE(lease.has_value());
-    etcd_op member{"/gflex/member/frozen",
-                   bytes("127.0.0.1:" + std::to_string(ntohs(addr.sin_port))), *lease};
+    etcd_op member{"/gflex/member/frozen", bytes("127.0.0.1:" + std::to_string(port)), *lease};
     REQUIRE(admin->txn({}, {&member, 1}).has_value());
     // Its lease is not renewed: it lapses in 2 s, and the push must end soon after, not
     // after the socket's 30 s timeouts.
