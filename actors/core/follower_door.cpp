@@ -3,6 +3,7 @@
 #include <spdlog/spdlog.h>
 
 #include <map>
+#include <optional>
 
 #include "access.hpp"
 #include "boundary.hpp"
@@ -69,28 +70,18 @@ caf::behavior follower_door(door_actor* self, std::string core_id, caf::actor st
   auto authorized = [=](const std::string& key, bool operator_only, authorized_fn then) {
     return authorize(self, self->state.gate, key, operator_only, std::move(then));
   };
-  // Every job record the caller may see, as (spec, status) pairs.
-  auto with_jobs = [=](caf::response_promise rp, std::string who,
-                       std::function<void(caf::response_promise&, std::vector<job_status>)> then) {
-    self->request(self->state.store, std::chrono::seconds(30), scan_atom::value,
-                  std::string("job/"), std::string("/record"))
-        .then(
-            [=](std::vector<std::string>& keys, std::vector<std::vector<uint8_t>>& values) mutable {
-              std::vector<job_status> out;
-              for (size_t i = 0; i < keys.size(); ++i) {
-                auto r = decode_job_record(values[i]);
-                if (!r) {
-                  spdlog::error("store: {}: {}", keys[i], r.error().message());
-                  continue;
-                }
-                if (who != operator_principal && who != r->second.owner) continue;
-                if (auto spec = parse_job_spec(r->first, r->second.job_id))
-                  fill_from_spec(r->second, *spec);
-                out.push_back(as_committed(std::move(r->second), self->state.core_id));
-              }
-              then(rp, std::move(out));
-            },
-            [=](caf::error& e) mutable { rp.deliver(e); });
+  // The status a job record shows `who`, as the leader would; nothing for a record `who`
+  // may not see (or that does not decode).
+  auto status_for = [=](const std::string& who, const std::string& key,
+                        const std::vector<uint8_t>& bytes) -> std::optional<job_status> {
+    auto r = decode_job_record(bytes);
+    if (!r) {
+      spdlog::error("store: {}: {}", key, r.error().message());
+      return std::nullopt;
+    }
+    if (who != operator_principal && who != r->second.owner) return std::nullopt;
+    if (auto spec = parse_job_spec(r->first, r->second.job_id)) fill_from_spec(r->second, *spec);
+    return as_committed(std::move(r->second), self->state.core_id);
   };
   return {
       [=](auth_atom, std::string& key, caf::actor& link) -> caf::result<client_welcome> {
@@ -98,19 +89,35 @@ caf::behavior follower_door(door_actor* self, std::string core_id, caf::actor st
       },
       [=](status_atom, std::string& key, std::string& id) {
         return authorized(key, false, [=](caf::response_promise& rp, const std::string& who) {
-          with_jobs(rp, who, [=](caf::response_promise& rp, std::vector<job_status> jobs) {
-            for (auto& j : jobs)
-              if (j.job_id == id) return rp.deliver(std::move(j));
-            rp.deliver(to_caf(error(errc::invalid_argument, "unknown job '" + id + "'")));
-          });
+          // Whatever the id, the owner check below decides: another's record is unknown.
+          auto unknown = to_caf(error(errc::invalid_argument, "unknown job '" + id + "'"));
+          const auto record = job_record_key(id);
+          self->request(self->state.store, std::chrono::seconds(30), read_atom::value, record)
+              .then(
+                  [=](bool found, std::vector<uint8_t>& bytes) mutable {
+                    auto s = found ? status_for(who, record, bytes) : std::nullopt;
+                    if (s) return rp.deliver(std::move(*s));
+                    rp.deliver(unknown);
+                  },
+                  [=](caf::error& e) mutable { rp.deliver(e); });
         });
       },
       [=](jobs_atom, std::string& key) {
         return authorized(key, false, [=](caf::response_promise& rp, const std::string& who) {
-          with_jobs(rp, who, [](caf::response_promise& rp, std::vector<job_status> jobs) {
-            for (auto& j : jobs) j.history.clear();  // one job's status carries its curve
-            rp.deliver(std::move(jobs));
-          });
+          self->request(self->state.store, std::chrono::seconds(30), scan_atom::value,
+                        std::string("job/"), std::string("/record"))
+              .then(
+                  [=](std::vector<std::string>& keys,
+                      std::vector<std::vector<uint8_t>>& values) mutable {
+                    std::vector<job_status> out;
+                    for (size_t i = 0; i < keys.size(); ++i)
+                      if (auto s = status_for(who, keys[i], values[i])) {
+                        s->history.clear();  // one job's status carries its curve, the list not
+                        out.push_back(std::move(*s));
+                      }
+                    rp.deliver(std::move(out));
+                  },
+                  [=](caf::error& e) mutable { rp.deliver(e); });
         });
       },
       [=](nodes_atom, std::string& key) {

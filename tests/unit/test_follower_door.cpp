@@ -122,6 +122,10 @@ TEST_SUITE("follower_door") {
     auto other = ask<job_status>(*alice, status_atom::value, std::string("job-2"));
     REQUIRE_FALSE(other.has_value());
     CHECK(other.error().message() == "unknown job 'job-2'");
+    // Ids that name no job record of alice's are unknown.
+    for (const auto& bad : {std::string(600, 'x'), std::string("job-2/record"), std::string()})
+      CHECK(ask<job_status>(*alice, status_atom::value, bad).error().message() ==
+            "unknown job '" + bad + "'");
     auto jobs = ask<std::vector<job_status>>(*alice, jobs_atom::value);
     REQUIRE(jobs.has_value());
     REQUIRE(jobs->size() == 1);
