@@ -950,6 +950,12 @@ void send_assignment(job_actor* self, const worker_slot& slot, int64_t shard) {
   a.workload = spec.workload;
   a.model = spec.model;
   a.shard = st.data->shards[static_cast<size_t>(shard)].digest;
+  // Round r hands out shards (r * workers + k) mod n (shards_of_round): this place's shard
+  // next round is `workers` further on.
+  const auto shards = static_cast<int64_t>(st.data->shards.size());
+  const int64_t next = (shard + spec.workers) % shards;
+  if (st.job.status.round + 1 < st.job.status.rounds && next != shard)
+    a.next_shard = st.data->shards[static_cast<size_t>(next)].digest;
   a.seed = mix_seed(spec.seed, a.round, static_cast<uint64_t>(shard));
   a.local_steps = spec.local_steps;
   a.batch_size = spec.batch_size;

@@ -60,6 +60,7 @@ void run(verifier_actor* self, pending_check check, const worker_slot& slot) {
   do randombytes_buf(&work.id, sizeof work.id);
   while (work.id == 0);
   work.verify = true;
+  work.next_shard.clear();  // the verifier's worker has no next round of this job
   work.compression = static_cast<uint8_t>(compression::fp32);
   const uint64_t id = work.id;
   spdlog::debug("verifier: re-computing job {} round {} shard {} on {}", work.job_id,

@@ -2,8 +2,16 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
+#include <deque>
+#include <functional>
+#include <map>
+#include <utility>
+#include <vector>
+
 #include "gflex/runtime/checkpoint.hpp"
 #include "gflex/runtime/digest.hpp"
+#include "gflex/runtime/shard.hpp"
 #include "messages.hpp"
 #include "node_metrics.hpp"
 
@@ -11,13 +19,76 @@ namespace gflex {
 
 namespace {
 
+using chunk_handler = std::function<void(expected<std::vector<uint8_t>>)>;
+
 struct cache_state {
   std::filesystem::path dir;
   caf::actor server;
+  /// Decoded shards nobody has asked for yet (prefetched), oldest first.
+  std::deque<std::pair<std::string, std::shared_ptr<const dataset>>> ready;
+  /// Shards being fetched or decoded, with the workers waiting for each (none for a
+  /// prefetch nobody has asked for yet).
+  struct pending_decode {
+    std::vector<caf::response_promise> waiting;
+    bool ahead = false;  ///< Started by a prefetch.
+  };
+  std::map<std::string, pending_decode> decoding;
   static inline const char* name = "cache";
 };
 
-caf::behavior cache_actor(caf::stateful_actor<cache_state>* self, std::filesystem::path dir) {
+using cache_actor_type = caf::stateful_actor<cache_state>;
+
+// The chunk from disk when its file is intact, else from the data server (kept on disk).
+// `done` runs on this actor, now or when the server answers.
+void fetch_chunk(cache_actor_type* self, const std::string& digest, chunk_handler done) {
+  auto file = self->state.dir / digest;
+  if (auto bytes = read_file(file); bytes) {
+    if (digest_hex(*bytes) == digest) return done(std::move(*bytes));
+    spdlog::warn("cache: {} is damaged; fetching it again", file.string());
+    std::error_code ec;
+    std::filesystem::remove(file, ec);
+  }
+  if (!self->state.server) return done(error(errc::io_error, "no data server yet (not joined)"));
+  self->request(self->state.server, std::chrono::seconds(120), chunk_atom::value, digest)
+      .then(
+          [=](std::vector<uint8_t>& bytes) {
+            node_metrics::bytes("in", "chunk").inc(static_cast<double>(bytes.size()));
+            if (digest_hex(bytes) != digest)
+              return done(
+                  error(errc::malformed_message, "chunk " + digest + " failed verification"));
+            if (auto ok = write_file_atomically(file, bytes); !ok)
+              spdlog::warn("cache: {}", ok.error().message());
+            done(std::move(bytes));
+          },
+          [=](caf::error& e) { done(from_caf(e)); });
+}
+
+// Fetches and decodes a shard once however many ask; those waiting get it when it is done, a
+// prefetch that nobody waits for yet leaves it in `ready`.
+void decode_shard_for(cache_actor_type* self, const std::string& digest) {
+  fetch_chunk(self, digest, [=](expected<std::vector<uint8_t>> bytes) {
+    expected<dataset> decoded = bytes ? decode_shard(*bytes) : expected<dataset>(bytes.error());
+    auto& st = self->state;
+    auto waiting = std::move(st.decoding[digest].waiting);
+    st.decoding.erase(digest);
+    if (!decoded) {
+      if (waiting.empty())
+        spdlog::debug("cache: prefetching shard {}: {}", digest.substr(0, 12),
+                      decoded.error().message());
+      for (auto& rp : waiting) rp.deliver(to_caf(decoded.error()));
+      return;
+    }
+    auto shared = std::make_shared<const dataset>(std::move(*decoded));
+    if (waiting.empty()) {
+      st.ready.emplace_back(digest, std::move(shared));
+      while (st.ready.size() > prefetched_shards) st.ready.pop_front();
+      return;
+    }
+    for (auto& rp : waiting) rp.deliver(decoded_shard{shared});
+  });
+}
+
+caf::behavior cache_actor(cache_actor_type* self, std::filesystem::path dir) {
   std::error_code ec;
   std::filesystem::create_directories(dir, ec);
   self->state.dir = std::move(dir);
@@ -26,34 +97,41 @@ caf::behavior cache_actor(caf::stateful_actor<cache_state>* self, std::filesyste
       [=](chunk_atom, const std::string& digest) -> caf::result<std::vector<uint8_t>> {
         if (!is_digest_hex(digest))
           return to_caf(error(errc::invalid_argument, "not a chunk digest"));
-        auto file = self->state.dir / digest;
-        if (auto bytes = read_file(file); bytes) {
-          if (digest_hex(*bytes) == digest) return std::move(*bytes);
-          spdlog::warn("cache: {} is damaged; fetching it again", file.string());
-          std::error_code ec;
-          std::filesystem::remove(file, ec);
-        }
-        if (!self->state.server)
-          return to_caf(error(errc::io_error, "no data server yet (not joined)"));
         auto rp = self->make_response_promise<std::vector<uint8_t>>();
-        self->request(self->state.server, std::chrono::seconds(120), chunk_atom::value, digest)
-            .then(
-                [=](std::vector<uint8_t>& bytes) mutable {
-                  node_metrics::bytes("in", "chunk").inc(static_cast<double>(bytes.size()));
-                  if (digest_hex(bytes) != digest) {
-                    rp.deliver(to_caf(error(errc::malformed_message,
-                                            "chunk " + digest + " failed verification")));
-                    return;
-                  }
-                  if (auto ok = write_file_atomically(file, bytes); !ok)
-                    spdlog::warn("cache: {}", ok.error().message());
-                  {
-                    rp.deliver(std::move(bytes));
-                    return;
-                  }
-                },
-                [=](caf::error& e) mutable { rp.deliver(e); });
+        fetch_chunk(self, digest, [=](expected<std::vector<uint8_t>> bytes) mutable {
+          if (bytes)
+            rp.deliver(std::move(*bytes));
+          else
+            rp.deliver(to_caf(bytes.error()));
+        });
         return rp;
+      },
+      [=](shard_atom, const std::string& digest) -> caf::result<decoded_shard> {
+        if (!is_digest_hex(digest))
+          return to_caf(error(errc::invalid_argument, "not a chunk digest"));
+        auto& st = self->state;
+        auto it = std::find_if(st.ready.begin(), st.ready.end(),
+                               [&](const auto& r) { return r.first == digest; });
+        if (it != st.ready.end()) {
+          decoded_shard out{std::move(it->second)};
+          st.ready.erase(it);  // the worker keeps it from here on
+          node_metrics::shards("prefetched").inc();
+          return out;
+        }
+        auto rp = self->make_response_promise<decoded_shard>();
+        auto [pending, fresh] = st.decoding.try_emplace(digest);
+        pending->second.waiting.push_back(rp);
+        node_metrics::shards(pending->second.ahead ? "prefetched" : "fetched").inc();
+        if (fresh) decode_shard_for(self, digest);
+        return rp;
+      },
+      [=](prefetch_atom, const std::string& digest) {
+        auto& st = self->state;
+        if (!is_digest_hex(digest) || st.decoding.count(digest) > 0) return;
+        for (const auto& r : st.ready)
+          if (r.first == digest) return;
+        st.decoding[digest].ahead = true;  // nobody waits yet
+        decode_shard_for(self, digest);
       },
   };
 }

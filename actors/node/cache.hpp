@@ -3,19 +3,42 @@
 /// The chunk cache of a node: content-addressed data set chunks on disk under
 /// DATA_DIR/chunks/<digest>, fetched from the core's data server on a miss. Every chunk is
 /// verified against its digest when fetched and when read back, so a damaged file or a
-/// misbehaving server never feeds a worker wrong data. Detached: file I/O blocks.
+/// misbehaving server never feeds a worker wrong data. Detached: file I/O and decoding block.
+///
+/// It also decodes shards for the node's workers, ahead of time when asked: a worker names
+/// the shard its next assignment is likely to use, and the cache fetches and decodes it on
+/// its own thread while the worker computes, so a new shard costs the next round nothing.
 ///
 /// Protocol:
 /// - (chunk_atom, digest) -> bytes (from disk or the data server), or an error.
+/// - (shard_atom, digest) -> decoded_shard (prefetched, or fetched and decoded now), or an
+///   error (a chunk that is not a well-formed shard is malformed_message).
+/// - (prefetch_atom, digest): fetch and decode it for a later shard_atom; no reply. At most
+///   `prefetched_shards` are held; the oldest goes first.
 /// - (serve_atom, source): where to fetch misses from: the node's session (set again after
 ///   every join).
 
+#include <caf/allowed_unsafe_message_type.hpp>
 #include <caf/fwd.hpp>
 
+#include <cstddef>
 #include <filesystem>
+#include <memory>
+
+#include "gflex/runtime/dataset.hpp"
 
 namespace gflex {
+
+/// A decoded shard, shared by the cache and the workers of one process; never serialized.
+struct decoded_shard {
+  std::shared_ptr<const dataset> data;
+};
+
+/// Decoded shards the cache holds for workers that have not asked for them yet.
+inline constexpr size_t prefetched_shards = 8;
 
 caf::actor spawn_cache(caf::actor_system& sys, const std::filesystem::path& dir);
 
 }  // namespace gflex
+
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(gflex::decoded_shard)

@@ -16,6 +16,14 @@ inline metrics::counter assignments(const char* outcome) {
                              {{"outcome", outcome}});
 }
 
+/// Shards the cache handed to workers, by `source`: "prefetched" (fetched and decoded while a
+/// worker computed the assignment before, on the job's hint) or "fetched" (the worker waited).
+inline metrics::counter shards(const char* source) {
+  return metrics::counter_of("gflex_node_shards_total",
+                             "Decoded shards handed to workers, by whether they were prefetched",
+                             {{"source", source}});
+}
+
 inline const metrics::histogram& step_duration() {
   static const auto h =
       metrics::histogram_of("gflex_node_step_duration_seconds",

@@ -13,9 +13,9 @@
 #include "gflex/kernels/workload.hpp"
 #include "gflex/runtime/cpu_usage.hpp"
 #include "gflex/runtime/rng.hpp"
-#include "gflex/runtime/shard.hpp"
 #include "gflex/runtime/tensor_codec.hpp"
 #include "gflex/runtime/update_codec.hpp"
+#include "cache.hpp"
 #include "messages.hpp"
 #include "node_metrics.hpp"
 
@@ -296,33 +296,26 @@ caf::behavior worker_behavior(worker_actor* self, worker_config config, caf::act
   return {
       [=](assign_atom, assignment& a) -> caf::result<assignment_result> {
         auto& shards = self->state.shards;
+        // The cache fetches and decodes the next round's shard on its own thread meanwhile.
+        if (!a.next_shard.empty() && shards.count(a.next_shard) == 0)
+          self->send(self->state.cache, prefetch_atom::value, a.next_shard);
         if (auto it = shards.find(a.shard); it != shards.end()) {
           auto r = compute(a, *it->second);
           if (!r) return std::move(r.error());
           return std::move(*r);
         }
         auto rp = self->make_response_promise<assignment_result>();
-        self->request(self->state.cache, std::chrono::seconds(180), chunk_atom::value, a.shard)
+        self->request(self->state.cache, std::chrono::seconds(180), shard_atom::value, a.shard)
             .then(
-                [=](std::vector<uint8_t>& bytes) mutable {
-                  auto decoded = decode_shard(bytes);
-                  if (!decoded) {
-                    rp.deliver(to_caf(decoded.error()));
-                    return;
-                  }
+                [=](decoded_shard& d) mutable {
                   auto& shards = self->state.shards;
                   if (shards.size() >= 32) shards.erase(shards.begin());
-                  auto d = std::make_shared<const dataset>(std::move(*decoded));
-                  shards[a.shard] = d;
-                  auto r = compute(a, *d);
-                  if (!r) {
+                  shards[a.shard] = d.data;
+                  auto r = compute(a, *d.data);
+                  if (!r)
                     rp.deliver(std::move(r.error()));
-                    return;
-                  }
-                  {
+                  else
                     rp.deliver(std::move(*r));
-                    return;
-                  }
                 },
                 [=](caf::error& e) mutable { rp.deliver(e); });
         return rp;

@@ -73,6 +73,8 @@ using dlist_atom = caf::atom_constant<caf::atom("dlist")>;     ///< client -> co
 using drm_atom = caf::atom_constant<caf::atom("drm")>;         ///< client -> core: remove one
 using earned_atom = caf::atom_constant<caf::atom("earned")>;   ///< node -> session: its credits
 using expire_atom = caf::atom_constant<caf::atom("expire")>;   ///< timers, to self: drop stale
+using shard_atom = caf::atom_constant<caf::atom("shard")>;     ///< worker -> cache: decoded
+using prefetch_atom = caf::atom_constant<caf::atom("prefetch")>;  ///< worker -> cache: ahead
 
 // -- messages -----------------------------------------------------------------------------------
 
@@ -133,6 +135,10 @@ struct assignment {
   /// workload. The node plans it with its own kernels: a model is data, never code.
   std::string model;
   std::string shard;  ///< BLAKE2b-256 hex of the shard chunk.
+  /// The shard this worker's place in the round has next round (empty in the last round, or
+  /// for a re-computation): a hint, so that the node fetches and decodes it while it computes.
+  /// Nothing depends on it being right.
+  std::string next_shard;
   uint64_t seed = 0;
   int64_t local_steps = 1;
   int64_t batch_size = 128;
@@ -157,7 +163,7 @@ struct assignment {
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, assignment& x) {
   return f(caf::meta::type_name("assignment"), x.id, x.job_id, x.round, x.workload, x.model,
-           x.shard, x.seed, x.local_steps, x.batch_size, x.lr, x.weight_decay, x.plain_sgd,
+           x.shard, x.next_shard, x.seed, x.local_steps, x.batch_size, x.lr, x.weight_decay, x.plain_sgd,
            x.compression, x.precision, x.params, x.params_chunks, x.params_bytes, x.verify);
 }
 

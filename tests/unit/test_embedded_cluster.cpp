@@ -9,6 +9,7 @@
 #include "fashion_mnist_installed.hpp"
 #include "gflex/gflex.hpp"
 #include "gflex/kernels/model_builder.hpp"
+#include "node_metrics.hpp"
 
 using namespace gflex;
 
@@ -66,6 +67,29 @@ TEST_SUITE("embedded cluster") {
     CHECK(c.jobs().has_value());
     auto unknown = c.wait("job-999");
     CHECK_FALSE(unknown.has_value());
+  }
+
+  TEST_CASE("a worker's next shard is fetched and decoded while it computes" *
+            doctest::skip(!test::fashion_mnist_installed())) {
+    embedded_config config;
+    config.nodes = 1;
+    auto cluster = embedded_cluster::start(config);
+    REQUIRE_MESSAGE(cluster.has_value(), cluster.error().message());
+    kernels::model_builder model("tiny", {784});
+    model.linear(10).softmax_xent();
+    const std::string two = "rounds = 2\nworkers = 2";
+    auto spec = small_job("ahead", model);
+    spec.replace(spec.find(two), two.size(), "rounds = 4\nworkers = 1");
+    const double fetched = node_metrics::shards("fetched").value();
+    const double prefetched = node_metrics::shards("prefetched").value();
+    auto id = cluster->client().submit(spec);
+    REQUIRE_MESSAGE(id.has_value(), id.error().message());
+    auto done = cluster->client().wait(*id);
+    REQUIRE(done.has_value());
+    CHECK(done->state == job_state::done);
+    // Round 1's shard is awaited; each later round's was named by the assignment before.
+    CHECK(node_metrics::shards("fetched").value() - fetched == 1);
+    CHECK(node_metrics::shards("prefetched").value() - prefetched == 3);
   }
 
   TEST_CASE("a cluster of no nodes is an error, not an abort") {

@@ -29,7 +29,7 @@ class key_value_store;
 const char* sdk_version() noexcept;
 
 /// The wire protocol version this build speaks; a node with another is refused at join.
-inline constexpr uint32_t protocol_version = 10;
+inline constexpr uint32_t protocol_version = 11;
 
 /// How to run a core.
 struct core_config {

@@ -1,0 +1,146 @@
+/// A node's chunk cache (actors/node/cache.hpp) as its workers use it: a shard prefetched on a
+/// hint is fetched and decoded once, ahead, and handed over without the data server; a chunk
+/// that is no shard, or a name that is no digest, is an error for whoever asks and nothing
+/// for a prefetch.
+
+#include <doctest/doctest.h>
+
+#include <caf/all.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <map>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "cache.hpp"
+#include "configured_system.hpp"
+#include "gflex/runtime/digest.hpp"
+#include "gflex/runtime/shard.hpp"
+#include "messages.hpp"
+#include "node_metrics.hpp"
+#include "temp_dir.hpp"
+
+using namespace gflex;
+
+namespace {
+
+dataset pixels(int64_t n, int64_t first_label) {
+  dataset d;
+  d.classes = 10;
+  d.features = tensor::empty({n, 16}, dtype::f32);
+  d.labels = tensor::empty({n}, dtype::i32);
+  for (int64_t i = 0; i < n * 16; ++i)
+    d.features.data<float>()[i] = static_cast<float>(i % 256) * (1.0f / 255.0f);
+  for (int64_t i = 0; i < n; ++i)
+    d.labels.data<int32_t>()[i] = static_cast<int32_t>((first_label + i) % 10);
+  return d;
+}
+
+// A data server that counts what it is asked, and answers only while `open`.
+struct counting_server {
+  std::map<std::string, std::vector<uint8_t>> chunks;
+  std::atomic<int> asked{0};
+  std::atomic<bool> open{true};
+};
+
+caf::actor spawn_server(caf::actor_system& sys, std::shared_ptr<counting_server> s) {
+  return sys.spawn([s](caf::event_based_actor*) -> caf::behavior {
+    return {[s](chunk_atom, const std::string& digest) -> caf::result<std::vector<uint8_t>> {
+      s->asked += 1;
+      auto it = s->chunks.find(digest);
+      if (!s->open || it == s->chunks.end())
+        return to_caf(error(errc::io_error, "no chunk " + digest + " here"));
+      return it->second;
+    }};
+  });
+}
+
+struct cache_fixture : test::configured_system {
+  test::temp_dir dir;
+  std::shared_ptr<counting_server> server = std::make_shared<counting_server>();
+  caf::actor cache;
+  const std::chrono::seconds timeout{10};
+
+  cache_fixture() {
+    cache = spawn_cache(sys, dir.path());
+    self->send(cache, serve_atom::value, spawn_server(sys, server));
+  }
+  ~cache_fixture() { self->send_exit(cache, caf::exit_reason::user_shutdown); }
+
+  std::string add(std::vector<uint8_t> bytes) {
+    auto digest = digest_hex(bytes);
+    server->chunks[digest] = std::move(bytes);
+    return digest;
+  }
+
+  expected<std::shared_ptr<const dataset>> shard(const std::string& digest) {
+    expected<std::shared_ptr<const dataset>> out = error(errc::io_error, "no answer");
+    self->request(cache, timeout, shard_atom::value, digest)
+        .receive([&](decoded_shard& d) { out = d.data; },
+                 [&](caf::error& e) { out = from_caf(e); });
+    return out;
+  }
+
+  void wait_until_asked(int times) {
+    for (int i = 0; i < 500 && server->asked < times; ++i)
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    REQUIRE(server->asked == times);
+  }
+};
+
+}  // namespace
+
+TEST_SUITE("node cache") {
+  TEST_CASE_FIXTURE(cache_fixture, "a prefetched shard is handed over without the server") {
+    const auto first = add(encode_shard(pixels(30, 0), 0, 30));
+    const auto next = add(encode_shard(pixels(20, 3), 0, 20));
+    const double prefetched = node_metrics::shards("prefetched").value();
+    const double fetched = node_metrics::shards("fetched").value();
+
+    auto a = shard(first);  // nothing ahead: fetched and decoded while the worker waits
+    REQUIRE_MESSAGE(a.has_value(), a.error().message());
+    CHECK((*a)->size() == 30);
+    CHECK(node_metrics::shards("fetched").value() == fetched + 1);
+
+    self->send(cache, prefetch_atom::value, next);
+    wait_until_asked(2);
+    server->open = false;  // from here on only what the cache holds can answer
+    // Decoding follows the fetch on the cache's thread; asking now waits for it if need be.
+    auto b = shard(next);
+    REQUIRE_MESSAGE(b.has_value(), b.error().message());
+    CHECK((*b)->size() == 20);
+    CHECK((*b)->labels.data<int32_t>()[0] == 3);
+    CHECK((*b)->features.data<float>()[17] == doctest::Approx(17.0f / 255.0f));
+    CHECK(node_metrics::shards("prefetched").value() == prefetched + 1);
+    // A prefetch of a shard already fetched or held costs the server nothing more.
+    self->send(cache, prefetch_atom::value, next);
+    auto again = shard(next);  // read back from disk, where the fetch left it
+    REQUIRE(again.has_value());
+    CHECK((*again)->size() == 20);
+    CHECK(server->asked == 2);
+  }
+
+  TEST_CASE_FIXTURE(cache_fixture, "a chunk that is no shard, or no digest, is an error") {
+    const auto junk = add({1, 2, 3, 4, 5, 6, 7, 8});
+    self->send(cache, prefetch_atom::value, junk);  // fails quietly: nobody waits for it
+    self->send(cache, prefetch_atom::value, std::string("../../etc/passwd"));
+    wait_until_asked(1);
+    auto bad = shard(junk);
+    REQUIRE_FALSE(bad.has_value());
+    CHECK(bad.error().code() == errc::malformed_message);
+    auto not_digest = shard("../../etc/passwd");
+    REQUIRE_FALSE(not_digest.has_value());
+    CHECK(not_digest.error().code() == errc::invalid_argument);
+    auto missing = shard(std::string(64, 'a'));
+    REQUIRE_FALSE(missing.has_value());
+    CHECK(missing.error().code() == errc::io_error);
+    // The cache still serves what it can.
+    const auto good = add(encode_shard(pixels(5, 0), 0, 5));
+    auto ok = shard(good);
+    REQUIRE_MESSAGE(ok.has_value(), ok.error().message());
+    CHECK((*ok)->size() == 5);
+  }
+}
