@@ -2,6 +2,10 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
+#include <atomic>
+#include <thread>
+
 #include "gflex/runtime/digest.hpp"
 
 namespace gflex {
@@ -32,12 +36,31 @@ expected<std::shared_ptr<const served_data>> data_catalog::get(const kernels::wo
   data->test = std::move(splits->test);
   data->train_samples = splits->train.size();
   const auto& train = splits->train;
-  for (int64_t begin = 0; begin < train.size(); begin += shard_samples_) {
-    int64_t end = std::min(train.size(), begin + shard_samples_);
-    auto bytes = std::make_shared<std::vector<uint8_t>>(encode_shard(train, begin, end));
-    shard_info info{digest_hex(*bytes), end - begin, bytes->size()};
-    new_chunks[info.digest] = std::move(bytes);
-    data->shards.push_back(std::move(info));
+  // Cutting is encoding and hashing, shard by shard: spread over the machine's cores, it is
+  // most of a job's start.
+  const int64_t count = (train.size() + shard_samples_ - 1) / shard_samples_;
+  std::vector<std::shared_ptr<std::vector<uint8_t>>> cut(static_cast<size_t>(count));
+  std::vector<shard_info> infos(static_cast<size_t>(count));
+  std::atomic<int64_t> next_shard{0};
+  auto cutter = [&] {
+    for (int64_t i = next_shard++; i < count; i = next_shard++) {
+      const int64_t begin = i * shard_samples_;
+      const int64_t end = std::min(train.size(), begin + shard_samples_);
+      auto bytes = std::make_shared<std::vector<uint8_t>>(encode_shard(train, begin, end));
+      infos[static_cast<size_t>(i)] = {digest_hex(*bytes), end - begin, bytes->size()};
+      cut[static_cast<size_t>(i)] = std::move(bytes);
+    }
+  };
+  {
+    const auto threads = std::min<int64_t>(
+        count, std::clamp<int64_t>(std::thread::hardware_concurrency(), 1, 8));
+    std::vector<std::jthread> helpers;
+    for (int64_t t = 1; t < threads; ++t) helpers.emplace_back(cutter);
+    cutter();
+  }
+  for (int64_t i = 0; i < count; ++i) {
+    new_chunks[infos[static_cast<size_t>(i)].digest] = std::move(cut[static_cast<size_t>(i)]);
+    data->shards.push_back(std::move(infos[static_cast<size_t>(i)]));
   }
   std::lock_guard<std::mutex> guard(mutex_);
   if (auto it = by_workload_.find(key); it != by_workload_.end()) return it->second;

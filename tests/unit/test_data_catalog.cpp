@@ -9,6 +9,7 @@
 #include <thread>
 
 #include "data_catalog.hpp"
+#include "gflex/runtime/digest.hpp"
 #include "gflex/kernels/model_builder.hpp"
 
 using namespace gflex;
@@ -26,15 +27,16 @@ dataset tiny(int64_t n) {
 }
 
 std::unique_ptr<kernels::workload> workload_loading_for(std::chrono::milliseconds delay,
-                                                        const std::string& name) {
+                                                        const std::string& name,
+                                                        int64_t train_rows = 40) {
   kernels::model_builder m(name, {4});
   m.linear(2).softmax_xent();
   auto plan = m.plan();
   REQUIRE(plan.has_value());
   return kernels::make_graph_workload(name, std::move(*plan), m.toml(),
-                                      [delay]() -> expected<dataset_splits> {
+                                      [delay, train_rows]() -> expected<dataset_splits> {
                                         std::this_thread::sleep_for(delay);
-                                        return dataset_splits{tiny(40), tiny(10)};
+                                        return dataset_splits{tiny(train_rows), tiny(10)};
                                       });
 }
 
@@ -67,5 +69,25 @@ TEST_SUITE("data catalog") {
     auto again = catalog.get(*slow);
     REQUIRE(again.has_value());
     CHECK(again->get() == second->get());
+  }
+
+  TEST_CASE("shards cut on several threads are those cut one by one, in order") {
+    data_catalog catalog(10);
+    auto w = workload_loading_for(std::chrono::milliseconds(0), "odd", 103);
+    auto data = catalog.get(*w);
+    REQUIRE(data.has_value());
+    const auto train = tiny(103);
+    REQUIRE((*data)->shards.size() == 11);
+    CHECK((*data)->train_samples == 103);
+    for (int64_t i = 0; i < 11; ++i) {
+      const auto& s = (*data)->shards[static_cast<size_t>(i)];
+      const auto expected = encode_shard(train, i * 10, std::min<int64_t>(103, i * 10 + 10));
+      CHECK(s.samples == std::min<int64_t>(10, 103 - i * 10));
+      CHECK(s.digest == digest_hex(expected));
+      CHECK(s.bytes == expected.size());
+      auto bytes = catalog.chunk(s.digest);
+      REQUIRE(bytes != nullptr);
+      CHECK(*bytes == expected);
+    }
   }
 }
