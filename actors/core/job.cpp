@@ -823,7 +823,10 @@ void try_advance(job_actor* self) {
     start_round(self);
   else if (!may_roll_back)
     st.round_params.reset();  // the last round's: nothing will be computed from them again
-  try_confirm(self);
+  // While the market is asked for the next round's workers, confirming (an evaluation, the
+  // checkpoint's encoding) waits for its answer, which confirms it (dispatch): done here,
+  // it would hold the assignments back by as long.
+  if (!st.waiting_for_workers) try_confirm(self);
 }
 
 void on_result(job_actor* self, uint64_t id, assignment_result& r) {
@@ -1041,9 +1044,12 @@ void dispatch(job_actor* self) {
               st.job.status.detail = detail;
               publish(self);
             }
+            // The round before, held back until this round's assignments are out (try_advance).
+            try_confirm(self);
           },
           [=](caf::error& e) {
             self->state.waiting_for_workers = false;
+            try_confirm(self);
             spdlog::warn("job {}: market did not answer: {}", self->state.job.id,
                          self->system().render(e));
             self->delayed_send(self, std::chrono::milliseconds(500), tick_atom::value);
