@@ -52,8 +52,8 @@ expected<std::shared_ptr<const served_data>> data_catalog::get(const kernels::wo
     }
   };
   {
-    const auto threads = std::min<int64_t>(
-        count, std::clamp<int64_t>(std::thread::hardware_concurrency(), 1, 8));
+    const auto threads =
+        std::min<int64_t>(count, std::clamp<int64_t>(std::thread::hardware_concurrency(), 1, 8));
     std::vector<std::jthread> helpers;
     for (int64_t t = 1; t < threads; ++t) helpers.emplace_back(cutter);
     cutter();

@@ -10,12 +10,12 @@
 #include <set>
 #include <thread>
 
+#include "cache.hpp"
 #include "gflex/kernels/workload.hpp"
 #include "gflex/runtime/cpu_usage.hpp"
 #include "gflex/runtime/rng.hpp"
 #include "gflex/runtime/tensor_codec.hpp"
 #include "gflex/runtime/update_codec.hpp"
-#include "cache.hpp"
 #include "messages.hpp"
 #include "node_metrics.hpp"
 

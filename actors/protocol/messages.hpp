@@ -62,18 +62,18 @@ using ledger_atom = caf::atom_constant<caf::atom("ledger")>;       ///< client -
 using topup_atom = caf::atom_constant<caf::atom("topup")>;         ///< client -> core
 using credit_in_atom = caf::atom_constant<caf::atom("creditin")>;  ///< operator -> core
 using auth_atom = caf::atom_constant<caf::atom("auth")>;  ///< client -> core; core -> gatekeeper
-using api_key_atom = caf::atom_constant<caf::atom("apikey")>;  ///< core -> gatekeeper
-using token_atom = caf::atom_constant<caf::atom("token")>;     ///< operator -> core
-using revoke_atom = caf::atom_constant<caf::atom("revoke")>;   ///< operator -> core
-using admit_atom = caf::atom_constant<caf::atom("admit")>;     ///< core -> gatekeeper
-using serve_atom = caf::atom_constant<caf::atom("serve")>;     ///< chunk source: session, cache
-using rate_atom = caf::atom_constant<caf::atom("rate")>;       ///< session -> market
-using dpush_atom = caf::atom_constant<caf::atom("dpush")>;     ///< client -> core: data upload
-using dlist_atom = caf::atom_constant<caf::atom("dlist")>;     ///< client -> core: data sets
-using drm_atom = caf::atom_constant<caf::atom("drm")>;         ///< client -> core: remove one
-using earned_atom = caf::atom_constant<caf::atom("earned")>;   ///< node -> session: its credits
-using expire_atom = caf::atom_constant<caf::atom("expire")>;   ///< timers, to self: drop stale
-using shard_atom = caf::atom_constant<caf::atom("shard")>;     ///< worker -> cache: decoded
+using api_key_atom = caf::atom_constant<caf::atom("apikey")>;     ///< core -> gatekeeper
+using token_atom = caf::atom_constant<caf::atom("token")>;        ///< operator -> core
+using revoke_atom = caf::atom_constant<caf::atom("revoke")>;      ///< operator -> core
+using admit_atom = caf::atom_constant<caf::atom("admit")>;        ///< core -> gatekeeper
+using serve_atom = caf::atom_constant<caf::atom("serve")>;        ///< chunk source: session, cache
+using rate_atom = caf::atom_constant<caf::atom("rate")>;          ///< session -> market
+using dpush_atom = caf::atom_constant<caf::atom("dpush")>;        ///< client -> core: data upload
+using dlist_atom = caf::atom_constant<caf::atom("dlist")>;        ///< client -> core: data sets
+using drm_atom = caf::atom_constant<caf::atom("drm")>;            ///< client -> core: remove one
+using earned_atom = caf::atom_constant<caf::atom("earned")>;      ///< node -> session: its credits
+using expire_atom = caf::atom_constant<caf::atom("expire")>;      ///< timers, to self: drop stale
+using shard_atom = caf::atom_constant<caf::atom("shard")>;        ///< worker -> cache: decoded
 using prefetch_atom = caf::atom_constant<caf::atom("prefetch")>;  ///< worker -> cache: ahead
 
 // -- messages -----------------------------------------------------------------------------------
@@ -163,8 +163,9 @@ struct assignment {
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, assignment& x) {
   return f(caf::meta::type_name("assignment"), x.id, x.job_id, x.round, x.workload, x.model,
-           x.shard, x.next_shard, x.seed, x.local_steps, x.batch_size, x.lr, x.weight_decay, x.plain_sgd,
-           x.compression, x.precision, x.params, x.params_chunks, x.params_bytes, x.verify);
+           x.shard, x.next_shard, x.seed, x.local_steps, x.batch_size, x.lr, x.weight_decay,
+           x.plain_sgd, x.compression, x.precision, x.params, x.params_chunks, x.params_bytes,
+           x.verify);
 }
 
 /// The encoded parameters an assignment carries, wherever they are.

@@ -9,8 +9,8 @@
 #include <thread>
 
 #include "data_catalog.hpp"
-#include "gflex/runtime/digest.hpp"
 #include "gflex/kernels/model_builder.hpp"
+#include "gflex/runtime/digest.hpp"
 
 using namespace gflex;
 
