@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <thread>
+#include <utility>
 
 #include "gflex/runtime/check.hpp"
 
@@ -112,24 +114,50 @@ void round_screen::add(const std::vector<std::span<const float>>& block) {
   // above it, else the (j+1)-th. So only the column's order statistics h - 1, h and h + 1 are
   // ever read: found by selection, O(n) a coordinate where a sort took O(n log n) (a round of
   // 1,000 results spent most of its screening sorting).
-  std::vector<std::pair<float, uint32_t>> column(n_);
+  using ranked = std::pair<float, uint32_t>;
+  struct order_statistics {
+    ranked below, mid, above;  // the column's h - 1, h and h + 1
+  };
   const size_t m = n_ - 1, h = m / 2;  // the others: m values, median at h (and h - 1 if even)
-  for (size_t k = 0; k < dim; ++k) {
-    for (size_t i = 0; i < n_; ++i) column[i] = {block[i][k], static_cast<uint32_t>(i)};
-    const auto mid_it = column.begin() + static_cast<std::ptrdiff_t>(h);
-    std::nth_element(column.begin(), mid_it, column.end());
-    const auto below = *std::max_element(column.begin(), mid_it);  // h >= 1: n >= 3
-    const auto mid = *mid_it;
-    const auto above = *std::min_element(mid_it + 1, column.end());  // h + 1 <= m
-    for (size_t i = 0; i < n_; ++i) {
-      const std::pair<float, uint32_t> own{block[i][k], static_cast<uint32_t>(i)};
-      const float nth_h = mid < own ? mid.first : above.first;
-      const double med =
-          m % 2 == 1 ? nth_h
-                     : 0.5 * (static_cast<double>(below < own ? below.first : mid.first) + nth_h);
-      dot_[i] += med * block[i][k];
-      ref_sq_[i] += med * med;
+  std::vector<order_statistics> stats(dim);
+  // The selections are independent coordinate by coordinate, so they run on several threads;
+  // the sums below stay in one coordinate order, so the figures do not depend on how many.
+  auto select = [&](size_t from, size_t to) {
+    std::vector<ranked> column(n_);
+    for (size_t k = from; k < to; ++k) {
+      for (size_t i = 0; i < n_; ++i) column[i] = {block[i][k], static_cast<uint32_t>(i)};
+      const auto mid_it = column.begin() + static_cast<std::ptrdiff_t>(h);
+      std::nth_element(column.begin(), mid_it, column.end());
+      stats[k] = {*std::max_element(column.begin(), mid_it),              // h >= 1: n >= 3
+                  *mid_it, *std::min_element(mid_it + 1, column.end())};  // h + 1 <= m
     }
+  };
+  // About 64k selections of a value each per thread at the least: below that a thread's
+  // start costs more than it saves.
+  const size_t threads = std::clamp<size_t>(
+      std::min<size_t>(std::thread::hardware_concurrency(), (n_ * dim) >> 16), 1, 8);
+  {
+    std::vector<std::jthread> helpers;
+    const size_t share = (dim + threads - 1) / threads;
+    for (size_t t = 1; t < threads; ++t)
+      helpers.emplace_back(select, std::min(dim, t * share), std::min(dim, (t + 1) * share));
+    select(0, std::min(dim, share));
+  }
+  for (size_t i = 0; i < n_; ++i) {
+    double dot = dot_[i], ref_sq = ref_sq_[i];
+    for (size_t k = 0; k < dim; ++k) {
+      const auto& s = stats[k];
+      const ranked own{block[i][k], static_cast<uint32_t>(i)};
+      const float nth_h = s.mid < own ? s.mid.first : s.above.first;
+      const double med =
+          m % 2 == 1
+              ? nth_h
+              : 0.5 * (static_cast<double>(s.below < own ? s.below.first : s.mid.first) + nth_h);
+      dot += med * block[i][k];
+      ref_sq += med * med;
+    }
+    dot_[i] = dot;
+    ref_sq_[i] = ref_sq;
   }
 }
 

@@ -338,6 +338,32 @@ TEST_SUITE("robust_aggregation") {
     CHECK(atypical >= 2);  // the comparison covers verdicts, not only typical ones
   }
 
+  TEST_CASE("a round large enough to screen on several threads gives one thread's figures") {
+    // 40 results of 4,000 values are screened whole (the medians selected on up to 8 threads
+    // where the machine has the cores) and in blocks of 300 values (small enough for one):
+    // the figures must agree bit for bit, ties included.
+    std::mt19937 rng(11);
+    std::uniform_int_distribution<int> pick(-50, 50);
+    std::vector<std::vector<float>> u(40, std::vector<float>(4000));
+    for (auto& x : u)
+      for (auto& v : x) v = static_cast<float>(pick(rng)) / 50.0f;
+    const auto whole = screen_round(spans(u), {});
+    round_screen screen(u.size());
+    for (size_t begin = 0; begin < 4000; begin += 300) {
+      const size_t len = std::min<size_t>(300, 4000 - begin);
+      std::vector<std::span<const float>> block;
+      for (const auto& x : u) block.emplace_back(x.data() + begin, len);
+      screen.add(block);
+    }
+    const auto parts = screen.verdicts({});
+    REQUIRE(parts.size() == whole.size());
+    for (size_t i = 0; i < whole.size(); ++i) {
+      CAPTURE(i);
+      CHECK(parts[i].cosine == whole[i].cosine);
+      CHECK(parts[i].norm == whole[i].norm);
+    }
+  }
+
   TEST_CASE("each result is compared with the exact median of the others, ties included") {
     // The screen reads each result's leave-one-out median from three order statistics of the
     // column; here every median is taken the slow way, by sorting the others, and the
