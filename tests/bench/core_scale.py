@@ -285,7 +285,6 @@ def main():
 
 
 def run(args, steps, sizes, cluster, core, fleet, work):
-    log_path = f"{work}/core.log"
     wait_until(lambda: core.metrics() is not None, 20, "the core's metrics")
     time.sleep(2)
     rss0 = core.rss_mib()
@@ -320,7 +319,16 @@ def run(args, steps, sizes, cluster, core, fleet, work):
         dispatch_jobs[w] = (job, time.time() - t0)
         print(f"job of {w} workers: {args.rounds} rounds in {dispatch_jobs[w][1]:.1f} s", flush=True)
 
-    # Several jobs of 1,000 workers at once; then 1,000 nodes lost at once, twice.
+    # Several jobs of 1,000 workers at once; then 1,000 nodes lost at once, twice (--jobs 0
+    # leaves this out).
+    losses = []
+    if args.jobs > 0:
+        losses = lose_nodes(args, cluster, core, fleet, work)
+    report(args, steps, fleet, ramp, dispatch_jobs, losses, work)
+
+
+def lose_nodes(args, cluster, core, fleet, work):
+    log_path = f"{work}/core.log"
     big = fleet.add(1000)
     frozen = fleet.add(1000)
     target = fleet.total()
@@ -347,7 +355,11 @@ def run(args, steps, sizes, cluster, core, fleet, work):
         print(f"{how}: {losses[-1]}", flush=True)
     for j in jobs:
         cluster.gflex("cancel", j, check=False)
+    return losses
 
+
+def report(args, steps, fleet, ramp, dispatch_jobs, losses, work):
+    target = fleet.total()
     records = fleet.stop()
     rows = []
     for w, (job, elapsed) in dispatch_jobs.items():
