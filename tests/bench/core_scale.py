@@ -321,10 +321,10 @@ def run(args, steps, sizes, cluster, core, fleet, work):
 
     # Several jobs of 1,000 workers at once; then 1,000 nodes lost at once, twice (--jobs 0
     # leaves this out).
-    losses = []
+    losses, nodes = [], fleet.total()
     if args.jobs > 0:
-        losses = lose_nodes(args, cluster, core, fleet, work)
-    report(args, steps, fleet, ramp, dispatch_jobs, losses, work)
+        losses, nodes = lose_nodes(args, cluster, core, fleet, work)
+    report(args, steps, fleet, ramp, dispatch_jobs, losses, nodes, work)
 
 
 def lose_nodes(args, cluster, core, fleet, work):
@@ -355,11 +355,10 @@ def lose_nodes(args, cluster, core, fleet, work):
         print(f"{how}: {losses[-1]}", flush=True)
     for j in jobs:
         cluster.gflex("cancel", j, check=False)
-    return losses
+    return losses, target
 
 
-def report(args, steps, fleet, ramp, dispatch_jobs, losses, work):
-    target = fleet.total()
+def report(args, steps, fleet, ramp, dispatch_jobs, losses, nodes, work):
     records = fleet.stop()
     rows = []
     for w, (job, elapsed) in dispatch_jobs.items():
@@ -368,7 +367,7 @@ def report(args, steps, fleet, ramp, dispatch_jobs, losses, work):
                      f"{max(lat):.1f}" if lat else "nan", f"{elapsed / args.rounds:.2f}"))
     table(f"Dispatch at {steps[-1]} nodes (one job at a time, {args.rounds} rounds)",
           ["round size", "assignments", "p50 ms", "p99 ms", "max ms", "s per round"], rows)
-    table(f"1,000 nodes lost at once ({args.jobs} jobs of 1,000 workers on {target} nodes)",
+    table(f"1,000 nodes lost at once ({args.jobs} jobs of 1,000 workers on {nodes} nodes)",
           ["how", "seen lost after s", "every job past it after s", "rounds committed meanwhile"],
           losses)
     json.dump({"ramp": ramp, "dispatch": rows, "loss": losses},
