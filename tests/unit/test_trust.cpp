@@ -41,6 +41,18 @@ std::vector<std::span<const float>> spans(const std::vector<std::vector<float>>&
   return {v.begin(), v.end()};
 }
 
+// A round screened the way a job reads it: `len` coordinates of every update at a time.
+std::vector<screened_result> screened_in_blocks(const std::vector<std::vector<float>>& u,
+                                                size_t len, round_screen& screen) {
+  const size_t dim = u.front().size();
+  for (size_t begin = 0; begin < dim; begin += len) {
+    std::vector<std::span<const float>> block;
+    for (const auto& x : u) block.emplace_back(x.data() + begin, std::min(len, dim - begin));
+    screen.add(block);
+  }
+  return screen.verdicts({});
+}
+
 }  // namespace
 
 TEST_SUITE("reputation") {
@@ -318,13 +330,7 @@ TEST_SUITE("robust_aggregation") {
     for (float& x : u[3]) x = -x;
     const auto whole = screen_round(spans(u), {});
     round_screen screen(u.size());
-    for (size_t begin = 0; begin < 1000; begin += 333) {
-      const size_t len = std::min<size_t>(333, 1000 - begin);
-      std::vector<std::span<const float>> block;
-      for (const auto& x : u) block.emplace_back(x.data() + begin, len);
-      screen.add(block);
-    }
-    const auto parts = screen.verdicts({});
+    const auto parts = screened_in_blocks(u, 333, screen);
     REQUIRE(parts.size() == whole.size());
     int atypical = 0;
     for (size_t i = 0; i < whole.size(); ++i) {
@@ -349,13 +355,7 @@ TEST_SUITE("robust_aggregation") {
       for (auto& v : x) v = static_cast<float>(pick(rng)) / 50.0f;
     const auto whole = screen_round(spans(u), {});
     round_screen screen(u.size());
-    for (size_t begin = 0; begin < 4000; begin += 300) {
-      const size_t len = std::min<size_t>(300, 4000 - begin);
-      std::vector<std::span<const float>> block;
-      for (const auto& x : u) block.emplace_back(x.data() + begin, len);
-      screen.add(block);
-    }
-    const auto parts = screen.verdicts({});
+    const auto parts = screened_in_blocks(u, 300, screen);
     REQUIRE(parts.size() == whole.size());
     for (size_t i = 0; i < whole.size(); ++i) {
       CAPTURE(i);
