@@ -81,7 +81,14 @@ void decode_shard_for(cache_actor_type* self, const std::string& digest) {
     auto shared = std::make_shared<const dataset>(std::move(*decoded));
     if (waiting.empty()) {
       st.ready.emplace_back(digest, std::move(shared));
-      while (st.ready.size() > prefetched_shards) st.ready.pop_front();
+      auto held = [&] {
+        size_t bytes = 0;
+        for (const auto& r : st.ready) bytes += r.second->features.nbytes();
+        return bytes;
+      };
+      while (st.ready.size() > prefetched_shards ||
+             (st.ready.size() > 1 && held() > prefetched_bytes))
+        st.ready.pop_front();
       return;
     }
     for (auto& rp : waiting) rp.deliver(decoded_shard{shared});

@@ -14,7 +14,7 @@
 /// - (shard_atom, digest) -> decoded_shard (prefetched, or fetched and decoded now), or an
 ///   error (a chunk that is not a well-formed shard is malformed_message).
 /// - (prefetch_atom, digest): fetch and decode it for a later shard_atom; no reply. At most
-///   `prefetched_shards` are held; the oldest goes first.
+///   `prefetched_shards` (and `prefetched_bytes`) are held; the oldest goes first.
 /// - (serve_atom, source): where to fetch misses from: the node's session (set again after
 ///   every join).
 
@@ -34,8 +34,11 @@ struct decoded_shard {
   std::shared_ptr<const dataset> data;
 };
 
-/// Decoded shards the cache holds for workers that have not asked for them yet.
+/// Decoded shards the cache holds for workers that have not asked for them yet (a hint that
+/// proved wrong stays until newer ones push it out): at most this many, and at most
+/// `prefetched_bytes` of them beyond the newest.
 inline constexpr size_t prefetched_shards = 8;
+inline constexpr size_t prefetched_bytes = size_t{256} << 20;
 
 caf::actor spawn_cache(caf::actor_system& sys, const std::filesystem::path& dir);
 

@@ -123,6 +123,29 @@ TEST_SUITE("node cache") {
     CHECK(server->asked == 2);
   }
 
+  TEST_CASE_FIXTURE(cache_fixture, "prefetched shards nobody asks for are dropped, oldest first") {
+    // Two more than the cache holds: whether or not the newest is still on its way when it
+    // is asked for, the oldest has been dropped by then.
+    std::vector<std::string> digests;
+    for (int64_t k = 0; k < static_cast<int64_t>(prefetched_shards) + 2; ++k)
+      digests.push_back(add(encode_shard(pixels(4 + k, k), 0, 4 + k)));
+    for (const auto& d : digests) self->send(cache, prefetch_atom::value, d);
+    const double prefetched = node_metrics::shards("prefetched").value();
+    const double fetched = node_metrics::shards("fetched").value();
+    auto last = shard(digests.back());
+    REQUIRE(last.has_value());
+    CHECK(node_metrics::shards("prefetched").value() == prefetched + 1);
+    // The oldest is read back from disk on demand; the one before the newest is still held.
+    auto first = shard(digests.front());
+    REQUIRE(first.has_value());
+    CHECK((*first)->size() == 4);
+    CHECK(node_metrics::shards("fetched").value() == fetched + 1);
+    auto kept = shard(digests[digests.size() - 2]);
+    REQUIRE(kept.has_value());
+    CHECK(node_metrics::shards("prefetched").value() == prefetched + 2);
+    CHECK(server->asked == static_cast<int>(digests.size()));
+  }
+
   TEST_CASE_FIXTURE(cache_fixture, "a chunk that is no shard, or no digest, is an error") {
     const auto junk = add({1, 2, 3, 4, 5, 6, 7, 8});
     self->send(cache, prefetch_atom::value, junk);  // fails quietly: nobody waits for it
