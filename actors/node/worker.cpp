@@ -222,6 +222,8 @@ caf::behavior worker_behavior(worker_actor* self, worker_config config, caf::act
   auto compute = [=](assignment& a, const dataset& shard) -> caf::expected<assignment_result> {
     if (self->state.config.cancelled->cancelled(a.id)) {
       self->state.config.cancelled->forget(a.id);
+      spdlog::info("stopped {} round {} before its first step: the node no longer wants it",
+                   a.job_id, a.round + 1);
       return to_caf(error(errc::invalid_argument, "assignment aborted by its job"));
     }
     if (++self->state.assignments == self->state.config.crash_at_assignment)
@@ -296,28 +298,35 @@ caf::behavior worker_behavior(worker_actor* self, worker_config config, caf::act
   return {
       [=](assign_atom, assignment& a) -> caf::result<assignment_result> {
         auto& shards = self->state.shards;
-        // The cache fetches and decodes the next round's shard on its own thread meanwhile.
-        if (!a.next_shard.empty() && shards.count(a.next_shard) == 0)
-          self->send(self->state.cache, prefetch_atom::value, a.next_shard);
+        // The cache fetches and decodes the next round's shard on its own thread meanwhile,
+        // after this round's (asked first when it is not here: the cache takes requests in
+        // the order they come).
+        auto prefetch_next = [self, &next = a.next_shard] {
+          if (!next.empty() && self->state.shards.count(next) == 0)
+            self->send(self->state.cache, prefetch_atom::value, next);
+        };
         if (auto it = shards.find(a.shard); it != shards.end()) {
+          prefetch_next();
           auto r = compute(a, *it->second);
           if (!r) return std::move(r.error());
           return std::move(*r);
         }
         auto rp = self->make_response_promise<assignment_result>();
-        self->request(self->state.cache, std::chrono::seconds(180), shard_atom::value, a.shard)
-            .then(
-                [=](decoded_shard& d) mutable {
-                  auto& shards = self->state.shards;
-                  if (shards.size() >= 32) shards.erase(shards.begin());
-                  shards[a.shard] = d.data;
-                  auto r = compute(a, *d.data);
-                  if (!r)
-                    rp.deliver(std::move(r.error()));
-                  else
-                    rp.deliver(std::move(*r));
-                },
-                [=](caf::error& e) mutable { rp.deliver(e); });
+        auto asked =
+            self->request(self->state.cache, std::chrono::seconds(180), shard_atom::value, a.shard);
+        prefetch_next();
+        std::move(asked).then(
+            [=](decoded_shard& d) mutable {
+              auto& shards = self->state.shards;
+              if (shards.size() >= 32) shards.erase(shards.begin());
+              shards[a.shard] = d.data;
+              auto r = compute(a, *d.data);
+              if (!r)
+                rp.deliver(std::move(r.error()));
+              else
+                rp.deliver(std::move(*r));
+            },
+            [=](caf::error& e) mutable { rp.deliver(e); });
         return rp;
       },
       [=](update_atom, const std::string& role, caf::actor& replacement) {
