@@ -35,6 +35,11 @@ void node_progress::on_activity(const node_activity& a) {
       busy_ += 1;
       job_ = a.job_id;
       round_ = a.round;
+      // Without a terminal the logs tell: a line when an assignment starts computing (its
+      // shard and parameters in hand), and one when it ends.
+      if (!line_)
+        spdlog::info("computing {} round {}{}", a.job_id, a.round,
+                     a.verify ? " (a re-computation)" : "");
       break;
     case kind::done:
     case kind::failed:
@@ -47,7 +52,6 @@ void node_progress::on_activity(const node_activity& a) {
       } else {
         failed_ += 1;
       }
-      // Without a terminal the logs tell: one line per assignment ended.
       if (!line_)
         spdlog::info("{} {} round {}{}{}", a.what == kind::done ? "computed" : "could not compute",
                      a.job_id, a.round, a.verify ? " (a re-computation)" : "",

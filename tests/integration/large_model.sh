@@ -92,10 +92,12 @@ PIDS+=("$submit_pid")
 # core gives its work to another node and ends its session. Woken, the node must stop that
 # work at its next step rather than finish it for nobody, and must not fetch the next
 # session's parameters while its worker still holds the old model: its memory bound below
-# holds through this. It is frozen once its model is in memory (resident over 2.5x).
+# holds through this. It is frozen once it computes (its log says so: its shard and
+# parameters are in hand) with its model in memory (resident over 2.5x).
 deadline=$((SECONDS + 300))
-until [ "$(awk -v m="$model_bytes" '/^VmRSS/ {printf "%d", $2 * 1024 * 10 / m}' \
-  "/proc/$PID_node1/status")" -ge 25 ]; do
+until grep -q "computing job-1 round 1" "$WORK/node1.log" &&
+  [ "$(awk -v m="$model_bytes" '/^VmRSS/ {printf "%d", $2 * 1024 * 10 / m}' \
+    "/proc/$PID_node1/status")" -ge 25 ]; do
   ((SECONDS < deadline)) || { fail "node1 never held its first assignment's model"; break; }
   sleep 0.1
 done
@@ -104,7 +106,7 @@ wait_for 20 "the core to give up on the frozen node1" grep -q "(node1) missed it
 kill -CONT "$PID_node1"
 before=$failures
 wait_for 120 "node1 to stop the work its ended session gave it" \
-  grep -q "stopped job-1 round 1 after .* steps: the node no longer wants it" "$WORK/node1.log"
+  grep -qE "stopped job-1 round 1 (after .* steps|before its first step): the node no longer wants it" "$WORK/node1.log"
 [ "$failures" -eq "$before" ] &&
   echo "ok: node1, frozen past its lease while computing, stopped that work once woken"
 
