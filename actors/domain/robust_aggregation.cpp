@@ -1,6 +1,7 @@
 #include "robust_aggregation.hpp"
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <limits>
 #include <thread>
@@ -25,6 +26,94 @@ std::vector<double> norms_of(const std::vector<std::span<const float>>& updates)
   std::vector<double> norms(updates.size());
   for (size_t i = 0; i < updates.size(); ++i) norms[i] = l2_norm(updates[i]);
   return norms;
+}
+
+// A (value, index) pair as one integer that orders as the pair does: the float's bits made
+// to order as the floats do (negatives flipped whole, positives' sign bit set; -0 taken as
+// +0, equal as floats), then the index. One integer comparison instead of two, and no branch.
+uint64_t order_key(float value, size_t index) noexcept {
+  const uint32_t bits = std::bit_cast<uint32_t>(value + 0.0f);  // -0 + 0 is +0
+  const uint32_t ordered = (bits & 0x80000000u) != 0 ? ~bits : bits | 0x80000000u;
+  return (uint64_t{ordered} << 32) | static_cast<uint32_t>(index);
+}
+
+float value_of(uint64_t key) noexcept {
+  const auto ordered = static_cast<uint32_t>(key >> 32);
+  return std::bit_cast<float>((ordered & 0x80000000u) != 0 ? ordered & 0x7fffffffu : ~ordered);
+}
+
+// A column's order statistics h - 1, h and h + 1 (as order keys).
+struct around_median {
+  uint64_t below = 0, mid = 0, above = 0;
+};
+
+// The order statistics h - 1, h and h + 1 of n distinct keys (n >= 3, 1 <= h <= n - 2), by
+// quickselect. Each pass splits the range around the median of three of its keys into
+// `scratch` without branching on the comparison (a column's order is as good as random, and
+// std::nth_element's mispredicted branches took most of its time), and the two buffers swap
+// roles; ranges of 32 keys or fewer are sorted. h - 1 and h + 1 are read from the final range,
+// or from the last part split off below (above) it: every key in it is below (above) that
+// range, and above (below) every part split off before.
+around_median select_around(uint64_t* keys, size_t n, size_t h, uint64_t* scratch) {
+  uint64_t* a = keys;
+  uint64_t* b = scratch;
+  size_t lo = 0, hi = n;
+  const uint64_t* below_part = nullptr;
+  const uint64_t* above_part = nullptr;
+  size_t below_from = 0, below_to = 0, above_from = 0, above_to = 0;
+  while (hi - lo > 32) {
+    const size_t len = hi - lo;
+    const uint64_t x = a[lo + len / 4], y = a[lo + len / 2], z = a[lo + 3 * len / 4];
+    const uint64_t pivot = std::max(std::min(x, y), std::min(std::max(x, y), z));
+    // Keys below the pivot go up from b[lo], the others down from b[hi - 1].
+    size_t less = 0, rest = 0;
+    uint64_t* low = b + lo;
+    uint64_t* high = b + hi - 1;
+    for (size_t i = lo; i < hi; ++i) {
+      const uint64_t v = a[i];
+      const bool is_less = v < pivot;
+      low[less] = v;
+      *(high - rest) = v;
+      less += is_less;
+      rest += !is_less;
+    }
+    std::swap(a, b);
+    // The keys are distinct and the pivot is the median of three of them, so at least one key
+    // is below it and two are not: the range shrinks every pass.
+    if (less == 0) break;
+    if (h < lo + less) {
+      above_part = a, above_from = lo + less, above_to = hi;
+      hi = lo + less;
+    } else {
+      below_part = a, below_from = lo, below_to = lo + less;
+      lo += less;
+    }
+  }
+  std::sort(a + lo, a + hi);
+  around_median out;
+  out.mid = a[h];
+  if (h > lo) {
+    out.below = a[h - 1];
+  } else {
+    for (size_t i = below_from; i < below_to; ++i) out.below = std::max(out.below, below_part[i]);
+  }
+  if (h + 1 < hi) {
+    out.above = a[h + 1];
+  } else {
+    out.above = ~uint64_t{0};
+    for (size_t i = above_from; i < above_to; ++i) out.above = std::min(out.above, above_part[i]);
+  }
+  return out;
+}
+
+// f(from, to) over [0, count) cut into `threads` ranges, the first on the calling thread.
+template <typename F>
+void split_over_threads(size_t count, size_t threads, F&& f) {
+  std::vector<std::jthread> helpers;
+  const size_t share = (count + threads - 1) / threads;
+  for (size_t t = 1; t < threads; ++t)
+    helpers.emplace_back(f, std::min(count, t * share), std::min(count, (t + 1) * share));
+  f(0, std::min(count, share));
 }
 
 std::string format(double x) {
@@ -100,13 +189,21 @@ void round_screen::add(const std::vector<std::span<const float>>& block) {
   GFLEX_CHECK(block.size() == n_, "round_screen: a block of the wrong number of updates");
   const size_t dim = n_ == 0 ? 0 : block[0].size();
   for (const auto& b : block) GFLEX_CHECK(b.size() == dim, "round_screen: block sizes differ");
-  for (size_t i = 0; i < n_; ++i)
-    for (float v : block[i]) {
-      const double q = static_cast<double>(v) * v;
-      norm_sq_[i] += q;
-      fourth_[i] += q * q;
-    }
-  if (n_ < 3) return;
+  // About 64k values per thread at the least: below that a thread's start costs more than it
+  // saves. Every sum runs in coordinate order whatever the threads, so the figures do not
+  // depend on how many there are.
+  const size_t threads = std::clamp<size_t>(
+      std::min<size_t>(std::thread::hardware_concurrency(), (n_ * dim) >> 16), 1, 8);
+  auto add_norms = [&](size_t i, size_t k) {
+    const double q = static_cast<double>(block[i][k]) * block[i][k];
+    norm_sq_[i] += q;
+    fourth_[i] += q * q;
+  };
+  if (n_ < 3) {
+    for (size_t i = 0; i < n_; ++i)
+      for (size_t k = 0; k < dim; ++k) add_norms(i, k);
+    return;
+  }
   // Each result against the coordinate-wise median of the others: a median that includes
   // the result itself leans towards it (its own noise), and a sign flipper among nearly
   // orthogonal honest updates would then seem to agree with it. (value, index) pairs order a
@@ -114,51 +211,60 @@ void round_screen::add(const std::vector<std::span<const float>>& block) {
   // above it, else the (j+1)-th. So only the column's order statistics h - 1, h and h + 1 are
   // ever read: found by selection, O(n) a coordinate where a sort took O(n log n) (a round of
   // 1,000 results spent most of its screening sorting).
-  using ranked = std::pair<float, uint32_t>;
-  struct order_statistics {
-    ranked below, mid, above;  // the column's h - 1, h and h + 1
-  };
   const size_t m = n_ - 1, h = m / 2;  // the others: m values, median at h (and h - 1 if even)
-  std::vector<order_statistics> stats(dim);
-  // The selections are independent coordinate by coordinate, so they run on several threads;
-  // the sums below stay in one coordinate order, so the figures do not depend on how many.
-  auto select = [&](size_t from, size_t to) {
-    std::vector<ranked> column(n_);
-    for (size_t k = from; k < to; ++k) {
-      for (size_t i = 0; i < n_; ++i) column[i] = {block[i][k], static_cast<uint32_t>(i)};
-      const auto mid_it = column.begin() + static_cast<std::ptrdiff_t>(h);
-      std::nth_element(column.begin(), mid_it, column.end());
-      stats[k] = {*std::max_element(column.begin(), mid_it),              // h >= 1: n >= 3
-                  *mid_it, *std::min_element(mid_it + 1, column.end())};  // h + 1 <= m
-    }
+  struct column_medians {
+    uint64_t below_key, mid_key;  // order statistics h - 1 and h, as order keys
+    float below, mid, above;      // h - 1, h and h + 1
   };
-  // About 64k selections of a value each per thread at the least: below that a thread's
-  // start costs more than it saves.
-  const size_t threads = std::clamp<size_t>(
-      std::min<size_t>(std::thread::hardware_concurrency(), (n_ * dim) >> 16), 1, 8);
-  {
-    std::vector<std::jthread> helpers;
-    const size_t share = (dim + threads - 1) / threads;
-    for (size_t t = 1; t < threads; ++t)
-      helpers.emplace_back(select, std::min(dim, t * share), std::min(dim, (t + 1) * share));
-    select(0, std::min(dim, share));
-  }
-  for (size_t i = 0; i < n_; ++i) {
-    double dot = dot_[i], ref_sq = ref_sq_[i];
-    for (size_t k = 0; k < dim; ++k) {
-      const auto& s = stats[k];
-      const ranked own{block[i][k], static_cast<uint32_t>(i)};
-      const float nth_h = s.mid < own ? s.mid.first : s.above.first;
-      const double med =
-          m % 2 == 1
-              ? nth_h
-              : 0.5 * (static_cast<double>(s.below < own ? s.below.first : s.mid.first) + nth_h);
-      dot += med * block[i][k];
-      ref_sq += med * med;
+  std::vector<column_medians> stats(dim);
+  // The selections are independent coordinate by coordinate: each thread reads a tile of
+  // coordinates from every result (a cache line of each row) into columns of order keys, then
+  // selects in each column.
+  split_over_threads(dim, threads, [&](size_t from, size_t to) {
+    constexpr size_t tile = 16;
+    std::vector<uint64_t> columns(tile * n_), scratch(n_);
+    for (size_t k0 = from; k0 < to; k0 += tile) {
+      const size_t len = std::min(tile, to - k0);
+      for (size_t i = 0; i < n_; ++i) {
+        const float* row = block[i].data() + k0;
+        // The row's next tile is read next time round: ask for it now, so that its cache
+        // line arrives while this tile is selected (rows lie far apart: no prefetcher sees it).
+        if (k0 + tile < to) __builtin_prefetch(row + tile);
+        for (size_t t = 0; t < len; ++t) columns[t * n_ + i] = order_key(row[t], i);
+      }
+      for (size_t t = 0; t < len; ++t) {
+        const auto s = select_around(columns.data() + t * n_, n_, h, scratch.data());
+        stats[k0 + t] = {s.below, s.mid, value_of(s.below), value_of(s.mid), value_of(s.above)};
+      }
     }
-    dot_[i] = dot;
-    ref_sq_[i] = ref_sq;
-  }
+  });
+  // Each result's sums (its norms, and its products with its leave-one-out medians), in
+  // coordinate order in one pass: the results are independent of each other, so they are
+  // split over the threads.
+  split_over_threads(n_, threads, [&](size_t from, size_t to) {
+    for (size_t i = from; i < to; ++i) {
+      double dot = dot_[i], ref_sq = ref_sq_[i], norm_sq = norm_sq_[i], fourth = fourth_[i];
+      const float* row = block[i].data();
+      for (size_t k = 0; k < dim; ++k) {
+        const auto& s = stats[k];
+        const float v = row[k];
+        const uint64_t own = order_key(v, i);
+        const float nth_h = s.mid_key < own ? s.mid : s.above;
+        const double med =
+            m % 2 == 1 ? nth_h
+                       : 0.5 * (static_cast<double>(s.below_key < own ? s.below : s.mid) + nth_h);
+        dot += med * v;
+        ref_sq += med * med;
+        const double q = static_cast<double>(v) * v;
+        norm_sq += q;
+        fourth += q * q;
+      }
+      dot_[i] = dot;
+      ref_sq_[i] = ref_sq;
+      norm_sq_[i] = norm_sq;
+      fourth_[i] = fourth;
+    }
+  });
 }
 
 std::vector<double> round_screen::norms() const {

@@ -368,13 +368,18 @@ TEST_SUITE("robust_aggregation") {
     // The screen reads each result's leave-one-out median from three order statistics of the
     // column; here every median is taken the slow way, by sorting the others, and the
     // cosines must come out bit for bit the same. Values from a few levels make ties.
+    // Rounds of more than 32 results take the selection through partition passes; zeros
+    // come with both signs.
     std::mt19937 rng(7);
-    for (size_t n : {3, 4, 5, 6, 9, 32, 33}) {
+    for (size_t n : {3, 4, 5, 6, 9, 32, 33, 34, 100, 257}) {
       for (int levels : {3, 1000}) {
         std::uniform_int_distribution<int> pick(-levels, levels);
-        std::vector<std::vector<float>> round(n, std::vector<float>(40));
+        std::vector<std::vector<float>> round(n, std::vector<float>(n > 64 ? 3 : 40));
         for (auto& u : round)
-          for (auto& v : u) v = static_cast<float>(pick(rng)) / static_cast<float>(levels);
+          for (auto& v : u) {
+            v = static_cast<float>(pick(rng)) / static_cast<float>(levels);
+            if (v == 0.0f && rng() % 2 == 0) v = -0.0f;
+          }
         const auto screened = screen_round(spans(round), {});
         for (size_t i = 0; i < n; ++i) {
           double dot = 0.0, ref_sq = 0.0, norm_sq = 0.0;
