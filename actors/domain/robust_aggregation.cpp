@@ -218,18 +218,19 @@ void round_screen::add(const std::vector<std::span<const float>>& block) {
   };
   std::vector<column_medians> stats(dim);
   // The selections are independent coordinate by coordinate: each thread reads a tile of
-  // coordinates from every result (a cache line of each row) into columns of order keys, then
+  // coordinates from every result (four cache lines of each row) into columns of order keys, then
   // selects in each column.
   split_over_threads(dim, threads, [&](size_t from, size_t to) {
-    constexpr size_t tile = 16;
+    constexpr size_t tile = 64;  // four cache lines of each row
     std::vector<uint64_t> columns(tile * n_), scratch(n_);
     for (size_t k0 = from; k0 < to; k0 += tile) {
       const size_t len = std::min(tile, to - k0);
       for (size_t i = 0; i < n_; ++i) {
         const float* row = block[i].data() + k0;
         // The row's next tile is read next time round: ask for it now, so that its cache
-        // line arrives while this tile is selected (rows lie far apart: no prefetcher sees it).
-        if (k0 + tile < to) __builtin_prefetch(row + tile);
+        // lines arrive while this tile is selected (rows lie far apart: no prefetcher sees it).
+        if (k0 + tile < to)
+          for (size_t line = 0; line < tile; line += 16) __builtin_prefetch(row + tile + line);
         for (size_t t = 0; t < len; ++t) columns[t * n_ + i] = order_key(row[t], i);
       }
       for (size_t t = 0; t < len; ++t) {

@@ -118,8 +118,9 @@ class Core:
 class Fleet:
     """The load generator processes; each writes its answered assignments on SIGTERM."""
 
-    def __init__(self, bin_dir, core_at, env, workdir):
+    def __init__(self, bin_dir, core_at, env, workdir, nice=0):
         self.bin, self.core_at, self.env, self.dir = bin_dir, core_at, env, workdir
+        self.nice = nice
         self.procs = []  # (Popen, nodes, records path)
 
     def add(self, nodes):
@@ -128,7 +129,8 @@ class Fleet:
         log = open(f"{self.dir}/load-{k}.log", "w")
         p = subprocess.Popen(
             [f"{self.bin}/gflex_bench_core_load", "--core", self.core_at, "--nodes", str(nodes),
-             "--prefix", f"g{k}", "--records", records], env=self.env, stdout=log, stderr=log)
+             "--prefix", f"g{k}", "--records", records], env=self.env, stdout=log, stderr=log,
+            preexec_fn=(lambda: os.nice(self.nice)) if self.nice else None)
         self.procs.append((p, nodes, records))
         return p
 
@@ -262,6 +264,9 @@ def main():
     ap.add_argument("--window", type=float, default=10.0)
     ap.add_argument("--heartbeat-ms", type=int, default=1000)
     ap.add_argument("--lease-ms", type=int, default=4000)
+    ap.add_argument("--nice", type=int, default=0,
+                    help="run the load generators at this niceness (the nodes stand in for "
+                         "machines elsewhere; 0: the core and they share the CPUs as equals)")
     args = ap.parse_args()
     steps = [int(s) for s in args.steps.split(",")]
     sizes = [int(s) for s in args.round_sizes.split(",")]
@@ -277,7 +282,7 @@ def main():
     with LocalCluster(bin_dir, f"{work}/c", nodes=0, core_args=core_args,
                       core_log=core_log, core_log_level="info") as cluster:
         core = Core(cluster.procs[0].pid, metrics_at)
-        fleet = Fleet(bin_dir, cluster.core, cluster.env, work)
+        fleet = Fleet(bin_dir, cluster.core, cluster.env, work, args.nice)
         try:
             run(args, steps, sizes, cluster, core, fleet, work)
         finally:
