@@ -203,7 +203,8 @@ class cuda_backend final : public backend {
     // rows == 0 still runs: every column sums to 0.
     if (cols <= 0) return;
     activate();
-    launch_column_sum(kernel_launch(), x, std::max<int64_t>(rows, 0), cols, out);
+    launch_column_sum(kernel_launch(), x, std::max<int64_t>(rows, 0), cols, out, reduce_buffer_,
+                      reduce_capacity_);
   }
 
   void softmax_xent(const float* logits, const int32_t* labels, int64_t rows, int64_t classes,
@@ -530,10 +531,15 @@ class cuda_backend final : public backend {
     // other precisions are granted per call through cublasGemmEx's compute type.
     GFLEX_CUBLAS_CHECK(cublasSetMathMode(blas_, CUBLAS_DEFAULT_MATH));
     staging_.init();
-    // max_blocks_ partials, then the final sum. Allocated once, synchronously (no pool
-    // needed), but counted against the budget like everything else on the device.
+    // sum's max_blocks_ partials and its final sum; column_sum's partials, one per chunk of
+    // rows and column (k_column_partials_per_block a block of a wave). Allocated once,
+    // synchronously (no pool needed), but counted against the budget like everything else on
+    // the device.
+    reduce_capacity_ = static_cast<int64_t>(max_blocks_) * k_column_partials_per_block;
     reduce_buffer_ = static_cast<double*>(allocate_fixed(
-        sizeof(double) * static_cast<size_t>(max_blocks_ + 1), reduce_bytes_, "reduction scratch"));
+        sizeof(double) *
+            static_cast<size_t>(std::max<int64_t>(reduce_capacity_, int64_t{max_blocks_} + 1)),
+        reduce_bytes_, "reduction scratch"));
     // cuBLAS's workspace from memory the budget counts (left to itself, cuBLAS takes its
     // own, which --gpu-memory-limit cannot see). 32 MiB is what cuBLAS asks for on Hopper; set
     // after cublasSetStream, which resets it.
@@ -829,8 +835,11 @@ class cuda_backend final : public backend {
   math_precision precision_ = math_precision::fp32;
   std::shared_ptr<stream_owner> streams_;
   cublasHandle_t blas_ = nullptr;
-  cudnnHandle_t dnn_ = nullptr;      ///< Made by the first convolution (ensure_dnn).
-  double* reduce_buffer_ = nullptr;  ///< Device scratch for sum / sum_squares.
+  cudnnHandle_t dnn_ = nullptr;  ///< Made by the first convolution (ensure_dnn).
+  /// Partials of column_sum per block of a full wave: 64 doubles (528 KiB on a 132-SM card).
+  static constexpr int64_t k_column_partials_per_block = 64;
+  double* reduce_buffer_ = nullptr;  ///< Device scratch for sum / sum_squares / column_sum.
+  int64_t reduce_capacity_ = 0;      ///< column_sum's partials that fit in it.
   size_t reduce_bytes_ = 0;
   void* blas_workspace_ = nullptr;  ///< cuBLAS's workspace, counted against the budget.
   size_t blas_workspace_bytes_ = 0;

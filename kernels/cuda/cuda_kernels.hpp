@@ -46,8 +46,11 @@ void launch_bias_relu(launch_config launch, bool relu, float* y, const float* bi
 
 void launch_relu_backward(launch_config launch, float* dy, const float* y, int64_t n);
 
-void launch_column_sum(launch_config launch, const float* x, int64_t rows, int64_t cols,
-                       float* out);
+/// out[c] = the sum over rows of x[r, c], deterministic for a given device and shape. A tall
+/// matrix is summed in chunks of rows on many blocks, with one partial per chunk and column in
+/// `scratch` (room for `scratch_count` doubles; null: one block per 32 columns, as before).
+void launch_column_sum(launch_config launch, const float* x, int64_t rows, int64_t cols, float* out,
+                       double* scratch = nullptr, int64_t scratch_count = 0);
 
 void launch_softmax_xent(launch_config launch, const float* logits, const int32_t* labels,
                          int64_t rows, int64_t classes, float grad_scale, float* dlogits,

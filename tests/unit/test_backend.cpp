@@ -312,6 +312,24 @@ TEST_SUITE("backend") {
     }
   }
 
+  TEST_CASE("column_sum of tall matrices: a convolution's bias gradient, a batch's bias") {
+    // Tall enough that a GPU sums chunks of rows on many blocks, then the chunks' partials.
+    for (auto& b : backends_under_test()) {
+      CAPTURE(b->describe());
+      for (auto [rows, cols] : {std::pair<int64_t, int64_t>{25088, 32}, {4099, 70}, {1025, 1}}) {
+        CAPTURE(rows);
+        CAPTURE(cols);
+        auto x = random_vector(rows * cols, 17);
+        buffer sums(*b, std::vector<float>(cols, 99.0f)), src(*b, x);
+        b->column_sum(src.ptr(), rows, cols, sums.ptr());
+        std::vector<double> col(cols, 0.0);
+        for (int64_t r = 0; r < rows; ++r)
+          for (int64_t c = 0; c < cols; ++c) col[c] += x[r * cols + c];
+        check_close(sums.read(), col, 1e-4, 1e-5);
+      }
+    }
+  }
+
   TEST_CASE("softmax cross-entropy: loss, accuracy and gradient") {
     for (auto& b : backends_under_test()) {
       CAPTURE(b->describe());
