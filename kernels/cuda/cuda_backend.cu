@@ -362,7 +362,8 @@ class cuda_backend final : public backend {
     rows = std::max<int64_t>(rows, 0);  // no rows still overwrites dgamma and dbeta with zeros
     activate();
     // The parameter gradients first: they read dy and x, which dx may overwrite.
-    launch_norm_param_grad(kernel_launch(), rms, x, dy, mean, rstd, rows, cols, dgamma, dbeta);
+    launch_norm_param_grad(kernel_launch(), rms, x, dy, mean, rstd, rows, cols, dgamma, dbeta,
+                           reduce_buffer_, reduce_capacity_);
     if (rows == 0) return;
     launch_norm_backward_dx(kernel_launch(), rms, x, gamma, dy, mean, rstd, rows, cols, dx);
   }
@@ -531,10 +532,10 @@ class cuda_backend final : public backend {
     // other precisions are granted per call through cublasGemmEx's compute type.
     GFLEX_CUBLAS_CHECK(cublasSetMathMode(blas_, CUBLAS_DEFAULT_MATH));
     staging_.init();
-    // sum's max_blocks_ partials and its final sum; column_sum's partials, one per chunk of
-    // rows and column (k_column_partials_per_block a block of a wave). Allocated once,
-    // synchronously (no pool needed), but counted against the budget like everything else on
-    // the device.
+    // sum's max_blocks_ partials and its final sum; column_sum's and norm_backward's
+    // partials, per chunk of rows and column (k_column_partials_per_block a block of a wave).
+    // Allocated once, synchronously (no pool needed), but counted against the budget like
+    // everything else on the device.
     reduce_capacity_ = static_cast<int64_t>(max_blocks_) * k_column_partials_per_block;
     reduce_buffer_ = static_cast<double*>(allocate_fixed(
         sizeof(double) *
@@ -836,10 +837,11 @@ class cuda_backend final : public backend {
   std::shared_ptr<stream_owner> streams_;
   cublasHandle_t blas_ = nullptr;
   cudnnHandle_t dnn_ = nullptr;  ///< Made by the first convolution (ensure_dnn).
-  /// Partials of column_sum per block of a full wave: 64 doubles (528 KiB on a 132-SM card).
+  /// Partials of column_sum and norm_backward per block of a full wave: 64 doubles (528 KiB on
+  /// a 132-SM card).
   static constexpr int64_t k_column_partials_per_block = 64;
-  double* reduce_buffer_ = nullptr;  ///< Device scratch for sum / sum_squares / column_sum.
-  int64_t reduce_capacity_ = 0;      ///< column_sum's partials that fit in it.
+  double* reduce_buffer_ = nullptr;  ///< Device scratch for the reductions.
+  int64_t reduce_capacity_ = 0;      ///< Column partials that fit in it.
   size_t reduce_bytes_ = 0;
   void* blas_workspace_ = nullptr;  ///< cuBLAS's workspace, counted against the budget.
   size_t blas_workspace_bytes_ = 0;

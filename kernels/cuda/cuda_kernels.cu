@@ -679,19 +679,25 @@ __global__ void norm_backward_dx_kernel(const float* x, const float* gamma, cons
 
 /// dgamma[c] = sum over rows of dy * xhat, dbeta[c] (if not null) = sum over rows of dy, as
 /// column_sum_kernel sums: block (32, 8), each thread every 8th row of one column in double,
-/// the 8 partials added in a fixed order. Deterministic; rows == 0 writes zeros.
+/// the 8 partials added in a fixed order. Deterministic; rows == 0 writes zeros. With
+/// `partial` (a tall matrix, as column_sum_partial_kernel cuts it), block (tile, chunk) sums
+/// rows [chunk * chunk_rows, ...) only, into partial[chunk * cols + c] for dgamma and
+/// partial[(chunks + chunk) * cols + c] for dbeta; norm_param_grad_final_kernel adds them.
 template <bool Rms>
 __global__ void norm_param_grad_kernel(const float* x, const float* dy, const float* mean,
-                                       const float* rstd, int64_t rows, int64_t cols, float* dgamma,
-                                       float* dbeta) {
+                                       const float* rstd, int64_t rows, int64_t cols,
+                                       int64_t chunk_rows, float* dgamma, float* dbeta,
+                                       double* partial) {
   __shared__ double partial_gamma[k_tile_rows][k_tile_cols];
   __shared__ double partial_beta[k_tile_rows][k_tile_cols];
+  const int64_t first = static_cast<int64_t>(blockIdx.y) * chunk_rows;
+  const int64_t last = first + chunk_rows < rows ? first + chunk_rows : rows;
   for (int64_t tile = blockIdx.x; tile * k_tile_cols < cols; tile += gridDim.x) {
     const int64_t c = tile * k_tile_cols + threadIdx.x;
     double acc_gamma = 0.0;
     double acc_beta = 0.0;
     if (c < cols)
-      for (int64_t r = threadIdx.y; r < rows; r += k_tile_rows) {
+      for (int64_t r = first + threadIdx.y; r < last; r += k_tile_rows) {
         const float xv = x[r * cols + c];
         const float xhat = Rms ? xv * rstd[r] : (xv - mean[r]) * rstd[r];
         const float d = dy[r * cols + c];
@@ -708,10 +714,30 @@ __global__ void norm_param_grad_kernel(const float* x, const float* dy, const fl
         total_gamma += partial_gamma[i][threadIdx.x];
         total_beta += partial_beta[i][threadIdx.x];
       }
-      if (dgamma != nullptr) dgamma[c] = static_cast<float>(total_gamma);
-      if (dbeta != nullptr) dbeta[c] = static_cast<float>(total_beta);
+      if (partial != nullptr) {
+        partial[static_cast<int64_t>(blockIdx.y) * cols + c] = total_gamma;
+        partial[static_cast<int64_t>(gridDim.y + blockIdx.y) * cols + c] = total_beta;
+      } else {
+        if (dgamma != nullptr) dgamma[c] = static_cast<float>(total_gamma);
+        if (dbeta != nullptr) dbeta[c] = static_cast<float>(total_beta);
+      }
     }
     __syncthreads();  // the partials are reused by the next tile
+  }
+}
+
+/// Second pass of a chunked norm_param_grad_kernel: each column's `chunks` partials of
+/// dgamma and of dbeta, in chunk order.
+__global__ void norm_param_grad_final_kernel(const double* partial, int64_t chunks, int64_t cols,
+                                             float* dgamma, float* dbeta) {
+  for (int64_t c = grid_start(); c < cols; c += grid_stride()) {
+    double gamma = 0.0, beta = 0.0;
+    for (int64_t k = 0; k < chunks; ++k) {
+      gamma += partial[k * cols + c];
+      beta += partial[(chunks + k) * cols + c];
+    }
+    if (dgamma != nullptr) dgamma[c] = static_cast<float>(gamma);
+    if (dbeta != nullptr) dbeta[c] = static_cast<float>(beta);
   }
 }
 
@@ -859,6 +885,19 @@ unsigned column_tile_blocks(launch_config launch, int64_t cols) {
   return at_most_one_wave(launch, (cols + k_tile_cols - 1) / k_tile_cols);
 }
 
+/// Chunks of rows for a column reduction over `rows` x `cols` already given `tile_blocks`
+/// blocks of column tiles: as many as the rest of a wave's blocks allow, of at least
+/// k_column_chunk_rows rows, with room for a partial per chunk and column in `scratch`
+/// (`scratch_count` doubles), and within the grid's y extent. 1 or less: do not chunk.
+int64_t row_chunks(launch_config launch, int64_t rows, int64_t cols, unsigned tile_blocks,
+                   const double* scratch, int64_t scratch_count) {
+  if (scratch == nullptr || cols <= 0) return 1;
+  int64_t chunks = (rows + k_column_chunk_rows - 1) / k_column_chunk_rows;
+  chunks = std::min<int64_t>(chunks, launch.max_blocks / static_cast<int64_t>(tile_blocks));
+  chunks = std::min<int64_t>(chunks, scratch_count / cols);
+  return std::min<int64_t>(chunks, 65535);
+}
+
 [[noreturn]] void throw_unknown_activation(activation f) {
   throw compute_error(gflex::error(errc::invalid_argument,
                                    "unknown activation " + std::to_string(static_cast<int>(f))));
@@ -905,13 +944,8 @@ void launch_relu_backward(launch_config launch, float* dy, const float* y, int64
 void launch_column_sum(launch_config launch, const float* x, int64_t rows, int64_t cols, float* out,
                        double* scratch, int64_t scratch_count) {
   const unsigned blocks = column_tile_blocks(launch, cols);
-  // Chunks of rows on the blocks a wave has beyond the column tiles', as many as the scratch
-  // holds partials for (and the grid's y extent allows).
-  int64_t chunks = (rows + k_column_chunk_rows - 1) / k_column_chunk_rows;
-  chunks = std::min<int64_t>(chunks, launch.max_blocks / static_cast<int64_t>(blocks));
-  if (scratch != nullptr) chunks = std::min<int64_t>(chunks, scratch_count / cols);
-  chunks = std::min<int64_t>(chunks, 65535);
-  if (scratch == nullptr || chunks <= 1) {
+  int64_t chunks = row_chunks(launch, rows, cols, blocks, scratch, scratch_count);
+  if (chunks <= 1) {
     column_sum_kernel<<<blocks, dim3(k_tile_cols, k_tile_rows), 0, launch.stream>>>(x, rows, cols,
                                                                                     out);
     GFLEX_CUDA_CHECK_LAUNCH();
@@ -1107,16 +1141,25 @@ void launch_norm_backward_dx(launch_config launch, bool rms, const float* x, con
 
 void launch_norm_param_grad(launch_config launch, bool rms, const float* x, const float* dy,
                             const float* mean, const float* rstd, int64_t rows, int64_t cols,
-                            float* dgamma, float* dbeta) {
+                            float* dgamma, float* dbeta, double* scratch, int64_t scratch_count) {
   const unsigned tile_blocks = column_tile_blocks(launch, cols);
+  // Two partials (dgamma's, dbeta's) per chunk and column.
+  int64_t chunks = row_chunks(launch, rows, cols, tile_blocks, scratch, scratch_count / 2);
+  const int64_t chunk_rows = chunks > 1 ? (rows + chunks - 1) / chunks : rows;
+  if (chunks > 1) chunks = (rows + chunk_rows - 1) / chunk_rows;  // every chunk has rows
+  double* partial = chunks > 1 ? scratch : nullptr;
+  const dim3 grid(tile_blocks, static_cast<unsigned>(chunks > 1 ? chunks : 1));
   if (rms) {
-    norm_param_grad_kernel<true><<<tile_blocks, dim3(k_tile_cols, k_tile_rows), 0, launch.stream>>>(
-        x, dy, nullptr, rstd, rows, cols, dgamma, nullptr);
+    norm_param_grad_kernel<true><<<grid, dim3(k_tile_cols, k_tile_rows), 0, launch.stream>>>(
+        x, dy, nullptr, rstd, rows, cols, chunk_rows, dgamma, nullptr, partial);
   } else {
-    norm_param_grad_kernel<false>
-        <<<tile_blocks, dim3(k_tile_cols, k_tile_rows), 0, launch.stream>>>(x, dy, mean, rstd, rows,
-                                                                            cols, dgamma, dbeta);
+    norm_param_grad_kernel<false><<<grid, dim3(k_tile_cols, k_tile_rows), 0, launch.stream>>>(
+        x, dy, mean, rstd, rows, cols, chunk_rows, dgamma, dbeta, partial);
   }
+  GFLEX_CUDA_CHECK_LAUNCH();
+  if (partial == nullptr) return;
+  norm_param_grad_final_kernel<<<grid_for(launch, cols), k_block, 0, launch.stream>>>(
+      partial, chunks, cols, dgamma, rms ? nullptr : dbeta);
   GFLEX_CUDA_CHECK_LAUNCH();
 }
 

@@ -117,10 +117,13 @@ void launch_norm_backward_dx(launch_config launch, bool rms, const float* x, con
                              const float* dy, const float* mean, const float* rstd, int64_t rows,
                              int64_t cols, float* dx);
 
-/// norm_param_grad_kernel<rms>; RMS norm passes the kernel no mean and no dbeta.
+/// norm_param_grad_kernel<rms>; RMS norm passes the kernel no mean and no dbeta. A tall
+/// matrix is summed in chunks of rows, as launch_column_sum does, with two partials per chunk
+/// and column in `scratch` (room for `scratch_count` doubles).
 void launch_norm_param_grad(launch_config launch, bool rms, const float* x, const float* dy,
                             const float* mean, const float* rstd, int64_t rows, int64_t cols,
-                            float* dgamma, float* dbeta);
+                            float* dgamma, float* dbeta, double* scratch = nullptr,
+                            int64_t scratch_count = 0);
 
 void launch_embedding_forward(launch_config launch, const int32_t* ids, const float* table,
                               int64_t rows, int64_t dim, float* y);

@@ -330,6 +330,39 @@ TEST_SUITE("backend") {
     }
   }
 
+  TEST_CASE("norm parameter gradients over tall matrices (a language model's batch x context)") {
+    // Tall enough that a GPU sums chunks of rows on many blocks, then the chunks' partials.
+    for (auto& b : backends_under_test()) {
+      CAPTURE(b->describe());
+      for (bool rms : {false, true}) {
+        for (auto [rows, cols] : {std::pair<int64_t, int64_t>{8192, 64}, {3001, 70}}) {
+          CAPTURE(rms);
+          CAPTURE(rows);
+          auto x = random_vector(rows * cols, 21), dy = random_vector(rows * cols, 22);
+          auto gamma = random_vector(cols, 23), beta = random_vector(cols, 24);
+          buffer dx_(*b, x), dyb(*b, dy), g(*b, gamma), be(*b, beta), y(*b, x);
+          buffer mean(*b, std::vector<float>(rows)), rstd(*b, std::vector<float>(rows));
+          buffer dx(*b, std::vector<float>(rows * cols)),
+              dgamma(*b, std::vector<float>(cols, 9.0f)), dbeta(*b, std::vector<float>(cols, 9.0f));
+          b->norm_forward(rms, dx_.ptr(), g.ptr(), rms ? nullptr : be.ptr(), rows, cols, 1e-5f,
+                          y.ptr(), mean.ptr(), rstd.ptr());
+          b->norm_backward(rms, dx_.ptr(), g.ptr(), dyb.ptr(), mean.ptr(), rstd.ptr(), rows, cols,
+                           dx.ptr(), dgamma.ptr(), rms ? nullptr : dbeta.ptr());
+          const auto m = mean.read(), s = rstd.read();
+          std::vector<double> want_gamma(cols, 0.0), want_beta(cols, 0.0);
+          for (int64_t r = 0; r < rows; ++r)
+            for (int64_t c = 0; c < cols; ++c) {
+              const double xhat = (x[r * cols + c] - (rms ? 0.0 : m[r])) * s[r];
+              want_gamma[c] += dy[r * cols + c] * xhat;
+              want_beta[c] += dy[r * cols + c];
+            }
+          check_close(dgamma.read(), want_gamma, 1e-4, 1e-3);
+          if (!rms) check_close(dbeta.read(), want_beta, 1e-4, 1e-3);
+        }
+      }
+    }
+  }
+
   TEST_CASE("softmax cross-entropy: loss, accuracy and gradient") {
     for (auto& b : backends_under_test()) {
       CAPTURE(b->describe());
