@@ -102,41 +102,21 @@ __global__ void relu_backward_kernel(float* dy, const float* y, int64_t n) {
 constexpr int k_tile_cols = k_warp;
 constexpr int k_tile_rows = k_block / k_tile_cols;
 
-/// out[c] = sum over r of x[r, c]. Block (32, 8): each thread sums every 8th row of one
-/// column in double, then the 8 partials are added in a fixed order: deterministic.
-__global__ void column_sum_kernel(const float* x, int64_t rows, int64_t cols, float* out) {
-  __shared__ double partial[k_tile_rows][k_tile_cols];
-  // The loop condition depends only on blockIdx, so the whole block agrees at __syncthreads.
-  for (int64_t tile = blockIdx.x; tile * k_tile_cols < cols; tile += gridDim.x) {
-    const int64_t c = tile * k_tile_cols + threadIdx.x;
-    double acc = 0.0;
-    if (c < cols)
-      for (int64_t r = threadIdx.y; r < rows; r += k_tile_rows) acc += x[r * cols + c];
-    partial[threadIdx.y][threadIdx.x] = acc;
-    __syncthreads();
-    if (threadIdx.y == 0 && c < cols) {
-      double total = 0.0;
-      for (int i = 0; i < k_tile_rows; ++i) total += partial[i][threadIdx.x];
-      out[c] = static_cast<float>(total);
-    }
-    __syncthreads();  // partial is reused by the next tile
-  }
-}
-
-/// Rows one block of column_sum_partial_kernel sums per column at the least.
+/// Rows one block of a chunked column sum sums per column at the least.
 constexpr int64_t k_column_chunk_rows = 512;
 
-/// First pass of the column sum of a tall matrix: the rows are cut into gridDim.y chunks of
-/// `chunk_rows`, and block (tile, chunk) sums its chunk of its 32 columns as
-/// column_sum_kernel sums all rows (each thread every 8th row, in double; the 8 partials in a
-/// fixed order) into partial[chunk * cols + c]. column_sum_kernel alone gives a tile of 32
-/// columns one block, so a convolution's bias gradient (100,352 rows of 32 channels at batch
-/// 128) ran on one SM.
-__global__ void column_sum_partial_kernel(const float* x, int64_t rows, int64_t cols,
-                                          int64_t chunk_rows, double* partial) {
+/// out[c] = sum over r of x[r, c]. Block (32, 8): each thread sums every 8th row of one
+/// column in double, then the 8 partials are added in a fixed order: deterministic. With
+/// `partial`, the first pass over a tall matrix cut into gridDim.y chunks of `chunk_rows`
+/// rows: block (tile, chunk) sums its chunk only, into partial[chunk * cols + c], and
+/// column_sum_final_kernel adds the chunks (one block per 32 columns left a convolution's bias
+/// gradient, 100,352 rows of 32 channels at batch 128, on one SM).
+__global__ void column_sum_kernel(const float* x, int64_t rows, int64_t cols, int64_t chunk_rows,
+                                  float* out, double* partial) {
   __shared__ double part[k_tile_rows][k_tile_cols];
   const int64_t first = static_cast<int64_t>(blockIdx.y) * chunk_rows;
   const int64_t last = first + chunk_rows < rows ? first + chunk_rows : rows;
+  // The loop condition depends only on blockIdx, so the whole block agrees at __syncthreads.
   for (int64_t tile = blockIdx.x; tile * k_tile_cols < cols; tile += gridDim.x) {
     const int64_t c = tile * k_tile_cols + threadIdx.x;
     double acc = 0.0;
@@ -147,7 +127,10 @@ __global__ void column_sum_partial_kernel(const float* x, int64_t rows, int64_t 
     if (threadIdx.y == 0 && c < cols) {
       double total = 0.0;
       for (int i = 0; i < k_tile_rows; ++i) total += part[i][threadIdx.x];
-      partial[static_cast<int64_t>(blockIdx.y) * cols + c] = total;
+      if (partial != nullptr)
+        partial[static_cast<int64_t>(blockIdx.y) * cols + c] = total;
+      else
+        out[c] = static_cast<float>(total);
     }
     __syncthreads();  // part is reused by the next tile
   }
@@ -680,7 +663,7 @@ __global__ void norm_backward_dx_kernel(const float* x, const float* gamma, cons
 /// dgamma[c] = sum over rows of dy * xhat, dbeta[c] (if not null) = sum over rows of dy, as
 /// column_sum_kernel sums: block (32, 8), each thread every 8th row of one column in double,
 /// the 8 partials added in a fixed order. Deterministic; rows == 0 writes zeros. With
-/// `partial` (a tall matrix, as column_sum_partial_kernel cuts it), block (tile, chunk) sums
+/// `partial` (a tall matrix, as column_sum_kernel cuts it), block (tile, chunk) sums
 /// rows [chunk * chunk_rows, ...) only, into partial[chunk * cols + c] for dgamma and
 /// partial[(chunks + chunk) * cols + c] for dbeta; norm_param_grad_final_kernel adds them.
 template <bool Rms>
@@ -885,17 +868,27 @@ unsigned column_tile_blocks(launch_config launch, int64_t cols) {
   return at_most_one_wave(launch, (cols + k_tile_cols - 1) / k_tile_cols);
 }
 
-/// Chunks of rows for a column reduction over `rows` x `cols` already given `tile_blocks`
-/// blocks of column tiles: as many as the rest of a wave's blocks allow, of at least
-/// k_column_chunk_rows rows, with room for a partial per chunk and column in `scratch`
-/// (`scratch_count` doubles), and within the grid's y extent. 1 or less: do not chunk.
-int64_t row_chunks(launch_config launch, int64_t rows, int64_t cols, unsigned tile_blocks,
-                   const double* scratch, int64_t scratch_count) {
-  if (scratch == nullptr || cols <= 0) return 1;
+/// How a column reduction over `rows` x `cols` (given `tile_blocks` blocks of column tiles)
+/// cuts its rows: into as many chunks as the rest of a wave's blocks allow, of at least
+/// k_column_chunk_rows rows, with room for `partials_per` partials per chunk and column in
+/// `scratch` (`scratch_count` doubles), within the grid's y extent; every chunk has rows. One
+/// chunk: no partials, the kernel writes its result.
+struct row_split {
+  int64_t chunks = 1;
+  int64_t chunk_rows = 0;
+};
+row_split split_rows(launch_config launch, int64_t rows, int64_t cols, unsigned tile_blocks,
+                     const double* scratch, int64_t scratch_count, int64_t partials_per) {
+  row_split out{1, rows};
+  if (scratch == nullptr || cols <= 0) return out;
   int64_t chunks = (rows + k_column_chunk_rows - 1) / k_column_chunk_rows;
   chunks = std::min<int64_t>(chunks, launch.max_blocks / static_cast<int64_t>(tile_blocks));
-  chunks = std::min<int64_t>(chunks, scratch_count / cols);
-  return std::min<int64_t>(chunks, 65535);
+  chunks = std::min<int64_t>(chunks, scratch_count / (partials_per * cols));
+  chunks = std::min<int64_t>(chunks, 65535);
+  if (chunks <= 1) return out;
+  out.chunk_rows = (rows + chunks - 1) / chunks;
+  out.chunks = (rows + out.chunk_rows - 1) / out.chunk_rows;
+  return out;
 }
 
 [[noreturn]] void throw_unknown_activation(activation f) {
@@ -944,21 +937,15 @@ void launch_relu_backward(launch_config launch, float* dy, const float* y, int64
 void launch_column_sum(launch_config launch, const float* x, int64_t rows, int64_t cols, float* out,
                        double* scratch, int64_t scratch_count) {
   const unsigned blocks = column_tile_blocks(launch, cols);
-  int64_t chunks = row_chunks(launch, rows, cols, blocks, scratch, scratch_count);
-  if (chunks <= 1) {
-    column_sum_kernel<<<blocks, dim3(k_tile_cols, k_tile_rows), 0, launch.stream>>>(x, rows, cols,
-                                                                                    out);
-    GFLEX_CUDA_CHECK_LAUNCH();
-    return;
-  }
-  const int64_t chunk_rows = (rows + chunks - 1) / chunks;
-  chunks = (rows + chunk_rows - 1) / chunk_rows;  // every chunk has rows
-  column_sum_partial_kernel<<<dim3(blocks, static_cast<unsigned>(chunks)),
-                              dim3(k_tile_cols, k_tile_rows), 0, launch.stream>>>(
-      x, rows, cols, chunk_rows, scratch);
+  const row_split split = split_rows(launch, rows, cols, blocks, scratch, scratch_count, 1);
+  double* partial = split.chunks > 1 ? scratch : nullptr;
+  column_sum_kernel<<<dim3(blocks, static_cast<unsigned>(split.chunks)),
+                      dim3(k_tile_cols, k_tile_rows), 0, launch.stream>>>(
+      x, rows, cols, split.chunk_rows, out, partial);
   GFLEX_CUDA_CHECK_LAUNCH();
-  column_sum_final_kernel<<<grid_for(launch, cols), k_block, 0, launch.stream>>>(scratch, chunks,
-                                                                                 cols, out);
+  if (partial == nullptr) return;
+  column_sum_final_kernel<<<grid_for(launch, cols), k_block, 0, launch.stream>>>(
+      partial, split.chunks, cols, out);
   GFLEX_CUDA_CHECK_LAUNCH();
 }
 
@@ -1144,22 +1131,20 @@ void launch_norm_param_grad(launch_config launch, bool rms, const float* x, cons
                             float* dgamma, float* dbeta, double* scratch, int64_t scratch_count) {
   const unsigned tile_blocks = column_tile_blocks(launch, cols);
   // Two partials (dgamma's, dbeta's) per chunk and column.
-  int64_t chunks = row_chunks(launch, rows, cols, tile_blocks, scratch, scratch_count / 2);
-  const int64_t chunk_rows = chunks > 1 ? (rows + chunks - 1) / chunks : rows;
-  if (chunks > 1) chunks = (rows + chunk_rows - 1) / chunk_rows;  // every chunk has rows
-  double* partial = chunks > 1 ? scratch : nullptr;
-  const dim3 grid(tile_blocks, static_cast<unsigned>(chunks > 1 ? chunks : 1));
+  const row_split split = split_rows(launch, rows, cols, tile_blocks, scratch, scratch_count, 2);
+  double* partial = split.chunks > 1 ? scratch : nullptr;
+  const dim3 grid(tile_blocks, static_cast<unsigned>(split.chunks));
   if (rms) {
     norm_param_grad_kernel<true><<<grid, dim3(k_tile_cols, k_tile_rows), 0, launch.stream>>>(
-        x, dy, nullptr, rstd, rows, cols, chunk_rows, dgamma, nullptr, partial);
+        x, dy, nullptr, rstd, rows, cols, split.chunk_rows, dgamma, nullptr, partial);
   } else {
     norm_param_grad_kernel<false><<<grid, dim3(k_tile_cols, k_tile_rows), 0, launch.stream>>>(
-        x, dy, mean, rstd, rows, cols, chunk_rows, dgamma, dbeta, partial);
+        x, dy, mean, rstd, rows, cols, split.chunk_rows, dgamma, dbeta, partial);
   }
   GFLEX_CUDA_CHECK_LAUNCH();
   if (partial == nullptr) return;
   norm_param_grad_final_kernel<<<grid_for(launch, cols), k_block, 0, launch.stream>>>(
-      partial, chunks, cols, dgamma, rms ? nullptr : dbeta);
+      partial, split.chunks, cols, dgamma, rms ? nullptr : dbeta);
   GFLEX_CUDA_CHECK_LAUNCH();
 }
 
