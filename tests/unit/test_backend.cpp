@@ -316,7 +316,9 @@ TEST_SUITE("backend") {
     // Tall enough that a GPU sums chunks of rows on many blocks, then the chunks' partials.
     for (auto& b : backends_under_test()) {
       CAPTURE(b->describe());
-      for (auto [rows, cols] : {std::pair<int64_t, int64_t>{25088, 32}, {4099, 70}, {1025, 1}}) {
+      // Not a structured binding: CAPTURE makes a lambda, and clang 14 refuses to capture one.
+      for (const auto& shape : {std::pair<int64_t, int64_t>{25088, 32}, {4099, 70}, {1025, 1}}) {
+        const int64_t rows = shape.first, cols = shape.second;
         CAPTURE(rows);
         CAPTURE(cols);
         auto x = random_vector(rows * cols, 17);
@@ -335,7 +337,8 @@ TEST_SUITE("backend") {
     for (auto& b : backends_under_test()) {
       CAPTURE(b->describe());
       for (bool rms : {false, true}) {
-        for (auto [rows, cols] : {std::pair<int64_t, int64_t>{8192, 64}, {3001, 70}}) {
+        for (const auto& shape : {std::pair<int64_t, int64_t>{8192, 64}, {3001, 70}}) {
+          const int64_t rows = shape.first, cols = shape.second;
           CAPTURE(rms);
           CAPTURE(rows);
           auto x = random_vector(rows * cols, 21), dy = random_vector(rows * cols, 22);
