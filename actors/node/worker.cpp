@@ -5,12 +5,14 @@
 #include <chrono>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <map>
 #include <numeric>
 #include <set>
 #include <thread>
 
 #include "cache.hpp"
+#include "gflex/kernels/replica_group.hpp"
 #include "gflex/kernels/workload.hpp"
 #include "gflex/runtime/cpu_usage.hpp"
 #include "gflex/runtime/rng.hpp"
@@ -50,6 +52,43 @@ constexpr int64_t kept_model_bytes = int64_t{64} << 20;
 
 error bad(const std::string& what) {
   return error(errc::invalid_argument, "assignment: " + what);
+}
+
+/// A shard where a worker's ranks compute, for batches given as row numbers.
+struct placed_shard {
+  std::vector<tensor> copies;    ///< A GPU rank's copy of the features.
+  std::vector<const float*> at;  ///< The features on each rank; empty: batches go from the host.
+};
+
+/// Puts the shard where the group's ranks compute, so that the assignment's batches cross to
+/// them as row numbers and labels: a CPU rank reads the shard in place, a GPU gets a copy in
+/// one upload. Host batches instead for a token model (its features are checked and converted
+/// on the host), where the assignment reads fewer rows than the shard holds (fewer bytes go
+/// batch by batch), and where a GPU has no memory left for the shard.
+placed_shard place_shard(kernels::replica_group& group, const kernels::model& m,
+                         const dataset& shard, int64_t rows_read) {
+  placed_shard out;
+  const bool on_host = group.rank(0).where().kind == device_kind::host;
+  if (!m.gathers_rows() || shard.size() > std::numeric_limits<int32_t>::max() ||
+      (!on_host && rows_read < shard.size()))
+    return out;
+  if (on_host) {
+    out.at.assign(static_cast<size_t>(group.size()), shard.features.data<float>());
+    return out;
+  }
+  try {
+    for (int r = 0; r < group.size(); ++r) {
+      auto& b = group.rank(r);
+      auto copy = b.allocate({shard.size() * shard.feature_dim()}, dtype::f32);
+      b.upload(shard.features.raw(), copy.raw(), shard.features.nbytes());
+      out.at.push_back(copy.data<float>());
+      out.copies.push_back(std::move(copy));
+    }
+  } catch (const kernels::compute_error& e) {
+    spdlog::debug("worker: the shard stays on the host ({})", e.what());
+    return {};
+  }
+  return out;
 }
 
 expected<assignment_result> run_assignment(worker_state& st, assignment& a, const dataset& shard) {
@@ -117,17 +156,32 @@ expected<assignment_result> run_assignment(worker_state& st, assignment& a, cons
     m->optimizer().plain_sgd = a.plain_sgd;
     m->take_stats();
   }
+  // A verification re-runs someone else's work: it is always honest.
+  const bool misbehave = st.misbehaving && !a.verify && st.misbehaving->decide();
+  const int64_t steps = misbehave ? st.misbehaving->steps(a.local_steps) : a.local_steps;
   // Batches walk a seeded permutation of the shard, reshuffled at each pass: the same
   // assignment gives the same update anywhere.
   rng r(a.seed);
   const int64_t rows = shard.size(), dim = shard.feature_dim();
   std::vector<int64_t> order(static_cast<size_t>(rows));
-  std::vector<float> bx(static_cast<size_t>(a.batch_size * dim));
   std::vector<int32_t> by(static_cast<size_t>(a.batch_size));
+  auto shard_on_ranks = place_shard(group, *slot.replicas.front(), shard, steps * a.batch_size);
+  std::vector<float> bx;  // a host batch, where the ranks do not hold the shard
+  std::vector<int32_t> batch_rows;
+  if (shard_on_ranks.at.empty())
+    bx.resize(static_cast<size_t>(a.batch_size * dim));
+  else
+    batch_rows.resize(static_cast<size_t>(a.batch_size));
   int64_t cursor = rows;
-  // A verification re-runs someone else's work: it is always honest.
-  const bool misbehave = st.misbehaving && !a.verify && st.misbehaving->decide();
-  const int64_t steps = misbehave ? st.misbehaving->steps(a.local_steps) : a.local_steps;
+  // An int8 update is computed and quantised where the model is (a quarter of the bytes
+  // cross to the host). Not for a large model on the CPU, where it would only cost another
+  // copy of the parameters, nor where a misbehaving worker (a test aid) alters the update.
+  const bool int8 = !a.verify && a.compression == static_cast<uint8_t>(compression::int8);
+  const bool on_host = group.rank(0).where().kind == device_kind::host;
+  const bool quantize_there =
+      int8 && !st.misbehaving &&
+      (!on_host || n * static_cast<int64_t>(sizeof(float)) <= kept_model_bytes) &&
+      slot.replicas.front()->mark_start();
   for (int64_t step = 0; step < steps; ++step) {
     if (st.config.cancelled->cancelled(a.id)) {
       spdlog::info("stopped {} round {} after {} of {} steps: the node no longer wants it",
@@ -142,11 +196,19 @@ expected<assignment_result> run_assignment(worker_state& st, assignment& a, cons
         cursor = 0;
       }
       int64_t src = order[cursor++];
-      std::memcpy(&bx[b * dim], shard.features.data<float>() + src * dim, sizeof(float) * dim);
+      if (bx.empty())
+        batch_rows[b] = static_cast<int32_t>(src);
+      else
+        std::memcpy(&bx[b * dim], shard.features.data<float>() + src * dim, sizeof(float) * dim);
       by[b] = shard.labels.data<int32_t>()[src];
     }
-    kernels::replica_step(group, slot.replicas, bx.data(), by.data(), a.batch_size);
+    if (bx.empty())
+      kernels::replica_step_rows(group, slot.replicas, shard_on_ranks.at, rows, batch_rows.data(),
+                                 by.data(), a.batch_size);
+    else
+      kernels::replica_step(group, slot.replicas, bx.data(), by.data(), a.batch_size);
   }
+  shard_on_ranks = {};
   kernels::batch_stats stats;
   for (auto& m : slot.replicas) {
     auto part = m->take_stats();
@@ -154,9 +216,18 @@ expected<assignment_result> run_assignment(worker_state& st, assignment& a, cons
     stats.correct += part.correct;
     stats.samples += part.samples;
   }
+  std::vector<uint8_t> quantized;  // the encoded update, where the device quantised it
+  if (quantize_there) {
+    std::vector<int8_t> q(static_cast<size_t>(n));
+    std::vector<float> scales(
+        static_cast<size_t>((n + default_update_block_size - 1) / default_update_block_size));
+    // Not finite: the host path below names the first bad value.
+    if (slot.replicas.front()->quantized_update(default_update_block_size, q, scales))
+      quantized = encode_quantized_update(q, scales, default_update_block_size);
+  }
   // theta becomes the pseudo-gradient theta - end in place, the end parameters read a block
   // at a time: a large model's update takes no buffer of its own.
-  {
+  if (quantized.empty()) {
     constexpr int64_t block = int64_t{1} << 20;
     std::vector<float> end(static_cast<size_t>(std::min(n, block)));
     for (int64_t at = 0; at < n; at += block) {
@@ -173,9 +244,10 @@ expected<assignment_result> run_assignment(worker_state& st, assignment& a, cons
     slot.replicas.clear();
     slot.max_batch = 0;
   }
-  if (auto i = first_non_finite(delta); i >= 0)
-    return error(errc::non_finite,
-                 "training diverged: update value " + std::to_string(i) + " is not finite");
+  if (quantized.empty())
+    if (auto i = first_non_finite(delta); i >= 0)
+      return error(errc::non_finite,
+                   "training diverged: update value " + std::to_string(i) + " is not finite");
   std::vector<float> altered;  // a misbehaving worker's (a test aid)
   if (st.misbehaving && !a.verify) {
     altered.assign(delta.begin(), delta.end());
@@ -193,8 +265,11 @@ expected<assignment_result> run_assignment(worker_state& st, assignment& a, cons
   // depend on its assignment alone, or no re-computation elsewhere could reproduce it (a
   // node's residual belongs to another round's shard anyway; int8 costs 0.6-0.8% of an
   // update's norm, measured by gflex_bench_reproducibility).
-  out.update =
-      encode_update(delta, a.verify ? compression::fp32 : static_cast<compression>(a.compression));
+  if (!quantized.empty())
+    out.update = std::move(quantized);
+  else
+    out.update = encode_update(
+        delta, a.verify ? compression::fp32 : static_cast<compression>(a.compression));
   if (st.config.identity)
     out.signature = st.config.identity->sign(result_message(out.assignment_id, out.update));
   out.loss = stats.mean_loss();

@@ -123,6 +123,8 @@ class graph_model final : public detail::model_base {
     return 3.0 * plan_.forward_flops * static_cast<double>(batch);
   }
 
+  bool gathers_rows() const override { return !tokens(); }
+
  private:
   struct layer_buffers {
     tensor a, b, c, index;

@@ -10,6 +10,7 @@
 #include <span>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "gflex/kernels/workload.hpp"
 
@@ -88,6 +89,59 @@ class model_base : public model {
     backend_.download(grads_.raw(), out.data(), grads_.nbytes());
   }
 
+  void backward_rows(const float* features, int64_t data_rows, const int32_t* rows,
+                     const int32_t* labels, int64_t batch, float loss_scale) override {
+    GFLEX_CHECK(gathers_rows(), "backward_rows: this model reads its batches on the host");
+    GFLEX_CHECK(batch > 0 && batch <= max_batch_, "batch larger than the model's max_batch");
+    for (int64_t i = 0; i < batch; ++i)
+      GFLEX_CHECK(rows[i] >= 0 && rows[i] < data_rows, "backward_rows: row outside the data");
+    // The CPU backend reads host batches in place and has no staging buffers until now.
+    if (input_.numel() == 0) input_ = backend_.allocate({max_batch_, feature_dim_}, dtype::f32);
+    if (gather_.numel() == 0) gather_ = backend_.allocate({2 * max_batch_}, dtype::i32);
+    // Row numbers and labels go over in one copy.
+    gather_host_.assign(rows, rows + batch);
+    gather_host_.insert(gather_host_.end(), labels, labels + batch);
+    backend_.upload(gather_host_.data(), gather_.raw(), sizeof(int32_t) * 2 * batch);
+    backend_.embedding_forward(gather_.data<int32_t>(), features, batch, feature_dim_,
+                               input_.data<float>());
+    gathered_ = batch;
+    backward(nullptr, nullptr, batch, loss_scale);
+  }
+
+  bool mark_start() override {
+    try {
+      if (start_.numel() == 0) start_ = backend_.allocate({count_}, dtype::f32);
+    } catch (const compute_error&) {
+      return false;  // out of device memory: the caller computes the update on the host
+    }
+    backend_.axpby(count_, 1.0f, params_.data<float>(), 0.0f, start_.data<float>());
+    return true;
+  }
+
+  bool quantized_update(int64_t block, std::span<int8_t> q, std::span<float> scales) override {
+    GFLEX_CHECK(start_.numel() == count_, "quantized_update without mark_start");
+    GFLEX_CHECK(block > 0 && static_cast<int64_t>(q.size()) == count_ &&
+                    static_cast<int64_t>(scales.size()) == (count_ + block - 1) / block,
+                "quantized_update: sizes do not fit the model");
+    float* delta = start_.data<float>();
+    // start - now, one rounding as on the host (y = -1 * now + 1 * start).
+    backend_.axpby(count_, -1.0f, params_.data<float>(), 1.0f, delta);
+    // Accumulated in double, the sum of squares is finite exactly when every value is (a
+    // NaN would pass the quantiser's max unseen).
+    const bool finite = std::isfinite(backend_.sum_squares(delta, count_));
+    if (finite && backend_.where().kind == device_kind::host) {
+      backend_.quantize_int8(delta, nullptr, count_, block, q.data(), scales.data());
+    } else if (finite) {
+      tensor dq = backend_.allocate({count_}, dtype::i8);
+      tensor ds = backend_.allocate({static_cast<int64_t>(scales.size())}, dtype::f32);
+      backend_.quantize_int8(delta, nullptr, count_, block, dq.data<int8_t>(), ds.data<float>());
+      backend_.download(dq.raw(), q.data(), q.size_bytes());
+      backend_.download(ds.raw(), scales.data(), scales.size_bytes());
+    }
+    start_ = tensor{};
+    return finite;
+  }
+
   batch_stats take_stats() override {
     float host[2];
     backend_.download(stats_.raw(), host, sizeof host);
@@ -104,6 +158,11 @@ class model_base : public model {
                                                 int64_t batch) {
     GFLEX_CHECK(batch > 0 && batch <= max_batch_, "batch larger than the model's max_batch");
     samples_ += batch;
+    if (gathered_ != 0) {  // backward_rows() put the batch in place already
+      GFLEX_CHECK(gathered_ == batch, "a gathered batch of another size");
+      gathered_ = 0;
+      return {input_.data<float>(), gather_.data<int32_t>() + batch};
+    }
     if (backend_.where().kind == device_kind::host) return {features, labels};
     backend_.upload(features, input_.raw(), sizeof(float) * batch * feature_dim_);
     backend_.upload(labels, labels_.raw(), sizeof(int32_t) * batch);
@@ -120,7 +179,11 @@ class model_base : public model {
 
  private:
   tensor params_, grads_, m_, v_, input_, labels_, stats_;
-  bool moments_ = false;  // m_ and v_ exist
+  tensor gather_;                     // backward_rows: row numbers, then labels
+  std::vector<int32_t> gather_host_;  // their host copy
+  int64_t gathered_ = 0;              // rows backward_rows() gathered for the next stage()
+  tensor start_;                      // mark_start()'s parameters, then the update
+  bool moments_ = false;              // m_ and v_ exist
   adamw_config optimizer_;
   int64_t step_ = 0;
   int64_t samples_ = 0;

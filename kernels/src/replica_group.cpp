@@ -41,8 +41,13 @@ class host_replica_group final : public replica_group {
 
 }  // namespace
 
-void replica_step(replica_group& group, const std::vector<std::unique_ptr<model>>& replicas,
-                  const float* features, const int32_t* labels, int64_t batch) {
+namespace {
+
+/// One step of the group, `part(r, m, first, count, loss_scale)` running rank r's backward
+/// pass on rows [first, first + count) of the batch.
+template <class Part>
+void step_in_parts(replica_group& group, const std::vector<std::unique_ptr<model>>& replicas,
+                   int64_t batch, Part&& part) {
   const int ranks = group.size();
   GFLEX_CHECK(static_cast<int>(replicas.size()) == ranks, "replica_step: one model per rank");
   GFLEX_CHECK(batch > 0, "replica_step: empty batch");
@@ -54,13 +59,35 @@ void replica_step(replica_group& group, const std::vector<std::unique_ptr<model>
     auto& m = *replicas[static_cast<size_t>(r)];
     const int64_t first = r * share, rows = std::min(share, batch - first);
     if (rows > 0)
-      m.backward(features + first * m.feature_dim(), labels + first, rows, loss_scale);
+      part(r, m, first, rows, loss_scale);
     else
       group.rank(r).fill(m.gradients(), n, 0.0f);
     gradients.push_back(m.gradients());
   }
   group.all_reduce_sum(gradients, n);
   for (const auto& m : replicas) m->apply_gradients();
+}
+
+}  // namespace
+
+void replica_step(replica_group& group, const std::vector<std::unique_ptr<model>>& replicas,
+                  const float* features, const int32_t* labels, int64_t batch) {
+  step_in_parts(group, replicas, batch,
+                [&](int, model& m, int64_t first, int64_t rows, float loss_scale) {
+                  m.backward(features + first * m.feature_dim(), labels + first, rows, loss_scale);
+                });
+}
+
+void replica_step_rows(replica_group& group, const std::vector<std::unique_ptr<model>>& replicas,
+                       const std::vector<const float*>& features, int64_t data_rows,
+                       const int32_t* rows, const int32_t* labels, int64_t batch) {
+  GFLEX_CHECK(static_cast<int>(features.size()) == group.size(),
+              "replica_step_rows: the data on every rank");
+  step_in_parts(group, replicas, batch,
+                [&](int r, model& m, int64_t first, int64_t count, float loss_scale) {
+                  m.backward_rows(features[static_cast<size_t>(r)], data_rows, rows + first,
+                                  labels + first, count, loss_scale);
+                });
 }
 
 expected<std::unique_ptr<replica_group>> make_replica_group(

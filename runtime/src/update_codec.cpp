@@ -60,6 +60,30 @@ error malformed(const std::string& what) {
   return error(errc::malformed_message, "malformed update message: " + what);
 }
 
+/// Words of a one-segment update message carrying `value_bytes` and `scale_bytes`: segment
+/// table, root pointer, the root struct's 2 data and 2 pointer words, then the Data blobs.
+size_t update_words(size_t value_bytes, size_t scale_bytes) {
+  return 8 + words_for(value_bytes) + words_for(scale_bytes) +
+         value_bytes / detail::max_piece_bytes + 2;
+}
+
+/// An int8 update message of n values in blocks of `block_size`; `fill(q, scales)` writes the
+/// n quantised values and the blocks' scales straight into the message.
+template <class Fill>
+std::vector<uint8_t> build_int8(size_t n, uint32_t block_size, Fill&& fill) {
+  const size_t blocks = (n + block_size - 1) / block_size;
+  const size_t scale_bytes = blocks * sizeof(float);
+  return detail::build_flat(update_words(n, scale_bytes), [&](capnp::MessageBuilder& message) {
+    auto root = message.initRoot<schema::Update>();
+    root.setCompression(schema::Compression::INT8);
+    root.setCount(n);
+    auto values = root.initValues(static_cast<unsigned>(n));
+    root.setBlockSize(block_size);
+    auto scales = root.initScales(static_cast<unsigned>(scale_bytes));
+    fill(reinterpret_cast<int8_t*>(values.begin()), scales.begin());
+  });
+}
+
 }  // namespace
 
 std::vector<uint8_t> encode_update(std::span<const float> delta, compression c,
@@ -87,38 +111,45 @@ std::vector<uint8_t> encode_update(std::span<const float> delta, compression c,
     input = r;
   }
 
-  const size_t blocks = int8 ? (n + block_size - 1) / block_size : 0;
-  const size_t value_bytes = int8 ? n : n * sizeof(float);
-  const size_t scale_bytes = blocks * sizeof(float);
-  // Sized so the message is one segment: segment table, root pointer, the root struct's 2 data
-  // and 2 pointer words, then the two Data blobs.
-  const size_t words = 8 + words_for(value_bytes) + words_for(scale_bytes) +
-                       value_bytes / detail::max_piece_bytes + 2;
-  // Built in the vector it is returned in: an update exists once while it is encoded.
-  return detail::build_flat(words, [&](capnp::MessageBuilder& message) {
-    auto root = message.initRoot<schema::Update>();
-    root.setCompression(static_cast<schema::Compression>(c));
-    root.setCount(n);
-    if (!int8) {
-      // More than one Data field holds (a model of over 134 million values) goes in pieces.
-      detail::write_blob(
-          std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(input), value_bytes),
-          [&](unsigned k) { return root.initValues(k); },
-          [&](unsigned k) { return root.initValuePieces(k); });
-      if (residual != nullptr) std::fill(residual->begin(), residual->end(), 0.0f);
-      return;
-    }
-    auto values = root.initValues(static_cast<unsigned>(value_bytes));
-    root.setBlockSize(block_size);
-    auto scales = root.initScales(static_cast<unsigned>(scale_bytes));
-    auto* q = reinterpret_cast<int8_t*>(values.begin());
+  if (int8) {
     float* err = residual != nullptr ? residual->data() : nullptr;
-    for (size_t b = 0; b < blocks; ++b) {
-      size_t begin = b * block_size;
-      size_t len = std::min<size_t>(block_size, n - begin);
-      float scale = quantise_block(input + begin, len, q + begin, err ? err + begin : nullptr);
-      std::memcpy(scales.begin() + b * sizeof(float), &scale, sizeof(float));
-    }
+    return build_int8(n, block_size, [&](int8_t* q, uint8_t* scales) {
+      for (size_t begin = 0, b = 0; begin < n; begin += block_size, ++b) {
+        const size_t len = std::min<size_t>(block_size, n - begin);
+        float scale = quantise_block(input + begin, len, q + begin, err ? err + begin : nullptr);
+        std::memcpy(scales + b * sizeof(float), &scale, sizeof(float));
+      }
+    });
+  }
+  const size_t value_bytes = n * sizeof(float);
+  // Built in the vector it is returned in: an update exists once while it is encoded.
+  return detail::build_flat(update_words(value_bytes, 0), [&](capnp::MessageBuilder& message) {
+    auto root = message.initRoot<schema::Update>();
+    root.setCompression(schema::Compression::FP32);
+    root.setCount(n);
+    // More than one Data field holds (a model of over 134 million values) goes in pieces.
+    detail::write_blob(
+        std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(input), value_bytes),
+        [&](unsigned k) { return root.initValues(k); },
+        [&](unsigned k) { return root.initValuePieces(k); });
+    if (residual != nullptr) std::fill(residual->begin(), residual->end(), 0.0f);
+  });
+}
+
+std::vector<uint8_t> encode_quantized_update(std::span<const int8_t> q,
+                                             std::span<const float> scales, uint32_t block_size) {
+  const size_t n = q.size();
+  GFLEX_CHECK(n <= max_update_count_int8, "encode_quantized_update: too many values");
+  GFLEX_CHECK(block_size >= 1 && block_size <= max_update_block_size,
+              "encode_quantized_update: block size outside [1, 2^20]");
+  GFLEX_CHECK(scales.size() == (n + block_size - 1) / block_size,
+              "encode_quantized_update: one scale per block");
+  for (float s : scales)
+    GFLEX_CHECK(std::isfinite(s) && s >= 0.0f, "encode_quantized_update: bad scale");
+  for (int8_t v : q) GFLEX_CHECK(v != -128, "encode_quantized_update: -128 is outside the range");
+  return build_int8(n, block_size, [&](int8_t* out, uint8_t* out_scales) {
+    std::memcpy(out, q.data(), n);
+    std::memcpy(out_scales, scales.data(), scales.size_bytes());
   });
 }
 

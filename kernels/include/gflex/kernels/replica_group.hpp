@@ -43,4 +43,13 @@ expected<std::unique_ptr<replica_group>> make_replica_group(
 void replica_step(replica_group& group, const std::vector<std::unique_ptr<model>>& replicas,
                   const float* features, const int32_t* labels, int64_t batch);
 
+/// replica_step on a batch given as row numbers of data already held by every rank:
+/// `features[r]` is the data in rank r's memory ([data_rows, feature_dim]), `rows` and
+/// `labels` (host memory) the batch's row numbers and labels, split between the ranks as
+/// replica_step splits a host batch. Each rank gathers its rows where it computes (see
+/// model::backward_rows); the step is bit for bit replica_step's on the same rows.
+void replica_step_rows(replica_group& group, const std::vector<std::unique_ptr<model>>& replicas,
+                       const std::vector<const float*>& features, int64_t data_rows,
+                       const int32_t* rows, const int32_t* labels, int64_t batch);
+
 }  // namespace gflex::kernels

@@ -87,6 +87,30 @@ class model {
   /// token model) for a batch in host memory, copied to `out`; errc::invalid_argument as a
   /// compute_error where the model does not offer it (the built-in workloads).
   virtual void predict(const float* features, int64_t batch, std::span<float> out);
+  // -- batches gathered where the model computes, updates quantised there -------------------
+
+  /// Whether backward_rows() can take this model's batches as row numbers (a token model
+  /// checks and converts its features on the host first: it cannot).
+  virtual bool gathers_rows() const { return true; }
+  /// backward() on the batch made of rows `rows[0..batch)` of `features` ([data_rows,
+  /// feature_dim()] in this backend's memory: a shard uploaded once for an assignment), with
+  /// `labels` (host memory, one per row of the batch). Only the row numbers and the labels
+  /// cross to the device; the features are gathered there. The same gradients, bit for bit,
+  /// as backward() on those rows copied into a host batch. Row numbers outside [0, data_rows)
+  /// and a model that does not gather rows are caller bugs (GFLEX_CHECK).
+  virtual void backward_rows(const float* features, int64_t data_rows, const int32_t* rows,
+                             const int32_t* labels, int64_t batch, float loss_scale) = 0;
+  /// Keeps a copy of the parameters as they are now, where they are, for quantized_update().
+  /// False, changing nothing, where the backend has no memory left for it.
+  virtual bool mark_start() = 0;
+  /// The pseudo-gradient start - now (start: the parameters at the last mark_start()),
+  /// computed and quantised where the model computes by the update codec's int8 rule without
+  /// error feedback, into host `q` (parameter_count() values) and `scales` (one per block of
+  /// `block`): a quarter of an fp32 update's bytes cross to the host, and
+  /// encode_quantized_update() of them gives encode_update()'s bytes. False, writing nothing,
+  /// where a value of the update is not finite. The start is used up either way.
+  virtual bool quantized_update(int64_t block, std::span<int8_t> q, std::span<float> scales) = 0;
+
   /// The statistics accumulated since the previous call (synchronising).
   virtual batch_stats take_stats() = 0;
 

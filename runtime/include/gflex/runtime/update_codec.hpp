@@ -19,6 +19,9 @@ enum class compression : uint8_t { fp32 = 0, int8 = 1 };
 template <>
 std::span<const enum_name<compression>> enum_names<compression>() noexcept;
 
+/// The block size of int8 updates unless one is asked for.
+inline constexpr uint32_t default_update_block_size = 256;
+
 /// Largest block size an int8 update may use; a decoder rejects larger ones.
 inline constexpr uint32_t max_update_block_size = uint32_t{1} << 20;
 
@@ -39,7 +42,16 @@ inline constexpr uint64_t max_update_count_int8 = (uint64_t{1} << 29) - 1;
 /// max_update_count_* are caller bugs (GFLEX_CHECK).
 std::vector<uint8_t> encode_update(std::span<const float> delta, compression c,
                                    std::vector<float>* residual = nullptr,
-                                   uint32_t block_size = 256);
+                                   uint32_t block_size = default_update_block_size);
+
+/// Encodes an int8 update already quantised by encode_update's rule (where the values were
+/// computed: a GPU quantises its update before it crosses to the host): `q` holds the values,
+/// `scales` one per block of `block_size`. The bytes are those encode_update gives for the
+/// same quantisation. Wrong counts, a non-finite or negative scale, a value of -128 and a
+/// block size outside [1, max_update_block_size] are caller bugs (GFLEX_CHECK).
+std::vector<uint8_t> encode_quantized_update(std::span<const int8_t> q,
+                                             std::span<const float> scales,
+                                             uint32_t block_size = default_update_block_size);
 
 /// Decodes an update into floats. `expected_count` is what the receiver expects; a different
 /// count is errc::shape_mismatch ("update has N values, expected M"). Malformed bytes
