@@ -3,6 +3,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <numeric>
 
 #include "gflex/runtime/rng.hpp"
@@ -84,13 +85,33 @@ expected<train_report> train(const workload& w, const dataset_splits& data, back
     int64_t total_steps = steps_per_epoch * options.epochs;
     if (options.max_steps > 0) total_steps = std::min(total_steps, options.max_steps);
 
-    // Batches are gathered into one staging buffer; a shuffled copy of the whole training
-    // set per epoch would cost 188 MB of writes for Fashion-MNIST.
-    tensor batch_x = tensor::empty({options.batch_size, dim}, dtype::f32);
-    tensor batch_y = tensor::empty({options.batch_size}, dtype::i32);
-    std::vector<int64_t> order(static_cast<size_t>(n));
+    // The training set where the model computes, so that a batch crosses as row numbers and
+    // labels and is gathered there: a GPU holds a copy (one upload, before the clock starts,
+    // as a PyTorch loop holds its data on the device), the CPU reads the set in place.
+    // Otherwise (a token model, a GPU without memory for the set) batches are gathered on the
+    // host into one staging buffer; a shuffled copy of the whole training set per epoch
+    // would cost 188 MB of writes for Fashion-MNIST.
     const float* features = data.train.features.data<float>();
     const int32_t* labels = data.train.labels.data<int32_t>();
+    tensor resident;
+    const float* resident_at = nullptr;
+    if (m.gathers_rows() && n <= std::numeric_limits<int32_t>::max()) {
+      if (b.where().kind == device_kind::host) {
+        resident_at = features;
+      } else {
+        try {
+          resident = b.allocate({n * dim}, dtype::f32);
+          b.upload(features, resident.raw(), data.train.features.nbytes());
+          resident_at = resident.data<float>();
+        } catch (const compute_error&) {
+          resident = tensor{};  // no room on the device: batches from the host
+        }
+      }
+    }
+    tensor batch_x = tensor::empty({options.batch_size, dim}, dtype::f32);
+    tensor batch_y = tensor::empty({options.batch_size}, dtype::i32);
+    std::vector<int32_t> batch_rows(static_cast<size_t>(resident_at ? options.batch_size : 0));
+    std::vector<int64_t> order(static_cast<size_t>(n));
 
     train_report report;
     rng root(options.seed);
@@ -119,7 +140,10 @@ expected<train_report> train(const workload& w, const dataset_splits& data, back
         int32_t* by = batch_y.data<int32_t>();
         for (int64_t r = 0; r < rows; ++r) {
           int64_t src = order[s * options.batch_size + r];
-          std::memcpy(bx + r * dim, features + src * dim, sizeof(float) * dim);
+          if (resident_at)
+            batch_rows[static_cast<size_t>(r)] = static_cast<int32_t>(src);
+          else
+            std::memcpy(bx + r * dim, features + src * dim, sizeof(float) * dim);
           by[r] = labels[src];
         }
         if (options.cosine_schedule) {
@@ -128,7 +152,13 @@ expected<train_report> train(const workload& w, const dataset_splits& data, back
                      (1.0 - options.final_lr_fraction) * 0.5 * (1.0 + std::cos(M_PI * progress));
           m.optimizer().lr = static_cast<float>(options.optimizer.lr * f);
         }
-        m.train_step(bx, by, rows);
+        if (resident_at) {
+          m.backward_rows(resident_at, n, batch_rows.data(), by, rows,
+                          1.0f / static_cast<float>(rows));
+          m.apply_gradients();
+        } else {
+          m.train_step(bx, by, rows);
+        }
         er.samples += rows;
         report.gemm_flops += m.train_step_gemm_flops(rows);
         if (on_progress && (s % 20 == 19 || s + 1 == steps_per_epoch)) {

@@ -7,7 +7,11 @@
 /// several), for fashion-mlp the rate of each GEMM shape of the step in isolation, the time of
 /// AdamW, the rate of whole training steps (synthetic data: the step's cost does not depend on
 /// the values), and the GEMM-bound part of the step: the time its GEMMs and convolutions take
-/// inside the step (each operation timed to completion) and the rate they reach there.
+/// inside the step (each operation timed to completion) and the rate they reach there. Whole
+/// steps are timed twice: with the batch sent from the host (step_ms) and with the data held
+/// where the model computes and the batch sent as row numbers (step_rows_ms, the path of gflex
+/// train and of a node's worker); and an update leaving the device, as fp32 parameters
+/// (update_out_fp32_ms) and quantised there to int8 (update_out_int8_ms).
 
 #include <chrono>
 #include <cstdio>
@@ -260,6 +264,41 @@ int main(int argc, char** argv) {
   double step_s = best_seconds(
       5, inner, [&] { (*m)->train_step(x.data(), y.data(), batch); }, *b);
   double step_flops = (*m)->train_step_gemm_flops(batch);
+  // The path gflex train and a node's worker take where the model can: the data set held where
+  // the model computes (uploaded once, untimed) and each batch sent as row numbers and labels.
+  double rows_step_s = 0.0;
+  if ((*m)->gathers_rows()) {
+    const int64_t data_rows = 8 * batch;
+    tensor data = on_backend(*b, random_vector(static_cast<size_t>(data_rows * dim), 6));
+    std::vector<int32_t> rows(static_cast<size_t>(data_rows));
+    rng pick(7);
+    for (auto& r : rows) r = static_cast<int32_t>(pick.below(static_cast<uint64_t>(data_rows)));
+    int64_t at = 0;
+    rows_step_s = best_seconds(
+        5, inner,
+        [&] {
+          (*m)->backward_rows(data.data<float>(), data_rows, rows.data() + at * batch, y.data(),
+                              batch, 1.0f / static_cast<float>(batch));
+          (*m)->apply_gradients();
+          at = (at + 1) % 8;
+        },
+        *b);
+  }
+  // An assignment's update leaving the device: the fp32 parameters downloaded (the host then
+  // subtracts and quantises), against the update computed and quantised where the model is.
+  const int64_t count = (*w)->parameter_count();
+  std::vector<float> host_params(static_cast<size_t>(count));
+  std::vector<int8_t> q(static_cast<size_t>(count));
+  std::vector<float> scales(static_cast<size_t>((count + 255) / 256));
+  double fp32_out_s = best_seconds(
+      5, 10, [&] { (*m)->store_parameters(host_params); }, *b);
+  double int8_out_s = best_seconds(
+      5, 10,
+      [&] {
+        (*m)->mark_start();
+        (*m)->quantized_update(256, q, scales);
+      },
+      *b);
 
   // AdamW over all parameters, alone.
   int64_t n = (*w)->parameter_count();
@@ -305,6 +344,8 @@ int main(int argc, char** argv) {
     std::printf("  ],\n  \"gemm_only_ms\": %.3f,\n", gemm_only_s * 1e3);
   }
   std::printf("  \"adamw_ms\": %.3f,\n", adamw_s * 1e3);
+  std::printf("  \"update_out_fp32_ms\": %.3f,\n  \"update_out_int8_ms\": %.3f,\n",
+              fp32_out_s * 1e3, int8_out_s * 1e3);
   // The same steps through a timing wrapper: where the step's time goes, by operation.
   timing_backend timed(*b);
   auto tm = (*w)->instantiate(timed, batch);
@@ -323,6 +364,9 @@ int main(int argc, char** argv) {
   }
   std::printf("},\n");
   std::printf("  \"step_ms\": %.3f,\n  \"samples_per_s\": %.0f,\n", step_s * 1e3, batch / step_s);
+  if (rows_step_s > 0)
+    std::printf("  \"step_rows_ms\": %.3f,\n  \"samples_per_s_rows\": %.0f,\n", rows_step_s * 1e3,
+                batch / rows_step_s);
   std::printf("  \"gemm_bound_ms\": %.3f,\n  \"gemm_bound_gflops\": %.1f,\n", gemm_bound_s * 1e3,
               step_flops / gemm_bound_s / 1e9);
   std::printf("  \"gemm_bound_fraction_of_peak\": %.3f,\n", step_flops / gemm_bound_s / 1e9 / peak);
