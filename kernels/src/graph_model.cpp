@@ -197,9 +197,8 @@ class graph_model final : public detail::model_base {
         if (j < t) ids_host_[static_cast<size_t>(r * t + j)] = id;
         if (j > 0) targets_host_[static_cast<size_t>(r * t + j - 1)] = id;
       }
-    auto [x, y] = stage(features, labels, batch);  // counts the samples
-    (void)x;
-    (void)y;
+    // Only the ids and targets cross to the device, not the features they came from.
+    count_samples(batch);
     if (backend_.where().kind == device_kind::host) {
       ids_ptr_ = ids_host_.data();
       return targets_host_.data();

@@ -156,8 +156,7 @@ class model_base : public model {
   /// counts its samples.
   std::pair<const float*, const int32_t*> stage(const float* features, const int32_t* labels,
                                                 int64_t batch) {
-    GFLEX_CHECK(batch > 0 && batch <= max_batch_, "batch larger than the model's max_batch");
-    samples_ += batch;
+    count_samples(batch);
     if (gathered_ != 0) {  // backward_rows() put the batch in place already
       GFLEX_CHECK(gathered_ == batch, "a gathered batch of another size");
       gathered_ = 0;
@@ -167,6 +166,13 @@ class model_base : public model {
     backend_.upload(features, input_.raw(), sizeof(float) * batch * feature_dim_);
     backend_.upload(labels, labels_.raw(), sizeof(int32_t) * batch);
     return {input_.data<float>(), labels_.data<int32_t>()};
+  }
+
+  /// Counts a batch's samples for the statistics: stage() does, and a model that stages its
+  /// inputs itself (a token model's ids) calls it instead.
+  void count_samples(int64_t batch) {
+    GFLEX_CHECK(batch > 0 && batch <= max_batch_, "batch larger than the model's max_batch");
+    samples_ += batch;
   }
 
   float* params() { return params_.data<float>(); }
