@@ -219,7 +219,7 @@ class cuda_backend final : public backend {
   void conv2d_forward(const conv2d_geometry& g, const float* x, const float* w, float* y) override {
     activate();
     conv_plan& plan = plan_for(g);
-    const conv_choice& choice = choose(plan, conv_pass::forward, g);
+    const conv_choice& choice = choose(plan, conv_pass::forward, g, x, w, y);
     void* workspace = ensure_workspace(choice.workspace);
     const float one = 1.0f;
     const float zero = 0.0f;  // y is overwritten
@@ -233,7 +233,7 @@ class cuda_backend final : public backend {
                             float* dx) override {
     activate();
     conv_plan& plan = plan_for(g);
-    const conv_choice& choice = choose(plan, conv_pass::backward_data, g);
+    const conv_choice& choice = choose(plan, conv_pass::backward_data, g, w, dy, dx);
     void* workspace = ensure_workspace(choice.workspace);
     const float one = 1.0f;
     const float zero = 0.0f;  // dx is overwritten
@@ -247,7 +247,7 @@ class cuda_backend final : public backend {
                               float* dw) override {
     activate();
     conv_plan& plan = plan_for(g);
-    const conv_choice& choice = choose(plan, conv_pass::backward_filter, g);
+    const conv_choice& choice = choose(plan, conv_pass::backward_filter, g, x, dy, dw);
     void* workspace = ensure_workspace(choice.workspace);
     const float one = 1.0f;
     const float zero = 0.0f;  // dw is overwritten
@@ -732,13 +732,26 @@ class cuda_backend final : public backend {
     return *plans_.emplace(key, std::move(plan)).first->second;
   }
 
-  /// The algorithm of `pass` in `plan`, chosen on first use (see pick_algorithm).
-  const conv_choice& choose(conv_plan& plan, conv_pass pass, const conv2d_geometry& g) {
+  /// The algorithm of `pass` in `plan`, chosen on first use by timing the candidates on the
+  /// pass's own buffers (see pick_algorithm): `a` and `b` are its inputs (x and w forward, w
+  /// and dy backward-data, x and dy backward-filter), `out` its output, which the timing
+  /// overwrites as the pass itself is about to.
+  const conv_choice& choose(conv_plan& plan, conv_pass pass, const conv2d_geometry& g,
+                            const void* a, const void* b, void* out) {
     conv_choice& choice = plan.choice[static_cast<size_t>(pass)];
     if (choice.chosen) return choice;
     cudnnConvolutionDescriptor_t conv = plan.conv[static_cast<size_t>(pass)].get();
     const size_t cap = workspace_cap();
     int max_count = 0;
+    // The workspace the timing may use; a device without room for it leaves the heuristics'
+    // ranking in charge.
+    auto room = [&](size_t bytes) -> void* {
+      try {
+        return ensure_workspace(bytes);
+      } catch (const compute_error&) {
+        return nullptr;
+      }
+    };
     switch (pass) {
       case conv_pass::forward:
         GFLEX_CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithmMaxCount(dnn_, &max_count));
@@ -747,6 +760,13 @@ class cuda_backend final : public backend {
             [&](int requested, int* returned, cudnnConvolutionFwdAlgoPerf_t* perf) {
               return cudnnGetConvolutionForwardAlgorithm_v7(
                   dnn_, plan.x.get(), plan.w.get(), conv, plan.y.get(), requested, returned, perf);
+            },
+            [&](int requested, int* returned, cudnnConvolutionFwdAlgoPerf_t* perf, size_t bytes) {
+              void* ws = room(bytes);
+              if (ws == nullptr && bytes > 0) return CUDNN_STATUS_ALLOC_FAILED;
+              return cudnnFindConvolutionForwardAlgorithmEx(
+                  dnn_, plan.x.get(), a, plan.w.get(), b, conv, plan.y.get(), out, requested,
+                  returned, perf, ws, bytes);
             },
             [&](int algo, size_t* bytes) {
               return cudnnGetConvolutionForwardWorkspaceSize(
@@ -763,6 +783,14 @@ class cuda_backend final : public backend {
               return cudnnGetConvolutionBackwardDataAlgorithm_v7(
                   dnn_, plan.w.get(), plan.y.get(), conv, plan.x.get(), requested, returned, perf);
             },
+            [&](int requested, int* returned, cudnnConvolutionBwdDataAlgoPerf_t* perf,
+                size_t bytes) {
+              void* ws = room(bytes);
+              if (ws == nullptr && bytes > 0) return CUDNN_STATUS_ALLOC_FAILED;
+              return cudnnFindConvolutionBackwardDataAlgorithmEx(
+                  dnn_, plan.w.get(), a, plan.y.get(), b, conv, plan.x.get(), out, requested,
+                  returned, perf, ws, bytes);
+            },
             [&](int algo, size_t* bytes) {
               return cudnnGetConvolutionBackwardDataWorkspaceSize(
                   dnn_, plan.w.get(), plan.y.get(), conv, plan.x.get(),
@@ -778,6 +806,14 @@ class cuda_backend final : public backend {
               return cudnnGetConvolutionBackwardFilterAlgorithm_v7(
                   dnn_, plan.x.get(), plan.y.get(), conv, plan.w.get(), requested, returned, perf);
             },
+            [&](int requested, int* returned, cudnnConvolutionBwdFilterAlgoPerf_t* perf,
+                size_t bytes) {
+              void* ws = room(bytes);
+              if (ws == nullptr && bytes > 0) return CUDNN_STATUS_ALLOC_FAILED;
+              return cudnnFindConvolutionBackwardFilterAlgorithmEx(
+                  dnn_, plan.x.get(), a, plan.y.get(), b, conv, plan.w.get(), out, requested,
+                  returned, perf, ws, bytes);
+            },
             [&](int algo, size_t* bytes) {
               return cudnnGetConvolutionBackwardFilterWorkspaceSize(
                   dnn_, plan.x.get(), plan.y.get(), conv, plan.w.get(),
@@ -785,6 +821,14 @@ class cuda_backend final : public backend {
             },
             pass, g);
         break;
+    }
+    // The timing may have grown the workspace past what any chosen algorithm needs: that
+    // much goes back, and the next pass allocates what it asks for.
+    chosen_workspace_ = std::max(chosen_workspace_, choice.workspace);
+    if (workspace_bytes_ > chosen_workspace_ && workspace_ != nullptr) {
+      streams_->free(workspace_, workspace_bytes_);
+      workspace_ = nullptr;
+      workspace_bytes_ = 0;
     }
     return choice;
   }
@@ -847,6 +891,7 @@ class cuda_backend final : public backend {
   size_t blas_workspace_bytes_ = 0;
   void* workspace_ = nullptr;  ///< cuDNN workspace, shared by every plan (calls are ordered).
   size_t workspace_bytes_ = 0;
+  size_t chosen_workspace_ = 0;  ///< The most workspace a chosen algorithm needs.
   std::map<conv_key, std::unique_ptr<conv_plan>> plans_;
   staging_ring staging_;
 };

@@ -101,16 +101,21 @@ std::string describe_geometry(const conv2d_geometry& g);
 /// down-conversion is to FP16, whose range (65504) gradients can overflow.
 bool math_allowed(cudnnMathType_t math, math_precision p);
 
-/// Picks the first algorithm of cuDNN's heuristic ranking (best first) that succeeds, is
-/// allowed at precision `p`, needs at most `cap` bytes of workspace, and (in the first round)
-/// is deterministic; the second round drops determinism rather than fail. Leaves `conv` at
-/// the chosen algorithm's math type. `heuristic(requested, &returned, perf)` and
-/// `workspace(algo, &bytes)` wrap the pass's cudnnGet*Algorithm_v7 and
+/// Picks the first algorithm of a ranking (best first) that succeeds, is allowed at precision
+/// `p`, needs at most `cap` bytes of workspace, and (in the first round) is deterministic, the
+/// deterministic option a verifier's re-run needs; the second round drops determinism rather
+/// than fail. The ranking is measured where cuDNN can measure it: `measure(requested,
+/// &returned, perf, bytes)` wraps the pass's cudnnFind*AlgorithmEx, which runs each algorithm
+/// that fits `bytes` of workspace on the layer's own buffers and sorts them by time (once per
+/// geometry: plans are cached). `bytes` is the largest workspace an allowed candidate of
+/// cuDNN's heuristic ranking asks for (`heuristic(requested, &returned, perf)`, the pass's
+/// cudnnGet*Algorithm_v7), and that ranking serves where the measurement fails. Leaves `conv`
+/// at the chosen algorithm's math type. `workspace(algo, &bytes)` wraps the pass's
 /// cudnnGet*WorkspaceSize.
-template <class Perf, class Heuristic, class Workspace>
+template <class Perf, class Heuristic, class Measure, class Workspace>
 conv_choice pick_algorithm(cudnnConvolutionDescriptor_t conv, math_precision p, size_t cap,
-                           int max_count, Heuristic heuristic, Workspace workspace, conv_pass pass,
-                           const conv2d_geometry& g) {
+                           int max_count, Heuristic heuristic, Measure measure, Workspace workspace,
+                           conv_pass pass, const conv2d_geometry& g) {
   // FP32 must never run tensor-core math: FMA_MATH on the descriptor both steers the
   // heuristics and forbids TF32 at run time. Otherwise DEFAULT_MATH permits TF32.
   const cudnnMathType_t preferred = p == math_precision::fp32 ? CUDNN_FMA_MATH : CUDNN_DEFAULT_MATH;
@@ -118,6 +123,23 @@ conv_choice pick_algorithm(cudnnConvolutionDescriptor_t conv, math_precision p, 
   std::vector<Perf> perf(static_cast<size_t>(std::max(max_count, 1)));
   int returned = 0;
   GFLEX_CUDNN_CHECK(heuristic(static_cast<int>(perf.size()), &returned, perf.data()));
+  size_t room = 0;
+  for (int i = 0; i < returned; ++i) {
+    const Perf& candidate = perf[static_cast<size_t>(i)];
+    if (candidate.status == CUDNN_STATUS_SUCCESS && math_allowed(candidate.mathType, p) &&
+        candidate.memory <= cap)
+      room = std::max(room, candidate.memory);
+  }
+  std::vector<Perf> measured(perf.size());
+  int timed = 0;
+  if (measure(static_cast<int>(measured.size()), &timed, measured.data(), room) ==
+          CUDNN_STATUS_SUCCESS &&
+      timed > 0) {
+    perf = std::move(measured);
+    returned = timed;
+  }
+  // The measurement ran under the preferred math type too; the loop sets each candidate's.
+  GFLEX_CUDNN_CHECK(cudnnSetConvolutionMathType(conv, preferred));
   for (int round = 0; round < 2; ++round) {
     for (int i = 0; i < returned; ++i) {
       const Perf& candidate = perf[static_cast<size_t>(i)];
