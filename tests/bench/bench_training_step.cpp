@@ -1,7 +1,8 @@
 /// @file
-/// gflex_bench_step [THREADS] [BATCH] [BACKEND] [WORKLOAD]: where the time of a training step
-/// goes on a backend (cpu, or cuda:N), and the backend's own sgemm peak, measured in the same
-/// run.
+/// gflex_bench_step [THREADS] [BATCH] [BACKEND] [WORKLOAD] [PRECISION]: where the time of a
+/// training step goes on a backend (cpu, or cuda:N) at a precision (fp32, the default, tf32 or
+/// bf16: GEMMs and convolutions only), and the backend's own GEMM peak at that precision,
+/// measured in the same run.
 ///
 /// Prints a JSON object: the sgemm peak (2048-square on the CPU, 4096-square on a GPU, best of
 /// several), for fashion-mlp the rate of each GEMM shape of the step in isolation, the time of
@@ -232,12 +233,20 @@ int main(int argc, char** argv) {
   int64_t batch = argc > 2 ? std::atoll(argv[2]) : 128;
   std::string backend_name = argc > 3 ? argv[3] : "cpu";
   std::string workload = argc > 4 ? argv[4] : "fashion-mlp";
+  auto precision = parse_math_precision(argc > 5 ? argv[5] : "fp32");
+  if (!precision) {
+    std::fprintf(stderr, "%s\n", precision.error().message().c_str());
+    return 1;
+  }
   auto made = make_backend(backend_name, threads);
   if (!made) {
     std::fprintf(stderr, "%s\n", made.error().message().c_str());
     return 1;
   }
   auto& b = *made;
+  // The peak is measured at the same precision as the step: bf16 and tf32 against what the
+  // tensor cores give cuBLAS's FP32 GEMM under that compute mode.
+  b->set_precision(*precision);
   const bool gpu = b->where().kind != device_kind::host;
   const int64_t peak_size = gpu ? 4096 : 2048;
   double peak = gemm_rate(*b, false, false, peak_size, peak_size, peak_size, gpu ? 20 : 3);
@@ -316,6 +325,7 @@ int main(int argc, char** argv) {
 
   std::printf("{\n  \"backend\": \"%s\",\n  \"workload\": \"%s\",\n  \"batch\": %lld,\n",
               b->describe().c_str(), workload.c_str(), static_cast<long long>(batch));
+  std::printf("  \"precision\": \"%s\",\n", to_string(*precision));
   std::printf("  \"sgemm_peak_size\": %lld,\n  \"sgemm_peak_gflops\": %.1f,\n",
               static_cast<long long>(peak_size), peak);
   // The GEMM shapes of one fashion-mlp step (weights [in, out], activations [batch, width]).

@@ -11,9 +11,12 @@
 # python with torch built for CUDA; default python3), GFLEX_BENCH_OUT (keep every run's JSON
 # there), GFLEX_FASHION_MNIST_DIR (the data, read by both sides).
 #
+# Then fashion-mlp's step by batch size (128 to 16,384 in FP32, 1,024 and 4,096 in bf16) with
+# gflex_bench_step: the GEMM-bound part against the GEMM peak at the same precision.
+#
 # Timing: training steps only, evaluation excluded, every epoch counted (warm-up included on
-# both sides). PyTorch's data sit in GPU memory, copied there once before timing; gflex copies
-# each batch from host to device every step, and its numbers include that copy. Without a GPU
+# both sides). Both sides hold the training set in GPU memory, copied there once before
+# timing; gflex sends each batch's row numbers and labels and gathers the rows there. Without a GPU
 # (gflex reports no device, or torch.cuda.is_available() is false) it says so and exits 0.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -89,9 +92,21 @@ for workload in fashion-mlp fashion-cnn; do
   fi
 done
 
-"$python" - "$out" "$batch" "$epochs" "$card" "$peak_note" <<'PY'
+# fashion-mlp by batch size and precision.
+batch_runs="128 fp32,1024 fp32,4096 fp32,16384 fp32,1024 bf16,4096 bf16"
+if [ -x "$bin/gflex_bench_step" ]; then
+  IFS=, read -r -a runs <<<"$batch_runs"
+  for run in "${runs[@]}"; do
+    read -r rows precision <<<"$run"
+    "$bin/gflex_bench_step" 0 "$rows" cuda:0 fashion-mlp "$precision" \
+      >"$out/batch-$rows-$precision.json" 2>"$out/batch-$rows-$precision.log" ||
+      { echo "gflex_bench_step $rows $precision failed:"; tail -3 "$out/batch-$rows-$precision.log"; }
+  done
+fi
+
+"$python" - "$out" "$batch" "$epochs" "$card" "$peak_note" "$batch_runs" <<'PY'
 import json, os, sys
-d, batch, epochs, card, peak_note = sys.argv[1:]
+d, batch, epochs, card, peak_note, batch_runs = sys.argv[1:]
 load = lambda n: json.load(open(f"{d}/{n}.json"))
 best = lambda side, w: max((load(f"{side}-{w}-1"), load(f"{side}-{w}-2")),
                            key=lambda r: r["samples_per_s"])
@@ -143,6 +158,27 @@ for w in rows:
                   f"{s['step_ms']:.3f} ms with the batch copied from the host")
         print(f"{w} update leaving the device: fp32 parameters {s['update_out_fp32_ms']:.3f} ms, "
               f"computed and quantised to int8 there {s['update_out_int8_ms']:.3f} ms")
+table = []
+for run in batch_runs.split(","):
+    rows, precision = run.split()
+    f = f"{d}/batch-{rows}-{precision}.json"
+    if os.path.exists(f) and os.path.getsize(f) > 0:
+        table.append(json.load(open(f)))
+if table:
+    print()
+    print("fashion-mlp by batch size (gflex_bench_step 0 BATCH cuda:0 fashion-mlp PRECISION; the "
+          "GEMM peak is cuBLAS's 4096^3 GEMM at the same precision, in the same run):")
+    print()
+    print("| batch | precision | step ms (host batch) | step ms (rows on device) | samples/s | "
+          "GEMMs ms | GEMM-bound share of peak | peak GFLOP/s | column_sum ms | upload ms |")
+    print("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for s in table:
+        b = s["step_breakdown_ms"]
+        rows_ms = s.get("step_rows_ms", s["step_ms"])
+        print(f"| {s['batch']:,} | {s.get('precision', 'fp32')} | {s['step_ms']:.3f} | "
+              f"{rows_ms:.3f} | {s['batch'] / rows_ms * 1e3:,.0f} | {s['gemm_bound_ms']:.3f} | "
+              f"{100 * s['gemm_bound_fraction_of_peak']:.0f}% | {s['sgemm_peak_gflops']:,.0f} | "
+              f"{b.get('column_sum', 0):.3f} | {b.get('upload', 0):.3f} |")
 if dev is not None and dev.get("gemm_tflops"):
     print()
     print(f"host to device {dev['h2d_gbps']:.1f} GB/s, device to host {dev['d2h_gbps']:.1f} GB/s "
