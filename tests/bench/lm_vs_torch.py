@@ -1,9 +1,19 @@
 #!/usr/bin/env python3
-"""Benchmark: gflex's byte-level language model against the same model in PyTorch on the CPU.
+"""Benchmark: gflex's byte-level language model against the same model in PyTorch, on the CPU
+or on a GPU.
 
     python3 tests/bench/lm_vs_torch.py build/bin [--steps 1000] [--batch 16] [--lr 0.004]
         [--threads 2] [--spec apps/jobs/lm.toml] [--seed 1] [--rng gflex|torch] [--repeats 2]
+        [--device cpu|cuda] [--precision fp32|bf16] [--compile] [--peak-tflops 989]
         [--json OUT.json]
+
+On a GPU (--device cuda): gflex trains with --backend cuda --precision P; PyTorch holds the
+data on the device, runs in FP32 or under bf16 autocast (--precision bf16), with SDPA
+attention and fused AdamW, eagerly and, with --compile, also as torch.compile's graph (a
+third row). The table adds model FLOPs utilisation: tokens/s times 6 x parameters + 12 x
+layers x context x width FLOPs per token (the PaLM estimate, attention included), against
+--peak-tflops (the card's dense bf16 figure: 989 for an H200). Specs for the GPU sizes are in
+tests/bench/specs/.
 
 Runs `gflex train --spec SPEC` first, then the PyTorch peer built from the same spec's [model]
 table (never both at once), on the same data (Debian's fortunes, split as
@@ -79,6 +89,13 @@ def arguments():
                         "torch: torch's own generator (the same distributions)")
     p.add_argument("--repeats", type=int, default=2,
                    help="runs of each side, alternating; each keeps its faster one")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                   help="bf16: gflex --precision bf16, PyTorch under bf16 autocast")
+    p.add_argument("--compile", action="store_true",
+                   help="also run PyTorch's model compiled with torch.compile")
+    p.add_argument("--peak-tflops", type=float, default=989.0,
+                   help="the dense peak MFU is counted against (GPU only)")
     p.add_argument("--json", help="also write both sides' results to this file")
     a = p.parse_args()
     if a.steps < 1 or a.batch < 1 or a.threads < 1 or a.repeats < 1 or a.lr <= 0:
@@ -377,6 +394,8 @@ def run_gflex(a, epochs, out_dir):
     cmd = [gflex, "--log-level", "warn", "train", "--spec", a.spec, "--max-steps", str(a.steps),
            "--batch-size", str(a.batch), "--lr", repr(a.lr), "--threads", str(a.threads),
            "--epochs", str(epochs), "--seed", str(a.seed), "--json", out]
+    if a.device == "cuda":
+        cmd += ["--backend", "cuda", "--precision", a.precision]
     print("gflex:", " ".join(cmd), file=sys.stderr, flush=True)
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0:
@@ -386,18 +405,27 @@ def run_gflex(a, epochs, out_dir):
         return json.load(f)
 
 
-def run_torch(torch, a, model, train, test):
+def run_torch(torch, a, model, train, test, compiled=False):
+    import contextlib
     import numpy as np
     torch.manual_seed(a.seed)
     torch.set_num_threads(a.threads)
     net, fused = build_model(torch, model)
     if a.rng == "gflex":
         init_like_gflex(torch, net, a.seed)
+    gpu = a.device == "cuda"
+    if gpu:
+        net = net.to("cuda")
+        train, test = train.to("cuda"), test.to("cuda")  # copied once, before timing
+    run = torch.compile(net) if compiled else net
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) \
+        if gpu and a.precision == "bf16" else contextlib.nullcontext
+    sync = torch.cuda.synchronize if gpu else (lambda: None)
     shuffle_root = GflexRng(a.seed)  # the trainer's: epoch e shuffles with root.fork(e)
     epoch = 0
     parameters = sum(p.numel() for p in net.parameters())
     opt = torch.optim.AdamW(net.parameters(), lr=a.lr, betas=(0.9, 0.999), eps=1e-8,
-                            weight_decay=0.0)
+                            weight_decay=0.0, **({"fused": True} if gpu else {}))
     T = model["input"][0]
     n = train.shape[0]
     steps_per_epoch = (n + a.batch - 1) // a.batch
@@ -408,13 +436,15 @@ def run_torch(torch, a, model, train, test):
     step = 0
     train_s = 0.0
     samples = 0
-    loss_sum = torch.zeros(())
+    loss_sum = torch.zeros((), device=a.device)
     while step < total:
         epoch += 1
         if a.rng == "gflex":
             order = torch.tensor(shuffle_root.fork(np, epoch).shuffled(np, n))
         else:
             order = torch.randperm(n)  # a uniform shuffle per epoch, like the trainer's
+        order = order.to(a.device)
+        sync()
         start = time.perf_counter()
         for s in range(steps_per_epoch):
             if step >= total:
@@ -422,23 +452,26 @@ def run_torch(torch, a, model, train, test):
             rows = train[order[s * a.batch:(s + 1) * a.batch]]
             for group in opt.param_groups:
                 group["lr"] = a.lr * cosine(step, total)
-            loss = net(rows[:, :T], rows[:, 1:])
+            with autocast():
+                loss = run(rows[:, :T], rows[:, 1:])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            loss_sum += loss.detach() * rows.shape[0]
+            loss_sum += loss.detach().float() * rows.shape[0]
             samples += rows.shape[0]
             step += 1
+        sync()
         train_s += time.perf_counter() - start
     net.eval()
     nats = 0.0
-    with torch.no_grad():
+    with torch.no_grad(), autocast():
         for i in range(0, test.shape[0], 256):
             rows = test[i:i + 256]
-            nats += net(rows[:, :T], rows[:, 1:]).item() * rows.shape[0]
+            nats += net(rows[:, :T], rows[:, 1:]).float().item() * rows.shape[0]
     test_loss = nats / test.shape[0]
     return {
-        "peer": f"pytorch {torch.__version__}",
+        "peer": f"pytorch {torch.__version__}" + (", torch.compile" if compiled else "") +
+                (f", {a.device}, {a.precision}" if gpu else ""),
         "attention": "scaled_dot_product_attention" if fused else "matmuls + masked softmax",
         "parameters": parameters,
         "steps": step,
@@ -459,6 +492,10 @@ def main():
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see the module's docstring
     ensure_torch()
     import torch
+    if a.device == "cuda" and not torch.cuda.is_available():
+        print("lm_vs_torch: no GPU (torch.cuda.is_available() is False); the benchmark is left "
+              "ready to run", file=sys.stderr)
+        return
 
     model = read_model(a.spec)
     T = model["input"][0]
@@ -466,17 +503,26 @@ def main():
     steps_per_epoch = (train.shape[0] + a.batch - 1) // a.batch
     epochs = (a.steps + steps_per_epoch - 1) // steps_per_epoch  # so --max-steps binds
 
-    g_runs, t_runs = [], []
-    for r in range(a.repeats):  # never both at once: gflex, then PyTorch, then again
+    g_runs, t_runs, c_runs = [], [], []
+    for r in range(a.repeats):  # never two at once: gflex, then PyTorch, then again
         with tempfile.TemporaryDirectory() as tmp:
             g_runs.append(run_gflex(a, epochs, tmp))
         t_runs.append(run_torch(torch, a, model, train, test))
+        if a.compile:
+            c_runs.append(run_torch(torch, a, model, train, test, compiled=True))
         print(f"run {r + 1}: gflex {g_runs[-1]['samples_per_s'] * T:.0f} tokens/s, "
               f"{g_runs[-1]['test_bits']:.4f} bits/byte; pytorch "
               f"{t_runs[-1]['samples_per_s'] * T:.0f} tokens/s, "
               f"{t_runs[-1]['test_bits']:.4f} bits/byte", file=sys.stderr, flush=True)
     g = max(g_runs, key=lambda x: x["samples_per_s"])
     t = max(t_runs, key=lambda x: x["samples_per_s"])
+    c = max(c_runs, key=lambda x: x["samples_per_s"]) if c_runs else None
+    # Model FLOPs per token (the PaLM estimate): 6 per parameter, and the attention scores
+    # and their products, 12 x layers x context x width.
+    attention = [i for i, l in enumerate(model["layers"]) if l["type"] == "attention"]
+    width = next((l["dim"] for l in model["layers"] if l["type"] == "embedding"), 0)
+    flops_per_token = 6 * t["parameters"] + 12 * len(attention) * T * width
+    mfu = lambda tokens: tokens * flops_per_token / (a.peak_tflops * 1e12)  # noqa: E731
 
     g_tok = g["samples_per_s"] * T
     t_tok = t["samples_per_s"] * T
@@ -490,18 +536,27 @@ def main():
           f"initial parameters and sample order: {a.rng}'s generator, seed {a.seed}; "
           f"better of {a.repeats} runs each")
     print()
-    print("| implementation | tokens/s | held-out bits/byte | train seconds |")
-    print("| --- | ---: | ---: | ---: |")
-    print(f"| gflex ({g['backend']}) | {g_tok:.0f} | {g['test_bits']:.4f} | {g['train_s']:.1f} |")
-    print(f"| {t['peer']} | {t_tok:.0f} | {t['test_bits']:.4f} | {t['train_s']:.1f} |")
+    gpu = a.device == "cuda"
+    print("| implementation | tokens/s | held-out bits/byte | train seconds |" +
+          (f" MFU (of {a.peak_tflops:g} TFLOP/s) |" if gpu else ""))
+    print("| --- | ---: | ---: | ---: |" + (" ---: |" if gpu else ""))
+    rows = [(f"gflex ({g['backend']})", g), (t["peer"], t)] + ([(c["peer"], c)] if c else [])
+    for name, r in rows:
+        tokens = r["samples_per_s"] * T
+        print(f"| {name} | {tokens:.0f} | {r['test_bits']:.4f} | {r['train_s']:.1f} |" +
+              (f" {100 * mfu(tokens):.1f}% |" if gpu else ""))
     print()
+    if c:
+        print(f"gflex / compiled pytorch tokens/s: {g_tok / (c['samples_per_s'] * T):.2f}x")
     print(f"gflex / pytorch tokens/s: {g_tok / t_tok:.2f}x; held-out bits/byte, gflex - pytorch: "
           f"{g['test_bits'] - t['test_bits']:+.4f}")
     print(f"mean training loss over the run (nats/token): gflex {g_train_loss:.4f}, "
           f"pytorch {t['train_loss']:.4f}")
     if a.json:
         with open(a.json, "w") as f:
-            json.dump({"gflex": g, "pytorch": t, "gflex_runs": g_runs, "pytorch_runs": t_runs,
+            json.dump({"gflex": g, "pytorch": t, "pytorch_compiled": c, "device": a.device,
+                       "precision": a.precision, "flops_per_token": flops_per_token,
+                       "gflex_runs": g_runs, "pytorch_runs": t_runs,
                        "context": T, "steps": a.steps,
                        "batch": a.batch, "lr": a.lr, "threads": a.threads}, f, indent=2)
 

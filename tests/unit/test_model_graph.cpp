@@ -332,6 +332,17 @@ layers = [
     CHECK(err(R"({ type = "linear", units = 100000 }, { type = "linear", units = 100000 },
                  { type = "softmax_xent" },)")
               .find("more than") != std::string::npos);
+    // One sample's activations are capped (2^28 values): the input and two GELUs of 2^26
+    // values each are within it, the input and four are not.
+    const std::string wide = "[model]\ninput = [16384, 4096]\nlayers = [\n";
+    const std::string gelus = R"({ type = "gelu" }, { type = "gelu" },)";
+    const std::string tail = R"({ type = "linear", units = 1 }, { type = "flatten" },
+                                { type = "linear", units = 2 }, { type = "softmax_xent" },])";
+    auto within = find_workload("test-model", wide + gelus + tail, "");
+    CHECK_MESSAGE(within.has_value(), (within ? "" : within.error().message()));
+    CHECK(plan_error(wide + gelus + gelus + tail)
+              .find("model.layers[3] (gelu): brings one sample's activations to 335544320 "
+                    "values, more than 268435456") != std::string::npos);
     CHECK(err(R"({ type = "softmax_xent" }, { type = "linear", units = 3 },)")
               .find("a loss must be the last layer") != std::string::npos);
     CHECK(err(R"({ type = "embedding", dim = 4 }, { type = "softmax_xent" },)")
