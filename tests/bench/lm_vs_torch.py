@@ -497,6 +497,9 @@ def main():
               "ready to run", file=sys.stderr)
         return
 
+    if a.compile and not hasattr(torch, "compile"):
+        fail(f"--compile needs torch.compile (PyTorch 2 or later); this is {torch.__version__}")
+
     model = read_model(a.spec)
     T = model["input"][0]
     train, test = token_splits(torch, read_corpus(), T + 1)

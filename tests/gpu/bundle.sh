@@ -171,7 +171,20 @@ if ((needs_cudnn)); then cuda_sonames+=("${cudnn_dlopened[@]}"); fi
 
 # Data, benchmark scripts, the run script.
 cp "$data_src"/*-idx?-ubyte* "$out/data/fashion-mnist/"
-cp tests/bench/gpu_vs_pytorch.sh tests/bench/torch_mlp.py tests/bench/torch_cnn.py "$out/bench/"
+cp tests/bench/gpu_vs_pytorch.sh tests/bench/torch_mlp.py tests/bench/torch_cnn.py \
+  tests/bench/lm_vs_torch.py "$out/bench/"
+mkdir -p "$out/bench/specs"
+cp tests/bench/specs/*.toml "$out/bench/specs/"
+# The language model's text: the fortunes files runtime/src/text_corpus.cpp reads (regular
+# files without an extension), about 2.5 MB.
+fortunes_src=${GFLEX_FORTUNES_DIR:-/usr/share/games/fortunes}
+if [ -d "$fortunes_src" ]; then
+  mkdir -p "$out/data/fortunes"
+  find "$fortunes_src" -maxdepth 1 -type f ! -name '*.*' -exec cp {} "$out/data/fortunes/" \;
+else
+  echo "bundle: $fortunes_src not found (apt-get install -y fortunes): the language model" \
+    "benchmark will say it has no text" >&2
+fi
 cp tests/gpu/run-gpu.sh tests/gpu/gpu_job.sh "$out/"
 mkdir -p "$out/jobs"
 cp apps/jobs/*.toml "$out/jobs/"

@@ -12,7 +12,10 @@
 # 3. runs gflex_unit_tests (its backend suite runs the CUDA backend where a device is present);
 # 4. runs a core and a node on the GPU, which train fashion-mlp and fashion-cnn as jobs
 #    (gpu_job.sh);
-# 5. runs the GPU benchmark, bench/gpu_vs_pytorch.sh.
+# 5. runs the GPU benchmark, bench/gpu_vs_pytorch.sh;
+# 6. runs the language model benchmark, bench/lm_vs_torch.py, in bf16 at three sizes (the
+#    3.3M model at batches of 64 and 512 x 128 tokens, the 86M one at 16 x 1,024) against
+#    PyTorch eager and compiled (GFLEX_LM_BENCH=0 leaves it out).
 #
 # Everything goes to OUT_DIR (run.log is the whole console). A failing step does not stop
 # the later ones; the exit status is non-zero when any failed. No GPU is not a failure: the
@@ -207,6 +210,28 @@ rc=${PIPESTATUS[0]}
 if ((rc != 0)); then
   echo "PROBLEM: the benchmark exited with $rc"
   failed+=("benchmark")
+fi
+
+step "language model"
+if [ "${GFLEX_LM_BENCH:-1}" = 0 ]; then
+  echo "left out (GFLEX_LM_BENCH=0)"
+elif [ ! -d "$here/data/fortunes" ]; then
+  echo "left out: the bundle carries no fortunes text (bundle.sh says why)"
+else
+  # Steps are few and each run is bounded: the three sizes take about 3 minutes in all.
+  for run in "gpt-4x256 64 200" "gpt-4x256 512 100" "gpt-12x768 16 30"; do
+    read -r spec rows steps <<<"$run"
+    GFLEX_FORTUNES_DIR=$here/data/fortunes timeout 300 "$python" "$here/bench/lm_vs_torch.py" \
+      "$bin" --spec "$here/bench/specs/$spec.toml" --batch "$rows" --steps "$steps" \
+      --device cuda --precision bf16 --compile --repeats 1 --threads 8 \
+      --json "$out/lm-$spec-$rows.json" 2>"$out/lm-$spec-$rows.log" | tee "$out/lm-$spec-$rows.md"
+    rc=${PIPESTATUS[0]}
+    if ((rc != 0)); then
+      echo "PROBLEM: lm_vs_torch.py $spec batch $rows exited with $rc:"
+      tail -5 "$out/lm-$spec-$rows.log"
+      failed+=("lm-$spec-$rows")
+    fi
+  done
 fi
 
 step "summary"
