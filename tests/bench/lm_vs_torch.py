@@ -493,8 +493,8 @@ def main():
     ensure_torch()
     import torch
     if a.device == "cuda" and not torch.cuda.is_available():
-        print("lm_vs_torch: no GPU (torch.cuda.is_available() is False); the benchmark is left "
-              "ready to run", file=sys.stderr)
+        print("no GPU: torch.cuda.is_available() is False; the language model benchmark is left "
+              "ready to run")
         return
 
     if a.compile and not hasattr(torch, "compile"):
