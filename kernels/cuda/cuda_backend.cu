@@ -764,9 +764,9 @@ class cuda_backend final : public backend {
             [&](int requested, int* returned, cudnnConvolutionFwdAlgoPerf_t* perf, size_t bytes) {
               void* ws = room(bytes);
               if (ws == nullptr && bytes > 0) return CUDNN_STATUS_ALLOC_FAILED;
-              return cudnnFindConvolutionForwardAlgorithmEx(
-                  dnn_, plan.x.get(), a, plan.w.get(), b, conv, plan.y.get(), out, requested,
-                  returned, perf, ws, bytes);
+              return cudnnFindConvolutionForwardAlgorithmEx(dnn_, plan.x.get(), a, plan.w.get(), b,
+                                                            conv, plan.y.get(), out, requested,
+                                                            returned, perf, ws, bytes);
             },
             [&](int algo, size_t* bytes) {
               return cudnnGetConvolutionForwardWorkspaceSize(

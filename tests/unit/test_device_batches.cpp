@@ -94,6 +94,28 @@ std::vector<std::pair<bool, int>> groups_under_test() {
   return out;
 }
 
+/// One rank on each backend: the CPU, and a GPU if present.
+std::vector<bool> one_rank_on_each_backend() {
+  std::vector<bool> gpu;
+  for (const auto& config : groups_under_test())
+    if (config.second == 1) gpu.push_back(config.first);
+  return gpu;
+}
+
+/// The MLP under test with its data and starting parameters.
+struct mlp_case {
+  dataset_splits data;
+  std::unique_ptr<workload> w;
+  std::vector<float> params;
+
+  mlp_case(int64_t rows, uint64_t seed)
+      : data{labelled_noise(rows, 64, 3, seed), labelled_noise(10, 64, 3, seed + 1)} {
+    w = std::move(workloads_under_test(data).front());
+    params.resize(static_cast<size_t>(w->parameter_count()));
+    w->init_parameters(6, params);
+  }
+};
+
 std::vector<float> parameters_of(model& m) {
   std::vector<float> out(static_cast<size_t>(m.parameter_count()));
   m.store_parameters(out);
@@ -155,19 +177,16 @@ TEST_SUITE("device batches") {
   }
 
   TEST_CASE("an update quantised where the model is encodes to the host's bytes") {
-    const dataset_splits data{labelled_noise(200, 64, 3, 4), labelled_noise(10, 64, 3, 5)};
-    const auto workloads = workloads_under_test(data);
-    const auto& w = *workloads.front();
-    std::vector<float> params(static_cast<size_t>(w.parameter_count()));
-    w.init_parameters(6, params);
-    for (const auto& config : groups_under_test()) {
-      if (config.second != 1) continue;
-      CAPTURE(config.first);
-      auto g = group_of(config.first, 1);
+    const mlp_case c(200, 4);
+    const auto& data = c.data;
+    const auto& params = c.params;
+    for (bool gpu : one_rank_on_each_backend()) {
+      CAPTURE(gpu);
+      auto g = group_of(gpu, 1);
       // The default block, and one that leaves a short last block.
       for (int64_t block : {int64_t{default_update_block_size}, int64_t{100}}) {
         CAPTURE(block);
-        auto replicas = replicas_on(*g, w, params, 32);
+        auto replicas = replicas_on(*g, *c.w, params, 32);
         auto& m = *replicas.front();
         REQUIRE(m.mark_start());
         for (int step = 0; step < 3; ++step)
@@ -188,16 +207,12 @@ TEST_SUITE("device batches") {
   }
 
   TEST_CASE("a non-finite update is reported and nothing is quantised") {
-    const dataset_splits data{labelled_noise(20, 64, 3, 7), labelled_noise(10, 64, 3, 8)};
-    const auto workloads = workloads_under_test(data);
-    const auto& w = *workloads.front();
-    std::vector<float> params(static_cast<size_t>(w.parameter_count()));
-    w.init_parameters(6, params);
-    for (const auto& config : groups_under_test()) {
-      if (config.second != 1) continue;
-      CAPTURE(config.first);
-      auto g = group_of(config.first, 1);
-      auto replicas = replicas_on(*g, w, params, 8);
+    const mlp_case c(20, 7);
+    const auto& params = c.params;
+    for (bool gpu : one_rank_on_each_backend()) {
+      CAPTURE(gpu);
+      auto g = group_of(gpu, 1);
+      auto replicas = replicas_on(*g, *c.w, params, 8);
       auto& m = *replicas.front();
       for (float bad :
            {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity()}) {

@@ -105,7 +105,7 @@ struct model_spec {
 struct model_limits {
   int64_t max_layers = 512;
   int64_t max_parameters = int64_t{1} << 28;
-  int64_t max_extent = int64_t{1} << 20;        ///< Any one dimension.
+  int64_t max_extent = int64_t{1} << 20;  ///< Any one dimension.
   /// Values of one sample's activations (1 GiB of fp32): a GPT-2-small-sized model at a
   /// context of 1,024 keeps about 140 million, its attention probabilities included.
   int64_t max_activations = int64_t{1} << 28;
