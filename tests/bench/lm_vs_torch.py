@@ -12,8 +12,9 @@ data on the device, runs in FP32 or under bf16 autocast (--precision bf16), with
 attention and fused AdamW, eagerly and, with --compile, also as torch.compile's graph (a
 third row). The table adds model FLOPs utilisation: tokens/s times 6 x parameters + 12 x
 layers x context x width FLOPs per token (the PaLM estimate, attention included), against
---peak-tflops (the card's dense bf16 figure: 989 for an H200). Specs for the GPU sizes are in
-tests/bench/specs/.
+--peak-tflops (the card's dense bf16 figure: 989 for an H200). PyTorch's first 3 steps on a
+GPU (torch.compile's compilation, library set-up) are left out of its clock; gflex's are
+counted. Specs for the GPU sizes are in tests/bench/specs/.
 
 Runs `gflex train --spec SPEC` first, then the PyTorch peer built from the same spec's [model]
 table (never both at once), on the same data (Debian's fortunes, split as
@@ -52,6 +53,7 @@ import time
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 REEXEC_GUARD = "GFLEX_LM_BENCH_REEXEC"
+GPU_WARMUP_STEPS = 3  # PyTorch's steps left out of the clock on a GPU
 SUPPORTED = ("embedding", "position_embedding", "layer_norm", "attention", "add", "linear",
              "gelu", "next_token_xent")
 # Keys each supported layer type may carry (as model_spec.hpp documents them).
@@ -100,6 +102,8 @@ def arguments():
     a = p.parse_args()
     if a.steps < 1 or a.batch < 1 or a.threads < 1 or a.repeats < 1 or a.lr <= 0:
         fail("--steps, --batch, --threads and --repeats must be positive, --lr above 0")
+    if a.device == "cuda" and a.steps <= GPU_WARMUP_STEPS:
+        fail(f"--steps must be above the {GPU_WARMUP_STEPS} untimed warm-up steps on a GPU")
     return a
 
 
@@ -437,6 +441,10 @@ def run_torch(torch, a, model, train, test, compiled=False):
     train_s = 0.0
     samples = 0
     loss_sum = torch.zeros((), device=a.device)
+    # On a GPU the first steps (torch.compile's compilation, cuBLAS and cuDNN set-up) are not
+    # timed; gflex's are.
+    warmup = GPU_WARMUP_STEPS if gpu else 0
+    timed_samples = 0
     while step < total:
         epoch += 1
         if a.rng == "gflex":
@@ -459,7 +467,12 @@ def run_torch(torch, a, model, train, test, compiled=False):
             opt.step()
             loss_sum += loss.detach().float() * rows.shape[0]
             samples += rows.shape[0]
+            timed_samples += rows.shape[0]
             step += 1
+            if step == warmup:  # the clock starts after the warm-up steps
+                sync()
+                start = time.perf_counter()
+                timed_samples = 0
         sync()
         train_s += time.perf_counter() - start
     net.eval()
@@ -477,7 +490,7 @@ def run_torch(torch, a, model, train, test, compiled=False):
         "steps": step,
         "samples": samples,
         "train_s": train_s,
-        "samples_per_s": samples / train_s,
+        "samples_per_s": timed_samples / train_s,
         "train_loss": loss_sum.item() / samples,
         "test_loss": test_loss,
         "test_bits": test_loss / math.log(2.0),
