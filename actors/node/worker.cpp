@@ -13,6 +13,7 @@
 
 #include "cache.hpp"
 #include "gflex/kernels/replica_group.hpp"
+#include "gflex/kernels/resident_features.hpp"
 #include "gflex/kernels/workload.hpp"
 #include "gflex/runtime/cpu_usage.hpp"
 #include "gflex/runtime/rng.hpp"
@@ -54,39 +55,22 @@ error bad(const std::string& what) {
   return error(errc::invalid_argument, "assignment: " + what);
 }
 
-/// A shard where a worker's ranks compute, for batches given as row numbers.
-struct placed_shard {
-  std::vector<tensor> copies;    ///< A GPU rank's copy of the features.
-  std::vector<const float*> at;  ///< The features on each rank; empty: batches go from the host.
-};
-
-/// Puts the shard where the group's ranks compute, so that the assignment's batches cross to
-/// them as row numbers and labels: a CPU rank reads the shard in place, a GPU gets a copy in
-/// one upload. Host batches instead for a token model (its features are checked and converted
-/// on the host), where the assignment reads fewer rows than the shard holds (fewer bytes go
-/// batch by batch), and where a GPU has no memory left for the shard.
-placed_shard place_shard(kernels::replica_group& group, const kernels::model& m,
-                         const dataset& shard, int64_t rows_read) {
-  placed_shard out;
+/// Puts the shard where each of the group's ranks computes (resident_features), so that the
+/// assignment's batches cross to them as row numbers and labels. Nothing (empty: host
+/// batches instead) for a token model (its features are checked and converted on the host),
+/// where a GPU assignment reads fewer rows than the shard holds (fewer bytes go batch by
+/// batch), and where a GPU has no memory left for the shard.
+std::vector<kernels::resident_features> place_shard(kernels::replica_group& group,
+                                                    const kernels::model& m, const dataset& shard,
+                                                    int64_t rows_read) {
   const bool on_host = group.rank(0).where().kind == device_kind::host;
   if (!m.gathers_rows() || shard.size() > std::numeric_limits<int32_t>::max() ||
       (!on_host && rows_read < shard.size()))
-    return out;
-  if (on_host) {
-    out.at.assign(static_cast<size_t>(group.size()), shard.features.data<float>());
-    return out;
-  }
-  try {
-    for (int r = 0; r < group.size(); ++r) {
-      auto& b = group.rank(r);
-      auto copy = b.allocate({shard.size() * shard.feature_dim()}, dtype::f32);
-      b.upload(shard.features.raw(), copy.raw(), shard.features.nbytes());
-      out.at.push_back(copy.data<float>());
-      out.copies.push_back(std::move(copy));
-    }
-  } catch (const kernels::compute_error& e) {
-    spdlog::debug("worker: the shard stays on the host ({})", e.what());
     return {};
+  std::vector<kernels::resident_features> out;
+  for (int r = 0; r < group.size(); ++r) {
+    out.emplace_back(group.rank(r), shard.features);
+    if (!out.back().held()) return {};
   }
   return out;
 }
@@ -166,9 +150,11 @@ expected<assignment_result> run_assignment(worker_state& st, assignment& a, cons
   std::vector<int64_t> order(static_cast<size_t>(rows));
   std::vector<int32_t> by(static_cast<size_t>(a.batch_size));
   auto shard_on_ranks = place_shard(group, *slot.replicas.front(), shard, steps * a.batch_size);
+  std::vector<const float*> shard_at;
+  for (const auto& held : shard_on_ranks) shard_at.push_back(held.at());
   std::vector<float> bx;  // a host batch, where the ranks do not hold the shard
   std::vector<int32_t> batch_rows;
-  if (shard_on_ranks.at.empty())
+  if (shard_at.empty())
     bx.resize(static_cast<size_t>(a.batch_size * dim));
   else
     batch_rows.resize(static_cast<size_t>(a.batch_size));
@@ -203,12 +189,12 @@ expected<assignment_result> run_assignment(worker_state& st, assignment& a, cons
       by[b] = shard.labels.data<int32_t>()[src];
     }
     if (bx.empty())
-      kernels::replica_step_rows(group, slot.replicas, shard_on_ranks.at, rows, batch_rows.data(),
-                                 by.data(), a.batch_size);
+      kernels::replica_step_rows(group, slot.replicas, shard_at, rows, batch_rows.data(), by.data(),
+                                 a.batch_size);
     else
       kernels::replica_step(group, slot.replicas, bx.data(), by.data(), a.batch_size);
   }
-  shard_on_ranks = {};
+  shard_on_ranks.clear();  // the GPUs' copies go before the update is formed
   kernels::batch_stats stats;
   for (auto& m : slot.replicas) {
     auto part = m->take_stats();

@@ -6,6 +6,7 @@
 #include <limits>
 #include <numeric>
 
+#include "gflex/kernels/resident_features.hpp"
 #include "gflex/runtime/rng.hpp"
 
 namespace gflex::kernels {
@@ -93,21 +94,10 @@ expected<train_report> train(const workload& w, const dataset_splits& data, back
     // would cost 188 MB of writes for Fashion-MNIST.
     const float* features = data.train.features.data<float>();
     const int32_t* labels = data.train.labels.data<int32_t>();
-    tensor resident;
-    const float* resident_at = nullptr;
-    if (m.gathers_rows() && n <= std::numeric_limits<int32_t>::max()) {
-      if (b.where().kind == device_kind::host) {
-        resident_at = features;
-      } else {
-        try {
-          resident = b.allocate({n * dim}, dtype::f32);
-          b.upload(features, resident.raw(), data.train.features.nbytes());
-          resident_at = resident.data<float>();
-        } catch (const compute_error&) {
-          resident = tensor{};  // no room on the device: batches from the host
-        }
-      }
-    }
+    resident_features resident;
+    if (m.gathers_rows() && n <= std::numeric_limits<int32_t>::max())
+      resident = resident_features(b, data.train.features);
+    const float* resident_at = resident.at();
     tensor batch_x = tensor::empty({options.batch_size, dim}, dtype::f32);
     tensor batch_y = tensor::empty({options.batch_size}, dtype::i32);
     std::vector<int32_t> batch_rows(static_cast<size_t>(resident_at ? options.batch_size : 0));

@@ -13,6 +13,7 @@
 #include "gflex/kernels/cnn.hpp"
 #include "gflex/kernels/mlp.hpp"
 #include "gflex/kernels/replica_group.hpp"
+#include "gflex/kernels/resident_features.hpp"
 #include "gflex/kernels/trainer.hpp"
 #include "gflex/runtime/rng.hpp"
 #include "gflex/runtime/update_codec.hpp"
@@ -141,15 +142,15 @@ TEST_SUITE("device batches") {
         auto host_group = group_of(gpu, ranks), rows_group = group_of(gpu, ranks);
         auto by_host = replicas_on(*host_group, *w, params, batch);
         auto by_rows = replicas_on(*rows_group, *w, params, batch);
-        // The data where each rank of the second group computes.
-        std::vector<tensor> copies;
+        // The data where each rank of the second group computes (in place on a CPU rank).
+        std::vector<resident_features> held;
         std::vector<const float*> at;
         for (int r = 0; r < ranks; ++r) {
-          auto& b = rows_group->rank(r);
-          copies.push_back(b.allocate({rows * dim}, dtype::f32));
-          b.upload(data.train.features.raw(), copies.back().raw(), data.train.features.nbytes());
-          at.push_back(copies.back().data<float>());
+          held.emplace_back(rows_group->rank(r), data.train.features);
+          REQUIRE(held.back().held());
+          at.push_back(held.back().at());
         }
+        if (!gpu) CHECK(at.front() == data.train.features.data<float>());
         rng pick(9);
         std::vector<int32_t> idx(batch), labels(batch);
         std::vector<float> x(static_cast<size_t>(batch * dim));
