@@ -53,6 +53,16 @@ expected<compute_plan> plan_gpus(const node_config& config, const std::string& g
   return plan;
 }
 
+/// --memory-limit: a byte size, 0 for none, or auto (three quarters of what the kernel says
+/// is available now: the rest is left to the node's own data, messages and the machine's
+/// owner; none where the kernel cannot tell).
+expected<uint64_t> host_memory_limit_of(const std::string& text) {
+  if (text == "auto") return kernels::available_host_memory() / 4 * 3;
+  auto limit = kernels::parse_byte_size(text);
+  if (!limit) return error(errc::invalid_argument, "--memory-limit: " + limit.error().message());
+  return *limit;
+}
+
 }  // namespace
 
 expected<compute_plan> plan_compute(const node_config& config) {
@@ -62,6 +72,9 @@ expected<compute_plan> plan_compute(const node_config& config) {
   // machine gets a GPU.
   if (auto limit = kernels::parse_byte_size(config.gpu_memory_limit); !limit)
     return error(errc::invalid_argument, "--gpu-memory-limit: " + limit.error().message());
+  auto host_limit = host_memory_limit_of(config.memory_limit);
+  if (!host_limit) return host_limit.error();
+  kernels::set_host_memory_limit(*host_limit);
   const std::string& b = config.backend;
   if (b == "cuda") return plan_gpus(config, config.gpus);
   if (b.starts_with("cuda:")) {
@@ -85,6 +98,9 @@ expected<compute_plan> plan_compute(const node_config& config) {
   } else if (!config.gpus.empty()) {
     return error(errc::invalid_argument, "--gpus needs a CUDA backend (--backend cuda or auto)");
   }
+  if (*host_limit > 0)
+    spdlog::info("the CPU workers may hold {} MiB for their models (--memory-limit {})",
+                 *host_limit >> 20, config.memory_limit);
   compute_plan plan;
   plan.ranks = {"cpu"};
   plan.workers = config.workers;

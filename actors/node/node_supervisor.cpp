@@ -15,6 +15,7 @@
 #include "compute_plan.hpp"
 #include "gflex/kernels/backend.hpp"
 #include "gflex/kernels/calibration.hpp"
+#include "gflex/kernels/devices.hpp"
 #include "messages.hpp"
 #include "uplink.hpp"
 #include "worker.hpp"
@@ -189,6 +190,11 @@ expected<caf::actor> spawn_node(caf::actor_system& sys, const node_config& confi
   // One rank's fashion-mlp rate; a group of several GPUs splits each batch between them, so
   // its rate is taken as that many times one rank's (the all-reduce is not counted).
   auto throughput = kernels::calibrate_throughput((*probe)->rank(0));
+  if (!throughput && throughput.error().code() == errc::device_error &&
+      kernels::host_memory_limit() > 0 && plan->gpus.empty())
+    return error(errc::invalid_argument,
+                 "--memory-limit " + config.memory_limit +
+                     " leaves no room for the calibration model: " + throughput.error().message());
   if (!throughput) return throughput.error();
   *throughput *= static_cast<double>((*probe)->size());
   probe->reset();

@@ -7,6 +7,7 @@
 #include <cstring>
 #include <limits>
 #include <map>
+#include <new>
 #include <numeric>
 #include <set>
 #include <thread>
@@ -318,6 +319,17 @@ caf::behavior worker_behavior(worker_actor* self, worker_config config, caf::act
     };
     tell(node_activity::kind::started, 0.0, 0.0);
     const auto params_bytes = params_of(a).size();  // run_assignment lets them go
+    // Out of device or host memory, or another device failure: this assignment goes back to
+    // its job (which gives it to another worker) and the worker stays up. Its models are
+    // dropped, so their memory is free and the next assignment starts from a clean state.
+    auto failed_on_device = [&](const error& why) -> caf::expected<assignment_result> {
+      cfg.cancelled->forget(a.id);
+      spdlog::warn("worker: assignment {} failed on the device: {}", a.id, why.message());
+      node_metrics::assignments("failed").inc();
+      tell(node_activity::kind::failed, 0.0, 0.0);
+      self->state.models.clear();
+      return to_caf(why);
+    };
     try {
       if (inject_device_error)
         throw kernels::compute_error(
@@ -345,15 +357,10 @@ caf::behavior worker_behavior(worker_actor* self, worker_config config, caf::act
            r->compute_s > 0 ? static_cast<double>(r->samples) / r->compute_s : 0.0, r->compute_s);
       return std::move(*r);
     } catch (const kernels::compute_error& e) {
-      // Out of device memory, or another device failure: this assignment goes back to its
-      // job (which gives it to another worker) and the worker stays up. Its models are
-      // dropped, so their memory is free and the next assignment starts from a clean state.
-      cfg.cancelled->forget(a.id);
-      spdlog::warn("worker: assignment {} failed on the device: {}", a.id, e.err().message());
-      node_metrics::assignments("failed").inc();
-      tell(node_activity::kind::failed, 0.0, 0.0);
-      self->state.models.clear();
-      return to_caf(e.err());
+      return failed_on_device(e.err());
+    } catch (const std::bad_alloc&) {
+      // Host memory the budget does not count (a decoded message, a shard) ran out.
+      return failed_on_device(error(errc::device_error, "out of host memory"));
     }
   };
   return {

@@ -41,6 +41,10 @@ int main(int argc, char** argv) {
   app.add_option("--gpu-memory-limit", config.gpu_memory_limit,
                  "device memory the node may use on each GPU, e.g. 6G (0: no limit)")
       ->capture_default_str();
+  app.add_option("--memory-limit", config.memory_limit,
+                 "host memory the CPU workers may hold for their models, e.g. 12G (0: no "
+                 "limit; auto: three quarters of what is available at start)")
+      ->capture_default_str();
   app.add_option("--threads", config.threads_per_worker, "CPU threads per worker")
       ->check(CLI::Range(1, 256))
       ->capture_default_str();

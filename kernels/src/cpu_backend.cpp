@@ -10,10 +10,12 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <new>
 #include <vector>
 
 #include "cpu_model_layers.hpp"
 #include "gflex/kernels/backend.hpp"
+#include "host_memory.hpp"
 #include "parallel_for.hpp"
 
 namespace gflex::kernels {
@@ -230,7 +232,27 @@ class cpu_backend final : public backend {
   }
 
   tensor allocate(shape_t shape, dtype type) override {
-    return tensor::empty(std::move(shape), type);
+    auto n = checked_numel(shape);
+    GFLEX_CHECK(n.has_value(), "cpu_backend::allocate with an invalid shape");
+    const uint64_t bytes = static_cast<uint64_t>(*n) * size_of(type);
+    detail::reserve_host_memory(bytes, "allocating " + to_string(shape));
+    tensor memory;
+    try {
+      memory = tensor::empty(shape, type);
+    } catch (const std::bad_alloc&) {
+      detail::release_host_memory(bytes);
+      throw compute_error(error(errc::device_error, "allocating " + to_string(shape) +
+                                                        ": out of host memory (the system "
+                                                        "refused " +
+                                                        std::to_string(bytes) + " bytes)"));
+    }
+    // The same memory, handed out with a deleter that gives its bytes back to the budget.
+    void* raw = memory.raw();
+    return tensor::adopt(std::move(shape), type, device{},
+                         std::shared_ptr<void>(raw, [memory, bytes](void*) mutable {
+                           memory = tensor{};
+                           detail::release_host_memory(bytes);
+                         }));
   }
   void upload(const void* src, void* dst, size_t count) override {
     if (count > 0 && src != dst) std::memcpy(dst, src, count);

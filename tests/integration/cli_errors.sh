@@ -36,6 +36,11 @@ expect_error "node: unknown backend" "unknown --backend 'tpu'" \
   "$N" --join 127.0.0.1:1 --data-dir "$nd" --token t --insecure --backend tpu
 expect_error "node: bad memory limit" "--gpu-memory-limit: '6X' is not a byte size" \
   "$N" --join 127.0.0.1:1 --data-dir "$nd" --token t --insecure --gpu-memory-limit 6X
+expect_error "node: bad host memory limit" "--memory-limit: '12Q' is not a byte size" \
+  "$N" --join 127.0.0.1:1 --data-dir "$nd" --token t --insecure --memory-limit 12Q
+expect_error "node: host memory limit below the calibration model" \
+  "--memory-limit 1M leaves no room for the calibration model: allocating" \
+  "$N" --join 127.0.0.1:1 --data-dir "$nd" --token t --insecure --backend cpu --memory-limit 1M
 expect_error "node: no streams" "--streams-per-gpu" \
   "$N" --join 127.0.0.1:1 --data-dir "$nd" --token t --insecure --streams-per-gpu 0
 if [ "$("$G" devices --json - | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["devices"]))')" = 0 ]; then

@@ -7,6 +7,7 @@
 
 #include "gflex/kernels/backend.hpp"
 #include "gflex/kernels/devices.hpp"
+#include "gflex/kernels/workload.hpp"
 
 using namespace gflex;
 using namespace gflex::kernels;
@@ -136,5 +137,55 @@ TEST_SUITE("devices") {
     }
     CHECK(cuda_memory_in_use(0) == before);  // every byte given back
     set_cuda_memory_limit(0, 0);
+  }
+}
+
+TEST_SUITE("devices") {
+  TEST_CASE("--memory-limit: a CPU model past it is a clear out-of-memory error") {
+    CHECK_MESSAGE(available_host_memory() > 0, "MemAvailable is read from /proc/meminfo");
+    auto b = make_cpu_backend(1);
+    const uint64_t before = host_memory_in_use();
+    struct restore_limit {
+      ~restore_limit() { set_host_memory_limit(0); }
+    } restore;
+    set_host_memory_limit(before + (1 << 20));          // 1 MiB more than is in use now
+    tensor small = b->allocate({1 << 17}, dtype::f32);  // 512 KiB
+    CHECK(host_memory_in_use() == before + (1 << 19));
+    try {
+      b->allocate({3 << 16}, dtype::f32);  // 768 KiB more: past the limit
+      FAIL("allocation past the limit succeeded");
+    } catch (const compute_error& e) {
+      CHECK(e.err().code() == errc::device_error);
+      CHECK_MESSAGE(std::string(e.what()).find("out of host memory (--memory-limit " +
+                                               std::to_string(before + (1 << 20)) + " bytes, ") !=
+                        std::string::npos,
+                    e.what());
+    }
+    CHECK(host_memory_in_use() == before + (1 << 19));  // the refusal reserved nothing
+    small = tensor{};
+    CHECK(host_memory_in_use() == before);  // every byte given back
+    tensor larger = b->allocate({3 << 16}, dtype::f32);
+    CHECK(host_memory_in_use() == before + 3 * (1 << 18));
+    larger = tensor{};
+
+    // A whole model: fashion-mlp's parameters, gradients and a batch of 4,096's activations
+    // (about 30 MiB) do not fit in 8 MiB; it fits, and trains, without the limit.
+    auto w = find_workload("fashion-mlp");
+    REQUIRE(w.has_value());
+    set_host_memory_limit(before + (8 << 20));
+    {
+      auto refused = (*w)->instantiate(*b, 4096);
+      REQUIRE_FALSE(refused.has_value());
+      CHECK(refused.error().code() == errc::device_error);
+      CHECK_MESSAGE(refused.error().message().find("out of host memory") != std::string::npos,
+                    refused.error().message());
+    }
+    CHECK(host_memory_in_use() == before);  // what the model had allocated was given back
+    set_host_memory_limit(0);
+    auto m = (*w)->instantiate(*b, 4096);
+    REQUIRE(m.has_value());
+    CHECK(host_memory_in_use() > before + (8 << 20));
+    m = expected<std::unique_ptr<model>>(error(errc::invalid_argument, "dropped"));
+    CHECK(host_memory_in_use() == before);
   }
 }

@@ -105,6 +105,10 @@ struct node_config {
   int streams_per_gpu = 1;     ///< Worker actors per GPU group, each with its own streams.
   /// Device memory all workers together may use on each GPU ("6G"; "0": no limit).
   std::string gpu_memory_limit = "0";
+  /// Host memory all CPU workers together may hold for their models ("12G"; "0": no limit;
+  /// "auto": three quarters of what the machine has available when the node starts), so
+  /// that a job too large for the machine fails its assignments, not the node.
+  std::string memory_limit = "auto";
   /// Told what the node does (from the node's threads: it must be quick and thread-safe);
   /// empty: nobody listens.
   std::function<void(const node_activity&)> on_activity;

@@ -48,6 +48,22 @@ void set_cuda_memory_limit(int ordinal, uint64_t bytes);
 /// Bytes the backends of this process hold on device `ordinal` now.
 uint64_t cuda_memory_in_use(int ordinal);
 
+/// Caps the host memory that every CPU backend of this process together may allocate (a
+/// model's parameters, optimiser state, activations and gradients; 0: no cap). An allocation
+/// past the cap fails as an out-of-memory compute_error naming the cap, as on a GPU, so that
+/// a job too large for the machine fails one assignment instead of the whole node.
+void set_host_memory_limit(uint64_t bytes);
+
+/// The cap set with set_host_memory_limit (0: none).
+uint64_t host_memory_limit();
+
+/// Bytes the CPU backends of this process hold now.
+uint64_t host_memory_in_use();
+
+/// The memory the kernel reports as available to new allocations (MemAvailable), in bytes;
+/// 0 where it cannot tell.
+uint64_t available_host_memory();
+
 /// A device's state now, for a node's metrics.
 struct gpu_sample {
   int ordinal = 0;
