@@ -27,9 +27,10 @@
 ///   scheduling, fewer leave SMs idle. 64-bit indices throughout; tensors may exceed 2^31.
 /// - Reductions are two-pass (per-block partials in a fixed order, then one block) rather
 ///   than atomics, so `sum`, `sum_squares` and `column_sum` are deterministic run to run.
-///   Only softmax_xent's and mse_onehot's statistics (their interface adds into `stats`) and
-///   embedding_backward's scatter of repeated ids use float atomics; pool2d_backward and
-///   norm_backward gather instead, so they are deterministic too.
+///   Only softmax_xent's and mse_onehot's statistics (their interface adds into `stats`) use
+///   float atomics; embedding_backward sorts the ids (a stable radix sort) and sums each id's
+///   rows in order, and pool2d_backward and norm_backward gather, so they are deterministic
+///   too.
 ///   cuDNN algorithms are chosen deterministic where one fits (backward-filter and
 ///   backward-data algorithms that accumulate with atomics are skipped while another exists;
 ///   cudnn_planning.hpp).
@@ -382,7 +383,11 @@ class cuda_backend final : public backend {
     GFLEX_CUDA_CHECK(
         cudaMemsetAsync(dtable, 0, static_cast<size_t>(vocab * dim) * sizeof(float), stream()));
     if (rows <= 0) return;
-    launch_embedding_backward(kernel_launch(), ids, dy, rows, dim, vocab, dtable);
+    // The sort's buffers share the cuDNN workspace: both are used only within one call on
+    // this stream, and a language model's steps then allocate nothing after the first.
+    const size_t bytes = embedding_backward_workspace(rows, dim);
+    launch_embedding_backward(kernel_launch(), ids, dy, rows, dim, vocab, dtable,
+                              ensure_workspace(bytes), bytes);
   }
 
   void causal_softmax_forward(float* s, int64_t count, int64_t t, float scale) override {

@@ -7,7 +7,10 @@
 
 #include <cuda_runtime.h>
 
+#include <cub/device/device_radix_sort.cuh>
+
 #include <algorithm>
+#include <climits>
 #include <cmath>
 #include <cstdint>
 #include <string>
@@ -734,16 +737,53 @@ __global__ void embedding_forward_kernel(const int32_t* ids, const float* table,
   }
 }
 
-/// dtable[ids[r], d] += dy[r, d], one thread per dy value; dtable was zeroed before. Repeated
-/// ids add up with float atomics. An id outside [0, vocab) (a caller bug: ids are checked at
-/// load time) is skipped rather than written out of bounds.
-__global__ void embedding_backward_kernel(const int32_t* ids, const float* dy, int64_t rows,
-                                          int64_t dim, int64_t vocab, float* dtable) {
+/// Rows of one id summed by one thread before its partial joins the id's others: short
+/// enough that an id on a fifth of the rows (a space in text) still spreads over many threads.
+constexpr int64_t k_embedding_piece = 32;
+
+__global__ void iota_kernel(int32_t* x, int64_t n) {
+  for (int64_t i = grid_start(); i < n; i += grid_stride()) x[i] = static_cast<int32_t>(i);
+}
+
+/// One thread per (sorted position p, column d), d fastest: where p starts a piece (the start
+/// of an id's run of sorted rows, or a multiple of k_embedding_piece inside one), the thread
+/// sums the piece's rows of dy in order into partial[p, d].
+__global__ void embedding_piece_sum_kernel(const int32_t* keys, const int32_t* sorted_rows,
+                                           const float* dy, int64_t rows, int64_t dim,
+                                           float* partial) {
   const int64_t n = rows * dim;
   for (int64_t i = grid_start(); i < n; i += grid_stride()) {
-    const int64_t id = ids[i / dim];
-    if (id < 0 || id >= vocab) continue;
-    atomicAdd(&dtable[id * dim + i % dim], dy[i]);
+    const int64_t p = i / dim;
+    const int64_t d = i % dim;
+    const int32_t key = keys[p];
+    if (p % k_embedding_piece != 0 && keys[p - 1] == key) continue;  // inside a piece
+    float s = 0.0f;
+    int64_t q = p;
+    do {
+      s += dy[static_cast<int64_t>(sorted_rows[q]) * dim + d];
+      ++q;
+    } while (q < rows && q % k_embedding_piece != 0 && keys[q] == key);
+    partial[i] = s;
+  }
+}
+
+/// One thread per (sorted position p, column d): where p starts an id's run, the thread adds
+/// the run's piece partials in order and writes the id's row of dtable. An id outside
+/// [0, vocab) (a caller bug: ids are checked at load time) is skipped rather than written out
+/// of bounds.
+__global__ void embedding_run_sum_kernel(const int32_t* keys, const float* partial, int64_t rows,
+                                         int64_t dim, int64_t vocab, float* dtable) {
+  const int64_t n = rows * dim;
+  for (int64_t i = grid_start(); i < n; i += grid_stride()) {
+    const int64_t p = i / dim;
+    const int64_t d = i % dim;
+    const int32_t key = keys[p];
+    if ((p > 0 && keys[p - 1] == key) || key < 0 || key >= vocab) continue;
+    float s = partial[i];
+    for (int64_t q = (p / k_embedding_piece + 1) * k_embedding_piece; q < rows && keys[q] == key;
+         q += k_embedding_piece)
+      s += partial[q * dim + d];
+    dtable[static_cast<int64_t>(key) * dim + d] = s;
   }
 }
 
@@ -1155,10 +1195,66 @@ void launch_embedding_forward(launch_config launch, const int32_t* ids, const fl
   GFLEX_CUDA_CHECK_LAUNCH();
 }
 
+namespace {
+
+/// Where launch_embedding_backward's buffers lie in its workspace, each 256-byte aligned.
+struct embedding_workspace {
+  size_t keys = 0, rows_in = 0, rows_out = 0, partial = 0, sort = 0, sort_bytes = 0, total = 0;
+};
+
+embedding_workspace embedding_layout(int64_t rows, int64_t dim) {
+  if (rows > INT32_MAX)
+    throw compute_error(
+        gflex::error(errc::invalid_argument, "embedding_backward: " + std::to_string(rows) +
+                                                 " rows, more than a radix sort takes (2^31 - 1)"));
+  auto aligned = [](size_t bytes) { return (bytes + 255) / 256 * 256; };
+  embedding_workspace w;
+  const size_t ids = aligned(static_cast<size_t>(rows) * sizeof(int32_t));
+  w.rows_in = w.keys + ids;
+  w.rows_out = w.rows_in + ids;
+  w.partial = w.rows_out + ids;
+  w.sort = w.partial + aligned(static_cast<size_t>(rows * dim) * sizeof(float));
+  GFLEX_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(
+      nullptr, w.sort_bytes, static_cast<const int32_t*>(nullptr), static_cast<int32_t*>(nullptr),
+      static_cast<const int32_t*>(nullptr), static_cast<int32_t*>(nullptr),
+      static_cast<int>(rows)));
+  w.total = w.sort + aligned(w.sort_bytes);
+  return w;
+}
+
+}  // namespace
+
+size_t embedding_backward_workspace(int64_t rows, int64_t dim) {
+  return embedding_layout(rows, dim).total;
+}
+
 void launch_embedding_backward(launch_config launch, const int32_t* ids, const float* dy,
-                               int64_t rows, int64_t dim, int64_t vocab, float* dtable) {
-  embedding_backward_kernel<<<grid_for(launch, rows * dim), k_block, 0, launch.stream>>>(
-      ids, dy, rows, dim, vocab, dtable);
+                               int64_t rows, int64_t dim, int64_t vocab, float* dtable,
+                               void* workspace, size_t workspace_bytes) {
+  const embedding_workspace w = embedding_layout(rows, dim);
+  if (workspace_bytes < w.total)
+    throw compute_error(
+        gflex::error(errc::invalid_argument, "embedding_backward: a workspace of " +
+                                                 std::to_string(workspace_bytes) + " bytes, " +
+                                                 std::to_string(w.total) + " needed"));
+  auto* base = static_cast<char*>(workspace);
+  auto* keys = reinterpret_cast<int32_t*>(base + w.keys);
+  auto* rows_in = reinterpret_cast<int32_t*>(base + w.rows_in);
+  auto* rows_out = reinterpret_cast<int32_t*>(base + w.rows_out);
+  auto* partial = reinterpret_cast<float*>(base + w.partial);
+  iota_kernel<<<grid_for(launch, rows), k_block, 0, launch.stream>>>(rows_in, rows);
+  GFLEX_CUDA_CHECK_LAUNCH();
+  // Stable: an id's rows stay in row order. All 32 bits, so that a stray negative id sorts
+  // apart (it is skipped below) instead of aliasing a valid one.
+  size_t sort_bytes = w.sort_bytes;
+  GFLEX_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(base + w.sort, sort_bytes, ids, keys, rows_in,
+                                                   rows_out, static_cast<int>(rows), 0, 32,
+                                                   launch.stream));
+  embedding_piece_sum_kernel<<<grid_for(launch, rows * dim), k_block, 0, launch.stream>>>(
+      keys, rows_out, dy, rows, dim, partial);
+  GFLEX_CUDA_CHECK_LAUNCH();
+  embedding_run_sum_kernel<<<grid_for(launch, rows * dim), k_block, 0, launch.stream>>>(
+      keys, partial, rows, dim, vocab, dtable);
   GFLEX_CUDA_CHECK_LAUNCH();
 }
 

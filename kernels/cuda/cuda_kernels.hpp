@@ -128,8 +128,17 @@ void launch_norm_param_grad(launch_config launch, bool rms, const float* x, cons
 void launch_embedding_forward(launch_config launch, const int32_t* ids, const float* table,
                               int64_t rows, int64_t dim, float* y);
 
+/// Bytes of workspace launch_embedding_backward needs for `rows` ids of `dim` values. Enqueues
+/// nothing. Throws compute_error (errc::invalid_argument) past 2^31 - 1 rows.
+size_t embedding_backward_workspace(int64_t rows, int64_t dim);
+
+/// dtable (zeroed before) gets, for each id, the sum of its rows of dy in row order within
+/// pieces of 32 rows and then piece by piece: the rows are sorted by id with a stable radix
+/// sort (CUB) rather than scattered with float atomics, so the gradient is the same bits run
+/// to run. `workspace` holds embedding_backward_workspace(rows, dim) bytes (256-aligned).
 void launch_embedding_backward(launch_config launch, const int32_t* ids, const float* dy,
-                               int64_t rows, int64_t dim, int64_t vocab, float* dtable);
+                               int64_t rows, int64_t dim, int64_t vocab, float* dtable,
+                               void* workspace, size_t workspace_bytes);
 
 void launch_causal_softmax(launch_config launch, float* s, int64_t rows, int64_t t, float scale);
 

@@ -5,6 +5,7 @@
 #include <doctest/doctest.h>
 
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 #include "gflex/kernels/backend.hpp"
@@ -328,6 +329,40 @@ TEST_SUITE("backend") {
         for (int64_t r = 0; r < rows; ++r)
           for (int64_t c = 0; c < cols; ++c) col[c] += x[r * cols + c];
         check_close(sums.read(), col, 1e-4, 1e-5);
+      }
+    }
+  }
+
+  TEST_CASE("embedding_backward sums each id's rows, the same bits run to run") {
+    // Byte-level text's shape: a fifth of the ids are one byte (a space), so its rows span
+    // many of a GPU's pieces; ids 250 to 255 never occur and their rows must be zero.
+    for (auto& b : backends_under_test()) {
+      CAPTURE(b->describe());
+      for (const auto& shape : {std::pair<int64_t, int64_t>{8192, 64}, {37, 3}}) {
+        const int64_t rows = shape.first, dim = shape.second, vocab = 256;
+        CAPTURE(rows);
+        CAPTURE(dim);
+        rng r(5);
+        std::vector<int32_t> ids(static_cast<size_t>(rows));
+        for (auto& id : ids)
+          id = r.uniform() < 0.2 ? 32 : static_cast<int32_t>(r.uniform() * 250.0);
+        auto dy = random_vector(rows * dim, 23);
+        std::vector<double> want(static_cast<size_t>(vocab * dim), 0.0);
+        for (int64_t i = 0; i < rows; ++i)
+          for (int64_t d = 0; d < dim; ++d) want[ids[i] * dim + d] += dy[i * dim + d];
+        tensor device_ids = b->allocate({rows}, dtype::i32);
+        b->upload(ids.data(), device_ids.raw(), ids.size() * sizeof(int32_t));
+        buffer grad(*b, dy), table(*b, std::vector<float>(vocab * dim, 99.0f));
+        b->embedding_backward(device_ids.data<int32_t>(), grad.ptr(), rows, dim, vocab,
+                              table.ptr());
+        const auto first = table.read();
+        check_close(first, want, 1e-5, 1e-4);
+        for (int64_t i = 250 * dim; i < vocab * dim; ++i) REQUIRE(first[i] == 0.0f);
+        b->fill(table.ptr(), vocab * dim, 99.0f);
+        b->embedding_backward(device_ids.data<int32_t>(), grad.ptr(), rows, dim, vocab,
+                              table.ptr());
+        const auto again = table.read();
+        CHECK(std::memcmp(first.data(), again.data(), first.size() * sizeof(float)) == 0);
       }
     }
   }
