@@ -2,7 +2,8 @@
 /// gflex_bench_step [THREADS] [BATCH] [BACKEND] [WORKLOAD] [PRECISION]: where the time of a
 /// training step goes on a backend (cpu, or cuda:N) at a precision (fp32, the default, tf32 or
 /// bf16: GEMMs and convolutions only), and the backend's own GEMM peak at that precision,
-/// measured in the same run.
+/// measured in the same run. WORKLOAD is a built-in workload's name or a job spec file
+/// (*.toml) whose [model] is timed (a language model's step on random ids; tokens_per_s).
 ///
 /// Prints a JSON object: the sgemm peak (2048-square on the CPU, 4096-square on a GPU, best of
 /// several), for fashion-mlp the rate of each GEMM shape of the step in isolation, the time of
@@ -14,6 +15,7 @@
 /// train and of a node's worker); and an update leaving the device, as fp32 parameters
 /// (update_out_fp32_ms) and quantised there to int8 (update_out_int8_ms).
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -24,6 +26,7 @@
 #include "gflex/kernels/backend.hpp"
 #include "gflex/kernels/blas_kernels.hpp"
 #include "gflex/kernels/workload.hpp"
+#include "gflex/runtime/job_spec.hpp"
 #include "gflex/runtime/rng.hpp"
 
 using namespace gflex;
@@ -251,7 +254,15 @@ int main(int argc, char** argv) {
   const int64_t peak_size = gpu ? 4096 : 2048;
   double peak = gemm_rate(*b, false, false, peak_size, peak_size, peak_size, gpu ? 20 : 3);
 
-  auto w = find_workload(workload);
+  // A job spec's [model] (a language model of tests/bench/specs/, say) or a built-in workload.
+  auto w = [&]() -> expected<std::unique_ptr<gflex::kernels::workload>> {
+    if (!workload.ends_with(".toml")) return find_workload(workload);
+    auto spec = load_job_spec(workload);
+    if (!spec) return spec.error();
+    if (spec->model.empty())
+      return error(errc::invalid_argument, workload + " has no [model] table");
+    return find_workload(spec->name, spec->model, "");
+  }();
   if (!w) {
     std::fprintf(stderr, "%s\n", w.error().message().c_str());
     return 1;
@@ -267,9 +278,26 @@ int main(int argc, char** argv) {
   const int64_t dim = (*w)->feature_dim();
   auto x = random_vector(static_cast<size_t>(batch * dim), 3);
   for (auto& v : x) v = std::abs(v) * 5;
+  // A token model's samples are ids: any below the vocabulary (the step's cost does not
+  // depend on which).
+  const bool tokens = (*w)->token_input();
+  if (tokens) {
+    rng pick(8);
+    for (auto& v : x) v = static_cast<float>(pick.below(static_cast<uint64_t>((*w)->classes())));
+  }
   std::vector<int32_t> y(static_cast<size_t>(batch));
   for (int64_t i = 0; i < batch; ++i) y[i] = static_cast<int32_t>(i % (*w)->classes());
-  const int inner = workload == "fashion-mlp" || gpu ? 100 : 10;
+  // As many steps as take about a third of a second per repeat (at most 100, 10 for the CPU's
+  // slower workloads), so that a large language model's run stays short: one warm-up step
+  // (cuDNN's and cuBLAS's set-up), then one timed.
+  const int most = workload == "fashion-mlp" || gpu ? 100 : 10;
+  (*m)->train_step(x.data(), y.data(), batch);
+  const double once = best_seconds(
+      1, 1, [&] { (*m)->train_step(x.data(), y.data(), batch); }, *b);
+  auto steps_for = [&](double seconds, int at_least, int at_most) {
+    return static_cast<int>(std::clamp(seconds / once, double(at_least), double(at_most)));
+  };
+  const int inner = steps_for(0.3, 1, most);
   double step_s = best_seconds(
       5, inner, [&] { (*m)->train_step(x.data(), y.data(), batch); }, *b);
   double step_flops = (*m)->train_step_gemm_flops(batch);
@@ -362,7 +390,7 @@ int main(int argc, char** argv) {
   (*tm)->load_parameters(params);
   (*tm)->train_step(x.data(), y.data(), batch);  // warm-up: cuDNN algorithm choice
   timed.seconds.clear();
-  const int timed_steps = workload == "fashion-mlp" || gpu ? 200 : 20;
+  const int timed_steps = steps_for(1.5, 3, 2 * most);
   for (int i = 0; i < timed_steps; ++i) (*tm)->train_step(x.data(), y.data(), batch);
   std::printf("  \"step_breakdown_ms\": {");
   bool first = true;
@@ -370,10 +398,13 @@ int main(int argc, char** argv) {
   for (const auto& [op, secs] : timed.seconds) {
     std::printf("%s\"%s\": %.3f", first ? "" : ", ", op.c_str(), secs / timed_steps * 1e3);
     first = false;
-    if (op == "gemm" || op.starts_with("conv2d_")) gemm_bound_s += secs / timed_steps;
+    if (op.starts_with("gemm") || op.starts_with("conv2d_")) gemm_bound_s += secs / timed_steps;
   }
   std::printf("},\n");
   std::printf("  \"step_ms\": %.3f,\n  \"samples_per_s\": %.0f,\n", step_s * 1e3, batch / step_s);
+  if (tokens)
+    std::printf("  \"tokens_per_s\": %.0f,\n",
+                static_cast<double>(batch * (dim - 1)) / step_s);  // dim: context + 1
   if (rows_step_s > 0)
     std::printf("  \"step_rows_ms\": %.3f,\n  \"samples_per_s_rows\": %.0f,\n", rows_step_s * 1e3,
                 batch / rows_step_s);
