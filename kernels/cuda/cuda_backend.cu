@@ -51,6 +51,7 @@
 #include <memory>
 #include <string>
 
+#include "cuda_attention.hpp"
 #include "cuda_check.hpp"
 #include "cuda_kernels.hpp"
 #include "cuda_memory.hpp"
@@ -390,6 +391,33 @@ class cuda_backend final : public backend {
                               ensure_workspace(bytes), bytes);
   }
 
+  bool fused_attention(int64_t head_dim) const override {
+    return precision_ == math_precision::bf16 &&
+           flash_attention_supported(head_dim, shared_per_block_optin_);
+  }
+
+  void fused_attention_forward(const float* qkv, int64_t batch, int64_t t, int64_t d, int64_t heads,
+                               float scale, float* ctx, float* lse) override {
+    if (heads <= 0 || d % heads != 0 || !fused_attention(d / heads))
+      return backend::fused_attention_forward(qkv, batch, t, d, heads, scale, ctx, lse);
+    if (batch <= 0 || t <= 0) return;
+    activate();
+    flash_attention_forward(stream(), qkv, batch, t, d, heads, scale, ctx, lse);
+  }
+
+  void fused_attention_backward(const float* qkv, const float* ctx, const float* lse,
+                                const float* dctx, int64_t batch, int64_t t, int64_t d,
+                                int64_t heads, float scale, float* dqkv) override {
+    if (heads <= 0 || d % heads != 0 || !fused_attention(d / heads))
+      return backend::fused_attention_backward(qkv, ctx, lse, dctx, batch, t, d, heads, scale,
+                                               dqkv);
+    if (batch <= 0 || t <= 0) return;
+    activate();
+    // D, one value per row, in the shared workspace (used only within one call on the stream).
+    void* dsum = ensure_workspace(flash_attention_backward_workspace(batch, t, heads));
+    flash_attention_backward(stream(), qkv, ctx, lse, dctx, batch, t, d, heads, scale, dqkv, dsum);
+  }
+
   void causal_softmax_forward(float* s, int64_t count, int64_t t, float scale) override {
     if (count <= 0 || t <= 0) return;
     activate();
@@ -522,6 +550,7 @@ class cuda_backend final : public backend {
     }
     max_blocks_ =
         std::max(1, prop.multiProcessorCount * (prop.maxThreadsPerMultiProcessor / k_block));
+    shared_per_block_optin_ = prop.sharedMemPerBlockOptin;
 
     char gib[32];
     std::snprintf(gib, sizeof gib, "%.1f",
@@ -882,6 +911,9 @@ class cuda_backend final : public backend {
   int ordinal_;
   std::string description_;
   int max_blocks_ = 1;
+  /// Shared memory a block may opt into (the flash-attention kernels' need is checked
+  /// against it).
+  size_t shared_per_block_optin_ = 0;
   math_precision precision_ = math_precision::fp32;
   std::shared_ptr<stream_owner> streams_;
   cublasHandle_t blas_ = nullptr;

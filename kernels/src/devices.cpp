@@ -1,6 +1,6 @@
 /// @file
 /// The parts of device discovery that need no CUDA: flag parsing, names, and the answers of
-/// a build without the CUDA backend.
+/// a build without the CUDA backend; and what the backend interface does by default.
 
 #include "gflex/kernels/devices.hpp"
 
@@ -10,6 +10,20 @@
 #include "gflex/kernels/backend.hpp"
 
 namespace gflex::kernels {
+
+void backend::fused_attention_forward(const float*, int64_t, int64_t, int64_t d, int64_t heads,
+                                      float, float*, float*) {
+  throw compute_error(
+      error(errc::invalid_argument, describe() + " has no fused attention for heads of " +
+                                        std::to_string(heads > 0 ? d / heads : 0) + " values"));
+}
+
+void backend::fused_attention_backward(const float*, const float*, const float*, const float*,
+                                       int64_t, int64_t, int64_t d, int64_t heads, float, float*) {
+  throw compute_error(
+      error(errc::invalid_argument, describe() + " has no fused attention for heads of " +
+                                        std::to_string(heads > 0 ? d / heads : 0) + " values"));
+}
 
 bool conv2d_geometry::valid() const {
   for (int64_t v : {batch, height, width, in_channels, out_channels, kernel_h, kernel_w})

@@ -6,7 +6,9 @@
 /// (a residual) sums the gradients they send it.
 
 #include <cmath>
+#include <cstdlib>
 #include <limits>
+#include <string_view>
 
 #include "gflex/kernels/model_spec.hpp"
 #include "gflex/runtime/rng.hpp"
@@ -59,11 +61,13 @@ class graph_model final : public detail::model_base {
           e.b = b.allocate({max_batch * in / l.in_shape.back()}, dtype::f32);
           break;
         case layer_kind::attention: {
-          const int64_t t = l.in_shape[0], d = l.in_shape[1], h = l.spec.heads;
+          // The probabilities ([heads, t, t] a sample) and the log-sum-exps of fused attention
+          // are allocated at their first use: which of the two a pass takes depends on the
+          // backend's precision then (attention_forward).
+          const int64_t t = l.in_shape[0], d = l.in_shape[1];
           e.a = b.allocate({max_batch * t * 3 * d}, dtype::f32);  // q, k, v
-          e.b = b.allocate({max_batch * h * t * t}, dtype::f32);  // probabilities
           e.c = b.allocate({max_batch * t * d}, dtype::f32);      // context
-          attn_scratch_ = std::max(attn_scratch_, max_batch * std::max(h * t * t, 3 * t * d));
+          attn_context_ = std::max(attn_context_, max_batch * t * d);
           break;
         }
         case layer_kind::next_token_xent:
@@ -73,10 +77,7 @@ class graph_model final : public detail::model_base {
           break;
       }
     }
-    if (attn_scratch_ > 0) {
-      attn_d1_ = b.allocate({attn_scratch_}, dtype::f32);
-      attn_d2_ = b.allocate({attn_scratch_}, dtype::f32);
-    }
+    if (attn_context_ > 0) attn_d1_ = b.allocate({attn_context_}, dtype::f32);
     if (tokens()) {
       const int64_t t = plan_.spec.input[0];
       ids_host_.resize(static_cast<size_t>(max_batch * t));
@@ -128,6 +129,7 @@ class graph_model final : public detail::model_base {
  private:
   struct layer_buffers {
     tensor a, b, c, index;
+    bool fused = false;  ///< attention: whether the last forward pass was fused
   };
 
   bool tokens() const { return plan_.spec.vocab > 0; }
@@ -334,27 +336,47 @@ class graph_model final : public detail::model_base {
   // P = softmax(Q K^T / sqrt(dh)) with a causal mask; context = P V; y = context Wo + bo.
   // Heads are column blocks of qkv and context, so each head's products are strided GEMMs
   // over the batch, with no transposes.
+  //
+  // Where the backend has fused attention for the heads' width at its precision (the CUDA
+  // backend in bf16) and GFLEX_FUSED_ATTENTION=1 asks for it, the middle is one fused pass
+  // that keeps each row's log-sum-exp (e.b, [batch, heads, t]) instead of the probabilities.
   void attention_forward(const planned_layer& l, layer_buffers& e, int64_t batch, const float* x,
                          float* y) {
     const int64_t t = l.in_shape[0], d = l.in_shape[1], h = l.spec.heads, dh = d / h;
     const size_t wo = l.spec.bias ? 2 : 1;
     float* qkv = e.a.data<float>();
-    float* probs = e.b.data<float>();
     float* ctx = e.c.data<float>();
+    const float scale = 1.0f / std::sqrt(static_cast<float>(dh));
     backend_.gemm(false, false, batch * t, 3 * d, d, 1.0f, x, d, param(l, 0), 3 * d, 0.0f, qkv,
                   3 * d);
     if (l.spec.bias) backend_.bias_relu_forward(qkv, param(l, 1), batch * t, 3 * d, false);
+    e.fused = fused_attention_asked() && backend_.fused_attention(dh);
+    if (e.fused) {
+      if (e.b.numel() != max_batch_ * h * t)
+        e.b = backend_.allocate({max_batch_ * h * t}, dtype::f32);
+      backend_.fused_attention_forward(qkv, batch, t, d, h, scale, ctx, e.b.data<float>());
+    } else {
+      if (e.b.numel() != max_batch_ * h * t * t)
+        e.b = backend_.allocate({max_batch_ * h * t * t}, dtype::f32);
+      composed_attention_forward(e.b.data<float>(), qkv, batch, t, d, h, scale, ctx);
+    }
+    backend_.gemm(false, false, batch * t, d, d, 1.0f, ctx, d, param(l, wo), d, 0.0f, y, d);
+    if (l.spec.bias) backend_.bias_relu_forward(y, param(l, wo + 1), batch * t, d, false);
+  }
+
+  // The middle of attention from GEMMs and the causal softmax, keeping the probabilities.
+  void composed_attention_forward(float* probs, const float* qkv, int64_t batch, int64_t t,
+                                  int64_t d, int64_t h, float scale, float* ctx) {
+    const int64_t dh = d / h;
     for (int64_t head = 0; head < h; ++head)
       backend_.gemm_strided_batched(false, true, t, t, dh, 1.0f, qkv + head * dh, 3 * d, t * 3 * d,
                                     qkv + d + head * dh, 3 * d, t * 3 * d, 0.0f,
                                     probs + head * t * t, t, h * t * t, batch);
-    backend_.causal_softmax_forward(probs, batch * h, t, 1.0f / std::sqrt(static_cast<float>(dh)));
+    backend_.causal_softmax_forward(probs, batch * h, t, scale);
     for (int64_t head = 0; head < h; ++head)
       backend_.gemm_strided_batched(false, false, t, dh, t, 1.0f, probs + head * t * t, t,
                                     h * t * t, qkv + 2 * d + head * dh, 3 * d, t * 3 * d, 0.0f,
                                     ctx + head * dh, d, t * d, batch);
-    backend_.gemm(false, false, batch * t, d, d, 1.0f, ctx, d, param(l, wo), d, 0.0f, y, d);
-    if (l.spec.bias) backend_.bias_relu_forward(y, param(l, wo + 1), batch * t, d, false);
   }
 
   void attention_backward(const planned_layer& l, layer_buffers& e, int64_t batch,
@@ -363,34 +385,19 @@ class graph_model final : public detail::model_base {
     const size_t wo = l.spec.bias ? 2 : 1;
     const float* x = act(l.input);
     const float* qkv = e.a.data<float>();
-    const float* probs = e.b.data<float>();
     const float* ctx = e.c.data<float>();
     float* dctx = attn_d1_.data<float>();
-    float* dprobs = attn_d2_.data<float>();
+    const float scale = 1.0f / std::sqrt(static_cast<float>(dh));
     backend_.gemm(true, false, d, d, batch * t, 1.0f, ctx, d, dy, d, 0.0f, dparam(l, wo), d);
     if (l.spec.bias) backend_.column_sum(dy, batch * t, d, dparam(l, wo + 1));
     backend_.gemm(false, true, batch * t, d, d, 1.0f, dy, d, param(l, wo), d, 0.0f, dctx, d);
-    for (int64_t head = 0; head < h; ++head)
-      backend_.gemm_strided_batched(false, true, t, t, dh, 1.0f, dctx + head * dh, d, t * d,
-                                    qkv + 2 * d + head * dh, 3 * d, t * 3 * d, 0.0f,
-                                    dprobs + head * t * t, t, h * t * t, batch);
-    // dV, written into the third column block of dqkv; dqkv reuses dctx's buffer only after
-    // dctx is consumed, so it lives in scratch_ (at least batch * t * 3d values).
+    // dqkv is written after dctx is consumed, into scratch (at least batch * t * 3d values).
     float* dqkv = scratch_for_qkv(batch * t * 3 * d);
-    for (int64_t head = 0; head < h; ++head)
-      backend_.gemm_strided_batched(true, false, t, dh, t, 1.0f, probs + head * t * t, t, h * t * t,
-                                    dctx + head * dh, d, t * d, 0.0f, dqkv + 2 * d + head * dh,
-                                    3 * d, t * 3 * d, batch);
-    backend_.softmax_backward(probs, dprobs, batch * h * t, t,
-                              1.0f / std::sqrt(static_cast<float>(dh)));
-    for (int64_t head = 0; head < h; ++head) {
-      backend_.gemm_strided_batched(false, false, t, dh, t, 1.0f, dprobs + head * t * t, t,
-                                    h * t * t, qkv + d + head * dh, 3 * d, t * 3 * d, 0.0f,
-                                    dqkv + head * dh, 3 * d, t * 3 * d, batch);
-      backend_.gemm_strided_batched(true, false, t, dh, t, 1.0f, dprobs + head * t * t, t,
-                                    h * t * t, qkv + head * dh, 3 * d, t * 3 * d, 0.0f,
-                                    dqkv + d + head * dh, 3 * d, t * 3 * d, batch);
-    }
+    if (e.fused)
+      backend_.fused_attention_backward(qkv, ctx, e.b.data<float>(), dctx, batch, t, d, h, scale,
+                                        dqkv);
+    else
+      composed_attention_backward(e.b.data<float>(), qkv, dctx, batch, t, d, h, scale, dqkv);
     backend_.gemm(true, false, d, 3 * d, batch * t, 1.0f, x, d, dqkv, 3 * d, 0.0f, dparam(l, 0),
                   3 * d);
     if (l.spec.bias) backend_.column_sum(dqkv, batch * t, 3 * d, dparam(l, 1));
@@ -399,6 +406,41 @@ class graph_model final : public detail::model_base {
     backend_.gemm(false, true, batch * t, d, 3 * d, 1.0f, dqkv, 3 * d, param(l, 0), 3 * d, 0.0f, dx,
                   d);
     finish_grad(l.input, batch * t * d);
+  }
+
+  // dqkv from dctx through the composed middle, with the forward's probabilities.
+  void composed_attention_backward(const float* probs, const float* qkv, const float* dctx,
+                                   int64_t batch, int64_t t, int64_t d, int64_t h, float scale,
+                                   float* dqkv) {
+    const int64_t dh = d / h;
+    if (attn_d2_.numel() < max_batch_ * h * t * t)
+      attn_d2_ = backend_.allocate({max_batch_ * h * t * t}, dtype::f32);
+    float* dprobs = attn_d2_.data<float>();
+    for (int64_t head = 0; head < h; ++head)
+      backend_.gemm_strided_batched(false, true, t, t, dh, 1.0f, dctx + head * dh, d, t * d,
+                                    qkv + 2 * d + head * dh, 3 * d, t * 3 * d, 0.0f,
+                                    dprobs + head * t * t, t, h * t * t, batch);
+    // dV, written into the third column block of dqkv.
+    for (int64_t head = 0; head < h; ++head)
+      backend_.gemm_strided_batched(true, false, t, dh, t, 1.0f, probs + head * t * t, t, h * t * t,
+                                    dctx + head * dh, d, t * d, 0.0f, dqkv + 2 * d + head * dh,
+                                    3 * d, t * 3 * d, batch);
+    backend_.softmax_backward(probs, dprobs, batch * h * t, t, scale);
+    for (int64_t head = 0; head < h; ++head) {
+      backend_.gemm_strided_batched(false, false, t, dh, t, 1.0f, dprobs + head * t * t, t,
+                                    h * t * t, qkv + d + head * dh, 3 * d, t * 3 * d, 0.0f,
+                                    dqkv + head * dh, 3 * d, t * 3 * d, batch);
+      backend_.gemm_strided_batched(true, false, t, dh, t, 1.0f, dprobs + head * t * t, t,
+                                    h * t * t, qkv + head * dh, 3 * d, t * 3 * d, 0.0f,
+                                    dqkv + d + head * dh, 3 * d, t * 3 * d, batch);
+    }
+  }
+
+  // Fused attention is asked for with GFLEX_FUSED_ATTENTION=1 until its kernels have been
+  // measured on a card (docs/GPU.md). Read at each pass (a test turns it on and off).
+  static bool fused_attention_asked() {
+    const char* v = std::getenv("GFLEX_FUSED_ATTENTION");
+    return v != nullptr && std::string_view(v) == "1";
   }
 
   float* scratch_for_qkv(int64_t n) {
@@ -548,7 +590,7 @@ class graph_model final : public detail::model_base {
   std::vector<bool> bias_relu_;      // per layer: a linear/conv2d that applies the next ReLU
   std::vector<bool> relu_fused_;     // per layer: a ReLU its producer applied
   tensor scratch_, attn_d1_, attn_d2_, qkv_grad_, loss_stats_, ids_, targets_;
-  int64_t attn_scratch_ = 0;
+  int64_t attn_context_ = 0;
   std::vector<int32_t> ids_host_, targets_host_;
   const int32_t* ids_ptr_ = nullptr;
   const float* input_ = nullptr;

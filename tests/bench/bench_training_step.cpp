@@ -191,6 +191,19 @@ class timing_backend final : public backend {
                         float scale) override {
     time("softmax_backward", [&] { inner_.softmax_backward(p, dp, rows, cols, scale); });
   }
+  bool fused_attention(int64_t head_dim) const override { return inner_.fused_attention(head_dim); }
+  void fused_attention_forward(const float* qkv, int64_t batch, int64_t t, int64_t d, int64_t heads,
+                               float scale, float* ctx, float* lse) override {
+    time("fused_attention_forward",
+         [&] { inner_.fused_attention_forward(qkv, batch, t, d, heads, scale, ctx, lse); });
+  }
+  void fused_attention_backward(const float* qkv, const float* ctx, const float* lse,
+                                const float* dctx, int64_t batch, int64_t t, int64_t d,
+                                int64_t heads, float scale, float* dqkv) override {
+    time("fused_attention_backward", [&] {
+      inner_.fused_attention_backward(qkv, ctx, lse, dctx, batch, t, d, heads, scale, dqkv);
+    });
+  }
   void gemm_strided_batched(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha,
                             const float* a, int64_t lda, int64_t sa, const float* b, int64_t ldb,
                             int64_t sb, float beta, float* c, int64_t ldc, int64_t sc,

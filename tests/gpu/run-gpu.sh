@@ -16,7 +16,8 @@
 # 6. runs the language model benchmark, bench/lm_vs_torch.py, in bf16 at three sizes (the
 #    3.3M model at batches of 64 and 512 x 128 tokens, the 86M one at 16 x 1,024) against
 #    PyTorch eager and compiled, and gflex_bench_step's breakdown of gflex's step by operation
-#    at the two larger sizes (GFLEX_LM_BENCH=0 leaves it out).
+#    at the two larger sizes, with attention composed and fused (GFLEX_LM_BENCH=0 leaves it
+#    out).
 #
 # Everything goes to OUT_DIR (run.log is the whole console). A failing step does not stop
 # the later ones; the exit status is non-zero when any failed. No GPU is not a failure: the
@@ -239,22 +240,27 @@ else
     "$python" -c 'import json, sys; print(len(json.load(sys.stdin)["devices"]))' 2>/dev/null)" = 0 ]; then
     echo "gflex_bench_step of the language models: left out (no GPU)"
   else
-    for run in "gpt-4x256 512" "gpt-12x768 16"; do
-      read -r spec rows <<<"$run"
-      timeout 180 "$bin/gflex_bench_step" 0 "$rows" cuda:0 "$here/bench/specs/$spec.toml" bf16 \
-        >"$out/lm-step-$spec-$rows.json" 2>"$out/lm-step-$spec-$rows.log"
+    # Each twice: attention composed of cuBLAS GEMMs and softmax kernels (the default), and
+    # fused (the flash-attention kernels, GFLEX_FUSED_ATTENTION=1).
+    for run in "gpt-4x256 512 0" "gpt-4x256 512 1" "gpt-12x768 16 0" "gpt-12x768 16 1"; do
+      read -r spec rows fused <<<"$run"
+      name="lm-step-$spec-$rows"
+      if [ "$fused" = 1 ]; then name="$name-fused"; fi
+      GFLEX_FUSED_ATTENTION=$fused timeout 180 "$bin/gflex_bench_step" 0 "$rows" cuda:0 \
+        "$here/bench/specs/$spec.toml" bf16 >"$out/$name.json" 2>"$out/$name.log"
       rc=$?
       if ((rc != 0)); then
-        echo "PROBLEM: gflex_bench_step $spec batch $rows exited with $rc:"
-        tail -5 "$out/lm-step-$spec-$rows.log"
-        failed+=("lm-step-$spec-$rows")
+        echo "PROBLEM: $name exited with $rc:"
+        tail -5 "$out/$name.log"
+        failed+=("$name")
         continue
       fi
-      "$python" - "$out/lm-step-$spec-$rows.json" <<'PY'
+      "$python" - "$out/$name.json" "$fused" <<'PY'
 import json, sys
 s = json.load(open(sys.argv[1]))
 ops = sorted(s["step_breakdown_ms"].items(), key=lambda kv: -kv[1])
-print(f"{s['workload'].split('/')[-1]} batch {s['batch']} bf16 (gflex_bench_step): step "
+print(f"{s['workload'].split('/')[-1]} batch {s['batch']} bf16, attention "
+      f"{'fused' if sys.argv[2] == '1' else 'composed'} (gflex_bench_step): step "
       f"{s['step_ms']:.2f} ms, {s['tokens_per_s']:.0f} tokens/s; GEMM-bound part "
       f"{s['gemm_bound_ms']:.2f} ms at {s['gemm_bound_fraction_of_peak']:.0%} of the "
       f"{s['sgemm_peak_gflops'] / 1e3:.0f} TFLOP/s bf16 GEMM peak; by operation (ms, timed to "

@@ -154,6 +154,66 @@ void check_conv(backend& b, const conv2d_geometry& g) {
   check_close(bdw.read(), dw, 1e-4, 2e-5 * std::sqrt(terms_w));
 }
 
+// Causal multi-head attention in double over qkv [batch, t, 3d]: ctx [batch, t, d], each
+// row's log-sum-exp of its scaled scores [batch, heads, t], and dqkv from dctx.
+struct attention_reference {
+  int64_t batch, t, d, heads;
+  float scale;
+  std::vector<double> ctx, lse, dqkv;
+
+  void run(const std::vector<float>& qkv, const std::vector<float>& dctx) {
+    const int64_t dh = d / heads, ld = 3 * d;
+    ctx.assign(static_cast<size_t>(batch * t * d), 0.0);
+    lse.assign(static_cast<size_t>(batch * heads * t), 0.0);
+    dqkv.assign(static_cast<size_t>(batch * t * ld), 0.0);
+    std::vector<double> p(static_cast<size_t>(t)), dp(static_cast<size_t>(t));
+    for (int64_t b = 0; b < batch; ++b)
+      for (int64_t h = 0; h < heads; ++h) {
+        auto q = [&](int64_t i, int64_t c) { return double{qkv[(b * t + i) * ld + h * dh + c]}; };
+        auto k = [&](int64_t j, int64_t c) {
+          return double{qkv[(b * t + j) * ld + d + h * dh + c]};
+        };
+        auto v = [&](int64_t j, int64_t c) {
+          return double{qkv[(b * t + j) * ld + 2 * d + h * dh + c]};
+        };
+        for (int64_t i = 0; i < t; ++i) {
+          double top = -1e300;
+          for (int64_t j = 0; j <= i; ++j) {
+            double s = 0.0;
+            for (int64_t c = 0; c < dh; ++c) s += q(i, c) * k(j, c);
+            p[j] = s * scale;
+            top = std::max(top, p[j]);
+          }
+          double sum = 0.0;
+          for (int64_t j = 0; j <= i; ++j) sum += (p[j] = std::exp(p[j] - top));
+          for (int64_t j = 0; j <= i; ++j) p[j] /= sum;
+          lse[(b * heads + h) * t + i] = top + std::log(sum);
+          const int64_t out = (b * t + i) * d + h * dh;
+          for (int64_t c = 0; c < dh; ++c) {
+            double acc = 0.0;
+            for (int64_t j = 0; j <= i; ++j) acc += p[j] * v(j, c);
+            ctx[out + c] = acc;
+          }
+          // Backward: dV += p dO; dp = dO V^T; ds = p (dp - sum(p dp)); dQ, dK from ds * scale.
+          double dot = 0.0;
+          for (int64_t j = 0; j <= i; ++j) {
+            dp[j] = 0.0;
+            for (int64_t c = 0; c < dh; ++c) dp[j] += dctx[out + c] * v(j, c);
+            dot += p[j] * dp[j];
+          }
+          for (int64_t j = 0; j <= i; ++j) {
+            const double ds = p[j] * (dp[j] - dot) * scale;
+            for (int64_t c = 0; c < dh; ++c) {
+              dqkv[(b * t + i) * ld + h * dh + c] += ds * k(j, c);
+              dqkv[(b * t + j) * ld + d + h * dh + c] += ds * q(i, c);
+              dqkv[(b * t + j) * ld + 2 * d + h * dh + c] += p[j] * dctx[out + c];
+            }
+          }
+        }
+      }
+  }
+};
+
 }  // namespace
 
 TEST_SUITE("backend") {
@@ -364,6 +424,105 @@ TEST_SUITE("backend") {
         const auto again = table.read();
         CHECK(std::memcmp(first.data(), again.data(), first.size() * sizeof(float)) == 0);
       }
+    }
+  }
+
+  TEST_CASE("attention composed of strided GEMMs and the causal softmax, against the reference") {
+    // What a graph model does without fused attention (graph_model.cpp), here at FP32: it
+    // checks the reference the fused kernels are held to as much as the backend.
+    const int64_t batch = 2, t = 37, d = 24, heads = 3, dh = d / heads;
+    const float scale = 1.0f / std::sqrt(static_cast<float>(dh));
+    attention_reference ref{batch, t, d, heads, scale};
+    auto qkv_host = random_vector(batch * t * 3 * d, 31);
+    auto dctx_host = random_vector(batch * t * d, 32);
+    ref.run(qkv_host, dctx_host);
+    for (auto& b : backends_under_test()) {
+      CAPTURE(b->describe());
+      buffer qkv(*b, qkv_host), dctx(*b, dctx_host),
+          probs(*b, std::vector<float>(batch * heads * t * t, 7.0f)),
+          dprobs(*b, std::vector<float>(batch * heads * t * t, 7.0f)),
+          ctx(*b, std::vector<float>(batch * t * d, 7.0f)),
+          dqkv(*b, std::vector<float>(batch * t * 3 * d, 7.0f));
+      float* q = qkv.ptr();
+      for (int64_t h = 0; h < heads; ++h)
+        b->gemm_strided_batched(false, true, t, t, dh, 1.0f, q + h * dh, 3 * d, t * 3 * d,
+                                q + d + h * dh, 3 * d, t * 3 * d, 0.0f, probs.ptr() + h * t * t, t,
+                                heads * t * t, batch);
+      b->causal_softmax_forward(probs.ptr(), batch * heads, t, scale);
+      for (int64_t h = 0; h < heads; ++h)
+        b->gemm_strided_batched(false, false, t, dh, t, 1.0f, probs.ptr() + h * t * t, t,
+                                heads * t * t, q + 2 * d + h * dh, 3 * d, t * 3 * d, 0.0f,
+                                ctx.ptr() + h * dh, d, t * d, batch);
+      check_close(ctx.read(), ref.ctx, 1e-4, 1e-5);
+      for (int64_t h = 0; h < heads; ++h) {
+        b->gemm_strided_batched(false, true, t, t, dh, 1.0f, dctx.ptr() + h * dh, d, t * d,
+                                q + 2 * d + h * dh, 3 * d, t * 3 * d, 0.0f,
+                                dprobs.ptr() + h * t * t, t, heads * t * t, batch);
+        b->gemm_strided_batched(true, false, t, dh, t, 1.0f, probs.ptr() + h * t * t, t,
+                                heads * t * t, dctx.ptr() + h * dh, d, t * d, 0.0f,
+                                dqkv.ptr() + 2 * d + h * dh, 3 * d, t * 3 * d, batch);
+      }
+      b->softmax_backward(probs.ptr(), dprobs.ptr(), batch * heads * t, t, scale);
+      for (int64_t h = 0; h < heads; ++h) {
+        b->gemm_strided_batched(false, false, t, dh, t, 1.0f, dprobs.ptr() + h * t * t, t,
+                                heads * t * t, q + d + h * dh, 3 * d, t * 3 * d, 0.0f,
+                                dqkv.ptr() + h * dh, 3 * d, t * 3 * d, batch);
+        b->gemm_strided_batched(true, false, t, dh, t, 1.0f, dprobs.ptr() + h * t * t, t,
+                                heads * t * t, q + h * dh, 3 * d, t * 3 * d, 0.0f,
+                                dqkv.ptr() + d + h * dh, 3 * d, t * 3 * d, batch);
+      }
+      check_close(dqkv.read(), ref.dqkv, 1e-4, 1e-5);
+    }
+  }
+
+  TEST_CASE("fused attention against a double reference, where a backend has it") {
+    // Shapes: a context that is no multiple of the kernels' 64-row tiles, and each head width
+    // the CUDA kernels take (64, 32, 16).
+    struct shape {
+      int64_t batch, t, d, heads;
+    };
+    for (auto& b : backends_under_test()) {
+      CAPTURE(b->describe());
+      b->set_precision(math_precision::bf16);
+      if (!b->fused_attention(64)) {
+        MESSAGE("no fused attention on " << b->describe() << ": it is refused, clearly");
+        CHECK_THROWS_WITH_AS(
+            b->fused_attention_forward(nullptr, 1, 1, 64, 1, 1.0f, nullptr, nullptr),
+            doctest::Contains("has no fused attention for heads of 64 values"), compute_error);
+        continue;
+      }
+      for (const shape& sh : {shape{2, 100, 128, 2}, shape{3, 64, 64, 2}, shape{1, 130, 48, 3}}) {
+        CAPTURE(sh.t);
+        CAPTURE(sh.d);
+        CAPTURE(sh.heads);
+        REQUIRE(b->fused_attention(sh.d / sh.heads));
+        attention_reference ref{sh.batch, sh.t, sh.d, sh.heads,
+                                1.0f / std::sqrt(static_cast<float>(sh.d / sh.heads))};
+        auto qkv = random_vector(sh.batch * sh.t * 3 * sh.d, 31);
+        auto dctx = random_vector(sh.batch * sh.t * sh.d, 32);
+        ref.run(qkv, dctx);
+        buffer bqkv(*b, qkv), bdctx(*b, dctx), ctx(*b, std::vector<float>(ref.ctx.size(), 7.0f)),
+            lse(*b, std::vector<float>(ref.lse.size(), 7.0f)),
+            dqkv(*b, std::vector<float>(ref.dqkv.size(), 7.0f));
+        b->fused_attention_forward(bqkv.ptr(), sh.batch, sh.t, sh.d, sh.heads, ref.scale, ctx.ptr(),
+                                   lse.ptr());
+        b->fused_attention_backward(bqkv.ptr(), ctx.ptr(), lse.ptr(), bdctx.ptr(), sh.batch, sh.t,
+                                    sh.d, sh.heads, ref.scale, dqkv.ptr());
+        // bf16 products (8 significant bits) over unit-variance values: about 1% of a value's
+        // typical size.
+        check_close(ctx.read(), ref.ctx, 2e-2, 2e-2);
+        check_close(lse.read(), ref.lse, 1e-2, 3e-2);
+        check_close(dqkv.read(), ref.dqkv, 3e-2, 3e-2);
+        // The same bits again: no atomics.
+        const auto first = dqkv.read();
+        b->fused_attention_backward(bqkv.ptr(), ctx.ptr(), lse.ptr(), bdctx.ptr(), sh.batch, sh.t,
+                                    sh.d, sh.heads, ref.scale, dqkv.ptr());
+        const auto again = dqkv.read();
+        CHECK(std::memcmp(first.data(), again.data(), first.size() * sizeof(float)) == 0);
+      }
+      // At FP32 the kernels are not offered: a job's exact precision stays exact.
+      b->set_precision(math_precision::fp32);
+      CHECK_FALSE(b->fused_attention(64));
     }
   }
 

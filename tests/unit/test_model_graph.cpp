@@ -5,6 +5,7 @@
 #include <doctest/doctest.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <string>
 #include <vector>
 
@@ -200,6 +201,63 @@ layers = [
         norm += a[i] * a[i];
       }
       CHECK_MESSAGE(std::sqrt(diff) <= 1e-4 * std::sqrt(norm) + 1e-7,
+                    "relative difference " << std::sqrt(diff / norm));
+    }
+  }
+
+  TEST_CASE("GFLEX_FUSED_ATTENTION=1: fused attention where a backend has it, the same gradients") {
+    // A context of 70 (past one 64-row tile) and heads of 32 values, in bf16: the CUDA backend
+    // runs its flash-attention kernels; the CPU has none and composes attention as before.
+    auto w = graph(R"([model]
+input = [70]
+vocab = 11
+layers = [
+  { type = "embedding", dim = 64 }, { type = "position_embedding", name = "x0" },
+  { type = "layer_norm" }, { type = "attention", heads = 2 }, { type = "add", with = "x0" },
+  { type = "linear", units = 11 }, { type = "next_token_xent" },
+])");
+    std::vector<float> params(static_cast<size_t>(w->parameter_count()));
+    w->init_parameters(5, params);
+    auto data = random_batch(*w, 6, 11, 3);
+    struct restore_env {
+      ~restore_env() { unsetenv("GFLEX_FUSED_ATTENTION"); }
+    } restore;
+    std::vector<std::unique_ptr<backend>> backends;
+    backends.push_back(make_cpu_backend(1));
+    if (cuda_device_count() > 0) {
+      auto gpu = make_cuda_backend(0);
+      REQUIRE(gpu.has_value());
+      backends.push_back(std::move(*gpu));
+    } else {
+      MESSAGE("the CUDA backend's fused attention is not run: no CUDA device on this machine");
+    }
+    for (auto& b : backends) {
+      CAPTURE(b->describe());
+      b->set_precision(math_precision::bf16);
+      auto gradients = [&](bool fused) {
+        if (fused)
+          setenv("GFLEX_FUSED_ATTENTION", "1", 1);
+        else
+          unsetenv("GFLEX_FUSED_ATTENTION");
+        auto m = w->instantiate(*b, 6);
+        REQUIRE_MESSAGE(m.has_value(), (m ? "" : m.error().message()));
+        (*m)->load_parameters(params);
+        std::vector<float> g(params.size());
+        (*m)->compute_gradients(data.x.data(), data.y.data(), 6, g);
+        return g;
+      };
+      const auto composed = gradients(false), fused = gradients(true);
+      if (!b->fused_attention(32)) {
+        CHECK(composed == fused);  // nothing to fuse: the same pass, bit for bit
+        continue;
+      }
+      double diff = 0.0, norm = 0.0;
+      for (size_t i = 0; i < composed.size(); ++i) {
+        diff += (composed[i] - fused[i]) * (composed[i] - fused[i]);
+        norm += composed[i] * composed[i];
+      }
+      CHECK(diff > 0.0);  // the fused kernels did run (they round differently)
+      CHECK_MESSAGE(std::sqrt(diff) <= 3e-2 * std::sqrt(norm),
                     "relative difference " << std::sqrt(diff / norm));
     }
   }

@@ -207,6 +207,29 @@ class backend {
   virtual void softmax_backward(const float* p, float* dp, int64_t rows, int64_t cols,
                                 float scale) = 0;
 
+  /// Whether fused_attention_forward and _backward take heads of `head_dim` values at the
+  /// current precision. None on the CPU, which composes attention from GEMMs and the softmax
+  /// above; the CUDA backend's flash-attention kernels multiply in bf16 on tensor cores, so
+  /// only at math_precision::bf16.
+  virtual bool fused_attention(int64_t head_dim) const {
+    (void)head_dim;
+    return false;
+  }
+  /// Causal multi-head self-attention in one pass, never holding the [t, t] probabilities:
+  /// per sample and head, ctx = softmax(scale * Q K^T, causal) V, where Q, K and V are the
+  /// head's column block (d / heads wide) of the first, second and third d columns of qkv
+  /// ([batch, t, 3d]) and ctx ([batch, t, d], overwritten) takes the same block. lse
+  /// ([batch, heads, t], overwritten) keeps each row's log-sum-exp of its scaled scores for
+  /// the backward pass. Only where fused_attention(d / heads); elsewhere it throws
+  /// compute_error.
+  virtual void fused_attention_forward(const float* qkv, int64_t batch, int64_t t, int64_t d,
+                                       int64_t heads, float scale, float* ctx, float* lse);
+  /// dqkv ([batch, t, 3d], overwritten) from dctx, given the forward's qkv, ctx and lse: the
+  /// probabilities are computed again from the scores rather than read.
+  virtual void fused_attention_backward(const float* qkv, const float* ctx, const float* lse,
+                                        const float* dctx, int64_t batch, int64_t t, int64_t d,
+                                        int64_t heads, float scale, float* dqkv);
+
   /// `count` GEMMs as gemm() does them, the i-th on a + i * stride_a, b + i * stride_b and
   /// c + i * stride_c (cuBLAS's strided batched GEMM; the CPU loops).
   virtual void gemm_strided_batched(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,
