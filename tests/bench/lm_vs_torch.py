@@ -98,6 +98,9 @@ def arguments():
                    help="also run PyTorch's model compiled with torch.compile")
     p.add_argument("--peak-tflops", type=float, default=989.0,
                    help="the dense peak MFU is counted against (GPU only)")
+    p.add_argument("--fused-attention", action="store_true",
+                   help="also run gflex with GFLEX_FUSED_ATTENTION=1 (its flash-attention "
+                        "kernels, for bf16 on a GPU), as a row of its own")
     p.add_argument("--json", help="also write both sides' results to this file")
     a = p.parse_args()
     if a.steps < 1 or a.batch < 1 or a.threads < 1 or a.repeats < 1 or a.lr <= 0:
@@ -390,7 +393,7 @@ def cosine(step, total):
     return 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * step / total))
 
 
-def run_gflex(a, epochs, out_dir):
+def run_gflex(a, epochs, out_dir, fused=False):
     gflex = os.path.join(a.bin, "gflex")
     if not os.access(gflex, os.X_OK):
         fail(f"{gflex}: not an executable")
@@ -400,8 +403,13 @@ def run_gflex(a, epochs, out_dir):
            "--epochs", str(epochs), "--seed", str(a.seed), "--json", out]
     if a.device == "cuda":
         cmd += ["--backend", "cuda", "--precision", a.precision]
-    print("gflex:", " ".join(cmd), file=sys.stderr, flush=True)
-    r = subprocess.run(cmd, capture_output=True, text=True)
+    env = dict(os.environ)
+    env.pop("GFLEX_FUSED_ATTENTION", None)
+    if fused:
+        env["GFLEX_FUSED_ATTENTION"] = "1"
+    print("gflex:", "GFLEX_FUSED_ATTENTION=1" if fused else "", " ".join(cmd), file=sys.stderr,
+          flush=True)
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if r.returncode != 0:
         sys.stderr.write(r.stdout + r.stderr)
         fail(f"gflex train exited with status {r.returncode}")
@@ -519,10 +527,13 @@ def main():
     steps_per_epoch = (train.shape[0] + a.batch - 1) // a.batch
     epochs = (a.steps + steps_per_epoch - 1) // steps_per_epoch  # so --max-steps binds
 
-    g_runs, t_runs, c_runs = [], [], []
+    g_runs, f_runs, t_runs, c_runs = [], [], [], []
     for r in range(a.repeats):  # never two at once: gflex, then PyTorch, then again
         with tempfile.TemporaryDirectory() as tmp:
             g_runs.append(run_gflex(a, epochs, tmp))
+        if a.fused_attention:
+            with tempfile.TemporaryDirectory() as tmp:
+                f_runs.append(run_gflex(a, epochs, tmp, fused=True))
         t_runs.append(run_torch(torch, a, model, train, test))
         if a.compile:
             c_runs.append(run_torch(torch, a, model, train, test, compiled=True))
@@ -533,6 +544,7 @@ def main():
     g = max(g_runs, key=lambda x: x["samples_per_s"])
     t = max(t_runs, key=lambda x: x["samples_per_s"])
     c = max(c_runs, key=lambda x: x["samples_per_s"]) if c_runs else None
+    f = max(f_runs, key=lambda x: x["samples_per_s"]) if f_runs else None
     # Model FLOPs per token (the PaLM estimate): 6 per parameter, and the attention scores
     # and their products, 12 x layers x context x width.
     attention = [i for i, l in enumerate(model["layers"]) if l["type"] == "attention"]
@@ -556,7 +568,9 @@ def main():
     print("| implementation | tokens/s | held-out bits/byte | train seconds |" +
           (f" MFU (of {a.peak_tflops:g} TFLOP/s) |" if gpu else ""))
     print("| --- | ---: | ---: | ---: |" + (" ---: |" if gpu else ""))
-    rows = [(f"gflex ({g['backend']})", g), (t["peer"], t)] + ([(c["peer"], c)] if c else [])
+    rows = ([(f"gflex ({g['backend']})", g)] +
+            ([(f"gflex, fused attention ({f['backend']})", f)] if f else []) +
+            [(t["peer"], t)] + ([(c["peer"], c)] if c else []))
     for name, r in rows:
         tokens = r["samples_per_s"] * T
         print(f"| {name} | {tokens:.0f} | {r['test_bits']:.4f} | {r['train_s']:.1f} |" +
@@ -564,13 +578,17 @@ def main():
     print()
     if c:
         print(f"gflex / compiled pytorch tokens/s: {g_tok / (c['samples_per_s'] * T):.2f}x")
+    if f and c:
+        print(f"gflex with fused attention / compiled pytorch tokens/s: "
+              f"{f['samples_per_s'] / c['samples_per_s']:.2f}x")
     print(f"gflex / pytorch tokens/s: {g_tok / t_tok:.2f}x; held-out bits/byte, gflex - pytorch: "
           f"{g['test_bits'] - t['test_bits']:+.4f}")
     print(f"mean training loss over the run (nats/token): gflex {g_train_loss:.4f}, "
           f"pytorch {t['train_loss']:.4f}")
     if a.json:
         with open(a.json, "w") as f:
-            json.dump({"gflex": g, "pytorch": t, "pytorch_compiled": c, "device": a.device,
+            json.dump({"gflex": g, "gflex_fused_attention": f, "pytorch": t,
+                       "pytorch_compiled": c, "device": a.device,
                        "precision": a.precision, "flops_per_token": flops_per_token,
                        "gflex_runs": g_runs, "pytorch_runs": t_runs,
                        "context": T, "steps": a.steps,

@@ -225,7 +225,7 @@ else
     read -r spec rows steps <<<"$run"
     GFLEX_FORTUNES_DIR=$here/data/fortunes timeout 300 "$python" "$here/bench/lm_vs_torch.py" \
       "$bin" --spec "$here/bench/specs/$spec.toml" --batch "$rows" --steps "$steps" \
-      --device cuda --precision bf16 --compile --repeats 1 --threads 8 \
+      --device cuda --precision bf16 --compile --fused-attention --repeats 1 --threads 8 \
       --json "$out/lm-$spec-$rows.json" 2>"$out/lm-$spec-$rows.log" | tee "$out/lm-$spec-$rows.md"
     rc=${PIPESTATUS[0]}
     if ((rc != 0)); then
