@@ -411,7 +411,10 @@ int main(int argc, char** argv) {
   for (const auto& [op, secs] : timed.seconds) {
     std::printf("%s\"%s\": %.3f", first ? "" : ", ", op.c_str(), secs / timed_steps * 1e3);
     first = false;
-    if (op.starts_with("gemm") || op.starts_with("conv2d_")) gemm_bound_s += secs / timed_steps;
+    // The model's GEMM FLOPs count attention's score and context products (full t x t):
+    // fused, they run inside fused_attention_*.
+    if (op.starts_with("gemm") || op.starts_with("conv2d_") || op.starts_with("fused_attention"))
+      gemm_bound_s += secs / timed_steps;
   }
   std::printf("},\n");
   std::printf("  \"step_ms\": %.3f,\n  \"samples_per_s\": %.0f,\n", step_s * 1e3, batch / step_s);
