@@ -121,6 +121,29 @@ __device__ void zero_rows(float* rows, int lane) {
     rows[(i / DH) * strides<DH>::accumulator + i % DH] = 0.0f;
 }
 
+/// Where a block and its thread stand: the sample b and head h of blockIdx.x (b * heads +
+/// h), the first row of the block's tile (blockIdx.y), the sample's qkv rows (stride 3d), and
+/// the thread's warp, lane and the first of the 16 rows its warp owns.
+struct block_place {
+  int64_t bh, b, h, tile0, ld;
+  const float* sample;
+  int warp, lane, row0;
+};
+
+__device__ block_place place_of(const float* qkv, int64_t t, int64_t d, int64_t heads) {
+  block_place at;
+  at.bh = blockIdx.x;
+  at.b = at.bh / heads;
+  at.h = at.bh % heads;
+  at.tile0 = static_cast<int64_t>(blockIdx.y) * k_tile;
+  at.ld = 3 * d;
+  at.sample = qkv + at.b * t * at.ld;
+  at.warp = static_cast<int>(threadIdx.x) / 32;
+  at.lane = static_cast<int>(threadIdx.x) % 32;
+  at.row0 = at.warp * k_rows_per_warp;
+  return at;
+}
+
 /// Forward. Grid (batch * heads, query tiles); a block's warps own 16 query rows each and walk
 /// the key tiles up to the diagonal one, keeping O unnormalised with the running maximum m and
 /// sum l of each row's exponentials; at the end ctx = O / l and lse = m + log(l).
@@ -140,12 +163,10 @@ __global__ void __launch_bounds__(k_threads)
   float* sm = carve.take<float>(S::row_bytes);
   float* sl = carve.take<float>(S::row_bytes);
 
-  const int64_t bh = blockIdx.x, b = bh / heads, h = bh % heads;
-  const int64_t q0 = static_cast<int64_t>(blockIdx.y) * k_tile;
-  const int64_t ld = 3 * d;
-  const float* sample = qkv + b * t * ld;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int row0 = warp * k_rows_per_warp;
+  const block_place at = place_of(qkv, t, d, heads);
+  const int64_t bh = at.bh, b = at.b, h = at.h, q0 = at.tile0, ld = at.ld;
+  const float* sample = at.sample;
+  const int lane = at.lane, row0 = at.row0;
 
   load_tile<DH>(sample + h * DH, ld, q0, t, sq);
   zero_rows<DH>(so + row0 * S::accumulator, lane);
@@ -250,13 +271,11 @@ __global__ void __launch_bounds__(k_threads)
   float* slse = carve.take<float>(S::row_bytes);
   float* sd = carve.take<float>(S::row_bytes);
 
-  const int64_t bh = blockIdx.x, b = bh / heads, h = bh % heads;
-  const int64_t k0 = static_cast<int64_t>(blockIdx.y) * k_tile;
-  const int64_t ld = 3 * d;
-  const float* sample = qkv + b * t * ld;
+  const block_place at = place_of(qkv, t, d, heads);
+  const int64_t bh = at.bh, b = at.b, h = at.h, k0 = at.tile0, ld = at.ld;
+  const float* sample = at.sample;
   const float* dout = dctx + b * t * d + h * DH;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int row0 = warp * k_rows_per_warp;
+  const int lane = at.lane, row0 = at.row0;
 
   load_tile<DH>(sample + d + h * DH, ld, k0, t, sk);
   load_tile<DH>(sample + 2 * d + h * DH, ld, k0, t, sv);
@@ -332,12 +351,10 @@ __global__ void __launch_bounds__(k_threads)
   float* slse = carve.take<float>(S::row_bytes);
   float* sd = carve.take<float>(S::row_bytes);
 
-  const int64_t bh = blockIdx.x, b = bh / heads, h = bh % heads;
-  const int64_t q0 = static_cast<int64_t>(blockIdx.y) * k_tile;
-  const int64_t ld = 3 * d;
-  const float* sample = qkv + b * t * ld;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int row0 = warp * k_rows_per_warp;
+  const block_place at = place_of(qkv, t, d, heads);
+  const int64_t bh = at.bh, b = at.b, h = at.h, q0 = at.tile0, ld = at.ld;
+  const float* sample = at.sample;
+  const int lane = at.lane, row0 = at.row0;
 
   load_tile<DH>(sample + h * DH, ld, q0, t, sq);
   load_tile<DH>(dctx + b * t * d + h * DH, d, q0, t, sdo);
