@@ -391,7 +391,7 @@ class graph_model final : public detail::model_base {
     backend_.gemm(true, false, d, d, batch * t, 1.0f, ctx, d, dy, d, 0.0f, dparam(l, wo), d);
     if (l.spec.bias) backend_.column_sum(dy, batch * t, d, dparam(l, wo + 1));
     backend_.gemm(false, true, batch * t, d, d, 1.0f, dy, d, param(l, wo), d, 0.0f, dctx, d);
-    // dqkv is written after dctx is consumed, into scratch (at least batch * t * 3d values).
+    // dqkv has a buffer of its own (batch * t * 3d values): dctx is read while it is written.
     float* dqkv = scratch_for_qkv(batch * t * 3 * d);
     if (e.fused)
       backend_.fused_attention_backward(qkv, ctx, e.b.data<float>(), dctx, batch, t, d, h, scale,
