@@ -556,6 +556,30 @@ class cpu_backend final : public backend {
     }
   }
 
+  // Row by row in FP32 (no BLAS: slower than the composed path's GEMMs, but no [t, t]
+  // matrix), (sample, head) pairs spread over the threads.
+  bool fused_attention(int64_t head_dim) const override { return head_dim > 0; }
+
+  void fused_attention_forward(const float* qkv, int64_t batch, int64_t t, int64_t d, int64_t heads,
+                               float scale, float* ctx, float* lse) override {
+    if (heads <= 0 || d % heads != 0)
+      return backend::fused_attention_forward(qkv, batch, t, d, heads, scale, ctx, lse);
+    pool_.run(batch * heads, 1, 1, [&](int64_t begin, int64_t end) {
+      cpu::fused_attention_forward_pairs(qkv, begin, end, t, d, heads, scale, ctx, lse);
+    });
+  }
+
+  void fused_attention_backward(const float* qkv, const float* ctx, const float* lse,
+                                const float* dctx, int64_t batch, int64_t t, int64_t d,
+                                int64_t heads, float scale, float* dqkv) override {
+    if (heads <= 0 || d % heads != 0)
+      return backend::fused_attention_backward(qkv, ctx, lse, dctx, batch, t, d, heads, scale,
+                                               dqkv);
+    pool_.run(batch * heads, 1, 1, [&](int64_t begin, int64_t end) {
+      cpu::fused_attention_backward_pairs(qkv, lse, dctx, begin, end, t, d, heads, scale, dqkv);
+    });
+  }
+
   void causal_softmax_forward(float* s, int64_t count, int64_t t, float scale) override {
     pool_.run(count * t, 1, 64, [&](int64_t begin, int64_t end) {
       cpu::causal_softmax_rows(s, begin, end, t, scale);

@@ -260,6 +260,104 @@ void softmax_backward_rows(const float* p, float* dp, int64_t r0, int64_t r1, in
   }
 }
 
+namespace {
+
+/// One (sample, head) pair's q, k and v rows: columns [h * dh, (h + 1) * dh) of the first,
+/// second and third d columns of the sample's qkv rows.
+struct head_view {
+  const float* q;
+  const float* k;
+  const float* v;
+  int64_t ld, dh;
+  head_view(const float* qkv, int64_t pair, int64_t t, int64_t d, int64_t heads)
+      : ld(3 * d), dh(d / heads) {
+    const int64_t b = pair / heads, h = pair % heads;
+    q = qkv + b * t * ld + h * dh;
+    k = q + d;
+    v = q + 2 * d;
+  }
+};
+
+float dot(const float* __restrict a, const float* __restrict b, int64_t n) {
+  float s = 0.0f;
+  for (int64_t c = 0; c < n; ++c) s += a[c] * b[c];
+  return s;
+}
+
+}  // namespace
+
+void fused_attention_forward_pairs(const float* qkv, int64_t p0, int64_t p1, int64_t t, int64_t d,
+                                   int64_t heads, float scale, float* ctx, float* lse) {
+  std::vector<float> p(static_cast<size_t>(t));
+  for (int64_t pair = p0; pair < p1; ++pair) {
+    const head_view hv(qkv, pair, t, d, heads);
+    const int64_t b = pair / heads, h = pair % heads, dh = hv.dh;
+    for (int64_t i = 0; i < t; ++i) {
+      float max = -std::numeric_limits<float>::infinity();
+      for (int64_t j = 0; j <= i; ++j) {
+        p[j] = scale * dot(hv.q + i * hv.ld, hv.k + j * hv.ld, dh);
+        max = std::max(max, p[j]);
+      }
+      double denom = 0.0;
+      for (int64_t j = 0; j <= i; ++j) {
+        p[j] = std::exp(p[j] - max);
+        denom += p[j];
+      }
+      const float inv = static_cast<float>(1.0 / denom);
+      float* out = ctx + (b * t + i) * d + h * dh;
+      std::fill(out, out + dh, 0.0f);
+      for (int64_t j = 0; j <= i; ++j) {
+        const float w = p[j] * inv;
+        const float* vj = hv.v + j * hv.ld;
+        for (int64_t c = 0; c < dh; ++c) out[c] += w * vj[c];
+      }
+      lse[pair * t + i] = max + static_cast<float>(std::log(denom));
+    }
+  }
+}
+
+void fused_attention_backward_pairs(const float* qkv, const float* lse, const float* dctx,
+                                    int64_t p0, int64_t p1, int64_t t, int64_t d, int64_t heads,
+                                    float scale, float* dqkv) {
+  std::vector<float> p(static_cast<size_t>(t)), dp(static_cast<size_t>(t));
+  for (int64_t pair = p0; pair < p1; ++pair) {
+    const head_view hv(qkv, pair, t, d, heads);
+    const int64_t b = pair / heads, h = pair % heads, dh = hv.dh, ld = hv.ld;
+    float* dq = dqkv + b * t * ld + h * dh;
+    float* dk = dq + d;
+    float* dv = dq + 2 * d;
+    for (int64_t i = 0; i < t; ++i) {
+      std::fill(dq + i * ld, dq + i * ld + dh, 0.0f);
+      std::fill(dk + i * ld, dk + i * ld + dh, 0.0f);
+      std::fill(dv + i * ld, dv + i * ld + dh, 0.0f);
+    }
+    for (int64_t i = 0; i < t; ++i) {
+      const float* qi = hv.q + i * ld;
+      const float* doi = dctx + (b * t + i) * d + h * dh;
+      // The probabilities again from the scores and the row's log-sum-exp; dp = dO V^T.
+      double sum = 0.0;
+      for (int64_t j = 0; j <= i; ++j) {
+        p[j] = std::exp(scale * dot(qi, hv.k + j * ld, dh) - lse[pair * t + i]);
+        dp[j] = dot(doi, hv.v + j * ld, dh);
+        sum += static_cast<double>(p[j]) * dp[j];
+      }
+      const float mean = static_cast<float>(sum);
+      float* dqi = dq + i * ld;
+      for (int64_t j = 0; j <= i; ++j) {
+        const float ds = scale * p[j] * (dp[j] - mean);
+        const float* kj = hv.k + j * ld;
+        float* dkj = dk + j * ld;
+        float* dvj = dv + j * ld;
+        for (int64_t c = 0; c < dh; ++c) {
+          dqi[c] += ds * kj[c];
+          dkj[c] += ds * qi[c];
+          dvj[c] += p[j] * doi[c];
+        }
+      }
+    }
+  }
+}
+
 void mse_onehot(const float* y, const int32_t* labels, int64_t rows, int64_t cols, float grad_scale,
                 float* dy, float* stats) {
   double loss = 0.0;

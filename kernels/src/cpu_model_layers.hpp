@@ -41,6 +41,17 @@ void causal_softmax_rows(float* s, int64_t r0, int64_t r1, int64_t t, float scal
 void softmax_backward_rows(const float* p, float* dp, int64_t r0, int64_t r1, int64_t cols,
                            float scale);
 
+/// Fused causal attention (backend::fused_attention_forward) for the (sample, head) pairs
+/// [p0, p1) of batch * heads, row by row: each query row's scores, softmax and context in
+/// one pass over its visible keys, without a [t, t] matrix.
+void fused_attention_forward_pairs(const float* qkv, int64_t p0, int64_t p1, int64_t t, int64_t d,
+                                   int64_t heads, float scale, float* ctx, float* lse);
+/// Its backward for pairs [p0, p1): each pair writes only its own columns of dqkv, summing
+/// in row order, so pairs may run on different threads and the result is the same.
+void fused_attention_backward_pairs(const float* qkv, const float* lse, const float* dctx,
+                                    int64_t p0, int64_t p1, int64_t t, int64_t d, int64_t heads,
+                                    float scale, float* dqkv);
+
 /// Mean squared error against one-hot labels over all rows (stats as softmax_xent).
 void mse_onehot(const float* y, const int32_t* labels, int64_t rows, int64_t cols, float grad_scale,
                 float* dy, float* stats);

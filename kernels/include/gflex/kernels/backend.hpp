@@ -208,9 +208,10 @@ class backend {
                                 float scale) = 0;
 
   /// Whether fused_attention_forward and _backward take heads of `head_dim` values at the
-  /// current precision. None on the CPU, which composes attention from GEMMs and the softmax
-  /// above; the CUDA backend's flash-attention kernels multiply in bf16 on tensor cores, so
-  /// only at math_precision::bf16.
+  /// current precision. The CPU's runs row by row in FP32 (slower than composing attention
+  /// from the GEMMs and the softmax below, but without the [t, t] probabilities); the CUDA
+  /// backend's flash-attention kernels multiply in bf16 on tensor cores, so only at
+  /// math_precision::bf16 there.
   virtual bool fused_attention(int64_t head_dim) const {
     (void)head_dim;
     return false;
