@@ -556,8 +556,8 @@ class cpu_backend final : public backend {
     }
   }
 
-  // Row by row in FP32 (no BLAS: slower than the composed path's GEMMs, but no [t, t]
-  // matrix), (sample, head) pairs spread over the threads.
+  // Row by row in FP32 (no BLAS, no [t, t] matrix), (sample, head) pairs spread over the
+  // threads.
   bool fused_attention(int64_t head_dim) const override { return head_dim > 0; }
 
   void fused_attention_forward(const float* qkv, int64_t batch, int64_t t, int64_t d, int64_t heads,

@@ -208,8 +208,8 @@ class backend {
                                 float scale) = 0;
 
   /// Whether fused_attention_forward and _backward take heads of `head_dim` values at the
-  /// current precision. The CPU's runs row by row in FP32 (slower than composing attention
-  /// from the GEMMs and the softmax below, but without the [t, t] probabilities); the CUDA
+  /// current precision. The CPU's runs row by row in FP32 (about as fast as composing
+  /// attention from the GEMMs and the softmax below, without the [t, t] probabilities); the CUDA
   /// backend's flash-attention kernels multiply in bf16 on tensor cores, so only at
   /// math_precision::bf16 there.
   virtual bool fused_attention(int64_t head_dim) const {
