@@ -11,18 +11,24 @@
 
 namespace gflex::kernels {
 
+namespace {
+
+[[noreturn]] void no_fused_attention(const backend& b, int64_t d, int64_t heads) {
+  throw compute_error(
+      error(errc::invalid_argument, b.describe() + " has no fused attention for heads of " +
+                                        std::to_string(heads > 0 ? d / heads : 0) + " values"));
+}
+
+}  // namespace
+
 void backend::fused_attention_forward(const float*, int64_t, int64_t, int64_t d, int64_t heads,
                                       float, float*, float*) {
-  throw compute_error(
-      error(errc::invalid_argument, describe() + " has no fused attention for heads of " +
-                                        std::to_string(heads > 0 ? d / heads : 0) + " values"));
+  no_fused_attention(*this, d, heads);
 }
 
 void backend::fused_attention_backward(const float*, const float*, const float*, const float*,
                                        int64_t, int64_t, int64_t d, int64_t heads, float, float*) {
-  throw compute_error(
-      error(errc::invalid_argument, describe() + " has no fused attention for heads of " +
-                                        std::to_string(heads > 0 ? d / heads : 0) + " values"));
+  no_fused_attention(*this, d, heads);
 }
 
 bool conv2d_geometry::valid() const {
