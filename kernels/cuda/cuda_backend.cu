@@ -336,10 +336,23 @@ class cuda_backend final : public backend {
     launch_activation_backward(kernel_launch(), f, x, dy, dx, n);
   }
 
+  void bias_activation_forward(activation f, float* x, const float* bias, int64_t rows,
+                               int64_t cols, float* y) override {
+    if (rows <= 0 || cols <= 0) return;
+    activate();
+    launch_bias_activation(kernel_launch(), f, x, bias, rows, cols, y);
+  }
+
   void multiply(int64_t n, const float* a, const float* b, float* out) override {
     if (n <= 0) return;
     activate();
     launch_multiply(kernel_launch(), n, a, b, out);
+  }
+
+  void add(int64_t n, const float* a, const float* b, float* out) override {
+    if (n <= 0) return;
+    activate();
+    launch_add(kernel_launch(), n, a, b, out);
   }
 
   void dropout_mask(int64_t n, float rate, uint64_t seed, float* mask) override {
@@ -359,7 +372,7 @@ class cuda_backend final : public backend {
 
   void norm_backward(bool rms, const float* x, const float* gamma, const float* dy,
                      const float* mean, const float* rstd, int64_t rows, int64_t cols, float* dx,
-                     float* dgamma, float* dbeta) override {
+                     float* dgamma, float* dbeta, bool accumulate) override {
     if (cols <= 0) return;
     rows = std::max<int64_t>(rows, 0);  // no rows still overwrites dgamma and dbeta with zeros
     activate();
@@ -367,7 +380,8 @@ class cuda_backend final : public backend {
     launch_norm_param_grad(kernel_launch(), rms, x, dy, mean, rstd, rows, cols, dgamma, dbeta,
                            reduce_buffer_, reduce_capacity_);
     if (rows == 0) return;
-    launch_norm_backward_dx(kernel_launch(), rms, x, gamma, dy, mean, rstd, rows, cols, dx);
+    launch_norm_backward_dx(kernel_launch(), rms, x, gamma, dy, mean, rstd, rows, cols, dx,
+                            accumulate);
   }
 
   void embedding_forward(const int32_t* ids, const float* table, int64_t rows, int64_t dim,

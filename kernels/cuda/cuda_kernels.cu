@@ -571,9 +571,27 @@ __global__ void activation_backward_kernel(const float* x, const float* dy, floa
   }
 }
 
+/// x += bias (per column), y = f(x): bias_relu_kernel<false> and activation_forward_kernel<F>
+/// in one pass, with the same roundings.
+template <activation F>
+__global__ void bias_activation_kernel(float* x, const float* bias, int64_t rows, int64_t cols,
+                                       float* y) {
+  const int64_t n = rows * cols;
+  for (int64_t i = grid_start(); i < n; i += grid_stride()) {
+    const float v = x[i] + bias[i % cols];
+    x[i] = v;
+    y[i] = activation_value<F>(v);
+  }
+}
+
 /// out = a * b; out may be a or b.
 __global__ void multiply_kernel(int64_t n, const float* a, const float* b, float* out) {
   for (int64_t i = grid_start(); i < n; i += grid_stride()) out[i] = a[i] * b[i];
+}
+
+/// out = a + b; out may be a or b.
+__global__ void add_kernel(int64_t n, const float* a, const float* b, float* out) {
+  for (int64_t i = grid_start(); i < n; i += grid_stride()) out[i] = a[i] + b[i];
 }
 
 /// Inverted dropout's mask from splitmix64 of (seed + i * golden ratio), the top 24 bits as a
@@ -633,11 +651,12 @@ __global__ void norm_forward_kernel(const float* x, const float* gamma, const fl
 /// mean(g) - xhat * mean(g * xhat)) (RMS: without the mean(g) term), the two means by block
 /// reductions in double and the final expression in double, as the CPU backend forms it.
 /// dx may be dy or x (reads precede the barriers; afterwards each thread touches only its own
-/// elements). RMS norm never reads `mean`.
+/// elements), except with `accumulate`, which adds the value to what dx holds. RMS norm never
+/// reads `mean`.
 template <bool Rms>
 __global__ void norm_backward_dx_kernel(const float* x, const float* gamma, const float* dy,
                                         const float* mean, const float* rstd, int64_t rows,
-                                        int64_t cols, float* dx) {
+                                        int64_t cols, float* dx, bool accumulate) {
   for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
     const float* xr = x + row * cols;
     const float* dyr = dy + row * cols;
@@ -658,7 +677,8 @@ __global__ void norm_backward_dx_kernel(const float* x, const float* gamma, cons
     for (int64_t j = threadIdx.x; j < cols; j += blockDim.x) {
       const float g = dyr[j] * gamma[j];
       const double xhat = Rms ? xr[j] * r : (xr[j] - m) * r;
-      dxr[j] = static_cast<float>(r * (g - mean_g - xhat * mean_gx));
+      const float v = static_cast<float>(r * (g - mean_g - xhat * mean_gx));
+      dxr[j] = accumulate ? dxr[j] + v : v;
     }
   }
 }
@@ -1126,8 +1146,35 @@ void launch_activation_backward(launch_config launch, activation f, const float*
   GFLEX_CUDA_CHECK_LAUNCH();
 }
 
+void launch_bias_activation(launch_config launch, activation f, float* x, const float* bias,
+                            int64_t rows, int64_t cols, float* y) {
+  const unsigned grid = grid_for(launch, rows * cols);
+  switch (f) {
+    case activation::relu:
+      bias_activation_kernel<activation::relu>
+          <<<grid, k_block, 0, launch.stream>>>(x, bias, rows, cols, y);
+      break;
+    case activation::gelu:
+      bias_activation_kernel<activation::gelu>
+          <<<grid, k_block, 0, launch.stream>>>(x, bias, rows, cols, y);
+      break;
+    case activation::tanh:
+      bias_activation_kernel<activation::tanh>
+          <<<grid, k_block, 0, launch.stream>>>(x, bias, rows, cols, y);
+      break;
+    default:
+      throw_unknown_activation(f);
+  }
+  GFLEX_CUDA_CHECK_LAUNCH();
+}
+
 void launch_multiply(launch_config launch, int64_t n, const float* a, const float* b, float* out) {
   multiply_kernel<<<grid_for(launch, n), k_block, 0, launch.stream>>>(n, a, b, out);
+  GFLEX_CUDA_CHECK_LAUNCH();
+}
+
+void launch_add(launch_config launch, int64_t n, const float* a, const float* b, float* out) {
+  add_kernel<<<grid_for(launch, n), k_block, 0, launch.stream>>>(n, a, b, out);
   GFLEX_CUDA_CHECK_LAUNCH();
 }
 
@@ -1154,14 +1201,14 @@ void launch_norm_forward(launch_config launch, bool rms, const float* x, const f
 
 void launch_norm_backward_dx(launch_config launch, bool rms, const float* x, const float* gamma,
                              const float* dy, const float* mean, const float* rstd, int64_t rows,
-                             int64_t cols, float* dx) {
+                             int64_t cols, float* dx, bool accumulate) {
   const unsigned blocks = at_most_one_wave(launch, rows);
   if (rms) {
-    norm_backward_dx_kernel<true>
-        <<<blocks, k_block, 0, launch.stream>>>(x, gamma, dy, nullptr, rstd, rows, cols, dx);
+    norm_backward_dx_kernel<true><<<blocks, k_block, 0, launch.stream>>>(
+        x, gamma, dy, nullptr, rstd, rows, cols, dx, accumulate);
   } else {
-    norm_backward_dx_kernel<false>
-        <<<blocks, k_block, 0, launch.stream>>>(x, gamma, dy, mean, rstd, rows, cols, dx);
+    norm_backward_dx_kernel<false><<<blocks, k_block, 0, launch.stream>>>(
+        x, gamma, dy, mean, rstd, rows, cols, dx, accumulate);
   }
   GFLEX_CUDA_CHECK_LAUNCH();
 }

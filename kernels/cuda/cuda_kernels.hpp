@@ -102,7 +102,13 @@ void launch_activation_forward(launch_config launch, activation f, const float* 
 void launch_activation_backward(launch_config launch, activation f, const float* x, const float* dy,
                                 float* dx, int64_t n);
 
+/// bias_activation_kernel<f>; errc::invalid_argument, with nothing launched, for an
+/// activation without a kernel.
+void launch_bias_activation(launch_config launch, activation f, float* x, const float* bias,
+                            int64_t rows, int64_t cols, float* y);
+
 void launch_multiply(launch_config launch, int64_t n, const float* a, const float* b, float* out);
+void launch_add(launch_config launch, int64_t n, const float* a, const float* b, float* out);
 
 void launch_dropout_mask(launch_config launch, int64_t n, float rate, float keep, uint64_t seed,
                          float* mask);
@@ -115,7 +121,7 @@ void launch_norm_forward(launch_config launch, bool rms, const float* x, const f
 /// norm_backward_dx_kernel<rms>; RMS norm passes the kernel no mean.
 void launch_norm_backward_dx(launch_config launch, bool rms, const float* x, const float* gamma,
                              const float* dy, const float* mean, const float* rstd, int64_t rows,
-                             int64_t cols, float* dx);
+                             int64_t cols, float* dx, bool accumulate);
 
 /// norm_param_grad_kernel<rms>; RMS norm passes the kernel no mean and no dbeta. A tall
 /// matrix is summed in chunks of rows, as launch_column_sum does, with two partials per chunk

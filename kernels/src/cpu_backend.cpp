@@ -511,8 +511,30 @@ class cpu_backend final : public backend {
     });
   }
 
+  void bias_activation_forward(activation f, float* x, const float* bias, int64_t rows,
+                               int64_t cols, float* y) override {
+    // Rows in slices of about 8,192 values: the activation reads each slice while the bias
+    // pass has left it in the cache, so the matrix crosses memory once each way (and once
+    // more for y).
+    const int64_t slice = std::max<int64_t>(1, 8192 / std::max<int64_t>(cols, 1));
+    pool_.run(rows, 1, k_parallel_elements / 8 / std::max<int64_t>(cols, 1),
+              [&](int64_t begin, int64_t end) {
+                for (int64_t r = begin; r < end; r += slice) {
+                  const int64_t last = std::min(end, r + slice);
+                  bias_relu_loop(x + r * cols, bias, last - r, cols, false);
+                  cpu::activation_forward(f, x, y, r * cols, last * cols);
+                }
+              });
+  }
+
   void multiply(int64_t n, const float* a, const float* b, float* out) override {
     for (int64_t i = 0; i < n; ++i) out[i] = a[i] * b[i];
+  }
+
+  void add(int64_t n, const float* a, const float* b, float* out) override {
+    pool_.run(n, 16, k_parallel_elements, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) out[i] = a[i] + b[i];
+    });
   }
 
   void dropout_mask(int64_t n, float rate, uint64_t seed, float* mask) override {
@@ -529,14 +551,14 @@ class cpu_backend final : public backend {
 
   void norm_backward(bool rms, const float* x, const float* gamma, const float* dy,
                      const float* mean, const float* rstd, int64_t rows, int64_t cols, float* dx,
-                     float* dgamma, float* dbeta) override {
+                     float* dgamma, float* dbeta, bool accumulate) override {
     // The parameter gradients first: dx may not alias dy, but the caller may reuse x's
     // buffer afterwards.
     pool_.run(cols, 16, 64, [&](int64_t begin, int64_t end) {
       cpu::norm_backward_params(rms, x, dy, mean, rstd, rows, cols, begin, end, dgamma, dbeta);
     });
     pool_.run(rows, 1, 64, [&](int64_t begin, int64_t end) {
-      cpu::norm_backward_input(rms, x, gamma, dy, mean, rstd, begin, end, cols, dx);
+      cpu::norm_backward_input(rms, x, gamma, dy, mean, rstd, begin, end, cols, dx, accumulate);
     });
   }
 

@@ -190,7 +190,7 @@ void norm_forward(bool rms, const float* x, const float* gamma, const float* bet
 
 void norm_backward_input(bool rms, const float* x, const float* gamma, const float* dy,
                          const float* mean, const float* rstd, int64_t r0, int64_t r1, int64_t cols,
-                         float* dx) {
+                         float* dx, bool accumulate) {
   for (int64_t r = r0; r < r1; ++r) {
     const float* in = x + r * cols;
     const float* g = dy + r * cols;
@@ -206,7 +206,8 @@ void norm_backward_input(bool rms, const float* x, const float* gamma, const flo
     const double mean_gx = sum_gx / static_cast<double>(cols);
     for (int64_t c = 0; c < cols; ++c) {
       const double xhat = (in[c] - m) * s;
-      out[c] = static_cast<float>(s * (g[c] * gamma[c] - mean_g - xhat * mean_gx));
+      const auto v = static_cast<float>(s * (g[c] * gamma[c] - mean_g - xhat * mean_gx));
+      out[c] = accumulate ? out[c] + v : v;
     }
   }
 }

@@ -30,7 +30,7 @@ void norm_forward(bool rms, const float* x, const float* gamma, const float* bet
                   int64_t r1, int64_t cols, float eps, float* y, float* mean, float* rstd);
 void norm_backward_input(bool rms, const float* x, const float* gamma, const float* dy,
                          const float* mean, const float* rstd, int64_t r0, int64_t r1, int64_t cols,
-                         float* dx);
+                         float* dx, bool accumulate);
 /// Columns [c0, c1) of dgamma (and dbeta unless null), summed over all rows in order.
 void norm_backward_params(bool rms, const float* x, const float* dy, const float* mean,
                           const float* rstd, int64_t rows, int64_t cols, int64_t c0, int64_t c1,

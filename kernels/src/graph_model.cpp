@@ -39,7 +39,8 @@ class graph_model final : public detail::model_base {
       // in place; token ids live in ids_) and takes no gradient.
       if (v == 0) continue;
       acts_[v] = b.allocate({size}, dtype::f32);
-      grads_[v] = b.allocate({size}, dtype::f32);
+      // A residual branch's output takes its gradient in the sum's buffer (alias_values).
+      if (groot_[v] == static_cast<int>(v)) grads_[v] = b.allocate({size}, dtype::f32);
     }
     scratch_ = b.allocate({std::max<int64_t>(widest, 1)}, dtype::f32);
     written_.assign(n, false);
@@ -139,6 +140,12 @@ class graph_model final : public detail::model_base {
   // backward masks the gradient in place), and when that input comes straight from a linear
   // or conv2d layer with a bias, the bias and the ReLU are one pass (bias_relu_forward). This
   // is the hand-written networks' fused layer, so the shipped graphs run as fast as they did.
+  // Any other activation straight after a biased linear or conv2d layer is applied in the
+  // bias's pass too (bias_activation_forward: a transformer's GELU).
+  //
+  // Gradients share buffers where values do, and one more way: an input of an add that
+  // nothing else reads has the sum's gradient as its own, so it takes the sum's buffer
+  // instead of a copy (a residual branch's output: the attention's and the MLP's).
   void alias_values() {
     const size_t n = plan_.values.size();
     auto is_view = [](const planned_layer& l) {
@@ -175,6 +182,43 @@ class graph_model final : public detail::model_base {
       if ((producer.spec.kind == layer_kind::linear || producer.spec.kind == layer_kind::conv2d) &&
           producer.spec.bias)
         bias_relu_[static_cast<size_t>(view_root[in] - 1)] = relu_fused_[i] = true;
+    }
+    fused_activation_.assign(plan_.layers.size(), -1);
+    activation_fused_.assign(plan_.layers.size(), false);
+    for (size_t i = 0; i < plan_.layers.size(); ++i) {
+      const auto& l = plan_.layers[i];
+      const auto in = static_cast<size_t>(l.input);
+      const bool activation = l.spec.kind == layer_kind::gelu || l.spec.kind == layer_kind::tanh ||
+                              (l.spec.kind == layer_kind::relu && !relu_in_place_[i]);
+      // The producer's own output, not a view of it: value v > 0 is written by layer v - 1.
+      if (!activation || in == 0 || view_root[in] != static_cast<int>(in)) continue;
+      const size_t p = in - 1;
+      const auto& producer = plan_.layers[p];
+      if ((producer.spec.kind != layer_kind::linear && producer.spec.kind != layer_kind::conv2d) ||
+          !producer.spec.bias || bias_relu_[p] || fused_activation_[p] >= 0)
+        continue;
+      fused_activation_[p] = static_cast<int>(i);
+      activation_fused_[i] = true;
+    }
+    std::vector<int> grad_parent(n);
+    for (size_t v = 0; v < n; ++v) grad_parent[v] = static_cast<int>(v);
+    for (const auto& l : plan_.layers) {
+      if (l.spec.kind != layer_kind::add) continue;
+      for (int v : {l.input, l.other}) {
+        const auto u = static_cast<size_t>(v);
+        // Not the model's input, not a view or an in-place ReLU's output (their buffers are
+        // another value's), and read by this add alone (x + x is read twice).
+        if (v == 0 || root_[u] != v || readers[u] != 1) continue;
+        grad_parent[u] = root_[static_cast<size_t>(l.output)];
+        // One input a sum: the other's copy is made before either branch's backward pass runs.
+        break;
+      }
+    }
+    groot_.resize(n);
+    for (size_t v = 0; v < n; ++v) {
+      int r = root_[v];
+      while (grad_parent[static_cast<size_t>(r)] != r) r = grad_parent[static_cast<size_t>(r)];
+      groot_[v] = r;
     }
   }
 
@@ -221,21 +265,35 @@ class graph_model final : public detail::model_base {
   // The gradient buffer to write value v's gradient into: the value's own buffer if nothing
   // has written it in this pass, else scratch, which finish_grad adds in.
   float* grad_out(int v) {
-    const auto r = static_cast<size_t>(root_[static_cast<size_t>(v)]);
+    const auto r = static_cast<size_t>(groot_[static_cast<size_t>(v)]);
     return written_[r] ? scratch_.data<float>() : grads_[r].data<float>();
   }
   void finish_grad(int v, int64_t n) {
-    const auto r = static_cast<size_t>(root_[static_cast<size_t>(v)]);
+    const auto r = static_cast<size_t>(groot_[static_cast<size_t>(v)]);
     if (written_[r]) backend_.axpby(n, 1.0f, scratch_.data<float>(), 1.0f, grads_[r].data<float>());
     written_[r] = true;
   }
+  // For an operation that can add its result to what a buffer holds: value v's gradient
+  // buffer, and whether something wrote it in this pass (then it adds, one rounding as
+  // finish_grad's sum). Marks it written.
+  std::pair<float*, bool> grad_accumulator(int v) {
+    const auto r = static_cast<size_t>(groot_[static_cast<size_t>(v)]);
+    const bool add = written_[r];
+    written_[r] = true;
+    return {grads_[r].data<float>(), add};
+  }
+  // Adds dy to value v's gradient, or makes it v's gradient: one pass either way.
+  void send_grad(int v, const float* dy, int64_t n) {
+    auto [g, add] = grad_accumulator(v);
+    backend_.axpby(n, 1.0f, dy, add ? 1.0f : 0.0f, g);
+  }
   const float* grad(int v) const {
-    return grads_[static_cast<size_t>(root_[static_cast<size_t>(v)])].data<float>();
+    return grads_[static_cast<size_t>(groot_[static_cast<size_t>(v)])].data<float>();
   }
   // The model's input (and views of it) takes no gradient.
   bool needs_grad(int v) const { return root_[static_cast<size_t>(v)] != 0; }
   bool has_grad(int v) const {
-    return written_[static_cast<size_t>(root_[static_cast<size_t>(v)])];
+    return written_[static_cast<size_t>(groot_[static_cast<size_t>(v)])];
   }
 
   float* param(const planned_layer& l, size_t k) { return params() + l.params[k].offset; }
@@ -257,15 +315,14 @@ class graph_model final : public detail::model_base {
         const int64_t units = l.spec.units;
         backend_.gemm(false, false, rows, units, cols, 1.0f, x, cols, param(l, 0), units, 0.0f, y,
                       units);
-        if (l.spec.bias) backend_.bias_relu_forward(y, param(l, 1), rows, units, bias_relu_[i]);
+        if (l.spec.bias) bias_forward(i, y, param(l, 1), rows, units);
         break;
       }
       case layer_kind::conv2d: {
         const auto g = geometry(l, batch);
         backend_.conv2d_forward(g, x, param(l, 0), y);
         if (l.spec.bias)
-          backend_.bias_relu_forward(y, param(l, 1), batch * g.out_height() * g.out_width(),
-                                     l.spec.filters, bias_relu_[i]);
+          bias_forward(i, y, param(l, 1), batch * g.out_height() * g.out_width(), l.spec.filters);
         break;
       }
       case layer_kind::max_pool:
@@ -279,14 +336,11 @@ class graph_model final : public detail::model_base {
       case layer_kind::reshape:
         break;  // a view
       case layer_kind::relu:
-        // In place (y == x) unless its producer applied it already.
-        if (!relu_fused_[i]) backend_.activation_forward(activation::relu, x, y, in_n);
-        break;
       case layer_kind::gelu:
-        backend_.activation_forward(activation::gelu, x, y, in_n);
-        break;
       case layer_kind::tanh:
-        backend_.activation_forward(activation::tanh, x, y, in_n);
+        // A ReLU runs in place (y == x) where it can; its producer may have applied it already.
+        if (!relu_fused_[i] && !activation_fused_[i])
+          backend_.activation_forward(activation_of(l.spec.kind), x, y, in_n);
         break;
       case layer_kind::dropout:
         if (!training || l.spec.rate == 0.0) {
@@ -319,12 +373,30 @@ class graph_model final : public detail::model_base {
         attention_forward(l, e, batch, x, y);
         break;
       case layer_kind::add:
-        backend_.axpby(in_n, 1.0f, x, 0.0f, y);
-        backend_.axpby(in_n, 1.0f, act(l.other), 1.0f, y);
+        backend_.add(in_n, x, act(l.other), y);
         break;
       default:
         break;  // losses run in loss()
     }
+  }
+
+  static activation activation_of(layer_kind k) {
+    return k == layer_kind::relu   ? activation::relu
+           : k == layer_kind::gelu ? activation::gelu
+                                   : activation::tanh;
+  }
+
+  // Layer i's bias over y ([rows, cols]), with the ReLU or other activation that follows it
+  // where alias_values() fused them.
+  void bias_forward(size_t i, float* y, const float* bias, int64_t rows, int64_t cols) {
+    const int next = fused_activation_[i];
+    if (next < 0) {
+      backend_.bias_relu_forward(y, bias, rows, cols, bias_relu_[i]);
+      return;
+    }
+    const planned_layer& a = plan_.layers[static_cast<size_t>(next)];
+    backend_.bias_activation_forward(activation_of(a.spec.kind), y, bias, rows, cols,
+                                     act_mut(a.output));
   }
 
   conv2d_geometry geometry(const planned_layer& l, int64_t batch) const {
@@ -531,28 +603,27 @@ class graph_model final : public detail::model_base {
           backend_.relu_backward(const_cast<float*>(dy), act(l.output), in_n);
           break;
         }
-        backend_.activation_backward(kind == layer_kind::relu   ? activation::relu
-                                     : kind == layer_kind::gelu ? activation::gelu
-                                                                : activation::tanh,
-                                     x, dy, grad_out(l.input), in_n);
+        backend_.activation_backward(activation_of(kind), x, dy, grad_out(l.input), in_n);
         finish_grad(l.input, in_n);
         break;
       case layer_kind::dropout:
         if (!input_grad) break;
-        if (l.spec.rate == 0.0)
-          backend_.axpby(in_n, 1.0f, dy, 0.0f, grad_out(l.input));
-        else
-          backend_.multiply(in_n, dy, e.a.data<float>(), grad_out(l.input));
+        if (l.spec.rate == 0.0) {
+          send_grad(l.input, dy, in_n);
+          break;
+        }
+        backend_.multiply(in_n, dy, e.a.data<float>(), grad_out(l.input));
         finish_grad(l.input, in_n);
         break;
       case layer_kind::layer_norm:
       case layer_kind::rms_norm: {
         const bool rms = kind == layer_kind::rms_norm;
-        // norm_backward writes dx whole: into scratch or the value's buffer as grad_out says.
-        float* dx = input_grad ? grad_out(l.input) : scratch_.data<float>();
+        // Into the input's gradient, added to what is there (a residual stream's), or into
+        // scratch where the input takes no gradient: norm_backward writes dx whole.
+        auto [dx, add] = input_grad ? grad_accumulator(l.input)
+                                    : std::pair<float*, bool>{scratch_.data<float>(), false};
         backend_.norm_backward(rms, x, param(l, 0), dy, e.a.data<float>(), e.b.data<float>(), rows,
-                               cols, dx, dparam(l, 0), rms ? nullptr : dparam(l, 1));
-        if (input_grad) finish_grad(l.input, in_n);
+                               cols, dx, dparam(l, 0), rms ? nullptr : dparam(l, 1), add);
         break;
       }
       case layer_kind::embedding:
@@ -561,19 +632,18 @@ class graph_model final : public detail::model_base {
         break;
       case layer_kind::position_embedding:
         backend_.column_sum(dy, batch, numel_of(l.in_shape), dparam(l, 0));
-        if (input_grad) {
-          backend_.axpby(in_n, 1.0f, dy, 0.0f, grad_out(l.input));
-          finish_grad(l.input, in_n);
-        }
+        if (input_grad) send_grad(l.input, dy, in_n);
         break;
       case layer_kind::attention:
         attention_backward(l, e, batch, dy);
         break;
       case layer_kind::add:
         for (int v : {l.input, l.other}) {
-          if (!needs_grad(v)) continue;
-          backend_.axpby(in_n, 1.0f, dy, 0.0f, grad_out(v));
-          finish_grad(v, in_n);
+          // An input with the sum's gradient buffer holds its gradient already.
+          if (!needs_grad(v) ||
+              groot_[static_cast<size_t>(v)] == groot_[static_cast<size_t>(l.output)])
+            continue;
+          send_grad(v, dy, in_n);
         }
         break;
       default:
@@ -586,9 +656,12 @@ class graph_model final : public detail::model_base {
   std::vector<tensor> acts_, grads_;
   std::vector<bool> written_;
   std::vector<layer_buffers> extra_;
-  std::vector<bool> relu_in_place_;  // per layer: a ReLU that overwrites its input
-  std::vector<bool> bias_relu_;      // per layer: a linear/conv2d that applies the next ReLU
-  std::vector<bool> relu_fused_;     // per layer: a ReLU its producer applied
+  std::vector<bool> relu_in_place_;     // per layer: a ReLU that overwrites its input
+  std::vector<bool> bias_relu_;         // per layer: a linear/conv2d that applies the next ReLU
+  std::vector<bool> relu_fused_;        // per layer: a ReLU its producer applied
+  std::vector<int> fused_activation_;   // per layer: the activation layer its bias pass applies
+  std::vector<bool> activation_fused_;  // per layer: an activation its producer applied
+  std::vector<int> groot_;              // per value: the root of its gradient buffer
   tensor scratch_, attn_d1_, attn_d2_, qkv_grad_, loss_stats_, ids_, targets_;
   int64_t attn_context_ = 0;
   std::vector<int32_t> ids_host_, targets_host_;

@@ -159,8 +159,16 @@ class timing_backend final : public backend {
                            int64_t n) override {
     time("activation_backward", [&] { inner_.activation_backward(f, x, dy, dx, n); });
   }
+  void bias_activation_forward(activation f, float* x, const float* bias, int64_t rows,
+                               int64_t cols, float* y) override {
+    time("bias_activation_forward",
+         [&] { inner_.bias_activation_forward(f, x, bias, rows, cols, y); });
+  }
   void multiply(int64_t n, const float* a, const float* b, float* out) override {
     time("multiply", [&] { inner_.multiply(n, a, b, out); });
+  }
+  void add(int64_t n, const float* a, const float* b, float* out) override {
+    time("add", [&] { inner_.add(n, a, b, out); });
   }
   void dropout_mask(int64_t n, float rate, uint64_t seed, float* mask) override {
     time("dropout_mask", [&] { inner_.dropout_mask(n, rate, seed, mask); });
@@ -171,10 +179,11 @@ class timing_backend final : public backend {
          [&] { inner_.norm_forward(rms, x, g, b, rows, cols, eps, y, mean, rstd); });
   }
   void norm_backward(bool rms, const float* x, const float* g, const float* dy, const float* mean,
-                     const float* rstd, int64_t rows, int64_t cols, float* dx, float* dg,
-                     float* db) override {
-    time("norm_backward",
-         [&] { inner_.norm_backward(rms, x, g, dy, mean, rstd, rows, cols, dx, dg, db); });
+                     const float* rstd, int64_t rows, int64_t cols, float* dx, float* dg, float* db,
+                     bool accumulate) override {
+    time("norm_backward", [&] {
+      inner_.norm_backward(rms, x, g, dy, mean, rstd, rows, cols, dx, dg, db, accumulate);
+    });
   }
   void embedding_forward(const int32_t* ids, const float* table, int64_t rows, int64_t dim,
                          float* y) override {

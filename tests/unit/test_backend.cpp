@@ -373,6 +373,72 @@ TEST_SUITE("backend") {
     }
   }
 
+  TEST_CASE(
+      "add, bias_activation_forward and norm_backward's accumulate: the separate passes' bits") {
+    // Each fused pass against the operations it replaces in a model graph, bit for bit: a
+    // model's results do not depend on which of the two ran.
+    for (auto& b : backends_under_test()) {
+      CAPTURE(b->describe());
+      const int64_t rows = 37, cols = 70, n = rows * cols;
+      auto x = random_vector(n, 31), y = random_vector(n, 32), bias = random_vector(cols, 33);
+
+      buffer xa(*b, x), ya(*b, y), sum(*b, std::vector<float>(n, 7.0f)), copy(*b, x);
+      b->add(n, xa.ptr(), ya.ptr(), sum.ptr());
+      b->axpby(n, 1.0f, ya.ptr(), 1.0f, copy.ptr());
+      const auto fused_sum = sum.read();
+      CHECK(fused_sum == copy.read());
+      std::vector<double> want(n);
+      for (int64_t i = 0; i < n; ++i) want[i] = double{x[i]} + y[i];
+      check_close(fused_sum, want, 1e-7, 0);
+      b->add(n, sum.ptr(), ya.ptr(), sum.ptr());  // out may be an input
+      for (int64_t i = 0; i < n; ++i) want[i] = double{fused_sum[i]} + y[i];
+      check_close(sum.read(), want, 1e-7, 0);
+
+      for (activation f : {activation::relu, activation::gelu, activation::tanh}) {
+        CAPTURE(static_cast<int>(f));
+        buffer pre(*b, x), out(*b, std::vector<float>(n, 7.0f)), db(*b, bias);
+        b->bias_activation_forward(f, pre.ptr(), db.ptr(), rows, cols, out.ptr());
+        buffer pre_apart(*b, x), out_apart(*b, std::vector<float>(n, 7.0f));
+        b->bias_relu_forward(pre_apart.ptr(), db.ptr(), rows, cols, false);
+        b->activation_forward(f, pre_apart.ptr(), out_apart.ptr(), n);
+        const auto fused_pre = pre.read(), fused_out = out.read();
+        CHECK(fused_pre == pre_apart.read());
+        CHECK(fused_out == out_apart.read());
+        for (int64_t r = 0; r < rows; ++r)
+          for (int64_t c = 0; c < cols; ++c) {
+            const double v = double{x[r * cols + c]} + bias[c];
+            want[r * cols + c] =
+                f == activation::relu ? std::max(v, 0.0)
+                : f == activation::tanh
+                    ? std::tanh(v)
+                    : 0.5 * v * (1 + std::tanh(std::sqrt(2 / M_PI) * (v + 0.044715 * v * v * v)));
+          }
+        check_close(fused_out, want, 1e-5, 1e-6);
+      }
+
+      auto gamma = random_vector(cols, 34), beta = random_vector(cols, 35);
+      auto dy = random_vector(n, 36), held = random_vector(n, 37);
+      for (bool rms : {false, true}) {
+        CAPTURE(rms);
+        buffer in(*b, x), g(*b, gamma), be(*b, beta), out(*b, y), dyb(*b, dy);
+        buffer mean(*b, std::vector<float>(rows)), rstd(*b, std::vector<float>(rows));
+        b->norm_forward(rms, in.ptr(), g.ptr(), rms ? nullptr : be.ptr(), rows, cols, 1e-5f,
+                        out.ptr(), mean.ptr(), rstd.ptr());
+        buffer dgamma(*b, std::vector<float>(cols)), dbeta(*b, std::vector<float>(cols));
+        buffer apart(*b, std::vector<float>(n, 7.0f)), acc(*b, held), sum_apart(*b, held);
+        b->norm_backward(rms, in.ptr(), g.ptr(), dyb.ptr(), mean.ptr(), rstd.ptr(), rows, cols,
+                         apart.ptr(), dgamma.ptr(), rms ? nullptr : dbeta.ptr(), false);
+        b->axpby(n, 1.0f, apart.ptr(), 1.0f, sum_apart.ptr());
+        b->norm_backward(rms, in.ptr(), g.ptr(), dyb.ptr(), mean.ptr(), rstd.ptr(), rows, cols,
+                         acc.ptr(), dgamma.ptr(), rms ? nullptr : dbeta.ptr(), true);
+        const auto accumulated = acc.read(), alone = apart.read();
+        CHECK(accumulated == sum_apart.read());
+        for (int64_t i = 0; i < n; ++i) want[i] = double{held[i]} + alone[i];
+        check_close(accumulated, want, 1e-6, 1e-7);
+      }
+    }
+  }
+
   TEST_CASE("column_sum of tall matrices: a convolution's bias gradient, a batch's bias") {
     // Tall enough that a GPU sums chunks of rows on many blocks, then the chunks' partials.
     for (auto& b : backends_under_test()) {
@@ -554,7 +620,7 @@ TEST_SUITE("backend") {
           b->norm_forward(rms, dx_.ptr(), g.ptr(), rms ? nullptr : be.ptr(), rows, cols, 1e-5f,
                           y.ptr(), mean.ptr(), rstd.ptr());
           b->norm_backward(rms, dx_.ptr(), g.ptr(), dyb.ptr(), mean.ptr(), rstd.ptr(), rows, cols,
-                           dx.ptr(), dgamma.ptr(), rms ? nullptr : dbeta.ptr());
+                           dx.ptr(), dgamma.ptr(), rms ? nullptr : dbeta.ptr(), false);
           const auto m = mean.read(), s = rstd.read();
           std::vector<double> want_gamma(cols, 0.0), want_beta(cols, 0.0);
           for (int64_t r = 0; r < rows; ++r)

@@ -152,6 +152,32 @@ layers = [
                     7, 3);
   }
 
+  TEST_CASE("residual sums and fused activations backpropagate, however their values are shared") {
+    // The cases alias_values() tells apart: a ReLU with two readers (applied in its linear
+    // layer's bias pass, not in place) and one with one (in place); an add's input only it
+    // reads (its gradient is the sum's buffer), one read twice (x + x), a chain of sums
+    // sharing one buffer (u into s4 into the last sum), a norm over a value another layer
+    // also reads (its gradient added in place).
+    check_gradients(R"([model]
+input = [6]
+layers = [
+  { type = "linear", units = 8, name = "h0" }, { type = "relu" },
+  { type = "add", with = "h0", name = "s0" },
+  { type = "linear", units = 8 }, { type = "tanh" },
+  { type = "add", with = "s0", name = "s1" },
+  { type = "add", with = "s1", name = "s2" },
+  { type = "linear", units = 8 }, { type = "relu" },
+  { type = "add", with = "s2", name = "s3" },
+  { type = "rms_norm", from = "s3" },
+  { type = "linear", units = 8 }, { type = "gelu" }, { type = "linear", units = 8 },
+  { type = "add", with = "s3", name = "s4" },
+  { type = "add", with = "s3" },
+  { type = "layer_norm" },
+  { type = "linear", units = 3 }, { type = "softmax_xent" },
+])",
+                    0);
+  }
+
   TEST_CASE("on a GPU: every layer's gradients agree with the CPU's") {
     if (cuda_device_count() == 0) {
       const std::string why =

@@ -168,12 +168,20 @@ class backend {
 
   /// y = f(x) elementwise over n values (y may be x).
   virtual void activation_forward(activation f, const float* x, float* y, int64_t n) = 0;
+  /// x[r, c] += bias[c], then y = f(x), over `rows` rows of `cols` values in one pass: a dense
+  /// or convolutional layer's bias and the activation after it, x keeping the activation's
+  /// input for its backward pass (y must not alias x). The same values as bias_relu_forward
+  /// without the ReLU followed by activation_forward.
+  virtual void bias_activation_forward(activation f, float* x, const float* bias, int64_t rows,
+                                       int64_t cols, float* y) = 0;
   /// dx = dy * f'(x) elementwise, from the activation's input x (dx may be dy).
   virtual void activation_backward(activation f, const float* x, const float* dy, float* dx,
                                    int64_t n) = 0;
 
   /// out[i] = a[i] * b[i] (out may be a or b).
   virtual void multiply(int64_t n, const float* a, const float* b, float* out) = 0;
+  /// out[i] = a[i] + b[i] (out may be a or b): a residual connection in one pass.
+  virtual void add(int64_t n, const float* a, const float* b, float* out) = 0;
   /// Inverted dropout's mask: mask[i] = 0 with probability `rate`, else 1 / (1 - rate), from a
   /// counter-based hash of (seed, i), so every backend draws the same mask.
   virtual void dropout_mask(int64_t n, float rate, uint64_t seed, float* mask) = 0;
@@ -185,11 +193,13 @@ class backend {
   virtual void norm_forward(bool rms, const float* x, const float* gamma, const float* beta,
                             int64_t rows, int64_t cols, float eps, float* y, float* mean,
                             float* rstd) = 0;
-  /// dx (overwritten) from dy and the saved statistics; dgamma and dbeta (overwritten; dbeta
-  /// null for RMS) are the parameter gradients summed over the rows.
+  /// dx from dy and the saved statistics, overwritten or, with `accumulate`, added to what
+  /// dx holds (a residual stream's gradient: dx + value rounds as one addition, as adding a
+  /// separate result would); dgamma and dbeta (overwritten; dbeta null for RMS) are the
+  /// parameter gradients summed over the rows.
   virtual void norm_backward(bool rms, const float* x, const float* gamma, const float* dy,
                              const float* mean, const float* rstd, int64_t rows, int64_t cols,
-                             float* dx, float* dgamma, float* dbeta) = 0;
+                             float* dx, float* dgamma, float* dbeta, bool accumulate) = 0;
 
   /// y[r, :] = table[ids[r], :] for `rows` ids, rows of `dim` values. Ids are checked at load
   /// time to be below the table's row count.
