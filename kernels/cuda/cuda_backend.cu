@@ -101,6 +101,7 @@ class cuda_backend final : public backend {
     if (!numel) throw compute_error(numel.error());
     const size_t bytes = static_cast<size_t>(*numel) * size_of(type);
     if (bytes == 0) return tensor::adopt(std::move(shape), type, where(), nullptr);
+    refuse_while_recording("allocate");
     activate();
     const std::string what = "allocating " + std::to_string(bytes) + " bytes for " +
                              gflex::to_string(shape) + " " + to_string(type) +
@@ -114,18 +115,21 @@ class cuda_backend final : public backend {
 
   void upload(const void* src, void* dst, size_t count) override {
     if (count == 0) return;
+    refuse_while_recording("upload");
     activate();
     staging_.upload(stream(), src, dst, count);
   }
 
   void download(const void* src, void* dst, size_t count) override {
     if (count == 0) return;
+    refuse_while_recording("download");
     activate();
     GFLEX_CUDA_CHECK(cudaMemcpyAsync(dst, src, count, cudaMemcpyDeviceToHost, stream()));
     GFLEX_CUDA_CHECK(cudaStreamSynchronize(stream()));
   }
 
   void synchronize() override {
+    refuse_while_recording("synchronize");
     activate();
     GFLEX_CUDA_CHECK(cudaStreamSynchronize(stream()));
   }
@@ -540,6 +544,56 @@ class cuda_backend final : public backend {
                  config.eps, config.weight_decay, bc1, bc2);
   }
 
+  // -- recording (CUDA graphs) ----------------------------------------------------------------
+
+  bool records() const override { return true; }
+
+  void begin_recording() override {
+    if (recording_) throw compute_error(gflex::error(errc::invalid_argument, "already recording"));
+    activate();
+    // Thread-local: another thread's backend (a second GPU's) goes on unhindered; this
+    // thread's calls that may not be recorded fail instead of being recorded.
+    GFLEX_CUDA_CHECK(cudaStreamBeginCapture(stream(), cudaStreamCaptureModeThreadLocal));
+    recording_ = true;
+    recording_failed_ = false;
+  }
+
+  std::unique_ptr<recorded_work> end_recording() override {
+    if (!recording_) return nullptr;
+    recording_ = false;
+    activate();
+    cudaGraph_t graph = nullptr;
+    if (cudaStreamEndCapture(stream(), &graph) != cudaSuccess || graph == nullptr ||
+        recording_failed_) {
+      (void)cudaGetLastError();  // an invalidated capture: nothing ran, nothing is kept
+      if (graph != nullptr) (void)cudaGraphDestroy(graph);
+      return nullptr;
+    }
+    cudaGraphExec_t exec = nullptr;
+    const cudaError_t status = cudaGraphInstantiate(&exec, graph, 0);
+    (void)cudaGraphDestroy(graph);
+    if (status != cudaSuccess) {
+      (void)cudaGetLastError();
+      return nullptr;
+    }
+    return std::make_unique<cuda_graph>(exec, ordinal_);
+  }
+
+  void replay(const recorded_work& work) override {
+    const auto* graph = dynamic_cast<const cuda_graph*>(&work);
+    if (graph == nullptr || graph->ordinal != ordinal_)
+      throw compute_error(
+          gflex::error(errc::invalid_argument, "replaying work another backend recorded"));
+    refuse_while_recording("replay");
+    activate();
+    GFLEX_CUDA_CHECK(cudaGraphLaunch(graph->exec, stream()));
+    ++replays_;
+  }
+
+  uint64_t replays() const override { return replays_; }
+
+  uint64_t recording_epoch() const override { return recording_epoch_; }
+
   // -- reductions (synchronising) -------------------------------------------------------------
 
   double sum(const float* x, int64_t n) override { return reduce<false>(x, n); }
@@ -669,6 +723,8 @@ class cuda_backend final : public backend {
   /// the stream first, so the calls already enqueued keep theirs and the pool can reuse it.
   void* ensure_workspace(size_t bytes) {
     if (bytes <= workspace_bytes_) return workspace_;
+    refuse_while_recording("growing the workspace");
+    ++recording_epoch_;  // work recorded with the old workspace must not run again
     if (workspace_ != nullptr) streams_->free(workspace_, workspace_bytes_);
     workspace_ = nullptr;
     workspace_bytes_ = 0;
@@ -788,6 +844,7 @@ class cuda_backend final : public backend {
                             const void* a, const void* b, void* out) {
     conv_choice& choice = plan.choice[static_cast<size_t>(pass)];
     if (choice.chosen) return choice;
+    refuse_while_recording("choosing a convolution algorithm");  // it times the candidates
     cudnnConvolutionDescriptor_t conv = plan.conv[static_cast<size_t>(pass)].get();
     const size_t cap = workspace_cap();
     int max_count = 0;
@@ -877,6 +934,7 @@ class cuda_backend final : public backend {
       streams_->free(workspace_, workspace_bytes_);
       workspace_ = nullptr;
       workspace_bytes_ = 0;
+      ++recording_epoch_;
     }
     return choice;
   }
@@ -912,6 +970,7 @@ class cuda_backend final : public backend {
   template <bool Square>
   double reduce(const float* x, int64_t n) {
     if (n <= 0) return 0.0;
+    refuse_while_recording(Square ? "sum_squares" : "sum");
     activate();
     double* result = reduce_buffer_ + max_blocks_;
     const unsigned blocks = launch_reduce_partial(kernel_launch(), Square, x, n, reduce_buffer_);
@@ -922,9 +981,35 @@ class cuda_backend final : public backend {
     return host;
   }
 
+  /// A recorded CUDA graph, instantiated; destroyed with its device current.
+  struct cuda_graph final : recorded_work {
+    cuda_graph(cudaGraphExec_t e, int o) : exec(e), ordinal(o) {}
+    ~cuda_graph() override {
+      device_guard guard(ordinal);
+      if (cudaGraphExecDestroy(exec) != cudaSuccess) (void)cudaGetLastError();
+    }
+    cuda_graph(const cuda_graph&) = delete;
+    cuda_graph& operator=(const cuda_graph&) = delete;
+    cudaGraphExec_t exec;
+    int ordinal;
+  };
+
+  /// A call that would wait, allocate or time while the stream records: refused with a clear
+  /// error rather than left to invalidate the capture.
+  void refuse_while_recording(const char* what) {
+    if (!recording_) return;
+    recording_failed_ = true;  // the capture holds part of the work at most: end_recording drops it
+    throw compute_error(
+        gflex::error(errc::invalid_argument, std::string(what) + " while recording a CUDA graph"));
+  }
+
   int ordinal_;
   std::string description_;
   int max_blocks_ = 1;
+  bool recording_ = false;
+  bool recording_failed_ = false;  ///< A call was refused while recording.
+  uint64_t recording_epoch_ = 0;
+  uint64_t replays_ = 0;
   /// Shared memory a block may opt into (the flash-attention kernels' need is checked
   /// against it).
   size_t shared_per_block_optin_ = 0;

@@ -31,6 +31,18 @@ void backend::fused_attention_backward(const float*, const float*, const float*,
   no_fused_attention(*this, d, heads);
 }
 
+void backend::begin_recording() {
+  throw compute_error(error(errc::invalid_argument, describe() + " records no work"));
+}
+
+std::unique_ptr<recorded_work> backend::end_recording() {
+  return nullptr;
+}
+
+void backend::replay(const recorded_work&) {
+  throw compute_error(error(errc::invalid_argument, describe() + " records no work"));
+}
+
 bool conv2d_geometry::valid() const {
   for (int64_t v : {batch, height, width, in_channels, out_channels, kernel_h, kernel_w})
     if (v <= 0) return false;

@@ -5,10 +5,13 @@
 /// buffers. The backward pass visits the layers in reverse; a value read by several layers
 /// (a residual) sums the gradients they send it.
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <limits>
+#include <memory>
 #include <string_view>
+#include <utility>
 
 #include "gflex/kernels/model_spec.hpp"
 #include "gflex/runtime/rng.hpp"
@@ -55,6 +58,7 @@ class graph_model final : public detail::model_base {
           break;
         case layer_kind::dropout:
           e.a = b.allocate({max_batch * in}, dtype::f32);
+          dropout_ = dropout_ || l.spec.rate > 0.0;
           break;
         case layer_kind::layer_norm:
         case layer_kind::rms_norm:
@@ -110,10 +114,10 @@ class graph_model final : public detail::model_base {
                 float loss_scale) override {
     auto y = prepare(features, labels, batch);
     ++passes_;
-    forward(batch, true);
-    std::fill(written_.begin(), written_.end(), false);
-    loss(batch, y, loss_scale, true);
-    for (size_t i = plan_.layers.size(); i-- > 0;) backward_layer(i, batch);
+    if (recorded_passes_asked() && backend_.records() && !dropout_)
+      recorded_pass(batch, y, loss_scale);
+    else
+      training_pass(batch, y, loss_scale);
   }
 
   void reset_optimizer() override {
@@ -134,6 +138,92 @@ class graph_model final : public detail::model_base {
   };
 
   bool tokens() const { return plan_.spec.vocab > 0; }
+
+  // A training pass on the staged batch: forward, loss, backward.
+  void training_pass(int64_t batch, const int32_t* labels, float loss_scale) {
+    forward(batch, true);
+    std::fill(written_.begin(), written_.end(), false);
+    loss(batch, labels, loss_scale, true);
+    for (size_t i = plan_.layers.size(); i-- > 0;) backward_layer(i, batch);
+  }
+
+  // What a recorded training pass depends on besides the model's own buffers: the same key,
+  // the same launches on the same addresses.
+  struct pass_key {
+    int64_t batch;
+    float loss_scale;
+    const int32_t* labels;
+    const float* input;
+    const int32_t* ids;
+    bool fused_attention;
+    math_precision precision;
+    bool operator==(const pass_key&) const = default;
+  };
+
+  // GFLEX_CUDA_GRAPHS=1 (a backend that records): a training pass is run as one recorded
+  // CUDA graph, hundreds of launches in one. The first pass with a key runs as it is (it
+  // chooses convolution algorithms and allocates lazily: nothing a recording may do), the
+  // second is recorded and replayed, later ones replay. Recordings go stale when the model
+  // or the backend replaces a buffer (the epochs); a pass that cannot be recorded (it would
+  // allocate, say) runs unrecorded, now and for its key from then on. Models with dropout
+  // draw a new mask each pass, which a replay would repeat: they are never recorded.
+  void recorded_pass(int64_t batch, const int32_t* labels, float loss_scale) {
+    const pass_key key{
+        batch, loss_scale, labels, input_, ids_ptr_, fused_attention_asked(), backend_.precision()};
+    const std::pair<uint64_t, uint64_t> epochs{layout_epoch_, backend_.recording_epoch()};
+    if (epochs != recorded_epochs_ || recorded_.size() >= 8) {
+      recorded_.clear();
+      recorded_epochs_ = epochs;
+    }
+    auto it = std::find_if(recorded_.begin(), recorded_.end(),
+                           [&](const recording& r) { return r.key == key; });
+    if (it == recorded_.end()) {  // first time: as it is
+      training_pass(batch, labels, loss_scale);
+      const std::pair<uint64_t, uint64_t> now{layout_epoch_, backend_.recording_epoch()};
+      if (now != recorded_epochs_) {
+        // The pass allocated: what was recorded before may use the buffers it replaced.
+        recorded_.clear();
+        recorded_epochs_ = now;
+      }
+      recorded_.push_back({key, nullptr, false});
+      return;
+    }
+    if (it->work) {
+      backend_.replay(*it->work);
+      return;
+    }
+    if (it->refused) {
+      training_pass(batch, labels, loss_scale);
+      return;
+    }
+    backend_.begin_recording();
+    bool failed = false;
+    try {
+      training_pass(batch, labels, loss_scale);
+    } catch (...) {
+      // Nothing recorded ran: the pass runs unrecorded below, and fails there if it must.
+      failed = true;
+    }
+    std::unique_ptr<recorded_work> work = backend_.end_recording();
+    if (failed) work.reset();  // a part of the pass at most
+    // The recording may have allocated a buffer after all: `it` and the epochs are checked
+    // again.
+    it = std::find_if(recorded_.begin(), recorded_.end(),
+                      [&](const recording& r) { return r.key == key; });
+    const bool current = std::pair{layout_epoch_, backend_.recording_epoch()} == recorded_epochs_;
+    if (!work || !current || it == recorded_.end()) {
+      if (it != recorded_.end()) it->refused = true;
+      training_pass(batch, labels, loss_scale);
+      return;
+    }
+    backend_.replay(*work);  // recording ran nothing: this pass runs now
+    it->work = std::move(work);
+  }
+
+  static bool recorded_passes_asked() {
+    const char* v = std::getenv("GFLEX_CUDA_GRAPHS");
+    return v != nullptr && std::string_view(v) == "1";
+  }
 
   // Decides which values share a buffer: flatten and reshape are views of their input; a ReLU
   // that is the only reader of its input runs in place (its output is its input's buffer, its
@@ -424,12 +514,16 @@ class graph_model final : public detail::model_base {
     if (l.spec.bias) backend_.bias_relu_forward(qkv, param(l, 1), batch * t, 3 * d, false);
     e.fused = fused_attention_asked() && backend_.fused_attention(dh);
     if (e.fused) {
-      if (e.b.numel() != max_batch_ * h * t)
+      if (e.b.numel() != max_batch_ * h * t) {
         e.b = backend_.allocate({max_batch_ * h * t}, dtype::f32);
+        ++layout_epoch_;
+      }
       backend_.fused_attention_forward(qkv, batch, t, d, h, scale, ctx, e.b.data<float>());
     } else {
-      if (e.b.numel() != max_batch_ * h * t * t)
+      if (e.b.numel() != max_batch_ * h * t * t) {
         e.b = backend_.allocate({max_batch_ * h * t * t}, dtype::f32);
+        ++layout_epoch_;
+      }
       composed_attention_forward(e.b.data<float>(), qkv, batch, t, d, h, scale, ctx);
     }
     backend_.gemm(false, false, batch * t, d, d, 1.0f, ctx, d, param(l, wo), d, 0.0f, y, d);
@@ -485,8 +579,10 @@ class graph_model final : public detail::model_base {
                                    int64_t batch, int64_t t, int64_t d, int64_t h, float scale,
                                    float* dqkv) {
     const int64_t dh = d / h;
-    if (attn_d2_.numel() < max_batch_ * h * t * t)
+    if (attn_d2_.numel() < max_batch_ * h * t * t) {
       attn_d2_ = backend_.allocate({max_batch_ * h * t * t}, dtype::f32);
+      ++layout_epoch_;
+    }
     float* dprobs = attn_d2_.data<float>();
     for (int64_t head = 0; head < h; ++head)
       backend_.gemm_strided_batched(false, true, t, t, dh, 1.0f, dctx + head * dh, d, t * d,
@@ -516,7 +612,10 @@ class graph_model final : public detail::model_base {
   }
 
   float* scratch_for_qkv(int64_t n) {
-    if (qkv_grad_.numel() < n) qkv_grad_ = backend_.allocate({n}, dtype::f32);
+    if (qkv_grad_.numel() < n) {
+      qkv_grad_ = backend_.allocate({n}, dtype::f32);
+      ++layout_epoch_;
+    }
     return qkv_grad_.data<float>();
   }
 
@@ -668,6 +767,15 @@ class graph_model final : public detail::model_base {
   const int32_t* ids_ptr_ = nullptr;
   const float* input_ = nullptr;
   uint64_t passes_ = 0;
+  bool dropout_ = false;  // a dropout layer that drops: its masks change every pass
+  struct recording {
+    pass_key key;
+    std::unique_ptr<recorded_work> work;
+    bool refused;  // recording failed: this key runs unrecorded
+  };
+  std::vector<recording> recorded_;  // recorded_pass()'s, for the current epochs
+  std::pair<uint64_t, uint64_t> recorded_epochs_{0, 0};
+  uint64_t layout_epoch_ = 0;  // bumped when a lazily allocated buffer is (re)allocated
 };
 
 class graph_workload final : public workload {

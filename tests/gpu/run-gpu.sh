@@ -13,7 +13,9 @@
 # 4. runs a core and a node on the GPU, which train fashion-mlp and fashion-cnn as jobs
 #    (gpu_job.sh);
 # 5. runs the GPU benchmark, bench/gpu_vs_pytorch.sh;
-# 6. runs the language model benchmark, bench/lm_vs_torch.py, in bf16 at three sizes (the
+# 6. times fashion-cnn's and the small language model's step with and without recorded
+#    passes (GFLEX_CUDA_GRAPHS=1: the step as one CUDA graph);
+# 7. runs the language model benchmark, bench/lm_vs_torch.py, in bf16 at three sizes (the
 #    3.3M model at batches of 64 and 512 x 128 tokens, the 86M one at 16 x 1,024) against
 #    PyTorch eager and compiled, and gflex_bench_step's breakdown of gflex's step by operation
 #    at the two larger sizes, with attention composed and fused (GFLEX_LM_BENCH=0 leaves it
@@ -212,6 +214,38 @@ rc=${PIPESTATUS[0]}
 if ((rc != 0)); then
   echo "PROBLEM: the benchmark exited with $rc"
   failed+=("benchmark")
+fi
+
+step "recorded passes"
+# A training step as one CUDA graph (GFLEX_CUDA_GRAPHS=1) against the same step launched
+# operation by operation, where launches weigh most: fashion-cnn at batch 128 and the 3.3M
+# language model at 64 x 128 in bf16. "replays" counts the steps that ran as graphs.
+if [ "$("$bin/gflex" --log-level warn devices --json - 2>/dev/null |
+  "$python" -c 'import json, sys; print(len(json.load(sys.stdin)["devices"]))' 2>/dev/null)" = 0 ]; then
+  echo "recorded passes: left out (no GPU)"
+else
+  for run in "fashion-cnn 128 fp32 0" "fashion-cnn 128 fp32 1" \
+    "bench/specs/gpt-4x256.toml 64 bf16 0" "bench/specs/gpt-4x256.toml 64 bf16 1"; do
+    read -r workload rows precision graphs <<<"$run"
+    name="graphs-$(basename "$workload" .toml)-$rows-$graphs"
+    case "$workload" in bench/*) workload="$here/$workload" ;; esac
+    GFLEX_CUDA_GRAPHS=$graphs timeout 120 "$bin/gflex_bench_step" 0 "$rows" cuda:0 "$workload" \
+      "$precision" >"$out/$name.json" 2>"$out/$name.log"
+    rc=$?
+    if ((rc != 0)); then
+      echo "PROBLEM: $name exited with $rc:"
+      tail -5 "$out/$name.log"
+      failed+=("$name")
+      continue
+    fi
+    "$python" - "$out/$name.json" "$graphs" <<'PY'
+import json, sys
+s = json.load(open(sys.argv[1]))
+print(f"{s['workload'].split('/')[-1]} batch {s['batch']} {s['precision']}, "
+      f"GFLEX_CUDA_GRAPHS={sys.argv[2]}: step {s['step_ms']:.3f} ms, "
+      f"{s['samples_per_s']:.0f} samples/s, {s['replays']} steps replayed")
+PY
+  done
 fi
 
 step "language model"

@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <cstdlib>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -16,6 +17,7 @@
 #include "gflex/runtime/job_spec.hpp"
 #include "gflex/runtime/rng.hpp"
 #include "gflex/runtime/text_corpus.hpp"
+#include "recording_backend.hpp"
 
 using namespace gflex;
 using namespace gflex::kernels;
@@ -295,6 +297,100 @@ layers = [
       // each), the fused model holds at least the size of one of them less.
       CHECK_MESSAGE(fused.second + 6 * 2 * 70 * 70 * sizeof(float) <= composed.second,
                     "fused " << fused.second << " bytes, composed " << composed.second);
+    }
+  }
+
+  TEST_CASE("GFLEX_CUDA_GRAPHS=1: recorded training passes, the bits of unrecorded ones") {
+    // Six AdamW steps on new batches each, with and without the variable: the same parameters
+    // bit for bit (a replay runs the recorded operations on the same buffers). A backend that
+    // records replays from the second pass on (recorded, then replayed: five replays); one
+    // that does not (the CPU's) runs every pass as before. The CPU backend made to record as
+    // the CUDA backend does (recording_backend.hpp) tests the model's side here; a GPU, where
+    // there is one, its CUDA graphs.
+    struct restore_env {
+      ~restore_env() { unsetenv("GFLEX_CUDA_GRAPHS"); }
+    } restore;
+    auto cpu = make_cpu_backend(1);
+    testing::recording_backend recording(*cpu);
+    std::vector<backend*> backends{cpu.get(), &recording};
+    std::unique_ptr<backend> gpu;
+    if (cuda_device_count() > 0) {
+      auto made = make_cuda_backend(0);
+      REQUIRE(made.has_value());
+      gpu = std::move(*made);
+      backends.push_back(gpu.get());
+    } else {
+      MESSAGE("CUDA graphs are not run: no CUDA device on this machine");
+    }
+    for (const auto& model : std::vector<std::pair<std::string, int64_t>>{{R"([model]
+input = [8, 8, 1]
+layers = [
+  { type = "conv2d", filters = 4, kernel = 3, padding = 1 }, { type = "relu" },
+  { type = "max_pool", size = 2 }, { type = "flatten" },
+  { type = "linear", units = 16 }, { type = "gelu" }, { type = "layer_norm" },
+  { type = "linear", units = 5 }, { type = "softmax_xent" },
+])",
+                                                                           0},
+                                                                          {R"([model]
+input = [12]
+vocab = 9
+layers = [
+  { type = "embedding", dim = 16 }, { type = "position_embedding", name = "x0" },
+  { type = "layer_norm" }, { type = "attention", heads = 2 }, { type = "add", with = "x0" },
+  { type = "linear", units = 9 }, { type = "next_token_xent" },
+])",
+                                                                           9}}) {
+      auto w = graph(model.first);
+      std::vector<float> init(static_cast<size_t>(w->parameter_count()));
+      w->init_parameters(5, init);
+      // The parameters after six steps, and how many passes were replays; `between` runs
+      // after each step.
+      auto train = [&](backend& b, bool recorded, const std::function<void(int)>& between) {
+        if (recorded)
+          setenv("GFLEX_CUDA_GRAPHS", "1", 1);
+        else
+          unsetenv("GFLEX_CUDA_GRAPHS");
+        auto m = w->instantiate(b, 8);
+        REQUIRE_MESSAGE(m.has_value(), (m ? "" : m.error().message()));
+        (*m)->load_parameters(init);
+        const uint64_t replays = b.replays();
+        // One buffer for every batch: a host backend reads batches in place, so a recorded
+        // pass reads where the batch was when it was recorded.
+        batch_data data;
+        for (int step = 0; step < 6; ++step) {
+          auto next = random_batch(*w, 8, model.second, 40 + static_cast<uint64_t>(step));
+          if (step == 0) data = next;
+          std::copy(next.x.begin(), next.x.end(), data.x.begin());
+          std::copy(next.y.begin(), next.y.end(), data.y.begin());
+          (*m)->train_step(data.x.data(), data.y.data(), 8);
+          if (between) between(step);
+        }
+        std::vector<float> out(init.size());
+        (*m)->store_parameters(out);
+        return std::pair{out, b.replays() - replays};
+      };
+      for (backend* b : backends) {
+        CAPTURE(b->describe());
+        CAPTURE(b->records());
+        const auto plain = train(*b, false, nullptr), recorded = train(*b, true, nullptr);
+        CHECK(plain.second == 0);
+        CHECK(recorded.first == plain.first);
+        CHECK(recorded.second == (b->records() ? 5u : 0u));
+      }
+      const auto plain = train(recording, false, nullptr);
+      // Buffers replaced after the third step: the fourth pass runs as it is, the fifth is
+      // recorded anew.
+      const auto replaced = train(recording, true, [&](int step) {
+        if (step == 2) recording.replace_buffers();
+      });
+      CHECK(replaced.first == plain.first);
+      CHECK(replaced.second == 4);
+      // A recording that fails (a GEMM throws while recording): every pass runs unrecorded.
+      recording.throw_op = "gemm";
+      const auto refused = train(recording, true, nullptr);
+      recording.throw_op.clear();
+      CHECK(refused.first == plain.first);
+      CHECK(refused.second == 0);
     }
   }
 

@@ -73,6 +73,13 @@ class compute_error : public std::runtime_error {
   gflex::error err_;
 };
 
+/// Work a backend recorded and can enqueue again as one launch (a CUDA graph): the same
+/// operations on the same addresses with the same arguments.
+class recorded_work {
+ public:
+  virtual ~recorded_work() = default;
+};
+
 /// One device's compute. See the file comment for the conventions.
 class backend {
  public:
@@ -276,6 +283,27 @@ class backend {
   /// the bias corrections.
   virtual void adamw(float* param, const float* grad, float* m, float* v, int64_t n,
                      const adamw_config& config, int64_t step) = 0;
+
+  // -- recording (CUDA graphs) ----------------------------------------------------------------
+
+  /// Whether begin_recording() records this backend's operations (the CUDA backend).
+  virtual bool records() const { return false; }
+  /// From now until end_recording(), operations are recorded instead of run. Nothing that
+  /// waits (download, synchronize, the reductions below) or allocates may be called meanwhile:
+  /// such a call throws compute_error, and end_recording() must still be called. Throws
+  /// compute_error where records() is false.
+  virtual void begin_recording();
+  /// Ends the recording: the work, ready to replay, or null where it failed (then none of it
+  /// ran, and the caller runs it again unrecorded).
+  virtual std::unique_ptr<recorded_work> end_recording();
+  /// Enqueues work this backend recorded.
+  virtual void replay(const recorded_work& work);
+  /// How many times replay() has enqueued recorded work: a benchmark or test of recorded
+  /// passes checks that they ran.
+  virtual uint64_t replays() const { return 0; }
+  /// Changes whenever the backend replaces a buffer of its own that recorded work may use
+  /// (the cuDNN workspace, when a larger one is needed): work recorded before is stale.
+  virtual uint64_t recording_epoch() const { return 0; }
 
   // -- reductions (synchronising) -------------------------------------------------------------
 
