@@ -216,6 +216,21 @@ if ((rc != 0)); then
   failed+=("benchmark")
 fi
 
+# gflex_bench_step with the arguments after NAME and SECONDS, bounded to SECONDS, its JSON in
+# $out/NAME.json and its log in $out/NAME.log; a failure is said, counted, and returns 1.
+bench_step() {
+  local name=$1 seconds=$2 rc
+  shift 2
+  timeout "$seconds" "$bin/gflex_bench_step" "$@" >"$out/$name.json" 2>"$out/$name.log"
+  rc=$?
+  if ((rc != 0)); then
+    echo "PROBLEM: $name exited with $rc:"
+    tail -5 "$out/$name.log"
+    failed+=("$name")
+    return 1
+  fi
+}
+
 step "recorded passes"
 # A training step as one CUDA graph (GFLEX_CUDA_GRAPHS=1) against the same step launched
 # operation by operation, where launches weigh most: fashion-cnn at batch 128 and the 3.3M
@@ -229,15 +244,8 @@ else
     read -r workload rows precision graphs <<<"$run"
     name="graphs-$(basename "$workload" .toml)-$rows-$graphs"
     case "$workload" in bench/*) workload="$here/$workload" ;; esac
-    GFLEX_CUDA_GRAPHS=$graphs timeout 120 "$bin/gflex_bench_step" 0 "$rows" cuda:0 "$workload" \
-      "$precision" >"$out/$name.json" 2>"$out/$name.log"
-    rc=$?
-    if ((rc != 0)); then
-      echo "PROBLEM: $name exited with $rc:"
-      tail -5 "$out/$name.log"
-      failed+=("$name")
+    GFLEX_CUDA_GRAPHS=$graphs bench_step "$name" 120 0 "$rows" cuda:0 "$workload" "$precision" ||
       continue
-    fi
     "$python" - "$out/$name.json" "$graphs" <<'PY'
 import json, sys
 s = json.load(open(sys.argv[1]))
@@ -280,15 +288,8 @@ else
       read -r spec rows fused <<<"$run"
       name="lm-step-$spec-$rows"
       if [ "$fused" = 1 ]; then name="$name-fused"; fi
-      GFLEX_FUSED_ATTENTION=$fused timeout 180 "$bin/gflex_bench_step" 0 "$rows" cuda:0 \
-        "$here/bench/specs/$spec.toml" bf16 >"$out/$name.json" 2>"$out/$name.log"
-      rc=$?
-      if ((rc != 0)); then
-        echo "PROBLEM: $name exited with $rc:"
-        tail -5 "$out/$name.log"
-        failed+=("$name")
-        continue
-      fi
+      GFLEX_FUSED_ATTENTION=$fused bench_step "$name" 180 0 "$rows" cuda:0 \
+        "$here/bench/specs/$spec.toml" bf16 || continue
       "$python" - "$out/$name.json" "$fused" <<'PY'
 import json, sys
 s = json.load(open(sys.argv[1]))
