@@ -721,6 +721,9 @@ class cuda_backend final : public backend {
 
   /// The cuDNN workspace, grown to at least `bytes` (null for 0). Growing frees the old one on
   /// the stream first, so the calls already enqueued keep theirs and the pool can reuse it.
+  /// It grows to what every chosen algorithm needs where that is more (and fits): once a
+  /// model's first pass has chosen its convolutions' algorithms the workspace stops growing,
+  /// so its second pass can be recorded (a recording cannot allocate).
   void* ensure_workspace(size_t bytes) {
     if (bytes <= workspace_bytes_) return workspace_;
     refuse_while_recording("growing the workspace");
@@ -728,9 +731,20 @@ class cuda_backend final : public backend {
     if (workspace_ != nullptr) streams_->free(workspace_, workspace_bytes_);
     workspace_ = nullptr;
     workspace_bytes_ = 0;
-    workspace_ = allocate_device(bytes, "allocating a cuDNN workspace of " + std::to_string(bytes) +
-                                            " bytes on cuda:" + std::to_string(ordinal_));
-    workspace_bytes_ = bytes;
+    auto grow = [&](size_t size) {
+      workspace_ = allocate_device(size, "allocating a cuDNN workspace of " + std::to_string(size) +
+                                             " bytes on cuda:" + std::to_string(ordinal_));
+      workspace_bytes_ = size;
+    };
+    if (chosen_workspace_ > bytes) {
+      try {
+        grow(chosen_workspace_);
+        return workspace_;
+      } catch (const compute_error&) {
+        // No room for every algorithm's: this call's need alone, below.
+      }
+    }
+    grow(bytes);
     return workspace_;
   }
 

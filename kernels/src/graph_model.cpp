@@ -165,8 +165,9 @@ class graph_model final : public detail::model_base {
   // chooses convolution algorithms and allocates lazily: nothing a recording may do), the
   // second is recorded and replayed, later ones replay. Recordings go stale when the model
   // or the backend replaces a buffer (the epochs); a pass that cannot be recorded (it would
-  // allocate, say) runs unrecorded, now and for its key from then on. Models with dropout
-  // draw a new mask each pass, which a replay would repeat: they are never recorded.
+  // allocate, say) runs unrecorded, and after a second failure always does for its key.
+  // Models with dropout draw a new mask each pass, which a replay would repeat: they are
+  // never recorded.
   void recorded_pass(int64_t batch, const int32_t* labels, float loss_scale) {
     const pass_key key{
         batch, loss_scale, labels, input_, ids_ptr_, fused_attention_asked(), backend_.precision()};
@@ -185,7 +186,7 @@ class graph_model final : public detail::model_base {
         recorded_.clear();
         recorded_epochs_ = now;
       }
-      recorded_.push_back({key, nullptr, false});
+      recorded_.push_back({key, nullptr, false, 0});
       return;
     }
     if (it->work) {
@@ -212,7 +213,9 @@ class graph_model final : public detail::model_base {
                       [&](const recording& r) { return r.key == key; });
     const bool current = std::pair{layout_epoch_, backend_.recording_epoch()} == recorded_epochs_;
     if (!work || !current || it == recorded_.end()) {
-      if (it != recorded_.end()) it->refused = true;
+      // Tried once more (the unrecorded pass may grow what the recording would have), then
+      // given up for this key.
+      if (it != recorded_.end()) it->refused = ++it->failures >= 2;
       training_pass(batch, labels, loss_scale);
       return;
     }
@@ -771,7 +774,8 @@ class graph_model final : public detail::model_base {
   struct recording {
     pass_key key;
     std::unique_ptr<recorded_work> work;
-    bool refused;  // recording failed: this key runs unrecorded
+    bool refused;  // recording failed twice: this key runs unrecorded
+    int failures;
   };
   std::vector<recording> recorded_;  // recorded_pass()'s, for the current epochs
   std::pair<uint64_t, uint64_t> recorded_epochs_{0, 0};

@@ -22,6 +22,8 @@ class recording_backend final : public forwarding_backend {
   /// An operation that throws while recording, as a failed check in the model's own code
   /// would: the recording is left to the model to drop (end_recording returns it).
   std::string throw_op;
+  /// How many times throw_op throws before it records again.
+  int throw_times = 1 << 30;
 
   /// Makes work recorded so far stale, as a CUDA backend's grown workspace does.
   void replace_buffers() { ++epoch_; }
@@ -85,8 +87,10 @@ class recording_backend final : public forwarding_backend {
       call();
       return;
     }
-    if (op == throw_op)
+    if (op == throw_op && throw_times > 0) {
+      --throw_times;
       throw compute_error(error(errc::invalid_argument, throw_op + " failed while recording"));
+    }
     ops_.push_back(std::move(call));
   }
 

@@ -385,8 +385,15 @@ layers = [
       });
       CHECK(replaced.first == plain.first);
       CHECK(replaced.second == 4);
-      // A recording that fails (a GEMM throws while recording): every pass runs unrecorded.
+      // A recording that fails once (a GEMM throws while recording): that pass runs
+      // unrecorded, the next is recorded.
       recording.throw_op = "gemm";
+      recording.throw_times = 1;
+      const auto retried = train(recording, true, nullptr);
+      CHECK(retried.first == plain.first);
+      CHECK(retried.second == 4);
+      // A recording that always fails: every pass runs unrecorded.
+      recording.throw_times = 1 << 30;
       const auto refused = train(recording, true, nullptr);
       recording.throw_op.clear();
       CHECK(refused.first == plain.first);
