@@ -4,7 +4,10 @@
 
 #include <algorithm>
 #include <ctime>
+#include <deque>
+#include <functional>
 #include <map>
+#include <set>
 
 #include "access.hpp"
 #include "core_metrics.hpp"
@@ -31,10 +34,41 @@ struct gatekeeper_state {
   join_failures failures;
   std::map<uint64_t, pending_admit> held;  // answers delayed for addresses that keep failing
   uint64_t next_held = 1;
+  // A token's record is read, changed and written back while the store answers and the
+  // gatekeeper goes on with other messages. Each change of a token (by its store key) waits
+  // for the one before it, so that joins at once neither lose each other's key bindings nor
+  // pass its use limit, and no join's write undoes a closure or a revocation.
+  std::set<std::string> tokens_changing;
+  std::map<std::string, std::deque<std::function<void()>>> tokens_waiting;
   static inline const char* name = "gatekeeper";
 };
 
 using gatekeeper_actor = caf::stateful_actor<gatekeeper_state>;
+
+// Runs `change` of the token record at store key `key` once no other change of it is under
+// way; `change` calls token_changed(self, key) when it is done (written, failed or refused).
+void change_token(gatekeeper_actor* self, const std::string& key, std::function<void()> change) {
+  auto& st = self->state;
+  if (!st.tokens_changing.insert(key).second) {
+    st.tokens_waiting[key].push_back(std::move(change));
+    return;
+  }
+  change();
+}
+
+// The change of the token at `key` is done: the next waiting one starts.
+void token_changed(gatekeeper_actor* self, const std::string& key) {
+  auto& st = self->state;
+  auto it = st.tokens_waiting.find(key);
+  if (it == st.tokens_waiting.end()) {
+    st.tokens_changing.erase(key);
+    return;
+  }
+  auto next = std::move(it->second.front());
+  it->second.pop_front();
+  if (it->second.empty()) st.tokens_waiting.erase(it);
+  next();
+}
 
 constexpr auto store_timeout = std::chrono::seconds(30);
 
@@ -77,32 +111,48 @@ void decide(gatekeeper_actor* self, pending_admit p) {
   }
   auto key = token_store_key(secret_digest(p.token));
   auto check_token = [=](pending_admit p) {
-    self->request(self->state.store, store_timeout, read_atom::value, key)
-        .then(
-            [=](bool found, std::vector<uint8_t>& bytes) mutable {
-              if (!found) {
-                refuse(p, error(errc::permission_denied, "unknown join token"));
-                return;
-              }
-              auto r = decode_token_record(bytes);
-              if (!r) {
-                p.promise.deliver(to_caf(r.error()));
-                return;
-              }
-              if (auto ok = admits(*r, p.tier, p.key, now_unix()); !ok) {
-                refuse(p, ok.error());
-                return;
-              }
-              r->joins += 1;
-              // The token binds to the keys that use it (up to its use limit).
-              if (std::find(r->keys.begin(), r->keys.end(), p.key) == r->keys.end())
-                r->keys.push_back(p.key);
-              self->request(self->state.store, store_timeout, commit_atom::value,
-                            one_write(key, encode_token_record(*r)))
-                  .then([=](caf::ok_atom) mutable { p.promise.deliver(caf::ok_atom::value); },
-                        [=](caf::error& e) mutable { p.promise.deliver(e); });
-            },
-            [=](caf::error& e) mutable { p.promise.deliver(e); });
+    change_token(self, key, [=]() mutable {
+      auto done = [=] { token_changed(self, key); };
+      self->request(self->state.store, store_timeout, read_atom::value, key)
+          .then(
+              [=](bool found, std::vector<uint8_t>& bytes) mutable {
+                if (!found) {
+                  refuse(p, error(errc::permission_denied, "unknown join token"));
+                  done();
+                  return;
+                }
+                auto r = decode_token_record(bytes);
+                if (!r) {
+                  p.promise.deliver(to_caf(r.error()));
+                  done();
+                  return;
+                }
+                if (auto ok = admits(*r, p.tier, p.key, now_unix()); !ok) {
+                  refuse(p, ok.error());
+                  done();
+                  return;
+                }
+                r->joins += 1;
+                // The token binds to the keys that use it (up to its use limit).
+                if (std::find(r->keys.begin(), r->keys.end(), p.key) == r->keys.end())
+                  r->keys.push_back(p.key);
+                self->request(self->state.store, store_timeout, commit_atom::value,
+                              one_write(key, encode_token_record(*r)))
+                    .then(
+                        [=](caf::ok_atom) mutable {
+                          p.promise.deliver(caf::ok_atom::value);
+                          done();
+                        },
+                        [=](caf::error& e) mutable {
+                          p.promise.deliver(e);
+                          done();
+                        });
+              },
+              [=](caf::error& e) mutable {
+                p.promise.deliver(e);
+                done();
+              });
+    });
   };
   // A banned key is refused whatever token it brings.
   self->request(self->state.store, store_timeout, read_atom::value, banned_key_store_key(p.key))
@@ -217,8 +267,7 @@ caf::behavior gatekeeper(gatekeeper_actor* self, caf::actor store, std::string o
         auto rp = self->make_response_promise<caf::ok_atom>();
         self->request(self->state.store, store_timeout, scan_atom::value, std::string("token/"))
             .then(
-                [=](std::vector<std::string>& keys,
-                    std::vector<std::vector<uint8_t>>& values) mutable {
+                [=](std::vector<std::string>& keys, std::vector<std::vector<uint8_t>>&) mutable {
                   std::vector<size_t> matches;
                   for (size_t i = 0; i < keys.size(); ++i)
                     if (keys[i].compare(6, id.size(), id) == 0) matches.push_back(i);
@@ -230,20 +279,40 @@ caf::behavior gatekeeper(gatekeeper_actor* self, caf::actor store, std::string o
                                                                   "more digits")));
                     return;
                   }
-                  auto r = decode_token_record(values[matches[0]]);
-                  if (!r) {
-                    rp.deliver(to_caf(r.error()));
-                    return;
-                  }
-                  r->revoked = true;
-                  self->request(self->state.store, store_timeout, commit_atom::value,
-                                one_write(keys[matches[0]], encode_token_record(*r)))
-                      .then(
-                          [=](caf::ok_atom) mutable {
-                            spdlog::info("gatekeeper: join token {} revoked", r->id);
-                            rp.deliver(caf::ok_atom::value);
-                          },
-                          [=](caf::error& e) mutable { rp.deliver(e); });
+                  // Read again and written under the token's turn (change_token).
+                  const std::string key = keys[matches[0]];
+                  change_token(self, key, [=]() mutable {
+                    auto done = [=] { token_changed(self, key); };
+                    self->request(self->state.store, store_timeout, read_atom::value, key)
+                        .then(
+                            [=](bool found, std::vector<uint8_t>& bytes) mutable {
+                              auto r = found ? decode_token_record(bytes)
+                                             : expected<join_token_record>(
+                                                   error(errc::store_error, "the token is gone"));
+                              if (!r) {
+                                rp.deliver(to_caf(r.error()));
+                                done();
+                                return;
+                              }
+                              r->revoked = true;
+                              self->request(self->state.store, store_timeout, commit_atom::value,
+                                            one_write(key, encode_token_record(*r)))
+                                  .then(
+                                      [=](caf::ok_atom) mutable {
+                                        spdlog::info("gatekeeper: join token {} revoked", r->id);
+                                        rp.deliver(caf::ok_atom::value);
+                                        done();
+                                      },
+                                      [=](caf::error& e) mutable {
+                                        rp.deliver(e);
+                                        done();
+                                      });
+                            },
+                            [=](caf::error& e) mutable {
+                              rp.deliver(e);
+                              done();
+                            });
+                  });
                 },
                 [=](caf::error& e) mutable { rp.deliver(e); });
         return rp;
@@ -288,25 +357,43 @@ caf::behavior gatekeeper(gatekeeper_actor* self, caf::actor store, std::string o
         self->request(st.store, store_timeout, commit_atom::value,
                       one_write(banned_key_store_key(key), bytes_of(name)))
             .then([](caf::ok_atom) {}, report);
+        // Each token bound to the key is closed under its turn (change_token): read again,
+        // so that a join written since is kept, and written before any join that waits.
+        auto close = [=](const std::string& token_key) {
+          change_token(self, token_key, [=] {
+            auto done = [=] { token_changed(self, token_key); };
+            auto failed = [=](caf::error& e) {
+              report(e);
+              done();
+            };
+            self->request(self->state.store, store_timeout, read_atom::value, token_key)
+                .then(
+                    [=](bool found, std::vector<uint8_t>& bytes) {
+                      auto r = found ? decode_token_record(bytes)
+                                     : expected<join_token_record>(
+                                           error(errc::store_error, "the token is gone"));
+                      if (!r || r->revoked || !r->closed.empty()) {
+                        done();
+                        return;
+                      }
+                      r->closed = "node " + name + " joined with it and was caught";
+                      spdlog::warn("gatekeeper: join token {} closed to new keys: {}", r->id,
+                                   r->closed);
+                      self->request(self->state.store, store_timeout, commit_atom::value,
+                                    one_write(token_key, encode_token_record(*r)))
+                          .then([=](caf::ok_atom) { done(); }, failed);
+                    },
+                    failed);
+          });
+        };
         self->request(st.store, store_timeout, scan_atom::value, std::string("token/"))
             .then(
                 [=](std::vector<std::string>& keys, std::vector<std::vector<uint8_t>>& values) {
-                  store_batch batch;
                   for (size_t i = 0; i < keys.size(); ++i) {
                     auto r = decode_token_record(values[i]);
-                    if (!r || r->revoked || !r->closed.empty() ||
-                        std::find(r->keys.begin(), r->keys.end(), key) == r->keys.end())
-                      continue;
-                    r->closed = "node " + name + " joined with it and was caught";
-                    spdlog::warn("gatekeeper: join token {} closed to new keys: {}", r->id,
-                                 r->closed);
-                    batch.keys.push_back(keys[i]);
-                    batch.values.push_back(encode_token_record(*r));
+                    if (r && std::find(r->keys.begin(), r->keys.end(), key) != r->keys.end())
+                      close(keys[i]);
                   }
-                  if (!batch.keys.empty())
-                    self->request(self->state.store, store_timeout, commit_atom::value,
-                                  std::move(batch))
-                        .then([](caf::ok_atom) {}, report);
                 },
                 report);
       },

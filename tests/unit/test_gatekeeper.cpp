@@ -1,0 +1,123 @@
+/// The gatekeeper's join tokens under concurrent joins (actors/core/gatekeeper.hpp): a token's
+/// record is read, changed and written back while the store answers, so joins with one
+/// token at once must not lose each other's key bindings, pass its use limit, or reopen it
+/// after a caught node closed it.
+
+#include <doctest/doctest.h>
+
+#include <caf/all.hpp>
+
+#include <string>
+#include <vector>
+
+#include "configured_system.hpp"
+#include "gatekeeper.hpp"
+#include "gflex/accounts.hpp"
+#include "messages.hpp"
+#include "store.hpp"
+#include "temp_dir.hpp"
+
+using namespace gflex;
+
+namespace {
+
+struct gate_fixture : test::configured_system {
+  test::temp_dir dir;
+  caf::actor store, gate;
+  const std::chrono::seconds timeout{30};
+
+  gate_fixture() {
+    auto s = spawn_store(sys, dir.path());
+    REQUIRE(s.has_value());
+    store = *s;
+    gate = spawn_gatekeeper(sys, store, "the operator's key");
+  }
+
+  ~gate_fixture() {
+    for (const auto& a : {gate, store}) self->send_exit(a, caf::exit_reason::kill);
+  }
+
+  std::string new_token(int64_t uses) {
+    std::string token;
+    self->request(gate, timeout, token_atom::value, std::string("community"), int64_t{0}, uses)
+        .receive([&](std::string& t) { token = t; }, [&](caf::error& e) { FAIL(sys.render(e)); });
+    return token;
+  }
+
+  // A node key in hex, one per i.
+  static std::string key(int i) {
+    std::string k = std::to_string(i);
+    return std::string(64 - k.size(), 'a') + k;
+  }
+
+  // Sends the hellos of keys [first, last) with `token` at once, each from its own address,
+  // and counts the admitted; the refusals' messages go to `refusals`.
+  int join_at_once(const std::string& token, int first, int last,
+                   std::vector<std::string>* refusals = nullptr) {
+    for (int i = first; i < last; ++i)
+      self->send(gate, admit_atom::value, token, std::string("community"),
+                 "10.0.0." + std::to_string(i), true, key(i));
+    int admitted = 0;
+    for (int i = first; i < last; ++i)
+      self->receive([&](caf::ok_atom) { ++admitted; },
+                    [&](caf::error& e) {
+                      if (refusals != nullptr) refusals->push_back(sys.render(e));
+                    },
+                    caf::after(timeout) >> [&] { FAIL("no answer to a hello"); });
+    return admitted;
+  }
+
+  join_token_record record_of(const std::string& token) {
+    join_token_record out;
+    self->request(gate, timeout, token_atom::value)
+        .receive(
+            [&](std::vector<join_token_record>& all) {
+              REQUIRE(all.size() >= 1);
+              out = all.back();  // newest last: the token just made
+            },
+            [&](caf::error& e) { FAIL(sys.render(e)); });
+    (void)token;
+    return out;
+  }
+};
+
+}  // namespace
+
+TEST_SUITE("gatekeeper") {
+  TEST_CASE_FIXTURE(gate_fixture, "twelve joins at once with one token: every key is bound") {
+    const auto token = new_token(0);
+    CHECK(join_at_once(token, 0, 12) == 12);
+    const auto r = record_of(token);
+    CHECK(r.keys.size() == 12);
+    CHECK(r.joins == 12);
+  }
+
+  TEST_CASE_FIXTURE(gate_fixture, "ten joins at once with a token of three uses: three admitted") {
+    const auto token = new_token(3);
+    std::vector<std::string> refusals;
+    CHECK(join_at_once(token, 0, 10, &refusals) == 3);
+    REQUIRE(refusals.size() == 7);
+    CHECK(refusals[0].find("is used up") != std::string::npos);
+    CHECK(record_of(token).keys.size() == 3);
+  }
+
+  TEST_CASE_FIXTURE(gate_fixture, "a token closed by a caught node stays closed under joins") {
+    const auto token = new_token(0);
+    REQUIRE(join_at_once(token, 0, 2) == 2);
+    // Node 0 is caught while eight new keys are joining: none of their writes may undo the
+    // closure, whichever of them were admitted before it.
+    for (int i = 2; i < 10; ++i)
+      self->send(gate, admit_atom::value, token, std::string("community"),
+                 "10.0.1." + std::to_string(i), true, key(i));
+    self->send(gate, bar_atom::value, key(0), std::string("node0"));
+    for (int i = 2; i < 10; ++i)
+      self->receive([](caf::ok_atom) {}, [](caf::error&) {},
+                    caf::after(timeout) >> [&] { FAIL("no answer to a hello"); });
+    std::vector<std::string> refusals;
+    CHECK(join_at_once(token, 10, 11, &refusals) == 0);
+    REQUIRE(refusals.size() == 1);
+    CHECK(refusals[0].find("admits no new node keys: node node0") != std::string::npos);
+    CHECK_FALSE(record_of(token).closed.empty());
+    CHECK(join_at_once(token, 1, 2) == 1);  // a bound key that was not caught may come back
+  }
+}
