@@ -186,14 +186,14 @@ class graph_model final : public detail::model_base {
         recorded_.clear();
         recorded_epochs_ = now;
       }
-      recorded_.push_back({key, nullptr, false, 0});
+      recorded_.push_back({key, nullptr, 0});
       return;
     }
     if (it->work) {
       backend_.replay(*it->work);
       return;
     }
-    if (it->refused) {
+    if (it->failures >= 2) {  // given up: this key runs unrecorded
       training_pass(batch, labels, loss_scale);
       return;
     }
@@ -215,7 +215,7 @@ class graph_model final : public detail::model_base {
     if (!work || !current || it == recorded_.end()) {
       // Tried once more (the unrecorded pass may grow what the recording would have), then
       // given up for this key.
-      if (it != recorded_.end()) it->refused = ++it->failures >= 2;
+      if (it != recorded_.end()) ++it->failures;
       training_pass(batch, labels, loss_scale);
       return;
     }
@@ -774,8 +774,7 @@ class graph_model final : public detail::model_base {
   struct recording {
     pass_key key;
     std::unique_ptr<recorded_work> work;
-    bool refused;  // recording failed twice: this key runs unrecorded
-    int failures;
+    int failures;  // recordings that failed: at 2 the key runs unrecorded
   };
   std::vector<recording> recorded_;  // recorded_pass()'s, for the current epochs
   std::pair<uint64_t, uint64_t> recorded_epochs_{0, 0};
