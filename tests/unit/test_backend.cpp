@@ -723,6 +723,24 @@ TEST_SUITE("backend") {
     }
   }
 
+  TEST_CASE("a backend that does not record refuses to, with a clear error") {
+    // The CPU backend records nothing: asking it to is an error naming it, not a silent
+    // recording of nothing (a graph model checks records() first and never asks).
+    auto cpu = make_cpu_backend(1);
+    CHECK_FALSE(cpu->records());
+    CHECK(cpu->replays() == 0);
+    try {
+      cpu->begin_recording();
+      FAIL("begin_recording on the CPU did not throw");
+    } catch (const compute_error& e) {
+      CHECK(std::string(e.what()).find("records no work") != std::string::npos);
+    }
+    CHECK(cpu->end_recording() == nullptr);
+    struct foreign final : recorded_work {};
+    CHECK_THROWS_AS(cpu->replay(foreign{}), compute_error);
+    CHECK(cpu->replays() == 0);
+  }
+
   TEST_CASE("make_backend rejects unknown names and missing devices") {
     auto bad = make_backend("tpu", 1);
     REQUIRE_FALSE(bad.has_value());
