@@ -55,6 +55,8 @@ nlohmann::json to_json(const train_flags& f, const kernels::train_report& r,
           {"samples", r.samples},
           {"test_accuracy", r.test_accuracy},
           {"samples_per_s", r.samples_per_s},
+          {"warmup_steps", f.options.warmup_steps},
+          {"steady_samples_per_s", r.steady_samples_per_s},
           {"train_s", r.train_s},
           {"wall_s", r.wall_s},
           {"gemm_gflops_per_s", r.train_s > 0 ? r.gemm_flops / r.train_s / 1e9 : 0.0},
@@ -214,6 +216,10 @@ void add_train_commands(CLI::App& app, std::function<int()>& run) {
       ->check(CLI::Validator(check_non_negative, "NON-NEGATIVE"))
       ->capture_default_str();
   train->add_option("--max-steps", flags->options.max_steps, "stop after this many steps")
+      ->check(CLI::Range(int64_t{0}, int64_t{1} << 40));
+  train
+      ->add_option("--warmup-steps", flags->options.warmup_steps,
+                   "steps left out of steady_samples_per_s in --json (first launches, set-up)")
       ->check(CLI::Range(int64_t{0}, int64_t{1} << 40));
   train->add_flag("!--no-eval", flags->options.evaluate, "skip the test split after each epoch");
   train->add_flag("!--constant-lr", flags->options.cosine_schedule,

@@ -43,6 +43,7 @@ expected<void> check_options(const train_options& o) {
   if (!(o.optimizer.weight_decay >= 0.0f) || !std::isfinite(o.optimizer.weight_decay))
     return bad("weight decay must be non-negative and finite");
   if (o.max_steps < 0) return bad("max_steps must not be negative");
+  if (o.warmup_steps < 0) return bad("warmup_steps must not be negative");
   return {};
 }
 
@@ -106,6 +107,7 @@ expected<train_report> train(const workload& w, const dataset_splits& data, back
     train_report report;
     rng root(options.seed);
     int64_t step = 0;
+    double steady_s = 0.0;  // training time after the warm-up steps
     if (on_progress) {
       train_progress p;
       p.epoch = 1;
@@ -123,7 +125,17 @@ expected<train_report> train(const workload& w, const dataset_splits& data, back
       epoch_report er;
       er.epoch = epoch;
       auto epoch_start = clock_type::now();
+      // Where this epoch's steady time starts: at its start once the warm-up is behind.
+      auto steady_start = epoch_start;
+      int64_t steady_from_samples = 0;
       m.take_stats();
+      // Reading the statistics synchronises a GPU stream, so they are read only now and then.
+      auto fold_stats = [&] {
+        auto recent = m.take_stats();
+        er.train_loss += recent.loss_sum;
+        er.train_accuracy += static_cast<double>(recent.correct);
+        return recent;
+      };
       for (int64_t s = 0; s < steps_per_epoch && step < total_steps; ++s, ++step) {
         int64_t rows = std::min(options.batch_size, n - s * options.batch_size);
         float* bx = batch_x.data<float>();
@@ -151,11 +163,13 @@ expected<train_report> train(const workload& w, const dataset_splits& data, back
         }
         er.samples += rows;
         report.gemm_flops += m.train_step_gemm_flops(rows);
+        if (step + 1 == options.warmup_steps) {
+          fold_stats();  // the warm-up's work done before the steady clock starts
+          steady_start = clock_type::now();
+          steady_from_samples = er.samples;
+        }
         if (on_progress && (s % 20 == 19 || s + 1 == steps_per_epoch)) {
-          // Reading the loss synchronises a GPU stream, so it is sampled, not read per step.
-          auto recent = m.take_stats();
-          er.train_loss += recent.loss_sum;
-          er.train_accuracy += static_cast<double>(recent.correct);
+          auto recent = fold_stats();
           train_progress p;
           p.epoch = epoch;
           p.epochs = options.epochs;
@@ -167,13 +181,17 @@ expected<train_report> train(const workload& w, const dataset_splits& data, back
           on_progress(p);
         }
       }
-      auto rest = m.take_stats();
-      er.train_s = seconds_since(epoch_start);
-      er.train_loss = (er.train_loss + rest.loss_sum) / static_cast<double>(er.samples);
-      er.train_accuracy =
-          (er.train_accuracy + static_cast<double>(rest.correct)) / static_cast<double>(er.samples);
+      fold_stats();
+      const auto epoch_end = clock_type::now();
+      er.train_s = std::chrono::duration<double>(epoch_end - epoch_start).count();
+      er.train_loss /= static_cast<double>(er.samples);
+      er.train_accuracy /= static_cast<double>(er.samples);
       report.train_s += er.train_s;
       report.samples += er.samples;
+      if (step > options.warmup_steps) {  // this epoch has steps past the warm-up
+        steady_s += std::chrono::duration<double>(epoch_end - steady_start).count();
+        report.steady_samples += er.samples - steady_from_samples;
+      }
       if (options.evaluate) {
         auto test = evaluate_model(m, data.test, eval_rows);
         er.test_loss = test.mean_loss();
@@ -196,6 +214,8 @@ expected<train_report> train(const workload& w, const dataset_splits& data, back
     report.steps = step;
     report.samples_per_s =
         report.train_s > 0 ? static_cast<double>(report.samples) / report.train_s : 0.0;
+    report.steady_samples_per_s =
+        steady_s > 0 ? static_cast<double>(report.steady_samples) / steady_s : 0.0;
     report.wall_s = seconds_since(start);
     return report;
   } catch (const compute_error& e) {

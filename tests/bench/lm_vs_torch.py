@@ -12,9 +12,10 @@ data on the device, runs in FP32 or under bf16 autocast (--precision bf16), with
 attention and fused AdamW, eagerly and, with --compile, also as torch.compile's graph (a
 third row). The table adds model FLOPs utilisation: tokens/s times 6 x parameters + 12 x
 layers x context x width FLOPs per token (the PaLM estimate, attention included), against
---peak-tflops (the card's dense bf16 figure: 989 for an H200). PyTorch's first 3 steps on a
-GPU (torch.compile's compilation, library set-up) are left out of its clock; gflex's are
-counted. Specs for the GPU sizes are in tests/bench/specs/.
+--peak-tflops (the card's dense bf16 figure: 989 for an H200). On a GPU each side leaves its
+first 3 steps out of its clock (PyTorch's: torch.compile's compilation, library set-up;
+gflex's, with `gflex train --warmup-steps 3`: first launches, algorithm choices, a recorded
+pass). Specs for the GPU sizes are in tests/bench/specs/.
 
 Runs `gflex train --spec SPEC` first, then the PyTorch peer built from the same spec's [model]
 table (never both at once), on the same data (Debian's fortunes, split as
@@ -53,7 +54,7 @@ import time
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 REEXEC_GUARD = "GFLEX_LM_BENCH_REEXEC"
-GPU_WARMUP_STEPS = 3  # PyTorch's steps left out of the clock on a GPU
+GPU_WARMUP_STEPS = 3  # each side's steps left out of its clock on a GPU
 SUPPORTED = ("embedding", "position_embedding", "layer_norm", "attention", "add", "linear",
              "gelu", "next_token_xent")
 # Keys each supported layer type may carry (as model_spec.hpp documents them).
@@ -402,7 +403,8 @@ def run_gflex(a, epochs, out_dir, fused=False):
            "--batch-size", str(a.batch), "--lr", repr(a.lr), "--threads", str(a.threads),
            "--epochs", str(epochs), "--seed", str(a.seed), "--json", out]
     if a.device == "cuda":
-        cmd += ["--backend", "cuda", "--precision", a.precision]
+        cmd += ["--backend", "cuda", "--precision", a.precision,
+                "--warmup-steps", str(GPU_WARMUP_STEPS)]
     env = dict(os.environ)
     env.pop("GFLEX_FUSED_ATTENTION", None)
     if fused:
@@ -414,7 +416,14 @@ def run_gflex(a, epochs, out_dir, fused=False):
         sys.stderr.write(r.stdout + r.stderr)
         fail(f"gflex train exited with status {r.returncode}")
     with open(out) as f:
-        return json.load(f)
+        result = json.load(f)
+    if a.device == "cuda":  # the rate after the warm-up, as PyTorch's
+        if result.get("steady_samples_per_s", 0) <= 0:
+            fail(f"gflex train ran no step past its {GPU_WARMUP_STEPS} warm-up steps: "
+                 "give --steps more")
+        result["samples_per_s_with_warmup"] = result["samples_per_s"]
+        result["samples_per_s"] = result["steady_samples_per_s"]
+    return result
 
 
 def run_torch(torch, a, model, train, test, compiled=False):
@@ -450,7 +459,7 @@ def run_torch(torch, a, model, train, test, compiled=False):
     samples = 0
     loss_sum = torch.zeros((), device=a.device)
     # On a GPU the first steps (torch.compile's compilation, cuBLAS and cuDNN set-up) are not
-    # timed; gflex's are.
+    # timed, nor are gflex's (--warmup-steps).
     warmup = GPU_WARMUP_STEPS if gpu else 0
     timed_samples = 0
     while step < total:

@@ -120,6 +120,37 @@ TEST_SUITE("mlp") {
     CHECK(r3->epochs.back().train_loss != r1->epochs.back().train_loss);
   }
 
+  TEST_CASE("warm-up steps are left out of the steady rate and change nothing of the training") {
+    auto data = small_data();  // 600 samples: 19 steps of 32 an epoch, the last of 24
+    auto w = small_mlp(data);
+    train_options o;
+    o.epochs = 3;
+    o.batch_size = 32;
+    auto be = make_cpu_backend(1);
+    auto all = train(w, data, *be, o);
+    REQUIRE_MESSAGE(all.has_value(), all.error().message());
+    CHECK(all->steady_samples == 1800);
+    CHECK(all->steady_samples_per_s == all->samples_per_s);
+    // Within the first epoch, at its last step, across into the second, and past the run.
+    const std::pair<int64_t, int64_t> expected_samples[] = {
+        {5, 1800 - 5 * 32}, {19, 1200}, {25, 1200 - 6 * 32}, {57, 0}, {80, 0}};
+    for (auto [warmup, samples] : expected_samples) {
+      o.warmup_steps = warmup;
+      auto r = train(w, data, *be, o);
+      REQUIRE(r.has_value());
+      CHECK_MESSAGE(r->steady_samples == samples, "warm-up " << warmup);
+      CHECK_MESSAGE((r->steady_samples_per_s > 0) == (samples > 0), "warm-up " << warmup);
+      CHECK(r->samples == 1800);
+      CHECK(r->test_accuracy == all->test_accuracy);
+      CHECK(r->epochs.back().test_loss == all->epochs.back().test_loss);
+      CHECK(r->epochs.back().train_loss == doctest::Approx(all->epochs.back().train_loss));
+    }
+    o.warmup_steps = -1;
+    auto bad = train(w, data, *be, o);
+    REQUIRE_FALSE(bad.has_value());
+    CHECK(bad.error().message().find("warmup_steps") != std::string::npos);
+  }
+
   TEST_CASE("bad options and mismatched data are clear errors") {
     auto data = small_data();
     auto w = small_mlp(data);

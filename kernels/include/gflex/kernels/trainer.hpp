@@ -29,6 +29,10 @@ struct train_options {
   int64_t max_steps = 0;
   /// Skip evaluation on the test split (benchmarks that time training steps only).
   bool evaluate = true;
+  /// Steps left out of `train_report::steady_samples_per_s`: the first steps pay once for
+  /// what later ones reuse (a GPU's first launches of each kernel, cuDNN's algorithm timing,
+  /// a recorded pass). A benchmark leaves out as many as its peer does (0: none).
+  int64_t warmup_steps = 0;
 };
 
 /// Figures of one epoch.
@@ -52,6 +56,11 @@ struct train_report {
   int64_t steps = 0;
   double gemm_flops = 0.0;  ///< GEMM floating-point operations of all training steps.
   double train_s = 0.0;
+  /// Training samples per second after the first `train_options::warmup_steps` steps (the
+  /// device synchronised at the boundary); `samples_per_s` where none are left out, 0 where
+  /// the run had no step past them.
+  double steady_samples_per_s = 0.0;
+  int64_t steady_samples = 0;  ///< The training samples of the steps past the warm-up.
 };
 
 /// Progress as training goes: called after each step and after each evaluation.
