@@ -47,6 +47,7 @@ import argparse
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -536,73 +537,103 @@ def main():
     steps_per_epoch = (train.shape[0] + a.batch - 1) // a.batch
     epochs = (a.steps + steps_per_epoch - 1) // steps_per_epoch  # so --max-steps binds
 
+    # A run bounded from outside (run-gpu.sh's time budget) ends with SIGTERM: the runs that
+    # finished are still reported, and the exit status says the benchmark was cut short.
+    signal.signal(signal.SIGTERM, on_sigterm)
+    parameters = sum(p.numel() for p in build_model(torch, model)[0].parameters())
     g_runs, f_runs, t_runs, c_runs = [], [], [], []
-    for r in range(a.repeats):  # never two at once: gflex, then PyTorch, then again
-        with tempfile.TemporaryDirectory() as tmp:
-            g_runs.append(run_gflex(a, epochs, tmp))
-        if a.fused_attention:
+    cut_short = False
+    try:
+        for r in range(a.repeats):  # never two at once: gflex, then PyTorch, then again
             with tempfile.TemporaryDirectory() as tmp:
-                f_runs.append(run_gflex(a, epochs, tmp, fused=True))
-        t_runs.append(run_torch(torch, a, model, train, test))
-        if a.compile:
-            c_runs.append(run_torch(torch, a, model, train, test, compiled=True))
-        print(f"run {r + 1}: gflex {g_runs[-1]['samples_per_s'] * T:.0f} tokens/s, "
-              f"{g_runs[-1]['test_bits']:.4f} bits/byte; pytorch "
-              f"{t_runs[-1]['samples_per_s'] * T:.0f} tokens/s, "
-              f"{t_runs[-1]['test_bits']:.4f} bits/byte", file=sys.stderr, flush=True)
-    g = max(g_runs, key=lambda x: x["samples_per_s"])
-    t = max(t_runs, key=lambda x: x["samples_per_s"])
-    c = max(c_runs, key=lambda x: x["samples_per_s"]) if c_runs else None
-    f = max(f_runs, key=lambda x: x["samples_per_s"]) if f_runs else None
+                g_runs.append(run_gflex(a, epochs, tmp))
+            if a.fused_attention:
+                with tempfile.TemporaryDirectory() as tmp:
+                    f_runs.append(run_gflex(a, epochs, tmp, fused=True))
+            t_runs.append(run_torch(torch, a, model, train, test))
+            if a.compile:
+                c_runs.append(run_torch(torch, a, model, train, test, compiled=True))
+            print(f"run {r + 1}: gflex {g_runs[-1]['samples_per_s'] * T:.0f} tokens/s, "
+                  f"{g_runs[-1]['test_bits']:.4f} bits/byte; pytorch "
+                  f"{t_runs[-1]['samples_per_s'] * T:.0f} tokens/s, "
+                  f"{t_runs[-1]['test_bits']:.4f} bits/byte", file=sys.stderr, flush=True)
+    except CutShort:
+        cut_short = True
+        print("lm_vs_torch: cut short (SIGTERM); reporting the runs that finished",
+              file=sys.stderr, flush=True)
+    best = lambda runs: max(runs, key=lambda x: x["samples_per_s"]) if runs else None  # noqa: E731
+    g, f, t, c = best(g_runs), best(f_runs), best(t_runs), best(c_runs)
+    report(a, model, parameters, train.shape[0], test.shape[0], g, f, t, c,
+           {"gflex_runs": g_runs, "pytorch_runs": t_runs})
+    if cut_short:
+        sys.exit(124)
+
+
+class CutShort(Exception):
+    pass
+
+
+def on_sigterm(signum, frame):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: the report must not be cut too
+    raise CutShort()
+
+
+def report(a, model, parameters, n_train, n_test, g, f, t, c, runs):
+    """Prints the table of the rows that ran (None: a row that did not) and writes --json."""
+    T = model["input"][0]
     # Model FLOPs per token (the PaLM estimate): 6 per parameter, and the attention scores
     # and their products, 12 x layers x context x width.
     attention = [i for i, l in enumerate(model["layers"]) if l["type"] == "attention"]
     width = next((l["dim"] for l in model["layers"] if l["type"] == "embedding"), 0)
-    flops_per_token = 6 * t["parameters"] + 12 * len(attention) * T * width
+    flops_per_token = 6 * parameters + 12 * len(attention) * T * width
     mfu = lambda tokens: tokens * flops_per_token / (a.peak_tflops * 1e12)  # noqa: E731
-
-    g_tok = g["samples_per_s"] * T
-    t_tok = t["samples_per_s"] * T
-    g_train_loss = g["history"][-1]["train_loss"] if g.get("history") else float("nan")
-    print(f"model {model.get('name', '?')} ({t['parameters']} parameters), context {T}, "
-          f"{train.shape[0]} training / {test.shape[0]} held-out samples; batch {a.batch}, "
+    tokens = lambda r: r["samples_per_s"] * T  # noqa: E731
+    print(f"model {model.get('name', '?')} ({parameters} parameters), context {T}, "
+          f"{n_train} training / {n_test} held-out samples; batch {a.batch}, "
           f"{a.steps} steps ({a.steps * a.batch * T} tokens), AdamW lr {a.lr} cosine to 5%, "
           f"{a.threads} threads (torch: set_num_threads({a.threads}), OpenBLAS "
           f"{os.environ['OPENBLAS_NUM_THREADS']}, OMP_WAIT_POLICY="
-          f"{os.environ['OMP_WAIT_POLICY']}); torch attention: {t['attention']}; "
-          f"initial parameters and sample order: {a.rng}'s generator, seed {a.seed}; "
+          f"{os.environ['OMP_WAIT_POLICY']})" +
+          (f"; torch attention: {t['attention']}" if t else "") +
+          f"; initial parameters and sample order: {a.rng}'s generator, seed {a.seed}; "
           f"better of {a.repeats} runs each")
     print()
     gpu = a.device == "cuda"
     print("| implementation | tokens/s | held-out bits/byte | train seconds |" +
           (f" MFU (of {a.peak_tflops:g} TFLOP/s) |" if gpu else ""))
     print("| --- | ---: | ---: | ---: |" + (" ---: |" if gpu else ""))
-    rows = ([(f"gflex ({g['backend']})", g)] +
-            ([(f"gflex, fused attention ({f['backend']})", f)] if f else []) +
-            [(t["peer"], t)] + ([(c["peer"], c)] if c else []))
-    for name, r in rows:
-        tokens = r["samples_per_s"] * T
-        print(f"| {name} | {tokens:.0f} | {r['test_bits']:.4f} | {r['train_s']:.1f} |" +
-              (f" {100 * mfu(tokens):.1f}% |" if gpu else ""))
+    names = [("gflex ({})", g), ("gflex, fused attention ({})", f),
+             ("pytorch", t), ("pytorch, torch.compile", c)]
+    for name, r in names:
+        if r is None:
+            if (name.startswith("gflex, fused") and not a.fused_attention) or \
+                    (name.endswith("compile") and not a.compile):
+                continue
+            print(f"| {name.format('-')} | not run | | |" + (" |" if gpu else ""))
+            continue
+        label = name.format(r["backend"]) if name.startswith("gflex") else r["peer"]
+        print(f"| {label} | {tokens(r):.0f} | {r['test_bits']:.4f} | {r['train_s']:.1f} |" +
+              (f" {100 * mfu(tokens(r)):.1f}% |" if gpu else ""))
     print()
-    if c:
-        print(f"gflex / compiled pytorch tokens/s: {g_tok / (c['samples_per_s'] * T):.2f}x")
+    if g and c:
+        print(f"gflex / compiled pytorch tokens/s: {tokens(g) / tokens(c):.2f}x")
     if f and c:
         print(f"gflex with fused attention / compiled pytorch tokens/s: "
-              f"{f['samples_per_s'] / c['samples_per_s']:.2f}x")
-    print(f"gflex / pytorch tokens/s: {g_tok / t_tok:.2f}x; held-out bits/byte, gflex - pytorch: "
-          f"{g['test_bits'] - t['test_bits']:+.4f}")
-    print(f"mean training loss over the run (nats/token): gflex {g_train_loss:.4f}, "
-          f"pytorch {t['train_loss']:.4f}")
+              f"{tokens(f) / tokens(c):.2f}x")
+    if g and t:
+        g_train_loss = g["history"][-1]["train_loss"] if g.get("history") else float("nan")
+        print(f"gflex / pytorch tokens/s: {tokens(g) / tokens(t):.2f}x; held-out bits/byte, "
+              f"gflex - pytorch: {g['test_bits'] - t['test_bits']:+.4f}")
+        print(f"mean training loss over the run (nats/token): gflex {g_train_loss:.4f}, "
+              f"pytorch {t['train_loss']:.4f}")
     if a.json:
-        with open(a.json, "w") as f:
+        with open(a.json, "w") as out:
             json.dump({"gflex": g, "gflex_fused_attention": f, "pytorch": t,
                        "pytorch_compiled": c, "device": a.device,
                        "precision": a.precision, "flops_per_token": flops_per_token,
-                       "gflex_runs": g_runs, "pytorch_runs": t_runs,
+                       "peak_tflops": a.peak_tflops, "parameters": parameters,
                        "context": T, "steps": a.steps,
-                       "batch": a.batch, "lr": a.lr, "threads": a.threads}, f, indent=2)
-
+                       "batch": a.batch, "lr": a.lr, "threads": a.threads, **runs}, out, indent=2)
 
 if __name__ == "__main__":
     main()

@@ -185,7 +185,7 @@ else
   echo "bundle: $fortunes_src not found (apt-get install -y fortunes): the language model" \
     "benchmark will say it has no text" >&2
 fi
-cp tests/gpu/run-gpu.sh tests/gpu/gpu_job.sh "$out/"
+cp tests/gpu/run-gpu.sh tests/gpu/gpu_job.sh tests/gpu/targets.py "$out/"
 mkdir -p "$out/jobs"
 cp apps/jobs/*.toml "$out/jobs/"
 chmod +x "$out/run-gpu.sh" "$out/bench/gpu_vs_pytorch.sh"

@@ -2,51 +2,97 @@
 # Runs gflex's GPU checks from a bundle made by tests/gpu/bundle.sh, on a machine with the
 # NVIDIA driver, a CUDA toolkit and PyTorch but none of Debian's libraries:
 #
-#   bash run-gpu.sh [OUT_DIR]        (default ./gpu-out)
+#   bash run-gpu.sh [OUT_DIR [ARCHIVE]]   (default ./gpu-out; ARCHIVE: OUT_DIR packed as a .tar.gz)
 #
 # 1. finds every library the binaries need: the bundle's lib/ (Debian's), its GCC runtime
 #    where the host's glibc is new enough for it, and the CUDA libraries (the bundle's
 #    lib/cuda/ if carried, else the toolkit, PyTorch's nvidia-* wheels and torch/lib), then
 #    checks with ldd that all resolve and says which do not;
 # 2. prints nvidia-smi;
-# 3. runs gflex_unit_tests (its backend suite runs the CUDA backend where a device is present);
-# 4. runs a core and a node on the GPU, which train fashion-mlp and fashion-cnn as jobs
-#    (gpu_job.sh);
-# 5. runs the GPU benchmark, bench/gpu_vs_pytorch.sh;
-# 6. times fashion-cnn's and the small language model's step with and without recorded
+# 3. runs gflex_unit_tests' suites that run the CUDA backend where a device is present (all of
+#    them with GFLEX_GPU_UNIT_TESTS=all);
+# 4. runs the GPU benchmark, bench/gpu_vs_pytorch.sh (fashion-mlp and fashion-cnn against
+#    PyTorch, fashion-mlp by batch size);
+# 5. times fashion-cnn's and the small language model's step with and without recorded
 #    passes (GFLEX_CUDA_GRAPHS=1: the step as one CUDA graph);
-# 7. runs the language model benchmark, bench/lm_vs_torch.py, in bf16 at three sizes (the
+# 6. runs the language model benchmark, bench/lm_vs_torch.py, in bf16 at three sizes (the
 #    3.3M model at batches of 64 and 512 x 128 tokens, the 86M one at 16 x 1,024) against
-#    PyTorch eager and compiled, and gflex_bench_step's breakdown of gflex's step by operation
-#    at the two larger sizes, with attention composed and fused (GFLEX_LM_BENCH=0 leaves it
-#    out).
+#    PyTorch eager and compiled, then gflex_bench_step's breakdown of gflex's step by
+#    operation at the two larger sizes, with attention composed and fused (GFLEX_LM_BENCH=0
+#    leaves it out);
+# 7. runs a core and a node on the GPU, which train fashion-mlp and fashion-cnn as jobs
+#    (gpu_job.sh);
+# 8. prints the speed targets against what was measured (targets.py).
 #
-# Everything goes to OUT_DIR (run.log is the whole console). A failing step does not stop
-# the later ones; the exit status is non-zero when any failed. No GPU is not a failure: the
-# CUDA tests say skipped and the benchmark says no GPU.
+# Time. A session is lent 15 minutes of device time, the machine's start included, so the
+# whole run is one device call bounded by GFLEX_GPU_BUDGET_S (default 480 seconds): the steps
+# run in the order above, which puts what the targets need first, each bounded by its own cap
+# and by what is left of the budget; a step the budget does not reach, or cuts short, is
+# named, and the summary says INCOMPLETE.
+#
+# Everything goes to OUT_DIR (run.log is the whole console); with ARCHIVE, OUT_DIR is packed
+# into it at the end (a device call brings back a few files, not a folder of dozens). A
+# failing step does not stop the later ones; the exit status is non-zero when any failed or
+# was not run. No GPU is not a failure: the CUDA tests say skipped and the benchmarks say no
+# GPU.
 #
 # Environment: PYTHON (the python with torch, default python3), GFLEX_CUDA_LIB_DIRS (folders
 # searched first for the CUDA libraries, colon-separated), GFLEX_BENCH_ARGS (passed to the
-# benchmark: BATCH EPOCHS), GFLEX_GPU_STEPS (the steps from 3 on to run, of "unit-tests jobs
-# benchmark graphs lm"; default all: a device call limited to 10 minutes runs the whole
-# script in two calls, "unit-tests jobs benchmark graphs" and then "lm").
+# benchmark: BATCH EPOCHS), GFLEX_GPU_BUDGET_S, GFLEX_GPU_STEPS (the steps from 3 on to run,
+# of "unit-tests benchmark graphs lm jobs"; default all: a second call can run again what a
+# first did not finish).
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 out=${1:-./gpu-out}
+archive=${2:-}
 mkdir -p "$out" && out=$(cd "$out" && pwd)
+if [ -n "$archive" ]; then
+  mkdir -p "$(dirname "$archive")" && archive=$(cd "$(dirname "$archive")" && pwd)/$(basename "$archive")
+fi
 exec > >(tee "$out/run.log") 2>&1
 # shellcheck source=/dev/null
 . "$here/bundle.env"
 python=${PYTHON:-python3}
 failed=()
-step() { printf '\n== %s\n' "$*"; }
+not_run=()
+budget=${GFLEX_GPU_BUDGET_S:-480}
+step() { printf '\n== %s (%d s of the %d s budget used)\n' "$*" "$SECONDS" "$budget"; }
 # Whether GFLEX_GPU_STEPS (default: every step) leaves out step $1, saying so.
 left_out() {
-  case " ${GFLEX_GPU_STEPS:-unit-tests jobs benchmark graphs lm} " in
+  case " ${GFLEX_GPU_STEPS:-unit-tests benchmark graphs lm jobs} " in
     *" $1 "*) return 1 ;;
   esac
   echo "left out (GFLEX_GPU_STEPS=\"${GFLEX_GPU_STEPS:-}\")"
 }
+# Sets `grant` to the seconds that part $1 may take: its cap $2 or what is left of the budget,
+# whichever is less. Where less than $3 seconds are left, the part is named as not run and
+# the function returns 1.
+grant_time() {
+  local name=$1 cap=$2 least=$3 left=$((budget - SECONDS))
+  if ((left < least)); then
+    echo "NOT RUN: $name (${left} s of the budget left; it needs at least ${least} s)"
+    not_run+=("$name")
+    return 1
+  fi
+  grant=$((cap < left ? cap : left))
+}
+# Runs the command after $1 bounded to $1 seconds (SIGTERM, then SIGKILL 10 s later); a run
+# that the bound cut short is said, and its rc is 124 or 137.
+bounded() {
+  local seconds=$1 rc
+  shift
+  timeout --kill-after=10 "$seconds" "$@"
+  rc=$?
+  if ((rc == 124 || rc == 137)); then echo "cut short after ${seconds} s (the run's budget)" >&2; fi
+  return $rc
+}
+pack() {
+  if [ -n "$archive" ]; then
+    tar -C "$(dirname "$out")" -czf "$archive" "$(basename "$out")" &&
+      echo "packed $out into $archive ($(du -h "$archive" | cut -f1))"
+  fi
+}
+trap pack EXIT
 newer_or_equal() { [ "$(printf '%s\n%s\n' "$1" "$2" | sort -V | head -1)" = "$2" ]; }
 
 step "bundle"
@@ -59,7 +105,7 @@ echo "host: $(. /etc/os-release 2>/dev/null && echo "$PRETTY_NAME"), $(uname -m)
 root=$here
 if [ "$GFLEX_BUNDLE_PACKED" = 1 ]; then
   root=$(mktemp -d "${TMPDIR:-/tmp}/gflex-bundle.XXXXXX")
-  trap 'rm -rf "$root"' EXIT
+  trap 'rm -rf "$root"; pack' EXIT
   if command -v xz >/dev/null; then
     xz -dc "$here/payload.tar.xz" | tar -C "$root" -xf -
   else
@@ -187,8 +233,12 @@ else
   echo "nvidia-smi not found (no NVIDIA driver on this machine)" | tee "$out/nvidia-smi.txt"
 fi
 
+# Whether gflex sees a GPU: the steps that time gflex alone leave themselves out without one.
+gpus=$("$bin/gflex" --log-level warn devices --json - 2>/dev/null |
+  "$python" -c 'import json, sys; print(len(json.load(sys.stdin)["devices"]))' 2>/dev/null || echo "?")
+
 step "unit tests"
-if ! left_out unit-tests; then
+if ! left_out unit-tests && grant_time unit-tests 120 30; then
   # test_job_spec reads apps/jobs/fashion-mlp.toml at the source path compiled in; away from
   # that checkout it cannot pass, so it is left out there (and said so).
   exclude=()
@@ -197,33 +247,28 @@ if ! left_out unit-tests; then
     echo "note: $GFLEX_BUNDLE_SOURCE_DIR is not here: the test cases that read the shipped job" \
       "specs are left out"
   fi
-  timeout 900 "$bin/gflex_unit_tests" --no-colors=true "${exclude[@]}" 2>&1 |
-    tee "$out/unit-tests.txt"
-  rc=${PIPESTATUS[0]}
+  # The suites that run a GPU where there is one (CI runs every suite on the CPU); all of them
+  # with GFLEX_GPU_UNIT_TESTS=all.
+  suites=("--test-suite=backend,cnn,replica group,device batches,devices,model graph")
+  if [ "${GFLEX_GPU_UNIT_TESTS:-}" = all ]; then suites=(); fi
+  bounded "$grant" "$bin/gflex_unit_tests" --no-colors=true "${suites[@]}" "${exclude[@]}" \
+    >"$out/unit-tests.txt" 2>&1
+  rc=$?
   echo "$rc" >"$out/unit-tests.rc"
-  grep -h 'CUDA backend skipped' "$out/unit-tests.txt" | sort -u
+  # The console gets the end (the last failures and the totals): unit-tests.txt has it all.
+  tail -60 "$out/unit-tests.txt"
   if ((rc != 0)); then
     echo "PROBLEM: gflex_unit_tests exited with $rc"
     failed+=("unit-tests")
   fi
 fi
 
-step "jobs"
-if ! left_out jobs; then
-  # A core and a node on this GPU: fashion-mlp and fashion-cnn trained as part of jobs.
-  timeout 1500 bash "$here/gpu_job.sh" "$bin" "$here/jobs" "$out/jobs" 2>&1 | tee "$out/jobs.txt"
-  rc=${PIPESTATUS[0]}
-  if ((rc != 0)); then
-    echo "PROBLEM: the GPU job check exited with $rc"
-    failed+=("jobs")
-  fi
-fi
-
 step "benchmark"
-if ! left_out benchmark; then
+if ! left_out benchmark && grant_time benchmark 180 60; then
   # shellcheck disable=SC2086
   GFLEX_BIN_DIR=$bin GFLEX_BENCH_OUT=$out/bench PYTHON=$python \
-    bash "$here/bench/gpu_vs_pytorch.sh" ${GFLEX_BENCH_ARGS:-} 2>&1 | tee "$out/benchmark.md"
+    bounded "$grant" bash "$here/bench/gpu_vs_pytorch.sh" ${GFLEX_BENCH_ARGS:-} 2>&1 |
+    tee "$out/benchmark.md"
   rc=${PIPESTATUS[0]}
   if ((rc != 0)); then
     echo "PROBLEM: the benchmark exited with $rc"
@@ -231,12 +276,14 @@ if ! left_out benchmark; then
   fi
 fi
 
-# gflex_bench_step with the arguments after NAME and SECONDS, bounded to SECONDS, its JSON in
-# $out/NAME.json and its log in $out/NAME.log; a failure is said, counted, and returns 1.
+# gflex_bench_step with the arguments after NAME and CAP, bounded to CAP seconds or what is
+# left of the budget, its JSON in $out/NAME.json and its log in $out/NAME.log; a failure is
+# said, counted, and returns 1, as does a run the budget cannot hold.
 bench_step() {
-  local name=$1 seconds=$2 rc
+  local name=$1 cap=$2 rc
   shift 2
-  timeout "$seconds" "$bin/gflex_bench_step" "$@" >"$out/$name.json" 2>"$out/$name.log"
+  grant_time "$name" "$cap" 20 || return 1
+  bounded "$grant" "$bin/gflex_bench_step" "$@" >"$out/$name.json" 2>"$out/$name.log"
   rc=$?
   if ((rc != 0)); then
     echo "PROBLEM: $name exited with $rc:"
@@ -252,8 +299,7 @@ step "recorded passes"
 # language model at 64 x 128 in bf16. "replays" counts the steps that ran as graphs.
 if left_out graphs; then
   :
-elif [ "$("$bin/gflex" --log-level warn devices --json - 2>/dev/null |
-  "$python" -c 'import json, sys; print(len(json.load(sys.stdin)["devices"]))' 2>/dev/null)" = 0 ]; then
+elif [ "$gpus" = 0 ]; then
   echo "recorded passes: left out (no GPU)"
 else
   for run in "fashion-cnn 128 fp32 0" "fashion-cnn 128 fp32 1" \
@@ -261,7 +307,7 @@ else
     read -r workload rows precision graphs <<<"$run"
     name="graphs-$(basename "$workload" .toml)-$rows-$graphs"
     case "$workload" in bench/*) workload="$here/$workload" ;; esac
-    GFLEX_CUDA_GRAPHS=$graphs bench_step "$name" 120 0 "$rows" cuda:0 "$workload" "$precision" ||
+    GFLEX_CUDA_GRAPHS=$graphs bench_step "$name" 60 0 "$rows" cuda:0 "$workload" "$precision" ||
       continue
     "$python" - "$out/$name.json" "$graphs" <<'PY'
 import json, sys
@@ -281,10 +327,12 @@ elif [ "${GFLEX_LM_BENCH:-1}" = 0 ]; then
 elif [ ! -d "$here/data/fortunes" ]; then
   echo "left out: the bundle carries no fortunes text (bundle.sh says why)"
 else
-  # Steps are few and each run is bounded: the three sizes take about 3 minutes in all.
-  for run in "gpt-4x256 64 200" "gpt-4x256 512 100" "gpt-12x768 16 30"; do
-    read -r spec rows steps <<<"$run"
-    GFLEX_FORTUNES_DIR=$here/data/fortunes timeout 300 "$python" "$here/bench/lm_vs_torch.py" \
+  # Steps are few and each run is bounded; PyTorch's compilation is most of each run's time.
+  # A run cut short by the budget still prints and writes the rows it finished.
+  for run in "gpt-4x256 64 200 90" "gpt-4x256 512 100 90" "gpt-12x768 16 40 180"; do
+    read -r spec rows steps cap <<<"$run"
+    grant_time "lm-$spec-$rows" "$cap" 45 || continue
+    GFLEX_FORTUNES_DIR=$here/data/fortunes bounded "$grant" "$python" "$here/bench/lm_vs_torch.py" \
       "$bin" --spec "$here/bench/specs/$spec.toml" --batch "$rows" --steps "$steps" \
       --device cuda --precision bf16 --compile --fused-attention --repeats 1 --threads 8 \
       --json "$out/lm-$spec-$rows.json" 2>"$out/lm-$spec-$rows.log" | tee "$out/lm-$spec-$rows.md"
@@ -297,17 +345,16 @@ else
   done
   # Where gflex's step goes at the two larger sizes, operation by operation (each timed to
   # its completion), with the GEMM peak in bf16 measured in the same run: what to work on next.
-  if [ "$("$bin/gflex" --log-level warn devices --json - 2>/dev/null |
-    "$python" -c 'import json, sys; print(len(json.load(sys.stdin)["devices"]))' 2>/dev/null)" = 0 ]; then
+  if [ "$gpus" = 0 ]; then
     echo "gflex_bench_step of the language models: left out (no GPU)"
   else
     # Each twice: attention composed of cuBLAS GEMMs and softmax kernels (the default), and
     # fused (the flash-attention kernels, GFLEX_FUSED_ATTENTION=1).
-    for run in "gpt-4x256 512 0" "gpt-4x256 512 1" "gpt-12x768 16 0" "gpt-12x768 16 1"; do
+    for run in "gpt-12x768 16 0" "gpt-12x768 16 1" "gpt-4x256 512 0" "gpt-4x256 512 1"; do
       read -r spec rows fused <<<"$run"
       name="lm-step-$spec-$rows"
       if [ "$fused" = 1 ]; then name="$name-fused"; fi
-      GFLEX_FUSED_ATTENTION=$fused bench_step "$name" 180 0 "$rows" cuda:0 \
+      GFLEX_FUSED_ATTENTION=$fused bench_step "$name" 60 0 "$rows" cuda:0 \
         "$here/bench/specs/$spec.toml" bf16 || continue
       "$python" - "$out/$name.json" "$fused" <<'PY'
 import json, sys
@@ -324,9 +371,29 @@ PY
   fi
 fi
 
+step "jobs"
+if ! left_out jobs && grant_time jobs 150 60; then
+  # A core and a node on this GPU: fashion-mlp and fashion-cnn trained as part of jobs.
+  bounded "$grant" bash "$here/gpu_job.sh" "$bin" "$here/jobs" "$out/jobs" 2>&1 | tee "$out/jobs.txt"
+  rc=${PIPESTATUS[0]}
+  if ((rc != 0)); then
+    echo "PROBLEM: the GPU job check exited with $rc"
+    failed+=("jobs")
+  fi
+fi
+
+step "targets"
+"$python" "$here/targets.py" "$out" 2>&1 | tee "$out/targets.md"
+
 step "summary"
-if ((${#failed[@]})); then
-  echo "FAILED: ${failed[*]}" | tee "$out/summary.txt"
+echo "took $SECONDS s (budget $budget s)"
+if ((${#failed[@]} + ${#not_run[@]})); then
+  {
+    if ((${#failed[@]})); then echo "FAILED: ${failed[*]}"; fi
+    if ((${#not_run[@]})); then
+      echo "INCOMPLETE: not run for want of time: ${not_run[*]} (GFLEX_GPU_STEPS runs them again)"
+    fi
+  } | tee "$out/summary.txt"
   exit 1
 fi
 echo "OK" | tee "$out/summary.txt"
