@@ -45,6 +45,22 @@ int run_devices(const devices_flags& f) {
                     "; FP32 GEMM %.1f TFLOP/s, host-to-device %.1f GB/s, device-to-host %.1f GB/s",
                     cal->gemm_tflops, cal->h2d_gbps, cal->d2h_gbps);
       measured = buf;
+      // Each precision's GEMM ceiling: what a bf16 or tf32 step's GEMM-bound share is read
+      // against. A card that cannot run one (no bf16 tensor cores) says so and keeps the rest.
+      if (auto rates = kernels::measure_cuda_gemm_rates(d.ordinal)) {
+        entry["gemm_rates_tflops"] = {{"fp32", rates->fp32},
+                                      {"tf32", rates->tf32},
+                                      {"bf16_from_fp32", rates->bf16_from_fp32},
+                                      {"bf16", rates->bf16}};
+        std::snprintf(buf, sizeof buf,
+                      "; GEMM TFLOP/s: fp32 %.1f, tf32 %.1f, bf16 from fp32 operands %.1f, "
+                      "bf16 %.1f",
+                      rates->fp32, rates->tf32, rates->bf16_from_fp32, rates->bf16);
+        measured += buf;
+      } else {
+        spdlog::warn("cuda:{}: GEMM rates by precision: {}", d.ordinal, rates.error().message());
+        entry["gemm_rates_error"] = rates.error().message();
+      }
     }
     list.push_back(entry);
     if (f.json != "-")
@@ -76,7 +92,8 @@ void add_devices_command(CLI::App& app, std::function<int()>& run) {
   auto flags = std::make_shared<devices_flags>();
   auto* cmd = app.add_subcommand("devices", "list this machine's CUDA devices");
   cmd->add_flag("--calibrate", flags->calibrate,
-                "measure each device's FP32 GEMM rate and copy bandwidth (about a second each)");
+                "measure each device's GEMM rates (FP32, TF32, bf16) and copy bandwidth (about "
+                "two seconds each)");
   cmd->add_option("--json", flags->json, "write the list as JSON to this file (- for stdout)");
   cmd->callback([flags, &run] { run = [flags] { return run_devices(*flags); }; });
 }

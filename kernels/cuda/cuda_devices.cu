@@ -13,6 +13,7 @@
 ///   Everything is timed with CUDA events on one stream, so host scheduling noise stays out.
 
 #include <cublas_v2.h>
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -20,6 +21,7 @@
 #include <atomic>
 #include <cstdint>
 #include <cstdio>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -132,6 +134,12 @@ namespace {
 
 /// Fills x with values in [-1, 1) from a hash of the index: GEMM power (and so clocks) depend
 /// on the data, and zeros would flatter the device.
+__global__ void calibration_to_bf16_kernel(const float* x, __nv_bfloat16* y, int64_t n) {
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    y[i] = __float2bfloat16_rn(x[i]);
+}
+
 __global__ void calibration_fill_kernel(float* x, int64_t n) {
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -214,15 +222,18 @@ double time_repeated(calibration_resources& r, double budget, Op op) {
 constexpr int k_gemm_n = 4096;
 constexpr size_t k_copy_bytes = size_t{256} << 20;
 
+/// errc::no_device naming `ordinal` where it is not a usable device; nothing where it is.
+std::optional<gflex::error> no_such_device(int ordinal) {
+  const int count = cuda_device_count();
+  if (ordinal >= 0 && ordinal < count) return std::nullopt;
+  return gflex::error(errc::no_device, "no CUDA device cuda:" + std::to_string(ordinal) + " (" +
+                                           std::to_string(count) + " usable CUDA device(s) found)");
+}
+
 }  // namespace
 
 expected<device_calibration> calibrate_cuda_device(int ordinal, double seconds) {
-  const int count = cuda_device_count();
-  if (ordinal < 0 || ordinal >= count) {
-    return gflex::error(errc::no_device, "no CUDA device cuda:" + std::to_string(ordinal) + " (" +
-                                             std::to_string(count) +
-                                             " usable CUDA device(s) found)");
-  }
+  if (auto missing = no_such_device(ordinal)) return *missing;
   if (!(seconds > 0.0)) seconds = 0.5;
   try {
     calibration_resources r(ordinal);
@@ -271,6 +282,59 @@ expected<device_calibration> calibrate_cuda_device(int ordinal, double seconds) 
     result.d2h_gbps = static_cast<double>(k_copy_bytes) / d2h_seconds * 1e-9;
     GFLEX_CUDA_CHECK(cudaStreamSynchronize(r.stream));
     return result;
+  } catch (const compute_error& e) {
+    return e.err();
+  }
+}
+
+expected<gemm_rates> measure_cuda_gemm_rates(int ordinal, double seconds) {
+  if (auto missing = no_such_device(ordinal)) return *missing;
+  if (!(seconds > 0.0)) seconds = 1.0;
+  try {
+    calibration_resources r(ordinal);
+    r.activate();
+    GFLEX_CUDA_CHECK(cudaStreamCreateWithFlags(&r.stream, cudaStreamNonBlocking));
+    GFLEX_CUDA_CHECK(cudaEventCreate(&r.start));
+    GFLEX_CUDA_CHECK(cudaEventCreate(&r.stop));
+    // 256 MiB: FP32 a, b and c (64 MiB each), then a and b in bf16 (32 MiB each); the bf16
+    // result takes c's place once the FP32 products are timed.
+    GFLEX_CUDA_CHECK(cudaMalloc(&r.device_buffer, k_copy_bytes));
+    const int64_t matrix = int64_t{k_gemm_n} * k_gemm_n;
+    auto* a = static_cast<float*>(r.device_buffer);
+    float* b = a + matrix;
+    float* c = b + matrix;
+    auto* a16 = reinterpret_cast<__nv_bfloat16*>(c + matrix);
+    __nv_bfloat16* b16 = a16 + matrix;
+    auto* c16 = reinterpret_cast<__nv_bfloat16*>(c);
+    calibration_fill_kernel<<<1024, 256, 0, r.stream>>>(a, 2 * matrix);
+    GFLEX_CUDA_CHECK_LAUNCH();
+    calibration_to_bf16_kernel<<<1024, 256, 0, r.stream>>>(a, a16, 2 * matrix);
+    GFLEX_CUDA_CHECK_LAUNCH();
+    GFLEX_CUBLAS_CHECK(cublasCreate(&r.blas));
+    GFLEX_CUBLAS_CHECK(cublasSetStream(r.blas, r.stream));
+    // As the CUDA backend: the handle stays exact, each call's compute type grants the rest.
+    GFLEX_CUBLAS_CHECK(cublasSetMathMode(r.blas, CUBLAS_DEFAULT_MATH));
+
+    const float alpha = 1.0f;
+    const float beta = 0.0f;
+    const double flops = 2.0 * k_gemm_n * static_cast<double>(k_gemm_n) * k_gemm_n;
+    auto rate = [&](cudaDataType_t operands, const void* x, const void* y, cudaDataType_t result,
+                    void* z, cublasComputeType_t compute) {
+      const double s = time_repeated(r, seconds / 4, [&] {
+        GFLEX_CUBLAS_CHECK(cublasGemmEx(r.blas, CUBLAS_OP_N, CUBLAS_OP_N, k_gemm_n, k_gemm_n,
+                                        k_gemm_n, &alpha, x, operands, k_gemm_n, y, operands,
+                                        k_gemm_n, &beta, z, result, k_gemm_n, compute,
+                                        CUBLAS_GEMM_DEFAULT));
+      });
+      return flops / s * 1e-12;
+    };
+    gemm_rates rates;
+    rates.fp32 = rate(CUDA_R_32F, a, b, CUDA_R_32F, c, CUBLAS_COMPUTE_32F);
+    rates.tf32 = rate(CUDA_R_32F, a, b, CUDA_R_32F, c, CUBLAS_COMPUTE_32F_FAST_TF32);
+    rates.bf16_from_fp32 = rate(CUDA_R_32F, a, b, CUDA_R_32F, c, CUBLAS_COMPUTE_32F_FAST_16BF);
+    rates.bf16 = rate(CUDA_R_16BF, a16, b16, CUDA_R_16BF, c16, CUBLAS_COMPUTE_32F);
+    GFLEX_CUDA_CHECK(cudaStreamSynchronize(r.stream));
+    return rates;
   } catch (const compute_error& e) {
     return e.err();
   }

@@ -106,6 +106,11 @@ expected<device_calibration> calibrate_cuda_device(int ordinal, double) {
                                     " (this build of gflex has no CUDA backend)");
 }
 
+expected<gemm_rates> measure_cuda_gemm_rates(int ordinal, double) {
+  return error(errc::no_device, "no CUDA device cuda:" + std::to_string(ordinal) +
+                                    " (this build of gflex has no CUDA backend)");
+}
+
 void set_cuda_memory_limit(int, uint64_t) {}
 
 uint64_t cuda_memory_in_use(int) {

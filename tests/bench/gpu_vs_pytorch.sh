@@ -183,4 +183,17 @@ if dev is not None and dev.get("gemm_tflops"):
     print()
     print(f"host to device {dev['h2d_gbps']:.1f} GB/s, device to host {dev['d2h_gbps']:.1f} GB/s "
           "(gflex devices --calibrate)")
+if dev is not None and dev.get("gemm_rates_tflops"):
+    r = dev["gemm_rates_tflops"]
+    print()
+    print(f"GEMM rates by precision, 4096^3 (gflex devices --calibrate): FP32 {r['fp32']:.1f}, "
+          f"TF32 {r['tf32']:.1f}, bf16 from FP32 operands (gflex's bf16 jobs) "
+          f"{r['bf16_from_fp32']:.1f}, bf16 operands {r['bf16']:.1f} TFLOP/s")
+    for s in table:
+        if s.get("precision") == "bf16":
+            print(f"fashion-mlp batch {s['batch']:,} bf16: GEMM-bound part at "
+                  f"{s['gemm_bound_gflops'] / (r['bf16'] * 1e3):.0%} of the bf16 operand rate")
+elif dev is not None and dev.get("gemm_rates_error"):
+    print()
+    print(f"GEMM rates by precision not measured: {dev['gemm_rates_error']}")
 PY

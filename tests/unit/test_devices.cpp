@@ -61,6 +61,27 @@ TEST_SUITE("devices") {
     auto cal = calibrate_cuda_device(0);
     REQUIRE_FALSE(cal.has_value());
     CHECK(cal.error().code() == errc::no_device);
+    auto rates = measure_cuda_gemm_rates(0);
+    REQUIRE_FALSE(rates.has_value());
+    CHECK(rates.error().code() == errc::no_device);
+  }
+
+  TEST_CASE("GEMM rates by precision: tensor cores beat exact FP32 on a GPU") {
+    if (cuda_device_count() == 0) {
+      MESSAGE("skipped: no CUDA device on this machine");
+      return;
+    }
+    CHECK(measure_cuda_gemm_rates(cuda_device_count()).error().code() == errc::no_device);
+    auto rates = measure_cuda_gemm_rates(0, 0.4);
+    REQUIRE_MESSAGE(rates.has_value(), rates.error().message());
+    INFO("TFLOP/s: fp32 " << rates->fp32 << ", tf32 " << rates->tf32 << ", bf16 from fp32 "
+                          << rates->bf16_from_fp32 << ", bf16 " << rates->bf16);
+    CHECK(rates->fp32 > 0.1);
+    // Every card gflex builds for (sm_80, sm_90) has TF32 and bf16 tensor cores, several times
+    // its FP32 rate: a figure at or below FP32's would mean the product did not use them.
+    CHECK(rates->tf32 > 1.5 * rates->fp32);
+    CHECK(rates->bf16 > 1.5 * rates->fp32);
+    CHECK(rates->bf16_from_fp32 > 1.5 * rates->fp32);
   }
 
   TEST_CASE("GPU samples (NVML): real figures on a GPU, a reason and no figures without") {

@@ -39,6 +39,24 @@ struct device_calibration {
 /// such device; errc::device_error if a CUDA call fails.
 expected<device_calibration> calibrate_cuda_device(int ordinal, double seconds = 0.5);
 
+/// A device's GEMM rate at each math precision a job may ask for, tera-FLOP/s on 4096^3
+/// products: the ceilings a step's GEMM-bound share is read against.
+struct gemm_rates {
+  double fp32 = 0.0;  ///< FP32 operands, exact FP32 products (`precision = "fp32"`).
+  double tf32 = 0.0;  ///< FP32 operands, products in TF32 (`precision = "tf32"`).
+  /// FP32 operands rounded to bf16 by cuBLAS as it multiplies: what a `precision = "bf16"`
+  /// job's GEMMs run as.
+  double bf16_from_fp32 = 0.0;
+  /// bf16 operands and result, FP32 accumulation: the card's bf16 rate as a framework under
+  /// bf16 autocast gets it. Against bf16_from_fp32: what keeping operands in bf16 would gain.
+  double bf16 = 0.0;
+};
+
+/// Measures gemm_rates on device `ordinal` for roughly `seconds` in all (a quarter each).
+/// errc::no_device where there is no such device; errc::device_error if a CUDA or cuBLAS call
+/// fails (a card without bf16 tensor cores, for one).
+expected<gemm_rates> measure_cuda_gemm_rates(int ordinal, double seconds = 1.0);
+
 /// Caps the device memory that every backend of this process together may allocate on
 /// device `ordinal` (0: no cap beyond the device's own). An allocation past the cap fails as
 /// an out-of-memory compute_error naming the cap; nothing else changes. Call before the
