@@ -47,6 +47,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <map>
 #include <memory>
 #include <string>
@@ -172,6 +173,11 @@ class cuda_backend final : public backend {
                                      static_cast<int>(ldc)));
       return;
     }
+    if (precision_ == math_precision::bf16 && bf16_operands_) {
+      gemm_bf16_operands(op_a, op_b, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c,
+                         ldc);
+      return;
+    }
     // FP32 in and out, products rounded as the precision allows, FP32 accumulation. The
     // compute type, not the handle's math mode, grants the down-conversion, so the handle
     // stays at CUBLAS_DEFAULT_MATH and FP32 calls above stay exact.
@@ -182,6 +188,34 @@ class cuda_backend final : public backend {
                                     static_cast<int>(ldb), a, CUDA_R_32F, static_cast<int>(lda),
                                     &beta, c, CUDA_R_32F, static_cast<int>(ldc), compute,
                                     CUBLAS_GEMM_DEFAULT));
+  }
+
+  /// gemm at bf16 from bf16 copies of its operands (GFLEX_BF16_OPERANDS=1): each packed into
+  /// the workspace (half the bytes of the FP32 matrix, rounded to nearest even as cuBLAS's
+  /// FAST_16BF mode rounds), multiplied as bf16 with FP32 accumulation into the FP32 result.
+  /// One pass over each operand more, for a product on the bf16 tensor cores' own inputs
+  /// rather than FP32 ones converted inside cuBLAS's kernel: which is faster is for a card
+  /// to measure (`gflex devices --calibrate` gives both rates).
+  void gemm_bf16_operands(cublasOperation_t op_a, cublasOperation_t op_b, bool trans_a,
+                          bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+                          const float* a, int64_t lda, const float* b, int64_t ldb, float beta,
+                          float* c, int64_t ldc) {
+    // As stored, row-major: A is m x k (k x m transposed), B is k x n (n x k transposed).
+    const int64_t a_rows = trans_a ? k : m;
+    const int64_t a_cols = trans_a ? m : k;
+    const int64_t b_rows = trans_b ? n : k;
+    const int64_t b_cols = trans_b ? k : n;
+    const size_t a_bytes = sizeof(__nv_bfloat16) * static_cast<size_t>(a_rows * a_cols);
+    const size_t b_offset = (a_bytes + 255) / 256 * 256;
+    const size_t bytes = b_offset + sizeof(__nv_bfloat16) * static_cast<size_t>(b_rows * b_cols);
+    auto* a16 = static_cast<__nv_bfloat16*>(ensure_workspace(bytes));
+    auto* b16 = reinterpret_cast<__nv_bfloat16*>(reinterpret_cast<char*>(a16) + b_offset);
+    launch_to_bf16(kernel_launch(), a, a_rows, a_cols, lda, a16);
+    launch_to_bf16(kernel_launch(), b, b_rows, b_cols, ldb, b16);
+    GFLEX_CUBLAS_CHECK(cublasGemmEx(
+        blas_, op_b, op_a, static_cast<int>(n), static_cast<int>(m), static_cast<int>(k), &alpha,
+        b16, CUDA_R_16BF, static_cast<int>(b_cols), a16, CUDA_R_16BF, static_cast<int>(a_cols),
+        &beta, c, CUDA_R_32F, static_cast<int>(ldc), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
   }
 
   void axpby(int64_t n, float a, const float* x, float b, float* y) override {
@@ -1028,6 +1062,12 @@ class cuda_backend final : public backend {
   /// against it).
   size_t shared_per_block_optin_ = 0;
   math_precision precision_ = math_precision::fp32;
+  /// GFLEX_BF16_OPERANDS=1: a bf16 gemm multiplies bf16 copies of its operands (opt-in until
+  /// a card has measured it against cuBLAS's own conversion).
+  bool bf16_operands_ = [] {
+    const char* v = std::getenv("GFLEX_BF16_OPERANDS");
+    return v != nullptr && std::string(v) == "1";
+  }();
   std::shared_ptr<stream_owner> streams_;
   cublasHandle_t blas_ = nullptr;
   cudnnHandle_t dnn_ = nullptr;  ///< Made by the first convolution (ensure_dnn).

@@ -970,6 +970,23 @@ void launch_axpby(launch_config launch, int64_t n, float a, const float* x, floa
   GFLEX_CUDA_CHECK_LAUNCH();
 }
 
+__global__ void to_bf16_kernel(const float* src, int64_t rows, int64_t cols, int64_t ld,
+                               __nv_bfloat16* dst) {
+  const int64_t n = rows * cols;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t r = i / cols;
+    dst[i] = __float2bfloat16_rn(src[r * ld + (i - r * cols)]);
+  }
+}
+
+void launch_to_bf16(launch_config launch, const float* src, int64_t rows, int64_t cols, int64_t ld,
+                    __nv_bfloat16* dst) {
+  to_bf16_kernel<<<grid_for(launch, rows * cols), k_block, 0, launch.stream>>>(src, rows, cols, ld,
+                                                                               dst);
+  GFLEX_CUDA_CHECK_LAUNCH();
+}
+
 void launch_scale_matrix(launch_config launch, float* c, int64_t rows, int64_t cols, int64_t ldc,
                          int64_t stride_c, int64_t count, float beta) {
   scale_matrix_kernel<<<grid_for(launch, rows * cols * count), k_block, 0, launch.stream>>>(

@@ -12,6 +12,7 @@
 /// kernel is a template) are the kernel's own, in the kernel's order; cuda_kernels.cu says what
 /// each kernel computes.
 
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -35,6 +36,11 @@ struct launch_config {
 void launch_fill(launch_config launch, float* x, int64_t n, float value);
 
 void launch_axpby(launch_config launch, int64_t n, float a, const float* x, float b, float* y);
+
+/// dst[r * cols + c] = src[r * ld + c] rounded to the nearest bf16 (ties to even): a GEMM
+/// operand packed for cuBLAS's bf16 inputs.
+void launch_to_bf16(launch_config launch, const float* src, int64_t rows, int64_t cols, int64_t ld,
+                    __nv_bfloat16* dst);
 
 /// For gemm (count == 1, stride_c unused) and gemm_strided_batched with k == 0.
 void launch_scale_matrix(launch_config launch, float* c, int64_t rows, int64_t cols, int64_t ldc,

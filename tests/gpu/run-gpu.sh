@@ -18,8 +18,8 @@
 # 6. runs the language model benchmark, bench/lm_vs_torch.py, in bf16 at three sizes (the
 #    3.3M model at batches of 64 and 512 x 128 tokens, the 86M one at 16 x 1,024) against
 #    PyTorch eager and compiled, then gflex_bench_step's breakdown of gflex's step by
-#    operation at the two larger sizes, with attention composed and fused (GFLEX_LM_BENCH=0
-#    leaves it out);
+#    operation at the two larger sizes, with attention composed and fused, and the 86M model
+#    with its GEMM operands packed in bf16 (GFLEX_LM_BENCH=0 leaves it out);
 # 7. runs a core and a node on the GPU, which train fashion-mlp and fashion-cnn as jobs
 #    (gpu_job.sh);
 # 8. prints the speed targets against what was measured (targets.py).
@@ -348,20 +348,24 @@ else
   if [ "$gpus" = 0 ]; then
     echo "gflex_bench_step of the language models: left out (no GPU)"
   else
-    # Each twice: attention composed of cuBLAS GEMMs and softmax kernels (the default), and
-    # fused (the flash-attention kernels, GFLEX_FUSED_ATTENTION=1).
-    for run in "gpt-12x768 16 0" "gpt-12x768 16 1" "gpt-4x256 512 0" "gpt-4x256 512 1"; do
-      read -r spec rows fused <<<"$run"
+    # Attention composed of cuBLAS GEMMs and softmax kernels (the default) and fused (the
+    # flash-attention kernels, GFLEX_FUSED_ATTENTION=1); the 86M model also with its GEMMs'
+    # operands packed in bf16 (GFLEX_BF16_OPERANDS=1) instead of converted inside cuBLAS.
+    for run in "gpt-12x768 16 0 0" "gpt-12x768 16 1 0" "gpt-12x768 16 0 1" \
+      "gpt-4x256 512 0 0" "gpt-4x256 512 1 0"; do
+      read -r spec rows fused bf16ops <<<"$run"
       name="lm-step-$spec-$rows"
       if [ "$fused" = 1 ]; then name="$name-fused"; fi
-      GFLEX_FUSED_ATTENTION=$fused bench_step "$name" 60 0 "$rows" cuda:0 \
-        "$here/bench/specs/$spec.toml" bf16 || continue
-      "$python" - "$out/$name.json" "$fused" <<'PY'
+      if [ "$bf16ops" = 1 ]; then name="$name-bf16ops"; fi
+      GFLEX_FUSED_ATTENTION=$fused GFLEX_BF16_OPERANDS=$bf16ops bench_step "$name" 60 0 "$rows" \
+        cuda:0 "$here/bench/specs/$spec.toml" bf16 || continue
+      "$python" - "$out/$name.json" "$fused" "$bf16ops" <<'PY'
 import json, sys
 s = json.load(open(sys.argv[1]))
 ops = sorted(s["step_breakdown_ms"].items(), key=lambda kv: -kv[1])
 print(f"{s['workload'].split('/')[-1]} batch {s['batch']} bf16, attention "
-      f"{'fused' if sys.argv[2] == '1' else 'composed'} (gflex_bench_step): step "
+      f"{'fused' if sys.argv[2] == '1' else 'composed'}"
+      f"{', GEMM operands packed in bf16' if sys.argv[3] == '1' else ''} (gflex_bench_step): step "
       f"{s['step_ms']:.2f} ms, {s['tokens_per_s']:.0f} tokens/s; GEMM-bound part "
       f"{s['gemm_bound_ms']:.2f} ms at {s['gemm_bound_fraction_of_peak']:.0%} of the "
       f"{s['sgemm_peak_gflops'] / 1e3:.0f} TFLOP/s bf16 GEMM peak; by operation (ms, timed to "

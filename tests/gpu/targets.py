@@ -10,9 +10,9 @@ of the run's time budget, or found no GPU). Short on purpose: it ends the run's 
 is what a device call's output tail shows. The targets are those of the GPU speed work in
 docs/BENCHMARKS.md: fashion-mlp and fashion-cnn at 1.5x PyTorch or more; fashion-mlp's
 GEMM-bound part at 70% of the FP32 GEMM peak at batches of 1,024 and 4,096 (50% of the card's
-bf16 rate, with bf16 operands, in bf16); the language model's MFU at or above compiled PyTorch's at each size. Recorded
-passes and fused attention, opt-in until measured, get a row each: the step with them against
-without.
+bf16 rate, with bf16 operands, in bf16); the language model's MFU at or above compiled
+PyTorch's at each size. Recorded passes, fused attention and bf16 GEMM operands, opt-in until
+measured, get a row each: the step with them against without.
 """
 import json
 import sys
@@ -91,6 +91,18 @@ def main():
         if off and on:
             row(target, f"{on['step_ms']:.3f} ms ({on['replays']} replayed) against "
                 f"{off['step_ms']:.3f} ms", on["replays"] > 0 and on["step_ms"] < off["step_ms"])
+        else:
+            row(target, None, None)
+
+    # The 86M model's step with its GEMM operands packed in bf16 (GFLEX_BF16_OPERANDS=1), and
+    # with fused attention, against the default (gflex_bench_step, each timed alone).
+    base = load(f"{out}/lm-step-gpt-12x768-16.json")
+    for suffix, what in (("fused", "GFLEX_FUSED_ATTENTION=1"), ("bf16ops", "GFLEX_BF16_OPERANDS=1")):
+        other = load(f"{out}/lm-step-gpt-12x768-16-{suffix}.json")
+        target = f"gpt-12x768 batch 16 step: {what} faster than without"
+        if base and other:
+            row(target, f"{other['step_ms']:.2f} ms against {base['step_ms']:.2f} ms",
+                other["step_ms"] < base["step_ms"])
         else:
             row(target, None, None)
 

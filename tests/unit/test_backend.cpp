@@ -5,6 +5,7 @@
 #include <doctest/doctest.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <vector>
 
@@ -320,6 +321,63 @@ TEST_SUITE("backend") {
     auto bad = parse_math_precision("fp8");
     REQUIRE_FALSE(bad.has_value());
     CHECK(bad.error().message().find("fp8") != std::string::npos);
+  }
+
+  TEST_CASE("GFLEX_BF16_OPERANDS=1: a bf16 gemm from bf16 copies of its operands") {
+    if (cuda_device_count() == 0) {
+      MESSAGE("CUDA backend skipped: " << (cuda_compiled() ? "no CUDA device on this machine"
+                                                           : "not compiled in"));
+      return;
+    }
+    struct restore_env {
+      ~restore_env() { unsetenv("GFLEX_BF16_OPERANDS"); }
+    } restore;
+    setenv("GFLEX_BF16_OPERANDS", "1", 1);
+    auto packed = make_cuda_backend(0);
+    unsetenv("GFLEX_BF16_OPERANDS");
+    auto converted_by_cublas = make_cuda_backend(0);
+    REQUIRE(packed.has_value());
+    REQUIRE(converted_by_cublas.has_value());
+    for (auto* b : {packed->get(), converted_by_cublas->get()})
+      b->set_precision(math_precision::bf16);
+    // Every transposition, leading dimensions padded past the logical widths (the packing must
+    // read rows at ld and write them at the width), alpha and beta both in play.
+    const int64_t m = 37, n = 29, k = 100;
+    for (int t = 0; t < 4; ++t) {
+      const bool ta = (t & 1) != 0, tb = (t & 2) != 0;
+      CAPTURE(ta);
+      CAPTURE(tb);
+      const int64_t a_rows = ta ? k : m, a_cols = ta ? m : k, b_rows = tb ? n : k,
+                    b_cols = tb ? k : n;
+      const int64_t lda = a_cols + 3, ldb = b_cols + 5, ldc = n + 2;
+      auto a = random_vector(static_cast<size_t>(a_rows * lda), 81);
+      auto bm = random_vector(static_cast<size_t>(b_rows * ldb), 82);
+      auto c = random_vector(static_cast<size_t>(m * ldc), 83);
+      std::vector<double> want(c.begin(), c.end());
+      for (int64_t i = 0; i < m; ++i)
+        for (int64_t j = 0; j < n; ++j) {
+          double acc = 0.0;
+          for (int64_t q = 0; q < k; ++q)
+            acc += double{ta ? a[q * lda + i] : a[i * lda + q]} *
+                   double{tb ? bm[j * ldb + q] : bm[q * ldb + j]};
+          want[i * ldc + j] = 0.5 * acc + 0.25 * c[i * ldc + j];
+        }
+      std::vector<std::vector<float>> results;
+      for (auto* b : {packed->get(), packed->get(), converted_by_cublas->get()}) {
+        buffer da(*b, a), db(*b, bm), dc(*b, c);
+        b->gemm(ta, tb, m, n, k, 0.5f, da.ptr(), lda, db.ptr(), ldb, 0.25f, dc.ptr(), ldc);
+        results.push_back(dc.read());
+      }
+      // bf16 operands keep 8 significant bits: about 2^-8 of each product, over k terms of
+      // unit variance. A transposition or a leading dimension read wrongly is off by O(1).
+      const double tolerance = 0.5 * std::pow(2.0, -8) * std::sqrt(static_cast<double>(k)) * 4;
+      check_close(results[0], want, 0, tolerance);
+      check_close(results[2], want, 0, tolerance);
+      CHECK(results[0] == results[1]);  // the same bits run to run
+      // The padding between rows of C is left as it was.
+      for (int64_t i = 0; i < m; ++i)
+        for (int64_t j = n; j < ldc; ++j) CHECK(results[0][i * ldc + j] == c[i * ldc + j]);
+    }
   }
 
   TEST_CASE("gemm in every transposition against a double reference") {
