@@ -134,7 +134,8 @@ TEST_SUITE("mlp") {
     // Within the first epoch, at its last step, across into the second, and past the run.
     const std::pair<int64_t, int64_t> expected_samples[] = {
         {5, 1800 - 5 * 32}, {19, 1200}, {25, 1200 - 6 * 32}, {57, 0}, {80, 0}};
-    for (auto [warmup, samples] : expected_samples) {
+    for (const auto& expected : expected_samples) {
+      const int64_t warmup = expected.first, samples = expected.second;  // clang 14: no bindings
       o.warmup_steps = warmup;
       auto r = train(w, data, *be, o);
       REQUIRE(r.has_value());
