@@ -181,6 +181,13 @@ class calibration_resources {
     GFLEX_CUDA_CHECK(cudaSetDevice(ordinal_));
   }
 
+  /// Makes the device current and creates what a measurement uses: a stream, two events, a
+  /// 256 MiB device buffer (and, where `pinned_host` asks, as much pinned host memory), the
+  /// buffer's first two 4096^3 FP32 operands filled, and a cuBLAS handle on the stream at
+  /// exact FP32, as the backend's (each GEMM's compute type grants anything faster). The
+  /// buffer is not counted against --gpu-memory-limit: it is gone before a backend allocates.
+  void open(bool pinned_host);
+
   cudaStream_t stream = nullptr;
   cublasHandle_t blas = nullptr;
   cudaEvent_t start = nullptr;
@@ -222,6 +229,21 @@ double time_repeated(calibration_resources& r, double budget, Op op) {
 constexpr int k_gemm_n = 4096;
 constexpr size_t k_copy_bytes = size_t{256} << 20;
 
+void calibration_resources::open(bool pinned_host) {
+  activate();
+  GFLEX_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  GFLEX_CUDA_CHECK(cudaEventCreate(&start));
+  GFLEX_CUDA_CHECK(cudaEventCreate(&stop));
+  GFLEX_CUDA_CHECK(cudaMalloc(&device_buffer, k_copy_bytes));
+  if (pinned_host) GFLEX_CUDA_CHECK(cudaMallocHost(&host_buffer, k_copy_bytes));
+  calibration_fill_kernel<<<1024, 256, 0, stream>>>(static_cast<float*>(device_buffer),
+                                                    2 * int64_t{k_gemm_n} * k_gemm_n);
+  GFLEX_CUDA_CHECK_LAUNCH();
+  GFLEX_CUBLAS_CHECK(cublasCreate(&blas));
+  GFLEX_CUBLAS_CHECK(cublasSetStream(blas, stream));
+  GFLEX_CUBLAS_CHECK(cublasSetMathMode(blas, CUBLAS_DEFAULT_MATH));
+}
+
 /// errc::no_device naming `ordinal` where it is not a usable device; nothing where it is.
 std::optional<gflex::error> no_such_device(int ordinal) {
   const int count = cuda_device_count();
@@ -237,27 +259,15 @@ expected<device_calibration> calibrate_cuda_device(int ordinal, double seconds) 
   if (!(seconds > 0.0)) seconds = 0.5;
   try {
     calibration_resources r(ordinal);
-    r.activate();
-    GFLEX_CUDA_CHECK(cudaStreamCreateWithFlags(&r.stream, cudaStreamNonBlocking));
-    GFLEX_CUDA_CHECK(cudaEventCreate(&r.start));
-    GFLEX_CUDA_CHECK(cudaEventCreate(&r.stop));
     // One 256 MiB device buffer serves both measurements: the three 64 MiB GEMM operands fit
-    // in it, so calibration needs no more device memory than the copy test alone. It is not
-    // counted against --gpu-memory-limit: it is gone before any backend allocates.
-    GFLEX_CUDA_CHECK(cudaMalloc(&r.device_buffer, k_copy_bytes));
-    GFLEX_CUDA_CHECK(cudaMallocHost(&r.host_buffer, k_copy_bytes));
-
+    // in it, so calibration needs no more device memory than the copy test alone. FP32 as the
+    // backend computes by default: no TF32, so the figure is comparable across devices and
+    // with what a default job gets.
+    r.open(true);
     const int64_t matrix = int64_t{k_gemm_n} * k_gemm_n;
     auto* a = static_cast<float*>(r.device_buffer);
     float* b = a + matrix;
     float* c = b + matrix;
-    calibration_fill_kernel<<<1024, 256, 0, r.stream>>>(a, 2 * matrix);
-    GFLEX_CUDA_CHECK_LAUNCH();
-    GFLEX_CUBLAS_CHECK(cublasCreate(&r.blas));
-    GFLEX_CUBLAS_CHECK(cublasSetStream(r.blas, r.stream));
-    // FP32 as the backend computes by default: no TF32, so the figure is comparable across
-    // devices and with what a default job gets.
-    GFLEX_CUBLAS_CHECK(cublasSetMathMode(r.blas, CUBLAS_DEFAULT_MATH));
 
     device_calibration result;
     // Half the time for the GEMM, a quarter for each copy direction.
@@ -292,13 +302,9 @@ expected<gemm_rates> measure_cuda_gemm_rates(int ordinal, double seconds) {
   if (!(seconds > 0.0)) seconds = 1.0;
   try {
     calibration_resources r(ordinal);
-    r.activate();
-    GFLEX_CUDA_CHECK(cudaStreamCreateWithFlags(&r.stream, cudaStreamNonBlocking));
-    GFLEX_CUDA_CHECK(cudaEventCreate(&r.start));
-    GFLEX_CUDA_CHECK(cudaEventCreate(&r.stop));
-    // 256 MiB: FP32 a, b and c (64 MiB each), then a and b in bf16 (32 MiB each); the bf16
-    // result takes c's place once the FP32 products are timed.
-    GFLEX_CUDA_CHECK(cudaMalloc(&r.device_buffer, k_copy_bytes));
+    // The 256 MiB: FP32 a, b and c (64 MiB each), then a and b in bf16 (32 MiB each); the
+    // bf16 result takes c's place once the FP32 products are timed.
+    r.open(false);
     const int64_t matrix = int64_t{k_gemm_n} * k_gemm_n;
     auto* a = static_cast<float*>(r.device_buffer);
     float* b = a + matrix;
@@ -306,14 +312,8 @@ expected<gemm_rates> measure_cuda_gemm_rates(int ordinal, double seconds) {
     auto* a16 = reinterpret_cast<__nv_bfloat16*>(c + matrix);
     __nv_bfloat16* b16 = a16 + matrix;
     auto* c16 = reinterpret_cast<__nv_bfloat16*>(c);
-    calibration_fill_kernel<<<1024, 256, 0, r.stream>>>(a, 2 * matrix);
-    GFLEX_CUDA_CHECK_LAUNCH();
     calibration_to_bf16_kernel<<<1024, 256, 0, r.stream>>>(a, a16, 2 * matrix);
     GFLEX_CUDA_CHECK_LAUNCH();
-    GFLEX_CUBLAS_CHECK(cublasCreate(&r.blas));
-    GFLEX_CUBLAS_CHECK(cublasSetStream(r.blas, r.stream));
-    // As the CUDA backend: the handle stays exact, each call's compute type grants the rest.
-    GFLEX_CUBLAS_CHECK(cublasSetMathMode(r.blas, CUBLAS_DEFAULT_MATH));
 
     const float alpha = 1.0f;
     const float beta = 0.0f;

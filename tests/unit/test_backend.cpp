@@ -67,30 +67,53 @@ std::vector<std::unique_ptr<backend>> backends_under_test() {
   return out;
 }
 
+// A gemm's operands, stored as it reads them (A [m,k] or, transposed, [k,m]; likewise B), with
+// leading dimensions padded past the logical widths to catch code that confuses ld with the
+// width, and its result computed in double.
+struct gemm_case {
+  bool ta, tb;
+  int64_t m, n, k, lda, ldb, ldc;
+  float alpha, beta;
+  std::vector<float> a, b, c;
+  std::vector<double> want;
+
+  gemm_case(bool ta_, bool tb_, int64_t m_, int64_t n_, int64_t k_, float alpha_, float beta_,
+            int64_t pad, uint64_t seed)
+      : ta(ta_), tb(tb_), m(m_), n(n_), k(k_), alpha(alpha_), beta(beta_) {
+    const int64_t a_rows = ta ? k : m, a_cols = ta ? m : k, b_rows = tb ? n : k,
+                  b_cols = tb ? k : n;
+    lda = a_cols + pad;
+    ldb = b_cols + pad + 2;
+    ldc = n + pad;
+    a = random_vector(static_cast<size_t>(a_rows * lda), seed);
+    b = random_vector(static_cast<size_t>(b_rows * ldb), seed + 1);
+    c = random_vector(static_cast<size_t>(m * ldc), seed + 2);
+    want.assign(c.begin(), c.end());
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t j = 0; j < n; ++j) {
+        double acc = 0.0;
+        for (int64_t p = 0; p < k; ++p) {
+          double av = ta ? a[p * lda + i] : a[i * lda + p];
+          double bv = tb ? b[j * ldb + p] : b[p * ldb + j];
+          acc += av * bv;
+        }
+        want[i * ldc + j] = alpha * acc + beta * c[i * ldc + j];
+      }
+  }
+
+  /// C after `be`'s gemm.
+  std::vector<float> run(backend& be) const {
+    buffer da(be, a), db(be, b), dc(be, c);
+    be.gemm(ta, tb, m, n, k, alpha, da.ptr(), lda, db.ptr(), ldb, beta, dc.ptr(), ldc);
+    return dc.read();
+  }
+};
+
 void check_gemm(backend& b, bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha,
                 float beta) {
-  // Stored shapes: A is [m,k] or, transposed, [k,m]; likewise B. Leading dimensions are padded
-  // by 3 to catch code that confuses ld with the logical width.
-  int64_t a_rows = ta ? k : m, a_cols = ta ? m : k, b_rows = tb ? n : k, b_cols = tb ? k : n;
-  int64_t lda = a_cols + 3, ldb = b_cols + 3, ldc = n + 3;
-  auto a = random_vector(static_cast<size_t>(a_rows * lda), 11);
-  auto bm = random_vector(static_cast<size_t>(b_rows * ldb), 12);
-  auto c = random_vector(static_cast<size_t>(m * ldc), 13);
-  std::vector<double> want(c.begin(), c.end());
-  for (int64_t i = 0; i < m; ++i)
-    for (int64_t j = 0; j < n; ++j) {
-      double acc = 0.0;
-      for (int64_t p = 0; p < k; ++p) {
-        double av = ta ? a[p * lda + i] : a[i * lda + p];
-        double bv = tb ? bm[j * ldb + p] : bm[p * ldb + j];
-        acc += av * bv;
-      }
-      want[i * ldc + j] = alpha * acc + beta * c[i * ldc + j];
-    }
-  buffer da(b, a), db(b, bm), dc(b, c);
-  b.gemm(ta, tb, m, n, k, alpha, da.ptr(), lda, db.ptr(), ldb, beta, dc.ptr(), ldc);
+  const gemm_case g(ta, tb, m, n, k, alpha, beta, 3, 11);
   // float accumulation over k terms of unit-variance products: error grows like sqrt(k).
-  check_close(dc.read(), want, 1e-4, 1e-5 * std::sqrt(static_cast<double>(k)) * 4);
+  check_close(g.run(b), g.want, 1e-4, 1e-5 * std::sqrt(static_cast<double>(k)) * 4);
 }
 
 // Direct convolution in double: y[n,oh,ow,k] = sum over r,s,c of x[n,oh+r-ph,ow+s-pw,c] *
@@ -342,41 +365,22 @@ TEST_SUITE("backend") {
       b->set_precision(math_precision::bf16);
     // Every transposition, leading dimensions padded past the logical widths (the packing must
     // read rows at ld and write them at the width), alpha and beta both in play.
-    const int64_t m = 37, n = 29, k = 100;
     for (int t = 0; t < 4; ++t) {
       const bool ta = (t & 1) != 0, tb = (t & 2) != 0;
       CAPTURE(ta);
       CAPTURE(tb);
-      const int64_t a_rows = ta ? k : m, a_cols = ta ? m : k, b_rows = tb ? n : k,
-                    b_cols = tb ? k : n;
-      const int64_t lda = a_cols + 3, ldb = b_cols + 5, ldc = n + 2;
-      auto a = random_vector(static_cast<size_t>(a_rows * lda), 81);
-      auto bm = random_vector(static_cast<size_t>(b_rows * ldb), 82);
-      auto c = random_vector(static_cast<size_t>(m * ldc), 83);
-      std::vector<double> want(c.begin(), c.end());
-      for (int64_t i = 0; i < m; ++i)
-        for (int64_t j = 0; j < n; ++j) {
-          double acc = 0.0;
-          for (int64_t q = 0; q < k; ++q)
-            acc += double{ta ? a[q * lda + i] : a[i * lda + q]} *
-                   double{tb ? bm[j * ldb + q] : bm[q * ldb + j]};
-          want[i * ldc + j] = 0.5 * acc + 0.25 * c[i * ldc + j];
-        }
-      std::vector<std::vector<float>> results;
-      for (auto* b : {packed->get(), packed->get(), converted_by_cublas->get()}) {
-        buffer da(*b, a), db(*b, bm), dc(*b, c);
-        b->gemm(ta, tb, m, n, k, 0.5f, da.ptr(), lda, db.ptr(), ldb, 0.25f, dc.ptr(), ldc);
-        results.push_back(dc.read());
-      }
+      const gemm_case g(ta, tb, 37, 29, 100, 0.5f, 0.25f, 3, 81);
+      const auto first = g.run(**packed), second = g.run(**packed),
+                 by_cublas = g.run(**converted_by_cublas);
       // bf16 operands keep 8 significant bits: about 2^-8 of each product, over k terms of
       // unit variance. A transposition or a leading dimension read wrongly is off by O(1).
-      const double tolerance = 0.5 * std::pow(2.0, -8) * std::sqrt(static_cast<double>(k)) * 4;
-      check_close(results[0], want, 0, tolerance);
-      check_close(results[2], want, 0, tolerance);
-      CHECK(results[0] == results[1]);  // the same bits run to run
+      const double tolerance = 0.5 * std::pow(2.0, -8) * std::sqrt(static_cast<double>(g.k)) * 4;
+      check_close(first, g.want, 0, tolerance);
+      check_close(by_cublas, g.want, 0, tolerance);
+      CHECK(first == second);  // the same bits run to run
       // The padding between rows of C is left as it was.
-      for (int64_t i = 0; i < m; ++i)
-        for (int64_t j = n; j < ldc; ++j) CHECK(results[0][i * ldc + j] == c[i * ldc + j]);
+      for (int64_t i = 0; i < g.m; ++i)
+        for (int64_t j = g.n; j < g.ldc; ++j) CHECK(first[i * g.ldc + j] == g.c[i * g.ldc + j]);
     }
   }
 
