@@ -34,18 +34,23 @@ struct train_flags {
 
 nlohmann::json to_json(const train_flags& f, const kernels::train_report& r,
                        const std::string& backend) {
+  // Without evaluation nothing was measured on the test split: null, not a zero that reads
+  // as a model that learnt nothing.
+  const bool evaluated = f.options.evaluate && !r.epochs.empty();
+  const auto measured = [&](double v) { return evaluated ? nlohmann::json(v) : nlohmann::json(); };
   nlohmann::json epochs = nlohmann::json::array();
   for (const auto& e : r.epochs)
     epochs.push_back({{"epoch", e.epoch},
                       {"train_loss", e.train_loss},
                       {"train_accuracy", e.train_accuracy},
-                      {"test_loss", e.test_loss},
-                      {"test_accuracy", e.test_accuracy},
+                      {"test_loss", measured(e.test_loss)},
+                      {"test_accuracy", measured(e.test_accuracy)},
                       {"train_s", e.train_s}});
-  const double test_loss = r.epochs.empty() ? 0.0 : r.epochs.back().test_loss;
+  const double test_loss = evaluated ? r.epochs.back().test_loss : 0.0;
   return {{"workload", f.spec_file.empty() ? f.workload : f.spec_file},
-          {"test_loss", test_loss},
-          {"test_bits", test_loss / std::log(2.0)},
+          {"evaluated", evaluated},
+          {"test_loss", measured(test_loss)},
+          {"test_bits", measured(test_loss / std::log(2.0))},
           {"backend", backend},
           {"precision", f.precision},
           {"epochs", static_cast<int>(r.epochs.size())},
@@ -53,7 +58,7 @@ nlohmann::json to_json(const train_flags& f, const kernels::train_report& r,
           {"seed", f.options.seed},
           {"steps", r.steps},
           {"samples", r.samples},
-          {"test_accuracy", r.test_accuracy},
+          {"test_accuracy", measured(r.test_accuracy)},
           {"samples_per_s", r.samples_per_s},
           {"warmup_steps", f.options.warmup_steps},
           {"steady_samples_per_s", r.steady_samples_per_s},
@@ -135,8 +140,13 @@ int run_training(const train_flags& f) {
     return 1;
   }
   auto summary = to_json(f, *report, (*b)->describe());
-  std::printf("test accuracy %.4f after %zu epochs, %.0f samples/s, %.1f s\n",
-              report->test_accuracy, report->epochs.size(), report->samples_per_s, report->wall_s);
+  if (f.options.evaluate)
+    std::printf("test accuracy %.4f after %zu epochs, %.0f samples/s, %.1f s\n",
+                report->test_accuracy, report->epochs.size(), report->samples_per_s,
+                report->wall_s);
+  else
+    std::printf("trained %zu epochs, not evaluated (--no-eval), %.0f samples/s, %.1f s\n",
+                report->epochs.size(), report->samples_per_s, report->wall_s);
   if (f.options.evaluate && !report->epochs.empty())
     std::printf("test loss %.4f nats per %s (%.4f bits)\n", report->epochs.back().test_loss,
                 (*w)->token_input() ? "token" : "sample",
