@@ -91,13 +91,15 @@ __global__ void bias_relu_kernel(float* y, const float* bias, int64_t rows, int6
   const int64_t n = rows * cols;
   for (int64_t i = grid_start(); i < n; i += grid_stride()) {
     const float v = y[i] + bias[i % cols];
-    y[i] = Relu ? fmaxf(v, 0.0f) : v;
+    // Not fmaxf, which turns a NaN into 0: as the CPU's std::max, a NaN stays NaN, so that a
+    // diverging model's loss says so on every backend.
+    y[i] = Relu ? (v < 0.0f ? 0.0f : v) : v;
   }
 }
 
 __global__ void relu_backward_kernel(float* dy, const float* y, int64_t n) {
   for (int64_t i = grid_start(); i < n; i += grid_stride())
-    if (y[i] <= 0.0f) dy[i] = 0.0f;
+    if (!(y[i] > 0.0f)) dy[i] = 0.0f;  // as the CPU: no gradient through a NaN either
 }
 
 /// Columns per column_sum tile (one per lane, so that a warp reads 32 consecutive floats of a

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <vector>
 
 #include "gflex/kernels/backend.hpp"
@@ -432,6 +433,35 @@ TEST_SUITE("backend") {
       for (int64_t r = 0; r < rows; ++r)
         for (int64_t c = 0; c < cols; ++c) col[c] += x[r * cols + c];
       check_close(sums.read(), col, 1e-5, 1e-5);
+    }
+  }
+
+  TEST_CASE("ReLU keeps a NaN forward and passes no gradient through it, on every backend") {
+    // A diverging model must show NaN in its loss whichever backend runs it: a ReLU that
+    // turned NaN into 0 (fmaxf does) would hide it, and the CPU verifier would disagree with
+    // the GPU node that ran it.
+    const float nan = std::numeric_limits<float>::quiet_NaN();
+    const float inf = std::numeric_limits<float>::infinity();
+    const std::vector<float> pre = {nan, -1.0f, 2.0f, -inf, inf, 0.0f, nan, 3.0f};
+    const std::vector<float> zero_bias(4, 0.0f);
+    for (auto& b : backends_under_test()) {
+      CAPTURE(b->describe());
+      buffer y(*b, pre), bias(*b, zero_bias), x(*b, pre), fused(*b, std::vector<float>(8, 9.0f));
+      b->bias_relu_forward(y.ptr(), bias.ptr(), 2, 4, true);
+      b->bias_activation_forward(activation::relu, x.ptr(), bias.ptr(), 2, 4, fused.ptr());
+      for (const auto& got : {y.read(), fused.read()}) {
+        CHECK(std::isnan(got[0]));
+        CHECK(std::isnan(got[6]));
+        CHECK(got[1] == 0.0f);
+        CHECK(got[2] == 2.0f);
+        CHECK(got[3] == 0.0f);
+        CHECK(got[4] == inf);
+        CHECK(got[5] == 0.0f);
+        CHECK(got[7] == 3.0f);
+      }
+      buffer dy(*b, std::vector<float>(8, 1.0f)), act(*b, pre);
+      b->relu_backward(dy.ptr(), act.ptr(), 8);
+      CHECK(dy.read() == std::vector<float>{0, 0, 1, 0, 1, 0, 0, 1});
     }
   }
 

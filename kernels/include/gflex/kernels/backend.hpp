@@ -120,10 +120,12 @@ class backend {
 
   // -- layers ---------------------------------------------------------------------------------
 
-  /// y[r, c] += bias[c], then y = max(y, 0) if `relu`: the epilogue of a dense layer.
+  /// y[r, c] += bias[c], then y = max(y, 0) if `relu`: the epilogue of a dense layer. A NaN
+  /// stays NaN (a diverging model shows it in its loss on every backend).
   virtual void bias_relu_forward(float* y, const float* bias, int64_t rows, int64_t cols,
                                  bool relu) = 0;
-  /// dy[i] = 0 where y[i] <= 0: ReLU's backward pass, using the layer's output.
+  /// dy[i] = 0 where y[i] is not > 0 (NaN included): ReLU's backward pass, using the layer's
+  /// output.
   virtual void relu_backward(float* dy, const float* y, int64_t n) = 0;
   /// out[c] = sum over r of x[r, c]: the bias gradient of a dense layer.
   virtual void column_sum(const float* x, int64_t rows, int64_t cols, float* out) = 0;
