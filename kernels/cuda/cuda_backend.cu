@@ -594,8 +594,8 @@ class cuda_backend final : public backend {
 
   std::unique_ptr<recorded_work> end_recording() override {
     if (!recording_) return nullptr;
+    activate();  // first: a throw here leaves the capture to end on a later call
     recording_ = false;
-    activate();
     cudaGraph_t graph = nullptr;
     if (cudaStreamEndCapture(stream(), &graph) != cudaSuccess || graph == nullptr ||
         recording_failed_) {
@@ -610,14 +610,19 @@ class cuda_backend final : public backend {
       (void)cudaGetLastError();
       return nullptr;
     }
-    return std::make_unique<cuda_graph>(exec, ordinal_);
+    return std::make_unique<cuda_graph>(exec, ordinal_, this, recording_epoch_);
   }
 
   void replay(const recorded_work& work) override {
     const auto* graph = dynamic_cast<const cuda_graph*>(&work);
-    if (graph == nullptr || graph->ordinal != ordinal_)
+    if (graph == nullptr || graph->ordinal != ordinal_ || graph->owner != this)
       throw compute_error(
           gflex::error(errc::invalid_argument, "replaying work another backend recorded"));
+    // The graph points into the workspace it was recorded with: once that was replaced, a
+    // replay would read freed memory.
+    if (graph->epoch != recording_epoch_)
+      throw compute_error(gflex::error(
+          errc::invalid_argument, "replaying work recorded before the workspace was replaced"));
     refuse_while_recording("replay");
     activate();
     GFLEX_CUDA_CHECK(cudaGraphLaunch(graph->exec, stream()));
@@ -753,12 +758,15 @@ class cuda_backend final : public backend {
     return memory;
   }
 
-  /// The cuDNN workspace, grown to at least `bytes` (null for 0). Growing frees the old one on
+  /// The workspace, grown to at least `bytes` (null for 0). Growing frees the old one on
   /// the stream first, so the calls already enqueued keep theirs and the pool can reuse it.
-  /// It grows to what every chosen algorithm needs where that is more (and fits): once a
-  /// model's first pass has chosen its convolutions' algorithms the workspace stops growing,
-  /// so its second pass can be recorded (a recording cannot allocate).
-  void* ensure_workspace(size_t bytes) {
+  /// It grows to what every chosen algorithm and every other user (bf16 GEMM operands, the
+  /// embedding gradient's sort, attention's scratch) has needed where that is more (and
+  /// fits): once a model's first pass has run, the workspace stops growing, so its second
+  /// pass can be recorded (a recording cannot allocate). `timing`: an algorithm search's
+  /// request, which is not kept (choose gives back what only the timing needed).
+  void* ensure_workspace(size_t bytes, bool timing = false) {
+    if (!timing) kept_workspace_ = std::max(kept_workspace_, bytes);
     if (bytes <= workspace_bytes_) return workspace_;
     refuse_while_recording("growing the workspace");
     ++recording_epoch_;  // work recorded with the old workspace must not run again
@@ -770,9 +778,9 @@ class cuda_backend final : public backend {
                                              " bytes on cuda:" + std::to_string(ordinal_));
       workspace_bytes_ = size;
     };
-    if (chosen_workspace_ > bytes) {
+    if (kept_workspace_ > bytes) {
       try {
-        grow(chosen_workspace_);
+        grow(kept_workspace_);
         return workspace_;
       } catch (const compute_error&) {
         // No room for every algorithm's: this call's need alone, below.
@@ -900,7 +908,7 @@ class cuda_backend final : public backend {
     // ranking in charge.
     auto room = [&](size_t bytes) -> void* {
       try {
-        return ensure_workspace(bytes);
+        return ensure_workspace(bytes, /*timing=*/true);
       } catch (const compute_error&) {
         return nullptr;
       }
@@ -975,10 +983,10 @@ class cuda_backend final : public backend {
             pass, g);
         break;
     }
-    // The timing may have grown the workspace past what any chosen algorithm needs: that
-    // much goes back, and the next pass allocates what it asks for.
-    chosen_workspace_ = std::max(chosen_workspace_, choice.workspace);
-    if (workspace_bytes_ > chosen_workspace_ && workspace_ != nullptr) {
+    // The timing may have grown the workspace past what any chosen algorithm or other user
+    // needs: that much goes back, and the next pass allocates what it asks for.
+    kept_workspace_ = std::max(kept_workspace_, choice.workspace);
+    if (workspace_bytes_ > kept_workspace_ && workspace_ != nullptr) {
       streams_->free(workspace_, workspace_bytes_);
       workspace_ = nullptr;
       workspace_bytes_ = 0;
@@ -1031,7 +1039,8 @@ class cuda_backend final : public backend {
 
   /// A recorded CUDA graph, instantiated; destroyed with its device current.
   struct cuda_graph final : recorded_work {
-    cuda_graph(cudaGraphExec_t e, int o) : exec(e), ordinal(o) {}
+    cuda_graph(cudaGraphExec_t e, int o, const void* b, uint64_t ep)
+        : exec(e), ordinal(o), owner(b), epoch(ep) {}
     ~cuda_graph() override {
       device_guard guard(ordinal);
       if (cudaGraphExecDestroy(exec) != cudaSuccess) (void)cudaGetLastError();
@@ -1040,6 +1049,8 @@ class cuda_backend final : public backend {
     cuda_graph& operator=(const cuda_graph&) = delete;
     cudaGraphExec_t exec;
     int ordinal;
+    const void* owner;  ///< The backend that recorded it (its streams and workspaces).
+    uint64_t epoch;     ///< Its recording_epoch() then.
   };
 
   /// A call that would wait, allocate or time while the stream records: refused with a clear
@@ -1081,7 +1092,8 @@ class cuda_backend final : public backend {
   size_t blas_workspace_bytes_ = 0;
   void* workspace_ = nullptr;  ///< cuDNN workspace, shared by every plan (calls are ordered).
   size_t workspace_bytes_ = 0;
-  size_t chosen_workspace_ = 0;  ///< The most workspace a chosen algorithm needs.
+  /// The most workspace a chosen algorithm or any other user has needed (timing excluded).
+  size_t kept_workspace_ = 0;
   std::map<conv_key, std::unique_ptr<conv_plan>> plans_;
   staging_ring staging_;
 };

@@ -238,7 +238,9 @@ __global__ void softmax_xent_kernel(const float* logits, const int32_t* labels, 
   add_block_stats(block_loss, block_correct, lane, warp, loss_total, correct_total, stats);
 }
 
-/// One AdamW step, written in the same order of operations as the CPU backend.
+/// One AdamW step: the CPU backend's formula (decoupled weight decay, bias-corrected moments),
+/// not its order of operations (it multiplies by precomputed reciprocals and nvcc fuses
+/// multiply-adds here), so the two agree to rounding, not bit for bit.
 __global__ void adamw_kernel(float* param, const float* grad, float* m, float* v, int64_t n,
                              float lr, float beta1, float beta2, float eps, float weight_decay,
                              float bias_correction1, float bias_correction2) {

@@ -137,6 +137,10 @@ conv_choice pick_algorithm(cudnnConvolutionDescriptor_t conv, math_precision p, 
       timed > 0) {
     perf = std::move(measured);
     returned = timed;
+  } else {
+    // A failed measurement is tolerated (the heuristics' ranking stays); an error it left
+    // with the runtime must not be reported as the next kernel's launch failure.
+    (void)cudaGetLastError();
   }
   // The measurement ran under the preferred math type too; the loop sets each candidate's.
   GFLEX_CUDNN_CHECK(cudnnSetConvolutionMathType(conv, preferred));

@@ -38,13 +38,16 @@ class recording_backend final : public forwarding_backend {
   std::unique_ptr<recorded_work> end_recording() override {
     recording_ = false;
     if (failed_) return nullptr;
-    return std::make_unique<work>(std::move(ops_));
+    return std::make_unique<work>(std::move(ops_), this, epoch_);
   }
   void replay(const recorded_work& w) override {
     refuse("replay");
     const auto* recorded = dynamic_cast<const work*>(&w);
-    if (recorded == nullptr)
+    if (recorded == nullptr || recorded->owner != this)
       throw compute_error(error(errc::invalid_argument, "replaying work another backend recorded"));
+    if (recorded->epoch != epoch_)
+      throw compute_error(error(errc::invalid_argument,
+                                "replaying work recorded before the workspace was replaced"));
     for (const auto& op : recorded->ops) op();
     ++replays_;
   }
@@ -78,8 +81,11 @@ class recording_backend final : public forwarding_backend {
 
  private:
   struct work final : recorded_work {
-    explicit work(std::vector<std::function<void()>> o) : ops(std::move(o)) {}
+    work(std::vector<std::function<void()>> o, const void* b, uint64_t e)
+        : ops(std::move(o)), owner(b), epoch(e) {}
     std::vector<std::function<void()>> ops;
+    const void* owner;
+    uint64_t epoch;
   };
 
   void dispatch(const char* op, std::function<void()> call) override {

@@ -401,6 +401,66 @@ layers = [
     }
   }
 
+  TEST_CASE("recorded work replays on the backend that recorded it, until its buffers change") {
+    // A replay runs on the buffers the work was recorded with: on another backend (its own
+    // streams and workspace) or after the backend replaced a buffer (a grown workspace), it
+    // would use memory that is not, or no longer, its own. Both are refused; the work itself
+    // replays as often as asked. The CPU backend made to record stands in for a GPU's here.
+    auto cpu = make_cpu_backend(1);
+    testing::recording_backend recording(*cpu), other_recording(*cpu);
+    std::vector<std::pair<backend*, backend*>> pairs{{&recording, &other_recording}};
+    std::unique_ptr<backend> gpu, other_gpu;
+    if (cuda_device_count() > 0) {
+      auto a = make_cuda_backend(0), b = make_cuda_backend(0);
+      REQUIRE(a.has_value());
+      REQUIRE(b.has_value());
+      gpu = std::move(*a);
+      other_gpu = std::move(*b);
+      pairs.emplace_back(gpu.get(), other_gpu.get());
+    } else {
+      MESSAGE("CUDA graphs are not replayed: no CUDA device on this machine");
+    }
+    for (const auto& pair : pairs) {  // not a structured binding: clang 14 cannot capture one
+      backend* b = pair.first;
+      backend* other = pair.second;
+      CAPTURE(b->describe());
+      REQUIRE(b->records());
+      const int64_t n = 64;
+      tensor x = b->allocate({n}, dtype::f32), y = b->allocate({n}, dtype::f32);
+      const std::vector<float> ones(n, 1.0f), zeros(n, 0.0f);
+      b->upload(ones.data(), x.raw(), n * sizeof(float));
+      b->upload(zeros.data(), y.raw(), n * sizeof(float));
+      b->begin_recording();
+      b->axpby(n, 2.0f, x.data<float>(), 1.0f, y.data<float>());  // y += 2x
+      auto work = b->end_recording();
+      REQUIRE(work != nullptr);
+      b->replay(*work);
+      b->replay(*work);
+      std::vector<float> got(n);
+      b->download(y.raw(), got.data(), n * sizeof(float));
+      CHECK(got == std::vector<float>(n, 4.0f));  // recorded, not run, then run twice
+      CHECK_THROWS_WITH_AS(other->replay(*work), doctest::Contains("another backend recorded"),
+                           compute_error);
+      // Replace a buffer: the test double by hand, a GPU by its first workspace (the
+      // embedding gradient's sort uses it).
+      const uint64_t epoch = b->recording_epoch();
+      if (b == &recording) {
+        recording.replace_buffers();
+      } else {
+        tensor ids = b->allocate({n}, dtype::i32), table = b->allocate({8, 8}, dtype::f32);
+        const std::vector<int32_t> id_values(n, 3);
+        b->upload(id_values.data(), ids.raw(), n * sizeof(int32_t));
+        b->embedding_backward(ids.data<int32_t>(), y.data<float>(), 8, 8, 8, table.data<float>());
+        b->synchronize();
+      }
+      REQUIRE(b->recording_epoch() != epoch);
+      CHECK_THROWS_WITH_AS(b->replay(*work), doctest::Contains("workspace was replaced"),
+                           compute_error);
+      b->download(y.raw(), got.data(), n * sizeof(float));
+      CHECK(got == std::vector<float>(n, 4.0f));  // the refused replays changed nothing
+    }
+  }
+
   TEST_CASE("backend operations agree with double-precision references") {
     auto be = make_cpu_backend(1);
     rng r(9);

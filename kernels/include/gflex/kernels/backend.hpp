@@ -298,7 +298,9 @@ class backend {
   /// Ends the recording: the work, ready to replay, or null where it failed (then none of it
   /// ran, and the caller runs it again unrecorded).
   virtual std::unique_ptr<recorded_work> end_recording();
-  /// Enqueues work this backend recorded.
+  /// Enqueues work this backend recorded. Throws compute_error for work another backend
+  /// recorded, or work recorded before recording_epoch() last changed (it would use buffers
+  /// since freed).
   virtual void replay(const recorded_work& work);
   /// How many times replay() has enqueued recorded work: a benchmark or test of recorded
   /// passes checks that they ran.
