@@ -597,8 +597,11 @@ class cuda_backend final : public backend {
     activate();  // first: a throw here leaves the capture to end on a later call
     recording_ = false;
     cudaGraph_t graph = nullptr;
-    if (cudaStreamEndCapture(stream(), &graph) != cudaSuccess || graph == nullptr ||
-        recording_failed_) {
+    const cudaError_t ended = cudaStreamEndCapture(stream(), &graph);
+    // Tensors released while recording are freed now; work that may have used them is not
+    // kept.
+    const bool released = streams_->free_deferred() > 0;
+    if (ended != cudaSuccess || graph == nullptr || recording_failed_ || released) {
       (void)cudaGetLastError();  // an invalidated capture: nothing ran, nothing is kept
       if (graph != nullptr) (void)cudaGraphDestroy(graph);
       return nullptr;

@@ -6,7 +6,11 @@
 
 #include <cuda_runtime.h>
 
+#include <cstddef>
 #include <cstdint>
+#include <mutex>
+#include <utility>
+#include <vector>
 
 #include "cuda_check.hpp"
 #include "cuda_memory.hpp"
@@ -49,6 +53,7 @@ class stream_owner {
     GFLEX_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
   }
   ~stream_owner() {
+    free_deferred();
     device_guard guard(ordinal_);
     // Returns at once; pending work still completes before the stream's resources go.
     if (cudaStreamDestroy(stream_) != cudaSuccess) (void)cudaGetLastError();
@@ -63,8 +68,22 @@ class stream_owner {
   /// and gives the bytes back to the device's budget. Never throws (it runs in a deleter); a
   /// failure can only leak, and is cleared so that it does not surface as an unrelated launch
   /// error later.
+  /// While the stream records (a CUDA graph capture), the free is kept for
+  /// free_deferred(): captured, it would become a graph node freeing memory the graph does
+  /// not own, which invalidates the capture and leaks the memory.
   void free(void* memory, uint64_t bytes) const noexcept {
     if (memory == nullptr) return;
+    cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+    if (cudaStreamIsCapturing(stream_, &capture) != cudaSuccess) (void)cudaGetLastError();
+    if (capture != cudaStreamCaptureStatusNone) {
+      try {
+        std::lock_guard lock(deferred_mutex_);
+        deferred_.emplace_back(memory, bytes);
+        return;
+      } catch (...) {
+        return;  // no memory to note it in: it leaks, as a failed free would
+      }
+    }
     {
       device_guard guard(ordinal_);
       const cudaError_t status = pooled_ ? cudaFreeAsync(memory, stream_) : cudaFree(memory);
@@ -75,10 +94,24 @@ class stream_owner {
     release_device_memory(ordinal_, bytes);
   }
 
+  /// Frees what free() kept while the stream recorded, and says how many: the backend calls
+  /// it when a recording ends, and drops a recording that saw any (its work may use them).
+  size_t free_deferred() const noexcept {
+    std::vector<std::pair<void*, uint64_t>> kept;
+    {
+      std::lock_guard lock(deferred_mutex_);
+      kept.swap(deferred_);
+    }
+    for (const auto& [memory, bytes] : kept) free(memory, bytes);
+    return kept.size();
+  }
+
  private:
   int ordinal_;
   bool pooled_;
   cudaStream_t stream_ = nullptr;
+  mutable std::mutex deferred_mutex_;
+  mutable std::vector<std::pair<void*, uint64_t>> deferred_;
 };
 
 }  // namespace gflex::kernels::detail

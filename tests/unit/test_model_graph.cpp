@@ -458,6 +458,23 @@ layers = [
                            compute_error);
       b->download(y.raw(), got.data(), n * sizeof(float));
       CHECK(got == std::vector<float>(n, 4.0f));  // the refused replays changed nothing
+      if (b == gpu.get()) {
+        // A tensor released while recording: freed once the recording ends, and the
+        // recording, whose work may use it, dropped; the next one is kept.
+        tensor scratch = b->allocate({n}, dtype::f32);
+        b->upload(ones.data(), scratch.raw(), n * sizeof(float));
+        b->begin_recording();
+        b->axpby(n, 1.0f, scratch.data<float>(), 1.0f, y.data<float>());
+        scratch = tensor{};
+        CHECK(b->end_recording() == nullptr);
+        b->begin_recording();
+        b->axpby(n, 1.0f, x.data<float>(), 1.0f, y.data<float>());
+        auto kept = b->end_recording();
+        REQUIRE(kept != nullptr);
+        b->replay(*kept);
+        b->download(y.raw(), got.data(), n * sizeof(float));
+        CHECK(got == std::vector<float>(n, 5.0f));  // neither dropped recording ran
+      }
     }
   }
 
