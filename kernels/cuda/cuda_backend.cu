@@ -853,6 +853,8 @@ class cuda_backend final : public backend {
     key.precision = precision_;
     if (auto found = plans_.find(key); found != plans_.end()) return *found->second;
 
+    // A new plan creates cuDNN's handle and descriptors, which a capture may not hold.
+    refuse_while_recording("planning a new convolution");
     ensure_dnn();
     auto plan = std::make_unique<conv_plan>();
     const auto n = static_cast<int>(g.batch);
