@@ -59,8 +59,9 @@ caf::behavior registry_actor(caf::stateful_actor<registry_state>* self, caf::act
     auto& nodes = self->state.nodes;
     auto it = nodes.find(node_id);
     if (it == nodes.end()) return;
-    spdlog::warn("node {} ({}) {}: its work goes back to the market", node_id, it->second.name,
-                 why);
+    // A node that said bye is no cause for alarm; one that vanished may be.
+    spdlog::log(why == std::string_view("left") ? spdlog::level::info : spdlog::level::warn,
+                "node {} ({}) {}: its work goes back to the market", node_id, it->second.name, why);
     self->demonitor(it->second.session.address());
     self->state.by_session.erase(it->second.session.address());
     // Its session ends (the node's uplink sees that and joins again when it can).

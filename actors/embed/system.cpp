@@ -760,9 +760,10 @@ struct embedded_cluster::state {
   state& operator=(const state&) = delete;
 
   // Nodes first and waited for, so that none of them sees the core vanish and reconnects.
+  // They leave as a node told to stop does (bye: the core hears it leave, not lose it).
   ~state() {
     if (owner) {
-      for (auto& n : nodes) (*owner)->send_exit(n, caf::exit_reason::user_shutdown);
+      for (auto& n : nodes) (*owner)->send(n, bye_atom::value);
       (*owner)->wait_for(nodes);
       if (core) {
         (*owner)->send_exit(core, caf::exit_reason::user_shutdown);

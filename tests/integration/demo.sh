@@ -8,6 +8,9 @@ acc=$(json_get "$WORK/demo.json" "j['test_accuracy']")
 python3 -c "import sys; sys.exit(0 if $acc >= 0.88 else 1)" || fail "demo accuracy $acc < 0.88"
 [ "$(json_get "$WORK/demo.json" "j['state']")" = done ] || fail "demo job did not finish"
 echo "ok: demo test accuracy $acc"
+# A demo that ends well ends quietly: its nodes leave (bye), none is reported lost.
+grep -q "is unreachable" "$WORK/err" && fail "a node reported unreachable at the demo's end: $(grep unreachable "$WORK/err" | head -1)"
+[ "$(grep -c ") left: its work goes back" "$WORK/err")" -eq 3 ] || fail "not three nodes left at the demo's end"
 expect_error "zero nodes" "--nodes" "$BIN/gflex" demo --nodes 0
 printf '[job]\nworkload = "fashion-mlp"\nrounds = -1\n' >"$WORK/bad.toml"
 expect_error "bad demo spec" "bad.toml: job.rounds: must be an integer in \[1, 100000\], got -1" \
