@@ -857,6 +857,7 @@ class cuda_backend final : public backend {
     refuse_while_recording("planning a new convolution");
     ensure_dnn();
     auto plan = std::make_unique<conv_plan>();
+    plan->key = key;
     const auto n = static_cast<int>(g.batch);
     const auto c = static_cast<int>(g.in_channels);
     const auto k = static_cast<int>(g.out_channels);
@@ -908,6 +909,16 @@ class cuda_backend final : public backend {
     refuse_while_recording("choosing a convolution algorithm");  // it times the candidates
     cudnnConvolutionDescriptor_t conv = plan.conv[static_cast<size_t>(pass)].get();
     const size_t cap = workspace_cap();
+    // Another backend on this device chose already: the same algorithm, the same bits.
+    auto adopt = [&](const conv_choice& other) {
+      GFLEX_CUDNN_CHECK(cudnnSetConvolutionMathType(conv, other.math));
+      choice = other;
+      kept_workspace_ = std::max(kept_workspace_, choice.workspace);
+    };
+    if (auto other = shared_choice(ordinal_, plan.key, pass); other && other->workspace <= cap) {
+      adopt(*other);
+      return choice;
+    }
     int max_count = 0;
     // The workspace the timing may use; a device without room for it leaves the heuristics'
     // ranking in charge.
@@ -988,6 +999,10 @@ class cuda_backend final : public backend {
             pass, g);
         break;
     }
+    // Offered to the device's other backends; one that chose first while this one timed wins.
+    if (const conv_choice kept = share_choice(ordinal_, plan.key, pass, choice);
+        (kept.algo != choice.algo || kept.math != choice.math) && kept.workspace <= cap)
+      adopt(kept);
     // The timing may have grown the workspace past what any chosen algorithm or other user
     // needs: that much goes back, and the next pass allocates what it asks for.
     kept_workspace_ = std::max(kept_workspace_, choice.workspace);

@@ -12,6 +12,7 @@
 #include <compare>
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -84,12 +85,23 @@ struct conv_choice {
 /// run has a handful of geometries and calls each thousands of times). Each pass has its own
 /// convolution descriptor because each carries the math type of its own algorithm.
 struct conv_plan {
+  conv_key key;
   tensor_descriptor x;
   tensor_descriptor y;
   filter_descriptor w;
   std::array<convolution_descriptor, 3> conv;
   std::array<conv_choice, 3> choice;
 };
+
+/// The algorithm a backend of this process chose for `pass` of `key` on device `ordinal`, if
+/// one has: every backend on a device (a node's workers, a verifier's re-run beside them)
+/// then runs a geometry with the same algorithm, hence the same bits, where timing each
+/// backend's own candidates could rank near-equal ones differently.
+std::optional<conv_choice> shared_choice(int ordinal, const conv_key& key, conv_pass pass);
+/// Offers `choice` as the device's choice for `pass` of `key`; returns the device's choice
+/// (`choice`, or one another backend offered first).
+conv_choice share_choice(int ordinal, const conv_key& key, conv_pass pass,
+                         const conv_choice& choice);
 
 /// "batch 128, 32x32x3 -> 16, kernel 3x3, pad 1x1, stride 1": a geometry for error messages.
 std::string describe_geometry(const conv2d_geometry& g);

@@ -171,7 +171,12 @@ TEST_SUITE("device batches") {
           auto b = by_rows[static_cast<size_t>(r)]->take_stats();
           CHECK(a.samples == b.samples);
           CHECK(a.correct == b.correct);
-          CHECK(a.loss_sum == b.loss_sum);
+          // A GPU sums the loss over its blocks with float atomics, in no fixed order: the one
+          // figure the CUDA backend does not promise bit for bit.
+          if (gpu)
+            CHECK(a.loss_sum == doctest::Approx(b.loss_sum).epsilon(1e-5));
+          else
+            CHECK(a.loss_sum == b.loss_sum);
         }
       }
     }
