@@ -16,9 +16,11 @@
 
 #include <cuda_runtime.h>
 
+#include <chrono>
 #include <mutex>
 #include <set>
 #include <string>
+#include <thread>
 
 #include "cuda_check.hpp"
 #include "cuda_replica_group.hpp"
@@ -74,6 +76,18 @@ std::string nccl_version() {
          std::to_string(patch);
 }
 
+/// NCCL is not safe to call on independent communicators of one device from several threads
+/// at once, and workers of one node (--streams-per-gpu) hold separate cliques over the same
+/// GPUs, each in its own thread: their making, launches and ending take turns.
+std::mutex& nccl_calls() {
+  static std::mutex m;
+  return m;
+}
+
+/// How long a group being destroyed waits for its ranks' queued work before it takes them
+/// for hung and aborts its communicators.
+constexpr std::chrono::seconds k_drain_limit{10};
+
 class nccl_replica_group final : public replica_group {
  public:
   /// Throws compute_error if NCCL cannot set up the clique.
@@ -82,6 +96,7 @@ class nccl_replica_group final : public replica_group {
     std::vector<int> ordinals;
     for (const auto& r : ranks_) ordinals.push_back(r->where().index);
     current_device_keeper keeper;
+    std::lock_guard lock(nccl_calls());
     // On failure the state of a partly made clique is NCCL's (its group cleanup releases what
     // it can); destroying handles it may already have freed would be worse than a leak, so a
     // throwing constructor (whose destructor never runs) leaves them alone.
@@ -93,17 +108,21 @@ class nccl_replica_group final : public replica_group {
   ~nccl_replica_group() override {
     current_device_keeper keeper;
     // Destroying a communicator with a collective still queued on a stream would free what
-    // the kernel uses: wait for every rank first. A rank that cannot synchronise (a sticky
-    // device error) may never finish its part, so then abort rather than destroy, as destroy
-    // would wait for the collective forever.
-    bool healthy = true;
+    // the kernel uses: wait for every rank first. A rank that fails (a sticky device error)
+    // may never finish its part, and its peers' collectives then spin for ever, so the wait
+    // polls, without blocking, for every rank's queue to drain and no communicator to report
+    // an error, within k_drain_limit; otherwise abort rather than destroy, as destroy would
+    // wait for the collective for ever.
+    bool healthy = drained();
     for (const auto& r : ranks_) {
+      if (!healthy) break;
       try {
-        r->synchronize();
+        r->synchronize();  // drained: returns at once, and surfaces an error it missed
       } catch (const compute_error&) {
         healthy = false;
       }
     }
+    std::lock_guard lock(nccl_calls());
     for (ncclComm_t comm : comms_) {
       if (comm == nullptr) continue;
       (void)(healthy ? ncclCommDestroy(comm) : ncclCommAbort(comm));
@@ -126,8 +145,7 @@ class nccl_replica_group final : public replica_group {
     // cliques' collectives could each wait for a peer kernel queued behind the other's: one
     // launch at a time keeps the order the same on every GPU (NCCL's advice for several
     // communicators per device). Launching takes microseconds; the reductions still overlap.
-    static std::mutex launch_order;
-    std::lock_guard<std::mutex> lock(launch_order);
+    std::lock_guard lock(nccl_calls());
     GFLEX_NCCL_CHECK(ncclGroupStart());
     // A failed call inside the group must still be followed by ncclGroupEnd, which then
     // discards the whole group (launching part of a collective would hang the other ranks).
@@ -146,6 +164,30 @@ class nccl_replica_group final : public replica_group {
   std::string describe() const override { return description_; }
 
  private:
+  /// Whether every rank's stream finished its queued work, with no communicator reporting an
+  /// error, within k_drain_limit.
+  bool drained() const noexcept {
+    const auto deadline = std::chrono::steady_clock::now() + k_drain_limit;
+    for (size_t r = 0; r < ranks_.size(); ++r) {
+      if (cudaSetDevice(ranks_[r]->where().index) != cudaSuccess) return false;
+      auto* stream = static_cast<cudaStream_t>(ranks_[r]->native_stream());
+      for (;;) {
+        const cudaError_t status = cudaStreamQuery(stream);
+        if (status == cudaSuccess) break;
+        if (status != cudaErrorNotReady) return false;
+        for (ncclComm_t comm : comms_) {
+          ncclResult_t async = ncclSuccess;
+          if (comm != nullptr && (ncclCommGetAsyncError(comm, &async) != ncclSuccess ||
+                                  (async != ncclSuccess && async != ncclInProgress)))
+            return false;
+        }
+        if (std::chrono::steady_clock::now() > deadline) return false;
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      }
+    }
+    return true;
+  }
+
   std::vector<std::unique_ptr<backend>> ranks_;
   std::vector<ncclComm_t> comms_;  ///< comms_[r] drives ranks_[r]'s device.
   std::string description_;
