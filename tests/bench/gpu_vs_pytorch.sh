@@ -17,7 +17,8 @@
 # Timing: training steps only, evaluation excluded, every epoch counted (warm-up included on
 # both sides). Both sides hold the training set in GPU memory, copied there once before
 # timing; gflex sends each batch's row numbers and labels and gathers the rows there. Without a GPU
-# (gflex reports no device, or torch.cuda.is_available() is false) it says so and exits 0.
+# (gflex reports no device, or torch.cuda.is_available() is false) it says so and exits 0;
+# where nvidia-smi lists a GPU, either side seeing none is a failure (exit 1).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 batch=${1:-128}
@@ -39,7 +40,9 @@ else
   trap 'rm -rf "$out"' EXIT
 fi
 
-# Is there a GPU, for each side?
+# Is there a GPU, for each side? Where nvidia-smi lists one, a side that sees none is a
+# failure, not a benchmark left for later.
+gpu_listed() { command -v nvidia-smi >/dev/null && nvidia-smi -L 2>/dev/null | grep -q '^GPU '; }
 peak_note=""
 if "$gflex" --log-level warn devices --calibrate --json "$out/devices.json" \
   >"$out/devices.txt" 2>&1; then
@@ -48,6 +51,10 @@ if "$gflex" --log-level warn devices --calibrate --json "$out/devices.json" \
   if [ "$gpus" = 0 ]; then
     reason=$("$python" -c 'import json, sys; print(json.load(open(sys.argv[1])).get("reason", ""))' \
       "$out/devices.json" 2>/dev/null || true)
+    if gpu_listed; then
+      echo "PROBLEM: nvidia-smi lists a GPU, and gflex devices reports none${reason:+ ($reason)}"
+      exit 1
+    fi
     echo "no GPU: gflex devices reports none${reason:+ ($reason)}; the benchmark is left ready to run."
     exit 0
   fi
@@ -62,7 +69,12 @@ if ! torch_cuda=$("$python" -c 'import torch; print(int(torch.cuda.is_available(
     "with torch built for CUDA."
   exit 1
 fi
-if [ "$torch_cuda" != 1 ]; then
+# The last line: torch may print warnings before it.
+if [ "${torch_cuda##*$'\n'}" != 1 ]; then
+  if gpu_listed; then
+    echo "PROBLEM: nvidia-smi lists a GPU, and torch.cuda.is_available() is False: $torch_cuda"
+    exit 1
+  fi
   echo "no GPU: torch.cuda.is_available() is False${peak_note:+ ($peak_note)}; the benchmark is" \
     "left ready to run."
   exit 0

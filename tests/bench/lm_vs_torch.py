@@ -415,13 +415,13 @@ def run_gflex(a, epochs, out_dir, fused=False):
     r = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if r.returncode != 0:
         sys.stderr.write(r.stdout + r.stderr)
-        fail(f"gflex train exited with status {r.returncode}")
+        raise RunFailed(f"gflex train exited with status {r.returncode}")
     with open(out) as f:
         result = json.load(f)
     if a.device == "cuda":  # the rate after the warm-up, as PyTorch's
         if result.get("steady_samples_per_s", 0) <= 0:
-            fail(f"gflex train ran no step past its {GPU_WARMUP_STEPS} warm-up steps: "
-                 "give --steps more")
+            raise RunFailed(f"gflex train ran no step past its {GPU_WARMUP_STEPS} warm-up "
+                            "steps: give --steps more")
         result["samples_per_s_with_warmup"] = result["samples_per_s"]
         result["samples_per_s"] = result["steady_samples_per_s"]
     return result
@@ -439,7 +439,10 @@ def run_torch(torch, a, model, train, test, compiled=False):
     if gpu:
         net = net.to("cuda")
         train, test = train.to("cuda"), test.to("cuda")  # copied once, before timing
-    run = torch.compile(net) if compiled else net
+    # Static shapes: an epoch's last, smaller batch compiles a graph of its own instead of
+    # turning the batch dimension dynamic for every later step (its compilation is not timed,
+    # below).
+    run = torch.compile(net, dynamic=False) if compiled else net
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) \
         if gpu and a.precision == "bf16" else contextlib.nullcontext
     sync = torch.cuda.synchronize if gpu else (lambda: None)
@@ -476,6 +479,12 @@ def run_torch(torch, a, model, train, test, compiled=False):
             if step >= total:
                 break
             rows = train[order[s * a.batch:(s + 1) * a.batch]]
+            # A compiled model meets a batch of another size (an epoch's last) with a new
+            # compilation: that step is not timed, as the warm-up's are not.
+            paused = compiled and rows.shape[0] != a.batch and step >= warmup
+            if paused:
+                sync()
+                train_s += time.perf_counter() - start
             for group in opt.param_groups:
                 group["lr"] = a.lr * cosine(step, total)
             with autocast():
@@ -485,7 +494,11 @@ def run_torch(torch, a, model, train, test, compiled=False):
             opt.step()
             loss_sum += loss.detach().float() * rows.shape[0]
             samples += rows.shape[0]
-            timed_samples += rows.shape[0]
+            if paused:
+                sync()
+                start = time.perf_counter()
+            else:
+                timed_samples += rows.shape[0]
             step += 1
             if step == warmup:  # the clock starts after the warm-up steps
                 sync()
@@ -543,20 +556,39 @@ def main():
     parameters = sum(p.numel() for p in build_model(torch, model)[0].parameters())
     g_runs, f_runs, t_runs, c_runs = [], [], [], []
     cut_short = False
+    failures = []
+
+    # One run; a failed one is said and left out of the table, and the others still run (a
+    # row that has never run on a card must not cost the rows that have).
+    def attempt(runs, what, run):
+        try:
+            runs.append(run())
+        except RunFailed as e:
+            failures.append(what)
+            print(f"lm_vs_torch: {what} failed: {e}", file=sys.stderr, flush=True)
+        except Exception as e:  # noqa: BLE001 - PyTorch's own failures, as PyTorch words them
+            failures.append(what)
+            print(f"lm_vs_torch: {what} failed: {type(e).__name__}: {e}", file=sys.stderr,
+                  flush=True)
+
+    def run_gflex_in_tmp(fused):
+        with tempfile.TemporaryDirectory() as tmp:
+            return run_gflex(a, epochs, tmp, fused=fused)
+
     try:
         for r in range(a.repeats):  # never two at once: gflex, then PyTorch, then again
-            with tempfile.TemporaryDirectory() as tmp:
-                g_runs.append(run_gflex(a, epochs, tmp))
+            attempt(g_runs, "gflex", lambda: run_gflex_in_tmp(False))
             if a.fused_attention:
-                with tempfile.TemporaryDirectory() as tmp:
-                    f_runs.append(run_gflex(a, epochs, tmp, fused=True))
-            t_runs.append(run_torch(torch, a, model, train, test))
+                attempt(f_runs, "gflex, fused attention", lambda: run_gflex_in_tmp(True))
+            attempt(t_runs, "pytorch", lambda: run_torch(torch, a, model, train, test))
             if a.compile:
-                c_runs.append(run_torch(torch, a, model, train, test, compiled=True))
-            print(f"run {r + 1}: gflex {g_runs[-1]['samples_per_s'] * T:.0f} tokens/s, "
-                  f"{g_runs[-1]['test_bits']:.4f} bits/byte; pytorch "
-                  f"{t_runs[-1]['samples_per_s'] * T:.0f} tokens/s, "
-                  f"{t_runs[-1]['test_bits']:.4f} bits/byte", file=sys.stderr, flush=True)
+                attempt(c_runs, "pytorch, torch.compile",
+                        lambda: run_torch(torch, a, model, train, test, compiled=True))
+            if g_runs and t_runs:
+                print(f"run {r + 1}: gflex {g_runs[-1]['samples_per_s'] * T:.0f} tokens/s, "
+                      f"{g_runs[-1]['test_bits']:.4f} bits/byte; pytorch "
+                      f"{t_runs[-1]['samples_per_s'] * T:.0f} tokens/s, "
+                      f"{t_runs[-1]['test_bits']:.4f} bits/byte", file=sys.stderr, flush=True)
     except CutShort:
         cut_short = True
         print("lm_vs_torch: cut short (SIGTERM); reporting the runs that finished",
@@ -565,12 +597,22 @@ def main():
     g, f, t, c = best(g_runs), best(f_runs), best(t_runs), best(c_runs)
     report(a, model, parameters, train.shape[0], test.shape[0], g, f, t, c,
            {"gflex_runs": g_runs, "pytorch_runs": t_runs})
+    sys.stdout.flush()
     if cut_short:
         sys.exit(124)
+    if failures:
+        print(f"lm_vs_torch: failed: {', '.join(failures)}", file=sys.stderr, flush=True)
+        sys.exit(1)
 
 
-class CutShort(Exception):
-    pass
+class RunFailed(Exception):
+    """A gflex run that failed: its row is left out, the others still run."""
+
+
+class CutShort(BaseException):
+    """SIGTERM. A BaseException, not an Exception: raised inside torch.compile's compilation,
+    an Exception would come back wrapped in one of PyTorch's (Dynamo re-raises the exceptions
+    it does not know as its own), and the runs that finished would not be reported."""
 
 
 def on_sigterm(signum, frame):

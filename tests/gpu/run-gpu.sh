@@ -33,8 +33,9 @@
 # Everything goes to OUT_DIR (run.log is the whole console); with ARCHIVE, OUT_DIR is packed
 # into it at the end (a device call brings back a few files, not a folder of dozens). A
 # failing step does not stop the later ones; the exit status is non-zero when any failed or
-# was not run. No GPU is not a failure: the CUDA tests say skipped and the benchmarks say no
-# GPU.
+# was not run (cut short by the budget: incomplete, not failed). No GPU is not a failure: the
+# CUDA tests say skipped and the benchmarks say no GPU; but where nvidia-smi lists a GPU,
+# gflex or PyTorch seeing none is.
 #
 # Environment: PYTHON (the python with torch, default python3), GFLEX_CUDA_LIB_DIRS (folders
 # searched first for the CUDA libraries, colon-separated), GFLEX_BENCH_ARGS (passed to the
@@ -55,8 +56,32 @@ exec > >(tee "$out/run.log") 2>&1
 python=${PYTHON:-python3}
 failed=()
 not_run=()
+cut_short=()
+rerun=()      # the steps (GFLEX_GPU_STEPS names) to run again for what was cut or not run
+current=""    # the step running now, by that name
 budget=${GFLEX_GPU_BUDGET_S:-480}
 step() { printf '\n== %s (%d s of the %d s budget used)\n' "$*" "$SECONDS" "$budget"; }
+# Notes the current step as one to run again.
+again() {
+  case " ${rerun[*]} " in *" $current "*) ;; *) rerun+=("$current") ;; esac
+}
+# Counts run $1's exit status $2 and says so, naming the run as $3 (and showing the end of
+# its log $4, if given, when it failed): 0 passes; 124 or 137 (the budget's bound) was cut
+# short, which is incomplete, not failed; anything else failed. Returns 1 unless it passed.
+judge() {
+  local name=$1 rc=$2 what=$3 log=${4:-}
+  if ((rc == 124 || rc == 137)); then
+    echo "CUT SHORT: $what (exit $rc: the budget's bound; what it finished is kept)"
+    cut_short+=("$name")
+    again
+    return 1
+  elif ((rc != 0)); then
+    echo "PROBLEM: $what exited with $rc${log:+:}"
+    if [ -n "$log" ]; then tail -5 "$log"; fi
+    failed+=("$name")
+    return 1
+  fi
+}
 # Whether GFLEX_GPU_STEPS (default: every step) leaves out step $1, saying so.
 left_out() {
   case " ${GFLEX_GPU_STEPS:-unit-tests benchmark graphs lm jobs} " in
@@ -64,14 +89,15 @@ left_out() {
   esac
   echo "left out (GFLEX_GPU_STEPS=\"${GFLEX_GPU_STEPS:-}\")"
 }
-# Sets `grant` to the seconds that part $1 may take: its cap $2 or what is left of the budget,
-# whichever is less. Where less than $3 seconds are left, the part is named as not run and
-# the function returns 1.
+# Sets `grant` to the seconds that part $1 may take: its cap $2 or what is left of the budget
+# less $4 seconds kept for the parts after it (default 0), whichever is less. Where less than
+# $3 seconds are left, the part is named as not run and the function returns 1.
 grant_time() {
-  local name=$1 cap=$2 least=$3 left=$((budget - SECONDS))
+  local name=$1 cap=$2 least=$3 left=$((budget - SECONDS - ${4:-0}))
   if ((left < least)); then
     echo "NOT RUN: $name (${left} s of the budget left; it needs at least ${least} s)"
     not_run+=("$name")
+    again
     return 1
   fi
   grant=$((cap < left ? cap : left))
@@ -234,10 +260,18 @@ else
 fi
 
 # Whether gflex sees a GPU: the steps that time gflex alone leave themselves out without one.
-gpus=$("$bin/gflex" --log-level warn devices --json - 2>/dev/null |
+# Where nvidia-smi lists a GPU, gflex seeing none is a failure, not a run without a GPU.
+gpus=$(timeout 60 "$bin/gflex" --log-level warn devices --json - 2>/dev/null |
   "$python" -c 'import json, sys; print(len(json.load(sys.stdin)["devices"]))' 2>/dev/null || echo "?")
+if command -v nvidia-smi >/dev/null && nvidia-smi -L 2>/dev/null | grep -q '^GPU ' &&
+  { [ "$gpus" = 0 ] || [ "$gpus" = "?" ]; }; then
+  echo "PROBLEM: nvidia-smi lists a GPU and gflex devices reports ${gpus/\?/no answer}:"
+  timeout 60 "$bin/gflex" devices 2>&1 | tail -3
+  failed+=("gflex-sees-no-gpu")
+fi
 
 step "unit tests"
+current=unit-tests
 if ! left_out unit-tests && grant_time unit-tests 120 30; then
   # test_job_spec reads apps/jobs/fashion-mlp.toml at the source path compiled in; away from
   # that checkout it cannot pass, so it is left out there (and said so).
@@ -257,23 +291,18 @@ if ! left_out unit-tests && grant_time unit-tests 120 30; then
   echo "$rc" >"$out/unit-tests.rc"
   # The console gets the end (the last failures and the totals): unit-tests.txt has it all.
   tail -60 "$out/unit-tests.txt"
-  if ((rc != 0)); then
-    echo "PROBLEM: gflex_unit_tests exited with $rc"
-    failed+=("unit-tests")
-  fi
+  judge unit-tests "$rc" gflex_unit_tests
 fi
 
 step "benchmark"
+current=benchmark
 if ! left_out benchmark && grant_time benchmark 180 60; then
   # shellcheck disable=SC2086
   GFLEX_BIN_DIR=$bin GFLEX_BENCH_OUT=$out/bench PYTHON=$python \
     bounded "$grant" bash "$here/bench/gpu_vs_pytorch.sh" ${GFLEX_BENCH_ARGS:-} 2>&1 |
     tee "$out/benchmark.md"
   rc=${PIPESTATUS[0]}
-  if ((rc != 0)); then
-    echo "PROBLEM: the benchmark exited with $rc"
-    failed+=("benchmark")
-  fi
+  judge benchmark "$rc" "the benchmark"
 fi
 
 # gflex_bench_step with the arguments after NAME and CAP, bounded to CAP seconds or what is
@@ -282,18 +311,14 @@ fi
 bench_step() {
   local name=$1 cap=$2 rc
   shift 2
-  grant_time "$name" "$cap" 20 || return 1
+  grant_time "$name" "$cap" 15 || return 1
   bounded "$grant" "$bin/gflex_bench_step" "$@" >"$out/$name.json" 2>"$out/$name.log"
   rc=$?
-  if ((rc != 0)); then
-    echo "PROBLEM: $name exited with $rc:"
-    tail -5 "$out/$name.log"
-    failed+=("$name")
-    return 1
-  fi
+  judge "$name" "$rc" "$name" "$out/$name.log"
 }
 
 step "recorded passes"
+current=graphs
 # A training step as one CUDA graph (GFLEX_CUDA_GRAPHS=1) against the same step launched
 # operation by operation, where launches weigh most: fashion-cnn at batch 128 and the 3.3M
 # language model at 64 x 128 in bf16. "replays" counts the steps that ran as graphs.
@@ -320,6 +345,7 @@ PY
 fi
 
 step "language model"
+current=lm
 if left_out lm; then
   :
 elif [ "${GFLEX_LM_BENCH:-1}" = 0 ]; then
@@ -328,20 +354,19 @@ elif [ ! -d "$here/data/fortunes" ]; then
   echo "left out: the bundle carries no fortunes text (bundle.sh says why)"
 else
   # Steps are few and each run is bounded; PyTorch's compilation is most of each run's time.
-  # A run cut short by the budget still prints and writes the rows it finished.
+  # A run cut short by the budget still prints and writes the rows it finished. Each keeps
+  # 15 s of the budget for each gflex_bench_step run after it (five, below), which are short.
+  reserve=$((5 * 15))
+  if [ "$gpus" = 0 ]; then reserve=0; fi
   for run in "gpt-4x256 64 200 90" "gpt-4x256 512 100 90" "gpt-12x768 16 40 180"; do
     read -r spec rows steps cap <<<"$run"
-    grant_time "lm-$spec-$rows" "$cap" 45 || continue
-    GFLEX_FORTUNES_DIR=$here/data/fortunes bounded "$grant" "$python" "$here/bench/lm_vs_torch.py" \
+    grant_time "lm-$spec-$rows" "$cap" 45 "$reserve" || continue
+    GFLEX_FORTUNES_DIR=$here/data/fortunes bounded "$grant" "$python" -u "$here/bench/lm_vs_torch.py" \
       "$bin" --spec "$here/bench/specs/$spec.toml" --batch "$rows" --steps "$steps" \
       --device cuda --precision bf16 --compile --fused-attention --repeats 1 --threads 8 \
       --json "$out/lm-$spec-$rows.json" 2>"$out/lm-$spec-$rows.log" | tee "$out/lm-$spec-$rows.md"
     rc=${PIPESTATUS[0]}
-    if ((rc != 0)); then
-      echo "PROBLEM: lm_vs_torch.py $spec batch $rows exited with $rc:"
-      tail -5 "$out/lm-$spec-$rows.log"
-      failed+=("lm-$spec-$rows")
-    fi
+    judge "lm-$spec-$rows" "$rc" "lm_vs_torch.py $spec batch $rows" "$out/lm-$spec-$rows.log"
   done
   # Where gflex's step goes at the two larger sizes, operation by operation (each timed to
   # its completion), with the GEMM peak in bf16 measured in the same run: what to work on next.
@@ -376,26 +401,28 @@ PY
 fi
 
 step "jobs"
+current="jobs"
 if ! left_out jobs && grant_time jobs 150 60; then
   # A core and a node on this GPU: fashion-mlp and fashion-cnn trained as part of jobs.
   bounded "$grant" bash "$here/gpu_job.sh" "$bin" "$here/jobs" "$out/jobs" 2>&1 | tee "$out/jobs.txt"
   rc=${PIPESTATUS[0]}
-  if ((rc != 0)); then
-    echo "PROBLEM: the GPU job check exited with $rc"
-    failed+=("jobs")
-  fi
+  judge jobs "$rc" "the GPU job check"
 fi
 
 step "targets"
-"$python" "$here/targets.py" "$out" 2>&1 | tee "$out/targets.md"
+timeout 60 "$python" "$here/targets.py" "$out" 2>&1 | tee "$out/targets.md"
 
 step "summary"
 echo "took $SECONDS s (budget $budget s)"
-if ((${#failed[@]} + ${#not_run[@]})); then
+if ((${#failed[@]} + ${#not_run[@]} + ${#cut_short[@]})); then
   {
     if ((${#failed[@]})); then echo "FAILED: ${failed[*]}"; fi
-    if ((${#not_run[@]})); then
-      echo "INCOMPLETE: not run for want of time: ${not_run[*]} (GFLEX_GPU_STEPS runs them again)"
+    if ((${#cut_short[@]})); then
+      echo "INCOMPLETE: cut short by the budget (what they finished is kept): ${cut_short[*]}"
+    fi
+    if ((${#not_run[@]})); then echo "INCOMPLETE: not run for want of time: ${not_run[*]}"; fi
+    if ((${#rerun[@]})); then
+      echo "  GFLEX_GPU_STEPS=\"${rerun[*]}\" runs those steps again"
     fi
   } | tee "$out/summary.txt"
   exit 1
