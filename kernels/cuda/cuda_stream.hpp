@@ -73,19 +73,19 @@ class stream_owner {
   /// not own, which invalidates the capture and leaks the memory.
   void free(void* memory, uint64_t bytes) const noexcept {
     if (memory == nullptr) return;
-    cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
-    if (cudaStreamIsCapturing(stream_, &capture) != cudaSuccess) (void)cudaGetLastError();
-    if (capture != cudaStreamCaptureStatusNone) {
-      try {
-        std::lock_guard lock(deferred_mutex_);
-        deferred_.emplace_back(memory, bytes);
-        return;
-      } catch (...) {
-        return;  // no memory to note it in: it leaks, as a failed free would
-      }
-    }
     {
       device_guard guard(ordinal_);
+      cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+      if (cudaStreamIsCapturing(stream_, &capture) != cudaSuccess) (void)cudaGetLastError();
+      if (capture != cudaStreamCaptureStatusNone) {
+        try {
+          std::lock_guard lock(deferred_mutex_);
+          deferred_.emplace_back(memory, bytes);
+        } catch (...) {
+          // No memory to note it in: it leaks, as a failed free would.
+        }
+        return;
+      }
       const cudaError_t status = pooled_ ? cudaFreeAsync(memory, stream_) : cudaFree(memory);
       if (status != cudaSuccess) (void)cudaGetLastError();
     }
