@@ -36,8 +36,10 @@ struct device_choices {
 };
 
 device_choices& choices() {
-  static device_choices instance;  // never destroyed before a backend that uses it
-  return instance;
+  // Never destroyed: a backend held by another static may still choose while the process
+  // exits.
+  static auto* instance = new device_choices;
+  return *instance;
 }
 
 }  // namespace
