@@ -60,6 +60,12 @@ struct job_supervisor_state {
   std::map<data_set_id, data_upload> uploads;
   user_data_limits data_limits;
   uint64_t next_id = 1;
+  /// Whether the stored job records have been read (and `next_id` raised past theirs).
+  /// Submits wait for it: one taken before would be given the id of a stored job.
+  bool resumed = false;
+  std::vector<std::pair<std::pair<std::string, std::string>,
+                        caf::typed_response_promise<std::string>>>
+      waiting_submits;  // (who, spec text), answered once `resumed`
   /// Per account, submits accepted by the job limit whose record is not yet written (the
   /// ledger check and the store write are asynchronous): they count against the limit too,
   /// so that parallel submits cannot all pass it.
@@ -253,6 +259,8 @@ void load_data_sets(supervisor_actor* self) {
           });
 }
 
+void jobs_resumed(supervisor_actor* self);
+
 void resume_jobs(supervisor_actor* self) {
   self->request(self->state.links.store, std::chrono::seconds(60), scan_atom::value,
                 std::string("job/"))
@@ -281,7 +289,11 @@ void resume_jobs(supervisor_actor* self) {
               if (!spec) continue;
               fill_from_spec(status, *spec);
               if (is_terminal(status.state)) {
-                self->state.jobs[status.job_id].status = status;
+                // An ended job keeps its spec: its model is exported from it (gflex fetch).
+                auto& entry = self->state.jobs[status.job_id];
+                entry.status = status;
+                entry.spec_text = spec_text;
+                entry.spec = *spec;
                 continue;
               }
               job_start start{
@@ -290,10 +302,28 @@ void resume_jobs(supervisor_actor* self) {
               if (it != checkpoints.end()) start.checkpoint = std::move(it->second);
               start_job(self, std::move(start));
             }
+            jobs_resumed(self);
           },
           [=](caf::error& e) {
-            spdlog::error("cannot read the job records: {}", self->system().render(e));
+            // Without the records no id is known to be free: submits wait, and the read is
+            // tried again.
+            spdlog::error("cannot read the job records (trying again in 5 s): {}",
+                          self->system().render(e));
+            self->delayed_send(self, std::chrono::seconds(5), tick_atom::value);
           });
+}
+
+// The stored jobs are known: the submits that came meanwhile are taken now, in order.
+void jobs_resumed(supervisor_actor* self) {
+  auto& st = self->state;
+  st.resumed = true;
+  auto waiting = std::move(st.waiting_submits);
+  st.waiting_submits.clear();
+  for (auto& [submit, rp] : waiting)
+    self->request(caf::actor_cast<caf::actor>(self), std::chrono::seconds(60), submit_atom::value,
+                  submit.first, submit.second)
+        .then([rp](std::string& id) mutable { rp.deliver(std::move(id)); },
+              [rp](caf::error& e) mutable { rp.deliver(std::move(e)); });
 }
 
 caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links) {
@@ -342,7 +372,15 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links) {
         if (s.owner.empty()) s.owner = it->second.status.owner;
         it->second.status = std::move(s);
       },
+      [=](tick_atom) {  // the job records read again (resume_jobs)
+        if (!self->state.resumed) resume_jobs(self);
+      },
       [=](submit_atom, const std::string& who, std::string text) -> caf::result<std::string> {
+        if (!self->state.resumed) {
+          auto rp = self->make_response_promise<std::string>();
+          self->state.waiting_submits.push_back({{who, std::move(text)}, rp});
+          return rp;
+        }
         auto spec = parse_job_spec(text, "job spec");
         if (!spec) return to_caf(spec.error());
         // An account bills its own jobs only; the operator may bill any account.
@@ -385,6 +423,7 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links) {
         auto accept = [=](job_spec spec) mutable {
           auto& st = self->state;
           std::string id = "job-" + std::to_string(st.next_id++);
+          while (st.jobs.count(id) != 0) id = "job-" + std::to_string(st.next_id++);
           job_status status;
           status.job_id = id;
           status.name = spec.name;

@@ -5,7 +5,8 @@
 # which plan it with their own kernels, to the accuracy the one-process trainer reaches; and
 # the shipped language model (apps/jobs/lm.toml) runs as a distributed job on fortunes and
 # reports its held-out loss in bits per byte, and reaches at most 2.8 bits per byte in one
-# process; text sampled from the job's checkpoint.
+# process; text sampled from the job's checkpoint; a restarted core serves both ended jobs'
+# models again.
 source "$(dirname "$0")/lib.sh"
 G="$BIN/gflex"
 
@@ -121,4 +122,24 @@ cmp -s "$WORK/t1.txt" "$WORK/t2.txt" && fail "two seeds sampled the same text"
 echo "ok: sampled text (greedy): $(head -c 124 "$WORK/greedy1.txt" | tr '\n' ' ')"
 expect_error "sample from an image model" "is not a byte-level language model" \
   "$G" sample "$WORK/mine.ckpt" --prompt "x"
+
+# -- a restarted core still serves the ended jobs' models, the same bytes ------------------
+kill -KILL "$PID_core"
+wait "$PID_core" 2>/dev/null || true
+start core2 "$BIN/gflex-core" --listen "$core" --data-dir "$WORK/core"
+wait_for 20 "the restarted core to listen" grep -q "core listening" "$WORK/core2.log"
+refetched=0
+for name in mine lm; do
+  id=$(json_get "$WORK/$name.json" "j['job_id']")
+  if ! "$G" fetch "$id" --out "$WORK/$name-again.ckpt" --core "$core" >/dev/null \
+    2>"$WORK/fetch-again.err"; then
+    fail "fetch $id after a core restart: $(cat "$WORK/fetch-again.err")"
+  elif ! cmp -s "$WORK/$name.ckpt" "$WORK/$name-again.ckpt"; then
+    fail "$id's model fetched after a core restart differs from the one fetched before"
+  else
+    refetched=$((refetched + 1))
+  fi
+done
+[ "$refetched" -eq 2 ] &&
+  echo "ok: after a core restart both ended jobs' models are fetched again, the same bytes"
 finish
