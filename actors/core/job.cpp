@@ -261,6 +261,22 @@ void hold_round(job_actor* self) {
           [=](uint64_t) {
             auto& st = self->state;
             st.holding = false;
+            if (st.finished) {
+              // The job ended (cancelled, failed) while the hold was on its way: `finish`
+              // returned what escrow held before it, so this hold goes back on its own.
+              std::vector<posting> back{{escrow_of(st), -hold}, {st.job.spec.account, hold}};
+              self->request(st.links.ledger, std::chrono::seconds(60), transfer_atom::value,
+                            std::string("release"),
+                            st.job.id + " ended: round " + std::to_string(index + 1) +
+                                "'s escrow returned",
+                            std::move(back))
+                  .then([](uint64_t) {},
+                        [=](caf::error& e) {
+                          spdlog::error("job {}: cannot return round {}'s escrow: {}",
+                                        self->state.job.id, index + 1, from_caf(e).message());
+                        });
+              return;
+            }
             st.held[index] = hold;
             st.job.status.credits_held = total_held(st);
             dispatch(self);
@@ -426,6 +442,13 @@ void roll_back(job_actor* self) {
                st.job.id, u.index + 1);
   st.round_params = u.params;
   st.results = std::move(u.results);
+  // A next round that waited quietly for this one's escrow to settle is gone with it; this
+  // round still holds its own escrow, so it is collected now (else nothing would dispatch
+  // it: the quiet wait ends only with a settle or a top-up).
+  if (st.paused_for_budget && s.state != job_state::paused) {
+    st.paused_for_budget = false;
+    st.paused = false;
+  }
   open_round(self);
   for (int64_t shard : shards_of_round(st, u.index))
     if (!st.results.count(shard)) st.unassigned.push_back(shard);
@@ -1238,7 +1261,7 @@ caf::behavior job_behavior(job_actor* self, job_start start, job_links links) {
                         st.job.status.credits_held = 0;
                         auto go = [=] {
                           self->state.holding = false;
-                          start_round(self);
+                          if (!self->state.finished) start_round(self);  // not if cancelled
                         };
                         if (info.balance <= 0) return go();
                         std::vector<posting> back{{info.id, -info.balance},
