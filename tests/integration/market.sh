@@ -7,7 +7,9 @@
 # dearest node out: the cheaper nodes do (and are paid for) the work, the dear one gets
 # nothing; the job pauses when its budget runs out and `gflex topup` resumes it. The core is
 # SIGKILLed during the job's payments and restarted; afterwards `gflex ledger verify` passes,
-# every committed round was paid exactly once, and no escrow is left.
+# every committed round was paid exactly once, and no escrow is left. A job whose budget
+# holds less than two rounds' escrow, with a node caught after its round was applied, is
+# rolled back and still ends.
 source "$(dirname "$0")/lib.sh"
 G="$BIN/gflex"
 C="$BIN/gflex-core"
@@ -138,6 +140,31 @@ check(float(j["cloud_cost"]) > 0 and j["device_hours"] > 0,
 finish()
 PY
 grep -q "paused: budget exhausted" "$WORK/core-before-kill.log" || fail "the job never paused"
+
+# -- a budget of under two rounds' escrow and a node caught after its round was applied ------
+# Each round waits quietly for the one before it to settle (its escrow back); the cheat's
+# first result is re-computed while round 2 waits, it is caught, and round 1 is rolled back
+# and collected again: the job goes on to its end (it stayed "running" at round 0 when the
+# rolled-back round was left waiting for the round that had waited for it).
+# Its own join token: a caught node's token is closed to new keys.
+cheat_token=$("$C" token create --tier community --core "$core") || fail "make cheat's token"
+start cheat "$BIN/gflex-node" --join "$core" --name cheat --data-dir "$WORK/cheat" --price 10 \
+  --token "$cheat_token" --misbehave signflip
+wait_for 30 "cheat to join" bash -c "'$G' nodes --core $core | grep -q cheat"
+"$C" account create user/bob --core "$core" >/dev/null || fail "create user/bob"
+"$C" account credit user/bob 10 --core "$core" >/dev/null || fail "credit user/bob"
+job_spec user/bob 0.17 | sed -e 's/^rounds = 12$/rounds = 4/' -e 's/^name = "paid"$/name = "tight"/' \
+  >"$WORK/tight.toml"
+tight=$("$G" submit "$WORK/tight.toml" --core "$core") || fail "submit the tight job"
+wait_for 90 "$tight to end" bash -c \
+  "'$G' status $tight --core $core | grep -qE ' (done|failed|cancelled|paused),'"
+"$G" status "$tight" --core "$core" | tee "$WORK/tight.txt"
+grep -q "job $tight: round 1 rolled back" "$WORK/core2.log" ||
+  fail "the cheat's work was not caught after round 1 was applied (no rollback to test)"
+grep -q "$tight tight: done, round 4/4" "$WORK/tight.txt" &&
+  echo "ok: $tight rolled round 1 back while round 2 waited for its escrow, and ended done" ||
+  fail "$tight did not end done after its rollback"
+"$G" ledger verify --core "$core" >/dev/null || fail "ledger verify after the tight job"
 
 # --max-hours: a node that has computed its share leaves by itself, exit 0.
 start brief "$BIN/gflex-node" --join "$core" --name brief --data-dir "$WORK/brief" \
