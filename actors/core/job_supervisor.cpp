@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <deque>
 #include <map>
+#include <set>
 
 #include "core_metrics.hpp"
 #include "data_catalog.hpp"
@@ -66,6 +67,7 @@ struct job_supervisor_state {
   std::vector<std::pair<std::pair<std::string, std::string>,
                         caf::typed_response_promise<std::string>>>
       waiting_submits;  // (who, spec text), answered once `resumed`
+  std::set<std::string> awaiting_checkpoint;  // resumed jobs whose checkpoint read failed
   /// Per account, submits accepted by the job limit whose record is not yet written (the
   /// ledger check and the store write are asynchronous): they count against the limit too,
   /// so that parallel submits cannot all pass it.
@@ -261,25 +263,44 @@ void load_data_sets(supervisor_actor* self) {
 
 void jobs_resumed(supervisor_actor* self);
 
+// Starts a stored job that had not ended from its last committed checkpoint (none: round
+// 0). A failed read is tried again (tick_atom) rather than starting the job over.
+void resume_from_checkpoint(supervisor_actor* self, const std::string& id) {
+  self->request(self->state.links.store, std::chrono::seconds(120), read_atom::value,
+                job_checkpoint_key(id))
+      .then(
+          [=](bool found, std::vector<uint8_t>& bytes) {
+            auto& entry = self->state.jobs[id];
+            job_start start{id,         entry.spec_text,
+                            entry.spec, entry.status,
+                            {},         {},
+                            {},         job_start::origin::resumed};
+            if (found) start.checkpoint = std::move(bytes);
+            start_job(self, std::move(start));
+          },
+          [=](caf::error& e) {
+            spdlog::error("cannot read job {}'s checkpoint (trying again in 5 s): {}", id,
+                          self->system().render(e));
+            self->state.awaiting_checkpoint.insert(id);
+            self->delayed_send(self, std::chrono::seconds(5), tick_atom::value);
+          });
+}
+
 void resume_jobs(supervisor_actor* self) {
+  // The records only: a checkpoint (up to the largest model's parameters) is read for a job
+  // that resumes, one request each, never for the ended ones.
   self->request(self->state.links.store, std::chrono::seconds(60), scan_atom::value,
-                std::string("job/"))
+                std::string("job/"), std::string("/record"))
       .then(
           [=](std::vector<std::string>& keys, std::vector<std::vector<uint8_t>>& values) {
-            std::map<std::string, std::vector<uint8_t>> checkpoints;
             std::vector<std::pair<std::string, job_status>> records;
             for (size_t i = 0; i < keys.size(); ++i) {
-              const auto& k = keys[i];
-              if (k.ends_with("/checkpoint")) {
-                checkpoints[k] = std::move(values[i]);
-              } else if (k.ends_with("/record")) {
-                auto r = decode_job_record(values[i]);
-                if (!r) {
-                  spdlog::error("store: {}: {}", k, r.error().message());
-                  continue;
-                }
-                records.push_back(std::move(*r));
+              auto r = decode_job_record(values[i]);
+              if (!r) {
+                spdlog::error("store: {}: {}", keys[i], r.error().message());
+                continue;
               }
+              records.push_back(std::move(*r));
             }
             for (auto& [spec_text, status] : records) {
               auto digits = status.job_id.substr(status.job_id.find('-') + 1);
@@ -288,19 +309,12 @@ void resume_jobs(supervisor_actor* self) {
               auto spec = parse_job_spec(spec_text, status.job_id);
               if (!spec) continue;
               fill_from_spec(status, *spec);
-              if (is_terminal(status.state)) {
-                // An ended job keeps its spec: its model is exported from it (gflex fetch).
-                auto& entry = self->state.jobs[status.job_id];
-                entry.status = status;
-                entry.spec_text = spec_text;
-                entry.spec = *spec;
-                continue;
-              }
-              job_start start{
-                  status.job_id, spec_text, *spec, status, {}, {}, {}, job_start::origin::resumed};
-              auto it = checkpoints.find(job_checkpoint_key(status.job_id));
-              if (it != checkpoints.end()) start.checkpoint = std::move(it->second);
-              start_job(self, std::move(start));
+              // An ended job keeps its spec too: its model is exported from it (gflex fetch).
+              auto& entry = self->state.jobs[status.job_id];
+              entry.status = status;
+              entry.spec_text = spec_text;
+              entry.spec = *spec;
+              if (!is_terminal(status.state)) resume_from_checkpoint(self, status.job_id);
             }
             jobs_resumed(self);
           },
@@ -372,8 +386,12 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links) {
         if (s.owner.empty()) s.owner = it->second.status.owner;
         it->second.status = std::move(s);
       },
-      [=](tick_atom) {  // the job records read again (resume_jobs)
-        if (!self->state.resumed) resume_jobs(self);
+      [=](tick_atom) {  // reads that failed at start, tried again
+        auto& st = self->state;
+        if (!st.resumed) resume_jobs(self);
+        auto ids = std::move(st.awaiting_checkpoint);
+        st.awaiting_checkpoint.clear();
+        for (const auto& id : ids) resume_from_checkpoint(self, id);
       },
       [=](submit_atom, const std::string& who, std::string text) -> caf::result<std::string> {
         if (!self->state.resumed) {

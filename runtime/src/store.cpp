@@ -310,6 +310,12 @@ expected<std::optional<std::vector<uint8_t>>> store::get(std::string_view key) c
 expected<void> store::scan(
     std::string_view prefix,
     const std::function<bool(std::string_view, std::span<const uint8_t>)>& fn) const {
+  return scan_ending(prefix, "", fn);
+}
+
+expected<void> store::scan_ending(
+    std::string_view prefix, std::string_view suffix,
+    const std::function<bool(std::string_view, std::span<const uint8_t>)>& fn) const {
   MDB_txn* txn = nullptr;
   if (int rc = mdb_txn_begin(impl_->env, nullptr, MDB_RDONLY, &txn); rc != 0)
     return lmdb_error(impl_->dir, rc);
@@ -324,6 +330,10 @@ expected<void> store::scan(
   while (rc == 0) {
     std::string_view key(static_cast<const char*>(k.mv_data), k.mv_size);
     if (key.substr(0, prefix.size()) != prefix) break;
+    if (!key.ends_with(suffix)) {  // its value (a large one in a file) is not read
+      rc = mdb_cursor_get(cursor, &k, &v, MDB_NEXT);
+      continue;
+    }
     std::span<const uint8_t> value{static_cast<const uint8_t*>(v.mv_data), v.mv_size};
     std::vector<uint8_t> from_file;
     if (auto blob = as_blob_ref(value)) {

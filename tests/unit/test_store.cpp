@@ -110,6 +110,15 @@ TEST_SUITE("store") {
     auto damaged = s->get("job/1/checkpoint");
     REQUIRE_FALSE(damaged.has_value());
     CHECK(damaged.error().message().find("damaged") != std::string::npos);
+    // A scan of the records beside it reads no checkpoint's file (a core resuming its jobs
+    // reads none of the ended ones' checkpoints); a scan of all reads it, and fails.
+    std::vector<std::string> records;
+    REQUIRE(s->scan_ending("job/", "/record", [&](std::string_view k, std::span<const uint8_t>) {
+      records.emplace_back(k);
+      return true;
+    }));
+    CHECK(records == std::vector<std::string>{"job/1/record"});
+    CHECK_FALSE(s->scan("job/", [](std::string_view, std::span<const uint8_t>) { return true; }));
     // Erasing the key removes the file.
     std::vector<store_write> erase = {{"job/1/checkpoint", std::nullopt}};
     REQUIRE(s->commit(erase).has_value());

@@ -46,8 +46,8 @@ class key_value_store {
       const = 0;
 
   /// As `scan`, for the keys that also end with `suffix`: a reader of job records need not
-  /// read every checkpoint beside them (a replicated store does not read the others' values;
-  /// LMDB's are in its map, read only if large).
+  /// read every checkpoint beside them (neither a replicated store nor LMDB's reads the
+  /// others' values).
   virtual expected<void> scan_ending(
       std::string_view prefix, std::string_view suffix,
       const std::function<bool(std::string_view key, std::span<const uint8_t> value)>& fn) const;
@@ -81,6 +81,13 @@ class store final : public key_value_store {
   expected<void> scan(std::string_view prefix,
                       const std::function<bool(std::string_view key,
                                                std::span<const uint8_t> value)>& fn) const override;
+
+  /// As `scan`, skipping the other keys before their values are read (a large value lives in
+  /// a file under blobs/: a scan of job records reads no checkpoint's).
+  expected<void> scan_ending(
+      std::string_view prefix, std::string_view suffix,
+      const std::function<bool(std::string_view key, std::span<const uint8_t> value)>& fn)
+      const override;
 
   /// The bytes the store's pages use in its file (its high-water mark).
   int64_t used_bytes() const override;
