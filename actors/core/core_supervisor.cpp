@@ -108,6 +108,7 @@ job_links links_of(const core_children& c, std::shared_ptr<data_catalog> catalog
   links.ledger = c.ledger;
   links.max_jobs_per_account = config.max_jobs_per_account;
   links.accept_unverified = config.unverified == "accept";
+  links.crash_at_round = config.crash_job_at_round;
   return links;
 }
 

@@ -12,6 +12,7 @@
 #include <map>
 #include <optional>
 #include <set>
+#include <stdexcept>
 
 #include "core_metrics.hpp"
 #include "data_catalog.hpp"
@@ -853,6 +854,9 @@ void try_advance(job_actor* self) {
 }
 
 void on_result(job_actor* self, uint64_t id, assignment_result& r) {
+  if (const int crash = self->state.links.crash_at_round;
+      crash > 0 && self->state.job.status.round + 1 == crash)
+    throw std::runtime_error("test aid: --crash-job-at-round " + std::to_string(crash));
   auto& st = self->state;
   auto it = st.pending.find(id);
   if (it == st.pending.end()) {
@@ -1152,6 +1156,16 @@ void watch_round(job_actor* self) {
   if (queued) dispatch(self);
 }
 
+// The job's first round, once its stale escrow is back; or, for a job started only to end
+// (`job_start::end_with`), its end.
+void begin(job_actor* self) {
+  if (!self->state.job.end_with.empty()) {
+    finish(self, job_state::failed, self->state.job.end_with);
+    return;
+  }
+  start_round(self);
+}
+
 caf::behavior job_behavior(job_actor* self, job_start start, job_links links) {
   auto& st = self->state;
   st.job = std::move(start);
@@ -1213,6 +1227,19 @@ caf::behavior job_behavior(job_actor* self, job_start start, job_links links) {
   st.workload = std::move(*w);
   st.data = std::move(*data);
   st.eval_backend = kernels::make_cpu_backend(0);
+  // A checkpoint of another size (its workload changed shape since) cannot be trained on:
+  // honest nodes' updates, sized by the workload, would not decode against it, and they
+  // would be flagged for it. The job starts over, as from a damaged checkpoint.
+  if (!st.job.theta.empty() &&
+      static_cast<int64_t>(st.job.theta.size()) != st.workload->parameter_count()) {
+    spdlog::error("job {}: its checkpoint holds {} parameters, its model {}; starting from "
+                  "round 0",
+                  st.job.id, st.job.theta.size(), st.workload->parameter_count());
+    st.job.theta.clear();
+    st.job.momentum.clear();
+    st.job.status.round = 0;
+    st.durable_round = 0;
+  }
   if (st.job.theta.empty()) {
     st.job.theta.resize(static_cast<size_t>(st.workload->parameter_count()));
     st.workload->init_parameters(st.job.spec.seed, st.job.theta);
@@ -1261,7 +1288,7 @@ caf::behavior job_behavior(job_actor* self, job_start start, job_links links) {
                         st.job.status.credits_held = 0;
                         auto go = [=] {
                           self->state.holding = false;
-                          if (!self->state.finished) start_round(self);  // not if cancelled
+                          if (!self->state.finished) begin(self);  // not if cancelled
                         };
                         if (info.balance <= 0) return go();
                         std::vector<posting> back{{info.id, -info.balance},
@@ -1287,7 +1314,7 @@ caf::behavior job_behavior(job_actor* self, job_start start, job_links links) {
               finish(self, job_state::failed, "cannot open escrow: " + from_caf(e).message());
             });
   } else {
-    start_round(self);
+    begin(self);
   }
   return {
       [=](tick_atom) { dispatch(self); },

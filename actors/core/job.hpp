@@ -47,6 +47,10 @@ struct job_start {
   /// How the job starts: submitted now, resumed by a starting core from its record, or
   /// restarted after its actor died.
   enum class origin : uint8_t { submitted, resumed, restarted } from = origin::submitted;
+  /// When set, the job starts only to end, failed with this detail: the escrow an interrupted
+  /// round left goes back to the account and the record is written, and nothing is trained
+  /// (a job whose actor kept stopping).
+  std::string end_with;
 };
 
 struct job_links {
@@ -63,6 +67,7 @@ struct job_links {
   bool accept_unverified = false;  ///< with no core-tier worker: use sampled results unverified
   /// Parameters larger than this are cut into chunks of it, once per round (shared_params).
   uint64_t payload_chunk_bytes = 8ull << 20;
+  int crash_at_round = 0;  ///< test aid: throw while this round (1-based) is open; 0: never
 };
 
 /// Spawns a job actor on its own thread (evaluation and encoding block).

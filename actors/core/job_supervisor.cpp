@@ -26,6 +26,7 @@ struct job_entry {
   std::string spec_text;
   job_spec spec;
   std::deque<std::chrono::steady_clock::time_point> restarts;
+  bool ending = false;  // started a last time only to record its failure (restart_job)
 };
 
 /// Restarts of one job allowed within `restart_window` before it is marked failed.
@@ -191,8 +192,9 @@ void start_job(supervisor_actor* self, job_start start) {
   self->monitor(entry.actor);
 }
 
-// Restarts a job whose actor died from its last committed checkpoint (one for one).
-void restart_job(supervisor_actor* self, const std::string& id) {
+// Restarts a job whose actor died from its last committed checkpoint (one for one); with
+// `end_with`, only to end it as failed (its escrow returned, its record written).
+void restart_job(supervisor_actor* self, const std::string& id, const std::string& end_with = {}) {
   self->request(self->state.links.store, std::chrono::seconds(30), read_atom::value,
                 job_checkpoint_key(id))
       .then(
@@ -203,6 +205,7 @@ void restart_job(supervisor_actor* self, const std::string& id) {
                             {},         {},
                             {},         job_start::origin::restarted};
             if (found) start.checkpoint = std::move(bytes);
+            start.end_with = end_with;
             start_job(self, std::move(start));
           },
           [=](caf::error& e) {
@@ -354,11 +357,17 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links) {
       while (!entry.restarts.empty() && now - entry.restarts.front() > restart_window)
         entry.restarts.pop_front();
       std::string why = self->system().render(down.reason);
-      if (static_cast<int>(entry.restarts.size()) >= restart_budget) {
+      if (entry.ending || static_cast<int>(entry.restarts.size()) >= restart_budget) {
         spdlog::error("job {} stopped {} times within {} s ({}); failing it", id,
                       restart_budget + 1, restart_window.count(), why);
         entry.status.state = job_state::failed;
         entry.status.detail = "the job actor kept stopping: " + why;
+        // Started once more only to end: its escrow goes back and its record says failed
+        // (else a restarted core would resume it). If that fails too, it stays failed here.
+        if (!entry.ending) {
+          entry.ending = true;
+          restart_job(self, std::string(id), entry.status.detail);
+        }
         return;
       }
       entry.restarts.push_back(now);

@@ -172,6 +172,10 @@ int main(int argc, char** argv) {
                  "as many workers as shards)")
       ->check(CLI::Range(int64_t{1}, int64_t{1000000}))
       ->capture_default_str();
+  app.add_option("--crash-job-at-round", config.crash_job_at_round,
+                 "every job actor throws while its Nth round is open (a test aid)")
+      ->check(CLI::Range(0, 1000000))
+      ->group("");
   app.add_option("--max-jobs-per-account", config.max_jobs_per_account,
                  "unfinished jobs one account may have")
       ->check(CLI::Range(1, 100000))

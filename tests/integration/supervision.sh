@@ -2,7 +2,8 @@
 # Supervision on real processes: a worker that crashes is restarted by its node and its
 # assignment runs elsewhere; a node frozen with SIGSTOP is given up after its lease, its work
 # reassigned, and after SIGCONT it joins again by itself; SIGTERM makes a node leave and exit 0.
-# The job finishes with the accuracy it has without faults.
+# The job finishes with the accuracy it has without faults. A job actor that keeps stopping is
+# restarted from its checkpoint three times, then failed for good, its escrow returned.
 source "$(dirname "$0")/lib.sh"
 G="$BIN/gflex"
 CORE_ARGS="--lease-ms 2000 --heartbeat-ms 300" NODE_ARGS_1="--crash-worker-at 2" start_cluster 3
@@ -47,4 +48,49 @@ echo "ok: node3 left on SIGTERM and exited 0"
 expect_job_done "$job" 0.885
 grep -q "failed (.*); reassigning" "$WORK/core.log" || fail "no reassignment logged"
 echo "ok: $job done with test accuracy $FINAL_ACCURACY despite the faults"
+
+# -- a job actor that keeps stopping: restarted from its checkpoint, then failed for good ----
+# A core of its own whose job actors throw while round 3 is open (a test aid): the job is
+# restarted from round 2 three times, then ends failed, its record written and its escrow
+# returned; a restarted core (without the aid) leaves it failed.
+crash=127.0.0.1:$(free_port)
+start_core crashcore "$crash" "$WORK/crashcore" --crash-job-at-round 3
+start crashnode "$BIN/gflex-node" --join "$crash" --name crashnode --data-dir "$WORK/crashnode" \
+  --tier core --token "$TOKEN_core"
+wait_for 30 "crashnode to join" bash -c "[ \$('$G' nodes --core $crash | wc -l) -eq 1 ]"
+"$BIN/gflex-core" account create user/carol --core "$crash" >/dev/null || fail "create user/carol"
+"$BIN/gflex-core" account credit user/carol 10 --core "$crash" >/dev/null || fail "credit carol"
+printf '[job]\nname = "crashy"\nworkload = "fashion-mlp"\nrounds = 6\nworkers = 1\n[inner]\nlocal_steps = 10\n[market]\naccount = "user/carol"\nbudget = 5\nmax_price = 100\n' \
+  >"$WORK/crashy.toml"
+cj=$("$G" submit "$WORK/crashy.toml" --core "$crash") || fail "submit the crashing job"
+wait_for 60 "$cj to fail" bash -c "'$G' status $cj --core $crash | grep -q ' failed,'"
+"$G" status "$cj" --core "$crash" --json >"$WORK/crashy.json" || fail "status of $cj"
+"$G" ledger verify --core "$crash" --json >"$WORK/crash-ledger.json" || fail "ledger verify"
+restarts=$(grep -c "restarting job $cj from round 2" "$WORK/crashcore.log" || true)
+python3 - "$WORK" "$restarts" <<'PY' || fail "the crashing job's end"
+import json, os, sys
+work, restarts = sys.argv[1], int(sys.argv[2])
+sys.path.insert(0, os.environ["SRC"] + "/tests/integration")
+from checks import check, finish
+j = json.load(open(f"{work}/crashy.json"))
+v = json.load(open(f"{work}/crash-ledger.json"))
+check(j["state"] == "failed" and "kept stopping" in j["detail"],
+      f"the job failed as its actor kept stopping ({j['state']}: {j['detail']})")
+check(j["round"] == 2, f"it ends at its last committed round, 2 ({j['round']})")
+check(restarts >= 3, f"it was restarted from round 2 three times before ({restarts})")
+check(v["ok"] and v["in_escrow"] == "0" and v["stale_escrow"] == 0,
+      f"its escrow went back ({v['in_escrow']} in escrow, {v['stale_escrow']} stale)")
+finish()
+PY
+kill -KILL "$PID_crashcore"
+wait "$PID_crashcore" 2>/dev/null || true
+start crashcore2 "$BIN/gflex-core" --listen "$crash" --data-dir "$WORK/crashcore"
+wait_for 20 "the crash core to listen again" grep -q "core listening" "$WORK/crashcore2.log"
+"$G" status "$cj" --core "$crash" | grep -q " failed," ||
+  fail "after a core restart $cj is $("$G" status "$cj" --core "$crash")"
+if grep -q "resuming job $cj" "$WORK/crashcore2.log"; then
+  fail "a restarted core resumed failed $cj"
+else
+  echo "ok: a restarted core keeps $cj failed"
+fi
 finish

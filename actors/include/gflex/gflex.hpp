@@ -89,6 +89,9 @@ struct core_config {
   /// each of a job's workers its own shard, so a job may have at most train samples / this
   /// many workers: Fashion-MNIST's 60,000 make 20 shards of 3,000 by default, 1,000 of 60.
   int64_t shard_samples = 3000;
+  /// A test aid (gflex-core's hidden --crash-job-at-round): every job actor throws while its
+  /// Nth round is open (0: never), to exercise the job supervisor's restarts and their limit.
+  int crash_job_at_round = 0;
 };
 
 /// How to run a node.
