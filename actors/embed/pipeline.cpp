@@ -662,6 +662,10 @@ caf::behavior stage_behavior(stage_actor* self, stage_init init) {
         auto& slot = st.slots[static_cast<size_t>(r.instance)];
         slot.actor = std::move(r.actor);
         slot.credit = st.window - static_cast<int64_t>(slot.unfinished.size());
+        // A replaced producer waiting for this consumer's adoption waits no more: the
+        // consumer it waited for is dead (it died with this producer's predecessor, and what
+        // both held is lost), and the fresh one holds nothing from the predecessor.
+        st.awaiting_adoption.erase(r.instance);
         guarded(self, [&] {
           for (auto& [seq, value] : slot.unfinished)
             send_item(self, slot.actor, input_ref{st.init.instance, st.init.epoch, seq, {}}, value);
@@ -669,6 +673,7 @@ caf::behavior stage_behavior(stage_actor* self, stage_init init) {
           if (st.end_sent) self->send(slot.actor, pend_atom::value, pipe_end{st.init.instance});
           flush(self);
           if (st.init.def->kind == stage_kind::source) pull(self);
+          maybe_finish(self);
         });
       },
       [=](pprod_atom, pipe_replace& r, uint64_t epoch) {

@@ -271,6 +271,38 @@ TEST_SUITE("pipeline") {
     CHECK(got == want);
   }
 
+  TEST_CASE("a producer and its consumer killed at once are both replaced and the run ends") {
+    // What both held is lost (docs/EMBEDDING.md); the run must still end: the replaced
+    // producer waited for its dead consumer's adoption, which nobody would send.
+    graph g;
+    seen out;
+    const int64_t n = 4000;
+    g.source<int64_t>("numbers", count_to(n))
+        .map("double", [](const int64_t& v) { return 2 * v; })
+        .map("inc", [](const int64_t& v) { return v + 1; })
+        .sink("collect", [&](const int64_t& v) {
+          std::this_thread::sleep_for(std::chrono::microseconds(200));
+          out.add(v);
+        });
+    int killed = 0;
+    auto report = g.run(
+        [&](running& r) {
+          auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+          while (out.size() < 200 && std::chrono::steady_clock::now() < deadline)
+            std::this_thread::sleep_for(std::chrono::milliseconds(1));
+          killed += r.kill("double", 0) ? 1 : 0;
+          killed += r.kill("inc", 0) ? 1 : 0;
+        },
+        std::chrono::milliseconds(20000));
+    REQUIRE_MESSAGE(report.has_value(), report.error().message());
+    CHECK(killed == 2);
+    CHECK(report->stage("double")->restarts == 1);
+    CHECK(report->stage("inc")->restarts == 1);
+    auto got = out.sorted();
+    CHECK(std::adjacent_find(got.begin(), got.end()) == got.end());  // none twice
+    CHECK(got.size() >= static_cast<size_t>(n) - 128);  // at most the two windows lost
+  }
+
   TEST_CASE("past its deadline a pipeline is stopped and the unfinished stages named") {
     graph g;
     g.source<int64_t>("endless", [](int64_t p) -> std::optional<int64_t> {
