@@ -416,6 +416,9 @@ node_session_internal::behavior_type session_behavior(session_actor* self, sessi
         self->state.data_server = std::move(data_server);
       },
       [=](tick_atom) {
+        // The session's own timer only: a node's tick would pump chunks past the byte rate.
+        if (self->current_sender() != self->ctrl())
+          return drop(self, "a timer's tick (only the session times itself)");
         self->state.refill_pending = false;
         pump_chunks(self);
       },

@@ -416,6 +416,13 @@ TEST_CASE("a hostile node's attacks on the front door and its session are refuse
   CHECK(m->tier == node_tier::community);
   CHECK(m->dropped >= 10);
   MESSAGE("mallory's session dropped " << m->dropped << " message(s)");
+  // Its session's own timer message, sent by the node (it would pump chunks past the byte
+  // rate): each is dropped and counted.
+  for (int i = 0; i < 5; ++i) self->send(session, tick_atom::value);
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));  // the next heartbeat
+  auto m2 = node_named(*c, "mallory");
+  REQUIRE_MESSAGE(m2.has_value(), "mallory's session ended");
+  CHECK(m2->dropped == m->dropped + 5);
   auto honest = node_named(*c, "honest");
   REQUIRE(honest.has_value());
   CHECK(honest->node_id == honest_before->node_id);  // same session: never disconnected
