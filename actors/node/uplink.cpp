@@ -70,6 +70,9 @@ struct uplink_state {
   caf::actor session;     // this node's session: the only other core handle it holds
   std::vector<caf::actor> workers;
   std::map<uint64_t, size_t> running;  // assignment id -> worker index
+  // Their answers to the session: given here when the worker stops before it answers (a
+  // worker that dies in a continuation, after fetching its shard, answers nothing).
+  std::map<uint64_t, caf::typed_response_promise<assignment_result>> answers;
   // Workers that have an assignment: fetching its parameters, or computing it. A worker
   // takes one assignment at a time; one that comes for a busy worker (a new session's,
   // while the worker still ends the old session's) waits here, and its parameters are not
@@ -247,12 +250,14 @@ void run_on_worker(uplink_actor* self, uint32_t index, assignment a,
   auto& st = self->state;
   const uint64_t id = a.id;
   st.running[id] = index;
+  st.answers[id] = rp;
   st.busy.insert(index);
   self->request(st.workers[index], caf::infinite, assign_atom::value, std::move(a))
       .then(
           [=](assignment_result& r) mutable {
             auto& st = self->state;
-            st.running.erase(id);
+            if (st.running.erase(id) == 0) return;  // answered when its worker stopped
+            st.answers.erase(id);
             const uint64_t chunk = st.payload_chunk_bytes;
             const bool remote = st.session && st.session.node() != self->node();
             if (remote && chunk > 0 && r.update.size() > chunk) {
@@ -272,7 +277,9 @@ void run_on_worker(uplink_actor* self, uint32_t index, assignment a,
             release_worker(self, index);
           },
           [=](caf::error& e) mutable {
-            self->state.running.erase(id);
+            auto& st = self->state;
+            if (st.running.erase(id) == 0) return;  // answered when its worker stopped
+            st.answers.erase(id);
             rp.deliver(std::move(e));
             release_worker(self, index);
           });
@@ -570,7 +577,23 @@ caf::behavior uplink_behavior(uplink_actor* self, uplink_config config, caf::act
         // A worker was restarted by the node supervisor: it takes the old one's index. The
         // core never held a worker's handle, so it hears nothing of this.
         auto& st = self->state;
-        std::replace(st.workers.begin(), st.workers.end(), replaced, replacement);
+        auto w = std::find(st.workers.begin(), st.workers.end(), replaced);
+        if (w == st.workers.end()) return;
+        *w = replacement;
+        // What the old worker was computing fails now, and its slot is free for the next
+        // assignment: the old one may have died without answering.
+        const auto index = static_cast<size_t>(w - st.workers.begin());
+        std::vector<uint64_t> lost;
+        for (const auto& [id, i] : st.running)
+          if (i == index) lost.push_back(id);
+        for (uint64_t id : lost) {
+          st.running.erase(id);
+          auto answer = st.answers.extract(id);
+          if (!answer.empty())
+            answer.mapped().deliver(
+                to_caf(error(errc::unavailable, "the worker stopped and was restarted")));
+        }
+        if (!lost.empty()) release_worker(self, static_cast<uint32_t>(index));
       },
       [=](update_atom, const std::string& role, caf::actor& replacement) {
         auto& st = self->state;

@@ -17,6 +17,11 @@ round() {
 
 wait_for 60 "node1's worker to crash and restart" grep -q "a node child stopped (.*runtime_error.*); restarted it" "$WORK/node1.log"
 echo "ok: node1's worker crashed and was restarted"
+# Its slot works again: the crash ended the assignment it was given (whether the worker
+# computed at once or after fetching its shard), and the restarted worker computes the next.
+wait_for 60 "node1 to compute again after its worker's restart" bash -c \
+  "sed -n '/a node child stopped/,\$p' '$WORK/node1.log' | grep -q 'computed job-'"
+echo "ok: node1's restarted worker computes again"
 
 deadline=$((SECONDS + 60))
 until [ "$(round)" -ge 5 ] 2>/dev/null; do
