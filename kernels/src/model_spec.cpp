@@ -432,13 +432,26 @@ expected<model_plan> plan_model(const model_spec& spec, const model_limits& limi
     const int64_t numel = *checked_numel(in);
     if (tokens && p.input == 0 && l.kind != layer_kind::embedding)
       return fail(at, "reads the token input: only an embedding layer can");
+    if (tokens && p.other == 0)
+      return fail(at + ".with", "adds the token input: only an embedding layer can read it");
+    // An embedding looks up the model's token ids, whatever it would read otherwise.
+    if (tokens && l.kind == layer_kind::embedding && p.input != 0)
+      return fail(at + ".from", "an embedding reads the token input ('input') only");
     if (!tokens && l.kind == layer_kind::embedding)
       return fail(at, "an embedding needs token input: declare model.vocab");
     shape_t out = in;
+    // A parameter past the value bound (an attention of width 2^20, a huge kernel) is
+    // refused after the switch, naming it, before its size is added anywhere.
+    std::string oversized;
     auto add_param = [&](const std::string& what, shape_t shape) {
+      auto n = checked_numel(shape);
+      if (!n || *n > limits.max_parameters) {
+        if (oversized.empty()) oversized = what + " " + shape_text(shape);
+        return;
+      }
       p.params.push_back(
           {(l.name.empty() ? "layer" + std::to_string(i) : l.name) + "." + what, shape, offset});
-      offset += *checked_numel(shape);
+      offset += *n;
     };
     switch (l.kind) {
       case layer_kind::linear:
@@ -539,9 +552,14 @@ expected<model_plan> plan_model(const model_spec& spec, const model_limits& limi
       default:
         break;
     }
+    if (!oversized.empty())
+      return fail(at, "its parameter " + oversized + " holds more than " +
+                          std::to_string(limits.max_parameters) + " values");
     for (int64_t e : out)
       if (e <= 0 || e > limits.max_extent)
         return fail(at, "output shape " + shape_text(out) + " is empty or too large");
+    if (!checked_numel(out))
+      return fail(at, "output shape " + shape_text(out) + " is too large");
     p.out_shape = out;
     const bool view = l.kind == layer_kind::flatten || l.kind == layer_kind::reshape;
     if (is_loss(l.kind)) {

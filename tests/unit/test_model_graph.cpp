@@ -628,6 +628,32 @@ layers = [ { type = "embedding", dim = 6 }, { type = "attention", heads = 4 },
            { type = "linear", units = 16 }, { type = "next_token_xent" } ])")
               .find("model.layers[1] (attention).heads: width 6 is not a multiple of 4 heads") !=
           std::string::npos);
+    // Hostile graphs the kernels cannot run, refused by the plan (each crashed the process
+    // that planned or trained it): a parameter past the value bound, a token model adding
+    // its token ids to floats, an embedding reading anything but the token ids.
+    CHECK(plan_error(R"([model]
+input = [1, 1048576]
+layers = [ { type = "attention", heads = 1 }, { type = "flatten" },
+           { type = "linear", units = 10 }, { type = "softmax_xent" } ])")
+              .find("model.layers[0] (attention): its parameter qkv.weight [1048576, 3145728] "
+                    "holds more than 268435456 values") != std::string::npos);
+    CHECK(plan_error(R"([model]
+input = [8]
+vocab = 256
+layers = [ { type = "embedding", dim = 1 }, { type = "reshape", shape = [8] },
+           { type = "add", with = "input" }, { type = "reshape", shape = [8, 1] },
+           { type = "linear", units = 256 }, { type = "next_token_xent" } ])")
+              .find("model.layers[2] (add).with: adds the token input") !=
+          std::string::npos);
+    CHECK(plan_error(R"([model]
+input = [64]
+vocab = 256
+layers = [ { type = "embedding", dim = 4 }, { type = "reshape", shape = [1, 256] },
+           { type = "embedding", dim = 4 }, { type = "reshape", shape = [4, 1] },
+           { type = "linear", units = 16 }, { type = "reshape", shape = [64, 1] },
+           { type = "linear", units = 256 }, { type = "next_token_xent" } ])")
+              .find("model.layers[2] (embedding).from: an embedding reads the token input") !=
+          std::string::npos);
     CHECK(plan_error("[model]\ninput = [8]\nlayers = []\n").find("model.layers") !=
           std::string::npos);
     CHECK(plan_error("[model]\nlayers = [ { type = \"softmax_xent\" } ]\n")
