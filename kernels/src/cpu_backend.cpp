@@ -232,8 +232,13 @@ class cpu_backend final : public backend {
   }
 
   tensor allocate(shape_t shape, dtype type) override {
+    // A shape past the value bound (a job spec's batch times its activations, an attention's
+    // [batch, heads, t, t] probabilities) fails the computation that asked, as running out
+    // of memory does; the process stays up.
     auto n = checked_numel(shape);
-    GFLEX_CHECK(n.has_value(), "cpu_backend::allocate with an invalid shape");
+    if (!n)
+      throw compute_error(error(errc::device_error,
+                                "allocating " + to_string(shape) + ": " + n.error().message()));
     const uint64_t bytes = static_cast<uint64_t>(*n) * size_of(type);
     detail::reserve_host_memory(bytes, "allocating " + to_string(shape));
     tensor memory;

@@ -436,6 +436,16 @@ TEST_SUITE("backend") {
     }
   }
 
+  TEST_CASE("an allocation past the value bound fails the computation, not the process") {
+    // A hostile job spec's batch times its activations, or an attention's probabilities:
+    // the worker catches compute_error and fails that assignment.
+    for (auto& b : backends_under_test()) {
+      CAPTURE(b->describe());
+      CHECK_THROWS_AS(b->allocate({int64_t{1} << 21, int64_t{1} << 21}, dtype::f32),
+                      compute_error);
+    }
+  }
+
   TEST_CASE("ReLU keeps a NaN forward and passes no gradient through it, on every backend") {
     // A diverging model must show NaN in its loss whichever backend runs it: a ReLU that
     // turned NaN into 0 (fmaxf does) would hide it, and the CPU verifier would disagree with
