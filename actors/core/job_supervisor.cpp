@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <deque>
+#include <functional>
 #include <map>
 #include <set>
 
@@ -192,27 +193,32 @@ void start_job(supervisor_actor* self, job_start start) {
   self->monitor(entry.actor);
 }
 
-// Restarts a job whose actor died from its last committed checkpoint (one for one); with
-// `end_with`, only to end it as failed (its escrow returned, its record written).
-void restart_job(supervisor_actor* self, const std::string& id, const std::string& end_with = {}) {
-  self->request(self->state.links.store, std::chrono::seconds(30), read_atom::value,
+// Starts the job `id` (its entry holds its spec and status) from its last committed
+// checkpoint, none: round 0; `failed` is called when the checkpoint cannot be read.
+void start_from_checkpoint(supervisor_actor* self, const std::string& id, job_start::origin from,
+                           std::string end_with, std::function<void(const caf::error&)> failed) {
+  self->request(self->state.links.store, std::chrono::seconds(120), read_atom::value,
                 job_checkpoint_key(id))
       .then(
           [=](bool found, std::vector<uint8_t>& bytes) {
             auto& entry = self->state.jobs[id];
-            job_start start{id,         entry.spec_text,
-                            entry.spec, entry.status,
-                            {},         {},
-                            {},         job_start::origin::restarted};
+            job_start start{id, entry.spec_text, entry.spec, entry.status, {}, {}, {}, from,
+                            end_with};
             if (found) start.checkpoint = std::move(bytes);
-            start.end_with = end_with;
             start_job(self, std::move(start));
           },
-          [=](caf::error& e) {
-            auto& entry = self->state.jobs[id];
-            entry.status.state = job_state::failed;
-            entry.status.detail = "cannot restart: " + self->system().render(e);
-          });
+          [=](caf::error& e) { failed(e); });
+}
+
+// Restarts a job whose actor died from its last committed checkpoint (one for one); with
+// `end_with`, only to end it as failed (its escrow returned, its record written).
+void restart_job(supervisor_actor* self, const std::string& id, const std::string& end_with = {}) {
+  start_from_checkpoint(self, id, job_start::origin::restarted, end_with,
+                        [=](const caf::error& e) {
+                          auto& entry = self->state.jobs[id];
+                          entry.status.state = job_state::failed;
+                          entry.status.detail = "cannot restart: " + self->system().render(e);
+                        });
 }
 
 // Reads the records in the store and resumes every job that had not ended.
@@ -269,24 +275,12 @@ void jobs_resumed(supervisor_actor* self);
 // Starts a stored job that had not ended from its last committed checkpoint (none: round
 // 0). A failed read is tried again (tick_atom) rather than starting the job over.
 void resume_from_checkpoint(supervisor_actor* self, const std::string& id) {
-  self->request(self->state.links.store, std::chrono::seconds(120), read_atom::value,
-                job_checkpoint_key(id))
-      .then(
-          [=](bool found, std::vector<uint8_t>& bytes) {
-            auto& entry = self->state.jobs[id];
-            job_start start{id,         entry.spec_text,
-                            entry.spec, entry.status,
-                            {},         {},
-                            {},         job_start::origin::resumed};
-            if (found) start.checkpoint = std::move(bytes);
-            start_job(self, std::move(start));
-          },
-          [=](caf::error& e) {
-            spdlog::error("cannot read job {}'s checkpoint (trying again in 5 s): {}", id,
-                          self->system().render(e));
-            self->state.awaiting_checkpoint.insert(id);
-            self->delayed_send(self, std::chrono::seconds(5), tick_atom::value);
-          });
+  start_from_checkpoint(self, id, job_start::origin::resumed, {}, [=](const caf::error& e) {
+    spdlog::error("cannot read job {}'s checkpoint (trying again in 5 s): {}", id,
+                  self->system().render(e));
+    self->state.awaiting_checkpoint.insert(id);
+    self->delayed_send(self, std::chrono::seconds(5), tick_atom::value);
+  });
 }
 
 void resume_jobs(supervisor_actor* self) {
@@ -336,11 +330,13 @@ void jobs_resumed(supervisor_actor* self) {
   st.resumed = true;
   auto waiting = std::move(st.waiting_submits);
   st.waiting_submits.clear();
-  for (auto& [submit, rp] : waiting)
+  for (auto& waiter : waiting) {
+    auto rp = waiter.second;
     self->request(caf::actor_cast<caf::actor>(self), std::chrono::seconds(60), submit_atom::value,
-                  submit.first, submit.second)
+                  waiter.first.first, waiter.first.second)
         .then([rp](std::string& id) mutable { rp.deliver(std::move(id)); },
               [rp](caf::error& e) mutable { rp.deliver(std::move(e)); });
+  }
 }
 
 caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links) {
@@ -473,7 +469,7 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links) {
                     start_job(
                         self,
                         job_start{
-                            id, text, spec, status, {}, {}, {}, job_start::origin::submitted});
+                            id, text, spec, status, {}, {}, {}, job_start::origin::submitted, {}});
                     rp.deliver(id);
                   },
                   [=](caf::error& e) mutable {
