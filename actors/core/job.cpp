@@ -1232,9 +1232,10 @@ caf::behavior job_behavior(job_actor* self, job_start start, job_links links) {
   // would be flagged for it. The job starts over, as from a damaged checkpoint.
   if (!st.job.theta.empty() &&
       static_cast<int64_t>(st.job.theta.size()) != st.workload->parameter_count()) {
-    spdlog::error("job {}: its checkpoint holds {} parameters, its model {}; starting from "
-                  "round 0",
-                  st.job.id, st.job.theta.size(), st.workload->parameter_count());
+    spdlog::error(
+        "job {}: its checkpoint holds {} parameters, its model {}; starting from "
+        "round 0",
+        st.job.id, st.job.theta.size(), st.workload->parameter_count());
     st.job.theta.clear();
     st.job.momentum.clear();
     st.job.status.round = 0;

@@ -68,7 +68,7 @@ struct job_supervisor_state {
   bool resumed = false;
   std::vector<std::pair<std::pair<std::string, std::string>,
                         caf::typed_response_promise<std::string>>>
-      waiting_submits;  // (who, spec text), answered once `resumed`
+      waiting_submits;                        // (who, spec text), answered once `resumed`
   std::set<std::string> awaiting_checkpoint;  // resumed jobs whose checkpoint read failed
   /// Per account, submits accepted by the job limit whose record is not yet written (the
   /// ledger check and the store write are asynchronous): they count against the limit too,
@@ -202,8 +202,8 @@ void start_from_checkpoint(supervisor_actor* self, const std::string& id, job_st
       .then(
           [=](bool found, std::vector<uint8_t>& bytes) {
             auto& entry = self->state.jobs[id];
-            job_start start{id, entry.spec_text, entry.spec, entry.status, {}, {}, {}, from,
-                            end_with};
+            job_start start{id,   entry.spec_text, entry.spec, entry.status, {}, {}, {},
+                            from, end_with};
             if (found) start.checkpoint = std::move(bytes);
             start_job(self, std::move(start));
           },
@@ -213,12 +213,11 @@ void start_from_checkpoint(supervisor_actor* self, const std::string& id, job_st
 // Restarts a job whose actor died from its last committed checkpoint (one for one); with
 // `end_with`, only to end it as failed (its escrow returned, its record written).
 void restart_job(supervisor_actor* self, const std::string& id, const std::string& end_with = {}) {
-  start_from_checkpoint(self, id, job_start::origin::restarted, end_with,
-                        [=](const caf::error& e) {
-                          auto& entry = self->state.jobs[id];
-                          entry.status.state = job_state::failed;
-                          entry.status.detail = "cannot restart: " + self->system().render(e);
-                        });
+  start_from_checkpoint(self, id, job_start::origin::restarted, end_with, [=](const caf::error& e) {
+    auto& entry = self->state.jobs[id];
+    entry.status.state = job_state::failed;
+    entry.status.detail = "cannot restart: " + self->system().render(e);
+  });
 }
 
 // Reads the records in the store and resumes every job that had not ended.

@@ -237,8 +237,8 @@ class cpu_backend final : public backend {
     // of memory does; the process stays up.
     auto n = checked_numel(shape);
     if (!n)
-      throw compute_error(error(errc::device_error,
-                                "allocating " + to_string(shape) + ": " + n.error().message()));
+      throw compute_error(
+          error(errc::device_error, "allocating " + to_string(shape) + ": " + n.error().message()));
     const uint64_t bytes = static_cast<uint64_t>(*n) * size_of(type);
     detail::reserve_host_memory(bytes, "allocating " + to_string(shape));
     tensor memory;

@@ -558,8 +558,7 @@ expected<model_plan> plan_model(const model_spec& spec, const model_limits& limi
     for (int64_t e : out)
       if (e <= 0 || e > limits.max_extent)
         return fail(at, "output shape " + shape_text(out) + " is empty or too large");
-    if (!checked_numel(out))
-      return fail(at, "output shape " + shape_text(out) + " is too large");
+    if (!checked_numel(out)) return fail(at, "output shape " + shape_text(out) + " is too large");
     p.out_shape = out;
     const bool view = l.kind == layer_kind::flatten || l.kind == layer_kind::reshape;
     if (is_loss(l.kind)) {

@@ -441,8 +441,7 @@ TEST_SUITE("backend") {
     // the worker catches compute_error and fails that assignment.
     for (auto& b : backends_under_test()) {
       CAPTURE(b->describe());
-      CHECK_THROWS_AS(b->allocate({int64_t{1} << 21, int64_t{1} << 21}, dtype::f32),
-                      compute_error);
+      CHECK_THROWS_AS(b->allocate({int64_t{1} << 21, int64_t{1} << 21}, dtype::f32), compute_error);
     }
   }
 

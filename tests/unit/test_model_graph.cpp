@@ -643,8 +643,7 @@ vocab = 256
 layers = [ { type = "embedding", dim = 1 }, { type = "reshape", shape = [8] },
            { type = "add", with = "input" }, { type = "reshape", shape = [8, 1] },
            { type = "linear", units = 256 }, { type = "next_token_xent" } ])")
-              .find("model.layers[2] (add).with: adds the token input") !=
-          std::string::npos);
+              .find("model.layers[2] (add).with: adds the token input") != std::string::npos);
     CHECK(plan_error(R"([model]
 input = [64]
 vocab = 256

@@ -300,7 +300,7 @@ TEST_SUITE("pipeline") {
     CHECK(report->stage("inc")->restarts == 1);
     auto got = out.sorted();
     CHECK(std::adjacent_find(got.begin(), got.end()) == got.end());  // none twice
-    CHECK(got.size() >= static_cast<size_t>(n) - 128);  // at most the two windows lost
+    CHECK(got.size() >= static_cast<size_t>(n) - 128);               // at most the two windows lost
   }
 
   TEST_CASE("past its deadline a pipeline is stopped and the unfinished stages named") {
