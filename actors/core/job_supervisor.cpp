@@ -66,10 +66,12 @@ struct job_supervisor_state {
   /// Whether the stored job records have been read (and `next_id` raised past theirs).
   /// Submits wait for it: one taken before would be given the id of a stored job.
   bool resumed = false;
-  std::vector<std::pair<std::pair<std::string, std::string>,
-                        caf::typed_response_promise<std::string>>>
-      waiting_submits;                        // (who, spec text), answered once `resumed`
-  std::set<std::string> awaiting_checkpoint;  // resumed jobs whose checkpoint read failed
+  struct waiting_submit {
+    std::string who, text;
+    caf::typed_response_promise<std::string> answer;
+  };
+  std::vector<waiting_submit> waiting_submits;  // answered once `resumed`
+  std::set<std::string> awaiting_checkpoint;    // resumed jobs whose checkpoint read failed
   /// Per account, submits accepted by the job limit whose record is not yet written (the
   /// ledger check and the store write are asynchronous): they count against the limit too,
   /// so that parallel submits cannot all pass it.
@@ -330,9 +332,9 @@ void jobs_resumed(supervisor_actor* self) {
   auto waiting = std::move(st.waiting_submits);
   st.waiting_submits.clear();
   for (auto& waiter : waiting) {
-    auto rp = waiter.second;
+    auto rp = waiter.answer;
     self->request(caf::actor_cast<caf::actor>(self), std::chrono::seconds(60), submit_atom::value,
-                  waiter.first.first, waiter.first.second)
+                  waiter.who, waiter.text)
         .then([rp](std::string& id) mutable { rp.deliver(std::move(id)); },
               [rp](caf::error& e) mutable { rp.deliver(std::move(e)); });
   }
@@ -400,7 +402,7 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links) {
       [=](submit_atom, const std::string& who, std::string text) -> caf::result<std::string> {
         if (!self->state.resumed) {
           auto rp = self->make_response_promise<std::string>();
-          self->state.waiting_submits.push_back({{who, std::move(text)}, rp});
+          self->state.waiting_submits.push_back({who, std::move(text), rp});
           return rp;
         }
         auto spec = parse_job_spec(text, "job spec");

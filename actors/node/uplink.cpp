@@ -69,10 +69,14 @@ struct uplink_state {
   caf::actor fixed_core;  // embedded mode: the core in this process
   caf::actor session;     // this node's session: the only other core handle it holds
   std::vector<caf::actor> workers;
-  std::map<uint64_t, size_t> running;  // assignment id -> worker index
-  // Their answers to the session: given here when the worker stops before it answers (a
-  // worker that dies in a continuation, after fetching its shard, answers nothing).
-  std::map<uint64_t, caf::typed_response_promise<assignment_result>> answers;
+  // Assignments on workers, by id: the worker's index, and the answer to the session,
+  // given here when the worker stops before it answers (a worker that dies in a
+  // continuation, after fetching its shard, answers nothing).
+  struct running_assignment {
+    size_t index;
+    caf::typed_response_promise<assignment_result> answer;
+  };
+  std::map<uint64_t, running_assignment> running;
   // Workers that have an assignment: fetching its parameters, or computing it. A worker
   // takes one assignment at a time; one that comes for a busy worker (a new session's,
   // while the worker still ends the old session's) waits here, and its parameters are not
@@ -249,15 +253,13 @@ void run_on_worker(uplink_actor* self, uint32_t index, assignment a,
                    caf::typed_response_promise<assignment_result> rp) {
   auto& st = self->state;
   const uint64_t id = a.id;
-  st.running[id] = index;
-  st.answers[id] = rp;
+  st.running[id] = {index, rp};
   st.busy.insert(index);
   self->request(st.workers[index], caf::infinite, assign_atom::value, std::move(a))
       .then(
           [=](assignment_result& r) mutable {
             auto& st = self->state;
             if (st.running.erase(id) == 0) return;  // answered when its worker stopped
-            st.answers.erase(id);
             const uint64_t chunk = st.payload_chunk_bytes;
             const bool remote = st.session && st.session.node() != self->node();
             if (remote && chunk > 0 && r.update.size() > chunk) {
@@ -279,7 +281,6 @@ void run_on_worker(uplink_actor* self, uint32_t index, assignment a,
           [=](caf::error& e) mutable {
             auto& st = self->state;
             if (st.running.erase(id) == 0) return;  // answered when its worker stopped
-            st.answers.erase(id);
             rp.deliver(std::move(e));
             release_worker(self, index);
           });
@@ -431,7 +432,7 @@ void lose_core(uplink_actor* self) {
   st.answer_chunks.clear();  // answers to a session that is gone
   // The core has given this session's work to other nodes: what runs stops at its next
   // step, and what waited for a worker is not started.
-  for (const auto& [id, index] : st.running) st.config.cancelled->cancel(id);
+  for (const auto& [id, a] : st.running) st.config.cancelled->cancel(id);
   for (auto& [index, queue] : st.deferred)
     for (auto& w : queue) w.promise.deliver(to_caf(error(errc::io_error, "the session ended")));
   st.deferred.clear();
@@ -583,17 +584,18 @@ caf::behavior uplink_behavior(uplink_actor* self, uplink_config config, caf::act
         // What the old worker was computing fails now, and its slot is free for the next
         // assignment: the old one may have died without answering.
         const auto index = static_cast<size_t>(w - st.workers.begin());
-        std::vector<uint64_t> lost;
-        for (const auto& [id, i] : st.running)
-          if (i == index) lost.push_back(id);
-        for (uint64_t id : lost) {
-          st.running.erase(id);
-          auto answer = st.answers.extract(id);
-          if (!answer.empty())
-            answer.mapped().deliver(
-                to_caf(error(errc::unavailable, "the worker stopped and was restarted")));
+        bool lost = false;
+        for (auto it = st.running.begin(); it != st.running.end();) {
+          if (it->second.index != index) {
+            ++it;
+            continue;
+          }
+          it->second.answer.deliver(
+              to_caf(error(errc::unavailable, "the worker stopped and was restarted")));
+          it = st.running.erase(it);
+          lost = true;
         }
-        if (!lost.empty()) release_worker(self, static_cast<uint32_t>(index));
+        if (lost) release_worker(self, static_cast<uint32_t>(index));
       },
       [=](update_atom, const std::string& role, caf::actor& replacement) {
         auto& st = self->state;
