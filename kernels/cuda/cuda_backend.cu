@@ -190,7 +190,7 @@ class cuda_backend final : public backend {
                                     CUBLAS_GEMM_DEFAULT));
   }
 
-  /// gemm at bf16 from bf16 copies of its operands (GFLEX_BF16_OPERANDS=1): each packed into
+  /// gemm at bf16 from bf16 copies of its operands (unless GFLEX_BF16_OPERANDS=0): each packed into
   /// the workspace (half the bytes of the FP32 matrix, rounded to nearest even as cuBLAS's
   /// FAST_16BF mode rounds), multiplied as bf16 with FP32 accumulation into the FP32 result.
   /// One pass over each operand more, for a product on the bf16 tensor cores' own inputs
@@ -1093,11 +1093,12 @@ class cuda_backend final : public backend {
   /// against it).
   size_t shared_per_block_optin_ = 0;
   math_precision precision_ = math_precision::fp32;
-  /// GFLEX_BF16_OPERANDS=1: a bf16 gemm multiplies bf16 copies of its operands (opt-in until
-  /// a card has measured it against cuBLAS's own conversion).
+  /// A bf16 gemm multiplies bf16 copies of its operands unless GFLEX_BF16_OPERANDS=0 (an
+  /// H200 measured the 86M language model's step at 87.0 ms so against 90.2 ms with cuBLAS's
+  /// own conversion; docs/BENCHMARKS.md).
   bool bf16_operands_ = [] {
     const char* v = std::getenv("GFLEX_BF16_OPERANDS");
-    return v != nullptr && std::string(v) == "1";
+    return v == nullptr || std::string(v) != "0";
   }();
   std::shared_ptr<stream_owner> streams_;
   cublasHandle_t blas_ = nullptr;

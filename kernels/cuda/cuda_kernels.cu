@@ -14,6 +14,7 @@
 #include <cmath>
 #include <cstdint>
 #include <string>
+#include <type_traits>
 
 #include "cuda_check.hpp"
 #include "cuda_kernels.hpp"
@@ -855,6 +856,199 @@ __global__ void softmax_backward_kernel(const float* p, float* dp, int64_t rows,
   }
 }
 
+// -- rows held in registers -------------------------------------------------------------------
+//
+// A language model's norms and attention softmaxes run over rows of at most 1,024 columns
+// (its width, its context), millions of rows a step. The kernels below give each row one
+// warp that holds the row in registers, PerLane values a lane (lane l holds columns l, l + 32,
+// ...), so that each value is read from device memory once and written once, with no block
+// barrier: the block-per-row norm kernels above read a row three times and wait at four
+// barriers a row, and the softmax kernels above read each value twice. Each computes what
+// its wider counterpart computes, in the same order per lane and the same warp reductions
+// (the softmaxes bit for bit; the norms differ only in how the block's partial sums were
+// grouped); rows wider than 32 * 32 columns take the kernels above.
+
+/// The most columns a warp holds in registers.
+constexpr int64_t k_register_row_cols = 32 * k_warp;
+
+/// Layer norm (or RMS norm) forward, one warp per row of at most 32 * PerLane columns: as
+/// norm_forward_kernel. y may be x (the row is in registers before anything is written).
+template <bool Rms, int PerLane>
+__global__ void norm_forward_rows_kernel(const float* x, const float* gamma, const float* beta,
+                                         int64_t rows, int64_t cols, float eps, float* y,
+                                         float* mean_out, float* rstd_out) {
+  const int lane = threadIdx.x % k_warp;
+  const int warp = threadIdx.x / k_warp;
+  const int64_t warps_in_grid = static_cast<int64_t>(gridDim.x) * k_warps_per_block;
+  // The loop bound depends only on the warp, so all 32 lanes take part in every shuffle.
+  for (int64_t row = static_cast<int64_t>(blockIdx.x) * k_warps_per_block + warp; row < rows;
+       row += warps_in_grid) {
+    const float* xr = x + row * cols;
+    float v[PerLane];
+#pragma unroll
+    for (int i = 0; i < PerLane; ++i) {
+      const int64_t j = lane + static_cast<int64_t>(i) * k_warp;
+      v[i] = j < cols ? xr[j] : 0.0f;
+    }
+    double mean = 0.0;
+    if (!Rms) {
+      double acc = 0.0;
+#pragma unroll
+      for (int i = 0; i < PerLane; ++i) acc += v[i];  // the zeros past the row add nothing
+      mean = warp_sum(acc) / static_cast<double>(cols);
+    }
+    double acc = 0.0;
+#pragma unroll
+    for (int i = 0; i < PerLane; ++i) {
+      if (lane + static_cast<int64_t>(i) * k_warp < cols) {
+        const double d = static_cast<double>(v[i]) - mean;
+        acc += d * d;
+      }
+    }
+    const double var = warp_sum(acc) / static_cast<double>(cols);
+    const auto m = static_cast<float>(mean);
+    const auto r = static_cast<float>(1.0 / sqrt(var + static_cast<double>(eps)));
+    float* yr = y + row * cols;
+#pragma unroll
+    for (int i = 0; i < PerLane; ++i) {
+      const int64_t j = lane + static_cast<int64_t>(i) * k_warp;
+      if (j < cols) {
+        const float xhat = Rms ? v[i] * r : (v[i] - m) * r;
+        yr[j] = Rms || beta == nullptr ? xhat * gamma[j] : xhat * gamma[j] + beta[j];
+      }
+    }
+    if (lane == 0) {
+      if (mean_out != nullptr) mean_out[row] = Rms ? 0.0f : m;
+      if (rstd_out != nullptr) rstd_out[row] = r;
+    }
+  }
+}
+
+/// dx of layer norm (or RMS norm), one warp per row of at most 32 * PerLane columns: as
+/// norm_backward_dx_kernel. dx may be dy or x (the row's x and dy are in registers before
+/// anything is written), except with `accumulate`.
+template <bool Rms, int PerLane>
+__global__ void norm_backward_dx_rows_kernel(const float* x, const float* gamma, const float* dy,
+                                             const float* mean, const float* rstd, int64_t rows,
+                                             int64_t cols, float* dx, bool accumulate) {
+  const int lane = threadIdx.x % k_warp;
+  const int warp = threadIdx.x / k_warp;
+  const int64_t warps_in_grid = static_cast<int64_t>(gridDim.x) * k_warps_per_block;
+  for (int64_t row = static_cast<int64_t>(blockIdx.x) * k_warps_per_block + warp; row < rows;
+       row += warps_in_grid) {
+    const float* xr = x + row * cols;
+    const float* dyr = dy + row * cols;
+    const float m = Rms ? 0.0f : mean[row];
+    const float r = rstd[row];
+    float xv[PerLane];
+    float dyv[PerLane];
+    double sum_g = 0.0;
+    double sum_gx = 0.0;
+#pragma unroll
+    for (int i = 0; i < PerLane; ++i) {
+      const int64_t j = lane + static_cast<int64_t>(i) * k_warp;
+      xv[i] = 0.0f;
+      dyv[i] = 0.0f;
+      if (j < cols) {
+        xv[i] = xr[j];
+        dyv[i] = dyr[j];
+        const double g = static_cast<double>(dyv[i]) * gamma[j];  // exact in double
+        const float xhat = Rms ? xv[i] * r : (xv[i] - m) * r;
+        sum_g += g;
+        sum_gx += g * xhat;
+      }
+    }
+    sum_g = warp_sum(sum_g);
+    sum_gx = warp_sum(sum_gx);
+    const double mean_g = Rms ? 0.0 : sum_g / static_cast<double>(cols);
+    const double mean_gx = sum_gx / static_cast<double>(cols);
+    float* dxr = dx + row * cols;
+#pragma unroll
+    for (int i = 0; i < PerLane; ++i) {
+      const int64_t j = lane + static_cast<int64_t>(i) * k_warp;
+      if (j < cols) {
+        const float g = dyv[i] * gamma[j];
+        const double xhat = Rms ? xv[i] * r : (xv[i] - m) * r;
+        const float v = static_cast<float>(r * (g - mean_g - xhat * mean_gx));
+        dxr[j] = accumulate ? dxr[j] + v : v;
+      }
+    }
+  }
+}
+
+/// The causal softmax in place, one warp per row of t <= 32 * PerLane columns: as
+/// causal_softmax_kernel, bit for bit, reading only the row's visible columns, once, and
+/// computing each exponential once.
+template <int PerLane>
+__global__ void causal_softmax_rows_kernel(float* s, int64_t rows, int64_t t, float scale) {
+  const int lane = threadIdx.x % k_warp;
+  const int warp = threadIdx.x / k_warp;
+  const int64_t warps_in_grid = static_cast<int64_t>(gridDim.x) * k_warps_per_block;
+  for (int64_t row = static_cast<int64_t>(blockIdx.x) * k_warps_per_block + warp; row < rows;
+       row += warps_in_grid) {
+    float* sr = s + row * t;
+    const int64_t visible = row % t + 1;
+    float v[PerLane];
+    float best = -INFINITY;
+#pragma unroll
+    for (int i = 0; i < PerLane; ++i) {
+      const int64_t j = lane + static_cast<int64_t>(i) * k_warp;
+      v[i] = j < visible ? __fmul_rn(scale, sr[j]) : -INFINITY;
+      best = fmaxf(best, v[i]);
+    }
+    best = warp_max(best);
+    double total = 0.0;
+#pragma unroll
+    for (int i = 0; i < PerLane; ++i) {
+      if (lane + static_cast<int64_t>(i) * k_warp < visible) {
+        v[i] = expf(v[i] - best);
+        total += v[i];
+      }
+    }
+    const auto inv = static_cast<float>(1.0 / warp_sum(total));
+#pragma unroll
+    for (int i = 0; i < PerLane; ++i) {
+      const int64_t j = lane + static_cast<int64_t>(i) * k_warp;
+      if (j < t) sr[j] = j < visible ? v[i] * inv : 0.0f;
+    }
+  }
+}
+
+/// Softmax backward in place, one warp per row of at most 32 * PerLane columns: as
+/// softmax_backward_kernel, bit for bit, reading p and dp once each.
+template <int PerLane>
+__global__ void softmax_backward_rows_kernel(const float* p, float* dp, int64_t rows, int64_t cols,
+                                             float scale) {
+  const int lane = threadIdx.x % k_warp;
+  const int warp = threadIdx.x / k_warp;
+  const int64_t warps_in_grid = static_cast<int64_t>(gridDim.x) * k_warps_per_block;
+  for (int64_t row = static_cast<int64_t>(blockIdx.x) * k_warps_per_block + warp; row < rows;
+       row += warps_in_grid) {
+    const float* pr = p + row * cols;
+    float* dpr = dp + row * cols;
+    float pv[PerLane];
+    float dv[PerLane];
+    double dot = 0.0;
+#pragma unroll
+    for (int i = 0; i < PerLane; ++i) {
+      const int64_t j = lane + static_cast<int64_t>(i) * k_warp;
+      pv[i] = 0.0f;
+      dv[i] = 0.0f;
+      if (j < cols) {
+        pv[i] = pr[j];
+        dv[i] = dpr[j];
+        dot += static_cast<double>(pv[i]) * dv[i];
+      }
+    }
+    const auto d = static_cast<float>(warp_sum(dot));
+#pragma unroll
+    for (int i = 0; i < PerLane; ++i) {
+      const int64_t j = lane + static_cast<int64_t>(i) * k_warp;
+      if (j < cols) dpr[j] = scale * pv[i] * (dv[i] - d);
+    }
+  }
+}
+
 /// Mean squared error against one-hot labels, one warp per row, laid out as
 /// softmax_xent_kernel: per row the squared error sum (in double) and the first arg-max;
 /// per-block totals go to `stats` with one atomic each. dy = 2 (y - onehot) * grad_scale if
@@ -924,6 +1118,25 @@ unsigned grid_for(launch_config launch, int64_t n) {
 /// Blocks for a kernel with one warp per row over `rows` > 0 rows (at most one wave).
 unsigned warp_row_blocks(launch_config launch, int64_t rows) {
   return at_most_one_wave(launch, (rows + k_warps_per_block - 1) / k_warps_per_block);
+}
+
+/// Calls `launch(std::integral_constant<int, N>{})` with the fewest values per lane N (4, 8,
+/// 16 or 32) with which a warp holds `cols` columns in registers (the *_rows_kernel
+/// kernels); false, calling nothing, for rows wider than k_register_row_cols.
+template <typename Launch>
+bool with_register_rows(int64_t cols, Launch&& launch) {
+  if (cols <= 4 * k_warp) {
+    launch(std::integral_constant<int, 4>{});
+  } else if (cols <= 8 * k_warp) {
+    launch(std::integral_constant<int, 8>{});
+  } else if (cols <= 16 * k_warp) {
+    launch(std::integral_constant<int, 16>{});
+  } else if (cols <= k_register_row_cols) {
+    launch(std::integral_constant<int, 32>{});
+  } else {
+    return false;
+  }
+  return true;
 }
 
 /// Blocks for a kernel with one (k_tile_cols x k_tile_rows) block per tile of k_tile_cols
@@ -1209,6 +1422,20 @@ void launch_dropout_mask(launch_config launch, int64_t n, float rate, float keep
 void launch_norm_forward(launch_config launch, bool rms, const float* x, const float* gamma,
                          const float* beta, int64_t rows, int64_t cols, float eps, float* y,
                          float* mean_out, float* rstd_out) {
+  const bool in_registers = with_register_rows(cols, [&](auto per_lane) {
+    constexpr int n = decltype(per_lane)::value;
+    const unsigned blocks = warp_row_blocks(launch, rows);
+    if (rms)
+      norm_forward_rows_kernel<true, n><<<blocks, k_block, 0, launch.stream>>>(
+          x, gamma, nullptr, rows, cols, eps, y, mean_out, rstd_out);
+    else
+      norm_forward_rows_kernel<false, n><<<blocks, k_block, 0, launch.stream>>>(
+          x, gamma, beta, rows, cols, eps, y, mean_out, rstd_out);
+  });
+  if (in_registers) {
+    GFLEX_CUDA_CHECK_LAUNCH();
+    return;
+  }
   const unsigned blocks = at_most_one_wave(launch, rows);
   if (rms) {
     norm_forward_kernel<true><<<blocks, k_block, 0, launch.stream>>>(x, gamma, nullptr, rows, cols,
@@ -1223,6 +1450,20 @@ void launch_norm_forward(launch_config launch, bool rms, const float* x, const f
 void launch_norm_backward_dx(launch_config launch, bool rms, const float* x, const float* gamma,
                              const float* dy, const float* mean, const float* rstd, int64_t rows,
                              int64_t cols, float* dx, bool accumulate) {
+  const bool in_registers = with_register_rows(cols, [&](auto per_lane) {
+    constexpr int n = decltype(per_lane)::value;
+    const unsigned blocks = warp_row_blocks(launch, rows);
+    if (rms)
+      norm_backward_dx_rows_kernel<true, n><<<blocks, k_block, 0, launch.stream>>>(
+          x, gamma, dy, nullptr, rstd, rows, cols, dx, accumulate);
+    else
+      norm_backward_dx_rows_kernel<false, n><<<blocks, k_block, 0, launch.stream>>>(
+          x, gamma, dy, mean, rstd, rows, cols, dx, accumulate);
+  });
+  if (in_registers) {
+    GFLEX_CUDA_CHECK_LAUNCH();
+    return;
+  }
   const unsigned blocks = at_most_one_wave(launch, rows);
   if (rms) {
     norm_backward_dx_kernel<true><<<blocks, k_block, 0, launch.stream>>>(
@@ -1327,6 +1568,15 @@ void launch_embedding_backward(launch_config launch, const int32_t* ids, const f
 }
 
 void launch_causal_softmax(launch_config launch, float* s, int64_t rows, int64_t t, float scale) {
+  const bool in_registers = with_register_rows(t, [&](auto per_lane) {
+    constexpr int n = decltype(per_lane)::value;
+    causal_softmax_rows_kernel<n>
+        <<<warp_row_blocks(launch, rows), k_block, 0, launch.stream>>>(s, rows, t, scale);
+  });
+  if (in_registers) {
+    GFLEX_CUDA_CHECK_LAUNCH();
+    return;
+  }
   causal_softmax_kernel<<<warp_row_blocks(launch, rows), k_block, 0, launch.stream>>>(s, rows, t,
                                                                                       scale);
   GFLEX_CUDA_CHECK_LAUNCH();
@@ -1334,6 +1584,15 @@ void launch_causal_softmax(launch_config launch, float* s, int64_t rows, int64_t
 
 void launch_softmax_backward(launch_config launch, const float* p, float* dp, int64_t rows,
                              int64_t cols, float scale) {
+  const bool in_registers = with_register_rows(cols, [&](auto per_lane) {
+    constexpr int n = decltype(per_lane)::value;
+    softmax_backward_rows_kernel<n>
+        <<<warp_row_blocks(launch, rows), k_block, 0, launch.stream>>>(p, dp, rows, cols, scale);
+  });
+  if (in_registers) {
+    GFLEX_CUDA_CHECK_LAUNCH();
+    return;
+  }
   softmax_backward_kernel<<<warp_row_blocks(launch, rows), k_block, 0, launch.stream>>>(
       p, dp, rows, cols, scale);
   GFLEX_CUDA_CHECK_LAUNCH();

@@ -347,7 +347,7 @@ TEST_SUITE("backend") {
     CHECK(bad.error().message().find("fp8") != std::string::npos);
   }
 
-  TEST_CASE("GFLEX_BF16_OPERANDS=1: a bf16 gemm from bf16 copies of its operands") {
+  TEST_CASE("bf16 GEMM operands (GFLEX_BF16_OPERANDS unset or 1): bf16 copies of its operands") {
     if (cuda_device_count() == 0) {
       MESSAGE("CUDA backend skipped: " << (cuda_compiled() ? "no CUDA device on this machine"
                                                            : "not compiled in"));
@@ -356,9 +356,9 @@ TEST_SUITE("backend") {
     struct restore_env {
       ~restore_env() { unsetenv("GFLEX_BF16_OPERANDS"); }
     } restore;
-    setenv("GFLEX_BF16_OPERANDS", "1", 1);
+    unsetenv("GFLEX_BF16_OPERANDS");  // the default packs them
     auto packed = make_cuda_backend(0);
-    unsetenv("GFLEX_BF16_OPERANDS");
+    setenv("GFLEX_BF16_OPERANDS", "0", 1);
     auto converted_by_cublas = make_cuda_backend(0);
     REQUIRE(packed.has_value());
     REQUIRE(converted_by_cublas.has_value());
@@ -733,6 +733,91 @@ TEST_SUITE("backend") {
           check_close(dgamma.read(), want_gamma, 1e-4, 1e-3);
           if (!rms) check_close(dbeta.read(), want_beta, 1e-4, 1e-3);
         }
+      }
+    }
+  }
+
+  TEST_CASE("norms and softmaxes over rows of every width against a double reference") {
+    // A GPU holds rows of up to 1,024 columns in a warp's registers and takes a kernel of
+    // another shape past that: widths on each side of each register count (4, 8, 16, 32
+    // values a lane) and past the last, each against double arithmetic. In place, as a model
+    // graph runs them (y = x for the norm, the softmaxes on their own buffers).
+    for (auto& b : backends_under_test()) {
+      CAPTURE(b->describe());
+      for (int64_t cols : {1, 7, 128, 129, 300, 768, 1024, 1025, 1500}) {
+        CAPTURE(cols);
+        const int64_t rows = 41, n = rows * cols;
+        auto x = random_vector(n, 51, 2.0), dy = random_vector(n, 52);
+        auto gamma = random_vector(cols, 53), beta = random_vector(cols, 54);
+        for (bool rms : {false, true}) {
+          CAPTURE(rms);
+          buffer y(*b, x), g(*b, gamma), be(*b, beta), dyb(*b, dy);
+          buffer mean(*b, std::vector<float>(rows, 7.0f)), rstd(*b, std::vector<float>(rows, 7.0f));
+          b->norm_forward(rms, y.ptr(), g.ptr(), rms ? nullptr : be.ptr(), rows, cols, 1e-5f,
+                          y.ptr(), mean.ptr(), rstd.ptr());
+          std::vector<double> want_y(n), want_dx(n), want_mean(rows), want_rstd(rows);
+          for (int64_t r = 0; r < rows; ++r) {
+            const float* xr = x.data() + r * cols;
+            double m = 0.0, sq = 0.0;
+            if (!rms) {
+              for (int64_t c = 0; c < cols; ++c) m += xr[c];
+              m /= static_cast<double>(cols);
+            }
+            for (int64_t c = 0; c < cols; ++c) sq += (xr[c] - m) * (xr[c] - m);
+            const double s = 1.0 / std::sqrt(sq / static_cast<double>(cols) + 1e-5);
+            want_mean[r] = m;
+            want_rstd[r] = s;
+            double sum_g = 0.0, sum_gx = 0.0;
+            for (int64_t c = 0; c < cols; ++c) {
+              const double xhat = (xr[c] - m) * s;
+              want_y[r * cols + c] = xhat * gamma[c] + (rms ? 0.0 : beta[c]);
+              const double gv = double{dy[r * cols + c]} * gamma[c];
+              sum_g += gv;
+              sum_gx += gv * xhat;
+            }
+            const double mean_g = rms ? 0.0 : sum_g / static_cast<double>(cols);
+            for (int64_t c = 0; c < cols; ++c) {
+              const double xhat = (xr[c] - m) * s;
+              want_dx[r * cols + c] = s * (double{dy[r * cols + c]} * gamma[c] - mean_g -
+                                           xhat * sum_gx / static_cast<double>(cols));
+            }
+          }
+          check_close(y.read(), want_y, 1e-5, 1e-5);
+          if (!rms) check_close(mean.read(), want_mean, 1e-6, 1e-6);
+          check_close(rstd.read(), want_rstd, 1e-6, 0);
+          // dx in place of dy, as a model graph may ask.
+          buffer in(*b, x), dgamma(*b, std::vector<float>(cols)),
+              dbeta(*b, std::vector<float>(cols));
+          b->norm_backward(rms, in.ptr(), g.ptr(), dyb.ptr(), mean.ptr(), rstd.ptr(), rows, cols,
+                           dyb.ptr(), dgamma.ptr(), rms ? nullptr : dbeta.ptr(), false);
+          check_close(dyb.read(), want_dx, 1e-4, 1e-4);
+        }
+      }
+      for (int64_t t : {1, 5, 32, 100, 129, 512, 1024, 1100}) {
+        CAPTURE(t);
+        const int64_t count = 3, rows = count * t, n = rows * t;
+        const float scale = 0.125f;
+        auto s_host = random_vector(n, 61, 4.0), dp_host = random_vector(n, 62);
+        buffer s(*b, s_host), dp(*b, dp_host);
+        b->causal_softmax_forward(s.ptr(), count, t, scale);
+        std::vector<double> want_p(n, 0.0), want_dp(n, 0.0);
+        for (int64_t r = 0; r < rows; ++r) {
+          const int64_t visible = r % t + 1;
+          double best = -INFINITY, total = 0.0, dot = 0.0;
+          for (int64_t j = 0; j < visible; ++j)
+            best = std::max(best, double{scale} * s_host[r * t + j]);
+          for (int64_t j = 0; j < visible; ++j)
+            total += std::exp(double{scale} * s_host[r * t + j] - best);
+          for (int64_t j = 0; j < visible; ++j)
+            want_p[r * t + j] = std::exp(double{scale} * s_host[r * t + j] - best) / total;
+          for (int64_t j = 0; j < t; ++j) dot += want_p[r * t + j] * dp_host[r * t + j];
+          for (int64_t j = 0; j < t; ++j)
+            want_dp[r * t + j] = scale * want_p[r * t + j] * (dp_host[r * t + j] - dot);
+        }
+        const auto p = s.read();
+        check_close(p, want_p, 1e-5, 1e-7);
+        b->softmax_backward(s.ptr(), dp.ptr(), rows, t, scale);
+        check_close(dp.read(), want_dp, 1e-4, 1e-6);
       }
     }
   }

@@ -300,7 +300,7 @@ layers = [
     }
   }
 
-  TEST_CASE("GFLEX_CUDA_GRAPHS=1: recorded training passes, the bits of unrecorded ones") {
+  TEST_CASE("recorded training passes (GFLEX_CUDA_GRAPHS unset), the bits of unrecorded ones") {
     // Six AdamW steps on new batches each, with and without the variable: the same parameters
     // bit for bit (a replay runs the recorded operations on the same buffers). A backend that
     // records replays from the second pass on (recorded, then replayed: five replays); one
@@ -347,9 +347,9 @@ layers = [
       // after each step.
       auto train = [&](backend& b, bool recorded, const std::function<void(int)>& between) {
         if (recorded)
-          setenv("GFLEX_CUDA_GRAPHS", "1", 1);
+          unsetenv("GFLEX_CUDA_GRAPHS");  // the default records
         else
-          unsetenv("GFLEX_CUDA_GRAPHS");
+          setenv("GFLEX_CUDA_GRAPHS", "0", 1);
         auto m = w->instantiate(b, 8);
         REQUIRE_MESSAGE(m.has_value(), (m ? "" : m.error().message()));
         (*m)->load_parameters(init);
