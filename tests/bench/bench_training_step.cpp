@@ -276,8 +276,8 @@ int main(int argc, char** argv) {
   }
   std::printf("},\n");
   std::printf("  \"step_ms\": %.3f,\n  \"samples_per_s\": %.0f,\n", step_s * 1e3, batch / step_s);
-  // Training passes replayed as recorded CUDA graphs (GFLEX_CUDA_GRAPHS=1): 0 says the steps
-  // above ran unrecorded, whatever was asked.
+  // Training passes replayed as recorded CUDA graphs (the default; GFLEX_CUDA_GRAPHS=0 turns them
+  // off): 0 says the steps above ran unrecorded, whatever was asked.
   std::printf("  \"replays\": %llu,\n", static_cast<unsigned long long>(b->replays()));
   if (tokens)
     std::printf("  \"tokens_per_s\": %.0f,\n",

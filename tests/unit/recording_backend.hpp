@@ -1,7 +1,7 @@
 #pragma once
 /// @file
 /// The CPU backend made to record as the CUDA backend does, so that recorded training passes
-/// (graph_model's, GFLEX_CUDA_GRAPHS=1) are tested where no GPU is: while recording, each
+/// (graph_model's, on unless GFLEX_CUDA_GRAPHS=0) are tested where no GPU is: while recording, each
 /// operation is kept (a closure over copies of its arguments) instead of run, and what a
 /// CUDA capture cannot hold (allocating, copying, waiting, reducing) is refused with a
 /// compute_error, as the CUDA backend refuses it.
