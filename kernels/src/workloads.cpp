@@ -102,6 +102,12 @@ expected<std::function<expected<dataset_splits>()>> data_set_loader(const std::s
                    "data.set: fashion-mnist has 784 values per sample (28x28 pixels), the model "
                    "takes " +
                        std::to_string(plan.sample_values));
+    // Checked here, before a job is accepted: a worker refuses a shard whose classes its
+    // model does not have, and every assignment of such a job would fail.
+    if (plan.classes != 10)
+      return error(errc::invalid_argument,
+                   "data.set: fashion-mnist has 10 classes, the model's loss takes " +
+                       std::to_string(plan.classes));
     return std::function<expected<dataset_splits>()>(
         [] { return load_fashion_mnist(fashion_mnist_dir()); });
   }

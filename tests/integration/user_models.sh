@@ -31,8 +31,11 @@ spec_with "$bad" '{ type = "linear", units = 10 }, { type = "softmax_xent" },' '
 expect_error "token model on images" "model.layers\[0\] \(linear\): reads the token input: only an embedding layer can" \
   "$G" submit "$bad" --core 127.0.0.1:1
 spec_with "$bad" '{ type = "linear", units = 7 }, { type = "softmax_xent" },'
-expect_error "classes the data do not have" "7 classes|10 classes|classes" \
+expect_error "classes the data do not have" "data.set: fashion-mnist has 10 classes, the model's loss takes 7" \
   "$G" train --spec "$bad" --max-steps 1
+expect_error "classes the data do not have, at submit" \
+  "data.set: fashion-mnist has 10 classes, the model's loss takes 7" \
+  "$G" submit "$bad" --core 127.0.0.1:1
 spec_with "$bad" '{ type = "linear", units = 10, stride = 2 }, { type = "softmax_xent" },'
 expect_error "a key the layer does not take" \
   "model.layers\[0\] \(linear\).stride: not a key of a linear layer" "$G" train --spec "$bad"

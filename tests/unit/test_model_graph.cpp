@@ -695,6 +695,15 @@ layers = [ { type = "linear", units = 32 }, { type = "relu" },
     auto fortunes_for_images = find_workload("m", spec->model, "fortunes");
     REQUIRE_FALSE(fortunes_for_images.has_value());
     CHECK(fortunes_for_images.error().message().find("vocab = 256") != std::string::npos);
+    // Seven classes on ten: refused where a job is accepted, not by every worker after it.
+    std::string seven = spec->model;
+    const size_t units = seven.find("units = 10");
+    REQUIRE(units != std::string::npos);
+    seven.replace(units, 10, "units = 7");
+    auto too_few = find_workload("m", seven, "fashion-mnist");
+    REQUIRE_FALSE(too_few.has_value());
+    CHECK(too_few.error().message() ==
+          "data.set: fashion-mnist has 10 classes, the model's loss takes 7");
   }
 
   TEST_CASE("token data: windows overlap by one byte and the held-out split is every tenth") {
