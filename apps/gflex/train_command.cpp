@@ -30,7 +30,38 @@ struct train_flags {
   int threads = 0;
   std::string json;
   kernels::train_options options;
+  /// The flags that a job spec's settings give way to when given (CLI11 counts them).
+  struct {
+    CLI::Option* batch_size = nullptr;
+    CLI::Option* lr = nullptr;
+    CLI::Option* weight_decay = nullptr;
+    CLI::Option* precision = nullptr;
+    CLI::Option* seed = nullptr;
+    CLI::Option* constant_lr = nullptr;
+  } given;
 };
+
+bool on_command_line(const CLI::Option* flag) {
+  return flag != nullptr && flag->count() > 0;
+}
+
+// A job spec's [inner] settings (optimizer, batch size, learning rate and its schedule, weight
+// decay, precision) and its [job] seed, for each that the command line does not give: `gflex
+// train --spec` runs the steps a job's workers would run, which is what a user checks before
+// paying for the job. Rounds and local steps are the job's, not a trainer's: --epochs and
+// --max-steps say how long to train.
+void take_spec_settings(train_flags& f, const job_spec& spec) {
+  auto& o = f.options;
+  if (!on_command_line(f.given.batch_size)) o.batch_size = spec.batch_size;
+  if (!on_command_line(f.given.lr)) o.optimizer.lr = static_cast<float>(spec.inner_lr);
+  if (!on_command_line(f.given.weight_decay))
+    o.optimizer.weight_decay = static_cast<float>(spec.weight_decay);
+  if (!on_command_line(f.given.precision)) f.precision = to_string(spec.precision);
+  if (!on_command_line(f.given.seed)) o.seed = spec.seed;
+  if (!on_command_line(f.given.constant_lr))
+    o.cosine_schedule = spec.schedule == lr_schedule::cosine;
+  o.optimizer.plain_sgd = spec.inner == inner_optimizer::sgd;
+}
 
 nlohmann::json to_json(const train_flags& f, const kernels::train_report& r,
                        const std::string& backend) {
@@ -55,6 +86,10 @@ nlohmann::json to_json(const train_flags& f, const kernels::train_report& r,
           {"precision", f.precision},
           {"epochs", static_cast<int>(r.epochs.size())},
           {"batch_size", f.options.batch_size},
+          {"optimizer", f.options.optimizer.plain_sgd ? "sgd" : "adamw"},
+          {"lr", f.options.optimizer.lr},
+          {"weight_decay", f.options.optimizer.weight_decay},
+          {"lr_schedule", f.options.cosine_schedule ? "cosine" : "constant"},
           {"seed", f.options.seed},
           {"steps", r.steps},
           {"samples", r.samples},
@@ -70,19 +105,21 @@ nlohmann::json to_json(const train_flags& f, const kernels::train_report& r,
 
 // The workload a job spec names (its [model] on its [data] set, or a built-in one): what a
 // user checks locally before paying for the job.
-expected<std::unique_ptr<kernels::workload>> workload_of(const train_flags& f) {
+// With a spec, its settings are taken into `f` (take_spec_settings).
+expected<std::unique_ptr<kernels::workload>> workload_of(train_flags& f) {
   if (f.spec_file.empty() && !f.data.path.empty())
     return error(errc::invalid_argument, "--data: needs --spec (the model to train on it)");
   if (f.spec_file.empty()) return kernels::find_workload(f.workload);
   auto spec = load_job_spec(f.spec_file);
   if (!spec) return spec.error();
+  take_spec_settings(f, *spec);
   const bool local = !f.data.path.empty();
   auto w = kernels::find_workload(spec->workload, spec->model, local ? "" : spec->data_set);
   if (!w) return error(w.error().code(), f.spec_file + ": " + w.error().message());
   return w;
 }
 
-int run_training(const train_flags& f) {
+int run_training(train_flags& f) {
   auto w = workload_of(f);
   if (!w) {
     spdlog::error("{}", w.error().message());
@@ -102,6 +139,11 @@ int run_training(const train_flags& f) {
   spdlog::info("workload {}: {}, {} parameters", (*w)->name(), (*w)->describe(),
                (*w)->parameter_count());
   spdlog::info("backend {}", (*b)->describe());
+  if (!f.spec_file.empty())
+    spdlog::info("{} with {}, batch size {}, lr {} ({}), weight decay {}, {}, seed {}", f.spec_file,
+                 f.options.optimizer.plain_sgd ? "SGD" : "AdamW", f.options.batch_size,
+                 f.options.optimizer.lr, f.options.cosine_schedule ? "cosine" : "constant",
+                 f.options.optimizer.weight_decay, f.precision, f.options.seed);
   auto data = f.data.path.empty() ? (*w)->load_data() : read_data_files(f.data);
   if (!data) {
     spdlog::error("{}", data.error().message());
@@ -195,14 +237,17 @@ void add_common_flags(CLI::App* cmd, train_flags& f) {
       ->capture_default_str();
   cmd->add_option("--backend", f.backend, "compute backend: cpu, cuda or cuda:N")
       ->capture_default_str();
-  cmd->add_option("--precision", f.precision,
-                  "GEMM and convolution precision: fp32, or tf32 / bf16 on GPUs with tensor cores")
-      ->capture_default_str();
+  f.given.precision =
+      cmd->add_option("--precision", f.precision,
+                      "GEMM and convolution precision: fp32, or tf32 / bf16 on GPUs with tensor "
+                      "cores (with --spec: the spec's)")
+          ->capture_default_str();
   cmd->add_option("--threads", f.threads, "CPU threads for OpenBLAS (0: all cores)")
       ->check(CLI::Range(0, 1024));
   cmd->add_option("--json", f.json, "write a JSON summary to this file");
-  cmd->add_option("--seed", f.options.seed, "seed of initialisation and shuffling")
-      ->capture_default_str();
+  f.given.seed = cmd->add_option("--seed", f.options.seed,
+                                 "seed of initialisation and shuffling (with --spec: the spec's)")
+                     ->capture_default_str();
 }
 
 }  // namespace
@@ -214,17 +259,22 @@ void add_train_commands(CLI::App& app, std::function<int()>& run) {
   train->add_option("--epochs", flags->options.epochs, "passes over the training set")
       ->check(CLI::Range(1, 100000))
       ->capture_default_str();
-  train->add_option("--batch-size", flags->options.batch_size, "samples per step")
-      ->check(CLI::Range(1, 65536))
-      ->capture_default_str();
-  train->add_option("--lr", flags->options.optimizer.lr, "AdamW learning rate")
-      ->check(CLI::Validator(check_positive, "POSITIVE"))
-      ->capture_default_str();
-  train
-      ->add_option("--weight-decay", flags->options.optimizer.weight_decay,
-                   "AdamW decoupled weight decay")
-      ->check(CLI::Validator(check_non_negative, "NON-NEGATIVE"))
-      ->capture_default_str();
+  flags->given.batch_size = train
+                                ->add_option("--batch-size", flags->options.batch_size,
+                                             "samples per step (with --spec: the spec's)")
+                                ->check(CLI::Range(1, 65536))
+                                ->capture_default_str();
+  flags->given.lr = train
+                        ->add_option("--lr", flags->options.optimizer.lr,
+                                     "AdamW (or SGD) learning rate (with --spec: the spec's)")
+                        ->check(CLI::Validator(check_positive, "POSITIVE"))
+                        ->capture_default_str();
+  flags->given.weight_decay =
+      train
+          ->add_option("--weight-decay", flags->options.optimizer.weight_decay,
+                       "AdamW decoupled weight decay (with --spec: the spec's)")
+          ->check(CLI::Validator(check_non_negative, "NON-NEGATIVE"))
+          ->capture_default_str();
   train->add_option("--max-steps", flags->options.max_steps, "stop after this many steps")
       ->check(CLI::Range(int64_t{0}, int64_t{1} << 40));
   train
@@ -232,8 +282,10 @@ void add_train_commands(CLI::App& app, std::function<int()>& run) {
                    "steps left out of steady_samples_per_s in --json (first launches, set-up)")
       ->check(CLI::Range(int64_t{0}, int64_t{1} << 40));
   train->add_flag("!--no-eval", flags->options.evaluate, "skip the test split after each epoch");
-  train->add_flag("!--constant-lr", flags->options.cosine_schedule,
-                  "keep the learning rate constant instead of cosine decay");
+  flags->given.constant_lr =
+      train->add_flag("!--constant-lr", flags->options.cosine_schedule,
+                      "keep the learning rate constant instead of cosine decay (with --spec: the "
+                      "spec's lr_schedule)");
   train->callback([flags, &run] { run = [flags] { return run_training(*flags); }; });
 }
 

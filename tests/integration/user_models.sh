@@ -75,6 +75,48 @@ timeout -s KILL 200 "$G" train --spec "$mine" --max-steps 640 --batch-size 64 --
 local_acc=$(json_get "$WORK/train.json" "j['test_accuracy']")
 echo "ok: my-mlp in one process: test accuracy $local_acc"
 
+# `gflex train --spec` trains with the spec's [inner] settings and seed, each flag given on
+# the command line in its place.
+settings="$WORK/settings.toml"
+cat >"$settings" <<'TOML'
+[job]
+seed = 7
+
+[inner]
+optimizer = "sgd"
+batch_size = 32
+lr = 0.05
+weight_decay = 0.01
+lr_schedule = "constant"
+
+[data]
+set = "fashion-mnist"
+
+[model]
+input = [784]
+layers = [{ type = "linear", units = 10 }, { type = "softmax_xent" }]
+TOML
+settings_of() {  # settings_of JSON: what a run trained with, one line
+  json_get "$1" "' '.join(str(x) for x in (j['optimizer'], j['batch_size'], round(j['lr'], 6), round(j['weight_decay'], 6), j['lr_schedule'], j['seed'], j['precision']))"
+}
+timeout -s KILL 60 "$G" train --spec "$settings" --max-steps 2 --no-eval --json "$WORK/settings.json" \
+  >"$WORK/settings.out" 2>&1 || fail "gflex train --spec settings: $(tail -3 "$WORK/settings.out")"
+got=$(settings_of "$WORK/settings.json")
+if [ "$got" = "sgd 32 0.05 0.01 constant 7 fp32" ]; then
+  echo "ok: gflex train --spec takes the spec's settings ($got)"
+else
+  fail "gflex train --spec: trained with '$got', the spec says 'sgd 32 0.05 0.01 constant 7 fp32'"
+fi
+timeout -s KILL 60 "$G" train --spec "$settings" --max-steps 2 --no-eval --batch-size 8 --lr 0.1 \
+  --weight-decay 0 --seed 3 --json "$WORK/settings.json" >"$WORK/settings.out" 2>&1 ||
+  fail "gflex train --spec with flags: $(tail -3 "$WORK/settings.out")"
+got=$(settings_of "$WORK/settings.json")
+if [ "$got" = "sgd 8 0.1 0.0 constant 3 fp32" ]; then
+  echo "ok: flags given take the place of the spec's settings ($got)"
+else
+  fail "gflex train --spec with flags: trained with '$got', not 'sgd 8 0.1 0.0 constant 3 fp32'"
+fi
+
 start_cluster 2
 submit_job mine "$mine" 240
 state=$(json_get "$WORK/mine.json" "j['state']")
