@@ -783,6 +783,30 @@ class graph_model final : public detail::model_base {
   uint64_t layout_epoch_ = 0;  // bumped when a lazily allocated buffer is (re)allocated
 };
 
+/// Values an evaluation may hold for all its samples' activations at once: 256 MiB of fp32.
+/// The core evaluates every job's model on its own CPU, so a model with large activations
+/// (long attention contexts most of all) is evaluated in smaller batches, never one that
+/// the core cannot hold.
+constexpr double k_eval_budget_values = double(int64_t{1} << 26);
+
+/// Values one sample's forward pass holds: every layer's output, and each attention's
+/// projections, context and [heads, t, t] probabilities (the planner's activation bound counts
+/// the outputs only).
+double forward_values_per_sample(const model_plan& plan) {
+  double values = 0.0;
+  for (const auto& shape : plan.values) {
+    double n = 1.0;
+    for (int64_t e : shape) n *= static_cast<double>(e);
+    values += n;
+  }
+  for (const auto& l : plan.layers) {
+    if (l.spec.kind != layer_kind::attention || l.in_shape.size() != 2) continue;
+    const double t = static_cast<double>(l.in_shape[0]), d = static_cast<double>(l.in_shape[1]);
+    values += 4.0 * t * d + static_cast<double>(l.spec.heads) * t * t;
+  }
+  return values;
+}
+
 class graph_workload final : public workload {
  public:
   graph_workload(std::string label, model_plan plan, std::string model_text,
@@ -790,7 +814,8 @@ class graph_workload final : public workload {
       : label_(std::move(label)),
         plan_(std::move(plan)),
         text_(std::move(model_text)),
-        data_(std::move(data)) {}
+        data_(std::move(data)),
+        eval_batch_(eval_batch_for(plan_)) {}
 
   std::string name() const override { return label_; }
   std::string describe() const override {
@@ -801,10 +826,7 @@ class graph_workload final : public workload {
   }
   int64_t feature_dim() const override { return plan_.sample_values; }
   bool token_input() const override { return plan_.spec.vocab > 0; }
-  int64_t eval_batch() const override {
-    // Attention keeps [heads, t, t] probabilities per sample: evaluate in small batches.
-    return plan_.spec.vocab > 0 ? 16 : 1000;
-  }
+  int64_t eval_batch() const override { return eval_batch_; }
   int64_t classes() const override { return plan_.classes; }
   std::string model_text() const override { return text_; }
 
@@ -883,6 +905,15 @@ class graph_workload final : public workload {
   model_plan plan_;
   std::string text_;
   std::function<expected<dataset_splits>()> data_;
+  int64_t eval_batch_;
+
+  // As many samples as k_eval_budget_values holds (at least one), at most 16 for a token
+  // model and 1,000 for any other: past those, a larger batch hardly evaluates faster.
+  static int64_t eval_batch_for(const model_plan& plan) {
+    const double fits = k_eval_budget_values / std::max(1.0, forward_values_per_sample(plan));
+    const int64_t most = plan.spec.vocab > 0 ? 16 : 1000;
+    return std::clamp<int64_t>(static_cast<int64_t>(std::min(fits, 1e6)), 1, most);
+  }
 };
 
 }  // namespace

@@ -706,6 +706,28 @@ layers = [ { type = "linear", units = 32 }, { type = "relu" },
           "data.set: fashion-mnist has 10 classes, the model's loss takes 7");
   }
 
+  TEST_CASE("evaluation batches fit a budget: a long attention context evaluates few at once") {
+    // The core evaluates every job's model on its CPU: 1,000 samples of a model whose
+    // attention keeps 2 x 2,048 x 2,048 probabilities each would be 34 GB.
+    CHECK(graph(R"([model]
+input = [784]
+layers = [ { type = "linear", units = 32 }, { type = "relu" },
+           { type = "linear", units = 10 }, { type = "softmax_xent" } ])")
+              ->eval_batch() == 1000);
+    const auto long_context = graph(R"([model]
+input = [2048, 8]
+layers = [ { type = "attention", heads = 2 }, { type = "flatten" },
+           { type = "linear", units = 10 }, { type = "softmax_xent" } ])");
+    CHECK(long_context->eval_batch() >= 1);
+    CHECK(long_context->eval_batch() <= (int64_t{1} << 26) / (2 * 2048 * 2048));
+    CHECK(graph(R"([model]
+input = [16]
+vocab = 32
+layers = [ { type = "embedding", dim = 8 }, { type = "attention", heads = 2 },
+           { type = "linear", units = 32 }, { type = "next_token_xent" } ])")
+              ->eval_batch() == 16);
+  }
+
   TEST_CASE("token data: windows overlap by one byte and the held-out split is every tenth") {
     std::vector<uint8_t> bytes(1000);
     for (size_t i = 0; i < bytes.size(); ++i) bytes[i] = static_cast<uint8_t>(i % 251);
