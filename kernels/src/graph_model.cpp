@@ -125,8 +125,13 @@ class graph_model final : public detail::model_base {
     passes_ = 0;  // dropout masks restart with the optimiser: a re-computation draws the same
   }
 
+  // Forward, weight gradient and, where the layer's input needs one, input gradient: a layer
+  // reading the model's input computes no gradient of the data (counting one overstated
+  // fashion-mlp's GEMM rate by a third).
   double train_step_gemm_flops(int64_t batch) const override {
-    return 3.0 * plan_.forward_flops * static_cast<double>(batch);
+    double flops = 0.0;
+    for (const auto& l : plan_.layers) flops += l.flops * (needs_grad(l.input) ? 3.0 : 2.0);
+    return flops * static_cast<double>(batch);
   }
 
   bool gathers_rows() const override { return !tokens(); }

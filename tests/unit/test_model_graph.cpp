@@ -706,6 +706,20 @@ layers = [ { type = "linear", units = 32 }, { type = "relu" },
           "data.set: fashion-mnist has 10 classes, the model's loss takes 7");
   }
 
+  TEST_CASE("a training step's GEMM FLOPs: no gradient of the data is counted") {
+    // 784-32-10: the first layer's forward and weight gradient, the second's forward and
+    // both gradients, 2 FLOPs a multiply-add, per sample.
+    auto w = graph(R"([model]
+input = [784]
+layers = [ { type = "linear", units = 32 }, { type = "relu" },
+           { type = "linear", units = 10 }, { type = "softmax_xent" } ])");
+    auto be = make_cpu_backend(1);
+    auto m = w->instantiate(*be, 4);
+    REQUIRE(m.has_value());
+    CHECK((*m)->train_step_gemm_flops(4) ==
+          doctest::Approx(4.0 * 2.0 * (784 * 32 * 2 + 32 * 10 * 3)));
+  }
+
   TEST_CASE("evaluation batches fit a budget: a long attention context evaluates few at once") {
     // The core evaluates every job's model on its CPU: 1,000 samples of a model whose
     // attention keeps 2 x 2,048 x 2,048 probabilities each would be 34 GB.
