@@ -200,6 +200,11 @@ void pull_answer(session_actor* self, std::shared_ptr<answer_pull> p) {
               p->in_flight -= 1;
               if (p->ended) return;
               core_metrics::bytes("in", "update_chunk").inc(static_cast<double>(bytes.size()));
+              // A chunk that arrives is a sign of life: the node's heartbeats travel behind the
+              // chunks already on its connection, and over a slow uplink would reach the core
+              // after its lease (a 16 Mbit/s uplink takes 16 s to send four chunks of 8 MiB).
+              caf::anon_send(self->state.registry, beat_atom::value, self->state.who.node_id,
+                             dropped_total(self));
               if (auto added = p->parts->add(i, bytes); !added) {
                 auto& st = self->state;
                 spdlog::warn("session of node {} ({}): answer {:016x}: {}", st.who.node_id,

@@ -61,4 +61,53 @@ echo "ok: the node joined again after the heal"
 
 expect_job_done "$job" 0.885
 echo "ok: $job done across the partition, test accuracy $FINAL_ACCURACY"
+
+# -- a slow uplink: what the far node sends limited to 16 Mbit/s -------------------------
+# A 3M-parameter model's fp32 update, 12 MB, takes 6 s to leave it: three times the lease.
+# Its heartbeats travel behind the update's chunks on the same connection; the core counts
+# each chunk that arrives as a sign of life, and the chunks are small enough (1 MiB: half a
+# second here) that the node keeps its session while it uploads.
+ip netns exec "$ns" tc qdisc add dev "$node_if" root tbf rate 16mbit burst 64kb latency 400ms
+missed_before=$(grep -c "(far) missed its heartbeats" "$WORK/core.log")
+far_validated() {  # the updates of the far node the core has taken so far
+  local line
+  line=$("$G" nodes --core "$core" | grep " far ")
+  sed -nE 's/.* validated ([0-9]+) .*/\1/p' <<<"$line"
+}
+validated_before=$(far_validated)
+cat >"$WORK/wide.toml" <<'TOML'
+[job]
+name = "wide"
+rounds = 2
+workers = 3
+
+[inner]
+local_steps = 3
+batch_size = 32
+
+[wire]
+compression = "fp32"
+
+[round]
+# No backup copies: the far node's updates are waited for, not raced by the near nodes'.
+backup_after = 0.0
+
+[data]
+set = "fashion-mnist"
+
+[model]
+input = [784]
+layers = [ { type = "linear", units = 3800 }, { type = "relu" },
+           { type = "linear", units = 10 }, { type = "softmax_xent" } ]
+TOML
+"$G" submit "$WORK/wide.toml" --core "$core" --json "$WORK/wide.json" >/dev/null || fail "submit wide"
+job=$(json_get "$WORK/wide.json" "j['job_id']")
+expect_job_done "$job" 0.1
+missed=$(($(grep -c "(far) missed its heartbeats" "$WORK/core.log") - missed_before))
+taken=$(($(far_validated) - ${validated_before:-0}))
+if [ "$missed" -eq 0 ] && [ "$taken" -ge 1 ]; then
+  echo "ok: over a 16 Mbit/s uplink the far node kept its session and $taken of its updates were taken"
+else
+  fail "over a 16 Mbit/s uplink: $missed session(s) lost, $taken update(s) of the far node taken"
+fi
 finish

@@ -83,8 +83,10 @@ struct core_config {
   uint32_t chunk_queue = 64;
   /// Parameters, updates and exported models larger than this travel between processes as
   /// content-addressed chunks of this size (KiB, 16 to 65536): one network message is capped
-  /// at 128 MiB, which whole payloads would limit to about 33 million fp32 parameters.
-  uint32_t payload_chunk_kib = 8192;
+  /// at 128 MiB, which whole payloads would limit to about 33 million fp32 parameters. Small
+  /// enough that a chunk crosses a slow volunteer uplink well within the lease (1 MiB at 16
+  /// Mbit/s: half a second; the core counts each chunk that arrives as a sign of life).
+  uint32_t payload_chunk_kib = 1024;
   /// Training samples per data shard of a built-in data set (1 to 1,000,000). A round gives
   /// each of a job's workers its own shard, so a job may have at most train samples / this
   /// many workers: Fashion-MNIST's 60,000 make 20 shards of 3,000 by default, 1,000 of 60.
