@@ -2,7 +2,9 @@
 # A network partition: one node runs in its own network namespace behind a veth link
 # (bandwidth-limited with tc tbf), the link is cut mid-job and healed. The core gives the
 # node up after its lease and reassigns its work; after the heal the node joins again by
-# itself; the job finishes. Needs root and iproute2 (CI runs as root).
+# itself; the job finishes. Then the node's uplink is limited to 16 Mbit/s and a job whose
+# updates take longer than the lease to send runs: the node keeps its session and its
+# updates are taken. Needs root and iproute2 (CI runs as root).
 source "$(dirname "$0")/lib.sh"
 G="$BIN/gflex"
 if [ "$(id -u)" -ne 0 ] || ! command -v ip >/dev/null || ! ip netns add "gfx-probe-$$" 2>/dev/null; then
