@@ -21,9 +21,21 @@ namespace {
 
 using chunk_handler = std::function<void(expected<std::vector<uint8_t>>)>;
 
+/// Chunk requests the cache keeps out to the core at once; the rest wait here. The core
+/// serves a node 4 chunks at once and lets 64 more wait, and disconnects a node that asks for
+/// more (docs/SECURITY.md): a node of many workers, each asking for its shard and prefetching
+/// the next at a round's start, would pass that over any link slower than loopback.
+constexpr size_t max_chunk_requests = 16;
+
 struct cache_state {
   std::filesystem::path dir;
   caf::actor server;
+  /// Chunk requests to the server not yet answered, by a number of their own: a session
+  /// that ends leaves its requests unanswered (until their timeout), so a new server fails
+  /// them at once and frees their slots.
+  std::map<uint64_t, chunk_handler> out;
+  uint64_t last_request = 0;
+  std::deque<std::pair<std::string, chunk_handler>> waiting;  ///< For a request slot.
   /// Decoded shards nobody has asked for yet (prefetched), oldest first.
   std::deque<std::pair<std::string, std::shared_ptr<const dataset>>> ready;
   /// Shards being fetched or decoded, with the workers waiting for each (none for a
@@ -38,6 +50,10 @@ struct cache_state {
 
 using cache_actor_type = caf::stateful_actor<cache_state>;
 
+void request_chunk(cache_actor_type* self, const std::string& digest, chunk_handler done);
+chunk_handler take_request(cache_actor_type* self, uint64_t id);
+void ask_waiting(cache_actor_type* self);
+
 // The chunk from disk when its file is intact, else from the data server (kept on disk).
 // `done` runs on this actor, now or when the server answers.
 void fetch_chunk(cache_actor_type* self, const std::string& digest, chunk_handler done) {
@@ -48,19 +64,58 @@ void fetch_chunk(cache_actor_type* self, const std::string& digest, chunk_handle
     std::error_code ec;
     std::filesystem::remove(file, ec);
   }
-  if (!self->state.server) return done(error(errc::io_error, "no data server yet (not joined)"));
-  self->request(self->state.server, std::chrono::seconds(120), chunk_atom::value, digest)
+  request_chunk(self, digest, std::move(done));
+}
+
+// Asks the server for the chunk when a request slot is free, else queues the ask.
+void request_chunk(cache_actor_type* self, const std::string& digest, chunk_handler done) {
+  auto& st = self->state;
+  if (st.out.size() >= max_chunk_requests) {
+    st.waiting.emplace_back(digest, std::move(done));
+    return;
+  }
+  if (!st.server) return done(error(errc::io_error, "no data server yet (not joined)"));
+  const uint64_t id = ++st.last_request;
+  st.out.emplace(id, std::move(done));
+  const auto file = st.dir / digest;
+  self->request(st.server, std::chrono::seconds(120), chunk_atom::value, digest)
       .then(
           [=](std::vector<uint8_t>& bytes) {
+            auto handler = take_request(self, id);
+            if (!handler) return;  // failed already: its session ended
             node_metrics::bytes("in", "chunk").inc(static_cast<double>(bytes.size()));
             if (digest_hex(bytes) != digest)
-              return done(
+              return handler(
                   error(errc::malformed_message, "chunk " + digest + " failed verification"));
             if (auto ok = write_file_atomically(file, bytes); !ok)
               spdlog::warn("cache: {}", ok.error().message());
-            done(std::move(bytes));
+            handler(std::move(bytes));
           },
-          [=](caf::error& e) { done(from_caf(e)); });
+          [=](caf::error& e) {
+            if (auto handler = take_request(self, id)) handler(from_caf(e));
+          });
+}
+
+// The handler of request `id` if it is still out (empty if not), its slot given to the next
+// ask waiting.
+chunk_handler take_request(cache_actor_type* self, uint64_t id) {
+  auto& st = self->state;
+  auto it = st.out.find(id);
+  if (it == st.out.end()) return {};
+  chunk_handler handler = std::move(it->second);
+  st.out.erase(it);
+  ask_waiting(self);
+  return handler;
+}
+
+// Sends the asks waiting for a slot, as many as there are slots.
+void ask_waiting(cache_actor_type* self) {
+  auto& st = self->state;
+  while (st.out.size() < max_chunk_requests && !st.waiting.empty()) {
+    auto ask = std::move(st.waiting.front());
+    st.waiting.pop_front();
+    request_chunk(self, ask.first, std::move(ask.second));
+  }
 }
 
 // Fetches and decodes a shard once however many ask; those waiting get it when it is done, a
@@ -100,7 +155,18 @@ caf::behavior cache_actor(cache_actor_type* self, std::filesystem::path dir) {
   std::filesystem::create_directories(dir, ec);
   self->state.dir = std::move(dir);
   return {
-      [=](serve_atom, caf::actor& server) { self->state.server = std::move(server); },
+      [=](serve_atom, caf::actor& server) {
+        auto& st = self->state;
+        if (server == st.server) return;
+        st.server = std::move(server);
+        // The requests to the last server will not be answered: failed now, not after their
+        // timeout, so that they hold no slot (nor a worker waiting for its shard).
+        auto stale = std::move(st.out);
+        st.out.clear();
+        for (auto& [id, handler] : stale)
+          handler(error(errc::io_error, "the session the chunk was asked of ended"));
+        ask_waiting(self);
+      },
       [=](chunk_atom, const std::string& digest) -> caf::result<std::vector<uint8_t>> {
         if (!is_digest_hex(digest))
           return to_caf(error(errc::invalid_argument, "not a chunk digest"));
