@@ -872,6 +872,17 @@ __global__ void softmax_backward_kernel(const float* p, float* dp, int64_t rows,
 /// The most columns a warp holds in registers.
 constexpr int64_t k_register_row_cols = 32 * k_warp;
 
+/// Loads a row of `cols` values into a warp's registers, lane `lane` holding columns lane,
+/// lane + 32, ...; zeros past the row's end.
+template <int PerLane>
+__device__ inline void load_row(const float* row, int lane, int64_t cols, float (&v)[PerLane]) {
+#pragma unroll
+  for (int i = 0; i < PerLane; ++i) {
+    const int64_t j = lane + static_cast<int64_t>(i) * k_warp;
+    v[i] = j < cols ? row[j] : 0.0f;
+  }
+}
+
 /// Layer norm (or RMS norm) forward, one warp per row of at most 32 * PerLane columns: as
 /// norm_forward_kernel. y may be x (the row is in registers before anything is written).
 template <bool Rms, int PerLane>
@@ -884,13 +895,8 @@ __global__ void norm_forward_rows_kernel(const float* x, const float* gamma, con
   // The loop bound depends only on the warp, so all 32 lanes take part in every shuffle.
   for (int64_t row = static_cast<int64_t>(blockIdx.x) * k_warps_per_block + warp; row < rows;
        row += warps_in_grid) {
-    const float* xr = x + row * cols;
     float v[PerLane];
-#pragma unroll
-    for (int i = 0; i < PerLane; ++i) {
-      const int64_t j = lane + static_cast<int64_t>(i) * k_warp;
-      v[i] = j < cols ? xr[j] : 0.0f;
-    }
+    load_row(x + row * cols, lane, cols, v);
     double mean = 0.0;
     if (!Rms) {
       double acc = 0.0;
@@ -937,22 +943,18 @@ __global__ void norm_backward_dx_rows_kernel(const float* x, const float* gamma,
   const int64_t warps_in_grid = static_cast<int64_t>(gridDim.x) * k_warps_per_block;
   for (int64_t row = static_cast<int64_t>(blockIdx.x) * k_warps_per_block + warp; row < rows;
        row += warps_in_grid) {
-    const float* xr = x + row * cols;
-    const float* dyr = dy + row * cols;
     const float m = Rms ? 0.0f : mean[row];
     const float r = rstd[row];
     float xv[PerLane];
     float dyv[PerLane];
+    load_row(x + row * cols, lane, cols, xv);
+    load_row(dy + row * cols, lane, cols, dyv);
     double sum_g = 0.0;
     double sum_gx = 0.0;
 #pragma unroll
     for (int i = 0; i < PerLane; ++i) {
       const int64_t j = lane + static_cast<int64_t>(i) * k_warp;
-      xv[i] = 0.0f;
-      dyv[i] = 0.0f;
       if (j < cols) {
-        xv[i] = xr[j];
-        dyv[i] = dyr[j];
         const double g = static_cast<double>(dyv[i]) * gamma[j];  // exact in double
         const float xhat = Rms ? xv[i] * r : (xv[i] - m) * r;
         sum_g += g;
@@ -1025,22 +1027,15 @@ __global__ void softmax_backward_rows_kernel(const float* p, float* dp, int64_t 
   const int64_t warps_in_grid = static_cast<int64_t>(gridDim.x) * k_warps_per_block;
   for (int64_t row = static_cast<int64_t>(blockIdx.x) * k_warps_per_block + warp; row < rows;
        row += warps_in_grid) {
-    const float* pr = p + row * cols;
     float* dpr = dp + row * cols;
     float pv[PerLane];
     float dv[PerLane];
+    load_row(p + row * cols, lane, cols, pv);
+    load_row(dpr, lane, cols, dv);
     double dot = 0.0;
 #pragma unroll
-    for (int i = 0; i < PerLane; ++i) {
-      const int64_t j = lane + static_cast<int64_t>(i) * k_warp;
-      pv[i] = 0.0f;
-      dv[i] = 0.0f;
-      if (j < cols) {
-        pv[i] = pr[j];
-        dv[i] = dpr[j];
-        dot += static_cast<double>(pv[i]) * dv[i];
-      }
-    }
+    for (int i = 0; i < PerLane; ++i)
+      if (lane + static_cast<int64_t>(i) * k_warp < cols) dot += static_cast<double>(pv[i]) * dv[i];
     const auto d = static_cast<float>(warp_sum(dot));
 #pragma unroll
     for (int i = 0; i < PerLane; ++i) {
@@ -1141,6 +1136,25 @@ bool with_register_rows(int64_t cols, Launch&& launch) {
     return false;
   }
   return true;
+}
+
+/// Calls `f(std::true_type{})` or `f(std::false_type{})` as `value` is: a flag known only
+/// at run time as a kernel's template argument.
+template <typename F>
+void with_flag(bool value, F&& f) {
+  if (value)
+    f(std::true_type{});
+  else
+    f(std::false_type{});
+}
+
+/// Launches a row kernel through `rows` (called as with_register_rows calls it) where a warp
+/// holds `cols` columns in registers (up to 32 * MaxPerLane), else through `blocks` (a
+/// kernel of another shape), and checks the launch.
+template <int MaxPerLane = 32, typename Rows, typename Blocks>
+void launch_by_width(int64_t cols, Rows&& rows, Blocks&& blocks) {
+  if (!with_register_rows<MaxPerLane>(cols, rows)) blocks();
+  GFLEX_CUDA_CHECK_LAUNCH();
 }
 
 /// Blocks for a kernel with one (k_tile_cols x k_tile_rows) block per tile of k_tile_cols
@@ -1426,29 +1440,21 @@ void launch_dropout_mask(launch_config launch, int64_t n, float rate, float keep
 void launch_norm_forward(launch_config launch, bool rms, const float* x, const float* gamma,
                          const float* beta, int64_t rows, int64_t cols, float eps, float* y,
                          float* mean_out, float* rstd_out) {
-  const bool in_registers = with_register_rows(cols, [&](auto per_lane) {
-    constexpr int n = decltype(per_lane)::value;
-    const unsigned blocks = warp_row_blocks(launch, rows);
-    if (rms)
-      norm_forward_rows_kernel<true, n><<<blocks, k_block, 0, launch.stream>>>(
-          x, gamma, nullptr, rows, cols, eps, y, mean_out, rstd_out);
-    else
-      norm_forward_rows_kernel<false, n><<<blocks, k_block, 0, launch.stream>>>(
-          x, gamma, beta, rows, cols, eps, y, mean_out, rstd_out);
+  with_flag(rms, [&](auto rms_flag) {
+    constexpr bool r = decltype(rms_flag)::value;
+    const float* b = r ? nullptr : beta;  // RMS norm has no shift
+    launch_by_width(
+        cols,
+        [&](auto per_lane) {
+          norm_forward_rows_kernel<r, decltype(per_lane)::value>
+              <<<warp_row_blocks(launch, rows), k_block, 0, launch.stream>>>(
+                  x, gamma, b, rows, cols, eps, y, mean_out, rstd_out);
+        },
+        [&] {
+          norm_forward_kernel<r><<<at_most_one_wave(launch, rows), k_block, 0, launch.stream>>>(
+              x, gamma, b, rows, cols, eps, y, mean_out, rstd_out);
+        });
   });
-  if (in_registers) {
-    GFLEX_CUDA_CHECK_LAUNCH();
-    return;
-  }
-  const unsigned blocks = at_most_one_wave(launch, rows);
-  if (rms) {
-    norm_forward_kernel<true><<<blocks, k_block, 0, launch.stream>>>(x, gamma, nullptr, rows, cols,
-                                                                     eps, y, mean_out, rstd_out);
-  } else {
-    norm_forward_kernel<false><<<blocks, k_block, 0, launch.stream>>>(x, gamma, beta, rows, cols,
-                                                                      eps, y, mean_out, rstd_out);
-  }
-  GFLEX_CUDA_CHECK_LAUNCH();
 }
 
 void launch_norm_backward_dx(launch_config launch, bool rms, const float* x, const float* gamma,
@@ -1458,29 +1464,21 @@ void launch_norm_backward_dx(launch_config launch, bool rms, const float* x, con
   // norm_backward from 2.39 to 1.72 ms at 256 columns, but from 3.85 to 5.19 ms at 768 (32
   // values a lane of x and of dy, and the double sums: more than a thread's registers
   // hold), where the block per row stays.
-  const bool in_registers = with_register_rows<16>(cols, [&](auto per_lane) {
-    constexpr int n = decltype(per_lane)::value;
-    const unsigned blocks = warp_row_blocks(launch, rows);
-    if (rms)
-      norm_backward_dx_rows_kernel<true, n><<<blocks, k_block, 0, launch.stream>>>(
-          x, gamma, dy, nullptr, rstd, rows, cols, dx, accumulate);
-    else
-      norm_backward_dx_rows_kernel<false, n><<<blocks, k_block, 0, launch.stream>>>(
-          x, gamma, dy, mean, rstd, rows, cols, dx, accumulate);
+  with_flag(rms, [&](auto rms_flag) {
+    constexpr bool r = decltype(rms_flag)::value;
+    const float* m = r ? nullptr : mean;  // RMS norm has no mean
+    launch_by_width<16>(
+        cols,
+        [&](auto per_lane) {
+          norm_backward_dx_rows_kernel<r, decltype(per_lane)::value>
+              <<<warp_row_blocks(launch, rows), k_block, 0, launch.stream>>>(
+                  x, gamma, dy, m, rstd, rows, cols, dx, accumulate);
+        },
+        [&] {
+          norm_backward_dx_kernel<r><<<at_most_one_wave(launch, rows), k_block, 0, launch.stream>>>(
+              x, gamma, dy, m, rstd, rows, cols, dx, accumulate);
+        });
   });
-  if (in_registers) {
-    GFLEX_CUDA_CHECK_LAUNCH();
-    return;
-  }
-  const unsigned blocks = at_most_one_wave(launch, rows);
-  if (rms) {
-    norm_backward_dx_kernel<true><<<blocks, k_block, 0, launch.stream>>>(
-        x, gamma, dy, nullptr, rstd, rows, cols, dx, accumulate);
-  } else {
-    norm_backward_dx_kernel<false><<<blocks, k_block, 0, launch.stream>>>(
-        x, gamma, dy, mean, rstd, rows, cols, dx, accumulate);
-  }
-  GFLEX_CUDA_CHECK_LAUNCH();
 }
 
 void launch_norm_param_grad(launch_config launch, bool rms, const float* x, const float* dy,
@@ -1576,34 +1574,33 @@ void launch_embedding_backward(launch_config launch, const int32_t* ids, const f
 }
 
 void launch_causal_softmax(launch_config launch, float* s, int64_t rows, int64_t t, float scale) {
-  const bool in_registers = with_register_rows(t, [&](auto per_lane) {
-    constexpr int n = decltype(per_lane)::value;
-    causal_softmax_rows_kernel<n>
-        <<<warp_row_blocks(launch, rows), k_block, 0, launch.stream>>>(s, rows, t, scale);
-  });
-  if (in_registers) {
-    GFLEX_CUDA_CHECK_LAUNCH();
-    return;
-  }
-  causal_softmax_kernel<<<warp_row_blocks(launch, rows), k_block, 0, launch.stream>>>(s, rows, t,
-                                                                                      scale);
-  GFLEX_CUDA_CHECK_LAUNCH();
+  launch_by_width(
+      t,
+      [&](auto per_lane) {
+        constexpr int n = decltype(per_lane)::value;
+        causal_softmax_rows_kernel<n>
+            <<<warp_row_blocks(launch, rows), k_block, 0, launch.stream>>>(s, rows, t, scale);
+      },
+      [&] {
+        causal_softmax_kernel<<<warp_row_blocks(launch, rows), k_block, 0, launch.stream>>>(
+            s, rows, t, scale);
+      });
 }
 
 void launch_softmax_backward(launch_config launch, const float* p, float* dp, int64_t rows,
                              int64_t cols, float scale) {
-  const bool in_registers = with_register_rows(cols, [&](auto per_lane) {
-    constexpr int n = decltype(per_lane)::value;
-    softmax_backward_rows_kernel<n>
-        <<<warp_row_blocks(launch, rows), k_block, 0, launch.stream>>>(p, dp, rows, cols, scale);
-  });
-  if (in_registers) {
-    GFLEX_CUDA_CHECK_LAUNCH();
-    return;
-  }
-  softmax_backward_kernel<<<warp_row_blocks(launch, rows), k_block, 0, launch.stream>>>(
-      p, dp, rows, cols, scale);
-  GFLEX_CUDA_CHECK_LAUNCH();
+  launch_by_width(
+      cols,
+      [&](auto per_lane) {
+        constexpr int n = decltype(per_lane)::value;
+        softmax_backward_rows_kernel<n>
+            <<<warp_row_blocks(launch, rows), k_block, 0, launch.stream>>>(p, dp, rows, cols,
+                                                                           scale);
+      },
+      [&] {
+        softmax_backward_kernel<<<warp_row_blocks(launch, rows), k_block, 0, launch.stream>>>(
+            p, dp, rows, cols, scale);
+      });
 }
 
 void launch_mse_onehot(launch_config launch, const float* y, const int32_t* labels, int64_t rows,

@@ -6,23 +6,11 @@
 # it for them, and a job of 70 workers runs on it to the end. Needs root and iproute2.
 source "$(dirname "$0")/lib.sh"
 G="$BIN/gflex"
-if [ "$(id -u)" -ne 0 ] || ! command -v ip >/dev/null || ! ip netns add "gfx-probe-$$" 2>/dev/null; then
-  echo "skipped: network namespaces need root and iproute2"
-  exit 77  # CTest's SKIP_RETURN_CODE: reported as skipped, not passed
-fi
-ip netns del "gfx-probe-$$"
-
 ns=gfb-$$
 host_if=gbh$$
 node_if=gbn$$
 net=10.253.$((RANDOM % 200 + 20))
-teardown() {
-  ip link del "$host_if" 2>/dev/null || true
-  ip netns del "$ns" 2>/dev/null || true
-}
-trap 'cleanup; teardown' EXIT
-ip netns add "$ns"
-veth_into "$ns" "$host_if" "$node_if" "$net"
+netns_or_skip "$ns" "$host_if" "$node_if" "$net"
 # What the core sends the node: 50 Mbit/s, so that the node's requests wait at the core.
 tc qdisc add dev "$host_if" root tbf rate 50mbit burst 256kb latency 400ms
 

@@ -61,7 +61,26 @@ wait_for() {
   done
 }
 
-# A TCP port nothing listens on, from the dynamic range.
+# netns_or_skip NS HOST_IF NS_IF NET: the network namespace NS joined to this one by a veth
+# pair (veth_into), both removed when the test ends; where namespaces cannot be made (not
+# root, no iproute2) the test exits 77, which CTest reports as skipped, not passed.
+netns_or_skip() {
+  if [ "$(id -u)" -ne 0 ] || ! command -v ip >/dev/null || ! ip netns add "gfx-probe-$$" 2>/dev/null; then
+    echo "skipped: network namespaces need root and iproute2"
+    exit 77
+  fi
+  ip netns del "gfx-probe-$$"
+  NETNS=$1 NETNS_HOST_IF=$2
+  trap 'cleanup; netns_teardown' EXIT
+  ip netns add "$1"
+  veth_into "$@"
+}
+
+netns_teardown() {
+  ip link del "$NETNS_HOST_IF" 2>/dev/null || true
+  ip netns del "$NETNS" 2>/dev/null || true
+}
+
 # veth_into NS HOST_IF NS_IF NET: joins network namespace NS (made already) to this one by a
 # veth pair, HOST_IF with NET.1/30 here and NS_IF with NET.2/30 there, loopback up inside.
 veth_into() {

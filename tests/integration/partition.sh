@@ -7,23 +7,11 @@
 # updates are taken. Needs root and iproute2 (CI runs as root).
 source "$(dirname "$0")/lib.sh"
 G="$BIN/gflex"
-if [ "$(id -u)" -ne 0 ] || ! command -v ip >/dev/null || ! ip netns add "gfx-probe-$$" 2>/dev/null; then
-  echo "skipped: network namespaces need root and iproute2"
-  exit 77  # CTest's SKIP_RETURN_CODE: reported as skipped, not passed
-fi
-ip netns del "gfx-probe-$$"
-
 ns=gfx-$$
 host_if=gfh$$
 node_if=gfn$$
 net=10.254.$((RANDOM % 200 + 20))
-teardown() {
-  ip link del "$host_if" 2>/dev/null || true
-  ip netns del "$ns" 2>/dev/null || true
-}
-trap 'cleanup; teardown' EXIT
-ip netns add "$ns"
-veth_into "$ns" "$host_if" "$node_if" "$net"
+netns_or_skip "$ns" "$host_if" "$node_if" "$net"
 # A volunteer's uplink: 200 Mbit/s.
 tc qdisc add dev "$host_if" root tbf rate 200mbit burst 256kb latency 200ms
 
