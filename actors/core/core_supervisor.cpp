@@ -109,6 +109,7 @@ job_links links_of(const core_children& c, std::shared_ptr<data_catalog> catalog
   links.max_jobs_per_account = config.max_jobs_per_account;
   links.accept_unverified = config.unverified == "accept";
   links.crash_at_round = config.crash_job_at_round;
+  links.ledger_wait = std::chrono::milliseconds(config.ledger_wait_ms);
   return links;
 }
 
@@ -136,8 +137,9 @@ std::vector<node_status> merge_reputation(std::vector<node_status> nodes,
 // The core's store actor: over the store the caller opened (the replicated one, kept across
 // restarts of the actor), or over LMDB in the data directory (reopened).
 expected<caf::actor> open_core_store(caf::actor_system& sys, const core_config& config) {
-  if (config.shared_store) return spawn_store(sys, config.shared_store);
-  return spawn_store(sys, config.data_dir);
+  const std::chrono::milliseconds delay(config.store_commit_delay_ms);
+  if (config.shared_store) return spawn_store(sys, config.shared_store, delay);
+  return spawn_store(sys, config.data_dir, delay);
 }
 
 // Replaces the child that went down with a fresh one and tells the siblings that hold its
@@ -187,7 +189,7 @@ caf::actor restart_child(core_actor_type* self, const caf::actor_addr& who) {
     tell(c.registry, "reputation", c.reputation);
     return c.reputation;
   } else if (who == c.ledger.address()) {
-    c.ledger = spawn_ledger_keeper(sys, c.store);
+    c.ledger = spawn_ledger_keeper(sys, c.store, std::chrono::milliseconds(st.config.ledger_wait_ms));
     tell(c.jobs, "ledger", c.ledger);
     return c.ledger;
   } else if (who == c.gate.address()) {
@@ -531,7 +533,7 @@ expected<caf::actor> spawn_core(caf::actor_system& sys, const core_config& confi
   c.reputation = spawn_reputation_tracker(sys, c.store, c.market, c.gate, reputation_policy{});
   caf::anon_send(c.registry, update_atom::value, std::string("reputation"), c.reputation);
   c.verifier = spawn_verifier(sys, c.market, verifier_limits_of(config));
-  c.ledger = spawn_ledger_keeper(sys, c.store);
+  c.ledger = spawn_ledger_keeper(sys, c.store, std::chrono::milliseconds(config.ledger_wait_ms));
   c.jobs = spawn_job_supervisor(sys, links_of(c, catalog, config));
   return sys.spawn(core_actor, c, config, catalog);
 }

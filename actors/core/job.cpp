@@ -9,6 +9,7 @@
 #include <chrono>
 #include <cmath>
 #include <deque>
+#include <functional>
 #include <map>
 #include <optional>
 #include <set>
@@ -141,6 +142,11 @@ struct job_actor_state {
   bool holding = false;
   bool paused = false;
   bool paused_for_budget = false;  // re-tried when a round settles and frees escrow
+  // Drawn at the actor's start; names this run's ledger operations (ledger_op), so that a
+  // restarted job's operations never meet those of the run it replaces.
+  std::string run_id;
+  // Ledger operations whose outcome is being asked (ask_booked), by operation id.
+  std::map<std::string, std::function<void(bool)>> asking;
   // What the last durable commit holds; clients are shown these, never rounds that a crash
   // or a failed verification could still take back.
   int64_t durable_round = 0;
@@ -213,6 +219,47 @@ int64_t total_held(const job_actor_state& st) {
   return sum;
 }
 
+// The ledger's id of this run's operation `what` for round `index` (0-based).
+std::string ledger_op(const job_actor_state& st, const char* what, int64_t index) {
+  return st.job.id + "/" + st.run_id + "/" + what + "/" + std::to_string(index);
+}
+
+// Whether a failed ledger request may still have been booked: a timeout, or the keeper gone
+// with the request queued (CAF's own errors). The keeper's refusals are definite.
+bool outcome_unknown(const caf::error& e) {
+  return e.category() != error_category;
+}
+
+void ask_booked(job_actor* self, const std::string& op);
+
+// Learns whether the ledger booked operation `op` and calls `then` with the answer. The keeper
+// answers after every message sent to it before, and only once their outcome is known, so the
+// answer is definite; a question that goes unanswered is asked again a second later.
+void ask_booked(job_actor* self, const std::string& op, std::function<void(bool)> then) {
+  self->state.asking[op] = std::move(then);
+  ask_booked(self, op);
+}
+
+void ask_booked(job_actor* self, const std::string& op) {
+  auto& st = self->state;
+  self->request(st.links.ledger, st.links.ledger_wait, booked_atom::value, op)
+      .then(
+          [=](uint64_t seq) {
+            auto it = self->state.asking.find(op);
+            if (it == self->state.asking.end()) return;
+            auto then = std::move(it->second);
+            self->state.asking.erase(it);
+            spdlog::info("job {}: the ledger {} {}", self->state.job.id,
+                         seq != 0 ? "booked" : "did not book", op);
+            then(seq != 0);
+          },
+          [=](caf::error& e) {
+            spdlog::warn("job {}: cannot learn whether the ledger booked {} ({}); asking again",
+                         self->state.job.id, op, from_caf(e).message());
+            self->delayed_send(self, std::chrono::seconds(1), booked_atom::value, op);
+          });
+}
+
 void pause(job_actor* self, const std::string& why) {
   auto& st = self->state;
   st.paused = true;
@@ -254,42 +301,50 @@ void hold_round(job_actor* self) {
     return;
   }
   st.holding = true;
+  auto held = [=] {
+    auto& st = self->state;
+    st.holding = false;
+    if (st.finished) {
+      // The job ended (cancelled, failed) while the hold was on its way: `finish` returned
+      // what escrow held before it, so this hold goes back on its own.
+      std::vector<posting> back{{escrow_of(st), -hold}, {st.job.spec.account, hold}};
+      self->request(st.links.ledger, st.links.ledger_wait, transfer_atom::value,
+                    std::string("release"),
+                    st.job.id + " ended: round " + std::to_string(index + 1) + "'s escrow returned",
+                    std::move(back), ledger_op(st, "return", index))
+          .then([](uint64_t) {},
+                [=](caf::error& e) {
+                  spdlog::error("job {}: cannot return round {}'s escrow: {}", self->state.job.id,
+                                index + 1, from_caf(e).message());
+                });
+      return;
+    }
+    st.held[index] = hold;
+    st.job.status.credits_held = total_held(st);
+    dispatch(self);
+  };
+  auto refused = [=](const std::string& why) {
+    auto& st = self->state;
+    st.holding = false;
+    pause(self, "the account " + st.job.spec.account + " cannot hold round " +
+                    std::to_string(index + 1) + "'s escrow (" + format_credits(hold) +
+                    " credits): " + why + " (credit it, then gflex topup " + st.job.id +
+                    " AMOUNT)");
+  };
+  // A hold the ledger did not answer may still be booked: the job asks before it decides, so
+  // that escrow never holds what the job does not know of (a second hold after a top-up,
+  // stranded in escrow when the job ends).
+  const auto op = ledger_op(st, "hold", index);
   std::vector<posting> postings{{st.job.spec.account, -hold}, {escrow_of(st), hold}};
-  self->request(st.links.ledger, std::chrono::seconds(60), transfer_atom::value,
-                std::string("hold"), st.job.id + " round " + std::to_string(index + 1) + ": escrow",
-                std::move(postings))
-      .then(
-          [=](uint64_t) {
-            auto& st = self->state;
-            st.holding = false;
-            if (st.finished) {
-              // The job ended (cancelled, failed) while the hold was on its way: `finish`
-              // returned what escrow held before it, so this hold goes back on its own.
-              std::vector<posting> back{{escrow_of(st), -hold}, {st.job.spec.account, hold}};
-              self->request(st.links.ledger, std::chrono::seconds(60), transfer_atom::value,
-                            std::string("release"),
-                            st.job.id + " ended: round " + std::to_string(index + 1) +
-                                "'s escrow returned",
-                            std::move(back))
-                  .then([](uint64_t) {},
-                        [=](caf::error& e) {
-                          spdlog::error("job {}: cannot return round {}'s escrow: {}",
-                                        self->state.job.id, index + 1, from_caf(e).message());
-                        });
-              return;
-            }
-            st.held[index] = hold;
-            st.job.status.credits_held = total_held(st);
-            dispatch(self);
-          },
-          [=](caf::error& e) {
-            auto& st = self->state;
-            st.holding = false;
-            pause(self, "the account " + st.job.spec.account + " cannot hold round " +
-                            std::to_string(index + 1) + "'s escrow (" + format_credits(hold) +
-                            " credits): " + from_caf(e).message() +
-                            " (credit it, then gflex topup " + st.job.id + " AMOUNT)");
-          });
+  self->request(st.links.ledger, st.links.ledger_wait, transfer_atom::value, std::string("hold"),
+                st.job.id + " round " + std::to_string(index + 1) + ": escrow",
+                std::move(postings), op)
+      .then([=](uint64_t) { held(); },
+            [=](caf::error& e) {
+              const auto why = from_caf(e).message();
+              if (!outcome_unknown(e)) return refused(why);
+              ask_booked(self, op, [=](bool booked) { booked ? held() : refused(why); });
+            });
 }
 
 // What a round's applied results cost (billing.hpp) and the transaction that settles its
@@ -344,18 +399,29 @@ void finish(job_actor* self, job_state state, const std::string& detail) {
   store_batch batch;
   batch.keys.push_back(job_record_key(st.job.id));
   batch.values.push_back(encode_job_record(st.job.spec_text, st.job.status));
+  const auto op = ledger_op(st, "end", st.job.status.round);
+  const bool named = !release.empty();
   auto written =
-      metered(st) ? self->request(st.links.ledger, std::chrono::seconds(60), settle_atom::value,
+      metered(st) ? self->request(st.links.ledger, st.links.ledger_wait, settle_atom::value,
                                   std::string("release"),
                                   st.job.id + " ended (" + to_string(state) + "): escrow returned",
-                                  std::move(release), std::move(batch))
+                                  std::move(release), std::move(batch), named ? op : std::string())
                   : self->request(st.links.store, std::chrono::seconds(30), commit_atom::value,
                                   std::move(batch));
+  auto not_recorded = [=](const std::string& why) {
+    // The record still says running: a restarted core resumes the job and returns what
+    // escrow holds then.
+    spdlog::error("job {}: cannot record its end: {}", self->state.job.id, why);
+    self->quit();
+  };
   std::move(written).then([=](caf::ok_atom) { self->quit(); },
                           [=](caf::error& e) {
-                            spdlog::error("job {}: cannot record its end: {}", self->state.job.id,
-                                          self->system().render(e));
-                            self->quit();
+                            const auto why = self->system().render(e);
+                            if (!named || !outcome_unknown(e)) return not_recorded(why);
+                            ask_booked(self, op, [=](bool booked) {
+                              if (!booked) return not_recorded(why);
+                              self->quit();
+                            });
                           });
 }
 
@@ -650,49 +716,63 @@ void try_confirm(job_actor* self) {
   // checkpoint: a round is committed and paid, or neither.
   const settlement settled{{}, pay.hold, pay.paid, pay.hours, {}};
   const int64_t settled_index = u.index;
+  auto committed = [=] {
+    auto& st = self->state;
+    st.durable_round = round;
+    st.durable_accuracy = accuracy;
+    st.durable_loss = loss;
+    st.durable_nodes = nodes;
+    core_metrics::rounds_committed().inc();
+    spdlog::info("job {}: round {}/{} committed, loss {:.4f}, test accuracy {:.4f}", st.job.id,
+                 round, st.job.status.rounds, loss, accuracy);
+    if (last) {
+      finish(self, job_state::done, "");
+      return;
+    }
+    publish(self);
+    // A round waiting for escrow may fit the budget now that this one is settled.
+    if (st.paused_for_budget) {
+      st.paused_for_budget = false;
+      st.paused = false;
+      if (st.job.status.state == job_state::paused) {
+        st.job.status.state = job_state::running;
+        st.job.status.detail.clear();
+      }
+      hold_round(self);
+    }
+  };
+  auto not_committed = [=](const std::string& why) {
+    // The round was not settled: its hold goes back to escrow (and with the job's end to
+    // its account), and what it would have paid is not spent.
+    auto& st = self->state;
+    if (metered(st) && settled.hold > 0) {
+      st.held[settled_index] = settled.hold;
+      st.job.status.credits_spent -= settled.paid;
+      st.job.status.device_hours -= settled.hours;
+    }
+    finish(self, job_state::failed, "cannot commit round: " + why);
+  };
+  // A settlement the ledger did not answer may still be booked (and its record and
+  // checkpoint written with it): the job asks before it takes the round as lost, or it would
+  // return the round's hold a second time when it ends. Only a settlement with postings is
+  // booked as an operation (a round of no escrow and no pay moves nothing).
+  const bool named = metered(st) && !pay.postings.empty();
+  const auto op = ledger_op(st, "settle", u.index);
   auto written = metered(st)
-                     ? self->request(st.links.ledger, std::chrono::seconds(60), settle_atom::value,
+                     ? self->request(st.links.ledger, st.links.ledger_wait, settle_atom::value,
                                      std::string("settle"), std::move(pay.memo),
-                                     std::move(pay.postings), std::move(batch))
+                                     std::move(pay.postings), std::move(batch),
+                                     named ? op : std::string())
                      : self->request(st.links.store, std::chrono::seconds(60), commit_atom::value,
                                      std::move(batch));
-  std::move(written).then(
-      [=](caf::ok_atom) {
-        auto& st = self->state;
-        st.durable_round = round;
-        st.durable_accuracy = accuracy;
-        st.durable_loss = loss;
-        st.durable_nodes = nodes;
-        core_metrics::rounds_committed().inc();
-        spdlog::info("job {}: round {}/{} committed, loss {:.4f}, test accuracy {:.4f}", st.job.id,
-                     round, st.job.status.rounds, loss, accuracy);
-        if (last) {
-          finish(self, job_state::done, "");
-          return;
-        }
-        publish(self);
-        // A round waiting for escrow may fit the budget now that this one is settled.
-        if (st.paused_for_budget) {
-          st.paused_for_budget = false;
-          st.paused = false;
-          if (st.job.status.state == job_state::paused) {
-            st.job.status.state = job_state::running;
-            st.job.status.detail.clear();
-          }
-          hold_round(self);
-        }
-      },
-      [=](caf::error& e) {
-        // The round was not settled: its hold goes back to escrow (and with the job's end to
-        // its account), and what it would have paid is not spent.
-        auto& st = self->state;
-        if (metered(st) && settled.hold > 0) {
-          st.held[settled_index] = settled.hold;
-          st.job.status.credits_spent -= settled.paid;
-          st.job.status.device_hours -= settled.hours;
-        }
-        finish(self, job_state::failed, "cannot commit round: " + self->system().render(e));
-      });
+  std::move(written).then([=](caf::ok_atom) { committed(); },
+                          [=](caf::error& e) {
+                            const auto why = self->system().render(e);
+                            if (!named || !outcome_unknown(e)) return not_committed(why);
+                            ask_booked(self, op, [=](bool booked) {
+                              booked ? committed() : not_committed(why);
+                            });
+                          });
   if (!last) try_advance(self);
 }
 
@@ -1170,6 +1250,7 @@ caf::behavior job_behavior(job_actor* self, job_start start, job_links links) {
   auto& st = self->state;
   st.job = std::move(start);
   st.links = std::move(links);
+  st.run_id = fmt::format("{:016x}", fresh_assignment_id());
   // The last committed checkpoint, decoded here on the job's own thread.
   if (!st.job.checkpoint.empty()) {
     if (auto c = decode_checkpoint(st.job.checkpoint)) {
@@ -1294,16 +1375,23 @@ caf::behavior job_behavior(job_actor* self, job_start start, job_links links) {
                         if (info.balance <= 0) return go();
                         std::vector<posting> back{{info.id, -info.balance},
                                                   {st.job.spec.account, info.balance}};
-                        self->request(st.links.ledger, std::chrono::seconds(60),
+                        auto refused = [=](const std::string& why) {
+                          finish(self, job_state::failed, "cannot return stale escrow: " + why);
+                        };
+                        const auto op = ledger_op(st, "stale", st.job.status.round);
+                        self->request(st.links.ledger, st.links.ledger_wait,
                                       transfer_atom::value, std::string("release"),
                                       st.job.id +
                                           " resumed: escrow of an interrupted round "
                                           "returned",
-                                      std::move(back))
+                                      std::move(back), op)
                             .then([=](uint64_t) { go(); },
                                   [=](caf::error& e) {
-                                    finish(self, job_state::failed,
-                                           "cannot return stale escrow: " + from_caf(e).message());
+                                    const auto why = from_caf(e).message();
+                                    if (!outcome_unknown(e)) return refused(why);
+                                    ask_booked(self, op, [=](bool booked) {
+                                      booked ? go() : refused(why);
+                                    });
                                   });
                       },
                       [=](caf::error& e) {
@@ -1319,6 +1407,9 @@ caf::behavior job_behavior(job_actor* self, job_start start, job_links links) {
   }
   return {
       [=](tick_atom) { dispatch(self); },
+      [=](booked_atom, const std::string& op) {
+        if (self->state.asking.count(op) != 0) ask_booked(self, op);
+      },
       [=](topup_atom, int64_t amount) -> caf::result<caf::ok_atom> {
         auto& st = self->state;
         if (self->current_sender() != caf::actor_cast<caf::strong_actor_ptr>(st.links.supervisor))

@@ -14,6 +14,7 @@
 ///
 /// Protocol: (cancel_atom) -> ok_atom: ends the job as cancelled. (status_atom) -> job_status.
 
+#include <chrono>
 #include <caf/actor.hpp>
 
 #include <memory>
@@ -68,6 +69,9 @@ struct job_links {
   /// Parameters larger than this are cut into chunks of it, once per round (shared_params).
   uint64_t payload_chunk_bytes = 8ull << 20;
   int crash_at_round = 0;  ///< test aid: throw while this round (1-based) is open; 0: never
+  /// How long the ledger may take to answer a hold or a settlement before the job asks it
+  /// whether the operation was booked (a test aid shortens it).
+  std::chrono::milliseconds ledger_wait{60000};
 };
 
 /// Spawns a job actor on its own thread (evaluation and encoding block).

@@ -14,6 +14,8 @@
 #include <memory>
 #include <optional>
 #include <set>
+#include <type_traits>
+#include <utility>
 
 #include "messages.hpp"
 
@@ -88,6 +90,8 @@ struct keeper_state {
   std::deque<std::function<void()>> queued;  // operations waiting for the write before them
   bool writing = false;                      // a write is in flight
   std::string broken;  // why the stored ledger failed its check at start; writes refused
+  std::chrono::milliseconds store_wait{60000};  // for a write, then for each read of the head
+  std::function<void()> ask_again;  // reads the stored head once more (the last read failed)
   static inline const char* name = "ledger_keeper";
 };
 
@@ -187,31 +191,107 @@ void next_in_turn(keeper_actor* self) {
   }
 }
 
-// Books `e` in memory once its writes are durable, answers `promise`, and lets the next
-// queued operation run.
+// Books `e` in memory (its writes are durable), answers `promise`, and lets the next queued
+// operation run.
 template <class Promise, class Value>
-void write(keeper_actor* self, ledger_entry e, store_batch batch, Promise promise, Value done) {
-  self->state.writing = true;
-  self->request(self->state.store, std::chrono::seconds(60), commit_atom::value, std::move(batch))
+void booked(keeper_actor* self, const ledger_entry& e, Promise promise, Value done) {
+  auto& st = self->state;
+  if (!e.hash.empty()) {
+    st.book.apply(e);
+    for (const auto& p : e.postings) st.totals.add(p.account, p.amount);
+    st.recent.push_back(e);
+    if (st.recent.size() > recent_entries) st.recent.pop_front();
+    st.totals.publish();
+  }
+  promise.deliver(done);
+  st.writing = false;
+  next_in_turn(self);
+}
+
+// A write of `e` was not answered with success: a timeout, or the store restarted under it.
+// It may still land (the store applies commits in the order they come), so no other entry
+// may take its sequence number until the outcome is known: the stored head, read after the
+// write, says it. The read is asked again (each second) until the store answers it.
+template <class Promise, class Value>
+void confirm(keeper_actor* self, ledger_entry e, Promise promise, Value done, caf::error why) {
+  auto& st = self->state;
+  self->request(st.store, st.store_wait, read_atom::value, std::string("ledger/head"))
       .then(
-          [=](caf::ok_atom) mutable {
-            auto& st = self->state;
-            if (!e.hash.empty()) {
-              st.book.apply(e);
-              for (const auto& p : e.postings) st.totals.add(p.account, p.amount);
-              st.recent.push_back(e);
-              if (st.recent.size() > recent_entries) st.recent.pop_front();
-              st.totals.publish();
+          [=](bool found, std::vector<uint8_t>& value) mutable {
+            const auto text = text_of(value);
+            const uint64_t head = found ? std::strtoull(text.c_str(), nullptr, 10) : 0;
+            if (head >= e.seq) {
+              spdlog::info("ledger: entry {} landed after its write was not answered ({})", e.seq,
+                           self->system().render(why));
+              booked(self, e, promise, done);
+              return;
             }
-            promise.deliver(done);
-            st.writing = false;
+            spdlog::error("ledger: cannot write entry {}: {}", e.seq, self->system().render(why));
+            promise.deliver(why);
+            self->state.writing = false;
             next_in_turn(self);
           },
           [=](caf::error& err) mutable {
-            spdlog::error("ledger: cannot write: {}", self->system().render(err));
-            promise.deliver(err);
-            self->state.writing = false;
-            next_in_turn(self);
+            spdlog::warn("ledger: entry {}'s write was not answered and the stored head cannot be "
+                         "read ({}); reading it again in a second",
+                         e.seq, self->system().render(err));
+            self->state.ask_again = [=]() mutable { confirm(self, e, promise, done, why); };
+            self->delayed_send(self, std::chrono::seconds(1), tick_atom::value);
+          });
+}
+
+// Books `e` in memory once its writes are durable, answers `promise`, and lets the next
+// queued operation run; the queue waits until the write's outcome is known.
+template <class Promise, class Value>
+void write(keeper_actor* self, ledger_entry e, store_batch batch, Promise promise, Value done) {
+  self->state.writing = true;
+  self->request(self->state.store, self->state.store_wait, commit_atom::value, std::move(batch))
+      .then([=](caf::ok_atom) mutable { booked(self, e, promise, done); },
+            [=](caf::error& err) mutable {
+              if (e.hash.empty()) {  // a batch without an entry: nothing of the ledger's to check
+                spdlog::error("ledger: cannot write: {}", self->system().render(err));
+                promise.deliver(err);
+                self->state.writing = false;
+                next_in_turn(self);
+                return;
+              }
+              confirm(self, std::move(e), promise, done, err);
+            });
+}
+
+// A transaction as operation `op` (none when empty), with `batch` written in the same
+// transaction when given: an operation booked already is answered with its entry, and
+// nothing is written.
+template <class Promise, class Value>
+void book_transaction(keeper_actor* self, Promise rp, std::string kind, std::string memo,
+                      std::vector<posting> postings, std::string op,
+                      std::shared_ptr<store_batch> batch, Value done) {
+  in_turn(self, rp,
+          [=, kind = std::move(kind), memo = std::move(memo), postings = std::move(postings),
+           op = std::move(op)]() mutable {
+            auto& st = self->state;
+            if (!op.empty() && st.book.booked(op) != 0) {
+              if constexpr (std::is_same_v<Value, uint64_t>)
+                rp.deliver(st.book.booked(op));
+              else
+                rp.deliver(done);
+              return;
+            }
+            ledger_entry entry;
+            store_batch writes;
+            if (batch) writes = std::move(*batch);
+            if (!postings.empty() || !batch) {
+              auto e = st.book.prepare(std::move(kind), std::move(memo), std::move(postings),
+                                       now_ms(), std::move(op));
+              if (!e) {
+                rp.deliver(to_caf(e.error()));
+                return;
+              }
+              entry = std::move(*e);
+              add_writes(st.book, entry, writes);
+            }
+            if constexpr (std::is_same_v<Value, uint64_t>) done = entry.seq;
+            write(self, std::move(entry), std::move(writes), rp, done);
           });
 }
 
@@ -271,8 +351,9 @@ caf::behavior auditor(caf::event_based_actor* self) {
   };
 }
 
-caf::behavior keeper(keeper_actor* self, caf::actor store) {
+caf::behavior keeper(keeper_actor* self, caf::actor store, std::chrono::milliseconds store_wait) {
   self->state.store = std::move(store);
+  self->state.store_wait = store_wait;
   self->request(self->state.store, std::chrono::seconds(120), scan_atom::value,
                 std::string("ledger/"))
       .await(
@@ -327,21 +408,15 @@ caf::behavior keeper(keeper_actor* self, caf::actor store) {
       [=](transfer_atom, std::string& kind, std::string& memo,
           std::vector<posting>& postings) -> caf::result<uint64_t> {
         auto rp = self->make_response_promise<uint64_t>();
-        in_turn(self, rp,
-                [=, kind = std::move(kind), memo = std::move(memo),
-                 postings = std::move(postings)]() mutable {
-                  auto& st = self->state;
-                  auto e = st.book.prepare(std::move(kind), std::move(memo), std::move(postings),
-                                           now_ms());
-                  if (!e) {
-                    rp.deliver(to_caf(e.error()));
-                    return;
-                  }
-                  store_batch batch;
-                  add_writes(st.book, *e, batch);
-                  uint64_t seq = e->seq;
-                  write(self, std::move(*e), std::move(batch), rp, seq);
-                });
+        book_transaction(self, rp, std::move(kind), std::move(memo), std::move(postings), {},
+                         nullptr, uint64_t{0});
+        return rp;
+      },
+      [=](transfer_atom, std::string& kind, std::string& memo, std::vector<posting>& postings,
+          std::string& op) -> caf::result<uint64_t> {
+        auto rp = self->make_response_promise<uint64_t>();
+        book_transaction(self, rp, std::move(kind), std::move(memo), std::move(postings),
+                         std::move(op), nullptr, uint64_t{0});
         return rp;
       },
       [=](settle_atom, std::string& kind, std::string& memo, std::vector<posting>& postings,
@@ -349,25 +424,26 @@ caf::behavior keeper(keeper_actor* self, caf::actor store) {
         core_metrics::note_mailbox(self, "ledger");
         auto rp = self->make_response_promise<caf::ok_atom>();
         // Shared, not copied, while it waits: a large job's batch holds its checkpoint.
-        auto held = std::make_shared<store_batch>(std::move(batch));
-        in_turn(self, rp,
-                [=, kind = std::move(kind), memo = std::move(memo),
-                 postings = std::move(postings)]() mutable {
-                  auto& st = self->state;
-                  ledger_entry entry;
-                  if (!postings.empty()) {
-                    auto e = st.book.prepare(std::move(kind), std::move(memo), std::move(postings),
-                                             now_ms());
-                    if (!e) {
-                      rp.deliver(to_caf(e.error()));
-                      return;
-                    }
-                    entry = std::move(*e);
-                    add_writes(st.book, entry, *held);
-                  }
-                  write(self, std::move(entry), std::move(*held), rp, caf::ok_atom::value);
-                });
+        book_transaction(self, rp, std::move(kind), std::move(memo), std::move(postings), {},
+                         std::make_shared<store_batch>(std::move(batch)), caf::ok_atom::value);
         return rp;
+      },
+      [=](settle_atom, std::string& kind, std::string& memo, std::vector<posting>& postings,
+          store_batch& batch, std::string& op) -> caf::result<caf::ok_atom> {
+        core_metrics::note_mailbox(self, "ledger");
+        auto rp = self->make_response_promise<caf::ok_atom>();
+        book_transaction(self, rp, std::move(kind), std::move(memo), std::move(postings),
+                         std::move(op), std::make_shared<store_batch>(std::move(batch)),
+                         caf::ok_atom::value);
+        return rp;
+      },
+      [=](booked_atom, const std::string& op) -> caf::result<uint64_t> {
+        auto rp = self->make_response_promise<uint64_t>();
+        in_turn(self, rp, [=]() mutable { rp.deliver(self->state.book.booked(op)); });
+        return rp;
+      },
+      [=](tick_atom) {
+        if (auto again = std::exchange(self->state.ask_again, {})) again();
       },
       [=](account_atom, const std::string& account) -> caf::result<account_info> {
         auto& st = self->state;
@@ -409,11 +485,12 @@ caf::behavior keeper(keeper_actor* self, caf::actor store) {
 
 }  // namespace
 
-caf::actor spawn_ledger_keeper(caf::actor_system& sys, caf::actor store) {
+caf::actor spawn_ledger_keeper(caf::actor_system& sys, caf::actor store,
+                               std::chrono::milliseconds store_wait) {
   // Detached: at start (and at every restart by the core's supervisor) the keeper re-hashes
   // the whole chain before it takes a transaction, which for a long ledger would hold one of
   // CAF's scheduler threads (and every actor waiting for it) for as long.
-  return sys.spawn<caf::detached>(keeper, std::move(store));
+  return sys.spawn<caf::detached>(keeper, std::move(store), store_wait);
 }
 
 }  // namespace gflex

@@ -12,19 +12,30 @@
 ///   error unless exists_ok).
 /// - (transfer_atom, kind, memo, postings) -> seq: books a transaction; refused (nothing
 ///   changes) if it does not balance, overdraws, or names an unknown account.
-/// - (settle_atom, kind, memo, postings, store_batch) -> ok_atom: books the transaction (if
-///   there are postings) and writes the batch with it, atomically.
+/// - (transfer_atom, kind, memo, postings, op) -> seq: the same, as operation `op`: an
+///   operation already booked is not booked again (the answer is the entry that booked it).
+/// - (settle_atom, kind, memo, postings, store_batch[, op]) -> ok_atom: books the transaction
+///   (if there are postings) and writes the batch with it, atomically; as operation `op`
+///   when given (one already booked: ok, nothing written).
+/// - (booked_atom, op) -> seq: the entry that booked `op`, 0 if none. Answered after every
+///   message that came before it, so a sender whose request timed out learns its outcome.
 /// - (account_atom, account) -> account_info.
 /// - (ledger_atom) -> ledger_report: re-reads everything from LMDB and verifies it; also
 ///   counts escrow that ended jobs still hold (`escrow/<job>` accounts named in
 ///   `ended_jobs`, which the caller passes: (ledger_atom, ended_jobs)).
 /// Messages are handled one at a time, each waiting for its write, so the chain in LMDB is
-/// always a prefix of the one in memory.
+/// always a prefix of the one in memory. Every answer is definite: a write the store does not
+/// answer in time may still land, so the keeper then reads the stored head (which the store
+/// answers after the write) and books the entry if it landed, before it takes the next message.
 
 #include <caf/fwd.hpp>
 
+#include <chrono>
+
 namespace gflex {
 
-caf::actor spawn_ledger_keeper(caf::actor_system& sys, caf::actor store);
+/// `store_wait`: how long a write may take before the keeper asks the store whether it landed.
+caf::actor spawn_ledger_keeper(caf::actor_system& sys, caf::actor store,
+                               std::chrono::milliseconds store_wait = std::chrono::seconds(60));
 
 }  // namespace gflex

@@ -5,6 +5,8 @@
 #include "gflex/runtime/store.hpp"
 #include "messages.hpp"
 
+#include <thread>
+
 namespace gflex {
 
 namespace {
@@ -16,13 +18,15 @@ struct store_state {
 };
 
 caf::behavior store_actor(caf::stateful_actor<store_state>* self,
-                          std::shared_ptr<key_value_store> db) {
+                          std::shared_ptr<key_value_store> db,
+                          std::chrono::milliseconds commit_delay) {
   self->state.db = std::move(db);
   return {
       [=](commit_atom, store_batch& batch) -> caf::result<caf::ok_atom> {
         core_metrics::note_mailbox(self, "store");
         if (batch.keys.size() != batch.values.size())
           return to_caf(error(errc::invalid_argument, "store batch keys and values differ"));
+        if (commit_delay.count() > 0) std::this_thread::sleep_for(commit_delay);  // test aid
         std::vector<store_write> writes;
         writes.reserve(batch.keys.size());
         for (size_t i = 0; i < batch.keys.size(); ++i)
@@ -67,14 +71,16 @@ caf::behavior store_actor(caf::stateful_actor<store_state>* self,
 
 }  // namespace
 
-expected<caf::actor> spawn_store(caf::actor_system& sys, const std::filesystem::path& dir) {
+expected<caf::actor> spawn_store(caf::actor_system& sys, const std::filesystem::path& dir,
+                                 std::chrono::milliseconds commit_delay) {
   auto db = store::open(dir);
   if (!db) return db.error();
-  return spawn_store(sys, std::make_shared<store>(std::move(*db)));
+  return spawn_store(sys, std::make_shared<store>(std::move(*db)), commit_delay);
 }
 
-caf::actor spawn_store(caf::actor_system& sys, std::shared_ptr<key_value_store> db) {
-  return sys.spawn<caf::detached>(store_actor, std::move(db));
+caf::actor spawn_store(caf::actor_system& sys, std::shared_ptr<key_value_store> db,
+                       std::chrono::milliseconds commit_delay) {
+  return sys.spawn<caf::detached>(store_actor, std::move(db), commit_delay);
 }
 
 }  // namespace gflex

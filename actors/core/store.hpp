@@ -12,6 +12,7 @@
 
 #include <caf/fwd.hpp>
 
+#include <chrono>
 #include <filesystem>
 #include <memory>
 
@@ -21,12 +22,15 @@ namespace gflex {
 
 /// Opens the store in `dir` and spawns its actor; errors (a locked or unwritable directory)
 /// are returned before anything is spawned.
-expected<caf::actor> spawn_store(caf::actor_system& sys, const std::filesystem::path& dir);
+/// `commit_delay` (a test aid): every commit waits this long first.
+expected<caf::actor> spawn_store(caf::actor_system& sys, const std::filesystem::path& dir,
+                                 std::chrono::milliseconds commit_delay = {});
 
 class key_value_store;
 
 /// Spawns the store actor over a store its caller keeps (the replicated one); a restarted
 /// actor reuses it.
-caf::actor spawn_store(caf::actor_system& sys, std::shared_ptr<key_value_store> db);
+caf::actor spawn_store(caf::actor_system& sys, std::shared_ptr<key_value_store> db,
+                       std::chrono::milliseconds commit_delay = {});
 
 }  // namespace gflex

@@ -21,8 +21,11 @@ error refuse(const std::string& what) {
 nlohmann::json body_of(const ledger_entry& e) {
   auto postings = nlohmann::json::array();
   for (const auto& p : e.postings) postings.push_back({p.account, p.amount});
-  return {{"seq", e.seq},   {"prev", e.prev}, {"time_ms", e.time_ms},
-          {"kind", e.kind}, {"memo", e.memo}, {"postings", postings}};
+  nlohmann::json body = {{"seq", e.seq},   {"prev", e.prev}, {"time_ms", e.time_ms},
+                         {"kind", e.kind}, {"memo", e.memo}, {"postings", postings}};
+  // Only when named: entries booked before operations had ids keep their hashes.
+  if (!e.op.empty()) body["op"] = e.op;
+  return body;
 }
 
 }  // namespace
@@ -54,11 +57,25 @@ expected<ledger_entry> decode_entry(std::string_view text) {
         return error(errc::malformed_message, "ledger entry: a posting is not [account, amount]");
       e.postings.push_back({p.at(0).get<std::string>(), p.at(1).get<int64_t>()});
     }
+    if (j.contains("op")) {
+      e.op = j.at("op").get<std::string>();
+      if (!is_operation_id(e.op))
+        return error(errc::malformed_message, "ledger entry: a malformed operation id");
+    }
     e.hash = j.at("hash").get<std::string>();
     return e;
   } catch (const std::exception& ex) {  // nlohmann's errors and integer_at's
     return error(errc::malformed_message, std::string("ledger entry: ") + ex.what());
   }
+}
+
+bool is_operation_id(std::string_view op) noexcept {
+  if (op.empty() || op.size() > 256) return false;
+  for (char c : op)
+    if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
+          c == '_' || c == '-' || c == '/'))
+      return false;
+  return true;
 }
 
 bool is_account_id(std::string_view id) noexcept {
@@ -78,6 +95,11 @@ bool is_account_id(std::string_view id) noexcept {
 ledger_book::ledger_book() : head_(zero_hash) {
   balances_[external] = 0;
   balances_[platform] = 0;
+}
+
+uint64_t ledger_book::booked(const std::string& op) const {
+  auto it = ops_.find(op);
+  return it == ops_.end() ? 0 : it->second;
 }
 
 int64_t ledger_book::balance(const std::string& id) const {
@@ -102,8 +124,14 @@ expected<ledger_entry> ledger_book::prepare_open(const std::string& id, int64_t 
 }
 
 expected<ledger_entry> ledger_book::prepare(std::string kind, std::string memo,
-                                            std::vector<posting> postings, int64_t time_ms) const {
+                                            std::vector<posting> postings, int64_t time_ms,
+                                            std::string op) const {
   if (kind.empty() || kind == "open") return refuse("a transaction needs a kind other than open");
+  if (!op.empty() && !is_operation_id(op))
+    return refuse("'" + op + "' is not an operation id (1-256 of A-Z a-z 0-9 . _ - /)");
+  if (!op.empty() && booked(op) != 0)
+    return refuse("operation " + op + " is booked already (entry " + std::to_string(booked(op)) +
+                  ")");
   if (memo.size() > 4096) return refuse("memo longer than 4096 characters");
   if (postings.size() < 2) return refuse("a transaction needs at least two postings");
   std::map<std::string, int64_t> after;
@@ -132,6 +160,7 @@ expected<ledger_entry> ledger_book::prepare(std::string kind, std::string memo,
   e.kind = std::move(kind);
   e.memo = std::move(memo);
   e.postings = std::move(postings);
+  e.op = std::move(op);
   e.hash = entry_hash(e);
   return e;
 }
@@ -139,6 +168,7 @@ expected<ledger_entry> ledger_book::prepare(std::string kind, std::string memo,
 void ledger_book::apply(const ledger_entry& e) {
   if (e.kind == "open") balances_.emplace(e.memo, 0);
   for (const auto& p : e.postings) balances_[p.account] += p.amount;
+  if (!e.op.empty()) ops_.emplace(e.op, e.seq);
   seq_ = e.seq;
   head_ = e.hash;
 }
@@ -158,10 +188,11 @@ ledger_audit verify_ledger(const std::vector<ledger_entry>& entries,
     if (e.prev != book.head()) return fail(e.seq, "does not chain to the entry before");
     if (e.hash != entry_hash(e)) return fail(e.seq, "hash does not match its contents");
     if (e.kind == "open") {
+      if (!e.op.empty()) return fail(e.seq, "an account opening names an operation");
       auto again = book.prepare_open(e.memo, e.time_ms);
       if (!again) return fail(e.seq, again.error().message());
     } else {
-      auto again = book.prepare(e.kind, e.memo, e.postings, e.time_ms);
+      auto again = book.prepare(e.kind, e.memo, e.postings, e.time_ms, e.op);
       if (!again) return fail(e.seq, again.error().message());
     }
     book.apply(e);

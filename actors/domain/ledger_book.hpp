@@ -35,6 +35,10 @@ struct ledger_entry {
   std::string kind;  ///< open, credit, hold, settle, release, ...
   std::string memo;
   std::vector<posting> postings;
+  /// The operation this entry books, when its sender named one (a job's "JOB/RUN/hold/3"):
+  /// an operation is booked at most once, so a sender that got no answer (a timeout) can ask
+  /// whether it was booked, or send it again, without paying twice. Empty: unnamed.
+  std::string op;
   std::string hash;
 };
 
@@ -44,6 +48,9 @@ expected<ledger_entry> decode_entry(std::string_view text);
 
 /// The hash an entry must carry: BLAKE2b-256 hex over prev and the entry without its hash.
 std::string entry_hash(const ledger_entry& e);
+
+/// Operation ids: 1-256 characters of [A-Za-z0-9._/-].
+bool is_operation_id(std::string_view op) noexcept;
 
 /// Account ids: "external", "platform", or KIND/NAME with KIND one of user, node, escrow and
 /// NAME 1-128 characters of [A-Za-z0-9._-].
@@ -60,22 +67,25 @@ class ledger_book {
   int64_t balance(const std::string& id) const;
   const std::map<std::string, int64_t>& balances() const { return balances_; }
   uint64_t last_seq() const { return seq_; }
+  /// The entry that booked operation `op`; 0 if none has.
+  uint64_t booked(const std::string& op) const;
   const std::string& head() const { return head_; }
 
   /// The entry that opens account `id`; refused if the id is malformed or already open.
   expected<ledger_entry> prepare_open(const std::string& id, int64_t time_ms) const;
 
   /// A transaction: at least two postings to open accounts, none zero, summing to zero,
-  /// leaving no account but `external` below zero. Refusals say which rule and change
-  /// nothing; apply() the result to book it.
+  /// leaving no account but `external` below zero; `op`, when given, an operation id not
+  /// booked before. Refusals say which rule and change nothing; apply() the result to book it.
   expected<ledger_entry> prepare(std::string kind, std::string memo, std::vector<posting> postings,
-                                 int64_t time_ms) const;
+                                 int64_t time_ms, std::string op = {}) const;
 
   /// Books a prepared (or verified) entry.
   void apply(const ledger_entry& e);
 
  private:
   std::map<std::string, int64_t> balances_;
+  std::map<std::string, uint64_t> ops_;  // operation id -> the entry that booked it
   uint64_t seq_ = 0;
   std::string head_;
 };

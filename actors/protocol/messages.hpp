@@ -57,6 +57,7 @@ using score_atom = caf::atom_constant<caf::atom("score")>;         ///< reputati
 using open_atom = caf::atom_constant<caf::atom("open")>;           ///< any -> ledger
 using transfer_atom = caf::atom_constant<caf::atom("transfer")>;   ///< any -> ledger
 using settle_atom = caf::atom_constant<caf::atom("settle")>;       ///< job -> ledger
+using booked_atom = caf::atom_constant<caf::atom("booked")>;       ///< job -> ledger
 using account_atom = caf::atom_constant<caf::atom("account")>;     ///< client -> core
 using ledger_atom = caf::atom_constant<caf::atom("ledger")>;       ///< client -> core
 using topup_atom = caf::atom_constant<caf::atom("topup")>;         ///< client -> core

@@ -176,6 +176,14 @@ int main(int argc, char** argv) {
                  "every job actor throws while its Nth round is open (a test aid)")
       ->check(CLI::Range(0, 1000000))
       ->group("");
+  app.add_option("--store-commit-delay-ms", config.store_commit_delay_ms,
+                 "every store commit waits this long first (a test aid)")
+      ->check(CLI::Range(0, 600000))
+      ->group("");
+  app.add_option("--ledger-wait-ms", config.ledger_wait_ms,
+                 "how long a ledger write may take before its outcome is asked (a test aid)")
+      ->check(CLI::Range(100, 3600000))
+      ->group("");
   app.add_option("--max-jobs-per-account", config.max_jobs_per_account,
                  "unfinished jobs one account may have")
       ->check(CLI::Range(1, 100000))

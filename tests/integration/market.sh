@@ -166,6 +166,49 @@ grep -q "$tight tight: done, round 4/4" "$WORK/tight.txt" &&
   fail "$tight did not end done after its rollback"
 "$G" ledger verify --core "$core" >/dev/null || fail "ledger verify after the tight job"
 
+# -- a ledger slower than its requests' wait ----------------------------------------------
+# The core restarts with every store commit taking 1.5 s and the ledger waiting 1 s for a
+# write: each hold and settlement times out and lands after. The keeper and the job ask
+# whether it was booked instead of taking the timeout as a refusal (the job paused "cannot
+# hold", then held again after a top-up and left a hold stranded in escrow; a settlement's
+# timeout failed the job and returned the round's hold a second time).
+kill -KILL "$PID_core2"
+wait "$PID_core2" 2>/dev/null || true
+start core3 "$C" --listen "$core" --data-dir "$WORK/core" --fee 0.1 \
+  --store-commit-delay-ms 1500 --ledger-wait-ms 1000
+wait_for 20 "the slow core to listen" grep -q "core listening" "$WORK/core3.log"
+wait_for 60 "the nodes to rejoin the slow core" bash -c \
+  "[ \$('$G' nodes --core $core | grep -cE 'verifier|cheap|mid') -eq 3 ]"
+job_spec user/bob 1 | sed -e 's/^rounds = 12$/rounds = 3/' -e 's/^name = "paid"$/name = "slow"/' \
+  >"$WORK/slow.toml"
+slow=$("$G" submit "$WORK/slow.toml" --core "$core") || fail "submit to the slow core"
+wait_for 150 "$slow to end" bash -c \
+  "'$G' status $slow --core $core | grep -qE ' (done|failed|cancelled|paused),'"
+"$G" status "$slow" --core "$core" | tee "$WORK/slow.txt"
+grep -q "$slow slow: done, round 3/3" "$WORK/slow.txt" || fail "$slow did not end done"
+grep -q "ledger: entry .* landed after its write was not answered" "$WORK/core3.log" ||
+  fail "no ledger write outlived its wait (nothing tested)"
+grep -q "job $slow: the ledger booked $slow/.*/hold/" "$WORK/core3.log" ||
+  fail "no hold of $slow outlived the job's wait (nothing tested)"
+"$G" ledger verify --core "$core" --json >"$WORK/verify-slow.json" || fail "ledger verify (slow)"
+python3 - "$WORK" "$slow" <<'PY' || fail "slow ledger checks"
+import json, os, sys
+work, job = sys.argv[1], sys.argv[2]
+v = json.load(open(f"{work}/verify-slow.json"))
+sys.path.insert(0, os.environ["SRC"] + "/tests/integration")
+from checks import check, finish
+check(v["ok"], f"ledger verifies: {v['problem'] or 'chain, balances, no overdraft'}")
+check(v["settled_rounds"].get(job) == 3, f"each of 3 rounds paid once ({v['settled_rounds'].get(job)})")
+check(v["stale_escrow"] == 0 and v["in_escrow"] == "0", f"no escrow left ({v['in_escrow']})")
+finish()
+PY
+kill -KILL "$PID_core3"
+wait "$PID_core3" 2>/dev/null || true
+start core4 "$C" --listen "$core" --data-dir "$WORK/core" --fee 0.1
+wait_for 20 "the core to listen again" grep -q "core listening" "$WORK/core4.log"
+wait_for 60 "the nodes to rejoin" bash -c \
+  "[ \$('$G' nodes --core $core | grep -cE 'verifier|cheap|mid') -eq 3 ]"
+
 # --max-hours: a node that has computed its share leaves by itself, exit 0.
 start brief "$BIN/gflex-node" --join "$core" --name brief --data-dir "$WORK/brief" \
   --price 10 --max-hours 0.00005

@@ -35,7 +35,81 @@ struct keeper_fixture : test::configured_system {
   }
 };
 
+// The same on a store whose commits take longer than the keeper waits for them, as on a
+// loaded disk or a slow etcd: every write's request times out, and every write lands.
+struct slow_keeper_fixture : test::configured_system {
+  test::temp_dir dir;
+  caf::actor store;
+  caf::actor keeper;
+  const std::chrono::seconds timeout{60};
+
+  slow_keeper_fixture() {
+    auto s = spawn_store(sys, dir.path(), std::chrono::milliseconds(600));
+    REQUIRE(s.has_value());
+    store = *s;
+    keeper = spawn_ledger_keeper(sys, store, std::chrono::milliseconds(200));
+  }
+};
+
 TEST_SUITE("ledger_keeper") {
+  TEST_CASE_FIXTURE(slow_keeper_fixture,
+                    "a write that lands after its request timed out is booked, and only once") {
+    for (const char* account : {"user/alice", "node/n1"})
+      self->request(keeper, timeout, open_atom::value, std::string(account), false)
+          .receive([&](caf::ok_atom) {}, [&](caf::error& e) { FAIL(sys.render(e)); });
+    uint64_t credited = 0;
+    self->request(keeper, timeout, transfer_atom::value, std::string("credit"), std::string("test"),
+                  std::vector<posting>{{"external", -100}, {"user/alice", 100}})
+        .receive([&](uint64_t seq) { credited = seq; },
+                 [&](caf::error& e) { FAIL(sys.render(e)); });
+    CHECK(credited == 3);  // each write was answered once it was known to have landed
+    // A sender that waits less than the write takes gets a timeout; asked after, the keeper
+    // says the operation was booked, and sending it again books nothing new.
+    const std::string op = "job-1/0123/hold/0";
+    bool timed_out = false;
+    self->request(keeper, std::chrono::milliseconds(300), transfer_atom::value,
+                  std::string("hold"), std::string("job-1 round 1: escrow"),
+                  std::vector<posting>{{"user/alice", -30}, {"node/n1", 30}}, op)
+        .receive([&](uint64_t) {}, [&](caf::error& e) {
+          timed_out = e == caf::sec::request_timeout;
+        });
+    CHECK(timed_out);
+    uint64_t seq = 0;
+    self->request(keeper, timeout, booked_atom::value, op)
+        .receive([&](uint64_t s) { seq = s; }, [&](caf::error& e) { FAIL(sys.render(e)); });
+    CHECK(seq == 4);
+    uint64_t again = 0;
+    self->request(keeper, timeout, transfer_atom::value, std::string("hold"),
+                  std::string("job-1 round 1: escrow"),
+                  std::vector<posting>{{"user/alice", -30}, {"node/n1", 30}}, op)
+        .receive([&](uint64_t s) { again = s; }, [&](caf::error& e) { FAIL(sys.render(e)); });
+    CHECK(again == seq);
+    uint64_t unknown = 1;
+    self->request(keeper, timeout, booked_atom::value, std::string("job-1/0123/hold/1"))
+        .receive([&](uint64_t s) { unknown = s; }, [&](caf::error& e) { FAIL(sys.render(e)); });
+    CHECK(unknown == 0);
+    self->request(keeper, timeout, account_atom::value, std::string("user/alice"))
+        .receive([&](account_info& a) { CHECK(a.balance == 70); },
+                 [&](caf::error& e) { FAIL(sys.render(e)); });
+    self->request(keeper, timeout, ledger_atom::value, std::vector<std::string>{})
+        .receive(
+            [&](ledger_report& r) {
+              CHECK_MESSAGE(r.ok, r.problem);
+              CHECK(r.entries == 4);
+            },
+            [&](caf::error& e) { FAIL(sys.render(e)); });
+    // A keeper started on the stored chain knows the operation too.
+    self->send_exit(keeper, caf::exit_reason::user_shutdown);
+    self->wait_for(keeper);
+    keeper = spawn_ledger_keeper(sys, store, std::chrono::milliseconds(200));
+    seq = 0;
+    self->request(keeper, timeout, booked_atom::value, op)
+        .receive([&](uint64_t s) { seq = s; }, [&](caf::error& e) { FAIL(sys.render(e)); });
+    CHECK(seq == 4);
+    self->send_exit(keeper, caf::exit_reason::user_shutdown);
+    self->send_exit(store, caf::exit_reason::user_shutdown);
+  }
+
   TEST_CASE_FIXTURE(
       keeper_fixture,
       "a burst of openings and transfers is booked in order, and the chain verifies") {

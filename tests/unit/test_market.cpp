@@ -78,6 +78,54 @@ TEST_SUITE("ledger") {
     CHECK_FALSE(book.prepare("open", "user/x", {}, 6).has_value());
   }
 
+  TEST_CASE("a named operation is booked once; the chain keeps its name and refuses a second") {
+    std::vector<ledger_entry> log;
+    auto book = funded_book(&log);
+    const std::string op = "job-1/00ff/hold/0";
+    auto hold = book.prepare("hold", "job-1 round 1: escrow",
+                             {{"user/alice", -cr("10")}, {"node/n1", cr("10")}}, 7, op);
+    REQUIRE(hold.has_value());
+    CHECK(book.booked(op) == 0);
+    book.apply(*hold);
+    log.push_back(*hold);
+    CHECK(book.booked(op) == hold->seq);
+    CHECK(book.booked("job-1/00ff/hold/1") == 0);
+    // The same operation again is refused, whatever its postings, and changes nothing.
+    const auto before = book.balances();
+    auto again = book.prepare("hold", "job-1 round 1: escrow",
+                              {{"user/alice", -cr("1")}, {"node/n1", cr("1")}}, 8, op);
+    REQUIRE_FALSE(again.has_value());
+    CHECK(again.error().message().find("booked already") != std::string::npos);
+    CHECK(book.balances() == before);
+    CHECK_FALSE(book.prepare("hold", "", {{"user/alice", -1}, {"node/n1", 1}}, 8, "a b").has_value());
+    CHECK_FALSE(
+        book.prepare("hold", "", {{"user/alice", -1}, {"node/n1", 1}}, 8, std::string(257, 'a'))
+            .has_value());
+    // The name is part of the entry: it round-trips, and an entry without one keeps the form
+    // (and hash) of entries booked before operations were named.
+    auto back = decode_entry(encode_entry(*hold));
+    REQUIRE(back.has_value());
+    CHECK(back->op == op);
+    CHECK(encode_entry(log[0]).find("\"op\"") == std::string::npos);
+    CHECK(verify_ledger(log, book.balances(), book.last_seq()).ok);
+    // A chain that books an operation twice fails its check, even re-hashed.
+    auto twice = book.prepare("hold", "job-1 round 1: escrow",
+                              {{"user/alice", -cr("1")}, {"node/n1", cr("1")}}, 8);
+    REQUIRE(twice.has_value());
+    twice->op = op;
+    twice->hash = entry_hash(*twice);
+    auto replayed = book;
+    replayed.apply(*twice);
+    auto doubled = log;
+    doubled.push_back(*twice);
+    auto audit = verify_ledger(doubled, replayed.balances(), replayed.last_seq());
+    CHECK_FALSE(audit.ok);
+    CHECK_MESSAGE(audit.problem.find("booked already") != std::string::npos, audit.problem);
+    auto renamed = encode_entry(*hold);
+    renamed.replace(renamed.find(op), op.size(), "job 1");
+    CHECK_FALSE(decode_entry(renamed).has_value());  // a malformed name is malformed
+  }
+
   TEST_CASE("entries round-trip and the chain verifies; any change is found") {
     std::vector<ledger_entry> log;
     auto book = funded_book(&log);

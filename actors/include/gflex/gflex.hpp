@@ -94,6 +94,12 @@ struct core_config {
   /// A test aid (gflex-core's hidden --crash-job-at-round): every job actor throws while its
   /// Nth round is open (0: never), to exercise the job supervisor's restarts and their limit.
   int crash_job_at_round = 0;
+  /// Test aids (gflex-core's hidden --store-commit-delay-ms and --ledger-wait-ms): every
+  /// store commit waits this long first, as on a loaded disk or a slow etcd; and how long a
+  /// ledger write may take before its outcome is asked (the keeper asks the store, a job the
+  /// keeper), so that a test can have writes land after their requests timed out.
+  int store_commit_delay_ms = 0;
+  int ledger_wait_ms = 60000;
 };
 
 /// How to run a node.
