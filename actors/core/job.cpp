@@ -522,12 +522,10 @@ void roll_back(job_actor* self) {
   dispatch(self);
 }
 
-// A node was caught: its reputation hears why, and all its work in the rounds not yet
-// committed is discarded (rolling the unconfirmed round back if it held any).
-void caught(job_actor* self, const std::string& node, const std::string& why) {
+// All the work of a caught node in the rounds not yet committed is discarded, never paid
+// (rolling the unconfirmed round back if it held any), and it is given no more.
+void discard_work_of(job_actor* self, const std::string& node, const std::string& why) {
   auto& st = self->state;
-  st.job.status.rejected_results += 1;
-  self->send(st.links.reputation, reject_atom::value, node, why);
   st.caught.insert(node);
   std::vector<uint64_t> out;
   for (const auto& [id, a] : st.pending)
@@ -552,6 +550,16 @@ void caught(job_actor* self, const std::string& node, const std::string& why) {
         std::find(st.unassigned.begin(), st.unassigned.end(), shard) == st.unassigned.end())
       st.unassigned.push_back(shard);
   dispatch(self);
+}
+
+// A node was caught in this job: its reputation hears why, its work here is discarded, and
+// the other jobs discard theirs (a caught cheat loses its unpaid credits everywhere).
+void caught(job_actor* self, const std::string& node, const std::string& why) {
+  auto& st = self->state;
+  st.job.status.rejected_results += 1;
+  self->send(st.links.reputation, reject_atom::value, node, why);
+  self->send(st.links.supervisor, reject_atom::value, node, why);
+  discard_work_of(self, node, why);
 }
 
 round_result* find_result(job_actor_state& st, uint64_t assignment_id) {
@@ -1407,6 +1415,16 @@ caf::behavior job_behavior(job_actor* self, job_start start, job_links links) {
   }
   return {
       [=](tick_atom) { dispatch(self); },
+      // A node caught in another job (from the job supervisor): its work here is discarded.
+      [=](bar_atom, const std::string& node, const std::string& why) {
+        auto& st = self->state;
+        if (self->current_sender() != caf::actor_cast<caf::strong_actor_ptr>(st.links.supervisor))
+          return;
+        if (st.finished || st.caught.count(node) != 0) return;
+        spdlog::warn("job {}: node {} was caught in another job ({}); its work here is discarded",
+                     st.job.id, node, why);
+        discard_work_of(self, node, "caught in another job: " + why);
+      },
       [=](booked_atom, const std::string& op) {
         if (self->state.asking.count(op) != 0) ask_booked(self, op);
       },

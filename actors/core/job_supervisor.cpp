@@ -392,6 +392,18 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links) {
         if (s.owner.empty()) s.owner = it->second.status.owner;
         it->second.status = std::move(s);
       },
+      // A job caught `node`: every other job discards the node's work not yet committed (a
+      // caught cheat is paid nothing it has not been paid already).
+      [=](reject_atom, const std::string& node, const std::string& why) {
+        auto sender = caf::actor_cast<caf::actor>(self->current_sender());
+        bool from_a_job = false;
+        for (const auto& [id, entry] : self->state.jobs)
+          from_a_job = from_a_job || (entry.actor && entry.actor == sender);
+        if (!from_a_job) return;
+        for (const auto& [id, entry] : self->state.jobs)
+          if (entry.actor && entry.actor != sender)
+            self->send(entry.actor, bar_atom::value, node, why);
+      },
       [=](tick_atom) {  // reads that failed at start, tried again
         auto& st = self->state;
         if (!st.resumed) resume_jobs(self);

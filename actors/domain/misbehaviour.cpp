@@ -49,6 +49,18 @@ expected<misbehaviour> parse_mode(std::string_view whole, std::string_view text)
 
 expected<misbehaviour> parse_misbehaviour(std::string_view text) {
   if (text.empty() || text == "honest") return misbehaviour{};
+  if (text.starts_with("in:")) {
+    auto rest = text.substr(3);
+    auto colon = rest.find(':');
+    if (colon == std::string_view::npos || colon == 0) return bad(text, "expected in:JOB:MODE");
+    auto inner = rest.substr(colon + 1);
+    if (inner.starts_with("in:")) return bad(text, "in cannot nest");
+    auto m = parse_misbehaviour(inner);
+    if (!m) return m.error();
+    if (m->kind == misbehaviour::mode::honest) return bad(text, "in:JOB needs a mode");
+    m->only_job = std::string(rest.substr(0, colon));
+    return m;
+  }
   if (!text.starts_with("sometimes:")) return parse_mode(text, text);
   auto rest = text.substr(10);
   auto colon = rest.find(':');
@@ -64,8 +76,9 @@ expected<misbehaviour> parse_misbehaviour(std::string_view text) {
   return m;
 }
 
-bool misbehaving_worker::decide() {
+bool misbehaving_worker::decide(const std::string& job_id) {
   now_ = how_.kind != misbehaviour::mode::honest &&
+         (how_.only_job.empty() || how_.only_job == job_id) &&
          (how_.probability >= 1.0 || rng_.uniform() < how_.probability);
   return now_;
 }

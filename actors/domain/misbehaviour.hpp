@@ -11,6 +11,8 @@
 /// - `lazy`: only a tenth of the inner steps are run (at least one).
 /// - `stale`: the update of the worker's previous assignment of the job is sent again.
 /// - `sometimes:P:MODE`: MODE with probability P in (0, 1], else honest work.
+/// - `in:JOB:MODE`: MODE on the assignments of job JOB only, honest work for the others (a
+///   node that cheats one job while it works honestly for another).
 
 #include <cstdint>
 #include <optional>
@@ -28,6 +30,7 @@ struct misbehaviour {
   mode kind = mode::honest;
   double factor = 1.0;       ///< For scale.
   double probability = 1.0;  ///< Of misbehaving on an assignment.
+  std::string only_job;      ///< For in:JOB:MODE: the one job it misbehaves in.
 };
 
 /// Parses a --misbehave value; errc::invalid_argument says what is wrong. "" and "honest"
@@ -40,8 +43,9 @@ class misbehaving_worker {
  public:
   misbehaving_worker(misbehaviour how, uint64_t seed) : how_(how), rng_(seed) {}
 
-  /// Decides, once per assignment, whether this one misbehaves; call before training.
-  bool decide();
+  /// Decides, once per assignment (of job `job_id`), whether this one misbehaves; call
+  /// before training.
+  bool decide(const std::string& job_id = {});
 
   /// The inner steps to run out of `local_steps` (lazy runs a tenth of them).
   int64_t steps(int64_t local_steps) const;

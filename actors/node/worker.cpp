@@ -142,7 +142,7 @@ expected<assignment_result> run_assignment(worker_state& st, assignment& a, cons
     m->take_stats();
   }
   // A verification re-runs someone else's work: it is always honest.
-  const bool misbehave = st.misbehaving && !a.verify && st.misbehaving->decide();
+  const bool misbehave = st.misbehaving && !a.verify && st.misbehaving->decide(a.job_id);
   const int64_t steps = misbehave ? st.misbehaving->steps(a.local_steps) : a.local_steps;
   // Batches walk a seeded permutation of the shard, reshuffled at each pass: the same
   // assignment gives the same update anywhere.

@@ -73,8 +73,8 @@ int main(int argc, char** argv) {
   app.add_flag("--idle-only", config.idle_only,
                "take assignments only while other processes leave the machine idle");
   app.add_option("--misbehave", aids.misbehave,
-                 "return bad work on purpose, a test aid: random, scale:X, signflip, lazy, stale "
-                 "or sometimes:P:MODE");
+                 "return bad work on purpose, a test aid: random, scale:X, signflip, lazy, stale, "
+                 "sometimes:P:MODE or in:JOB:MODE");
   app.add_option("--misbehave-seed", aids.misbehave_seed,
                  "seed of --misbehave's random choices (default: from the name)");
   app.add_option("--protocol-version", aids.announce_protocol,

@@ -209,6 +209,30 @@ wait_for 20 "the core to listen again" grep -q "core listening" "$WORK/core4.log
 wait_for 60 "the nodes to rejoin" bash -c \
   "[ \$('$G' nodes --core $core | grep -cE 'verifier|cheap|mid') -eq 3 ]"
 
+# -- a node caught in one job is not paid for its open work in another ----------------------
+# twofaced, the cheapest node, works honestly for a metered job and cheats (sign flips) in a
+# second one that only it is cheap enough for. When the second job catches it, the first
+# discards twofaced's work in its open rounds: it would otherwise pay it when they commit.
+twofaced_token=$("$C" token create --tier community --core "$core") || fail "make twofaced's token"
+job_spec user/bob 5 | sed -e 's/^rounds = 12$/rounds = 400/' -e 's/^workers = 2$/workers = 3/' \
+  -e 's/^name = "paid"$/name = "honest-part"/' >"$WORK/honest-part.toml"
+fair=$("$G" submit "$WORK/honest-part.toml" --core "$core") || fail "submit honest-part"
+cheated="job-$((${fair#job-} + 1))"
+start twofaced "$BIN/gflex-node" --join "$core" --name twofaced --data-dir "$WORK/twofaced" \
+  --price 10 --workers 3 --token "$twofaced_token" --misbehave "in:$cheated:signflip"
+wait_for 60 "twofaced to work for $fair" \
+  grep -q "job $fair: re-computed .* of twofaced" "$WORK/core4.log"
+job_spec user/bob 1 | sed -e 's/^rounds = 12$/rounds = 20/' -e 's/^max_price = 100$/max_price = 20/' \
+  -e 's/^name = "paid"$/name = "cheated"/' >"$WORK/cheated.toml"
+[ "$("$G" submit "$WORK/cheated.toml" --core "$core")" = "$cheated" ] || fail "submit cheated"
+wait_for 90 "$fair to hear that twofaced was caught in $cheated" \
+  grep -q "job $fair: node twofaced was caught in another job" "$WORK/core4.log"
+grep "job $fair: node twofaced was caught" "$WORK/core4.log"
+"$G" cancel "$fair" --core "$core" >/dev/null || fail "cancel $fair"
+"$G" cancel "$cheated" --core "$core" >/dev/null 2>&1 || true
+wait_for 30 "$fair to end" bash -c "'$G' status $fair --core $core | grep -q cancelled"
+"$G" ledger verify --core "$core" >/dev/null || fail "ledger verify after twofaced"
+
 # --max-hours: a node that has computed its share leaves by itself, exit 0.
 start brief "$BIN/gflex-node" --join "$core" --name brief --data-dir "$WORK/brief" \
   --price 10 --max-hours 0.00005

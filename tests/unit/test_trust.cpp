@@ -471,6 +471,25 @@ TEST_SUITE("misbehaviour") {
     CHECK(second == honest);  // the previous update again
   }
 
+  TEST_CASE("in:JOB misbehaves in that job only") {
+    auto m = parse_misbehaviour("in:job-5:sometimes:0.5:signflip");
+    REQUIRE(m.has_value());
+    CHECK(m->only_job == "job-5");
+    CHECK(m->probability == 0.5);
+    misbehaving_worker w(parse_misbehaviour("in:job-5:signflip").value(), 1);
+    CHECK_FALSE(w.decide("job-4"));
+    auto d = gaussian(100, 3);
+    const auto honest = d;
+    w.alter("job-4", d);
+    CHECK(d == honest);
+    CHECK(w.decide("job-5"));
+    w.alter("job-5", d);
+    CHECK(d[7] == -honest[7]);
+    for (const char* bad : {"in:job-5", "in::signflip", "in:job-5:honest", "in:a:in:b:signflip",
+                            "in:job-5:wobble"})
+      CHECK_FALSE(parse_misbehaviour(bad).has_value());
+  }
+
   TEST_CASE("sometimes misbehaves at about its rate, repeatably per seed") {
     auto count = [](uint64_t seed) {
       misbehaving_worker w(parse_misbehaviour("sometimes:0.2:signflip").value(), seed);
