@@ -383,10 +383,14 @@ void fetch_params(uplink_actor* self, uint32_t index, assignment a,
     f->parts = std::move(*parts);
     if (it != st.params.end()) st.params.erase(it);
     st.params.push_back(f);
-    while (st.params.size() > kept_params) st.params.erase(st.params.begin());
   }
   a.params_chunks.clear();
   f->waiting.push_back({index, std::move(a), std::move(rp)});
+  // The oldest fetches go first, but only those no assignment waits for: one that is still
+  // awaited stays listed until it ends, so that a lost session ends it too (a fetch pushed
+  // out while awaited kept its worker busy for good once its session ended).
+  for (auto old = st.params.begin(); st.params.size() > kept_params && old != st.params.end();)
+    old = (*old)->waiting.empty() ? st.params.erase(old) : std::next(old);
   pump_params(self, f);
 }
 
@@ -437,7 +441,7 @@ void lose_core(uplink_actor* self) {
     for (auto& w : queue) w.promise.deliver(to_caf(error(errc::io_error, "the session ended")));
   st.deferred.clear();
   // Fetches stop asking the ended session; what they hold stays for the next one.
-  for (const auto& f : st.params) {
+  for (const auto& f : std::vector(st.params)) {  // a copy: ending a fetch may start another
     f->asking.clear();
     f->failure = caf::error{};
     end_fetch(self, f, to_caf(error(errc::io_error, "the session ended")));

@@ -1,0 +1,145 @@
+/// @file
+/// A node's uplink (actors/node/uplink.hpp) against a core played by the test: the core's
+/// front door answers the hello with a session the test scripts, and the node's workers
+/// answer every assignment at once. What is checked is what a node must never do whatever
+/// its core does: lose a worker slot for good.
+
+#include <doctest/doctest.h>
+
+#include <caf/all.hpp>
+
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "configured_system.hpp"
+#include "gflex/runtime/digest.hpp"
+#include "messages.hpp"
+#include "uplink.hpp"
+
+using namespace gflex;
+
+namespace {
+
+using session_script = std::function<void(node_session_actor::pointer, caf::actor uplink)>;
+
+// A session that runs its script at the first heartbeat and never answers a chunk request
+// (the parameters' fetches stay open until the session ends).
+node_session_actor::behavior_type scripted_session(node_session_actor::pointer self,
+                                                   caf::actor uplink, session_script script) {
+  auto started = std::make_shared<bool>(false);
+  auto held = std::make_shared<std::vector<caf::typed_response_promise<std::vector<uint8_t>>>>();
+  return {
+      [=](beat_atom) {
+        if (std::exchange(*started, true)) return;
+        script(self, uplink);
+      },
+      [=](bye_atom) { self->quit(); },  // the script's way to end the session
+      [=](chunk_atom, const std::string&) -> caf::result<std::vector<uint8_t>> {
+        held->push_back(self->make_response_promise<std::vector<uint8_t>>());
+        return held->back();
+      },
+      [=](earned_atom) -> int64_t { return 0; },
+  };
+}
+
+// The core's front door: the Nth hello gets a session running scripts[N] (the last one for
+// any later hello).
+caf::behavior scripted_core(caf::event_based_actor* self, std::vector<session_script> scripts,
+                            uint64_t chunk_bytes) {
+  auto hellos = std::make_shared<size_t>(0);
+  return {
+      [=](hello_atom, node_hello& h) -> node_welcome {
+        const auto& script = scripts[std::min(*hellos, scripts.size() - 1)];
+        *hellos += 1;
+        node_welcome w;
+        w.protocol = h.protocol;
+        w.node_id = "n" + std::to_string(*hellos);
+        w.heartbeat_ms = 50;
+        w.session = self->spawn(scripted_session, h.uplink, script);
+        w.payload_chunk_bytes = chunk_bytes;
+        return w;
+      },
+  };
+}
+
+// A worker that answers each assignment at once.
+caf::behavior instant_worker(caf::event_based_actor*) {
+  return {
+      [](assign_atom, assignment& a) {
+        assignment_result r;
+        r.assignment_id = a.id;
+        return r;
+      },
+  };
+}
+
+// An assignment whose parameters come in `chunks` chunks of 1 KiB, named after `set`.
+assignment chunked(uint64_t id, int set, size_t chunks) {
+  assignment a;
+  a.id = id;
+  a.job_id = "job-1";
+  a.params_bytes = chunks * 1024;
+  for (size_t i = 0; i < chunks; ++i) {
+    const std::string name = std::to_string(set) + "/" + std::to_string(i);
+    a.params_chunks.push_back(
+        digest_hex({reinterpret_cast<const uint8_t*>(name.data()), name.size()}));
+  }
+  return a;
+}
+
+}  // namespace
+
+TEST_SUITE("uplink") {
+  TEST_CASE("a fetch of parameters that a newer one pushed out still ends with its session") {
+    test::configured_system s;
+    auto answered = std::make_shared<std::vector<uint64_t>>();
+    caf::actor test = caf::actor_cast<caf::actor>(s.self);
+    // The first session hands each of three workers an assignment of other parameters (the
+    // uplink keeps two fetches; the third pushes the first out), none of whose chunks ever
+    // come, then ends. The second hands worker 0 an assignment with its parameters inline:
+    // the worker must be free to take it.
+    session_script first = [](node_session_actor::pointer self, caf::actor uplink) {
+      for (uint32_t w = 0; w < 3; ++w)
+        self->request(uplink, caf::infinite, assign_atom::value, w,
+                      chunked(100 + w, static_cast<int>(w), 2))
+            .then([](assignment_result&) {}, [](caf::error&) {});
+      self->delayed_send(self, std::chrono::milliseconds(300), bye_atom::value);
+    };
+    session_script second = [test](node_session_actor::pointer self, caf::actor uplink) {
+      assignment a;
+      a.id = 200;
+      a.job_id = "job-1";
+      self->request(uplink, std::chrono::seconds(10), assign_atom::value, uint32_t{0}, a)
+          .then([test](assignment_result& r) { caf::anon_send(test, r.assignment_id); },
+                [test](caf::error&) { caf::anon_send(test, uint64_t{0}); });
+    };
+    auto core = s.sys.spawn(scripted_core, std::vector<session_script>{first, second}, 1024);
+    std::vector<caf::actor> workers;
+    for (int i = 0; i < 3; ++i) workers.push_back(s.sys.spawn(instant_worker));
+    // The node's chunk cache and owner: told things (the session, to serve chunks from) that
+    // do not matter here. Answered with nothing rather than dropped: a dropped message comes
+    // back to its sender as an error, which ends an actor that sent it without asking.
+    auto sink = s.sys.spawn([](caf::event_based_actor* self) -> caf::behavior {
+      self->set_default_handler(
+          [](caf::scheduled_actor*, caf::message_view&) -> caf::result<caf::message> {
+            return caf::message{};
+          });
+      return {[](int) {}};
+    });
+    uplink_config config;
+    config.name = "probe";
+    config.protocol = protocol_version;
+    auto uplink = spawn_uplink(s.sys, config, core, workers, sink, sink);
+    uint64_t got = 1;
+    s.self->receive([&](uint64_t id) { got = id; }, caf::after(std::chrono::seconds(15)) >> [] {});
+    const std::string outcome = got == 200 ? "answered"
+                                : got == 0   ? "failed or timed out (is the worker kept busy?)"
+                                             : "not answered in 15 s";
+    CHECK_MESSAGE(got == 200, "worker 0's assignment from the second session: " << outcome);
+    for (auto& a : workers) s.self->send_exit(a, caf::exit_reason::user_shutdown);
+    for (auto& a : {uplink, core, sink}) s.self->send_exit(a, caf::exit_reason::user_shutdown);
+  }
+}
