@@ -187,6 +187,16 @@ void hello(uplink_actor* self, caf::actor core) {
               spdlog::warn("uplink: the core's welcome holds no session");
               return retry_later(self);
             }
+            // Payload chunks far smaller than a real core's would have an update announced as
+            // one 64-character digest per few bytes (a copy of it many times its size).
+            if (w.payload_chunk_bytes != 0 && (w.payload_chunk_bytes < min_chunk_bytes ||
+                                               w.payload_chunk_bytes > max_chunk_bytes)) {
+              spdlog::error(
+                  "uplink: the core's welcome names payload chunks of {} bytes, outside "
+                  "[1 KiB, 64 MiB]; not joining",
+                  w.payload_chunk_bytes);
+              return retry_later(self);
+            }
             st.core = core;
             st.session = caf::actor_cast<caf::actor>(w.session);
             st.node_id = w.node_id;

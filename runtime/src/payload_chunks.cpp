@@ -7,13 +7,6 @@
 
 namespace gflex {
 
-namespace {
-
-constexpr uint64_t min_chunk_bytes = uint64_t{1} << 10;
-constexpr uint64_t max_chunk_bytes = uint64_t{64} << 20;
-
-}  // namespace
-
 uint64_t chunk_count(uint64_t total, uint64_t chunk_bytes) noexcept {
   if (chunk_bytes == 0) return 0;
   return std::max<uint64_t>(1, (total + chunk_bytes - 1) / chunk_bytes);

@@ -142,4 +142,41 @@ TEST_SUITE("uplink") {
     for (auto& a : workers) s.self->send_exit(a, caf::exit_reason::user_shutdown);
     for (auto& a : {uplink, core, sink}) s.self->send_exit(a, caf::exit_reason::user_shutdown);
   }
+
+  TEST_CASE("a welcome with payload chunks outside [1 KiB, 64 MiB] is not joined") {
+    test::configured_system s;
+    caf::actor test = caf::actor_cast<caf::actor>(s.self);
+    // A session that hears a heartbeat was joined: it says so.
+    session_script joined = [test](node_session_actor::pointer, caf::actor) {
+      caf::anon_send(test, std::string("joined"));
+    };
+    auto sink = s.sys.spawn([](caf::event_based_actor* self) -> caf::behavior {
+      self->set_default_handler(
+          [](caf::scheduled_actor*, caf::message_view&) -> caf::result<caf::message> {
+            return caf::message{};
+          });
+      return {[](int) {}};
+    });
+    uplink_config config;
+    config.name = "probe";
+    config.protocol = protocol_version;
+    for (uint64_t chunk_bytes : {uint64_t{1}, uint64_t{1023}, (uint64_t{64} << 20) + 1}) {
+      auto core = s.sys.spawn(scripted_core, std::vector<session_script>{joined}, chunk_bytes);
+      auto uplink = spawn_uplink(s.sys, config, core, {s.sys.spawn(instant_worker)}, sink, sink);
+      bool heard = false;
+      s.self->receive([&](std::string&) { heard = true; },
+                      caf::after(std::chrono::milliseconds(1500)) >> [] {});
+      CHECK_MESSAGE(!heard, "joined with payload chunks of " << chunk_bytes << " bytes");
+      s.self->send_exit(uplink, caf::exit_reason::user_shutdown);
+      s.self->send_exit(core, caf::exit_reason::user_shutdown);
+    }
+    // The smallest a core may name is joined.
+    auto core = s.sys.spawn(scripted_core, std::vector<session_script>{joined}, 1024);
+    auto uplink = spawn_uplink(s.sys, config, core, {s.sys.spawn(instant_worker)}, sink, sink);
+    bool heard = false;
+    s.self->receive([&](std::string&) { heard = true; },
+                    caf::after(std::chrono::seconds(5)) >> [] {});
+    CHECK(heard);
+    for (auto& a : {uplink, core, sink}) s.self->send_exit(a, caf::exit_reason::user_shutdown);
+  }
 }

@@ -16,6 +16,10 @@
 
 namespace gflex {
 
+/// The chunk sizes a payload may be cut in: [1 KiB, 64 MiB].
+inline constexpr uint64_t min_chunk_bytes = uint64_t{1} << 10;
+inline constexpr uint64_t max_chunk_bytes = uint64_t{64} << 20;
+
 /// How many chunks a payload of `total` bytes has (at least one, even when empty).
 uint64_t chunk_count(uint64_t total, uint64_t chunk_bytes) noexcept;
 
