@@ -16,6 +16,7 @@
 
 #include "gflex/kernels/devices.hpp"
 #include "gflex/runtime/payload_chunks.hpp"
+#include "gflex/runtime/tensor_codec.hpp"
 #include "messages.hpp"
 
 namespace gflex {
@@ -60,8 +61,9 @@ constexpr size_t kept_params = 2;
 /// Chunk requests an uplink keeps out to its session while fetching parameters.
 constexpr size_t params_chunks_in_flight = 4;
 
-/// The largest parameters a node accepts (the tensor decoder's bound).
-constexpr uint64_t max_params_bytes = uint64_t{1} << 30;
+/// The largest parameters a node accepts (the tensor decoder's bound: a model of the 2^28
+/// parameters the planner allows, with its message's header).
+constexpr uint64_t max_params_bytes = max_tensor_message_bytes;
 
 struct uplink_state {
   uplink_config config;

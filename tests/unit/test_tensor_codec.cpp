@@ -122,6 +122,12 @@ TEST_SUITE("tensor_codec") {
     REQUIRE(back.has_value());
     REQUIRE(back->numel() == n);
     CHECK(std::memcmp(back->raw(), t.raw(), t.nbytes()) == 0);
+    // The default bound takes a model at the planner's 2^28 parameters: its 1 GiB of values
+    // in four pieces, with at most twice the header and piece overhead of these two (a bound
+    // of exactly 1 GiB refused every such model's parameters on every node).
+    const size_t overhead = bytes.size() - t.nbytes();
+    CHECK(overhead < 4096);
+    CHECK((size_t{1} << 30) + 2 * overhead <= decode_limits{}.max_bytes);
   }
 
   TEST_CASE("pieces of the wrong sizes, or data in both forms, are refused") {

@@ -11,9 +11,13 @@
 
 namespace gflex {
 
+/// The largest tensor message decoded by default: 2^28 four-byte values (a model's parameters
+/// at the bound the planner allows) with room for the message's header and shape.
+inline constexpr size_t max_tensor_message_bytes = (size_t{1} << 30) + (size_t{1} << 16);
+
 /// Bounds applied when decoding bytes that came from outside the process.
 struct decode_limits {
-  size_t max_bytes = size_t{1} << 30;  ///< Largest encoded message accepted.
+  size_t max_bytes = max_tensor_message_bytes;  ///< Largest encoded message accepted.
   size_t max_rank = 8;                 ///< Most dimensions a tensor may have.
   int64_t max_elements = int64_t{1} << 28;
 };
