@@ -109,8 +109,10 @@ struct sample_batch {
   int64_t rows() const { return static_cast<int64_t>(labels.size()); }
 };
 
-/// What the `train` stage emits for every committed round of its job: the job's status and
-/// the round's parameters (in the model's layout order).
+/// What the `train` stage emits as its job commits rounds: the job's status and the parameters
+/// of its newest committed round (in the model's layout order). The core keeps a job's newest
+/// parameters only, so rounds committed between two polls come as one update, the newest
+/// (`status.history` holds every round's loss and accuracy).
 struct round_update {
   job_status status;
   std::shared_ptr<const std::vector<float>> parameters;
@@ -119,8 +121,9 @@ struct round_update {
 /// The distributed job a `train` stage runs. The stage gathers the samples it is fed (up to
 /// `max_samples`; every `test_every`-th batch is held out), pushes them to the core as the
 /// data set `data_set` (content-addressed shards), submits `spec_toml` with `[data] set`
-/// naming it, and emits a round_update for every committed round until the job ends; a job
-/// that ends other than "done" fails the stage with its detail.
+/// naming it, and polls the job every `poll`, emitting a round_update whenever rounds were
+/// committed since the last one, until the job ends; a job that ends other than "done" fails
+/// the stage with its detail.
 struct train_options {
   gflex::client* client = nullptr;  ///< The core to run on (an embedded cluster's or a remote one).
   std::string spec_toml;            ///< The job spec, without a [data] table.
@@ -469,8 +472,8 @@ class stream {
     g_->add(std::move(d));
   }
 
-  /// A distributed job trained on this stream's samples (see train_options); emits one
-  /// round_update per committed round.
+  /// A distributed job trained on this stream's samples (see train_options); emits a
+  /// round_update with the newest parameters as rounds are committed.
   stream<round_update> train(std::string name, train_options train,
                              stage_options options = {}) const {
     static_assert(std::is_same_v<T, sample_batch>,
