@@ -189,7 +189,8 @@ caf::actor restart_child(core_actor_type* self, const caf::actor_addr& who) {
     tell(c.registry, "reputation", c.reputation);
     return c.reputation;
   } else if (who == c.ledger.address()) {
-    c.ledger = spawn_ledger_keeper(sys, c.store, std::chrono::milliseconds(st.config.ledger_wait_ms));
+    c.ledger =
+        spawn_ledger_keeper(sys, c.store, std::chrono::milliseconds(st.config.ledger_wait_ms));
     tell(c.jobs, "ledger", c.ledger);
     return c.ledger;
   } else if (who == c.gate.address()) {

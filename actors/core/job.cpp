@@ -337,8 +337,8 @@ void hold_round(job_actor* self) {
   const auto op = ledger_op(st, "hold", index);
   std::vector<posting> postings{{st.job.spec.account, -hold}, {escrow_of(st), hold}};
   self->request(st.links.ledger, st.links.ledger_wait, transfer_atom::value, std::string("hold"),
-                st.job.id + " round " + std::to_string(index + 1) + ": escrow",
-                std::move(postings), op)
+                st.job.id + " round " + std::to_string(index + 1) + ": escrow", std::move(postings),
+                op)
       .then([=](uint64_t) { held(); },
             [=](caf::error& e) {
               const auto why = from_caf(e).message();
@@ -766,21 +766,19 @@ void try_confirm(job_actor* self) {
   // booked as an operation (a round of no escrow and no pay moves nothing).
   const bool named = metered(st) && !pay.postings.empty();
   const auto op = ledger_op(st, "settle", u.index);
-  auto written = metered(st)
-                     ? self->request(st.links.ledger, st.links.ledger_wait, settle_atom::value,
-                                     std::string("settle"), std::move(pay.memo),
-                                     std::move(pay.postings), std::move(batch),
-                                     named ? op : std::string())
-                     : self->request(st.links.store, std::chrono::seconds(60), commit_atom::value,
-                                     std::move(batch));
-  std::move(written).then([=](caf::ok_atom) { committed(); },
-                          [=](caf::error& e) {
-                            const auto why = self->system().render(e);
-                            if (!named || !outcome_unknown(e)) return not_committed(why);
-                            ask_booked(self, op, [=](bool booked) {
-                              booked ? committed() : not_committed(why);
-                            });
-                          });
+  auto written = metered(st) ? self->request(st.links.ledger, st.links.ledger_wait,
+                                             settle_atom::value, std::string("settle"),
+                                             std::move(pay.memo), std::move(pay.postings),
+                                             std::move(batch), named ? op : std::string())
+                             : self->request(st.links.store, std::chrono::seconds(60),
+                                             commit_atom::value, std::move(batch));
+  std::move(written).then(
+      [=](caf::ok_atom) { committed(); },
+      [=](caf::error& e) {
+        const auto why = self->system().render(e);
+        if (!named || !outcome_unknown(e)) return not_committed(why);
+        ask_booked(self, op, [=](bool booked) { booked ? committed() : not_committed(why); });
+      });
   if (!last) try_advance(self);
 }
 
@@ -1387,8 +1385,8 @@ caf::behavior job_behavior(job_actor* self, job_start start, job_links links) {
                           finish(self, job_state::failed, "cannot return stale escrow: " + why);
                         };
                         const auto op = ledger_op(st, "stale", st.job.status.round);
-                        self->request(st.links.ledger, st.links.ledger_wait,
-                                      transfer_atom::value, std::string("release"),
+                        self->request(st.links.ledger, st.links.ledger_wait, transfer_atom::value,
+                                      std::string("release"),
                                       st.job.id +
                                           " resumed: escrow of an interrupted round "
                                           "returned",
@@ -1397,9 +1395,8 @@ caf::behavior job_behavior(job_actor* self, job_start start, job_links links) {
                                   [=](caf::error& e) {
                                     const auto why = from_caf(e).message();
                                     if (!outcome_unknown(e)) return refused(why);
-                                    ask_booked(self, op, [=](bool booked) {
-                                      booked ? go() : refused(why);
-                                    });
+                                    ask_booked(self, op,
+                                               [=](bool booked) { booked ? go() : refused(why); });
                                   });
                       },
                       [=](caf::error& e) {

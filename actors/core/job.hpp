@@ -14,9 +14,9 @@
 ///
 /// Protocol: (cancel_atom) -> ok_atom: ends the job as cancelled. (status_atom) -> job_status.
 
-#include <chrono>
 #include <caf/actor.hpp>
 
+#include <chrono>
 #include <memory>
 #include <string>
 #include <vector>

@@ -232,9 +232,10 @@ void confirm(keeper_actor* self, ledger_entry e, Promise promise, Value done, ca
             next_in_turn(self);
           },
           [=](caf::error& err) mutable {
-            spdlog::warn("ledger: entry {}'s write was not answered and the stored head cannot be "
-                         "read ({}); reading it again in a second",
-                         e.seq, self->system().render(err));
+            spdlog::warn(
+                "ledger: entry {}'s write was not answered and the stored head cannot be "
+                "read ({}); reading it again in a second",
+                e.seq, self->system().render(err));
             self->state.ask_again = [=]() mutable { confirm(self, e, promise, done, why); };
             self->delayed_send(self, std::chrono::seconds(1), tick_atom::value);
           });

@@ -67,12 +67,11 @@ TEST_SUITE("ledger_keeper") {
     // says the operation was booked, and sending it again books nothing new.
     const std::string op = "job-1/0123/hold/0";
     bool timed_out = false;
-    self->request(keeper, std::chrono::milliseconds(300), transfer_atom::value,
-                  std::string("hold"), std::string("job-1 round 1: escrow"),
+    self->request(keeper, std::chrono::milliseconds(300), transfer_atom::value, std::string("hold"),
+                  std::string("job-1 round 1: escrow"),
                   std::vector<posting>{{"user/alice", -30}, {"node/n1", 30}}, op)
-        .receive([&](uint64_t) {}, [&](caf::error& e) {
-          timed_out = e == caf::sec::request_timeout;
-        });
+        .receive([&](uint64_t) {},
+                 [&](caf::error& e) { timed_out = e == caf::sec::request_timeout; });
     CHECK(timed_out);
     uint64_t seq = 0;
     self->request(keeper, timeout, booked_atom::value, op)

@@ -97,7 +97,8 @@ TEST_SUITE("ledger") {
     REQUIRE_FALSE(again.has_value());
     CHECK(again.error().message().find("booked already") != std::string::npos);
     CHECK(book.balances() == before);
-    CHECK_FALSE(book.prepare("hold", "", {{"user/alice", -1}, {"node/n1", 1}}, 8, "a b").has_value());
+    CHECK_FALSE(
+        book.prepare("hold", "", {{"user/alice", -1}, {"node/n1", 1}}, 8, "a b").has_value());
     CHECK_FALSE(
         book.prepare("hold", "", {{"user/alice", -1}, {"node/n1", 1}}, 8, std::string(257, 'a'))
             .has_value());

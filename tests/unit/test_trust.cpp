@@ -485,8 +485,8 @@ TEST_SUITE("misbehaviour") {
     CHECK(w.decide("job-5"));
     w.alter("job-5", d);
     CHECK(d[7] == -honest[7]);
-    for (const char* bad : {"in:job-5", "in::signflip", "in:job-5:honest", "in:a:in:b:signflip",
-                            "in:job-5:wobble"})
+    for (const char* bad :
+         {"in:job-5", "in::signflip", "in:job-5:honest", "in:a:in:b:signflip", "in:job-5:wobble"})
       CHECK_FALSE(parse_misbehaviour(bad).has_value());
   }
 

@@ -136,8 +136,8 @@ TEST_SUITE("uplink") {
     uint64_t got = 1;
     s.self->receive([&](uint64_t id) { got = id; }, caf::after(std::chrono::seconds(15)) >> [] {});
     const std::string outcome = got == 200 ? "answered"
-                                : got == 0   ? "failed or timed out (is the worker kept busy?)"
-                                             : "not answered in 15 s";
+                                : got == 0 ? "failed or timed out (is the worker kept busy?)"
+                                           : "not answered in 15 s";
     CHECK_MESSAGE(got == 200, "worker 0's assignment from the second session: " << outcome);
     for (auto& a : workers) s.self->send_exit(a, caf::exit_reason::user_shutdown);
     for (auto& a : {uplink, core, sink}) s.self->send_exit(a, caf::exit_reason::user_shutdown);

@@ -18,7 +18,7 @@ inline constexpr size_t max_tensor_message_bytes = (size_t{1} << 30) + (size_t{1
 /// Bounds applied when decoding bytes that came from outside the process.
 struct decode_limits {
   size_t max_bytes = max_tensor_message_bytes;  ///< Largest encoded message accepted.
-  size_t max_rank = 8;                 ///< Most dimensions a tensor may have.
+  size_t max_rank = 8;                          ///< Most dimensions a tensor may have.
   int64_t max_elements = int64_t{1} << 28;
 };
 
