@@ -297,10 +297,20 @@ struct stage_init {
   bool remote = false;
 };
 
+/// Acknowledgements an item to another process carries (pipe_wire_item): acks[i] to to[i].
+struct carried_acks {
+  std::vector<caf::actor> to;
+  std::vector<pipe_ack> acks;
+};
+
 struct out_slot {
   caf::actor actor;
   int64_t credit = 0;
   std::map<uint64_t, item> unfinished;  ///< Sent, not yet acknowledged, by sequence number.
+  /// The acknowledgements an unfinished item carried: a consumer whose process died with the
+  /// item unread lost them, and its replacement is sent them again with the item (the
+  /// producer's producer would otherwise keep those inputs, and never finish).
+  std::map<uint64_t, carried_acks> carried;
 };
 
 struct stage_state {
@@ -347,23 +357,18 @@ void ack(stage_actor* self, const input_ref& ref) {
 void process_inbox(stage_actor* self);
 void maybe_finish(stage_actor* self);
 
-/// Sends an item to a consumer instance: as the object in this process, encoded otherwise.
-/// Going to another process, it carries the acknowledgements of `finished` (the inputs it
-/// completes), which are then cleared; in this process the two cannot be separated.
+/// Sends an item to a consumer instance: as the object in this process, encoded otherwise,
+/// with the acknowledgements `acks` (of the inputs it completes): to another process they
+/// travel in the item's message; in this process they go first, as their own messages.
 void send_item(stage_actor* self, const caf::actor& to, const input_ref& ref, item value,
-               std::vector<pipe_item>* finished = nullptr) {
+               const carried_acks& acks = {}) {
   if (elsewhere(self, to)) {
-    pipe_wire_item w{ref.producer, ref.epoch, ref.seq, self->state.init.def->encode(value), {}, {}};
-    if (finished != nullptr) {
-      for (const auto& in : *finished)
-        if (in.from.sender) {
-          w.ack_to.push_back(in.from.sender);
-          w.acks.push_back(pipe_ack{self->state.init.instance, in.from.epoch, in.from.seq});
-        }
-      finished->clear();
-    }
+    pipe_wire_item w{ref.producer, ref.epoch, ref.seq, self->state.init.def->encode(value),
+                     acks.to,      acks.acks};
     self->send(to, pwitem_atom::value, std::move(w));
   } else {
+    for (size_t i = 0; i < acks.acks.size(); ++i)
+      self->send(acks.to[i], pack_atom::value, acks.acks[i]);
     self->send(to, pitem_atom::value, pipe_item{ref, std::move(value)});
   }
 }
@@ -409,9 +414,21 @@ void flush(stage_actor* self) {
     st.init.counters->raise_peak(static_cast<int64_t>(slot->unfinished.size()));
     ++st.init.counters->out;
     // The last item of the outbox finishes its inputs: to another process it takes their
-    // acknowledgements along.
+    // acknowledgements along (kept with it until it is acknowledged in turn), as one message:
+    // a process killed between two messages could otherwise leave the item delivered and its
+    // inputs unacknowledged, and the inputs, replayed, would arrive twice.
+    carried_acks acks;
+    if (st.outbox.empty() && elsewhere(self, slot->actor)) {
+      for (const auto& in : st.finished_on_sent)
+        if (in.from.sender) {
+          acks.to.push_back(in.from.sender);
+          acks.acks.push_back(pipe_ack{st.init.instance, in.from.epoch, in.from.seq});
+        }
+      st.finished_on_sent.clear();
+      if (!acks.acks.empty()) slot->carried[seq] = acks;
+    }
     send_item(self, slot->actor, input_ref{st.init.instance, st.init.epoch, seq, {}},
-              std::move(value), st.outbox.empty() ? &st.finished_on_sent : nullptr);
+              std::move(value), acks);
   }
   for (const auto& in : st.finished_on_sent) ack(self, in.from);
   st.finished_on_sent.clear();
@@ -637,6 +654,7 @@ caf::behavior stage_behavior(stage_actor* self, stage_init init) {
           return;  // for an earlier instance of this stage
         auto& slot = st.slots[static_cast<size_t>(a.consumer)];
         if (slot.unfinished.erase(a.seq) == 0) return;
+        slot.carried.erase(a.seq);
         ++slot.credit;
         guarded(self, [&] {
           flush(self);
@@ -667,8 +685,11 @@ caf::behavior stage_behavior(stage_actor* self, stage_init init) {
         // both held is lost), and the fresh one holds nothing from the predecessor.
         st.awaiting_adoption.erase(r.instance);
         guarded(self, [&] {
-          for (auto& [seq, value] : slot.unfinished)
-            send_item(self, slot.actor, input_ref{st.init.instance, st.init.epoch, seq, {}}, value);
+          for (auto& [seq, value] : slot.unfinished) {
+            auto acks = slot.carried.find(seq);
+            send_item(self, slot.actor, input_ref{st.init.instance, st.init.epoch, seq, {}}, value,
+                      acks == slot.carried.end() ? carried_acks{} : acks->second);
+          }
           // After the items: the end tells the consumer that nothing else comes.
           if (st.end_sent) self->send(slot.actor, pend_atom::value, pipe_end{st.init.instance});
           flush(self);

@@ -3,8 +3,8 @@
 /// pipeline_workers.sh. The same program is the pipeline and its workers:
 ///
 ///   gflex_pipeline_probe serve --port-file F --workers W [--items N] [--token T]
-///                        [--kill-actor-ms MS] [--join-timeout-ms MS]
-///   gflex_pipeline_probe join --port P [--token T] [--other-graph]
+///                        [--kill-actor-ms MS] [--join-timeout-ms MS] [--relay]
+///   gflex_pipeline_probe join --port P [--token T] [--other-graph] [--relay]
 ///
 /// The graph: a source of 0..N-1 (in the pipeline's process) -> "square" (a map on the
 /// workers, 2 instances, 2 ms per item: [x, x*x]) -> "check" (a sink in the pipeline's
@@ -12,7 +12,11 @@
 /// "done: N items, each once; square restarts R; workers joined J, lost L", and exits 0, or
 /// "error: ..." and exits 1. --kill-actor-ms kills the first square instance's actor (in a
 /// worker process) that long after the start. --other-graph builds the graph with 3
-/// instances of square (a different graph, which the pipeline must refuse).
+/// instances of square (a different graph, which the pipeline must refuse). --relay (given to
+/// the pipeline and its workers alike) puts a "relay" map in the pipeline's process between
+/// the source and square: its items to square carry the acknowledgements of the source's
+/// items they were made from, which must reach the source even when square's process dies
+/// with them in flight.
 
 #include <atomic>
 #include <chrono>
@@ -40,6 +44,7 @@ struct args {
   int join_timeout_ms = 30000;
   int port = 0;
   bool other_graph = false;
+  bool relay = false;
 };
 
 struct tally {
@@ -57,11 +62,16 @@ pl::graph build(const args& a, tally* t) {
   square.instances = a.other_graph ? 3 : 2;
   square.window = 16;
   square.restarts = 5;
-  g.source<int64_t>("numbers",
-                    [n](int64_t p) -> std::optional<int64_t> {
-                      if (p >= n) return std::nullopt;
-                      return p;
-                    })
+  auto numbers = g.source<int64_t>("numbers", [n](int64_t p) -> std::optional<int64_t> {
+    if (p >= n) return std::nullopt;
+    return p;
+  });
+  pl::stage_options relay;
+  relay.window = 16;
+  if (a.relay)
+    numbers = numbers.map(
+        "relay", [](const int64_t& x) { return x; }, relay);
+  numbers
       .map(
           "square",
           [](const int64_t& x) {
@@ -176,6 +186,8 @@ int main(int argc, char** argv) {
       a.port = std::stoi(next());
     else if (s == "--other-graph")
       a.other_graph = true;
+    else if (s == "--relay")
+      a.relay = true;
     else {
       std::fprintf(stderr, "unknown option %s\n", s.c_str());
       return 2;

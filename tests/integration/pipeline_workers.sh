@@ -8,7 +8,8 @@ source "$(dirname "$0")/lib.sh"
 PROBE="$BIN/gflex_pipeline_probe"
 
 # serve_and_join NAME WORKERS [SERVE ARGS...]: starts the pipeline (its output in
-# $WORK/NAME.log) and WORKERS worker processes (NAME-w1, ...), once it listens.
+# $WORK/NAME.log) and WORKERS worker processes (NAME-w1, ...), once it listens; the workers
+# are given $JOIN_ARGS.
 serve_and_join() {
   local name=$1 workers=$2
   shift 2
@@ -17,7 +18,8 @@ serve_and_join() {
   wait_for 20 "$name to listen" test -s "$WORK/$name.port"
   local port
   port=$(cat "$WORK/$name.port")
-  for i in $(seq 1 "$workers"); do start "$name-w$i" "$PROBE" join --port "$port"; done
+  # shellcheck disable=SC2086 # JOIN_ARGS is a list of words
+  for i in $(seq 1 "$workers"); do start "$name-w$i" "$PROBE" join --port "$port" ${JOIN_ARGS:-}; done
 }
 
 # expect_exit SECONDS PID NAME [CODE]: PID must exit within SECONDS (with CODE, default 0).
@@ -48,6 +50,20 @@ grep -Eq "done: 3000 items, each once; square restarts [1-9].*workers joined 2, 
   "$WORK/kill9.log" || fail "kill9: not every item once with a restart and a lost worker: $(tail -1 "$WORK/kill9.log")"
 expect_exit 20 "$PID_kill9_w2" kill9-w2
 grep -q "joined: ran [1-9]" "$WORK/kill9-w2.log" || fail "kill9-w2 ran no stage instance"
+
+# 1b. The same with a stage in the pipeline's process before square: its items to square
+# carry the acknowledgements of the source's items, and those lost with the killed process
+# must still reach the source (they did not: the source kept the items and the run could
+# not end).
+JOIN_ARGS=--relay serve_and_join relay 2 --items 3000 --relay
+wait_for 20 "relay to run" grep -q running "$WORK/relay.log"
+sleep 1
+kill -KILL "$PID_relay_w1"
+echo "killed worker process $PID_relay_w1"
+expect_exit 90 "$PID_relay" relay
+grep -Eq "done: 3000 items, each once; square restarts [1-9].*workers joined 2, lost 1" \
+  "$WORK/relay.log" || fail "relay: not every item once with a restart and a lost worker: $(tail -1 "$WORK/relay.log")"
+expect_exit 20 "$PID_relay_w2" relay-w2
 
 # 2. A worker's stage actor killed mid-run (the process stays).
 serve_and_join killactor 2 --items 2000 --kill-actor-ms 800
