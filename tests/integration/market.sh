@@ -26,6 +26,29 @@ wait_for 30 "4 nodes to join" bash -c "[ \$('$G' nodes --core $core | wc -l) -eq
 ledger_state() { "$G" ledger verify --core "$core" --json | python3 -c \
   "import json,sys; j=json.load(sys.stdin); print(j['ok'], j['entries'], j['issued'])"; }
 
+# restart_core OLD NEW [ARGS...]: SIGKILLs core OLD and starts NEW on the same address and
+# data directory (with ARGS), then waits for it to listen and for the price-eligible nodes
+# (verifier, cheap, mid) to join it again.
+restart_core() {
+  local new=$2 pid_var="PID_$1"
+  shift 2
+  kill -KILL "${!pid_var}"
+  wait "${!pid_var}" 2>/dev/null || true
+  start "$new" "$C" --listen "$core" --data-dir "$WORK/core" --fee 0.1 "$@"
+  wait_for 20 "$new to listen" grep -q "core listening" "$WORK/$new.log"
+  wait_for 60 "the nodes to join $new" bash -c \
+    "[ \$('$G' nodes --core $core | grep -cE 'verifier|cheap|mid') -eq 3 ]"
+}
+
+# run_to_end NAME SECONDS: submits $WORK/NAME.toml, waits up to SECONDS for the job to end
+# (or pause), and shows its status (kept in $WORK/NAME.txt); the job's id goes to $ran.
+run_to_end() {
+  ran=$("$G" submit "$WORK/$1.toml" --core "$core") || fail "submit $1"
+  wait_for "$2" "$ran ($1) to end" bash -c \
+    "'$G' status $ran --core $core | grep -qE ' (done|failed|cancelled|paused),'"
+  "$G" status "$ran" --core "$core" | tee "$WORK/$1.txt"
+}
+
 # -- accounts and bad input ------------------------------------------------------------------
 "$C" account create user/alice --core "$core" >/dev/null || fail "create user/alice"
 "$C" account credit user/alice 10 --core "$core" >/dev/null || fail "credit user/alice"
@@ -155,10 +178,8 @@ wait_for 30 "cheat to join" bash -c "'$G' nodes --core $core | grep -q cheat"
 "$C" account credit user/bob 10 --core "$core" >/dev/null || fail "credit user/bob"
 job_spec user/bob 0.17 | sed -e 's/^rounds = 12$/rounds = 4/' -e 's/^name = "paid"$/name = "tight"/' \
   >"$WORK/tight.toml"
-tight=$("$G" submit "$WORK/tight.toml" --core "$core") || fail "submit the tight job"
-wait_for 90 "$tight to end" bash -c \
-  "'$G' status $tight --core $core | grep -qE ' (done|failed|cancelled|paused),'"
-"$G" status "$tight" --core "$core" | tee "$WORK/tight.txt"
+run_to_end tight 90
+tight=$ran
 grep -q "job $tight: round 1 rolled back" "$WORK/core2.log" ||
   fail "the cheat's work was not caught after round 1 was applied (no rollback to test)"
 grep -q "$tight tight: done, round 4/4" "$WORK/tight.txt" &&
@@ -172,19 +193,11 @@ grep -q "$tight tight: done, round 4/4" "$WORK/tight.txt" &&
 # whether it was booked instead of taking the timeout as a refusal (the job paused "cannot
 # hold", then held again after a top-up and left a hold stranded in escrow; a settlement's
 # timeout failed the job and returned the round's hold a second time).
-kill -KILL "$PID_core2"
-wait "$PID_core2" 2>/dev/null || true
-start core3 "$C" --listen "$core" --data-dir "$WORK/core" --fee 0.1 \
-  --store-commit-delay-ms 1500 --ledger-wait-ms 1000
-wait_for 20 "the slow core to listen" grep -q "core listening" "$WORK/core3.log"
-wait_for 60 "the nodes to rejoin the slow core" bash -c \
-  "[ \$('$G' nodes --core $core | grep -cE 'verifier|cheap|mid') -eq 3 ]"
+restart_core core2 core3 --store-commit-delay-ms 1500 --ledger-wait-ms 1000
 job_spec user/bob 1 | sed -e 's/^rounds = 12$/rounds = 3/' -e 's/^name = "paid"$/name = "slow"/' \
   >"$WORK/slow.toml"
-slow=$("$G" submit "$WORK/slow.toml" --core "$core") || fail "submit to the slow core"
-wait_for 150 "$slow to end" bash -c \
-  "'$G' status $slow --core $core | grep -qE ' (done|failed|cancelled|paused),'"
-"$G" status "$slow" --core "$core" | tee "$WORK/slow.txt"
+run_to_end slow 150
+slow=$ran
 grep -q "$slow slow: done, round 3/3" "$WORK/slow.txt" || fail "$slow did not end done"
 grep -q "ledger: entry .* landed after its write was not answered" "$WORK/core3.log" ||
   fail "no ledger write outlived its wait (nothing tested)"
@@ -202,12 +215,7 @@ check(v["settled_rounds"].get(job) == 3, f"each of 3 rounds paid once ({v['settl
 check(v["stale_escrow"] == 0 and v["in_escrow"] == "0", f"no escrow left ({v['in_escrow']})")
 finish()
 PY
-kill -KILL "$PID_core3"
-wait "$PID_core3" 2>/dev/null || true
-start core4 "$C" --listen "$core" --data-dir "$WORK/core" --fee 0.1
-wait_for 20 "the core to listen again" grep -q "core listening" "$WORK/core4.log"
-wait_for 60 "the nodes to rejoin" bash -c \
-  "[ \$('$G' nodes --core $core | grep -cE 'verifier|cheap|mid') -eq 3 ]"
+restart_core core3 core4
 
 # -- a node caught in one job is not paid for its open work in another ----------------------
 # twofaced, the cheapest node, works honestly for a metered job and cheats (sign flips) in a

@@ -76,6 +76,24 @@ caf::behavior instant_worker(caf::event_based_actor*) {
   };
 }
 
+// The node's chunk cache and owner: told things (the session, to serve chunks from) that do
+// not matter here. Answered with nothing rather than dropped: a dropped message comes back to
+// its sender as an error, which ends an actor that sent it without asking.
+caf::behavior quiet_sink(caf::event_based_actor* self) {
+  self->set_default_handler(
+      [](caf::scheduled_actor*, caf::message_view&) -> caf::result<caf::message> {
+        return caf::message{};
+      });
+  return {[](int) {}};
+}
+
+uplink_config probe_config() {
+  uplink_config config;
+  config.name = "probe";
+  config.protocol = protocol_version;
+  return config;
+}
+
 // An assignment whose parameters come in `chunks` chunks of 1 KiB, named after `set`.
 assignment chunked(uint64_t id, int set, size_t chunks) {
   assignment a;
@@ -119,20 +137,8 @@ TEST_SUITE("uplink") {
     auto core = s.sys.spawn(scripted_core, std::vector<session_script>{first, second}, 1024);
     std::vector<caf::actor> workers;
     for (int i = 0; i < 3; ++i) workers.push_back(s.sys.spawn(instant_worker));
-    // The node's chunk cache and owner: told things (the session, to serve chunks from) that
-    // do not matter here. Answered with nothing rather than dropped: a dropped message comes
-    // back to its sender as an error, which ends an actor that sent it without asking.
-    auto sink = s.sys.spawn([](caf::event_based_actor* self) -> caf::behavior {
-      self->set_default_handler(
-          [](caf::scheduled_actor*, caf::message_view&) -> caf::result<caf::message> {
-            return caf::message{};
-          });
-      return {[](int) {}};
-    });
-    uplink_config config;
-    config.name = "probe";
-    config.protocol = protocol_version;
-    auto uplink = spawn_uplink(s.sys, config, core, workers, sink, sink);
+    auto sink = s.sys.spawn(quiet_sink);
+    auto uplink = spawn_uplink(s.sys, probe_config(), core, workers, sink, sink);
     uint64_t got = 1;
     s.self->receive([&](uint64_t id) { got = id; }, caf::after(std::chrono::seconds(15)) >> [] {});
     const std::string outcome = got == 200 ? "answered"
@@ -150,33 +156,22 @@ TEST_SUITE("uplink") {
     session_script joined = [test](node_session_actor::pointer, caf::actor) {
       caf::anon_send(test, std::string("joined"));
     };
-    auto sink = s.sys.spawn([](caf::event_based_actor* self) -> caf::behavior {
-      self->set_default_handler(
-          [](caf::scheduled_actor*, caf::message_view&) -> caf::result<caf::message> {
-            return caf::message{};
-          });
-      return {[](int) {}};
-    });
-    uplink_config config;
-    config.name = "probe";
-    config.protocol = protocol_version;
-    for (uint64_t chunk_bytes : {uint64_t{1}, uint64_t{1023}, (uint64_t{64} << 20) + 1}) {
+    auto sink = s.sys.spawn(quiet_sink);
+    // Whether a node joins a core whose welcome names chunks of `chunk_bytes`, within `wait`.
+    auto joins = [&](uint64_t chunk_bytes, std::chrono::milliseconds wait) {
       auto core = s.sys.spawn(scripted_core, std::vector<session_script>{joined}, chunk_bytes);
-      auto uplink = spawn_uplink(s.sys, config, core, {s.sys.spawn(instant_worker)}, sink, sink);
+      auto uplink =
+          spawn_uplink(s.sys, probe_config(), core, {s.sys.spawn(instant_worker)}, sink, sink);
       bool heard = false;
-      s.self->receive([&](std::string&) { heard = true; },
-                      caf::after(std::chrono::milliseconds(1500)) >> [] {});
-      CHECK_MESSAGE(!heard, "joined with payload chunks of " << chunk_bytes << " bytes");
+      s.self->receive([&](std::string&) { heard = true; }, caf::after(wait) >> [] {});
       s.self->send_exit(uplink, caf::exit_reason::user_shutdown);
       s.self->send_exit(core, caf::exit_reason::user_shutdown);
-    }
-    // The smallest a core may name is joined.
-    auto core = s.sys.spawn(scripted_core, std::vector<session_script>{joined}, 1024);
-    auto uplink = spawn_uplink(s.sys, config, core, {s.sys.spawn(instant_worker)}, sink, sink);
-    bool heard = false;
-    s.self->receive([&](std::string&) { heard = true; },
-                    caf::after(std::chrono::seconds(5)) >> [] {});
-    CHECK(heard);
-    for (auto& a : {uplink, core, sink}) s.self->send_exit(a, caf::exit_reason::user_shutdown);
+      return heard;
+    };
+    for (uint64_t chunk_bytes : {uint64_t{1}, uint64_t{1023}, (uint64_t{64} << 20) + 1})
+      CHECK_MESSAGE(!joins(chunk_bytes, std::chrono::milliseconds(1500)),
+                    "joined with payload chunks of " << chunk_bytes << " bytes");
+    CHECK(joins(1024, std::chrono::seconds(5)));  // the smallest a core may name
+    s.self->send_exit(sink, caf::exit_reason::user_shutdown);
   }
 }
