@@ -51,9 +51,18 @@ struct model_export {
   std::chrono::steady_clock::time_point used;
 };
 
-/// Exports kept at once, and how long one stays unused before it goes.
+/// Exports kept at once (each being made holds a checkpoint and its export: up to 2 GiB
+/// each), and how long one stays unused before it goes. A fetch that needs another while
+/// all are being made waits for one (at most `max_waiting_exports` wait; more are refused).
 constexpr size_t max_exports = 4;
 constexpr auto export_idle = std::chrono::minutes(5);
+constexpr size_t max_waiting_exports = 256;
+
+/// A fetch from the start of a job's model that waits for an export to be made.
+struct queued_fetch {
+  std::string who, id;
+  caf::typed_response_promise<model_part> promise;
+};
 
 struct job_supervisor_state {
   std::chrono::steady_clock::time_point mailbox_noted{};  // core_metrics::note_mailbox
@@ -77,6 +86,7 @@ struct job_supervisor_state {
   /// so that parallel submits cannot all pass it.
   std::map<std::string, int64_t> submitting;
   std::map<std::string, model_export> exports;  // by job
+  std::deque<queued_fetch> queued_exports;      // fetches waiting while max_exports are made
   job_links links;
   static inline const char* name = "job_supervisor";
 };
@@ -166,6 +176,27 @@ caf::behavior export_builder(caf::event_based_actor* self, caf::actor store, std
         return rp;
       },
   };
+}
+
+void fetch_model(supervisor_actor* self, const std::string& who, const std::string& id,
+                 uint64_t offset, caf::typed_response_promise<model_part> rp);
+
+// A builder ended: the fetches that waited longest are taken again while fewer than
+// max_exports exports are being made.
+void next_queued_export(supervisor_actor* self) {
+  auto& st = self->state;
+  auto being_made = [&] {
+    return std::count_if(st.exports.begin(), st.exports.end(),
+                         [](const auto& e) { return !e.second.bytes; });
+  };
+  // Each taken is served, joins an export being made, or starts one; at most those waiting
+  // now are taken (one queued again is not taken twice).
+  for (size_t n = st.queued_exports.size();
+       n > 0 && being_made() < static_cast<std::ptrdiff_t>(max_exports); --n) {
+    auto next = std::move(st.queued_exports.front());
+    st.queued_exports.pop_front();
+    fetch_model(self, next.who, next.id, 0, std::move(next.promise));
+  }
 }
 
 error unknown_job(const std::string& id) {
@@ -338,6 +369,93 @@ void jobs_resumed(supervisor_actor* self) {
         .then([rp](std::string& id) mutable { rp.deliver(std::move(id)); },
               [rp](caf::error& e) mutable { rp.deliver(std::move(e)); });
   }
+}
+
+// Answers a fetch of part of job `id`'s model from `offset`: from the export kept, once it
+// is made, or (all kept exports being made) once a builder has ended.
+void fetch_model(supervisor_actor* self, const std::string& who, const std::string& id,
+                 uint64_t offset, caf::typed_response_promise<model_part> rp) {
+  auto& st = self->state;
+  auto* entry = find_for(self, who, id);
+  if (entry == nullptr) {
+    rp.deliver(to_caf(unknown_job(id)));
+    return;
+  }
+  const auto now = std::chrono::steady_clock::now();
+  for (auto it = st.exports.begin(); it != st.exports.end();)
+    it = it->second.bytes && now - it->second.used > export_idle ? st.exports.erase(it)
+                                                                 : std::next(it);
+  auto found = st.exports.find(id);
+  if (found != st.exports.end() && found->second.bytes &&
+      (offset > 0 || found->second.step == entry->status.round)) {
+    found->second.used = now;
+    auto part = part_of(found->second, offset, st.links.payload_chunk_bytes);
+    deliver_part(rp, std::move(part));
+    return;
+  }
+  if (offset > 0) {
+    rp.deliver(to_caf(error(errc::invalid_argument,
+                            "job '" + id + "': the model's export is gone; fetch from the start")));
+    return;
+  }
+  if (found != st.exports.end() && !found->second.bytes) {
+    found->second.waiting.push_back({offset, rp});  // being made
+    return;
+  }
+  // Room is made by the export made and unused the longest; one being made stays.
+  while (st.exports.size() >= max_exports) {
+    auto oldest = st.exports.end();
+    for (auto it = st.exports.begin(); it != st.exports.end(); ++it)
+      if (it->second.bytes && (oldest == st.exports.end() || it->second.used < oldest->second.used))
+        oldest = it;
+    if (oldest == st.exports.end()) break;  // all are being made
+    st.exports.erase(oldest);
+  }
+  if (st.exports.size() >= max_exports) {
+    // Every export kept is being made: this one waits for a builder to end.
+    if (st.queued_exports.size() >= max_waiting_exports) {
+      rp.deliver(to_caf(error(errc::limit_exceeded,
+                              std::to_string(max_exports) + " model exports are being made and " +
+                                  std::to_string(st.queued_exports.size()) +
+                                  " fetches wait for one; fetch again shortly")));
+      return;
+    }
+    st.queued_exports.push_back({who, id, rp});
+    return;
+  }
+  auto& ex = st.exports[id];
+  ex = model_export{};
+  ex.used = now;
+  ex.waiting.push_back({offset, rp});
+  // Decoding and encoding a large model takes seconds: not on the scheduler's threads.
+  auto builder =
+      self->spawn<caf::detached>(export_builder, st.links.store, id, entry->status.workload,
+                                 entry->spec.model, entry->spec.data_set);
+  self->request(builder, std::chrono::minutes(10), fetch_atom::value)
+      .then(
+          [=](std::vector<uint8_t>& bytes, int64_t step) {
+            auto& st = self->state;
+            auto it = st.exports.find(id);
+            if (it == st.exports.end()) return;
+            it->second.step = step;
+            it->second.used = std::chrono::steady_clock::now();
+            it->second.bytes = std::make_shared<const std::vector<uint8_t>>(std::move(bytes));
+            auto waiting = std::move(it->second.waiting);
+            it->second.waiting.clear();
+            for (auto& w : waiting)
+              deliver_part(w.promise, part_of(it->second, w.offset, st.links.payload_chunk_bytes));
+            next_queued_export(self);
+          },
+          [=](caf::error& e) {
+            auto& st = self->state;
+            auto it = st.exports.find(id);
+            if (it != st.exports.end()) {
+              auto waiting = std::move(it->second.waiting);
+              st.exports.erase(it);
+              for (auto& w : waiting) w.promise.deliver(e);
+            }
+            next_queued_export(self);
+          });
 }
 
 caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links) {
@@ -661,67 +779,8 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links) {
       },
       [=](fetch_atom, const std::string& who, const std::string& id,
           uint64_t offset) -> caf::result<model_part> {
-        auto& st = self->state;
-        auto* entry = find_for(self, who, id);
-        if (entry == nullptr) return to_caf(unknown_job(id));
-        const auto now = std::chrono::steady_clock::now();
-        for (auto it = st.exports.begin(); it != st.exports.end();)
-          it = it->second.bytes && now - it->second.used > export_idle ? st.exports.erase(it)
-                                                                       : std::next(it);
-        auto found = st.exports.find(id);
-        if (found != st.exports.end() && found->second.bytes &&
-            (offset > 0 || found->second.step == entry->status.round)) {
-          found->second.used = now;
-          auto part = part_of(found->second, offset, st.links.payload_chunk_bytes);
-          if (!part) return to_caf(part.error());
-          return std::move(*part);
-        }
-        if (offset > 0)
-          return to_caf(
-              error(errc::invalid_argument,
-                    "job '" + id + "': the model's export is gone; fetch from the start"));
         auto rp = self->make_response_promise<model_part>();
-        if (found != st.exports.end() && !found->second.bytes) {
-          found->second.waiting.push_back({offset, rp});  // being made
-          return rp;
-        }
-        while (st.exports.size() >= max_exports) {
-          auto oldest = std::min_element(
-              st.exports.begin(), st.exports.end(),
-              [](const auto& a, const auto& b) { return a.second.used < b.second.used; });
-          if (!oldest->second.bytes) break;  // all are being made: one more is allowed
-          st.exports.erase(oldest);
-        }
-        auto& ex = st.exports[id];
-        ex = model_export{};
-        ex.used = now;
-        ex.waiting.push_back({offset, rp});
-        // Decoding and encoding a large model takes seconds: not on the scheduler's threads.
-        auto builder =
-            self->spawn<caf::detached>(export_builder, st.links.store, id, entry->status.workload,
-                                       entry->spec.model, entry->spec.data_set);
-        self->request(builder, std::chrono::minutes(10), fetch_atom::value)
-            .then(
-                [=](std::vector<uint8_t>& bytes, int64_t step) {
-                  auto& st = self->state;
-                  auto it = st.exports.find(id);
-                  if (it == st.exports.end()) return;
-                  it->second.step = step;
-                  it->second.bytes = std::make_shared<const std::vector<uint8_t>>(std::move(bytes));
-                  auto waiting = std::move(it->second.waiting);
-                  it->second.waiting.clear();
-                  for (auto& w : waiting)
-                    deliver_part(w.promise,
-                                 part_of(it->second, w.offset, st.links.payload_chunk_bytes));
-                },
-                [=](caf::error& e) {
-                  auto& st = self->state;
-                  auto it = st.exports.find(id);
-                  if (it == st.exports.end()) return;
-                  auto waiting = std::move(it->second.waiting);
-                  st.exports.erase(it);
-                  for (auto& w : waiting) w.promise.deliver(e);
-                });
+        fetch_model(self, who, id, offset, rp);
         return rp;
       },
   };

@@ -1,0 +1,201 @@
+/// @file
+/// The job supervisor's model exports (gflex fetch) against a store played by the test: it
+/// holds every checkpoint read until told to answer, so that the exports being made at once
+/// can be counted. Each holds a checkpoint and its export (up to 2 GiB for the largest
+/// model): a user fetching many of their ended jobs at once must not make the core build
+/// them all together.
+
+#include <doctest/doctest.h>
+
+#include <caf/all.hpp>
+
+#include <algorithm>
+#include <array>
+#include <chrono>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "configured_system.hpp"
+#include "data_catalog.hpp"
+#include "gflex/job_status.hpp"
+#include "gflex/kernels/workload.hpp"
+#include "gflex/runtime/checkpoint.hpp"
+#include "job.hpp"
+#include "job_record.hpp"
+#include "job_supervisor.hpp"
+#include "messages.hpp"
+
+using namespace gflex;
+
+namespace {
+
+using read_promise = caf::typed_response_promise<bool, std::vector<uint8_t>>;
+
+struct held_store_state {
+  std::vector<read_promise> held;  // checkpoint reads not answered yet
+  size_t peak = 0;                 // the most held at once
+};
+
+// Ended jobs job-1 .. job-N of user/alice; every checkpoint read is held until (put_atom)
+// answers those held ("no checkpoint") or (put_atom, i, bytes) answers the i-th held with
+// `bytes`; (get_atom) -> (held now, most held at once).
+caf::behavior held_store(caf::stateful_actor<held_store_state>* self, int jobs) {
+  using keys_values = caf::result<std::vector<std::string>, std::vector<std::vector<uint8_t>>>;
+  return {
+      [=](scan_atom, const std::string&) -> keys_values {  // data sets: none
+        return {std::vector<std::string>{}, std::vector<std::vector<uint8_t>>{}};
+      },
+      [=](scan_atom, const std::string&, const std::string&) -> keys_values {  // job records
+        std::vector<std::string> keys;
+        std::vector<std::vector<uint8_t>> values;
+        for (int i = 1; i <= jobs; ++i) {
+          job_status s;
+          s.job_id = "job-" + std::to_string(i);
+          s.owner = "user/alice";
+          s.state = job_state::done;
+          s.round = 1;
+          keys.push_back("job/" + s.job_id + "/record");
+          values.push_back(encode_job_record(
+              "[job]\nname = \"e\"\nworkload = \"fashion-mlp\"\nrounds = 1\nworkers = 1\n", s));
+        }
+        return {std::move(keys), std::move(values)};
+      },
+      [=](read_atom, const std::string&) -> caf::result<bool, std::vector<uint8_t>> {
+        auto rp = self->make_response_promise<bool, std::vector<uint8_t>>();
+        self->state.held.push_back(rp);
+        self->state.peak = std::max(self->state.peak, self->state.held.size());
+        return rp;
+      },
+      [=](caf::put_atom) {
+        auto held = std::move(self->state.held);
+        self->state.held.clear();
+        for (auto& rp : held) rp.deliver(false, std::vector<uint8_t>{});
+      },
+      [=](caf::put_atom, uint64_t index, std::vector<uint8_t>& checkpoint) {
+        auto& held = self->state.held;
+        if (index >= held.size()) return;
+        held[index].deliver(true, std::move(checkpoint));
+        held.erase(held.begin() + static_cast<std::ptrdiff_t>(index));
+      },
+      [=](caf::get_atom) -> caf::result<uint64_t, uint64_t> {
+        return {uint64_t{self->state.held.size()}, uint64_t{self->state.peak}};
+      },
+  };
+}
+
+}  // namespace
+
+// A job supervisor over a held_store of `jobs` ended jobs, once it has read their records.
+struct exports_fixture : test::configured_system {
+  static constexpr int jobs = 7;
+  const std::string alice = "user/alice";
+  const std::chrono::seconds wait{30};
+  caf::actor store = sys.spawn(held_store, jobs);
+  caf::actor supervisor;
+  std::vector<caf::response_handle<caf::blocking_actor, caf::message, true>> fetches;
+
+  exports_fixture() {
+    job_links links;
+    links.store = store;
+    links.catalog = std::make_shared<data_catalog>();
+    supervisor = spawn_job_supervisor(sys, links);
+    size_t listed = 0;
+    for (int tries = 0; tries < 50 && listed < jobs; ++tries) {
+      self->request(supervisor, wait, jobs_atom::value, alice)
+          .receive([&](std::vector<job_status>& all) { listed = all.size(); },
+                   [&](caf::error& e) { FAIL(sys.render(e)); });
+      if (listed < jobs) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    REQUIRE(listed == jobs);
+  }
+  ~exports_fixture() {
+    self->send_exit(supervisor, caf::exit_reason::user_shutdown);
+    self->send_exit(store, caf::exit_reason::user_shutdown);
+  }
+
+  void fetch(int job) {
+    fetches.push_back(self->request(supervisor, wait, fetch_atom::value, alice,
+                                    "job-" + std::to_string(job), uint64_t{0}));
+  }
+  std::pair<uint64_t, uint64_t> store_counts() {
+    std::pair<uint64_t, uint64_t> out;
+    self->request(store, wait, caf::get_atom::value)
+        .receive(
+            [&](uint64_t held, uint64_t peak) {
+              out = {held, peak};
+            },
+            [&](caf::error& e) { FAIL(sys.render(e)); });
+    return out;
+  }
+  // Answers every checkpoint read, in turn, until none is held.
+  void answer_all() {
+    for (int round = 0; round < 20 && store_counts().first > 0; ++round) {
+      caf::anon_send(store, caf::put_atom::value);
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+  }
+  // How the fetches were answered: (models, "no committed round", "fetch again", other).
+  std::array<int, 4> outcomes() {
+    std::array<int, 4> n{};
+    for (auto& f : fetches)
+      f.receive([&](model_part&) { ++n[0]; },
+                [&](caf::error& e) {
+                  const auto why = from_caf(e).message();
+                  if (why.find("has no committed round yet") != std::string::npos)
+                    ++n[1];
+                  else if (why.find("fetch again shortly") != std::string::npos)
+                    ++n[2];
+                  else
+                    ++n[3];
+                });
+    fetches.clear();
+    return n;
+  }
+};
+
+TEST_SUITE("model exports") {
+  TEST_CASE_FIXTURE(exports_fixture,
+                    "at most four exports are made at once; the other fetches wait, past 256 "
+                    "refused") {
+    // Every job's model at once, then 300 more fetches of the last job's.
+    for (int i = 1; i <= jobs; ++i) fetch(i);
+    for (int k = 0; k < 300; ++k) fetch(jobs);
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    CHECK(store_counts().first == 4);
+    answer_all();  // each builder that ends lets a waiting fetch start one
+    const auto n = outcomes();
+    CHECK(store_counts().second == 4);
+    // 4 being made and 256 waiting: of the 307 fetches, 47 are refused.
+    CHECK(n[0] == 0);
+    CHECK(n[1] == 4 + 256);
+    CHECK(n[2] == 307 - 4 - 256);
+    CHECK(n[3] == 0);
+  }
+
+  TEST_CASE_FIXTURE(exports_fixture,
+                    "an export made while older ones are still being made makes "
+                    "room for a waiting fetch") {
+    // A real checkpoint of the workload, for the second export only.
+    auto w = kernels::find_workload("fashion-mlp");
+    REQUIRE(w.has_value());
+    const std::vector<float> theta(static_cast<size_t>((*w)->parameter_count()), 0.5f);
+    checkpoint_view c;
+    c.workload = "fashion-mlp";
+    c.step = 1;
+    c.vectors = {{"theta", theta}};
+    for (int i = 1; i <= 5; ++i) fetch(i);  // 4 being made, job-5's waits
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    REQUIRE(store_counts().first == 4);
+    caf::anon_send(store, caf::put_atom::value, uint64_t{1}, encode_checkpoint(c));
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    // job-2's export is made; job-5's fetch takes its place (job-2's goes, as the one made).
+    CHECK(store_counts().first == 4);
+    answer_all();
+    const auto n = outcomes();
+    CHECK(n[0] == 1);
+    CHECK(n[1] == 4);
+    CHECK(n[3] == 0);
+  }
+}
