@@ -280,7 +280,8 @@ void load_data_sets(supervisor_actor* self) {
                                 std::move(chunk_values[i]));
                       for (size_t i = 0; i < keys.size(); ++i) {
                         auto info = decode_data_set(values[i]);
-                        auto ok = info ? self->state.links.catalog->put_user_set(*info, chunks)
+                        auto ok = info ? self->state.links.catalog->put_user_set(
+                                             *info, chunks, self->state.data_limits)
                                        : expected<void>(info.error());
                         if (!ok) {
                           spdlog::error("store: {}: {}", keys[i], ok.error().message());
@@ -714,6 +715,10 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links) {
         }
         auto chunks = it->second.chunks();
         st.uploads.erase(it);
+        // In memory first: a set the catalog refuses is never stored (a stored one is loaded
+        // again at every start).
+        if (auto ok = st.links.catalog->put_user_set(*info, chunks, st.data_limits); !ok)
+          return to_caf(ok.error());
         store_batch batch;
         batch.keys.push_back(data_set_key(who, name));
         batch.values.push_back(encode_data_set(*info));
@@ -726,16 +731,17 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links) {
                       std::move(batch))
             .then(
                 [=](caf::ok_atom) mutable {
-                  if (auto ok = self->state.links.catalog->put_user_set(*info, chunks); !ok) {
-                    rp.deliver(to_caf(ok.error()));
-                    return;
-                  }
                   self->state.data_sets[id] = *info;
                   spdlog::info("data set {}/{} stored: {} training and {} test samples, {} bytes",
                                who, name, info->train_samples, info->test_samples, info->bytes);
                   rp.deliver(*info);
                 },
-                [=](caf::error& e) mutable { rp.deliver(e); });
+                [=](caf::error& e) mutable {
+                  // Not stored: not served either (a set of that name stored before is
+                  // served again once the core restarts; pushing it again replaces it).
+                  self->state.links.catalog->drop_user_set(who, name);
+                  rp.deliver(e);
+                });
         return rp;
       },
       [=](dlist_atom, const std::string& who) {

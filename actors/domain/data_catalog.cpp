@@ -73,7 +73,8 @@ expected<std::shared_ptr<const served_data>> data_catalog::get(const kernels::wo
 
 expected<void> data_catalog::put_user_set(
     const data_set_info& info,
-    const std::map<std::string, std::shared_ptr<const std::vector<uint8_t>>>& chunks) {
+    const std::map<std::string, std::shared_ptr<const std::vector<uint8_t>>>& chunks,
+    const user_data_limits& limits) {
   auto data = std::make_shared<served_data>();
   std::vector<dataset> tests;
   int64_t test_rows = 0;
@@ -82,9 +83,13 @@ expected<void> data_catalog::put_user_set(
     if (it == chunks.end())
       return error(errc::store_error, "data set " + info.owner + "/" + info.name + ": test shard " +
                                           digest + " is missing");
-    auto d = decode_shard(*it->second);
+    auto d = decode_shard(*it->second, limits.max_part_values);
     if (!d) return d.error();
     test_rows += d->size();
+    if (test_rows * d->feature_dim() > limits.max_test_values)
+      return error(errc::invalid_argument, "data set " + info.owner + "/" + info.name +
+                                               ": the test split passes " +
+                                               std::to_string(limits.max_test_values) + " values");
     tests.push_back(std::move(*d));
   }
   if (tests.empty())
@@ -106,7 +111,7 @@ expected<void> data_catalog::put_user_set(
     if (it == chunks.end())
       return error(errc::store_error, "data set " + info.owner + "/" + info.name +
                                           ": training shard " + digest + " is missing");
-    auto d = decode_shard(*it->second);
+    auto d = decode_shard(*it->second, limits.max_part_values);
     if (!d) return d.error();
     data->shards.push_back({digest, d->size(), it->second->size()});
     data->train_samples += d->size();

@@ -14,6 +14,7 @@
 #include "gflex/kernels/workload.hpp"
 #include "gflex/runtime/dataset.hpp"
 #include "gflex/runtime/shard.hpp"
+#include "user_data.hpp"
 
 namespace gflex {
 
@@ -41,10 +42,12 @@ class data_catalog {
   expected<std::shared_ptr<const served_data>> get(const kernels::workload& w);
 
   /// Registers a user's data set (data_sets.hpp) with its shards' bytes, replacing one of
-  /// the same owner and name; its test shards are decoded here. An error leaves it out.
+  /// the same owner and name; its test shards are decoded here, within `limits` (a set
+  /// stored before the limits were checked is refused, not decoded). An error leaves it out.
   expected<void> put_user_set(
       const data_set_info& info,
-      const std::map<std::string, std::shared_ptr<const std::vector<uint8_t>>>& chunks);
+      const std::map<std::string, std::shared_ptr<const std::vector<uint8_t>>>& chunks,
+      const user_data_limits& limits = {});
   /// Forgets a user's data set (its shards stay while another set or a job holds them).
   void drop_user_set(const std::string& owner, const std::string& name);
   /// A user's data set as a job of workload `w` trains on it: errc::invalid_argument when

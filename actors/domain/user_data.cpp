@@ -46,9 +46,15 @@ expected<void> data_upload::add(const data_part& p) {
                std::to_string(limits_.max_part_bytes));
   if (info_.bytes + p.shard.size() > limits_.max_bytes)
     return bad("the data set would pass " + std::to_string(limits_.max_bytes) + " bytes");
-  auto shard = decode_shard(p.shard);
+  auto shard = decode_shard(p.shard, limits_.max_part_values);
   if (!shard) return bad(shard.error().message());
   if (shard->size() == 0) return bad("an empty shard");
+  const int64_t values = shard->size() * shard->feature_dim();
+  if (values > limits_.max_part_values)
+    return bad("a shard of " + std::to_string(values) + " values is over the limit of " +
+               std::to_string(limits_.max_part_values));
+  if (p.test && test_values_ + values > limits_.max_test_values)
+    return bad("the test split would pass " + std::to_string(limits_.max_test_values) + " values");
   if (info_.parts_received > 0 &&
       (shard->feature_dim() != info_.sample_values || shard->classes != info_.classes ||
        shard->tokens != info_.tokens))
@@ -65,6 +71,7 @@ expected<void> data_upload::add(const data_part& p) {
   const std::string digest = digest_hex(*bytes);
   (p.test ? info_.test_shards : info_.train_shards).push_back(digest);
   (p.test ? info_.test_samples : info_.train_samples) += shard->size();
+  if (p.test) test_values_ += values;
   info_.bytes += p.shard.size();
   chunks_[digest] = std::move(bytes);
   ++info_.parts_received;

@@ -23,6 +23,12 @@ struct user_data_limits {
   uint64_t max_bytes = uint64_t{1} << 30;        ///< Shard bytes per data set.
   uint64_t max_part_bytes = uint64_t{32} << 20;  ///< One shard.
   int64_t max_sets_per_owner = 64;
+  /// Values one shard may hold once decoded (as many as an unpacked 8-bit shard of
+  /// max_part_bytes): a packed shard of a few bytes can say a gigabyte of zeros, which every
+  /// node and the core would decode as f32.
+  int64_t max_part_values = int64_t{32} << 20;
+  /// Values the test split may hold: the core keeps it decoded (f32) to evaluate on.
+  int64_t max_test_values = int64_t{64} << 20;
 };
 
 /// Whether `name` may name a data set: 1-64 of A-Z a-z 0-9 . _ -.
@@ -58,6 +64,7 @@ class data_upload {
   uint32_t count_;
   user_data_limits limits_;
   std::map<std::string, std::shared_ptr<const std::vector<uint8_t>>> chunks_;
+  int64_t test_values_ = 0;
 };
 
 /// The manifest (JSON) a data set is stored as, and back; a damaged one is an error.

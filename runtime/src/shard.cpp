@@ -129,9 +129,10 @@ expected<dataset> decode_values(const tensor& values, const tensor& labels, uint
 
 }  // namespace
 
-expected<dataset> decode_shard(std::span<const uint8_t> bytes) {
+expected<dataset> decode_shard(std::span<const uint8_t> bytes, int64_t max_values) {
   decode_limits limits;
   limits.max_rank = 2;
+  limits.max_elements = max_values;
   return detail::read_message<dataset>(
       bytes, "shard", limits.max_bytes, [&](capnp::MessageReader& reader) -> expected<dataset> {
         auto malformed = [](const std::string& what) {

@@ -8,6 +8,7 @@
 #include <fstream>
 #include <string>
 
+#include "data_catalog.hpp"
 #include "gflex/runtime/npy.hpp"
 #include "gflex/runtime/shard.hpp"
 #include "gflex/runtime/text_corpus.hpp"
@@ -97,6 +98,36 @@ TEST_SUITE("user data") {
     CHECK(valid_data_set_name("fm-npy.v2"));
     CHECK_FALSE(valid_data_set_name("a/b"));
     CHECK_FALSE(valid_data_set_name(""));
+  }
+
+  TEST_CASE("a shard is held to the values it may decode to, and the test split to its own") {
+    // The bound is on values decoded, whatever the shard's bytes (a packed tensor of a few
+    // bytes can say a gigabyte of zeros): 64,000 here.
+    const auto packed = part(0, 2, false, values(1000, 64, 3, 0.0f));
+    user_data_limits tight;
+    tight.max_part_values = 10000;
+    tight.max_test_values = 300;
+    data_upload up("user/alice", "set", 2, tight);
+    auto refused = up.add(packed);
+    REQUIRE_FALSE(refused.has_value());
+    CHECK_MESSAGE(refused.error().message().find("10000") != std::string::npos,
+                  refused.error().message());
+    CHECK(up.info().parts_received == 0);
+    auto a = values(10, 20, 3, 0.5f);  // 200 values a part
+    REQUIRE(up.add(part(0, 2, false, a)).has_value());
+    auto test = up.add(part(1, 2, true, values(20, 20, 3, 0.5f)));  // 400 test values
+    REQUIRE_FALSE(test.has_value());
+    CHECK(test.error().message().find("test split would pass 300 values") != std::string::npos);
+    CHECK(up.add(part(1, 2, true, a)).has_value());
+    auto info = up.finish();
+    REQUIRE(info.has_value());
+    // A set stored before the limits were checked is refused by the catalog, not decoded.
+    data_catalog catalog;
+    tight.max_test_values = 100;
+    auto loaded = catalog.put_user_set(*info, up.chunks(), tight);
+    REQUIRE_FALSE(loaded.has_value());
+    CHECK(loaded.error().message().find("test split passes 100 values") != std::string::npos);
+    CHECK(catalog.put_user_set(*info, up.chunks()).has_value());
   }
 
   TEST_CASE(".npy files: the formats users save, and what is refused") {

@@ -26,7 +26,10 @@ struct shard_info {
 std::vector<uint8_t> encode_shard(const dataset& d, int64_t begin, int64_t end);
 
 /// Decodes a shard into a dataset with features scaled back to [0, 1]. Malformed input,
-/// inconsistent counts or labels out of range are errc::malformed_message.
-expected<dataset> decode_shard(std::span<const uint8_t> bytes);
+/// inconsistent counts or labels out of range are errc::malformed_message, and so is a
+/// tensor of more than `max_values` values, refused before it is decoded (a few bytes of
+/// zstd can say a gigabyte of zeros).
+expected<dataset> decode_shard(std::span<const uint8_t> bytes,
+                               int64_t max_values = int64_t{1} << 28);
 
 }  // namespace gflex
