@@ -1429,6 +1429,13 @@ caf::behavior job_behavior(job_actor* self, job_start start, job_links links) {
         auto& st = self->state;
         if (self->current_sender() != caf::actor_cast<caf::strong_actor_ptr>(st.links.supervisor))
           return to_caf(error(errc::invalid_argument, "only the job supervisor tops a job up"));
+        // A budget is at most what a spec may ask (1e12 credits): top-ups past it would
+        // overflow it, and a negative budget pauses the job for good.
+        if (amount <= 0 || amount > max_amount_micro - st.job.status.budget)
+          return to_caf(error(errc::invalid_argument,
+                              "a top-up of " + format_credits(amount) + " would take job " +
+                                  st.job.id + "'s budget of " +
+                                  format_credits(st.job.status.budget) + " past 1e12 credits"));
         st.job.status.budget += amount;
         spdlog::info("job {}: budget topped up by {} to {} credits", st.job.id,
                      format_credits(amount), format_credits(st.job.status.budget));

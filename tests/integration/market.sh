@@ -236,6 +236,10 @@ job_spec user/bob 1 | sed -e 's/^rounds = 12$/rounds = 20/' -e 's/^max_price = 1
 wait_for 90 "$fair to hear that twofaced was caught in $cheated" \
   grep -q "job $fair: node twofaced was caught in another job" "$WORK/core4.log"
 grep "job $fair: node twofaced was caught" "$WORK/core4.log"
+# A budget stays within what a spec may ask: top-ups past 1e12 credits are refused (they
+# overflowed it, and a negative budget paused the job for good).
+expect_error "top-up past the budget bound" "past 1e12 credits" \
+  "$G" topup "$fair" 999999999999 --core "$core"
 "$G" cancel "$fair" --core "$core" >/dev/null || fail "cancel $fair"
 "$G" cancel "$cheated" --core "$core" >/dev/null 2>&1 || true
 wait_for 30 "$fair to end" bash -c "'$G' status $fair --core $core | grep -q cancelled"
