@@ -8,7 +8,9 @@
 // sent, a shuffled item when it leaves the buffer), in the same message handler. So when a
 // stage instance dies, everything it had not finished is still held by its producers, which
 // send it again to the replacement, and nothing it finished is repeated: its outputs are
-// already with its consumers. A source's state is its position, which it reports to the
+// already with its consumers (and the acknowledgements its outputs to another process
+// carried have reached its producers: the coordinator tells the producers of the
+// replacement only once its consumers have answered the news of it). A source's state is its position, which it reports to the
 // coordinator after every item sent; a train stage's is its job and the last round emitted.
 //
 // Worker processes run the same program and build the same graph; a host actor in each
@@ -697,11 +699,13 @@ caf::behavior stage_behavior(stage_actor* self, stage_init init) {
           maybe_finish(self);
         });
       },
-      [=](pprod_atom, pipe_replace& r, uint64_t epoch) {
+      [=](pprod_atom, pipe_replace& r, uint64_t epoch) -> bool {
         // A producer instance was replaced. What its predecessor sent and this stage has not
         // finished is kept by nobody now: the replacement adopts it, so that it can send it
         // again should this stage fail too. (Its predecessor's items all arrived before this
-        // message: they were in the mailbox before the predecessor's death was known.)
+        // message: they were in the mailbox before the predecessor's death was known.) The
+        // answer tells the coordinator that the acknowledgements those items carried are on
+        // their way.
         auto& st = self->state;
         std::vector<std::pair<uint64_t, item>> adopted;
         auto adopt = [&](pipe_item& it) {
@@ -716,7 +720,7 @@ caf::behavior stage_behavior(stage_actor* self, stage_init init) {
         if (!elsewhere(self, r.actor)) {
           self->send(r.actor, padopt_atom::value,
                      pipe_adoption{st.init.instance, std::move(adopted)});
-          return;
+          return true;
         }
         guarded(self, [&] {
           const auto& producer = (*st.init.defs)[static_cast<size_t>(st.init.def->input)];
@@ -727,6 +731,7 @@ caf::behavior stage_behavior(stage_actor* self, stage_init init) {
           }
           self->send(r.actor, pwadopt_atom::value, std::move(w));
         });
+        return true;
       },
       [=](pwadopt_atom, pipe_wire_adoption& w) {
         auto& st = self->state;
@@ -1062,15 +1067,34 @@ void on_down(coordinator_actor* self, const caf::down_msg& dm) {
     auto fresh = st.stages[static_cast<size_t>(s)][static_cast<size_t>(i)].actor;
     const uint64_t epoch = st.stages[static_cast<size_t>(s)][static_cast<size_t>(i)].epoch;
     wire(self, s, i);
-    const auto& def = st.defs[static_cast<size_t>(s)];
-    if (def.input >= 0)
-      for (auto& p : st.stages[static_cast<size_t>(def.input)])
-        if (!p.finished && p.actor) self->send(p.actor, pcons_atom::value, pipe_replace{i, fresh});
+    // The producers send the replacement what its predecessor had not finished only once its
+    // consumers have taken in everything the predecessor sent them: an item to another
+    // process carries the acknowledgements of the inputs it was made from, and a consumer
+    // that had not read it yet would pass them on too late (the inputs, sent again, went
+    // through twice). Each consumer answers the news of the replacement after every message
+    // of the predecessor, and the acknowledgements it passes on go before its answer.
+    auto answers_due = std::make_shared<int>(1);
+    auto tell_producers = [=] {
+      if (--*answers_due > 0) return;
+      auto& st = self->state;
+      const auto& rec = st.stages[static_cast<size_t>(s)][static_cast<size_t>(i)];
+      if (st.failed || rec.epoch != epoch) return;  // failed, or replaced again meanwhile
+      const int p = st.defs[static_cast<size_t>(s)].input;
+      if (p >= 0)
+        for (auto& r : st.stages[static_cast<size_t>(p)])
+          if (!r.finished && r.actor)
+            self->send(r.actor, pcons_atom::value, pipe_replace{i, fresh});
+    };
     const int c = st.consumer_of[static_cast<size_t>(s)];
     if (c >= 0)
       for (auto& k : st.stages[static_cast<size_t>(c)])
-        if (!k.finished && k.actor)
-          self->send(k.actor, pprod_atom::value, pipe_replace{i, fresh}, epoch);
+        if (!k.finished && k.actor) {
+          ++*answers_due;
+          self->request(k.actor, caf::infinite, pprod_atom::value, pipe_replace{i, fresh}, epoch)
+              .then([=](bool) { tell_producers(); },
+                    [=](caf::error&) { tell_producers(); });  // it died: it holds nothing
+        }
+    tell_producers();
   });
 }
 

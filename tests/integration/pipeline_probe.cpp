@@ -4,7 +4,8 @@
 ///
 ///   gflex_pipeline_probe serve --port-file F --workers W [--items N] [--token T]
 ///                        [--kill-actor-ms MS] [--join-timeout-ms MS] [--relay]
-///   gflex_pipeline_probe join --port P [--token T] [--other-graph] [--relay]
+///                        [--relay-fails-at X]
+///   gflex_pipeline_probe join --port P [--token T] [--other-graph] [--relay] [--relay-fails-at X]
 ///
 /// The graph: a source of 0..N-1 (in the pipeline's process) -> "square" (a map on the
 /// workers, 2 instances, 2 ms per item: [x, x*x]) -> "check" (a sink in the pipeline's
@@ -16,14 +17,19 @@
 /// the pipeline and its workers alike) puts a "relay" map in the pipeline's process between
 /// the source and square: its items to square carry the acknowledgements of the source's
 /// items they were made from, which must reach the source even when square's process dies
-/// with them in flight.
+/// with them in flight. --relay-fails-at X (implies --relay) makes the relay throw once when
+/// it takes item X, while square, slowed down for the 40 items before X, still holds items
+/// that carry the acknowledgements of the source's items: the restarted relay must not be
+/// given those items again.
 
 #include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <memory>
 #include <mutex>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
@@ -45,6 +51,7 @@ struct args {
   int port = 0;
   bool other_graph = false;
   bool relay = false;
+  int64_t relay_fails_at = -1;
 };
 
 struct tally {
@@ -68,14 +75,23 @@ pl::graph build(const args& a, tally* t) {
   });
   pl::stage_options relay;
   relay.window = 16;
+  const int64_t fails_at = a.relay_fails_at;
+  auto failed = std::make_shared<std::atomic<bool>>(false);
   if (a.relay)
     numbers = numbers.map(
-        "relay", [](const int64_t& x) { return x; }, relay);
+        "relay",
+        [fails_at, failed](const int64_t& x) {
+          if (x == fails_at && !failed->exchange(true))
+            throw std::runtime_error("relay fails once, at " + std::to_string(x));
+          return x;
+        },
+        relay);
   numbers
       .map(
           "square",
-          [](const int64_t& x) {
-            std::this_thread::sleep_for(std::chrono::milliseconds(2));
+          [fails_at](const int64_t& x) {
+            const bool slow = fails_at >= 0 && x >= fails_at - 40 && x < fails_at;
+            std::this_thread::sleep_for(std::chrono::milliseconds(slow ? 100 : 2));
             return std::vector<int64_t>{x, x * x};
           },
           square)
@@ -188,7 +204,10 @@ int main(int argc, char** argv) {
       a.other_graph = true;
     else if (s == "--relay")
       a.relay = true;
-    else {
+    else if (s == "--relay-fails-at") {
+      a.relay = true;
+      a.relay_fails_at = std::stoll(next());
+    } else {
       std::fprintf(stderr, "unknown option %s\n", s.c_str());
       return 2;
     }

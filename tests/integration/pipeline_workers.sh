@@ -65,6 +65,16 @@ grep -Eq "done: 3000 items, each once; square restarts [1-9].*workers joined 2, 
   "$WORK/relay.log" || fail "relay: not every item once with a restart and a lost worker: $(tail -1 "$WORK/relay.log")"
 expect_exit 20 "$PID_relay_w2" relay-w2
 
+# 1c. The relay throws once while square (slowed down) still holds its items, which carry
+# the acknowledgements of the source's items they were made from: the restarted relay must
+# not be given those source items again (they reached check twice).
+JOIN_ARGS="--relay-fails-at 1500" serve_and_join relayfail 2 --items 3000 --relay-fails-at 1500
+expect_exit 90 "$PID_relayfail" relayfail
+grep -Eq "done: 3000 items, each once" "$WORK/relayfail.log" ||
+  fail "relayfail: $(tail -1 "$WORK/relayfail.log")"
+expect_exit 20 "$PID_relayfail_w1" relayfail-w1
+expect_exit 20 "$PID_relayfail_w2" relayfail-w2
+
 # 2. A worker's stage actor killed mid-run (the process stays).
 serve_and_join killactor 2 --items 2000 --kill-actor-ms 800
 expect_exit 90 "$PID_killactor" killactor
