@@ -115,16 +115,24 @@ expected<void> data_catalog::put_user_set(
     if (!d) return d.error();
     data->shards.push_back({digest, d->size(), it->second->size()});
     data->train_samples += d->size();
+    data->held_chunks.push_back(it->second);
   }
   std::lock_guard<std::mutex> guard(mutex_);
-  for (const auto& digest : info.train_shards) chunks_[digest] = chunks.at(digest);
-  user_sets_[{info.owner, info.name}] = {info, std::move(data)};
+  for (const auto& digest : info.train_shards) user_chunks_[digest] = chunks.at(digest);
+  user_sets_[{info.owner, info.name}] = {info, std::move(data)};  // a replaced one goes
+  forget_unheld_chunks();
   return {};
 }
 
 void data_catalog::drop_user_set(const std::string& owner, const std::string& name) {
   std::lock_guard<std::mutex> guard(mutex_);
   user_sets_.erase({owner, name});
+  forget_unheld_chunks();
+}
+
+void data_catalog::forget_unheld_chunks() {
+  for (auto it = user_chunks_.begin(); it != user_chunks_.end();)
+    it = it->second.expired() ? user_chunks_.erase(it) : std::next(it);
 }
 
 expected<std::shared_ptr<const served_data>> data_catalog::user_set(
@@ -148,8 +156,9 @@ expected<std::shared_ptr<const served_data>> data_catalog::user_set(
 
 std::shared_ptr<const std::vector<uint8_t>> data_catalog::chunk(const std::string& digest) const {
   std::lock_guard<std::mutex> guard(mutex_);
-  auto it = chunks_.find(digest);
-  return it == chunks_.end() ? nullptr : it->second;
+  if (auto it = chunks_.find(digest); it != chunks_.end()) return it->second;
+  auto it = user_chunks_.find(digest);
+  return it == user_chunks_.end() ? nullptr : it->second.lock();
 }
 
 }  // namespace gflex

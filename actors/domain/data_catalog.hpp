@@ -23,6 +23,9 @@ struct served_data {
   dataset test;
   std::vector<shard_info> shards;
   int64_t train_samples = 0;
+  /// A user's data set's shard bytes: served while this is held (by the catalog, or by a
+  /// job training on the set after the set was removed or replaced), freed after.
+  std::vector<std::shared_ptr<const std::vector<uint8_t>>> held_chunks;
 };
 
 /// A round hands each of its `workers` assignments a different shard, so a job needs at
@@ -48,7 +51,8 @@ class data_catalog {
       const data_set_info& info,
       const std::map<std::string, std::shared_ptr<const std::vector<uint8_t>>>& chunks,
       const user_data_limits& limits = {});
-  /// Forgets a user's data set (its shards stay while another set or a job holds them).
+  /// Forgets a user's data set (its shards stay while another set or a job holds them; the
+  /// memory of those nobody holds is freed).
   void drop_user_set(const std::string& owner, const std::string& name);
   /// A user's data set as a job of workload `w` trains on it: errc::invalid_argument when
   /// there is none or its samples do not fit the model (values per sample, classes, kind).
@@ -68,7 +72,10 @@ class data_catalog {
     std::shared_ptr<const served_data> data;
   };
   std::map<std::pair<std::string, std::string>, user_set_entry> user_sets_;
-  std::map<std::string, std::shared_ptr<const std::vector<uint8_t>>> chunks_;
+  std::map<std::string, std::shared_ptr<const std::vector<uint8_t>>> chunks_;  // built-in sets'
+  // Users' sets' shards, held by their served_data (held_chunks).
+  std::map<std::string, std::weak_ptr<const std::vector<uint8_t>>> user_chunks_;
+  void forget_unheld_chunks();  // under the lock
 };
 
 }  // namespace gflex

@@ -9,6 +9,7 @@
 #include <string>
 
 #include "data_catalog.hpp"
+#include "gflex/kernels/model_builder.hpp"
 #include "gflex/runtime/npy.hpp"
 #include "gflex/runtime/shard.hpp"
 #include "gflex/runtime/text_corpus.hpp"
@@ -128,6 +129,42 @@ TEST_SUITE("user data") {
     REQUIRE_FALSE(loaded.has_value());
     CHECK(loaded.error().message().find("test split passes 100 values") != std::string::npos);
     CHECK(catalog.put_user_set(*info, up.chunks()).has_value());
+  }
+
+  TEST_CASE(
+      "a removed or replaced data set's shards are served while a job holds them, then "
+      "freed") {
+    auto upload = [](const dataset& train, const dataset& test) {
+      data_upload up("user/alice", "set", 2, {});
+      REQUIRE(up.add(part(0, 2, false, train)).has_value());
+      REQUIRE(up.add(part(1, 2, true, test)).has_value());
+      return up;
+    };
+    auto first = upload(values(10, 4, 3, 0.5f), values(5, 4, 3, 0.5f));
+    auto second = upload(values(10, 4, 3, 0.25f), values(5, 4, 3, 0.5f));
+    data_catalog catalog;
+    const auto info = first.finish().value();
+    REQUIRE(catalog.put_user_set(info, first.chunks()).has_value());
+    const std::string shard = info.train_shards.at(0);
+    std::weak_ptr<const std::vector<uint8_t>> bytes = first.chunks().at(shard);
+    first = upload(values(1, 4, 3, 0.5f), values(1, 4, 3, 0.5f));  // the upload lets go
+    CHECK(catalog.chunk(shard) != nullptr);
+    // A job trains on it while it is replaced: its shards are served until the job ends.
+    kernels::model_builder m("m", {4});
+    m.linear(3).softmax_xent();
+    auto plan = m.plan();
+    REQUIRE(plan.has_value());
+    auto w = kernels::make_graph_workload("m", std::move(*plan), m.toml(), [] {
+      return expected<dataset_splits>(error(errc::invalid_argument, "not loaded"));
+    });
+    auto held = catalog.user_set("user/alice", "set", *w);
+    REQUIRE(held.has_value());
+    REQUIRE(catalog.put_user_set(second.finish().value(), second.chunks()).has_value());
+    CHECK(catalog.chunk(shard) != nullptr);
+    held->reset();
+    catalog.drop_user_set("user/alice", "set");
+    CHECK(catalog.chunk(shard) == nullptr);
+    CHECK(bytes.expired());  // its memory too
   }
 
   TEST_CASE(".npy files: the formats users save, and what is refused") {
