@@ -85,6 +85,9 @@ struct job_supervisor_state {
   /// ledger check and the store write are asynchronous): they count against the limit too,
   /// so that parallel submits cannot all pass it.
   std::map<std::string, int64_t> submitting;
+  /// Shards of data sets whose store commit is in flight (counted per digest): not yet in
+  /// `data_sets`, yet not to be deleted as unreferenced.
+  std::map<std::string, int> storing_chunks;
   std::map<std::string, model_export> exports;  // by job
   std::deque<queued_fetch> queued_exports;      // fetches waiting while max_exports are made
   job_links links;
@@ -256,6 +259,27 @@ void restart_job(supervisor_actor* self, const std::string& id, const std::strin
 // Reads the records in the store and resumes every job that had not ended.
 void resume_jobs(supervisor_actor* self);
 
+// The shards of `gone` that no other stored data set (nor `kept`, nor a set being stored)
+// names: their store keys are deleted with it.
+std::vector<std::string> unreferenced_chunks(const job_supervisor_state& st,
+                                             const data_set_info& gone, const data_set_id& id,
+                                             const data_set_info* kept = nullptr) {
+  std::set<std::string> named;
+  auto name = [&](const data_set_info& i) {
+    named.insert(i.train_shards.begin(), i.train_shards.end());
+    named.insert(i.test_shards.begin(), i.test_shards.end());
+  };
+  for (const auto& [other, info] : st.data_sets)
+    if (other != id) name(info);
+  if (kept != nullptr) name(*kept);
+  for (const auto& [digest, n] : st.storing_chunks) named.insert(digest);
+  std::set<std::string> out;
+  for (const auto* shards : {&gone.train_shards, &gone.test_shards})
+    for (const auto& d : *shards)
+      if (named.count(d) == 0) out.insert(d);
+  return {out.begin(), out.end()};
+}
+
 // Registers every stored data set with the catalog, then resumes the jobs (which may train
 // on them). A damaged data set is logged and left out.
 void load_data_sets(supervisor_actor* self) {
@@ -278,8 +302,15 @@ void load_data_sets(supervisor_actor* self) {
                         chunks[chunk_keys[i].substr(prefix)] =
                             std::make_shared<const std::vector<uint8_t>>(
                                 std::move(chunk_values[i]));
+                      // Shards no stored manifest names (left by removals before they deleted
+                      // theirs) are deleted, so that they are not read at every start.
+                      std::set<std::string> named;
                       for (size_t i = 0; i < keys.size(); ++i) {
                         auto info = decode_data_set(values[i]);
+                        if (info) {
+                          named.insert(info->train_shards.begin(), info->train_shards.end());
+                          named.insert(info->test_shards.begin(), info->test_shards.end());
+                        }
                         auto ok = info ? self->state.links.catalog->put_user_set(
                                              *info, chunks, self->state.data_limits)
                                        : expected<void>(info.error());
@@ -290,6 +321,23 @@ void load_data_sets(supervisor_actor* self) {
                         self->state.data_sets[{info->owner, info->name}] = *info;
                       }
                       spdlog::info("{} data set(s) loaded", self->state.data_sets.size());
+                      store_batch orphans;
+                      for (const auto& [digest, bytes] : chunks)
+                        if (named.count(digest) == 0) {
+                          orphans.keys.push_back(data_chunk_key(digest));
+                          orphans.values.emplace_back();
+                        }
+                      if (!orphans.keys.empty()) {
+                        spdlog::info("deleting {} data set shard(s) no data set names",
+                                     orphans.keys.size());
+                        self->request(self->state.links.store, std::chrono::seconds(120),
+                                      commit_atom::value, std::move(orphans))
+                            .then([](caf::ok_atom) {},
+                                  [=](caf::error& e) {  // tried again at the next start
+                                    spdlog::warn("cannot delete unnamed shards: {}",
+                                                 self->system().render(e));
+                                  });
+                      }
                       resume_jobs(self);
                     },
                     [=](caf::error& e) {
@@ -725,18 +773,33 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links) {
         for (const auto& [digest, bytes] : chunks) {
           batch.keys.push_back(data_chunk_key(digest));
           batch.values.push_back(*bytes);
+          ++st.storing_chunks[digest];
         }
+        // A set replaced: its shards the new one and no other names go with it.
+        if (auto old = st.data_sets.find(id); old != st.data_sets.end())
+          for (const auto& digest : unreferenced_chunks(st, old->second, id, &*info)) {
+            batch.keys.push_back(data_chunk_key(digest));
+            batch.values.emplace_back();
+          }
+        auto stored = [=] {
+          for (const auto& [digest, bytes] : chunks)
+            if (auto it = self->state.storing_chunks.find(digest);
+                it != self->state.storing_chunks.end() && --it->second == 0)
+              self->state.storing_chunks.erase(it);
+        };
         auto rp = self->make_response_promise<data_set_info>();
         self->request(st.links.store, std::chrono::seconds(120), commit_atom::value,
                       std::move(batch))
             .then(
                 [=](caf::ok_atom) mutable {
+                  stored();
                   self->state.data_sets[id] = *info;
                   spdlog::info("data set {}/{} stored: {} training and {} test samples, {} bytes",
                                who, name, info->train_samples, info->test_samples, info->bytes);
                   rp.deliver(*info);
                 },
                 [=](caf::error& e) mutable {
+                  stored();
                   // Not stored: not served either (a set of that name stored before is
                   // served again once the core restarts; pushing it again replaces it).
                   self->state.links.catalog->drop_user_set(who, name);
@@ -754,11 +817,16 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links) {
         const data_set_id id{who, name};
         if (self->state.data_sets.count(id) == 0)
           return to_caf(error(errc::invalid_argument, who + " has no data set '" + name + "'"));
-        // The manifest goes; shards stay (another data set may share them, and running jobs
-        // hold their data in memory until they end).
+        // The manifest goes, and the shards no other data set names (running jobs hold
+        // their data in memory until they end).
         store_batch batch;
         batch.keys.push_back(data_set_key(who, name));
         batch.values.emplace_back();
+        for (const auto& digest :
+             unreferenced_chunks(self->state, self->state.data_sets.at(id), id)) {
+          batch.keys.push_back(data_chunk_key(digest));
+          batch.values.emplace_back();
+        }
         auto rp = self->make_response_promise<caf::ok_atom>();
         self->request(self->state.links.store, std::chrono::seconds(30), commit_atom::value,
                       std::move(batch))

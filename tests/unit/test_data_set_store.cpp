@@ -1,0 +1,179 @@
+/// @file
+/// What the job supervisor writes to the store for users' data sets, against a store played
+/// by the test that records every commit: a removed or replaced set's shards are deleted
+/// unless another set names them, and shards no stored set names are deleted at start (they
+/// stayed for good, and a start read them all).
+
+#include <doctest/doctest.h>
+
+#include <caf/all.hpp>
+
+#include <chrono>
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "configured_system.hpp"
+#include "data_catalog.hpp"
+#include "gflex/runtime/digest.hpp"
+#include "gflex/runtime/shard.hpp"
+#include "job.hpp"
+#include "job_supervisor.hpp"
+#include "messages.hpp"
+#include "user_data.hpp"
+
+using namespace gflex;
+
+namespace {
+
+struct recording_store_state {
+  std::map<std::string, std::vector<uint8_t>> kept;  // what the store holds
+  std::set<std::string> deleted;                     // keys written empty (deleted)
+};
+
+// A store of what it is given at start (`kept`) that applies commits (an empty value
+// deletes) and answers (get_atom) with the keys deleted so far.
+caf::behavior recording_store(caf::stateful_actor<recording_store_state>* self,
+                              std::map<std::string, std::vector<uint8_t>> kept) {
+  self->state.kept = std::move(kept);
+  using keys_values = caf::result<std::vector<std::string>, std::vector<std::vector<uint8_t>>>;
+  auto scan = [=](const std::string& prefix, const std::string& suffix) {
+    std::vector<std::string> keys;
+    std::vector<std::vector<uint8_t>> values;
+    for (const auto& [k, v] : self->state.kept)
+      if (k.starts_with(prefix) && k.ends_with(suffix)) {
+        keys.push_back(k);
+        values.push_back(v);
+      }
+    return std::make_pair(std::move(keys), std::move(values));
+  };
+  return {
+      [=](scan_atom, const std::string& prefix) -> keys_values {
+        auto [k, v] = scan(prefix, "");
+        return {std::move(k), std::move(v)};
+      },
+      [=](scan_atom, const std::string& prefix, const std::string& suffix) -> keys_values {
+        auto [k, v] = scan(prefix, suffix);
+        return {std::move(k), std::move(v)};
+      },
+      [=](read_atom, const std::string&) -> caf::result<bool, std::vector<uint8_t>> {
+        return {false, std::vector<uint8_t>{}};
+      },
+      [=](commit_atom, store_batch& b) -> caf::ok_atom {
+        for (size_t i = 0; i < b.keys.size(); ++i) {
+          if (b.values[i].empty()) {
+            self->state.kept.erase(b.keys[i]);
+            self->state.deleted.insert(b.keys[i]);
+          } else {
+            self->state.kept[b.keys[i]] = std::move(b.values[i]);
+          }
+        }
+        return caf::ok_atom::value;
+      },
+      [=](caf::get_atom) -> std::vector<std::string> {
+        return {self->state.deleted.begin(), self->state.deleted.end()};
+      },
+  };
+}
+
+dataset samples(int64_t n, float scale) {
+  dataset out;
+  out.classes = 3;
+  out.features = tensor::empty({n, 4}, dtype::f32);
+  out.labels = tensor::empty({n}, dtype::i32);
+  for (int64_t i = 0; i < n * 4; ++i) out.features.data<float>()[i] = scale * (i % 5);
+  for (int64_t i = 0; i < n; ++i) out.labels.data<int32_t>()[i] = static_cast<int32_t>(i % 3);
+  return out;
+}
+
+std::vector<uint8_t> shard_of(const dataset& d) {
+  return encode_shard(d, 0, d.size());
+}
+
+std::string digest_of(const std::vector<uint8_t>& shard) {
+  return digest_hex(shard);
+}
+
+struct store_fixture : test::configured_system {
+  const std::string alice = "user/alice";
+  const std::chrono::seconds wait{30};
+  caf::actor store;
+  caf::actor supervisor;
+
+  explicit store_fixture(std::map<std::string, std::vector<uint8_t>> kept = {}) {
+    store = sys.spawn(recording_store, std::move(kept));
+    job_links links;
+    links.store = store;
+    links.catalog = std::make_shared<data_catalog>();
+    supervisor = spawn_job_supervisor(sys, links);
+  }
+  ~store_fixture() {
+    self->send_exit(supervisor, caf::exit_reason::user_shutdown);
+    self->send_exit(store, caf::exit_reason::user_shutdown);
+  }
+
+  void push(const std::string& name, const std::vector<uint8_t>& train,
+            const std::vector<uint8_t>& test) {
+    for (uint32_t i = 0; i < 2; ++i)
+      self->request(supervisor, wait, dpush_atom::value, alice, name,
+                    data_part{i, 2, i == 1, i == 0 ? train : test})
+          .receive([](data_set_info&) {}, [&](caf::error& e) { FAIL(sys.render(e)); });
+  }
+  void remove(const std::string& name) {
+    self->request(supervisor, wait, drm_atom::value, alice, name)
+        .receive([](caf::ok_atom) {}, [&](caf::error& e) { FAIL(sys.render(e)); });
+  }
+  std::set<std::string> deleted() {
+    std::set<std::string> out;
+    self->request(store, wait, caf::get_atom::value)
+        .receive(
+            [&](std::vector<std::string>& keys) {
+              out = {keys.begin(), keys.end()};
+            },
+            [&](caf::error& e) { FAIL(sys.render(e)); });
+    return out;
+  }
+};
+
+}  // namespace
+
+TEST_SUITE("data set store") {
+  TEST_CASE("a removed or replaced set's shards are deleted unless another set names them") {
+    store_fixture f;
+    const auto t1 = shard_of(samples(10, 0.5f)), e1 = shard_of(samples(5, 0.25f)),
+               e2 = shard_of(samples(6, 0.25f)), t3 = shard_of(samples(12, 0.5f));
+    f.push("a", t1, e1);
+    f.push("b", t1, e2);  // shares a's training shard
+    f.remove("a");
+    const auto chunk = [](const std::vector<uint8_t>& s) { return data_chunk_key(digest_of(s)); };
+    auto gone = f.deleted();
+    CHECK(gone.count(chunk(e1)) == 1);
+    CHECK(gone.count(chunk(t1)) == 0);  // b names it
+    f.push("b", t3, e2);                // b replaced: t1 is named by no set now
+    gone = f.deleted();
+    CHECK(gone.count(chunk(t1)) == 1);
+    CHECK(gone.count(chunk(e2)) == 0);  // the new b names it
+    CHECK(gone.count(chunk(t3)) == 0);
+  }
+
+  TEST_CASE("shards no stored set names are deleted at start") {
+    const auto t = shard_of(samples(10, 0.5f)), e = shard_of(samples(5, 0.25f)),
+               orphan = shard_of(samples(7, 0.5f));
+    data_upload up("user/alice", "c", 2, {});
+    REQUIRE(up.add({0, 2, false, t}).has_value());
+    REQUIRE(up.add({1, 2, true, e}).has_value());
+    std::map<std::string, std::vector<uint8_t>> kept;
+    kept[data_set_key("user/alice", "c")] = encode_data_set(up.finish().value());
+    for (const auto* s : {&t, &e, &orphan}) kept[data_chunk_key(digest_of(*s))] = *s;
+    store_fixture f(kept);
+    std::set<std::string> gone;
+    for (int tries = 0; tries < 50 && gone.empty(); ++tries) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      gone = f.deleted();
+    }
+    CHECK(gone == std::set<std::string>{data_chunk_key(digest_of(orphan))});
+  }
+}
