@@ -57,6 +57,7 @@ struct model_export {
 constexpr size_t max_exports = 4;
 constexpr auto export_idle = std::chrono::minutes(5);
 constexpr size_t max_waiting_exports = 256;
+constexpr size_t max_waiting_exports_per_account = 64;  // one account cannot fill the queue
 
 /// A fetch from the start of a job's model that waits for an export to be made.
 struct queued_fetch {
@@ -462,11 +463,15 @@ void fetch_model(supervisor_actor* self, const std::string& who, const std::stri
   }
   if (st.exports.size() >= max_exports) {
     // Every export kept is being made: this one waits for a builder to end.
-    if (st.queued_exports.size() >= max_waiting_exports) {
+    const auto mine = std::count_if(st.queued_exports.begin(), st.queued_exports.end(),
+                                    [&](const queued_fetch& q) { return q.who == who; });
+    if (st.queued_exports.size() >= max_waiting_exports ||
+        static_cast<size_t>(mine) >= max_waiting_exports_per_account) {
       rp.deliver(to_caf(error(errc::limit_exceeded,
                               std::to_string(max_exports) + " model exports are being made and " +
+                                  std::to_string(mine) + " of your fetches (" +
                                   std::to_string(st.queued_exports.size()) +
-                                  " fetches wait for one; fetch again shortly")));
+                                  " in all) wait for one; fetch again shortly")));
       return;
     }
     st.queued_exports.push_back({who, id, rp});
