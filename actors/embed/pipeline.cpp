@@ -10,8 +10,9 @@
 // send it again to the replacement, and nothing it finished is repeated: its outputs are
 // already with its consumers (and the acknowledgements its outputs to another process
 // carried have reached its producers: the coordinator tells the producers of the
-// replacement only once its consumers have answered the news of it). A source's state is its position, which it reports to the
-// coordinator after every item sent; a train stage's is its job and the last round emitted.
+// replacement only once its consumers have answered the news of it). A source's state is its
+// position, which it reports to the coordinator after every item sent; a train stage's is its job
+// and the last round emitted.
 //
 // Worker processes run the same program and build the same graph; a host actor in each
 // spawns the stage instances the coordinator places there. Items and adoptions crossing a
