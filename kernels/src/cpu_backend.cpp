@@ -685,9 +685,13 @@ class cpu_backend final : public backend {
   }
 
   float* workspace(int64_t floats) {
-    if (static_cast<int64_t>(workspace_.size()) < floats)
-      workspace_.resize(static_cast<size_t>(floats));
-    return workspace_.data();
+    // Allocated as the backend's memory: it counts against the host memory budget, and a
+    // patch matrix past it (or past what the system gives) is a compute error, not an abort.
+    if (workspace_.numel() < floats) {
+      workspace_ = tensor();
+      workspace_ = allocate({floats}, dtype::f32);
+    }
+    return workspace_.data<float>();
   }
 
   // The patch matrix of samples [n0, n0 + count); x itself for an unpadded stride-1 1x1 one.
@@ -705,7 +709,7 @@ class cpu_backend final : public backend {
   int threads_;
   parallel_for pool_;
   math_precision precision_ = math_precision::fp32;
-  std::vector<float> workspace_;  ///< im2col patch matrices, grown to the largest chunk.
+  tensor workspace_;  ///< im2col patch matrices, grown to the largest chunk.
 };
 
 }  // namespace

@@ -794,24 +794,6 @@ class graph_model final : public detail::model_base {
 /// the core cannot hold.
 constexpr double k_eval_budget_values = double(int64_t{1} << 26);
 
-/// Values one sample's forward pass holds: every layer's output, and each attention's
-/// projections, context and [heads, t, t] probabilities (the planner's activation bound counts
-/// the outputs only).
-double forward_values_per_sample(const model_plan& plan) {
-  double values = 0.0;
-  for (const auto& shape : plan.values) {
-    double n = 1.0;
-    for (int64_t e : shape) n *= static_cast<double>(e);
-    values += n;
-  }
-  for (const auto& l : plan.layers) {
-    if (l.spec.kind != layer_kind::attention || l.in_shape.size() != 2) continue;
-    const double t = static_cast<double>(l.in_shape[0]), d = static_cast<double>(l.in_shape[1]);
-    values += 4.0 * t * d + static_cast<double>(l.spec.heads) * t * t;
-  }
-  return values;
-}
-
 class graph_workload final : public workload {
  public:
   graph_workload(std::string label, model_plan plan, std::string model_text,
@@ -915,7 +897,8 @@ class graph_workload final : public workload {
   // As many samples as k_eval_budget_values holds (at least one), at most 16 for a token
   // model and 1,000 for any other: past those, a larger batch hardly evaluates faster.
   static int64_t eval_batch_for(const model_plan& plan) {
-    const double fits = k_eval_budget_values / std::max(1.0, forward_values_per_sample(plan));
+    const double fits =
+        k_eval_budget_values / std::max(1.0, static_cast<double>(plan.working_values));
     const int64_t most = plan.spec.vocab > 0 ? 16 : 1000;
     return std::clamp<int64_t>(static_cast<int64_t>(std::min(fits, 1e6)), 1, most);
   }

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <cstdio>
 #include <map>
 #include <optional>
 #include <sstream>
@@ -15,6 +16,13 @@
 namespace gflex::kernels {
 
 namespace {
+
+/// A count as a message shows it: 3 significant digits ("6.87e+10").
+std::string fmt_count(double x) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.3g", x);
+  return buf;
+}
 
 struct kind_name {
   layer_kind kind;
@@ -403,6 +411,9 @@ expected<model_plan> plan_model(const model_spec& spec, const model_limits& limi
   std::map<std::string, int> names{{"input", 0}};
   int64_t offset = 0;
   int64_t activations = *in_numel;
+  // Beyond the outputs, per sample (model_limits::max_working_values): what attention keeps
+  // for its backward pass, and the largest scratch one layer needs (shared by all).
+  double kept = 0.0, scratch = 0.0;
   int previous = 0;
   for (size_t i = 0; i < spec.layers.size(); ++i) {
     const layer_spec& l = spec.layers[i];
@@ -475,6 +486,11 @@ expected<model_plan> plan_model(const model_spec& spec, const model_limits& limi
         if (l.bias) add_param("bias", {l.filters});
         p.flops = 2.0 * static_cast<double>(g.out_height() * g.out_width()) *
                   static_cast<double>(l.filters) * static_cast<double>(g.patch());
+        // The CPU's convolution multiplies a patch matrix (one row per output pixel), but
+        // for an unpadded stride-1 1x1 kernel, whose input is its own.
+        if (l.kernel != 1 || l.padding != 0 || l.stride != 1)
+          scratch = std::max(scratch, static_cast<double>(g.out_height() * g.out_width()) *
+                                          static_cast<double>(g.patch()));
         break;
       }
       case layer_kind::max_pool:
@@ -524,6 +540,11 @@ expected<model_plan> plan_model(const model_spec& spec, const model_limits& limi
         const double t = static_cast<double>(in[0]), d = static_cast<double>(last);
         // Projections (4 d^2 per position) and the two products of attention (t d each).
         p.flops = 2.0 * t * 4.0 * d * d + 2.0 * 2.0 * t * t * d;
+        // Kept: the projections and context (4 t d) and, on the CPU, the probabilities; the
+        // backward pass's scratch holds their gradients.
+        const double probs = static_cast<double>(l.heads) * t * t;
+        kept += 4.0 * t * d + probs;
+        scratch = std::max(scratch, probs);
         break;
       }
       case layer_kind::add: {
@@ -578,6 +599,18 @@ expected<model_plan> plan_model(const model_spec& spec, const model_limits& limi
     if (activations > limits.max_activations)
       return fail(at, "brings one sample's activations to " + std::to_string(activations) +
                           " values, more than " + std::to_string(limits.max_activations));
+    const double working = static_cast<double>(activations) + kept + scratch;
+    if (working > static_cast<double>(limits.max_working_values))
+      return fail(at,
+                  "brings the values one sample's pass holds (outputs, attention "
+                  "probabilities, convolution patches) to " +
+                      fmt_count(working) + ", more than " +
+                      std::to_string(limits.max_working_values));
+    if (plan.forward_flops + p.flops > limits.max_forward_flops)
+      return fail(at, "brings one sample's forward pass to " +
+                          fmt_count(plan.forward_flops + p.flops) + " FLOPs, more than " +
+                          fmt_count(limits.max_forward_flops));
+    plan.working_values = static_cast<int64_t>(working);
     if (!l.name.empty()) {
       if (names.count(l.name) != 0)
         return fail(at + ".name", "'" + l.name + "' names an earlier layer too");

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <new>
 #include <numeric>
 
 #include "gflex/kernels/resident_features.hpp"
@@ -234,13 +235,17 @@ expected<batch_stats> evaluate(const workload& w, const dataset& test, backend& 
     return error(errc::non_finite,
                  "parameter " + std::to_string(bad) + " is not finite (NaN or infinity)");
   batch_size = std::min(batch_size, w.eval_batch());
-  auto instance = w.instantiate(b, batch_size);
-  if (!instance) return instance.error();
+  // The core evaluates every job's model on its own CPU: memory the system refuses fails the
+  // evaluation (and the job), never the core.
   try {
+    auto instance = w.instantiate(b, batch_size);
+    if (!instance) return instance.error();
     (*instance)->load_parameters(params);
     return evaluate_model(**instance, test, batch_size);
   } catch (const compute_error& e) {
     return e.err();
+  } catch (const std::bad_alloc&) {
+    return error(errc::device_error, "evaluating " + w.name() + ": out of host memory");
   }
 }
 

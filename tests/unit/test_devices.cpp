@@ -209,4 +209,31 @@ TEST_SUITE("devices") {
     m = expected<std::unique_ptr<model>>(error(errc::invalid_argument, "dropped"));
     CHECK(host_memory_in_use() == before);
   }
+
+  TEST_CASE("--memory-limit: a CPU convolution's patch matrix counts against it") {
+    // 64 x 64 pixels of 5 x 5 x 64 patches: 6.25 MiB of scratch beside 1 MiB of input.
+    auto b = make_cpu_backend(1);
+    const conv2d_geometry g{1, 64, 64, 64, 8, 5, 5, 2, 2, 1};
+    tensor x = b->allocate({64 * 64 * 64}, dtype::f32);
+    tensor w = b->allocate({8 * 5 * 5 * 64}, dtype::f32);
+    tensor y = b->allocate({64 * 64 * 8}, dtype::f32);
+    b->fill(x.data<float>(), x.numel(), 0.5f);
+    b->fill(w.data<float>(), w.numel(), 0.25f);
+    const uint64_t before = host_memory_in_use();
+    struct restore_limit {
+      ~restore_limit() { set_host_memory_limit(0); }
+    } restore;
+    set_host_memory_limit(before + (4 << 20));
+    try {
+      b->conv2d_forward(g, x.data<float>(), w.data<float>(), y.data<float>());
+      FAIL("a patch matrix past the limit was allocated");
+    } catch (const compute_error& e) {
+      CHECK_MESSAGE(std::string(e.what()).find("out of host memory") != std::string::npos,
+                    e.what());
+    }
+    CHECK(host_memory_in_use() == before);
+    set_host_memory_limit(0);
+    b->conv2d_forward(g, x.data<float>(), w.data<float>(), y.data<float>());
+    CHECK(y.data<float>()[64 * 8 * 32 + 8 * 32] == doctest::Approx(5 * 5 * 64 * 0.125f));
+  }
 }

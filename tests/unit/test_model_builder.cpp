@@ -95,6 +95,24 @@ TEST_SUITE("model builder") {
     }
   }
 
+  TEST_CASE("a GPT-2-small-sized model at a context of 1,024 is within every bound") {
+    auto m = model_builder::tokens("gpt-2-small", 1024, 50257);
+    m.embedding(768).position_embedding().named("x0");
+    for (int b = 0; b < 12; ++b) {
+      const auto in = "x" + std::to_string(2 * b), mid = "x" + std::to_string(2 * b + 1),
+                 out = "x" + std::to_string(2 * b + 2);
+      m.layer_norm().from(in).attention(12).add(in).named(mid);
+      m.layer_norm().linear(3072).gelu().linear(768).add(mid).named(out);
+    }
+    m.layer_norm().linear(50257).next_token_xent();
+    auto plan = m.plan();
+    REQUIRE_MESSAGE(plan.has_value(), plan.error().message());
+    // Outputs, attention's kept values and probabilities, and their gradients' scratch.
+    CHECK(plan->working_values > 300'000'000);
+    CHECK(plan->working_values < model_limits{}.max_working_values);
+    CHECK(plan->forward_flops < model_limits{}.max_forward_flops);
+  }
+
   TEST_CASE("fashion-cnn, built in C++, has the shipped workload's parameters") {
     auto m = model_builder("fashion-cnn", {28, 28, 1});
     m.conv2d(32, 3, 1, 1).named("conv1").relu().max_pool(2);

@@ -617,6 +617,33 @@ layers = [
     CHECK(plan_error(wide + gelus + gelus + tail)
               .find("model.layers[3] (gelu): brings one sample's activations to 335544320 "
                     "values, more than 268435456") != std::string::npos);
+    // What a pass holds beyond the outputs is capped too (2^29 values a sample), and the
+    // forward FLOPs (2e12 a sample): the core evaluates every model on its CPU, and each of
+    // these passed the plan and then asked it for tens of gigabytes, or hours a sample.
+    // Attention's [heads, t, t] probabilities and their gradients: 2^34 each at a context of
+    // 131,072.
+    CHECK(plan_error(R"([model]
+input = [131072]
+vocab = 256
+layers = [ { type = "embedding", dim = 64 }, { type = "attention", heads = 1 },
+           { type = "linear", units = 256 }, { type = "next_token_xent" } ])")
+              .find("model.layers[1] (attention): brings the values one sample's pass holds "
+                    "(outputs, attention probabilities, convolution patches) to 3.44e+10, "
+                    "more than 536870912") != std::string::npos);
+    // A convolution's patch matrix: 93 x 93 pixels of 64 x 64 x 256 values.
+    CHECK(plan_error(R"([model]
+input = [28, 28, 1]
+layers = [ { type = "conv2d", filters = 256, kernel = 3, padding = 1 },
+           { type = "conv2d", filters = 1, kernel = 64, padding = 64 }, { type = "flatten" },
+           { type = "linear", units = 10 }, { type = "softmax_xent" } ])")
+              .find("model.layers[1] (conv2d): brings the values one sample's pass holds") !=
+          std::string::npos);
+    CHECK(plan_error(R"([model]
+input = [8192, 4096]
+layers = [ { type = "attention", heads = 1 }, { type = "flatten" },
+           { type = "linear", units = 2 }, { type = "softmax_xent" } ])")
+              .find("model.layers[0] (attention): brings one sample's forward pass to 2.2e+12 "
+                    "FLOPs, more than 2e+12") != std::string::npos);
     CHECK(err(R"({ type = "softmax_xent" }, { type = "linear", units = 3 },)")
               .find("a loss must be the last layer") != std::string::npos);
     CHECK(err(R"({ type = "embedding", dim = 4 }, { type = "softmax_xent" },)")

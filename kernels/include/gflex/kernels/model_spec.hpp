@@ -106,9 +106,18 @@ struct model_limits {
   int64_t max_layers = 512;
   int64_t max_parameters = int64_t{1} << 28;
   int64_t max_extent = int64_t{1} << 20;  ///< Any one dimension.
-  /// Values of one sample's activations (1 GiB of fp32): a GPT-2-small-sized model at a
-  /// context of 1,024 keeps about 140 million, its attention probabilities included.
+  /// Values of one sample's layer outputs (1 GiB of fp32).
   int64_t max_activations = int64_t{1} << 28;
+  /// Values one sample's pass holds at once (2 GiB of fp32): its layer outputs, what each
+  /// attention keeps for its backward pass (projections, context and [heads, t, t]
+  /// probabilities, on the CPU) and the largest scratch (a convolution's patch matrix, the
+  /// probabilities' gradients). The core evaluates every job's model on its own CPU, a batch
+  /// of one sample at the least: a pass past this would not fit there. A GPT-2-small-sized
+  /// model at a context of 1,024 holds about 390 million.
+  int64_t max_working_values = int64_t{1} << 29;
+  /// Floating-point operations of one sample's forward pass: a GPT-2-small-sized model at a
+  /// context of 1,024 does about 3e11. The core evaluates every job on its CPU.
+  double max_forward_flops = 2e12;
 };
 
 /// One planned layer: its inputs (value ids: 0 is the model input, layer i writes i + 1
@@ -130,8 +139,10 @@ struct model_plan {
   std::vector<shape_t> values;  ///< Shape of every value (per sample).
   int64_t parameters = 0;
   double forward_flops = 0.0;  ///< Per sample.
-  int64_t classes = 0;         ///< Labels the loss takes (the vocabulary for a token model).
-  int64_t sample_values = 0;   ///< Values per data sample (T + 1 for a token model).
+  /// Values one sample's pass holds at once (model_limits::max_working_values).
+  int64_t working_values = 0;
+  int64_t classes = 0;        ///< Labels the loss takes (the vocabulary for a token model).
+  int64_t sample_values = 0;  ///< Values per data sample (T + 1 for a token model).
 };
 
 /// Parses a model from TOML text holding a `[model]` table (as a job spec stores it).
