@@ -1246,7 +1246,7 @@ void watch_round(job_actor* self) {
 // (`job_start::end_with`), its end.
 void begin(job_actor* self) {
   if (!self->state.job.end_with.empty()) {
-    finish(self, job_state::failed, self->state.job.end_with);
+    finish(self, self->state.job.end_state, self->state.job.end_with);
     return;
   }
   start_round(self);
@@ -1270,10 +1270,16 @@ caf::behavior job_behavior(job_actor* self, job_start start, job_links links) {
     }
     st.job.checkpoint = {};
   }
+  // A job started only to end trains nothing: it keeps its recorded round, and needs
+  // neither its parameters nor its data (which may be what could not be read).
+  const bool only_to_end = !st.job.end_with.empty();
   // A checkpoint without momentum is one of a job whose outer momentum is 0.
   const bool wants_momentum = st.job.spec.outer_momentum != 0.0;
-  if (st.job.theta.empty() || (st.job.momentum.empty() && wants_momentum) ||
-      (!st.job.momentum.empty() && st.job.theta.size() != st.job.momentum.size())) {
+  if (only_to_end) {
+    std::vector<float>().swap(st.job.theta);
+    std::vector<float>().swap(st.job.momentum);
+  } else if (st.job.theta.empty() || (st.job.momentum.empty() && wants_momentum) ||
+             (!st.job.momentum.empty() && st.job.theta.size() != st.job.momentum.size())) {
     st.job.theta.clear();
     st.job.momentum.clear();
     st.job.status.round = 0;
@@ -1293,45 +1299,48 @@ caf::behavior job_behavior(job_actor* self, job_start start, job_links links) {
   // A model on a built-in data set loads it through its workload; on a user's data set, the
   // catalog has it from the store (the job supervisor registered it).
   const auto& spec = st.job.spec;
-  const bool builtin_data = kernels::is_builtin_data_set(spec.data_set);
-  auto w = kernels::find_workload(spec.workload, spec.model,
-                                  builtin_data ? spec.data_set : std::string());
-  expected<std::shared_ptr<const served_data>> data =
-      !w ? expected<std::shared_ptr<const served_data>>(w.error())
-      : spec.model.empty() || builtin_data
-          ? st.links.catalog->get(**w)
-          : st.links.catalog->user_set(st.job.status.owner, spec.data_set, **w);
-  if (data) {
-    if (auto fits = check_workers_fit(spec.workers, (*data)->shards.size()); !fits)
-      data = fits.error();  // a round could never fill: the job fails now rather than hang
-  }
-  if (!data) {
-    st.job.status.state = job_state::failed;
-    st.job.status.detail = data.error().message();
-    finish(self, job_state::failed, data.error().message());
-    return {[](status_atom) {}};
-  }
-  st.workload = std::move(*w);
-  st.data = std::move(*data);
-  st.eval_backend = kernels::make_cpu_backend(0);
-  // A checkpoint of another size (its workload changed shape since) cannot be trained on:
-  // honest nodes' updates, sized by the workload, would not decode against it, and they
-  // would be flagged for it. The job starts over, as from a damaged checkpoint.
-  if (!st.job.theta.empty() &&
-      static_cast<int64_t>(st.job.theta.size()) != st.workload->parameter_count()) {
-    spdlog::error(
-        "job {}: its checkpoint holds {} parameters, its model {}; starting from "
-        "round 0",
-        st.job.id, st.job.theta.size(), st.workload->parameter_count());
-    st.job.theta.clear();
-    st.job.momentum.clear();
-    st.job.status.round = 0;
-    st.durable_round = 0;
-  }
-  if (st.job.theta.empty()) {
-    st.job.theta.resize(static_cast<size_t>(st.workload->parameter_count()));
-    st.workload->init_parameters(st.job.spec.seed, st.job.theta);
-    if (wants_momentum) st.job.momentum.assign(st.job.theta.size(), 0.0f);
+  // A job started only to end makes no workload: its data is not needed.
+  if (!only_to_end) {
+    const bool builtin_data = kernels::is_builtin_data_set(spec.data_set);
+    auto w = kernels::find_workload(spec.workload, spec.model,
+                                    builtin_data ? spec.data_set : std::string());
+    expected<std::shared_ptr<const served_data>> data =
+        !w ? expected<std::shared_ptr<const served_data>>(w.error())
+        : spec.model.empty() || builtin_data
+            ? st.links.catalog->get(**w)
+            : st.links.catalog->user_set(st.job.status.owner, spec.data_set, **w);
+    if (data) {
+      if (auto fits = check_workers_fit(spec.workers, (*data)->shards.size()); !fits)
+        data = fits.error();  // a round could never fill: the job fails now rather than hang
+    }
+    if (!data) {
+      st.job.status.state = job_state::failed;
+      st.job.status.detail = data.error().message();
+      finish(self, job_state::failed, data.error().message());
+      return {[](status_atom) {}};
+    }
+    st.workload = std::move(*w);
+    st.data = std::move(*data);
+    st.eval_backend = kernels::make_cpu_backend(0);
+    // A checkpoint of another size (its workload changed shape since) cannot be trained on:
+    // honest nodes' updates, sized by the workload, would not decode against it, and they
+    // would be flagged for it. The job starts over, as from a damaged checkpoint.
+    if (!st.job.theta.empty() &&
+        static_cast<int64_t>(st.job.theta.size()) != st.workload->parameter_count()) {
+      spdlog::error(
+          "job {}: its checkpoint holds {} parameters, its model {}; starting from "
+          "round 0",
+          st.job.id, st.job.theta.size(), st.workload->parameter_count());
+      st.job.theta.clear();
+      st.job.momentum.clear();
+      st.job.status.round = 0;
+      st.durable_round = 0;
+    }
+    if (st.job.theta.empty()) {
+      st.job.theta.resize(static_cast<size_t>(st.workload->parameter_count()));
+      st.workload->init_parameters(st.job.spec.seed, st.job.theta);
+      if (wants_momentum) st.job.momentum.assign(st.job.theta.size(), 0.0f);
+    }
   }
   st.job.status.state = job_state::running;
   st.job.status.detail.clear();

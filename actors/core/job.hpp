@@ -52,6 +52,9 @@ struct job_start {
   /// round left goes back to the account and the record is written, and nothing is trained
   /// (a job whose actor kept stopping).
   std::string end_with;
+  /// The state it ends in then: failed, or cancelled (a job cancelled while its checkpoint or
+  /// data set could not be read). Such a job keeps its recorded round and needs neither.
+  job_state end_state = job_state::failed;
 };
 
 struct job_links {

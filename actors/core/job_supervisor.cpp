@@ -81,7 +81,15 @@ struct job_supervisor_state {
     caf::typed_response_promise<std::string> answer;
   };
   std::vector<waiting_submit> waiting_submits;  // answered once `resumed`
+  bool resuming = false;                        // the job records are being read
   std::set<std::string> awaiting_checkpoint;    // resumed jobs whose checkpoint read failed
+  /// Whether the stored data sets are in the catalog. Until they are (a read failed: tried
+  /// again every 5 s), the jobs on users' data sets wait in `awaiting_data`, unstarted: they
+  /// would otherwise find no data set and fail for good.
+  bool data_sets_loaded = false;
+  bool loading_data_sets = false;
+  std::string data_sets_error;
+  std::set<std::string> awaiting_data;
   /// Per account, submits accepted by the job limit whose record is not yet written (the
   /// ledger check and the store write are asynchronous): they count against the limit too,
   /// so that parallel submits cannot all pass it.
@@ -281,15 +289,47 @@ std::vector<std::string> unreferenced_chunks(const job_supervisor_state& st,
   return {out.begin(), out.end()};
 }
 
+void resume_from_checkpoint(supervisor_actor* self, const std::string& id);
+
+// The stored data sets are in the catalog: the jobs are resumed, or those that waited for
+// their data set.
+void data_sets_loaded(supervisor_actor* self) {
+  auto& st = self->state;
+  st.loading_data_sets = false;
+  st.data_sets_loaded = true;
+  st.data_sets_error.clear();
+  if (!st.resumed) {
+    if (!st.resuming) resume_jobs(self);
+    return;
+  }
+  auto ids = std::move(st.awaiting_data);
+  st.awaiting_data.clear();
+  for (const auto& id : ids) resume_from_checkpoint(self, id);
+}
+
+// The data sets could not be read: the jobs that do not train on one are resumed, the others
+// wait, and the read is tried again in 5 s.
+void data_sets_not_loaded(supervisor_actor* self, const caf::error& e) {
+  auto& st = self->state;
+  st.loading_data_sets = false;
+  st.data_sets_error = self->system().render(e);
+  spdlog::error("cannot load data sets (trying again in 5 s): {}", st.data_sets_error);
+  for (const auto& id : st.awaiting_data)
+    st.jobs[id].status.detail = "waiting for the stored data sets to load: " + st.data_sets_error;
+  self->delayed_send(self, std::chrono::seconds(5), tick_atom::value);
+  if (!st.resumed && !st.resuming) resume_jobs(self);
+}
+
 // Registers every stored data set with the catalog, then resumes the jobs (which may train
 // on them). A damaged data set is logged and left out.
 void load_data_sets(supervisor_actor* self) {
   auto store = self->state.links.store;
+  self->state.loading_data_sets = true;
   self->request(store, std::chrono::seconds(120), scan_atom::value, std::string(data_set_prefix))
       .then(
           [=](std::vector<std::string>& keys, std::vector<std::vector<uint8_t>>& values) {
             if (keys.empty()) {
-              resume_jobs(self);
+              data_sets_loaded(self);
               return;
             }
             self->request(store, std::chrono::seconds(300), scan_atom::value,
@@ -339,17 +379,11 @@ void load_data_sets(supervisor_actor* self) {
                                                  self->system().render(e));
                                   });
                       }
-                      resume_jobs(self);
+                      data_sets_loaded(self);
                     },
-                    [=](caf::error& e) {
-                      spdlog::error("cannot load data sets: {}", self->system().render(e));
-                      resume_jobs(self);
-                    });
+                    [=](caf::error& e) { data_sets_not_loaded(self, e); });
           },
-          [=](caf::error& e) {
-            spdlog::error("cannot load data sets: {}", self->system().render(e));
-            resume_jobs(self);
-          });
+          [=](caf::error& e) { data_sets_not_loaded(self, e); });
 }
 
 void jobs_resumed(supervisor_actor* self);
@@ -358,14 +392,23 @@ void jobs_resumed(supervisor_actor* self);
 // 0). A failed read is tried again (tick_atom) rather than starting the job over.
 void resume_from_checkpoint(supervisor_actor* self, const std::string& id) {
   start_from_checkpoint(self, id, job_start::origin::resumed, {}, [=](const caf::error& e) {
-    spdlog::error("cannot read job {}'s checkpoint (trying again in 5 s): {}", id,
-                  self->system().render(e));
+    const auto why = self->system().render(e);
+    spdlog::error("cannot read job {}'s checkpoint (trying again in 5 s): {}", id, why);
+    // Shown to its owner, who may cancel it meanwhile.
+    self->state.jobs[id].status.detail = "waiting: its checkpoint cannot be read: " + why;
     self->state.awaiting_checkpoint.insert(id);
     self->delayed_send(self, std::chrono::seconds(5), tick_atom::value);
   });
 }
 
+// Whether a job trains on one of the stored users' data sets (the catalog has them once they
+// are loaded).
+bool on_user_data(const job_spec& spec) {
+  return !spec.model.empty() && !kernels::is_builtin_data_set(spec.data_set);
+}
+
 void resume_jobs(supervisor_actor* self) {
+  self->state.resuming = true;
   // The records only: a checkpoint (up to the largest model's parameters) is read for a job
   // that resumes, one request each, never for the ended ones.
   self->request(self->state.links.store, std::chrono::seconds(60), scan_atom::value,
@@ -393,13 +436,21 @@ void resume_jobs(supervisor_actor* self) {
               entry.status = status;
               entry.spec_text = spec_text;
               entry.spec = *spec;
-              if (!is_terminal(status.state)) resume_from_checkpoint(self, status.job_id);
+              if (is_terminal(status.state)) continue;
+              if (on_user_data(*spec) && !self->state.data_sets_loaded) {
+                entry.status.detail =
+                    "waiting for the stored data sets to load: " + self->state.data_sets_error;
+                self->state.awaiting_data.insert(status.job_id);
+                continue;
+              }
+              resume_from_checkpoint(self, status.job_id);
             }
             jobs_resumed(self);
           },
           [=](caf::error& e) {
             // Without the records no id is known to be free: submits wait, and the read is
             // tried again.
+            self->state.resuming = false;
             spdlog::error("cannot read the job records (trying again in 5 s): {}",
                           self->system().render(e));
             self->delayed_send(self, std::chrono::seconds(5), tick_atom::value);
@@ -410,6 +461,7 @@ void resume_jobs(supervisor_actor* self) {
 void jobs_resumed(supervisor_actor* self) {
   auto& st = self->state;
   st.resumed = true;
+  st.resuming = false;
   auto waiting = std::move(st.waiting_submits);
   st.waiting_submits.clear();
   for (auto& waiter : waiting) {
@@ -578,7 +630,8 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links) {
       },
       [=](tick_atom) {  // reads that failed at start, tried again
         auto& st = self->state;
-        if (!st.resumed) resume_jobs(self);
+        if (!st.data_sets_loaded && !st.loading_data_sets) load_data_sets(self);
+        if (!st.resumed && !st.resuming) resume_jobs(self);
         auto ids = std::move(st.awaiting_checkpoint);
         st.awaiting_checkpoint.clear();
         for (const auto& id : ids) resume_from_checkpoint(self, id);
@@ -847,9 +900,30 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links) {
       [=](cancel_atom, const std::string& who, const std::string& id) -> caf::result<caf::ok_atom> {
         auto* entry = find_for(self, who, id);
         if (entry == nullptr) return to_caf(unknown_job(id));
-        if (is_terminal(entry->status.state) || !entry->actor)
+        if (is_terminal(entry->status.state))
           return to_caf(error(errc::invalid_argument, "job '" + id + "' has already ended (" +
                                                           to_string(entry->status.state) + ")"));
+        auto& st = self->state;
+        if (!entry->actor && (st.awaiting_checkpoint.erase(id) + st.awaiting_data.erase(id)) > 0) {
+          // Resumed by a starting core, it waits for a read that fails (its checkpoint, the
+          // data sets): it is started only to end, cancelled, from its record (its escrow
+          // returned), without what could not be read.
+          job_start start{id,
+                          entry->spec_text,
+                          entry->spec,
+                          entry->status,
+                          {},
+                          {},
+                          {},
+                          job_start::origin::resumed,
+                          "cancelled while it waited: " + entry->status.detail};
+          start.end_state = job_state::cancelled;
+          start_job(self, std::move(start));
+          return caf::ok_atom::value;
+        }
+        if (!entry->actor)
+          return to_caf(error(errc::unavailable, "job '" + id + "' is being started (its " +
+                                                     "checkpoint is read): try again shortly"));
         auto rp = self->make_response_promise<caf::ok_atom>();
         self->request(entry->actor, std::chrono::seconds(30), cancel_atom::value)
             .then([=](caf::ok_atom) mutable { rp.deliver(caf::ok_atom::value); },
