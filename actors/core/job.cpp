@@ -1257,32 +1257,51 @@ caf::behavior job_behavior(job_actor* self, job_start start, job_links links) {
   st.job = std::move(start);
   st.links = std::move(links);
   st.run_id = fmt::format("{:016x}", fresh_assignment_id());
-  // The last committed checkpoint, decoded here on the job's own thread.
+  // The last committed checkpoint, decoded here on the job's own thread. Its step is the
+  // job's round: a record written alone (a top-up's) while a round's record and checkpoint
+  // were being committed can land after them and say the round before, and resuming from
+  // the record's round would train, and pay for, a committed round again. A checkpoint that
+  // cannot be used ends the job, failed, at its recorded round: starting over would train
+  // (and bill) every round again.
+  const bool wants_momentum = st.job.spec.outer_momentum != 0.0;
+  std::string unusable;
   if (!st.job.checkpoint.empty()) {
     if (auto c = decode_checkpoint(st.job.checkpoint)) {
       st.job.theta = floats_of(c->find("theta"));
       st.job.momentum = floats_of(c->find("outer_momentum"));
-      if (st.job.from == job_start::origin::restarted)
-        st.job.status.round = static_cast<int64_t>(c->step);
+      const auto step = static_cast<int64_t>(c->step);
+      if (step != st.job.status.round) {
+        if (st.job.from == job_start::origin::resumed)
+          spdlog::warn(
+              "job {}: its record says round {}, its checkpoint round {}: resuming "
+              "from the checkpoint's",
+              st.job.id, st.job.status.round, step);
+        st.job.status.round = step;
+        trim_history(st.job.status.history, step);
+      }
+      if (st.job.theta.empty())
+        unusable = "its checkpoint holds no parameters";
+      else if (st.job.momentum.empty() && wants_momentum)
+        unusable = "its checkpoint holds no outer momentum";
+      else if (!st.job.momentum.empty() && st.job.theta.size() != st.job.momentum.size())
+        unusable = "its checkpoint's parameters and outer momentum differ in size";
     } else {
-      spdlog::error("job {}: its checkpoint is damaged ({}); starting from round 0", st.job.id,
-                    c.error().message());
+      unusable = "its checkpoint is damaged (" + c.error().message() + ")";
     }
     st.job.checkpoint = {};
+  } else if (st.job.status.round > 0) {
+    unusable = "its checkpoint of round " + std::to_string(st.job.status.round) + " is missing";
+  }
+  if (!unusable.empty() && st.job.end_with.empty()) {
+    spdlog::error("job {}: {}: it cannot resume", st.job.id, unusable);
+    st.job.end_with = unusable + ": the job cannot resume from it";
   }
   // A job started only to end trains nothing: it keeps its recorded round, and needs
   // neither its parameters nor its data (which may be what could not be read).
   const bool only_to_end = !st.job.end_with.empty();
-  // A checkpoint without momentum is one of a job whose outer momentum is 0.
-  const bool wants_momentum = st.job.spec.outer_momentum != 0.0;
   if (only_to_end) {
     std::vector<float>().swap(st.job.theta);
     std::vector<float>().swap(st.job.momentum);
-  } else if (st.job.theta.empty() || (st.job.momentum.empty() && wants_momentum) ||
-             (!st.job.momentum.empty() && st.job.theta.size() != st.job.momentum.size())) {
-    st.job.theta.clear();
-    st.job.momentum.clear();
-    st.job.status.round = 0;
   }
   if (!wants_momentum) std::vector<float>().swap(st.job.momentum);
   if (st.job.from == job_start::origin::resumed)
@@ -1324,19 +1343,16 @@ caf::behavior job_behavior(job_actor* self, job_start start, job_links links) {
     st.eval_backend = kernels::make_cpu_backend(0);
     // A checkpoint of another size (its workload changed shape since) cannot be trained on:
     // honest nodes' updates, sized by the workload, would not decode against it, and they
-    // would be flagged for it. The job starts over, as from a damaged checkpoint.
+    // would be flagged for it. The job ends, failed, as from a damaged checkpoint.
     if (!st.job.theta.empty() &&
         static_cast<int64_t>(st.job.theta.size()) != st.workload->parameter_count()) {
-      spdlog::error(
-          "job {}: its checkpoint holds {} parameters, its model {}; starting from "
-          "round 0",
-          st.job.id, st.job.theta.size(), st.workload->parameter_count());
-      st.job.theta.clear();
-      st.job.momentum.clear();
-      st.job.status.round = 0;
-      st.durable_round = 0;
-    }
-    if (st.job.theta.empty()) {
+      st.job.end_with = "its checkpoint holds " + std::to_string(st.job.theta.size()) +
+                        " parameters, its model " + std::to_string(st.workload->parameter_count()) +
+                        ": the job cannot resume from it";
+      spdlog::error("job {}: {}", st.job.id, st.job.end_with);
+      std::vector<float>().swap(st.job.theta);
+      std::vector<float>().swap(st.job.momentum);
+    } else if (st.job.theta.empty()) {
       st.job.theta.resize(static_cast<size_t>(st.workload->parameter_count()));
       st.workload->init_parameters(st.job.spec.seed, st.job.theta);
       if (wants_momentum) st.job.momentum.assign(st.job.theta.size(), 0.0f);

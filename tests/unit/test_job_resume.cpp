@@ -112,8 +112,9 @@ const std::string k_spec =
     "{ type = \"softmax_xent\" } ]\n"
     "[data]\nset = \"c\"\n";
 
-// Alice's data set "c" and her running job-1, which trains on it, at round 2.
-failing_store_state stored_job() {
+// Alice's data set "c" and her running job-1, which trains on it: its checkpoint is of round
+// 2, its record says `recorded_round`.
+failing_store_state stored_job(int64_t recorded_round = 2) {
   failing_store_state st;
   const auto train = encode_shard(samples(12), 0, 12), test = encode_shard(samples(6), 0, 6);
   data_upload up("user/alice", "c", 2, {});
@@ -126,7 +127,7 @@ failing_store_state stored_job() {
   s.job_id = "job-1";
   s.owner = "user/alice";
   s.state = job_state::running;
-  s.round = 2;
+  s.round = recorded_round;
   st.kept[job_record_key("job-1")] = encode_job_record(k_spec, s);
   // Its linear layer's weight and bias, and the outer optimiser's momentum of each.
   const std::vector<float> theta(4 * 3 + 3, 0.125f), momentum(theta.size(), 0.0f);
@@ -210,5 +211,35 @@ TEST_SUITE("job resume") {
     CHECK_MESSAGE(s.detail.find("cancelled while it waited: waiting: its checkpoint cannot be "
                                 "read") == 0,
                   s.detail);
+  }
+
+  TEST_CASE("a record a round behind its checkpoint resumes from the checkpoint's round") {
+    // A top-up's record (of the last durable round) landed after the next round's record and
+    // checkpoint: resumed from the record's round, that round was trained and paid again.
+    resume_fixture f(stored_job(1));
+    auto s = f.await([](const job_status& s) { return !s.detail.empty(); }, 10);
+    CHECK_MESSAGE(s.detail.find("waiting for workers: 1 assignment(s) of round 3") == 0, s.detail);
+    CHECK(s.round == 2);
+  }
+
+  TEST_CASE("a checkpoint that cannot be used ends its job, failed, at its recorded round") {
+    // Started over from round 0 before, with only a line in the log: every round trained and
+    // paid again.
+    auto damaged = stored_job();
+    damaged.kept[job_checkpoint_key("job-1")] = {1, 2, 3, 4};
+    resume_fixture f(damaged);
+    auto s = f.await([](const job_status& s) { return is_terminal(s.state); }, 10);
+    CHECK(s.state == job_state::failed);
+    CHECK(s.round == 2);
+    CHECK_MESSAGE(s.detail.find("its checkpoint is damaged (") == 0, s.detail);
+    CHECK_MESSAGE(s.detail.find(": the job cannot resume from it") != std::string::npos, s.detail);
+
+    auto missing = stored_job();
+    missing.kept.erase(job_checkpoint_key("job-1"));
+    resume_fixture g(missing);
+    s = g.await([](const job_status& s) { return is_terminal(s.state); }, 10);
+    CHECK(s.state == job_state::failed);
+    CHECK(s.round == 2);
+    CHECK_MESSAGE(s.detail.find("its checkpoint of round 2 is missing") == 0, s.detail);
   }
 }
