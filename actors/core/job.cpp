@@ -433,6 +433,9 @@ void fail_assignment(job_actor* self, uint64_t id, const std::string& why) {
   core_metrics::assignments("failed").inc();
   spdlog::warn("job {}: assignment {:016x} on {} failed ({}); reassigning shard {}", st.job.id, id,
                it->second.slot.node_name, why, shard);
+  // A worker that is merely slow (past the deadline) is still computing it: it stops, rather
+  // than finish it for nothing while the next assignments queue behind it.
+  self->send(it->second.slot.worker, abort_atom::value, id);
   self->send(st.links.market, release_atom::value, it->second.slot.worker, true);
   st.pending.erase(it);
   // Another copy (a backup) may still be running, or may already have answered.
@@ -589,7 +592,10 @@ void verify(job_actor* self, uint64_t assignment_id) {
   for (const auto& [shard, x] : st.results) current = current || x.assignment_id == assignment_id;
   req.work.params_ref = current ? st.round_params : st.unconfirmed->params;
   req.claimed = r->update.unpack();
-  self->request(st.links.verifier, std::chrono::minutes(30), verify_atom::value, std::move(req))
+  // The verifier answers once a re-computation (which takes about as long as an assignment,
+  // max_deadline_s at most) is done or has failed; this bound is for a verifier that is gone.
+  const auto verify_wait = std::chrono::seconds(static_cast<int64_t>(max_deadline_s) + 3600);
+  self->request(st.links.verifier, verify_wait, verify_atom::value, std::move(req))
       .then(
           [=](double distance, double norm_ratio, double compute_s) {
             auto& st = self->state;

@@ -66,7 +66,10 @@ void run(verifier_actor* self, pending_check check, const worker_slot& slot) {
   spdlog::debug("verifier: re-computing job {} round {} shard {} on {}", work.job_id,
                 work.round + 1, work.shard.substr(0, 12), slot.node_name);
   self->state.running[id] = {std::move(check), slot};
-  self->request(slot.worker, std::chrono::minutes(10), assign_atom::value, std::move(work))
+  // As long as the longest deadline a spec may give: a re-computation takes about as long as
+  // the assignment it checks.
+  self->request(slot.worker, std::chrono::seconds(static_cast<int64_t>(max_deadline_s)),
+                assign_atom::value, std::move(work))
       .then(
           [=](assignment_result& r) {
             auto& st = self->state;
@@ -98,6 +101,7 @@ void run(verifier_actor* self, pending_check check, const worker_slot& slot) {
             if (it == st.running.end()) return;
             auto done = std::move(it->second);
             st.running.erase(it);
+            self->send(done.slot.worker, abort_atom::value, id);  // if it is still computing
             self->send(st.market, release_atom::value, done.slot.worker, true);
             retry_or_fail(self, std::move(done.check), self->system().render(e));
           });

@@ -11,11 +11,16 @@
 
 #include "boundary.hpp"
 #include "core_metrics.hpp"
+#include "gflex/runtime/job_spec.hpp"
 #include "gflex/runtime/payload_chunks.hpp"
 
 namespace gflex {
 
 namespace {
+
+/// How long a session waits for its node's answer to an assignment: past the longest deadline
+/// a spec may give (the job withdraws one past its own deadline before).
+constexpr auto assignment_wait = std::chrono::seconds(static_cast<int64_t>(max_deadline_s) + 300);
 
 using clock_type = std::chrono::steady_clock;
 
@@ -371,7 +376,9 @@ node_session_internal::behavior_type session_behavior(session_actor* self, sessi
         }
         st.in_flight[id] = sent_at;
         auto rp = self->make_response_promise<assignment_result>();
-        self->request(st.uplink, std::chrono::minutes(30), assign_atom::value, worker, std::move(a))
+        // The job withdraws an assignment past its deadline (an abort); this bound is only
+        // for a job that is gone, and may not cut short a deadline a spec may give.
+        self->request(st.uplink, assignment_wait, assign_atom::value, worker, std::move(a))
             .then(
                 [=](assignment_result& r) mutable {
                   auto& st = self->state;

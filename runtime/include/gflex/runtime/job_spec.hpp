@@ -42,6 +42,10 @@ std::span<const enum_name<trust_tier>> enum_names<trust_tier>() noexcept;
 /// hands out `workers` assignments, each runs `local_steps` inner steps from the round's
 /// parameters and returns its pseudo-gradient, which the outer optimizer (Nesterov momentum)
 /// applies. The comments name each field's TOML key and accepted range.
+/// The longest round deadline a spec may give ([round] deadline_s): a day. Whatever carries
+/// an assignment or its re-computation waits at least this long for its answer.
+inline constexpr double max_deadline_s = 86400.0;
+
 struct job_spec {
   std::string name = "job";  ///< [job] name: 1..64 of [A-Za-z0-9._-].
   /// [job] workload: a built-in workload's name (required without [model]); with a [model]
@@ -62,7 +66,8 @@ struct job_spec {
   double outer_momentum = 0.8;  ///< [outer] momentum: in [0, 1).
   gflex::compression compression = gflex::compression::int8;  ///< [wire] compression.
   int64_t eval_every = 1;  ///< [eval] every: test accuracy every N rounds, 1..100000.
-  /// [round] deadline_s, in (0, 86400]: an assignment not answered by then is reassigned, and
+  /// [round] deadline_s, in (0, max_deadline_s]: an assignment not answered by then is
+  /// reassigned (and withdrawn from its worker), and
   /// a round past it closes as soon as a quorum of its results is in.
   double deadline_s = 120.0;
   /// [round] quorum, in (0, 1]: the fraction of `workers` results a round past its deadline

@@ -1,0 +1,185 @@
+#pragma once
+/// @file
+/// A job supervisor over actors played by the test: a store of what the test gives it,
+/// which can fail reads, and a market that offers what the test says. For the tests of how
+/// jobs start, resume and hand out work.
+
+#include <doctest/doctest.h>
+
+#include <caf/all.hpp>
+
+#include <chrono>
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "configured_system.hpp"
+#include "data_catalog.hpp"
+#include "gflex/runtime/checkpoint.hpp"
+#include "gflex/runtime/digest.hpp"
+#include "gflex/runtime/shard.hpp"
+#include "job.hpp"
+#include "job_record.hpp"
+#include "job_supervisor.hpp"
+#include "messages.hpp"
+#include "user_data.hpp"
+
+namespace gflex::test {
+
+struct failing_store_state {
+  std::map<std::string, std::vector<uint8_t>> kept;
+  int shard_scan_failures = 0;       ///< Scans of the data sets' shards still to fail.
+  std::set<std::string> unreadable;  ///< Keys whose reads fail.
+};
+
+inline caf::error store_failure(const std::string& what) {
+  return caf::make_error(caf::sec::runtime_error, what);
+}
+
+// A store of `kept` whose first `shard_scan_failures` scans of the shards fail, as do the
+// reads of the keys in `unreadable`; commits are applied.
+inline caf::behavior failing_store(caf::stateful_actor<failing_store_state>* self,
+                                   failing_store_state init) {
+  self->state = std::move(init);
+  using keys_values = caf::result<std::vector<std::string>, std::vector<std::vector<uint8_t>>>;
+  auto scan = [=](const std::string& prefix, const std::string& suffix) -> keys_values {
+    if (prefix == data_chunk_prefix && self->state.shard_scan_failures > 0) {
+      --self->state.shard_scan_failures;
+      return store_failure("blobs/shard: damaged (its size or digest is wrong)");
+    }
+    std::vector<std::string> keys;
+    std::vector<std::vector<uint8_t>> values;
+    for (const auto& [k, v] : self->state.kept)
+      if (k.starts_with(prefix) && k.ends_with(suffix)) {
+        keys.push_back(k);
+        values.push_back(v);
+      }
+    return {std::move(keys), std::move(values)};
+  };
+  return {
+      [=](scan_atom, const std::string& prefix) { return scan(prefix, ""); },
+      [=](scan_atom, const std::string& prefix, const std::string& suffix) {
+        return scan(prefix, suffix);
+      },
+      [=](read_atom, const std::string& key) -> caf::result<bool, std::vector<uint8_t>> {
+        if (self->state.unreadable.count(key) != 0) return store_failure(key + ": unreadable");
+        auto it = self->state.kept.find(key);
+        if (it == self->state.kept.end()) return {false, std::vector<uint8_t>{}};
+        return {true, it->second};
+      },
+      [=](commit_atom, store_batch& b) -> caf::ok_atom {
+        for (size_t i = 0; i < b.keys.size(); ++i) {
+          if (b.values[i].empty())
+            self->state.kept.erase(b.keys[i]);
+          else
+            self->state.kept[b.keys[i]] = std::move(b.values[i]);
+        }
+        return caf::ok_atom::value;
+      },
+  };
+}
+
+// A market that offers `slots` at the first acquire, and no worker after: a running job then
+// waits for some.
+inline caf::behavior offering_market(caf::event_based_actor*, std::vector<worker_slot> slots) {
+  auto offered = std::make_shared<std::vector<worker_slot>>(std::move(slots));
+  return {
+      [=](acquire_atom, const std::string&, const std::string&, int64_t, uint8_t, int64_t, double) {
+        acquire_reply r;
+        r.slots = std::move(*offered);
+        offered->clear();
+        return r;
+      },
+      [](release_atom, const caf::actor&) {},
+      [](release_atom, const caf::actor&, bool) {},
+  };
+}
+
+inline dataset samples(int64_t n) {
+  dataset out;
+  out.classes = 3;
+  out.features = tensor::empty({n, 4}, dtype::f32);
+  out.labels = tensor::empty({n}, dtype::i32);
+  for (int64_t i = 0; i < n * 4; ++i) out.features.data<float>()[i] = 0.5f * (i % 5);
+  for (int64_t i = 0; i < n; ++i) out.labels.data<int32_t>()[i] = static_cast<int32_t>(i % 3);
+  return out;
+}
+
+inline const std::string k_spec =
+    "[job]\nname = \"r\"\nrounds = 3\nworkers = 1\n"
+    "[model]\ninput = [4]\nlayers = [ { type = \"linear\", units = 3 }, "
+    "{ type = \"softmax_xent\" } ]\n"
+    "[data]\nset = \"c\"\n";
+
+// Alice's data set "c" and her running job-1 of `spec`, which trains on it: its checkpoint is
+// of round 2, its record says `recorded_round`.
+inline failing_store_state stored_job(int64_t recorded_round = 2,
+                                      const std::string& spec = k_spec) {
+  failing_store_state st;
+  const auto train = encode_shard(samples(12), 0, 12), test = encode_shard(samples(6), 0, 6);
+  data_upload up("user/alice", "c", 2, {});
+  REQUIRE(up.add({0, 2, false, train}).has_value());
+  REQUIRE(up.add({1, 2, true, test}).has_value());
+  st.kept[data_set_key("user/alice", "c")] = encode_data_set(up.finish().value());
+  st.kept[data_chunk_key(digest_hex(train))] = train;
+  st.kept[data_chunk_key(digest_hex(test))] = test;
+  job_status s;
+  s.job_id = "job-1";
+  s.owner = "user/alice";
+  s.state = job_state::running;
+  s.round = recorded_round;
+  st.kept[job_record_key("job-1")] = encode_job_record(spec, s);
+  // Its linear layer's weight and bias, and the outer optimiser's momentum of each.
+  const std::vector<float> theta(4 * 3 + 3, 0.125f), momentum(theta.size(), 0.0f);
+  checkpoint_view c;
+  c.step = 2;
+  c.data_set = "c";
+  c.vectors = {{"theta", theta}, {"outer_momentum", momentum}};
+  st.kept[job_checkpoint_key("job-1")] = encode_checkpoint(c);
+  return st;
+}
+
+// A job supervisor over a failing_store of `st` and an offering_market of `slots`.
+struct job_fixture : configured_system {
+  const std::string alice = "user/alice";
+  const std::chrono::seconds wait{30};
+  caf::actor store, market, supervisor;
+
+  explicit job_fixture(failing_store_state st, std::vector<worker_slot> slots = {}) {
+    store = sys.spawn(failing_store, std::move(st));
+    market = sys.spawn(offering_market, std::move(slots));
+    job_links links;
+    links.store = store;
+    links.market = market;
+    links.catalog = std::make_shared<data_catalog>();
+    supervisor = spawn_job_supervisor(sys, links);
+  }
+  ~job_fixture() {
+    self->send_exit(supervisor, caf::exit_reason::user_shutdown);
+    self->send_exit(market, caf::exit_reason::user_shutdown);
+    self->send_exit(store, caf::exit_reason::user_shutdown);
+  }
+
+  job_status status() {
+    job_status out;
+    self->request(supervisor, wait, status_atom::value, alice, std::string("job-1"))
+        .receive([&](job_status& s) { out = std::move(s); },
+                 [&](caf::error&) {});  // unknown until the records are read
+    return out;
+  }
+  // The job's status once `done` holds of it, or after `seconds`.
+  template <class Pred>
+  job_status await(Pred done, int seconds) {
+    auto s = status();
+    for (int tries = 0; tries < seconds * 10 && !done(s); ++tries) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      s = status();
+    }
+    return s;
+  }
+};
+
+}  // namespace gflex::test
