@@ -245,6 +245,10 @@ expected<layer_spec> read_layer(const spec_reader& in, const toml::table& t, siz
     case layer_kind::dropout: {
       auto r = in.real(t, "rate", path, 0.0, 1.0, true, 0.1);
       if (!r) return r.error();
+      // The kernels take the rate as a float: one that rounds to 1 would drop every value.
+      if (static_cast<float>(*r) >= 1.0f)
+        return in.fail(path + ".rate",
+                       "must be below 1 as a 32-bit float, got " + std::to_string(*r));
       l.rate = *r;
       break;
     }

@@ -43,6 +43,8 @@ expected<void> check_options(const train_options& o) {
     return bad("AdamW betas must be in [0, 1)");
   if (!(o.optimizer.weight_decay >= 0.0f) || !std::isfinite(o.optimizer.weight_decay))
     return bad("weight decay must be non-negative and finite");
+  if (o.optimizer.plain_sgd && o.optimizer.weight_decay != 0.0f)
+    return bad("weight decay applies to AdamW only (plain SGD would ignore it)");
   if (o.max_steps < 0) return bad("max_steps must not be negative");
   if (o.warmup_steps < 0) return bad("warmup_steps must not be negative");
   return {};

@@ -536,6 +536,11 @@ expected<job_spec> read_spec(const reader& in) {
   }
   if (spec.workload.empty())
     return in.fail("job.workload", "missing (required without a [model] table)");
+  // Plain SGD steps by the gradient alone: a decay given with it would be silently ignored.
+  if (spec.inner == inner_optimizer::sgd && spec.weight_decay != 0.0)
+    return in.fail("inner.weight_decay",
+                   "applies to inner.optimizer = \"adamw\" only (plain "
+                   "SGD would ignore it)");
   if (model != nullptr && spec.data_set.empty())
     return in.fail("data.set", "missing (a [model] needs the data set it trains on)");
   if (model == nullptr && in.find("data", "set") != nullptr)

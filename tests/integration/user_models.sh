@@ -86,7 +86,6 @@ seed = 7
 optimizer = "sgd"
 batch_size = 32
 lr = 0.05
-weight_decay = 0.01
 lr_schedule = "constant"
 
 [data]

@@ -114,7 +114,6 @@ TEST_SUITE("job_spec") {
     spec.rounds = 100000;
     spec.workers = 1024;
     spec.seed = 9223372036854775807u;
-    spec.inner = inner_optimizer::sgd;
     spec.local_steps = 1;
     spec.batch_size = 65536;
     spec.inner_lr = 0.1 + 0.2;  // Not the double nearest 0.3: needs all 17 digits.
@@ -152,7 +151,6 @@ optimizer = "sgd"
 local_steps = 9
 batch_size = 33
 lr = 0.25
-weight_decay = 0.125
 lr_schedule = "constant"
 precision = "bf16"
 [outer]
@@ -196,7 +194,6 @@ name = "tiny"
     CHECK(spec->local_steps != defaults.local_steps);
     CHECK(spec->batch_size != defaults.batch_size);
     CHECK(spec->inner_lr != defaults.inner_lr);
-    CHECK(spec->weight_decay != defaults.weight_decay);
     CHECK(spec->schedule != defaults.schedule);
     CHECK(spec->precision != defaults.precision);
     CHECK(spec->outer_lr != defaults.outer_lr);
@@ -226,6 +223,15 @@ name = "tiny"
     REQUIRE_MESSAGE(back.has_value(), (back.error().message() + "\n" + written));
     CHECK(*back == *spec);
     CHECK(to_toml(*back) == written);
+
+    // Weight decay is AdamW's (plain SGD refuses it): read and written with it.
+    auto decayed =
+        parse_job_spec("[job]\nworkload = \"w\"\n[inner]\nweight_decay = 0.125\n", source);
+    REQUIRE_MESSAGE(decayed.has_value(), decayed.error().message());
+    CHECK(decayed->weight_decay != defaults.weight_decay);
+    auto decayed_back = parse_job_spec(to_toml(*decayed), source);
+    REQUIRE(decayed_back.has_value());
+    CHECK(*decayed_back == *decayed);
   }
 
   TEST_CASE("a TOML syntax error gives line and column") {
@@ -299,6 +305,10 @@ name = "tiny"
           "job.toml: outer.lr: must be a number in (0, 10], got 10.5");
     CHECK(failure(with("[inner]\nweight_decay = -0.1")) ==
           "job.toml: inner.weight_decay: must be a number in [0, 1), got -0.1");
+    // Plain SGD steps by the gradient alone: it ran, ignoring the decay it was given.
+    CHECK(failure(with("[inner]\noptimizer = \"sgd\"\nweight_decay = 0.01")) ==
+          "job.toml: inner.weight_decay: applies to inner.optimizer = \"adamw\" only (plain SGD "
+          "would ignore it)");
     CHECK(contains(failure(with("[inner]\nlr = nan")), "job.toml: inner.lr: must be a number in"));
     CHECK(contains(failure(with("[outer]\nlr = inf")), "got inf"));
     CHECK(contains(failure(with("[outer]\nmomentum = -inf")), "got -inf"));

@@ -174,6 +174,10 @@ TEST_SUITE("mlp") {
     o = {};
     o.optimizer.beta1 = 1.0f;
     expect(o, "betas");
+    o = {};
+    o.optimizer.plain_sgd = true;  // which steps by the gradient alone
+    o.optimizer.weight_decay = 0.01f;
+    expect(o, "weight decay applies to AdamW only");
 
     dataset_splits wrong{blobs(10, 5, 3, 1), blobs(10, 5, 3, 2)};
     auto r = train(w, wrong, *be, {});

@@ -646,6 +646,11 @@ layers = [ { type = "attention", heads = 1 }, { type = "flatten" },
                     "FLOPs, more than 2e+12") != std::string::npos);
     CHECK(err(R"({ type = "softmax_xent" }, { type = "linear", units = 3 },)")
               .find("a loss must be the last layer") != std::string::npos);
+    // A dropout rate below 1 that rounds to 1 as the kernels' float dropped every value.
+    CHECK(err(R"({ type = "dropout", rate = 0.99999999 }, { type = "linear", units = 3 },
+                 { type = "softmax_xent" },)")
+              .find("model.layers[0] (dropout).rate: must be below 1 as a 32-bit float") !=
+          std::string::npos);
     CHECK(err(R"({ type = "embedding", dim = 4 }, { type = "softmax_xent" },)")
               .find("an embedding needs token input") != std::string::npos);
     CHECK(plan_error(R"([model]
