@@ -32,14 +32,22 @@ struct loaded_model {
   std::unique_ptr<kernels::workload> workload;
   std::vector<std::unique_ptr<kernels::model>> replicas;  ///< One per rank.
   int64_t max_batch = 0;                                  ///< Of the whole step (all ranks).
+  uint64_t last_used = 0;  ///< worker_state::uses when an assignment last ran it.
 };
 
 struct worker_state {
   worker_config config;
   caf::actor cache;
   std::unique_ptr<kernels::replica_group> group;
-  std::map<std::string, loaded_model> models;                    // by workload
-  std::map<std::string, std::shared_ptr<const dataset>> shards;  // decoded, by digest
+  std::map<std::string, loaded_model> models;  // by workload, the kept_models most recent
+  uint64_t uses = 0;                           // assignments run, for loaded_model::last_used
+  /// Decoded shards by digest, the most recently used: at most kept_shards of them and
+  /// kept_shard_bytes beyond the newest.
+  struct kept_shard {
+    std::shared_ptr<const dataset> data;
+    uint64_t last_used = 0;
+  };
+  std::map<std::string, kept_shard> shards;
   int assignments = 0;
   std::unique_ptr<misbehaving_worker> misbehaving;  // test aid; null for honest workers
   cpu_monitor cpu;                                  // for --idle-only
@@ -48,9 +56,41 @@ struct worker_state {
 
 using worker_actor = caf::stateful_actor<worker_state>;
 
+size_t bytes_of(const dataset& d) {
+  return d.features.nbytes() + d.labels.nbytes();
+}
+
 /// Models of more parameter bytes than this are not kept between assignments: a node then
 /// holds no model while the next assignment's parameters arrive and are decoded.
 constexpr int64_t kept_model_bytes = int64_t{64} << 20;
+
+/// Decoded shards a worker keeps for the assignments that come back to them (a job's next
+/// rounds hand each worker's place the shards it had), the most recently used: at most this
+/// many, of at most this many bytes beyond the newest. A user's shard may be 128 MiB decoded.
+constexpr size_t kept_shards = 32;
+constexpr size_t kept_shard_bytes = size_t{256} << 20;
+
+/// Models a worker keeps (their buffers, optimiser state included), the most recently used:
+/// a node that serves job after job would otherwise keep every job's model for good.
+constexpr size_t kept_models = 2;
+
+/// Keeps `data` as the shard `digest`, the most recently used, and lets the least recently
+/// used others go while more than kept_shards, or kept_shard_bytes beyond it, are kept.
+void keep_shard(worker_state& st, const std::string& digest, std::shared_ptr<const dataset> data) {
+  st.shards[digest] = {std::move(data), ++st.uses};
+  for (;;) {
+    size_t bytes = 0;
+    auto oldest = st.shards.end();
+    for (auto it = st.shards.begin(); it != st.shards.end(); ++it) {
+      if (it->first == digest) continue;
+      bytes += bytes_of(*it->second.data);
+      if (oldest == st.shards.end() || it->second.last_used < oldest->second.last_used) oldest = it;
+    }
+    if (oldest == st.shards.end() || (st.shards.size() <= kept_shards && bytes <= kept_shard_bytes))
+      return;
+    st.shards.erase(oldest);
+  }
+}
 
 error bad(const std::string& what) {
   return error(errc::invalid_argument, "assignment: " + what);
@@ -90,7 +130,17 @@ expected<assignment_result> run_assignment(worker_state& st, assignment& a, cons
   if (a.precision > static_cast<uint8_t>(math_precision::bf16))
     return bad("unknown precision " + std::to_string(a.precision));
 
-  auto& slot = st.models[a.workload + '\n' + a.model];
+  const std::string key = a.workload + '\n' + a.model;
+  auto& slot = st.models[key];
+  slot.last_used = ++st.uses;
+  while (st.models.size() > kept_models) {
+    auto oldest = st.models.end();
+    for (auto it = st.models.begin(); it != st.models.end(); ++it)
+      if (it->first != key &&
+          (oldest == st.models.end() || it->second.last_used < oldest->second.last_used))
+        oldest = it;
+    st.models.erase(oldest);
+  }
   if (!slot.workload) {
     auto w = kernels::find_workload(a.workload, a.model, "");
     if (!w) return w.error();
@@ -375,7 +425,8 @@ caf::behavior worker_behavior(worker_actor* self, worker_config config, caf::act
         };
         if (auto it = shards.find(a.shard); it != shards.end()) {
           prefetch_next();
-          auto r = compute(a, *it->second);
+          it->second.last_used = ++self->state.uses;
+          auto r = compute(a, *it->second.data);
           if (!r) return std::move(r.error());
           return std::move(*r);
         }
@@ -385,9 +436,7 @@ caf::behavior worker_behavior(worker_actor* self, worker_config config, caf::act
         prefetch_next();
         std::move(asked).then(
             [=](decoded_shard& d) mutable {
-              auto& shards = self->state.shards;
-              if (shards.size() >= 32) shards.erase(shards.begin());
-              shards[a.shard] = d.data;
+              keep_shard(self->state, a.shard, d.data);
               auto r = compute(a, *d.data);
               if (!r)
                 rp.deliver(std::move(r.error()));

@@ -1,0 +1,124 @@
+/// @file
+/// A node's worker keeps the models and decoded shards of its recent assignments (made once
+/// for the assignments that come back to them), not of every job it ever ran: with each new
+/// job's model kept, a volunteer's memory grew job after job until an allocation failed, and
+/// 32 shards of any size were kept (a user's may be 128 MiB decoded), the one let go being
+/// the first by digest, however recently used.
+
+#include <doctest/doctest.h>
+
+#include <caf/all.hpp>
+
+#include <chrono>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "cache.hpp"
+#include "configured_system.hpp"
+#include "gflex/kernels/devices.hpp"
+#include "gflex/kernels/model_spec.hpp"
+#include "gflex/runtime/tensor_codec.hpp"
+#include "gflex/runtime/update_codec.hpp"
+#include "messages.hpp"
+#include "worker.hpp"
+
+using namespace gflex;
+
+namespace {
+
+// `n` rows of 64 values, labels of 3 classes.
+std::shared_ptr<const dataset> rows(int64_t n = 32) {
+  auto d = std::make_shared<dataset>();
+  d->classes = 3;
+  d->features = tensor::empty({n, 64}, dtype::f32);
+  d->labels = tensor::empty({n}, dtype::i32);
+  for (int64_t i = 0; i < n * 64; ++i) d->features.data<float>()[i] = 0.01f * (i % 7);
+  for (int64_t i = 0; i < n; ++i) d->labels.data<int32_t>()[i] = static_cast<int32_t>(i % 3);
+  return d;
+}
+
+// An assignment of job `k`'s model (model_of) on shard `digest`, from zero parameters.
+assignment assignment_of(int k, const std::string& digest);
+
+// A cache that has every shard: `data`; (get_atom) -> the shards asked for, in order.
+caf::behavior one_shard_cache(caf::event_based_actor*, std::shared_ptr<const dataset> data) {
+  auto asked = std::make_shared<std::vector<std::string>>();
+  return {
+      [=](shard_atom, const std::string& digest) {
+        asked->push_back(digest);
+        return decoded_shard{data};
+      },
+      [](prefetch_atom, const std::string&) {},
+      [=](caf::get_atom) { return *asked; },
+  };
+}
+
+// Job `k`'s model: a hidden layer of 2,048 + k units (about 560k parameters, 9 MB of the
+// worker's buffers with AdamW's state).
+std::string model_of(int k) {
+  return "[model]\ninput = [64]\nlayers = [ { type = \"linear\", units = " +
+         std::to_string(2048 + k) +
+         " }, { type = \"relu\" }, { type = \"linear\", units = 3 }, "
+         "{ type = \"softmax_xent\" } ]\n";
+}
+
+assignment assignment_of(int k, const std::string& digest) {
+  auto spec = kernels::parse_model_spec(model_of(k), "model");
+  REQUIRE(spec.has_value());
+  auto plan = kernels::plan_model(*spec);
+  REQUIRE(plan.has_value());
+  assignment a;
+  a.id = static_cast<uint64_t>(k + 1);
+  a.job_id = "job-" + std::to_string(k);
+  a.workload = "model";
+  a.model = model_of(k);
+  a.shard = digest;
+  a.local_steps = 1;
+  a.batch_size = 8;
+  a.lr = 0.01f;
+  a.compression = static_cast<uint8_t>(compression::fp32);
+  a.params = encode_tensor(tensor::zeros({plan->parameters}, dtype::f32));
+  return a;
+}
+
+}  // namespace
+
+TEST_SUITE("worker models") {
+  TEST_CASE("a worker keeps the models of its recent jobs, not of every job it ran") {
+    test::configured_system s;
+    worker_config config;
+    auto worker = spawn_worker(s.sys, config, s.sys.spawn(one_shard_cache, rows()));
+    std::vector<uint64_t> in_use;
+    for (int k = 0; k < 8; ++k) {
+      s.self->request(worker, std::chrono::seconds(60), assign_atom::value, assignment_of(k, "s"))
+          .receive([](assignment_result&) {}, [&](caf::error& e) { FAIL(s.sys.render(e)); });
+      in_use.push_back(kernels::host_memory_in_use());
+    }
+    // Eight jobs' models held 8 x 9 MB; the two most recent are kept.
+    CAPTURE(in_use);
+    CHECK(in_use.back() < in_use[1] + (in_use[1] - in_use[0]) / 2);
+    s.self->send_exit(worker, caf::exit_reason::user_shutdown);
+  }
+
+  TEST_CASE("a worker keeps its most recently used shards, within a byte bound") {
+    // Shards of 100 MiB decoded (one in memory, shared): two are kept beside the newest.
+    test::configured_system s;
+    auto cache = s.sys.spawn(one_shard_cache, rows(int64_t{100} << 20 >> 8));
+    auto worker = spawn_worker(s.sys, worker_config{}, cache);
+    auto run = [&](const std::string& digest) {
+      s.self
+          ->request(worker, std::chrono::seconds(60), assign_atom::value, assignment_of(0, digest))
+          .receive([](assignment_result&) {}, [&](caf::error& e) { FAIL(s.sys.render(e)); });
+    };
+    // "a" is used again after "b": "b" is the least recently used when "d" comes, and goes;
+    // "d" is when "b" comes back. (All of them were kept before: 32 shards of any size.)
+    for (const char* d : {"a", "b", "c", "a", "d", "a", "c", "b"}) run(d);
+    std::vector<std::string> asked;
+    s.self->request(cache, std::chrono::seconds(10), caf::get_atom::value)
+        .receive([&](std::vector<std::string>& a) { asked = std::move(a); },
+                 [&](caf::error& e) { FAIL(s.sys.render(e)); });
+    CHECK(asked == std::vector<std::string>{"a", "b", "c", "d", "b"});
+    s.self->send_exit(worker, caf::exit_reason::user_shutdown);
+  }
+}
