@@ -24,7 +24,8 @@ expected<std::shared_ptr<const served_data>> data_catalog::get(const kernels::wo
   const std::string key = w.name() + '\n' + w.model_text();
   {
     std::lock_guard<std::mutex> guard(mutex_);
-    if (auto it = by_workload_.find(key); it != by_workload_.end()) return it->second;
+    if (auto it = by_workload_.find(key); it != by_workload_.end())
+      if (auto held = it->second.lock()) return std::shared_ptr<const served_data>(held);
   }
   // Loading, cutting and hashing take seconds, so they run without the lock: the data server
   // (event-based, on CAF's scheduler) reads chunks under it and must never wait for them.
@@ -63,12 +64,26 @@ expected<std::shared_ptr<const served_data>> data_catalog::get(const kernels::wo
     data->shards.push_back(std::move(infos[static_cast<size_t>(i)]));
   }
   std::lock_guard<std::mutex> guard(mutex_);
-  if (auto it = by_workload_.find(key); it != by_workload_.end()) return it->second;
-  for (auto& [digest, bytes] : new_chunks) chunks_[digest] = std::move(bytes);
+  if (auto it = by_workload_.find(key); it != by_workload_.end())
+    if (auto held = it->second.lock()) return std::shared_ptr<const served_data>(held);
+  // A shard another load holds already (the same data, another model) is shared, not kept
+  // twice.
+  for (auto& [digest, bytes] : new_chunks) {
+    std::shared_ptr<const std::vector<uint8_t>> kept = chunks_[digest].lock();
+    if (!kept) {
+      kept = std::move(bytes);
+      chunks_[digest] = kept;
+    }
+    data->held_chunks.push_back(std::move(kept));
+  }
   spdlog::info("data for {}: {} training samples in {} shards, {} test samples", w.name(),
                data->train_samples, data->shards.size(), data->test.size());
-  by_workload_[key] = data;
-  return std::shared_ptr<const served_data>(data);
+  std::shared_ptr<const served_data> out(data);
+  by_workload_[key] = out;
+  recent_loads_.push_back(out);
+  if (recent_loads_.size() > kept_loads) recent_loads_.pop_front();
+  forget_unheld();
+  return out;
 }
 
 expected<void> data_catalog::put_user_set(
@@ -118,21 +133,23 @@ expected<void> data_catalog::put_user_set(
     data->held_chunks.push_back(it->second);
   }
   std::lock_guard<std::mutex> guard(mutex_);
-  for (const auto& digest : info.train_shards) user_chunks_[digest] = chunks.at(digest);
+  for (const auto& digest : info.train_shards) chunks_[digest] = chunks.at(digest);
   user_sets_[{info.owner, info.name}] = {info, std::move(data)};  // a replaced one goes
-  forget_unheld_chunks();
+  forget_unheld();
   return {};
 }
 
 void data_catalog::drop_user_set(const std::string& owner, const std::string& name) {
   std::lock_guard<std::mutex> guard(mutex_);
   user_sets_.erase({owner, name});
-  forget_unheld_chunks();
+  forget_unheld();
 }
 
-void data_catalog::forget_unheld_chunks() {
-  for (auto it = user_chunks_.begin(); it != user_chunks_.end();)
-    it = it->second.expired() ? user_chunks_.erase(it) : std::next(it);
+void data_catalog::forget_unheld() {
+  for (auto it = chunks_.begin(); it != chunks_.end();)
+    it = it->second.expired() ? chunks_.erase(it) : std::next(it);
+  for (auto it = by_workload_.begin(); it != by_workload_.end();)
+    it = it->second.expired() ? by_workload_.erase(it) : std::next(it);
 }
 
 expected<std::shared_ptr<const served_data>> data_catalog::user_set(
@@ -156,9 +173,8 @@ expected<std::shared_ptr<const served_data>> data_catalog::user_set(
 
 std::shared_ptr<const std::vector<uint8_t>> data_catalog::chunk(const std::string& digest) const {
   std::lock_guard<std::mutex> guard(mutex_);
-  if (auto it = chunks_.find(digest); it != chunks_.end()) return it->second;
-  auto it = user_chunks_.find(digest);
-  return it == user_chunks_.end() ? nullptr : it->second.lock();
+  auto it = chunks_.find(digest);
+  return it == chunks_.end() ? nullptr : it->second.lock();
 }
 
 }  // namespace gflex

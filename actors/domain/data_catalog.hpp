@@ -4,6 +4,7 @@
 /// content-addressed shards. Shared by the job actors (test split, shard list) and the data
 /// server (chunk bytes); thread-safe, loaded lazily on first use.
 
+#include <deque>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -23,8 +24,8 @@ struct served_data {
   dataset test;
   std::vector<shard_info> shards;
   int64_t train_samples = 0;
-  /// A user's data set's shard bytes: served while this is held (by the catalog, or by a
-  /// job training on the set after the set was removed or replaced), freed after.
+  /// Its shards' bytes: served while this is held (by the catalog, or by a job training on
+  /// it), freed after.
   std::vector<std::shared_ptr<const std::vector<uint8_t>>> held_chunks;
 };
 
@@ -41,7 +42,10 @@ class data_catalog {
 
   /// The data of workload `w`, loading and sharding it on first use (blocking: call from a
   /// detached actor). The load runs without the catalog's lock, so chunk() answers
-  /// meanwhile. Errors of loading are returned, and retried on the next call.
+  /// meanwhile. Errors of loading are returned, and retried on the next call. The data stay
+  /// while a job holds them, and the kept_loads most recently loaded besides: each model
+  /// declaration (a token model's context) or workload name loads its own, and a core kept
+  /// every one it ever loaded.
   expected<std::shared_ptr<const served_data>> get(const kernels::workload& w);
 
   /// Registers a user's data set (data_sets.hpp) with its shards' bytes, replacing one of
@@ -64,18 +68,19 @@ class data_catalog {
   std::shared_ptr<const std::vector<uint8_t>> chunk(const std::string& digest) const;
 
  private:
+  static constexpr size_t kept_loads = 2;
   int64_t shard_samples_;
   mutable std::mutex mutex_;
-  std::map<std::string, std::shared_ptr<const served_data>> by_workload_;
+  std::map<std::string, std::weak_ptr<const served_data>> by_workload_;
+  std::deque<std::shared_ptr<const served_data>> recent_loads_;  // at most kept_loads
   struct user_set_entry {
     data_set_info info;
     std::shared_ptr<const served_data> data;
   };
   std::map<std::pair<std::string, std::string>, user_set_entry> user_sets_;
-  std::map<std::string, std::shared_ptr<const std::vector<uint8_t>>> chunks_;  // built-in sets'
-  // Users' sets' shards, held by their served_data (held_chunks).
-  std::map<std::string, std::weak_ptr<const std::vector<uint8_t>>> user_chunks_;
-  void forget_unheld_chunks();  // under the lock
+  // Every set's shards, held by their served_data (held_chunks).
+  std::map<std::string, std::weak_ptr<const std::vector<uint8_t>>> chunks_;
+  void forget_unheld();  // under the lock
 };
 
 }  // namespace gflex

@@ -90,4 +90,29 @@ TEST_SUITE("data catalog") {
       CHECK(*bytes == expected);
     }
   }
+
+  TEST_CASE("a workload's data stay while a job holds them, and the two loaded last besides") {
+    // Each model declaration (or workload name) loads its own data: a core kept every one it
+    // ever loaded, its test split and shards, for good.
+    data_catalog catalog(10);
+    std::vector<std::weak_ptr<const served_data>> loaded;
+    std::shared_ptr<const served_data> held;
+    for (int k = 0; k < 4; ++k) {
+      auto w =
+          workload_loading_for(std::chrono::milliseconds(0), "w" + std::to_string(k), 40 + 10 * k);
+      auto d = catalog.get(*w);
+      REQUIRE(d.has_value());
+      loaded.push_back(*d);
+      if (k == 1) held = *d;  // a job training on it
+    }
+    CHECK(loaded[0].expired());        // neither held nor among the two loaded last: freed
+    CHECK_FALSE(loaded[1].expired());  // held by its job
+    CHECK(catalog.chunk(held->shards[0].digest) != nullptr);
+    CHECK_FALSE(loaded[2].expired());
+    CHECK_FALSE(loaded[3].expired());
+    // Asked again while held: the same data, not a second load.
+    auto again = catalog.get(*workload_loading_for(std::chrono::milliseconds(0), "w1", 50));
+    REQUIRE(again.has_value());
+    CHECK(again->get() == held.get());
+  }
 }
