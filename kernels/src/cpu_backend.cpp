@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <new>
 #include <vector>
 
@@ -272,6 +273,14 @@ class cpu_backend final : public backend {
             const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,
             int64_t ldc) override {
     if (m == 0 || n == 0) return;
+    // OpenBLAS takes 32-bit sizes here: a larger one would be cut, and the product computed
+    // in part, or not at all, silently.
+    constexpr int64_t most = std::numeric_limits<blasint>::max();
+    if (m > most || n > most || k > most || lda > most || ldb > most || ldc > most)
+      throw compute_error(error(errc::device_error,
+                                "a matrix product of " + std::to_string(m) + " x " +
+                                    std::to_string(n) + " x " + std::to_string(k) +
+                                    " passes the CPU BLAS's 32-bit sizes (a smaller batch fits)"));
     cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
                 trans_b ? CblasTrans : CblasNoTrans, static_cast<blasint>(m),
                 static_cast<blasint>(n), static_cast<blasint>(k), alpha, a,

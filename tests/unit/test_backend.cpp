@@ -321,6 +321,18 @@ TEST_SUITE("backend") {
     }
   }
 
+  TEST_CASE("a matrix product past 32-bit sizes is an error, not a part of one") {
+    // 2^31 rows (a batch of a long sequence): OpenBLAS takes int sizes, and computed a cut
+    // product, leaving the rest of the output as it was. Refused before any memory is read.
+    for (auto& b : backends_under_test()) {
+      CAPTURE(b->describe());
+      const int64_t rows = int64_t{1} << 31;
+      CHECK_THROWS_AS(
+          b->gemm(false, false, rows, 4, 4, 1.0f, nullptr, 4, nullptr, 4, 0.0f, nullptr, 4),
+          compute_error);
+    }
+  }
+
   TEST_CASE("precision is a setting; reduced precision keeps gemm close") {
     for (auto& b : backends_under_test()) {
       CAPTURE(b->describe());
