@@ -417,6 +417,14 @@ void resume_jobs(supervisor_actor* self) {
           [=](std::vector<std::string>& keys, std::vector<std::vector<uint8_t>>& values) {
             std::vector<std::pair<std::string, job_status>> records;
             for (size_t i = 0; i < keys.size(); ++i) {
+              // The id is taken from the key, even of a record that cannot be read: a new job
+              // given it would resume from (and its owner could fetch) that job's checkpoint.
+              const std::string& key = keys[i];
+              const auto dash = key.find('-'), slash = key.rfind('/');
+              if (dash != std::string::npos && slash != std::string::npos && dash < slash)
+                self->state.next_id = std::max<uint64_t>(
+                    self->state.next_id,
+                    std::strtoull(key.substr(dash + 1, slash - dash - 1).c_str(), nullptr, 10) + 1);
               auto r = decode_job_record(values[i]);
               if (!r) {
                 spdlog::error("store: {}: {}", keys[i], r.error().message());
@@ -429,7 +437,11 @@ void resume_jobs(supervisor_actor* self) {
               self->state.next_id = std::max<uint64_t>(
                   self->state.next_id, std::strtoull(digits.c_str(), nullptr, 10) + 1);
               auto spec = parse_job_spec(spec_text, status.job_id);
-              if (!spec) continue;
+              if (!spec) {
+                spdlog::error("store: job {}: its spec no longer parses ({}); left out",
+                              status.job_id, spec.error().message());
+                continue;
+              }
               fill_from_spec(status, *spec);
               // An ended job keeps its spec too: its model is exported from it (gflex fetch).
               auto& entry = self->state.jobs[status.job_id];

@@ -1,9 +1,11 @@
 /// @file
-/// How a starting core resumes its jobs when the store fails a read, against a store played
-/// by the test: a failed read of the users' data sets fails no job (the jobs on them wait and
-/// resume once the read succeeds; before, each failed for good with "no data set"), and a job
-/// whose checkpoint cannot be read can be cancelled while it waits (before, it stayed
-/// "running" for good and no cancel reached it).
+/// How a starting core resumes its jobs when the store fails it, against a store played by the
+/// test: a failed read of the users' data sets fails no job (the jobs on them wait and resume
+/// once the read succeeds; before, each failed for good with "no data set"); a job whose
+/// checkpoint cannot be read can be cancelled while it waits (before, it stayed "running" for
+/// good and no cancel reached it); a job resumes from its checkpoint's round, and ends, failed,
+/// on a checkpoint it cannot use (before, it started over); and a record that cannot be read
+/// keeps its id from new jobs.
 
 #include <doctest/doctest.h>
 
@@ -73,5 +75,19 @@ TEST_SUITE("job resume") {
     CHECK(s.state == job_state::failed);
     CHECK(s.round == 2);
     CHECK_MESSAGE(s.detail.find("its checkpoint of round 2 is missing") == 0, s.detail);
+  }
+
+  TEST_CASE("a record that cannot be read keeps its id: a new job is not given it") {
+    // Given it, the new job would have resumed from (and its owner fetched) the old job's
+    // checkpoint, another account's maybe.
+    auto st = stored_job();
+    st.kept[job_record_key("job-2")] = {9, 9, 9};
+    st.kept[job_checkpoint_key("job-2")] = st.kept[job_checkpoint_key("job-1")];
+    job_fixture f(st);
+    f.await([](const job_status& s) { return !s.detail.empty(); }, 10);  // records read
+    std::string id;
+    f.self->request(f.supervisor, f.wait, submit_atom::value, f.alice, k_spec)
+        .receive([&](std::string& x) { id = x; }, [&](caf::error& e) { FAIL(f.sys.render(e)); });
+    CHECK(id == "job-3");
   }
 }
