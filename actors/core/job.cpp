@@ -154,6 +154,9 @@ struct job_actor_state {
   double durable_loss = 0.0;
   int64_t durable_nodes = 0;
   bool finished = false;
+  // Answered once the job's end is recorded (or cannot be): a cancel is acknowledged only
+  // when a restarted core would no longer resume the job.
+  std::vector<caf::typed_response_promise<caf::ok_atom>> end_waiters;
   std::set<caf::actor_addr> monitored;
 
   clock_type::time_point resumed_at = clock_type::now();
@@ -408,19 +411,28 @@ void finish(job_actor* self, job_state state, const std::string& detail) {
                                   std::move(release), std::move(batch), named ? op : std::string())
                   : self->request(st.links.store, std::chrono::seconds(30), commit_atom::value,
                                   std::move(batch));
+  auto recorded = [=] {
+    for (auto& rp : self->state.end_waiters) rp.deliver(caf::ok_atom::value);
+    self->quit();
+  };
   auto not_recorded = [=](const std::string& why) {
     // The record still says running: a restarted core resumes the job and returns what
     // escrow holds then.
     spdlog::error("job {}: cannot record its end: {}", self->state.job.id, why);
+    for (auto& rp : self->state.end_waiters)
+      rp.deliver(to_caf(error(errc::store_error, "job " + self->state.job.id +
+                                                     ": its end could not be recorded (a "
+                                                     "restarted core resumes it): " +
+                                                     why)));
     self->quit();
   };
-  std::move(written).then([=](caf::ok_atom) { self->quit(); },
+  std::move(written).then([=](caf::ok_atom) { recorded(); },
                           [=](caf::error& e) {
                             const auto why = self->system().render(e);
                             if (!named || !outcome_unknown(e)) return not_recorded(why);
                             ask_booked(self, op, [=](bool booked) {
                               if (!booked) return not_recorded(why);
-                              self->quit();
+                              recorded();
                             });
                           });
 }
@@ -1528,8 +1540,11 @@ caf::behavior job_behavior(job_actor* self, job_start start, job_links links) {
         if (self->current_sender() !=
             caf::actor_cast<caf::strong_actor_ptr>(self->state.links.supervisor))
           return to_caf(error(errc::invalid_argument, "only the job supervisor cancels a job"));
+        if (self->state.finished) return caf::ok_atom::value;  // ending already
+        auto rp = self->make_response_promise<caf::ok_atom>();
+        self->state.end_waiters.push_back(rp);
         finish(self, job_state::cancelled, "cancelled by its owner");
-        return caf::ok_atom::value;
+        return rp;
       },
       [=](status_atom) -> job_status { return self->state.job.status; },
   };

@@ -33,6 +33,7 @@ struct failing_store_state {
   std::map<std::string, std::vector<uint8_t>> kept;
   int shard_scan_failures = 0;       ///< Scans of the data sets' shards still to fail.
   std::set<std::string> unreadable;  ///< Keys whose reads fail.
+  std::set<std::string> unwritable;  ///< Keys whose commits fail (with all of their batch).
 };
 
 inline caf::error store_failure(const std::string& what) {
@@ -40,7 +41,8 @@ inline caf::error store_failure(const std::string& what) {
 }
 
 // A store of `kept` whose first `shard_scan_failures` scans of the shards fail, as do the
-// reads of the keys in `unreadable`; commits are applied.
+// reads of the keys in `unreadable` and the commits naming a key in `unwritable` (to which
+// (caf::put_atom, key) adds); other commits are applied.
 inline caf::behavior failing_store(caf::stateful_actor<failing_store_state>* self,
                                    failing_store_state init) {
   self->state = std::move(init);
@@ -70,7 +72,9 @@ inline caf::behavior failing_store(caf::stateful_actor<failing_store_state>* sel
         if (it == self->state.kept.end()) return {false, std::vector<uint8_t>{}};
         return {true, it->second};
       },
-      [=](commit_atom, store_batch& b) -> caf::ok_atom {
+      [=](commit_atom, store_batch& b) -> caf::result<caf::ok_atom> {
+        for (const auto& k : b.keys)
+          if (self->state.unwritable.count(k) != 0) return store_failure(k + ": unwritable");
         for (size_t i = 0; i < b.keys.size(); ++i) {
           if (b.values[i].empty())
             self->state.kept.erase(b.keys[i]);
@@ -79,6 +83,7 @@ inline caf::behavior failing_store(caf::stateful_actor<failing_store_state>* sel
         }
         return caf::ok_atom::value;
       },
+      [=](caf::put_atom, const std::string& key) { self->state.unwritable.insert(key); },
   };
 }
 
