@@ -181,7 +181,10 @@ void hello(uplink_actor* self, caf::actor core) {
     h.public_key = st.config.identity->public_key();
     h.proof = st.config.identity->sign(hello_message(h.protocol, h.name));
   }
-  self->request(core, std::chrono::seconds(15), hello_atom::value, std::move(h))
+  // Longer than a core holds a hello from an address where many joins failed (up to 30 s, to
+  // slow guessing down): an honest node behind it (a shared NAT) is let in, only slower. A
+  // node that gave up sooner asked again, to be held again, and never joined.
+  self->request(core, std::chrono::seconds(60), hello_atom::value, std::move(h))
       .then(
           [=](node_welcome& w) {
             auto& st = self->state;

@@ -65,6 +65,29 @@ caf::behavior scripted_core(caf::event_based_actor* self, std::vector<session_sc
   };
 }
 
+// A front door that holds each hello `hold` before it answers it (as the core's gatekeeper
+// holds one from an address where many joins failed: up to 30 s), with a session running
+// `script`.
+caf::behavior holding_core(caf::event_based_actor* self, session_script script,
+                           std::chrono::milliseconds hold) {
+  auto held = std::make_shared<
+      std::vector<std::pair<caf::typed_response_promise<node_welcome>, node_welcome>>>();
+  return {
+      [=](hello_atom, node_hello& h) -> caf::result<node_welcome> {
+        node_welcome w;
+        w.protocol = h.protocol;
+        w.node_id = "n" + std::to_string(held->size() + 1);
+        w.heartbeat_ms = 50;
+        w.session = self->spawn(scripted_session, h.uplink, script);
+        w.payload_chunk_bytes = 1024;
+        held->emplace_back(self->make_response_promise<node_welcome>(), std::move(w));
+        self->delayed_send(self, hold, held->size() - 1);
+        return held->back().first;
+      },
+      [=](size_t index) { (*held)[index].first.deliver((*held)[index].second); },
+  };
+}
+
 // A worker that answers each assignment at once.
 caf::behavior instant_worker(caf::event_based_actor*) {
   return {
@@ -173,5 +196,24 @@ TEST_SUITE("uplink") {
                     "joined with payload chunks of " << chunk_bytes << " bytes");
     CHECK(joins(1024, std::chrono::seconds(5)));  // the smallest a core may name
     s.self->send_exit(sink, caf::exit_reason::user_shutdown);
+  }
+
+  TEST_CASE("a hello the core holds for longer than 15 s is still joined") {
+    // The node gave up on its hello after 15 s and asked again, to be held again: behind an
+    // address where many joins failed (a shared NAT), an honest node never joined.
+    test::configured_system s;
+    caf::actor test = caf::actor_cast<caf::actor>(s.self);
+    session_script joined = [test](node_session_actor::pointer, caf::actor) {
+      caf::anon_send(test, std::string("joined"));
+    };
+    auto sink = s.sys.spawn(quiet_sink);
+    auto core = s.sys.spawn(holding_core, joined, std::chrono::milliseconds(16000));
+    auto uplink =
+        spawn_uplink(s.sys, probe_config(), core, {s.sys.spawn(instant_worker)}, sink, sink);
+    bool heard = false;
+    s.self->receive([&](std::string&) { heard = true; },
+                    caf::after(std::chrono::seconds(20)) >> [] {});
+    CHECK_MESSAGE(heard, "not joined 20 s after a hello held 16 s");
+    for (auto& a : {uplink, core, sink}) s.self->send_exit(a, caf::exit_reason::user_shutdown);
   }
 }
