@@ -99,6 +99,9 @@ struct uplink_state {
   // up; the log says so, with the delay.
   std::chrono::steady_clock::time_point last_beat{};
   uint64_t last_beat_generation = 0;  // the session it went to
+  // When the session last asked this node for something (a chunk of an answer, an
+  // assignment): a core that does is alive, however long its other answers take.
+  std::chrono::steady_clock::time_point last_heard{};
   bool gpu_sampling_off = false;      // NVML could not serve; said once
   int attempt = 0;
   size_t core_index = 0;  // which of the cores (0: config.host) the next connect tries
@@ -533,6 +536,11 @@ caf::behavior uplink_behavior(uplink_actor* self, uplink_config config, caf::act
                     if (e != caf::sec::request_timeout || generation != st.generation ||
                         st.config.other_cores.empty() || st.leaving)
                       return;
+                    // On a slow link the answer waits behind the update chunks the session
+                    // is pulling: a core that asked for one meanwhile is not lost.
+                    if (std::chrono::steady_clock::now() - st.last_heard <
+                        std::chrono::seconds(15))
+                      return;
                     spdlog::warn("the core has not answered for 15 s; trying the next core");
                     lose_core(self);
                   });
@@ -547,6 +555,7 @@ caf::behavior uplink_behavior(uplink_actor* self, uplink_config config, caf::act
             self->current_sender() != caf::actor_cast<caf::strong_actor_ptr>(st.session))
           return to_caf(
               error(errc::permission_denied, "assignments come from this node's session"));
+        st.last_heard = std::chrono::steady_clock::now();
         if (index >= st.workers.size())
           return to_caf(error(errc::invalid_argument, "no worker " + std::to_string(index)));
         auto rp = self->make_response_promise<assignment_result>();
@@ -562,6 +571,7 @@ caf::behavior uplink_behavior(uplink_actor* self, uplink_config config, caf::act
         if (!st.session ||
             self->current_sender() != caf::actor_cast<caf::strong_actor_ptr>(st.session))
           return to_caf(error(errc::permission_denied, "chunks go to this node's session"));
+        st.last_heard = std::chrono::steady_clock::now();
         auto it = st.answer_chunks.find(digest);
         if (it == st.answer_chunks.end())
           return to_caf(error(errc::invalid_argument, "no such answer chunk"));

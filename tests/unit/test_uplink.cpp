@@ -45,6 +45,36 @@ node_session_actor::behavior_type scripted_session(node_session_actor::pointer s
   };
 }
 
+// A session on a slow link: it asks the node for a chunk of its answer every 500 ms (the
+// upload under way) and never answers `earned` (queued behind those chunks).
+node_session_actor::behavior_type uploading_session(node_session_actor::pointer self,
+                                                    caf::actor uplink) {
+  auto started = std::make_shared<bool>(false);
+  auto held = std::make_shared<std::vector<caf::typed_response_promise<int64_t>>>();
+  auto pull = std::make_shared<std::function<void()>>();
+  *pull = [=] {
+    self->request(uplink, std::chrono::seconds(5), chunk_atom::value, std::string(64, 'a'))
+        .then([](std::vector<uint8_t>&) {}, [](caf::error&) {});
+    self->delayed_send(self, std::chrono::milliseconds(500), beat_atom::value);
+  };
+  return {
+      [=](beat_atom) {
+        // The node's heartbeats and this session's own timer: one pull each 500 ms.
+        if (self->current_sender() == caf::actor_cast<caf::strong_actor_ptr>(self) ||
+            !std::exchange(*started, true))
+          (*pull)();
+      },
+      [=](bye_atom) { self->quit(); },
+      [=](chunk_atom, const std::string&) -> caf::result<std::vector<uint8_t>> {
+        return std::vector<uint8_t>{};
+      },
+      [=](earned_atom) -> caf::result<int64_t> {
+        held->push_back(self->make_response_promise<int64_t>());
+        return held->back();
+      },
+  };
+}
+
 // The core's front door: the Nth hello gets a session running scripts[N] (the last one for
 // any later hello).
 caf::behavior scripted_core(caf::event_based_actor* self, std::vector<session_script> scripts,
@@ -214,6 +244,38 @@ TEST_SUITE("uplink") {
     s.self->receive([&](std::string&) { heard = true; },
                     caf::after(std::chrono::seconds(20)) >> [] {});
     CHECK_MESSAGE(heard, "not joined 20 s after a hello held 16 s");
+    for (auto& a : {uplink, core, sink}) s.self->send_exit(a, caf::exit_reason::user_shutdown);
+  }
+
+  TEST_CASE("a core of several that is busy uploading is not taken for lost") {
+    // Its `earned` queued behind the update chunks on a slow link, the node took a leader
+    // that kept asking for chunks as gone after 15 s, left it and cancelled its own work.
+    test::configured_system s;
+    caf::actor test = caf::actor_cast<caf::actor>(s.self);
+    auto core = s.sys.spawn([](caf::event_based_actor* self) -> caf::behavior {
+      return {
+          [=](hello_atom, node_hello& h) -> node_welcome {
+            node_welcome w;
+            w.protocol = h.protocol;
+            w.node_id = "n1";
+            w.heartbeat_ms = 100;
+            w.session = self->spawn<caf::linked>(uploading_session, h.uplink);  // ends with it
+            w.payload_chunk_bytes = 1024;
+            return w;
+          },
+      };
+    });
+    auto config = probe_config();
+    config.other_cores = {{"127.0.0.1", 1}};  // another core to try
+    config.on_activity = [test](const node_activity& n) {
+      if (n.what == node_activity::kind::lost) caf::anon_send(test, std::string("lost"));
+    };
+    auto sink = s.sys.spawn(quiet_sink);
+    auto uplink = spawn_uplink(s.sys, config, core, {s.sys.spawn(instant_worker)}, sink, sink);
+    bool lost = false;
+    s.self->receive([&](std::string&) { lost = true; },
+                    caf::after(std::chrono::seconds(19)) >> [] {});
+    CHECK_MESSAGE(!lost, "the node left a core that asked for chunks all along");
     for (auto& a : {uplink, core, sink}) s.self->send_exit(a, caf::exit_reason::user_shutdown);
   }
 }
