@@ -236,6 +236,12 @@ expected<int64_t> etcd_client::revision() {
   return int_field(*h, "revision");
 }
 
+expected<void> etcd_client::compact(int64_t revision) {
+  auto r = impl_->post("/v3/kv/compaction", {{"revision", std::to_string(revision)}});
+  if (!r) return r.error();
+  return {};
+}
+
 std::string etcd_prefix_end(std::string_view prefix) {
   std::string end(prefix);
   while (!end.empty()) {

@@ -155,6 +155,7 @@ struct replicated_store::impl {
   std::atomic<bool> member_ready{false};  // registered and holding every committed chunk
   std::atomic<bool> leading{false};
   std::atomic<int64_t> leader_revision{0};      // /gflex/leader's revision while this core leads
+  int64_t compacted_to = 0;                     // under etcd_mutex: the last compaction's
   mutable std::atomic<int64_t> chunk_bytes{0};  // in the chunk directory
 
   std::atomic<bool> stopping{false};
@@ -409,6 +410,15 @@ struct replicated_store::impl {
     std::lock_guard lock(etcd_mutex);
     auto r = etcd->txn({&still_leader, 1}, ops);
     if (!r) return r.error();
+    if (r->succeeded && r->revision - compacted_to > 2 * config.kept_revisions) {
+      // Once every kept_revisions commits or so: what was replaced long ago goes.
+      const int64_t to = r->revision - config.kept_revisions;
+      if (auto ok = etcd->compact(to); ok)
+        compacted_to = to;
+      else
+        spdlog::warn("replication: cannot compact etcd to revision {}: {}", to,
+                     ok.error().message());
+    }
     if (!r->succeeded) {
       if (leading.exchange(false)) {
         spdlog::error("replication: core {} is no longer the leader: its commit was fenced off",

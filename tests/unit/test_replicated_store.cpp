@@ -275,6 +275,32 @@ TEST_SUITE("replicated_store") {
     CHECK(**(*a)->get("ckpt/big") == w.front().value);
   }
 
+  TEST_CASE("the leader compacts etcd's history: past revisions do not pile up" *
+            doctest::skip(!etcd_installed())) {
+    // Every round rewrites its job's record; etcd keeps every revision until compacted and,
+    // its space quota full, refuses every commit.
+    test::temp_dir dir;
+    etcd_server etcd(dir.path());
+    auto config = config_of(etcd, dir, "a");
+    config.kept_revisions = 10;
+    auto a = replicated_store::start(config, [] {});
+    REQUIRE(a.has_value());
+    std::atomic<int> stop{0};
+    auto led = (*a)->campaign(stop, {});
+    REQUIRE(led.has_value());
+    REQUIRE(*led);
+    auto client = etcd_client::make(etcd.endpoint());
+    REQUIRE(client.has_value());
+    const int64_t first = client->revision().value();
+    for (int round = 1; round <= 40; ++round) {
+      std::vector<store_write> w = {{"job/1/record", bytes("round " + std::to_string(round))}};
+      REQUIRE((*a)->commit(w).has_value());
+    }
+    // The record as of the first commits is gone; the newest is there.
+    CHECK_FALSE(client->range("/gflex/data/job/1/record", false, first + 1).has_value());
+    CHECK(**(*a)->get("job/1/record") == bytes("round 40"));
+  }
+
   TEST_CASE("the chunk service refuses a wrong secret and contents that are not their digest" *
             doctest::skip(!etcd_installed())) {
     test::temp_dir dir;

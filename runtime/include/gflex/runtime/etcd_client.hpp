@@ -77,6 +77,10 @@ class etcd_client {
   /// The store's current revision.
   expected<int64_t> revision();
 
+  /// Forgets the values that were replaced or deleted before `revision` (etcd keeps every
+  /// revision until told so, and refuses writes once its space quota is full).
+  expected<void> compact(int64_t revision);
+
  private:
   struct impl;
   explicit etcd_client(std::unique_ptr<impl> p);

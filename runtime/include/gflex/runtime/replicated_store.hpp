@@ -46,6 +46,10 @@ struct replication_config {
   std::string core_address;
   int64_t lease_ttl_s = 5;
   size_t chunk_threshold = size_t{64} << 10;
+  /// The leader compacts etcd's history to this many revisions behind its newest: every
+  /// round rewrites its job's record, and etcd, keeping every revision, would fill its space
+  /// quota and refuse every commit (nothing reads past revisions).
+  int64_t kept_revisions = 10000;
 };
 
 class replicated_store final : public key_value_store {
