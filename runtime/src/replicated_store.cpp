@@ -114,13 +114,22 @@ expected<void> write_chunk(const std::filesystem::path& dir, const std::string& 
   return {};
 }
 
-std::optional<std::vector<uint8_t>> read_chunk(const std::filesystem::path& dir,
-                                               const chunk_ref& r) {
+// The chunk's bytes from this core's file; none when it lacks the file, or when the file is
+// damaged (`damaged` is then set).
+std::optional<std::vector<uint8_t>> read_chunk(const std::filesystem::path& dir, const chunk_ref& r,
+                                               bool& damaged) {
+  damaged = false;
   std::ifstream in(dir / r.digest, std::ios::binary);
   if (!in) return std::nullopt;
   std::vector<uint8_t> bytes(r.size);
   in.read(reinterpret_cast<char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
-  if (static_cast<uint64_t>(in.gcount()) != r.size || in.peek() != EOF) return std::nullopt;
+  // A damaged file (cut short, or of other contents) is one this core lacks: the chunk is
+  // fetched from another, as the LMDB store checks its blobs on every read.
+  if (static_cast<uint64_t>(in.gcount()) != r.size || in.peek() != EOF ||
+      digest_hex(bytes) != r.digest) {
+    damaged = true;
+    return std::nullopt;
+  }
   return bytes;
 }
 
@@ -137,10 +146,6 @@ std::pair<std::string, int> split_host_port(const std::string& address) {
 }  // namespace
 
 struct replicated_store::impl {
-  // How often each core looks for chunks nothing names, and how old an unnamed one must be.
-  static constexpr auto garbage_period = std::chrono::seconds(60);
-  static constexpr auto garbage_age = std::chrono::seconds(120);
-
   replication_config config;
   std::function<void()> on_lost;
   std::string bearer;  // "Bearer <hex digest of the secret>"
@@ -154,8 +159,12 @@ struct replicated_store::impl {
   std::atomic<int64_t> lease{0};
   std::atomic<bool> member_ready{false};  // registered and holding every committed chunk
   std::atomic<bool> leading{false};
-  std::atomic<int64_t> leader_revision{0};      // /gflex/leader's revision while this core leads
-  int64_t compacted_to = 0;                     // under etcd_mutex: the last compaction's
+  std::atomic<int64_t> leader_revision{0};  // /gflex/leader's revision while this core leads
+  int64_t compacted_to = 0;                 // under etcd_mutex: the last compaction's
+  // The chunks of the commit in flight (written and being pushed, not yet named): the
+  // garbage collection spares them, and their temporary files.
+  mutable std::mutex committing_mutex;
+  std::multiset<std::string> committing;
   mutable std::atomic<int64_t> chunk_bytes{0};  // in the chunk directory
 
   std::atomic<bool> stopping{false};
@@ -274,7 +283,16 @@ struct replicated_store::impl {
   expected<std::vector<uint8_t>> resolve(std::vector<uint8_t> value) const {
     auto ref = as_chunk_ref(value);
     if (!ref) return value;
-    if (auto local = read_chunk(config.chunk_dir, *ref)) return std::move(*local);
+    bool damaged = false;
+    if (auto local = read_chunk(config.chunk_dir, *ref, damaged)) return std::move(*local);
+    if (damaged) {
+      spdlog::warn("replication: chunk file {} is damaged; fetching it from another core",
+                   ref->digest.substr(0, 12));
+      std::error_code ec;
+      const auto size = std::filesystem::file_size(config.chunk_dir / ref->digest, ec);
+      if (std::filesystem::remove(config.chunk_dir / ref->digest, ec) && size > 0)
+        chunk_bytes -= static_cast<int64_t>(size);
+    }
     return fetch_chunk(*ref);
   }
 
@@ -326,12 +344,16 @@ struct replicated_store::impl {
       for (const auto& kv : *kvs)
         if (auto ref = as_chunk_ref(kv.value)) live.insert(ref->digest);
     }
-    const auto cutoff = std::filesystem::file_time_type::clock::now() - garbage_age;
+    const auto cutoff =
+        std::filesystem::file_time_type::clock::now() - std::chrono::seconds(config.garbage_age_s);
     std::error_code ec;
     size_t removed = 0;
+    std::lock_guard committing_lock(committing_mutex);
     for (const auto& f : std::filesystem::directory_iterator(config.chunk_dir, ec)) {
       const std::string name = f.path().filename().string();
-      if (live.count(name) || f.last_write_time(ec) > cutoff || ec) continue;
+      if (live.count(name) || committing.count(name.substr(0, 64)) ||
+          f.last_write_time(ec) > cutoff || ec)
+        continue;
       const auto size = f.is_regular_file(ec) ? f.file_size(ec) : 0;
       if (std::filesystem::remove(f.path(), ec) && is_digest_hex(name)) {
         chunk_bytes -= static_cast<int64_t>(size);
@@ -347,6 +369,7 @@ struct replicated_store::impl {
     auto client = etcd_client::make(config.endpoints);
     if (!client) return;
     auto last_ok = clock_type::now();
+    const auto garbage_period = std::chrono::seconds(config.garbage_period_s);
     auto next_collection = clock_type::now() + garbage_period;
     const auto period = std::chrono::milliseconds(config.lease_ttl_s * 1000 / 3);
     while (!stopping) {
@@ -387,11 +410,27 @@ struct replicated_store::impl {
       return error(errc::permission_denied, "this core does not lead: it cannot commit");
     std::vector<etcd_op> ops;
     ops.reserve(writes.size() + 1);
+    // The batch's chunks, spared by the garbage collection until the commit has landed (or
+    // failed): their pushes may take longer than an unnamed chunk may live.
+    std::vector<std::string> digests;
+    struct spared {
+      impl& self;
+      std::vector<std::string>& digests;
+      ~spared() {
+        std::lock_guard lock(self.committing_mutex);
+        for (const auto& d : digests) self.committing.erase(self.committing.find(d));
+      }
+    } spare{*this, digests};
     for (const auto& w : writes) {
       if (w.key.empty()) return error(errc::store_error, "empty store key");
       etcd_op op{std::string(data_prefix) + w.key, std::nullopt, 0};
       if (w.value && w.value->size() >= config.chunk_threshold) {
         chunk_ref ref{w.value->size(), digest_hex(*w.value)};
+        {
+          std::lock_guard lock(committing_mutex);
+          committing.insert(ref.digest);
+          digests.push_back(ref.digest);
+        }
         const bool had = std::filesystem::exists(config.chunk_dir / ref.digest);
         if (auto ok = write_chunk(config.chunk_dir, ref.digest, *w.value); !ok) return ok;
         if (!had) chunk_bytes_add(w.value->size());

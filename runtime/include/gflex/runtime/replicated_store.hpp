@@ -50,6 +50,11 @@ struct replication_config {
   /// round rewrites its job's record, and etcd, keeping every revision, would fill its space
   /// quota and refuse every commit (nothing reads past revisions).
   int64_t kept_revisions = 10000;
+  /// Chunk files no committed value names are removed once older than this, looked for every
+  /// `garbage_period_s` (a chunk is pushed before the commit that names it; the leader never
+  /// removes those of a commit in flight, however long its pushes take).
+  int64_t garbage_age_s = 120;
+  int64_t garbage_period_s = 60;
 };
 
 class replicated_store final : public key_value_store {
