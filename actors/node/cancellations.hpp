@@ -8,14 +8,17 @@
 /// would hold the model's memory while the next session's work arrives.
 
 #include <cstdint>
+#include <deque>
+#include <map>
 #include <mutex>
-#include <set>
 
 namespace gflex {
 
 class cancellations {
  public:
-  /// Marks `id` cancelled (at most `max_entries` are remembered; past that, one is dropped).
+  /// Marks `id` cancelled (at most `max_entries` are remembered; past that, the longest
+  /// remembered goes: an abort that came after its assignment ended is never forgotten by
+  /// its worker, and such stale ones are the oldest).
   void cancel(uint64_t id);
   /// Whether `id` is cancelled.
   bool cancelled(uint64_t id) const;
@@ -26,7 +29,11 @@ class cancellations {
 
  private:
   mutable std::mutex mutex_;
-  std::set<uint64_t> ids_;
+  std::map<uint64_t, uint64_t> ids_;  ///< Cancelled ids, each with the count it was cancelled at.
+  /// The ids with their counts in the order they were cancelled (forgotten ones too): an entry
+  /// whose count is not its id's in ids_ is one forgotten (or cancelled again) since.
+  std::deque<std::pair<uint64_t, uint64_t>> order_;
+  uint64_t count_ = 0;
 };
 
 }  // namespace gflex
