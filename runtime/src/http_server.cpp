@@ -10,6 +10,8 @@
 #include <pthread.h>
 #include <signal.h>
 
+#include <algorithm>
+#include <cstdlib>
 #include <thread>
 
 namespace gflex::http {
@@ -21,7 +23,7 @@ struct server::impl {
 
 expected<std::unique_ptr<server>> server::start(const std::string& host, uint16_t port, int threads,
                                                 const std::function<void(httplib::Server&)>& routes,
-                                                const std::string& what) {
+                                                const std::string& what, server_limits limits) {
   std::unique_ptr<server> s(new server);
   s->impl_ = std::make_unique<impl>();
   auto& http = s->impl_->http;
@@ -34,6 +36,33 @@ expected<std::unique_ptr<server>> server::start(const std::string& host, uint16_
   // A response's header and body leave in separate writes; with Nagle's algorithm the second
   // waits for the client's delayed acknowledgement (40 ms on Linux).
   http.set_tcp_nodelay(true);
+  // Before the body is read (httplib reads it whole, before routing): a body past the limit,
+  // one that would be decompressed, one a read-only service does not take, one without the
+  // service's credential.
+  http.set_payload_max_length(std::max<size_t>(limits.max_body_bytes, 1));
+  http.set_pre_routing_handler(
+      [limits = std::move(limits)](const httplib::Request& req, httplib::Response& res) {
+        if (req.has_header("Content-Encoding")) {
+          res.status = 415;
+          return httplib::Server::HandlerResponse::Handled;
+        }
+        if (limits.max_body_bytes == 0 && req.method != "GET" && req.method != "HEAD") {
+          res.status = 405;
+          return httplib::Server::HandlerResponse::Handled;
+        }
+        if (limits.admit && !limits.admit(req)) {
+          res.status = 403;
+          return httplib::Server::HandlerResponse::Handled;
+        }
+        // Answered now rather than after httplib has read (and dropped) all of it.
+        if (req.has_header("Content-Length") &&
+            std::strtoull(req.get_header_value("Content-Length").c_str(), nullptr, 10) >
+                limits.max_body_bytes) {
+          res.status = 413;
+          return httplib::Server::HandlerResponse::Handled;
+        }
+        return httplib::Server::HandlerResponse::Unhandled;
+      });
   routes(http);
   const int bound =
       port == 0 ? http.bind_to_any_port(host) : (http.bind_to_port(host, port) ? port : -1);

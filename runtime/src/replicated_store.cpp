@@ -500,17 +500,23 @@ expected<std::unique_ptr<replicated_store>> replicated_store::start(replication_
     return error(errc::invalid_argument,
                  "chunk service address \"" + config.chunk_listen + "\" is not HOST:PORT");
   impl* self = p.get();
+  // Set before the service starts: its handlers read it.
+  p->config = std::move(config);
+  const auto& bearer = p->bearer;
+  // Every request carries the key, checked (in constant time) before a body is read; a
+  // chunk is at most a checkpoint (4 GiB).
+  http::server_limits limits;
+  limits.max_body_bytes = size_t{4} << 30;
+  limits.admit = [&bearer](const httplib::Request& req) {
+    const std::string given = req.get_header_value("Authorization");
+    return given.size() == bearer.size() &&
+           sodium_memcmp(given.data(), bearer.data(), bearer.size()) == 0;
+  };
   auto server = http::server::start(
       host, static_cast<uint16_t>(port), 2,
       [self](httplib::Server& http) {
-        auto authorized = [self](const httplib::Request& req, httplib::Response& res) {
-          if (req.get_header_value("Authorization") == self->bearer) return true;
-          res.status = 403;
-          return false;
-        };
         http.Put(R"(/chunk/([0-9a-f]{64}))",
-                 [self, authorized](const httplib::Request& req, httplib::Response& res) {
-                   if (!authorized(req, res)) return;
+                 [self](const httplib::Request& req, httplib::Response& res) {
                    const std::string digest = req.matches[1];
                    std::span<const uint8_t> body(reinterpret_cast<const uint8_t*>(req.body.data()),
                                                  req.body.size());
@@ -527,9 +533,8 @@ expected<std::unique_ptr<replicated_store>> replicated_store::start(replication_
                    if (!had) self->chunk_bytes_add(body.size());
                    res.status = 204;
                  });
-        http.Get(R"(/chunk/([0-9a-f]{64}))", [self, authorized](const httplib::Request& req,
-                                                                httplib::Response& res) {
-          if (!authorized(req, res)) return;
+        http.Get(R"(/chunk/([0-9a-f]{64}))", [self](const httplib::Request& req,
+                                                    httplib::Response& res) {
           std::ifstream in(self->config.chunk_dir / std::string(req.matches[1]), std::ios::binary);
           if (!in) {
             res.status = 404;
@@ -539,12 +544,11 @@ expected<std::unique_ptr<replicated_store>> replicated_store::start(replication_
           res.set_content(std::move(body), "application/octet-stream");
         });
       },
-      "the chunk service");
+      "the chunk service", std::move(limits));
   if (!server) return server.error();
   p->chunks = std::move(*server);
-  p->advertise = config.chunk_advertise.empty() ? host + ":" + std::to_string(p->chunks->port())
-                                                : config.chunk_advertise;
-  p->config = std::move(config);
+  p->advertise = p->config.chunk_advertise.empty() ? host + ":" + std::to_string(p->chunks->port())
+                                                   : p->config.chunk_advertise;
   p->on_lost = std::move(on_lost);
   if (auto ok = p->join(); !ok) return ok.error();
   p->lease_thread = std::thread([self] { self->renew_leases(); });
