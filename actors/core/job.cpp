@@ -1351,29 +1351,32 @@ caf::behavior job_behavior(job_actor* self, job_start start, job_links links) {
         data = fits.error();  // a round could never fill: the job fails now rather than hang
     }
     if (!data) {
-      st.job.status.state = job_state::failed;
-      st.job.status.detail = data.error().message();
-      finish(self, job_state::failed, data.error().message());
-      return {[](status_atom) {}};
-    }
-    st.workload = std::move(*w);
-    st.data = std::move(*data);
-    st.eval_backend = kernels::make_cpu_backend(0);
-    // A checkpoint of another size (its workload changed shape since) cannot be trained on:
-    // honest nodes' updates, sized by the workload, would not decode against it, and they
-    // would be flagged for it. The job ends, failed, as from a damaged checkpoint.
-    if (!st.job.theta.empty() &&
-        static_cast<int64_t>(st.job.theta.size()) != st.workload->parameter_count()) {
-      st.job.end_with = "its checkpoint holds " + std::to_string(st.job.theta.size()) +
-                        " parameters, its model " + std::to_string(st.workload->parameter_count()) +
-                        ": the job cannot resume from it";
-      spdlog::error("job {}: {}", st.job.id, st.job.end_with);
+      // It ends, failed, as a job started only to end: first the escrow an interrupted run
+      // left goes back (a resumed job whose data set was removed while it ran held some).
+      st.job.end_with = data.error().message();
       std::vector<float>().swap(st.job.theta);
       std::vector<float>().swap(st.job.momentum);
-    } else if (st.job.theta.empty()) {
-      st.job.theta.resize(static_cast<size_t>(st.workload->parameter_count()));
-      st.workload->init_parameters(st.job.spec.seed, st.job.theta);
-      if (wants_momentum) st.job.momentum.assign(st.job.theta.size(), 0.0f);
+    } else {
+      st.workload = std::move(*w);
+      st.data = std::move(*data);
+      st.eval_backend = kernels::make_cpu_backend(0);
+      // A checkpoint of another size (its workload changed shape since) cannot be trained on:
+      // honest nodes' updates, sized by the workload, would not decode against it, and they
+      // would be flagged for it. The job ends, failed, as from a damaged checkpoint.
+      if (!st.job.theta.empty() &&
+          static_cast<int64_t>(st.job.theta.size()) != st.workload->parameter_count()) {
+        st.job.end_with = "its checkpoint holds " + std::to_string(st.job.theta.size()) +
+                          " parameters, its model " +
+                          std::to_string(st.workload->parameter_count()) +
+                          ": the job cannot resume from it";
+        spdlog::error("job {}: {}", st.job.id, st.job.end_with);
+        std::vector<float>().swap(st.job.theta);
+        std::vector<float>().swap(st.job.momentum);
+      } else if (st.job.theta.empty()) {
+        st.job.theta.resize(static_cast<size_t>(st.workload->parameter_count()));
+        st.workload->init_parameters(st.job.spec.seed, st.job.theta);
+        if (wants_momentum) st.job.momentum.assign(st.job.theta.size(), 0.0f);
+      }
     }
   }
   st.job.status.state = job_state::running;

@@ -9,6 +9,7 @@
 #include <caf/all.hpp>
 
 #include <chrono>
+#include <functional>
 #include <map>
 #include <memory>
 #include <set>
@@ -24,6 +25,7 @@
 #include "job.hpp"
 #include "job_record.hpp"
 #include "job_supervisor.hpp"
+#include "ledger_keeper.hpp"
 #include "messages.hpp"
 #include "user_data.hpp"
 
@@ -147,24 +149,33 @@ inline failing_store_state stored_job(int64_t recorded_round = 2,
   return st;
 }
 
-// A job supervisor over a failing_store of `st` and an offering_market of `slots`.
+// A job supervisor over a failing_store of `st` and an offering_market of `slots`; with
+// `ledger`, a ledger keeper too (over the same store), given to `ledger` to prepare before
+// the supervisor starts (and resumes the stored jobs).
 struct job_fixture : configured_system {
   const std::string alice = "user/alice";
   const std::chrono::seconds wait{30};
-  caf::actor store, market, supervisor;
+  caf::actor store, market, keeper, supervisor;
 
-  explicit job_fixture(failing_store_state st, std::vector<worker_slot> slots = {}) {
+  explicit job_fixture(failing_store_state st, std::vector<worker_slot> slots = {},
+                       std::function<void(job_fixture&)> ledger = {}) {
     store = sys.spawn(failing_store, std::move(st));
     market = sys.spawn(offering_market, std::move(slots));
     job_links links;
     links.store = store;
     links.market = market;
     links.catalog = std::make_shared<data_catalog>();
+    if (ledger) {
+      keeper = spawn_ledger_keeper(sys, store);
+      links.ledger = keeper;
+      ledger(*this);
+    }
     supervisor = spawn_job_supervisor(sys, links);
   }
   ~job_fixture() {
     self->send_exit(supervisor, caf::exit_reason::user_shutdown);
     self->send_exit(market, caf::exit_reason::user_shutdown);
+    if (keeper) self->send_exit(keeper, caf::exit_reason::user_shutdown);
     self->send_exit(store, caf::exit_reason::user_shutdown);
   }
 

@@ -90,4 +90,44 @@ TEST_SUITE("job resume") {
         .receive([&](std::string& x) { id = x; }, [&](caf::error& e) { FAIL(f.sys.render(e)); });
     CHECK(id == "job-3");
   }
+
+  TEST_CASE("a resumed job that cannot have its data ends, and returns its escrow") {
+    // Its data set was removed while it ran (a running job holds its data until it ends); a
+    // core restarted since finds none. The job failed at once, before the escrow its
+    // interrupted round held was returned: it stayed in escrow for good.
+    auto st = stored_job(2, k_spec +
+                                "[market]\naccount = \"user/alice\"\nbudget = 100.0\n"
+                                "max_price = 1.0\n");
+    st.kept.erase(data_set_key("user/alice", "c"));
+    job_fixture f(st, {}, [](job_fixture& f) {
+      bool ok = true;
+      auto answered = [&](auto&) {};
+      auto refused = [&](caf::error&) { ok = false; };
+      for (const char* account : {"user/alice", "escrow/job-1"})
+        f.self->request(f.keeper, f.wait, open_atom::value, std::string(account), false)
+            .receive([&](caf::ok_atom& a) { answered(a); }, refused);
+      f.self
+          ->request(f.keeper, f.wait, transfer_atom::value, std::string("credit"),
+                    std::string("test"),
+                    std::vector<posting>{{"external", -100'000'000}, {"user/alice", 100'000'000}})
+          .receive([&](uint64_t& seq) { answered(seq); }, refused);
+      f.self
+          ->request(f.keeper, f.wait, transfer_atom::value, std::string("hold"),
+                    std::string("round 3's escrow"),
+                    std::vector<posting>{{"user/alice", -5'000'000}, {"escrow/job-1", 5'000'000}})
+          .receive([&](uint64_t& seq) { answered(seq); }, refused);
+      CHECK(ok);
+    });
+    auto s = f.await([](const job_status& s) { return is_terminal(s.state); }, 10);
+    CHECK(s.state == job_state::failed);
+    CHECK_MESSAGE(s.detail.find("has no data set 'c'") != std::string::npos, s.detail);
+    int64_t escrow = -1;
+    for (int tries = 0; tries < 50 && escrow != 0; ++tries) {
+      f.self->request(f.keeper, f.wait, account_atom::value, std::string("escrow/job-1"))
+          .receive([&](account_info& a) { escrow = a.balance; },
+                   [&](caf::error& e) { FAIL(f.sys.render(e)); });
+      if (escrow != 0) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    CHECK(escrow == 0);
+  }
 }
