@@ -240,8 +240,26 @@ void start_job(supervisor_actor* self, job_start start) {
 
 // Starts the job `id` (its entry holds its spec and status) from its last committed
 // checkpoint, none: round 0; `failed` is called when the checkpoint cannot be read.
+void read_checkpoint(supervisor_actor* self, const std::string& id, job_start::origin from,
+                     std::string end_with, std::function<void(const caf::error&)> failed);
+
 void start_from_checkpoint(supervisor_actor* self, const std::string& id, job_start::origin from,
                            std::string end_with, std::function<void(const caf::error&)> failed) {
+  // A job whose actor died may have sent a round to be settled that still waits in the
+  // ledger keeper's queue (its record and checkpoint go with its payments): the checkpoint
+  // is read once the keeper has answered what was sent to it before (it answers `booked`
+  // after them), or the job would train, and pay for, that round again.
+  const auto& ledger = self->state.links.ledger;
+  if (from != job_start::origin::restarted || !ledger)
+    return read_checkpoint(self, id, from, std::move(end_with), std::move(failed));
+  self->request(ledger, std::chrono::minutes(5), booked_atom::value,
+                std::string("barrier before restarting ") + id)
+      .then([=](uint64_t) { read_checkpoint(self, id, from, end_with, failed); },
+            [=](caf::error& e) { failed(e); });
+}
+
+void read_checkpoint(supervisor_actor* self, const std::string& id, job_start::origin from,
+                     std::string end_with, std::function<void(const caf::error&)> failed) {
   self->request(self->state.links.store, std::chrono::seconds(120), read_atom::value,
                 job_checkpoint_key(id))
       .then(

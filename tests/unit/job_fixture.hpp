@@ -36,6 +36,7 @@ struct failing_store_state {
   int shard_scan_failures = 0;       ///< Scans of the data sets' shards still to fail.
   std::set<std::string> unreadable;  ///< Keys whose reads fail.
   std::set<std::string> unwritable;  ///< Keys whose commits fail (with all of their batch).
+  std::map<std::string, int> reads;  ///< Reads asked, by key ((caf::get_atom, key) tells).
 };
 
 inline caf::error store_failure(const std::string& what) {
@@ -69,6 +70,7 @@ inline caf::behavior failing_store(caf::stateful_actor<failing_store_state>* sel
         return scan(prefix, suffix);
       },
       [=](read_atom, const std::string& key) -> caf::result<bool, std::vector<uint8_t>> {
+        ++self->state.reads[key];
         if (self->state.unreadable.count(key) != 0) return store_failure(key + ": unreadable");
         auto it = self->state.kept.find(key);
         if (it == self->state.kept.end()) return {false, std::vector<uint8_t>{}};
@@ -86,15 +88,19 @@ inline caf::behavior failing_store(caf::stateful_actor<failing_store_state>* sel
         return caf::ok_atom::value;
       },
       [=](caf::put_atom, const std::string& key) { self->state.unwritable.insert(key); },
+      [=](caf::get_atom, const std::string& key) { return self->state.reads[key]; },
   };
 }
 
 // A market that offers `slots` at the first acquire, and no worker after: a running job then
-// waits for some.
-inline caf::behavior offering_market(caf::event_based_actor*, std::vector<worker_slot> slots) {
+// waits for some. (caf::get_atom) -> the actor that asked last (a job's own actor).
+inline caf::behavior offering_market(caf::event_based_actor* self, std::vector<worker_slot> slots) {
   auto offered = std::make_shared<std::vector<worker_slot>>(std::move(slots));
+  auto asker = std::make_shared<caf::actor>();
   return {
+      [=](caf::get_atom) { return *asker; },
       [=](acquire_atom, const std::string&, const std::string&, int64_t, uint8_t, int64_t, double) {
+        *asker = caf::actor_cast<caf::actor>(self->current_sender());
         acquire_reply r;
         r.slots = std::move(*offered);
         offered->clear();
@@ -150,15 +156,15 @@ inline failing_store_state stored_job(int64_t recorded_round = 2,
 }
 
 // A job supervisor over a failing_store of `st` and an offering_market of `slots`; with
-// `ledger`, a ledger keeper too (over the same store), given to `ledger` to prepare before
-// the supervisor starts (and resumes the stored jobs).
+// `ledger`, the ledger it returns too (made and prepared before the supervisor starts and
+// resumes the stored jobs: a keeper over `store`, or an actor played by the test).
 struct job_fixture : configured_system {
   const std::string alice = "user/alice";
   const std::chrono::seconds wait{30};
   caf::actor store, market, keeper, supervisor;
 
   explicit job_fixture(failing_store_state st, std::vector<worker_slot> slots = {},
-                       std::function<void(job_fixture&)> ledger = {}) {
+                       std::function<caf::actor(job_fixture&)> ledger = {}) {
     store = sys.spawn(failing_store, std::move(st));
     market = sys.spawn(offering_market, std::move(slots));
     job_links links;
@@ -166,9 +172,8 @@ struct job_fixture : configured_system {
     links.market = market;
     links.catalog = std::make_shared<data_catalog>();
     if (ledger) {
-      keeper = spawn_ledger_keeper(sys, store);
+      keeper = ledger(*this);
       links.ledger = keeper;
-      ledger(*this);
     }
     supervisor = spawn_job_supervisor(sys, links);
   }

@@ -100,6 +100,7 @@ TEST_SUITE("job resume") {
                                 "max_price = 1.0\n");
     st.kept.erase(data_set_key("user/alice", "c"));
     job_fixture f(st, {}, [](job_fixture& f) {
+      f.keeper = spawn_ledger_keeper(f.sys, f.store);
       bool ok = true;
       auto answered = [&](auto&) {};
       auto refused = [&](caf::error&) { ok = false; };
@@ -117,6 +118,7 @@ TEST_SUITE("job resume") {
                     std::vector<posting>{{"user/alice", -5'000'000}, {"escrow/job-1", 5'000'000}})
           .receive([&](uint64_t& seq) { answered(seq); }, refused);
       CHECK(ok);
+      return f.keeper;
     });
     auto s = f.await([](const job_status& s) { return is_terminal(s.state); }, 10);
     CHECK(s.state == job_state::failed);

@@ -1,0 +1,70 @@
+/// @file
+/// A job whose actor died is restarted from its checkpoint as the ledger keeper will have
+/// written it: the round the dead actor sent to be settled may still wait in the keeper's
+/// queue (its record and checkpoint go with its payments), and a checkpoint read before it
+/// lands is the round before, which the job then trained, and paid for, a second time.
+
+#include <doctest/doctest.h>
+
+#include "job_fixture.hpp"
+
+using namespace gflex;
+using namespace gflex::test;
+
+namespace {
+
+struct held_ledger_state {
+  std::vector<caf::typed_response_promise<uint64_t>> held;
+  int asked = 0;
+};
+
+// A ledger keeper busy with earlier writes: what it is asked is answered only once the test
+// says (caf::put_atom); (caf::get_atom) -> how many questions it was asked.
+caf::behavior held_ledger(caf::stateful_actor<held_ledger_state>* self) {
+  return {
+      [=](booked_atom, const std::string&) -> caf::result<uint64_t> {
+        ++self->state.asked;
+        self->state.held.push_back(self->make_response_promise<uint64_t>());
+        return self->state.held.back();
+      },
+      [=](caf::put_atom) {
+        for (auto& rp : self->state.held) rp.deliver(uint64_t{0});
+        self->state.held.clear();
+      },
+      [=](caf::get_atom) { return self->state.asked; },
+  };
+}
+
+}  // namespace
+
+TEST_SUITE("job restart") {
+  TEST_CASE("a restarted job reads its checkpoint after the keeper's earlier writes") {
+    job_fixture f(stored_job(), {}, [](job_fixture& f) { return f.sys.spawn(held_ledger); });
+    // Resumed at start (nothing is queued then), it asks the market for workers.
+    caf::actor job;
+    for (int tries = 0; tries < 100 && !job; ++tries) {
+      f.self->request(f.market, f.wait, caf::get_atom::value)
+          .receive([&](caf::actor& a) { job = a; }, [&](caf::error& e) { FAIL(f.sys.render(e)); });
+      if (!job) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    REQUIRE(job);
+    auto reads = [&] {
+      int n = -1;
+      f.self->request(f.store, f.wait, caf::get_atom::value, job_checkpoint_key("job-1"))
+          .receive([&](int x) { n = x; }, [&](caf::error& e) { FAIL(f.sys.render(e)); });
+      return n;
+    };
+    const int before = reads();
+    f.self->send_exit(job, caf::exit_reason::kill);  // its actor dies
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    CHECK(reads() == before);  // not read while the keeper has not answered
+    int asked = 0;
+    f.self->request(f.keeper, f.wait, caf::get_atom::value)
+        .receive([&](int n) { asked = n; }, [&](caf::error& e) { FAIL(f.sys.render(e)); });
+    CHECK(asked == 1);
+    f.self->send(f.keeper, caf::put_atom::value);
+    for (int tries = 0; tries < 50 && reads() == before; ++tries)
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    CHECK(reads() == before + 1);  // read once it has
+  }
+}
