@@ -130,6 +130,21 @@ std::vector<uint8_t> large(size_t n, uint8_t seed) {
   return v;
 }
 
+// A member that takes connections and never reads them, as a frozen process does (the kernel
+// completes the handshake), registered under a lease of its own of 2 s that nobody renews;
+// its listening socket, to close.
+int frozen_member(const etcd_server& etcd) {
+  const auto bound = bound_socket();
+  REQUIRE(::listen(bound.first, 4) == 0);
+  auto admin = etcd_client::make(etcd.endpoint());
+  auto lease = admin->grant_lease(2);
+  REQUIRE(lease.has_value());
+  etcd_op member{"/gflex/member/frozen", bytes("127.0.0.1:" + std::to_string(bound.second)),
+                 *lease};
+  REQUIRE(admin->txn({}, {&member, 1}).has_value());
+  return bound.first;
+}
+
 }  // namespace
 
 TEST_SUITE("replicated_store") {
@@ -265,15 +280,7 @@ TEST_SUITE("replicated_store") {
     REQUIRE(a.has_value());
     std::atomic<int> stop{0};
     REQUIRE(*(*a)->campaign(stop, {}));
-    // A member that takes connections and never reads them, as a frozen process does (the
-    // kernel completes the handshake), registered under a lease of its own.
-    const auto [fd, port] = bound_socket();
-    REQUIRE(::listen(fd, 4) == 0);
-    auto admin = etcd_client::make(etcd.endpoint());
-    auto lease = admin->grant_lease(2);
-    REQUIRE(lease.has_value());
-    etcd_op member{"/gflex/member/frozen", bytes("127.0.0.1:" + std::to_string(port)), *lease};
-    REQUIRE(admin->txn({}, {&member, 1}).has_value());
+    const int fd = frozen_member(etcd);
     // Its lease is not renewed: it lapses in 2 s, and the push must end soon after, not
     // after the socket's 30 s timeouts.
     const auto begin = std::chrono::steady_clock::now();
@@ -327,13 +334,7 @@ TEST_SUITE("replicated_store") {
     REQUIRE(a.has_value());
     std::atomic<int> stop{0};
     REQUIRE(*(*a)->campaign(stop, {}));
-    const auto [fd, port] = bound_socket();
-    REQUIRE(::listen(fd, 4) == 0);
-    auto admin = etcd_client::make(etcd.endpoint());
-    auto lease = admin->grant_lease(2);
-    REQUIRE(lease.has_value());
-    etcd_op member{"/gflex/member/frozen", bytes("127.0.0.1:" + std::to_string(port)), *lease};
-    REQUIRE(admin->txn({}, {&member, 1}).has_value());
+    const int fd = frozen_member(etcd);
     std::vector<store_write> w = {{"ckpt/big", large(size_t{8} << 20, 5)}};
     REQUIRE((*a)->commit(w).has_value());
     ::close(fd);
