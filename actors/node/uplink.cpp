@@ -102,7 +102,7 @@ struct uplink_state {
   // When the session last asked this node for something (a chunk of an answer, an
   // assignment): a core that does is alive, however long its other answers take.
   std::chrono::steady_clock::time_point last_heard{};
-  bool gpu_sampling_off = false;      // NVML could not serve; said once
+  bool gpu_sampling_off = false;  // NVML could not serve; said once
   int attempt = 0;
   size_t core_index = 0;  // which of the cores (0: config.host) the next connect tries
   bool leaving = false;   // said bye: no more heartbeats, no rejoining
@@ -538,8 +538,7 @@ caf::behavior uplink_behavior(uplink_actor* self, uplink_config config, caf::act
                       return;
                     // On a slow link the answer waits behind the update chunks the session
                     // is pulling: a core that asked for one meanwhile is not lost.
-                    if (std::chrono::steady_clock::now() - st.last_heard <
-                        std::chrono::seconds(15))
+                    if (std::chrono::steady_clock::now() - st.last_heard < std::chrono::seconds(15))
                       return;
                     spdlog::warn("the core has not answered for 15 s; trying the next core");
                     lose_core(self);
