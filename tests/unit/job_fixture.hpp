@@ -37,6 +37,7 @@ struct failing_store_state {
   std::set<std::string> unreadable;  ///< Keys whose reads fail.
   std::set<std::string> unwritable;  ///< Keys whose commits fail (with all of their batch).
   std::map<std::string, int> reads;  ///< Reads asked, by key ((caf::get_atom, key) tells).
+  std::set<std::string> deleted;     ///< Keys committed empty ((caf::get_atom) tells).
 };
 
 inline caf::error store_failure(const std::string& what) {
@@ -45,7 +46,8 @@ inline caf::error store_failure(const std::string& what) {
 
 // A store of `kept` whose first `shard_scan_failures` scans of the shards fail, as do the
 // reads of the keys in `unreadable` and the commits naming a key in `unwritable` (to which
-// (caf::put_atom, key) adds); other commits are applied.
+// (caf::put_atom, key) adds); other commits are applied, and (caf::get_atom) answers the keys
+// deleted so far.
 inline caf::behavior failing_store(caf::stateful_actor<failing_store_state>* self,
                                    failing_store_state init) {
   self->state = std::move(init);
@@ -80,15 +82,20 @@ inline caf::behavior failing_store(caf::stateful_actor<failing_store_state>* sel
         for (const auto& k : b.keys)
           if (self->state.unwritable.count(k) != 0) return store_failure(k + ": unwritable");
         for (size_t i = 0; i < b.keys.size(); ++i) {
-          if (b.values[i].empty())
+          if (b.values[i].empty()) {
             self->state.kept.erase(b.keys[i]);
-          else
+            self->state.deleted.insert(b.keys[i]);
+          } else {
             self->state.kept[b.keys[i]] = std::move(b.values[i]);
+          }
         }
         return caf::ok_atom::value;
       },
       [=](caf::put_atom, const std::string& key) { self->state.unwritable.insert(key); },
       [=](caf::get_atom, const std::string& key) { return self->state.reads[key]; },
+      [=](caf::get_atom) {
+        return std::vector<std::string>(self->state.deleted.begin(), self->state.deleted.end());
+      },
   };
 }
 

@@ -21,6 +21,7 @@
 #include "gflex/runtime/digest.hpp"
 #include "gflex/runtime/shard.hpp"
 #include "job.hpp"
+#include "job_fixture.hpp"
 #include "job_supervisor.hpp"
 #include "messages.hpp"
 #include "user_data.hpp"
@@ -28,56 +29,6 @@
 using namespace gflex;
 
 namespace {
-
-struct recording_store_state {
-  std::map<std::string, std::vector<uint8_t>> kept;  // what the store holds
-  std::set<std::string> deleted;                     // keys written empty (deleted)
-};
-
-// A store of what it is given at start (`kept`) that applies commits (an empty value
-// deletes) and answers (get_atom) with the keys deleted so far.
-caf::behavior recording_store(caf::stateful_actor<recording_store_state>* self,
-                              std::map<std::string, std::vector<uint8_t>> kept) {
-  self->state.kept = std::move(kept);
-  using keys_values = caf::result<std::vector<std::string>, std::vector<std::vector<uint8_t>>>;
-  auto scan = [=](const std::string& prefix, const std::string& suffix) {
-    std::vector<std::string> keys;
-    std::vector<std::vector<uint8_t>> values;
-    for (const auto& [k, v] : self->state.kept)
-      if (k.starts_with(prefix) && k.ends_with(suffix)) {
-        keys.push_back(k);
-        values.push_back(v);
-      }
-    return std::make_pair(std::move(keys), std::move(values));
-  };
-  return {
-      [=](scan_atom, const std::string& prefix) -> keys_values {
-        auto [k, v] = scan(prefix, "");
-        return {std::move(k), std::move(v)};
-      },
-      [=](scan_atom, const std::string& prefix, const std::string& suffix) -> keys_values {
-        auto [k, v] = scan(prefix, suffix);
-        return {std::move(k), std::move(v)};
-      },
-      [=](read_atom, const std::string&) -> caf::result<bool, std::vector<uint8_t>> {
-        return {false, std::vector<uint8_t>{}};
-      },
-      [=](commit_atom, store_batch& b) -> caf::ok_atom {
-        for (size_t i = 0; i < b.keys.size(); ++i) {
-          if (b.values[i].empty()) {
-            self->state.kept.erase(b.keys[i]);
-            self->state.deleted.insert(b.keys[i]);
-          } else {
-            self->state.kept[b.keys[i]] = std::move(b.values[i]);
-          }
-        }
-        return caf::ok_atom::value;
-      },
-      [=](caf::get_atom) -> std::vector<std::string> {
-        return {self->state.deleted.begin(), self->state.deleted.end()};
-      },
-  };
-}
 
 dataset samples(int64_t n, float scale) {
   dataset out;
@@ -104,7 +55,9 @@ struct store_fixture : test::configured_system {
   caf::actor supervisor;
 
   explicit store_fixture(std::map<std::string, std::vector<uint8_t>> kept = {}) {
-    store = sys.spawn(recording_store, std::move(kept));
+    test::failing_store_state st;
+    st.kept = std::move(kept);
+    store = sys.spawn(test::failing_store, std::move(st));
     job_links links;
     links.store = store;
     links.catalog = std::make_shared<data_catalog>();
