@@ -30,16 +30,6 @@ using namespace gflex;
 
 namespace {
 
-dataset samples(int64_t n, float scale) {
-  dataset out;
-  out.classes = 3;
-  out.features = tensor::empty({n, 4}, dtype::f32);
-  out.labels = tensor::empty({n}, dtype::i32);
-  for (int64_t i = 0; i < n * 4; ++i) out.features.data<float>()[i] = scale * (i % 5);
-  for (int64_t i = 0; i < n; ++i) out.labels.data<int32_t>()[i] = static_cast<int32_t>(i % 3);
-  return out;
-}
-
 std::vector<uint8_t> shard_of(const dataset& d) {
   return encode_shard(d, 0, d.size());
 }
@@ -96,8 +86,8 @@ struct store_fixture : test::configured_system {
 TEST_SUITE("data set store") {
   TEST_CASE("a removed or replaced set's shards are deleted unless another set names them") {
     store_fixture f;
-    const auto t1 = shard_of(samples(10, 0.5f)), e1 = shard_of(samples(5, 0.25f)),
-               e2 = shard_of(samples(6, 0.25f)), t3 = shard_of(samples(12, 0.5f));
+    const auto t1 = shard_of(test::samples(10)), e1 = shard_of(test::samples(5)),
+               e2 = shard_of(test::samples(6)), t3 = shard_of(test::samples(12));
     f.push("a", t1, e1);
     f.push("b", t1, e2);  // shares a's training shard
     f.remove("a");
@@ -113,8 +103,8 @@ TEST_SUITE("data set store") {
   }
 
   TEST_CASE("shards no stored set names are deleted at start") {
-    const auto t = shard_of(samples(10, 0.5f)), e = shard_of(samples(5, 0.25f)),
-               orphan = shard_of(samples(7, 0.5f));
+    const auto t = shard_of(test::samples(10)), e = shard_of(test::samples(5)),
+               orphan = shard_of(test::samples(7));
     data_upload up("user/alice", "c", 2, {});
     REQUIRE(up.add({0, 2, false, t}).has_value());
     REQUIRE(up.add({1, 2, true, e}).has_value());
