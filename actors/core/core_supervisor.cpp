@@ -453,8 +453,15 @@ caf::behavior core_actor(core_actor_type* self, core_children children, core_con
                   [=](caf::error& e) mutable { rp.deliver(e); });
         });
       },
-      [=](credit_in_atom, std::string& key, std::string& account, int64_t amount) {
+      [=](credit_in_atom, std::string& key, std::string& account, int64_t amount,
+          std::string& reference) {
         return authorized(key, true, [=](caf::response_promise& rp, const std::string&) {
+          if (!is_credit_reference(reference)) {
+            rp.deliver(to_caf(error(errc::invalid_argument,
+                                    "a credit's reference must be 1-128 characters of "
+                                    "A-Z a-z 0-9 . _ -")));
+            return;
+          }
           if (amount <= 0 || amount > max_amount_micro) {
             rp.deliver(
                 to_caf(error(errc::invalid_argument, "a credit must be in (0, 1e12] credits")));
@@ -467,8 +474,12 @@ caf::behavior core_actor(core_actor_type* self, core_children children, core_con
             return;
           }
           std::vector<posting> postings{{account, amount}, {ledger_book::external, -amount}};
+          // Booked as an operation named by the reference: the same credit sent again (its
+          // answer was lost, the operator ran the command twice) is answered with the entry
+          // that booked it, and nothing is credited twice.
           relay(as<uint64_t>{}, rp, self->state.children->ledger, transfer_atom::value,
-                std::string("credit"), "operator credit to " + account, std::move(postings));
+                std::string("credit"), "operator credit to " + account + ", reference " + reference,
+                std::move(postings), credit_operation(reference));
         });
       },
       [=](token_atom a, std::string& key, std::string& tier, int64_t lifetime_s, int64_t uses) {

@@ -78,6 +78,15 @@ bool is_operation_id(std::string_view op) noexcept {
   return true;
 }
 
+bool is_credit_reference(std::string_view reference) noexcept {
+  return reference.size() <= 128 && reference.find('/') == std::string_view::npos &&
+         is_operation_id(reference);
+}
+
+std::string credit_operation(std::string_view reference) {
+  return "operator-credit/" + std::string(reference);
+}
+
 bool is_account_id(std::string_view id) noexcept {
   if (id == ledger_book::external || id == ledger_book::platform) return true;
   auto slash = id.find('/');

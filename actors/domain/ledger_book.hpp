@@ -52,6 +52,12 @@ std::string entry_hash(const ledger_entry& e);
 /// Operation ids: 1-256 characters of [A-Za-z0-9._/-].
 bool is_operation_id(std::string_view op) noexcept;
 
+/// An operator's credit is named by a reference of its own (a payment's or an invoice's id):
+/// 1-128 characters of [A-Za-z0-9._-]. Its operation id is "operator-credit/REFERENCE", so a
+/// reference is credited at most once.
+bool is_credit_reference(std::string_view reference) noexcept;
+std::string credit_operation(std::string_view reference);
+
 /// Account ids: "external", "platform", or KIND/NAME with KIND one of user, node, escrow and
 /// NAME 1-128 characters of [A-Za-z0-9._-].
 bool is_account_id(std::string_view id) noexcept;

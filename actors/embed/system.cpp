@@ -640,10 +640,12 @@ expected<void> client::revoke_token(const std::string& id) {
   return {};
 }
 
-expected<uint64_t> client::credit_account(const std::string& id, int64_t micro) {
+expected<uint64_t> client::credit_account(const std::string& id, int64_t micro,
+                                          const std::string& reference) {
   if (micro <= 0 || micro > max_amount_micro)
     return error(errc::invalid_argument, "a credit must be in (0, 1e12] credits");
-  return impl_->ask_session<uint64_t>(std::chrono::seconds(30), credit_in_atom::value, id, micro);
+  return impl_->ask_session<uint64_t>(std::chrono::seconds(30), credit_in_atom::value, id, micro,
+                                      reference);
 }
 
 expected<account_info> client::account(const std::string& id) {

@@ -99,8 +99,8 @@ client_session_actor::behavior_type client_session(session_actor* self, std::str
       [=](open_atom a, std::string& account) {
         return relay<std::string>(self, a, key_of(), account);
       },
-      [=](credit_in_atom a, std::string& account, int64_t amount) {
-        return relay<uint64_t>(self, a, key_of(), account, amount);
+      [=](credit_in_atom a, std::string& account, int64_t amount, std::string& reference) {
+        return relay<uint64_t>(self, a, key_of(), account, amount, reference);
       },
       [=](ledger_atom a) { return relay<ledger_report>(self, a, key_of()); },
       [=](token_atom a, std::string& tier, int64_t lifetime_s, int64_t uses) {

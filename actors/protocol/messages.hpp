@@ -259,7 +259,7 @@ using client_session_actor =
                      caf::replies_to<topup_atom, std::string, int64_t>::with<caf::ok_atom>,
                      caf::replies_to<account_atom, std::string>::with<account_info>,
                      caf::replies_to<open_atom, std::string>::with<std::string>,
-                     caf::replies_to<credit_in_atom, std::string, int64_t>::with<uint64_t>,
+                     caf::replies_to<credit_in_atom, std::string, int64_t, std::string>::with<uint64_t>,
                      caf::replies_to<ledger_atom>::with<ledger_report>,
                      caf::replies_to<token_atom, std::string, int64_t, int64_t>::with<std::string>,
                      caf::replies_to<token_atom>::with<std::vector<join_token_record>>,

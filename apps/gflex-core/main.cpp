@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <ctime>
 #include <optional>
+#include <random>
 
 #include "client_connection.hpp"
 #include "core_address.hpp"
@@ -28,9 +29,18 @@ using gflex::app::fail;
 
 struct operator_flags {
   gflex::app::connection_flags link;
-  std::string action, id, amount, tier = "community", expires = "0";
+  std::string action, id, amount, reference, tier = "community", expires = "0";
   int64_t uses = -1;  // the tier's default
 };
+
+// A credit's reference when the operator gives none: random, so that it names this credit
+// only.
+std::string fresh_reference() {
+  std::random_device rd;
+  char text[32];
+  std::snprintf(text, sizeof text, "cli-%08x%08x", rd(), rd());
+  return text;
+}
 
 // The operator's commands: a client of the running core.
 int run_operator(const operator_flags& f) {
@@ -58,13 +68,25 @@ int run_operator(const operator_flags& f) {
     return 0;
   }
   if (f.action == "credit") {
-    auto seq = c->credit_account(f.id, amount);
-    if (!seq) return fail(seq.error());
+    const std::string reference = f.reference.empty() ? fresh_reference() : f.reference;
+    auto seq = c->credit_account(f.id, amount, reference);
+    if (!seq) {
+      // The credit may still have been booked (an answer lost on the way back): the same
+      // reference, sent again, books it at most once.
+      std::fprintf(stderr,
+                   "to retry without crediting twice: gflex-core account credit %s %s "
+                   "--reference %s\n",
+                   f.id.c_str(), f.amount.c_str(), reference.c_str());
+      return fail(seq.error());
+    }
     auto info = c->account(f.id);
     if (!info) return fail(info.error());
-    std::printf("%s: credited %s, balance %s credits (ledger entry %llu)\n", f.id.c_str(),
-                gflex::format_credits(amount).c_str(), gflex::format_credits(info->balance).c_str(),
-                static_cast<unsigned long long>(*seq));
+    // A reference booked before is answered with its first entry: "booked", not "credited
+    // now", is true both times.
+    std::printf("%s: %s credits booked as ledger entry %llu (reference %s), balance %s credits\n",
+                f.id.c_str(), gflex::format_credits(amount).c_str(),
+                static_cast<unsigned long long>(*seq), reference.c_str(),
+                gflex::format_credits(info->balance).c_str());
     return 0;
   }
   if (f.action == "token-create") {
@@ -222,6 +244,10 @@ int main(int argc, char** argv) {
   auto* credit = account->add_subcommand("credit", "credit an account from outside");
   credit->add_option("id", f.id, "user/NAME")->required();
   credit->add_option("amount", f.amount, "credits")->required();
+  credit->add_option("--reference", f.reference,
+                     "the payment's id (1-128 of A-Z a-z 0-9 . _ -): a reference is credited "
+                     "once, so running the command again with it credits nothing more "
+                     "(default: a fresh one, printed)");
   gflex::app::add_connection_flags(credit, f.link);
   credit->callback([&] { f.action = "credit"; });
 

@@ -158,7 +158,7 @@ caf::message some_request(FuzzedDataProvider& in, harness& h) {
       return caf::make_message(open_atom::value, key, some_string(in));
     case 6:
       return caf::make_message(credit_in_atom::value, key, some_string(in),
-                               in.ConsumeIntegral<int64_t>());
+                               in.ConsumeIntegral<int64_t>(), some_string(in));
     case 7:
       return caf::make_message(account_atom::value, key, some_string(in));
     case 8:

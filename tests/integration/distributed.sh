@@ -38,7 +38,20 @@ metrics() {
 }
 # Credits entering the ledger show in its totals.
 "$BIN/gflex-core" account create user/metered --core "$core" >/dev/null || fail "account create"
-"$BIN/gflex-core" account credit user/metered 25 --core "$core" >/dev/null || fail "account credit"
+"$BIN/gflex-core" account credit user/metered 25 --reference pay-1 --core "$core" \
+  >"$WORK/credit1.out" || fail "account credit"
+# The same payment sent again (its answer lost, the command run twice) is booked once: the
+# answer names the first entry, and the totals below still say 25.
+"$BIN/gflex-core" account credit user/metered 25 --reference pay-1 --core "$core" \
+  >"$WORK/credit2.out" || fail "account credit, again"
+entry=$(grep -o "ledger entry [0-9]*" "$WORK/credit1.out") || fail "no entry in $(cat "$WORK/credit1.out")"
+grep -q "$entry (reference pay-1)" "$WORK/credit2.out" ||
+  fail "a repeated reference answered $(cat "$WORK/credit2.out"), not $entry"
+if "$BIN/gflex-core" account credit user/metered 5 --reference "a b" --core "$core" \
+  >/dev/null 2>"$WORK/credit3.err"; then
+  fail "a malformed reference was credited"
+fi
+grep -q "reference must be" "$WORK/credit3.err" || fail "malformed reference: $(cat "$WORK/credit3.err")"
 metrics "$core_metrics" "$WORK/core.prom"
 metrics "$node_metrics" "$WORK/node.prom"
 python3 - "$WORK/core.prom" "$WORK/node.prom" <<'PY' || fail "metrics values"

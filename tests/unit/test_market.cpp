@@ -78,6 +78,18 @@ TEST_SUITE("ledger") {
     CHECK_FALSE(book.prepare("open", "user/x", {}, 6).has_value());
   }
 
+  TEST_CASE("an operator's credit reference names one operation of its own") {
+    CHECK(is_credit_reference("INV-2026.12_04"));
+    CHECK(is_credit_reference(std::string(128, 'r')));
+    CHECK_FALSE(is_credit_reference(""));
+    CHECK_FALSE(is_credit_reference(std::string(129, 'r')));
+    CHECK_FALSE(is_credit_reference("a b"));
+    // No slash: a reference cannot reach into a job's operations ("JOB/RUN/hold/3").
+    CHECK_FALSE(is_credit_reference("job-1/00ff/hold/0"));
+    CHECK(credit_operation("INV-7") == "operator-credit/INV-7");
+    CHECK(is_operation_id(credit_operation(std::string(128, 'r'))));
+  }
+
   TEST_CASE("a named operation is booked once; the chain keeps its name and refuses a second") {
     std::vector<ledger_entry> log;
     auto book = funded_book(&log);

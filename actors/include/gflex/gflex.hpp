@@ -266,9 +266,12 @@ class client {
   /// Operator: opens a ledger account (user/NAME) and returns its new API key; an existing
   /// or malformed id is refused.
   expected<std::string> create_account(const std::string& id);
-  /// Operator: credits `micro` micro-credits to an account from outside; returns the entry's
-  /// sequence number.
-  expected<uint64_t> credit_account(const std::string& id, int64_t micro);
+  /// Operator: credits `micro` micro-credits to an account from outside, as the payment named
+  /// `reference` (1-128 characters of A-Z a-z 0-9 . _ -); returns the entry's sequence number.
+  /// A reference is credited once: sent again (after a timeout, say), the credit is answered
+  /// with the entry that booked it and nothing more is credited.
+  expected<uint64_t> credit_account(const std::string& id, int64_t micro,
+                                    const std::string& reference);
   expected<account_info> account(const std::string& id);
   /// Checks the whole ledger (chain, balances, escrow of ended jobs).
   expected<ledger_report> verify_ledger();
