@@ -551,8 +551,18 @@ void discard_work_of(job_actor* self, const std::string& node, const std::string
   }
   drop_node(st.results, node);
   if (st.unconfirmed && drop_node(st.unconfirmed->results, node) > 0) {
-    roll_back(self);
-    return;
+    if (st.unconfirmed->params != nullptr) {
+      roll_back(self);
+      return;
+    }
+    // Applied past undoing: none of the round's results could still be re-computed when it
+    // was applied (the caught one was cleared, not sampled), so nothing to roll back to was
+    // kept. Its share stays in the parameters, bounded by the robust mean like any other;
+    // the node is neither paid nor credited for it (its result is gone from the round).
+    spdlog::warn(
+        "job {}: round {} was applied with a result of {}, which is not paid; it cannot "
+        "be rolled back",
+        st.job.id, st.unconfirmed->index + 1, node);
   }
   // The caught result may have been the last check the unconfirmed round waited for (an
   // outlier left out of its mean: nothing to roll back).

@@ -134,17 +134,21 @@ inline const std::string k_spec =
     "{ type = \"softmax_xent\" } ]\n"
     "[data]\nset = \"c\"\n";
 
-// Alice's data set "c" and her running job-1 of `spec`, which trains on it: its checkpoint is
-// of round 2, its record says `recorded_round`.
-inline failing_store_state stored_job(int64_t recorded_round = 2,
-                                      const std::string& spec = k_spec) {
+// Alice's data set "c" (`train_shards` training shards of 12 samples, each its own, and a
+// test shard) and her running job-1 of `spec`, which trains on it: its checkpoint is of
+// round 2, its record says `recorded_round`.
+inline failing_store_state stored_job(int64_t recorded_round = 2, const std::string& spec = k_spec,
+                                      uint32_t train_shards = 1) {
   failing_store_state st;
-  const auto train = encode_shard(samples(12), 0, 12), test = encode_shard(samples(6), 0, 6);
-  data_upload up("user/alice", "c", 2, {});
-  REQUIRE(up.add({0, 2, false, train}).has_value());
-  REQUIRE(up.add({1, 2, true, test}).has_value());
+  const auto test = encode_shard(samples(6), 0, 6);
+  data_upload up("user/alice", "c", train_shards + 1, {});
+  for (uint32_t i = 0; i < train_shards; ++i) {
+    const auto train = encode_shard(samples(12 + i), 0, 12 + i);
+    REQUIRE(up.add({i, train_shards + 1, false, train}).has_value());
+    st.kept[data_chunk_key(digest_hex(train))] = train;
+  }
+  REQUIRE(up.add({train_shards, train_shards + 1, true, test}).has_value());
   st.kept[data_set_key("user/alice", "c")] = encode_data_set(up.finish().value());
-  st.kept[data_chunk_key(digest_hex(train))] = train;
   st.kept[data_chunk_key(digest_hex(test))] = test;
   job_status s;
   s.job_id = "job-1";
