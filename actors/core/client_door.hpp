@@ -43,7 +43,12 @@ struct client_sessions {
 template <class Self>
 caf::result<client_welcome> open_client_session(Self* self, const caf::actor& gate, std::string key,
                                                 caf::actor link) {
-  if (!link) return to_caf(error(errc::invalid_argument, "a client names an actor of its own"));
+  // The process that asks is the one its session will serve (taken before the promise:
+  // making one moves the sender out of the message).
+  const auto& sender = self->current_sender();
+  if (!link || !sender || link->node() != sender->node())
+    return to_caf(error(errc::invalid_argument, "a client names an actor of its own"));
+  const auto peer = sender->node();
   auto rp = self->template make_response_promise<client_welcome>();
   self->request(gate, std::chrono::seconds(30), auth_atom::value, key)
       .then(
@@ -56,7 +61,7 @@ caf::result<client_welcome> open_client_session(Self* self, const caf::actor& ga
               return;
             }
             auto session = spawn_client_session(self->system(), key, who,
-                                                caf::actor_cast<caf::actor>(self), link, {});
+                                                caf::actor_cast<caf::actor>(self), link, {}, peer);
             self->monitor(session);
             book.principal_of[session.address()] = who;
             book.open[who] += 1;

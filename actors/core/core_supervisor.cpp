@@ -320,6 +320,12 @@ caf::behavior core_actor(core_actor_type* self, core_children children, core_con
         hello.credential.clear();
         // Taken before the promise: making one moves the sender out of the message.
         auto sender = self->current_sender();
+        // Its session serves the process that says hello, and only it (node_session.hpp): a
+        // hello without a sender, or naming another process's uplink, would join nodes that
+        // answer to nobody, past --max-per-address.
+        if (!sender || sender->node() != hello.uplink->node())
+          return to_caf(error(errc::invalid_argument,
+                              "a node says hello from the process of the uplink it names"));
         auto rp = self->make_response_promise<node_welcome>();
         const auto name = hello.name;
         const auto tier = hello.tier;
@@ -363,7 +369,7 @@ caf::behavior core_actor(core_actor_type* self, core_children children, core_con
         };
         // Failures are counted by the address the hello came from, as the middleman knows
         // it (the TCP peer); an embedded node is "local".
-        if (!sender || sender->node() == self->node()) {
+        if (sender->node() == self->node()) {
           admit("local");
         } else {
           self->request(self->system().middleman().actor_handle(), std::chrono::seconds(10),

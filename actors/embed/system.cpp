@@ -32,11 +32,19 @@
 #include "message_limit.hpp"
 #include "messages.hpp"
 #include "node_supervisor.hpp"
+#include "routed_messages.hpp"
 #include "store.hpp"
 
 namespace gflex {
 
 namespace {
+
+// What keeps a peer within its bounds below CAF (message_limit.hpp, routed_messages.hpp): a
+// process that talks to peers does not start without them.
+expected<void> peer_guards_in_effect() {
+  if (auto limit = message_limit_in_effect(); !limit) return limit;
+  return routed_message_check_in_effect();
+}
 
 // SIGINT and SIGTERM set a flag from a handler (any thread may take them: OpenBLAS starts its
 // threads before main, so blocking the signals in main's threads is not enough); a watcher
@@ -271,8 +279,8 @@ int run_core(const core_config& given, const core_service_starter& start) {
     }
     config.operator_key = std::move(*key);
   }
-  if (auto limit = message_limit_in_effect(); !limit) {
-    spdlog::error("{}", limit.error().message());
+  if (auto guards = peer_guards_in_effect(); !guards) {
+    spdlog::error("{}", guards.error().message());
     return 1;
   }
   caf::actor_system_config cfg;
@@ -340,8 +348,8 @@ int run_node(const node_config& config, const std::string& host, uint16_t port) 
 int run_node(const node_config& config, const std::string& host, uint16_t port,
              const node_test_aids& aids) {
   signal_watcher signals;
-  if (auto limit = message_limit_in_effect(); !limit) {
-    spdlog::error("{}", limit.error().message());
+  if (auto guards = peer_guards_in_effect(); !guards) {
+    spdlog::error("{}", guards.error().message());
     return 1;
   }
   caf::actor_system_config cfg;
@@ -488,7 +496,7 @@ client in_process_core::connect(const std::string& api_key) {
 
 expected<client> client::connect(const std::string& host, uint16_t port,
                                  const client_options& options) {
-  if (auto limit = message_limit_in_effect(); !limit) return limit.error();
+  if (auto guards = peer_guards_in_effect(); !guards) return guards.error();
   auto p = std::make_unique<impl>();
   configure_actor_system(p->cfg);
   p->key = options.api_key;

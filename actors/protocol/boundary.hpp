@@ -3,16 +3,26 @@
 /// The guard on every actor whose handle a peer holds (the core's front door and the
 /// sessions). In CAF whoever holds a handle can send it system messages: an exit message
 /// with exit_reason::kill stops any actor, trapped or not, and a forged down message or
-/// error message reaches handlers written for the real ones. `guarded<Base>` looks at each
-/// message as it is enqueued, before CAF interprets it, and drops:
+/// error message reaches handlers written for the real ones. And CAF matches a response to
+/// the request waiting for it by message id alone (ids count up from 1 in each actor): a
+/// peer that sends a message marked as a response with the right id answers a request the
+/// actor made of its own children (the gatekeeper's "whose key is this?"). `guarded<Base>`
+/// looks at each message as it is enqueued, before CAF interprets it, and drops:
 /// - an exit message that does not come from an actor of this process (links between the
 ///   core's own actors still work; a peer's `send_exit` does nothing);
 /// - a down message whose sender is not the actor it reports on (the runtime sends a real
 ///   one from the observed actor; a forged one comes from the forger);
 /// - a bare error message from another process (CAF's default handler would stop the
-///   actor).
-/// Each drop is counted in `refused()`, which the actor reports (`gflex nodes` shows a
-/// node's dropped messages).
+///   actor);
+/// - a response from another process, unless from the peer the actor is bound to: only a
+///   node's session asks another process anything (its node's uplink);
+/// - once the actor is bound to a peer (bind_peer: a session to the process it serves), any
+///   message from a third process, so that a peer that learns or guesses another's session
+///   (actor ids count up) cannot use it.
+/// "This process" is the sender's node; routed_messages.hpp keeps a peer from naming this
+/// node as its message's source. Forged system messages are counted in `refused()`, which
+/// the actor reports (`gflex nodes` shows a node's dropped messages); the others in
+/// `strangers()`.
 
 #include <caf/all.hpp>
 
@@ -33,12 +43,30 @@ inline bool is_forged_system_message(const caf::mailbox_element& e, const caf::n
   return false;
 }
 
+/// Whether `e` comes from where the receiving actor (of node `self`) takes messages from:
+/// this process, or its bound peer (`peer`, when bound); an unbound actor takes requests and
+/// plain messages from anyone, and responses only from this process. A response without a
+/// sender is an error CAF bounced for a dead local receiver (a peer's anonymous error can
+/// fail one request, never answer it).
+inline bool from_admitted_sender(const caf::mailbox_element& e, const caf::node_id& self,
+                                 const caf::node_id* peer) {
+  if (e.sender && e.sender->node() == self) return true;
+  if (peer != nullptr) return e.sender && e.sender->node() == *peer;
+  if (!e.mid.is_response()) return true;
+  return !e.sender && e.content().match_elements<caf::error>();
+}
+
 template <class Base>
 class guarded : public Base {
  public:
   using Base::Base;
 
   void enqueue(caf::mailbox_element_ptr ptr, caf::execution_unit* host) override {
+    if (ptr && !from_admitted_sender(*ptr, this->node(),
+                                     bound_.load(std::memory_order_acquire) ? &peer_ : nullptr)) {
+      strangers_.fetch_add(1, std::memory_order_relaxed);
+      return;
+    }
     if (ptr && is_forged_system_message(*ptr, this->node())) {
       refused_.fetch_add(1, std::memory_order_relaxed);
       return;
@@ -46,11 +74,23 @@ class guarded : public Base {
     Base::enqueue(std::move(ptr), host);
   }
 
-  /// System messages dropped at the door so far.
+  /// From now on, only actors of this process and of `peer` reach this actor. Called once,
+  /// by whoever spawned it, before its handle is given to anyone.
+  void bind_peer(caf::node_id peer) {
+    peer_ = std::move(peer);
+    bound_.store(true, std::memory_order_release);
+  }
+
+  /// Forged system messages dropped at the door so far.
   uint64_t refused() const { return refused_.load(std::memory_order_relaxed); }
+  /// Messages dropped for where they came from (a third process, a peer's response). Not the
+  /// peer's doing: a session does not count them against its peer.
+  uint64_t strangers() const { return strangers_.load(std::memory_order_relaxed); }
 
  private:
-  std::atomic<uint64_t> refused_{0};
+  std::atomic<uint64_t> refused_{0}, strangers_{0};
+  std::atomic<bool> bound_{false};
+  caf::node_id peer_;
 };
 
 /// Installs a session's handlers for what the guard lets through: exit messages (the core's

@@ -115,9 +115,13 @@ client_session_actor::behavior_type client_session(session_actor* self, std::str
 
 client_session_actor spawn_client_session(caf::actor_system& sys, std::string key,
                                           std::string principal, caf::actor door, caf::actor link,
-                                          client_session_limits limits) {
-  return sys.spawn(client_session, std::move(key), std::move(principal), std::move(door),
-                   std::move(link), limits);
+                                          client_session_limits limits, caf::node_id peer) {
+  auto session = sys.spawn(client_session, std::move(key), std::move(principal), std::move(door),
+                           std::move(link), limits);
+  // Bound before its handle leaves this function: nothing reaches it from elsewhere first.
+  static_cast<session_actor*>(caf::actor_cast<caf::abstract_actor*>(session))
+      ->bind_peer(std::move(peer));
+  return session;
 }
 
 }  // namespace gflex

@@ -25,9 +25,11 @@ struct client_session_limits {
 };
 
 /// Spawns the session of a client with `key` (authenticated as `principal`), relaying to
-/// `door`; it lives while `link` (an actor of the client's) does.
+/// `door`; it lives while `link` (an actor of the client's) does. Only actors of this process
+/// and of `peer` (the client's process) reach it: another peer that learns or guesses its
+/// handle cannot use the key it carries.
 client_session_actor spawn_client_session(caf::actor_system& sys, std::string key,
                                           std::string principal, caf::actor door, caf::actor link,
-                                          client_session_limits limits);
+                                          client_session_limits limits, caf::node_id peer);
 
 }  // namespace gflex

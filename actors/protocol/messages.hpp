@@ -249,24 +249,24 @@ typename Inspector::result_type inspect(Inspector& f, model_part& x) {
 /// What a client may send to its session, the handle the front door gives it for its API key
 /// (auth_atom); the same requests as docs/PROTOCOL.md lists, without the key, answered for
 /// the key's principal. Anything else is dropped and counted.
-using client_session_actor =
-    caf::typed_actor<caf::replies_to<submit_atom, std::string>::with<std::string>,
-                     caf::replies_to<status_atom, std::string>::with<job_status>,
-                     caf::replies_to<jobs_atom>::with<std::vector<job_status>>,
-                     caf::replies_to<nodes_atom>::with<std::vector<node_status>>,
-                     caf::replies_to<cancel_atom, std::string>::with<caf::ok_atom>,
-                     caf::replies_to<fetch_atom, std::string, uint64_t>::with<model_part>,
-                     caf::replies_to<topup_atom, std::string, int64_t>::with<caf::ok_atom>,
-                     caf::replies_to<account_atom, std::string>::with<account_info>,
-                     caf::replies_to<open_atom, std::string>::with<std::string>,
-                     caf::replies_to<credit_in_atom, std::string, int64_t, std::string>::with<uint64_t>,
-                     caf::replies_to<ledger_atom>::with<ledger_report>,
-                     caf::replies_to<token_atom, std::string, int64_t, int64_t>::with<std::string>,
-                     caf::replies_to<token_atom>::with<std::vector<join_token_record>>,
-                     caf::replies_to<revoke_atom, std::string>::with<caf::ok_atom>,
-                     caf::replies_to<dpush_atom, std::string, data_part>::with<data_set_info>,
-                     caf::replies_to<dlist_atom>::with<std::vector<data_set_info>>,
-                     caf::replies_to<drm_atom, std::string>::with<caf::ok_atom>>;
+using client_session_actor = caf::typed_actor<
+    caf::replies_to<submit_atom, std::string>::with<std::string>,
+    caf::replies_to<status_atom, std::string>::with<job_status>,
+    caf::replies_to<jobs_atom>::with<std::vector<job_status>>,
+    caf::replies_to<nodes_atom>::with<std::vector<node_status>>,
+    caf::replies_to<cancel_atom, std::string>::with<caf::ok_atom>,
+    caf::replies_to<fetch_atom, std::string, uint64_t>::with<model_part>,
+    caf::replies_to<topup_atom, std::string, int64_t>::with<caf::ok_atom>,
+    caf::replies_to<account_atom, std::string>::with<account_info>,
+    caf::replies_to<open_atom, std::string>::with<std::string>,
+    caf::replies_to<credit_in_atom, std::string, int64_t, std::string>::with<uint64_t>,
+    caf::replies_to<ledger_atom>::with<ledger_report>,
+    caf::replies_to<token_atom, std::string, int64_t, int64_t>::with<std::string>,
+    caf::replies_to<token_atom>::with<std::vector<join_token_record>>,
+    caf::replies_to<revoke_atom, std::string>::with<caf::ok_atom>,
+    caf::replies_to<dpush_atom, std::string, data_part>::with<data_set_info>,
+    caf::replies_to<dlist_atom>::with<std::vector<data_set_info>>,
+    caf::replies_to<drm_atom, std::string>::with<caf::ok_atom>>;
 
 /// core -> client: the answer to (auth_atom, API key, link).
 struct client_welcome {

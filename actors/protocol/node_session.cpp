@@ -460,9 +460,13 @@ spawned_session spawn_node_session(caf::actor_system& sys, session_identity who,
                                    session_limits limits, caf::actor uplink, caf::actor registry,
                                    caf::actor data_server) {
   const uint32_t workers = who.workers;
+  const auto peer = uplink->node();
   spawned_session out;
   out.session = sys.spawn(session_behavior, std::move(who), limits, std::move(uplink),
                           std::move(registry), std::move(data_server));
+  // Only this process and the node's own reach the session (bound before its handle leaves
+  // here): another node that learns or guesses it cannot say bye for it, nor answer for it.
+  static_cast<session_actor*>(caf::actor_cast<caf::abstract_actor*>(out.session))->bind_peer(peer);
   for (uint32_t i = 0; i < workers; ++i)
     out.workers.push_back(sys.spawn(worker_handle, out.session, i));
   // Tied one way: the session's end is the handles' end (the market and jobs see them go

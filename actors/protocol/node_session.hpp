@@ -53,7 +53,8 @@ struct spawned_session {
   std::vector<caf::actor> workers;
 };
 
-/// Spawns the session of a node that joined with `uplink`. `registry` hears
+/// Spawns the session of a node that joined with `uplink`; only actors of this process and of
+/// the uplink's reach it (boundary.hpp). `registry` hears
 /// (beat_atom, node id, dropped messages) for each heartbeat and monitors the session.
 spawned_session spawn_node_session(caf::actor_system& sys, session_identity who,
                                    session_limits limits, caf::actor uplink, caf::actor registry,

@@ -14,11 +14,14 @@
 
 #include <chrono>
 #include <cstdio>
+#include <optional>
+#include <string>
 #include <thread>
 
 #include "boundary.hpp"
 #include "message_limit.hpp"
 #include "messages.hpp"
+#include "routed_messages.hpp"
 
 using namespace gflex;
 
@@ -26,21 +29,58 @@ namespace {
 
 using probe_atom = caf::atom_constant<caf::atom("probe")>;
 
-// Answers (probe_atom) with how many system messages its guard dropped (0 for a plain one).
+// Answers (probe_atom) with how many system messages its guard dropped (0 for a plain one),
+// and (caf::get_atom) with how many messages it dropped for where they came from.
 struct counter_state {
   static inline const char* name = "counter";
 };
-caf::behavior guarded_counter(
-    caf::stateful_actor<counter_state, guarded<caf::event_based_actor>>* self) {
+using guarded_counter_actor = caf::stateful_actor<counter_state, guarded<caf::event_based_actor>>;
+caf::behavior guarded_counter(guarded_counter_actor* self) {
   self->set_error_handler([](caf::error&) {});
-  return {[=](probe_atom) { return self->refused(); }};
+  return {
+      [=](probe_atom) { return self->refused(); },
+      [=](caf::get_atom) { return self->strangers(); },
+  };
 }
 caf::behavior plain_counter(caf::event_based_actor*) {
   return {[](probe_atom) { return uint64_t{0}; }};
 }
 
-// The child: publishes (probe_atom) -> (plain, guarded) on `port`'s listener and lives until
-// killed by the parent.
+// Takes every (probe_atom, text) and never answers: what an asker waits on.
+struct silent_state {
+  std::vector<caf::typed_response_promise<std::string>> held;
+};
+caf::behavior silent(caf::stateful_actor<silent_state>* self) {
+  return {[=](probe_atom, const std::string&) -> caf::result<std::string> {
+    self->state.held.push_back(self->make_response_promise<std::string>());
+    return self->state.held.back();
+  }};
+}
+
+// Answers (probe_atom, int, int) with what `silent` answered it ("no answer" after 3 s): as
+// the front door asks the gatekeeper whose a key is, and acts on the answer.
+template <class Self>
+caf::behavior asker(Self* self, caf::actor quiet) {
+  self->set_error_handler([](caf::error&) {});
+  return {[=](probe_atom, int, int) -> caf::result<std::string> {
+    auto rp = self->template make_response_promise<std::string>();
+    self->request(quiet, std::chrono::seconds(3), probe_atom::value, std::string("whose?"))
+        .then([=](std::string& answer) mutable { rp.deliver(answer); },
+              [=](caf::error&) mutable { rp.deliver(std::string("no answer")); });
+    return rp;
+  }};
+}
+caf::behavior guarded_asker(guarded_counter_actor* self, caf::actor quiet) {
+  return asker(self, quiet);
+}
+caf::behavior plain_asker(caf::event_based_actor* self, caf::actor quiet) {
+  return asker(self, quiet);
+}
+
+// The child: publishes its door on a listener and lives until killed by the parent. The door
+// answers (probe_atom, int) with a plain and a guarded counter; (probe_atom, int, int) with a
+// guarded and a plain asker, a guarded counter bound to no peer and one bound to the asking
+// process; (caf::get_atom) with how many strangers' messages the one bound to none dropped.
 [[noreturn]] void serve(int ready_fd) {
   caf::actor_system_config cfg;
   configure_actor_system(cfg);
@@ -48,8 +88,24 @@ caf::behavior plain_counter(caf::event_based_actor*) {
   caf::actor_system sys{cfg};
   auto plain = sys.spawn(plain_counter);
   auto guard = sys.spawn(guarded_counter);
-  auto door = sys.spawn([=](caf::event_based_actor*) -> caf::behavior {
-    return {[=](probe_atom, int) { return caf::make_message(plain, guard); }};
+  auto quiet = sys.spawn(silent);
+  auto guarded_ask = sys.spawn(guarded_asker, quiet);
+  auto plain_ask = sys.spawn(plain_asker, quiet);
+  auto elsewhere = sys.spawn(guarded_counter);
+  auto here = sys.spawn(guarded_counter);
+  auto counter_of = [](const caf::actor& a) {
+    return static_cast<guarded_counter_actor*>(caf::actor_cast<caf::abstract_actor*>(a));
+  };
+  counter_of(elsewhere)->bind_peer(caf::node_id{});
+  auto door = sys.spawn([=](caf::event_based_actor* self) -> caf::behavior {
+    return {
+        [=](probe_atom, int) { return caf::make_message(plain, guard); },
+        [=](probe_atom, int, int) {
+          counter_of(here)->bind_peer(self->current_sender()->node());
+          return caf::make_message(guarded_ask, plain_ask, elsewhere, here);
+        },
+        [=](caf::get_atom) { return counter_of(elsewhere)->strangers(); },
+    };
   });
   auto port = sys.middleman().publish(door, 0, "127.0.0.1");
   uint16_t p = port ? *port : 0;
@@ -57,31 +113,46 @@ caf::behavior plain_counter(caf::event_based_actor*) {
   for (;;) std::this_thread::sleep_for(std::chrono::seconds(1));
 }
 
+// A child process serving (serve above), killed and reaped at the end of the scope.
+struct served_child {
+  pid_t pid = -1;
+  uint16_t port = 0;
+  served_child() {
+    int fds[2];
+    REQUIRE(::pipe(fds) == 0);
+    std::fflush(nullptr);  // the child must not print what this process has buffered
+    pid = ::fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+      ::close(fds[0]);
+      serve(fds[1]);
+    }
+    ::close(fds[1]);
+    const bool read_ok = ::read(fds[0], &port, sizeof port) == static_cast<ssize_t>(sizeof port);
+    ::close(fds[0]);
+    if (!read_ok) port = 0;
+  }
+  ~served_child() {
+    ::kill(pid, SIGKILL);
+    ::waitpid(pid, nullptr, 0);
+  }
+};
+
+// Asks `whom` (probe_atom) -> count; nullopt when it does not answer within `wait`.
+std::optional<uint64_t> probe(caf::scoped_actor& self, const caf::actor& whom,
+                              std::chrono::seconds wait = std::chrono::seconds(10)) {
+  std::optional<uint64_t> out;
+  self->request(whom, wait, probe_atom::value)
+      .receive([&](uint64_t n) { out = n; }, [&](caf::error&) {});
+  return out;
+}
+
 }  // namespace
 
 TEST_CASE("a peer's forged exit, down and error messages kill a plain actor, not a guarded one") {
-  int fds[2];
-  REQUIRE(::pipe(fds) == 0);
-  std::fflush(nullptr);  // the child must not print what this process has buffered
-  pid_t child = ::fork();
-  REQUIRE(child >= 0);
-  if (child == 0) {
-    ::close(fds[0]);
-    serve(fds[1]);
-  }
-  ::close(fds[1]);
-  uint16_t port = 0;
-  bool read_ok = ::read(fds[0], &port, sizeof port) == static_cast<ssize_t>(sizeof port);
-  ::close(fds[0]);
-  struct reaper {
-    pid_t pid;
-    ~reaper() {
-      ::kill(pid, SIGKILL);
-      ::waitpid(pid, nullptr, 0);
-    }
-  } reap{child};
-  REQUIRE(read_ok);
-  REQUIRE(port != 0);
+  served_child child;
+  REQUIRE(child.port != 0);
+  const uint16_t port = child.port;
 
   caf::actor_system_config cfg;
   configure_actor_system(cfg);
@@ -128,9 +199,122 @@ TEST_CASE("a peer's forged exit, down and error messages kill a plain actor, not
   CHECK(dropped == 4);
 }
 
+TEST_CASE("a peer's message sent as the served process's own actor closes its connection") {
+  // CAF takes a routed message's source from the message: naming the child's own node, a
+  // peer's exit message seems to come from the child's door (a local actor), which the guard
+  // obeys. send_as(door, ...) makes exactly that message.
+  served_child child;
+  REQUIRE(child.port != 0);
+  caf::actor_system_config cfg;
+  configure_actor_system(cfg);
+  cfg.load<caf::io::middleman>();
+  caf::actor_system sys{cfg};
+  caf::scoped_actor self{sys};
+  auto door = sys.middleman().remote_actor("127.0.0.1", child.port);
+  REQUIRE_MESSAGE(static_cast<bool>(door), sys.render(door.error()));
+  caf::actor plain, guard;
+  self->request(*door, std::chrono::seconds(10), probe_atom::value, 0)
+      .receive(
+          [&](caf::actor& p, caf::actor& g) {
+            plain = p;
+            guard = g;
+          },
+          [&](caf::error& e) { FAIL(sys.render(e)); });
+  REQUIRE(guard);
+  const caf::actor as_door = *door;
+  caf::send_as(as_door, guard, caf::exit_msg{as_door.address(), caf::exit_reason::kill});
+
+  // The child closed the connection; a new one finds the guarded actor alive, and the exit
+  // message never reached it (nothing dropped: it came from no one the guard saw).
+  std::optional<uint64_t> answered;
+  for (int tries = 0; tries < 50 && !answered; ++tries) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    auto again = sys.middleman().remote_actor("127.0.0.1", child.port);
+    if (!again) continue;
+    caf::actor fresh_guard;
+    self->request(*again, std::chrono::seconds(5), probe_atom::value, 0)
+        .receive([&](caf::actor&, caf::actor& g) { fresh_guard = g; }, [&](caf::error&) {});
+    if (fresh_guard) answered = probe(self, fresh_guard, std::chrono::seconds(5));
+  }
+  REQUIRE_MESSAGE(answered.has_value(), "the guarded actor died of an exit sent as the door");
+  CHECK(*answered == 0);
+}
+
+TEST_CASE("a peer's response does not answer a request its actor made of another") {
+  served_child child;
+  REQUIRE(child.port != 0);
+  caf::actor_system_config cfg;
+  configure_actor_system(cfg);
+  cfg.load<caf::io::middleman>();
+  caf::actor_system sys{cfg};
+  caf::scoped_actor self{sys};
+  auto door = sys.middleman().remote_actor("127.0.0.1", child.port);
+  REQUIRE_MESSAGE(static_cast<bool>(door), sys.render(door.error()));
+  caf::actor guarded_ask, plain_ask;
+  self->request(*door, std::chrono::seconds(10), probe_atom::value, 0, 0)
+      .receive(
+          [&](caf::actor& g, caf::actor& p, caf::actor&, caf::actor&) {
+            guarded_ask = g;
+            plain_ask = p;
+          },
+          [&](caf::error& e) { FAIL(sys.render(e)); });
+  REQUIRE(guarded_ask);
+  for (const auto& target : {plain_ask, guarded_ask}) {
+    // The asker asks the silent actor (its request ids count from 1); meanwhile this peer
+    // answers in its place, under every id an actor's first requests take.
+    std::string answer;
+    auto asked = self->request(target, std::chrono::seconds(10), probe_atom::value, 0, 0);
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    for (uint64_t id = 1; id <= 64; ++id)
+      target->enqueue(self->ctrl(), caf::make_message_id(id).response_id(),
+                      caf::make_message(std::string("forged: operator")), nullptr);
+    std::move(asked).receive([&](std::string& a) { answer = a; },
+                             [&](caf::error& e) { answer = sys.render(e); });
+    if (target == plain_ask)
+      CHECK_MESSAGE(answer == "forged: operator",
+                    "the forgery does not reach an unguarded actor: the test proves nothing");
+    else
+      CHECK(answer == "no answer");
+  }
+}
+
+TEST_CASE("an actor bound to its peer takes nothing from a third process") {
+  served_child child;
+  REQUIRE(child.port != 0);
+  caf::actor_system_config cfg;
+  configure_actor_system(cfg);
+  cfg.load<caf::io::middleman>();
+  caf::actor_system sys{cfg};
+  caf::scoped_actor self{sys};
+  auto door = sys.middleman().remote_actor("127.0.0.1", child.port);
+  REQUIRE_MESSAGE(static_cast<bool>(door), sys.render(door.error()));
+  caf::actor elsewhere, here;
+  self->request(*door, std::chrono::seconds(10), probe_atom::value, 0, 0)
+      .receive(
+          [&](caf::actor&, caf::actor&, caf::actor& e, caf::actor& h) {
+            elsewhere = e;
+            here = h;
+          },
+          [&](caf::error& e) { FAIL(sys.render(e)); });
+  REQUIRE(here);
+  // Bound to this process: it answers. Bound to another: this process is a third one.
+  CHECK(probe(self, here).has_value());
+  CHECK_FALSE(probe(self, elsewhere, std::chrono::seconds(2)).has_value());
+  self->send_exit(elsewhere, caf::exit_reason::kill);
+  uint64_t strangers = 0;
+  self->request(*door, std::chrono::seconds(10), caf::get_atom::value)
+      .receive([&](uint64_t n) { strangers = n; }, [&](caf::error& e) { FAIL(sys.render(e)); });
+  CHECK(strangers == 2);
+}
+
 TEST_CASE("the message size limit is in effect in this process") {
   // The same check run_core, run_node and client::connect make before they start: CAF's
   // configure_read resolves to the interposed one and libcaf_io does not bind symbolically.
   auto in_effect = gflex::message_limit_in_effect();
+  CHECK_MESSAGE(in_effect.has_value(), (in_effect ? "" : in_effect.error().message()));
+}
+
+TEST_CASE("the check of routed messages' sources is in effect in this process") {
+  auto in_effect = gflex::routed_message_check_in_effect();
   CHECK_MESSAGE(in_effect.has_value(), (in_effect ? "" : in_effect.error().message()));
 }
