@@ -403,6 +403,13 @@ TEST_CASE("a hostile node's attacks on the front door and its session are refuse
   why = ask_hello(self, door, std::move(huge));
   CHECK_MESSAGE(why.find("device description has at most") != std::string::npos, why);
 
+  // A hello naming an uplink of another process (here the core's own front door): its
+  // session would answer to nobody, past --max-per-address.
+  why = ask_hello(self, door,
+                  make_hello(protocol_version, "mallory-elsewhere", 1, door, 0, community_token(),
+                             key_of("mallory-elsewhere")));
+  CHECK_MESSAGE(why.find("from the process of the uplink it names") != std::string::npos, why);
+
   // Both still answer; its session stamps its own identity; the honest node is untouched.
   std::this_thread::sleep_for(std::chrono::seconds(1));
   CHECK(ask_chunk(self, session, "../../etc/passwd").find("not a chunk digest") !=
