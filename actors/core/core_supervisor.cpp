@@ -14,6 +14,7 @@
 #include "data_server.hpp"
 #include "gatekeeper.hpp"
 #include "gflex/runtime/identity.hpp"
+#include "gflex/runtime/printable_text.hpp"
 #include "job.hpp"
 #include "job_supervisor.hpp"
 #include "ledger_keeper.hpp"
@@ -35,6 +36,8 @@ std::string check_gpus(const std::vector<gpu_status>& gpus) {
   for (const auto& g : gpus) {
     if (g.ordinal < 0 || g.ordinal > 1023) return "ordinal out of [0, 1023]";
     if (g.name.size() > 128 || g.compute_capability.size() > 16) return "name too long";
+    if (!is_printable_text(g.name) || !is_printable_text(g.compute_capability))
+      return "a name that is not printable UTF-8";
     if (g.sm_count < 0 || !(g.gemm_tflops >= 0.0 && g.gemm_tflops < 1e6) ||
         !(g.h2d_gbps >= 0.0 && g.h2d_gbps < 1e6))
       return "negative or non-finite figures";
@@ -302,6 +305,10 @@ caf::behavior core_actor(core_actor_type* self, core_children children, core_con
                                                           std::to_string(max_device_chars) +
                                                           " characters, not " +
                                                           std::to_string(hello.device.size())));
+        if (!is_printable_text(hello.device))
+          return to_caf(error(errc::invalid_argument,
+                              "a node's device description must be printable UTF-8 (no control "
+                              "characters)"));
         if (hello.price < 0 || hello.price > max_amount_micro / 1000 ||
             !(hello.throughput >= 0.0 && hello.throughput < 1e12))
           return to_caf(error(errc::invalid_argument,

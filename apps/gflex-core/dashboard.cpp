@@ -142,7 +142,10 @@ class dashboard final : public core_service {
 
   static void answer(httplib::Response& res, const nlohmann::json& j) {
     res.set_header("Cache-Control", "no-store");
-    res.set_content(j.dump(), "application/json");
+    // Text from peers is checked at their hello; a byte that is not UTF-8 all the same (a
+    // record written before the check) is replaced, not thrown on.
+    res.set_content(j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace),
+                    "application/json");
   }
 
   static void fail(httplib::Response& res, const error& e) {

@@ -205,7 +205,11 @@ int run_nodes(const job_flags& f) {
     return std::string(text);
   };
   if (f.as_json) {
-    std::printf("%s\n", to_json(*nodes).dump(2).c_str());
+    // Nodes' device and GPU names come from the nodes (printable UTF-8 since their hello is
+    // checked); anything else is replaced rather than thrown on.
+    std::printf(
+        "%s\n",
+        to_json(*nodes).dump(2, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
   } else {
     for (const auto& n : *nodes) {
       std::printf(

@@ -403,6 +403,20 @@ TEST_CASE("a hostile node's attacks on the front door and its session are refuse
   why = ask_hello(self, door, std::move(huge));
   CHECK_MESSAGE(why.find("device description has at most") != std::string::npos, why);
 
+  // A device description that would clear an operator's terminal, and a GPU name that is
+  // not UTF-8 (a JSON encoder throws on it: `gflex nodes --json`, the dashboard).
+  auto escaping =
+      make_hello(protocol_version, "mallory-esc", 1, fake, 0, "-", key_of("mallory-esc"));
+  escaping.device = "GPU\x1b[2J";
+  why = ask_hello(self, door, std::move(escaping));
+  CHECK_MESSAGE(why.find("printable UTF-8") != std::string::npos, why);
+  auto mangled =
+      make_hello(protocol_version, "mallory-utf", 1, fake, 0, "-", key_of("mallory-utf"));
+  mangled.gpus.push_back(gpu_status{});
+  mangled.gpus.back().name = "\xff";
+  why = ask_hello(self, door, std::move(mangled));
+  CHECK_MESSAGE(why.find("not printable UTF-8") != std::string::npos, why);
+
   // A hello naming an uplink of another process (here the core's own front door): its
   // session would answer to nobody, past --max-per-address.
   why = ask_hello(self, door,
