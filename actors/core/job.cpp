@@ -692,8 +692,13 @@ void try_confirm(job_actor* self) {
   spdlog::debug("job {}: round {} confirmed, applied{}", st.job.id, u.index + 1, applied);
   for (const auto& [shard, r] : u.results) {
     const auto pay = payment_of(st, r);
+    // The compute credited is what the node is paid for: its claim, capped at the time the
+    // core saw the assignment take (a claim of 1e308 s would make the record unreadable).
+    const auto check = r.check == check_state::verified     ? result_check::verified
+                       : r.check == check_state::unverified ? result_check::unverified
+                                                            : result_check::cleared;
     self->send(st.links.reputation, credit_atom::value, r.slot.node_name,
-               r.check == check_state::verified, r.compute_s, pay.cost - pay.fee);
+               static_cast<uint8_t>(check), std::min(r.compute_s, r.wall_s), pay.cost - pay.fee);
     st.job.status.compute_s += std::min(r.compute_s, r.wall_s);
   }
   const auto& spec = st.job.spec;

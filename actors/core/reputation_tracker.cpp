@@ -124,8 +124,10 @@ caf::behavior tracker(tracker_actor* self, caf::actor store, caf::actor market, 
         double p = record_of(self, name).verify_probability(st.policy);
         return p >= 1.0 || (p > 0.0 && st.draw.uniform() < p);
       },
-      [=](credit_atom, const std::string& name, bool verified, double compute_s, int64_t earned) {
-        record_of(self, name).on_validated(self->state.policy, verified, compute_s, earned);
+      [=](credit_atom, const std::string& name, uint8_t check, double compute_s, int64_t earned) {
+        if (check > static_cast<uint8_t>(result_check::unverified)) return;
+        record_of(self, name)
+            .on_validated(self->state.policy, static_cast<result_check>(check), compute_s, earned);
         changed(self, name, false);
       },
       [=](reject_atom, const std::string& name, std::string& reason) {

@@ -10,9 +10,10 @@
 ///   key is refused (permission_denied).
 /// - (sample_atom, name) -> bool: whether to re-compute this result of the node (drawn with
 ///   the node's verification probability).
-/// - (credit_atom, name, verified, compute_s, earned): a result of the node was applied in
-///   a committed round; it is credited, and `earned` micro-credits (what the node was paid
-///   for it, 0 for an unmetered job) are added to its earnings.
+/// - (credit_atom, name, check, compute_s, earned): a result of the node was applied in a
+///   committed round (`check`: a result_check, how it was checked); it is credited, and
+///   `earned` micro-credits (what the node was paid for it, 0 for an unmetered job) are added
+///   to its earnings.
 /// - (reject_atom, name, reason): a result of the node was refused. The node is flagged, the
 ///   market told to bar it (bar_atom, name), and the gatekeeper to ban its key and the tokens
 ///   it joined with (bar_atom, key, name).

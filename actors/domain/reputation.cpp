@@ -20,13 +20,13 @@ double reputation::verify_probability(const reputation_policy& policy) const noe
   return std::clamp(1.0 / static_cast<double>(std::max<int64_t>(streak, 1)), policy.floor, 1.0);
 }
 
-void reputation::on_validated(const reputation_policy& policy, bool was_verified, double compute_s,
+void reputation::on_validated(const reputation_policy& policy, result_check check, double compute_s,
                               int64_t paid) {
   good = good * policy.decay + 1.0;
   bad *= policy.decay;
-  streak += 1;
+  if (check != result_check::unverified) streak += 1;
   validated += 1;
-  if (was_verified) verified += 1;
+  if (check == result_check::verified) verified += 1;
   if (std::isfinite(compute_s) && compute_s > 0.0) credited_s += compute_s;
   if (paid > 0) earned += paid;
 }

@@ -26,6 +26,11 @@ struct reputation_policy {
   double floor = 0.05;      ///< Lowest verification probability of a community node.
 };
 
+/// How an applied result was checked: not sampled (cleared), re-computed and matched, or
+/// sampled but used without a re-computation (no core-tier worker, --unverified accept).
+/// Only the first two are evidence that the node computes honestly.
+enum class result_check : uint8_t { cleared = 0, verified = 1, unverified = 2 };
+
 /// What the core knows of one node identity (today its name; a public key once nodes have
 /// key pairs).
 struct reputation {
@@ -50,9 +55,11 @@ struct reputation {
   /// an untrusted community node, then max(floor, 1 / streak).
   double verify_probability(const reputation_policy& policy) const noexcept;
 
-  /// A result was applied in a committed round: streak and score grow, and it is credited
-  /// (`earned`: micro-credits it was paid; negative amounts are ignored).
-  void on_validated(const reputation_policy& policy, bool was_verified, double compute_s,
+  /// A result was applied in a committed round: score grows, and it is credited (`earned`:
+  /// micro-credits it was paid; negative amounts are ignored). The streak grows only with a
+  /// result that was checked or not sampled: one used unverified proves nothing, and would
+  /// otherwise end a new identity's probation without one re-computation.
+  void on_validated(const reputation_policy& policy, result_check check, double compute_s,
                     int64_t earned = 0);
 
   /// A result was refused (an immediate check or verification failed): the node loses its

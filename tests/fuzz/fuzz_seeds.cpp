@@ -98,7 +98,7 @@ int main(int argc, char** argv) {
   write("ledger_entry", "amount", std::string("12.345678"));
   reputation r;
   r.name = "node-1";
-  r.on_validated(reputation_policy{}, true, 1.5);
+  r.on_validated(reputation_policy{}, result_check::verified, 1.5);
   write("reputation", "one", encode_reputation(r));
   return 0;
 }

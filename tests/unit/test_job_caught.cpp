@@ -20,14 +20,16 @@ using namespace gflex::test;
 
 namespace {
 
-assignment_result signed_result(const node_identity& key, uint64_t id, size_t parameters) {
+// A result that claims `compute_s` seconds of compute.
+assignment_result signed_result(const node_identity& key, uint64_t id, size_t parameters,
+                                double compute_s) {
   assignment_result r;
   r.assignment_id = id;
   const std::vector<float> delta(parameters, 0.001f);
   r.update = encode_update(delta, compression::fp32);
   r.loss = 1.0;
   r.samples = 12;
-  r.compute_s = 0.01;
+  r.compute_s = compute_s;
   r.signature = key.sign(result_message(id, r.update));
   return r;
 }
@@ -38,10 +40,10 @@ struct held_results {
 };
 
 // A worker of node `key` that answers every assignment with a small signed update, `delay`
-// after it came.
+// after it came, claiming `compute_s` seconds of compute.
 caf::behavior signing_worker(caf::stateful_actor<held_results>* self,
                              std::shared_ptr<node_identity> key, size_t parameters,
-                             std::chrono::milliseconds delay) {
+                             std::chrono::milliseconds delay, double compute_s) {
   return {
       [=](assign_atom, assignment& a) -> caf::result<assignment_result> {
         auto rp = self->make_response_promise<assignment_result>();
@@ -52,7 +54,7 @@ caf::behavior signing_worker(caf::stateful_actor<held_results>* self,
       [=](caf::put_atom, uint64_t id) {
         auto it = self->state.held.find(id);
         if (it == self->state.held.end()) return;
-        it->second.deliver(signed_result(*key, id, parameters));
+        it->second.deliver(signed_result(*key, id, parameters, compute_s));
         self->state.held.erase(it);
         ++self->state.answered;
       },
@@ -97,17 +99,22 @@ caf::behavior holding_market(caf::stateful_actor<holding_market_state>* self,
 
 struct credits_state {
   std::vector<std::string> credited;
+  std::vector<double> compute_s;
 };
 
-// A reputation tracker that samples nothing for re-computation and notes whom it credits.
+// A reputation tracker that samples nothing for re-computation and notes whom it credits,
+// and with how many compute seconds.
 caf::behavior noting_reputation(caf::stateful_actor<credits_state>* self) {
   return {
       [](sample_atom, const std::string&) { return false; },
-      [=](credit_atom, const std::string& name, bool, double, int64_t) {
+      [=](credit_atom, const std::string& name, uint8_t, double compute_s, int64_t) {
         self->state.credited.push_back(name);
+        self->state.compute_s.push_back(compute_s);
       },
       [](reject_atom, const std::string&, std::string&) {},
-      [=](caf::get_atom) { return self->state.credited; },
+      [=](caf::get_atom) -> caf::result<std::vector<std::string>, std::vector<double>> {
+        return {self->state.credited, self->state.compute_s};
+      },
   };
 }
 
@@ -144,8 +151,11 @@ TEST_SUITE("job caught nodes") {
     const char* names[] = {"volunteer", "core-node"};
     for (int i = 0; i < 2; ++i) {
       auto key = std::make_shared<node_identity>(node_identity::generate());
+      // The core-tier node claims an absurd compute time: it is credited the time the core
+      // saw its assignment take, as it is paid.
       slots[i].worker =
-          f.sys.spawn(signing_worker, key, parameters, std::chrono::milliseconds(i == 0 ? 0 : 500));
+          f.sys.spawn(signing_worker, key, parameters, std::chrono::milliseconds(i == 0 ? 0 : 500),
+                      i == 0 ? 0.01 : 1e300);
       slots[i].node_id = "n" + std::to_string(i);
       slots[i].node_name = names[i];
       slots[i].tier = static_cast<uint8_t>(i == 0 ? node_tier::community : node_tier::core);
@@ -200,10 +210,17 @@ TEST_SUITE("job caught nodes") {
     CHECK_FALSE(down);
     CHECK(committed);
     std::vector<std::string> credited;
+    std::vector<double> compute_s;
     f.self->request(links.reputation, std::chrono::seconds(10), caf::get_atom::value)
-        .receive([&](std::vector<std::string>& c) { credited = std::move(c); },
-                 [&](caf::error& e) { FAIL(f.sys.render(e)); });
+        .receive(
+            [&](std::vector<std::string>& c, std::vector<double>& s) {
+              credited = std::move(c);
+              compute_s = std::move(s);
+            },
+            [&](caf::error& e) { FAIL(f.sys.render(e)); });
     CHECK(std::count(credited.begin(), credited.end(), "volunteer") == 0);
+    REQUIRE(credited.size() == 1);
+    CHECK(compute_s[0] < 10.0);
 
     for (const auto& a :
          {job, links.market, links.reputation, links.store, slots[0].worker, slots[1].worker})

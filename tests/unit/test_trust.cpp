@@ -63,11 +63,11 @@ TEST_SUITE("reputation") {
     CHECK(r.score() == doctest::Approx(0.5));
     for (int64_t i = 0; i < policy.trust_after; ++i) {
       CHECK(r.verify_probability(policy) == 1.0);
-      r.on_validated(policy, true, 1.0);
+      r.on_validated(policy, result_check::verified, 1.0);
     }
     CHECK(r.streak == policy.trust_after);
     CHECK(r.verify_probability(policy) == doctest::Approx(1.0 / policy.trust_after));
-    while (r.streak < 1000) r.on_validated(policy, false, 1.0);
+    while (r.streak < 1000) r.on_validated(policy, result_check::cleared, 1.0);
     CHECK(r.verify_probability(policy) == policy.floor);
     CHECK(r.validated == 1000);
     CHECK(r.verified == static_cast<uint64_t>(policy.trust_after));
@@ -76,11 +76,29 @@ TEST_SUITE("reputation") {
     CHECK(r.score() < 1.0);
   }
 
+  TEST_CASE("results used unverified never end a new identity's probation") {
+    // With no core-tier worker free and --unverified accept, a new identity's sampled results
+    // are used without a re-computation: they prove nothing of it.
+    reputation_policy policy;
+    reputation r;
+    r.name = "newcomer";
+    for (int i = 0; i < 3 * policy.trust_after; ++i)
+      r.on_validated(policy, result_check::unverified, 1.0);
+    CHECK(r.streak == 0);
+    CHECK(r.verify_probability(policy) == 1.0);
+    CHECK(r.validated == static_cast<uint64_t>(3 * policy.trust_after));
+    CHECK(r.verified == 0);
+    // Its first verified results do.
+    for (int64_t i = 0; i < policy.trust_after; ++i)
+      r.on_validated(policy, result_check::verified, 1.0);
+    CHECK(r.verify_probability(policy) < 1.0);
+  }
+
   TEST_CASE("a caught node loses streak and score, is flagged and checked every time") {
     reputation_policy policy;
     reputation r;
     r.name = "n";
-    for (int i = 0; i < 100; ++i) r.on_validated(policy, false, 0.5);
+    for (int i = 0; i < 100; ++i) r.on_validated(policy, result_check::cleared, 0.5);
     double credited = r.credited_s;
     r.on_rejected(policy, "signflip");
     CHECK(r.flagged);
