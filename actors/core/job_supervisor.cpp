@@ -65,12 +65,20 @@ struct queued_fetch {
   caf::typed_response_promise<model_part> promise;
 };
 
+/// An upload and how many parts it has taken: a timer set at each part drops the upload if
+/// no other came by its end (a client stopped mid-way holds up to a gigabyte here, and two
+/// such uploads would refuse every further push of the account).
+struct upload_in_progress {
+  data_upload upload;
+  uint64_t parts_taken = 0;
+};
+
 struct job_supervisor_state {
   std::chrono::steady_clock::time_point mailbox_noted{};  // core_metrics::note_mailbox
   std::map<std::string, job_entry> jobs;
   /// Users' data sets: stored, and uploads in progress (in memory until their last part).
   std::map<data_set_id, data_set_info> data_sets;
-  std::map<data_set_id, data_upload> uploads;
+  std::map<data_set_id, upload_in_progress> uploads;
   user_data_limits data_limits;
   uint64_t next_id = 1;
   /// Whether the stored job records have been read (and `next_id` raised past theirs).
@@ -832,24 +840,30 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links) {
                 error(errc::limit_exceeded, who + " has " + std::to_string(owned) +
                                                 " data sets and " + std::to_string(uploading) +
                                                 " uploads in progress: remove one first"));
-          st.uploads.emplace(id, data_upload(who, name, part.count, st.data_limits));
+          st.uploads.emplace(
+              id, upload_in_progress{data_upload(who, name, part.count, st.data_limits)});
         }
         auto it = st.uploads.find(id);
         if (it == st.uploads.end())
           return to_caf(
               error(errc::invalid_argument,
                     "data set '" + name + "': no upload in progress (send part 0 first)"));
-        if (auto ok = it->second.add(part); !ok) {
+        auto& upload = it->second.upload;
+        if (auto ok = upload.add(part); !ok) {
           st.uploads.erase(it);
           return to_caf(ok.error());
         }
-        if (!it->second.complete()) return it->second.info();
-        auto info = it->second.finish();
+        if (!upload.complete()) {
+          self->delayed_send(self, st.links.upload_idle, expire_atom::value, who, name,
+                             ++it->second.parts_taken);
+          return upload.info();
+        }
+        auto info = upload.finish();
         if (!info) {
           st.uploads.erase(it);
           return to_caf(info.error());
         }
-        auto chunks = it->second.chunks();
+        auto chunks = upload.chunks();
         st.uploads.erase(it);
         // In memory first: a set the catalog refuses is never stored (a stored one is loaded
         // again at every start).
@@ -895,6 +909,17 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links) {
                 });
         return rp;
       },
+      // An upload's timer: no part came since part `parts` (an upload finished or started
+      // afresh since is another).
+      [=](expire_atom, const std::string& who, const std::string& name, uint64_t parts) {
+        if (self->current_sender() != self->ctrl()) return;
+        auto& st = self->state;
+        auto it = st.uploads.find({who, name});
+        if (it == st.uploads.end() || it->second.parts_taken != parts) return;
+        spdlog::info("data set {}/{}: upload dropped after {} parts, none for {} ms", who, name,
+                     it->second.upload.info().parts_received, st.links.upload_idle.count());
+        st.uploads.erase(it);
+      },
       [=](dlist_atom, const std::string& who) {
         std::vector<data_set_info> out;
         for (const auto& [key, info] : self->state.data_sets)
@@ -903,8 +928,13 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links) {
       },
       [=](drm_atom, const std::string& who, const std::string& name) -> caf::result<caf::ok_atom> {
         const data_set_id id{who, name};
-        if (self->state.data_sets.count(id) == 0)
+        // An upload of that name in progress goes too (a push given up on, whose parts the
+        // core would otherwise hold until its timer ends).
+        const bool was_uploading = self->state.uploads.erase(id) != 0;
+        if (self->state.data_sets.count(id) == 0) {
+          if (was_uploading) return caf::ok_atom::value;
           return to_caf(error(errc::invalid_argument, who + " has no data set '" + name + "'"));
+        }
         // The manifest goes, and the shards no other data set names (running jobs hold
         // their data in memory until they end).
         store_batch batch;

@@ -44,13 +44,15 @@ struct store_fixture : test::configured_system {
   caf::actor store;
   caf::actor supervisor;
 
-  explicit store_fixture(std::map<std::string, std::vector<uint8_t>> kept = {}) {
+  explicit store_fixture(std::map<std::string, std::vector<uint8_t>> kept = {},
+                         std::chrono::milliseconds upload_idle = std::chrono::minutes(10)) {
     test::failing_store_state st;
     st.kept = std::move(kept);
     store = sys.spawn(test::failing_store, std::move(st));
     job_links links;
     links.store = store;
     links.catalog = std::make_shared<data_catalog>();
+    links.upload_idle = upload_idle;
     supervisor = spawn_job_supervisor(sys, links);
   }
   ~store_fixture() {
@@ -64,6 +66,15 @@ struct store_fixture : test::configured_system {
       self->request(supervisor, wait, dpush_atom::value, alice, name,
                     data_part{i, 2, i == 1, i == 0 ? train : test})
           .receive([](data_set_info&) {}, [&](caf::error& e) { FAIL(sys.render(e)); });
+  }
+  // Part `index` of a `count`-part upload of `name`: "" when taken, else the refusal.
+  std::string push_part(const std::string& name, uint32_t index, uint32_t count,
+                        const std::vector<uint8_t>& shard) {
+    std::string refusal;
+    self->request(supervisor, wait, dpush_atom::value, alice, name,
+                  data_part{index, count, false, shard})
+        .receive([](data_set_info&) {}, [&](caf::error& e) { refusal = sys.render(e); });
+    return refusal;
   }
   void remove(const std::string& name) {
     self->request(supervisor, wait, drm_atom::value, alice, name)
@@ -100,6 +111,32 @@ TEST_SUITE("data set store") {
     CHECK(gone.count(chunk(t1)) == 1);
     CHECK(gone.count(chunk(e2)) == 0);  // the new b names it
     CHECK(gone.count(chunk(t3)) == 0);
+  }
+
+  TEST_CASE("an upload given up on goes with its data set's removal, or once idle") {
+    // Before, an upload stopped mid-way (Ctrl-C, a part that timed out) stayed in the core's
+    // memory for good, and two of them refused every further push of the account.
+    store_fixture f({}, std::chrono::milliseconds(800));
+    const auto t = shard_of(test::samples(10));
+    REQUIRE(f.push_part("a", 0, 3, t).empty());
+    REQUIRE(f.push_part("b", 0, 3, t).empty());
+    auto third = f.push_part("c", 0, 3, t);
+    CHECK_MESSAGE(third.find("2 uploads in progress") != std::string::npos, third);
+    f.remove("a");  // no such data set, but its upload
+    CHECK(f.push_part("c", 0, 3, t).empty());
+    CHECK(f.push_part("a", 1, 3, t).find("no upload in progress") != std::string::npos);
+    // Parts keep an upload alive (c); without them it is dropped (b).
+    const auto t2 = shard_of(test::samples(11));
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    CHECK(f.push_part("c", 1, 3, t2).empty());
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    CHECK(f.push_part("b", 1, 3, t2).find("no upload in progress") != std::string::npos);
+    CHECK(f.push_part("d", 0, 3, t).empty());
+    CHECK(f.push_part("e", 0, 3, t).find("2 uploads in progress") != std::string::npos);
+    std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+    CHECK(f.push_part("c", 2, 3, t).find("no upload in progress") != std::string::npos);
+    CHECK(f.push_part("e", 0, 3, t).empty());
+    CHECK(f.push_part("f", 0, 3, t).empty());
   }
 
   TEST_CASE("shards no stored set names are deleted at start") {
