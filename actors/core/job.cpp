@@ -942,14 +942,18 @@ void try_advance(job_actor* self) {
     }
   }
   auto& s = st.job.status;
-  double loss_sum = 0.0;
+  // The round's training loss is the median of what the nodes report, of the results used:
+  // a loss is a node's claim, and one node's 1e300 (or 0) would make the mean what it says.
+  std::vector<double> losses;
   std::set<std::string> nodes;
   for (const auto& [shard, r] : st.results) {
-    loss_sum += r.loss;
+    if (!r.excluded) losses.push_back(r.loss);
     nodes.insert(r.slot.node_id);
   }
+  if (losses.empty())
+    for (const auto& [shard, r] : st.results) losses.push_back(r.loss);
   s.round += 1;
-  s.train_loss = loss_sum / static_cast<double>(st.results.size());
+  s.train_loss = median_of(losses);
   s.nodes = static_cast<int64_t>(nodes.size());
   u.results = std::move(st.results);
   st.results.clear();

@@ -11,9 +11,8 @@
 
 namespace gflex {
 
-namespace {
-
 double median_of(std::vector<double> v) {
+  if (v.empty()) return 0.0;
   auto mid = v.begin() + static_cast<std::ptrdiff_t>(v.size() / 2);
   std::nth_element(v.begin(), mid, v.end());
   if (v.size() % 2 == 1) return *mid;
@@ -21,6 +20,8 @@ double median_of(std::vector<double> v) {
   double lower = *std::max_element(v.begin(), mid);
   return 0.5 * (lower + upper);
 }
+
+namespace {
 
 std::vector<double> norms_of(const std::vector<std::span<const float>>& updates) {
   std::vector<double> norms(updates.size());

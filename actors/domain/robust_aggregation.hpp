@@ -14,6 +14,9 @@ namespace gflex {
 
 double l2_norm(std::span<const float> x) noexcept;
 
+/// The median (the mean of the middle two for an even count); 0 for none.
+double median_of(std::vector<double> values);
+
 /// |claimed - reference| / |reference| (L2). 0 when both are zero, infinity when only the
 /// reference is; sizes must match (a caller bug otherwise).
 double relative_distance(std::span<const float> claimed, std::span<const float> reference);

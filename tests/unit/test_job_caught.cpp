@@ -5,10 +5,13 @@
 /// core's memory), and discarding the caught node's result then rolled back anyway: a
 /// GFLEX_CHECK aborted the whole core, with every job and session in it. Now the round stays
 /// applied, and the caught node's result in it is neither paid nor credited.
+/// And the figures a node reports of its result: its loss (the round's is their median) and
+/// its compute time (credited as the core saw it, not as claimed).
 
 #include <doctest/doctest.h>
 
 #include <algorithm>
+#include <optional>
 
 #include "gflex/runtime/identity.hpp"
 #include "gflex/runtime/job_spec.hpp"
@@ -20,16 +23,21 @@ using namespace gflex::test;
 
 namespace {
 
-// A result that claims `compute_s` seconds of compute.
+// What a worker's results say of themselves.
+struct claims {
+  double compute_s = 0.01;
+  double loss = 1.0;
+};
+
 assignment_result signed_result(const node_identity& key, uint64_t id, size_t parameters,
-                                double compute_s) {
+                                claims said) {
   assignment_result r;
   r.assignment_id = id;
   const std::vector<float> delta(parameters, 0.001f);
   r.update = encode_update(delta, compression::fp32);
-  r.loss = 1.0;
+  r.loss = said.loss;
   r.samples = 12;
-  r.compute_s = compute_s;
+  r.compute_s = said.compute_s;
   r.signature = key.sign(result_message(id, r.update));
   return r;
 }
@@ -40,10 +48,10 @@ struct held_results {
 };
 
 // A worker of node `key` that answers every assignment with a small signed update, `delay`
-// after it came, claiming `compute_s` seconds of compute.
+// after it came, saying `said` of it.
 caf::behavior signing_worker(caf::stateful_actor<held_results>* self,
                              std::shared_ptr<node_identity> key, size_t parameters,
-                             std::chrono::milliseconds delay, double compute_s) {
+                             std::chrono::milliseconds delay, claims said) {
   return {
       [=](assign_atom, assignment& a) -> caf::result<assignment_result> {
         auto rp = self->make_response_promise<assignment_result>();
@@ -54,7 +62,7 @@ caf::behavior signing_worker(caf::stateful_actor<held_results>* self,
       [=](caf::put_atom, uint64_t id) {
         auto it = self->state.held.find(id);
         if (it == self->state.held.end()) return;
-        it->second.deliver(signed_result(*key, id, parameters, compute_s));
+        it->second.deliver(signed_result(*key, id, parameters, said));
         self->state.held.erase(it);
         ++self->state.answered;
       },
@@ -132,37 +140,42 @@ std::shared_ptr<data_catalog> catalog_of(const failing_store_state& st) {
   return catalog;
 }
 
-}  // namespace
+// A node of the job's round: its name, tier, how long it takes and what it says.
+struct test_node {
+  std::string name;
+  node_tier tier = node_tier::core;
+  std::chrono::milliseconds delay{0};
+  claims said;
+};
 
-TEST_SUITE("job caught nodes") {
-  TEST_CASE("a node caught elsewhere while a round is applied past rollback: the core stays up") {
-    configured_system f;
+// Alice's job-1 (k_spec with `rounds` and `workers`, on a data set of `workers` training
+// shards), resumed at round 2 and spawned directly, its supervisor played by the test: a
+// holding_market offers one worker slot per node of `nodes`, a noting_reputation samples none.
+struct resumed_job {
+  configured_system f;
+  std::vector<worker_slot> slots;
+  job_links links;
+  caf::actor job;
+
+  resumed_job(int rounds, const std::vector<test_node>& nodes) {
     std::string spec_text = k_spec;
-    spec_text.replace(spec_text.find("rounds = 3\nworkers = 1"), 22, "rounds = 6\nworkers = 2");
-    auto stored = stored_job(2, spec_text, 2);
+    spec_text.replace(
+        spec_text.find("rounds = 3\nworkers = 1"), 22,
+        "rounds = " + std::to_string(rounds) + "\nworkers = " + std::to_string(nodes.size()));
+    auto stored = stored_job(2, spec_text, static_cast<uint32_t>(nodes.size()));
     auto spec = parse_job_spec(spec_text, "test");
     REQUIRE(spec.has_value());
-
-    // A hybrid round: a volunteer's result, cleared at once (not sampled), then a core-tier
-    // node's, trusted. The round is applied at the second: nothing in it can still be
-    // re-computed, so nothing to roll back to is kept.
     const size_t parameters = 4 * 3 + 3;
-    std::vector<worker_slot> slots(2);
-    const char* names[] = {"volunteer", "core-node"};
-    for (int i = 0; i < 2; ++i) {
+    for (size_t i = 0; i < nodes.size(); ++i) {
       auto key = std::make_shared<node_identity>(node_identity::generate());
-      // The core-tier node claims an absurd compute time: it is credited the time the core
-      // saw its assignment take, as it is paid.
-      slots[i].worker =
-          f.sys.spawn(signing_worker, key, parameters, std::chrono::milliseconds(i == 0 ? 0 : 500),
-                      i == 0 ? 0.01 : 1e300);
-      slots[i].node_id = "n" + std::to_string(i);
-      slots[i].node_name = names[i];
-      slots[i].tier = static_cast<uint8_t>(i == 0 ? node_tier::community : node_tier::core);
-      slots[i].public_key = key->public_key();
+      worker_slot slot;
+      slot.worker = f.sys.spawn(signing_worker, key, parameters, nodes[i].delay, nodes[i].said);
+      slot.node_id = "n" + std::to_string(i);
+      slot.node_name = nodes[i].name;
+      slot.tier = static_cast<uint8_t>(nodes[i].tier);
+      slot.public_key = key->public_key();
+      slots.push_back(slot);
     }
-
-    job_links links;
     links.store = f.sys.spawn(failing_store, stored);
     links.market = f.sys.spawn(holding_market, slots);
     links.reputation = f.sys.spawn(noting_reputation);
@@ -179,8 +192,44 @@ TEST_SUITE("job caught nodes") {
     start.status.rounds = spec->rounds;
     start.checkpoint = stored.kept.at(job_checkpoint_key("job-1"));
     start.from = job_start::origin::resumed;
-    auto job = spawn_job(f.sys, std::move(start), links);
+    job = spawn_job(f.sys, std::move(start), links);
     f.self->monitor(job);
+  }
+  ~resumed_job() {
+    for (const auto& a : {job, links.market, links.reputation, links.store})
+      f.self->send_exit(a, caf::exit_reason::user_shutdown);
+    for (const auto& s : slots) f.self->send_exit(s.worker, caf::exit_reason::user_shutdown);
+  }
+
+  // The job's status once it has committed `round`; nullopt if it went down or took over
+  // `seconds`.
+  std::optional<job_status> committed(int64_t round, int seconds = 10) {
+    std::optional<job_status> out;
+    bool down = false;
+    for (int tries = 0; tries < seconds * 20 && !down && !out; ++tries)
+      f.self->receive([&](const caf::down_msg&) { down = true; },
+                      [&](progress_atom, job_status& s) {
+                        if (s.round >= round) out = std::move(s);
+                      },
+                      caf::after(std::chrono::milliseconds(50)) >> [] {});
+    return out;
+  }
+};
+
+}  // namespace
+
+TEST_SUITE("job caught nodes") {
+  TEST_CASE("a node caught elsewhere while a round is applied past rollback: the core stays up") {
+    // A hybrid round: a volunteer's result, cleared at once (not sampled), then a core-tier
+    // node's, trusted. The round is applied at the second: nothing in it can still be
+    // re-computed, so nothing to roll back to is kept. The core-tier node claims an absurd
+    // compute time: it is credited the time the core saw its assignment take, as it is paid.
+    resumed_job r(6, {{"volunteer", node_tier::community, std::chrono::milliseconds(0), {}},
+                      {"core-node", node_tier::core, std::chrono::milliseconds(500), {1e300}}});
+    auto& f = r.f;
+    auto& links = r.links;
+    auto& slots = r.slots;
+    auto& job = r.job;
 
     // Round 3 is applied once the core-tier node answers; the job then waits for workers (a
     // backup of that node's slow shard, then round 4's), the round unconfirmed.
@@ -201,14 +250,7 @@ TEST_SUITE("job caught nodes") {
     f.self->send(links.market, caf::put_atom::value);
 
     // The job lives on, and confirms round 3 without crediting the caught node.
-    bool down = false, committed = false;
-    for (int tries = 0; tries < 100 && !down && !committed; ++tries) {
-      f.self->receive([&](const caf::down_msg&) { down = true; },
-                      [&](progress_atom, job_status& s) { committed = s.round >= 3; },
-                      caf::after(std::chrono::milliseconds(50)) >> [] {});
-    }
-    CHECK_FALSE(down);
-    CHECK(committed);
+    CHECK(r.committed(3).has_value());
     std::vector<std::string> credited;
     std::vector<double> compute_s;
     f.self->request(links.reputation, std::chrono::seconds(10), caf::get_atom::value)
@@ -221,9 +263,16 @@ TEST_SUITE("job caught nodes") {
     CHECK(std::count(credited.begin(), credited.end(), "volunteer") == 0);
     REQUIRE(credited.size() == 1);
     CHECK(compute_s[0] < 10.0);
+  }
 
-    for (const auto& a :
-         {job, links.market, links.reputation, links.store, slots[0].worker, slots[1].worker})
-      f.self->send_exit(a, caf::exit_reason::user_shutdown);
+  TEST_CASE("one node's reported loss is not the round's") {
+    // A loss is a node's claim: the round's is the median of the results used, not a mean
+    // that one node's 1e300 makes whatever it says.
+    resumed_job r(3, {{"a", node_tier::core, std::chrono::milliseconds(0), {0.01, 0.75}},
+                      {"b", node_tier::core, std::chrono::milliseconds(0), {0.01, 0.5}},
+                      {"liar", node_tier::core, std::chrono::milliseconds(0), {0.01, 1e300}}});
+    auto s = r.committed(3);
+    REQUIRE(s.has_value());
+    CHECK(s->train_loss == doctest::Approx(0.75));
   }
 }
