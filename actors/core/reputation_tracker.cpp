@@ -23,6 +23,7 @@ struct tracker_state {
   caf::actor market;
   caf::actor gate;  // the gatekeeper: bans a caught node's key and tokens
   std::map<std::string, reputation> records;
+  std::map<std::string, std::set<std::string>> names_of_key;  // by public key hex
   std::set<std::string> dirty;
   bool flush_scheduled = false;
   rng draw{0};
@@ -93,6 +94,7 @@ caf::behavior tracker(tracker_actor* self, caf::actor store, caf::actor market, 
               }
               if (r->flagged) self->send(st.market, bar_atom::value, r->name);
               self->send(st.market, score_atom::value, r->name, r->score());
+              if (!r->public_key.empty()) st.names_of_key[r->public_key].insert(r->name);
               st.records[r->name] = std::move(*r);
             }
             spdlog::debug("reputation: {} node record(s) loaded", st.records.size());
@@ -104,12 +106,21 @@ caf::behavior tracker(tracker_actor* self, caf::actor store, caf::actor market, 
   return {
       [=](hello_atom, const std::string& name, uint8_t tier,
           const std::string& key) -> caf::result<caf::ok_atom> {
-        auto& r = record_of(self, name);
+        auto& st = self->state;
+        auto known = st.records.find(name);
         // A name belongs to the key it first joined with: nobody else may take it (and its
         // reputation and payouts).
-        if (!r.public_key.empty() && r.public_key != key)
+        if (known != st.records.end() && !known->second.public_key.empty() &&
+            known->second.public_key != key)
           return to_caf(
               error(errc::permission_denied, "the name " + name + " belongs to another node key"));
+        if (auto& names = st.names_of_key[key];
+            names.count(name) == 0 && names.size() >= max_names_per_key)
+          return to_caf(error(errc::permission_denied,
+                              "this node key has joined under " + std::to_string(names.size()) +
+                                  " names already, the most one key may have"));
+        auto& r = record_of(self, name);
+        st.names_of_key[key].insert(name);
         auto t =
             tier == static_cast<uint8_t>(node_tier::core) ? node_tier::core : node_tier::community;
         if (r.tier != t || r.public_key != key) {
@@ -138,8 +149,20 @@ caf::behavior tracker(tracker_actor* self, caf::actor store, caf::actor market, 
         if (first) {
           self->send(self->state.market, bar_atom::value, name);
           // Its key is banned and its tokens revoked: it cannot come back as someone else.
-          if (!r.public_key.empty())
+          if (!r.public_key.empty()) {
             self->send(self->state.gate, bar_atom::value, r.public_key, name);
+            // Nor go on as the other names of its key, already joined.
+            auto it = self->state.names_of_key.find(r.public_key);
+            for (const auto& other :
+                 it == self->state.names_of_key.end() ? std::set<std::string>{} : it->second) {
+              auto& sibling = record_of(self, other);
+              if (other == name || sibling.flagged) continue;
+              spdlog::warn("node {} flagged: its node key was caught as {}", other, name);
+              sibling.on_rejected(self->state.policy, "its node key was caught as " + name);
+              self->send(self->state.market, bar_atom::value, other);
+              self->state.dirty.insert(other);
+            }
+          }
         }
         changed(self, name, true);
       },

@@ -7,7 +7,8 @@
 /// Protocol:
 /// - (hello_atom, name, tier, public key hex) -> ok_atom from the core supervisor: a node
 ///   joins; a new name gets a record (untrusted) bound to its key; a name bound to another
-///   key is refused (permission_denied).
+///   key, and a new name for a key that names max_names_per_key already, are refused
+///   (permission_denied).
 /// - (sample_atom, name) -> bool: whether to re-compute this result of the node (drawn with
 ///   the node's verification probability).
 /// - (credit_atom, name, check, compute_s, earned): a result of the node was applied in a
@@ -16,7 +17,8 @@
 ///   to its earnings.
 /// - (reject_atom, name, reason): a result of the node was refused. The node is flagged, the
 ///   market told to bar it (bar_atom, name), and the gatekeeper to ban its key and the tokens
-///   it joined with (bar_atom, key, name).
+///   it joined with (bar_atom, key, name). Every other name of its key is flagged and barred
+///   with it: one key behind many names is one cheat.
 /// - (nodes_atom) -> vector<node_status>: every record, reputation fields filled in.
 /// - (update_atom, "market" | "store" | "gate", actor): a restarted sibling; a new market is told
 ///   every barred node and every score again.
@@ -29,6 +31,11 @@
 #include "reputation.hpp"
 
 namespace gflex {
+
+/// The names one node key may join under: a volunteer runs a few nodes with one key, and a
+/// key behind thousands of names would squat common host names (an honest node of that name
+/// is refused) and fill the store with records.
+inline constexpr size_t max_names_per_key = 16;
 
 caf::actor spawn_reputation_tracker(caf::actor_system& sys, caf::actor store, caf::actor market,
                                     caf::actor gate, reputation_policy policy);

@@ -1,0 +1,104 @@
+/// @file
+/// The reputation tracker's bindings of names to node keys: a key joins under a bounded
+/// number of names, and a key caught as one of them is caught as all of them. Before, one key
+/// could take thousands of names (squatting the host names honest nodes use, a stored record
+/// each), and when one was caught the others, already joined, kept getting work.
+
+#include <doctest/doctest.h>
+
+#include <caf/all.hpp>
+
+#include <algorithm>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "job_fixture.hpp"
+#include "reputation_tracker.hpp"
+
+using namespace gflex;
+using namespace gflex::test;
+
+namespace {
+
+struct barred_state {
+  std::set<std::string> names;
+};
+
+// A market that notes the names it is told to bar; (caf::get_atom) -> them.
+caf::behavior noting_market(caf::stateful_actor<barred_state>* self) {
+  return {
+      [=](bar_atom, const std::string& name) { self->state.names.insert(name); },
+      [](score_atom, const std::string&, double) {},
+      [=](caf::get_atom) {
+        return std::vector<std::string>(self->state.names.begin(), self->state.names.end());
+      },
+  };
+}
+
+caf::behavior silent_gate(caf::event_based_actor*) {
+  return {[](bar_atom, const std::string&, const std::string&) {}};
+}
+
+struct tracker_fixture : configured_system {
+  caf::actor store = sys.spawn(failing_store, failing_store_state{});
+  caf::actor market = sys.spawn(noting_market);
+  caf::actor gate = sys.spawn(silent_gate);
+  caf::actor tracker = spawn_reputation_tracker(sys, store, market, gate, reputation_policy{});
+  ~tracker_fixture() {
+    for (const auto& a : {tracker, gate, market, store})
+      self->send_exit(a, caf::exit_reason::user_shutdown);
+  }
+
+  // "" when the hello is taken, else the refusal.
+  std::string hello(const std::string& name, const std::string& key) {
+    std::string refusal;
+    self->request(tracker, std::chrono::seconds(10), hello_atom::value, name, uint8_t{0}, key)
+        .receive([](caf::ok_atom) {}, [&](caf::error& e) { refusal = sys.render(e); });
+    return refusal;
+  }
+  std::vector<std::string> barred() {
+    std::vector<std::string> out;
+    self->request(market, std::chrono::seconds(10), caf::get_atom::value)
+        .receive([&](std::vector<std::string>& names) { out = std::move(names); },
+                 [&](caf::error& e) { FAIL(sys.render(e)); });
+    return out;
+  }
+};
+
+const std::string key_k(64, 'a'), key_l(64, 'b');
+
+}  // namespace
+
+TEST_SUITE("reputation tracker") {
+  TEST_CASE("a node key joins under at most max_names_per_key names") {
+    tracker_fixture f;
+    for (size_t i = 0; i < max_names_per_key; ++i)
+      CHECK(f.hello("host-" + std::to_string(i), key_k).empty());
+    auto refused = f.hello("ubuntu", key_k);
+    CHECK_MESSAGE(refused.find("names already") != std::string::npos, refused);
+    CHECK(f.hello("host-0", key_k).empty());  // its own names still come back
+    CHECK(f.hello("ubuntu", key_l).empty());  // the name is free for another key
+  }
+
+  TEST_CASE("a key caught as one name is caught as every name it joined under") {
+    tracker_fixture f;
+    for (const auto* name : {"k1", "k2", "k3"}) REQUIRE(f.hello(name, key_k).empty());
+    REQUIRE(f.hello("honest", key_l).empty());
+    f.self->send(f.tracker, reject_atom::value, std::string("k2"), std::string("a forged result"));
+    std::vector<std::string> barred;
+    for (int tries = 0; tries < 50 && barred.size() < 3; ++tries) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      barred = f.barred();
+    }
+    CHECK(barred == std::vector<std::string>{"k1", "k2", "k3"});
+    std::vector<node_status> nodes;
+    f.self->request(f.tracker, std::chrono::seconds(10), nodes_atom::value)
+        .receive([&](std::vector<node_status>& n) { nodes = std::move(n); },
+                 [&](caf::error& e) { FAIL(f.sys.render(e)); });
+    for (const auto& n : nodes) {
+      CHECK_MESSAGE(n.flagged == (n.name != "honest"), n.name);
+      if (n.name == "k1") CHECK(n.last_rejection == "its node key was caught as k2");
+    }
+  }
+}
