@@ -55,14 +55,17 @@ extern "C" void on_stop_signal(int sig) {
   received_signal.store(sig);
 }
 
+// The handlers are the caller's again once the watcher goes, and a signal taken by one run
+// does not stop the next (an embedding program's Ctrl-C, a second run_core).
 class signal_watcher {
  public:
   signal_watcher() {
+    received_signal.store(0);
     struct sigaction action {};
     action.sa_handler = on_stop_signal;
     sigemptyset(&action.sa_mask);
-    sigaction(SIGINT, &action, nullptr);
-    sigaction(SIGTERM, &action, nullptr);
+    sigaction(SIGINT, &action, &old_int_);
+    sigaction(SIGTERM, &action, &old_term_);
   }
   void start(caf::actor owner) {
     thread_ = std::thread([this, owner] {
@@ -79,11 +82,16 @@ class signal_watcher {
   ~signal_watcher() {
     done_ = true;
     if (thread_.joinable()) thread_.join();
+    sigaction(SIGINT, &old_int_, nullptr);
+    sigaction(SIGTERM, &old_term_, nullptr);
+    received_signal.store(0);
   }
 
  private:
   std::atomic<bool> done_{false};
   std::thread thread_;
+  struct sigaction old_int_ {};
+  struct sigaction old_term_ {};
 };
 
 // Waits until a signal arrives, `watched` goes down, or someone sends (stop_atom, code, why).

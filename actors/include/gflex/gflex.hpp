@@ -150,10 +150,10 @@ struct node_config {
 /// fingerprint. Refuses, changing nothing, when the directory already has credentials.
 expected<std::string> init_core(const std::filesystem::path& data_dir);
 
-/// Runs a core until SIGINT or SIGTERM; returns the process exit code. Blocks the signals
-/// in the calling thread (call before starting other threads). The data directory must
-/// have been made by init_core: the operator key is read from it, and (unless `insecure`)
-/// the TLS credentials.
+/// Runs a core until SIGINT or SIGTERM; returns the process exit code. While it runs, its
+/// own handlers take the two signals (in any thread); the caller's are put back when it
+/// returns. The data directory must have been made by init_core: the operator key is read
+/// from it, and (unless `insecure`) the TLS credentials.
 int run_core(const core_config& config);
 
 class client;
@@ -181,7 +181,12 @@ using core_service_starter =
 int run_core(const core_config& config, const core_service_starter& start);
 
 /// Runs a node joined to the core at host:port until SIGINT or SIGTERM, reconnecting when
-/// the core goes away; returns the exit code (non-zero when the core refuses the node).
+/// the core goes away, then ends the process with its exit code (non-zero when the core
+/// refuses the node): it does not return once the node has started. CAF 0.17's teardown
+/// would wait for the core to drop its proxies of the node's workers, after a refused hello
+/// for ever, so the node flushes its logs and calls std::_Exit. Run it in a process of its
+/// own (gflex-node does); it returns only when the node cannot start (1 without the peer
+/// guards, 2 for bad TLS credentials or a configuration it cannot start).
 int run_node(const node_config& config, const std::string& host, uint16_t port);
 
 /// How a client reaches a core and who it is there.

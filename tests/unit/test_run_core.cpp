@@ -1,0 +1,86 @@
+/// @file
+/// run_core in a program that embeds it: SIGINT and SIGTERM stop it, and once it returns the
+/// program's own handlers take them again. Before, its handlers stayed installed (the
+/// program's Ctrl-C no longer stopped the program) and the signal stayed noted, so a second
+/// run_core stopped as soon as it started.
+
+#include <doctest/doctest.h>
+
+#include <signal.h>
+
+#include <atomic>
+#include <chrono>
+#include <future>
+#include <memory>
+#include <thread>
+
+#include "gflex/gflex.hpp"
+#include "temp_dir.hpp"
+
+using namespace gflex;
+
+namespace {
+
+std::atomic<int> program_saw{0};
+extern "C" void program_handler(int sig) {
+  program_saw.store(sig);
+}
+
+struct nothing_beside : core_service {};
+
+// Runs a core on a thread; `listening` is ready once it serves.
+struct running_core {
+  std::promise<void> listening;
+  std::future<int> code;
+
+  explicit running_core(const core_config& config) {
+    auto ready = listening.get_future();
+    code = std::async(std::launch::async, [this, config] {
+      return run_core(config, [this](local_core&) -> expected<std::unique_ptr<core_service>> {
+        listening.set_value();
+        return std::unique_ptr<core_service>(std::make_unique<nothing_beside>());
+      });
+    });
+    REQUIRE(ready.wait_for(std::chrono::seconds(60)) == std::future_status::ready);
+  }
+};
+
+}  // namespace
+
+TEST_CASE("run_core stops on SIGTERM and gives the program its handlers back") {
+  test::temp_dir dir;
+  REQUIRE(init_core(dir.path()).has_value());
+  core_config config;
+  config.data_dir = dir.path();
+  config.port = 0;
+  config.insecure = true;
+
+  struct sigaction mine {
+  }, old{};
+  mine.sa_handler = program_handler;
+  sigemptyset(&mine.sa_mask);
+  REQUIRE(sigaction(SIGTERM, &mine, &old) == 0);
+
+  {
+    running_core first(config);
+    ::raise(SIGTERM);
+    REQUIRE(first.code.wait_for(std::chrono::seconds(60)) == std::future_status::ready);
+    CHECK(first.code.get() == 0);
+  }
+  CHECK(program_saw.load() == 0);  // the core's handler took it, not the program's
+  struct sigaction now {};
+  REQUIRE(sigaction(SIGTERM, nullptr, &now) == 0);
+  CHECK(reinterpret_cast<void*>(now.sa_handler) == reinterpret_cast<void*>(&program_handler));
+  ::raise(SIGTERM);
+  CHECK(program_saw.load() == SIGTERM);
+
+  // A second run is not stopped by the first one's signal.
+  {
+    running_core second(config);
+    CHECK(second.code.wait_for(std::chrono::seconds(1)) == std::future_status::timeout);
+    ::raise(SIGTERM);
+    REQUIRE(second.code.wait_for(std::chrono::seconds(60)) == std::future_status::ready);
+    CHECK(second.code.get() == 0);
+  }
+  sigaction(SIGTERM, &old, nullptr);
+}
