@@ -187,6 +187,7 @@ using pckpt_atom = caf::atom_constant<caf::atom("pckpt")>;
 using pkill_atom = caf::atom_constant<caf::atom("pkill")>;
 using prun_atom = caf::atom_constant<caf::atom("prun")>;
 using pstop_atom = caf::atom_constant<caf::atom("pstop")>;
+using ptrain_atom = caf::atom_constant<caf::atom("ptrain")>;    ///< train jobs left running
 using pwitem_atom = caf::atom_constant<caf::atom("pwitem")>;    ///< an encoded item
 using pwadopt_atom = caf::atom_constant<caf::atom("pwadopt")>;  ///< an encoded adoption
 using pstat_atom = caf::atom_constant<caf::atom("pstat")>;
@@ -1153,6 +1154,20 @@ caf::behavior coordinator_behavior(coordinator_actor* self, std::vector<stage_de
         c.out += x.out;
         c.raise_peak(x.peak);
       },
+      // The jobs of train stages that did not finish: (stage, job id) each, for the caller to
+      // cancel when the run fails (they would otherwise train, and bill, on).
+      [=](ptrain_atom) {
+        auto& st = self->state;
+        std::vector<std::string> out;
+        for (size_t s = 0; s < st.stages.size(); ++s) {
+          if (st.defs[s].kind != stage_kind::train) continue;
+          for (const auto& r : st.stages[s]) {
+            const auto job = r.checkpoint.substr(0, r.checkpoint.find(' '));
+            if (!r.finished && !job.empty()) out.push_back(std::to_string(s) + " " + job);
+          }
+        }
+        return out;
+      },
       [=](pstop_atom, const std::string& why) {
         // The caller gives up (its deadline passed): every stage is killed.
         auto& st = self->state;
@@ -1365,6 +1380,15 @@ expected<void> validate(const std::vector<stage_def>& stages, int workers) {
         (d.size < 1 || d.size > (1u << 20)))
       return bad(at + (d.kind == stage_kind::batch ? "the batch size" : "the buffer") +
                  " must be in [1, 1048576]");
+    if (d.kind == stage_kind::train) {
+      // Its options and spec are checked now, before any stage starts: at run time a bad one
+      // fails the stage only after the upstream has run.
+      try {
+        train_driver probe(d.train);
+      } catch (const std::exception& e) {
+        return bad(at + e.what());
+      }
+    }
     if (d.options.on_workers) {
       if (d.kind == stage_kind::train)
         return bad(at + "a train stage runs in the pipeline's own process, not on workers");
@@ -1478,6 +1502,28 @@ expected<run_report> graph::run(const run_options& options) const {
       result = error(errc::unavailable, "pipeline: its deadline passed");
     else
       result = error(errc::unavailable, result.error().message());
+  }
+  if (!result) {
+    // A failed run leaves no job of its train stages training (and billing) behind.
+    std::vector<std::string> left;
+    self->request(coordinator, std::chrono::seconds(10), detail::ptrain_atom::value)
+        .receive([&](std::vector<std::string>& l) { left = std::move(l); }, [](caf::error&) {});
+    std::string cancelled;
+    for (const auto& entry : left) {
+      const auto space = entry.find(' ');
+      const auto s = static_cast<size_t>(std::stoul(entry.substr(0, space)));
+      const auto job = entry.substr(space + 1);
+      auto* c = stages_[s].train.client;
+      if (c == nullptr) continue;
+      if (auto ok = c->cancel(job); ok)
+        cancelled += (cancelled.empty() ? "" : ", ") + job;
+      else if (ok.error().message().find("has already ended") == std::string::npos)
+        cancelled += (cancelled.empty() ? "" : ", ") + job +
+                     " (not cancelled: " + ok.error().message() + ")";
+    }
+    if (!cancelled.empty())
+      result = error(result.error().code(),
+                     result.error().message() + "; its training job(s) cancelled: " + cancelled);
   }
   self->send_exit(coordinator, caf::exit_reason::user_shutdown);
   if (gate) {

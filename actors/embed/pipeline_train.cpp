@@ -36,6 +36,10 @@ train_driver::train_driver(train_options options) : options_(std::move(options))
   if (options_.max_samples < 2) fail("train: max_samples must be at least 2");
   if (options_.test_every < 2) fail("train: test_every must be at least 2");
   if (options_.classes < 2) fail("train: classes must be at least 2");
+  if (options_.poll.count() < 1)
+    fail(
+        "train: poll must be at least 1 ms (the stage asks the core for the job's status "
+        "that often)");
   spec_ = options_.spec_toml + "\n[data]\nset = \"" + options_.data_set + "\"\n";
   auto spec = parse_job_spec(spec_, "train stage spec");
   if (!spec) fail(spec.error().message());

@@ -459,9 +459,14 @@ TEST_SUITE("pipeline") {
   }
 
   TEST_CASE("a train stage refuses what it cannot use, naming it") {
-    auto run_train = [](train_options t, int64_t values_per_row) {
+    auto generated = std::make_shared<std::atomic<int64_t>>(0);
+    auto run_train = [generated](train_options t, int64_t values_per_row) {
       graph g;
-      g.source<int64_t>("ids", count_to(40))
+      g.source<int64_t>("ids",
+                        [generated, next = count_to(40)](int64_t position) mutable {
+                          ++*generated;
+                          return next(position);
+                        })
           .map("batch",
                [values_per_row](const int64_t&) {
                  sample_batch b;
@@ -479,11 +484,11 @@ TEST_SUITE("pipeline") {
     t.spec_toml = "[job]\nname = \"bad\"\nrounds = 1\nworkers = 1\n" + model.toml();
     t.classes = 2;
     t.tokens = false;
+    // Options and specs are refused before anything runs.
     auto no_client = run_train(t, 8);
     REQUIRE_FALSE(no_client.has_value());
     CHECK(no_client.error().message() ==
-          "pipeline stage 'train' failed after 0 restarts: train: no client "
-          "(train_options.client)");
+          "pipeline stage 2 'train': train: no client (train_options.client)");
 
     embedded_config config;
     config.nodes = 1;
@@ -495,13 +500,59 @@ TEST_SUITE("pipeline") {
     CHECK(short_rows.error().message() ==
           "pipeline stage 'train' failed after 0 restarts: train: a batch of 2 labels holds 14 "
           "values, not rows x sample_values (8)");
+    auto spinning = t;
+    spinning.poll = std::chrono::milliseconds(0);  // would ask the core for status non-stop
+    auto no_poll = run_train(spinning, 8);
+    REQUIRE_FALSE(no_poll.has_value());
+    CHECK(no_poll.error().message().find("poll must be at least 1 ms") != std::string::npos);
     t.spec_toml = "[job]\nname = \"bad\"\nrounds = 0\n" + model.toml();
+    const auto before = generated->load();
     auto bad_spec = run_train(t, 8);
     REQUIRE_FALSE(bad_spec.has_value());
     CHECK(bad_spec.error().message().find("job.rounds") != std::string::npos);
+    CHECK(generated->load() == before);  // refused before the source ran
     auto sets = cluster->client().data_sets();
     REQUIRE(sets.has_value());
     CHECK(sets->empty());  // nothing was pushed
+  }
+
+  TEST_CASE("a failed run cancels the job its train stage left training") {
+    // The sink after the train stage fails at the first round: the run fails, and the job,
+    // 100,000 rounds long, would have gone on training (and billing its account) on the core.
+    embedded_config config;
+    config.nodes = 1;
+    auto cluster = embedded_cluster::start(config);
+    REQUIRE_MESSAGE(cluster.has_value(), cluster.error().message());
+    kernels::model_builder model("left-running", {8});
+    model.linear(2).softmax_xent();
+    train_options t;
+    t.client = &cluster->client();
+    t.spec_toml = "[job]\nname = \"long\"\nrounds = 100000\nworkers = 1\n" + model.toml();
+    t.classes = 2;
+    t.tokens = false;
+    graph g;
+    g.source<int64_t>("ids", count_to(40))
+        .map("batch",
+             [](const int64_t& i) {
+               sample_batch b;
+               b.sample_values = 8;
+               b.labels = {static_cast<int32_t>(i % 2), static_cast<int32_t>((i + 1) % 2)};
+               b.features.assign(16, 0.25f * static_cast<float>(i % 3));
+               return b;
+             })
+        .train("train", t)
+        .sink(
+            "rounds", [](const round_update&) { throw std::runtime_error("disk full"); },
+            stage_options{.restarts = 0});
+    auto report = g.run({}, bound);
+    REQUIRE_FALSE(report.has_value());
+    CHECK_MESSAGE(
+        report.error().message().find("training job(s) cancelled: job-") != std::string::npos,
+        report.error().message());
+    auto jobs = cluster->client().jobs();
+    REQUIRE(jobs.has_value());
+    REQUIRE(jobs->size() == 1);
+    CHECK(jobs->front().state == job_state::cancelled);
   }
 
   TEST_CASE("a train stage runs a distributed job on the samples it is fed") {
