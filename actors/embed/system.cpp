@@ -405,6 +405,12 @@ int run_node(const node_config& config, const std::string& host, uint16_t port,
 
 // -- client -------------------------------------------------------------------------------------
 
+// How errors about a lost link to the core, and about a request it did not answer (a request
+// in flight when the core went down is never answered), begin (errc::unavailable): following
+// a job tries again after either.
+constexpr std::string_view link_lost = "the link to the core was lost";
+constexpr std::string_view no_answer = "the core did not answer";
+
 struct client::impl {
   caf::actor_system_config cfg;
   // The client's own actor system (a remote client, an embedded cluster), declared before
@@ -418,6 +424,11 @@ struct client::impl {
   caf::actor link;        // lives as long as this client: the session ends with it
   std::string principal;  // who the key authenticates as, once the session is given
   bool insecure = false;  // plain TCP (--insecure) rather than TLS
+  // Where a remote client dials its core again once the link is lost (the core restarted, a
+  // follower took over as leader): the session died with it, and is asked for anew.
+  std::string host;
+  uint16_t port = 0;
+  bool core_lost = false;
   caf::actor_system& system() { return *sys; }
 
   void own_system() {
@@ -431,6 +442,16 @@ struct client::impl {
 
   // The session, asked for at the first request: the key's errors come back from there.
   expected<caf::actor> session_handle() {
+    if (core_lost) {
+      auto again = insecure ? sys->middleman().remote_actor(host, port)
+                            : caf::openssl::remote_actor(*sys, host, port);
+      if (!again)
+        return error(errc::unavailable, std::string(link_lost) + ", and the core at " + host + ":" +
+                                            std::to_string(port) +
+                                            " cannot be reached: " + sys->render(again.error()));
+      core = *again;
+      core_lost = false;
+    }
     if (session) return session;
     if (!link)
       link =
@@ -458,7 +479,41 @@ struct client::impl {
   expected<T> ask_session_once(std::chrono::seconds timeout, const Ts&... xs) {
     auto s = session_handle();
     if (!s) return s.error();
-    return ask<T>(*sys, *s, timeout, xs...);
+    caf::scoped_actor self{*sys};
+    expected<T> out = error(errc::io_error, "no answer");
+    self->request(*s, timeout, xs...)
+        .receive([&](T& value) { out = std::move(value); },
+                 [&](caf::error& e) {
+                   if (e == caf::sec::request_receiver_down ||
+                       e == caf::exit_reason::remote_link_unreachable) {
+                     // The session is gone (with its link, or its core): the next request
+                     // asks for a new one, from a core dialled again. This one may or may not
+                     // have been done, so it is not sent again here.
+                     out = error(errc::unavailable, std::string(link_lost) + " (" + sys->render(e) +
+                                                        "); the next request reconnects");
+                     forget_session();
+                     core_lost = owned != nullptr && !host.empty();
+                     return;
+                   }
+                   if (e == caf::sec::request_timeout) {
+                     // A core killed with the request in flight never answers it, and a
+                     // TLS link may not say that it closed: the next request dials again
+                     // and asks for a new session (a slow core's old one just ends).
+                     out = error(errc::unavailable, std::string(no_answer) + " within " +
+                                                        std::to_string(timeout.count()) + " s");
+                     forget_session();
+                     core_lost = owned != nullptr && !host.empty();
+                     return;
+                   }
+                   out = from_caf(e, sys);
+                 });
+    return out;
+  }
+
+  void forget_session() {
+    if (link) caf::anon_send_exit(link, caf::exit_reason::user_shutdown);
+    link = nullptr;
+    session = nullptr;
   }
 
   // Connects to the leader a follower named ("... is at HOST:PORT"); the next request asks
@@ -481,10 +536,10 @@ struct client::impl {
       return false;
     }
     spdlog::debug("a follower sent this request to the leader at {}", address);
-    if (link) caf::anon_send_exit(link, caf::exit_reason::user_shutdown);
-    link = nullptr;
-    session = nullptr;
+    forget_session();
     core = *leader;
+    this->host = host;
+    this->port = static_cast<uint16_t>(port);
     return true;
   }
 };
@@ -527,6 +582,8 @@ expected<client> client::connect(const std::string& host, uint16_t port,
                  "cannot reach the core at " + host + ":" + std::to_string(port) + ": " + why);
   }
   p->core = *core;
+  p->host = host;
+  p->port = port;
   return client(std::move(p));
 }
 
@@ -709,12 +766,35 @@ expected<std::vector<std::string>> client::fetch_parameters(const std::string& j
   return names;
 }
 
+namespace {
+
+// Whether following a job goes on after `e`: a link to the core lost (a restart, a failover)
+// is tried again for two minutes from the first loss (`since`), as the core comes back.
+bool keeps_following(const error& e, std::chrono::steady_clock::time_point& since) {
+  if (e.code() != errc::unavailable ||
+      !(e.message().starts_with(link_lost) || e.message().starts_with(no_answer)))
+    return false;
+  const auto now = std::chrono::steady_clock::now();
+  if (since == std::chrono::steady_clock::time_point{}) since = now;
+  if (now - since > std::chrono::minutes(2)) return false;
+  spdlog::warn("{}; following the job again", e.message());
+  return true;
+}
+
+}  // namespace
+
 expected<job_status> client::wait(const std::string& job_id,
                                   const std::function<void(const job_status&)>& on_status,
                                   std::chrono::milliseconds poll) {
+  auto lost_since = std::chrono::steady_clock::time_point{};
   for (;;) {
     auto s = status(job_id);
+    if (!s && keeps_following(s.error(), lost_since)) {
+      std::this_thread::sleep_for(std::max(poll, std::chrono::milliseconds(500)));
+      continue;
+    }
     if (!s) return s.error();
+    lost_since = {};
     if (on_status) on_status(*s);
     if (is_terminal(s->state)) return s;
     std::this_thread::sleep_for(poll);
@@ -729,9 +809,15 @@ expected<job_status> client::follow(const std::string& job_id, const job_events&
   std::map<std::string, node_status> known;  // by node id
   job_state state = job_state::queued;
   int64_t round = 0, spent = 0;
+  auto lost_since = std::chrono::steady_clock::time_point{};
   for (bool first = true;; first = false) {
     auto s = status(job_id);
+    if (!s && keeps_following(s.error(), lost_since)) {
+      std::this_thread::sleep_for(std::max(poll, std::chrono::milliseconds(500)));
+      continue;
+    }
     if (!s) return s.error();
+    lost_since = {};
     if (want_nodes) {
       auto listed = nodes();
       if (!listed && listed.error().code() == errc::permission_denied) {

@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # SIGKILL of the core mid-job: restarted on the same data dir it resumes the job from its
-# last committed round (none lost), the nodes reconnect by themselves, and the job finishes
-# with >= 0.87 test accuracy.
+# last committed round (none lost), the nodes reconnect by themselves, the job finishes with
+# >= 0.87 test accuracy, and a user following it with `gflex submit --wait` sees it to its end.
 source "$(dirname "$0")/lib.sh"
 G="$BIN/gflex"
 start_cluster 3
-"$G" submit "${JOB_FILE:-$SRC/apps/jobs/fashion-mlp.toml}" --core "$core" --json "$WORK/submitted.json" \
-  >/dev/null || fail "submit"
-job=$(json_get "$WORK/submitted.json" "j['job_id']")
+# The user follows the job with `gflex submit --wait` across the core's restart: its client
+# reconnects and goes on (before, it failed at the first status after the kill).
+start waiter "$G" submit "${JOB_FILE:-$SRC/apps/jobs/fashion-mlp.toml}" --core "$core" --wait \
+  --json "$WORK/waited.json"
+wait_for 30 "the job's id" bash -c "head -1 '$WORK/waiter.log' | grep -q '^job-'"
+job=$(head -1 "$WORK/waiter.log")
 
 round_now() {
   "$G" status "$job" --core "$core" --json >"$WORK/st.json" 2>/dev/null &&
@@ -38,4 +41,10 @@ round=$(json_get "$WORK/final.json" "j['round']")
 [ "$round" -eq 30 ] || fail "job ended at round $round"
 python3 -c "import sys; sys.exit(0 if $acc >= 0.87 else 1)" || fail "test accuracy $acc < 0.87"
 echo "ok: $job finished after the restart: test accuracy $acc"
+wait_for 30 "gflex submit --wait to end" bash -c "! kill -0 $PID_waiter 2>/dev/null"
+if wait "$PID_waiter" && [ "$(json_get "$WORK/waited.json" "j['state']")" = done ]; then
+  echo "ok: gflex submit --wait followed $job through the restart to its end"
+else
+  fail "gflex submit --wait did not follow the job through the restart: $(tail -3 "$WORK/waiter.log")"
+fi
 finish
