@@ -121,8 +121,12 @@ expected<dataset_splits> read_data_files(const data_files& f) {
   expected<tensor> features = error(errc::invalid_argument, "");
   expected<tensor> labels = error(errc::invalid_argument, "");
   if (f.format == "idx") {
+    // Images (rank 3) or rows of values (rank 2): the file's own rank decides, so that a
+    // damaged file's error is its own, not "has 3 dimensions, expected 2".
     features = read_idx_u8(f.path, 3);
-    if (!features) features = read_idx_u8(f.path, 2);
+    if (!features &&
+        features.error().message().find("has 2 dimensions, expected 3") != std::string::npos)
+      features = read_idx_u8(f.path, 2);
     labels = read_idx_u8(f.labels, 1);
   } else if (f.format == "npy") {
     features = read_npy(f.path);

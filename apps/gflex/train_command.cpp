@@ -109,6 +109,8 @@ nlohmann::json to_json(const train_flags& f, const kernels::train_report& r,
 expected<std::unique_ptr<kernels::workload>> workload_of(train_flags& f) {
   if (f.spec_file.empty() && !f.data.path.empty())
     return error(errc::invalid_argument, "--data: needs --spec (the model to train on it)");
+  if (!f.data.path.empty() && f.data.format.empty())
+    return error(errc::invalid_argument, "--format: required with --data (idx, npy or tokens)");
   if (f.spec_file.empty()) return kernels::find_workload(f.workload);
   auto spec = load_job_spec(f.spec_file);
   if (!spec) return spec.error();
@@ -147,7 +149,8 @@ int run_training(train_flags& f) {
   auto data = f.data.path.empty() ? (*w)->load_data() : read_data_files(f.data);
   if (!data) {
     spdlog::error("{}", data.error().message());
-    return 1;
+    // A file the user named that cannot be used is bad input (2), as `gflex data push` says.
+    return f.data.path.empty() ? 1 : 2;
   }
   std::unique_ptr<progress_bar> bar;
   auto on_progress = [&](const kernels::train_progress& p) {

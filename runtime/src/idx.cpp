@@ -3,6 +3,7 @@
 #include <zlib.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <cstring>
 #include <memory>
 
@@ -58,9 +59,11 @@ expected<tensor> read_idx_u8(const std::filesystem::path& file, size_t expected_
   if (*got < 4) return bad(file, "truncated header (file has " + std::to_string(*got) + " bytes)");
   // IDX magic: two zero bytes, a type code (0x08 = unsigned byte), the number of dimensions.
   if (magic[0] != 0 || magic[1] != 0) return bad(file, "wrong magic number (not an IDX file)");
-  if (magic[2] != 0x08)
-    return bad(file,
-               "element type code 0x" + std::to_string(magic[2]) + " is not unsigned byte (0x08)");
+  if (magic[2] != 0x08) {
+    char code[8];
+    std::snprintf(code, sizeof code, "0x%02x", magic[2]);
+    return bad(file, "element type code " + std::string(code) + " is not unsigned byte (0x08)");
+  }
   size_t rank = magic[3];
   if (rank != expected_rank)
     return bad(file, "has " + std::to_string(rank) + " dimensions, expected " +

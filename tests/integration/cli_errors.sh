@@ -19,6 +19,23 @@ expect_error "missing CUDA device" "no CUDA device|no CUDA backend" "$G" train -
 expect_error "unknown precision" "unknown precision 'fp8' \(use fp32, tf32 or bf16\)" \
   "$G" train --precision fp8
 
+# `gflex train --data`: a file's own error, and the exit code of bad input (2).
+spec="$SRC/apps/jobs/fashion-cnn.toml"
+[ -f "$spec" ] || spec=$(ls "$SRC"/apps/jobs/*.toml | head -1)
+expect_error "train --data without --format" "--format: required with --data" \
+  "$G" train --spec "$spec" --data "$WORK/none.idx"
+# A damaged images file (a header of 10 28x28 images, 100 bytes of them) says it is cut short.
+python3 -c "import struct,sys; open(sys.argv[1],'wb').write(struct.pack('>BBBBIII',0,0,8,3,10,28,28)+bytes(100))" "$WORK/cut.idx"
+python3 -c "import struct,sys; open(sys.argv[1],'wb').write(struct.pack('>BBBBI',0,0,8,1,10)+bytes(10))" "$WORK/labels.idx"
+rc=0
+"$G" train --spec "$spec" --data "$WORK/cut.idx" --format idx --labels "$WORK/labels.idx" \
+  >"$WORK/out" 2>"$WORK/err" || rc=$?
+if [ "$rc" -eq 2 ] && grep -q "truncated" "$WORK/err"; then
+  echo "ok: train --data on a cut-short file (exit 2, truncated)"
+else
+  fail "train --data on a cut-short file: exit $rc, $(tail -2 "$WORK/err")"
+fi
+
 # The core's market flags are checked before it opens its store.
 expect_error "core: newcomer share over 1" "--newcomer-share: Value 1.5 not in range" \
   "$BIN/gflex-core" --listen 127.0.0.1:1 --data-dir "$WORK/core" --newcomer-share 1.5

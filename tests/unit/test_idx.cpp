@@ -42,7 +42,7 @@ TEST_SUITE("idx") {
     }
     SUBCASE("wrong element type") {
       write_file(file, {0, 0, 0x0D, 1, 0, 0, 0, 1, 9, 9, 9, 9}, true);
-      expect_error(errc::bad_format, "unsigned byte");
+      expect_error(errc::bad_format, "element type code 0x0d is not unsigned byte");
     }
     SUBCASE("a header claiming billions of values on a ten-byte file") {
       // Found by fuzzing: memory must follow the file, not the header's claim.
