@@ -112,7 +112,10 @@ expected<dataset_splits> read_data_files(const data_files& f) {
     if (!in) return error(errc::io_error, f.path + ": cannot open");
     std::vector<uint8_t> bytes{std::istreambuf_iterator<char>(in),
                                std::istreambuf_iterator<char>()};
-    auto splits = make_token_splits(bytes, f.context + 1);
+    // Every k-th sample is held out (text is split by position, not at its end: a corpus's
+    // last part is often of another kind), k the whole number nearest 1 / --test-fraction.
+    const auto every = std::max<int64_t>(2, std::llround(1.0 / f.test_fraction));
+    auto splits = make_token_splits(bytes, f.context + 1, every);
     if (!splits) return error(splits.error().code(), f.path + ": " + splits.error().message());
     return splits;
   }
@@ -230,8 +233,9 @@ void add_data_commands(CLI::App& app, std::function<int()>& run) {
   push->add_option("--classes", f->files.classes, "label count (default: the largest label + 1)")
       ->check(CLI::Range(int64_t{2}, int64_t{256}));
   push->add_option("--test-fraction", f->files.test_fraction,
-                   "the last part held out as the test split (idx and npy)")
-      ->check(CLI::Range(0.0, 0.9))
+                   "the part held out as the test split: the last part (idx and npy), every "
+                   "(1/F)-th sample (tokens)")
+      ->check(CLI::Range(0.001, 0.9))
       ->capture_default_str();
   push->add_option("--context", f->files.context,
                    "tokens: positions per sample (a model's input = [context])")

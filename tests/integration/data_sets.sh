@@ -92,6 +92,16 @@ expect_error "a built-in name" "names a built-in data set" \
 [ "$("${ALICE[@]}" "$G" data list --core "$core" | wc -l)" -eq 3 ] || fail "alice should have 3 data sets"
 [ "$("${BOB[@]}" "$G" data list --core "$core" | wc -l)" -eq 0 ] || fail "bob sees alice's data sets"
 echo "ok: idx, npy and tokens pushed; only alice sees them"
+# Text is held out every 1/F-th sample (it was every 10th whatever --test-fraction said).
+"${ALICE[@]}" "$G" data push text-q "$WORK/text.txt" --format tokens --context 32 \
+  --test-fraction 0.25 --core "$core" --json >"$WORK/tokens-q.json" || fail "push tokens at 0.25"
+python3 - "$WORK/tokens-q.json" <<'PY' || fail "tokens at --test-fraction 0.25: $(cat "$WORK/tokens-q.json")"
+import json, sys
+j = json.load(open(sys.argv[1]))
+held = j["test_samples"] / (j["train_samples"] + j["test_samples"])
+assert 0.23 < held < 0.27, held
+PY
+"${ALICE[@]}" "$G" data rm text-q --core "$core" || fail "remove text-q"
 
 # -- a user's model on a pushed set, as a job; bob cannot name alice's set ----------------
 spec="$WORK/job.toml"
