@@ -135,7 +135,9 @@ struct job_actor_state {
   bool waiting_for_workers = false;
   std::optional<unconfirmed_round> unconfirmed;
   std::set<std::string> caught;  // nodes caught misbehaving during this job
-  std::map<std::string, std::vector<float>> last_sketch;  // each node's last update, sketched
+  /// Each node's last updates, sketched (newest last, at most replay_memory): a node that
+  /// sends its stored updates in turn repeats none of them back to back.
+  std::map<std::string, std::deque<std::vector<float>>> last_sketches;
   // Metered jobs: escrow held per round index (a rolled-back round keeps its hold), and
   // whether the next round waits for its hold or for a top-up.
   std::map<int64_t, int64_t> held;
@@ -1047,8 +1049,8 @@ void on_result(job_actor* self, uint64_t id, assignment_result& r) {
   round_result result{id, slot, std::move(work), std::move(*update), r.loss, r.compute_s, wall_s};
   const bool trusted = slot.tier == static_cast<uint8_t>(node_tier::core);
   result.check = trusted ? check_state::clear : check_state::deciding;
-  // An update nearly the same as the node's previous one is a replay (honest updates of
-  // successive rounds are far apart): it is re-computed whatever the node's reputation. A
+  // An update nearly the same as one of the node's last ones is a replay (honest updates of
+  // different rounds are far apart): it is re-computed whatever the node's reputation. A
   // core-tier node's results are trusted, so theirs are not sketched (a pass over the update).
   bool replay = false;
   if (!trusted) {
@@ -1057,14 +1059,18 @@ void on_result(job_actor* self, uint64_t id, assignment_result& r) {
     std::vector<round_result*> just{&result};
     for (size_t begin = 0; begin < st.job.theta.size(); begin += update_blocks::size)
       update_sketch_add(one.read(just, begin)[0], begin, sketch);
-    auto& last = st.last_sketch[slot.node_name];
-    replay = !last.empty() && cosine(sketch, last) > replay_cosine;
-    last = std::move(sketch);
+    auto& last = st.last_sketches[slot.node_name];
+    replay = std::any_of(last.begin(), last.end(), [&](const std::vector<float>& earlier) {
+      return cosine(sketch, earlier) > replay_cosine;
+    });
+    last.push_back(std::move(sketch));
+    if (last.size() > replay_memory) last.pop_front();
   }
   st.results[shard] = std::move(result);
   if (replay) {
-    spdlog::info("job {}: the result of {} for round {} repeats its previous one; re-computing it",
-                 st.job.id, slot.node_name, st.job.status.round + 1);
+    spdlog::info(
+        "job {}: the result of {} for round {} repeats one of its last ones; re-computing it",
+        st.job.id, slot.node_name, st.job.status.round + 1);
     st.results[shard].check = check_state::verifying;
     verify(self, id);
   } else if (!trusted) {

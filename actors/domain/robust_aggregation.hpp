@@ -105,9 +105,12 @@ void update_sketch_add(std::span<const float> block, size_t begin, std::vector<f
 /// Cosine similarity of two vectors of the same size (0 if either is zero).
 double cosine(std::span<const float> a, std::span<const float> b);
 
-/// A node's update whose sketch has a cosine above this with the node's previous one is
-/// taken for a replay and re-computed: honest updates of successive rounds are far apart.
+/// A node's update whose sketch has a cosine above this with one of the node's previous ones
+/// (the last `replay_memory`) is taken for a replay and re-computed: honest updates of
+/// different rounds and shards are far apart (about 0.24 between successive ones), so an
+/// honest node pays at most a re-computation that matches.
 inline constexpr double replay_cosine = 0.95;
+inline constexpr size_t replay_memory = 16;
 
 /// The robust mean of a round's updates into `out` (resized to their length): each update is
 /// first scaled down to at most `clip` times the median norm (clip 0: no clipping), then the

@@ -27,13 +27,19 @@ namespace {
 struct claims {
   double compute_s = 0.01;
   double loss = 1.0;
+  /// The updates it sends in turn: 1, the same each time; 2, two stored ones alternately.
+  int updates = 1;
 };
 
+// Its `nth` result (from 0).
 assignment_result signed_result(const node_identity& key, uint64_t id, size_t parameters,
-                                claims said) {
+                                claims said, int64_t nth) {
   assignment_result r;
   r.assignment_id = id;
-  const std::vector<float> delta(parameters, 0.001f);
+  // Update 0 is 0.001 everywhere, update 1 alternates its sign: far apart (cosine 1/15).
+  std::vector<float> delta(parameters, 0.001f);
+  if (nth % said.updates == 1)
+    for (size_t i = 1; i < parameters; i += 2) delta[i] = -0.001f;
   r.update = encode_update(delta, compression::fp32);
   r.loss = said.loss;
   r.samples = 12;
@@ -62,7 +68,7 @@ caf::behavior signing_worker(caf::stateful_actor<held_results>* self,
       [=](caf::put_atom, uint64_t id) {
         auto it = self->state.held.find(id);
         if (it == self->state.held.end()) return;
-        it->second.deliver(signed_result(*key, id, parameters, said));
+        it->second.deliver(signed_result(*key, id, parameters, said, self->state.answered));
         self->state.held.erase(it);
         ++self->state.answered;
       },
@@ -72,16 +78,20 @@ caf::behavior signing_worker(caf::stateful_actor<held_results>* self,
 }
 
 struct holding_market_state {
-  std::vector<worker_slot> offered;
+  std::vector<worker_slot> all, offered;
+  bool reoffer = false;
   std::vector<caf::typed_response_promise<acquire_reply>> held;
 };
 
 // A market that offers its slots at the first acquire, then holds every later one unanswered
 // until (caf::put_atom) answers them with no worker: the job meanwhile waits for workers, and
-// the round it applied last waits to be confirmed.
+// the round it applied last waits to be confirmed. With `reoffer`, a slot released is offered
+// again at the next acquire.
 caf::behavior holding_market(caf::stateful_actor<holding_market_state>* self,
-                             std::vector<worker_slot> slots) {
+                             std::vector<worker_slot> slots, bool reoffer) {
+  self->state.all = slots;
   self->state.offered = std::move(slots);
+  self->state.reoffer = reoffer;
   return {
       [=](acquire_atom, const std::string&, const std::string&, int64_t, uint8_t, int64_t,
           double) -> caf::result<acquire_reply> {
@@ -100,7 +110,11 @@ caf::behavior holding_market(caf::stateful_actor<holding_market_state>* self,
         for (auto& rp : self->state.held) rp.deliver(acquire_reply{});
         self->state.held.clear();
       },
-      [](release_atom, const caf::actor&) {},
+      [=](release_atom, const caf::actor& w) {
+        if (!self->state.reoffer) return;
+        for (const auto& s : self->state.all)
+          if (s.worker == w) self->state.offered.push_back(s);
+      },
       [](release_atom, const caf::actor&, bool) {},
   };
 }
@@ -108,13 +122,18 @@ caf::behavior holding_market(caf::stateful_actor<holding_market_state>* self,
 struct credits_state {
   std::vector<std::string> credited;
   std::vector<double> compute_s;
+  int64_t samples_asked = 0;
 };
 
 // A reputation tracker that samples nothing for re-computation and notes whom it credits,
 // and with how many compute seconds.
 caf::behavior noting_reputation(caf::stateful_actor<credits_state>* self) {
   return {
-      [](sample_atom, const std::string&) { return false; },
+      [=](sample_atom, const std::string&) {
+        ++self->state.samples_asked;
+        return false;
+      },
+      [=](caf::get_atom, int) { return self->state.samples_asked; },
       [=](credit_atom, const std::string& name, uint8_t, double compute_s, int64_t) {
         self->state.credited.push_back(name);
         self->state.compute_s.push_back(compute_s);
@@ -157,7 +176,7 @@ struct resumed_job {
   job_links links;
   caf::actor job;
 
-  resumed_job(int rounds, const std::vector<test_node>& nodes) {
+  resumed_job(int rounds, const std::vector<test_node>& nodes, bool reoffer = false) {
     std::string spec_text = k_spec;
     spec_text.replace(
         spec_text.find("rounds = 3\nworkers = 1"), 22,
@@ -177,7 +196,7 @@ struct resumed_job {
       slots.push_back(slot);
     }
     links.store = f.sys.spawn(failing_store, stored);
-    links.market = f.sys.spawn(holding_market, slots);
+    links.market = f.sys.spawn(holding_market, slots, reoffer);
     links.reputation = f.sys.spawn(noting_reputation);
     links.supervisor = caf::actor_cast<caf::actor>(f.self);  // the test stands for it
     links.catalog = catalog_of(stored);
@@ -263,6 +282,28 @@ TEST_SUITE("job caught nodes") {
     CHECK(std::count(credited.begin(), credited.end(), "volunteer") == 0);
     REQUIRE(credited.size() == 1);
     CHECK(compute_s[0] < 10.0);
+  }
+
+  TEST_CASE("a node that sends its stored updates in turn is re-computed") {
+    // Updates A, B, A: the third repeats one the node sent before, though not its previous
+    // one, which was all the replay check compared with. It is re-computed whatever the
+    // node's reputation: its sampling is not even asked.
+    resumed_job r(
+        6, {{"alternating", node_tier::community, std::chrono::milliseconds(0), {0.01, 1.0, 2}}},
+        true);
+    int64_t answered = 0;
+    for (int tries = 0; tries < 100 && answered < 3; ++tries) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      r.f.self->request(r.slots[0].worker, std::chrono::seconds(10), caf::get_atom::value)
+          .receive([&](int64_t n) { answered = n; },
+                   [&](caf::error& e) { FAIL(r.f.sys.render(e)); });
+    }
+    REQUIRE(answered >= 3);
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    int64_t asked = -1;
+    r.f.self->request(r.links.reputation, std::chrono::seconds(10), caf::get_atom::value, 0)
+        .receive([&](int64_t n) { asked = n; }, [&](caf::error& e) { FAIL(r.f.sys.render(e)); });
+    CHECK(asked == 2);
   }
 
   TEST_CASE("one node's reported loss is not the round's") {
