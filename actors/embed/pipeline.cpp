@@ -29,6 +29,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <deque>
+#include <exception>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -1455,7 +1456,16 @@ expected<run_report> graph::run(const run_options& options) const {
                                           std::to_string(options.port) + ": " +
                                           detail::render(sys, port.error()));
     }
-    if (options.on_listening) options.on_listening(*port);
+    if (options.on_listening) {
+      // The caller's exception goes back to it, the gate stopped first (else the actor
+      // system's end would wait for it for ever).
+      try {
+        options.on_listening(*port);
+      } catch (...) {
+        self->send_exit(gate, caf::exit_reason::user_shutdown);
+        throw;
+      }
+    }
     std::optional<error> failed;
     self->request(gate, caf::duration{options.join_timeout}, detail::pwait_atom::value)
         .receive([&](std::vector<caf::actor>& h) { hosts = std::move(h); },
@@ -1472,9 +1482,18 @@ expected<run_report> graph::run(const run_options& options) const {
   }
   auto coordinator = sys.spawn(detail::coordinator_behavior, stages_, hosts);
   if (gate) self->send(gate, detail::prun_atom::value, coordinator);
+  // An exception from the caller's on_running stops the run as a failure (every stage
+  // killed, a train stage's job cancelled, the workers told) and is then rethrown: unwound
+  // at once, the actor system's end would wait for the running stages for ever.
+  std::exception_ptr thrown;
   if (options.on_running) {
     detail::running_pipeline handle(sys, coordinator);
-    options.on_running(handle);
+    try {
+      options.on_running(handle);
+    } catch (...) {
+      thrown = std::current_exception();
+      self->send(coordinator, detail::pstop_atom::value, std::string("pipeline: on_running threw"));
+    }
   }
   expected<run_report> result = error(errc::stage_failed, "pipeline: no result");
   auto wait = [&](caf::duration limit) {
@@ -1537,6 +1556,7 @@ expected<run_report> graph::run(const run_options& options) const {
           .receive([](bool) {}, [](caf::error&) {});
     self->send_exit(gate, caf::exit_reason::user_shutdown);
   }
+  if (thrown) std::rethrow_exception(thrown);
   return result;
 }
 

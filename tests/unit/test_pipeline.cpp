@@ -9,6 +9,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdlib>
+#include <future>
 #include <iterator>
 #include <mutex>
 #include <numeric>
@@ -317,6 +318,31 @@ TEST_SUITE("pipeline") {
     CHECK(r.error().message() ==
           "pipeline: its deadline of 0.3 s passed (unfinished: 'endless', 'slow')");
     CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::seconds(5));
+  }
+
+  TEST_CASE("an exception from on_running stops the run and reaches the caller") {
+    // Before, it unwound through run(), whose actor system then waited for the endless
+    // source for ever. The run is on a thread of its own, so that a hang fails the test.
+    auto outcome = std::make_shared<std::promise<std::string>>();
+    std::thread([outcome] {
+      graph g;
+      g.source<int64_t>("endless", [](int64_t p) -> std::optional<int64_t> {
+         return p;
+       }).sink("slow", [](const int64_t&) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      });
+      run_options o;
+      o.on_running = [](running&) { throw std::runtime_error("the dashboard would not start"); };
+      try {
+        auto r = g.run(o);
+        outcome->set_value("returned " + std::string(r ? "a report" : r.error().message()));
+      } catch (const std::runtime_error& e) {
+        outcome->set_value(std::string("threw: ") + e.what());
+      }
+    }).detach();
+    auto done = outcome->get_future();
+    REQUIRE(done.wait_for(std::chrono::seconds(30)) == std::future_status::ready);
+    CHECK(done.get() == "threw: the dashboard would not start");
   }
 
   TEST_CASE("graphs that cannot run are refused before anything starts") {
