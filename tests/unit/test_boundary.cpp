@@ -14,9 +14,11 @@
 
 #include <chrono>
 #include <cstdio>
+#include <memory>
 #include <optional>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "boundary.hpp"
 #include "message_limit.hpp"
@@ -147,6 +149,46 @@ std::optional<uint64_t> probe(caf::scoped_actor& self, const caf::actor& whom,
   return out;
 }
 
+// This process as a hostile peer of a served child: its own actor system, connected to the
+// child's door.
+struct hostile_peer {
+  served_child child;
+  caf::actor_system_config cfg;
+  std::unique_ptr<caf::actor_system> sys;
+  std::unique_ptr<caf::scoped_actor> self;
+  caf::actor door;
+
+  hostile_peer() {
+    REQUIRE(child.port != 0);
+    configure_actor_system(cfg);
+    cfg.load<caf::io::middleman>();
+    sys = std::make_unique<caf::actor_system>(cfg);
+    self = std::make_unique<caf::scoped_actor>(*sys);
+    auto d = sys->middleman().remote_actor("127.0.0.1", child.port);
+    REQUIRE_MESSAGE(static_cast<bool>(d), sys->render(d.error()));
+    door = *d;
+  }
+  ~hostile_peer() {
+    self.reset();
+    sys.reset();
+  }
+
+  // What the door answers (probe_atom, 0, 0): the guarded and plain askers, and the counters
+  // bound to no peer and to this process.
+  std::vector<caf::actor> second_set() {
+    std::vector<caf::actor> out;
+    (*self)
+        ->request(door, std::chrono::seconds(10), probe_atom::value, 0, 0)
+        .receive(
+            [&](caf::actor& a, caf::actor& b, caf::actor& c, caf::actor& d) {
+              out = {a, b, c, d};
+            },
+            [&](caf::error& e) { FAIL(sys->render(e)); });
+    REQUIRE(out.size() == 4);
+    return out;
+  }
+};
+
 }  // namespace
 
 TEST_CASE("a peer's forged exit, down and error messages kill a plain actor, not a guarded one") {
@@ -203,25 +245,15 @@ TEST_CASE("a peer's message sent as the served process's own actor closes its co
   // CAF takes a routed message's source from the message: naming the child's own node, a
   // peer's exit message seems to come from the child's door (a local actor), which the guard
   // obeys. send_as(door, ...) makes exactly that message.
-  served_child child;
-  REQUIRE(child.port != 0);
-  caf::actor_system_config cfg;
-  configure_actor_system(cfg);
-  cfg.load<caf::io::middleman>();
-  caf::actor_system sys{cfg};
-  caf::scoped_actor self{sys};
-  auto door = sys.middleman().remote_actor("127.0.0.1", child.port);
-  REQUIRE_MESSAGE(static_cast<bool>(door), sys.render(door.error()));
-  caf::actor plain, guard;
-  self->request(*door, std::chrono::seconds(10), probe_atom::value, 0)
-      .receive(
-          [&](caf::actor& p, caf::actor& g) {
-            plain = p;
-            guard = g;
-          },
-          [&](caf::error& e) { FAIL(sys.render(e)); });
+  hostile_peer peer;
+  auto& sys = *peer.sys;
+  auto& self = *peer.self;
+  caf::actor guard;
+  self->request(peer.door, std::chrono::seconds(10), probe_atom::value, 0)
+      .receive([&](caf::actor&, caf::actor& g) { guard = g; },
+               [&](caf::error& e) { FAIL(sys.render(e)); });
   REQUIRE(guard);
-  const caf::actor as_door = *door;
+  const caf::actor as_door = peer.door;
   caf::send_as(as_door, guard, caf::exit_msg{as_door.address(), caf::exit_reason::kill});
 
   // The child closed the connection; a new one finds the guarded actor alive, and the exit
@@ -229,7 +261,7 @@ TEST_CASE("a peer's message sent as the served process's own actor closes its co
   std::optional<uint64_t> answered;
   for (int tries = 0; tries < 50 && !answered; ++tries) {
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    auto again = sys.middleman().remote_actor("127.0.0.1", child.port);
+    auto again = sys.middleman().remote_actor("127.0.0.1", peer.child.port);
     if (!again) continue;
     caf::actor fresh_guard;
     self->request(*again, std::chrono::seconds(5), probe_atom::value, 0)
@@ -241,24 +273,11 @@ TEST_CASE("a peer's message sent as the served process's own actor closes its co
 }
 
 TEST_CASE("a peer's response does not answer a request its actor made of another") {
-  served_child child;
-  REQUIRE(child.port != 0);
-  caf::actor_system_config cfg;
-  configure_actor_system(cfg);
-  cfg.load<caf::io::middleman>();
-  caf::actor_system sys{cfg};
-  caf::scoped_actor self{sys};
-  auto door = sys.middleman().remote_actor("127.0.0.1", child.port);
-  REQUIRE_MESSAGE(static_cast<bool>(door), sys.render(door.error()));
-  caf::actor guarded_ask, plain_ask;
-  self->request(*door, std::chrono::seconds(10), probe_atom::value, 0, 0)
-      .receive(
-          [&](caf::actor& g, caf::actor& p, caf::actor&, caf::actor&) {
-            guarded_ask = g;
-            plain_ask = p;
-          },
-          [&](caf::error& e) { FAIL(sys.render(e)); });
-  REQUIRE(guarded_ask);
+  hostile_peer peer;
+  auto& sys = *peer.sys;
+  auto& self = *peer.self;
+  const auto set = peer.second_set();
+  const caf::actor guarded_ask = set[0], plain_ask = set[1];
   for (const auto& target : {plain_ask, guarded_ask}) {
     // The asker asks the silent actor (its request ids count from 1); meanwhile this peer
     // answers in its place, under every id an actor's first requests take.
@@ -279,30 +298,17 @@ TEST_CASE("a peer's response does not answer a request its actor made of another
 }
 
 TEST_CASE("an actor bound to its peer takes nothing from a third process") {
-  served_child child;
-  REQUIRE(child.port != 0);
-  caf::actor_system_config cfg;
-  configure_actor_system(cfg);
-  cfg.load<caf::io::middleman>();
-  caf::actor_system sys{cfg};
-  caf::scoped_actor self{sys};
-  auto door = sys.middleman().remote_actor("127.0.0.1", child.port);
-  REQUIRE_MESSAGE(static_cast<bool>(door), sys.render(door.error()));
-  caf::actor elsewhere, here;
-  self->request(*door, std::chrono::seconds(10), probe_atom::value, 0, 0)
-      .receive(
-          [&](caf::actor&, caf::actor&, caf::actor& e, caf::actor& h) {
-            elsewhere = e;
-            here = h;
-          },
-          [&](caf::error& e) { FAIL(sys.render(e)); });
-  REQUIRE(here);
+  hostile_peer peer;
+  auto& sys = *peer.sys;
+  auto& self = *peer.self;
+  const auto set = peer.second_set();
+  const caf::actor elsewhere = set[2], here = set[3];
   // Bound to this process: it answers. Bound to another: this process is a third one.
   CHECK(probe(self, here).has_value());
   CHECK_FALSE(probe(self, elsewhere, std::chrono::seconds(2)).has_value());
   self->send_exit(elsewhere, caf::exit_reason::kill);
   uint64_t strangers = 0;
-  self->request(*door, std::chrono::seconds(10), caf::get_atom::value)
+  self->request(peer.door, std::chrono::seconds(10), caf::get_atom::value)
       .receive([&](uint64_t n) { strangers = n; }, [&](caf::error& e) { FAIL(sys.render(e)); });
   CHECK(strangers == 2);
 }
