@@ -484,23 +484,19 @@ struct client::impl {
     self->request(*s, timeout, xs...)
         .receive([&](T& value) { out = std::move(value); },
                  [&](caf::error& e) {
-                   if (e == caf::sec::request_receiver_down ||
-                       e == caf::exit_reason::remote_link_unreachable) {
-                     // The session is gone (with its link, or its core): the next request
-                     // asks for a new one, from a core dialled again. This one may or may not
-                     // have been done, so it is not sent again here.
-                     out = error(errc::unavailable, std::string(link_lost) + " (" + sys->render(e) +
-                                                        "); the next request reconnects");
-                     forget_session();
-                     core_lost = owned != nullptr && !host.empty();
-                     return;
-                   }
-                   if (e == caf::sec::request_timeout) {
-                     // A core killed with the request in flight never answers it, and a
-                     // TLS link may not say that it closed: the next request dials again
-                     // and asks for a new session (a slow core's old one just ends).
-                     out = error(errc::unavailable, std::string(no_answer) + " within " +
-                                                        std::to_string(timeout.count()) + " s");
+                   // The session is gone (with its link, or its core), or the core did not
+                   // answer: a core killed with the request in flight never does, and a TLS
+                   // link may not say that it closed. The next request dials the core again
+                   // and asks for a new session (a slow core's old one just ends). This one
+                   // may or may not have been done, so it is not sent again here.
+                   const bool gone = e == caf::sec::request_receiver_down ||
+                                     e == caf::exit_reason::remote_link_unreachable;
+                   if (gone || e == caf::sec::request_timeout) {
+                     out = error(errc::unavailable,
+                                 gone ? std::string(link_lost) + " (" + sys->render(e) +
+                                            "); the next request reconnects"
+                                      : std::string(no_answer) + " within " +
+                                            std::to_string(timeout.count()) + " s");
                      forget_session();
                      core_lost = owned != nullptr && !host.empty();
                      return;
