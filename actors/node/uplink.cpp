@@ -221,6 +221,7 @@ void hello(uplink_actor* self, caf::actor core) {
               node_activity n;
               n.what = node_activity::kind::joined;
               n.node_id = w.node_id;
+              n.workers = static_cast<int>(st.workers.size());
               st.config.on_activity(n);
             }
             self->send(self, tick_atom::value, st.generation);

@@ -27,6 +27,8 @@ void node_progress::on_activity(const node_activity& a) {
     case kind::joined:
       connected_ = true;
       node_id_ = a.node_id;
+      // What the node runs (a GPU node: its GPU groups times --streams-per-gpu).
+      if (a.workers > 0) workers_ = a.workers;
       break;
     case kind::lost:
       connected_ = false;

@@ -15,7 +15,7 @@ namespace gflex::app {
 
 class node_progress {
  public:
-  /// `name`: the node's name; `workers`: its compute slots.
+  /// `name`: the node's name; `workers`: its compute slots until the node joins and says.
   node_progress(std::string name, int workers);
   ~node_progress();
 

@@ -202,6 +202,28 @@ TEST_SUITE("uplink") {
     for (auto& a : {uplink, core, sink}) s.self->send_exit(a, caf::exit_reason::user_shutdown);
   }
 
+  TEST_CASE("the node's joined activity names the workers it runs, not --workers") {
+    // gflex-node's status line shows "busy/N workers": on a GPU node N is its GPU groups
+    // times --streams-per-gpu, which only the node knows once its workers are spawned.
+    test::configured_system s;
+    caf::actor test = caf::actor_cast<caf::actor>(s.self);
+    session_script quiet = [](node_session_actor::pointer, caf::actor) {};
+    auto core = s.sys.spawn(scripted_core, std::vector<session_script>{quiet}, 1024);
+    auto config = probe_config();
+    config.on_activity = [test](const node_activity& n) {
+      if (n.what == node_activity::kind::joined) caf::anon_send(test, n.workers);
+    };
+    std::vector<caf::actor> workers;
+    for (int i = 0; i < 3; ++i) workers.push_back(s.sys.spawn(instant_worker));
+    auto sink = s.sys.spawn(quiet_sink);
+    auto uplink = spawn_uplink(s.sys, config, core, workers, sink, sink);
+    int said = -1;
+    s.self->receive([&](int n) { said = n; }, caf::after(std::chrono::seconds(10)) >> [] {});
+    CHECK_MESSAGE(said == 3, "joined with 3 workers, said " << said);
+    for (auto& a : workers) s.self->send_exit(a, caf::exit_reason::user_shutdown);
+    for (auto& a : {uplink, core, sink}) s.self->send_exit(a, caf::exit_reason::user_shutdown);
+  }
+
   TEST_CASE("a welcome with payload chunks outside [1 KiB, 64 MiB] is not joined") {
     test::configured_system s;
     caf::actor test = caf::actor_cast<caf::actor>(s.self);

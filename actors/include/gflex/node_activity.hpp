@@ -11,7 +11,7 @@ namespace gflex {
 /// What a node is doing, as it tells the program that runs it (gflex-node's status line).
 struct node_activity {
   enum class kind {
-    joined,    ///< The core admitted the node: `node_id`.
+    joined,    ///< The core admitted the node: `node_id`, and the `workers` it runs.
     lost,      ///< The link to the core or the node's session ended; it joins again.
     started,   ///< A worker took an assignment: `job_id`, `round`, `verify`.
     done,      ///< ... and sent its result: also `samples_per_s`, `compute_s`.
@@ -27,6 +27,7 @@ struct node_activity {
   double samples_per_s = 0.0;
   double compute_s = 0.0;
   int64_t earned = 0;  ///< Micro-credits.
+  int workers = 0;     ///< Compute slots: on GPUs, groups times streams, not `--workers`.
 };
 
 }  // namespace gflex
