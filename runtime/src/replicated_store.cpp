@@ -12,6 +12,7 @@
 #include <fstream>
 #include <future>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <thread>
 
@@ -192,6 +193,18 @@ struct replicated_store::impl {
     std::lock_guard lock(etcd_mutex);
     auto kvs = etcd->range(std::string(member_prefix) + id, false);
     return !kvs || !kvs->empty();  // when etcd cannot say, keep trying
+  }
+
+  // The leader key's revision when it holds `record` under this core's lease (this core put
+  // it); none otherwise, or when etcd cannot say.
+  std::optional<int64_t> own_leader_key(const std::string& record) const {
+    std::lock_guard lock(etcd_mutex);
+    auto kvs = etcd->range(leader_key, false);
+    if (!kvs || kvs->empty()) return std::nullopt;
+    const auto& kv = kvs->front();
+    if (kv.lease == 0 || kv.lease != lease.load() || text_of(kv.value) != record)
+      return std::nullopt;
+    return kv.mod_revision;
   }
 
   // Pushes a chunk to every other live core, to all at once; a core that cannot take it is
@@ -574,6 +587,19 @@ expected<bool> replicated_store::campaign(
         p.leading = true;
         spdlog::info("replication: core {} leads (lease {:x}, revision {})", p.config.core_id,
                      p.lease.load(), r->revision);
+        return true;
+      }
+      // The key may be ours already: a campaign whose transaction etcd applied but whose
+      // answer was lost (a read timeout, a reset connection, a 5xx after the apply) fails its
+      // compare when tried again. Under this core's own lease nobody else can take it, so
+      // without this no core would ever lead while this one lives.
+      if (auto ours = p.own_leader_key(record)) {
+        p.leader_revision = *ours;
+        p.leading = true;
+        spdlog::info(
+            "replication: core {} leads (lease {:x}, revision {}; its campaign's answer "
+            "was lost)",
+            p.config.core_id, p.lease.load(), *ours);
         return true;
       }
       auto current = leader();

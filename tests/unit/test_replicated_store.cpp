@@ -272,6 +272,48 @@ TEST_SUITE("replicated_store") {
         std::string(writer->front().value.begin(), writer->front().value.end()).starts_with("b "));
   }
 
+  TEST_CASE("a campaign whose answer was lost still leads: the key under its lease is its own" *
+            doctest::skip(!etcd_installed())) {
+    // etcd applied the campaign's transaction, but its answer never came (a read timeout, a
+    // reset connection): the leader key holds this core's record under this core's lease, and
+    // every later compare fails. Nobody else can ever take it while this core lives.
+    test::temp_dir dir;
+    etcd_server etcd(dir.path());
+    auto a = replicated_store::start(config_of(etcd, dir, "a"), [] {});
+    REQUIRE(a.has_value());
+    auto admin = etcd_client::make(etcd.endpoint());
+    auto member = admin->range("/gflex/member/a", false);
+    REQUIRE(member.has_value());
+    REQUIRE(member->size() == 1);
+    etcd_op applied{"/gflex/leader", bytes("a 127.0.0.1:7400"), member->front().lease};
+    REQUIRE(admin->txn({}, {&applied, 1}).has_value());
+    std::atomic<int> stop{0};
+    std::thread stopper([&] {
+      std::this_thread::sleep_for(std::chrono::milliseconds(3000));
+      stop = 1;
+    });
+    auto led = (*a)->campaign(stop, {});
+    stop = 1;
+    stopper.join();
+    REQUIRE(led.has_value());
+    CHECK_MESSAGE(*led, "a follows itself: no core leads while it lives");
+    // It leads for real: its commits pass the fence on the key's revision.
+    std::vector<store_write> w = {{"k", bytes("from a")}};
+    CHECK((*a)->commit(w).has_value());
+    // A record under another lease (another core's, or this core's before a restart) is not.
+    auto b = replicated_store::start(config_of(etcd, dir, "b"), [] {});
+    REQUIRE(b.has_value());
+    stop = 0;
+    std::thread stopper_b([&] {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+      stop = 1;
+    });
+    auto b_led = (*b)->campaign(stop, {});
+    stopper_b.join();
+    REQUIRE(b_led.has_value());
+    CHECK_FALSE(*b_led);
+  }
+
   TEST_CASE("a push to a core that stops reading is cut short once it leaves" *
             doctest::skip(!etcd_installed())) {
     test::temp_dir dir;
