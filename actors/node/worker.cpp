@@ -285,6 +285,10 @@ expected<assignment_result> run_assignment(worker_state& st, assignment& a, cons
     if (auto i = first_non_finite(delta); i >= 0)
       return error(errc::non_finite,
                    "training diverged: update value " + std::to_string(i) + " is not finite");
+  // A loss past float's range (a user's data of huge values) can come with finite steps: the
+  // run diverged all the same, and a result with an infinite loss is malformed to the core.
+  if (!std::isfinite(stats.mean_loss()))
+    return error(errc::non_finite, "training diverged: the loss is not finite");
   std::vector<float> altered;  // a misbehaving worker's (a test aid)
   if (st.misbehaving && !a.verify) {
     altered.assign(delta.begin(), delta.end());

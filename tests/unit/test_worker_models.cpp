@@ -10,6 +10,7 @@
 #include <caf/all.hpp>
 
 #include <chrono>
+#include <cmath>
 #include <memory>
 #include <string>
 #include <vector>
@@ -98,6 +99,48 @@ TEST_SUITE("worker models") {
     // Eight jobs' models held 8 x 9 MB; the two most recent are kept.
     CAPTURE(in_use);
     CHECK(in_use.back() < in_use[1] + (in_use[1] - in_use[0]) / 2);
+    s.self->send_exit(worker, caf::exit_reason::user_shutdown);
+  }
+
+  TEST_CASE("a loss past float's range is a diverged run, never a result the core condemns") {
+    // A user's real-valued data of 1e37: each sample's loss is about 1e37, so a batch's float
+    // sum passes 3.4e38 and is infinite, while AdamW's steps stay finite (the weights' second
+    // moment is infinite: their step is 0). A result with an infinite loss is malformed to
+    // the core, which bars the honest node that sent it.
+    test::configured_system s;
+    auto data = std::make_shared<dataset>(*rows(32));
+    data->features = tensor::empty({32, 64}, dtype::f32);
+    for (int64_t i = 0; i < 32 * 64; ++i) data->features.data<float>()[i] = 1e37f;
+    worker_config config;
+    auto worker = spawn_worker(s.sys, config,
+                               s.sys.spawn(one_shard_cache, std::shared_ptr<const dataset>(data)));
+    const std::string model =
+        "[model]\ninput = [64]\nlayers = [ { type = \"linear\", units = 3 }, "
+        "{ type = \"softmax_xent\" } ]\n";
+    auto spec = kernels::parse_model_spec(model, "model");
+    REQUIRE(spec.has_value());
+    auto plan = kernels::plan_model(*spec);
+    REQUIRE(plan.has_value());
+    auto a = assignment_of(0, "s");
+    a.model = model;
+    a.local_steps = 4;
+    a.batch_size = 512;
+    auto params = tensor::zeros({plan->parameters}, dtype::f32);
+    for (int64_t i = 0; i < plan->parameters; ++i)
+      params.data<float>()[i] = 0.05f * static_cast<float>(i % 5);
+    a.params = encode_tensor(params);
+    std::string outcome;
+    s.self->request(worker, std::chrono::seconds(60), assign_atom::value, a)
+        .receive(
+            [&](assignment_result& r) {
+              outcome =
+                  std::isfinite(r.loss) ? "finite" : "a result of loss " + std::to_string(r.loss);
+            },
+            [&](caf::error& e) {
+              auto err = from_caf(e);
+              outcome = err.code() == errc::non_finite ? "finite" : err.message();
+            });
+    CHECK_MESSAGE(outcome == "finite", outcome);
     s.self->send_exit(worker, caf::exit_reason::user_shutdown);
   }
 
