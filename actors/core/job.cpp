@@ -134,6 +134,9 @@ struct job_actor_state {
   bool closing = false;  // past its deadline with a quorum: close with what is in
   bool waiting_for_workers = false;
   std::optional<unconfirmed_round> unconfirmed;
+  // Nodes (by key) whose workers said this round's work diverged (non-finite), and what each
+  // said: with diverged_nodes_to_fail of them the job ends failed.
+  std::map<std::vector<uint8_t>, std::string> diverged;
   std::set<std::string> caught;  // nodes caught misbehaving during this job
   /// Each node's last updates, sketched (newest last, at most replay_memory): a node that
   /// sends its stored updates in turn repeats none of them back to back.
@@ -439,6 +442,34 @@ void finish(job_actor* self, job_state state, const std::string& detail) {
                           });
 }
 
+// Distinct nodes whose workers must say a round diverged before the job ends failed: a run
+// that diverges does so on every node (the same parameters, shard and seed), and is otherwise
+// handed out for ever, each failure cooling a worker down; one node's word, or two's, is not
+// enough (a faulty GPU, or a hostile node, says it of work that runs).
+constexpr size_t diverged_nodes_to_fail = 3;
+
+void fail_assignment(job_actor* self, uint64_t id, const std::string& why);
+
+// An assignment its worker answered with an error.
+void assignment_failed(job_actor* self, uint64_t id, const caf::error& e) {
+  auto& st = self->state;
+  auto it = st.pending.find(id);
+  const auto err = from_caf(e, &self->system());
+  if (it != st.pending.end() && err.code() == errc::non_finite) {
+    st.diverged[it->second.slot.public_key] = err.message();
+    if (st.diverged.size() >= diverged_nodes_to_fail) {
+      spdlog::warn("job {}: round {} diverged on {} nodes ({}); the job ends", st.job.id,
+                   st.job.status.round + 1, st.diverged.size(), err.message());
+      finish(self, job_state::failed,
+             "training diverged in round " + std::to_string(st.job.status.round + 1) + " on " +
+                 std::to_string(st.diverged.size()) + " nodes (" + err.message() +
+                 "); a lower lr, or inputs of a smaller scale, may train");
+      return;
+    }
+  }
+  fail_assignment(self, id, self->system().render(e));
+}
+
 void fail_assignment(job_actor* self, uint64_t id, const std::string& why) {
   auto& st = self->state;
   auto it = st.pending.find(id);
@@ -496,6 +527,7 @@ void open_round(job_actor* self) {
   st.backed_up.clear();
   st.durations.clear();
   st.closing = false;
+  st.diverged.clear();
   st.round_started = clock_type::now();
   self->delayed_send(self, std::chrono::milliseconds(250), tick_atom::value,
                      static_cast<uint64_t>(st.job.status.round));
@@ -1152,7 +1184,7 @@ void send_assignment(job_actor* self, const worker_slot& slot, int64_t shard) {
             }
             on_result(self, id, r);
           },
-          [=](caf::error& e) { fail_assignment(self, id, self->system().render(e)); });
+          [=](caf::error& e) { assignment_failed(self, id, e); });
 }
 
 void dispatch(job_actor* self) {

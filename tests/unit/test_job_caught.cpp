@@ -29,6 +29,8 @@ struct claims {
   double loss = 1.0;
   /// The updates it sends in turn: 1, the same each time; 2, two stored ones alternately.
   int updates = 1;
+  /// Its training diverges: every assignment is answered errc::non_finite.
+  bool diverges = false;
 };
 
 // Its `nth` result (from 0).
@@ -68,7 +70,11 @@ caf::behavior signing_worker(caf::stateful_actor<held_results>* self,
       [=](caf::put_atom, uint64_t id) {
         auto it = self->state.held.find(id);
         if (it == self->state.held.end()) return;
-        it->second.deliver(signed_result(*key, id, parameters, said, self->state.answered));
+        if (said.diverges)
+          it->second.deliver(
+              to_caf(error(errc::non_finite, "training diverged: the loss is not finite")));
+        else
+          it->second.deliver(signed_result(*key, id, parameters, said, self->state.answered));
         self->state.held.erase(it);
         ++self->state.answered;
       },
@@ -115,7 +121,11 @@ caf::behavior holding_market(caf::stateful_actor<holding_market_state>* self,
         for (const auto& s : self->state.all)
           if (s.worker == w) self->state.offered.push_back(s);
       },
-      [](release_atom, const caf::actor&, bool) {},
+      [=](release_atom, const caf::actor& w, bool) {  // released after a failure
+        if (!self->state.reoffer) return;
+        for (const auto& s : self->state.all)
+          if (s.worker == w) self->state.offered.push_back(s);
+      },
   };
 }
 
@@ -315,5 +325,45 @@ TEST_SUITE("job caught nodes") {
     auto s = r.committed(3);
     REQUIRE(s.has_value());
     CHECK(s->train_loss == doctest::Approx(0.75));
+  }
+
+  TEST_CASE("a round that diverges on three nodes ends the job; on two, others compute it") {
+    // A run that diverges (a user's learning rate or data) does so on every node: its work
+    // was handed out for ever, the job running and each failure cooling a worker down.
+    claims diverging;
+    diverging.diverges = true;
+    auto ended = [](resumed_job& r) {
+      std::optional<job_status> out;
+      for (int tries = 0; tries < 200 && !out; ++tries)
+        r.f.self->receive(
+            [&](progress_atom, job_status& s) {
+              if (is_terminal(s.state)) out = std::move(s);
+            },
+            [](const caf::down_msg&) {}, caf::after(std::chrono::milliseconds(50)) >> [] {});
+      return out;
+    };
+    {
+      resumed_job r(6,
+                    {{"a", node_tier::core, std::chrono::milliseconds(0), diverging},
+                     {"b", node_tier::core, std::chrono::milliseconds(0), diverging},
+                     {"c", node_tier::core, std::chrono::milliseconds(0), diverging}},
+                    true);
+      auto s = ended(r);
+      REQUIRE_MESSAGE(s.has_value(), "the job still runs 10 s after every node diverged");
+      CHECK(s->state == job_state::failed);
+      CHECK_MESSAGE(s->detail.find("training diverged in round 3 on 3 nodes") != std::string::npos,
+                    s->detail);
+    }
+    {
+      // Two nodes' word is not enough: a third computes their shards, and the round commits.
+      resumed_job r(6,
+                    {{"a", node_tier::core, std::chrono::milliseconds(0), diverging},
+                     {"b", node_tier::core, std::chrono::milliseconds(0), diverging},
+                     {"c", node_tier::core, std::chrono::milliseconds(0), {}}},
+                    true);
+      auto s = r.committed(3);
+      REQUIRE(s.has_value());
+      CHECK(s->state == job_state::running);
+    }
   }
 }
