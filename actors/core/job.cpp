@@ -687,13 +687,13 @@ void verify(job_actor* self, uint64_t assignment_id) {
             auto* r = find_result(st, assignment_id);
             if (r == nullptr || st.finished) return;
             const auto err = from_caf(e);
-            if (err.code() != errc::unavailable && err.code() != errc::limit_exceeded) {
-              spdlog::warn("job {}: verification failed ({}); trying again", st.job.id,
-                           err.message());
-              self->delayed_send(self, std::chrono::seconds(1), verify_atom::value, assignment_id);
-              return;
-            }
-            // No core-tier worker to re-compute it: the operator's policy decides.
+            // No core-tier worker to re-compute it, or its re-computations failed (the core
+            // tier cannot run the work: out of its memory, a shard it cannot fetch): the
+            // operator's policy decides. Asked again every second, such a result held its
+            // round unconfirmed for good, at up to three re-computations a try, with no word
+            // in the job's status.
+            const bool failed_there =
+                err.code() != errc::unavailable && err.code() != errc::limit_exceeded;
             if (st.links.accept_unverified) {
               r->check = check_state::unverified;
               st.job.status.unverified_results += 1;
@@ -705,9 +705,12 @@ void verify(job_actor* self, uint64_t assignment_id) {
               try_advance(self);
               return;
             }
-            st.verifier_missing = err.message();
-            spdlog::warn("job {}: waiting for a verifier: {}", st.job.id, err.message());
-            self->delayed_send(self, std::chrono::seconds(5), verify_atom::value, assignment_id);
+            st.verifier_missing =
+                failed_there ? "its re-computations failed: " + err.message() : err.message();
+            spdlog::warn("job {}: waiting for a verifier: {}", st.job.id, st.verifier_missing);
+            self->delayed_send(self,
+                               failed_there ? std::chrono::seconds(30) : std::chrono::seconds(5),
+                               verify_atom::value, assignment_id);
           });
 }
 

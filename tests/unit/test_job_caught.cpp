@@ -11,6 +11,7 @@
 #include <doctest/doctest.h>
 
 #include <algorithm>
+#include <functional>
 #include <optional>
 
 #include "gflex/runtime/identity.hpp"
@@ -155,6 +156,24 @@ caf::behavior noting_reputation(caf::stateful_actor<credits_state>* self) {
   };
 }
 
+// A reputation tracker that samples every result for re-computation.
+caf::behavior sampling_reputation(caf::event_based_actor*) {
+  return {
+      [](sample_atom, const std::string&) { return true; },
+      [](credit_atom, const std::string&, uint8_t, double, int64_t) {},
+      [](reject_atom, const std::string&, std::string&) {},
+  };
+}
+
+// A verifier whose every re-computation fails, as when the core tier cannot run the work.
+caf::behavior failing_verifier(caf::event_based_actor*) {
+  return {
+      [](verify_atom, verify_request&) -> caf::result<double, double, double> {
+        return to_caf(error(errc::io_error, "re-computation failed: out of host memory"));
+      },
+  };
+}
+
 // The user's data set "c" of stored_job(), registered as the job supervisor would.
 std::shared_ptr<data_catalog> catalog_of(const failing_store_state& st) {
   auto catalog = std::make_shared<data_catalog>();
@@ -186,7 +205,9 @@ struct resumed_job {
   job_links links;
   caf::actor job;
 
-  resumed_job(int rounds, const std::vector<test_node>& nodes, bool reoffer = false) {
+  /// `adjust`: changes the job's links before it is spawned (a verifier, another tracker).
+  resumed_job(int rounds, const std::vector<test_node>& nodes, bool reoffer = false,
+              const std::function<void(caf::actor_system&, job_links&)>& adjust = {}) {
     std::string spec_text = k_spec;
     spec_text.replace(
         spec_text.find("rounds = 3\nworkers = 1"), 22,
@@ -210,6 +231,7 @@ struct resumed_job {
     links.reputation = f.sys.spawn(noting_reputation);
     links.supervisor = caf::actor_cast<caf::actor>(f.self);  // the test stands for it
     links.catalog = catalog_of(stored);
+    if (adjust) adjust(f.sys, links);
     job_start start;
     start.id = "job-1";
     start.spec_text = spec_text;
@@ -225,8 +247,8 @@ struct resumed_job {
     f.self->monitor(job);
   }
   ~resumed_job() {
-    for (const auto& a : {job, links.market, links.reputation, links.store})
-      f.self->send_exit(a, caf::exit_reason::user_shutdown);
+    for (const auto& a : {job, links.market, links.reputation, links.store, links.verifier})
+      if (a) f.self->send_exit(a, caf::exit_reason::user_shutdown);
     for (const auto& s : slots) f.self->send_exit(s.worker, caf::exit_reason::user_shutdown);
   }
 
@@ -364,6 +386,39 @@ TEST_SUITE("job caught nodes") {
       auto s = r.committed(3);
       REQUIRE(s.has_value());
       CHECK(s->state == job_state::running);
+    }
+  }
+
+  TEST_CASE("re-computations that keep failing are the operator's policy, and the status says so") {
+    // The core tier cannot run the work (its memory, a shard it cannot fetch): the result was
+    // asked to be re-computed again every second, its round unconfirmed for good and the
+    // job's status silent.
+    const std::vector<test_node> volunteer = {
+        {"volunteer", node_tier::community, std::chrono::milliseconds(0), {}}};
+    auto with_failing_verifier = [](bool accept) {
+      return [accept](caf::actor_system& sys, job_links& links) {
+        links.reputation = sys.spawn(sampling_reputation);
+        links.verifier = sys.spawn(failing_verifier);
+        links.accept_unverified = accept;
+      };
+    };
+    {
+      resumed_job r(6, volunteer, true, with_failing_verifier(true));
+      auto s = r.committed(3);
+      REQUIRE_MESSAGE(s.has_value(), "--unverified accept, yet round 3 is not committed");
+      CHECK(s->unverified_results >= 1);
+    }
+    {
+      resumed_job r(6, volunteer, true, with_failing_verifier(false));
+      std::string detail;
+      for (int tries = 0; tries < 200 && detail.find("re-computations failed") == std::string::npos;
+           ++tries)
+        r.f.self->receive([&](progress_atom, job_status& s) { detail = s.detail; },
+                          [](const caf::down_msg&) {},
+                          caf::after(std::chrono::milliseconds(50)) >> [] {});
+      CHECK_MESSAGE(detail.find("its re-computations failed: re-computation failed: out of host "
+                                "memory") != std::string::npos,
+                    detail);
     }
   }
 }
