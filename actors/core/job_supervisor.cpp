@@ -6,6 +6,7 @@
 #include <deque>
 #include <functional>
 #include <map>
+#include <optional>
 #include <set>
 
 #include "core_metrics.hpp"
@@ -78,6 +79,9 @@ struct job_supervisor_state {
   std::map<std::string, job_entry> jobs;
   /// Users' data sets: stored, and uploads in progress (in memory until their last part).
   std::map<data_set_id, data_set_info> data_sets;
+  /// Stored sets that could not be loaded (a shard damaged or missing): left out of the
+  /// catalog, yet removable.
+  std::map<data_set_id, data_set_info> damaged_sets;
   std::map<data_set_id, upload_in_progress> uploads;
   user_data_limits data_limits;
   uint64_t next_id = 1;
@@ -304,8 +308,9 @@ std::vector<std::string> unreferenced_chunks(const job_supervisor_state& st,
     named.insert(i.train_shards.begin(), i.train_shards.end());
     named.insert(i.test_shards.begin(), i.test_shards.end());
   };
-  for (const auto& [other, info] : st.data_sets)
-    if (other != id) name(info);
+  for (const auto* sets : {&st.data_sets, &st.damaged_sets})
+    for (const auto& [other, info] : *sets)
+      if (other != id) name(info);
   if (kept != nullptr) name(*kept);
   for (const auto& [digest, n] : st.storing_chunks) named.insert(digest);
   std::set<std::string> out;
@@ -313,6 +318,13 @@ std::vector<std::string> unreferenced_chunks(const job_supervisor_state& st,
     for (const auto& d : *shards)
       if (named.count(d) == 0) out.insert(d);
   return {out.begin(), out.end()};
+}
+
+// A user's stored data set, loaded or left out as damaged; null when there is none.
+const data_set_info* stored_set(const job_supervisor_state& st, const data_set_id& id) {
+  if (auto it = st.data_sets.find(id); it != st.data_sets.end()) return &it->second;
+  if (auto it = st.damaged_sets.find(id); it != st.damaged_sets.end()) return &it->second;
+  return nullptr;
 }
 
 void resume_from_checkpoint(supervisor_actor* self, const std::string& id);
@@ -346,8 +358,105 @@ void data_sets_not_loaded(supervisor_actor* self, const caf::error& e) {
   if (!st.resumed && !st.resuming) resume_jobs(self);
 }
 
+// Whether a store's failure to read a value says the store cannot answer now (CAF's
+// errors: a timeout, the store down; an etcd or a chunk no core reaches), rather than that
+// the value is damaged or gone.
+bool store_cannot_answer(const caf::error& e) {
+  return e.category() != error_category || static_cast<errc>(e.code()) == errc::unavailable;
+}
+
+// One load of the stored data sets: their manifests, and what the reads of their shards gave.
+struct data_set_load {
+  std::vector<std::pair<std::string, expected<data_set_info>>> manifests;  // by store key
+  std::map<std::string, std::shared_ptr<const std::vector<uint8_t>>> chunks;
+  std::map<std::string, std::string> unreadable;  // digest -> why (damaged or missing)
+  std::optional<caf::error> cannot_answer;        // a read the store could not answer now
+  size_t pending = 0;
+};
+
+void delete_unnamed_shards(supervisor_actor* self, std::set<std::string> named);
+
+// Every shard is read: the sets are registered with the catalog, each on its own (a damaged
+// shard leaves its set out, and that set only), and the jobs resumed.
+void data_sets_read(supervisor_actor* self, std::shared_ptr<data_set_load> load) {
+  auto& st = self->state;
+  if (load->cannot_answer) {
+    data_sets_not_loaded(self, *load->cannot_answer);
+    return;
+  }
+  std::set<std::string> named;
+  for (auto& [key, info] : load->manifests) {
+    if (!info) {
+      spdlog::error("store: {}: {}", key, info.error().message());
+      continue;
+    }
+    named.insert(info->train_shards.begin(), info->train_shards.end());
+    named.insert(info->test_shards.begin(), info->test_shards.end());
+    std::string damaged;
+    for (const auto* shards : {&info->test_shards, &info->train_shards})
+      for (const auto& d : *shards)
+        if (auto it = load->unreadable.find(d); damaged.empty() && it != load->unreadable.end())
+          damaged = "shard " + d.substr(0, 12) + ": " + it->second;
+    auto ok = damaged.empty() ? st.links.catalog->put_user_set(*info, load->chunks, st.data_limits)
+                              : expected<void>(error(errc::store_error, damaged));
+    const data_set_id id{info->owner, info->name};
+    if (!ok) {
+      // Left out, yet known: a job on it says why, and `gflex data rm` removes it.
+      spdlog::error("store: data set {}/{} cannot be loaded: {}", info->owner, info->name,
+                    ok.error().message());
+      st.links.catalog->note_damaged_set(info->owner, info->name, ok.error().message());
+      st.damaged_sets[id] = *info;
+      continue;
+    }
+    st.data_sets[id] = *info;
+  }
+  spdlog::info("{} data set(s) loaded{}", st.data_sets.size(),
+               st.damaged_sets.empty()
+                   ? std::string()
+                   : ", " + std::to_string(st.damaged_sets.size()) + " left out");
+  delete_unnamed_shards(self, std::move(named));
+  data_sets_loaded(self);
+}
+
+// Shards no stored manifest names (left by removals before they deleted theirs) are
+// deleted; by their keys alone, so that no shard is read for it.
+void delete_unnamed_shards(supervisor_actor* self, std::set<std::string> named) {
+  self->request(self->state.links.store, std::chrono::seconds(120), keys_atom::value,
+                std::string(data_chunk_prefix))
+      .then(
+          [=](std::vector<std::string>& keys) {
+            auto& st = self->state;
+            // Sets stored while this load ran (an upload does not wait for it) name theirs.
+            auto also_named = named;
+            for (const auto& [id, info] : st.data_sets) {
+              also_named.insert(info.train_shards.begin(), info.train_shards.end());
+              also_named.insert(info.test_shards.begin(), info.test_shards.end());
+            }
+            for (const auto& [digest, n] : st.storing_chunks) also_named.insert(digest);
+            store_batch orphans;
+            const size_t prefix = std::string(data_chunk_prefix).size();
+            for (const auto& key : keys)
+              if (also_named.count(key.substr(prefix)) == 0) {
+                orphans.keys.push_back(key);
+                orphans.values.emplace_back();
+              }
+            if (orphans.keys.empty()) return;
+            spdlog::info("deleting {} data set shard(s) no data set names", orphans.keys.size());
+            self->request(st.links.store, std::chrono::seconds(120), commit_atom::value,
+                          std::move(orphans))
+                .then([](caf::ok_atom) {},
+                      [=](caf::error& e) {  // tried again at the next start
+                        spdlog::warn("cannot delete unnamed shards: {}", self->system().render(e));
+                      });
+          },
+          [=](caf::error& e) {
+            spdlog::warn("cannot list the data sets' shards: {}", self->system().render(e));
+          });
+}
+
 // Registers every stored data set with the catalog, then resumes the jobs (which may train
-// on them). A damaged data set is logged and left out.
+// on them). A set whose manifest or shards are damaged is logged and left out; a store that
+// cannot answer now is asked again in 5 s.
 void load_data_sets(supervisor_actor* self) {
   auto store = self->state.links.store;
   self->state.loading_data_sets = true;
@@ -358,56 +467,40 @@ void load_data_sets(supervisor_actor* self) {
               data_sets_loaded(self);
               return;
             }
-            self->request(store, std::chrono::seconds(300), scan_atom::value,
-                          std::string(data_chunk_prefix))
-                .then(
-                    [=](std::vector<std::string>& chunk_keys,
-                        std::vector<std::vector<uint8_t>>& chunk_values) {
-                      std::map<std::string, std::shared_ptr<const std::vector<uint8_t>>> chunks;
-                      const size_t prefix = std::string(data_chunk_prefix).size();
-                      for (size_t i = 0; i < chunk_keys.size(); ++i)
-                        chunks[chunk_keys[i].substr(prefix)] =
-                            std::make_shared<const std::vector<uint8_t>>(
-                                std::move(chunk_values[i]));
-                      // Shards no stored manifest names (left by removals before they deleted
-                      // theirs) are deleted, so that they are not read at every start.
-                      std::set<std::string> named;
-                      for (size_t i = 0; i < keys.size(); ++i) {
-                        auto info = decode_data_set(values[i]);
-                        if (info) {
-                          named.insert(info->train_shards.begin(), info->train_shards.end());
-                          named.insert(info->test_shards.begin(), info->test_shards.end());
-                        }
-                        auto ok = info ? self->state.links.catalog->put_user_set(
-                                             *info, chunks, self->state.data_limits)
-                                       : expected<void>(info.error());
-                        if (!ok) {
-                          spdlog::error("store: {}: {}", keys[i], ok.error().message());
-                          continue;
-                        }
-                        self->state.data_sets[{info->owner, info->name}] = *info;
-                      }
-                      spdlog::info("{} data set(s) loaded", self->state.data_sets.size());
-                      store_batch orphans;
-                      for (const auto& [digest, bytes] : chunks)
-                        if (named.count(digest) == 0) {
-                          orphans.keys.push_back(data_chunk_key(digest));
-                          orphans.values.emplace_back();
-                        }
-                      if (!orphans.keys.empty()) {
-                        spdlog::info("deleting {} data set shard(s) no data set names",
-                                     orphans.keys.size());
-                        self->request(self->state.links.store, std::chrono::seconds(120),
-                                      commit_atom::value, std::move(orphans))
-                            .then([](caf::ok_atom) {},
-                                  [=](caf::error& e) {  // tried again at the next start
-                                    spdlog::warn("cannot delete unnamed shards: {}",
-                                                 self->system().render(e));
-                                  });
-                      }
-                      data_sets_loaded(self);
-                    },
-                    [=](caf::error& e) { data_sets_not_loaded(self, e); });
+            auto load = std::make_shared<data_set_load>();
+            std::set<std::string> digests;
+            for (size_t i = 0; i < keys.size(); ++i) {
+              auto info = decode_data_set(values[i]);
+              if (info) {
+                digests.insert(info->train_shards.begin(), info->train_shards.end());
+                digests.insert(info->test_shards.begin(), info->test_shards.end());
+              }
+              load->manifests.emplace_back(std::move(keys[i]), std::move(info));
+            }
+            // Each shard on its own: one that cannot be read fails its set, not every set.
+            load->pending = digests.size();
+            if (digests.empty()) return data_sets_read(self, load);
+            auto one_done = [=] {
+              if (--load->pending == 0) data_sets_read(self, load);
+            };
+            for (const auto& d : digests)
+              self->request(store, std::chrono::seconds(300), read_atom::value, data_chunk_key(d))
+                  .then(
+                      [=](bool found, std::vector<uint8_t>& bytes) {
+                        if (found)
+                          load->chunks[d] =
+                              std::make_shared<const std::vector<uint8_t>>(std::move(bytes));
+                        else
+                          load->unreadable[d] = "missing";
+                        one_done();
+                      },
+                      [=](caf::error& e) {
+                        if (store_cannot_answer(e))
+                          load->cannot_answer = e;
+                        else
+                          load->unreadable[d] = from_caf(e).message();
+                        one_done();
+                      });
           },
           [=](caf::error& e) { data_sets_not_loaded(self, e); });
 }
@@ -877,9 +970,10 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links) {
           batch.values.push_back(*bytes);
           ++st.storing_chunks[digest];
         }
-        // A set replaced: its shards the new one and no other names go with it.
-        if (auto old = st.data_sets.find(id); old != st.data_sets.end())
-          for (const auto& digest : unreferenced_chunks(st, old->second, id, &*info)) {
+        // A set replaced (or one that could not be loaded): its shards the new one and no
+        // other names go with it.
+        if (const auto* old = stored_set(st, id))
+          for (const auto& digest : unreferenced_chunks(st, *old, id, &*info)) {
             batch.keys.push_back(data_chunk_key(digest));
             batch.values.emplace_back();
           }
@@ -896,6 +990,7 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links) {
                 [=](caf::ok_atom) mutable {
                   stored();
                   self->state.data_sets[id] = *info;
+                  self->state.damaged_sets.erase(id);
                   spdlog::info("data set {}/{} stored: {} training and {} test samples, {} bytes",
                                who, name, info->train_samples, info->test_samples, info->bytes);
                   rp.deliver(*info);
@@ -931,7 +1026,9 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links) {
         // An upload of that name in progress goes too (a push given up on, whose parts the
         // core would otherwise hold until its timer ends).
         const bool was_uploading = self->state.uploads.erase(id) != 0;
-        if (self->state.data_sets.count(id) == 0) {
+        // A set that could not be loaded (a damaged shard) is removed as well.
+        const data_set_info* known = stored_set(self->state, id);
+        if (known == nullptr) {
           if (was_uploading) return caf::ok_atom::value;
           return to_caf(error(errc::invalid_argument, who + " has no data set '" + name + "'"));
         }
@@ -940,8 +1037,7 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links) {
         store_batch batch;
         batch.keys.push_back(data_set_key(who, name));
         batch.values.emplace_back();
-        for (const auto& digest :
-             unreferenced_chunks(self->state, self->state.data_sets.at(id), id)) {
+        for (const auto& digest : unreferenced_chunks(self->state, *known, id)) {
           batch.keys.push_back(data_chunk_key(digest));
           batch.values.emplace_back();
         }
@@ -951,6 +1047,7 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links) {
             .then(
                 [=](caf::ok_atom) mutable {
                   self->state.data_sets.erase(id);
+                  self->state.damaged_sets.erase(id);
                   self->state.links.catalog->drop_user_set(who, name);
                   rp.deliver(caf::ok_atom::value);
                 },

@@ -53,6 +53,11 @@ caf::behavior store_actor(caf::stateful_actor<store_state>* self,
         if (!ok) return to_caf(ok.error());
         return {std::move(keys), std::move(values)};
       },
+      [=](keys_atom, const std::string& prefix) -> caf::result<std::vector<std::string>> {
+        auto keys = self->state.db->keys(prefix);
+        if (!keys) return to_caf(keys.error());
+        return std::move(*keys);
+      },
       [=](scan_atom, const std::string& prefix, const std::string& suffix)
           -> caf::result<std::vector<std::string>, std::vector<std::vector<uint8_t>>> {
         std::vector<std::string> keys;

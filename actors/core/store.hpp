@@ -9,6 +9,8 @@
 /// - (scan_atom, prefix) -> (keys, values): every key starting with prefix, in order.
 /// - (scan_atom, prefix, suffix) -> (keys, values): those that also end with suffix (the
 ///   others' values are not read).
+/// - (keys_atom, prefix) -> keys: every key starting with prefix, its value unread (one that
+///   cannot be read does not fail it).
 
 #include <caf/fwd.hpp>
 

@@ -135,13 +135,21 @@ expected<void> data_catalog::put_user_set(
   std::lock_guard<std::mutex> guard(mutex_);
   for (const auto& digest : info.train_shards) chunks_[digest] = chunks.at(digest);
   user_sets_[{info.owner, info.name}] = {info, std::move(data)};  // a replaced one goes
+  damaged_sets_.erase({info.owner, info.name});
   forget_unheld();
   return {};
+}
+
+void data_catalog::note_damaged_set(const std::string& owner, const std::string& name,
+                                    std::string why) {
+  std::lock_guard<std::mutex> guard(mutex_);
+  damaged_sets_[{owner, name}] = std::move(why);
 }
 
 void data_catalog::drop_user_set(const std::string& owner, const std::string& name) {
   std::lock_guard<std::mutex> guard(mutex_);
   user_sets_.erase({owner, name});
+  damaged_sets_.erase({owner, name});
   forget_unheld();
 }
 
@@ -156,6 +164,11 @@ expected<std::shared_ptr<const served_data>> data_catalog::user_set(
     const std::string& owner, const std::string& name, const kernels::workload& w) const {
   std::lock_guard<std::mutex> guard(mutex_);
   auto it = user_sets_.find({owner, name});
+  if (auto damaged = damaged_sets_.find({owner, name});
+      it == user_sets_.end() && damaged != damaged_sets_.end())
+    return error(errc::store_error,
+                 "data.set: '" + name + "' cannot be read from the core's store (" +
+                     damaged->second + "); push it again, or remove it with gflex data rm");
   if (it == user_sets_.end())
     return error(errc::invalid_argument, "data.set: " + owner + " has no data set '" + name +
                                              "' (push it with gflex data push)");

@@ -58,6 +58,9 @@ class data_catalog {
   /// Forgets a user's data set (its shards stay while another set or a job holds them; the
   /// memory of those nobody holds is freed).
   void drop_user_set(const std::string& owner, const std::string& name);
+  /// Notes that a user's stored data set cannot be loaded (a shard damaged or missing in the
+  /// store), so that a job on it says so; a set put or dropped since is no longer damaged.
+  void note_damaged_set(const std::string& owner, const std::string& name, std::string why);
   /// A user's data set as a job of workload `w` trains on it: errc::invalid_argument when
   /// there is none or its samples do not fit the model (values per sample, classes, kind).
   expected<std::shared_ptr<const served_data>> user_set(const std::string& owner,
@@ -78,6 +81,7 @@ class data_catalog {
     std::shared_ptr<const served_data> data;
   };
   std::map<std::pair<std::string, std::string>, user_set_entry> user_sets_;
+  std::map<std::pair<std::string, std::string>, std::string> damaged_sets_;  // why, by set
   // Every set's shards, held by their served_data (held_chunks).
   std::map<std::string, std::weak_ptr<const std::vector<uint8_t>>> chunks_;
   void forget_unheld();  // under the lock

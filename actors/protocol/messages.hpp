@@ -44,6 +44,7 @@ using withdraw_atom = caf::atom_constant<caf::atom("withdraw")>;   ///< registry
 using commit_atom = caf::atom_constant<caf::atom("commit")>;       ///< job -> store
 using read_atom = caf::atom_constant<caf::atom("read")>;           ///< any -> store
 using scan_atom = caf::atom_constant<caf::atom("scan")>;           ///< any -> store
+using keys_atom = caf::atom_constant<caf::atom("keys")>;           ///< any -> store
 using update_atom = caf::atom_constant<caf::atom("update")>;       ///< a restarted sibling
 using progress_atom = caf::atom_constant<caf::atom("progress")>;   ///< job -> job_supervisor
 using tick_atom = caf::atom_constant<caf::atom("tick")>;           ///< timers, to self

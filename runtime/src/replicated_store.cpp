@@ -664,6 +664,20 @@ expected<void> replicated_store::scan_ending(
   return {};
 }
 
+expected<std::vector<std::string>> replicated_store::keys(std::string_view prefix) const {
+  std::vector<etcd_kv> kvs;
+  {
+    std::lock_guard lock(impl_->etcd_mutex);
+    auto r = impl_->etcd->range(std::string(data_prefix) + std::string(prefix), true);
+    if (!r) return r.error();
+    kvs = std::move(*r);
+  }
+  std::vector<std::string> out;
+  out.reserve(kvs.size());
+  for (const auto& kv : kvs) out.push_back(kv.key.substr(data_prefix.size()));
+  return out;
+}
+
 int64_t replicated_store::used_bytes() const {
   return impl_->chunk_bytes.load();
 }

@@ -223,13 +223,15 @@ expected<void> store::commit(std::span<const store_write> writes) {
                digest_hex(*w.value) + "-" +
                    digest_hex({reinterpret_cast<const uint8_t*>(w.key.data()), w.key.size()})
                        .substr(0, 16)};
-    if (!std::filesystem::exists(impl_->blobs / r.name)) {
-      if (auto ok = write_blob(impl_->blobs, r.name, *w.value); !ok) {
-        drop_written();
-        return ok.error();
-      }
-      written.insert(r.name);
+    // A file of that name already there (the same value under the same key, stored again:
+    // a data set pushed again) is written again too: it may be the damaged copy that the
+    // value is stored again to repair. Being what its name says, it is never dropped.
+    const bool existed = std::filesystem::exists(impl_->blobs / r.name);
+    if (auto ok = write_blob(impl_->blobs, r.name, *w.value); !ok) {
+      drop_written();
+      return ok.error();
     }
+    if (!existed) written.insert(r.name);
     refs[i] = encode_blob_ref(r);
   }
   std::set<std::string> replaced;
@@ -304,6 +306,31 @@ expected<std::optional<std::vector<uint8_t>>> store::get(std::string_view key) c
     if (!bytes) return bytes.error();
     out.emplace(std::move(*bytes));
   }
+  return out;
+}
+
+expected<std::vector<std::string>> store::keys(std::string_view prefix) const {
+  MDB_txn* txn = nullptr;
+  if (int rc = mdb_txn_begin(impl_->env, nullptr, MDB_RDONLY, &txn); rc != 0)
+    return lmdb_error(impl_->dir, rc);
+  MDB_cursor* cursor = nullptr;
+  if (int rc = mdb_cursor_open(txn, impl_->dbi, &cursor); rc != 0) {
+    mdb_txn_abort(txn);
+    return lmdb_error(impl_->dir, rc);
+  }
+  std::vector<std::string> out;
+  MDB_val k = as_val(prefix);
+  MDB_val v;
+  int rc = mdb_cursor_get(cursor, &k, &v, prefix.empty() ? MDB_FIRST : MDB_SET_RANGE);
+  while (rc == 0) {
+    std::string_view key(static_cast<const char*>(k.mv_data), k.mv_size);
+    if (key.substr(0, prefix.size()) != prefix) break;
+    out.emplace_back(key);
+    rc = mdb_cursor_get(cursor, &k, &v, MDB_NEXT);
+  }
+  mdb_cursor_close(cursor);
+  mdb_txn_abort(txn);
+  if (rc != 0 && rc != MDB_NOTFOUND) return lmdb_error(impl_->dir, rc);
   return out;
 }
 

@@ -33,8 +33,10 @@ namespace gflex::test {
 
 struct failing_store_state {
   std::map<std::string, std::vector<uint8_t>> kept;
-  int shard_scan_failures = 0;       ///< Scans of the data sets' shards still to fail.
-  std::set<std::string> unreadable;  ///< Keys whose reads fail.
+  /// Reads of the data sets' shards still to fail, as a store that cannot answer now fails.
+  int shard_read_failures = 0;
+  std::set<std::string> unreadable;  ///< Keys whose reads fail (the store cannot answer).
+  std::set<std::string> damaged;     ///< Keys whose values are damaged (reads and scans fail).
   std::set<std::string> unwritable;  ///< Keys whose commits fail (with all of their batch).
   std::map<std::string, int> reads;  ///< Reads asked, by key ((caf::get_atom, key) tells).
   std::set<std::string> deleted;     ///< Keys committed empty ((caf::get_atom) tells).
@@ -44,8 +46,9 @@ inline caf::error store_failure(const std::string& what) {
   return caf::make_error(caf::sec::runtime_error, what);
 }
 
-// A store of `kept` whose first `shard_scan_failures` scans of the shards fail, as do the
-// reads of the keys in `unreadable` and the commits naming a key in `unwritable` (to which
+// A store of `kept` whose first `shard_read_failures` reads of the shards fail, as do the
+// reads of the keys in `unreadable` (as a store that cannot answer) and of those in `damaged`
+// (as LMDB's of a damaged file), and the commits naming a key in `unwritable` (to which
 // (caf::put_atom, key) adds); other commits are applied, and (caf::get_atom) answers the keys
 // deleted so far.
 inline caf::behavior failing_store(caf::stateful_actor<failing_store_state>* self,
@@ -53,14 +56,12 @@ inline caf::behavior failing_store(caf::stateful_actor<failing_store_state>* sel
   self->state = std::move(init);
   using keys_values = caf::result<std::vector<std::string>, std::vector<std::vector<uint8_t>>>;
   auto scan = [=](const std::string& prefix, const std::string& suffix) -> keys_values {
-    if (prefix == data_chunk_prefix && self->state.shard_scan_failures > 0) {
-      --self->state.shard_scan_failures;
-      return store_failure("blobs/shard: damaged (its size or digest is wrong)");
-    }
     std::vector<std::string> keys;
     std::vector<std::vector<uint8_t>> values;
     for (const auto& [k, v] : self->state.kept)
       if (k.starts_with(prefix) && k.ends_with(suffix)) {
+        if (self->state.damaged.count(k) != 0)
+          return to_caf(error(errc::store_error, k + ": damaged (its size or digest is wrong)"));
         keys.push_back(k);
         values.push_back(v);
       }
@@ -71,9 +72,21 @@ inline caf::behavior failing_store(caf::stateful_actor<failing_store_state>* sel
       [=](scan_atom, const std::string& prefix, const std::string& suffix) {
         return scan(prefix, suffix);
       },
+      [=](keys_atom, const std::string& prefix) {
+        std::vector<std::string> keys;
+        for (const auto& [k, v] : self->state.kept)
+          if (k.starts_with(prefix)) keys.push_back(k);
+        return keys;
+      },
       [=](read_atom, const std::string& key) -> caf::result<bool, std::vector<uint8_t>> {
         ++self->state.reads[key];
+        if (key.starts_with(data_chunk_prefix) && self->state.shard_read_failures > 0) {
+          --self->state.shard_read_failures;
+          return store_failure(key + ": the store did not answer");
+        }
         if (self->state.unreadable.count(key) != 0) return store_failure(key + ": unreadable");
+        if (self->state.damaged.count(key) != 0)
+          return to_caf(error(errc::store_error, key + ": damaged (its size or digest is wrong)"));
         auto it = self->state.kept.find(key);
         if (it == self->state.kept.end()) return {false, std::vector<uint8_t>{}};
         return {true, it->second};

@@ -17,7 +17,7 @@ using namespace gflex::test;
 TEST_SUITE("job resume") {
   TEST_CASE("a failed read of the data sets fails no job: it waits, then resumes") {
     auto st = stored_job();
-    st.shard_scan_failures = 1;  // the next read, 5 s later, succeeds
+    st.shard_read_failures = 1;  // the next read, 5 s later, succeeds
     job_fixture f(st);
     auto s = f.await([](const job_status& s) { return !s.detail.empty(); }, 5);
     CHECK(s.state == job_state::running);
@@ -28,6 +28,48 @@ TEST_SUITE("job resume") {
     CHECK(s.state == job_state::running);
     CHECK_MESSAGE(s.detail.find("waiting for workers: 1 assignment(s) of round 3") == 0, s.detail);
     CHECK(s.round == 2);
+  }
+
+  TEST_CASE("a damaged shard leaves its data set out, not every set; the set can be removed") {
+    // One shard that could not be read failed the scan of every shard: every user's data sets
+    // were left unloaded, the load tried again every 5 s for good, and `gflex data rm` of the
+    // damaged set said there was none.
+    auto st = stored_job();
+    const auto train = encode_shard(samples(9), 0, 9), test = encode_shard(samples(4), 0, 4);
+    data_upload up("user/alice", "d", 2, {});
+    REQUIRE(up.add({0, 2, false, train}).has_value());
+    REQUIRE(up.add({1, 2, true, test}).has_value());
+    st.kept[data_set_key("user/alice", "d")] = encode_data_set(up.finish().value());
+    st.kept[data_chunk_key(digest_hex(train))] = train;
+    st.kept[data_chunk_key(digest_hex(test))] = test;
+    st.damaged.insert(data_chunk_key(digest_hex(train)));
+    job_fixture f(st);
+    // The job on "c" resumes: it waits for workers from round 2.
+    auto s =
+        f.await([](const job_status& s) { return s.detail.find("waiting for workers") == 0; }, 10);
+    CHECK_MESSAGE(s.detail.find("waiting for workers: 1 assignment(s) of round 3") == 0, s.detail);
+    f.self->request(f.supervisor, f.wait, drm_atom::value, f.alice, std::string("d"))
+        .receive([](caf::ok_atom) {}, [&](caf::error& e) { FAIL(f.sys.render(e)); });
+    std::vector<std::string> deleted;
+    f.self->request(f.store, f.wait, caf::get_atom::value)
+        .receive([&](std::vector<std::string>& keys) { deleted = keys; },
+                 [&](caf::error& e) { FAIL(f.sys.render(e)); });
+    const std::set<std::string> gone(deleted.begin(), deleted.end());
+    CHECK(gone.count(data_set_key("user/alice", "d")) == 1);
+    CHECK(gone.count(data_chunk_key(digest_hex(train))) == 1);
+    CHECK(gone.count(data_chunk_key(digest_hex(test))) == 1);
+  }
+
+  TEST_CASE("a job on a data set with a damaged shard ends, failed, saying so") {
+    auto st = stored_job();
+    for (const auto& [k, v] : st.kept)
+      if (k.starts_with(data_chunk_prefix) && v.size() > 0) st.damaged.insert(k);
+    job_fixture f(st);
+    auto s = f.await([](const job_status& s) { return is_terminal(s.state); }, 10);
+    CHECK(s.state == job_state::failed);
+    CHECK_MESSAGE(
+        s.detail.find("'c' cannot be read from the core's store (shard ") != std::string::npos,
+        s.detail);
   }
 
   TEST_CASE("a job whose checkpoint cannot be read waits, and can be cancelled") {

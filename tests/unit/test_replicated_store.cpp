@@ -183,6 +183,8 @@ TEST_SUITE("replicated_store") {
                        })
                 .has_value());
     CHECK(keys == std::vector<std::string>{"ckpt/1", "job/1"});
+    CHECK(*(*a)->keys("") == keys);  // the same keys, no chunk read
+    CHECK(*(*a)->keys("job/") == std::vector<std::string>{"job/1"});
     // Scanning for some keys reads only their values: with the checkpoint's chunk gone from
     // the only core, a scan of everything fails and a scan of the job's record does not.
     const auto chunk = dir / "chunks-a" / digest_hex(checkpoint);

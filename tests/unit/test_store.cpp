@@ -119,6 +119,15 @@ TEST_SUITE("store") {
     }));
     CHECK(records == std::vector<std::string>{"job/1/record"});
     CHECK_FALSE(s->scan("job/", [](std::string_view, std::span<const uint8_t>) { return true; }));
+    // Its keys are listed all the same, no value read.
+    CHECK(*s->keys("job/") == std::vector<std::string>{"job/1/checkpoint", "job/1/record"});
+    // The same value stored again repairs it (a data set pushed again): the damaged file of
+    // that name was kept, and every later read failed.
+    REQUIRE(s->put("job/1/checkpoint", big).has_value());
+    CHECK(blobs() == 1);
+    auto repaired = s->get("job/1/checkpoint");
+    REQUIRE_MESSAGE(repaired.has_value(), repaired.error().message());
+    CHECK(**repaired == big);
     // Erasing the key removes the file.
     std::vector<store_write> erase = {{"job/1/checkpoint", std::nullopt}};
     REQUIRE(s->commit(erase).has_value());

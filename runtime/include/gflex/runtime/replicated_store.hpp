@@ -77,6 +77,7 @@ class replicated_store final : public key_value_store {
 
   expected<void> commit(std::span<const store_write> writes) override;
   expected<std::optional<std::vector<uint8_t>>> get(std::string_view key) const override;
+  expected<std::vector<std::string>> keys(std::string_view prefix) const override;
   expected<void> scan(std::string_view prefix,
                       const std::function<bool(std::string_view key,
                                                std::span<const uint8_t> value)>& fn) const override;

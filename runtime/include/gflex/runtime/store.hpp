@@ -52,6 +52,10 @@ class key_value_store {
       std::string_view prefix, std::string_view suffix,
       const std::function<bool(std::string_view key, std::span<const uint8_t> value)>& fn) const;
 
+  /// The keys starting with `prefix`, in key order, their values unread: a value that
+  /// cannot be read (a damaged file) does not fail it, as it fails `scan`.
+  virtual expected<std::vector<std::string>> keys(std::string_view prefix) const = 0;
+
   /// The bytes the store uses (its high-water mark where it has one).
   virtual int64_t used_bytes() const = 0;
 };
@@ -88,6 +92,8 @@ class store final : public key_value_store {
       std::string_view prefix, std::string_view suffix,
       const std::function<bool(std::string_view key, std::span<const uint8_t> value)>& fn)
       const override;
+
+  expected<std::vector<std::string>> keys(std::string_view prefix) const override;
 
   /// The bytes the store's pages use in its file (its high-water mark).
   int64_t used_bytes() const override;
