@@ -163,7 +163,11 @@ std::string model_builder::toml() const {
 }
 
 expected<model_plan> model_builder::plan(const model_limits& limits) const {
-  return plan_model(spec_, limits);
+  // Read back from its TOML first, as the core reads it: every range the parser checks (a
+  // kernel of 65, a dropout rate of 1.5, 0 heads) is checked here too, with its messages.
+  auto parsed = parse_model_spec(toml(), "model");
+  if (!parsed) return parsed.error();
+  return plan_model(*parsed, limits);
 }
 
 }  // namespace gflex::kernels

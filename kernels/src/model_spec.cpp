@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <map>
 #include <optional>
+#include <set>
 #include <sstream>
 
 #include <toml++/toml.h>
@@ -407,12 +408,17 @@ expected<model_plan> plan_model(const model_spec& spec, const model_limits& limi
   if (tokens && spec.input.size() != 1)
     return fail("model.input", "a token model (with vocab) takes input = [context], got " +
                                    shape_text(spec.input));
+  if (spec.input.empty()) return fail("model.input", "empty");
   plan.values.push_back(spec.input);
   auto in_numel = checked_numel(spec.input);
   if (!in_numel || *in_numel > limits.max_activations)
     return fail("model.input", "too large: " + shape_text(spec.input));
   plan.sample_values = tokens ? spec.input[0] + 1 : *in_numel;
   std::map<std::string, int> names{{"input", 0}};
+  // Parameter blocks are found by name (an export's tensors, `gflex job eval`): two of one
+  // name, as an unnamed layer's "layer2.weight" and a layer named "layer2", would load the
+  // first's weights for both.
+  std::set<std::string> block_names;
   int64_t offset = 0;
   int64_t activations = *in_numel;
   // Beyond the outputs, per sample (model_limits::max_working_values): what attention keeps
@@ -457,15 +463,16 @@ expected<model_plan> plan_model(const model_spec& spec, const model_limits& limi
     shape_t out = in;
     // A parameter past the value bound (an attention of width 2^20, a huge kernel) is
     // refused after the switch, naming it, before its size is added anywhere.
-    std::string oversized;
+    std::string oversized, duplicate;
     auto add_param = [&](const std::string& what, shape_t shape) {
       auto n = checked_numel(shape);
       if (!n || *n > limits.max_parameters) {
         if (oversized.empty()) oversized = what + " " + shape_text(shape);
         return;
       }
-      p.params.push_back(
-          {(l.name.empty() ? "layer" + std::to_string(i) : l.name) + "." + what, shape, offset});
+      std::string block = (l.name.empty() ? "layer" + std::to_string(i) : l.name) + "." + what;
+      if (!block_names.insert(block).second && duplicate.empty()) duplicate = block;
+      p.params.push_back({std::move(block), shape, offset});
       offset += *n;
     };
     switch (l.kind) {
@@ -499,6 +506,8 @@ expected<model_plan> plan_model(const model_spec& spec, const model_limits& limi
       }
       case layer_kind::max_pool:
       case layer_kind::avg_pool:
+        if (l.size < 1 || l.stride < 1)  // parsed specs are checked; a built one may not be
+          return fail(at + ".size", "a window and a stride of at least 1");
         if (in.size() != 3)
           return fail(at, "takes [height, width, channels] input, got " + shape_text(in));
         if (l.size > in[0] || l.size > in[1])
@@ -534,6 +543,7 @@ expected<model_plan> plan_model(const model_spec& spec, const model_limits& limi
       case layer_kind::attention: {
         if (in.size() != 2)
           return fail(at, "takes [positions, width] input, got " + shape_text(in));
+        if (l.heads < 1) return fail(at + ".heads", "at least 1");
         if (last % l.heads != 0)
           return fail(at + ".heads", "width " + std::to_string(last) + " is not a multiple of " +
                                          std::to_string(l.heads) + " heads");
@@ -577,6 +587,9 @@ expected<model_plan> plan_model(const model_spec& spec, const model_limits& limi
       default:
         break;
     }
+    if (!duplicate.empty())
+      return fail(at + ".name", "its parameters are named '" + duplicate +
+                                    "', as an earlier layer's are: name the layers apart");
     if (!oversized.empty())
       return fail(at, "its parameter " + oversized + " holds more than " +
                           std::to_string(limits.max_parameters) + " values");

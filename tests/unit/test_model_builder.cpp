@@ -140,4 +140,32 @@ TEST_SUITE("model builder") {
     REQUIRE_FALSE(plan.has_value());
     CHECK(plan.error().message().find("model.layers[1] (add).with") != std::string::npos);
   }
+
+  TEST_CASE("the builder's plan checks every range the core checks, and never crashes") {
+    // plan() skipped the parser's range checks: 0 heads and a 0 window divided by zero
+    // (SIGFPE in the embedding program), an empty input read past its end, and a kernel of 65
+    // passed here to be refused by the core.
+    auto refused = [](const model_builder& m, const std::string& says) {
+      auto plan = m.plan();
+      REQUIRE_FALSE(plan.has_value());
+      CHECK_MESSAGE(plan.error().message().find(says) != std::string::npos, plan.error().message());
+    };
+    refused(model_builder("m", {8, 4}).attention(0).flatten().linear(2).softmax_xent(), "heads");
+    refused(model_builder("m", {8, 8, 1}).max_pool(0).flatten().linear(2).softmax_xent(), "size");
+    refused(model_builder("m", {8, 8, 1}).conv2d(2, 65).flatten().linear(2).softmax_xent(),
+            "kernel");
+    refused(model_builder("m", {}).linear(2).softmax_xent(), "input");
+  }
+
+  TEST_CASE("two layers whose parameters would share a name are refused") {
+    // An unnamed second layer's blocks are "layer2.*": a layer named "layer2" has the same
+    // names, and an export read by name loaded the first layer's weights for both.
+    auto m = model_builder("m", {16});
+    m.linear(16).named("layer2").relu().linear(16).relu().linear(2).softmax_xent();
+    auto plan = m.plan();
+    REQUIRE_FALSE(plan.has_value());
+    CHECK_MESSAGE(plan.error().message().find("'layer2.weight', as an earlier layer's are") !=
+                      std::string::npos,
+                  plan.error().message());
+  }
 }
