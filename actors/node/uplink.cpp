@@ -336,6 +336,9 @@ void pump_params(uplink_actor* self, std::shared_ptr<params_fetch> f) {
     }
     return;
   }
+  // Nobody waits for them any more (aborted): no more chunks are asked; the next assignment
+  // of these parameters asks for the rest.
+  if (f->waiting.empty()) return;
   for (uint64_t i = 0; i < f->parts->count() && f->asking.size() < params_chunks_in_flight; ++i) {
     if (f->parts->has(i) || f->asking.count(i)) continue;
     f->asking.insert(i);
@@ -602,6 +605,18 @@ caf::behavior uplink_behavior(uplink_actor* self, uplink_config config, caf::act
               break;
             }
         std::erase_if(st.deferred, [](const auto& q) { return q.second.empty(); });
+        // One whose parameters are still coming frees its worker now: it kept it busy until
+        // the fetch ended, and the node's next assignment on it waited past its deadline.
+        for (auto& f : st.params)
+          for (auto w = f->waiting.begin(); w != f->waiting.end(); ++w)
+            if (w->work.id == id) {
+              auto index = w->index;
+              w->promise.deliver(
+                  to_caf(error(errc::invalid_argument, "assignment aborted by its job")));
+              f->waiting.erase(w);
+              release_worker(self, index);
+              return;
+            }
       },
       [=](offer_atom, caf::actor& replacement, caf::actor& replaced) {
         // A worker was restarted by the node supervisor: it takes the old one's index. The

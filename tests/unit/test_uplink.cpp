@@ -202,6 +202,36 @@ TEST_SUITE("uplink") {
     for (auto& a : {uplink, core, sink}) s.self->send_exit(a, caf::exit_reason::user_shutdown);
   }
 
+  TEST_CASE("an abort stops the wait for an assignment's parameters, freeing its worker") {
+    // The round closed (or a backup won) while this node still fetched the parameters: the
+    // abort left the fetch going, the worker busy until it ended, and the node's next
+    // assignment on it waited past its deadline (and the slot was cooled down for it).
+    test::configured_system s;
+    caf::actor test = caf::actor_cast<caf::actor>(s.self);
+    session_script script = [test](node_session_actor::pointer self, caf::actor uplink) {
+      self->request(uplink, caf::infinite, assign_atom::value, uint32_t{0}, chunked(100, 0, 2))
+          .then([](assignment_result&) {}, [](caf::error&) {});
+      self->send(caf::actor_cast<node_uplink_actor>(uplink), abort_atom::value, uint64_t{100});
+      assignment a;
+      a.id = 200;
+      a.job_id = "job-1";
+      self->request(uplink, std::chrono::seconds(10), assign_atom::value, uint32_t{0}, a)
+          .then([test](assignment_result& r) { caf::anon_send(test, r.assignment_id); },
+                [test](caf::error&) { caf::anon_send(test, uint64_t{0}); });
+      self->delayed_send(self, std::chrono::seconds(6), bye_atom::value);  // the test is over
+    };
+    auto core = s.sys.spawn(scripted_core, std::vector<session_script>{script}, 1024);
+    auto worker = s.sys.spawn(instant_worker);
+    auto sink = s.sys.spawn(quiet_sink);
+    auto uplink = spawn_uplink(s.sys, probe_config(), core, {worker}, sink, sink);
+    uint64_t got = 1;
+    s.self->receive([&](uint64_t id) { got = id; }, caf::after(std::chrono::seconds(5)) >> [] {});
+    CHECK_MESSAGE(got == 200, "the next assignment on the worker: " << got);
+    std::this_thread::sleep_for(std::chrono::seconds(2));  // the session ends
+    for (auto& a : {uplink, core, sink, worker})
+      s.self->send_exit(a, caf::exit_reason::user_shutdown);
+  }
+
   TEST_CASE("the node's joined activity names the workers it runs, not --workers") {
     // gflex-node's status line shows "busy/N workers": on a GPU node N is its GPU groups
     // times --streams-per-gpu, which only the node knows once its workers are spawned.
