@@ -54,6 +54,14 @@ void configure_actor_system(caf::actor_system_config& cfg) {
                            return out;
                          });
   cfg.set("scheduler.max-throughput", size_t{100});
+  // A link that goes silent (a laptop that moved to another network, a core's host gone
+  // without a reset) is closed once nothing came over it for link_silence: TCP alone gives
+  // up after about 15 minutes, and meanwhile a node thought itself connected and the core
+  // held its connection. Both ends send a heartbeat every link_heartbeat. CAF sees a message
+  // once it has arrived whole, so the bound is above what the largest one a slow link
+  // carries takes (a payload chunk or a shard, asked for with a 120 s timeout).
+  cfg.set("middleman.heartbeat-interval", caf::timespan{link_heartbeat});
+  cfg.set("middleman.connection-timeout", caf::timespan{link_silence});
   cfg.load<caf::io::middleman>();
 }
 

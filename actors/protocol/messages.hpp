@@ -6,6 +6,7 @@
 
 #include <caf/all.hpp>
 
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -421,9 +422,14 @@ typename Inspector::result_type inspect(Inspector& f, node_status& x) {
 /// Core, nodes and clients must all call it: CAF matches types by these names.
 void register_message_types(caf::actor_system_config& cfg);
 
+/// How often each end of a link sends a heartbeat, and how long a link may stay silent
+/// before it is closed (configure_actor_system).
+inline constexpr std::chrono::seconds link_heartbeat{10};
+inline constexpr std::chrono::seconds link_silence{180};
+
 /// Applies the project's defaults to an actor system configuration: message types, the
-/// error category, and scheduler fairness (max-throughput, so one busy actor cannot starve
-/// the others).
+/// error category, scheduler fairness (max-throughput, so one busy actor cannot starve
+/// the others), and the closing of links that go silent (link_silence).
 void configure_actor_system(caf::actor_system_config& cfg);
 
 /// The CAF error category of gflex errors.

@@ -7,6 +7,7 @@
 
 #include <doctest/doctest.h>
 
+#include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -323,4 +324,35 @@ TEST_CASE("the message size limit is in effect in this process") {
 TEST_CASE("the check of routed messages' sources is in effect in this process") {
   auto in_effect = gflex::routed_message_check_in_effect();
   CHECK_MESSAGE(in_effect.has_value(), (in_effect ? "" : in_effect.error().message()));
+}
+
+TEST_CASE("a link that goes silent is closed: its peer's actors go down") {
+  // A laptop that moved to another network, or a core's host gone without a reset: nothing
+  // comes over the connection any more, and TCP alone gave it up after about 15 minutes,
+  // the node meanwhile thinking itself connected. A stopped child process is such a peer: the
+  // kernel still takes what is sent to it, and it sends nothing.
+  caf::actor_system_config defaults;
+  configure_actor_system(defaults);
+  CHECK(caf::get_or(defaults, "middleman.heartbeat-interval", caf::timespan{0}) ==
+        caf::timespan{link_heartbeat});
+  CHECK(caf::get_or(defaults, "middleman.connection-timeout", caf::timespan{0}) ==
+        caf::timespan{link_silence});
+  served_child child;
+  REQUIRE(child.port != 0);
+  // The same settings, shortened for the test.
+  caf::actor_system_config cfg;
+  configure_actor_system(cfg);
+  cfg.set("middleman.heartbeat-interval", caf::timespan{std::chrono::milliseconds(200)});
+  cfg.set("middleman.connection-timeout", caf::timespan{std::chrono::seconds(1)});
+  caf::actor_system sys{cfg};
+  caf::scoped_actor self{sys};
+  auto door = sys.middleman().remote_actor("127.0.0.1", child.port);
+  REQUIRE_MESSAGE(static_cast<bool>(door), sys.render(door.error()));
+  self->monitor(*door);
+  ::kill(child.pid, SIGSTOP);
+  bool down = false;
+  self->receive([&](const caf::down_msg&) { down = true; },
+                caf::after(std::chrono::seconds(6)) >> [] {});
+  ::kill(child.pid, SIGCONT);
+  CHECK_MESSAGE(down, "the link was silent for 6 s, past its 1 s timeout, and still open");
 }
