@@ -159,6 +159,11 @@ struct job_actor_state {
   double durable_loss = 0.0;
   int64_t durable_nodes = 0;
   bool finished = false;
+  // A round's commit (its record and checkpoint, and its payments) is on its way: a job that
+  // ends meanwhile writes its end record once it is answered, from what is durable then (the
+  // end record, written first, said the round before while the checkpoint and the payments
+  // were the round's, and an answer after the end paused the ended job).
+  int settling = 0;  // commits on their way
   // Answered once the job's end is recorded (or cannot be): a cancel is acknowledged only
   // when a restarted core would no longer resume the job.
   std::vector<caf::typed_response_promise<caf::ok_atom>> end_waiters;
@@ -270,6 +275,7 @@ void ask_booked(job_actor* self, const std::string& op) {
 
 void pause(job_actor* self, const std::string& why) {
   auto& st = self->state;
+  if (st.finished) return;  // a refusal that came after the end: the job stays ended
   st.paused = true;
   st.job.status.state = job_state::paused;
   st.job.status.detail = why;
@@ -376,6 +382,8 @@ settlement settle_round(job_actor_state& st, int64_t index, const round_results&
 void try_advance(job_actor* self);
 void try_confirm(job_actor* self);
 
+void record_end(job_actor* self);
+
 void finish(job_actor* self, job_state state, const std::string& detail) {
   auto& st = self->state;
   if (st.finished) return;
@@ -383,6 +391,22 @@ void finish(job_actor* self, job_state state, const std::string& detail) {
   st.job.status.state = state;
   st.job.status.detail = detail;
   st.job.status.eta_s = 0.0;
+  for (auto& [id, a] : st.pending) {
+    self->send(a.slot.worker, abort_atom::value, id);
+    self->send(st.links.market, release_atom::value, a.slot.worker);
+  }
+  st.pending.clear();
+  if (st.settling > 0) {
+    spdlog::info("job {}: ends once its round's commit is answered", st.job.id);
+    return;
+  }
+  record_end(self);
+}
+
+// Writes the ended job's record, returning what escrow still holds.
+void record_end(job_actor* self) {
+  auto& st = self->state;
+  const auto state = st.job.status.state;
   if (state != job_state::done) {
     // What the store holds is what the job ends with.
     st.job.status.round = st.durable_round;
@@ -391,11 +415,6 @@ void finish(job_actor* self, job_state state, const std::string& detail) {
     st.job.status.nodes = st.durable_nodes;
     trim_history(st.job.status.history, st.durable_round);
   }
-  for (auto& [id, a] : st.pending) {
-    self->send(a.slot.worker, abort_atom::value, id);
-    self->send(st.links.market, release_atom::value, a.slot.worker);
-  }
-  st.pending.clear();
   // What escrow still holds goes back with the final record, in one transaction.
   std::vector<posting> release;
   if (metered(st) && total_held(st) > 0) {
@@ -796,6 +815,7 @@ void try_confirm(job_actor* self) {
   const int64_t settled_index = u.index;
   auto committed = [=] {
     auto& st = self->state;
+    st.settling -= 1;
     st.durable_round = round;
     st.durable_accuracy = accuracy;
     st.durable_loss = loss;
@@ -803,6 +823,10 @@ void try_confirm(job_actor* self) {
     core_metrics::rounds_committed().inc();
     spdlog::info("job {}: round {}/{} committed, loss {:.4f}, test accuracy {:.4f}", st.job.id,
                  round, st.job.status.rounds, loss, accuracy);
+    if (st.finished) {  // ended meanwhile: its record says this round
+      if (st.settling == 0) record_end(self);
+      return;
+    }
     if (last) {
       finish(self, job_state::done, "");
       return;
@@ -823,10 +847,15 @@ void try_confirm(job_actor* self) {
     // The round was not settled: its hold goes back to escrow (and with the job's end to
     // its account), and what it would have paid is not spent.
     auto& st = self->state;
+    st.settling -= 1;
     if (metered(st) && settled.hold > 0) {
       st.held[settled_index] = settled.hold;
       st.job.status.credits_spent -= settled.paid;
       st.job.status.device_hours -= settled.hours;
+    }
+    if (st.finished) {  // ended meanwhile: the hold goes back with its end
+      if (st.settling == 0) record_end(self);
+      return;
     }
     finish(self, job_state::failed, "cannot commit round: " + why);
   };
@@ -836,6 +865,7 @@ void try_confirm(job_actor* self) {
   // booked as an operation (a round of no escrow and no pay moves nothing).
   const bool named = metered(st) && !pay.postings.empty();
   const auto op = ledger_op(st, "settle", u.index);
+  st.settling += 1;
   auto written = metered(st) ? self->request(st.links.ledger, st.links.ledger_wait,
                                              settle_atom::value, std::string("settle"),
                                              std::move(pay.memo), std::move(pay.postings),

@@ -11,6 +11,7 @@
 #include <doctest/doctest.h>
 
 #include <algorithm>
+#include <deque>
 #include <functional>
 #include <optional>
 
@@ -170,6 +171,43 @@ caf::behavior failing_verifier(caf::event_based_actor*) {
   return {
       [](verify_atom, verify_request&) -> caf::result<double, double, double> {
         return to_caf(error(errc::io_error, "re-computation failed: out of host memory"));
+      },
+  };
+}
+
+struct slow_store_state {
+  caf::actor inner, watcher;
+  std::deque<std::pair<store_batch, caf::typed_response_promise<caf::ok_atom>>> commits;
+};
+
+// A store whose commits each take `delay` (a busy disk), telling `watcher` of each as it
+// comes (commit_atom); reads go to `inner` at once, and commits after the delay, in order.
+caf::behavior slow_store(caf::stateful_actor<slow_store_state>* self, caf::actor inner,
+                         caf::actor watcher, std::chrono::milliseconds delay) {
+  self->state.inner = std::move(inner);
+  self->state.watcher = std::move(watcher);
+  return {
+      [=](commit_atom, store_batch& b) -> caf::result<caf::ok_atom> {
+        caf::anon_send(self->state.watcher, commit_atom::value);
+        auto rp = self->make_response_promise<caf::ok_atom>();
+        self->state.commits.emplace_back(std::move(b), rp);
+        self->delayed_send(self, delay, caf::put_atom::value);
+        return rp;
+      },
+      [=](caf::put_atom) {
+        auto [batch, rp] = std::move(self->state.commits.front());
+        self->state.commits.pop_front();
+        self->request(self->state.inner, std::chrono::seconds(10), commit_atom::value,
+                      std::move(batch))
+            .then([rp](caf::ok_atom) mutable { rp.deliver(caf::ok_atom::value); },
+                  [rp](caf::error& e) mutable { rp.deliver(std::move(e)); });
+      },
+      [=](read_atom, const std::string& key) -> caf::result<bool, std::vector<uint8_t>> {
+        auto rp = self->make_response_promise<bool, std::vector<uint8_t>>();
+        self->request(self->state.inner, std::chrono::seconds(10), read_atom::value, key)
+            .then([rp](bool found, std::vector<uint8_t>& v) mutable { rp.deliver(found, v); },
+                  [rp](caf::error& e) mutable { rp.deliver(std::move(e)); });
+        return rp;
       },
   };
 }
@@ -420,5 +458,44 @@ TEST_SUITE("job caught nodes") {
                                 "memory") != std::string::npos,
                     detail);
     }
+  }
+
+  TEST_CASE("a job cancelled while its round commits records that round, as its checkpoint is") {
+    // The end record went to the store behind the round's commit and said the round before:
+    // the checkpoint (and, metered, the payments) were the round's. A round's answer after the
+    // end also resumed a job paused for its budget: the ended job showed as paused for good.
+    caf::actor inner;
+    resumed_job r(6, {{"core-node", node_tier::core, std::chrono::milliseconds(0), {}}}, true,
+                  [&](caf::actor_system& sys, job_links& links) {
+                    inner = links.store;
+                    links.store = sys.spawn(slow_store, inner, links.supervisor,
+                                            std::chrono::milliseconds(800));
+                  });
+    auto& f = r.f;
+    bool committing = false;
+    for (int tries = 0; tries < 200 && !committing; ++tries)
+      f.self->receive([&](commit_atom) { committing = true; }, [](progress_atom, job_status&) {},
+                      caf::after(std::chrono::milliseconds(50)) >> [] {});
+    REQUIRE(committing);
+    f.self->request(r.job, std::chrono::seconds(30), cancel_atom::value)
+        .receive([](caf::ok_atom) {}, [&](caf::error& e) { FAIL(f.sys.render(e)); });
+    auto stored = [&](const std::string& key) {
+      std::vector<uint8_t> out;
+      f.self->request(inner, std::chrono::seconds(10), read_atom::value, key)
+          .receive([&](bool, std::vector<uint8_t>& v) { out = std::move(v); },
+                   [&](caf::error& e) { FAIL(f.sys.render(e)); });
+      return out;
+    };
+    auto record = decode_job_record(stored(job_record_key("job-1")));
+    REQUIRE(record.has_value());
+    auto checkpoint = decode_checkpoint(stored(job_checkpoint_key("job-1")));
+    REQUIRE(checkpoint.has_value());
+    CHECK(record->second.state == job_state::cancelled);
+    CHECK(checkpoint->step >= 3);
+    CHECK_MESSAGE(static_cast<uint64_t>(record->second.round) == checkpoint->step,
+                  "the end record says round " << record->second.round
+                                               << ", the checkpoint is of round "
+                                               << checkpoint->step);
+    f.self->send_exit(inner, caf::exit_reason::user_shutdown);  // the fixture ends the other
   }
 }
