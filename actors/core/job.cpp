@@ -890,7 +890,7 @@ void try_advance(job_actor* self) {
   auto& st = self->state;
   const auto& spec = st.job.spec;
   if (st.finished || st.unconfirmed) return;
-  auto quorum = static_cast<size_t>(std::ceil(spec.quorum * static_cast<double>(spec.workers)));
+  const auto quorum = static_cast<size_t>(quorum_results(spec));
   const bool ready = st.results.size() == static_cast<size_t>(spec.workers) ||
                      (st.closing && !st.results.empty() && st.results.size() >= quorum);
   if (!ready) return;
@@ -1313,7 +1313,7 @@ void watch_round(job_actor* self) {
     finish(self, job_state::failed, "its deadline of " + format_g(spec.deadline_h) + " h passed");
     return;
   }
-  auto quorum = static_cast<int64_t>(std::ceil(spec.quorum * static_cast<double>(spec.workers)));
+  const int64_t quorum = quorum_results(spec);
   if (!st.closing && age > spec.deadline_s && answered >= quorum && answered < spec.workers) {
     st.closing = true;
     try_advance(self);

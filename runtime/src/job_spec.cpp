@@ -617,4 +617,11 @@ std::string to_toml(const job_spec& spec) {
   return out;
 }
 
+int64_t quorum_results(const job_spec& spec) {
+  const double exact = spec.quorum * static_cast<double>(spec.workers);
+  // A fraction given in decimal (at most 1e-9 apart from its double) never needs one more.
+  const auto n = static_cast<int64_t>(std::ceil(exact - 1e-9 * std::max(1.0, exact)));
+  return std::clamp<int64_t>(n, 1, std::max<int64_t>(spec.workers, 1));
+}
+
 }  // namespace gflex

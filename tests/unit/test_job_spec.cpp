@@ -388,4 +388,21 @@ TEST_SUITE("job_spec") {
     REQUIRE_FALSE(bad.has_value());
     CHECK(bad.error().message().find("inner.lr_schedule") != std::string::npos);
   }
+
+  TEST_CASE("a round's quorum is the fraction of its workers rounded up, as written") {
+    // 0.07 x 100 is 7.000000000000001 in doubles: a round needed 8 results, not 7.
+    job_spec spec;
+    auto quorum = [&](double q, int64_t workers) {
+      spec.quorum = q;
+      spec.workers = workers;
+      return quorum_results(spec);
+    };
+    CHECK(quorum(0.07, 100) == 7);
+    CHECK(quorum(0.29, 100) == 29);
+    CHECK(quorum(0.5, 3) == 2);
+    CHECK(quorum(1.0, 5) == 5);
+    CHECK(quorum(0.01, 1) == 1);
+    CHECK(quorum(0.7, 10) == 7);
+    CHECK(quorum(0.71, 10) == 8);
+  }
 }

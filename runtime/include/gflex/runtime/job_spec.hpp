@@ -148,6 +148,11 @@ inline constexpr size_t max_job_spec_bytes = 64 * 1024;
 /// default. Missing keys other than job.workload take the defaults above.
 expected<job_spec> parse_job_spec(std::string_view toml_text, const std::string& source);
 
+/// The results a round past its deadline may close with: `quorum` of `workers`, rounded up,
+/// at least 1. Rounded from what the fraction says, not from its binary value (0.07 x 100 is
+/// 7.000000000000001 in doubles: 7 results, not 8).
+int64_t quorum_results(const job_spec& spec);
+
 /// Reads and parses a file; a missing or unreadable file is errc::io_error naming it.
 expected<job_spec> load_job_spec(const std::filesystem::path& file);
 
