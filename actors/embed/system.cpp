@@ -165,12 +165,10 @@ expected<std::string> init_core(const std::filesystem::path& data_dir) {
   auto fingerprint = create_core_credentials(data_dir);
   if (!fingerprint) return fingerprint.error();
   auto key = new_api_key() + "\n";
-  int fd = ::open(key_file.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, 0600);
-  if (fd < 0) return error(errc::io_error, key_file.string() + ": cannot create");
-  bool ok = ::write(fd, key.data(), key.size()) == static_cast<ssize_t>(key.size());
-  ok = ::fsync(fd) == 0 && ok;
-  ::close(fd);
-  if (!ok) return error(errc::io_error, key_file.string() + ": cannot write");
+  if (auto written = write_new_file(
+          key_file, {reinterpret_cast<const uint8_t*>(key.data()), key.size()}, 0600);
+      !written)
+    return written.error();
   return fingerprint;
 }
 

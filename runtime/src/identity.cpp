@@ -9,6 +9,7 @@
 #include <cstring>
 
 #include "gflex/runtime/digest.hpp"
+#include "gflex/runtime/secret_file.hpp"
 
 namespace gflex {
 
@@ -45,14 +46,7 @@ expected<node_identity> node_identity::load_or_create(const std::filesystem::pat
     std::error_code ec;
     std::filesystem::create_directories(file.parent_path(), ec);
     auto id = generate();
-    int out = ::open(file.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, 0600);
-    if (out < 0)
-      return key_error(file, std::string("cannot create (") + std::strerror(errno) + ")");
-    bool ok = ::write(out, id.secret_.data(), id.secret_.size()) ==
-              static_cast<ssize_t>(id.secret_.size());
-    ok = ::fsync(out) == 0 && ok;
-    ::close(out);
-    if (!ok) return key_error(file, "cannot write the key");
+    if (auto written = write_new_file(file, id.secret_); !written) return written.error();
     return id;
   }
   if (fd < 0) return key_error(file, std::string("cannot open (") + std::strerror(errno) + ")");

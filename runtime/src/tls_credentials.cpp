@@ -14,6 +14,8 @@
 #include <memory>
 #include <vector>
 
+#include "gflex/runtime/secret_file.hpp"
+
 namespace gflex {
 
 namespace {
@@ -97,14 +99,7 @@ std::string pem_of(EVP_PKEY* key) {
 
 // Writes `text` to a new file (never over an existing one) with `mode`.
 expected<void> write_new(const std::filesystem::path& file, const std::string& text, int mode) {
-  int fd = ::open(file.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, mode);
-  if (fd < 0)
-    return error(errc::io_error, file.string() + ": cannot create (" + std::strerror(errno) + ")");
-  bool ok = ::write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size());
-  ok = ::fsync(fd) == 0 && ok;
-  ::close(fd);
-  if (!ok) return error(errc::io_error, file.string() + ": cannot write");
-  return {};
+  return write_new_file(file, {reinterpret_cast<const uint8_t*>(text.data()), text.size()}, mode);
 }
 
 std::vector<cert_ptr> read_certs(const std::filesystem::path& pem) {

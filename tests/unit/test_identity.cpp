@@ -1,9 +1,14 @@
 #include <doctest/doctest.h>
+#include <signal.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <fstream>
 
 #include "gflex/runtime/identity.hpp"
+#include "gflex/runtime/secret_file.hpp"
 #include "temp_dir.hpp"
 
 using namespace gflex;
@@ -53,5 +58,40 @@ TEST_SUITE("identity") {
     CHECK_FALSE(verify_signature({}, msg, sig));
     CHECK_FALSE(verify_signature(a.public_key(), msg, std::vector<uint8_t>(10, 0)));
     CHECK(hello_message(2, "n") != hello_message(2, "m"));
+  }
+
+  TEST_CASE("a key file that cannot be written whole is not left behind") {
+    // A full disk (here: a file size limit of 10 bytes) or a crash between the create and the
+    // write left a short node.key, which every later start refused ("is not a node key")
+    // until someone deleted it: under systemd, a restart every 10 s for good.
+    test::temp_dir dir;
+    const auto file = dir.path() / "node.key";
+    std::fflush(nullptr);
+    const pid_t pid = ::fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+      ::signal(SIGXFSZ, SIG_IGN);
+      rlimit small{10, 10};
+      ::setrlimit(RLIMIT_FSIZE, &small);
+      auto made = node_identity::load_or_create(file);
+      ::_exit(made ? 0 : 1);
+    }
+    int status = 0;
+    REQUIRE(::waitpid(pid, &status, 0) == pid);
+    REQUIRE(WIFEXITED(status));
+    CHECK_MESSAGE(WEXITSTATUS(status) == 1, "a 64-byte key was written past a 10-byte limit?");
+    CHECK_FALSE(std::filesystem::exists(file));
+    for (const auto& e : std::filesystem::directory_iterator(dir.path()))
+      CHECK_MESSAGE(false, "left behind: " << e.path().filename().string());
+    // Without the limit it is made, and kept.
+    auto made = node_identity::load_or_create(file);
+    REQUIRE(made.has_value());
+    CHECK(node_identity::load_or_create(file)->public_key() == made->public_key());
+    // Never over an existing file.
+    const std::vector<uint8_t> other(8, 1);
+    auto refused = write_new_file(file, other);
+    REQUIRE_FALSE(refused.has_value());
+    CHECK(refused.error().message().find("cannot create") != std::string::npos);
+    CHECK(node_identity::load_or_create(file)->public_key() == made->public_key());
   }
 }
