@@ -1353,8 +1353,17 @@ void watch_round(job_actor* self) {
 // The job's first round, once its stale escrow is back; or, for a job started only to end
 // (`job_start::end_with`), its end.
 void begin(job_actor* self) {
-  if (!self->state.job.end_with.empty()) {
-    finish(self, self->state.job.end_state, self->state.job.end_with);
+  auto& st = self->state;
+  if (!st.job.end_with.empty()) {
+    finish(self, st.job.end_state, st.job.end_with);
+    return;
+  }
+  // Every round committed, the job not yet recorded done (its actor died between the last
+  // round's commit and its end record): it is done. Started, it trained and billed a round
+  // past the last, and never ended.
+  if (st.job.status.round >= st.job.status.rounds) {
+    spdlog::info("job {}: its last round is committed; it is done", st.job.id);
+    finish(self, job_state::done, "");
     return;
   }
   start_round(self);

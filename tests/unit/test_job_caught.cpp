@@ -498,4 +498,24 @@ TEST_SUITE("job caught nodes") {
                                                << checkpoint->step);
     f.self->send_exit(inner, caf::exit_reason::user_shutdown);  // the fixture ends the other
   }
+
+  TEST_CASE("a job restarted with its last round committed ends done, training nothing more") {
+    // Its actor died between the last round's commit and its end record: restarted from its
+    // checkpoint of the last round, it trained (and billed) round rounds+1, and never ended.
+    resumed_job r(2, {{"core-node", node_tier::core, std::chrono::milliseconds(0), {}}}, true);
+    std::optional<job_status> ended;
+    for (int tries = 0; tries < 100 && !ended; ++tries)
+      r.f.self->receive(
+          [&](progress_atom, job_status& s) {
+            if (is_terminal(s.state)) ended = std::move(s);
+          },
+          [](const caf::down_msg&) {}, caf::after(std::chrono::milliseconds(50)) >> [] {});
+    REQUIRE_MESSAGE(ended.has_value(), "not ended 5 s after its restart");
+    CHECK(ended->state == job_state::done);
+    CHECK(ended->round == 2);
+    int64_t answered = -1;
+    r.f.self->request(r.slots[0].worker, std::chrono::seconds(10), caf::get_atom::value)
+        .receive([&](int64_t n) { answered = n; }, [&](caf::error& e) { FAIL(r.f.sys.render(e)); });
+    CHECK(answered == 0);
+  }
 }
