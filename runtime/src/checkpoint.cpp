@@ -86,8 +86,10 @@ expected<checkpoint> decode_checkpoint(std::span<const uint8_t> bytes,
         c.data_set = root.getDataSet().cStr();
         c.step = root.getStep();
         auto list = root.getParameters();
-        if (list.size() > 1024)
-          return error(errc::malformed_message, "malformed checkpoint: too many tensors");
+        if (list.size() > max_checkpoint_tensors)
+          return error(errc::malformed_message,
+                       "malformed checkpoint: " + std::to_string(list.size()) +
+                           " tensors, more than " + std::to_string(max_checkpoint_tensors));
         for (auto entry : list) {
           auto t = detail::read_tensor(entry.getTensor(), limits);
           if (!t) return t.error();

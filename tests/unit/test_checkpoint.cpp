@@ -91,6 +91,25 @@ TEST_SUITE("checkpoint") {
     CHECK(back->find("b")->span<float>()[2] == 4.0f);
   }
 
+  TEST_CASE("an export of a model of 300 attention layers reads back") {
+    // 1,202 parameter blocks, within the planner's 512 layers: a checkpoint read refused more
+    // than 1,024 tensors, so `gflex job eval` and `fetch_parameters` failed on what `fetch`
+    // had written.
+    std::vector<float> block(4, 0.5f);
+    checkpoint_view c;
+    c.workload = "model";
+    for (int i = 0; i < 1202; ++i) c.vectors.push_back({"layer" + std::to_string(i), block});
+    auto decoded = decode_checkpoint(encode_checkpoint(c));
+    REQUIRE_MESSAGE(decoded.has_value(), decoded.error().message());
+    CHECK(decoded->tensors.size() == 1202);
+    // Past the bound, refused, saying how many.
+    for (size_t i = 1202; i <= max_checkpoint_tensors; ++i)
+      c.vectors.push_back({"extra" + std::to_string(i), block});
+    auto refused = decode_checkpoint(encode_checkpoint(c));
+    REQUIRE_FALSE(refused.has_value());
+    CHECK(refused.error().message().find("4097 tensors, more than 4096") != std::string::npos);
+  }
+
   TEST_CASE("damaged checkpoints and missing files are clear errors") {
     checkpoint c;
     c.workload = "x";

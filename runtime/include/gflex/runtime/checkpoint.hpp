@@ -51,6 +51,10 @@ struct checkpoint_view {
 };
 std::vector<uint8_t> encode_checkpoint(const checkpoint_view& c);
 
+/// The most tensors a checkpoint holds: a model's blocks (up to 512 layers of up to 4 blocks,
+/// an attention's with its biases) and the vectors beside them, with room to spare.
+inline constexpr size_t max_checkpoint_tensors = 4096;
+
 /// Bounds for a checkpoint: several tensors of up to a model's 2^28 values each (parameters
 /// and optimizer state), 4 GiB in all.
 inline constexpr decode_limits checkpoint_limits{size_t{1} << 32, 8, int64_t{1} << 28};
