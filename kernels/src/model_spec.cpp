@@ -14,6 +14,8 @@
 
 #include <toml++/toml.h>
 
+#include "gflex/runtime/printable_text.hpp"
+
 namespace gflex::kernels {
 
 namespace {
@@ -136,8 +138,8 @@ class spec_reader {
     if (const auto* i = n->as_integer()) x = static_cast<double>(i->get());
     if (!x) return fail(at, "must be a number");
     if (!(*x >= lo) || !(hi_open ? *x < hi : *x <= hi))
-      return fail(at, "must be in [" + std::to_string(lo) + ", " + std::to_string(hi) +
-                          (hi_open ? ")" : "]") + ", got " + std::to_string(*x));
+      return fail(at, "must be in [" + format_double(lo) + ", " + format_double(hi) +
+                          (hi_open ? ")" : "]") + ", got " + format_double(*x));
     return *x;
   }
 
@@ -249,7 +251,7 @@ expected<layer_spec> read_layer(const spec_reader& in, const toml::table& t, siz
       // The kernels take the rate as a float: one that rounds to 1 would drop every value.
       if (static_cast<float>(*r) >= 1.0f)
         return in.fail(path + ".rate",
-                       "must be below 1 as a 32-bit float, got " + std::to_string(*r));
+                       "must be below 1 as a 32-bit float, got " + format_double(*r));
       l.rate = *r;
       break;
     }

@@ -18,6 +18,8 @@
 
 #include <cmath>
 
+#include "gflex/runtime/printable_text.hpp"
+
 namespace gflex {
 
 namespace {
@@ -102,13 +104,6 @@ struct real_range {
     return (lo_open ? x > lo : x >= lo) && (hi_open ? x < hi : x <= hi);
   }
 };
-
-// Shortest text that parses back to exactly `x` ("0.001", "1e-05", "nan", "inf").
-std::string format_double(double x) {
-  std::array<char, 64> buf{};
-  auto [end, ec] = std::to_chars(buf.data(), buf.data() + buf.size(), x);
-  return std::string(buf.data(), ec == std::errc{} ? end : buf.data());
-}
 
 std::string describe(const real_range& r) {
   return std::string(r.lo_open ? "(" : "[") + format_double(r.lo) + ", " + format_double(r.hi) +

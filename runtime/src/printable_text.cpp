@@ -1,5 +1,7 @@
 #include "gflex/runtime/printable_text.hpp"
 
+#include <array>
+#include <charconv>
 #include <cstdint>
 
 namespace gflex {
@@ -36,6 +38,12 @@ bool is_printable_text(std::string_view text) noexcept {
     p += extra + 1;
   }
   return true;
+}
+
+std::string format_double(double x) {
+  std::array<char, 64> buf{};
+  auto [end, ec] = std::to_chars(buf.data(), buf.data() + buf.size(), x);
+  return std::string(buf.data(), ec == std::errc{} ? end : buf.data());
 }
 
 }  // namespace gflex

@@ -585,6 +585,10 @@ layers = [
           std::string::npos);
     CHECK(err(R"({ type = "linear", units = -3 }, { type = "softmax_xent" },)")
               .find("units: must be in [1, 1048576], got -3") != std::string::npos);
+    // A number is quoted as given: std::to_string printed 1e-13 as "0.000000".
+    CHECK(err(R"({ type = "layer_norm", eps = 1e-13 }, { type = "linear", units = 3 },
+                 { type = "softmax_xent" },)")
+              .find("eps: must be in [1e-12, 1], got 1e-13") != std::string::npos);
     CHECK(err(R"({ type = "conv2d", filters = 2, kernel = 3 }, { type = "softmax_xent" },)")
               .find("model.layers[0] (conv2d): takes [height, width, channels] input, got [6]") !=
           std::string::npos);
