@@ -170,10 +170,18 @@ struct replicated_store::impl {
 
   std::atomic<bool> stopping{false};
   std::thread lease_thread;
+  // When this core's lease ends at the latest, in steady-clock nanoseconds: its TTL after the
+  // last renewal etcd took (counted from when it was sent). A renewal waits for etcd up to
+  // its read timeout on each endpoint (5 s each): a leader cut off silently went on leading
+  // that long past its lease, while a follower led too. The watch ends the leadership at the
+  // deadline, whatever the renewal waits for.
+  std::atomic<int64_t> lease_deadline{0};
+  std::thread lease_watch;
 
   ~impl() {
     stopping = true;
     if (lease_thread.joinable()) lease_thread.join();
+    if (lease_watch.joinable()) lease_watch.join();
   }
 
   // The other live cores: id -> chunk address.
@@ -316,7 +324,9 @@ struct replicated_store::impl {
     int64_t id = 0;
     {
       std::lock_guard lock(etcd_mutex);
+      const auto asked = clock_type::now();
       auto l = etcd->grant_lease(config.lease_ttl_s);
+      if (l) extend_lease_deadline(asked);
       if (!l) return l.error();
       id = *l;
       etcd_op put{std::string(member_prefix) + config.core_id, bytes_of(advertise), id};
@@ -378,6 +388,25 @@ struct replicated_store::impl {
 
   // Renews the lease every third of its TTL. A leader that cannot renew it within the TTL
   // (or hears that it expired) has lost it; a follower joins again.
+  // A renewal sent at `sent` was taken: the lease holds until at least its TTL after.
+  void extend_lease_deadline(clock_type::time_point sent) {
+    lease_deadline = (sent + std::chrono::seconds(config.lease_ttl_s)).time_since_epoch().count();
+  }
+
+  // Ends the leadership once the lease may have ended (lease_deadline).
+  void watch_lease() {
+    while (!stopping) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      if (!leading || clock_type::now().time_since_epoch().count() < lease_deadline.load())
+        continue;
+      if (leading.exchange(false)) {
+        spdlog::error("replication: core {} has not renewed its leader lease within its TTL",
+                      config.core_id);
+        if (on_lost) on_lost();
+      }
+    }
+  }
+
   void renew_leases() {
     auto client = etcd_client::make(config.endpoints);
     if (!client) return;
@@ -390,7 +419,9 @@ struct replicated_store::impl {
       while (!stopping && clock_type::now() < next)
         std::this_thread::sleep_for(std::chrono::milliseconds(50));
       if (stopping) return;
+      const auto sent = clock_type::now();
       auto left = client->keep_alive(lease);
+      if (left && *left > 0) extend_lease_deadline(sent);
       const bool expired = (left && *left <= 0) ||
                            clock_type::now() - last_ok > std::chrono::seconds(config.lease_ttl_s);
       if (left && *left > 0) {
@@ -565,6 +596,7 @@ expected<std::unique_ptr<replicated_store>> replicated_store::start(replication_
   p->on_lost = std::move(on_lost);
   if (auto ok = p->join(); !ok) return ok.error();
   p->lease_thread = std::thread([self] { self->renew_leases(); });
+  p->lease_watch = std::thread([self] { self->watch_lease(); });
   return std::unique_ptr<replicated_store>(new replicated_store(std::move(p)));
 }
 

@@ -100,6 +100,10 @@ class etcd_server {
     }
   }
   std::string endpoint() const { return "127.0.0.1:" + std::to_string(client_port_); }
+  /// Stops (SIGSTOP) or resumes (SIGCONT) the member: its connections stay open, silent.
+  void freeze(bool frozen) const {
+    if (pid_ > 0) ::kill(pid_, frozen ? SIGSTOP : SIGCONT);
+  }
 
  private:
   pid_t pid_ = -1;
@@ -314,6 +318,35 @@ TEST_SUITE("replicated_store") {
     stopper_b.join();
     REQUIRE(b_led.has_value());
     CHECK_FALSE(*b_led);
+  }
+
+  TEST_CASE("a leader whose etcd goes silent stops leading within its lease's TTL" *
+            doctest::skip(!etcd_installed())) {
+    // Its renewal waited for etcd's answer up to the read timeout (5 s an endpoint) before it
+    // looked at the lease: cut off silently, a leader went on leading past its lease, while a
+    // follower could lead too.
+    test::temp_dir dir;
+    etcd_server etcd(dir.path());
+    std::atomic<int64_t> lost_at{0};
+    auto a = replicated_store::start(config_of(etcd, dir, "a"), [&] {
+      lost_at = std::chrono::steady_clock::now().time_since_epoch().count();
+    });
+    REQUIRE(a.has_value());
+    std::atomic<int> stop{0};
+    REQUIRE(*(*a)->campaign(stop, {}));
+    std::this_thread::sleep_for(std::chrono::milliseconds(1000));  // a renewal or so
+    const auto cut = std::chrono::steady_clock::now();
+    etcd.freeze(true);
+    for (int tries = 0; tries < 200 && lost_at.load() == 0; ++tries)
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    etcd.freeze(false);
+    REQUIRE_MESSAGE(lost_at.load() != 0, "still leading 10 s after etcd went silent");
+    const double after_s =
+        std::chrono::duration<double>(std::chrono::steady_clock::time_point(
+                                          std::chrono::steady_clock::duration(lost_at.load())) -
+                                      cut)
+            .count();
+    CHECK_MESSAGE(after_s <= 2.5, "it stopped leading " << after_s << " s after the cut (TTL 2 s)");
   }
 
   TEST_CASE("a push to a core that stops reading is cut short once it leaves" *
