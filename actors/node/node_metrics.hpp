@@ -9,7 +9,8 @@
 
 namespace gflex::node_metrics {
 
-/// Assignments this node's workers ended: "done" (a result sent) or "failed".
+/// Assignments this node's workers ended: "done" (a result sent), "failed", or "cancelled"
+/// (taken back by their job while they ran).
 inline metrics::counter assignments(const char* outcome) {
   return metrics::counter_of("gflex_node_assignments_total",
                              "Assignments ended by this node's workers, by outcome",

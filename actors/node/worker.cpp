@@ -390,10 +390,13 @@ caf::behavior worker_behavior(worker_actor* self, worker_config config, caf::act
             error(errc::device_error,
                   "out of device memory (injected by --device-error-at, a test aid)"));
       auto r = run_assignment(self->state, a, shard);
+      // Taken back by its job while it ran is no failure of this node's: its owner saw
+      // "failed" for each backup another node won.
+      const bool taken_back = !r && cfg.cancelled->cancelled(a.id);
       cfg.cancelled->forget(a.id);
       if (!r) {
-        node_metrics::assignments("failed").inc();
-        tell(node_activity::kind::failed, 0.0, 0.0);
+        node_metrics::assignments(taken_back ? "cancelled" : "failed").inc();
+        tell(taken_back ? node_activity::kind::cancelled : node_activity::kind::failed, 0.0, 0.0);
         return to_caf(r.error());
       }
       double used = cfg.compute_used->load();

@@ -61,6 +61,14 @@ void node_progress::on_activity(const node_activity& a) {
                          ? fmt::format(": {:.0f} samples/s, {:.2f} s", a.samples_per_s, a.compute_s)
                          : std::string());
       break;
+    case kind::cancelled:
+      busy_ = busy_ > 0 ? busy_ - 1 : 0;
+      if (!line_)
+        spdlog::info(
+            "stopped computing {} round {}: its job took it back (another node's copy "
+            "won, or the round closed)",
+            a.job_id, a.round);
+      break;
     case kind::earned:
       if (!line_ && a.earned != earned_)
         spdlog::info("earned {} credits so far", format_credits(a.earned));

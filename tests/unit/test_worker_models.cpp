@@ -19,6 +19,7 @@
 #include "configured_system.hpp"
 #include "gflex/kernels/devices.hpp"
 #include "gflex/kernels/model_spec.hpp"
+#include "gflex/node_activity.hpp"
 #include "gflex/runtime/tensor_codec.hpp"
 #include "gflex/runtime/update_codec.hpp"
 #include "messages.hpp"
@@ -99,6 +100,34 @@ TEST_SUITE("worker models") {
     // Eight jobs' models held 8 x 9 MB; the two most recent are kept.
     CAPTURE(in_use);
     CHECK(in_use.back() < in_use[1] + (in_use[1] - in_use[0]) / 2);
+    s.self->send_exit(worker, caf::exit_reason::user_shutdown);
+  }
+
+  TEST_CASE("an assignment its job takes back while it runs is cancelled, not failed") {
+    // A slow laptop loses many backups to faster nodes: each was shown to its owner as a
+    // failed assignment ("N failed" in gflex-node's status line).
+    test::configured_system s;
+    caf::actor test = caf::actor_cast<caf::actor>(s.self);
+    worker_config config;
+    config.on_activity = [test](const node_activity& n) {
+      caf::anon_send(test, static_cast<int>(n.what));
+    };
+    auto worker = spawn_worker(s.sys, config, s.sys.spawn(one_shard_cache, rows()));
+    auto a = assignment_of(0, "s");
+    a.local_steps = 100000;                         // minutes: it is taken back long before
+    caf::anon_send(worker, assign_atom::value, a);  // its answer is not what is tested
+    std::vector<int> seen;
+    auto next = [&] {
+      int what = -1;
+      s.self->receive([&](int w) { what = w; }, caf::after(std::chrono::seconds(30)) >> [] {});
+      seen.push_back(what);
+      return what;
+    };
+    REQUIRE(next() == static_cast<int>(node_activity::kind::started));
+    config.cancelled->cancel(a.id);
+    const int ended = next();
+    CAPTURE(seen);
+    CHECK(ended == static_cast<int>(node_activity::kind::cancelled));
     s.self->send_exit(worker, caf::exit_reason::user_shutdown);
   }
 

@@ -11,13 +11,14 @@ namespace gflex {
 /// What a node is doing, as it tells the program that runs it (gflex-node's status line).
 struct node_activity {
   enum class kind {
-    joined,    ///< The core admitted the node: `node_id`, and the `workers` it runs.
-    lost,      ///< The link to the core or the node's session ended; it joins again.
-    started,   ///< A worker took an assignment: `job_id`, `round`, `verify`.
-    done,      ///< ... and sent its result: also `samples_per_s`, `compute_s`.
-    failed,    ///< ... or could not compute it (it goes back to its job).
-    earned,    ///< The core says what it has paid the node so far: `earned`.
-    stopping,  ///< The node stops (run_node ends the process right after).
+    joined,     ///< The core admitted the node: `node_id`, and the `workers` it runs.
+    lost,       ///< The link to the core or the node's session ended; it joins again.
+    started,    ///< A worker took an assignment: `job_id`, `round`, `verify`.
+    done,       ///< ... and sent its result: also `samples_per_s`, `compute_s`.
+    failed,     ///< ... or could not compute it (it goes back to its job).
+    cancelled,  ///< ... or its job took it back while it ran (a backup won, the round closed).
+    earned,     ///< The core says what it has paid the node so far: `earned`.
+    stopping,   ///< The node stops (run_node ends the process right after).
   };
   kind what = kind::joined;
   std::string node_id;
