@@ -309,28 +309,52 @@ expected<std::optional<std::vector<uint8_t>>> store::get(std::string_view key) c
   return out;
 }
 
-expected<std::vector<std::string>> store::keys(std::string_view prefix) const {
+namespace {
+
+// Walks the keys starting with `prefix`, in order, in one read transaction: `fn` gets each
+// key and its value as LMDB holds it (a blob reference unresolved), and returns whether to go
+// on, or an error, which ends the walk with it.
+expected<void> walk_keys(
+    MDB_env* env, MDB_dbi dbi, const std::string& dir, std::string_view prefix,
+    const std::function<expected<bool>(std::string_view, std::span<const uint8_t>)>& fn) {
   MDB_txn* txn = nullptr;
-  if (int rc = mdb_txn_begin(impl_->env, nullptr, MDB_RDONLY, &txn); rc != 0)
-    return lmdb_error(impl_->dir, rc);
+  if (int rc = mdb_txn_begin(env, nullptr, MDB_RDONLY, &txn); rc != 0) return lmdb_error(dir, rc);
   MDB_cursor* cursor = nullptr;
-  if (int rc = mdb_cursor_open(txn, impl_->dbi, &cursor); rc != 0) {
+  if (int rc = mdb_cursor_open(txn, dbi, &cursor); rc != 0) {
     mdb_txn_abort(txn);
-    return lmdb_error(impl_->dir, rc);
+    return lmdb_error(dir, rc);
   }
-  std::vector<std::string> out;
   MDB_val k = as_val(prefix);
   MDB_val v;
+  expected<void> out;
   int rc = mdb_cursor_get(cursor, &k, &v, prefix.empty() ? MDB_FIRST : MDB_SET_RANGE);
   while (rc == 0) {
     std::string_view key(static_cast<const char*>(k.mv_data), k.mv_size);
     if (key.substr(0, prefix.size()) != prefix) break;
-    out.emplace_back(key);
+    auto more = fn(key, {static_cast<const uint8_t*>(v.mv_data), v.mv_size});
+    if (!more) {
+      out = more.error();
+      break;
+    }
+    if (!*more) break;
     rc = mdb_cursor_get(cursor, &k, &v, MDB_NEXT);
   }
   mdb_cursor_close(cursor);
   mdb_txn_abort(txn);
-  if (rc != 0 && rc != MDB_NOTFOUND) return lmdb_error(impl_->dir, rc);
+  if (out && rc != 0 && rc != MDB_NOTFOUND) return lmdb_error(dir, rc);
+  return out;
+}
+
+}  // namespace
+
+expected<std::vector<std::string>> store::keys(std::string_view prefix) const {
+  std::vector<std::string> out;
+  auto walked = walk_keys(impl_->env, impl_->dbi, impl_->dir, prefix,
+                          [&](std::string_view key, std::span<const uint8_t>) -> expected<bool> {
+                            out.emplace_back(key);
+                            return true;
+                          });
+  if (!walked) return walked.error();
   return out;
 }
 
@@ -343,43 +367,19 @@ expected<void> store::scan(
 expected<void> store::scan_ending(
     std::string_view prefix, std::string_view suffix,
     const std::function<bool(std::string_view, std::span<const uint8_t>)>& fn) const {
-  MDB_txn* txn = nullptr;
-  if (int rc = mdb_txn_begin(impl_->env, nullptr, MDB_RDONLY, &txn); rc != 0)
-    return lmdb_error(impl_->dir, rc);
-  MDB_cursor* cursor = nullptr;
-  if (int rc = mdb_cursor_open(txn, impl_->dbi, &cursor); rc != 0) {
-    mdb_txn_abort(txn);
-    return lmdb_error(impl_->dir, rc);
-  }
-  MDB_val k = as_val(prefix);
-  MDB_val v;
-  int rc = mdb_cursor_get(cursor, &k, &v, prefix.empty() ? MDB_FIRST : MDB_SET_RANGE);
-  while (rc == 0) {
-    std::string_view key(static_cast<const char*>(k.mv_data), k.mv_size);
-    if (key.substr(0, prefix.size()) != prefix) break;
-    if (!key.ends_with(suffix)) {  // its value (a large one in a file) is not read
-      rc = mdb_cursor_get(cursor, &k, &v, MDB_NEXT);
-      continue;
-    }
-    std::span<const uint8_t> value{static_cast<const uint8_t*>(v.mv_data), v.mv_size};
-    std::vector<uint8_t> from_file;
-    if (auto blob = as_blob_ref(value)) {
-      auto bytes = read_blob(impl_->blobs, *blob);
-      if (!bytes) {
-        mdb_cursor_close(cursor);
-        mdb_txn_abort(txn);
-        return bytes.error();
-      }
-      from_file = std::move(*bytes);
-      value = from_file;
-    }
-    if (!fn(key, value)) break;
-    rc = mdb_cursor_get(cursor, &k, &v, MDB_NEXT);
-  }
-  mdb_cursor_close(cursor);
-  mdb_txn_abort(txn);
-  if (rc != 0 && rc != MDB_NOTFOUND) return lmdb_error(impl_->dir, rc);
-  return {};
+  return walk_keys(impl_->env, impl_->dbi, impl_->dir, prefix,
+                   [&](std::string_view key, std::span<const uint8_t> value) -> expected<bool> {
+                     if (!key.ends_with(suffix))
+                       return true;  // its value (a large one in a file) is not read
+                     std::vector<uint8_t> from_file;
+                     if (auto blob = as_blob_ref(value)) {
+                       auto bytes = read_blob(impl_->blobs, *blob);
+                       if (!bytes) return bytes.error();
+                       from_file = std::move(*bytes);
+                       value = from_file;
+                     }
+                     return fn(key, value);
+                   });
 }
 
 }  // namespace gflex

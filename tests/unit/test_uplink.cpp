@@ -161,6 +161,17 @@ assignment chunked(uint64_t id, int set, size_t chunks) {
   return a;
 }
 
+// Hands worker 0 assignment 200, its parameters inline; `test` hears its id once it is
+// answered, 0 if it fails or is not answered within 10 s.
+void assign_inline(node_session_actor::pointer self, caf::actor uplink, caf::actor test) {
+  assignment a;
+  a.id = 200;
+  a.job_id = "job-1";
+  self->request(uplink, std::chrono::seconds(10), assign_atom::value, uint32_t{0}, a)
+      .then([test](assignment_result& r) { caf::anon_send(test, r.assignment_id); },
+            [test](caf::error&) { caf::anon_send(test, uint64_t{0}); });
+}
+
 }  // namespace
 
 TEST_SUITE("uplink") {
@@ -180,12 +191,7 @@ TEST_SUITE("uplink") {
       self->delayed_send(self, std::chrono::milliseconds(300), bye_atom::value);
     };
     session_script second = [test](node_session_actor::pointer self, caf::actor uplink) {
-      assignment a;
-      a.id = 200;
-      a.job_id = "job-1";
-      self->request(uplink, std::chrono::seconds(10), assign_atom::value, uint32_t{0}, a)
-          .then([test](assignment_result& r) { caf::anon_send(test, r.assignment_id); },
-                [test](caf::error&) { caf::anon_send(test, uint64_t{0}); });
+      assign_inline(self, uplink, test);
     };
     auto core = s.sys.spawn(scripted_core, std::vector<session_script>{first, second}, 1024);
     std::vector<caf::actor> workers;
@@ -212,12 +218,7 @@ TEST_SUITE("uplink") {
       self->request(uplink, caf::infinite, assign_atom::value, uint32_t{0}, chunked(100, 0, 2))
           .then([](assignment_result&) {}, [](caf::error&) {});
       self->send(caf::actor_cast<node_uplink_actor>(uplink), abort_atom::value, uint64_t{100});
-      assignment a;
-      a.id = 200;
-      a.job_id = "job-1";
-      self->request(uplink, std::chrono::seconds(10), assign_atom::value, uint32_t{0}, a)
-          .then([test](assignment_result& r) { caf::anon_send(test, r.assignment_id); },
-                [test](caf::error&) { caf::anon_send(test, uint64_t{0}); });
+      assign_inline(self, uplink, test);
       self->delayed_send(self, std::chrono::seconds(6), bye_atom::value);  // the test is over
     };
     auto core = s.sys.spawn(scripted_core, std::vector<session_script>{script}, 1024);
