@@ -219,12 +219,15 @@ expected<assignment_result> run_assignment(worker_state& st, assignment& a, cons
       int8 && !st.misbehaving &&
       (!on_host || n * static_cast<int64_t>(sizeof(float)) <= kept_model_bytes) &&
       slot.replicas.front()->mark_start();
-  for (int64_t step = 0; step < steps; ++step) {
+  // Checked before each step and once after the last: one taken back during its last step
+  // forms no update (a large model's takes seconds) and sends none.
+  for (int64_t step = 0;; ++step) {
     if (st.config.cancelled->cancelled(a.id)) {
       spdlog::info("stopped {} round {} after {} of {} steps: the node no longer wants it",
                    a.job_id, a.round + 1, step, steps);
       return error(errc::invalid_argument, "assignment cancelled while it ran");
     }
+    if (step >= steps) break;
     for (int64_t b = 0; b < a.batch_size; ++b) {
       if (cursor == rows) {
         std::iota(order.begin(), order.end(), 0);
