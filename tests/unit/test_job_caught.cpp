@@ -195,7 +195,8 @@ caf::behavior slow_store(caf::stateful_actor<slow_store_state>* self, caf::actor
         return rp;
       },
       [=](caf::put_atom) {
-        auto [batch, rp] = std::move(self->state.commits.front());
+        auto batch = std::move(self->state.commits.front().first);
+        auto rp = std::move(self->state.commits.front().second);
         self->state.commits.pop_front();
         self->request(self->state.inner, std::chrono::seconds(10), commit_atom::value,
                       std::move(batch))
