@@ -293,6 +293,18 @@ struct resumed_job {
 
   // The job's status once it has committed `round`; nullopt if it went down or took over
   // `seconds`.
+  // The job's status once it has ended; nullopt if it took over `seconds`.
+  std::optional<job_status> ended(int seconds = 10) {
+    std::optional<job_status> out;
+    for (int tries = 0; tries < seconds * 20 && !out; ++tries)
+      f.self->receive(
+          [&](progress_atom, job_status& s) {
+            if (is_terminal(s.state)) out = std::move(s);
+          },
+          [](const caf::down_msg&) {}, caf::after(std::chrono::milliseconds(50)) >> [] {});
+    return out;
+  }
+
   std::optional<job_status> committed(int64_t round, int seconds = 10) {
     std::optional<job_status> out;
     bool down = false;
@@ -393,23 +405,13 @@ TEST_SUITE("job caught nodes") {
     // was handed out for ever, the job running and each failure cooling a worker down.
     claims diverging;
     diverging.diverges = true;
-    auto ended = [](resumed_job& r) {
-      std::optional<job_status> out;
-      for (int tries = 0; tries < 200 && !out; ++tries)
-        r.f.self->receive(
-            [&](progress_atom, job_status& s) {
-              if (is_terminal(s.state)) out = std::move(s);
-            },
-            [](const caf::down_msg&) {}, caf::after(std::chrono::milliseconds(50)) >> [] {});
-      return out;
-    };
     {
       resumed_job r(6,
                     {{"a", node_tier::core, std::chrono::milliseconds(0), diverging},
                      {"b", node_tier::core, std::chrono::milliseconds(0), diverging},
                      {"c", node_tier::core, std::chrono::milliseconds(0), diverging}},
                     true);
-      auto s = ended(r);
+      auto s = r.ended();
       REQUIRE_MESSAGE(s.has_value(), "the job still runs 10 s after every node diverged");
       CHECK(s->state == job_state::failed);
       CHECK_MESSAGE(s->detail.find("training diverged in round 3 on 3 nodes") != std::string::npos,
@@ -504,13 +506,7 @@ TEST_SUITE("job caught nodes") {
     // Its actor died between the last round's commit and its end record: restarted from its
     // checkpoint of the last round, it trained (and billed) round rounds+1, and never ended.
     resumed_job r(2, {{"core-node", node_tier::core, std::chrono::milliseconds(0), {}}}, true);
-    std::optional<job_status> ended;
-    for (int tries = 0; tries < 100 && !ended; ++tries)
-      r.f.self->receive(
-          [&](progress_atom, job_status& s) {
-            if (is_terminal(s.state)) ended = std::move(s);
-          },
-          [](const caf::down_msg&) {}, caf::after(std::chrono::milliseconds(50)) >> [] {});
+    auto ended = r.ended(5);
     REQUIRE_MESSAGE(ended.has_value(), "not ended 5 s after its restart");
     CHECK(ended->state == job_state::done);
     CHECK(ended->round == 2);
