@@ -35,7 +35,8 @@ struct node_entry {
 struct registry_state {
   std::chrono::steady_clock::time_point mailbox_noted{};  // core_metrics::note_mailbox
   std::map<std::string, node_entry> nodes;
-  std::map<caf::actor_addr, std::string> by_session;  // a session's node id
+  std::map<caf::actor_addr, std::string> by_session;   // a session's node id
+  std::map<std::vector<uint8_t>, std::string> by_key;  // a joined node's id by its public key
   uint64_t next_id = 1;
   caf::actor market;
   caf::actor data_server;
@@ -64,6 +65,9 @@ caf::behavior registry_actor(caf::stateful_actor<registry_state>* self, caf::act
                 "node {} ({}) {}: its work goes back to the market", node_id, it->second.name, why);
     self->demonitor(it->second.session.address());
     self->state.by_session.erase(it->second.session.address());
+    if (auto k = self->state.by_key.find(it->second.public_key);
+        k != self->state.by_key.end() && k->second == node_id)
+      self->state.by_key.erase(k);
     // Its session ends (the node's uplink sees that and joins again when it can).
     self->send_exit(it->second.session, caf::exit_reason::user_shutdown);
     core_metrics::nodes(it->second.tier == static_cast<uint8_t>(node_tier::core)).dec();
@@ -93,6 +97,21 @@ caf::behavior registry_actor(caf::stateful_actor<registry_state>* self, caf::act
                               "too many nodes connected from " + address + " (at most " +
                                   std::to_string(config.max_per_address) + ", --max-per-address)"));
         }
+        // One session per node key: the key is the node (its reputation, its earnings, its
+        // token's binding), and a key joined many times over held as many sessions, workers
+        // and market slots. A second process on the same key is most often a second node
+        // started in the same data directory; it is refused (and retries, so that a node
+        // restarted before its old session's lease ran out gets in once it has).
+        if (!hello.public_key.empty()) {
+          if (auto k = st.by_key.find(hello.public_key); k != st.by_key.end()) {
+            const auto& held = st.nodes.at(k->second);
+            return to_caf(error(errc::limit_exceeded,
+                                "node key " + key_hex(hello.public_key).substr(0, 16) +
+                                    " is already joined as " + k->second + " (" + held.name +
+                                    ") from " + held.address +
+                                    "; each node needs its own --data-dir, which holds its key"));
+          }
+        }
         std::string id = prefix + std::to_string(st.next_id++);
         session_identity who{id, hello.name, key_hex(hello.public_key), hello.tier, hello.workers};
         auto spawned = spawn_node_session(self->system(), who, config.limits, hello.uplink,
@@ -113,6 +132,7 @@ caf::behavior registry_actor(caf::stateful_actor<registry_state>* self, caf::act
         entry.throughput = hello.throughput;
         entry.public_key = hello.public_key;
         st.nodes[id] = std::move(entry);
+        if (!hello.public_key.empty()) st.by_key[hello.public_key] = id;
         std::vector<worker_slot> slots;
         for (auto& w : spawned.workers)
           slots.push_back(

@@ -6,7 +6,9 @@
 /// - (hello_atom, node_hello, address) -> node_welcome, forwarded by the core supervisor
 ///   once the node is admitted: assigns a node id, spawns the node's session (node_session.hpp)
 ///   and offers the session's worker handles to the market. The welcome carries only the
-///   session. At most `max_per_address` nodes from one address at once.
+///   session. At most `max_per_address` nodes from one address at once, and one session per
+///   node key: a hello whose key is joined already is refused (limit_exceeded) until that
+///   node's session ends.
 /// - (beat_atom, node_id, dropped) from a session: renews the node's lease. A node whose
 ///   lease runs out (a hung process with its socket open) has its session ended; a session
 ///   that ends (the node said bye, its uplink went down, it was disconnected) takes the node

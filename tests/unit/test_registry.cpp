@@ -78,4 +78,59 @@ TEST_SUITE("registry") {
     CHECK(listed().empty());
     (void)silent;
   }
+
+  TEST_CASE("a node key joins once at a time: a second hello on it waits for the first to end") {
+    test::configured_system s;
+    auto sink = s.sys.spawn([](caf::event_based_actor* self) -> caf::behavior {
+      self->set_default_handler(caf::drop);
+      return {[](int) {}};
+    });
+    registry_config config;
+    config.heartbeat_ms = 100;
+    config.lease_ms = 400;
+    auto registry = spawn_registry(s.sys, sink, sink, config);
+    struct ender {
+      caf::scoped_actor& self;
+      std::vector<caf::actor> actors;
+      ~ender() {
+        for (auto& a : actors) self->send_exit(a, caf::exit_reason::user_shutdown);
+      }
+    } end{s.self, {registry, sink}};
+    auto hello = [&](const std::string& name, uint8_t key_byte, const std::string& address) {
+      node_hello h;
+      h.protocol = protocol_version;
+      h.name = name;
+      h.workers = 1;
+      h.uplink = sink;
+      h.public_key.assign(32, key_byte);
+      expected<node_welcome> out = error(errc::none, "");
+      s.self->request(registry, std::chrono::seconds(5), hello_atom::value, h, address)
+          .receive([&](node_welcome& w) { out = std::move(w); },
+                   [&](caf::error& e) { out = from_caf(e, &s.sys); });
+      return out;
+    };
+    auto listed = [&] {
+      std::vector<node_status> nodes;
+      s.self->request(registry, std::chrono::seconds(5), nodes_atom::value)
+          .receive([&](std::vector<node_status>& n) { nodes = std::move(n); },
+                   [&](caf::error& e) { FAIL(s.sys.render(e)); });
+      return nodes;
+    };
+    auto first = hello("a", 7, "10.0.0.1");
+    REQUIRE(first);
+    // The same key again, from elsewhere and under another name: refused, and nothing added.
+    auto again = hello("b", 7, "10.0.0.2");
+    REQUIRE_FALSE(again);
+    CHECK(again.error().code() == errc::limit_exceeded);
+    CHECK(again.error().message().find("already joined as " + first->node_id) != std::string::npos);
+    CHECK(listed().size() == 1);
+    // Another key joins as usual.
+    REQUIRE(hello("c", 8, "10.0.0.2"));
+    CHECK(listed().size() == 2);
+    // Once the first node's lease has run out (it never beats), its key joins again.
+    std::this_thread::sleep_for(std::chrono::milliseconds(900));
+    auto later = hello("a", 7, "10.0.0.3");
+    REQUIRE(later);
+    CHECK(later->node_id != first->node_id);
+  }
 }
