@@ -780,6 +780,16 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links) {
           return to_caf(
               error(errc::permission_denied, "job spec: market.account: this API key belongs to " +
                                                  who + ", which cannot bill " + spec->account));
+        // An account's job is paid from its credits. One that named no paying account ran
+        // unmetered on nodes that ask a price: they were never paid for verified work. Without
+        // an account, an account's job may only take nodes that ask nothing.
+        if (who != operator_principal && spec->account.empty() && spec->max_price != 0)
+          return to_caf(error(
+              errc::invalid_argument,
+              "job spec: market.account: a job submitted with " + who +
+                  "'s API key is paid from its credits: name it (account = \"" + who +
+                  "\") with a budget and a max_price, or set max_price = 0 to run only on nodes "
+                  "that ask nothing"));
         const std::string owner = who != operator_principal ? who
                                   : !spec->account.empty()  ? spec->account
                                                             : std::string(operator_principal);

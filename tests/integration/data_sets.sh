@@ -7,7 +7,8 @@
 source "$(dirname "$0")/lib.sh"
 G="$BIN/gflex"
 C="$BIN/gflex-core"
-start_cluster 2
+# Nodes that ask nothing: alice's jobs name no paying account.
+NODE_ARGS_1="--price 0" NODE_ARGS_2="--price 0" start_cluster 2
 
 key_file alice
 key_file bob
@@ -116,6 +117,9 @@ local_steps = 30
 batch_size = 64
 lr = 0.002
 
+[market]
+max_price = 0
+
 [data]
 set = "fm-npy"
 
@@ -137,7 +141,7 @@ sed -e 's/^workers = 2/workers = 64/' "$spec" >"$WORK/wide.toml"
 expect_error "more workers than a pushed set's shards" \
   "job.workers: 64 workers, but the data set has only [0-9]+ shards" \
   "${ALICE[@]}" "$G" submit "$WORK/wide.toml" --core "$core"
-printf '[job]\nname = "wide"\nworkload = "fashion-mlp"\nrounds = 2\nworkers = 40\n' \
+printf '[job]\nname = "wide"\nworkload = "fashion-mlp"\nrounds = 2\nworkers = 40\n[market]\nmax_price = 0\n' \
   >"$WORK/wide-builtin.toml"
 expect_error "more workers than a built-in set's shards" \
   "failed: job spec: job.workers: 40 workers, but the data set has only 20 shards" \

@@ -6,7 +6,8 @@
 # peak resident memory (VmHWM) is measured against the model's size and bounded.
 source "$(dirname "$0")/lib.sh"
 G="$BIN/gflex"
-start_cluster 2
+# Nodes that ask nothing: alice's job names no paying account.
+NODE_ARGS_1="--price 0" NODE_ARGS_2="--price 0" start_cluster 2
 key_file alice
 ALICE=(env "GFLEX_API_KEY=$(cat "$WORK/alice.key")")
 
@@ -57,6 +58,9 @@ every = 2
 
 [round]
 deadline_s = 600.0
+
+[market]
+max_price = 0
 
 [data]
 set = "fm-small"

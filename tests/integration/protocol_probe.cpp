@@ -735,7 +735,8 @@ TEST_CASE(
   auto accepted_ids = std::make_shared<std::vector<std::string>>();
   auto ids_mutex = std::make_shared<std::mutex>();
   const std::string long_job =
-      "[job]\nname = \"limit\"\nworkload = \"fashion-mlp\"\nrounds = 1000\nworkers = 1\n";
+      "[job]\nname = \"limit\"\nworkload = \"fashion-mlp\"\nrounds = 1000\nworkers = 1\n"
+      "[market]\nmax_price = 0\n";
   auto submitter = p.sys->spawn([=](caf::event_based_actor* f) -> caf::behavior {
     for (int i = 0; i < 10; ++i)
       f->request(session, std::chrono::seconds(60), submit_atom::value, long_job)

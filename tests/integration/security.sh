@@ -74,7 +74,12 @@ ALICE=(env "GFLEX_API_KEY=$(cat "$WORK/alice.key")")
 BOB=(env "GFLEX_API_KEY=$(cat "$WORK/bob.key")")
 printf '[job]\nname = "long"\nworkload = "fashion-mlp"\nrounds = 100000\nworkers = 1\n' \
   >"$WORK/long.toml"
-job=$("${ALICE[@]}" "$G" submit "$WORK/long.toml" --core "$core") || fail "alice submits"
+# An account's job is paid from its credits: without a paying account it may take only nodes
+# that ask nothing.
+expect_error "alice's job that pays nobody" "is paid from its credits" \
+  "${ALICE[@]}" "$G" submit "$WORK/long.toml" --core "$core"
+{ cat "$WORK/long.toml" && printf '[market]\nmax_price = 0\n'; } >"$WORK/long-free.toml"
+job=$("${ALICE[@]}" "$G" submit "$WORK/long-free.toml" --core "$core") || fail "alice submits"
 # The key from a file works as well as from the environment.
 GFLEX_API_KEY="" "$G" status "$job" --json --api-key-file "$WORK/alice.key" --core "$core" \
   >"$WORK/alice-job.json" || fail "alice sees her job"
@@ -116,10 +121,10 @@ state=$(json_get "$WORK/alice-job2.json" "j['state']")
 "${ALICE[@]}" "$G" cancel "$job" --core "$core" >/dev/null || fail "alice cancels her job"
 # Three unfinished jobs per account here; the fourth is refused until one ends.
 for i in 1 2 3; do
-  "${BOB_G[@]}" submit "$WORK/long.toml" --core "$core" >>"$WORK/bob-jobs" || fail "bob job $i"
+  "${BOB_G[@]}" submit "$WORK/long-free.toml" --core "$core" >>"$WORK/bob-jobs" || fail "bob job $i"
 done
 expect_error "a fourth unfinished job" "user/bob already has 3 unfinished jobs" \
-  "${BOB[@]}" "$G" submit "$WORK/long.toml" --core "$core"
+  "${BOB[@]}" "$G" submit "$WORK/long-free.toml" --core "$core"
 while read -r j; do
   "${BOB_G[@]}" cancel "$j" --core "$core" >/dev/null || fail "bob cancels $j"
 done <"$WORK/bob-jobs"

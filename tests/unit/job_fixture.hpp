@@ -147,6 +147,9 @@ inline const std::string k_spec =
     "{ type = \"softmax_xent\" } ]\n"
     "[data]\nset = \"c\"\n";
 
+// k_spec as alice may submit it without a paying account: on nodes that ask nothing.
+inline const std::string free_spec = k_spec + "[market]\nmax_price = 0\n";
+
 // Alice's data set "c" (`train_shards` training shards of 12 samples, each its own, and a
 // test shard) and her running job-1 of `spec`, which trains on it: its checkpoint is of
 // round 2, its record says `recorded_round`.

@@ -128,9 +128,36 @@ TEST_SUITE("job resume") {
     job_fixture f(st);
     f.await([](const job_status& s) { return !s.detail.empty(); }, 10);  // records read
     std::string id;
-    f.self->request(f.supervisor, f.wait, submit_atom::value, f.alice, k_spec)
+    f.self->request(f.supervisor, f.wait, submit_atom::value, f.alice, free_spec)
         .receive([&](std::string& x) { id = x; }, [&](caf::error& e) { FAIL(f.sys.render(e)); });
     CHECK(id == "job-3");
+  }
+
+  TEST_CASE("an account's job names its paying account, or takes only nodes that ask nothing") {
+    // It ran unmetered on nodes that ask a price, which were never paid for verified work.
+    job_fixture f(stored_job());
+    f.await([](const job_status& s) { return !s.detail.empty(); }, 10);  // records read
+    auto submit = [&](const std::string& who, const std::string& text) -> expected<std::string> {
+      expected<std::string> out = error(errc::none, "");
+      f.self->request(f.supervisor, f.wait, submit_atom::value, who, text)
+          .receive([&](std::string& id) { out = std::move(id); },
+                   [&](caf::error& e) { out = from_caf(e, &f.sys); });
+      return out;
+    };
+    auto unpaid = submit(f.alice, k_spec);
+    REQUIRE_FALSE(unpaid.has_value());
+    CHECK(unpaid.error().code() == errc::invalid_argument);
+    CHECK_MESSAGE(unpaid.error().message().find("is paid from its credits: name it (account = "
+                                                "\"user/alice\")") != std::string::npos,
+                  unpaid.error().message());
+    // Nothing was recorded: the next job takes the next id.
+    CHECK(submit(f.alice, free_spec).value() == "job-2");
+    // The operator's own jobs are the platform's: refused only because alice's data set is
+    // not the operator's.
+    auto platform = submit(std::string(operator_principal), k_spec);
+    REQUIRE_FALSE(platform.has_value());
+    CHECK_MESSAGE(platform.error().message().find("no data set") != std::string::npos,
+                  platform.error().message());
   }
 
   TEST_CASE("a resumed job that cannot have its data ends, and returns its escrow") {
