@@ -592,7 +592,8 @@ void roll_back(job_actor* self) {
 
 // All the work of a caught node in the rounds not yet committed is discarded, never paid
 // (rolling the unconfirmed round back if it held any), and it is given no more.
-void discard_work_of(job_actor* self, const std::string& node, const std::string& why) {
+// `node` and `why` are copies: a caller's name may live in a result this erases.
+void discard_work_of(job_actor* self, const std::string node, const std::string why) {
   auto& st = self->state;
   st.caught.insert(node);
   std::vector<uint64_t> out;
@@ -632,7 +633,10 @@ void discard_work_of(job_actor* self, const std::string& node, const std::string
 
 // A node was caught in this job: its reputation hears why, its work here is discarded, and
 // the other jobs discard theirs (a caught cheat loses its unpaid credits everywhere).
-void caught(job_actor* self, const std::string& node, const std::string& why) {
+// `node` is a copy: callers pass a result's own slot name, which the discard erases (read
+// after that, a freed name matched none of the node's other results, which were then kept,
+// credited and paid).
+void caught(job_actor* self, const std::string node, const std::string why) {
   auto& st = self->state;
   st.job.status.rejected_results += 1;
   self->send(st.links.reputation, reject_atom::value, node, why);

@@ -175,6 +175,54 @@ caf::behavior failing_verifier(caf::event_based_actor*) {
   };
 }
 
+// A reputation tracker that samples every result for re-computation but the first of
+// `unsampled`, and notes whom it credits.
+caf::behavior sampling_all_but_first(caf::stateful_actor<credits_state>* self,
+                                     std::string unsampled) {
+  auto first = std::make_shared<bool>(true);
+  return {
+      [=](sample_atom, const std::string& name) {
+        if (name != unsampled || !*first) return true;
+        *first = false;
+        return false;
+      },
+      [=](credit_atom, const std::string& name, uint8_t, double, int64_t) {
+        self->state.credited.push_back(name);
+      },
+      [](reject_atom, const std::string&, std::string&) {},
+      [=](caf::get_atom) -> caf::result<std::vector<std::string>, std::vector<double>> {
+        return {self->state.credited, self->state.compute_s};
+      },
+  };
+}
+
+struct refuting_state {
+  int asked = 0;
+  std::map<int, caf::typed_response_promise<double, double, double>> held;
+};
+
+// A verifier that refutes its second re-computation at once, and confirms every other after
+// `delay`.
+caf::behavior refuting_second(caf::stateful_actor<refuting_state>* self,
+                              std::chrono::milliseconds delay) {
+  return {
+      [=](verify_atom, verify_request&) -> caf::result<double, double, double> {
+        const int n = ++self->state.asked;
+        if (n == 2) return {1.0, 1.0, 0.01};
+        auto rp = self->make_response_promise<double, double, double>();
+        self->state.held.emplace(n, rp);
+        self->delayed_send(self, delay, caf::put_atom::value, n);
+        return rp;
+      },
+      [=](caf::put_atom, int n) {
+        auto it = self->state.held.find(n);
+        if (it == self->state.held.end()) return;
+        it->second.deliver(0.0, 1.0, 0.01);
+        self->state.held.erase(it);
+      },
+  };
+}
+
 struct slow_store_state {
   caf::actor inner, watcher;
   std::deque<std::pair<store_batch, caf::typed_response_promise<caf::ok_atom>>> commits;
@@ -365,6 +413,32 @@ TEST_SUITE("job caught nodes") {
     CHECK(std::count(credited.begin(), credited.end(), "volunteer") == 0);
     REQUIRE(credited.size() == 1);
     CHECK(compute_s[0] < 10.0);
+  }
+
+  TEST_CASE("a node caught in the current round loses its result in the applied round too") {
+    // Round 3 is applied with the volunteer's result (not sampled) and the other node's
+    // (being re-computed, so the round can still be rolled back). The volunteer's round-4
+    // result is refuted. Its name was passed by reference into that result, which the discard
+    // erases first: the name then read freed memory, so its round-3 result was kept (no
+    // rollback) and, once round 3 was confirmed, credited and paid.
+    const std::string cheat = "volunteer-with-a-long-name";  // past the short-string buffer
+    resumed_job r(6,
+                  {{cheat, node_tier::community, std::chrono::milliseconds(0), {}},
+                   {"other", node_tier::community, std::chrono::milliseconds(100), {}}},
+                  true, [&](caf::actor_system& sys, job_links& links) {
+                    links.reputation = sys.spawn(sampling_all_but_first, cheat);
+                    links.verifier = sys.spawn(refuting_second, std::chrono::milliseconds(800));
+                  });
+    // The job goes on without the cheat (its slot is not offered again: caught here).
+    auto s = r.committed(4, 20);
+    REQUIRE(s.has_value());
+    CHECK(s->rejected_results >= 1);
+    std::vector<std::string> credited;
+    r.f.self->request(r.links.reputation, std::chrono::seconds(10), caf::get_atom::value)
+        .receive([&](std::vector<std::string>& c, std::vector<double>&) { credited = c; },
+                 [&](caf::error& e) { FAIL(r.f.sys.render(e)); });
+    CHECK(std::count(credited.begin(), credited.end(), cheat) == 0);
+    CHECK(std::count(credited.begin(), credited.end(), "other") >= 1);
   }
 
   TEST_CASE("a node that sends its stored updates in turn is re-computed") {
