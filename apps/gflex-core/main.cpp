@@ -22,6 +22,7 @@
 #include "gflex/runtime/lifetime.hpp"
 #include "gflex/runtime/logging.hpp"
 #include "large_buffers.hpp"
+#include "parse_command_line.hpp"
 
 namespace {
 
@@ -272,7 +273,7 @@ int main(int argc, char** argv) {
   token_revoke->add_option("id", f.id, "the token's id (as `token list` shows it)")->required();
   gflex::app::add_connection_flags(token_revoke, f.link);
   token_revoke->callback([&] { f.action = "token-revoke"; });
-  CLI11_PARSE(app, argc, argv);
+  if (auto code = gflex::app::parse_command_line(app, argc, argv)) return *code;
 
   if (auto ok = gflex::init_logging(log_level); !ok) {
     std::fprintf(stderr, "gflex-core: %s\n", ok.error().message().c_str());

@@ -12,6 +12,7 @@
 #include "gflex/kernels/blas_kernels.hpp"
 #include "gflex/test_aids.hpp"
 #include "node_progress.hpp"
+#include "parse_command_line.hpp"
 
 int main(int argc, char** argv) {
   gflex::kernels::use_best_blas_kernels(argv);
@@ -92,7 +93,7 @@ int main(int argc, char** argv) {
       ->group("");
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error, critical or off")
       ->capture_default_str();
-  CLI11_PARSE(app, argc, argv);
+  if (auto code = gflex::app::parse_command_line(app, argc, argv)) return *code;
   config.tier = gflex::parse_node_tier(tier).value();
   // A secret is better kept out of the process list: the environment is the usual place.
   if (const char* token = std::getenv("GFLEX_TOKEN"); config.token.empty() && token != nullptr)

@@ -12,6 +12,7 @@
 #include "gflex/runtime/logging.hpp"
 #include "job_commands.hpp"
 #include "market_commands.hpp"
+#include "parse_command_line.hpp"
 #include "sample_command.hpp"
 #include "train_command.hpp"
 
@@ -30,11 +31,7 @@ int main(int argc, char** argv) {
   gflex::app::add_market_commands(app, run);
   gflex::app::add_data_commands(app, run);
   gflex::app::add_sample_command(app, run);
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    return app.exit(e);
-  }
+  if (auto code = gflex::app::parse_command_line(app, argc, argv)) return *code;
   if (auto ok = gflex::init_logging(log_level); !ok) {
     std::fprintf(stderr, "gflex: %s\n", ok.error().message().c_str());
     return 2;

@@ -5,9 +5,9 @@
 source "$(dirname "$0")/lib.sh"
 G="$BIN/gflex"
 
-expect_error "no subcommand" "subcommand is required" "$G"
-expect_error "unknown flag" "--frobnicate" "$G" train --frobnicate
-expect_error "zero epochs" "--epochs: Value 0 not in range" "$G" train --epochs 0
+expect_usage "no subcommand" "subcommand is required" "$G"
+expect_usage "unknown flag" "--frobnicate" "$G" train --frobnicate
+expect_usage "zero epochs" "--epochs: Value 0 not in range" "$G" train --epochs 0
 expect_error "negative batch" "--batch-size" "$G" train --batch-size -5
 expect_error "non-numeric lr" "--lr: must be a positive number, got 'fast'" "$G" train --lr fast
 expect_error "NaN lr" "--lr: must be a positive number, got 'nan'" "$G" train --lr nan
@@ -37,7 +37,7 @@ else
 fi
 
 # The core's market flags are checked before it opens its store.
-expect_error "core: newcomer share over 1" "--newcomer-share: Value 1.5 not in range" \
+expect_usage "core: newcomer share over 1" "--newcomer-share: Value 1.5 not in range" \
   "$BIN/gflex-core" --listen 127.0.0.1:1 --data-dir "$WORK/core" --newcomer-share 1.5
 expect_error "core: no samples per shard" "--shard-samples: Value 0 not in range" \
   "$BIN/gflex-core" --listen 127.0.0.1:1 --data-dir "$WORK/core" --shard-samples 0
@@ -45,11 +45,11 @@ expect_error "core: no samples per shard" "--shard-samples: Value 0 not in range
 # A node's device flags are checked before it contacts the core (there is none at port 1).
 N="$BIN/gflex-node"
 nd="$WORK/node"
-expect_error "node: unknown tier" '--tier: tier must be "community" or "core", got "gold"' \
+expect_usage "node: unknown tier" '--tier: tier must be "community" or "core", got "gold"' \
   "$N" --join 127.0.0.1:1 --data-dir "$nd" --token t --insecure --tier gold
 expect_error "node: --gpus on the CPU" "--gpus needs a CUDA backend" \
   "$N" --join 127.0.0.1:1 --data-dir "$nd" --token t --insecure --backend cpu --gpus 0
-expect_error "node: unknown backend" "unknown --backend 'tpu'" \
+expect_usage "node: unknown backend" "unknown --backend 'tpu'" \
   "$N" --join 127.0.0.1:1 --data-dir "$nd" --token t --insecure --backend tpu
 expect_error "node: bad memory limit" "--gpu-memory-limit: '6X' is not a byte size" \
   "$N" --join 127.0.0.1:1 --data-dir "$nd" --token t --insecure --gpu-memory-limit 6X
@@ -58,7 +58,7 @@ expect_error "node: bad host memory limit" "--memory-limit: '12Q' is not a byte 
 expect_error "node: host memory limit below the calibration model" \
   "--memory-limit 1M leaves no room for the calibration model: allocating" \
   "$N" --join 127.0.0.1:1 --data-dir "$nd" --token t --insecure --backend cpu --memory-limit 1M
-expect_error "node: no streams" "--streams-per-gpu" \
+expect_usage "node: no streams" "--streams-per-gpu" \
   "$N" --join 127.0.0.1:1 --data-dir "$nd" --token t --insecure --streams-per-gpu 0
 if [ "$("$G" devices --json - | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["devices"]))')" = 0 ]; then
   expect_error "node: --backend cuda without a device" "--backend cuda: no usable CUDA device" \

@@ -26,6 +26,7 @@ expect_error() {
   shift 2
   local rc=0
   timeout -s KILL 60 "$@" >"$WORK/out" 2>"$WORK/err" || rc=$?
+  rc_seen=$rc
   if [ "$rc" -eq 0 ]; then
     fail "$name: exited 0"
   elif [ "$rc" -ge 124 ]; then
@@ -35,6 +36,16 @@ expect_error() {
   else
     echo "ok: $name (exit $rc)"
   fi
+}
+
+# expect_usage NAME PATTERN CMD...: as expect_error, for bad usage, whose exit code is 2 (the
+# README's, and what the systemd units take for "do not restart").
+expect_usage() {
+  local before=$failures
+  expect_error "$@"
+  [ "$failures" -eq "$before" ] && [ "$rc_seen" != 2 ] &&
+    fail "$1: exit $rc_seen, not 2 (bad usage)"
+  return 0
 }
 
 # start NAME CMD...: runs CMD in the background with its output in $WORK/NAME.log and
