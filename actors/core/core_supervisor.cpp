@@ -545,7 +545,20 @@ caf::behavior core_actor(core_actor_type* self, core_children children, core_con
 
 }  // namespace
 
+expected<void> check_core_config(const core_config& config) {
+  // A lease shorter than two heartbeats drops healthy nodes every lease, with their work in
+  // flight, and they join again for ever.
+  if (uint64_t{config.lease_ms} < 2 * uint64_t{config.heartbeat_ms})
+    return error(errc::invalid_argument,
+                 "--lease-ms " + std::to_string(config.lease_ms) +
+                     " must be at least twice --heartbeat-ms " +
+                     std::to_string(config.heartbeat_ms) +
+                     ": a node beats once per heartbeat and is lost after a lease of silence");
+  return {};
+}
+
 expected<caf::actor> spawn_core(caf::actor_system& sys, const core_config& config) {
+  if (auto ok = check_core_config(config); !ok) return ok.error();
   auto store = open_core_store(sys, config);
   if (!store) return store.error();
   core_children c;

@@ -23,7 +23,11 @@
 
 namespace gflex {
 
-/// Spawns a core's actor tree; fails when the store cannot be opened.
+/// Checks settings of `config` that are valid alone but not together.
+expected<void> check_core_config(const core_config& config);
+
+/// Spawns a core's actor tree; fails when the store cannot be opened or the config does not
+/// pass check_core_config.
 expected<caf::actor> spawn_core(caf::actor_system& sys, const core_config& config);
 
 }  // namespace gflex

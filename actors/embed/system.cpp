@@ -277,6 +277,10 @@ std::optional<int> lead_replicated(core_config& config, caf::actor_system& sys) 
 int run_core(const core_config& given, const core_service_starter& start) {
   signal_watcher signals;
   core_config config = given;
+  if (auto ok = check_core_config(config); !ok) {
+    spdlog::error("{}", ok.error().message());
+    return 2;
+  }
   if (config.operator_key.empty()) {
     auto key = read_operator_key(config.data_dir);
     if (!key) {

@@ -41,6 +41,9 @@ expect_usage "core: newcomer share over 1" "--newcomer-share: Value 1.5 not in r
   "$BIN/gflex-core" --listen 127.0.0.1:1 --data-dir "$WORK/core" --newcomer-share 1.5
 expect_error "core: no samples per shard" "--shard-samples: Value 0 not in range" \
   "$BIN/gflex-core" --listen 127.0.0.1:1 --data-dir "$WORK/core" --shard-samples 0
+expect_usage "core: a lease shorter than two heartbeats" \
+  "--lease-ms 1000 must be at least twice --heartbeat-ms 5000" \
+  "$BIN/gflex-core" --listen 127.0.0.1:1 --data-dir "$WORK/core" --heartbeat-ms 5000 --lease-ms 1000
 
 # A node's device flags are checked before it contacts the core (there is none at port 1).
 N="$BIN/gflex-node"
