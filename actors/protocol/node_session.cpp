@@ -13,6 +13,7 @@
 #include "core_metrics.hpp"
 #include "gflex/runtime/job_spec.hpp"
 #include "gflex/runtime/payload_chunks.hpp"
+#include "gflex/runtime/printable_text.hpp"
 
 namespace gflex {
 
@@ -414,6 +415,17 @@ node_session_internal::behavior_type session_behavior(session_actor* self, sessi
                 [=](caf::error& e) mutable {
                   self->state.in_flight.erase(id);
                   withdraw_params(self, id);
+                  // The node's own words reach the job's status, the core's log and users'
+                  // terminals and JSON: printable text only (bytes that are not UTF-8 made
+                  // `gflex status --json` abort), and no more of them than a status line
+                  // shows.
+                  if (e.category() == error_category) {
+                    const auto said = from_caf(e);
+                    rp.deliver(to_caf(
+                        error(said.code(),
+                              printable_text(std::string_view(said.message()).substr(0, 512)))));
+                    return;
+                  }
                   rp.deliver(std::move(e));
                 });
         return rp;

@@ -116,4 +116,8 @@ nlohmann::json to_json(const ledger_report& r) {
   return j;
 }
 
+std::string json_text(const nlohmann::json& j, int indent) {
+  return j.dump(indent, ' ', false, nlohmann::json::error_handler_t::replace);
+}
+
 }  // namespace gflex::app

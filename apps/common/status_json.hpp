@@ -6,6 +6,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <string>
 #include <vector>
 
 #include "gflex/accounts.hpp"
@@ -18,6 +19,10 @@ nlohmann::json to_json(const job_status& s);
 
 /// The nodes, each with its share of the validated work among them.
 nlohmann::json to_json(const std::vector<node_status>& nodes);
+
+/// `j` as text. Bytes that are not UTF-8 (in a record a core wrote before it checked such
+/// text, or in a file name) become U+FFFD: nlohmann's default throws, and the CLI aborted.
+std::string json_text(const nlohmann::json& j, int indent = 2);
 
 nlohmann::json to_json(const account_info& a);
 nlohmann::json to_json(const ledger_report& r);

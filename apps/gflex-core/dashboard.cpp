@@ -144,8 +144,7 @@ class dashboard final : public core_service {
     res.set_header("Cache-Control", "no-store");
     // Text from peers is checked at their hello; a byte that is not UTF-8 all the same (a
     // record written before the check) is replaced, not thrown on.
-    res.set_content(j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace),
-                    "application/json");
+    res.set_content(json_text(j, -1), "application/json");
   }
 
   static void fail(httplib::Response& res, const error& e) {

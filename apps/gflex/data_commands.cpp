@@ -1,5 +1,6 @@
 #include "data_commands.hpp"
 #include "fail.hpp"
+#include "status_json.hpp"
 
 #include <spdlog/spdlog.h>
 
@@ -178,7 +179,7 @@ int run_push(const data_flags& f) {
   auto info = c->push_data(f.name, *data);
   if (!info) return fail(info.error());
   if (f.as_json)
-    std::printf("%s\n", to_json(*info).dump(2).c_str());
+    std::printf("%s\n", json_text(to_json(*info)).c_str());
   else
     print(*info);
   return 0;
@@ -199,7 +200,7 @@ int run_list(const data_flags& f) {
   if (f.as_json) {
     nlohmann::json j = nlohmann::json::array();
     for (const auto& i : *sets) j.push_back(to_json(i));
-    std::printf("%s\n", (f.name.empty() ? j : j[0]).dump(2).c_str());
+    std::printf("%s\n", json_text(f.name.empty() ? j : j[0]).c_str());
     return 0;
   }
   for (const auto& i : *sets) print(i);

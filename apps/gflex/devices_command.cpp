@@ -1,4 +1,5 @@
 #include "devices_command.hpp"
+#include "status_json.hpp"
 
 #include <spdlog/spdlog.h>
 #include <nlohmann/json.hpp>
@@ -73,10 +74,10 @@ int run_devices(const devices_flags& f) {
   if (!f.json.empty()) {
     nlohmann::json out = {{"devices", list}, {"reason", devices.empty() ? why : ""}};
     if (f.json == "-") {
-      std::printf("%s\n", out.dump(2).c_str());
+      std::printf("%s\n", json_text(out).c_str());
     } else {
       std::ofstream file(f.json);
-      file << out.dump(2) << '\n';
+      file << json_text(out) << '\n';
       if (!file) {
         spdlog::error("{}: cannot write", f.json);
         return 1;

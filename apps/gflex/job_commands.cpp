@@ -33,7 +33,7 @@ namespace {
 
 bool write_json(const std::string& file, const nlohmann::json& j) {
   std::ofstream out(file);
-  out << j.dump(2) << '\n';
+  out << json_text(j) << '\n';
   if (!out) spdlog::error("{}: cannot write the JSON summary", file);
   return static_cast<bool>(out);
 }
@@ -150,7 +150,7 @@ int run_status(const job_flags& f) {
     auto s = c->status(f.job_id);
     if (!s) return fail(s.error());
     if (f.as_json) {
-      std::printf("%s\n", to_json(*s).dump(2).c_str());
+      std::printf("%s\n", json_text(to_json(*s)).c_str());
     } else {
       std::printf("%s %s: %s, round %lld/%lld, test accuracy %.4f, loss %.4f%s%s\n",
                   s->job_id.c_str(), s->name.c_str(), to_string(s->state),
@@ -175,7 +175,7 @@ int run_status(const job_flags& f) {
   if (f.as_json) {
     auto list = nlohmann::json::array();
     for (const auto& s : *all) list.push_back(to_json(s));
-    std::printf("%s\n", list.dump(2).c_str());
+    std::printf("%s\n", json_text(list).c_str());
   } else {
     std::printf("%-10s %-20s %-10s %9s %9s\n", "JOB", "NAME", "STATE", "ROUND", "ACCURACY");
     for (const auto& s : *all)
@@ -207,9 +207,7 @@ int run_nodes(const job_flags& f) {
   if (f.as_json) {
     // Nodes' device and GPU names come from the nodes (printable UTF-8 since their hello is
     // checked); anything else is replaced rather than thrown on.
-    std::printf(
-        "%s\n",
-        to_json(*nodes).dump(2, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
+    std::printf("%s\n", json_text(to_json(*nodes)).c_str());
   } else {
     for (const auto& n : *nodes) {
       std::printf(

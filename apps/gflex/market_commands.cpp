@@ -30,7 +30,7 @@ int run_account(const market_flags& f) {
   auto a = c->account(f.id.empty() ? std::string("platform") : f.id);
   if (!a) return fail(a.error());
   if (f.as_json) {
-    std::printf("%s\n", to_json(*a).dump(2).c_str());
+    std::printf("%s\n", json_text(to_json(*a)).c_str());
     return 0;
   }
   std::printf("%s: %s credits\n", a->id.c_str(), format_credits(a->balance).c_str());
@@ -44,7 +44,7 @@ int run_verify(const market_flags& f) {
   auto r = c->verify_ledger();
   if (!r) return fail(r.error());
   if (f.as_json) {
-    std::printf("%s\n", to_json(*r).dump(2).c_str());
+    std::printf("%s\n", json_text(to_json(*r)).c_str());
   } else if (r->ok) {
     std::printf(
         "ledger ok: %llu entries, %llu accounts, %s credits issued, %s in escrow; "

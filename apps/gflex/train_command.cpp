@@ -1,4 +1,5 @@
 #include "train_command.hpp"
+#include "status_json.hpp"
 
 #include <spdlog/spdlog.h>
 
@@ -198,7 +199,7 @@ int run_training(train_flags& f) {
                 report->epochs.back().test_loss / std::log(2.0));
   if (!f.json.empty()) {
     std::ofstream out(f.json);
-    out << summary.dump(2) << '\n';
+    out << json_text(summary) << '\n';
     if (!out) {
       spdlog::error("{}: cannot write the JSON summary", f.json);
       return 1;

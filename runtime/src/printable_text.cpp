@@ -6,38 +6,64 @@
 
 namespace gflex {
 
+namespace {
+
+// The length of the printable character `p` starts (at most `end - p` bytes); 0 when it is
+// not one: a control character, or bytes that are not shortest-form UTF-8 of a code point.
+int printable_length(const unsigned char* p, const unsigned char* end) noexcept {
+  const unsigned char c = *p;
+  if (c < 0x80) return c < 0x20 || c == 0x7f ? 0 : 1;
+  // The sequence's length and smallest code point (anything smaller is an overlong form).
+  int extra = 0;
+  uint32_t cp = 0, least = 0;
+  if ((c & 0xe0) == 0xc0) {
+    extra = 1, cp = c & 0x1f, least = 0x80;
+  } else if ((c & 0xf0) == 0xe0) {
+    extra = 2, cp = c & 0x0f, least = 0x800;
+  } else if ((c & 0xf8) == 0xf0) {
+    extra = 3, cp = c & 0x07, least = 0x10000;
+  } else {
+    return 0;  // a continuation byte first, or 0xf8 and above
+  }
+  if (end - p <= extra) return 0;
+  for (int i = 1; i <= extra; ++i) {
+    if ((p[i] & 0xc0) != 0x80) return 0;
+    cp = (cp << 6) | (p[i] & 0x3f);
+  }
+  if (cp < least || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) return 0;
+  if (cp >= 0x80 && cp <= 0x9f) return 0;  // C1 controls
+  return extra + 1;
+}
+
+}  // namespace
+
 bool is_printable_text(std::string_view text) noexcept {
   const auto* p = reinterpret_cast<const unsigned char*>(text.data());
   const auto* end = p + text.size();
   while (p < end) {
-    const unsigned char c = *p;
-    if (c < 0x80) {
-      if (c < 0x20 || c == 0x7f) return false;
-      ++p;
-      continue;
-    }
-    // The sequence's length and smallest code point (anything smaller is an overlong form).
-    int extra = 0;
-    uint32_t cp = 0, least = 0;
-    if ((c & 0xe0) == 0xc0) {
-      extra = 1, cp = c & 0x1f, least = 0x80;
-    } else if ((c & 0xf0) == 0xe0) {
-      extra = 2, cp = c & 0x0f, least = 0x800;
-    } else if ((c & 0xf8) == 0xf0) {
-      extra = 3, cp = c & 0x07, least = 0x10000;
-    } else {
-      return false;  // a continuation byte first, or 0xf8 and above
-    }
-    if (end - p <= extra) return false;
-    for (int i = 1; i <= extra; ++i) {
-      if ((p[i] & 0xc0) != 0x80) return false;
-      cp = (cp << 6) | (p[i] & 0x3f);
-    }
-    if (cp < least || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) return false;
-    if (cp >= 0x80 && cp <= 0x9f) return false;  // C1 controls
-    p += extra + 1;
+    const int n = printable_length(p, end);
+    if (n == 0) return false;
+    p += n;
   }
   return true;
+}
+
+std::string printable_text(std::string_view text) {
+  const auto* p = reinterpret_cast<const unsigned char*>(text.data());
+  const auto* end = p + text.size();
+  std::string out;
+  out.reserve(text.size());
+  while (p < end) {
+    const int n = printable_length(p, end);
+    if (n == 0) {
+      out += '?';
+      ++p;
+    } else {
+      out.append(reinterpret_cast<const char*>(p), static_cast<size_t>(n));
+      p += n;
+    }
+  }
+  return out;
 }
 
 std::string format_double(double x) {

@@ -9,6 +9,7 @@
 #include "gflex/runtime/printable_text.hpp"
 
 using gflex::is_printable_text;
+using gflex::printable_text;
 
 TEST_SUITE("printable text") {
   TEST_CASE("printable UTF-8 passes") {
@@ -35,5 +36,14 @@ TEST_SUITE("printable text") {
     CHECK_FALSE(is_printable_text("\xed\xa0\x80"));      // a surrogate
     CHECK_FALSE(is_printable_text("\xf4\x90\x80\x80"));  // past U+10FFFF
     CHECK_FALSE(is_printable_text("\xf8\x88\x80\x80\x80"));
+  }
+  TEST_CASE("what is not printable is shown as '?', byte by byte; the rest as it is") {
+    CHECK(printable_text("") == "");
+    CHECK(printable_text("GPU \xc3\xa4") == "GPU \xc3\xa4");
+    CHECK(printable_text("GPU\x1b[2J") == "GPU?[2J");
+    CHECK(printable_text("\xff\xfe ok") == "?? ok");
+    CHECK(printable_text("cut \xe6\x98") == "cut ??");
+    CHECK(printable_text("\xc0\xaf") == "??");  // overlong
+    CHECK(is_printable_text(printable_text(std::string("a\0b\x80\xc2\x9b", 6))));
   }
 }

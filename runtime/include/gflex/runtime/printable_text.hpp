@@ -14,6 +14,10 @@ namespace gflex {
 /// character and no DEL. The empty text is printable.
 bool is_printable_text(std::string_view text) noexcept;
 
+/// `text` with every byte that does not start a printable character (is_printable_text)
+/// replaced by '?': what a peer's free text (an error it answers with) may be shown as.
+std::string printable_text(std::string_view text);
+
 /// The shortest text that parses back to exactly `x` ("0.001", "1e-13", "nan", "inf"): what
 /// an error message quotes of a number a user gave (std::to_string printed 1e-13 as
 /// "0.000000").

@@ -1,0 +1,50 @@
+/// @file
+/// What a node's session passes on of the node's answers (actors/protocol/node_session.hpp):
+/// an error a node answers an assignment with is its own text, which reaches the job's
+/// status, the core's log, and users' terminals and JSON. Bytes that are not UTF-8 in it made
+/// `gflex status --json` abort for as long as the job existed.
+
+#include <doctest/doctest.h>
+
+#include <chrono>
+#include <string>
+
+#include "configured_system.hpp"
+#include "gflex/runtime/printable_text.hpp"
+#include "messages.hpp"
+#include "node_session.hpp"
+
+using namespace gflex;
+
+TEST_SUITE("node session") {
+  TEST_CASE("a node's error answer is passed on as printable text, and bounded") {
+    test::configured_system s;
+    const std::string said = "diverged \xff\x1b[2J\xc3" + std::string(2000, 'x');
+    // The node's uplink: answers every assignment with `said`.
+    auto uplink = s.sys.spawn([said](caf::event_based_actor* self) -> caf::behavior {
+      self->set_default_handler(caf::drop);
+      return {[said](assign_atom, uint32_t, assignment&) -> caf::result<assignment_result> {
+        return to_caf(error(errc::non_finite, said));
+      }};
+    });
+    auto sink = s.sys.spawn([](caf::event_based_actor* self) -> caf::behavior {
+      self->set_default_handler(caf::drop);
+      return {[](int) {}};
+    });
+    auto spawned =
+        spawn_node_session(s.sys, {"n1", "node", "", 0, 1}, session_limits{}, uplink, sink, sink);
+    assignment a;
+    a.id = 7;
+    error got;
+    s.self->request(spawned.workers.at(0), std::chrono::seconds(5), assign_atom::value, a)
+        .receive([](assignment_result&) { FAIL("answered with a result"); },
+                 [&](caf::error& e) { got = from_caf(e, &s.sys); });
+    CHECK(got.code() == errc::non_finite);
+    CHECK(is_printable_text(got.message()));
+    CHECK(got.message().starts_with("diverged ??[2J?xxx"));
+    CHECK(got.message().size() == 512);
+    for (const auto& a : {caf::actor_cast<caf::actor>(spawned.session), uplink, sink})
+      s.self->send_exit(a, caf::exit_reason::user_shutdown);
+    for (const auto& w : spawned.workers) s.self->send_exit(w, caf::exit_reason::user_shutdown);
+  }
+}
