@@ -750,6 +750,22 @@ void try_confirm(job_actor* self) {
   for (const auto& [shard, r] : u.results)
     if (!r.excluded) applied += fmt::format(" {:016x}:{}", r.assignment_id, shard);
   spdlog::debug("job {}: round {} confirmed, applied{}", st.job.id, u.index + 1, applied);
+  const auto& spec = st.job.spec;
+  auto& s = st.job.status;
+  // Evaluated before anything is credited or settled: a failed evaluation ends the job, whose
+  // end returns what it holds in escrow. Settled first, the round's hold had left st.held
+  // without being paid out or returned, and stayed in escrow for good.
+  const bool last = s.round == s.rounds;
+  const bool evaluate = s.round % spec.eval_every == 0 || last;
+  if (evaluate) {
+    auto eval = kernels::evaluate(*st.workload, st.data->test, *st.eval_backend, st.job.theta);
+    if (!eval) {
+      finish(self, job_state::failed, "evaluation failed: " + eval.error().message());
+      return;
+    }
+    s.test_accuracy = eval->accuracy();
+    s.test_loss = eval->mean_loss();
+  }
   for (const auto& [shard, r] : u.results) {
     const auto pay = payment_of(st, r);
     // The compute credited is what the node is paid for: its claim, capped at the time the
@@ -761,8 +777,6 @@ void try_confirm(job_actor* self) {
                static_cast<uint8_t>(check), std::min(r.compute_s, r.wall_s), pay.cost - pay.fee);
     st.job.status.compute_s += std::min(r.compute_s, r.wall_s);
   }
-  const auto& spec = st.job.spec;
-  auto& s = st.job.status;
   settlement pay;
   if (metered(st)) {
     pay = settle_round(st, u.index, u.results);
@@ -770,17 +784,6 @@ void try_confirm(job_actor* self) {
     s.credits_held = total_held(st);
     s.device_hours += pay.hours;
     s.cloud_cost = std::llround(s.device_hours * st.links.cloud_price * 1e6);
-  }
-  const bool last = s.round == s.rounds;
-  const bool evaluate = s.round % spec.eval_every == 0 || last;
-  if (evaluate) {
-    auto eval = kernels::evaluate(*st.workload, st.data->test, *st.eval_backend, st.job.theta);
-    if (!eval) {
-      finish(self, job_state::failed, "evaluation failed: " + eval.error().message());
-      return;
-    }
-    s.test_accuracy = eval->accuracy();
-    s.test_loss = eval->mean_loss();
   }
   st.elapsed_before += std::chrono::duration<double>(clock_type::now() - st.resumed_at).count();
   st.resumed_at = clock_type::now();

@@ -33,6 +33,8 @@ struct claims {
   int updates = 1;
   /// Its training diverges: every assignment is answered errc::non_finite.
   bool diverges = false;
+  /// The value of its update everywhere (update 0).
+  float value = 0.001f;
 };
 
 // Its `nth` result (from 0).
@@ -41,9 +43,9 @@ assignment_result signed_result(const node_identity& key, uint64_t id, size_t pa
   assignment_result r;
   r.assignment_id = id;
   // Update 0 is 0.001 everywhere, update 1 alternates its sign: far apart (cosine 1/15).
-  std::vector<float> delta(parameters, 0.001f);
+  std::vector<float> delta(parameters, said.value);
   if (nth % said.updates == 1)
-    for (size_t i = 1; i < parameters; i += 2) delta[i] = -0.001f;
+    for (size_t i = 1; i < parameters; i += 2) delta[i] = -said.value;
   r.update = encode_update(delta, compression::fp32);
   r.loss = said.loss;
   r.samples = 12;
@@ -293,12 +295,15 @@ struct resumed_job {
   caf::actor job;
 
   /// `adjust`: changes the job's links before it is spawned (a verifier, another tracker).
+  /// `more_spec`: tables added to the job's spec.
   resumed_job(int rounds, const std::vector<test_node>& nodes, bool reoffer = false,
-              const std::function<void(caf::actor_system&, job_links&)>& adjust = {}) {
+              const std::function<void(caf::actor_system&, job_links&)>& adjust = {},
+              const std::string& more_spec = "") {
     std::string spec_text = k_spec;
     spec_text.replace(
         spec_text.find("rounds = 3\nworkers = 1"), 22,
         "rounds = " + std::to_string(rounds) + "\nworkers = " + std::to_string(nodes.size()));
+    spec_text += more_spec;
     auto stored = stored_job(2, spec_text, static_cast<uint32_t>(nodes.size()));
     auto spec = parse_job_spec(spec_text, "test");
     REQUIRE(spec.has_value());
@@ -334,7 +339,8 @@ struct resumed_job {
     f.self->monitor(job);
   }
   ~resumed_job() {
-    for (const auto& a : {job, links.market, links.reputation, links.store, links.verifier})
+    for (const auto& a :
+         {job, links.market, links.reputation, links.store, links.verifier, links.ledger})
       if (a) f.self->send_exit(a, caf::exit_reason::user_shutdown);
     for (const auto& s : slots) f.self->send_exit(s.worker, caf::exit_reason::user_shutdown);
   }
@@ -439,6 +445,53 @@ TEST_SUITE("job caught nodes") {
                  [&](caf::error& e) { FAIL(r.f.sys.render(e)); });
     CHECK(std::count(credited.begin(), credited.end(), cheat) == 0);
     CHECK(std::count(credited.begin(), credited.end(), "other") >= 1);
+  }
+
+  TEST_CASE("a round whose evaluation fails ends the job and returns its escrow") {
+    // The round was settled before it was evaluated: its hold left the job's books, neither
+    // paid out nor returned, and stayed in escrow/job-1 for good once the job failed.
+    claims huge;
+    huge.value = 3e38f;  // finite, but theta leaves float's range: the evaluation fails
+    resumed_job r(
+        6, {{"core-node", node_tier::core, std::chrono::milliseconds(0), huge}}, false,
+        [&](caf::actor_system& sys, job_links& links) {
+          // Held by the fixture's links only: a handle that outlived its actor system would
+          // keep the keeper (detached) from ending, and the system's end waits for it.
+          links.ledger = spawn_ledger_keeper(sys, links.store);
+          const auto& keeper = links.ledger;
+          caf::scoped_actor self{sys};
+          // Not FAIL: thrown from here, the actors would be left running and the test hang.
+          auto refused = [&](caf::error& e) { CHECK_MESSAGE(false, sys.render(e)); };
+          for (const char* account : {"user/alice", "escrow/job-1", "node/core-node"})
+            self->request(keeper, std::chrono::seconds(10), open_atom::value, std::string(account),
+                          false)
+                .receive([](caf::ok_atom) {}, refused);
+          self->request(
+                  keeper, std::chrono::seconds(10), transfer_atom::value, std::string("credit"),
+                  std::string("test"),
+                  std::vector<posting>{{"external", -100'000'000}, {"user/alice", 100'000'000}})
+              .receive([](uint64_t) {}, refused);
+        },
+        "[outer]\nlr = 10.0\n[eval]\nevery = 1\n[market]\naccount = \"user/alice\"\n"
+        "budget = 50.0\nmax_price = 1.0\n");
+    auto s = r.ended();
+    REQUIRE(s.has_value());
+    CHECK(s->state == job_state::failed);
+    CHECK_MESSAGE(s->detail.find("evaluation failed") != std::string::npos, s->detail);
+    auto balance = [&](const std::string& account) {
+      int64_t out = -1;
+      r.f.self->request(r.links.ledger, std::chrono::seconds(10), account_atom::value, account)
+          .receive([&](account_info& a) { out = a.balance; },
+                   [&](caf::error& e) { FAIL(r.f.sys.render(e)); });
+      return out;
+    };
+    int64_t escrow = -1;
+    for (int tries = 0; tries < 50 && escrow != 0; ++tries) {
+      escrow = balance("escrow/job-1");
+      if (escrow != 0) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    CHECK(escrow == 0);
+    CHECK(balance("user/alice") == 100'000'000);
   }
 
   TEST_CASE("a node that sends its stored updates in turn is re-computed") {
