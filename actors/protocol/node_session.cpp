@@ -65,10 +65,15 @@ struct session_state {
   clock_type::time_point budget_at;
   bool refill_pending = false;
   uint64_t dropped = 0;  // outside the interface or refused; plus forged system messages
+  clock_type::time_point beat_forwarded{};  // when a heartbeat last went to the registry
   static inline const char* name = "node_session";
 };
 
 using session_actor = caf::stateful_actor<session_state, guarded<node_session_internal::base>>;
+
+/// The least time between two heartbeats a session passes to the registry: half of the
+/// shortest --heartbeat-ms a core takes.
+constexpr auto min_beat_gap = std::chrono::milliseconds(25);
 
 uint64_t dropped_total(session_actor* self) {
   return self->state.dropped + self->refused();
@@ -291,6 +296,12 @@ node_session_internal::behavior_type session_behavior(session_actor* self, sessi
   return {
       [=](beat_atom) {
         auto& st = self->state;
+        // The registry is every node's: one node beating in a loop swamped its mailbox, and
+        // honest nodes' beats queued behind the flood until their leases ran out. Beats come
+        // every --heartbeat-ms (50 ms at the least); more often, they renew nothing more.
+        const auto now = clock_type::now();
+        if (now - st.beat_forwarded < min_beat_gap) return;
+        st.beat_forwarded = now;
         caf::anon_send(st.registry, beat_atom::value, st.who.node_id, dropped_total(self));
       },
       [=](earned_atom) -> caf::result<int64_t> {

@@ -6,8 +6,11 @@
 
 #include <doctest/doctest.h>
 
+#include <atomic>
 #include <chrono>
+#include <memory>
 #include <string>
+#include <thread>
 
 #include "configured_system.hpp"
 #include "gflex/runtime/printable_text.hpp"
@@ -44,6 +47,38 @@ TEST_SUITE("node session") {
     CHECK(got.message().starts_with("diverged ??[2J?xxx"));
     CHECK(got.message().size() == 512);
     for (const auto& a : {caf::actor_cast<caf::actor>(spawned.session), uplink, sink})
+      s.self->send_exit(a, caf::exit_reason::user_shutdown);
+    for (const auto& w : spawned.workers) s.self->send_exit(w, caf::exit_reason::user_shutdown);
+  }
+
+  TEST_CASE("a node beating in a loop reaches the registry at most once per 25 ms") {
+    // The registry is every node's: the flood swamped its mailbox, and honest nodes' beats
+    // queued behind it until their leases ran out.
+    test::configured_system s;
+    auto beats = std::make_shared<std::atomic<int>>(0);
+    auto registry = s.sys.spawn([beats](caf::event_based_actor* self) -> caf::behavior {
+      self->set_default_handler(caf::drop);
+      return {[beats](beat_atom, const std::string&, uint64_t) { ++*beats; }};
+    });
+    auto sink = s.sys.spawn([](caf::event_based_actor* self) -> caf::behavior {
+      self->set_default_handler(caf::drop);
+      return {[](int) {}};
+    });
+    auto spawned =
+        spawn_node_session(s.sys, {"n1", "node", "", 0, 1}, session_limits{}, sink, registry, sink);
+    const auto started = std::chrono::steady_clock::now();
+    for (int i = 0; i < 20000; ++i) s.self->send(spawned.session, beat_atom::value);
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    const auto took = std::chrono::steady_clock::now() - started;
+    const auto most = 1 + std::chrono::duration_cast<std::chrono::milliseconds>(took).count() / 25;
+    CHECK(*beats >= 1);
+    CHECK(*beats <= most);
+    // An honest beat, a heartbeat later, goes through.
+    const int before = *beats;
+    s.self->send(spawned.session, beat_atom::value);
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    CHECK(*beats == before + 1);
+    for (const auto& a : {caf::actor_cast<caf::actor>(spawned.session), registry, sink})
       s.self->send_exit(a, caf::exit_reason::user_shutdown);
     for (const auto& w : spawned.workers) s.self->send_exit(w, caf::exit_reason::user_shutdown);
   }
