@@ -6,6 +6,7 @@
 #include <deque>
 #include <functional>
 #include <map>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -27,8 +28,21 @@ using chunk_handler = std::function<void(expected<std::vector<uint8_t>>)>;
 /// the next at a round's start, would pass that over any link slower than loopback.
 constexpr size_t max_chunk_requests = 16;
 
+// A chunk file on disk: its size, and when it was last used (a count of uses).
+struct chunk_file {
+  uint64_t bytes = 0;
+  uint64_t used = 0;
+};
+
 struct cache_state {
   std::filesystem::path dir;
+  /// The most bytes the chunk files may take on disk (0: no bound); the least recently used
+  /// go first. The volunteer's disk is theirs: chunks of every data set a node had served
+  /// stayed for good.
+  uint64_t limit = 0;
+  std::map<std::string, chunk_file> files;  // by digest
+  uint64_t on_disk = 0;                     // bytes of `files`
+  uint64_t uses = 0;
   caf::actor server;
   /// Chunk requests to the server not yet answered, by a number of their own: a session
   /// that ends leaves its requests unanswered (until their timeout), so a new server fails
@@ -54,15 +68,55 @@ void request_chunk(cache_actor_type* self, const std::string& digest, chunk_hand
 chunk_handler take_request(cache_actor_type* self, uint64_t id);
 void ask_waiting(cache_actor_type* self);
 
+// Forgets the file of `digest` and removes it from disk.
+void remove_chunk_file(cache_state& st, const std::string& digest) {
+  std::error_code ec;
+  std::filesystem::remove(st.dir / digest, ec);
+  if (auto it = st.files.find(digest); it != st.files.end()) {
+    st.on_disk -= it->second.bytes;
+    st.files.erase(it);
+  }
+}
+
+// Removes the least recently used chunk files, never `keep` (just written), until the files
+// fit the limit.
+void evict_past_limit(cache_state& st, const std::string& keep) {
+  while (st.limit > 0 && st.on_disk > st.limit) {
+    auto oldest = st.files.end();
+    for (auto it = st.files.begin(); it != st.files.end(); ++it)
+      if (it->first != keep && (oldest == st.files.end() || it->second.used < oldest->second.used))
+        oldest = it;
+    if (oldest == st.files.end()) return;
+    spdlog::debug("cache: {} removed, the least recently used chunk (the cache is past {} bytes)",
+                  oldest->first.substr(0, 12), st.limit);
+    remove_chunk_file(st, std::string(oldest->first));
+  }
+}
+
+// Notes a chunk file written (or found) on disk, used now.
+void note_chunk_file(cache_state& st, const std::string& digest, uint64_t bytes) {
+  auto& f = st.files[digest];
+  st.on_disk += bytes - f.bytes;
+  f.bytes = bytes;
+  f.used = ++st.uses;
+  evict_past_limit(st, digest);
+}
+
 // The chunk from disk when its file is intact, else from the data server (kept on disk).
 // `done` runs on this actor, now or when the server answers.
 void fetch_chunk(cache_actor_type* self, const std::string& digest, chunk_handler done) {
-  auto file = self->state.dir / digest;
+  auto& st = self->state;
+  auto file = st.dir / digest;
   if (auto bytes = read_file(file); bytes) {
-    if (digest_hex(*bytes) == digest) return done(std::move(*bytes));
+    if (digest_hex(*bytes) == digest) {
+      if (auto it = st.files.find(digest); it != st.files.end()) it->second.used = ++st.uses;
+      // Its time on disk is when it was last used, the order a restarted node trims in.
+      std::error_code ec;
+      std::filesystem::last_write_time(file, std::filesystem::file_time_type::clock::now(), ec);
+      return done(std::move(*bytes));
+    }
     spdlog::warn("cache: {} is damaged; fetching it again", file.string());
-    std::error_code ec;
-    std::filesystem::remove(file, ec);
+    remove_chunk_file(st, digest);
   }
   request_chunk(self, digest, std::move(done));
 }
@@ -89,6 +143,8 @@ void request_chunk(cache_actor_type* self, const std::string& digest, chunk_hand
                   error(errc::malformed_message, "chunk " + digest + " failed verification"));
             if (auto ok = write_file_atomically(file, bytes); !ok)
               spdlog::warn("cache: {}", ok.error().message());
+            else
+              note_chunk_file(self->state, digest, bytes.size());
             handler(std::move(bytes));
           },
           [=](caf::error& e) {
@@ -150,10 +206,32 @@ void decode_shard_for(cache_actor_type* self, const std::string& digest) {
   });
 }
 
-caf::behavior cache_actor(cache_actor_type* self, std::filesystem::path dir) {
+// The chunk files a cache finds on disk, in the order they were last used (written or read).
+void scan_chunk_files(cache_state& st) {
+  std::vector<std::tuple<std::filesystem::file_time_type, std::string, uint64_t>> found;
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(st.dir, ec)) {
+    const auto name = entry.path().filename().string();
+    std::error_code entry_ec;
+    if (!is_digest_hex(name) || !entry.is_regular_file(entry_ec)) continue;
+    const auto bytes = entry.file_size(entry_ec);
+    const auto written = entry.last_write_time(entry_ec);
+    if (!entry_ec) found.emplace_back(written, name, bytes);
+  }
+  std::sort(found.begin(), found.end());
+  for (const auto& [written, name, bytes] : found) {
+    st.files[name] = {bytes, ++st.uses};
+    st.on_disk += bytes;
+  }
+  evict_past_limit(st, "");
+}
+
+caf::behavior cache_actor(cache_actor_type* self, std::filesystem::path dir, uint64_t limit) {
   std::error_code ec;
   std::filesystem::create_directories(dir, ec);
   self->state.dir = std::move(dir);
+  self->state.limit = limit;
+  scan_chunk_files(self->state);
   return {
       [=](serve_atom, caf::actor& server) {
         auto& st = self->state;
@@ -211,8 +289,9 @@ caf::behavior cache_actor(cache_actor_type* self, std::filesystem::path dir) {
 
 }  // namespace
 
-caf::actor spawn_cache(caf::actor_system& sys, const std::filesystem::path& dir) {
-  return sys.spawn<caf::detached>(cache_actor, dir);
+caf::actor spawn_cache(caf::actor_system& sys, const std::filesystem::path& dir,
+                       uint64_t limit_bytes) {
+  return sys.spawn<caf::detached>(cache_actor, dir, limit_bytes);
 }
 
 }  // namespace gflex

@@ -1,7 +1,8 @@
 #pragma once
 /// @file
 /// The chunk cache of a node: content-addressed data set chunks on disk under
-/// DATA_DIR/chunks/<digest>, fetched from the core's data server on a miss. Every chunk is
+/// DATA_DIR/chunks/<digest>, fetched from the core's data server on a miss, at most
+/// --cache-limit of them (the least recently used go first). Every chunk is
 /// verified against its digest when fetched and when read back, so a damaged file or a
 /// misbehaving server never feeds a worker wrong data. Detached: file I/O and decoding block.
 ///
@@ -22,6 +23,7 @@
 #include <caf/fwd.hpp>
 
 #include <cstddef>
+#include <cstdint>
 #include <filesystem>
 #include <memory>
 
@@ -40,7 +42,10 @@ struct decoded_shard {
 inline constexpr size_t prefetched_shards = 8;
 inline constexpr size_t prefetched_bytes = size_t{256} << 20;
 
-caf::actor spawn_cache(caf::actor_system& sys, const std::filesystem::path& dir);
+/// The chunk files take at most `limit_bytes` of `dir` (0: no bound): past it, the least
+/// recently used go (the one just fetched stays, even alone past the bound).
+caf::actor spawn_cache(caf::actor_system& sys, const std::filesystem::path& dir,
+                       uint64_t limit_bytes = 0);
 
 }  // namespace gflex
 

@@ -32,6 +32,7 @@ struct node_children {
   caf::actor core;   // embedded mode: the core in this process
   caf::actor owner;  // hears (stop_atom, code, reason)
   std::filesystem::path cache_dir;
+  uint64_t cache_limit = 0;  // bytes (--cache-limit)
 };
 
 /// Restarts allowed within `restart_window` before the node gives up (escalates).
@@ -67,7 +68,7 @@ caf::actor restart_child(node_actor_type* self, const caf::actor_addr& who) {
     return c.uplink;
   }
   if (who == c.cache.address()) {
-    c.cache = spawn_cache(sys, c.cache_dir);
+    c.cache = spawn_cache(sys, c.cache_dir, c.cache_limit);
     for (const auto& w : c.workers)
       self->send(w, update_atom::value, std::string("cache"), c.cache);
     self->send(c.uplink, update_atom::value, std::string("cache"), c.cache);
@@ -140,6 +141,9 @@ expected<caf::actor> spawn_node(caf::actor_system& sys, const node_config& confi
                                 caf::actor core, caf::actor owner) {
   if (config.workers < 1 || config.workers > 256)
     return error(errc::invalid_argument, "--workers must be in [1, 256]");
+  auto cache_limit = kernels::parse_byte_size(config.cache_limit);
+  if (!cache_limit)
+    return error(errc::invalid_argument, "--cache-limit: " + cache_limit.error().message());
   // Decide the devices here, and make one worker's replica group, so that a node without the
   // device fails at start with the reason rather than with workers that die one by one.
   auto plan = plan_compute(config);
@@ -171,7 +175,8 @@ expected<caf::actor> spawn_node(caf::actor_system& sys, const node_config& confi
   auto key = std::make_shared<const node_identity>(std::move(*identity));
   spdlog::info("node key {}", key_hex(key->public_key()));
   node_children c;
-  c.cache = spawn_cache(sys, config.data_dir / "chunks");
+  c.cache = spawn_cache(sys, config.data_dir / "chunks", *cache_limit);
+  c.cache_limit = *cache_limit;
   c.config.ranks = plan->ranks;
   c.config.threads = config.threads_per_worker;
   c.config.crash_at_assignment = aids.crash_worker_at;

@@ -46,6 +46,10 @@ int main(int argc, char** argv) {
                  "host memory the CPU workers may hold for their models, e.g. 12G (0: no "
                  "limit; auto: three quarters of what is available at start)")
       ->capture_default_str();
+  app.add_option("--cache-limit", config.cache_limit,
+                 "disk the data chunk cache may take under --data-dir, e.g. 20G (0: no limit); "
+                 "the least recently used chunks go first")
+      ->capture_default_str();
   app.add_option("--threads", config.threads_per_worker, "CPU threads per worker")
       ->check(CLI::Range(1, 256))
       ->capture_default_str();

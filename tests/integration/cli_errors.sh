@@ -56,6 +56,8 @@ expect_usage "node: unknown backend" "unknown --backend 'tpu'" \
   "$N" --join 127.0.0.1:1 --data-dir "$nd" --token t --insecure --backend tpu
 expect_error "node: bad memory limit" "--gpu-memory-limit: '6X' is not a byte size" \
   "$N" --join 127.0.0.1:1 --data-dir "$nd" --token t --insecure --gpu-memory-limit 6X
+expect_error "node: bad cache limit" "--cache-limit: .*12Q" \
+  "$N" --join 127.0.0.1:1 --data-dir "$nd" --token t --insecure --cache-limit 12Q
 expect_error "node: bad host memory limit" "--memory-limit: '12Q' is not a byte size" \
   "$N" --join 127.0.0.1:1 --data-dir "$nd" --token t --insecure --memory-limit 12Q
 expect_error "node: host memory limit below the calibration model" \

@@ -9,10 +9,12 @@
 
 #include <atomic>
 #include <chrono>
+#include <filesystem>
 #include <map>
 #include <memory>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "cache.hpp"
@@ -165,5 +167,59 @@ TEST_SUITE("node cache") {
     auto ok = shard(good);
     REQUIRE_MESSAGE(ok.has_value(), ok.error().message());
     CHECK((*ok)->size() == 5);
+  }
+
+  TEST_CASE_FIXTURE(cache_fixture,
+                    "the chunk files keep to --cache-limit, least recently used out") {
+    // Every chunk a node fetched stayed on the volunteer's disk for good.
+    std::vector<std::string> digests;
+    for (int i = 0; i < 6; ++i) digests.push_back(add(std::vector<uint8_t>(1000, uint8_t(i))));
+    self->send_exit(cache, caf::exit_reason::user_shutdown);
+    cache = spawn_cache(sys, dir.path(), 3500);  // three chunks fit
+    self->send(cache, serve_atom::value, spawn_server(sys, server));
+    auto fetch = [&](const std::string& digest) {
+      bool ok = false;
+      self->request(cache, timeout, chunk_atom::value, digest)
+          .receive([&](std::vector<uint8_t>& b) { ok = digest_hex(b) == digest; },
+                   [&](caf::error& e) { FAIL(sys.render(e)); });
+      return ok;
+    };
+    auto on_disk = [&] {
+      std::vector<std::string> names;
+      uint64_t bytes = 0;
+      for (const auto& e : std::filesystem::directory_iterator(dir.path())) {
+        names.push_back(e.path().filename().string());
+        bytes += e.file_size();
+      }
+      return std::make_pair(names, bytes);
+    };
+    auto holds = [&](const std::string& digest) {
+      return std::filesystem::exists(dir.path() / digest);
+    };
+    for (int i = 0; i < 3; ++i) REQUIRE(fetch(digests[i]));
+    CHECK(on_disk().second == 3000);
+    REQUIRE(fetch(digests[0]));  // read back from disk: now the most recently used
+    CHECK(server->asked == 3);
+    REQUIRE(fetch(digests[3]));  // the fourth pushes out the least recently used: 1
+    CHECK(on_disk().second <= 3500);
+    CHECK(holds(digests[0]));
+    CHECK_FALSE(holds(digests[1]));
+    CHECK(holds(digests[2]));
+    CHECK(holds(digests[3]));
+    for (int i = 4; i < 6; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(30));  // past the clock's grain
+      REQUIRE(fetch(digests[i]));
+    }
+    CHECK(on_disk().first.size() == 3);
+    CHECK(on_disk().second <= 3500);
+    // A node started again with a smaller bound trims what it finds, oldest written first.
+    self->send_exit(cache, caf::exit_reason::user_shutdown);
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    cache = spawn_cache(sys, dir.path(), 1500);
+    self->send(cache, serve_atom::value, spawn_server(sys, server));
+    const int asked = server->asked;
+    REQUIRE(fetch(digests[5]));  // the newest, still there
+    CHECK(server->asked == asked);
+    CHECK(on_disk().first.size() == 1);
   }
 }

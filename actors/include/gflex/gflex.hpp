@@ -120,6 +120,9 @@ struct node_config {
   /// "auto": three quarters of what the machine has available when the node starts), so
   /// that a job too large for the machine fails its assignments, not the node.
   std::string memory_limit = "auto";
+  /// Disk the chunk cache (data_dir/chunks) may take ("20G"; "0": no limit): past it the
+  /// least recently used chunks are removed.
+  std::string cache_limit = "10G";
   /// Told what the node does (from the node's threads: it must be quick and thread-safe);
   /// empty: nobody listens.
   std::function<void(const node_activity&)> on_activity;
