@@ -116,7 +116,7 @@ caf::behavior node_actor(node_actor_type* self, node_children children) {
   return {
       [=](tick_atom) {
         auto& c = *self->state.children;
-        double used = c.config.compute_used->load();
+        double used = c.config.compute_used->seconds();
         if (used >= c.config.max_compute_s) {
           self->send(c.owner, stop_atom::value, 0,
                      "this node has computed for its --max-hours (" +
@@ -186,7 +186,7 @@ expected<caf::actor> spawn_node(caf::actor_system& sys, const node_config& confi
   c.config.identity = key;
   c.config.idle_only = config.idle_only;
   c.config.max_compute_s = config.max_hours * 3600.0;
-  c.config.compute_used = std::make_shared<std::atomic<double>>(0.0);
+  c.config.compute_used = std::make_shared<compute_clock>();
   c.config.on_activity = config.on_activity;
   if (!(config.price >= 0.0 && config.price <= 1e6))
     return error(errc::invalid_argument, "--price must be in [0, 1000000] credits per hour");

@@ -350,7 +350,7 @@ caf::behavior worker_behavior(worker_actor* self, worker_config config, caf::act
     const bool inject_device_error =
         self->state.assignments == self->state.config.device_error_at_assignment;
     auto& cfg = self->state.config;
-    if (cfg.max_compute_s > 0.0 && cfg.compute_used->load() >= cfg.max_compute_s)
+    if (cfg.max_compute_s > 0.0 && cfg.compute_used->seconds() >= cfg.max_compute_s)
       return to_caf(error(errc::invalid_argument, "this node has given its --max-hours"));
     if (cfg.idle_only && !a.verify) {
       // What other processes used since this worker last looked (its own compute excluded).
@@ -375,6 +375,13 @@ caf::behavior worker_behavior(worker_actor* self, worker_config config, caf::act
       cfg.on_activity(n);
     };
     tell(node_activity::kind::started, 0.0, 0.0);
+    // Its time counts against --max-hours from here to its end, whatever the end.
+    struct counted {
+      compute_clock& clock;
+      uint64_t id;
+      ~counted() { clock.stop(id); }
+    } counting{*cfg.compute_used, a.id};
+    cfg.compute_used->start(a.id);
     const auto params_bytes = params_of(a).size();  // run_assignment lets them go
     // Out of device or host memory, or another device failure: this assignment goes back to
     // its job (which gives it to another worker) and the worker stays up. Its models are
@@ -401,9 +408,6 @@ caf::behavior worker_behavior(worker_actor* self, worker_config config, caf::act
         node_metrics::assignments(taken_back ? "cancelled" : "failed").inc();
         tell(taken_back ? node_activity::kind::cancelled : node_activity::kind::failed, 0.0, 0.0);
         return to_caf(r.error());
-      }
-      double used = cfg.compute_used->load();
-      while (!cfg.compute_used->compare_exchange_weak(used, used + r->compute_s)) {
       }
       node_metrics::assignments("done").inc();
       node_metrics::compute_seconds().inc(r->compute_s);

@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "cancellations.hpp"
+#include "compute_clock.hpp"
 #include "gflex/kernels/replica_group.hpp"
 #include "gflex/node_activity.hpp"
 #include "gflex/runtime/identity.hpp"
@@ -50,7 +51,7 @@ struct worker_config {
   /// --max-hours in seconds (0: no limit), and the node's compute so far, shared by its
   /// workers; a worker refuses assignments once it is spent.
   double max_compute_s = 0.0;
-  std::shared_ptr<std::atomic<double>> compute_used = std::make_shared<std::atomic<double>>(0.0);
+  std::shared_ptr<compute_clock> compute_used = std::make_shared<compute_clock>();
   /// node_config::on_activity (may be empty).
   std::function<void(const node_activity&)> on_activity;
   /// The node's key: every result is signed with it.

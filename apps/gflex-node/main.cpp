@@ -72,7 +72,8 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(0.0, 1e6))
       ->capture_default_str();
   app.add_option("--max-hours", config.max_hours,
-                 "leave after this many device-hours of compute (0: no limit)")
+                 "leave after this many device-hours of compute, every assignment's however "
+                 "it ended (0: no limit; counted per run)")
       ->check(CLI::Range(0.0, 1e6))
       ->capture_default_str();
   app.add_flag("--idle-only", config.idle_only,

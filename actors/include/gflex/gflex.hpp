@@ -137,7 +137,9 @@ struct node_config {
   bool insecure = false;  ///< Plain TCP, unencrypted (a warning is logged).
   /// The price asked, credits per device-hour (one worker for an hour), in [0, 1e6].
   double price = 1.0;
-  /// Stop offering compute after this many device-hours (0: no limit): the node leaves.
+  /// Stop offering compute after this many device-hours (0: no limit): the node leaves. Every
+  /// assignment's time counts, however it ends (taken back, failed), and a running one's as
+  /// it runs; counted per run of the node.
   double max_hours = 0.0;
   /// Take assignments only while other processes leave the machine idle (they use less
   /// than half of its CPUs).
