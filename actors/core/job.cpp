@@ -369,10 +369,19 @@ payment payment_of(const job_actor_state& st, const round_result& r) {
                      st.job.spec.deadline_s, st.links.fee);
 }
 
+// An outlier left out of its round's mean that was never re-computed (no core-tier worker
+// could, and the operator accepts unverified results): nothing of it was used and nothing
+// shows it honest, so it is neither paid nor credited. A node sending noise while the core
+// tier was busy earned for work thrown away.
+bool unproven_outlier(const round_result& r) {
+  return r.excluded && r.check == check_state::unverified;
+}
+
 settlement settle_round(job_actor_state& st, int64_t index, const round_results& results) {
   std::vector<billed_result> billed;
   for (const auto& [shard, r] : results)
-    billed.push_back({r.slot.node_name, r.slot.price, r.compute_s, r.wall_s});
+    if (!unproven_outlier(r))
+      billed.push_back({r.slot.node_name, r.slot.price, r.compute_s, r.wall_s});
   const int64_t hold = st.held.count(index) ? st.held[index] : 0;
   auto out = settle_round(st.job.id, index, hold, st.job.spec.account, escrow_of(st), billed,
                           st.job.spec.deadline_s, st.links.fee);
@@ -767,6 +776,7 @@ void try_confirm(job_actor* self) {
     s.test_loss = eval->mean_loss();
   }
   for (const auto& [shard, r] : u.results) {
+    if (unproven_outlier(r)) continue;
     const auto pay = payment_of(st, r);
     // The compute credited is what the node is paid for: its claim, capped at the time the
     // core saw the assignment take (a claim of 1e308 s would make the record unreadable).

@@ -22,9 +22,14 @@ double reputation::verify_probability(const reputation_policy& policy) const noe
 
 void reputation::on_validated(const reputation_policy& policy, result_check check, double compute_s,
                               int64_t paid) {
-  good = good * policy.decay + 1.0;
-  bad *= policy.decay;
-  if (check != result_check::unverified) streak += 1;
+  // A result used unverified is no evidence either way: it raises neither the streak nor the
+  // score (which min_reputation reads), or a node could earn its way past that bound with
+  // work nobody checked.
+  if (check != result_check::unverified) {
+    good = good * policy.decay + 1.0;
+    bad *= policy.decay;
+    streak += 1;
+  }
   validated += 1;
   if (check == result_check::verified) verified += 1;
   if (std::isfinite(compute_s) && compute_s > 0.0) credited_s += compute_s;

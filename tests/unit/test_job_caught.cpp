@@ -494,6 +494,31 @@ TEST_SUITE("job caught nodes") {
     CHECK(balance("user/alice") == 100'000'000);
   }
 
+  TEST_CASE("an outlier left out of the mean and never re-computed is neither paid nor credited") {
+    // With no core-tier worker to re-compute it (--unverified accept), an outlier was paid
+    // and credited as if used: a node sending scaled-up work while the core tier was busy
+    // earned for results thrown away, and its score rose past min_reputation.
+    claims flipped;
+    flipped.value = 0.5f;  // 500 times the others' norm
+    resumed_job r(6,
+                  {{"honest-a", node_tier::community, std::chrono::milliseconds(0), {}},
+                   {"honest-b", node_tier::community, std::chrono::milliseconds(0), {}},
+                   {"flipper", node_tier::community, std::chrono::milliseconds(0), flipped}},
+                  true, [](caf::actor_system& sys, job_links& links) {
+                    links.verifier = sys.spawn(failing_verifier);
+                    links.accept_unverified = true;
+                  });
+    auto s = r.committed(3);
+    REQUIRE(s.has_value());
+    CHECK(s->unverified_results >= 1);
+    std::vector<std::string> credited;
+    r.f.self->request(r.links.reputation, std::chrono::seconds(10), caf::get_atom::value)
+        .receive([&](std::vector<std::string>& c, std::vector<double>&) { credited = c; },
+                 [&](caf::error& e) { FAIL(r.f.sys.render(e)); });
+    CHECK(std::count(credited.begin(), credited.end(), "flipper") == 0);
+    CHECK(std::count(credited.begin(), credited.end(), "honest-a") >= 1);
+  }
+
   TEST_CASE("a node that sends its stored updates in turn is re-computed") {
     // Updates A, B, A: the third repeats one the node sent before, though not its previous
     // one, which was all the replay check compared with. It is re-computed whatever the

@@ -85,6 +85,7 @@ TEST_SUITE("reputation") {
     for (int i = 0; i < 3 * policy.trust_after; ++i)
       r.on_validated(policy, result_check::unverified, 1.0);
     CHECK(r.streak == 0);
+    CHECK(r.score() == 0.5);  // nor raise the score min_reputation reads
     CHECK(r.verify_probability(policy) == 1.0);
     CHECK(r.validated == static_cast<uint64_t>(3 * policy.trust_after));
     CHECK(r.verified == 0);
