@@ -648,7 +648,20 @@ void discard_work_of(job_actor* self, const std::string node, const std::string 
 void caught(job_actor* self, const std::string node, const std::string why) {
   auto& st = self->state;
   st.job.status.rejected_results += 1;
-  self->send(st.links.reputation, reject_atom::value, node, why);
+  // The tracker flags the other names of its key too, and says which: their work here is
+  // discarded as well, and the other jobs discard theirs.
+  if (st.links.reputation)
+    self->request(st.links.reputation, std::chrono::seconds(30), reject_atom::value, node, why)
+        .then(
+            [=](std::vector<std::string>& siblings) {
+              auto& st = self->state;
+              for (const auto& other : siblings) {
+                const std::string sibling_why = "its node key was caught as " + node;
+                self->send(st.links.supervisor, reject_atom::value, other, sibling_why);
+                if (!st.finished) discard_work_of(self, other, sibling_why);
+              }
+            },
+            [](caf::error&) {});
   self->send(st.links.supervisor, reject_atom::value, node, why);
   discard_work_of(self, node, why);
 }

@@ -141,7 +141,11 @@ caf::behavior tracker(tracker_actor* self, caf::actor store, caf::actor market, 
             .on_validated(self->state.policy, static_cast<result_check>(check), compute_s, earned);
         changed(self, name, false);
       },
-      [=](reject_atom, const std::string& name, std::string& reason) {
+      // Answers the other names of its key that this flags: the job that caught the node
+      // discards their work too, and has the other jobs do so (a caught key's other names
+      // kept their unconfirmed results, and were paid for them).
+      [=](reject_atom, const std::string& name, std::string& reason) -> std::vector<std::string> {
+        std::vector<std::string> siblings;
         auto& r = record_of(self, name);
         bool first = !r.flagged;
         spdlog::warn("node {} {}: {}", name, first ? "flagged" : "rejected again", reason);
@@ -161,10 +165,12 @@ caf::behavior tracker(tracker_actor* self, caf::actor store, caf::actor market, 
               sibling.on_rejected(self->state.policy, "its node key was caught as " + name);
               self->send(self->state.market, bar_atom::value, other);
               self->state.dirty.insert(other);
+              siblings.push_back(other);
             }
           }
         }
         changed(self, name, true);
+        return siblings;
       },
       [=](tick_atom) { flush(self); },
       // What a node has been paid for validated results (0 for a name with no record).

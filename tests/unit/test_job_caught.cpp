@@ -14,6 +14,7 @@
 #include <deque>
 #include <functional>
 #include <optional>
+#include <set>
 
 #include "gflex/runtime/identity.hpp"
 #include "gflex/runtime/job_spec.hpp"
@@ -152,7 +153,7 @@ caf::behavior noting_reputation(caf::stateful_actor<credits_state>* self) {
         self->state.credited.push_back(name);
         self->state.compute_s.push_back(compute_s);
       },
-      [](reject_atom, const std::string&, std::string&) {},
+      [](reject_atom, const std::string&, std::string&) { return std::vector<std::string>{}; },
       [=](caf::get_atom) -> caf::result<std::vector<std::string>, std::vector<double>> {
         return {self->state.credited, self->state.compute_s};
       },
@@ -164,7 +165,25 @@ caf::behavior sampling_reputation(caf::event_based_actor*) {
   return {
       [](sample_atom, const std::string&) { return true; },
       [](credit_atom, const std::string&, uint8_t, double, int64_t) {},
-      [](reject_atom, const std::string&, std::string&) {},
+      [](reject_atom, const std::string&, std::string&) { return std::vector<std::string>{}; },
+  };
+}
+
+// A reputation tracker that samples `cheat`'s results only, notes whom it credits, and says
+// `alias` shares `cheat`'s key when `cheat` is rejected.
+caf::behavior key_sharing_reputation(caf::stateful_actor<credits_state>* self, std::string cheat,
+                                     std::string alias) {
+  return {
+      [=](sample_atom, const std::string& name) { return name == cheat; },
+      [=](credit_atom, const std::string& name, uint8_t, double, int64_t) {
+        self->state.credited.push_back(name);
+      },
+      [=](reject_atom, const std::string& name, std::string&) {
+        return name == cheat ? std::vector<std::string>{alias} : std::vector<std::string>{};
+      },
+      [=](caf::get_atom) -> caf::result<std::vector<std::string>, std::vector<double>> {
+        return {self->state.credited, self->state.compute_s};
+      },
   };
 }
 
@@ -191,7 +210,7 @@ caf::behavior sampling_all_but_first(caf::stateful_actor<credits_state>* self,
       [=](credit_atom, const std::string& name, uint8_t, double, int64_t) {
         self->state.credited.push_back(name);
       },
-      [](reject_atom, const std::string&, std::string&) {},
+      [](reject_atom, const std::string&, std::string&) { return std::vector<std::string>{}; },
       [=](caf::get_atom) -> caf::result<std::vector<std::string>, std::vector<double>> {
         return {self->state.credited, self->state.compute_s};
       },
@@ -203,14 +222,14 @@ struct refuting_state {
   std::map<int, caf::typed_response_promise<double, double, double>> held;
 };
 
-// A verifier that refutes its second re-computation at once, and confirms every other after
-// `delay`.
-caf::behavior refuting_second(caf::stateful_actor<refuting_state>* self,
-                              std::chrono::milliseconds delay) {
+// A verifier that refutes its `nth` re-computation (from 1) at once, and confirms every other
+// after `delay`.
+caf::behavior refuting_nth(caf::stateful_actor<refuting_state>* self, int nth,
+                           std::chrono::milliseconds delay) {
   return {
       [=](verify_atom, verify_request&) -> caf::result<double, double, double> {
         const int n = ++self->state.asked;
-        if (n == 2) return {1.0, 1.0, 0.01};
+        if (n == nth) return {1.0, 1.0, 0.01};
         auto rp = self->make_response_promise<double, double, double>();
         self->state.held.emplace(n, rp);
         self->delayed_send(self, delay, caf::put_atom::value, n);
@@ -433,7 +452,7 @@ TEST_SUITE("job caught nodes") {
                    {"other", node_tier::community, std::chrono::milliseconds(100), {}}},
                   true, [&](caf::actor_system& sys, job_links& links) {
                     links.reputation = sys.spawn(sampling_all_but_first, cheat);
-                    links.verifier = sys.spawn(refuting_second, std::chrono::milliseconds(800));
+                    links.verifier = sys.spawn(refuting_nth, 2, std::chrono::milliseconds(800));
                   });
     // The job goes on without the cheat (its slot is not offered again: caught here).
     auto s = r.committed(4, 20);
@@ -517,6 +536,38 @@ TEST_SUITE("job caught nodes") {
                  [&](caf::error& e) { FAIL(r.f.sys.render(e)); });
     CHECK(std::count(credited.begin(), credited.end(), "flipper") == 0);
     CHECK(std::count(credited.begin(), credited.end(), "honest-a") >= 1);
+  }
+
+  TEST_CASE("a caught node's other names on its key lose their work here too") {
+    // The tracker flags every name of a caught key; the job that caught it was not told, and
+    // went on using, crediting and paying the other names' results.
+    resumed_job r(6,
+                  {{"cheat", node_tier::community, std::chrono::milliseconds(0), {}},
+                   {"cheat-alias", node_tier::community, std::chrono::milliseconds(0), {}},
+                   {"honest", node_tier::core, std::chrono::milliseconds(0), {}}},
+                  true, [](caf::actor_system& sys, job_links& links) {
+                    links.reputation = sys.spawn(key_sharing_reputation, "cheat", "cheat-alias");
+                    // The cheat's result is re-computed first; the alias's, re-computed
+                    // as replays (it sends the same update each time), match.
+                    links.verifier = sys.spawn(refuting_nth, 1, std::chrono::milliseconds(0));
+                  });
+    auto s = r.committed(5, 20);
+    REQUIRE(s.has_value());
+    std::vector<std::string> credited;
+    r.f.self->request(r.links.reputation, std::chrono::seconds(10), caf::get_atom::value)
+        .receive([&](std::vector<std::string>& c, std::vector<double>&) { credited = c; },
+                 [&](caf::error& e) { FAIL(r.f.sys.render(e)); });
+    CHECK(std::count(credited.begin(), credited.end(), "cheat") == 0);
+    CHECK(std::count(credited.begin(), credited.end(), "cheat-alias") == 0);
+    CHECK(std::count(credited.begin(), credited.end(), "honest") >= 1);
+    // The other jobs are told of both names.
+    std::set<std::string> told;
+    for (int tries = 0; tries < 20 && told.size() < 2; ++tries)
+      r.f.self->receive(
+          [&](reject_atom, const std::string& node, const std::string&) { told.insert(node); },
+          [](progress_atom, job_status&) {}, [](const caf::down_msg&) {},
+          caf::after(std::chrono::milliseconds(50)) >> [] {});
+    CHECK(told.count("cheat-alias") == 1);
   }
 
   TEST_CASE("a node that sends its stored updates in turn is re-computed") {
