@@ -137,6 +137,12 @@ struct job_actor_state {
   // Nodes (by key) whose workers said this round's work diverged (non-finite), and what each
   // said: with diverged_nodes_to_fail of them the job ends failed.
   std::map<std::vector<uint8_t>, std::string> diverged;
+  // Whether one of them is a core-tier node's (the platform's own word), and whether the
+  // round's divergence is being re-computed on the core tier, or was and did not diverge there
+  // (the reports are then not believed for the rest of the round).
+  bool diverged_on_core = false;
+  bool divergence_checking = false;
+  bool divergence_disproved = false;
   std::set<std::string> caught;  // nodes caught misbehaving during this job
   /// Each node's last updates, sketched (newest last, at most replay_memory): a node that
   /// sends its stored updates in turn repeats none of them back to back.
@@ -478,21 +484,68 @@ constexpr size_t diverged_nodes_to_fail = 3;
 
 void fail_assignment(job_actor* self, uint64_t id, const std::string& why);
 
+// The job ends: its round diverged on `nodes` nodes (`said`: what the last one said).
+void end_diverged(job_actor* self, const std::string& said) {
+  auto& st = self->state;
+  spdlog::warn("job {}: round {} diverged on {} nodes ({}); the job ends", st.job.id,
+               st.job.status.round + 1, st.diverged.size(), said);
+  finish(self, job_state::failed,
+         "training diverged in round " + std::to_string(st.job.status.round + 1) + " on " +
+             std::to_string(st.diverged.size()) + " nodes (" + said +
+             "); a lower lr, or inputs of a smaller scale, may train");
+}
+
+// Community nodes alone said the round diverged: keys cost nothing, and three that said it of
+// every assignment ended any job. The work is computed on the core tier first: the job ends
+// if it diverges there too (or there is no core tier to ask); otherwise the reports are not
+// believed for the rest of the round.
+void check_divergence(job_actor* self, const assignment& work, const std::string& said) {
+  auto& st = self->state;
+  if (!st.links.verifier) return end_diverged(self, said);
+  st.divergence_checking = true;
+  verify_request req;
+  req.work = work;
+  req.work.params_ref = st.round_params;
+  // No update is claimed: the verifier answers whether the core tier computes the work.
+  const auto round = st.job.status.round;
+  const auto verify_wait = std::chrono::seconds(static_cast<int64_t>(max_deadline_s) + 3600);
+  self->request(st.links.verifier, verify_wait, verify_atom::value, std::move(req))
+      .then(
+          [=](double, double, double) {
+            auto& st = self->state;
+            if (st.finished || st.job.status.round != round) return;
+            st.divergence_checking = false;
+            st.divergence_disproved = true;
+            spdlog::warn(
+                "job {}: {} community nodes said round {} diverged, but the core tier computed "
+                "it: their reports are not believed",
+                st.job.id, st.diverged.size(), round + 1);
+          },
+          [=](caf::error& e) {
+            auto& st = self->state;
+            if (st.finished || st.job.status.round != round) return;
+            st.divergence_checking = false;
+            const auto err = from_caf(e, &self->system());
+            // Diverged there too, or no core-tier worker to ask (nothing better to go on).
+            if (err.code() == errc::non_finite || err.code() == errc::unavailable)
+              return end_diverged(self, said);
+            spdlog::warn("job {}: the core tier could not check round {}'s divergence: {}",
+                         st.job.id, round + 1, err.message());
+          });
+}
+
 // An assignment its worker answered with an error.
 void assignment_failed(job_actor* self, uint64_t id, const caf::error& e) {
   auto& st = self->state;
   auto it = st.pending.find(id);
   const auto err = from_caf(e, &self->system());
-  if (it != st.pending.end() && err.code() == errc::non_finite) {
-    st.diverged[it->second.slot.public_key] = err.message();
+  if (it != st.pending.end() && err.code() == errc::non_finite && !st.divergence_disproved) {
+    const auto& slot = it->second.slot;
+    st.diverged[slot.public_key] = err.message();
+    st.diverged_on_core = st.diverged_on_core || slot.tier == static_cast<uint8_t>(node_tier::core);
     if (st.diverged.size() >= diverged_nodes_to_fail) {
-      spdlog::warn("job {}: round {} diverged on {} nodes ({}); the job ends", st.job.id,
-                   st.job.status.round + 1, st.diverged.size(), err.message());
-      finish(self, job_state::failed,
-             "training diverged in round " + std::to_string(st.job.status.round + 1) + " on " +
-                 std::to_string(st.diverged.size()) + " nodes (" + err.message() +
-                 "); a lower lr, or inputs of a smaller scale, may train");
-      return;
+      if (st.diverged_on_core) return end_diverged(self, err.message());
+      if (!st.divergence_checking) check_divergence(self, it->second.work, err.message());
     }
   }
   fail_assignment(self, id, self->system().render(e));
@@ -556,6 +609,9 @@ void open_round(job_actor* self) {
   st.durations.clear();
   st.closing = false;
   st.diverged.clear();
+  st.diverged_on_core = false;
+  st.divergence_checking = false;
+  st.divergence_disproved = false;
   st.round_started = clock_type::now();
   self->delayed_send(self, std::chrono::milliseconds(250), tick_atom::value,
                      static_cast<uint64_t>(st.job.status.round));

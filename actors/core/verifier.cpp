@@ -79,6 +79,13 @@ void run(verifier_actor* self, pending_check check, const worker_slot& slot) {
             st.running.erase(it);
             self->send(st.market, release_atom::value, done.slot.worker);
             const auto& claimed = done.check.request.claimed;
+            // Nothing claimed: the job asks only whether the core tier computes the work
+            // (community nodes said it diverges).
+            if (claimed.empty() && r.assignment_id == id) {
+              done.check.promise.deliver(0.0, 1.0, r.compute_s);
+              pump(self);
+              return;
+            }
             auto recomputed = decode_update(r.update, claimed.size());
             if (!recomputed || r.assignment_id != id) {
               retry_or_fail(self, std::move(done.check),
@@ -102,6 +109,16 @@ void run(verifier_actor* self, pending_check check, const worker_slot& slot) {
             auto done = std::move(it->second);
             st.running.erase(it);
             self->send(done.slot.worker, abort_atom::value, id);  // if it is still computing
+            // Training that diverges on the core tier too is the work's, not the worker's:
+            // said at once, not tried again.
+            if (from_caf(e).code() == errc::non_finite) {
+              self->send(st.market, release_atom::value, done.slot.worker);
+              done.check.promise.deliver(
+                  to_caf(error(errc::non_finite, "the core tier's re-computation diverged too: " +
+                                                     from_caf(e).message())));
+              pump(self);
+              return;
+            }
             self->send(st.market, release_atom::value, done.slot.worker, true);
             retry_or_fail(self, std::move(done.check), self->system().render(e));
           });
@@ -170,10 +187,6 @@ caf::behavior verifier(verifier_actor* self, caf::actor market, verifier_limits 
   return {
       [=](verify_atom, verify_request& request) -> caf::response_promise {
         auto promise = self->make_response_promise();
-        if (request.claimed.empty()) {
-          promise.deliver(to_caf(error(errc::invalid_argument, "nothing to verify")));
-          return promise;
-        }
         if (self->state.queue.size() >= self->state.limits.max_queue) {
           promise.deliver(to_caf(error(errc::limit_exceeded,
                                        std::to_string(self->state.queue.size()) +

@@ -11,7 +11,10 @@
 /// - (verify_atom, verify_request) -> (double distance, double norm_ratio, double compute_s):
 ///   the relative L2 distance |claimed - recomputed| / |recomputed|, the ratio of the norms
 ///   |claimed| / |recomputed|, and the compute seconds the re-computation took; or an error when
-///   the re-computation itself failed three times. Requests wait in order for a free core-tier slot
+///   the re-computation itself failed three times, or errc::non_finite at once when its training
+///   diverged on the core tier. With nothing claimed (an empty `claimed`), it answers (0, 1,
+///   compute_s) once the core tier has computed the work: whether it diverges is all the job
+///   asks then. Requests wait in order for a free core-tier slot
 ///   (acquired from the market with the core policy); a lost worker's request is run again on
 ///   another. A request that has waited `max_wait` without one is answered errc::unavailable
 ///   (the job decides whether to ask again or to go on unverified), and at most `max_queue`

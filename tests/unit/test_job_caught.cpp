@@ -633,6 +633,47 @@ TEST_SUITE("job caught nodes") {
     }
   }
 
+  TEST_CASE("community nodes' word that a round diverged is checked on the core tier") {
+    // Keys cost nothing: three community nodes that said every assignment diverged ended any
+    // job. Now the core tier computes the work first.
+    claims diverging;
+    diverging.diverges = true;
+    const std::vector<test_node> nodes = {
+        {"a", node_tier::community, std::chrono::milliseconds(0), diverging},
+        {"b", node_tier::community, std::chrono::milliseconds(0), diverging},
+        {"c", node_tier::community, std::chrono::milliseconds(0), diverging},
+        {"d", node_tier::community, std::chrono::milliseconds(0), {}}};
+    {
+      // The core tier computes it: the reports are not believed, and d computes the round.
+      resumed_job r(6, nodes, true, [](caf::actor_system& sys, job_links& links) {
+        links.verifier = sys.spawn([]() -> caf::behavior {
+          return {[](verify_atom, verify_request& req) -> caf::result<double, double, double> {
+            if (!req.claimed.empty()) return {0.0, 1.0, 0.01};  // d's results match too
+            return {0.0, 1.0, 0.01};
+          }};
+        });
+      });
+      auto s = r.committed(3, 20);
+      REQUIRE_MESSAGE(s.has_value(), "three community nodes' word ended the job");
+      CHECK(s->state == job_state::running);
+    }
+    {
+      // It diverges on the core tier too: the job ends.
+      resumed_job r(6, nodes, true, [](caf::actor_system& sys, job_links& links) {
+        links.verifier = sys.spawn([]() -> caf::behavior {
+          return {[](verify_atom, verify_request&) -> caf::result<double, double, double> {
+            return to_caf(error(errc::non_finite, "the core tier's re-computation diverged too"));
+          }};
+        });
+      });
+      auto s = r.ended();
+      REQUIRE(s.has_value());
+      CHECK(s->state == job_state::failed);
+      CHECK_MESSAGE(s->detail.find("training diverged in round 3 on 3 nodes") != std::string::npos,
+                    s->detail);
+    }
+  }
+
   TEST_CASE("re-computations that keep failing are the operator's policy, and the status says so") {
     // The core tier cannot run the work (its memory, a shard it cannot fetch): the result was
     // asked to be re-computed again every second, its round unconfirmed for good and the

@@ -1,0 +1,118 @@
+/// @file
+/// The verifier's answers (actors/core/verifier.hpp) that a job reads when community nodes say
+/// a round diverged: with nothing claimed, whether the core tier computes the work; and a
+/// re-computation that diverges on the core tier is said at once, not tried again.
+
+#include <doctest/doctest.h>
+
+#include <atomic>
+#include <chrono>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "configured_system.hpp"
+#include "gflex/runtime/update_codec.hpp"
+#include "messages.hpp"
+#include "verifier.hpp"
+
+using namespace gflex;
+
+namespace {
+
+// A core-tier worker that answers every assignment with `diverges` an errc::non_finite, else a
+// result of `values` zeros; counts what it is asked.
+caf::actor spawn_core_worker(caf::actor_system& sys, bool diverges, size_t values,
+                             std::shared_ptr<std::atomic<int>> asked) {
+  return sys.spawn([=](caf::event_based_actor*) -> caf::behavior {
+    return {
+        [=](assign_atom, assignment& a) -> caf::result<assignment_result> {
+          ++*asked;
+          if (diverges)
+            return to_caf(error(errc::non_finite, "training diverged: the loss is not finite"));
+          assignment_result r;
+          r.assignment_id = a.id;
+          r.update = encode_update(std::vector<float>(values, 0.0f), compression::fp32);
+          r.compute_s = 0.25;
+          return r;
+        },
+        [](abort_atom, uint64_t) {},
+    };
+  });
+}
+
+// A market that offers `worker` as a core-tier slot at every acquire.
+caf::actor spawn_one_slot_market(caf::actor_system& sys, caf::actor worker) {
+  return sys.spawn([worker](caf::event_based_actor* self) -> caf::behavior {
+    self->set_default_handler(caf::drop);
+    return {
+        [worker](acquire_atom, const std::string&, const std::string&, int64_t wanted, uint8_t,
+                 int64_t, double) {
+          acquire_reply r;
+          if (wanted > 0) {
+            worker_slot s;
+            s.worker = worker;
+            s.node_name = "core-node";
+            s.tier = static_cast<uint8_t>(node_tier::core);
+            r.slots.push_back(s);
+          }
+          return r;
+        },
+    };
+  });
+}
+
+struct verdict {
+  bool answered = false;
+  error err;
+  double compute_s = -1.0;
+};
+
+verdict ask(test::configured_system& s, const caf::actor& verifier, std::vector<float> claimed) {
+  verify_request req;
+  req.work.job_id = "job-1";
+  req.work.shard = std::string(64, 'a');
+  req.claimed = std::move(claimed);
+  verdict out;
+  s.self->request(verifier, std::chrono::seconds(10), verify_atom::value, req)
+      .receive(
+          [&](double, double, double compute_s) {
+            out.answered = true;
+            out.compute_s = compute_s;
+          },
+          [&](caf::error& e) { out.err = from_caf(e, &s.sys); });
+  return out;
+}
+
+}  // namespace
+
+TEST_SUITE("verifier") {
+  TEST_CASE("with nothing claimed, the verifier says whether the core tier computes the work") {
+    test::configured_system s;
+    auto asked = std::make_shared<std::atomic<int>>(0);
+    auto worker = spawn_core_worker(s.sys, false, 4, asked);
+    auto market = spawn_one_slot_market(s.sys, worker);
+    auto verifier = spawn_verifier(s.sys, market);
+    auto v = ask(s, verifier, {});
+    CHECK_MESSAGE(v.answered, v.err.message());
+    CHECK(v.compute_s == 0.25);
+    CHECK(*asked == 1);
+    for (const auto& a : {verifier, market, worker})
+      s.self->send_exit(a, caf::exit_reason::user_shutdown);
+  }
+
+  TEST_CASE("a re-computation that diverges on the core tier is said at once, not tried again") {
+    test::configured_system s;
+    auto asked = std::make_shared<std::atomic<int>>(0);
+    auto worker = spawn_core_worker(s.sys, true, 4, asked);
+    auto market = spawn_one_slot_market(s.sys, worker);
+    auto verifier = spawn_verifier(s.sys, market);
+    auto v = ask(s, verifier, {});
+    CHECK_FALSE(v.answered);
+    CHECK(v.err.code() == errc::non_finite);
+    CHECK(v.err.message().find("diverged too") != std::string::npos);
+    CHECK(*asked == 1);
+    for (const auto& a : {verifier, market, worker})
+      s.self->send_exit(a, caf::exit_reason::user_shutdown);
+  }
+}
