@@ -388,6 +388,13 @@ field credits_field(std::string_view table, std::string_view key, int64_t job_sp
             double credits = 0.0;
             if (auto r = in.number(table, key, range, credits); !r) return r;
             spec.*member = std::llround(credits * 1e6);
+            // Below half a micro-credit the amount rounds to 0: a max_price of 4e-7 took only
+            // nodes that ask nothing, and a budget of it read as none at all.
+            if (credits != 0.0 && spec.*member == 0)
+              return in.fail(std::string(table) + "." + std::string(key),
+                             format_double(credits) +
+                                 " credits is less than a micro-credit (0.000001), the "
+                                 "smallest amount there is");
             return {};
           },
           [=](const job_spec& spec) -> std::optional<std::string> {

@@ -312,6 +312,16 @@ name = "tiny"
     CHECK(contains(failure(with("[inner]\nlr = nan")), "job.toml: inner.lr: must be a number in"));
     CHECK(contains(failure(with("[outer]\nlr = inf")), "got inf"));
     CHECK(contains(failure(with("[outer]\nmomentum = -inf")), "got -inf"));
+    // Credits below half a micro-credit rounded to 0: a max_price that took only free nodes, a
+    // budget read as none ("required with market.account").
+    CHECK(failure(with("[market]\naccount = \"user/a\"\nbudget = 4e-7\nmax_price = 1")) ==
+          "job.toml: market.budget: 4e-07 credits is less than a micro-credit (0.000001), the "
+          "smallest amount there is");
+    CHECK(contains(failure(with("[market]\nmax_price = 0.0000004")),
+                   "market.max_price: 4e-07 credits is less than a micro-credit"));
+    auto zero = parse_job_spec(with("[market]\nmax_price = 0"), source);
+    REQUIRE(zero.has_value());
+    CHECK(zero->max_price == 0);
   }
 
   TEST_CASE("enum strings must be one of the spellings") {
