@@ -3,10 +3,11 @@
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <thread>
 
 namespace gflex {
 
-cpu_monitor::cpu_monitor() : last_(take()) {}
+cpu_monitor::cpu_monitor() : last_(take()), last_at_(std::chrono::steady_clock::now()) {}
 
 cpu_monitor::sample cpu_monitor::take() {
   sample s;
@@ -37,10 +38,16 @@ cpu_monitor::sample cpu_monitor::take() {
   return s;
 }
 
-std::optional<double> cpu_monitor::others_busy() {
+std::optional<double> cpu_monitor::others_busy(std::chrono::steady_clock::duration max_age,
+                                               std::chrono::steady_clock::duration probe) {
+  if (std::chrono::steady_clock::now() - last_at_ > max_age) {
+    last_ = take();
+    std::this_thread::sleep_for(probe);
+  }
   auto now = take();
   auto before = last_;
   last_ = now;
+  last_at_ = std::chrono::steady_clock::now();
   if (!now.ok || !before.ok || now.total <= before.total) return std::nullopt;
   double total = static_cast<double>(now.total - before.total);
   double busy = static_cast<double>(now.busy - before.busy);

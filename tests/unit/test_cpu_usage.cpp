@@ -38,3 +38,24 @@ TEST_CASE("cpu_monitor sees another process keep a CPU busy, and not this one's 
   CHECK(*busy >= 0.6 / cpus);  // one CPU of `cpus`, less what the scheduler gave others
   CHECK(*busy <= 1.0);
 }
+
+TEST_CASE("cpu_monitor judges by the last few seconds, not since a call long ago") {
+  // Averaged since the previous call, a node idle for hours took work while its owner's build
+  // kept every CPU busy: a few seconds of it were nothing against the hours.
+  cpu_monitor m;
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));  // idle, "overnight"
+  const double cpus = static_cast<double>(std::max(1u, std::thread::hardware_concurrency()));
+  pid_t child = fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    volatile uint64_t y = 0;
+    for (;;) y = y + 1;
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  // The last call is older than a second: a fresh window of 300 ms is measured.
+  auto busy = m.others_busy(std::chrono::seconds(1), std::chrono::milliseconds(300));
+  kill(child, SIGKILL);
+  waitpid(child, nullptr, 0);
+  REQUIRE(busy.has_value());
+  CHECK(*busy >= 0.6 / cpus);
+}

@@ -3,6 +3,7 @@
 /// How busy the machine is with other work: what `gflex-node --idle-only` looks at before
 /// taking an assignment. Linux only (/proc).
 
+#include <chrono>
 #include <cstdint>
 #include <optional>
 
@@ -14,9 +15,14 @@ class cpu_monitor {
  public:
   cpu_monitor();
 
-  /// The fraction in [0, 1] of all CPUs' time, since the previous call (or construction),
-  /// spent by processes other than this one; nullopt when /proc cannot be read.
-  std::optional<double> others_busy();
+  /// The fraction in [0, 1] of all CPUs' time spent by processes other than this one, since
+  /// the previous call (or construction) when that was at most `max_age` ago; else over a
+  /// fresh window of `probe` (waited for here). nullopt when /proc cannot be read. Averaged
+  /// since a call hours ago, a node idle overnight took work while its owner's build kept
+  /// every CPU busy.
+  std::optional<double> others_busy(
+      std::chrono::steady_clock::duration max_age = std::chrono::seconds(5),
+      std::chrono::steady_clock::duration probe = std::chrono::milliseconds(500));
 
  private:
   struct sample {
@@ -27,6 +33,7 @@ class cpu_monitor {
   };
   static sample take();
   sample last_;
+  std::chrono::steady_clock::time_point last_at_;
 };
 
 }  // namespace gflex
