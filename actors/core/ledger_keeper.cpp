@@ -272,6 +272,16 @@ void book_transaction(keeper_actor* self, Promise rp, std::string kind, std::str
            op = std::move(op)]() mutable {
             auto& st = self->state;
             if (!op.empty() && st.book.booked(op) != 0) {
+              // A credit reference is the operator's payment id: booked again with the same
+              // postings it is a retry; with others, a mistake that must not look booked.
+              if (auto other = st.book.credited_otherwise(op, postings); !other.empty()) {
+                rp.deliver(to_caf(error(
+                    errc::invalid_argument,
+                    "reference " + op.substr(op.find('/') + 1) + " was credited already, as " +
+                        other + " (entry " + std::to_string(st.book.booked(op)) +
+                        "): a reference is one payment's; give this one its own")));
+                return;
+              }
               if constexpr (std::is_same_v<Value, uint64_t>)
                 rp.deliver(st.book.booked(op));
               else

@@ -2,9 +2,12 @@
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
+
 #include <stdexcept>
 #include <type_traits>
 
+#include "gflex/runtime/credits.hpp"
 #include "gflex/runtime/digest.hpp"
 #include "json_fields.hpp"
 
@@ -111,6 +114,26 @@ uint64_t ledger_book::booked(const std::string& op) const {
   return it == ops_.end() ? 0 : it->second;
 }
 
+std::string ledger_book::credited_otherwise(const std::string& op,
+                                            const std::vector<posting>& postings) const {
+  auto it = credits_.find(op);
+  if (it == credits_.end()) return {};
+  auto key = [](const std::vector<posting>& ps) {
+    std::vector<std::pair<std::string, int64_t>> out;
+    for (const auto& p : ps) out.emplace_back(p.account, p.amount);
+    std::sort(out.begin(), out.end());
+    return out;
+  };
+  if (key(it->second) == key(postings)) return {};
+  std::string booked;
+  for (const auto& p : it->second)
+    if (p.amount > 0) {
+      if (!booked.empty()) booked += ", ";
+      booked += p.account + " " + format_credits(p.amount);
+    }
+  return booked;
+}
+
 int64_t ledger_book::balance(const std::string& id) const {
   auto it = balances_.find(id);
   return it == balances_.end() ? 0 : it->second;
@@ -178,6 +201,7 @@ void ledger_book::apply(const ledger_entry& e) {
   if (e.kind == "open") balances_.emplace(e.memo, 0);
   for (const auto& p : e.postings) balances_[p.account] += p.amount;
   if (!e.op.empty()) ops_.emplace(e.op, e.seq);
+  if (e.op.starts_with(credit_operation(""))) credits_.emplace(e.op, e.postings);
   seq_ = e.seq;
   head_ = e.hash;
 }

@@ -75,6 +75,10 @@ class ledger_book {
   uint64_t last_seq() const { return seq_; }
   /// The entry that booked operation `op`; 0 if none has.
   uint64_t booked(const std::string& op) const;
+  /// For an operator's credit (credit_operation) booked already with other postings than
+  /// `postings`: what it booked ("user/alice 50"); empty otherwise. A reference reused for
+  /// another account or amount was answered as booked while nothing was credited.
+  std::string credited_otherwise(const std::string& op, const std::vector<posting>& postings) const;
   const std::string& head() const { return head_; }
 
   /// The entry that opens account `id`; refused if the id is malformed or already open.
@@ -91,7 +95,8 @@ class ledger_book {
 
  private:
   std::map<std::string, int64_t> balances_;
-  std::map<std::string, uint64_t> ops_;  // operation id -> the entry that booked it
+  std::map<std::string, uint64_t> ops_;                  // operation id -> the entry that booked it
+  std::map<std::string, std::vector<posting>> credits_;  // operator credits' postings, by op
   uint64_t seq_ = 0;
   std::string head_;
 };

@@ -9,10 +9,12 @@
 #include <caf/all.hpp>
 
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "configured_system.hpp"
 #include "gflex/accounts.hpp"
+#include "ledger_book.hpp"
 #include "ledger_keeper.hpp"
 #include "messages.hpp"
 #include "store.hpp"
@@ -52,6 +54,44 @@ struct slow_keeper_fixture : test::configured_system {
 };
 
 TEST_SUITE("ledger_keeper") {
+  TEST_CASE_FIXTURE(keeper_fixture,
+                    "a credit reference used again for another account or amount is refused") {
+    // It was answered with the first credit's entry, as booked: the CLI said bob's 100 credits
+    // were booked, and nothing was credited to him.
+    for (const char* account : {"user/alice", "user/bob"})
+      self->request(keeper, timeout, open_atom::value, std::string(account), false)
+          .receive([&](caf::ok_atom) {}, [&](caf::error& e) { FAIL(sys.render(e)); });
+    auto credit = [&](const std::string& account, int64_t micro) -> expected<uint64_t> {
+      expected<uint64_t> out = error(errc::none, "");
+      self->request(keeper, timeout, transfer_atom::value, std::string("credit"),
+                    std::string("test"),
+                    std::vector<posting>{{"external", -micro}, {account, micro}},
+                    credit_operation("INV-1"))
+          .receive([&](uint64_t seq) { out = seq; }, [&](caf::error& e) { out = from_caf(e); });
+      return out;
+    };
+    auto first = credit("user/alice", 50'000'000);
+    REQUIRE(first.has_value());
+    // The same again is a retry: answered with the same entry, nothing booked twice.
+    CHECK(credit("user/alice", 50'000'000).value() == *first);
+    for (auto [account, micro] :
+         {std::pair<const char*, int64_t>{"user/bob", 100'000'000}, {"user/alice", 60'000'000}}) {
+      auto other = credit(account, micro);
+      REQUIRE_FALSE(other.has_value());
+      CHECK(other.error().code() == errc::invalid_argument);
+      CHECK_MESSAGE(other.error().message().find("reference INV-1 was credited already, as "
+                                                 "user/alice 50") != std::string::npos,
+                    other.error().message());
+    }
+    int64_t bob = -1;
+    self->request(keeper, timeout, account_atom::value, std::string("user/bob"))
+        .receive([&](account_info& a) { bob = a.balance; },
+                 [&](caf::error& e) { FAIL(sys.render(e)); });
+    CHECK(bob == 0);
+    self->send_exit(keeper, caf::exit_reason::user_shutdown);
+    self->send_exit(store, caf::exit_reason::user_shutdown);
+  }
+
   TEST_CASE_FIXTURE(slow_keeper_fixture,
                     "a write that lands after its request timed out is booked, and only once") {
     for (const char* account : {"user/alice", "node/n1"})
