@@ -8,6 +8,7 @@
 #include <deque>
 #include <map>
 #include <optional>
+#include <set>
 
 #include "boundary.hpp"
 #include "core_metrics.hpp"
@@ -66,6 +67,11 @@ struct session_state {
   bool refill_pending = false;
   uint64_t dropped = 0;  // outside the interface or refused; plus forged system messages
   clock_type::time_point beat_forwarded{};  // when a heartbeat last went to the registry
+  // The data chunks its assignments named (their shards, and next rounds' as hints), the
+  // newest last: the only ones it may fetch. Any other was served, and a node that learned
+  // digests could read other accounts' data sets.
+  std::set<std::string> granted;
+  std::deque<std::string> granted_order;
   static inline const char* name = "node_session";
 };
 
@@ -74,6 +80,10 @@ using session_actor = caf::stateful_actor<session_state, guarded<node_session_in
 /// The least time between two heartbeats a session passes to the registry: half of the
 /// shortest --heartbeat-ms a core takes.
 constexpr auto min_beat_gap = std::chrono::milliseconds(25);
+
+/// The data chunks a session remembers its node was assigned (the newest): far more than the
+/// shards of the rounds a node's workers have in hand.
+constexpr size_t max_granted_chunks = 4096;
 
 uint64_t dropped_total(session_actor* self) {
   return self->state.dropped + self->refused();
@@ -346,6 +356,11 @@ node_session_internal::behavior_type session_behavior(session_actor* self, sessi
               p.bytes.begin() + static_cast<std::ptrdiff_t>(r.offset),
               p.bytes.begin() + static_cast<std::ptrdiff_t>(r.offset + r.size));
         }
+        if (st.granted.count(digest) == 0) {
+          drop(self, "a data chunk that none of its assignments named");
+          return to_caf(error(errc::permission_denied,
+                              "chunk " + digest.substr(0, 16) + " is not one of this node's"));
+        }
         if (st.chunk_queue.size() >= st.limits.chunk_queue) {
           auto why =
               "more than " + std::to_string(st.limits.chunk_queue) + " chunk requests waiting";
@@ -367,6 +382,14 @@ node_session_internal::behavior_type session_behavior(session_actor* self, sessi
           return to_caf(error(errc::invalid_argument, "no such worker"));
         const uint64_t id = a.id;
         const auto sent_at = clock_type::now();
+        for (const auto* digest : {&a.shard, &a.next_shard})
+          if (!digest->empty() && st.granted.insert(*digest).second) {
+            st.granted_order.push_back(*digest);
+            if (st.granted_order.size() > max_granted_chunks) {
+              st.granted.erase(st.granted_order.front());
+              st.granted_order.pop_front();
+            }
+          }
         // The work it stands for, known before the node answers: what the measured rate
         // counts (a node's claimed samples are not trusted).
         const double samples = static_cast<double>(std::max<int64_t>(a.local_steps, 0)) *

@@ -426,9 +426,11 @@ TEST_CASE("a hostile node's attacks on the front door and its session are refuse
 
   // Both still answer; its session stamps its own identity; the honest node is untouched.
   std::this_thread::sleep_for(std::chrono::seconds(1));
-  CHECK(ask_chunk(self, session, "../../etc/passwd").find("not a chunk digest") !=
+  // Chunks that none of its assignments named (a path, a digest of nothing): refused.
+  CHECK(ask_chunk(self, session, "../../etc/passwd").find("is not one of this node's") !=
         std::string::npos);
-  CHECK(ask_chunk(self, session, std::string(64, '0')).find("no chunk") != std::string::npos);
+  CHECK(ask_chunk(self, session, std::string(64, '0')).find("is not one of this node's") !=
+        std::string::npos);
   auto jobs = c->jobs();
   CHECK_MESSAGE(jobs.has_value(), "the front door stopped answering");
   std::this_thread::sleep_for(std::chrono::seconds(1));  // a heartbeat carries the count
@@ -505,14 +507,15 @@ TEST_CASE(
                              << " flagged; accuracy " << s.test_accuracy);
   // A flood of requests for a real chunk (protocol.sh runs the core with --chunk-rate 4: a
   // 32 MiB burst): past the byte budget requests wait, past 64 waiting the node is told why
-  // and disconnected. A caught node still holds its session, so it floods with that.
+  // and disconnected. A caught node still holds its session, so it floods with that; it
+  // floods with a chunk it was assigned (a session serves no other).
   auto& flooding = nodes.front();
   std::string digest;
-  for (auto& n : nodes) {
-    std::lock_guard<std::mutex> lock(n.log->mutex);
-    if (!n.log->shard.empty()) digest = n.log->shard;
+  {
+    std::lock_guard<std::mutex> lock(flooding.log->mutex);
+    digest = flooding.log->shard;
   }
-  REQUIRE_FALSE(digest.empty());
+  REQUIRE_MESSAGE(!digest.empty(), "the flooding node was given no assignment");
   const auto session = flooding.session();
   auto refused = std::make_shared<std::atomic<int>>(0);
   auto flooder = p.sys->spawn([=](caf::event_based_actor* f) -> caf::behavior {

@@ -82,4 +82,53 @@ TEST_SUITE("node session") {
       s.self->send_exit(a, caf::exit_reason::user_shutdown);
     for (const auto& w : spawned.workers) s.self->send_exit(w, caf::exit_reason::user_shutdown);
   }
+
+  TEST_CASE("a node fetches only the data chunks its assignments named") {
+    // Any digest was served: a node that learned one (an earlier assignment, a public set's)
+    // could read other accounts' data sets.
+    test::configured_system s;
+    const std::string mine(64, 'a'), next(64, 'b'), theirs(64, 'c');
+    auto data_server = s.sys.spawn([](caf::event_based_actor* self) -> caf::behavior {
+      self->set_default_handler(caf::drop);
+      return {[](chunk_atom, const std::string& digest) {
+        return std::vector<uint8_t>(digest.begin(), digest.begin() + 4);
+      }};
+    });
+    auto uplink = s.sys.spawn([](caf::event_based_actor* self) -> caf::behavior {
+      self->set_default_handler(caf::drop);
+      return {[](assign_atom, uint32_t, assignment& a) -> caf::result<assignment_result> {
+        return to_caf(error(errc::io_error, "not now: " + a.shard));
+      }};
+    });
+    auto sink = s.sys.spawn([](caf::event_based_actor* self) -> caf::behavior {
+      self->set_default_handler(caf::drop);
+      return {[](int) {}};
+    });
+    auto spawned = spawn_node_session(s.sys, {"n1", "node", "", 0, 1}, session_limits{}, uplink,
+                                      sink, data_server);
+    auto fetch = [&](const std::string& digest) -> expected<std::vector<uint8_t>> {
+      expected<std::vector<uint8_t>> out = error(errc::none, "");
+      s.self->request(spawned.session, std::chrono::seconds(5), chunk_atom::value, digest)
+          .receive([&](std::vector<uint8_t>& b) { out = std::move(b); },
+                   [&](caf::error& e) { out = from_caf(e, &s.sys); });
+      return out;
+    };
+    auto refused = fetch(mine);
+    REQUIRE_FALSE(refused.has_value());
+    CHECK(refused.error().code() == errc::permission_denied);
+    assignment a;
+    a.id = 9;
+    a.shard = mine;
+    a.next_shard = next;
+    s.self->request(spawned.workers.at(0), std::chrono::seconds(5), assign_atom::value, a)
+        .receive([](assignment_result&) {}, [](caf::error&) {});
+    CHECK(fetch(mine).has_value());
+    CHECK(fetch(next).has_value());  // the next round's, as a hint
+    auto other = fetch(theirs);
+    REQUIRE_FALSE(other.has_value());
+    CHECK(other.error().code() == errc::permission_denied);
+    for (const auto& x : {caf::actor_cast<caf::actor>(spawned.session), uplink, sink, data_server})
+      s.self->send_exit(x, caf::exit_reason::user_shutdown);
+    for (const auto& w : spawned.workers) s.self->send_exit(w, caf::exit_reason::user_shutdown);
+  }
 }
