@@ -35,6 +35,9 @@ struct node_children {
   uint64_t cache_limit = 0;  // bytes (--cache-limit)
 };
 
+/// Assignments failed in a row on the device (not for its memory) before the node leaves.
+constexpr int max_device_failures = 5;
+
 /// Restarts allowed within `restart_window` before the node gives up (escalates).
 constexpr int restart_budget = 5;
 constexpr auto restart_window = std::chrono::seconds(60);
@@ -110,14 +113,24 @@ caf::behavior node_actor(node_actor_type* self, node_children children) {
     spdlog::warn("a node child stopped ({}); restarted it", self->system().render(down.reason));
     self->monitor(replacement);
   });
-  // --max-hours: once the workers have computed that long, the node leaves like on SIGTERM.
-  if (current->config.max_compute_s > 0.0)
-    self->delayed_send(self, std::chrono::seconds(1), tick_atom::value);
+  // Every second: --max-hours (once the workers have computed that long, the node leaves like
+  // on SIGTERM), and a device that keeps failing.
+  self->delayed_send(self, std::chrono::seconds(1), tick_atom::value);
   return {
       [=](tick_atom) {
         auto& c = *self->state.children;
+        // A device in a failed state (an illegal address, an ECC error) fails every
+        // assignment until its process ends: the node stayed joined, failing work once a
+        // minute per slot for ever. It leaves with exit 1, which a service restarts afresh.
+        if (const int failed = c.config.device_failures->load(); failed >= max_device_failures) {
+          self->send(c.owner, stop_atom::value, 1,
+                     "the device failed " + std::to_string(failed) +
+                         " assignments in a row, not for want of memory: the node stops, to be "
+                         "started afresh (the log above says how they failed)");
+          return;
+        }
         double used = c.config.compute_used->seconds();
-        if (used >= c.config.max_compute_s) {
+        if (c.config.max_compute_s > 0.0 && used >= c.config.max_compute_s) {
           self->send(c.owner, stop_atom::value, 0,
                      "this node has computed for its --max-hours (" +
                          std::to_string(c.config.max_compute_s / 3600.0) + " h)");
@@ -181,6 +194,7 @@ expected<caf::actor> spawn_node(caf::actor_system& sys, const node_config& confi
   c.config.threads = config.threads_per_worker;
   c.config.crash_at_assignment = aids.crash_worker_at;
   c.config.device_error_at_assignment = aids.device_error_at;
+  c.config.device_broken_from = aids.device_broken_from;
   c.config.verify_delay_ms = aids.verify_delay_ms;
   c.config.misbehave = *misbehave;
   c.config.identity = key;

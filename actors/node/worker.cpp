@@ -349,6 +349,9 @@ caf::behavior worker_behavior(worker_actor* self, worker_config config, caf::act
       throw std::runtime_error("injected worker crash (test aid)");
     const bool inject_device_error =
         self->state.assignments == self->state.config.device_error_at_assignment;
+    const bool inject_broken_device =
+        self->state.config.device_broken_from > 0 &&
+        self->state.assignments >= self->state.config.device_broken_from;
     auto& cfg = self->state.config;
     if (cfg.max_compute_s > 0.0 && cfg.compute_used->seconds() >= cfg.max_compute_s)
       return to_caf(error(errc::invalid_argument, "this node has given its --max-hours"));
@@ -392,6 +395,9 @@ caf::behavior worker_behavior(worker_actor* self, worker_config config, caf::act
       node_metrics::assignments("failed").inc();
       tell(node_activity::kind::failed, 0.0, 0.0);
       self->state.models.clear();
+      // Out of memory says nothing of the device (a model too large, another program's use);
+      // anything else in a row says it is broken.
+      if (why.message().find("out of") == std::string::npos) cfg.device_failures->fetch_add(1);
       return to_caf(why);
     };
     try {
@@ -399,6 +405,11 @@ caf::behavior worker_behavior(worker_actor* self, worker_config config, caf::act
         throw kernels::compute_error(
             error(errc::device_error,
                   "out of device memory (injected by --device-error-at, a test aid)"));
+      if (inject_broken_device)
+        throw kernels::compute_error(
+            error(errc::device_error,
+                  "cudaErrorIllegalAddress: an illegal memory access was encountered (injected "
+                  "by --device-broken-from, a test aid)"));
       auto r = run_assignment(self->state, a, shard);
       // Taken back by its job while it ran is no failure of this node's: its owner saw
       // "failed" for each backup another node won.
@@ -409,6 +420,7 @@ caf::behavior worker_behavior(worker_actor* self, worker_config config, caf::act
         tell(taken_back ? node_activity::kind::cancelled : node_activity::kind::failed, 0.0, 0.0);
         return to_caf(r.error());
       }
+      cfg.device_failures->store(0);
       node_metrics::assignments("done").inc();
       node_metrics::compute_seconds().inc(r->compute_s);
       node_metrics::step_duration().observe(

@@ -41,6 +41,12 @@ struct worker_config {
   int crash_at_assignment = 0;
   /// Test aid: fail the Nth assignment with an out-of-device-memory error; 0: never.
   int device_error_at_assignment = 0;
+  /// Test aid: fail every assignment from the Nth on as a broken device; 0: never.
+  int device_broken_from = 0;
+  /// Assignments the node's workers failed in a row on their device for a reason other than
+  /// its memory (shared; a success resets it): the node supervisor makes a node whose device
+  /// keeps failing leave, to be started afresh, rather than fail work for ever.
+  std::shared_ptr<std::atomic<int>> device_failures = std::make_shared<std::atomic<int>>(0);
   /// Test aid: milliseconds a verification waits before it runs (0: none).
   int verify_delay_ms = 0;
   /// Test aid: bad work on purpose (see misbehaviour.hpp), drawn from `misbehave_seed`.

@@ -89,6 +89,9 @@ int main(int argc, char** argv) {
   app.add_option("--device-error-at", aids.device_error_at,
                  "fail each worker's Nth assignment as out of device memory (a test aid)")
       ->group("");
+  app.add_option("--device-broken-from", aids.device_broken_from,
+                 "fail each worker's assignments from its Nth on as a broken device (a test aid)")
+      ->group("");
   app.add_option("--verify-delay-ms", aids.verify_delay_ms,
                  "start each re-computation this many milliseconds late (a test aid)")
       ->check(CLI::Range(0, 60000))

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Supervision on real processes: a worker that crashes is restarted by its node and its
 # assignment runs elsewhere; a node frozen with SIGSTOP is given up after its lease, its work
-# reassigned, and after SIGCONT it joins again by itself; SIGTERM makes a node leave and exit 0.
+# reassigned, and after SIGCONT it joins again by itself; SIGTERM makes a node leave and exit 0;
+# a node whose device fails every assignment leaves with exit 1.
 # The job finishes with the accuracy it has without faults. A job actor that keeps stopping is
 # restarted from its checkpoint three times, then failed for good, its escrow returned.
 source "$(dirname "$0")/lib.sh"
@@ -53,6 +54,22 @@ echo "ok: node3 left on SIGTERM and exited 0"
 expect_job_done "$job" 0.885
 grep -q "failed (.*); reassigning" "$WORK/core.log" || fail "no reassignment logged"
 echo "ok: $job done with test accuracy $FINAL_ACCURACY despite the faults"
+
+# -- a node whose device is broken (every assignment fails, not for memory) leaves, exit 1 ---
+# It stayed joined, failing work once a minute per slot for ever; a service restarts it.
+printf '[job]\nname = "long"\nworkload = "fashion-mlp"\nrounds = 100000\nworkers = 3\n' \
+  >"$WORK/long.toml"
+lj=$("$G" submit "$WORK/long.toml" --core "$core") || fail "submit the long job"
+start broken "$BIN/gflex-node" --join "$core" --name broken --data-dir "$WORK/broken" \
+  --tier core --token "$TOKEN_core" --device-broken-from 1
+wait_for 90 "the broken node to leave" bash -c "! kill -0 $PID_broken 2>/dev/null"
+kill -KILL "$PID_broken" 2>/dev/null || true  # still there: the check failed; do not wait
+rc=0
+wait "$PID_broken" || rc=$?
+[ "$rc" -eq 1 ] && grep -q "the device failed 5 assignments in a row" "$WORK/broken.log" &&
+  echo "ok: the node with a broken device left, exit 1" ||
+  fail "the broken node: exit $rc, $(tail -2 "$WORK/broken.log")"
+"$G" cancel "$lj" --core "$core" >/dev/null || fail "cancel the long job"
 
 # -- a job actor that keeps stopping: restarted from its checkpoint, then failed for good ----
 # A core of its own whose job actors throw while round 3 is open (a test aid): the job is

@@ -20,6 +20,9 @@ struct node_test_aids {
   /// Every worker's Nth assignment fails as a device running out of memory would (0:
   /// never), to exercise that path where there is no GPU.
   int device_error_at = 0;
+  /// Every worker's assignments from its Nth on fail as a device in a failed state would (an
+  /// illegal memory access; 0: never): the node must leave, not fail work for ever.
+  int device_broken_from = 0;
   /// Return bad work on purpose (random, scale:X, signflip, lazy, stale, sometimes:P:MODE);
   /// empty: honest. Nothing else in the node changes.
   std::string misbehave;
