@@ -10,6 +10,21 @@
 
 using namespace gflex;
 
+namespace {
+
+// A child process that keeps one CPU busy until it is killed; its pid.
+pid_t spinning_child() {
+  pid_t child = fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    volatile uint64_t y = 0;
+    for (;;) y = y + 1;
+  }
+  return child;
+}
+
+}  // namespace
+
 TEST_CASE("cpu_monitor sees another process keep a CPU busy, and not this one's own work") {
   cpu_monitor m;
   // This process spins for a while: that is its own use, not others'.
@@ -22,12 +37,7 @@ TEST_CASE("cpu_monitor sees another process keep a CPU busy, and not this one's 
   CHECK(*own <= 1.0);
   const double cpus = static_cast<double>(std::max(1u, std::thread::hardware_concurrency()));
   // A child process spins: others' use rises by about one CPU's share.
-  pid_t child = fork();
-  REQUIRE(child >= 0);
-  if (child == 0) {
-    volatile uint64_t y = 0;
-    for (;;) y = y + 1;
-  }
+  pid_t child = spinning_child();
   std::this_thread::sleep_for(std::chrono::milliseconds(50));
   m.others_busy();
   std::this_thread::sleep_for(std::chrono::milliseconds(500));
@@ -45,12 +55,7 @@ TEST_CASE("cpu_monitor judges by the last few seconds, not since a call long ago
   cpu_monitor m;
   std::this_thread::sleep_for(std::chrono::milliseconds(1500));  // idle, "overnight"
   const double cpus = static_cast<double>(std::max(1u, std::thread::hardware_concurrency()));
-  pid_t child = fork();
-  REQUIRE(child >= 0);
-  if (child == 0) {
-    volatile uint64_t y = 0;
-    for (;;) y = y + 1;
-  }
+  pid_t child = spinning_child();
   std::this_thread::sleep_for(std::chrono::milliseconds(300));
   // The last call is older than a second: a fresh window of 300 ms is measured.
   auto busy = m.others_busy(std::chrono::seconds(1), std::chrono::milliseconds(300));

@@ -17,48 +17,65 @@
 
 using namespace gflex;
 
-TEST_SUITE("registry") {
-  TEST_CASE("a node that beats keeps its lease; one that falls silent loses it") {
-    test::configured_system s;
-    // The market, the data server and the nodes' uplinks: nothing they are told matters here.
-    auto sink = s.sys.spawn([](caf::event_based_actor* self) -> caf::behavior {
+namespace {
+
+// A registry of `lease_ms` leases (heartbeats every 100 ms) whose market, data server and
+// nodes' uplinks are one sink: nothing they are told matters here.
+struct registry_fixture {
+  test::configured_system s;
+  caf::actor sink, registry;
+
+  explicit registry_fixture(uint32_t lease_ms) {
+    sink = s.sys.spawn([](caf::event_based_actor* self) -> caf::behavior {
       self->set_default_handler(caf::drop);
       return {[](int) {}};
     });
     registry_config config;
     config.heartbeat_ms = 100;
-    config.lease_ms = 600;
-    auto registry = spawn_registry(s.sys, sink, sink, config);
-    // Ended however the test ends (the sessions end with the registry), or the system would
-    // wait for them for ever.
-    struct ender {
-      caf::scoped_actor& self;
-      std::vector<caf::actor> actors;
-      ~ender() {
-        for (auto& a : actors) self->send_exit(a, caf::exit_reason::user_shutdown);
-      }
-    } end{s.self, {registry, sink}};
+    config.lease_ms = lease_ms;
+    registry = spawn_registry(s.sys, sink, sink, config);
+  }
+  // Ended however the test ends (the sessions end with the registry), or the system would
+  // wait for them for ever.
+  ~registry_fixture() {
+    for (auto& a : {registry, sink}) s.self->send_exit(a, caf::exit_reason::user_shutdown);
+  }
+
+  // A hello from `address`; its welcome, or the registry's refusal.
+  expected<node_welcome> hello(node_hello h, const std::string& address = "local") {
+    h.protocol = protocol_version;
+    h.workers = 1;
+    h.uplink = sink;
+    expected<node_welcome> out = error(errc::none, "");
+    s.self->request(registry, std::chrono::seconds(5), hello_atom::value, h, address)
+        .receive([&](node_welcome& w) { out = std::move(w); },
+                 [&](caf::error& e) { out = from_caf(e, &s.sys); });
+    return out;
+  }
+
+  std::vector<node_status> listed() {
+    std::vector<node_status> nodes;
+    s.self->request(registry, std::chrono::seconds(5), nodes_atom::value)
+        .receive([&](std::vector<node_status>& n) { nodes = std::move(n); },
+                 [&](caf::error& e) { FAIL(s.sys.render(e)); });
+    return nodes;
+  }
+};
+
+}  // namespace
+
+TEST_SUITE("registry") {
+  TEST_CASE("a node that beats keeps its lease; one that falls silent loses it") {
+    registry_fixture r(600);
+    auto& s = r.s;
     auto join = [&](const std::string& name) {
       node_hello hello;
-      hello.protocol = protocol_version;
       hello.name = name;
-      hello.workers = 1;
-      hello.uplink = sink;
-      node_welcome welcome;
-      s.self
-          ->request(registry, std::chrono::seconds(5), hello_atom::value, hello,
-                    std::string("local"))
-          .receive([&](node_welcome& w) { welcome = std::move(w); },
-                   [&](caf::error& e) { FAIL(s.sys.render(e)); });
-      return welcome;
+      auto welcome = r.hello(hello);
+      REQUIRE_MESSAGE(welcome.has_value(), welcome.error().message());
+      return *welcome;
     };
-    auto listed = [&] {
-      std::vector<node_status> nodes;
-      s.self->request(registry, std::chrono::seconds(5), nodes_atom::value)
-          .receive([&](std::vector<node_status>& n) { nodes = std::move(n); },
-                   [&](caf::error& e) { FAIL(s.sys.render(e)); });
-      return nodes;
-    };
+    auto listed = [&] { return r.listed(); };
     const auto beating = join("beating");
     const auto silent = join("silent");
     REQUIRE(listed().size() == 2);
@@ -80,42 +97,14 @@ TEST_SUITE("registry") {
   }
 
   TEST_CASE("a node key joins once at a time: a second hello on it waits for the first to end") {
-    test::configured_system s;
-    auto sink = s.sys.spawn([](caf::event_based_actor* self) -> caf::behavior {
-      self->set_default_handler(caf::drop);
-      return {[](int) {}};
-    });
-    registry_config config;
-    config.heartbeat_ms = 100;
-    config.lease_ms = 400;
-    auto registry = spawn_registry(s.sys, sink, sink, config);
-    struct ender {
-      caf::scoped_actor& self;
-      std::vector<caf::actor> actors;
-      ~ender() {
-        for (auto& a : actors) self->send_exit(a, caf::exit_reason::user_shutdown);
-      }
-    } end{s.self, {registry, sink}};
+    registry_fixture r(400);
     auto hello = [&](const std::string& name, uint8_t key_byte, const std::string& address) {
       node_hello h;
-      h.protocol = protocol_version;
       h.name = name;
-      h.workers = 1;
-      h.uplink = sink;
       h.public_key.assign(32, key_byte);
-      expected<node_welcome> out = error(errc::none, "");
-      s.self->request(registry, std::chrono::seconds(5), hello_atom::value, h, address)
-          .receive([&](node_welcome& w) { out = std::move(w); },
-                   [&](caf::error& e) { out = from_caf(e, &s.sys); });
-      return out;
+      return r.hello(h, address);
     };
-    auto listed = [&] {
-      std::vector<node_status> nodes;
-      s.self->request(registry, std::chrono::seconds(5), nodes_atom::value)
-          .receive([&](std::vector<node_status>& n) { nodes = std::move(n); },
-                   [&](caf::error& e) { FAIL(s.sys.render(e)); });
-      return nodes;
-    };
+    auto listed = [&] { return r.listed(); };
     auto first = hello("a", 7, "10.0.0.1");
     REQUIRE(first);
     // The same key again, from elsewhere and under another name: refused, and nothing added.

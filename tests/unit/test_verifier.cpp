@@ -68,6 +68,23 @@ struct verdict {
   double compute_s = -1.0;
 };
 
+// A verifier whose market offers one core-tier worker, which diverges or computes.
+struct verifier_fixture {
+  test::configured_system s;
+  std::shared_ptr<std::atomic<int>> asked = std::make_shared<std::atomic<int>>(0);
+  caf::actor worker, market, verifier;
+
+  explicit verifier_fixture(bool diverges) {
+    worker = spawn_core_worker(s.sys, diverges, 4, asked);
+    market = spawn_one_slot_market(s.sys, worker);
+    verifier = spawn_verifier(s.sys, market);
+  }
+  ~verifier_fixture() {
+    for (const auto& a : {verifier, market, worker})
+      s.self->send_exit(a, caf::exit_reason::user_shutdown);
+  }
+};
+
 verdict ask(test::configured_system& s, const caf::actor& verifier, std::vector<float> claimed) {
   verify_request req;
   req.work.job_id = "job-1";
@@ -88,31 +105,19 @@ verdict ask(test::configured_system& s, const caf::actor& verifier, std::vector<
 
 TEST_SUITE("verifier") {
   TEST_CASE("with nothing claimed, the verifier says whether the core tier computes the work") {
-    test::configured_system s;
-    auto asked = std::make_shared<std::atomic<int>>(0);
-    auto worker = spawn_core_worker(s.sys, false, 4, asked);
-    auto market = spawn_one_slot_market(s.sys, worker);
-    auto verifier = spawn_verifier(s.sys, market);
-    auto v = ask(s, verifier, {});
+    verifier_fixture f(false);
+    auto v = ask(f.s, f.verifier, {});
     CHECK_MESSAGE(v.answered, v.err.message());
     CHECK(v.compute_s == 0.25);
-    CHECK(*asked == 1);
-    for (const auto& a : {verifier, market, worker})
-      s.self->send_exit(a, caf::exit_reason::user_shutdown);
+    CHECK(*f.asked == 1);
   }
 
   TEST_CASE("a re-computation that diverges on the core tier is said at once, not tried again") {
-    test::configured_system s;
-    auto asked = std::make_shared<std::atomic<int>>(0);
-    auto worker = spawn_core_worker(s.sys, true, 4, asked);
-    auto market = spawn_one_slot_market(s.sys, worker);
-    auto verifier = spawn_verifier(s.sys, market);
-    auto v = ask(s, verifier, {});
+    verifier_fixture f(true);
+    auto v = ask(f.s, f.verifier, {});
     CHECK_FALSE(v.answered);
     CHECK(v.err.code() == errc::non_finite);
     CHECK(v.err.message().find("diverged too") != std::string::npos);
-    CHECK(*asked == 1);
-    for (const auto& a : {verifier, market, worker})
-      s.self->send_exit(a, caf::exit_reason::user_shutdown);
+    CHECK(*f.asked == 1);
   }
 }
