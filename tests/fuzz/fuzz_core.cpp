@@ -19,6 +19,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <memory>
+#include <thread>
 
 #include "core_supervisor.hpp"
 #include "follower_door.hpp"
@@ -57,13 +58,27 @@ struct harness {
     h.credential = token;
     h.public_key = node_key.public_key();
     h.proof = node_key.sign(hello_message(h.protocol, h.name));
-    self->request(core, std::chrono::seconds(30), hello_atom::value, std::move(h))
-        .receive([&](node_welcome& w) { session = caf::actor_cast<caf::actor>(w.session); },
-                 [&](caf::error& e) {
-                   std::fprintf(stderr, "the fuzzed node cannot join: %s\n",
-                                sys->render(e).c_str());
-                   std::abort();
-                 });
+    // A node key joins once at a time: a session the input ended may still be leaving the
+    // registry, which refuses the key until it has gone.
+    for (int tries = 0;; ++tries) {
+      bool joined = false, wait = false;
+      self->request(core, std::chrono::seconds(30), hello_atom::value, h)
+          .receive(
+              [&](node_welcome& w) {
+                session = caf::actor_cast<caf::actor>(w.session);
+                joined = true;
+              },
+              [&](caf::error& e) {
+                const auto err = from_caf(e, sys.get());
+                wait = tries < 100 && err.message().find("is already joined") != std::string::npos;
+                if (!wait) {
+                  std::fprintf(stderr, "the fuzzed node cannot join: %s\n", sys->render(e).c_str());
+                  std::abort();
+                }
+              });
+      if (joined) return;
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
   }
 
   harness() {
