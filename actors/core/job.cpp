@@ -495,6 +495,11 @@ void end_diverged(job_actor* self, const std::string& said) {
              "); a lower lr, or inputs of a smaller scale, may train");
 }
 
+// How long a job waits for the verifier: it answers once a re-computation (which takes about
+// as long as an assignment, max_deadline_s at most) is done or has failed; this bound is for
+// a verifier that is gone.
+const auto verify_wait = std::chrono::seconds(static_cast<int64_t>(max_deadline_s) + 3600);
+
 // Community nodes alone said the round diverged: keys cost nothing, and three that said it of
 // every assignment ended any job. The work is computed on the core tier first: the job ends
 // if it diverges there too (or there is no core tier to ask); otherwise the reports are not
@@ -508,7 +513,6 @@ void check_divergence(job_actor* self, const assignment& work, const std::string
   req.work.params_ref = st.round_params;
   // No update is claimed: the verifier answers whether the core tier computes the work.
   const auto round = st.job.status.round;
-  const auto verify_wait = std::chrono::seconds(static_cast<int64_t>(max_deadline_s) + 3600);
   self->request(st.links.verifier, verify_wait, verify_atom::value, std::move(req))
       .then(
           [=](double, double, double) {
@@ -749,9 +753,6 @@ void verify(job_actor* self, uint64_t assignment_id) {
   for (const auto& [shard, x] : st.results) current = current || x.assignment_id == assignment_id;
   req.work.params_ref = current ? st.round_params : st.unconfirmed->params;
   req.claimed = r->update.unpack();
-  // The verifier answers once a re-computation (which takes about as long as an assignment,
-  // max_deadline_s at most) is done or has failed; this bound is for a verifier that is gone.
-  const auto verify_wait = std::chrono::seconds(static_cast<int64_t>(max_deadline_s) + 3600);
   self->request(st.links.verifier, verify_wait, verify_atom::value, std::move(req))
       .then(
           [=](double distance, double norm_ratio, double compute_s) {

@@ -364,8 +364,6 @@ struct resumed_job {
     for (const auto& s : slots) f.self->send_exit(s.worker, caf::exit_reason::user_shutdown);
   }
 
-  // The job's status once it has committed `round`; nullopt if it went down or took over
-  // `seconds`.
   // The job's status once it has ended; nullopt if it took over `seconds`.
   std::optional<job_status> ended(int seconds = 10) {
     std::optional<job_status> out;
@@ -378,6 +376,17 @@ struct resumed_job {
     return out;
   }
 
+  // The names the job's reputation tracker (one that notes credits) credited, in order.
+  std::vector<std::string> credited() {
+    std::vector<std::string> out;
+    f.self->request(links.reputation, std::chrono::seconds(10), caf::get_atom::value)
+        .receive([&](std::vector<std::string>& c, std::vector<double>&) { out = std::move(c); },
+                 [&](caf::error& e) { FAIL(f.sys.render(e)); });
+    return out;
+  }
+
+  // The job's status once it has committed `round`; nullopt if it went down or took over
+  // `seconds`.
   std::optional<job_status> committed(int64_t round, int seconds = 10) {
     std::optional<job_status> out;
     bool down = false;
@@ -458,10 +467,7 @@ TEST_SUITE("job caught nodes") {
     auto s = r.committed(4, 20);
     REQUIRE(s.has_value());
     CHECK(s->rejected_results >= 1);
-    std::vector<std::string> credited;
-    r.f.self->request(r.links.reputation, std::chrono::seconds(10), caf::get_atom::value)
-        .receive([&](std::vector<std::string>& c, std::vector<double>&) { credited = c; },
-                 [&](caf::error& e) { FAIL(r.f.sys.render(e)); });
+    const auto credited = r.credited();
     CHECK(std::count(credited.begin(), credited.end(), cheat) == 0);
     CHECK(std::count(credited.begin(), credited.end(), "other") >= 1);
   }
@@ -530,10 +536,7 @@ TEST_SUITE("job caught nodes") {
     auto s = r.committed(3);
     REQUIRE(s.has_value());
     CHECK(s->unverified_results >= 1);
-    std::vector<std::string> credited;
-    r.f.self->request(r.links.reputation, std::chrono::seconds(10), caf::get_atom::value)
-        .receive([&](std::vector<std::string>& c, std::vector<double>&) { credited = c; },
-                 [&](caf::error& e) { FAIL(r.f.sys.render(e)); });
+    const auto credited = r.credited();
     CHECK(std::count(credited.begin(), credited.end(), "flipper") == 0);
     CHECK(std::count(credited.begin(), credited.end(), "honest-a") >= 1);
   }
@@ -553,10 +556,7 @@ TEST_SUITE("job caught nodes") {
                   });
     auto s = r.committed(5, 20);
     REQUIRE(s.has_value());
-    std::vector<std::string> credited;
-    r.f.self->request(r.links.reputation, std::chrono::seconds(10), caf::get_atom::value)
-        .receive([&](std::vector<std::string>& c, std::vector<double>&) { credited = c; },
-                 [&](caf::error& e) { FAIL(r.f.sys.render(e)); });
+    const auto credited = r.credited();
     CHECK(std::count(credited.begin(), credited.end(), "cheat") == 0);
     CHECK(std::count(credited.begin(), credited.end(), "cheat-alias") == 0);
     CHECK(std::count(credited.begin(), credited.end(), "honest") >= 1);
