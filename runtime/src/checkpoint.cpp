@@ -2,7 +2,10 @@
 
 #include <unistd.h>
 
+#include <algorithm>
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 
 #include "capnp_bytes.hpp"
@@ -125,17 +128,41 @@ expected<void> write_file_atomically(const std::filesystem::path& file,
 
 expected<std::vector<uint8_t>> read_file(const std::filesystem::path& file, size_t max_bytes) {
   std::error_code ec;
-  if (!std::filesystem::is_regular_file(file, ec))
+  const auto kind = std::filesystem::status(file, ec).type();
+  if (kind == std::filesystem::file_type::not_found)
     return error(errc::io_error, file.string() + ": no such file");
-  auto size = std::filesystem::file_size(file, ec);
-  if (ec) return error(errc::io_error, file.string() + ": " + ec.message());
-  if (size > max_bytes)
+  if (kind == std::filesystem::file_type::directory)
+    return error(errc::io_error, file.string() + ": is a directory");
+  const auto too_large = [&] {
     return error(errc::io_error,
                  file.string() + ": larger than " + std::to_string(max_bytes) + " bytes");
-  std::vector<uint8_t> bytes(size);
+  };
+  // A regular file's size is known up front; a pipe or a device (`<(generate)`, /dev/stdin) is
+  // read in pieces, never past the bound, since it may not end.
+  const bool regular = kind == std::filesystem::file_type::regular;
+  const auto size = regular ? std::filesystem::file_size(file, ec) : 0;
+  if (ec) return error(errc::io_error, file.string() + ": " + ec.message());
+  if (size > max_bytes) return too_large();
+  errno = 0;
   std::ifstream in(file, std::ios::binary);
-  in.read(reinterpret_cast<char*>(bytes.data()), static_cast<std::streamsize>(size));
-  if (!in) return error(errc::io_error, file.string() + ": cannot read");
+  if (!in) {
+    const int err = errno;
+    return error(errc::io_error,
+                 file.string() + ": cannot open" +
+                     (err != 0 ? std::string(" (") + std::strerror(err) + ")" : std::string()));
+  }
+  std::vector<uint8_t> bytes;
+  bytes.reserve(size);
+  constexpr size_t piece = size_t{1} << 16;
+  while (in) {
+    const size_t have = bytes.size();
+    const size_t want = std::min(piece, max_bytes - have + 1);  // One past the bound tells.
+    bytes.resize(have + want);
+    in.read(reinterpret_cast<char*>(bytes.data() + have), static_cast<std::streamsize>(want));
+    bytes.resize(have + static_cast<size_t>(in.gcount()));
+    if (bytes.size() > max_bytes) return too_large();
+  }
+  if (in.bad()) return error(errc::io_error, file.string() + ": cannot read");
   return bytes;
 }
 

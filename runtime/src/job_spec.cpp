@@ -18,6 +18,7 @@
 
 #include <cmath>
 
+#include "gflex/runtime/checkpoint.hpp"
 #include "gflex/runtime/printable_text.hpp"
 
 namespace gflex {
@@ -585,21 +586,15 @@ expected<job_spec> parse_job_spec(std::string_view toml_text, const std::string&
 }
 
 expected<job_spec> load_job_spec(const std::filesystem::path& file) {
-  // A directory opens without complaint on Linux and then reads as empty; say what it is.
-  std::error_code ec;
-  if (std::filesystem::is_directory(file, ec))
-    return error(errc::io_error, file.string() + ": is a directory, not a job spec");
-  errno = 0;
-  std::ifstream in(file, std::ios::binary);
-  if (!in) {
-    int err = errno;
-    return error(errc::io_error,
-                 file.string() + ": cannot open job spec" +
-                     (err != 0 ? std::string(" (") + std::strerror(err) + ")" : std::string()));
+  // Read no further than a spec may go: the path may name a pipe or a device that never ends.
+  auto bytes = read_file(file, max_job_spec_bytes);
+  if (!bytes) {
+    if (bytes.error().message().ends_with(": is a directory"))
+      return error(errc::io_error, file.string() + ": is a directory, not a job spec");
+    return bytes.error();
   }
-  std::string text{std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-  if (in.bad()) return error(errc::io_error, file.string() + ": cannot read job spec");
-  return parse_job_spec(text, file.string());
+  return parse_job_spec(
+      std::string_view(reinterpret_cast<const char*>(bytes->data()), bytes->size()), file.string());
 }
 
 std::string to_toml(const job_spec& spec) {

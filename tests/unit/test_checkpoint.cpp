@@ -2,6 +2,12 @@
 
 #include <algorithm>
 #include <cstring>
+#include <fstream>
+#include <thread>
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "gflex/runtime/checkpoint.hpp"
 #include "gflex/runtime/shard.hpp"
@@ -123,6 +129,38 @@ TEST_SUITE("checkpoint") {
     auto missing = read_file("/nonexistent/model.gfck");
     REQUIRE_FALSE(missing.has_value());
     CHECK(missing.error().message().find("/nonexistent/model.gfck") != std::string::npos);
+  }
+
+  TEST_CASE("read_file reads pipes and devices, within its bound, and names what it cannot") {
+    test::temp_dir dir;
+    // A pipe (`gflex submit <(generate-spec)`) was refused as "no such file".
+    const auto fifo = dir.path() / "spec.fifo";
+    REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
+    std::thread writer([&] { std::ofstream(fifo, std::ios::binary) << "[job]\nrounds = 3\n"; });
+    auto piped = read_file(fifo, 1024);
+    // Unless it was read, a reader held open until the writer is done lets it finish.
+    const int drain = piped ? -1 : ::open(fifo.c_str(), O_RDONLY | O_NONBLOCK);
+    writer.join();
+    if (drain >= 0) ::close(drain);
+    REQUIRE(piped.has_value());
+    CHECK(std::string(piped->begin(), piped->end()) == "[job]\nrounds = 3\n");
+
+    auto endless = read_file("/dev/zero", 4096);
+    REQUIRE_FALSE(endless.has_value());
+    CHECK(endless.error().message() == "/dev/zero: larger than 4096 bytes");
+
+    auto on_dir = read_file(dir.path());
+    REQUIRE_FALSE(on_dir.has_value());
+    CHECK(on_dir.error().message() == dir.path().string() + ": is a directory");
+
+    const auto file = dir.path() / "exact";
+    std::ofstream(file, std::ios::binary) << std::string(4096, 'x');
+    auto exact = read_file(file, 4096);
+    REQUIRE(exact.has_value());
+    CHECK(exact->size() == 4096);
+    auto over = read_file(file, 4095);
+    REQUIRE_FALSE(over.has_value());
+    CHECK(over.error().message() == file.string() + ": larger than 4095 bytes");
   }
 }
 

@@ -381,6 +381,15 @@ name = "tiny"
     CHECK(bad.error().code() == errc::invalid_argument);
     CHECK(contains(bad.error().message(), file.string() + ": job.rounds:"));
   }
+
+  TEST_CASE("load_job_spec reads no more of an endless file than a spec may have") {
+    // /dev/zero never ends: the whole of it was read into memory before its size was checked.
+    auto endless = load_job_spec("/dev/zero");
+    REQUIRE_FALSE(endless.has_value());
+    CHECK(endless.error().code() == errc::io_error);
+    CHECK(contains(endless.error().message(),
+                   "/dev/zero: larger than " + std::to_string(max_job_spec_bytes) + " bytes"));
+  }
 }
 
 TEST_SUITE("job_spec") {
