@@ -206,7 +206,8 @@ std::optional<int> lead_replicated(core_config& config, caf::actor_system& sys) 
   }
   replication_config rc;
   rc.endpoints = *endpoints;
-  rc.core_address = config.host + ":" + std::to_string(config.port);
+  rc.core_address =
+      config.advertise.empty() ? config.host + ":" + std::to_string(config.port) : config.advertise;
   rc.core_id = config.core_id.empty() ? rc.core_address : config.core_id;
   rc.chunk_listen = config.chunk_listen;
   rc.chunk_dir = config.data_dir / "chunks";

@@ -148,6 +148,10 @@ int main(int argc, char** argv) {
                  "default: this core alone, its state in LMDB in --data-dir");
   app.add_option("--core-id", config.core_id,
                  "this core's name among the cores (default: its --listen address)");
+  app.add_option("--advertise", config.advertise,
+                 "HOST:PORT the other machines reach this core at, for the other cores to send "
+                 "clients to when it leads (with --store etcd://; default: the --listen "
+                 "address, which must then name one)");
   app.add_option("--chunk-listen", config.chunk_listen,
                  "HOST:PORT the other cores fetch parameters and checkpoints from (with "
                  "--store etcd://)");

@@ -144,6 +144,12 @@ std::pair<std::string, int> split_host_port(const std::string& address) {
   }
 }
 
+// A listen address that is every address of the machine (or none): nothing another machine
+// can be sent to.
+bool every_address(const std::string& host) {
+  return host.empty() || host == "0.0.0.0" || host == "::" || host == "[::]" || host == "*";
+}
+
 }  // namespace
 
 struct replicated_store::impl {
@@ -525,6 +531,18 @@ expected<std::unique_ptr<replicated_store>> replicated_store::start(replication_
                  "core id \"" + config.core_id +
                      "\" must be 1 to 128 letters, digits, '-', '.', ':' or '_'");
   if (config.lease_ttl_s < 2) return error(errc::invalid_argument, "lease TTL under 2 s");
+  // Both addresses are given to other machines: the core's to the followers, which send
+  // clients' writes to the leader; the chunk service's to the other cores.
+  if (auto [host, port] = split_host_port(config.core_address); every_address(host) || port <= 0)
+    return error(errc::invalid_argument,
+                 "\"" + config.core_address +
+                     "\" is no address another machine can reach this core at (the other cores "
+                     "send clients there when it leads): give --advertise HOST:PORT");
+  if (config.chunk_advertise.empty() && every_address(split_host_port(config.chunk_listen).first))
+    return error(errc::invalid_argument,
+                 "--chunk-listen \"" + config.chunk_listen +
+                     "\": the other cores fetch chunks at this address; give one they reach "
+                     "this core at, not every address");
   auto p = std::make_unique<impl>();
   auto client = etcd_client::make(config.endpoints);
   if (!client) return client.error();

@@ -73,11 +73,15 @@ addr1=$host:$port1 addr2=$host:$port2 addr3=$c3_host:$port3
 cores="$addr1,$addr2,$addr3"
 runs=0
 start_member() {  # start_member I: core cI (again), its log $WORK/cI-N.log
-  local i=$1 port="port$1" chunk="chunk$1" at=$host run=()
+  local i=$1 port="port$1" chunk="chunk$1" at=$host run=() listen
   [ "$i" = 3 ] && at=$c3_host run=("${c3_run[@]}")
+  listen=("--listen" "$at:${!port}")
+  # c3 listens on every address of its namespace, as the README's servers do, and tells the
+  # other cores where it is reached.
+  [ "$i" = 3 ] && listen=("--listen" "0.0.0.0:${!port}" "--advertise" "$at:${!port}")
   runs=$((runs + 1))
   start "c$i-$runs" "${run[@]}" "$C" --store "etcd://$endpoints" --core-id "c$i" \
-    --listen "$at:${!port}" --chunk-listen "$at:${!chunk}" --data-dir "$WORK/c$i" \
+    "${listen[@]}" --chunk-listen "$at:${!chunk}" --data-dir "$WORK/c$i" \
     --leader-lease-s "$LEASE_S" --lease-ms 2000 --heartbeat-ms 300
   eval "LOG_c$i=$WORK/c$i-$runs.log PID_c$i=\$PID_c${i}_$runs"
 }

@@ -464,6 +464,22 @@ TEST_SUITE("replicated_store") {
     auto r = replicated_store::start(c, [] {});
     REQUIRE_FALSE(r.has_value());
     CHECK(r.error().code() == errc::invalid_argument);
+
+    // `--listen 0.0.0.0:7400` (the README's) wrote "0.0.0.0:7400" into the leader record, and
+    // the followers sent every client's write there: to themselves, or to nowhere.
+    c.core_id = "c1";
+    c.core_address = "0.0.0.0:7400";
+    auto wildcard = replicated_store::start(c, [] {});
+    REQUIRE_FALSE(wildcard.has_value());
+    CHECK(wildcard.error().code() == errc::invalid_argument);
+    CHECK(wildcard.error().message().find("--advertise") != std::string::npos);
+    c.core_address = "[::]:7400";
+    CHECK_FALSE(replicated_store::start(c, [] {}).has_value());
+    c.core_address = "10.0.0.1:7400";
+    c.chunk_listen = "0.0.0.0:7401";  // Where the other cores would fetch chunks from.
+    auto chunks = replicated_store::start(c, [] {});
+    REQUIRE_FALSE(chunks.has_value());
+    CHECK(chunks.error().message().find("--chunk-listen") != std::string::npos);
     CHECK_FALSE(etcd_client::make("no-port").has_value());
     CHECK_FALSE(etcd_client::make("h:0").has_value());
     CHECK_FALSE(etcd_endpoints_of("http://127.0.0.1:2379").has_value());

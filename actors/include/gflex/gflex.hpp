@@ -40,7 +40,10 @@ struct core_config {
   /// etcd instead of LMDB; the core serves nodes and clients only while it leads. Empty: the
   /// one-machine core on LMDB.
   std::string store_url;
-  std::string core_id;         ///< This core's name among the cores (default: HOST:PORT).
+  std::string core_id;  ///< This core's name among the cores (default: HOST:PORT).
+  /// HOST:PORT other machines reach this core at, which a leader writes into its record for
+  /// the followers to send clients to (default: host:port, which must then not be 0.0.0.0).
+  std::string advertise;
   std::string chunk_listen;    ///< HOST:PORT its chunk service listens on (the other cores).
   int64_t leader_lease_s = 5;  ///< TTL of the etcd lease a leader holds.
   /// The store the core keeps its state in, when its caller opened one (run_core does for
