@@ -118,6 +118,12 @@ class graph_model final : public detail::model_base {
       recorded_pass(batch, y, loss_scale);
     else
       training_pass(batch, y, loss_scale);
+    first_row_ = 0;  // batch_part() names the rows of one pass
+  }
+
+  void batch_part(int64_t first_row, int64_t rows) override {
+    first_row_ = first_row;
+    if (rows == 0) ++passes_;  // a step this replica sits out still moves the masks on
   }
 
   void reset_optimizer() override {
@@ -448,7 +454,12 @@ class graph_model final : public detail::model_base {
         } else {
           // The mask depends on the layer and on how many passes this model has made since
           // its optimiser was reset, so a re-computation of an assignment draws the same.
-          const uint64_t seed = (static_cast<uint64_t>(i) << 40) ^ passes_ ^ 0x6a09e667f3bcc909ull;
+          // Value k of the batch draws by its index k in the whole batch: the kernels hash
+          // seed + k * golden, so rows that begin at first_row_ start from a seed moved on by
+          // the values before them.
+          const uint64_t seed =
+              ((static_cast<uint64_t>(i) << 40) ^ passes_ ^ 0x6a09e667f3bcc909ull) +
+              static_cast<uint64_t>(first_row_ * numel_of(l.in_shape)) * 0x9E3779B97F4A7C15ull;
           backend_.dropout_mask(in_n, static_cast<float>(l.spec.rate), seed, e.a.data<float>());
           backend_.multiply(in_n, x, e.a.data<float>(), y);
         }
@@ -777,7 +788,8 @@ class graph_model final : public detail::model_base {
   const int32_t* ids_ptr_ = nullptr;
   const float* input_ = nullptr;
   uint64_t passes_ = 0;
-  bool dropout_ = false;  // a dropout layer that drops: its masks change every pass
+  int64_t first_row_ = 0;  // where the next pass's rows lie in a batch shared by replicas
+  bool dropout_ = false;   // a dropout layer that drops: its masks change every pass
   struct recording {
     pass_key key;
     std::unique_ptr<recorded_work> work;

@@ -57,7 +57,8 @@ void step_in_parts(replica_group& group, const std::vector<std::unique_ptr<model
   std::vector<float*> gradients;
   for (int r = 0; r < ranks; ++r) {
     auto& m = *replicas[static_cast<size_t>(r)];
-    const int64_t first = r * share, rows = std::min(share, batch - first);
+    const int64_t first = r * share, rows = std::max<int64_t>(0, std::min(share, batch - first));
+    m.batch_part(first, rows);
     if (rows > 0)
       part(r, m, first, rows, loss_scale);
     else

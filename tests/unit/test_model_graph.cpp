@@ -13,6 +13,7 @@
 #include "finite_difference.hpp"
 #include "gflex/kernels/devices.hpp"
 #include "gflex/kernels/model_spec.hpp"
+#include "gflex/kernels/replica_group.hpp"
 #include "gflex/kernels/trainer.hpp"
 #include "gflex/runtime/job_spec.hpp"
 #include "gflex/runtime/rng.hpp"
@@ -475,6 +476,54 @@ layers = [
         b->download(y.raw(), got.data(), n * sizeof(float));
         CHECK(got == std::vector<float>(n, 5.0f));  // neither dropped recording ran
       }
+    }
+  }
+
+  TEST_CASE(
+      "dropout draws a sample's mask by its place in the batch, not by the rank that computes it") {
+    // A node with several GPUs splits each batch over its ranks. Each rank drew its masks as
+    // if its rows began the batch, and a rank with no rows fell a pass behind: the node
+    // followed another noise path than a one-device re-computation of the same assignment.
+    auto w = graph(R"([model]
+input = [6]
+layers = [
+  { type = "linear", units = 16 }, { type = "relu" }, { type = "dropout", rate = 0.5 },
+  { type = "linear", units = 3 }, { type = "softmax_xent" },
+])");
+    std::vector<float> params(static_cast<size_t>(w->parameter_count()));
+    w->init_parameters(3, params);
+    for (auto [group_size, batch_size] : {std::pair{2, 8}, {3, 8}, {3, 2}}) {
+      const int ranks = group_size;
+      const int64_t batch = batch_size;
+      CAPTURE(ranks);
+      CAPTURE(batch);
+      auto one = make_cpu_backend(1);
+      auto single = w->instantiate(*one, batch);
+      REQUIRE(single.has_value());
+      (*single)->load_parameters(params);
+      std::vector<std::unique_ptr<backend>> backends;
+      for (int r = 0; r < ranks; ++r) backends.push_back(make_cpu_backend(1));
+      auto group = make_replica_group(std::move(backends));
+      REQUIRE(group.has_value());
+      std::vector<std::unique_ptr<model>> replicas;
+      for (int r = 0; r < ranks; ++r) {
+        auto m = w->instantiate((*group)->rank(r), (batch + ranks - 1) / ranks);
+        REQUIRE(m.has_value());
+        (*m)->load_parameters(params);
+        replicas.push_back(std::move(*m));
+      }
+      for (int step = 0; step < 4; ++step) {
+        auto d = random_batch(*w, batch, 0, 100 + static_cast<uint64_t>(step));
+        (*single)->train_step(d.x.data(), d.y.data(), batch);
+        replica_step(**group, replicas, d.x.data(), d.y.data(), batch);
+      }
+      std::vector<float> want(params.size()), got(params.size());
+      (*single)->store_parameters(want);
+      replicas[0]->store_parameters(got);
+      size_t off = 0;
+      for (size_t i = 0; i < want.size(); ++i)
+        off += std::fabs(got[i] - want[i]) > 1e-4f + 1e-3f * std::fabs(want[i]) ? 1 : 0;
+      CHECK_MESSAGE(off == 0, off << " of " << want.size() << " parameters differ");
     }
   }
 

@@ -72,6 +72,14 @@ class model {
   /// that the sum of their gradients is the whole batch's mean-loss gradient.
   virtual void backward(const float* features, const int32_t* labels, int64_t batch,
                         float loss_scale) = 0;
+  /// Where the rows of the next backward pass lie in the whole batch, when replicas share
+  /// it (`rows` 0: this replica takes no part in this step, though the step counts). Dropout
+  /// draws a sample's mask by its place in the batch and by the step, so a batch split over
+  /// ranks follows the noise path of one device; a model without randomness ignores it.
+  virtual void batch_part(int64_t first_row, int64_t rows) {
+    (void)first_row;
+    (void)rows;
+  }
   /// The gradient buffer (parameter_count() floats in backend memory); a replica group
   /// all-reduces it between backward and apply_gradients.
   virtual float* gradients() = 0;
