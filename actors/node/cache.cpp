@@ -3,6 +3,7 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <chrono>
 #include <deque>
 #include <functional>
 #include <map>
@@ -44,6 +45,9 @@ struct cache_state {
   uint64_t on_disk = 0;                     // bytes of `files`
   uint64_t uses = 0;
   caf::actor server;
+  /// Who named the server (the uplink), told as chunks arrive from it; when it last was.
+  caf::actor listener;
+  std::chrono::steady_clock::time_point last_told{};
   /// Chunk requests to the server not yet answered, by a number of their own: a session
   /// that ends leaves its requests unanswered (until their timeout), so a new server fails
   /// them at once and frees their slots.
@@ -121,6 +125,15 @@ void fetch_chunk(cache_actor_type* self, const std::string& digest, chunk_handle
   request_chunk(self, digest, std::move(done));
 }
 
+// Tells the listener that the server sent something, at most once a second.
+void tell_heard(cache_actor_type* self) {
+  auto& st = self->state;
+  const auto now = std::chrono::steady_clock::now();
+  if (!st.listener || now - st.last_told < std::chrono::seconds(1)) return;
+  st.last_told = now;
+  self->send(st.listener, heard_atom::value);
+}
+
 // Asks the server for the chunk when a request slot is free, else queues the ask.
 void request_chunk(cache_actor_type* self, const std::string& digest, chunk_handler done) {
   auto& st = self->state;
@@ -138,6 +151,7 @@ void request_chunk(cache_actor_type* self, const std::string& digest, chunk_hand
             auto handler = take_request(self, id);
             if (!handler) return;  // failed already: its session ended
             node_metrics::bytes("in", "chunk").inc(static_cast<double>(bytes.size()));
+            tell_heard(self);
             if (digest_hex(bytes) != digest)
               return handler(
                   error(errc::malformed_message, "chunk " + digest + " failed verification"));
@@ -235,6 +249,7 @@ caf::behavior cache_actor(cache_actor_type* self, std::filesystem::path dir, uin
   return {
       [=](serve_atom, caf::actor& server) {
         auto& st = self->state;
+        st.listener = caf::actor_cast<caf::actor>(self->current_sender());
         if (server == st.server) return;
         st.server = std::move(server);
         // The requests to the last server will not be answered: failed now, not after their

@@ -17,9 +17,11 @@
 /// - (prefetch_atom, digest): fetch and decode it for a later shard_atom; no reply. At most
 ///   `prefetched_shards` (and `prefetched_bytes`) are held; the oldest goes first.
 /// - (serve_atom, source): where to fetch misses from: the node's session (set again after
-///   every join).
+///   every join). Whoever sends it is told (heard_atom) as chunks come from that source, at
+///   most once a second: data arriving on a slow link is a sign of life of the core.
 
 #include <caf/allowed_unsafe_message_type.hpp>
+#include <caf/atom.hpp>
 #include <caf/fwd.hpp>
 
 #include <cstddef>
@@ -30,6 +32,9 @@
 #include "gflex/runtime/dataset.hpp"
 
 namespace gflex {
+
+/// The cache's word to whoever gave it its source that a chunk came from there.
+using heard_atom = caf::atom_constant<caf::atom("heard")>;
 
 /// A decoded shard, shared by the cache and the workers of one process; never serialized.
 struct decoded_shard {

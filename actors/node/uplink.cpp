@@ -14,6 +14,7 @@
 #include <optional>
 #include <set>
 
+#include "cache.hpp"
 #include "gflex/kernels/devices.hpp"
 #include "gflex/runtime/payload_chunks.hpp"
 #include "gflex/runtime/tensor_codec.hpp"
@@ -347,6 +348,9 @@ void pump_params(uplink_actor* self, std::shared_ptr<params_fetch> f) {
         .then(
             [=](std::vector<uint8_t>& bytes) {
               if (generation != self->state.generation) return;
+              // Data from the session is a sign of life: on a slow link, its answer to
+              // `earned` waits behind these chunks.
+              self->state.last_heard = std::chrono::steady_clock::now();
               f->asking.erase(i);
               if (f->complete || !f->parts) return;
               node_metrics::bytes("in", "parameter_chunk").inc(static_cast<double>(bytes.size()));
@@ -567,6 +571,13 @@ caf::behavior uplink_behavior(uplink_actor* self, uplink_config config, caf::act
         else
           dispatch(self, index, std::move(a), rp);
         return rp;
+      },
+      // From the cache: a chunk of a data set came from the session (a sign of life).
+      [=](heard_atom) {
+        auto& st = self->state;
+        if (st.session &&
+            self->current_sender() == caf::actor_cast<caf::strong_actor_ptr>(st.cache))
+          st.last_heard = std::chrono::steady_clock::now();
       },
       // From the session: a chunk of an answer this node sent with update_chunks.
       [=](chunk_atom, const std::string& digest) -> caf::result<std::vector<uint8_t>> {

@@ -9,7 +9,9 @@
 #include <caf/all.hpp>
 
 #include <chrono>
+#include <deque>
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -71,6 +73,40 @@ node_session_actor::behavior_type uploading_session(node_session_actor::pointer 
       [=](earned_atom) -> caf::result<int64_t> {
         held->push_back(self->make_response_promise<int64_t>());
         return held->back();
+      },
+  };
+}
+
+// A session on a slow link sending parameters: it hands worker 0 assignment `a` at the first
+// heartbeat, answers one chunk of its parameters every 800 ms (`chunks` by digest) and never
+// answers `earned` (queued behind those chunks).
+node_session_actor::behavior_type sending_session(
+    node_session_actor::pointer self, caf::actor uplink,
+    std::shared_ptr<const std::map<std::string, std::vector<uint8_t>>> chunks, assignment a) {
+  using chunk_promise = caf::typed_response_promise<std::vector<uint8_t>>;
+  auto started = std::make_shared<bool>(false);
+  auto asked = std::make_shared<std::deque<std::pair<chunk_promise, std::string>>>();
+  auto last_sent = std::make_shared<std::chrono::steady_clock::time_point>();
+  auto earned = std::make_shared<std::vector<caf::typed_response_promise<int64_t>>>();
+  return {
+      [=](beat_atom) {
+        if (!std::exchange(*started, true))
+          self->request(uplink, caf::infinite, assign_atom::value, uint32_t{0}, a)
+              .then([](assignment_result&) {}, [](caf::error&) {});
+        const auto now = std::chrono::steady_clock::now();
+        if (asked->empty() || now - *last_sent < std::chrono::milliseconds(800)) return;
+        *last_sent = now;
+        asked->front().first.deliver(chunks->at(asked->front().second));
+        asked->pop_front();
+      },
+      [=](bye_atom) { self->quit(); },
+      [=](chunk_atom, const std::string& digest) -> caf::result<std::vector<uint8_t>> {
+        asked->emplace_back(self->make_response_promise<std::vector<uint8_t>>(), digest);
+        return asked->back().first;
+      },
+      [=](earned_atom) -> caf::result<int64_t> {
+        earned->push_back(self->make_response_promise<int64_t>());
+        return earned->back();
       },
   };
 }
@@ -330,5 +366,47 @@ TEST_SUITE("uplink") {
                     caf::after(std::chrono::seconds(19)) >> [] {});
     CHECK_MESSAGE(!lost, "the node left a core that asked for chunks all along");
     for (auto& a : {uplink, core, sink}) s.self->send_exit(a, caf::exit_reason::user_shutdown);
+  }
+
+  TEST_CASE("a core of several that is busy sending parameters is not taken for lost") {
+    // Chunks of parameters arriving all along, its `earned` queued behind them, the node took
+    // the leader as gone after 15 s, left it and dropped the assignment it was fetching for.
+    test::configured_system s;
+    caf::actor test = caf::actor_cast<caf::actor>(s.self);
+    auto chunks = std::make_shared<std::map<std::string, std::vector<uint8_t>>>();
+    assignment a;
+    a.id = 300;
+    a.job_id = "job-1";
+    for (int i = 0; i < 40; ++i) {
+      std::vector<uint8_t> bytes(1024, static_cast<uint8_t>(i));
+      a.params_chunks.push_back(digest_hex(bytes));
+      (*chunks)[a.params_chunks.back()] = std::move(bytes);
+    }
+    a.params_bytes = 40 * 1024;
+    auto core = s.sys.spawn([chunks, a](caf::event_based_actor* self) -> caf::behavior {
+      return {
+          [=](hello_atom, node_hello& h) -> node_welcome {
+            node_welcome w;
+            w.protocol = h.protocol;
+            w.node_id = "n1";
+            w.heartbeat_ms = 100;
+            w.session = self->spawn<caf::linked>(sending_session, h.uplink, chunks, a);
+            w.payload_chunk_bytes = 1024;
+            return w;
+          },
+      };
+    });
+    auto config = probe_config();
+    config.other_cores = {{"127.0.0.1", 1}};
+    config.on_activity = [test](const node_activity& n) {
+      if (n.what == node_activity::kind::lost) caf::anon_send(test, std::string("lost"));
+    };
+    auto sink = s.sys.spawn(quiet_sink);
+    auto uplink = spawn_uplink(s.sys, config, core, {s.sys.spawn(instant_worker)}, sink, sink);
+    bool lost = false;
+    s.self->receive([&](std::string&) { lost = true; },
+                    caf::after(std::chrono::seconds(19)) >> [] {});
+    CHECK_MESSAGE(!lost, "the node left a core that sent it parameters all along");
+    for (auto& x : {uplink, core, sink}) s.self->send_exit(x, caf::exit_reason::user_shutdown);
   }
 }
