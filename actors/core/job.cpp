@@ -1120,10 +1120,16 @@ void try_advance(job_actor* self) {
   st.unconfirmed = std::move(u);
   // The next round goes out before this one is confirmed, evaluated and written, so that
   // workers compute while verification runs and the store writes.
-  if (s.round < s.rounds)
+  if (s.round < s.rounds) {
     start_round(self);
-  else if (!may_roll_back)
-    st.round_params.reset();  // the last round's: nothing will be computed from them again
+  } else {
+    if (!may_roll_back)
+      st.round_params.reset();  // the last round's: nothing will be computed from them again
+    // No round opens to watch the job while its last one waits for verification: watched on
+    // (its deadline, the word of what it waits for) until it ends or rolls back.
+    self->delayed_send(self, std::chrono::milliseconds(250), tick_atom::value,
+                       static_cast<uint64_t>(s.round));
+  }
   // While the market is asked for the next round's workers, confirming (an evaluation, the
   // checkpoint's encoding) waits for its answer, which confirms it (dispatch): done here,
   // it would hold the assignments back by as long.
@@ -1406,11 +1412,13 @@ void watch_round(job_actor* self) {
     try_advance(self);
     return;
   }
-  if (st.unconfirmed && answered == spec.workers) {
+  const bool all_in = st.job.status.round >= spec.rounds;  // the last round is collected
+  if (st.unconfirmed && (answered == spec.workers || all_in)) {
     auto waiting = unsettled(st.unconfirmed->results);
     std::string detail =
-        "round " + std::to_string(st.job.status.round + 1) + " is in; waiting for " +
-        std::to_string(waiting) + " verification(s) of round " +
+        (all_in ? std::string("every round is in")
+                : "round " + std::to_string(st.job.status.round + 1) + " is in") +
+        "; waiting for " + std::to_string(waiting) + " verification(s) of round " +
         std::to_string(st.unconfirmed->index + 1) + " on core-tier workers" +
         (st.verifier_missing.empty() ? std::string()
                                      : " (waiting for a verifier: " + st.verifier_missing + ")");

@@ -705,6 +705,26 @@ TEST_SUITE("job caught nodes") {
                                 "memory") != std::string::npos,
                     detail);
     }
+    {
+      // The last round, its result unverifiable: once every round was collected nothing
+      // watched the job. It said nothing of the wait, and its deadline never came.
+      resumed_job r(3, volunteer, true, with_failing_verifier(false),
+                    "[market]\ndeadline_h = 0.001\n");
+      std::string detail;
+      std::optional<job_status> end;
+      for (int tries = 0; tries < 300 && !end; ++tries)
+        r.f.self->receive(
+            [&](progress_atom, job_status& s) {
+              if (s.detail.find("waiting for") != std::string::npos) detail = s.detail;
+              if (is_terminal(s.state)) end = std::move(s);
+            },
+            [](const caf::down_msg&) {}, caf::after(std::chrono::milliseconds(50)) >> [] {});
+      CHECK_MESSAGE(detail.find("waiting for 1 verification(s) of round 3") != std::string::npos,
+                    detail);
+      REQUIRE_MESSAGE(end.has_value(), "the job outlived its deadline of 3.6 s by 11 s");
+      CHECK(end->state == job_state::failed);
+      CHECK_MESSAGE(end->detail.find("deadline") != std::string::npos, end->detail);
+    }
   }
 
   TEST_CASE("a job cancelled while its round commits records that round, as its checkpoint is") {
