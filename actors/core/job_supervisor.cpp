@@ -95,6 +95,10 @@ struct job_supervisor_state {
   std::vector<waiting_submit> waiting_submits;  // answered once `resumed`
   bool resuming = false;                        // the job records are being read
   std::set<std::string> awaiting_checkpoint;    // resumed jobs whose checkpoint read failed
+  /// Jobs whose actor died and whose restart could not read what it waits for (the ledger
+  /// keeper's barrier, the checkpoint), with what they restart to end with (empty: to train
+  /// on): tried again every 5 s, as resumed ones are.
+  std::map<std::string, std::string> awaiting_restart;
   /// Whether the stored data sets are in the catalog. Until they are (a read failed: tried
   /// again every 5 s), the jobs on users' data sets wait in `awaiting_data`, unstarted: they
   /// would otherwise find no data set and fail for good.
@@ -289,9 +293,15 @@ void read_checkpoint(supervisor_actor* self, const std::string& id, job_start::o
 // `end_with`, only to end it as failed (its escrow returned, its record written).
 void restart_job(supervisor_actor* self, const std::string& id, const std::string& end_with = {}) {
   start_from_checkpoint(self, id, job_start::origin::restarted, end_with, [=](const caf::error& e) {
+    // Failed here, it stayed failed only in this core's memory: its record said running (a
+    // restarted core resumed it) and its escrow stayed held.
+    const auto why = self->system().render(e);
+    spdlog::error("cannot restart job {} (trying again in 5 s): {}", id, why);
     auto& entry = self->state.jobs[id];
-    entry.status.state = job_state::failed;
-    entry.status.detail = "cannot restart: " + self->system().render(e);
+    if (end_with.empty())  // shown to its owner, who may cancel it meanwhile
+      entry.status.detail = "restarting: " + why + " (trying again in 5 s)";
+    self->state.awaiting_restart[id] = end_with;
+    self->delayed_send(self, std::chrono::seconds(5), tick_atom::value);
   });
 }
 
@@ -766,6 +776,10 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links) {
         auto ids = std::move(st.awaiting_checkpoint);
         st.awaiting_checkpoint.clear();
         for (const auto& id : ids) resume_from_checkpoint(self, id);
+        auto restarts = std::move(st.awaiting_restart);
+        st.awaiting_restart.clear();
+        for (const auto& [id, end_with] : restarts)
+          if (!st.jobs[id].actor) restart_job(self, id, end_with);
       },
       [=](submit_atom, const std::string& who, std::string text) -> caf::result<std::string> {
         if (!self->state.resumed) {
@@ -1071,10 +1085,11 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links) {
           return to_caf(error(errc::invalid_argument, "job '" + id + "' has already ended (" +
                                                           to_string(entry->status.state) + ")"));
         auto& st = self->state;
-        if (!entry->actor && (st.awaiting_checkpoint.erase(id) + st.awaiting_data.erase(id)) > 0) {
-          // Resumed by a starting core, it waits for a read that fails (its checkpoint, the
-          // data sets): it is started only to end, cancelled, from its record (its escrow
-          // returned), without what could not be read.
+        if (!entry->actor && (st.awaiting_checkpoint.erase(id) + st.awaiting_data.erase(id) +
+                              st.awaiting_restart.erase(id)) > 0) {
+          // Resumed by a starting core (or restarted), it waits for a read that fails (its
+          // checkpoint, the data sets): it is started only to end, cancelled, from its record (its
+          // escrow returned), without what could not be read.
           job_start start{id,
                           entry->spec_text,
                           entry->spec,

@@ -35,9 +35,50 @@ caf::behavior held_ledger(caf::stateful_actor<held_ledger_state>* self) {
   };
 }
 
+// A ledger keeper that cannot answer its first question (its store does not answer), then
+// answers every one.
+caf::behavior flaky_ledger(caf::stateful_actor<int>* self) {
+  return {
+      [=](booked_atom, const std::string&) -> caf::result<uint64_t> {
+        if (self->state++ == 0)
+          return to_caf(error(errc::unavailable, "the store does not answer"));
+        return uint64_t{0};
+      },
+  };
+}
+
+// The job actor that last asked the market for workers, or none within 10 s.
+caf::actor asking_job(job_fixture& f, const caf::actor& other_than = {}) {
+  caf::actor job;
+  for (int tries = 0; tries < 100 && (!job || job == other_than); ++tries) {
+    f.self->request(f.market, f.wait, caf::get_atom::value)
+        .receive([&](caf::actor& a) { job = a; }, [&](caf::error& e) { FAIL(f.sys.render(e)); });
+    if (!job || job == other_than) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  return job == other_than ? caf::actor{} : job;
+}
+
 }  // namespace
 
 TEST_SUITE("job restart") {
+  TEST_CASE("a job whose restart cannot read its checkpoint yet tries again, and is not failed") {
+    // It was shown as failed ("cannot restart") while its record said running, its escrow
+    // held: a restarted core resumed it, and its owner could neither cancel it nor see why.
+    job_fixture f(stored_job(), {}, [](job_fixture& f) { return f.sys.spawn(flaky_ledger); });
+    auto job = asking_job(f);
+    REQUIRE(job);
+    f.self->send_exit(job, caf::exit_reason::kill);  // its actor dies
+    auto s = f.await(
+        [](const job_status& s) {
+          return is_terminal(s.state) || s.detail.find("trying again") != std::string::npos;
+        },
+        5);
+    CHECK_MESSAGE(!is_terminal(s.state), s.detail);
+    CHECK_MESSAGE(s.detail.find("the store does not answer") != std::string::npos, s.detail);
+    CHECK_MESSAGE(asking_job(f, job), "the job was not restarted once the keeper answered");
+    CHECK(f.status().state == job_state::running);
+  }
+
   TEST_CASE("a restarted job reads its checkpoint after the keeper's earlier writes") {
     job_fixture f(stored_job(), {}, [](job_fixture& f) { return f.sys.spawn(held_ledger); });
     // Resumed at start (nothing is queued then), it asks the market for workers.
