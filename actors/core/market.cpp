@@ -84,6 +84,15 @@ struct market_state {
     auto it = slot_of.find(worker.address());
     return it == slot_of.end() ? nullptr : &slots[it->second];
   }
+  /// The busy slot of `worker` if the current message's sender holds it, else null.
+  slot_entry* held_by_sender(caf::local_actor* self, const caf::actor& worker) {
+    auto* e = slot_at(worker);
+    const auto sender = self->current_sender();
+    if (e == nullptr || !e->busy || !e->holder || !sender ||
+        e->holder.address() != sender->address())
+      return nullptr;
+    return e;
+  }
 };
 
 caf::behavior market_actor(caf::stateful_actor<market_state>* self, double newcomer_share) {
@@ -212,15 +221,18 @@ caf::behavior market_actor(caf::stateful_actor<market_state>* self, double newco
         if (!st.slots.empty()) st.cursor = (st.cursor + m.chosen.size()) % st.slots.size();
         return out;
       },
+      // Only its holder frees a slot: after a restart of this actor the registry offers every
+      // slot again as free, and a job's release of work it handed out before would free a
+      // slot another job has acquired since.
       [=](release_atom, const caf::actor& worker) {
-        if (auto* e = self->state.slot_at(worker)) {
+        if (auto* e = self->state.held_by_sender(self, worker)) {
           e->busy = false;
           e->holder = nullptr;
           e->failures = 0;
         }
       },
       [=](release_atom, const caf::actor& worker, bool failed) {
-        if (auto* e = self->state.slot_at(worker)) {
+        if (auto* e = self->state.held_by_sender(self, worker)) {
           e->busy = false;
           e->holder = nullptr;
           if (failed) {

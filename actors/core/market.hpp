@@ -24,7 +24,8 @@
 ///   rate the core measured for one of the node's assignments (averaged per node).
 /// - (bar_atom, node_name) from the reputation tracker: a node caught misbehaving. Its slots
 ///   go (their holders hear withdraw_atom) and it is never offered again.
-/// - (release_atom, worker) : the slot is free again (ignored if its node is gone).
+/// - (release_atom, worker) from the job holding it: the slot is free again (ignored if its
+///   node is gone, or from anyone else).
 /// - (release_atom, worker, failed): the same after a failed assignment; a slot that keeps
 ///   failing is left out for a while (0.5 s, doubling per failure in a row up to a minute).
 /// - (nodes_atom) -> (total, free) slot counts.

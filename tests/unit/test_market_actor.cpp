@@ -1,0 +1,55 @@
+/// @file
+/// The market actor (actors/core/market.hpp) as the jobs and the registry talk to it: a slot
+/// is freed only by the job that holds it.
+
+#include <doctest/doctest.h>
+
+#include <chrono>
+
+#include "configured_system.hpp"
+#include "market.hpp"
+
+using namespace gflex;
+
+namespace {
+
+// A worker that is never asked anything here: the slot's handle.
+caf::behavior idle_worker(caf::event_based_actor*) {
+  return {[](int) {}};
+}
+
+}  // namespace
+
+TEST_SUITE("market actor") {
+  TEST_CASE("a slot is freed only by the job that holds it") {
+    // After a restarted market re-offered the slots, a job's release of a worker another job
+    // had since acquired freed it for a third: two jobs' work on one worker, one of them
+    // timing out and the honest node put in cooldown.
+    test::configured_system s;
+    auto market = spawn_market(s.sys, 0.0);
+    auto worker = s.sys.spawn(idle_worker);
+    worker_slot slot;
+    slot.worker = worker;
+    slot.node_name = "n";
+    slot.throughput = 100.0;
+    s.self->send(market, offer_atom::value, std::string("n1"), std::vector<worker_slot>{slot});
+    caf::scoped_actor holder{s.sys}, other{s.sys}, third{s.sys};
+    auto acquire = [&](caf::scoped_actor& job) {
+      acquire_reply out;
+      job->request(market, std::chrono::seconds(10), acquire_atom::value, std::string("job"),
+                   std::string("w"), int64_t{1}, uint8_t{2}, int64_t{-1}, 0.0)
+          .receive([&](acquire_reply& r) { out = std::move(r); },
+                   [&](caf::error& e) { FAIL(s.sys.render(e)); });
+      return out;
+    };
+    REQUIRE(acquire(holder).slots.size() == 1);
+    other->send(market, release_atom::value, worker);
+    auto taken = acquire(third);
+    CHECK(taken.slots.empty());
+    CHECK(taken.busy == 1);
+    other->send(market, release_atom::value, worker, true);  // nor puts it in cooldown
+    holder->send(market, release_atom::value, worker);
+    CHECK(acquire(third).slots.size() == 1);  // its holder's release frees it
+    for (auto& a : {market, worker}) s.self->send_exit(a, caf::exit_reason::user_shutdown);
+  }
+}
