@@ -238,6 +238,25 @@ struct replicated_store::impl {
     return all;
   }
 
+  // Tells every other core that the chunk is still wanted (its age starts again there);
+  // one that no longer holds it is sent it again.
+  expected<void> keep_chunk(const std::string& digest, std::span<const uint8_t> bytes) {
+    auto others = peers();
+    if (!others) return others.error();
+    for (const auto& [id, address] : *others) {
+      auto [host, port] = split_host_port(address);
+      httplib::Client c(host, port);
+      c.set_tcp_nodelay(true);
+      c.set_connection_timeout(1, 0);
+      c.set_read_timeout(5, 0);
+      auto r =
+          c.Post("/touch/" + digest, httplib::Headers{{"Authorization", bearer}}, "", "text/plain");
+      if (r && r->status == 204) continue;
+      if (auto ok = push_chunk_to(id, address, digest, bytes); !ok) return ok;
+    }
+    return {};
+  }
+
   expected<void> push_chunk_to(const std::string& id, const std::string& address,
                                const std::string& digest, std::span<const uint8_t> bytes) {
     auto [host, port] = split_host_port(address);
@@ -348,6 +367,30 @@ struct replicated_store::impl {
       for (const auto& kv : *kvs)
         if (auto ref = as_chunk_ref(kv.value)) refs.push_back(*ref);
     }
+    // Nothing else renews the lease while the chunks come (the renewing thread is this one,
+    // or not started yet): renewed here, or a fetch longer than the lease (a large
+    // checkpoint) ends the membership it is for, and the leader's pushes pass this core by.
+    std::atomic<bool> fetching{true};
+    std::thread renewing([this, id, &fetching] {
+      auto client = etcd_client::make(config.endpoints);
+      if (!client) return;
+      const auto period = std::chrono::milliseconds(config.lease_ttl_s * 1000 / 3);
+      auto next = clock_type::now() + period;
+      while (fetching && !stopping) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+        if (clock_type::now() < next) continue;
+        next = clock_type::now() + period;
+        (void)client->keep_alive(id);
+      }
+    });
+    struct stop_renewing {
+      std::atomic<bool>& fetching;
+      std::thread& renewing;
+      ~stop_renewing() {
+        fetching = false;
+        renewing.join();
+      }
+    } stop{fetching, renewing};
     size_t fetched = 0;
     for (const auto& ref : refs) {
       if (std::filesystem::exists(config.chunk_dir / ref.digest)) continue;
@@ -471,6 +514,7 @@ struct replicated_store::impl {
         for (const auto& d : digests) self.committing.erase(self.committing.find(d));
       }
     } spare{*this, digests};
+    const auto pushes_began = clock_type::now();
     for (const auto& w : writes) {
       if (w.key.empty()) return error(errc::store_error, "empty store key");
       etcd_op op{std::string(data_prefix) + w.key, std::nullopt, 0};
@@ -491,6 +535,13 @@ struct replicated_store::impl {
       }
       ops.push_back(std::move(op));
     }
+    // The other cores remove a chunk nothing names once it is their `garbage_age_s` old (not
+    // this core's to know): where the pushes took over a second, the first may be gone there
+    // before the commit names it.
+    if (!digests.empty() && clock_type::now() - pushes_began > std::chrono::seconds(1))
+      for (const auto& w : writes)
+        if (w.value && w.value->size() >= config.chunk_threshold)
+          if (auto ok = keep_chunk(digest_hex(*w.value), *w.value); !ok) return ok;
     const int64_t fence = leader_revision;
     ops.push_back(
         {std::string(writer_key), bytes_of(config.core_id + " " + std::to_string(fence)), 0});
@@ -595,6 +646,15 @@ expected<std::unique_ptr<replicated_store>> replicated_store::start(replication_
                    if (!had) self->chunk_bytes_add(body.size());
                    res.status = 204;
                  });
+        // The leader's word, before a commit whose pushes took long, that a chunk it pushed
+        // is still wanted: kept (its age starts again) if here, else 404 and pushed again.
+        http.Post(R"(/touch/([0-9a-f]{64}))", [self](const httplib::Request& req,
+                                                     httplib::Response& res) {
+          std::error_code ec;
+          std::filesystem::last_write_time(self->config.chunk_dir / std::string(req.matches[1]),
+                                           std::filesystem::file_time_type::clock::now(), ec);
+          res.status = ec ? 404 : 204;
+        });
         http.Get(R"(/chunk/([0-9a-f]{64}))", [self](const httplib::Request& req,
                                                     httplib::Response& res) {
           std::ifstream in(self->config.chunk_dir / std::string(req.matches[1]), std::ios::binary);

@@ -420,6 +420,65 @@ TEST_SUITE("replicated_store") {
     CHECK(**back == w.front().value);
   }
 
+  TEST_CASE("a follower keeps a commit's chunks however long the commit's pushes take" *
+            doctest::skip(!etcd_installed())) {
+    // A follower removed chunks nothing named yet once they were older than its garbage age:
+    // a commit whose pushes took longer had its first chunk gone from the follower before the
+    // transaction named it, and was acknowledged with that chunk on the leader alone.
+    test::temp_dir dir;
+    etcd_server etcd(dir.path());
+    auto a = replicated_store::start(config_of(etcd, dir, "a"), [] {});
+    REQUIRE(a.has_value());
+    std::atomic<int> stop{0};
+    REQUIRE(*(*a)->campaign(stop, {}));
+    auto follower = config_of(etcd, dir, "b");
+    follower.garbage_age_s = 1;
+    follower.garbage_period_s = 0;  // at every renewal of its lease (every 0.67 s)
+    auto b = replicated_store::start(follower, [] {});
+    REQUIRE(b.has_value());
+    const int fd = frozen_member(etcd);  // the first chunk's push waits about 2 s for it
+    std::vector<store_write> w = {{"ckpt/x", large(100000, 7)}, {"ckpt/y", large(100000, 8)}};
+    REQUIRE((*a)->commit(w).has_value());
+    ::close(fd);
+    for (const auto& write : w)
+      CHECK_MESSAGE(std::filesystem::exists(follower.chunk_dir / digest_hex(*write.value)),
+                    write.key << "'s chunk is not on the follower");
+  }
+
+  TEST_CASE("a core stays a member while it fetches the chunks it lacks, however long" *
+            doctest::skip(!etcd_installed())) {
+    // Nothing renewed a joining core's lease while it fetched: a fetch longer than the lease
+    // (a large checkpoint) let its membership lapse, and the leader's pushes skipped it.
+    test::temp_dir dir;
+    etcd_server etcd(dir.path());
+    auto a = replicated_store::start(config_of(etcd, dir, "a"), [] {});
+    REQUIRE(a.has_value());
+    std::atomic<int> stop{0};
+    REQUIRE(*(*a)->campaign(stop, {}));
+    std::vector<store_write> w = {{"ckpt/x", large(100000, 7)}, {"ckpt/y", large(100000, 8)}};
+    REQUIRE((*a)->commit(w).has_value());
+    // A member asked first ("0slow" sorts before "a") that takes 1.5 s to say it has nothing.
+    httplib::Server slow;
+    slow.Get(R"(/chunk/.*)", [](const httplib::Request&, httplib::Response& res) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+      res.status = 404;
+    });
+    const int slow_port = slow.bind_to_any_port("127.0.0.1");
+    std::thread serving([&] { slow.listen_after_bind(); });
+    auto admin = etcd_client::make(etcd.endpoint());
+    auto lease = admin->grant_lease(60);
+    REQUIRE(lease.has_value());
+    etcd_op member{"/gflex/member/0slow", bytes("127.0.0.1:" + std::to_string(slow_port)), *lease};
+    REQUIRE(admin->txn({}, {&member, 1}).has_value());
+    auto b = replicated_store::start(config_of(etcd, dir, "b"), [] {});  // a 2 s lease
+    slow.stop();
+    serving.join();
+    REQUIRE_MESSAGE(b.has_value(), b.error().message());
+    auto held = admin->range("/gflex/member/b", false);
+    REQUIRE(held.has_value());
+    CHECK_MESSAGE(!held->empty(), "b's membership lapsed while it fetched");
+  }
+
   TEST_CASE("the chunk service refuses a wrong secret and contents that are not their digest" *
             doctest::skip(!etcd_installed())) {
     test::temp_dir dir;

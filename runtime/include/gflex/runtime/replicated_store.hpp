@@ -52,7 +52,9 @@ struct replication_config {
   int64_t kept_revisions = 10000;
   /// Chunk files no committed value names are removed once older than this, looked for every
   /// `garbage_period_s` (a chunk is pushed before the commit that names it; the leader never
-  /// removes those of a commit in flight, however long its pushes take).
+  /// removes those of a commit in flight, however long its pushes take, and before a commit
+  /// whose pushes took over a second, tells the other cores to keep them, pushing again any
+  /// they removed).
   int64_t garbage_age_s = 120;
   int64_t garbage_period_s = 60;
 };
