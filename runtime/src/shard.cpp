@@ -127,9 +127,7 @@ expected<dataset> decode_values(const tensor& values, const tensor& labels, uint
   return d;
 }
 
-}  // namespace
-
-expected<dataset> decode_shard(std::span<const uint8_t> bytes, int64_t max_values) {
+expected<dataset> decode_any_shard(std::span<const uint8_t> bytes, int64_t max_values) {
   decode_limits limits;
   limits.max_rank = 2;
   limits.max_elements = max_values;
@@ -158,6 +156,16 @@ expected<dataset> decode_shard(std::span<const uint8_t> bytes, int64_t max_value
         if (!d) return malformed(d.error().message());
         return std::move(*d);
       });
+}
+
+}  // namespace
+
+expected<dataset> decode_shard(std::span<const uint8_t> bytes, int64_t max_values) {
+  auto d = decode_any_shard(bytes, max_values);
+  // What a worker draws its batches from holds a sample at least (an honest core never makes
+  // an empty shard).
+  if (d && d->size() == 0) return error(errc::malformed_message, "malformed shard: no samples");
+  return d;
 }
 
 }  // namespace gflex

@@ -182,6 +182,23 @@ TEST_SUITE("shard") {
           doctest::Approx(d.features.span<float>()[4]).epsilon(1e-6));
   }
 
+  TEST_CASE("a shard of no samples is malformed, whatever its kind of features") {
+    // A worker drew batches from it by index: a shard of no rows from a hostile core crashed
+    // the node's process.
+    for (const float value : {0.5f, 0.3f}) {  // 8-bit pixels, then real values
+      CAPTURE(value);
+      dataset d;
+      d.classes = 3;
+      d.features = tensor::empty({2, 2}, dtype::f32);
+      for (auto& v : d.features.span<float>()) v = value == 0.5f ? 51.0f / 255.0f : value;
+      d.labels = tensor::zeros({2}, dtype::i32);
+      auto empty = decode_shard(encode_shard(d, 1, 1));
+      REQUIRE_FALSE(empty.has_value());
+      CHECK(empty.error().code() == errc::malformed_message);
+      CHECK(empty.error().message().find("no samples") != std::string::npos);
+    }
+  }
+
   TEST_CASE("every truncation of a shard is malformed") {
     dataset d;
     d.classes = 3;
