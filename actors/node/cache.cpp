@@ -1,8 +1,12 @@
 #include "cache.hpp"
 
+#include <signal.h>
 #include <spdlog/spdlog.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
+#include <cerrno>
 #include <chrono>
 #include <deque>
 #include <functional>
@@ -221,12 +225,30 @@ void decode_shard_for(cache_actor_type* self, const std::string& digest) {
 }
 
 // The chunk files a cache finds on disk, in the order they were last used (written or read).
+// Whether `name` is the temporary file of a chunk whose writer (write_file_atomically:
+// DIGEST.tmp.PID) is gone: killed while it wrote, it left the file, which no limit counted.
+bool left_by_a_dead_writer(const std::string& name) {
+  constexpr std::string_view tmp = ".tmp.";
+  if (name.size() <= 64 + tmp.size() || !is_digest_hex(name.substr(0, 64)) ||
+      name.compare(64, tmp.size(), tmp) != 0)
+    return false;
+  const std::string pid_text = name.substr(64 + tmp.size());
+  if (pid_text.size() > 9 || !std::all_of(pid_text.begin(), pid_text.end(), ::isdigit))
+    return false;
+  const pid_t pid = static_cast<pid_t>(std::stol(pid_text));
+  return pid != ::getpid() && (pid <= 0 || (::kill(pid, 0) != 0 && errno == ESRCH));
+}
+
 void scan_chunk_files(cache_state& st) {
   std::vector<std::tuple<std::filesystem::file_time_type, std::string, uint64_t>> found;
   std::error_code ec;
   for (const auto& entry : std::filesystem::directory_iterator(st.dir, ec)) {
     const auto name = entry.path().filename().string();
     std::error_code entry_ec;
+    if (left_by_a_dead_writer(name)) {
+      std::filesystem::remove(entry.path(), entry_ec);
+      continue;
+    }
     if (!is_digest_hex(name) || !entry.is_regular_file(entry_ec)) continue;
     const auto bytes = entry.file_size(entry_ec);
     const auto written = entry.last_write_time(entry_ec);

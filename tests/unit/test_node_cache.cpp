@@ -5,6 +5,9 @@
 
 #include <doctest/doctest.h>
 
+#include <unistd.h>
+#include <fstream>
+
 #include <caf/all.hpp>
 
 #include <atomic>
@@ -159,6 +162,25 @@ TEST_SUITE("node cache") {
       self->receive([&](heard_atom) { ++heard; },
                     caf::after(std::chrono::milliseconds(300)) >> [] {});
     CHECK(heard == 1);  // two chunks within a second: one word
+  }
+
+  TEST_CASE("a chunk's temporary file that a killed node left is removed when the cache starts") {
+    // A node killed while it wrote a chunk left DIGEST.tmp.PID, which nothing removed nor
+    // counted against --cache-limit: disk use grew past the limit with every kill.
+    test::configured_system s;
+    test::temp_dir dir;
+    const std::string digest(64, 'a');
+    const auto left = dir.path() / (digest + ".tmp.999999999");  // no such process
+    const auto own = dir.path() / (digest + ".tmp." + std::to_string(::getpid()));
+    const auto other = dir.path() / "notes.tmp.1";  // not the cache's to remove
+    for (const auto& f : {left, own, other}) std::ofstream(f) << std::string(1024, 'x');
+    auto cache = spawn_cache(s.sys, dir.path(), 512 << 10);
+    s.self->request(cache, std::chrono::seconds(10), chunk_atom::value, std::string("x"))
+        .receive([](std::vector<uint8_t>&) {}, [](caf::error&) {});  // it has started
+    CHECK_FALSE(std::filesystem::exists(left));
+    CHECK(std::filesystem::exists(own));  // this process is writing it
+    CHECK(std::filesystem::exists(other));
+    s.self->send_exit(cache, caf::exit_reason::user_shutdown);
   }
 
   TEST_CASE_FIXTURE(cache_fixture, "a chunk that is no shard, or no digest, is an error") {
