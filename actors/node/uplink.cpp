@@ -17,6 +17,7 @@
 #include "cache.hpp"
 #include "gflex/kernels/devices.hpp"
 #include "gflex/runtime/payload_chunks.hpp"
+#include "gflex/runtime/printable_text.hpp"
 #include "gflex/runtime/tensor_codec.hpp"
 #include "messages.hpp"
 
@@ -61,6 +62,14 @@ constexpr size_t kept_params = 2;
 
 /// Chunk requests an uplink keeps out to its session while fetching parameters.
 constexpr size_t params_chunks_in_flight = 4;
+
+// Text from the core as this node shows it (its status line, its log, the volunteer's
+// terminal): a hostile core's escape sequences (a window title, a cleared screen, a fake
+// prompt) or megabytes of text are not passed on.
+std::string from_core(std::string_view text) {
+  constexpr size_t shown = 512;
+  return printable_text(text.substr(0, shown)) + (text.size() > shown ? "..." : "");
+}
 
 /// The largest parameters a node accepts (the tensor decoder's bound: a model of the 2^28
 /// parameters the planner allows, with its message's header).
@@ -208,7 +217,7 @@ void hello(uplink_actor* self, caf::actor core) {
             }
             st.core = core;
             st.session = caf::actor_cast<caf::actor>(w.session);
-            st.node_id = w.node_id;
+            st.node_id = from_core(w.node_id);
             st.heartbeat_ms = std::max<uint32_t>(w.heartbeat_ms, 50);
             st.payload_chunk_bytes = w.payload_chunk_bytes;
             st.attempt = 0;
@@ -221,7 +230,7 @@ void hello(uplink_actor* self, caf::actor core) {
             if (st.config.on_activity) {
               node_activity n;
               n.what = node_activity::kind::joined;
-              n.node_id = w.node_id;
+              n.node_id = st.node_id;
               n.workers = static_cast<int>(st.workers.size());
               st.config.on_activity(n);
             }
@@ -230,13 +239,14 @@ void hello(uplink_actor* self, caf::actor core) {
           [=](caf::error& e) {
             auto err = from_caf(e, &self->system());
             if (err.code() == errc::invalid_argument || err.code() == errc::permission_denied) {
-              spdlog::error("the core refused this node: {}", err.message());
+              const auto why = from_core(err.message());
+              spdlog::error("the core refused this node: {}", why);
               self->send(self->state.owner, stop_atom::value, 3,
-                         "the core refused this node: " + err.message());
+                         "the core refused this node: " + why);
               self->quit();
               return;
             }
-            spdlog::warn("uplink: join failed: {}", err.message());
+            spdlog::warn("uplink: join failed: {}", from_core(err.message()));
             retry_later(self);
           });
 }
@@ -565,6 +575,7 @@ caf::behavior uplink_behavior(uplink_actor* self, uplink_config config, caf::act
         st.last_heard = std::chrono::steady_clock::now();
         if (index >= st.workers.size())
           return to_caf(error(errc::invalid_argument, "no worker " + std::to_string(index)));
+        a.job_id = from_core(a.job_id);  // shown in the node's status line and log
         auto rp = self->make_response_promise<assignment_result>();
         if (st.busy.count(index) > 0)
           st.deferred[index].push_back({index, std::move(a), rp});
@@ -668,7 +679,7 @@ caf::behavior uplink_behavior(uplink_actor* self, uplink_config config, caf::act
         // The session says why it is ending this node's session; its end (down) follows.
         auto& st = self->state;
         if (self->current_sender() != caf::actor_cast<caf::strong_actor_ptr>(st.session)) return;
-        spdlog::warn("the core: {}", why);
+        spdlog::warn("the core: {}", from_core(why));
       },
   };
 }

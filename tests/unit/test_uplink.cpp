@@ -368,6 +368,61 @@ TEST_SUITE("uplink") {
     for (auto& a : {uplink, core, sink}) s.self->send_exit(a, caf::exit_reason::user_shutdown);
   }
 
+  TEST_CASE("text from the core reaches the node's terminal without its escape sequences") {
+    // The node id of the welcome and an assignment's job id went to the status line and the
+    // log as the core sent them: a hostile core could set the window's title, clear the
+    // screen or draw a fake prompt.
+    test::configured_system s;
+    caf::actor test = caf::actor_cast<caf::actor>(s.self);
+    const std::string hostile = "n\x1b]0;owned\x07\x1b[2J";
+    auto core = s.sys.spawn([hostile](caf::event_based_actor* self) -> caf::behavior {
+      return {
+          [=](hello_atom, node_hello& h) -> node_welcome {
+            node_welcome w;
+            w.protocol = h.protocol;
+            w.node_id = hostile;
+            w.heartbeat_ms = 50;
+            w.session = self->spawn(
+                scripted_session, h.uplink,
+                [hostile](node_session_actor::pointer session, caf::actor up) {
+                  assignment a;
+                  a.id = 7;
+                  a.job_id = hostile;
+                  session->request(up, std::chrono::seconds(10), assign_atom::value, uint32_t{0}, a)
+                      .then([](assignment_result&) {}, [](caf::error&) {});
+                });
+            w.payload_chunk_bytes = 1024;
+            return w;
+          },
+      };
+    });
+    auto config = probe_config();
+    config.on_activity = [test](const node_activity& n) {
+      if (n.what == node_activity::kind::joined) caf::anon_send(test, n.node_id, n.node_id);
+    };
+    auto worker = s.sys.spawn([test](caf::event_based_actor*) -> caf::behavior {
+      return {[test](assign_atom, assignment& a) {
+        caf::anon_send(test, a.job_id);
+        assignment_result r;
+        r.assignment_id = a.id;
+        return r;
+      }};
+    });
+    auto sink = s.sys.spawn(quiet_sink);
+    auto uplink = spawn_uplink(s.sys, config, core, {worker}, sink, sink);
+    std::string node_id, job_id;
+    for (int i = 0; i < 2; ++i)
+      s.self->receive([&](std::string& id, std::string&) { node_id = id; },
+                      [&](std::string& id) { job_id = id; },
+                      caf::after(std::chrono::seconds(10)) >> [] {});
+    CHECK(!node_id.empty());
+    CHECK(!job_id.empty());
+    CHECK_MESSAGE(node_id.find('\x1b') == std::string::npos, node_id);
+    CHECK_MESSAGE(job_id.find('\x1b') == std::string::npos, job_id);
+    for (auto& x : {uplink, core, sink, worker})
+      s.self->send_exit(x, caf::exit_reason::user_shutdown);
+  }
+
   TEST_CASE("a core of several that is busy sending parameters is not taken for lost") {
     // Chunks of parameters arriving all along, its `earned` queued behind them, the node took
     // the leader as gone after 15 s, left it and dropped the assignment it was fetching for.
