@@ -337,6 +337,9 @@ class graph_model final : public detail::model_base {
       return y;
     }
     const int64_t t = plan_.spec.input[0], vocab = plan_.spec.vocab;
+    // Before a token is written into buffers of max_batch samples (count_samples checks it
+    // too, once the batch has proved to be tokens).
+    GFLEX_CHECK(batch > 0 && batch <= max_batch_, "batch larger than the model's max_batch");
     for (int64_t r = 0; r < batch; ++r)
       for (int64_t j = 0; j <= t; ++j) {
         const float v = features[r * (t + 1) + j];
