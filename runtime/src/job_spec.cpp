@@ -439,7 +439,9 @@ expected<void> check_account(const reader& in, const std::string& a) {
 // reported is stable) and written. The ranges are those job_spec's comments give.
 const std::vector<field>& fields() {
   constexpr int64_t max_steps = 100000;
-  constexpr real_range learning_rate{0.0, true, 10.0, false};
+  // From 1e-30: the workers take it as a 32-bit float (down to 5% of it by the schedule),
+  // which reads a smaller rate as 0 (or a denormal) and refuses it.
+  constexpr real_range learning_rate{1e-30, false, 10.0, false};
   constexpr real_range unit_half_open{0.0, false, 1.0, true};
   constexpr real_range fraction{0.0, true, 1.0, false};
   constexpr real_range unit{0.0, false, 1.0, false};

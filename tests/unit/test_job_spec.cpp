@@ -107,6 +107,21 @@ TEST_SUITE("job_spec") {
     CHECK(r->inner_lr == 10.0);
   }
 
+  TEST_CASE("a learning rate the workers' 32-bit floats would read as 0 is refused") {
+    // Sent as a float, 1e-46 is 0: the spec was accepted, and every node refused every
+    // assignment of the job ("lr positive"), which then waited for good.
+    for (const char* table : {"inner", "outer"}) {
+      CAPTURE(table);
+      auto r = parse_job_spec(with(std::string("[") + table + "]\nlr = 1e-46"), source);
+      REQUIRE_FALSE(r.has_value());
+      CHECK(r.error().message().find(std::string(table) + ".lr: must be a number in [1e-30, 10]") !=
+            std::string::npos);
+    }
+    auto least = parse_job_spec(with("[inner]\nlr = 1e-30"), source);
+    REQUIRE_MESSAGE(least.has_value(), least.error().message());
+    CHECK(static_cast<float>(inner_lr_at(*least, least->rounds - 1)) > 0.0f);
+  }
+
   TEST_CASE("to_toml round-trips exactly") {
     job_spec spec;
     spec.name = "a.b_c-9";
@@ -300,9 +315,9 @@ name = "tiny"
     CHECK(failure(with("[outer]\nmomentum = 1")) ==
           "job.toml: outer.momentum: must be a number in [0, 1), got 1");
     CHECK(failure(with("[inner]\nlr = 0")) ==
-          "job.toml: inner.lr: must be a number in (0, 10], got 0");
+          "job.toml: inner.lr: must be a number in [1e-30, 10], got 0");
     CHECK(failure(with("[outer]\nlr = 10.5")) ==
-          "job.toml: outer.lr: must be a number in (0, 10], got 10.5");
+          "job.toml: outer.lr: must be a number in [1e-30, 10], got 10.5");
     CHECK(failure(with("[inner]\nweight_decay = -0.1")) ==
           "job.toml: inner.weight_decay: must be a number in [0, 1), got -0.1");
     // Plain SGD steps by the gradient alone: it ran, ignoring the decay it was given.

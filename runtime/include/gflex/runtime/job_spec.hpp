@@ -57,12 +57,12 @@ struct job_spec {
   inner_optimizer inner = inner_optimizer::adamw;  ///< [inner] optimizer: "adamw" | "sgd".
   int64_t local_steps = 50;                        ///< [inner] local_steps: 1..100000.
   int64_t batch_size = 128;                        ///< [inner] batch_size: 1..65536.
-  double inner_lr = 1e-3;                          ///< [inner] lr: in (0, 10].
+  double inner_lr = 1e-3;                          ///< [inner] lr: in [1e-30, 10].
   double weight_decay = 0.0;                   ///< [inner] weight_decay: in [0, 1); AdamW's only.
   lr_schedule schedule = lr_schedule::cosine;  ///< [inner] lr_schedule: "cosine" | "constant".
   math_precision precision =
       math_precision::fp32;     ///< [inner] precision: "fp32" | "tf32" | "bf16".
-  double outer_lr = 0.5;        ///< [outer] lr: in (0, 10].
+  double outer_lr = 0.5;        ///< [outer] lr: in [1e-30, 10].
   double outer_momentum = 0.8;  ///< [outer] momentum: in [0, 1).
   gflex::compression compression = gflex::compression::int8;  ///< [wire] compression.
   int64_t eval_every = 1;  ///< [eval] every: test accuracy every N rounds, 1..100000.
