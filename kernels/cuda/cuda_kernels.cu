@@ -548,7 +548,9 @@ __device__ inline float activation_derivative(float x) {
   if constexpr (F == activation::relu) {
     return x > 0.0f ? 1.0f : 0.0f;
   } else if constexpr (F == activation::gelu) {
-    // Grouped as the CPU backend groups it.
+    // Grouped as the CPU backend groups it, x clamped as it clamps it: past |x| = 10 the
+    // gradient is 1 or 0, and x * x cannot overflow into (1 - t^2) * inf = NaN.
+    x = fminf(fmaxf(x, -10.0f), 10.0f);
     const float t = tanhf(k_gelu_scale * (x + k_gelu_cubic * x * x * x));
     const float dt = (1.0f - t * t) * k_gelu_scale * (1.0f + 3.0f * k_gelu_cubic * x * x);
     return 0.5f * (1.0f + t) + 0.5f * x * dt;

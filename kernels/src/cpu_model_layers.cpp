@@ -152,7 +152,9 @@ void activation_backward(activation f, const float* x, const float* dy, float* d
       break;
     case activation::gelu:
       for (int64_t i = i0; i < i1; ++i) {
-        const float v = x[i];
+        // Past |x| = 10, t is +-1 in float and the gradient 1 or 0; clamped, x * x cannot
+        // overflow into (1 - t^2) * inf = NaN.
+        const float v = std::clamp(x[i], -10.0f, 10.0f);
         const float t = fast_tanh(k_gelu_c * (v + k_gelu_a * v * v * v));
         const float dt = (1.0f - t * t) * k_gelu_c * (1.0f + 3.0f * k_gelu_a * v * v);
         dx[i] = dy[i] * (0.5f * (1.0f + t) + 0.5f * v * dt);

@@ -527,6 +527,25 @@ layers = [
     }
   }
 
+  TEST_CASE("GELU's gradient is finite wherever its output is") {
+    // Past |x| of about 2e19, x * x overflowed: (1 - t^2) * inf made the gradient NaN where
+    // the output is a finite 0 (or x), and a diverging model's update NaN instead of finite.
+    auto be = make_cpu_backend(1);
+    const std::vector<float> x = {-1e20f, -3e38f, -11.0f, 11.0f, 1e20f, 3e38f, 0.5f};
+    std::vector<float> y(x.size()), dy(x.size(), 1.0f), dx(x.size());
+    be->activation_forward(activation::gelu, x.data(), y.data(), static_cast<int64_t>(x.size()));
+    be->activation_backward(activation::gelu, x.data(), dy.data(), dx.data(),
+                            static_cast<int64_t>(x.size()));
+    for (size_t i = 0; i < x.size(); ++i) {
+      CAPTURE(x[i]);
+      CHECK(std::isfinite(y[i]));
+      CHECK(std::isfinite(dx[i]));
+      if (x[i] < -10.0f) CHECK(dx[i] == 0.0f);
+      if (x[i] > 10.0f) CHECK(dx[i] == 1.0f);
+    }
+    CHECK(dx.back() == doctest::Approx(0.8674).epsilon(1e-3));  // an ordinary value unchanged
+  }
+
   TEST_CASE("backend operations agree with double-precision references") {
     auto be = make_cpu_backend(1);
     rng r(9);
