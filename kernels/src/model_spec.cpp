@@ -179,7 +179,8 @@ class spec_reader {
 expected<layer_spec> read_layer(const spec_reader& in, const toml::table& t, size_t index) {
   std::string path = "model.layers[" + std::to_string(index) + "]";
   const toml::node* type = t.get("type");
-  if (type == nullptr || !type->is_string()) return in.fail(path + ".type", "missing (required)");
+  if (type == nullptr) return in.fail(path + ".type", "missing (required)");
+  if (!type->is_string()) return in.fail(path + ".type", "must be a string naming a layer type");
   const std::string type_name = type->as_string()->get();
   auto it = std::find_if(k_kinds.begin(), k_kinds.end(),
                          [&](const kind_name& k) { return type_name == k.name; });
@@ -595,9 +596,13 @@ expected<model_plan> plan_model(const model_spec& spec, const model_limits& limi
     if (!oversized.empty())
       return fail(at, "its parameter " + oversized + " holds more than " +
                           std::to_string(limits.max_parameters) + " values");
+    // Flatten's one dimension is all of its input, which the activation bound holds.
     for (int64_t e : out)
-      if (e <= 0 || e > limits.max_extent)
-        return fail(at, "output shape " + shape_text(out) + " is empty or too large");
+      if (e <= 0 || (e > limits.max_extent && l.kind != layer_kind::flatten))
+        return fail(at, "output shape " + shape_text(out) +
+                            (e <= 0 ? " is empty"
+                                    : " has a dimension of more than " +
+                                          std::to_string(limits.max_extent)));
     if (!checked_numel(out)) return fail(at, "output shape " + shape_text(out) + " is too large");
     p.out_shape = out;
     const bool view = l.kind == layer_kind::flatten || l.kind == layer_kind::reshape;

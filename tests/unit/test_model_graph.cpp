@@ -641,6 +641,22 @@ layers = [
     CHECK(plan->forward_flops == doctest::Approx(2.0 * 28 * 28 * 8 * 9 + 2.0 * 1568 * 10));
   }
 
+  TEST_CASE("a convolutional net may flatten a feature map of more than 2^20 values") {
+    // Flatten's one dimension is the map's size: held to the bound of one dimension (2^20),
+    // a net on 256x256 images with 128 filters could not reach its dense layer, whatever its
+    // parameters, activations and FLOPs (all within their bounds).
+    auto w = find_workload("wide-cnn", R"([model]
+input = [256, 256, 3]
+layers = [
+  { type = "conv2d", filters = 128, kernel = 3, padding = 1 }, { type = "relu" },
+  { type = "max_pool", size = 2 }, { type = "flatten" }, { type = "linear", units = 10 },
+  { type = "softmax_xent" },
+])",
+                           "");
+    REQUIRE_MESSAGE(w.has_value(), w.error().message());
+    CHECK((*w)->parameter_count() == 128 * 27 + 128 + 2097152 * 10 + 10);
+  }
+
   TEST_CASE("a bad model is refused with the layer and the key named") {
     const std::string head = "[model]\ninput = [6]\nlayers = [\n";
     auto err = [&](const std::string& layers) { return plan_error(head + layers + "\n]\n"); };
@@ -648,6 +664,10 @@ layers = [
               .find("model.layers[1].type: unknown layer type 'softmax'") != std::string::npos);
     CHECK(err(R"({ type = "linear" }, { type = "softmax_xent" },)")
               .find("model.layers[0] (linear).units: missing") != std::string::npos);
+    // A type given, but not as a string, was said to be missing.
+    CHECK(err(R"({ type = 3 }, { type = "softmax_xent" },)")
+              .find("model.layers[0].type: must be a string naming a layer type") !=
+          std::string::npos);
     CHECK(err(R"({ type = "linear", units = 3, kernel = 2 }, { type = "softmax_xent" },)")
               .find("model.layers[0] (linear).kernel: not a key of a linear layer") !=
           std::string::npos);
