@@ -14,8 +14,10 @@
 #include "gflex/kernels/model_spec.hpp"
 #include "gflex/kernels/workload.hpp"
 #include "gflex/runtime/checkpoint.hpp"
+#include "gflex/runtime/printable_text.hpp"
 #include "job.hpp"
 #include "messages.hpp"
+#include "reputation.hpp"
 #include "user_data.hpp"
 
 namespace gflex {
@@ -804,6 +806,14 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links) {
                   "'s API key is paid from its credits: name it (account = \"" + who +
                   "\") with a budget and a max_price, or set max_price = 0 to run only on nodes "
                   "that ask nothing"));
+        // The core's trackers score with the default policy: a bar above what a node can
+        // score left the job waiting for community workers for good.
+        if (const double best = reputation_policy{}.highest_score(); spec->min_reputation > best)
+          return to_caf(
+              error(errc::invalid_argument,
+                    "job spec: market.min_reputation: " + format_double(spec->min_reputation) +
+                        " is more than any node can score (" + fmt::format("{:.4f}", best) +
+                        "): no worker would ever qualify"));
         const std::string owner = who != operator_principal ? who
                                   : !spec->account.empty()  ? spec->account
                                                             : std::string(operator_principal);

@@ -10,6 +10,12 @@
 
 namespace gflex {
 
+double reputation_policy::highest_score() const noexcept {
+  if (decay >= 1.0) return 1.0;
+  const double good = 1.0 / (1.0 - decay);
+  return (good + 1.0) / (good + 2.0);
+}
+
 double reputation::score() const noexcept {
   return (good + 1.0) / (good + bad + 2.0);
 }

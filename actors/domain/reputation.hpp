@@ -24,6 +24,10 @@ struct reputation_policy {
   double decay = 0.98;      ///< Weight old evidence keeps at each new result, in (0, 1].
   int64_t trust_after = 5;  ///< Accepted results before sampling drops below 1.
   double floor = 0.05;      ///< Lowest verification probability of a community node.
+
+  /// The highest score a node can reach: every result accepted, for ever (its decayed
+  /// evidence tends to 1 / (1 - decay) results); 1 without decay.
+  double highest_score() const noexcept;
 };
 
 /// How an applied result was checked: not sampled (cleared), re-computed and matched, or

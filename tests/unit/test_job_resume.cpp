@@ -160,6 +160,28 @@ TEST_SUITE("job resume") {
                   platform.error().message());
   }
 
+  TEST_CASE("a min_reputation no node can reach is refused at submit") {
+    // A node that never fails a check scores at most 51/52 (its evidence decays by 0.98 a
+    // result): a job asking 0.99 was accepted and waited for good for community workers.
+    job_fixture f(stored_job());
+    f.await([](const job_status& s) { return !s.detail.empty(); }, 10);  // records read
+    auto submit = [&](const std::string& text) -> expected<std::string> {
+      expected<std::string> out = error(errc::none, "");
+      f.self->request(f.supervisor, f.wait, submit_atom::value, f.alice, text)
+          .receive([&](std::string& id) { out = std::move(id); },
+                   [&](caf::error& e) { out = from_caf(e, &f.sys); });
+      return out;
+    };
+    auto unreachable = submit(free_spec + "min_reputation = 0.99\n");
+    REQUIRE_FALSE(unreachable.has_value());
+    CHECK(unreachable.error().code() == errc::invalid_argument);
+    CHECK_MESSAGE(
+        unreachable.error().message().find("market.min_reputation: 0.99 is more than "
+                                           "any node can score (0.9808)") != std::string::npos,
+        unreachable.error().message());
+    CHECK(submit(free_spec + "min_reputation = 0.98\n").has_value());
+  }
+
   TEST_CASE("a resumed job that cannot have its data ends, and returns its escrow") {
     // Its data set was removed while it ran (a running job holds its data until it ends); a
     // core restarted since finds none. The job failed at once, before the escrow its

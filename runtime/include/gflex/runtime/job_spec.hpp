@@ -115,7 +115,8 @@ struct job_spec {
   /// [market] max_price, credits per device-hour in [0, 1e6] (micro-credits): the dearest
   /// worker the job takes. Required with an account; -1 (the default otherwise): any.
   int64_t max_price = -1;
-  /// [market] min_reputation, in [0, 1]: community workers whose node scores lower are left out.
+  /// [market] min_reputation, in [0, 1]: community workers whose node scores lower are left out
+  /// (the core refuses one above what a node can score, 51/52 by its default policy).
   double min_reputation = 0.0;
   /// [market] deadline_h, in [0, 100000]: hours after which an unfinished job fails; 0: none.
   double deadline_h = 0.0;
