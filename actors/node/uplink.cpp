@@ -63,6 +63,10 @@ constexpr size_t kept_params = 2;
 /// Chunk requests an uplink keeps out to its session while fetching parameters.
 constexpr size_t params_chunks_in_flight = 4;
 
+/// Assignments that may wait for a busy worker (a new session's, while the worker ends the
+/// old session's): each may carry 128 MiB of parameters, so more are refused.
+constexpr size_t max_waiting_per_worker = 2;
+
 // Text from the core as this node shows it (its status line, its log, the volunteer's
 // terminal): a hostile core's escape sequences (a window title, a cleared screen, a fake
 // prompt) or megabytes of text are not passed on.
@@ -92,7 +96,8 @@ struct uplink_state {
   // Workers that have an assignment: fetching its parameters, or computing it. A worker
   // takes one assignment at a time; one that comes for a busy worker (a new session's,
   // while the worker still ends the old session's) waits here, and its parameters are not
-  // fetched before the worker is free: a node holds one assignment's memory per worker.
+  // fetched before the worker is free (at most max_waiting_per_worker wait; more are
+  // refused): a node holds about one assignment's memory per worker.
   std::set<uint32_t> busy;
   std::map<uint32_t, std::deque<waiting_assignment>> deferred;
   caf::actor cache;
@@ -276,6 +281,19 @@ void connect(uplink_actor* self) {
 }
 
 void release_worker(uplink_actor* self, uint32_t index);
+
+// Whether assignment `id` is on this node: waiting for its worker or its parameters, or
+// running.
+bool holds_assignment(const uplink_state& st, uint64_t id) {
+  if (st.running.count(id) > 0) return true;
+  for (const auto& [index, queue] : st.deferred)
+    for (const auto& w : queue)
+      if (w.work.id == id) return true;
+  for (const auto& f : st.params)
+    for (const auto& w : f->waiting)
+      if (w.work.id == id) return true;
+  return false;
+}
 
 // Runs assignment `a` on worker `index` and answers `rp`; an update larger than one payload
 // chunk is kept here and announced by its chunks, which the session then asks for.
@@ -575,7 +593,16 @@ caf::behavior uplink_behavior(uplink_actor* self, uplink_config config, caf::act
         st.last_heard = std::chrono::steady_clock::now();
         if (index >= st.workers.size())
           return to_caf(error(errc::invalid_argument, "no worker " + std::to_string(index)));
+        // One id is one assignment: a second copy took the first's place among the running,
+        // and the answer of one of them was never given, its worker busy for good.
+        if (holds_assignment(st, a.id))
+          return to_caf(error(errc::invalid_argument,
+                              "assignment " + std::to_string(a.id) + " is here already"));
         a.job_id = from_core(a.job_id);  // shown in the node's status line and log
+        if (st.busy.count(index) > 0 && st.deferred[index].size() >= max_waiting_per_worker)
+          return to_caf(error(errc::limit_exceeded, "worker " + std::to_string(index) + " has " +
+                                                        std::to_string(max_waiting_per_worker) +
+                                                        " assignments waiting for it already"));
         auto rp = self->make_response_promise<assignment_result>();
         if (st.busy.count(index) > 0)
           st.deferred[index].push_back({index, std::move(a), rp});

@@ -208,6 +208,18 @@ void assign_inline(node_session_actor::pointer self, caf::actor uplink, caf::act
             [test](caf::error&) { caf::anon_send(test, uint64_t{0}); });
 }
 
+// Hands worker `index` assignment `id`, its parameters inline; `test` hears (id, true) once
+// it is answered, (id, false) if it fails or is not answered within 10 s.
+void assign_to(node_session_actor::pointer self, caf::actor uplink, caf::actor test, uint32_t index,
+               uint64_t id) {
+  assignment a;
+  a.id = id;
+  a.job_id = "job-1";
+  self->request(uplink, std::chrono::seconds(10), assign_atom::value, index, a)
+      .then([test, id](assignment_result&) { caf::anon_send(test, id, true); },
+            [test, id](caf::error&) { caf::anon_send(test, id, false); });
+}
+
 }  // namespace
 
 TEST_SUITE("uplink") {
@@ -264,6 +276,62 @@ TEST_SUITE("uplink") {
     uint64_t got = 1;
     s.self->receive([&](uint64_t id) { got = id; }, caf::after(std::chrono::seconds(5)) >> [] {});
     CHECK_MESSAGE(got == 200, "the next assignment on the worker: " << got);
+    std::this_thread::sleep_for(std::chrono::seconds(2));  // the session ends
+    for (auto& a : {uplink, core, sink, worker})
+      s.self->send_exit(a, caf::exit_reason::user_shutdown);
+  }
+
+  TEST_CASE("two assignments of one id on two workers lose neither worker") {
+    // The second took the first's place among the running ones: the first answer erased it,
+    // the second's was never given, and its worker stayed busy for good, across reconnects.
+    test::configured_system s;
+    caf::actor test = caf::actor_cast<caf::actor>(s.self);
+    session_script script = [test](node_session_actor::pointer self, caf::actor uplink) {
+      assign_to(self, uplink, test, 0, 300);
+      assign_to(self, uplink, test, 1, 300);
+      assign_to(self, uplink, test, 0, 301);
+      assign_to(self, uplink, test, 1, 302);
+    };
+    auto core = s.sys.spawn(scripted_core, std::vector<session_script>{script}, 1024);
+    auto sink = s.sys.spawn(quiet_sink);
+    auto w0 = s.sys.spawn(instant_worker), w1 = s.sys.spawn(instant_worker);
+    auto uplink = spawn_uplink(s.sys, probe_config(), core, {w0, w1}, sink, sink);
+    std::map<uint64_t, int> answered, failed;
+    for (int i = 0; i < 4; ++i)
+      s.self->receive([&](uint64_t id, bool ok) { (ok ? answered : failed)[id] += 1; },
+                      caf::after(std::chrono::seconds(12)) >> [] {});
+    CHECK(answered[301] == 1);
+    CHECK(answered[302] == 1);
+    CHECK(answered[300] + failed[300] == 2);  // both heard of: one done, the copy refused
+    for (auto& a : {uplink, core, sink, w0, w1})
+      s.self->send_exit(a, caf::exit_reason::user_shutdown);
+  }
+
+  TEST_CASE("assignments queued for a busy worker are few; more are refused at once") {
+    // Each may carry 128 MiB of parameters: a core that sent them without end to a worker
+    // held busy filled the node's memory.
+    test::configured_system s;
+    caf::actor test = caf::actor_cast<caf::actor>(s.self);
+    session_script script = [test](node_session_actor::pointer self, caf::actor uplink) {
+      // Worker 0 waits for parameters that never come.
+      self->request(uplink, caf::infinite, assign_atom::value, uint32_t{0}, chunked(100, 0, 2))
+          .then([](assignment_result&) {}, [](caf::error&) {});
+      for (uint64_t id = 401; id <= 404; ++id) assign_to(self, uplink, test, 0, id);
+      self->delayed_send(self, std::chrono::seconds(4), bye_atom::value);  // the test is over
+    };
+    auto core = s.sys.spawn(scripted_core, std::vector<session_script>{script}, 1024);
+    auto sink = s.sys.spawn(quiet_sink);
+    auto worker = s.sys.spawn(instant_worker);
+    auto uplink = spawn_uplink(s.sys, probe_config(), core, {worker}, sink, sink);
+    std::vector<uint64_t> refused;
+    const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(3);
+    while (std::chrono::steady_clock::now() < until)
+      s.self->receive(
+          [&](uint64_t id, bool ok) {
+            if (!ok) refused.push_back(id);
+          },
+          caf::after(std::chrono::milliseconds(100)) >> [] {});
+    CHECK(refused == std::vector<uint64_t>{403, 404});     // two wait, the rest are refused
     std::this_thread::sleep_for(std::chrono::seconds(2));  // the session ends
     for (auto& a : {uplink, core, sink, worker})
       s.self->send_exit(a, caf::exit_reason::user_shutdown);
