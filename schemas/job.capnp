@@ -59,6 +59,8 @@ struct JobRecord {
   unverifiedResults @24 :UInt64;
   # The committed rounds, oldest first (thinned past 1,024 points): the job's curves.
   history @25 :List(RoundPoint);
+  # Distinct nodes whose results the last committed round used.
+  nodes @26 :UInt64;
 }
 
 struct RoundPoint {

@@ -10,6 +10,8 @@
 #include "gflex/schema/job.capnp.h"
 #include "job_record.hpp"
 
+#include <algorithm>
+
 namespace gflex {
 
 void add_round(std::vector<round_point>& history, const round_point& p) {
@@ -58,6 +60,7 @@ std::vector<uint8_t> encode_job_record(const std::string& spec_text, const job_s
   r.setDeviceHours(s.device_hours);
   r.setCloudCost(s.cloud_cost);
   r.setOwner(s.owner);
+  r.setNodes(static_cast<uint64_t>(std::max<int64_t>(s.nodes, 0)));
   auto points = r.initHistory(static_cast<unsigned>(s.history.size()));
   for (unsigned i = 0; i < s.history.size(); ++i) {
     const auto& p = s.history[i];
@@ -110,6 +113,7 @@ expected<std::pair<std::string, job_status>> decode_job_record(std::span<const u
     s.device_hours = r.getDeviceHours();
     s.cloud_cost = r.getCloudCost();
     s.owner = r.getOwner().cStr();
+    s.nodes = static_cast<int64_t>(std::min<uint64_t>(r.getNodes(), 1u << 30));
     for (auto p : r.getHistory())
       s.history.push_back({static_cast<int64_t>(p.getRound()), p.getTrainLoss(), p.getTestLoss(),
                            p.getTestAccuracy(), p.getEvaluated(), p.getElapsed()});

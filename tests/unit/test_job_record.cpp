@@ -12,6 +12,7 @@ TEST_CASE("job record: the round history survives encoding") {
   s.owner = "user/alice";
   s.state = job_state::running;
   s.round = 3;
+  s.nodes = 4;  // shown by `gflex status`: it read 0 after a core restart
   for (int64_t r = 1; r <= 3; ++r)
     add_round(s.history,
               {r, 1.0 / static_cast<double>(r), 0.9 / static_cast<double>(r),
@@ -19,6 +20,7 @@ TEST_CASE("job record: the round history survives encoding") {
   auto bytes = encode_job_record("[job]\nworkload = \"fashion-mlp\"\n", s);
   auto back = decode_job_record(bytes);
   REQUIRE(back);
+  CHECK(back->second.nodes == 4);
   const auto& h = back->second.history;
   REQUIRE(h.size() == 3);
   for (size_t i = 0; i < h.size(); ++i) {
