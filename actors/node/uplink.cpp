@@ -323,6 +323,8 @@ void run_on_worker(uplink_actor* self, uint32_t index, assignment a,
               // Kept while the session collects it; an answer nobody collects goes.
               self->delayed_send(self, std::chrono::minutes(10), expire_atom::value, id);
             }
+            // An update in chunks is counted as the session collects them.
+            node_metrics::bytes("out", "update").inc(static_cast<double>(r.update.size()));
             rp.deliver(std::move(r));
             release_worker(self, index);
           },
@@ -599,6 +601,8 @@ caf::behavior uplink_behavior(uplink_actor* self, uplink_config config, caf::act
           return to_caf(error(errc::invalid_argument,
                               "assignment " + std::to_string(a.id) + " is here already"));
         a.job_id = from_core(a.job_id);  // shown in the node's status line and log
+        // Counted where they move: parameters in chunks as those come (pump_params).
+        node_metrics::bytes("in", "parameters").inc(static_cast<double>(a.params.size()));
         if (st.busy.count(index) > 0 && st.deferred[index].size() >= max_waiting_per_worker)
           return to_caf(error(errc::limit_exceeded, "worker " + std::to_string(index) + " has " +
                                                         std::to_string(max_waiting_per_worker) +

@@ -385,7 +385,6 @@ caf::behavior worker_behavior(worker_actor* self, worker_config config, caf::act
       ~counted() { clock.stop(id); }
     } counting{*cfg.compute_used, a.id};
     cfg.compute_used->start(a.id);
-    const auto params_bytes = params_of(a).size();  // run_assignment lets them go
     // Out of device or host memory, or another device failure: this assignment goes back to
     // its job (which gives it to another worker) and the worker stays up. Its models are
     // dropped, so their memory is free and the next assignment starts from a clean state.
@@ -427,8 +426,6 @@ caf::behavior worker_behavior(worker_actor* self, worker_config config, caf::act
           r->compute_s / static_cast<double>(std::max<int64_t>(1, a.local_steps)));
       if (r->compute_s > 0)
         node_metrics::samples_per_second().set(static_cast<double>(r->samples) / r->compute_s);
-      node_metrics::bytes("in", "parameters").inc(static_cast<double>(params_bytes));
-      node_metrics::bytes("out", "update").inc(static_cast<double>(r->update.size()));
       tell(node_activity::kind::done,
            r->compute_s > 0 ? static_cast<double>(r->samples) / r->compute_s : 0.0, r->compute_s);
       return std::move(*r);

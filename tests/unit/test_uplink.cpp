@@ -19,6 +19,7 @@
 #include "configured_system.hpp"
 #include "gflex/runtime/digest.hpp"
 #include "messages.hpp"
+#include "node_metrics.hpp"
 #include "uplink.hpp"
 
 using namespace gflex;
@@ -304,6 +305,41 @@ TEST_SUITE("uplink") {
     CHECK(answered[302] == 1);
     CHECK(answered[300] + failed[300] == 2);  // both heard of: one done, the copy refused
     for (auto& a : {uplink, core, sink, w0, w1})
+      s.self->send_exit(a, caf::exit_reason::user_shutdown);
+  }
+
+  TEST_CASE("the uplink counts an assignment's inline parameters and update once") {
+    test::configured_system s;
+    caf::actor test = caf::actor_cast<caf::actor>(s.self);
+    session_script script = [test](node_session_actor::pointer self, caf::actor uplink) {
+      assignment a;
+      a.id = 500;
+      a.job_id = "job-1";
+      a.params.assign(1000, 1);
+      self->request(uplink, std::chrono::seconds(10), assign_atom::value, uint32_t{0}, a)
+          .then([test](assignment_result& r) { caf::anon_send(test, r.update.size(), true); },
+                [test](caf::error&) { caf::anon_send(test, size_t{0}, false); });
+    };
+    auto core = s.sys.spawn(scripted_core, std::vector<session_script>{script}, 1024);
+    auto sink = s.sys.spawn(quiet_sink);
+    auto worker = s.sys.spawn([](caf::event_based_actor*) -> caf::behavior {
+      return {[](assign_atom, assignment& a) {
+        assignment_result r;
+        r.assignment_id = a.id;
+        r.update.assign(700, 2);  // one chunk of 1 KiB: sent inline
+        return r;
+      }};
+    });
+    const double in = node_metrics::bytes("in", "parameters").value();
+    const double out = node_metrics::bytes("out", "update").value();
+    auto uplink = spawn_uplink(s.sys, probe_config(), core, {worker}, sink, sink);
+    size_t update = 0;
+    s.self->receive([&](size_t n, bool) { update = n; },
+                    caf::after(std::chrono::seconds(10)) >> [] {});
+    CHECK(update == 700);
+    CHECK(node_metrics::bytes("in", "parameters").value() - in == 1000);
+    CHECK(node_metrics::bytes("out", "update").value() - out == 700);
+    for (auto& a : {uplink, core, sink, worker})
       s.self->send_exit(a, caf::exit_reason::user_shutdown);
   }
 

@@ -23,6 +23,7 @@
 #include "gflex/runtime/tensor_codec.hpp"
 #include "gflex/runtime/update_codec.hpp"
 #include "messages.hpp"
+#include "node_metrics.hpp"
 #include "worker.hpp"
 
 using namespace gflex;
@@ -100,6 +101,21 @@ TEST_SUITE("worker models") {
     // Eight jobs' models held 8 x 9 MB; the two most recent are kept.
     CAPTURE(in_use);
     CHECK(in_use.back() < in_use[1] + (in_use[1] - in_use[0]) / 2);
+    s.self->send_exit(worker, caf::exit_reason::user_shutdown);
+  }
+
+  TEST_CASE("a worker counts no payload bytes: the uplink, which moves them, does") {
+    // Both counted: the node's bytes in were twice (or workers + 1 times) what came.
+    test::configured_system s;
+    auto counted = [] {
+      return node_metrics::bytes("in", "parameters").value() +
+             node_metrics::bytes("out", "update").value();
+    };
+    const double before = counted();
+    auto worker = spawn_worker(s.sys, worker_config{}, s.sys.spawn(one_shard_cache, rows()));
+    s.self->request(worker, std::chrono::seconds(60), assign_atom::value, assignment_of(0, "s"))
+        .receive([](assignment_result&) {}, [&](caf::error& e) { FAIL(s.sys.render(e)); });
+    CHECK(counted() == before);
     s.self->send_exit(worker, caf::exit_reason::user_shutdown);
   }
 
