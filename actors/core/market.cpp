@@ -1,5 +1,6 @@
 #include "market.hpp"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <map>
@@ -25,7 +26,21 @@ struct slot_entry {
   int failures = 0;   // assignments failed in a row
   clock_type::time_point cooldown_until{};
   uint32_t node = 0;  // its node's dense id (market_state::node_ids)
+  // Freed while a job waited for a slot: held for that job a moment (market_state::waiting).
+  caf::actor_addr reserved_for;
+  clock_type::time_point reserved_until{};
 };
+
+/// A job whose last acquire got fewer slots than it wanted, with its bid: a slot another job
+/// frees is held for it (`reservation`, longer than a job's 250 ms between asks) before it
+/// goes to anyone else. A job that has not asked for `waiter_stale` waits no more.
+struct waiter {
+  caf::actor_addr job;
+  slot_bid bid;
+  clock_type::time_point asked{};
+};
+constexpr auto reservation = std::chrono::milliseconds(500);
+constexpr auto waiter_stale = std::chrono::seconds(2);
 
 /// How long a slot whose assignments keep failing is left out: 0.5 s after the first
 /// failure, doubling up to a minute, so that a broken worker cannot soak up a round's work.
@@ -53,6 +68,7 @@ struct market_state {
   std::vector<node_facts> nodes;
   double newcomer_share = 0.05;
   double newcomer_quota = 0.0;  // reserved slots owed to newcomers, fractions carried over
+  std::vector<waiter> waiting;  // oldest turn first
   static inline const char* name = "market";
 
   uint32_t node_id(const std::string& name) {
@@ -84,6 +100,26 @@ struct market_state {
     auto it = slot_of.find(worker.address());
     return it == slot_of.end() ? nullptr : &slots[it->second];
   }
+  /// The slot as a bid sees it.
+  slot_offer offer_of(const slot_entry& e, double throughput, bool available) const {
+    const auto& facts = nodes[e.node];
+    return {e.slot.tier, e.slot.price, throughput, facts.score, available, facts.served};
+  }
+
+  /// A slot `holder` frees goes, for a moment, to the first other job waiting whose bid it
+  /// fits; that job's turn then goes to the back.
+  void hold_for_a_waiter(slot_entry& e, const caf::actor_addr& holder, clock_type::time_point now) {
+    std::erase_if(waiting, [&](const waiter& w) { return now - w.asked > waiter_stale; });
+    const auto offer = offer_of(e, 0.0, true);
+    for (auto it = waiting.begin(); it != waiting.end(); ++it) {
+      if (it->job == holder || !fits_bid(offer, it->bid)) continue;
+      e.reserved_for = it->job;
+      e.reserved_until = now + reservation;
+      std::rotate(it, it + 1, waiting.end());
+      return;
+    }
+  }
+
   /// The busy slot of `worker` if the current message's sender holds it, else null.
   slot_entry* held_by_sender(caf::local_actor* self, const caf::actor& worker) {
     auto* e = slot_at(worker);
@@ -108,6 +144,7 @@ caf::behavior market_actor(caf::stateful_actor<market_state>* self, double newco
         e.busy = false;
         e.holder = nullptr;
       }
+    std::erase_if(st.waiting, [&](const waiter& w) { return w.job == down.source; });
   });
   return {
       [=](offer_atom, const std::string& node_id, std::vector<worker_slot>& offered) {
@@ -180,12 +217,15 @@ caf::behavior market_actor(caf::stateful_actor<market_state>* self, double newco
           speeds.push_back(ev);
         }
         const auto priced = priced_throughputs(speeds);
+        auto holder = caf::actor_cast<caf::actor>(self->current_sender());
+        const auto asker = holder ? holder.address() : caf::actor_addr{};
         std::vector<slot_offer> offers;
         offers.reserve(st.slots.size());
         for (const auto& e : st.slots) {
-          const auto& facts = st.nodes[e.node];
-          offers.push_back({e.slot.tier, e.slot.price, priced[node_index[e.node]], facts.score,
-                            !e.busy && now >= e.cooldown_until, facts.served});
+          const bool held_for_another =
+              e.reserved_for && e.reserved_for != asker && now < e.reserved_until;
+          offers.push_back(st.offer_of(e, priced[node_index[e.node]],
+                                       !e.busy && now >= e.cooldown_until && !held_for_another));
         }
         slot_bid bid{static_cast<trust_tier>(std::min<uint8_t>(policy, 2)), max_price,
                      min_reputation};
@@ -200,7 +240,6 @@ caf::behavior market_actor(caf::stateful_actor<market_state>* self, double newco
         out.wrong_tier = m.wrong_tier;
         out.too_expensive = m.too_expensive;
         out.low_reputation = m.low_reputation;
-        auto holder = caf::actor_cast<caf::actor>(self->current_sender());
         if (holder && st.watched.insert(holder.address()).second) self->monitor(holder);
         size_t to_newcomers = 0;
         for (size_t i : m.chosen) {
@@ -211,7 +250,18 @@ caf::behavior market_actor(caf::stateful_actor<market_state>* self, double newco
           st.nodes[e.node].served += 1;
           e.busy = true;
           e.holder = holder;
+          e.reserved_for = caf::actor_addr{};
           out.slots.push_back(e.slot);
+        }
+        // A job that got fewer than it wanted waits (keeping its turn); one served leaves.
+        auto me = std::find_if(st.waiting.begin(), st.waiting.end(),
+                               [&](const waiter& w) { return w.job == asker; });
+        if (asker && m.chosen.size() < static_cast<size_t>(std::max<int64_t>(wanted, 0))) {
+          if (me == st.waiting.end()) me = st.waiting.insert(st.waiting.end(), {asker, bid, now});
+          me->bid = bid;
+          me->asked = now;
+        } else if (me != st.waiting.end()) {
+          st.waiting.erase(me);
         }
         // What newcomers got is paid off the quota; what none could take is not owed on (a
         // market without newcomers must not build up a debt to the next one that comes).
@@ -229,6 +279,7 @@ caf::behavior market_actor(caf::stateful_actor<market_state>* self, double newco
           e->busy = false;
           e->holder = nullptr;
           e->failures = 0;
+          self->state.hold_for_a_waiter(*e, self->current_sender()->address(), clock_type::now());
         }
       },
       [=](release_atom, const caf::actor& worker, bool failed) {
@@ -238,6 +289,8 @@ caf::behavior market_actor(caf::stateful_actor<market_state>* self, double newco
           if (failed) {
             e->failures += 1;
             e->cooldown_until = clock_type::now() + cooldown(e->failures);
+          } else {
+            self->state.hold_for_a_waiter(*e, self->current_sender()->address(), clock_type::now());
           }
         }
       },

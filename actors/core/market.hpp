@@ -25,7 +25,10 @@
 /// - (bar_atom, node_name) from the reputation tracker: a node caught misbehaving. Its slots
 ///   go (their holders hear withdraw_atom) and it is never offered again.
 /// - (release_atom, worker) from the job holding it: the slot is free again (ignored if its
-///   node is gone, or from anyone else).
+///   node is gone, or from anyone else). If another job waits for slots (its last acquire got
+///   fewer than it wanted, within 2 s), the slot is held for the first such job whose bid it
+///   fits for 500 ms: the releasing job, asking again at once, no longer takes it back ahead
+///   of jobs that wait. Waiting jobs take such turns in order.
 /// - (release_atom, worker, failed): the same after a failed assignment; a slot that keeps
 ///   failing is left out for a while (0.5 s, doubling per failure in a row up to a minute).
 /// - (nodes_atom) -> (total, free) slot counts.

@@ -33,6 +33,14 @@ std::vector<double> priced_throughputs(std::span<const speed_evidence> nodes) {
   return out;
 }
 
+bool fits_bid(const slot_offer& o, const slot_bid& bid) noexcept {
+  const auto core = static_cast<uint8_t>(node_tier::core);
+  const bool tier_ok =
+      bid.policy == trust_tier::hybrid || (bid.policy == trust_tier::core) == (o.tier == core);
+  return tier_ok && (bid.max_price < 0 || o.price <= bid.max_price) &&
+         (o.reputation >= bid.min_reputation || o.tier == core);
+}
+
 double unit_cost(const slot_offer& o) noexcept {
   if (!(o.throughput > 0.0)) return std::numeric_limits<double>::infinity();
   return static_cast<double>(o.price) / o.throughput;

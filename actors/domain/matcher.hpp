@@ -67,6 +67,10 @@ struct speed_evidence {
 /// above the fastest measured node. Non-finite or negative figures count as 0.
 std::vector<double> priced_throughputs(std::span<const speed_evidence> nodes);
 
+/// Whether the bid would take the slot when it is free: its tier fits the policy, its price
+/// is within max_price and its node's score reaches min_reputation (the core tier always does).
+bool fits_bid(const slot_offer& o, const slot_bid& bid) noexcept;
+
 /// Cost per unit of work: price over throughput (a slot without a throughput costs most).
 double unit_cost(const slot_offer& o) noexcept;
 

@@ -5,6 +5,7 @@
 #include <doctest/doctest.h>
 
 #include <chrono>
+#include <thread>
 
 #include "configured_system.hpp"
 #include "market.hpp"
@@ -50,6 +51,38 @@ TEST_SUITE("market actor") {
     other->send(market, release_atom::value, worker, true);  // nor puts it in cooldown
     holder->send(market, release_atom::value, worker);
     CHECK(acquire(third).slots.size() == 1);  // its holder's release frees it
+    for (auto& a : {market, worker}) s.self->send_exit(a, caf::exit_reason::user_shutdown);
+  }
+
+  TEST_CASE("a slot a job lets go goes to a job that waits for one, not back to it") {
+    // A job releases a worker and asks again in the same breath, so it got the worker back
+    // every time: a second job, asking every 250 ms, waited until the first one finished.
+    test::configured_system s;
+    auto market = spawn_market(s.sys, 0.0);
+    auto worker = s.sys.spawn(idle_worker);
+    worker_slot slot;
+    slot.worker = worker;
+    slot.node_name = "n";
+    slot.throughput = 100.0;
+    s.self->send(market, offer_atom::value, std::string("n1"), std::vector<worker_slot>{slot});
+    caf::scoped_actor first{s.sys}, second{s.sys};
+    auto acquire = [&](caf::scoped_actor& job) {
+      acquire_reply out;
+      job->request(market, std::chrono::seconds(10), acquire_atom::value, std::string("job"),
+                   std::string("w"), int64_t{1}, uint8_t{2}, int64_t{-1}, 0.0)
+          .receive([&](acquire_reply& r) { out = std::move(r); },
+                   [&](caf::error& e) { FAIL(s.sys.render(e)); });
+      return out.slots.size();
+    };
+    REQUIRE(acquire(first) == 1);
+    CHECK(acquire(second) == 0);  // it waits
+    first->send(market, release_atom::value, worker);
+    CHECK(acquire(first) == 0);   // not straight back to the job that let it go
+    CHECK(acquire(second) == 1);  // the waiting job's turn
+    // Nobody waits: a job that lets a slot go may take it again.
+    second->send(market, release_atom::value, worker);
+    std::this_thread::sleep_for(std::chrono::milliseconds(2100));  // `first` stopped asking
+    CHECK(acquire(second) == 1);
     for (auto& a : {market, worker}) s.self->send_exit(a, caf::exit_reason::user_shutdown);
   }
 }
