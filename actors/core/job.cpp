@@ -569,7 +569,10 @@ void fail_assignment(job_actor* self, uint64_t id, const std::string& why) {
   self->send(st.links.market, release_atom::value, it->second.slot.worker, true);
   st.pending.erase(it);
   // Another copy (a backup) may still be running, or may already have answered.
-  if (--st.copies[shard] <= 0 && !st.results.count(shard)) st.unassigned.push_front(shard);
+  // A backup of it may be queued already (watch_round): queued twice, two copies went out.
+  if (--st.copies[shard] <= 0 && !st.results.count(shard) &&
+      std::find(st.unassigned.begin(), st.unassigned.end(), shard) == st.unassigned.end())
+    st.unassigned.push_front(shard);
   dispatch(self);
 }
 
