@@ -445,21 +445,29 @@ void delete_unnamed_shards(supervisor_actor* self, std::set<std::string> named) 
               also_named.insert(info.test_shards.begin(), info.test_shards.end());
             }
             for (const auto& [digest, n] : st.storing_chunks) also_named.insert(digest);
-            store_batch orphans;
+            // In batches: a core of several commits each as one etcd transaction, whose
+            // operations etcd bounds (--max-txn-ops): one batch of every orphan failed at
+            // every start.
+            constexpr size_t batch = 1000;
+            std::vector<store_batch> orphans;
+            size_t count = 0;
             const size_t prefix = std::string(data_chunk_prefix).size();
             for (const auto& key : keys)
               if (also_named.count(key.substr(prefix)) == 0) {
-                orphans.keys.push_back(key);
-                orphans.values.emplace_back();
+                if (count++ % batch == 0) orphans.emplace_back();
+                orphans.back().keys.push_back(key);
+                orphans.back().values.emplace_back();
               }
-            if (orphans.keys.empty()) return;
-            spdlog::info("deleting {} data set shard(s) no data set names", orphans.keys.size());
-            self->request(st.links.store, std::chrono::seconds(120), commit_atom::value,
-                          std::move(orphans))
-                .then([](caf::ok_atom) {},
-                      [=](caf::error& e) {  // tried again at the next start
-                        spdlog::warn("cannot delete unnamed shards: {}", self->system().render(e));
-                      });
+            if (orphans.empty()) return;
+            spdlog::info("deleting {} data set shard(s) no data set names", count);
+            for (auto& b : orphans)
+              self->request(st.links.store, std::chrono::seconds(120), commit_atom::value,
+                            std::move(b))
+                  .then([](caf::ok_atom) {},
+                        [=](caf::error& e) {  // tried again at the next start
+                          spdlog::warn("cannot delete unnamed shards: {}",
+                                       self->system().render(e));
+                        });
           },
           [=](caf::error& e) {
             spdlog::warn("cannot list the data sets' shards: {}", self->system().render(e));

@@ -83,7 +83,7 @@ def start_etcd(procs, work, name):
                      "--initial-advertise-peer-urls", f"http://127.0.0.1:{p}",
                      "--initial-cluster", cluster, "--initial-cluster-state", "new",
                      "--initial-cluster-token", f"{name}-{os.getpid()}",
-                     "--max-txn-ops", "4096", "--max-request-bytes", "10485760"],
+                     "--max-txn-ops", "10000", "--max-request-bytes", "10485760"],
                     open(f"{work}/{name}{i}.log", "w"))
     endpoints = ",".join(f"127.0.0.1:{c}" for c, _ in ports)
     wait(30, "etcd to be healthy", lambda: subprocess.run(

@@ -55,7 +55,7 @@ for i in 1 2 3; do
     --listen-client-urls "http://$host:${!c}" --advertise-client-urls "http://$host:${!c}" \
     --listen-peer-urls "http://127.0.0.1:${!p}" --initial-advertise-peer-urls "http://127.0.0.1:${!p}" \
     --initial-cluster "$cluster" --initial-cluster-state new --initial-cluster-token "gfx-$$" \
-    --max-txn-ops 4096 --max-request-bytes 10485760
+    --max-txn-ops 10000 --max-request-bytes 10485760
 done
 wait_for 30 "etcd to be healthy" etcdctl --endpoints "$endpoints" endpoint health
 etcd() { etcdctl --endpoints "$endpoints" "$@"; }
