@@ -1714,7 +1714,15 @@ caf::behavior job_behavior(job_actor* self, job_start start, job_links links) {
       [=](update_atom, const std::string& role, caf::actor& replacement) {
         // The core restarted a sibling; in-flight requests to the old one fail and retry.
         if (role == "store") self->state.links.store = std::move(replacement);
-        if (role == "market") self->state.links.market = std::move(replacement);
+        if (role == "market") {
+          // A new market takes every slot for free: it hears which workers run this job's
+          // assignments, or it hands them to other jobs meanwhile.
+          auto& st = self->state;
+          st.links.market = std::move(replacement);
+          std::vector<caf::actor> held;
+          for (const auto& [id, a] : st.pending) held.push_back(a.slot.worker);
+          if (!held.empty()) self->send(st.links.market, acquire_atom::value, std::move(held));
+        }
         if (role == "reputation") self->state.links.reputation = std::move(replacement);
         if (role == "verifier") self->state.links.verifier = std::move(replacement);
         if (role == "ledger") self->state.links.ledger = std::move(replacement);

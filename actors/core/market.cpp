@@ -69,6 +69,9 @@ struct market_state {
   double newcomer_share = 0.05;
   double newcomer_quota = 0.0;  // reserved slots owed to newcomers, fractions carried over
   std::vector<waiter> waiting;  // oldest turn first
+  /// Workers a job said it holds that no offer has named yet (this market was restarted, and
+  /// the registry offers the slots again): busy, held by that job, once offered.
+  std::map<caf::actor_addr, caf::actor> claimed;
   static inline const char* name = "market";
 
   uint32_t node_id(const std::string& name) {
@@ -120,6 +123,13 @@ struct market_state {
     }
   }
 
+  /// A claim of the sender on `worker` (not offered yet) is let go.
+  void drop_claim(caf::local_actor* self, const caf::actor& worker) {
+    auto c = claimed.find(worker.address());
+    const auto sender = self->current_sender();
+    if (c != claimed.end() && sender && c->second.address() == sender->address()) claimed.erase(c);
+  }
+
   /// The busy slot of `worker` if the current message's sender holds it, else null.
   slot_entry* held_by_sender(caf::local_actor* self, const caf::actor& worker) {
     auto* e = slot_at(worker);
@@ -145,6 +155,7 @@ caf::behavior market_actor(caf::stateful_actor<market_state>* self, double newco
         e.holder = nullptr;
       }
     std::erase_if(st.waiting, [&](const waiter& w) { return w.job == down.source; });
+    std::erase_if(st.claimed, [&](const auto& c) { return c.second.address() == down.source; });
   });
   return {
       [=](offer_atom, const std::string& node_id, std::vector<worker_slot>& offered) {
@@ -156,6 +167,12 @@ caf::behavior market_actor(caf::stateful_actor<market_state>* self, double newco
           const uint32_t node = self->state.node_id(s.node_name);
           self->state.slot_of[s.worker.address()] = slots.size();
           slots.push_back({std::move(s), false, nullptr, 0, {}, node});
+          if (auto c = self->state.claimed.find(slots.back().slot.worker.address());
+              c != self->state.claimed.end()) {
+            slots.back().busy = true;
+            slots.back().holder = std::move(c->second);
+            self->state.claimed.erase(c);
+          }
         }
       },
       [=](withdraw_atom, const std::string& node_id) {
@@ -271,10 +288,30 @@ caf::behavior market_actor(caf::stateful_actor<market_state>* self, double newco
         if (!st.slots.empty()) st.cursor = (st.cursor + m.chosen.size()) % st.slots.size();
         return out;
       },
+      // From a job (or the verifier) told that this market replaced another: the workers it
+      // holds assignments on, which the registry offers again as free.
+      [=](acquire_atom, const std::vector<caf::actor>& held) {
+        auto& st = self->state;
+        auto holder = caf::actor_cast<caf::actor>(self->current_sender());
+        if (!holder) return;
+        if (st.watched.insert(holder.address()).second) self->monitor(holder);
+        for (const auto& w : held) {
+          if (!w) continue;
+          if (auto* e = st.slot_at(w)) {
+            if (!e->busy) {
+              e->busy = true;
+              e->holder = holder;
+            }
+          } else {
+            st.claimed[w.address()] = holder;
+          }
+        }
+      },
       // Only its holder frees a slot: after a restart of this actor the registry offers every
       // slot again as free, and a job's release of work it handed out before would free a
       // slot another job has acquired since.
       [=](release_atom, const caf::actor& worker) {
+        self->state.drop_claim(self, worker);
         if (auto* e = self->state.held_by_sender(self, worker)) {
           e->busy = false;
           e->holder = nullptr;
@@ -283,6 +320,7 @@ caf::behavior market_actor(caf::stateful_actor<market_state>* self, double newco
         }
       },
       [=](release_atom, const caf::actor& worker, bool failed) {
+        self->state.drop_claim(self, worker);
         if (auto* e = self->state.held_by_sender(self, worker)) {
           e->busy = false;
           e->holder = nullptr;

@@ -24,6 +24,8 @@
 ///   rate the core measured for one of the node's assignments (averaged per node).
 /// - (bar_atom, node_name) from the reputation tracker: a node caught misbehaving. Its slots
 ///   go (their holders hear withdraw_atom) and it is never offered again.
+/// - (acquire_atom, workers) from a job or the verifier told of a new market: the workers it
+///   holds assignments on are busy, held by it (now, or when the registry offers them again).
 /// - (release_atom, worker) from the job holding it: the slot is free again (ignored if its
 ///   node is gone, or from anyone else). If another job waits for slots (its last acquire got
 ///   fewer than it wanted, within 2 s), the slot is held for the first such job whose bid it

@@ -215,7 +215,15 @@ caf::behavior verifier(verifier_actor* self, caf::actor market, verifier_limits 
         }
       },
       [=](update_atom, const std::string& role, caf::actor& replacement) {
-        if (role == "market") self->state.market = std::move(replacement);
+        if (role == "market") {
+          // The new market hears which core-tier workers run re-computations (it takes every
+          // slot for free, and would hand them to jobs meanwhile).
+          auto& st = self->state;
+          st.market = std::move(replacement);
+          std::vector<caf::actor> held;
+          for (const auto& [id, r] : st.running) held.push_back(r.slot.worker);
+          if (!held.empty()) self->send(st.market, acquire_atom::value, std::move(held));
+        }
         pump(self);
       },
   };

@@ -6,6 +6,7 @@
 
 #include <chrono>
 #include <thread>
+#include <vector>
 
 #include "configured_system.hpp"
 #include "market.hpp"
@@ -52,6 +53,44 @@ TEST_SUITE("market actor") {
     holder->send(market, release_atom::value, worker);
     CHECK(acquire(third).slots.size() == 1);  // its holder's release frees it
     for (auto& a : {market, worker}) s.self->send_exit(a, caf::exit_reason::user_shutdown);
+  }
+
+  TEST_CASE("a restarted market learns which workers the jobs hold before or after their offers") {
+    // The registry offered every slot to a restarted market as free: the workers that ran a
+    // job's assignments were handed to other jobs, two assignments at once on one worker.
+    test::configured_system s;
+    auto market = spawn_market(s.sys, 0.0);
+    auto w1 = s.sys.spawn(idle_worker), w2 = s.sys.spawn(idle_worker);
+    auto slot_of = [](caf::actor w, const char* name) {
+      worker_slot slot;
+      slot.worker = std::move(w);
+      slot.node_name = name;
+      slot.throughput = 100.0;
+      return slot;
+    };
+    caf::scoped_actor holder{s.sys}, other{s.sys};
+    s.self->send(market, offer_atom::value, std::string("n1"),
+                 std::vector<worker_slot>{slot_of(w1, "a")});
+    // w1 was offered before the job said it holds it; w2 is offered after.
+    holder->send(market, acquire_atom::value, std::vector<caf::actor>{w1, w2});
+    s.self->send(market, offer_atom::value, std::string("n2"),
+                 std::vector<worker_slot>{slot_of(w2, "b")});
+    auto acquire = [&](caf::scoped_actor& job) {
+      acquire_reply out;
+      job->request(market, std::chrono::seconds(10), acquire_atom::value, std::string("job"),
+                   std::string("w"), int64_t{2}, uint8_t{2}, int64_t{-1}, 0.0)
+          .receive([&](acquire_reply& r) { out = std::move(r); },
+                   [&](caf::error& e) { FAIL(s.sys.render(e)); });
+      return out;
+    };
+    auto none = acquire(other);
+    CHECK(none.slots.empty());
+    CHECK(none.busy == 2);
+    holder->send(market, release_atom::value, w1);
+    holder->send(market, release_atom::value, w2);
+    std::this_thread::sleep_for(std::chrono::milliseconds(600));  // `other` had both held
+    CHECK(acquire(other).slots.size() == 2);
+    for (auto& a : {market, w1, w2}) s.self->send_exit(a, caf::exit_reason::user_shutdown);
   }
 
   TEST_CASE("a slot a job lets go goes to a job that waits for one, not back to it") {
