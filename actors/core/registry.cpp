@@ -43,6 +43,13 @@ struct registry_state {
   caf::actor reputation;                   // told by the core supervisor (update_atom "reputation")
   std::map<std::string, int> per_address;  // live sessions per address
   static inline const char* name = "registry";
+
+  // A registry that stops (and is restarted: its nodes join the new one) takes its nodes off
+  // the count: they were counted again as they joined again.
+  ~registry_state() {
+    for (const auto& [id, n] : nodes)
+      core_metrics::nodes(n.tier == static_cast<uint8_t>(node_tier::core)).dec();
+  }
 };
 
 caf::behavior registry_actor(caf::stateful_actor<registry_state>* self, caf::actor market,

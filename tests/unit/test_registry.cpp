@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "configured_system.hpp"
+#include "core_metrics.hpp"
 #include "gflex/job_status.hpp"
 #include "messages.hpp"
 #include "registry.hpp"
@@ -94,6 +95,24 @@ TEST_SUITE("registry") {
     std::this_thread::sleep_for(std::chrono::milliseconds(1200));
     CHECK(listed().empty());
     (void)silent;
+  }
+
+  TEST_CASE("a registry that stops takes its nodes off the count of connected nodes") {
+    // Restarted, its nodes joined the new registry and were counted again: gflex_core_nodes
+    // read twice the nodes connected.
+    auto connected = [] { return core_metrics::nodes(false).value(); };
+    const double before = connected();
+    {
+      registry_fixture r(60000);
+      node_hello h;
+      h.name = "a";
+      REQUIRE(r.hello(h));
+      CHECK(connected() == before + 1);
+      r.s.self->send_exit(r.registry, caf::exit_reason::kill);  // it dies with its node
+      for (int i = 0; i < 100 && connected() != before; ++i)
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    CHECK(connected() == before);
   }
 
   TEST_CASE("a node key joins once at a time: a second hello on it waits for the first to end") {
