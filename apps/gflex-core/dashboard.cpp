@@ -165,6 +165,13 @@ class dashboard final : public core_service {
       return answer(res, {{"error", "an API key is needed (Authorization: Bearer KEY)"}});
     }
     auto entry = client_for(header.substr(bearer.size()));
+    // Only a key the core refused is 401: a core that did not answer in time is a 503, and
+    // the page keeps polling (on a 401 it shows its login form and stops).
+    if (!entry && entry.error().code() != errc::permission_denied) {
+      res.status = 503;
+      return answer(res,
+                    {{"error", "the core cannot check the key now: " + entry.error().message()}});
+    }
     if (!entry) {
       res.status = 401;
       res.set_header("WWW-Authenticate", "Bearer");
@@ -184,7 +191,7 @@ class dashboard final : public core_service {
     auto entry = std::make_shared<keyed_client>();
     entry->c.emplace(core_.connect(key));
     auto who = entry->c->principal();
-    if (!who) return error(errc::permission_denied, who.error().message());
+    if (!who) return who.error();
     entry->principal = *who;
     entry->last_used = clock_type::now();
     std::lock_guard<std::mutex> lock(m_);
