@@ -338,7 +338,9 @@ int run_core(const core_config& given, const core_service_starter& start) {
     if (!started) {
       spdlog::error("{}", started.error().message());
       self->send_exit(*core, caf::exit_reason::user_shutdown);
-      return 2;
+      // A port in use may free (1: a service restarts the core), as for --listen; anything
+      // else is the configuration (2: it does not).
+      return started.error().code() == errc::unavailable ? 1 : 2;
     }
     service = std::move(*started);
   }

@@ -2,7 +2,7 @@
 /// @file
 /// Parses a program's command line with CLI11, keeping the programs' exit codes: 0 for
 /// --help, 2 for bad usage. CLI11's own codes (105 for a failed check, 109 for an unknown
-/// flag, ...) are not what the README or the systemd units (RestartPreventExitStatus=2 3)
+/// flag, ...) are not what the README or the systemd units (RestartPreventExitStatus=2)
 /// expect: a typo in a node's flags restarted it every 10 s for ever.
 
 #include <CLI/CLI.hpp>

@@ -35,6 +35,8 @@ fi
 # A node the core refused (exit 3) or started with bad settings (exit 2) stays stopped.
 [ "$(sed -n 's|^RestartPreventExitStatus=||p' "$units/gflex-node.service")" = "2 3" ] ||
   fail "the node unit restarts a node the core refused (RestartPreventExitStatus is not 2 3)"
+[ "$(sed -n 's|^RestartPreventExitStatus=||p' "$units/gflex-core.service")" = "2" ] ||
+  fail "the core unit restarts a core whose flags are wrong, or not a deposed leader (RestartPreventExitStatus is not 2)"
 echo "ok: the node unit does not restart a refused node"
 unit_line() { # unit_line UNIT KEY: the unit's KEY= value, with the state directory in $WORK
   sed -n "s|^$2=||p" "$units/$1.service" | sed "s|/var/lib/$1|$WORK/$1-state|g"
