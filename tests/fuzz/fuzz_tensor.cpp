@@ -7,7 +7,11 @@
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   auto t = gflex::decode_tensor({data, size});
   if (!t) return 0;
-  auto again = gflex::decode_tensor(gflex::encode_tensor(*t));
-  if (!again || again->shape() != t->shape() || again->type() != t->type()) std::abort();
+  // Values too, not its shape and type alone.
+  const auto bytes = gflex::encode_tensor(*t);
+  auto again = gflex::decode_tensor(bytes);
+  if (!again || again->shape() != t->shape() || again->type() != t->type() ||
+      gflex::encode_tensor(*again) != bytes)
+    std::abort();
   return 0;
 }

@@ -334,13 +334,17 @@ else
     case "$workload" in bench/*) workload="$here/$workload" ;; esac
     GFLEX_CUDA_GRAPHS=$graphs bench_step "$name" 60 0 "$rows" cuda:0 "$workload" "$precision" ||
       continue
-    "$python" - "$out/$name.json" "$graphs" <<'PY'
+    if "$python" - "$out/$name.json" "$graphs" <<'PY'
 import json, sys
 s = json.load(open(sys.argv[1]))
 print(f"{s['workload'].split('/')[-1]} batch {s['batch']} {s['precision']}, "
       f"GFLEX_CUDA_GRAPHS={sys.argv[2]}: step {s['step_ms']:.3f} ms, "
       f"{s['samples_per_s']:.0f} samples/s, {s['replays']} steps replayed")
+# With graphs asked for, a run that replayed none did not use them.
+if sys.argv[2] == "1" and s["replays"] == 0:
+    sys.exit("GFLEX_CUDA_GRAPHS=1 replayed no step")
 PY
+    then :; else failed+=("$name"); fi
   done
 fi
 
@@ -352,6 +356,7 @@ elif [ "${GFLEX_LM_BENCH:-1}" = 0 ]; then
   echo "left out (GFLEX_LM_BENCH=0)"
 elif [ ! -d "$here/data/fortunes" ]; then
   echo "left out: the bundle carries no fortunes text (bundle.sh says why)"
+  not_run+=("lm (no fortunes text in the bundle)")  # the summary must not say OK
 else
   # Steps are few and each run is bounded; PyTorch's compilation is most of each run's time.
   # A run cut short by the budget still prints and writes the rows it finished. Each keeps

@@ -65,7 +65,10 @@ expect_error "node: host memory limit below the calibration model" \
   "$N" --join 127.0.0.1:1 --data-dir "$nd" --token t --insecure --backend cpu --memory-limit 1M
 expect_usage "node: no streams" "--streams-per-gpu" \
   "$N" --join 127.0.0.1:1 --data-dir "$nd" --token t --insecure --streams-per-gpu 0
-if [ "$("$G" devices --json - | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["devices"]))')" = 0 ]; then
+# The count must be read: a failed probe printed nothing, and the checks below were left out.
+devices=$("$G" devices --json - | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["devices"]))') ||
+  fail "gflex devices --json"
+if [ "$devices" = 0 ]; then
   expect_error "node: --backend cuda without a device" "--backend cuda: no usable CUDA device" \
     "$N" --join 127.0.0.1:1 --data-dir "$nd" --token t --insecure --backend cuda
   expect_error "node: --gpus without a device" "--gpus 1: no usable CUDA device" \
@@ -80,7 +83,7 @@ GFLEX_FASHION_MNIST_DIR="$WORK/absent" expect_error "missing data directory" \
 # A data directory whose files are damaged one way or another.
 data="$WORK/fashion"
 mkdir -p "$data"
-src=/usr/share/datasets/fashion-mnist
+src=${GFLEX_FASHION_MNIST_DIR:-/usr/share/datasets/fashion-mnist}
 if [ -f "$src/train-images-idx3-ubyte.gz" ]; then
   cp "$src"/*.gz "$data"/
   printf 'not an idx file at all' | gzip >"$data/t10k-labels-idx1-ubyte.gz"
@@ -95,7 +98,8 @@ if [ -f "$src/train-images-idx3-ubyte.gz" ]; then
   GFLEX_FASHION_MNIST_DIR="$data" expect_error "missing images" \
     "train-images-idx3-ubyte.gz: no such file" "$G" train
 else
-  echo "skipped: damaged-file checks need Debian's dataset-fashion-mnist"
+  # The suite installs the data set (.ci/setup): without it these checks cannot run.
+  fail "the damaged-file checks need Fashion-MNIST in $src (Debian's dataset-fashion-mnist)"
 fi
 
 # Job specs are checked before anything is sent: each error names the file and the key.

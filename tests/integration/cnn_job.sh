@@ -12,8 +12,10 @@ source "$(dirname "$0")/lib.sh"
 G="$BIN/gflex"
 NODE_ARGS_1="--device-error-at 2" NODE_ARGS_3="--memory-limit 16M" start_cluster 3
 
+devices=$("$G" devices --json - | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["devices"]))') ||
+  fail "gflex devices --json"
 for i in 1 2 3; do
-  if [ "$("$G" devices --json - | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["devices"]))')" = 0 ]; then
+  if [ "$devices" = 0 ]; then
     grep -q "no usable CUDA device (.*); serving on the CPU backend" "$WORK/node$i.log" ||
       fail "node$i did not say why it serves on the CPU"
   fi

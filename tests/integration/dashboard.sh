@@ -155,6 +155,7 @@ assert ok is not None and ok.get("data-ok") == "true", "the ledger's check is no
 assert sys.argv[4] not in page, "the key is in the page"
 print(f"ok: the page draws {job} with a {rounds}-point loss curve, node1 and node2, the ledger verified")
 PY
+  rm -f "$OUT_DIR/dashboard.png"  # an earlier run's would pass the check below
   "${chrome[@]}" --screenshot="$OUT_DIR/dashboard.png" "$url" >/dev/null 2>"$WORK/chromium.err" ||
     fail "chromium --screenshot: $(tail -3 "$WORK/chromium.err")"
   [ -s "$OUT_DIR/dashboard.png" ] && echo "ok: screenshot in $OUT_DIR/dashboard.png" ||

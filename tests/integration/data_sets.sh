@@ -76,7 +76,9 @@ expect_error "bad name" "data set name must be 1-64 of" \
   "${ALICE[@]}" "$G" data push "no/slashes" "$WORK/text.txt" --format tokens --core "$core"
 expect_error "a built-in name" "names a built-in data set" \
   "${ALICE[@]}" "$G" data push fortunes "$WORK/text.txt" --format tokens --core "$core"
-[ "$("${ALICE[@]}" "$G" data list --core "$core" | wc -l)" -eq 0 ] || fail "a refused push stored something"
+# Each listing must succeed: a failed one prints nothing, which read as an empty list.
+listed=$("${ALICE[@]}" "$G" data list --core "$core") || fail "alice's data list failed"
+[ -z "$listed" ] || fail "a refused push stored something"
 
 # -- good pushes ---------------------------------------------------------------------------
 "${ALICE[@]}" "$G" data push fm-idx "$WORK/images.idx" --format idx --labels "$WORK/labels.idx" \
@@ -90,8 +92,10 @@ expect_error "a built-in name" "names a built-in data set" \
 [ "$(json_get "$WORK/npy.json" "(j['sample_values'], j['tokens'])")" = "(784, False)" ] || fail "npy set"
 [ "$(json_get "$WORK/tokens.json" "(j['sample_values'], j['classes'], j['tokens'])")" = "(33, 256, True)" ] ||
   fail "tokens set: $(cat "$WORK/tokens.json")"
-[ "$("${ALICE[@]}" "$G" data list --core "$core" | wc -l)" -eq 3 ] || fail "alice should have 3 data sets"
-[ "$("${BOB[@]}" "$G" data list --core "$core" | wc -l)" -eq 0 ] || fail "bob sees alice's data sets"
+listed=$("${ALICE[@]}" "$G" data list --core "$core") || fail "alice's data list failed"
+[ "$(printf '%s\n' "$listed" | wc -l)" -eq 3 ] || fail "alice should have 3 data sets"
+listed=$("${BOB[@]}" "$G" data list --core "$core") || fail "bob's data list failed"
+[ -z "$listed" ] || fail "bob sees alice's data sets"
 echo "ok: idx, npy and tokens pushed; only alice sees them"
 # Text is held out every 1/F-th sample (it was every 10th whatever --test-fraction said).
 "${ALICE[@]}" "$G" data push text-q "$WORK/text.txt" --format tokens --context 32 \

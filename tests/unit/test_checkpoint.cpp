@@ -36,6 +36,8 @@ TEST_SUITE("checkpoint") {
     CHECK(back->find("fc1.weight")->shape() == shape_t{3, 2});
     CHECK(back->find("fc1.weight")->span<float>()[5] == 2.5f);
     CHECK(back->find("nope") == nullptr);
+    // Encoding is a function of the contents (fuzz_checkpoint compares the bytes).
+    CHECK(encode_checkpoint(*back) == *bytes);
   }
 
   TEST_CASE("a checkpoint of borrowed vectors decodes like one of tensors") {
