@@ -167,8 +167,10 @@ expected<std::string> init_core(const std::filesystem::path& data_dir) {
   auto key = new_api_key() + "\n";
   if (auto written = write_new_file(
           key_file, {reinterpret_cast<const uint8_t*>(key.data()), key.size()}, 0600);
-      !written)
+      !written) {
+    remove_core_credentials(data_dir, 5);  // all or none: the next init makes them again
     return written.error();
+  }
   return fingerprint;
 }
 

@@ -137,6 +137,17 @@ core_tls_files core_tls_files::in(const std::filesystem::path& data_dir) {
           data_dir / "core-cert.pem"};
 }
 
+// Removes the first `written` files create_core_credentials writes (ca.key, core.key,
+// ca.crt, core.crt, core-cert.pem, in that order), when they are all it made.
+void remove_core_credentials(const std::filesystem::path& data_dir, size_t written) {
+  const auto files = core_tls_files::in(data_dir);
+  const std::filesystem::path order[] = {files.ca_key, files.core_key, files.ca_cert,
+                                         files.core_cert, files.bundle};
+  std::error_code ec;
+  for (size_t i = 0; i < written && i < std::size(order); ++i)
+    std::filesystem::remove(order[i], ec);
+}
+
 expected<std::string> create_core_credentials(const std::filesystem::path& data_dir) {
   auto files = core_tls_files::in(data_dir);
   for (const auto& f : {files.ca_cert, files.ca_key, files.core_cert, files.core_key, files.bundle})
@@ -171,8 +182,14 @@ expected<std::string> create_core_credentials(const std::filesystem::path& data_
       {files.core_cert, {pem_of(core.get()) + pem_of(ca.get()), 0644}},
       {files.bundle, {pem_of(link.get()) + pem_of(ca.get()) + pem_of(link_key.get()), 0644}},
   };
-  for (const auto& [file, content] : writes)
-    if (auto ok = write_new(file, content.first, content.second); !ok) return ok.error();
+  // All or none: a set cut short (a full disk) refused every later init ("already exists")
+  // while the core asked for one. What this call wrote goes again; nothing used it yet.
+  for (size_t i = 0; i < writes.size(); ++i)
+    if (auto ok = write_new(writes[i].first, writes[i].second.first, writes[i].second.second);
+        !ok) {
+      remove_core_credentials(data_dir, i);
+      return ok.error();
+    }
   return fingerprint_of(ca.get());
 }
 

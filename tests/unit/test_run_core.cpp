@@ -7,9 +7,13 @@
 #include <doctest/doctest.h>
 
 #include <signal.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
+#include <filesystem>
 #include <future>
 #include <memory>
 #include <thread>
@@ -83,4 +87,27 @@ TEST_CASE("run_core stops on SIGTERM and gives the program its handlers back") {
     CHECK(second.code.get() == 0);
   }
   sigaction(SIGTERM, &old, nullptr);
+}
+
+TEST_CASE("an init that fails part way leaves nothing behind: the next one makes the credentials") {
+  // A first start that ran out of disk space left some of the TLS files and no operator.key:
+  // every later `init` refused ("already exists") while the core asked for `init` first, and
+  // the service restarted for ever.
+  test::temp_dir dir;
+  const pid_t pid = ::fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    ::signal(SIGXFSZ, SIG_IGN);
+    rlimit small{1000, 1000};  // the keys and certificates fit, the 1.5 KB bundle does not
+    ::setrlimit(RLIMIT_FSIZE, &small);
+    ::_exit(gflex::init_core(dir.path()) ? 0 : 1);
+  }
+  int status = 0;
+  REQUIRE(::waitpid(pid, &status, 0) == pid);
+  REQUIRE(WIFEXITED(status));
+  CHECK(WEXITSTATUS(status) == 1);
+  for (const auto& e : std::filesystem::recursive_directory_iterator(dir.path()))
+    CHECK_MESSAGE(e.is_directory(), "left behind: " << e.path().string());
+  auto again = gflex::init_core(dir.path());
+  CHECK_MESSAGE(again.has_value(), again.error().message());
 }

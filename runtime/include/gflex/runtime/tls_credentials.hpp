@@ -21,6 +21,7 @@
 ///
 /// Key files are written with mode 0600; no file is overwritten.
 
+#include <cstddef>
 #include <filesystem>
 #include <string>
 
@@ -37,6 +38,10 @@ struct core_tls_files {
 /// Makes a core's credentials under `data_dir` (see above); returns the pinned authority's
 /// fingerprint. Refuses, changing nothing, when any of the files already exists.
 expected<std::string> create_core_credentials(const std::filesystem::path& data_dir);
+
+/// Removes the first `written` of the files create_core_credentials writes (ca.key,
+/// core.key, ca.crt, core.crt, core-cert.pem, in that order): a set an init could not finish.
+void remove_core_credentials(const std::filesystem::path& data_dir, size_t written);
 
 /// The SHA-256 fingerprint ("SHA256:" and 64 hex digits, colon-free) of the self-signed
 /// certificate in a PEM file: the authority a bundle or a core's files pin. An unreadable
