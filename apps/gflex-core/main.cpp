@@ -80,14 +80,17 @@ int run_operator(const operator_flags& f) {
                    f.id.c_str(), f.amount.c_str(), reference.c_str());
       return fail(seq.error());
     }
-    auto info = c->account(f.id);
-    if (!info) return fail(info.error());
     // A reference booked before is answered with its first entry: "booked", not "credited
-    // now", is true both times.
-    std::printf("%s: %s credits booked as ledger entry %llu (reference %s), balance %s credits\n",
-                f.id.c_str(), gflex::format_credits(amount).c_str(),
-                static_cast<unsigned long long>(*seq), reference.c_str(),
-                gflex::format_credits(info->balance).c_str());
+    // now", is true both times. Said before the balance is read: a failed read (exit 1, no
+    // reference shown) had the operator credit again under a new reference.
+    std::printf("%s: %s credits booked as ledger entry %llu (reference %s)", f.id.c_str(),
+                gflex::format_credits(amount).c_str(), static_cast<unsigned long long>(*seq),
+                reference.c_str());
+    auto info = c->account(f.id);
+    if (info)
+      std::printf(", balance %s credits\n", gflex::format_credits(info->balance).c_str());
+    else
+      std::printf("; the balance cannot be read now (%s)\n", info.error().message().c_str());
     return 0;
   }
   if (f.action == "token-create") {
