@@ -238,17 +238,23 @@ struct replicated_store::impl {
     return all;
   }
 
+  // A client of another core's chunk service, answers awaited up to `read_s` seconds.
+  static httplib::Client client_of(const std::string& address, time_t read_s) {
+    auto [host, port] = split_host_port(address);
+    httplib::Client c(host, port);
+    c.set_tcp_nodelay(true);  // see etcd_client.cpp
+    c.set_connection_timeout(1, 0);
+    c.set_read_timeout(read_s, 0);
+    return c;
+  }
+
   // Tells every other core that the chunk is still wanted (its age starts again there);
   // one that no longer holds it is sent it again.
   expected<void> keep_chunk(const std::string& digest, std::span<const uint8_t> bytes) {
     auto others = peers();
     if (!others) return others.error();
     for (const auto& [id, address] : *others) {
-      auto [host, port] = split_host_port(address);
-      httplib::Client c(host, port);
-      c.set_tcp_nodelay(true);
-      c.set_connection_timeout(1, 0);
-      c.set_read_timeout(5, 0);
+      auto c = client_of(address, 5);
       auto r =
           c.Post("/touch/" + digest, httplib::Headers{{"Authorization", bearer}}, "", "text/plain");
       if (r && r->status == 204) continue;
@@ -303,11 +309,7 @@ struct replicated_store::impl {
     auto others = peers();
     if (!others) return others.error();
     for (const auto& [id, address] : *others) {
-      auto [host, port] = split_host_port(address);
-      httplib::Client c(host, port);
-      c.set_tcp_nodelay(true);
-      c.set_connection_timeout(1, 0);
-      c.set_read_timeout(60, 0);
+      auto c = client_of(address, 60);
       auto r = c.Get("/chunk/" + ref.digest, httplib::Headers{{"Authorization", bearer}});
       if (!r || r->status != 200 || r->body.size() != ref.size) continue;
       std::span<const uint8_t> body(reinterpret_cast<const uint8_t*>(r->body.data()),
