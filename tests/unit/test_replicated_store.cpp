@@ -149,6 +149,17 @@ int frozen_member(const etcd_server& etcd) {
   return bound.first;
 }
 
+// A core started with `config` that has won the leadership (the test fails otherwise).
+std::unique_ptr<replicated_store> leading(const replication_config& config) {
+  auto a = replicated_store::start(config, [] {});
+  REQUIRE_MESSAGE(a.has_value(), a.error().message());
+  std::atomic<int> stop{0};
+  auto led = (*a)->campaign(stop, {});
+  REQUIRE(led.has_value());
+  REQUIRE(*led);
+  return std::move(*a);
+}
+
 }  // namespace
 
 TEST_SUITE("replicated_store") {
@@ -353,21 +364,18 @@ TEST_SUITE("replicated_store") {
             doctest::skip(!etcd_installed())) {
     test::temp_dir dir;
     etcd_server etcd(dir.path());
-    auto a = replicated_store::start(config_of(etcd, dir, "a"), [] {});
-    REQUIRE(a.has_value());
-    std::atomic<int> stop{0};
-    REQUIRE(*(*a)->campaign(stop, {}));
+    auto a = leading(config_of(etcd, dir, "a"));
     const int fd = frozen_member(etcd);
     // Its lease is not renewed: it lapses in 2 s, and the push must end soon after, not
     // after the socket's 30 s timeouts.
     const auto begin = std::chrono::steady_clock::now();
     std::vector<store_write> w = {{"ckpt/big", large(size_t{64} << 20, 5)}};
-    REQUIRE((*a)->commit(w).has_value());
+    REQUIRE(a->commit(w).has_value());
     const auto took = std::chrono::steady_clock::now() - begin;
     ::close(fd);
     CHECK(took < std::chrono::seconds(8));
     CHECK(took > std::chrono::milliseconds(1500));  // it did wait for the member
-    CHECK(**(*a)->get("ckpt/big") == w.front().value);
+    CHECK(**a->get("ckpt/big") == w.front().value);
   }
 
   TEST_CASE("the leader compacts etcd's history: past revisions do not pile up" *
@@ -427,10 +435,7 @@ TEST_SUITE("replicated_store") {
     // transaction named it, and was acknowledged with that chunk on the leader alone.
     test::temp_dir dir;
     etcd_server etcd(dir.path());
-    auto a = replicated_store::start(config_of(etcd, dir, "a"), [] {});
-    REQUIRE(a.has_value());
-    std::atomic<int> stop{0};
-    REQUIRE(*(*a)->campaign(stop, {}));
+    auto a = leading(config_of(etcd, dir, "a"));
     auto follower = config_of(etcd, dir, "b");
     follower.garbage_age_s = 1;
     follower.garbage_period_s = 0;  // at every renewal of its lease (every 0.67 s)
@@ -438,7 +443,7 @@ TEST_SUITE("replicated_store") {
     REQUIRE(b.has_value());
     const int fd = frozen_member(etcd);  // the first chunk's push waits about 2 s for it
     std::vector<store_write> w = {{"ckpt/x", large(100000, 7)}, {"ckpt/y", large(100000, 8)}};
-    REQUIRE((*a)->commit(w).has_value());
+    REQUIRE(a->commit(w).has_value());
     ::close(fd);
     for (const auto& write : w)
       CHECK_MESSAGE(std::filesystem::exists(follower.chunk_dir / digest_hex(*write.value)),
@@ -451,12 +456,9 @@ TEST_SUITE("replicated_store") {
     // (a large checkpoint) let its membership lapse, and the leader's pushes skipped it.
     test::temp_dir dir;
     etcd_server etcd(dir.path());
-    auto a = replicated_store::start(config_of(etcd, dir, "a"), [] {});
-    REQUIRE(a.has_value());
-    std::atomic<int> stop{0};
-    REQUIRE(*(*a)->campaign(stop, {}));
+    auto a = leading(config_of(etcd, dir, "a"));
     std::vector<store_write> w = {{"ckpt/x", large(100000, 7)}, {"ckpt/y", large(100000, 8)}};
-    REQUIRE((*a)->commit(w).has_value());
+    REQUIRE(a->commit(w).has_value());
     // A member asked first ("0slow" sorts before "a") that takes 1.5 s to say it has nothing.
     httplib::Server slow;
     slow.Get(R"(/chunk/.*)", [](const httplib::Request&, httplib::Response& res) {
