@@ -683,6 +683,9 @@ caf::behavior stage_behavior(stage_actor* self, stage_init init) {
         auto& st = self->state;
         if (r.instance < 0 || static_cast<size_t>(r.instance) >= st.slots.size()) return;
         auto& slot = st.slots[static_cast<size_t>(r.instance)];
+        // A producer wired after the consumer's replacement (both died at once) has sent it
+        // everything already: sent again, what it had not acknowledged went through twice.
+        const bool sent_there = slot.actor == r.actor;
         slot.actor = std::move(r.actor);
         slot.credit = st.window - static_cast<int64_t>(slot.unfinished.size());
         // A replaced producer waiting for this consumer's adoption waits no more: the
@@ -690,13 +693,15 @@ caf::behavior stage_behavior(stage_actor* self, stage_init init) {
         // both held is lost), and the fresh one holds nothing from the predecessor.
         st.awaiting_adoption.erase(r.instance);
         guarded(self, [&] {
-          for (auto& [seq, value] : slot.unfinished) {
-            auto acks = slot.carried.find(seq);
-            send_item(self, slot.actor, input_ref{st.init.instance, st.init.epoch, seq, {}}, value,
-                      acks == slot.carried.end() ? carried_acks{} : acks->second);
+          if (!sent_there) {
+            for (auto& [seq, value] : slot.unfinished) {
+              auto acks = slot.carried.find(seq);
+              send_item(self, slot.actor, input_ref{st.init.instance, st.init.epoch, seq, {}},
+                        value, acks == slot.carried.end() ? carried_acks{} : acks->second);
+            }
+            // After the items: the end tells the consumer that nothing else comes.
+            if (st.end_sent) self->send(slot.actor, pend_atom::value, pipe_end{st.init.instance});
           }
-          // After the items: the end tells the consumer that nothing else comes.
-          if (st.end_sent) self->send(slot.actor, pend_atom::value, pipe_end{st.init.instance});
           flush(self);
           if (st.init.def->kind == stage_kind::source) pull(self);
           maybe_finish(self);
