@@ -540,8 +540,9 @@ layers = [
       CAPTURE(x[i]);
       CHECK(std::isfinite(y[i]));
       CHECK(std::isfinite(dx[i]));
-      if (x[i] < -10.0f) CHECK(dx[i] == 0.0f);
-      if (x[i] > 10.0f) CHECK(dx[i] == 1.0f);
+      // Past the clamp, the gradient at |x| = 10 (its tanh within float rounding of +-1).
+      if (x[i] < -10.0f) CHECK(std::fabs(dx[i]) < 1e-4f);
+      if (x[i] > 10.0f) CHECK(std::fabs(dx[i] - 1.0f) < 1e-4f);
     }
     CHECK(dx.back() == doctest::Approx(0.8674).epsilon(1e-3));  // an ordinary value unchanged
   }
