@@ -33,12 +33,14 @@ std::vector<double> priced_throughputs(std::span<const speed_evidence> nodes) {
   return out;
 }
 
-bool fits_bid(const slot_offer& o, const slot_bid& bid) noexcept {
+bid_misfit misfit_of(const slot_offer& o, const slot_bid& bid) noexcept {
   const auto core = static_cast<uint8_t>(node_tier::core);
-  const bool tier_ok =
-      bid.policy == trust_tier::hybrid || (bid.policy == trust_tier::core) == (o.tier == core);
-  return tier_ok && (bid.max_price < 0 || o.price <= bid.max_price) &&
-         (o.reputation >= bid.min_reputation || o.tier == core);
+  if (bid.policy != trust_tier::hybrid && (bid.policy == trust_tier::core) != (o.tier == core))
+    return bid_misfit::wrong_tier;
+  if (bid.max_price >= 0 && o.price > bid.max_price) return bid_misfit::too_expensive;
+  // The core tier is the platform's own: always reputable.
+  if (o.reputation < bid.min_reputation && o.tier != core) return bid_misfit::low_reputation;
+  return bid_misfit::fits;
 }
 
 double unit_cost(const slot_offer& o) noexcept {
@@ -53,18 +55,22 @@ match_result match_slots(std::span<const slot_offer> offers, const slot_bid& bid
   std::vector<size_t> community_pool, core_pool;
   for (size_t i = 0; i < offers.size(); ++i) {
     const auto& o = offers[i];
-    bool tier_ok =
-        bid.policy == trust_tier::hybrid || (bid.policy == trust_tier::core) == (o.tier == core);
-    if (!tier_ok) {
-      out.wrong_tier += 1;
-    } else if (bid.max_price >= 0 && o.price > bid.max_price) {
-      out.too_expensive += 1;
-    } else if (o.reputation < bid.min_reputation && o.tier != core) {
-      out.low_reputation += 1;  // the core tier is the platform's own: always reputable
-    } else if (!o.available) {
-      out.busy += 1;
-    } else {
-      (o.tier == core ? core_pool : community_pool).push_back(i);
+    switch (misfit_of(o, bid)) {
+      case bid_misfit::wrong_tier:
+        out.wrong_tier += 1;
+        break;
+      case bid_misfit::too_expensive:
+        out.too_expensive += 1;
+        break;
+      case bid_misfit::low_reputation:
+        out.low_reputation += 1;
+        break;
+      case bid_misfit::fits:
+        if (!o.available)
+          out.busy += 1;
+        else
+          (o.tier == core ? core_pool : community_pool).push_back(i);
+        break;
     }
   }
   const size_t n = std::max<size_t>(offers.size(), 1);

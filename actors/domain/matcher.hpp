@@ -67,9 +67,16 @@ struct speed_evidence {
 /// above the fastest measured node. Non-finite or negative figures count as 0.
 std::vector<double> priced_throughputs(std::span<const speed_evidence> nodes);
 
-/// Whether the bid would take the slot when it is free: its tier fits the policy, its price
-/// is within max_price and its node's score reaches min_reputation (the core tier always does).
-bool fits_bid(const slot_offer& o, const slot_bid& bid) noexcept;
+/// Why a bid would not take a slot even when it is free: its tier is not the policy's, its
+/// price is over max_price, or its node's score is below min_reputation (the core tier's
+/// never is); `fits` when none of these.
+enum class bid_misfit : uint8_t { fits, wrong_tier, too_expensive, low_reputation };
+bid_misfit misfit_of(const slot_offer& o, const slot_bid& bid) noexcept;
+
+/// Whether the bid would take the slot when it is free.
+inline bool fits_bid(const slot_offer& o, const slot_bid& bid) noexcept {
+  return misfit_of(o, bid) == bid_misfit::fits;
+}
 
 /// Cost per unit of work: price over throughput (a slot without a throughput costs most).
 double unit_cost(const slot_offer& o) noexcept;
