@@ -12,6 +12,7 @@
 #include "gflex/kernels/replica_group.hpp"
 #include "gflex/kernels/trainer.hpp"
 #include "gflex/runtime/rng.hpp"
+#include "host_replicas.hpp"
 
 using namespace gflex;
 using namespace gflex::kernels;
@@ -164,22 +165,13 @@ TEST_SUITE("replica group") {
       REQUIRE(single.has_value());
       (*single)->load_parameters(params);
 
-      std::vector<std::unique_ptr<backend>> backends;
-      for (int r = 0; r < ranks; ++r) backends.push_back(make_cpu_backend(1));
-      auto group = make_replica_group(std::move(backends));
-      REQUIRE(group.has_value());
-      CHECK((*group)->describe() == "host, " + std::to_string(ranks) + " ranks");
-      std::vector<std::unique_ptr<model>> replicas;
-      for (int r = 0; r < ranks; ++r) {
-        auto m = w.instantiate((*group)->rank(r), (batch + ranks - 1) / ranks);
-        REQUIRE(m.has_value());
-        (*m)->load_parameters(params);
-        replicas.push_back(std::move(*m));
-      }
+      auto host = test::make_host_replicas(w, ranks, batch, params);
+      CHECK(host.group->describe() == "host, " + std::to_string(ranks) + " ranks");
+      auto& replicas = host.models;
       for (int step = 0; step < 3; ++step) {
         const int64_t offset = step * batch;
         (*single)->train_step(x + offset * dim, y + offset, batch);
-        replica_step(**group, replicas, x + offset * dim, y + offset, batch);
+        replica_step(*host.group, replicas, x + offset * dim, y + offset, batch);
       }
       std::vector<float> want(params.size()), got(params.size());
       (*single)->store_parameters(want);

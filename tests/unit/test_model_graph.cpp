@@ -13,11 +13,11 @@
 #include "finite_difference.hpp"
 #include "gflex/kernels/devices.hpp"
 #include "gflex/kernels/model_spec.hpp"
-#include "gflex/kernels/replica_group.hpp"
 #include "gflex/kernels/trainer.hpp"
 #include "gflex/runtime/job_spec.hpp"
 #include "gflex/runtime/rng.hpp"
 #include "gflex/runtime/text_corpus.hpp"
+#include "host_replicas.hpp"
 #include "recording_backend.hpp"
 
 using namespace gflex;
@@ -501,25 +501,15 @@ layers = [
       auto single = w->instantiate(*one, batch);
       REQUIRE(single.has_value());
       (*single)->load_parameters(params);
-      std::vector<std::unique_ptr<backend>> backends;
-      for (int r = 0; r < ranks; ++r) backends.push_back(make_cpu_backend(1));
-      auto group = make_replica_group(std::move(backends));
-      REQUIRE(group.has_value());
-      std::vector<std::unique_ptr<model>> replicas;
-      for (int r = 0; r < ranks; ++r) {
-        auto m = w->instantiate((*group)->rank(r), (batch + ranks - 1) / ranks);
-        REQUIRE(m.has_value());
-        (*m)->load_parameters(params);
-        replicas.push_back(std::move(*m));
-      }
+      auto replicas = test::make_host_replicas(*w, ranks, batch, params);
       for (int step = 0; step < 4; ++step) {
         auto d = random_batch(*w, batch, 0, 100 + static_cast<uint64_t>(step));
         (*single)->train_step(d.x.data(), d.y.data(), batch);
-        replica_step(**group, replicas, d.x.data(), d.y.data(), batch);
+        replica_step(*replicas.group, replicas.models, d.x.data(), d.y.data(), batch);
       }
       std::vector<float> want(params.size()), got(params.size());
       (*single)->store_parameters(want);
-      replicas[0]->store_parameters(got);
+      replicas.models[0]->store_parameters(got);
       size_t off = 0;
       for (size_t i = 0; i < want.size(); ++i)
         off += std::fabs(got[i] - want[i]) > 1e-4f + 1e-3f * std::fabs(want[i]) ? 1 : 0;
