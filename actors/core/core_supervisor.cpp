@@ -456,8 +456,10 @@ caf::behavior core_actor(core_actor_type* self, core_children children, core_con
                                                          "(user/NAME)")));
             return;
           }
+          // An account open without a key (its first creation failed between the two
+          // writes) gets its key now; the gatekeeper refuses one that has a key.
           self->request(self->state.children->ledger, std::chrono::seconds(30), open_atom::value,
-                        account, false)
+                        account, true)
               .then(
                   [=](caf::ok_atom) mutable {
                     relay(as<std::string>{}, rp, self->state.children->gate, api_key_atom::value,

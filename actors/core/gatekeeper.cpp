@@ -40,6 +40,7 @@ struct gatekeeper_state {
   // pass its use limit, and no join's write undoes a closure or a revocation.
   std::set<std::string> tokens_changing;
   std::map<std::string, std::deque<std::function<void()>>> tokens_waiting;
+  std::set<std::string> accounts_keyed;  // accounts whose key is being made
   static inline const char* name = "gatekeeper";
 };
 
@@ -199,12 +200,34 @@ caf::behavior gatekeeper(gatekeeper_actor* self, caf::actor store, std::string o
         return rp;
       },
       [=](api_key_atom, const std::string& account) -> caf::result<std::string> {
-        auto key = new_api_key();
+        // One key per account, made once. The ledger opens the account before its key is
+        // written, and a write that failed left an open account no key reached: it gets its
+        // key when created again, and an account with a key is refused. Two creations of
+        // one account at once would both find no key: the second is refused.
+        if (!self->state.accounts_keyed.insert(account).second)
+          return to_caf(
+              error(errc::invalid_argument, "account " + account + " is being created now"));
         auto rp = self->make_response_promise<std::string>();
-        self->request(self->state.store, store_timeout, commit_atom::value,
-                      one_write(api_key_store_key(secret_digest(key)), bytes_of(account)))
-            .then([=](caf::ok_atom) mutable { rp.deliver(key); },
-                  [=](caf::error& e) mutable { rp.deliver(e); });
+        auto done = [=](auto&& answer) mutable {
+          self->state.accounts_keyed.erase(account);
+          rp.deliver(std::forward<decltype(answer)>(answer));
+        };
+        self->request(self->state.store, store_timeout, scan_atom::value, api_key_store_key(""))
+            .then(
+                [=](std::vector<std::string>&, std::vector<std::vector<uint8_t>>& owners) mutable {
+                  for (const auto& owner : owners)
+                    if (std::string(owner.begin(), owner.end()) == account) {
+                      done(to_caf(
+                          error(errc::invalid_argument, "account " + account + " exists already")));
+                      return;
+                    }
+                  auto key = new_api_key();
+                  self->request(self->state.store, store_timeout, commit_atom::value,
+                                one_write(api_key_store_key(secret_digest(key)), bytes_of(account)))
+                      .then([=](caf::ok_atom) mutable { done(key); },
+                            [=](caf::error& e) mutable { done(std::move(e)); });
+                },
+                [=](caf::error& e) mutable { done(std::move(e)); });
         return rp;
       },
       [=](token_atom, const std::string& tier, int64_t lifetime_s,

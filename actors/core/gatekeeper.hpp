@@ -7,7 +7,8 @@
 /// Protocol:
 /// - (auth_atom, api_key) -> principal: "operator" or the key's account (user/NAME); an
 ///   unknown or malformed key is errc::permission_denied.
-/// - (api_key_atom, account) -> api_key: a new key for `account`, recorded at once.
+/// - (api_key_atom, account) -> api_key: the key of `account`, made and recorded at once; an
+///   account that has a key already is refused (one key per account).
 /// - (token_atom, tier, lifetime_s, uses) -> token: a new join token (lifetime 0: no expiry)
 ///   that admits `uses` node keys (0: any number); it binds to the keys that use it.
 /// - (token_atom) -> std::vector<join_token_record>: every token's record, newest last.

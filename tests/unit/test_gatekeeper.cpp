@@ -1,7 +1,7 @@
-/// The gatekeeper's join tokens under concurrent joins (actors/core/gatekeeper.hpp): a token's
-/// record is read, changed and written back while the store answers, so joins with one
-/// token at once must not lose each other's key bindings, pass its use limit, or reopen it
-/// after a caught node closed it.
+/// The gatekeeper (actors/core/gatekeeper.hpp) under concurrent requests: a token's record is
+/// read, changed and written back while the store answers, so joins with one token at once
+/// must not lose each other's key bindings, pass its use limit, or reopen it after a caught
+/// node closed it; and an account gets its API key once.
 
 #include <doctest/doctest.h>
 
@@ -119,5 +119,39 @@ TEST_SUITE("gatekeeper") {
     CHECK(refusals[0].find("admits no new node keys: node node0") != std::string::npos);
     CHECK_FALSE(record_of(token).closed.empty());
     CHECK(join_at_once(token, 1, 2) == 1);  // a bound key that was not caught may come back
+  }
+
+  TEST_CASE_FIXTURE(gate_fixture, "an account gets one API key, and a second creation none") {
+    // The core opens the account in the ledger, then asks for its key: a key write that
+    // failed left the account open and keyless, and creating it again must give it a key.
+    auto ask_key = [&](const std::string& account) {
+      std::string key, refusal;
+      self->request(gate, timeout, api_key_atom::value, account)
+          .receive([&](std::string& k) { key = k; },
+                   [&](caf::error& e) { refusal = sys.render(e); });
+      return std::make_pair(key, refusal);
+    };
+    auto principal_of = [&](const std::string& key) {
+      std::string who;
+      self->request(gate, timeout, auth_atom::value, key)
+          .receive([&](std::string& p) { who = p; }, [&](caf::error& e) { who = sys.render(e); });
+      return who;
+    };
+    auto [alice, none] = ask_key("user/alice");
+    REQUIRE(none.empty());
+    CHECK(principal_of(alice) == "user/alice");
+    auto [again, refusal] = ask_key("user/alice");
+    CHECK(again.empty());
+    CHECK(refusal.find("account user/alice exists already") != std::string::npos);
+    CHECK(ask_key("user/bob").second.empty());  // another account is not refused
+    // Two creations at once: one key, one refusal.
+    for (int i = 0; i < 2; ++i) self->send(gate, api_key_atom::value, std::string("user/carol"));
+    int keys = 0, refusals = 0;
+    for (int i = 0; i < 2; ++i)
+      self->receive([&](std::string&) { ++keys; }, [&](caf::error&) { ++refusals; },
+                    caf::after(timeout) >> [&] { FAIL("no answer"); });
+    CHECK(keys == 1);
+    CHECK(refusals == 1);
+    CHECK(principal_of(alice) == "user/alice");  // the first key stays valid
   }
 }
