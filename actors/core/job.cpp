@@ -144,6 +144,15 @@ struct job_actor_state {
   bool divergence_checking = false;
   bool divergence_disproved = false;
   std::set<std::string> caught;  // nodes caught misbehaving during this job
+  /// Nodes (by id) this job's work ran out of memory on: the market leaves them out of its
+  /// acquires until `until` (a minute, doubling with each shortage, up to 30 minutes: the
+  /// model may not fit at all, or another program held the memory for a while).
+  struct memory_shortage {
+    std::string node_name, why;
+    int count = 0;
+    std::chrono::steady_clock::time_point until;
+  };
+  std::map<std::string, memory_shortage> out_of_memory;
   /// Each node's last updates, sketched (newest last, at most replay_memory): a node that
   /// sends its stored updates in turn repeats none of them back to back.
   std::map<std::string, std::deque<std::vector<float>>> last_sketches;
@@ -538,11 +547,38 @@ void check_divergence(job_actor* self, const assignment& work, const std::string
           });
 }
 
+// Whether a worker's error says the assignment ran out of device or host memory (the
+// worker's words: "out of device memory", "allocating ...: out of host memory (...)").
+bool ran_out_of_memory(const error& err) {
+  const auto& m = err.message();
+  return err.code() == errc::device_error && m.find("out of") != std::string::npos &&
+         m.find("memory") != std::string::npos;
+}
+
+// The nodes the job's acquires leave out now (ran_out_of_memory), by id.
+std::vector<std::string> avoided_nodes(job_actor_state& st) {
+  const auto now = clock_type::now();
+  std::vector<std::string> out;
+  for (const auto& [node, shortage] : st.out_of_memory)
+    if (now < shortage.until) out.push_back(node);
+  return out;
+}
+
 // An assignment its worker answered with an error.
 void assignment_failed(job_actor* self, uint64_t id, const caf::error& e) {
   auto& st = self->state;
   auto it = st.pending.find(id);
   const auto err = from_caf(e, &self->system());
+  // Sent again to a node it did not fit, the work fails there again, and a model too large
+  // for every node went round them for ever with no word of why.
+  if (it != st.pending.end() && ran_out_of_memory(err)) {
+    auto& shortage = st.out_of_memory[it->second.slot.node_id];
+    shortage.node_name = it->second.slot.node_name;
+    shortage.why = err.message().substr(0, 200);
+    shortage.count = std::min(shortage.count + 1, 6);
+    shortage.until =
+        clock_type::now() + std::chrono::minutes(std::min(1 << (shortage.count - 1), 30));
+  }
   if (it != st.pending.end() && err.code() == errc::non_finite && !st.divergence_disproved) {
     const auto& slot = it->second.slot;
     st.diverged[slot.public_key] = err.message();
@@ -1324,7 +1360,7 @@ void dispatch(job_actor* self) {
   auto wanted = static_cast<int64_t>(st.unassigned.size());
   self->request(st.links.market, std::chrono::seconds(10), acquire_atom::value, st.job.id,
                 st.job.spec.workload, wanted, static_cast<uint8_t>(st.job.spec.tier),
-                st.job.spec.max_price, st.job.spec.min_reputation)
+                st.job.spec.max_price, st.job.spec.min_reputation, avoided_nodes(st))
       .then(
           [=](acquire_reply& reply) {
             auto& st = self->state;
@@ -1355,6 +1391,15 @@ void dispatch(job_actor* self) {
                        std::to_string(reply.wrong_tier) + " of another tier, " +
                        std::to_string(reply.too_expensive) + " over max_price, " +
                        std::to_string(reply.low_reputation) + " below min_reputation";
+              if (reply.avoided > 0 && !st.out_of_memory.empty()) {
+                // The node that ran out most recently, as an example of why.
+                const job_actor_state::memory_shortage* last = nullptr;
+                for (const auto& [node, shortage] : st.out_of_memory)
+                  if (last == nullptr || shortage.until > last->until) last = &shortage;
+                detail += ", " + std::to_string(reply.avoided) +
+                          " left out for a while: this job's work ran out of their memory (" +
+                          last->node_name + ": " + last->why + ")";
+              }
               self->delayed_send(self, std::chrono::milliseconds(250), tick_atom::value);
             }
             if (detail != st.job.status.detail) {

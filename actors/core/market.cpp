@@ -106,7 +106,8 @@ struct market_state {
   /// The slot as a bid sees it.
   slot_offer offer_of(const slot_entry& e, double throughput, bool available) const {
     const auto& facts = nodes[e.node];
-    return {e.slot.tier, e.slot.price, throughput, facts.score, available, facts.served};
+    return {e.slot.tier, e.slot.price, throughput,    facts.score,
+            available,   facts.served, e.slot.node_id};
   }
 
   /// A slot `holder` frees goes, for a moment, to the first other job waiting whose bid it
@@ -218,7 +219,8 @@ caf::behavior market_actor(caf::stateful_actor<market_state>* self, double newco
           it->second = 0.7 * it->second + 0.3 * rate;
       },
       [=](acquire_atom, const std::string&, const std::string& workload, int64_t wanted,
-          uint8_t policy, int64_t max_price, double min_reputation) -> acquire_reply {
+          uint8_t policy, int64_t max_price, double min_reputation,
+          std::vector<std::string>& avoided) -> acquire_reply {
         core_metrics::note_mailbox(self, "market");
         auto& st = self->state;
         const auto now = clock_type::now();
@@ -246,6 +248,7 @@ caf::behavior market_actor(caf::stateful_actor<market_state>* self, double newco
         }
         slot_bid bid{static_cast<trust_tier>(std::min<uint8_t>(policy, 2)), max_price,
                      min_reputation};
+        bid.avoided = std::move(avoided);
         if (bid.policy != trust_tier::core && wanted > 0) {
           st.newcomer_quota += st.newcomer_share * static_cast<double>(wanted);
           bid.reserve_new = static_cast<size_t>(std::floor(st.newcomer_quota));
@@ -257,6 +260,7 @@ caf::behavior market_actor(caf::stateful_actor<market_state>* self, double newco
         out.wrong_tier = m.wrong_tier;
         out.too_expensive = m.too_expensive;
         out.low_reputation = m.low_reputation;
+        out.avoided = m.avoided;
         if (holder && st.watched.insert(holder.address()).second) self->monitor(holder);
         size_t to_newcomers = 0;
         for (size_t i : m.chosen) {

@@ -9,7 +9,8 @@
 ///   every job holding one of them is told (withdraw_atom, node_id) at once.
 /// - (offer_atom, node_id, slots) may come again for a node: a restarted worker.
 /// - (withdraw_atom): every slot goes (the registry was restarted; nodes join again).
-/// - (acquire_atom, job_id, workload, n, policy, max_price, min_reputation) -> acquire_reply:
+/// - (acquire_atom, job_id, workload, n, policy, max_price, min_reputation, avoided)
+///   -> acquire_reply:
 ///   up to n free slots, now busy, chosen by matcher.hpp (throughputs as the core measured
 ///   them on `workload`, priced_throughputs; empty: as calibrated): `policy` is a gflex::trust_tier
 ///   (core-tier slots only, community only, or hybrid: community first), a slot's price must be
@@ -17,8 +18,9 @@
 ///   min_reputation; the cheapest per unit of work go first, and among offers of (nearly)
 ///   equal cost the node given the least work so far; a share of community slots
 ///   (`newcomer_share` of the slots asked for, the fractions carried from one acquire to the
-///   next) goes to nodes given fewer than 5 assignments first. The reply counts the slots
-///   left out (busy, wrong tier, too expensive, low reputation).
+///   next) goes to nodes given fewer than 5 assignments first; no slot of a node whose id is
+///   in `avoided` (nodes the job's work ran out of memory on) is taken. The reply counts the
+///   slots left out (busy, wrong tier, too expensive, low reputation, avoided).
 /// - (score_atom, node_name, score) from the reputation tracker: a node's current score.
 /// - (rate_atom, node_name, workload, samples/s) from a session, through the registry: the
 ///   rate the core measured for one of the node's assignments (averaged per node).

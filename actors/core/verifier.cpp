@@ -150,7 +150,8 @@ void pump(verifier_actor* self) {
   auto wanted = static_cast<int64_t>(st.queue.size());
   // Core-tier workers are the platform's own: their calibrated throughput is taken as it is.
   self->request(st.market, std::chrono::seconds(10), acquire_atom::value, std::string("verifier"),
-                std::string(), wanted, static_cast<uint8_t>(trust_tier::core), int64_t{-1}, 0.0)
+                std::string(), wanted, static_cast<uint8_t>(trust_tier::core), int64_t{-1}, 0.0,
+                std::vector<std::string>{})
       .then(
           [=](acquire_reply& reply) {
             auto& slots = reply.slots;

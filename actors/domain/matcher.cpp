@@ -40,6 +40,8 @@ bid_misfit misfit_of(const slot_offer& o, const slot_bid& bid) noexcept {
   if (bid.max_price >= 0 && o.price > bid.max_price) return bid_misfit::too_expensive;
   // The core tier is the platform's own: always reputable.
   if (o.reputation < bid.min_reputation && o.tier != core) return bid_misfit::low_reputation;
+  if (std::find(bid.avoided.begin(), bid.avoided.end(), o.node_id) != bid.avoided.end())
+    return bid_misfit::avoided;
   return bid_misfit::fits;
 }
 
@@ -64,6 +66,9 @@ match_result match_slots(std::span<const slot_offer> offers, const slot_bid& bid
         break;
       case bid_misfit::low_reputation:
         out.low_reputation += 1;
+        break;
+      case bid_misfit::avoided:
+        out.avoided += 1;
         break;
       case bid_misfit::fits:
         if (!o.available)

@@ -15,6 +15,8 @@
 #include <cstdint>
 #include <optional>
 #include <span>
+#include <string>
+#include <string_view>
 #include <vector>
 
 #include "gflex/runtime/job_spec.hpp"
@@ -23,12 +25,13 @@ namespace gflex {
 
 /// A slot as the matcher sees it.
 struct slot_offer {
-  uint8_t tier = 0;         ///< gflex::node_tier.
-  int64_t price = 0;        ///< Micro-credits per device-hour.
-  double throughput = 0.0;  ///< Calibrated samples per second (fashion-mlp); > 0.
-  double reputation = 0.5;  ///< The node's score.
-  bool available = true;    ///< Free, not cooling down.
-  int64_t served = 0;       ///< Assignments its node has been given: its history.
+  uint8_t tier = 0;          ///< gflex::node_tier.
+  int64_t price = 0;         ///< Micro-credits per device-hour.
+  double throughput = 0.0;   ///< Calibrated samples per second (fashion-mlp); > 0.
+  double reputation = 0.5;   ///< The node's score.
+  bool available = true;     ///< Free, not cooling down.
+  int64_t served = 0;        ///< Assignments its node has been given: its history.
+  std::string_view node_id;  ///< Its node, as slot_bid::avoided names nodes.
 };
 
 /// What a job asks for.
@@ -41,6 +44,9 @@ struct slot_bid {
   size_t reserve_new = 0;
   int64_t newcomer_served = 5;
   double equal_cost_band = 0.25;  ///< Costs within this fraction of each other are equal.
+  /// Nodes the job's work does not fit (they ran out of memory on its model): their slots
+  /// would only fail again.
+  std::vector<std::string> avoided;
 };
 
 struct match_result {
@@ -49,6 +55,7 @@ struct match_result {
   int64_t wrong_tier = 0;
   int64_t too_expensive = 0;
   int64_t low_reputation = 0;
+  int64_t avoided = 0;  ///< Would fit but for slot_bid::avoided.
 };
 
 /// What the market knows of a node's speed: the throughput it claims (calibrated, in
@@ -68,9 +75,9 @@ struct speed_evidence {
 std::vector<double> priced_throughputs(std::span<const speed_evidence> nodes);
 
 /// Why a bid would not take a slot even when it is free: its tier is not the policy's, its
-/// price is over max_price, or its node's score is below min_reputation (the core tier's
-/// never is); `fits` when none of these.
-enum class bid_misfit : uint8_t { fits, wrong_tier, too_expensive, low_reputation };
+/// price is over max_price, its node's score is below min_reputation (the core tier's
+/// never is), or the bid avoids its node; `fits` when none of these.
+enum class bid_misfit : uint8_t { fits, wrong_tier, too_expensive, low_reputation, avoided };
 bid_misfit misfit_of(const slot_offer& o, const slot_bid& bid) noexcept;
 
 /// Whether the bid would take the slot when it is free.

@@ -321,12 +321,13 @@ struct acquire_reply {
   int64_t wrong_tier = 0;
   int64_t too_expensive = 0;
   int64_t low_reputation = 0;
+  int64_t avoided = 0;  ///< Of nodes the job avoids (its work ran out of their memory).
 };
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, acquire_reply& x) {
   return f(caf::meta::type_name("acquire_reply"), x.slots, x.busy, x.wrong_tier, x.too_expensive,
-           x.low_reputation);
+           x.low_reputation, x.avoided);
 }
 
 /// job -> verifier (verify_atom): re-run `work` on a core-tier worker and answer with the

@@ -113,16 +113,22 @@ inline caf::behavior failing_store(caf::stateful_actor<failing_store_state>* sel
 }
 
 // A market that offers `slots` at the first acquire, and no worker after: a running job then
-// waits for some. (caf::get_atom) -> the actor that asked last (a job's own actor).
+// waits for some. (caf::get_atom) -> the actor that asked last (a job's own actor);
+// (caf::get_atom, caf::get_atom) -> the nodes its last acquire avoided (counted in the reply).
 inline caf::behavior offering_market(caf::event_based_actor* self, std::vector<worker_slot> slots) {
   auto offered = std::make_shared<std::vector<worker_slot>>(std::move(slots));
   auto asker = std::make_shared<caf::actor>();
+  auto last_avoided = std::make_shared<std::vector<std::string>>();
   return {
       [=](caf::get_atom) { return *asker; },
-      [=](acquire_atom, const std::string&, const std::string&, int64_t, uint8_t, int64_t, double) {
+      [=](caf::get_atom, caf::get_atom) { return *last_avoided; },
+      [=](acquire_atom, const std::string&, const std::string&, int64_t, uint8_t, int64_t, double,
+          const std::vector<std::string>& avoided) {
+        *last_avoided = avoided;
         *asker = caf::actor_cast<caf::actor>(self->current_sender());
         acquire_reply r;
         r.slots = std::move(*offered);
+        r.avoided = static_cast<int64_t>(avoided.size());
         offered->clear();
         return r;
       },

@@ -104,8 +104,8 @@ caf::behavior holding_market(caf::stateful_actor<holding_market_state>* self,
   self->state.offered = std::move(slots);
   self->state.reoffer = reoffer;
   return {
-      [=](acquire_atom, const std::string&, const std::string&, int64_t, uint8_t, int64_t,
-          double) -> caf::result<acquire_reply> {
+      [=](acquire_atom, const std::string&, const std::string&, int64_t, uint8_t, int64_t, double,
+          const std::vector<std::string>&) -> caf::result<acquire_reply> {
         if (!self->state.offered.empty()) {
           acquire_reply r;
           r.slots = std::move(self->state.offered);

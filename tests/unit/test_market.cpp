@@ -221,6 +221,21 @@ TEST_SUITE("matcher") {
     CHECK(r.wrong_tier == 2);
   }
 
+  TEST_CASE("a bid avoids the nodes its work ran out of memory on, and counts them") {
+    std::vector<slot_offer> offers{offer(0, 1.0, 1000), offer(0, 2.0, 1000), offer(0, 3.0, 1000),
+                                   offer(0, 9.0, 1000)};
+    const std::vector<std::string> ids{"small", "also-small", "large", "dear"};
+    for (size_t i = 0; i < offers.size(); ++i) offers[i].node_id = ids[i];
+    slot_bid bid{trust_tier::community, 5 * micro_per_credit, 0.0};
+    bid.avoided = {"small", "also-small", "dear"};
+    auto r = match_slots(offers, bid, 3);
+    CHECK(r.chosen == std::vector<size_t>{2});
+    CHECK(r.avoided == 2);
+    CHECK(r.too_expensive == 1);  // counted for its first reason only
+    CHECK(misfit_of(offers[0], bid) == bid_misfit::avoided);
+    CHECK(fits_bid(offers[2], bid));
+  }
+
   TEST_CASE("equal costs rotate") {
     std::vector<slot_offer> offers(4, offer(0, 1.0, 100));
     CHECK(match_slots(offers, {}, 2, 0).chosen == std::vector<size_t>{0, 1});

@@ -45,7 +45,7 @@ struct market_fixture {
   acquire_reply acquire(caf::scoped_actor& job, int64_t wanted = 1) {
     acquire_reply out;
     job->request(market, std::chrono::seconds(10), acquire_atom::value, std::string("job"),
-                 std::string("w"), wanted, uint8_t{2}, int64_t{-1}, 0.0)
+                 std::string("w"), wanted, uint8_t{2}, int64_t{-1}, 0.0, std::vector<std::string>{})
         .receive([&](acquire_reply& r) { out = std::move(r); },
                  [&](caf::error& e) { FAIL(s.sys.render(e)); });
     return out;

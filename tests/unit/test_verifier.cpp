@@ -47,7 +47,7 @@ caf::actor spawn_one_slot_market(caf::actor_system& sys, caf::actor worker) {
     self->set_default_handler(caf::drop);
     return {
         [worker](acquire_atom, const std::string&, const std::string&, int64_t wanted, uint8_t,
-                 int64_t, double) {
+                 int64_t, double, const std::vector<std::string>&) {
           acquire_reply r;
           if (wanted > 0) {
             worker_slot s;
