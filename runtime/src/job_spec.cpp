@@ -353,6 +353,26 @@ field real_field(std::string_view table, std::string_view key, double job_spec::
       [=](const job_spec& spec) { return real_text(spec.*member); }};
 }
 
+// [trust] tolerance and norm_tolerance: a result outside them flags its node on the whole
+// platform and bans its key, so a job may loosen them, never tighten them below the
+// platform's (its defaults, set above the worst honest divergence measured): a job's owner
+// could otherwise have every honest node that worked for it banned.
+field trust_bound_field(std::string_view key, double job_spec::*member, double platform) {
+  return {"trust", key,
+          [=](const reader& in, job_spec& spec) -> expected<void> {
+            if (auto r = in.number("trust", key, {0.0, true, 1.0, false}, spec.*member); !r)
+              return r;
+            if (spec.*member < platform)
+              return in.fail("trust." + std::string(key),
+                             "must be in [" + format_double(platform) + ", 1], got " +
+                                 format_double(spec.*member) +
+                                 ": a tighter bound would flag and ban honest nodes, whose "
+                                 "work on other arithmetic differs that much");
+            return {};
+          },
+          [=](const job_spec& spec) { return real_text(spec.*member); }};
+}
+
 template <class Enum>
 field choice_field(std::string_view table, std::string_view key, Enum job_spec::*member) {
   return {table, key,
@@ -480,8 +500,8 @@ const std::vector<field>& fields() {
       real_field("round", "quorum", &job_spec::quorum, fraction),
       real_field("round", "backup_after", &job_spec::backup_after, {0.0, false, 100.0, false}),
       choice_field("trust", "tier", &job_spec::tier),
-      real_field("trust", "tolerance", &job_spec::tolerance, fraction),
-      real_field("trust", "norm_tolerance", &job_spec::norm_tolerance, fraction),
+      trust_bound_field("tolerance", &job_spec::tolerance, job_spec{}.tolerance),
+      trust_bound_field("norm_tolerance", &job_spec::norm_tolerance, job_spec{}.norm_tolerance),
       real_field("trust", "norm_bound", &job_spec::norm_bound, {1.5, false, 1000.0, false}),
       real_field("trust", "min_cosine", &job_spec::min_cosine, {-1.0, false, 1.0, false}),
       {"trust", "clip",

@@ -77,6 +77,17 @@ TEST_SUITE("job_spec") {
                    "trust.tier: must be one of \"hybrid\", \"core\", \"community\""));
     CHECK(contains(failure(with("[trust]\ntolerance = 0")), "trust.tolerance"));
     CHECK(contains(failure(with("[trust]\nnorm_tolerance = 1.5")), "trust.norm_tolerance"));
+    // Loosened, never tightened below the platform's bounds: a result outside them flags its
+    // node everywhere, and a job's owner would have honest nodes banned.
+    CHECK(contains(failure(with("[trust]\ntolerance = 0.001")),
+                   "trust.tolerance: must be in [0.5, 1], got 0.001: a tighter bound would flag "
+                   "and ban honest nodes"));
+    CHECK(contains(failure(with("[trust]\nnorm_tolerance = 0.01")),
+                   "trust.norm_tolerance: must be in [0.05, 1], got 0.01"));
+    auto loose = parse_job_spec(with("[trust]\ntolerance = 0.8\nnorm_tolerance = 0.1"), source);
+    REQUIRE_MESSAGE(loose.has_value(), loose.error().message());
+    CHECK(loose->tolerance == 0.8);
+    CHECK(loose->norm_tolerance == 0.1);
     CHECK(contains(failure(with("[trust]\nnorm_bound = 1.0")), "trust.norm_bound"));
     CHECK(contains(failure(with("[trust]\ntrim = 0.5")), "trust.trim"));
     CHECK(contains(failure(with("[trust]\nclip = 0.5")),
@@ -181,7 +192,7 @@ quorum = 0.75
 backup_after = 0.0
 [trust]
 tier = "community"
-tolerance = 0.25
+tolerance = 0.75
 norm_tolerance = 0.5
 norm_bound = 8.0
 min_cosine = -0.5

@@ -79,7 +79,8 @@ struct job_spec {
   double backup_after = 2.0;
   /// [trust] tier: "hybrid" | "core" | "community": where the job's assignments go.
   trust_tier tier = trust_tier::hybrid;
-  /// [trust] tolerance, in (0, 1]: the largest relative L2 distance |claimed - recomputed| /
+  /// [trust] tolerance, in [0.5, 1] (a job may loosen it, not tighten it: a result outside
+  /// it flags its node on the whole platform): the largest relative L2 distance |claimed - recomputed| /
   /// |recomputed| a verified update may have. It covers the int8 wire format (0.6-0.8%) and
   /// the divergence of honest work on other arithmetic, which training amplifies in a few
   /// rounds: one unit in the last place at the start of an assignment moved a fashion-mlp
@@ -87,7 +88,7 @@ struct job_spec {
   /// CPU's by 0.22 (docs/BENCHMARKS.md, "Re-computation on other arithmetic"). Sign flips,
   /// noise and replays land at 1.3-2.
   double tolerance = 0.5;
-  /// [trust] norm_tolerance, in (0, 1]: the largest relative difference of the norms of the
+  /// [trust] norm_tolerance, in [0.05, 1] (loosened only, as tolerance): the largest relative difference of the norms of the
   /// claimed and the re-computed update. Honest divergence turns an update, it hardly scales
   /// it (at most 0.4% measured, where the distance was up to 0.30), so this is much tighter than
   /// `tolerance` and catches a scaled update that the distance alone would let through.
