@@ -337,22 +337,28 @@ caf::behavior core_actor(core_actor_type* self, core_children children, core_con
         const auto name = hello.name;
         const auto tier = hello.tier;
         const auto key = key_hex(hello.public_key);
+        // Its payout account first (opened at its first join): a node that joined without one
+        // had every paid round it worked on refused by the ledger ("unknown account"), and
+        // those jobs failed. A node whose account cannot be opened now is refused, and says
+        // hello again later.
         auto join = [=](node_hello hello, std::string address) mutable {
-          self->request(self->state.children->registry, std::chrono::seconds(10), hello_atom::value,
-                        std::move(hello), std::move(address))
+          self->request(self->state.children->ledger, std::chrono::seconds(30), open_atom::value,
+                        "node/" + name, true)
               .then(
-                  [=](node_welcome& w) mutable {
-                    // Its payout account, opened at its first join.
-                    self->request(self->state.children->ledger, std::chrono::seconds(30),
-                                  open_atom::value, "node/" + name, true)
-                        .then([](caf::ok_atom) {},
-                              [=](caf::error& e) {
-                                spdlog::error("cannot open the payout account of node {}: {}", name,
-                                              self->system().render(e));
-                              });
-                    rp.deliver(std::move(w));
+                  [=](caf::ok_atom) mutable {
+                    self->request(self->state.children->registry, std::chrono::seconds(10),
+                                  hello_atom::value, std::move(hello), std::move(address))
+                        .then([=](node_welcome& w) mutable { rp.deliver(std::move(w)); },
+                              [=](caf::error& e) mutable { rp.deliver(e); });
                   },
-                  [=](caf::error& e) mutable { rp.deliver(e); });
+                  [=](caf::error& e) mutable {
+                    spdlog::error("cannot open the payout account of node {}: {}", name,
+                                  self->system().render(e));
+                    rp.deliver(to_caf(error(errc::unavailable,
+                                            "the core cannot open this node's payout account "
+                                            "now: " +
+                                                self->system().render(e))));
+                  });
         };
         auto bind = [=](node_hello hello, std::string address) mutable {
           self->request(self->state.children->reputation, std::chrono::seconds(10),
