@@ -620,8 +620,12 @@ expected<void> client::cancel(const std::string& job_id) {
 
 expected<data_set_info> client::push_data(const std::string& name, const dataset_splits& data,
                                           int64_t min_train_shards) {
+  // Checked here, before a byte is sent: the encoding reads rows by the label count, and
+  // narrows labels and token ids to a byte for up to 256 classes.
+  if (auto ok = check_dataset(data.train, "the training split"); !ok) return ok.error();
+  if (data.test.size() > 0)
+    if (auto ok = check_dataset(data.test, "the test split"); !ok) return ok.error();
   // Shards of about 8 MiB (the core takes up to 32 MiB each), at least one sample each.
-  constexpr int64_t shard_bytes = int64_t{8} << 20;
   struct piece {
     const dataset* d;
     int64_t begin, end;
@@ -629,13 +633,9 @@ expected<data_set_info> client::push_data(const std::string& name, const dataset
   };
   std::vector<piece> pieces;
   for (const dataset* d : {&data.train, &data.test}) {
-    const int64_t per_sample = std::max<int64_t>(d->feature_dim() * 4, 1);
-    int64_t rows = std::max<int64_t>(shard_bytes / per_sample, 1);
-    if (d == &data.train && min_train_shards > 1)
-      rows = std::max<int64_t>(
-          1, std::min(rows, (d->size() + min_train_shards - 1) / min_train_shards));
-    for (int64_t b = 0; b < d->size(); b += rows)
-      pieces.push_back({d, b, std::min(d->size(), b + rows), d == &data.test});
+    const int64_t shards = d == &data.train ? min_train_shards : 1;
+    for (auto [begin, end] : shard_ranges(d->size(), d->feature_dim() * 4, shards))
+      pieces.push_back({d, begin, end, d == &data.test});
   }
   if (pieces.empty()) return error(errc::invalid_argument, "the data set is empty");
   expected<data_set_info> last = error(errc::invalid_argument, "nothing sent");

@@ -1,6 +1,8 @@
 #include "gflex/runtime/dataset.hpp"
 
+#include <cmath>
 #include <cstdlib>
+#include <limits>
 
 #include "gflex/runtime/idx.hpp"
 
@@ -10,6 +12,38 @@ std::filesystem::path fashion_mnist_dir() {
   if (const char* dir = std::getenv("GFLEX_FASHION_MNIST_DIR"); dir != nullptr && *dir != 0)
     return dir;
   return default_fashion_mnist_dir;
+}
+
+expected<void> check_dataset(const dataset& d, const std::string& what) {
+  auto refuse = [&](const std::string& why) {
+    return error(errc::invalid_argument, what + ": " + why);
+  };
+  if (!d.features.defined() || d.features.type() != dtype::f32 || d.features.rank() != 2 ||
+      d.features.dim(1) <= 0)
+    return refuse("features must be f32 [samples, values] with values > 0");
+  if (!d.labels.defined() || d.labels.type() != dtype::i32 || d.labels.rank() != 1)
+    return refuse("labels must be i32 [samples]");
+  if (d.features.dim(0) != d.labels.dim(0))
+    return refuse(std::to_string(d.features.dim(0)) + " rows of features but " +
+                  std::to_string(d.labels.dim(0)) + " labels");
+  if (d.classes < 1 || d.classes > std::numeric_limits<int32_t>::max())
+    return refuse("classes must be in [1, 2^31), got " + std::to_string(d.classes));
+  const auto labels = d.labels.span<int32_t>();
+  for (size_t i = 0; i < labels.size(); ++i)
+    if (labels[i] < 0 || labels[i] >= d.classes)
+      return refuse("label " + std::to_string(labels[i]) + " of row " + std::to_string(i) +
+                    " is outside [0, " + std::to_string(d.classes) + ")");
+  const auto values = d.features.span<float>();
+  const auto dim = static_cast<size_t>(d.features.dim(1));
+  for (size_t i = 0; i < values.size(); ++i) {
+    const float v = values[i];
+    if (!std::isfinite(v))
+      return refuse("row " + std::to_string(i / dim) + " holds a value that is not finite");
+    if (d.tokens && (v < 0.0f || v >= static_cast<float>(d.classes) || v != std::floor(v)))
+      return refuse("row " + std::to_string(i / dim) + " holds " + std::to_string(v) +
+                    ", not a token id in [0, " + std::to_string(d.classes) + ")");
+  }
+  return {};
 }
 
 expected<dataset> make_image_dataset(const tensor& images, const tensor& labels, int64_t classes,

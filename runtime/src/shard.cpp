@@ -9,6 +9,23 @@
 
 namespace gflex {
 
+std::vector<std::pair<int64_t, int64_t>> shard_ranges(int64_t samples, int64_t bytes_per_sample,
+                                                      int64_t min_shards, int64_t max_shard_bytes) {
+  std::vector<std::pair<int64_t, int64_t>> out;
+  if (samples <= 0) return out;
+  const int64_t rows_fit =
+      std::max<int64_t>(max_shard_bytes / std::max<int64_t>(bytes_per_sample, 1), 1);
+  const int64_t by_size = (samples + rows_fit - 1) / rows_fit;
+  const int64_t count = std::min(samples, std::max({by_size, min_shards, int64_t{1}}));
+  // Shard k is rows [k n / count, (k + 1) n / count): sizes differ by one at most.
+  for (int64_t k = 0; k < count; ++k) {
+    const auto begin = static_cast<int64_t>(static_cast<__int128>(k) * samples / count);
+    const auto end = static_cast<int64_t>(static_cast<__int128>(k + 1) * samples / count);
+    out.emplace_back(begin, end);
+  }
+  return out;
+}
+
 std::vector<uint8_t> encode_shard(const dataset& d, int64_t begin, int64_t end) {
   GFLEX_CHECK(0 <= begin && begin <= end && end <= d.size(), "shard range outside the data set");
   int64_t n = end - begin, dim = d.feature_dim();

@@ -1,9 +1,11 @@
 #include <doctest/doctest.h>
 
+#include <cmath>
 #include <cstdlib>
 
 #include "fashion_mnist_installed.hpp"
 #include "gflex/runtime/dataset.hpp"
+#include "gflex/runtime/shard.hpp"
 #include "idx_writer.hpp"
 #include "temp_dir.hpp"
 
@@ -28,6 +30,75 @@ void write_mini_fashion(const std::filesystem::path& dir, const std::string& pre
 }  // namespace
 
 TEST_SUITE("dataset") {
+  TEST_CASE("a dataset to upload is checked before it is encoded") {
+    // Encoded unchecked, rows were read by the label count past the features' end, a wrong
+    // dtype aborted, and labels or token ids of 256 and more wrapped to a byte unseen.
+    auto make = [](int64_t rows, int64_t labels, int64_t classes, bool tokens) {
+      dataset d;
+      d.classes = classes;
+      d.tokens = tokens;
+      d.features = tensor::empty({rows, 4}, dtype::f32);
+      for (auto& v : d.features.span<float>()) v = 1.0f;
+      d.labels = tensor::empty({labels}, dtype::i32);
+      for (auto& v : d.labels.span<int32_t>()) v = 2;
+      return d;
+    };
+    auto why = [](const dataset& d) {
+      auto r = check_dataset(d, "the training split");
+      return r ? std::string() : r.error().message();
+    };
+    CHECK(why(make(10, 10, 3, false)).empty());
+    CHECK(why(make(10, 10, 256, true)).empty());
+    CHECK(why(make(10, 20, 3, false)) == "the training split: 10 rows of features but 20 labels");
+    auto d = make(10, 10, 256, true);
+    d.labels.span<int32_t>()[4] = 300;
+    CHECK(why(d) == "the training split: label 300 of row 4 is outside [0, 256)");
+    d = make(10, 10, 256, true);
+    d.features.span<float>()[9] = 300.0f;
+    CHECK(why(d).find("row 2 holds 300") != std::string::npos);
+    d = make(10, 10, 256, true);
+    d.features.span<float>()[0] = 1.5f;
+    CHECK(why(d).find("not a token id") != std::string::npos);
+    d = make(10, 10, 3, false);
+    d.labels.span<int32_t>()[0] = -1;
+    CHECK(why(d).find("label -1 of row 0") != std::string::npos);
+    d = make(10, 10, 3, false);
+    d.features.span<float>()[5] = NAN;
+    CHECK(why(d).find("row 1 holds a value that is not finite") != std::string::npos);
+    d = make(10, 10, 3, false);
+    d.features = tensor::empty({10, 4}, dtype::u8);
+    CHECK(why(d).find("features must be f32") != std::string::npos);
+    d = make(10, 10, 3, false);
+    d.labels = tensor::empty({10}, dtype::f32);
+    CHECK(why(d).find("labels must be i32") != std::string::npos);
+    CHECK(why(make(10, 10, 0, false)).find("classes must be in") != std::string::npos);
+  }
+
+  TEST_CASE("shards cover every row once, as many as asked for, of sizes one row apart") {
+    // Cut by a fixed row count, 20 rows asked into 8 shards gave 7, and 100 into 16 gave 15
+    // (a job of that many workers was then refused); a last shard could hold one sample.
+    for (auto [n, shards] : std::vector<std::pair<int64_t, int64_t>>{
+             {20, 8}, {100, 16}, {2000, 64}, {7, 3}, {5, 9}, {1, 1}}) {
+      auto r = shard_ranges(n, 16, shards);
+      CHECK(static_cast<int64_t>(r.size()) == std::min(n, shards));
+      int64_t next = 0, smallest = n, largest = 0;
+      for (auto [begin, end] : r) {
+        CHECK(begin == next);
+        smallest = std::min(smallest, end - begin);
+        largest = std::max(largest, end - begin);
+        next = end;
+      }
+      CHECK(next == n);
+      CHECK(largest - smallest <= 1);
+      CHECK(smallest >= 1);
+    }
+    // By size: 8 MiB a shard at most, and the rows spread evenly over the shards it takes.
+    auto r = shard_ranges(1000, int64_t{1} << 16, 1);  // 128 rows fit: 8 shards of 125
+    REQUIRE(r.size() == 8);
+    for (auto [begin, end] : r) CHECK(end - begin == 125);
+    CHECK(shard_ranges(0, 16, 4).empty());
+  }
+
   TEST_CASE("loads a Fashion-MNIST layout and scales pixels to [0, 1]") {
     test::temp_dir dir;
     write_mini_fashion(dir.path(), "train", 20);

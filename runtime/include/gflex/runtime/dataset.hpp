@@ -31,6 +31,12 @@ struct dataset_splits {
   dataset test;
 };
 
+/// Whether `d` is a dataset that can be cut into shards, as `what` (named in the errors, with
+/// the row at fault): f32 features [n, dim] with dim > 0, i32 labels [n], classes in [1, 2^31),
+/// every label in [0, classes), and features that are finite (token ids: whole numbers in
+/// [0, classes)). errc::invalid_argument otherwise.
+expected<void> check_dataset(const dataset& d, const std::string& what);
+
 /// Where Debian's dataset-fashion-mnist package installs the files.
 inline constexpr const char* default_fashion_mnist_dir = "/usr/share/datasets/fashion-mnist";
 

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "gflex/runtime/dataset.hpp"
@@ -20,7 +21,17 @@ struct shard_info {
   uint64_t bytes = 0;
 };
 
-/// Encodes rows [begin, end) of `d`. Pixels travel as 8-bit values (round(x * 255)) when
+/// Where `samples` rows of `bytes_per_sample` each are cut into shards: [begin, end) ranges,
+/// in order, covering every row once, of at most about `max_shard_bytes` (one row at least)
+/// and at least `min_shards` where there are that many rows, their sizes differing by at
+/// most one row (a last shard of one sample trained its node on one sample for a whole
+/// assignment, weighed like the rest).
+std::vector<std::pair<int64_t, int64_t>> shard_ranges(int64_t samples, int64_t bytes_per_sample,
+                                                      int64_t min_shards,
+                                                      int64_t max_shard_bytes = int64_t{8} << 20);
+
+/// Encodes rows [begin, end) of `d` (checked by check_dataset: a dataset that fails it is
+/// read out of bounds or aborts). Pixels travel as 8-bit values (round(x * 255)) when
 /// every value is one (the image data sets are 8-bit to begin with, so nothing is lost);
 /// other real values as f32, token ids as u8 (vocabularies up to 256) or i32.
 std::vector<uint8_t> encode_shard(const dataset& d, int64_t begin, int64_t end);
