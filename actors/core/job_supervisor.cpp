@@ -339,6 +339,23 @@ const data_set_info* stored_set(const job_supervisor_state& st, const data_set_i
   return nullptr;
 }
 
+// A refusal to remove or replace the data set `id` while jobs that have not ended train on
+// it; none when none do. A running job holds its data in memory, but one restarted (its
+// actor crashed, the core restarted or failed over) looks it up again: removed, it failed
+// after rounds already paid for; replaced, it went on on other data.
+std::optional<error> in_use(const job_supervisor_state& st, const data_set_id& id,
+                            const char* action) {
+  std::string users;
+  for (const auto& [job_id, entry] : st.jobs)
+    if (!is_terminal(entry.status.state) && entry.status.owner == id.first &&
+        entry.spec.data_set == id.second)
+      users += (users.empty() ? "" : ", ") + job_id;
+  if (users.empty()) return std::nullopt;
+  return error(errc::invalid_argument, "data set '" + id.second + "' cannot be " + action +
+                                           " while jobs train on it (" + users +
+                                           "): cancel them or wait for their end");
+}
+
 void resume_from_checkpoint(supervisor_actor* self, const std::string& id);
 
 // The stored data sets are in the catalog: the jobs are resumed, or those that waited for
@@ -963,6 +980,8 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links) {
         const data_set_id id{who, name};
         if (part.index == 0) {
           st.uploads.erase(id);
+          if (stored_set(st, id) != nullptr)
+            if (auto busy = in_use(st, id, "replaced")) return to_caf(*busy);
           if (part.count == 0 || part.count > st.data_limits.max_parts)
             return to_caf(error(errc::invalid_argument,
                                 "a data set has 1 to " + std::to_string(st.data_limits.max_parts) +
@@ -998,10 +1017,18 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links) {
           st.uploads.erase(it);
           return to_caf(info.error());
         }
+        // A job submitted on the set while its replacement was uploading.
+        if (stored_set(st, id) != nullptr)
+          if (auto busy = in_use(st, id, "replaced")) {
+            st.uploads.erase(it);
+            return to_caf(*busy);
+          }
         auto chunks = upload.chunks();
         st.uploads.erase(it);
         // In memory first: a set the catalog refuses is never stored (a stored one is loaded
-        // again at every start).
+        // again at every start). The set it replaces is kept, to be put back if the new one
+        // cannot be stored.
+        auto previous = st.links.catalog->registered_user_set(who, name);
         if (auto ok = st.links.catalog->put_user_set(*info, chunks, st.data_limits); !ok)
           return to_caf(ok.error());
         store_batch batch;
@@ -1039,9 +1066,13 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links) {
                 },
                 [=](caf::error& e) mutable {
                   stored();
-                  // Not stored: not served either (a set of that name stored before is
-                  // served again once the core restarts; pushing it again replaces it).
-                  self->state.links.catalog->drop_user_set(who, name);
+                  // Not stored: not served either; the set it was to replace is served
+                  // again (dropped too, it was listed but refused to every job until the
+                  // core restarted).
+                  if (previous)
+                    self->state.links.catalog->restore_user_set(*previous);
+                  else
+                    self->state.links.catalog->drop_user_set(who, name);
                   rp.deliver(e);
                 });
         return rp;
@@ -1074,6 +1105,7 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links) {
           if (was_uploading) return caf::ok_atom::value;
           return to_caf(error(errc::invalid_argument, who + " has no data set '" + name + "'"));
         }
+        if (auto busy = in_use(self->state, id, "removed")) return to_caf(*busy);
         // The manifest goes, and the shards no other data set names (running jobs hold
         // their data in memory until they end).
         store_batch batch;

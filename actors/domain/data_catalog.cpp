@@ -146,6 +146,25 @@ void data_catalog::note_damaged_set(const std::string& owner, const std::string&
   damaged_sets_[{owner, name}] = std::move(why);
 }
 
+std::optional<data_catalog::user_set_entry> data_catalog::registered_user_set(
+    const std::string& owner, const std::string& name) const {
+  std::lock_guard<std::mutex> guard(mutex_);
+  auto it = user_sets_.find({owner, name});
+  if (it == user_sets_.end()) return std::nullopt;
+  return it->second;
+}
+
+void data_catalog::restore_user_set(user_set_entry entry) {
+  std::lock_guard<std::mutex> guard(mutex_);
+  const auto& shards = entry.data->shards;
+  for (size_t i = 0; i < shards.size() && i < entry.data->held_chunks.size(); ++i)
+    chunks_[shards[i].digest] = entry.data->held_chunks[i];
+  const std::pair<std::string, std::string> key{entry.info.owner, entry.info.name};
+  damaged_sets_.erase(key);
+  user_sets_[key] = std::move(entry);
+  forget_unheld();
+}
+
 void data_catalog::drop_user_set(const std::string& owner, const std::string& name) {
   std::lock_guard<std::mutex> guard(mutex_);
   user_sets_.erase({owner, name});

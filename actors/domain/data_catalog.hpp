@@ -8,6 +8,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -55,6 +56,15 @@ class data_catalog {
       const data_set_info& info,
       const std::map<std::string, std::shared_ptr<const std::vector<uint8_t>>>& chunks,
       const user_data_limits& limits = {});
+  /// A user's data set as registered (its record and data), to put back with
+  /// restore_user_set when a replacement could not be stored; none when there is none.
+  struct user_set_entry {
+    data_set_info info;
+    std::shared_ptr<const served_data> data;
+  };
+  std::optional<user_set_entry> registered_user_set(const std::string& owner,
+                                                    const std::string& name) const;
+  void restore_user_set(user_set_entry entry);
   /// Forgets a user's data set (its shards stay while another set or a job holds them; the
   /// memory of those nobody holds is freed).
   void drop_user_set(const std::string& owner, const std::string& name);
@@ -76,10 +86,6 @@ class data_catalog {
   mutable std::mutex mutex_;
   std::map<std::string, std::weak_ptr<const served_data>> by_workload_;
   std::deque<std::shared_ptr<const served_data>> recent_loads_;  // at most kept_loads
-  struct user_set_entry {
-    data_set_info info;
-    std::shared_ptr<const served_data> data;
-  };
   std::map<std::pair<std::string, std::string>, user_set_entry> user_sets_;
   std::map<std::pair<std::string, std::string>, std::string> damaged_sets_;  // why, by set
   // Every set's shards, held by their served_data (held_chunks).

@@ -43,6 +43,7 @@ struct store_fixture : test::configured_system {
   const std::chrono::seconds wait{30};
   caf::actor store;
   caf::actor supervisor;
+  std::shared_ptr<data_catalog> catalog = std::make_shared<data_catalog>();
 
   explicit store_fixture(std::map<std::string, std::vector<uint8_t>> kept = {},
                          std::chrono::milliseconds upload_idle = std::chrono::minutes(10)) {
@@ -51,7 +52,7 @@ struct store_fixture : test::configured_system {
     store = sys.spawn(test::failing_store, std::move(st));
     job_links links;
     links.store = store;
-    links.catalog = std::make_shared<data_catalog>();
+    links.catalog = catalog;
     links.upload_idle = upload_idle;
     supervisor = spawn_job_supervisor(sys, links);
   }
@@ -137,6 +138,57 @@ TEST_SUITE("data set store") {
     CHECK(f.push_part("c", 2, 3, t).find("no upload in progress") != std::string::npos);
     CHECK(f.push_part("e", 0, 3, t).empty());
     CHECK(f.push_part("f", 0, 3, t).empty());
+  }
+
+  TEST_CASE("a replacement that cannot be stored leaves the set it was to replace") {
+    // The catalog took the new set before the commit and dropped it when the commit failed:
+    // the old one was still listed, but every job naming it was refused until a restart.
+    store_fixture f;
+    const auto t1 = shard_of(test::samples(10)), e1 = shard_of(test::samples(5)),
+               t3 = shard_of(test::samples(12));
+    f.push("a", t1, e1);
+    f.self->send(f.store, caf::put_atom::value, data_chunk_key(digest_of(t3)));
+    REQUIRE(f.push_part("a", 0, 2, t3).empty());
+    std::string refusal;
+    f.self
+        ->request(f.supervisor, f.wait, dpush_atom::value, f.alice, std::string("a"),
+                  data_part{1, 2, true, e1})
+        .receive([](data_set_info&) {}, [&](caf::error& e) { refusal = f.sys.render(e); });
+    CHECK(refusal.find("unwritable") != std::string::npos);
+    auto served = f.catalog->registered_user_set(f.alice, "a");
+    REQUIRE(served.has_value());
+    CHECK(served->info.train_shards == std::vector<std::string>{digest_of(t1)});
+    CHECK(f.catalog->chunk(digest_of(t1)) != nullptr);  // its shard is served again
+  }
+
+  TEST_CASE("a set that jobs train on is neither removed nor replaced") {
+    // A running job holds its data in memory, but a restarted one looks it up again: removed,
+    // it failed after rounds already paid for; replaced, it went on on other data.
+    test::job_fixture f(test::stored_job());
+    f.await([](const job_status& s) { return s.state == job_state::running; }, 10);
+    std::string refusal;
+    f.self->request(f.supervisor, f.wait, drm_atom::value, f.alice, std::string("c"))
+        .receive([](caf::ok_atom) {}, [&](caf::error& e) { refusal = f.sys.render(e); });
+    CHECK_MESSAGE(refusal.find("data set 'c' cannot be removed while jobs train on it (job-1)") !=
+                      std::string::npos,
+                  refusal);
+    refusal.clear();
+    const auto t = shard_of(test::samples(10));
+    f.self
+        ->request(f.supervisor, f.wait, dpush_atom::value, f.alice, std::string("c"),
+                  data_part{0, 2, false, t})
+        .receive([](data_set_info&) {}, [&](caf::error& e) { refusal = f.sys.render(e); });
+    CHECK_MESSAGE(
+        refusal.find("cannot be replaced while jobs train on it (job-1)") != std::string::npos,
+        refusal);
+    // Once the job has ended, both are allowed.
+    f.self->request(f.supervisor, f.wait, cancel_atom::value, f.alice, std::string("job-1"))
+        .receive([](caf::ok_atom) {}, [&](caf::error& e) { FAIL(f.sys.render(e)); });
+    bool removed = false;
+    f.self->request(f.supervisor, f.wait, drm_atom::value, f.alice, std::string("c"))
+        .receive([&](caf::ok_atom) { removed = true; },
+                 [&](caf::error& e) { FAIL(f.sys.render(e)); });
+    CHECK(removed);
   }
 
   TEST_CASE("shards no stored set names are deleted at start") {
