@@ -264,7 +264,9 @@ void scan_chunk_files(cache_state& st) {
 
 caf::behavior cache_actor(cache_actor_type* self, std::filesystem::path dir, uint64_t limit) {
   std::error_code ec;
-  std::filesystem::create_directories(dir, ec);
+  // Users' data on a volunteer's disk: the owner's alone, as each chunk file is.
+  if (std::filesystem::create_directories(dir, ec))
+    std::filesystem::permissions(dir, std::filesystem::perms::owner_all, ec);
   self->state.dir = std::move(dir);
   self->state.limit = limit;
   scan_chunk_files(self->state);

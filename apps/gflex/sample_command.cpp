@@ -33,10 +33,11 @@ struct sample_flags {
 // context is the last `t` bytes; a shorter one sits at positions 0..k-1 and the positions
 // after it (zeros) cannot change the logits of earlier ones (attention is causal).
 int run_sample(const sample_flags& f) {
-  std::ifstream in(f.checkpoint, std::ios::binary);
-  if (!in) return fail(error(errc::io_error, f.checkpoint + ": cannot open"), 2);
-  std::vector<uint8_t> bytes{std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-  auto c = decode_checkpoint(bytes);
+  // Bounded, as gflex eval reads it: /dev/zero or a pipe that never ends is refused, not read
+  // until memory runs out.
+  auto bytes = read_file(f.checkpoint);
+  if (!bytes) return fail(bytes.error(), 2);
+  auto c = decode_checkpoint(*bytes);
   if (!c) return fail(error(c.error().code(), f.checkpoint + ": " + c.error().message()), 2);
   auto w = kernels::find_workload(c->workload, c->model, "");
   if (!w) return fail(error(w.error().code(), f.checkpoint + ": " + w.error().message()), 2);

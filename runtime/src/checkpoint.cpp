@@ -1,5 +1,7 @@
 #include "gflex/runtime/checkpoint.hpp"
 
+#include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -94,7 +96,14 @@ expected<checkpoint> decode_checkpoint(std::span<const uint8_t> bytes,
                        "malformed checkpoint: " + std::to_string(list.size()) +
                            " tensors, more than " + std::to_string(max_checkpoint_tensors));
         for (auto entry : list) {
-          auto t = detail::read_tensor(entry.getTensor(), limits);
+          // Checkpoints are written raw: a packed tensor could make a small file ask for 32
+          // times its size in memory.
+          const auto tensor = entry.getTensor();
+          if (tensor.hasZstd())
+            return error(errc::malformed_message, std::string("malformed checkpoint: tensor '") +
+                                                      entry.getName().cStr() +
+                                                      "' is packed (checkpoints hold raw tensors)");
+          auto t = detail::read_tensor(tensor, limits);
           if (!t) return t.error();
           c.tensors.push_back({entry.getName().cStr(), std::move(*t)});
         }
@@ -106,22 +115,43 @@ expected<void> write_file_atomically(const std::filesystem::path& file,
                                      std::span<const uint8_t> bytes) {
   auto tmp = file;
   tmp += ".tmp." + std::to_string(::getpid());
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    out.write(reinterpret_cast<const char*>(bytes.data()),
-              static_cast<std::streamsize>(bytes.size()));
-    out.flush();
-    if (!out) {
-      std::error_code ec;
-      std::filesystem::remove(tmp, ec);
-      return error(errc::io_error, file.string() + ": cannot write");
+  auto failed = [&](const std::string& what) -> expected<void> {
+    const int saved = errno;
+    ::unlink(tmp.c_str());
+    return error(errc::io_error,
+                 file.string() + ": cannot " + what + " (" + std::strerror(saved) + ")");
+  };
+  // Private to its owner (a user's model, a user's data on a volunteer's disk), unless the
+  // file it replaces was shared by its owner's choice: its mode is kept.
+  mode_t mode = 0600;
+  if (struct stat st; ::stat(file.c_str(), &st) == 0 && S_ISREG(st.st_mode))
+    mode = st.st_mode & 07777;
+  ::unlink(tmp.c_str());  // a crash's leftover of this pid
+  // Not through a link another local user left at the temporary name.
+  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode);
+  if (fd < 0) return failed("create " + tmp.string());
+  ::fchmod(fd, mode);  // the umask narrowed it
+  for (size_t at = 0; at < bytes.size();) {
+    const ssize_t n = ::write(fd, bytes.data() + at, bytes.size() - at);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      if (n == 0) errno = ENOSPC;
+      ::close(fd);
+      return failed("write");
     }
+    at += static_cast<size_t>(n);
   }
-  std::error_code ec;
-  std::filesystem::rename(tmp, file, ec);
-  if (ec) {
-    std::filesystem::remove(tmp, ec);
-    return error(errc::io_error, file.string() + ": cannot write (" + ec.message() + ")");
+  // On disk before its name is: renamed first, a power loss could leave an empty file.
+  if (::fsync(fd) != 0) {
+    ::close(fd);
+    return failed("write");
+  }
+  if (::close(fd) != 0) return failed("write");
+  if (::rename(tmp.c_str(), file.c_str()) != 0) return failed("write");
+  const auto dir = file.parent_path().empty() ? std::filesystem::path(".") : file.parent_path();
+  if (const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC); dfd >= 0) {
+    ::fsync(dfd);
+    ::close(dfd);
   }
   return {};
 }

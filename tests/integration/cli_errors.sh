@@ -121,6 +121,9 @@ expect_error "TOML syntax" "job.toml:1:.*invalid TOML" "$G" submit "$spec" --cor
 expect_error "missing spec file" "nope.toml: no such file" "$G" submit "$WORK/nope.toml"
 printf 'not a checkpoint at all!' >"$WORK/bad.gfck"
 expect_error "eval of a damaged checkpoint" "bad.gfck: malformed checkpoint" "$G" eval "$WORK/bad.gfck"
+expect_error "sample of a damaged checkpoint" "bad.gfck: malformed checkpoint" "$G" sample "$WORK/bad.gfck"
+# Read whole before: a directory was "malformed", and /dev/zero was read until memory ran out.
+expect_error "sample of a directory" "$WORK: is a directory" "$G" sample "$WORK"
 
 # A JSON summary that cannot be written is an error, after training, not a silent success.
 expect_error "unwritable json" "cannot write the JSON summary" \

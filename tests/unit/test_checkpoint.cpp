@@ -9,8 +9,14 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <capnp/message.h>
+#include <capnp/serialize.h>
+
 #include "gflex/runtime/checkpoint.hpp"
 #include "gflex/runtime/shard.hpp"
+#include "gflex/runtime/tensor_codec.hpp"
+#include "gflex/schema/checkpoint.capnp.h"
+#include "gflex/schema/tensor.capnp.h"
 #include "temp_dir.hpp"
 
 using namespace gflex;
@@ -38,6 +44,39 @@ TEST_SUITE("checkpoint") {
     CHECK(back->find("nope") == nullptr);
     // Encoding is a function of the contents (fuzz_checkpoint compares the bytes).
     CHECK(encode_checkpoint(*back) == *bytes);
+    // Private to its owner (a user's model); a file replaced keeps the mode it had.
+    struct stat st {};
+    REQUIRE(::stat((dir / "c.gfck").c_str(), &st) == 0);
+    CHECK((st.st_mode & 0777) == 0600);
+    REQUIRE(::chmod((dir / "c.gfck").c_str(), 0640) == 0);
+    REQUIRE(write_file_atomically(dir / "c.gfck", encode_checkpoint(c)).has_value());
+    REQUIRE(::stat((dir / "c.gfck").c_str(), &st) == 0);
+    CHECK((st.st_mode & 0777) == 0640);
+    CHECK(std::distance(std::filesystem::directory_iterator(dir.path()),
+                        std::filesystem::directory_iterator()) == 1);  // no temporary left
+  }
+
+  TEST_CASE("a checkpoint whose tensors are packed is refused") {
+    // Checkpoints are written raw; a packed tensor let a small file ask for 32 times its size.
+    std::vector<float> values(4096);
+    for (size_t i = 0; i < values.size(); ++i)
+      values[i] = static_cast<float>((i * 2654435761u) % 1000) / 1000.0f;
+    const auto packed = encode_vector(values, tensor_packing::zstd);
+    capnp::FlatArrayMessageReader tensor_message(kj::ArrayPtr<const capnp::word>(
+        reinterpret_cast<const capnp::word*>(packed.data()), packed.size() / sizeof(capnp::word)));
+    REQUIRE(tensor_message.getRoot<schema::Tensor>().hasZstd());
+    capnp::MallocMessageBuilder message;
+    auto root = message.initRoot<schema::Checkpoint>();
+    root.setWorkload("fashion-mlp");
+    auto list = root.initParameters(1);
+    list[0].setName("w");
+    list[0].setTensor(tensor_message.getRoot<schema::Tensor>());
+    auto flat = capnp::messageToFlatArray(message);
+    auto bytes = flat.asBytes();
+    auto c = decode_checkpoint({bytes.begin(), bytes.size()});
+    REQUIRE_FALSE(c.has_value());
+    CHECK(c.error().message() ==
+          "malformed checkpoint: tensor 'w' is packed (checkpoints hold raw tensors)");
   }
 
   TEST_CASE("a checkpoint of borrowed vectors decodes like one of tensors") {

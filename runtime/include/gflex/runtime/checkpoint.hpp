@@ -63,7 +63,8 @@ inline constexpr decode_limits checkpoint_limits{size_t{1} << 32, 8, int64_t{1} 
 expected<checkpoint> decode_checkpoint(std::span<const uint8_t> bytes,
                                        const decode_limits& limits = checkpoint_limits);
 
-/// Writes bytes to `file` atomically (a temporary file renamed over it).
+/// Writes bytes to `file` atomically (a temporary file, synced, renamed over it), readable by
+/// its owner alone (mode 0600) unless it replaces a file, whose mode it keeps.
 expected<void> write_file_atomically(const std::filesystem::path& file,
                                      std::span<const uint8_t> bytes);
 
