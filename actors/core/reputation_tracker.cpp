@@ -49,11 +49,21 @@ void flush(tracker_actor* self) {
     batch.keys.push_back(reputation_key(name));
     batch.values.emplace_back(text.begin(), text.end());
   }
+  auto names = std::move(st.dirty);
   st.dirty.clear();
   self->request(st.store, std::chrono::seconds(30), commit_atom::value, std::move(batch))
       .then([](caf::ok_atom) {},
-            [=](caf::error& e) {
-              spdlog::error("reputation: cannot store records: {}", self->system().render(e));
+            [=](caf::error& e) mutable {
+              // Written again in a second: a flag lost here was lost for good (a flagged
+              // node's record never changes again), and a restarted core gave it work.
+              spdlog::error("reputation: cannot store records (trying again in 1 s): {}",
+                            self->system().render(e));
+              auto& st = self->state;
+              st.dirty.merge(names);
+              if (!st.flush_scheduled) {
+                st.flush_scheduled = true;
+                self->delayed_send(self, std::chrono::seconds(1), tick_atom::value);
+              }
             });
 }
 
@@ -92,7 +102,12 @@ caf::behavior tracker(tracker_actor* self, caf::actor store, caf::actor market, 
                 spdlog::error("store: {}: {}", keys[i], r.error().message());
                 continue;
               }
-              if (r->flagged) self->send(st.market, bar_atom::value, r->name);
+              if (r->flagged) {
+                self->send(st.market, bar_atom::value, r->name);
+                // Its key's ban again: the gatekeeper's write of it may have failed.
+                if (!r->public_key.empty())
+                  self->send(st.gate, bar_atom::value, r->public_key, r->name);
+              }
               self->send(st.market, score_atom::value, r->name, r->score());
               if (!r->public_key.empty()) st.names_of_key[r->public_key].insert(r->name);
               st.records[r->name] = std::move(*r);

@@ -38,6 +38,7 @@ struct failing_store_state {
   std::set<std::string> unreadable;  ///< Keys whose reads fail (the store cannot answer).
   std::set<std::string> damaged;     ///< Keys whose values are damaged (reads and scans fail).
   std::set<std::string> unwritable;  ///< Keys whose commits fail (with all of their batch).
+  std::map<std::string, int> failing_commits;  ///< Keys whose next N commits fail.
   std::map<std::string, int> reads;  ///< Reads asked, by key ((caf::get_atom, key) tells).
   std::set<std::string> deleted;     ///< Keys committed empty ((caf::get_atom) tells).
 };
@@ -49,7 +50,8 @@ inline caf::error store_failure(const std::string& what) {
 // A store of `kept` whose first `shard_read_failures` reads of the shards fail, as do the
 // reads of the keys in `unreadable` (as a store that cannot answer) and of those in `damaged`
 // (as LMDB's of a damaged file), and the commits naming a key in `unwritable` (to which
-// (caf::put_atom, key) adds); other commits are applied, and (caf::get_atom) answers the keys
+// (caf::put_atom, key) adds) or, their next `times`, in `failing_commits` ((caf::put_atom,
+// key, times)); other commits are applied, and (caf::get_atom) answers the keys
 // deleted so far.
 inline caf::behavior failing_store(caf::stateful_actor<failing_store_state>* self,
                                    failing_store_state init) {
@@ -92,8 +94,14 @@ inline caf::behavior failing_store(caf::stateful_actor<failing_store_state>* sel
         return {true, it->second};
       },
       [=](commit_atom, store_batch& b) -> caf::result<caf::ok_atom> {
-        for (const auto& k : b.keys)
+        for (const auto& k : b.keys) {
           if (self->state.unwritable.count(k) != 0) return store_failure(k + ": unwritable");
+          if (auto it = self->state.failing_commits.find(k);
+              it != self->state.failing_commits.end() && it->second > 0) {
+            --it->second;
+            return store_failure(k + ": the store did not answer");
+          }
+        }
         for (size_t i = 0; i < b.keys.size(); ++i) {
           if (b.values[i].empty()) {
             self->state.kept.erase(b.keys[i]);
@@ -105,6 +113,9 @@ inline caf::behavior failing_store(caf::stateful_actor<failing_store_state>* sel
         return caf::ok_atom::value;
       },
       [=](caf::put_atom, const std::string& key) { self->state.unwritable.insert(key); },
+      [=](caf::put_atom, const std::string& key, int times) {
+        self->state.failing_commits[key] = times;
+      },
       [=](caf::get_atom, const std::string& key) { return self->state.reads[key]; },
       [=](caf::get_atom) {
         return std::vector<std::string>(self->state.deleted.begin(), self->state.deleted.end());

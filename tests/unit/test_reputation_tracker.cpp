@@ -2,7 +2,8 @@
 /// The reputation tracker's bindings of names to node keys: a key joins under a bounded
 /// number of names, and a key caught as one of them is caught as all of them. Before, one key
 /// could take thousands of names (squatting the host names honest nodes use, a stored record
-/// each), and when one was caught the others, already joined, kept getting work.
+/// each), and when one was caught the others, already joined, kept getting work. A flag
+/// whose write failed is written again.
 
 #include <doctest/doctest.h>
 
@@ -100,5 +101,31 @@ TEST_SUITE("reputation tracker") {
       CHECK_MESSAGE(n.flagged == (n.name != "honest"), n.name);
       if (n.name == "k1") CHECK(n.last_rejection == "its node key was caught as k2");
     }
+  }
+
+  TEST_CASE("a flag whose write failed is written again, and a restarted tracker keeps it") {
+    // A failed write of the records was only logged: a flagged node's record never changes
+    // again, so nothing rewrote it, and after a restart the node was unflagged and got work.
+    tracker_fixture f;
+    REQUIRE(f.hello("cheat", key_k).empty());
+    REQUIRE(f.hello("honest", key_l).empty());
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));  // their records written
+    f.self->send(f.store, caf::put_atom::value, reputation_key("cheat"), 1);
+    f.self->send(f.tracker, reject_atom::value, std::string("cheat"), std::string("forged"));
+    std::this_thread::sleep_for(std::chrono::milliseconds(1800));  // failed, then again
+    auto market = f.sys.spawn(noting_market);
+    auto restarted = spawn_reputation_tracker(f.sys, f.store, market, f.gate, reputation_policy{});
+    std::vector<node_status> nodes;
+    f.self->request(restarted, std::chrono::seconds(10), nodes_atom::value)
+        .receive([&](std::vector<node_status>& n) { nodes = std::move(n); },
+                 [&](caf::error& e) { FAIL(f.sys.render(e)); });
+    REQUIRE(nodes.size() == 2);
+    for (const auto& n : nodes) CHECK_MESSAGE(n.flagged == (n.name == "cheat"), n.name);
+    std::vector<std::string> barred;
+    f.self->request(market, std::chrono::seconds(10), caf::get_atom::value)
+        .receive([&](std::vector<std::string>& names) { barred = std::move(names); },
+                 [&](caf::error& e) { FAIL(f.sys.render(e)); });
+    CHECK(barred == std::vector<std::string>{"cheat"});
+    for (const auto& a : {restarted, market}) f.self->send_exit(a, caf::exit_reason::user_shutdown);
   }
 }
