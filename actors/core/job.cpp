@@ -153,9 +153,10 @@ struct job_actor_state {
     std::chrono::steady_clock::time_point until;
   };
   std::map<std::string, memory_shortage> out_of_memory;
-  /// Each node's last updates, sketched (newest last, at most replay_memory): a node that
-  /// sends its stored updates in turn repeats none of them back to back.
-  std::map<std::string, std::deque<std::vector<float>>> last_sketches;
+  /// Each node key's last updates, sketched (newest last, at most replay_memory): a node
+  /// that sends its stored updates in turn repeats none of them back to back. By key, not by
+  /// name: one key joins under several names, and replayed them in turn under each.
+  std::map<std::vector<uint8_t>, std::deque<std::vector<float>>> last_sketches;
   // Metered jobs: escrow held per round index (a rolled-back round keeps its hold), and
   // whether the next round waits for its hold or for a top-up.
   std::map<int64_t, int64_t> held;
@@ -1256,7 +1257,7 @@ void on_result(job_actor* self, uint64_t id, assignment_result& r) {
     std::vector<round_result*> just{&result};
     for (size_t begin = 0; begin < st.job.theta.size(); begin += update_blocks::size)
       update_sketch_add(one.read(just, begin)[0], begin, sketch);
-    auto& last = st.last_sketches[slot.node_name];
+    auto& last = st.last_sketches[slot.public_key];
     replay = std::any_of(last.begin(), last.end(), [&](const std::vector<float>& earlier) {
       return cosine(sketch, earlier) > replay_cosine;
     });
