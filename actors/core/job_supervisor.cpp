@@ -59,6 +59,9 @@ struct model_export {
 /// all are being made waits for one (at most `max_waiting_exports` wait; more are refused).
 constexpr size_t max_exports = 4;
 constexpr auto export_idle = std::chrono::minutes(5);
+/// An export read within this long is being read: it does not make room for another (its
+/// reader's next part would find it gone); a fetch that needs its place waits.
+constexpr auto export_reading = std::chrono::seconds(10);
 constexpr size_t max_waiting_exports = 256;
 constexpr size_t max_waiting_exports_per_account = 64;  // one account cannot fill the queue
 
@@ -664,7 +667,8 @@ void fetch_model(supervisor_actor* self, const std::string& who, const std::stri
     return;
   }
   if (offset > 0) {
-    rp.deliver(to_caf(error(errc::invalid_argument,
+    // client::fetch reads again from the start when told this.
+    rp.deliver(to_caf(error(errc::unavailable,
                             "job '" + id + "': the model's export is gone; fetch from the start")));
     return;
   }
@@ -672,16 +676,24 @@ void fetch_model(supervisor_actor* self, const std::string& who, const std::stri
     found->second.waiting.push_back({offset, rp});  // being made
     return;
   }
-  // Room is made by the export made and unused the longest; one being made stays.
+  // Room is made by the export made and unused the longest; one being made or read stays.
+  bool being_read = false;
   while (st.exports.size() >= max_exports) {
     auto oldest = st.exports.end();
-    for (auto it = st.exports.begin(); it != st.exports.end(); ++it)
-      if (it->second.bytes && (oldest == st.exports.end() || it->second.used < oldest->second.used))
-        oldest = it;
-    if (oldest == st.exports.end()) break;  // all are being made
+    for (auto it = st.exports.begin(); it != st.exports.end(); ++it) {
+      if (!it->second.bytes) continue;
+      if (now - it->second.used < export_reading) {
+        being_read = true;
+        continue;
+      }
+      if (oldest == st.exports.end() || it->second.used < oldest->second.used) oldest = it;
+    }
+    if (oldest == st.exports.end()) break;  // all are being made or read
     st.exports.erase(oldest);
   }
   if (st.exports.size() >= max_exports) {
+    // No builder may end to take it: it is taken again once the reading is over.
+    if (being_read) self->delayed_send(self, export_reading, fetch_atom::value);
     // Every export kept is being made: this one waits for a builder to end.
     const auto mine = std::count_if(st.queued_exports.begin(), st.queued_exports.end(),
                                     [&](const queued_fetch& q) { return q.who == who; });
@@ -1167,6 +1179,10 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links) {
         auto rp = self->make_response_promise<model_part>();
         fetch_model(self, who, id, offset, rp);
         return rp;
+      },
+      // Its own timer: exports being read may have made room for the fetches that wait.
+      [=](fetch_atom) {
+        if (self->current_sender() == self->ctrl()) next_queued_export(self);
       },
   };
 }

@@ -674,6 +674,13 @@ expected<std::vector<uint8_t>> client::fetch(const std::string& job_id) {
     do {
       auto part = impl_->ask_session<model_part>(std::chrono::seconds(300), fetch_atom::value,
                                                  job_id, static_cast<uint64_t>(out.size()));
+      // The export being read went (the core made room for others' models, or made a
+      // newer one): read again from the start.
+      if (!part && !out.empty() && part.error().code() == errc::unavailable &&
+          part.error().message().find("export is gone") != std::string::npos) {
+        again = true;
+        break;
+      }
       if (!part) return part.error();
       if (step < 0) {
         step = part->step;
@@ -690,8 +697,8 @@ expected<std::vector<uint8_t>> client::fetch(const std::string& job_id) {
     } while (out.size() < total);
     if (!again) return out;
   }
-  return error(errc::unavailable,
-               "fetch: job " + job_id + " committed new rounds faster than its model was read");
+  return error(errc::unavailable, "fetch: job " + job_id +
+                                      "'s model changed or went faster than it was read, 5 times");
 }
 
 expected<std::string> client::create_account(const std::string& id) {

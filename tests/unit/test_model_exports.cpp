@@ -35,13 +35,15 @@ namespace {
 using read_promise = caf::typed_response_promise<bool, std::vector<uint8_t>>;
 
 struct held_store_state {
-  std::vector<read_promise> held;  // checkpoint reads not answered yet
-  size_t peak = 0;                 // the most held at once
+  std::vector<read_promise> held;      // checkpoint reads not answered yet
+  std::vector<std::string> held_keys;  // the key each read
+  size_t peak = 0;                     // the most held at once
 };
 
 // Ended jobs job-1 .. job-N of user/alice; every checkpoint read is held until (put_atom)
 // answers those held ("no checkpoint") or (put_atom, i, bytes) answers the i-th held with
-// `bytes`; (get_atom) -> (held now, most held at once).
+// `bytes` ((put_atom, key, bytes): the one of that key); (get_atom) -> (held now, most held at
+// once).
 caf::behavior held_store(caf::stateful_actor<held_store_state>* self, int jobs) {
   using keys_values = caf::result<std::vector<std::string>, std::vector<std::vector<uint8_t>>>;
   return {
@@ -63,15 +65,17 @@ caf::behavior held_store(caf::stateful_actor<held_store_state>* self, int jobs) 
         }
         return {std::move(keys), std::move(values)};
       },
-      [=](read_atom, const std::string&) -> caf::result<bool, std::vector<uint8_t>> {
+      [=](read_atom, const std::string& key) -> caf::result<bool, std::vector<uint8_t>> {
         auto rp = self->make_response_promise<bool, std::vector<uint8_t>>();
         self->state.held.push_back(rp);
+        self->state.held_keys.push_back(key);
         self->state.peak = std::max(self->state.peak, self->state.held.size());
         return rp;
       },
       [=](caf::put_atom) {
         auto held = std::move(self->state.held);
         self->state.held.clear();
+        self->state.held_keys.clear();
         for (auto& rp : held) rp.deliver(false, std::vector<uint8_t>{});
       },
       [=](caf::put_atom, uint64_t index, std::vector<uint8_t>& checkpoint) {
@@ -79,6 +83,17 @@ caf::behavior held_store(caf::stateful_actor<held_store_state>* self, int jobs) 
         if (index >= held.size()) return;
         held[index].deliver(true, std::move(checkpoint));
         held.erase(held.begin() + static_cast<std::ptrdiff_t>(index));
+        self->state.held_keys.erase(self->state.held_keys.begin() +
+                                    static_cast<std::ptrdiff_t>(index));
+      },
+      [=](caf::put_atom, const std::string& key, std::vector<uint8_t>& checkpoint) {
+        auto& keys = self->state.held_keys;
+        auto it = std::find(keys.begin(), keys.end(), key);
+        if (it == keys.end()) return;
+        const auto index = it - keys.begin();
+        self->state.held[static_cast<size_t>(index)].deliver(true, std::move(checkpoint));
+        self->state.held.erase(self->state.held.begin() + index);
+        keys.erase(it);
       },
       [=](caf::get_atom) -> caf::result<uint64_t, uint64_t> {
         return {uint64_t{self->state.held.size()}, uint64_t{self->state.peak}};
@@ -101,6 +116,7 @@ struct exports_fixture : test::configured_system {
     job_links links;
     links.store = store;
     links.catalog = std::make_shared<data_catalog>();
+    links.payload_chunk_bytes = 64 << 10;  // a model of several parts
     supervisor = spawn_job_supervisor(sys, links);
     size_t listed = 0;
     for (int tries = 0; tries < 50 && listed < jobs; ++tries) {
@@ -179,8 +195,7 @@ TEST_SUITE("model exports") {
   }
 
   TEST_CASE_FIXTURE(exports_fixture,
-                    "an export made while older ones are still being made makes "
-                    "room for a waiting fetch") {
+                    "an export being read is kept; a fetch that needs its place waits") {
     // A real checkpoint of the workload, for the second export only.
     auto w = kernels::find_workload("fashion-mlp");
     REQUIRE(w.has_value());
@@ -192,13 +207,22 @@ TEST_SUITE("model exports") {
     for (int i = 1; i <= 5; ++i) fetch(i);  // 4 being made, job-5's waits
     std::this_thread::sleep_for(std::chrono::milliseconds(300));
     REQUIRE(store_counts().first == 4);
-    caf::anon_send(store, caf::put_atom::value, uint64_t{1}, encode_checkpoint(c));
-    std::this_thread::sleep_for(std::chrono::milliseconds(500));
-    // job-2's export is made; job-5's fetch takes its place (job-2's goes, as the one made).
-    CHECK(store_counts().first == 4);
-    answer_all();
+    caf::anon_send(store, caf::put_atom::value, job_checkpoint_key("job-2"), encode_checkpoint(c));
+    // job-2's export is made, and its first part read; job-5's fetch waits. Before, it took
+    // job-2's place, and the reader's next part was "gone".
+    model_part first;
+    fetches[1].receive([&](model_part& p) { first = std::move(p); },
+                       [&](caf::error& e) { FAIL(sys.render(e)); });
+    REQUIRE(first.total > first.bytes.size());  // more than one part
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    CHECK(store_counts().first == 3);
+    self->request(supervisor, wait, fetch_atom::value, alice, std::string("job-2"),
+                  uint64_t{first.bytes.size()})
+        .receive([&](model_part& p) { CHECK(p.offset == first.bytes.size()); },
+                 [&](caf::error& e) { FAIL(sys.render(e)); });
+    fetches.erase(fetches.begin() + 1);
+    answer_all();  // the builders that end let job-5's fetch start one
     const auto n = outcomes();
-    CHECK(n[0] == 1);
     CHECK(n[1] == 4);
     CHECK(n[3] == 0);
   }
