@@ -180,6 +180,9 @@ struct job_actor_state {
   // end record, written first, said the round before while the checkpoint and the payments
   // were the round's, and an answer after the end paused the ended job).
   int settling = 0;  // commits on their way
+  // A round's escrow hold is on its way (or asked after): a job that ends meanwhile records
+  // its end, returning escrow, once it is answered, with the hold if it was booked.
+  bool hold_in_flight = false;
   // Answered once the job's end is recorded (or cannot be): a cancel is acknowledged only
   // when a restarted core would no longer resume the job.
   std::vector<caf::typed_response_promise<caf::ok_atom>> end_waiters;
@@ -299,6 +302,8 @@ void pause(job_actor* self, const std::string& why) {
   publish(self);
 }
 
+void record_end(job_actor* self);
+
 // Holds the current round's escrow (once per round index: a rolled-back round keeps its
 // hold), then hands out its assignments. A budget or an account that cannot cover the hold
 // pauses the job until a top-up.
@@ -334,28 +339,26 @@ void hold_round(job_actor* self) {
   auto held = [=] {
     auto& st = self->state;
     st.holding = false;
+    st.hold_in_flight = false;
+    st.held[index] = hold;
     if (st.finished) {
-      // The job ended (cancelled, failed) while the hold was on its way: `finish` returned
-      // what escrow held before it, so this hold goes back on its own.
-      std::vector<posting> back{{escrow_of(st), -hold}, {st.job.spec.account, hold}};
-      self->request(st.links.ledger, st.links.ledger_wait, transfer_atom::value,
-                    std::string("release"),
-                    st.job.id + " ended: round " + std::to_string(index + 1) + "'s escrow returned",
-                    std::move(back), ledger_op(st, "return", index))
-          .then([](uint64_t) {},
-                [=](caf::error& e) {
-                  spdlog::error("job {}: cannot return round {}'s escrow: {}", self->state.job.id,
-                                index + 1, from_caf(e).message());
-                });
+      // The job ended (cancelled, failed) while the hold was on its way: its end waited for
+      // it, and returns it with the rest. Returned apart after an end already recorded, it
+      // was lost when the ended job's actor quit first, and stayed in escrow for good.
+      if (st.settling == 0) record_end(self);
       return;
     }
-    st.held[index] = hold;
     st.job.status.credits_held = total_held(st);
     dispatch(self);
   };
   auto refused = [=](const std::string& why) {
     auto& st = self->state;
     st.holding = false;
+    st.hold_in_flight = false;
+    if (st.finished) {
+      if (st.settling == 0) record_end(self);
+      return;
+    }
     pause(self, "the account " + st.job.spec.account + " cannot hold round " +
                     std::to_string(index + 1) + "'s escrow (" + format_credits(hold) +
                     " credits): " + why + " (credit it, then gflex topup " + st.job.id +
@@ -365,6 +368,7 @@ void hold_round(job_actor* self) {
   // that escrow never holds what the job does not know of (a second hold after a top-up,
   // stranded in escrow when the job ends).
   const auto op = ledger_op(st, "hold", index);
+  st.hold_in_flight = true;
   std::vector<posting> postings{{st.job.spec.account, -hold}, {escrow_of(st), hold}};
   self->request(st.links.ledger, st.links.ledger_wait, transfer_atom::value, std::string("hold"),
                 st.job.id + " round " + std::to_string(index + 1) + ": escrow", std::move(postings),
@@ -421,8 +425,9 @@ void finish(job_actor* self, job_state state, const std::string& detail) {
     self->send(st.links.market, release_atom::value, a.slot.worker);
   }
   st.pending.clear();
-  if (st.settling > 0) {
-    spdlog::info("job {}: ends once its round's commit is answered", st.job.id);
+  if (st.settling > 0 || st.hold_in_flight) {
+    spdlog::info("job {}: ends once its round's {} is answered", st.job.id,
+                 st.settling > 0 ? "commit" : "escrow hold");
     return;
   }
   record_end(self);
@@ -951,7 +956,7 @@ void try_confirm(job_actor* self) {
     spdlog::info("job {}: round {}/{} committed, loss {:.4f}, test accuracy {:.4f}", st.job.id,
                  round, st.job.status.rounds, loss, accuracy);
     if (st.finished) {  // ended meanwhile: its record says this round
-      if (st.settling == 0) record_end(self);
+      if (st.settling == 0 && !st.hold_in_flight) record_end(self);
       return;
     }
     if (last) {
@@ -981,7 +986,7 @@ void try_confirm(job_actor* self) {
       st.job.status.device_hours -= settled.hours;
     }
     if (st.finished) {  // ended meanwhile: the hold goes back with its end
-      if (st.settling == 0) record_end(self);
+      if (st.settling == 0 && !st.hold_in_flight) record_end(self);
       return;
     }
     finish(self, job_state::failed, "cannot commit round: " + why);

@@ -9,6 +9,60 @@
 using namespace gflex;
 using namespace gflex::test;
 
+namespace {
+
+struct slow_hold_state {
+  caf::actor keeper;
+  std::vector<std::function<void()>> held;  // holds not passed on yet
+};
+
+// A ledger keeper busy when a round's escrow hold comes: holds wait until (caf::put_atom)
+// passes them on; everything else goes to the real keeper at once. (caf::get_atom) -> the
+// holds waiting; (caf::get_atom, caf::get_atom) -> the real keeper.
+caf::behavior slow_hold_ledger(caf::stateful_actor<slow_hold_state>* self, caf::actor keeper) {
+  self->state.keeper = keeper;
+  self->link_to(keeper);  // it ends with this one, which the fixture ends
+  return {
+      [=](open_atom a, std::string& account, bool exists_ok) {
+        return self->delegate(self->state.keeper, a, std::move(account), exists_ok);
+      },
+      [=](account_atom a, std::string& account) {
+        return self->delegate(self->state.keeper, a, std::move(account));
+      },
+      [=](booked_atom a, std::string& op) {
+        return self->delegate(self->state.keeper, a, std::move(op));
+      },
+      [=](settle_atom a, std::string& kind, std::string& memo, std::vector<posting>& postings,
+          store_batch& batch, std::string& op) {
+        return self->delegate(self->state.keeper, a, std::move(kind), std::move(memo),
+                              std::move(postings), std::move(batch), std::move(op));
+      },
+      [=](transfer_atom a, std::string& kind, std::string& memo, std::vector<posting>& postings,
+          std::string& op) -> caf::result<uint64_t> {
+        auto rp = self->make_response_promise<uint64_t>();
+        auto pass_on = [=]() mutable {
+          self->request(self->state.keeper, std::chrono::seconds(30), a, kind, memo, postings, op)
+              .then([=](uint64_t seq) mutable { rp.deliver(seq); },
+                    [=](caf::error& e) mutable { rp.deliver(e); });
+        };
+        if (kind == "hold")
+          self->state.held.push_back(pass_on);
+        else
+          pass_on();
+        return rp;
+      },
+      [=](caf::put_atom) {
+        auto held = std::move(self->state.held);
+        self->state.held.clear();
+        for (auto& f : held) f();
+      },
+      [=](caf::get_atom) { return static_cast<int64_t>(self->state.held.size()); },
+      [=](caf::get_atom, caf::get_atom) { return self->state.keeper; },
+  };
+}
+
+}  // namespace
+
 TEST_SUITE("job cancel") {
   TEST_CASE("a cancel whose record cannot be written is an error, not an acknowledgement") {
     job_fixture f(stored_job());
@@ -31,5 +85,51 @@ TEST_SUITE("job cancel") {
     f.self->request(f.supervisor, f.wait, cancel_atom::value, f.alice, std::string("job-1"))
         .receive([](caf::ok_atom) {}, [&](caf::error& e) { FAIL(f.sys.render(e)); });
     CHECK(f.status().state == job_state::cancelled);
+  }
+
+  TEST_CASE("a job cancelled while its round's hold is on its way returns the hold too") {
+    // Its end returned what escrow held before the hold was booked, and the job quit: the
+    // hold, booked after, stayed in escrow for good ("ended jobs still hold credits").
+    auto st = stored_job(2, k_spec +
+                                "[market]\naccount = \"user/alice\"\nbudget = 100.0\n"
+                                "max_price = 1.0\n");
+    job_fixture f(st, {}, [](job_fixture& f) {
+      auto keeper = spawn_ledger_keeper(f.sys, f.store);
+      for (const char* account : {"user/alice", "escrow/job-1"})
+        f.self->request(keeper, f.wait, open_atom::value, std::string(account), false)
+            .receive([](caf::ok_atom) {}, [&](caf::error& e) { FAIL(f.sys.render(e)); });
+      f.self
+          ->request(keeper, f.wait, transfer_atom::value, std::string("credit"),
+                    std::string("test"),
+                    std::vector<posting>{{"external", -100'000'000}, {"user/alice", 100'000'000}})
+          .receive([](uint64_t) {}, [&](caf::error& e) { FAIL(f.sys.render(e)); });
+      return f.sys.spawn(slow_hold_ledger, keeper);
+    });
+    int64_t waiting = 0;
+    for (int tries = 0; tries < 100 && waiting == 0; ++tries) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      f.self->request(f.keeper, f.wait, caf::get_atom::value)
+          .receive([&](int64_t n) { waiting = n; }, [&](caf::error& e) { FAIL(f.sys.render(e)); });
+    }
+    REQUIRE(waiting == 1);  // the round's hold is on its way
+    caf::actor keeper;      // held after the fixture: a handle outliving its system hangs its end
+    f.self->request(f.keeper, f.wait, caf::get_atom::value, caf::get_atom::value)
+        .receive([&](caf::actor& k) { keeper = k; }, [&](caf::error& e) { FAIL(f.sys.render(e)); });
+    auto cancel =
+        f.self->request(f.supervisor, f.wait, cancel_atom::value, f.alice, std::string("job-1"));
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    f.self->send(f.keeper, caf::put_atom::value);  // the hold is booked
+    cancel.receive([](caf::ok_atom) {}, [&](caf::error& e) { FAIL(f.sys.render(e)); });
+    CHECK(f.status().state == job_state::cancelled);
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));  // a hold booked after the end
+    auto balance = [&](const std::string& account) {
+      int64_t out = -1;
+      f.self->request(keeper, f.wait, account_atom::value, account)
+          .receive([&](account_info& i) { out = i.balance; },
+                   [&](caf::error& e) { FAIL(f.sys.render(e)); });
+      return out;
+    };
+    CHECK(balance("escrow/job-1") == 0);
+    CHECK(balance("user/alice") == 100'000'000);
   }
 }
