@@ -1,6 +1,7 @@
 /// @file
 /// A cancel is acknowledged once the job's end is recorded: told "cancelled" while the record
 /// still said running, a user saw a core restarted meanwhile resume the job and bill it again.
+/// A job cancelled while its round's escrow hold is on its way returns that hold too.
 
 #include <doctest/doctest.h>
 
