@@ -336,7 +336,15 @@ int run_core(const core_config& given, const core_service_starter& start) {
   in_process_core local{sys, *core};
   std::unique_ptr<core_service> service;
   if (start) {
-    auto started = start(local);
+    // A starter that throws: the core is stopped first, else the actor system's end would
+    // wait for it for ever (and the signal watcher was not started: only SIGKILL ended it).
+    expected<std::unique_ptr<core_service>> started = error(errc::none, "");
+    try {
+      started = start(local);
+    } catch (...) {
+      self->send_exit(*core, caf::exit_reason::user_shutdown);
+      throw;
+    }
     if (!started) {
       spdlog::error("{}", started.error().message());
       self->send_exit(*core, caf::exit_reason::user_shutdown);

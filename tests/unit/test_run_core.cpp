@@ -13,9 +13,12 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <future>
 #include <memory>
+#include <stdexcept>
 #include <thread>
 
 #include "gflex/gflex.hpp"
@@ -87,6 +90,30 @@ TEST_CASE("run_core stops on SIGTERM and gives the program its handlers back") {
     CHECK(second.code.get() == 0);
   }
   sigaction(SIGTERM, &old, nullptr);
+}
+
+TEST_CASE("a service starter that throws stops the core, and run_core passes the exception on") {
+  // The core was left running: the actor system's end waited for it for ever, and the
+  // signals could not stop the program (their watcher had not started).
+  test::temp_dir dir;
+  REQUIRE(init_core(dir.path()).has_value());
+  core_config config;
+  config.data_dir = dir.path();
+  config.port = 0;
+  config.insecure = true;
+  auto code = std::async(std::launch::async, [config] {
+    return run_core(config, [](local_core&) -> expected<std::unique_ptr<core_service>> {
+      throw std::runtime_error("the trainer's service could not start");
+    });
+  });
+  const bool ended = code.wait_for(std::chrono::seconds(30)) == std::future_status::ready;
+  if (!ended) {
+    // Hung: the process ends here rather than in the future's destructor, failing the run.
+    FAIL_CHECK("run_core did not return within 30 s after its starter threw");
+    std::fflush(nullptr);
+    std::_Exit(1);
+  }
+  CHECK_THROWS_WITH_AS(code.get(), "the trainer's service could not start", std::runtime_error);
 }
 
 TEST_CASE("an init that fails part way leaves nothing behind: the next one makes the credentials") {
