@@ -45,7 +45,16 @@ train_driver::train_driver(train_options options) : options_(std::move(options))
   if (!spec) fail(spec.error().message());
   auto w = kernels::find_workload(spec->workload, spec->model, "");
   if (!w) fail("train: " + w.error().message());
+  // The data set pushed must fit the model: found only at submit, after the whole upstream
+  // had run and its data had been uploaded, and again at each restart.
+  if (options_.classes != (*w)->classes() || options_.tokens != (*w)->token_input())
+    fail("train: train_options say " + std::to_string(options_.classes) +
+         (options_.tokens ? " classes of token ids" : " classes of values") + ", the model takes " +
+         std::to_string((*w)->classes()) +
+         ((*w)->token_input() ? " classes of token ids" : " classes of values") +
+         " (set train_options.classes and .tokens)");
   parameters_ = (*w)->parameter_count();
+  feature_dim_ = (*w)->feature_dim();
   workers_ = spec->workers;
 }
 
@@ -65,6 +74,9 @@ void train_driver::absorb(const sample_batch& batch) {
     fail("train: a batch of " + std::to_string(batch.rows()) + " labels holds " +
          std::to_string(batch.features.size()) + " values, not rows x sample_values (" +
          std::to_string(batch.sample_values) + ")");
+  if (batch.sample_values != feature_dim_)
+    fail("train: samples of " + std::to_string(batch.sample_values) +
+         " values, but the model takes " + std::to_string(feature_dim_));
   if (sample_values_ == 0) sample_values_ = batch.sample_values;
   if (batch.sample_values != sample_values_)
     fail("train: a batch of samples of " + std::to_string(batch.sample_values) +

@@ -42,7 +42,8 @@ class train_driver {
  private:
   train_options options_;
   int64_t parameters_ = 0;
-  int64_t workers_ = 1;  ///< The job's workers a round: the data set has a shard for each.
+  int64_t feature_dim_ = 0;  ///< Values per sample the model takes.
+  int64_t workers_ = 1;      ///< The job's workers a round: the data set has a shard for each.
   int64_t sample_values_ = 0;
   int64_t rows_ = 0;
   int64_t batches_ = 0;

@@ -555,6 +555,18 @@ TEST_SUITE("pipeline") {
     CHECK(short_rows.error().message() ==
           "pipeline stage 'train' failed after 0 restarts: train: a batch of 2 labels holds 14 "
           "values, not rows x sample_values (8)");
+    // Samples the model does not take, or labels of another kind: refused before the
+    // upstream has run and its data was uploaded (and again at each restart).
+    auto defaults = t;
+    defaults.classes = 256;  // train_options' defaults: a byte-level language model's
+    defaults.tokens = true;
+    const auto before_defaults = generated->load();
+    auto mismatch = run_train(defaults, 8);
+    REQUIRE_FALSE(mismatch.has_value());
+    CHECK(mismatch.error().message() ==
+          "pipeline stage 2 'train': train: train_options say 256 classes of token ids, the "
+          "model takes 2 classes of values (set train_options.classes and .tokens)");
+    CHECK(generated->load() == before_defaults);
     auto spinning = t;
     spinning.poll = std::chrono::milliseconds(0);  // would ask the core for status non-stop
     auto no_poll = run_train(spinning, 8);
