@@ -15,8 +15,10 @@
 
 #include "client_connection.hpp"
 #include "gflex/gflex.hpp"
+#include "gflex/runtime/checkpoint.hpp"
 #include "gflex/runtime/idx.hpp"
 #include "gflex/runtime/npy.hpp"
+#include "gflex/runtime/printable_text.hpp"
 #include "gflex/runtime/text_corpus.hpp"
 
 namespace gflex::app {
@@ -109,14 +111,21 @@ expected<dataset_splits> split(const dataset& all, double fraction) {
 
 expected<dataset_splits> read_data_files(const data_files& f) {
   if (f.format == "tokens") {
-    std::ifstream in(f.path, std::ios::binary);
-    if (!in) return error(errc::io_error, f.path + ": cannot open");
-    std::vector<uint8_t> bytes{std::istreambuf_iterator<char>(in),
-                               std::istreambuf_iterator<char>()};
     // Every k-th sample is held out (text is split by position, not at its end: a corpus's
-    // last part is often of another kind), k the whole number nearest 1 / --test-fraction.
+    // last part is often of another kind), so the fraction is 1/k. Another was taken as the
+    // nearest 1/k: 0.4 held out 50%, 0.9 also 50%.
     const auto every = std::max<int64_t>(2, std::llround(1.0 / f.test_fraction));
-    auto splits = make_token_splits(bytes, f.context + 1, every);
+    if (std::abs(1.0 / static_cast<double>(every) - f.test_fraction) > 0.01 * f.test_fraction) {
+      const auto lo = std::max<int64_t>(2, static_cast<int64_t>(std::floor(1.0 / f.test_fraction)));
+      return error(errc::invalid_argument,
+                   "--test-fraction " + format_double(f.test_fraction) +
+                       ": tokens are held out every k-th sample, so the fraction is 1/k: give " +
+                       format_double(1.0 / static_cast<double>(lo)) + " or " +
+                       format_double(1.0 / static_cast<double>(lo + 1)));
+    }
+    auto bytes = read_file(f.path);
+    if (!bytes) return bytes.error();
+    auto splits = make_token_splits(*bytes, f.context + 1, every);
     if (!splits) return error(splits.error().code(), f.path + ": " + splits.error().message());
     return splits;
   }
@@ -235,7 +244,7 @@ void add_data_commands(CLI::App& app, std::function<int()>& run) {
       ->check(CLI::Range(int64_t{2}, int64_t{256}));
   push->add_option("--test-fraction", f->files.test_fraction,
                    "the part held out as the test split: the last part (idx and npy), every "
-                   "(1/F)-th sample (tokens)")
+                   "(1/F)-th sample (tokens: F is 1/k)")
       ->check(CLI::Range(0.001, 0.9))
       ->capture_default_str();
   push->add_option("--context", f->files.context,

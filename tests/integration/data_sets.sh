@@ -107,6 +107,10 @@ held = j["test_samples"] / (j["train_samples"] + j["test_samples"])
 assert 0.23 < held < 0.27, held
 PY
 "${ALICE[@]}" "$G" data rm text-q --core "$core" || fail "remove text-q"
+# A fraction that is not 1/k: refused, not taken as the nearest (0.4 held out 50%).
+expect_error "tokens at --test-fraction 0.4" \
+  "--test-fraction 0.4: tokens are held out every k-th sample, so the fraction is 1/k: give 0.5 or 0.3333333333333333" \
+  "${ALICE[@]}" "$G" data push text-f "$WORK/text.txt" --format tokens --test-fraction 0.4 --core "$core"
 
 # -- a user's model on a pushed set, as a job; bob cannot name alice's set ----------------
 spec="$WORK/job.toml"
