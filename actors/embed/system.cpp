@@ -14,6 +14,7 @@
 #include <atomic>
 #include <cstdlib>
 #include <map>
+#include <mutex>
 #include <optional>
 #include <thread>
 
@@ -444,6 +445,10 @@ struct client::impl {
   std::string host;
   uint16_t port = 0;
   bool core_lost = false;
+  // A client may be used from several threads at once (a trainer following several jobs, a
+  // pipeline's train stage beside its caller): the session and the links are asked for,
+  // replaced and forgotten under this lock, never sent to under it.
+  std::mutex mutex;
   caf::actor_system& system() { return *sys; }
 
   void own_system() {
@@ -457,6 +462,7 @@ struct client::impl {
 
   // The session, asked for at the first request: the key's errors come back from there.
   expected<caf::actor> session_handle() {
+    std::lock_guard<std::mutex> guard(mutex);
     if (core_lost) {
       auto again = insecure ? sys->middleman().remote_actor(host, port)
                             : caf::openssl::remote_actor(*sys, host, port);
@@ -512,8 +518,12 @@ struct client::impl {
                                             "); the next request reconnects"
                                       : std::string(no_answer) + " within " +
                                             std::to_string(timeout.count()) + " s");
-                     forget_session();
-                     core_lost = owned != nullptr && !host.empty();
+                     std::lock_guard<std::mutex> guard(mutex);
+                     // Another thread may have replaced the session since this request left.
+                     if (session == *s) {
+                       forget_session();
+                       core_lost = owned != nullptr && !host.empty();
+                     }
                      return;
                    }
                    out = from_caf(e, sys);
@@ -521,7 +531,7 @@ struct client::impl {
     return out;
   }
 
-  void forget_session() {
+  void forget_session() {  // under the lock
     if (link) caf::anon_send_exit(link, caf::exit_reason::user_shutdown);
     link = nullptr;
     session = nullptr;
@@ -532,6 +542,7 @@ struct client::impl {
   // when the leader cannot be reached.
   bool go_to_leader(const std::string& why) {
     if (!owned) return false;
+    std::lock_guard<std::mutex> guard(mutex);
     const auto at = why.rfind(" is at ");
     if (at == std::string::npos) return false;
     const std::string address = why.substr(at + 7);
@@ -601,6 +612,7 @@ expected<client> client::connect(const std::string& host, uint16_t port,
 expected<std::string> client::principal() {
   auto s = impl_->session_handle();
   if (!s) return s.error();
+  std::lock_guard<std::mutex> guard(impl_->mutex);
   return impl_->principal;
 }
 

@@ -16,10 +16,14 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <future>
 #include <memory>
+#include <mutex>
 #include <stdexcept>
+#include <string>
 #include <thread>
+#include <vector>
 
 #include "gflex/gflex.hpp"
 #include "temp_dir.hpp"
@@ -114,6 +118,50 @@ TEST_CASE("a service starter that throws stops the core, and run_core passes the
     std::_Exit(1);
   }
   CHECK_THROWS_WITH_AS(code.get(), "the trainer's service could not start", std::runtime_error);
+}
+
+TEST_CASE("one client used from eight threads at once: each request is answered") {
+  // Its session was asked for, replaced and forgotten with no lock: threads that began at
+  // once each asked for a session and wrote the same handles.
+  test::temp_dir dir;
+  REQUIRE(init_core(dir.path()).has_value());
+  core_config config;
+  config.data_dir = dir.path();
+  config.port = 0;
+  config.insecure = true;
+  std::atomic<int> answered{0};
+  std::vector<std::string> failures;
+  std::mutex failures_mutex;
+  auto key = std::make_shared<std::string>();
+  {
+    std::ifstream in(dir.path() / "operator.key");
+    std::getline(in, *key);
+  }
+  const int code =
+      run_core(config, [&](local_core& core) -> expected<std::unique_ptr<core_service>> {
+        auto c = core.connect(*key);
+        std::vector<std::thread> threads;
+        for (int t = 0; t < 8; ++t)
+          threads.emplace_back([&] {
+            for (int i = 0; i < 10; ++i) {
+              auto jobs = c.jobs();
+              auto who = c.principal();
+              if (jobs && who && *who == "operator") {
+                ++answered;
+              } else {
+                std::lock_guard<std::mutex> guard(failures_mutex);
+                failures.push_back(!jobs  ? jobs.error().message()
+                                   : !who ? who.error().message()
+                                          : *who);
+              }
+            }
+          });
+        for (auto& t : threads) t.join();
+        return error(errc::invalid_argument, "the test is done");  // stops the core
+      });
+  CHECK(code == 2);
+  CHECK_MESSAGE(failures.empty(), (failures.empty() ? std::string() : failures.front()));
+  CHECK(answered.load() == 80);
 }
 
 TEST_CASE("an init that fails part way leaves nothing behind: the next one makes the credentials") {

@@ -225,7 +225,8 @@ struct job_events {
 };
 
 /// A connection to a core, for submitting and following jobs. A client sees and changes
-/// only its account's jobs and account; the operator's key sees everything.
+/// only its account's jobs and account; the operator's key sees everything. One client may
+/// be used from several threads at once (its requests then run side by side).
 class client {
  public:
   /// Connects to the core at host:port; errc::io_error when it cannot, errc::bad_format
