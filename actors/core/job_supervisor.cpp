@@ -264,18 +264,43 @@ void start_job(supervisor_actor* self, job_start start) {
 void read_checkpoint(supervisor_actor* self, const std::string& id, job_start::origin from,
                      std::string end_with, std::function<void(const caf::error&)> failed);
 
+// A restarted job's figures come from its record, written with its checkpoint: those the
+// dead actor last reported could include a round not committed (or miss one that was), and
+// its spending and budget were misjudged by that round. Then its checkpoint is read.
+void read_record(supervisor_actor* self, const std::string& id, job_start::origin from,
+                 std::string end_with, std::function<void(const caf::error&)> failed) {
+  self->request(self->state.links.store, std::chrono::seconds(120), read_atom::value,
+                job_record_key(id))
+      .then(
+          [=](bool found, std::vector<uint8_t>& bytes) {
+            auto record = decode_job_record(bytes);
+            if (found && record && !is_terminal(record->second.state)) {
+              auto& entry = self->state.jobs[id];
+              auto status = std::move(record->second);
+              fill_from_spec(status, entry.spec);
+              status.detail = entry.status.detail;
+              entry.status = std::move(status);
+            } else if (found && !record) {
+              spdlog::error("store: job {}: {}", id, record.error().message());
+            }
+            read_checkpoint(self, id, from, end_with, failed);
+          },
+          [=](caf::error& e) { failed(e); });
+}
+
 void start_from_checkpoint(supervisor_actor* self, const std::string& id, job_start::origin from,
                            std::string end_with, std::function<void(const caf::error&)> failed) {
-  // A job whose actor died may have sent a round to be settled that still waits in the
-  // ledger keeper's queue (its record and checkpoint go with its payments): the checkpoint
-  // is read once the keeper has answered what was sent to it before (it answers `booked`
-  // after them), or the job would train, and pay for, that round again.
-  const auto& ledger = self->state.links.ledger;
-  if (from != job_start::origin::restarted || !ledger)
+  if (from != job_start::origin::restarted)
     return read_checkpoint(self, id, from, std::move(end_with), std::move(failed));
+  // A job whose actor died may have sent a round to be settled that still waits in the
+  // ledger keeper's queue (its record and checkpoint go with its payments): they are read
+  // once the keeper has answered what was sent to it before (it answers `booked` after
+  // them), or the job would train, and pay for, that round again.
+  const auto& ledger = self->state.links.ledger;
+  if (!ledger) return read_record(self, id, from, std::move(end_with), std::move(failed));
   self->request(ledger, std::chrono::minutes(5), booked_atom::value,
                 std::string("barrier before restarting ") + id)
-      .then([=](uint64_t) { read_checkpoint(self, id, from, end_with, failed); },
+      .then([=](uint64_t) { read_record(self, id, from, end_with, failed); },
             [=](caf::error& e) { failed(e); });
 }
 

@@ -108,4 +108,30 @@ TEST_SUITE("job restart") {
       std::this_thread::sleep_for(std::chrono::milliseconds(100));
     CHECK(reads() == before + 1);  // read once it has
   }
+
+  TEST_CASE("a restarted job takes its figures from its record, not from its last report") {
+    // The dead actor's last report could include a round not committed, or miss one that was
+    // (its record and checkpoint are written together): its spending and budget were off.
+    job_fixture f(stored_job());
+    auto job = asking_job(f);
+    REQUIRE(job);
+    // Round 2 committed elsewhere (the keeper wrote it): 1.5 credits spent, per the record.
+    job_status s;
+    s.job_id = "job-1";
+    s.owner = "user/alice";
+    s.state = job_state::running;
+    s.round = 2;
+    s.credits_spent = 1'500'000;
+    store_batch batch;
+    batch.keys.push_back(job_record_key("job-1"));
+    batch.values.push_back(encode_job_record(k_spec, s));
+    f.self->request(f.store, f.wait, commit_atom::value, std::move(batch))
+        .receive([](caf::ok_atom) {}, [&](caf::error& e) { FAIL(f.sys.render(e)); });
+    CHECK(f.status().credits_spent == 0);            // what the actor reported
+    f.self->send_exit(job, caf::exit_reason::kill);  // its actor dies
+    REQUIRE(asking_job(f, job));                     // restarted
+    auto after = f.await([](const job_status& st) { return st.credits_spent != 0; }, 5);
+    CHECK(after.credits_spent == 1'500'000);
+    CHECK(after.state == job_state::running);
+  }
 }
