@@ -890,6 +890,15 @@ void try_confirm(job_actor* self) {
     s.test_accuracy = eval->accuracy();
     s.test_loss = eval->mean_loss();
   }
+  // The nodes' credit (their streaks, their earnings) once the round is committed: a round
+  // that is not, or is redone after a crash, credited them for it anyway, or twice.
+  struct credit {
+    std::string node;
+    uint8_t check;
+    double compute_s;
+    int64_t earned;
+  };
+  std::vector<credit> credits;
   for (const auto& [shard, r] : u.results) {
     if (unproven_outlier(r)) continue;
     const auto pay = payment_of(st, r);
@@ -898,8 +907,8 @@ void try_confirm(job_actor* self) {
     const auto check = r.check == check_state::verified     ? result_check::verified
                        : r.check == check_state::unverified ? result_check::unverified
                                                             : result_check::cleared;
-    self->send(st.links.reputation, credit_atom::value, r.slot.node_name,
-               static_cast<uint8_t>(check), std::min(r.compute_s, r.wall_s), pay.cost - pay.fee);
+    credits.push_back({r.slot.node_name, static_cast<uint8_t>(check),
+                       std::min(r.compute_s, r.wall_s), pay.cost - pay.fee});
     st.job.status.compute_s += std::min(r.compute_s, r.wall_s);
   }
   settlement pay;
@@ -948,6 +957,8 @@ void try_confirm(job_actor* self) {
   auto committed = [=] {
     auto& st = self->state;
     st.settling -= 1;
+    for (const auto& c : credits)
+      self->send(st.links.reputation, credit_atom::value, c.node, c.check, c.compute_s, c.earned);
     st.durable_round = round;
     st.durable_accuracy = accuracy;
     st.durable_loss = loss;

@@ -626,6 +626,20 @@ TEST_SUITE("job caught nodes") {
     CHECK(asked == 2);  // round 3's two results; round 4's were re-computed unasked
   }
 
+  TEST_CASE("a round that cannot be committed credits no node") {
+    // Credited before the commit, a round that failed to commit (or was redone after a
+    // crash) still counted in the nodes' streaks and earnings.
+    resumed_job r(3, {{"a", node_tier::core, std::chrono::milliseconds(0), {}}}, false,
+                  [](caf::actor_system&, job_links& links) {
+                    caf::anon_send(links.store, caf::put_atom::value, job_checkpoint_key("job-1"));
+                  });
+    auto s = r.ended();
+    REQUIRE(s.has_value());
+    CHECK(s->state == job_state::failed);
+    CHECK(s->detail.find("cannot commit round") != std::string::npos);
+    CHECK(r.credited().empty());
+  }
+
   TEST_CASE("one node's reported loss is not the round's") {
     // A loss is a node's claim: the round's is the median of the results used, not a mean
     // that one node's 1e300 makes whatever it says.
