@@ -12,6 +12,7 @@
 
 #include "capnp_bytes.hpp"
 #include "gflex/schema/checkpoint.capnp.h"
+#include "synced_file.hpp"
 #include "tensor_capnp.hpp"
 
 namespace gflex {
@@ -113,47 +114,12 @@ expected<checkpoint> decode_checkpoint(std::span<const uint8_t> bytes,
 
 expected<void> write_file_atomically(const std::filesystem::path& file,
                                      std::span<const uint8_t> bytes) {
-  auto tmp = file;
-  tmp += ".tmp." + std::to_string(::getpid());
-  auto failed = [&](const std::string& what) -> expected<void> {
-    const int saved = errno;
-    ::unlink(tmp.c_str());
-    return error(errc::io_error,
-                 file.string() + ": cannot " + what + " (" + std::strerror(saved) + ")");
-  };
   // Private to its owner (a user's model, a user's data on a volunteer's disk), unless the
   // file it replaces was shared by its owner's choice: its mode is kept.
   mode_t mode = 0600;
   if (struct stat st; ::stat(file.c_str(), &st) == 0 && S_ISREG(st.st_mode))
     mode = st.st_mode & 07777;
-  ::unlink(tmp.c_str());  // a crash's leftover of this pid
-  // Not through a link another local user left at the temporary name.
-  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode);
-  if (fd < 0) return failed("create " + tmp.string());
-  ::fchmod(fd, mode);  // the umask narrowed it
-  for (size_t at = 0; at < bytes.size();) {
-    const ssize_t n = ::write(fd, bytes.data() + at, bytes.size() - at);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) {
-      if (n == 0) errno = ENOSPC;
-      ::close(fd);
-      return failed("write");
-    }
-    at += static_cast<size_t>(n);
-  }
-  // On disk before its name is: renamed first, a power loss could leave an empty file.
-  if (::fsync(fd) != 0) {
-    ::close(fd);
-    return failed("write");
-  }
-  if (::close(fd) != 0) return failed("write");
-  if (::rename(tmp.c_str(), file.c_str()) != 0) return failed("write");
-  const auto dir = file.parent_path().empty() ? std::filesystem::path(".") : file.parent_path();
-  if (const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC); dfd >= 0) {
-    ::fsync(dfd);
-    ::close(dfd);
-  }
-  return {};
+  return detail::write_synced(file, bytes, mode, true);
 }
 
 expected<std::vector<uint8_t>> read_file(const std::filesystem::path& file, size_t max_bytes) {

@@ -1,5 +1,7 @@
 #include "gflex/runtime/secret_file.hpp"
 
+#include "synced_file.hpp"
+
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -36,40 +38,7 @@ expected<std::string> read_secret_file(const std::filesystem::path& file) {
 
 expected<void> write_new_file(const std::filesystem::path& file, std::span<const uint8_t> bytes,
                               int mode) {
-  const auto tmp = file.string() + ".tmp." + std::to_string(::getpid());
-  auto failed = [&](const std::string& what) -> expected<void> {
-    const int saved = errno;
-    ::unlink(tmp.c_str());
-    return error(errc::io_error, file.string() + ": " + what + " (" + std::strerror(saved) + ")");
-  };
-  ::unlink(tmp.c_str());  // a crash's leftover of this pid
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode);
-  if (fd < 0) return failed("cannot create");
-  size_t at = 0;
-  while (at < bytes.size()) {
-    ssize_t n = ::write(fd, bytes.data() + at, bytes.size() - at);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) {
-      if (n == 0) errno = ENOSPC;
-      ::close(fd);
-      return failed("cannot write");
-    }
-    at += static_cast<size_t>(n);
-  }
-  if (::fsync(fd) != 0) {
-    ::close(fd);
-    return failed("cannot sync");
-  }
-  if (::close(fd) != 0) return failed("cannot write");
-  // link, not rename: it fails when the name exists, as O_EXCL does.
-  if (::link(tmp.c_str(), file.c_str()) != 0) return failed("cannot create");
-  ::unlink(tmp.c_str());
-  const auto dir = file.parent_path().empty() ? std::filesystem::path(".") : file.parent_path();
-  if (int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC); dfd >= 0) {
-    ::fsync(dfd);
-    ::close(dfd);
-  }
-  return {};
+  return detail::write_synced(file, bytes, static_cast<mode_t>(mode), false);
 }
 
 }  // namespace gflex

@@ -56,15 +56,21 @@ struct running_core {
   }
 };
 
-}  // namespace
-
-TEST_CASE("run_core stops on SIGTERM and gives the program its handlers back") {
-  test::temp_dir dir;
+// A core's credentials made in `dir`, and its config: any free port on loopback, plain TCP.
+core_config local_core_config(const test::temp_dir& dir) {
   REQUIRE(init_core(dir.path()).has_value());
   core_config config;
   config.data_dir = dir.path();
   config.port = 0;
   config.insecure = true;
+  return config;
+}
+
+}  // namespace
+
+TEST_CASE("run_core stops on SIGTERM and gives the program its handlers back") {
+  test::temp_dir dir;
+  const auto config = local_core_config(dir);
 
   struct sigaction mine {
   }, old{};
@@ -100,11 +106,7 @@ TEST_CASE("a service starter that throws stops the core, and run_core passes the
   // The core was left running: the actor system's end waited for it for ever, and the
   // signals could not stop the program (their watcher had not started).
   test::temp_dir dir;
-  REQUIRE(init_core(dir.path()).has_value());
-  core_config config;
-  config.data_dir = dir.path();
-  config.port = 0;
-  config.insecure = true;
+  const auto config = local_core_config(dir);
   auto code = std::async(std::launch::async, [config] {
     return run_core(config, [](local_core&) -> expected<std::unique_ptr<core_service>> {
       throw std::runtime_error("the trainer's service could not start");
@@ -124,11 +126,7 @@ TEST_CASE("one client used from eight threads at once: each request is answered"
   // Its session was asked for, replaced and forgotten with no lock: threads that began at
   // once each asked for a session and wrote the same handles.
   test::temp_dir dir;
-  REQUIRE(init_core(dir.path()).has_value());
-  core_config config;
-  config.data_dir = dir.path();
-  config.port = 0;
-  config.insecure = true;
+  const auto config = local_core_config(dir);
   std::atomic<int> answered{0};
   std::vector<std::string> failures;
   std::mutex failures_mutex;

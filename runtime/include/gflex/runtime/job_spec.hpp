@@ -80,18 +80,19 @@ struct job_spec {
   /// [trust] tier: "hybrid" | "core" | "community": where the job's assignments go.
   trust_tier tier = trust_tier::hybrid;
   /// [trust] tolerance, in [0.5, 1] (a job may loosen it, not tighten it: a result outside
-  /// it flags its node on the whole platform): the largest relative L2 distance |claimed - recomputed| /
-  /// |recomputed| a verified update may have. It covers the int8 wire format (0.6-0.8%) and
-  /// the divergence of honest work on other arithmetic, which training amplifies in a few
-  /// rounds: one unit in the last place at the start of an assignment moved a fashion-mlp
+  /// it flags its node on the whole platform): the largest relative L2 distance |claimed -
+  /// recomputed| / |recomputed| a verified update may have. It covers the int8 wire format
+  /// (0.6-0.8%) and the divergence of honest work on other arithmetic, which training amplifies in
+  /// a few rounds: one unit in the last place at the start of an assignment moved a fashion-mlp
   /// update by up to 0.09, another OpenBLAS kernel by up to 0.30, a GPU's fp32 against a
   /// CPU's by 0.22 (docs/BENCHMARKS.md, "Re-computation on other arithmetic"). Sign flips,
   /// noise and replays land at 1.3-2.
   double tolerance = 0.5;
-  /// [trust] norm_tolerance, in [0.05, 1] (loosened only, as tolerance): the largest relative difference of the norms of the
-  /// claimed and the re-computed update. Honest divergence turns an update, it hardly scales
-  /// it (at most 0.4% measured, where the distance was up to 0.30), so this is much tighter than
-  /// `tolerance` and catches a scaled update that the distance alone would let through.
+  /// [trust] norm_tolerance, in [0.05, 1] (loosened only, as tolerance): the largest relative
+  /// difference of the norms of the claimed and the re-computed update. Honest divergence turns an
+  /// update, it hardly scales it (at most 0.4% measured, where the distance was up to 0.30), so
+  /// this is much tighter than `tolerance` and catches a scaled update that the distance alone
+  /// would let through.
   double norm_tolerance = 0.05;
   /// [trust] norm_bound, in [1.5, 1000]: a result whose update norm is above norm_bound times
   /// the round's median norm, or below the median over norm_bound, is an outlier: re-computed
