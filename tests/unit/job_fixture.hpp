@@ -148,6 +148,15 @@ inline caf::behavior offering_market(caf::event_based_actor* self, std::vector<w
   };
 }
 
+// A slot of `worker` (an actor of another system, standing for a node) on node `id`, `name`.
+inline worker_slot node_slot(caf::actor worker, std::string id, std::string name) {
+  worker_slot slot;
+  slot.worker = std::move(worker);
+  slot.node_id = std::move(id);
+  slot.node_name = std::move(name);
+  return slot;
+}
+
 inline dataset samples(int64_t n) {
   dataset out;
   out.classes = 3;

@@ -40,11 +40,8 @@ TEST_SUITE("job deadlines") {
   TEST_CASE("an assignment past its deadline is aborted on its worker") {
     configured_system side;  // the worker's own system: it stands for a node
     auto worker = side.sys.spawn(silent_worker);
-    worker_slot slot;
-    slot.worker = worker;
-    slot.node_id = "n1";
-    slot.node_name = "slow";
-    job_fixture f(stored_job(2, k_spec + "[round]\ndeadline_s = 1\n"), {slot});
+    job_fixture f(stored_job(2, k_spec + "[round]\ndeadline_s = 1\n"),
+                  {node_slot(worker, "n1", "slow")});
     std::vector<uint64_t> assigned, aborted;
     for (int tries = 0; tries < 100 && aborted.empty(); ++tries) {
       std::this_thread::sleep_for(std::chrono::milliseconds(100));

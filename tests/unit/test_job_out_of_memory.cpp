@@ -31,11 +31,7 @@ TEST_SUITE("job out of memory") {
   TEST_CASE("a node the work ran out of memory on is left out, and the status says why") {
     configured_system side;  // the worker's own system: it stands for a node
     auto worker = side.sys.spawn(too_small_worker);
-    worker_slot slot;
-    slot.worker = worker;
-    slot.node_id = "n-small";
-    slot.node_name = "small";
-    job_fixture f(stored_job(), {slot});
+    job_fixture f(stored_job(), {node_slot(worker, "n-small", "small")});
     auto s = f.await(
         [](const job_status& st) { return st.detail.find("ran out of") != std::string::npos; }, 20);
     CHECK(s.state == job_state::running);
