@@ -159,7 +159,8 @@ void request_chunk(cache_actor_type* self, const std::string& digest, chunk_hand
             if (digest_hex(bytes) != digest)
               return handler(
                   error(errc::malformed_message, "chunk " + digest + " failed verification"));
-            if (auto ok = write_file_atomically(file, bytes); !ok)
+            // Checked against its digest when read again: not synced.
+            if (auto ok = write_file_atomically(file, bytes, file_sync::no); !ok)
               spdlog::warn("cache: {}", ok.error().message());
             else
               note_chunk_file(self->state, digest, bytes.size());

@@ -113,13 +113,13 @@ expected<checkpoint> decode_checkpoint(std::span<const uint8_t> bytes,
 }
 
 expected<void> write_file_atomically(const std::filesystem::path& file,
-                                     std::span<const uint8_t> bytes) {
+                                     std::span<const uint8_t> bytes, file_sync sync) {
   // Private to its owner (a user's model, a user's data on a volunteer's disk), unless the
   // file it replaces was shared by its owner's choice: its mode is kept.
   mode_t mode = 0600;
   if (struct stat st; ::stat(file.c_str(), &st) == 0 && S_ISREG(st.st_mode))
     mode = st.st_mode & 07777;
-  return detail::write_synced(file, bytes, mode, true);
+  return detail::write_synced(file, bytes, mode, true, sync == file_sync::yes);
 }
 
 expected<std::vector<uint8_t>> read_file(const std::filesystem::path& file, size_t max_bytes) {

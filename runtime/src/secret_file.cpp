@@ -38,7 +38,7 @@ expected<std::string> read_secret_file(const std::filesystem::path& file) {
 
 expected<void> write_new_file(const std::filesystem::path& file, std::span<const uint8_t> bytes,
                               int mode) {
-  return detail::write_synced(file, bytes, static_cast<mode_t>(mode), false);
+  return detail::write_synced(file, bytes, static_cast<mode_t>(mode), false, true);
 }
 
 }  // namespace gflex

@@ -11,7 +11,7 @@
 namespace gflex::detail {
 
 expected<void> write_synced(const std::filesystem::path& file, std::span<const uint8_t> bytes,
-                            mode_t mode, bool replace) {
+                            mode_t mode, bool replace, bool sync) {
   const auto tmp = file.string() + ".tmp." + std::to_string(::getpid());
   auto failed = [&](const std::string& what) -> expected<void> {
     const int saved = errno;
@@ -31,7 +31,7 @@ expected<void> write_synced(const std::filesystem::path& file, std::span<const u
     }
     at += static_cast<size_t>(n);
   }
-  if (::fsync(fd) != 0) {
+  if (sync && ::fsync(fd) != 0) {
     ::close(fd);
     return failed("cannot sync");
   }
@@ -43,6 +43,7 @@ expected<void> write_synced(const std::filesystem::path& file, std::span<const u
     if (::link(tmp.c_str(), file.c_str()) != 0) return failed("cannot create");
     ::unlink(tmp.c_str());
   }
+  if (!sync) return {};
   const auto dir = file.parent_path().empty() ? std::filesystem::path(".") : file.parent_path();
   if (const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC); dfd >= 0) {
     ::fsync(dfd);

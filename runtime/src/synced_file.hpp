@@ -16,8 +16,9 @@ namespace gflex::detail {
 /// a link left at its name), syncs it, then gives it the name: over an existing file when
 /// `replace`, else refusing one (as O_EXCL would); then syncs the directory. Named after its
 /// bytes are on disk: a crash or a power loss leaves the old file or the new, never a short
-/// one. errc::io_error naming the file and the step that failed.
+/// one (without `sync`, neither the file nor the directory is synced: for a cache whose
+/// files are checked when read). errc::io_error naming the file and the step that failed.
 expected<void> write_synced(const std::filesystem::path& file, std::span<const uint8_t> bytes,
-                            mode_t mode, bool replace);
+                            mode_t mode, bool replace, bool sync);
 
 }  // namespace gflex::detail

@@ -41,7 +41,10 @@ seed = 3
 
 [inner]
 optimizer = "sgd"
-local_steps = 3
+# Enough steps that node1, frozen once its model is in memory (during its first step), is
+# still computing when it is woken: with 3, a loaded machine could reach the freeze after
+# the last step, and the stop this test looks for never came.
+local_steps = 6
 batch_size = 16
 lr = 0.01
 lr_schedule = "constant"

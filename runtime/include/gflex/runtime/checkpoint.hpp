@@ -63,10 +63,17 @@ inline constexpr decode_limits checkpoint_limits{size_t{1} << 32, 8, int64_t{1} 
 expected<checkpoint> decode_checkpoint(std::span<const uint8_t> bytes,
                                        const decode_limits& limits = checkpoint_limits);
 
-/// Writes bytes to `file` atomically (a temporary file, synced, renamed over it), readable by
-/// its owner alone (mode 0600) unless it replaces a file, whose mode it keeps.
+/// Whether a file written is synced to disk before it takes its name. A cache whose files
+/// are checked against their digest when read needs not be (a node's chunk cache: a sync per
+/// chunk made fetching a large model's parameters several seconds slower a round).
+enum class file_sync : uint8_t { yes, no };
+
+/// Writes bytes to `file` atomically (a temporary file, synced unless `sync` says no, renamed
+/// over it), readable by its owner alone (mode 0600) unless it replaces a file, whose mode
+/// it keeps.
 expected<void> write_file_atomically(const std::filesystem::path& file,
-                                     std::span<const uint8_t> bytes);
+                                     std::span<const uint8_t> bytes,
+                                     file_sync sync = file_sync::yes);
 
 /// Reads a whole file; errc::io_error naming it when it cannot.
 expected<std::vector<uint8_t>> read_file(const std::filesystem::path& file,
