@@ -10,6 +10,7 @@
 #include <cmath>
 #include <deque>
 #include <functional>
+#include <limits>
 #include <map>
 #include <optional>
 #include <set>
@@ -180,6 +181,17 @@ struct job_actor_state {
   // end record, written first, said the round before while the checkpoint and the payments
   // were the round's, and an answer after the end paused the ended job).
   int settling = 0;  // commits on their way
+  // Rounds' commits are numbered as they are sent (from 1); those not yet answered. A
+  // top-up's record is written once every commit sent before it is answered: a round's
+  // record, encoded before the top-up and booked through the ledger, could otherwise land
+  // after the top-up's and take the added budget back.
+  int64_t commits_sent = 0;
+  std::set<int64_t> commits_open;
+  struct budget_write {
+    int64_t after = 0;  ///< The last commit sent before the top-up.
+    std::function<void()> write;
+  };
+  std::vector<budget_write> budget_writes;
   // A round's escrow hold is on its way (or asked after): a job that ends meanwhile records
   // its end, returning escrow, once it is answered, with the hold if it was booked.
   bool hold_in_flight = false;
@@ -861,6 +873,22 @@ void verify(job_actor* self, uint64_t assignment_id) {
           });
 }
 
+// A round's commit `number` was answered (committed or not): the top-ups' records waiting
+// only for commits up to the oldest one still open are written now.
+void commit_answered(job_actor* self, int64_t number) {
+  auto& st = self->state;
+  st.commits_open.erase(number);
+  const int64_t oldest_open =
+      st.commits_open.empty() ? std::numeric_limits<int64_t>::max() : *st.commits_open.begin();
+  std::vector<std::function<void()>> ready;
+  std::erase_if(st.budget_writes, [&](auto& w) {
+    if (w.after >= oldest_open) return false;
+    ready.push_back(std::move(w.write));
+    return true;
+  });
+  for (auto& write : ready) write();
+}
+
 // Credits, evaluates and commits the unconfirmed round once every sampled result of it is
 // verified; then the current round may be applied.
 void try_confirm(job_actor* self) {
@@ -954,6 +982,8 @@ void try_confirm(job_actor* self) {
   // checkpoint: a round is committed and paid, or neither.
   const settlement settled{{}, pay.hold, pay.paid, pay.hours, {}};
   const int64_t settled_index = u.index;
+  const int64_t commit_number = ++st.commits_sent;
+  st.commits_open.insert(commit_number);
   auto committed = [=] {
     auto& st = self->state;
     st.settling -= 1;
@@ -963,6 +993,7 @@ void try_confirm(job_actor* self) {
     st.durable_accuracy = accuracy;
     st.durable_loss = loss;
     st.durable_nodes = nodes;
+    commit_answered(self, commit_number);  // after the durable figures: a top-up records them
     core_metrics::rounds_committed().inc();
     spdlog::info("job {}: round {}/{} committed, loss {:.4f}, test accuracy {:.4f}", st.job.id,
                  round, st.job.status.rounds, loss, accuracy);
@@ -991,6 +1022,7 @@ void try_confirm(job_actor* self) {
     // its account), and what it would have paid is not spent.
     auto& st = self->state;
     st.settling -= 1;
+    commit_answered(self, commit_number);
     if (metered(st) && settled.hold > 0) {
       st.held[settled_index] = settled.hold;
       st.job.status.credits_spent -= settled.paid;
@@ -1734,6 +1766,8 @@ caf::behavior job_behavior(job_actor* self, job_start start, job_links links) {
         auto& st = self->state;
         if (self->current_sender() != caf::actor_cast<caf::strong_actor_ptr>(st.links.supervisor))
           return to_caf(error(errc::invalid_argument, "only the job supervisor tops a job up"));
+        if (st.finished)
+          return to_caf(error(errc::invalid_argument, "job " + st.job.id + " has ended"));
         // A budget is at most what a spec may ask (1e12 credits): top-ups past it would
         // overflow it, and a negative budget pauses the job for good.
         if (amount <= 0 || amount > max_amount_micro - st.job.status.budget)
@@ -1744,33 +1778,49 @@ caf::behavior job_behavior(job_actor* self, job_start start, job_links links) {
         st.job.status.budget += amount;
         spdlog::info("job {}: budget topped up by {} to {} credits", st.job.id,
                      format_credits(amount), format_credits(st.job.status.budget));
-        // The new budget is durable before it is used.
-        store_batch batch;
-        batch.keys.push_back(job_record_key(st.job.id));
-        auto recorded = st.job.status;
-        recorded.round = st.durable_round;
-        recorded.test_accuracy = st.durable_accuracy;
-        recorded.train_loss = st.durable_loss;
-        batch.values.push_back(encode_job_record(st.job.spec_text, recorded));
+        // The new budget is durable before a paused job uses it. Every round's record
+        // encoded from now on holds it; the top-up's own record is written once the rounds'
+        // commits sent before it are answered, so that none of theirs lands after it.
         auto rp = self->make_response_promise<caf::ok_atom>();
-        self->request(st.links.store, std::chrono::seconds(30), commit_atom::value,
-                      std::move(batch))
-            .then(
-                [=](caf::ok_atom) mutable {
-                  auto& st = self->state;
-                  if (st.paused) {
-                    st.paused = false;
-                    st.paused_for_budget = false;
-                    st.job.status.state = job_state::running;
-                    st.job.status.detail.clear();
-                    publish(self);
-                    hold_round(self);
-                  } else {
-                    publish(self);
-                  }
-                  rp.deliver(caf::ok_atom::value);
-                },
-                [=](caf::error& e) mutable { rp.deliver(e); });
+        auto write = [=]() mutable {
+          auto& st = self->state;
+          if (st.finished) {
+            rp.deliver(
+                to_caf(error(errc::invalid_argument, "job " + st.job.id +
+                                                         " ended before its top-up was recorded "
+                                                         "(its end record holds it)")));
+            return;
+          }
+          store_batch batch;
+          batch.keys.push_back(job_record_key(st.job.id));
+          auto recorded = st.job.status;
+          recorded.round = st.durable_round;
+          recorded.test_accuracy = st.durable_accuracy;
+          recorded.train_loss = st.durable_loss;
+          batch.values.push_back(encode_job_record(st.job.spec_text, recorded));
+          self->request(st.links.store, std::chrono::seconds(30), commit_atom::value,
+                        std::move(batch))
+              .then(
+                  [=](caf::ok_atom) mutable {
+                    auto& st = self->state;
+                    if (st.paused) {
+                      st.paused = false;
+                      st.paused_for_budget = false;
+                      st.job.status.state = job_state::running;
+                      st.job.status.detail.clear();
+                      publish(self);
+                      hold_round(self);
+                    } else {
+                      publish(self);
+                    }
+                    rp.deliver(caf::ok_atom::value);
+                  },
+                  [=](caf::error& e) mutable { rp.deliver(e); });
+        };
+        if (st.commits_open.empty())
+          write();
+        else
+          st.budget_writes.push_back({st.commits_sent, std::move(write)});
         return rp;
       },
       [=](update_atom, const std::string& role, caf::actor& replacement) {

@@ -284,6 +284,52 @@ caf::behavior slow_store(caf::stateful_actor<slow_store_state>* self, caf::actor
   };
 }
 
+struct slow_settle_state {
+  caf::actor keeper;
+  std::vector<std::function<void()>> held;  // settlements not passed on yet
+};
+
+// A ledger keeper busy when a round's settlement comes: settlements wait until
+// (caf::put_atom) passes them on; everything else goes to `keeper` at once. (caf::get_atom) ->
+// the settlements waiting.
+caf::behavior slow_settle_ledger(caf::stateful_actor<slow_settle_state>* self, caf::actor keeper) {
+  self->state.keeper = keeper;
+  self->link_to(keeper);  // it ends with this one, which the fixture ends
+  return {
+      [=](open_atom a, std::string& account, bool exists_ok) {
+        return self->delegate(self->state.keeper, a, std::move(account), exists_ok);
+      },
+      [=](account_atom a, std::string& account) {
+        return self->delegate(self->state.keeper, a, std::move(account));
+      },
+      [=](booked_atom a, std::string& op) {
+        return self->delegate(self->state.keeper, a, std::move(op));
+      },
+      [=](transfer_atom a, std::string& kind, std::string& memo, std::vector<posting>& postings,
+          std::string& op) {
+        return self->delegate(self->state.keeper, a, std::move(kind), std::move(memo),
+                              std::move(postings), std::move(op));
+      },
+      [=](settle_atom a, std::string& kind, std::string& memo, std::vector<posting>& postings,
+          store_batch& batch, std::string& op) -> caf::result<caf::ok_atom> {
+        auto rp = self->make_response_promise<caf::ok_atom>();
+        self->state.held.push_back([=]() mutable {
+          self->request(self->state.keeper, std::chrono::seconds(30), a, kind, memo, postings,
+                        batch, op)
+              .then([=](caf::ok_atom) mutable { rp.deliver(caf::ok_atom::value); },
+                    [=](caf::error& e) mutable { rp.deliver(e); });
+        });
+        return rp;
+      },
+      [=](caf::put_atom) {
+        auto held = std::move(self->state.held);
+        self->state.held.clear();
+        for (auto& f : held) f();
+      },
+      [=](caf::get_atom) { return static_cast<int64_t>(self->state.held.size()); },
+  };
+}
+
 // The user's data set "c" of stored_job(), registered as the job supervisor would.
 std::shared_ptr<data_catalog> catalog_of(const failing_store_state& st) {
   auto catalog = std::make_shared<data_catalog>();
@@ -812,6 +858,54 @@ TEST_SUITE("job caught nodes") {
                                                << ", the checkpoint is of round "
                                                << checkpoint->step);
     f.self->send_exit(inner, caf::exit_reason::user_shutdown);  // the fixture ends the other
+  }
+
+  TEST_CASE("a top-up while a round's settlement is on its way stays in the job's record") {
+    // The top-up's record went straight to the store; the round's, encoded before the top-up
+    // with the old budget and booked through the ledger, landed after it: a restarted core
+    // had the job's budget without the top-up, and paused the job for it again.
+    resumed_job r(
+        6, {{"core-node", node_tier::core, std::chrono::milliseconds(0), {}}}, false,
+        [&](caf::actor_system& sys, job_links& links) {
+          auto keeper = spawn_ledger_keeper(sys, links.store);
+          caf::scoped_actor self{sys};
+          auto refused = [&](caf::error& e) { CHECK_MESSAGE(false, sys.render(e)); };
+          for (const char* account : {"user/alice", "escrow/job-1", "node/core-node"})
+            self->request(keeper, std::chrono::seconds(10), open_atom::value, std::string(account),
+                          false)
+                .receive([](caf::ok_atom) {}, refused);
+          self->request(
+                  keeper, std::chrono::seconds(10), transfer_atom::value, std::string("credit"),
+                  std::string("test"),
+                  std::vector<posting>{{"external", -100'000'000}, {"user/alice", 100'000'000}})
+              .receive([](uint64_t) {}, refused);
+          links.ledger = sys.spawn(slow_settle_ledger, keeper);
+        },
+        "[market]\naccount = \"user/alice\"\nbudget = 50.0\nmax_price = 1.0\n");
+    auto& f = r.f;
+    int64_t waiting = 0;
+    for (int tries = 0; tries < 100 && waiting == 0; ++tries) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      f.self->request(r.links.ledger, std::chrono::seconds(10), caf::get_atom::value)
+          .receive([&](int64_t n) { waiting = n; }, [&](caf::error& e) { FAIL(f.sys.render(e)); });
+    }
+    REQUIRE(waiting == 1);  // round 3's settlement, its record saying a budget of 50
+    auto topup =
+        f.self->request(r.job, std::chrono::seconds(30), topup_atom::value, int64_t{10'000'000});
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    f.self->send(r.links.ledger, caf::put_atom::value);  // round 3 is booked
+    topup.receive([](caf::ok_atom) {}, [&](caf::error& e) { FAIL(f.sys.render(e)); });
+    REQUIRE(r.committed(3).has_value());
+    std::vector<uint8_t> stored;
+    f.self
+        ->request(r.links.store, std::chrono::seconds(10), read_atom::value,
+                  job_record_key("job-1"))
+        .receive([&](bool, std::vector<uint8_t>& v) { stored = std::move(v); },
+                 [&](caf::error& e) { FAIL(f.sys.render(e)); });
+    auto record = decode_job_record(stored);
+    REQUIRE(record.has_value());
+    CHECK(record->second.round == 3);
+    CHECK(record->second.budget == 60'000'000);
   }
 
   TEST_CASE("a job restarted with its last round committed ends done, training nothing more") {
