@@ -169,16 +169,16 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(100, 3600000))
       ->capture_default_str();
   app.add_option("--fee", config.fee, "the platform's share of every payment to a node")
-      ->check(CLI::Range(0.0, 0.99))
+      ->check(gflex::app::finite_range(0.0, 0.99))
       ->capture_default_str();
   app.add_option("--cloud-price", config.cloud_price,
                  "credits a device-hour costs in a public cloud, for cost reports (default: an "
                  "AWS p3.2xlarge on demand, $3.06/h)")
-      ->check(CLI::Range(0.0, 1e6))
+      ->check(gflex::app::finite_range(0.0, 1e6))
       ->capture_default_str();
   app.add_option("--newcomer-share", config.newcomer_share,
                  "share of each round's assignments reserved for nodes with little history")
-      ->check(CLI::Range(0.0, 1.0))
+      ->check(gflex::app::finite_range(0.0, 1.0))
       ->capture_default_str();
   app.add_option("--max-per-address", config.max_nodes_per_address,
                  "nodes that may be connected from one address at once")
@@ -226,7 +226,7 @@ int main(int argc, char** argv) {
   app.add_option("--verify-wait-s", config.verify_wait_s,
                  "seconds a re-computation waits for a core-tier worker before --unverified "
                  "applies")
-      ->check(CLI::Range(0.1, 86400.0))
+      ->check(gflex::app::finite_range(0.1, 86400.0))
       ->capture_default_str();
   app.add_flag("--insecure", config.insecure,
                "serve plain TCP instead of TLS: links are not encrypted (a warning is logged)");

@@ -69,12 +69,12 @@ int main(int argc, char** argv) {
   app.add_flag("--insecure", config.insecure,
                "plain TCP, unencrypted (a core run with --insecure)");
   app.add_option("--price", config.price, "credits asked per device-hour (one worker, one hour)")
-      ->check(CLI::Range(0.0, 1e6))
+      ->check(gflex::app::finite_range(0.0, 1e6))
       ->capture_default_str();
   app.add_option("--max-hours", config.max_hours,
                  "leave after this many device-hours of compute, every assignment's however "
                  "it ended (0: no limit; counted per run)")
-      ->check(CLI::Range(0.0, 1e6))
+      ->check(gflex::app::finite_range(0.0, 1e6))
       ->capture_default_str();
   app.add_flag("--idle-only", config.idle_only,
                "take assignments only while other processes leave the machine idle");

@@ -20,6 +20,7 @@
 #include "gflex/runtime/npy.hpp"
 #include "gflex/runtime/printable_text.hpp"
 #include "gflex/runtime/text_corpus.hpp"
+#include "parse_command_line.hpp"
 
 namespace gflex::app {
 
@@ -245,7 +246,7 @@ void add_data_commands(CLI::App& app, std::function<int()>& run) {
   push->add_option("--test-fraction", f->files.test_fraction,
                    "the part held out as the test split: the last part (idx and npy), every "
                    "(1/F)-th sample (tokens: F is 1/k)")
-      ->check(CLI::Range(0.001, 0.9))
+      ->check(finite_range(0.001, 0.9))
       ->capture_default_str();
   push->add_option("--context", f->files.context,
                    "tokens: positions per sample (a model's input = [context])")

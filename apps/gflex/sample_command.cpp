@@ -16,6 +16,7 @@
 #include "gflex/kernels/workload.hpp"
 #include "gflex/runtime/checkpoint.hpp"
 #include "gflex/runtime/rng.hpp"
+#include "parse_command_line.hpp"
 
 namespace gflex::app {
 
@@ -109,7 +110,7 @@ void add_sample_command(CLI::App& app, std::function<int()>& run) {
       ->capture_default_str();
   cmd->add_option("--temperature", f->temperature,
                   "0: the likeliest byte each time (greedy); above 0: sampled, flatter as it grows")
-      ->check(CLI::Range(0.0, 10.0))
+      ->check(finite_range(0.0, 10.0))
       ->capture_default_str();
   cmd->add_option("--seed", f->seed, "seed of the sampling")->capture_default_str();
   cmd->callback([f, &run] { run = [f] { return run_sample(*f); }; });

@@ -15,6 +15,7 @@
 #include "gflex/kernels/workload.hpp"
 #include "gflex/runtime/job_spec.hpp"
 #include "gflex/runtime/progress.hpp"
+#include "parse_command_line.hpp"
 
 namespace gflex::app {
 
@@ -236,7 +237,7 @@ void add_common_flags(CLI::App* cmd, train_flags& f) {
   cmd->add_option("--labels", f.data.labels, "--data's labels file (idx and npy)");
   cmd->add_option("--classes", f.data.classes, "--data's label count (default: largest + 1)");
   cmd->add_option("--test-fraction", f.data.test_fraction, "--data's held-out part")
-      ->check(CLI::Range(0.001, 0.9))
+      ->check(finite_range(0.001, 0.9))
       ->capture_default_str();
   cmd->add_option("--context", f.data.context, "--data tokens: positions per sample")
       ->capture_default_str();

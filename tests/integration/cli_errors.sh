@@ -39,6 +39,16 @@ fi
 # The core's market flags are checked before it opens its store.
 expect_usage "core: newcomer share over 1" "--newcomer-share: Value 1.5 not in range" \
   "$BIN/gflex-core" --listen 127.0.0.1:1 --data-dir "$WORK/core" --newcomer-share 1.5
+# NaN passed CLI11's range checks (every comparison with it is false): a core started with
+# --cloud-price nan showed each job's cloud cost as -9.2e12 credits.
+for flag in --fee --cloud-price --newcomer-share --verify-wait-s; do
+  expect_usage "core: $flag nan" "$flag: Value nan is not a finite number" \
+    "$BIN/gflex-core" --listen 127.0.0.1:1 --data-dir "$WORK/core" $flag nan
+done
+expect_usage "train: --test-fraction nan" "--test-fraction: Value nan is not a finite number" \
+  "$G" train --test-fraction nan
+expect_usage "sample: --temperature nan" "--temperature: Value nan is not a finite number" \
+  "$G" sample "$WORK/none.gfck" --temperature nan
 expect_error "core: no samples per shard" "--shard-samples: Value 0 not in range" \
   "$BIN/gflex-core" --listen 127.0.0.1:1 --data-dir "$WORK/core" --shard-samples 0
 expect_usage "core: a lease shorter than two heartbeats" \
@@ -50,6 +60,8 @@ N="$BIN/gflex-node"
 nd="$WORK/node"
 expect_usage "node: unknown tier" '--tier: tier must be "community" or "core", got "gold"' \
   "$N" --join 127.0.0.1:1 --data-dir "$nd" --token t --insecure --tier gold
+expect_usage "node: --price nan" "--price: Value nan is not a finite number" \
+  "$N" --join 127.0.0.1:1 --data-dir "$nd" --token t --insecure --price nan
 expect_error "node: --gpus on the CPU" "--gpus needs a CUDA backend" \
   "$N" --join 127.0.0.1:1 --data-dir "$nd" --token t --insecure --backend cpu --gpus 0
 expect_usage "node: unknown backend" "unknown --backend 'tpu'" \
