@@ -49,6 +49,7 @@ struct worker_state {
   };
   std::map<std::string, kept_shard> shards;
   int assignments = 0;
+  bool device_broke = false;                        // a test aid's broken device has failed once
   std::unique_ptr<misbehaving_worker> misbehaving;  // test aid; null for honest workers
   cpu_monitor cpu;                                  // for --idle-only
   static inline const char* name = "worker";
@@ -164,9 +165,9 @@ expected<assignment_result> run_assignment(worker_state& st, assignment& a, cons
     }
     slot.max_batch = a.batch_size;
   }
+  const int64_t n = w.parameter_count();
   auto params = decode_tensor(params_of(a));
   if (!params) return params.error();
-  const int64_t n = w.parameter_count();
   if (params->type() != dtype::f32 || params->rank() != 1 || params->numel() != n)
     return error(errc::shape_mismatch, "assignment: parameters are " + to_string(params->shape()) +
                                            " " + to_string(params->type()) + ", " + w.name() +
@@ -404,16 +405,25 @@ caf::behavior worker_behavior(worker_actor* self, worker_config config, caf::act
         throw kernels::compute_error(
             error(errc::device_error,
                   "out of device memory (injected by --device-error-at, a test aid)"));
-      if (inject_broken_device)
-        throw kernels::compute_error(
-            error(errc::device_error,
-                  "cudaErrorIllegalAddress: an illegal memory access was encountered (injected "
-                  "by --device-broken-from, a test aid)"));
-      auto r = run_assignment(self->state, a, shard);
+      // A broken device fails the first assignment in a step (a throw); its models dropped,
+      // those after fail making their models again (instantiate returns the error).
+      const error broken(errc::device_error,
+                         "cudaErrorIllegalAddress: an illegal memory access was encountered "
+                         "(injected by --device-broken-from, a test aid)");
+      if (inject_broken_device && !self->state.device_broke) {
+        self->state.device_broke = true;
+        throw kernels::compute_error(broken);
+      }
+      auto r = inject_broken_device ? expected<assignment_result>(broken)
+                                    : run_assignment(self->state, a, shard);
       // Taken back by its job while it ran is no failure of this node's: its owner saw
       // "failed" for each backup another node won.
       const bool taken_back = !r && cfg.cancelled->cancelled(a.id);
       cfg.cancelled->forget(a.id);
+      // A device error returned, not thrown (making a model on a broken device), counts as
+      // one thrown does: counted only when thrown, a broken GPU failed work for ever.
+      if (!r && !taken_back && r.error().code() == errc::device_error)
+        return failed_on_device(r.error());
       if (!r) {
         node_metrics::assignments(taken_back ? "cancelled" : "failed").inc();
         tell(taken_back ? node_activity::kind::cancelled : node_activity::kind::failed, 0.0, 0.0);

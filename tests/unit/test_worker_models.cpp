@@ -147,6 +147,24 @@ TEST_SUITE("worker models") {
     s.self->send_exit(worker, caf::exit_reason::user_shutdown);
   }
 
+  TEST_CASE(
+      "a broken device's failures are counted when making a model fails, not only in a step") {
+    // A GPU in a failed state fails its first assignment in a step; its models dropped, each
+    // one after fails making its model again, an error returned rather than thrown. Only the
+    // thrown one was counted: the node never saw 5 in a row, stayed joined and failed work for
+    // ever. (--device-broken-from fails assignments as such a GPU does.)
+    test::configured_system s;
+    worker_config config;
+    config.device_broken_from = 1;
+    auto worker = spawn_worker(s.sys, config, s.sys.spawn(one_shard_cache, rows()));
+    for (int k = 0; k < 6; ++k)
+      s.self->request(worker, std::chrono::seconds(60), assign_atom::value, assignment_of(0, "s"))
+          .receive([](assignment_result&) { FAIL("a broken device computed an assignment"); },
+                   [](caf::error&) {});
+    CHECK(config.device_failures->load() == 6);
+    s.self->send_exit(worker, caf::exit_reason::user_shutdown);
+  }
+
   TEST_CASE("a loss past float's range is a diverged run, never a result the core condemns") {
     // A user's real-valued data of 1e37: each sample's loss is about 1e37, so a batch's float
     // sum passes 3.4e38 and is infinite, while AdamW's steps stay finite (the weights' second
