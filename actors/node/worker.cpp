@@ -166,6 +166,18 @@ expected<assignment_result> run_assignment(worker_state& st, assignment& a, cons
     slot.max_batch = a.batch_size;
   }
   const int64_t n = w.parameter_count();
+  // A large model's buffers are not kept past its assignment, however it ends: kept after a
+  // cancel or an error, the next job's large model was made beside them, and ran out of
+  // memory (the job then left this node out for minutes).
+  struct large_model_dropped {
+    loaded_model& slot;
+    bool large;
+    ~large_model_dropped() {
+      if (!large) return;
+      slot.replicas.clear();
+      slot.max_batch = 0;
+    }
+  } dropped{slot, n * static_cast<int64_t>(sizeof(float)) > kept_model_bytes};
   auto params = decode_tensor(params_of(a));
   if (!params) return params.error();
   if (params->type() != dtype::f32 || params->rank() != 1 || params->numel() != n)

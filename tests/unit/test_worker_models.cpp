@@ -165,6 +165,40 @@ TEST_SUITE("worker models") {
     s.self->send_exit(worker, caf::exit_reason::user_shutdown);
   }
 
+  TEST_CASE("a large model's buffers go when its assignment is cancelled, as when it ends") {
+    // Freed only after a result: a cancelled (or failed) assignment's large model stayed, and
+    // the next job's large model was made beside it and ran out of memory.
+    test::configured_system s;
+    caf::actor test = caf::actor_cast<caf::actor>(s.self);
+    worker_config config;
+    config.on_activity = [test](const node_activity& n) {
+      caf::anon_send(test, static_cast<int>(n.what));
+    };
+    auto worker = spawn_worker(s.sys, config, s.sys.spawn(one_shard_cache, rows()));
+    const uint64_t before = kernels::host_memory_in_use();
+    // A hidden layer of 262,144 units: 17.6M parameters, 70 MB (over the 64 MiB kept).
+    auto a = assignment_of(262144 - 2048, "s");
+    a.local_steps = 100000;  // minutes: it is taken back long before
+    caf::anon_send(worker, assign_atom::value, a);
+    auto next = [&] {
+      int what = -1;
+      s.self->receive([&](int w) { what = w; }, caf::after(std::chrono::seconds(60)) >> [] {});
+      return what;
+    };
+    REQUIRE(next() == static_cast<int>(node_activity::kind::started));
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));  // its buffers are made
+    const uint64_t running = kernels::host_memory_in_use();
+    config.cancelled->cancel(a.id);
+    REQUIRE(next() == static_cast<int>(node_activity::kind::cancelled));
+    const uint64_t after = kernels::host_memory_in_use();
+    CAPTURE(before);
+    CAPTURE(running);
+    CAPTURE(after);
+    CHECK(running > before + (uint64_t{200} << 20));  // parameters, gradients, AdamW's moments
+    CHECK(after < before + (uint64_t{16} << 20));
+    s.self->send_exit(worker, caf::exit_reason::user_shutdown);
+  }
+
   TEST_CASE("a loss past float's range is a diverged run, never a result the core condemns") {
     // A user's real-valued data of 1e37: each sample's loss is about 1e37, so a batch's float
     // sum passes 3.4e38 and is infinite, while AdamW's steps stay finite (the weights' second
