@@ -743,6 +743,33 @@ layers = [ { type = "embedding", dim = 6 }, { type = "attention", heads = 4 },
            { type = "linear", units = 16 }, { type = "next_token_xent" } ])")
               .find("model.layers[1] (attention).heads: width 6 is not a multiple of 4 heads") !=
           std::string::npos);
+    // A token model whose positions meet outside attention sees the tokens it is to predict
+    // (its loss falls towards 0 and means nothing): flattened through a dense layer, or
+    // reshaped so that one attention row holds two positions.
+    CHECK(plan_error(R"([model]
+input = [8]
+vocab = 16
+layers = [ { type = "embedding", dim = 4 }, { type = "flatten" }, { type = "linear", units = 128 },
+           { type = "reshape", shape = [8, 16] }, { type = "next_token_xent" } ])")
+              .find("model.layers[1] (flatten): mixes a token model's positions") !=
+          std::string::npos);
+    CHECK(plan_error(R"([model]
+input = [8]
+vocab = 16
+layers = [ { type = "embedding", dim = 4 }, { type = "reshape", shape = [4, 8] },
+           { type = "attention", heads = 1 }, { type = "reshape", shape = [8, 4] },
+           { type = "linear", units = 16 }, { type = "next_token_xent" } ])")
+              .find("model.layers[1] (reshape): mixes a token model's positions, so that each "
+                    "sees the tokens after it") != std::string::npos);
+    // A reshape that keeps the positions' axis keeps them apart.
+    CHECK(find_workload("m", R"([model]
+input = [8]
+vocab = 16
+layers = [ { type = "embedding", dim = 4 }, { type = "reshape", shape = [8, 2, 2] },
+           { type = "reshape", shape = [8, 4] }, { type = "linear", units = 16 },
+           { type = "next_token_xent" } ])",
+                        "")
+              .has_value());
     // Hostile graphs the kernels cannot run, refused by the plan (each crashed the process
     // that planned or trained it): a parameter past the value bound, a token model adding
     // its token ids to floats, an embedding reading anything but the token ids.
@@ -762,7 +789,7 @@ layers = [ { type = "embedding", dim = 1 }, { type = "reshape", shape = [8] },
     CHECK(plan_error(R"([model]
 input = [64]
 vocab = 256
-layers = [ { type = "embedding", dim = 4 }, { type = "reshape", shape = [1, 256] },
+layers = [ { type = "embedding", dim = 4 }, { type = "reshape", shape = [64, 2, 2] },
            { type = "embedding", dim = 4 }, { type = "reshape", shape = [4, 1] },
            { type = "linear", units = 16 }, { type = "reshape", shape = [64, 1] },
            { type = "linear", units = 256 }, { type = "next_token_xent" } ])")

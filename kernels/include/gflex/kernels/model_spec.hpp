@@ -24,6 +24,8 @@
 /// ("input" is the model's input); `add` adds the output named by `with` to its input (a
 /// residual). A token model declares `vocab`: its input is `input = [T]` token ids, the data
 /// set's samples are T + 1 tokens long and the loss `next_token_xent` predicts each next one.
+/// Its positions meet only in (causal) attention: a layer that mixes them (flatten, conv2d,
+/// a pool, a reshape whose first axis is not T) would let a position see what it predicts.
 
 #include <cstdint>
 #include <functional>
