@@ -634,8 +634,9 @@ void resume_jobs(supervisor_actor* self) {
               entry.spec = *spec;
               if (is_terminal(status.state)) continue;
               if (on_user_data(*spec) && !self->state.data_sets_loaded) {
-                entry.status.detail =
-                    "waiting for the stored data sets to load: " + self->state.data_sets_error;
+                const auto& why = self->state.data_sets_error;
+                entry.status.detail = "waiting for the stored data sets to load" +
+                                      (why.empty() ? std::string() : ": " + why);
                 self->state.awaiting_data.insert(status.job_id);
                 continue;
               }
@@ -802,7 +803,10 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links) {
       return;
     }
   });
+  // The job records are read beside the data sets, not after them: a set's shards may take
+  // minutes to read, and the jobs were unknown meanwhile. A job on a user's set waits for it.
   load_data_sets(self);
+  resume_jobs(self);
   return {
       [=](update_atom, const std::string& role, caf::actor& replacement) {
         auto& st = self->state;

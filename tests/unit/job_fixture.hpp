@@ -9,6 +9,7 @@
 #include <caf/all.hpp>
 
 #include <chrono>
+#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
@@ -40,7 +41,12 @@ struct failing_store_state {
   std::set<std::string> unwritable;  ///< Keys whose commits fail (with all of their batch).
   std::map<std::string, int> failing_commits;  ///< Keys whose next N commits fail.
   std::map<std::string, int> reads;  ///< Reads asked, by key ((caf::get_atom, key) tells).
-  std::set<std::string> deleted;     ///< Keys committed empty ((caf::get_atom) tells).
+  /// How long each read of a data set's shard takes (a large set on a busy disk).
+  std::chrono::milliseconds shard_read_delay{0};
+  std::deque<
+      std::pair<std::vector<uint8_t>, caf::typed_response_promise<bool, std::vector<uint8_t>>>>
+      slow_reads;                 ///< Shard reads answered (tick_atom) once their delay is over.
+  std::set<std::string> deleted;  ///< Keys committed empty ((caf::get_atom) tells).
 };
 
 inline caf::error store_failure(const std::string& what) {
@@ -91,7 +97,18 @@ inline caf::behavior failing_store(caf::stateful_actor<failing_store_state>* sel
           return to_caf(error(errc::store_error, key + ": damaged (its size or digest is wrong)"));
         auto it = self->state.kept.find(key);
         if (it == self->state.kept.end()) return {false, std::vector<uint8_t>{}};
+        if (key.starts_with(data_chunk_prefix) && self->state.shard_read_delay.count() > 0) {
+          auto rp = self->make_response_promise<bool, std::vector<uint8_t>>();
+          self->state.slow_reads.emplace_back(it->second, rp);
+          self->delayed_send(self, self->state.shard_read_delay, tick_atom::value);
+          return rp;
+        }
         return {true, it->second};
+      },
+      [=](tick_atom) {
+        auto [value, rp] = std::move(self->state.slow_reads.front());
+        self->state.slow_reads.pop_front();
+        rp.deliver(true, std::move(value));
       },
       [=](commit_atom, store_batch& b) -> caf::result<caf::ok_atom> {
         for (const auto& k : b.keys) {

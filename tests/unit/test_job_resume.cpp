@@ -30,6 +30,28 @@ TEST_SUITE("job resume") {
     CHECK(s.round == 2);
   }
 
+  TEST_CASE("a stored job is known while the data sets are still being read") {
+    // The job records were read only once every data set's shards were: until then (minutes
+    // for large sets) a restarted core called its jobs unknown, and `gflex submit --wait`
+    // following one across the restart gave up.
+    auto st = stored_job();
+    st.shard_read_delay = std::chrono::seconds(3);
+    job_fixture f(st);
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    job_status s;
+    std::string refused;
+    f.self->request(f.supervisor, f.wait, status_atom::value, f.alice, std::string("job-1"))
+        .receive([&](job_status& got) { s = std::move(got); },
+                 [&](caf::error& e) { refused = f.sys.render(e); });
+    CHECK_MESSAGE(refused.empty(), refused);
+    CHECK(s.state == job_state::running);
+    CHECK(s.round == 2);
+    CHECK_MESSAGE(s.detail == "waiting for the stored data sets to load", s.detail);
+    // Resumed once they load.
+    s = f.await([](const job_status& s) { return s.detail.find("waiting for workers") == 0; }, 15);
+    CHECK_MESSAGE(s.detail.find("waiting for workers: 1 assignment(s) of round 3") == 0, s.detail);
+  }
+
   TEST_CASE("a damaged shard leaves its data set out, not every set; the set can be removed") {
     // One shard that could not be read failed the scan of every shard: every user's data sets
     // were left unloaded, the load tried again every 5 s for good, and `gflex data rm` of the
