@@ -13,6 +13,12 @@ wait_for 30 "the node to join" grep -q "joined the core" "$WORK/node.log"
 GFLEX_TEST_TOKEN=$GFLEX_TOKEN GFLEX_TEST_CORE="127.0.0.1:$port" timeout -s KILL 240 \
   "$BIN/gflex_protocol_probe" --test-case-exclude="*chunked core*" || fail "protocol probe failed"
 grep -q "node rogue-.* flagged" "$WORK/core.log" || fail "the core flagged no rogue node"
+# A hello's name is logged bounded and printable: a megabyte of it, forging a line, was written
+# to the log whole.
+! grep -q "^FORGED-LOG-LINE" "$WORK/core.log" || fail "a hello's name forged a line of the core's log"
+[ "$(wc -L <"$WORK/core.log")" -lt 4096 ] ||
+  fail "the core logged a line of $(wc -L <"$WORK/core.log") characters"
+
 grep -q "session of node .* (mallory): dropped" "$WORK/core.log" ||
   fail "the core logged no dropped message"
 grep -q "(rogue-size): more than 64 chunk requests waiting; disconnecting it" "$WORK/core.log" ||

@@ -617,6 +617,12 @@ TEST_CASE("hellos outside the protocol are refused; a single-use token admits on
   CHECK_MESSAGE(why.find("protocol version " + std::to_string(protocol_version + 1) +
                          " is not supported") != std::string::npos,
                 why);
+  // A name of a megabyte holding a forged log line, in a hello of another protocol: its
+  // refusal is logged before the name is checked (protocol.sh reads the core's log).
+  auto forging =
+      make_hello(protocol_version + 1,
+                 "probe\nFORGED-LOG-LINE critical\n" + std::string(1 << 20, 'x'), 1, worker);
+  CHECK(ask_hello(self, p.core, forging).find("is not supported") != std::string::npos);
   CHECK(ask_hello(self, p.core, make_hello(protocol_version, "probe", 0, worker))
             .find("1-1024 workers") != std::string::npos);
   CHECK(ask_hello(self, p.core, make_hello(protocol_version, "probe", 5000, worker))
