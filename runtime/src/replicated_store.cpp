@@ -183,11 +183,16 @@ struct replicated_store::impl {
   // deadline, whatever the renewal waits for.
   std::atomic<int64_t> lease_deadline{0};
   std::thread lease_watch;
+  // Chunk files are collected on a thread of their own: collecting reads every value under
+  // the data prefix (the ledger's entries grow for good), and run on the renewing thread it
+  // held the renewals back past the lease's TTL, and the leader ended itself.
+  std::thread garbage_thread;
 
   ~impl() {
     stopping = true;
     if (lease_thread.joinable()) lease_thread.join();
     if (lease_watch.joinable()) lease_watch.join();
+    if (garbage_thread.joinable()) garbage_thread.join();
   }
 
   // The other live cores: id -> chunk address.
@@ -361,17 +366,10 @@ struct replicated_store::impl {
       if (!r) return r.error();
     }
     lease = id;
-    std::vector<chunk_ref> refs;
-    {
-      std::lock_guard lock(etcd_mutex);
-      auto kvs = etcd->range(data_prefix, true);
-      if (!kvs) return kvs.error();
-      for (const auto& kv : *kvs)
-        if (auto ref = as_chunk_ref(kv.value)) refs.push_back(*ref);
-    }
-    // Nothing else renews the lease while the chunks come (the renewing thread is this one,
-    // or not started yet): renewed here, or a fetch longer than the lease (a large
-    // checkpoint) ends the membership it is for, and the leader's pushes pass this core by.
+    // Nothing else renews the lease while the committed values are read and the chunks come
+    // (the renewing thread is this one, or not started yet): renewed here, or a read or a
+    // fetch longer than the lease (a large store, a large checkpoint) ends the membership it
+    // is for, and the leader's pushes pass this core by.
     std::atomic<bool> fetching{true};
     std::thread renewing([this, id, &fetching] {
       auto client = etcd_client::make(config.endpoints);
@@ -393,6 +391,14 @@ struct replicated_store::impl {
         renewing.join();
       }
     } stop{fetching, renewing};
+    std::vector<chunk_ref> refs;
+    {
+      std::lock_guard lock(etcd_mutex);
+      auto kvs = etcd->range(data_prefix, true);
+      if (!kvs) return kvs.error();
+      for (const auto& kv : *kvs)
+        if (auto ref = as_chunk_ref(kv.value)) refs.push_back(*ref);
+    }
     size_t fetched = 0;
     for (const auto& ref : refs) {
       if (std::filesystem::exists(config.chunk_dir / ref.digest)) continue;
@@ -404,6 +410,20 @@ struct replicated_store::impl {
                  refs.size(), fetched);
     member_ready = true;
     return {};
+  }
+
+  // Collects garbage every garbage_period_s (no more often than every 0.5 s) while this core is a
+  // member.
+  void collect_garbage_periodically() {
+    const auto period = std::max(std::chrono::milliseconds(500),
+                                 std::chrono::milliseconds(config.garbage_period_s * 1000));
+    auto next = clock_type::now() + period;
+    while (!stopping) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      if (clock_type::now() < next) continue;
+      if (member_ready) collect_garbage();
+      next = clock_type::now() + period;
+    }
   }
 
   // Removes the chunk files no committed value names (an older round's checkpoint), and
@@ -462,8 +482,6 @@ struct replicated_store::impl {
     auto client = etcd_client::make(config.endpoints);
     if (!client) return;
     auto last_ok = clock_type::now();
-    const auto garbage_period = std::chrono::seconds(config.garbage_period_s);
-    auto next_collection = clock_type::now() + garbage_period;
     const auto period = std::chrono::milliseconds(config.lease_ttl_s * 1000 / 3);
     while (!stopping) {
       auto next = clock_type::now() + period;
@@ -477,10 +495,6 @@ struct replicated_store::impl {
                            clock_type::now() - last_ok > std::chrono::seconds(config.lease_ttl_s);
       if (left && *left > 0) {
         last_ok = clock_type::now();
-        if (last_ok >= next_collection) {
-          collect_garbage();
-          next_collection = clock_type::now() + garbage_period;
-        }
         continue;
       }
       if (!expired) continue;  // etcd unreachable for now; the lease may still hold
@@ -677,6 +691,7 @@ expected<std::unique_ptr<replicated_store>> replicated_store::start(replication_
   if (auto ok = p->join(); !ok) return ok.error();
   p->lease_thread = std::thread([self] { self->renew_leases(); });
   p->lease_watch = std::thread([self] { self->watch_lease(); });
+  p->garbage_thread = std::thread([self] { self->collect_garbage_periodically(); });
   return std::unique_ptr<replicated_store>(new replicated_store(std::move(p)));
 }
 

@@ -110,6 +110,41 @@ class etcd_server {
   int client_port_ = 0;
 };
 
+// An HTTP proxy in front of etcd whose reads of ranges take `delay` longer while `slow` is
+// set, as reading a large store whole does.
+class slow_range_proxy {
+ public:
+  slow_range_proxy(const std::string& etcd_endpoint, std::chrono::milliseconds delay) {
+    const auto colon = etcd_endpoint.rfind(':');
+    const std::string host = etcd_endpoint.substr(0, colon);
+    const int port = std::stoi(etcd_endpoint.substr(colon + 1));
+    server_.Post(R"(/.*)", [=, this](const httplib::Request& req, httplib::Response& res) {
+      if (slow && req.path == "/v3/kv/range") std::this_thread::sleep_for(delay);
+      httplib::Client etcd(host, port);
+      auto r = etcd.Post(req.path, req.body, "application/json");
+      if (!r) {
+        res.status = 502;
+        return;
+      }
+      res.status = r->status;
+      res.set_content(r->body, "application/json");
+    });
+    port_ = server_.bind_to_any_port("127.0.0.1");
+    thread_ = std::thread([this] { server_.listen_after_bind(); });
+  }
+  ~slow_range_proxy() {
+    server_.stop();
+    thread_.join();
+  }
+  std::string endpoint() const { return "127.0.0.1:" + std::to_string(port_); }
+  std::atomic<bool> slow{false};
+
+ private:
+  httplib::Server server_;
+  std::thread thread_;
+  int port_ = 0;
+};
+
 replication_config config_of(const etcd_server& etcd, const test::temp_dir& dir,
                              const std::string& id) {
   replication_config c;
@@ -358,6 +393,37 @@ TEST_SUITE("replicated_store") {
                                       cut)
             .count();
     CHECK_MESSAGE(after_s <= 2.5, "it stopped leading " << after_s << " s after the cut (TTL 2 s)");
+  }
+
+  TEST_CASE("a leader whose garbage collection reads slowly keeps its lease" *
+            doctest::skip(!etcd_installed())) {
+    // The collection ran on the thread that renews the lease, and reads every stored value:
+    // with a store large enough for that to take longer than the lease's TTL, each leader
+    // ended itself within a collection period of winning.
+    test::temp_dir dir;
+    etcd_server etcd(dir.path());
+    slow_range_proxy proxy(etcd.endpoint(), std::chrono::milliseconds(3000));  // TTL 2 s
+    auto config = config_of(etcd, dir, "a");
+    config.endpoints = proxy.endpoint();
+    config.garbage_period_s = 0;
+    std::atomic<bool> lost{false};
+    auto a = replicated_store::start(config, [&] { lost = true; });
+    REQUIRE(a.has_value());
+    std::atomic<int> stop{0};
+    REQUIRE(*(*a)->campaign(stop, {}));
+    proxy.slow = true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5000));
+    CHECK_FALSE_MESSAGE(lost.load(), "the leader lost its lease while collecting garbage");
+    // A core that joins meanwhile reads the committed values under its lease too: read
+    // before the lease was renewed, its membership ended while it joined.
+    auto joining = config_of(etcd, dir, "b");
+    joining.endpoints = proxy.endpoint();
+    auto b = replicated_store::start(joining, [] {});
+    REQUIRE(b.has_value());
+    auto member = etcd_client::make(etcd.endpoint())->range("/gflex/member/b", false);
+    proxy.slow = false;
+    REQUIRE(member.has_value());
+    CHECK_MESSAGE(member->size() == 1, "core b is not a member once it has joined");
   }
 
   TEST_CASE("a push to a core that stops reading is cut short once it leaves" *
