@@ -165,6 +165,10 @@ struct replicated_store::impl {
 
   std::atomic<int64_t> lease{0};
   std::atomic<bool> member_ready{false};  // registered and holding every committed chunk
+  // This core could not store a chunk pushed to it (a full or failed disk): it left the
+  // membership, so that the leader's commits go on without it (they waited for it, failed,
+  // and failed every job's round), and joins again, fetching what it lacks, once it can.
+  std::atomic<bool> resigned{false};
   std::atomic<bool> leading{false};
   std::atomic<int64_t> leader_revision{0};  // /gflex/leader's revision while this core leads
   int64_t compacted_to = 0;                 // under etcd_mutex: the last compaction's
@@ -412,6 +416,27 @@ struct replicated_store::impl {
     return {};
   }
 
+  // Leaves the membership (a follower only: a leader's own failed write fails its commit):
+  // the member key goes, and the leader's pushes pass this core by.
+  void resign(const std::string& why) {
+    if (leading) return;
+    member_ready = false;
+    resigned = true;
+    spdlog::error(
+        "replication: core {} cannot store {}: it leaves the membership, and joins again once "
+        "it can",
+        config.core_id, why);
+    leave_membership();
+  }
+
+  void leave_membership() {
+    std::lock_guard lock(etcd_mutex);
+    etcd_op gone{std::string(member_prefix) + config.core_id, std::nullopt, 0};
+    if (auto r = etcd->txn({}, {&gone, 1}); !r)
+      spdlog::warn("replication: core {} cannot leave the membership: {}", config.core_id,
+                   r.error().message());
+  }
+
   // Collects garbage every garbage_period_s (no more often than every 0.5 s) while this core is a
   // member.
   void collect_garbage_periodically() {
@@ -482,6 +507,7 @@ struct replicated_store::impl {
     auto client = etcd_client::make(config.endpoints);
     if (!client) return;
     auto last_ok = clock_type::now();
+    auto next_rejoin = clock_type::now();
     const auto period = std::chrono::milliseconds(config.lease_ttl_s * 1000 / 3);
     while (!stopping) {
       auto next = clock_type::now() + period;
@@ -495,6 +521,17 @@ struct replicated_store::impl {
                            clock_type::now() - last_ok > std::chrono::seconds(config.lease_ttl_s);
       if (left && *left > 0) {
         last_ok = clock_type::now();
+        if (resigned && !leading && last_ok >= next_rejoin) {
+          next_rejoin = last_ok + std::chrono::seconds(5);
+          if (auto ok = join(); ok) {
+            resigned = false;
+            spdlog::info("replication: core {} is a member again", config.core_id);
+          } else {
+            spdlog::warn("replication: core {} cannot join again yet: {}", config.core_id,
+                         ok.error().message());
+            leave_membership();  // its key, put as it joined: pushes would wait for it
+          }
+        }
         continue;
       }
       if (!expired) continue;  // etcd unreachable for now; the lease may still hold
@@ -644,24 +681,29 @@ expected<std::unique_ptr<replicated_store>> replicated_store::start(replication_
   auto server = http::server::start(
       host, static_cast<uint16_t>(port), 2,
       [self](httplib::Server& http) {
-        http.Put(R"(/chunk/([0-9a-f]{64}))",
-                 [self](const httplib::Request& req, httplib::Response& res) {
-                   const std::string digest = req.matches[1];
-                   std::span<const uint8_t> body(reinterpret_cast<const uint8_t*>(req.body.data()),
-                                                 req.body.size());
-                   if (digest_hex(body) != digest) {
-                     res.status = 400;
-                     res.set_content("the chunk's contents do not match its digest", "text/plain");
-                     return;
-                   }
-                   const bool had = std::filesystem::exists(self->config.chunk_dir / digest);
-                   if (!write_chunk(self->config.chunk_dir, digest, body)) {
-                     res.status = 500;
-                     return;
-                   }
-                   if (!had) self->chunk_bytes_add(body.size());
-                   res.status = 204;
-                 });
+        http.Put(R"(/chunk/([0-9a-f]{64}))", [self](const httplib::Request& req,
+                                                    httplib::Response& res) {
+          const std::string digest = req.matches[1];
+          std::span<const uint8_t> body(reinterpret_cast<const uint8_t*>(req.body.data()),
+                                        req.body.size());
+          if (digest_hex(body) != digest) {
+            res.status = 400;
+            res.set_content("the chunk's contents do not match its digest", "text/plain");
+            return;
+          }
+          const bool had = std::filesystem::exists(self->config.chunk_dir / digest);
+          if (auto written = write_chunk(self->config.chunk_dir, digest, body); !written) {
+            // Out of the membership before the answer: the leader, seeing this core
+            // gone, commits without it.
+            self->resign("chunk " + digest.substr(0, 12) + " (" + written.error().message() + ")");
+            res.status = 507;
+            res.set_content("this core cannot store the chunk: it left the membership",
+                            "text/plain");
+            return;
+          }
+          if (!had) self->chunk_bytes_add(body.size());
+          res.status = 204;
+        });
         // The leader's word, before a commit whose pushes took long, that a chunk it pushed
         // is still wanted: kept (its age starts again) if here, else 404 and pushed again.
         http.Post(R"(/touch/([0-9a-f]{64}))", [self](const httplib::Request& req,

@@ -426,6 +426,43 @@ TEST_SUITE("replicated_store") {
     CHECK_MESSAGE(member->size() == 1, "core b is not a member once it has joined");
   }
 
+  TEST_CASE("a follower that cannot store a chunk leaves; the leader commits; it comes back" *
+            doctest::skip(!etcd_installed())) {
+    // The leader retried the push until the follower's membership lapsed, which it never did
+    // (its lease was renewed): every commit with a chunk failed, and with it every job's round.
+    test::temp_dir dir;
+    etcd_server etcd(dir.path());
+    auto a = replicated_store::start(config_of(etcd, dir, "a"), [] {});
+    REQUIRE(a.has_value());
+    std::atomic<int> stop{0};
+    REQUIRE(*(*a)->campaign(stop, {}));
+    auto b = replicated_store::start(config_of(etcd, dir, "b"), [] {});
+    REQUIRE(b.has_value());
+    // b's chunk directory becomes a file: nothing can be written there (even by root).
+    std::filesystem::rename(dir / "chunks-b", dir / "chunks-b-aside");
+    std::ofstream(dir / "chunks-b") << "not a directory";
+    const auto checkpoint = large(100000, 5);
+    std::vector<store_write> batch = {{"ckpt/1", checkpoint}};
+    const auto began = std::chrono::steady_clock::now();
+    auto committed = (*a)->commit(batch);
+    const double took =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - began).count();
+    REQUIRE_MESSAGE(committed.has_value(), committed.error().message());
+    CHECK_MESSAGE(took < 3.0, "the commit took " << took << " s");
+    auto admin = etcd_client::make(etcd.endpoint());
+    CHECK(admin->range("/gflex/member/b", false)->empty());
+    // Its disk mended, it joins again, fetching the chunk it missed.
+    std::filesystem::remove(dir / "chunks-b");
+    std::filesystem::rename(dir / "chunks-b-aside", dir / "chunks-b");
+    bool back = false;
+    for (int tries = 0; tries < 200 && !back; ++tries) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      back = admin->range("/gflex/member/b", false)->size() == 1 &&
+             std::filesystem::exists(dir / "chunks-b" / digest_hex(checkpoint));
+    }
+    CHECK_MESSAGE(back, "core b did not join again within 10 s");
+  }
+
   TEST_CASE("a push to a core that stops reading is cut short once it leaves" *
             doctest::skip(!etcd_installed())) {
     test::temp_dir dir;
