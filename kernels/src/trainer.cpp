@@ -118,6 +118,12 @@ expected<train_report> train(const workload& w, const dataset_splits& data, back
       p.total_steps = total_steps;
       on_progress(p);  // lets a progress display start its clock with the run
     }
+    auto diverged = [&](int epoch, int64_t at) -> expected<train_report> {
+      return error(errc::non_finite,
+                   "training diverged in epoch " + std::to_string(epoch) + " (by step " +
+                       std::to_string(at) +
+                       "): the loss is not finite; try a lower learning rate (--lr)");
+    };
     for (int epoch = 1; epoch <= options.epochs && step < total_steps; ++epoch) {
       // Fisher-Yates with the project's own generator: the same order on every platform.
       std::iota(order.begin(), order.end(), 0);
@@ -173,6 +179,7 @@ expected<train_report> train(const workload& w, const dataset_splits& data, back
         }
         if (on_progress && (s % 20 == 19 || s + 1 == steps_per_epoch)) {
           auto recent = fold_stats();
+          if (!std::isfinite(recent.loss_sum)) return diverged(epoch, step + 1);
           train_progress p;
           p.epoch = epoch;
           p.epochs = options.epochs;
@@ -185,6 +192,9 @@ expected<train_report> train(const workload& w, const dataset_splits& data, back
         }
       }
       fold_stats();
+      // Trained on past a NaN, every step after was of NaN parameters, and the evaluation's
+      // arg max of NaN logits (class 0) made up an accuracy.
+      if (!std::isfinite(er.train_loss)) return diverged(epoch, step);
       const auto epoch_end = clock_type::now();
       er.train_s = std::chrono::duration<double>(epoch_end - epoch_start).count();
       er.train_loss /= static_cast<double>(er.samples);

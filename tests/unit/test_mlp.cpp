@@ -120,6 +120,23 @@ TEST_SUITE("mlp") {
     CHECK(r3->epochs.back().train_loss != r1->epochs.back().train_loss);
   }
 
+  TEST_CASE("training that diverges stops with an error, not a made-up accuracy") {
+    // It trained on past the first NaN, every step after of NaN parameters, and reported the
+    // share of class 0 in the test set as its accuracy.
+    auto data = small_data();
+    auto w = small_mlp(data);
+    train_options o;
+    o.epochs = 3;
+    o.batch_size = 32;
+    o.optimizer.lr = 1e30f;
+    auto be = make_cpu_backend(1);
+    auto r = train(w, data, *be, o);
+    REQUIRE_FALSE_MESSAGE(r.has_value(), "test accuracy " << r->test_accuracy);
+    CHECK(r.error().code() == errc::non_finite);
+    CHECK_MESSAGE(r.error().message().find("training diverged in epoch 1") == 0,
+                  r.error().message());
+  }
+
   TEST_CASE("warm-up steps are left out of the steady rate and change nothing of the training") {
     auto data = small_data();  // 600 samples: 19 steps of 32 an epoch, the last of 24
     auto w = small_mlp(data);
