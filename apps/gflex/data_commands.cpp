@@ -36,7 +36,7 @@ struct data_flags {
 // Features [n, ...] and labels [n] as a data set: u8 features are pixels (scaled to [0, 1]),
 // others must be finite; labels below `classes` (given, or the largest label + 1).
 expected<dataset> labelled(const tensor& features, const tensor& labels, int64_t classes,
-                           const std::string& what) {
+                           const std::string& what, const std::string& labels_file) {
   if (features.rank() < 2)
     return error(errc::shape_mismatch, what + ": features must be [samples, ...], got rank " +
                                            std::to_string(features.rank()));
@@ -70,9 +70,9 @@ expected<dataset> labelled(const tensor& features, const tensor& labels, int64_t
     else if (labels.type() == dtype::i32)
       v = labels.data<int32_t>()[i];
     else
-      return error(errc::bad_format, what + ": labels must be integers");
+      return error(errc::bad_format, labels_file + ": labels must be integers");
     if (v < 0 || (classes > 0 && v >= classes))
-      return error(errc::bad_format, what + ": label " + std::to_string(v) + " of sample " +
+      return error(errc::bad_format, labels_file + ": label " + std::to_string(v) + " of sample " +
                                          std::to_string(i) + " is outside [0, " +
                                          std::to_string(classes > 0 ? classes : 256) + ")");
     largest = std::max(largest, v);
@@ -80,8 +80,8 @@ expected<dataset> labelled(const tensor& features, const tensor& labels, int64_t
   }
   out.classes = classes > 0 ? classes : largest + 1;
   if (out.classes < 2 || out.classes > 256)
-    return error(errc::bad_format,
-                 what + ": needs 2 to 256 classes, the labels make " + std::to_string(out.classes));
+    return error(errc::bad_format, labels_file + ": needs 2 to 256 classes, the labels make " +
+                                       std::to_string(out.classes));
   return out;
 }
 
@@ -152,7 +152,7 @@ expected<dataset_splits> read_data_files(const data_files& f) {
   }
   if (!features) return features.error();
   if (!labels) return labels.error();
-  auto all = labelled(*features, *labels, f.classes, f.path);
+  auto all = labelled(*features, *labels, f.classes, f.path, f.labels);
   if (!all) return all.error();
   return split(*all, f.test_fraction);
 }

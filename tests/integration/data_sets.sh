@@ -63,7 +63,7 @@ expect_error "truncated npy" "short.npy: holds .* data bytes, the header says .*
   "${ALICE[@]}" "$G" data push bad "$WORK/short.npy" --format npy --labels "$WORK/y.npy" --core "$core"
 expect_error "complex dtype" "complex.npy: dtype '<c8' is not supported" \
   "${ALICE[@]}" "$G" data push bad "$WORK/complex.npy" --format npy --labels "$WORK/y.npy" --core "$core"
-expect_error "label outside the classes" "label 12 of sample 7 is outside \[0, 10\)" \
+expect_error "label outside the classes" "y12.npy: label 12 of sample 7 is outside \[0, 10\)" \
   "${ALICE[@]}" "$G" data push bad "$WORK/x.npy" --format npy --labels "$WORK/y12.npy" --classes 10 --core "$core"
 expect_error "fortran order" "fortran.npy: Fortran-ordered arrays are not supported" \
   "${ALICE[@]}" "$G" data push bad "$WORK/fortran.npy" --format npy --labels "$WORK/y.npy" --core "$core"
