@@ -235,11 +235,13 @@ void add_common_flags(CLI::App* cmd, train_flags& f) {
                   "reads it)");
   cmd->add_option("--format", f.data.format, "--data's format: idx, npy or tokens");
   cmd->add_option("--labels", f.data.labels, "--data's labels file (idx and npy)");
-  cmd->add_option("--classes", f.data.classes, "--data's label count (default: largest + 1)");
+  cmd->add_option("--classes", f.data.classes, "--data's label count (default: largest + 1)")
+      ->check(CLI::Range(int64_t{2}, int64_t{256}));
   cmd->add_option("--test-fraction", f.data.test_fraction, "--data's held-out part")
       ->check(finite_range(0.001, 0.9))
       ->capture_default_str();
   cmd->add_option("--context", f.data.context, "--data tokens: positions per sample")
+      ->check(CLI::Range(int64_t{1}, int64_t{65536}))
       ->capture_default_str();
   cmd->add_option("--backend", f.backend, "compute backend: cpu, cuda or cuda:N")
       ->capture_default_str();

@@ -24,6 +24,12 @@ spec="$SRC/apps/jobs/fashion-cnn.toml"
 [ -f "$spec" ] || spec=$(ls "$SRC"/apps/jobs/*.toml | head -1)
 expect_error "train --data without --format" "--format: required with --data" \
   "$G" train --spec "$spec" --data "$WORK/none.idx"
+# --classes and --context are checked as gflex data push checks them: -5 classes meant "the
+# largest label + 1", and a context of -3 failed later, as "at least 2 tokens".
+expect_usage "train --classes -5" "--classes: Value -5 not in range" \
+  "$G" train --spec "$spec" --data "$WORK/none.npy" --format npy --labels "$WORK/none.npy" --classes -5
+expect_usage "train --context -3" "--context: Value -3 not in range" \
+  "$G" train --spec "$spec" --data "$WORK/none.txt" --format tokens --context -3
 # A damaged images file (a header of 10 28x28 images, 100 bytes of them) says it is cut short.
 python3 -c "import struct,sys; open(sys.argv[1],'wb').write(struct.pack('>BBBBIII',0,0,8,3,10,28,28)+bytes(100))" "$WORK/cut.idx"
 python3 -c "import struct,sys; open(sys.argv[1],'wb').write(struct.pack('>BBBBI',0,0,8,1,10)+bytes(10))" "$WORK/labels.idx"
