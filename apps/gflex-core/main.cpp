@@ -73,11 +73,15 @@ int run_operator(const operator_flags& f) {
     auto seq = c->credit_account(f.id, amount, reference);
     if (!seq) {
       // The credit may still have been booked (an answer lost on the way back): the same
-      // reference, sent again, books it at most once.
-      std::fprintf(stderr,
-                   "to retry without crediting twice: gflex-core account credit %s %s "
-                   "--reference %s\n",
-                   f.id.c_str(), f.amount.c_str(), reference.c_str());
+      // reference, sent again, books it at most once. A refusal (an unknown account, another
+      // key's) booked nothing: no retry is offered for it.
+      const auto code = seq.error().code();
+      if (code == gflex::errc::unavailable || code == gflex::errc::io_error ||
+          code == gflex::errc::store_error)
+        std::fprintf(stderr,
+                     "to retry without crediting twice: gflex-core account credit %s %s "
+                     "--reference %s\n",
+                     f.id.c_str(), f.amount.c_str(), reference.c_str());
       return fail(seq.error());
     }
     // A reference booked before is answered with its first entry: "booked", not "credited

@@ -52,6 +52,9 @@ if "$BIN/gflex-core" account credit user/metered 5 --reference "a b" --core "$co
   fail "a malformed reference was credited"
 fi
 grep -q "reference must be" "$WORK/credit3.err" || fail "malformed reference: $(cat "$WORK/credit3.err")"
+# A refusal booked nothing: it offers no retry "without crediting twice".
+! grep -q "to retry without crediting twice" "$WORK/credit3.err" ||
+  fail "a refused credit offered a retry: $(cat "$WORK/credit3.err")"
 metrics "$core_metrics" "$WORK/core.prom"
 metrics "$node_metrics" "$WORK/node.prom"
 python3 - "$WORK/core.prom" "$WORK/node.prom" <<'PY' || fail "metrics values"
