@@ -8,7 +8,7 @@
 
 namespace gflex::kernels {
 
-expected<double> calibrate_throughput(backend& b, double seconds) {
+expected<double> calibrate_throughput(backend& b, double seconds) try {
   auto w = find_workload("fashion-mlp");
   if (!w) return w.error();
   constexpr int64_t batch = 128;
@@ -34,6 +34,11 @@ expected<double> calibrate_throughput(backend& b, double seconds) {
     elapsed = std::chrono::duration<double>(clock_type::now() - start).count();
   } while (elapsed < seconds);
   return static_cast<double>(samples) / elapsed;
+} catch (const compute_error& e) {
+  // A device that fails a step (a launch, a copy) fails the calibration, and the node's
+  // start says why: thrown on, it ended the process (or an embedding trainer's) in
+  // std::terminate.
+  return e.err();
 }
 
 }  // namespace gflex::kernels

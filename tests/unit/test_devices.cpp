@@ -2,10 +2,13 @@
 
 #include <doctest/doctest.h>
 
+#include <functional>
 #include <string>
 #include <vector>
 
+#include "forwarding_backend.hpp"
 #include "gflex/kernels/backend.hpp"
+#include "gflex/kernels/calibration.hpp"
 #include "gflex/kernels/devices.hpp"
 #include "gflex/kernels/workload.hpp"
 
@@ -64,6 +67,25 @@ TEST_SUITE("devices") {
     auto rates = measure_cuda_gemm_rates(0);
     REQUIRE_FALSE(rates.has_value());
     CHECK(rates.error().code() == errc::no_device);
+  }
+
+  TEST_CASE("a device that fails a step fails the calibration, as an error") {
+    // Only a failure to build the model came back as an error: one thrown by a step ended
+    // the node (or the trainer embedding it) in std::terminate.
+    struct failing_gemm final : testing::forwarding_backend {
+      using forwarding_backend::forwarding_backend;
+      void dispatch(const char* op, std::function<void()> call) override {
+        if (std::string(op) == "gemm")
+          throw compute_error(error(errc::device_error, "cudaErrorLaunchFailure (a test's)"));
+        call();
+      }
+    };
+    auto cpu = make_cpu_backend(1);
+    failing_gemm b(*cpu);
+    auto r = calibrate_throughput(b, 0.1);
+    REQUIRE_FALSE(r.has_value());
+    CHECK(r.error().code() == errc::device_error);
+    CHECK(r.error().message().find("cudaErrorLaunchFailure") != std::string::npos);
   }
 
   TEST_CASE("GEMM rates by precision: tensor cores beat exact FP32 on a GPU") {
