@@ -300,6 +300,9 @@ struct stage_init {
   std::shared_ptr<stage_counters> counters;
   /// Runs in a worker process: its counts go to the coordinator in pipe_stat reports.
   bool remote = false;
+  /// Set by the run once it has failed, before it asks which train jobs to cancel: a train
+  /// stage still uploading then cancels the job it submits itself (null: never set).
+  std::shared_ptr<const std::atomic<bool>> run_failed;
 };
 
 /// Acknowledgements an item to another process carries (pipe_wire_item): acks[i] to to[i].
@@ -466,11 +469,19 @@ void emit_shuffled(stage_actor* self) {
 
 void submit_train(stage_actor* self) {
   auto& st = self->state;
+  auto run_failed = [&] { return st.init.run_failed && st.init.run_failed->load(); };
+  if (run_failed()) return;  // killed next: nothing to upload for
   st.train->submit();
   for (auto& h : st.held) ack(self, h.from);
   st.held.clear();
   self->send(st.init.coordinator, pckpt_atom::value,
              pipe_checkpoint{st.init.stage, st.init.instance, st.train->checkpoint()});
+  // The run failed while this stage uploaded: the coordinator, asked which jobs to cancel,
+  // may have answered before it heard of this one, which would train (and bill) on.
+  if (run_failed()) {
+    st.train->cancel();
+    return;
+  }
   if (!st.ticking) {
     st.ticking = true;
     self->send(self, ptick_atom::value);
@@ -848,6 +859,7 @@ struct coordinator_state {
   bool ended = false;
   std::vector<caf::response_promise> waiting;
   std::chrono::steady_clock::time_point started_at = std::chrono::steady_clock::now();
+  std::shared_ptr<const std::atomic<bool>> run_failed;  ///< See stage_init::run_failed.
 };
 
 using coordinator_actor = caf::stateful_actor<coordinator_state>;
@@ -872,6 +884,7 @@ stage_init init_for(coordinator_actor* self, int s, int i) {
   init.coordinator = caf::actor_cast<caf::actor>(self);
   init.checkpoint = rec.checkpoint;
   init.counters = st.counters[static_cast<size_t>(s)];
+  init.run_failed = st.run_failed;
   return init;
 }
 
@@ -1113,8 +1126,10 @@ void add_host(coordinator_actor* self, caf::actor host) {
 }
 
 caf::behavior coordinator_behavior(coordinator_actor* self, std::vector<stage_def> defs,
-                                   std::vector<caf::actor> hosts) {
+                                   std::vector<caf::actor> hosts,
+                                   std::shared_ptr<const std::atomic<bool>> run_failed) {
   auto& st = self->state;
+  st.run_failed = std::move(run_failed);
   st.defs = std::move(defs);
   st.shared_defs = std::make_shared<const std::vector<stage_def>>(st.defs);
   const size_t n = st.defs.size();
@@ -1485,7 +1500,9 @@ expected<run_report> graph::run(const run_options& options) const {
       return *failed;
     }
   }
-  auto coordinator = sys.spawn(detail::coordinator_behavior, stages_, hosts);
+  auto run_failed = std::make_shared<std::atomic<bool>>(false);
+  auto coordinator = sys.spawn(detail::coordinator_behavior, stages_, hosts,
+                               std::shared_ptr<const std::atomic<bool>>(run_failed));
   if (gate) self->send(gate, detail::prun_atom::value, coordinator);
   // An exception from the caller's on_running stops the run as a failure (every stage
   // killed, a train stage's job cancelled, the workers told) and is then rethrown: unwound
@@ -1528,7 +1545,10 @@ expected<run_report> graph::run(const run_options& options) const {
       result = error(errc::unavailable, result.error().message());
   }
   if (!result) {
-    // A failed run leaves no job of its train stages training (and billing) behind.
+    // A failed run leaves no job of its train stages training (and billing) behind. Said
+    // before the coordinator is asked: a stage that submits its job after it answered cancels
+    // that job itself (submit_train).
+    run_failed->store(true);
     std::vector<std::string> left;
     self->request(coordinator, std::chrono::seconds(10), detail::ptrain_atom::value)
         .receive([&](std::vector<std::string>& l) { left = std::move(l); }, [](caf::error&) {});

@@ -1,5 +1,7 @@
 #include "pipeline_train.hpp"
 
+#include <spdlog/spdlog.h>
+
 #include <algorithm>
 #include <cstring>
 #include <sstream>
@@ -124,6 +126,12 @@ bool train_driver::poll(std::vector<round_update>& out) {
   if (s->state != job_state::done)
     fail("train: job " + job_id_ + " " + to_string(s->state) + ": " + s->detail);
   return true;
+}
+
+void train_driver::cancel() {
+  if (!submitted()) return;
+  if (auto ok = options_.client->cancel(job_id_); !ok)
+    spdlog::warn("train: job {} of a failed run: not cancelled: {}", job_id_, ok.error().message());
 }
 
 std::string train_driver::checkpoint() const {

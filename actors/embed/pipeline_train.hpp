@@ -36,6 +36,9 @@ class train_driver {
   /// emitted. Returns true when the job is done; throws when it failed or was cancelled.
   bool poll(std::vector<round_update>& out);
 
+  /// Cancels the job submitted, if any (a failed run's); an error is logged, not thrown.
+  void cancel();
+
   /// "JOB_ID ROUND": what resume() needs.
   std::string checkpoint() const;
 

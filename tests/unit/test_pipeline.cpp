@@ -622,6 +622,46 @@ TEST_SUITE("pipeline") {
     CHECK(jobs->front().state == job_state::cancelled);
   }
 
+  TEST_CASE("a run that fails while its train stage uploads leaves no job training") {
+    // The run asked which jobs to cancel while the stage was still uploading, and heard of
+    // none: the job the stage submitted next trained (and billed) on, 100,000 rounds long.
+    embedded_config config;
+    config.nodes = 1;
+    auto cluster = embedded_cluster::start(config);
+    REQUIRE_MESSAGE(cluster.has_value(), cluster.error().message());
+    kernels::model_builder model("left-uploading", {8});
+    model.linear(2).softmax_xent();
+    train_options t;
+    t.client = &cluster->client();
+    t.spec_toml = "[job]\nname = \"long\"\nrounds = 100000\nworkers = 1\n" + model.toml();
+    t.classes = 2;
+    t.tokens = false;
+    t.max_samples = 40;  // full at the 20th batch: it uploads while the batches go on
+    graph g;
+    g.source<int64_t>("ids", count_to(1000))
+        .map(
+            "batch",
+            [](const int64_t& i) {
+              if (i == 22) throw std::runtime_error("the source's disk failed");
+              sample_batch b;
+              b.sample_values = 8;
+              b.labels = {static_cast<int32_t>(i % 2), static_cast<int32_t>((i + 1) % 2)};
+              b.features.assign(16, 0.25f * static_cast<float>(i % 3));
+              return b;
+            },
+            stage_options{.restarts = 0})
+        .train("train", t)
+        .sink("rounds", [](const round_update&) {});
+    auto report = g.run({}, bound);
+    REQUIRE_FALSE(report.has_value());
+    CHECK_MESSAGE(report.error().message().find("the source's disk failed") != std::string::npos,
+                  report.error().message());
+    auto jobs = cluster->client().jobs();
+    REQUIRE(jobs.has_value());
+    for (const auto& j : *jobs)
+      CHECK_MESSAGE(is_terminal(j.state), j.job_id << " is " << to_string(j.state));
+  }
+
   TEST_CASE("a train stage runs a distributed job on the samples it is fed") {
     embedded_config config;
     config.nodes = 2;
