@@ -189,6 +189,7 @@ using pkill_atom = caf::atom_constant<caf::atom("pkill")>;
 using prun_atom = caf::atom_constant<caf::atom("prun")>;
 using pstop_atom = caf::atom_constant<caf::atom("pstop")>;
 using ptrain_atom = caf::atom_constant<caf::atom("ptrain")>;    ///< train jobs left running
+using pfull_atom = caf::atom_constant<caf::atom("pfull")>;      ///< a train stage needs no more
 using pwitem_atom = caf::atom_constant<caf::atom("pwitem")>;    ///< an encoded item
 using pwadopt_atom = caf::atom_constant<caf::atom("pwadopt")>;  ///< an encoded adoption
 using pstat_atom = caf::atom_constant<caf::atom("pstat")>;
@@ -482,6 +483,9 @@ void submit_train(stage_actor* self) {
     st.train->cancel();
     return;
   }
+  // What comes after the push is dropped: the stages before this one stop (an endless
+  // source ran, and the run with it, for as long as the job and after it had ended).
+  self->send(st.init.coordinator, pfull_atom::value);
   if (!st.ticking) {
     st.ticking = true;
     self->send(self, ptick_atom::value);
@@ -1188,6 +1192,34 @@ caf::behavior coordinator_behavior(coordinator_actor* self, std::vector<stage_de
           }
         }
         return out;
+      },
+      // A train stage has pushed its samples: the stages before it (a chain that feeds it
+      // alone) are stopped, counted as finished, and it is told that its inputs ended.
+      [=](pfull_atom) {
+        auto& st = self->state;
+        auto it = st.by_address.find(caf::actor_cast<caf::actor_addr>(self->current_sender()));
+        if (st.failed || it == st.by_address.end() ||
+            st.defs[static_cast<size_t>(it->second.first)].kind != stage_kind::train)
+          return;
+        const int train = it->second.first;
+        for (int p = st.defs[static_cast<size_t>(train)].input; p >= 0;
+             p = st.defs[static_cast<size_t>(p)].input)
+          for (auto& r : st.stages[static_cast<size_t>(p)]) {
+            if (r.finished) continue;
+            r.finished = true;
+            --st.unfinished;
+            if (r.actor) {
+              st.by_address.erase(r.actor.address());  // its end is no failure
+              self->send_exit(r.actor, caf::exit_reason::kill);
+            }
+          }
+        const int input = st.defs[static_cast<size_t>(train)].input;
+        if (input >= 0)
+          for (auto& k : st.stages[static_cast<size_t>(train)])
+            if (!k.finished && k.actor)
+              for (size_t i = 0; i < st.stages[static_cast<size_t>(input)].size(); ++i)
+                self->send(k.actor, pend_atom::value, pipe_end{static_cast<int>(i)});
+        conclude(self);
       },
       [=](pstop_atom, const std::string& why) {
         // The caller gives up (its deadline passed): every stage is killed.

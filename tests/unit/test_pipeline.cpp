@@ -662,6 +662,39 @@ TEST_SUITE("pipeline") {
       CHECK_MESSAGE(is_terminal(j.state), j.job_id << " is " << to_string(j.state));
   }
 
+  TEST_CASE("a train stage fed by an endless source ends the run once its job is done") {
+    // Past max_samples its inputs were dropped, but the stages before it ran on: the run never
+    // ended, its job long done, and the source generated (for nothing) all the while.
+    embedded_config config;
+    config.nodes = 1;
+    auto cluster = embedded_cluster::start(config);
+    REQUIRE_MESSAGE(cluster.has_value(), cluster.error().message());
+    kernels::model_builder model("endless", {8});
+    model.linear(2).softmax_xent();
+    train_options t;
+    t.client = &cluster->client();
+    t.spec_toml = "[job]\nname = \"short\"\nrounds = 2\nworkers = 1\n" + model.toml();
+    t.classes = 2;
+    t.tokens = false;
+    t.max_samples = 40;
+    int rounds = 0;
+    graph g;
+    g.source<int64_t>("ids", [](int64_t position) -> std::optional<int64_t> { return position; })
+        .map("batch",
+             [](const int64_t& i) {
+               sample_batch b;
+               b.sample_values = 8;
+               b.labels = {static_cast<int32_t>(i % 2), static_cast<int32_t>((i + 1) % 2)};
+               b.features.assign(16, 0.25f * static_cast<float>(i % 3));
+               return b;
+             })
+        .train("train", t)
+        .sink("rounds", [&](const round_update& u) { rounds = static_cast<int>(u.status.round); });
+    auto report = g.run({}, bound);
+    REQUIRE_MESSAGE(report.has_value(), report.error().message());
+    CHECK(rounds == 2);
+  }
+
   TEST_CASE("a train stage runs a distributed job on the samples it is fed") {
     embedded_config config;
     config.nodes = 2;

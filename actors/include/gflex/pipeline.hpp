@@ -123,7 +123,8 @@ struct round_update {
 /// data set `data_set` (content-addressed shards), submits `spec_toml` with `[data] set`
 /// naming it, and polls the job every `poll`, emitting a round_update whenever rounds were
 /// committed since the last one, until the job ends; a job that ends other than "done" fails
-/// the stage with its detail.
+/// the stage with its detail. Once it has pushed, the stages before it stop (an endless
+/// source too): the run ends with the job.
 struct train_options {
   gflex::client* client = nullptr;  ///< The core to run on (an embedded cluster's or a remote one).
   std::string spec_toml;            ///< The job spec, without a [data] table.
