@@ -10,6 +10,7 @@
 
 #include "gflex/kernels/workload.hpp"
 #include "gflex/runtime/job_spec.hpp"
+#include "link_loss.hpp"
 
 namespace gflex::pipeline::detail {
 namespace {
@@ -110,18 +111,33 @@ void train_driver::submit() {
   std::vector<int32_t>().swap(test_y_);
 }
 
+bool train_driver::rides_out(const error& e) {
+  if (!gflex::detail::is_link_loss(e)) return false;
+  const auto now = std::chrono::steady_clock::now();
+  if (lost_since_ == std::chrono::steady_clock::time_point{}) {
+    lost_since_ = now;  // said once a loss, not at every poll
+    spdlog::warn("train: job {}: {}; following it again for up to 2 minutes", job_id_, e.message());
+  }
+  return now - lost_since_ <= gflex::detail::link_loss_patience;
+}
+
 bool train_driver::poll(std::vector<round_update>& out) {
+  // A core restarting (or a follower taking over) is ridden out as client::wait rides it
+  // out: it failed the stage, and its restarts were spent within a second.
   auto s = options_.client->status(job_id_);
+  if (!s && rides_out(s.error())) return false;
   if (!s) fail("train: job " + job_id_ + ": " + s.error().message());
   const bool ended = is_terminal(s->state);
   if (s->round > last_round_) {
     auto params = std::make_shared<std::vector<float>>(static_cast<size_t>(parameters_));
     auto fetched = options_.client->fetch_parameters(job_id_, *params);
+    if (!fetched && rides_out(fetched.error())) return false;
     if (!fetched)
       fail("train: fetching job " + job_id_ + "'s parameters: " + fetched.error().message());
     last_round_ = s->round;
     out.push_back(round_update{*s, std::move(params)});
   }
+  lost_since_ = {};
   if (!ended) return false;
   if (s->state != job_state::done)
     fail("train: job " + job_id_ + " " + to_string(s->state) + ": " + s->detail);

@@ -4,6 +4,7 @@
 /// them as a data set, submits the job and follows it. The stage's actor (pipeline.cpp) calls
 /// it from its own thread; every call may block on the core.
 
+#include <chrono>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -33,7 +34,9 @@ class train_driver {
   void submit();
 
   /// Polls the job once: appends an update when a round was committed since the last one
-  /// emitted. Returns true when the job is done; throws when it failed or was cancelled.
+  /// emitted. Returns true when the job is done; throws when it failed or was cancelled, or
+  /// when the link to the core has been lost for over 2 minutes (a shorter loss is ridden
+  /// out: the next poll asks again).
   bool poll(std::vector<round_update>& out);
 
   /// Cancels the job submitted, if any (a failed run's); an error is logged, not thrown.
@@ -56,6 +59,11 @@ class train_driver {
   std::string spec_;
   std::string job_id_;
   int64_t last_round_ = 0;
+  /// Since when polls have failed for a lost link (none: the last one was answered).
+  std::chrono::steady_clock::time_point lost_since_{};
+
+  /// Whether following goes on after `e` (a lost link, for up to link_loss_patience).
+  bool rides_out(const error& e);
 };
 
 }  // namespace gflex::pipeline::detail

@@ -16,6 +16,7 @@
 #include <map>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <thread>
 
 #include "access.hpp"
@@ -29,6 +30,7 @@
 #include "gflex/runtime/shard.hpp"
 #include "gflex/runtime/tls_credentials.hpp"
 #include "gflex/test_aids.hpp"
+#include "link_loss.hpp"
 #include "link_security.hpp"
 #include "message_limit.hpp"
 #include "messages.hpp"
@@ -421,11 +423,18 @@ int run_node(const node_config& config, const std::string& host, uint16_t port,
 
 // -- client -------------------------------------------------------------------------------------
 
-// How errors about a lost link to the core, and about a request it did not answer (a request
-// in flight when the core went down is never answered), begin (errc::unavailable): following
+// Errors about a lost link to the core, and about a request it did not answer (a request in
+// flight when the core went down is never answered), begin as link_loss.hpp says: following
 // a job tries again after either.
-constexpr std::string_view link_lost = "the link to the core was lost";
-constexpr std::string_view no_answer = "the core did not answer";
+using detail::link_lost;
+using detail::no_answer;
+
+// The sessions a client's link actor watches: one whose core died is noted here.
+using watch_atom = caf::atom_constant<caf::atom("watch")>;
+struct session_watch {
+  std::mutex mutex;
+  std::set<caf::actor_addr> down;
+};
 
 struct client::impl {
   caf::actor_system_config cfg;
@@ -434,10 +443,15 @@ struct client::impl {
   // process, which uses the core's.
   std::unique_ptr<caf::actor_system> owned;
   caf::actor_system* sys = nullptr;
-  caf::actor core;        // the front door
-  std::string key;        // the API key, given to the front door once
-  caf::actor session;     // this client's session, once the front door has given it
-  caf::actor link;        // lives as long as this client: the session ends with it
+  caf::actor core;     // the front door
+  std::string key;     // the API key, given to the front door once
+  caf::actor session;  // this client's session, once the front door has given it
+  caf::actor link;     // lives as long as this client: the session ends with it
+  // The sessions that went down, as the link actor (which watches each) saw. A session's
+  // proxy dies with its link to the core (its process killed, its host gone), and a request
+  // sent to a dead proxy is dropped, never answered: the next request waited out its 30 s
+  // timeout before it dialled the core again.
+  std::shared_ptr<session_watch> watch = std::make_shared<session_watch>();
   std::string principal;  // who the key authenticates as, once the session is given
   bool insecure = false;  // plain TCP (--insecure) rather than TLS
   // Where a remote client dials its core again once the link is lost (the core restarted, a
@@ -463,6 +477,13 @@ struct client::impl {
   // The session, asked for at the first request: the key's errors come back from there.
   expected<caf::actor> session_handle() {
     std::lock_guard<std::mutex> guard(mutex);
+    if (session) {
+      std::lock_guard<std::mutex> seen(watch->mutex);
+      if (watch->down.erase(session.address()) > 0) {
+        forget_session();
+        core_lost = owned != nullptr && !host.empty();
+      }
+    }
     if (core_lost) {
       auto again = insecure ? sys->middleman().remote_actor(host, port)
                             : caf::openssl::remote_actor(*sys, host, port);
@@ -475,12 +496,18 @@ struct client::impl {
     }
     if (session) return session;
     if (!link)
-      link =
-          sys->spawn([](caf::event_based_actor*) -> caf::behavior { return {[](tick_atom) {}}; });
+      link = sys->spawn([watch = watch](caf::event_based_actor* self) -> caf::behavior {
+        self->set_down_handler([watch](const caf::down_msg& d) {
+          std::lock_guard<std::mutex> seen(watch->mutex);
+          watch->down.insert(d.source);
+        });
+        return {[](tick_atom) {}, [self](watch_atom, const caf::actor& a) { self->monitor(a); }};
+      });
     auto w = ask<client_welcome>(*sys, core, std::chrono::seconds(30), auth_atom::value, key, link);
     if (!w) return w.error();
     if (!w->session) return error(errc::io_error, "the core's answer holds no session");
     session = caf::actor_cast<caf::actor>(w->session);
+    caf::anon_send(link, watch_atom::value, session);
     principal = w->principal;
     return session;
   }
@@ -801,12 +828,10 @@ namespace {
 // Whether following a job goes on after `e`: a link to the core lost (a restart, a failover)
 // is tried again for two minutes from the first loss (`since`), as the core comes back.
 bool keeps_following(const error& e, std::chrono::steady_clock::time_point& since) {
-  if (e.code() != errc::unavailable ||
-      !(e.message().starts_with(link_lost) || e.message().starts_with(no_answer)))
-    return false;
+  if (!detail::is_link_loss(e)) return false;
   const auto now = std::chrono::steady_clock::now();
   if (since == std::chrono::steady_clock::time_point{}) since = now;
-  if (now - since > std::chrono::minutes(2)) return false;
+  if (now - since > detail::link_loss_patience) return false;
   spdlog::warn("{}; following the job again", e.message());
   return true;
 }

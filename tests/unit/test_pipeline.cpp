@@ -21,6 +21,7 @@
 
 #include "gflex/kernels/model_builder.hpp"
 #include "gflex/pipeline.hpp"
+#include "running_core.hpp"
 
 using namespace gflex;
 using namespace gflex::pipeline;
@@ -693,6 +694,78 @@ TEST_SUITE("pipeline") {
     auto report = g.run({}, bound);
     REQUIRE_MESSAGE(report.has_value(), report.error().message());
     CHECK(rounds == 2);
+  }
+
+  TEST_CASE("a train stage follows its job across a restart of its core") {
+    // A poll that found the link lost failed the stage, and its restarts were spent within a
+    // second: a core restarting (or a follower taking over) failed the run, while
+    // client::wait rode it out. The core runs in a child process, killed and started again on
+    // its data; the job has no node: it waits, and is cancelled once the core is back, which
+    // the stage reports.
+    test::temp_dir dir;
+    auto config = test::local_core_config(dir);
+    config.port = test::free_loopback_port();
+    client_options link;
+    link.api_key = test::operator_key(dir);
+    link.insecure = true;
+    auto first = std::make_unique<test::forked_core>(config);
+    auto c = client::connect("127.0.0.1", config.port, link);
+    REQUIRE_MESSAGE(c.has_value(), c.error().message());
+    kernels::model_builder model("restarted", {8});
+    model.linear(2).softmax_xent();
+    train_options t;
+    t.client = &*c;
+    t.spec_toml = "[job]\nname = \"waits\"\nrounds = 3\nworkers = 1\n" + model.toml();
+    t.classes = 2;
+    t.tokens = false;
+    t.max_samples = 40;
+    graph g;
+    g.source<int64_t>("ids", count_to(100))
+        .map("batch",
+             [](const int64_t& i) {
+               sample_batch b;
+               b.sample_values = 8;
+               b.labels = {static_cast<int32_t>(i % 2), static_cast<int32_t>((i + 1) % 2)};
+               b.features.assign(16, 0.25f * static_cast<float>(i % 3));
+               return b;
+             })
+        .train("train", t, stage_options{.restarts = 0})
+        .sink("rounds", [](const round_update&) {});
+    auto run = std::async(std::launch::async, [&] { return g.run({}, std::chrono::seconds(120)); });
+    auto jobs_of = [&](client& k) {
+      for (int tries = 0; tries < 100; ++tries) {
+        auto jobs = k.jobs();
+        if (jobs && !jobs->empty()) return *jobs;
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      }
+      return std::vector<job_status>{};
+    };
+    auto watching = client::connect("127.0.0.1", config.port, link);
+    REQUIRE(watching.has_value());
+    REQUIRE(jobs_of(*watching).size() == 1);  // submitted: the stage follows it
+    first->kill();
+    std::this_thread::sleep_for(std::chrono::milliseconds(1000));  // its polls find no core
+    // A client whose session died with its core says so at its next request: sent to the
+    // session's dead proxy, the request was dropped, and answered by its timeout (30 s).
+    const auto asked = std::chrono::steady_clock::now();
+    auto gone = watching->jobs();
+    const double took =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - asked).count();
+    REQUIRE_FALSE(gone.has_value());
+    CHECK_MESSAGE(gone.error().message().starts_with("the link to the core was lost"),
+                  gone.error().message());
+    CHECK_MESSAGE(took < 10.0, "the request took " << took << " s");
+    test::forked_core second(config);
+    auto again = client::connect("127.0.0.1", config.port, link);
+    REQUIRE(again.has_value());
+    const auto jobs = jobs_of(*again);
+    REQUIRE(jobs.size() == 1);
+    REQUIRE(again->cancel(jobs.front().job_id).has_value());
+    auto report = run.get();
+    REQUIRE_FALSE(report.has_value());
+    CHECK_MESSAGE(
+        report.error().message().find(jobs.front().job_id + " cancelled") != std::string::npos,
+        report.error().message());
   }
 
   TEST_CASE("a train stage runs a distributed job on the samples it is fed") {

@@ -402,7 +402,7 @@ TEST_SUITE("replicated_store") {
     // ended itself within a collection period of winning.
     test::temp_dir dir;
     etcd_server etcd(dir.path());
-    slow_range_proxy proxy(etcd.endpoint(), std::chrono::milliseconds(3000));  // TTL 2 s
+    slow_range_proxy proxy(etcd.endpoint(), std::chrono::milliseconds(2500));  // TTL 2 s
     auto config = config_of(etcd, dir, "a");
     config.endpoints = proxy.endpoint();
     config.garbage_period_s = 0;
@@ -412,7 +412,7 @@ TEST_SUITE("replicated_store") {
     std::atomic<int> stop{0};
     REQUIRE(*(*a)->campaign(stop, {}));
     proxy.slow = true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(5000));
+    std::this_thread::sleep_for(std::chrono::milliseconds(3500));
     CHECK_FALSE_MESSAGE(lost.load(), "the leader lost its lease while collecting garbage");
     // A core that joins meanwhile reads the committed values under its lease too: read
     // before the lease was renewed, its membership ended while it joined.

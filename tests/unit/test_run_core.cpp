@@ -26,44 +26,18 @@
 #include <vector>
 
 #include "gflex/gflex.hpp"
+#include "running_core.hpp"
 #include "temp_dir.hpp"
 
 using namespace gflex;
+using gflex::test::local_core_config;
+using gflex::test::running_core;
 
 namespace {
 
 std::atomic<int> program_saw{0};
 extern "C" void program_handler(int sig) {
   program_saw.store(sig);
-}
-
-struct nothing_beside : core_service {};
-
-// Runs a core on a thread; `listening` is ready once it serves.
-struct running_core {
-  std::promise<void> listening;
-  std::future<int> code;
-
-  explicit running_core(const core_config& config) {
-    auto ready = listening.get_future();
-    code = std::async(std::launch::async, [this, config] {
-      return run_core(config, [this](local_core&) -> expected<std::unique_ptr<core_service>> {
-        listening.set_value();
-        return std::unique_ptr<core_service>(std::make_unique<nothing_beside>());
-      });
-    });
-    REQUIRE(ready.wait_for(std::chrono::seconds(60)) == std::future_status::ready);
-  }
-};
-
-// A core's credentials made in `dir`, and its config: any free port on loopback, plain TCP.
-core_config local_core_config(const test::temp_dir& dir) {
-  REQUIRE(init_core(dir.path()).has_value());
-  core_config config;
-  config.data_dir = dir.path();
-  config.port = 0;
-  config.insecure = true;
-  return config;
 }
 
 }  // namespace
