@@ -110,6 +110,7 @@ job_links links_of(const core_children& c, std::shared_ptr<data_catalog> catalog
   links.verifier = c.verifier;
   links.ledger = c.ledger;
   links.max_jobs_per_account = config.max_jobs_per_account;
+  links.max_data_bytes_per_account = config.max_data_bytes_per_account;
   links.accept_unverified = config.unverified == "accept";
   links.crash_at_round = config.crash_job_at_round;
   links.ledger_wait = std::chrono::milliseconds(config.ledger_wait_ms);

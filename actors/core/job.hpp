@@ -62,12 +62,14 @@ struct job_links {
   caf::actor market;
   caf::actor supervisor;
   std::shared_ptr<data_catalog> catalog;
-  caf::actor reputation;           ///< the reputation tracker: sampling, credits, rejections
-  caf::actor verifier;             ///< re-computes sampled results on core-tier workers
-  caf::actor ledger;               ///< escrow and payments of metered jobs
-  double fee = 0.1;                ///< the platform's share of a payment
-  double cloud_price = 3.06;       ///< credits per device-hour in a public cloud, for comparison
-  int max_jobs_per_account = 16;   ///< unfinished jobs one account may have
+  caf::actor reputation;          ///< the reputation tracker: sampling, credits, rejections
+  caf::actor verifier;            ///< re-computes sampled results on core-tier workers
+  caf::actor ledger;              ///< escrow and payments of metered jobs
+  double fee = 0.1;               ///< the platform's share of a payment
+  double cloud_price = 3.06;      ///< credits per device-hour in a public cloud, for comparison
+  int max_jobs_per_account = 16;  ///< unfinished jobs one account may have
+  /// Shard bytes one account's data sets may hold together, those uploading included.
+  uint64_t max_data_bytes_per_account = uint64_t{4} << 30;
   bool accept_unverified = false;  ///< with no core-tier worker: use sampled results unverified
   /// Parameters larger than this are cut into chunks of it, once per round (shared_params).
   uint64_t payload_chunk_bytes = 8ull << 20;

@@ -1048,6 +1048,21 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links) {
           st.uploads.erase(it);
           return to_caf(ok.error());
         }
+        // Every set is in the core's memory: 64 sets of 1 GiB each were one account's to
+        // upload, and the core's memory with them.
+        uint64_t held = 0;
+        for (const auto& [key, info] : st.data_sets)
+          if (key.first == who && key != id) held += info.bytes;
+        for (const auto& [key, other] : st.uploads)
+          if (key.first == who) held += other.upload.info().bytes;
+        if (held > st.links.max_data_bytes_per_account) {
+          st.uploads.erase(it);
+          return to_caf(error(errc::limit_exceeded,
+                              "data set '" + name + "': " + who + "'s data sets would hold " +
+                                  std::to_string(held) + " bytes, more than the " +
+                                  std::to_string(st.links.max_data_bytes_per_account) +
+                                  " its account may store: remove one first"));
+        }
         if (!upload.complete()) {
           self->delayed_send(self, st.links.upload_idle, expire_atom::value, who, name,
                              ++it->second.parts_taken);

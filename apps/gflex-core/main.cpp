@@ -135,6 +135,7 @@ int main(int argc, char** argv) {
   CLI::App app{"gflex-core: the coordinating core of a GPUFlex cloud"};
   std::string listen = "127.0.0.1:7400", log_level = "info", metrics_listen;
   gflex::core_config config;
+  int64_t data_quota_mib = static_cast<int64_t>(config.max_data_bytes_per_account >> 20);
   app.add_option("--listen", listen, "HOST:PORT to accept nodes and clients on")
       ->capture_default_str();
   app.add_option("--metrics-listen", metrics_listen,
@@ -222,6 +223,10 @@ int main(int argc, char** argv) {
                  "unfinished jobs one account may have")
       ->check(CLI::Range(1, 100000))
       ->capture_default_str();
+  app.add_option("--max-data-per-account-mib", data_quota_mib,
+                 "MiB of data set shards one account may store (the core keeps them in memory)")
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 30))
+      ->capture_default_str();
   app.add_option("--unverified", config.unverified,
                  "when no core-tier worker can re-compute sampled results: wait for one, or "
                  "accept them unverified (counted in each job's unverified_results)")
@@ -285,6 +290,7 @@ int main(int argc, char** argv) {
   gflex::app::add_connection_flags(token_revoke, f.link);
   token_revoke->callback([&] { f.action = "token-revoke"; });
   if (auto code = gflex::app::parse_command_line(app, argc, argv)) return *code;
+  config.max_data_bytes_per_account = static_cast<uint64_t>(data_quota_mib) << 20;
 
   if (auto ok = gflex::init_logging(log_level); !ok) {
     std::fprintf(stderr, "gflex-core: %s\n", ok.error().message().c_str());

@@ -46,7 +46,8 @@ struct store_fixture : test::configured_system {
   std::shared_ptr<data_catalog> catalog = std::make_shared<data_catalog>();
 
   explicit store_fixture(std::map<std::string, std::vector<uint8_t>> kept = {},
-                         std::chrono::milliseconds upload_idle = std::chrono::minutes(10)) {
+                         std::chrono::milliseconds upload_idle = std::chrono::minutes(10),
+                         uint64_t max_data_bytes = uint64_t{4} << 30) {
     test::failing_store_state st;
     st.kept = std::move(kept);
     store = sys.spawn(test::failing_store, std::move(st));
@@ -54,6 +55,7 @@ struct store_fixture : test::configured_system {
     links.store = store;
     links.catalog = catalog;
     links.upload_idle = upload_idle;
+    links.max_data_bytes_per_account = max_data_bytes;
     supervisor = spawn_job_supervisor(sys, links);
   }
   ~store_fixture() {
@@ -138,6 +140,23 @@ TEST_SUITE("data set store") {
     CHECK(f.push_part("c", 2, 3, t).find("no upload in progress") != std::string::npos);
     CHECK(f.push_part("e", 0, 3, t).empty());
     CHECK(f.push_part("f", 0, 3, t).empty());
+  }
+
+  TEST_CASE("an account's data sets are bounded in bytes together, replaced ones not counted") {
+    // Each set was bounded, and the count of sets: 64 sets of 1 GiB, all held in the core's
+    // memory, were one account's to upload.
+    const auto train = shard_of(test::samples(12)), test = shard_of(test::samples(6));
+    const uint64_t one = train.size() + test.size();
+    store_fixture f({}, std::chrono::minutes(10), 2 * one + train.size() + test.size() / 2);
+    f.push("a", train, test);
+    f.push("b", train, test);
+    f.push("b", train, test);  // replacing b counts b once
+    CHECK(f.push_part("c", 0, 2, train).empty());
+    const auto refused = f.push_part("c", 1, 2, test);
+    CHECK_MESSAGE(refused.find("user/alice's data sets would hold") != std::string::npos, refused);
+    CHECK_MESSAGE(refused.find("remove one first") != std::string::npos, refused);
+    f.remove("a");
+    f.push("c", train, test);
   }
 
   TEST_CASE("a replacement that cannot be stored leaves the set it was to replace") {

@@ -61,6 +61,8 @@ struct core_config {
   bool insecure = false;
   /// Unfinished jobs one account may have at a time.
   int max_jobs_per_account = 16;
+  /// Shard bytes one account's data sets may hold together (the core keeps them in memory).
+  uint64_t max_data_bytes_per_account = uint64_t{4} << 30;
   /// Sampled community results are re-computed on core-tier workers. When none has been
   /// free for `verify_wait_s` seconds, a job either waits for one ("wait": its status says
   /// so) or uses such results unverified ("accept": with reduced assurance, counted in its
