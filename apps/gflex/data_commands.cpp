@@ -85,6 +85,26 @@ expected<dataset> labelled(const tensor& features, const tensor& labels, int64_t
   return out;
 }
 
+// The test split is the samples' last part: of samples sorted by class it holds the last
+// classes only, and the job's test accuracy says little. Said, not refused (the data may be
+// meant so).
+void warn_if_sorted(const dataset_splits& s) {
+  std::set<int32_t> train, test;
+  for (int64_t i = 0; i < s.train.size(); ++i) train.insert(s.train.labels.data<int32_t>()[i]);
+  for (int64_t i = 0; i < s.test.size(); ++i) test.insert(s.test.labels.data<int32_t>()[i]);
+  std::string unseen;
+  for (int32_t c : test)
+    if (train.count(c) == 0) unseen += (unseen.empty() ? "" : ", ") + std::to_string(c);
+  const bool one_class = test.size() == 1 && train.size() > 1 &&
+                         s.test.size() >= 2 * static_cast<int64_t>(train.size());
+  if (!unseen.empty() || one_class)
+    spdlog::warn(
+        "the samples look sorted by class: the test split (their last part) {}; shuffle them "
+        "first, or the test accuracy says little",
+        !unseen.empty() ? "holds class(es) " + unseen + " that the training split lacks"
+                        : "holds class " + std::to_string(*test.begin()) + " only");
+}
+
 // The last `fraction` of the samples become the test split.
 expected<dataset_splits> split(const dataset& all, double fraction) {
   const int64_t n = all.size(), test = static_cast<int64_t>(std::floor(n * fraction));
@@ -105,6 +125,7 @@ expected<dataset_splits> split(const dataset& all, double fraction) {
                 part->features.data<float>());
     std::copy_n(all.labels.data<int32_t>() + begin, end - begin, part->labels.data<int32_t>());
   }
+  warn_if_sorted(out);
   return out;
 }
 

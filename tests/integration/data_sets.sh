@@ -45,6 +45,7 @@ def write_npy(path, descr, shape, payload):
 feats = struct.pack("<%df" % (n * h * w), *[(b / 255.0 - 0.29) / 0.35 for b in images])
 write_npy(f"{work}/x.npy", "<f4", (n, h * w), feats)
 write_npy(f"{work}/y.npy", "<i8", (n,), struct.pack("<%dq" % n, *labels))
+write_npy(f"{work}/ysorted.npy", "<i8", (n,), struct.pack("<%dq" % n, *sorted(labels)))
 # Bad files: truncated, a wrong dtype, a label outside the classes, Fortran order.
 write_npy(f"{work}/short.npy", "<f4", (n, h * w), feats[: len(feats) // 2])
 write_npy(f"{work}/complex.npy", "<c8", (n, h * w), feats + feats)
@@ -84,7 +85,7 @@ listed=$("${ALICE[@]}" "$G" data list --core "$core") || fail "alice's data list
 "${ALICE[@]}" "$G" data push fm-idx "$WORK/images.idx" --format idx --labels "$WORK/labels.idx" \
   --classes 10 --core "$core" --json >"$WORK/idx.json" || fail "push idx"
 "${ALICE[@]}" "$G" data push fm-npy "$WORK/x.npy" --format npy --labels "$WORK/y.npy" \
-  --core "$core" --json >"$WORK/npy.json" || fail "push npy"
+  --core "$core" --json >"$WORK/npy.json" 2>"$WORK/npy.err" || fail "push npy"
 "${ALICE[@]}" "$G" data push text "$WORK/text.txt" --format tokens --context 32 \
   --core "$core" --json >"$WORK/tokens.json" || fail "push tokens"
 [ "$(json_get "$WORK/idx.json" "(j['train_samples'], j['test_samples'], j['classes'])")" = "(10800, 1200, 10)" ] ||
@@ -97,6 +98,15 @@ listed=$("${ALICE[@]}" "$G" data list --core "$core") || fail "alice's data list
 listed=$("${BOB[@]}" "$G" data list --core "$core") || fail "bob's data list failed"
 [ -z "$listed" ] || fail "bob sees alice's data sets"
 echo "ok: idx, npy and tokens pushed; only alice sees them"
+# Labels sorted by class: the held-out last part is of the last classes only. Said, and
+# stored all the same; shuffled ones are not warned of.
+"${ALICE[@]}" "$G" data push sorted "$WORK/x.npy" --format npy --labels "$WORK/ysorted.npy" \
+  --core "$core" >/dev/null 2>"$WORK/sorted.err" || fail "push sorted"
+grep -q "the samples look sorted by class" "$WORK/sorted.err" ||
+  fail "no warning of samples sorted by class: $(cat "$WORK/sorted.err")"
+! grep -q "sorted by class" "$WORK/npy.err" || fail "shuffled samples were said to be sorted"
+"${ALICE[@]}" "$G" data rm sorted --core "$core" >/dev/null || fail "remove the sorted set"
+echo "ok: samples sorted by class are warned of"
 # Text is held out every 1/F-th sample (it was every 10th whatever --test-fraction said).
 "${ALICE[@]}" "$G" data push text-q "$WORK/text.txt" --format tokens --context 32 \
   --test-fraction 0.25 --core "$core" --json >"$WORK/tokens-q.json" || fail "push tokens at 0.25"
