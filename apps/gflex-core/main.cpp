@@ -271,7 +271,9 @@ int main(int argc, char** argv) {
   auto* token = app.add_subcommand("token", "operator: join tokens for nodes");
   token->require_subcommand(1);
   auto* token_create = token->add_subcommand("create", "make a join token; prints it");
-  token_create->add_option("--tier", f.tier, "community or core")->capture_default_str();
+  token_create->add_option("--tier", f.tier, "community or core")
+      ->check(CLI::IsMember({"community", "core"}))
+      ->capture_default_str();
   token_create
       ->add_option("--expires", f.expires, "lifetime: 0 (until revoked), or 90m, 12h, 7d ...")
       ->capture_default_str();

@@ -225,7 +225,7 @@ int run_list(const data_flags& f) {
     auto it = std::find_if(sets->begin(), sets->end(),
                            [&](const data_set_info& i) { return i.name == f.name; });
     if (it == sets->end())
-      return fail(error(errc::invalid_argument, "no data set '" + f.name + "'"));
+      return fail(error(errc::invalid_argument, "no data set '" + f.name + "'"), 2);
     *sets = {*it};
   }
   if (f.as_json) {

@@ -61,6 +61,9 @@ expect_usage "core: a lease shorter than two heartbeats" \
   "--lease-ms 1000 must be at least twice --heartbeat-ms 5000" \
   "$BIN/gflex-core" --listen 127.0.0.1:1 --data-dir "$WORK/core" --heartbeat-ms 5000 --lease-ms 1000
 
+# A token's tier is checked before the core is asked (it answered "unknown tier", exit 1).
+expect_usage "core: token of an unknown tier" "--tier: corr not in" \
+  "$BIN/gflex-core" token create --tier corr --core 127.0.0.1:1
 # A node's device flags are checked before it contacts the core (there is none at port 1).
 N="$BIN/gflex-node"
 nd="$WORK/node"

@@ -107,6 +107,8 @@ grep -q "the samples look sorted by class" "$WORK/sorted.err" ||
 ! grep -q "sorted by class" "$WORK/npy.err" || fail "shuffled samples were said to be sorted"
 "${ALICE[@]}" "$G" data rm sorted --core "$core" >/dev/null || fail "remove the sorted set"
 echo "ok: samples sorted by class are warned of"
+expect_usage "data show of a set that is not there" "no data set 'nope'" \
+  "${ALICE[@]}" "$G" data show nope --core "$core"
 # Text is held out every 1/F-th sample (it was every 10th whatever --test-fraction said).
 "${ALICE[@]}" "$G" data push text-q "$WORK/text.txt" --format tokens --context 32 \
   --test-fraction 0.25 --core "$core" --json >"$WORK/tokens-q.json" || fail "push tokens at 0.25"
