@@ -66,6 +66,10 @@ void run(verifier_actor* self, pending_check check, const worker_slot& slot) {
   spdlog::debug("verifier: re-computing job {} round {} shard {} on {}", work.job_id,
                 work.round + 1, work.shard.substr(0, 12), slot.node_name);
   self->state.running[id] = {std::move(check), slot};
+  // Watched while it runs: a worker that goes down (its node's link lost) holds the request,
+  // never answered, and the market tells nobody what it held; the check waited out the
+  // request's day-long timeout, and the job's round with it.
+  self->monitor(slot.worker);
   // As long as the longest deadline a spec may give: a re-computation takes about as long as
   // the assignment it checks.
   self->request(slot.worker, std::chrono::seconds(static_cast<int64_t>(max_deadline_s)),
@@ -77,6 +81,7 @@ void run(verifier_actor* self, pending_check check, const worker_slot& slot) {
             if (it == st.running.end()) return;
             auto done = std::move(it->second);
             st.running.erase(it);
+            self->demonitor(done.slot.worker);
             self->send(st.market, release_atom::value, done.slot.worker);
             const auto& claimed = done.check.request.claimed;
             // Nothing claimed: the job asks only whether the core tier computes the work
@@ -108,6 +113,7 @@ void run(verifier_actor* self, pending_check check, const worker_slot& slot) {
             if (it == st.running.end()) return;
             auto done = std::move(it->second);
             st.running.erase(it);
+            self->demonitor(done.slot.worker);
             self->send(done.slot.worker, abort_atom::value, id);  // if it is still computing
             // Training that diverges on the core tier too is the work's, not the worker's:
             // said at once, not tried again.
@@ -185,6 +191,17 @@ void pump(verifier_actor* self) {
 caf::behavior verifier(verifier_actor* self, caf::actor market, verifier_limits limits) {
   self->state.market = std::move(market);
   self->state.limits = limits;
+  self->set_down_handler([=](const caf::down_msg& down) {
+    auto& st = self->state;
+    std::vector<uint64_t> lost;
+    for (const auto& [id, r] : st.running)
+      if (r.slot.worker.address() == down.source) lost.push_back(id);
+    for (uint64_t id : lost) {
+      auto check = std::move(st.running[id].check);
+      st.running.erase(id);
+      retry_or_fail(self, std::move(check), "its core-tier worker went down");
+    }
+  });
   return {
       [=](verify_atom, verify_request& request) -> caf::response_promise {
         auto promise = self->make_response_promise();

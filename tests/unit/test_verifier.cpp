@@ -5,10 +5,12 @@
 
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "configured_system.hpp"
@@ -55,6 +57,46 @@ caf::actor spawn_one_slot_market(caf::actor_system& sys, caf::actor worker) {
             s.node_name = "core-node";
             s.tier = static_cast<uint8_t>(node_tier::core);
             r.slots.push_back(s);
+          }
+          return r;
+        },
+    };
+  });
+}
+
+// A core-tier worker whose link is lost mid-computation: it keeps every assignment it is
+// given unanswered (until it goes down).
+caf::actor spawn_silent_worker(caf::actor_system& sys, std::shared_ptr<std::atomic<int>> asked) {
+  return sys.spawn([asked](caf::event_based_actor* self) -> caf::behavior {
+    auto held = std::make_shared<std::vector<caf::response_promise>>();
+    return {
+        [=](assign_atom, assignment&) -> caf::response_promise {
+          ++*asked;
+          held->push_back(self->make_response_promise());
+          return held->back();
+        },
+        [](abort_atom, uint64_t) {},
+    };
+  });
+}
+
+// A market that offers `workers[i]` as a core-tier slot at its i-th acquire (the last one
+// after), and nothing after a withdrawal it is not told of.
+caf::actor spawn_turn_market(caf::actor_system& sys, std::vector<caf::actor> workers) {
+  auto next = std::make_shared<size_t>(0);
+  return sys.spawn([workers, next](caf::event_based_actor* self) -> caf::behavior {
+    self->set_default_handler(caf::drop);
+    return {
+        [=](acquire_atom, const std::string&, const std::string&, int64_t wanted, uint8_t, int64_t,
+            double, const std::vector<std::string>&) {
+          acquire_reply r;
+          if (wanted > 0) {
+            worker_slot s;
+            s.worker = workers[std::min(*next, workers.size() - 1)];
+            s.node_name = "core-node-" + std::to_string(std::min(*next, workers.size() - 1));
+            s.tier = static_cast<uint8_t>(node_tier::core);
+            r.slots.push_back(s);
+            ++*next;
           }
           return r;
         },
@@ -119,5 +161,35 @@ TEST_SUITE("verifier") {
     CHECK(v.err.code() == errc::non_finite);
     CHECK(v.err.message().find("diverged too") != std::string::npos);
     CHECK(*f.asked == 1);
+  }
+  TEST_CASE("a re-computation whose worker goes down is tried on another") {
+    // The worker's request was never answered (its promise went with it), and the market
+    // tells nobody what a dead worker held: the check waited out a day-long timeout, and the
+    // job's round with it.
+    test::configured_system s;
+    auto asked = std::make_shared<std::atomic<int>>(0);
+    auto silent = spawn_silent_worker(s.sys, asked);
+    auto computing = spawn_core_worker(s.sys, false, 4, asked);
+    auto market = spawn_turn_market(s.sys, {silent, computing});
+    auto verifier = spawn_verifier(s.sys, market);
+    verify_request req;
+    req.work.job_id = "job-1";
+    req.work.shard = std::string(64, 'a');
+    auto answer = s.self->request(verifier, std::chrono::seconds(10), verify_atom::value, req);
+    for (int tries = 0; tries < 100 && *asked == 0; ++tries)
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    REQUIRE(*asked == 1);
+    s.self->send_exit(silent, caf::exit_reason::kill);  // its node's link is lost
+    verdict v;
+    answer.receive(
+        [&](double, double, double compute_s) {
+          v.answered = true;
+          v.compute_s = compute_s;
+        },
+        [&](caf::error& e) { v.err = from_caf(e, &s.sys); });
+    CHECK_MESSAGE(v.answered, v.err.message());
+    CHECK(*asked == 2);
+    for (const auto& a : {verifier, market, computing})
+      s.self->send_exit(a, caf::exit_reason::user_shutdown);
   }
 }
