@@ -143,6 +143,13 @@ struct job_actor_state {
   // (the reports are then not believed for the rest of the round).
   bool diverged_on_core = false;
   bool divergence_checking = false;
+  // What the divergence check asked (asked again of a restarted verifier).
+  assignment divergence_work;
+  std::string divergence_said;
+  // Counts the verifiers this job has asked: a restarted one holds none of the checks the
+  // one before held (their promises went with it, never answered), so they are asked again,
+  // and answers to an earlier one's requests are ignored.
+  uint64_t verifier_generation = 0;
   bool divergence_disproved = false;
   std::set<std::string> caught;  // nodes caught misbehaving during this job
   /// Nodes (by id) this job's work ran out of memory on: the market leaves them out of its
@@ -535,16 +542,20 @@ void check_divergence(job_actor* self, const assignment& work, const std::string
   auto& st = self->state;
   if (!st.links.verifier) return end_diverged(self, said);
   st.divergence_checking = true;
+  st.divergence_work = work;
+  st.divergence_said = said;
   verify_request req;
   req.work = work;
   req.work.params_ref = st.round_params;
   // No update is claimed: the verifier answers whether the core tier computes the work.
   const auto round = st.job.status.round;
+  const auto generation = st.verifier_generation;
   self->request(st.links.verifier, verify_wait, verify_atom::value, std::move(req))
       .then(
           [=](double, double, double) {
             auto& st = self->state;
-            if (st.finished || st.job.status.round != round) return;
+            if (st.finished || st.job.status.round != round || generation != st.verifier_generation)
+              return;
             st.divergence_checking = false;
             st.divergence_disproved = true;
             spdlog::warn(
@@ -554,7 +565,8 @@ void check_divergence(job_actor* self, const assignment& work, const std::string
           },
           [=](caf::error& e) {
             auto& st = self->state;
-            if (st.finished || st.job.status.round != round) return;
+            if (st.finished || st.job.status.round != round || generation != st.verifier_generation)
+              return;
             st.divergence_checking = false;
             const auto err = from_caf(e, &self->system());
             // Diverged there too, or no core-tier worker to ask (nothing better to go on).
@@ -810,13 +822,18 @@ void verify(job_actor* self, uint64_t assignment_id) {
   for (const auto& [shard, x] : st.results) current = current || x.assignment_id == assignment_id;
   req.work.params_ref = current ? st.round_params : st.unconfirmed->params;
   req.claimed = r->update.unpack();
+  const auto generation = st.verifier_generation;
   self->request(st.links.verifier, verify_wait, verify_atom::value, std::move(req))
       .then(
           [=](double distance, double norm_ratio, double compute_s) {
             auto& st = self->state;
             st.job.status.recompute_s += std::isfinite(compute_s) ? std::max(compute_s, 0.0) : 0.0;
             auto* r = find_result(st, assignment_id);
-            if (r == nullptr || st.finished) return;  // discarded meanwhile
+            // Discarded meanwhile, settled by an answer before, or asked again of a verifier
+            // that replaced the one this answers for.
+            if (r == nullptr || st.finished || r->check != check_state::verifying ||
+                generation != st.verifier_generation)
+              return;
             const auto tolerance = st.job.spec.tolerance;
             const double norm_off = std::abs(norm_ratio - 1.0);
             const bool match = distance <= tolerance && norm_off <= st.job.spec.norm_tolerance;
@@ -844,7 +861,9 @@ void verify(job_actor* self, uint64_t assignment_id) {
           [=](caf::error& e) {
             auto& st = self->state;
             auto* r = find_result(st, assignment_id);
-            if (r == nullptr || st.finished) return;
+            if (r == nullptr || st.finished || r->check != check_state::verifying ||
+                generation != st.verifier_generation)
+              return;
             const auto err = from_caf(e);
             // No core-tier worker to re-compute it, or its re-computations failed (the core
             // tier cannot run the work: out of its memory, a shard it cannot fetch): the
@@ -1824,7 +1843,11 @@ caf::behavior job_behavior(job_actor* self, job_start start, job_links links) {
         return rp;
       },
       [=](update_atom, const std::string& role, caf::actor& replacement) {
-        // The core restarted a sibling; in-flight requests to the old one fail and retry.
+        // The core restarted a sibling; in-flight requests to the old one fail and retry. Only
+        // the job supervisor says so: a handle named here is trusted with the job's state.
+        if (self->current_sender() !=
+            caf::actor_cast<caf::strong_actor_ptr>(self->state.links.supervisor))
+          return;
         if (role == "store") self->state.links.store = std::move(replacement);
         if (role == "market") {
           // A new market takes every slot for free: it hears which workers run this job's
@@ -1836,7 +1859,22 @@ caf::behavior job_behavior(job_actor* self, job_start start, job_links links) {
           if (!held.empty()) self->send(st.links.market, acquire_atom::value, std::move(held));
         }
         if (role == "reputation") self->state.links.reputation = std::move(replacement);
-        if (role == "verifier") self->state.links.verifier = std::move(replacement);
+        if (role == "verifier") {
+          auto& st = self->state;
+          st.links.verifier = std::move(replacement);
+          st.verifier_generation += 1;
+          std::vector<uint64_t> checking;
+          for (auto* results : {&st.results, st.unconfirmed ? &st.unconfirmed->results : nullptr})
+            if (results != nullptr)
+              for (const auto& [shard, r] : *results)
+                if (r.check == check_state::verifying) checking.push_back(r.assignment_id);
+          if (!checking.empty())
+            spdlog::warn("job {}: the verifier restarted: {} re-computation(s) asked again",
+                         st.job.id, checking.size());
+          for (uint64_t id : checking) verify(self, id);
+          if (st.divergence_checking && !st.finished)
+            check_divergence(self, st.divergence_work, st.divergence_said);
+        }
         if (role == "ledger") self->state.links.ledger = std::move(replacement);
         dispatch(self);
       },

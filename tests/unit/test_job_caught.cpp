@@ -219,6 +219,28 @@ caf::behavior sampling_all_but_first(caf::stateful_actor<credits_state>* self,
   };
 }
 
+// A verifier that holds every check it is given, never answering: one that stops with them.
+// (caf::get_atom) -> the checks it holds.
+caf::behavior holding_verifier(caf::event_based_actor* self) {
+  auto held = std::make_shared<std::vector<caf::typed_response_promise<double, double, double>>>();
+  return {
+      [=](verify_atom, verify_request&) {
+        held->push_back(self->make_response_promise<double, double, double>());
+        return held->back();
+      },
+      [=](caf::get_atom) { return static_cast<int64_t>(held->size()); },
+  };
+}
+
+// A verifier that confirms every check at once.
+caf::behavior confirming_verifier(caf::event_based_actor*) {
+  return {
+      [](verify_atom, verify_request&) -> caf::result<double, double, double> {
+        return {0.0, 1.0, 0.01};
+      },
+  };
+}
+
 struct refuting_state {
   int asked = 0;
   std::map<int, caf::typed_response_promise<double, double, double>> held;
@@ -523,6 +545,47 @@ TEST_SUITE("job caught nodes") {
     const auto credited = r.credited();
     CHECK(std::count(credited.begin(), credited.end(), cheat) == 0);
     CHECK(std::count(credited.begin(), credited.end(), "other") >= 1);
+  }
+
+  TEST_CASE("a restarted verifier is asked again for the checks the one before held") {
+    // The checks' promises went with the old verifier, never answered, and the job kept
+    // their round unconfirmed for the 25 h it waits for a verifier.
+    caf::actor* first = nullptr;  // the links' own, which the fixture ends
+    resumed_job r(4, {{"volunteer", node_tier::community, std::chrono::milliseconds(0), {}}}, true,
+                  [&](caf::actor_system& sys, job_links& links) {
+                    links.reputation = sys.spawn(sampling_reputation);
+                    links.verifier = sys.spawn(holding_verifier);
+                    first = &links.verifier;
+                  });
+    auto& f = r.f;
+    int64_t held = 0;
+    for (int tries = 0; tries < 100 && held == 0; ++tries) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      f.self->request(*first, std::chrono::seconds(10), caf::get_atom::value)
+          .receive([&](int64_t n) { held = n; }, [&](caf::error& e) { FAIL(f.sys.render(e)); });
+    }
+    REQUIRE(held >= 1);  // round 3's result is being re-computed
+    auto replacement = f.sys.spawn(confirming_verifier);
+    f.self->send_exit(*first, caf::exit_reason::kill);
+    f.self->send(r.job, update_atom::value, std::string("verifier"), replacement);
+    auto s = r.committed(3, 10);
+    CHECK_MESSAGE(s.has_value(), "round 3 was not committed within 10 s");
+    f.self->send_exit(replacement, caf::exit_reason::user_shutdown);
+  }
+
+  TEST_CASE("only the job supervisor replaces a job's siblings") {
+    // Any actor holding the job's handle could name itself the job's verifier (and confirm
+    // every result) or its store.
+    resumed_job r(4, {{"volunteer", node_tier::community, std::chrono::milliseconds(0), {}}}, true,
+                  [&](caf::actor_system& sys, job_links& links) {
+                    links.reputation = sys.spawn(sampling_reputation);
+                    links.verifier = sys.spawn(holding_verifier);
+                  });
+    auto& f = r.f;
+    auto forger = f.sys.spawn(confirming_verifier);
+    caf::anon_send(r.job, update_atom::value, std::string("verifier"), forger);
+    CHECK_FALSE(r.committed(3, 3).has_value());
+    f.self->send_exit(forger, caf::exit_reason::user_shutdown);
   }
 
   TEST_CASE("a round whose evaluation fails ends the job and returns its escrow") {
