@@ -865,6 +865,16 @@ void verify(job_actor* self, uint64_t assignment_id) {
                 generation != st.verifier_generation)
               return;
             const auto err = from_caf(e);
+            // The core tier's re-computation diverged: the work diverges, whatever the node
+            // sent (the trusted tier decides, as it does when community nodes say a round
+            // diverged). Taken as "could not run", the round waited for a verifier for good,
+            // or (--unverified accept) used the node's finite update unchecked.
+            if (err.code() == errc::non_finite)
+              return finish(self, job_state::failed,
+                            "training diverged in round " + std::to_string(r->work.round + 1) +
+                                " on the core tier's re-computation of " + r->slot.node_name +
+                                "'s work (" + err.message() +
+                                "); a lower lr, or inputs of a smaller scale, may train");
             // No core-tier worker to re-compute it, or its re-computations failed (the core
             // tier cannot run the work: out of its memory, a shard it cannot fetch): the
             // operator's policy decides. Asked again every second, such a result held its

@@ -241,6 +241,18 @@ caf::behavior confirming_verifier(caf::event_based_actor*) {
   };
 }
 
+// A verifier whose every re-computation diverges, as the core tier's does on work that
+// diverges.
+caf::behavior diverging_verifier(caf::event_based_actor*) {
+  return {
+      [](verify_atom, verify_request&) -> caf::result<double, double, double> {
+        return to_caf(error(errc::non_finite,
+                            "the core tier's re-computation diverged too: "
+                            "training diverged: the loss is not finite"));
+      },
+  };
+}
+
 struct refuting_state {
   int asked = 0;
   std::map<int, caf::typed_response_promise<double, double, double>> held;
@@ -571,6 +583,28 @@ TEST_SUITE("job caught nodes") {
     auto s = r.committed(3, 10);
     CHECK_MESSAGE(s.has_value(), "round 3 was not committed within 10 s");
     f.self->send_exit(replacement, caf::exit_reason::user_shutdown);
+  }
+
+  TEST_CASE("a result whose re-computation diverges on the core tier ends the job as diverged") {
+    // Taken for a re-computation that could not run: the round waited for a verifier for
+    // good (re-asking every 30 s), or, with --unverified accept, used the node's finite
+    // update unchecked and paid for it.
+    for (const bool accept : {false, true}) {
+      CAPTURE(accept);
+      resumed_job r(4, {{"volunteer", node_tier::community, std::chrono::milliseconds(0), {}}},
+                    true, [&](caf::actor_system& sys, job_links& links) {
+                      links.reputation = sys.spawn(sampling_reputation);
+                      links.verifier = sys.spawn(diverging_verifier);
+                      links.accept_unverified = accept;
+                    });
+      auto s = r.ended(10);
+      REQUIRE(s.has_value());
+      CHECK(s->state == job_state::failed);
+      CHECK_MESSAGE(s->detail.find("diverged in round 3 on the core tier's re-computation of "
+                                   "volunteer's work") != std::string::npos,
+                    s->detail);
+      CHECK(s->unverified_results == 0);
+    }
   }
 
   TEST_CASE("only the job supervisor replaces a job's siblings") {
