@@ -140,6 +140,68 @@ inline caf::behavior failing_store(caf::stateful_actor<failing_store_state>* sel
   };
 }
 
+struct slow_ledger_state {
+  caf::actor keeper;
+  std::vector<std::function<void()>> held;  // writes not passed on yet
+};
+
+// A ledger keeper busy when a round's escrow hold (`holds`) or its settlement (otherwise)
+// comes: those wait until (caf::put_atom) passes them on; everything else goes to `keeper` at
+// once. (caf::get_atom) -> the writes waiting; (caf::get_atom, caf::get_atom) -> `keeper`.
+inline caf::behavior slow_ledger(caf::stateful_actor<slow_ledger_state>* self, caf::actor keeper,
+                                 bool holds) {
+  self->state.keeper = keeper;
+  self->link_to(keeper);  // it ends with this one, which the fixture ends
+  auto later = [=](std::function<void()> f) { self->state.held.push_back(std::move(f)); };
+  return {
+      [=](open_atom a, std::string& account, bool exists_ok) {
+        return self->delegate(self->state.keeper, a, std::move(account), exists_ok);
+      },
+      [=](account_atom a, std::string& account) {
+        return self->delegate(self->state.keeper, a, std::move(account));
+      },
+      [=](booked_atom a, std::string& op) {
+        return self->delegate(self->state.keeper, a, std::move(op));
+      },
+      [=](settle_atom a, std::string& kind, std::string& memo, std::vector<posting>& postings,
+          store_batch& batch, std::string& op) -> caf::result<caf::ok_atom> {
+        auto rp = self->make_response_promise<caf::ok_atom>();
+        auto pass_on = [=]() mutable {
+          self->request(self->state.keeper, std::chrono::seconds(30), a, kind, memo, postings,
+                        batch, op)
+              .then([=](caf::ok_atom) mutable { rp.deliver(caf::ok_atom::value); },
+                    [=](caf::error& e) mutable { rp.deliver(e); });
+        };
+        if (holds)
+          pass_on();
+        else
+          later(pass_on);
+        return rp;
+      },
+      [=](transfer_atom a, std::string& kind, std::string& memo, std::vector<posting>& postings,
+          std::string& op) -> caf::result<uint64_t> {
+        auto rp = self->make_response_promise<uint64_t>();
+        auto pass_on = [=]() mutable {
+          self->request(self->state.keeper, std::chrono::seconds(30), a, kind, memo, postings, op)
+              .then([=](uint64_t seq) mutable { rp.deliver(seq); },
+                    [=](caf::error& e) mutable { rp.deliver(e); });
+        };
+        if (holds && kind == "hold")
+          later(pass_on);
+        else
+          pass_on();
+        return rp;
+      },
+      [=](caf::put_atom) {
+        auto held = std::move(self->state.held);
+        self->state.held.clear();
+        for (auto& f : held) f();
+      },
+      [=](caf::get_atom) { return static_cast<int64_t>(self->state.held.size()); },
+      [=](caf::get_atom, caf::get_atom) { return self->state.keeper; },
+  };
+}
+
 // A market that offers `slots` at the first acquire, and no worker after: a running job then
 // waits for some. (caf::get_atom) -> the actor that asked last (a job's own actor);
 // (caf::get_atom, caf::get_atom) -> the nodes its last acquire avoided (counted in the reply).

@@ -10,60 +10,6 @@
 using namespace gflex;
 using namespace gflex::test;
 
-namespace {
-
-struct slow_hold_state {
-  caf::actor keeper;
-  std::vector<std::function<void()>> held;  // holds not passed on yet
-};
-
-// A ledger keeper busy when a round's escrow hold comes: holds wait until (caf::put_atom)
-// passes them on; everything else goes to the real keeper at once. (caf::get_atom) -> the
-// holds waiting; (caf::get_atom, caf::get_atom) -> the real keeper.
-caf::behavior slow_hold_ledger(caf::stateful_actor<slow_hold_state>* self, caf::actor keeper) {
-  self->state.keeper = keeper;
-  self->link_to(keeper);  // it ends with this one, which the fixture ends
-  return {
-      [=](open_atom a, std::string& account, bool exists_ok) {
-        return self->delegate(self->state.keeper, a, std::move(account), exists_ok);
-      },
-      [=](account_atom a, std::string& account) {
-        return self->delegate(self->state.keeper, a, std::move(account));
-      },
-      [=](booked_atom a, std::string& op) {
-        return self->delegate(self->state.keeper, a, std::move(op));
-      },
-      [=](settle_atom a, std::string& kind, std::string& memo, std::vector<posting>& postings,
-          store_batch& batch, std::string& op) {
-        return self->delegate(self->state.keeper, a, std::move(kind), std::move(memo),
-                              std::move(postings), std::move(batch), std::move(op));
-      },
-      [=](transfer_atom a, std::string& kind, std::string& memo, std::vector<posting>& postings,
-          std::string& op) -> caf::result<uint64_t> {
-        auto rp = self->make_response_promise<uint64_t>();
-        auto pass_on = [=]() mutable {
-          self->request(self->state.keeper, std::chrono::seconds(30), a, kind, memo, postings, op)
-              .then([=](uint64_t seq) mutable { rp.deliver(seq); },
-                    [=](caf::error& e) mutable { rp.deliver(e); });
-        };
-        if (kind == "hold")
-          self->state.held.push_back(pass_on);
-        else
-          pass_on();
-        return rp;
-      },
-      [=](caf::put_atom) {
-        auto held = std::move(self->state.held);
-        self->state.held.clear();
-        for (auto& f : held) f();
-      },
-      [=](caf::get_atom) { return static_cast<int64_t>(self->state.held.size()); },
-      [=](caf::get_atom, caf::get_atom) { return self->state.keeper; },
-  };
-}
-
-}  // namespace
-
 TEST_SUITE("job cancel") {
   TEST_CASE("a cancel whose record cannot be written is an error, not an acknowledgement") {
     job_fixture f(stored_job());
@@ -104,7 +50,7 @@ TEST_SUITE("job cancel") {
                     std::string("test"),
                     std::vector<posting>{{"external", -100'000'000}, {"user/alice", 100'000'000}})
           .receive([](uint64_t) {}, [&](caf::error& e) { FAIL(f.sys.render(e)); });
-      return f.sys.spawn(slow_hold_ledger, keeper);
+      return f.sys.spawn(slow_ledger, keeper, true);
     });
     int64_t waiting = 0;
     for (int tries = 0; tries < 100 && waiting == 0; ++tries) {

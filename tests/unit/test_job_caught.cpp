@@ -318,52 +318,6 @@ caf::behavior slow_store(caf::stateful_actor<slow_store_state>* self, caf::actor
   };
 }
 
-struct slow_settle_state {
-  caf::actor keeper;
-  std::vector<std::function<void()>> held;  // settlements not passed on yet
-};
-
-// A ledger keeper busy when a round's settlement comes: settlements wait until
-// (caf::put_atom) passes them on; everything else goes to `keeper` at once. (caf::get_atom) ->
-// the settlements waiting.
-caf::behavior slow_settle_ledger(caf::stateful_actor<slow_settle_state>* self, caf::actor keeper) {
-  self->state.keeper = keeper;
-  self->link_to(keeper);  // it ends with this one, which the fixture ends
-  return {
-      [=](open_atom a, std::string& account, bool exists_ok) {
-        return self->delegate(self->state.keeper, a, std::move(account), exists_ok);
-      },
-      [=](account_atom a, std::string& account) {
-        return self->delegate(self->state.keeper, a, std::move(account));
-      },
-      [=](booked_atom a, std::string& op) {
-        return self->delegate(self->state.keeper, a, std::move(op));
-      },
-      [=](transfer_atom a, std::string& kind, std::string& memo, std::vector<posting>& postings,
-          std::string& op) {
-        return self->delegate(self->state.keeper, a, std::move(kind), std::move(memo),
-                              std::move(postings), std::move(op));
-      },
-      [=](settle_atom a, std::string& kind, std::string& memo, std::vector<posting>& postings,
-          store_batch& batch, std::string& op) -> caf::result<caf::ok_atom> {
-        auto rp = self->make_response_promise<caf::ok_atom>();
-        self->state.held.push_back([=]() mutable {
-          self->request(self->state.keeper, std::chrono::seconds(30), a, kind, memo, postings,
-                        batch, op)
-              .then([=](caf::ok_atom) mutable { rp.deliver(caf::ok_atom::value); },
-                    [=](caf::error& e) mutable { rp.deliver(e); });
-        });
-        return rp;
-      },
-      [=](caf::put_atom) {
-        auto held = std::move(self->state.held);
-        self->state.held.clear();
-        for (auto& f : held) f();
-      },
-      [=](caf::get_atom) { return static_cast<int64_t>(self->state.held.size()); },
-  };
-}
-
 // The user's data set "c" of stored_job(), registered as the job supervisor would.
 std::shared_ptr<data_catalog> catalog_of(const failing_store_state& st) {
   auto catalog = std::make_shared<data_catalog>();
@@ -976,7 +930,7 @@ TEST_SUITE("job caught nodes") {
                   std::string("test"),
                   std::vector<posting>{{"external", -100'000'000}, {"user/alice", 100'000'000}})
               .receive([](uint64_t) {}, refused);
-          links.ledger = sys.spawn(slow_settle_ledger, keeper);
+          links.ledger = sys.spawn(slow_ledger, keeper, false);
         },
         "[market]\naccount = \"user/alice\"\nbudget = 50.0\nmax_price = 1.0\n");
     auto& f = r.f;

@@ -36,6 +36,30 @@ auto count_to(int64_t n) {
   };
 }
 
+// Batch `i`: two rows of 8 values, of classes i % 2 and (i + 1) % 2 (what the train stage
+// tests feed it).
+sample_batch two_rows(const int64_t& i) {
+  sample_batch b;
+  b.sample_values = 8;
+  b.labels = {static_cast<int32_t>(i % 2), static_cast<int32_t>((i + 1) % 2)};
+  b.features.assign(16, 0.25f * static_cast<float>(i % 3));
+  return b;
+}
+
+// The train options of a job `name` of `rounds` rounds on one worker, of a linear model of
+// 8 values and 2 classes, on `c`.
+train_options linear_job(gflex::client& c, const std::string& name, int64_t rounds) {
+  kernels::model_builder model(name, {8});
+  model.linear(2).softmax_xent();
+  train_options t;
+  t.client = &c;
+  t.spec_toml = "[job]\nname = \"" + name + "\"\nrounds = " + std::to_string(rounds) +
+                "\nworkers = 1\n" + model.toml();
+  t.classes = 2;
+  t.tokens = false;
+  return t;
+}
+
 /// What a sink saw, from any thread.
 struct seen {
   std::mutex m;
@@ -591,23 +615,10 @@ TEST_SUITE("pipeline") {
     config.nodes = 1;
     auto cluster = embedded_cluster::start(config);
     REQUIRE_MESSAGE(cluster.has_value(), cluster.error().message());
-    kernels::model_builder model("left-running", {8});
-    model.linear(2).softmax_xent();
-    train_options t;
-    t.client = &cluster->client();
-    t.spec_toml = "[job]\nname = \"long\"\nrounds = 100000\nworkers = 1\n" + model.toml();
-    t.classes = 2;
-    t.tokens = false;
+    auto t = linear_job(cluster->client(), "long", 100000);
     graph g;
     g.source<int64_t>("ids", count_to(40))
-        .map("batch",
-             [](const int64_t& i) {
-               sample_batch b;
-               b.sample_values = 8;
-               b.labels = {static_cast<int32_t>(i % 2), static_cast<int32_t>((i + 1) % 2)};
-               b.features.assign(16, 0.25f * static_cast<float>(i % 3));
-               return b;
-             })
+        .map("batch", two_rows)
         .train("train", t)
         .sink(
             "rounds", [](const round_update&) { throw std::runtime_error("disk full"); },
@@ -630,13 +641,7 @@ TEST_SUITE("pipeline") {
     config.nodes = 1;
     auto cluster = embedded_cluster::start(config);
     REQUIRE_MESSAGE(cluster.has_value(), cluster.error().message());
-    kernels::model_builder model("left-uploading", {8});
-    model.linear(2).softmax_xent();
-    train_options t;
-    t.client = &cluster->client();
-    t.spec_toml = "[job]\nname = \"long\"\nrounds = 100000\nworkers = 1\n" + model.toml();
-    t.classes = 2;
-    t.tokens = false;
+    auto t = linear_job(cluster->client(), "long", 100000);
     t.max_samples = 40;  // full at the 20th batch: it uploads while the batches go on
     graph g;
     g.source<int64_t>("ids", count_to(1000))
@@ -644,11 +649,7 @@ TEST_SUITE("pipeline") {
             "batch",
             [](const int64_t& i) {
               if (i == 22) throw std::runtime_error("the source's disk failed");
-              sample_batch b;
-              b.sample_values = 8;
-              b.labels = {static_cast<int32_t>(i % 2), static_cast<int32_t>((i + 1) % 2)};
-              b.features.assign(16, 0.25f * static_cast<float>(i % 3));
-              return b;
+              return two_rows(i);
             },
             stage_options{.restarts = 0})
         .train("train", t)
@@ -670,25 +671,12 @@ TEST_SUITE("pipeline") {
     config.nodes = 1;
     auto cluster = embedded_cluster::start(config);
     REQUIRE_MESSAGE(cluster.has_value(), cluster.error().message());
-    kernels::model_builder model("endless", {8});
-    model.linear(2).softmax_xent();
-    train_options t;
-    t.client = &cluster->client();
-    t.spec_toml = "[job]\nname = \"short\"\nrounds = 2\nworkers = 1\n" + model.toml();
-    t.classes = 2;
-    t.tokens = false;
+    auto t = linear_job(cluster->client(), "short", 2);
     t.max_samples = 40;
     int rounds = 0;
     graph g;
     g.source<int64_t>("ids", [](int64_t position) -> std::optional<int64_t> { return position; })
-        .map("batch",
-             [](const int64_t& i) {
-               sample_batch b;
-               b.sample_values = 8;
-               b.labels = {static_cast<int32_t>(i % 2), static_cast<int32_t>((i + 1) % 2)};
-               b.features.assign(16, 0.25f * static_cast<float>(i % 3));
-               return b;
-             })
+        .map("batch", two_rows)
         .train("train", t)
         .sink("rounds", [&](const round_update& u) { rounds = static_cast<int>(u.status.round); });
     auto report = g.run({}, bound);
@@ -711,24 +699,11 @@ TEST_SUITE("pipeline") {
     auto first = std::make_unique<test::forked_core>(config);
     auto c = client::connect("127.0.0.1", config.port, link);
     REQUIRE_MESSAGE(c.has_value(), c.error().message());
-    kernels::model_builder model("restarted", {8});
-    model.linear(2).softmax_xent();
-    train_options t;
-    t.client = &*c;
-    t.spec_toml = "[job]\nname = \"waits\"\nrounds = 3\nworkers = 1\n" + model.toml();
-    t.classes = 2;
-    t.tokens = false;
+    auto t = linear_job(*c, "waits", 3);
     t.max_samples = 40;
     graph g;
     g.source<int64_t>("ids", count_to(100))
-        .map("batch",
-             [](const int64_t& i) {
-               sample_batch b;
-               b.sample_values = 8;
-               b.labels = {static_cast<int32_t>(i % 2), static_cast<int32_t>((i + 1) % 2)};
-               b.features.assign(16, 0.25f * static_cast<float>(i % 3));
-               return b;
-             })
+        .map("batch", two_rows)
         .train("train", t, stage_options{.restarts = 0})
         .sink("rounds", [](const round_update&) {});
     auto run = std::async(std::launch::async, [&] { return g.run({}, std::chrono::seconds(120)); });
