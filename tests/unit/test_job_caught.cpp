@@ -318,6 +318,23 @@ caf::behavior slow_store(caf::stateful_actor<slow_store_state>* self, caf::actor
   };
 }
 
+// A ledger keeper over `store` with the accounts of a metered job-1 on node "core-node"
+// open, and 100 credits in user/alice.
+caf::actor funded_keeper(caf::actor_system& sys, const caf::actor& store) {
+  auto keeper = spawn_ledger_keeper(sys, store);
+  caf::scoped_actor self{sys};
+  // Not FAIL: thrown from here, the actors would be left running and the test hang.
+  auto refused = [&](caf::error& e) { CHECK_MESSAGE(false, sys.render(e)); };
+  for (const char* account : {"user/alice", "escrow/job-1", "node/core-node"})
+    self->request(keeper, std::chrono::seconds(10), open_atom::value, std::string(account), false)
+        .receive([](caf::ok_atom) {}, refused);
+  self->request(keeper, std::chrono::seconds(10), transfer_atom::value, std::string("credit"),
+                std::string("test"),
+                std::vector<posting>{{"external", -100'000'000}, {"user/alice", 100'000'000}})
+      .receive([](uint64_t) {}, refused);
+  return keeper;
+}
+
 // The user's data set "c" of stored_job(), registered as the job supervisor would.
 std::shared_ptr<data_catalog> catalog_of(const failing_store_state& st) {
   auto catalog = std::make_shared<data_catalog>();
@@ -586,20 +603,7 @@ TEST_SUITE("job caught nodes") {
         [&](caf::actor_system& sys, job_links& links) {
           // Held by the fixture's links only: a handle that outlived its actor system would
           // keep the keeper (detached) from ending, and the system's end waits for it.
-          links.ledger = spawn_ledger_keeper(sys, links.store);
-          const auto& keeper = links.ledger;
-          caf::scoped_actor self{sys};
-          // Not FAIL: thrown from here, the actors would be left running and the test hang.
-          auto refused = [&](caf::error& e) { CHECK_MESSAGE(false, sys.render(e)); };
-          for (const char* account : {"user/alice", "escrow/job-1", "node/core-node"})
-            self->request(keeper, std::chrono::seconds(10), open_atom::value, std::string(account),
-                          false)
-                .receive([](caf::ok_atom) {}, refused);
-          self->request(
-                  keeper, std::chrono::seconds(10), transfer_atom::value, std::string("credit"),
-                  std::string("test"),
-                  std::vector<posting>{{"external", -100'000'000}, {"user/alice", 100'000'000}})
-              .receive([](uint64_t) {}, refused);
+          links.ledger = funded_keeper(sys, links.store);
         },
         "[outer]\nlr = 10.0\n[eval]\nevery = 1\n[market]\naccount = \"user/alice\"\n"
         "budget = 50.0\nmax_price = 1.0\n");
@@ -918,19 +922,7 @@ TEST_SUITE("job caught nodes") {
     resumed_job r(
         6, {{"core-node", node_tier::core, std::chrono::milliseconds(0), {}}}, false,
         [&](caf::actor_system& sys, job_links& links) {
-          auto keeper = spawn_ledger_keeper(sys, links.store);
-          caf::scoped_actor self{sys};
-          auto refused = [&](caf::error& e) { CHECK_MESSAGE(false, sys.render(e)); };
-          for (const char* account : {"user/alice", "escrow/job-1", "node/core-node"})
-            self->request(keeper, std::chrono::seconds(10), open_atom::value, std::string(account),
-                          false)
-                .receive([](caf::ok_atom) {}, refused);
-          self->request(
-                  keeper, std::chrono::seconds(10), transfer_atom::value, std::string("credit"),
-                  std::string("test"),
-                  std::vector<posting>{{"external", -100'000'000}, {"user/alice", 100'000'000}})
-              .receive([](uint64_t) {}, refused);
-          links.ledger = sys.spawn(slow_ledger, keeper, false);
+          links.ledger = sys.spawn(slow_ledger, funded_keeper(sys, links.store), false);
         },
         "[market]\naccount = \"user/alice\"\nbudget = 50.0\nmax_price = 1.0\n");
     auto& f = r.f;
