@@ -477,12 +477,14 @@ struct client::impl {
   // The session, asked for at the first request: the key's errors come back from there.
   expected<caf::actor> session_handle() {
     std::lock_guard<std::mutex> guard(mutex);
+    bool went_down = false;
     if (session) {
       std::lock_guard<std::mutex> seen(watch->mutex);
-      if (watch->down.erase(session.address()) > 0) {
-        forget_session();
-        core_lost = owned != nullptr && !host.empty();
-      }
+      went_down = watch->down.count(session.address()) > 0;
+    }
+    if (went_down) {
+      forget_session();
+      core_lost = owned != nullptr && !host.empty();
     }
     if (core_lost) {
       auto again = insecure ? sys->middleman().remote_actor(host, port)
@@ -562,6 +564,10 @@ struct client::impl {
     if (link) caf::anon_send_exit(link, caf::exit_reason::user_shutdown);
     link = nullptr;
     session = nullptr;
+    // What the ended link saw is of sessions no request will use again: kept, a client that
+    // reconnected for weeks kept one address per session.
+    std::lock_guard<std::mutex> seen(watch->mutex);
+    watch->down.clear();
   }
 
   // Connects to the leader a follower named ("... is at HOST:PORT"); the next request asks
