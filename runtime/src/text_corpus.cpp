@@ -18,10 +18,17 @@ expected<std::vector<uint8_t>> read_text_corpus(const std::filesystem::path& dir
     return error(errc::io_error, dir.string() +
                                      ": text corpus directory not found (install Debian's "
                                      "fortunes or set GFLEX_FORTUNES_DIR)");
+  // Every step takes an error code: the throwing forms (a range-for's increment, an entry
+  // that cannot be stat'ed) would escape as an exception from a function that returns errors.
   std::vector<std::filesystem::path> files;
-  for (const auto& entry : std::filesystem::directory_iterator(dir, ec))
-    if (entry.is_regular_file() && !entry.is_symlink() && !entry.path().has_extension())
-      files.push_back(entry.path());
+  std::filesystem::directory_iterator it(dir, ec), end;
+  for (; !ec && it != end; it.increment(ec)) {
+    std::error_code entry_ec;
+    if (it->is_symlink(entry_ec) || !it->is_regular_file(entry_ec) || entry_ec ||
+        it->path().has_extension())
+      continue;
+    files.push_back(it->path());
+  }
   if (ec) return error(errc::io_error, dir.string() + ": cannot list: " + ec.message());
   std::sort(files.begin(), files.end());
   std::vector<uint8_t> bytes;

@@ -2,10 +2,13 @@
 
 #include <cmath>
 #include <cstdlib>
+#include <filesystem>
+#include <fstream>
 
 #include "fashion_mnist_installed.hpp"
 #include "gflex/runtime/dataset.hpp"
 #include "gflex/runtime/shard.hpp"
+#include "gflex/runtime/text_corpus.hpp"
 #include "idx_writer.hpp"
 #include "temp_dir.hpp"
 
@@ -117,6 +120,24 @@ TEST_SUITE("dataset") {
     REQUIRE_FALSE(r.has_value());
     CHECK(r.error().message().find("/nonexistent/fashion") != std::string::npos);
     CHECK(r.error().message().find("dataset-fashion-mnist") != std::string::npos);
+  }
+
+  TEST_CASE("a text corpus is read from its plain files; an entry that cannot be looked at "
+            "is passed over, not thrown") {
+    test::temp_dir dir;
+    {
+      std::ofstream(dir / "b") << "world";
+      std::ofstream(dir / "a") << "hello ";
+      std::ofstream(dir / "a.dat") << "index";
+    }
+    // A link to itself cannot be stat'ed (ELOOP); asking whether it is a file throws.
+    std::filesystem::create_symlink(dir / "loop", dir / "loop");
+    auto bytes = read_text_corpus(dir.path());
+    REQUIRE(bytes.has_value());
+    CHECK(std::string(bytes->begin(), bytes->end()) == "hello world");
+    auto missing = read_text_corpus(dir / "nothing");
+    REQUIRE_FALSE(missing.has_value());
+    CHECK(missing.error().message().find("fortunes") != std::string::npos);
   }
 
   TEST_CASE("mismatched counts and out-of-range labels name the files") {
