@@ -11,6 +11,7 @@
 #include "gflex/kernels/workload.hpp"
 #include "gflex/runtime/job_spec.hpp"
 #include "link_loss.hpp"
+#include "parameter_copy.hpp"
 
 namespace gflex::pipeline::detail {
 namespace {
@@ -127,18 +128,39 @@ bool train_driver::poll(std::vector<round_update>& out) {
   auto s = options_.client->status(job_id_);
   if (!s && rides_out(s.error())) return false;
   if (!s) fail("train: job " + job_id_ + ": " + s.error().message());
-  const bool ended = is_terminal(s->state);
   if (s->round > last_round_) {
+    // The status and the parameters are two asks: a round committed between them (or an
+    // export made before the last) would pair one round's loss and accuracy with another's
+    // parameters. The parameters say their round; the status is asked again until it is of
+    // the same round, a few times, or this poll emits nothing and the next tries again.
     auto params = std::make_shared<std::vector<float>>(static_cast<size_t>(parameters_));
-    auto fetched = options_.client->fetch_parameters(job_id_, *params);
-    if (!fetched && rides_out(fetched.error())) return false;
-    if (!fetched)
-      fail("train: fetching job " + job_id_ + "'s parameters: " + fetched.error().message());
-    last_round_ = s->round;
-    out.push_back(round_update{*s, std::move(params)});
+    bool paired = false;
+    for (int ask = 0; ask < 3 && !paired; ++ask) {
+      if (between_asks) between_asks(*s);
+      auto bytes = options_.client->fetch(job_id_);
+      if (!bytes && rides_out(bytes.error())) return false;
+      if (!bytes)
+        fail("train: fetching job " + job_id_ + "'s parameters: " + bytes.error().message());
+      auto round = gflex::detail::copy_parameters(*bytes, job_id_, *params, nullptr);
+      if (!round)
+        fail("train: fetching job " + job_id_ + "'s parameters: " + round.error().message());
+      if (*round == s->round) {
+        paired = true;
+        break;
+      }
+      s = options_.client->status(job_id_);
+      if (!s && rides_out(s.error())) return false;
+      if (!s) fail("train: job " + job_id_ + ": " + s.error().message());
+      paired = *round == s->round;
+    }
+    if (!paired) return false;
+    if (s->round > last_round_) {
+      last_round_ = s->round;
+      out.push_back(round_update{*s, std::move(params)});
+    }
   }
   lost_since_ = {};
-  if (!ended) return false;
+  if (!is_terminal(s->state)) return false;
   if (s->state != job_state::done)
     fail("train: job " + job_id_ + " " + to_string(s->state) + ": " + s->detail);
   return true;

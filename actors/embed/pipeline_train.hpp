@@ -6,6 +6,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -44,6 +45,10 @@ class train_driver {
 
   /// "JOB_ID ROUND": what resume() needs.
   std::string checkpoint() const;
+
+  /// Called in a poll between the status asked and the parameters fetched (tests use it to
+  /// have rounds committed in between).
+  std::function<void(const job_status&)> between_asks;
 
  private:
   train_options options_;

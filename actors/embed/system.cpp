@@ -31,6 +31,7 @@
 #include "gflex/runtime/tls_credentials.hpp"
 #include "gflex/test_aids.hpp"
 #include "link_loss.hpp"
+#include "parameter_copy.hpp"
 #include "link_security.hpp"
 #include "message_limit.hpp"
 #include "messages.hpp"
@@ -801,11 +802,10 @@ expected<void> client::topup(const std::string& job_id, int64_t micro) {
 
 // -- embedded -----------------------------------------------------------------------------------
 
-expected<std::vector<std::string>> client::fetch_parameters(const std::string& job_id,
-                                                            std::span<float> out) {
-  auto bytes = fetch(job_id);
-  if (!bytes) return bytes.error();
-  auto c = decode_checkpoint(*bytes);
+expected<int64_t> detail::copy_parameters(const std::vector<uint8_t>& checkpoint_bytes,
+                                          const std::string& job_id, std::span<float> out,
+                                          std::vector<std::string>* names) {
+  auto c = decode_checkpoint(checkpoint_bytes);
   if (!c) return c.error();
   int64_t total = 0;
   for (const auto& t : c->tensors) {
@@ -818,14 +818,23 @@ expected<std::vector<std::string>> client::fetch_parameters(const std::string& j
     return error(errc::invalid_argument, "job " + job_id + " has " + std::to_string(total) +
                                              " parameters; the buffer holds " +
                                              std::to_string(out.size()));
-  std::vector<std::string> names;
   size_t at = 0;
   for (const auto& t : c->tensors) {
     const auto n = static_cast<size_t>(t.value.numel());
     std::copy_n(t.value.data<float>(), n, out.data() + at);
     at += n;
-    names.push_back(t.name);
+    if (names != nullptr) names->push_back(t.name);
   }
+  return static_cast<int64_t>(c->step);
+}
+
+expected<std::vector<std::string>> client::fetch_parameters(const std::string& job_id,
+                                                            std::span<float> out) {
+  auto bytes = fetch(job_id);
+  if (!bytes) return bytes.error();
+  std::vector<std::string> names;
+  auto copied = detail::copy_parameters(*bytes, job_id, out, &names);
+  if (!copied) return copied.error();
   return names;
 }
 

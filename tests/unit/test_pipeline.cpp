@@ -21,6 +21,7 @@
 
 #include "gflex/kernels/model_builder.hpp"
 #include "gflex/pipeline.hpp"
+#include "pipeline_train.hpp"
 #include "running_core.hpp"
 
 using namespace gflex;
@@ -682,6 +683,41 @@ TEST_SUITE("pipeline") {
     auto report = g.run({}, bound);
     REQUIRE_MESSAGE(report.has_value(), report.error().message());
     CHECK(rounds == 2);
+  }
+
+  TEST_CASE("a round update pairs the job's status with the parameters of the same round") {
+    // The status and the parameters were two asks: a round committed between them gave an
+    // update of one round's status (its loss, its accuracy) with a later round's parameters.
+    // Here the job runs to its end between the first two asks.
+    embedded_config config;
+    config.nodes = 1;
+    auto cluster = embedded_cluster::start(config);
+    REQUIRE_MESSAGE(cluster.has_value(), cluster.error().message());
+    auto& client = cluster->client();
+    pipeline::detail::train_driver driver(linear_job(client, "paired", 40));
+    for (int64_t i = 0; i < 40; ++i) driver.absorb(two_rows(i));
+    driver.submit();
+    const auto id = driver.checkpoint().substr(0, driver.checkpoint().find(' '));
+    int64_t first_seen = -1;
+    driver.between_asks = [&](const job_status& s) {
+      if (first_seen >= 0) return;
+      first_seen = s.round;
+      auto ended = client.wait(id);
+      CHECK_MESSAGE(ended.has_value(), ended.error().message());
+    };
+    std::vector<round_update> updates;
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+    while (!driver.poll(updates) && std::chrono::steady_clock::now() < deadline)
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    REQUIRE_MESSAGE((first_seen > 0 && first_seen < 40),
+                    "the job ended before a round of it was polled");
+    std::vector<float> last(updates.empty() ? 0 : updates.back().parameters->size());
+    REQUIRE_FALSE(updates.empty());
+    REQUIRE(client.fetch_parameters(id, last).has_value());
+    CHECK(updates.back().status.round == 40);
+    for (const auto& u : updates)
+      CHECK_MESSAGE((*u.parameters == last) == (u.status.round == 40),
+                    "round " << u.status.round << "'s update");
   }
 
   TEST_CASE("a train stage follows its job across a restart of its core") {
