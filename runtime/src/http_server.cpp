@@ -11,6 +11,7 @@
 #include <signal.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdlib>
 #include <thread>
 
@@ -78,6 +79,18 @@ expected<std::unique_ptr<server>> server::start(const std::string& host, uint16_
   pthread_sigmask(SIG_BLOCK, &all, &before);
   s->impl_->loop = std::thread([&http] { http.listen_after_bind(); });
   pthread_sigmask(SIG_SETMASK, &before, nullptr);
+  // httplib's stop() does nothing until its loop has marked itself running: a server stopped
+  // before that (a core told to stop as it starts) would have been joined for ever. It is
+  // marked within microseconds of the thread's start.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (!http.is_running() && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::microseconds(100));
+  if (!http.is_running()) {
+    // Left as it is (its thread may yet use it), and the thread not waited for.
+    s->impl_->loop.detach();
+    (void)s->impl_.release();
+    return error(errc::unavailable, "cannot serve " + what + ": its thread did not start");
+  }
   return s;
 }
 

@@ -12,7 +12,9 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
+#include <thread>
 #include <string>
 
 #include "gflex/runtime/http_server.hpp"
@@ -102,5 +104,24 @@ TEST_SUITE("http server") {
     REQUIRE(fine);
     CHECK(fine->status == 200);
     CHECK(fine->body == "1000");
+  }
+
+  TEST_CASE("a service stopped as soon as it is started stops") {
+    // httplib's stop() did nothing until the server's thread had marked itself running: a
+    // service destroyed right after its start (a core told to stop as it starts) was joined
+    // for ever. Bounded here by a watcher, not by the test's own end.
+    auto done = std::make_shared<std::atomic<int>>(0);
+    std::thread([done] {
+      for (int i = 0; i < 200; ++i) {
+        auto s = http::server::start(
+            "127.0.0.1", 0, 1, [](httplib::Server&) {}, "a test service");
+        if (!s) break;
+        done->fetch_add(1);
+      }
+    }).detach();
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+    while (done->load() < 200 && std::chrono::steady_clock::now() < deadline)
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    CHECK_MESSAGE(done->load() == 200, done->load() << " of 200 started and stopped in 30 s");
   }
 }
