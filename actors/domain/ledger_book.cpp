@@ -175,7 +175,10 @@ expected<ledger_entry> ledger_book::prepare(std::string kind, std::string memo,
       return refuse("a posting of more than 1e12 credits to " + p.account);
     sum += p.amount;
     auto [it, fresh] = after.emplace(p.account, balance(p.account));
-    it->second += p.amount;
+    // Postings are bounded, balances are not: enough credits issued would take an account
+    // (the external one first) past int64's range, where it would wrap.
+    if (__builtin_add_overflow(it->second, p.amount, &it->second))
+      return refuse("account " + p.account + "'s balance would leave the ledger's range");
   }
   if (sum != 0)
     return refuse("postings do not balance (they sum to " +

@@ -1,7 +1,7 @@
 #include <doctest/doctest.h>
 
 #include <cmath>
-
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -76,6 +76,30 @@ TEST_SUITE("ledger") {
     CHECK_FALSE(book.prepare_open("admin", 6).has_value());
     CHECK_FALSE(book.prepare_open("user/../x", 6).has_value());
     CHECK_FALSE(book.prepare("open", "user/x", {}, 6).has_value());
+  }
+
+  TEST_CASE("credits that would take a balance past int64's range are refused") {
+    // Each posting is at most 1e12 credits, a balance had no bound: enough credits issued
+    // wrapped the external account's balance (and would a user's), undefined behaviour.
+    auto book = funded_book();
+    int64_t issued = 0;
+    std::optional<error> refusal;
+    for (int i = 0; i < 20 && !refusal; ++i) {
+      auto e = book.prepare("credit", "operator",
+                            {{"user/alice", max_amount_micro}, {"external", -max_amount_micro}},
+                            10 + i);
+      if (!e) {
+        refusal = e.error();
+        break;
+      }
+      book.apply(*e);
+      issued += max_amount_micro;
+    }
+    REQUIRE(refusal.has_value());
+    CHECK(refusal->code() == errc::invalid_argument);
+    CHECK_MESSAGE(refusal->message().find("range") != std::string::npos, refusal->message());
+    CHECK(book.balance("user/alice") == cr("100") + issued);
+    CHECK(book.balance(ledger_book::external) == -cr("100") - issued);
   }
 
   TEST_CASE("an operator's credit reference names one operation of its own") {
