@@ -78,6 +78,9 @@ using core_actor_type = caf::stateful_actor<core_state, guarded<caf::event_based
 
 /// The longest device description a node may advertise.
 constexpr size_t max_device_chars = 512;
+// A join token is gft_ and 64 hex digits; a longer one is refused before the gatekeeper
+// (which says what a token looks like to one of any length up to this).
+constexpr size_t max_credential_chars = 256;
 
 registry_config registry_config_of(const core_config& config, uint32_t incarnation) {
   registry_config r;
@@ -304,6 +307,14 @@ caf::behavior core_actor(core_actor_type* self, core_children children, core_con
           return to_caf(error(errc::invalid_argument,
                               "a node must name itself (1-128 of A-Z a-z 0-9 . _ -) and bring "
                               "1-1024 workers and an uplink"));
+        // Before anything is made of them: a hello with a key of megabytes was held (hex
+        // encoded, copied) for the 30 s of a failure delay before its proof was checked.
+        if (hello.public_key.size() != public_key_bytes || hello.proof.size() != signature_bytes ||
+            hello.credential.size() > max_credential_chars)
+          return to_caf(error(errc::invalid_argument,
+                              "a node's hello brings a " + std::to_string(public_key_bytes) +
+                                  "-byte public key, a " + std::to_string(signature_bytes) +
+                                  "-byte proof and a join token (gft_ and 64 hex digits)"));
         if (hello.device.size() > max_device_chars)
           return to_caf(error(errc::invalid_argument, "a node's device description has at most " +
                                                           std::to_string(max_device_chars) +

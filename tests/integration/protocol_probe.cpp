@@ -403,6 +403,19 @@ TEST_CASE("a hostile node's attacks on the front door and its session are refuse
   why = ask_hello(self, door, std::move(huge));
   CHECK_MESSAGE(why.find("device description has at most") != std::string::npos, why);
 
+  // A public key of 16 MiB, a 1 MiB proof and a 1 MiB token: refused at once (a key of any
+  // size was hex-encoded and held, over and over, through a failure delay).
+  for (int field = 0; field < 3; ++field) {
+    auto big = make_hello(protocol_version, "mallory-key", 1, fake, 0, community_token(),
+                          key_of("mallory-key"));
+    if (field == 0) big.public_key.assign(16u << 20, 7);
+    if (field == 1) big.proof.assign(1u << 20, 7);
+    if (field == 2) big.credential.assign(1u << 20, 'a');
+    why = ask_hello(self, door, std::move(big));
+    CHECK_MESSAGE(why.find("32-byte public key, a 64-byte proof") != std::string::npos,
+                  field << ": " << why);
+  }
+
   // A device description that would clear an operator's terminal, and a GPU name that is
   // not UTF-8 (a JSON encoder throws on it: `gflex nodes --json`, the dashboard).
   auto escaping =
