@@ -48,6 +48,15 @@ constexpr uint32_t serves_per_assignment = 3;
 /// Chunk requests a session keeps out to its node's uplink while collecting an answer.
 constexpr int answer_chunks_in_flight = 4;
 
+struct answer_pull;
+
+/// An assignment out on the node, until the job has its answer: the job's promise, and once
+/// the node answered with chunks, their collection.
+struct assignment_out {
+  caf::typed_response_promise<assignment_result> promise;
+  std::shared_ptr<answer_pull> pull;
+};
+
 struct session_state {
   session_identity who;
   session_limits limits;
@@ -58,6 +67,7 @@ struct session_state {
   clock_type::time_point earned_at{};
   bool asking_earned = false;
   std::map<uint64_t, clock_type::time_point> in_flight;                  // assignment id -> sent at
+  std::map<uint64_t, assignment_out> out;                                // by assignment id
   std::map<std::string, param_chunk> param_chunks;                       // by digest
   std::map<uint64_t, std::shared_ptr<const shared_params>> chunked_out;  // by assignment
   std::deque<chunk_request> chunk_queue;
@@ -117,6 +127,18 @@ bool from_core(session_actor* self) {
   return sender && sender->node() == self->node();
 }
 
+// Whether an answer to a request the session made of the core's own actors (the data server,
+// the registry) comes from this process. CAF matches a response by its id alone, and the
+// guard lets the node's responses through (the session asks its uplink things): a node that
+// read the ids off the session's requests answered its chunk requests itself, and the
+// session counted them as served, past the bounds on what it may fetch. Such a node is cut
+// off: the real answer is lost with the request its forgery answered.
+bool answered_by_core(session_actor* self) {
+  if (from_core(self)) return true;
+  disconnect(self, "it answered a request the session made of the core");
+  return false;
+}
+
 void refill(session_actor* self) {
   auto& st = self->state;
   auto now = clock_type::now();
@@ -151,6 +173,7 @@ void pump_chunks(session_actor* self) {
     self->request(st.data_server, std::chrono::seconds(120), chunk_atom::value, next.digest)
         .then(
             [=](std::vector<uint8_t>& bytes) mutable {
+              if (!answered_by_core(self)) return;
               auto& st = self->state;
               st.chunks_serving -= 1;
               st.chunk_budget -= static_cast<double>(bytes.size());
@@ -158,6 +181,7 @@ void pump_chunks(session_actor* self) {
               pump_chunks(self);
             },
             [=](caf::error& e) mutable {
+              if (!answered_by_core(self)) return;
               self->state.chunks_serving -= 1;
               next.promise.deliver(std::move(e));
               pump_chunks(self);
@@ -196,8 +220,21 @@ void withdraw_params(session_actor* self, uint64_t id) {
   st.chunked_out.erase(it);
 }
 
+// The rate a node's well-formed answer showed (samples per second the session measured), for
+// the registry (and the market) once the whole answer is in; nothing when `to` is unset.
+struct rate_report {
+  caf::actor to;
+  std::string node, workload;
+  double samples_per_s = 0.0;
+  void send() const {
+    if (to) caf::anon_send(to, rate_atom::value, node, workload, samples_per_s);
+  }
+};
+
 // An answer whose update the node sent as chunks, being collected from its uplink.
 struct answer_pull {
+  uint64_t id = 0;  // the assignment's (the answer's own may be a lie)
+  rate_report rate;
   std::optional<chunk_assembler> parts;
   assignment_result result;
   caf::typed_response_promise<assignment_result> promise;
@@ -205,6 +242,16 @@ struct answer_pull {
   int in_flight = 0;
   bool ended = false;
 };
+
+// An error the node answered with, as the core passes it on: the node's own words reach the
+// job's status, the core's log and users' terminals and JSON, so printable text only (bytes
+// that are not UTF-8 made `gflex status --json` abort), and no more of them than a status
+// line shows. Errors of CAF's own (a timeout, a lost link) are the session's, kept as they are.
+caf::error node_words(caf::error e) {
+  if (e.category() != error_category) return e;
+  const auto said = from_caf(e);
+  return to_caf(error(said.code(), printable_text(std::string_view(said.message()).substr(0, 512))));
+}
 
 // Asks the uplink for the answer's chunks, a few at a time; delivers the whole answer. A chunk
 // that does not match its name makes the answer malformed: it goes on to the job without its
@@ -233,12 +280,15 @@ void pull_answer(session_actor* self, std::shared_ptr<answer_pull> p) {
                 p->ended = true;
                 p->result.update.clear();
                 p->promise.deliver(std::move(p->result));
+                st.out.erase(p->id);
                 return;
               }
               if (p->parts->complete()) {
                 p->ended = true;
+                p->rate.send();
                 p->result.update = p->parts->take();
                 p->promise.deliver(std::move(p->result));
+                self->state.out.erase(p->id);
                 return;
               }
               pull_answer(self, p);
@@ -247,7 +297,8 @@ void pull_answer(session_actor* self, std::shared_ptr<answer_pull> p) {
               p->in_flight -= 1;
               if (p->ended) return;
               p->ended = true;
-              p->promise.deliver(std::move(e));
+              p->promise.deliver(node_words(std::move(e)));
+              self->state.out.erase(p->id);
             });
   }
 }
@@ -324,11 +375,13 @@ node_session_internal::behavior_type session_behavior(session_actor* self, sessi
         self->request(st.registry, std::chrono::seconds(10), earned_atom::value, st.who.name)
             .then(
                 [=](int64_t micro) mutable {
+                  if (!answered_by_core(self)) return;
                   self->state.earned = micro;
                   self->state.asking_earned = false;
                   rp.deliver(micro);
                 },
                 [=](caf::error&) mutable {
+                  if (!answered_by_core(self)) return;
                   self->state.asking_earned = false;
                   rp.deliver(self->state.earned);
                 });
@@ -411,26 +464,35 @@ node_session_internal::behavior_type session_behavior(session_actor* self, sessi
         }
         st.in_flight[id] = sent_at;
         auto rp = self->make_response_promise<assignment_result>();
+        st.out[id].promise = rp;
         // The job withdraws an assignment past its deadline (an abort); this bound is only
         // for a job that is gone, and may not cut short a deadline a spec may give.
         self->request(st.uplink, assignment_wait, assign_atom::value, worker, std::move(a))
             .then(
                 [=](assignment_result& r) mutable {
                   auto& st = self->state;
+                  if (!st.out.count(id)) return;  // withdrawn by the core (an abort)
                   st.in_flight.erase(id);
                   withdraw_params(self, id);
+                  // The rate it measured counts for the market once the whole answer is in:
+                  // a node that answered at once, then failed to send its update's chunks,
+                  // was priced by a rate of nothing done.
+                  rate_report rate;
                   if (check_answer(self, id, sent_at, r)) {
                     const double took =
                         std::chrono::duration<double>(clock_type::now() - sent_at).count();
                     if (took > 0.0 && samples > 0.0)
-                      caf::anon_send(st.registry, rate_atom::value, st.who.name, workload,
-                                     samples / took);
+                      rate = {st.registry, st.who.name, workload, samples / took};
                   }
                   if (r.update_chunks.empty()) {
+                    st.out.erase(id);
+                    rate.send();
                     rp.deliver(std::move(r));
                     return;
                   }
                   auto p = std::make_shared<answer_pull>();
+                  p->id = id;
+                  p->rate = std::move(rate);
                   p->promise = rp;
                   auto parts = chunk_assembler::make(r.update_bytes, st.limits.payload_chunk_bytes,
                                                      std::move(r.update_chunks), max_update);
@@ -439,35 +501,43 @@ node_session_internal::behavior_type session_behavior(session_actor* self, sessi
                   if (!parts) {
                     spdlog::warn("session of node {} ({}): answer {:016x}: {}", st.who.node_id,
                                  st.who.name, id, parts.error().message());
+                    st.out.erase(id);
                     rp.deliver(std::move(r));  // malformed: the job rejects it
                     return;
                   }
                   p->parts = std::move(*parts);
                   p->result = std::move(r);
+                  st.out[id].pull = p;
                   pull_answer(self, std::move(p));
                 },
                 [=](caf::error& e) mutable {
-                  self->state.in_flight.erase(id);
+                  auto& st = self->state;
+                  if (!st.out.count(id)) return;  // withdrawn by the core (an abort)
+                  st.out.erase(id);
+                  st.in_flight.erase(id);
                   withdraw_params(self, id);
-                  // The node's own words reach the job's status, the core's log and users'
-                  // terminals and JSON: printable text only (bytes that are not UTF-8 made
-                  // `gflex status --json` abort), and no more of them than a status line
-                  // shows.
-                  if (e.category() == error_category) {
-                    const auto said = from_caf(e);
-                    rp.deliver(to_caf(
-                        error(said.code(),
-                              printable_text(std::string_view(said.message()).substr(0, 512)))));
-                    return;
-                  }
-                  rp.deliver(std::move(e));
+                  rp.deliver(node_words(std::move(e)));
                 });
         return rp;
       },
       [=](abort_atom, uint64_t id) {
         auto& st = self->state;
         if (!from_core(self)) return drop(self, "an abort (only the core withdraws work)");
+        auto it = st.out.find(id);
+        if (it == st.out.end()) return;
         if (st.in_flight.count(id)) self->send(st.uplink, abort_atom::value, id);
+        // Withdrawn here, not only at the node: a node that never answers kept the round's
+        // parameters (and an answer's chunks collected so far) in the core's memory for as
+        // long as the session waits, a day, every round it was given work.
+        auto out = std::move(it->second);
+        st.out.erase(it);
+        st.in_flight.erase(id);
+        withdraw_params(self, id);
+        if (out.pull) {
+          out.pull->ended = true;
+          out.pull->parts.reset();
+        }
+        out.promise.deliver(to_caf(error(errc::unavailable, "the core withdrew the assignment")));
       },
       [=](serve_atom, caf::actor& data_server) {
         if (!from_core(self)) return drop(self, "a data server (only the core names one)");

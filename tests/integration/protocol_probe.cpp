@@ -469,6 +469,41 @@ TEST_CASE("a hostile node's attacks on the front door and its session are refuse
   self->send_exit(fake, caf::exit_reason::user_shutdown);
 }
 
+TEST_CASE("a node that answers its session's requests of the core is cut off") {
+  // CAF matches a response by its id alone, and a session takes its node's responses (it
+  // asks the node's uplink things): a node that answered, under the ids the session's
+  // requests take, a request the session made of the core's data server or registry had its
+  // own answer taken (chunk requests counted as served, past the bounds on what it fetches).
+  peer p;
+  caf::scoped_actor self{*p.sys};
+  auto c = connect_operator();
+  REQUIRE(c.has_value());
+  auto forger = join_fake(p, self, "forger", answer_mode::idle);
+  auto session = forger.session();
+  constexpr int64_t forged = 424242424242;
+  // Its earnings, asked of the registry by its session (at most every 2 s); answered right
+  // behind the question by the node, under every id the session's first requests take.
+  bool gone = false;
+  for (int attempt = 0; attempt < 4 && !gone; ++attempt) {
+    auto asked = self->request(session, std::chrono::seconds(10), earned_atom::value);
+    for (uint64_t id = 1; id <= 2000; ++id)
+      session->enqueue(self->ctrl(), caf::make_message_id(id).response_id(),
+                       caf::make_message(forged), nullptr);
+    int64_t earned = -1;
+    std::move(asked).receive([&](int64_t e) { earned = e; }, [](caf::error&) {});
+    CHECK(earned != forged);
+    for (int tries = 0; tries < 22 && !gone; ++tries) {
+      gone = !node_named(*c, "forger").has_value();
+      if (!gone) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+  }
+  CHECK_MESSAGE(gone, "the forger's session goes on");
+  CHECK_MESSAGE(forger.log->last_bye().find("answered a request the session made of the core") !=
+                    std::string::npos,
+                forger.log->last_bye());
+  leave(self, forger);
+}
+
 TEST_CASE(
     "rogue nodes' results are rejected, never applied nor credited; a job beside them "
     "finishes") {

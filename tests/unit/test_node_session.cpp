@@ -51,6 +51,114 @@ TEST_SUITE("node session") {
     for (const auto& w : spawned.workers) s.self->send_exit(w, caf::exit_reason::user_shutdown);
   }
 
+  TEST_CASE("a node's error answer to its update's chunk is passed on as printable text, and "
+            "its rate counts only with its whole answer") {
+    // The assignment's error was made printable, its answer's chunks' errors were passed on
+    // as the node wrote them: escapes and megabytes into the core's log and the job's status.
+    // And the rate the session measured went to the market before the chunks came: a node
+    // that answered at once and never sent them was priced by a rate of nothing done.
+    test::configured_system s;
+    const std::string said = "out of memory \x1b[2J\xff" + std::string(1 << 20, 'y');
+    auto uplink = s.sys.spawn([said](caf::event_based_actor* self) -> caf::behavior {
+      self->set_default_handler(caf::drop);
+      return {[](assign_atom, uint32_t, assignment& a) {
+                assignment_result r;
+                r.assignment_id = a.id;
+                if (a.id == 9) return r;  // well formed, its (empty) update inline
+                r.update_chunks = {std::string(64, 'd')};
+                r.update_bytes = 100;
+                return r;
+              },
+              [said](chunk_atom, const std::string&) -> caf::result<std::vector<uint8_t>> {
+                return to_caf(error(errc::device_error, said));
+              }};
+    });
+    auto sink = s.sys.spawn([](caf::event_based_actor* self) -> caf::behavior {
+      self->set_default_handler(caf::drop);
+      return {[](int) {}};
+    });
+    auto rates = std::make_shared<std::atomic<int>>(0);
+    auto registry = s.sys.spawn([rates](caf::event_based_actor* self) -> caf::behavior {
+      self->set_default_handler(caf::drop);
+      return {[rates](rate_atom, const std::string&, const std::string&, double) { ++*rates; }};
+    });
+    auto spawned = spawn_node_session(s.sys, {"n1", "node", "", 0, 1}, session_limits{}, uplink,
+                                      registry, sink);
+    assignment a;
+    a.id = 8;
+    a.local_steps = 2;
+    a.batch_size = 4;
+    error got;
+    s.self->request(spawned.workers.at(0), std::chrono::seconds(5), assign_atom::value, a)
+        .receive([](assignment_result&) { FAIL("answered with a result"); },
+                 [&](caf::error& e) { got = from_caf(e, &s.sys); });
+    CHECK(got.code() == errc::device_error);
+    CHECK(is_printable_text(got.message()));
+    CHECK(got.message().starts_with("out of memory ?[2J?yyy"));
+    CHECK(got.message().size() == 512);
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    CHECK(*rates == 0);
+    a.id = 9;
+    s.self->request(spawned.workers.at(0), std::chrono::seconds(5), assign_atom::value, a)
+        .receive([](assignment_result&) {}, [&](caf::error& e) { FAIL(s.sys.render(e)); });
+    for (int tries = 0; tries < 100 && *rates == 0; ++tries)
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    CHECK(*rates == 1);
+    for (const auto& a : {caf::actor_cast<caf::actor>(spawned.session), uplink, sink, registry})
+      s.self->send_exit(a, caf::exit_reason::user_shutdown);
+    for (const auto& w : spawned.workers) s.self->send_exit(w, caf::exit_reason::user_shutdown);
+  }
+
+  TEST_CASE("an assignment the core withdraws is answered at once, whatever the node does") {
+    // An abort was only passed on to the node: one that never answered (or never sent its
+    // answer's chunks) kept the job's request, the round's parameters and the chunks so far
+    // in the core's memory for as long as the session waits for it, a day.
+    test::configured_system s;
+    auto held = std::make_shared<std::vector<caf::response_promise>>();
+    auto uplink = s.sys.spawn([held](caf::event_based_actor* self) -> caf::behavior {
+      self->set_default_handler(caf::drop);
+      return {[=](assign_atom, uint32_t, assignment& a) -> caf::result<assignment_result> {
+                if (a.id == 1) {  // never answered
+                  held->push_back(self->make_response_promise());
+                  return caf::delegated<assignment_result>();
+                }
+                assignment_result r;  // answered with a chunk it never sends
+                r.assignment_id = a.id;
+                r.update_chunks = {std::string(64, 'e')};
+                r.update_bytes = 100;
+                return r;
+              },
+              [=](chunk_atom, const std::string&) -> caf::result<std::vector<uint8_t>> {
+                held->push_back(self->make_response_promise());
+                return caf::delegated<std::vector<uint8_t>>();
+              }};
+    });
+    auto sink = s.sys.spawn([](caf::event_based_actor* self) -> caf::behavior {
+      self->set_default_handler(caf::drop);
+      return {[](int) {}};
+    });
+    auto spawned =
+        spawn_node_session(s.sys, {"n1", "node", "", 0, 1}, session_limits{}, uplink, sink, sink);
+    for (uint64_t id : {uint64_t{1}, uint64_t{2}}) {
+      CAPTURE(id);
+      assignment a;
+      a.id = id;
+      auto asked = s.self->request(spawned.workers.at(0), std::chrono::seconds(10),
+                                   assign_atom::value, a);
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));  // out on the node
+      const auto aborted = std::chrono::steady_clock::now();
+      s.self->send(spawned.workers.at(0), abort_atom::value, id);
+      error got;
+      asked.receive([](assignment_result&) { FAIL("answered with a result"); },
+                    [&](caf::error& e) { got = from_caf(e, &s.sys); });
+      CHECK(std::chrono::steady_clock::now() - aborted < std::chrono::seconds(5));
+      CHECK_MESSAGE(got.message().find("withdrew") != std::string::npos, got.message());
+    }
+    for (const auto& a : {caf::actor_cast<caf::actor>(spawned.session), uplink, sink})
+      s.self->send_exit(a, caf::exit_reason::user_shutdown);
+    for (const auto& w : spawned.workers) s.self->send_exit(w, caf::exit_reason::user_shutdown);
+  }
+
   TEST_CASE("a node beating in a loop reaches the registry at most once per 25 ms") {
     // The registry is every node's: the flood swamped its mailbox, and honest nodes' beats
     // queued behind it until their leases ran out.
