@@ -28,6 +28,12 @@ struct pending_admit {
 /// guesser must not grow the core's memory).
 constexpr size_t max_held = 1024;
 
+/// Joins with one token that may wait for the one before them (each reads and writes the
+/// token's record in turn); past them a join is refused, to be tried again. A node that sent
+/// hellos in a loop with its own valid token queued them faster than the store writes, for
+/// as long as it went on; a rush of honest nodes sharing a token fits with room to spare.
+constexpr size_t max_waiting_joins = 256;
+
 struct gatekeeper_state {
   caf::actor store;
   std::string operator_key;
@@ -112,6 +118,15 @@ void decide(gatekeeper_actor* self, pending_admit p) {
   }
   auto key = token_store_key(secret_digest(p.token));
   auto check_token = [=](pending_admit p) {
+    if (auto w = self->state.tokens_waiting.find(key);
+        w != self->state.tokens_waiting.end() && w->second.size() >= max_waiting_joins) {
+      core_metrics::join_refusals(to_string(errc::limit_exceeded)).inc();
+      p.promise.deliver(to_caf(
+          error(errc::limit_exceeded, std::to_string(max_waiting_joins) +
+                                          " joins with this token are being admitted; try again "
+                                          "shortly")));
+      return;
+    }
     change_token(self, key, [=]() mutable {
       auto done = [=] { token_changed(self, key); };
       self->request(self->state.store, store_timeout, read_atom::value, key)

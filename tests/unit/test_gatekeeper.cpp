@@ -92,6 +92,19 @@ TEST_SUITE("gatekeeper") {
     CHECK(r.joins == 12);
   }
 
+  TEST_CASE_FIXTURE(gate_fixture, "joins with one token past those that may wait are refused") {
+    // A node sending hellos in a loop with its own valid token queued them (each a read and
+    // a write of the token's record, in turn) faster than the store wrote them, for good.
+    // The one under way and 256 waiting are admitted; the rest are told to try again, and
+    // not counted as failures of their addresses.
+    const auto token = new_token(0);
+    std::vector<std::string> refusals;
+    CHECK(join_at_once(token, 0, 700, &refusals) == 257);
+    REQUIRE(refusals.size() == 443);
+    CHECK_MESSAGE(refusals[0].find("try again shortly") != std::string::npos, refusals[0]);
+    CHECK(join_at_once(token, 700, 701) == 1);
+  }
+
   TEST_CASE_FIXTURE(gate_fixture, "ten joins at once with a token of three uses: three admitted") {
     const auto token = new_token(3);
     std::vector<std::string> refusals;
