@@ -157,6 +157,7 @@ caf::behavior market_actor(caf::stateful_actor<market_state>* self, double newco
       }
     std::erase_if(st.waiting, [&](const waiter& w) { return w.job == down.source; });
     std::erase_if(st.claimed, [&](const auto& c) { return c.second.address() == down.source; });
+    st.watched.erase(down.source);  // a job's address kept its memory for good
   });
   return {
       [=](offer_atom, const std::string& node_id, std::vector<worker_slot>& offered) {
