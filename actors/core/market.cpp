@@ -55,6 +55,12 @@ struct node_facts {
   double score = 0.5;                      // reputation, from the tracker (0.5 until it says)
   int64_t served = 0;                      // assignments given (its history)
   std::map<std::string, double> measured;  // samples/s the core measured, by workload
+  // Failed assignments of any of its slots in a row, and until when the node is left out:
+  // a node chooses how many slots it brings (up to 1024 workers), and one that failed every
+  // assignment at once went through them all, each cooling down on its own, while jobs
+  // handed it their work.
+  int failures = 0;
+  clock_type::time_point cooldown_until{};
 };
 
 struct market_state {
@@ -245,7 +251,9 @@ caf::behavior market_actor(caf::stateful_actor<market_state>* self, double newco
           const bool held_for_another =
               e.reserved_for && e.reserved_for != asker && now < e.reserved_until;
           offers.push_back(st.offer_of(e, priced[node_index[e.node]],
-                                       !e.busy && now >= e.cooldown_until && !held_for_another));
+                                       !e.busy && now >= e.cooldown_until &&
+                                           now >= st.nodes[e.node].cooldown_until &&
+                                           !held_for_another));
         }
         slot_bid bid{static_cast<trust_tier>(std::min<uint8_t>(policy, 2)), max_price,
                      min_reputation};
@@ -321,6 +329,7 @@ caf::behavior market_actor(caf::stateful_actor<market_state>* self, double newco
           e->busy = false;
           e->holder = nullptr;
           e->failures = 0;
+          self->state.nodes[e->node].failures = 0;
           self->state.hold_for_a_waiter(*e, self->current_sender()->address(), clock_type::now());
         }
       },
@@ -332,7 +341,11 @@ caf::behavior market_actor(caf::stateful_actor<market_state>* self, double newco
           if (failed) {
             e->failures += 1;
             e->cooldown_until = clock_type::now() + cooldown(e->failures);
+            auto& node = self->state.nodes[e->node];
+            node.failures += 1;
+            node.cooldown_until = clock_type::now() + cooldown(node.failures);
           } else {
+            self->state.nodes[e->node].failures = 0;
             self->state.hold_for_a_waiter(*e, self->current_sender()->address(), clock_type::now());
           }
         }

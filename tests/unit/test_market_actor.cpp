@@ -105,4 +105,31 @@ TEST_SUITE("market actor") {
     std::this_thread::sleep_for(std::chrono::milliseconds(2100));  // `first` stopped asking
     CHECK(acquire(second).slots.size() == 1);
   }
+
+  TEST_CASE_FIXTURE(market_fixture,
+                    "a node whose assignments fail cools down whole, its slots together") {
+    // Each slot cooled down on its own: a node of 1,024 slots that failed every assignment at
+    // once was handed work 1,024 times before any of its slots was left out.
+    caf::actor w3 = s.sys.spawn(idle_worker);
+    std::vector<worker_slot> slots;
+    for (const auto& w : {w1, w2, w3}) {
+      worker_slot slot;
+      slot.worker = w;
+      slot.node_name = "name-n1";
+      slot.throughput = 100.0;
+      slots.push_back(slot);
+    }
+    s.self->send(market, offer_atom::value, std::string("n1"), slots);
+    caf::scoped_actor job{s.sys};
+    auto first = acquire(job);
+    REQUIRE(first.slots.size() == 1);
+    job->send(market, release_atom::value, first.slots[0].worker, true);
+    CHECK(acquire(job).slots.empty());  // its other two slots are left out with it
+    std::this_thread::sleep_for(std::chrono::milliseconds(600));  // the first cooldown
+    auto again = acquire(job);
+    REQUIRE(again.slots.size() == 1);
+    job->send(market, release_atom::value, again.slots[0].worker);  // it worked
+    CHECK(acquire(job).slots.size() == 1);
+    s.self->send_exit(w3, caf::exit_reason::user_shutdown);
+  }
 }
