@@ -115,6 +115,31 @@ struct unconfirmed_round {
   int64_t nodes_before = 0;
 };
 
+/// A committed round's figures: what clients are shown of a running job, and what an ended
+/// job's record says, never those of a round that a crash or a failed verification could
+/// still take back. All of them together: a status with one round's count and another's
+/// test loss paired figures that never were.
+struct committed_figures {
+  int64_t round = 0;
+  double test_accuracy = 0.0;
+  double test_loss = 0.0;
+  double train_loss = 0.0;
+  int64_t nodes = 0;
+
+  static committed_figures of(const job_status& s) {
+    return {s.round, s.test_accuracy, s.test_loss, s.train_loss, s.nodes};
+  }
+  /// Puts these figures in `s`, its history cut after their round.
+  void show_in(job_status& s) const {
+    s.round = round;
+    s.test_accuracy = test_accuracy;
+    s.test_loss = test_loss;
+    s.train_loss = train_loss;
+    s.nodes = nodes;
+    trim_history(s.history, round);
+  }
+};
+
 struct job_actor_state {
   job_start job;
   job_links links;
@@ -178,10 +203,7 @@ struct job_actor_state {
   std::map<std::string, std::function<void(bool)>> asking;
   // What the last durable commit holds; clients are shown these, never rounds that a crash
   // or a failed verification could still take back.
-  int64_t durable_round = 0;
-  double durable_accuracy = 0.0;
-  double durable_loss = 0.0;
-  int64_t durable_nodes = 0;
+  committed_figures durable;
   bool finished = false;
   // A round's commit (its record and checkpoint, and its payments) is on its way: a job that
   // ends meanwhile writes its end record once it is answered, from what is durable then (the
@@ -195,10 +217,13 @@ struct job_actor_state {
   int64_t commits_sent = 0;
   std::set<int64_t> commits_open;
   struct budget_write {
-    int64_t after = 0;  ///< The last commit sent before the top-up.
+    int64_t after = 0;    ///< The last commit sent before the top-up.
+    uint64_t number = 0;  ///< The top-up's (its give-up timer names it).
     std::function<void()> write;
+    std::function<void()> give_up;  ///< Past topup_wait: refused, nothing changed.
   };
   std::vector<budget_write> budget_writes;
+  uint64_t topups = 0;
   // A round's escrow hold is on its way (or asked after): a job that ends meanwhile records
   // its end, returning escrow, once it is answered, with the hold if it was booked.
   bool hold_in_flight = false;
@@ -240,11 +265,7 @@ void publish(job_actor* self) {
       st.elapsed_before + std::chrono::duration<double>(clock_type::now() - st.resumed_at).count();
   auto shown = s;
   if (!is_terminal(s.state)) {
-    shown.round = st.durable_round;
-    shown.test_accuracy = st.durable_accuracy;
-    shown.train_loss = st.durable_loss;
-    shown.nodes = st.durable_nodes;
-    trim_history(shown.history, st.durable_round);
+    st.durable.show_in(shown);
   }
   if (shown.round > 0 && s.state == job_state::running) {
     double per_round = s.elapsed_s / static_cast<double>(shown.round);
@@ -458,11 +479,7 @@ void record_end(job_actor* self) {
   const auto state = st.job.status.state;
   if (state != job_state::done) {
     // What the store holds is what the job ends with.
-    st.job.status.round = st.durable_round;
-    st.job.status.test_accuracy = st.durable_accuracy;
-    st.job.status.train_loss = st.durable_loss;
-    st.job.status.nodes = st.durable_nodes;
-    trim_history(st.job.status.history, st.durable_round);
+    st.durable.show_in(st.job.status);
   }
   // What escrow still holds goes back with the final record, in one transaction.
   std::vector<posting> release;
@@ -528,6 +545,11 @@ void end_diverged(job_actor* self, const std::string& said) {
              std::to_string(st.diverged.size()) + " nodes (" + said +
              "); a lower lr, or inputs of a smaller scale, may train");
 }
+
+// How long a top-up waits for the rounds' commits sent before it (its record is written after
+// theirs) before it is refused: the job supervisor waits 60 s for its answer, which comes
+// after a store write of up to 30 s more.
+constexpr auto topup_wait = std::chrono::seconds(20);
 
 // How long a job waits for the verifier: it answers once a re-computation (which takes about
 // as long as an assignment, max_deadline_s at most) is done or has failed; this bound is for
@@ -1005,7 +1027,8 @@ void try_confirm(job_actor* self) {
   // (and is reported) only once its transaction is durable. A crash before that resumes
   // from the round before; the in-memory result of this one is then recomputed, never
   // applied twice.
-  const int64_t round = s.round, nodes = s.nodes;
+  const auto figures = committed_figures::of(s);
+  const int64_t round = s.round;
   const double accuracy = s.test_accuracy, loss = s.train_loss;
   // A metered round's payments are booked in the same transaction as its record and
   // checkpoint: a round is committed and paid, or neither.
@@ -1018,10 +1041,7 @@ void try_confirm(job_actor* self) {
     st.settling -= 1;
     for (const auto& c : credits)
       self->send(st.links.reputation, credit_atom::value, c.node, c.check, c.compute_s, c.earned);
-    st.durable_round = round;
-    st.durable_accuracy = accuracy;
-    st.durable_loss = loss;
-    st.durable_nodes = nodes;
+    st.durable = figures;
     commit_answered(self, commit_number);  // after the durable figures: a top-up records them
     core_metrics::rounds_committed().inc();
     spdlog::info("job {}: round {}/{} committed, loss {:.4f}, test accuracy {:.4f}", st.job.id,
@@ -1648,10 +1668,7 @@ caf::behavior job_behavior(job_actor* self, job_start start, job_links links) {
     spdlog::warn("restarting job {} from round {}", st.job.id, st.job.status.round);
   st.elapsed_before = st.job.status.elapsed_s;
   st.resumed_at = clock_type::now();
-  st.durable_round = st.job.status.round;
-  st.durable_accuracy = st.job.status.test_accuracy;
-  st.durable_loss = st.job.status.train_loss;
-  st.durable_nodes = st.job.status.nodes;
+  st.durable = committed_figures::of(st.job.status);
 
   // A model on a built-in data set loads it through its workload; on a user's data set, the
   // catalog has it from the store (the job supervisor registered it).
@@ -1804,35 +1821,38 @@ caf::behavior job_behavior(job_actor* self, job_start start, job_links links) {
                               "a top-up of " + format_credits(amount) + " would take job " +
                                   st.job.id + "'s budget of " +
                                   format_credits(st.job.status.budget) + " past 1e12 credits"));
-        st.job.status.budget += amount;
-        spdlog::info("job {}: budget topped up by {} to {} credits", st.job.id,
-                     format_credits(amount), format_credits(st.job.status.budget));
-        // The new budget is durable before a paused job uses it. Every round's record
-        // encoded from now on holds it; the top-up's own record is written once the rounds'
-        // commits sent before it are answered, so that none of theirs lands after it.
+        // The budget is raised as its record is written, and lowered again if the write
+        // fails: raised at once, a top-up whose write failed or came too late for the
+        // caller's wait stayed in memory (and in the next round's record), and the caller,
+        // told it failed, topped up again: twice the budget asked for.
         auto rp = self->make_response_promise<caf::ok_atom>();
         auto write = [=]() mutable {
           auto& st = self->state;
           if (st.finished) {
-            rp.deliver(
-                to_caf(error(errc::invalid_argument, "job " + st.job.id +
-                                                         " ended before its top-up was recorded "
-                                                         "(its end record holds it)")));
+            rp.deliver(to_caf(error(errc::invalid_argument,
+                                    "job " + st.job.id + " ended before its top-up was recorded")));
             return;
           }
+          if (amount > max_amount_micro - st.job.status.budget) {
+            rp.deliver(to_caf(error(errc::invalid_argument,
+                                    "a top-up of " + format_credits(amount) + " would take job " +
+                                        st.job.id + "'s budget past 1e12 credits")));
+            return;
+          }
+          st.job.status.budget += amount;
           store_batch batch;
           batch.keys.push_back(job_record_key(st.job.id));
           auto recorded = st.job.status;
-          recorded.round = st.durable_round;
-          recorded.test_accuracy = st.durable_accuracy;
-          recorded.train_loss = st.durable_loss;
+          st.durable.show_in(recorded);
           batch.values.push_back(encode_job_record(st.job.spec_text, recorded));
           self->request(st.links.store, std::chrono::seconds(30), commit_atom::value,
                         std::move(batch))
               .then(
                   [=](caf::ok_atom) mutable {
                     auto& st = self->state;
-                    if (st.paused) {
+                    spdlog::info("job {}: budget topped up by {} to {} credits", st.job.id,
+                                 format_credits(amount), format_credits(st.job.status.budget));
+                    if (st.paused && !st.finished) {
                       st.paused = false;
                       st.paused_for_budget = false;
                       st.job.status.state = job_state::running;
@@ -1844,13 +1864,44 @@ caf::behavior job_behavior(job_actor* self, job_start start, job_links links) {
                     }
                     rp.deliver(caf::ok_atom::value);
                   },
-                  [=](caf::error& e) mutable { rp.deliver(e); });
+                  [=](caf::error& e) mutable {
+                    auto& st = self->state;
+                    st.job.status.budget -= amount;
+                    rp.deliver(to_caf(error(
+                        errc::store_error, "the top-up of job " + st.job.id +
+                                               " was not recorded (" + self->system().render(e) +
+                                               "); its budget stays " +
+                                               format_credits(st.job.status.budget) +
+                                               " credits")));
+                  });
         };
-        if (st.commits_open.empty())
+        if (st.commits_open.empty()) {
           write();
-        else
-          st.budget_writes.push_back({st.commits_sent, std::move(write)});
+        } else {
+          // Written once the rounds' commits sent before it are answered, so that none of
+          // theirs (encoded with the budget before) lands after it; given up if that takes
+          // longer than the caller waits.
+          const uint64_t number = ++st.topups;
+          auto give_up = [=]() mutable {
+            rp.deliver(to_caf(error(errc::unavailable,
+                                    "job " + self->state.job.id +
+                                        "'s rounds are being committed slowly: the top-up was not "
+                                        "recorded; top up again")));
+          };
+          st.budget_writes.push_back({st.commits_sent, number, write, give_up});
+          self->delayed_send(self, topup_wait, topup_atom::value, tick_atom::value, number);
+        }
         return rp;
+      },
+      [=](topup_atom, tick_atom, uint64_t number) {
+        auto& st = self->state;
+        if (self->current_sender() != self->ctrl()) return;
+        auto it = std::find_if(st.budget_writes.begin(), st.budget_writes.end(),
+                               [&](const auto& w) { return w.number == number; });
+        if (it == st.budget_writes.end()) return;  // written meanwhile
+        auto give_up = std::move(it->give_up);
+        st.budget_writes.erase(it);
+        give_up();
       },
       [=](update_atom, const std::string& role, caf::actor& replacement) {
         // The core restarted a sibling; in-flight requests to the old one fail and retry. Only

@@ -987,7 +987,7 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links) {
         if (amount <= 0 || amount > max_amount_micro)
           return to_caf(error(errc::invalid_argument, "a top-up must be in (0, 1e12] credits"));
         auto rp = self->make_response_promise<caf::ok_atom>();
-        self->request(entry->actor, std::chrono::seconds(30), topup_atom::value, amount)
+        self->request(entry->actor, std::chrono::seconds(60), topup_atom::value, amount)
             .then([=](caf::ok_atom) mutable { rp.deliver(caf::ok_atom::value); },
                   [=](caf::error& e) mutable { rp.deliver(e); });
         return rp;

@@ -795,7 +795,7 @@ expected<ledger_report> client::verify_ledger() {
 
 expected<void> client::topup(const std::string& job_id, int64_t micro) {
   auto r =
-      impl_->ask_session<caf::ok_atom>(std::chrono::seconds(60), topup_atom::value, job_id, micro);
+      impl_->ask_session<caf::ok_atom>(std::chrono::seconds(75), topup_atom::value, job_id, micro);
   if (!r) return r.error();
   return {};
 }

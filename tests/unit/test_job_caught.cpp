@@ -38,6 +38,9 @@ struct claims {
   bool diverges = false;
   /// The value of its update everywhere (update 0).
   float value = 0.001f;
+  /// Update 0 is `value` times -1, 0 and 1 in turn instead: unlike a value added everywhere,
+  /// it changes what a softmax model predicts (its test loss moves every round).
+  bool varied = false;
 };
 
 // Its `nth` result (from 0).
@@ -47,6 +50,9 @@ assignment_result signed_result(const node_identity& key, uint64_t id, size_t pa
   r.assignment_id = id;
   // Update 0 is 0.001 everywhere, update 1 alternates its sign: far apart (cosine 1/15).
   std::vector<float> delta(parameters, said.value);
+  if (said.varied)
+    for (size_t i = 0; i < parameters; ++i)
+      delta[i] = said.value * static_cast<float>(static_cast<int>(i % 3) - 1);
   if ((nth + said.offset) % said.updates == 1)
     for (size_t i = 1; i < parameters; i += 2) delta[i] = -said.value;
   r.update = encode_update(delta, compression::fp32);
@@ -356,6 +362,7 @@ struct test_node {
   std::chrono::milliseconds delay{0};
   claims said;
   int same_key_as = -1;  ///< The index of an earlier node whose key it joins with.
+  int64_t price = 0;     ///< Micro-credits per device-hour it asks.
 };
 
 // Alice's job-1 (k_spec with `rounds` and `workers`, on a data set of `workers` training
@@ -393,6 +400,7 @@ struct resumed_job {
       slot.node_name = nodes[i].name;
       slot.tier = static_cast<uint8_t>(nodes[i].tier);
       slot.public_key = key->public_key();
+      slot.price = nodes[i].price;
       slots.push_back(slot);
     }
     links.store = f.sys.spawn(failing_store, stored);
@@ -915,6 +923,46 @@ TEST_SUITE("job caught nodes") {
     f.self->send_exit(inner, caf::exit_reason::user_shutdown);  // the fixture ends the other
   }
 
+  TEST_CASE("a running job's status pairs its committed round with that round's test loss") {
+    // Between a round's evaluation and its commit, the status said the round before, with
+    // its accuracy and training loss, but with the new round's test loss (a language model's
+    // headline figure); an end meanwhile kept that test loss in the record.
+    caf::actor inner;
+    claims moving;
+    moving.value = 0.05f;
+    moving.varied = true;
+    resumed_job r(12, {{"core-node", node_tier::core, std::chrono::milliseconds(100), moving}},
+                  true,
+                  [&](caf::actor_system& sys, job_links& links) {
+                    inner = links.store;
+                    links.store = sys.spawn(slow_store, inner, links.supervisor,
+                                            std::chrono::milliseconds(300));
+                  },
+                  "[eval]\nevery = 1\n");
+    auto& f = r.f;
+    int checked = 0, mismatched = 0;
+    bool ended = false;
+    for (int tries = 0; tries < 400 && !ended; ++tries)
+      f.self->receive(
+          [](commit_atom) {},
+          [&](progress_atom, job_status& s) {
+            ended = is_terminal(s.state);
+            if (s.history.empty()) return;
+            ++checked;
+            const auto& last = s.history.back();
+            if (last.round != s.round || last.test_loss != s.test_loss) {
+              ++mismatched;
+              MESSAGE("round " << s.round << " shows test loss " << s.test_loss << "; round "
+                                << last.round << "'s was " << last.test_loss);
+            }
+          },
+          [](const caf::down_msg&) {}, caf::after(std::chrono::milliseconds(50)) >> [] {});
+    REQUIRE(ended);
+    CHECK(checked >= 4);
+    CHECK(mismatched == 0);
+    f.self->send_exit(inner, caf::exit_reason::user_shutdown);  // the fixture ends the other
+  }
+
   TEST_CASE("a top-up while a round's settlement is on its way stays in the job's record") {
     // The top-up's record went straight to the store; the round's, encoded before the top-up
     // with the old budget and booked through the ledger, landed after it: a restarted core
@@ -949,6 +997,60 @@ TEST_SUITE("job caught nodes") {
     REQUIRE(record.has_value());
     CHECK(record->second.round == 3);
     CHECK(record->second.budget == 60'000'000);
+  }
+
+  TEST_CASE("a top-up that is not recorded leaves the budget as it was") {
+    // The budget was raised before the top-up's record was written, and stayed raised when
+    // the write failed: the caller, told the top-up failed, topped up again, and the job
+    // had twice the budget asked for (written by the next round's record).
+    claims slow;  // 0.3 s a round at 1 credit an hour: its budget pays for one round
+    slow.compute_s = 0.5;
+    resumed_job r(
+        6, {{"core-node", node_tier::core, std::chrono::milliseconds(300), slow, -1, 1'000'000}},
+        false,
+        [&](caf::actor_system& sys, job_links& links) {
+          links.ledger = funded_keeper(sys, links.store);
+        },
+        "[market]\naccount = \"user/alice\"\nbudget = 0.033334\nmax_price = 1.0\n");
+    auto& f = r.f;
+    auto state_seen = [&](job_state want) {
+      std::optional<job_status> out;
+      for (int tries = 0; tries < 100 && !out; ++tries)
+        f.self->receive(
+            [&](progress_atom, job_status& s) {
+              if (s.state == want) out = std::move(s);
+            },
+            [](const caf::down_msg&) {}, caf::after(std::chrono::milliseconds(50)) >> [] {});
+      return out;
+    };
+    REQUIRE(state_seen(job_state::paused).has_value());  // its budget paid for one round
+    f.self->send(r.links.store, caf::put_atom::value, job_record_key("job-1"), 1);
+    auto topup = [&] {
+      expected<void> out;
+      f.self->request(r.job, std::chrono::seconds(30), topup_atom::value, int64_t{10'000'000})
+          .receive([](caf::ok_atom) {}, [&](caf::error& e) { out = from_caf(e, &f.sys); });
+      return out;
+    };
+    auto failed = topup();
+    REQUIRE_FALSE(failed.has_value());
+    CHECK_MESSAGE(failed.error().message().find("not recorded") != std::string::npos,
+                  failed.error().message());
+    CHECK_MESSAGE(failed.error().message().find("stays 0.033334") != std::string::npos,
+                  failed.error().message());
+    auto again = topup();
+    REQUIRE_MESSAGE(again.has_value(), again.error().message());
+    auto running = state_seen(job_state::running);
+    REQUIRE(running.has_value());
+    CHECK(running->budget == 10'033'334);
+    std::vector<uint8_t> stored;
+    f.self
+        ->request(r.links.store, std::chrono::seconds(10), read_atom::value,
+                  job_record_key("job-1"))
+        .receive([&](bool, std::vector<uint8_t>& v) { stored = std::move(v); },
+                 [&](caf::error& e) { FAIL(f.sys.render(e)); });
+    auto record = decode_job_record(stored);
+    REQUIRE(record.has_value());
+    CHECK(record->second.budget == 10'033'334);
   }
 
   TEST_CASE("a job restarted with its last round committed ends done, training nothing more") {
