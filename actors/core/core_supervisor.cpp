@@ -188,7 +188,9 @@ caf::actor restart_child(core_actor_type* self, const caf::actor_addr& who) {
     tell(c.registry, "data_server", c.data_server);
     return c.data_server;
   } else if (who == c.jobs.address()) {
-    c.jobs = spawn_job_supervisor(sys, links_of(c, st.catalog, st.config));
+    auto links = links_of(c, st.catalog, st.config);
+    links.after_restart = true;
+    c.jobs = spawn_job_supervisor(sys, std::move(links));
     return c.jobs;
   } else if (who == c.reputation.address()) {
     c.reputation = spawn_reputation_tracker(sys, c.store, c.market, c.gate, reputation_policy{});

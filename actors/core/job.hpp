@@ -80,6 +80,9 @@ struct job_links {
   /// How long an upload of a data set waits for its next part before it is dropped (a client
   /// gives a part up after 120 s).
   std::chrono::milliseconds upload_idle{std::chrono::minutes(10)};
+  /// The job supervisor replaces one that died: its jobs' rounds may still wait in the ledger
+  /// keeper's queue, to be written before their records and checkpoints are read.
+  bool after_restart = false;
 };
 
 /// Spawns a job actor on its own thread (evaluation and encoding block).

@@ -591,8 +591,29 @@ bool on_user_data(const job_spec& spec) {
   return !spec.model.empty() && !kernels::is_builtin_data_set(spec.data_set);
 }
 
+void scan_job_records(supervisor_actor* self);
+
 void resume_jobs(supervisor_actor* self) {
   self->state.resuming = true;
+  // Replacing a supervisor that died, whose jobs' actors ended with it: a round one of them
+  // sent to be settled may still wait in the ledger keeper's queue (its record and checkpoint
+  // go with its payments). The records are read once the keeper has answered what was sent
+  // to it before, or a job resumed a round behind, and trained and paid for it again. (A
+  // starting core has nothing queued, and does not wait for its keeper's first read.)
+  const auto& ledger = self->state.links.ledger;
+  if (!self->state.links.after_restart || !ledger) return scan_job_records(self);
+  self->request(ledger, std::chrono::minutes(5), booked_atom::value,
+                std::string("barrier before resuming the jobs"))
+      .then([=](uint64_t) { scan_job_records(self); },
+            [=](caf::error& e) {
+              spdlog::error("job supervisor: the ledger keeper did not answer ({}); resuming the "
+                            "jobs without waiting for it",
+                            self->system().render(e));
+              scan_job_records(self);
+            });
+}
+
+void scan_job_records(supervisor_actor* self) {
   // The records only: a checkpoint (up to the largest model's parameters) is read for a job
   // that resumes, one request each, never for the ended ones.
   self->request(self->state.links.store, std::chrono::seconds(60), scan_atom::value,

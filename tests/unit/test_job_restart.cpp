@@ -109,6 +109,42 @@ TEST_SUITE("job restart") {
     CHECK(reads() == before + 1);  // read once it has
   }
 
+  TEST_CASE("a job supervisor that replaces a dead one reads its jobs after the keeper's "
+            "earlier writes") {
+    // Only a job's own restart waited for the keeper: a supervisor that died took its jobs'
+    // actors with it, and its replacement read their checkpoints at once, a round behind the
+    // settlement still in the keeper's queue, and trained and paid for that round again.
+    job_fixture f(stored_job(), {}, [](job_fixture& f) { return f.sys.spawn(held_ledger); });
+    auto job = asking_job(f);
+    REQUIRE(job);  // resumed at start: nothing is queued then, and nothing was asked
+    auto reads = [&] {
+      int n = -1;
+      f.self->request(f.store, f.wait, caf::get_atom::value, job_checkpoint_key("job-1"))
+          .receive([&](int x) { n = x; }, [&](caf::error& e) { FAIL(f.sys.render(e)); });
+      return n;
+    };
+    const int before = reads();
+    f.self->send_exit(f.supervisor, caf::exit_reason::kill);
+    job_links links;  // as the core spawns the replacement
+    links.store = f.store;
+    links.market = f.market;
+    links.catalog = std::make_shared<data_catalog>();
+    links.ledger = f.keeper;
+    links.after_restart = true;
+    f.supervisor = spawn_job_supervisor(f.sys, links);
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    CHECK(reads() == before);  // not read while the keeper has not answered
+    int asked = 0;
+    f.self->request(f.keeper, f.wait, caf::get_atom::value)
+        .receive([&](int n) { asked = n; }, [&](caf::error& e) { FAIL(f.sys.render(e)); });
+    CHECK(asked == 1);
+    f.self->send(f.keeper, caf::put_atom::value);
+    for (int tries = 0; tries < 50 && reads() == before; ++tries)
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    CHECK(reads() == before + 1);
+    CHECK_MESSAGE(asking_job(f, job), "the job was not resumed once the keeper answered");
+  }
+
   TEST_CASE("a restarted job takes its figures from its record, not from its last report") {
     // The dead actor's last report could include a round not committed, or miss one that was
     // (its record and checkpoint are written together): its spending and budget were off.
