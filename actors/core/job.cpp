@@ -230,6 +230,8 @@ struct job_actor_state {
   // Answered once the job's end is recorded (or cannot be): a cancel is acknowledged only
   // when a restarted core would no longer resume the job.
   std::vector<caf::typed_response_promise<caf::ok_atom>> end_waiters;
+  int end_writes_failed = 0;
+  int escrow_tries = 0;  // asks of the ledger for an interrupted run's escrow that failed  // the end record's writes that failed so far (it is tried again)
   std::set<caf::actor_addr> monitored;
 
   clock_type::time_point resumed_at = clock_type::now();
@@ -482,11 +484,11 @@ void record_end(job_actor* self) {
     st.durable.show_in(st.job.status);
   }
   // What escrow still holds goes back with the final record, in one transaction.
+  // Escrow is let go of once the record is written: an end whose write failed is written
+  // again, returning it then.
   std::vector<posting> release;
-  if (metered(st) && total_held(st) > 0) {
+  if (metered(st) && total_held(st) > 0)
     release = {{escrow_of(st), -total_held(st)}, {st.job.spec.account, total_held(st)}};
-    st.held.clear();
-  }
   st.job.status.credits_held = 0;
   publish(self);
   store_batch batch;
@@ -502,19 +504,25 @@ void record_end(job_actor* self) {
                   : self->request(st.links.store, std::chrono::seconds(30), commit_atom::value,
                                   std::move(batch));
   auto recorded = [=] {
+    self->state.held.clear();
     for (auto& rp : self->state.end_waiters) rp.deliver(caf::ok_atom::value);
     self->quit();
   };
   auto not_recorded = [=](const std::string& why) {
-    // The record still says running: a restarted core resumes the job and returns what
-    // escrow holds then.
-    spdlog::error("job {}: cannot record its end: {}", self->state.job.id, why);
-    for (auto& rp : self->state.end_waiters)
-      rp.deliver(to_caf(error(errc::store_error, "job " + self->state.job.id +
-                                                     ": its end could not be recorded (a "
-                                                     "restarted core resumes it): " +
-                                                     why)));
-    self->quit();
+    // The record still says running. The job stays to write it again, later and later: it
+    // quit, shown as ended while its record said running, and the next core to start
+    // resumed it (a cancelled job trained and billed again), its escrow held until then.
+    auto& st = self->state;
+    st.end_writes_failed += 1;
+    const auto wait = std::chrono::seconds(1 << std::min(st.end_writes_failed - 1, 5));
+    spdlog::error("job {}: cannot record its end ({}); trying again in {} s", st.job.id, why,
+                  wait.count());
+    for (auto& rp : st.end_waiters)
+      rp.deliver(to_caf(error(errc::store_error, "job " + st.job.id +
+                                                     ": its end is not recorded yet (" + why +
+                                                     "); the core writes it again")));
+    st.end_waiters.clear();
+    self->delayed_send(self, wait, tick_atom::value, stop_atom::value);
   };
   std::move(written).then([=](caf::ok_atom) { recorded(); },
                           [=](caf::error& e) {
@@ -1610,6 +1618,59 @@ void begin(job_actor* self) {
   start_round(self);
 }
 
+// Returns escrow left by an interrupted run (a crash between a hold and its round's commit)
+// to the account, then begins. A ledger that cannot be asked (a core starting, whose keeper
+// reads the whole chain first; a store that fails for a while) is asked again, later and
+// later: the resumed job failed for good, and the escrow it found stayed held.
+void return_stale_escrow(job_actor* self) {
+  auto& st = self->state;
+  auto again = [=](const std::string& why) {
+    auto& st = self->state;
+    if (st.finished) return;
+    st.escrow_tries += 1;
+    const auto wait = std::chrono::seconds(std::min(60, 2 << std::min(st.escrow_tries - 1, 5)));
+    st.job.status.detail = "waiting for the ledger to return the escrow of an interrupted run (" +
+                           why + "); asking again in " + std::to_string(wait.count()) + " s";
+    spdlog::warn("job {}: {}", st.job.id, st.job.status.detail);
+    publish(self);
+    self->delayed_send(self, wait, tick_atom::value, open_atom::value);
+  };
+  auto go = [=] {
+    auto& st = self->state;
+    st.holding = false;
+    st.job.status.detail.clear();
+    if (!st.finished) begin(self);  // not if cancelled
+  };
+  self->request(st.links.ledger, std::chrono::seconds(60), open_atom::value, escrow_of(st), true)
+      .then(
+          [=](caf::ok_atom) {
+            self->request(self->state.links.ledger, std::chrono::seconds(60), account_atom::value,
+                          escrow_of(self->state))
+                .then(
+                    [=](account_info& info) {
+                      auto& st = self->state;
+                      st.job.status.credits_held = 0;
+                      if (info.balance <= 0) return go();
+                      std::vector<posting> back{{info.id, -info.balance},
+                                                {st.job.spec.account, info.balance}};
+                      const auto op = ledger_op(st, "stale", st.job.status.round);
+                      self->request(st.links.ledger, st.links.ledger_wait, transfer_atom::value,
+                                    std::string("release"),
+                                    st.job.id + " resumed: escrow of an interrupted round returned",
+                                    std::move(back), op)
+                          .then([=](uint64_t) { go(); },
+                                [=](caf::error& e) {
+                                  const auto why = "cannot return it: " + from_caf(e).message();
+                                  if (!outcome_unknown(e)) return again(why);
+                                  ask_booked(self, op,
+                                             [=](bool booked) { booked ? go() : again(why); });
+                                });
+                    },
+                    [=](caf::error& e) { again("cannot read it: " + from_caf(e).message()); });
+          },
+          [=](caf::error& e) { again("cannot open it: " + from_caf(e).message()); });
+}
+
 caf::behavior job_behavior(job_actor* self, job_start start, job_links links) {
   auto& st = self->state;
   st.job = std::move(start);
@@ -1748,48 +1809,7 @@ caf::behavior job_behavior(job_actor* self, job_start start, job_links links) {
     st.job.status.budget = std::max(st.job.status.budget, st.job.spec.budget);
     st.job.status.account = st.job.spec.account;
     st.holding = true;
-    self->request(st.links.ledger, std::chrono::seconds(60), open_atom::value, escrow_of(st), true)
-        .then(
-            [=](caf::ok_atom) {
-              self->request(self->state.links.ledger, std::chrono::seconds(60), account_atom::value,
-                            escrow_of(self->state))
-                  .then(
-                      [=](account_info& info) {
-                        auto& st = self->state;
-                        st.job.status.credits_held = 0;
-                        auto go = [=] {
-                          self->state.holding = false;
-                          if (!self->state.finished) begin(self);  // not if cancelled
-                        };
-                        if (info.balance <= 0) return go();
-                        std::vector<posting> back{{info.id, -info.balance},
-                                                  {st.job.spec.account, info.balance}};
-                        auto refused = [=](const std::string& why) {
-                          finish(self, job_state::failed, "cannot return stale escrow: " + why);
-                        };
-                        const auto op = ledger_op(st, "stale", st.job.status.round);
-                        self->request(st.links.ledger, st.links.ledger_wait, transfer_atom::value,
-                                      std::string("release"),
-                                      st.job.id +
-                                          " resumed: escrow of an interrupted round "
-                                          "returned",
-                                      std::move(back), op)
-                            .then([=](uint64_t) { go(); },
-                                  [=](caf::error& e) {
-                                    const auto why = from_caf(e).message();
-                                    if (!outcome_unknown(e)) return refused(why);
-                                    ask_booked(self, op,
-                                               [=](bool booked) { booked ? go() : refused(why); });
-                                  });
-                      },
-                      [=](caf::error& e) {
-                        finish(self, job_state::failed,
-                               "cannot read escrow: " + from_caf(e).message());
-                      });
-            },
-            [=](caf::error& e) {
-              finish(self, job_state::failed, "cannot open escrow: " + from_caf(e).message());
-            });
+    return_stale_escrow(self);
   } else {
     begin(self);
   }
@@ -1945,6 +1965,13 @@ caf::behavior job_behavior(job_actor* self, job_start start, job_links links) {
         if (st.finished || round != static_cast<uint64_t>(st.job.status.round)) return;
         watch_round(self);
         self->delayed_send(self, std::chrono::milliseconds(250), tick_atom::value, round);
+      },
+      [=](tick_atom, open_atom) {
+        if (self->current_sender() == self->ctrl() && !self->state.finished)
+          return_stale_escrow(self);
+      },
+      [=](tick_atom, stop_atom) {
+        if (self->current_sender() == self->ctrl() && self->state.finished) record_end(self);
       },
       [=](withdraw_atom, const std::string& node_id) {
         auto& st = self->state;

@@ -143,20 +143,32 @@ inline caf::behavior failing_store(caf::stateful_actor<failing_store_state>* sel
 struct slow_ledger_state {
   caf::actor keeper;
   std::vector<std::function<void()>> held;  // writes not passed on yet
+  int failing_opens = 0;                    // opens still to fail, as a busy keeper's time out
 };
 
 // A ledger keeper busy when a round's escrow hold (`holds`) or its settlement (otherwise)
 // comes: those wait until (caf::put_atom) passes them on; everything else goes to `keeper` at
-// once. (caf::get_atom) -> the writes waiting; (caf::get_atom, caf::get_atom) -> `keeper`.
+// once. (caf::get_atom) -> the writes waiting; (caf::get_atom, caf::get_atom) -> `keeper`;
+// (caf::put_atom, open_atom, n): the next n opens fail.
 inline caf::behavior slow_ledger(caf::stateful_actor<slow_ledger_state>* self, caf::actor keeper,
                                  bool holds) {
   self->state.keeper = keeper;
   self->link_to(keeper);  // it ends with this one, which the fixture ends
   auto later = [=](std::function<void()> f) { self->state.held.push_back(std::move(f)); };
   return {
-      [=](open_atom a, std::string& account, bool exists_ok) {
-        return self->delegate(self->state.keeper, a, std::move(account), exists_ok);
+      [=](open_atom a, std::string& account, bool exists_ok) -> caf::result<caf::ok_atom> {
+        if (self->state.failing_opens > 0) {
+          self->state.failing_opens -= 1;
+          return caf::make_error(caf::sec::request_timeout);
+        }
+        auto rp = self->make_response_promise<caf::ok_atom>();
+        self->request(self->state.keeper, std::chrono::seconds(30), a, std::move(account),
+                      exists_ok)
+            .then([=](caf::ok_atom) mutable { rp.deliver(caf::ok_atom::value); },
+                  [=](caf::error& e) mutable { rp.deliver(e); });
+        return rp;
       },
+      [=](caf::put_atom, open_atom, int n) { self->state.failing_opens = n; },
       [=](account_atom a, std::string& account) {
         return self->delegate(self->state.keeper, a, std::move(account));
       },

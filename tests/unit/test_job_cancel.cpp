@@ -5,25 +5,44 @@
 
 #include <doctest/doctest.h>
 
+#include <optional>
+
 #include "job_fixture.hpp"
 
 using namespace gflex;
 using namespace gflex::test;
 
 TEST_SUITE("job cancel") {
-  TEST_CASE("a cancel whose record cannot be written is an error, not an acknowledgement") {
+  TEST_CASE("a cancel whose record cannot be written is an error, and the end is written again") {
+    // The job quit when its end record could not be written: shown as cancelled, its record
+    // said running, a second cancel was refused ("has ended"), and the next core to start
+    // resumed it, training and billing again.
     job_fixture f(stored_job());
     auto s =
         f.await([](const job_status& s) { return s.detail.find("waiting for workers") == 0; }, 10);
     REQUIRE(s.state == job_state::running);
-    f.self->send(f.store, caf::put_atom::value, job_record_key("job-1"));
+    f.self->send(f.store, caf::put_atom::value, job_record_key("job-1"), 2);  // two writes fail
     bool acknowledged = false;
     std::string refused;
     f.self->request(f.supervisor, f.wait, cancel_atom::value, f.alice, std::string("job-1"))
         .receive([&](caf::ok_atom) { acknowledged = true; },
                  [&](caf::error& e) { refused = f.sys.render(e); });
     CHECK_FALSE(acknowledged);
-    CHECK_MESSAGE(refused.find("its end could not be recorded") != std::string::npos, refused);
+    CHECK_MESSAGE(refused.find("its end is not recorded yet") != std::string::npos, refused);
+    // Written again after 1 s (failing), then after 2 s more.
+    std::optional<job_status> recorded;
+    for (int tries = 0; tries < 100 && !(recorded && recorded->state == job_state::cancelled);
+         ++tries) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      f.self->request(f.store, f.wait, read_atom::value, job_record_key("job-1"))
+          .receive(
+              [&](bool, std::vector<uint8_t>& v) {
+                if (auto r = decode_job_record(v)) recorded = r->second;
+              },
+              [&](caf::error& e) { FAIL(f.sys.render(e)); });
+    }
+    REQUIRE(recorded.has_value());
+    CHECK(recorded->state == job_state::cancelled);
   }
 
   TEST_CASE("a cancel is acknowledged with its end recorded") {
@@ -78,5 +97,61 @@ TEST_SUITE("job cancel") {
     };
     CHECK(balance("escrow/job-1") == 0);
     CHECK(balance("user/alice") == 100'000'000);
+  }
+
+  TEST_CASE("a resumed job whose ledger does not answer at once waits for it, then returns its "
+            "interrupted run's escrow") {
+    // A core starting has its ledger keeper read (and hash) the whole chain first: a job
+    // resumed meanwhile failed for good ("cannot open escrow: request timed out"), and the
+    // escrow its interrupted run held stayed held.
+    auto st = stored_job(2, k_spec +
+                                "[market]\naccount = \"user/alice\"\nbudget = 100.0\n"
+                                "max_price = 1.0\n");
+    job_fixture f(st, {}, [](job_fixture& f) {
+      auto keeper = spawn_ledger_keeper(f.sys, f.store);
+      for (const char* account : {"user/alice", "escrow/job-1"})
+        f.self->request(keeper, f.wait, open_atom::value, std::string(account), false)
+            .receive([](caf::ok_atom) {}, [&](caf::error& e) { FAIL(f.sys.render(e)); });
+      f.self
+          ->request(keeper, f.wait, transfer_atom::value, std::string("credit"),
+                    std::string("test"),
+                    std::vector<posting>{{"external", -100'000'000}, {"user/alice", 100'000'000}})
+          .receive([](uint64_t) {}, [&](caf::error& e) { FAIL(f.sys.render(e)); });
+      // The hold of the round the interrupted run was in.
+      f.self
+          ->request(keeper, f.wait, transfer_atom::value, std::string("hold"),
+                    std::string("job-1 round 3: escrow"),
+                    std::vector<posting>{{"user/alice", -5'000'000}, {"escrow/job-1", 5'000'000}},
+                    std::string())
+          .receive([](uint64_t) {}, [&](caf::error& e) { FAIL(f.sys.render(e)); });
+      auto ledger = f.sys.spawn(slow_ledger, keeper, true);  // holds the next round's hold
+      f.self->send(ledger, caf::put_atom::value, open_atom::value, 1);  // before the job asks
+      return ledger;
+    });
+    auto waiting = f.await(
+        [](const job_status& s) {
+          return s.detail.find("waiting for the ledger") == 0 || is_terminal(s.state);
+        },
+        10);
+    CHECK_MESSAGE(waiting.state == job_state::running, waiting.detail);
+    CHECK_MESSAGE(waiting.detail.find("waiting for the ledger") == 0, waiting.detail);
+    caf::actor keeper;  // held after the fixture: a handle outliving its system hangs its end
+    f.self->request(f.keeper, f.wait, caf::get_atom::value, caf::get_atom::value)
+        .receive([&](caf::actor& k) { keeper = k; }, [&](caf::error& e) { FAIL(f.sys.render(e)); });
+    auto balance = [&](const std::string& account) {
+      int64_t out = -1;
+      f.self->request(keeper, f.wait, account_atom::value, account)
+          .receive([&](account_info& i) { out = i.balance; },
+                   [&](caf::error& e) { FAIL(f.sys.render(e)); });
+      return out;
+    };
+    int64_t escrow = -1;
+    for (int tries = 0; tries < 100 && escrow != 0; ++tries) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      escrow = balance("escrow/job-1");
+    }
+    CHECK(escrow == 0);
+    CHECK(balance("user/alice") == 100'000'000);
+    CHECK(f.status().state == job_state::running);
   }
 }
