@@ -186,7 +186,7 @@ def main():
           "| honest flagged | rollbacks | accuracy (min) | vs honest (worst) "
           "| verification, whole job | at steady state |")
     print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    failed = False
+    failures = []
     for workers in sorted({c["workers"] for c in cells}):
         for mix in a.mixes.split(","):
             row = [c for c in cells if c["workers"] == workers and c["mix"] == mix]
@@ -205,10 +205,25 @@ def main():
                   f"{worst if with_work else '-'} | {honest} | "
                   f"{sum(c['rollbacks'] for c in row)} | {min(c['accuracy'] for c in row):.4f} | "
                   f"{max(gaps) if gaps else 0:+.4f} | {100 * overhead:.1f}% | {100 * late:.1f}% |")
-            failed |= honest > 0 or done < len(row) or any(c["uncaught_with_work"] for c in row)
+            # Every target the table states is checked: a cell that misses one fails the run.
+            missed = []
+            if honest > 0:
+                missed.append(f"{honest} honest flagged")
+            if done < len(row):
+                missed.append(f"{len(row) - done} job(s) not done")
+            if any(c["uncaught_with_work"] for c in row):
+                missed.append("a cheat not caught")
+            if with_work and worst > 30:
+                missed.append(f"a cheat caught {worst} rounds after its first cheat")
+            if late > 0.05:
+                missed.append(f"verification {100 * late:.1f}% of the compute at steady state")
+            if missed:
+                failures.append(f"{workers} workers, {mix}: " + "; ".join(missed))
     print("\nTargets: 0 honest flagged in every cell; every cheat that cheats caught within 30 "
           "rounds; verification at most 5% of the compute at steady state.")
-    sys.exit(1 if failed else 0)
+    for f in failures:
+        print(f"missed: {f}")
+    sys.exit(1 if failures else 0)
 
 
 if __name__ == "__main__":
