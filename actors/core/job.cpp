@@ -231,7 +231,8 @@ struct job_actor_state {
   // when a restarted core would no longer resume the job.
   std::vector<caf::typed_response_promise<caf::ok_atom>> end_waiters;
   int end_writes_failed = 0;
-  int escrow_tries = 0;  // asks of the ledger for an interrupted run's escrow that failed  // the end record's writes that failed so far (it is tried again)
+  int escrow_tries = 0;  // asks of the ledger for an interrupted run's escrow that failed  // the
+                         // end record's writes that failed so far (it is tried again)
   std::set<caf::actor_addr> monitored;
 
   clock_type::time_point resumed_at = clock_type::now();
@@ -518,9 +519,9 @@ void record_end(job_actor* self) {
     spdlog::error("job {}: cannot record its end ({}); trying again in {} s", st.job.id, why,
                   wait.count());
     for (auto& rp : st.end_waiters)
-      rp.deliver(to_caf(error(errc::store_error, "job " + st.job.id +
-                                                     ": its end is not recorded yet (" + why +
-                                                     "); the core writes it again")));
+      rp.deliver(
+          to_caf(error(errc::store_error, "job " + st.job.id + ": its end is not recorded yet (" +
+                                              why + "); the core writes it again")));
     st.end_waiters.clear();
     self->delayed_send(self, wait, tick_atom::value, stop_atom::value);
   };
@@ -1887,12 +1888,11 @@ caf::behavior job_behavior(job_actor* self, job_start start, job_links links) {
                   [=](caf::error& e) mutable {
                     auto& st = self->state;
                     st.job.status.budget -= amount;
-                    rp.deliver(to_caf(error(
-                        errc::store_error, "the top-up of job " + st.job.id +
-                                               " was not recorded (" + self->system().render(e) +
-                                               "); its budget stays " +
-                                               format_credits(st.job.status.budget) +
-                                               " credits")));
+                    rp.deliver(
+                        to_caf(error(errc::store_error,
+                                     "the top-up of job " + st.job.id + " was not recorded (" +
+                                         self->system().render(e) + "); its budget stays " +
+                                         format_credits(st.job.status.budget) + " credits")));
                   });
         };
         if (st.commits_open.empty()) {

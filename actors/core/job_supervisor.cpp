@@ -606,9 +606,10 @@ void resume_jobs(supervisor_actor* self) {
                 std::string("barrier before resuming the jobs"))
       .then([=](uint64_t) { scan_job_records(self); },
             [=](caf::error& e) {
-              spdlog::error("job supervisor: the ledger keeper did not answer ({}); resuming the "
-                            "jobs without waiting for it",
-                            self->system().render(e));
+              spdlog::error(
+                  "job supervisor: the ledger keeper did not answer ({}); resuming the "
+                  "jobs without waiting for it",
+                  self->system().render(e));
               scan_job_records(self);
             });
 }

@@ -31,11 +31,11 @@
 #include "gflex/runtime/tls_credentials.hpp"
 #include "gflex/test_aids.hpp"
 #include "link_loss.hpp"
-#include "parameter_copy.hpp"
 #include "link_security.hpp"
 #include "message_limit.hpp"
 #include "messages.hpp"
 #include "node_supervisor.hpp"
+#include "parameter_copy.hpp"
 #include "routed_messages.hpp"
 #include "store.hpp"
 

@@ -250,7 +250,8 @@ struct answer_pull {
 caf::error node_words(caf::error e) {
   if (e.category() != error_category) return e;
   const auto said = from_caf(e);
-  return to_caf(error(said.code(), printable_text(std::string_view(said.message()).substr(0, 512))));
+  return to_caf(
+      error(said.code(), printable_text(std::string_view(said.message()).substr(0, 512))));
 }
 
 // Asks the uplink for the answer's chunks, a few at a time; delivers the whole answer. A chunk

@@ -122,8 +122,9 @@ TEST_SUITE("dataset") {
     CHECK(r.error().message().find("dataset-fashion-mnist") != std::string::npos);
   }
 
-  TEST_CASE("a text corpus is read from its plain files; an entry that cannot be looked at "
-            "is passed over, not thrown") {
+  TEST_CASE(
+      "a text corpus is read from its plain files; an entry that cannot be looked at "
+      "is passed over, not thrown") {
     test::temp_dir dir;
     {
       std::ofstream(dir / "b") << "world";

@@ -14,8 +14,8 @@
 
 #include <atomic>
 #include <chrono>
-#include <thread>
 #include <string>
+#include <thread>
 
 #include "gflex/runtime/http_server.hpp"
 

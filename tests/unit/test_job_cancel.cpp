@@ -99,8 +99,9 @@ TEST_SUITE("job cancel") {
     CHECK(balance("user/alice") == 100'000'000);
   }
 
-  TEST_CASE("a resumed job whose ledger does not answer at once waits for it, then returns its "
-            "interrupted run's escrow") {
+  TEST_CASE(
+      "a resumed job whose ledger does not answer at once waits for it, then returns its "
+      "interrupted run's escrow") {
     // A core starting has its ledger keeper read (and hash) the whole chain first: a job
     // resumed meanwhile failed for good ("cannot open escrow: request timed out"), and the
     // escrow its interrupted run held stayed held.

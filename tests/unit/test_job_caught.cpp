@@ -931,14 +931,14 @@ TEST_SUITE("job caught nodes") {
     claims moving;
     moving.value = 0.05f;
     moving.varied = true;
-    resumed_job r(12, {{"core-node", node_tier::core, std::chrono::milliseconds(100), moving}},
-                  true,
-                  [&](caf::actor_system& sys, job_links& links) {
-                    inner = links.store;
-                    links.store = sys.spawn(slow_store, inner, links.supervisor,
-                                            std::chrono::milliseconds(300));
-                  },
-                  "[eval]\nevery = 1\n");
+    resumed_job r(
+        12, {{"core-node", node_tier::core, std::chrono::milliseconds(100), moving}}, true,
+        [&](caf::actor_system& sys, job_links& links) {
+          inner = links.store;
+          links.store =
+              sys.spawn(slow_store, inner, links.supervisor, std::chrono::milliseconds(300));
+        },
+        "[eval]\nevery = 1\n");
     auto& f = r.f;
     int checked = 0, mismatched = 0;
     bool ended = false;
@@ -953,7 +953,7 @@ TEST_SUITE("job caught nodes") {
             if (last.round != s.round || last.test_loss != s.test_loss) {
               ++mismatched;
               MESSAGE("round " << s.round << " shows test loss " << s.test_loss << "; round "
-                                << last.round << "'s was " << last.test_loss);
+                               << last.round << "'s was " << last.test_loss);
             }
           },
           [](const caf::down_msg&) {}, caf::after(std::chrono::milliseconds(50)) >> [] {});

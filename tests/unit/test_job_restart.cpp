@@ -109,8 +109,9 @@ TEST_SUITE("job restart") {
     CHECK(reads() == before + 1);  // read once it has
   }
 
-  TEST_CASE("a job supervisor that replaces a dead one reads its jobs after the keeper's "
-            "earlier writes") {
+  TEST_CASE(
+      "a job supervisor that replaces a dead one reads its jobs after the keeper's "
+      "earlier writes") {
     // Only a job's own restart waited for the keeper: a supervisor that died took its jobs'
     // actors with it, and its replacement read their checkpoints at once, a round behind the
     // settlement still in the keeper's queue, and trained and paid for that round again.

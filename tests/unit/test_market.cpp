@@ -85,9 +85,9 @@ TEST_SUITE("ledger") {
     int64_t issued = 0;
     std::optional<error> refusal;
     for (int i = 0; i < 20 && !refusal; ++i) {
-      auto e = book.prepare("credit", "operator",
-                            {{"user/alice", max_amount_micro}, {"external", -max_amount_micro}},
-                            10 + i);
+      auto e =
+          book.prepare("credit", "operator",
+                       {{"user/alice", max_amount_micro}, {"external", -max_amount_micro}}, 10 + i);
       if (!e) {
         refusal = e.error();
         break;

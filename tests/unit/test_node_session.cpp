@@ -51,8 +51,9 @@ TEST_SUITE("node session") {
     for (const auto& w : spawned.workers) s.self->send_exit(w, caf::exit_reason::user_shutdown);
   }
 
-  TEST_CASE("a node's error answer to its update's chunk is passed on as printable text, and "
-            "its rate counts only with its whole answer") {
+  TEST_CASE(
+      "a node's error answer to its update's chunk is passed on as printable text, and "
+      "its rate counts only with its whole answer") {
     // The assignment's error was made printable, its answer's chunks' errors were passed on
     // as the node wrote them: escapes and megabytes into the core's log and the job's status.
     // And the rate the session measured went to the market before the chunks came: a node
@@ -143,8 +144,8 @@ TEST_SUITE("node session") {
       CAPTURE(id);
       assignment a;
       a.id = id;
-      auto asked = s.self->request(spawned.workers.at(0), std::chrono::seconds(10),
-                                   assign_atom::value, a);
+      auto asked =
+          s.self->request(spawned.workers.at(0), std::chrono::seconds(10), assign_atom::value, a);
       std::this_thread::sleep_for(std::chrono::milliseconds(100));  // out on the node
       const auto aborted = std::chrono::steady_clock::now();
       s.self->send(spawned.workers.at(0), abort_atom::value, id);
