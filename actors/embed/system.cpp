@@ -475,13 +475,30 @@ struct client::impl {
     if (link) caf::anon_send_exit(link, caf::exit_reason::user_shutdown);
   }
 
+  // The link actor, made if there is none, watching the front door (under the lock): a core
+  // that went down before this client's first request (or between its sessions) is dialled
+  // again at once, not asked for a session through its dead proxy (dropped: 30 s, then an
+  // error, and again at every call).
+  void ensure_link() {
+    if (link) return;
+    link = sys->spawn([watch = watch](caf::event_based_actor* self) -> caf::behavior {
+      self->set_down_handler([watch](const caf::down_msg& d) {
+        std::lock_guard<std::mutex> seen(watch->mutex);
+        watch->down.insert(d.source);
+      });
+      return {[](tick_atom) {}, [self](watch_atom, const caf::actor& a) { self->monitor(a); }};
+    });
+    if (core) caf::anon_send(link, watch_atom::value, core);
+  }
+
   // The session, asked for at the first request: the key's errors come back from there.
   expected<caf::actor> session_handle() {
     std::lock_guard<std::mutex> guard(mutex);
     bool went_down = false;
-    if (session) {
+    {
       std::lock_guard<std::mutex> seen(watch->mutex);
-      went_down = watch->down.count(session.address()) > 0;
+      went_down = (session && watch->down.count(session.address()) > 0) ||
+                  (core && watch->down.count(core.address()) > 0);
     }
     if (went_down) {
       forget_session();
@@ -496,17 +513,30 @@ struct client::impl {
                                             " cannot be reached: " + sys->render(again.error()));
       core = *again;
       core_lost = false;
+      if (link) caf::anon_send(link, watch_atom::value, core);
     }
     if (session) return session;
-    if (!link)
-      link = sys->spawn([watch = watch](caf::event_based_actor* self) -> caf::behavior {
-        self->set_down_handler([watch](const caf::down_msg& d) {
-          std::lock_guard<std::mutex> seen(watch->mutex);
-          watch->down.insert(d.source);
-        });
-        return {[](tick_atom) {}, [self](watch_atom, const caf::actor& a) { self->monitor(a); }};
-      });
-    auto w = ask<client_welcome>(*sys, core, std::chrono::seconds(30), auth_atom::value, key, link);
+    ensure_link();
+    caf::scoped_actor self{*sys};
+    expected<client_welcome> w = error(errc::io_error, "no answer");
+    self->request(core, std::chrono::seconds(30), auth_atom::value, key, link)
+        .receive([&](client_welcome& x) { w = std::move(x); },
+                 [&](caf::error& e) {
+                   // A front door that is gone, or does not answer, is dialled again at the
+                   // next request, as a session that is: kept, every later request asked the
+                   // same dead proxy, and following a job gave up at once (not a link loss).
+                   const bool gone = e == caf::sec::request_receiver_down ||
+                                     e == caf::exit_reason::remote_link_unreachable;
+                   if (!gone && e != caf::sec::request_timeout) {
+                     w = from_caf(e, sys);
+                     return;
+                   }
+                   w = error(errc::unavailable,
+                             gone ? std::string(link_lost) + " (" + sys->render(e) +
+                                        "); the next request reconnects"
+                                  : std::string(no_answer) + " within 30 s");
+                   core_lost = owned != nullptr && !host.empty();
+                 });
     if (!w) return w.error();
     if (!w->session) return error(errc::io_error, "the core's answer holds no session");
     session = caf::actor_cast<caf::actor>(w->session);
@@ -640,6 +670,10 @@ expected<client> client::connect(const std::string& host, uint16_t port,
   p->core = *core;
   p->host = host;
   p->port = port;
+  {
+    std::lock_guard<std::mutex> guard(p->mutex);
+    p->ensure_link();  // watching the front door from now on
+  }
   return client(std::move(p));
 }
 

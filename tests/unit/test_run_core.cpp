@@ -96,6 +96,30 @@ TEST_CASE("a service starter that throws stops the core, and run_core passes the
   CHECK_THROWS_WITH_AS(code.get(), "the trainer's service could not start", std::runtime_error);
 }
 
+TEST_CASE("a client whose core restarted before its first request reaches the new core at once") {
+  // The client asked the front door's dead proxy for a session: dropped, the request timed
+  // out after 30 s as "the request timed out" (not a lost link, so following a job gave up),
+  // and every later call asked the same dead proxy again: the client never recovered.
+  test::temp_dir dir;
+  auto config = local_core_config(dir);
+  config.port = test::free_loopback_port();
+  client_options link;
+  link.api_key = test::operator_key(dir);
+  link.insecure = true;
+  auto first = std::make_unique<test::forked_core>(config);
+  auto c = client::connect("127.0.0.1", config.port, link);
+  REQUIRE_MESSAGE(c.has_value(), c.error().message());
+  first.reset();  // SIGKILL, and reaped
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));  // the link's end is seen
+  test::forked_core second(config);
+  const auto asked = std::chrono::steady_clock::now();
+  auto who = c->principal();
+  const double took =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - asked).count();
+  CHECK_MESSAGE(who.has_value(), who.error().message());
+  CHECK_MESSAGE(took < 10.0, "the first request took " << took << " s");
+}
+
 TEST_CASE("one client used from eight threads at once: each request is answered") {
   // Its session was asked for, replaced and forgotten with no lock: threads that began at
   // once each asked for a session and wrote the same handles.
