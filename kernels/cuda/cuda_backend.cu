@@ -98,8 +98,12 @@ class cuda_backend final : public backend {
   // -- memory ---------------------------------------------------------------------------------
 
   tensor allocate(shape_t shape, dtype type) override {
+    // Past the value bound: out of memory, as the CPU backend says (not a failed device).
     auto numel = checked_numel(shape);
-    if (!numel) throw compute_error(numel.error());
+    if (!numel)
+      throw compute_error(error(errc::device_error, "allocating " + to_string(shape) +
+                                                        ": out of device memory (" +
+                                                        numel.error().message() + ")"));
     const size_t bytes = static_cast<size_t>(*numel) * size_of(type);
     if (bytes == 0) return tensor::adopt(std::move(shape), type, where(), nullptr);
     refuse_while_recording("allocate");

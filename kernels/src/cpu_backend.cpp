@@ -234,12 +234,14 @@ class cpu_backend final : public backend {
 
   tensor allocate(shape_t shape, dtype type) override {
     // A shape past the value bound (a job spec's batch times its activations, an attention's
-    // [batch, heads, t, t] probabilities) fails the computation that asked, as running out
-    // of memory does; the process stays up.
+    // [batch, heads, t, t] probabilities) fails the computation that asked as running out
+    // of memory, and says so: said otherwise, it counted as a failed device, and five such
+    // assignments in a row (any job's spec may ask it) shut the node down.
     auto n = checked_numel(shape);
     if (!n)
-      throw compute_error(
-          error(errc::device_error, "allocating " + to_string(shape) + ": " + n.error().message()));
+      throw compute_error(error(errc::device_error, "allocating " + to_string(shape) +
+                                                        ": out of host memory (" +
+                                                        n.error().message() + ")"));
     const uint64_t bytes = static_cast<uint64_t>(*n) * size_of(type);
     detail::reserve_host_memory(bytes, "allocating " + to_string(shape));
     tensor memory;

@@ -95,6 +95,23 @@ std::string plan_error(const std::string& text) {
 }  // namespace
 
 TEST_SUITE("model graph") {
+  TEST_CASE("a batch whose activations pass the value bound fails as running out of memory") {
+    // Each sample's activations are within the plan's bounds, 65,536 of them are not: the
+    // allocation's refusal was a device failure, and five assignments of such a job in a row
+    // shut a node down (a job's spec may ask any batch up to 65,536).
+    auto w = graph(
+        "[model]\ninput = [784]\nlayers = [ { type = \"reshape\", shape = [784, 1] }, "
+        "{ type = \"linear\", units = 65536 }, { type = \"linear\", units = 1 }, "
+        "{ type = \"flatten\" }, { type = \"linear\", units = 10 }, "
+        "{ type = \"softmax_xent\" } ]\n");
+    auto be = make_cpu_backend(1);
+    auto m = w->instantiate(*be, 65536);
+    REQUIRE_FALSE(m.has_value());
+    CHECK(m.error().code() == errc::device_error);
+    CHECK_MESSAGE(m.error().message().find("out of host memory") != std::string::npos,
+                  m.error().message());
+  }
+
   TEST_CASE("dense layers, activations and norms backpropagate as finite differences say") {
     check_gradients(R"([model]
 input = [6]
