@@ -26,8 +26,9 @@ struct gate_fixture : test::configured_system {
   caf::actor store, gate;
   const std::chrono::seconds timeout{30};
 
-  gate_fixture() {
-    auto s = spawn_store(sys, dir.path());
+  // `commit_delay`: every commit of the store waits this long (a busy disk).
+  explicit gate_fixture(std::chrono::milliseconds commit_delay = {}) {
+    auto s = spawn_store(sys, dir.path(), commit_delay);
     REQUIRE(s.has_value());
     store = *s;
     gate = spawn_gatekeeper(sys, store, "the operator's key");
@@ -81,6 +82,11 @@ struct gate_fixture : test::configured_system {
   }
 };
 
+// Its store's commits take 10 ms each: joins with one token queue behind each other.
+struct busy_gate_fixture : gate_fixture {
+  busy_gate_fixture() : gate_fixture(std::chrono::milliseconds(10)) {}
+};
+
 }  // namespace
 
 TEST_SUITE("gatekeeper") {
@@ -92,15 +98,19 @@ TEST_SUITE("gatekeeper") {
     CHECK(r.joins == 12);
   }
 
-  TEST_CASE_FIXTURE(gate_fixture, "joins with one token past those that may wait are refused") {
+  TEST_CASE_FIXTURE(busy_gate_fixture,
+                    "joins with one token past those that may wait are refused") {
     // A node sending hellos in a loop with its own valid token queued them (each a read and
     // a write of the token's record, in turn) faster than the store wrote them, for good.
-    // The one under way and 256 waiting are admitted; the rest are told to try again, and
-    // not counted as failures of their addresses.
+    // The one under way and 256 waiting are admitted (a few more, as the first are written
+    // while the rest arrive); the others are told to try again, and not counted as failures
+    // of their addresses.
     const auto token = new_token(0);
     std::vector<std::string> refusals;
-    CHECK(join_at_once(token, 0, 700, &refusals) == 257);
-    REQUIRE(refusals.size() == 443);
+    const int admitted = join_at_once(token, 0, 700, &refusals);
+    CHECK(admitted >= 257);
+    CHECK(admitted <= 320);
+    REQUIRE(refusals.size() == static_cast<size_t>(700 - admitted));
     CHECK_MESSAGE(refusals[0].find("try again shortly") != std::string::npos, refusals[0]);
     CHECK(join_at_once(token, 700, 701) == 1);
   }
