@@ -466,18 +466,20 @@ expected<model_plan> plan_model(const model_spec& spec, const model_limits& limi
     // A token model predicts each position's next token from the positions up to it: its
     // positions may meet only in attention, which is causal. A layer that mixes them (a
     // flatten, a reshape that moves them, a convolution or a pool over them) lets a position
-    // see the tokens it is to predict: its loss falls towards 0 and means nothing.
+    // see the tokens it is to predict: its loss falls towards 0 and means nothing. A reshape
+    // keeps the positions' axis first and another after it: reshaped to [positions] alone,
+    // the next dense layer or norm (which act on the last axis) ran across them.
     if (tokens) {
       const bool mixes =
           l.kind == layer_kind::flatten || l.kind == layer_kind::conv2d ||
           l.kind == layer_kind::max_pool || l.kind == layer_kind::avg_pool ||
-          (l.kind == layer_kind::reshape && (l.shape.empty() || l.shape[0] != spec.input[0]));
+          (l.kind == layer_kind::reshape && (l.shape.size() < 2 || l.shape[0] != spec.input[0]));
       if (mixes)
         return fail(at,
                     "mixes a token model's positions, so that each sees the tokens after "
                     "it, which it is to predict: positions may meet only in attention "
                     "(a reshape must keep the first axis, " +
-                        std::to_string(spec.input[0]) + " positions)");
+                        std::to_string(spec.input[0]) + " positions, and at least one more)");
     }
     shape_t out = in;
     // A parameter past the value bound (an attention of width 2^20, a huge kernel) is

@@ -778,7 +778,16 @@ layers = [ { type = "embedding", dim = 4 }, { type = "reshape", shape = [4, 8] }
            { type = "linear", units = 16 }, { type = "next_token_xent" } ])")
               .find("model.layers[1] (reshape): mixes a token model's positions, so that each "
                     "sees the tokens after it") != std::string::npos);
-    // A reshape that keeps the positions' axis keeps them apart.
+    // Reshaped to the positions' axis alone, a dense layer runs across the positions.
+    CHECK(plan_error(R"([model]
+input = [8]
+vocab = 16
+layers = [ { type = "embedding", dim = 1 }, { type = "reshape", shape = [8] },
+           { type = "linear", units = 128 }, { type = "reshape", shape = [8, 16] },
+           { type = "next_token_xent" } ])")
+              .find("model.layers[1] (reshape): mixes a token model's positions") !=
+          std::string::npos);
+    // A reshape that keeps the positions' axis (and another) keeps them apart.
     CHECK(find_workload("m", R"([model]
 input = [8]
 vocab = 16
@@ -789,7 +798,8 @@ layers = [ { type = "embedding", dim = 4 }, { type = "reshape", shape = [8, 2, 2
               .has_value());
     // Hostile graphs the kernels cannot run, refused by the plan (each crashed the process
     // that planned or trained it): a parameter past the value bound, a token model adding
-    // its token ids to floats, an embedding reading anything but the token ids.
+    // its token ids to floats (which needs a reshape to the positions alone, refused before
+    // the add now), an embedding reading anything but the token ids.
     CHECK(plan_error(R"([model]
 input = [1, 1048576]
 layers = [ { type = "attention", heads = 1 }, { type = "flatten" },
@@ -802,7 +812,8 @@ vocab = 256
 layers = [ { type = "embedding", dim = 1 }, { type = "reshape", shape = [8] },
            { type = "add", with = "input" }, { type = "reshape", shape = [8, 1] },
            { type = "linear", units = 256 }, { type = "next_token_xent" } ])")
-              .find("model.layers[2] (add).with: adds the token input") != std::string::npos);
+              .find("model.layers[1] (reshape): mixes a token model's positions") !=
+          std::string::npos);
     CHECK(plan_error(R"([model]
 input = [64]
 vocab = 256
