@@ -27,7 +27,9 @@ trap 'rm -rf "$out"' EXIT
 for round in 1 2; do
   build/bin/gflex --log-level warn train --workload "$workload" --epochs "$epochs" --batch-size "$batch" \
     --threads "$threads" --constant-lr --json "$out/gflex$round.json" >/dev/null 2>&1
-  OPENBLAS_NUM_THREADS=$threads OMP_NUM_THREADS=$threads /usr/bin/python3 \
+  # PASSIVE: Debian's torch spins its OpenMP pool beside OpenBLAS's own (lm_vs_torch.py
+  # says why); spinning, its steps took twice as long on 2 cores, which flattered gflex.
+  OPENBLAS_NUM_THREADS=$threads OMP_NUM_THREADS=$threads OMP_WAIT_POLICY=PASSIVE /usr/bin/python3 \
     "$peer" --threads "$threads" --batch-size "$batch" --epochs "$epochs" \
     >"$out/torch$round.json"
 done
@@ -43,7 +45,7 @@ s = load("step")
 cpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
 model = next((l.split(":", 1)[1].strip() for l in cpu.splitlines() if l.startswith("Model name")), "?")
 shape = "784-512-256-10" if workload == "fashion-mlp" else "conv3x3-32, pool, conv3x3-64, pool, 128, 10"
-print(f"machine: {model}, {threads} threads; {workload} {shape}, batch {batch}, AdamW, {epochs} epochs")
+print(f"machine: {model}, {threads} threads; {workload} {shape}, batch {batch}, AdamW, {epochs} epochs; PyTorch with OMP_WAIT_POLICY=PASSIVE")
 print()
 print("| | samples/s | test accuracy | ratio |")
 print("| --- | ---: | ---: | ---: |")
