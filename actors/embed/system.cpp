@@ -459,6 +459,7 @@ struct client::impl {
   // follower took over as leader): the session died with it, and is asked for anew.
   std::string host;
   uint16_t port = 0;
+  std::vector<std::pair<std::string, uint16_t>> other_cores;  // a core of several: the rest
   bool core_lost = false;
   // A client may be used from several threads at once (a trainer following several jobs, a
   // pipeline's train stage beside its caller): the session and the links are asked for,
@@ -505,14 +506,35 @@ struct client::impl {
       core_lost = owned != nullptr && !host.empty();
     }
     if (core_lost) {
-      auto again = insecure ? sys->middleman().remote_actor(host, port)
-                            : caf::openssl::remote_actor(*sys, host, port);
-      if (!again)
-        return error(errc::unavailable, std::string(link_lost) + ", and the core at " + host + ":" +
-                                            std::to_string(port) +
-                                            " cannot be reached: " + sys->render(again.error()));
-      core = *again;
-      core_lost = false;
+      // The core it used first, then the others of a core of several (a follower that took
+      // over as leader is at its own address): the client stayed with the address it was
+      // given, and following a job gave up once that core was gone for good.
+      std::vector<std::pair<std::string, uint16_t>> tries{{host, port}};
+      for (const auto& other : other_cores)
+        if (other != tries.front()) tries.push_back(other);
+      std::string why;
+      for (const auto& [h, p] : tries) {
+        auto again = insecure ? sys->middleman().remote_actor(h, p)
+                              : caf::openssl::remote_actor(*sys, h, p);
+        if (!again) {
+          why += (why.empty() ? "" : "; ") + h + ":" + std::to_string(p) + ": " +
+                 sys->render(again.error());
+          continue;
+        }
+        core = *again;
+        if (h != host || p != port) {
+          spdlog::info("the core at {}:{} is gone; using the one at {}:{}", host, port, h, p);
+          other_cores.erase(std::find(other_cores.begin(), other_cores.end(), std::pair{h, p}));
+          other_cores.push_back({host, port});
+          host = h;
+          port = p;
+        }
+        core_lost = false;
+        break;
+      }
+      if (core_lost)
+        return error(errc::unavailable,
+                     std::string(link_lost) + ", and no core can be reached (" + why + ")");
       if (link) caf::anon_send(link, watch_atom::value, core);
     }
     if (session) return session;
@@ -624,6 +646,11 @@ struct client::impl {
     spdlog::debug("a follower sent this request to the leader at {}", address);
     forget_session();
     core = *leader;
+    // The follower it leaves stays one of the cores to try should the leader be lost.
+    const std::pair<std::string, uint16_t> leader_at{host, static_cast<uint16_t>(port)};
+    std::erase(other_cores, leader_at);
+    if (std::pair{this->host, this->port} != leader_at)
+      other_cores.push_back({this->host, this->port});
     this->host = host;
     this->port = static_cast<uint16_t>(port);
     return true;
@@ -670,6 +697,7 @@ expected<client> client::connect(const std::string& host, uint16_t port,
   p->core = *core;
   p->host = host;
   p->port = port;
+  p->other_cores = options.other_cores;
   {
     std::lock_guard<std::mutex> guard(p->mutex);
     p->ensure_link();  // watching the front door from now on
@@ -927,6 +955,11 @@ expected<job_status> client::follow(const std::string& job_id, const job_events&
       if (!listed && listed.error().code() == errc::permission_denied) {
         want_nodes = false;
         listed = std::vector<node_status>{};
+      }
+      // Ridden out as the status is: a lost link here ended the following at once.
+      if (!listed && keeps_following(listed.error(), lost_since)) {
+        std::this_thread::sleep_for(std::max(poll, std::chrono::milliseconds(500)));
+        continue;
       }
       if (!listed) return listed.error();
       std::map<std::string, node_status> now;

@@ -63,9 +63,17 @@ int connect_core(const connection_flags& f, std::optional<client>& out) {
         "the core from an impostor");
   // A core of several: the first core that answers is used. A follower answers reads and
   // names the leader for the rest (the client goes there); a core that is down is skipped.
-  auto c = client::connect(addresses->front().host, addresses->front().port, options);
+  // Each connection is given the other addresses: a client that follows a job (`--wait`)
+  // goes on to them once its core is gone.
+  auto connect_to = [&](size_t i) {
+    auto o = options;
+    for (size_t j = 0; j < addresses->size(); ++j)
+      if (j != i) o.other_cores.emplace_back((*addresses)[j].host, (*addresses)[j].port);
+    return client::connect((*addresses)[i].host, (*addresses)[i].port, o);
+  };
+  auto c = connect_to(0);
   for (size_t i = 1; i < addresses->size() && !c && c.error().code() == errc::io_error; ++i)
-    c = client::connect((*addresses)[i].host, (*addresses)[i].port, options);
+    c = connect_to(i);
   if (!c) {
     spdlog::error("{}", c.error().message());
     return c.error().code() == errc::io_error ? 1 : 2;

@@ -120,6 +120,31 @@ TEST_CASE("a client whose core restarted before its first request reaches the ne
   CHECK_MESSAGE(took < 10.0, "the first request took " << took << " s");
 }
 
+TEST_CASE("a client given the other cores goes on to one of them once its core is gone") {
+  // A client stayed with the address it was given: `gflex submit --wait --core a,b` followed
+  // its job for two minutes after `a` was gone, dialling `a` only, and gave up, while `b`
+  // had taken over. Two cores here that take the same key; the first is killed.
+  test::temp_dir a_dir, b_dir;
+  auto a = local_core_config(a_dir);
+  a.port = test::free_loopback_port();
+  auto b = local_core_config(b_dir);
+  b.port = test::free_loopback_port();
+  b.operator_key = test::operator_key(a_dir);
+  client_options link;
+  link.api_key = test::operator_key(a_dir);
+  link.insecure = true;
+  link.other_cores = {{"127.0.0.1", b.port}};
+  auto first = std::make_unique<test::forked_core>(a);
+  test::forked_core second(b);
+  auto c = client::connect("127.0.0.1", a.port, link);
+  REQUIRE_MESSAGE(c.has_value(), c.error().message());
+  REQUIRE(c->principal().has_value());
+  first.reset();  // SIGKILL, and reaped
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));  // the link's end is seen
+  auto jobs = c->jobs();
+  CHECK_MESSAGE(jobs.has_value(), jobs.error().message());
+}
+
 TEST_CASE("one client used from eight threads at once: each request is answered") {
   // Its session was asked for, replaced and forgotten with no lock: threads that began at
   // once each asked for a session and wrote the same handles.

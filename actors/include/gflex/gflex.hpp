@@ -12,6 +12,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "gflex/accounts.hpp"
@@ -206,6 +207,10 @@ struct client_options {
   /// The core's certificate bundle (its core-cert.pem): TLS, pinned to that core.
   std::filesystem::path core_cert;
   bool insecure = false;  ///< Plain TCP instead (needs a core run with --insecure).
+  /// A core of several: the other cores' addresses (host, port). When the link to the one it
+  /// uses is lost, the client dials it again, then these in turn (a follower names the
+  /// leader, and the client goes there).
+  std::vector<std::pair<std::string, uint16_t>> other_cores;
 };
 
 /// What client::follow reports as a job runs. Each callback is optional.
