@@ -514,8 +514,8 @@ struct client::impl {
         if (other != tries.front()) tries.push_back(other);
       std::string why;
       for (const auto& [h, p] : tries) {
-        auto again = insecure ? sys->middleman().remote_actor(h, p)
-                              : caf::openssl::remote_actor(*sys, h, p);
+        auto again =
+            insecure ? sys->middleman().remote_actor(h, p) : caf::openssl::remote_actor(*sys, h, p);
         if (!again) {
           why += (why.empty() ? "" : "; ") + h + ":" + std::to_string(p) + ": " +
                  sys->render(again.error());
@@ -553,10 +553,10 @@ struct client::impl {
                      w = from_caf(e, sys);
                      return;
                    }
-                   w = error(errc::unavailable,
-                             gone ? std::string(link_lost) + " (" + sys->render(e) +
-                                        "); the next request reconnects"
-                                  : std::string(no_answer) + " within 30 s");
+                   w = error(errc::unavailable, gone ? std::string(link_lost) + " (" +
+                                                           sys->render(e) +
+                                                           "); the next request reconnects"
+                                                     : std::string(no_answer) + " within 30 s");
                    core_lost = owned != nullptr && !host.empty();
                  });
     if (!w) return w.error();

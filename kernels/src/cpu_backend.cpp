@@ -239,9 +239,9 @@ class cpu_backend final : public backend {
     // assignments in a row (any job's spec may ask it) shut the node down.
     auto n = checked_numel(shape);
     if (!n)
-      throw compute_error(error(errc::device_error, "allocating " + to_string(shape) +
-                                                        ": out of host memory (" +
-                                                        n.error().message() + ")"));
+      throw compute_error(error(
+          errc::device_error,
+          "allocating " + to_string(shape) + ": out of host memory (" + n.error().message() + ")"));
     const uint64_t bytes = static_cast<uint64_t>(*n) * size_of(type);
     detail::reserve_host_memory(bytes, "allocating " + to_string(shape));
     tensor memory;

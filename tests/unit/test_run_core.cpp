@@ -109,7 +109,7 @@ TEST_CASE("a client whose core restarted before its first request reaches the ne
   auto first = std::make_unique<test::forked_core>(config);
   auto c = client::connect("127.0.0.1", config.port, link);
   REQUIRE_MESSAGE(c.has_value(), c.error().message());
-  first.reset();  // SIGKILL, and reaped
+  first.reset();                                                // SIGKILL, and reaped
   std::this_thread::sleep_for(std::chrono::milliseconds(500));  // the link's end is seen
   test::forked_core second(config);
   const auto asked = std::chrono::steady_clock::now();
@@ -139,7 +139,7 @@ TEST_CASE("a client given the other cores goes on to one of them once its core i
   auto c = client::connect("127.0.0.1", a.port, link);
   REQUIRE_MESSAGE(c.has_value(), c.error().message());
   REQUIRE(c->principal().has_value());
-  first.reset();  // SIGKILL, and reaped
+  first.reset();                                                // SIGKILL, and reaped
   std::this_thread::sleep_for(std::chrono::milliseconds(500));  // the link's end is seen
   auto jobs = c->jobs();
   CHECK_MESSAGE(jobs.has_value(), jobs.error().message());
