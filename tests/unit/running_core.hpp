@@ -117,4 +117,13 @@ inline std::string operator_key(const temp_dir& dir) {
   return key;
 }
 
+// How a test's client reaches a core made by local_core_config(dir) in a child process: the
+// operator's key, plain TCP.
+inline client_options operator_link(const temp_dir& dir) {
+  client_options link;
+  link.api_key = operator_key(dir);
+  link.insecure = true;
+  return link;
+}
+
 }  // namespace gflex::test

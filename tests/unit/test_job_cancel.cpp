@@ -12,6 +12,36 @@
 using namespace gflex;
 using namespace gflex::test;
 
+namespace {
+
+const std::string metered_spec =
+    k_spec + "[market]\naccount = \"user/alice\"\nbudget = 100.0\nmax_price = 1.0\n";
+
+// A ledger keeper over the fixture's store: alice's account, holding 100 credits, and job-1's
+// escrow open.
+caf::actor funded_keeper(job_fixture& f) {
+  auto keeper = spawn_ledger_keeper(f.sys, f.store);
+  for (const char* account : {"user/alice", "escrow/job-1"})
+    f.self->request(keeper, f.wait, open_atom::value, std::string(account), false)
+        .receive([](caf::ok_atom) {}, [&](caf::error& e) { FAIL(f.sys.render(e)); });
+  f.self
+      ->request(keeper, f.wait, transfer_atom::value, std::string("credit"), std::string("test"),
+                std::vector<posting>{{"external", -100'000'000}, {"user/alice", 100'000'000}})
+      .receive([](uint64_t) {}, [&](caf::error& e) { FAIL(f.sys.render(e)); });
+  return keeper;
+}
+
+// `account`'s balance as `keeper` has it.
+int64_t balance_of(job_fixture& f, const caf::actor& keeper, const std::string& account) {
+  int64_t out = -1;
+  f.self->request(keeper, f.wait, account_atom::value, account)
+      .receive([&](account_info& i) { out = i.balance; },
+               [&](caf::error& e) { FAIL(f.sys.render(e)); });
+  return out;
+}
+
+}  // namespace
+
 TEST_SUITE("job cancel") {
   TEST_CASE("a cancel whose record cannot be written is an error, and the end is written again") {
     // The job quit when its end record could not be written: shown as cancelled, its record
@@ -56,19 +86,9 @@ TEST_SUITE("job cancel") {
   TEST_CASE("a job cancelled while its round's hold is on its way returns the hold too") {
     // Its end returned what escrow held before the hold was booked, and the job quit: the
     // hold, booked after, stayed in escrow for good ("ended jobs still hold credits").
-    auto st = stored_job(2, k_spec +
-                                "[market]\naccount = \"user/alice\"\nbudget = 100.0\n"
-                                "max_price = 1.0\n");
+    auto st = stored_job(2, metered_spec);
     job_fixture f(st, {}, [](job_fixture& f) {
-      auto keeper = spawn_ledger_keeper(f.sys, f.store);
-      for (const char* account : {"user/alice", "escrow/job-1"})
-        f.self->request(keeper, f.wait, open_atom::value, std::string(account), false)
-            .receive([](caf::ok_atom) {}, [&](caf::error& e) { FAIL(f.sys.render(e)); });
-      f.self
-          ->request(keeper, f.wait, transfer_atom::value, std::string("credit"),
-                    std::string("test"),
-                    std::vector<posting>{{"external", -100'000'000}, {"user/alice", 100'000'000}})
-          .receive([](uint64_t) {}, [&](caf::error& e) { FAIL(f.sys.render(e)); });
+      auto keeper = funded_keeper(f);
       return f.sys.spawn(slow_ledger, keeper, true);
     });
     int64_t waiting = 0;
@@ -88,13 +108,7 @@ TEST_SUITE("job cancel") {
     cancel.receive([](caf::ok_atom) {}, [&](caf::error& e) { FAIL(f.sys.render(e)); });
     CHECK(f.status().state == job_state::cancelled);
     std::this_thread::sleep_for(std::chrono::milliseconds(300));  // a hold booked after the end
-    auto balance = [&](const std::string& account) {
-      int64_t out = -1;
-      f.self->request(keeper, f.wait, account_atom::value, account)
-          .receive([&](account_info& i) { out = i.balance; },
-                   [&](caf::error& e) { FAIL(f.sys.render(e)); });
-      return out;
-    };
+    auto balance = [&](const std::string& account) { return balance_of(f, keeper, account); };
     CHECK(balance("escrow/job-1") == 0);
     CHECK(balance("user/alice") == 100'000'000);
   }
@@ -105,19 +119,9 @@ TEST_SUITE("job cancel") {
     // A core starting has its ledger keeper read (and hash) the whole chain first: a job
     // resumed meanwhile failed for good ("cannot open escrow: request timed out"), and the
     // escrow its interrupted run held stayed held.
-    auto st = stored_job(2, k_spec +
-                                "[market]\naccount = \"user/alice\"\nbudget = 100.0\n"
-                                "max_price = 1.0\n");
+    auto st = stored_job(2, metered_spec);
     job_fixture f(st, {}, [](job_fixture& f) {
-      auto keeper = spawn_ledger_keeper(f.sys, f.store);
-      for (const char* account : {"user/alice", "escrow/job-1"})
-        f.self->request(keeper, f.wait, open_atom::value, std::string(account), false)
-            .receive([](caf::ok_atom) {}, [&](caf::error& e) { FAIL(f.sys.render(e)); });
-      f.self
-          ->request(keeper, f.wait, transfer_atom::value, std::string("credit"),
-                    std::string("test"),
-                    std::vector<posting>{{"external", -100'000'000}, {"user/alice", 100'000'000}})
-          .receive([](uint64_t) {}, [&](caf::error& e) { FAIL(f.sys.render(e)); });
+      auto keeper = funded_keeper(f);
       // The hold of the round the interrupted run was in.
       f.self
           ->request(keeper, f.wait, transfer_atom::value, std::string("hold"),
@@ -139,13 +143,7 @@ TEST_SUITE("job cancel") {
     caf::actor keeper;  // held after the fixture: a handle outliving its system hangs its end
     f.self->request(f.keeper, f.wait, caf::get_atom::value, caf::get_atom::value)
         .receive([&](caf::actor& k) { keeper = k; }, [&](caf::error& e) { FAIL(f.sys.render(e)); });
-    auto balance = [&](const std::string& account) {
-      int64_t out = -1;
-      f.self->request(keeper, f.wait, account_atom::value, account)
-          .receive([&](account_info& i) { out = i.balance; },
-                   [&](caf::error& e) { FAIL(f.sys.render(e)); });
-      return out;
-    };
+    auto balance = [&](const std::string& account) { return balance_of(f, keeper, account); };
     int64_t escrow = -1;
     for (int tries = 0; tries < 100 && escrow != 0; ++tries) {
       std::this_thread::sleep_for(std::chrono::milliseconds(100));

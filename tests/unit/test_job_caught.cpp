@@ -442,6 +442,17 @@ struct resumed_job {
     return out;
   }
 
+  // The job's record as its store holds it; nullopt if it cannot be read or decoded.
+  std::optional<job_status> stored_record() {
+    std::vector<uint8_t> stored;
+    f.self->request(links.store, std::chrono::seconds(10), read_atom::value, job_record_key("job-1"))
+        .receive([&](bool, std::vector<uint8_t>& v) { stored = std::move(v); },
+                 [&](caf::error& e) { FAIL(f.sys.render(e)); });
+    auto record = decode_job_record(stored);
+    if (!record) return std::nullopt;
+    return record->second;
+  }
+
   // The names the job's reputation tracker (one that notes credits) credited, in order.
   std::vector<std::string> credited() {
     std::vector<std::string> out;
@@ -987,16 +998,10 @@ TEST_SUITE("job caught nodes") {
     f.self->send(r.links.ledger, caf::put_atom::value);  // round 3 is booked
     topup.receive([](caf::ok_atom) {}, [&](caf::error& e) { FAIL(f.sys.render(e)); });
     REQUIRE(r.committed(3).has_value());
-    std::vector<uint8_t> stored;
-    f.self
-        ->request(r.links.store, std::chrono::seconds(10), read_atom::value,
-                  job_record_key("job-1"))
-        .receive([&](bool, std::vector<uint8_t>& v) { stored = std::move(v); },
-                 [&](caf::error& e) { FAIL(f.sys.render(e)); });
-    auto record = decode_job_record(stored);
+    auto record = r.stored_record();
     REQUIRE(record.has_value());
-    CHECK(record->second.round == 3);
-    CHECK(record->second.budget == 60'000'000);
+    CHECK(record->round == 3);
+    CHECK(record->budget == 60'000'000);
   }
 
   TEST_CASE("a top-up that is not recorded leaves the budget as it was") {
@@ -1042,15 +1047,9 @@ TEST_SUITE("job caught nodes") {
     auto running = state_seen(job_state::running);
     REQUIRE(running.has_value());
     CHECK(running->budget == 10'033'334);
-    std::vector<uint8_t> stored;
-    f.self
-        ->request(r.links.store, std::chrono::seconds(10), read_atom::value,
-                  job_record_key("job-1"))
-        .receive([&](bool, std::vector<uint8_t>& v) { stored = std::move(v); },
-                 [&](caf::error& e) { FAIL(f.sys.render(e)); });
-    auto record = decode_job_record(stored);
+    auto record = r.stored_record();
     REQUIRE(record.has_value());
-    CHECK(record->second.budget == 10'033'334);
+    CHECK(record->budget == 10'033'334);
   }
 
   TEST_CASE("a job restarted with its last round committed ends done, training nothing more") {

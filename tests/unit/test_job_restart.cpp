@@ -47,6 +47,22 @@ caf::behavior flaky_ledger(caf::stateful_actor<int>* self) {
   };
 }
 
+// How often job-1's checkpoint was read from the fixture's store.
+int checkpoint_reads(job_fixture& f) {
+  int n = -1;
+  f.self->request(f.store, f.wait, caf::get_atom::value, job_checkpoint_key("job-1"))
+      .receive([&](int x) { n = x; }, [&](caf::error& e) { FAIL(f.sys.render(e)); });
+  return n;
+}
+
+// How many questions the fixture's held_ledger was asked.
+int questions_to(job_fixture& f) {
+  int asked = -1;
+  f.self->request(f.keeper, f.wait, caf::get_atom::value)
+      .receive([&](int n) { asked = n; }, [&](caf::error& e) { FAIL(f.sys.render(e)); });
+  return asked;
+}
+
 // The job actor that last asked the market for workers, or none within 10 s.
 caf::actor asking_job(job_fixture& f, const caf::actor& other_than = {}) {
   caf::actor job;
@@ -89,20 +105,12 @@ TEST_SUITE("job restart") {
       if (!job) std::this_thread::sleep_for(std::chrono::milliseconds(100));
     }
     REQUIRE(job);
-    auto reads = [&] {
-      int n = -1;
-      f.self->request(f.store, f.wait, caf::get_atom::value, job_checkpoint_key("job-1"))
-          .receive([&](int x) { n = x; }, [&](caf::error& e) { FAIL(f.sys.render(e)); });
-      return n;
-    };
+    auto reads = [&] { return checkpoint_reads(f); };
     const int before = reads();
     f.self->send_exit(job, caf::exit_reason::kill);  // its actor dies
     std::this_thread::sleep_for(std::chrono::milliseconds(500));
     CHECK(reads() == before);  // not read while the keeper has not answered
-    int asked = 0;
-    f.self->request(f.keeper, f.wait, caf::get_atom::value)
-        .receive([&](int n) { asked = n; }, [&](caf::error& e) { FAIL(f.sys.render(e)); });
-    CHECK(asked == 1);
+    CHECK(questions_to(f) == 1);
     f.self->send(f.keeper, caf::put_atom::value);
     for (int tries = 0; tries < 50 && reads() == before; ++tries)
       std::this_thread::sleep_for(std::chrono::milliseconds(100));
@@ -118,12 +126,7 @@ TEST_SUITE("job restart") {
     job_fixture f(stored_job(), {}, [](job_fixture& f) { return f.sys.spawn(held_ledger); });
     auto job = asking_job(f);
     REQUIRE(job);  // resumed at start: nothing is queued then, and nothing was asked
-    auto reads = [&] {
-      int n = -1;
-      f.self->request(f.store, f.wait, caf::get_atom::value, job_checkpoint_key("job-1"))
-          .receive([&](int x) { n = x; }, [&](caf::error& e) { FAIL(f.sys.render(e)); });
-      return n;
-    };
+    auto reads = [&] { return checkpoint_reads(f); };
     const int before = reads();
     f.self->send_exit(f.supervisor, caf::exit_reason::kill);
     job_links links;  // as the core spawns the replacement
@@ -135,10 +138,7 @@ TEST_SUITE("job restart") {
     f.supervisor = spawn_job_supervisor(f.sys, links);
     std::this_thread::sleep_for(std::chrono::milliseconds(500));
     CHECK(reads() == before);  // not read while the keeper has not answered
-    int asked = 0;
-    f.self->request(f.keeper, f.wait, caf::get_atom::value)
-        .receive([&](int n) { asked = n; }, [&](caf::error& e) { FAIL(f.sys.render(e)); });
-    CHECK(asked == 1);
+    CHECK(questions_to(f) == 1);
     f.self->send(f.keeper, caf::put_atom::value);
     for (int tries = 0; tries < 50 && reads() == before; ++tries)
       std::this_thread::sleep_for(std::chrono::milliseconds(100));

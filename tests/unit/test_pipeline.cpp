@@ -729,9 +729,7 @@ TEST_SUITE("pipeline") {
     test::temp_dir dir;
     auto config = test::local_core_config(dir);
     config.port = test::free_loopback_port();
-    client_options link;
-    link.api_key = test::operator_key(dir);
-    link.insecure = true;
+    const auto link = test::operator_link(dir);
     auto first = std::make_unique<test::forked_core>(config);
     auto c = client::connect("127.0.0.1", config.port, link);
     REQUIRE_MESSAGE(c.has_value(), c.error().message());

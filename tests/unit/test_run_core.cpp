@@ -103,9 +103,7 @@ TEST_CASE("a client whose core restarted before its first request reaches the ne
   test::temp_dir dir;
   auto config = local_core_config(dir);
   config.port = test::free_loopback_port();
-  client_options link;
-  link.api_key = test::operator_key(dir);
-  link.insecure = true;
+  const auto link = test::operator_link(dir);
   auto first = std::make_unique<test::forked_core>(config);
   auto c = client::connect("127.0.0.1", config.port, link);
   REQUIRE_MESSAGE(c.has_value(), c.error().message());
@@ -130,9 +128,7 @@ TEST_CASE("a client given the other cores goes on to one of them once its core i
   auto b = local_core_config(b_dir);
   b.port = test::free_loopback_port();
   b.operator_key = test::operator_key(a_dir);
-  client_options link;
-  link.api_key = test::operator_key(a_dir);
-  link.insecure = true;
+  auto link = test::operator_link(a_dir);
   link.other_cores = {{"127.0.0.1", b.port}};
   auto first = std::make_unique<test::forked_core>(a);
   test::forked_core second(b);
