@@ -445,7 +445,8 @@ struct resumed_job {
   // The job's record as its store holds it; nullopt if it cannot be read or decoded.
   std::optional<job_status> stored_record() {
     std::vector<uint8_t> stored;
-    f.self->request(links.store, std::chrono::seconds(10), read_atom::value, job_record_key("job-1"))
+    f.self
+        ->request(links.store, std::chrono::seconds(10), read_atom::value, job_record_key("job-1"))
         .receive([&](bool, std::vector<uint8_t>& v) { stored = std::move(v); },
                  [&](caf::error& e) { FAIL(f.sys.render(e)); });
     auto record = decode_job_record(stored);

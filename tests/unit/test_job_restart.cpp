@@ -63,6 +63,18 @@ int questions_to(job_fixture& f) {
   return asked;
 }
 
+// Job-1's checkpoint, read `before` times so far, is not read again while the fixture's
+// held_ledger holds its one question, and is read once when it answers.
+void read_once_the_keeper_answers(job_fixture& f, int before) {
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  CHECK(checkpoint_reads(f) == before);  // not read while the keeper has not answered
+  CHECK(questions_to(f) == 1);
+  f.self->send(f.keeper, caf::put_atom::value);
+  for (int tries = 0; tries < 50 && checkpoint_reads(f) == before; ++tries)
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  CHECK(checkpoint_reads(f) == before + 1);  // read once it has
+}
+
 // The job actor that last asked the market for workers, or none within 10 s.
 caf::actor asking_job(job_fixture& f, const caf::actor& other_than = {}) {
   caf::actor job;
@@ -105,16 +117,9 @@ TEST_SUITE("job restart") {
       if (!job) std::this_thread::sleep_for(std::chrono::milliseconds(100));
     }
     REQUIRE(job);
-    auto reads = [&] { return checkpoint_reads(f); };
-    const int before = reads();
+    const int before = checkpoint_reads(f);
     f.self->send_exit(job, caf::exit_reason::kill);  // its actor dies
-    std::this_thread::sleep_for(std::chrono::milliseconds(500));
-    CHECK(reads() == before);  // not read while the keeper has not answered
-    CHECK(questions_to(f) == 1);
-    f.self->send(f.keeper, caf::put_atom::value);
-    for (int tries = 0; tries < 50 && reads() == before; ++tries)
-      std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    CHECK(reads() == before + 1);  // read once it has
+    read_once_the_keeper_answers(f, before);
   }
 
   TEST_CASE(
@@ -126,8 +131,7 @@ TEST_SUITE("job restart") {
     job_fixture f(stored_job(), {}, [](job_fixture& f) { return f.sys.spawn(held_ledger); });
     auto job = asking_job(f);
     REQUIRE(job);  // resumed at start: nothing is queued then, and nothing was asked
-    auto reads = [&] { return checkpoint_reads(f); };
-    const int before = reads();
+    const int before = checkpoint_reads(f);
     f.self->send_exit(f.supervisor, caf::exit_reason::kill);
     job_links links;  // as the core spawns the replacement
     links.store = f.store;
@@ -136,13 +140,7 @@ TEST_SUITE("job restart") {
     links.ledger = f.keeper;
     links.after_restart = true;
     f.supervisor = spawn_job_supervisor(f.sys, links);
-    std::this_thread::sleep_for(std::chrono::milliseconds(500));
-    CHECK(reads() == before);  // not read while the keeper has not answered
-    CHECK(questions_to(f) == 1);
-    f.self->send(f.keeper, caf::put_atom::value);
-    for (int tries = 0; tries < 50 && reads() == before; ++tries)
-      std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    CHECK(reads() == before + 1);
+    read_once_the_keeper_answers(f, before);
     CHECK_MESSAGE(asking_job(f, job), "the job was not resumed once the keeper answered");
   }
 
