@@ -230,9 +230,8 @@ struct job_actor_state {
   // Answered once the job's end is recorded (or cannot be): a cancel is acknowledged only
   // when a restarted core would no longer resume the job.
   std::vector<caf::typed_response_promise<caf::ok_atom>> end_waiters;
-  int end_writes_failed = 0;
-  int escrow_tries = 0;  // asks of the ledger for an interrupted run's escrow that failed  // the
-                         // end record's writes that failed so far (it is tried again)
+  int end_writes_failed = 0;  // the end record's writes that failed so far (it is tried again)
+  int escrow_tries = 0;       // asks of the ledger for an interrupted run's escrow that failed
   std::set<caf::actor_addr> monitored;
 
   clock_type::time_point resumed_at = clock_type::now();
@@ -1037,8 +1036,6 @@ void try_confirm(job_actor* self) {
   // from the round before; the in-memory result of this one is then recomputed, never
   // applied twice.
   const auto figures = committed_figures::of(s);
-  const int64_t round = s.round;
-  const double accuracy = s.test_accuracy, loss = s.train_loss;
   // A metered round's payments are booked in the same transaction as its record and
   // checkpoint: a round is committed and paid, or neither.
   const settlement settled{{}, pay.hold, pay.paid, pay.hours, {}};
@@ -1054,7 +1051,7 @@ void try_confirm(job_actor* self) {
     commit_answered(self, commit_number);  // after the durable figures: a top-up records them
     core_metrics::rounds_committed().inc();
     spdlog::info("job {}: round {}/{} committed, loss {:.4f}, test accuracy {:.4f}", st.job.id,
-                 round, st.job.status.rounds, loss, accuracy);
+                 figures.round, st.job.status.rounds, figures.train_loss, figures.test_accuracy);
     if (st.finished) {  // ended meanwhile: its record says this round
       if (st.settling == 0 && !st.hold_in_flight) record_end(self);
       return;
@@ -1836,12 +1833,21 @@ caf::behavior job_behavior(job_actor* self, job_start start, job_links links) {
         if (st.finished)
           return to_caf(error(errc::invalid_argument, "job " + st.job.id + " has ended"));
         // A budget is at most what a spec may ask (1e12 credits): top-ups past it would
-        // overflow it, and a negative budget pauses the job for good.
-        if (amount <= 0 || amount > max_amount_micro - st.job.status.budget)
-          return to_caf(error(errc::invalid_argument,
-                              "a top-up of " + format_credits(amount) + " would take job " +
-                                  st.job.id + "'s budget of " +
-                                  format_credits(st.job.status.budget) + " past 1e12 credits"));
+        // overflow it, and a negative budget pauses the job for good. Checked again as the
+        // record is written (another top-up may have been written meanwhile).
+        auto past_cap = [=] {
+          auto& st = self->state;
+          return amount > max_amount_micro - st.job.status.budget
+                     ? to_caf(error(errc::invalid_argument,
+                                    "a top-up of " + format_credits(amount) + " would take job " +
+                                        st.job.id + "'s budget of " +
+                                        format_credits(st.job.status.budget) +
+                                        " past 1e12 credits"))
+                     : caf::error{};
+        };
+        if (amount <= 0)
+          return to_caf(error(errc::invalid_argument, "a top-up must be more than 0 credits"));
+        if (auto refused = past_cap()) return refused;
         // The budget is raised as its record is written, and lowered again if the write
         // fails: raised at once, a top-up whose write failed or came too late for the
         // caller's wait stayed in memory (and in the next round's record), and the caller,
@@ -1854,10 +1860,8 @@ caf::behavior job_behavior(job_actor* self, job_start start, job_links links) {
                                     "job " + st.job.id + " ended before its top-up was recorded")));
             return;
           }
-          if (amount > max_amount_micro - st.job.status.budget) {
-            rp.deliver(to_caf(error(errc::invalid_argument,
-                                    "a top-up of " + format_credits(amount) + " would take job " +
-                                        st.job.id + "'s budget past 1e12 credits")));
+          if (auto refused = past_cap()) {
+            rp.deliver(refused);
             return;
           }
           st.job.status.budget += amount;
