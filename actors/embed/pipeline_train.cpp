@@ -144,13 +144,11 @@ bool train_driver::poll(std::vector<round_update>& out) {
       auto round = gflex::detail::copy_parameters(*bytes, job_id_, *params, nullptr);
       if (!round)
         fail("train: fetching job " + job_id_ + "'s parameters: " + round.error().message());
-      if (*round == s->round) {
-        paired = true;
-        break;
+      if (*round != s->round) {
+        s = options_.client->status(job_id_);
+        if (!s && rides_out(s.error())) return false;
+        if (!s) fail("train: job " + job_id_ + ": " + s.error().message());
       }
-      s = options_.client->status(job_id_);
-      if (!s && rides_out(s.error())) return false;
-      if (!s) fail("train: job " + job_id_ + ": " + s.error().message());
       paired = *round == s->round;
     }
     if (!paired) return false;
