@@ -597,8 +597,20 @@ void check_divergence(job_actor* self, const assignment& work, const std::string
             auto& st = self->state;
             if (st.finished || st.job.status.round != round || generation != st.verifier_generation)
               return;
-            st.divergence_checking = false;
             const auto err = from_caf(e, &self->system());
+            // No core-tier worker was free in time. Under --unverified wait the check is asked
+            // again: taking the reports then let three keys end any job whenever the core tier
+            // was busy for a minute. Under accept the community's word is taken, as its
+            // unverified results are.
+            if (err.code() == errc::unavailable && !st.links.accept_unverified) {
+              spdlog::warn("job {}: {} community nodes said round {} diverged; waiting for the "
+                           "core tier to check it: {}",
+                           st.job.id, st.diverged.size(), round + 1, err.message());
+              self->delayed_send(self, std::chrono::seconds(5), verify_atom::value, round,
+                                 generation);
+              return;
+            }
+            st.divergence_checking = false;
             // Diverged there too, or no core-tier worker to ask (nothing better to go on).
             if (err.code() == errc::non_finite || err.code() == errc::unavailable)
               return end_diverged(self, said);
@@ -1964,6 +1976,14 @@ caf::behavior job_behavior(job_actor* self, job_start start, job_links links) {
         dispatch(self);
       },
       [=](verify_atom, uint64_t assignment_id) { verify(self, assignment_id); },
+      // The divergence check of `round`, asked again after the core tier had no worker free.
+      [=](verify_atom, int64_t round, uint64_t generation) {
+        auto& st = self->state;
+        if (self->current_sender() != self->ctrl() || st.finished || !st.divergence_checking ||
+            st.job.status.round != round || generation != st.verifier_generation)
+          return;
+        check_divergence(self, st.divergence_work, st.divergence_said);
+      },
       [=](tick_atom, uint64_t round) {
         auto& st = self->state;
         if (st.finished || round != static_cast<uint64_t>(st.job.status.round)) return;

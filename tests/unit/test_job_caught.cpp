@@ -11,6 +11,7 @@
 #include <doctest/doctest.h>
 
 #include <algorithm>
+#include <atomic>
 #include <deque>
 #include <functional>
 #include <optional>
@@ -840,6 +841,34 @@ TEST_SUITE("job caught nodes") {
       CHECK(s->state == job_state::failed);
       CHECK_MESSAGE(s->detail.find("training diverged in round 3 on 3 nodes") != std::string::npos,
                     s->detail);
+    }
+    // No core-tier worker is free for the check (the verifier's queue waited out its limit):
+    // under --unverified wait the check is asked again, and the reports were taken before,
+    // so three keys ended any job while the core tier was busy.
+    for (const bool accept : {false, true}) {
+      auto checks = std::make_shared<std::atomic<int>>(0);
+      resumed_job r(6, nodes, true, [&](caf::actor_system& sys, job_links& links) {
+        links.accept_unverified = accept;
+        links.verifier = sys.spawn([checks]() -> caf::behavior {
+          return {[checks](verify_atom, verify_request& req) -> caf::result<double, double, double> {
+            if (!req.claimed.empty()) return {0.0, 1.0, 0.01};
+            if (++*checks == 1)
+              return to_caf(error(errc::unavailable, "no core-tier worker was free for 60 s"));
+            return {0.0, 1.0, 0.01};
+          }};
+        });
+      });
+      if (!accept) {
+        auto s = r.committed(3, 30);
+        REQUIRE_MESSAGE(s.has_value(), "a busy core tier let three community nodes end the job");
+        CHECK(s->state == job_state::running);
+        CHECK(checks->load() >= 1);  // d's results computed the round meanwhile
+      } else {
+        // The operator takes unverified word: the reports are believed, as before.
+        auto s = r.ended();
+        REQUIRE(s.has_value());
+        CHECK(s->state == job_state::failed);
+      }
     }
   }
 
