@@ -26,8 +26,12 @@ expected<void> check_dataset(const dataset& d, const std::string& what) {
   if (d.features.dim(0) != d.labels.dim(0))
     return refuse(std::to_string(d.features.dim(0)) + " rows of features but " +
                   std::to_string(d.labels.dim(0)) + " labels");
-  if (d.classes < 1 || d.classes > std::numeric_limits<int32_t>::max())
-    return refuse("classes must be in [1, 2^31), got " + std::to_string(d.classes));
+  // What a shard carries (decode_shard): a vocabulary of up to 2^24 tokens, up to 65,536
+  // classes of other data. Wider ones were refused by the core only once uploaded.
+  const int64_t most = d.tokens ? int64_t{1} << 24 : int64_t{65536};
+  if (d.classes < 2 || d.classes > most)
+    return refuse("classes must be in [2, " + std::to_string(most) + "]" +
+                  (d.tokens ? " for tokens" : "") + ", got " + std::to_string(d.classes));
   const auto labels = d.labels.span<int32_t>();
   for (size_t i = 0; i < labels.size(); ++i)
     if (labels[i] < 0 || labels[i] >= d.classes)

@@ -31,8 +31,10 @@ std::vector<uint8_t> encode_shard(const dataset& d, int64_t begin, int64_t end) 
   int64_t n = end - begin, dim = d.feature_dim();
   const float* src = d.features.data<float>() + begin * dim;
   // Pixels travel as bytes (scaled back by the node), tokens as their ids: a byte each for a
-  // vocabulary of up to 256, else four.
+  // vocabulary of up to 256, else four. Labels likewise, whatever the features: a byte each
+  // for up to 256 classes (wider ones were cut to their low byte, 299 read back as 43).
   const bool wide = d.tokens && d.classes > 256;
+  const bool wide_labels = d.classes > 256;
   // Values that are not 8-bit pixels (a user's standardised features) travel as f32. Pixels
   // are found and quantised in one pass, rounding without libm's lround (a call per value:
   // most of the time a data set took to cut): for v in [0, 1], v * 255 + 0.5 truncated is
@@ -64,10 +66,10 @@ std::vector<uint8_t> encode_shard(const dataset& d, int64_t begin, int64_t end) 
         images.data<uint8_t>()[i] = static_cast<uint8_t>(src[i]);
     }
   }
-  tensor labels = tensor::empty({n}, wide ? dtype::i32 : dtype::u8);
+  tensor labels = tensor::empty({n}, wide_labels ? dtype::i32 : dtype::u8);
   for (int64_t i = 0; i < n; ++i) {
     const int32_t label = d.labels.data<int32_t>()[begin + i];
-    if (wide)
+    if (wide_labels)
       labels.data<int32_t>()[i] = label;
     else
       labels.data<uint8_t>()[i] = static_cast<uint8_t>(label);
@@ -86,6 +88,27 @@ std::vector<uint8_t> encode_shard(const dataset& d, int64_t begin, int64_t end) 
 
 namespace {
 
+// The largest class count of image or real-valued shards (check_dataset's bound for them).
+constexpr uint32_t max_shard_classes = 65536;
+
+// Labels travel as u8 for up to 256 classes, else as i32: read into `out` (i32 [n]), each
+// checked below `classes`.
+expected<void> read_labels(const tensor& labels, uint32_t classes, tensor& out,
+                           const std::string& what) {
+  const dtype want = classes > 256 ? dtype::i32 : dtype::u8;
+  if (labels.type() != want || labels.rank() != 1)
+    return error(errc::malformed_message,
+                 what + ": labels must be [n], u8 for up to 256 classes, else i32");
+  out = tensor::empty({labels.dim(0)}, dtype::i32);
+  for (int64_t i = 0; i < labels.numel(); ++i) {
+    const int64_t v = want == dtype::u8 ? labels.data<uint8_t>()[i] : labels.data<int32_t>()[i];
+    if (v < 0 || v >= classes)
+      return error(errc::malformed_message, what + ": label " + std::to_string(v) + " out of range");
+    out.data<int32_t>()[i] = static_cast<int32_t>(v);
+  }
+  return {};
+}
+
 // A token shard: ids (u8, or i32 for more than 256 classes) below `classes`, checked here so
 // that an embedding never reads outside its table.
 expected<dataset> decode_tokens(const tensor& ids, const tensor& labels, uint32_t classes) {
@@ -101,7 +124,6 @@ expected<dataset> decode_tokens(const tensor& ids, const tensor& labels, uint32_
   d.tokens = true;
   d.classes = classes;
   d.features = tensor::empty({ids.dim(0), ids.dim(1)}, dtype::f32);
-  d.labels = tensor::empty({labels.dim(0)}, dtype::i32);
   auto read = [&](const tensor& t, int64_t i) -> int64_t {
     return want == dtype::u8 ? t.data<uint8_t>()[i] : t.data<int32_t>()[i];
   };
@@ -110,37 +132,49 @@ expected<dataset> decode_tokens(const tensor& ids, const tensor& labels, uint32_
     if (v < 0 || v >= classes) return malformed("token " + std::to_string(v) + " out of range");
     d.features.data<float>()[i] = static_cast<float>(v);
   }
-  for (int64_t i = 0; i < labels.numel(); ++i) {
-    const int64_t v = read(labels, i);
-    if (v < 0 || v >= classes) return malformed("label " + std::to_string(v) + " out of range");
-    d.labels.data<int32_t>()[i] = static_cast<int32_t>(v);
-  }
+  if (auto ok = read_labels(labels, classes, d.labels, "malformed token shard"); !ok)
+    return ok.error();
   return d;
 }
 
-// A shard of real-valued features (f32 [n, d], finite) with u8 labels below `classes`.
+// A shard of real-valued features (f32 [n, d], finite) with labels below `classes`.
 expected<dataset> decode_values(const tensor& values, const tensor& labels, uint32_t classes) {
   auto malformed = [](const std::string& what) {
     return error(errc::malformed_message, "malformed shard: " + what);
   };
-  if (classes < 2 || classes > 256) return malformed("bad class count");
-  if (values.rank() != 2 || labels.type() != dtype::u8 || labels.rank() != 1 ||
-      values.dim(0) != labels.dim(0))
-    return malformed("values must be f32 [n, d] and labels u8 [n]");
+  if (classes < 2 || classes > max_shard_classes) return malformed("bad class count");
+  if (values.rank() != 2 || labels.rank() != 1 || values.dim(0) != labels.dim(0))
+    return malformed("values must be f32 [n, d] and labels [n]");
   dataset d;
   d.classes = classes;
   d.features = tensor::empty({values.dim(0), values.dim(1)}, dtype::f32);
-  d.labels = tensor::empty({labels.dim(0)}, dtype::i32);
   for (int64_t i = 0; i < values.numel(); ++i) {
     const float v = values.data<float>()[i];
     if (!std::isfinite(v)) return malformed("value " + std::to_string(i) + " is not finite");
     d.features.data<float>()[i] = v;
   }
-  for (int64_t i = 0; i < labels.numel(); ++i) {
-    const uint8_t v = labels.data<uint8_t>()[i];
-    if (v >= classes) return malformed("label " + std::to_string(v) + " out of range");
-    d.labels.data<int32_t>()[i] = v;
-  }
+  if (auto ok = read_labels(labels, classes, d.labels, "malformed shard"); !ok) return ok.error();
+  return d;
+}
+
+// A shard of 8-bit pixels (u8 [n, d]), scaled back to [0, 1], with labels below `classes`.
+expected<dataset> decode_pixels(const tensor& images, const tensor& labels, uint32_t classes) {
+  auto malformed = [](const std::string& what) {
+    return error(errc::malformed_message, "malformed shard: " + what);
+  };
+  if (classes < 2 || classes > max_shard_classes) return malformed("bad class count");
+  if (images.type() != dtype::u8 || images.rank() != 2 || labels.rank() != 1)
+    return malformed("images must be u8 [n, d] and labels [n]");
+  if (images.dim(0) != labels.dim(0))
+    return malformed(std::to_string(images.dim(0)) + " images but " +
+                     std::to_string(labels.dim(0)) + " labels");
+  dataset d;
+  d.classes = classes;
+  d.features = tensor::empty({images.dim(0), images.dim(1)}, dtype::f32);
+  const uint8_t* in = images.data<uint8_t>();
+  float* out = d.features.data<float>();
+  for (int64_t i = 0; i < images.numel(); ++i) out[i] = static_cast<float>(in[i]) * (1.0f / 255.0f);
+  if (auto ok = read_labels(labels, classes, d.labels, "malformed shard"); !ok) return ok.error();
   return d;
 }
 
@@ -158,20 +192,12 @@ expected<dataset> decode_any_shard(std::span<const uint8_t> bytes, int64_t max_v
         if (!images) return images.error();
         auto labels = detail::read_tensor(root.getLabels(), limits);
         if (!labels) return labels.error();
+        // Samples of no values passed every limit counted in values (a set's test values,
+        // an upload's), while their labels alone took gigabytes.
+        if (images->rank() == 2 && images->dim(1) <= 0) return malformed("samples of no values");
         if (root.getTokens()) return decode_tokens(*images, *labels, root.getClasses());
         if (images->type() == dtype::f32) return decode_values(*images, *labels, root.getClasses());
-        if (images->type() != dtype::u8 || labels->type() != dtype::u8 || images->rank() != 2 ||
-            labels->rank() != 1)
-          return malformed("images must be u8 [n, d] and labels u8 [n]");
-        if (images->dim(0) != labels->dim(0))
-          return malformed(std::to_string(images->dim(0)) + " images but " +
-                           std::to_string(labels->dim(0)) + " labels");
-        uint32_t classes = root.getClasses();
-        if (classes < 2 || classes > 65536) return malformed("bad class count");
-        auto as_3d = images->reshape({images->dim(0), images->dim(1), 1});
-        auto d = make_image_dataset(*as_3d, *labels, classes, "shard");
-        if (!d) return malformed(d.error().message());
-        return std::move(*d);
+        return decode_pixels(*images, *labels, root.getClasses());
       });
 }
 

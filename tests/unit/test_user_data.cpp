@@ -53,6 +53,38 @@ TEST_SUITE("user data") {
     CHECK(t->features.data<float>()[8] == tokens->train.features.data<float>()[8]);
   }
 
+  TEST_CASE("labels of more than 256 classes round-trip, pixels or real values") {
+    // Labels went as a byte whatever the class count: 299 came back as 43, unseen.
+    auto real = values(4, 3, 300, 0.37f);
+    real.labels.data<int32_t>()[1] = 299;
+    auto pixels = values(4, 3, 300, 0.0f);
+    for (auto& v : pixels.features.span<float>()) v = 51.0f / 255.0f;
+    pixels.labels.data<int32_t>()[2] = 298;
+    for (const auto* d : {&real, &pixels}) {
+      REQUIRE(check_dataset(*d, "d").has_value());
+      auto back = decode_shard(encode_shard(*d, 0, d->size()));
+      REQUIRE_MESSAGE(back.has_value(), back.error().message());
+      CHECK(back->classes == 300);
+      for (int64_t i = 0; i < 4; ++i)
+        CHECK(back->labels.data<int32_t>()[i] == d->labels.data<int32_t>()[i]);
+      CHECK(back->features.data<float>()[5] == d->features.data<float>()[5]);
+    }
+  }
+
+  TEST_CASE("a shard of samples with no values is refused, and passes no values limit") {
+    // Every limit on an upload counts values: rows of none passed them all, while their
+    // labels alone took gigabytes of the core's memory.
+    auto none = values(1000, 0, 3, 0.5f);
+    auto r = decode_shard(encode_shard(none, 0, 1000));
+    REQUIRE_FALSE(r.has_value());
+    CHECK(r.error().message() == "malformed shard: samples of no values");
+    user_data_limits tight;
+    tight.max_test_values = 100;
+    data_upload up("user/alice", "set", 2, tight);
+    REQUIRE(up.add(part(0, 2, false, values(10, 4, 3, 0.5f))).has_value());
+    CHECK_FALSE(up.add(part(1, 2, true, none)).has_value());
+  }
+
   TEST_CASE("an upload takes parts in order that agree with the first") {
     auto a = values(10, 4, 3, 0.5f), other = values(10, 5, 3, 0.5f);
     data_upload up("user/alice", "set", 3, {});

@@ -32,9 +32,10 @@ struct dataset_splits {
 };
 
 /// Whether `d` is a dataset that can be cut into shards, as `what` (named in the errors, with
-/// the row at fault): f32 features [n, dim] with dim > 0, i32 labels [n], classes in [1, 2^31),
-/// every label in [0, classes), and features that are finite (token ids: whole numbers in
-/// [0, classes)). errc::invalid_argument otherwise.
+/// the row at fault): f32 features [n, dim] with dim > 0, i32 labels [n], classes in
+/// [2, 65536] (a vocabulary of tokens: [2, 2^24]), every label in [0, classes), and features
+/// that are finite (token ids: whole numbers in [0, classes)). errc::invalid_argument
+/// otherwise.
 expected<void> check_dataset(const dataset& d, const std::string& what);
 
 /// Where Debian's dataset-fashion-mnist package installs the files.

@@ -33,7 +33,8 @@ std::vector<std::pair<int64_t, int64_t>> shard_ranges(int64_t samples, int64_t b
 /// Encodes rows [begin, end) of `d` (checked by check_dataset: a dataset that fails it is
 /// read out of bounds or aborts). Pixels travel as 8-bit values (round(x * 255)) when
 /// every value is one (the image data sets are 8-bit to begin with, so nothing is lost);
-/// other real values as f32, token ids as u8 (vocabularies up to 256) or i32.
+/// other real values as f32, token ids as u8 (vocabularies up to 256) or i32, and labels
+/// as u8 for up to 256 classes, else i32.
 std::vector<uint8_t> encode_shard(const dataset& d, int64_t begin, int64_t end);
 
 /// Decodes a shard into a dataset with features scaled back to [0, 1]. Malformed input,
