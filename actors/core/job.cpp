@@ -1475,7 +1475,8 @@ void dispatch(job_actor* self) {
   st.waiting_for_workers = true;
   auto wanted = static_cast<int64_t>(st.unassigned.size());
   self->request(st.links.market, std::chrono::seconds(10), acquire_atom::value, st.job.id,
-                st.job.spec.workload, wanted, static_cast<uint8_t>(st.job.spec.tier),
+                market_workload(st.job.spec.workload, st.job.spec.model), wanted,
+                static_cast<uint8_t>(st.job.spec.tier),
                 st.job.spec.max_price, st.job.spec.min_reputation, avoided_nodes(st))
       .then(
           [=](acquire_reply& reply) {

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <functional>
+#include <iterator>
 #include <map>
 #include <set>
 #include <unordered_map>
@@ -41,6 +43,8 @@ struct waiter {
 };
 constexpr auto reservation = std::chrono::milliseconds(500);
 constexpr auto waiter_stale = std::chrono::seconds(2);
+// The workloads a node's measured rates are kept for (by market_workload).
+constexpr size_t max_measured_workloads = 64;
 
 /// How long a slot whose assignments keep failing is left out: 0.5 s after the first
 /// failure, doubling up to a minute, so that a broken worker cannot soak up a round's work.
@@ -220,9 +224,17 @@ caf::behavior market_actor(caf::stateful_actor<market_state>* self, double newco
         auto& st = self->state;
         auto& measured = st.nodes[st.node_id(name)].measured;
         auto it = measured.find(workload);
-        if (it == measured.end())
+        if (it == measured.end()) {
+          // Every user's model is a workload of its own: a node that served many kept a rate
+          // for each for good. One of the others makes room (a rate is measured again).
+          if (measured.size() >= max_measured_workloads) {
+            auto other = measured.begin();
+            std::advance(other, static_cast<long>(std::hash<std::string>{}(workload) %
+                                                  measured.size()));
+            measured.erase(other);
+          }
           measured.emplace(workload, rate);
-        else
+        } else
           it->second = 0.7 * it->second + 0.3 * rate;
       },
       [=](acquire_atom, const std::string&, const std::string& workload, int64_t wanted,

@@ -448,7 +448,7 @@ node_session_internal::behavior_type session_behavior(session_actor* self, sessi
         // counts (a node's claimed samples are not trusted).
         const double samples = static_cast<double>(std::max<int64_t>(a.local_steps, 0)) *
                                static_cast<double>(std::max<int64_t>(a.batch_size, 0));
-        const std::string workload = a.workload;
+        const std::string workload = market_workload(a.workload, a.model);
         // An answer's update is at most as large as fp32 parameters (plus its header).
         const uint64_t max_update = params_of(a).size() + (uint64_t{64} << 10);
         if (a.params_ref && node_is_remote(self)) {

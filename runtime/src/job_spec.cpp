@@ -19,6 +19,7 @@
 #include <cmath>
 
 #include "gflex/runtime/checkpoint.hpp"
+#include "gflex/runtime/digest.hpp"
 #include "gflex/runtime/printable_text.hpp"
 
 namespace gflex {
@@ -68,6 +69,12 @@ const char* to_string(lr_schedule schedule) noexcept {
 
 const char* to_string(trust_tier tier) noexcept {
   return name_of(tier);
+}
+
+std::string market_workload(const std::string& workload, const std::string& model_text) {
+  if (model_text.empty()) return workload;
+  const auto* bytes = reinterpret_cast<const uint8_t*>(model_text.data());
+  return workload + "#" + digest_hex({bytes, model_text.size()}).substr(0, 16);
 }
 
 int64_t round_escrow(const job_spec& spec) {
@@ -425,20 +432,26 @@ field credits_field(std::string_view table, std::string_view key, int64_t job_sp
 }
 
 // A job name ends up in log lines, file names and store keys, hence the conservative alphabet.
-expected<void> check_name(const reader& in, const std::string& name) {
+// A name that logs, statuses and the market's keys carry as it is: 1 to 64 letters, digits,
+// '.', '_' and '-'.
+expected<void> check_label(const reader& in, const std::string& key, const std::string& name) {
   constexpr size_t max_length = 64;
-  if (name.empty()) return in.fail("job.name", "must not be empty");
+  if (name.empty()) return in.fail(key, "must not be empty");
   if (name.size() > max_length)
-    return in.fail("job.name", "must be at most " + std::to_string(max_length) +
-                                   " characters, got " + std::to_string(name.size()));
+    return in.fail(key, "must be at most " + std::to_string(max_length) + " characters, got " +
+                            std::to_string(name.size()));
   bool ok = std::all_of(name.begin(), name.end(), [](char c) {
     return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' ||
            c == '_' || c == '-';
   });
   if (!ok)
-    return in.fail("job.name",
-                   "must use only letters, digits, '.', '_' and '-', got " + quote(name));
+    return in.fail(key, "must use only letters, digits, '.', '_' and '-', got " +
+                            quote(printable_text(name.substr(0, max_length))));
   return {};
+}
+
+expected<void> check_name(const reader& in, const std::string& name) {
+  return check_label(in, "job.name", name);
 }
 
 // The paying account: user/NAME, NAME 1-128 of a conservative alphabet (it is a ledger key).
@@ -469,9 +482,9 @@ const std::vector<field>& fields() {
       text_field("job", "name", &job_spec::name, check_name, true),
       text_field(
           "job", "workload", &job_spec::workload,
+          // Escape codes and line breaks reached the core's log and every status raw.
           [](const reader& in, const std::string& workload) -> expected<void> {
-            if (workload.empty()) return in.fail("job.workload", "must not be empty");
-            return {};
+            return check_label(in, "job.workload", workload);
           },
           true),
       integer_field("job", "rounds", &job_spec::rounds, 1, max_steps),
@@ -557,6 +570,7 @@ expected<job_spec> read_spec(const reader& in) {
     if (in.find("job", "workload") == nullptr) {
       const auto* label = model->get_as<std::string>("name");
       spec.workload = label != nullptr && !label->get().empty() ? label->get() : "model";
+      if (auto ok = check_label(in, "model.name", spec.workload); !ok) return ok.error();
     }
   }
   if (spec.workload.empty())

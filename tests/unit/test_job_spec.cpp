@@ -4,6 +4,7 @@
 #include <string>
 
 #include "gflex/runtime/job_spec.hpp"
+#include "gflex/runtime/printable_text.hpp"
 #include "temp_dir.hpp"
 
 using namespace gflex;
@@ -136,7 +137,7 @@ TEST_SUITE("job_spec") {
   TEST_CASE("to_toml round-trips exactly") {
     job_spec spec;
     spec.name = "a.b_c-9";
-    spec.workload = "quote\" back\\slash\ttab \x01 \xc3\xa9";
+    spec.workload = "a.b_c-9";
     spec.rounds = 100000;
     spec.workers = 1024;
     spec.seed = 9223372036854775807u;
@@ -369,6 +370,26 @@ name = "tiny"
     CHECK(failure("[job]\nname = \"x\"\n") ==
           "job.toml: job.workload: missing (required without a [model] table)");
     CHECK(failure("[job]\nworkload = \"\"\n") == "job.toml: job.workload: must not be empty");
+  }
+
+  TEST_CASE("a workload's label is a name: logs, statuses and the market carry it as it is") {
+    // Escape codes and line breaks reached the core's log and every status raw.
+    const std::string model = "[data]\nset = \"fashion-mnist\"\n[model]\nname = \"tiny\"\n";
+    auto m = failure("[job]\nworkload = \"a\\u001b[2J\\nforged\"\n" + model);
+    CHECK(contains(m, "job.toml: job.workload: must use only letters, digits"));
+    CHECK(is_printable_text(m));
+    CHECK(contains(failure("[job]\nworkload = \"" + std::string(65, 'w') + "\"\n"),
+                   "job.workload: must be at most 64 characters, got 65"));
+    m = failure("[data]\nset = \"fashion-mnist\"\n[model]\nname = \"my model\"\n");
+    CHECK(m == "job.toml: model.name: must use only letters, digits, '.', '_' and '-', got \"my model\"");
+    // Two models of one label are two workloads to the market; a built-in stays its name.
+    CHECK(market_workload("fashion-mlp", "") == "fashion-mlp");
+    const auto a = market_workload("model", "[model]\nlayers = [1]\n");
+    const auto b = market_workload("model", "[model]\nlayers = [2]\n");
+    CHECK(a != b);
+    CHECK(a.rfind("model#", 0) == 0);
+    CHECK(a == market_workload("model", "[model]\nlayers = [1]\n"));
+    CHECK(a.size() <= 128);  // what the market takes
   }
 
   TEST_CASE("a bad job name says what is allowed") {

@@ -140,6 +140,11 @@ struct job_spec {
 /// at most the round's deadline, workers x max_price x deadline_s / 3600; 0 when unmetered.
 int64_t round_escrow(const job_spec& spec);
 
+/// What the market measures a node's rate of this work under: the workload, and for a
+/// [model] job the digest of its model's text too (labels are the user's: two models of one
+/// label, or of the default "model", mixed their rates and priced each by the other's).
+std::string market_workload(const std::string& workload, const std::string& model_text);
+
 /// The largest job spec accepted, in bytes (a full spec is about 1 KiB).
 inline constexpr size_t max_job_spec_bytes = 64 * 1024;
 
