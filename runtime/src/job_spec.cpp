@@ -509,7 +509,9 @@ const std::vector<field>& fields() {
       real_field("outer", "momentum", &job_spec::outer_momentum, unit_half_open),
       choice_field("wire", "compression", &job_spec::compression),
       integer_field("eval", "every", &job_spec::eval_every, 1, max_steps),
-      real_field("round", "deadline_s", &job_spec::deadline_s, {0.0, true, max_deadline_s, false}),
+      // From a second: less timed every assignment out at once (under a millisecond, a
+      // request of no time at all), round after round, cooling each node down as it failed.
+      real_field("round", "deadline_s", &job_spec::deadline_s, {1.0, false, max_deadline_s, false}),
       real_field("round", "quorum", &job_spec::quorum, fraction),
       real_field("round", "backup_after", &job_spec::backup_after, {0.0, false, 100.0, false}),
       choice_field("trust", "tier", &job_spec::tier),

@@ -328,6 +328,10 @@ name = "tiny"
           "job.toml: outer.momentum: must be a number in [0, 1), got 1");
     CHECK(failure(with("[inner]\nlr = 0")) ==
           "job.toml: inner.lr: must be a number in [1e-30, 10], got 0");
+    CHECK(failure(with("[round]\ndeadline_s = 0.0004")) ==
+          "job.toml: round.deadline_s: must be a number in [1, 86400], got 4e-04");
+    CHECK(contains(failure(with("[round]\ndeadline_s = 1e-300")), "round.deadline_s"));
+    CHECK(parse_job_spec(with("[round]\ndeadline_s = 1"), source).has_value());
     CHECK(failure(with("[outer]\nlr = 10.5")) ==
           "job.toml: outer.lr: must be a number in [1e-30, 10], got 10.5");
     CHECK(failure(with("[inner]\nweight_decay = -0.1")) ==
