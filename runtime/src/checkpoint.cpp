@@ -11,6 +11,7 @@
 #include <fstream>
 
 #include "capnp_bytes.hpp"
+#include "gflex/runtime/printable_text.hpp"
 #include "gflex/schema/checkpoint.capnp.h"
 #include "synced_file.hpp"
 #include "tensor_capnp.hpp"
@@ -101,9 +102,11 @@ expected<checkpoint> decode_checkpoint(std::span<const uint8_t> bytes,
           // times its size in memory.
           const auto tensor = entry.getTensor();
           if (tensor.hasZstd())
-            return error(errc::malformed_message, std::string("malformed checkpoint: tensor '") +
-                                                      entry.getName().cStr() +
-                                                      "' is packed (checkpoints hold raw tensors)");
+            // The name is the file's: printable and short on a terminal or in a log.
+            return error(errc::malformed_message,
+                         "malformed checkpoint: tensor '" +
+                             printable_text(std::string_view(entry.getName().cStr()).substr(0, 64)) +
+                             "' is packed (checkpoints hold raw tensors)");
           auto t = detail::read_tensor(tensor, limits);
           if (!t) return t.error();
           c.tensors.push_back({entry.getName().cStr(), std::move(*t)});

@@ -13,6 +13,7 @@
 #include <capnp/serialize.h>
 
 #include "gflex/runtime/checkpoint.hpp"
+#include "gflex/runtime/printable_text.hpp"
 #include "gflex/runtime/shard.hpp"
 #include "gflex/runtime/tensor_codec.hpp"
 #include "gflex/schema/checkpoint.capnp.h"
@@ -71,12 +72,19 @@ TEST_SUITE("checkpoint") {
     auto list = root.initParameters(1);
     list[0].setName("w");
     list[0].setTensor(tensor_message.getRoot<schema::Tensor>());
-    auto flat = capnp::messageToFlatArray(message);
-    auto bytes = flat.asBytes();
-    auto c = decode_checkpoint({bytes.begin(), bytes.size()});
-    REQUIRE_FALSE(c.has_value());
-    CHECK(c.error().message() ==
-          "malformed checkpoint: tensor 'w' is packed (checkpoints hold raw tensors)");
+    auto refusal = [&] {
+      auto flat = capnp::messageToFlatArray(message);
+      auto bytes = flat.asBytes();
+      auto c = decode_checkpoint({bytes.begin(), bytes.size()});
+      REQUIRE_FALSE(c.has_value());
+      return c.error().message();
+    };
+    CHECK(refusal() == "malformed checkpoint: tensor 'w' is packed (checkpoints hold raw tensors)");
+    // The name is the file's: it reached the terminal raw, escape codes and all, at any length.
+    list[0].setName("\x1b]0;x\x07\nforged" + std::string(100000, 'n'));
+    const auto m = refusal();
+    CHECK(is_printable_text(m));
+    CHECK(m.size() < 200);
   }
 
   TEST_CASE("a checkpoint of borrowed vectors decodes like one of tensors") {
