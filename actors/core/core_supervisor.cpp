@@ -76,8 +76,6 @@ struct core_state {
 // The front door: every peer holds this handle, so it is guarded (boundary.hpp).
 using core_actor_type = caf::stateful_actor<core_state, guarded<caf::event_based_actor>>;
 
-/// The longest device description a node may advertise.
-constexpr size_t max_device_chars = 512;
 // A join token is gft_ and 64 hex digits; a longer one is refused before the gatekeeper
 // (which says what a token looks like to one of any length up to this).
 constexpr size_t max_credential_chars = 256;
@@ -317,9 +315,9 @@ caf::behavior core_actor(core_actor_type* self, core_children children, core_con
                               "a node's hello brings a " + std::to_string(public_key_bytes) +
                                   "-byte public key, a " + std::to_string(signature_bytes) +
                                   "-byte proof and a join token (gft_ and 64 hex digits)"));
-        if (hello.device.size() > max_device_chars)
+        if (hello.device.size() > max_device_description_chars)
           return to_caf(error(errc::invalid_argument, "a node's device description has at most " +
-                                                          std::to_string(max_device_chars) +
+                                                          std::to_string(max_device_description_chars) +
                                                           " characters, not " +
                                                           std::to_string(hello.device.size())));
         if (!is_printable_text(hello.device))

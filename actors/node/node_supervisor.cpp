@@ -13,6 +13,7 @@
 
 #include "cache.hpp"
 #include "compute_plan.hpp"
+#include "device_description.hpp"
 #include "gflex/kernels/backend.hpp"
 #include "gflex/kernels/calibration.hpp"
 #include "gflex/kernels/devices.hpp"
@@ -164,9 +165,10 @@ expected<caf::actor> spawn_node(caf::actor_system& sys, const node_config& confi
   auto probe = make_worker_group(plan->ranks, config.threads_per_worker);
   if (!probe) return probe.error();
   // What the core shows: the device, or each GPU of the group and how they reduce.
-  std::string device = (*probe)->rank(0).describe();
-  for (int r = 1; r < (*probe)->size(); ++r) device += "; " + (*probe)->rank(r).describe();
-  if ((*probe)->size() > 1) device += " (" + (*probe)->describe() + ")";
+  std::vector<std::string> ranks;
+  for (int r = 0; r < (*probe)->size(); ++r) ranks.push_back((*probe)->rank(r).describe());
+  const std::string device =
+      describe_devices(ranks, (*probe)->describe(), max_device_description_chars);
 
   std::string name = config.name;
   if (name.empty()) {

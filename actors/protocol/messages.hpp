@@ -84,6 +84,9 @@ using prefetch_atom = caf::atom_constant<caf::atom("prefetch")>;  ///< worker ->
 /// node -> core (hello_atom): a node asks to join. The core checks `protocol` first and
 /// refuses any other version; it offers `workers` compute slots to the market and sends
 /// their assignments to `uplink`, the only handle of the node it holds (never a worker's).
+/// The longest device description a hello may carry; the core refuses a longer one.
+inline constexpr size_t max_device_description_chars = 512;
+
 struct node_hello {
   uint32_t protocol = 0;
   std::string name;
