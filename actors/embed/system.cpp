@@ -398,7 +398,7 @@ int run_node(const node_config& config, const std::string& host, uint16_t port,
   auto node = spawn_node(sys, config, aids, host, port, nullptr, self);
   if (!node) {
     spdlog::error("{}", node.error().message());
-    return 2;
+    return start_failure_exit_code(node.error());
   }
   signals.start(self);
   int code = wait_for_stop(self, *node);

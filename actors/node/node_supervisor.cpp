@@ -150,6 +150,18 @@ caf::behavior node_actor(node_actor_type* self, node_children children) {
 
 }  // namespace
 
+int start_failure_exit_code(const error& e) {
+  switch (e.code()) {
+    case errc::device_error:
+    case errc::io_error:
+    case errc::store_error:
+    case errc::unavailable:
+      return 1;
+    default:
+      return 2;
+  }
+}
+
 expected<caf::actor> spawn_node(caf::actor_system& sys, const node_config& config,
                                 const node_test_aids& aids, const std::string& host, uint16_t port,
                                 caf::actor core, caf::actor owner) {

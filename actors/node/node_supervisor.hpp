@@ -21,4 +21,10 @@ expected<caf::actor> spawn_node(caf::actor_system& sys, const node_config& confi
                                 const node_test_aids& aids, const std::string& host, uint16_t port,
                                 caf::actor core, caf::actor owner);
 
+/// The exit code of a node that could not start for `e`: 1 where starting again may work (a
+/// device out of memory or failing, a file that could not be read), which a service manager
+/// restarts; 2 for its settings, which it does not (every failure was 2: a GPU another
+/// program held at a restart kept the node down for good).
+int start_failure_exit_code(const error& e);
+
 }  // namespace gflex
