@@ -128,7 +128,10 @@ caf::behavior tracker(tracker_actor* self, caf::actor store, caf::actor market, 
         if (known != st.records.end() && !known->second.public_key.empty() &&
             known->second.public_key != key)
           return to_caf(
-              error(errc::permission_denied, "the name " + name + " belongs to another node key"));
+              error(errc::permission_denied,
+                    "the name " + name +
+                        " belongs to another node key; join under another name (gflex-node "
+                        "--name; a node is named after its host unless told)"));
         if (auto& names = st.names_of_key[key];
             names.count(name) == 0 && names.size() >= max_names_per_key)
           return to_caf(error(errc::permission_denied,

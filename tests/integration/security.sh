@@ -38,7 +38,7 @@ expect_error "revoked token" "was revoked" \
 expect_error "unknown token id" "no join token has the id" "$C" token revoke abcdef --core "$core"
 expect_error "bad lifetime" "is not a lifetime" "$C" token create --expires soon --core "$core"
 # node1 is bound to its key: the same name with another key (another data dir) is refused.
-expect_error "another node's name" "belongs to another node key" \
+expect_error "another node's name" "belongs to another node key; join under another name \(gflex-node --name" \
   "$BIN/gflex-node" --join "$core" --name node1 --data-dir "$WORK/impostor" --tier core \
   --token "$TOKEN_core"
 [ "$(nodes_now)" -eq 1 ] || fail "a refused node is listed"
