@@ -45,6 +45,10 @@ struct params_fetch {
   // once it has decoded them: a large model's are not kept twice).
   std::weak_ptr<const shared_params> kept;
   caf::error failure;  // a chunk request failed; set until the others are back
+  // Counts the times an assignment came to wait for the fetch when none did. Asks made for
+  // an earlier one that was withdrawn fail (the core let its chunks go): they do not fail
+  // the assignments of these parameters that come after.
+  uint64_t epoch = 0;
 };
 
 /// A chunk of an answer sent with update_chunks, until the session has taken it.
@@ -374,6 +378,7 @@ void pump_params(uplink_actor* self, std::shared_ptr<params_fetch> f) {
     if (f->parts->has(i) || f->asking.count(i)) continue;
     f->asking.insert(i);
     const uint64_t generation = st.generation;  // answers from an ended session are ignored
+    const uint64_t epoch = f->epoch;
     self->request(st.session, std::chrono::seconds(120), chunk_atom::value, f->chunks[i])
         .then(
             [=](std::vector<uint8_t>& bytes) {
@@ -405,7 +410,11 @@ void pump_params(uplink_actor* self, std::shared_ptr<params_fetch> f) {
               if (generation != self->state.generation) return;
               f->asking.erase(i);
               if (f->complete || !f->parts) return;
-              if (!f->failure) f->failure = std::move(e);
+              // Asked before the abort of the assignments waiting reached this uplink, a chunk
+              // the core has let go fails; the next assignment of these parameters asks again
+              // (kept as the fetch's failure, it failed that one too).
+              if (!f->failure && !f->waiting.empty() && epoch == f->epoch)
+                f->failure = std::move(e);
               pump_params(self, f);
             });
   }
@@ -441,6 +450,10 @@ void fetch_params(uplink_actor* self, uint32_t index, assignment a,
     st.params.push_back(f);
   }
   a.params_chunks.clear();
+  if (f->waiting.empty()) {
+    f->epoch += 1;
+    f->failure = caf::error{};  // an earlier assignment's, withdrawn
+  }
   f->waiting.push_back({index, std::move(a), std::move(rp)});
   // The oldest fetches go first, but only those no assignment waits for: one that is still
   // awaited stays listed until it ends, so that a lost session ends it too (a fetch pushed

@@ -82,6 +82,12 @@ struct session_state {
   // digests could read other accounts' data sets.
   std::set<std::string> granted;
   std::deque<std::string> granted_order;
+  // Parameter chunks of withdrawn assignments, the newest last, with the asks left that are
+  // answered without counting as dropped: the node's uplink keeps a few asks out and asks
+  // again on each answer until the abort reaches it, and an honest node was cut off as an
+  // attacker after some 250 aborts.
+  std::map<std::string, uint32_t> withdrawn;
+  std::deque<std::string> withdrawn_order;
   static inline const char* name = "node_session";
 };
 
@@ -94,6 +100,11 @@ constexpr auto min_beat_gap = std::chrono::milliseconds(25);
 /// The data chunks a session remembers its node was assigned (the newest): far more than the
 /// shards of the rounds a node's workers have in hand.
 constexpr size_t max_granted_chunks = 4096;
+
+/// The asks of a withdrawn assignment's parameter chunk answered as late rather than dropped,
+/// and how many such chunks a session remembers.
+constexpr uint32_t late_asks_per_chunk = 2;
+constexpr size_t max_withdrawn_chunks = 4096;
 
 uint64_t dropped_total(session_actor* self) {
   return self->state.dropped + self->refused();
@@ -215,7 +226,14 @@ void withdraw_params(session_actor* self, uint64_t id) {
   if (it == st.chunked_out.end()) return;
   for (const auto& digest : it->second->chunks) {
     auto c = st.param_chunks.find(digest);
-    if (c != st.param_chunks.end() && --c->second.users == 0) st.param_chunks.erase(c);
+    if (c == st.param_chunks.end() || --c->second.users > 0) continue;
+    st.param_chunks.erase(c);
+    if (st.withdrawn.insert_or_assign(digest, late_asks_per_chunk).second)
+      st.withdrawn_order.push_back(digest);
+    if (st.withdrawn_order.size() > max_withdrawn_chunks) {
+      st.withdrawn.erase(st.withdrawn_order.front());
+      st.withdrawn_order.pop_front();
+    }
   }
   st.chunked_out.erase(it);
 }
@@ -409,6 +427,11 @@ node_session_internal::behavior_type session_behavior(session_actor* self, sessi
           return std::vector<uint8_t>(
               p.bytes.begin() + static_cast<std::ptrdiff_t>(r.offset),
               p.bytes.begin() + static_cast<std::ptrdiff_t>(r.offset + r.size));
+        }
+        if (auto w = st.withdrawn.find(digest); w != st.withdrawn.end() && w->second > 0) {
+          w->second -= 1;
+          return to_caf(error(errc::unavailable, "parameter chunk " + digest.substr(0, 16) +
+                                                     " is of an assignment withdrawn"));
         }
         if (st.granted.count(digest) == 0) {
           drop(self, "a data chunk that none of its assignments named");

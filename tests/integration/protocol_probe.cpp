@@ -149,6 +149,7 @@ const node_identity& key_of(const std::string& name) {
 // What a fake node saw: assignments answered, and why the core ended its session.
 struct node_log {
   std::atomic<int> answered{0};
+  std::atomic<int> aborted{0};  // aborts its session passed on
   std::mutex mutex;
   std::string bye;
   std::string shard;                       // the digest of a data chunk it was told to train on
@@ -253,7 +254,7 @@ caf::behavior fake_uplink(caf::event_based_actor* self, answer_mode mode,
       [=](chunk_atom, const std::string&) {
         return std::vector<uint8_t>(log->update_bytes.load(), 0x5A);
       },
-      [](abort_atom, uint64_t) {},
+      [=](abort_atom, uint64_t) { log->aborted.fetch_add(1); },
       [=](bye_atom, const std::string& why) {
         std::lock_guard<std::mutex> lock(log->mutex);
         log->bye = why;
@@ -653,6 +654,27 @@ tier = "community"
   }
   CHECK(dropped == 1);
   CHECK(c->cancel(*id).has_value());
+  // The assignment is withdrawn: the asks an uplink had out (and those it made on their
+  // answers before the abort reached it) are answered as late, not counted as dropped; an
+  // honest node was cut off as an attacker after some 250 aborts. A third ask of one chunk
+  // is dropped, as any chunk no assignment names.
+  deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (holder.log->aborted.load() == 0 && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  REQUIRE_MESSAGE(holder.log->aborted.load() > 0, "the cancelled job's assignment was not aborted");
+  for (int i = 1; i <= 2; ++i) {
+    const auto late = ask_chunk(self, session, chunks[1]);
+    CHECK_MESSAGE(late.find("is of an assignment withdrawn") != std::string::npos, late);
+  }
+  CHECK(ask_chunk(self, session, chunks[1]).find("is not one of this node's") != std::string::npos);
+  deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (dropped < 2 && std::chrono::steady_clock::now() < deadline) {
+    auto greedy = node_named(*c, "greedy");
+    REQUIRE(greedy.has_value());
+    dropped = greedy->dropped;
+    if (dropped < 2) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  CHECK(dropped == 2);
   leave(self, holder);
 }
 

@@ -112,6 +112,45 @@ node_session_actor::behavior_type sending_session(
   };
 }
 
+assignment chunked(uint64_t id, int set, size_t chunks);
+
+// A session that withdraws an assignment while the uplink fetches its parameters: it holds
+// the first two chunk requests of assignment 100 on worker 0, aborts it, fails one held
+// request, hands worker 0 assignment 101 of the same parameters, then fails the other (as
+// the core answers asks that were out when it let 100's chunks go). Later asks are held.
+// `test` hears (101, false) if 101 fails.
+node_session_actor::behavior_type withdrawing_session(node_session_actor::pointer self,
+                                                      caf::actor uplink, caf::actor test) {
+  using chunk_promise = caf::typed_response_promise<std::vector<uint8_t>>;
+  auto started = std::make_shared<bool>(false);
+  auto held = std::make_shared<std::vector<chunk_promise>>();
+  auto let_go = [] {
+    return to_caf(error(errc::unavailable, "parameter chunk of an assignment withdrawn"));
+  };
+  return {
+      [=](beat_atom) {
+        if (std::exchange(*started, true)) return;
+        self->request(uplink, caf::infinite, assign_atom::value, uint32_t{0}, chunked(100, 0, 2))
+            .then([](assignment_result&) {}, [](caf::error&) {});
+      },
+      [=](bye_atom) { self->quit(); },
+      [=](chunk_atom, const std::string&) -> caf::result<std::vector<uint8_t>> {
+        held->push_back(self->make_response_promise<std::vector<uint8_t>>());
+        auto rp = held->back();
+        if (held->size() == 2) {
+          self->send(caf::actor_cast<node_uplink_actor>(uplink), abort_atom::value, uint64_t{100});
+          (*held)[0].deliver(let_go());
+          self->request(uplink, caf::infinite, assign_atom::value, uint32_t{0}, chunked(101, 0, 2))
+              .then([test](assignment_result&) { caf::anon_send(test, uint64_t{101}, true); },
+                    [test](caf::error&) { caf::anon_send(test, uint64_t{101}, false); });
+          (*held)[1].deliver(let_go());
+        }
+        return rp;
+      },
+      [=](earned_atom) -> int64_t { return 0; },
+  };
+}
+
 // The core's front door: the Nth hello gets a session running scripts[N] (the last one for
 // any later hello).
 caf::behavior scripted_core(caf::event_based_actor* self, std::vector<session_script> scripts,
@@ -278,6 +317,34 @@ TEST_SUITE("uplink") {
     s.self->receive([&](uint64_t id) { got = id; }, caf::after(std::chrono::seconds(5)) >> [] {});
     CHECK_MESSAGE(got == 200, "the next assignment on the worker: " << got);
     std::this_thread::sleep_for(std::chrono::seconds(2));  // the session ends
+    for (auto& a : {uplink, core, sink, worker})
+      s.self->send_exit(a, caf::exit_reason::user_shutdown);
+  }
+
+  TEST_CASE("asks of a withdrawn assignment's parameters fail no later assignment of them") {
+    // The core lets a withdrawn assignment's chunks go and fails the asks that were out; the
+    // failure was kept as the fetch's, and the node's next assignment of the same parameters
+    // (a backup's shard, a re-computation) failed with it, its node cooled down.
+    test::configured_system s;
+    caf::actor test = caf::actor_cast<caf::actor>(s.self);
+    auto core = s.sys.spawn([test](caf::event_based_actor* self) -> caf::behavior {
+      return {[=](hello_atom, node_hello& h) -> node_welcome {
+        node_welcome w;
+        w.protocol = h.protocol;
+        w.node_id = "n1";
+        w.heartbeat_ms = 50;
+        w.session = self->spawn<caf::linked>(withdrawing_session, h.uplink, test);
+        w.payload_chunk_bytes = 1024;
+        return w;
+      }};
+    });
+    auto worker = s.sys.spawn(instant_worker);
+    auto sink = s.sys.spawn(quiet_sink);
+    auto uplink = spawn_uplink(s.sys, probe_config(), core, {worker}, sink, sink);
+    bool failed = false;
+    s.self->receive([&](uint64_t, bool ok) { failed = !ok; },
+                    caf::after(std::chrono::milliseconds(1500)) >> [] {});
+    CHECK_FALSE_MESSAGE(failed, "assignment 101 failed with the withdrawn one's asks");
     for (auto& a : {uplink, core, sink, worker})
       s.self->send_exit(a, caf::exit_reason::user_shutdown);
   }
