@@ -83,6 +83,9 @@ std::string from_core(std::string_view text) {
 /// parameters the planner allows, with its message's header).
 constexpr uint64_t max_params_bytes = max_tensor_message_bytes;
 
+// How long an answer's chunks are kept after the session last took one of them.
+constexpr auto answer_idle = std::chrono::minutes(10);
+
 struct uplink_state {
   uplink_config config;
   caf::actor core;        // the core's front door, once connected
@@ -111,6 +114,9 @@ struct uplink_state {
   uint64_t payload_chunk_bytes = 0;                   // the session's; 0: payloads travel whole
   std::vector<std::shared_ptr<params_fetch>> params;  // newest last
   std::map<std::string, answer_chunk> answer_chunks;  // by digest
+  // When the session last took a chunk of each answer in answer_chunks (by assignment): an
+  // answer it has not touched for answer_idle goes.
+  std::map<uint64_t, std::chrono::steady_clock::time_point> answer_taken;
   uint64_t generation = 0;  // bumped per connection; stale heartbeat timers carry old ones
   uint64_t ticks = 0;       // heartbeats sent
   // When the last heartbeat went: a beat much later than its interval means this actor was
@@ -324,8 +330,10 @@ void run_on_worker(uplink_actor* self, uint32_t index, assignment a,
                 if (!c.bytes) c = answer_chunk{bytes, chunk, i, 0, id};
                 c.owed += 1;
               }
-              // Kept while the session collects it; an answer nobody collects goes.
-              self->delayed_send(self, std::chrono::minutes(10), expire_atom::value, id);
+              // Kept while the session collects it; an answer nobody collects goes. Timed from
+              // the last chunk taken: a fixed 10 minutes cut a slow uplink's upload short.
+              st.answer_taken[id] = std::chrono::steady_clock::now();
+              self->delayed_send(self, answer_idle, expire_atom::value, id);
             }
             // An update in chunks is counted as the session collects them.
             node_metrics::bytes("out", "update").inc(static_cast<double>(r.update.size()));
@@ -341,6 +349,14 @@ void run_on_worker(uplink_actor* self, uint32_t index, assignment a,
 }
 
 void pump_params(uplink_actor* self, std::shared_ptr<params_fetch> f);
+
+// Lets the chunks of assignment `id`'s answer go: the session takes no more of them.
+void drop_answer(uplink_actor* self, uint64_t id) {
+  auto& st = self->state;
+  if (st.answer_taken.erase(id) == 0) return;
+  for (auto it = st.answer_chunks.begin(); it != st.answer_chunks.end();)
+    it = it->second.assignment_id == id ? st.answer_chunks.erase(it) : std::next(it);
+}
 
 // The fetch ended (done, or failed with `e`): the assignments waiting for it go on or fail.
 void end_fetch(uplink_actor* self, const std::shared_ptr<params_fetch>& f, const caf::error& e,
@@ -503,6 +519,7 @@ void lose_core(uplink_actor* self) {
   st.core = nullptr;
   st.session = nullptr;
   st.answer_chunks.clear();  // answers to a session that is gone
+  st.answer_taken.clear();
   // The core has given this session's work to other nodes: what runs stops at its next
   // step, and what waited for a worker is not started.
   for (const auto& [id, a] : st.running) st.config.cancelled->cancel(id);
@@ -649,18 +666,26 @@ caf::behavior uplink_behavior(uplink_actor* self, uplink_config config, caf::act
         std::vector<uint8_t> out(c.bytes->begin() + static_cast<std::ptrdiff_t>(r.offset),
                                  c.bytes->begin() + static_cast<std::ptrdiff_t>(r.offset + r.size));
         node_metrics::bytes("out", "update_chunk").inc(static_cast<double>(out.size()));
+        st.answer_taken[c.assignment_id] = std::chrono::steady_clock::now();
         if (--c.owed == 0) st.answer_chunks.erase(it);
         return out;
       },
       [=](expire_atom, uint64_t id) {
         auto& st = self->state;
         if (self->current_sender() != caf::actor_cast<caf::strong_actor_ptr>(self)) return;
-        for (auto it = st.answer_chunks.begin(); it != st.answer_chunks.end();)
-          it = it->second.assignment_id == id ? st.answer_chunks.erase(it) : std::next(it);
+        auto taken = st.answer_taken.find(id);
+        if (taken == st.answer_taken.end()) return;
+        const auto idle = std::chrono::steady_clock::now() - taken->second;
+        if (idle < answer_idle) {
+          self->delayed_send(self, answer_idle - idle, expire_atom::value, id);
+          return;
+        }
+        drop_answer(self, id);
       },
       [=](abort_atom, uint64_t id) {
         auto& st = self->state;
         if (self->current_sender() != caf::actor_cast<caf::strong_actor_ptr>(st.session)) return;
+        drop_answer(self, id);  // answered already: the core takes no more of it
         st.config.cancelled->cancel(id);  // a running assignment stops at its next step
         for (auto& [index, queue] : st.deferred)
           for (auto w = queue.begin(); w != queue.end(); ++w)

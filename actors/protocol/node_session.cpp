@@ -300,6 +300,7 @@ void pull_answer(session_actor* self, std::shared_ptr<answer_pull> p) {
                 p->result.update.clear();
                 p->promise.deliver(std::move(p->result));
                 st.out.erase(p->id);
+                self->send(st.uplink, abort_atom::value, p->id);  // the rest is not wanted
                 return;
               }
               if (p->parts->complete()) {
@@ -318,6 +319,7 @@ void pull_answer(session_actor* self, std::shared_ptr<answer_pull> p) {
               p->ended = true;
               p->promise.deliver(node_words(std::move(e)));
               self->state.out.erase(p->id);
+              self->send(self->state.uplink, abort_atom::value, p->id);  // the rest is not wanted
             });
   }
 }
@@ -549,7 +551,10 @@ node_session_internal::behavior_type session_behavior(session_actor* self, sessi
         if (!from_core(self)) return drop(self, "an abort (only the core withdraws work)");
         auto it = st.out.find(id);
         if (it == st.out.end()) return;
-        if (st.in_flight.count(id)) self->send(st.uplink, abort_atom::value, id);
+        // The node hears of it while it computes the work or still holds its answer's chunks
+        // (it kept an update of up to a gigabyte for 10 minutes, every round it lost a race).
+        if (st.in_flight.count(id) || (it->second.pull && !it->second.pull->ended))
+          self->send(st.uplink, abort_atom::value, id);
         // Withdrawn here, not only at the node: a node that never answers kept the round's
         // parameters (and an answer's chunks collected so far) in the core's memory for as
         // long as the session waits, a day, every round it was given work.

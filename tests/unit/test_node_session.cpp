@@ -116,9 +116,11 @@ TEST_SUITE("node session") {
     // in the core's memory for as long as the session waits for it, a day.
     test::configured_system s;
     auto held = std::make_shared<std::vector<caf::response_promise>>();
-    auto uplink = s.sys.spawn([held](caf::event_based_actor* self) -> caf::behavior {
+    auto aborted = std::make_shared<std::atomic<uint64_t>>(0);  // bit `id`: the node heard
+    auto uplink = s.sys.spawn([held, aborted](caf::event_based_actor* self) -> caf::behavior {
       self->set_default_handler(caf::drop);
-      return {[=](assign_atom, uint32_t, assignment& a) -> caf::result<assignment_result> {
+      return {[=](abort_atom, uint64_t id) { aborted->fetch_or(uint64_t{1} << id); },
+              [=](assign_atom, uint32_t, assignment& a) -> caf::result<assignment_result> {
                 if (a.id == 1) {  // never answered
                   held->push_back(self->make_response_promise());
                   return caf::delegated<assignment_result>();
@@ -147,13 +149,18 @@ TEST_SUITE("node session") {
       auto asked =
           s.self->request(spawned.workers.at(0), std::chrono::seconds(10), assign_atom::value, a);
       std::this_thread::sleep_for(std::chrono::milliseconds(100));  // out on the node
-      const auto aborted = std::chrono::steady_clock::now();
+      const auto aborted_at = std::chrono::steady_clock::now();
       s.self->send(spawned.workers.at(0), abort_atom::value, id);
       error got;
       asked.receive([](assignment_result&) { FAIL("answered with a result"); },
                     [&](caf::error& e) { got = from_caf(e, &s.sys); });
-      CHECK(std::chrono::steady_clock::now() - aborted < std::chrono::seconds(5));
+      CHECK(std::chrono::steady_clock::now() - aborted_at < std::chrono::seconds(5));
       CHECK_MESSAGE(got.message().find("withdrew") != std::string::npos, got.message());
+      // The node hears it too, computing the work or holding its answer's chunks (an update
+      // of up to a gigabyte, kept 10 minutes every round the node lost a race).
+      for (int tries = 0; tries < 100 && (aborted->load() & (uint64_t{1} << id)) == 0; ++tries)
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      CHECK((aborted->load() & (uint64_t{1} << id)) != 0);
     }
     for (const auto& a : {caf::actor_cast<caf::actor>(spawned.session), uplink, sink})
       s.self->send_exit(a, caf::exit_reason::user_shutdown);
