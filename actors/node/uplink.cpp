@@ -582,7 +582,7 @@ caf::behavior uplink_behavior(uplink_actor* self, uplink_config config, caf::act
         const bool every_5s = (st.ticks - 1) % std::max<uint64_t>(1, 5000 / st.heartbeat_ms) == 0;
         if (every_5s) sample_gpus(self);
         if (every_5s)
-          self->request(st.session, std::chrono::seconds(15), earned_atom::value)
+          self->request(st.session, st.config.core_silence, earned_atom::value)
               .then(
                   [=](int64_t micro) {
                     node_metrics::credits_earned().set(static_cast<double>(micro) / 1e6);
@@ -597,18 +597,19 @@ caf::behavior uplink_behavior(uplink_actor* self, uplink_config config, caf::act
                   },
                   [=](caf::error& e) {
                     // Asked again in 5 s. A core of several: a leader that does not answer
-                    // for 15 s (frozen, its machine paused) has likely lost its lease to
-                    // another core, which the nodes would otherwise not look for until it
-                    // comes back or its connection drops.
+                    // for core_silence (15 s; frozen, its machine paused) has likely lost its
+                    // lease to another core, which the nodes would otherwise not look for
+                    // until it comes back or its connection drops.
                     auto& st = self->state;
                     if (e != caf::sec::request_timeout || generation != st.generation ||
                         st.config.other_cores.empty() || st.leaving)
                       return;
                     // On a slow link the answer waits behind the update chunks the session
                     // is pulling: a core that asked for one meanwhile is not lost.
-                    if (std::chrono::steady_clock::now() - st.last_heard < std::chrono::seconds(15))
+                    if (std::chrono::steady_clock::now() - st.last_heard < st.config.core_silence)
                       return;
-                    spdlog::warn("the core has not answered for 15 s; trying the next core");
+                    spdlog::warn("the core has not answered for {} ms; trying the next core",
+                                 st.config.core_silence.count());
                     lose_core(self);
                   });
         self->delayed_send(self, std::chrono::milliseconds(st.heartbeat_ms), tick_atom::value,

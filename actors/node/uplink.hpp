@@ -19,6 +19,7 @@
 
 #include <caf/fwd.hpp>
 
+#include <chrono>
 #include <functional>
 #include <memory>
 #include <string>
@@ -43,6 +44,9 @@ struct uplink_config {
   uint16_t port = 0;
   /// The other servers of a core of several, tried in turn when one cannot be reached.
   std::vector<std::pair<std::string, uint16_t>> other_cores;
+  /// With other_cores: a core that answers nothing (its `earned`) and asks for nothing (an
+  /// update's chunks) for this long is taken for lost, and the next one is tried.
+  std::chrono::milliseconds core_silence{15000};
   uint8_t tier = 0;        ///< gflex::node_tier to join with.
   std::string credential;  ///< The join token.
   bool tls = false;        ///< Connect through the OpenSSL module (the actor system has it loaded).

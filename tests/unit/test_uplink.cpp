@@ -509,7 +509,8 @@ TEST_SUITE("uplink") {
 
   TEST_CASE("a core of several that is busy uploading is not taken for lost") {
     // Its `earned` queued behind the update chunks on a slow link, the node took a leader
-    // that kept asking for chunks as gone after 15 s, left it and cancelled its own work.
+    // that kept asking for chunks as gone after core_silence, left it and cancelled its own
+    // work.
     test::configured_system s;
     caf::actor test = caf::actor_cast<caf::actor>(s.self);
     auto core = s.sys.spawn([](caf::event_based_actor* self) -> caf::behavior {
@@ -527,6 +528,7 @@ TEST_SUITE("uplink") {
     });
     auto config = probe_config();
     config.other_cores = {{"127.0.0.1", 1}};  // another core to try
+    config.core_silence = std::chrono::seconds(3);  // 15 s in use: the same check, sooner
     config.on_activity = [test](const node_activity& n) {
       if (n.what == node_activity::kind::lost) caf::anon_send(test, std::string("lost"));
     };
@@ -534,7 +536,7 @@ TEST_SUITE("uplink") {
     auto uplink = spawn_uplink(s.sys, config, core, {s.sys.spawn(instant_worker)}, sink, sink);
     bool lost = false;
     s.self->receive([&](std::string&) { lost = true; },
-                    caf::after(std::chrono::seconds(19)) >> [] {});
+                    caf::after(std::chrono::seconds(7)) >> [] {});
     CHECK_MESSAGE(!lost, "the node left a core that asked for chunks all along");
     for (auto& a : {uplink, core, sink}) s.self->send_exit(a, caf::exit_reason::user_shutdown);
   }
@@ -596,7 +598,8 @@ TEST_SUITE("uplink") {
 
   TEST_CASE("a core of several that is busy sending parameters is not taken for lost") {
     // Chunks of parameters arriving all along, its `earned` queued behind them, the node took
-    // the leader as gone after 15 s, left it and dropped the assignment it was fetching for.
+    // the leader as gone after core_silence, left it and dropped the assignment it was
+    // fetching for.
     test::configured_system s;
     caf::actor test = caf::actor_cast<caf::actor>(s.self);
     auto chunks = std::make_shared<std::map<std::string, std::vector<uint8_t>>>();
@@ -624,6 +627,7 @@ TEST_SUITE("uplink") {
     });
     auto config = probe_config();
     config.other_cores = {{"127.0.0.1", 1}};
+    config.core_silence = std::chrono::seconds(3);
     config.on_activity = [test](const node_activity& n) {
       if (n.what == node_activity::kind::lost) caf::anon_send(test, std::string("lost"));
     };
@@ -631,7 +635,7 @@ TEST_SUITE("uplink") {
     auto uplink = spawn_uplink(s.sys, config, core, {s.sys.spawn(instant_worker)}, sink, sink);
     bool lost = false;
     s.self->receive([&](std::string&) { lost = true; },
-                    caf::after(std::chrono::seconds(19)) >> [] {});
+                    caf::after(std::chrono::seconds(7)) >> [] {});
     CHECK_MESSAGE(!lost, "the node left a core that sent it parameters all along");
     for (auto& x : {uplink, core, sink}) s.self->send_exit(x, caf::exit_reason::user_shutdown);
   }
