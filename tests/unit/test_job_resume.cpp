@@ -19,7 +19,12 @@ TEST_SUITE("job resume") {
     auto st = stored_job();
     st.shard_read_failures = 1;  // the next read, 5 s later, succeeds
     job_fixture f(st);
-    auto s = f.await([](const job_status& s) { return !s.detail.empty(); }, 5);
+    // The failed read's words (a slow machine shows the plain "loading" detail first).
+    auto s = f.await(
+        [](const job_status& s) {
+          return s.detail.find("waiting for the stored data sets to load: ") == 0;
+        },
+        5);
     CHECK(s.state == job_state::running);
     CHECK_MESSAGE(s.detail.find("waiting for the stored data sets to load: ") == 0, s.detail);
     CHECK(s.round == 2);
