@@ -316,10 +316,10 @@ caf::behavior core_actor(core_actor_type* self, core_children children, core_con
                                   "-byte public key, a " + std::to_string(signature_bytes) +
                                   "-byte proof and a join token (gft_ and 64 hex digits)"));
         if (hello.device.size() > max_device_description_chars)
-          return to_caf(error(errc::invalid_argument, "a node's device description has at most " +
-                                                          std::to_string(max_device_description_chars) +
-                                                          " characters, not " +
-                                                          std::to_string(hello.device.size())));
+          return to_caf(error(errc::invalid_argument,
+                              "a node's device description has at most " +
+                                  std::to_string(max_device_description_chars) +
+                                  " characters, not " + std::to_string(hello.device.size())));
         if (!is_printable_text(hello.device))
           return to_caf(error(errc::invalid_argument,
                               "a node's device description must be printable UTF-8 (no control "

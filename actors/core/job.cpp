@@ -603,9 +603,10 @@ void check_divergence(job_actor* self, const assignment& work, const std::string
             // was busy for a minute. Under accept the community's word is taken, as its
             // unverified results are.
             if (err.code() == errc::unavailable && !st.links.accept_unverified) {
-              spdlog::warn("job {}: {} community nodes said round {} diverged; waiting for the "
-                           "core tier to check it: {}",
-                           st.job.id, st.diverged.size(), round + 1, err.message());
+              spdlog::warn(
+                  "job {}: {} community nodes said round {} diverged; waiting for the "
+                  "core tier to check it: {}",
+                  st.job.id, st.diverged.size(), round + 1, err.message());
               self->delayed_send(self, std::chrono::seconds(5), verify_atom::value, round,
                                  generation);
               return;
@@ -1476,8 +1477,8 @@ void dispatch(job_actor* self) {
   auto wanted = static_cast<int64_t>(st.unassigned.size());
   self->request(st.links.market, std::chrono::seconds(10), acquire_atom::value, st.job.id,
                 market_workload(st.job.spec.workload, st.job.spec.model), wanted,
-                static_cast<uint8_t>(st.job.spec.tier),
-                st.job.spec.max_price, st.job.spec.min_reputation, avoided_nodes(st))
+                static_cast<uint8_t>(st.job.spec.tier), st.job.spec.max_price,
+                st.job.spec.min_reputation, avoided_nodes(st))
       .then(
           [=](acquire_reply& reply) {
             auto& st = self->state;

@@ -229,8 +229,8 @@ caf::behavior market_actor(caf::stateful_actor<market_state>* self, double newco
           // for each for good. One of the others makes room (a rate is measured again).
           if (measured.size() >= max_measured_workloads) {
             auto other = measured.begin();
-            std::advance(other, static_cast<long>(std::hash<std::string>{}(workload) %
-                                                  measured.size()));
+            std::advance(other,
+                         static_cast<long>(std::hash<std::string>{}(workload) % measured.size()));
             measured.erase(other);
           }
           measured.emplace(workload, rate);

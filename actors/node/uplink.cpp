@@ -686,7 +686,7 @@ caf::behavior uplink_behavior(uplink_actor* self, uplink_config config, caf::act
       [=](abort_atom, uint64_t id) {
         auto& st = self->state;
         if (self->current_sender() != caf::actor_cast<caf::strong_actor_ptr>(st.session)) return;
-        drop_answer(self, id);  // answered already: the core takes no more of it
+        drop_answer(self, id);            // answered already: the core takes no more of it
         st.config.cancelled->cancel(id);  // a running assignment stops at its next step
         for (auto& [index, queue] : st.deferred)
           for (auto w = queue.begin(); w != queue.end(); ++w)

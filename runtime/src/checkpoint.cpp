@@ -103,10 +103,11 @@ expected<checkpoint> decode_checkpoint(std::span<const uint8_t> bytes,
           const auto tensor = entry.getTensor();
           if (tensor.hasZstd())
             // The name is the file's: printable and short on a terminal or in a log.
-            return error(errc::malformed_message,
-                         "malformed checkpoint: tensor '" +
-                             printable_text(std::string_view(entry.getName().cStr()).substr(0, 64)) +
-                             "' is packed (checkpoints hold raw tensors)");
+            return error(
+                errc::malformed_message,
+                "malformed checkpoint: tensor '" +
+                    printable_text(std::string_view(entry.getName().cStr()).substr(0, 64)) +
+                    "' is packed (checkpoints hold raw tensors)");
           auto t = detail::read_tensor(tensor, limits);
           if (!t) return t.error();
           c.tensors.push_back({entry.getName().cStr(), std::move(*t)});

@@ -103,7 +103,8 @@ expected<void> read_labels(const tensor& labels, uint32_t classes, tensor& out,
   for (int64_t i = 0; i < labels.numel(); ++i) {
     const int64_t v = want == dtype::u8 ? labels.data<uint8_t>()[i] : labels.data<int32_t>()[i];
     if (v < 0 || v >= classes)
-      return error(errc::malformed_message, what + ": label " + std::to_string(v) + " out of range");
+      return error(errc::malformed_message,
+                   what + ": label " + std::to_string(v) + " out of range");
     out.data<int32_t>()[i] = static_cast<int32_t>(v);
   }
   return {};

@@ -77,7 +77,8 @@ TEST_SUITE("dataset") {
     CHECK(why(make(10, 10, 0, false)).find("classes must be in") != std::string::npos);
     // Past what a shard carries: the core refused the upload only once it had it all.
     CHECK(why(make(10, 10, 65536, false)).empty());
-    CHECK(why(make(10, 10, 65537, false)) == "the training split: classes must be in [2, 65536], got 65537");
+    CHECK(why(make(10, 10, 65537, false)) ==
+          "the training split: classes must be in [2, 65536], got 65537");
     CHECK(why(make(10, 10, 1 << 24, true)).empty());
     CHECK(why(make(10, 10, (1 << 24) + 1, true)).find("for tokens") != std::string::npos);
     CHECK(why(make(10, 10, 1, false)).find("classes must be in [2, 65536]") != std::string::npos);

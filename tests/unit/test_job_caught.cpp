@@ -850,12 +850,13 @@ TEST_SUITE("job caught nodes") {
       resumed_job r(6, nodes, true, [&](caf::actor_system& sys, job_links& links) {
         links.accept_unverified = accept;
         links.verifier = sys.spawn([checks]() -> caf::behavior {
-          return {[checks](verify_atom, verify_request& req) -> caf::result<double, double, double> {
-            if (!req.claimed.empty()) return {0.0, 1.0, 0.01};
-            if (++*checks == 1)
-              return to_caf(error(errc::unavailable, "no core-tier worker was free for 60 s"));
-            return {0.0, 1.0, 0.01};
-          }};
+          return {
+              [checks](verify_atom, verify_request& req) -> caf::result<double, double, double> {
+                if (!req.claimed.empty()) return {0.0, 1.0, 0.01};
+                if (++*checks == 1)
+                  return to_caf(error(errc::unavailable, "no core-tier worker was free for 60 s"));
+                return {0.0, 1.0, 0.01};
+              }};
         });
       });
       if (!accept) {

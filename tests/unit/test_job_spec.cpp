@@ -385,7 +385,9 @@ name = "tiny"
     CHECK(contains(failure("[job]\nworkload = \"" + std::string(65, 'w') + "\"\n"),
                    "job.workload: must be at most 64 characters, got 65"));
     m = failure("[data]\nset = \"fashion-mnist\"\n[model]\nname = \"my model\"\n");
-    CHECK(m == "job.toml: model.name: must use only letters, digits, '.', '_' and '-', got \"my model\"");
+    CHECK(
+        m ==
+        "job.toml: model.name: must use only letters, digits, '.', '_' and '-', got \"my model\"");
     // Two models of one label are two workloads to the market; a built-in stays its name.
     CHECK(market_workload("fashion-mlp", "") == "fashion-mlp");
     const auto a = market_workload("model", "[model]\nlayers = [1]\n");

@@ -527,7 +527,7 @@ TEST_SUITE("uplink") {
       };
     });
     auto config = probe_config();
-    config.other_cores = {{"127.0.0.1", 1}};  // another core to try
+    config.other_cores = {{"127.0.0.1", 1}};        // another core to try
     config.core_silence = std::chrono::seconds(3);  // 15 s in use: the same check, sooner
     config.on_activity = [test](const node_activity& n) {
       if (n.what == node_activity::kind::lost) caf::anon_send(test, std::string("lost"));
