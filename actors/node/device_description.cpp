@@ -1,5 +1,7 @@
 #include "device_description.hpp"
 
+#include <algorithm>
+
 namespace gflex {
 
 std::string describe_devices(const std::vector<std::string>& ranks, const std::string& reduce,
