@@ -8,6 +8,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -50,9 +51,14 @@ struct forked_core {
   pid_t pid = -1;
 
   explicit forked_core(const core_config& config) {
+    const pid_t parent = ::getpid();
     pid = ::fork();
     REQUIRE(pid >= 0);
     if (pid == 0) {
+      // Killed with the test's process: one that crashed (a sanitizer's abort) left its
+      // core running for good.
+      ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+      if (::getppid() != parent) ::_exit(1);
       const int code = run_core(config, [](local_core&) -> expected<std::unique_ptr<core_service>> {
         return std::unique_ptr<core_service>(std::make_unique<nothing_beside>());
       });

@@ -9,6 +9,7 @@
 #include <netinet/in.h>
 #include <signal.h>
 #include <sys/socket.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -70,8 +71,12 @@ class etcd_server {
     const std::string peer = "http://127.0.0.1:" + std::to_string(peer_port);
     const std::string data = (dir / "etcd").string();
     const std::string log = (dir / "etcd.log").string();
+    const pid_t parent = ::getpid();
     pid_ = ::fork();
     if (pid_ == 0) {
+      // Killed with the test's process, should that crash before it reaps etcd.
+      ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+      if (::getppid() != parent) ::_exit(1);
       FILE* out = std::freopen(log.c_str(), "w", stderr);
       (void)out;
       ::execl("/usr/bin/etcd", "etcd", "--name", "e1", "--data-dir", data.c_str(),
