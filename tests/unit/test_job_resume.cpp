@@ -103,7 +103,12 @@ TEST_SUITE("job resume") {
     auto st = stored_job();
     st.unreadable.insert(job_checkpoint_key("job-1"));
     job_fixture f(st);
-    auto s = f.await([](const job_status& s) { return !s.detail.empty(); }, 5);
+    // Awaited by its words: a slow machine shows the data sets' loading first.
+    auto s = f.await(
+        [](const job_status& s) {
+          return s.detail.find("waiting: its checkpoint cannot be read: ") == 0;
+        },
+        5);
     CHECK(s.state == job_state::running);
     CHECK_MESSAGE(s.detail.find("waiting: its checkpoint cannot be read: ") == 0, s.detail);
     f.self->request(f.supervisor, f.wait, cancel_atom::value, f.alice, std::string("job-1"))
@@ -120,7 +125,8 @@ TEST_SUITE("job resume") {
     // A top-up's record (of the last durable round) landed after the next round's record and
     // checkpoint: resumed from the record's round, that round was trained and paid again.
     job_fixture f(stored_job(1));
-    auto s = f.await([](const job_status& s) { return !s.detail.empty(); }, 10);
+    auto s =
+        f.await([](const job_status& s) { return s.detail.find("waiting for workers") == 0; }, 10);
     CHECK_MESSAGE(s.detail.find("waiting for workers: 1 assignment(s) of round 3") == 0, s.detail);
     CHECK(s.round == 2);
   }
