@@ -1,7 +1,5 @@
 #include "device_description.hpp"
 
-#include <algorithm>
-
 namespace gflex {
 
 std::string describe_devices(const std::vector<std::string>& ranks, const std::string& reduce,
@@ -21,8 +19,10 @@ std::string describe_devices(const std::vector<std::string>& ranks, const std::s
     if (out.size() + next.size() > for_ranks) break;
     out += next;
   }
-  if (shown == 0) out = ranks.empty() ? "" : ranks[0].substr(0, for_ranks);
-  shown = std::max<size_t>(shown, ranks.empty() ? 0 : 1);
+  if (shown == 0 && !ranks.empty()) {  // even the first is too long: the start of it
+    out = ranks[0].substr(0, for_ranks);
+    shown = 1;
+  }
   if (shown < ranks.size())
     out += (out.empty() ? "" : "; ") + std::to_string(ranks.size() - shown) + " more";
   if (!suffix.empty() && out.size() + 4 < max_chars) {
