@@ -177,15 +177,17 @@ struct job_actor_state {
   uint64_t verifier_generation = 0;
   bool divergence_disproved = false;
   std::set<std::string> caught;  // nodes caught misbehaving during this job
-  /// Nodes (by id) this job's work ran out of memory on: the market leaves them out of its
-  /// acquires until `until` (a minute, doubling with each shortage, up to 30 minutes: the
-  /// model may not fit at all, or another program held the memory for a while).
-  struct memory_shortage {
-    std::string node_name, why;
+  /// Nodes (by id) this job's work does not suit: it ran out of their memory, or ran past
+  /// the round's deadline on them. The market leaves them out of the job's acquires until
+  /// `until` (leave_out: a while, doubling each time, up to 30 minutes: the model may not fit
+  /// or be too slow there at all, or another program held the node for a while). Sent again
+  /// at once, the work failed there again, round after round, with no word of why.
+  struct unsuited_node {
+    std::string failure;  // what the work did there: "ran out of their memory (...)"
     int count = 0;
     std::chrono::steady_clock::time_point until;
   };
-  std::map<std::string, memory_shortage> out_of_memory;
+  std::map<std::string, unsuited_node> unsuited;
   /// Each node key's last updates, sketched (newest last, at most replay_memory): a node
   /// that sends its stored updates in turn repeats none of them back to back. By key, not by
   /// name: one key joins under several names, and replayed them in turn under each.
@@ -628,13 +630,25 @@ bool ran_out_of_memory(const error& err) {
          m.find("memory") != std::string::npos;
 }
 
-// The nodes the job's acquires leave out now (ran_out_of_memory), by id.
+// The nodes the job's acquires leave out now (leave_out), by id.
 std::vector<std::string> avoided_nodes(job_actor_state& st) {
   const auto now = clock_type::now();
   std::vector<std::string> out;
-  for (const auto& [node, shortage] : st.out_of_memory)
-    if (now < shortage.until) out.push_back(node);
+  for (const auto& [node, unsuited] : st.unsuited)
+    if (now < unsuited.until) out.push_back(node);
   return out;
+}
+
+// Leaves the node of assignment `a` out of this job's acquires for `first`, doubling with
+// each time after, up to 30 minutes: its work `failure` there ("ran out of their memory").
+void leave_out(job_actor_state& st, const in_flight& a, std::string failure,
+               std::chrono::seconds first) {
+  auto& unsuited = st.unsuited[a.slot.node_id];
+  unsuited.failure = std::move(failure);
+  unsuited.count = std::min(unsuited.count + 1, 12);
+  unsuited.until =
+      clock_type::now() +
+      std::min<clock_type::duration>(first * (1 << (unsuited.count - 1)), std::chrono::minutes(30));
 }
 
 // An assignment its worker answered with an error.
@@ -644,14 +658,20 @@ void assignment_failed(job_actor* self, uint64_t id, const caf::error& e) {
   const auto err = from_caf(e, &self->system());
   // Sent again to a node it did not fit, the work fails there again, and a model too large
   // for every node went round them for ever with no word of why.
-  if (it != st.pending.end() && ran_out_of_memory(err)) {
-    auto& shortage = st.out_of_memory[it->second.slot.node_id];
-    shortage.node_name = it->second.slot.node_name;
-    shortage.why = err.message().substr(0, 200);
-    shortage.count = std::min(shortage.count + 1, 6);
-    shortage.until =
-        clock_type::now() + std::chrono::minutes(std::min(1 << (shortage.count - 1), 30));
-  }
+  if (it != st.pending.end() && ran_out_of_memory(err))
+    leave_out(st, it->second,
+              "ran out of their memory (" + it->second.slot.node_name + ": " +
+                  err.message().substr(0, 200) + ")",
+              std::chrono::minutes(1));
+  // Past the deadline the job sets, the work is too slow there for this job, not for others:
+  // sent again as soon as the market's short cooldown ended, a deadline too short for every
+  // node kept each of them computing assignments for nothing, round after round. Briefly at
+  // first: a volunteer's machine is often slow for a while, when its owner uses it.
+  if (it != st.pending.end() && e == caf::sec::request_timeout)
+    leave_out(st, it->second,
+              "took longer than deadline_s (" + format_g(st.job.spec.deadline_s) + " s) on " +
+                  it->second.slot.node_name,
+              std::chrono::seconds(10));
   if (it != st.pending.end() && err.code() == errc::non_finite && !st.divergence_disproved) {
     const auto& slot = it->second.slot;
     st.diverged[slot.public_key] = err.message();
@@ -1509,14 +1529,13 @@ void dispatch(job_actor* self) {
                        std::to_string(reply.wrong_tier) + " of another tier, " +
                        std::to_string(reply.too_expensive) + " over max_price, " +
                        std::to_string(reply.low_reputation) + " below min_reputation";
-              if (reply.avoided > 0 && !st.out_of_memory.empty()) {
-                // The node that ran out most recently, as an example of why.
-                const job_actor_state::memory_shortage* last = nullptr;
-                for (const auto& [node, shortage] : st.out_of_memory)
-                  if (last == nullptr || shortage.until > last->until) last = &shortage;
+              if (reply.avoided > 0 && !st.unsuited.empty()) {
+                // The node left out most recently, as an example of why.
+                const job_actor_state::unsuited_node* last = nullptr;
+                for (const auto& [node, unsuited] : st.unsuited)
+                  if (last == nullptr || unsuited.until > last->until) last = &unsuited;
                 detail += ", " + std::to_string(reply.avoided) +
-                          " left out for a while: this job's work ran out of their memory (" +
-                          last->node_name + ": " + last->why + ")";
+                          " left out for a while: this job's work " + last->failure;
               }
               self->delayed_send(self, std::chrono::milliseconds(250), tick_atom::value);
             }

@@ -2,7 +2,7 @@
 /// An assignment that outlives its deadline is withdrawn from the worker that has it: the job
 /// hands its shard to another worker and tells the first to stop. Before, it was given up
 /// silently, and a slow node computed it to the end, and the next ones queued behind it, all
-/// past their deadlines and for nothing.
+/// past their deadlines and for nothing. The node is then left out of the job's work for a while.
 
 #include <doctest/doctest.h>
 
@@ -55,6 +55,28 @@ TEST_SUITE("job deadlines") {
     }
     REQUIRE(assigned.size() == 1);
     CHECK(aborted == assigned);
+    side.self->send_exit(worker, caf::exit_reason::user_shutdown);
+  }
+
+  TEST_CASE("a node the work ran past its deadline on is left out, and the status says why") {
+    // Sent again once the market's short cooldown ended, a deadline too short for every node
+    // kept each of them computing the job's assignments for nothing, round after round, while
+    // the status said nothing of why.
+    configured_system side;
+    auto worker = side.sys.spawn(silent_worker);
+    job_fixture f(stored_job(2, k_spec + "[round]\ndeadline_s = 1\n"),
+                  {node_slot(worker, "n1", "slow")});
+    auto s = f.await(
+        [](const job_status& st) { return st.detail.find("left out") != std::string::npos; }, 20);
+    CHECK(s.state == job_state::running);
+    CHECK_MESSAGE(s.detail.find("1 left out for a while: this job's work took longer than "
+                                "deadline_s (1 s) on slow") != std::string::npos,
+                  s.detail);
+    std::vector<std::string> avoided;
+    f.self->request(f.market, f.wait, caf::get_atom::value, caf::get_atom::value)
+        .receive([&](std::vector<std::string>& a) { avoided = std::move(a); },
+                 [&](caf::error& e) { FAIL(f.sys.render(e)); });
+    CHECK(avoided == std::vector<std::string>{"n1"});
     side.self->send_exit(worker, caf::exit_reason::user_shutdown);
   }
 }
