@@ -177,6 +177,10 @@ struct job_actor_state {
   uint64_t verifier_generation = 0;
   bool divergence_disproved = false;
   std::set<std::string> caught;  // nodes caught misbehaving during this job
+  // Rejections the reputation tracker has not taken yet (report_rejection). An ended job stays
+  // until they are told (ended_and_recorded): a job that ended then lost them.
+  int rejections_untold = 0;
+  bool ended_and_recorded = false;
   /// Nodes (by id) this job's work does not suit: it ran out of their memory, or ran past
   /// the round's deadline on them. The market leaves them out of the job's acquires until
   /// `until` (leave_out: a while, doubling each time, up to 30 minutes: the model may not fit
@@ -508,7 +512,8 @@ void record_end(job_actor* self) {
   auto recorded = [=] {
     self->state.held.clear();
     for (auto& rp : self->state.end_waiters) rp.deliver(caf::ok_atom::value);
-    self->quit();
+    self->state.ended_and_recorded = true;
+    if (self->state.rejections_untold == 0) self->quit();
   };
   auto not_recorded = [=](const std::string& why) {
     // The record still says running. The job stays to write it again, later and later: it
@@ -542,6 +547,9 @@ void record_end(job_actor* self) {
 // handed out for ever, each failure cooling a worker down; one node's word, or two's, is not
 // enough (a faulty GPU, or a hostile node, says it of work that runs).
 constexpr size_t diverged_nodes_to_fail = 3;
+// How many times in all a rejection is told to a reputation tracker that does not take it, 2 s
+// apart (report_rejection): a restart of the tracker takes well under a minute.
+constexpr int rejection_attempts = 30;
 
 void fail_assignment(job_actor* self, uint64_t id, const std::string& why);
 
@@ -832,6 +840,46 @@ void discard_work_of(job_actor* self, const std::string node, const std::string 
   dispatch(self);
 }
 
+// The reputation tracker hears that `node` was caught, and why (its `attempt`th telling). It
+// flags the other names of its key too, and says which: their work here is discarded as
+// well, and the other jobs discard theirs. A tracker restarting or too busy to answer lost the
+// rejection: the cheat kept its score, and its key's other names their work. It is told
+// again, every 2 s, up to `rejection_attempts` times in all.
+void report_rejection(job_actor* self, const std::string& node, const std::string& why,
+                      int attempt) {
+  auto& st = self->state;
+  if (!st.links.reputation) return;
+  st.rejections_untold += 1;
+  // One telling done, taken or given up: the last of an ended job lets it go.
+  auto told = [self] {
+    auto& st = self->state;
+    if (--st.rejections_untold == 0 && st.ended_and_recorded) self->quit();
+  };
+  self->request(st.links.reputation, std::chrono::seconds(30), reject_atom::value, node, why)
+      .then(
+          [=](std::vector<std::string>& siblings) {
+            told();
+            auto& st = self->state;
+            for (const auto& other : siblings) {
+              const std::string sibling_why = "its node key was caught as " + node;
+              self->send(st.links.supervisor, reject_atom::value, other, sibling_why);
+              if (!st.finished) discard_work_of(self, other, sibling_why);
+            }
+          },
+          [=](caf::error& e) {
+            spdlog::warn("job {}: the reputation tracker did not take the rejection of {}{}: {}",
+                         self->state.job.id, node,
+                         attempt < rejection_attempts ? "; telling it again" : "",
+                         self->system().render(e));
+            if (attempt < rejection_attempts) {
+              self->state.rejections_untold += 1;  // until the next telling counts itself
+              self->delayed_send(self, std::chrono::seconds(2), reject_atom::value, node, why,
+                                 attempt + 1);
+            }
+            told();
+          });
+}
+
 // A node was caught in this job: its reputation hears why, its work here is discarded, and
 // the other jobs discard theirs (a caught cheat loses its unpaid credits everywhere).
 // `node` is a copy: callers pass a result's own slot name, which the discard erases (read
@@ -840,20 +888,7 @@ void discard_work_of(job_actor* self, const std::string node, const std::string 
 void caught(job_actor* self, const std::string node, const std::string why) {
   auto& st = self->state;
   st.job.status.rejected_results += 1;
-  // The tracker flags the other names of its key too, and says which: their work here is
-  // discarded as well, and the other jobs discard theirs.
-  if (st.links.reputation)
-    self->request(st.links.reputation, std::chrono::seconds(30), reject_atom::value, node, why)
-        .then(
-            [=](std::vector<std::string>& siblings) {
-              auto& st = self->state;
-              for (const auto& other : siblings) {
-                const std::string sibling_why = "its node key was caught as " + node;
-                self->send(st.links.supervisor, reject_atom::value, other, sibling_why);
-                if (!st.finished) discard_work_of(self, other, sibling_why);
-              }
-            },
-            [](caf::error&) {});
+  report_rejection(self, node, why, 1);
   self->send(st.links.supervisor, reject_atom::value, node, why);
   discard_work_of(self, node, why);
 }
@@ -2010,6 +2045,13 @@ caf::behavior job_behavior(job_actor* self, job_start start, job_links links) {
         if (st.finished || round != static_cast<uint64_t>(st.job.status.round)) return;
         watch_round(self);
         self->delayed_send(self, std::chrono::milliseconds(250), tick_atom::value, round);
+      },
+      // A rejection the reputation tracker did not take, told again (report_rejection).
+      [=](reject_atom, const std::string& node, const std::string& why, int attempt) {
+        if (self->current_sender() != self->ctrl()) return;
+        self->state.rejections_untold -= 1;  // the one the failed telling kept for this
+        report_rejection(self, node, why, attempt);
+        if (self->state.rejections_untold == 0 && self->state.ended_and_recorded) self->quit();
       },
       [=](tick_atom, open_atom) {
         if (self->current_sender() == self->ctrl() && !self->state.finished)

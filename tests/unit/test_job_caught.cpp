@@ -196,6 +196,27 @@ caf::behavior key_sharing_reputation(caf::stateful_actor<credits_state>* self, s
   };
 }
 
+// key_sharing_reputation as a tracker that restarted just as the first rejection reached it:
+// that one fails.
+caf::behavior forgetful_reputation(caf::stateful_actor<credits_state>* self, std::string cheat,
+                                   std::string alias) {
+  auto told = std::make_shared<int>(0);
+  return {
+      [=](sample_atom, const std::string& name) { return name == cheat; },
+      [=](credit_atom, const std::string& name, uint8_t, double, int64_t) {
+        self->state.credited.push_back(name);
+      },
+      [=](reject_atom, const std::string& name,
+          std::string&) -> caf::result<std::vector<std::string>> {
+        if (++*told == 1) return to_caf(error(errc::unavailable, "the tracker is restarting"));
+        return name == cheat ? std::vector<std::string>{alias} : std::vector<std::string>{};
+      },
+      [=](caf::get_atom) -> caf::result<std::vector<std::string>, std::vector<double>> {
+        return {self->state.credited, self->state.compute_s};
+      },
+  };
+}
+
 // A verifier whose every re-computation fails, as when the core tier cannot run the work.
 caf::behavior failing_verifier(caf::event_based_actor*) {
   return {
@@ -697,6 +718,29 @@ TEST_SUITE("job caught nodes") {
           [](progress_atom, job_status&) {}, [](const caf::down_msg&) {},
           caf::after(std::chrono::milliseconds(50)) >> [] {});
     CHECK(told.count("cheat-alias") == 1);
+  }
+
+  TEST_CASE("a rejection the reputation tracker did not take is told to it again") {
+    // It was dropped: the cheat kept its score and the other names of its key their work,
+    // here and in the other jobs.
+    resumed_job r(6,
+                  {{"cheat", node_tier::community, std::chrono::milliseconds(0), {}},
+                   {"cheat-alias", node_tier::community, std::chrono::milliseconds(0), {}},
+                   {"honest", node_tier::core, std::chrono::milliseconds(0), {}}},
+                  true, [](caf::actor_system& sys, job_links& links) {
+                    links.reputation = sys.spawn(forgetful_reputation, "cheat", "cheat-alias");
+                    links.verifier = sys.spawn(refuting_nth, 1, std::chrono::milliseconds(0));
+                  });
+    std::set<std::string> told;
+    const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(15);
+    while (told.count("cheat-alias") == 0 && std::chrono::steady_clock::now() < until)
+      r.f.self->receive(
+          [&](reject_atom, const std::string& node, const std::string&) { told.insert(node); },
+          [](progress_atom, job_status&) {}, [](const caf::down_msg&) {},
+          caf::after(std::chrono::milliseconds(50)) >> [] {});
+    CHECK(told.count("cheat") == 1);
+    CHECK_MESSAGE(told.count("cheat-alias") == 1,
+                  "the tracker never heard the rejection again, so never named the alias");
   }
 
   TEST_CASE("a node that sends its stored updates in turn is re-computed") {
