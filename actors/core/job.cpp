@@ -1741,7 +1741,9 @@ caf::behavior job_behavior(job_actor* self, job_start start, job_links links) {
   auto& st = self->state;
   st.job = std::move(start);
   st.links = std::move(links);
-  st.run_id = fmt::format("{:016x}", fresh_assignment_id());
+  // EPOCH.RUN: the ledger refuses an older epoch's operations once a job supervisor that
+  // replaced the one that started this actor has fenced them off.
+  st.run_id = fmt::format("{:x}.{:016x}", st.links.run_epoch, fresh_assignment_id());
   // The last committed checkpoint, decoded here on the job's own thread. Its step is the
   // job's round: a record written alone (a top-up's) while a round's record and checkpoint
   // were being committed can land after them and say the round before, and resuming from

@@ -83,6 +83,10 @@ struct job_links {
   /// The job supervisor replaces one that died: its jobs' rounds may still wait in the ledger
   /// keeper's queue, to be written before their records and checkpoints are read.
   bool after_restart = false;
+  /// Names the runs of the job actors this job supervisor starts (job_run_id): the ledger
+  /// refuses the operations of an earlier epoch's runs once fenced (ledger_keeper.hpp). Set
+  /// by the job supervisor at its start, later than any before it in the process.
+  uint64_t run_epoch = 0;
 };
 
 /// Spawns a job actor on its own thread (evaluation and encoding block).

@@ -600,11 +600,13 @@ void resume_jobs(supervisor_actor* self) {
   // go with its payments). The records are read once the keeper has answered what was sent
   // to it before, or a job resumed a round behind, and trained and paid for it again. (A
   // starting core has nothing queued, and does not wait for its keeper's first read.)
+  // The fence also refuses what the old jobs' actors send from now on: one busy evaluating a
+  // round when its supervisor died settles it once done, and the records read here would be
+  // a round behind it.
   const auto& ledger = self->state.links.ledger;
   if (!self->state.links.after_restart || !ledger) return scan_job_records(self);
-  self->request(ledger, std::chrono::minutes(5), booked_atom::value,
-                std::string("barrier before resuming the jobs"))
-      .then([=](uint64_t) { scan_job_records(self); },
+  self->request(ledger, std::chrono::minutes(5), fence_atom::value, self->state.links.run_epoch)
+      .then([=](caf::ok_atom) { scan_job_records(self); },
             [=](caf::error& e) {
               spdlog::error(
                   "job supervisor: the ledger keeper did not answer ({}); resuming the "
@@ -794,6 +796,8 @@ void fetch_model(supervisor_actor* self, const std::string& who, const std::stri
 
 caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links) {
   self->state.links = std::move(links);
+  self->state.links.run_epoch =
+      static_cast<uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count());
   self->state.links.supervisor = caf::actor_cast<caf::actor>(self);
   self->set_down_handler([=](const caf::down_msg& down) {
     for (auto& [id, entry] : self->state.jobs) {
@@ -836,7 +840,12 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links) {
         if (role == "market") st.links.market = replacement;
         if (role == "reputation") st.links.reputation = replacement;
         if (role == "verifier") st.links.verifier = replacement;
-        if (role == "ledger") st.links.ledger = replacement;
+        if (role == "ledger") {
+          // A new keeper fences nothing yet.
+          st.links.ledger = replacement;
+          self->request(replacement, std::chrono::minutes(5), fence_atom::value, st.links.run_epoch)
+              .then([](caf::ok_atom) {}, [](caf::error&) {});
+        }
         for (auto& [id, entry] : st.jobs)
           if (entry.actor) self->send(entry.actor, update_atom::value, role, replacement);
       },

@@ -5,6 +5,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include <charconv>
 #include <chrono>
 #include <cstdio>
 #include <ctime>
@@ -92,6 +93,7 @@ struct keeper_state {
   std::string broken;  // why the stored ledger failed its check at start; writes refused
   std::chrono::milliseconds store_wait{60000};  // for a write, then for each read of the head
   std::function<void()> ask_again;  // reads the stored head once more (the last read failed)
+  uint64_t fence = 0;               // job runs of an earlier epoch are refused (fence_atom)
   static inline const char* name = "ledger_keeper";
 };
 
@@ -156,6 +158,21 @@ std::string describe(const ledger_entry& e, const std::string& account) {
   std::strftime(when, sizeof when, "%Y-%m-%d %H:%M:%S", std::gmtime(&t));
   return std::to_string(e.seq) + "  " + when + "  " + e.kind + "  " + (change >= 0 ? "+" : "") +
          format_credits(change) + "  " + e.memo;
+}
+
+// The epoch of the job run that operation `op` names (`JOB/EPOCH.RUN/what/index`), if it
+// names one: other operations (credit references, runs named before epochs) have none.
+std::optional<uint64_t> run_epoch(const std::string& op) {
+  if (!op.starts_with("job-")) return std::nullopt;
+  const auto slash = op.find('/');
+  if (slash == std::string::npos) return std::nullopt;
+  const auto dot = op.find('.', slash + 1), next = op.find('/', slash + 1);
+  if (dot == std::string::npos || dot >= next || dot == slash + 1) return std::nullopt;
+  uint64_t epoch = 0;
+  const auto* first = op.data() + slash + 1;
+  auto [end, ec] = std::from_chars(first, op.data() + dot, epoch, 16);
+  if (ec != std::errc{} || end != op.data() + dot) return std::nullopt;
+  return epoch;
 }
 
 void next_in_turn(keeper_actor* self);
@@ -271,6 +288,13 @@ void book_transaction(keeper_actor* self, Promise rp, std::string kind, std::str
           [=, kind = std::move(kind), memo = std::move(memo), postings = std::move(postings),
            op = std::move(op)]() mutable {
             auto& st = self->state;
+            if (auto epoch = run_epoch(op); epoch && *epoch < st.fence) {
+              rp.deliver(to_caf(error(errc::permission_denied,
+                                      "operation " + op +
+                                          " is of a job run that ended: its job supervisor was "
+                                          "replaced, and the job runs again")));
+              return;
+            }
             if (!op.empty() && st.book.booked(op) != 0) {
               // A credit reference is the operator's payment id: booked again with the same
               // postings it is a retry; with others, a mistake that must not look booked.
@@ -446,6 +470,14 @@ caf::behavior keeper(keeper_actor* self, caf::actor store, std::chrono::millisec
         book_transaction(self, rp, std::move(kind), std::move(memo), std::move(postings),
                          std::move(op), std::make_shared<store_batch>(std::move(batch)),
                          caf::ok_atom::value);
+        return rp;
+      },
+      [=](fence_atom, uint64_t epoch) -> caf::result<caf::ok_atom> {
+        auto rp = self->make_response_promise<caf::ok_atom>();
+        in_turn(self, rp, [=]() mutable {
+          self->state.fence = std::max(self->state.fence, epoch);
+          rp.deliver(caf::ok_atom::value);
+        });
         return rp;
       },
       [=](booked_atom, const std::string& op) -> caf::result<uint64_t> {

@@ -19,6 +19,12 @@
 ///   when given (one already booked: ok, nothing written).
 /// - (booked_atom, op) -> seq: the entry that booked `op`, 0 if none. Answered after every
 ///   message that came before it, so a sender whose request timed out learns its outcome.
+/// - (fence_atom, epoch) -> ok_atom: from now on, refuses the operations of job runs of an
+///   earlier epoch (a job's operations are `JOB/EPOCH.RUN/what/index`, job_run_id), with
+///   errc::permission_denied. Answered after every message that came before it. A job
+///   supervisor that replaces one that died fences off the job actors of the one before,
+///   which may still be finishing a round: settled after the new one read the job's record,
+///   that round was trained and paid for twice.
 /// - (account_atom, account) -> account_info.
 /// - (ledger_atom) -> ledger_report: re-reads everything from LMDB and verifies it; also
 ///   counts escrow that ended jobs still hold (`escrow/<job>` accounts named in

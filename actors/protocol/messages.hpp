@@ -58,6 +58,7 @@ using bar_atom = caf::atom_constant<caf::atom("bar")>;             ///< reputati
 using score_atom = caf::atom_constant<caf::atom("score")>;         ///< reputation -> market
 using open_atom = caf::atom_constant<caf::atom("open")>;           ///< any -> ledger
 using transfer_atom = caf::atom_constant<caf::atom("transfer")>;   ///< any -> ledger
+using fence_atom = caf::atom_constant<caf::atom("fence")>;         ///< job_supervisor -> ledger
 using settle_atom = caf::atom_constant<caf::atom("settle")>;       ///< job -> ledger
 using booked_atom = caf::atom_constant<caf::atom("booked")>;       ///< job -> ledger
 using account_atom = caf::atom_constant<caf::atom("account")>;     ///< client -> core

@@ -15,11 +15,13 @@ namespace {
 
 struct held_ledger_state {
   std::vector<caf::typed_response_promise<uint64_t>> held;
+  std::vector<caf::typed_response_promise<caf::ok_atom>> held_fences;
   int asked = 0;
 };
 
-// A ledger keeper busy with earlier writes: what it is asked is answered only once the test
-// says (caf::put_atom); (caf::get_atom) -> how many questions it was asked.
+// A ledger keeper busy with earlier writes: what it is asked (whether an operation was booked,
+// or to fence off the job runs of a dead supervisor) is answered only once the test says
+// (caf::put_atom); (caf::get_atom) -> how many questions it was asked.
 caf::behavior held_ledger(caf::stateful_actor<held_ledger_state>* self) {
   return {
       [=](booked_atom, const std::string&) -> caf::result<uint64_t> {
@@ -27,9 +29,16 @@ caf::behavior held_ledger(caf::stateful_actor<held_ledger_state>* self) {
         self->state.held.push_back(self->make_response_promise<uint64_t>());
         return self->state.held.back();
       },
+      [=](fence_atom, uint64_t) -> caf::result<caf::ok_atom> {
+        ++self->state.asked;
+        self->state.held_fences.push_back(self->make_response_promise<caf::ok_atom>());
+        return self->state.held_fences.back();
+      },
       [=](caf::put_atom) {
         for (auto& rp : self->state.held) rp.deliver(uint64_t{0});
+        for (auto& rp : self->state.held_fences) rp.deliver(caf::ok_atom::value);
         self->state.held.clear();
+        self->state.held_fences.clear();
       },
       [=](caf::get_atom) { return self->state.asked; },
   };

@@ -227,4 +227,62 @@ TEST_SUITE("ledger_keeper") {
     self->send_exit(keeper, caf::exit_reason::user_shutdown);
     self->send_exit(store, caf::exit_reason::user_shutdown);
   }
+
+  TEST_CASE_FIXTURE(
+      keeper_fixture,
+      "once fenced, a job run of an earlier epoch settles nothing and writes nothing") {
+    // A job supervisor that replaced one that died read the job's record while the old job's
+    // actor was still evaluating a round; that actor then settled it, and the new one trained
+    // and settled it again: the nodes were paid twice and the user charged twice.
+    for (const char* account : {"user/alice", "node/n1"})
+      self->request(keeper, timeout, open_atom::value, std::string(account), false)
+          .receive([&](caf::ok_atom) {}, [&](caf::error& e) { FAIL(sys.render(e)); });
+    self->request(keeper, timeout, transfer_atom::value, std::string("credit"), std::string("test"),
+                  std::vector<posting>{{"external", -10'000'000}, {"user/alice", 10'000'000}})
+        .receive([](uint64_t) {}, [&](caf::error& e) { FAIL(sys.render(e)); });
+    auto settle = [&](const std::string& op, const std::string& key) -> expected<bool> {
+      expected<bool> out = true;
+      store_batch batch;
+      batch.keys.push_back(key);
+      batch.values.push_back({'r'});
+      self->request(keeper, timeout, settle_atom::value, std::string("settle"),
+                    std::string("job-1 round 1: paid"),
+                    std::vector<posting>{{"user/alice", -1'000'000}, {"node/n1", 1'000'000}},
+                    std::move(batch), op)
+          .receive([&](caf::ok_atom) {}, [&](caf::error& e) { out = from_caf(e); });
+      return out;
+    };
+    auto stored = [&](const std::string& key) {
+      bool found = false;
+      self->request(store, timeout, read_atom::value, key)
+          .receive([&](bool f, std::vector<uint8_t>&) { found = f; },
+                   [&](caf::error& e) { FAIL(sys.render(e)); });
+      return found;
+    };
+    auto balance = [&](const std::string& account) {
+      int64_t out = -1;
+      self->request(keeper, timeout, account_atom::value, account)
+          .receive([&](account_info& a) { out = a.balance; },
+                   [&](caf::error& e) { FAIL(sys.render(e)); });
+      return out;
+    };
+    // Before the fence an old epoch's run is booked as any.
+    REQUIRE(settle("job-1/a.00000000000000aa/settle/0", "job/one").has_value());
+    self->request(keeper, timeout, fence_atom::value, uint64_t{0x14})
+        .receive([](caf::ok_atom) {}, [&](caf::error& e) { FAIL(sys.render(e)); });
+    auto stale = settle("job-1/13.00000000000000bb/settle/1", "job/stale");
+    REQUIRE_FALSE(stale.has_value());
+    CHECK(stale.error().code() == errc::permission_denied);
+    CHECK_MESSAGE(stale.error().message().find("is of a job run that ended") != std::string::npos,
+                  stale.error().message());
+    CHECK_FALSE(stored("job/stale"));
+    CHECK(balance("node/n1") == 1'000'000);
+    // The fence's own epoch and later ones are booked, and so are operations of no epoch.
+    for (const char* op : {"job-1/14.00000000000000cc/settle/1",
+                           "job-1/ff.00000000000000dd/settle/2", "job-1/00000000000000ee/settle/3"})
+      CHECK_MESSAGE(settle(op, std::string("job/") + op).has_value(), op);
+    CHECK(balance("node/n1") == 4'000'000);
+    self->send_exit(keeper, caf::exit_reason::user_shutdown);
+    self->send_exit(store, caf::exit_reason::user_shutdown);
+  }
 }
