@@ -928,6 +928,9 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links) {
           return to_caf(error(w.error().code(),
                               spec->model.empty() ? "job spec: job.workload: " + w.error().message()
                                                   : "job spec: " + w.error().message()));
+        // Refused here, before any node runs it: every assignment would fail on every node.
+        if (auto fits = (*w)->check_batch(spec->batch_size); !fits)
+          return to_caf(error(fits.error().code(), "job spec: " + fits.error().message()));
         if (!spec->model.empty() && !builtin_data) {
           auto data = self->state.links.catalog->user_set(owner, spec->data_set, **w);
           if (!data)

@@ -407,9 +407,12 @@ caf::behavior worker_behavior(worker_actor* self, worker_config config, caf::act
       node_metrics::assignments("failed").inc();
       tell(node_activity::kind::failed, 0.0, 0.0);
       self->state.models.clear();
-      // Out of memory says nothing of the device (a model too large, another program's use);
-      // anything else in a row says it is broken.
-      if (why.message().find("out of") == std::string::npos) cfg.device_failures->fetch_add(1);
+      // Out of memory says nothing of the device (a model too large, another program's use),
+      // nor does a size the kernels refuse (a job's batch of a model too large for 32-bit
+      // extents: counted, any job spec could shut every node down); other device errors in a
+      // row say it is broken.
+      if (why.code() == errc::device_error && why.message().find("out of") == std::string::npos)
+        cfg.device_failures->fetch_add(1);
       return to_caf(why);
     };
     try {

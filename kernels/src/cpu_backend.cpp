@@ -279,7 +279,7 @@ class cpu_backend final : public backend {
     // in part, or not at all, silently.
     constexpr int64_t most = std::numeric_limits<blasint>::max();
     if (m > most || n > most || k > most || lda > most || ldb > most || ldc > most)
-      throw compute_error(error(errc::device_error,
+      throw compute_error(error(errc::invalid_argument,
                                 "a matrix product of " + std::to_string(m) + " x " +
                                     std::to_string(n) + " x " + std::to_string(k) +
                                     " passes the CPU BLAS's 32-bit sizes (a smaller batch fits)"));

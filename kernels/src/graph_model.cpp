@@ -894,7 +894,27 @@ class graph_workload final : public workload {
   }
 
   expected<std::unique_ptr<model>> instantiate(backend& b, int64_t max_batch) const override {
+    if (auto fits = check_batch(max_batch); !fits) return fits.error();
     return detail::make_model<graph_model>(max_batch, b, plan_);
+  }
+
+  expected<void> check_batch(int64_t batch) const override {
+    constexpr int64_t most = std::numeric_limits<int32_t>::max();
+    // The model's input is value 0; layer i writes value i + 1 unless it is a view.
+    for (size_t i = 0; i < plan_.layers.size(); ++i) {
+      const auto& l = plan_.layers[i];
+      int64_t per_sample = 1;
+      for (int64_t d : l.out_shape) per_sample *= d;  // bounded by the plan's limits
+      if (per_sample > 0 && batch > most / per_sample)
+        return error(errc::invalid_argument,
+                     "inner.batch_size: " + std::to_string(batch) + " samples of layer " +
+                         std::to_string(i + 1) + " (" + to_string(l.spec.kind) + ", " +
+                         std::to_string(per_sample) +
+                         " values each) pass 2^31 - 1 values, the most the kernels' matrix "
+                         "products take; at most " +
+                         std::to_string(most / per_sample) + " fit");
+    }
+    return {};
   }
 
   expected<dataset_splits> load_data() const override {

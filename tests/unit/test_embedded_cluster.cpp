@@ -64,6 +64,17 @@ TEST_SUITE("embedded cluster") {
     auto bad = c.submit("[job]\nname = \"bad\"\nworkload = \"no-such\"\n");
     REQUIRE_FALSE(bad.has_value());
     CHECK(bad.error().message().find("unknown workload 'no-such'") != std::string::npos);
+    // A batch whose activations pass the kernels' 32-bit sizes: run, it failed on every node.
+    auto wide = c.submit(
+        "[job]\nname = \"wide\"\nrounds = 1\n[inner]\nbatch_size = 65536\n[data]\n"
+        "set = \"fashion-mnist\"\n[model]\ninput = [784]\nlayers = [ { type = \"linear\", "
+        "units = 32768 }, { type = \"reshape\", shape = [32768, 1] }, { type = \"linear\", "
+        "units = 1 }, { type = \"flatten\" }, { type = \"linear\", units = 10 }, "
+        "{ type = \"softmax_xent\" } ]\n");
+    REQUIRE_FALSE(wide.has_value());
+    CHECK_MESSAGE(wide.error().message().find("inner.batch_size: 65536 samples of layer 1") !=
+                      std::string::npos,
+                  wide.error().message());
     CHECK(c.jobs().has_value());
     auto unknown = c.wait("job-999");
     CHECK_FALSE(unknown.has_value());

@@ -95,21 +95,29 @@ std::string plan_error(const std::string& text) {
 }  // namespace
 
 TEST_SUITE("model graph") {
-  TEST_CASE("a batch whose activations pass the value bound fails as running out of memory") {
-    // Each sample's activations are within the plan's bounds, 65,536 of them are not: the
-    // allocation's refusal was a device failure, and five assignments of such a job in a row
-    // shut a node down (a job's spec may ask any batch up to 65,536).
+  TEST_CASE("a batch whose values pass the kernels' 32-bit sizes is refused before it is made") {
+    // Each sample's activations are within the plan's bounds, 65,536 of them are not. Such a
+    // job's every assignment failed on every node; where the memory sufficed, the GEMM's
+    // 32-bit refusal, thrown mid-pass, counted as a failed device, and five such assignments
+    // in a row shut a node down (a job's spec may ask any batch up to 65,536).
     auto w = graph(
-        "[model]\ninput = [784]\nlayers = [ { type = \"reshape\", shape = [784, 1] }, "
-        "{ type = \"linear\", units = 65536 }, { type = \"linear\", units = 1 }, "
+        "[model]\ninput = [784]\nlayers = [ { type = \"linear\", units = 32768 }, "
+        "{ type = \"reshape\", shape = [32768, 1] }, { type = \"linear\", units = 1 }, "
         "{ type = \"flatten\" }, { type = \"linear\", units = 10 }, "
         "{ type = \"softmax_xent\" } ]\n");
+    CHECK(w->check_batch(65535).has_value());  // 65,535 x 32,768 values: just under 2^31
+    auto refused = w->check_batch(65536);
+    REQUIRE_FALSE(refused.has_value());
+    CHECK(refused.error().code() == errc::invalid_argument);
+    CHECK_MESSAGE(
+        refused.error().message().find("inner.batch_size: 65536 samples of layer 1 "
+                                       "(linear, 32768 values each)") != std::string::npos,
+        refused.error().message());
+    CHECK(refused.error().message().find("at most 65535 fit") != std::string::npos);
     auto be = make_cpu_backend(1);
-    auto m = w->instantiate(*be, 65536);
+    auto m = w->instantiate(*be, 65536);  // refused before any of its 8 GiB is allocated
     REQUIRE_FALSE(m.has_value());
-    CHECK(m.error().code() == errc::device_error);
-    CHECK_MESSAGE(m.error().message().find("out of host memory") != std::string::npos,
-                  m.error().message());
+    CHECK(m.error().code() == errc::invalid_argument);
   }
 
   TEST_CASE("dense layers, activations and norms backpropagate as finite differences say") {

@@ -146,6 +146,13 @@ class workload {
   virtual void init_parameters(uint64_t seed, std::span<float> out) const = 0;
   /// A model on backend `b` for batches of up to `max_batch` rows.
   virtual expected<std::unique_ptr<model>> instantiate(backend& b, int64_t max_batch) const = 0;
+  /// Whether batches of `batch` rows fit the kernels' sizes: errc::invalid_argument naming the
+  /// layer if one of its values would pass 2^31 - 1 elements (the 32-bit extents BLAS, cuBLAS
+  /// and cuDNN take), before anything is allocated.
+  virtual expected<void> check_batch(int64_t batch) const {
+    (void)batch;
+    return {};
+  }
   /// The model's declaration (a `[model]` table as TOML) for a user-defined model, which
   /// assignments carry to nodes; empty for a built-in workload, which nodes know by name.
   virtual std::string model_text() const { return {}; }
