@@ -1038,6 +1038,10 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links) {
             out.push_back(entry.status);
             out.back().history.clear();  // one job's status carries its curve, the list not
           }
+        // In the order they were submitted: the dashboard charts the newest.
+        std::sort(out.begin(), out.end(), [](const job_status& a, const job_status& b) {
+          return submitted_before(a.job_id, b.job_id);
+        });
         return out;
       },
       // Users' data sets: an upload arrives shard by shard and is stored, manifest and

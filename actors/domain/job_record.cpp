@@ -6,6 +6,7 @@
 #include <kj/exception.h>
 
 #include <cstring>
+#include <string_view>
 
 #include "gflex/schema/job.capnp.h"
 #include "job_record.hpp"
@@ -128,6 +129,20 @@ void fill_from_spec(job_status& s, const job_spec& spec) {
   s.name = spec.name;
   s.workload = spec.workload;
   s.account = spec.account;
+}
+
+bool submitted_before(const std::string& a, const std::string& b) {
+  // The number after the last '-', and the id's length first: "job-9" < "job-10".
+  auto digits = [](const std::string& id) {
+    const auto dash = id.rfind('-');
+    return std::string_view(id).substr(dash == std::string::npos ? 0 : dash + 1);
+  };
+  const auto da = digits(a), db = digits(b);
+  const auto pa = std::string_view(a).substr(0, a.size() - da.size()),
+             pb = std::string_view(b).substr(0, b.size() - db.size());
+  if (pa != pb) return pa < pb;
+  if (da.size() != db.size()) return da.size() < db.size();
+  return da < db;
 }
 
 }  // namespace gflex

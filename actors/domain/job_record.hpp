@@ -23,6 +23,10 @@ std::string job_checkpoint_key(const std::string& job_id);
 std::vector<uint8_t> encode_job_record(const std::string& spec_text, const job_status& s);
 expected<std::pair<std::string, job_status>> decode_job_record(std::span<const uint8_t> bytes);
 
+/// Whether job `a` was submitted before job `b`: ids are "job-N", N counting up, and compared
+/// as text job-10 came before job-9 (lists of jobs put the newest in the middle).
+bool submitted_before(const std::string& a, const std::string& b);
+
 /// Fills in what a stored status leaves to its spec (name, workload, rounds, account).
 void fill_from_spec(job_status& s, const job_spec& spec);
 

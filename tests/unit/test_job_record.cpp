@@ -2,6 +2,8 @@
 // (the dashboard's curves after a restart), stays bounded, and loses the rounds taken back.
 #include <doctest/doctest.h>
 
+#include <algorithm>
+
 #include "job_record.hpp"
 
 using namespace gflex;
@@ -57,4 +59,13 @@ TEST_CASE("job record: rounds taken back leave the history") {
   CHECK(h.back().round == 3);
   trim_history(h, 0);
   CHECK(h.empty());
+}
+
+TEST_CASE("job record: jobs list in the order they were submitted") {
+  // Listed as text, job-10 came before job-2: the dashboard, which charts the newest eight,
+  // charted job-9 to job-2 while job-12 ran.
+  std::vector<std::string> ids{"job-10", "job-2", "job-9", "job-1", "job-12", "job-11"};
+  std::sort(ids.begin(), ids.end(), submitted_before);
+  CHECK(ids == std::vector<std::string>{"job-1", "job-2", "job-9", "job-10", "job-11", "job-12"});
+  CHECK_FALSE(submitted_before("job-3", "job-3"));
 }
