@@ -225,6 +225,8 @@ ledger_audit verify_ledger(const std::vector<ledger_entry>& entries,
     if (e.hash != entry_hash(e)) return fail(e.seq, "hash does not match its contents");
     if (e.kind == "open") {
       if (!e.op.empty()) return fail(e.seq, "an account opening names an operation");
+      // Its postings would be applied, moving credits no transaction balances or issues.
+      if (!e.postings.empty()) return fail(e.seq, "an account opening moves credits");
       auto again = book.prepare_open(e.memo, e.time_ms);
       if (!again) return fail(e.seq, again.error().message());
     } else {

@@ -210,6 +210,25 @@ TEST_SUITE("ledger") {
     CHECK(f.error().code() == errc::malformed_message);
     CHECK_FALSE(decode_entry("not json").has_value());
   }
+
+  TEST_CASE("an account opening that moves credits fails the check") {
+    // Its postings were applied and never checked: an entry opening user/m with a billion
+    // credits, its hash and balance written to match, verified, and the credits were not
+    // counted as issued.
+    std::vector<ledger_entry> log;
+    auto book = funded_book(&log);
+    auto open = book.prepare_open("user/m", 9);
+    REQUIRE(open.has_value());
+    open->postings = {{"user/m", cr("1000000")}};
+    open->hash = entry_hash(*open);
+    auto minted = book;
+    minted.apply(*open);
+    log.push_back(*open);
+    auto audit = verify_ledger(log, minted.balances(), minted.last_seq());
+    CHECK_FALSE(audit.ok);
+    CHECK_MESSAGE(audit.problem.find("an account opening moves credits") != std::string::npos,
+                  audit.problem);
+  }
 }
 
 TEST_SUITE("matcher") {
