@@ -79,6 +79,9 @@ using core_actor_type = caf::stateful_actor<core_state, guarded<caf::event_based
 // A join token is gft_ and 64 hex digits; a longer one is refused before the gatekeeper
 // (which says what a token looks like to one of any length up to this).
 constexpr size_t max_credential_chars = 256;
+// The most a node may ask, in micro-credits per hour: a million credits, as gflex-node's
+// --price says (a thousand times that was let in).
+constexpr int64_t max_node_price_micro = int64_t{1'000'000} * micro_per_credit;
 
 registry_config registry_config_of(const core_config& config, uint32_t incarnation) {
   registry_config r;
@@ -324,7 +327,7 @@ caf::behavior core_actor(core_actor_type* self, core_children children, core_con
           return to_caf(error(errc::invalid_argument,
                               "a node's device description must be printable UTF-8 (no control "
                               "characters)"));
-        if (hello.price < 0 || hello.price > max_amount_micro / 1000 ||
+        if (hello.price < 0 || hello.price > max_node_price_micro ||
             !(hello.throughput >= 0.0 && hello.throughput < 1e12))
           return to_caf(error(errc::invalid_argument,
                               "a node's price must be in [0, 1000000] credits per hour and its "
@@ -569,6 +572,13 @@ caf::behavior core_actor(core_actor_type* self, core_children children, core_con
 }  // namespace
 
 expected<void> check_core_config(const core_config& config) {
+  // Past 1, a node's share of a payment is negative: the settlement does not balance, and the
+  // keeper refused every metered round. (gflex-core's --fee says so; an embedding program's
+  // core_config did not.)
+  if (!(config.fee >= 0.0 && config.fee <= 0.99))
+    return error(
+        errc::invalid_argument,
+        "the platform's fee must be in [0, 0.99] of a payment, not " + std::to_string(config.fee));
   // A lease shorter than two heartbeats drops healthy nodes every lease, with their work in
   // flight, and they join again for ever.
   if (uint64_t{config.lease_ms} < 2 * uint64_t{config.heartbeat_ms})

@@ -28,6 +28,7 @@
 
 #include "access.hpp"
 #include "gflex/gflex.hpp"
+#include "gflex/runtime/credits.hpp"
 #include "gflex/runtime/digest.hpp"
 #include "gflex/runtime/identity.hpp"
 #include "gflex/runtime/shard.hpp"
@@ -700,6 +701,11 @@ TEST_CASE("hellos outside the protocol are refused; a single-use token admits on
   CHECK_FALSE(ask_hello(self, p.core, make_hello(protocol_version, "", 1, worker)).empty());
   CHECK(ask_hello(self, p.core, make_hello(protocol_version, "probe", 1, worker, 7))
             .find("unknown tier") != std::string::npos);
+  // A price past the bound the refusal states (a thousand times it was let in).
+  auto dear = make_hello(protocol_version, "probe", 1, worker);
+  dear.price = int64_t{2'000'000} * micro_per_credit;
+  CHECK(ask_hello(self, p.core, dear).find("price must be in [0, 1000000] credits per hour") !=
+        std::string::npos);
   auto forged_key = make_hello(protocol_version, "probe", 1, worker);
   forged_key.proof = node_identity::generate().sign(hello_message(protocol_version, "probe"));
   why = ask_hello(self, p.core, forged_key);

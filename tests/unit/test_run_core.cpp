@@ -13,6 +13,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -25,6 +26,7 @@
 #include <thread>
 #include <vector>
 
+#include "core_supervisor.hpp"
 #include "gflex/gflex.hpp"
 #include "running_core.hpp"
 #include "temp_dir.hpp"
@@ -202,4 +204,20 @@ TEST_CASE("an init that fails part way leaves nothing behind: the next one makes
     CHECK_MESSAGE(e.is_directory(), "left behind: " << e.path().string());
   auto again = gflex::init_core(dir.path());
   CHECK_MESSAGE(again.has_value(), again.error().message());
+}
+
+TEST_CASE("a core's fee outside [0, 0.99] is refused before the core starts") {
+  // Only gflex-core's --fee was checked: an embedding program's fee of 1.5 made every node's
+  // share negative, no settlement balanced, and every metered job failed unpaid.
+  for (double fee : {1.5, -0.1, std::nan("")}) {
+    CAPTURE(fee);
+    core_config config;
+    config.fee = fee;
+    auto checked = check_core_config(config);
+    REQUIRE_FALSE(checked.has_value());
+    CHECK(checked.error().message().find("fee must be in [0, 0.99]") != std::string::npos);
+  }
+  core_config config;
+  config.fee = 0.99;
+  CHECK(check_core_config(config).has_value());
 }
