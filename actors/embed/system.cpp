@@ -11,6 +11,7 @@
 #include <caf/openssl/publish.hpp>
 #include <caf/openssl/remote_actor.hpp>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdlib>
 #include <map>
@@ -799,9 +800,16 @@ expected<std::vector<uint8_t>> client::fetch(const std::string& job_id) {
       }
       if (!part) return part.error();
       if (step < 0) {
+        // The core's word: a size past what any checkpoint decodes to reserved it all at
+        // once, and the client aborted (or read until it ran out of memory).
+        if (part->total > checkpoint_limits.max_bytes)
+          return error(errc::malformed_message,
+                       "fetch: the core says job " + job_id + "'s model is " +
+                           std::to_string(part->total) + " bytes, more than a checkpoint holds (" +
+                           std::to_string(checkpoint_limits.max_bytes) + ")");
         step = part->step;
         total = part->total;
-        out.reserve(total);
+        out.reserve(std::min<uint64_t>(total, uint64_t{64} << 20));
       } else if (part->step != step || part->total != total) {
         again = true;
         break;
