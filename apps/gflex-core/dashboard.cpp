@@ -3,6 +3,7 @@
 #include <httplib.h>
 #include <spdlog/spdlog.h>
 
+#include <atomic>
 #include <chrono>
 #include <fstream>
 #include <map>
@@ -27,7 +28,9 @@ struct keyed_client {
   std::mutex m;
   std::optional<client> c;
   std::string principal;
-  clock_type::time_point last_used;
+  // Written under `m` by the request using the client, read under the dashboard's own lock
+  // by the eviction: atomic, or the two raced.
+  std::atomic<clock_type::time_point> last_used;
 };
 
 class dashboard final : public core_service {
@@ -186,6 +189,7 @@ class dashboard final : public core_service {
   expected<std::shared_ptr<keyed_client>> client_for(const std::string& key) {
     {
       std::lock_guard<std::mutex> lock(m_);
+      forget_idle();
       if (auto it = clients_.find(key); it != clients_.end()) return it->second;
     }
     auto entry = std::make_shared<keyed_client>();
@@ -195,17 +199,23 @@ class dashboard final : public core_service {
     entry->principal = *who;
     entry->last_used = clock_type::now();
     std::lock_guard<std::mutex> lock(m_);
-    // Forget clients idle for long, and the oldest when too many keys are in use.
-    for (auto it = clients_.begin(); it != clients_.end();)
-      it = clock_type::now() - it->second->last_used > idle_limit ? clients_.erase(it)
-                                                                  : std::next(it);
+    // The oldest is forgotten when too many keys are in use.
+    forget_idle();
     while (clients_.size() >= max_clients) {
       auto oldest = clients_.begin();
       for (auto it = clients_.begin(); it != clients_.end(); ++it)
-        if (it->second->last_used < oldest->second->last_used) oldest = it;
+        if (it->second->last_used.load() < oldest->second->last_used.load()) oldest = it;
       clients_.erase(oldest);
     }
     return clients_.emplace(key, entry).first->second;
+  }
+
+  // Forgets the clients idle for long (under m_), at every request: only at a new key's
+  // first, the sessions of keys whose pages were closed stayed open for good.
+  void forget_idle() {
+    const auto now = clock_type::now();
+    for (auto it = clients_.begin(); it != clients_.end();)
+      it = now - it->second->last_used.load() > idle_limit ? clients_.erase(it) : std::next(it);
   }
 
   local_core& core_;
