@@ -198,6 +198,7 @@ expected<assignment_result> run_assignment(worker_state& st, assignment& a, cons
   for (auto& m : slot.replicas) {
     m->load_parameters(theta);
     m->reset_optimizer();
+    m->set_noise_seed(a.seed);
     m->optimizer() = kernels::adamw_config{};
     m->optimizer().lr = a.lr;
     m->optimizer().weight_decay = a.weight_decay;

@@ -131,6 +131,8 @@ class graph_model final : public detail::model_base {
     passes_ = 0;  // dropout masks restart with the optimiser: a re-computation draws the same
   }
 
+  void set_noise_seed(uint64_t seed) override { noise_seed_ = seed; }
+
   // Forward, weight gradient and, where the layer's input needs one, input gradient: a layer
   // reading the model's input computes no gradient of the data (counting one overstated
   // fashion-mlp's GEMM rate by a third).
@@ -460,8 +462,11 @@ class graph_model final : public detail::model_base {
           // Value k of the batch draws by its index k in the whole batch: the kernels hash
           // seed + k * golden, so rows that begin at first_row_ start from a seed moved on by
           // the values before them.
+          // The assignment's noise seed too: without it, step k of every assignment, in
+          // every round and on every node, drew the same masks.
           const uint64_t seed =
-              ((static_cast<uint64_t>(i) << 40) ^ passes_ ^ 0x6a09e667f3bcc909ull) +
+              ((static_cast<uint64_t>(i) << 40) ^ passes_ ^ 0x6a09e667f3bcc909ull ^
+               (noise_seed_ * 0xD1B54A32D192ED03ull)) +
               static_cast<uint64_t>(first_row_ * numel_of(l.in_shape)) * 0x9E3779B97F4A7C15ull;
           backend_.dropout_mask(in_n, static_cast<float>(l.spec.rate), seed, e.a.data<float>());
           backend_.multiply(in_n, x, e.a.data<float>(), y);
@@ -791,8 +796,9 @@ class graph_model final : public detail::model_base {
   const int32_t* ids_ptr_ = nullptr;
   const float* input_ = nullptr;
   uint64_t passes_ = 0;
-  int64_t first_row_ = 0;  // where the next pass's rows lie in a batch shared by replicas
-  bool dropout_ = false;   // a dropout layer that drops: its masks change every pass
+  uint64_t noise_seed_ = 0;  // set_noise_seed: the assignment's
+  int64_t first_row_ = 0;    // where the next pass's rows lie in a batch shared by replicas
+  bool dropout_ = false;     // a dropout layer that drops: its masks change every pass
   struct recording {
     pass_key key;
     std::unique_ptr<recorded_work> work;

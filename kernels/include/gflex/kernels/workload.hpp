@@ -55,6 +55,10 @@ class model {
   virtual void store_parameters(std::span<float> host, int64_t offset) = 0;
   /// Zeroes the AdamW moments and the step counter.
   virtual void reset_optimizer() = 0;
+  /// Seeds the training noise (dropout masks) of the passes after the next reset_optimizer:
+  /// an assignment's seed, so that each assignment draws its own masks and its re-computation
+  /// the same ones.
+  virtual void set_noise_seed(uint64_t seed) { (void)seed; }
   /// The inner optimiser's hyper-parameters; changes apply from the next step.
   virtual adamw_config& optimizer() = 0;
 
