@@ -217,7 +217,10 @@ __global__ void softmax_xent_kernel(const float* logits, const int32_t* labels, 
     for (int64_t j = lane; j < classes; j += k_warp) sum_exp += expf(x[j] - best);
     for (int offset = k_warp / 2; offset > 0; offset /= 2)
       sum_exp += __shfl_xor_sync(k_full_mask, sum_exp, offset);
-    const float log_sum_exp = best + logf(sum_exp);
+    // Relative to the row's maximum, as the CPU backend: best + log(sum) rounds to best's
+    // precision, and past logits of about 1e5 that shifted every probability (logits of 1e7
+    // gave a loss of 1, not ln 2, and a gradient whose row did not sum to 0).
+    const float log_sum = logf(sum_exp), inv_sum = 1.0f / sum_exp;
 
     const int32_t label = labels[row];
     const bool valid = label >= 0 && label < classes;
@@ -225,13 +228,13 @@ __global__ void softmax_xent_kernel(const float* logits, const int32_t* labels, 
     const float label_logit = valid ? x[label] : NAN;
     __syncwarp();  // every lane has read x[label] before any lane may overwrite it below
     if (lane == 0) {
-      loss_total += static_cast<double>(log_sum_exp - label_logit);
+      loss_total += static_cast<double>(log_sum - (label_logit - best));
       correct_total += (valid && best_index == label) ? 1.0 : 0.0;
     }
     if (dlogits != nullptr) {
       float* d = dlogits + row * classes;
       for (int64_t j = lane; j < classes; j += k_warp) {
-        const float p = expf(x[j] - log_sum_exp);
+        const float p = expf(x[j] - best) * inv_sum;
         d[j] = (p - (j == label ? 1.0f : 0.0f)) * grad_scale;
       }
     }

@@ -883,6 +883,24 @@ TEST_SUITE("backend") {
     }
   }
 
+  TEST_CASE("softmax cross-entropy of large logits: relative to the row's maximum") {
+    // The CUDA kernel formed max + log(sum) in float: past logits of about 1e5 it rounded to
+    // the maximum's precision, and logits [1e7, 1e7] gave a loss of 1 (not ln 2) and a
+    // gradient of [-0.632, 0.368]; the CPU, exact, disagreed with its re-computation.
+    for (auto& b : backends_under_test()) {
+      CAPTURE(b->describe());
+      buffer dl(*b, {1e7f, 1e7f, -3e6f, 3e6f + 1.0f}), grad(*b, std::vector<float>(4, 0.0f)),
+          stats(*b, {0.0f, 0.0f});
+      tensor labels = b->allocate({2}, dtype::i32);
+      const std::vector<int32_t> host{0, 1};
+      b->upload(host.data(), labels.raw(), 2 * sizeof(int32_t));
+      b->softmax_xent(dl.ptr(), labels.data<int32_t>(), 2, 2, 1.0f, grad.ptr(), stats.ptr());
+      // Row 2: logits 6e6 + 1 apart, its label the larger: no loss, no gradient.
+      check_close(grad.read(), {-0.5, 0.5, 0.0, 0.0}, 1e-6, 1e-6);
+      check_close(stats.read(), {std::log(2.0), 2.0}, 1e-6, 1e-6);
+    }
+  }
+
   TEST_CASE("adamw matches the reference update over several steps") {
     for (auto& b : backends_under_test()) {
       CAPTURE(b->describe());
