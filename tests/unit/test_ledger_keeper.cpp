@@ -285,4 +285,68 @@ TEST_SUITE("ledger_keeper") {
     self->send_exit(keeper, caf::exit_reason::user_shutdown);
     self->send_exit(store, caf::exit_reason::user_shutdown);
   }
+
+  TEST_CASE_FIXTURE(keeper_fixture,
+                    "a settlement writes its batch with its entry, or nothing of it") {
+    // The contract a job's rounds rely on (ledger_keeper.hpp), with a real keeper and store:
+    // a round's record and checkpoint are written if and only if its payments are booked.
+    for (const char* account : {"user/alice", "node/n1"})
+      self->request(keeper, timeout, open_atom::value, std::string(account), false)
+          .receive([&](caf::ok_atom) {}, [&](caf::error& e) { FAIL(sys.render(e)); });
+    self->request(keeper, timeout, transfer_atom::value, std::string("credit"), std::string("test"),
+                  std::vector<posting>{{"external", -5'000'000}, {"user/alice", 5'000'000}})
+        .receive([](uint64_t) {}, [&](caf::error& e) { FAIL(sys.render(e)); });
+    auto settle = [&](int64_t micro, const std::string& key, const std::string& value,
+                      const std::string& op) -> expected<bool> {
+      expected<bool> out = true;
+      store_batch batch;
+      batch.keys.push_back(key);
+      batch.values.emplace_back(value.begin(), value.end());
+      std::vector<posting> postings;
+      if (micro != 0) postings = {{"user/alice", -micro}, {"node/n1", micro}};
+      self->request(keeper, timeout, settle_atom::value, std::string("settle"),
+                    std::string("job-1 round 1: paid"), std::move(postings), std::move(batch), op)
+          .receive([&](caf::ok_atom) {}, [&](caf::error& e) { out = from_caf(e); });
+      return out;
+    };
+    auto stored = [&](const std::string& key) {
+      std::string value;
+      self->request(store, timeout, read_atom::value, key)
+          .receive(
+              [&](bool found, std::vector<uint8_t>& v) {
+                if (found) value.assign(v.begin(), v.end());
+              },
+              [&](caf::error& e) { FAIL(sys.render(e)); });
+      return value;
+    };
+    auto booked = [&](const std::string& op) {
+      uint64_t seq = 0;
+      self->request(keeper, timeout, booked_atom::value, op)
+          .receive([&](uint64_t s) { seq = s; }, [&](caf::error& e) { FAIL(sys.render(e)); });
+      return seq;
+    };
+    // Refused (it overdraws): nothing of its batch is written, nothing booked.
+    auto over = settle(6'000'000, "job/over", "x", "job-1/0.0000000000000001/settle/0");
+    REQUIRE_FALSE(over.has_value());
+    CHECK(stored("job/over").empty());
+    CHECK(booked("job-1/0.0000000000000001/settle/0") == 0);
+    // Booked: its batch is written with it.
+    REQUIRE(settle(1'000'000, "job/record", "round 1", "job-1/0.0000000000000002/settle/0"));
+    CHECK(stored("job/record") == "round 1");
+    CHECK(booked("job-1/0.0000000000000002/settle/0") > 0);
+    // The same operation again (a retry): answered ok, its batch not written again.
+    REQUIRE(settle(1'000'000, "job/record", "again", "job-1/0.0000000000000002/settle/0"));
+    CHECK(stored("job/record") == "round 1");
+    // No postings: the batch is written, and the operation is not recorded as booked.
+    REQUIRE(settle(0, "job/free", "round 2", "job-1/0.0000000000000003/settle/1"));
+    CHECK(stored("job/free") == "round 2");
+    CHECK(booked("job-1/0.0000000000000003/settle/1") == 0);
+    int64_t alice = -1;
+    self->request(keeper, timeout, account_atom::value, std::string("user/alice"))
+        .receive([&](account_info& a) { alice = a.balance; },
+                 [&](caf::error& e) { FAIL(sys.render(e)); });
+    CHECK(alice == 4'000'000);  // paid once
+    self->send_exit(keeper, caf::exit_reason::user_shutdown);
+    self->send_exit(store, caf::exit_reason::user_shutdown);
+  }
 }
