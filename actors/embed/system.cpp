@@ -1115,7 +1115,21 @@ expected<job_status> run_embedded(const embedded_config& config, const std::stri
   if (!id) return id.error();
   if (auto err = embedded_cluster::add_nodes(**s, config)) return err;
   // In-process status calls cost microseconds: polled often, the end is seen when it comes.
-  return (*s)->client.wait(*id, on_status, std::chrono::milliseconds(20));
+  // A SIGINT or SIGTERM ends the run here, its job cancelled: it killed the process, and a
+  // temporary cluster's directory (its store, the nodes' shard caches) stayed behind.
+  signal_watcher signals;
+  for (;;) {
+    auto st = (*s)->client.status(*id);
+    if (!st) return st.error();
+    if (on_status) on_status(*st);
+    if (is_terminal(st->state)) return st;
+    if (const int sig = received_signal.load(); sig != 0) {
+      (void)(*s)->client.cancel(*id);
+      return error(errc::unavailable, std::string(sig == SIGINT ? "interrupted" : "terminated") +
+                                          ": job " + *id + " was cancelled");
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
 }
 
 }  // namespace gflex

@@ -11,6 +11,25 @@ echo "ok: demo test accuracy $acc"
 # A demo that ends well ends quietly: its nodes leave (bye), none is reported lost.
 grep -q "is unreachable" "$WORK/err" && fail "a node reported unreachable at the demo's end: $(grep unreachable "$WORK/err" | head -1)"
 [ "$(grep -c ") left: its work goes back" "$WORK/err")" -eq 3 ] || fail "not three nodes left at the demo's end"
+# Stopped, the demo cancels its job and leaves no temporary directory behind: the store and
+# the nodes' shard caches stayed in /tmp after every Ctrl-C or SIGTERM. (SIGTERM: a
+# background job of this non-interactive shell ignores SIGINT.)
+mkdir -p "$WORK/tmp"
+TMPDIR="$WORK/tmp" start stopped "$BIN/gflex" demo
+wait_for 60 "the stopped demo's first round" grep -q "round 1/" "$WORK/stopped.log"
+ls -d "$WORK"/tmp/gflex-demo-* >/dev/null 2>&1 || fail "the demo made no temporary directory"
+kill -TERM "$PID_stopped"
+code=0
+timeout 30 tail --pid="$PID_stopped" -f /dev/null || fail "the demo did not stop on SIGTERM"
+wait "$PID_stopped" || code=$?
+[ "$code" -eq 1 ] || fail "a stopped demo exited $code, not 1"
+grep -q "terminated: job job-1 was cancelled" "$WORK/stopped.log" ||
+  fail "the stopped demo did not say so: $(tail -2 "$WORK/stopped.log")"
+if ls -d "$WORK"/tmp/gflex-demo-* >/dev/null 2>&1; then
+  fail "a stopped demo left $(ls -d "$WORK"/tmp/gflex-demo-*) behind"
+else
+  echo "ok: a stopped demo cancels its job and removes its temporary directory"
+fi
 expect_error "zero nodes" "--nodes" "$BIN/gflex" demo --nodes 0
 printf '[job]\nworkload = "fashion-mlp"\nrounds = -1\n' >"$WORK/bad.toml"
 expect_error "bad demo spec" "bad.toml: job.rounds: must be an integer in \[1, 100000\], got -1" \

@@ -353,7 +353,9 @@ class embedded_cluster {
 };
 
 /// Runs one job on an embedded cluster to its end, calling `on_status` as it progresses;
-/// returns the final status.
+/// returns the final status. A SIGINT or SIGTERM meanwhile cancels the job and returns
+/// errc::unavailable ("interrupted"), the cluster and its temporary directory gone; the
+/// program's own handlers are back once it returns.
 expected<job_status> run_embedded(const embedded_config& config, const std::string& spec_toml,
                                   const std::function<void(const job_status&)>& on_status);
 
