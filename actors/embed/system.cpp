@@ -714,7 +714,17 @@ expected<std::string> client::principal() {
 }
 
 expected<std::string> client::submit(const std::string& spec_toml) {
-  return impl_->ask_session<std::string>(std::chrono::seconds(60), submit_atom::value, spec_toml);
+  auto id =
+      impl_->ask_session<std::string>(std::chrono::seconds(60), submit_atom::value, spec_toml);
+  // Not answered is not refused: a busy core may still have made the job, and a user who
+  // submitted again on the word of a failure paid for two.
+  if (!id && id.error().code() == errc::unavailable &&
+      (id.error().message().starts_with(no_answer) || id.error().message().starts_with(link_lost)))
+    return error(errc::unavailable,
+                 id.error().message() +
+                     "; the job may have been made all the same: list the jobs (gflex status) "
+                     "before submitting it again");
+  return id;
 }
 
 expected<job_status> client::status(const std::string& job_id) {
