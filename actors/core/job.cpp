@@ -1582,7 +1582,13 @@ void dispatch(job_actor* self) {
             try_confirm(self);
           },
           [=](caf::error& e) {
-            self->state.waiting_for_workers = false;
+            auto& st = self->state;
+            st.waiting_for_workers = false;
+            // Answered late, the acquire still made its slots busy, held by this job: they are
+            // given back, all but those of the assignments out.
+            std::vector<caf::actor> kept;
+            for (const auto& [id, a] : st.pending) kept.push_back(a.slot.worker);
+            self->send(st.links.market, release_atom::value, std::move(kept));
             try_confirm(self);
             spdlog::warn("job {}: market did not answer: {}", self->state.job.id,
                          self->system().render(e));

@@ -332,6 +332,19 @@ caf::behavior market_actor(caf::stateful_actor<market_state>* self, double newco
           }
         }
       },
+      // A job whose acquire timed out: the slots that acquire gave it are not among `kept`.
+      [=](release_atom, const std::vector<caf::actor>& kept) {
+        auto& st = self->state;
+        const auto sender = self->current_sender();
+        if (!sender) return;
+        for (auto& e : st.slots) {
+          if (!e.busy || !e.holder || e.holder.address() != sender->address()) continue;
+          if (std::find(kept.begin(), kept.end(), e.slot.worker) != kept.end()) continue;
+          e.busy = false;
+          e.holder = nullptr;
+          st.hold_for_a_waiter(e, sender->address(), clock_type::now());
+        }
+      },
       // Only its holder frees a slot: after a restart of this actor the registry offers every
       // slot again as free, and a job's release of work it handed out before would free a
       // slot another job has acquired since.

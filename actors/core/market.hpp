@@ -35,6 +35,9 @@
 ///   of jobs that wait. Waiting jobs take such turns in order.
 /// - (release_atom, worker, failed): the same after a failed assignment; a slot that keeps
 ///   failing is left out for a while (0.5 s, doubling per failure in a row up to a minute).
+/// - (release_atom, kept workers) from a job whose acquire was not answered in time: every
+///   slot it holds but those is free again. The answer came after the job stopped waiting,
+///   and its slots stayed busy, unused, for the job's life.
 /// - (nodes_atom) -> (total, free) slot counts.
 /// The market monitors every worker it offers (a dead worker's slot disappears) and every
 /// job that holds slots (a job that dies gives its slots back).

@@ -180,6 +180,10 @@ void pump(verifier_actor* self) {
           [=](caf::error& e) {
             auto& st = self->state;
             st.asking = false;
+            // Answered late, the acquire still made its slots busy, held by the verifier.
+            std::vector<caf::actor> kept;
+            for (const auto& [id, running] : st.running) kept.push_back(running.slot.worker);
+            self->send(st.market, release_atom::value, std::move(kept));
             spdlog::warn("verifier: market did not answer: {}", self->system().render(e));
             if (!st.tick_scheduled) {
               st.tick_scheduled = true;

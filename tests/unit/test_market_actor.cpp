@@ -72,6 +72,24 @@ TEST_SUITE("market actor") {
   }
 
   TEST_CASE_FIXTURE(market_fixture,
+                    "slots an acquire gave a job that stopped waiting for it go back to the pool") {
+    // A busy market answered a job's acquire past its 10 s: the answer was dropped, and the
+    // slots it made busy stayed held by the job, unused, for the job's life.
+    offer(w1, "n1");
+    offer(w2, "n2");
+    caf::scoped_actor late{s.sys}, other{s.sys};
+    // Its answer is never read: it stands for one that came after the request timed out.
+    late->send(market, acquire_atom::value, std::string("job"), std::string("w"), int64_t{2},
+               uint8_t{2}, int64_t{-1}, 0.0, std::vector<std::string>{});
+    // The job keeps the worker of an assignment it has out, and gives back the rest.
+    late->send(market, release_atom::value, std::vector<caf::actor>{w2});
+    auto taken = acquire(other, 2);
+    REQUIRE(taken.slots.size() == 1);
+    CHECK(taken.slots.front().worker == w1);
+    CHECK(taken.busy == 1);
+  }
+
+  TEST_CASE_FIXTURE(market_fixture,
                     "a restarted market learns which workers the jobs hold before or after their "
                     "offers") {
     // The registry offered every slot to a restarted market as free: the workers that ran a
