@@ -42,6 +42,8 @@
 #include <vector>
 
 #include "gflex/pipeline.hpp"
+#include "messages.hpp"
+#include "pipeline_system.hpp"
 #include "pipeline_train.hpp"
 
 namespace gflex::pipeline::detail {
@@ -199,25 +201,6 @@ using phost_atom = caf::atom_constant<caf::atom("phost")>;    ///< a late worker
 using phosts_atom = caf::atom_constant<caf::atom("phosts")>;  ///< all that joined
 using pspawn_atom = caf::atom_constant<caf::atom("pspawn")>;  ///< place an instance
 using pbye_atom = caf::atom_constant<caf::atom("pbye")>;      ///< the pipeline ended
-
-/// The actor system of a pipeline's process or of a worker process: with `network`, the
-/// middleman and the messages that cross processes.
-void configure(caf::actor_system_config& cfg, bool network) {
-  cfg.set("scheduler.max-threads",
-          static_cast<size_t>(std::max(2u, std::thread::hardware_concurrency())));
-  if (!network) return;
-  cfg.load<caf::io::middleman>();
-  cfg.add_message_type<pipe_wire_item>("gflex_pipe_wire_item");
-  cfg.add_message_type<pipe_ack>("gflex_pipe_ack");
-  cfg.add_message_type<pipe_end>("gflex_pipe_end");
-  cfg.add_message_type<pipe_wiring>("gflex_pipe_wiring");
-  cfg.add_message_type<pipe_replace>("gflex_pipe_replace");
-  cfg.add_message_type<pipe_wire_adoption>("gflex_pipe_wire_adoption");
-  cfg.add_message_type<pipe_checkpoint>("gflex_pipe_checkpoint");
-  cfg.add_message_type<pipe_stat>("gflex_pipe_stat");
-  cfg.add_message_type<std::vector<caf::actor>>("gflex_actor_list");
-  cfg.add_message_type<std::vector<int32_t>>("gflex_int32_list");
-}
 
 /// Whether `a` lives in another process than `self`.
 bool elsewhere(const caf::local_actor* self, const caf::actor& a) {
@@ -1473,6 +1456,31 @@ std::string render(caf::actor_system& sys, const caf::error& e) {
 }
 
 }  // namespace
+
+/// The actor system of a pipeline's process or of a worker process: with `network`, the
+/// middleman and the messages that cross processes.
+void configure_pipeline_system(caf::actor_system_config& cfg, bool network) {
+  cfg.set("scheduler.max-threads",
+          static_cast<size_t>(std::max(2u, std::thread::hardware_concurrency())));
+  if (!network) return;
+  // A worker process whose machine lost power or its network, or that was stopped, sends no
+  // reset: without heartbeats CAF never saw it go, its instances were never restarted, and
+  // run() and join() waited for ever. As the runtime's own links (configure_actor_system).
+  cfg.set("middleman.heartbeat-interval", caf::timespan{link_heartbeat});
+  cfg.set("middleman.connection-timeout", caf::timespan{link_silence});
+  cfg.load<caf::io::middleman>();
+  cfg.add_message_type<pipe_wire_item>("gflex_pipe_wire_item");
+  cfg.add_message_type<pipe_ack>("gflex_pipe_ack");
+  cfg.add_message_type<pipe_end>("gflex_pipe_end");
+  cfg.add_message_type<pipe_wiring>("gflex_pipe_wiring");
+  cfg.add_message_type<pipe_replace>("gflex_pipe_replace");
+  cfg.add_message_type<pipe_wire_adoption>("gflex_pipe_wire_adoption");
+  cfg.add_message_type<pipe_checkpoint>("gflex_pipe_checkpoint");
+  cfg.add_message_type<pipe_stat>("gflex_pipe_stat");
+  cfg.add_message_type<std::vector<caf::actor>>("gflex_actor_list");
+  cfg.add_message_type<std::vector<int32_t>>("gflex_int32_list");
+}
+
 }  // namespace gflex::pipeline::detail
 
 namespace gflex::pipeline {
@@ -1493,7 +1501,7 @@ expected<run_report> graph::run(const run_options& options) const {
     return error(errc::invalid_argument,
                  "pipeline: worker processes need a token of at least 16 characters");
   caf::actor_system_config cfg;
-  detail::configure(cfg, options.workers > 0);
+  detail::configure_pipeline_system(cfg, options.workers > 0);
   caf::actor_system sys{cfg};
   caf::scoped_actor self{sys};
   std::vector<caf::actor> hosts;
@@ -1620,7 +1628,7 @@ expected<run_report> graph::run(const run_options& options) const {
 expected<join_report> graph::join(const join_options& options) const {
   if (auto ok = detail::validate(stages_, -1); !ok) return ok.error();
   caf::actor_system_config cfg;
-  detail::configure(cfg, true);
+  detail::configure_pipeline_system(cfg, true);
   caf::actor_system sys{cfg};
   const std::string where = options.host + ":" + std::to_string(options.port);
   // The pipeline may not be listening yet: tried again until the timeout.

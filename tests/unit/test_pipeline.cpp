@@ -21,6 +21,8 @@
 
 #include "gflex/kernels/model_builder.hpp"
 #include "gflex/pipeline.hpp"
+#include "messages.hpp"
+#include "pipeline_system.hpp"
 #include "pipeline_train.hpp"
 #include "running_core.hpp"
 
@@ -843,4 +845,16 @@ TEST_SUITE("pipeline") {
       if (s.name == "pipe-samples") pushed = s.train_samples == 3600 && s.test_samples == 400;
     CHECK(pushed);
   }
+}
+
+TEST_CASE("a pipeline's links that go silent are closed, as the runtime's are") {
+  // Without heartbeats CAF never saw a worker process whose machine lost power or its network
+  // (or that was stopped) go: its instances were never restarted, and run() and join() waited
+  // for ever.
+  caf::actor_system_config cfg;
+  gflex::pipeline::detail::configure_pipeline_system(cfg, true);
+  CHECK(caf::get_or(cfg, "middleman.heartbeat-interval", caf::timespan{0}) ==
+        caf::timespan{gflex::link_heartbeat});
+  CHECK(caf::get_or(cfg, "middleman.connection-timeout", caf::timespan{0}) ==
+        caf::timespan{gflex::link_silence});
 }
