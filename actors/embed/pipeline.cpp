@@ -833,6 +833,9 @@ struct coordinator_state {
   std::vector<int> consumer_of;  ///< The stage reading each stage's output, or -1.
   std::vector<std::vector<instance_record>> stages;
   std::vector<int> restarts;
+  // Restarts that count against a stage's budget: a lost worker process is not the stage's
+  // failure, and one held several of its instances (a stage of 8 on 2 workers: 4 at once).
+  std::vector<int> failures;
   std::vector<std::shared_ptr<stage_counters>> counters;
   std::map<caf::actor_addr, std::pair<int, int>> by_address;
   std::vector<host_record> hosts;  ///< Worker processes, in the order they joined.
@@ -1050,7 +1053,9 @@ void on_down(coordinator_actor* self, const caf::down_msg& dm) {
   }
   const auto& def = st.defs[static_cast<size_t>(s)];
   const std::string why = death_cause(self, *st.counters[static_cast<size_t>(s)], dm.reason);
-  if (++st.restarts[static_cast<size_t>(s)] > def.options.restarts) {
+  ++st.restarts[static_cast<size_t>(s)];
+  const bool process_lost = dm.reason == caf::exit_reason::remote_link_unreachable;
+  if (!process_lost && ++st.failures[static_cast<size_t>(s)] > def.options.restarts) {
     st.failed = true;
     st.failure = "pipeline stage '" + def.name + "' failed after " +
                  std::to_string(def.options.restarts) + " restarts: " + why;
@@ -1123,6 +1128,7 @@ caf::behavior coordinator_behavior(coordinator_actor* self, std::vector<stage_de
   st.consumer_of.assign(n, -1);
   st.stages.resize(n);
   st.restarts.assign(n, 0);
+  st.failures.assign(n, 0);
   for (size_t s = 0; s < n; ++s) {
     st.counters.push_back(std::make_shared<stage_counters>());
     if (st.defs[s].input >= 0)

@@ -4,8 +4,9 @@
 ///
 ///   gflex_pipeline_probe serve --port-file F --workers W [--items N] [--token T]
 ///                        [--kill-actor-ms MS] [--join-timeout-ms MS] [--relay]
-///                        [--relay-fails-at X]
+///                        [--relay-fails-at X] [--square-restarts R]
 ///   gflex_pipeline_probe join --port P [--token T] [--other-graph] [--relay] [--relay-fails-at X]
+///                        [--square-restarts R]
 ///
 /// The graph: a source of 0..N-1 (in the pipeline's process) -> "square" (a map on the
 /// workers, 2 instances, 2 ms per item: [x, x*x]) -> "check" (a sink in the pipeline's
@@ -52,6 +53,7 @@ struct args {
   bool other_graph = false;
   bool relay = false;
   int64_t relay_fails_at = -1;
+  int square_restarts = 5;
 };
 
 struct tally {
@@ -68,7 +70,7 @@ pl::graph build(const args& a, tally* t) {
   square.on_workers = true;
   square.instances = a.other_graph ? 3 : 2;
   square.window = 16;
-  square.restarts = 5;
+  square.restarts = a.square_restarts;
   auto numbers = g.source<int64_t>("numbers", [n](int64_t p) -> std::optional<int64_t> {
     if (p >= n) return std::nullopt;
     return p;
@@ -204,6 +206,8 @@ int main(int argc, char** argv) {
       a.other_graph = true;
     else if (s == "--relay")
       a.relay = true;
+    else if (s == "--square-restarts")
+      a.square_restarts = std::stoi(next());
     else if (s == "--relay-fails-at") {
       a.relay = true;
       a.relay_fails_at = std::stoll(next());

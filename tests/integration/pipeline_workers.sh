@@ -51,6 +51,17 @@ grep -Eq "done: 3000 items, each once; square restarts [1-9].*workers joined 2, 
 expect_exit 20 "$PID_kill9_w2" kill9-w2
 grep -q "joined: ran [1-9]" "$WORK/kill9-w2.log" || fail "kill9-w2 ran no stage instance"
 
+# 1a. The same with no restarts allowed: a lost worker process is not the stage's failure
+# (counted as one, losing a process that held more instances than the budget failed the run).
+JOIN_ARGS="--square-restarts 0" serve_and_join nobudget 2 --items 3000 --square-restarts 0
+wait_for 20 "nobudget to run" grep -q running "$WORK/nobudget.log"
+sleep 1
+kill -KILL "$PID_nobudget_w1"
+expect_exit 90 "$PID_nobudget" nobudget
+grep -Eq "done: 3000 items, each once; square restarts [1-9].*lost 1" "$WORK/nobudget.log" ||
+  fail "nobudget: a lost worker process failed a stage of no restarts: $(tail -1 "$WORK/nobudget.log")"
+expect_exit 20 "$PID_nobudget_w2" nobudget-w2
+
 # 1b. The same with a stage in the pipeline's process before square: its items to square
 # carry the acknowledgements of the source's items, and those lost with the killed process
 # must still reach the source (they did not: the source kept the items and the run could

@@ -64,7 +64,8 @@ struct stage_options {
   /// Items from each producer instance this stage may hold unfinished (its input window).
   /// A batch stage's window is at least its batch size, a shuffle's at least its buffer.
   int window = 64;
-  /// Restarts allowed before a failure of this stage fails the pipeline.
+  /// Restarts allowed before a failure of this stage fails the pipeline. Instances lost with
+  /// a worker process are restarted without counting: the process held several of them.
   int restarts = 3;
   /// Runs on a thread of its own (for functions that block: file or network I/O, long
   /// computations); otherwise on the shared scheduler. Sources and train always do.
