@@ -105,13 +105,26 @@ expected<void> write_chunk(const std::filesystem::path& dir, const std::string& 
     }
     at += static_cast<size_t>(n);
   }
-  if (::fsync(fd) != 0 || ::close(fd) != 0) {
+  // Closed whether or not the sync failed: left open, the unlinked file kept its blocks.
+  const bool synced = ::fsync(fd) == 0;
+  if (::close(fd) != 0 || !synced) {
     ::unlink(tmp.c_str());
     return error(errc::io_error, "cannot sync " + tmp.string());
   }
   std::error_code ec;
   std::filesystem::rename(tmp, file, ec);
-  if (ec) return error(errc::io_error, "cannot rename " + tmp.string() + ": " + ec.message());
+  if (ec) {
+    ::unlink(tmp.c_str());
+    return error(errc::io_error, "cannot rename " + tmp.string() + ": " + ec.message());
+  }
+  // The rename is durable only once the directory is synced: a core acknowledged a chunk
+  // (and the leader committed a reference to it) whose file a power loss could take back.
+  int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd < 0 || ::fsync(dfd) != 0) {
+    if (dfd >= 0) ::close(dfd);
+    return error(errc::io_error, "cannot sync " + dir.string());
+  }
+  ::close(dfd);
   return {};
 }
 

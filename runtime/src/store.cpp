@@ -74,7 +74,12 @@ expected<void> write_blob(const std::filesystem::path& dir, const std::string& n
     }
     at += static_cast<size_t>(n);
   }
-  if (::fsync(fd) != 0 || ::close(fd) != 0) {
+  // Closed whether or not the sync failed: left open, the unlinked file kept its blocks for
+  // the process's life (a disk failing every sync leaked one blob per round).
+  const bool synced = ::fsync(fd) == 0;
+  const int sync_errno = errno;
+  if (::close(fd) != 0 || !synced) {
+    if (!synced) errno = sync_errno;
     auto e = io_error(tmp.string());
     ::unlink(tmp.c_str());
     return e;
