@@ -38,19 +38,33 @@ reputation& record_of(tracker_actor* self, const std::string& name) {
   return r;
 }
 
+// Records written per batch: each record stands alone, and etcd refuses a transaction of more
+// than --max-txn-ops operations (128 by default). In one batch, 130 nodes changed together
+// were never stored, the batch growing at each retry.
+constexpr size_t records_per_batch = 100;
+
+void store_records(tracker_actor* self, std::set<std::string> names);
+
 void flush(tracker_actor* self) {
   auto& st = self->state;
   st.flush_scheduled = false;
-  if (st.dirty.empty()) return;
+  while (!st.dirty.empty()) {
+    std::set<std::string> names;
+    while (!st.dirty.empty() && names.size() < records_per_batch)
+      names.insert(st.dirty.extract(st.dirty.begin()));
+    store_records(self, std::move(names));
+  }
+}
+
+void store_records(tracker_actor* self, std::set<std::string> names) {
+  auto& st = self->state;
   store_batch batch;
-  for (const auto& name : st.dirty) {
+  for (const auto& name : names) {
     self->send(st.market, score_atom::value, name, st.records[name].score());
     auto text = encode_reputation(st.records[name]);
     batch.keys.push_back(reputation_key(name));
     batch.values.emplace_back(text.begin(), text.end());
   }
-  auto names = std::move(st.dirty);
-  st.dirty.clear();
   self->request(st.store, std::chrono::seconds(30), commit_atom::value, std::move(batch))
       .then([](caf::ok_atom) {},
             [=](caf::error& e) mutable {

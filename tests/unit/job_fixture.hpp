@@ -47,6 +47,9 @@ struct failing_store_state {
       std::pair<std::vector<uint8_t>, caf::typed_response_promise<bool, std::vector<uint8_t>>>>
       slow_reads;                 ///< Shard reads answered (tick_atom) once their delay is over.
   std::set<std::string> deleted;  ///< Keys committed empty ((caf::get_atom) tells).
+  /// Commits of more keys are refused, as etcd refuses a transaction of more operations than
+  /// its --max-txn-ops (128 by default); 0: any.
+  size_t max_batch_keys = 0;
 };
 
 inline caf::error store_failure(const std::string& what) {
@@ -111,6 +114,8 @@ inline caf::behavior failing_store(caf::stateful_actor<failing_store_state>* sel
         rp.deliver(true, std::move(value));
       },
       [=](commit_atom, store_batch& b) -> caf::result<caf::ok_atom> {
+        if (self->state.max_batch_keys > 0 && b.keys.size() > self->state.max_batch_keys)
+          return store_failure("too many operations in txn request");
         for (const auto& k : b.keys) {
           if (self->state.unwritable.count(k) != 0) return store_failure(k + ": unwritable");
           if (auto it = self->state.failing_commits.find(k);

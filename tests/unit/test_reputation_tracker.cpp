@@ -128,4 +128,29 @@ TEST_SUITE("reputation tracker") {
     CHECK(barred == std::vector<std::string>{"cheat"});
     for (const auto& a : {restarted, market}) f.self->send_exit(a, caf::exit_reason::user_shutdown);
   }
+
+  TEST_CASE("records changed at once are stored in batches a replicated store takes") {
+    // Every changed record went in one batch: etcd refuses a transaction of more than 128
+    // operations by default, so 130 nodes credited (or scored) together were never stored,
+    // the batch growing at each retry, and their flags were lost at the next failover.
+    tracker_fixture f;
+    failing_store_state limited;
+    limited.max_batch_keys = 100;
+    auto store = f.sys.spawn(failing_store, limited);
+    auto tracker = spawn_reputation_tracker(f.sys, store, f.market, f.gate, reputation_policy{});
+    // Credits come in a burst (a round of 250 workers confirmed): their records are stored
+    // together, 100 ms after the first.
+    for (int i = 0; i < 250; ++i)
+      f.self->send(tracker, credit_atom::value, "n" + std::to_string(i), uint8_t{0}, 1.0,
+                   int64_t{0});
+    size_t stored = 0;
+    for (int tries = 0; tries < 40 && stored < 250; ++tries) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      f.self->request(store, std::chrono::seconds(10), keys_atom::value, std::string("node/"))
+          .receive([&](std::vector<std::string>& keys) { stored = keys.size(); },
+                   [&](caf::error& e) { FAIL(f.sys.render(e)); });
+    }
+    CHECK(stored == 250);
+    for (const auto& a : {tracker, store}) f.self->send_exit(a, caf::exit_reason::user_shutdown);
+  }
 }
