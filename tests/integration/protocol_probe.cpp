@@ -582,6 +582,11 @@ TEST_CASE(
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
   CHECK_MESSAGE(flooding.log->last_bye().find("chunk requests waiting") != std::string::npos,
                 "bye: " << flooding.log->last_bye());
+  // The refusal follows the bye over the link, to another actor of this process: the bye can
+  // be seen first.
+  deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (refused->load() < 1 && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
   CHECK(refused->load() >= 1);
   deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
   while (node_named(*c, rogues[0].first) && std::chrono::steady_clock::now() < deadline)
