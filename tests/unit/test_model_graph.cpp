@@ -86,6 +86,14 @@ void check_gradients(const std::string& text, int64_t vocab, int64_t batch = 4) 
   for (size_t b = 0; b < blocks.size(); ++b) CHECK_MESSAGE(per_block[b] > 0, blocks[b].name);
 }
 
+// A small classifier with a dropout layer that drops half its values.
+const char* const k_dropout_model = R"([model]
+input = [6]
+layers = [
+  { type = "linear", units = 16 }, { type = "relu" }, { type = "dropout", rate = 0.5 },
+  { type = "linear", units = 3 }, { type = "softmax_xent" },
+])";
+
 std::string plan_error(const std::string& text) {
   auto w = find_workload("test-model", text, "");
   REQUIRE_FALSE(w.has_value());
@@ -509,12 +517,7 @@ layers = [
     // A node with several GPUs splits each batch over its ranks. Each rank drew its masks as
     // if its rows began the batch, and a rank with no rows fell a pass behind: the node
     // followed another noise path than a one-device re-computation of the same assignment.
-    auto w = graph(R"([model]
-input = [6]
-layers = [
-  { type = "linear", units = 16 }, { type = "relu" }, { type = "dropout", rate = 0.5 },
-  { type = "linear", units = 3 }, { type = "softmax_xent" },
-])");
+    auto w = graph(k_dropout_model);
     std::vector<float> params(static_cast<size_t>(w->parameter_count()));
     w->init_parameters(3, params);
     for (auto [group_size, batch_size] : {std::pair{2, 8}, {3, 8}, {3, 2}}) {
@@ -545,12 +548,7 @@ layers = [
   TEST_CASE("each assignment's seed draws its own dropout masks, and the same seed the same") {
     // The masks hashed only the layer and the pass since the optimiser's reset: step k of
     // every assignment, in every round and on every node, dropped the same values.
-    auto w = graph(R"([model]
-input = [6]
-layers = [
-  { type = "linear", units = 16 }, { type = "relu" }, { type = "dropout", rate = 0.5 },
-  { type = "linear", units = 3 }, { type = "softmax_xent" },
-])");
+    auto w = graph(k_dropout_model);
     std::vector<float> params(static_cast<size_t>(w->parameter_count()));
     w->init_parameters(3, params);
     auto be = make_cpu_backend(1);
