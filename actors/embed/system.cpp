@@ -26,6 +26,7 @@
 #include "gatekeeper.hpp"
 #include "gflex/gflex.hpp"
 #include "gflex/runtime/checkpoint.hpp"
+#include "gflex/runtime/dir_lock.hpp"
 #include "gflex/runtime/replicated_store.hpp"
 #include "gflex/runtime/secret_file.hpp"
 #include "gflex/runtime/shard.hpp"
@@ -296,6 +297,12 @@ int run_core(const core_config& given, const core_service_starter& start) {
       return 2;
     }
     config.operator_key = std::move(*key);
+  }
+  // Held until the process ends, past the actor system and so past the store's last write.
+  auto data_dir_lock = dir_lock::acquire(config.data_dir, "gflex-core");
+  if (!data_dir_lock) {
+    spdlog::error("{}", data_dir_lock.error().message());
+    return 1;
   }
   if (auto guards = peer_guards_in_effect(); !guards) {
     spdlog::error("{}", guards.error().message());
@@ -1006,6 +1013,9 @@ expected<job_status> client::follow(const std::string& job_id, const job_events&
 // What an embedded cluster holds. Members are destroyed in reverse order: the node and
 // core handles and the owning actor before the client, which owns the actor system.
 struct embedded_cluster::state {
+  // First, so that it is released last: after the client's actor system, and with it the
+  // core's store, has ended.
+  std::optional<dir_lock> lock;
   gflex::client client;
   std::filesystem::path dir;
   bool temporary = false;
@@ -1078,6 +1088,9 @@ expected<std::unique_ptr<embedded_cluster::state>> embedded_cluster::start_core(
   core_config core_cfg;
   core_cfg.data_dir = dir / "core";
   core_cfg.operator_key = new_api_key();
+  auto lock = dir_lock::acquire(core_cfg.data_dir, "gflex-core");
+  if (!lock) return lock.error();
+  s->lock = std::move(*lock);
   auto core = spawn_core(sys, core_cfg);
   if (!core) return core.error();
   s->core = *core;

@@ -67,6 +67,16 @@ kill -KILL "$PID_t_single_again"
 wait_for 30 "t-single to leave the node list" bash -c "[ \$(\"$G\" nodes --core $core | wc -l) -eq 2 ]"
 expect_error "bad --uses" "not in range" "$C" token create --uses -3 --core "$core"
 
+# -- the data directory ------------------------------------------------------------------------
+# A second core on the running core's data directory is refused before it touches the store
+# (two cores on one directory both led, and each start swept the other's unnamed blobs);
+# the first one still answers.
+expect_error "a second core on a data directory in use" \
+  "$WORK/core is in use by another gflex-core \(pid $PID_core\)" \
+  "$C" --listen "127.0.0.1:$(free_port)" --data-dir "$WORK/core"
+[ "$rc_seen" = 1 ] || fail "a data directory in use: exit $rc_seen, not 1 (to be retried)"
+[ "$(nodes_now)" -ge 1 ] || fail "the first core stopped answering after a second one tried its data"
+
 # -- clients -----------------------------------------------------------------------------------
 key_file alice
 key_file bob

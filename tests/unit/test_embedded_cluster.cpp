@@ -10,6 +10,7 @@
 #include "gflex/gflex.hpp"
 #include "gflex/kernels/model_builder.hpp"
 #include "node_metrics.hpp"
+#include "temp_dir.hpp"
 
 using namespace gflex;
 
@@ -109,5 +110,20 @@ TEST_SUITE("embedded cluster") {
     auto cluster = embedded_cluster::start(config);
     REQUIRE_FALSE(cluster.has_value());
     CHECK(cluster.error().message().find("[1, 64]") != std::string::npos);
+  }
+
+  TEST_CASE("a second cluster on a data directory in use is refused, and changes nothing") {
+    test::temp_dir dir;
+    embedded_config config;
+    config.nodes = 1;
+    config.data_dir = dir.path();
+    auto first = embedded_cluster::start(config);
+    REQUIRE(first.has_value());
+    auto second = embedded_cluster::start(config);
+    REQUIRE_FALSE(second.has_value());
+    CHECK(second.error().code() == errc::unavailable);
+    CHECK(second.error().message().find("in use by another gflex-core") != std::string::npos);
+    // The first still serves: its status answers.
+    CHECK(first->client().jobs().has_value());
   }
 }
