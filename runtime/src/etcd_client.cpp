@@ -9,6 +9,9 @@
 
 #include <nlohmann/json.hpp>
 
+#include <charconv>
+#include <stdexcept>
+
 namespace gflex {
 
 namespace {
@@ -37,13 +40,33 @@ expected<std::vector<uint8_t>> from_base64(const std::string& text) {
   return out;
 }
 
-// An int64 field: etcd's gateway writes them as strings; absent means 0.
+// An int64 field: etcd's gateway writes them as strings; absent means 0. Anything else
+// throws, and read_answer makes that the request's error.
 int64_t int_field(const json& j, const char* name) {
   auto it = j.find(name);
   if (it == j.end()) return 0;
-  if (it->is_string()) return std::stoll(it->get<std::string>());
   if (it->is_number_integer()) return it->get<int64_t>();
-  return 0;
+  if (it->is_string()) {
+    const auto& text = it->get_ref<const std::string&>();
+    int64_t v = 0;
+    auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
+    if (ec == std::errc() && end == text.data() + text.size() && !text.empty()) return v;
+  }
+  throw std::invalid_argument(std::string("field \"") + name + "\" is not an int64");
+}
+
+// Reads an answer of etcd's with `f`. nlohmann's accessors throw on a field of another type
+// (a string where an object was expected, say), and so does int_field: such an answer is
+// this request's error, never an exception on the caller's thread. The lease's renewal
+// thread was ended by one, and with it the process.
+template <class F>
+auto read_answer(const char* path, F&& f) -> decltype(f()) {
+  try {
+    return f();
+  } catch (const std::exception& e) {
+    return error(errc::malformed_message, std::string("etcd answered ") + path +
+                                              " with a malformed field (" + e.what() + ")");
+  }
 }
 
 expected<etcd_kv> kv_of(const json& j) {
@@ -116,7 +139,8 @@ struct etcd_client::impl {
       }
       if (r && r->status < 500) {
         auto parsed = json::parse(r->body, nullptr, false);
-        std::string message = parsed.is_object() ? parsed.value("message", r->body) : r->body;
+        auto m = parsed.is_object() ? parsed.find("message") : parsed.end();
+        std::string message = m != parsed.end() && m->is_string() ? m->get<std::string>() : r->body;
         return error(errc::store_error, "etcd refused " + std::string(path) + ": " + message);
       }
       last = e.host + ":" + std::to_string(e.port) + ": " +
@@ -174,19 +198,24 @@ expected<etcd_client> etcd_client::make(std::string_view endpoints) {
 expected<int64_t> etcd_client::grant_lease(int64_t ttl_s) {
   auto r = impl_->post("/v3/lease/grant", {{"TTL", std::to_string(ttl_s)}});
   if (!r) return r.error();
-  if (r->contains("error") && !(*r)["error"].get<std::string>().empty())
-    return error(errc::store_error, "etcd refused a lease: " + (*r)["error"].get<std::string>());
-  int64_t id = int_field(*r, "ID");
-  if (id == 0) return error(errc::malformed_message, "etcd granted a lease without an id");
-  return id;
+  return read_answer("/v3/lease/grant", [&]() -> expected<int64_t> {
+    if (r->contains("error") && !(*r)["error"].get<std::string>().empty())
+      return error(errc::store_error, "etcd refused a lease: " + (*r)["error"].get<std::string>());
+    int64_t id = int_field(*r, "ID");
+    if (id == 0) return error(errc::malformed_message, "etcd granted a lease without an id");
+    return id;
+  });
 }
 
 expected<int64_t> etcd_client::keep_alive(int64_t lease) {
   auto r = impl_->post("/v3/lease/keepalive", {{"ID", std::to_string(lease)}});
   if (!r) return r.error();
-  auto it = r->find("result");
-  if (it == r->end()) return error(errc::malformed_message, "etcd's keep-alive has no result");
-  return int_field(*it, "TTL");
+  return read_answer("/v3/lease/keepalive", [&]() -> expected<int64_t> {
+    auto it = r->find("result");
+    if (it == r->end() || !it->is_object())
+      return error(errc::malformed_message, "etcd's keep-alive has no result");
+    return int_field(*it, "TTL");
+  });
 }
 
 expected<void> etcd_client::revoke(int64_t lease) {
@@ -204,10 +233,12 @@ expected<etcd_txn_result> etcd_client::txn(std::span<const etcd_compare> compare
   for (const auto& op : failure) body["failure"].push_back(op_json(op));
   auto r = impl_->post("/v3/kv/txn", body);
   if (!r) return r.error();
-  etcd_txn_result out;
-  out.succeeded = r->value("succeeded", false);
-  if (auto h = r->find("header"); h != r->end()) out.revision = int_field(*h, "revision");
-  return out;
+  return read_answer("/v3/kv/txn", [&]() -> expected<etcd_txn_result> {
+    etcd_txn_result out;
+    out.succeeded = r->value("succeeded", false);
+    if (auto h = r->find("header"); h != r->end()) out.revision = int_field(*h, "revision");
+    return out;
+  });
 }
 
 expected<std::vector<etcd_kv>> etcd_client::range(std::string_view key, bool prefix,
@@ -217,23 +248,29 @@ expected<std::vector<etcd_kv>> etcd_client::range(std::string_view key, bool pre
   if (revision > 0) body["revision"] = std::to_string(revision);
   auto r = impl_->post("/v3/kv/range", body);
   if (!r) return r.error();
-  std::vector<etcd_kv> out;
-  if (auto kvs = r->find("kvs"); kvs != r->end() && kvs->is_array())
-    for (const auto& j : *kvs) {
-      auto kv = kv_of(j);
-      if (!kv) return kv.error();
-      out.push_back(std::move(*kv));
-    }
-  return out;
+  return read_answer("/v3/kv/range", [&]() -> expected<std::vector<etcd_kv>> {
+    std::vector<etcd_kv> out;
+    if (auto kvs = r->find("kvs"); kvs != r->end() && kvs->is_array())
+      for (const auto& j : *kvs) {
+        if (!j.is_object())
+          return error(errc::malformed_message, "etcd sent a key that is not one");
+        auto kv = kv_of(j);
+        if (!kv) return kv.error();
+        out.push_back(std::move(*kv));
+      }
+    return out;
+  });
 }
 
 expected<int64_t> etcd_client::revision() {
   // A range over one key that need not exist answers with the store's header.
   auto r = impl_->post("/v3/kv/range", {{"key", to_base64(std::string_view("\0", 1))}});
   if (!r) return r.error();
-  auto h = r->find("header");
-  if (h == r->end()) return error(errc::malformed_message, "etcd's answer has no header");
-  return int_field(*h, "revision");
+  return read_answer("/v3/kv/range", [&]() -> expected<int64_t> {
+    auto h = r->find("header");
+    if (h == r->end()) return error(errc::malformed_message, "etcd's answer has no header");
+    return int_field(*h, "revision");
+  });
 }
 
 expected<void> etcd_client::compact(int64_t revision) {
