@@ -71,12 +71,14 @@ struct queued_fetch {
   caf::typed_response_promise<model_part> promise;
 };
 
-/// An upload and how many parts it has taken: a timer set at each part drops the upload if
-/// no other came by its end (a client stopped mid-way holds up to a gigabyte here, and two
-/// such uploads would refuse every further push of the account).
+/// An upload and the mark of the last part it took: a timer set at each part drops the
+/// upload if no other came by its end (a client stopped mid-way holds up to a gigabyte here,
+/// and two such uploads would refuse every further push of the account). Marks are unique
+/// across uploads: counted per upload, an upload given up on and started afresh had its
+/// first attempt's timers drop it when they met the same count.
 struct upload_in_progress {
   data_upload upload;
-  uint64_t parts_taken = 0;
+  uint64_t last_part_mark = 0;
 };
 
 struct job_supervisor_state {
@@ -88,6 +90,10 @@ struct job_supervisor_state {
   /// catalog, yet removable.
   std::map<data_set_id, data_set_info> damaged_sets;
   std::map<data_set_id, upload_in_progress> uploads;
+  uint64_t upload_marks = 0;  ///< The last mark given to a part (upload_in_progress).
+  /// Sets whose last part came and whose commit is under way: counted against their
+  /// account's bounds, and neither pushed again, removed nor trained on until it ends.
+  std::map<data_set_id, data_set_info> committing;
   user_data_limits data_limits;
   uint64_t next_id = 1;
   /// Whether the stored job records have been read (and `next_id` raised past theirs).
@@ -382,6 +388,12 @@ std::optional<error> in_use(const job_supervisor_state& st, const data_set_id& i
   return error(errc::invalid_argument, "data set '" + id.second + "' cannot be " + action +
                                            " while jobs train on it (" + users +
                                            "): cancel them or wait for their end");
+}
+
+// A refusal of a push, removal or job of a set whose commit is under way.
+error being_stored(const data_set_id& id) {
+  return error(errc::unavailable,
+               "data set '" + id.second + "' is being stored: try again once its push has ended");
 }
 
 void resume_from_checkpoint(supervisor_actor* self, const std::string& id);
@@ -932,6 +944,11 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links) {
         if (auto fits = (*w)->check_batch(spec->batch_size); !fits)
           return to_caf(error(fits.error().code(), "job spec: " + fits.error().message()));
         if (!spec->model.empty() && !builtin_data) {
+          // The catalog serves a set from before its commit: a job started on it then
+          // trained on data the store may never hold.
+          if (self->state.committing.count({owner, spec->data_set}) != 0)
+            return to_caf(error(errc::unavailable,
+                                "job spec: " + being_stored({owner, spec->data_set}).message()));
           auto data = self->state.links.catalog->user_set(owner, spec->data_set, **w);
           if (!data)
             return to_caf(error(data.error().code(), "job spec: " + data.error().message()));
@@ -1065,8 +1082,11 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links) {
             return to_caf(error(errc::invalid_argument,
                                 "a data set has 1 to " + std::to_string(st.data_limits.max_parts) +
                                     " parts, got " + std::to_string(part.count)));
+          if (st.committing.count(id) != 0) return to_caf(being_stored(id));
           int64_t owned = 0, uploading = 0;
           for (const auto& [key, _] : st.data_sets) owned += key.first == who && key != id;
+          for (const auto& [key, _] : st.committing)
+            owned += key.first == who && key != id && st.data_sets.count(key) == 0;
           for (const auto& [key, _] : st.uploads) uploading += key.first == who;
           if (owned >= st.data_limits.max_sets_per_owner || uploading >= 2)
             return to_caf(
@@ -1087,12 +1107,16 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links) {
           return to_caf(ok.error());
         }
         // Every set is in the core's memory: 64 sets of 1 GiB each were one account's to
-        // upload, and the core's memory with them.
+        // upload, and the core's memory with them. A set being stored counts as the one it
+        // replaces will not, and the test split as the core holds it (decoded).
         uint64_t held = 0;
         for (const auto& [key, info] : st.data_sets)
-          if (key.first == who && key != id) held += info.bytes;
+          if (key.first == who && key != id && st.committing.count(key) == 0)
+            held += core_memory_bytes(info);
+        for (const auto& [key, info] : st.committing)
+          if (key.first == who && key != id) held += core_memory_bytes(info);
         for (const auto& [key, other] : st.uploads)
-          if (key.first == who) held += other.upload.info().bytes;
+          if (key.first == who) held += core_memory_bytes(other.upload.info());
         if (held > st.links.max_data_bytes_per_account) {
           st.uploads.erase(it);
           return to_caf(error(errc::limit_exceeded,
@@ -1102,8 +1126,9 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links) {
                                   " its account may store: remove one first"));
         }
         if (!upload.complete()) {
+          it->second.last_part_mark = ++st.upload_marks;
           self->delayed_send(self, st.links.upload_idle, expire_atom::value, who, name,
-                             ++it->second.parts_taken);
+                             it->second.last_part_mark);
           return upload.info();
         }
         auto info = upload.finish();
@@ -1146,12 +1171,14 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links) {
                 it != self->state.storing_chunks.end() && --it->second == 0)
               self->state.storing_chunks.erase(it);
         };
+        st.committing[id] = *info;
         auto rp = self->make_response_promise<data_set_info>();
         self->request(st.links.store, std::chrono::seconds(120), commit_atom::value,
                       std::move(batch))
             .then(
                 [=](caf::ok_atom) mutable {
                   stored();
+                  self->state.committing.erase(id);
                   self->state.data_sets[id] = *info;
                   self->state.damaged_sets.erase(id);
                   spdlog::info("data set {}/{} stored: {} training and {} test samples, {} bytes",
@@ -1160,6 +1187,7 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links) {
                 },
                 [=](caf::error& e) mutable {
                   stored();
+                  self->state.committing.erase(id);
                   // Not stored: not served either; the set it was to replace is served
                   // again (dropped too, it was listed but refused to every job until the
                   // core restarted).
@@ -1171,13 +1199,13 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links) {
                 });
         return rp;
       },
-      // An upload's timer: no part came since part `parts` (an upload finished or started
-      // afresh since is another).
-      [=](expire_atom, const std::string& who, const std::string& name, uint64_t parts) {
+      // An upload's timer: no part came since the one marked `mark` (an upload finished or
+      // started afresh since is another, with marks of its own).
+      [=](expire_atom, const std::string& who, const std::string& name, uint64_t mark) {
         if (self->current_sender() != self->ctrl()) return;
         auto& st = self->state;
         auto it = st.uploads.find({who, name});
-        if (it == st.uploads.end() || it->second.parts_taken != parts) return;
+        if (it == st.uploads.end() || it->second.last_part_mark != mark) return;
         spdlog::info("data set {}/{}: upload dropped after {} parts, none for {} ms", who, name,
                      it->second.upload.info().parts_received, st.links.upload_idle.count());
         st.uploads.erase(it);
@@ -1190,6 +1218,7 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links) {
       },
       [=](drm_atom, const std::string& who, const std::string& name) -> caf::result<caf::ok_atom> {
         const data_set_id id{who, name};
+        if (self->state.committing.count(id) != 0) return to_caf(being_stored(id));
         // An upload of that name in progress goes too (a push given up on, whose parts the
         // core would otherwise hold until its timer ends).
         const bool was_uploading = self->state.uploads.erase(id) != 0;

@@ -10,6 +10,13 @@
 
 namespace gflex {
 
+uint64_t core_memory_bytes(const data_set_info& info) {
+  // Both factors are bounded by the upload's limits (max_test_values), far from overflow.
+  const auto test_values =
+      static_cast<uint64_t>(info.test_samples) * (static_cast<uint64_t>(info.sample_values) + 1);
+  return info.bytes + 4 * test_values;
+}
+
 bool valid_data_set_name(const std::string& name) {
   if (name.empty() || name.size() > 64) return false;
   return std::all_of(name.begin(), name.end(), [](char c) {

@@ -223,8 +223,10 @@ int main(int argc, char** argv) {
                  "unfinished jobs one account may have")
       ->check(CLI::Range(1, 100000))
       ->capture_default_str();
-  app.add_option("--max-data-per-account-mib", data_quota_mib,
-                 "MiB of data set shards one account may store (the core keeps them in memory)")
+  app.add_option(
+         "--max-data-per-account-mib", data_quota_mib,
+         "MiB of the core's memory one account's data sets may take (shards as stored, test splits "
+         "decoded)")
       ->check(CLI::Range(int64_t{1}, int64_t{1} << 30))
       ->capture_default_str();
   app.add_option("--unverified", config.unverified,

@@ -16,6 +16,7 @@
 #include <set>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "configured_system.hpp"
@@ -50,7 +51,13 @@ struct failing_store_state {
   /// Commits of more keys are refused, as etcd refuses a transaction of more operations than
   /// its --max-txn-ops (128 by default); 0: any.
   size_t max_batch_keys = 0;
+  /// Commits naming one of these keys wait, unanswered, until (caf::put_atom, held_atom)
+  /// applies them ((held_atom, key) adds one): a commit of a large set on a slow disk.
+  std::set<std::string> held_keys;
+  std::vector<std::pair<store_batch, caf::typed_response_promise<caf::ok_atom>>> held_commits;
 };
+
+using held_atom = caf::atom_constant<caf::atom("held")>;
 
 inline caf::error store_failure(const std::string& what) {
   return caf::make_error(caf::sec::runtime_error, what);
@@ -114,6 +121,12 @@ inline caf::behavior failing_store(caf::stateful_actor<failing_store_state>* sel
         rp.deliver(true, std::move(value));
       },
       [=](commit_atom, store_batch& b) -> caf::result<caf::ok_atom> {
+        for (const auto& k : b.keys)
+          if (self->state.held_keys.count(k) != 0) {
+            auto rp = self->make_response_promise<caf::ok_atom>();
+            self->state.held_commits.emplace_back(std::move(b), rp);
+            return rp;
+          }
         if (self->state.max_batch_keys > 0 && b.keys.size() > self->state.max_batch_keys)
           return store_failure("too many operations in txn request");
         for (const auto& k : b.keys) {
@@ -135,6 +148,18 @@ inline caf::behavior failing_store(caf::stateful_actor<failing_store_state>* sel
         return caf::ok_atom::value;
       },
       [=](caf::put_atom, const std::string& key) { self->state.unwritable.insert(key); },
+      [=](held_atom, const std::string& key) { self->state.held_keys.insert(key); },
+      [=](caf::put_atom, held_atom) {
+        self->state.held_keys.clear();
+        for (auto& [b, rp] : std::exchange(self->state.held_commits, {})) {
+          for (size_t i = 0; i < b.keys.size(); ++i)
+            if (b.values[i].empty())
+              self->state.kept.erase(b.keys[i]);
+            else
+              self->state.kept[b.keys[i]] = std::move(b.values[i]);
+          rp.deliver(caf::ok_atom::value);
+        }
+      },
       [=](caf::put_atom, const std::string& key, int times) {
         self->state.failing_commits[key] = times;
       },

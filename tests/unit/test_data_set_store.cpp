@@ -72,10 +72,10 @@ struct store_fixture : test::configured_system {
   }
   // Part `index` of a `count`-part upload of `name`: "" when taken, else the refusal.
   std::string push_part(const std::string& name, uint32_t index, uint32_t count,
-                        const std::vector<uint8_t>& shard) {
+                        const std::vector<uint8_t>& shard, bool test_split = false) {
     std::string refusal;
     self->request(supervisor, wait, dpush_atom::value, alice, name,
-                  data_part{index, count, false, shard})
+                  data_part{index, count, test_split, shard})
         .receive([](data_set_info&) {}, [&](caf::error& e) { refusal = sys.render(e); });
     return refusal;
   }
@@ -146,7 +146,10 @@ TEST_SUITE("data set store") {
     // Each set was bounded, and the count of sets: 64 sets of 1 GiB, all held in the core's
     // memory, were one account's to upload.
     const auto train = shard_of(test::samples(12)), test = shard_of(test::samples(6));
-    const uint64_t one = train.size() + test.size();
+    data_upload up("user/alice", "a", 2, {});
+    REQUIRE(up.add({0, 2, false, train}).has_value());
+    REQUIRE(up.add({1, 2, true, test}).has_value());
+    const uint64_t one = core_memory_bytes(up.finish().value());
     store_fixture f({}, std::chrono::minutes(10), 2 * one + train.size() + test.size() / 2);
     f.push("a", train, test);
     f.push("b", train, test);
@@ -226,5 +229,92 @@ TEST_SUITE("data set store") {
       gone = f.deleted();
     }
     CHECK(gone == std::set<std::string>{data_chunk_key(digest_of(orphan))});
+  }
+
+  TEST_CASE("an account's quota counts the test split as the core holds it: decoded") {
+    // The core keeps a set's test split decoded (f32) to evaluate on; a packed one took many
+    // times the memory its bytes counted for.
+    const auto train = shard_of(test::samples(12)), test = shard_of(test::samples(6));
+    data_upload up("user/alice", "a", 2, {});
+    REQUIRE(up.add({0, 2, false, train}).has_value());
+    REQUIRE(up.add({1, 2, true, test}).has_value());
+    const auto one = up.finish().value();
+    REQUIRE(core_memory_bytes(one) == one.bytes + 4 * 6 * (one.sample_values + 1));
+    // Room for a, and for b's shards as stored, not for b's test split decoded.
+    store_fixture f({}, std::chrono::minutes(10), core_memory_bytes(one) + one.bytes);
+    f.push("a", train, test);
+    CHECK(f.push_part("b", 0, 2, train).empty());
+    const auto refused = f.push_part("b", 1, 2, test, true);
+    CHECK_MESSAGE(refused.find("user/alice's data sets would hold") != std::string::npos, refused);
+  }
+
+  TEST_CASE("a set whose commit is under way counts against its account, and waits for it") {
+    // Between its last part and its commit's end a set was neither in the account's sets
+    // nor an upload: the account's quota and count did not see it, and another push of the
+    // same name, or its removal, raced the commit.
+    const auto train = shard_of(test::samples(12)), test = shard_of(test::samples(6));
+    data_upload up("user/alice", "a", 2, {});
+    REQUIRE(up.add({0, 2, false, train}).has_value());
+    REQUIRE(up.add({1, 2, true, test}).has_value());
+    const uint64_t one = core_memory_bytes(up.finish().value());
+    store_fixture f({}, std::chrono::minutes(10), 2 * one - 1);
+    f.self->send(f.store, test::held_atom::value, data_set_key(f.alice, "a"));
+    REQUIRE(f.push_part("a", 0, 2, train).empty());
+    f.self->send(f.supervisor, dpush_atom::value, f.alice, std::string("a"),
+                 data_part{1, 2, true, test});  // its commit waits
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    const auto again = f.push_part("a", 0, 2, train);
+    CHECK_MESSAGE(again.find("data set 'a' is being stored") != std::string::npos, again);
+    std::string removal;
+    f.self->request(f.supervisor, f.wait, drm_atom::value, f.alice, std::string("a"))
+        .receive([](caf::ok_atom) {}, [&](caf::error& e) { removal = f.sys.render(e); });
+    CHECK_MESSAGE(removal.find("is being stored") != std::string::npos, removal);
+    CHECK(f.push_part("b", 0, 2, train).empty());
+    const auto refused = f.push_part("b", 1, 2, test, true);
+    CHECK_MESSAGE(refused.find("user/alice's data sets would hold") != std::string::npos, refused);
+    f.self->send(f.store, caf::put_atom::value, test::held_atom::value);
+    bool stored = false;
+    f.self->receive([&](data_set_info& info) { stored = info.name == "a"; },
+                    caf::after(f.wait) >> [] {});
+    CHECK(stored);
+    f.remove("a");  // once stored, it may go
+  }
+
+  TEST_CASE("a job on a set whose commit is under way waits for it") {
+    // The catalog serves the set from before its commit: a job started then trained on data
+    // the store might never hold, and failed (or trained on the set it replaced) once resumed.
+    test::job_fixture f(test::failing_store_state{});
+    const auto train = shard_of(test::samples(12)), test = shard_of(test::samples(6));
+    f.self->send(f.store, test::held_atom::value, data_set_key(f.alice, "c"));
+    f.self
+        ->request(f.supervisor, f.wait, dpush_atom::value, f.alice, std::string("c"),
+                  data_part{0, 2, false, train})
+        .receive([](data_set_info&) {}, [&](caf::error& e) { FAIL(f.sys.render(e)); });
+    f.self->send(f.supervisor, dpush_atom::value, f.alice, std::string("c"),
+                 data_part{1, 2, true, test});
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    std::string refusal;
+    f.self->request(f.supervisor, f.wait, submit_atom::value, f.alice, test::free_spec)
+        .receive([](std::string&) {}, [&](caf::error& e) { refusal = f.sys.render(e); });
+    CHECK_MESSAGE(refusal.find("data set 'c' is being stored") != std::string::npos, refusal);
+    f.self->send(f.store, caf::put_atom::value, test::held_atom::value);
+    f.self->receive([](data_set_info&) {}, caf::after(f.wait) >> [] { FAIL("not stored"); });
+    std::string job;
+    f.self->request(f.supervisor, f.wait, submit_atom::value, f.alice, test::free_spec)
+        .receive([&](std::string& id) { job = id; }, [&](caf::error& e) { FAIL(f.sys.render(e)); });
+    CHECK(job == "job-1");
+  }
+
+  TEST_CASE("an upload started afresh is not dropped by the timers of the one it replaced") {
+    // Parts were counted per upload: the first attempt's timer for its part 0 met the new
+    // attempt at its part 0 too, and dropped it while it was being sent.
+    store_fixture f({}, std::chrono::milliseconds(2000));
+    const auto t = shard_of(test::samples(10)), t2 = shard_of(test::samples(11));
+    REQUIRE(f.push_part("a", 0, 3, t).empty());  // its timer ends at 2.0 s
+    std::this_thread::sleep_for(std::chrono::milliseconds(1000));
+    REQUIRE(f.push_part("a", 0, 3, t).empty());  // afresh: its timer ends at 3.0 s
+    std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+    const auto taken = f.push_part("a", 1, 3, t2);
+    CHECK_MESSAGE(taken.empty(), taken);
   }
 }
