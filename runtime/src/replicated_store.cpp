@@ -77,6 +77,16 @@ bool valid_core_id(const std::string& id) {
   return true;
 }
 
+// Whether a chunk's file is there. std::filesystem::exists throws where stat fails for
+// another reason than absence (EIO, ELOOP, EACCES): on the chunk service's thread that was
+// a 500 instead of a resignation, and on the lease's thread the end of the process. Such a
+// file counts as absent: writing it again either mends it or fails, and the failure is
+// handled where it comes.
+bool chunk_file_present(const std::filesystem::path& file) {
+  std::error_code ec;
+  return std::filesystem::exists(file, ec) && !ec;
+}
+
 // Writes a chunk file durably under its digest (a temporary file, synced, renamed).
 expected<void> write_chunk(const std::filesystem::path& dir, const std::string& digest,
                            std::span<const uint8_t> bytes) {
@@ -418,7 +428,7 @@ struct replicated_store::impl {
     }
     size_t fetched = 0;
     for (const auto& ref : refs) {
-      if (std::filesystem::exists(config.chunk_dir / ref.digest)) continue;
+      if (chunk_file_present(config.chunk_dir / ref.digest)) continue;
       auto got = fetch_chunk(ref);
       if (!got) return got.error();
       ++fetched;
@@ -591,7 +601,7 @@ struct replicated_store::impl {
           committing.insert(ref.digest);
           digests.push_back(ref.digest);
         }
-        const bool had = std::filesystem::exists(config.chunk_dir / ref.digest);
+        const bool had = chunk_file_present(config.chunk_dir / ref.digest);
         if (auto ok = write_chunk(config.chunk_dir, ref.digest, *w.value); !ok) return ok;
         if (!had) chunk_bytes_add(w.value->size());
         if (auto ok = push_chunk(ref.digest, *w.value); !ok) return ok;
@@ -704,7 +714,7 @@ expected<std::unique_ptr<replicated_store>> replicated_store::start(replication_
             res.set_content("the chunk's contents do not match its digest", "text/plain");
             return;
           }
-          const bool had = std::filesystem::exists(self->config.chunk_dir / digest);
+          const bool had = chunk_file_present(self->config.chunk_dir / digest);
           if (auto written = write_chunk(self->config.chunk_dir, digest, body); !written) {
             // Out of the membership before the answer: the leader, seeing this core
             // gone, commits without it.
