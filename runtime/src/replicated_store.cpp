@@ -220,6 +220,17 @@ struct replicated_store::impl {
     if (lease_thread.joinable()) lease_thread.join();
     if (lease_watch.joinable()) lease_watch.join();
     if (garbage_thread.joinable()) garbage_thread.join();
+    // A core that stops gives its lease back, and with it its leader and member keys: kept
+    // to the end of their TTL, followers sent clients to a core that had stopped and no
+    // node could join anywhere, at every planned restart. (A core that lost its leadership
+    // ends with _Exit and never comes here; its lease is no longer its own.)
+    leading = false;
+    if (const int64_t id = lease.load(); id != 0 && etcd) {
+      std::lock_guard lock(etcd_mutex);
+      if (auto gone = etcd->revoke(id); !gone)
+        spdlog::warn("replication: core {} could not give its lease back: {}", config.core_id,
+                     gone.error().message());
+    }
   }
 
   // The other live cores: id -> chunk address.

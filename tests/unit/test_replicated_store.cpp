@@ -329,6 +329,28 @@ TEST_SUITE("replicated_store") {
         std::string(writer->front().value.begin(), writer->front().value.end()).starts_with("b "));
   }
 
+  TEST_CASE("a leader that stops gives its lease back: its keys go at once" *
+            doctest::skip(!etcd_installed())) {
+    // Kept to the end of their TTL, followers sent clients to a core that had stopped, and
+    // nodes could join nowhere, at every planned restart of the leader.
+    test::temp_dir dir;
+    etcd_server etcd(dir.path());
+    auto a = replicated_store::start(config_of(etcd, dir, "a"), [] {});
+    REQUIRE(a.has_value());
+    std::atomic<int> stop{0};
+    REQUIRE(*(*a)->campaign(stop, {}));
+    auto b = replicated_store::start(config_of(etcd, dir, "b"), [] {});
+    REQUIRE(b.has_value());
+    auto admin = etcd_client::make(etcd.endpoint());
+    REQUIRE(admin->range("/gflex/leader", false)->size() == 1);
+    a->reset();  // the core's clean stop
+    CHECK(admin->range("/gflex/leader", false)->empty());
+    CHECK(admin->range("/gflex/member/a", false)->empty());
+    const auto began = std::chrono::steady_clock::now();
+    REQUIRE(*(*b)->campaign(stop, {}));
+    CHECK(std::chrono::steady_clock::now() - began < std::chrono::milliseconds(500));
+  }
+
   TEST_CASE("a campaign whose answer was lost still leads: the key under its lease is its own" *
             doctest::skip(!etcd_installed())) {
     // etcd applied the campaign's transaction, but its answer never came (a read timeout, a
