@@ -35,11 +35,13 @@ struct slot_entry {
 
 /// A job whose last acquire got fewer slots than it wanted, with its bid: a slot another job
 /// frees is held for it (`reservation`, longer than a job's 250 ms between asks) before it
-/// goes to anyone else. A job that has not asked for `waiter_stale` waits no more.
+/// goes to anyone else, up to the number it lacked (`short_by`). A job that has not asked
+/// for `waiter_stale` waits no more.
 struct waiter {
   caf::actor_addr job;
   slot_bid bid;
   clock_type::time_point asked{};
+  int64_t short_by = 0;  // slots it lacked at its last ask, less those held for it since
 };
 constexpr auto reservation = std::chrono::milliseconds(500);
 constexpr auto waiter_stale = std::chrono::seconds(2);
@@ -126,12 +128,22 @@ struct market_state {
     std::erase_if(waiting, [&](const waiter& w) { return now - w.asked > waiter_stale; });
     const auto offer = offer_of(e, 0.0, true);
     for (auto it = waiting.begin(); it != waiting.end(); ++it) {
-      if (it->job == holder || !fits_bid(offer, it->bid)) continue;
+      // Held for a job that waits for fewer: a job waiting for one slot had every slot a
+      // job of 50 let go held for it, and the 49 it did not take idled for the reservation
+      // at each round of the other.
+      if (it->job == holder || it->short_by <= 0 || !fits_bid(offer, it->bid)) continue;
       e.reserved_for = it->job;
       e.reserved_until = now + reservation;
+      --it->short_by;
       std::rotate(it, it + 1, waiting.end());
       return;
     }
+  }
+
+  /// The slots held for `job` go to anyone: it waits no more.
+  void drop_reservations(const caf::actor_addr& job) {
+    for (auto& e : slots)
+      if (e.reserved_for == job) e.reserved_for = caf::actor_addr{};
   }
 
   /// A claim of the sender on `worker` (not offered yet) is let go.
@@ -166,6 +178,7 @@ caf::behavior market_actor(caf::stateful_actor<market_state>* self, double newco
         e.holder = nullptr;
       }
     std::erase_if(st.waiting, [&](const waiter& w) { return w.job == down.source; });
+    st.drop_reservations(down.source);
     std::erase_if(st.claimed, [&](const auto& c) { return c.second.address() == down.source; });
     st.watched.erase(down.source);  // a job's address kept its memory for good
   });
@@ -302,8 +315,10 @@ caf::behavior market_actor(caf::stateful_actor<market_state>* self, double newco
           if (me == st.waiting.end()) me = st.waiting.insert(st.waiting.end(), {asker, bid, now});
           me->bid = bid;
           me->asked = now;
+          me->short_by = wanted - static_cast<int64_t>(m.chosen.size());
         } else if (me != st.waiting.end()) {
           st.waiting.erase(me);
+          st.drop_reservations(asker);
         }
         // What newcomers got is paid off the quota; what none could take is not owed on (a
         // market without newcomers must not build up a debt to the next one that comes).

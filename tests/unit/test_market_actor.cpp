@@ -125,6 +125,23 @@ TEST_SUITE("market actor") {
   }
 
   TEST_CASE_FIXTURE(market_fixture,
+                    "slots let go are held for a waiting job only as many as it lacks") {
+    // Every slot a job let go was held for a job that waited for one: a job of 50 found 49
+    // of its own slots held for another at each round's acquire, and they idled.
+    caf::actor w3 = s.sys.spawn(idle_worker);
+    offer(w1, "n1");
+    offer(w2, "n2");
+    offer(w3, "n3");
+    caf::scoped_actor big{s.sys}, small{s.sys};
+    REQUIRE(acquire(big, 3).slots.size() == 3);
+    CHECK(acquire(small, 1).slots.empty());  // it waits for one
+    for (const auto& w : {w1, w2, w3}) big->send(market, release_atom::value, w);
+    CHECK(acquire(big, 3).slots.size() == 2);    // one is held for the waiting job
+    CHECK(acquire(small, 1).slots.size() == 1);  // which takes it
+    s.self->send_exit(w3, caf::exit_reason::user_shutdown);
+  }
+
+  TEST_CASE_FIXTURE(market_fixture,
                     "a node whose assignments fail cools down whole, its slots together") {
     // Each slot cooled down on its own: a node of 1,024 slots that failed every assignment at
     // once was handed work 1,024 times before any of its slots was left out.
