@@ -98,6 +98,10 @@ struct uplink_state {
   struct running_assignment {
     size_t index;
     caf::typed_response_promise<assignment_result> answer;
+    // Aborted by its job, or of a session that ended, while it ran: a worker past its last
+    // step answers all the same, and its update, kept in chunks for a session that would
+    // never take them, held up to a gigabyte for 10 minutes.
+    bool abandoned = false;
   };
   std::map<uint64_t, running_assignment> running;
   // Workers that have an assignment: fetching its parameters, or computing it. A worker
@@ -317,7 +321,16 @@ void run_on_worker(uplink_actor* self, uint32_t index, assignment a,
       .then(
           [=](assignment_result& r) mutable {
             auto& st = self->state;
-            if (st.running.erase(id) == 0) return;  // answered when its worker stopped
+            auto running = st.running.find(id);
+            if (running == st.running.end()) return;  // answered when its worker stopped
+            const bool abandoned = running->second.abandoned;
+            st.running.erase(running);
+            if (abandoned) {
+              rp.deliver(to_caf(error(errc::invalid_argument,
+                                      "assignment aborted by its job, or its session ended")));
+              release_worker(self, index);
+              return;
+            }
             const uint64_t chunk = st.payload_chunk_bytes;
             const bool remote = st.session && st.session.node() != self->node();
             if (remote && chunk > 0 && r.update.size() > chunk) {
@@ -522,7 +535,10 @@ void lose_core(uplink_actor* self) {
   st.answer_taken.clear();
   // The core has given this session's work to other nodes: what runs stops at its next
   // step, and what waited for a worker is not started.
-  for (const auto& [id, a] : st.running) st.config.cancelled->cancel(id);
+  for (auto& [id, a] : st.running) {
+    st.config.cancelled->cancel(id);
+    a.abandoned = true;
+  }
   for (auto& [index, queue] : st.deferred)
     for (auto& w : queue) w.promise.deliver(to_caf(error(errc::io_error, "the session ended")));
   st.deferred.clear();
@@ -688,6 +704,7 @@ caf::behavior uplink_behavior(uplink_actor* self, uplink_config config, caf::act
         if (self->current_sender() != caf::actor_cast<caf::strong_actor_ptr>(st.session)) return;
         drop_answer(self, id);            // answered already: the core takes no more of it
         st.config.cancelled->cancel(id);  // a running assignment stops at its next step
+        if (auto r = st.running.find(id); r != st.running.end()) r->second.abandoned = true;
         for (auto& [index, queue] : st.deferred)
           for (auto w = queue.begin(); w != queue.end(); ++w)
             if (w->work.id == id) {

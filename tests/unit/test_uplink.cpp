@@ -13,7 +13,9 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "configured_system.hpp"
@@ -205,6 +207,27 @@ caf::behavior instant_worker(caf::event_based_actor*) {
   };
 }
 
+// A worker that holds each assignment's answer until (caf::ok_atom) releases them all: one
+// past its last step, encoding its update when the abort comes.
+caf::behavior holding_worker(caf::event_based_actor* self) {
+  using promise = caf::typed_response_promise<assignment_result>;
+  auto held = std::make_shared<std::vector<std::pair<promise, uint64_t>>>();
+  return {
+      [=](assign_atom, assignment& a) -> caf::result<assignment_result> {
+        held->emplace_back(self->make_response_promise<assignment_result>(), a.id);
+        return held->back().first;
+      },
+      [=](caf::ok_atom) {
+        for (auto& [rp, id] : *held) {
+          assignment_result r;
+          r.assignment_id = id;
+          rp.deliver(std::move(r));
+        }
+        held->clear();
+      },
+  };
+}
+
 // The node's chunk cache and owner: told things (the session, to serve chunks from) that do
 // not matter here. Answered with nothing rather than dropped: a dropped message comes back to
 // its sender as an error, which ends an actor that sent it without asking.
@@ -317,6 +340,33 @@ TEST_SUITE("uplink") {
     s.self->receive([&](uint64_t id) { got = id; }, caf::after(std::chrono::seconds(5)) >> [] {});
     CHECK_MESSAGE(got == 200, "the next assignment on the worker: " << got);
     std::this_thread::sleep_for(std::chrono::seconds(2));  // the session ends
+    for (auto& a : {uplink, core, sink, worker})
+      s.self->send_exit(a, caf::exit_reason::user_shutdown);
+  }
+
+  TEST_CASE("an answer that comes after its assignment's abort is not kept for the session") {
+    // A worker past its last step answered all the same: the uplink kept the update, in
+    // chunks, for a session that would never take them (up to a gigabyte, 10 minutes), and
+    // told the session the withdrawn work was done.
+    test::configured_system s;
+    caf::actor test = caf::actor_cast<caf::actor>(s.self);
+    session_script script = [test](node_session_actor::pointer self, caf::actor uplink) {
+      assign_to(self, uplink, test, 0, 400);
+      self->delayed_send(caf::actor_cast<node_uplink_actor>(uplink), std::chrono::milliseconds(200),
+                         abort_atom::value, uint64_t{400});
+      self->delayed_send(self, std::chrono::seconds(6), bye_atom::value);  // the test is over
+    };
+    auto core = s.sys.spawn(scripted_core, std::vector<session_script>{script}, 1024);
+    auto worker = s.sys.spawn(holding_worker);
+    auto sink = s.sys.spawn(quiet_sink);
+    auto uplink = spawn_uplink(s.sys, probe_config(), core, {worker}, sink, sink);
+    std::this_thread::sleep_for(std::chrono::milliseconds(1000));  // assigned, then aborted
+    s.self->send(worker, caf::ok_atom::value);
+    std::optional<bool> answered;
+    s.self->receive([&](uint64_t, bool ok) { answered = ok; },
+                    caf::after(std::chrono::seconds(5)) >> [] {});
+    REQUIRE(answered.has_value());
+    CHECK_FALSE_MESSAGE(*answered, "the aborted assignment was answered as done");
     for (auto& a : {uplink, core, sink, worker})
       s.self->send_exit(a, caf::exit_reason::user_shutdown);
   }
