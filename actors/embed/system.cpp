@@ -469,6 +469,11 @@ struct client::impl {
   uint16_t port = 0;
   std::vector<std::pair<std::string, uint16_t>> other_cores;  // a core of several: the rest
   bool core_lost = false;
+  // The core was lost by not answering (a request timed out), not by its link's end: a core
+  // frozen or cut off with its links still open. It is tried last when dialling again: the
+  // middleman answers a dial of it from its cache while its link is open, and every request
+  // waited out its timeout there, while another core of several led.
+  bool core_unanswered = false;
   // A client may be used from several threads at once (a trainer following several jobs, a
   // pipeline's train stage beside its caller): the session and the links are asked for,
   // replaced and forgotten under this lock, never sent to under it.
@@ -517,9 +522,12 @@ struct client::impl {
       // The core it used first, then the others of a core of several (a follower that took
       // over as leader is at its own address): the client stayed with the address it was
       // given, and following a job gave up once that core was gone for good.
-      std::vector<std::pair<std::string, uint16_t>> tries{{host, port}};
+      std::vector<std::pair<std::string, uint16_t>> tries;
+      if (!core_unanswered) tries.emplace_back(host, port);
       for (const auto& other : other_cores)
-        if (other != tries.front()) tries.push_back(other);
+        if (other != std::pair{host, port}) tries.push_back(other);
+      if (core_unanswered) tries.emplace_back(host, port);
+      core_unanswered = false;
       std::string why;
       for (const auto& [h, p] : tries) {
         auto again =
@@ -531,7 +539,8 @@ struct client::impl {
         }
         core = *again;
         if (h != host || p != port) {
-          spdlog::info("the core at {}:{} is gone; using the one at {}:{}", host, port, h, p);
+          spdlog::info("the core at {}:{} is gone or silent; using the one at {}:{}", host, port, h,
+                       p);
           other_cores.erase(std::find(other_cores.begin(), other_cores.end(), std::pair{h, p}));
           other_cores.push_back({host, port});
           host = h;
@@ -566,6 +575,7 @@ struct client::impl {
                                                            "); the next request reconnects"
                                                      : std::string(no_answer) + " within 30 s");
                    core_lost = owned != nullptr && !host.empty();
+                   core_unanswered = core_lost && !gone;
                  });
     if (!w) return w.error();
     if (!w->session) return error(errc::io_error, "the core's answer holds no session");
@@ -613,6 +623,7 @@ struct client::impl {
                      if (session == *s) {
                        forget_session();
                        core_lost = owned != nullptr && !host.empty();
+                       core_unanswered = core_lost && !gone;
                      }
                      return;
                    }

@@ -143,6 +143,34 @@ TEST_CASE("a client given the other cores goes on to one of them once its core i
   CHECK_MESSAGE(jobs.has_value(), jobs.error().message());
 }
 
+TEST_CASE("a client whose core stops answering with its link open goes on to another core") {
+  // A core frozen or cut off keeps its links open: the middleman answered a dial of it from
+  // its cache, so the client, dialling the core it used first, waited out every request's
+  // timeout there while another core led, until following a job gave up.
+  test::temp_dir a_dir, b_dir;
+  auto a = local_core_config(a_dir);
+  a.port = test::free_loopback_port();
+  auto b = local_core_config(b_dir);
+  b.port = test::free_loopback_port();
+  b.operator_key = test::operator_key(a_dir);
+  auto link = test::operator_link(a_dir);
+  link.other_cores = {{"127.0.0.1", b.port}};
+  test::forked_core first(a);
+  test::forked_core second(b);
+  auto c = client::connect("127.0.0.1", a.port, link);
+  REQUIRE_MESSAGE(c.has_value(), c.error().message());
+  REQUIRE(c->principal().has_value());
+  REQUIRE(::kill(first.pid, SIGSTOP) == 0);  // frozen: its socket stays open
+  auto unanswered = c->jobs();               // waits out its 30 s
+  CHECK_FALSE(unanswered.has_value());
+  const auto asked = std::chrono::steady_clock::now();
+  auto jobs = c->jobs();
+  const double took =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - asked).count();
+  CHECK_MESSAGE(jobs.has_value(), jobs.error().message());
+  CHECK_MESSAGE(took < 10.0, "the request after the silence took " << took << " s");
+}
+
 TEST_CASE("one client used from eight threads at once: each request is answered") {
   // Its session was asked for, replaced and forgotten with no lock: threads that began at
   // once each asked for a session and wrote the same handles.
