@@ -32,6 +32,7 @@
 #include "gflex/runtime/shard.hpp"
 #include "gflex/runtime/tls_credentials.hpp"
 #include "gflex/test_aids.hpp"
+#include "leader_redirect.hpp"
 #include "link_loss.hpp"
 #include "link_security.hpp"
 #include "message_limit.hpp"
@@ -648,14 +649,10 @@ struct client::impl {
   bool go_to_leader(const std::string& why) {
     if (!owned) return false;
     std::lock_guard<std::mutex> guard(mutex);
-    const auto at = why.rfind(" is at ");
-    if (at == std::string::npos) return false;
-    const std::string address = why.substr(at + 7);
-    const auto colon = address.rfind(':');
-    if (colon == std::string::npos) return false;
-    const std::string host = address.substr(0, colon);
-    const int port = std::atoi(address.c_str() + colon + 1);
-    if (host.empty() || port <= 0 || port > 65535) return false;
+    const auto named = leader_named_in(why);
+    if (!named) return false;
+    const auto& [host, port] = *named;
+    const std::string address = host + ":" + std::to_string(port);
     auto leader = insecure ? sys->middleman().remote_actor(host, static_cast<uint16_t>(port))
                            : caf::openssl::remote_actor(*sys, host, static_cast<uint16_t>(port));
     if (!leader) {

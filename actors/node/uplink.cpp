@@ -19,6 +19,7 @@
 #include "gflex/runtime/payload_chunks.hpp"
 #include "gflex/runtime/printable_text.hpp"
 #include "gflex/runtime/tensor_codec.hpp"
+#include "leader_redirect.hpp"
 #include "messages.hpp"
 
 namespace gflex {
@@ -90,7 +91,12 @@ struct uplink_state {
   uplink_config config;
   caf::actor core;        // the core's front door, once connected
   caf::actor fixed_core;  // embedded mode: the core in this process
-  caf::actor session;     // this node's session: the only other core handle it holds
+  // The leader a follower named when it refused this node's hello: the next connect goes
+  // there. A node given one address (a follower's, after a failover) retried that follower
+  // for ever, told each time where the leader was.
+  std::optional<std::pair<std::string, uint16_t>> leader_named;
+  int redirects_in_row = 0;  // followers that named another: past a few, the usual retry
+  caf::actor session;        // this node's session: the only other core handle it holds
   std::vector<caf::actor> workers;
   // Assignments on workers, by id: the worker's index, and the answer to the session,
   // given here when the worker stops before it answers (a worker that dies in a
@@ -240,6 +246,7 @@ void hello(uplink_actor* self, caf::actor core) {
             st.heartbeat_ms = std::max<uint32_t>(w.heartbeat_ms, 50);
             st.payload_chunk_bytes = w.payload_chunk_bytes;
             st.attempt = 0;
+            st.redirects_in_row = 0;
             st.generation += 1;
             self->monitor(core);
             self->monitor(st.session);
@@ -265,6 +272,19 @@ void hello(uplink_actor* self, caf::actor core) {
               self->quit();
               return;
             }
+            if (err.code() == errc::not_leader && self->state.redirects_in_row < 3)
+              if (auto leader = leader_named_in(err.message())) {
+                // Followers that name each other (one's record is stale) are not followed
+                // round and round: after three, the usual retries.
+                auto& st = self->state;
+                st.redirects_in_row += 1;
+                spdlog::info("uplink: that core follows; joining the leader at {}:{}",
+                             from_core(leader->first), leader->second);
+                st.leader_named = std::move(*leader);
+                self->delayed_send(self, std::chrono::milliseconds(200), caf::connect_atom::value);
+                return;
+              }
+            self->state.redirects_in_row = 0;
             spdlog::warn("uplink: join failed: {}", from_core(err.message()));
             retry_later(self);
           });
@@ -275,7 +295,8 @@ void connect(uplink_actor* self) {
   if (st.fixed_core) return hello(self, st.fixed_core);
   auto mm = st.config.tls ? self->system().openssl_manager().actor_handle()
                           : self->system().middleman().actor_handle();
-  const auto address = core_address(st);
+  auto address = core_address(st);
+  if (st.leader_named) address = *std::exchange(st.leader_named, std::nullopt);
   const std::string host = address.first;
   const uint16_t port = address.second;
   self->request(mm, std::chrono::seconds(15), caf::connect_atom::value, host, port)

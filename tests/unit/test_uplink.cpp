@@ -7,6 +7,7 @@
 #include <doctest/doctest.h>
 
 #include <caf/all.hpp>
+#include <caf/io/middleman.hpp>
 
 #include <chrono>
 #include <deque>
@@ -589,6 +590,43 @@ TEST_SUITE("uplink") {
                     caf::after(std::chrono::seconds(7)) >> [] {});
     CHECK_MESSAGE(!lost, "the node left a core that asked for chunks all along");
     for (auto& a : {uplink, core, sink}) s.self->send_exit(a, caf::exit_reason::user_shutdown);
+  }
+
+  TEST_CASE("a node whose core follows joins the leader that core names") {
+    // A node given one address (a follower's, after a failover) retried that follower for
+    // ever, though each refusal said where the leader was.
+    test::configured_system s;
+    caf::actor test = caf::actor_cast<caf::actor>(s.self);
+    auto leader = s.sys.spawn(
+        scripted_core, std::vector<session_script>{[](node_session_actor::pointer, caf::actor) {}},
+        1024);
+    auto leader_port = s.sys.middleman().publish(leader, 0, "127.0.0.1");
+    REQUIRE(static_cast<bool>(leader_port));
+    const std::string refusal =
+        "core c2 follows and answers only status, jobs and nodes; the "
+        "leader, c1, is at 127.0.0.1:" +
+        std::to_string(*leader_port);
+    auto follower = s.sys.spawn([refusal](caf::event_based_actor*) -> caf::behavior {
+      return {[refusal](hello_atom, node_hello&) -> caf::result<node_welcome> {
+        return to_caf(error(errc::not_leader, refusal));
+      }};
+    });
+    auto follower_port = s.sys.middleman().publish(follower, 0, "127.0.0.1");
+    REQUIRE(static_cast<bool>(follower_port));
+    auto config = probe_config();
+    config.host = "127.0.0.1";
+    config.port = *follower_port;
+    config.on_activity = [test](const node_activity& n) {
+      if (n.what == node_activity::kind::joined) caf::anon_send(test, std::string("joined"));
+    };
+    auto sink = s.sys.spawn(quiet_sink);
+    auto uplink = spawn_uplink(s.sys, config, nullptr, {s.sys.spawn(instant_worker)}, sink, sink);
+    bool joined = false;
+    s.self->receive([&](std::string&) { joined = true; },
+                    caf::after(std::chrono::seconds(10)) >> [] {});
+    CHECK_MESSAGE(joined, "the node did not join the leader the follower named");
+    for (auto& a : {uplink, leader, follower, sink})
+      s.self->send_exit(a, caf::exit_reason::user_shutdown);
   }
 
   TEST_CASE("text from the core reaches the node's terminal without its escape sequences") {
