@@ -454,9 +454,25 @@ void data_sets_read(supervisor_actor* self, std::shared_ptr<data_set_load> load)
     return;
   }
   std::set<std::string> named;
+  bool unreadable_manifest = false;
   for (auto& [key, info] : load->manifests) {
     if (!info) {
+      // Known by its key, and removable: it was listed nowhere, `gflex data rm` said there
+      // was no such set, and it was logged again at every start. The shards it names are
+      // unknown, so none is deleted as unnamed while it is stored.
       spdlog::error("store: {}: {}", key, info.error().message());
+      unreadable_manifest = true;
+      const auto slash = key.rfind('/');
+      const auto prefix = std::string(data_set_prefix).size();
+      if (slash != std::string::npos && slash > prefix) {
+        data_set_info unknown;
+        unknown.owner = key.substr(prefix, slash - prefix);
+        unknown.name = key.substr(slash + 1);
+        st.links.catalog->note_damaged_set(
+            unknown.owner, unknown.name,
+            "its manifest cannot be read (" + info.error().message() + ")");
+        st.damaged_sets[{unknown.owner, unknown.name}] = std::move(unknown);
+      }
       continue;
     }
     named.insert(info->train_shards.begin(), info->train_shards.end());
@@ -483,7 +499,10 @@ void data_sets_read(supervisor_actor* self, std::shared_ptr<data_set_load> load)
                st.damaged_sets.empty()
                    ? std::string()
                    : ", " + std::to_string(st.damaged_sets.size()) + " left out");
-  delete_unnamed_shards(self, std::move(named));
+  if (unreadable_manifest)
+    spdlog::warn("store: no unnamed shard is deleted while a manifest cannot be read");
+  else
+    delete_unnamed_shards(self, std::move(named));
   data_sets_loaded(self);
 }
 

@@ -231,6 +231,22 @@ TEST_SUITE("data set store") {
     CHECK(gone == std::set<std::string>{data_chunk_key(digest_of(orphan))});
   }
 
+  TEST_CASE("a manifest that cannot be read loses no shard, and can be removed") {
+    // Its shards were taken for unnamed and deleted at start, and the manifest stayed for
+    // good: listed nowhere, and `gflex data rm` said there was no such set.
+    const auto t = shard_of(test::samples(10)), orphan = shard_of(test::samples(7));
+    std::map<std::string, std::vector<uint8_t>> kept;
+    const std::string text = "not a manifest";
+    kept[data_set_key("user/alice", "x")] = {text.begin(), text.end()};
+    kept[data_chunk_key(digest_of(t))] = t;
+    kept[data_chunk_key(digest_of(orphan))] = orphan;
+    store_fixture f(kept);
+    std::this_thread::sleep_for(std::chrono::milliseconds(1000));  // the load has ended
+    CHECK(f.deleted().empty());
+    f.remove("x");
+    CHECK(f.deleted().count(data_set_key("user/alice", "x")) == 1);
+  }
+
   TEST_CASE("an account's quota counts the test split as the core holds it: decoded") {
     // The core keeps a set's test split decoded (f32) to evaluate on; a packed one took many
     // times the memory its bytes counted for.
