@@ -1743,6 +1743,16 @@ void return_stale_escrow(job_actor* self) {
           [=](caf::error& e) { again("cannot open it: " + from_caf(e).message()); });
 }
 
+// A job that stops without ending (its supervisor went down, or it threw) tells the
+// workers of its assignments to stop: the market frees their slots as the job goes down, and
+// the next job's work, queued behind the dead one's, missed its deadline, its honest node
+// left out of that job and cooled down for it.
+void abort_pending(job_actor* self) {
+  auto& st = self->state;
+  for (const auto& [id, a] : st.pending) self->send(a.slot.worker, abort_atom::value, id);
+  st.pending.clear();
+}
+
 caf::behavior job_behavior(job_actor* self, job_start start, job_links links) {
   auto& st = self->state;
   st.job = std::move(start);
@@ -1862,12 +1872,18 @@ caf::behavior job_behavior(job_actor* self, job_start start, job_links links) {
                   self->system().render(e));
   });
   self->set_default_handler(caf::drop);
+  self->set_exception_handler([=](caf::scheduled_actor*, std::exception_ptr&) -> caf::error {
+    spdlog::error("job {}: stopped by an exception; its supervisor resumes it", self->state.job.id);
+    abort_pending(self);
+    return caf::sec::runtime_error;
+  });
   // A job stops with its supervisor (a restarted one resumes it from the store); a link
   // would instead take the supervisor down with any job that is killed.
   self->monitor(st.links.supervisor);
   self->set_down_handler([=](const caf::down_msg& down) {
     auto& st = self->state;
     if (down.source == st.links.supervisor.address()) {
+      abort_pending(self);
       self->quit(down.reason);
       return;
     }

@@ -79,4 +79,34 @@ TEST_SUITE("job deadlines") {
     CHECK(avoided == std::vector<std::string>{"n1"});
     side.self->send_exit(worker, caf::exit_reason::user_shutdown);
   }
+
+  TEST_CASE("a job stopped with its supervisor aborts its assignments on their workers") {
+    // The market frees a dead job's slots at once: the resumed job's work (or another's)
+    // queued behind the dead one's on the node, missed its deadline, and the honest node was
+    // left out of the job and cooled down for it.
+    configured_system side;
+    auto worker = side.sys.spawn(silent_worker);
+    job_fixture f(stored_job(), {node_slot(worker, "n1", "n1")});
+    auto ask = [&] {
+      std::pair<std::vector<uint64_t>, std::vector<uint64_t>> out;
+      side.self->request(worker, f.wait, caf::get_atom::value)
+          .receive(
+              [&](std::vector<uint64_t>& a, std::vector<uint64_t>& b) {
+                out = {std::move(a), std::move(b)};
+              },
+              [&](caf::error& e) { FAIL(side.sys.render(e)); });
+      return out;
+    };
+    for (int tries = 0; tries < 100 && ask().first.empty(); ++tries)
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    REQUIRE(ask().first.size() == 1);
+    f.self->send_exit(f.supervisor, caf::exit_reason::kill);
+    auto seen = ask();
+    for (int tries = 0; tries < 50 && seen.second.empty(); ++tries) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      seen = ask();
+    }
+    CHECK(seen.second == seen.first);
+    side.self->send_exit(worker, caf::exit_reason::user_shutdown);
+  }
 }
