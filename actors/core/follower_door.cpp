@@ -30,6 +30,8 @@ using door_actor = caf::stateful_actor<door_state, guarded<caf::event_based_acto
 error to_the_leader(const door_state& st) {
   const std::string record = st.leader->get();
   const auto space = record.find(' ');
+  // Clients take both answers for a failover under way, and ride it out (link_loss.hpp
+  // matches " follows and no core leads").
   if (space == std::string::npos)
     return error(errc::unavailable, "core " + st.core_id +
                                         " follows and no core leads at the moment (another "

@@ -594,6 +594,7 @@ struct client::impl {
     if (!answer && answer.error().code() == errc::not_leader &&
         go_to_leader(answer.error().message()))
       answer = ask_session_once<T>(timeout, xs...);
+    if (!answer && owned) return detail::as_failover(answer.error());
     return answer;
   }
 

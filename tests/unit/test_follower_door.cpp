@@ -18,6 +18,7 @@
 #include "follower_door.hpp"
 #include "gatekeeper.hpp"
 #include "job_record.hpp"
+#include "link_loss.hpp"
 #include "messages.hpp"
 #include "reputation.hpp"
 #include "store.hpp"
@@ -163,5 +164,15 @@ TEST_SUITE("follower_door") {
     auto later = ask<std::string>(*alice, submit_atom::value, shipped_spec());
     CHECK(later.error().code() == errc::unavailable);
     CHECK(later.error().message().find("no core leads at the moment") != std::string::npos);
+
+    // A client takes both for a failover under way, which following a job rides out: a
+    // train stage that met one failed, though another core led seconds later.
+    CHECK(detail::is_link_loss(detail::as_failover(submitted.error())));
+    CHECK(detail::is_link_loss(detail::as_failover(later.error())));
+    CHECK(detail::as_failover(later.error()).message().find("no core leads at the moment") !=
+          std::string::npos);
+    const error refusal(errc::unavailable, "no core-tier worker is free");
+    CHECK_FALSE(detail::is_link_loss(detail::as_failover(refusal)));
+    CHECK_FALSE(detail::is_link_loss(detail::as_failover(error(errc::invalid_argument, "x"))));
   }
 }
