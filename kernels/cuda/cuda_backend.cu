@@ -895,10 +895,11 @@ class cuda_backend final : public backend {
     GFLEX_CUDNN_CHECK(cudnnGetConvolution2dForwardOutputDim(plan->conv[0].get(), plan->x.get(),
                                                             plan->w.get(), &dn, &dk, &dh, &dw));
     if (dn != n || dk != k || dh != out_h || dw != out_w)
+      // The geometry's, every time on any device: not a device failure.
       throw compute_error(gflex::error(
-          errc::device_error, "cuDNN computes a " + std::to_string(dn) + "x" + std::to_string(dh) +
-                                  "x" + std::to_string(dw) + "x" + std::to_string(dk) +
-                                  " output for " + describe_geometry(g)));
+          errc::shape_mismatch, "cuDNN computes a " + std::to_string(dn) + "x" +
+                                    std::to_string(dh) + "x" + std::to_string(dw) + "x" +
+                                    std::to_string(dk) + " output for " + describe_geometry(g)));
     return *plans_.emplace(key, std::move(plan)).first->second;
   }
 

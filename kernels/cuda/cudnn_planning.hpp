@@ -173,11 +173,16 @@ conv_choice pick_algorithm(cudnnConvolutionDescriptor_t conv, math_precision p, 
       return conv_choice{true, static_cast<int>(candidate.algo), math, bytes};
     }
   }
+  // Said as what it is, a shortage of device memory (the cap is a share of what is free
+  // now): the node's worker counts other device errors in a row as a broken device, and a
+  // volunteer's own use of the GPU restarted the node again and again.
   throw compute_error(gflex::error(
-      errc::device_error, std::string("no cuDNN ") + pass_name(pass) +
-                              " convolution algorithm for " + describe_geometry(g) + " at " +
-                              to_string(p) + " within a workspace of " + std::to_string(cap) +
-                              " bytes (" + std::to_string(returned) + " candidates)"));
+      errc::device_error, std::string("out of device memory for a convolution workspace: no "
+                                      "cuDNN ") +
+                              pass_name(pass) + " convolution algorithm for " +
+                              describe_geometry(g) + " at " + to_string(p) + " within " +
+                              std::to_string(cap) + " bytes (" + std::to_string(returned) +
+                              " candidates)"));
 }
 
 }  // namespace gflex::kernels::detail
