@@ -50,6 +50,7 @@ struct params_fetch {
   // an earlier one that was withdrawn fail (the core let its chunks go): they do not fail
   // the assignments of these parameters that come after.
   uint64_t epoch = 0;
+  std::chrono::steady_clock::time_point idle_since{};  // when its last waiting assignment left
 };
 
 /// A chunk of an answer sent with update_chunks, until the session has taken it.
@@ -392,6 +393,14 @@ void drop_answer(uplink_actor* self, uint64_t id) {
     it = it->second.assignment_id == id ? st.answer_chunks.erase(it) : std::next(it);
 }
 
+// A fetch no assignment waits for any more keeps what arrived for the next assignment of
+// these parameters, for uplink_config::params_idle ((expire_atom, first chunk) then).
+void note_idle(uplink_actor* self, const std::shared_ptr<params_fetch>& f) {
+  if (!f->waiting.empty() || f->complete || !f->parts || f->chunks.empty()) return;
+  f->idle_since = std::chrono::steady_clock::now();
+  self->delayed_send(self, self->state.config.params_idle, expire_atom::value, f->chunks.front());
+}
+
 // The fetch ended (done, or failed with `e`): the assignments waiting for it go on or fail.
 void end_fetch(uplink_actor* self, const std::shared_ptr<params_fetch>& f, const caf::error& e,
                std::shared_ptr<const shared_params> done = nullptr) {
@@ -406,6 +415,7 @@ void end_fetch(uplink_actor* self, const std::shared_ptr<params_fetch>& f, const
     w.work.params_ref = done;
     run_on_worker(self, w.index, std::move(w.work), std::move(w.promise));
   }
+  note_idle(self, f);
 }
 
 void pump_params(uplink_actor* self, std::shared_ptr<params_fetch> f) {
@@ -720,6 +730,16 @@ caf::behavior uplink_behavior(uplink_actor* self, uplink_config config, caf::act
         }
         drop_answer(self, id);
       },
+      // A fetch's idle timer (note_idle): gone if still nobody waits for it.
+      [=](expire_atom, const std::string& first_chunk) {
+        auto& st = self->state;
+        if (self->current_sender() != caf::actor_cast<caf::strong_actor_ptr>(self)) return;
+        const auto now = std::chrono::steady_clock::now();
+        std::erase_if(st.params, [&](const std::shared_ptr<params_fetch>& f) {
+          return !f->chunks.empty() && f->chunks.front() == first_chunk && f->waiting.empty() &&
+                 !f->complete && now - f->idle_since >= st.config.params_idle;
+        });
+      },
       [=](abort_atom, uint64_t id) {
         auto& st = self->state;
         if (self->current_sender() != caf::actor_cast<caf::strong_actor_ptr>(st.session)) return;
@@ -745,6 +765,7 @@ caf::behavior uplink_behavior(uplink_actor* self, uplink_config config, caf::act
                   to_caf(error(errc::invalid_argument, "assignment aborted by its job")));
               f->waiting.erase(w);
               release_worker(self, index);
+              note_idle(self, f);
               return;
             }
       },

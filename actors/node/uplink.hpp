@@ -47,6 +47,10 @@ struct uplink_config {
   /// With other_cores: a core that answers nothing (its `earned`) and asks for nothing (an
   /// update's chunks) for this long is taken for lost, and the next one is tried.
   std::chrono::milliseconds core_silence{15000};
+  /// A fetch of parameters that no assignment has waited for this long (all were aborted,
+  /// or their session ended) lets what it holds go: up to a gigabyte, kept before until two
+  /// newer fetches pushed it out, which an idle node never saw.
+  std::chrono::milliseconds params_idle{std::chrono::minutes(2)};
   uint8_t tier = 0;        ///< gflex::node_tier to join with.
   std::string credential;  ///< The join token.
   bool tls = false;        ///< Connect through the OpenSSL module (the actor system has it loaded).

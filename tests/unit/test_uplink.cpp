@@ -372,6 +372,82 @@ TEST_SUITE("uplink") {
       s.self->send_exit(a, caf::exit_reason::user_shutdown);
   }
 
+  TEST_CASE("a fetch of parameters nobody waits for lets its buffer go once idle") {
+    // A fetch whose assignments were all aborted kept its buffer (up to a gigabyte) until
+    // two newer fetches pushed it out, which an idle node never saw.
+    test::configured_system s;
+    caf::actor test = caf::actor_cast<caf::actor>(s.self);
+    auto core = s.sys.spawn([test](caf::event_based_actor* self) -> caf::behavior {
+      return {[=](hello_atom, node_hello& h) -> node_welcome {
+        node_welcome w;
+        w.protocol = h.protocol;
+        w.node_id = "n1";
+        w.heartbeat_ms = 50;
+        w.session = self->spawn<caf::linked>(
+            [test, uplink = h.uplink](
+                node_session_actor::pointer session) -> node_session_actor::behavior_type {
+              auto started =
+                  std::make_shared<std::optional<std::chrono::steady_clock::time_point>>();
+              auto again = std::make_shared<bool>(false);
+              using chunk_promise = caf::typed_response_promise<std::vector<uint8_t>>;
+              auto held = std::make_shared<std::vector<chunk_promise>>();
+              auto to_uplink = caf::actor_cast<node_uplink_actor>(uplink);
+              return {
+                  [=](beat_atom) {
+                    const auto now = std::chrono::steady_clock::now();
+                    if (!*started) {
+                      *started = now;
+                      session
+                          ->request(uplink, caf::infinite, assign_atom::value, uint32_t{0},
+                                    chunked(100, 0, 2))
+                          .then([](assignment_result&) {}, [](caf::error&) {});
+                      session->delayed_send(to_uplink, std::chrono::milliseconds(200),
+                                            abort_atom::value, uint64_t{100});
+                      return;
+                    }
+                    // Past the fetch's idle time: the same parameters, again.
+                    if (now - **started < std::chrono::milliseconds(1500) ||
+                        std::exchange(*again, true))
+                      return;
+                    session
+                        ->request(uplink, caf::infinite, assign_atom::value, uint32_t{0},
+                                  chunked(101, 0, 2))
+                        .then([](assignment_result&) {}, [](caf::error&) {});
+                  },
+                  [=](bye_atom) { session->quit(); },
+                  [=](chunk_atom, const std::string&) -> caf::result<std::vector<uint8_t>> {
+                    caf::anon_send(test, std::string("asked"));
+                    held->push_back(session->make_response_promise<std::vector<uint8_t>>());
+                    return held->back();
+                  },
+                  [=](earned_atom) -> int64_t { return 0; },
+              };
+            });
+        w.payload_chunk_bytes = 1024;
+        return w;
+      }};
+    });
+    auto config = probe_config();
+    config.params_idle = std::chrono::milliseconds(300);
+    auto sink = s.sys.spawn(quiet_sink);
+    auto uplink = spawn_uplink(s.sys, config, core, {s.sys.spawn(instant_worker)}, sink, sink);
+    int asked = 0;
+    auto count_for = [&](std::chrono::milliseconds span) {
+      const auto until = std::chrono::steady_clock::now() + span;
+      for (bool more = true; more;)
+        s.self->receive([&](std::string&) { ++asked; },
+                        caf::after(std::max(std::chrono::milliseconds(1),
+                                            std::chrono::duration_cast<std::chrono::milliseconds>(
+                                                until - std::chrono::steady_clock::now()))) >>
+                            [&] { more = false; });
+    };
+    count_for(std::chrono::milliseconds(1000));  // asked, aborted, idle past 300 ms
+    CHECK(asked == 2);
+    count_for(std::chrono::milliseconds(2000));  // assigned again at 1.5 s
+    CHECK_MESSAGE(asked == 4, "chunks asked: " << asked << " (2 again once the fetch went)");
+    for (auto& a : {uplink, core, sink}) s.self->send_exit(a, caf::exit_reason::user_shutdown);
+  }
+
   TEST_CASE("asks of a withdrawn assignment's parameters fail no later assignment of them") {
     // The core lets a withdrawn assignment's chunks go and fails the asks that were out; the
     // failure was kept as the fetch's, and the node's next assignment of the same parameters
