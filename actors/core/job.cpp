@@ -587,6 +587,7 @@ void check_divergence(job_actor* self, const assignment& work, const std::string
   verify_request req;
   req.work = work;
   req.work.params_ref = st.round_params;
+  req.deadline_s = st.job.spec.deadline_s;
   // No update is claimed: the verifier answers whether the core tier computes the work.
   const auto round = st.job.status.round;
   const auto generation = st.verifier_generation;
@@ -920,6 +921,7 @@ void verify(job_actor* self, uint64_t assignment_id) {
   for (const auto& [shard, x] : st.results) current = current || x.assignment_id == assignment_id;
   req.work.params_ref = current ? st.round_params : st.unconfirmed->params;
   req.claimed = r->update.unpack();
+  req.deadline_s = st.job.spec.deadline_s;
   const auto generation = st.verifier_generation;
   self->request(st.links.verifier, verify_wait, verify_atom::value, std::move(req))
       .then(

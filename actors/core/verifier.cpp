@@ -3,6 +3,8 @@
 #include <sodium.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
+#include <chrono>
 #include <deque>
 #include <limits>
 #include <map>
@@ -65,15 +67,23 @@ void run(verifier_actor* self, pending_check check, const worker_slot& slot) {
   const uint64_t id = work.id;
   spdlog::debug("verifier: re-computing job {} round {} shard {} on {}", work.job_id,
                 work.round + 1, work.shard.substr(0, 12), slot.node_name);
+  // A re-computation takes about as long as the assignment it checks, on a worker that may
+  // be slower (limits.recompute_factor); one that hangs (its node still beating) is given up
+  // on and tried elsewhere, where the longest deadline a spec may give held the round a day.
+  const double deadline_s = check.request.deadline_s > 0.0
+                                ? std::min(check.request.deadline_s, max_deadline_s)
+                                : max_deadline_s;
+  const auto& limits = self->state.limits;
+  const auto wait = std::clamp(
+      std::chrono::milliseconds(static_cast<int64_t>(deadline_s * limits.recompute_factor * 1000)),
+      limits.min_recompute_wait,
+      std::chrono::milliseconds(static_cast<int64_t>(max_deadline_s * 1000)));
   self->state.running[id] = {std::move(check), slot};
   // Watched while it runs: a worker that goes down (its node's link lost) holds the request,
   // never answered, and the market tells nobody what it held; the check waited out the
   // request's day-long timeout, and the job's round with it.
   self->monitor(slot.worker);
-  // As long as the longest deadline a spec may give: a re-computation takes about as long as
-  // the assignment it checks.
-  self->request(slot.worker, std::chrono::seconds(static_cast<int64_t>(max_deadline_s)),
-                assign_atom::value, std::move(work))
+  self->request(slot.worker, wait, assign_atom::value, std::move(work))
       .then(
           [=](assignment_result& r) {
             auto& st = self->state;

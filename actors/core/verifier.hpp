@@ -33,6 +33,12 @@ namespace gflex {
 struct verifier_limits {
   std::chrono::milliseconds max_wait{60000};
   size_t max_queue = 4096;
+  /// A re-computation not answered within `recompute_factor` times its job's deadline_s (at
+  /// least `min_recompute_wait`, at most max_deadline_s) is aborted and tried on another
+  /// core-tier worker. Its worker may be slower than the node it checks (a CPU for a GPU's
+  /// work), hence the factor; a worker that hung held its job's round for a day.
+  double recompute_factor = 30.0;
+  std::chrono::milliseconds min_recompute_wait{std::chrono::minutes(10)};
 };
 
 caf::actor spawn_verifier(caf::actor_system& sys, caf::actor market, verifier_limits limits = {});

@@ -340,11 +340,14 @@ typename Inspector::result_type inspect(Inspector& f, acquire_reply& x) {
 struct verify_request {
   assignment work;
   std::vector<float> claimed;
+  /// The job's [round] deadline_s (0: the longest a spec may give): how long the work takes
+  /// where it was done, from which the verifier bounds its re-computation.
+  double deadline_s = 0.0;
 };
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, verify_request& x) {
-  return f(caf::meta::type_name("verify_request"), x.work, x.claimed);
+  return f(caf::meta::type_name("verify_request"), x.work, x.claimed, x.deadline_s);
 }
 
 /// A batch of writes for the store, applied in one LMDB transaction.

@@ -100,6 +100,10 @@ caf::actor spawn_turn_market(caf::actor_system& sys, std::vector<caf::actor> wor
           }
           return r;
         },
+        // Releases, a failed worker's too (dropped, each came back to the verifier as an
+        // error message, which ended it).
+        [](release_atom, const caf::actor&) {},
+        [](release_atom, const caf::actor&, bool) {},
     };
   });
 }
@@ -190,6 +194,41 @@ TEST_SUITE("verifier") {
     CHECK_MESSAGE(v.answered, v.err.message());
     CHECK(*asked == 2);
     for (const auto& a : {verifier, market, computing})
+      s.self->send_exit(a, caf::exit_reason::user_shutdown);
+  }
+
+  TEST_CASE("a re-computation whose worker hangs is given up on and tried on another") {
+    // A worker that hung with its node still beating was waited for the longest deadline a
+    // spec may give, a day, and its job's round with it. It is now bounded by the job's own
+    // deadline_s (here 1 s, times 2, at least 1 s).
+    test::configured_system s;
+    auto asked = std::make_shared<std::atomic<int>>(0);
+    auto hung = spawn_silent_worker(s.sys, asked);
+    auto computing = spawn_core_worker(s.sys, false, 4, asked);
+    auto market = spawn_turn_market(s.sys, {hung, computing});
+    verifier_limits limits;
+    limits.recompute_factor = 2.0;
+    limits.min_recompute_wait = std::chrono::seconds(1);
+    auto verifier = spawn_verifier(s.sys, market, limits);
+    verify_request req;
+    req.work.job_id = "job-1";
+    req.work.shard = std::string(64, 'a');
+    req.deadline_s = 1.0;
+    verdict v;
+    const auto asked_at = std::chrono::steady_clock::now();
+    s.self->request(verifier, std::chrono::seconds(20), verify_atom::value, req)
+        .receive(
+            [&](double, double, double compute_s) {
+              v.answered = true;
+              v.compute_s = compute_s;
+            },
+            [&](caf::error& e) { v.err = from_caf(e, &s.sys); });
+    const double took =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - asked_at).count();
+    CHECK_MESSAGE(v.answered, v.err.message());
+    CHECK(*asked == 2);
+    CHECK_MESSAGE(took < 10.0, "answered after " << took << " s");
+    for (const auto& a : {verifier, market, hung, computing})
       s.self->send_exit(a, caf::exit_reason::user_shutdown);
   }
 }
