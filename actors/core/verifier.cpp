@@ -219,6 +219,20 @@ caf::behavior verifier(verifier_actor* self, caf::actor market, verifier_limits 
   return {
       [=](verify_atom, verify_request& request) -> caf::response_promise {
         auto promise = self->make_response_promise();
+        auto& st = self->state;
+        uint64_t held = 0;
+        for (const auto& c : st.queue) held += c.request.claimed.size() * sizeof(float);
+        for (const auto& [id, r] : st.running)
+          held += r.check.request.claimed.size() * sizeof(float);
+        const uint64_t asked = request.claimed.size() * sizeof(float);
+        if (held > 0 && held + asked > st.limits.max_claimed_bytes) {
+          promise.deliver(to_caf(error(errc::limit_exceeded,
+                                       "the verifier holds " + std::to_string(held >> 20) +
+                                           " MiB of claimed updates, the most it may; " +
+                                           std::to_string(st.queue.size()) +
+                                           " re-computations are waiting for a core-tier worker")));
+          return promise;
+        }
         if (self->state.queue.size() >= self->state.limits.max_queue) {
           promise.deliver(to_caf(error(errc::limit_exceeded,
                                        std::to_string(self->state.queue.size()) +

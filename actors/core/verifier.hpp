@@ -33,6 +33,11 @@ namespace gflex {
 struct verifier_limits {
   std::chrono::milliseconds max_wait{60000};
   size_t max_queue = 4096;
+  /// Bytes of claimed updates (fp32) the verifier holds, waiting or being re-computed: past
+  /// them a request is refused (errc::limit_exceeded; its job asks again). Bounded by count
+  /// alone, 200 new nodes' results on a 25M-parameter model held 20 GB in the core. One
+  /// request is always taken when none is held.
+  uint64_t max_claimed_bytes = uint64_t{4} << 30;
   /// A re-computation not answered within `recompute_factor` times its job's deadline_s (at
   /// least `min_recompute_wait`, at most max_deadline_s) is aborted and tried on another
   /// core-tier worker. Its worker may be slower than the node it checks (a CPU for a GPU's

@@ -231,4 +231,38 @@ TEST_SUITE("verifier") {
     for (const auto& a : {verifier, market, hung, computing})
       s.self->send_exit(a, caf::exit_reason::user_shutdown);
   }
+
+  TEST_CASE("claimed updates the verifier holds are bounded in bytes, not only in count") {
+    // 4,096 waiting re-computations of a 25M-parameter model's fp32 updates are 400 GB: with
+    // 200 new nodes on a job, the core ran out of memory.
+    test::configured_system s;
+    // No core-tier worker: everything waits.
+    auto market = s.sys.spawn([](caf::event_based_actor* self) -> caf::behavior {
+      self->set_default_handler(caf::drop);
+      return {
+          [](acquire_atom, const std::string&, const std::string&, int64_t, uint8_t, int64_t,
+             double, const std::vector<std::string>&) { return acquire_reply{}; },
+      };
+    });
+    verifier_limits limits;
+    limits.max_claimed_bytes = 100 * sizeof(float);
+    auto verifier = spawn_verifier(s.sys, market, limits);
+    auto request = [&](size_t values) {
+      verify_request req;
+      req.work.job_id = "job-1";
+      req.work.shard = std::string(64, 'a');
+      req.claimed.assign(values, 0.5f);
+      return req;
+    };
+    s.self->send(verifier, verify_atom::value, request(80));  // held: 320 bytes
+    verdict v;
+    s.self->request(verifier, std::chrono::seconds(10), verify_atom::value, request(80))
+        .receive([&](double, double, double) { v.answered = true; },
+                 [&](caf::error& e) { v.err = from_caf(e, &s.sys); });
+    CHECK_FALSE(v.answered);
+    CHECK(v.err.code() == errc::limit_exceeded);
+    CHECK_MESSAGE(v.err.message().find("claimed updates, the most it may") != std::string::npos,
+                  v.err.message());
+    for (const auto& a : {verifier, market}) s.self->send_exit(a, caf::exit_reason::user_shutdown);
+  }
 }
