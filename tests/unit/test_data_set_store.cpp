@@ -38,6 +38,14 @@ std::string digest_of(const std::vector<uint8_t>& shard) {
   return digest_hex(shard);
 }
 
+// The set alice's upload of a training and a test shard makes (as the core would store it).
+data_set_info set_of(const std::vector<uint8_t>& train, const std::vector<uint8_t>& test) {
+  data_upload up("user/alice", "a", 2, {});
+  REQUIRE(up.add({0, 2, false, train}).has_value());
+  REQUIRE(up.add({1, 2, true, test}).has_value());
+  return up.finish().value();
+}
+
 struct store_fixture : test::configured_system {
   const std::string alice = "user/alice";
   const std::chrono::seconds wait{30};
@@ -146,10 +154,7 @@ TEST_SUITE("data set store") {
     // Each set was bounded, and the count of sets: 64 sets of 1 GiB, all held in the core's
     // memory, were one account's to upload.
     const auto train = shard_of(test::samples(12)), test = shard_of(test::samples(6));
-    data_upload up("user/alice", "a", 2, {});
-    REQUIRE(up.add({0, 2, false, train}).has_value());
-    REQUIRE(up.add({1, 2, true, test}).has_value());
-    const uint64_t one = core_memory_bytes(up.finish().value());
+    const uint64_t one = core_memory_bytes(set_of(train, test));
     store_fixture f({}, std::chrono::minutes(10), 2 * one + train.size() + test.size() / 2);
     f.push("a", train, test);
     f.push("b", train, test);
@@ -251,10 +256,7 @@ TEST_SUITE("data set store") {
     // The core keeps a set's test split decoded (f32) to evaluate on; a packed one took many
     // times the memory its bytes counted for.
     const auto train = shard_of(test::samples(12)), test = shard_of(test::samples(6));
-    data_upload up("user/alice", "a", 2, {});
-    REQUIRE(up.add({0, 2, false, train}).has_value());
-    REQUIRE(up.add({1, 2, true, test}).has_value());
-    const auto one = up.finish().value();
+    const auto one = set_of(train, test);
     REQUIRE(core_memory_bytes(one) == one.bytes + 4 * 6 * (one.sample_values + 1));
     // Room for a, and for b's shards as stored, not for b's test split decoded.
     store_fixture f({}, std::chrono::minutes(10), core_memory_bytes(one) + one.bytes);
@@ -269,10 +271,7 @@ TEST_SUITE("data set store") {
     // nor an upload: the account's quota and count did not see it, and another push of the
     // same name, or its removal, raced the commit.
     const auto train = shard_of(test::samples(12)), test = shard_of(test::samples(6));
-    data_upload up("user/alice", "a", 2, {});
-    REQUIRE(up.add({0, 2, false, train}).has_value());
-    REQUIRE(up.add({1, 2, true, test}).has_value());
-    const uint64_t one = core_memory_bytes(up.finish().value());
+    const uint64_t one = core_memory_bytes(set_of(train, test));
     store_fixture f({}, std::chrono::minutes(10), 2 * one - 1);
     f.self->send(f.store, test::held_atom::value, data_set_key(f.alice, "a"));
     REQUIRE(f.push_part("a", 0, 2, train).empty());

@@ -174,6 +174,29 @@ std::vector<uint8_t> large(size_t n, uint8_t seed) {
   return v;
 }
 
+// Core `id`'s store on `etcd`, its chunks in dir/chunks-ID; leading once `lead`.
+std::unique_ptr<replicated_store> member_of(const etcd_server& etcd, const test::temp_dir& dir,
+                                            const std::string& id, bool lead = false) {
+  auto s = replicated_store::start(config_of(etcd, dir, id), [] {});
+  REQUIRE_MESSAGE(s.has_value(), s.error().message());
+  if (lead) {
+    std::atomic<int> stop{0};
+    REQUIRE(*(*s)->campaign(stop, {}));
+  }
+  return std::move(*s);
+}
+
+// Commits one large value (a checkpoint, in a chunk) on `leader`: the outcome, and the
+// seconds it took.
+std::pair<expected<void>, double> commit_checkpoint(replicated_store& leader,
+                                                    const std::vector<uint8_t>& checkpoint) {
+  std::vector<store_write> batch = {{"ckpt/1", checkpoint}};
+  const auto began = std::chrono::steady_clock::now();
+  auto committed = leader.commit(batch);
+  return {std::move(committed),
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - began).count()};
+}
+
 // A member that takes connections and never reads them, as a frozen process does (the kernel
 // completes the handshake), registered under a lease of its own of 2 s that nobody renews;
 // its listening socket, to close.
@@ -335,19 +358,16 @@ TEST_SUITE("replicated_store") {
     // nodes could join nowhere, at every planned restart of the leader.
     test::temp_dir dir;
     etcd_server etcd(dir.path());
-    auto a = replicated_store::start(config_of(etcd, dir, "a"), [] {});
-    REQUIRE(a.has_value());
-    std::atomic<int> stop{0};
-    REQUIRE(*(*a)->campaign(stop, {}));
-    auto b = replicated_store::start(config_of(etcd, dir, "b"), [] {});
-    REQUIRE(b.has_value());
+    auto a = member_of(etcd, dir, "a", true);
+    auto b = member_of(etcd, dir, "b");
     auto admin = etcd_client::make(etcd.endpoint());
     REQUIRE(admin->range("/gflex/leader", false)->size() == 1);
-    a->reset();  // the core's clean stop
+    a.reset();  // the core's clean stop
     CHECK(admin->range("/gflex/leader", false)->empty());
     CHECK(admin->range("/gflex/member/a", false)->empty());
     const auto began = std::chrono::steady_clock::now();
-    REQUIRE(*(*b)->campaign(stop, {}));
+    std::atomic<int> stop{0};
+    REQUIRE(*b->campaign(stop, {}));
     CHECK(std::chrono::steady_clock::now() - began < std::chrono::milliseconds(500));
   }
 
@@ -473,7 +493,8 @@ TEST_SUITE("replicated_store") {
     // deposed it at once, and its process ended.
     test::temp_dir dir;
     etcd_server etcd(dir.path());
-    auto [silent, silent_port] = bound_socket();
+    const auto bound = bound_socket();  // no structured binding: doctest's macros capture
+    const int silent = bound.first, silent_port = bound.second;
     REQUIRE(::listen(silent, 16) == 0);  // connections complete; nothing is ever read
     auto config = config_of(etcd, dir, "a");
     config.endpoints = "127.0.0.1:" + std::to_string(silent_port) + "," + etcd.endpoint();
@@ -525,21 +546,15 @@ TEST_SUITE("replicated_store") {
     // (its lease was renewed): every commit with a chunk failed, and with it every job's round.
     test::temp_dir dir;
     etcd_server etcd(dir.path());
-    auto a = replicated_store::start(config_of(etcd, dir, "a"), [] {});
-    REQUIRE(a.has_value());
-    std::atomic<int> stop{0};
-    REQUIRE(*(*a)->campaign(stop, {}));
-    auto b = replicated_store::start(config_of(etcd, dir, "b"), [] {});
-    REQUIRE(b.has_value());
+    auto a = member_of(etcd, dir, "a", true);
+    auto b = member_of(etcd, dir, "b");
     // b's chunk directory becomes a file: nothing can be written there (even by root).
     std::filesystem::rename(dir / "chunks-b", dir / "chunks-b-aside");
     std::ofstream(dir / "chunks-b") << "not a directory";
     const auto checkpoint = large(100000, 5);
-    std::vector<store_write> batch = {{"ckpt/1", checkpoint}};
-    const auto began = std::chrono::steady_clock::now();
-    auto committed = (*a)->commit(batch);
-    const double took =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - began).count();
+    const auto outcome = commit_checkpoint(*a, checkpoint);
+    const auto& committed = outcome.first;
+    const double took = outcome.second;
     REQUIRE_MESSAGE(committed.has_value(), committed.error().message());
     CHECK_MESSAGE(took < 3.0, "the commit took " << took << " s");
     auto admin = etcd_client::make(etcd.endpoint());
@@ -563,24 +578,18 @@ TEST_SUITE("replicated_store") {
     // retried until its commit failed.
     test::temp_dir dir;
     etcd_server etcd(dir.path());
-    auto a = replicated_store::start(config_of(etcd, dir, "a"), [] {});
-    REQUIRE(a.has_value());
-    std::atomic<int> stop{0};
-    REQUIRE(*(*a)->campaign(stop, {}));
-    auto b = replicated_store::start(config_of(etcd, dir, "b"), [] {});
-    REQUIRE(b.has_value());
+    auto a = member_of(etcd, dir, "a", true);
+    auto b = member_of(etcd, dir, "b");
     const auto checkpoint = large(100000, 6);
     const auto looped = dir / "chunks-b" / digest_hex(checkpoint);
     std::filesystem::create_symlink(looped, looped);  // stat: too many levels of links
-    std::vector<store_write> batch = {{"ckpt/1", checkpoint}};
-    const auto began = std::chrono::steady_clock::now();
-    auto committed = (*a)->commit(batch);
-    const double took =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - began).count();
+    const auto outcome = commit_checkpoint(*a, checkpoint);
+    const auto& committed = outcome.first;
+    const double took = outcome.second;
     REQUIRE_MESSAGE(committed.has_value(), committed.error().message());
     CHECK_MESSAGE(took < 3.0, "the commit took " << took << " s");
     CHECK(std::filesystem::is_regular_file(looped));  // the chunk took the link's place
-    auto read = (*b)->get("ckpt/1");
+    auto read = b->get("ckpt/1");
     REQUIRE(read.has_value());
     REQUIRE(read->has_value());
     CHECK(**read == checkpoint);

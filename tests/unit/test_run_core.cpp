@@ -21,6 +21,7 @@
 #include <future>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -41,6 +42,30 @@ std::atomic<int> program_saw{0};
 extern "C" void program_handler(int sig) {
   program_saw.store(sig);
 }
+
+// Two forked cores that take the same operator key, and an operator's client of the first
+// that is given the second as another core to try (a core of several, as clients see it).
+struct two_cores {
+  test::temp_dir a_dir, b_dir;
+  gflex::core_config a = local_core_config(a_dir), b = local_core_config(b_dir);
+  std::unique_ptr<test::forked_core> first;
+  std::unique_ptr<test::forked_core> second;
+  std::optional<gflex::client> client;
+
+  two_cores() {
+    a.port = test::free_loopback_port();
+    b.port = test::free_loopback_port();
+    b.operator_key = test::operator_key(a_dir);
+    auto link = test::operator_link(a_dir);
+    link.other_cores = {{"127.0.0.1", b.port}};
+    first = std::make_unique<test::forked_core>(a);
+    second = std::make_unique<test::forked_core>(b);
+    auto c = gflex::client::connect("127.0.0.1", a.port, link);
+    REQUIRE_MESSAGE(c.has_value(), c.error().message());
+    client = std::move(*c);
+    REQUIRE(client->principal().has_value());
+  }
+};
 
 }  // namespace
 
@@ -124,20 +149,9 @@ TEST_CASE("a client given the other cores goes on to one of them once its core i
   // A client stayed with the address it was given: `gflex submit --wait --core a,b` followed
   // its job for two minutes after `a` was gone, dialling `a` only, and gave up, while `b`
   // had taken over. Two cores here that take the same key; the first is killed.
-  test::temp_dir a_dir, b_dir;
-  auto a = local_core_config(a_dir);
-  a.port = test::free_loopback_port();
-  auto b = local_core_config(b_dir);
-  b.port = test::free_loopback_port();
-  b.operator_key = test::operator_key(a_dir);
-  auto link = test::operator_link(a_dir);
-  link.other_cores = {{"127.0.0.1", b.port}};
-  auto first = std::make_unique<test::forked_core>(a);
-  test::forked_core second(b);
-  auto c = client::connect("127.0.0.1", a.port, link);
-  REQUIRE_MESSAGE(c.has_value(), c.error().message());
-  REQUIRE(c->principal().has_value());
-  first.reset();                                                // SIGKILL, and reaped
+  two_cores cores;
+  auto& c = cores.client;
+  cores.first.reset();                                          // SIGKILL, and reaped
   std::this_thread::sleep_for(std::chrono::milliseconds(500));  // the link's end is seen
   auto jobs = c->jobs();
   CHECK_MESSAGE(jobs.has_value(), jobs.error().message());
@@ -147,21 +161,10 @@ TEST_CASE("a client whose core stops answering with its link open goes on to ano
   // A core frozen or cut off keeps its links open: the middleman answered a dial of it from
   // its cache, so the client, dialling the core it used first, waited out every request's
   // timeout there while another core led, until following a job gave up.
-  test::temp_dir a_dir, b_dir;
-  auto a = local_core_config(a_dir);
-  a.port = test::free_loopback_port();
-  auto b = local_core_config(b_dir);
-  b.port = test::free_loopback_port();
-  b.operator_key = test::operator_key(a_dir);
-  auto link = test::operator_link(a_dir);
-  link.other_cores = {{"127.0.0.1", b.port}};
-  test::forked_core first(a);
-  test::forked_core second(b);
-  auto c = client::connect("127.0.0.1", a.port, link);
-  REQUIRE_MESSAGE(c.has_value(), c.error().message());
-  REQUIRE(c->principal().has_value());
-  REQUIRE(::kill(first.pid, SIGSTOP) == 0);  // frozen: its socket stays open
-  auto unanswered = c->jobs();               // waits out its 30 s
+  two_cores cores;
+  auto& c = cores.client;
+  REQUIRE(::kill(cores.first->pid, SIGSTOP) == 0);  // frozen: its socket stays open
+  auto unanswered = c->jobs();                      // waits out its 30 s
   CHECK_FALSE(unanswered.has_value());
   const auto asked = std::chrono::steady_clock::now();
   auto jobs = c->jobs();

@@ -131,11 +131,18 @@ struct verifier_fixture {
   }
 };
 
-verdict ask(test::configured_system& s, const caf::actor& verifier, std::vector<float> claimed) {
+// A request to check job-1's work on shard "aa..." against `claimed`.
+verify_request request_of(std::vector<float> claimed = {}, double deadline_s = 0.0) {
   verify_request req;
   req.work.job_id = "job-1";
   req.work.shard = std::string(64, 'a');
   req.claimed = std::move(claimed);
+  req.deadline_s = deadline_s;
+  return req;
+}
+
+verdict ask(test::configured_system& s, const caf::actor& verifier, std::vector<float> claimed) {
+  const auto req = request_of(std::move(claimed));
   verdict out;
   s.self->request(verifier, std::chrono::seconds(10), verify_atom::value, req)
       .receive(
@@ -176,10 +183,8 @@ TEST_SUITE("verifier") {
     auto computing = spawn_core_worker(s.sys, false, 4, asked);
     auto market = spawn_turn_market(s.sys, {silent, computing});
     auto verifier = spawn_verifier(s.sys, market);
-    verify_request req;
-    req.work.job_id = "job-1";
-    req.work.shard = std::string(64, 'a');
-    auto answer = s.self->request(verifier, std::chrono::seconds(10), verify_atom::value, req);
+    auto answer =
+        s.self->request(verifier, std::chrono::seconds(10), verify_atom::value, request_of());
     for (int tries = 0; tries < 100 && *asked == 0; ++tries)
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
     REQUIRE(*asked == 1);
@@ -210,10 +215,7 @@ TEST_SUITE("verifier") {
     limits.recompute_factor = 2.0;
     limits.min_recompute_wait = std::chrono::seconds(1);
     auto verifier = spawn_verifier(s.sys, market, limits);
-    verify_request req;
-    req.work.job_id = "job-1";
-    req.work.shard = std::string(64, 'a');
-    req.deadline_s = 1.0;
+    const auto req = request_of({}, 1.0);
     verdict v;
     const auto asked_at = std::chrono::steady_clock::now();
     s.self->request(verifier, std::chrono::seconds(20), verify_atom::value, req)
@@ -247,16 +249,10 @@ TEST_SUITE("verifier") {
     verifier_limits limits;
     limits.max_claimed_bytes = 100 * sizeof(float);
     auto verifier = spawn_verifier(s.sys, market, limits);
-    auto request = [&](size_t values) {
-      verify_request req;
-      req.work.job_id = "job-1";
-      req.work.shard = std::string(64, 'a');
-      req.claimed.assign(values, 0.5f);
-      return req;
-    };
-    s.self->send(verifier, verify_atom::value, request(80));  // held: 320 bytes
+    const auto request = request_of(std::vector<float>(80, 0.5f));
+    s.self->send(verifier, verify_atom::value, request);  // held: 320 bytes
     verdict v;
-    s.self->request(verifier, std::chrono::seconds(10), verify_atom::value, request(80))
+    s.self->request(verifier, std::chrono::seconds(10), verify_atom::value, request)
         .receive([&](double, double, double) { v.answered = true; },
                  [&](caf::error& e) { v.err = from_caf(e, &s.sys); });
     CHECK_FALSE(v.answered);
