@@ -462,12 +462,10 @@ void data_sets_read(supervisor_actor* self, std::shared_ptr<data_set_load> load)
       // unknown, so none is deleted as unnamed while it is stored.
       spdlog::error("store: {}: {}", key, info.error().message());
       unreadable_manifest = true;
-      const auto slash = key.rfind('/');
-      const auto prefix = std::string(data_set_prefix).size();
-      if (slash != std::string::npos && slash > prefix) {
+      if (auto id = data_set_of_key(key)) {
         data_set_info unknown;
-        unknown.owner = key.substr(prefix, slash - prefix);
-        unknown.name = key.substr(slash + 1);
+        unknown.owner = std::move(id->first);
+        unknown.name = std::move(id->second);
         st.links.catalog->note_damaged_set(
             unknown.owner, unknown.name,
             "its manifest cannot be read (" + info.error().message() + ")");

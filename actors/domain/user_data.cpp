@@ -29,6 +29,15 @@ std::string data_set_key(const std::string& owner, const std::string& name) {
   return std::string(data_set_prefix) + owner + "/" + name;
 }
 
+std::optional<std::pair<std::string, std::string>> data_set_of_key(const std::string& key) {
+  const std::string prefix = data_set_prefix;
+  const auto slash = key.rfind('/');
+  if (!key.starts_with(prefix) || slash == std::string::npos || slash <= prefix.size() ||
+      slash + 1 == key.size())
+    return std::nullopt;
+  return std::pair{key.substr(prefix.size(), slash - prefix.size()), key.substr(slash + 1)};
+}
+
 std::string data_chunk_key(const std::string& digest) {
   return data_chunk_prefix + digest;
 }

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <utility>
@@ -42,6 +43,9 @@ bool valid_data_set_name(const std::string& name);
 /// The store key of a data set's manifest, and the prefix of all of them.
 std::string data_set_key(const std::string& owner, const std::string& name);
 inline constexpr const char* data_set_prefix = "dataset/";
+/// The owner and name a manifest's store key names (data_set_key's inverse); none for a key
+/// of another form.
+std::optional<std::pair<std::string, std::string>> data_set_of_key(const std::string& key);
 /// The store key of a shard's bytes (shared by every data set that has the shard).
 std::string data_chunk_key(const std::string& digest);
 inline constexpr const char* data_chunk_prefix = "datachunk/";

@@ -243,4 +243,13 @@ TEST_SUITE("user data") {
                           "gflex_be.npy", "gflex_f.npy", "gflex_h.npy"})
       std::remove((dir + "/" + f).c_str());
   }
+
+  TEST_CASE("a manifest's store key gives back the owner and name it was made of") {
+    const auto id = data_set_of_key(data_set_key("user/alice", "x.v2"));
+    REQUIRE(id.has_value());
+    CHECK(id->first == "user/alice");
+    CHECK(id->second == "x.v2");
+    for (const std::string bad : {"dataset/", "dataset/x", "dataset/user/alice/", "other/a/b"})
+      CHECK_FALSE_MESSAGE(data_set_of_key(bad).has_value(), bad);
+  }
 }
