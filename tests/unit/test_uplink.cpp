@@ -154,6 +154,23 @@ node_session_actor::behavior_type withdrawing_session(node_session_actor::pointe
   };
 }
 
+// A front door that welcomes a node as n1 (heartbeats every 50 ms, chunks of 1 KiB) with
+// the session `open(door, uplink)` spawns, linked to the door.
+template <class Open>
+caf::actor welcoming_core(caf::actor_system& sys, Open open) {
+  return sys.spawn([open](caf::event_based_actor* self) -> caf::behavior {
+    return {[=](hello_atom, node_hello& h) -> node_welcome {
+      node_welcome w;
+      w.protocol = h.protocol;
+      w.node_id = "n1";
+      w.heartbeat_ms = 50;
+      w.session = open(self, h.uplink);
+      w.payload_chunk_bytes = 1024;
+      return w;
+    }};
+  });
+}
+
 // The core's front door: the Nth hello gets a session running scripts[N] (the last one for
 // any later hello).
 caf::behavior scripted_core(caf::event_based_actor* self, std::vector<session_script> scripts,
@@ -377,55 +394,45 @@ TEST_SUITE("uplink") {
     // two newer fetches pushed it out, which an idle node never saw.
     test::configured_system s;
     caf::actor test = caf::actor_cast<caf::actor>(s.self);
-    auto core = s.sys.spawn([test](caf::event_based_actor* self) -> caf::behavior {
-      return {[=](hello_atom, node_hello& h) -> node_welcome {
-        node_welcome w;
-        w.protocol = h.protocol;
-        w.node_id = "n1";
-        w.heartbeat_ms = 50;
-        w.session = self->spawn<caf::linked>(
-            [test, uplink = h.uplink](
-                node_session_actor::pointer session) -> node_session_actor::behavior_type {
-              auto started =
-                  std::make_shared<std::optional<std::chrono::steady_clock::time_point>>();
-              auto again = std::make_shared<bool>(false);
-              using chunk_promise = caf::typed_response_promise<std::vector<uint8_t>>;
-              auto held = std::make_shared<std::vector<chunk_promise>>();
-              auto to_uplink = caf::actor_cast<node_uplink_actor>(uplink);
-              return {
-                  [=](beat_atom) {
-                    const auto now = std::chrono::steady_clock::now();
-                    if (!*started) {
-                      *started = now;
-                      session
-                          ->request(uplink, caf::infinite, assign_atom::value, uint32_t{0},
-                                    chunked(100, 0, 2))
-                          .then([](assignment_result&) {}, [](caf::error&) {});
-                      session->delayed_send(to_uplink, std::chrono::milliseconds(200),
-                                            abort_atom::value, uint64_t{100});
-                      return;
-                    }
-                    // Past the fetch's idle time: the same parameters, again.
-                    if (now - **started < std::chrono::milliseconds(1500) ||
-                        std::exchange(*again, true))
-                      return;
+    auto core = welcoming_core(s.sys, [test](caf::event_based_actor* door, caf::actor uplink) {
+      return door->spawn<caf::linked>(
+          [test, uplink](node_session_actor::pointer session) -> node_session_actor::behavior_type {
+            auto started = std::make_shared<std::optional<std::chrono::steady_clock::time_point>>();
+            auto again = std::make_shared<bool>(false);
+            using chunk_promise = caf::typed_response_promise<std::vector<uint8_t>>;
+            auto held = std::make_shared<std::vector<chunk_promise>>();
+            auto to_uplink = caf::actor_cast<node_uplink_actor>(uplink);
+            return {
+                [=](beat_atom) {
+                  const auto now = std::chrono::steady_clock::now();
+                  if (!*started) {
+                    *started = now;
                     session
                         ->request(uplink, caf::infinite, assign_atom::value, uint32_t{0},
-                                  chunked(101, 0, 2))
+                                  chunked(100, 0, 2))
                         .then([](assignment_result&) {}, [](caf::error&) {});
-                  },
-                  [=](bye_atom) { session->quit(); },
-                  [=](chunk_atom, const std::string&) -> caf::result<std::vector<uint8_t>> {
-                    caf::anon_send(test, std::string("asked"));
-                    held->push_back(session->make_response_promise<std::vector<uint8_t>>());
-                    return held->back();
-                  },
-                  [=](earned_atom) -> int64_t { return 0; },
-              };
-            });
-        w.payload_chunk_bytes = 1024;
-        return w;
-      }};
+                    session->delayed_send(to_uplink, std::chrono::milliseconds(200),
+                                          abort_atom::value, uint64_t{100});
+                    return;
+                  }
+                  // Past the fetch's idle time: the same parameters, again.
+                  if (now - **started < std::chrono::milliseconds(1500) ||
+                      std::exchange(*again, true))
+                    return;
+                  session
+                      ->request(uplink, caf::infinite, assign_atom::value, uint32_t{0},
+                                chunked(101, 0, 2))
+                      .then([](assignment_result&) {}, [](caf::error&) {});
+                },
+                [=](bye_atom) { session->quit(); },
+                [=](chunk_atom, const std::string&) -> caf::result<std::vector<uint8_t>> {
+                  caf::anon_send(test, std::string("asked"));
+                  held->push_back(session->make_response_promise<std::vector<uint8_t>>());
+                  return held->back();
+                },
+                [=](earned_atom) -> int64_t { return 0; },
+            };
+          });
     });
     auto config = probe_config();
     config.params_idle = std::chrono::milliseconds(300);
@@ -454,16 +461,8 @@ TEST_SUITE("uplink") {
     // (a backup's shard, a re-computation) failed with it, its node cooled down.
     test::configured_system s;
     caf::actor test = caf::actor_cast<caf::actor>(s.self);
-    auto core = s.sys.spawn([test](caf::event_based_actor* self) -> caf::behavior {
-      return {[=](hello_atom, node_hello& h) -> node_welcome {
-        node_welcome w;
-        w.protocol = h.protocol;
-        w.node_id = "n1";
-        w.heartbeat_ms = 50;
-        w.session = self->spawn<caf::linked>(withdrawing_session, h.uplink, test);
-        w.payload_chunk_bytes = 1024;
-        return w;
-      }};
+    auto core = welcoming_core(s.sys, [test](caf::event_based_actor* door, caf::actor uplink) {
+      return door->spawn<caf::linked>(withdrawing_session, uplink, test);
     });
     auto worker = s.sys.spawn(instant_worker);
     auto sink = s.sys.spawn(quiet_sink);
