@@ -156,8 +156,7 @@ etcd_client::etcd_client(etcd_client&&) noexcept = default;
 etcd_client& etcd_client::operator=(etcd_client&&) noexcept = default;
 etcd_client::~etcd_client() = default;
 
-expected<etcd_client> etcd_client::make(std::string_view endpoints,
-                                        std::chrono::milliseconds read_timeout) {
+expected<etcd_client> etcd_client::make(std::string_view endpoints) {
   auto p = std::make_unique<impl>();
   size_t at = 0;
   while (at <= endpoints.size()) {
@@ -186,10 +185,7 @@ expected<etcd_client> etcd_client::make(std::string_view endpoints,
     // Headers and body leave in separate writes: without this each request waits out the
     // server's delayed acknowledgement (40 ms), which capped commits at about 23 a second.
     e.http->set_tcp_nodelay(true);
-    const auto read_us =
-        std::chrono::duration_cast<std::chrono::microseconds>(read_timeout).count();
-    e.http->set_read_timeout(static_cast<time_t>(read_us / 1000000),
-                             static_cast<time_t>(read_us % 1000000));
+    e.http->set_read_timeout(5, 0);
     e.http->set_write_timeout(5, 0);
     e.http->set_keep_alive(true);
     p->endpoints.push_back(std::move(e));

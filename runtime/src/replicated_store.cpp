@@ -410,7 +410,7 @@ struct replicated_store::impl {
     // is for, and the leader's pushes pass this core by.
     std::atomic<bool> fetching{true};
     std::thread renewing([this, id, &fetching] {
-      auto client = etcd_client::make(config.endpoints, renewal_timeout());
+      auto client = etcd_client::make(config.endpoints);
       if (!client) return;
       const auto period = std::chrono::milliseconds(config.lease_ttl_s * 1000 / 3);
       auto next = clock_type::now() + period;
@@ -537,17 +537,8 @@ struct replicated_store::impl {
     }
   }
 
-  // How long one renewal waits for a member before it asks the next: a quarter of the TTL.
-  // With the 5 s of other requests, a member that took connections but did not answer (cut
-  // off from its quorum, a stalled disk) held every renewal past a 5 s lease, and the leader
-  // ended itself, though two members of three were well.
-  std::chrono::milliseconds renewal_timeout() const {
-    return std::max(std::chrono::milliseconds(250),
-                    std::chrono::milliseconds(config.lease_ttl_s * 1000 / 4));
-  }
-
   void renew_leases() {
-    auto client = etcd_client::make(config.endpoints, renewal_timeout());
+    auto client = etcd_client::make(config.endpoints);
     if (!client) return;
     auto last_ok = clock_type::now();
     auto next_rejoin = clock_type::now();
