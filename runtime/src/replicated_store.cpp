@@ -194,7 +194,12 @@ struct replicated_store::impl {
   std::atomic<bool> resigned{false};
   std::atomic<bool> leading{false};
   std::atomic<int64_t> leader_revision{0};  // /gflex/leader's revision while this core leads
-  int64_t compacted_to = 0;                 // under etcd_mutex: the last compaction's
+  // Under etcd_mutex: /gflex/writer's revision after this core's last commit (none until
+  // read, after each campaign won). Every commit compares it, so a commit whose answer was
+  // lost can land later only before the next one: see settle_lost_commit.
+  std::optional<int64_t> writer_revision;
+  uint64_t commits_sent = 0;  // under etcd_mutex: makes each commit's writer record unique
+  int64_t compacted_to = 0;   // under etcd_mutex: the last compaction's
   // The chunks of the commit in flight (written and being pushed, not yet named): the
   // garbage collection spares them, and their temporary files.
   mutable std::mutex committing_mutex;
@@ -630,13 +635,22 @@ struct replicated_store::impl {
         if (w.value && w.value->size() >= config.chunk_threshold)
           if (auto ok = keep_chunk(digest_hex(*w.value), *w.value); !ok) return ok;
     const int64_t fence = leader_revision;
-    ops.push_back(
-        {std::string(writer_key), bytes_of(config.core_id + " " + std::to_string(fence)), 0});
-    etcd_compare still_leader{
-        std::string(leader_key), etcd_compare::target::mod_revision, fence, {}};
     std::lock_guard lock(etcd_mutex);
-    auto r = etcd->txn({&still_leader, 1}, ops);
-    if (!r) return r.error();
+    if (!writer_revision) {
+      auto kvs = etcd->range(writer_key, false);
+      if (!kvs) return kvs.error();
+      writer_revision = kvs->empty() ? 0 : kvs->front().mod_revision;
+    }
+    const int64_t before = *writer_revision;
+    const std::string mark =
+        config.core_id + " " + std::to_string(fence) + " " + std::to_string(++commits_sent);
+    ops.push_back({std::string(writer_key), bytes_of(mark), 0});
+    const etcd_compare compares[2] = {
+        {std::string(leader_key), etcd_compare::target::mod_revision, fence, {}},
+        {std::string(writer_key), etcd_compare::target::mod_revision, before, {}}};
+    auto r = etcd->txn(compares, ops);
+    if (!r) return settle_lost_commit(mark, fence, before, r.error());
+    if (r->succeeded) writer_revision = r->revision;
     if (r->succeeded && r->revision - compacted_to > 2 * config.kept_revisions) {
       // Once every kept_revisions commits or so: what was replaced long ago goes.
       const int64_t to = r->revision - config.kept_revisions;
@@ -647,15 +661,71 @@ struct replicated_store::impl {
                      ok.error().message());
     }
     if (!r->succeeded) {
-      if (leading.exchange(false)) {
-        spdlog::error("replication: core {} is no longer the leader: its commit was fenced off",
-                      config.core_id);
-        if (on_lost) on_lost();
-      }
-      return error(errc::permission_denied,
-                   "this core no longer leads (its lease lapsed or another core leads)");
+      writer_revision.reset();
+      if (auto kvs = etcd->range(leader_key, false);
+          kvs && !kvs->empty() && kvs->front().mod_revision == fence)
+        // Still this core's leadership: only the writer's revision moved, which no commit
+        // of this core's leaves unsettled. Nothing of this batch was written.
+        return error(errc::store_error,
+                     "the commit was refused: /gflex/writer changed under this core; "
+                     "nothing of it was written");
+      return fenced_off();
     }
     return {};
+  }
+
+  error fenced_off() {
+    if (leading.exchange(false)) {
+      spdlog::error("replication: core {} is no longer the leader: its commit was fenced off",
+                    config.core_id);
+      if (on_lost) on_lost();
+    }
+    return error(errc::permission_denied,
+                 "this core no longer leads (its lease lapsed or another core leads)");
+  }
+
+  // A commit (writer record `mark`, compared against the writer's revision `before`) whose
+  // answer was lost: a read timeout, a reset connection, a 5xx from a member that may have
+  // proposed it. etcd may still apply it later, after a later commit of this core's: the
+  // ledger then gave the same sequence number to two entries, and a round could be paid
+  // twice. Made definite here before the caller hears anything: either it landed (the writer
+  // holds `mark`), or a barrier (a write of the writer alone, under the same compares) took
+  // the revision first, and it can never land. Under etcd_mutex; gives up only with the
+  // leadership (the lease's watch ends it at the lease's deadline).
+  expected<void> settle_lost_commit(const std::string& mark, int64_t fence, int64_t before,
+                                    const error& lost) {
+    const std::string barrier_prefix = mark + " barrier ";
+    for (int barrier = 1; leading && !stopping;) {
+      auto kvs = etcd->range(writer_key, false);
+      if (!kvs) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+        continue;
+      }
+      const int64_t now = kvs->empty() ? 0 : kvs->front().mod_revision;
+      if (now != before) {
+        writer_revision = now;
+        const std::string written = kvs->empty() ? "" : text_of(kvs->front().value);
+        if (written == mark) {
+          spdlog::info("replication: a commit whose answer was lost ({}) landed", lost.message());
+          return {};
+        }
+        if (written.starts_with(barrier_prefix))
+          return error(errc::unavailable,
+                       "the commit failed, and nothing of it was written: " + lost.message());
+        writer_revision.reset();
+        return fenced_off();  // another core wrote: this one no longer leads
+      }
+      etcd_op op{std::string(writer_key), bytes_of(barrier_prefix + std::to_string(barrier++)), 0};
+      const etcd_compare compares[2] = {
+          {std::string(leader_key), etcd_compare::target::mod_revision, fence, {}},
+          {std::string(writer_key), etcd_compare::target::mod_revision, before, {}}};
+      (void)etcd->txn(compares, {&op, 1});  // its outcome is read back above
+    }
+    writer_revision.reset();
+    return error(errc::permission_denied,
+                 "this core no longer leads, and whether its last commit landed is not known "
+                 "here (" +
+                     lost.message() + "); the next leader reads what etcd holds");
   }
 };
 
@@ -793,6 +863,10 @@ expected<bool> replicated_store::campaign(
       }
       if (r && r->succeeded) {
         p.leader_revision = r->revision;
+        {
+          std::lock_guard lock(p.etcd_mutex);
+          p.writer_revision.reset();
+        }
         p.leading = true;
         spdlog::info("replication: core {} leads (lease {:x}, revision {})", p.config.core_id,
                      p.lease.load(), r->revision);
@@ -804,6 +878,10 @@ expected<bool> replicated_store::campaign(
       // without this no core would ever lead while this one lives.
       if (auto ours = p.own_leader_key(record)) {
         p.leader_revision = *ours;
+        {
+          std::lock_guard lock(p.etcd_mutex);
+          p.writer_revision.reset();
+        }
         p.leading = true;
         spdlog::info(
             "replication: core {} leads (lease {:x}, revision {}; its campaign's answer "

@@ -205,7 +205,7 @@ wait "${!pid}" || code=$?
 [ "$code" -eq 3 ] || fail "the deposed leader $who ended with code $code, not 3"
 grep -qE "lost the leadership|fenced off|lost its leader lease" "${!log}" ||
   fail "the deposed leader $who did not say it lost the leadership"
-echo "ok: leader $who frozen past its lease: $(leader_id) took over, and $who, resumed, stopped with code 3 ($(grep -oE 'fenced off|lost its leader lease' "${!log}" | head -1))"
+echo "ok: leader $who frozen past its lease: $(leader_id) took over, and $who, resumed, stopped with code 3 ($(grep -oE 'lost the leadership|fenced off|lost its leader lease' "${!log}" | head -1))"
 start_member "${who#c}"
 
 # One etcd member of three lost mid-job (the first the cores name): a quorum remains, the
@@ -308,7 +308,7 @@ while rev > 0:
     if w is None:
         break
     mod = int(w["mod_revision"])
-    writer, fence = base64.b64decode(w["value"]).decode().split()
+    writer, fence = base64.b64decode(w["value"]).decode().split()[:2]  # "ID FENCE N ..."
     leader = get("/gflex/leader", mod)
     if leader is None or base64.b64decode(leader["value"]).decode().split()[0] != writer \
             or int(leader["mod_revision"]) != int(fence):

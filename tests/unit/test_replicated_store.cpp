@@ -17,6 +17,7 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <mutex>
 #include <stdexcept>
 #include <thread>
 #include <utility>
@@ -148,6 +149,60 @@ class slow_range_proxy {
   httplib::Server server_;
   std::thread thread_;
   int port_ = 0;
+};
+
+// An HTTP proxy in front of etcd that loses the answer of the next transaction once told:
+// `lose_answer` sends it on first (it lands; the core hears 502), `hold` keeps it back
+// (the core hears 502; `release` sends it late, as etcd applies a proposal it took before
+// the core's request timed out).
+class lossy_txn_proxy {
+ public:
+  enum class mode { pass, lose_answer, hold };
+
+  explicit lossy_txn_proxy(const std::string& etcd_endpoint) {
+    const auto colon = etcd_endpoint.rfind(':');
+    host_ = etcd_endpoint.substr(0, colon);
+    port_etcd_ = std::stoi(etcd_endpoint.substr(colon + 1));
+    server_.Post(R"(/.*)", [this](const httplib::Request& req, httplib::Response& res) {
+      const mode m = req.path == "/v3/kv/txn" ? next.exchange(mode::pass) : mode::pass;
+      if (m == mode::hold) {
+        std::lock_guard lock(mutex_);
+        held_ = req.body;
+        res.status = 502;
+        return;
+      }
+      auto r = forward(req.path, req.body);
+      res.status = !r || m == mode::lose_answer ? 502 : r->status;
+      if (r && m == mode::pass) res.set_content(r->body, "application/json");
+    });
+    port_ = server_.bind_to_any_port("127.0.0.1");
+    thread_ = std::thread([this] { server_.listen_after_bind(); });
+  }
+  ~lossy_txn_proxy() {
+    server_.stop();
+    thread_.join();
+  }
+  std::string endpoint() const { return "127.0.0.1:" + std::to_string(port_); }
+  /// Sends the held transaction to etcd now: etcd's answer.
+  std::string release() {
+    std::lock_guard lock(mutex_);
+    auto r = forward("/v3/kv/txn", held_);
+    return r ? r->body : "(etcd did not answer)";
+  }
+  std::atomic<mode> next{mode::pass};
+
+ private:
+  httplib::Result forward(const std::string& path, const std::string& body) {
+    httplib::Client etcd(host_, port_etcd_);
+    return etcd.Post(path, body, "application/json");
+  }
+  httplib::Server server_;
+  std::thread thread_;
+  std::string host_;
+  int port_etcd_ = 0;
+  int port_ = 0;
+  std::mutex mutex_;
+  std::string held_;
 };
 
 replication_config config_of(const etcd_server& etcd, const test::temp_dir& dir,
@@ -350,6 +405,44 @@ TEST_SUITE("replicated_store") {
     REQUIRE(writer.has_value());
     CHECK(
         std::string(writer->front().value.begin(), writer->front().value.end()).starts_with("b "));
+  }
+
+  TEST_CASE("a commit whose answer was lost is settled: it landed, or it never lands" *
+            doctest::skip(!etcd_installed())) {
+    // etcd may apply a transaction after its answer was lost (a read timeout, a reset
+    // connection, a 5xx): applied after a later commit, it wrote over it, and the ledger's
+    // entry that took the same sequence number was lost.
+    test::temp_dir dir;
+    etcd_server etcd(dir.path());
+    lossy_txn_proxy proxy(etcd.endpoint());
+    auto config = config_of(etcd, dir, "a");
+    config.endpoints = proxy.endpoint();
+    auto a = leading(config);
+    std::vector<store_write> first = {{"k", bytes("first")}};
+    REQUIRE(a->commit(first).has_value());
+
+    // Applied, its answer lost: the commit succeeded, and the core says so.
+    proxy.next = lossy_txn_proxy::mode::lose_answer;
+    std::vector<store_write> landed = {{"k", bytes("landed")}};
+    auto settled = a->commit(landed);
+    CHECK_MESSAGE(settled.has_value(), settled.error().message());
+    CHECK(**a->get("k") == bytes("landed"));
+
+    // Held back, its answer lost: the commit failed, and it never lands, however late etcd
+    // is sent it.
+    proxy.next = lossy_txn_proxy::mode::hold;
+    std::vector<store_write> late = {{"k", bytes("late")}};
+    auto failed = a->commit(late);
+    REQUIRE_FALSE(failed.has_value());
+    CHECK(failed.error().code() == errc::unavailable);
+    std::vector<store_write> after = {{"k", bytes("after")}};
+    REQUIRE(a->commit(after).has_value());
+    const std::string answer = proxy.release();
+    CHECK_MESSAGE(answer.find("\"succeeded\":true") == std::string::npos, answer);
+    CHECK(**a->get("k") == bytes("after"));
+    // Still the leader, committing.
+    std::vector<store_write> next = {{"k", bytes("next")}};
+    CHECK(a->commit(next).has_value());
   }
 
   TEST_CASE("a leader that stops gives its lease back: its keys go at once" *

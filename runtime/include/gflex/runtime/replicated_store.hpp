@@ -10,7 +10,9 @@
 /// - Fencing: every commit is one etcd transaction that applies only while /gflex/leader
 ///   still has the revision this core created it at; a core whose lease lapsed, or that
 ///   another core replaced, cannot commit. Each commit also records its writer
-///   (/gflex/writer: "ID REVISION"), so etcd's history shows who committed what.
+///   (/gflex/writer: "ID REVISION N"), so etcd's history shows who committed what, and
+///   compares the writer's revision: a commit whose answer was lost is settled (it landed, or
+///   it never will) before the next one, so none lands late over a later one.
 /// - Values of `chunk_threshold` bytes or more (parameters, checkpoints, data sets) are too
 ///   large for etcd: each is a file named by its digest in every core's chunk directory,
 ///   pushed to every live member before the commit that names it, and etcd holds a
