@@ -359,8 +359,7 @@ caf::behavior worker_behavior(worker_actor* self, worker_config config, caf::act
                    a.job_id, a.round + 1);
       return to_caf(error(errc::invalid_argument, "assignment aborted by its job"));
     }
-    if (++self->state.assignments == self->state.config.crash_at_assignment)
-      throw std::runtime_error("injected worker crash (test aid)");
+    const bool inject_crash = ++self->state.assignments == self->state.config.crash_at_assignment;
     const bool inject_device_error =
         self->state.assignments == self->state.config.device_error_at_assignment;
     const bool inject_broken_device =
@@ -380,7 +379,9 @@ caf::behavior worker_behavior(worker_actor* self, worker_config config, caf::act
     }
     if (a.verify && cfg.verify_delay_ms > 0)  // a test aid; the worker is a detached actor
       std::this_thread::sleep_for(std::chrono::milliseconds(cfg.verify_delay_ms));
+    bool end_told = false;
     auto tell = [&](node_activity::kind what, double samples_per_s, double compute_s) {
+      end_told = what != node_activity::kind::started;
       if (!cfg.on_activity) return;
       node_activity n;
       n.what = what;
@@ -392,6 +393,19 @@ caf::behavior worker_behavior(worker_actor* self, worker_config config, caf::act
       cfg.on_activity(n);
     };
     tell(node_activity::kind::started, 0.0, 0.0);
+    // However the assignment ends, its end is told: one ended by an exception that ends this
+    // worker (a defect) left the node's status line "working" on it for good.
+    struct told_at_end {
+      decltype(tell)& report;
+      bool& told;
+      ~told_at_end() {
+        if (!told) try {
+            report(node_activity::kind::failed, 0.0, 0.0);
+          } catch (...) {
+          }
+      }
+    } at_end{tell, end_told};
+    if (inject_crash) throw std::runtime_error("injected worker crash (test aid)");
     // Its time counts against --max-hours from here to its end, whatever the end.
     struct counted {
       compute_clock& clock;

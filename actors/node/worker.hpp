@@ -37,7 +37,7 @@ struct worker_config {
   /// Backend names of the replica group's ranks: {"cpu"} or {"cuda:0", "cuda:1"}.
   std::vector<std::string> ranks = {"cpu"};
   int threads = 1;
-  /// Test aid: throw (and so crash this worker) when starting its Nth assignment; 0: never.
+  /// Test aid: throw (and so crash this worker) as its Nth assignment starts; 0: never.
   int crash_at_assignment = 0;
   /// Test aid: fail the Nth assignment with an out-of-device-memory error; 0: never.
   int device_error_at_assignment = 0;

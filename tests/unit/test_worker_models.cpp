@@ -152,6 +152,22 @@ TEST_SUITE("worker models") {
     s.self->send_exit(worker, caf::exit_reason::user_shutdown);
   }
 
+  TEST_CASE("an assignment that ends its worker with an exception is told as failed") {
+    // Its end untold, the node's status line said "working" on it for good.
+    test::configured_system s;
+    worker_config config;
+    config.on_activity = told(s);
+    config.crash_at_assignment = 1;
+    auto worker = spawn_worker(s.sys, config, s.sys.spawn(one_shard_cache, rows()));
+    caf::anon_send(worker, assign_atom::value, assignment_of(0, "s"));
+    std::vector<int> seen;
+    for (int i = 0; i < 2; ++i)
+      s.self->receive([&](int w) { seen.push_back(w); },
+                      caf::after(std::chrono::seconds(30)) >> [&] { seen.push_back(-1); });
+    CHECK(seen == std::vector<int>{static_cast<int>(node_activity::kind::started),
+                                   static_cast<int>(node_activity::kind::failed)});
+  }
+
   TEST_CASE(
       "a broken device's failures are counted when making a model fails, not only in a step") {
     // A GPU in a failed state fails its first assignment in a step; its models dropped, each
