@@ -19,7 +19,14 @@ node_progress::~node_progress() = default;
 void node_progress::on_activity(const node_activity& a) {
   using kind = node_activity::kind;
   if (a.what == kind::stopping) {
-    line_.reset();  // the process ends without unwinding: clear the line now
+    // The process ends without unwinding: the line is cleared now. Taken out under the lock
+    // (workers read it as they tell their ends), ended outside it (its thread draws line(),
+    // which takes the lock).
+    std::unique_ptr<status_line> ended;
+    {
+      std::lock_guard<std::mutex> lock(m_);
+      ended = std::move(line_);
+    }
     return;
   }
   std::lock_guard<std::mutex> lock(m_);
