@@ -58,8 +58,10 @@ struct answer_chunk {
   std::shared_ptr<const std::vector<uint8_t>> bytes;
   uint64_t chunk_bytes = 0;
   uint64_t index = 0;
-  uint32_t owed = 0;  // occurrences not yet served
-  uint64_t assignment_id = 0;
+  // Occurrences not yet served, by the assignment whose answer holds them. Two answers can
+  // share a chunk (a region of zeros: an embedding's rows no sample touched), and letting
+  // one answer go took the chunk from the other, whose upload then failed.
+  std::map<uint64_t, uint32_t> owed;
 };
 
 /// Parameters fetched or being fetched that the uplink keeps (the current round's, and the
@@ -362,8 +364,8 @@ void run_on_worker(uplink_actor* self, uint32_t index, assignment a,
               r.update_chunks = chunk_digests(*bytes, chunk);
               for (uint64_t i = 0; i < r.update_chunks.size(); ++i) {
                 auto& c = st.answer_chunks[r.update_chunks[i]];
-                if (!c.bytes) c = answer_chunk{bytes, chunk, i, 0, id};
-                c.owed += 1;
+                if (!c.bytes) c = answer_chunk{bytes, chunk, i, {}};
+                c.owed[id] += 1;
               }
               // Kept while the session collects it; an answer nobody collects goes. Timed from
               // the last chunk taken: a fixed 10 minutes cut a slow uplink's upload short.
@@ -389,8 +391,10 @@ void pump_params(uplink_actor* self, std::shared_ptr<params_fetch> f);
 void drop_answer(uplink_actor* self, uint64_t id) {
   auto& st = self->state;
   if (st.answer_taken.erase(id) == 0) return;
-  for (auto it = st.answer_chunks.begin(); it != st.answer_chunks.end();)
-    it = it->second.assignment_id == id ? st.answer_chunks.erase(it) : std::next(it);
+  for (auto it = st.answer_chunks.begin(); it != st.answer_chunks.end();) {
+    it->second.owed.erase(id);
+    it = it->second.owed.empty() ? st.answer_chunks.erase(it) : std::next(it);
+  }
 }
 
 // A fetch no assignment waits for any more keeps what arrived for the next assignment of
@@ -714,8 +718,13 @@ caf::behavior uplink_behavior(uplink_actor* self, uplink_config config, caf::act
         std::vector<uint8_t> out(c.bytes->begin() + static_cast<std::ptrdiff_t>(r.offset),
                                  c.bytes->begin() + static_cast<std::ptrdiff_t>(r.offset + r.size));
         node_metrics::bytes("out", "update_chunk").inc(static_cast<double>(out.size()));
-        st.answer_taken[c.assignment_id] = std::chrono::steady_clock::now();
-        if (--c.owed == 0) st.answer_chunks.erase(it);
+        // Which answer's occurrence this was, the session does not say: each owner's upload
+        // is under way, and one occurrence is counted off.
+        for (const auto& owner : c.owed)
+          if (auto t = st.answer_taken.find(owner.first); t != st.answer_taken.end())
+            t->second = std::chrono::steady_clock::now();
+        if (auto first = c.owed.begin(); --first->second == 0) c.owed.erase(first);
+        if (c.owed.empty()) st.answer_chunks.erase(it);
         return out;
       },
       [=](expire_atom, uint64_t id) {

@@ -257,6 +257,64 @@ caf::behavior quiet_sink(caf::event_based_actor* self) {
   return {[](int) {}};
 }
 
+// A worker that answers each assignment at once with an update of 4 KiB of zeros (chunks
+// of 1 KiB: all four the same, as regions of an update no sample touched are).
+caf::behavior zeros_worker(caf::event_based_actor*) {
+  return {
+      [](assign_atom, assignment& a) {
+        assignment_result r;
+        r.assignment_id = a.id;
+        r.update.assign(4096, 0);
+        return r;
+      },
+  };
+}
+
+// A session that hands workers 0 and 1 assignments 1 and 2 (zeros_worker's), lets the one
+// answered first go once both are answered (its job took another node's copy), then
+// collects every chunk of the other's update. `test` hears how many chunks came, negative
+// if an answer or a chunk failed.
+node_session_actor::behavior_type collecting_session(node_session_actor::pointer self,
+                                                     caf::actor uplink, caf::actor test) {
+  auto started = std::make_shared<bool>(false);
+  auto answers = std::make_shared<std::vector<assignment_result>>();  // in the order answered
+  auto collect = [=] {
+    self->send(caf::actor_cast<node_uplink_actor>(uplink), abort_atom::value,
+               answers->front().assignment_id);
+    auto got = std::make_shared<int>(0);
+    const auto digests = answers->back().update_chunks;
+    for (const auto& d : digests)
+      self->request(uplink, std::chrono::seconds(10), chunk_atom::value, d)
+          .then(
+              [=](std::vector<uint8_t>&) {
+                if (++*got == static_cast<int>(digests.size())) caf::anon_send(test, *got);
+              },
+              [=](caf::error&) { caf::anon_send(test, -static_cast<int>(digests.size())); });
+  };
+  return {
+      [=](beat_atom) {
+        if (std::exchange(*started, true)) return;
+        for (uint32_t index : {0u, 1u}) {
+          assignment a;
+          a.id = index + 1;
+          a.job_id = "job-1";
+          self->request(uplink, std::chrono::seconds(10), assign_atom::value, index, a)
+              .then(
+                  [=](assignment_result& r) {
+                    answers->push_back(std::move(r));
+                    if (answers->size() == 2) collect();
+                  },
+                  [=](caf::error&) { caf::anon_send(test, -1); });
+        }
+      },
+      [=](bye_atom) { self->quit(); },
+      [=](chunk_atom, const std::string&) -> caf::result<std::vector<uint8_t>> {
+        return std::vector<uint8_t>{};
+      },
+      [=](earned_atom) -> int64_t { return 0; },
+  };
+}
+
 uplink_config probe_config() {
   uplink_config config;
   config.name = "probe";
@@ -665,6 +723,35 @@ TEST_SUITE("uplink") {
                     caf::after(std::chrono::seconds(7)) >> [] {});
     CHECK_MESSAGE(!lost, "the node left a core that asked for chunks all along");
     for (auto& a : {uplink, core, sink}) s.self->send_exit(a, caf::exit_reason::user_shutdown);
+  }
+
+  TEST_CASE("an answer's chunks that another answer shares stay when that one goes") {
+    // Chunks were kept by digest under the first answer that had them: letting that answer
+    // go (aborted, or idle) took them from the second, whose upload then failed. Answers go
+    // in chunks only to a core on another machine: the core here is in a second system.
+    test::configured_system node;
+    test::configured_system core_side;
+    caf::actor test = caf::actor_cast<caf::actor>(node.self);
+    auto door = welcoming_core(core_side.sys, [test](caf::event_based_actor* self, caf::actor u) {
+      return self->spawn<caf::linked>(collecting_session, u, test);
+    });
+    auto port = core_side.sys.middleman().publish(door, 0, "127.0.0.1");
+    REQUIRE(static_cast<bool>(port));
+    auto config = probe_config();
+    config.host = "127.0.0.1";
+    config.port = *port;
+    auto sink = node.sys.spawn(quiet_sink);
+    auto uplink =
+        spawn_uplink(node.sys, config, nullptr,
+                     {node.sys.spawn(zeros_worker), node.sys.spawn(zeros_worker)}, sink, sink);
+    int collected = 0;
+    node.self->receive([&](int n) { collected = n; },
+                       caf::after(std::chrono::seconds(20)) >> [] {});
+    CHECK_MESSAGE(collected == 4,
+                  "chunks of the second answer collected: " << collected << " (negative: failed)");
+    node.self->send_exit(uplink, caf::exit_reason::user_shutdown);
+    node.self->send_exit(sink, caf::exit_reason::user_shutdown);
+    core_side.self->send_exit(door, caf::exit_reason::user_shutdown);
   }
 
   TEST_CASE("a node whose core follows joins the leader that core names") {
