@@ -1023,6 +1023,10 @@ void commit_answered(job_actor* self, int64_t number) {
 void try_confirm(job_actor* self) {
   auto& st = self->state;
   if (st.finished || !st.unconfirmed || unsettled(st.unconfirmed->results) > 0) return;
+  // One round's commit on its way at a time: the next waits for its answer. Sent behind a
+  // commit that then failed, the next round's landed on top of it: its checkpoint held the
+  // failed round's update, whose nodes were never paid.
+  if (st.settling > 0) return;
   auto u = std::move(*st.unconfirmed);
   st.unconfirmed.reset();
   // A machine-readable record of what the round applied for good: tests/chaos/chaos.py checks
@@ -1141,6 +1145,7 @@ void try_confirm(job_actor* self) {
       }
       hold_round(self);
     }
+    try_confirm(self);  // the next round, confirmed while this one's commit was on its way
   };
   auto not_committed = [=](const std::string& why) {
     // The round was not settled: its hold goes back to escrow (and with the job's end to

@@ -1079,6 +1079,43 @@ TEST_SUITE("job caught nodes") {
     CHECK(record->budget == 60'000'000);
   }
 
+  TEST_CASE("a round's commit waits for the one before it: none lands on a failed one") {
+    // Round 4's settlement was sent while round 3's was on its way. Round 3's failed, and
+    // round 4's landed on top of it: its checkpoint held round 3's update, whose nodes were
+    // never paid.
+    resumed_job r(
+        6, {{"core-node", node_tier::core, std::chrono::milliseconds(0), {}}}, true,
+        [&](caf::actor_system& sys, job_links& links) {
+          links.ledger = sys.spawn(slow_ledger, funded_keeper(sys, links.store), false);
+        },
+        "[market]\naccount = \"user/alice\"\nbudget = 50.0\nmax_price = 1.0\n");
+    auto& f = r.f;
+    auto waiting = [&] {
+      int64_t n = -1;
+      f.self->request(r.links.ledger, std::chrono::seconds(10), caf::get_atom::value)
+          .receive([&](int64_t held) { n = held; }, [&](caf::error& e) { FAIL(f.sys.render(e)); });
+      return n;
+    };
+    for (int tries = 0; tries < 100 && waiting() == 0; ++tries)
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    REQUIRE(waiting() >= 1);  // round 3's settlement
+    // Round 3's commit will fail (its checkpoint cannot be written); round 4 is computed
+    // meanwhile (its node, offered again, answers at once).
+    f.self->send(r.links.store, caf::put_atom::value, job_checkpoint_key("job-1"), 1);
+    std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+    CHECK_MESSAGE(waiting() == 1, "a round's settlement was sent behind one still on its way");
+    f.self->send(r.links.ledger, caf::put_atom::value);
+    auto end = r.ended();
+    REQUIRE(end.has_value());
+    CHECK(end->state == job_state::failed);
+    f.self->send(r.links.ledger, caf::put_atom::value);  // anything sent after: let it land
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    auto record = r.stored_record();
+    REQUIRE(record.has_value());
+    CHECK_MESSAGE(record->round < 3,
+                  "round " << record->round << " is stored though round 3 was not committed");
+  }
+
   TEST_CASE("a top-up that is not recorded leaves the budget as it was") {
     // The budget was raised before the top-up's record was written, and stayed raised when
     // the write failed: the caller, told the top-up failed, topped up again, and the job
