@@ -637,11 +637,15 @@ void resume_jobs(supervisor_actor* self) {
   self->request(ledger, std::chrono::minutes(5), fence_atom::value, self->state.links.run_epoch)
       .then([=](caf::ok_atom) { scan_job_records(self); },
             [=](caf::error& e) {
+              // Not resumed without the fence: a round still queued at a busy keeper landed
+              // after the records were read, and was trained and paid for a second time.
+              // (A keeper that died lost its queue; its replacement answers the next ask.)
               spdlog::error(
-                  "job supervisor: the ledger keeper did not answer ({}); resuming the "
-                  "jobs without waiting for it",
+                  "job supervisor: the ledger keeper did not answer its fence ({}); the jobs "
+                  "resume once it does (asking again in 5 s)",
                   self->system().render(e));
-              scan_job_records(self);
+              self->state.resuming = false;
+              self->delayed_send(self, std::chrono::seconds(5), tick_atom::value);
             });
 }
 

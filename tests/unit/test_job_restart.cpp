@@ -56,6 +56,18 @@ caf::behavior flaky_ledger(caf::stateful_actor<int>* self) {
   };
 }
 
+// A ledger keeper whose first fence is not answered in time (busy with a long queue), and
+// that answers every later one; (caf::get_atom) -> how many fences it was asked.
+caf::behavior late_fence_ledger(caf::stateful_actor<int>* self) {
+  return {
+      [=](fence_atom, uint64_t) -> caf::result<caf::ok_atom> {
+        if (self->state++ == 0) return caf::make_error(caf::sec::request_timeout);
+        return caf::ok_atom::value;
+      },
+      [=](caf::get_atom) { return self->state; },
+  };
+}
+
 // How often job-1's checkpoint was read from the fixture's store.
 int checkpoint_reads(job_fixture& f) {
   int n = -1;
@@ -151,6 +163,27 @@ TEST_SUITE("job restart") {
     f.supervisor = spawn_job_supervisor(f.sys, links);
     read_once_the_keeper_answers(f, before);
     CHECK_MESSAGE(asking_job(f, job), "the job was not resumed once the keeper answered");
+  }
+
+  TEST_CASE("a replacing job supervisor whose fence is not answered asks again before it reads") {
+    // It resumed its jobs anyway: a round still queued at the busy keeper landed after the
+    // checkpoints were read, and was trained and paid for a second time.
+    job_fixture f(stored_job(), {}, [](job_fixture& f) { return f.sys.spawn(late_fence_ledger); });
+    auto job = asking_job(f);
+    REQUIRE(job);
+    const int before = checkpoint_reads(f);
+    f.self->send_exit(f.supervisor, caf::exit_reason::kill);
+    job_links links;  // as the core spawns the replacement
+    links.store = f.store;
+    links.market = f.market;
+    links.catalog = std::make_shared<data_catalog>();
+    links.ledger = f.keeper;
+    links.after_restart = true;
+    f.supervisor = spawn_job_supervisor(f.sys, links);
+    for (int tries = 0; tries < 100 && checkpoint_reads(f) == before; ++tries)
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    REQUIRE(checkpoint_reads(f) == before + 1);
+    CHECK_MESSAGE(questions_to(f) == 2, "read without an answered fence");
   }
 
   TEST_CASE("a restarted job takes its figures from its record, not from its last report") {
