@@ -446,6 +446,20 @@ struct session_watch {
   std::set<caf::actor_addr> down;
 };
 
+// A client's link actor: the core ends the session given for it when it ends. Held by the
+// client while the session is its own and by every request out on that session, and ended
+// when the last of them lets it go: one thread's timeout replaced the session for the next
+// request, and ending the link at once ended the session under the other threads' requests,
+// which were then never answered (a promise dropped with its actor is not answered in CAF
+// 0.17) and each waited out its whole timeout.
+struct session_link {
+  caf::actor actor;
+  explicit session_link(caf::actor a) : actor(std::move(a)) {}
+  session_link(const session_link&) = delete;
+  session_link& operator=(const session_link&) = delete;
+  ~session_link() { caf::anon_send_exit(actor, caf::exit_reason::user_shutdown); }
+};
+
 struct client::impl {
   caf::actor_system_config cfg;
   // The client's own actor system (a remote client, an embedded cluster), declared before
@@ -453,10 +467,10 @@ struct client::impl {
   // process, which uses the core's.
   std::unique_ptr<caf::actor_system> owned;
   caf::actor_system* sys = nullptr;
-  caf::actor core;     // the front door
-  std::string key;     // the API key, given to the front door once
-  caf::actor session;  // this client's session, once the front door has given it
-  caf::actor link;     // lives as long as this client: the session ends with it
+  caf::actor core;                     // the front door
+  std::string key;                     // the API key, given to the front door once
+  caf::actor session;                  // this client's session, once the front door has given it
+  std::shared_ptr<session_link> link;  // the session ends with it (session_link)
   // The sessions that went down, as the link actor (which watches each) saw. A session's
   // proxy dies with its link to the core (its process killed, its host gone), and a request
   // sent to a dead proxy is dropped, never answered: the next request waited out its 30 s
@@ -487,7 +501,7 @@ struct client::impl {
   }
 
   ~impl() {
-    if (link) caf::anon_send_exit(link, caf::exit_reason::user_shutdown);
+    link.reset();  // while the actor system it lives in is still here
   }
 
   // The link actor, made if there is none, watching the front door (under the lock): a core
@@ -496,18 +510,24 @@ struct client::impl {
   // error, and again at every call).
   void ensure_link() {
     if (link) return;
-    link = sys->spawn([watch = watch](caf::event_based_actor* self) -> caf::behavior {
-      self->set_down_handler([watch](const caf::down_msg& d) {
-        std::lock_guard<std::mutex> seen(watch->mutex);
-        watch->down.insert(d.source);
-      });
-      return {[](tick_atom) {}, [self](watch_atom, const caf::actor& a) { self->monitor(a); }};
-    });
-    if (core) caf::anon_send(link, watch_atom::value, core);
+    link = std::make_shared<session_link>(
+        sys->spawn([watch = watch](caf::event_based_actor* self) -> caf::behavior {
+          self->set_down_handler([watch](const caf::down_msg& d) {
+            std::lock_guard<std::mutex> seen(watch->mutex);
+            watch->down.insert(d.source);
+          });
+          return {[](tick_atom) {}, [self](watch_atom, const caf::actor& a) { self->monitor(a); }};
+        }));
+    if (core) caf::anon_send(link->actor, watch_atom::value, core);
   }
 
-  // The session, asked for at the first request: the key's errors come back from there.
-  expected<caf::actor> session_handle() {
+  // The session, asked for at the first request: the key's errors come back from there;
+  // with the link it lives by, to hold while a request is out on it.
+  struct session_in_use {
+    caf::actor session;
+    std::shared_ptr<session_link> link;
+  };
+  expected<session_in_use> session_handle() {
     std::lock_guard<std::mutex> guard(mutex);
     bool went_down = false;
     {
@@ -553,13 +573,13 @@ struct client::impl {
       if (core_lost)
         return error(errc::unavailable,
                      std::string(link_lost) + ", and no core can be reached (" + why + ")");
-      if (link) caf::anon_send(link, watch_atom::value, core);
+      if (link) caf::anon_send(link->actor, watch_atom::value, core);
     }
-    if (session) return session;
+    if (session) return session_in_use{session, link};
     ensure_link();
     caf::scoped_actor self{*sys};
     expected<client_welcome> w = error(errc::io_error, "no answer");
-    self->request(core, std::chrono::seconds(30), auth_atom::value, key, link)
+    self->request(core, std::chrono::seconds(30), auth_atom::value, key, link->actor)
         .receive([&](client_welcome& x) { w = std::move(x); },
                  [&](caf::error& e) {
                    // A front door that is gone, or does not answer, is dialled again at the
@@ -581,9 +601,9 @@ struct client::impl {
     if (!w) return w.error();
     if (!w->session) return error(errc::io_error, "the core's answer holds no session");
     session = caf::actor_cast<caf::actor>(w->session);
-    caf::anon_send(link, watch_atom::value, session);
+    caf::anon_send(link->actor, watch_atom::value, session);
     principal = w->principal;
-    return session;
+    return session_in_use{session, link};
   }
 
   // A request to this client's session. A core of several: a follower answers reads and
@@ -600,8 +620,9 @@ struct client::impl {
 
   template <class T, class... Ts>
   expected<T> ask_session_once(std::chrono::seconds timeout, const Ts&... xs) {
-    auto s = session_handle();
-    if (!s) return s.error();
+    auto in_use = session_handle();
+    if (!in_use) return in_use.error();
+    const caf::actor* s = &in_use->session;
     caf::scoped_actor self{*sys};
     expected<T> out = error(errc::io_error, "no answer");
     self->request(*s, timeout, xs...)
@@ -635,8 +656,7 @@ struct client::impl {
   }
 
   void forget_session() {  // under the lock
-    if (link) caf::anon_send_exit(link, caf::exit_reason::user_shutdown);
-    link = nullptr;
+    link.reset();          // ended once no request holds it (session_link)
     session = nullptr;
     // What the ended link saw is of sessions no request will use again: kept, a client that
     // reconnected for weeks kept one address per session.

@@ -214,6 +214,35 @@ TEST_CASE("one client used from eight threads at once: each request is answered"
   CHECK(answered.load() == 80);
 }
 
+TEST_CASE("one thread's request that times out leaves another thread's on the session answered") {
+  // A timeout ended the client's link, and with it the session at the core, under the other
+  // threads' requests: their answers never came (a promise dropped with its actor is not
+  // answered), and each waited out its whole timeout.
+  test::temp_dir dir;
+  auto config = local_core_config(dir);
+  config.port = test::free_loopback_port();
+  config.store_commit_delay_ms = 35'000;  // every store commit, as on a very slow disk
+  test::forked_core core(config);
+  auto c = gflex::client::connect("127.0.0.1", config.port, test::operator_link(dir));
+  REQUIRE_MESSAGE(c.has_value(), c.error().message());
+  REQUIRE(c->principal().has_value());
+  dataset_splits data;
+  for (auto* d : {&data.train, &data.test}) {
+    d->classes = 2;
+    d->features = tensor::zeros({4, 2}, dtype::f32);
+    d->labels = tensor::zeros({4}, dtype::i32);
+  }
+  // A: a data set, stored once its commit is through (35 s); B, a second later: an account,
+  // whose commit waits behind A's, so that B's request times out (30 s) while A's is out.
+  auto pushed = std::async(std::launch::async, [&] { return c->push_data("tiny", data); });
+  std::this_thread::sleep_for(std::chrono::seconds(1));
+  auto opened = c->create_account("user/bea");
+  CHECK_FALSE(opened.has_value());  // not answered within its 30 s
+  REQUIRE(pushed.wait_for(std::chrono::seconds(30)) == std::future_status::ready);
+  auto info = pushed.get();
+  CHECK_MESSAGE(info.has_value(), info.error().message());
+}
+
 TEST_CASE("an init that fails part way leaves nothing behind: the next one makes the credentials") {
   // A first start that ran out of disk space left some of the TLS files and no operator.key:
   // every later `init` refused ("already exists") while the core asked for `init` first, and
