@@ -216,6 +216,10 @@ struct job_actor_state {
   // end record, written first, said the round before while the checkpoint and the payments
   // were the round's, and an answer after the end paused the ended job).
   int settling = 0;  // commits on their way
+  // Escrow an interrupted run left is still to be returned (return_stale_escrow): a job that
+  // ends meanwhile (cancelled) writes its end once it is back. Its end returns only what
+  // this run holds, and the interrupted run's escrow stayed held for good.
+  bool stale_escrow = false;
   // Rounds' commits are numbered as they are sent (from 1); those not yet answered. A
   // top-up's record is written once every commit sent before it is answered: a round's
   // record, encoded before the top-up and booked through the ledger, could otherwise land
@@ -473,9 +477,11 @@ void finish(job_actor* self, job_state state, const std::string& detail) {
     self->send(st.links.market, release_atom::value, a.slot.worker);
   }
   st.pending.clear();
-  if (st.settling > 0 || st.hold_in_flight) {
-    spdlog::info("job {}: ends once its round's {} is answered", st.job.id,
-                 st.settling > 0 ? "commit" : "escrow hold");
+  if (st.settling > 0 || st.hold_in_flight || st.stale_escrow) {
+    spdlog::info("job {}: ends once {} is answered", st.job.id,
+                 st.settling > 0     ? "its round's commit"
+                 : st.hold_in_flight ? "its round's escrow hold"
+                                     : "the return of an interrupted run's escrow");
     return;
   }
   record_end(self);
@@ -1705,20 +1711,27 @@ void return_stale_escrow(job_actor* self) {
   auto& st = self->state;
   auto again = [=](const std::string& why) {
     auto& st = self->state;
-    if (st.finished) return;
     st.escrow_tries += 1;
     const auto wait = std::chrono::seconds(std::min(60, 2 << std::min(st.escrow_tries - 1, 5)));
-    st.job.status.detail = "waiting for the ledger to return the escrow of an interrupted run (" +
-                           why + "); asking again in " + std::to_string(wait.count()) + " s";
-    spdlog::warn("job {}: {}", st.job.id, st.job.status.detail);
-    publish(self);
+    const auto waiting = "waiting for the ledger to return the escrow of an interrupted run (" +
+                         why + "); asking again in " + std::to_string(wait.count()) + " s";
+    spdlog::warn("job {}: {}", st.job.id, waiting);
+    if (!st.finished) {  // an ended job's status says how it ended
+      st.job.status.detail = waiting;
+      publish(self);
+    }
     self->delayed_send(self, wait, tick_atom::value, open_atom::value);
   };
   auto go = [=] {
     auto& st = self->state;
     st.holding = false;
-    st.job.status.detail.clear();
-    if (!st.finished) begin(self);  // not if cancelled
+    st.stale_escrow = false;
+    if (!st.finished) {
+      st.job.status.detail.clear();
+      begin(self);
+    } else {  // ended meanwhile (cancelled): its end waited for this
+      record_end(self);
+    }
   };
   self->request(st.links.ledger, std::chrono::seconds(60), open_atom::value, escrow_of(st), true)
       .then(
@@ -1906,6 +1919,7 @@ caf::behavior job_behavior(job_actor* self, job_start start, job_links links) {
     st.job.status.budget = std::max(st.job.status.budget, st.job.spec.budget);
     st.job.status.account = st.job.spec.account;
     st.holding = true;
+    st.stale_escrow = true;
     return_stale_escrow(self);
   } else {
     begin(self);
@@ -2085,7 +2099,7 @@ caf::behavior job_behavior(job_actor* self, job_start start, job_links links) {
         if (self->state.rejections_untold == 0 && self->state.ended_and_recorded) self->quit();
       },
       [=](tick_atom, open_atom) {
-        if (self->current_sender() == self->ctrl() && !self->state.finished)
+        if (self->current_sender() == self->ctrl() && self->state.stale_escrow)
           return_stale_escrow(self);
       },
       [=](tick_atom, stop_atom) {

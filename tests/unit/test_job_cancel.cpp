@@ -113,6 +113,39 @@ TEST_SUITE("job cancel") {
     CHECK(balance("user/alice") == 100'000'000);
   }
 
+  TEST_CASE("a job cancelled while its interrupted run's escrow is not back yet returns it") {
+    // Its end returned only what this run held: the escrow of the interrupted run, still
+    // being asked back, stayed held for good.
+    auto st = stored_job(2, metered_spec);
+    job_fixture f(st, {}, [](job_fixture& f) {
+      auto keeper = funded_keeper(f);
+      f.self
+          ->request(keeper, f.wait, transfer_atom::value, std::string("hold"),
+                    std::string("job-1 round 3: escrow"),
+                    std::vector<posting>{{"user/alice", -5'000'000}, {"escrow/job-1", 5'000'000}},
+                    std::string())
+          .receive([](uint64_t) {}, [&](caf::error& e) { FAIL(f.sys.render(e)); });
+      auto ledger = f.sys.spawn(slow_ledger, keeper, true);
+      f.self->send(ledger, caf::put_atom::value, open_atom::value, 1);  // asked again in 2 s
+      return ledger;
+    });
+    auto waiting = f.await(
+        [](const job_status& s) {
+          return s.detail.find("waiting for the ledger") == 0 || is_terminal(s.state);
+        },
+        10);
+    REQUIRE_MESSAGE(waiting.detail.find("waiting for the ledger") == 0, waiting.detail);
+    caf::actor keeper;  // held after the fixture: a handle outliving its system hangs its end
+    f.self->request(f.keeper, f.wait, caf::get_atom::value, caf::get_atom::value)
+        .receive([&](caf::actor& k) { keeper = k; }, [&](caf::error& e) { FAIL(f.sys.render(e)); });
+    f.self->request(f.supervisor, f.wait, cancel_atom::value, f.alice, std::string("job-1"))
+        .receive([](caf::ok_atom) {}, [&](caf::error& e) { FAIL(f.sys.render(e)); });
+    CHECK(f.status().state == job_state::cancelled);
+    auto balance = [&](const std::string& account) { return balance_of(f, keeper, account); };
+    CHECK(balance("escrow/job-1") == 0);
+    CHECK(balance("user/alice") == 100'000'000);
+  }
+
   TEST_CASE(
       "a resumed job whose ledger does not answer at once waits for it, then returns its "
       "interrupted run's escrow") {
