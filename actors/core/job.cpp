@@ -1983,34 +1983,54 @@ caf::behavior job_behavior(job_actor* self, job_start start, job_links links) {
           auto recorded = st.job.status;
           st.durable.show_in(recorded);
           batch.values.push_back(encode_job_record(st.job.spec_text, recorded));
-          self->request(st.links.store, std::chrono::seconds(30), commit_atom::value,
-                        std::move(batch))
-              .then(
-                  [=](caf::ok_atom) mutable {
-                    auto& st = self->state;
-                    spdlog::info("job {}: budget topped up by {} to {} credits", st.job.id,
-                                 format_credits(amount), format_credits(st.job.status.budget));
-                    if (st.paused && !st.finished) {
-                      st.paused = false;
-                      st.paused_for_budget = false;
-                      st.job.status.state = job_state::running;
-                      st.job.status.detail.clear();
-                      publish(self);
-                      hold_round(self);
-                    } else {
-                      publish(self);
-                    }
-                    rp.deliver(caf::ok_atom::value);
-                  },
-                  [=](caf::error& e) mutable {
-                    auto& st = self->state;
-                    st.job.status.budget -= amount;
-                    rp.deliver(
-                        to_caf(error(errc::store_error,
-                                     "the top-up of job " + st.job.id + " was not recorded (" +
-                                         self->system().render(e) + "); its budget stays " +
-                                         format_credits(st.job.status.budget) + " credits")));
-                  });
+          auto recorded_ok = [=]() mutable {
+            auto& st = self->state;
+            spdlog::info("job {}: budget topped up by {} to {} credits", st.job.id,
+                         format_credits(amount), format_credits(st.job.status.budget));
+            if (st.paused && !st.finished) {
+              st.paused = false;
+              st.paused_for_budget = false;
+              st.job.status.state = job_state::running;
+              st.job.status.detail.clear();
+              publish(self);
+              hold_round(self);
+            } else {
+              publish(self);
+            }
+            rp.deliver(caf::ok_atom::value);
+          };
+          auto not_recorded = [=](const std::string& why) mutable {
+            auto& st = self->state;
+            st.job.status.budget -= amount;
+            rp.deliver(to_caf(
+                error(errc::store_error, "the top-up of job " + st.job.id + " was not recorded (" +
+                                             why + "); its budget stays " +
+                                             format_credits(st.job.status.budget) + " credits")));
+          };
+          const int64_t written_budget = recorded.budget;
+          self->request(st.links.store, st.links.record_wait, commit_atom::value, std::move(batch))
+              .then([=](caf::ok_atom) mutable { recorded_ok(); },
+                    [=](caf::error& e) mutable {
+                      const auto why = self->system().render(e);
+                      if (!outcome_unknown(e)) return not_recorded(why);
+                      // Not answered in time (a busy store) is not refused: the write may
+                      // still land, and the budget in memory must be the one the store will
+                      // hold. The store takes requests in order: the read answers after it.
+                      self->request(self->state.links.store, std::chrono::minutes(5),
+                                    read_atom::value, job_record_key(self->state.job.id))
+                          .then(
+                              [=](bool found, std::vector<uint8_t>& value) mutable {
+                                if (found)
+                                  if (auto stored = decode_job_record(value);
+                                      stored && stored->second.budget == written_budget)
+                                    return recorded_ok();
+                                not_recorded(why);
+                              },
+                              [=](caf::error& read) mutable {
+                                not_recorded(why +
+                                             "; reading it back: " + self->system().render(read));
+                              });
+                    });
         };
         if (st.commits_open.empty()) {
           write();

@@ -8,6 +8,7 @@
 
 #include <caf/all.hpp>
 
+#include <algorithm>
 #include <chrono>
 #include <deque>
 #include <functional>
@@ -55,6 +56,10 @@ struct failing_store_state {
   /// applies them ((held_atom, key) adds one): a commit of a large set on a slow disk.
   std::set<std::string> held_keys;
   std::vector<std::pair<store_batch, caf::typed_response_promise<caf::ok_atom>>> held_commits;
+  /// Reads of a key a held commit names, answered after it (as the real store, which takes
+  /// requests in order, answers them).
+  std::vector<std::pair<std::string, caf::typed_response_promise<bool, std::vector<uint8_t>>>>
+      held_reads;
 };
 
 using held_atom = caf::atom_constant<caf::atom("held")>;
@@ -98,6 +103,13 @@ inline caf::behavior failing_store(caf::stateful_actor<failing_store_state>* sel
       },
       [=](read_atom, const std::string& key) -> caf::result<bool, std::vector<uint8_t>> {
         ++self->state.reads[key];
+        for (const auto& held : self->state.held_commits)
+          if (std::find(held.first.keys.begin(), held.first.keys.end(), key) !=
+              held.first.keys.end()) {
+            self->state.held_reads.emplace_back(
+                key, self->make_response_promise<bool, std::vector<uint8_t>>());
+            return self->state.held_reads.back().second;
+          }
         if (key.starts_with(data_chunk_prefix) && self->state.shard_read_failures > 0) {
           --self->state.shard_read_failures;
           return store_failure(key + ": the store did not answer");
@@ -158,6 +170,13 @@ inline caf::behavior failing_store(caf::stateful_actor<failing_store_state>* sel
             else
               self->state.kept[b.keys[i]] = std::move(b.values[i]);
           rp.deliver(caf::ok_atom::value);
+        }
+        for (auto& [key, rp] : std::exchange(self->state.held_reads, {})) {
+          auto it = self->state.kept.find(key);
+          if (it == self->state.kept.end())
+            rp.deliver(false, std::vector<uint8_t>{});
+          else
+            rp.deliver(true, it->second);
         }
       },
       [=](caf::put_atom, const std::string& key, int times) {

@@ -1164,6 +1164,50 @@ TEST_SUITE("job caught nodes") {
     CHECK(record->budget == 10'033'334);
   }
 
+  TEST_CASE("a top-up whose record the store answers late is read back, not reverted") {
+    // Not answered within 30 s, it was taken as failed and the budget lowered again, while
+    // the write still landed: the job resumed after a restart with a budget its owner was
+    // told it did not have.
+    claims slow;  // 0.3 s a round at 1 credit an hour: its budget pays for one round
+    slow.compute_s = 0.5;
+    resumed_job r(
+        6, {{"core-node", node_tier::core, std::chrono::milliseconds(300), slow, -1, 1'000'000}},
+        false,
+        [&](caf::actor_system& sys, job_links& links) {
+          links.ledger = funded_keeper(sys, links.store);
+          links.record_wait = std::chrono::milliseconds(500);
+        },
+        "[market]\naccount = \"user/alice\"\nbudget = 0.033334\nmax_price = 1.0\n");
+    auto& f = r.f;
+    std::optional<job_status> paused;
+    for (int tries = 0; tries < 100 && !paused; ++tries)
+      f.self->receive(
+          [&](progress_atom, job_status& s) {
+            if (s.state == job_state::paused) paused = std::move(s);
+          },
+          [](const caf::down_msg&) {}, caf::after(std::chrono::milliseconds(50)) >> [] {});
+    REQUIRE(paused.has_value());  // its budget paid for one round
+    f.self->send(r.links.store, held_atom::value, job_record_key("job-1"));
+    auto topup =
+        f.self->request(r.job, std::chrono::seconds(30), topup_atom::value, int64_t{10'000'000});
+    std::this_thread::sleep_for(std::chrono::milliseconds(1500));         // past record_wait
+    f.self->send(r.links.store, caf::put_atom::value, held_atom::value);  // it lands
+    topup.receive([](caf::ok_atom) {},
+                  [&](caf::error& e) { CHECK_MESSAGE(false, f.sys.render(e)); });
+    auto record = r.stored_record();
+    REQUIRE(record.has_value());
+    CHECK(record->budget == 10'033'334);
+    std::optional<job_status> running;  // resumed, with the budget the store holds
+    for (int tries = 0; tries < 100 && !running; ++tries)
+      f.self->receive(
+          [&](progress_atom, job_status& s) {
+            if (s.state == job_state::running) running = std::move(s);
+          },
+          [](const caf::down_msg&) {}, caf::after(std::chrono::milliseconds(50)) >> [] {});
+    REQUIRE(running.has_value());
+    CHECK(running->budget == 10'033'334);
+  }
+
   TEST_CASE("a job restarted with its last round committed ends done, training nothing more") {
     // Its actor died between the last round's commit and its end record: restarted from its
     // checkpoint of the last round, it trained (and billed) round rounds+1, and never ended.
