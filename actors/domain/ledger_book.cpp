@@ -3,6 +3,7 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <limits>
 
 #include <stdexcept>
 #include <type_traits>
@@ -177,7 +178,9 @@ expected<ledger_entry> ledger_book::prepare(std::string kind, std::string memo,
     auto [it, fresh] = after.emplace(p.account, balance(p.account));
     // Postings are bounded, balances are not: enough credits issued would take an account
     // (the external one first) past int64's range, where it would wrap.
-    if (__builtin_add_overflow(it->second, p.amount, &it->second))
+    // INT64_MIN is out of range too: the credits issued are the external balance negated.
+    if (__builtin_add_overflow(it->second, p.amount, &it->second) ||
+        it->second == std::numeric_limits<int64_t>::min())
       return refuse("account " + p.account + "'s balance would leave the ledger's range");
   }
   if (sum != 0)

@@ -1,5 +1,7 @@
 #include <doctest/doctest.h>
 
+#include <limits>
+
 #include <cmath>
 #include <optional>
 #include <string>
@@ -35,6 +37,30 @@ ledger_book funded_book(std::vector<ledger_entry>* log = nullptr) {
 }  // namespace
 
 TEST_SUITE("ledger") {
+  TEST_CASE("the credits issued stay within int64: the external account never reaches its floor") {
+    // Its balance could reach INT64_MIN exactly, and the credits issued (that balance
+    // negated, in the keeper and in the audit) then overflowed.
+    ledger_book book;
+    auto book_it = [&](expected<ledger_entry> e) {
+      REQUIRE_MESSAGE(e.has_value(), e.error().message());
+      book.apply(*e);
+    };
+    book_it(book.prepare_open("user/alice", 1));
+    book_it(book.prepare_open("user/bob", 2));
+    for (int i = 0; i < 9; ++i)  // 9e18 micro-credits issued, at most 1e18 a posting
+      book_it(book.prepare(
+          "credit", "operator",
+          {{i % 2 ? "user/alice" : "user/bob", max_amount_micro}, {"external", -max_amount_micro}},
+          3 + i));
+    const int64_t to_floor = book.balance("external") - std::numeric_limits<int64_t>::min();
+    auto at_floor =
+        book.prepare("credit", "operator", {{"user/alice", to_floor}, {"external", -to_floor}}, 20);
+    REQUIRE_FALSE(at_floor.has_value());
+    CHECK(at_floor.error().message().find("range") != std::string::npos);
+    book_it(book.prepare("credit", "operator",
+                         {{"user/alice", to_floor - 1}, {"external", -(to_floor - 1)}}, 21));
+  }
+
   TEST_CASE("amounts parse exactly and refuse what is not an amount") {
     CHECK(parse_credits("12").value() == 12'000'000);
     CHECK(parse_credits("0.25").value() == 250'000);
