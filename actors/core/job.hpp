@@ -77,8 +77,8 @@ struct job_links {
   /// How long the ledger may take to answer a hold or a settlement before the job asks it
   /// whether the operation was booked (a test aid shortens it).
   std::chrono::milliseconds ledger_wait{60000};
-  /// How long the store may take to answer a top-up's record before the job reads it back
-  /// (a test aid shortens it).
+  /// How long the store may take to answer a job's record (a submitted job's, a top-up's)
+  /// before it is read back (a test aid shortens it).
   std::chrono::milliseconds record_wait{30000};
   /// How long an upload of a data set waits for its next part before it is dropped (a client
   /// gives a part up after 120 s).

@@ -1000,23 +1000,35 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links) {
           store_batch batch;
           batch.keys.push_back(job_record_key(id));
           batch.values.push_back(encode_job_record(text, status));
-          self->request(st.links.store, std::chrono::seconds(30), commit_atom::value,
-                        std::move(batch))
-              .then(
-                  [=](caf::ok_atom) mutable {
-                    submitted();
-                    spdlog::info("job {} ({}) submitted: {} rounds of {} workers", id, status.name,
-                                 status.rounds, spec.workers);
-                    start_job(
-                        self,
-                        job_start{
-                            id, text, spec, status, {}, {}, {}, job_start::origin::submitted, {}});
-                    rp.deliver(id);
-                  },
-                  [=](caf::error& e) mutable {
-                    submitted();
-                    rp.deliver(e);
-                  });
+          auto recorded = [=]() mutable {
+            submitted();
+            spdlog::info("job {} ({}) submitted: {} rounds of {} workers", id, status.name,
+                         status.rounds, spec.workers);
+            start_job(
+                self,
+                job_start{id, text, spec, status, {}, {}, {}, job_start::origin::submitted, {}});
+            rp.deliver(id);
+          };
+          self->request(st.links.store, st.links.record_wait, commit_atom::value, std::move(batch))
+              .then([=](caf::ok_atom) mutable { recorded(); },
+                    [=](caf::error& e) mutable {
+                      // Not answered in time (a busy store) is not refused: the record may
+                      // still land, and a job known only to the store ran (and billed) after
+                      // the next restart while its owner, told it failed, submitted again.
+                      // The store takes requests in order: the read answers after the write.
+                      self->request(self->state.links.store, std::chrono::minutes(5),
+                                    read_atom::value, job_record_key(id))
+                          .then(
+                              [=](bool found, std::vector<uint8_t>&) mutable {
+                                if (found) return recorded();
+                                submitted();
+                                rp.deliver(e);
+                              },
+                              [=](caf::error&) mutable {
+                                submitted();
+                                rp.deliver(e);
+                              });
+                    });
         };
         if (spec->account.empty()) {
           accept(*spec);

@@ -357,13 +357,15 @@ struct job_fixture : configured_system {
   caf::actor store, market, keeper, supervisor;
 
   explicit job_fixture(failing_store_state st, std::vector<worker_slot> slots = {},
-                       std::function<caf::actor(job_fixture&)> ledger = {}) {
+                       std::function<caf::actor(job_fixture&)> ledger = {},
+                       std::chrono::milliseconds record_wait = std::chrono::seconds(30)) {
     store = sys.spawn(failing_store, std::move(st));
     market = sys.spawn(offering_market, std::move(slots));
     job_links links;
     links.store = store;
     links.market = market;
     links.catalog = std::make_shared<data_catalog>();
+    links.record_wait = record_wait;
     if (ledger) {
       keeper = ledger(*this);
       links.ledger = keeper;

@@ -166,6 +166,27 @@ TEST_SUITE("job resume") {
     CHECK(id == "job-3");
   }
 
+  TEST_CASE("a submitted job whose record the store answers late is read back and started") {
+    // Not answered in time, the submit failed while its record still landed: the job, known
+    // only to the store, ran (and billed) after the next restart, and its owner, told the
+    // submit failed, had submitted it again.
+    auto st = stored_job();
+    st.held_keys.insert(job_record_key("job-2"));
+    job_fixture f(st, {}, {}, std::chrono::milliseconds(500));
+    f.await([](const job_status& s) { return !s.detail.empty(); }, 10);  // records read
+    auto submit = f.self->request(f.supervisor, f.wait, submit_atom::value, f.alice, free_spec);
+    std::this_thread::sleep_for(std::chrono::milliseconds(1500));   // past record_wait
+    f.self->send(f.store, caf::put_atom::value, held_atom::value);  // it lands
+    std::string id;
+    submit.receive([&](std::string& x) { id = x; },
+                   [&](caf::error& e) { CHECK_MESSAGE(false, f.sys.render(e)); });
+    CHECK(id == "job-2");
+    bool known = false;
+    f.self->request(f.supervisor, f.wait, status_atom::value, f.alice, std::string("job-2"))
+        .receive([&](job_status&) { known = true; }, [](caf::error&) {});
+    CHECK_MESSAGE(known, "job-2 is in the store and unknown to its supervisor");
+  }
+
   TEST_CASE("an account's job names its paying account, or takes only nodes that ask nothing") {
     // It ran unmetered on nodes that ask a price, which were never paid for verified work.
     job_fixture f(stored_job());
