@@ -78,7 +78,7 @@ struct job_links {
   /// whether the operation was booked (a test aid shortens it).
   std::chrono::milliseconds ledger_wait{60000};
   /// How long the store may take to answer a job's record (a submitted job's, a top-up's)
-  /// before it is read back (a test aid shortens it).
+  /// before it is read back (a test aid shortens it); a data set's commit, four times that.
   std::chrono::milliseconds record_wait{30000};
   /// How long an upload of a data set waits for its next part before it is dropped (a client
   /// gives a part up after 120 s).

@@ -1206,30 +1206,44 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links) {
         };
         st.committing[id] = *info;
         auto rp = self->make_response_promise<data_set_info>();
-        self->request(st.links.store, std::chrono::seconds(120), commit_atom::value,
+        auto kept = [=]() mutable {
+          stored();
+          self->state.committing.erase(id);
+          self->state.data_sets[id] = *info;
+          self->state.damaged_sets.erase(id);
+          spdlog::info("data set {}/{} stored: {} training and {} test samples, {} bytes", who,
+                       name, info->train_samples, info->test_samples, info->bytes);
+          rp.deliver(*info);
+        };
+        auto not_kept = [=](const caf::error& e) mutable {
+          stored();
+          self->state.committing.erase(id);
+          // Not stored: not served either; the set it was to replace is served again
+          // (dropped too, it was listed but refused to every job until the core restarted).
+          if (previous)
+            self->state.links.catalog->restore_user_set(*previous);
+          else
+            self->state.links.catalog->drop_user_set(who, name);
+          rp.deliver(e);
+        };
+        const auto manifest = batch.values.front();
+        self->request(st.links.store, 4 * st.links.record_wait, commit_atom::value,
                       std::move(batch))
-            .then(
-                [=](caf::ok_atom) mutable {
-                  stored();
-                  self->state.committing.erase(id);
-                  self->state.data_sets[id] = *info;
-                  self->state.damaged_sets.erase(id);
-                  spdlog::info("data set {}/{} stored: {} training and {} test samples, {} bytes",
-                               who, name, info->train_samples, info->test_samples, info->bytes);
-                  rp.deliver(*info);
-                },
-                [=](caf::error& e) mutable {
-                  stored();
-                  self->state.committing.erase(id);
-                  // Not stored: not served either; the set it was to replace is served
-                  // again (dropped too, it was listed but refused to every job until the
-                  // core restarted).
-                  if (previous)
-                    self->state.links.catalog->restore_user_set(*previous);
-                  else
-                    self->state.links.catalog->drop_user_set(who, name);
-                  rp.deliver(e);
-                });
+            .then([=](caf::ok_atom) mutable { kept(); },
+                  [=](caf::error& e) mutable {
+                    // Not answered in time (a large set on a slow disk) is not refused: the
+                    // commit may still land, and the set was then in the store but unknown
+                    // (not listed, its name free for a push) until the core restarted. The
+                    // store takes requests in order: the read answers after the write.
+                    self->request(self->state.links.store, std::chrono::minutes(10),
+                                  read_atom::value, data_set_key(who, name))
+                        .then(
+                            [=](bool found, std::vector<uint8_t>& value) mutable {
+                              if (found && value == manifest) return kept();
+                              not_kept(e);
+                            },
+                            [=](caf::error&) mutable { not_kept(e); });
+                  });
         return rp;
       },
       // An upload's timer: no part came since the one marked `mark` (an upload finished or

@@ -55,7 +55,8 @@ struct store_fixture : test::configured_system {
 
   explicit store_fixture(std::map<std::string, std::vector<uint8_t>> kept = {},
                          std::chrono::milliseconds upload_idle = std::chrono::minutes(10),
-                         uint64_t max_data_bytes = uint64_t{4} << 30) {
+                         uint64_t max_data_bytes = uint64_t{4} << 30,
+                         std::chrono::milliseconds record_wait = std::chrono::seconds(30)) {
     test::failing_store_state st;
     st.kept = std::move(kept);
     store = sys.spawn(test::failing_store, std::move(st));
@@ -64,6 +65,7 @@ struct store_fixture : test::configured_system {
     links.catalog = catalog;
     links.upload_idle = upload_idle;
     links.max_data_bytes_per_account = max_data_bytes;
+    links.record_wait = record_wait;
     supervisor = spawn_job_supervisor(sys, links);
   }
   ~store_fixture() {
@@ -293,6 +295,29 @@ TEST_SUITE("data set store") {
                     caf::after(f.wait) >> [] {});
     CHECK(stored);
     f.remove("a");  // once stored, it may go
+  }
+
+  TEST_CASE("a set whose commit the store answers late is read back, and kept") {
+    // Not answered in time, the push failed while the commit still landed: the set was in
+    // the store, unlisted and its name free for another push, until the core restarted.
+    const auto train = shard_of(test::samples(12)), test = shard_of(test::samples(6));
+    store_fixture f({}, std::chrono::minutes(10), uint64_t{4} << 30,
+                    std::chrono::milliseconds(100));  // a commit waited for 400 ms
+    f.self->send(f.store, test::held_atom::value, data_set_key(f.alice, "a"));
+    REQUIRE(f.push_part("a", 0, 2, train).empty());
+    auto last = f.self->request(f.supervisor, f.wait, dpush_atom::value, f.alice, std::string("a"),
+                                data_part{1, 2, true, test});
+    std::this_thread::sleep_for(std::chrono::milliseconds(1000));         // past the commit's wait
+    f.self->send(f.store, caf::put_atom::value, test::held_atom::value);  // it lands
+    std::string refused;
+    last.receive([](data_set_info&) {}, [&](caf::error& e) { refused = f.sys.render(e); });
+    CHECK_MESSAGE(refused.empty(), refused);
+    std::vector<data_set_info> listed;
+    f.self->request(f.supervisor, f.wait, dlist_atom::value, f.alice)
+        .receive([&](std::vector<data_set_info>& sets) { listed = std::move(sets); },
+                 [&](caf::error& e) { FAIL(f.sys.render(e)); });
+    REQUIRE(listed.size() == 1);
+    CHECK(listed.front().name == "a");
   }
 
   TEST_CASE("a job on a set whose commit is under way waits for it") {
