@@ -47,6 +47,11 @@ struct gatekeeper_state {
   std::set<std::string> tokens_changing;
   std::map<std::string, std::deque<std::function<void()>>> tokens_waiting;
   std::set<std::string> accounts_keyed;  // accounts whose key is being made
+  // Keys banned since this gatekeeper started (the store holds them all): a join that read
+  // its key's ban before the ban was written, then waited its turn on a token, is refused
+  // here before its key is bound. Bound unchecked, the caught node came back under a new
+  // name, and the token (scanned before the binding) stayed open to it.
+  std::set<std::string> barred;
   static inline const char* name = "gatekeeper";
 };
 
@@ -145,6 +150,12 @@ void decide(gatekeeper_actor* self, pending_admit p) {
                 }
                 if (auto ok = admits(*r, p.tier, p.key, now_unix()); !ok) {
                   refuse(p, ok.error());
+                  done();
+                  return;
+                }
+                if (self->state.barred.count(p.key) != 0) {
+                  refuse(p, error(errc::permission_denied,
+                                  "this node key is banned: its node was caught cheating"));
                   done();
                   return;
                 }
@@ -388,6 +399,7 @@ caf::behavior gatekeeper(gatekeeper_actor* self, caf::actor store, std::string o
       // other nodes bound to a shared token may still come back with it.
       [=](bar_atom, const std::string& key, const std::string& name) {
         auto& st = self->state;
+        st.barred.insert(key);
         auto report = [=](caf::error& e) {
           spdlog::error("gatekeeper: cannot ban the key of node {}: {}", name,
                         self->system().render(e));

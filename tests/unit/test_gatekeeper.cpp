@@ -5,6 +5,8 @@
 
 #include <doctest/doctest.h>
 
+#include <algorithm>
+
 #include <caf/all.hpp>
 
 #include <string>
@@ -142,6 +144,29 @@ TEST_SUITE("gatekeeper") {
     CHECK(refusals[0].find("admits no new node keys: node node0") != std::string::npos);
     CHECK_FALSE(record_of(token).closed.empty());
     CHECK(join_at_once(token, 1, 2) == 1);  // a bound key that was not caught may come back
+  }
+
+  TEST_CASE_FIXTURE(busy_gate_fixture,
+                    "a key banned while its join waits its turn on a token is not bound") {
+    // Its ban was read before the ban was written; the join then waited behind others with
+    // the token, and the ban's scan of the tokens, made meanwhile, did not find the key in
+    // it: the caught node was admitted under a new name, and the token stayed open to it.
+    const auto token = new_token(0);
+    for (int i = 100; i < 200; ++i)  // joins the caught node's queues ahead of its own
+      self->send(gate, admit_atom::value, token, std::string("community"),
+                 "10.0.2." + std::to_string(i), true, key(i));
+    const auto caught = key(5000);
+    auto joined = self->request(gate, timeout, admit_atom::value, token, std::string("community"),
+                                std::string("10.0.3.1"), true, caught);
+    self->send(gate, bar_atom::value, caught, std::string("node5000"));
+    for (int i = 100; i < 200; ++i)
+      self->receive([](caf::ok_atom) {}, [](caf::error&) {},
+                    caf::after(timeout) >> [&] { FAIL("no answer to a hello"); });
+    std::string refused;
+    joined.receive([](caf::ok_atom) {}, [&](caf::error& e) { refused = sys.render(e); });
+    CHECK_MESSAGE(refused.find("banned") != std::string::npos, "the banned key: " << refused);
+    const auto keys = record_of(token).keys;
+    CHECK(std::find(keys.begin(), keys.end(), caught) == keys.end());
   }
 
   TEST_CASE_FIXTURE(gate_fixture, "an account gets one API key, and a second creation none") {
