@@ -42,6 +42,7 @@ round=$(json_get "$WORK/final.json" "j['round']")
 python3 -c "import sys; sys.exit(0 if $acc >= 0.87 else 1)" || fail "test accuracy $acc < 0.87"
 echo "ok: $job finished after the restart: test accuracy $acc"
 wait_for 30 "gflex submit --wait to end" bash -c "! kill -0 $PID_waiter 2>/dev/null"
+kill -KILL "$PID_waiter" 2>/dev/null || true  # still running: the wait above failed
 if wait "$PID_waiter" && [ "$(json_get "$WORK/waited.json" "j['state']")" = done ]; then
   echo "ok: gflex submit --wait followed $job through the restart to its end"
 else

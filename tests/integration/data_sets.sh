@@ -183,9 +183,10 @@ expect_error "--data without --spec" "--data: needs --spec" "$G" train --data "$
 
 # -- the sets survive a restart of the core; rm removes one ------------------------------
 kill -KILL "$PID_core"
-start core "$C" --listen "$core" --data-dir "$WORK/core"
-wait_for 20 "the core to listen again" grep -q "core listening" "$WORK/core.log"
-wait_for 20 "the data sets to load" grep -q "3 data set(s) loaded" "$WORK/core.log"
+wait "$PID_core" 2>/dev/null || true  # gone (its data directory's lock with it) before the next
+start core2 "$C" --listen "$core" --data-dir "$WORK/core"
+wait_for 20 "the core to listen again" grep -q "core listening" "$WORK/core2.log"
+wait_for 20 "the data sets to load" grep -q "3 data set(s) loaded" "$WORK/core2.log"
 [ "$("${ALICE[@]}" "$G" data list --core "$core" | wc -l)" -eq 3 ] || fail "data sets lost in the restart"
 "${ALICE[@]}" "$G" data rm text --core "$core" >/dev/null || fail "data rm"
 expect_error "rm twice" "user/alice has no data set 'text'" "${ALICE[@]}" "$G" data rm text --core "$core"

@@ -20,7 +20,8 @@ wait_for 60 "the stopped demo's first round" grep -q "round 1/" "$WORK/stopped.l
 ls -d "$WORK"/tmp/gflex-demo-* >/dev/null 2>&1 || fail "the demo made no temporary directory"
 kill -TERM "$PID_stopped"
 code=0
-timeout 30 tail --pid="$PID_stopped" -f /dev/null || fail "the demo did not stop on SIGTERM"
+timeout 30 tail --pid="$PID_stopped" -f /dev/null ||
+  { fail "the demo did not stop on SIGTERM"; kill -KILL "$PID_stopped" 2>/dev/null || true; }
 wait "$PID_stopped" || code=$?
 [ "$code" -eq 1 ] || fail "a stopped demo exited $code, not 1"
 grep -q "terminated: job job-1 was cancelled" "$WORK/stopped.log" ||

@@ -254,6 +254,7 @@ printf '[job]\nname = "short"\nworkload = "fashion-mlp"\nrounds = 40\nworkers = 
   >"$WORK/short.toml"
 "$G" submit "$WORK/short.toml" --core "$core" >/dev/null || fail "submit the short job"
 wait_for 120 "brief to leave after its --max-hours" bash -c "! kill -0 $PID_brief 2>/dev/null"
+kill -KILL "$PID_brief" 2>/dev/null || true  # still running: the wait above failed
 wait "$PID_brief" && echo "ok: brief left with exit 0" || fail "brief exited non-zero"
 grep -q "computed for its --max-hours" "$WORK/brief.log" || fail "brief did not say why it left"
 finish

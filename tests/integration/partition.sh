@@ -65,6 +65,7 @@ far_validated() {  # the updates of the far node the core has taken so far
   sed -nE 's/.* validated ([0-9]+) .*/\1/p' <<<"$line"
 }
 validated_before=$(far_validated)
+[ -n "$validated_before" ] || fail "far is not listed: no count of its validated updates to start from"
 cat >"$WORK/wide.toml" <<'TOML'
 [job]
 name = "wide"

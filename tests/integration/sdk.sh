@@ -50,7 +50,8 @@ start svc_core env GFLEX_LISTEN=127.0.0.1:$svc_port GFLEX_CORE_ARGS= bash -c "ex
 wait_for 20 "the unit's core to listen" grep -q "core listening on 127.0.0.1:$svc_port" "$WORK/svc_core.log"
 kill -TERM "$PID_svc_core"
 rc=0
-timeout 15 tail --pid="$PID_svc_core" -f /dev/null || fail "the unit's core did not stop on SIGTERM"
+timeout 15 tail --pid="$PID_svc_core" -f /dev/null ||
+  { fail "the unit's core did not stop on SIGTERM"; kill -KILL "$PID_svc_core" 2>/dev/null || true; }
 wait "$PID_svc_core" || rc=$?
 [ "$rc" -eq 0 ] && echo "ok: the core unit's command lines start a core from the install; SIGTERM stops it" ||
   fail "the unit's core exited $rc on SIGTERM: $(tail -2 "$WORK/svc_core.log")"

@@ -96,6 +96,8 @@ expect_error "a new key on a token a caught node used" "admits no new node keys:
 # The verifier comes back with its re-computations starting 2 s late (a test aid), so that
 # the subtle cheater's round is applied before its check ends and must be rolled back.
 kill -TERM "$PID_verifier"
+timeout 30 tail --pid="$PID_verifier" -f /dev/null ||
+  { fail "the verifier did not stop on SIGTERM"; kill -KILL "$PID_verifier" 2>/dev/null || true; }
 wait "$PID_verifier" 2>/dev/null || true
 start verifier "$BIN/gflex-node" --join "$core" --name verifier --data-dir "$WORK/verifier" \
   --tier core --token "$TOKEN_core" --workers 2 --verify-delay-ms 2000
