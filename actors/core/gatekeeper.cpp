@@ -248,10 +248,24 @@ caf::behavior gatekeeper(gatekeeper_actor* self, caf::actor store, std::string o
                       return;
                     }
                   auto key = new_api_key();
+                  const auto stored_at = api_key_store_key(secret_digest(key));
                   self->request(self->state.store, store_timeout, commit_atom::value,
-                                one_write(api_key_store_key(secret_digest(key)), bytes_of(account)))
+                                one_write(stored_at, bytes_of(account)))
                       .then([=](caf::ok_atom) mutable { done(key); },
-                            [=](caf::error& e) mutable { done(std::move(e)); });
+                            [=](caf::error& e) mutable {
+                              // Not answered in time is not refused: a key written late was
+                              // shown to nobody, and the account, which has a key, could never
+                              // be given one ("exists already"). The store takes requests in
+                              // order: the read answers after the write.
+                              self->request(self->state.store, std::chrono::minutes(5),
+                                            read_atom::value, stored_at)
+                                  .then(
+                                      [=](bool found, std::vector<uint8_t>&) mutable {
+                                        if (found) return done(key);
+                                        done(std::move(e));
+                                      },
+                                      [=](caf::error&) mutable { done(std::move(e)); });
+                            });
                 },
                 [=](caf::error& e) mutable { done(std::move(e)); });
         return rp;

@@ -84,6 +84,31 @@ struct gate_fixture : test::configured_system {
   }
 };
 
+// A store in front of `store` whose commits of API keys are applied but answered as timed
+// out (a write that landed after its request gave up); everything else passes through.
+caf::behavior late_key_store(caf::event_based_actor* self, caf::actor store) {
+  self->set_default_handler([store](caf::scheduled_actor* me,
+                                    caf::message_view& x) -> caf::result<caf::message> {
+    return static_cast<caf::event_based_actor*>(me)->delegate(store, x.move_content_to_message());
+  });
+  return {
+      [=](commit_atom a, store_batch& b) -> caf::result<caf::ok_atom> {
+        const bool key = !b.keys.empty() && b.keys.front().starts_with(api_key_store_key(""));
+        auto rp = self->make_response_promise<caf::ok_atom>();
+        self->request(store, std::chrono::seconds(30), a, std::move(b))
+            .then(
+                [=](caf::ok_atom) mutable {
+                  if (key)
+                    rp.deliver(caf::make_error(caf::sec::request_timeout));
+                  else
+                    rp.deliver(caf::ok_atom::value);
+                },
+                [=](caf::error& e) mutable { rp.deliver(std::move(e)); });
+        return rp;
+      },
+  };
+}
+
 // Its store's commits take 10 ms each: joins with one token queue behind each other.
 struct busy_gate_fixture : gate_fixture {
   busy_gate_fixture() : gate_fixture(std::chrono::milliseconds(10)) {}
@@ -167,6 +192,22 @@ TEST_SUITE("gatekeeper") {
     CHECK_MESSAGE(refused.find("banned") != std::string::npos, "the banned key: " << refused);
     const auto keys = record_of(token).keys;
     CHECK(std::find(keys.begin(), keys.end(), caught) == keys.end());
+  }
+
+  TEST_CASE_FIXTURE(gate_fixture, "an API key written after its request timed out is given") {
+    // It was shown to nobody, and the account, which had a key, was refused one for good
+    // ("exists already").
+    auto late = sys.spawn(late_key_store, store);
+    auto slow_gate = spawn_gatekeeper(sys, late, "the operator's key");
+    std::string key, refusal;
+    self->request(slow_gate, timeout, api_key_atom::value, std::string("user/dora"))
+        .receive([&](std::string& k) { key = k; }, [&](caf::error& e) { refusal = sys.render(e); });
+    CHECK_MESSAGE(refusal.empty(), refusal);
+    std::string who;
+    self->request(gate, timeout, auth_atom::value, key)
+        .receive([&](std::string& p) { who = p; }, [&](caf::error& e) { who = sys.render(e); });
+    CHECK(who == "user/dora");
+    for (const auto& a : {slow_gate, late}) self->send_exit(a, caf::exit_reason::kill);
   }
 
   TEST_CASE_FIXTURE(gate_fixture, "an account gets one API key, and a second creation none") {
