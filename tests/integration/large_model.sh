@@ -90,7 +90,7 @@ report_warnings() {
 trap 'report_warnings || true; cleanup' EXIT
 
 start_s=$SECONDS
-timeout -s KILL 600 "${ALICE[@]}" "$G" submit "$WORK/wide.toml" --core "$core" --wait \
+timeout -s KILL 300 "${ALICE[@]}" "$G" submit "$WORK/wide.toml" --core "$core" --wait \
   --json "$WORK/job.json" >"$WORK/job.out" 2>"$WORK/job.err" &
 submit_pid=$!
 PIDS+=("$submit_pid")

@@ -7,8 +7,15 @@ WORK=$(mktemp -d /tmp/gflex-it-XXXXXX)
 PIDS=()
 failures=0
 
+# Only this script's own children are killed (a pid waited for already may belong to another
+# process by now), each with its children first: a wrapper (timeout, script) killed alone
+# left the client it ran going.
 cleanup() {
-  for pid in "${PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do
+    [ "$(ps -o ppid= -p "$pid" 2>/dev/null | tr -d ' ')" = "$$" ] || continue
+    pkill -KILL -P "$pid" 2>/dev/null || true
+    kill -KILL "$pid" 2>/dev/null || true
+  done
   for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
   if [ -n "${GFLEX_KEEP_WORK:-}" ]; then echo "kept $WORK"; else rm -rf "$WORK"; fi
 }
