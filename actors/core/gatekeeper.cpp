@@ -171,8 +171,30 @@ void decide(gatekeeper_actor* self, pending_admit p) {
                           done();
                         },
                         [=](caf::error& e) mutable {
-                          p.promise.deliver(e);
-                          done();
+                          // Not answered in time is not refused: a binding written late
+                          // spent a use of the token on a node told it was refused (a
+                          // reinstalled node with a new key then found the token used up).
+                          // The store takes requests in order: the read answers after the
+                          // write. Still this join's turn on the token (done() comes after).
+                          self->request(self->state.store, std::chrono::minutes(5),
+                                        read_atom::value, key)
+                              .then(
+                                  [=](bool found, std::vector<uint8_t>& bytes) mutable {
+                                    auto now = found ? decode_token_record(bytes)
+                                                     : expected<join_token_record>(
+                                                           error(errc::store_error, "no record"));
+                                    if (now && now->joins == r->joins &&
+                                        std::find(now->keys.begin(), now->keys.end(), p.key) !=
+                                            now->keys.end())
+                                      p.promise.deliver(caf::ok_atom::value);
+                                    else
+                                      p.promise.deliver(e);
+                                    done();
+                                  },
+                                  [=](caf::error&) mutable {
+                                    p.promise.deliver(e);
+                                    done();
+                                  });
                         });
               },
               [=](caf::error& e) mutable {

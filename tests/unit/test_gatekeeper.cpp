@@ -84,16 +84,17 @@ struct gate_fixture : test::configured_system {
   }
 };
 
-// A store in front of `store` whose commits of API keys are applied but answered as timed
-// out (a write that landed after its request gave up); everything else passes through.
-caf::behavior late_key_store(caf::event_based_actor* self, caf::actor store) {
+// A store in front of `store` whose commits of keys under `prefix` are applied but answered
+// as timed out (a write that landed after its request gave up); everything else passes
+// through.
+caf::behavior late_store(caf::event_based_actor* self, caf::actor store, std::string prefix) {
   self->set_default_handler([store](caf::scheduled_actor* me,
                                     caf::message_view& x) -> caf::result<caf::message> {
     return static_cast<caf::event_based_actor*>(me)->delegate(store, x.move_content_to_message());
   });
   return {
       [=](commit_atom a, store_batch& b) -> caf::result<caf::ok_atom> {
-        const bool key = !b.keys.empty() && b.keys.front().starts_with(api_key_store_key(""));
+        const bool key = !b.keys.empty() && b.keys.front().starts_with(prefix);
         auto rp = self->make_response_promise<caf::ok_atom>();
         self->request(store, std::chrono::seconds(30), a, std::move(b))
             .then(
@@ -194,10 +195,28 @@ TEST_SUITE("gatekeeper") {
     CHECK(std::find(keys.begin(), keys.end(), caught) == keys.end());
   }
 
+  TEST_CASE_FIXTURE(gate_fixture,
+                    "a join whose binding was written after it timed out is admitted") {
+    // Refused, it had spent the token's one use: the node, reinstalled with a new key, was
+    // told the token was used up.
+    const auto token = new_token(1);
+    auto late = sys.spawn(late_store, store, token_store_key(""));
+    auto slow_gate = spawn_gatekeeper(sys, late, "the operator's key");
+    std::string refusal = "no answer";
+    self->request(slow_gate, timeout, admit_atom::value, token, std::string("community"),
+                  std::string("10.0.4.1"), true, key(1))
+        .receive([&](caf::ok_atom) { refusal.clear(); },
+                 [&](caf::error& e) { refusal = sys.render(e); });
+    CHECK_MESSAGE(refusal.empty(), refusal);
+    const auto keys = record_of(token).keys;
+    CHECK(std::find(keys.begin(), keys.end(), key(1)) != keys.end());
+    for (const auto& a : {slow_gate, late}) self->send_exit(a, caf::exit_reason::kill);
+  }
+
   TEST_CASE_FIXTURE(gate_fixture, "an API key written after its request timed out is given") {
     // It was shown to nobody, and the account, which had a key, was refused one for good
     // ("exists already").
-    auto late = sys.spawn(late_key_store, store);
+    auto late = sys.spawn(late_store, store, api_key_store_key(""));
     auto slow_gate = spawn_gatekeeper(sys, late, "the operator's key");
     std::string key, refusal;
     self->request(slow_gate, timeout, api_key_atom::value, std::string("user/dora"))
