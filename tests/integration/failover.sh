@@ -35,7 +35,7 @@ if [ "$(id -u)" -eq 0 ] && command -v ip >/dev/null && ip netns add "gfx-c3-$$" 
   host=$net.1 c3_host=$net.2 c3_run=(ip netns exec "$ns")
   echo "ok: c3 gets network namespace $ns ($c3_host, the host's end $host)"
 else
-  echo "note: no network namespaces (they need root and iproute2): c3 runs on loopback and is frozen rather than partitioned"
+  echo "skipped: the partition of c3 (network namespaces need root and iproute2): c3 runs on loopback and is frozen instead"
 fi
 
 # -- three etcd members ------------------------------------------------------------------------

@@ -223,6 +223,10 @@ PY
 }
 capture tls
 [ "$found" = 0 ] || fail "the TLS capture shows the parameters in plain text"
+# ... and it did record the traffic (an empty capture shows nothing either): the parameters
+# crossed the wire, encrypted.
+tls_bytes=$(stat -c %s "$WORK/tls.pcap" 2>/dev/null || echo 0)
+[ "$tls_bytes" -ge 100000 ] || fail "the TLS capture holds $tls_bytes bytes: it did not record the job's traffic"
 
 # The same on a core run with --insecure: the check sees what it looks for.
 kill -KILL "$PID_core" "$PID_node1" "$PID_t_good"
