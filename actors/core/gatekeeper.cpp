@@ -27,6 +27,9 @@ struct pending_admit {
 /// Answers held for addresses that keep failing; past this many the oldest is refused (a
 /// guesser must not grow the core's memory).
 constexpr size_t max_held = 1024;
+// Of which from one address: a flood of bad hellos from one address pushed the oldest held
+// answers out, those of nodes with valid tokens from other addresses among them.
+constexpr size_t max_held_per_address = 16;
 
 /// Joins with one token that may wait for the one before them (each reads and writes the
 /// token's record in turn); past them a join is refused, to be tried again. A node that sent
@@ -418,10 +421,14 @@ caf::behavior gatekeeper(gatekeeper_actor* self, caf::actor store, std::string o
               p.address, wait.count(),
               self->state.failures.count(p.address, join_failures::clock::now()));
           auto& held = self->state.held;
-          if (held.size() >= max_held) {
-            held.begin()->second.promise.deliver(to_caf(error(
-                errc::limit_exceeded, "too many joins are waiting for an answer; try later")));
-            held.erase(held.begin());
+          const auto from_there = std::count_if(held.begin(), held.end(), [&](const auto& h) {
+            return h.second.address == p.address;
+          });
+          if (held.size() >= max_held || static_cast<size_t>(from_there) >= max_held_per_address) {
+            core_metrics::join_refusals(to_string(errc::limit_exceeded)).inc();
+            p.promise.deliver(to_caf(error(errc::limit_exceeded,
+                                           "too many joins are waiting for an answer; try later")));
+            return rp;
           }
           auto id = self->state.next_held++;
           held.emplace(id, std::move(p));

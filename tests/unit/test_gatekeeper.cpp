@@ -213,6 +213,31 @@ TEST_SUITE("gatekeeper") {
     for (const auto& a : {slow_gate, late}) self->send_exit(a, caf::exit_reason::kill);
   }
 
+  TEST_CASE_FIXTURE(gate_fixture, "a flood of hellos from one address crowds out no other's") {
+    // Every held answer counted against one bound: a flood from one failing address pushed
+    // the oldest out, a node with a valid token from another address among them.
+    const auto token = new_token(0);
+    for (const char* address : {"10.9.0.1", "10.9.0.2"})
+      for (int i = 0; i < 6; ++i) {  // failures enough for its answers to be held
+        self->send(gate, admit_atom::value, std::string("gft_bad"), std::string("community"),
+                   std::string(address), true, key(900));
+        self->receive([](caf::ok_atom) {}, [](caf::error&) {},
+                      caf::after(timeout) >> [&] { FAIL("no answer to a hello"); });
+      }
+    auto valid = self->request(gate, timeout, admit_atom::value, token, std::string("community"),
+                               std::string("10.9.0.2"), true, key(901));
+    for (int i = 0; i < 1100; ++i)
+      self->send(gate, admit_atom::value, std::string("gft_bad"), std::string("community"),
+                 std::string("10.9.0.1"), true, key(902));
+    std::string refusal = "no answer";
+    valid.receive([&](caf::ok_atom) { refusal.clear(); },
+                  [&](caf::error& e) { refusal = sys.render(e); });
+    CHECK_MESSAGE(refusal.empty(), refusal);
+    for (int i = 0; i < 1100; ++i)
+      self->receive([](caf::ok_atom) {}, [](caf::error&) {},
+                    caf::after(timeout) >> [&] { FAIL("no answer to a hello"); });
+  }
+
   TEST_CASE_FIXTURE(gate_fixture, "an API key written after its request timed out is given") {
     // It was shown to nobody, and the account, which had a key, was refused one for good
     // ("exists already").
