@@ -40,6 +40,31 @@ int64_t balance_of(job_fixture& f, const caf::actor& keeper, const std::string& 
   return out;
 }
 
+// A funded keeper holding 5 credits of escrow/job-1 from an interrupted run's round 3, behind
+// a slow_ledger that holds the next round's hold and fails the first open (asked again 2 s
+// later, as a keeper still reading its chain is).
+caf::actor interrupted_run_ledger(job_fixture& f) {
+  auto keeper = funded_keeper(f);
+  f.self
+      ->request(keeper, f.wait, transfer_atom::value, std::string("hold"),
+                std::string("job-1 round 3: escrow"),
+                std::vector<posting>{{"user/alice", -5'000'000}, {"escrow/job-1", 5'000'000}},
+                std::string())
+      .receive([](uint64_t) {}, [&](caf::error& e) { FAIL(f.sys.render(e)); });
+  auto ledger = f.sys.spawn(slow_ledger, keeper, true);
+  f.self->send(ledger, caf::put_atom::value, open_atom::value, 1);  // before the job asks
+  return ledger;
+}
+
+// The job's status once it waits for its ledger (or has ended), within 10 s.
+job_status waiting_for_the_ledger(job_fixture& f) {
+  return f.await(
+      [](const job_status& s) {
+        return s.detail.find("waiting for the ledger") == 0 || is_terminal(s.state);
+      },
+      10);
+}
+
 }  // namespace
 
 TEST_SUITE("job cancel") {
@@ -117,23 +142,8 @@ TEST_SUITE("job cancel") {
     // Its end returned only what this run held: the escrow of the interrupted run, still
     // being asked back, stayed held for good.
     auto st = stored_job(2, metered_spec);
-    job_fixture f(st, {}, [](job_fixture& f) {
-      auto keeper = funded_keeper(f);
-      f.self
-          ->request(keeper, f.wait, transfer_atom::value, std::string("hold"),
-                    std::string("job-1 round 3: escrow"),
-                    std::vector<posting>{{"user/alice", -5'000'000}, {"escrow/job-1", 5'000'000}},
-                    std::string())
-          .receive([](uint64_t) {}, [&](caf::error& e) { FAIL(f.sys.render(e)); });
-      auto ledger = f.sys.spawn(slow_ledger, keeper, true);
-      f.self->send(ledger, caf::put_atom::value, open_atom::value, 1);  // asked again in 2 s
-      return ledger;
-    });
-    auto waiting = f.await(
-        [](const job_status& s) {
-          return s.detail.find("waiting for the ledger") == 0 || is_terminal(s.state);
-        },
-        10);
+    job_fixture f(st, {}, interrupted_run_ledger);
+    auto waiting = waiting_for_the_ledger(f);
     REQUIRE_MESSAGE(waiting.detail.find("waiting for the ledger") == 0, waiting.detail);
     caf::actor keeper;  // held after the fixture: a handle outliving its system hangs its end
     f.self->request(f.keeper, f.wait, caf::get_atom::value, caf::get_atom::value)
@@ -153,24 +163,8 @@ TEST_SUITE("job cancel") {
     // resumed meanwhile failed for good ("cannot open escrow: request timed out"), and the
     // escrow its interrupted run held stayed held.
     auto st = stored_job(2, metered_spec);
-    job_fixture f(st, {}, [](job_fixture& f) {
-      auto keeper = funded_keeper(f);
-      // The hold of the round the interrupted run was in.
-      f.self
-          ->request(keeper, f.wait, transfer_atom::value, std::string("hold"),
-                    std::string("job-1 round 3: escrow"),
-                    std::vector<posting>{{"user/alice", -5'000'000}, {"escrow/job-1", 5'000'000}},
-                    std::string())
-          .receive([](uint64_t) {}, [&](caf::error& e) { FAIL(f.sys.render(e)); });
-      auto ledger = f.sys.spawn(slow_ledger, keeper, true);  // holds the next round's hold
-      f.self->send(ledger, caf::put_atom::value, open_atom::value, 1);  // before the job asks
-      return ledger;
-    });
-    auto waiting = f.await(
-        [](const job_status& s) {
-          return s.detail.find("waiting for the ledger") == 0 || is_terminal(s.state);
-        },
-        10);
+    job_fixture f(st, {}, interrupted_run_ledger);
+    auto waiting = waiting_for_the_ledger(f);
     CHECK_MESSAGE(waiting.state == job_state::running, waiting.detail);
     CHECK_MESSAGE(waiting.detail.find("waiting for the ledger") == 0, waiting.detail);
     caf::actor keeper;  // held after the fixture: a handle outliving its system hangs its end

@@ -464,6 +464,14 @@ struct resumed_job {
     return out;
   }
 
+  // How many settlements its ledger (a slow_ledger: slow_settlements) holds back now.
+  int64_t settlements_waiting() {
+    int64_t n = -1;
+    f.self->request(links.ledger, std::chrono::seconds(10), caf::get_atom::value)
+        .receive([&](int64_t held) { n = held; }, [&](caf::error& e) { FAIL(f.sys.render(e)); });
+    return n;
+  }
+
   // The job's record as its store holds it; nullopt if it cannot be read or decoded.
   std::optional<job_status> stored_record() {
     std::vector<uint8_t> stored;
@@ -499,6 +507,16 @@ struct resumed_job {
     return out;
   }
 };
+
+// A resumed_job's links: a funded keeper behind a slow_ledger that holds each settlement until
+// the test passes them on.
+void slow_settlements(caf::actor_system& sys, job_links& links) {
+  links.ledger = sys.spawn(slow_ledger, funded_keeper(sys, links.store), false);
+}
+
+// Alice pays, up to 50 credits, nodes asking at most 1 credit an hour.
+const std::string metered_50 =
+    "[market]\naccount = \"user/alice\"\nbudget = 50.0\nmax_price = 1.0\n";
 
 }  // namespace
 
@@ -1053,18 +1071,13 @@ TEST_SUITE("job caught nodes") {
     // The top-up's record went straight to the store; the round's, encoded before the top-up
     // with the old budget and booked through the ledger, landed after it: a restarted core
     // had the job's budget without the top-up, and paused the job for it again.
-    resumed_job r(
-        6, {{"core-node", node_tier::core, std::chrono::milliseconds(0), {}}}, false,
-        [&](caf::actor_system& sys, job_links& links) {
-          links.ledger = sys.spawn(slow_ledger, funded_keeper(sys, links.store), false);
-        },
-        "[market]\naccount = \"user/alice\"\nbudget = 50.0\nmax_price = 1.0\n");
+    resumed_job r(6, {{"core-node", node_tier::core, std::chrono::milliseconds(0), {}}}, false,
+                  slow_settlements, metered_50);
     auto& f = r.f;
     int64_t waiting = 0;
     for (int tries = 0; tries < 100 && waiting == 0; ++tries) {
       std::this_thread::sleep_for(std::chrono::milliseconds(100));
-      f.self->request(r.links.ledger, std::chrono::seconds(10), caf::get_atom::value)
-          .receive([&](int64_t n) { waiting = n; }, [&](caf::error& e) { FAIL(f.sys.render(e)); });
+      waiting = r.settlements_waiting();
     }
     REQUIRE(waiting == 1);  // round 3's settlement, its record saying a budget of 50
     auto topup =
@@ -1083,19 +1096,10 @@ TEST_SUITE("job caught nodes") {
     // Round 4's settlement was sent while round 3's was on its way. Round 3's failed, and
     // round 4's landed on top of it: its checkpoint held round 3's update, whose nodes were
     // never paid.
-    resumed_job r(
-        6, {{"core-node", node_tier::core, std::chrono::milliseconds(0), {}}}, true,
-        [&](caf::actor_system& sys, job_links& links) {
-          links.ledger = sys.spawn(slow_ledger, funded_keeper(sys, links.store), false);
-        },
-        "[market]\naccount = \"user/alice\"\nbudget = 50.0\nmax_price = 1.0\n");
+    resumed_job r(6, {{"core-node", node_tier::core, std::chrono::milliseconds(0), {}}}, true,
+                  slow_settlements, metered_50);
     auto& f = r.f;
-    auto waiting = [&] {
-      int64_t n = -1;
-      f.self->request(r.links.ledger, std::chrono::seconds(10), caf::get_atom::value)
-          .receive([&](int64_t held) { n = held; }, [&](caf::error& e) { FAIL(f.sys.render(e)); });
-      return n;
-    };
+    auto waiting = [&] { return r.settlements_waiting(); };
     for (int tries = 0; tries < 100 && waiting() == 0; ++tries)
       std::this_thread::sleep_for(std::chrono::milliseconds(100));
     REQUIRE(waiting() >= 1);  // round 3's settlement

@@ -96,6 +96,19 @@ void read_once_the_keeper_answers(job_fixture& f, int before) {
   CHECK(checkpoint_reads(f) == before + 1);  // read once it has
 }
 
+// Kills the fixture's job supervisor, taking its jobs' actors with it, and spawns its
+// replacement as the core does.
+void replace_supervisor(job_fixture& f) {
+  f.self->send_exit(f.supervisor, caf::exit_reason::kill);
+  job_links links;
+  links.store = f.store;
+  links.market = f.market;
+  links.catalog = std::make_shared<data_catalog>();
+  links.ledger = f.keeper;
+  links.after_restart = true;
+  f.supervisor = spawn_job_supervisor(f.sys, links);
+}
+
 // The job actor that last asked the market for workers, or none within 10 s.
 caf::actor asking_job(job_fixture& f, const caf::actor& other_than = {}) {
   caf::actor job;
@@ -153,14 +166,7 @@ TEST_SUITE("job restart") {
     auto job = asking_job(f);
     REQUIRE(job);  // resumed at start: nothing is queued then, and nothing was asked
     const int before = checkpoint_reads(f);
-    f.self->send_exit(f.supervisor, caf::exit_reason::kill);
-    job_links links;  // as the core spawns the replacement
-    links.store = f.store;
-    links.market = f.market;
-    links.catalog = std::make_shared<data_catalog>();
-    links.ledger = f.keeper;
-    links.after_restart = true;
-    f.supervisor = spawn_job_supervisor(f.sys, links);
+    replace_supervisor(f);
     read_once_the_keeper_answers(f, before);
     CHECK_MESSAGE(asking_job(f, job), "the job was not resumed once the keeper answered");
   }
@@ -172,14 +178,7 @@ TEST_SUITE("job restart") {
     auto job = asking_job(f);
     REQUIRE(job);
     const int before = checkpoint_reads(f);
-    f.self->send_exit(f.supervisor, caf::exit_reason::kill);
-    job_links links;  // as the core spawns the replacement
-    links.store = f.store;
-    links.market = f.market;
-    links.catalog = std::make_shared<data_catalog>();
-    links.ledger = f.keeper;
-    links.after_restart = true;
-    f.supervisor = spawn_job_supervisor(f.sys, links);
+    replace_supervisor(f);
     for (int tries = 0; tries < 100 && checkpoint_reads(f) == before; ++tries)
       std::this_thread::sleep_for(std::chrono::milliseconds(100));
     REQUIRE(checkpoint_reads(f) == before + 1);
