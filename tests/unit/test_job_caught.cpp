@@ -464,6 +464,18 @@ struct resumed_job {
     return out;
   }
 
+  // The job's status once it is in state `want`; nullopt if not within 5 s.
+  std::optional<job_status> state_seen(job_state want) {
+    std::optional<job_status> out;
+    for (int tries = 0; tries < 100 && !out; ++tries)
+      f.self->receive(
+          [&](progress_atom, job_status& s) {
+            if (s.state == want) out = std::move(s);
+          },
+          [](const caf::down_msg&) {}, caf::after(std::chrono::milliseconds(50)) >> [] {});
+    return out;
+  }
+
   // How many settlements its ledger (a slow_ledger: slow_settlements) holds back now.
   int64_t settlements_waiting() {
     int64_t n = -1;
@@ -513,6 +525,16 @@ struct resumed_job {
 void slow_settlements(caf::actor_system& sys, job_links& links) {
   links.ledger = sys.spawn(slow_ledger, funded_keeper(sys, links.store), false);
 }
+
+// A core-tier node that takes 0.3 s a round and claims 0.5 s, at 1 credit an hour: paid from
+// one_round_budget, it is paid for one round.
+test_node one_round_node() {
+  claims slow;
+  slow.compute_s = 0.5;
+  return {"core-node", node_tier::core, std::chrono::milliseconds(300), slow, -1, 1'000'000};
+}
+const std::string one_round_budget =
+    "[market]\naccount = \"user/alice\"\nbudget = 0.033334\nmax_price = 1.0\n";
 
 // Alice pays, up to 50 credits, nodes asking at most 1 credit an hour.
 const std::string metered_50 =
@@ -1124,27 +1146,14 @@ TEST_SUITE("job caught nodes") {
     // The budget was raised before the top-up's record was written, and stayed raised when
     // the write failed: the caller, told the top-up failed, topped up again, and the job
     // had twice the budget asked for (written by the next round's record).
-    claims slow;  // 0.3 s a round at 1 credit an hour: its budget pays for one round
-    slow.compute_s = 0.5;
     resumed_job r(
-        6, {{"core-node", node_tier::core, std::chrono::milliseconds(300), slow, -1, 1'000'000}},
-        false,
+        6, {one_round_node()}, false,
         [&](caf::actor_system& sys, job_links& links) {
           links.ledger = funded_keeper(sys, links.store);
         },
-        "[market]\naccount = \"user/alice\"\nbudget = 0.033334\nmax_price = 1.0\n");
+        one_round_budget);
     auto& f = r.f;
-    auto state_seen = [&](job_state want) {
-      std::optional<job_status> out;
-      for (int tries = 0; tries < 100 && !out; ++tries)
-        f.self->receive(
-            [&](progress_atom, job_status& s) {
-              if (s.state == want) out = std::move(s);
-            },
-            [](const caf::down_msg&) {}, caf::after(std::chrono::milliseconds(50)) >> [] {});
-      return out;
-    };
-    REQUIRE(state_seen(job_state::paused).has_value());  // its budget paid for one round
+    REQUIRE(r.state_seen(job_state::paused).has_value());  // its budget paid for one round
     f.self->send(r.links.store, caf::put_atom::value, job_record_key("job-1"), 1);
     auto topup = [&] {
       expected<void> out;
@@ -1160,7 +1169,7 @@ TEST_SUITE("job caught nodes") {
                   failed.error().message());
     auto again = topup();
     REQUIRE_MESSAGE(again.has_value(), again.error().message());
-    auto running = state_seen(job_state::running);
+    auto running = r.state_seen(job_state::running);
     REQUIRE(running.has_value());
     CHECK(running->budget == 10'033'334);
     auto record = r.stored_record();
@@ -1172,25 +1181,15 @@ TEST_SUITE("job caught nodes") {
     // Not answered within 30 s, it was taken as failed and the budget lowered again, while
     // the write still landed: the job resumed after a restart with a budget its owner was
     // told it did not have.
-    claims slow;  // 0.3 s a round at 1 credit an hour: its budget pays for one round
-    slow.compute_s = 0.5;
     resumed_job r(
-        6, {{"core-node", node_tier::core, std::chrono::milliseconds(300), slow, -1, 1'000'000}},
-        false,
+        6, {one_round_node()}, false,
         [&](caf::actor_system& sys, job_links& links) {
           links.ledger = funded_keeper(sys, links.store);
           links.record_wait = std::chrono::milliseconds(500);
         },
-        "[market]\naccount = \"user/alice\"\nbudget = 0.033334\nmax_price = 1.0\n");
+        one_round_budget);
     auto& f = r.f;
-    std::optional<job_status> paused;
-    for (int tries = 0; tries < 100 && !paused; ++tries)
-      f.self->receive(
-          [&](progress_atom, job_status& s) {
-            if (s.state == job_state::paused) paused = std::move(s);
-          },
-          [](const caf::down_msg&) {}, caf::after(std::chrono::milliseconds(50)) >> [] {});
-    REQUIRE(paused.has_value());  // its budget paid for one round
+    REQUIRE(r.state_seen(job_state::paused).has_value());  // its budget paid for one round
     f.self->send(r.links.store, held_atom::value, job_record_key("job-1"));
     auto topup =
         f.self->request(r.job, std::chrono::seconds(30), topup_atom::value, int64_t{10'000'000});
@@ -1201,13 +1200,7 @@ TEST_SUITE("job caught nodes") {
     auto record = r.stored_record();
     REQUIRE(record.has_value());
     CHECK(record->budget == 10'033'334);
-    std::optional<job_status> running;  // resumed, with the budget the store holds
-    for (int tries = 0; tries < 100 && !running; ++tries)
-      f.self->receive(
-          [&](progress_atom, job_status& s) {
-            if (s.state == job_state::running) running = std::move(s);
-          },
-          [](const caf::down_msg&) {}, caf::after(std::chrono::milliseconds(50)) >> [] {});
+    auto running = r.state_seen(job_state::running);  // resumed, with the budget stored
     REQUIRE(running.has_value());
     CHECK(running->budget == 10'033'334);
   }
