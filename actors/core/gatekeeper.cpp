@@ -12,6 +12,7 @@
 #include "access.hpp"
 #include "core_metrics.hpp"
 #include "messages.hpp"
+#include "store_write.hpp"
 
 namespace gflex {
 
@@ -166,39 +167,29 @@ void decide(gatekeeper_actor* self, pending_admit p) {
                 // The token binds to the keys that use it (up to its use limit).
                 if (std::find(r->keys.begin(), r->keys.end(), p.key) == r->keys.end())
                   r->keys.push_back(p.key);
-                self->request(self->state.store, store_timeout, commit_atom::value,
-                              one_write(key, encode_token_record(*r)))
-                    .then(
-                        [=](caf::ok_atom) mutable {
-                          p.promise.deliver(caf::ok_atom::value);
-                          done();
-                        },
-                        [=](caf::error& e) mutable {
-                          // Not answered in time is not refused: a binding written late
-                          // spent a use of the token on a node told it was refused (a
-                          // reinstalled node with a new key then found the token used up).
-                          // The store takes requests in order: the read answers after the
-                          // write. Still this join's turn on the token (done() comes after).
-                          self->request(self->state.store, std::chrono::minutes(5),
-                                        read_atom::value, key)
-                              .then(
-                                  [=](bool found, std::vector<uint8_t>& bytes) mutable {
-                                    auto now = found ? decode_token_record(bytes)
-                                                     : expected<join_token_record>(
-                                                           error(errc::store_error, "no record"));
-                                    if (now && now->joins == r->joins &&
-                                        std::find(now->keys.begin(), now->keys.end(), p.key) !=
-                                            now->keys.end())
-                                      p.promise.deliver(caf::ok_atom::value);
-                                    else
-                                      p.promise.deliver(e);
-                                    done();
-                                  },
-                                  [=](caf::error&) mutable {
-                                    p.promise.deliver(e);
-                                    done();
-                                  });
-                        });
+                // Read back after a failure: a binding written late spent a use of the
+                // token on a node told it was refused (a reinstalled node with a new key then
+                // found the token used up). Still this join's turn on the token (done()
+                // comes after).
+                const uint64_t joins = r->joins;
+                auto bound = [joins, node = p.key](bool found, const std::vector<uint8_t>& bytes) {
+                  auto now =
+                      found ? decode_token_record(bytes)
+                            : expected<join_token_record>(error(errc::store_error, "no record"));
+                  return now && now->joins == joins &&
+                         std::find(now->keys.begin(), now->keys.end(), node) != now->keys.end();
+                };
+                commit_checked(
+                    self, self->state.store, store_timeout, one_write(key, encode_token_record(*r)),
+                    read_back(key, std::chrono::minutes(5), bound),
+                    [=]() mutable {
+                      p.promise.deliver(caf::ok_atom::value);
+                      done();
+                    },
+                    [=](caf::error& e, caf::error&) mutable {
+                      p.promise.deliver(e);
+                      done();
+                    });
               },
               [=](caf::error& e) mutable {
                 p.promise.deliver(e);
@@ -274,23 +265,15 @@ caf::behavior gatekeeper(gatekeeper_actor* self, caf::actor store, std::string o
                     }
                   auto key = new_api_key();
                   const auto stored_at = api_key_store_key(secret_digest(key));
-                  self->request(self->state.store, store_timeout, commit_atom::value,
-                                one_write(stored_at, bytes_of(account)))
-                      .then([=](caf::ok_atom) mutable { done(key); },
-                            [=](caf::error& e) mutable {
-                              // Not answered in time is not refused: a key written late was
-                              // shown to nobody, and the account, which has a key, could never
-                              // be given one ("exists already"). The store takes requests in
-                              // order: the read answers after the write.
-                              self->request(self->state.store, std::chrono::minutes(5),
-                                            read_atom::value, stored_at)
-                                  .then(
-                                      [=](bool found, std::vector<uint8_t>&) mutable {
-                                        if (found) return done(key);
-                                        done(std::move(e));
-                                      },
-                                      [=](caf::error&) mutable { done(std::move(e)); });
-                            });
+                  // Read back after a failure: a key written late was shown to nobody, and
+                  // the account, which has a key, could never be given one ("exists
+                  // already").
+                  commit_checked(
+                      self, self->state.store, store_timeout,
+                      one_write(stored_at, bytes_of(account)),
+                      holds_value(stored_at, std::chrono::minutes(5), bytes_of(account)),
+                      [=]() mutable { done(key); },
+                      [=](caf::error& e, caf::error&) mutable { done(std::move(e)); });
                 },
                 [=](caf::error& e) mutable { done(std::move(e)); });
         return rp;

@@ -28,6 +28,7 @@
 #include "messages.hpp"
 #include "reputation.hpp"
 #include "robust_aggregation.hpp"
+#include "store_write.hpp"
 
 namespace gflex {
 
@@ -2008,29 +2009,20 @@ caf::behavior job_behavior(job_actor* self, job_start start, job_links links) {
                                              format_credits(st.job.status.budget) + " credits")));
           };
           const int64_t written_budget = recorded.budget;
-          self->request(st.links.store, st.links.record_wait, commit_atom::value, std::move(batch))
-              .then([=](caf::ok_atom) mutable { recorded_ok(); },
-                    [=](caf::error& e) mutable {
-                      const auto why = self->system().render(e);
-                      if (!outcome_unknown(e)) return not_recorded(why);
-                      // Not answered in time (a busy store) is not refused: the write may
-                      // still land, and the budget in memory must be the one the store will
-                      // hold. The store takes requests in order: the read answers after it.
-                      self->request(self->state.links.store, std::chrono::minutes(5),
-                                    read_atom::value, job_record_key(self->state.job.id))
-                          .then(
-                              [=](bool found, std::vector<uint8_t>& value) mutable {
-                                if (found)
-                                  if (auto stored = decode_job_record(value);
-                                      stored && stored->second.budget == written_budget)
-                                    return recorded_ok();
-                                not_recorded(why);
-                              },
-                              [=](caf::error& read) mutable {
-                                not_recorded(why +
-                                             "; reading it back: " + self->system().render(read));
-                              });
-                    });
+          // Read back after a failure: the budget in memory must be the one the store holds.
+          auto budget_written = [=](bool found, const std::vector<uint8_t>& value) {
+            if (!found) return false;
+            auto stored = decode_job_record(value);
+            return stored && stored->second.budget == written_budget;
+          };
+          commit_checked(
+              self, st.links.store, st.links.record_wait, std::move(batch),
+              read_back(job_record_key(st.job.id), std::chrono::minutes(5), budget_written),
+              recorded_ok, [=](caf::error& e, caf::error& read) mutable {
+                auto why = self->system().render(e);
+                if (read) why += "; reading it back: " + self->system().render(read);
+                not_recorded(why);
+              });
         };
         if (st.commits_open.empty()) {
           write();

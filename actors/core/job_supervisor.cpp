@@ -18,6 +18,7 @@
 #include "job.hpp"
 #include "messages.hpp"
 #include "reputation.hpp"
+#include "store_write.hpp"
 #include "user_data.hpp"
 
 namespace gflex {
@@ -1009,26 +1010,15 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links) {
                 job_start{id, text, spec, status, {}, {}, {}, job_start::origin::submitted, {}});
             rp.deliver(id);
           };
-          self->request(st.links.store, st.links.record_wait, commit_atom::value, std::move(batch))
-              .then([=](caf::ok_atom) mutable { recorded(); },
-                    [=](caf::error& e) mutable {
-                      // Not answered in time (a busy store) is not refused: the record may
-                      // still land, and a job known only to the store ran (and billed) after
-                      // the next restart while its owner, told it failed, submitted again.
-                      // The store takes requests in order: the read answers after the write.
-                      self->request(self->state.links.store, std::chrono::minutes(5),
-                                    read_atom::value, job_record_key(id))
-                          .then(
-                              [=](bool found, std::vector<uint8_t>&) mutable {
-                                if (found) return recorded();
-                                submitted();
-                                rp.deliver(e);
-                              },
-                              [=](caf::error&) mutable {
-                                submitted();
-                                rp.deliver(e);
-                              });
-                    });
+          // Read back after a failure: a record landed late was a job known only to the
+          // store, run (and billed) after the next restart while its owner, told it failed,
+          // submitted again.
+          auto check = holds_value(job_record_key(id), std::chrono::minutes(5), batch.values[0]);
+          commit_checked(self, st.links.store, st.links.record_wait, std::move(batch),
+                         std::move(check), recorded, [=](caf::error& e, caf::error&) mutable {
+                           submitted();
+                           rp.deliver(e);
+                         });
         };
         if (spec->account.empty()) {
           accept(*spec);
@@ -1226,24 +1216,13 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links) {
             self->state.links.catalog->drop_user_set(who, name);
           rp.deliver(e);
         };
-        const auto manifest = batch.values.front();
-        self->request(st.links.store, 4 * st.links.record_wait, commit_atom::value,
-                      std::move(batch))
-            .then([=](caf::ok_atom) mutable { kept(); },
-                  [=](caf::error& e) mutable {
-                    // Not answered in time (a large set on a slow disk) is not refused: the
-                    // commit may still land, and the set was then in the store but unknown
-                    // (not listed, its name free for a push) until the core restarted. The
-                    // store takes requests in order: the read answers after the write.
-                    self->request(self->state.links.store, std::chrono::minutes(10),
-                                  read_atom::value, data_set_key(who, name))
-                        .then(
-                            [=](bool found, std::vector<uint8_t>& value) mutable {
-                              if (found && value == manifest) return kept();
-                              not_kept(e);
-                            },
-                            [=](caf::error&) mutable { not_kept(e); });
-                  });
+        // Read back after a failure (a large set on a slow disk): a set landed late was in
+        // the store but unknown (not listed, its name free for a push) until a restart.
+        auto check =
+            holds_value(data_set_key(who, name), std::chrono::minutes(10), batch.values.front());
+        commit_checked(self, st.links.store, 4 * st.links.record_wait, std::move(batch),
+                       std::move(check), kept,
+                       [=](caf::error& e, caf::error&) mutable { not_kept(e); });
         return rp;
       },
       // An upload's timer: no part came since the one marked `mark` (an upload finished or
