@@ -67,7 +67,7 @@ caf::result<client_welcome> open_client_session(Self* self, const caf::actor& ga
             book.open[who] += 1;
             rp.deliver(client_welcome{who, session});
           },
-          [=](caf::error& e) mutable { rp.deliver(std::move(e)); });
+          [=](caf::error& e) mutable { rp.deliver(for_client(std::move(e), self->system())); });
   return rp;
 }
 

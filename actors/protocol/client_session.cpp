@@ -4,6 +4,7 @@
 
 #include "boundary.hpp"
 #include "core_metrics.hpp"
+#include "link_loss.hpp"
 
 namespace gflex {
 
@@ -53,7 +54,7 @@ caf::result<T> relay(session_actor* self, Ts&&... xs) {
           },
           [=](caf::error& e) mutable {
             self->state.in_flight -= 1;
-            rp.deliver(std::move(e));
+            rp.deliver(for_client(std::move(e), self->system()));
           });
   return rp;
 }
@@ -112,6 +113,12 @@ client_session_actor::behavior_type client_session(session_actor* self, std::str
 }
 
 }  // namespace
+
+caf::error for_client(caf::error e, const caf::actor_system& sys) {
+  if (!e || e.category() == error_category) return e;
+  return to_caf(error(errc::unavailable, std::string(detail::no_answer) + " (" + sys.render(e) +
+                                             " inside the core); try again"));
+}
 
 client_session_actor spawn_client_session(caf::actor_system& sys, std::string key,
                                           std::string principal, caf::actor door, caf::actor link,

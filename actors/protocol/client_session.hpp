@@ -32,4 +32,12 @@ client_session_actor spawn_client_session(caf::actor_system& sys, std::string ke
                                           std::string principal, caf::actor door, caf::actor link,
                                           client_session_limits limits, caf::node_id peer);
 
+/// An error as a client is answered it: the core's own (its category) as it is, and CAF's
+/// (a request inside the core that timed out, an actor inside it that ended) as the core's
+/// errc::unavailable, "the core did not answer ... inside the core", which a client following
+/// a job rides out (link_loss.hpp). Passed on as they were, a client took CAF's
+/// request_timeout or request_receiver_down for its own request's, dropped a live session
+/// and dialled the other cores first.
+caf::error for_client(caf::error e, const caf::actor_system& sys);
+
 }  // namespace gflex
