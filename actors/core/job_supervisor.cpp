@@ -122,6 +122,13 @@ struct job_supervisor_state {
   /// ledger check and the store write are asynchronous): they count against the limit too,
   /// so that parallel submits cannot all pass it.
   std::map<std::string, int64_t> submitting;
+  /// Per user data set, those submits: a set removed while one is recorded was gone under
+  /// the job it started.
+  std::map<data_set_id, int> submitting_on;
+  /// Sets whose removal is under way: neither pushed, trained on nor removed again until it
+  /// is known to be stored or not (a push answered meanwhile was dropped from the catalog
+  /// by the removal's end, and a job accepted meanwhile trained on a set no longer stored).
+  std::set<data_set_id> removing;
   /// Shards of data sets whose store commit is in flight (counted per digest): not yet in
   /// `data_sets`, yet not to be deleted as unreferenced.
   std::map<std::string, int> storing_chunks;
@@ -385,6 +392,8 @@ std::optional<error> in_use(const job_supervisor_state& st, const data_set_id& i
     if (!is_terminal(entry.status.state) && entry.status.owner == id.first &&
         entry.spec.data_set == id.second)
       users += (users.empty() ? "" : ", ") + job_id;
+  if (auto it = st.submitting_on.find(id); it != st.submitting_on.end())
+    users += (users.empty() ? "" : ", ") + std::to_string(it->second) + " being submitted";
   if (users.empty()) return std::nullopt;
   return error(errc::invalid_argument, "data set '" + id.second + "' cannot be " + action +
                                            " while jobs train on it (" + users +
@@ -395,6 +404,12 @@ std::optional<error> in_use(const job_supervisor_state& st, const data_set_id& i
 error being_stored(const data_set_id& id) {
   return error(errc::unavailable,
                "data set '" + id.second + "' is being stored: try again once its push has ended");
+}
+
+// The same of a set whose removal is under way.
+error being_removed(const data_set_id& id) {
+  return error(errc::unavailable, "data set '" + id.second +
+                                      "' is being removed: try again once its removal has ended");
 }
 
 void resume_from_checkpoint(supervisor_actor* self, const std::string& id);
@@ -971,6 +986,9 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links) {
           if (self->state.committing.count({owner, spec->data_set}) != 0)
             return to_caf(error(errc::unavailable,
                                 "job spec: " + being_stored({owner, spec->data_set}).message()));
+          if (self->state.removing.count({owner, spec->data_set}) != 0)
+            return to_caf(error(errc::unavailable,
+                                "job spec: " + being_removed({owner, spec->data_set}).message()));
           auto data = self->state.links.catalog->user_set(owner, spec->data_set, **w);
           if (!data)
             return to_caf(error(data.error().code(), "job spec: " + data.error().message()));
@@ -979,11 +997,19 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links) {
         }
         auto rp = self->make_response_promise<std::string>();
         self->state.submitting[owner] += 1;
+        const std::optional<data_set_id> user_set =
+            !spec->model.empty() && !builtin_data
+                ? std::optional<data_set_id>(data_set_id{owner, spec->data_set})
+                : std::nullopt;
+        if (user_set) self->state.submitting_on[*user_set] += 1;
         // Called once on every way out of this submit, whatever its outcome.
         auto submitted = [=] {
           auto& pending = self->state.submitting;
           if (auto it = pending.find(owner); it != pending.end() && --it->second <= 0)
             pending.erase(it);
+          if (!user_set) return;
+          auto& on = self->state.submitting_on;
+          if (auto it = on.find(*user_set); it != on.end() && --it->second <= 0) on.erase(it);
         };
         auto accept = [=](job_spec spec) mutable {
           auto& st = self->state;
@@ -1106,6 +1132,7 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links) {
                                 "a data set has 1 to " + std::to_string(st.data_limits.max_parts) +
                                     " parts, got " + std::to_string(part.count)));
           if (st.committing.count(id) != 0) return to_caf(being_stored(id));
+          if (st.removing.count(id) != 0) return to_caf(being_removed(id));
           int64_t owned = 0, uploading = 0;
           for (const auto& [key, _] : st.data_sets) owned += key.first == who && key != id;
           for (const auto& [key, _] : st.committing)
@@ -1244,37 +1271,48 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links) {
       },
       [=](drm_atom, const std::string& who, const std::string& name) -> caf::result<caf::ok_atom> {
         const data_set_id id{who, name};
-        if (self->state.committing.count(id) != 0) return to_caf(being_stored(id));
+        auto& st = self->state;
+        if (st.committing.count(id) != 0) return to_caf(being_stored(id));
+        if (st.removing.count(id) != 0) return to_caf(being_removed(id));
         // An upload of that name in progress goes too (a push given up on, whose parts the
         // core would otherwise hold until its timer ends).
-        const bool was_uploading = self->state.uploads.erase(id) != 0;
+        const bool was_uploading = st.uploads.erase(id) != 0;
         // A set that could not be loaded (a damaged shard) is removed as well.
-        const data_set_info* known = stored_set(self->state, id);
+        const data_set_info* known = stored_set(st, id);
         if (known == nullptr) {
           if (was_uploading) return caf::ok_atom::value;
           return to_caf(error(errc::invalid_argument, who + " has no data set '" + name + "'"));
         }
-        if (auto busy = in_use(self->state, id, "removed")) return to_caf(*busy);
+        if (auto busy = in_use(st, id, "removed")) return to_caf(*busy);
         // The manifest goes, and the shards no other data set names (running jobs hold
         // their data in memory until they end).
         store_batch batch;
         batch.keys.push_back(data_set_key(who, name));
         batch.values.emplace_back();
-        for (const auto& digest : unreferenced_chunks(self->state, *known, id)) {
+        for (const auto& digest : unreferenced_chunks(st, *known, id)) {
           batch.keys.push_back(data_chunk_key(digest));
           batch.values.emplace_back();
         }
+        st.removing.insert(id);
         auto rp = self->make_response_promise<caf::ok_atom>();
-        self->request(self->state.links.store, std::chrono::seconds(30), commit_atom::value,
-                      std::move(batch))
-            .then(
-                [=](caf::ok_atom) mutable {
-                  self->state.data_sets.erase(id);
-                  self->state.damaged_sets.erase(id);
-                  self->state.links.catalog->drop_user_set(who, name);
-                  rp.deliver(caf::ok_atom::value);
-                },
-                [=](caf::error& e) mutable { rp.deliver(e); });
+        // Read back after a failure: a removal landed late left the set listed and served
+        // (a job accepted on it failed after the next restart, its rounds paid for).
+        auto gone = [](bool found, const std::vector<uint8_t>&) { return !found; };
+        commit_checked(
+            self, st.links.store, st.links.record_wait, std::move(batch),
+            read_back(data_set_key(who, name), std::chrono::minutes(5), gone),
+            [=]() mutable {
+              auto& st = self->state;
+              st.removing.erase(id);
+              st.data_sets.erase(id);
+              st.damaged_sets.erase(id);
+              st.links.catalog->drop_user_set(who, name);
+              rp.deliver(caf::ok_atom::value);
+            },
+            [=](caf::error& e, caf::error&) mutable {
+              self->state.removing.erase(id);
+              rp.deliver(e);
+            });
         return rp;
       },
       [=](cancel_atom, const std::string& who, const std::string& id) -> caf::result<caf::ok_atom> {

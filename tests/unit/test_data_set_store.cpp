@@ -345,6 +345,69 @@ TEST_SUITE("data set store") {
     CHECK(job == "job-1");
   }
 
+  TEST_CASE("a removal under way holds its set; one the store answers late is read back, done") {
+    // Not held, a push of the set answered meanwhile was dropped from the catalog by the
+    // removal's end, and a job accepted meanwhile trained on a set no longer stored (it failed
+    // after the next restart, its rounds paid for). Not read back, a removal that landed after
+    // its wait left the set listed and served until the core restarted.
+    test::job_fixture f(test::failing_store_state{}, {}, {}, std::chrono::milliseconds(100));
+    const auto train = shard_of(test::samples(12)), test = shard_of(test::samples(6));
+    for (uint32_t i = 0; i < 2; ++i)
+      f.self
+          ->request(f.supervisor, f.wait, dpush_atom::value, f.alice, std::string("c"),
+                    data_part{i, 2, i == 1, i == 0 ? train : test})
+          .receive([](data_set_info&) {}, [&](caf::error& e) { FAIL(f.sys.render(e)); });
+    f.self->send(f.store, test::held_atom::value, data_set_key(f.alice, "c"));
+    auto removal =
+        f.self->request(f.supervisor, f.wait, drm_atom::value, f.alice, std::string("c"));
+    std::this_thread::sleep_for(std::chrono::milliseconds(600));  // past the commit's wait
+    auto refusal_of = [&](auto... xs) {
+      std::string out;
+      f.self->request(f.supervisor, f.wait, xs...)
+          .receive([](const caf::message&) {}, [&](caf::error& e) { out = f.sys.render(e); });
+      return out;
+    };
+    for (const auto& refused :
+         {refusal_of(submit_atom::value, f.alice, test::free_spec),
+          refusal_of(dpush_atom::value, f.alice, std::string("c"), data_part{0, 2, false, train}),
+          refusal_of(drm_atom::value, f.alice, std::string("c"))})
+      CHECK_MESSAGE(refused.find("data set 'c' is being removed") != std::string::npos, refused);
+    f.self->send(f.store, caf::put_atom::value, test::held_atom::value);  // it lands
+    std::string failed;
+    removal.receive([](caf::ok_atom) {}, [&](caf::error& e) { failed = f.sys.render(e); });
+    CHECK_MESSAGE(failed.empty(), failed);
+    std::vector<data_set_info> listed{data_set_info{}};
+    f.self->request(f.supervisor, f.wait, dlist_atom::value, f.alice)
+        .receive([&](std::vector<data_set_info>& sets) { listed = std::move(sets); },
+                 [&](caf::error& e) { FAIL(f.sys.render(e)); });
+    CHECK(listed.empty());
+  }
+
+  TEST_CASE("a set with a job being submitted on it is not removed under it") {
+    // The job's record was still being written: the removal passed (no job listed yet), and
+    // the job started on a set no longer stored.
+    test::job_fixture f(test::failing_store_state{});
+    const auto train = shard_of(test::samples(12)), test = shard_of(test::samples(6));
+    for (uint32_t i = 0; i < 2; ++i)
+      f.self
+          ->request(f.supervisor, f.wait, dpush_atom::value, f.alice, std::string("c"),
+                    data_part{i, 2, i == 1, i == 0 ? train : test})
+          .receive([](data_set_info&) {}, [&](caf::error& e) { FAIL(f.sys.render(e)); });
+    f.self->send(f.store, test::held_atom::value, job_record_key("job-1"));
+    auto submit =
+        f.self->request(f.supervisor, f.wait, submit_atom::value, f.alice, test::free_spec);
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    std::string refused;
+    f.self->request(f.supervisor, f.wait, drm_atom::value, f.alice, std::string("c"))
+        .receive([](caf::ok_atom) {}, [&](caf::error& e) { refused = f.sys.render(e); });
+    CHECK_MESSAGE(refused.find("1 being submitted") != std::string::npos, refused);
+    f.self->send(f.store, caf::put_atom::value, test::held_atom::value);
+    std::string job;
+    submit.receive([&](std::string& id) { job = id; },
+                   [&](caf::error& e) { FAIL(f.sys.render(e)); });
+    CHECK(job == "job-1");
+  }
+
   TEST_CASE("an upload started afresh is not dropped by the timers of the one it replaced") {
     // Parts were counted per upload: the first attempt's timer for its part 0 met the new
     // attempt at its part 0 too, and dropped it while it was being sent.
