@@ -98,12 +98,42 @@ TEST_SUITE("http server") {
                               "PUT /chunk HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
                               "k\r\nContent-Encoding: gzip\r\nContent-Length: "
                               "100\r\n\r\n") == "HTTP/1.1 415 Unsupported Media Type");
+    // A body of no stated length is not held to the limit by httplib: refused, not read.
+    CHECK(status_without_body(port,
+                              "PUT /chunk HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+                              "k\r\nTransfer-Encoding: chunked\r\n\r\n") ==
+          "HTTP/1.1 411 Length Required");
+    CHECK(status_without_body(port,
+                              "PUT /chunk HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+                              "k\r\n\r\n") == "HTTP/1.1 411 Length Required");
     httplib::Client c("127.0.0.1", port);
     auto fine = c.Put("/chunk", {{"Authorization", "Bearer k"}}, std::string(1000, 'x'),
                       "application/octet-stream");
     REQUIRE(fine);
     CHECK(fine->status == 200);
     CHECK(fine->body == "1000");
+  }
+
+  TEST_CASE("the ranges a request asks for are ignored: one body is sent, whole") {
+    // httplib sent every range asked for, each from the whole body, unbounded: 100 ranges
+    // "-" of a 100 KB page were a 10 MB answer, and an 8 KiB header of them 400 times it.
+    const std::string page(100000, 'p');
+    auto s = http::server::start(
+        "127.0.0.1", 0, 2,
+        [&page](httplib::Server& http) {
+          http.Get("/", [&page](const httplib::Request&, httplib::Response& res) {
+            res.set_content(page, "text/plain");
+          });
+        },
+        "a test service");
+    REQUIRE(s.has_value());
+    httplib::Client c("127.0.0.1", (*s)->port());
+    std::string ranges = "bytes=-";
+    for (int i = 0; i < 99; ++i) ranges += ",-";
+    auto got = c.Get("/", {{"Range", ranges}});
+    REQUIRE(got);
+    CHECK(got->status == 200);
+    CHECK(got->body.size() == page.size());
   }
 
   TEST_CASE("a service stopped as soon as it is started stops") {
