@@ -15,6 +15,7 @@
 #include <toml++/toml.h>
 
 #include "gflex/runtime/printable_text.hpp"
+#include "gflex/runtime/toml_nesting.hpp"
 
 namespace gflex::kernels {
 
@@ -299,6 +300,9 @@ const char* to_string(layer_kind kind) noexcept {
 }
 
 expected<model_spec> parse_model_spec(std::string_view toml_text, const std::string& source) {
+  // Checked before the parser recurses into it: a model comes from a user's job spec (the
+  // core checked that spec; a node checks again what reaches it).
+  if (auto shallow = check_toml_nesting(toml_text, source); !shallow) return shallow.error();
   toml::table root;
   try {
     root = toml::parse(toml_text, std::string_view(source));

@@ -21,6 +21,7 @@
 #include "gflex/runtime/checkpoint.hpp"
 #include "gflex/runtime/digest.hpp"
 #include "gflex/runtime/printable_text.hpp"
+#include "gflex/runtime/toml_nesting.hpp"
 
 namespace gflex {
 
@@ -611,6 +612,7 @@ expected<job_spec> parse_job_spec(std::string_view toml_text, const std::string&
     return error(errc::invalid_argument, source + ": " + std::to_string(toml_text.size()) +
                                              " bytes, more than a job spec may have (" +
                                              std::to_string(max_job_spec_bytes) + ")");
+  if (auto shallow = check_toml_nesting(toml_text, source); !shallow) return shallow.error();
   toml::table root;
   try {
     root = toml::parse(toml_text, std::string_view(source));

@@ -5,6 +5,7 @@
 
 #include "gflex/runtime/job_spec.hpp"
 #include "gflex/runtime/printable_text.hpp"
+#include "gflex/runtime/toml_nesting.hpp"
 #include "temp_dir.hpp"
 
 using namespace gflex;
@@ -476,5 +477,44 @@ TEST_SUITE("job_spec") {
     CHECK(quorum(0.01, 1) == 1);
     CHECK(quorum(0.7, 10) == 7);
     CHECK(quorum(0.71, 10) == 8);
+  }
+}
+
+TEST_SUITE("job_spec") {
+  TEST_CASE("a spec whose keys nest 32,000 tables deep is refused, not parsed") {
+    // 64 KiB of "a." under [model]: toml++ bounds nested arrays and inline tables, not the
+    // tables a dotted key opens, and parsing it overflowed the stack of the core that read a
+    // user's spec (SIGSEGV). Headers and keys outside [model] alike.
+    std::string parts;
+    for (int i = 0; i < 32000; ++i) parts += "a.";
+    for (const auto& deep :
+         {"[model]\n" + parts + "a = 1\n", parts + "a = 1\n", "[model." + parts + "a]\nx = 1\n"}) {
+      const auto text = with(deep);
+      REQUIRE(text.size() <= max_job_spec_bytes);
+      const auto why = failure(text);
+      CHECK_MESSAGE(contains(why, "nests 32"), why);
+    }
+    // Inline tables and arrays count too, with the dotted keys inside them.
+    CHECK(contains(failure(with("x = {a.b.c = {d.e.f = " + std::string(30, '[') + "1" +
+                                std::string(30, ']') + "}}")),
+                   "nests"));
+  }
+
+  TEST_CASE("nesting is counted outside strings and comments only") {
+    CHECK(toml_nesting("[job]\nworkload = \"fashion-mlp\"\n") == 2);  // the header's bracket
+    CHECK(toml_nesting("a.b.c = 1") == 3);
+    CHECK(toml_nesting("a . \"b.c\" . 'd' = 1") == 3);
+    CHECK(toml_nesting("[[x.y]]\nz = [[1, 2], {u.v = 3}]") == 4);
+    const std::string many = std::string(40, '[') + "." + std::string(40, '{');
+    CHECK(toml_nesting("s = \"" + many + "\"  # " + many + "\nt = 'a.a.a.a'") == 1);
+    CHECK(toml_nesting("s = \"\"\"\n" + many + "\\\"\"\"\n[[[\"\"\"\nk = 1") == 1);
+    CHECK(toml_nesting("s = '''\n" + many + "\n'''''\nk = 1") == 1);
+    // The shipped specs are far within the bound.
+    for (const char* name : {"fashion-mlp.toml", "fashion-cnn.toml", "lm.toml"}) {
+      std::ifstream in(std::string(GFLEX_SOURCE_DIR) + "/apps/jobs/" + name);
+      const std::string text((std::istreambuf_iterator<char>(in)), {});
+      REQUIRE_FALSE(text.empty());
+      CHECK(toml_nesting(text) <= 8);
+    }
   }
 }

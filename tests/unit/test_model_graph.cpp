@@ -128,6 +128,18 @@ TEST_SUITE("model graph") {
     CHECK(m.error().code() == errc::invalid_argument);
   }
 
+  TEST_CASE("a model whose keys nest thousands of tables deep is refused, not parsed") {
+    // A node parses the model text it is sent: the core checked the spec it came in, and
+    // the node does not take that on trust (the parser's recursion overflowed its stack).
+    std::string deep = "[model]\ninput = [784]\n";
+    for (int i = 0; i < 20000; ++i) deep += "a.";
+    deep += "a = 1\n";
+    auto spec = parse_model_spec(deep, "model.toml");
+    REQUIRE_FALSE(spec.has_value());
+    CHECK(spec.error().code() == errc::invalid_argument);
+    CHECK_MESSAGE(spec.error().message().find("model.toml: nests") == 0, spec.error().message());
+  }
+
   TEST_CASE("dense layers, activations and norms backpropagate as finite differences say") {
     check_gradients(R"([model]
 input = [6]
