@@ -1177,20 +1177,42 @@ void try_confirm(job_actor* self) {
   // booked as an operation (a round of no escrow and no pay moves nothing).
   const bool named = metered(st) && !pay.postings.empty();
   const auto op = ledger_op(st, "settle", u.index);
+  // A commit not answered in time may still land (the store finishes what it took): one of
+  // no operation to ask after is read back, its record (which names the round) being the
+  // one written. Taken for refused, a slow disk failed a healthy job whose round was stored,
+  // and its end record then said the round before.
+  auto read_back = [=, record = batch.values.front()](const std::string& why) {
+    self->request(self->state.links.store, std::chrono::minutes(5), read_atom::value,
+                  job_record_key(self->state.job.id))
+        .then(
+            [=](bool found, std::vector<uint8_t>& value) {
+              found&& value == record ? committed() : not_committed(why);
+            },
+            [=](caf::error&) { not_committed(why); });
+  };
   st.settling += 1;
   auto written = metered(st) ? self->request(st.links.ledger, st.links.ledger_wait,
                                              settle_atom::value, std::string("settle"),
                                              std::move(pay.memo), std::move(pay.postings),
                                              std::move(batch), named ? op : std::string())
-                             : self->request(st.links.store, std::chrono::seconds(60),
+                             : self->request(st.links.store, 2 * st.links.record_wait,
                                              commit_atom::value, std::move(batch));
-  std::move(written).then(
-      [=](caf::ok_atom) { committed(); },
-      [=](caf::error& e) {
-        const auto why = self->system().render(e);
-        if (!named || !outcome_unknown(e)) return not_committed(why);
-        ask_booked(self, op, [=](bool booked) { booked ? committed() : not_committed(why); });
-      });
+  const bool through_ledger = metered(st);
+  std::move(written).then([=](caf::ok_atom) { committed(); },
+                          [=](caf::error& e) {
+                            const auto why = self->system().render(e);
+                            if (!outcome_unknown(e)) return not_committed(why);
+                            if (named)
+                              return ask_booked(self, op, [=](bool booked) {
+                                booked ? committed() : not_committed(why);
+                              });
+                            // Through the keeper, read once it has answered everything sent to it
+                            // before (the settlement's commit is then in the store's queue, ahead
+                            // of the read).
+                            if (through_ledger)
+                              return ask_booked(self, op, [=](bool) { read_back(why); });
+                            read_back(why);
+                          });
   if (!last) try_advance(self);
 }
 

@@ -1142,6 +1142,24 @@ TEST_SUITE("job caught nodes") {
                   "round " << record->round << " is stored though round 3 was not committed");
   }
 
+  TEST_CASE("a round whose commit the store answers late is read back, and the job goes on") {
+    // Not answered within 60 s, the round was taken as lost and the job failed ("cannot
+    // commit round"), while its record and checkpoint landed: the store held round 3 under an
+    // end record saying round 2.
+    resumed_job r(6, {{"core-node", node_tier::core, std::chrono::milliseconds(0), {}}}, true,
+                  [&](caf::actor_system&, job_links& links) {
+                    links.record_wait = std::chrono::milliseconds(200);  // the commit's: 400 ms
+                  });
+    auto& f = r.f;
+    f.self->send(r.links.store, held_atom::value, job_checkpoint_key("job-1"));
+    std::this_thread::sleep_for(std::chrono::milliseconds(1500));         // past the wait
+    f.self->send(r.links.store, caf::put_atom::value, held_atom::value);  // it lands
+    auto end = r.ended();
+    REQUIRE(end.has_value());
+    CHECK_MESSAGE(end->state == job_state::done, end->detail);
+    CHECK(end->round == 6);
+  }
+
   TEST_CASE("a top-up that is not recorded leaves the budget as it was") {
     // The budget was raised before the top-up's record was written, and stayed raised when
     // the write failed: the caller, told the top-up failed, topped up again, and the job
