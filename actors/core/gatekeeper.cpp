@@ -56,6 +56,11 @@ struct gatekeeper_state {
   // here before its key is bound. Bound unchecked, the caught node came back under a new
   // name, and the token (scanned before the binding) stayed open to it.
   std::set<std::string> barred;
+  // Keys whose ban, or the closing of one of their tokens, failed: banned again (it is done
+  // again whole, each part once) after bar_retry. Logged only, the token stayed open to the
+  // caught node's next key until the core restarted, and a ban never stored was lost with a
+  // restarted gatekeeper.
+  std::set<std::string> barring_again;
   static inline const char* name = "gatekeeper";
 };
 
@@ -87,6 +92,7 @@ void token_changed(gatekeeper_actor* self, const std::string& key) {
 }
 
 constexpr auto store_timeout = std::chrono::seconds(30);
+constexpr auto bar_retry = std::chrono::seconds(2);  // a ban that failed is done again after
 
 int64_t now_unix() {
   return static_cast<int64_t>(std::time(nullptr));
@@ -426,13 +432,18 @@ caf::behavior gatekeeper(gatekeeper_actor* self, caf::actor store, std::string o
       [=](bar_atom, const std::string& key, const std::string& name) {
         auto& st = self->state;
         st.barred.insert(key);
+        if (self->current_sender() == self->ctrl()) st.barring_again.erase(key);
         auto report = [=](caf::error& e) {
-          spdlog::error("gatekeeper: cannot ban the key of node {}: {}", name,
-                        self->system().render(e));
+          spdlog::error("gatekeeper: cannot ban the key of node {} (again in {} s): {}", name,
+                        bar_retry.count(), self->system().render(e));
+          if (self->state.barring_again.insert(key).second)
+            self->delayed_send(self, bar_retry, bar_atom::value, key, name);
         };
-        self->request(st.store, store_timeout, commit_atom::value,
-                      one_write(banned_key_store_key(key), bytes_of(name)))
-            .then([](caf::ok_atom) {}, report);
+        // Read back after a failure: a ban that landed late is not written again.
+        commit_checked(
+            self, st.store, store_timeout, one_write(banned_key_store_key(key), bytes_of(name)),
+            holds_value(banned_key_store_key(key), std::chrono::minutes(5), bytes_of(name)), [] {},
+            [=](caf::error& e, caf::error&) { report(e); });
         // Each token bound to the key is closed under its turn (change_token): read again,
         // so that a join written since is kept, and written before any join that waits.
         auto close = [=](const std::string& token_key) {

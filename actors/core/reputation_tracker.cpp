@@ -218,7 +218,15 @@ caf::behavior tracker(tracker_actor* self, caf::actor store, caf::actor market, 
       [=](update_atom, const std::string& role, caf::actor& replacement) {
         auto& st = self->state;
         if (role == "store") st.store = std::move(replacement);
-        if (role == "gate") st.gate = std::move(replacement);
+        if (role == "gate") {
+          // A restarted gatekeeper knows the bans its store holds; those it could not write
+          // were held only by the one that ended: every caught key is banned again (as at
+          // start), or the caught node joined again under a new name.
+          st.gate = std::move(replacement);
+          for (const auto& [name, r] : st.records)
+            if (r.flagged && !r.public_key.empty())
+              self->send(st.gate, bar_atom::value, r.public_key, name);
+        }
         if (role == "market") {
           st.market = std::move(replacement);
           for (const auto& [name, r] : st.records) {

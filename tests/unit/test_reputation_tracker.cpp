@@ -41,6 +41,16 @@ caf::behavior silent_gate(caf::event_based_actor*) {
   return {[](bar_atom, const std::string&, const std::string&) {}};
 }
 
+// A gatekeeper that notes the keys it is told to ban; (caf::get_atom) -> them.
+caf::behavior noting_gate(caf::stateful_actor<barred_state>* self) {
+  return {
+      [=](bar_atom, const std::string& key, const std::string&) { self->state.names.insert(key); },
+      [=](caf::get_atom) {
+        return std::vector<std::string>(self->state.names.begin(), self->state.names.end());
+      },
+  };
+}
+
 struct tracker_fixture : configured_system {
   caf::actor store = sys.spawn(failing_store, failing_store_state{});
   caf::actor market = sys.spawn(noting_market);
@@ -127,6 +137,26 @@ TEST_SUITE("reputation tracker") {
                  [&](caf::error& e) { FAIL(f.sys.render(e)); });
     CHECK(barred == std::vector<std::string>{"cheat"});
     for (const auto& a : {restarted, market}) f.self->send_exit(a, caf::exit_reason::user_shutdown);
+  }
+
+  TEST_CASE("a restarted gatekeeper is told every caught key again") {
+    // It knows the bans its store holds; one it could not write was held only by the
+    // gatekeeper that ended, and the caught key joined again under a new name.
+    tracker_fixture f;
+    REQUIRE(f.hello("cheat", key_k).empty());
+    REQUIRE(f.hello("honest", key_l).empty());
+    f.self->send(f.tracker, reject_atom::value, std::string("cheat"), std::string("forged"));
+    auto gate = f.sys.spawn(noting_gate);
+    f.self->send(f.tracker, update_atom::value, std::string("gate"), gate);
+    std::vector<std::string> banned;
+    for (int tries = 0; tries < 50 && banned.empty(); ++tries) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      f.self->request(gate, std::chrono::seconds(10), caf::get_atom::value)
+          .receive([&](std::vector<std::string>& keys) { banned = std::move(keys); },
+                   [&](caf::error& e) { FAIL(f.sys.render(e)); });
+    }
+    CHECK(banned == std::vector<std::string>{key_k});
+    f.self->send_exit(gate, caf::exit_reason::user_shutdown);
   }
 
   TEST_CASE("records changed at once are stored in batches a replicated store takes") {
