@@ -146,7 +146,12 @@ std::filesystem::path operator_key_file(const std::filesystem::path& data_dir) {
 // The operator's key from DATA_DIR/operator.key, which only its owner may read.
 expected<std::string> read_operator_key(const std::filesystem::path& data_dir) {
   auto file = operator_key_file(data_dir);
-  if (!std::filesystem::exists(file))
+  // Not the throwing overloads: a path that cannot be searched (a state directory of
+  // another user, a symlink loop) ended the program with an uncaught exception (abort).
+  std::error_code ec;
+  const bool there = std::filesystem::exists(file, ec);
+  if (ec) return error(errc::io_error, file.string() + ": " + ec.message());
+  if (!there)
     return error(errc::invalid_argument,
                  file.string() +
                      " is missing: make the core's credentials with `gflex-core init "
@@ -163,10 +168,12 @@ expected<std::string> read_operator_key(const std::filesystem::path& data_dir) {
 
 expected<std::string> init_core(const std::filesystem::path& data_dir) {
   auto key_file = operator_key_file(data_dir);
-  if (std::filesystem::exists(key_file))
+  std::error_code ec;
+  const bool there = std::filesystem::exists(key_file, ec);
+  if (ec) return error(errc::io_error, key_file.string() + ": " + ec.message());
+  if (there)
     return error(errc::invalid_argument,
                  key_file.string() + " already exists: this core has its credentials");
-  std::error_code ec;
   std::filesystem::create_directories(data_dir, ec);
   if (ec) return error(errc::io_error, data_dir.string() + ": " + ec.message());
   auto fingerprint = create_core_credentials(data_dir);
@@ -231,7 +238,9 @@ std::optional<int> lead_replicated(core_config& config, caf::actor_system& sys) 
   });
   if (!started) {
     spdlog::error("{}", started.error().message());
-    return 1;
+    // A configuration to fix (--core-id, --advertise, --chunk-listen, the endpoints) is not
+    // tried again by the service (exit 2); one that cannot reach etcd now is (exit 1).
+    return started.error().code() == errc::invalid_argument ? 2 : 1;
   }
   std::shared_ptr<replicated_store> store(std::move(*started));
   spdlog::info("core {} joined the cores at {}; waiting to lead", rc.core_id, rc.endpoints);

@@ -13,13 +13,19 @@ namespace gflex {
 expected<void> configure_core_tls(caf::actor_system_config& cfg,
                                   const std::filesystem::path& data_dir) {
   auto files = core_tls_files::in(data_dir);
-  for (const auto& f : {files.ca_cert, files.core_cert, files.core_key})
-    if (!std::filesystem::is_regular_file(f))
+  for (const auto& f : {files.ca_cert, files.core_cert, files.core_key}) {
+    // Not the throwing overload: a path that cannot be searched ended the program (abort).
+    std::error_code ec;
+    const bool there = std::filesystem::is_regular_file(f, ec);
+    if (ec && ec != std::errc::no_such_file_or_directory)
+      return error(errc::io_error, f.string() + ": " + ec.message());
+    if (!there)
       return error(errc::invalid_argument,
                    f.string() +
                        " is missing: make the core's credentials with `gflex-core init "
                        "--data-dir " +
                        data_dir.string() + "`, or run with --insecure");
+  }
   cfg.openssl_certificate = files.core_cert.string();
   cfg.openssl_key = files.core_key.string();
   cfg.openssl_cafile = files.ca_cert.string();

@@ -24,20 +24,21 @@ expected<host_port> start_daemon(const char* program, const std::string& log_lev
 
 namespace gflex::app {
 
-bool serve_metrics(const std::string& address) {
-  if (address.empty()) return true;
+int serve_metrics(const std::string& address) {
+  if (address.empty()) return 0;
   auto where = parse_host_port(address, "--metrics-listen");
   if (!where) {
     spdlog::error("{}", where.error().message());
-    return false;
+    return 2;
   }
   auto port = metrics::serve(address);
   if (!port) {
     spdlog::error("{}", port.error().message());
-    return false;
+    // A port in use may be free at the next start (the service restarts on exit 1, not 2).
+    return port.error().code() == errc::unavailable ? 1 : 2;
   }
   spdlog::info("metrics on http://{}:{}/metrics", where->host, *port);
-  return true;
+  return 0;
 }
 
 }  // namespace gflex::app

@@ -56,7 +56,8 @@ expected<host_port> start_daemon(const char* program, const std::string& log_lev
                                  const std::string& address, const std::string& flag);
 
 /// `--metrics-listen HOST:PORT`: serves the process's Prometheus metrics on /metrics (no-op
-/// when empty). False, with the reason logged, when it cannot.
-bool serve_metrics(const std::string& address);
+/// when empty). 0, or the exit code when it cannot (the reason logged): 2 for an address to
+/// fix, 1 for a port in use now, as for --listen.
+int serve_metrics(const std::string& address);
 
 }  // namespace gflex::app

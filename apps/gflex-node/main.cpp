@@ -119,7 +119,7 @@ int main(int argc, char** argv) {
   }
   for (size_t i = 1; i < cores->size(); ++i)
     config.other_cores.emplace_back((*cores)[i].host, (*cores)[i].port);
-  if (!gflex::app::serve_metrics(metrics_listen)) return 2;
+  if (int code = gflex::app::serve_metrics(metrics_listen); code != 0) return code;
   gflex::app::node_progress status(config.name.empty() ? std::string("gflex-node") : config.name,
                                    config.workers);
   config.on_activity = [&status](const gflex::node_activity& a) { status.on_activity(a); };

@@ -231,7 +231,8 @@ expected<void> store::commit(std::span<const store_write> writes) {
     // A file of that name already there (the same value under the same key, stored again:
     // a data set pushed again) is written again too: it may be the damaged copy that the
     // value is stored again to repair. Being what its name says, it is never dropped.
-    const bool existed = std::filesystem::exists(impl_->blobs / r.name);
+    std::error_code ec;  // one that cannot be looked at is written (and fails) below
+    const bool existed = std::filesystem::exists(impl_->blobs / r.name, ec);
     if (auto ok = write_blob(impl_->blobs, r.name, *w.value); !ok) {
       drop_written();
       return ok.error();

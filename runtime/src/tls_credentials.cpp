@@ -150,11 +150,15 @@ void remove_core_credentials(const std::filesystem::path& data_dir, size_t writt
 
 expected<std::string> create_core_credentials(const std::filesystem::path& data_dir) {
   auto files = core_tls_files::in(data_dir);
-  for (const auto& f : {files.ca_cert, files.ca_key, files.core_cert, files.core_key, files.bundle})
-    if (std::filesystem::exists(f))
+  std::error_code ec;
+  for (const auto& f :
+       {files.ca_cert, files.ca_key, files.core_cert, files.core_key, files.bundle}) {
+    const bool there = std::filesystem::exists(f, ec);
+    if (ec) return error(errc::io_error, f.string() + ": " + ec.message());
+    if (there)
       return error(errc::invalid_argument,
                    f.string() + " already exists: this core has its credentials");
-  std::error_code ec;
+  }
   std::filesystem::create_directories(files.ca_cert.parent_path(), ec);
   if (ec) return error(errc::io_error, files.ca_cert.parent_path().string() + ": " + ec.message());
   auto ca_key = new_key(), core_key = new_key(), link_key = new_key();

@@ -96,10 +96,13 @@ for f in core node; do
   promtool check metrics <"$WORK/$f.prom" >"$WORK/promtool-$f.out" 2>&1 ||
     fail "promtool check metrics ($f): $(head -5 "$WORK/promtool-$f.out")"
 done
-expect_error "a malformed --metrics-listen" "--metrics-listen: expected HOST:PORT" \
+expect_usage "a malformed --metrics-listen" "--metrics-listen: expected HOST:PORT" \
   "$BIN/gflex-node" --join "$core" --metrics-listen nowhere --data-dir "$WORK/nodex"
+# A port in use may be free at the next start: exit 1, which the service restarts (2 is
+# "do not restart", and the node stayed down for good).
 expect_error "a --metrics-listen port in use" "cannot serve metrics on $core_metrics" \
   "$BIN/gflex-node" --join "$core" --metrics-listen "$core_metrics" --data-dir "$WORK/nodex"
+[ "$rc_seen" = 1 ] || fail "a --metrics-listen port in use: exit $rc_seen, not 1 (try again)"
 
 "$G" fetch "$job" --out "$WORK/model.gfck" --core "$core" >/dev/null || fail "fetch"
 "$G" eval "$WORK/model.gfck" --json "$WORK/eval.json" >/dev/null || fail "eval"

@@ -266,6 +266,25 @@ TEST_CASE("an init that fails part way leaves nothing behind: the next one makes
   CHECK_MESSAGE(again.has_value(), again.error().message());
 }
 
+TEST_CASE("a data directory whose path cannot be searched is an error, not an abort") {
+  // std::filesystem::exists threw (ELOOP, EACCES), and gflex-core init and the core's start
+  // ended in an uncaught exception: abort, a core dump, and a service restarted for ever.
+  test::temp_dir dir;
+  const auto loop = dir.path() / "loop";
+  std::filesystem::create_symlink(loop, loop);
+  const auto data_dir = loop / "core";
+  expected<std::string> made = error(errc::none, "not run");
+  CHECK_NOTHROW(made = gflex::init_core(data_dir));
+  REQUIRE_FALSE(made.has_value());
+  CHECK_MESSAGE(made.error().code() == errc::io_error, made.error().message());
+  core_config config;
+  config.data_dir = data_dir;
+  config.insecure = true;
+  int code = -1;
+  CHECK_NOTHROW(code = run_core(config));
+  CHECK(code == 2);  // a configuration to fix: the service does not restart it
+}
+
 TEST_CASE("a core's fee outside [0, 0.99] is refused before the core starts") {
   // Only gflex-core's --fee was checked: an embedding program's fee of 1.5 made every node's
   // share negative, no settlement balanced, and every metered job failed unpaid.
