@@ -38,6 +38,14 @@ bool write_json(const std::string& file, const nlohmann::json& j) {
   return static_cast<bool>(out);
 }
 
+// Whether `file` can be written (made if missing, its content left): checked before a job is
+// submitted, since a script told "failed" (exit 1) by an unwritable --json submits again, and
+// pays for a second job.
+bool json_writable(const std::string& file) {
+  std::ofstream out(file, std::ios::app);
+  return static_cast<bool>(out);
+}
+
 std::string human_bytes(double b) {
   const char* units[] = {"B", "KB", "MB", "GB", "TB"};
   int u = 0;
@@ -106,6 +114,9 @@ int run_submit(const job_flags& f) {
         error(w.error().code(), f.spec_file + ": " + (spec->model.empty() ? "job.workload: " : "") +
                                     w.error().message()),
         2);
+  if (!f.json.empty() && !json_writable(f.json))
+    return fail(
+        error(errc::io_error, f.json + ": cannot be written (--json); nothing was submitted"), 2);
   std::optional<client> c;
   if (int code = connect_core(f.link, c); code != 0) return code;
   auto id = c->submit(*text);
@@ -127,7 +138,10 @@ int run_submit(const job_flags& f) {
                    id->c_str());
   }
   if (!f.wait) {
-    if (!f.json.empty() && !write_json(f.json, {{"job_id", *id}})) return 1;
+    if (!f.json.empty() && !write_json(f.json, {{"job_id", *id}})) {
+      std::fprintf(stderr, "%s was submitted; only its JSON could not be written\n", id->c_str());
+      return 1;
+    }
     return 0;
   }
   job_progress draw;

@@ -140,6 +140,10 @@ expect_error "unknown precision in a spec" \
 printf '[job\nworkload = 1\n' >"$spec"
 expect_error "TOML syntax" "job.toml:1:.*invalid TOML" "$G" submit "$spec" --core 127.0.0.1:1
 expect_error "missing spec file" "nope.toml: no such file" "$G" submit "$WORK/nope.toml"
+# Checked before the job is submitted: a job made, then exit 1 for its JSON, was submitted
+# again by scripts, and paid for twice.
+expect_usage "an unwritable --json" "cannot be written \(--json\); nothing was submitted" \
+  "$G" submit "$SRC/apps/jobs/fashion-mlp.toml" --json /proc/gflex/id.json --core 127.0.0.1:1
 printf 'not a checkpoint at all!' >"$WORK/bad.gfck"
 expect_error "eval of a damaged checkpoint" "bad.gfck: malformed checkpoint" "$G" eval "$WORK/bad.gfck"
 expect_error "sample of a damaged checkpoint" "bad.gfck: malformed checkpoint" "$G" sample "$WORK/bad.gfck"
