@@ -71,6 +71,14 @@ expect_usage "node: unknown tier" '--tier: tier must be "community" or "core", g
   "$N" --join 127.0.0.1:1 --data-dir "$nd" --token t --insecure --tier gold
 expect_usage "node: --price nan" "--price: Value nan is not a finite number" \
   "$N" --join 127.0.0.1:1 --data-dir "$nd" --token t --insecure --price nan
+# Integers are decimal: CLI11 read them in base 0 (--workers 010 ran 8 workers, 0x10 16).
+expect_usage "node: --workers 0x10" "--workers: Value 0x10 is not a decimal integer" \
+  "$N" --join 127.0.0.1:1 --data-dir "$nd" --token t --insecure --workers 0x10
+expect_usage "train: --seed -1" "--seed: Value -1 is not a decimal integer of 0 or more" \
+  "$G" train --seed -1
+# 0100001 is 100001 (past the bound), not octal 32769 (within it).
+expect_usage "train: --epochs 0100001" "--epochs: Value 100001 not in range" \
+  "$G" train --epochs 0100001
 expect_error "node: --gpus on the CPU" "--gpus needs a CUDA backend" \
   "$N" --join 127.0.0.1:1 --data-dir "$nd" --token t --insecure --backend cpu --gpus 0
 expect_usage "node: unknown backend" "unknown --backend 'tpu'" \
