@@ -692,7 +692,9 @@ layers = [
     CHECK(plan->classes == 10);
     CHECK(plan->sample_values == 784);
     CHECK(plan->layers[2].out_shape == shape_t{14, 14, 8});
-    CHECK(plan->forward_flops == doctest::Approx(2.0 * 28 * 28 * 8 * 9 + 2.0 * 1568 * 10));
+    // The pool's window is counted: one operation per value it reads.
+    CHECK(plan->forward_flops ==
+          doctest::Approx(2.0 * 28 * 28 * 8 * 9 + 14 * 14 * 8 * 4 + 2.0 * 1568 * 10));
   }
 
   TEST_CASE("a convolutional net may flatten a feature map of more than 2^20 values") {
