@@ -795,8 +795,27 @@ expected<std::unique_ptr<replicated_store>> replicated_store::start(replication_
             res.set_content("the chunk's contents do not match its digest", "text/plain");
             return;
           }
-          const bool had = chunk_file_present(self->config.chunk_dir / digest);
-          if (auto written = write_chunk(self->config.chunk_dir, digest, body); !written) {
+          // Under the garbage collection's lock: a chunk it had found old and was about to
+          // remove was touched and acknowledged meanwhile, then removed, and the leader
+          // counted this core as holding it. A file of another size (a damaged copy) is
+          // written again, not acknowledged as it is.
+          bool had = false;
+          {
+            std::lock_guard lock(self->committing_mutex);
+            const auto file = self->config.chunk_dir / digest;
+            std::error_code ec;
+            const auto size = std::filesystem::file_size(file, ec);
+            if (!ec && size == body.size()) {
+              std::filesystem::last_write_time(file, std::filesystem::file_time_type::clock::now(),
+                                               ec);
+              had = !ec;
+            } else if (!ec && std::filesystem::remove(file, ec)) {
+              self->chunk_bytes -= static_cast<int64_t>(size);
+            }
+          }
+          if (auto written =
+                  had ? expected<void>{} : write_chunk(self->config.chunk_dir, digest, body);
+              !written) {
             // Out of the membership before the answer: the leader, seeing this core
             // gone, commits without it.
             self->resign("chunk " + digest.substr(0, 12) + " (" + written.error().message() + ")");
@@ -812,6 +831,9 @@ expected<std::unique_ptr<replicated_store>> replicated_store::start(replication_
         // is still wanted: kept (its age starts again) if here, else 404 and pushed again.
         http.Post(R"(/touch/([0-9a-f]{64}))", [self](const httplib::Request& req,
                                                      httplib::Response& res) {
+          // Under the garbage collection's lock, as a PUT: touched between its look at the
+          // file's age and its removal, the chunk was confirmed, then removed.
+          std::lock_guard lock(self->committing_mutex);
           std::error_code ec;
           std::filesystem::last_write_time(self->config.chunk_dir / std::string(req.matches[1]),
                                            std::filesystem::file_time_type::clock::now(), ec);

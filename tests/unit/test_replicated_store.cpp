@@ -801,6 +801,33 @@ TEST_SUITE("replicated_store") {
     CHECK(back->body == body);
   }
 
+  TEST_CASE("a damaged copy of a chunk pushed again is written again, not acknowledged" *
+            doctest::skip(!etcd_installed())) {
+    // An existing file was only touched: a truncated copy (a crash, a bad disk) was counted
+    // as held, and after the leader's loss the new leader had no whole copy.
+    test::temp_dir dir;
+    etcd_server etcd(dir.path());
+    auto a = replicated_store::start(config_of(etcd, dir, "a"), [] {});
+    REQUIRE(a.has_value());
+    httplib::Client c("127.0.0.1", (*a)->chunk_port());
+    const std::string body = "a chunk of some length";
+    const std::string digest =
+        digest_hex(std::span(reinterpret_cast<const uint8_t*>(body.data()), body.size()));
+    const std::string good =
+        "Bearer " + digest_hex(std::span(reinterpret_cast<const uint8_t*>("the operator key"), 16));
+    {
+      std::ofstream damaged(dir / "chunks-a" / digest, std::ios::binary);
+      damaged << body.substr(0, 5);
+    }
+    auto put =
+        c.Put("/chunk/" + digest, {{"Authorization", good}}, body, "application/octet-stream");
+    REQUIRE(put);
+    CHECK(put->status == 204);
+    auto back = c.Get("/chunk/" + digest, {{"Authorization", good}});
+    REQUIRE(back);
+    CHECK(back->body == body);
+  }
+
   TEST_CASE("bad configuration is refused before anything starts") {
     replication_config c;
     c.endpoints = "127.0.0.1:1";
