@@ -1,6 +1,7 @@
 #include "synced_file.hpp"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -9,6 +10,29 @@
 #include <string>
 
 namespace gflex::detail {
+
+namespace {
+
+// Removes the temporary files that writers of `file` which are no longer running left (a
+// crash, a kill between the create and the rename): a secret (an operator or node key)
+// stayed in one, mode 0600 but for good, unless a later writer happened to get the same pid.
+// One whose pid runs (this process's, or another's that reused it) is left.
+void remove_dead_writers_files(const std::filesystem::path& file) {
+  const std::string prefix = file.filename().string() + ".tmp.";
+  const auto dir = file.parent_path().empty() ? std::filesystem::path(".") : file.parent_path();
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator(dir, ec)) {
+    const std::string name = e.path().filename().string();
+    if (name.size() <= prefix.size() || name.compare(0, prefix.size(), prefix) != 0) continue;
+    const std::string pid_text = name.substr(prefix.size());
+    if (pid_text.size() > 9 || pid_text.find_first_not_of("0123456789") != std::string::npos)
+      continue;
+    const pid_t pid = static_cast<pid_t>(std::stol(pid_text));
+    if (pid > 0 && ::kill(pid, 0) != 0 && errno == ESRCH) ::unlink(e.path().c_str());
+  }
+}
+
+}  // namespace
 
 expected<void> write_synced(const std::filesystem::path& file, std::span<const uint8_t> bytes,
                             mode_t mode, bool replace, bool sync) {
@@ -19,6 +43,7 @@ expected<void> write_synced(const std::filesystem::path& file, std::span<const u
     return error(errc::io_error, file.string() + ": " + what + " (" + std::strerror(saved) + ")");
   };
   ::unlink(tmp.c_str());  // a crash's leftover of this pid
+  remove_dead_writers_files(file);
   const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode);
   if (fd < 0) return failed("cannot create");
   for (size_t at = 0; at < bytes.size();) {

@@ -94,4 +94,24 @@ TEST_SUITE("identity") {
     CHECK(refused.error().message().find("cannot create") != std::string::npos);
     CHECK(node_identity::load_or_create(file)->public_key() == made->public_key());
   }
+
+  TEST_CASE("a key file's temporary copies left by writers that died are removed") {
+    // A crash between the create and the rename left node.key.tmp.PID holding the secret,
+    // for good unless a later writer got the same pid.
+    test::temp_dir dir;
+    const auto file = dir.path() / "node.key";
+    std::fflush(nullptr);
+    const pid_t dead = ::fork();
+    REQUIRE(dead >= 0);
+    if (dead == 0) ::_exit(0);
+    REQUIRE(::waitpid(dead, nullptr, 0) == dead);  // its pid runs nothing now
+    const auto left = dir.path() / ("node.key.tmp." + std::to_string(dead));
+    const auto running = dir.path() / ("node.key.tmp." + std::to_string(::getppid()));
+    const auto other = dir.path() / "other.key.tmp.1";
+    for (const auto& f : {left, running, other}) std::ofstream(f) << "a secret";
+    REQUIRE(node_identity::load_or_create(file).has_value());
+    CHECK_FALSE(std::filesystem::exists(left));
+    CHECK(std::filesystem::exists(running));  // its writer may still be at work
+    CHECK(std::filesystem::exists(other));    // another file's
+  }
 }
