@@ -7,6 +7,7 @@
 #include <spdlog/spdlog.h>
 #include <CLI/CLI.hpp>
 
+#include <algorithm>
 #include <cstdio>
 #include <ctime>
 #include <optional>
@@ -299,6 +300,23 @@ int main(int argc, char** argv) {
   if (auto ok = gflex::init_logging(log_level); !ok) {
     std::fprintf(stderr, "gflex-core: %s\n", ok.error().message().c_str());
     return 2;
+  }
+  // The core's own flags are not an operator command's: `gflex-core --insecure token list`
+  // set the core's --insecure, which nothing used, and the command tried TLS.
+  if (init->parsed() || !f.action.empty()) {
+    std::string command = init->parsed()         ? "init"
+                          : f.action == "create" ? "account create"
+                          : f.action == "credit" ? "account credit"
+                                                 : f.action;
+    std::replace(command.begin(), command.end(), '-', ' ');
+    for (const CLI::Option* option : app.get_options())
+      if (option->count() > 0 && option->get_name() != "--log-level") {
+        std::fprintf(stderr,
+                     "gflex-core: %s is a flag of the core itself, not of `%s`: give that "
+                     "command's flags after its name (gflex-core %s --help)\n",
+                     option->get_name().c_str(), command.c_str(), command.c_str());
+        return 2;
+      }
   }
   if (init->parsed()) {
     auto fingerprint = gflex::init_core(init_dir);

@@ -64,6 +64,11 @@ expect_usage "core: a lease shorter than two heartbeats" \
 # A token's tier is checked before the core is asked (it answered "unknown tier", exit 1).
 expect_usage "core: token of an unknown tier" "--tier: corr not in" \
   "$BIN/gflex-core" token create --tier corr --core 127.0.0.1:1
+# The core's own flags are refused before an operator command: given there, --insecure set
+# the core's, which nothing used, and the command tried TLS.
+expect_usage "core flag before an operator command" \
+  "--insecure is a flag of the core itself, not of .token list." \
+  "$BIN/gflex-core" --insecure token list --core 127.0.0.1:1
 # A node's device flags are checked before it contacts the core (there is none at port 1).
 N="$BIN/gflex-node"
 nd="$WORK/node"
