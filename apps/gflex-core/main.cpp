@@ -156,7 +156,8 @@ int main(int argc, char** argv) {
                  "in etcd, serving nodes and clients while it leads (docs/FAILURES.md); "
                  "default: this core alone, its state in LMDB in --data-dir");
   app.add_option("--core-id", config.core_id,
-                 "this core's name among the cores (default: its --listen address)");
+                 "this core's name among the cores (default: its --advertise address, else its "
+                 "--listen address)");
   app.add_option("--advertise", config.advertise,
                  "HOST:PORT the other machines reach this core at, for the other cores to send "
                  "clients to when it leads (with --store etcd://; default: the --listen "
