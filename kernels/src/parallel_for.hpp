@@ -6,7 +6,9 @@
 
 #include <atomic>
 #include <cstdint>
+#include <exception>
 #include <functional>
+#include <mutex>
 #include <thread>
 #include <vector>
 
@@ -26,12 +28,14 @@ class parallel_for {
 
   /// Calls body(begin, end) over a partition of [0, n) into chunks that are multiples of
   /// `align` elements (cache-line sized chunks keep two threads off the same line), and
-  /// returns when all are done. Ranges below `serial_below` run on the caller alone.
+  /// returns when all are done. Ranges below `serial_below` run on the caller alone. An
+  /// exception a body throws, on any thread, is thrown here once every chunk has ended.
   void run(int64_t n, int64_t align, int64_t serial_below,
            const std::function<void(int64_t, int64_t)>& body);
 
  private:
   void worker_loop(int index);
+  void stop_workers();
   std::pair<int64_t, int64_t> chunk(int index) const;
 
   std::vector<std::thread> workers_;
@@ -41,6 +45,8 @@ class parallel_for {
   const std::function<void(int64_t, int64_t)>* body_ = nullptr;
   int64_t n_ = 0;
   int64_t align_ = 1;
+  std::mutex failure_mutex_;
+  std::exception_ptr failure_;  ///< The first a worker thread's chunk threw (under the mutex).
 };
 
 }  // namespace gflex::kernels
