@@ -11,6 +11,7 @@
 #include <deque>
 #include <functional>
 #include <map>
+#include <new>
 #include <tuple>
 #include <utility>
 #include <vector>
@@ -197,7 +198,17 @@ void ask_waiting(cache_actor_type* self) {
 // prefetch that nobody waits for yet leaves it in `ready`.
 void decode_shard_for(cache_actor_type* self, const std::string& digest) {
   fetch_chunk(self, digest, [=](expected<std::vector<uint8_t>> bytes) {
-    expected<dataset> decoded = bytes ? decode_shard(*bytes) : expected<dataset>(bytes.error());
+    // Decoded (four times the bytes) where host memory may be short: the exception ended the
+    // cache, whose waiting workers were never answered (a promise dropped with its actor is
+    // not), each waited out its whole timeout, and the restarted cache did it again.
+    expected<dataset> decoded = error(errc::device_error, "not decoded");
+    try {
+      decoded = bytes ? decode_shard(*bytes) : expected<dataset>(bytes.error());
+    } catch (const std::bad_alloc&) {
+      decoded = error(errc::device_error,
+                      "out of host memory decoding shard " + digest.substr(0, 12) + " (" +
+                          std::to_string(bytes ? bytes->size() : 0) + " bytes)");
+    }
     auto& st = self->state;
     auto waiting = std::move(st.decoding[digest].waiting);
     st.decoding.erase(digest);
