@@ -393,6 +393,14 @@ int run_node(const node_config& config, const std::string& host, uint16_t port) 
 int run_node(const node_config& config, const std::string& host, uint16_t port,
              const node_test_aids& aids) {
   signal_watcher signals;
+  // Held until the process ends (_Exit below). Two nodes on one directory shared its key and
+  // its chunks: the core refused the second (its key already joined), which retried for
+  // ever, and each node's cache removed files the other still counted.
+  auto data_dir_lock = dir_lock::acquire(config.data_dir, "gflex-node");
+  if (!data_dir_lock) {
+    spdlog::error("{}", data_dir_lock.error().message());
+    return 2;  // a configuration to fix: a service does not restart it
+  }
   if (auto guards = peer_guards_in_effect(); !guards) {
     spdlog::error("{}", guards.error().message());
     return 1;

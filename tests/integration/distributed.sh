@@ -96,6 +96,9 @@ for f in core node; do
   promtool check metrics <"$WORK/$f.prom" >"$WORK/promtool-$f.out" 2>&1 ||
     fail "promtool check metrics ($f): $(head -5 "$WORK/promtool-$f.out")"
 done
+# One node per data directory: a second shared node1's key and chunks, and retried for ever.
+expect_usage "a second node on a node's data directory" "node1 is in use by another gflex-node" \
+  "$BIN/gflex-node" --join "$core" --data-dir "$WORK/node1" --insecure --token t
 expect_usage "a malformed --metrics-listen" "--metrics-listen: expected HOST:PORT" \
   "$BIN/gflex-node" --join "$core" --metrics-listen nowhere --data-dir "$WORK/nodex"
 # A port in use may be free at the next start: exit 1, which the service restarts (2 is
