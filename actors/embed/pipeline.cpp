@@ -1554,8 +1554,10 @@ expected<run_report> graph::run(const run_options& options) const {
   // killed, a train stage's job cancelled, the workers told) and is then rethrown: unwound
   // at once, the actor system's end would wait for the running stages for ever.
   std::exception_ptr thrown;
+  // The handle lives until the run has ended, not just through on_running: a caller's thread
+  // that kills a stage later (fault injection while the run goes on) used it destroyed.
+  detail::running_pipeline handle(sys, coordinator);
   if (options.on_running) {
-    detail::running_pipeline handle(sys, coordinator);
     try {
       options.on_running(handle);
     } catch (...) {

@@ -332,6 +332,35 @@ TEST_SUITE("pipeline") {
     CHECK(got.size() >= static_cast<size_t>(n) - 128);               // at most the two windows lost
   }
 
+  TEST_CASE("the running handle may be used from another thread after on_running returned") {
+    // It was destroyed as on_running returned: a thread that killed a stage later used it
+    // gone.
+    graph g;
+    seen out;
+    g.source<int64_t>("numbers", count_to(3000))
+        .map("double", [](const int64_t& v) { return 2 * v; })
+        .sink("collect", [&](const int64_t& v) {
+          std::this_thread::sleep_for(std::chrono::microseconds(200));
+          out.add(v);
+        });
+    std::thread later;
+    std::atomic<bool> killed{false};
+    auto report = g.run(
+        [&](running& r) {
+          later = std::thread([&r, &out, &killed] {
+            auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+            while (out.size() < 200 && std::chrono::steady_clock::now() < deadline)
+              std::this_thread::sleep_for(std::chrono::milliseconds(1));
+            killed = r.kill("double", 0);
+          });
+        },
+        std::chrono::milliseconds(20000));
+    later.join();
+    REQUIRE_MESSAGE(report.has_value(), report.error().message());
+    CHECK(killed.load());
+    CHECK(report->stage("double")->restarts == 1);
+  }
+
   TEST_CASE("a consumer and its producer killed at once, the consumer first: nothing twice") {
     // The consumer's replacement was wired first. Its producer's replacement, wired after it,
     // sent to it directly, and then heard of it (once a slow sink had answered the news):

@@ -296,7 +296,8 @@ void set_codec(stage_def& d) {
 }  // namespace detail
 
 /// Fault injection while a pipeline runs: kills a stage instance's actor, as a crash would.
-/// The pipeline is expected to recover (tests use it).
+/// The pipeline is expected to recover (tests use it). The handle given to on_running may be
+/// used, from any thread, until run() returns; a kill after the run's end returns false.
 class running {
  public:
   virtual ~running() = default;
