@@ -208,13 +208,16 @@ bool elsewhere(const caf::local_actor* self, const caf::actor& a) {
 }
 
 /// A worker process's check that it builds the same graph: the stages' names, kinds,
-/// wiring, instances and placement.
+/// wiring, instances, placement, output types, and a batch's size or a shuffle's buffer and
+/// seed. (A worker whose stage returned another type was admitted, and its items were
+/// decoded as the pipeline's type: garbage, or a failure blamed on the stage reading them.)
 std::string fingerprint(const std::vector<stage_def>& defs) {
   std::string f;
   for (const auto& d : defs)
     f += d.name + '\x1f' + std::to_string(static_cast<int>(d.kind)) + ',' +
          std::to_string(d.input) + ',' + std::to_string(d.options.instances) + ',' +
-         (d.options.on_workers ? "w" : "p") + '\x1e';
+         (d.options.on_workers ? "w" : "p") + ',' + d.output_type + ',' + std::to_string(d.size) +
+         ',' + std::to_string(d.seed) + '\x1e';
   return f;
 }
 

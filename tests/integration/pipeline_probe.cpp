@@ -5,8 +5,8 @@
 ///   gflex_pipeline_probe serve --port-file F --workers W [--items N] [--token T]
 ///                        [--kill-actor-ms MS] [--join-timeout-ms MS] [--relay]
 ///                        [--relay-fails-at X] [--square-restarts R]
-///   gflex_pipeline_probe join --port P [--token T] [--other-graph] [--relay] [--relay-fails-at X]
-///                        [--square-restarts R]
+///   gflex_pipeline_probe join --port P [--token T] [--other-graph] [--other-type] [--relay]
+///                        [--relay-fails-at X] [--square-restarts R]
 ///
 /// The graph: a source of 0..N-1 (in the pipeline's process) -> "square" (a map on the
 /// workers, 2 instances, 2 ms per item: [x, x*x]) -> "check" (a sink in the pipeline's
@@ -14,9 +14,10 @@
 /// "done: N items, each once; square restarts R; workers joined J, lost L", and exits 0, or
 /// "error: ..." and exits 1. --kill-actor-ms kills the first square instance's actor (in a
 /// worker process) that long after the start. --other-graph builds the graph with 3
-/// instances of square (a different graph, which the pipeline must refuse). --relay (given to
-/// the pipeline and its workers alike) puts a "relay" map in the pipeline's process between
-/// the source and square: its items to square carry the acknowledgements of the source's
+/// instances of square (a different graph, which the pipeline must refuse); --other-type,
+/// with a square that returns doubles (the same stages of another type: refused too). --relay
+/// (given to the pipeline and its workers alike) puts a "relay" map in the pipeline's process
+/// between the source and square: its items to square carry the acknowledgements of the source's
 /// items they were made from, which must reach the source even when square's process dies
 /// with them in flight. --relay-fails-at X (implies --relay) makes the relay throw once when
 /// it takes item X, while square, slowed down for the 40 items before X, still holds items
@@ -51,6 +52,7 @@ struct args {
   int join_timeout_ms = 30000;
   int port = 0;
   bool other_graph = false;
+  bool other_type = false;  ///< square returns doubles: the same stages, another item type
   bool relay = false;
   int64_t relay_fails_at = -1;
   int square_restarts = 5;
@@ -88,6 +90,17 @@ pl::graph build(const args& a, tally* t) {
           return x;
         },
         relay);
+  if (a.other_type) {
+    numbers
+        .map(
+            "square",
+            [](const int64_t& x) {
+              return std::vector<double>{1.0 * x, 1.0 * x * x};
+            },
+            square)
+        .sink("check", [](const std::vector<double>&) {});
+    return g;
+  }
   numbers
       .map(
           "square",
@@ -204,6 +217,8 @@ int main(int argc, char** argv) {
       a.port = std::stoi(next());
     else if (s == "--other-graph")
       a.other_graph = true;
+    else if (s == "--other-type")
+      a.other_type = true;
     else if (s == "--relay")
       a.relay = true;
     else if (s == "--square-restarts")

@@ -108,6 +108,11 @@ rc=0
 timeout -s KILL 30 "$PROBE" join --port "$port" --other-graph >"$WORK/othergraph.log" 2>&1 || rc=$?
 { [ "$rc" -eq 1 ] && grep -q "builds a different graph" "$WORK/othergraph.log"; } ||
   fail "a different graph: exit $rc, $(tail -1 "$WORK/othergraph.log")"
+# The same stages with another item type (an older build of the program) are a different graph.
+rc=0
+timeout -s KILL 30 "$PROBE" join --port "$port" --other-type >"$WORK/othertype.log" 2>&1 || rc=$?
+{ [ "$rc" -eq 1 ] && grep -q "builds a different graph" "$WORK/othertype.log"; } ||
+  fail "another item type: exit $rc, $(tail -1 "$WORK/othertype.log")"
 expect_exit 30 "$PID_refuse" refuse 1
 grep -q "error: pipeline: 1 worker processes did not join within 6000 ms" "$WORK/refuse.log" ||
   fail "refuse: $(tail -1 "$WORK/refuse.log")"

@@ -48,6 +48,7 @@
 #include <string>
 #include <string_view>
 #include <type_traits>
+#include <typeinfo>
 #include <utility>
 #include <vector>
 
@@ -275,10 +276,14 @@ struct stage_def {
   /// The stage's output across a process boundary; empty when its type has no codec.
   std::function<std::string(const item&)> encode;
   std::function<item(std::string_view)> decode;
+  /// The output's type (typeid's name), for the check that a worker process builds the same
+  /// graph: one whose stage returned another type decoded the bytes as that.
+  std::string output_type;
 };
 
 template <class T>
 void set_codec(stage_def& d) {
+  d.output_type = typeid(T).name();
   if constexpr (has_codec<T>) {
     d.encode = [](const item& i) {
       std::string out;
