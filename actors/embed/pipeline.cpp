@@ -1503,7 +1503,7 @@ expected<run_report> graph::run(const std::function<void(running&)>& on_running,
 }
 
 expected<run_report> graph::run(const run_options& options) const {
-  if (auto ok = detail::validate(stages_, options.workers); !ok) return ok.error();
+  if (auto ok = detail::validate(*stages_, options.workers); !ok) return ok.error();
   if (options.workers < 0 || options.workers > 256)
     return error(errc::invalid_argument, "pipeline: workers must be in [0, 256]");
   if (options.workers > 0 && options.token.size() < 16)
@@ -1516,7 +1516,7 @@ expected<run_report> graph::run(const run_options& options) const {
   std::vector<caf::actor> hosts;
   caf::actor gate;
   if (options.workers > 0) {
-    gate = sys.spawn(detail::gate_behavior, options.token, detail::fingerprint(stages_),
+    gate = sys.spawn(detail::gate_behavior, options.token, detail::fingerprint(*stages_),
                      static_cast<size_t>(options.workers));
     auto port = sys.middleman().publish(gate, options.port, options.listen_host.c_str(), true);
     if (!port) {
@@ -1550,7 +1550,7 @@ expected<run_report> graph::run(const run_options& options) const {
     }
   }
   auto run_failed = std::make_shared<std::atomic<bool>>(false);
-  auto coordinator = sys.spawn(detail::coordinator_behavior, stages_, hosts,
+  auto coordinator = sys.spawn(detail::coordinator_behavior, *stages_, hosts,
                                std::shared_ptr<const std::atomic<bool>>(run_failed));
   if (gate) self->send(gate, detail::prun_atom::value, coordinator);
   // An exception from the caller's on_running stops the run as a failure (every stage
@@ -1608,7 +1608,7 @@ expected<run_report> graph::run(const run_options& options) const {
       const auto space = entry.find(' ');
       const auto s = static_cast<size_t>(std::stoul(entry.substr(0, space)));
       const auto job = entry.substr(space + 1);
-      auto* c = stages_[s].train.client;
+      auto* c = (*stages_)[s].train.client;
       if (c == nullptr) continue;
       if (auto ok = c->cancel(job); ok)
         cancelled += (cancelled.empty() ? "" : ", ") + job;
@@ -1637,7 +1637,7 @@ expected<run_report> graph::run(const run_options& options) const {
 }
 
 expected<join_report> graph::join(const join_options& options) const {
-  if (auto ok = detail::validate(stages_, -1); !ok) return ok.error();
+  if (auto ok = detail::validate(*stages_, -1); !ok) return ok.error();
   caf::actor_system_config cfg;
   detail::configure_pipeline_system(cfg, true);
   caf::actor_system sys{cfg};
@@ -1653,13 +1653,13 @@ expected<join_report> graph::join(const join_options& options) const {
   if (!gate)
     return error(errc::unavailable, "pipeline: cannot reach the pipeline at " + where + ": " +
                                         detail::render(sys, gate.error()));
-  auto defs = std::make_shared<const std::vector<detail::stage_def>>(stages_);
+  auto defs = std::make_shared<const std::vector<detail::stage_def>>(*stages_);
   auto spawned = std::make_shared<std::atomic<int>>(0);
   auto host = sys.spawn(detail::host_behavior, defs, spawned, *gate);
   caf::scoped_actor self{sys};
   std::optional<error> refused;
   self->request(*gate, std::chrono::seconds(10), detail::pjoin_atom::value, options.token,
-                detail::fingerprint(stages_), host)
+                detail::fingerprint(*stages_), host)
       .receive([](bool) {},
                [&](caf::error& e) {
                  refused = error(errc::permission_denied, "pipeline at " + where +

@@ -332,6 +332,25 @@ TEST_SUITE("pipeline") {
     CHECK(got.size() >= static_cast<size_t>(n) - 128);               // at most the two windows lost
   }
 
+  TEST_CASE("a graph moved, or copied, keeps its streams adding to the right stages") {
+    // A stream held its graph's address: a graph moved into a struct or returned from a
+    // function left its streams adding stages to freed memory, and a copy's stages were
+    // added to the original.
+    graph g;
+    auto numbers = g.source<int64_t>("numbers", count_to(5));
+    graph h = std::move(g);
+    seen out;
+    numbers.sink("collect", [&](const int64_t& v) { out.add(v); });
+    REQUIRE(h.stages().size() == 2);
+    CHECK(h.stages()[1].name == "collect");
+    CHECK(g.stages().empty());  // NOLINT: the graph moved from is empty, and usable
+    auto report = h.run();
+    REQUIRE_MESSAGE(report.has_value(), report.error().message());
+    CHECK(out.size() == 5);
+    graph copy = h;  // its own stages: the original's streams do not add to it
+    CHECK(copy.stages().size() == 2);
+  }
+
   TEST_CASE("the running handle may be used from another thread after on_running returned") {
     // It was destroyed as on_running returned: a thread that killed a stage later used it
     // gone.

@@ -281,6 +281,16 @@ struct stage_def {
   std::string output_type;
 };
 
+/// A graph's stages, shared by the graph and the streams it handed out: a stream follows its
+/// graph when the graph is moved (it held the graph's address, and a graph returned from a
+/// function or moved into a struct left its streams adding stages to freed memory).
+using stage_list = std::vector<stage_def>;
+
+inline int add_stage(stage_list& stages, stage_def def) {
+  stages.push_back(std::move(def));
+  return static_cast<int>(stages.size() - 1);
+}
+
 template <class T>
 void set_codec(stage_def& d) {
   d.output_type = typeid(T).name();
@@ -375,16 +385,29 @@ class graph {
   expected<join_report> join(const join_options& options) const;
 
   /// The stages, in the order they were added (for the runtime and for inspection).
-  const std::vector<detail::stage_def>& stages() const { return stages_; }
+  const std::vector<detail::stage_def>& stages() const { return *stages_; }
+
+  graph() = default;
+  /// A copy has stages of its own: the original's streams add to the original.
+  graph(const graph& other) : stages_(std::make_shared<detail::stage_list>(*other.stages_)) {}
+  graph& operator=(const graph& other) {
+    if (this != &other) stages_ = std::make_shared<detail::stage_list>(*other.stages_);
+    return *this;
+  }
+  /// A move takes the stages, and the streams handed out go on adding to them; the graph
+  /// moved from is empty.
+  graph(graph&& other) noexcept
+      : stages_(std::exchange(other.stages_, std::make_shared<detail::stage_list>())) {}
+  graph& operator=(graph&& other) noexcept {
+    if (this != &other)
+      stages_ = std::exchange(other.stages_, std::make_shared<detail::stage_list>());
+    return *this;
+  }
 
  private:
   template <class T>
   friend class stream;
-  int add(detail::stage_def def) {
-    stages_.push_back(std::move(def));
-    return static_cast<int>(stages_.size() - 1);
-  }
-  std::vector<detail::stage_def> stages_;
+  std::shared_ptr<detail::stage_list> stages_ = std::make_shared<detail::stage_list>();
 };
 
 /// The output of a stage: items of type T. Each stream feeds at most one stage (run()
@@ -408,7 +431,7 @@ class stream {
             out.push_back(detail::make_item<U>(g(detail::get<T>(in))));
           });
     };
-    return stream<U>(g_, g_->add(std::move(d)));
+    return stream<U>(g_, detail::add_stage(*g_, std::move(d)));
   }
 
   /// Keeps the inputs for which `keep(const T&)` is true.
@@ -423,7 +446,7 @@ class stream {
             if (k(detail::get<T>(in))) out.push_back(in);
           });
     };
-    return stream<T>(g_, g_->add(std::move(d)));
+    return stream<T>(g_, detail::add_stage(*g_, std::move(d)));
   }
 
   /// Any number of outputs per input: `f(const T&, emit)` calls `emit(U)` for each.
@@ -440,7 +463,7 @@ class stream {
             g(detail::get<T>(in), emit);
           });
     };
-    return stream<U>(g_, g_->add(std::move(d)));
+    return stream<U>(g_, detail::add_stage(*g_, std::move(d)));
   }
 
   /// Groups `n` inputs into a vector (the last one may be shorter).
@@ -453,7 +476,7 @@ class stream {
       for (const auto& i : inputs) out.push_back(detail::get<T>(i));
       return detail::make_item<std::vector<T>>(std::move(out));
     };
-    return stream<std::vector<T>>(g_, g_->add(std::move(d)));
+    return stream<std::vector<T>>(g_, detail::add_stage(*g_, std::move(d)));
   }
 
   /// Emits its inputs in a pseudo-random order: holds `buffer` of them and sends a random
@@ -464,7 +487,7 @@ class stream {
     detail::stage_def d = def(std::move(name), detail::stage_kind::shuffle, options);
     d.size = buffer;
     d.seed = seed;
-    return stream<T>(g_, g_->add(std::move(d)));
+    return stream<T>(g_, detail::add_stage(*g_, std::move(d)));
   }
 
   /// Consumes the stream: `f(const T&)` for each item (writing files, metrics, ...).
@@ -477,7 +500,7 @@ class stream {
         g(detail::get<T>(in));
       });
     };
-    g_->add(std::move(d));
+    detail::add_stage(*g_, std::move(d));
   }
 
   /// A distributed job trained on this stream's samples (see train_options); emits a
@@ -489,15 +512,15 @@ class stream {
     detail::stage_def d = def(std::move(name), detail::stage_kind::train, options);
     d.options.blocking = true;
     d.train = std::move(train);
-    return stream<round_update>(g_, g_->add(std::move(d)));
+    return stream<round_update>(g_, detail::add_stage(*g_, std::move(d)));
   }
 
  private:
   friend class graph;
   template <class>
   friend class stream;
-  stream(graph* g, int stage) : g_(g), stage_(stage) {
-    detail::set_codec<T>(g_->stages_[static_cast<size_t>(stage)]);
+  stream(std::shared_ptr<detail::stage_list> g, int stage) : g_(std::move(g)), stage_(stage) {
+    detail::set_codec<T>((*g_)[static_cast<size_t>(stage)]);
   }
   detail::stage_def def(std::string name, detail::stage_kind kind,
                         const stage_options& options) const {
@@ -508,7 +531,7 @@ class stream {
     d.input = stage_;
     return d;
   }
-  graph* g_;
+  std::shared_ptr<detail::stage_list> g_;  ///< Its graph's stages.
   int stage_;
 };
 
@@ -529,7 +552,7 @@ requires std::invocable<F&, int64_t> &&
           return detail::make_item<T>(std::move(*v));
         });
   };
-  return stream<T>(this, add(std::move(d)));
+  return stream<T>(stages_, detail::add_stage(*stages_, std::move(d)));
 }
 
 }  // namespace gflex::pipeline
