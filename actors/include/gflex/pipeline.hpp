@@ -13,7 +13,9 @@
 /// Flow control is credit-based: a stage may have at most `window` items from each producer
 /// instance that it has not finished with (its outputs sent); a producer without credit
 /// stops (a source stops generating), so a slow stage slows everything before it and memory
-/// stays bounded by the windows. Items move between stages in one process without copies.
+/// stays bounded by the windows, plus what one input makes at once: a flat_map's outputs
+/// for one input are all held until sent. Items move between stages in one process without
+/// copies.
 ///
 /// Supervision: a stage whose function throws, or whose actor dies, is restarted with a
 /// fresh copy of its function: its producers send it again every item it had not finished,
@@ -21,7 +23,10 @@
 /// it sent); a producer's replacement adopts what its predecessor had sent and its consumers
 /// had not finished. After `restarts` restarts the pipeline fails with the stage's error.
 /// Each item is processed to completion exactly once through any sequence of failures, as
-/// long as a producer and its consumer do not die at the same moment.
+/// long as a producer and its consumer do not die at the same moment. A sink on a worker
+/// process is the exception: its function's effects and its acknowledgement are two steps
+/// across the network, and an item whose worker died between them reaches a replacement
+/// again (at least once: make such sinks idempotent).
 ///
 /// Worker processes: a stage marked `on_workers` runs in processes of the same program on
 /// the user's own machines (never on volunteers, who run no user code), started with
