@@ -1503,6 +1503,9 @@ expected<run_report> graph::run(const std::function<void(running&)>& on_running,
 }
 
 expected<run_report> graph::run(const run_options& options) const {
+  // The deadline counts from here: from after on_running (and the workers' joining) a run
+  // whose on_running blocked had none while it did.
+  const auto deadline_at = std::chrono::steady_clock::now() + options.deadline;
   if (auto ok = detail::validate(*stages_, options.workers); !ok) return ok.error();
   if (options.workers < 0 || options.workers > 256)
     return error(errc::invalid_argument, "pipeline: workers must be in [0, 256]");
@@ -1553,6 +1556,20 @@ expected<run_report> graph::run(const run_options& options) const {
   auto coordinator = sys.spawn(detail::coordinator_behavior, *stages_, hosts,
                                std::shared_ptr<const std::atomic<bool>>(run_failed));
   if (gate) self->send(gate, detail::prun_atom::value, coordinator);
+  const auto deadline = options.deadline;
+  auto time_left = [&] {
+    return std::max(std::chrono::milliseconds(1),
+                    std::chrono::duration_cast<std::chrono::milliseconds>(
+                        deadline_at - std::chrono::steady_clock::now()));
+  };
+  const std::string deadline_passed = [&] {
+    char text[64];
+    std::snprintf(text, sizeof text, "%g", static_cast<double>(deadline.count()) / 1000.0);
+    return "pipeline: its deadline of " + std::string(text) + " s passed";
+  }();
+  // Stopped at the deadline even while on_running has not returned.
+  if (deadline.count() > 0)
+    self->delayed_send(coordinator, time_left(), detail::pstop_atom::value, deadline_passed);
   // An exception from the caller's on_running stops the run as a failure (every stage
   // killed, a train stage's job cancelled, the workers told) and is then rethrown: unwound
   // at once, the actor system's end would wait for the running stages for ever.
@@ -1582,18 +1599,15 @@ expected<run_report> graph::run(const run_options& options) const {
                  });
     return timed_out;
   };
-  const auto deadline = options.deadline;
-  if (deadline.count() > 0 ? wait(caf::duration{deadline}) : wait(caf::infinite)) {
-    const double s = static_cast<double>(deadline.count()) / 1000.0;
-    char text[64];
-    std::snprintf(text, sizeof text, "%g", s);
-    self->send(coordinator, detail::pstop_atom::value,
-               "pipeline: its deadline of " + std::string(text) + " s passed");
+  if (deadline.count() > 0 ? wait(caf::duration{time_left()}) : wait(caf::infinite)) {
+    self->send(coordinator, detail::pstop_atom::value, deadline_passed);
     wait(caf::infinite);
     if (result)
       result = error(errc::unavailable, "pipeline: its deadline passed");
     else
       result = error(errc::unavailable, result.error().message());
+  } else if (!result && deadline.count() > 0 && std::chrono::steady_clock::now() >= deadline_at) {
+    result = error(errc::unavailable, result.error().message());  // stopped at the deadline
   }
   if (!result) {
     // A failed run leaves no job of its train stages training (and billing) behind. Said

@@ -425,6 +425,33 @@ TEST_SUITE("pipeline") {
     CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::seconds(5));
   }
 
+  TEST_CASE("the deadline holds while on_running has not returned") {
+    // Its clock started once on_running had returned: one that ran for a while (a UI loop)
+    // left the stages running past the deadline all along.
+    graph g;
+    std::atomic<int64_t> count{0};
+    g.source<int64_t>("endless", [](int64_t p) -> std::optional<int64_t> {
+       return p;
+     }).sink("count", [&](const int64_t&) {
+      std::this_thread::sleep_for(std::chrono::microseconds(200));
+      ++count;
+    });
+    int64_t at_1500 = -1, at_1700 = -2;
+    auto r = g.run(
+        [&](running&) {
+          std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+          at_1500 = count.load();
+          std::this_thread::sleep_for(std::chrono::milliseconds(200));
+          at_1700 = count.load();
+        },
+        std::chrono::milliseconds(300));
+    REQUIRE_FALSE(r.has_value());
+    CHECK(r.error().code() == errc::unavailable);
+    CHECK_MESSAGE(r.error().message().find("its deadline of 0.3 s passed") != std::string::npos,
+                  r.error().message());
+    CHECK(at_1500 == at_1700);  // stopped by then
+  }
+
   TEST_CASE("an exception from on_running stops the run and reaches the caller") {
     // Before, it unwound through run(), whose actor system then waited for the endless
     // source for ever. The run is on a thread of its own, so that a hang fails the test.

@@ -329,7 +329,10 @@ class running {
 struct run_options {
   /// Called once every stage has started, with a handle for fault injection.
   std::function<void(running&)> on_running;
-  /// Stages still unfinished when it passes are killed (zero: no deadline).
+  /// Counted from the call of run(), on_running and the workers' joining included: stages
+  /// still unfinished when it passes are killed (zero: no deadline). run() still returns only
+  /// once every stage function has returned: one blocked in a call of its own (I/O without a
+  /// timeout) holds it until that call returns.
   std::chrono::milliseconds deadline{};
   /// Worker processes to wait for before starting (graph::join): stages marked on_workers
   /// run in them. Zero: everything runs in this process.
