@@ -304,14 +304,17 @@ caf::behavior gatekeeper(gatekeeper_actor* self, caf::actor store, std::string o
         r.expires_unix = lifetime_s == 0 ? 0 : r.created_unix + lifetime_s;
         r.uses = static_cast<uint64_t>(uses);
         auto rp = self->make_response_promise<std::string>();
-        self->request(self->state.store, store_timeout, commit_atom::value,
-                      one_write(token_store_key(digest), encode_token_record(r)))
-            .then(
-                [=](caf::ok_atom) mutable {
-                  spdlog::info("gatekeeper: join token {} created for the {} tier", r.id, tier);
-                  rp.deliver(token);
-                },
-                [=](caf::error& e) mutable { rp.deliver(e); });
+        // Read back after a failure: a token that landed late was live, and its secret shown
+        // to nobody.
+        const auto record = encode_token_record(r);
+        commit_checked(
+            self, self->state.store, store_timeout, one_write(token_store_key(digest), record),
+            holds_value(token_store_key(digest), std::chrono::minutes(5), record),
+            [=]() mutable {
+              spdlog::info("gatekeeper: join token {} created for the {} tier", r.id, tier);
+              rp.deliver(token);
+            },
+            [=](caf::error& e, caf::error&) mutable { rp.deliver(e); });
         return rp;
       },
       [=](token_atom) -> caf::result<std::vector<join_token_record>> {
@@ -372,18 +375,27 @@ caf::behavior gatekeeper(gatekeeper_actor* self, caf::actor store, std::string o
                                 return;
                               }
                               r->revoked = true;
-                              self->request(self->state.store, store_timeout, commit_atom::value,
-                                            one_write(key, encode_token_record(*r)))
-                                  .then(
-                                      [=](caf::ok_atom) mutable {
-                                        spdlog::info("gatekeeper: join token {} revoked", r->id);
-                                        rp.deliver(caf::ok_atom::value);
-                                        done();
-                                      },
-                                      [=](caf::error& e) mutable {
-                                        rp.deliver(e);
-                                        done();
-                                      });
+                              // Read back after a failure: a revocation that landed late was
+                              // reported as failed.
+                              auto revoked = [](bool found, const std::vector<uint8_t>& now) {
+                                auto stored = found ? decode_token_record(now)
+                                                    : expected<join_token_record>(
+                                                          error(errc::store_error, "no record"));
+                                return stored && stored->revoked;
+                              };
+                              commit_checked(
+                                  self, self->state.store, store_timeout,
+                                  one_write(key, encode_token_record(*r)),
+                                  read_back(key, std::chrono::minutes(5), revoked),
+                                  [=]() mutable {
+                                    spdlog::info("gatekeeper: join token {} revoked", r->id);
+                                    rp.deliver(caf::ok_atom::value);
+                                    done();
+                                  },
+                                  [=](caf::error& e, caf::error&) mutable {
+                                    rp.deliver(e);
+                                    done();
+                                  });
                             },
                             [=](caf::error& e) mutable {
                               rp.deliver(e);

@@ -264,6 +264,28 @@ TEST_SUITE("gatekeeper") {
     for (const auto& a : {slow_gate, late}) self->send_exit(a, caf::exit_reason::kill);
   }
 
+  TEST_CASE_FIXTURE(
+      gate_fixture,
+      "a token made, or revoked, by a write that timed out but landed is reported so") {
+    // Reported as failed, the made token was live and its secret shown to nobody, and the
+    // operator, told a revocation failed, believed the token still admitted nodes.
+    auto late = sys.spawn(late_store, store, token_store_key(""));
+    auto slow_gate = spawn_gatekeeper(sys, late, "the operator's key");
+    std::string token, failed;
+    self->request(slow_gate, timeout, token_atom::value, std::string("community"), int64_t{0},
+                  int64_t{1})
+        .receive([&](std::string& t) { token = t; },
+                 [&](caf::error& e) { failed = sys.render(e); });
+    CHECK_MESSAGE(failed.empty(), failed);
+    CHECK_FALSE(token.empty());
+    const auto made = record_of(token);
+    self->request(slow_gate, timeout, revoke_atom::value, made.id)
+        .receive([](caf::ok_atom) {}, [&](caf::error& e) { failed = sys.render(e); });
+    CHECK_MESSAGE(failed.empty(), failed);
+    CHECK(record_of(token).revoked);
+    for (const auto& a : {slow_gate, late}) self->send_exit(a, caf::exit_reason::kill);
+  }
+
   TEST_CASE_FIXTURE(gate_fixture, "a flood of hellos from one address crowds out no other's") {
     // Every held answer counted against one bound: a flood from one failing address pushed
     // the oldest out, a node with a valid token from another address among them.
