@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <limits>
 #include <thread>
 
 #include "gflex/runtime/digest.hpp"
@@ -39,14 +40,19 @@ expected<std::shared_ptr<const served_data>> data_catalog::get(const kernels::wo
   const auto& train = splits->train;
   // Cutting is encoding and hashing, shard by shard: spread over the machine's cores, it is
   // most of a job's start.
-  const int64_t count = (train.size() + shard_samples_ - 1) / shard_samples_;
+  // As many shards as `shard_samples` makes, their sizes differing by one sample at most: a
+  // short last shard (234 samples of the language model's 36,234) was drawn as often as the
+  // others, each of its samples about 13 times as often, and weighed as much in each round.
+  const auto ranges =
+      shard_ranges(train.size(), 1, (train.size() + shard_samples_ - 1) / shard_samples_,
+                   std::numeric_limits<int64_t>::max());
+  const auto count = static_cast<int64_t>(ranges.size());
   std::vector<std::shared_ptr<std::vector<uint8_t>>> cut(static_cast<size_t>(count));
   std::vector<shard_info> infos(static_cast<size_t>(count));
   std::atomic<int64_t> next_shard{0};
   auto cutter = [&] {
     for (int64_t i = next_shard++; i < count; i = next_shard++) {
-      const int64_t begin = i * shard_samples_;
-      const int64_t end = std::min(train.size(), begin + shard_samples_);
+      const auto [begin, end] = ranges[static_cast<size_t>(i)];
       auto bytes = std::make_shared<std::vector<uint8_t>>(encode_shard(train, begin, end));
       infos[static_cast<size_t>(i)] = {digest_hex(*bytes), end - begin, bytes->size()};
       cut[static_cast<size_t>(i)] = std::move(bytes);
