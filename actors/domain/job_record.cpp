@@ -33,6 +33,12 @@ void trim_history(std::vector<round_point>& history, int64_t round) {
   while (!history.empty() && history.back().round > round) history.pop_back();
 }
 
+int64_t tested_round(const job_status& s) {
+  for (auto it = s.history.rbegin(); it != s.history.rend(); ++it)
+    if (it->evaluated) return it->round;
+  return 0;
+}
+
 std::vector<uint8_t> encode_job_record(const std::string& spec_text, const job_status& s) {
   capnp::MallocMessageBuilder message;
   auto r = message.initRoot<schema::JobRecord>();

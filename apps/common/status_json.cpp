@@ -16,6 +16,7 @@ nlohmann::json to_json(const job_status& s) {
                       {"round", s.round},
                       {"rounds", s.rounds},
                       {"test_accuracy", s.test_accuracy},
+                      {"tested_round", tested_round(s)},
                       {"train_loss", s.train_loss},
                       {"test_loss", s.test_loss},
                       {"test_bits", s.test_loss / std::log(2.0)},

@@ -166,10 +166,15 @@ int run_status(const job_flags& f) {
     if (f.as_json) {
       std::printf("%s\n", json_text(to_json(*s)).c_str());
     } else {
-      std::printf("%s %s: %s, round %lld/%lld, test accuracy %.4f, loss %.4f%s%s\n",
+      // Figures of an evaluation before the last round say which round they are of: a job
+      // evaluated every 10 rounds, cancelled at 37, showed round 30's as round 37's.
+      const int64_t tested = tested_round(*s);
+      const std::string of_round =
+          tested > 0 && tested != s->round ? " (round " + std::to_string(tested) + ")" : "";
+      std::printf("%s %s: %s, round %lld/%lld, test accuracy %.4f%s, loss %.4f%s%s\n",
                   s->job_id.c_str(), s->name.c_str(), to_string(s->state),
                   static_cast<long long>(s->round), static_cast<long long>(s->rounds),
-                  s->test_accuracy, s->train_loss, s->detail.empty() ? "" : " - ",
+                  s->test_accuracy, of_round.c_str(), s->train_loss, s->detail.empty() ? "" : " - ",
                   s->detail.c_str());
       if (!s->account.empty())
         std::printf(

@@ -61,6 +61,14 @@ TEST_CASE("job record: rounds taken back leave the history") {
   CHECK(h.empty());
 }
 
+TEST_CASE("job record: the round the test figures are of") {
+  job_status s;
+  CHECK(tested_round(s) == 0);
+  for (int64_t r = 1; r <= 37; ++r) add_round(s.history, {r, 0.0, 0.0, 0.0, r % 10 == 0, 0.0});
+  s.round = 37;
+  CHECK(tested_round(s) == 30);
+}
+
 TEST_CASE("job record: jobs list in the order they were submitted") {
   // Listed as text, job-10 came before job-2: the dashboard, which charts the newest eight,
   // charted job-9 to job-2 while job-12 ran.

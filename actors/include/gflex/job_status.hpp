@@ -108,6 +108,11 @@ void add_round(std::vector<round_point>& history, const round_point& p);
 /// Drops the points after `round` (rounds a crash or a failed verification took back).
 void trim_history(std::vector<round_point>& history, int64_t round);
 
+/// The round whose evaluation `s`'s test figures are (0: none in its history). A job
+/// evaluated every N rounds that ended between two evaluations (cancelled, failed) shows
+/// figures of a round before its last.
+int64_t tested_round(const job_status& s);
+
 /// A node as the core's registry sees it, with its reputation.
 /// A GPU as its node measured it at start.
 struct gpu_status {
