@@ -186,7 +186,13 @@ caf::behavior export_builder(caf::event_based_actor* self, caf::actor store, std
                   bytes = {};
                   auto w = kernels::find_workload(workload_name, model_text, "");
                   const tensor* theta = c ? c->find("theta") : nullptr;
-                  if (!c || !w || theta == nullptr || theta->numel() != (*w)->parameter_count()) {
+                  if (c && !w) {  // the checkpoint is whole; its model does not plan here
+                    rp.deliver(to_caf(error(
+                        w.error().code(),
+                        "job '" + id + "': its model does not plan: " + w.error().message())));
+                    return;
+                  }
+                  if (!c || theta == nullptr || theta->numel() != (*w)->parameter_count()) {
                     rp.deliver(to_caf(error(errc::store_error,
                                             "job '" + id + "': stored checkpoint is damaged")));
                     return;

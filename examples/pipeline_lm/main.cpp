@@ -232,7 +232,8 @@ int main(int argc, char** argv) {
             csv << s.round << ',' << s.train_loss << ',' << s.test_loss / std::log(2.0) << ','
                 << r.second << ',' << s.elapsed_s << '\n';
             csv.flush();
-            // The latest parameters as a checkpoint `gflex sample` and `gflex eval` read.
+            // The latest parameters as a checkpoint `gflex sample` reads (`gflex eval` needs
+            // the data set, which is this program's own text, not one gflex knows).
             gflex::checkpoint c;
             c.workload = spec->workload;
             c.model = spec->model;

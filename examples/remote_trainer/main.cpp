@@ -12,6 +12,7 @@
 
 #include <gflex/gflex.hpp>
 #include <gflex/kernels/model_builder.hpp>
+#include <gflex/runtime/checkpoint.hpp>
 
 #include <cstdio>
 #include <cstdlib>
@@ -103,13 +104,9 @@ int main(int argc, char** argv) {
   if (s->state != gflex::job_state::done) return 1;
   auto bytes = core->fetch(*id);
   if (!bytes) return fail("fetch", bytes.error());
-  std::ofstream file(out, std::ios::binary);
-  file.write(reinterpret_cast<const char*>(bytes->data()),
-             static_cast<std::streamsize>(bytes->size()));
-  if (!file) {
-    std::fprintf(stderr, "remote_trainer: cannot write %s\n", out.c_str());
-    return 1;
-  }
+  // Whole or not at all: an interrupted write left a short file that looked like a model.
+  if (auto written = gflex::write_file_atomically(out, *bytes); !written)
+    return fail("write", written.error());
   std::printf("wrote %zu bytes of parameters to %s\n", bytes->size(), out.c_str());
   return 0;
 }
