@@ -46,6 +46,16 @@ data_set_info set_of(const std::vector<uint8_t>& train, const std::vector<uint8_
   return up.finish().value();
 }
 
+// Alice's set "c" of `train` and a test shard, pushed to the supervisor of `f`.
+void push_c(test::job_fixture& f, const std::vector<uint8_t>& train) {
+  const auto test = shard_of(test::samples(6));
+  for (uint32_t i = 0; i < 2; ++i)
+    f.self
+        ->request(f.supervisor, f.wait, dpush_atom::value, f.alice, std::string("c"),
+                  data_part{i, 2, i == 1, i == 0 ? train : test})
+        .receive([](data_set_info&) {}, [&](caf::error& e) { FAIL(f.sys.render(e)); });
+}
+
 struct store_fixture : test::configured_system {
   const std::string alice = "user/alice";
   const std::chrono::seconds wait{30};
@@ -351,12 +361,8 @@ TEST_SUITE("data set store") {
     // after the next restart, its rounds paid for). Not read back, a removal that landed after
     // its wait left the set listed and served until the core restarted.
     test::job_fixture f(test::failing_store_state{}, {}, {}, std::chrono::milliseconds(100));
-    const auto train = shard_of(test::samples(12)), test = shard_of(test::samples(6));
-    for (uint32_t i = 0; i < 2; ++i)
-      f.self
-          ->request(f.supervisor, f.wait, dpush_atom::value, f.alice, std::string("c"),
-                    data_part{i, 2, i == 1, i == 0 ? train : test})
-          .receive([](data_set_info&) {}, [&](caf::error& e) { FAIL(f.sys.render(e)); });
+    const auto train = shard_of(test::samples(12));
+    push_c(f, train);
     f.self->send(f.store, test::held_atom::value, data_set_key(f.alice, "c"));
     auto removal =
         f.self->request(f.supervisor, f.wait, drm_atom::value, f.alice, std::string("c"));
@@ -387,12 +393,8 @@ TEST_SUITE("data set store") {
     // The job's record was still being written: the removal passed (no job listed yet), and
     // the job started on a set no longer stored.
     test::job_fixture f(test::failing_store_state{});
-    const auto train = shard_of(test::samples(12)), test = shard_of(test::samples(6));
-    for (uint32_t i = 0; i < 2; ++i)
-      f.self
-          ->request(f.supervisor, f.wait, dpush_atom::value, f.alice, std::string("c"),
-                    data_part{i, 2, i == 1, i == 0 ? train : test})
-          .receive([](data_set_info&) {}, [&](caf::error& e) { FAIL(f.sys.render(e)); });
+    const auto train = shard_of(test::samples(12));
+    push_c(f, train);
     f.self->send(f.store, test::held_atom::value, job_record_key("job-1"));
     auto submit =
         f.self->request(f.supervisor, f.wait, submit_atom::value, f.alice, test::free_spec);

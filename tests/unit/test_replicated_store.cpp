@@ -278,6 +278,17 @@ std::unique_ptr<replicated_store> leading(const replication_config& config) {
   return std::move(*a);
 }
 
+// The digest of `text`, as the chunk service names a chunk of those bytes.
+std::string digest_of(const std::string& text) {
+  return digest_hex(std::span(reinterpret_cast<const uint8_t*>(text.data()), text.size()));
+}
+
+// The chunk service's credential for the operator key config_of gives the cores.
+std::string chunk_bearer() {
+  return "Bearer " +
+         digest_hex(std::span(reinterpret_cast<const uint8_t*>("the operator key"), 16));
+}
+
 }  // namespace
 
 TEST_SUITE("replicated_store") {
@@ -773,10 +784,7 @@ TEST_SUITE("replicated_store") {
     REQUIRE(a.has_value());
     httplib::Client c("127.0.0.1", (*a)->chunk_port());
     const std::string body = "some chunk";
-    const std::string digest =
-        digest_hex(std::span(reinterpret_cast<const uint8_t*>(body.data()), body.size()));
-    const std::string good =
-        "Bearer " + digest_hex(std::span(reinterpret_cast<const uint8_t*>("the operator key"), 16));
+    const std::string digest = digest_of(body), good = chunk_bearer();
     auto no_secret = c.Put("/chunk/" + digest, body, "application/octet-stream");
     REQUIRE(no_secret);
     CHECK(no_secret->status == 403);
@@ -811,10 +819,7 @@ TEST_SUITE("replicated_store") {
     REQUIRE(a.has_value());
     httplib::Client c("127.0.0.1", (*a)->chunk_port());
     const std::string body = "a chunk of some length";
-    const std::string digest =
-        digest_hex(std::span(reinterpret_cast<const uint8_t*>(body.data()), body.size()));
-    const std::string good =
-        "Bearer " + digest_hex(std::span(reinterpret_cast<const uint8_t*>("the operator key"), 16));
+    const std::string digest = digest_of(body), good = chunk_bearer();
     {
       std::ofstream damaged(dir / "chunks-a" / digest, std::ios::binary);
       damaged << body.substr(0, 5);
