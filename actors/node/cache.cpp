@@ -31,8 +31,12 @@ using chunk_handler = std::function<void(expected<std::vector<uint8_t>>)>;
 /// Chunk requests the cache keeps out to the core at once; the rest wait here. The core
 /// serves a node 4 chunks at once and lets 64 more wait, and disconnects a node that asks for
 /// more (docs/SECURITY.md): a node of many workers, each asking for its shard and prefetching
-/// the next at a round's start, would pass that over any link slower than loopback.
-constexpr size_t max_chunk_requests = 16;
+/// the next at a round's start, would pass that over any link slower than loopback. Two more
+/// than the core serves keep the link busy; more only waited at the core with their 120 s
+/// timeouts running: 16 chunks of 8 MiB on a link of 1 MB/s timed out from the twelfth on,
+/// each one asked again behind the late answers still on the wire, and every assignment on
+/// the node failed.
+constexpr size_t max_chunk_requests = 6;
 
 // A chunk file on disk: its size, and when it was last used (a count of uses).
 struct chunk_file {
