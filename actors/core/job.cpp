@@ -1186,7 +1186,10 @@ void try_confirm(job_actor* self) {
                   job_record_key(self->state.job.id))
         .then(
             [=](bool found, std::vector<uint8_t>& value) {
-              found&& value == record ? committed() : not_committed(why);
+              if (found && value == record)
+                committed();
+              else
+                not_committed(why);
             },
             [=](caf::error&) { not_committed(why); });
   };
