@@ -61,6 +61,7 @@ struct gatekeeper_state {
   // caught node's next key until the core restarted, and a ban never stored was lost with a
   // restarted gatekeeper.
   std::set<std::string> barring_again;
+  std::map<std::string, int> bar_failures;  // by key: the wait doubles, to a minute at most
   static inline const char* name = "gatekeeper";
 };
 
@@ -446,10 +447,14 @@ caf::behavior gatekeeper(gatekeeper_actor* self, caf::actor store, std::string o
         st.barred.insert(key);
         if (self->current_sender() == self->ctrl()) st.barring_again.erase(key);
         auto report = [=](caf::error& e) {
+          auto& st = self->state;
+          if (!st.barring_again.insert(key).second) return;  // done again already
+          const int failures = std::min(++st.bar_failures[key], 6);
+          const auto wait = std::min<std::chrono::seconds>(bar_retry * (1 << (failures - 1)),
+                                                           std::chrono::seconds(60));
           spdlog::error("gatekeeper: cannot ban the key of node {} (again in {} s): {}", name,
-                        bar_retry.count(), self->system().render(e));
-          if (self->state.barring_again.insert(key).second)
-            self->delayed_send(self, bar_retry, bar_atom::value, key, name);
+                        wait.count(), self->system().render(e));
+          self->delayed_send(self, wait, bar_atom::value, key, name);
         };
         // Read back after a failure: a ban that landed late is not written again.
         commit_checked(
