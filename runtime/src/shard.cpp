@@ -15,7 +15,8 @@ std::vector<std::pair<int64_t, int64_t>> shard_ranges(int64_t samples, int64_t b
   if (samples <= 0) return out;
   const int64_t rows_fit =
       std::max<int64_t>(max_shard_bytes / std::max<int64_t>(bytes_per_sample, 1), 1);
-  const int64_t by_size = (samples + rows_fit - 1) / rows_fit;
+  // Rounded up without samples + rows_fit - 1, which overflows for a bound of INT64_MAX.
+  const int64_t by_size = samples / rows_fit + (samples % rows_fit != 0 ? 1 : 0);
   const int64_t count = std::min(samples, std::max({by_size, min_shards, int64_t{1}}));
   // Shard k is rows [k n / count, (k + 1) n / count): sizes differ by one at most.
   for (int64_t k = 0; k < count; ++k) {

@@ -4,6 +4,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 
 #include "fashion_mnist_installed.hpp"
 #include "gflex/runtime/dataset.hpp"
@@ -107,6 +108,10 @@ TEST_SUITE("dataset") {
     REQUIRE(r.size() == 8);
     for (auto [begin, end] : r) CHECK(end - begin == 125);
     CHECK(shard_ranges(0, 16, 4).empty());
+    // No size bound (the core's catalog cuts by count): rounding up overflowed (UBSan).
+    auto by_count = shard_ranges(60000, 1, 20, std::numeric_limits<int64_t>::max());
+    REQUIRE(by_count.size() == 20);
+    for (auto [begin, end] : by_count) CHECK(end - begin == 3000);
   }
 
   TEST_CASE("loads a Fashion-MNIST layout and scales pixels to [0, 1]") {
