@@ -289,6 +289,20 @@ std::string chunk_bearer() {
          digest_hex(std::span(reinterpret_cast<const uint8_t*>("the operator key"), 16));
 }
 
+// One core "a" over its own etcd, and a client of its chunk service.
+struct chunk_service_of_one {
+  test::temp_dir dir;
+  etcd_server etcd{dir.path()};
+  std::unique_ptr<replicated_store> a = started();
+  httplib::Client client{"127.0.0.1", a->chunk_port()};
+
+  std::unique_ptr<replicated_store> started() {
+    auto s = replicated_store::start(config_of(etcd, dir, "a"), [] {});
+    REQUIRE(s.has_value());
+    return std::move(*s);
+  }
+};
+
 }  // namespace
 
 TEST_SUITE("replicated_store") {
@@ -778,11 +792,8 @@ TEST_SUITE("replicated_store") {
 
   TEST_CASE("the chunk service refuses a wrong secret and contents that are not their digest" *
             doctest::skip(!etcd_installed())) {
-    test::temp_dir dir;
-    etcd_server etcd(dir.path());
-    auto a = replicated_store::start(config_of(etcd, dir, "a"), [] {});
-    REQUIRE(a.has_value());
-    httplib::Client c("127.0.0.1", (*a)->chunk_port());
+    chunk_service_of_one f;
+    auto& c = f.client;
     const std::string body = "some chunk";
     const std::string digest = digest_of(body), good = chunk_bearer();
     auto no_secret = c.Put("/chunk/" + digest, body, "application/octet-stream");
@@ -796,7 +807,7 @@ TEST_SUITE("replicated_store") {
                      "application/octet-stream");
     REQUIRE(lie);
     CHECK(lie->status == 400);
-    CHECK_FALSE(std::filesystem::exists(dir / "chunks-a" / std::string(64, 'a')));
+    CHECK_FALSE(std::filesystem::exists(f.dir / "chunks-a" / std::string(64, 'a')));
     auto read = c.Get("/chunk/" + digest, {{"Authorization", "Bearer nope"}});
     REQUIRE(read);
     CHECK(read->status == 403);
@@ -813,15 +824,12 @@ TEST_SUITE("replicated_store") {
             doctest::skip(!etcd_installed())) {
     // An existing file was only touched: a truncated copy (a crash, a bad disk) was counted
     // as held, and after the leader's loss the new leader had no whole copy.
-    test::temp_dir dir;
-    etcd_server etcd(dir.path());
-    auto a = replicated_store::start(config_of(etcd, dir, "a"), [] {});
-    REQUIRE(a.has_value());
-    httplib::Client c("127.0.0.1", (*a)->chunk_port());
+    chunk_service_of_one f;
+    auto& c = f.client;
     const std::string body = "a chunk of some length";
     const std::string digest = digest_of(body), good = chunk_bearer();
     {
-      std::ofstream damaged(dir / "chunks-a" / digest, std::ios::binary);
+      std::ofstream damaged(f.dir / "chunks-a" / digest, std::ios::binary);
       damaged << body.substr(0, 5);
     }
     auto put =
