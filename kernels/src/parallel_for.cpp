@@ -59,10 +59,11 @@ void parallel_for::run(int64_t n, int64_t align, int64_t serial_below,
   body_ = &body;
   n_ = n;
   align_ = std::max<int64_t>(align, 1);
+  // Cleared before the workers start: cleared after, a worker's exception set meanwhile was lost.
+  failure_ = nullptr;
   pending_.store(static_cast<int>(workers_.size()), std::memory_order_relaxed);
   generation_.fetch_add(1, std::memory_order_acq_rel);
   generation_.notify_all();
-  failure_ = nullptr;
   auto [begin, end] = chunk(0);
   // A body may throw (std::bad_alloc where host memory is short): the caller's chunk's
   // exception waits for the other threads, which still run the body, and any thread's is
