@@ -61,6 +61,10 @@ struct JobRecord {
   history @25 :List(RoundPoint);
   # Distinct nodes whose results the last committed round used.
   nodes @26 :UInt64;
+  # The test samples each evaluation takes, of the test split's testSamples (fewer where all
+  # would pass the core's evaluation budget).
+  testedSamples @27 :UInt64;
+  testSamples @28 :UInt64;
 }
 
 struct RoundPoint {

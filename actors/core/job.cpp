@@ -18,6 +18,7 @@
 
 #include "core_metrics.hpp"
 #include "data_catalog.hpp"
+#include "evaluation_budget.hpp"
 #include "gflex/kernels/trainer.hpp"
 #include "gflex/runtime/check.hpp"
 #include "gflex/runtime/checkpoint.hpp"
@@ -148,6 +149,7 @@ struct job_actor_state {
   std::unique_ptr<kernels::workload> workload;
   std::shared_ptr<const served_data> data;
   std::unique_ptr<kernels::backend> eval_backend;
+  dataset tested;  // the test samples an evaluation takes (evaluation_budget.hpp)
 
   // The current round.
   std::shared_ptr<const shared_params> round_params;  // encoded theta it started from
@@ -1050,7 +1052,7 @@ void try_confirm(job_actor* self) {
   const bool last = s.round == s.rounds;
   const bool evaluate = s.round % spec.eval_every == 0 || last;
   if (evaluate) {
-    auto eval = kernels::evaluate(*st.workload, st.data->test, *st.eval_backend, st.job.theta);
+    auto eval = kernels::evaluate(*st.workload, st.tested, *st.eval_backend, st.job.theta);
     if (!eval) {
       finish(self, job_state::failed, "evaluation failed: " + eval.error().message());
       return;
@@ -1888,6 +1890,15 @@ caf::behavior job_behavior(job_actor* self, job_start start, job_links links) {
       st.workload = std::move(*w);
       st.data = std::move(*data);
       st.eval_backend = kernels::make_cpu_backend(0);
+      const int64_t tested = evaluation_samples(st.workload->forward_flops(), st.data->test.size());
+      st.tested = evenly_spaced_rows(st.data->test, tested);
+      st.job.status.tested_samples = tested;
+      st.job.status.test_samples = st.data->test.size();
+      if (tested < st.data->test.size())
+        spdlog::info(
+            "job {}: each evaluation takes {} of the {} test samples (its model's "
+            "forward passes over all would pass the core's budget of {:.0e} FLOPs)",
+            st.job.id, tested, st.data->test.size(), core_evaluation_flops);
       // A checkpoint of another size (its workload changed shape since) cannot be trained on:
       // honest nodes' updates, sized by the workload, would not decode against it, and they
       // would be flagged for it. The job ends, failed, as from a damaged checkpoint.

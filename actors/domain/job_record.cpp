@@ -68,6 +68,8 @@ std::vector<uint8_t> encode_job_record(const std::string& spec_text, const job_s
   r.setCloudCost(s.cloud_cost);
   r.setOwner(s.owner);
   r.setNodes(static_cast<uint64_t>(std::max<int64_t>(s.nodes, 0)));
+  r.setTestedSamples(static_cast<uint64_t>(std::max<int64_t>(s.tested_samples, 0)));
+  r.setTestSamples(static_cast<uint64_t>(std::max<int64_t>(s.test_samples, 0)));
   auto points = r.initHistory(static_cast<unsigned>(s.history.size()));
   for (unsigned i = 0; i < s.history.size(); ++i) {
     const auto& p = s.history[i];
@@ -121,6 +123,12 @@ expected<std::pair<std::string, job_status>> decode_job_record(std::span<const u
     s.cloud_cost = r.getCloudCost();
     s.owner = r.getOwner().cStr();
     s.nodes = static_cast<int64_t>(std::min<uint64_t>(r.getNodes(), 1u << 30));
+    // Counts of rows of a split held in memory: a larger one is damage, read as unknown.
+    constexpr uint64_t most_samples = uint64_t{1} << 40;
+    s.tested_samples =
+        static_cast<int64_t>(r.getTestedSamples() <= most_samples ? r.getTestedSamples() : 0);
+    s.test_samples =
+        static_cast<int64_t>(r.getTestSamples() <= most_samples ? r.getTestSamples() : 0);
     for (auto p : r.getHistory())
       s.history.push_back({static_cast<int64_t>(p.getRound()), p.getTrainLoss(), p.getTestLoss(),
                            p.getTestAccuracy(), p.getEvaluated(), p.getElapsed()});

@@ -412,7 +412,8 @@ typename Inspector::result_type inspect(Inspector& f, round_point& x) {
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, job_status& x) {
   return f(caf::meta::type_name("job_status"), x.job_id, x.name, x.workload, x.owner, x.state,
-           x.detail, x.round, x.rounds, x.test_accuracy, x.test_loss, x.train_loss, x.nodes,
+           x.detail, x.round, x.rounds, x.test_accuracy, x.test_loss, x.tested_samples, x.test_samples,
+           x.train_loss, x.nodes,
            x.bytes_sent, x.bytes_received, x.elapsed_s, x.eta_s, x.late_results, x.rejected_results,
            x.verified_results, x.rollbacks, x.screened_results, x.unverified_results, x.compute_s,
            x.recompute_s, x.account, x.budget, x.credits_spent, x.credits_held, x.device_hours,

@@ -17,6 +17,8 @@ nlohmann::json to_json(const job_status& s) {
                       {"rounds", s.rounds},
                       {"test_accuracy", s.test_accuracy},
                       {"tested_round", tested_round(s)},
+                      {"tested_samples", s.tested_samples},
+                      {"test_samples", s.test_samples},
                       {"train_loss", s.train_loss},
                       {"test_loss", s.test_loss},
                       {"test_bits", s.test_loss / std::log(2.0)},

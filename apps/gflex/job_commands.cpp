@@ -169,8 +169,13 @@ int run_status(const job_flags& f) {
       // Figures of an evaluation before the last round say which round they are of: a job
       // evaluated every 10 rounds, cancelled at 37, showed round 30's as round 37's.
       const int64_t tested = tested_round(*s);
-      const std::string of_round =
+      std::string of_round =
           tested > 0 && tested != s->round ? " (round " + std::to_string(tested) + ")" : "";
+      // A model too large for the core to evaluate on all of its test split is scored on
+      // part of it: said, so that its figures are not read as the whole split's.
+      if (s->tested_samples > 0 && s->tested_samples < s->test_samples)
+        of_round += " on " + std::to_string(s->tested_samples) + " of " +
+                    std::to_string(s->test_samples) + " test samples";
       std::printf("%s %s: %s, round %lld/%lld, test accuracy %.4f%s, loss %.4f%s%s\n",
                   s->job_id.c_str(), s->name.c_str(), to_string(s->state),
                   static_cast<long long>(s->round), static_cast<long long>(s->rounds),

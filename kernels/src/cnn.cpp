@@ -170,6 +170,17 @@ std::string cnn_workload::describe() const {
          std::to_string(s.classes) + "; ReLU, softmax cross-entropy";
 }
 
+double cnn_workload::forward_flops() const {
+  const auto& s = shape_;
+  const auto d = [](int64_t v) { return static_cast<double>(v); };
+  // 3x3 convolutions at full and half resolution (each followed by a 2x2 pooling), then the
+  // two dense layers.
+  return 2.0 * d(s.height) * d(s.width) * 9.0 * d(s.channels) * d(s.conv1) +
+         2.0 * d(s.height / 2) * d(s.width / 2) * 9.0 * d(s.conv1) * d(s.conv2) +
+         2.0 * d((s.height / 4) * (s.width / 4) * s.conv2) * d(s.hidden) +
+         2.0 * d(s.hidden) * d(s.classes);
+}
+
 std::vector<parameter_block> cnn_workload::layout() const {
   const auto& s = shape_;
   const int64_t flat = (s.height / 4) * (s.width / 4) * s.conv2;

@@ -834,6 +834,8 @@ class graph_workload final : public workload {
   }
   int64_t feature_dim() const override { return plan_.sample_values; }
   bool token_input() const override { return plan_.spec.vocab > 0; }
+  double forward_flops() const override { return plan_.forward_flops; }
+
   int64_t eval_batch() const override { return eval_batch_; }
   int64_t classes() const override { return plan_.classes; }
   std::string model_text() const override { return text_; }

@@ -106,6 +106,13 @@ std::string mlp_workload::describe() const {
   return out + ", ReLU, softmax cross-entropy";
 }
 
+double mlp_workload::forward_flops() const {
+  double flops = 0.0;
+  for (size_t l = 0; l + 1 < widths_.size(); ++l)
+    flops += 2.0 * static_cast<double>(widths_[l]) * static_cast<double>(widths_[l + 1]);
+  return flops;
+}
+
 std::vector<parameter_block> mlp_workload::layout() const {
   std::vector<parameter_block> blocks;
   int64_t offset = 0;

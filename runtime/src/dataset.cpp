@@ -2,8 +2,10 @@
 
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <limits>
 
+#include "gflex/runtime/check.hpp"
 #include "gflex/runtime/idx.hpp"
 
 namespace gflex {
@@ -48,6 +50,29 @@ expected<void> check_dataset(const dataset& d, const std::string& what) {
                     ", not a token id in [0, " + std::to_string(d.classes) + ")");
   }
   return {};
+}
+
+dataset evenly_spaced_rows(const dataset& d, int64_t n) {
+  const int64_t size = d.size();
+  if (n >= size) return d;
+  GFLEX_CHECK(n >= 1, "evenly_spaced_rows needs at least one row");
+  const int64_t dim = d.feature_dim();
+  dataset out;
+  out.classes = d.classes;
+  out.tokens = d.tokens;
+  out.features = tensor::empty({n, dim}, dtype::f32);
+  out.labels = tensor::empty({n}, dtype::i32);
+  const float* from = d.features.data<float>();
+  const int32_t* labels = d.labels.data<int32_t>();
+  float* to = out.features.data<float>();
+  int32_t* to_labels = out.labels.data<int32_t>();
+  for (int64_t i = 0; i < n; ++i) {
+    // In 128 bits, as the shards' cut: i * size may pass 2^63.
+    const int64_t row = static_cast<int64_t>((static_cast<__int128>(i) * size) / n);
+    std::memcpy(to + i * dim, from + row * dim, static_cast<size_t>(dim) * sizeof(float));
+    to_labels[i] = labels[row];
+  }
+  return out;
 }
 
 expected<dataset> make_image_dataset(const tensor& images, const tensor& labels, int64_t classes,

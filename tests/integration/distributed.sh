@@ -28,6 +28,8 @@ for k in ("job_id", "state", "rounds", "test_accuracy", "bytes_sent", "wall_s"):
     assert k in j, k
 assert j["round"] == j["rounds"] == 30 and j["bytes_sent"] > 0 and j["bytes_received"] > 0
 assert j["nodes"] == 3, j["nodes"]
+# Within the core's evaluation budget: every evaluation took the whole test split.
+assert j["tested_samples"] == j["test_samples"] == 10000, (j["tested_samples"], j["test_samples"])
 PY
 echo "ok: $job done, test accuracy $acc"
 

@@ -85,6 +85,37 @@ TEST_SUITE("dataset") {
     CHECK(why(make(10, 10, 1, false)).find("classes must be in [2, 65536]") != std::string::npos);
   }
 
+  TEST_CASE("evenly spaced rows keep a class-sorted split's mix, in order, row for row") {
+    // 1,000 rows sorted by class (100 of each of 10): the first 10 rows are all class 0.
+    dataset d;
+    d.classes = 10;
+    d.features = tensor::empty({1000, 3}, dtype::f32);
+    d.labels = tensor::empty({1000}, dtype::i32);
+    for (int64_t i = 0; i < 1000; ++i) {
+      d.labels.data<int32_t>()[i] = static_cast<int32_t>(i / 100);
+      for (int64_t j = 0; j < 3; ++j)
+        d.features.data<float>()[i * 3 + j] = static_cast<float>(i * 3 + j);
+    }
+    auto part = evenly_spaced_rows(d, 10);
+    REQUIRE(part.size() == 10);
+    REQUIRE(part.feature_dim() == 3);
+    CHECK(part.classes == 10);
+    for (int64_t i = 0; i < 10; ++i) {
+      CHECK(part.labels.data<int32_t>()[i] == i);  // row 100 i: one of each class
+      for (int64_t j = 0; j < 3; ++j)
+        CHECK(part.features.data<float>()[i * 3 + j] == static_cast<float>(i * 300 + j));
+    }
+    // 3 of 1,000: rows 0, 333 and 666.
+    auto three = evenly_spaced_rows(d, 3);
+    REQUIRE(three.size() == 3);
+    CHECK(three.features.data<float>()[1 * 3] == static_cast<float>(333 * 3));
+    CHECK(three.features.data<float>()[2 * 3] == static_cast<float>(666 * 3));
+    // All of it, or more, is the split itself, shared.
+    auto all = evenly_spaced_rows(d, 1000);
+    CHECK(all.features.raw() == d.features.raw());
+    CHECK(evenly_spaced_rows(d, 5000).size() == 1000);
+  }
+
   TEST_CASE("shards cover every row once, as many as asked for, of sizes one row apart") {
     // Cut by a fixed row count, 20 rows asked into 8 shards gave 7, and 100 into 16 gave 15
     // (a job of that many workers was then refused); a last shard could hold one sample.

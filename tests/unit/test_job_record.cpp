@@ -15,6 +15,8 @@ TEST_CASE("job record: the round history survives encoding") {
   s.state = job_state::running;
   s.round = 3;
   s.nodes = 4;  // shown by `gflex status`: it read 0 after a core restart
+  s.tested_samples = 500;  // an evaluation on part of the test split says so after a restart
+  s.test_samples = 10000;
   for (int64_t r = 1; r <= 3; ++r)
     add_round(s.history,
               {r, 1.0 / static_cast<double>(r), 0.9 / static_cast<double>(r),
@@ -23,6 +25,8 @@ TEST_CASE("job record: the round history survives encoding") {
   auto back = decode_job_record(bytes);
   REQUIRE(back);
   CHECK(back->second.nodes == 4);
+  CHECK(back->second.tested_samples == 500);
+  CHECK(back->second.test_samples == 10000);
   const auto& h = back->second.history;
   REQUIRE(h.size() == 3);
   for (size_t i = 0; i < h.size(); ++i) {

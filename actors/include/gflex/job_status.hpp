@@ -71,6 +71,11 @@ struct job_status {
   int64_t rounds = 0;  ///< Rounds planned.
   double test_accuracy = 0.0;
   double test_loss = 0.0;  ///< Per sample (per token for a language model), nats.
+  /// The test samples each evaluation takes, of the `test_samples` the test split has: fewer
+  /// where the model's forward passes over all of them would pass the core's evaluation
+  /// budget (core_evaluation_flops). 0 until the job has run.
+  int64_t tested_samples = 0;
+  int64_t test_samples = 0;
   double train_loss = 0.0;
   int64_t nodes = 0;              ///< Distinct nodes whose results the last round used.
   uint64_t bytes_sent = 0;        ///< Parameters sent to workers, bytes.

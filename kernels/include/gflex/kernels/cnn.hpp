@@ -39,6 +39,7 @@ class cnn_workload final : public workload {
   void init_parameters(uint64_t seed, std::span<float> out) const override;
   expected<std::unique_ptr<model>> instantiate(backend& b, int64_t max_batch) const override;
   expected<dataset_splits> load_data() const override { return data_(); }
+  double forward_flops() const override;
 
   const cnn_shape& shape() const { return shape_; }
 

@@ -28,6 +28,7 @@ class mlp_workload final : public workload {
   void init_parameters(uint64_t seed, std::span<float> out) const override;
   expected<std::unique_ptr<model>> instantiate(backend& b, int64_t max_batch) const override;
   expected<dataset_splits> load_data() const override { return data_(); }
+  double forward_flops() const override;
 
   const std::vector<int64_t>& widths() const { return widths_; }
 

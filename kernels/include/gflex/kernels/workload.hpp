@@ -164,6 +164,8 @@ class workload {
   virtual bool token_input() const { return false; }
   /// The most samples an evaluation pass should take at once (activation memory).
   virtual int64_t eval_batch() const { return 1000; }
+  /// Floating-point operations of one sample's forward pass (model_plan::forward_flops).
+  virtual double forward_flops() const = 0;
   /// Loads the workload's data set (training and test splits).
   virtual expected<dataset_splits> load_data() const = 0;
 };

@@ -38,6 +38,11 @@ struct dataset_splits {
 /// otherwise.
 expected<void> check_dataset(const dataset& d, const std::string& what);
 
+/// `n` rows of `d` spread evenly over it (rows floor(i * size / n) for i in [0, n)), in their
+/// order: a part that keeps the mix of classes of a sorted split, where its first rows would
+/// not. `d` itself (its tensors shared, not copied) when n >= size; n must be at least 1.
+dataset evenly_spaced_rows(const dataset& d, int64_t n);
+
 /// Where Debian's dataset-fashion-mnist package installs the files.
 inline constexpr const char* default_fashion_mnist_dir = "/usr/share/datasets/fashion-mnist";
 
