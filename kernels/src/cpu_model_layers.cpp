@@ -23,7 +23,8 @@ constexpr float k_gelu_c = 0.7978845608028654f;  // sqrt(2 / pi)
 constexpr float k_gelu_a = 0.044715f;
 
 /// tanh as a rational function (the minimax approximation Eigen uses), within 4e-7 of the
-/// true value: unlike libm's tanhf it vectorises, and GELU spends most of its time here.
+/// true value and never past +-1: unlike libm's tanhf it vectorises, and GELU spends most of its
+/// time here.
 inline float fast_tanh(float x) {
   constexpr float clamp = 7.90531110763549805f;
   x = std::min(std::max(x, -clamp), clamp);
@@ -39,7 +40,9 @@ inline float fast_tanh(float x) {
   q = q * x2 + 1.18534705686654e-04f;
   q = q * x2 + 2.26843463243900e-03f;
   q = q * x2 + 4.89352518554385e-03f;
-  return p * x / q;
+  // Near the clamp, fused multiply-adds (a build's choice) can round the quotient just past
+  // +-1: 1 - t^2 then turns negative and a saturated unit's gradient points the wrong way.
+  return std::min(std::max(p * x / q, -1.0f), 1.0f);
 }
 
 int64_t pooled(int64_t extent, int64_t window, int64_t stride) {

@@ -600,6 +600,42 @@ layers = [
     CHECK(dx.back() == doctest::Approx(0.8674).epsilon(1e-3));  // an ordinary value unchanged
   }
 
+  TEST_CASE("tanh and GELU keep their signs in saturation") {
+    // The rational tanh could come out just past +-1 near its clamp (by the build's fused
+    // multiply-adds): 1 - t^2 then turned negative, and a saturated unit's tiny gradient
+    // pointed the wrong way, which AdamW's per-parameter scaling makes a full step.
+    auto be = make_cpu_backend(1);
+    std::vector<float> x;
+    for (float v = 6.0f; v <= 12.0f; v += 1.0f / 64.0f) {
+      x.push_back(v);
+      x.push_back(-v);
+    }
+    for (float v : {7.90531110763549805f, 7.99881172180175781f, 20.0f, 1e6f}) {
+      x.push_back(v);
+      x.push_back(-v);
+    }
+    const auto n = static_cast<int64_t>(x.size());
+    std::vector<float> y(x.size()), dy(x.size(), 1.0f), dx(x.size());
+    be->activation_forward(activation::tanh, x.data(), y.data(), n);
+    be->activation_backward(activation::tanh, x.data(), dy.data(), dx.data(), n);
+    int wrong = 0;
+    for (size_t i = 0; i < x.size(); ++i)
+      if (std::fabs(y[i]) > 1.0f || dx[i] < 0.0f) ++wrong;
+    CHECK(wrong == 0);
+    // GELU: at x below about -4 its output is at most 0 and its slope negative or 0.
+    std::vector<float> g;
+    for (float v = 4.0f; v <= 12.0f; v += 1.0f / 64.0f) g.push_back(-v);
+    g.push_back(-1e4f);
+    const auto m = static_cast<int64_t>(g.size());
+    std::vector<float> gy(g.size()), gdy(g.size(), 1.0f), gdx(g.size());
+    be->activation_forward(activation::gelu, g.data(), gy.data(), m);
+    be->activation_backward(activation::gelu, g.data(), gdy.data(), gdx.data(), m);
+    int wrong_gelu = 0;
+    for (size_t i = 0; i < g.size(); ++i)
+      if (gy[i] > 0.0f || gdx[i] > 0.0f) ++wrong_gelu;
+    CHECK(wrong_gelu == 0);
+  }
+
   TEST_CASE("backend operations agree with double-precision references") {
     auto be = make_cpu_backend(1);
     rng r(9);
