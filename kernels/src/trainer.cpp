@@ -43,6 +43,11 @@ expected<void> check_options(const train_options& o) {
     return bad("AdamW betas must be in [0, 1)");
   if (!(o.optimizer.weight_decay >= 0.0f) || !std::isfinite(o.optimizer.weight_decay))
     return bad("weight decay must be non-negative and finite");
+  // Each step multiplies every parameter by 1 - lr x weight decay: it must stay positive.
+  if (static_cast<double>(o.optimizer.lr) * static_cast<double>(o.optimizer.weight_decay) >= 1.0)
+    return bad(
+        "learning rate times weight decay must be below 1 (each step multiplies every "
+        "parameter by 1 - lr x weight decay)");
   if (o.optimizer.plain_sgd && o.optimizer.weight_decay != 0.0f)
     return bad("weight decay applies to AdamW only (plain SGD would ignore it)");
   if (o.max_steps < 0) return bad("max_steps must not be negative");

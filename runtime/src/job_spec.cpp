@@ -583,6 +583,14 @@ expected<job_spec> read_spec(const reader& in) {
     return in.fail("inner.weight_decay",
                    "applies to inner.optimizer = \"adamw\" only (plain "
                    "SGD would ignore it)");
+  // AdamW's decay multiplies every parameter by 1 - lr x weight_decay each step: at 1 or more
+  // the job ran, and was billed, flipping or zeroing its model step after step.
+  if (spec.inner_lr * spec.weight_decay >= 1.0)
+    return in.fail("inner.weight_decay",
+                   format_double(spec.weight_decay) + " times inner.lr " +
+                       format_double(spec.inner_lr) +
+                       " is 1 or more: each step would multiply every parameter by 1 - lr x "
+                       "weight_decay, which is not positive");
   if (model != nullptr && spec.data_set.empty())
     return in.fail("data.set", "missing (a [model] needs the data set it trains on)");
   if (model == nullptr && in.find("data", "set") != nullptr)

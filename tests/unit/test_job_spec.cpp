@@ -337,6 +337,11 @@ name = "tiny"
           "job.toml: outer.lr: must be a number in [1e-30, 10], got 10.5");
     CHECK(failure(with("[inner]\nweight_decay = -0.1")) ==
           "job.toml: inner.weight_decay: must be a number in [0, 1), got -0.1");
+    // AdamW's decay factor 1 - lr x weight_decay at 0 or below: the model flipped each step.
+    CHECK(failure(with("[inner]\nlr = 2.0\nweight_decay = 0.6")) ==
+          "job.toml: inner.weight_decay: 0.6 times inner.lr 2 is 1 or more: each step would "
+          "multiply every parameter by 1 - lr x weight_decay, which is not positive");
+    CHECK(parse_job_spec(with("[inner]\nlr = 1.0\nweight_decay = 0.5"), source).has_value());
     // Plain SGD steps by the gradient alone: it ran, ignoring the decay it was given.
     CHECK(failure(with("[inner]\noptimizer = \"sgd\"\nweight_decay = 0.01")) ==
           "job.toml: inner.weight_decay: applies to inner.optimizer = \"adamw\" only (plain SGD "

@@ -195,6 +195,10 @@ TEST_SUITE("mlp") {
     o.optimizer.plain_sgd = true;  // which steps by the gradient alone
     o.optimizer.weight_decay = 0.01f;
     expect(o, "weight decay applies to AdamW only");
+    o = {};
+    o.optimizer.lr = 2.0f;  // AdamW's decay factor 1 - 2 x 0.6: every parameter flipped
+    o.optimizer.weight_decay = 0.6f;
+    expect(o, "learning rate times weight decay must be below 1");
 
     dataset_splits wrong{blobs(10, 5, 3, 1), blobs(10, 5, 3, 2)};
     auto r = train(w, wrong, *be, {});
