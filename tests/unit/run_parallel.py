@@ -9,8 +9,11 @@ ARGS (doctest filters such as -tce=...) go to every piece and to the listing.
 
 Usage: run_parallel.py BIN [ARGS...]   (GFLEX_UNIT_JOBS: processes at a time, default 4)
 
-Prints the output of each piece that failed, then one summary line in doctest's words
-("[doctest] test cases: N | P passed | F failed | S skipped"). Exits 1 if a case failed or
+Prints the output of each piece that failed, the cases skipped and why, then one summary
+line in doctest's words ("[doctest] test cases: N | P passed | F failed | S skipped").
+Skipped are the cases marked `doctest::skip` (doctest leaves them out of its listing; they
+are counted from a listing with --no-skip) and those that ended by GFLEX_SKIP_CASE
+(skip_case.hpp: a GPU test without a GPU), which would otherwise count as passed. Exits 1 if a case failed or
 a piece ended without its summary (a crash, a sanitizer's abort), 2 on a usage error.
 """
 
@@ -23,15 +26,21 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 
 PER_PIECE = 4
-CASE = re.compile(r'<TestCase [^>]*?filename="([^"]*)"')
+CASE = re.compile(r'<TestCase name="([^"]*)"[^>]*?filename="([^"]*)"')
+SKIPPED_AT_RUN = re.compile(r"^\[gflex\] skipped: (.*)$", re.MULTILINE)
 SUMMARY = re.compile(r"test cases:\s*(\d+)\s*\|\s*(\d+) passed\s*\|\s*(\d+) failed\s*\|\s*(\d+) skipped")
+
+
+def listed_cases(binary, args):
+    """(name, source file) of each case passing `args`, in doctest's order."""
+    out = subprocess.run([binary, "-ltc", "--reporters=xml", *args], check=True,
+                         capture_output=True, text=True).stdout
+    return [(html.unescape(m.group(1)), html.unescape(m.group(2))) for m in CASE.finditer(out)]
 
 
 def listed(binary, args):
     """The source file of each case passing `args`, in doctest's order."""
-    out = subprocess.run([binary, "-ltc", "--reporters=xml", *args], check=True,
-                         capture_output=True, text=True).stdout
-    return [html.unescape(m.group(1)) for m in CASE.finditer(out)]
+    return [f for _, f in listed_cases(binary, args)]
 
 
 def pieces(files):
@@ -55,7 +64,11 @@ def main():
     binary, args = sys.argv[1], sys.argv[2:]
     jobs = max(1, int(os.environ.get("GFLEX_UNIT_JOBS", "4")))
     files = listed(binary, args)
-    everything = len(listed(binary, []))
+    everything = len(listed(binary, ["--no-skip=true"]))
+    chosen = listed_cases(binary, args)
+    marked = [name for name in dict.fromkeys(
+        n for n, _ in listed_cases(binary, ["--no-skip=true", *args])) if name not in
+        set(n for n, _ in chosen)]
     work = pieces(files)
 
     def run(piece):
@@ -71,8 +84,10 @@ def main():
 
     failed_cases = 0
     broken = 0
+    skipped_at_run = []
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         for (f, first, last), rc, failed, text in pool.map(run, work):
+            skipped_at_run += SKIPPED_AT_RUN.findall(text)
             if failed is None or failed > 0 or rc != 0:
                 name = os.path.basename(f)
                 print(f"--- {name}, cases {first}-{last}: exit {rc}", flush=True)
@@ -81,10 +96,15 @@ def main():
                     broken += 1  # ended without its summary, or with an error outside a case
                 else:
                     failed_cases += failed
+    for name in marked:
+        print(f"skipped (marked): {name}", flush=True)
+    for why in skipped_at_run:
+        print(f"skipped: {why}", flush=True)
     total = len(files)
     bad = failed_cases + broken
-    print(f"[doctest] test cases: {total:6d} | {total - min(bad, total):6d} passed | {bad:6d} failed | "
-          f"{everything - total:6d} skipped ({len(work)} processes, {jobs} at a time)")
+    ran = total - len(skipped_at_run)
+    print(f"[doctest] test cases: {ran:6d} | {ran - min(bad, ran):6d} passed | {bad:6d} failed | "
+          f"{everything - ran:6d} skipped ({len(work)} processes, {jobs} at a time)")
     return 1 if bad else 0
 
 

@@ -13,6 +13,7 @@
 #include "gflex/kernels/backend.hpp"
 #include "gflex/runtime/rng.hpp"
 #include "gflex/runtime/update_codec.hpp"
+#include "skip_case.hpp"
 
 using namespace gflex;
 using namespace gflex::kernels;
@@ -365,11 +366,8 @@ TEST_SUITE("backend") {
   }
 
   TEST_CASE("bf16 GEMM operands (GFLEX_BF16_OPERANDS unset or 1): bf16 copies of its operands") {
-    if (cuda_device_count() == 0) {
-      MESSAGE("CUDA backend skipped: " << (cuda_compiled() ? "no CUDA device on this machine"
-                                                           : "not compiled in"));
-      return;
-    }
+    if (cuda_device_count() == 0)
+      GFLEX_SKIP_CASE(cuda_compiled() ? "no CUDA device on this machine" : "CUDA not compiled in");
     struct restore_env {
       ~restore_env() { unsetenv("GFLEX_BF16_OPERANDS"); }
     } restore;

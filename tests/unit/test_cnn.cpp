@@ -13,6 +13,7 @@
 #include "gflex/kernels/trainer.hpp"
 #include "gflex/runtime/rng.hpp"
 #include "host_replicas.hpp"
+#include "skip_case.hpp"
 
 using namespace gflex;
 using namespace gflex::kernels;
@@ -208,12 +209,8 @@ TEST_SUITE("replica group") {
 
 TEST_SUITE("cnn") {
   TEST_CASE("on a GPU: the same gradients as the CPU, and a one-rank NCCL group") {
-    if (cuda_device_count() == 0) {
-      const std::string why =
-          cuda_compiled() ? "no CUDA device on this machine" : "CUDA not compiled in";
-      MESSAGE("skipped: " << why);
-      return;
-    }
+    if (cuda_device_count() == 0)
+      GFLEX_SKIP_CASE(cuda_compiled() ? "no CUDA device on this machine" : "CUDA not compiled in");
     auto data = small_data();
     auto w = small_cnn(data);
     std::vector<float> params(w.parameter_count());

@@ -11,6 +11,7 @@
 #include "gflex/kernels/calibration.hpp"
 #include "gflex/kernels/devices.hpp"
 #include "gflex/kernels/workload.hpp"
+#include "skip_case.hpp"
 
 using namespace gflex;
 using namespace gflex::kernels;
@@ -89,10 +90,7 @@ TEST_SUITE("devices") {
   }
 
   TEST_CASE("GEMM rates by precision: tensor cores beat exact FP32 on a GPU") {
-    if (cuda_device_count() == 0) {
-      MESSAGE("skipped: no CUDA device on this machine");
-      return;
-    }
+    if (cuda_device_count() == 0) GFLEX_SKIP_CASE("no CUDA device on this machine");
     CHECK(measure_cuda_gemm_rates(cuda_device_count()).error().code() == errc::no_device);
     auto rates = measure_cuda_gemm_rates(0, 0.4);
     REQUIRE_MESSAGE(rates.has_value(), rates.error().message());
@@ -149,10 +147,7 @@ TEST_SUITE("devices") {
 
 TEST_SUITE("devices") {
   TEST_CASE("--gpu-memory-limit: an allocation past it is a clear out-of-memory error") {
-    if (cuda_device_count() == 0) {
-      MESSAGE("skipped: no CUDA device on this machine");
-      return;
-    }
+    if (cuda_device_count() == 0) GFLEX_SKIP_CASE("no CUDA device on this machine");
     const uint64_t before = cuda_memory_in_use(0);
     {
       auto b = make_cuda_backend(0);

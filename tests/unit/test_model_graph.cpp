@@ -19,6 +19,7 @@
 #include "gflex/runtime/text_corpus.hpp"
 #include "host_replicas.hpp"
 #include "recording_backend.hpp"
+#include "skip_case.hpp"
 
 using namespace gflex;
 using namespace gflex::kernels;
@@ -227,12 +228,8 @@ layers = [
   }
 
   TEST_CASE("on a GPU: every layer's gradients agree with the CPU's") {
-    if (cuda_device_count() == 0) {
-      const std::string why =
-          cuda_compiled() ? "no CUDA device on this machine" : "CUDA not compiled in";
-      MESSAGE("skipped: " << why);
-      return;
-    }
+    if (cuda_device_count() == 0)
+      GFLEX_SKIP_CASE(cuda_compiled() ? "no CUDA device on this machine" : "CUDA not compiled in");
     // One model with every layer type but the losses it cannot share (mse has its own).
     for (const auto& [text, vocab] : std::vector<std::pair<std::string, int64_t>>{{R"([model]
 input = [6, 6, 2]
