@@ -25,8 +25,8 @@ struct pending_admit {
   std::string key;  // the node key (hex) the hello presents
 };
 
-/// Answers held for addresses that keep failing; past this many the oldest is refused (a
-/// guesser must not grow the core's memory).
+/// Answers held for addresses that keep failing; past this many a new hello is refused at
+/// once (a guesser must not grow the core's memory).
 constexpr size_t max_held = 1024;
 // Of which from one address: a flood of bad hellos from one address pushed the oldest held
 // answers out, those of nodes with valid tokens from other addresses among them.

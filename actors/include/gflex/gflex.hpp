@@ -112,7 +112,9 @@ struct core_config {
 struct node_config {
   std::string name;                ///< Shown by the core; defaults to the host name.
   int workers = 1;                 ///< Compute slots (one worker actor each) on the CPU.
-  std::filesystem::path data_dir;  ///< Chunk cache; required.
+  /// The node's identity key (node.key, to which its name and reputation are bound) and
+  /// its chunk cache; required.
+  std::filesystem::path data_dir;
   /// auto (every GPU found, else the CPU), cpu, cuda (every GPU, or those of `gpus`) or
   /// cuda:N. A GPU node's workers each span all its GPUs (a replica group: one stream per
   /// GPU, updates all-reduced with NCCL) and `workers` is ignored.

@@ -66,7 +66,7 @@ struct job_spec {
   double outer_momentum = 0.8;  ///< [outer] momentum: in [0, 1).
   gflex::compression compression = gflex::compression::int8;  ///< [wire] compression.
   int64_t eval_every = 1;  ///< [eval] every: test accuracy every N rounds, 1..100000.
-  /// [round] deadline_s, in (0, max_deadline_s]: an assignment not answered by then is
+  /// [round] deadline_s, in [1, max_deadline_s]: an assignment not answered by then is
   /// reassigned (and withdrawn from its worker), and
   /// a round past it closes as soon as a quorum of its results is in.
   double deadline_s = 120.0;
