@@ -560,7 +560,8 @@ constexpr size_t diverged_nodes_to_fail = 3;
 // apart (report_rejection): a restart of the tracker takes well under a minute.
 constexpr int rejection_attempts = 30;
 
-void fail_assignment(job_actor* self, uint64_t id, const std::string& why);
+void fail_assignment(job_actor* self, uint64_t id, const std::string& why,
+                     bool node_at_fault = true);
 
 // The job ends: its round diverged on `nodes` nodes (`said`: what the last one said).
 void end_diverged(job_actor* self, const std::string& said) {
@@ -699,10 +700,14 @@ void assignment_failed(job_actor* self, uint64_t id, const caf::error& e) {
       if (!st.divergence_checking) check_divergence(self, it->second.work, err.message());
     }
   }
-  fail_assignment(self, id, self->system().render(e));
+  // Out of memory, past the deadline or diverged: the job's model and settings, not the node,
+  // as far as anyone else's job can tell. The market frees the slot for them.
+  const bool node_at_fault =
+      !(ran_out_of_memory(err) || e == caf::sec::request_timeout || err.code() == errc::non_finite);
+  fail_assignment(self, id, self->system().render(e), node_at_fault);
 }
 
-void fail_assignment(job_actor* self, uint64_t id, const std::string& why) {
+void fail_assignment(job_actor* self, uint64_t id, const std::string& why, bool node_at_fault) {
   auto& st = self->state;
   auto it = st.pending.find(id);
   if (it == st.pending.end()) return;
@@ -713,7 +718,7 @@ void fail_assignment(job_actor* self, uint64_t id, const std::string& why) {
   // A worker that is merely slow (past the deadline) is still computing it: it stops, rather
   // than finish it for nothing while the next assignments queue behind it.
   self->send(it->second.slot.worker, abort_atom::value, id);
-  self->send(st.links.market, release_atom::value, it->second.slot.worker, true);
+  self->send(st.links.market, release_atom::value, it->second.slot.worker, true, node_at_fault);
   st.pending.erase(it);
   // Another copy (a backup) may still be running, or may already have answered.
   // A backup of it may be queued already (watch_round): queued twice, two copies went out.

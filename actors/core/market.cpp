@@ -164,6 +164,34 @@ struct market_state {
   }
 };
 
+// A slot its holder lets go (release_atom): free again, after a failure counted against its
+// node (a cooldown for the slot and the node) only where the node is at fault. A failure the
+// job's own settings caused says nothing of the node: counted, one user's job could keep every
+// node it touched out of all jobs' reach for a minute at a time. Neither is it cleared then:
+// the releasing job leaves the node out of its own acquires (job.cpp, leave_out).
+void release(caf::stateful_actor<market_state>* self, const caf::actor& worker, bool failed,
+             bool node_at_fault) {
+  auto& st = self->state;
+  st.drop_claim(self, worker);
+  auto* e = st.held_by_sender(self, worker);
+  if (e == nullptr) return;
+  e->busy = false;
+  e->holder = nullptr;
+  if (failed && node_at_fault) {
+    e->failures += 1;
+    e->cooldown_until = clock_type::now() + cooldown(e->failures);
+    auto& node = st.nodes[e->node];
+    node.failures += 1;
+    node.cooldown_until = clock_type::now() + cooldown(node.failures);
+    return;
+  }
+  if (!failed) {
+    e->failures = 0;
+    st.nodes[e->node].failures = 0;
+  }
+  st.hold_for_a_waiter(*e, self->current_sender()->address(), clock_type::now());
+}
+
 caf::behavior market_actor(caf::stateful_actor<market_state>* self, double newcomer_share) {
   self->state.newcomer_share = newcomer_share;
   // A job that dies holding slots (its supervisor restarts it) must not keep them busy.
@@ -363,32 +391,12 @@ caf::behavior market_actor(caf::stateful_actor<market_state>* self, double newco
       // Only its holder frees a slot: after a restart of this actor the registry offers every
       // slot again as free, and a job's release of work it handed out before would free a
       // slot another job has acquired since.
-      [=](release_atom, const caf::actor& worker) {
-        self->state.drop_claim(self, worker);
-        if (auto* e = self->state.held_by_sender(self, worker)) {
-          e->busy = false;
-          e->holder = nullptr;
-          e->failures = 0;
-          self->state.nodes[e->node].failures = 0;
-          self->state.hold_for_a_waiter(*e, self->current_sender()->address(), clock_type::now());
-        }
-      },
+      [=](release_atom, const caf::actor& worker) { release(self, worker, false, false); },
       [=](release_atom, const caf::actor& worker, bool failed) {
-        self->state.drop_claim(self, worker);
-        if (auto* e = self->state.held_by_sender(self, worker)) {
-          e->busy = false;
-          e->holder = nullptr;
-          if (failed) {
-            e->failures += 1;
-            e->cooldown_until = clock_type::now() + cooldown(e->failures);
-            auto& node = self->state.nodes[e->node];
-            node.failures += 1;
-            node.cooldown_until = clock_type::now() + cooldown(node.failures);
-          } else {
-            self->state.nodes[e->node].failures = 0;
-            self->state.hold_for_a_waiter(*e, self->current_sender()->address(), clock_type::now());
-          }
-        }
+        release(self, worker, failed, true);
+      },
+      [=](release_atom, const caf::actor& worker, bool failed, bool node_at_fault) {
+        release(self, worker, failed, node_at_fault);
       },
       [=](nodes_atom) -> caf::result<int64_t, int64_t> {
         int64_t free = 0;

@@ -35,6 +35,11 @@
 ///   of jobs that wait. Waiting jobs take such turns in order.
 /// - (release_atom, worker, failed): the same after a failed assignment; a slot that keeps
 ///   failing is left out for a while (0.5 s, doubling per failure in a row up to a minute).
+/// - (release_atom, worker, failed, node_at_fault): with node_at_fault false, a failure the
+///   job's own settings caused (its model out of the node's memory, past its deadline,
+///   diverged): the slot is free again for every other job (held for a waiting one first),
+///   its node's record of failures unchanged. Counted against the node, one user's job could
+///   keep every node it touched out of all jobs' reach for a minute at a time.
 /// - (release_atom, kept workers) from a job whose acquire was not answered in time: every
 ///   slot it holds but those is free again. The answer came after the job stopped waiting,
 ///   and its slots stayed busy, unused, for the job's life.

@@ -265,14 +265,23 @@ inline caf::behavior slow_ledger(caf::stateful_actor<slow_ledger_state>* self, c
 
 // A market that offers `slots` at the first acquire, and no worker after: a running job then
 // waits for some. (caf::get_atom) -> the actor that asked last (a job's own actor);
-// (caf::get_atom, caf::get_atom) -> the nodes its last acquire avoided (counted in the reply).
+// (caf::get_atom, caf::get_atom) -> the nodes its last acquire avoided (counted in the reply);
+// (caf::get_atom, release_atom) -> each release so far: "free", "failed: the node's fault" or
+// "failed: not the node's fault".
 inline caf::behavior offering_market(caf::event_based_actor* self, std::vector<worker_slot> slots) {
   auto offered = std::make_shared<std::vector<worker_slot>>(std::move(slots));
   auto asker = std::make_shared<caf::actor>();
   auto last_avoided = std::make_shared<std::vector<std::string>>();
+  auto released = std::make_shared<std::vector<std::string>>();
+  auto record = [released](bool failed, bool node_at_fault) {
+    released->push_back(!failed         ? "free"
+                        : node_at_fault ? "failed: the node's fault"
+                                        : "failed: not the node's fault");
+  };
   return {
       [=](caf::get_atom) { return *asker; },
       [=](caf::get_atom, caf::get_atom) { return *last_avoided; },
+      [=](caf::get_atom, release_atom) { return *released; },
       [=](acquire_atom, const std::string&, const std::string&, int64_t, uint8_t, int64_t, double,
           const std::vector<std::string>& avoided) {
         *last_avoided = avoided;
@@ -283,8 +292,11 @@ inline caf::behavior offering_market(caf::event_based_actor* self, std::vector<w
         offered->clear();
         return r;
       },
-      [](release_atom, const caf::actor&) {},
-      [](release_atom, const caf::actor&, bool) {},
+      [=](release_atom, const caf::actor&) { record(false, false); },
+      [=](release_atom, const caf::actor&, bool failed) { record(failed, true); },
+      [=](release_atom, const caf::actor&, bool failed, bool node_at_fault) {
+        record(failed, node_at_fault);
+      },
   };
 }
 

@@ -140,6 +140,11 @@ caf::behavior holding_market(caf::stateful_actor<holding_market_state>* self,
         for (const auto& s : self->state.all)
           if (s.worker == w) self->state.offered.push_back(s);
       },
+      [=](release_atom, const caf::actor& w, bool, bool) {  // and whose fault it was
+        if (!self->state.reoffer) return;
+        for (const auto& s : self->state.all)
+          if (s.worker == w) self->state.offered.push_back(s);
+      },
   };
 }
 

@@ -42,6 +42,14 @@ TEST_SUITE("job out of memory") {
         .receive([&](std::vector<std::string>& a) { avoided = std::move(a); },
                  [&](caf::error& e) { FAIL(f.sys.render(e)); });
     CHECK(avoided == std::vector<std::string>{"n-small"});
+    // The model, not the node, is at fault: the market frees the slot for other jobs rather
+    // than cool the node down for all of them.
+    std::vector<std::string> released;
+    f.self->request(f.market, f.wait, caf::get_atom::value, release_atom::value)
+        .receive([&](std::vector<std::string>& r) { released = std::move(r); },
+                 [&](caf::error& e) { FAIL(f.sys.render(e)); });
+    REQUIRE_FALSE(released.empty());
+    for (const auto& r : released) CHECK(r == "failed: not the node's fault");
     side.self->send_exit(worker, caf::exit_reason::user_shutdown);
   }
 }

@@ -167,4 +167,33 @@ TEST_SUITE("market actor") {
     CHECK(acquire(job).slots.size() == 1);
     s.self->send_exit(w3, caf::exit_reason::user_shutdown);
   }
+
+  TEST_CASE_FIXTURE(market_fixture,
+                    "a failure the job caused leaves the node free for every other job at once") {
+    // Out of memory, past its deadline, diverged: counted against the node, a user's job with
+    // a 1 s deadline on a heavy model kept each node it touched out of every job's reach,
+    // 64 s for a node of 8 slots, round after round.
+    caf::actor w3 = s.sys.spawn(idle_worker);
+    std::vector<worker_slot> slots;
+    for (const auto& w : {w1, w2, w3}) {
+      worker_slot slot;
+      slot.worker = w;
+      slot.node_name = "name-n1";
+      slot.throughput = 100.0;
+      slots.push_back(slot);
+    }
+    s.self->send(market, offer_atom::value, std::string("n1"), slots);
+    caf::scoped_actor heavy{s.sys}, other{s.sys};
+    auto taken = acquire(heavy, 3);
+    REQUIRE(taken.slots.size() == 3);
+    for (const auto& slot : taken.slots)
+      heavy->send(market, release_atom::value, slot.worker, true, false);
+    auto again = acquire(other, 3);
+    CHECK(again.slots.size() == 3);  // none cooled down
+    // The node's own failure (a malformed answer, a device error) still cools it down.
+    REQUIRE_FALSE(again.slots.empty());
+    other->send(market, release_atom::value, again.slots[0].worker, true, true);
+    CHECK(acquire(heavy, 1).slots.empty());
+    s.self->send_exit(w3, caf::exit_reason::user_shutdown);
+  }
 }
