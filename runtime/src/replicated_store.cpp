@@ -662,6 +662,15 @@ struct replicated_store::impl {
     }
     if (!r->succeeded) {
       writer_revision.reset();
+      // The client sends a transaction that a member answered 5xx, or not in time, to the
+      // next member: where the first had applied it, this copy's compare failed on the
+      // revision the commit itself moved. The writer record says so.
+      if (auto w = etcd->range(writer_key, false);
+          w && !w->empty() && text_of(w->front().value) == mark) {
+        writer_revision = w->front().mod_revision;
+        spdlog::info("replication: a commit sent again to another member had landed");
+        return {};
+      }
       if (auto kvs = etcd->range(leader_key, false);
           kvs && !kvs->empty() && kvs->front().mod_revision == fence)
         // Still this core's leadership: only the writer's revision moved, which no commit

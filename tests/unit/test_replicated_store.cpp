@@ -470,6 +470,30 @@ TEST_SUITE("replicated_store") {
     CHECK(a->commit(next).has_value());
   }
 
+  TEST_CASE("a commit sent again to another member after its answer was lost landed" *
+            doctest::skip(!etcd_installed())) {
+    // The client sends a transaction a member answered 5xx (or not in time) to the next
+    // member. Where the first had applied it, the copy's compare failed on the revision the
+    // commit itself moved, and the core said "nothing of it was written": an unmetered job
+    // then ended, failed, over a round its store held.
+    test::temp_dir dir;
+    etcd_server etcd(dir.path());
+    lossy_txn_proxy proxy(etcd.endpoint());
+    auto config = config_of(etcd, dir, "a");
+    config.endpoints = proxy.endpoint() + "," + etcd.endpoint();
+    auto a = leading(config);
+    std::vector<store_write> first = {{"k", bytes("first")}};
+    REQUIRE(a->commit(first).has_value());
+    proxy.next = lossy_txn_proxy::mode::lose_answer;  // applied through the proxy, then 502
+    std::vector<store_write> landed = {{"k", bytes("landed")}};
+    auto settled = a->commit(landed);
+    CHECK_MESSAGE(settled.has_value(), settled.error().message());
+    CHECK(**a->get("k") == bytes("landed"));
+    std::vector<store_write> next = {{"k", bytes("next")}};  // still leading, committing
+    CHECK(a->commit(next).has_value());
+    CHECK(**a->get("k") == bytes("next"));
+  }
+
   TEST_CASE("a leader that stops gives its lease back: its keys go at once" *
             doctest::skip(!etcd_installed())) {
     // Kept to the end of their TTL, followers sent clients to a core that had stopped, and
