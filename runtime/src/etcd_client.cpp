@@ -156,7 +156,8 @@ etcd_client::etcd_client(etcd_client&&) noexcept = default;
 etcd_client& etcd_client::operator=(etcd_client&&) noexcept = default;
 etcd_client::~etcd_client() = default;
 
-expected<etcd_client> etcd_client::make(std::string_view endpoints) {
+expected<etcd_client> etcd_client::make(std::string_view endpoints,
+                                        std::chrono::milliseconds read_timeout) {
   auto p = std::make_unique<impl>();
   size_t at = 0;
   while (at <= endpoints.size()) {
@@ -185,7 +186,7 @@ expected<etcd_client> etcd_client::make(std::string_view endpoints) {
     // Headers and body leave in separate writes: without this each request waits out the
     // server's delayed acknowledgement (40 ms), which capped commits at about 23 a second.
     e.http->set_tcp_nodelay(true);
-    e.http->set_read_timeout(5, 0);
+    e.http->set_read_timeout(read_timeout);
     e.http->set_write_timeout(5, 0);
     e.http->set_keep_alive(true);
     p->endpoints.push_back(std::move(e));

@@ -415,7 +415,7 @@ struct replicated_store::impl {
     // is for, and the leader's pushes pass this core by.
     std::atomic<bool> fetching{true};
     std::thread renewing([this, id, &fetching] {
-      auto client = etcd_client::make(config.endpoints);
+      auto client = renewal_client();
       if (!client) return;
       const auto period = std::chrono::milliseconds(config.lease_ttl_s * 1000 / 3);
       auto next = clock_type::now() + period;
@@ -542,8 +542,19 @@ struct replicated_store::impl {
     }
   }
 
+  // The client lease renewals are sent with. A silent member (a power loss, a partition: no
+  // reset) held a renewal for the whole read timeout (5 s) before the next member was asked,
+  // past the lease's TTL: the leader ended itself, and the followers' leases lapsed too. A
+  // renewal is cheap for etcd: a member that has not answered within a sixth of the TTL (at
+  // least half a second) is passed over.
+  expected<etcd_client> renewal_client() const {
+    return etcd_client::make(config.endpoints,
+                             std::max(std::chrono::milliseconds(500),
+                                      std::chrono::milliseconds(config.lease_ttl_s * 1000 / 6)));
+  }
+
   void renew_leases() {
-    auto client = etcd_client::make(config.endpoints);
+    auto client = renewal_client();
     if (!client) return;
     auto last_ok = clock_type::now();
     auto next_rejoin = clock_type::now();

@@ -151,6 +151,48 @@ class slow_range_proxy {
   int port_ = 0;
 };
 
+// An HTTP proxy in front of etcd that, while `silent`, answers no lease renewal (as a member
+// cut off without a reset: its connections stay open, and nothing comes back).
+class silent_renewal_proxy {
+ public:
+  explicit silent_renewal_proxy(const std::string& etcd_endpoint) {
+    const auto colon = etcd_endpoint.rfind(':');
+    const std::string host = etcd_endpoint.substr(0, colon);
+    const int port = std::stoi(etcd_endpoint.substr(colon + 1));
+    server_.Post(R"(/.*)", [=, this](const httplib::Request& req, httplib::Response& res) {
+      if (silent && req.path == "/v3/lease/keepalive") {
+        for (int i = 0; i < 200 && !stopping_; ++i)
+          std::this_thread::sleep_for(std::chrono::milliseconds(50));
+        res.status = 502;
+        return;
+      }
+      httplib::Client etcd(host, port);
+      auto r = etcd.Post(req.path, req.body, "application/json");
+      if (!r) {
+        res.status = 502;
+        return;
+      }
+      res.status = r->status;
+      res.set_content(r->body, "application/json");
+    });
+    port_ = server_.bind_to_any_port("127.0.0.1");
+    thread_ = std::thread([this] { server_.listen_after_bind(); });
+  }
+  ~silent_renewal_proxy() {
+    stopping_ = true;
+    server_.stop();
+    thread_.join();
+  }
+  std::string endpoint() const { return "127.0.0.1:" + std::to_string(port_); }
+  std::atomic<bool> silent{false};
+
+ private:
+  std::atomic<bool> stopping_{false};
+  httplib::Server server_;
+  std::thread thread_;
+  int port_ = 0;
+};
+
 // An HTTP proxy in front of etcd that loses the answer of the next transaction once told:
 // `lose_answer` sends it on first (it lands; the core hears 502), `hold` keeps it back
 // (the core hears 502; `release` sends it late, as etcd applies a proposal it took before
@@ -582,6 +624,29 @@ TEST_SUITE("replicated_store") {
                                       cut)
             .count();
     CHECK_MESSAGE(after_s <= 2.5, "it stopped leading " << after_s << " s after the cut (TTL 2 s)");
+  }
+
+  TEST_CASE("a leader whose first etcd member goes silent renews on the next and leads on" *
+            doctest::skip(!etcd_installed())) {
+    // A renewal waited out the whole read timeout (5 s) on the silent member before it asked
+    // the next: past the lease's TTL (2 s here), the leader ended itself.
+    test::temp_dir dir;
+    etcd_server etcd(dir.path());
+    silent_renewal_proxy proxy(etcd.endpoint());
+    auto config = config_of(etcd, dir, "a");
+    config.endpoints = proxy.endpoint() + "," + etcd.endpoint();
+    std::atomic<bool> lost{false};
+    auto a = replicated_store::start(config, [&] { lost = true; });
+    REQUIRE(a.has_value());
+    std::atomic<int> stop{0};
+    REQUIRE(*(*a)->campaign(stop, {}));
+    std::this_thread::sleep_for(std::chrono::milliseconds(1000));
+    proxy.silent = true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(7000));  // three TTLs and more
+    CHECK_FALSE(lost.load());
+    std::vector<store_write> still = {{"k", bytes("still")}};
+    auto committed = (*a)->commit(still);
+    CHECK_MESSAGE(committed.has_value(), committed.error().message());
   }
 
   TEST_CASE("a campaign waits for a lease known to hold: a slow grant's is not" *

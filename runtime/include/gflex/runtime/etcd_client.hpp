@@ -5,6 +5,7 @@
 /// base64). Debian has no C++ etcd client, and the gateway is part of every etcd server, so
 /// this needs nothing beyond cpp-httplib. Not thread-safe: each thread keeps its own client.
 
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -51,8 +52,10 @@ struct etcd_txn_result {
 class etcd_client {
  public:
   /// A client of the members at `endpoints` ("host:port,host:port,..."); nothing is
-  /// contacted yet. A request that cannot reach one member is sent to the next.
-  static expected<etcd_client> make(std::string_view endpoints);
+  /// contacted yet. A request that cannot reach one member, or that one does not answer
+  /// within `read_timeout`, is sent to the next.
+  static expected<etcd_client> make(
+      std::string_view endpoints, std::chrono::milliseconds read_timeout = std::chrono::seconds(5));
 
   etcd_client(etcd_client&&) noexcept;
   etcd_client& operator=(etcd_client&&) noexcept;
