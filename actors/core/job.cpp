@@ -195,10 +195,10 @@ struct job_actor_state {
     std::chrono::steady_clock::time_point until;
   };
   std::map<std::string, unsuited_node> unsuited;
-  /// Each node key's last updates, sketched (newest last, at most replay_memory): a node
-  /// that sends its stored updates in turn repeats none of them back to back. By key, not by
-  /// name: one key joins under several names, and replayed them in turn under each.
-  std::map<std::vector<uint8_t>, std::deque<std::vector<float>>> last_sketches;
+  /// Each node key's last updates, sketched: a node that sends its stored updates in turn
+  /// repeats none of them back to back. For the keys heard from last, four times as many as
+  /// the job's workers (and 64 more), replaced over the job's life.
+  std::optional<replay_sketches> last_sketches;
   // Metered jobs: escrow held per round index (a rolled-back round keeps its hold), and
   // whether the next round waits for its hold or for a top-up.
   std::map<int64_t, int64_t> held;
@@ -1474,12 +1474,9 @@ void on_result(job_actor* self, uint64_t id, assignment_result& r) {
     std::vector<round_result*> just{&result};
     for (size_t begin = 0; begin < st.job.theta.size(); begin += update_blocks::size)
       update_sketch_add(one.read(just, begin)[0], begin, sketch);
-    auto& last = st.last_sketches[slot.public_key];
-    replay = std::any_of(last.begin(), last.end(), [&](const std::vector<float>& earlier) {
-      return cosine(sketch, earlier) > replay_cosine;
-    });
-    last.push_back(std::move(sketch));
-    if (last.size() > replay_memory) last.pop_front();
+    if (!st.last_sketches)
+      st.last_sketches.emplace(4 * static_cast<size_t>(st.job.spec.workers) + 64);
+    replay = st.last_sketches->repeats(slot.public_key, std::move(sketch));
   }
   st.results[shard] = std::move(result);
   if (replay) {

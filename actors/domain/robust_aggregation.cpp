@@ -430,4 +430,25 @@ void robust_mean(const std::vector<std::span<const float>>& updates, double clip
   robust_mean_block(updates, scale, trim, 0, updates[0].size(), out);
 }
 
+bool replay_sketches::repeats(const std::vector<uint8_t>& key, std::vector<float> sketch) {
+  auto it = by_key_.find(key);
+  if (it == by_key_.end()) {
+    if (by_key_.size() >= keys_) {
+      auto oldest = std::min_element(
+          by_key_.begin(), by_key_.end(),
+          [](const auto& a, const auto& b) { return a.second.heard < b.second.heard; });
+      by_key_.erase(oldest);
+    }
+    it = by_key_.emplace(key, kept{}).first;
+  }
+  auto& k = it->second;
+  k.heard = ++calls_;
+  const bool seen = std::any_of(
+      k.last.begin(), k.last.end(),
+      [&](const std::vector<float>& earlier) { return cosine(sketch, earlier) > replay_cosine; });
+  k.last.push_back(std::move(sketch));
+  if (k.last.size() > replay_memory) k.last.erase(k.last.begin());
+  return seen;
+}
+
 }  // namespace gflex

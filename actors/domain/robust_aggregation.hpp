@@ -6,6 +6,8 @@
 /// what a result slipping past the checks can do. Free of CAF.
 
 #include <cstddef>
+#include <cstdint>
+#include <map>
 #include <span>
 #include <string>
 #include <vector>
@@ -111,6 +113,28 @@ double cosine(std::span<const float> a, std::span<const float> b);
 /// honest node pays at most a re-computation that matches.
 inline constexpr double replay_cosine = 0.95;
 inline constexpr size_t replay_memory = 16;
+
+/// Each node key's last `replay_memory` update sketches, by key (one key joins under several
+/// names, and replayed its updates in turn under each), for at most `keys` keys: past them,
+/// the key heard from longest ago is forgotten. Unbounded, a job kept 256 KiB for every key
+/// that ever sent it a result, for its whole life (a churning pool of 500 keys: 125 MiB).
+class replay_sketches {
+ public:
+  explicit replay_sketches(size_t keys) : keys_(keys < 1 ? 1 : keys) {}
+  /// Whether `sketch` repeats one of `key`'s last ones (a cosine above replay_cosine); it is
+  /// kept either way, as the key's newest.
+  bool repeats(const std::vector<uint8_t>& key, std::vector<float> sketch);
+  size_t keys() const { return by_key_.size(); }
+
+ private:
+  struct kept {
+    std::vector<std::vector<float>> last;  // oldest first
+    uint64_t heard = 0;                    // when, in calls of repeats()
+  };
+  size_t keys_;
+  uint64_t calls_ = 0;
+  std::map<std::vector<uint8_t>, kept> by_key_;
+};
 
 /// The robust mean of a round's updates into `out` (resized to their length): each update is
 /// first scaled down to at most `clip` times the median norm (clip 0: no clipping), then the

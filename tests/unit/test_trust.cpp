@@ -300,6 +300,30 @@ TEST_SUITE("robust_aggregation") {
                  update_sketch(std::vector<float>(10, 1.0f))) == 0.0);  // a zero update
   }
 
+  TEST_CASE("replay memory: a key's last 16 updates, for a bounded number of keys") {
+    std::vector<std::vector<float>> u;
+    for (int i = 0; i < 20; ++i) u.push_back(update_sketch(gaussian(5000, 100 + i)));
+    const std::vector<uint8_t> a{1}, b{2}, c{3};
+    replay_sketches book(2);
+    CHECK_FALSE(book.repeats(a, u[0]));
+    CHECK(book.repeats(a, u[0]));        // sent again: a replay
+    CHECK_FALSE(book.repeats(b, u[0]));  // another key's own memory
+    // A third key: the one heard from longest ago (a) is forgotten, b is not.
+    CHECK_FALSE(book.repeats(c, u[1]));
+    CHECK(book.keys() == 2);
+    CHECK(book.repeats(b, u[0]));
+    CHECK_FALSE(book.repeats(a, u[0]));  // a's memory went with it
+    // 16 of one key's updates are kept: the 17th back is forgotten.
+    replay_sketches one(1);
+    for (int i = 0; i < 17; ++i) CHECK_FALSE(one.repeats(a, u[static_cast<size_t>(i)]));
+    CHECK_FALSE(one.repeats(a, u[0]));
+    CHECK(one.repeats(a, u[16]));
+    // Bounded however many keys come and go.
+    replay_sketches many(8);
+    for (uint8_t k = 0; k < 200; ++k) (void)many.repeats({k, 7}, u[k % 20]);
+    CHECK(many.keys() == 8);
+  }
+
   TEST_CASE("the robust mean clips large updates and trims per coordinate") {
     std::vector<std::vector<float>> u{{1.0f, 0.0f}, {1.0f, 0.0f}, {1.0f, 0.0f}, {100.0f, 0.0f}};
     std::vector<double> mean;
