@@ -14,6 +14,7 @@
 #include "data_server.hpp"
 #include "gatekeeper.hpp"
 #include "gflex/runtime/identity.hpp"
+#include "gflex/runtime/log_throttle.hpp"
 #include "gflex/runtime/printable_text.hpp"
 #include "job.hpp"
 #include "job_supervisor.hpp"
@@ -70,11 +71,25 @@ struct core_state {
   uint32_t registry_incarnation = 0;
   std::deque<std::chrono::steady_clock::time_point> restarts;
   client_sessions sessions;  // the clients' (client_door.hpp)
+  // Refused hellos are logged at most 20 in 10 s: a peer sends as many as it likes.
+  log_throttle refusal_log{20, std::chrono::seconds(10)};
   static inline const char* name = "core_supervisor";
 };
 
 // The front door: every peer holds this handle, so it is guarded (boundary.hpp).
 using core_actor_type = caf::stateful_actor<core_state, guarded<caf::event_based_actor>>;
+
+// A refused hello, logged within core_state::refusal_log's bound.
+void log_refusal(core_actor_type* self, const std::string& line) {
+  uint64_t held_back = 0;
+  if (!self->state.refusal_log.allow(log_throttle::clock::now(), held_back)) return;
+  if (held_back > 0)
+    spdlog::warn(
+        "{} more refused hellos were not logged (a log line each would let a peer "
+        "fill the disk)",
+        held_back);
+  spdlog::warn("{}", line);
+}
 
 // A join token is gft_ and 64 hex digits; a longer one is refused before the gatekeeper
 // (which says what a token looks like to one of any length up to this).
@@ -383,7 +398,7 @@ caf::behavior core_actor(core_actor_type* self, core_children children, core_con
                         hello_atom::value, name, tier, key)
               .then([=](caf::ok_atom) mutable { join(std::move(hello), address); },
                     [=](caf::error& e) mutable {
-                      spdlog::warn("refused node {}: {}", name, from_caf(e).message());
+                      log_refusal(self, "refused node " + name + ": " + from_caf(e).message());
                       rp.deliver(e);
                     });
         };
@@ -393,8 +408,8 @@ caf::behavior core_actor(core_actor_type* self, core_children children, core_con
                         proof_ok, key)
               .then([=](caf::ok_atom) mutable { bind(std::move(hello), address); },
                     [=](caf::error& e) mutable {
-                      spdlog::warn("refused node {} from {}: {}", name, address,
-                                   from_caf(e).message());
+                      log_refusal(self, "refused node " + name + " from " + address + ": " +
+                                            from_caf(e).message());
                       rp.deliver(e);
                     });
         };

@@ -11,6 +11,7 @@
 
 #include "access.hpp"
 #include "core_metrics.hpp"
+#include "gflex/runtime/log_throttle.hpp"
 #include "messages.hpp"
 #include "store_write.hpp"
 
@@ -42,6 +43,9 @@ struct gatekeeper_state {
   caf::actor store;
   std::string operator_key;
   join_failures failures;
+  // Refusals are logged at most 20 in 10 s (a guesser's hellos are as many as it sends);
+  // core_metrics counts every one.
+  log_throttle refusal_log{20, std::chrono::seconds(10)};
   std::map<uint64_t, pending_admit> held;  // answers delayed for addresses that keep failing
   uint64_t next_held = 1;
   // A token's record is read, changed and written back while the store answers and the
@@ -116,9 +120,17 @@ void decide(gatekeeper_actor* self, pending_admit p) {
   auto refuse = [self](pending_admit& p, const error& e) {
     self->state.failures.record(p.address, join_failures::clock::now());
     core_metrics::join_refusals(to_string(e.code())).inc();
-    spdlog::warn("gatekeeper: refused a join from {}: {} ({} failures from there recently)",
-                 p.address, e.message(),
-                 self->state.failures.count(p.address, join_failures::clock::now()));
+    uint64_t held_back = 0;
+    if (self->state.refusal_log.allow(log_throttle::clock::now(), held_back)) {
+      if (held_back > 0)
+        spdlog::warn(
+            "gatekeeper: {} more refused joins were not logged (a log line each would "
+            "let a peer fill the disk; gflex_core_join_refusals_total counts them all)",
+            held_back);
+      spdlog::warn("gatekeeper: refused a join from {}: {} ({} failures from there recently)",
+                   p.address, e.message(),
+                   self->state.failures.count(p.address, join_failures::clock::now()));
+    }
     p.promise.deliver(to_caf(e));
   };
   if (!p.proof_ok) {

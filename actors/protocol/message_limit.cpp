@@ -7,6 +7,9 @@
 #include <caf/io/scribe.hpp>
 
 #include <atomic>
+#include <mutex>
+
+#include "gflex/runtime/log_throttle.hpp"
 
 namespace gflex {
 
@@ -39,8 +42,24 @@ void caf::io::abstract_broker::configure_read(connection_handle hdl, receive_pol
   static fn real = reinterpret_cast<fn>(dlsym(RTLD_NEXT, gflex::configure_read_symbol));
   if (cfg.second > gflex::max_message_bytes) {
     gflex::refused.fetch_add(1);
-    spdlog::warn("closed a connection that announced a {} byte message (the limit is {})",
-                 cfg.second, gflex::max_message_bytes);
+    // At most 20 lines in 10 s: a peer opens as many such connections as it likes.
+    static std::mutex log_mutex;
+    static gflex::log_throttle throttle{20, std::chrono::seconds(10)};
+    uint64_t held_back = 0;
+    bool log = false;
+    {
+      std::lock_guard lock(log_mutex);
+      log = throttle.allow(gflex::log_throttle::clock::now(), held_back);
+    }
+    if (log) {
+      if (held_back > 0)
+        spdlog::warn(
+            "{} more connections that announced oversized messages were closed "
+            "unlogged",
+            held_back);
+      spdlog::warn("closed a connection that announced a {} byte message (the limit is {})",
+                   cfg.second, gflex::max_message_bytes);
+    }
     // Read no such payload: BASP gets the next header's worth of bytes as the payload it
     // announced, fails to make a message of it, and closes the connection by its own
     // path. (Closing it here, in the middle of BASP's bookkeeping, stalls the broker.)

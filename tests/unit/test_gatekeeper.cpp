@@ -4,6 +4,10 @@
 /// node closed it; and an account gets its API key once.
 
 #include <doctest/doctest.h>
+#include <spdlog/sinks/ostream_sink.h>
+#include <spdlog/spdlog.h>
+
+#include <sstream>
 
 #include <algorithm>
 
@@ -144,6 +148,32 @@ struct busy_gate_fixture : gate_fixture {
 }  // namespace
 
 TEST_SUITE("gatekeeper") {
+  TEST_CASE_FIXTURE(gate_fixture, "refused joins keep to the log's bound, however many come") {
+    // Each refusal was a warning line: a peer with no token sending hellos as fast as it can
+    // wrote about 1 MB of log a second, until the disk was full.
+    std::ostringstream lines;
+    auto sink = std::make_shared<spdlog::sinks::ostream_sink_mt>(lines);
+    auto before = spdlog::default_logger();
+    spdlog::set_default_logger(std::make_shared<spdlog::logger>("counted", sink));
+    const int hellos = 200;
+    for (int i = 0; i < hellos; ++i)  // a bad key proof, each from its own address
+      self->send(gate, admit_atom::value, std::string("gft_") + std::string(64, '0'),
+                 std::string("community"), "10.0.9." + std::to_string(i), false, key(i));
+    int refused = 0;
+    for (int i = 0; i < hellos; ++i)
+      self->receive([](caf::ok_atom) {}, [&](caf::error&) { ++refused; },
+                    caf::after(timeout) >> [&] { FAIL("no answer to a hello"); });
+    spdlog::set_default_logger(before);
+    CHECK(refused == hellos);
+    const std::string text = lines.str();
+    int logged = 0;
+    for (size_t at = text.find("refused a join"); at != std::string::npos;
+         at = text.find("refused a join", at + 1))
+      ++logged;
+    CHECK(logged >= 1);
+    CHECK(logged <= 20);
+  }
+
   TEST_CASE_FIXTURE(gate_fixture, "twelve joins at once with one token: every key is bound") {
     const auto token = new_token(0);
     CHECK(join_at_once(token, 0, 12) == 12);
