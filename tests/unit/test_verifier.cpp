@@ -23,9 +23,10 @@ using namespace gflex;
 namespace {
 
 // A core-tier worker that answers every assignment with `diverges` an errc::non_finite, else a
-// result of `values` zeros; counts what it is asked.
+// result of `values` zeros (or `update`, where given); counts what it is asked.
 caf::actor spawn_core_worker(caf::actor_system& sys, bool diverges, size_t values,
-                             std::shared_ptr<std::atomic<int>> asked) {
+                             std::shared_ptr<std::atomic<int>> asked,
+                             std::vector<float> update = {}) {
   return sys.spawn([=](caf::event_based_actor*) -> caf::behavior {
     return {
         [=](assign_atom, assignment& a) -> caf::result<assignment_result> {
@@ -34,7 +35,8 @@ caf::actor spawn_core_worker(caf::actor_system& sys, bool diverges, size_t value
             return to_caf(error(errc::non_finite, "training diverged: the loss is not finite"));
           assignment_result r;
           r.assignment_id = a.id;
-          r.update = encode_update(std::vector<float>(values, 0.0f), compression::fp32);
+          r.update = encode_update(update.empty() ? std::vector<float>(values, 0.0f) : update,
+                                   compression::fp32);
           r.compute_s = 0.25;
           return r;
         },
@@ -60,6 +62,10 @@ caf::actor spawn_one_slot_market(caf::actor_system& sys, caf::actor worker) {
           }
           return r;
         },
+        // Handled, not dropped: a dropped message's error goes back to its sender, and ended
+        // the verifier after its first re-computation.
+        [](release_atom, const caf::actor&) {},
+        [](release_atom, const caf::actor&, bool) {},
     };
   });
 }
@@ -157,6 +163,44 @@ verdict ask(test::configured_system& s, const caf::actor& verifier, std::vector<
 }  // namespace
 
 TEST_SUITE("verifier") {
+  TEST_CASE("a claimed update is measured against the core tier's re-computation") {
+    // What the verifier exists for: an honest claim is at distance 0, a flipped one at 2, and
+    // a scaled one at its scale's distance and norm ratio.
+    test::configured_system s;
+    auto asked = std::make_shared<std::atomic<int>>(0);
+    const std::vector<float> recomputed = {1.0f, -2.0f, 0.5f, 4.0f};
+    auto worker = spawn_core_worker(s.sys, false, 4, asked, recomputed);
+    auto market = spawn_one_slot_market(s.sys, worker);
+    auto verifier = spawn_verifier(s.sys, market);
+    auto measure = [&](std::vector<float> claimed) {
+      std::pair<double, double> out{-1.0, -1.0};
+      s.self
+          ->request(verifier, std::chrono::seconds(10), verify_atom::value,
+                    request_of(std::move(claimed)))
+          .receive(
+              [&](double distance, double ratio, double) {
+                out = {distance, ratio};
+              },
+              [&](caf::error& e) { FAIL(s.sys.render(e)); });
+      return out;
+    };
+    auto same = measure(recomputed);
+    CHECK(same.first == doctest::Approx(0.0));
+    CHECK(same.second == doctest::Approx(1.0));
+    std::vector<float> flipped = recomputed, doubled = recomputed;
+    for (float& v : flipped) v = -v;
+    for (float& v : doubled) v *= 2.0f;
+    auto f = measure(flipped);
+    CHECK(f.first == doctest::Approx(2.0));
+    CHECK(f.second == doctest::Approx(1.0));
+    auto d = measure(doubled);
+    CHECK(d.first == doctest::Approx(1.0));
+    CHECK(d.second == doctest::Approx(2.0));
+    CHECK(*asked == 3);
+    for (const auto& a : {verifier, market, worker})
+      s.self->send_exit(a, caf::exit_reason::user_shutdown);
+  }
+
   TEST_CASE("with nothing claimed, the verifier says whether the core tier computes the work") {
     verifier_fixture f(false);
     auto v = ask(f.s, f.verifier, {});
