@@ -274,6 +274,17 @@ caf::behavior confirming_verifier(caf::event_based_actor*) {
   };
 }
 
+// A verifier that confirms every check at once and counts them in `checked`.
+caf::behavior counting_verifier(caf::event_based_actor*,
+                                std::shared_ptr<std::atomic<int>> checked) {
+  return {
+      [checked](verify_atom, verify_request&) -> caf::result<double, double, double> {
+        ++*checked;
+        return {0.0, 1.0, 0.01};
+      },
+  };
+}
+
 // A verifier whose every re-computation diverges, as the core tier's does on work that
 // diverges.
 caf::behavior diverging_verifier(caf::event_based_actor*) {
@@ -792,9 +803,12 @@ TEST_SUITE("job caught nodes") {
     // Updates A, B, A: the third repeats one the node sent before, though not its previous
     // one, which was all the replay check compared with. It is re-computed whatever the
     // node's reputation: its sampling is not even asked.
+    auto checked = std::make_shared<std::atomic<int>>(0);
     resumed_job r(
         6, {{"alternating", node_tier::community, std::chrono::milliseconds(0), {0.01, 1.0, 2}}},
-        true);
+        true, [&](caf::actor_system& sys, job_links& links) {
+          links.verifier = sys.spawn(counting_verifier, checked);
+        });
     int64_t answered = 0;
     for (int tries = 0; tries < 100 && answered < 3; ++tries) {
       std::this_thread::sleep_for(std::chrono::milliseconds(50));
@@ -808,6 +822,7 @@ TEST_SUITE("job caught nodes") {
     r.f.self->request(r.links.reputation, std::chrono::seconds(10), caf::get_atom::value, 0)
         .receive([&](int64_t n) { asked = n; }, [&](caf::error& e) { FAIL(r.f.sys.render(e)); });
     CHECK(asked == 2);
+    CHECK(checked->load() >= 1);  // and the repeats were re-computed, not let through
   }
 
   TEST_CASE("one key that replays its updates under two names in turn is re-computed") {
@@ -816,10 +831,13 @@ TEST_SUITE("job caught nodes") {
     claims first, second;
     first.updates = second.updates = 2;
     second.offset = 1;
+    auto checked = std::make_shared<std::atomic<int>>(0);
     resumed_job r(6,
                   {{"k1", node_tier::community, std::chrono::milliseconds(0), first},
                    {"k2", node_tier::community, std::chrono::milliseconds(0), second, 0}},
-                  true);
+                  true, [&](caf::actor_system& sys, job_links& links) {
+                    links.verifier = sys.spawn(counting_verifier, checked);
+                  });
     int64_t answered = 0;
     for (int tries = 0; tries < 100 && answered < 2; ++tries) {
       std::this_thread::sleep_for(std::chrono::milliseconds(50));
@@ -835,6 +853,7 @@ TEST_SUITE("job caught nodes") {
     r.f.self->request(r.links.reputation, std::chrono::seconds(10), caf::get_atom::value, 0)
         .receive([&](int64_t n) { asked = n; }, [&](caf::error& e) { FAIL(r.f.sys.render(e)); });
     CHECK(asked == 2);  // round 3's two results; round 4's were re-computed unasked
+    CHECK(checked->load() >= 2);
   }
 
   TEST_CASE("a round that cannot be committed credits no node") {
