@@ -18,6 +18,7 @@
 #include "job.hpp"
 #include "messages.hpp"
 #include "reputation.hpp"
+#include "spec_runs.hpp"
 #include "store_write.hpp"
 #include "user_data.hpp"
 
@@ -958,14 +959,6 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links) {
                   "'s API key is paid from its credits: name it (account = \"" + who +
                   "\") with a budget and a max_price, or set max_price = 0 to run only on nodes "
                   "that ask nothing"));
-        // The core's trackers score with the default policy: a bar above what a node can
-        // score left the job waiting for community workers for good.
-        if (const double best = reputation_policy{}.highest_score(); spec->min_reputation > best)
-          return to_caf(
-              error(errc::invalid_argument,
-                    "job spec: market.min_reputation: " + format_double(spec->min_reputation) +
-                        " is more than any node can score (" + fmt::format("{:.4f}", best) +
-                        "): no worker would ever qualify"));
         const std::string owner = who != operator_principal ? who
                                   : !spec->account.empty()  ? spec->account
                                                             : std::string(operator_principal);
@@ -983,9 +976,8 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links) {
           return to_caf(error(w.error().code(),
                               spec->model.empty() ? "job spec: job.workload: " + w.error().message()
                                                   : "job spec: " + w.error().message()));
-        // Refused here, before any node runs it: every assignment would fail on every node.
-        if (auto fits = (*w)->check_batch(spec->batch_size); !fits)
-          return to_caf(error(fits.error().code(), "job spec: " + fits.error().message()));
+        // Refused here, before any node runs it (a pipeline's train stage checks the same).
+        if (auto runs = check_spec_runs(*spec, **w); !runs) return to_caf(runs.error());
         if (!spec->model.empty() && !builtin_data) {
           // The catalog serves a set from before its commit: a job started on it then
           // trained on data the store may never hold.

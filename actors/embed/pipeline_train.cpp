@@ -12,6 +12,7 @@
 #include "gflex/runtime/job_spec.hpp"
 #include "link_loss.hpp"
 #include "parameter_copy.hpp"
+#include "spec_runs.hpp"
 
 namespace gflex::pipeline::detail {
 namespace {
@@ -49,6 +50,7 @@ train_driver::train_driver(train_options options) : options_(std::move(options))
   if (!spec) fail(spec.error().message());
   auto w = kernels::find_workload(spec->workload, spec->model, "");
   if (!w) fail("train: " + w.error().message());
+  if (auto runs = check_spec_runs(*spec, **w); !runs) fail("train: " + runs.error().message());
   // The data set pushed must fit the model: found only at submit, after the whole upstream
   // had run and its data had been uploaded, and again at each restart.
   if (options_.classes != (*w)->classes() || options_.tokens != (*w)->token_input())

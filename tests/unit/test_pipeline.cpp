@@ -681,6 +681,16 @@ TEST_SUITE("pipeline") {
     REQUIRE_FALSE(bad_spec.has_value());
     CHECK(bad_spec.error().message().find("job.rounds") != std::string::npos);
     CHECK(generated->load() == before);  // refused before the source ran
+    // A spec the core would refuse at submit (a reputation no node scores): refused before
+    // the upstream ran and its data set was pushed.
+    t.spec_toml =
+        "[job]\nname = \"bad\"\nrounds = 1\nworkers = 1\n[market]\nmin_reputation = 1.0\n" +
+        model.toml();
+    auto unreachable = run_train(t, 8);
+    REQUIRE_FALSE(unreachable.has_value());
+    CHECK(unreachable.error().message().find("market.min_reputation: 1 is more than any node can "
+                                             "score") != std::string::npos);
+    CHECK(generated->load() == before);
     auto sets = cluster->client().data_sets();
     REQUIRE(sets.has_value());
     CHECK(sets->empty());  // nothing was pushed
