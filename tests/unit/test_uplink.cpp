@@ -81,6 +81,23 @@ node_session_actor::behavior_type uploading_session(node_session_actor::pointer 
   };
 }
 
+// A session whose core went silent: it takes the node's heartbeats, asks nothing and never
+// answers `earned` (the probe by which the node finds a core gone).
+node_session_actor::behavior_type silent_session(node_session_actor::pointer self, caf::actor) {
+  auto held = std::make_shared<std::vector<caf::typed_response_promise<int64_t>>>();
+  return {
+      [](beat_atom) {},
+      [=](bye_atom) { self->quit(); },
+      [](chunk_atom, const std::string&) -> caf::result<std::vector<uint8_t>> {
+        return std::vector<uint8_t>{};
+      },
+      [=](earned_atom) -> caf::result<int64_t> {
+        held->push_back(self->make_response_promise<int64_t>());
+        return held->back();
+      },
+  };
+}
+
 // A session on a slow link sending parameters: it hands worker 0 assignment `a` at the first
 // heartbeat, answers one chunk of its parameters every 800 ms (`chunks` by digest) and never
 // answers `earned` (queued behind those chunks).
@@ -688,6 +705,39 @@ TEST_SUITE("uplink") {
     s.self->receive([&](std::string&) { heard = true; },
                     caf::after(std::chrono::seconds(20)) >> [] {});
     CHECK_MESSAGE(heard, "not joined 20 s after a hello held 16 s");
+    for (auto& a : {uplink, core, sink}) s.self->send_exit(a, caf::exit_reason::user_shutdown);
+  }
+
+  TEST_CASE("a core of several that goes silent is taken for lost") {
+    // The other side of the two cases below: a core that asks nothing and answers nothing is
+    // left within core_silence, for another core of the several.
+    test::configured_system s;
+    caf::actor test = caf::actor_cast<caf::actor>(s.self);
+    auto core = s.sys.spawn([](caf::event_based_actor* self) -> caf::behavior {
+      return {
+          [=](hello_atom, node_hello& h) -> node_welcome {
+            node_welcome w;
+            w.protocol = h.protocol;
+            w.node_id = "n1";
+            w.heartbeat_ms = 100;
+            w.session = self->spawn<caf::linked>(silent_session, h.uplink);
+            w.payload_chunk_bytes = 1024;
+            return w;
+          },
+      };
+    });
+    auto config = probe_config();
+    config.other_cores = {{"127.0.0.1", 1}};
+    config.core_silence = std::chrono::seconds(3);
+    config.on_activity = [test](const node_activity& n) {
+      if (n.what == node_activity::kind::lost) caf::anon_send(test, std::string("lost"));
+    };
+    auto sink = s.sys.spawn(quiet_sink);
+    auto uplink = spawn_uplink(s.sys, config, core, {s.sys.spawn(instant_worker)}, sink, sink);
+    bool lost = false;
+    s.self->receive([&](std::string&) { lost = true; },
+                    caf::after(std::chrono::seconds(10)) >> [] {});
+    CHECK_MESSAGE(lost, "the node stayed 10 s with a core silent for 3 s");
     for (auto& a : {uplink, core, sink}) s.self->send_exit(a, caf::exit_reason::user_shutdown);
   }
 
