@@ -138,7 +138,7 @@ assignment chunked(uint64_t id, int set, size_t chunks);
 // the first two chunk requests of assignment 100 on worker 0, aborts it, fails one held
 // request, hands worker 0 assignment 101 of the same parameters, then fails the other (as
 // the core answers asks that were out when it let 100's chunks go). Later asks are held.
-// `test` hears (101, false) if 101 fails.
+// `test` hears (101, false) if 101 fails, and (n) at the n-th chunk ask.
 node_session_actor::behavior_type withdrawing_session(node_session_actor::pointer self,
                                                       caf::actor uplink, caf::actor test) {
   using chunk_promise = caf::typed_response_promise<std::vector<uint8_t>>;
@@ -157,6 +157,7 @@ node_session_actor::behavior_type withdrawing_session(node_session_actor::pointe
       [=](chunk_atom, const std::string&) -> caf::result<std::vector<uint8_t>> {
         held->push_back(self->make_response_promise<std::vector<uint8_t>>());
         auto rp = held->back();
+        caf::anon_send(test, static_cast<int64_t>(held->size()));
         if (held->size() == 2) {
           self->send(caf::actor_cast<node_uplink_actor>(uplink), abort_atom::value, uint64_t{100});
           (*held)[0].deliver(let_go());
@@ -543,9 +544,16 @@ TEST_SUITE("uplink") {
     auto sink = s.sys.spawn(quiet_sink);
     auto uplink = spawn_uplink(s.sys, probe_config(), core, {worker}, sink, sink);
     bool failed = false;
-    s.self->receive([&](uint64_t, bool ok) { failed = !ok; },
-                    caf::after(std::chrono::milliseconds(1500)) >> [] {});
+    int64_t asked = 0;
+    const auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(1500);
+    for (bool waiting = true; waiting && std::chrono::steady_clock::now() < until;)
+      s.self->receive([&](uint64_t, bool ok) { failed = !ok; },
+                      [&](int64_t n) { asked = std::max(asked, n); },
+                      caf::after(std::chrono::milliseconds(1500)) >> [&] { waiting = false; });
     CHECK_FALSE_MESSAGE(failed, "assignment 101 failed with the withdrawn one's asks");
+    // Not failed is not enough: both chunks are asked again for 101 (a fetch that stopped
+    // there kept worker 0 busy for good, and passed).
+    CHECK(asked == 4);
     for (auto& a : {uplink, core, sink, worker})
       s.self->send_exit(a, caf::exit_reason::user_shutdown);
   }
