@@ -50,6 +50,14 @@ inline metrics::counter joins(bool core_tier) {
                              {{"tier", core_tier ? "core" : "community"}});
 }
 
+/// The core's own actors restarted after they stopped (a bug, or a store that failed), by
+/// role: anything above 0 is worth a look at the core's log.
+inline metrics::counter child_restarts(const char* role) {
+  return metrics::counter_of("gflex_core_child_restarts_total",
+                             "The core's actors restarted after they stopped, by role",
+                             {{"role", role}});
+}
+
 /// Refused joins, by the refusal's error kind (permission_denied, invalid_argument, ...).
 inline metrics::counter join_refusals(const char* reason) {
   return metrics::counter_of("gflex_core_join_refusals_total",

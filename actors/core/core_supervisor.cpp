@@ -10,6 +10,7 @@
 #include "boundary.hpp"
 #include "client_door.hpp"
 #include "client_session.hpp"
+#include "core_metrics.hpp"
 #include "data_catalog.hpp"
 #include "data_server.hpp"
 #include "gatekeeper.hpp"
@@ -268,6 +269,7 @@ caf::behavior core_actor(core_actor_type* self, core_children children, core_con
       return;
     }
     st.restarts.push_back(now);
+    core_metrics::child_restarts(role).inc();
     spdlog::warn("core: the {} stopped ({}); restarting it", role,
                  self->system().render(down.reason));
     auto replacement = restart_child(self, down.source);

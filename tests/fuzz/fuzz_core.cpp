@@ -15,6 +15,7 @@
 
 #include <caf/all.hpp>
 
+#include <atomic>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -25,6 +26,7 @@
 #include "follower_door.hpp"
 #include "gatekeeper.hpp"
 #include "gflex/runtime/identity.hpp"
+#include "gflex/runtime/metrics.hpp"
 #include "messages.hpp"
 #include "store.hpp"
 
@@ -43,8 +45,9 @@ struct harness {
   node_identity node_key = node_identity::generate();
   std::string token;  // a community token for the joined node
   caf::actor session;
-  caf::actor client_session;  // the operator's session, as a client would hold it
-  caf::actor follower;        // a follower core's front door
+  std::unique_ptr<caf::scoped_actor> watcher;  // monitors the session (made with the system)
+  caf::actor client_session;                   // the operator's session, as a client would hold it
+  caf::actor follower;                         // a follower core's front door
 
   // Joins the fuzzed node (again); aborts if the core refuses it.
   void join() {
@@ -67,6 +70,9 @@ struct harness {
               [&](node_welcome& w) {
                 session = caf::actor_cast<caf::actor>(w.session);
                 joined = true;
+                // How the session ends: a bye ends it normally; anything else is a crash the
+                // input caused, which the node's joining again would hide.
+                (*watcher)->monitor(session);
               },
               [&](caf::error& e) {
                 const auto err = from_caf(e, sys.get());
@@ -88,6 +94,7 @@ struct harness {
     configure_actor_system(cfg);
     cfg.set("scheduler.max-threads", size_t{2});
     sys = std::make_unique<caf::actor_system>(cfg);
+    watcher = std::make_unique<caf::scoped_actor>(*sys);
     core_config config;
     config.data_dir = dir;
     config.operator_key = operator_key = new_api_key();
@@ -323,8 +330,35 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
                                 h.sys->render(e).c_str());
                });
   if (ended) {
+    bool normal = false;
+    (*h.watcher)
+        ->receive(
+            [&](caf::down_msg& d) {
+              normal = d.reason == caf::exit_reason::normal;
+              if (!normal)
+                std::fprintf(stderr, "the session ended: %s\n", h.sys->render(d.reason).c_str());
+            },
+            caf::after(std::chrono::seconds(10)) >>
+                [] { std::fprintf(stderr, "the session ended, and no down message came\n"); });
+    if (!normal) std::abort();
     h.join();
   } else if (!session_alive) {
+    std::abort();
+  }
+  // The client session answers its own kind of request.
+  bool client_alive = false;
+  self->request(h.client_session, std::chrono::seconds(10), jobs_atom::value)
+      .receive([&](std::vector<job_status>&) { client_alive = true; },
+               [&](caf::error& e) {
+                 std::fprintf(stderr, "the client session did not answer: %s\n",
+                              h.sys->render(e).c_str());
+               });
+  if (!client_alive) std::abort();
+  // The core's supervisor restarts an actor of its own that stopped, silently but for its
+  // log and this count: an input that stopped one is a crash all the same.
+  if (const auto text = metrics::render();
+      text.find("gflex_core_child_restarts_total{") != std::string::npos) {
+    std::fprintf(stderr, "the core restarted an actor of its own:\n%s\n", text.c_str());
     std::abort();
   }
   return 0;
