@@ -188,7 +188,8 @@ caf::actor restart_child(core_actor_type* self, const caf::actor_addr& who) {
     tell(c.gate, "store", c.store);
     return c.store;
   } else if (who == c.market.address()) {
-    c.market = spawn_market(sys, st.config.newcomer_share);
+    // Two seconds for the jobs to claim the workers they hold before any slot goes out.
+    c.market = spawn_market(sys, st.config.newcomer_share, std::chrono::seconds(2));
     tell(c.reputation, "market", c.market);
     tell(c.registry, "market", c.market);
     tell(c.jobs, "market", c.market);

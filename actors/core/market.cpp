@@ -71,6 +71,8 @@ struct node_facts {
 
 struct market_state {
   std::chrono::steady_clock::time_point mailbox_noted{};  // core_metrics::note_mailbox
+  // A restarted market hands out no slot before then (spawn_market's `settle`).
+  std::chrono::steady_clock::time_point settle_until{};
   std::vector<slot_entry> slots;
   std::map<caf::actor_addr, size_t> slot_of;  // a worker's index in `slots`
   size_t cursor = 0;  // where the next acquire starts looking, for round-robin spreading
@@ -192,7 +194,9 @@ void release(caf::stateful_actor<market_state>* self, const caf::actor& worker, 
   st.hold_for_a_waiter(*e, self->current_sender()->address(), clock_type::now());
 }
 
-caf::behavior market_actor(caf::stateful_actor<market_state>* self, double newcomer_share) {
+caf::behavior market_actor(caf::stateful_actor<market_state>* self, double newcomer_share,
+                           std::chrono::milliseconds settle) {
+  self->state.settle_until = clock_type::now() + settle;
   self->state.newcomer_share = newcomer_share;
   // A job that dies holding slots (its supervisor restarts it) must not keep them busy.
   // A worker that dies (its node supervisor offers a replacement) loses its slot.
@@ -284,6 +288,7 @@ caf::behavior market_actor(caf::stateful_actor<market_state>* self, double newco
         core_metrics::note_mailbox(self, "market");
         auto& st = self->state;
         const auto now = clock_type::now();
+        if (now < st.settle_until) return acquire_reply{};  // the jobs' claims first
         // Throughputs by what the core measured for this workload, never a claim alone.
         std::vector<int32_t> node_index(st.nodes.size(), -1);  // node id -> index in speeds
         std::vector<speed_evidence> speeds;
@@ -408,8 +413,9 @@ caf::behavior market_actor(caf::stateful_actor<market_state>* self, double newco
 
 }  // namespace
 
-caf::actor spawn_market(caf::actor_system& sys, double newcomer_share) {
-  return sys.spawn(market_actor, newcomer_share);
+caf::actor spawn_market(caf::actor_system& sys, double newcomer_share,
+                        std::chrono::milliseconds settle) {
+  return sys.spawn(market_actor, newcomer_share, settle);
 }
 
 }  // namespace gflex

@@ -49,9 +49,17 @@
 
 #include <caf/fwd.hpp>
 
+#include <chrono>
+
 namespace gflex {
 
 /// `newcomer_share`, in [0, 1]: the share of the slots jobs ask for reserved for newcomers.
-caf::actor spawn_market(caf::actor_system& sys, double newcomer_share = 0.05);
+/// `settle`: how long a market that replaces one (a restart) hands out no slot, while the
+/// jobs' claims of the workers they hold come in (acquire_atom with their workers). The
+/// registry offers every slot again as free at once, and the jobs hear of the new market a
+/// hop later: a job whose acquire came first took a worker another job was running an
+/// assignment on, and one of the two timed out, unpaid.
+caf::actor spawn_market(caf::actor_system& sys, double newcomer_share = 0.05,
+                        std::chrono::milliseconds settle = std::chrono::milliseconds(0));
 
 }  // namespace gflex

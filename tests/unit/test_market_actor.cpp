@@ -55,6 +55,37 @@ struct market_fixture {
 }  // namespace
 
 TEST_SUITE("market actor") {
+  TEST_CASE_FIXTURE(market_fixture,
+                    "a restarted market hands out no worker before the jobs' claims come in") {
+    // The registry offers every slot again as free at once; the jobs hear of the new market
+    // a hop later. A job whose acquire came first took a worker another job was running an
+    // assignment on.
+    auto restarted = spawn_market(s.sys, 0.0, std::chrono::milliseconds(800));
+    worker_slot slot;
+    slot.worker = w1;
+    slot.node_name = "name-n1";
+    slot.throughput = 100.0;
+    s.self->send(restarted, offer_atom::value, std::string("n1"), std::vector<worker_slot>{slot});
+    caf::scoped_actor early{s.sys}, holder{s.sys};
+    auto ask = [&](caf::scoped_actor& job, const caf::actor& m) {
+      acquire_reply out;
+      job->request(m, std::chrono::seconds(10), acquire_atom::value, std::string("job"),
+                   std::string("w"), int64_t{1}, uint8_t{2}, int64_t{-1}, 0.0,
+                   std::vector<std::string>{})
+          .receive([&](acquire_reply& r) { out = std::move(r); },
+                   [&](caf::error& e) { FAIL(s.sys.render(e)); });
+      return out;
+    };
+    CHECK(ask(early, restarted).slots.empty());                                 // none yet
+    holder->send(restarted, acquire_atom::value, std::vector<caf::actor>{w1});  // its claim
+    std::this_thread::sleep_for(std::chrono::milliseconds(900));
+    CHECK(ask(early, restarted).slots.empty());  // the holder's, still
+    // A market that started fresh (no jobs to claim anything) hands slots out at once.
+    offer(w2, "n2");
+    CHECK(ask(early, market).slots.size() == 1);
+    s.self->send_exit(restarted, caf::exit_reason::user_shutdown);
+  }
+
   TEST_CASE_FIXTURE(market_fixture, "a slot is freed only by the job that holds it") {
     // After a restarted market re-offered the slots, a job's release of a worker another job
     // had since acquired freed it for a third: two jobs' work on one worker, one of them
