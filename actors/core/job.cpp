@@ -1528,6 +1528,7 @@ void send_assignment(job_actor* self, const worker_slot& slot, int64_t shard) {
   if (st.job.status.round + 1 < st.job.status.rounds && next != shard)
     a.next_shard = st.data->shards[static_cast<size_t>(next)].digest;
   a.seed = mix_seed(spec.seed, a.round, static_cast<uint64_t>(shard));
+  a.answer_within_s = spec.deadline_s;
   a.local_steps = spec.local_steps;
   a.batch_size = spec.batch_size;
   a.lr = static_cast<float>(inner_lr_at(spec, st.job.status.round));

@@ -78,6 +78,7 @@ void run(verifier_actor* self, pending_check check, const worker_slot& slot) {
       std::chrono::milliseconds(static_cast<int64_t>(deadline_s * limits.recompute_factor * 1000)),
       limits.min_recompute_wait,
       std::chrono::milliseconds(static_cast<int64_t>(max_deadline_s * 1000)));
+  work.answer_within_s = std::chrono::duration<double>(wait).count();
   self->state.running[id] = {std::move(check), slot};
   // Watched while it runs: a worker that goes down (its node's link lost) holds the request,
   // never answered, and the market tells nobody what it held; the check waited out the

@@ -165,6 +165,11 @@ struct assignment {
   /// Inside a process (job -> session, uplink -> worker): the parameters, shared. Never
   /// serialized; the node's session turns it into `params` or `params_chunks`.
   std::shared_ptr<const shared_params> params_ref;
+  /// Inside the core (job or verifier -> session): how long its asker waits for the answer,
+  /// in seconds (a job's deadline_s, a re-computation's bound); 0: the longest a spec may
+  /// give. Never serialized: the session waits for the node's answer that long and a little
+  /// more.
+  double answer_within_s = 0.0;
 };
 
 template <class Inspector>
@@ -412,12 +417,11 @@ typename Inspector::result_type inspect(Inspector& f, round_point& x) {
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, job_status& x) {
   return f(caf::meta::type_name("job_status"), x.job_id, x.name, x.workload, x.owner, x.state,
-           x.detail, x.round, x.rounds, x.test_accuracy, x.test_loss, x.tested_samples, x.test_samples,
-           x.train_loss, x.nodes,
-           x.bytes_sent, x.bytes_received, x.elapsed_s, x.eta_s, x.late_results, x.rejected_results,
-           x.verified_results, x.rollbacks, x.screened_results, x.unverified_results, x.compute_s,
-           x.recompute_s, x.account, x.budget, x.credits_spent, x.credits_held, x.device_hours,
-           x.cloud_cost, x.history);
+           x.detail, x.round, x.rounds, x.test_accuracy, x.test_loss, x.tested_samples,
+           x.test_samples, x.train_loss, x.nodes, x.bytes_sent, x.bytes_received, x.elapsed_s,
+           x.eta_s, x.late_results, x.rejected_results, x.verified_results, x.rollbacks,
+           x.screened_results, x.unverified_results, x.compute_s, x.recompute_s, x.account,
+           x.budget, x.credits_spent, x.credits_held, x.device_hours, x.cloud_cost, x.history);
 }
 
 template <class Inspector>

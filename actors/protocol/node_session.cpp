@@ -20,9 +20,17 @@ namespace gflex {
 
 namespace {
 
-/// How long a session waits for its node's answer to an assignment: past the longest deadline
-/// a spec may give (the job withdraws one past its own deadline before).
-constexpr auto assignment_wait = std::chrono::seconds(static_cast<int64_t>(max_deadline_s) + 300);
+/// How long a session waits for its node's answer to an assignment `a`: past its asker's own
+/// wait (the job withdraws one past its deadline before), or past the longest deadline a spec
+/// may give. CAF 0.17 keeps a request's timeout in its clock until it fires, answered or not
+/// (with a hold on the session): every assignment's day-long one stayed a day, tens of
+/// millions of them on a busy core.
+std::chrono::milliseconds answer_wait(const assignment& a, const session_limits& limits) {
+  const double asker_s = a.answer_within_s > 0.0 && std::isfinite(a.answer_within_s)
+                             ? std::min(a.answer_within_s, max_deadline_s)
+                             : max_deadline_s;
+  return std::chrono::milliseconds(static_cast<int64_t>(asker_s * 1000.0)) + limits.answer_slack;
+}
 
 using clock_type = std::chrono::steady_clock;
 
@@ -493,7 +501,8 @@ node_session_internal::behavior_type session_behavior(session_actor* self, sessi
         st.out[id].promise = rp;
         // The job withdraws an assignment past its deadline (an abort); this bound is only
         // for a job that is gone, and may not cut short a deadline a spec may give.
-        self->request(st.uplink, assignment_wait, assign_atom::value, worker, std::move(a))
+        const auto wait = answer_wait(a, st.limits);
+        self->request(st.uplink, wait, assign_atom::value, worker, std::move(a))
             .then(
                 [=](assignment_result& r) mutable {
                   auto& st = self->state;

@@ -18,6 +18,7 @@
 
 #include <caf/fwd.hpp>
 
+#include <chrono>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -35,6 +36,9 @@ struct session_limits {
   uint64_t max_dropped = 1000;  ///< Dropped messages before the node is disconnected.
   /// Parameters and updates larger than this cross to and from the node as chunks of it.
   uint64_t payload_chunk_bytes = 8ull << 20;
+  /// How much longer than its asker (assignment::answer_within_s) the session waits for the
+  /// node's answer to an assignment, before it gives up on it.
+  std::chrono::milliseconds answer_slack{std::chrono::minutes(5)};
 };
 
 /// Who the session speaks for.

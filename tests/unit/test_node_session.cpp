@@ -167,6 +167,44 @@ TEST_SUITE("node session") {
     for (const auto& w : spawned.workers) s.self->send_exit(w, caf::exit_reason::user_shutdown);
   }
 
+  TEST_CASE("a node's answer is waited for as long as its asker waits, and a little more") {
+    // It was waited for a day whatever the job's deadline: CAF keeps each request's timeout
+    // until it fires, so every assignment's stayed in the core's memory a day.
+    test::configured_system s;
+    auto held = std::make_shared<std::vector<caf::response_promise>>();
+    auto uplink = s.sys.spawn([held](caf::event_based_actor* self) -> caf::behavior {
+      self->set_default_handler(caf::drop);
+      return {[=](assign_atom, uint32_t, assignment&) -> caf::result<assignment_result> {
+                held->push_back(self->make_response_promise());  // never answered
+                return caf::delegated<assignment_result>();
+              },
+              [](abort_atom, uint64_t) {}};
+    });
+    auto sink = s.sys.spawn([](caf::event_based_actor* self) -> caf::behavior {
+      self->set_default_handler(caf::drop);
+      return {[](int) {}};
+    });
+    session_limits limits;
+    limits.answer_slack = std::chrono::milliseconds(500);
+    auto spawned = spawn_node_session(s.sys, {"n1", "node", "", 0, 1}, limits, uplink, sink, sink);
+    assignment a;
+    a.id = 7;
+    a.answer_within_s = 1.0;  // the job's deadline_s
+    const auto asked_at = std::chrono::steady_clock::now();
+    bool failed = false;
+    s.self->request(spawned.workers.at(0), std::chrono::seconds(10), assign_atom::value, a)
+        .receive([](assignment_result&) { FAIL("answered with a result"); },
+                 [&](caf::error&) { failed = true; });
+    const double took =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - asked_at).count();
+    CHECK(failed);
+    CHECK(took >= 1.4);
+    CHECK_MESSAGE(took < 5.0, "given up on after " << took << " s");
+    for (const auto& x : {caf::actor_cast<caf::actor>(spawned.session), uplink, sink})
+      s.self->send_exit(x, caf::exit_reason::user_shutdown);
+    for (const auto& w : spawned.workers) s.self->send_exit(w, caf::exit_reason::user_shutdown);
+  }
+
   TEST_CASE("a node beating in a loop reaches the registry at most once per 25 ms") {
     // The registry is every node's: the flood swamped its mailbox, and honest nodes' beats
     // queued behind it until their leases ran out.
