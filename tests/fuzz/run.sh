@@ -52,9 +52,11 @@ done
 rm -rf "$OUT/seeds"
 "$OUT/bin/fuzz_seeds" "$OUT/seeds"
 cp "$ROOT/apps/jobs/fashion-mlp.toml" "$OUT/seeds/job_spec/"
+mkdir -p "$OUT/seeds/model_spec"
+cp "$ROOT/apps/jobs/lm.toml" "$ROOT/apps/jobs/fashion-cnn.toml" "$OUT/seeds/model_spec/"
 mkdir -p "$OUT/crashes"
 failed=0
-targets=(tensor checkpoint update shard job_spec idx ledger_entry reputation core)
+targets=(tensor checkpoint update shard job_spec model_spec idx ledger_entry reputation core)
 for target in "${targets[@]}"; do
   corpus=$OUT/corpus/$target
   mkdir -p "$corpus" "$OUT/seeds/$target"
