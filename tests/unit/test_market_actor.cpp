@@ -34,11 +34,20 @@ struct market_fixture {
 
   // The registry offers `worker` as node `node_id`'s one slot.
   void offer(const caf::actor& worker, const std::string& node_id) {
-    worker_slot slot;
-    slot.worker = worker;
-    slot.node_name = "name-" + node_id;
-    slot.throughput = 100.0;
-    s.self->send(market, offer_atom::value, node_id, std::vector<worker_slot>{slot});
+    offer_node(node_id, {worker});
+  }
+
+  // The registry offers `workers` as the slots of one node, `node_id`.
+  void offer_node(const std::string& node_id, const std::vector<caf::actor>& workers) {
+    std::vector<worker_slot> slots;
+    for (const auto& w : workers) {
+      worker_slot slot;
+      slot.worker = w;
+      slot.node_name = "name-" + node_id;
+      slot.throughput = 100.0;
+      slots.push_back(slot);
+    }
+    s.self->send(market, offer_atom::value, node_id, slots);
   }
 
   // `job` asks for `wanted` slots of any tier and price.
@@ -177,15 +186,7 @@ TEST_SUITE("market actor") {
     // Each slot cooled down on its own: a node of 1,024 slots that failed every assignment at
     // once was handed work 1,024 times before any of its slots was left out.
     caf::actor w3 = s.sys.spawn(idle_worker);
-    std::vector<worker_slot> slots;
-    for (const auto& w : {w1, w2, w3}) {
-      worker_slot slot;
-      slot.worker = w;
-      slot.node_name = "name-n1";
-      slot.throughput = 100.0;
-      slots.push_back(slot);
-    }
-    s.self->send(market, offer_atom::value, std::string("n1"), slots);
+    offer_node("n1", {w1, w2, w3});
     caf::scoped_actor job{s.sys};
     auto first = acquire(job);
     REQUIRE(first.slots.size() == 1);
@@ -205,15 +206,7 @@ TEST_SUITE("market actor") {
     // a 1 s deadline on a heavy model kept each node it touched out of every job's reach,
     // 64 s for a node of 8 slots, round after round.
     caf::actor w3 = s.sys.spawn(idle_worker);
-    std::vector<worker_slot> slots;
-    for (const auto& w : {w1, w2, w3}) {
-      worker_slot slot;
-      slot.worker = w;
-      slot.node_name = "name-n1";
-      slot.throughput = 100.0;
-      slots.push_back(slot);
-    }
-    s.self->send(market, offer_atom::value, std::string("n1"), slots);
+    offer_node("n1", {w1, w2, w3});
     caf::scoped_actor heavy{s.sys}, other{s.sys};
     auto taken = acquire(heavy, 3);
     REQUIRE(taken.slots.size() == 3);

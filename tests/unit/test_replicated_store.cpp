@@ -116,56 +116,21 @@ class etcd_server {
   int client_port_ = 0;
 };
 
-// An HTTP proxy in front of etcd whose reads of ranges take `delay` longer while `slow` is
-// set, as reading a large store whole does.
-class slow_range_proxy {
+// An HTTP proxy in front of etcd whose requests to `path` take `delay` longer while `slow` is
+// set: reads of ranges as reading a large store whole does, or lease renewals as a member
+// cut off without a reset (its connections stay open, and nothing comes back for long).
+class slow_path_proxy {
  public:
-  slow_range_proxy(const std::string& etcd_endpoint, std::chrono::milliseconds delay) {
+  slow_path_proxy(const std::string& etcd_endpoint, std::string path,
+                  std::chrono::milliseconds delay) {
     const auto colon = etcd_endpoint.rfind(':');
     const std::string host = etcd_endpoint.substr(0, colon);
     const int port = std::stoi(etcd_endpoint.substr(colon + 1));
     server_.Post(R"(/.*)", [=, this](const httplib::Request& req, httplib::Response& res) {
-      if (slow && req.path == "/v3/kv/range") std::this_thread::sleep_for(delay);
-      httplib::Client etcd(host, port);
-      auto r = etcd.Post(req.path, req.body, "application/json");
-      if (!r) {
-        res.status = 502;
-        return;
-      }
-      res.status = r->status;
-      res.set_content(r->body, "application/json");
-    });
-    port_ = server_.bind_to_any_port("127.0.0.1");
-    thread_ = std::thread([this] { server_.listen_after_bind(); });
-  }
-  ~slow_range_proxy() {
-    server_.stop();
-    thread_.join();
-  }
-  std::string endpoint() const { return "127.0.0.1:" + std::to_string(port_); }
-  std::atomic<bool> slow{false};
-
- private:
-  httplib::Server server_;
-  std::thread thread_;
-  int port_ = 0;
-};
-
-// An HTTP proxy in front of etcd that, while `silent`, answers no lease renewal (as a member
-// cut off without a reset: its connections stay open, and nothing comes back).
-class silent_renewal_proxy {
- public:
-  explicit silent_renewal_proxy(const std::string& etcd_endpoint) {
-    const auto colon = etcd_endpoint.rfind(':');
-    const std::string host = etcd_endpoint.substr(0, colon);
-    const int port = std::stoi(etcd_endpoint.substr(colon + 1));
-    server_.Post(R"(/.*)", [=, this](const httplib::Request& req, httplib::Response& res) {
-      if (silent && req.path == "/v3/lease/keepalive") {
-        for (int i = 0; i < 200 && !stopping_; ++i)
+      if (slow && req.path == path)
+        for (auto waited = std::chrono::milliseconds(0); waited < delay && !stopping_;
+             waited += std::chrono::milliseconds(50))
           std::this_thread::sleep_for(std::chrono::milliseconds(50));
-        res.status = 502;
-        return;
-      }
       httplib::Client etcd(host, port);
       auto r = etcd.Post(req.path, req.body, "application/json");
       if (!r) {
@@ -178,13 +143,13 @@ class silent_renewal_proxy {
     port_ = server_.bind_to_any_port("127.0.0.1");
     thread_ = std::thread([this] { server_.listen_after_bind(); });
   }
-  ~silent_renewal_proxy() {
+  ~slow_path_proxy() {
     stopping_ = true;
     server_.stop();
     thread_.join();
   }
   std::string endpoint() const { return "127.0.0.1:" + std::to_string(port_); }
-  std::atomic<bool> silent{false};
+  std::atomic<bool> slow{false};
 
  private:
   std::atomic<bool> stopping_{false};
@@ -632,7 +597,7 @@ TEST_SUITE("replicated_store") {
     // the next: past the lease's TTL (2 s here), the leader ended itself.
     test::temp_dir dir;
     etcd_server etcd(dir.path());
-    silent_renewal_proxy proxy(etcd.endpoint());
+    slow_path_proxy proxy(etcd.endpoint(), "/v3/lease/keepalive", std::chrono::seconds(10));
     auto config = config_of(etcd, dir, "a");
     config.endpoints = proxy.endpoint() + "," + etcd.endpoint();
     std::atomic<bool> lost{false};
@@ -641,7 +606,7 @@ TEST_SUITE("replicated_store") {
     std::atomic<int> stop{0};
     REQUIRE(*(*a)->campaign(stop, {}));
     std::this_thread::sleep_for(std::chrono::milliseconds(1000));
-    proxy.silent = true;
+    proxy.slow = true;
     std::this_thread::sleep_for(std::chrono::milliseconds(7000));  // three TTLs and more
     CHECK_FALSE(lost.load());
     std::vector<store_write> still = {{"k", bytes("still")}};
@@ -679,7 +644,8 @@ TEST_SUITE("replicated_store") {
     // ended itself within a collection period of winning.
     test::temp_dir dir;
     etcd_server etcd(dir.path());
-    slow_range_proxy proxy(etcd.endpoint(), std::chrono::milliseconds(2500));  // TTL 2 s
+    slow_path_proxy proxy(etcd.endpoint(), "/v3/kv/range",
+                          std::chrono::milliseconds(2500));  // TTL 2 s
     auto config = config_of(etcd, dir, "a");
     config.endpoints = proxy.endpoint();
     config.garbage_period_s = 0;

@@ -172,16 +172,16 @@ node_session_actor::behavior_type withdrawing_session(node_session_actor::pointe
   };
 }
 
-// A front door that welcomes a node as n1 (heartbeats every 50 ms, chunks of 1 KiB) with
-// the session `open(door, uplink)` spawns, linked to the door.
+// A front door that welcomes a node as n1 (heartbeats every `heartbeat_ms`, chunks of 1 KiB)
+// with the session `open(door, uplink)` spawns, linked to the door.
 template <class Open>
-caf::actor welcoming_core(caf::actor_system& sys, Open open) {
-  return sys.spawn([open](caf::event_based_actor* self) -> caf::behavior {
+caf::actor welcoming_core(caf::actor_system& sys, Open open, uint32_t heartbeat_ms = 50) {
+  return sys.spawn([open, heartbeat_ms](caf::event_based_actor* self) -> caf::behavior {
     return {[=](hello_atom, node_hello& h) -> node_welcome {
       node_welcome w;
       w.protocol = h.protocol;
       w.node_id = "n1";
-      w.heartbeat_ms = 50;
+      w.heartbeat_ms = heartbeat_ms;
       w.session = open(self, h.uplink);
       w.payload_chunk_bytes = 1024;
       return w;
@@ -378,6 +378,24 @@ void assign_to(node_session_actor::pointer self, caf::actor uplink, caf::actor t
 }
 
 }  // namespace
+
+// Whether a node of a core of several (another core to try, core_silence 3 s: 15 s in use,
+// the same check sooner) takes `core` for lost within `wait`.
+bool taken_for_lost(test::configured_system& s, const caf::actor& core, std::chrono::seconds wait) {
+  caf::actor test = caf::actor_cast<caf::actor>(s.self);
+  auto config = probe_config();
+  config.other_cores = {{"127.0.0.1", 1}};
+  config.core_silence = std::chrono::seconds(3);
+  config.on_activity = [test](const node_activity& n) {
+    if (n.what == node_activity::kind::lost) caf::anon_send(test, std::string("lost"));
+  };
+  auto sink = s.sys.spawn(quiet_sink);
+  auto uplink = spawn_uplink(s.sys, config, core, {s.sys.spawn(instant_worker)}, sink, sink);
+  bool lost = false;
+  s.self->receive([&](std::string&) { lost = true; }, caf::after(wait) >> [] {});
+  for (auto& a : {uplink, sink}) s.self->send_exit(a, caf::exit_reason::user_shutdown);
+  return lost;
+}
 
 TEST_SUITE("uplink") {
   TEST_CASE("a fetch of parameters that a newer one pushed out still ends with its session") {
@@ -720,33 +738,15 @@ TEST_SUITE("uplink") {
     // The other side of the two cases below: a core that asks nothing and answers nothing is
     // left within core_silence, for another core of the several.
     test::configured_system s;
-    caf::actor test = caf::actor_cast<caf::actor>(s.self);
-    auto core = s.sys.spawn([](caf::event_based_actor* self) -> caf::behavior {
-      return {
-          [=](hello_atom, node_hello& h) -> node_welcome {
-            node_welcome w;
-            w.protocol = h.protocol;
-            w.node_id = "n1";
-            w.heartbeat_ms = 100;
-            w.session = self->spawn<caf::linked>(silent_session, h.uplink);
-            w.payload_chunk_bytes = 1024;
-            return w;
-          },
-      };
-    });
-    auto config = probe_config();
-    config.other_cores = {{"127.0.0.1", 1}};
-    config.core_silence = std::chrono::seconds(3);
-    config.on_activity = [test](const node_activity& n) {
-      if (n.what == node_activity::kind::lost) caf::anon_send(test, std::string("lost"));
-    };
-    auto sink = s.sys.spawn(quiet_sink);
-    auto uplink = spawn_uplink(s.sys, config, core, {s.sys.spawn(instant_worker)}, sink, sink);
-    bool lost = false;
-    s.self->receive([&](std::string&) { lost = true; },
-                    caf::after(std::chrono::seconds(10)) >> [] {});
+    auto core = welcoming_core(
+        s.sys,
+        [](caf::event_based_actor* door, caf::actor uplink) {
+          return door->spawn<caf::linked>(silent_session, uplink);
+        },
+        100);
+    const bool lost = taken_for_lost(s, core, std::chrono::seconds(10));
     CHECK_MESSAGE(lost, "the node stayed 10 s with a core silent for 3 s");
-    for (auto& a : {uplink, core, sink}) s.self->send_exit(a, caf::exit_reason::user_shutdown);
+    s.self->send_exit(core, caf::exit_reason::user_shutdown);
   }
 
   TEST_CASE("a core of several that is busy uploading is not taken for lost") {
@@ -754,33 +754,15 @@ TEST_SUITE("uplink") {
     // that kept asking for chunks as gone after core_silence, left it and cancelled its own
     // work.
     test::configured_system s;
-    caf::actor test = caf::actor_cast<caf::actor>(s.self);
-    auto core = s.sys.spawn([](caf::event_based_actor* self) -> caf::behavior {
-      return {
-          [=](hello_atom, node_hello& h) -> node_welcome {
-            node_welcome w;
-            w.protocol = h.protocol;
-            w.node_id = "n1";
-            w.heartbeat_ms = 100;
-            w.session = self->spawn<caf::linked>(uploading_session, h.uplink);  // ends with it
-            w.payload_chunk_bytes = 1024;
-            return w;
-          },
-      };
-    });
-    auto config = probe_config();
-    config.other_cores = {{"127.0.0.1", 1}};        // another core to try
-    config.core_silence = std::chrono::seconds(3);  // 15 s in use: the same check, sooner
-    config.on_activity = [test](const node_activity& n) {
-      if (n.what == node_activity::kind::lost) caf::anon_send(test, std::string("lost"));
-    };
-    auto sink = s.sys.spawn(quiet_sink);
-    auto uplink = spawn_uplink(s.sys, config, core, {s.sys.spawn(instant_worker)}, sink, sink);
-    bool lost = false;
-    s.self->receive([&](std::string&) { lost = true; },
-                    caf::after(std::chrono::seconds(7)) >> [] {});
+    auto core = welcoming_core(
+        s.sys,
+        [](caf::event_based_actor* door, caf::actor uplink) {
+          return door->spawn<caf::linked>(uploading_session, uplink);
+        },
+        100);
+    const bool lost = taken_for_lost(s, core, std::chrono::seconds(7));
     CHECK_MESSAGE(!lost, "the node left a core that asked for chunks all along");
-    for (auto& a : {uplink, core, sink}) s.self->send_exit(a, caf::exit_reason::user_shutdown);
+    s.self->send_exit(core, caf::exit_reason::user_shutdown);
   }
 
   TEST_CASE("an answer's chunks that another answer shares stay when that one goes") {
@@ -909,7 +891,6 @@ TEST_SUITE("uplink") {
     // the leader as gone after core_silence, left it and dropped the assignment it was
     // fetching for.
     test::configured_system s;
-    caf::actor test = caf::actor_cast<caf::actor>(s.self);
     auto chunks = std::make_shared<std::map<std::string, std::vector<uint8_t>>>();
     assignment a;
     a.id = 300;
@@ -920,31 +901,14 @@ TEST_SUITE("uplink") {
       (*chunks)[a.params_chunks.back()] = std::move(bytes);
     }
     a.params_bytes = 40 * 1024;
-    auto core = s.sys.spawn([chunks, a](caf::event_based_actor* self) -> caf::behavior {
-      return {
-          [=](hello_atom, node_hello& h) -> node_welcome {
-            node_welcome w;
-            w.protocol = h.protocol;
-            w.node_id = "n1";
-            w.heartbeat_ms = 100;
-            w.session = self->spawn<caf::linked>(sending_session, h.uplink, chunks, a);
-            w.payload_chunk_bytes = 1024;
-            return w;
-          },
-      };
-    });
-    auto config = probe_config();
-    config.other_cores = {{"127.0.0.1", 1}};
-    config.core_silence = std::chrono::seconds(3);
-    config.on_activity = [test](const node_activity& n) {
-      if (n.what == node_activity::kind::lost) caf::anon_send(test, std::string("lost"));
-    };
-    auto sink = s.sys.spawn(quiet_sink);
-    auto uplink = spawn_uplink(s.sys, config, core, {s.sys.spawn(instant_worker)}, sink, sink);
-    bool lost = false;
-    s.self->receive([&](std::string&) { lost = true; },
-                    caf::after(std::chrono::seconds(7)) >> [] {});
+    auto core = welcoming_core(
+        s.sys,
+        [chunks, a](caf::event_based_actor* door, caf::actor uplink) {
+          return door->spawn<caf::linked>(sending_session, uplink, chunks, a);
+        },
+        100);
+    const bool lost = taken_for_lost(s, core, std::chrono::seconds(7));
     CHECK_MESSAGE(!lost, "the node left a core that sent it parameters all along");
-    for (auto& x : {uplink, core, sink}) s.self->send_exit(x, caf::exit_reason::user_shutdown);
+    s.self->send_exit(core, caf::exit_reason::user_shutdown);
   }
 }
