@@ -30,8 +30,11 @@ int main(int argc, char** argv) {
   app.add_option("--workers", config.workers, "compute slots on the CPU backend")
       ->check(CLI::Range(1, 256))
       ->capture_default_str();
-  app.add_option("--data-dir", config.data_dir, "the node's identity key (node.key: keep it, its name and reputation are bound to it) "
-                 "and its cache of data set chunks")->capture_default_str();
+  app.add_option(
+         "--data-dir", config.data_dir,
+         "the node's identity key (node.key: keep it, its name and reputation are bound to it) "
+         "and its cache of data set chunks")
+      ->capture_default_str();
   app.add_option("--backend", config.backend,
                  "auto (every GPU found, else the CPU), cpu, cuda or cuda:N")
       ->capture_default_str();

@@ -14,7 +14,7 @@ TEST_CASE("job record: the round history survives encoding") {
   s.owner = "user/alice";
   s.state = job_state::running;
   s.round = 3;
-  s.nodes = 4;  // shown by `gflex status`: it read 0 after a core restart
+  s.nodes = 4;             // shown by `gflex status`: it read 0 after a core restart
   s.tested_samples = 500;  // an evaluation on part of the test split says so after a restart
   s.test_samples = 10000;
   for (int64_t r = 1; r <= 3; ++r)

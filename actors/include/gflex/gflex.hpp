@@ -110,8 +110,8 @@ struct core_config {
 
 /// How to run a node.
 struct node_config {
-  std::string name;                ///< Shown by the core; defaults to the host name.
-  int workers = 1;                 ///< Compute slots (one worker actor each) on the CPU.
+  std::string name;  ///< Shown by the core; defaults to the host name.
+  int workers = 1;   ///< Compute slots (one worker actor each) on the CPU.
   /// The node's identity key (node.key, to which its name and reputation are bound) and
   /// its chunk cache; required.
   std::filesystem::path data_dir;
