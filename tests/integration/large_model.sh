@@ -42,9 +42,11 @@ seed = 3
 [inner]
 optimizer = "sgd"
 # Enough steps that node1, frozen once its model is in memory (during its first step), is
-# still computing when it is woken: with 3, a loaded machine could reach the freeze after
-# the last step, and the stop this test looks for never came.
-local_steps = 6
+# still computing when it is frozen and woken. A step takes a fraction of a second here,
+# and on a loaded machine the poll that freezes node1 lags by seconds: with 3 steps, and
+# again with 6 (CI's run took 142 s where 78 s alone), the freeze came after the last step,
+# and the stop this test looks for never came.
+local_steps = 24
 batch_size = 16
 lr = 0.01
 lr_schedule = "constant"
