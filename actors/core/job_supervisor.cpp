@@ -17,7 +17,6 @@
 #include "gflex/runtime/printable_text.hpp"
 #include "job.hpp"
 #include "messages.hpp"
-#include "reputation.hpp"
 #include "spec_runs.hpp"
 #include "store_write.hpp"
 #include "user_data.hpp"
