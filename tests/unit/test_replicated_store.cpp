@@ -64,7 +64,32 @@ std::vector<int> free_ports(size_t n) {
 // One etcd member in `dir`, killed (SIGKILL) and reaped when the test ends.
 class etcd_server {
  public:
+  // Started again, on other ports, when it exits at start: the ports free_ports chose are
+  // free only until they are bound, and a test running beside this one (CI runs four) may
+  // take one first, for a listener or as an outgoing connection's own port.
   explicit etcd_server(const std::filesystem::path& dir) {
+    for (int attempt = 1; attempt <= 5; ++attempt) {
+      if (start(dir)) return;
+      MESSAGE("etcd exited at start (attempt " << attempt << "): " << last_line(dir / "etcd.log"));
+      std::filesystem::remove_all(dir / "etcd");
+    }
+  }
+  ~etcd_server() {
+    if (pid_ > 0) {
+      ::kill(pid_, SIGKILL);
+      ::waitpid(pid_, nullptr, 0);
+    }
+  }
+  std::string endpoint() const { return "127.0.0.1:" + std::to_string(client_port_); }
+  /// Stops (SIGSTOP) or resumes (SIGCONT) the member: its connections stay open, silent.
+  void freeze(bool frozen) const {
+    if (pid_ > 0) ::kill(pid_, frozen ? SIGSTOP : SIGCONT);
+  }
+
+ private:
+  // Ready when it answers: true. False when it exited first; given up (the test then fails on
+  // its first request) when it takes over 20 s.
+  bool start(const std::filesystem::path& dir) {
     const auto ports = free_ports(2);
     client_port_ = ports[0];
     const int peer_port = ports[1];
@@ -86,32 +111,26 @@ class etcd_server {
               "--initial-cluster", ("e1=" + peer).c_str(), nullptr);
       ::_exit(127);
     }
-    // Ready when it answers; given up (the test then fails on its first request) when it
-    // exits or takes over 20 s.
     auto c = etcd_client::make(endpoint());
     for (int i = 0; i < 200; ++i) {
-      if (c->revision()) return;
+      if (c->revision()) return true;
       if (::waitpid(pid_, nullptr, WNOHANG) == pid_) {
         pid_ = -1;
-        MESSAGE("etcd exited at start; its log is in " << log);
-        return;
+        return false;
       }
       std::this_thread::sleep_for(std::chrono::milliseconds(100));
     }
-  }
-  ~etcd_server() {
-    if (pid_ > 0) {
-      ::kill(pid_, SIGKILL);
-      ::waitpid(pid_, nullptr, 0);
-    }
-  }
-  std::string endpoint() const { return "127.0.0.1:" + std::to_string(client_port_); }
-  /// Stops (SIGSTOP) or resumes (SIGCONT) the member: its connections stay open, silent.
-  void freeze(bool frozen) const {
-    if (pid_ > 0) ::kill(pid_, frozen ? SIGSTOP : SIGCONT);
+    return true;
   }
 
- private:
+  static std::string last_line(const std::filesystem::path& file) {
+    std::ifstream in(file);
+    std::string line, last;
+    while (std::getline(in, line))
+      if (!line.empty()) last = line;
+    return last.empty() ? "(its log is empty)" : last;
+  }
+
   pid_t pid_ = -1;
   int client_port_ = 0;
 };
