@@ -160,6 +160,10 @@ struct job_actor_state {
   std::set<int64_t> backed_up;    // shards given a backup copy this round
   std::vector<double> durations;  // seconds each answered assignment of this round took
   std::chrono::steady_clock::time_point round_started;
+  // When the round's first assignment went out: its quorum deadline counts from there, not
+  // from its opening, so that time paused for budget or waiting for workers does not close
+  // it on the first results that come in.
+  std::optional<std::chrono::steady_clock::time_point> first_sent;
   bool closing = false;  // past its deadline with a quorum: close with what is in
   bool waiting_for_workers = false;
   std::optional<unconfirmed_round> unconfirmed;
@@ -772,6 +776,7 @@ void open_round(job_actor* self) {
   st.divergence_checking = false;
   st.divergence_disproved = false;
   st.round_started = clock_type::now();
+  st.first_sent.reset();
   self->delayed_send(self, std::chrono::milliseconds(250), tick_atom::value,
                      static_cast<uint64_t>(st.job.status.round));
 }
@@ -1537,6 +1542,7 @@ void send_assignment(job_actor* self, const worker_slot& slot, int64_t shard) {
   a.compression = static_cast<uint8_t>(spec.compression);
   a.precision = static_cast<uint8_t>(spec.precision);
   st.pending[a.id] = {shard, slot, clock_type::now(), a};
+  if (!st.first_sent) st.first_sent = clock_type::now();
   a.params_ref = st.round_params;
   const auto params_bytes = st.round_params->bytes.size();
   st.job.status.bytes_sent += params_bytes;
@@ -1669,7 +1675,8 @@ void watch_round(job_actor* self) {
   const auto& spec = st.job.spec;
   auto now = clock_type::now();
   const auto answered = static_cast<int64_t>(st.results.size());
-  double age = std::chrono::duration<double>(now - st.round_started).count();
+  const double out_for =
+      st.first_sent ? std::chrono::duration<double>(now - *st.first_sent).count() : 0.0;
   if (spec.deadline_h > 0.0 &&
       st.elapsed_before + std::chrono::duration<double>(now - st.resumed_at).count() >
           spec.deadline_h * 3600.0) {
@@ -1677,7 +1684,7 @@ void watch_round(job_actor* self) {
     return;
   }
   const int64_t quorum = quorum_results(spec);
-  if (!st.closing && age > spec.deadline_s && answered >= quorum && answered < spec.workers) {
+  if (!st.closing && out_for > spec.deadline_s && answered >= quorum && answered < spec.workers) {
     st.closing = true;
     try_advance(self);
     return;

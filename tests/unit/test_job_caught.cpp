@@ -536,6 +536,33 @@ struct resumed_job {
   }
 };
 
+// A market in front of `inner` that has no worker to offer until `ready`: a round meanwhile
+// waits for workers, its time running. Linked to `inner`, which ends with it.
+caf::behavior late_market(caf::event_based_actor* self, caf::actor inner,
+                          std::chrono::steady_clock::time_point ready) {
+  self->link_to(inner);
+  return {
+      [=](acquire_atom a, const std::string& job, const std::string& workload, int64_t wanted,
+          uint8_t tier, int64_t max_price, double min_reputation,
+          const std::vector<std::string>& avoided) -> caf::result<acquire_reply> {
+        if (std::chrono::steady_clock::now() < ready) return acquire_reply{};
+        auto rp = self->make_response_promise<acquire_reply>();
+        self->request(inner, std::chrono::seconds(10), a, job, workload, wanted, tier, max_price,
+                      min_reputation, avoided)
+            .then([=](acquire_reply& r) mutable { rp.deliver(std::move(r)); });
+        return rp;
+      },
+      [=](release_atom a, const caf::actor& w) { self->send(inner, a, w); },
+      // All but these, after an acquire that went unanswered: the inner market (not re-offering)
+      // takes no note of releases.
+      [](release_atom, const std::vector<caf::actor>&) {},
+      [=](release_atom a, const caf::actor& w, bool failed) { self->send(inner, a, w, failed); },
+      [=](release_atom a, const caf::actor& w, bool failed, bool node_at_fault) {
+        self->send(inner, a, w, failed, node_at_fault);
+      },
+  };
+}
+
 // A resumed_job's links: a funded keeper behind a slow_ledger that holds each settlement until
 // the test passes them on.
 void slow_settlements(caf::actor_system& sys, job_links& links) {
@@ -879,6 +906,30 @@ TEST_SUITE("job caught nodes") {
     auto s = r.committed(3);
     REQUIRE(s.has_value());
     CHECK(s->train_loss == doctest::Approx(0.75));
+  }
+
+  TEST_CASE("a round's quorum deadline counts from its first assignment, not its opening") {
+    // Counted from the round's opening, a round that waited for workers (or was paused for
+    // budget) longer than deadline_s closed on the first result that came in: the others,
+    // just handed out, were thrown away.
+    const auto ready = std::chrono::steady_clock::now() + std::chrono::seconds(4);
+    resumed_job r(
+        3,
+        {{"fast", node_tier::core, std::chrono::milliseconds(0), {}},
+         {"slow", node_tier::core, std::chrono::milliseconds(1500), {}}},
+        false,
+        [&](caf::actor_system& sys, job_links& links) {
+          links.market = sys.spawn(late_market, links.market, ready);
+        },
+        // No backup of the slow node's shard: the inner market would hold its
+        // acquire for 10 s, and the round's end with it.
+        "[round]\ndeadline_s = 3\nquorum = 0.5\nbackup_after = 0\n");
+    auto s = r.ended(20);
+    REQUIRE(s.has_value());
+    CHECK(s->state == job_state::done);
+    auto credited = r.credited();
+    std::sort(credited.begin(), credited.end());
+    CHECK(credited == std::vector<std::string>{"fast", "slow"});
   }
 
   TEST_CASE("a round that diverges on three nodes ends the job; on two, others compute it") {

@@ -68,7 +68,8 @@ struct job_spec {
   int64_t eval_every = 1;  ///< [eval] every: test accuracy every N rounds, 1..100000.
   /// [round] deadline_s, in [1, max_deadline_s]: an assignment not answered by then is
   /// reassigned (and withdrawn from its worker), and
-  /// a round past it closes as soon as a quorum of its results is in.
+  /// a round past it (counted from its first assignment out) closes as soon as a quorum of
+  /// its results is in.
   double deadline_s = 120.0;
   /// [round] quorum, in (0, 1]: the fraction of `workers` results a round past its deadline
   /// may close with (1: every shard must be answered).
