@@ -39,7 +39,8 @@ class data_catalog {
  public:
   /// Samples per shard: about 2.4 MB per Fashion-MNIST chunk, below the size at which one
   /// BASP message should be split.
-  explicit data_catalog(int64_t shard_samples = 3000) : shard_samples_(shard_samples) {}
+  explicit data_catalog(int64_t shard_samples = default_shard_samples)
+      : shard_samples_(shard_samples) {}
 
   /// The data of workload `w`, loading and sharding it on first use (blocking: call from a
   /// detached actor). The load runs without the catalog's lock, so chunk() answers

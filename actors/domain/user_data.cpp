@@ -17,6 +17,42 @@ uint64_t core_memory_bytes(const data_set_info& info) {
   return info.bytes + 4 * test_values;
 }
 
+expected<std::vector<data_part_rows>> plan_data_parts(const dataset_splits& data,
+                                                      int64_t min_train_shards,
+                                                      const user_data_limits& limits) {
+  const int64_t train = data.train.size(), test = data.test.size();
+  if (train == 0) return error(errc::invalid_argument, "the training split is empty");
+  const int64_t test_values = test * data.test.feature_dim();
+  if (test_values > limits.max_test_values)
+    return error(errc::invalid_argument, "the test split has " + std::to_string(test_values) +
+                                             " values, over the core's limit of " +
+                                             std::to_string(limits.max_test_values) +
+                                             ": hold out fewer samples");
+  // Sized at 4 bytes a value (pixels and small token ids travel as one): under the core's
+  // 32 MiB a part whatever the data.
+  constexpr int64_t part_bytes = int64_t{8} << 20;
+  const auto test_rows = shard_ranges(test, data.test.feature_dim() * 4, 1, part_bytes);
+  const auto max_parts = static_cast<int64_t>(limits.max_parts);
+  const int64_t room = max_parts - static_cast<int64_t>(test_rows.size());
+  int64_t wanted = min_train_shards > 0
+                       ? min_train_shards
+                       : train / default_shard_samples + (train % default_shard_samples != 0);
+  // The default gives way to the core's limit on parts; a count asked for does not.
+  if (min_train_shards <= 0) wanted = std::min(wanted, std::max<int64_t>(room, 1));
+  const auto train_rows = shard_ranges(train, data.train.feature_dim() * 4, wanted, part_bytes);
+  const auto parts = static_cast<int64_t>(train_rows.size() + test_rows.size());
+  if (parts > max_parts)
+    return error(errc::invalid_argument,
+                 "the data set would be sent in " + std::to_string(parts) +
+                     " parts, over the core's limit of " + std::to_string(max_parts) +
+                     (min_train_shards > 0 ? ": ask for fewer training shards"
+                                           : ": it is too large for one data set"));
+  std::vector<data_part_rows> out;
+  for (auto [begin, end] : train_rows) out.push_back({false, begin, end});
+  for (auto [begin, end] : test_rows) out.push_back({true, begin, end});
+  return out;
+}
+
 bool valid_data_set_name(const std::string& name) {
   if (name.empty() || name.size() > 64) return false;
   return std::all_of(name.begin(), name.end(), [](char c) {

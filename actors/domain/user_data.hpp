@@ -40,6 +40,27 @@ uint64_t core_memory_bytes(const data_set_info& info);
 /// Whether `name` may name a data set: 1-64 of A-Z a-z 0-9 . _ -.
 bool valid_data_set_name(const std::string& name);
 
+/// Training samples per shard where nothing asks for more shards: the core cuts its built-in
+/// data sets so (`--shard-samples`), and a client its uploads, so that the same data makes
+/// about as many shards whichever way it came (a round gives each worker its own shard).
+inline constexpr int64_t default_shard_samples = 3000;
+
+/// One part of an upload: rows [begin, end) of the training or the test split.
+struct data_part_rows {
+  bool test = false;
+  int64_t begin = 0, end = 0;
+};
+
+/// How a client cuts `data` into the parts it sends, before it sends any: the training split
+/// into at least `min_train_shards` shards (0: one per default_shard_samples samples), each
+/// of at most about 8 MiB, then the test split. A set the core would refuse for its size
+/// (more parts than limits.max_parts, a test split over limits.max_test_values) is an
+/// errc::invalid_argument that says what to change, rather than a refusal after every
+/// training part was uploaded.
+expected<std::vector<data_part_rows>> plan_data_parts(const dataset_splits& data,
+                                                      int64_t min_train_shards,
+                                                      const user_data_limits& limits = {});
+
 /// The store key of a data set's manifest, and the prefix of all of them.
 std::string data_set_key(const std::string& owner, const std::string& name);
 inline constexpr const char* data_set_prefix = "dataset/";

@@ -41,6 +41,7 @@
 #include "parameter_copy.hpp"
 #include "routed_messages.hpp"
 #include "store.hpp"
+#include "user_data.hpp"
 
 namespace gflex {
 
@@ -805,26 +806,16 @@ expected<data_set_info> client::push_data(const std::string& name, const dataset
   if (auto ok = check_dataset(data.train, "the training split"); !ok) return ok.error();
   if (data.test.size() > 0)
     if (auto ok = check_dataset(data.test, "the test split"); !ok) return ok.error();
-  // Shards of about 8 MiB (the core takes up to 32 MiB each), at least one sample each.
-  struct piece {
-    const dataset* d;
-    int64_t begin, end;
-    bool test;
-  };
-  std::vector<piece> pieces;
-  for (const dataset* d : {&data.train, &data.test}) {
-    const int64_t shards = d == &data.train ? min_train_shards : 1;
-    for (auto [begin, end] : shard_ranges(d->size(), d->feature_dim() * 4, shards))
-      pieces.push_back({d, begin, end, d == &data.test});
-  }
-  if (pieces.empty()) return error(errc::invalid_argument, "the data set is empty");
+  auto pieces = plan_data_parts(data, min_train_shards);
+  if (!pieces) return pieces.error();
   expected<data_set_info> last = error(errc::invalid_argument, "nothing sent");
-  for (size_t i = 0; i < pieces.size(); ++i) {
+  for (size_t i = 0; i < pieces->size(); ++i) {
+    const auto& rows = (*pieces)[i];
     data_part part;
     part.index = static_cast<uint32_t>(i);
-    part.count = static_cast<uint32_t>(pieces.size());
-    part.test = pieces[i].test;
-    part.shard = encode_shard(*pieces[i].d, pieces[i].begin, pieces[i].end);
+    part.count = static_cast<uint32_t>(pieces->size());
+    part.test = rows.test;
+    part.shard = encode_shard(rows.test ? data.test : data.train, rows.begin, rows.end);
     last = impl_->ask_session<data_set_info>(std::chrono::seconds(120), dpush_atom::value, name,
                                              std::move(part));
     if (!last) return last.error();

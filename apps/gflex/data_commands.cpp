@@ -30,6 +30,7 @@ struct data_flags {
   connection_flags link;
   std::string name;
   data_files files;
+  int64_t shards = 0;  // training shards at least; 0: one per 3,000 samples
   bool as_json = false;
 };
 
@@ -74,13 +75,13 @@ expected<dataset> labelled(const tensor& features, const tensor& labels, int64_t
     if (v < 0 || (classes > 0 && v >= classes))
       return error(errc::bad_format, labels_file + ": label " + std::to_string(v) + " of sample " +
                                          std::to_string(i) + " is outside [0, " +
-                                         std::to_string(classes > 0 ? classes : 256) + ")");
+                                         std::to_string(classes > 0 ? classes : 65536) + ")");
     largest = std::max(largest, v);
     out.labels.data<int32_t>()[i] = static_cast<int32_t>(v);
   }
   out.classes = classes > 0 ? classes : largest + 1;
-  if (out.classes < 2 || out.classes > 256)
-    return error(errc::bad_format, labels_file + ": needs 2 to 256 classes, the labels make " +
+  if (out.classes < 2 || out.classes > 65536)
+    return error(errc::bad_format, labels_file + ": needs 2 to 65536 classes, the labels make " +
                                        std::to_string(out.classes));
   return out;
 }
@@ -207,7 +208,7 @@ int run_push(const data_flags& f) {
   if (!data) return fail(data.error(), 2);
   std::optional<client> c;
   if (int code = connect_core(f.link, c); code != 0) return code;
-  auto info = c->push_data(f.name, *data);
+  auto info = c->push_data(f.name, *data, f.shards);
   if (!info) return fail(info.error());
   if (f.as_json)
     std::printf("%s\n", json_text(to_json(*info)).c_str());
@@ -263,7 +264,7 @@ void add_data_commands(CLI::App& app, std::function<int()>& run) {
   push->add_option("--format", f->files.format, "idx, npy or tokens")->required();
   push->add_option("--labels", f->files.labels, "the labels file (idx and npy)");
   push->add_option("--classes", f->files.classes, "label count (default: the largest label + 1)")
-      ->check(CLI::Range(int64_t{2}, int64_t{256}));
+      ->check(CLI::Range(int64_t{2}, int64_t{65536}));
   push->add_option("--test-fraction", f->files.test_fraction,
                    "the part held out as the test split: the last part (idx and npy), every "
                    "(1/F)-th sample (tokens: F is 1/k)")
@@ -273,6 +274,10 @@ void add_data_commands(CLI::App& app, std::function<int()>& run) {
                    "tokens: positions per sample (a model's input = [context])")
       ->check(CLI::Range(int64_t{1}, int64_t{65536}))
       ->capture_default_str();
+  push->add_option("--shards", f->shards,
+                   "training shards at least (a job's workers each need their own; default: "
+                   "one per 3,000 samples, as the core cuts its own data sets)")
+      ->check(CLI::Range(int64_t{1}, int64_t{4095}));
   push->add_flag("--json", f->as_json, "print what was stored as JSON");
   add_connection_flags(push, f->link);
   push->callback(set(run_push));

@@ -236,7 +236,7 @@ void add_common_flags(CLI::App* cmd, train_flags& f) {
   cmd->add_option("--format", f.data.format, "--data's format: idx, npy or tokens");
   cmd->add_option("--labels", f.data.labels, "--data's labels file (idx and npy)");
   cmd->add_option("--classes", f.data.classes, "--data's label count (default: largest + 1)")
-      ->check(CLI::Range(int64_t{2}, int64_t{256}));
+      ->check(CLI::Range(int64_t{2}, int64_t{65536}));
   cmd->add_option("--test-fraction", f.data.test_fraction, "--data's held-out part")
       ->check(finite_range(0.001, 0.9))
       ->capture_default_str();

@@ -93,6 +93,11 @@ listed=$("${ALICE[@]}" "$G" data list --core "$core") || fail "alice's data list
 [ "$(json_get "$WORK/npy.json" "(j['sample_values'], j['tokens'])")" = "(784, False)" ] || fail "npy set"
 [ "$(json_get "$WORK/tokens.json" "(j['sample_values'], j['classes'], j['tokens'])")" = "(33, 256, True)" ] ||
   fail "tokens set: $(cat "$WORK/tokens.json")"
+# Cut as the core cuts its own sets, 3,000 training samples a shard, and one test shard (cut
+# only by size, 1.5 MB of text made one training shard, and no job of two workers could use
+# it; test_user_data has that case).
+[ "$(json_get "$WORK/tokens.json" "j['shards'] == -(-j['train_samples'] // 3000) + 1")" = "True" ] ||
+  fail "tokens set's shards: $(cat "$WORK/tokens.json")"
 listed=$("${ALICE[@]}" "$G" data list --core "$core") || fail "alice's data list failed"
 [ "$(printf '%s\n' "$listed" | wc -l)" -eq 3 ] || fail "alice should have 3 data sets"
 listed=$("${BOB[@]}" "$G" data list --core "$core") || fail "bob's data list failed"
@@ -111,7 +116,9 @@ expect_usage "data show of a set that is not there" "no data set 'nope'" \
   "${ALICE[@]}" "$G" data show nope --core "$core"
 # Text is held out every 1/F-th sample (it was every 10th whatever --test-fraction said).
 "${ALICE[@]}" "$G" data push text-q "$WORK/text.txt" --format tokens --context 32 \
-  --test-fraction 0.25 --core "$core" --json >"$WORK/tokens-q.json" || fail "push tokens at 0.25"
+  --test-fraction 0.25 --shards 6 --core "$core" --json >"$WORK/tokens-q.json" || fail "push tokens at 0.25"
+[ "$(json_get "$WORK/tokens-q.json" "j['shards']")" = "7" ] ||
+  fail "--shards 6 gave: $(cat "$WORK/tokens-q.json")"
 python3 - "$WORK/tokens-q.json" <<'PY' || fail "tokens at --test-fraction 0.25: $(cat "$WORK/tokens-q.json")"
 import json, sys
 j = json.load(open(sys.argv[1]))

@@ -36,6 +36,44 @@ data_part part(uint32_t index, uint32_t count, bool test, const dataset& d) {
 }  // namespace
 
 TEST_SUITE("user data") {
+  TEST_CASE("an upload is cut as the core cuts its own sets, and refused before it is sent") {
+    // Cut only by an 8 MiB bound, a user's 1.5 MB text made one shard (the built-in copy of
+    // it, 13): no job of two workers could train on it, and nothing asked for more.
+    dataset_splits text;
+    text.train = values(22'000, 65, 10, 0.5f);
+    text.test = values(500, 65, 10, 0.5f);
+    auto parts = plan_data_parts(text, 0);
+    REQUIRE(parts.has_value());
+    int64_t train_parts = 0, rows = 0;
+    for (const auto& p : *parts) {
+      if (!p.test) ++train_parts;
+      if (!p.test) rows += p.end - p.begin;
+    }
+    CHECK(train_parts == 8);  // 22,000 / 3,000, rounded up
+    CHECK(rows == 22'000);
+    CHECK(parts->back().test);
+    // A count asked for is kept; past the core's limit on parts, it is refused here.
+    auto asked = plan_data_parts(text, 20);
+    REQUIRE(asked.has_value());
+    CHECK(asked->size() == 21);
+    user_data_limits few;
+    few.max_parts = 10;
+    auto over = plan_data_parts(text, 20, few);
+    REQUIRE_FALSE(over.has_value());
+    CHECK(over.error().message().find("21 parts, over the core's limit of 10") !=
+          std::string::npos);
+    // The default gives way to the limit.
+    auto fitted = plan_data_parts(text, 0, few);
+    REQUIRE(fitted.has_value());
+    CHECK(fitted->size() <= 10);
+    // A test split the core would refuse once every training part was in.
+    user_data_limits small_test;
+    small_test.max_test_values = 1000;
+    auto big_test = plan_data_parts(text, 0, small_test);
+    REQUIRE_FALSE(big_test.has_value());
+    CHECK(big_test.error().message().find("the test split has 32500 values") != std::string::npos);
+  }
+
   TEST_CASE("real-valued and token shards round-trip exactly") {
     auto real = values(5, 4, 3, 0.37f);
     auto back = decode_shard(encode_shard(real, 0, 5));

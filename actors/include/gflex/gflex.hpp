@@ -276,12 +276,14 @@ class client {
                               std::chrono::milliseconds poll = std::chrono::milliseconds(200));
 
   /// Uploads `data` as the data set `name` of this key's account (replacing one of that
-  /// name): its splits cut into shards of about 8 MiB, sent in order; the core checks each
-  /// and stores the set with the last. Returns what the core stored. The training split is
-  /// cut into at least `min_train_shards` shards where it has that many samples (a round
-  /// gives each of its workers a different shard).
+  /// name): its splits cut into shards of at most about 8 MiB, sent in order; the core
+  /// checks each and stores the set with the last. Returns what the core stored. The
+  /// training split is cut into at least `min_train_shards` shards where it has that many
+  /// samples (a round gives each of its workers a different shard); 0 cuts one per 3,000
+  /// samples, as the core cuts its built-in sets. A set the core's limits refuse (parts,
+  /// the test split's size) is refused before a byte is sent.
   expected<data_set_info> push_data(const std::string& name, const dataset_splits& data,
-                                    int64_t min_train_shards = 1);
+                                    int64_t min_train_shards = 0);
   /// This account's data sets (the operator's key: everyone's).
   expected<std::vector<data_set_info>> data_sets();
   expected<void> remove_data(const std::string& name);
