@@ -51,6 +51,9 @@ write_npy(f"{work}/short.npy", "<f4", (n, h * w), feats[: len(feats) // 2])
 write_npy(f"{work}/complex.npy", "<c8", (n, h * w), feats + feats)
 bad = bytearray(struct.pack("<%dq" % n, *labels)); bad[8 * 7] = 12
 write_npy(f"{work}/y12.npy", "<i8", (n,), bytes(bad))
+# 300 classes: the core takes up to 65,536, and the CLI refused more than 256.
+write_npy(f"{work}/x4.npy", "<f4", (600, 4), struct.pack("<2400f", *[i % 7 * 0.1 for i in range(2400)]))
+write_npy(f"{work}/y300.npy", "<i8", (600,), struct.pack("<600q", *[i % 300 for i in range(600)]))
 with open(f"{work}/fortran.npy", "wb") as f:
     header = "{'descr': '<f4', 'fortran_order': True, 'shape': (%d, %d), }" % (n, h * w)
     header += " " * (63 - (10 + len(header)) % 64) + "\n"
@@ -126,6 +129,11 @@ held = j["test_samples"] / (j["train_samples"] + j["test_samples"])
 assert 0.23 < held < 0.27, held
 PY
 "${ALICE[@]}" "$G" data rm text-q --core "$core" || fail "remove text-q"
+"${ALICE[@]}" "$G" data push wide "$WORK/x4.npy" --format npy --labels "$WORK/y300.npy" \
+  --core "$core" --json >"$WORK/wide.json" || fail "push 300 classes"
+[ "$(json_get "$WORK/wide.json" "j['classes']")" = "300" ] || fail "300 classes: $(cat "$WORK/wide.json")"
+"${ALICE[@]}" "$G" data rm wide --core "$core" || fail "remove wide"
+echo "ok: --shards and 300 classes pushed"
 # A fraction that is not 1/k: refused, not taken as the nearest (0.4 held out 50%).
 expect_error "tokens at --test-fraction 0.4" \
   "--test-fraction 0.4: tokens are held out every k-th sample, so the fraction is 1/k: give 0.5 or 0.3333333333333333" \
