@@ -695,6 +695,14 @@ void assignment_failed(job_actor* self, uint64_t id, const caf::error& e) {
               "took longer than deadline_s (" + format_g(st.job.spec.deadline_s) + " s) on " +
                   it->second.slot.node_name,
               std::chrono::seconds(10));
+  // A size or shape the node's kernels (cuDNN's, a GPU's) do not take: the job's model, sent
+  // to that node again, fails there again.
+  const bool refused_by_kernels = err.code() == errc::invalid_argument;
+  if (it != st.pending.end() && refused_by_kernels)
+    leave_out(st, it->second,
+              "was refused by their kernels (" + it->second.slot.node_name + ": " +
+                  err.message().substr(0, 200) + ")",
+              std::chrono::minutes(1));
   if (it != st.pending.end() && err.code() == errc::non_finite && !st.divergence_disproved) {
     const auto& slot = it->second.slot;
     st.diverged[slot.public_key] = err.message();
@@ -704,10 +712,11 @@ void assignment_failed(job_actor* self, uint64_t id, const caf::error& e) {
       if (!st.divergence_checking) check_divergence(self, it->second.work, err.message());
     }
   }
-  // Out of memory, past the deadline or diverged: the job's model and settings, not the node,
-  // as far as anyone else's job can tell. The market frees the slot for them.
-  const bool node_at_fault =
-      !(ran_out_of_memory(err) || e == caf::sec::request_timeout || err.code() == errc::non_finite);
+  // Out of memory, past the deadline, diverged or refused by the kernels: the job's model and
+  // settings, not the node, as far as anyone else's job can tell. The market frees the slot
+  // for them.
+  const bool node_at_fault = !(ran_out_of_memory(err) || e == caf::sec::request_timeout ||
+                               err.code() == errc::non_finite || refused_by_kernels);
   fail_assignment(self, id, self->system().render(e), node_at_fault);
 }
 

@@ -851,6 +851,15 @@ class cuda_backend final : public backend {
                                                      " exceeds cuDNN's 32-bit limit (" +
                                                      describe_geometry(g) + ")"));
     }
+    // A tensor's elements too (its batch stride): cuDNN refuses a descriptor past them.
+    for (double elements : {static_cast<double>(g.batch) * g.height * g.width * g.in_channels,
+                            static_cast<double>(g.batch) * out_h * out_w * g.out_channels}) {
+      if (elements > INT_MAX)
+        throw compute_error(gflex::error(errc::invalid_argument,
+                                         "a convolution tensor of " + std::to_string(elements) +
+                                             " values exceeds cuDNN's 32-bit limit (" +
+                                             describe_geometry(g) + ")"));
+    }
     conv_key key;
     key.extents = {g.batch,    g.height,   g.width, g.in_channels, g.out_channels,
                    g.kernel_h, g.kernel_w, g.pad_h, g.pad_w,       g.stride};

@@ -62,7 +62,18 @@ namespace gflex::kernels::detail {
     message += ": ";
     message += detail;
   }
-  throw compute_error(gflex::error(gflex::errc::device_error, std::move(message)));
+  // A parameter or shape the library does not take is the work's, not a broken device's:
+  // counted as a device failure, any job's model could shut a node down. A library or driver
+  // that does not fit the device (an arch, a sub-library missing) is the node's.
+  const bool refused_shape =
+      CUDNN_STATUS_CATEGORY(status) == CUDNN_STATUS_BAD_PARAM ||
+      status == CUDNN_STATUS_NOT_SUPPORTED || status == CUDNN_STATUS_NOT_SUPPORTED_SHAPE ||
+      status == CUDNN_STATUS_NOT_SUPPORTED_LAYOUT || status == CUDNN_STATUS_NOT_SUPPORTED_PADDING ||
+      status == CUDNN_STATUS_NOT_SUPPORTED_DATA_TYPE ||
+      status == CUDNN_STATUS_NOT_SUPPORTED_GRAPH_PATTERN;
+  throw compute_error(
+      gflex::error(refused_shape ? gflex::errc::invalid_argument : gflex::errc::device_error,
+                   std::move(message)));
 }
 
 #ifdef GFLEX_HAVE_NCCL

@@ -908,7 +908,23 @@ class graph_workload final : public workload {
 
   expected<void> check_batch(int64_t batch) const override {
     constexpr int64_t most = std::numeric_limits<int32_t>::max();
-    // The model's input is value 0; layer i writes value i + 1 unless it is a view.
+    // The model's input is value 0, a batch of it one tensor too (cuDNN's descriptor of a
+    // convolution's input, for one): unchecked, a small convolution over a large input let a
+    // job through whose every GPU assignment cuDNN refused.
+    if (!plan_.values.empty()) {
+      int64_t per_sample = 1;
+      for (int64_t d : plan_.values.front()) per_sample *= d;  // bounded by the plan's limits
+      if (per_sample > 0 && batch > most / per_sample)
+        return error(errc::invalid_argument,
+                     "inner.batch_size: " + std::to_string(batch) +
+                         " samples of the model's "
+                         "input (" +
+                         std::to_string(per_sample) +
+                         " values each) pass 2^31 - 1 values, the most the kernels take; at "
+                         "most " +
+                         std::to_string(most / per_sample) + " fit");
+    }
+    // Layer i writes value i + 1 unless it is a view.
     for (size_t i = 0; i < plan_.layers.size(); ++i) {
       const auto& l = plan_.layers[i];
       int64_t per_sample = 1;

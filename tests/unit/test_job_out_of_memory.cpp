@@ -13,16 +13,20 @@ using namespace gflex::test;
 
 namespace {
 
-// A worker that answers every assignment as a node does whose memory the model exceeds.
-caf::behavior too_small_worker(caf::event_based_actor*) {
+// A worker that answers every assignment with `answer`.
+caf::behavior answering_worker(caf::event_based_actor*, error answer) {
   return {
-      [](assign_atom, assignment&) -> caf::result<assignment_result> {
-        return to_caf(
-            error(errc::device_error,
-                  "allocating 64 MiB: out of host memory (--memory-limit 16777216 bytes)"));
+      [answer](assign_atom, assignment&) -> caf::result<assignment_result> {
+        return to_caf(answer);
       },
       [](abort_atom, uint64_t) {},
   };
+}
+
+// A node's answer when the model exceeds its memory.
+error out_of_host_memory() {
+  return error(errc::device_error,
+               "allocating 64 MiB: out of host memory (--memory-limit 16777216 bytes)");
 }
 
 }  // namespace
@@ -30,7 +34,7 @@ caf::behavior too_small_worker(caf::event_based_actor*) {
 TEST_SUITE("job out of memory") {
   TEST_CASE("a node the work ran out of memory on is left out, and the status says why") {
     configured_system side;  // the worker's own system: it stands for a node
-    auto worker = side.sys.spawn(too_small_worker);
+    auto worker = side.sys.spawn(answering_worker, out_of_host_memory());
     job_fixture f(stored_job(), {node_slot(worker, "n-small", "small")});
     auto s = f.await(
         [](const job_status& st) { return st.detail.find("ran out of") != std::string::npos; }, 20);
@@ -44,6 +48,29 @@ TEST_SUITE("job out of memory") {
     CHECK(avoided == std::vector<std::string>{"n-small"});
     // The model, not the node, is at fault: the market frees the slot for other jobs rather
     // than cool the node down for all of them.
+    std::vector<std::string> released;
+    f.self->request(f.market, f.wait, caf::get_atom::value, release_atom::value)
+        .receive([&](std::vector<std::string>& r) { released = std::move(r); },
+                 [&](caf::error& e) { FAIL(f.sys.render(e)); });
+    REQUIRE_FALSE(released.empty());
+    for (const auto& r : released) CHECK(r == "failed: not the node's fault");
+    side.self->send_exit(worker, caf::exit_reason::user_shutdown);
+  }
+
+  TEST_CASE("a node whose kernels refuse the model's shapes is left out, not cooled down") {
+    // cuDNN refuses a tensor past 2^31 - 1 values: counted against the node, a job's model
+    // cooled every GPU node down for all jobs, one after another, round after round.
+    configured_system side;
+    auto worker = side.sys.spawn(
+        answering_worker, error(errc::invalid_argument,
+                                "a convolution tensor of 2621440000 values exceeds cuDNN's 32-bit "
+                                "limit"));
+    job_fixture f(stored_job(), {node_slot(worker, "n-gpu", "gpu")});
+    auto s = f.await(
+        [](const job_status& st) { return st.detail.find("refused by") != std::string::npos; }, 20);
+    CHECK_MESSAGE(s.detail.find("1 left out for a while: this job's work was refused by their "
+                                "kernels (gpu: a convolution tensor") != std::string::npos,
+                  s.detail);
     std::vector<std::string> released;
     f.self->request(f.market, f.wait, caf::get_atom::value, release_atom::value)
         .receive([&](std::vector<std::string>& r) { released = std::move(r); },

@@ -129,6 +129,23 @@ TEST_SUITE("model graph") {
     CHECK(m.error().code() == errc::invalid_argument);
   }
 
+  TEST_CASE(
+      "a batch of inputs past the kernels' 32-bit sizes is refused, however small the layers") {
+    // Only the layers' outputs were counted: a strided convolution over a large image kept
+    // them small, and cuDNN refused every GPU node the batch of inputs (2.6e9 values).
+    auto w = graph(
+        "[model]\ninput = [256, 256, 1]\nlayers = [ { type = \"conv2d\", filters = 1, "
+        "kernel = 16, stride = 16 }, { type = \"flatten\" }, { type = \"linear\", units = 10 }, "
+        "{ type = \"softmax_xent\" } ]\n");
+    CHECK(w->check_batch(32767).has_value());  // 32,767 x 65,536 values: under 2^31
+    auto refused = w->check_batch(40000);
+    REQUIRE_FALSE(refused.has_value());
+    CHECK(refused.error().code() == errc::invalid_argument);
+    CHECK_MESSAGE(refused.error().message().find("inner.batch_size: 40000 samples of the model's "
+                                                 "input (65536 values each)") != std::string::npos,
+                  refused.error().message());
+  }
+
   TEST_CASE("a model whose keys nest thousands of tables deep is refused, not parsed") {
     // A node parses the model text it is sent: the core checked the spec it came in, and
     // the node does not take that on trust (the parser's recursion overflowed its stack).
