@@ -390,7 +390,13 @@ std::vector<double> robust_mean_scales(const std::vector<double>& norms, double 
   const size_t n = norms.size();
   std::vector<double> scale(n, 1.0);
   if (clip > 0.0) {
-    const double limit = clip * median_of(norms);
+    // The lower median: of an even count, the mean of the middle two let half the results
+    // set the limit. Of two results, it was their mean, and at clip 2 it clipped nothing: a
+    // node's update 1e6 times its partner's went into the mean whole.
+    std::vector<double> sorted = norms;
+    const auto middle = sorted.begin() + static_cast<std::ptrdiff_t>((n - 1) / 2);
+    std::nth_element(sorted.begin(), middle, sorted.end());
+    const double limit = clip * *middle;
     for (size_t i = 0; i < n; ++i)
       if (norms[i] > limit) scale[i] = limit / norms[i];
   }

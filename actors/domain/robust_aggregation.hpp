@@ -137,7 +137,8 @@ class replay_sketches {
 };
 
 /// The robust mean of a round's updates into `out` (resized to their length): each update is
-/// first scaled down to at most `clip` times the median norm (clip 0: no clipping), then the
+/// first scaled down to at most `clip` times the median norm (the lower of the middle two of an
+/// even count; clip 0: no clipping), then the
 /// mean is taken per coordinate with `trim` of the values dropped at each end (trim 0: plain
 /// mean; at least one value is always kept). All updates must have the same length.
 void robust_mean(const std::vector<std::span<const float>>& updates, double clip, double trim,

@@ -339,6 +339,21 @@ TEST_SUITE("robust_aggregation") {
     CHECK(mean[1] == doctest::Approx(4.0));
   }
 
+  TEST_CASE("of two results, or half of an even count, a huge update is clipped") {
+    // The median of two norms is their mean: at clip 2 the limit was their sum, and a node's
+    // update 1e6 times its partner's went into the mean whole (a job of two workers, or a
+    // round closed on a quorum of two, had no defence of magnitude but sampling).
+    auto two = robust_mean_scales(std::vector<double>{1.0, 1e6}, 2.0);
+    CHECK(two[0] == 1.0);
+    CHECK(two[1] == doctest::Approx(2e-6));
+    auto half = robust_mean_scales(std::vector<double>{1.0, 1.0, 1e6, 1e6}, 2.0);
+    CHECK(half[0] == 1.0);
+    CHECK(half[3] == doctest::Approx(2e-6));
+    // Honest partners within clip of each other keep their updates whole.
+    auto honest = robust_mean_scales(std::vector<double>{1.0, 1.7}, 2.0);
+    CHECK(honest == std::vector<double>{1.0, 1.0});
+  }
+
   TEST_CASE("the robust mean taken block by block is exactly the whole one") {
     std::vector<std::vector<float>> u(5, std::vector<float>(1000));
     for (size_t i = 0; i < u.size(); ++i)
