@@ -123,8 +123,6 @@ expected<join_token_record> decode_token_record(std::span<const uint8_t> bytes) 
 expected<void> admits(const join_token_record& r, std::string_view tier, std::string_view key,
                       int64_t now_unix) {
   if (r.revoked) return error(errc::permission_denied, "join token " + r.id + " was revoked");
-  if (r.expires_unix != 0 && now_unix >= r.expires_unix)
-    return error(errc::permission_denied, "join token " + r.id + " has expired");
   if (tier != to_string(r.tier)) {
     std::string m = "join token ";
     m.append(r.id).append(" admits the ").append(to_string(r.tier)).append(" tier, not the ");
@@ -132,6 +130,10 @@ expected<void> admits(const join_token_record& r, std::string_view tier, std::st
     return error(errc::permission_denied, m);
   }
   const bool bound = std::find(r.keys.begin(), r.keys.end(), key) != r.keys.end();
+  if (!bound && r.expires_unix != 0 && now_unix >= r.expires_unix)
+    return error(errc::permission_denied, "join token " + r.id +
+                                              " has expired (it admits only the node keys it bound "
+                                              "before)");
   if (!bound && !r.closed.empty())
     return error(errc::permission_denied,
                  "join token " + r.id + " admits no new node keys: " + r.closed);

@@ -49,8 +49,11 @@ std::vector<uint8_t> encode_token_record(const join_token_record& r);
 expected<join_token_record> decode_token_record(std::span<const uint8_t> bytes);
 
 /// Whether a token with record `r` admits a node with key `key` (hex) asking for `tier` at
-/// `now_unix`: unrevoked, unexpired, of that tier, and either already bound to `key` or open
-/// with a use left. The error says why not, in words a node's operator can act on.
+/// `now_unix`: unrevoked, of that tier, and either already bound to `key` or unexpired and
+/// open with a use left. Expiry ends the token's window for new keys: the nodes it admitted
+/// rejoin with it after (a core restart or a lost link makes every node rejoin at once, and
+/// an expired token turned the whole tier away then, each node exiting); revoking a token
+/// shuts them out. The error says why not, in words a node's operator can act on.
 expected<void> admits(const join_token_record& r, std::string_view tier, std::string_view key,
                       int64_t now_unix);
 

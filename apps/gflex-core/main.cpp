@@ -279,7 +279,9 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"community", "core"}))
       ->capture_default_str();
   token_create
-      ->add_option("--expires", f.expires, "lifetime: 0 (until revoked), or 90m, 12h, 7d ...")
+      ->add_option("--expires", f.expires,
+                   "how long it admits new node keys: 0 (until revoked), or 90m, 12h, 7d ... "
+                   "(the keys it admitted rejoin after; revoke it to shut them out)")
       ->capture_default_str();
   token_create
       ->add_option("--uses", f.uses,

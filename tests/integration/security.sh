@@ -65,6 +65,20 @@ wait_for 60 "t-single to join again with its token" \
   grep -q "joined the core" "$WORK/t-single-again.log"
 kill -KILL "$PID_t_single_again"
 wait_for 30 "t-single to leave the node list" bash -c "[ \$(\"$G\" nodes --core $core | wc -l) -eq 2 ]"
+# Expiry closes a token to new keys; a node it admitted before rejoins (a core restart makes
+# every node rejoin, and an expired token turned them all away, each node exiting).
+lasting=$("$C" token create --tier community --expires 4s --core "$core") || fail "token create"
+start t-lasting "${NODE[@]}" --name t-lasting --data-dir "$WORK/t-lasting" --token "$lasting"
+wait_for 60 "t-lasting to join" grep -q "joined the core" "$WORK/t-lasting.log"
+kill -KILL "$PID_t_lasting"
+sleep 5
+expect_error "a new key on an expired token" "has expired" \
+  "${NODE[@]}" --name t-late --data-dir "$WORK/t-late" --token "$lasting"
+start t-lasting-again "${NODE[@]}" --name t-lasting --data-dir "$WORK/t-lasting" --token "$lasting"
+wait_for 60 "t-lasting to rejoin after its token expired" \
+  grep -q "joined the core" "$WORK/t-lasting-again.log"
+kill -KILL "$PID_t_lasting_again"
+wait_for 30 "t-lasting to leave the node list" bash -c "[ \$(\"$G\" nodes --core $core | wc -l) -eq 2 ]"
 expect_error "bad --uses" "not in range" "$C" token create --uses -3 --core "$core"
 
 # -- the data directory ------------------------------------------------------------------------

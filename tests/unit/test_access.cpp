@@ -67,7 +67,7 @@ TEST_SUITE("access") {
     }
   }
 
-  TEST_CASE("a token admits its own tier until it expires or is revoked") {
+  TEST_CASE("a token admits its own tier until it expires (new keys) or is revoked (all)") {
     join_token_record r{"0123456789ab", node_tier::community, 100, 200, false, 0, 0, {}, ""};
     CHECK(admits(r, "community", "k1", 150).has_value());
     auto tier = admits(r, "core", "k1", 150);
@@ -77,8 +77,15 @@ TEST_SUITE("access") {
     auto late = admits(r, "community", "k1", 200);
     REQUIRE_FALSE(late.has_value());
     CHECK(late.error().message().find("has expired") != std::string::npos);
+    // A key it bound before it expired rejoins: an expired token turned a whole tier away
+    // when a core restart made every node rejoin, and each node exited.
+    r.keys.push_back("k0");
+    CHECK(admits(r, "community", "k0", 1LL << 40).has_value());
+    CHECK_FALSE(admits(r, "community", "k1", 1LL << 40).has_value());
+    r.keys.clear();
     r.expires_unix = 0;
     CHECK(admits(r, "community", "k1", 1LL << 40).has_value());
+    r.keys.push_back("k1");  // revoked, it admits no key, bound or not
     r.revoked = true;
     auto revoked = admits(r, "community", "k1", 150);
     REQUIRE_FALSE(revoked.has_value());
