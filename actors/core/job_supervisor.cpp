@@ -17,6 +17,7 @@
 #include "gflex/runtime/printable_text.hpp"
 #include "job.hpp"
 #include "messages.hpp"
+#include "restart_budget.hpp"
 #include "spec_runs.hpp"
 #include "store_write.hpp"
 #include "user_data.hpp"
@@ -30,13 +31,9 @@ struct job_entry {
   job_status status;
   std::string spec_text;
   job_spec spec;
-  std::deque<std::chrono::steady_clock::time_point> restarts;
+  restart_budget restarts;
   bool ending = false;  // started a last time only to record its failure (restart_job)
 };
-
-/// Restarts of one job allowed within `restart_window` before it is marked failed.
-constexpr int restart_budget = 3;
-constexpr auto restart_window = std::chrono::seconds(60);
 
 using data_set_id = std::pair<std::string, std::string>;  // owner, name
 
@@ -861,15 +858,13 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links) {
       if (is_terminal(entry.status.state) || !down.reason) return;
       // A job that died before it ended restarts from its last committed round, unless it
       // keeps dying: then it is failed (escalation) rather than restarted forever.
-      auto now = std::chrono::steady_clock::now();
-      while (!entry.restarts.empty() && now - entry.restarts.front() > restart_window)
-        entry.restarts.pop_front();
       std::string why = self->system().render(down.reason);
-      if (entry.ending || static_cast<int>(entry.restarts.size()) >= restart_budget) {
-        spdlog::error("job {} stopped {} times within {} s ({}); failing it", id,
-                      restart_budget + 1, restart_window.count(), why);
+      if (entry.ending ||
+          !entry.restarts.allow(std::chrono::steady_clock::now(), entry.status.round)) {
+        spdlog::error("job {} {} ({}); failing it", id, entry.restarts.why_not(), why);
         entry.status.state = job_state::failed;
-        entry.status.detail = "the job actor kept stopping: " + why;
+        entry.status.detail =
+            "the job actor kept stopping (" + entry.restarts.why_not() + "): " + why;
         // Started once more only to end: its escrow goes back and its record says failed
         // (else a restarted core would resume it). If that fails too, it stays failed here.
         if (!entry.ending) {
@@ -878,7 +873,6 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links) {
         }
         return;
       }
-      entry.restarts.push_back(now);
       spdlog::warn("job {} stopped ({})", id, why);
       restart_job(self, std::string(id));
       return;
