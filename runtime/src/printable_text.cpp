@@ -48,6 +48,51 @@ bool is_printable_text(std::string_view text) noexcept {
   return true;
 }
 
+namespace {
+
+std::string escaped(std::string_view bytes) {
+  static constexpr char hex[] = "0123456789abcdef";
+  std::string out;
+  for (unsigned char b : bytes) {
+    out += "\\x";
+    out += hex[b >> 4];
+    out += hex[b & 0xf];
+  }
+  return out;
+}
+
+}  // namespace
+
+std::string terminal_bytes::put(unsigned char b) {
+  std::string out;
+  if (!pending_.empty()) {
+    if ((b & 0xc0) == 0x80) {
+      pending_ += static_cast<char>(b);
+      if (pending_.size() < expected_) return out;
+      out = is_printable_text(pending_) ? pending_ : escaped(pending_);
+      pending_.clear();
+      return out;
+    }
+    out = escaped(pending_);  // cut short: b starts afresh
+    pending_.clear();
+  }
+  if (b == '\n' || b == '\t' || (b >= 0x20 && b < 0x7f)) {
+    out += static_cast<char>(b);
+  } else if (b >= 0xc2 && b <= 0xf4) {  // a lead byte that may start a printable character
+    pending_ = static_cast<char>(b);
+    expected_ = b < 0xe0 ? 2 : b < 0xf0 ? 3 : 4;
+  } else {
+    out += escaped(std::string_view(reinterpret_cast<const char*>(&b), 1));
+  }
+  return out;
+}
+
+std::string terminal_bytes::finish() {
+  std::string out = escaped(pending_);
+  pending_.clear();
+  return out;
+}
+
 std::string printable_text(std::string_view text) {
   const auto* p = reinterpret_cast<const unsigned char*>(text.data());
   const auto* end = p + text.size();
