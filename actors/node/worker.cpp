@@ -155,14 +155,37 @@ expected<assignment_result> run_assignment(worker_state& st, assignment& a, cons
   if (slot.replicas.empty() || slot.max_batch < a.batch_size) {
     slot.replicas.clear();  // frees the old buffers before the larger ones are made
     const int64_t per_rank = (a.batch_size + ranks - 1) / ranks;
-    for (int r = 0; r < ranks; ++r) {
-      auto m = w.instantiate(group.rank(r), per_rank);
-      if (!m) {
-        slot.replicas.clear();
-        return m.error();
+    auto make = [&]() -> expected<void> {
+      for (int r = 0; r < ranks; ++r) {
+        auto m = w.instantiate(group.rank(r), per_rank);
+        if (!m) {
+          slot.replicas.clear();
+          return m.error();
+        }
+        slot.replicas.push_back(std::move(*m));
       }
-      slot.replicas.push_back(std::move(*m));
+      return {};
+    };
+    auto made = make();
+    // Kept models are chosen by their parameters' bytes, but a model's memory may be mostly
+    // elsewhere (a language model's attention: batch x heads x context^2 values a layer):
+    // a new job's model that does not fit beside the kept ones is made again without them,
+    // rather than fail here and have its job leave this node out for minutes.
+    const auto& m = made ? std::string() : made.error().message();
+    const bool out_of_memory = !made && made.error().code() == errc::device_error &&
+                               m.find("out of") != std::string::npos &&
+                               m.find("memory") != std::string::npos;
+    if (out_of_memory) {
+      bool freed = false;
+      for (auto& [other_key, other] : st.models)
+        if (other_key != key && !other.replicas.empty()) {
+          other.replicas.clear();
+          other.max_batch = 0;
+          freed = true;
+        }
+      if (freed) made = make();
     }
+    if (!made) return made.error();
     slot.max_batch = a.batch_size;
   }
   const int64_t n = w.parameter_count();

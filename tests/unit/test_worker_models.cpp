@@ -112,6 +112,33 @@ TEST_SUITE("worker models") {
     s.self->send_exit(worker, caf::exit_reason::user_shutdown);
   }
 
+  TEST_CASE("a new job's model that does not fit beside a kept one is made without it") {
+    // Models are kept by their parameters' bytes; a language model's memory is mostly its
+    // attention's. Made beside a kept model, the next job's ran out of memory, and that job
+    // left the node out for minutes.
+    test::configured_system s;
+    worker_config config;
+    auto worker = spawn_worker(s.sys, config, s.sys.spawn(one_shard_cache, rows()));
+    const uint64_t before = kernels::host_memory_in_use();
+    auto run = [&](int k) {
+      std::string failure;
+      s.self->request(worker, std::chrono::seconds(60), assign_atom::value, assignment_of(k, "s"))
+          .receive([](assignment_result&) {}, [&](caf::error& e) { failure = s.sys.render(e); });
+      return failure;
+    };
+    REQUIRE(run(0).empty());
+    const uint64_t one = kernels::host_memory_in_use() - before;  // job 0's model, kept
+    REQUIRE(one > (uint64_t{1} << 20));
+    // Room for one model and a half: job 1's fits only once job 0's is let go.
+    struct limit_lifted {
+      ~limit_lifted() { kernels::set_host_memory_limit(0); }
+    } lifted;
+    kernels::set_host_memory_limit(before + one + one / 2);
+    const auto failure = run(1);
+    CHECK_MESSAGE(failure.empty(), failure);
+    s.self->send_exit(worker, caf::exit_reason::user_shutdown);
+  }
+
   TEST_CASE("a worker counts no payload bytes: the uplink, which moves them, does") {
     // Both counted: the node's bytes in were twice (or workers + 1 times) what came.
     test::configured_system s;
