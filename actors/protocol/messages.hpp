@@ -226,10 +226,12 @@ using node_session_actor =
 ///   compute_s is at most what the session measured).
 /// - (abort_atom, assignment id): the assignment is no longer needed.
 /// - (serve_atom, data server): a restarted data server.
+/// - (tick_atom) and (tick_atom, assignment id): its own timers (the chunks it serves, the
+///   beats it sends for a node while that node's answer comes in).
 using node_session_internal = node_session_actor::extend<
     caf::replies_to<assign_atom, uint32_t, assignment>::with<assignment_result>,
     caf::reacts_to<abort_atom, uint64_t>, caf::reacts_to<serve_atom, caf::actor>,
-    caf::reacts_to<tick_atom>>;
+    caf::reacts_to<tick_atom>, caf::reacts_to<tick_atom, uint64_t>>;
 
 /// What a node's session may send to the node's uplink (the only node handle the core holds):
 /// - (assign_atom, worker index, assignment) -> assignment_result.

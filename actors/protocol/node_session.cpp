@@ -267,7 +267,16 @@ struct answer_pull {
   uint64_t next = 0;
   int in_flight = 0;
   bool ended = false;
+  clock_type::time_point last_chunk = clock_type::now();  // or the pull's start
 };
+
+/// While a node sends its answer's chunks, the session beats for it once a second, for as
+/// long as a chunk came within pull_quiet_limit: the node's own heartbeats wait behind the
+/// chunks on its connection, and one chunk of 1 MiB over a volunteer's 1 Mbit/s uplink takes
+/// 8 s, past the 4 s lease, so the node was dropped mid-answer, round after round. A node
+/// gone silent is still let go: 30 s after its last chunk, not 4 s.
+constexpr auto pull_beat_every = std::chrono::seconds(1);
+constexpr auto pull_quiet_limit = std::chrono::seconds(30);
 
 // An error the node answered with, as the core passes it on: the node's own words reach the
 // job's status, the core's log and users' terminals and JSON, so printable text only (bytes
@@ -295,6 +304,7 @@ void pull_answer(session_actor* self, std::shared_ptr<answer_pull> p) {
               p->in_flight -= 1;
               if (p->ended) return;
               core_metrics::bytes("in", "update_chunk").inc(static_cast<double>(bytes.size()));
+              p->last_chunk = clock_type::now();
               // A chunk that arrives is a sign of life: the node's heartbeats travel behind the
               // chunks already on its connection, and over a slow uplink would reach the core
               // after its lease (a 16 Mbit/s uplink takes 16 s to send four chunks of 8 MiB).
@@ -543,6 +553,7 @@ node_session_internal::behavior_type session_behavior(session_actor* self, sessi
                   p->parts = std::move(*parts);
                   p->result = std::move(r);
                   st.out[id].pull = p;
+                  self->delayed_send(self, pull_beat_every, tick_atom::value, id);
                   pull_answer(self, std::move(p));
                 },
                 [=](caf::error& e) mutable {
@@ -580,6 +591,19 @@ node_session_internal::behavior_type session_behavior(session_actor* self, sessi
       [=](serve_atom, caf::actor& data_server) {
         if (!from_core(self)) return drop(self, "a data server (only the core names one)");
         self->state.data_server = std::move(data_server);
+      },
+      [=](tick_atom, uint64_t id) {
+        // The session's own timer only: a node's would keep it alive however silent it is.
+        if (self->current_sender() != self->ctrl())
+          return drop(self, "a timer's tick (only the session times itself)");
+        auto& st = self->state;
+        auto it = st.out.find(id);
+        if (it == st.out.end() || !it->second.pull || it->second.pull->ended) return;
+        const auto now = clock_type::now();
+        if (now - it->second.pull->last_chunk > pull_quiet_limit) return;
+        st.beat_forwarded = now;
+        caf::anon_send(st.registry, beat_atom::value, st.who.node_id, dropped_total(self));
+        self->delayed_send(self, pull_beat_every, tick_atom::value, id);
       },
       [=](tick_atom) {
         // The session's own timer only: a node's tick would pump chunks past the byte rate.

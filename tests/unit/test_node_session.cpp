@@ -237,6 +237,61 @@ TEST_SUITE("node session") {
     for (const auto& w : spawned.workers) s.self->send_exit(w, caf::exit_reason::user_shutdown);
   }
 
+  TEST_CASE("a node sending its answer's chunks is kept alive while they come") {
+    // Its heartbeats wait behind the chunks on its connection: one chunk of 1 MiB over a
+    // 1 Mbit/s uplink takes 8 s, past the 4 s lease, and the node was dropped mid-answer.
+    test::configured_system s;
+    using held_chunks = std::vector<caf::typed_response_promise<std::vector<uint8_t>>>;
+    auto held = std::make_shared<held_chunks>();
+    auto uplink = s.sys.spawn([held](caf::event_based_actor* self) -> caf::behavior {
+      self->set_default_handler(caf::drop);
+      return {[](assign_atom, uint32_t, assignment& a) {
+                assignment_result r;
+                r.assignment_id = a.id;
+                r.update_chunks = {std::string(64, 'd')};
+                r.update_bytes = 100;
+                return r;
+              },
+              // The chunk takes 3.5 s to come (then fails: what matters is the wait).
+              [=](chunk_atom, const std::string&) -> caf::result<std::vector<uint8_t>> {
+                auto rp = self->make_response_promise<std::vector<uint8_t>>();
+                held->push_back(rp);
+                self->delayed_send(self, std::chrono::milliseconds(3500), caf::put_atom::value);
+                return rp;
+              },
+              [=](caf::put_atom) {
+                for (auto& rp : *held) rp.deliver(to_caf(error(errc::unavailable, "slow link")));
+                held->clear();
+              },
+              [](abort_atom, uint64_t) {}};
+    });
+    auto beats = std::make_shared<std::atomic<int>>(0);
+    auto registry = s.sys.spawn([beats](caf::event_based_actor* self) -> caf::behavior {
+      self->set_default_handler(caf::drop);
+      return {[beats](beat_atom, const std::string&, uint64_t) { ++*beats; }};
+    });
+    auto sink = s.sys.spawn([](caf::event_based_actor* self) -> caf::behavior {
+      self->set_default_handler(caf::drop);
+      return {[](int) {}};
+    });
+    auto spawned = spawn_node_session(s.sys, {"n1", "node", "", 0, 1}, session_limits{}, uplink,
+                                      registry, sink);
+    assignment a;
+    a.id = 11;
+    a.local_steps = 2;
+    a.batch_size = 4;
+    s.self->request(spawned.workers.at(0), std::chrono::seconds(10), assign_atom::value, a)
+        .receive([](assignment_result&) { FAIL("answered with a result"); }, [](caf::error&) {});
+    // Beaten for once a second while the chunk was on its way, none from the node itself.
+    CHECK(*beats >= 3);
+    const int after = *beats;
+    std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+    CHECK(*beats == after);  // the pull over, the session beats no more for it
+    for (const auto& x : {caf::actor_cast<caf::actor>(spawned.session), uplink, sink, registry})
+      s.self->send_exit(x, caf::exit_reason::user_shutdown);
+    for (const auto& w : spawned.workers) s.self->send_exit(w, caf::exit_reason::user_shutdown);
+  }
+
   TEST_CASE("a node fetches only the data chunks its assignments named") {
     // Any digest was served: a node that learned one (an earlier assignment, a public set's)
     // could read other accounts' data sets.
