@@ -15,13 +15,24 @@ std::vector<double> priced_throughputs(std::span<const speed_evidence> nodes) {
   for (const auto& n : nodes)
     if (n.measured && sane(*n.measured) > 0.0 && sane(n.claimed) > 0.0)
       factors.push_back(n.claimed / *n.measured);
+  // Lower medians: of two, the upper one was the liar's own, and it kept its claim whole.
+  auto lower_median = [](std::vector<double> v) {
+    const auto middle = v.begin() + static_cast<std::ptrdiff_t>((v.size() - 1) / 2);
+    std::nth_element(v.begin(), middle, v.end());
+    return *middle;
+  };
   std::vector<double> out(nodes.size(), 0.0);
   if (factors.empty()) {
-    for (size_t i = 0; i < nodes.size(); ++i) out[i] = sane(nodes[i].claimed);
+    // Nothing measured yet (every user model is a workload of its own at first): claims, but
+    // none above the middle one, so that one node's 9e11 does not win every new job's work.
+    std::vector<double> claims;
+    for (const auto& n : nodes)
+      if (sane(n.claimed) > 0.0) claims.push_back(sane(n.claimed));
+    const double most = claims.empty() ? 0.0 : lower_median(claims);
+    for (size_t i = 0; i < nodes.size(); ++i) out[i] = std::min(sane(nodes[i].claimed), most);
     return out;
   }
-  std::nth_element(factors.begin(), factors.begin() + factors.size() / 2, factors.end());
-  const double factor = factors[factors.size() / 2];
+  const double factor = lower_median(factors);
   double fastest = 0.0;
   for (size_t i = 0; i < nodes.size(); ++i)
     if (nodes[i].measured) {

@@ -372,6 +372,15 @@ TEST_SUITE("matcher") {
         {1000.0, std::nullopt}, {std::nan(""), std::nullopt}, {-5.0, std::nullopt}};
     priced = priced_throughputs(fresh);
     CHECK(priced == std::vector<double>{1000.0, 0.0, 0.0});
+    // Of two measured nodes, the liar's factor does not calibrate: it was the upper median.
+    std::vector<speed_evidence> pair{{1000.0, 500.0}, {1e11, 500.0}};
+    priced = priced_throughputs(pair);
+    CHECK(priced[1] == doctest::Approx(1000.0));
+    // Nothing measured (a new workload): no claim above the middle one.
+    std::vector<speed_evidence> unmeasured{
+        {1000.0, std::nullopt}, {9e11, std::nullopt}, {800.0, std::nullopt}};
+    priced = priced_throughputs(unmeasured);
+    CHECK(priced == std::vector<double>{1000.0, 1000.0, 800.0});
     // A measured NaN or negative rate counts as nothing done.
     std::vector<speed_evidence> odd{{1000.0, 500.0}, {1000.0, std::nan("")}};
     priced = priced_throughputs(odd);
