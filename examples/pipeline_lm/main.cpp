@@ -25,6 +25,7 @@
 #include <fstream>
 #include <iterator>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -66,6 +67,11 @@ class evaluator {
     backend_ = gflex::kernels::make_cpu_backend(1);
     for (size_t s = 0; s + window <= text.size() && s / (window - 1) < 512; s += window - 1)
       for (int64_t j = 0; j < window; ++j) held_out_.push_back(static_cast<float>(text[s + j]));
+    // Refused here, not after the first round was trained and paid for.
+    if (held_out_.empty())
+      throw std::runtime_error("the held-out text (the last file by name) has " +
+                               std::to_string(text.size()) + " bytes, fewer than one sample of " +
+                               std::to_string(window));
   }
   double bits(const std::vector<float>& parameters) {
     const int64_t n = static_cast<int64_t>(held_out_.size()) / window;
@@ -157,6 +163,15 @@ int main(int argc, char** argv) {
     return 1;
   }
 
+  // The held-out text is checked before the cluster starts and anything is trained.
+  std::optional<evaluator> eval;
+  try {
+    eval.emplace(*spec, read_bytes(held_out_file));
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "%s: %s\n", held_out_file.string().c_str(), e.what());
+    return 1;
+  }
+
   gflex::embedded_config config;
   config.nodes = f.nodes;
   auto cluster = gflex::embedded_cluster::start(config);
@@ -173,7 +188,6 @@ int main(int argc, char** argv) {
   train.tokens = true;
   train.test_every = 10;
 
-  evaluator eval(*spec, read_bytes(held_out_file));
   std::ofstream csv(f.out / "loss.csv");
   csv << "round,train_loss_nats,job_test_bits,held_out_bits,elapsed_s\n";
   std::string job_id;
@@ -215,7 +229,7 @@ int main(int argc, char** argv) {
       .map(
           "evaluate",
           [&eval](const pl::round_update& u) {
-            return std::pair{u, eval.bits(*u.parameters)};
+            return std::pair{u, eval->bits(*u.parameters)};
           },
           pl::stage_options{.blocking = true})
       .sink(
@@ -239,7 +253,7 @@ int main(int argc, char** argv) {
             c.model = spec->model;
             c.data_set = "text";
             c.step = static_cast<uint64_t>(s.round);
-            for (const auto& block : eval.workload().layout()) {
+            for (const auto& block : eval->workload().layout()) {
               auto t = gflex::tensor::empty(block.shape, gflex::dtype::f32);
               std::copy_n(r.first.parameters->begin() + block.offset, t.numel(), t.data<float>());
               c.tensors.push_back({block.name, std::move(t)});

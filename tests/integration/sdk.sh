@@ -117,6 +117,13 @@ bits = [float(r["held_out_bits"]) for r in rows]
 assert all(math.isfinite(b) and 0 < b < 8 for b in bits), bits
 assert bits[-1] < bits[0], f"held-out bits did not fall: {bits}"
 PY
+# A held-out file too short for one sample: refused before the cluster starts (it failed
+# after the first round was trained and paid for).
+mkdir -p "$WORK/short"
+cp /usr/share/games/fortunes/art "$WORK/short/"
+printf 'too short' >"$WORK/short/zz-notes"
+expect_error "pipeline_lm with a short held-out file" "zz-notes: the held-out text .* has 9 bytes, fewer than one sample" \
+  "$WORK/examples/pipeline_lm/pipeline_lm" "$WORK/lm-short" --text "$WORK/short" --nodes 2 --rounds 4
 grep -Eq "^stage tokenize +flat_map +in +[0-9]+ out +[0-9]+ restarts 0" "$WORK/pipeline.out" ||
   fail "pipeline_lm printed no stage report: $(tail -9 "$WORK/pipeline.out")"
 "$PREFIX/bin/gflex" sample "$WORK/lm/lm.ckpt" --prompt "The " --tokens 20 >"$WORK/lm.sample" \
