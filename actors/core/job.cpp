@@ -26,6 +26,7 @@
 #include "gflex/runtime/payload_chunks.hpp"
 #include "gflex/runtime/tensor_codec.hpp"
 #include "gflex/runtime/update_codec.hpp"
+#include "leave_out_backoff.hpp"
 #include "messages.hpp"
 #include "reputation.hpp"
 #include "robust_aggregation.hpp"
@@ -195,8 +196,7 @@ struct job_actor_state {
   /// at once, the work failed there again, round after round, with no word of why.
   struct unsuited_node {
     std::string failure;  // what the work did there: "ran out of their memory (...)"
-    int count = 0;
-    std::chrono::steady_clock::time_point until;
+    leave_out_backoff backoff;
   };
   std::map<std::string, unsuited_node> unsuited;
   /// Each node key's last updates, sketched: a node that sends its stored updates in turn
@@ -658,20 +658,18 @@ std::vector<std::string> avoided_nodes(job_actor_state& st) {
   const auto now = clock_type::now();
   std::vector<std::string> out;
   for (const auto& [node, unsuited] : st.unsuited)
-    if (now < unsuited.until) out.push_back(node);
+    if (now < unsuited.backoff.until()) out.push_back(node);
   return out;
 }
 
 // Leaves the node of assignment `a` out of this job's acquires for `first`, doubling with
-// each time after, up to 30 minutes: its work `failure` there ("ran out of their memory").
+// each time after in a row (a result of the node's the job takes ends the row), up to 30
+// minutes: its work `failure` there ("ran out of their memory").
 void leave_out(job_actor_state& st, const in_flight& a, std::string failure,
                std::chrono::seconds first) {
   auto& unsuited = st.unsuited[a.slot.node_id];
   unsuited.failure = std::move(failure);
-  unsuited.count = std::min(unsuited.count + 1, 12);
-  unsuited.until =
-      clock_type::now() +
-      std::min<clock_type::duration>(first * (1 << (unsuited.count - 1)), std::chrono::minutes(30));
+  unsuited.backoff.failed(clock_type::now(), first);
 }
 
 // An assignment its worker answered with an error.
@@ -1449,6 +1447,8 @@ void on_result(job_actor* self, uint64_t id, assignment_result& r) {
   auto slot = it->second.slot;
   auto shard = it->second.shard;
   auto work = std::move(it->second.work);
+  if (auto u = st.unsuited.find(slot.node_id); u != st.unsuited.end())
+    u->second.backoff.succeeded();
   // The time the core saw the assignment take: a node is never paid for more.
   const double wall_s =
       std::chrono::duration<double>(clock_type::now() - it->second.started).count();
@@ -1627,7 +1627,8 @@ void dispatch(job_actor* self) {
                 // The node left out most recently, as an example of why.
                 const job_actor_state::unsuited_node* last = nullptr;
                 for (const auto& [node, unsuited] : st.unsuited)
-                  if (last == nullptr || unsuited.until > last->until) last = &unsuited;
+                  if (last == nullptr || unsuited.backoff.until() > last->backoff.until())
+                    last = &unsuited;
                 detail += ", " + std::to_string(reply.avoided) +
                           " left out for a while: this job's work " + last->failure;
               }
