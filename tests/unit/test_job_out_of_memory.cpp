@@ -29,6 +29,15 @@ error out_of_host_memory() {
                "allocating 64 MiB: out of host memory (--memory-limit 16777216 bytes)");
 }
 
+// Each release the fixture's market was sent so far, as it notes them.
+std::vector<std::string> releases(job_fixture& f) {
+  std::vector<std::string> released;
+  f.self->request(f.market, f.wait, caf::get_atom::value, release_atom::value)
+      .receive([&](std::vector<std::string>& r) { released = std::move(r); },
+               [&](caf::error& e) { FAIL(f.sys.render(e)); });
+  return released;
+}
+
 }  // namespace
 
 TEST_SUITE("job out of memory") {
@@ -48,10 +57,7 @@ TEST_SUITE("job out of memory") {
     CHECK(avoided == std::vector<std::string>{"n-small"});
     // The model, not the node, is at fault: the market frees the slot for other jobs rather
     // than cool the node down for all of them.
-    std::vector<std::string> released;
-    f.self->request(f.market, f.wait, caf::get_atom::value, release_atom::value)
-        .receive([&](std::vector<std::string>& r) { released = std::move(r); },
-                 [&](caf::error& e) { FAIL(f.sys.render(e)); });
+    const auto released = releases(f);
     REQUIRE_FALSE(released.empty());
     for (const auto& r : released) CHECK(r == "failed: not the node's fault");
     side.self->send_exit(worker, caf::exit_reason::user_shutdown);
@@ -71,10 +77,7 @@ TEST_SUITE("job out of memory") {
     CHECK_MESSAGE(s.detail.find("1 left out for a while: this job's work was refused by their "
                                 "kernels (gpu: a convolution tensor") != std::string::npos,
                   s.detail);
-    std::vector<std::string> released;
-    f.self->request(f.market, f.wait, caf::get_atom::value, release_atom::value)
-        .receive([&](std::vector<std::string>& r) { released = std::move(r); },
-                 [&](caf::error& e) { FAIL(f.sys.render(e)); });
+    const auto released = releases(f);
     REQUIRE_FALSE(released.empty());
     for (const auto& r : released) CHECK(r == "failed: not the node's fault");
     side.self->send_exit(worker, caf::exit_reason::user_shutdown);

@@ -19,6 +19,23 @@
 
 using namespace gflex;
 
+namespace {
+
+// A registry that counts the beats it is sent.
+caf::behavior beat_counting_registry(caf::event_based_actor* self,
+                                     std::shared_ptr<std::atomic<int>> beats) {
+  self->set_default_handler(caf::drop);
+  return {[beats](beat_atom, const std::string&, uint64_t) { ++*beats; }};
+}
+
+// An actor that takes whatever it is sent.
+caf::behavior sink_actor(caf::event_based_actor* self) {
+  self->set_default_handler(caf::drop);
+  return {[](int) {}};
+}
+
+}  // namespace
+
 TEST_SUITE("node session") {
   TEST_CASE("a node's error answer is passed on as printable text, and bounded") {
     test::configured_system s;
@@ -30,10 +47,7 @@ TEST_SUITE("node session") {
         return to_caf(error(errc::non_finite, said));
       }};
     });
-    auto sink = s.sys.spawn([](caf::event_based_actor* self) -> caf::behavior {
-      self->set_default_handler(caf::drop);
-      return {[](int) {}};
-    });
+    auto sink = s.sys.spawn(sink_actor);
     auto spawned =
         spawn_node_session(s.sys, {"n1", "node", "", 0, 1}, session_limits{}, uplink, sink, sink);
     assignment a;
@@ -74,10 +88,7 @@ TEST_SUITE("node session") {
                 return to_caf(error(errc::device_error, said));
               }};
     });
-    auto sink = s.sys.spawn([](caf::event_based_actor* self) -> caf::behavior {
-      self->set_default_handler(caf::drop);
-      return {[](int) {}};
-    });
+    auto sink = s.sys.spawn(sink_actor);
     auto rates = std::make_shared<std::atomic<int>>(0);
     auto registry = s.sys.spawn([rates](caf::event_based_actor* self) -> caf::behavior {
       self->set_default_handler(caf::drop);
@@ -136,10 +147,7 @@ TEST_SUITE("node session") {
                 return caf::delegated<std::vector<uint8_t>>();
               }};
     });
-    auto sink = s.sys.spawn([](caf::event_based_actor* self) -> caf::behavior {
-      self->set_default_handler(caf::drop);
-      return {[](int) {}};
-    });
+    auto sink = s.sys.spawn(sink_actor);
     auto spawned =
         spawn_node_session(s.sys, {"n1", "node", "", 0, 1}, session_limits{}, uplink, sink, sink);
     for (uint64_t id : {uint64_t{1}, uint64_t{2}}) {
@@ -180,10 +188,7 @@ TEST_SUITE("node session") {
               },
               [](abort_atom, uint64_t) {}};
     });
-    auto sink = s.sys.spawn([](caf::event_based_actor* self) -> caf::behavior {
-      self->set_default_handler(caf::drop);
-      return {[](int) {}};
-    });
+    auto sink = s.sys.spawn(sink_actor);
     session_limits limits;
     limits.answer_slack = std::chrono::milliseconds(500);
     auto spawned = spawn_node_session(s.sys, {"n1", "node", "", 0, 1}, limits, uplink, sink, sink);
@@ -210,14 +215,8 @@ TEST_SUITE("node session") {
     // queued behind it until their leases ran out.
     test::configured_system s;
     auto beats = std::make_shared<std::atomic<int>>(0);
-    auto registry = s.sys.spawn([beats](caf::event_based_actor* self) -> caf::behavior {
-      self->set_default_handler(caf::drop);
-      return {[beats](beat_atom, const std::string&, uint64_t) { ++*beats; }};
-    });
-    auto sink = s.sys.spawn([](caf::event_based_actor* self) -> caf::behavior {
-      self->set_default_handler(caf::drop);
-      return {[](int) {}};
-    });
+    auto registry = s.sys.spawn(beat_counting_registry, beats);
+    auto sink = s.sys.spawn(sink_actor);
     auto spawned =
         spawn_node_session(s.sys, {"n1", "node", "", 0, 1}, session_limits{}, sink, registry, sink);
     const auto started = std::chrono::steady_clock::now();
@@ -266,14 +265,8 @@ TEST_SUITE("node session") {
               [](abort_atom, uint64_t) {}};
     });
     auto beats = std::make_shared<std::atomic<int>>(0);
-    auto registry = s.sys.spawn([beats](caf::event_based_actor* self) -> caf::behavior {
-      self->set_default_handler(caf::drop);
-      return {[beats](beat_atom, const std::string&, uint64_t) { ++*beats; }};
-    });
-    auto sink = s.sys.spawn([](caf::event_based_actor* self) -> caf::behavior {
-      self->set_default_handler(caf::drop);
-      return {[](int) {}};
-    });
+    auto registry = s.sys.spawn(beat_counting_registry, beats);
+    auto sink = s.sys.spawn(sink_actor);
     auto spawned = spawn_node_session(s.sys, {"n1", "node", "", 0, 1}, session_limits{}, uplink,
                                       registry, sink);
     assignment a;
@@ -309,10 +302,7 @@ TEST_SUITE("node session") {
         return to_caf(error(errc::io_error, "not now: " + a.shard));
       }};
     });
-    auto sink = s.sys.spawn([](caf::event_based_actor* self) -> caf::behavior {
-      self->set_default_handler(caf::drop);
-      return {[](int) {}};
-    });
+    auto sink = s.sys.spawn(sink_actor);
     auto spawned = spawn_node_session(s.sys, {"n1", "node", "", 0, 1}, session_limits{}, uplink,
                                       sink, data_server);
     auto fetch = [&](const std::string& digest) -> expected<std::vector<uint8_t>> {
