@@ -585,7 +585,10 @@ expected<job_spec> read_spec(const reader& in) {
                    "SGD would ignore it)");
   // AdamW's decay multiplies every parameter by 1 - lr x weight_decay each step: at 1 or more
   // the job ran, and was billed, flipping or zeroing its model step after step.
-  if (spec.inner_lr * spec.weight_decay >= 1.0)
+  // Checked as the nodes compute it, in float: lr 1 and weight_decay 0.99999999 pass in
+  // double, and round to a factor of exactly 0 in float.
+  if (spec.inner_lr * spec.weight_decay >= 1.0 ||
+      1.0f - static_cast<float>(spec.inner_lr) * static_cast<float>(spec.weight_decay) <= 0.0f)
     return in.fail("inner.weight_decay",
                    format_double(spec.weight_decay) + " times inner.lr " +
                        format_double(spec.inner_lr) +

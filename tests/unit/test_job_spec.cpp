@@ -342,6 +342,8 @@ name = "tiny"
           "job.toml: inner.weight_decay: 0.6 times inner.lr 2 is 1 or more: each step would "
           "multiply every parameter by 1 - lr x weight_decay, which is not positive");
     CHECK(parse_job_spec(with("[inner]\nlr = 1.0\nweight_decay = 0.5"), source).has_value());
+    // Below 1 in double, 1 in float (the nodes' arithmetic): a factor of exactly 0.
+    CHECK(contains(failure(with("[inner]\nlr = 1.0\nweight_decay = 0.99999999")), "is 1 or more"));
     // Plain SGD steps by the gradient alone: it ran, ignoring the decay it was given.
     CHECK(failure(with("[inner]\noptimizer = \"sgd\"\nweight_decay = 0.01")) ==
           "job.toml: inner.weight_decay: applies to inner.optimizer = \"adamw\" only (plain SGD "
