@@ -65,6 +65,9 @@ struct JobRecord {
   # would pass the core's evaluation budget).
   testedSamples @27 :UInt64;
   testSamples @28 :UInt64;
+  # When it was submitted, in Unix seconds (0: before this was kept); deadline_h counts from
+  # there.
+  submittedUnix @29 :Int64;
 }
 
 struct RoundPoint {

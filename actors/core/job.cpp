@@ -1687,9 +1687,17 @@ void watch_round(job_actor* self) {
   const auto answered = static_cast<int64_t>(st.results.size());
   const double out_for =
       st.first_sent ? std::chrono::duration<double>(now - *st.first_sent).count() : 0.0;
-  if (spec.deadline_h > 0.0 &&
-      st.elapsed_before + std::chrono::duration<double>(now - st.resumed_at).count() >
-          spec.deadline_h * 3600.0) {
+  // The deadline is the user's, in wall-clock time since the submit: counted as the time a
+  // job actor ran, a job that waited while its core was down (restarted nightly, say) never
+  // reached it, holding its round's escrow. Records older than submitted_unix count the
+  // running time, as before.
+  const double age_s =
+      st.job.status.submitted_unix > 0
+          ? std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch())
+                    .count() -
+                static_cast<double>(st.job.status.submitted_unix)
+          : st.elapsed_before + std::chrono::duration<double>(now - st.resumed_at).count();
+  if (spec.deadline_h > 0.0 && age_s > spec.deadline_h * 3600.0) {
     finish(self, job_state::failed, "its deadline of " + format_g(spec.deadline_h) + " h passed");
     return;
   }

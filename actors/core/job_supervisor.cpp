@@ -1012,6 +1012,9 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links) {
           status.workload = spec.workload;
           status.rounds = spec.rounds;
           status.state = job_state::queued;
+          status.submitted_unix = std::chrono::duration_cast<std::chrono::seconds>(
+                                      std::chrono::system_clock::now().time_since_epoch())
+                                      .count();
           status.account = spec.account;
           status.budget = spec.budget;
           status.owner = owner;

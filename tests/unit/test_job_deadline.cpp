@@ -109,4 +109,21 @@ TEST_SUITE("job deadlines") {
     CHECK(seen.second == seen.first);
     side.self->send_exit(worker, caf::exit_reason::user_shutdown);
   }
+
+  TEST_CASE("a job's deadline_h counts from its submit, the core's downtime included") {
+    // Counted as the time its job actors ran, a job that waited while its core was down
+    // (restarted nightly, say) never reached its deadline, and held its round's escrow.
+    auto stored = stored_job(2, k_spec + "[market]\nmax_price = 0\ndeadline_h = 1\n");
+    auto record = decode_job_record(stored.kept.at(job_record_key("job-1")));
+    REQUIRE(record.has_value());
+    record->second.submitted_unix = std::chrono::duration_cast<std::chrono::seconds>(
+                                        std::chrono::system_clock::now().time_since_epoch())
+                                        .count() -
+                                    7200;  // two hours ago; it ran for none of them
+    stored.kept[job_record_key("job-1")] = encode_job_record(record->first, record->second);
+    job_fixture f(std::move(stored));
+    auto s = f.await([](const job_status& st) { return st.state == job_state::failed; }, 20);
+    CHECK(s.state == job_state::failed);
+    CHECK_MESSAGE(s.detail.find("its deadline of 1 h passed") != std::string::npos, s.detail);
+  }
 }

@@ -77,10 +77,13 @@ struct job_status {
   int64_t tested_samples = 0;
   int64_t test_samples = 0;
   double train_loss = 0.0;
-  int64_t nodes = 0;              ///< Distinct nodes whose results the last round used.
-  uint64_t bytes_sent = 0;        ///< Parameters sent to workers, bytes.
-  uint64_t bytes_received = 0;    ///< Updates received from workers, bytes.
-  double elapsed_s = 0.0;         ///< Running time so far.
+  int64_t nodes = 0;            ///< Distinct nodes whose results the last round used.
+  uint64_t bytes_sent = 0;      ///< Parameters sent to workers, bytes.
+  uint64_t bytes_received = 0;  ///< Updates received from workers, bytes.
+  double elapsed_s = 0.0;       ///< Running time so far.
+  /// When it was submitted, in Unix seconds of the core that took it (0 in records written
+  /// before it was kept): its [market] deadline_h counts from there.
+  int64_t submitted_unix = 0;
   double eta_s = -1.0;            ///< Estimated seconds to completion; negative when unknown.
   uint64_t late_results = 0;      ///< Results that arrived after their round closed.
   uint64_t rejected_results = 0;  ///< Results refused by the checks or by verification.

@@ -121,7 +121,8 @@ struct job_spec {
   /// [market] min_reputation, in [0, 1]: community workers whose node scores lower are left out
   /// (the core refuses one above what a node can score, 51/52 by its default policy).
   double min_reputation = 0.0;
-  /// [market] deadline_h, in [0, 100000]: hours after which an unfinished job fails; 0: none.
+  /// [market] deadline_h, in [0, 100000]: hours after its submit (wall-clock time, the core's
+  /// downtime included) after which an unfinished job fails; 0: none.
   double deadline_h = 0.0;
 
   /// [model]: a user-defined model (kernels/model_spec.hpp), kept as the TOML text of the
