@@ -1167,27 +1167,37 @@ expected<embedded_cluster> embedded_cluster::start(const embedded_config& config
 
 expected<job_status> run_embedded(const embedded_config& config, const std::string& spec_toml,
                                   const std::function<void(const job_status&)>& on_status) {
+  // A SIGINT or SIGTERM ends the run, its job cancelled: it killed the process, and a
+  // temporary cluster's directory (its store, the nodes' shard caches) stayed behind. Taken
+  // from the start: the nodes calibrate one after another (seconds, for many), and a signal
+  // then killed the process too. Made first, the watcher goes last, after the cluster.
+  signal_watcher signals;
+  auto stopped = [](const std::string& what) -> std::optional<error> {
+    const int sig = received_signal.load();
+    if (sig == 0) return std::nullopt;
+    return error(errc::unavailable,
+                 std::string(sig == SIGINT ? "interrupted" : "terminated") + ": " + what);
+  };
   auto s = embedded_cluster::start_core(config);
   if (!s) return s.error();
+  if (auto e = stopped("before the job was submitted")) return *e;
   // The job goes in before the nodes are made: its data set loads and is cut into shards
   // while they calibrate, instead of after.
   auto id = (*s)->client.submit(spec_toml);
   if (!id) return id.error();
+  auto cancelled = [&] {
+    (void)(*s)->client.cancel(*id);
+    return stopped("job " + *id + " was cancelled");
+  };
+  if (received_signal.load() != 0) return *cancelled();
   if (auto err = embedded_cluster::add_nodes(**s, config)) return err;
   // In-process status calls cost microseconds: polled often, the end is seen when it comes.
-  // A SIGINT or SIGTERM ends the run here, its job cancelled: it killed the process, and a
-  // temporary cluster's directory (its store, the nodes' shard caches) stayed behind.
-  signal_watcher signals;
   for (;;) {
+    if (received_signal.load() != 0) return *cancelled();
     auto st = (*s)->client.status(*id);
     if (!st) return st.error();
     if (on_status) on_status(*st);
     if (is_terminal(st->state)) return st;
-    if (const int sig = received_signal.load(); sig != 0) {
-      (void)(*s)->client.cancel(*id);
-      return error(errc::unavailable, std::string(sig == SIGINT ? "interrupted" : "terminated") +
-                                          ": job " + *id + " was cancelled");
-    }
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
 }

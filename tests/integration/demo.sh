@@ -31,6 +31,24 @@ if ls -d "$WORK"/tmp/gflex-demo-* >/dev/null 2>&1; then
 else
   echo "ok: a stopped demo cancels its job and removes its temporary directory"
 fi
+# Stopped while its nodes calibrate (one after another, seconds for 24), it also ends well:
+# the signal killed the process there, leaving the directory behind.
+mkdir -p "$WORK/tmp2"
+TMPDIR="$WORK/tmp2" start early "$BIN/gflex" demo --nodes 24
+wait_for 30 "the early demo's directory" bash -c "ls -d '$WORK'/tmp2/gflex-demo-* >/dev/null 2>&1"
+kill -TERM "$PID_early"
+timeout 60 tail --pid="$PID_early" -f /dev/null ||
+  { fail "the demo did not stop on an early SIGTERM"; kill -KILL "$PID_early" 2>/dev/null || true; }
+code=0
+wait "$PID_early" || code=$?
+[ "$code" -eq 1 ] || fail "a demo stopped early exited $code, not 1"
+grep -q "terminated: " "$WORK/early.log" || fail "the early-stopped demo did not say so: $(tail -2 "$WORK/early.log")"
+grep -q "round 1/" "$WORK/early.log" && echo "note: the early SIGTERM came after the first round"
+if ls -d "$WORK"/tmp2/gflex-demo-* >/dev/null 2>&1; then
+  fail "a demo stopped early left $(ls -d "$WORK"/tmp2/gflex-demo-*) behind"
+else
+  echo "ok: a demo stopped while its nodes start cancels and removes its directory"
+fi
 expect_error "zero nodes" "--nodes" "$BIN/gflex" demo --nodes 0
 printf '[job]\nworkload = "fashion-mlp"\nrounds = -1\n' >"$WORK/bad.toml"
 expect_error "bad demo spec" "bad.toml: job.rounds: must be an integer in \[1, 100000\], got -1" \
