@@ -178,6 +178,19 @@ struct codec<T, std::enable_if_t<std::is_arithmetic_v<T>>> {
   }
 };
 
+// bool is arithmetic, but a byte other than 0 or 1 is no bool: checked.
+template <>
+struct codec<bool> {
+  static void encode(const bool& v, std::string& out) { out.push_back(v ? '\1' : '\0'); }
+  static bool decode(std::string_view& in) {
+    detail::need(in, 1);
+    const char c = in.front();
+    if (c != '\0' && c != '\1') throw std::runtime_error("pipeline: a malformed item (a bool)");
+    in.remove_prefix(1);
+    return c == '\1';
+  }
+};
+
 template <>
 struct codec<std::string> {
   static void encode(const std::string& v, std::string& out) {
@@ -196,9 +209,11 @@ struct codec<std::string> {
 template <class T>
 requires has_codec<T>
 struct codec<std::vector<T>> {
+  // Copied as bytes: numbers, not bool (std::vector<bool> packs bits and has no data()).
+  static constexpr bool contiguous = std::is_arithmetic_v<T> && !std::is_same_v<T, bool>;
   static void encode(const std::vector<T>& v, std::string& out) {
     codec<uint64_t>::encode(v.size(), out);
-    if constexpr (std::is_arithmetic_v<T>)
+    if constexpr (contiguous)
       out.append(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(T));
     else
       for (const auto& x : v) codec<T>::encode(x, out);
@@ -206,8 +221,9 @@ struct codec<std::vector<T>> {
   static std::vector<T> decode(std::string_view& in) {
     const uint64_t n = codec<uint64_t>::decode(in);
     std::vector<T> v;
-    if constexpr (std::is_arithmetic_v<T>) {
-      detail::need(in, n * sizeof(T));
+    if constexpr (contiguous) {
+      if (n > in.size() / sizeof(T))
+        throw std::runtime_error("pipeline: a malformed item (truncated)");
       v.resize(n);
       std::memcpy(v.data(), in.data(), n * sizeof(T));
       in.remove_prefix(n * sizeof(T));
