@@ -1425,9 +1425,10 @@ expected<void> validate(const std::vector<stage_def>& stages, int workers) {
         (d.size < 1 || d.size > (1u << 20)))
       return bad(at + (d.kind == stage_kind::batch ? "the batch size" : "the buffer") +
                  " must be in [1, 1048576]");
-    if (d.kind == stage_kind::train) {
+    if (d.kind == stage_kind::train && workers >= 0) {
       // Its options and spec are checked now, before any stage starts: at run time a bad one
-      // fails the stage only after the upstream has run.
+      // fails the stage only after the upstream has run. Not in a worker process (workers
+      // -1): a train stage never runs there, and a worker has no client to give it.
       try {
         train_driver probe(d.train);
       } catch (const std::exception& e) {

@@ -6,6 +6,7 @@
 #include <cstring>
 #include <sstream>
 #include <stdexcept>
+#include <thread>
 #include <utility>
 
 #include "gflex/kernels/workload.hpp"
@@ -13,6 +14,7 @@
 #include "link_loss.hpp"
 #include "parameter_copy.hpp"
 #include "spec_runs.hpp"
+#include "user_data.hpp"
 
 namespace gflex::pipeline::detail {
 namespace {
@@ -45,6 +47,14 @@ train_driver::train_driver(train_options options) : options_(std::move(options))
     fail(
         "train: poll must be at least 1 ms (the stage asks the core for the job's status "
         "that often)");
+  // The name goes into the spec's TOML and to the core's push: checked here as the core
+  // checks it, before the upstream has run, not at the push after it.
+  if (!valid_data_set_name(options_.data_set))
+    fail("train: data_set must be 1-64 of A-Z a-z 0-9 . _ -, got '" +
+         options_.data_set.substr(0, 80) + "'");
+  if (kernels::is_builtin_data_set(options_.data_set))
+    fail("train: data_set '" + options_.data_set +
+         "' names a built-in data set: choose another name");
   spec_ = options_.spec_toml + "\n[data]\nset = \"" + options_.data_set + "\"\n";
   auto spec = parse_job_spec(spec_, "train stage spec");
   if (!spec) fail(spec.error().message());
@@ -59,6 +69,7 @@ train_driver::train_driver(train_options options) : options_(std::move(options))
          std::to_string((*w)->classes()) +
          ((*w)->token_input() ? " classes of token ids" : " classes of values") +
          " (set train_options.classes and .tokens)");
+  job_name_ = spec->name;
   parameters_ = (*w)->parameter_count();
   feature_dim_ = (*w)->feature_dim();
   workers_ = spec->workers;
@@ -105,13 +116,48 @@ void train_driver::submit() {
   splits.test = make_split(test_x_, test_y_, sample_values_, options_);
   auto pushed = options_.client->push_data(options_.data_set, splits, workers_);
   if (!pushed) fail("train: pushing the data set: " + pushed.error().message());
-  auto id = options_.client->submit(spec_);
+  // A submit whose answer is lost may have made the job all the same (client::submit says
+  // so): it trained and billed with nobody to follow or cancel it, and the stage's restart
+  // was refused the push (the set cannot be replaced while a job trains on it). It is looked
+  // for among the jobs that were not there before.
+  std::set<std::string> before;
+  auto listed = options_.client->jobs();
+  if (listed)
+    for (const auto& j : *listed) before.insert(j.job_id);
+  auto id = send_submit ? send_submit(spec_) : options_.client->submit(spec_);
+  if (!id && listed && id.error().code() == errc::unavailable)
+    id = find_submitted(before, id.error());
   if (!id) fail("train: the job is refused: " + id.error().message());
   job_id_ = *id;
   std::vector<float>().swap(train_x_);
   std::vector<float>().swap(test_x_);
   std::vector<int32_t>().swap(train_y_);
   std::vector<int32_t>().swap(test_y_);
+}
+
+expected<std::string> train_driver::find_submitted(const std::set<std::string>& before,
+                                                   const error& lost) {
+  const auto until = std::chrono::steady_clock::now() + gflex::detail::link_loss_patience;
+  for (;;) {
+    auto listed = options_.client->jobs();
+    if (!listed && gflex::detail::is_link_loss(listed.error()) &&
+        std::chrono::steady_clock::now() < until) {
+      std::this_thread::sleep_for(std::chrono::seconds(1));
+      continue;
+    }
+    if (!listed) return lost;
+    std::vector<std::string> made;
+    for (const auto& j : *listed)
+      if (!before.contains(j.job_id) && j.name == job_name_) made.push_back(j.job_id);
+    if (made.empty()) return lost;  // not made: a restart submits again
+    if (made.size() > 1)
+      return error(errc::unavailable, lost.message() + "; and " + std::to_string(made.size()) +
+                                          " new jobs are named '" + job_name_ + "' (" +
+                                          made.front() + ", ...): none is followed");
+    spdlog::warn("train: the answer to the submit was lost, but job {} was made: following it",
+                 made.front());
+    return made.front();
+  }
 }
 
 bool train_driver::rides_out(const error& e) {

@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -50,6 +51,9 @@ class train_driver {
   /// have rounds committed in between).
   std::function<void(const job_status&)> between_asks;
 
+  /// Sends the spec to the core; client::submit when empty (tests use it to lose the answer).
+  std::function<expected<std::string>(const std::string& spec)> send_submit;
+
  private:
   train_options options_;
   int64_t parameters_ = 0;
@@ -62,6 +66,7 @@ class train_driver {
   std::vector<float> train_x_, test_x_;
   std::vector<int32_t> train_y_, test_y_;
   std::string spec_;
+  std::string job_name_;  ///< The spec's [job] name.
   std::string job_id_;
   int64_t last_round_ = 0;
   /// Since when polls have failed for a lost link (none: the last one was answered).
@@ -69,6 +74,10 @@ class train_driver {
 
   /// Whether following goes on after `e` (a lost link, for up to link_loss_patience).
   bool rides_out(const error& e);
+
+  /// After a submit whose answer was lost (`lost`): the job it may have made, found among
+  /// those not in `before` with the spec's name; `lost` where there is none.
+  expected<std::string> find_submitted(const std::set<std::string>& before, const error& lost);
 };
 
 }  // namespace gflex::pipeline::detail

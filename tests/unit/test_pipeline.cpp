@@ -552,6 +552,19 @@ TEST_SUITE("pipeline") {
     std::string_view h = huge;
     CHECK_THROWS_WITH(codec<std::vector<std::string>>::decode(h),
                       "pipeline: a malformed item (truncated)");
+    // A length whose byte count wraps around 2^64 is no shorter read.
+    std::string wraps;
+    codec<uint64_t>::encode((uint64_t{1} << 62) + 1, wraps);
+    codec<int32_t>::encode(5, wraps);
+    std::string_view w = wraps;
+    CHECK_THROWS_WITH(codec<std::vector<int32_t>>::decode(w),
+                      "pipeline: a malformed item (truncated)");
+    // bool: a vector of them has no data() to copy; a byte past 1 is no bool.
+    CHECK(round_trip(std::vector<bool>{true, false, true}) == std::vector<bool>{true, false, true});
+    CHECK(round_trip(true));
+    const std::string two(1, '\2');
+    std::string_view t2 = two;
+    CHECK_THROWS_WITH(codec<bool>::decode(t2), "pipeline: a malformed item (a bool)");
   }
 
   TEST_CASE("stages on worker processes are refused where they cannot run") {
@@ -603,6 +616,32 @@ TEST_SUITE("pipeline") {
             "pipeline stage 1 'm': its output crosses processes, but its type has no "
             "gflex::pipeline::codec");
     }
+  }
+
+  TEST_CASE("a worker process joins a graph with a train stage, which it never runs") {
+    // Both roles build the same graph (the fingerprint covers the train stage), but a worker
+    // has no client: its train stage's options are not checked there.
+    graph g;
+    g.source<int64_t>("numbers", count_to(10))
+        .map(
+            "m",
+            [](const int64_t& v) {
+              sample_batch b;
+              b.sample_values = 1;
+              b.labels = {static_cast<int32_t>(v % 2)};
+              b.features = {static_cast<float>(v)};
+              return b;
+            },
+            stage_options{.on_workers = true})
+        .train("train", train_options{});  // no client here
+    join_options o;
+    o.port = 1;  // nothing listens: the join gets as far as connecting
+    o.token = "a-token-of-sixteen-chars";
+    o.connect_timeout = std::chrono::milliseconds(100);
+    auto joined = g.join(o);
+    REQUIRE_FALSE(joined.has_value());
+    CHECK_MESSAGE(joined.error().code() == errc::unavailable, joined.error().message());
+    CHECK(joined.error().message().find("cannot reach the pipeline") != std::string::npos);
   }
 
   TEST_CASE("the types between stages are checked when the graph is compiled") {
@@ -670,6 +709,20 @@ TEST_SUITE("pipeline") {
           "pipeline stage 2 'train': train: train_options say 256 classes of token ids, the "
           "model takes 2 classes of values (set train_options.classes and .tokens)");
     CHECK(generated->load() == before_defaults);
+    // The data set's name goes into the spec and to the core's push: refused now, not at
+    // the push after the upstream has run.
+    for (const std::string& name :
+         std::vector<std::string>{"my data", std::string(65, 'a'), "fashion-mnist", "a\"b"}) {
+      auto named = t;
+      named.data_set = name;
+      const auto before_name = generated->load();
+      auto refused = run_train(named, 8);
+      REQUIRE_FALSE(refused.has_value());
+      CHECK_MESSAGE(
+          refused.error().message().rfind("pipeline stage 2 'train': train: data_set", 0) == 0,
+          refused.error().message());
+      CHECK(generated->load() == before_name);
+    }
     auto spinning = t;
     spinning.poll = std::chrono::milliseconds(0);  // would ask the core for status non-stop
     auto no_poll = run_train(spinning, 8);
@@ -805,6 +858,53 @@ TEST_SUITE("pipeline") {
     for (const auto& u : updates)
       CHECK_MESSAGE((*u.parameters == last) == (u.status.round == 40),
                     "round " << u.status.round << "'s update");
+  }
+
+  TEST_CASE("a train stage whose submit answer was lost follows the job it made") {
+    // The job was made but the answer lost (client::submit: "may have been made all the
+    // same"): the stage failed, its job trained and billed with nobody to cancel it, and the
+    // restart's push was refused while that job trained on the set.
+    embedded_config config;
+    config.nodes = 1;
+    auto cluster = embedded_cluster::start(config);
+    REQUIRE_MESSAGE(cluster.has_value(), cluster.error().message());
+    auto& client = cluster->client();
+    const auto lost =
+        error(errc::unavailable, "no answer in 60 s; the job may have been made all the same");
+    {
+      pipeline::detail::train_driver driver(linear_job(client, "lost-answer", 2));
+      for (int64_t i = 0; i < 40; ++i) driver.absorb(two_rows(i));
+      std::string made;
+      driver.send_submit = [&](const std::string& spec) -> expected<std::string> {
+        auto id = client.submit(spec);
+        REQUIRE_MESSAGE(id.has_value(), id.error().message());
+        made = *id;
+        return lost;
+      };
+      driver.submit();
+      CHECK(driver.checkpoint() == made + " 0");
+      std::vector<round_update> updates;
+      const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+      bool done = false;
+      while (!done && std::chrono::steady_clock::now() < deadline) {
+        done = driver.poll(updates);
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      }
+      CHECK(done);
+      REQUIRE_FALSE(updates.empty());
+      CHECK(updates.back().status.round == 2);  // followed to its end
+    }
+    {
+      // Not made: still a failure (a restart submits again).
+      auto t = linear_job(client, "lost-answer", 2);
+      t.data_set = "lost-answer-2";
+      pipeline::detail::train_driver driver(t);
+      for (int64_t i = 0; i < 40; ++i) driver.absorb(two_rows(i));
+      driver.send_submit = [&](const std::string&) -> expected<std::string> { return lost; };
+      CHECK_THROWS_WITH(driver.submit(),
+                        "train: the job is refused: no answer in 60 s; the job may have been "
+                        "made all the same");
+    }
   }
 
   TEST_CASE("a train stage follows its job across a restart of its core") {
