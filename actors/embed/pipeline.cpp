@@ -38,6 +38,7 @@
 #include <stdexcept>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <unordered_map>
 #include <vector>
 
@@ -58,9 +59,22 @@ struct input_ref {
   caf::actor sender;
 };
 
+/// Which input of its producer an item came from, and its place among that input's
+/// outputs (a flat_map makes several): a consumer keeps the last it saw from each producer
+/// instance, and tells a replacement of it how many of the input's outputs it has (see
+/// pipe_adoption). producer -1: none (a source's, a batch's or a shuffle's item, or one
+/// sent again).
+struct origin_tag {
+  int producer = -1;
+  uint64_t epoch = 0;
+  uint64_t seq = 0;
+  uint64_t index = 0;  ///< In an adoption: the outputs of that input its consumer has.
+};
+
 struct pipe_item {
   input_ref from;
   item value;
+  origin_tag origin;
 };
 
 /// An item for another process: its producer's codec encoded it.
@@ -81,6 +95,7 @@ struct pipe_wire_item {
   /// and its input unacknowledged, and the input, replayed, would arrive twice.
   std::vector<caf::actor> ack_to;
   std::vector<pipe_ack> acks;
+  origin_tag origin;
 };
 
 struct pipe_end {
@@ -107,6 +122,11 @@ struct pipe_replace {
 struct pipe_adoption {
   int consumer = 0;
   std::vector<std::pair<uint64_t, item>> items;
+  /// The input the predecessor was last sending outputs of, with (as index) how many of them
+  /// reached this consumer: its replacement, given that input again, does not send those
+  /// again. (An input is finished, and not given again, once its last output is sent; until
+  /// then its producer takes no other input, so there is one such input at most.)
+  origin_tag open;
 };
 
 /// The same, for a producer in another process (encoded with the producer's codec).
@@ -114,6 +134,7 @@ struct pipe_wire_adoption {
   int consumer = 0;
   std::vector<uint64_t> keys;
   std::vector<std::string> items;
+  origin_tag open;
 };
 
 struct pipe_checkpoint {
@@ -131,9 +152,13 @@ struct pipe_stat {
 };
 
 template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, origin_tag& x) {
+  return f(caf::meta::type_name("gflex_pipe_origin"), x.producer, x.epoch, x.seq, x.index);
+}
+template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, pipe_wire_item& x) {
   return f(caf::meta::type_name("gflex_pipe_wire_item"), x.producer, x.epoch, x.seq, x.bytes,
-           x.ack_to, x.acks);
+           x.ack_to, x.acks, x.origin);
 }
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, pipe_ack& x) {
@@ -154,7 +179,7 @@ typename Inspector::result_type inspect(Inspector& f, pipe_replace& x) {
 }
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, pipe_wire_adoption& x) {
-  return f(caf::meta::type_name("gflex_pipe_wire_adoption"), x.consumer, x.keys, x.items);
+  return f(caf::meta::type_name("gflex_pipe_wire_adoption"), x.consumer, x.keys, x.items, x.open);
 }
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, pipe_checkpoint& x) {
@@ -308,6 +333,12 @@ struct out_slot {
   std::map<uint64_t, carried_acks> carried;
 };
 
+struct out_entry {
+  item value;
+  std::vector<pipe_item> finishes;
+  origin_tag origin;
+};
+
 struct stage_state {
   stage_init init;
   bool wired = false;
@@ -322,8 +353,17 @@ struct stage_state {
   size_t next_slot = 0;
   uint64_t next_seq = 0;
   bool end_sent = false;
-  std::deque<item> outbox;                  ///< Produced, waiting for credit.
-  std::vector<pipe_item> finished_on_sent;  ///< Inputs finished once the outbox is sent.
+  /// Produced, waiting for credit. An entry finishes the inputs it names once it is sent:
+  /// a map's or flat_map's last output finishes its input, a batch its inputs, each of a
+  /// shuffle's outputs its own. (All finished with the last of the outbox, a stage that died
+  /// with some of it sent was given them all again, and its replacement sent those twice.)
+  std::deque<out_entry> outbox;
+  /// Per producer instance: its epoch, and the origin of the last item it sent here (see
+  /// pipe_adoption).
+  std::map<int, std::pair<uint64_t, origin_tag>> last_origin;
+  /// Given again, these inputs (producer, epoch, seq) skip this many of their outputs: the
+  /// predecessor's consumers have them.
+  std::map<std::tuple<int, uint64_t, uint64_t>, uint64_t> sent_before;
   std::set<int> awaiting_adoption;
   uint64_t next_adoption = 0;
   // the stage's own work
@@ -356,16 +396,33 @@ void maybe_finish(stage_actor* self);
 /// with the acknowledgements `acks` (of the inputs it completes): to another process they
 /// travel in the item's message; in this process they go first, as their own messages.
 void send_item(stage_actor* self, const caf::actor& to, const input_ref& ref, item value,
-               const carried_acks& acks = {}) {
+               const carried_acks& acks = {}, const origin_tag& origin = {}) {
   if (elsewhere(self, to)) {
     pipe_wire_item w{ref.producer, ref.epoch, ref.seq, self->state.init.def->encode(value),
-                     acks.to,      acks.acks};
+                     acks.to,      acks.acks, origin};
     self->send(to, pwitem_atom::value, std::move(w));
   } else {
     for (size_t i = 0; i < acks.acks.size(); ++i)
       self->send(acks.to[i], pack_atom::value, acks.acks[i]);
-    self->send(to, pitem_atom::value, pipe_item{ref, std::move(value)});
+    self->send(to, pitem_atom::value, pipe_item{ref, std::move(value), origin});
   }
+}
+
+/// A replacement notes how many outputs of an input its predecessor's consumer has.
+void note_sent_before(stage_actor* self, const origin_tag& open) {
+  if (open.producer < 0 || open.index == 0) return;
+  auto& n = self->state.sent_before[std::make_tuple(open.producer, open.epoch, open.seq)];
+  n = std::max(n, open.index);
+}
+
+/// A consumer notes where an item from a producer instance came from (see pipe_adoption).
+void note_origin(stage_actor* self, const input_ref& from, const origin_tag& origin) {
+  if (origin.producer < 0) return;
+  auto& [epoch, last] = self->state.last_origin[from.producer];
+  if (from.epoch < epoch) return;  // a predecessor's, late
+  epoch = from.epoch;
+  last = origin;
+  last.index = origin.index + 1;  // outputs of it here, at least: they go out in order
 }
 
 /// A worker process's instance tells the coordinator what it counted since its last report.
@@ -388,6 +445,8 @@ void flush(stage_actor* self) {
   auto& st = self->state;
   if (st.slots.empty()) {  // nobody reads this stage (a train stage's updates): dropped
     st.init.counters->out += static_cast<int64_t>(st.outbox.size());
+    for (const auto& e : st.outbox)
+      for (const auto& in : e.finishes) ack(self, in.from);
     st.outbox.clear();
   }
   while (!st.outbox.empty()) {
@@ -402,55 +461,49 @@ void flush(stage_actor* self) {
     }
     if (slot == nullptr) return;
     const uint64_t seq = st.next_seq++;
-    item value = std::move(st.outbox.front());
+    out_entry e = std::move(st.outbox.front());
     st.outbox.pop_front();
     --slot->credit;
-    slot->unfinished.emplace(seq, value);
+    slot->unfinished.emplace(seq, e.value);
     st.init.counters->raise_peak(static_cast<int64_t>(slot->unfinished.size()));
     ++st.init.counters->out;
-    // The last item of the outbox finishes its inputs: to another process it takes their
-    // acknowledgements along (kept with it until it is acknowledged in turn), as one message:
-    // a process killed between two messages could otherwise leave the item delivered and its
-    // inputs unacknowledged, and the inputs, replayed, would arrive twice.
+    // The item finishes its inputs: their acknowledgements go with it, as one message to
+    // another process (kept with it until it is acknowledged in turn): a process killed
+    // between two messages could otherwise leave the item delivered and its inputs
+    // unacknowledged, and the inputs, replayed, would arrive twice.
     carried_acks acks;
-    if (st.outbox.empty() && elsewhere(self, slot->actor)) {
-      for (const auto& in : st.finished_on_sent)
-        if (in.from.sender) {
-          acks.to.push_back(in.from.sender);
-          acks.acks.push_back(pipe_ack{st.init.instance, in.from.epoch, in.from.seq});
-        }
-      st.finished_on_sent.clear();
-      if (!acks.acks.empty()) slot->carried[seq] = acks;
-    }
+    for (const auto& in : e.finishes)
+      if (in.from.sender) {
+        acks.to.push_back(in.from.sender);
+        acks.acks.push_back(pipe_ack{st.init.instance, in.from.epoch, in.from.seq});
+      }
+    if (!acks.acks.empty() && elsewhere(self, slot->actor)) slot->carried[seq] = acks;
     send_item(self, slot->actor, input_ref{st.init.instance, st.init.epoch, seq, {}},
-              std::move(value), acks);
+              std::move(e.value), acks, e.origin);
   }
-  for (const auto& in : st.finished_on_sent) ack(self, in.from);
-  st.finished_on_sent.clear();
 }
 
-void emit(stage_actor* self, item value) {
-  self->state.outbox.push_back(std::move(value));
+void emit(stage_actor* self, item value, std::vector<pipe_item> finishes = {},
+          origin_tag origin = {}) {
+  self->state.outbox.push_back(out_entry{std::move(value), std::move(finishes), origin});
 }
 
 void emit_batch(stage_actor* self) {
   auto& st = self->state;
   std::vector<item> inputs;
   inputs.reserve(st.held.size());
-  for (auto& h : st.held) {
-    inputs.push_back(h.value);
-    st.finished_on_sent.push_back(std::move(h));
-  }
+  for (auto& h : st.held) inputs.push_back(h.value);
+  auto batch = st.init.def->assemble_batch(inputs);
+  emit(self, std::move(batch), std::move(st.held));
   st.held.clear();
-  emit(self, st.init.def->assemble_batch(inputs));
 }
 
 void emit_shuffled(stage_actor* self) {
   auto& st = self->state;
   const size_t k = static_cast<size_t>(st.shuffle_rng() % st.held.size());
   std::swap(st.held[k], st.held.back());
-  emit(self, st.held.back().value);
-  st.finished_on_sent.push_back(std::move(st.held.back()));
+  auto value = st.held.back().value;
+  emit(self, std::move(value), {std::move(st.held.back())});
   st.held.pop_back();
 }
 
@@ -504,8 +557,25 @@ void handle(stage_actor* self, pipe_item in) {
     default: {
       std::vector<item> outs;
       st.fn(in.value, outs);
-      for (auto& o : outs) emit(self, std::move(o));
-      st.finished_on_sent.push_back(std::move(in));
+      // Given again after its producer's predecessor died: the outputs it sent are not sent
+      // twice (the function gives the same outputs, in order, for the same input).
+      size_t skip = 0;
+      const auto key = std::make_tuple(in.from.producer, in.from.epoch, in.from.seq);
+      if (auto b = st.sent_before.find(key); b != st.sent_before.end()) {
+        skip = static_cast<size_t>(std::min<uint64_t>(b->second, outs.size()));
+        st.sent_before.erase(b);
+      }
+      if (skip == outs.size()) {  // nothing (left) to send: finished now
+        ack(self, in.from);
+        break;
+      }
+      for (size_t k = skip; k < outs.size(); ++k) {
+        const origin_tag origin{in.from.producer, in.from.epoch, in.from.seq, k};
+        if (k + 1 < outs.size())
+          emit(self, std::move(outs[k]), {}, origin);
+        else
+          emit(self, std::move(outs[k]), {std::move(in)}, origin);
+      }
       break;
     }
   }
@@ -524,6 +594,9 @@ void on_inputs_ended(stage_actor* self) {
 
 void process_inbox(stage_actor* self) {
   auto& st = self->state;
+  // A replacement takes no input before its consumers have told it which outputs of the
+  // input its predecessor was sending they have (pipe_adoption).
+  if (!st.awaiting_adoption.empty()) return;
   while (st.outbox.empty() && !st.inbox.empty()) {
     pipe_item in = std::move(st.inbox.front());
     st.inbox.pop_front();
@@ -628,6 +701,7 @@ caf::behavior stage_behavior(stage_actor* self, stage_init init) {
         auto& st = self->state;
         ++st.init.counters->in;
         in.from.sender = caf::actor_cast<caf::actor>(self->current_sender());
+        note_origin(self, in.from, in.origin);
         st.inbox.push_back(std::move(in));
         guarded(self, [&] { process_inbox(self); });
       },
@@ -642,10 +716,11 @@ caf::behavior stage_behavior(stage_actor* self, stage_init init) {
           for (size_t i = 0; i < w.acks.size(); ++i)
             if (w.ack_to[i]) self->send(w.ack_to[i], pack_atom::value, w.acks[i]);
         guarded(self, [&] {
-          st.inbox.push_back(
-              pipe_item{input_ref{w.producer, w.epoch, w.seq,
-                                  caf::actor_cast<caf::actor>(self->current_sender())},
-                        (*st.init.defs)[static_cast<size_t>(input)].decode(w.bytes)});
+          pipe_item in{input_ref{w.producer, w.epoch, w.seq,
+                                 caf::actor_cast<caf::actor>(self->current_sender())},
+                       (*st.init.defs)[static_cast<size_t>(input)].decode(w.bytes), w.origin};
+          note_origin(self, in.from, in.origin);
+          st.inbox.push_back(std::move(in));
           process_inbox(self);
         });
       },
@@ -705,7 +780,7 @@ caf::behavior stage_behavior(stage_actor* self, stage_init init) {
           }
           flush(self);
           if (st.init.def->kind == stage_kind::source) pull(self);
-          maybe_finish(self);
+          process_inbox(self);  // it may have waited for this consumer's adoption
         });
       },
       [=](pprod_atom, pipe_replace& r, uint64_t epoch) -> bool {
@@ -725,15 +800,21 @@ caf::behavior stage_behavior(stage_actor* self, stage_init init) {
         };
         for (auto& x : st.inbox) adopt(x);
         for (auto& x : st.held) adopt(x);
-        for (auto& x : st.finished_on_sent) adopt(x);
+        for (auto& e : st.outbox)
+          for (auto& x : e.finishes) adopt(x);
+        origin_tag open;
+        if (auto l = st.last_origin.find(r.instance); l != st.last_origin.end()) {
+          if (l->second.first < epoch) open = l->second.second;
+          st.last_origin.erase(l);
+        }
         if (!elsewhere(self, r.actor)) {
           self->send(r.actor, padopt_atom::value,
-                     pipe_adoption{st.init.instance, std::move(adopted)});
+                     pipe_adoption{st.init.instance, std::move(adopted), open});
           return true;
         }
         guarded(self, [&] {
           const auto& producer = (*st.init.defs)[static_cast<size_t>(st.init.def->input)];
-          pipe_wire_adoption w{st.init.instance, {}, {}};
+          pipe_wire_adoption w{st.init.instance, {}, {}, open};
           for (auto& [key, value] : adopted) {
             w.keys.push_back(key);
             w.items.push_back(producer.encode(value));
@@ -753,8 +834,9 @@ caf::behavior stage_behavior(stage_actor* self, stage_init init) {
             slot.unfinished.emplace(w.keys[k], st.init.def->decode(w.items[k]));
             --slot.credit;
           }
+          note_sent_before(self, w.open);
           st.awaiting_adoption.erase(w.consumer);
-          maybe_finish(self);
+          process_inbox(self);
         });
       },
       [=](padopt_atom, pipe_adoption& a) {
@@ -765,12 +847,13 @@ caf::behavior stage_behavior(stage_actor* self, stage_init init) {
           slot.unfinished.emplace(key, std::move(value));
           --slot.credit;
         }
+        note_sent_before(self, a.open);
         st.awaiting_adoption.erase(a.consumer);
-        guarded(self, [&] { maybe_finish(self); });
+        guarded(self, [&] { process_inbox(self); });
       },
       [=](pdone_atom, int consumer) {
         self->state.awaiting_adoption.erase(consumer);
-        guarded(self, [&] { maybe_finish(self); });
+        guarded(self, [&] { process_inbox(self); });
       },
       [=](ppull_atom) {
         auto& st = self->state;

@@ -300,6 +300,54 @@ TEST_SUITE("pipeline") {
     CHECK(got == want);
   }
 
+  TEST_CASE("a stage killed while one input's many outputs go out sends none of them twice") {
+    // An input is finished once all its outputs are sent: a flat_map whose consumer had
+    // credit for only some of them, or a shuffle emptying its buffer at the end, died with
+    // some sent, and its replacement sent them all again.
+    auto run = [](bool shuffle) {
+      graph g;
+      seen out;
+      auto items = g.source<int64_t>("lines", count_to(shuffle ? 400 : 10));
+      auto split =
+          shuffle ? items.shuffle("mix", 1000, 7)
+                  : items.flat_map<int64_t>(
+                        "split", [](const int64_t& v, const std::function<void(int64_t)>& emit) {
+                          for (int k = 0; k < 200; ++k) emit(v * 200 + k);
+                        });
+      split.sink(
+          "collect",
+          [&](const int64_t& v) {
+            std::this_thread::sleep_for(std::chrono::microseconds(300));
+            out.add(v);
+          },
+          stage_options{.window = 8});
+      const std::string victim = shuffle ? "mix" : "split";
+      bool killed = false;
+      auto report = g.run(
+          [&](running& r) {
+            const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+            while (out.size() < 90 && std::chrono::steady_clock::now() < deadline)
+              std::this_thread::sleep_for(std::chrono::milliseconds(1));
+            killed = r.kill(victim, 0);
+          },
+          bound);
+      REQUIRE_MESSAGE(report.has_value(), report.error().message());
+      CHECK(killed);
+      CHECK(report->stage(victim)->restarts == 1);
+      auto got = out.sorted();
+      size_t twice = 0;
+      for (size_t k = 1; k < got.size(); ++k) twice += got[k] == got[k - 1];
+      INFO(victim << ": " << got.size() << " items, " << twice << " twice");
+      CHECK(got == iota_to(shuffle ? 400 : 2000));
+    };
+    SUBCASE("flat_map") {
+      run(false);
+    }
+    SUBCASE("shuffle") {
+      run(true);
+    }
+  }
+
   TEST_CASE("a producer and its consumer killed at once are both replaced and the run ends") {
     // What both held is lost (docs/EMBEDDING.md); the run must still end: the replaced
     // producer waited for its dead consumer's adoption, which nobody would send.
