@@ -383,7 +383,11 @@ struct stage_state {
 
 using stage_actor = caf::stateful_actor<stage_state>;
 
+/// Finishes an input: its producer may forget it. Each input is finished once, by whichever
+/// instance completes it, so the stage's items_in counts here, not on arrival (an item sent
+/// again to a replacement arrived twice).
 void ack(stage_actor* self, const input_ref& ref) {
+  ++self->state.init.counters->in;
   if (ref.sender)
     self->send(ref.sender, pack_atom::value,
                pipe_ack{self->state.init.instance, ref.epoch, ref.seq});
@@ -472,6 +476,7 @@ void flush(stage_actor* self) {
     // between two messages could otherwise leave the item delivered and its inputs
     // unacknowledged, and the inputs, replayed, would arrive twice.
     carried_acks acks;
+    st.init.counters->in += static_cast<int64_t>(e.finishes.size());  // see ack()
     for (const auto& in : e.finishes)
       if (in.from.sender) {
         acks.to.push_back(in.from.sender);
@@ -699,7 +704,6 @@ caf::behavior stage_behavior(stage_actor* self, stage_init init) {
       },
       [=](pitem_atom, pipe_item& in) {
         auto& st = self->state;
-        ++st.init.counters->in;
         in.from.sender = caf::actor_cast<caf::actor>(self->current_sender());
         note_origin(self, in.from, in.origin);
         st.inbox.push_back(std::move(in));
@@ -709,7 +713,6 @@ caf::behavior stage_behavior(stage_actor* self, stage_init init) {
         auto& st = self->state;
         const int input = st.init.def->input;
         if (input < 0 || !(*st.init.defs)[static_cast<size_t>(input)].decode) return;
-        ++st.init.counters->in;
         // The producer's acknowledgements of what made this item go on first (see
         // pipe_wire_item).
         if (w.ack_to.size() == w.acks.size())

@@ -298,6 +298,11 @@ TEST_SUITE("pipeline") {
                 std::to_string(s.items_out) + "; ";
     INFO(stages);
     CHECK(got == want);
+    // Each item counted once where it arrived, though items are sent again to a replacement.
+    CHECK(report->stage("double")->items_in == n);
+    CHECK(report->stage("shuffle")->items_in == n);
+    CHECK(report->stage("batch")->items_in == n);
+    CHECK(report->stage("collect")->items_in == n / 16);
   }
 
   TEST_CASE("a stage killed while one input's many outputs go out sends none of them twice") {

@@ -87,6 +87,8 @@ struct stage_report {
   std::string name;
   std::string kind;  ///< "source", "map", "filter", "flat_map", "batch", "shuffle", ...
   int instances = 1;
+  /// Inputs finished (each once, though one sent again to a replacement arrives twice), and
+  /// items sent on.
   int64_t items_in = 0;
   int64_t items_out = 0;
   int restarts = 0;
