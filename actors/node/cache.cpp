@@ -153,6 +153,7 @@ void request_chunk(cache_actor_type* self, const std::string& digest, chunk_hand
   if (!st.server) return done(error(errc::io_error, "no data server yet (not joined)"));
   const uint64_t id = ++st.last_request;
   st.out.emplace(id, std::move(done));
+  if (st.out.size() == 1 && st.listener) self->send(st.listener, heard_atom::value, uint64_t{1});
   const auto file = st.dir / digest;
   self->request(st.server, std::chrono::seconds(120), chunk_atom::value, digest)
       .then(
@@ -185,6 +186,7 @@ chunk_handler take_request(cache_actor_type* self, uint64_t id) {
   chunk_handler handler = std::move(it->second);
   st.out.erase(it);
   ask_waiting(self);
+  if (st.out.empty() && st.listener) self->send(st.listener, heard_atom::value, uint64_t{0});
   return handler;
 }
 
@@ -299,6 +301,8 @@ caf::behavior cache_actor(cache_actor_type* self, std::filesystem::path dir, uin
         for (auto& [id, handler] : stale)
           handler(error(errc::io_error, "the session the chunk was asked of ended"));
         ask_waiting(self);
+        if (!stale.empty() && st.out.empty() && st.listener)
+          self->send(st.listener, heard_atom::value, uint64_t{0});
       },
       [=](chunk_atom, const std::string& digest) -> caf::result<std::vector<uint8_t>> {
         if (!is_digest_hex(digest))

@@ -18,7 +18,9 @@
 ///   `prefetched_shards` (and `prefetched_bytes`) are held; the oldest goes first.
 /// - (serve_atom, source): where to fetch misses from: the node's session (set again after
 ///   every join). Whoever sends it is told (heard_atom) as chunks come from that source, at
-///   most once a second: data arriving on a slow link is a sign of life of the core.
+///   most once a second: data arriving on a slow link is a sign of life of the core; and
+///   (heard_atom, uint64_t n) when its requests out to that source become some (n > 0) or
+///   none: a chunk on its way holds the core's other answers back.
 
 #include <caf/allowed_unsafe_message_type.hpp>
 #include <caf/atom.hpp>

@@ -71,6 +71,9 @@ constexpr size_t kept_params = 2;
 /// Chunk requests an uplink keeps out to its session while fetching parameters.
 constexpr size_t params_chunks_in_flight = 4;
 
+/// How long a chunk request (of parameters here, of data in the cache) waits for its answer.
+constexpr auto chunk_wait = std::chrono::seconds(120);
+
 /// Assignments that may wait for a busy worker (a new session's, while the worker ends the
 /// old session's): each may carry 128 MiB of parameters, so more are refused.
 constexpr size_t max_waiting_per_worker = 2;
@@ -140,6 +143,12 @@ struct uplink_state {
   // When the session last asked this node for something (a chunk of an answer, an
   // assignment): a core that does is alive, however long its other answers take.
   std::chrono::steady_clock::time_point last_heard{};
+  // Chunk requests out to the session: the uplink's own (parameters) and the cache's (data),
+  // and since when some have been. A chunk on its way (a shard, up to 8 MiB) holds the
+  // session's other answers back on a slow link.
+  uint64_t params_out = 0;
+  uint64_t cache_out = 0;
+  std::chrono::steady_clock::time_point fetching_since{};
   bool gpu_sampling_off = false;  // NVML could not serve; said once
   int attempt = 0;
   size_t core_index = 0;  // which of the cores (0: config.host) the next connect tries
@@ -443,9 +452,12 @@ void pump_params(uplink_actor* self, std::shared_ptr<params_fetch> f) {
     f->asking.insert(i);
     const uint64_t generation = st.generation;  // answers from an ended session are ignored
     const uint64_t epoch = f->epoch;
-    self->request(st.session, std::chrono::seconds(120), chunk_atom::value, f->chunks[i])
+    if (st.params_out++ == 0 && st.cache_out == 0)
+      st.fetching_since = std::chrono::steady_clock::now();
+    self->request(st.session, chunk_wait, chunk_atom::value, f->chunks[i])
         .then(
             [=](std::vector<uint8_t>& bytes) {
+              --self->state.params_out;
               if (generation != self->state.generation) return;
               // Data from the session is a sign of life: on a slow link, its answer to
               // `earned` waits behind these chunks.
@@ -471,6 +483,7 @@ void pump_params(uplink_actor* self, std::shared_ptr<params_fetch> f) {
               pump_params(self, f);
             },
             [=](caf::error& e) {
+              --self->state.params_out;
               if (generation != self->state.generation) return;
               f->asking.erase(i);
               if (f->complete || !f->parts) return;
@@ -657,7 +670,14 @@ caf::behavior uplink_behavior(uplink_actor* self, uplink_config config, caf::act
                       return;
                     // On a slow link the answer waits behind the update chunks the session
                     // is pulling: a core that asked for one meanwhile is not lost.
-                    if (std::chrono::steady_clock::now() - st.last_heard < st.config.core_silence)
+                    const auto now = std::chrono::steady_clock::now();
+                    if (now - st.last_heard < st.config.core_silence) return;
+                    // Nor is one that has a chunk on its way to this node: one shard of
+                    // 8 MiB takes 22 s at 3 Mbit/s, and the node left a busy leader, its
+                    // download and its work, round after round. Such a request waits
+                    // chunk_wait for its answer, and so does the node.
+                    if (st.params_out + st.cache_out > 0 &&
+                        now - std::max(st.last_heard, st.fetching_since) < chunk_wait)
                       return;
                     spdlog::warn("the core has not answered for {} ms; trying the next core",
                                  st.config.core_silence.count());
@@ -695,6 +715,14 @@ caf::behavior uplink_behavior(uplink_actor* self, uplink_config config, caf::act
         else
           dispatch(self, index, std::move(a), rp);
         return rp;
+      },
+      // From the cache: its chunk requests out to the session became some or none.
+      [=](heard_atom, uint64_t out) {
+        auto& st = self->state;
+        if (self->current_sender() != caf::actor_cast<caf::strong_actor_ptr>(st.cache)) return;
+        if (out > 0 && st.cache_out == 0 && st.params_out == 0)
+          st.fetching_since = std::chrono::steady_clock::now();
+        st.cache_out = out;
       },
       // From the cache: a chunk of a data set came from the session (a sign of life).
       [=](heard_atom) {
@@ -805,6 +833,7 @@ caf::behavior uplink_behavior(uplink_actor* self, uplink_config config, caf::act
         auto& st = self->state;
         if (role != "cache") return;
         st.cache = std::move(replacement);  // restarted by the node supervisor
+        st.cache_out = 0;                   // the new one has asked nothing yet
         if (st.session) self->send(st.cache, serve_atom::value, st.session);
       },
       [=](bye_atom) {

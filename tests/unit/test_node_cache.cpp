@@ -179,6 +179,13 @@ TEST_SUITE("node cache") {
       self->receive([&](heard_atom) { ++heard; },
                     caf::after(std::chrono::milliseconds(300)) >> [] {});
     CHECK(heard == 1);  // two chunks within a second: one word
+    // And when its requests out became some, or none: the uplink does not take a core with
+    // a chunk on its way as lost.
+    std::vector<uint64_t> out;
+    for (int i = 0; i < 4; ++i)
+      self->receive([&](heard_atom, uint64_t n) { out.push_back(n); },
+                    caf::after(std::chrono::milliseconds(300)) >> [] {});
+    CHECK(out == std::vector<uint64_t>{1, 0, 1, 0});
   }
 
   TEST_CASE("a chunk's temporary file that a killed node left is removed when the cache starts") {
