@@ -38,6 +38,15 @@ using chunk_handler = std::function<void(expected<std::vector<uint8_t>>)>;
 /// the node failed.
 constexpr size_t max_chunk_requests = 6;
 
+/// Chunks come one after another over the node's one link: the sixth request out waits for
+/// five chunks ahead of it (40 MiB: 2 minutes at 3 Mbit/s). A request timed from its send
+/// failed behind answers still arriving, and its own bytes, late, were thrown away, and so on
+/// for every later one: the node never caught up. Requests fail when no chunk has come for
+/// cache_state::silence (2 minutes); each has a hard bound too.
+constexpr auto chunk_request_bound = std::chrono::minutes(30);
+
+using cache_tick_atom = caf::atom_constant<caf::atom("ctick")>;
+
 // A chunk file on disk: its size, and when it was last used (a count of uses).
 struct chunk_file {
   uint64_t bytes = 0;
@@ -62,6 +71,11 @@ struct cache_state {
   /// them at once and frees their slots.
   std::map<uint64_t, chunk_handler> out;
   uint64_t last_request = 0;
+  /// When a chunk (or an error) last came from the server, or a request went out while none
+  /// was; whether a check of it is due.
+  std::chrono::steady_clock::time_point progress{};
+  bool watching = false;
+  std::chrono::milliseconds silence{};
   std::deque<std::pair<std::string, chunk_handler>> waiting;  ///< For a request slot.
   /// Decoded shards nobody has asked for yet (prefetched), oldest first.
   std::deque<std::pair<std::string, std::shared_ptr<const dataset>>> ready;
@@ -78,6 +92,13 @@ struct cache_state {
 using cache_actor_type = caf::stateful_actor<cache_state>;
 
 void request_chunk(cache_actor_type* self, const std::string& digest, chunk_handler done);
+
+// Checks the requests out again soon: a fifth of `silence`, at most 5 s.
+void watch(cache_actor_type* self) {
+  self->delayed_send(
+      self, std::min<std::chrono::milliseconds>(std::chrono::seconds(5), self->state.silence / 5),
+      cache_tick_atom::value);
+}
 chunk_handler take_request(cache_actor_type* self, uint64_t id);
 void ask_waiting(cache_actor_type* self);
 
@@ -152,27 +173,34 @@ void request_chunk(cache_actor_type* self, const std::string& digest, chunk_hand
   }
   if (!st.server) return done(error(errc::io_error, "no data server yet (not joined)"));
   const uint64_t id = ++st.last_request;
+  if (st.out.empty()) st.progress = std::chrono::steady_clock::now();
   st.out.emplace(id, std::move(done));
+  if (!std::exchange(st.watching, true)) watch(self);
   if (st.out.size() == 1 && st.listener) self->send(st.listener, heard_atom::value, uint64_t{1});
   const auto file = st.dir / digest;
-  self->request(st.server, std::chrono::seconds(120), chunk_atom::value, digest)
+  self->request(st.server, chunk_request_bound, chunk_atom::value, digest)
       .then(
           [=](std::vector<uint8_t>& bytes) {
+            self->state.progress = std::chrono::steady_clock::now();
+            // Failed already (its session ended, or no chunk came for a while), it is kept
+            // all the same: the next ask of it is served from disk.
             auto handler = take_request(self, id);
-            if (!handler) return;  // failed already: its session ended
             node_metrics::bytes("in", "chunk").inc(static_cast<double>(bytes.size()));
             tell_heard(self);
-            if (digest_hex(bytes) != digest)
-              return handler(
-                  error(errc::malformed_message, "chunk " + digest + " failed verification"));
+            if (digest_hex(bytes) != digest) {
+              if (handler)
+                handler(error(errc::malformed_message, "chunk " + digest + " failed verification"));
+              return;
+            }
             // Checked against its digest when read again: not synced.
             if (auto ok = write_file_atomically(file, bytes, file_sync::no); !ok)
               spdlog::warn("cache: {}", ok.error().message());
             else
               note_chunk_file(self->state, digest, bytes.size());
-            handler(std::move(bytes));
+            if (handler) handler(std::move(bytes));
           },
           [=](caf::error& e) {
+            self->state.progress = std::chrono::steady_clock::now();
             if (auto handler = take_request(self, id)) handler(from_caf(e));
           });
 }
@@ -280,7 +308,9 @@ void scan_chunk_files(cache_state& st) {
   evict_past_limit(st, "");
 }
 
-caf::behavior cache_actor(cache_actor_type* self, std::filesystem::path dir, uint64_t limit) {
+caf::behavior cache_actor(cache_actor_type* self, std::filesystem::path dir, uint64_t limit,
+                          std::chrono::milliseconds silence) {
+  self->state.silence = silence;
   std::error_code ec;
   // Users' data on a volunteer's disk: the owner's alone, as each chunk file is.
   if (std::filesystem::create_directories(dir, ec))
@@ -303,6 +333,24 @@ caf::behavior cache_actor(cache_actor_type* self, std::filesystem::path dir, uin
         ask_waiting(self);
         if (!stale.empty() && st.out.empty() && st.listener)
           self->send(st.listener, heard_atom::value, uint64_t{0});
+      },
+      // Requests out while no chunk has come for `silence`: failed (the server, or the link,
+      // is stuck).
+      [=](cache_tick_atom) {
+        auto& st = self->state;
+        st.watching = false;
+        if (st.out.empty()) return;
+        if (std::chrono::steady_clock::now() - st.progress >= st.silence) {
+          auto stuck = std::move(st.out);
+          st.out.clear();
+          for (auto& [id, handler] : stuck)
+            handler(error(errc::unavailable, "no chunk came from the core for " +
+                                                 std::to_string(st.silence.count() / 1000) + " s"));
+          ask_waiting(self);
+          if (st.out.empty() && st.listener)
+            self->send(st.listener, heard_atom::value, uint64_t{0});
+        }
+        if (!st.out.empty() && !std::exchange(st.watching, true)) watch(self);
       },
       [=](chunk_atom, const std::string& digest) -> caf::result<std::vector<uint8_t>> {
         if (!is_digest_hex(digest))
@@ -349,8 +397,8 @@ caf::behavior cache_actor(cache_actor_type* self, std::filesystem::path dir, uin
 }  // namespace
 
 caf::actor spawn_cache(caf::actor_system& sys, const std::filesystem::path& dir,
-                       uint64_t limit_bytes) {
-  return sys.spawn<caf::detached>(cache_actor, dir, limit_bytes);
+                       uint64_t limit_bytes, std::chrono::milliseconds silence) {
+  return sys.spawn<caf::detached>(cache_actor, dir, limit_bytes, silence);
 }
 
 }  // namespace gflex

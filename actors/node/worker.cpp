@@ -517,8 +517,10 @@ caf::behavior worker_behavior(worker_actor* self, worker_config config, caf::act
           return std::move(*r);
         }
         auto rp = self->make_response_promise<assignment_result>();
+        // The cache fails a fetch once no chunk has come for 2 minutes; while chunks come
+        // (behind the node's other shards, on a slow link) the worker waits for its own.
         auto asked =
-            self->request(self->state.cache, std::chrono::seconds(180), shard_atom::value, a.shard);
+            self->request(self->state.cache, std::chrono::minutes(30), shard_atom::value, a.shard);
         prefetch_next();
         std::move(asked).then(
             [=](decoded_shard& d) mutable {

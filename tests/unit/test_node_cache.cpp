@@ -14,6 +14,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <deque>
 #include <filesystem>
 #include <map>
 #include <memory>
@@ -77,6 +78,29 @@ caf::actor spawn_server(caf::actor_system& sys, std::shared_ptr<counting_server>
         return to_caf(error(errc::io_error, "no chunk " + digest + " here"));
       return it->second;
     }};
+  });
+}
+
+// A data server on a slow link: its answers come one after another, each `delay` after the
+// one before (or after its ask, when none is on its way).
+caf::actor spawn_slow_server(caf::actor_system& sys, std::shared_ptr<counting_server> s,
+                             std::chrono::milliseconds delay) {
+  using deliver_atom = caf::atom_constant<caf::atom("deliver")>;
+  using promise = caf::typed_response_promise<std::vector<uint8_t>>;
+  auto held = std::make_shared<std::deque<std::pair<std::string, promise>>>();
+  return sys.spawn([s, delay, held](caf::event_based_actor* self) -> caf::behavior {
+    return {[=](chunk_atom, const std::string& digest) -> caf::result<std::vector<uint8_t>> {
+              s->asked += 1;
+              held->emplace_back(digest, self->make_response_promise<std::vector<uint8_t>>());
+              if (held->size() == 1) self->delayed_send(self, delay, deliver_atom::value);
+              return held->back().second;
+            },
+            [=](deliver_atom) {
+              auto [digest, rp] = std::move(held->front());
+              held->pop_front();
+              rp.deliver(s->chunks.at(digest));
+              if (!held->empty()) self->delayed_send(self, delay, deliver_atom::value);
+            }};
   });
 }
 
@@ -186,6 +210,69 @@ TEST_SUITE("node cache") {
       self->receive([&](heard_atom, uint64_t n) { out.push_back(n); },
                     caf::after(std::chrono::milliseconds(300)) >> [] {});
     CHECK(out == std::vector<uint64_t>{1, 0, 1, 0});
+  }
+
+  TEST_CASE_FIXTURE(cache_fixture, "a chunk that comes after its request failed is kept") {
+    // On a slow link a chunk can come after its request failed (its session ended, or no
+    // chunk came for a while): its bytes, verified, were thrown away, and the next ask of it
+    // downloaded it again behind the others, to fail the same way.
+    auto slow = std::make_shared<counting_server>();
+    const auto digest = add(encode_shard(pixels(7, 0), 0, 7));
+    slow->chunks = server->chunks;
+    self->send(cache, serve_atom::value,
+               spawn_slow_server(sys, slow, std::chrono::milliseconds(600)));
+    caf::anon_send(cache, shard_atom::value, digest);  // its answer: an error, below
+    for (int i = 0; i < 500 && slow->asked < 1; ++i)
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    REQUIRE(slow->asked == 1);
+    server->open = false;  // the next session's server has nothing
+    self->send(cache, serve_atom::value, spawn_server(sys, server));
+    std::this_thread::sleep_for(std::chrono::milliseconds(1200));  // the slow answer came
+    auto again = shard(digest);
+    REQUIRE_MESSAGE(again.has_value(), again.error().message());
+    CHECK((*again)->size() == 7);
+    CHECK(server->asked == 0);  // from disk
+  }
+
+  TEST_CASE("a chunk request waits while chunks come, and fails once none has for a while") {
+    // Timed from its send, the sixth request out timed out behind five chunks still arriving
+    // on a slow link (40 MiB: 2 minutes at 3 Mbit/s), and so did every later one. Here the
+    // silence is 1 s, chunks come every 0.4 s, and the last of six is asked after 2.4 s.
+    test::configured_system s;
+    test::temp_dir dir;
+    auto server = std::make_shared<counting_server>();
+    std::vector<std::string> digests;
+    for (int i = 0; i < 6; ++i) {
+      auto bytes = encode_shard(pixels(3 + i, 0), 0, 3 + i);
+      digests.push_back(digest_hex(bytes));
+      server->chunks[digests.back()] = std::move(bytes);
+    }
+    auto cache = spawn_cache(s.sys, dir.path(), 0, std::chrono::milliseconds(1000));
+    auto slow = spawn_slow_server(s.sys, server, std::chrono::milliseconds(400));
+    s.self->send(cache, serve_atom::value, slow);
+    for (int i = 0; i < 5; ++i) s.self->send(cache, prefetch_atom::value, digests[size_t(i)]);
+    std::optional<std::string> failed;
+    s.self->request(cache, std::chrono::seconds(20), shard_atom::value, digests.back())
+        .receive([&](decoded_shard& d) { CHECK(d.data->size() == 8); },
+                 [&](caf::error& e) { failed = from_caf(e).message(); });
+    CHECK_MESSAGE(!failed, *failed);
+    CHECK(server->asked == 6);
+    // A server that answers nothing: the request fails after about the silence.
+    auto stuck = std::make_shared<counting_server>();
+    auto extra = encode_shard(pixels(20, 0), 0, 20);
+    const auto extra_digest = digest_hex(extra);
+    stuck->chunks[extra_digest] = std::move(extra);
+    auto stuck_server = spawn_slow_server(s.sys, stuck, std::chrono::hours(1));
+    s.self->send(cache, serve_atom::value, stuck_server);
+    const auto asked_at = std::chrono::steady_clock::now();
+    s.self->request(cache, std::chrono::seconds(20), shard_atom::value, extra_digest)
+        .receive([&](decoded_shard&) { FAIL("a stuck server's chunk came"); },
+                 [&](caf::error& e) { failed = from_caf(e).message(); });
+    REQUIRE(failed);
+    CHECK(failed->find("no chunk came from the core for 1 s") != std::string::npos);
+    CHECK(std::chrono::steady_clock::now() - asked_at < std::chrono::seconds(5));
+    for (auto& a : {cache, slow, stuck_server})
+      s.self->send_exit(a, caf::exit_reason::user_shutdown);  // the stuck one's timer: 1 h
   }
 
   TEST_CASE("a chunk's temporary file that a killed node left is removed when the cache starts") {
