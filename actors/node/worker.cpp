@@ -158,6 +158,10 @@ expected<assignment_result> run_assignment(worker_state& st, assignment& a, cons
     auto make = [&]() -> expected<void> {
       for (int r = 0; r < ranks; ++r) {
         auto m = w.instantiate(group.rank(r), per_rank);
+        // Its training buffers too: made at the first step, a model that did not fit beside
+        // the kept ones failed there, past the retry below.
+        if (m)
+          if (auto ready = (*m)->prepare_training(); !ready) m = ready.error();
         if (!m) {
           slot.replicas.clear();
           return m.error();

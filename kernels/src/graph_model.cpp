@@ -33,19 +33,13 @@ class graph_model final : public detail::model_base {
     alias_values();
     acts_.resize(n);
     grads_.resize(n);
-    int64_t widest = 0;
     for (size_t v = 0; v < n; ++v) {
       if (root_[v] != static_cast<int>(v)) continue;
-      const int64_t size = max_batch * numel_of(plan_.values[v]);
-      widest = std::max(widest, size);
       // The input is the staged batch (model_base's buffer, or the host batch the CPU reads
       // in place; token ids live in ids_) and takes no gradient.
       if (v == 0) continue;
-      acts_[v] = b.allocate({size}, dtype::f32);
-      // A residual branch's output takes its gradient in the sum's buffer (alias_values).
-      if (groot_[v] == static_cast<int>(v)) grads_[v] = b.allocate({size}, dtype::f32);
+      acts_[v] = b.allocate({max_batch * numel_of(plan_.values[v])}, dtype::f32);
     }
-    scratch_ = b.allocate({std::max<int64_t>(widest, 1)}, dtype::f32);
     written_.assign(n, false);
     extra_.resize(plan_.layers.size());
     for (size_t i = 0; i < plan_.layers.size(); ++i) {
@@ -56,8 +50,7 @@ class graph_model final : public detail::model_base {
         case layer_kind::max_pool:
           e.index = b.allocate({max_batch * out}, dtype::i32);
           break;
-        case layer_kind::dropout:
-          e.a = b.allocate({max_batch * in}, dtype::f32);
+        case layer_kind::dropout:  // its mask: a training buffer
           dropout_ = dropout_ || l.spec.rate > 0.0;
           break;
         case layer_kind::layer_norm:
@@ -82,7 +75,6 @@ class graph_model final : public detail::model_base {
           break;
       }
     }
-    if (attn_context_ > 0) attn_d1_ = b.allocate({attn_context_}, dtype::f32);
     if (tokens()) {
       const int64_t t = plan_.spec.input[0];
       ids_host_.resize(static_cast<size_t>(max_batch * t));
@@ -112,6 +104,7 @@ class graph_model final : public detail::model_base {
 
   void backward(const float* features, const int32_t* labels, int64_t batch,
                 float loss_scale) override {
+    allocate_training_buffers();
     auto y = prepare(features, labels, batch);
     ++passes_;
     if (recorded_passes_asked() && backend_.records() && !dropout_)
@@ -119,6 +112,55 @@ class graph_model final : public detail::model_base {
     else
       training_pass(batch, y, loss_scale);
     first_row_ = 0;  // batch_part() names the rows of one pass
+  }
+
+  // The gradients, the scratch buffer, dropout's masks and attention's context gradient, made
+  // at the first backward pass: a model that only evaluates (the core's evaluator, `gflex job
+  // eval`) held as much again as its activations for nothing, past the memory its bounds
+  // allow for.
+  expected<void> prepare_training() override {
+    try {
+      allocate_training_buffers();
+      return {};
+    } catch (const compute_error& e) {
+      return e.err();
+    }
+  }
+
+  void allocate_training_buffers() {
+    if (training_buffers_) return;
+    // Made in full or not at all: a model that failed here may be tried again.
+    struct undo {
+      graph_model& m;
+      bool done = false;
+      ~undo() {
+        if (done) return;
+        for (auto& g : m.grads_) g = tensor{};
+        m.scratch_ = tensor{};
+        m.attn_d1_ = tensor{};
+        for (size_t i = 0; i < m.plan_.layers.size(); ++i)
+          if (m.plan_.layers[i].spec.kind == layer_kind::dropout) m.extra_[i].a = tensor{};
+      }
+    } guard{*this};
+    const int64_t max_batch = max_batch_;
+    int64_t widest = 0;
+    for (size_t v = 0; v < plan_.values.size(); ++v) {
+      if (root_[v] != static_cast<int>(v)) continue;
+      const int64_t size = max_batch * numel_of(plan_.values[v]);
+      widest = std::max(widest, size);
+      // A residual branch's output takes its gradient in the sum's buffer (alias_values).
+      if (v != 0 && groot_[v] == static_cast<int>(v))
+        grads_[v] = backend_.allocate({size}, dtype::f32);
+    }
+    scratch_ = backend_.allocate({std::max<int64_t>(widest, 1)}, dtype::f32);
+    for (size_t i = 0; i < plan_.layers.size(); ++i)
+      if (plan_.layers[i].spec.kind == layer_kind::dropout)
+        extra_[i].a =
+            backend_.allocate({max_batch * numel_of(plan_.layers[i].in_shape)}, dtype::f32);
+    if (attn_context_ > 0) attn_d1_ = backend_.allocate({attn_context_}, dtype::f32);
+    guard.done = true;
+    training_buffers_ = true;
+    ++layout_epoch_;  // a recorded pass holds buffer addresses
   }
 
   void batch_part(int64_t first_row, int64_t rows) override {
@@ -782,6 +824,7 @@ class graph_model final : public detail::model_base {
   const model_plan plan_;  // a copy: a model may outlive the workload that made it
   std::vector<int> root_;
   std::vector<tensor> acts_, grads_;
+  bool training_buffers_ = false;  ///< See allocate_training_buffers().
   std::vector<bool> written_;
   std::vector<layer_buffers> extra_;
   std::vector<bool> relu_in_place_;     // per layer: a ReLU that overwrites its input

@@ -1010,6 +1010,36 @@ layers = [ { type = "embedding", dim = 8 }, { type = "attention", heads = 2 },
               ->eval_batch() == 16);
   }
 
+  TEST_CASE("a model that only evaluates holds no gradients") {
+    // The core's evaluator and `gflex job eval` never train: the gradients, scratch and masks
+    // made with the model held as much again as its activations, past the memory the
+    // evaluation budget allows for.
+    auto w = graph(R"([model]
+input = [4096]
+layers = [ { type = "layer_norm" }, { type = "layer_norm" }, { type = "layer_norm" },
+           { type = "dropout", rate = 0.1 }, { type = "linear", units = 2 },
+           { type = "softmax_xent" } ])");
+    auto be = make_cpu_backend(1);
+    const int64_t batch = 256;
+    std::vector<float> x(static_cast<size_t>(batch * 4096), 0.5f);
+    for (size_t i = 0; i < x.size(); i += 7) x[i] = -1.0f;
+    std::vector<int32_t> y(static_cast<size_t>(batch), 1);
+    const uint64_t base = host_memory_in_use();
+    auto m = w->instantiate(*be, batch);
+    REQUIRE(m.has_value());
+    (*m)->evaluate_batch(x.data(), y.data(), batch);
+    const uint64_t evaluating = host_memory_in_use() - base;
+    std::vector<float> g(static_cast<size_t>(w->parameter_count()));
+    (*m)->compute_gradients(x.data(), y.data(), batch, g);
+    const uint64_t training = host_memory_in_use() - base;
+    // Four activations of 256 x 4,096 values (3 norms, dropout) to evaluate; training adds
+    // as many gradients, a scratch buffer and the mask.
+    const uint64_t activations = 4 * batch * 4096 * sizeof(float);
+    CHECK(evaluating >= activations);
+    CHECK_MESSAGE(evaluating < activations * 5 / 4, evaluating << " bytes to evaluate");
+    CHECK_MESSAGE(training >= evaluating + activations, training << " bytes to train");
+  }
+
   TEST_CASE("token data: windows overlap by one byte and the held-out split is every tenth") {
     std::vector<uint8_t> bytes(1000);
     for (size_t i = 0; i < bytes.size(); ++i) bytes[i] = static_cast<uint8_t>(i % 251);

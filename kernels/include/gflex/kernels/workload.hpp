@@ -55,6 +55,10 @@ class model {
   virtual void store_parameters(std::span<float> host, int64_t offset) = 0;
   /// Zeroes the AdamW moments and the step counter.
   virtual void reset_optimizer() = 0;
+  /// Makes now the buffers a backward pass needs: otherwise the first one makes them, so
+  /// that a model that only evaluates holds none. A trainer that must know the model fits
+  /// calls it right after instantiate; a device failure (out of memory) is its error.
+  virtual expected<void> prepare_training() { return {}; }
   /// Seeds the training noise (dropout masks) of the passes after the next reset_optimizer:
   /// an assignment's seed, so that each assignment draws its own masks and its re-computation
   /// the same ones.
