@@ -416,6 +416,10 @@ expected<model_plan> plan_model(const model_spec& spec, const model_limits& limi
     return fail("model.input", "a token model (with vocab) takes input = [context], got " +
                                    shape_text(spec.input));
   if (spec.input.empty()) return fail("model.input", "empty");
+  // Parsed specs are checked; one built in C++ (an embedding trainer's) may not be.
+  for (const int64_t e : spec.input)
+    if (e < 1)
+      return fail("model.input", "extents must be at least 1, got " + shape_text(spec.input));
   plan.values.push_back(spec.input);
   auto in_numel = checked_numel(spec.input);
   if (!in_numel || *in_numel > limits.max_activations)
@@ -435,6 +439,14 @@ expected<model_plan> plan_model(const model_spec& spec, const model_limits& limi
   for (size_t i = 0; i < spec.layers.size(); ++i) {
     const layer_spec& l = spec.layers[i];
     const std::string at = where(i, l);
+    // As the parser checks them (a rate that rounds to 1 as a float drops every value; an eps
+    // of 0 makes a constant row NaN).
+    if (l.kind == layer_kind::dropout && !(l.rate >= 0.0 && static_cast<float>(l.rate) < 1.0f))
+      return fail(at + ".rate",
+                  "must be in [0, 1) as a 32-bit float, got " + format_double(l.rate));
+    if ((l.kind == layer_kind::layer_norm || l.kind == layer_kind::rms_norm) &&
+        !(l.eps >= 1e-12 && l.eps <= 1.0))
+      return fail(at + ".eps", "must be in [1e-12, 1], got " + format_double(l.eps));
     planned_layer p;
     p.spec = l;
     auto resolve = [&](const std::string& ref, const char* key) -> expected<int> {

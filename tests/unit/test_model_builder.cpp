@@ -157,6 +157,34 @@ TEST_SUITE("model builder") {
     refused(model_builder("m", {}).linear(2).softmax_xent(), "input");
   }
 
+  TEST_CASE("plan_model checks a spec built in C++ as the parser does") {
+    // The parser checked dropout's rate, a norm's eps and the input's extents; a model_spec
+    // filled in C++ went to the kernels with rate 1 (every value dropped), eps 0 (a constant
+    // row made NaN) or an input of 0 values.
+    auto spec = parse_model_spec(
+        model_builder("m", {8}).layer_norm().dropout(0.1).linear(2).softmax_xent().toml(), "model");
+    REQUIRE(spec.has_value());
+    REQUIRE(plan_model(*spec).has_value());
+    auto refused = [](model_spec bad, const std::string& says) {
+      auto plan = plan_model(bad);
+      REQUIRE_FALSE(plan.has_value());
+      CHECK_MESSAGE(plan.error().message().find(says) != std::string::npos, plan.error().message());
+    };
+    for (const double rate : {1.0, 1.0 - 1e-12, -0.5}) {
+      auto bad = *spec;
+      bad.layers[1].rate = rate;
+      refused(bad, "model.layers[1] (dropout).rate");
+    }
+    for (const double eps : {0.0, 2.0}) {
+      auto bad = *spec;
+      bad.layers[0].eps = eps;
+      refused(bad, "model.layers[0] (layer_norm).eps");
+    }
+    auto empty_input = *spec;
+    empty_input.input = {0};
+    refused(empty_input, "model.input: extents must be at least 1");
+  }
+
   TEST_CASE("two layers whose parameters would share a name are refused") {
     // An unnamed second layer's blocks are "layer2.*": a layer named "layer2" has the same
     // names, and an export read by name loaded the first layer's weights for both.
