@@ -177,8 +177,34 @@ expected<std::string> init_core(const std::filesystem::path& data_dir) {
                  key_file.string() + " already exists: this core has its credentials");
   std::filesystem::create_directories(data_dir, ec);
   if (ec) return error(errc::io_error, data_dir.string() + ": " + ec.message());
-  auto fingerprint = create_core_credentials(data_dir);
-  if (!fingerprint) return fingerprint.error();
+  // operator.key is written last: without it, the credentials are what an init killed part
+  // way left (nothing used them: a core does not start without the key). That init refused
+  // every later one ("already exists") while the core asked for one. A whole set is kept (its
+  // authority, which nodes may have pinned, stays); part of one is made again.
+  const auto tls = core_tls_files::in(data_dir);
+  int present = 0;
+  for (const auto& f : {tls.ca_key, tls.core_key, tls.ca_cert, tls.core_cert, tls.bundle}) {
+    const bool here = std::filesystem::exists(f, ec);
+    if (ec) return error(errc::io_error, f.string() + ": " + ec.message());
+    present += here ? 1 : 0;
+  }
+  expected<std::string> fingerprint = error(errc::none, "");
+  if (present == 5 && check_core_bundle(tls.bundle)) {
+    fingerprint = pinned_fingerprint(tls.ca_cert);
+    if (!fingerprint) return fingerprint.error();
+    spdlog::info("{}: the credentials an earlier init made are kept; the operator key is made",
+                 data_dir.string());
+  } else {
+    if (present > 0) {
+      spdlog::warn(
+          "{}: {} of the 5 credential files an earlier init left (it did not finish) "
+          "are made again",
+          data_dir.string(), present);
+      remove_core_credentials(data_dir, 5);
+    }
+    fingerprint = create_core_credentials(data_dir);
+    if (!fingerprint) return fingerprint.error();
+  }
   auto key = new_api_key() + "\n";
   if (auto written = write_new_file(
           key_file, {reinterpret_cast<const uint8_t*>(key.data()), key.size()}, 0600);

@@ -29,6 +29,7 @@
 
 #include "core_supervisor.hpp"
 #include "gflex/gflex.hpp"
+#include "gflex/runtime/tls_credentials.hpp"
 #include "running_core.hpp"
 #include "temp_dir.hpp"
 
@@ -264,6 +265,34 @@ TEST_CASE("an init that fails part way leaves nothing behind: the next one makes
     CHECK_MESSAGE(e.is_directory(), "left behind: " << e.path().string());
   auto again = gflex::init_core(dir.path());
   CHECK_MESSAGE(again.has_value(), again.error().message());
+}
+
+TEST_CASE("an init killed part way is finished by the next one") {
+  // operator.key comes last: an init killed before it (SIGKILL, a power loss) left some or all
+  // of the TLS files, and every later init refused ("ca.key already exists") while the core
+  // asked for init first. A whole set is kept (nodes may have pinned its authority); part of
+  // one is made again.
+  test::temp_dir whole, part;
+  auto first = gflex::init_core(whole.path());
+  REQUIRE(first.has_value());
+  const auto key = whole.path() / "operator.key";
+  std::filesystem::remove(key);
+  auto again = gflex::init_core(whole.path());
+  REQUIRE_MESSAGE(again.has_value(), again.error().message());
+  CHECK(*again == *first);  // the same authority
+  CHECK(std::filesystem::exists(key));
+  auto part_first = gflex::init_core(part.path());
+  REQUIRE(part_first.has_value());
+  std::filesystem::remove(part.path() / "operator.key");
+  std::filesystem::remove(core_tls_files::in(part.path()).bundle);
+  auto remade = gflex::init_core(part.path());
+  REQUIRE_MESSAGE(remade.has_value(), remade.error().message());
+  CHECK(*remade != *part_first);  // a new authority: the old one's set was not whole
+  CHECK(std::filesystem::exists(core_tls_files::in(part.path()).bundle));
+  // A finished init is still refused.
+  auto third = gflex::init_core(part.path());
+  REQUIRE_FALSE(third.has_value());
+  CHECK(third.error().message().find("already exists") != std::string::npos);
 }
 
 TEST_CASE("a data directory whose path cannot be searched is an error, not an abort") {
