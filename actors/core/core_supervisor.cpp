@@ -597,6 +597,16 @@ expected<void> check_core_config(const core_config& config) {
     return error(
         errc::invalid_argument,
         "the platform's fee must be in [0, 0.99] of a payment, not " + std::to_string(config.fee));
+  // A core of several's own settings without its store: each core ran alone on its own copy
+  // of the data directory, with the same keys, leading and billing on its own (split brain).
+  if (config.store_url.empty() &&
+      (!config.core_id.empty() || !config.advertise.empty() || !config.chunk_listen.empty()))
+    return error(errc::invalid_argument,
+                 std::string(!config.core_id.empty()     ? "--core-id"
+                             : !config.advertise.empty() ? "--advertise"
+                                                         : "--chunk-listen") +
+                     " is for one of a core of several, which needs --store etcd://...: without "
+                     "it this core would run alone on its own store");
   // A lease shorter than two heartbeats drops healthy nodes every lease, with their work in
   // flight, and they join again for ever.
   if (uint64_t{config.lease_ms} < 2 * uint64_t{config.heartbeat_ms})

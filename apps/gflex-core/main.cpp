@@ -151,10 +151,19 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--data-dir", config.data_dir,
                  "directory of the LMDB store and the credentials `init` made");
-  app.add_option("--store", config.store_url,
-                 "etcd://HOST:PORT[,HOST:PORT...]: one of a core of several servers, its state "
-                 "in etcd, serving nodes and clients while it leads (docs/FAILURES.md); "
-                 "default: this core alone, its state in LMDB in --data-dir");
+  auto* store =
+      app.add_option("--store", config.store_url,
+                     "etcd://HOST:PORT[,HOST:PORT...]: one of a core of several servers, its "
+                     "state in etcd, serving nodes and clients while it leads "
+                     "(docs/FAILURES.md); default: this core alone, its state in LMDB in "
+                     "--data-dir")
+          // An empty one (`--store "$ETCD"`, unset) ran this core alone: split brain.
+          ->check(CLI::Validator(
+              [](std::string& s) {
+                return s.empty() ? std::string("must name the etcd members, got nothing")
+                                 : std::string();
+              },
+              "etcd://..."));
   app.add_option("--core-id", config.core_id,
                  "this core's name among the cores (default: its --advertise address, else its "
                  "--listen address)");
@@ -167,6 +176,7 @@ int main(int argc, char** argv) {
                  "--store etcd://)");
   app.add_option("--leader-lease-s", config.leader_lease_s,
                  "seconds without renewal after which a leader's etcd lease lapses")
+      ->needs(store)
       ->check(CLI::Range(2, 600))
       ->capture_default_str();
   app.add_option("--heartbeat-ms", config.heartbeat_ms, "heartbeat interval told to nodes")

@@ -61,6 +61,15 @@ expect_usage "core: a lease shorter than two heartbeats" \
   "--lease-ms 1000 must be at least twice --heartbeat-ms 5000" \
   "$BIN/gflex-core" --listen 127.0.0.1:1 --data-dir "$WORK/core" --heartbeat-ms 5000 --lease-ms 1000
 
+# A core of several's settings without its store (or an empty --store: an unset $ETCD) ran
+# each core alone on its copy of the data directory: split brain.
+expect_usage "core: an empty --store" "--store: must name the etcd members" \
+  "$BIN/gflex-core" --listen 127.0.0.1:1 --data-dir "$WORK/core" --store ""
+expect_usage "core: --core-id without --store" "--core-id is for one of a core of several" \
+  "$BIN/gflex-core" --listen 127.0.0.1:1 --data-dir "$WORK/core" --core-id c1
+expect_usage "core: --leader-lease-s without --store" "--leader-lease-s requires --store" \
+  "$BIN/gflex-core" --listen 127.0.0.1:1 --data-dir "$WORK/core" --leader-lease-s 9
+
 # A token's tier is checked before the core is asked (it answered "unknown tier", exit 1).
 expect_usage "core: token of an unknown tier" "--tier: corr not in" \
   "$BIN/gflex-core" token create --tier corr --core 127.0.0.1:1
