@@ -134,6 +134,14 @@ expected<dataset_splits> split(const dataset& all, double fraction) {
 
 expected<dataset_splits> read_data_files(const data_files& f) {
   if (f.format == "tokens") {
+    // A text's labels are its next tokens, its classes the 256 byte values: given, these
+    // were ignored (a --labels file that did not exist passed).
+    if (!f.labels.empty())
+      return error(errc::invalid_argument,
+                   "--labels: not with --format tokens (a text's labels are its next tokens)");
+    if (f.classes != 0)
+      return error(errc::invalid_argument,
+                   "--classes: not with --format tokens (its classes are the 256 byte values)");
     // Every k-th sample is held out (text is split by position, not at its end: a corpus's
     // last part is often of another kind), so the fraction is 1/k. Another was taken as the
     // nearest 1/k: 0.4 held out 50%, 0.9 also 50%.
@@ -206,6 +214,14 @@ void print(const data_set_info& i) {
 int run_push(const data_flags& f) {
   auto data = read_data_files(f.files);
   if (!data) return fail(data.error(), 2);
+  // A shard holds one sample at least: more asked for were fewer stored, said nowhere, and a
+  // job of that many workers was refused later.
+  if (f.shards > data->train.size())
+    return fail(
+        error(errc::invalid_argument,
+              "--shards " + std::to_string(f.shards) + ": the training split has " +
+                  std::to_string(data->train.size()) + " samples, and a shard holds one at least"),
+        2);
   std::optional<client> c;
   if (int code = connect_core(f.link, c); code != 0) return code;
   auto info = c->push_data(f.name, *data, f.shards);

@@ -80,6 +80,14 @@ expect_error "bad name" "data set name must be 1-64 of" \
   "${ALICE[@]}" "$G" data push "no/slashes" "$WORK/text.txt" --format tokens --core "$core"
 expect_error "a built-in name" "names a built-in data set" \
   "${ALICE[@]}" "$G" data push fortunes "$WORK/text.txt" --format tokens --core "$core"
+# Flags a text does not take, and more shards than samples: refused, not ignored.
+expect_usage "labels with tokens" "--labels: not with --format tokens" \
+  "${ALICE[@]}" "$G" data push t "$WORK/text.txt" --format tokens --labels "$WORK/none.idx" --core "$core"
+expect_usage "classes with tokens" "--classes: not with --format tokens" \
+  "${ALICE[@]}" "$G" data push t "$WORK/text.txt" --format tokens --classes 10 --core "$core"
+expect_usage "more shards than samples" "--shards 50: the training split has [0-9] samples" \
+  "${ALICE[@]}" "$G" data push t "$WORK/text.txt" --format tokens --context 2000 \
+  --test-fraction 0.5 --shards 50 --core "$core"
 # Each listing must succeed: a failed one prints nothing, which read as an empty list.
 listed=$("${ALICE[@]}" "$G" data list --core "$core") || fail "alice's data list failed"
 [ -z "$listed" ] || fail "a refused push stored something"
