@@ -225,7 +225,7 @@ int run_push(const data_flags& f) {
   std::optional<client> c;
   if (int code = connect_core(f.link, c); code != 0) return code;
   auto info = c->push_data(f.name, *data, f.shards);
-  if (!info) return fail(info.error());
+  if (!info) return fail_answer(info.error());
   if (f.as_json)
     std::printf("%s\n", json_text(to_json(*info)).c_str());
   else
@@ -237,7 +237,7 @@ int run_list(const data_flags& f) {
   std::optional<client> c;
   if (int code = connect_core(f.link, c); code != 0) return code;
   auto sets = c->data_sets();
-  if (!sets) return fail(sets.error());
+  if (!sets) return fail_answer(sets.error());
   if (!f.name.empty()) {
     auto it = std::find_if(sets->begin(), sets->end(),
                            [&](const data_set_info& i) { return i.name == f.name; });
@@ -258,7 +258,7 @@ int run_list(const data_flags& f) {
 int run_remove(const data_flags& f) {
   std::optional<client> c;
   if (int code = connect_core(f.link, c); code != 0) return code;
-  if (auto r = c->remove_data(f.name); !r) return fail(r.error());
+  if (auto r = c->remove_data(f.name); !r) return fail_answer(r.error());
   std::printf("removed %s\n", f.name.c_str());
   return 0;
 }

@@ -120,7 +120,7 @@ int run_submit(const job_flags& f) {
   std::optional<client> c;
   if (int code = connect_core(f.link, c); code != 0) return code;
   auto id = c->submit(*text);
-  if (!id) return fail(id.error());
+  if (!id) return fail_answer(id.error());
   std::printf("%s\n", id->c_str());
   std::fflush(stdout);
   // Community results are sampled and re-computed on core-tier workers: without one, the job
@@ -162,7 +162,7 @@ int run_status(const job_flags& f) {
   if (int code = connect_core(f.link, c); code != 0) return code;
   if (!f.job_id.empty()) {
     auto s = c->status(f.job_id);
-    if (!s) return fail(s.error());
+    if (!s) return fail_answer(s.error());
     if (f.as_json) {
       std::printf("%s\n", json_text(to_json(*s)).c_str());
     } else {
@@ -260,7 +260,7 @@ int run_nodes(const job_flags& f) {
 int run_cancel(const job_flags& f) {
   std::optional<client> c;
   if (int code = connect_core(f.link, c); code != 0) return code;
-  if (auto ok = c->cancel(f.job_id); !ok) return fail(ok.error());
+  if (auto ok = c->cancel(f.job_id); !ok) return fail_answer(ok.error());
   std::printf("%s cancelled\n", f.job_id.c_str());
   return 0;
 }
@@ -269,7 +269,7 @@ int run_fetch(const job_flags& f) {
   std::optional<client> c;
   if (int code = connect_core(f.link, c); code != 0) return code;
   auto bytes = c->fetch(f.job_id);
-  if (!bytes) return fail(bytes.error());
+  if (!bytes) return fail_answer(bytes.error());
   if (auto ok = write_file_atomically(f.out, *bytes); !ok) return fail(ok.error());
   std::printf("%s: %s written\n", f.out.c_str(),
               human_bytes(static_cast<double>(bytes->size())).c_str());

@@ -28,7 +28,7 @@ int run_account(const market_flags& f) {
   std::optional<client> c;
   if (int code = connect_core(f.link, c); code != 0) return code;
   auto a = c->account(f.id.empty() ? std::string("platform") : f.id);
-  if (!a) return fail(a.error());
+  if (!a) return fail_answer(a.error());
   if (f.as_json) {
     std::printf("%s\n", json_text(to_json(*a)).c_str());
     return 0;
@@ -42,7 +42,7 @@ int run_verify(const market_flags& f) {
   std::optional<client> c;
   if (int code = connect_core(f.link, c); code != 0) return code;
   auto r = c->verify_ledger();
-  if (!r) return fail(r.error());
+  if (!r) return fail_answer(r.error());
   if (f.as_json) {
     std::printf("%s\n", json_text(to_json(*r)).c_str());
   } else if (r->ok) {
@@ -63,7 +63,7 @@ int run_topup(const market_flags& f) {
   if (*amount == 0) return fail(error(errc::invalid_argument, "a top-up must be positive"), 2);
   std::optional<client> c;
   if (int code = connect_core(f.link, c); code != 0) return code;
-  if (auto r = c->topup(f.id, *amount); !r) return fail(r.error());
+  if (auto r = c->topup(f.id, *amount); !r) return fail_answer(r.error());
   std::printf("%s: budget raised by %s credits\n", f.id.c_str(), format_credits(*amount).c_str());
   return 0;
 }

@@ -88,6 +88,11 @@ expect_usage "classes with tokens" "--classes: not with --format tokens" \
 expect_usage "more shards than samples" "--shards 50: the training split has [0-9] samples" \
   "${ALICE[@]}" "$G" data push t "$WORK/text.txt" --format tokens --context 2000 \
   --test-fraction 0.5 --shards 50 --core "$core"
+# What the core refuses as bad input exits 2, as the client's own checks do (it was 1, the
+# code of a failed run, which a script retries).
+expect_usage "rm of an unknown set" "nope" "${ALICE[@]}" "$G" data rm nope --core "$core"
+expect_usage "status of an unknown job" "job-999" "${ALICE[@]}" "$G" status job-999 --core "$core"
+expect_usage "cancel of an unknown job" "job-999" "${ALICE[@]}" "$G" cancel job-999 --core "$core"
 # Each listing must succeed: a failed one prints nothing, which read as an empty list.
 listed=$("${ALICE[@]}" "$G" data list --core "$core") || fail "alice's data list failed"
 [ -z "$listed" ] || fail "a refused push stored something"
