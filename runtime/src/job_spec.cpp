@@ -564,10 +564,14 @@ expected<job_spec> read_spec(const reader& in) {
   // What one key alone cannot say.
   const toml::table* model = in.table("model");
   if (model != nullptr) {
-    // Canonical text: what the formatter writes parses back to the same text.
+    // Canonical text: what the formatter writes parses back to the same text. Written as a
+    // [model] section however it was given: an inline `model = { ... }` came out as a key,
+    // which to_toml put under [data] (and the same model had two texts, two market names).
+    toml::table section = *model;
+    section.is_inline(false);
     std::ostringstream text;
     text << toml::toml_formatter(
-        toml::table{{"model", *model}},
+        toml::table{{"model", std::move(section)}},
         toml::toml_formatter::default_flags & ~toml::format_flags::indentation);
     spec.model = text.str() + "\n";
     if (in.find("job", "workload") == nullptr) {

@@ -165,6 +165,25 @@ TEST_SUITE("job_spec") {
     CHECK(contains(to_toml(defaults), "lr = 0.001\n"));
   }
 
+  TEST_CASE("a model given as an inline table round-trips, with the same text as a section") {
+    const std::string layers =
+        "input = [4], layers = [ { type = \"linear\", units = 2 }, { type = \"softmax_xent\" } ]";
+    auto inline_form = parse_job_spec(
+        "model = { name = \"tiny\", " + layers + " }\n[job]\nrounds = 2\n[data]\nset = \"x\"\n",
+        source);
+    REQUIRE_MESSAGE(inline_form.has_value(), inline_form.error().message());
+    auto section_form = parse_job_spec(
+        "[job]\nrounds = 2\n[data]\nset = \"x\"\n[model]\nname = \"tiny\"\ninput = [4]\n"
+        "layers = [ { type = \"linear\", units = 2 }, { type = \"softmax_xent\" } ]\n",
+        source);
+    REQUIRE_MESSAGE(section_form.has_value(), section_form.error().message());
+    CHECK(inline_form->model == section_form->model);
+    const std::string text = to_toml(*inline_form);
+    auto again = parse_job_spec(text, source);
+    REQUIRE_MESSAGE(again.has_value(), again.error().message() << "\n" << text);
+    CHECK(*again == *inline_form);
+  }
+
   TEST_CASE("every key is read and written: a spec with no default value round-trips") {
     // Each key of the field table set away from its default: a key the table could read but
     // not write (or the reverse) comes back as its default, or is refused as unknown.
