@@ -15,6 +15,13 @@ namespace gflex {
 expected<std::string> read_secret_file(const std::filesystem::path& file) {
   // One open file for every check and the read, so that nothing swaps the file between.
   int fd = ::open(file.c_str(), O_RDONLY | O_NOFOLLOW);
+  // A link is not followed (whoever may change it could point it elsewhere): said so, not
+  // as "too many levels of symbolic links" (ELOOP), which a single link seemed not to be.
+  if (fd < 0 && errno == ELOOP)
+    return error(errc::invalid_argument,
+                 file.string() +
+                     " is a symbolic link: a secret file must be a regular file (give the path "
+                     "of the file itself)");
   if (fd < 0)
     return error(errc::io_error, file.string() + ": cannot open (" + std::strerror(errno) + ")");
   struct stat st {};

@@ -14,8 +14,8 @@
 namespace gflex {
 
 /// The first line of `file`, trailing spaces and line ends removed. Refused with a message
-/// naming the file: a file that cannot be opened (errc::io_error), that is not a regular
-/// file, or that others may read (errc::invalid_argument).
+/// naming the file: a file that cannot be opened (errc::io_error), that is a symbolic link or
+/// not a regular file, or that others may read (errc::invalid_argument).
 expected<std::string> read_secret_file(const std::filesystem::path& file);
 
 /// Creates `file` holding `bytes`, with `mode`, never over an existing file (errc::io_error
