@@ -30,6 +30,7 @@
 #include "gflex/runtime/replicated_store.hpp"
 #include "gflex/runtime/secret_file.hpp"
 #include "gflex/runtime/shard.hpp"
+#include "gflex/runtime/tcp_probe.hpp"
 #include "gflex/runtime/tls_credentials.hpp"
 #include "gflex/test_aids.hpp"
 #include "leader_redirect.hpp"
@@ -595,6 +596,11 @@ struct client::impl {
       core_unanswered = false;
       std::string why;
       for (const auto& [h, p] : tries) {
+        // A machine that is off held this connect for minutes (probe_tcp): passed over.
+        if (auto reachable = probe_tcp(h, p); !reachable) {
+          why += (why.empty() ? "" : "; ") + reachable.error().message();
+          continue;
+        }
         auto again =
             insecure ? sys->middleman().remote_actor(h, p) : caf::openssl::remote_actor(*sys, h, p);
         if (!again) {
@@ -718,6 +724,10 @@ struct client::impl {
     if (!named) return false;
     const auto& [host, port] = *named;
     const std::string address = host + ":" + std::to_string(port);
+    if (auto reachable = probe_tcp(host, static_cast<uint16_t>(port)); !reachable) {
+      spdlog::warn("cannot reach the leader: {}", reachable.error().message());
+      return false;
+    }
     auto leader = insecure ? sys->middleman().remote_actor(host, static_cast<uint16_t>(port))
                            : caf::openssl::remote_actor(*sys, host, static_cast<uint16_t>(port));
     if (!leader) {
@@ -763,6 +773,10 @@ expected<client> client::connect(const std::string& host, uint16_t port,
     if (!fingerprint) return fingerprint.error();
   }
   p->own_system();
+  // A core machine that is off held the connect for the kernel's SYN retries (minutes), and
+  // the caller tried the next core only after: probed first, it is told in seconds.
+  if (auto reachable = probe_tcp(host, port); !reachable)
+    return error(errc::io_error, "cannot reach the core at " + reachable.error().message());
   auto core = options.insecure ? p->sys->middleman().remote_actor(host, port)
                                : caf::openssl::remote_actor(*p->sys, host, port);
   if (!core) {

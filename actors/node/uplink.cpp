@@ -18,6 +18,7 @@
 #include "gflex/kernels/devices.hpp"
 #include "gflex/runtime/payload_chunks.hpp"
 #include "gflex/runtime/printable_text.hpp"
+#include "gflex/runtime/tcp_probe.hpp"
 #include "gflex/runtime/tensor_codec.hpp"
 #include "leader_redirect.hpp"
 #include "messages.hpp"
@@ -311,6 +312,13 @@ void connect(uplink_actor* self) {
   if (st.leader_named) address = *std::exchange(st.leader_named, std::nullopt);
   const std::string host = address.first;
   const uint16_t port = address.second;
+  // CAF's connect blocks its middleman: to a core machine that is off, for the kernel's SYN
+  // retries (minutes), and the next core's connect waited behind it. Probed first (at most
+  // 3 s here), such a core is passed over.
+  if (auto reachable = probe_tcp(host, port); !reachable) {
+    spdlog::warn("uplink: cannot reach the core at {}", reachable.error().message());
+    return retry_later(self);
+  }
   self->request(mm, std::chrono::seconds(15), caf::connect_atom::value, host, port)
       .then(
           [=](const caf::node_id&, caf::strong_actor_ptr& ptr, const std::set<std::string>&) {
