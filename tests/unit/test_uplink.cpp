@@ -398,6 +398,31 @@ bool taken_for_lost(test::configured_system& s, const caf::actor& core, std::chr
   return lost;
 }
 
+// Whether a node takes a core of several for lost within `wait` while that core sends it the
+// parameters of one assignment, `chunks` chunks of 1 KiB, one every `every`.
+bool lost_while_sending(int chunks, std::chrono::milliseconds every, std::chrono::seconds wait) {
+  test::configured_system s;
+  auto held = std::make_shared<std::map<std::string, std::vector<uint8_t>>>();
+  assignment a;
+  a.id = 300;
+  a.job_id = "job-1";
+  for (int i = 0; i < chunks; ++i) {
+    std::vector<uint8_t> bytes(1024, static_cast<uint8_t>(i));
+    a.params_chunks.push_back(digest_hex(bytes));
+    (*held)[a.params_chunks.back()] = std::move(bytes);
+  }
+  a.params_bytes = static_cast<uint64_t>(chunks) * 1024;
+  auto core = welcoming_core(
+      s.sys,
+      [held, a, every](caf::event_based_actor* door, caf::actor uplink) {
+        return door->spawn<caf::linked>(sending_session, uplink, held, a, every);
+      },
+      100);
+  const bool lost = taken_for_lost(s, core, wait);
+  s.self->send_exit(core, caf::exit_reason::user_shutdown);
+  return lost;
+}
+
 TEST_SUITE("uplink") {
   TEST_CASE("a fetch of parameters that a newer one pushed out still ends with its session") {
     test::configured_system s;
@@ -891,53 +916,16 @@ TEST_SUITE("uplink") {
     // Chunks of parameters arriving all along, its `earned` queued behind them, the node took
     // the leader as gone after core_silence, left it and dropped the assignment it was
     // fetching for.
-    test::configured_system s;
-    auto chunks = std::make_shared<std::map<std::string, std::vector<uint8_t>>>();
-    assignment a;
-    a.id = 300;
-    a.job_id = "job-1";
-    for (int i = 0; i < 40; ++i) {
-      std::vector<uint8_t> bytes(1024, static_cast<uint8_t>(i));
-      a.params_chunks.push_back(digest_hex(bytes));
-      (*chunks)[a.params_chunks.back()] = std::move(bytes);
-    }
-    a.params_bytes = 40 * 1024;
-    auto core = welcoming_core(
-        s.sys,
-        [chunks, a](caf::event_based_actor* door, caf::actor uplink) {
-          return door->spawn<caf::linked>(sending_session, uplink, chunks, a,
-                                          std::chrono::milliseconds(800));
-        },
-        100);
-    const bool lost = taken_for_lost(s, core, std::chrono::seconds(7));
-    CHECK_MESSAGE(!lost, "the node left a core that sent it parameters all along");
-    s.self->send_exit(core, caf::exit_reason::user_shutdown);
+    CHECK_MESSAGE(!lost_while_sending(40, std::chrono::milliseconds(800), std::chrono::seconds(7)),
+                  "the node left a core that sent it parameters all along");
   }
 
   TEST_CASE("a core of several whose one chunk takes longer than core_silence is not lost") {
     // A shard of 8 MiB takes 22 s at 3 Mbit/s: `earned` queued behind it, and no chunk
     // arriving meanwhile, the node took the leader as gone, left it with its download and its
     // work, and did the same again next round. Here the first chunk comes, the rest are held.
-    test::configured_system s;
-    auto chunks = std::make_shared<std::map<std::string, std::vector<uint8_t>>>();
-    assignment a;
-    a.id = 301;
-    a.job_id = "job-1";
-    for (int i = 0; i < 8; ++i) {
-      std::vector<uint8_t> bytes(1024, static_cast<uint8_t>(i));
-      a.params_chunks.push_back(digest_hex(bytes));
-      (*chunks)[a.params_chunks.back()] = std::move(bytes);
-    }
-    a.params_bytes = 8 * 1024;
-    auto core = welcoming_core(
-        s.sys,
-        [chunks, a](caf::event_based_actor* door, caf::actor uplink) {
-          return door->spawn<caf::linked>(sending_session, uplink, chunks, a,
-                                          std::chrono::milliseconds(3600 * 1000));
-        },
-        100);
-    const bool lost = taken_for_lost(s, core, std::chrono::seconds(9));
-    CHECK_MESSAGE(!lost, "the node left a core with a chunk on its way");
-    s.self->send_exit(core, caf::exit_reason::user_shutdown);
+    CHECK_MESSAGE(
+        !lost_while_sending(8, std::chrono::milliseconds(3600 * 1000), std::chrono::seconds(9)),
+        "the node left a core with a chunk on its way");
   }
 }
