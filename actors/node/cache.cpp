@@ -101,6 +101,7 @@ void watch(cache_actor_type* self) {
 }
 chunk_handler take_request(cache_actor_type* self, uint64_t id);
 void ask_waiting(cache_actor_type* self);
+void requests_ended(cache_actor_type* self);
 
 // Forgets the file of `digest` and removes it from disk.
 void remove_chunk_file(cache_state& st, const std::string& digest) {
@@ -213,9 +214,16 @@ chunk_handler take_request(cache_actor_type* self, uint64_t id) {
   if (it == st.out.end()) return {};
   chunk_handler handler = std::move(it->second);
   st.out.erase(it);
-  ask_waiting(self);
-  if (st.out.empty() && st.listener) self->send(st.listener, heard_atom::value, uint64_t{0});
+  requests_ended(self);
   return handler;
+}
+
+// After requests out ended (answered, or failed): the asks waiting take their slots, and the
+// listener hears when none is out any more.
+void requests_ended(cache_actor_type* self) {
+  ask_waiting(self);
+  auto& st = self->state;
+  if (st.out.empty() && st.listener) self->send(st.listener, heard_atom::value, uint64_t{0});
 }
 
 // Sends the asks waiting for a slot, as many as there are slots.
@@ -330,9 +338,10 @@ caf::behavior cache_actor(cache_actor_type* self, std::filesystem::path dir, uin
         st.out.clear();
         for (auto& [id, handler] : stale)
           handler(error(errc::io_error, "the session the chunk was asked of ended"));
-        ask_waiting(self);
-        if (!stale.empty() && st.out.empty() && st.listener)
-          self->send(st.listener, heard_atom::value, uint64_t{0});
+        if (stale.empty())
+          ask_waiting(self);
+        else
+          requests_ended(self);
       },
       // Requests out while no chunk has come for `silence`: failed (the server, or the link,
       // is stuck).
@@ -346,9 +355,7 @@ caf::behavior cache_actor(cache_actor_type* self, std::filesystem::path dir, uin
           for (auto& [id, handler] : stuck)
             handler(error(errc::unavailable, "no chunk came from the core for " +
                                                  std::to_string(st.silence.count() / 1000) + " s"));
-          ask_waiting(self);
-          if (st.out.empty() && st.listener)
-            self->send(st.listener, heard_atom::value, uint64_t{0});
+          requests_ended(self);
         }
         if (!st.out.empty() && !std::exchange(st.watching, true)) watch(self);
       },
