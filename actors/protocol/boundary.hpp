@@ -20,14 +20,18 @@
 ///   message from a third process, so that a peer that learns or guesses another's session
 ///   (actor ids count up) cannot use it.
 /// "This process" is the sender's node; routed_messages.hpp keeps a peer from naming this
-/// node as its message's source. Forged system messages are counted in `refused()`, which
-/// the actor reports (`gflex nodes` shows a node's dropped messages); the others in
-/// `strangers()`.
+/// node as its message's source or its own, from linking actors, and from sending a guarded
+/// actor a response without a sender (which here would pass for CAF's own bounce). Forged system
+/// messages are counted in `refused()`, which the actor reports (`gflex nodes` shows a node's
+/// dropped messages); the others in `strangers()`.
 
 #include <caf/all.hpp>
 
 #include <atomic>
 #include <cstdint>
+#include <utility>
+
+#include "routed_messages.hpp"
 
 namespace gflex {
 
@@ -45,21 +49,26 @@ inline bool is_forged_system_message(const caf::mailbox_element& e, const caf::n
 
 /// Whether `e` comes from where the receiving actor (of node `self`) takes messages from:
 /// this process, or its bound peer (`peer`, when bound); an unbound actor takes requests and
-/// plain messages from anyone, and responses only from this process. A response without a
-/// sender is an error CAF bounced for a dead local receiver (a peer's anonymous error can
-/// fail one request, never answer it).
+/// plain messages from anyone, and responses only from this process. An error response
+/// without a sender is CAF's bounce of a request to a dead local actor (a data server being
+/// restarted): a peer's is dropped before it gets here (routed_messages.hpp), so every actor
+/// takes it and fails that request at once.
 inline bool from_admitted_sender(const caf::mailbox_element& e, const caf::node_id& self,
                                  const caf::node_id* peer) {
   if (e.sender && e.sender->node() == self) return true;
+  if (!e.sender && e.mid.is_response() && e.content().match_elements<caf::error>()) return true;
   if (peer != nullptr) return e.sender && e.sender->node() == *peer;
-  if (!e.mid.is_response()) return true;
-  return !e.sender && e.content().match_elements<caf::error>();
+  return !e.mid.is_response();
 }
 
 template <class Base>
 class guarded : public Base {
  public:
-  using Base::Base;
+  template <class... Ts>
+  explicit guarded(caf::actor_config& cfg, Ts&&... xs) : Base(cfg, std::forward<Ts>(xs)...) {
+    note_guarded_actor(this->id());  // a peer's sender-less response to it is dropped in BASP
+  }
+  ~guarded() override { forget_guarded_actor(this->id()); }
 
   void enqueue(caf::mailbox_element_ptr ptr, caf::execution_unit* host) override {
     if (ptr && !from_admitted_sender(*ptr, this->node(),

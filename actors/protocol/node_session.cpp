@@ -154,6 +154,10 @@ bool from_core(session_actor* self) {
 // off: the real answer is lost with the request its forgery answered.
 bool answered_by_core(session_actor* self) {
   if (from_core(self)) return true;
+  // An error without a sender is CAF's bounce of a request to a dead local actor (the data
+  // server being restarted); a peer's is dropped before it reaches a session
+  // (routed_messages.hpp).
+  if (!self->current_sender()) return true;
   disconnect(self, "it answered a request the session made of the core");
   return false;
 }

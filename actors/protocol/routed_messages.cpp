@@ -2,11 +2,16 @@
 
 #include <dlfcn.h>
 #include <spdlog/spdlog.h>
+#include <caf/atom.hpp>
 #include <caf/binary_deserializer.hpp>
 #include <caf/io/basp/instance.hpp>
 #include <caf/io/system_messages.hpp>
+#include <caf/message_id.hpp>
 
 #include <atomic>
+#include <mutex>
+#include <string>
+#include <unordered_set>
 
 #include "interposition.hpp"
 
@@ -15,10 +20,22 @@ namespace gflex {
 namespace {
 
 std::atomic<uint64_t> refused{0};
+std::atomic<uint64_t> dropped{0};
+
+std::mutex guarded_mutex;
+std::unordered_set<caf::actor_id> guarded_ids;
+
+bool is_guarded(caf::actor_id id) {
+  std::lock_guard<std::mutex> lock(guarded_mutex);
+  return guarded_ids.count(id) != 0;
+}
 
 // caf::io::basp::instance::handle(execution_unit*, new_data_msg&, header&, bool)
 constexpr const char* handle_symbol =
     "_ZN3caf2io4basp8instance6handleEPNS_14execution_unitERNS0_12new_data_msgERNS1_6headerEb";
+
+// How CAF 0.17 names the types of (link_atom or unlink_atom, strong_actor_ptr) on the wire.
+constexpr const char* link_message_types = "@<>+@atom+@strong_actor_ptr";
 
 }  // namespace
 
@@ -26,31 +43,111 @@ uint64_t forged_sources_refused() {
   return refused.load();
 }
 
+uint64_t anonymous_responses_dropped() {
+  return dropped.load();
+}
+
+void note_guarded_actor(caf::actor_id id) {
+  std::lock_guard<std::mutex> lock(guarded_mutex);
+  guarded_ids.insert(id);
+}
+
+void forget_guarded_actor(caf::actor_id id) {
+  std::lock_guard<std::mutex> lock(guarded_mutex);
+  guarded_ids.erase(id);
+}
+
 expected<void> routed_message_check_in_effect() {
   return interposed_here(handle_symbol, reinterpret_cast<const void*>(&forged_sources_refused),
-                         "the check of routed messages' sources");
+                         "the checks of what peers send");
 }
 
 }  // namespace gflex
 
+namespace {
+
+using caf::io::basp::connection_state;
+using caf::io::basp::header;
+using caf::io::basp::message_type;
+
+// What becomes of a message for an actor of this process (its payload read up to the
+// forwarding stack).
+enum class verdict { pass, drop, refuse };
+
+verdict judge_local_message(caf::binary_deserializer& payload, const header& hdr,
+                            std::string& why) {
+  if (hdr.source_actor == caf::invalid_actor_id &&
+      caf::make_message_id(hdr.operation_data).is_response() &&
+      !hdr.has(header::named_receiver_flag) && gflex::is_guarded(hdr.dest_actor))
+    return verdict::drop;
+  size_t stages = 0;
+  if (payload.begin_sequence(stages)) return verdict::pass;  // CAF reports it malformed
+  if (stages != 0) {
+    why = "a message with a forwarding stack";
+    return verdict::refuse;
+  }
+  uint16_t zero = 1;
+  std::string types;
+  if (payload.begin_object(zero, types) || zero != 0 || types != gflex::link_message_types)
+    return verdict::pass;
+  uint64_t atom = 0;
+  if (payload(atom)) return verdict::pass;
+  if (atom == caf::link_atom::uint_value() || atom == caf::unlink_atom::uint_value()) {
+    why = "a link message";
+    return verdict::refuse;
+  }
+  return verdict::pass;
+}
+
+}  // namespace
+
 // The executable's definition comes first in symbol lookup, so the broker's calls (through
-// the PLT) land here. A routed message's payload starts with its source and destination
-// nodes; one whose source is this process closes its connection (as a malformed message
-// does, by BASP's own path), and everything else goes on to CAF's definition unchanged.
+// the PLT) land here. What the file comment names closes its connection (as a malformed
+// message does, by BASP's own path) or is dropped; everything else goes on to CAF's
+// definition unchanged.
 caf::io::basp::connection_state caf::io::basp::instance::handle(execution_unit* ctx,
                                                                 new_data_msg& dm, header& hdr,
                                                                 bool is_payload) {
   using fn = connection_state (*)(instance*, execution_unit*, new_data_msg&, header&, bool);
   static fn real = reinterpret_cast<fn>(dlsym(RTLD_NEXT, gflex::handle_symbol));
-  if (is_payload && hdr.operation == message_type::routed_message) {
-    binary_deserializer source{ctx, dm.buf};
-    node_id source_node, dest_node;
-    if (!source(source_node, dest_node) && source_node == this_node()) {
-      gflex::refused.fetch_add(1);
-      spdlog::warn("closed a connection whose peer sent a message as this process's own actor {}",
-                   hdr.source_actor);
-      return malformed_basp_message;
+  if (!is_payload || dm.buf.size() != hdr.payload_len) return real(this, ctx, dm, hdr, is_payload);
+  binary_deserializer payload{ctx, dm.buf};
+  std::string why;
+  verdict v = verdict::pass;
+  switch (hdr.operation) {
+    case message_type::client_handshake: {
+      node_id source_node;
+      if (!payload(source_node) && source_node == this_node()) {
+        why = "a handshake naming this process as the peer";
+        v = verdict::refuse;
+      }
+      break;
     }
+    case message_type::routed_message: {
+      node_id source_node, dest_node;
+      if (payload(source_node, dest_node)) break;
+      if (source_node == this_node()) {
+        why = "a message as this process's own actor " + std::to_string(hdr.source_actor);
+        v = verdict::refuse;
+      } else if (dest_node == this_node()) {
+        v = judge_local_message(payload, hdr, why);
+      }
+      break;
+    }
+    case message_type::direct_message:
+      v = judge_local_message(payload, hdr, why);
+      break;
+    default:
+      break;
+  }
+  if (v == verdict::drop) {
+    gflex::dropped.fetch_add(1);
+    return connection_state::await_header;
+  }
+  if (v == verdict::refuse) {
+    gflex::refused.fetch_add(1);
+    spdlog::warn("closed a connection whose peer sent {}", why);
+    return connection_state::malformed_basp_message;
   }
   return real(this, ctx, dm, hdr, is_payload);
 }

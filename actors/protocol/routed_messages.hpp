@@ -1,17 +1,30 @@
 #pragma once
 /// @file
-/// A peer may not name this process as its message's source.
+/// What a peer may not do below CAF's mailboxes, in BASP itself.
 ///
-/// CAF 0.17's BASP takes a routed message's source from the message itself (a node id and an
-/// actor id), and when that node is this process, it makes the message come from the local
-/// actor of that id: any peer that completes the handshake (with TLS, anyone holding a core's
-/// bundle) could send as the core's own actors, past every check of "sent from this process"
-/// (boundary.hpp's guard, a session's `from_core`), and kill the front door with an exit
-/// message that seems the core's own. CAF has no setting for it, so routed_messages.cpp
-/// interposes on the function through which the broker hands BASP each message it read
-/// (caf::io::basp::instance::handle, called through the PLT) and closes a connection that
-/// sends such a message. Messages routed between other processes (a pipeline's workers) are
-/// let through.
+/// CAF 0.17's BASP believes what a peer says of itself and acts on some messages before any
+/// actor sees them. Any peer that completes the handshake (with TLS, anyone holding a core's
+/// bundle) could so get past every check of "sent from this process" (boundary.hpp's guard, a
+/// session's `from_core`) and kill the front door. CAF has no setting for any of it, so
+/// routed_messages.cpp interposes on the function through which the broker hands BASP each
+/// message it read (caf::io::basp::instance::handle, called through the PLT) and closes the
+/// connection of a peer that:
+/// - sends a routed message naming this process as its source: BASP makes it come from the
+///   local actor of that id;
+/// - names this process's node in its client handshake: BASP then takes every direct message
+///   on that connection as sent by a local actor (the core sends its node id in its own
+///   handshake, so this needs no guessing);
+/// - sends a link or unlink message: BASP links the two actors it names at once, bypassing
+///   every mailbox, and a peer's session linked to the door took the door down with it;
+/// - sends a message with a forwarding stack: its entries, which may name local actors, get
+///   the answer in the sender's place. Nothing in this program sends one.
+/// And it drops (without closing) a response without a sender that a peer sends to a guarded
+/// actor (boundary.hpp): in a guarded actor's mailbox it looks like CAF's own bounce of a
+/// request to a dead local actor, and so failed a request that actor had made of its own
+/// children (a client's submit, a node's hello answered "permission denied"). Messages routed
+/// between other processes (a pipeline's workers) are let through.
+
+#include <caf/actor_addr.hpp>
 
 #include <cstdint>
 
@@ -19,12 +32,19 @@
 
 namespace gflex {
 
-/// Connections closed for a message that named this process as its source, since the
-/// process started.
+/// Connections closed for one of the messages above, since the process started.
 uint64_t forged_sources_refused();
 
-/// Whether the check is in effect in this process (interposition.hpp). run_core, run_node and
-/// client::connect refuse to start without it.
+/// Sender-less responses from peers dropped at a guarded actor, since the process started.
+uint64_t anonymous_responses_dropped();
+
+/// Marks the actor of id `id` (of this process) as guarded: a peer's sender-less response to
+/// it is dropped in BASP. guarded<> calls these from its constructor and destructor.
+void note_guarded_actor(caf::actor_id id);
+void forget_guarded_actor(caf::actor_id id);
+
+/// Whether the checks are in effect in this process (interposition.hpp). run_core, run_node
+/// and client::connect refuse to start without them.
 expected<void> routed_message_check_in_effect();
 
 }  // namespace gflex

@@ -7,10 +7,16 @@
 
 #include <doctest/doctest.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <caf/binary_deserializer.hpp>
+#include <caf/binary_serializer.hpp>
+#include <caf/io/basp/header.hpp>
 #include <caf/io/middleman.hpp>
 
 #include <chrono>
@@ -19,6 +25,8 @@
 #include <optional>
 #include <string>
 #include <thread>
+#include <tuple>
+#include <utility>
 #include <vector>
 
 #include "boundary.hpp"
@@ -60,7 +68,8 @@ caf::behavior silent(caf::stateful_actor<silent_state>* self) {
   }};
 }
 
-// Answers (probe_atom, int, int) with what `silent` answered it ("no answer" after 3 s): as
+// Answers (probe_atom, int, int) with what `silent` answered it ("no answer" after 3 s,
+// "failed" when its request failed otherwise): as
 // the front door asks the gatekeeper whose a key is, and acts on the answer.
 template <class Self>
 caf::behavior asker(Self* self, caf::actor quiet) {
@@ -69,7 +78,9 @@ caf::behavior asker(Self* self, caf::actor quiet) {
     auto rp = self->template make_response_promise<std::string>();
     self->request(quiet, std::chrono::seconds(3), probe_atom::value, std::string("whose?"))
         .then([=](std::string& answer) mutable { rp.deliver(answer); },
-              [=](caf::error&) mutable { rp.deliver(std::string("no answer")); });
+              [=](caf::error& e) mutable {
+                rp.deliver(std::string(e == caf::sec::request_timeout ? "no answer" : "failed"));
+              });
     return rp;
   }};
 }
@@ -296,6 +307,156 @@ TEST_CASE("a peer's response does not answer a request its actor made of another
     else
       CHECK(answer == "no answer");
   }
+}
+
+TEST_CASE("a peer's error without a sender does not fail a request a guarded actor made") {
+  // In the mailbox it looks like CAF's own bounce of a request to a dead local actor; only
+  // BASP knows it came from the peer.
+  hostile_peer peer;
+  auto& sys = *peer.sys;
+  auto& self = *peer.self;
+  const auto set = peer.second_set();
+  const caf::actor guarded_ask = set[0], plain_ask = set[1];
+  for (const auto& target : {plain_ask, guarded_ask}) {
+    std::string answer;
+    auto asked = self->request(target, std::chrono::seconds(10), probe_atom::value, 0, 0);
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    for (uint64_t id = 1; id <= 64; ++id)
+      target->enqueue(nullptr, caf::make_message_id(id).response_id(),
+                      caf::make_message(caf::make_error(caf::sec::runtime_error)), nullptr);
+    std::move(asked).receive([&](std::string& a) { answer = a; },
+                             [&](caf::error& e) { answer = sys.render(e); });
+    if (target == plain_ask)
+      CHECK_MESSAGE(answer == "failed",
+                    "the forgery does not reach an unguarded actor: the test proves nothing");
+    else
+      CHECK(answer == "no answer");
+  }
+}
+
+namespace {
+
+// Asks the served child's door (probe_atom, 0) over a new connection, until it answers:
+// its plain and guarded counters; empty handles when it never does within 5 s.
+std::pair<caf::actor, caf::actor> counters_anew(hostile_peer& peer) {
+  for (int tries = 0; tries < 50; ++tries) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    auto door = peer.sys->middleman().remote_actor("127.0.0.1", peer.child.port);
+    if (!door) continue;
+    std::pair<caf::actor, caf::actor> out;
+    (*peer.self)
+        ->request(*door, std::chrono::seconds(5), probe_atom::value, 0)
+        .receive(
+            [&](caf::actor& p, caf::actor& g) {
+              out.first = p;
+              out.second = g;
+            },
+            [&](caf::error&) {});
+    if (out.second) return out;
+  }
+  return {};
+}
+
+}  // namespace
+
+TEST_CASE("a peer's link message closes its connection and links nothing") {
+  // BASP links the two actors a link message names at once, past every mailbox: linked to
+  // the guarded actor, the plain one, killed, took the guarded one with it (its exit comes
+  // from an actor of the child's own process).
+  hostile_peer peer;
+  auto& self = *peer.self;
+  auto [plain, guard] = counters_anew(peer);
+  REQUIRE(guard);
+  self->send(guard, caf::link_atom::value, caf::actor_cast<caf::strong_actor_ptr>(plain));
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  // Over the same connection if it is still open, a new one otherwise.
+  std::tie(plain, guard) = counters_anew(peer);
+  REQUIRE(plain);
+  caf::anon_send_exit(plain, caf::exit_reason::kill);
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  std::tie(plain, guard) = counters_anew(peer);
+  REQUIRE(guard);
+  CHECK_MESSAGE(probe(self, guard, std::chrono::seconds(5)).has_value(),
+                "the guarded actor died with the plain one a peer linked it to");
+}
+
+namespace {
+
+// A raw BASP frame: its header (as caf::io::basp serializes it) and payload.
+std::vector<char> basp_frame(caf::actor_system& sys, caf::io::basp::message_type op,
+                             uint64_t operation_data, caf::actor_id source, caf::actor_id dest,
+                             const std::vector<char>& payload) {
+  caf::io::basp::header hdr{op,     0,   static_cast<uint32_t>(payload.size()), operation_data,
+                            source, dest};
+  std::vector<char> out;
+  caf::binary_serializer sink{sys, out};
+  REQUIRE_FALSE(sink(hdr));
+  out.insert(out.end(), payload.begin(), payload.end());
+  return out;
+}
+
+bool read_exactly(int fd, char* at, size_t n) {
+  while (n > 0) {
+    const ssize_t got = ::recv(fd, at, n, 0);
+    if (got <= 0) return false;
+    at += got;
+    n -= static_cast<size_t>(got);
+  }
+  return true;
+}
+
+}  // namespace
+
+TEST_CASE("a peer that names the served process's own node in its handshake is cut off") {
+  // The child sends its node id in its handshake; a peer that sends it back made BASP take
+  // every direct message on that connection as sent by one of the child's own actors, and
+  // an exit message so sent killed a guarded actor.
+  hostile_peer peer;
+  auto& sys = *peer.sys;
+  auto [plain, guard] = counters_anew(peer);
+  REQUIRE(guard);
+  const caf::node_id child_node = guard.node();
+
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  REQUIRE(fd >= 0);
+  sockaddr_in to{};
+  to.sin_family = AF_INET;
+  to.sin_port = htons(peer.child.port);
+  to.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  REQUIRE(::connect(fd, reinterpret_cast<sockaddr*>(&to), sizeof to) == 0);
+  // The child's server handshake: a header and its payload, read and set aside.
+  std::vector<char> head(caf::io::basp::header_size);
+  REQUIRE(read_exactly(fd, head.data(), head.size()));
+  caf::io::basp::header theirs;
+  caf::binary_deserializer source{sys, head};
+  REQUIRE_FALSE(source(theirs));
+  std::vector<char> rest(theirs.payload_len);
+  REQUIRE(read_exactly(fd, rest.data(), rest.size()));
+
+  std::vector<char> hello, exit_payload;
+  {
+    caf::binary_serializer sink{sys, hello};
+    REQUIRE_FALSE(sink(child_node));
+  }
+  {
+    caf::binary_serializer sink{sys, exit_payload};
+    std::vector<caf::strong_actor_ptr> stages;
+    auto msg = caf::make_message(caf::exit_msg{caf::actor_addr{}, caf::exit_reason::kill});
+    REQUIRE_FALSE(sink(stages, msg));
+  }
+  auto out = basp_frame(sys, caf::io::basp::message_type::client_handshake, 0,
+                        caf::invalid_actor_id, caf::invalid_actor_id, hello);
+  auto kill = basp_frame(sys, caf::io::basp::message_type::direct_message,
+                         caf::make_message_id().integer_value(), 1, guard.id(), exit_payload);
+  out.insert(out.end(), kill.begin(), kill.end());
+  REQUIRE(::send(fd, out.data(), out.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(out.size()));
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  ::close(fd);
+
+  std::tie(plain, guard) = counters_anew(peer);
+  REQUIRE(guard);
+  CHECK_MESSAGE(probe(*peer.self, guard, std::chrono::seconds(5)).has_value(),
+                "the guarded actor obeyed an exit sent over a connection claiming its node");
 }
 
 TEST_CASE("an actor bound to its peer takes nothing from a third process") {

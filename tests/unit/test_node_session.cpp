@@ -285,6 +285,48 @@ TEST_SUITE("node session") {
     for (const auto& w : spawned.workers) s.self->send_exit(w, caf::exit_reason::user_shutdown);
   }
 
+  TEST_CASE("a chunk request to a data server that died fails at once") {
+    // CAF bounces a request to a dead actor with an error that has no sender; a session
+    // dropped it as a stranger's and its node waited out the request's 120 s.
+    test::configured_system s;
+    const std::string mine(64, 'a');
+    auto data_server = s.sys.spawn([](caf::event_based_actor* self) -> caf::behavior {
+      self->set_default_handler(caf::drop);
+      return {[](chunk_atom, const std::string&) { return std::vector<uint8_t>{1}; }};
+    });
+    auto uplink = s.sys.spawn([](caf::event_based_actor* self) -> caf::behavior {
+      self->set_default_handler(caf::drop);
+      return {[](assign_atom, uint32_t, assignment& a) -> caf::result<assignment_result> {
+        return to_caf(error(errc::io_error, "not now: " + a.shard));
+      }};
+    });
+    auto sink = s.sys.spawn(sink_actor);
+    auto spawned = spawn_node_session(s.sys, {"n1", "node", "", 0, 1}, session_limits{}, uplink,
+                                      sink, data_server);
+    assignment a;
+    a.id = 9;
+    a.shard = mine;
+    s.self->request(spawned.workers.at(0), std::chrono::seconds(5), assign_atom::value, a)
+        .receive([](assignment_result&) {}, [](caf::error&) {});
+    s.self->monitor(data_server);
+    s.self->send_exit(data_server, caf::exit_reason::kill);
+    s.self->receive([](caf::down_msg&) {});
+    for (int i = 0; i < 2; ++i) {  // the second: the session took the first as the core's
+      bool failed = false, timed_out = false;
+      s.self->request(spawned.session, std::chrono::seconds(5), chunk_atom::value, mine)
+          .receive([](std::vector<uint8_t>&) {},
+                   [&](caf::error& e) {
+                     failed = true;
+                     timed_out = e == caf::sec::request_timeout;
+                   });
+      CHECK(failed);
+      CHECK_FALSE(timed_out);
+    }
+    for (const auto& x : {caf::actor_cast<caf::actor>(spawned.session), uplink, sink})
+      s.self->send_exit(x, caf::exit_reason::user_shutdown);
+    for (const auto& w : spawned.workers) s.self->send_exit(w, caf::exit_reason::user_shutdown);
+  }
+
   TEST_CASE("a node fetches only the data chunks its assignments named") {
     // Any digest was served: a node that learned one (an earlier assignment, a public set's)
     // could read other accounts' data sets.
