@@ -701,6 +701,20 @@ void assignment_failed(job_actor* self, uint64_t id, const caf::error& e) {
               "was refused by their kernels (" + it->second.slot.node_name + ": " +
                   err.message().substr(0, 200) + ")",
               std::chrono::minutes(1));
+  // Diverged there: freed at once with no cooldown, the node's slot (the cheapest, or the only
+  // one free) got the same shard back at the next acquire and said it again, and the round
+  // never closed. A GPU that gives NaN for everything, or a node that answers every assignment
+  // so, stalled the job. It is left out, as for any work that fails on one node.
+  bool diverged_at_fault = false;
+  if (it != st.pending.end() && err.code() == errc::non_finite) {
+    const auto& slot = it->second.slot;
+    // Its word is not the job's model's once the core tier computed the work, nor when its key
+    // says so twice in a round (it was left out after the first): the market cools it down.
+    diverged_at_fault = st.divergence_disproved || st.diverged.count(slot.public_key) != 0;
+    leave_out(st, it->second,
+              "diverged there (" + slot.node_name + ": " + err.message().substr(0, 200) + ")",
+              std::chrono::minutes(1));
+  }
   if (it != st.pending.end() && err.code() == errc::non_finite && !st.divergence_disproved) {
     const auto& slot = it->second.slot;
     st.diverged[slot.public_key] = err.message();
@@ -710,11 +724,12 @@ void assignment_failed(job_actor* self, uint64_t id, const caf::error& e) {
       if (!st.divergence_checking) check_divergence(self, it->second.work, err.message());
     }
   }
-  // Out of memory, past the deadline, diverged or refused by the kernels: the job's model and
-  // settings, not the node, as far as anyone else's job can tell. The market frees the slot
-  // for them.
-  const bool node_at_fault = !(ran_out_of_memory(err) || e == caf::sec::request_timeout ||
-                               err.code() == errc::non_finite || refused_by_kernels);
+  // Out of memory, past the deadline, diverged (believed) or refused by the kernels: the job's
+  // model and settings, not the node, as far as anyone else's job can tell. The market frees
+  // the slot for them.
+  const bool node_at_fault =
+      diverged_at_fault || !(ran_out_of_memory(err) || e == caf::sec::request_timeout ||
+                             err.code() == errc::non_finite || refused_by_kernels);
   fail_assignment(self, id, self->system().render(e), node_at_fault);
 }
 

@@ -21,6 +21,7 @@
 #include "gflex/runtime/job_spec.hpp"
 #include "gflex/runtime/update_codec.hpp"
 #include "job_fixture.hpp"
+#include "market.hpp"
 
 using namespace gflex;
 using namespace gflex::test;
@@ -563,6 +564,59 @@ caf::behavior late_market(caf::event_based_actor* self, caf::actor inner,
   };
 }
 
+// A market in front of `inner` (linked, it ends with it) that notes each release after a
+// failure: (caf::get_atom, release_atom) -> "<node>: the node's fault" or "<node>: not the
+// node's fault", in order.
+caf::behavior fault_noting_market(caf::event_based_actor* self, caf::actor inner) {
+  self->link_to(inner);
+  auto names = std::make_shared<std::map<caf::actor_addr, std::string>>();
+  auto failed = std::make_shared<std::vector<std::string>>();
+  return {
+      [=](acquire_atom a, const std::string& job, const std::string& workload, int64_t wanted,
+          uint8_t tier, int64_t max_price, double min_reputation,
+          const std::vector<std::string>& avoided) -> caf::result<acquire_reply> {
+        auto rp = self->make_response_promise<acquire_reply>();
+        self->request(inner, std::chrono::seconds(10), a, job, workload, wanted, tier, max_price,
+                      min_reputation, avoided)
+            .then(
+                [=](acquire_reply& r) mutable {
+                  for (const auto& s : r.slots) (*names)[s.worker.address()] = s.node_name;
+                  rp.deliver(std::move(r));
+                },
+                [=](caf::error& e) mutable { rp.deliver(e); });
+        return rp;
+      },
+      [=](release_atom a, const caf::actor& w) { self->send(inner, a, w); },
+      [=](release_atom a, const caf::actor& w, bool failed_there) {
+        self->send(inner, a, w, failed_there);
+      },
+      [=](release_atom a, const caf::actor& w, bool failed_there, bool node_at_fault) {
+        if (failed_there)
+          failed->push_back((*names)[w.address()] +
+                            (node_at_fault ? ": the node's fault" : ": not the node's fault"));
+        self->send(inner, a, w, failed_there, node_at_fault);
+      },
+      [=](caf::get_atom, release_atom) { return *failed; },
+  };
+}
+
+// The core's market (in `inner`), behind a late_market that offers nothing for 300 ms: the
+// job's acquires then see every slot that offer_to gives it meanwhile, not the first alone.
+void late_core_market(caf::actor_system& sys, job_links& links, caf::actor& inner) {
+  inner = spawn_market(sys, 0.0, std::chrono::milliseconds(0));
+  links.market = sys.spawn(late_market, inner,
+                           std::chrono::steady_clock::now() + std::chrono::milliseconds(300));
+}
+
+// Offers each of `slots` to `market` from its node, as the nodes' sessions do, each worker
+// as fast as the others.
+void offer_to(caf::scoped_actor& self, const caf::actor& market, std::vector<worker_slot> slots) {
+  for (auto& slot : slots) {
+    slot.throughput = 1.0;
+    self->send(market, offer_atom::value, slot.node_id, std::vector<worker_slot>{slot});
+  }
+}
+
 // A resumed_job's links: a funded keeper behind a slow_ledger that holds each settlement until
 // the test passes them on.
 void slow_settlements(caf::actor_system& sys, job_links& links) {
@@ -959,6 +1013,94 @@ TEST_SUITE("job caught nodes") {
       auto s = r.committed(3);
       REQUIRE(s.has_value());
       CHECK(s->state == job_state::running);
+    }
+  }
+
+  TEST_CASE("a node that says every assignment diverged is left out; an honest one computes it") {
+    // Its slot was freed at once, with no cooldown, and the market (cheapest first) gave it
+    // the same shard back at the next acquire: a GPU that gives NaN for everything, or a node
+    // that answers every assignment so, held the round open for good.
+    claims diverging;
+    diverging.diverges = true;
+    caf::actor market;
+    resumed_job r(6,
+                  {{"nan-gpu", node_tier::core, std::chrono::milliseconds(0), diverging, -1, 0},
+                   {"honest", node_tier::core, std::chrono::milliseconds(0), {}, -1, 1}},
+                  false,
+                  [&](caf::actor_system& sys, job_links& links) {
+                    late_core_market(sys, links, market);
+                  },
+                  // No backups: a backup of the shard, sent to the honest node now and then,
+                  // hid the stall (the shard went to nan-gpu 5,000 times in 10 s meanwhile).
+                  "[round]\nbackup_after = 0\n");
+    offer_to(r.f.self, market, r.slots);  // nan-gpu asks nothing: the cheapest
+    auto s = r.committed(3);
+    REQUIRE_MESSAGE(s.has_value(), "round 3 did not commit: nan-gpu got its shard back each time");
+    CHECK(s->state == job_state::running);
+    int64_t answered = -1;
+    r.f.self->request(r.slots[0].worker, std::chrono::seconds(10), caf::get_atom::value)
+        .receive([&](int64_t n) { answered = n; }, [&](caf::error& e) { FAIL(r.f.sys.render(e)); });
+    CHECK(answered == 1);  // left out of the job's acquires after it
+  }
+
+  TEST_CASE("a key's second word in a round that it diverged, or any once disproved, is its fault") {
+    // Believed or not, it was the job's model's fault: the market freed the slot at once, and
+    // a node saying it of every assignment lost nothing anywhere for it.
+    claims diverging;
+    diverging.diverges = true;
+    // The releases after a failure so far, once `enough` holds of them or after 5 s.
+    auto failures = [](resumed_job& r, auto enough) {
+      std::vector<std::string> out;
+      for (int tries = 0; tries < 50 && !enough(out); ++tries) {
+        if (tries > 0) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+        r.f.self->request(r.links.market, std::chrono::seconds(10), caf::get_atom::value,
+                          release_atom::value)
+            .receive([&](std::vector<std::string>& f) { out = std::move(f); },
+                     [&](caf::error& e) { FAIL(r.f.sys.render(e)); });
+      }
+      return out;
+    };
+    caf::actor market;
+    auto noting = [&](caf::actor_system& sys, job_links& links) {
+      late_core_market(sys, links, market);
+      links.market = sys.spawn(fault_noting_market, links.market);
+    };
+    {
+      // Two names on one key: the second is not believed to be another node's word.
+      resumed_job r(3,
+                    {{"a", node_tier::core, std::chrono::milliseconds(0), diverging},
+                     {"a2", node_tier::core, std::chrono::milliseconds(0), diverging, 0},
+                     {"c", node_tier::core, std::chrono::milliseconds(0), {}}},
+                    false, noting);
+      offer_to(r.f.self, market, r.slots);
+      auto f = failures(r, [](const std::vector<std::string>& f) { return f.size() >= 2; });
+      REQUIRE(f.size() >= 2);
+      CHECK_MESSAGE(f[0].ends_with(": not the node's fault"), f[0]);
+      CHECK_MESSAGE(f[1].ends_with(": the node's fault"), f[1]);
+    }
+    {
+      // The core tier computed what a, b and c said diverged; e says it after.
+      resumed_job r(
+          3,
+          {{"a", node_tier::community, std::chrono::milliseconds(0), diverging},
+           {"b", node_tier::community, std::chrono::milliseconds(0), diverging},
+           {"c", node_tier::community, std::chrono::milliseconds(0), diverging},
+           {"d", node_tier::community, std::chrono::milliseconds(0), {}},
+           {"e", node_tier::community, std::chrono::milliseconds(1000), diverging}},
+          false,
+          [&](caf::actor_system& sys, job_links& links) {
+            noting(sys, links);
+            links.verifier = sys.spawn(confirming_verifier);
+          },
+          "[round]\nbackup_after = 0\n");
+      offer_to(r.f.self, market, r.slots);
+      auto by_e = [](const std::string& x) { return x.starts_with("e: "); };
+      auto f = failures(r, [&](const std::vector<std::string>& f) {
+        return std::find_if(f.begin(), f.end(), by_e) != f.end();
+      });
+      auto e = std::find_if(f.begin(), f.end(), by_e);
+      REQUIRE(e != f.end());
+      CHECK_MESSAGE(*e == "e: the node's fault", *e);
     }
   }
 
