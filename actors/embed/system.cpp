@@ -346,6 +346,7 @@ int run_core(const core_config& given, const core_service_starter& start) {
     spdlog::error("{}", guards.error().message());
     return 1;
   }
+  if (config.standalone) refuse_third_party_nodes();
   caf::actor_system_config cfg;
   configure_actor_system(cfg);
   std::string link = "plain TCP";

@@ -7,6 +7,7 @@
 #include <caf/io/basp/instance.hpp>
 #include <caf/io/system_messages.hpp>
 #include <caf/message_id.hpp>
+#include <caf/proxy_registry.hpp>
 
 #include <atomic>
 #include <mutex>
@@ -22,6 +23,10 @@ namespace {
 std::atomic<uint64_t> refused{0};
 std::atomic<uint64_t> dropped{0};
 
+std::atomic<bool> third_parties_refused{false};
+// The BASP instance of this process (one middleman), once it has handled a message.
+std::atomic<caf::io::basp::instance*> basp_instance{nullptr};
+
 std::mutex guarded_mutex;
 std::unordered_set<caf::actor_id> guarded_ids;
 
@@ -33,6 +38,9 @@ bool is_guarded(caf::actor_id id) {
 // caf::io::basp::instance::handle(execution_unit*, new_data_msg&, header&, bool)
 constexpr const char* handle_symbol =
     "_ZN3caf2io4basp8instance6handleEPNS_14execution_unitERNS0_12new_data_msgERNS1_6headerEb";
+
+// caf::proxy_registry::get_or_put(const node_id&, actor_id)
+constexpr const char* get_or_put_symbol = "_ZN3caf14proxy_registry10get_or_putERKNS_7node_idEm";
 
 // How CAF 0.17 names the types of (link_atom or unlink_atom, strong_actor_ptr) on the wire.
 constexpr const char* link_message_types = "@<>+@atom+@strong_actor_ptr";
@@ -57,9 +65,15 @@ void forget_guarded_actor(caf::actor_id id) {
   guarded_ids.erase(id);
 }
 
+void refuse_third_party_nodes() {
+  third_parties_refused.store(true);
+}
+
 expected<void> routed_message_check_in_effect() {
-  return interposed_here(handle_symbol, reinterpret_cast<const void*>(&forged_sources_refused),
-                         "the checks of what peers send");
+  const auto* ours = reinterpret_cast<const void*>(&forged_sources_refused);
+  if (auto basp = interposed_here(handle_symbol, ours, "the checks of what peers send"); !basp)
+    return basp;
+  return interposed_here(get_or_put_symbol, ours, "the check of actor handles' nodes");
 }
 
 }  // namespace gflex
@@ -111,9 +125,11 @@ caf::io::basp::connection_state caf::io::basp::instance::handle(execution_unit* 
   using fn = connection_state (*)(instance*, execution_unit*, new_data_msg&, header&, bool);
   static fn real = reinterpret_cast<fn>(dlsym(RTLD_NEXT, gflex::handle_symbol));
   if (!is_payload || dm.buf.size() != hdr.payload_len) return real(this, ctx, dm, hdr, is_payload);
+  gflex::basp_instance.store(this);
   binary_deserializer payload{ctx, dm.buf};
   std::string why;
   verdict v = verdict::pass;
+  const bool star = gflex::third_parties_refused.load();
   switch (hdr.operation) {
     case message_type::client_handshake: {
       node_id source_node;
@@ -129,6 +145,10 @@ caf::io::basp::connection_state caf::io::basp::instance::handle(execution_unit* 
       if (source_node == this_node()) {
         why = "a message as this process's own actor " + std::to_string(hdr.source_actor);
         v = verdict::refuse;
+      } else if (star &&
+                 (source_node != tbl().lookup_direct(dm.handle) || dest_node != this_node())) {
+        why = "a message routed from or to another node";
+        v = verdict::refuse;
       } else if (dest_node == this_node()) {
         v = judge_local_message(payload, hdr, why);
       }
@@ -137,6 +157,16 @@ caf::io::basp::connection_state caf::io::basp::instance::handle(execution_unit* 
     case message_type::direct_message:
       v = judge_local_message(payload, hdr, why);
       break;
+    case message_type::monitor_message:
+    case message_type::down_message: {
+      node_id source_node, dest_node;
+      if (star && !payload(source_node, dest_node) &&
+          (source_node != tbl().lookup_direct(dm.handle) || dest_node != this_node())) {
+        why = "a monitor or down message from or to another node";
+        v = verdict::refuse;
+      }
+      break;
+    }
     default:
       break;
   }
@@ -150,4 +180,18 @@ caf::io::basp::connection_state caf::io::basp::instance::handle(execution_unit* 
     return connection_state::malformed_basp_message;
   }
   return real(this, ctx, dm, hdr, is_payload);
+}
+
+// A handle on a node this process has no connection to reads as none in a process that
+// refuses third parties (refuse_third_party_nodes); everything else goes on to CAF's
+// definition, which makes the proxy (and, for a node it did not know, a route and a helper
+// actor that nothing ever removes).
+caf::strong_actor_ptr caf::proxy_registry::get_or_put(const node_id& nid, actor_id aid) {
+  using fn = strong_actor_ptr (*)(proxy_registry*, const node_id&, actor_id);
+  static fn real = reinterpret_cast<fn>(dlsym(RTLD_NEXT, gflex::get_or_put_symbol));
+  if (gflex::third_parties_refused.load() && nid != none) {
+    auto* basp = gflex::basp_instance.load();
+    if (basp == nullptr || !basp->tbl().lookup_direct(nid)) return nullptr;
+  }
+  return real(this, nid, aid);
 }

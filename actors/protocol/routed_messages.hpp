@@ -43,6 +43,14 @@ uint64_t anonymous_responses_dropped();
 void note_guarded_actor(caf::actor_id id);
 void forget_guarded_actor(caf::actor_id id);
 
+/// From now on this process speaks only with its own peers and routes for no one (a
+/// standalone core: every node, client and other core connects to it directly). A peer's
+/// routed, monitor or down message naming another node as its source, or one for another
+/// node, closes its connection, and an actor handle on a node this process has no
+/// connection to reads as none: each such made-up node id had BASP keep a route, a proxy
+/// and a helper actor for good (a peer could grow the core's memory without bound).
+void refuse_third_party_nodes();
+
 /// Whether the checks are in effect in this process (interposition.hpp). run_core, run_node
 /// and client::connect refuse to start without them.
 expected<void> routed_message_check_in_effect();

@@ -351,6 +351,7 @@ int main(int argc, char** argv) {
   if (!address) return 2;
   config.host = address->host;
   config.port = address->port;
+  config.standalone = true;
   if (int code = gflex::app::serve_metrics(metrics_listen); code != 0) return code;
   if (http_listen.empty()) return gflex::run_core(config);
   auto where = gflex::app::parse_host_port(http_listen, "--http-listen");

@@ -8,9 +8,11 @@
 #include <doctest/doctest.h>
 
 #include <arpa/inet.h>
+#include <errno.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -95,7 +97,8 @@ caf::behavior plain_asker(caf::event_based_actor* self, caf::actor quiet) {
 // answers (probe_atom, int) with a plain and a guarded counter; (probe_atom, int, int) with a
 // guarded and a plain asker, a guarded counter bound to no peer and one bound to the asking
 // process; (caf::get_atom) with how many strangers' messages the one bound to none dropped.
-[[noreturn]] void serve(int ready_fd) {
+[[noreturn]] void serve(int ready_fd, bool standalone) {
+  if (standalone) gflex::refuse_third_party_nodes();
   caf::actor_system_config cfg;
   configure_actor_system(cfg);
   cfg.load<caf::io::middleman>();
@@ -111,8 +114,13 @@ caf::behavior plain_asker(caf::event_based_actor* self, caf::actor quiet) {
     return static_cast<guarded_counter_actor*>(caf::actor_cast<caf::abstract_actor*>(a));
   };
   counter_of(elsewhere)->bind_peer(caf::node_id{});
+  auto handles_seen = std::make_shared<int>(0);
   auto door = sys.spawn([=](caf::event_based_actor* self) -> caf::behavior {
     return {
+        [=](probe_atom, const caf::actor& handle, bool) {
+          if (handle) ++*handles_seen;
+        },
+        [=](caf::get_atom, int) { return *handles_seen; },
         [=](probe_atom, int) { return caf::make_message(plain, guard); },
         [=](probe_atom, int, int) {
           counter_of(here)->bind_peer(self->current_sender()->node());
@@ -131,7 +139,7 @@ caf::behavior plain_asker(caf::event_based_actor* self, caf::actor quiet) {
 struct served_child {
   pid_t pid = -1;
   uint16_t port = 0;
-  served_child() {
+  explicit served_child(bool standalone = false) {
     int fds[2];
     REQUIRE(::pipe(fds) == 0);
     std::fflush(nullptr);  // the child must not print what this process has buffered
@@ -139,7 +147,7 @@ struct served_child {
     REQUIRE(pid >= 0);
     if (pid == 0) {
       ::close(fds[0]);
-      serve(fds[1]);
+      serve(fds[1], standalone);
     }
     ::close(fds[1]);
     const bool read_ok = ::read(fds[0], &port, sizeof port) == static_cast<ssize_t>(sizeof port);
@@ -405,7 +413,133 @@ bool read_exactly(int fd, char* at, size_t n) {
   return true;
 }
 
+// A TCP connection to a served child on `port`, its server handshake read and set aside.
+int raw_connection(caf::actor_system& sys, uint16_t port) {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  REQUIRE(fd >= 0);
+  sockaddr_in to{};
+  to.sin_family = AF_INET;
+  to.sin_port = htons(port);
+  to.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  REQUIRE(::connect(fd, reinterpret_cast<sockaddr*>(&to), sizeof to) == 0);
+  std::vector<char> head(caf::io::basp::header_size);
+  REQUIRE(read_exactly(fd, head.data(), head.size()));
+  caf::io::basp::header theirs;
+  caf::binary_deserializer source{sys, head};
+  REQUIRE_FALSE(source(theirs));
+  std::vector<char> rest(theirs.payload_len);
+  REQUIRE(read_exactly(fd, rest.data(), rest.size()));
+  return fd;
+}
+
+// A node id no process has (`n` tells them apart).
+caf::node_id made_up_node(uint8_t n) {
+  caf::node_id::default_data::host_id_type host;
+  host.fill(n);
+  return caf::make_node_id(4242, host);
+}
+
+// Whether the peer at the other end of `fd` closes it within `wait` (what it sends meanwhile
+// is read and set aside).
+bool closed_by_peer(int fd, std::chrono::milliseconds wait) {
+  timeval tv{};
+  tv.tv_sec = static_cast<time_t>(wait.count() / 1000);
+  tv.tv_usec = static_cast<suseconds_t>((wait.count() % 1000) * 1000);
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  char buf[4096];
+  for (;;) {
+    const ssize_t got = ::recv(fd, buf, sizeof buf, 0);
+    if (got == 0) return true;
+    if (got < 0) return errno == ECONNRESET;
+  }
+}
+
+// Sends a raw client handshake as `self_node` over `fd`, then `frames`.
+void send_raw(caf::actor_system& sys, int fd, const caf::node_id& self_node,
+              const std::vector<std::vector<char>>& frames) {
+  std::vector<char> hello;
+  {
+    caf::binary_serializer sink{sys, hello};
+    REQUIRE_FALSE(sink(self_node));
+  }
+  auto out = basp_frame(sys, caf::io::basp::message_type::client_handshake, 0,
+                        caf::invalid_actor_id, caf::invalid_actor_id, hello);
+  for (const auto& f : frames) out.insert(out.end(), f.begin(), f.end());
+  REQUIRE(::send(fd, out.data(), out.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(out.size()));
+}
+
 }  // namespace
+
+TEST_CASE("a standalone process cuts off a peer that speaks for another node") {
+  // Each made-up node id a peer names (as a routed message's source, in a monitor message, in
+  // an actor handle) had BASP keep a route, a proxy and a helper actor for good. A standalone
+  // core talks only with its own peers; any other process routes (the control case).
+  for (const bool standalone : {false, true}) {
+    CAPTURE(standalone);
+    served_child child{standalone};
+    REQUIRE(child.port != 0);
+    caf::actor_system_config cfg;
+    configure_actor_system(cfg);
+    cfg.load<caf::io::middleman>();
+    caf::actor_system sys{cfg};
+    caf::scoped_actor self{sys};
+    auto door = sys.middleman().remote_actor("127.0.0.1", child.port);
+    REQUIRE_MESSAGE(static_cast<bool>(door), sys.render(door.error()));
+    const caf::node_id child_node = door->node();
+    // A routed message from a made-up node, to the door.
+    std::vector<char> routed;
+    {
+      caf::binary_serializer sink{sys, routed};
+      std::vector<caf::strong_actor_ptr> stages;
+      auto msg = caf::make_message(caf::get_atom::value);
+      REQUIRE_FALSE(sink(made_up_node(7), child_node, stages, msg));
+    }
+    const int fd = raw_connection(sys, child.port);
+    send_raw(sys, fd, made_up_node(1),
+             {basp_frame(sys, caf::io::basp::message_type::routed_message,
+                         caf::make_message_id().integer_value(), 5, door->id(), routed)});
+    const bool routed_closed = closed_by_peer(fd, std::chrono::milliseconds(1500));
+    ::close(fd);
+    // A monitor message from a made-up node.
+    std::vector<char> monitor;
+    {
+      caf::binary_serializer sink{sys, monitor};
+      REQUIRE_FALSE(sink(made_up_node(8), child_node));
+    }
+    const int fd2 = raw_connection(sys, child.port);
+    send_raw(sys, fd2, made_up_node(2),
+             {basp_frame(sys, caf::io::basp::message_type::monitor_message, 0,
+                         caf::invalid_actor_id, door->id(), monitor)});
+    const bool monitor_closed = closed_by_peer(fd2, std::chrono::milliseconds(1500));
+    ::close(fd2);
+    // An actor handle on a node the child has no connection to (an actor of another actor
+    // system of this process, which never connected to it).
+    caf::actor_system_config other_cfg;
+    configure_actor_system(other_cfg);
+    caf::actor_system other{other_cfg};
+    auto elsewhere = other.spawn(plain_counter);
+    std::vector<char> handle;
+    {
+      caf::binary_serializer sink{other, handle};
+      std::vector<caf::strong_actor_ptr> stages;
+      auto msg = caf::make_message(probe_atom::value, elsewhere, true);
+      REQUIRE_FALSE(sink(stages, msg));
+    }
+    const int fd3 = raw_connection(sys, child.port);
+    send_raw(sys, fd3, made_up_node(3),
+             {basp_frame(sys, caf::io::basp::message_type::direct_message,
+                         caf::make_message_id().integer_value(), 6, door->id(), handle)});
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    ::close(fd3);
+    int seen = -1;
+    self->request(*door, std::chrono::seconds(5), caf::get_atom::value, 0)
+        .receive([&](int n) { seen = n; }, [&](caf::error& e) { FAIL(sys.render(e)); });
+    anon_send_exit(elsewhere, caf::exit_reason::user_shutdown);
+    CHECK(routed_closed == standalone);
+    CHECK(monitor_closed == standalone);
+    CHECK(seen == (standalone ? 0 : 1));
+  }
+}
 
 TEST_CASE("a peer that names the served process's own node in its handshake is cut off") {
   // The child sends its node id in its handshake; a peer that sends it back made BASP take
@@ -417,39 +551,17 @@ TEST_CASE("a peer that names the served process's own node in its handshake is c
   REQUIRE(guard);
   const caf::node_id child_node = guard.node();
 
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  REQUIRE(fd >= 0);
-  sockaddr_in to{};
-  to.sin_family = AF_INET;
-  to.sin_port = htons(peer.child.port);
-  to.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  REQUIRE(::connect(fd, reinterpret_cast<sockaddr*>(&to), sizeof to) == 0);
-  // The child's server handshake: a header and its payload, read and set aside.
-  std::vector<char> head(caf::io::basp::header_size);
-  REQUIRE(read_exactly(fd, head.data(), head.size()));
-  caf::io::basp::header theirs;
-  caf::binary_deserializer source{sys, head};
-  REQUIRE_FALSE(source(theirs));
-  std::vector<char> rest(theirs.payload_len);
-  REQUIRE(read_exactly(fd, rest.data(), rest.size()));
-
-  std::vector<char> hello, exit_payload;
-  {
-    caf::binary_serializer sink{sys, hello};
-    REQUIRE_FALSE(sink(child_node));
-  }
+  const int fd = raw_connection(sys, peer.child.port);
+  std::vector<char> exit_payload;
   {
     caf::binary_serializer sink{sys, exit_payload};
     std::vector<caf::strong_actor_ptr> stages;
     auto msg = caf::make_message(caf::exit_msg{caf::actor_addr{}, caf::exit_reason::kill});
     REQUIRE_FALSE(sink(stages, msg));
   }
-  auto out = basp_frame(sys, caf::io::basp::message_type::client_handshake, 0,
-                        caf::invalid_actor_id, caf::invalid_actor_id, hello);
-  auto kill = basp_frame(sys, caf::io::basp::message_type::direct_message,
-                         caf::make_message_id().integer_value(), 1, guard.id(), exit_payload);
-  out.insert(out.end(), kill.begin(), kill.end());
-  REQUIRE(::send(fd, out.data(), out.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(out.size()));
+  send_raw(sys, fd, child_node,
+           {basp_frame(sys, caf::io::basp::message_type::direct_message,
+                       caf::make_message_id().integer_value(), 1, guard.id(), exit_payload)});
   std::this_thread::sleep_for(std::chrono::milliseconds(500));
   ::close(fd);
 

@@ -57,6 +57,11 @@ struct core_config {
   /// The operator's API key (`gflex-core init` writes it to DATA_DIR/operator.key; run_core
   /// reads it from there). Empty: no key is the operator's.
   std::string operator_key;
+  /// The process is the core and nothing else (gflex-core): it routes no messages between
+  /// other processes, so a peer's message naming another node as its source, and an actor
+  /// handle on a node it has no connection to, are refused below CAF (docs/SECURITY.md). Not
+  /// for a process that also hosts a pipeline's workers, whose messages it routes.
+  bool standalone = false;
   /// Serve plain TCP instead of TLS (run_core logs a warning). Without it, run_core serves
   /// TLS with the credentials `gflex-core init` made in the data directory.
   bool insecure = false;
