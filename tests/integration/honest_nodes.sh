@@ -1,15 +1,31 @@
 #!/usr/bin/env bash
 # Trust must never condemn the honest. The shipped fashion-mlp spec changed only to
-# `workers = 4`, on four honest core-tier nodes (real processes over TLS): late in training
-# honest updates are nearly orthogonal, and a fixed direction bound once flagged every node in
-# turn (round 26) and stalled the job. It must finish all 30 rounds, flag nobody, and reach
-# the accuracy the shipped job reaches (>= 0.88).
+# `workers = 4`, on four honest community nodes and one core-tier node that verifies them (real
+# processes over TLS): late in training honest updates are nearly orthogonal, and a fixed
+# direction bound once flagged every node in turn (round 26) and stalled the job. It must
+# finish all 30 rounds, flag nobody, verify some results by re-computation, and reach the
+# accuracy the shipped job reaches (>= 0.88). Community nodes, not core-tier ones: a core-tier
+# node's results are neither screened out nor re-computed, so only these can be condemned.
 source "$(dirname "$0")/lib.sh"
 G="$BIN/gflex"
 
 shipped_spec 4 "$WORK/job.toml"
-start_cluster 4
-submit_job job "$WORK/job.toml"
+start_cluster 0
+# The verifier re-computes with another OpenBLAS kernel than the community nodes where it
+# can (as hybrid_cheats.sh does): honest work is checked on other arithmetic.
+verifier_env=()
+if grep -qw avx2 /proc/cpuinfo; then
+  verifier_env=(env OPENBLAS_CORETYPE=Haswell)
+else
+  echo "skipped: re-computation on another kernel (no AVX2 here): the verifier computes as the others do"
+fi
+start core1 "${verifier_env[@]}" "$BIN/gflex-node" --join "$core" --name core1 \
+  --data-dir "$WORK/core1" --tier core --token "$TOKEN_core"
+for i in 1 2 3 4; do
+  start "node$i" "$BIN/gflex-node" --join "$core" --name "node$i" --data-dir "$WORK/node$i"
+done
+wait_for 30 "5 nodes to join" bash -c "[ \$('$G' nodes --core $core | wc -l) -eq 5 ]"
+submit_job job "$WORK/job.toml" 330
 "$G" nodes --core "$core"
 python3 - "$WORK/job.json" "$WORK/job-nodes.json" <<'PY' || fail "the four honest nodes' job"
 import json, os, sys
@@ -24,8 +40,9 @@ check(job["rejected_results"] == 0, f"no result rejected ({job['rejected_results
 for n in nodes:
     check(not n["flagged"] and n["rejected"] == 0, f"{n['name']} not flagged")
 check(sum(n["validated"] for n in nodes) == 120, "120 results credited (30 rounds x 4)")
-print(f"{job['screened_results']} result(s) did not look typical of their round and were "
-      "used as they were (core tier)")
+check(job["verified_results"] >= 1, f"{job['verified_results']} results re-computed and matched")
+print(f"{job['screened_results']} result(s) looked atypical, {job['rollbacks']} round(s) rolled "
+      f"back; re-computation {job['recompute_s']:.1f} s against {job['compute_s']:.1f} s of work")
 finish()
 PY
 finish
