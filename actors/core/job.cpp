@@ -2209,10 +2209,19 @@ caf::behavior job_behavior(job_actor* self, job_start start, job_links links) {
         if (self->current_sender() !=
             caf::actor_cast<caf::strong_actor_ptr>(self->state.links.supervisor))
           return to_caf(error(errc::invalid_argument, "only the job supervisor cancels a job"));
-        if (self->state.finished) return caf::ok_atom::value;  // ending already
+        auto& st = self->state;
+        if (st.ended_and_recorded) return caf::ok_atom::value;
+        // Ending already, it may still wait for a round's commit, its hold or an interrupted
+        // run's escrow before its end is written: acknowledged at once, a second cancel said
+        // "cancelled" of a job that a core stopped meanwhile resumed.
         auto rp = self->make_response_promise<caf::ok_atom>();
-        self->state.end_waiters.push_back(rp);
-        finish(self, job_state::cancelled, "cancelled by its owner");
+        st.end_waiters.push_back(rp);
+        // A job started only to end cancelled (it waited for its checkpoint or data sets)
+        // keeps the words it was started with.
+        const bool started_to_cancel =
+            !st.job.end_with.empty() && st.job.end_state == job_state::cancelled;
+        finish(self, job_state::cancelled,
+               started_to_cancel ? st.job.end_with : "cancelled by its owner");
         return rp;
       },
       [=](status_atom) -> job_status { return self->state.job.status; },

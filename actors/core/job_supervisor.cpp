@@ -1332,7 +1332,9 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links) {
                           "cancelled while it waited: " + entry->status.detail};
           start.end_state = job_state::cancelled;
           start_job(self, std::move(start));
-          return caf::ok_atom::value;
+          // Answered by that actor once the end is recorded, as a running job's cancel is: "ok"
+          // at once was said of a job whose record still said running (its escrow not back,
+          // its write failing), which a core stopped meanwhile resumed.
         }
         if (!entry->actor)
           return to_caf(error(errc::unavailable, "job '" + id + "' is being started (its " +

@@ -65,6 +65,28 @@ job_status waiting_for_the_ledger(job_fixture& f) {
       10);
 }
 
+// job-1's state as the store's record says it; nullopt if it cannot be read or decoded.
+std::optional<job_status> recorded(job_fixture& f) {
+  std::optional<job_status> out;
+  f.self->request(f.store, f.wait, read_atom::value, job_record_key("job-1"))
+      .receive(
+          [&](bool, std::vector<uint8_t>& v) {
+            if (auto r = decode_job_record(v)) out = r->second;
+          },
+          [&](caf::error& e) { FAIL(f.sys.render(e)); });
+  return out;
+}
+
+// The job's status once its checkpoint is known to be unreadable, within 5 s.
+job_status waiting_for_its_checkpoint(job_fixture& f) {
+  // Awaited by its words: a slow machine shows the data sets' loading first.
+  return f.await(
+      [](const job_status& s) {
+        return s.detail.find("waiting: its checkpoint cannot be read: ") == 0;
+      },
+      5);
+}
+
 }  // namespace
 
 TEST_SUITE("job cancel") {
@@ -136,6 +158,86 @@ TEST_SUITE("job cancel") {
     auto balance = [&](const std::string& account) { return balance_of(f, keeper, account); };
     CHECK(balance("escrow/job-1") == 0);
     CHECK(balance("user/alice") == 100'000'000);
+  }
+
+  TEST_CASE("a second cancel while the end waits for its round is acknowledged once recorded") {
+    // The job ended at the first, and waited for its round's hold before writing its end: the
+    // second was answered "ok" at once, its record still saying running, and a core stopped
+    // then resumed the job.
+    auto st = stored_job(2, metered_spec);
+    job_fixture f(st, {}, [](job_fixture& f) {
+      auto keeper = funded_keeper(f);
+      return f.sys.spawn(slow_ledger, keeper, true);
+    });
+    int64_t waiting = 0;
+    for (int tries = 0; tries < 100 && waiting == 0; ++tries) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      f.self->request(f.keeper, f.wait, caf::get_atom::value)
+          .receive([&](int64_t n) { waiting = n; }, [&](caf::error& e) { FAIL(f.sys.render(e)); });
+    }
+    REQUIRE(waiting == 1);  // the round's hold is on its way
+    auto first =
+        f.self->request(f.supervisor, f.wait, cancel_atom::value, f.alice, std::string("job-1"));
+    auto second =
+        f.self->request(f.supervisor, f.wait, cancel_atom::value, f.alice, std::string("job-1"));
+    // The hold is booked in 0.5 s; the end is written after it.
+    f.self->delayed_send(f.keeper, std::chrono::milliseconds(500), caf::put_atom::value);
+    second.receive([](caf::ok_atom) {}, [&](caf::error& e) { FAIL(f.sys.render(e)); });
+    auto record = recorded(f);
+    REQUIRE(record.has_value());
+    CHECK_MESSAGE(record->state == job_state::cancelled,
+                  "acknowledged while the record said " << std::string(to_string(record->state)));
+    first.receive([](caf::ok_atom) {}, [&](caf::error& e) { FAIL(f.sys.render(e)); });
+  }
+
+  TEST_CASE("a job cancelled while it waits for its checkpoint is acknowledged once recorded") {
+    // Started only to end, it was acknowledged at once: its end record not written yet (or
+    // failing), a core stopped meanwhile resumed it.
+    auto st = stored_job();
+    st.unreadable.insert(job_checkpoint_key("job-1"));
+    job_fixture f(st);
+    auto s = waiting_for_its_checkpoint(f);
+    REQUIRE_MESSAGE(s.detail.find("waiting: its checkpoint cannot be read: ") == 0, s.detail);
+    f.self->send(f.store, caf::put_atom::value, job_record_key("job-1"), 2);  // two writes fail
+    std::string refused;
+    f.self->request(f.supervisor, f.wait, cancel_atom::value, f.alice, std::string("job-1"))
+        .receive([&](caf::ok_atom) { refused = "acknowledged"; },
+                 [&](caf::error& e) { refused = f.sys.render(e); });
+    CHECK_MESSAGE(refused.find("its end is not recorded yet") != std::string::npos, refused);
+    // Written again after 1 s (failing), then after 2 s more.
+    std::optional<job_status> record;
+    for (int tries = 0; tries < 100 && !(record && record->state == job_state::cancelled);
+         ++tries) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      record = recorded(f);
+    }
+    REQUIRE(record.has_value());
+    CHECK(record->state == job_state::cancelled);
+    CHECK_MESSAGE(record->detail.find("cancelled while it waited: waiting: its checkpoint") == 0,
+                  record->detail);
+  }
+
+  TEST_CASE("a metered job cancelled while it waits for its checkpoint returns its escrow first") {
+    // Its interrupted run's escrow is asked back before its end is written (the ledger fails
+    // the first ask): the cancel is acknowledged after both, with the words of why it waited.
+    auto st = stored_job(2, metered_spec);
+    st.unreadable.insert(job_checkpoint_key("job-1"));
+    job_fixture f(st, {}, interrupted_run_ledger);
+    auto s = waiting_for_its_checkpoint(f);
+    REQUIRE_MESSAGE(s.detail.find("waiting: its checkpoint cannot be read: ") == 0, s.detail);
+    caf::actor keeper;  // held after the fixture: a handle outliving its system hangs its end
+    f.self->request(f.keeper, f.wait, caf::get_atom::value, caf::get_atom::value)
+        .receive([&](caf::actor& k) { keeper = k; }, [&](caf::error& e) { FAIL(f.sys.render(e)); });
+    f.self->request(f.supervisor, f.wait, cancel_atom::value, f.alice, std::string("job-1"))
+        .receive([](caf::ok_atom) {}, [&](caf::error& e) { FAIL(f.sys.render(e)); });
+    auto record = recorded(f);
+    REQUIRE(record.has_value());
+    CHECK_MESSAGE(record->state == job_state::cancelled,
+                  "acknowledged while the record said " << std::string(to_string(record->state)));
+    CHECK_MESSAGE(record->detail.find("cancelled while it waited: waiting: its checkpoint") == 0,
+                  record->detail);
+    CHECK(balance_of(f, keeper, "escrow/job-1") == 0);
+    CHECK(balance_of(f, keeper, "user/alice") == 100'000'000);
   }
 
   TEST_CASE("a job cancelled while its interrupted run's escrow is not back yet returns it") {
