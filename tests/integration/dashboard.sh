@@ -168,6 +168,13 @@ PY
   else
     echo "ok: without a key the page asks for one"
   fi
+  # A link whose key is not valid percent-encoding: the page says so and asks for a key
+  # (decoding it threw, and the page stayed blank).
+  "${chrome[@]}" --dump-dom "http://$dash/#key=%" >"$WORK/badkey.html" 2>"$WORK/chromium.err" ||
+    fail "chromium --dump-dom with a malformed key"
+  grep -q "the key in the link is malformed" "$WORK/badkey.html" &&
+    echo "ok: a malformed key in the link is named, and the page asks for one" ||
+    fail "a malformed key in the link: $(grep -o '<p id="login-error"[^<]*' "$WORK/badkey.html")"
 fi
 
 # -- refused starts ---------------------------------------------------------------------------
