@@ -9,6 +9,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <charconv>
 #include <stdexcept>
 
@@ -122,29 +123,82 @@ struct etcd_client::impl {
   std::vector<endpoint> endpoints;
   size_t current = 0;  // the member the last request reached
 
+  // A member's answer: its status, or 0 and the error of a request that got none.
+  struct answer {
+    int status = 0;
+    std::string body;
+    httplib::Error error = httplib::Error::Success;
+  };
+
+  // POSTs `text` to `path` on member `e`. etcd's gateway sends every error answer chunked,
+  // with a trailer (Grpc-Trailer-Content-Type), and cpp-httplib 0.11 reads no trailer: it
+  // fails the request (Error::Read) after the whole body has come. Such an answer is read
+  // here all the same, where its status line came and its body is a whole JSON object (no
+  // cut-short object is one). Before, no refusal of etcd's reached the caller: a full space
+  // quota's 429 on every write was "no etcd member answered", an answer lost.
+  static answer send(endpoint& e, const char* path, const std::string& text) {
+    httplib::Request req;
+    req.method = "POST";
+    req.path = path;
+    req.body = text;
+    req.headers = {{"Content-Type", "application/json"}};
+    answer a;
+    req.content_receiver = [&a](const char* data, size_t n, uint64_t, uint64_t) {
+      a.body.append(data, n);
+      return true;
+    };
+    httplib::Response res;
+    if (e.http->send(req, res, a.error)) {
+      a.status = res.status;
+      return a;
+    }
+    if (a.error == httplib::Error::Read && res.status > 0 &&
+        json::parse(a.body, nullptr, false).is_object()) {
+      a.status = res.status;
+      a.error = httplib::Error::Success;
+      return a;
+    }
+    a.body.clear();
+    return a;
+  }
+
   // POSTs `body` to `path` on the current member, moving on to the next when one cannot be
-  // reached or answers 5xx; etcd's own errors (4xx, with a message) are returned as they are.
+  // reached or answers 5xx or 408; etcd's own refusals (another 4xx, with a message) are
+  // returned as they are, as errc::store_error: nothing of the request was applied. Unless a
+  // member asked before may have applied it: its answer was lost (a read timeout, a reset
+  // connection) or was a 5xx or a 408 (gRPC's Canceled: etcd may apply a proposal whose
+  // request was cancelled). A transaction's caller settles a failure it cannot be sure of,
+  // and goes by a refusal: that one is errc::unavailable.
   expected<json> post(const char* path, const json& body) {
     const std::string text = body.dump();
     std::string last;
+    bool maybe_applied = false;
     for (size_t tried = 0; tried < endpoints.size(); ++tried) {
       auto& e = endpoints[current];
-      auto r = e.http->Post(path, text, "application/json");
-      if (r && r->status == 200) {
-        auto parsed = json::parse(r->body, nullptr, false);
+      const answer r = send(e, path, text);
+      if (r.status == 200) {
+        auto parsed = json::parse(r.body, nullptr, false);
         if (parsed.is_discarded() || !parsed.is_object())
           return error(errc::malformed_message,
                        std::string("etcd answered ") + path + " with something that is not JSON");
         return parsed;
       }
-      if (r && r->status < 500) {
-        auto parsed = json::parse(r->body, nullptr, false);
+      if (r.status > 0 && r.status < 500 && r.status != 408) {
+        auto parsed = json::parse(r.body, nullptr, false);
         auto m = parsed.is_object() ? parsed.find("message") : parsed.end();
-        std::string message = m != parsed.end() && m->is_string() ? m->get<std::string>() : r->body;
+        std::string message = m != parsed.end() && m->is_string() ? m->get<std::string>() : r.body;
+        if (maybe_applied)
+          return error(errc::unavailable, "etcd refused " + std::string(path) + ": " + message +
+                                              ", after " + last +
+                                              " (that member may have applied it)");
         return error(errc::store_error, "etcd refused " + std::string(path) + ": " + message);
       }
+      // A member never reached (no connection made) cannot have applied anything.
+      if (r.status > 0 ||
+          (r.error != httplib::Error::Connection && r.error != httplib::Error::ConnectionTimeout))
+        maybe_applied = true;
       last = e.host + ":" + std::to_string(e.port) + ": " +
-             (r ? "HTTP " + std::to_string(r->status) : httplib::to_string(r.error()));
+             (r.status > 0 ? "HTTP " + std::to_string(r.status) : httplib::to_string(r.error));
       current = (current + 1) % endpoints.size();
     }
     return error(errc::unavailable, "no etcd member answered (last: " + last + ")");

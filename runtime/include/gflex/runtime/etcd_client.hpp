@@ -49,6 +49,14 @@ struct etcd_txn_result {
   int64_t revision = 0;  ///< the store's revision after the transaction
 };
 
+/// The client's requests fail with
+/// - errc::store_error where etcd refused the request outright (an HTTP 4xx answer other
+///   than 408, as "mvcc: database space exceeded" while its space quota is full), and no
+///   member asked before may have applied it: nothing of it was applied, and it never will be;
+/// - errc::unavailable where no member answered, or where one that may have applied it did
+///   not answer in time or answered 5xx or 408: a write may have been applied, or may be
+///   later;
+/// - errc::malformed_message where an answer could not be read.
 class etcd_client {
  public:
   /// A client of the members at `endpoints` ("host:port,host:port,..."); nothing is
