@@ -19,6 +19,7 @@
 #include "gflex/runtime/digest.hpp"
 #include "gflex/runtime/etcd_client.hpp"
 #include "gflex/runtime/http_server.hpp"
+#include "gflex/runtime/log_throttle.hpp"
 
 namespace gflex {
 
@@ -199,6 +200,8 @@ struct replicated_store::impl {
   // lost can land later only before the next one: see settle_lost_commit.
   std::optional<int64_t> writer_revision;
   uint64_t commits_sent = 0;  // under etcd_mutex: makes each commit's writer record unique
+  // Under etcd_mutex: commits etcd refuses come at the rate of the rounds; one line in 30 s.
+  log_throttle refusals_logged{1, std::chrono::seconds(30)};
   int64_t compacted_to = 0;   // under etcd_mutex: the last compaction's
   // The chunks of the commit in flight (written and being pushed, not yet named): the
   // garbage collection spares them, and their temporary files.
@@ -660,6 +663,22 @@ struct replicated_store::impl {
         {std::string(leader_key), etcd_compare::target::mod_revision, fence, {}},
         {std::string(writer_key), etcd_compare::target::mod_revision, before, {}}};
     auto r = etcd->txn(compares, ops);
+    if (!r && r.error().code() == errc::store_error) {
+      // etcd refused it outright (an HTTP 4xx: its space quota is full, say): nothing of it
+      // was written, and it can never land, so there is nothing to settle (a barrier would
+      // be refused as well) and /gflex/writer keeps its revision. The store answers at once,
+      // and is the leader still: no other core could commit either.
+      uint64_t held_back = 0;
+      if (refusals_logged.allow(clock_type::now(), held_back))
+        spdlog::error(
+            "replication: etcd refuses the commits of core {}, and nothing of them is "
+            "written: {}{}",
+            config.core_id, r.error().message(),
+            held_back == 0 ? ""
+                           : " (" + std::to_string(held_back) + " more since the last line)");
+      return error(errc::store_error,
+                   "etcd refused the commit; nothing of it was written: " + r.error().message());
+    }
     if (!r) return settle_lost_commit(mark, fence, before, r.error());
     if (r->succeeded) writer_revision = r->revision;
     if (r->succeeded && r->revision - compacted_to > 2 * config.kept_revisions) {
@@ -710,15 +729,34 @@ struct replicated_store::impl {
   // ledger then gave the same sequence number to two entries, and a round could be paid
   // twice. Made definite here before the caller hears anything: either it landed (the writer
   // holds `mark`), or a barrier (a write of the writer alone, under the same compares) took
-  // the revision first, and it can never land. Under etcd_mutex; gives up only with the
-  // leadership (the lease's watch ends it at the lease's deadline).
+  // the revision first, and it can never land. Under etcd_mutex, so the store answers
+  // nothing else meanwhile: a barrier that fails is sent again after a pause (0.1 s,
+  // doubling to 1 s), and the whole is given up, with the leadership, after twice the
+  // lease's TTL (see give_up_leadership). etcd refusing every barrier (its space quota full
+  // after the commit's answer was lost) held the leader here for good, without a pause: its
+  // lease renewed, no other core could lead, and every job stalled.
   expected<void> settle_lost_commit(const std::string& mark, int64_t fence, int64_t before,
                                     const error& lost) {
     const std::string barrier_prefix = mark + " barrier ";
+    const auto began = clock_type::now();
+    const auto limit = std::chrono::seconds(2 * config.lease_ttl_s);
+    auto pause = std::chrono::milliseconds(100);
+    auto wait = [&] {
+      std::this_thread::sleep_for(pause);
+      pause = std::min(2 * pause, std::chrono::milliseconds(1000));
+    };
+    std::optional<error> last;  // the last barrier's or read's failure
+    bool fence_moved = false;   // a barrier was answered, its compares failing
     for (int barrier = 1; leading && !stopping;) {
+      if (clock_type::now() - began > limit)
+        return give_up_leadership(
+            "a commit whose answer was lost (" + lost.message() + ") is not settled after " +
+            std::to_string(limit.count()) + " s (" +
+            (last ? last->message() : std::string("no barrier was answered")) + ")");
       auto kvs = etcd->range(writer_key, false);
       if (!kvs) {
-        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+        last = kvs.error();
+        wait();
         continue;
       }
       const int64_t now = kvs->empty() ? 0 : kvs->front().mod_revision;
@@ -735,17 +773,56 @@ struct replicated_store::impl {
         writer_revision.reset();
         return fenced_off();  // another core wrote: this one no longer leads
       }
+      if (fence_moved) {
+        // The writer is where it was, and a barrier under the same compares failed: the
+        // leader key moved, and the commit (comparing it too) can never land.
+        writer_revision.reset();
+        return fenced_off();
+      }
       etcd_op op{std::string(writer_key), bytes_of(barrier_prefix + std::to_string(barrier++)), 0};
       const etcd_compare compares[2] = {
           {std::string(leader_key), etcd_compare::target::mod_revision, fence, {}},
           {std::string(writer_key), etcd_compare::target::mod_revision, before, {}}};
-      (void)etcd->txn(compares, {&op, 1});  // its outcome is read back above
+      // Its outcome is read back above.
+      if (auto r = etcd->txn(compares, {&op, 1}); !r) {
+        if (r.error().code() == errc::store_error && !(last && last->code() == errc::store_error))
+          spdlog::error(
+              "replication: core {} cannot settle a commit whose answer was lost: etcd refuses "
+              "its barrier ({}); trying again for up to {} s",
+              config.core_id, r.error().message(), limit.count());
+        last = r.error();
+        wait();
+      } else if (!r->succeeded) {
+        fence_moved = true;
+      }
     }
     writer_revision.reset();
     return error(errc::permission_denied,
                  "this core no longer leads, and whether its last commit landed is not known "
                  "here (" +
                      lost.message() + "); the next leader reads what etcd holds");
+  }
+
+  // Ends this core's leadership, which it cannot go on with (`why`), and gives its lease back:
+  // the leader key goes with it, so another core may lead at once (etcd takes a lease's
+  // revocation even with its space quota full), and a commit fenced on that key never lands.
+  // Given back before `on_lost`, which may end the process, through the renewals' client:
+  // it waits for a member a sixth of the TTL, so `on_lost` comes soon whatever etcd does. A
+  // core that lives on joins again, under a new lease, as a follower (its renewals find the
+  // old one gone). Under etcd_mutex.
+  error give_up_leadership(const std::string& why) {
+    writer_revision.reset();
+    member_ready = false;  // no campaign on the lease given back: joined again first
+    if (leading.exchange(false)) {
+      spdlog::error("replication: core {} gives up the leadership: {}", config.core_id, why);
+      auto client = renewal_client();
+      auto gone = client ? client->revoke(lease.load()) : expected<void>(client.error());
+      if (!gone)
+        spdlog::warn("replication: core {} could not give its lease back: {}", config.core_id,
+                     gone.error().message());
+      if (on_lost) on_lost();
+    }
+    return error(errc::unavailable, "this core gave up the leadership: " + why);
   }
 };
 

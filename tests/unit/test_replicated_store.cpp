@@ -17,6 +17,7 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <future>
 #include <mutex>
 #include <stdexcept>
 #include <thread>
@@ -177,6 +178,35 @@ class slow_path_proxy {
   int port_ = 0;
 };
 
+// An answer of etcd's: its status (0 for none) and body.
+struct etcd_answer {
+  int status = 0;
+  std::string body;
+};
+
+// POSTs `body` to etcd at host:port. etcd's gateway sends its error answers chunked with a
+// trailer, which cpp-httplib 0.11 fails on after the whole body (as etcd_client.cpp says):
+// such an answer is taken as it came.
+etcd_answer post_to_etcd(const std::string& host, int port, const std::string& path,
+                         const std::string& body) {
+  httplib::Client etcd(host, port);
+  httplib::Request req;
+  req.method = "POST";
+  req.path = path;
+  req.body = body;
+  req.headers = {{"Content-Type", "application/json"}};
+  etcd_answer a;
+  req.content_receiver = [&a](const char* data, size_t n, uint64_t, uint64_t) {
+    a.body.append(data, n);
+    return true;
+  };
+  httplib::Response res;
+  httplib::Error error = httplib::Error::Success;
+  if (etcd.send(req, res, error) || (error == httplib::Error::Read && res.status > 0))
+    a.status = res.status;
+  return a;
+}
+
 // An HTTP proxy in front of etcd that loses the answer of the next transaction once told:
 // `lose_answer` sends it on first (it lands; the core hears 502), `hold` keeps it back
 // (the core hears 502; `release` sends it late, as etcd applies a proposal it took before
@@ -198,8 +228,8 @@ class lossy_txn_proxy {
         return;
       }
       auto r = forward(req.path, req.body);
-      res.status = !r || m == mode::lose_answer ? 502 : r->status;
-      if (r && m == mode::pass) res.set_content(r->body, "application/json");
+      res.status = r.status == 0 || m == mode::lose_answer ? 502 : r.status;
+      if (r.status != 0 && m == mode::pass) res.set_content(r.body, "application/json");
     });
     port_ = server_.bind_to_any_port("127.0.0.1");
     thread_ = std::thread([this] { server_.listen_after_bind(); });
@@ -213,14 +243,13 @@ class lossy_txn_proxy {
   std::string release() {
     std::lock_guard lock(mutex_);
     auto r = forward("/v3/kv/txn", held_);
-    return r ? r->body : "(etcd did not answer)";
+    return r.status != 0 ? r.body : "(etcd did not answer)";
   }
   std::atomic<mode> next{mode::pass};
 
  private:
-  httplib::Result forward(const std::string& path, const std::string& body) {
-    httplib::Client etcd(host_, port_etcd_);
-    return etcd.Post(path, body, "application/json");
+  etcd_answer forward(const std::string& path, const std::string& body) {
+    return post_to_etcd(host_, port_etcd_, path, body);
   }
   httplib::Server server_;
   std::thread thread_;
@@ -313,6 +342,27 @@ std::string digest_of(const std::string& text) {
 std::string chunk_bearer() {
   return "Bearer " +
          digest_hex(std::span(reinterpret_cast<const uint8_t*>("the operator key"), 16));
+}
+
+// Raises or clears etcd's NOSPACE alarm, as etcd raises it once its space quota is full:
+// while raised, etcd refuses every write (HTTP 429, "mvcc: database space exceeded") and
+// still answers reads, lease renewals and revocations.
+void space_alarm(const etcd_server& etcd, bool raised) {
+  const std::string endpoint = etcd.endpoint();
+  httplib::Client c("127.0.0.1", std::stoi(endpoint.substr(endpoint.rfind(':') + 1)));
+  auto header = c.Post("/v3/kv/range", R"({"key": "AA=="})", "application/json");
+  REQUIRE(header);
+  const std::string field = "\"member_id\":\"";
+  const auto at = header->body.find(field);
+  REQUIRE(at != std::string::npos);
+  const auto from = at + field.size();
+  const std::string member = header->body.substr(from, header->body.find('"', from) - from);
+  auto r = c.Post("/v3/maintenance/alarm",
+                  std::string(R"({"action": ")") + (raised ? "ACTIVATE" : "DEACTIVATE") +
+                      R"(", "memberID": ")" + member + R"(", "alarm": "NOSPACE"})",
+                  "application/json");
+  REQUIRE(r);
+  REQUIRE_MESSAGE(r->status == 200, r->body);
 }
 
 // One core "a" over its own etcd, and a client of its chunk service.
@@ -518,6 +568,94 @@ TEST_SUITE("replicated_store") {
     std::vector<store_write> next = {{"k", bytes("next")}};  // still leading, committing
     CHECK(a->commit(next).has_value());
     CHECK(**a->get("k") == bytes("next"));
+  }
+
+  TEST_CASE("a commit etcd refuses fails at once; one that cannot be settled ends the lead" *
+            doctest::skip(!etcd_installed())) {
+    // etcd refuses every write once its space quota is full (its NOSPACE alarm). A refused
+    // commit was settled as one whose answer was lost (etcd's refusals never reached the
+    // core: cpp-httplib failed on their trailer), and its barriers, refused as well, were
+    // sent again without a pause and without an end: the leader held the store's lock for
+    // good while its lease was renewed (no other core could lead), and every job stalled.
+    test::temp_dir dir;
+    etcd_server etcd(dir.path());
+
+    // A commit on a thread of its own, waited for up to `limit_s`: one still waiting then
+    // fails the test, and the alarm is cleared so that it ends. Its outcome, and its seconds.
+    auto bounded_commit = [&etcd](replicated_store& leader, const std::string& value,
+                                  int limit_s) {
+      auto f = std::async(std::launch::async, [&leader, value] {
+        std::vector<store_write> w = {{"k", bytes(value)}};
+        const auto began = std::chrono::steady_clock::now();
+        auto r = leader.commit(w);
+        return std::pair<expected<void>, double>(
+            std::move(r),
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - began).count());
+      });
+      if (f.wait_for(std::chrono::seconds(limit_s)) != std::future_status::ready) {
+        FAIL_CHECK("the commit of \"" << value << "\" has not answered after " << limit_s
+                                       << " s");
+        space_alarm(etcd, false);
+      }
+      return f.get();
+    };
+
+    // Refused outright, as etcd answers (no proxy between): the commit fails at once, saying
+    // why, and the core still leads.
+    {
+      std::atomic<int> lost{0};
+      auto started = replicated_store::start(config_of(etcd, dir, "a"), [&] { ++lost; });
+      REQUIRE_MESSAGE(started.has_value(), started.error().message());
+      replicated_store& a = **started;
+      std::atomic<int> stop{0};
+      REQUIRE(*a.campaign(stop, {}));
+      REQUIRE(bounded_commit(a, "first", 10).first.has_value());
+      space_alarm(etcd, true);
+      for (const char* value : {"refused", "refused again"}) {
+        CAPTURE(value);
+        auto [refused, took_s] = bounded_commit(a, value, 10);
+        REQUIRE_FALSE(refused.has_value());
+        CHECK(refused.error().code() == errc::store_error);
+        CHECK_MESSAGE(
+            refused.error().message().find("database space exceeded") != std::string::npos,
+            refused.error().message());
+        CHECK(took_s < 2);
+      }
+      CHECK(lost.load() == 0);
+      CHECK(*a.leader() == "a 127.0.0.1:7400");
+      space_alarm(etcd, false);
+      auto after = bounded_commit(a, "after", 10);
+      CHECK_MESSAGE(after.first.has_value(), after.first.error().message());
+      CHECK(**a.get("k") == bytes("after"));
+    }
+
+    // Refused, but its answer lost on the way (the core hears 502): it is settled with
+    // barriers, which etcd refuses too. Tried again with pauses, and given up after twice
+    // the lease's TTL (2 s) with the leadership, whose lease is given back.
+    lossy_txn_proxy proxy(etcd.endpoint());
+    auto config = config_of(etcd, dir, "b");
+    config.endpoints = proxy.endpoint();
+    std::atomic<int> lost{0};
+    auto started = replicated_store::start(config, [&] { ++lost; });
+    REQUIRE_MESSAGE(started.has_value(), started.error().message());
+    replicated_store& b = **started;
+    std::atomic<int> stop{0};
+    REQUIRE(*b.campaign(stop, {}));
+    space_alarm(etcd, true);
+    proxy.next = lossy_txn_proxy::mode::lose_answer;
+    auto [unsettled, took_s] = bounded_commit(b, "unsettled", 15);
+    REQUIRE_FALSE(unsettled.has_value());
+    CHECK_MESSAGE(unsettled.error().message().find("gave up the leadership") != std::string::npos,
+                  unsettled.error().message());
+    CHECK(took_s >= 3.5);
+    CHECK(took_s < 7);
+    CHECK(lost.load() == 1);
+    auto admin = etcd_client::make(etcd.endpoint());
+    CHECK(admin->range("/gflex/leader", false)->empty());
+    std::vector<store_write> deposed = {{"k", bytes("deposed")}};
+    CHECK(b.commit(deposed).error().code() == errc::permission_denied);
+    space_alarm(etcd, false);
+    CHECK(**b.get("k") == bytes("after"));
   }
 
   TEST_CASE("a leader that stops gives its lease back: its keys go at once" *

@@ -12,7 +12,9 @@
 ///   another core replaced, cannot commit. Each commit also records its writer
 ///   (/gflex/writer: "ID REVISION N"), so etcd's history shows who committed what, and
 ///   compares the writer's revision: a commit whose answer was lost is settled (it landed, or
-///   it never will) before the next one, so none lands late over a later one.
+///   it never will) before the next one, so none lands late over a later one; a leader that
+///   cannot settle it within twice its lease's TTL gives up the leadership. A commit etcd
+///   refuses outright (a 4xx: its space quota full) wrote nothing and fails at once.
 /// - Values of `chunk_threshold` bytes or more (parameters, checkpoints, data sets) are too
 ///   large for etcd: each is a file named by its digest in every core's chunk directory,
 ///   pushed to every live member before the commit that names it, and etcd holds a
@@ -65,8 +67,8 @@ class replicated_store final : public key_value_store {
  public:
   /// Connects to etcd, starts the chunk service, registers this core as a member and fetches
   /// the chunks that committed values name and this core lacks. `on_lost` is called (from
-  /// the lease thread) when this core led and lost its lease: it must stop acting as leader
-  /// at once.
+  /// the lease thread, or the thread of a commit that cannot be settled) when this core led
+  /// and lost its lease or gave up the leadership: it must stop acting as leader at once.
   static expected<std::unique_ptr<replicated_store>> start(replication_config config,
                                                            std::function<void()> on_lost);
   ~replicated_store() override;
