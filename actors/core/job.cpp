@@ -249,6 +249,12 @@ struct job_actor_state {
   std::vector<caf::typed_response_promise<caf::ok_atom>> end_waiters;
   int end_writes_failed = 0;  // the end record's writes that failed so far (it is tried again)
   int escrow_tries = 0;       // asks of the ledger for an interrupted run's escrow that failed
+  // A round's escrow hold the ledger could not book (its store failed, its keeper restarted
+  // and lost its queue): asked again (hold_again) after a wait that grows with hold_tries.
+  // Paused as a refused one was, the job waited for a top-up that its account and budget
+  // did not need, and one at its budget's cap could never be resumed.
+  int hold_tries = 0;
+  std::function<void()> hold_again;
   std::set<caf::actor_addr> monitored;
 
   clock_type::time_point resumed_at = clock_type::now();
@@ -363,9 +369,20 @@ void pause(job_actor* self, const std::string& why) {
 
 void record_end(job_actor* self);
 
+// Whether the ledger refused a transaction's postings themselves (an account that would go
+// below zero, one it does not know) or the run that asked (replaced by a later one): asked
+// again, it refuses again. Its store failing, or its keeper gone, says nothing of them.
+bool refused_by_ledger(const caf::error& e) {
+  if (e.category() != error_category) return false;
+  const auto code = static_cast<errc>(e.code());
+  return code == errc::invalid_argument || code == errc::permission_denied;
+}
+
+void request_hold(job_actor* self, int64_t index, int64_t hold);
+
 // Holds the current round's escrow (once per round index: a rolled-back round keeps its
 // hold), then hands out its assignments. A budget or an account that cannot cover the hold
-// pauses the job until a top-up.
+// pauses the job until a top-up; a ledger that cannot book it now is asked again.
 void hold_round(job_actor* self) {
   auto& st = self->state;
   const int64_t index = st.job.status.round;
@@ -395,11 +412,19 @@ void hold_round(job_actor* self) {
     return;
   }
   st.holding = true;
+  request_hold(self, index, hold);
+}
+
+// Asks the ledger to hold `hold` credits of the account in escrow for round `index`.
+void request_hold(job_actor* self, int64_t index, int64_t hold) {
+  auto& st = self->state;
   auto held = [=] {
     auto& st = self->state;
     st.holding = false;
     st.hold_in_flight = false;
     st.held[index] = hold;
+    if (st.hold_tries > 0 && !st.finished) st.job.status.detail.clear();  // its wait is over
+    st.hold_tries = 0;
     if (st.finished) {
       // The job ended (cancelled, failed) while the hold was on its way: its end waited for
       // it, and returns it with the rest. Returned apart after an end already recorded, it
@@ -418,10 +443,33 @@ void hold_round(job_actor* self) {
       if (st.settling == 0) record_end(self);
       return;
     }
+    st.hold_tries = 0;
     pause(self, "the account " + st.job.spec.account + " cannot hold round " +
                     std::to_string(index + 1) + "'s escrow (" + format_credits(hold) +
                     " credits): " + why + " (credit it, then gflex topup " + st.job.id +
                     " AMOUNT)");
+  };
+  // Not booked, and not for want of credits: the hold is asked for again, later and later
+  // (as an interrupted run's escrow is returned). The round waits for it, holding nothing; a
+  // job that ends meanwhile records its end at once.
+  auto again = [=](const std::string& why) {
+    auto& st = self->state;
+    st.hold_in_flight = false;
+    if (st.finished) {
+      st.holding = false;
+      if (st.settling == 0) record_end(self);
+      return;
+    }
+    st.hold_tries += 1;
+    const auto wait = std::chrono::seconds(std::min(60, 2 << std::min(st.hold_tries - 1, 5)));
+    const auto waiting = "waiting for the ledger to hold round " + std::to_string(index + 1) +
+                         "'s escrow (" + why + "); asking again in " +
+                         std::to_string(wait.count()) + " s";
+    spdlog::warn("job {}: {}", st.job.id, waiting);
+    st.job.status.detail = waiting;
+    publish(self);
+    st.hold_again = [=] { request_hold(self, index, hold); };
+    self->delayed_send(self, wait, tick_atom::value, transfer_atom::value);
   };
   // A hold the ledger did not answer may still be booked: the job asks before it decides, so
   // that escrow never holds what the job does not know of (a second hold after a top-up,
@@ -435,8 +483,9 @@ void hold_round(job_actor* self) {
       .then([=](uint64_t) { held(); },
             [=](caf::error& e) {
               const auto why = from_caf(e).message();
-              if (!outcome_unknown(e)) return refused(why);
-              ask_booked(self, op, [=](bool booked) { booked ? held() : refused(why); });
+              if (refused_by_ledger(e)) return refused(why);
+              if (!outcome_unknown(e)) return again(why);
+              ask_booked(self, op, [=](bool booked) { booked ? held() : again(why); });
             });
 }
 
@@ -2192,6 +2241,11 @@ caf::behavior job_behavior(job_actor* self, job_start start, job_links links) {
       [=](tick_atom, open_atom) {
         if (self->current_sender() == self->ctrl() && self->state.stale_escrow)
           return_stale_escrow(self);
+      },
+      [=](tick_atom, transfer_atom) {
+        if (self->current_sender() != self->ctrl()) return;
+        auto again = std::exchange(self->state.hold_again, {});
+        if (again && !self->state.finished) again();  // an ended job holds nothing more
       },
       [=](tick_atom, stop_atom) {
         if (self->current_sender() == self->ctrl() && self->state.finished) record_end(self);

@@ -1,7 +1,9 @@
 /// @file
 /// A cancel is acknowledged once the job's end is recorded: told "cancelled" while the record
 /// still said running, a user saw a core restarted meanwhile resume the job and bill it again.
-/// A job cancelled while its round's escrow hold is on its way returns that hold too.
+/// A job cancelled while its round's escrow hold is on its way returns that hold too. A hold
+/// the ledger could not book (its store failed, its keeper restarted) is asked for again; only
+/// one it refused pauses the job for a top-up.
 
 #include <doctest/doctest.h>
 
@@ -87,9 +89,155 @@ job_status waiting_for_its_checkpoint(job_fixture& f) {
       5);
 }
 
+struct flaky_hold_state {
+  caf::actor keeper;
+  caf::error failure;  // the next hold's answer, once, unless empty
+  int holds = 0;       // holds asked so far
+};
+
+// Passes everything on to `keeper`, but answers the first round escrow hold with `failure`
+// (the hold not booked): a store that failed the write, or a keeper that restarted and lost
+// its queue. (caf::get_atom) -> the holds asked so far; (caf::get_atom, caf::get_atom) ->
+// `keeper`.
+caf::behavior flaky_hold_ledger(caf::stateful_actor<flaky_hold_state>* self, caf::actor keeper,
+                                caf::error failure) {
+  self->state.keeper = keeper;
+  self->state.failure = std::move(failure);
+  self->link_to(keeper);  // it ends with this one, which the fixture ends
+  return {
+      [=](open_atom a, std::string& account, bool exists_ok) {
+        return self->delegate(self->state.keeper, a, std::move(account), exists_ok);
+      },
+      [=](account_atom a, std::string& account) {
+        return self->delegate(self->state.keeper, a, std::move(account));
+      },
+      [=](booked_atom a, std::string& op) {
+        return self->delegate(self->state.keeper, a, std::move(op));
+      },
+      [=](settle_atom a, std::string& kind, std::string& memo, std::vector<posting>& postings,
+          store_batch& batch) {
+        return self->delegate(self->state.keeper, a, std::move(kind), std::move(memo),
+                              std::move(postings), std::move(batch));
+      },
+      [=](settle_atom a, std::string& kind, std::string& memo, std::vector<posting>& postings,
+          store_batch& batch, std::string& op) {
+        return self->delegate(self->state.keeper, a, std::move(kind), std::move(memo),
+                              std::move(postings), std::move(batch), std::move(op));
+      },
+      [=](transfer_atom a, std::string& kind, std::string& memo, std::vector<posting>& postings,
+          std::string& op) -> caf::result<uint64_t> {
+        if (kind == "hold") {
+          self->state.holds += 1;
+          if (auto failure = std::exchange(self->state.failure, caf::error{})) return failure;
+        }
+        auto rp = self->make_response_promise<uint64_t>();
+        self->request(self->state.keeper, std::chrono::seconds(30), a, std::move(kind),
+                      std::move(memo), std::move(postings), std::move(op))
+            .then([=](uint64_t seq) mutable { rp.deliver(seq); },
+                  [=](caf::error& e) mutable { rp.deliver(e); });
+        return rp;
+      },
+      [=](caf::get_atom) { return self->state.holds; },
+      [=](caf::get_atom, caf::get_atom) { return self->state.keeper; },
+  };
+}
+
+// A job whose first round escrow hold fails with `failure` asks for it again and goes on,
+// with no top-up: a job paused for it waited for good for a top-up its account did not need.
+void holds_again_after(const caf::error& failure) {
+  auto st = stored_job(2, metered_spec);
+  job_fixture f(st, {}, [failure](job_fixture& f) {
+    return f.sys.spawn(flaky_hold_ledger, funded_keeper(f), failure);
+  });
+  auto waiting = f.await(
+      [](const job_status& s) {
+        return s.detail.find("waiting for the ledger to hold round 3's escrow") == 0 ||
+               is_terminal(s.state) || s.state == job_state::paused;
+      },
+      10);
+  CHECK_MESSAGE(waiting.state == job_state::running, waiting.detail);
+  CHECK_MESSAGE(waiting.detail.find("waiting for the ledger to hold round 3's escrow") == 0,
+                waiting.detail);
+  // Asked again 2 s later, the hold is booked and the round looks for its workers.
+  auto s = f.await(
+      [](const job_status& s) {
+        return s.detail.find("waiting for workers") == 0 || is_terminal(s.state) ||
+               s.state == job_state::paused;
+      },
+      10);
+  CHECK_MESSAGE(s.state == job_state::running, s.detail);
+  CHECK_MESSAGE(s.detail.find("waiting for workers") == 0, s.detail);
+  CHECK(s.credits_held > 0);
+  int holds = 0;
+  f.self->request(f.keeper, f.wait, caf::get_atom::value)
+      .receive([&](int n) { holds = n; }, [&](caf::error& e) { FAIL(f.sys.render(e)); });
+  CHECK(holds == 2);
+  caf::actor keeper;  // held after the fixture: a handle outliving its system hangs its end
+  f.self->request(f.keeper, f.wait, caf::get_atom::value, caf::get_atom::value)
+      .receive([&](caf::actor& k) { keeper = k; }, [&](caf::error& e) { FAIL(f.sys.render(e)); });
+  CHECK(balance_of(f, keeper, "escrow/job-1") == s.credits_held);
+  CHECK(balance_of(f, keeper, "user/alice") == 100'000'000 - s.credits_held);
+}
+
 }  // namespace
 
 TEST_SUITE("job cancel") {
+  TEST_CASE("a round's hold that the ledger's store failed is asked again, not paused") {
+    holds_again_after(to_caf(error(errc::store_error, "ledger/head: the store did not answer")));
+  }
+
+  TEST_CASE("a round's hold lost with a restarted ledger keeper is asked again, not paused") {
+    // Not booked (the job asks): the keeper went down with the hold in its queue.
+    holds_again_after(caf::make_error(caf::sec::request_receiver_down));
+  }
+
+  TEST_CASE("a job cancelled while it waits to ask for its round's hold again ends at once") {
+    auto st = stored_job(2, metered_spec);
+    job_fixture f(st, {}, [](job_fixture& f) {
+      return f.sys.spawn(flaky_hold_ledger, funded_keeper(f),
+                         to_caf(error(errc::store_error, "the store did not answer")));
+    });
+    auto waiting = f.await(
+        [](const job_status& s) { return s.detail.find("waiting for the ledger to hold") == 0; },
+        10);
+    REQUIRE_MESSAGE(waiting.detail.find("waiting for the ledger to hold") == 0, waiting.detail);
+    caf::actor keeper;  // held after the fixture: a handle outliving its system hangs its end
+    f.self->request(f.keeper, f.wait, caf::get_atom::value, caf::get_atom::value)
+        .receive([&](caf::actor& k) { keeper = k; }, [&](caf::error& e) { FAIL(f.sys.render(e)); });
+    f.self
+        ->request(f.supervisor, std::chrono::seconds(1), cancel_atom::value, f.alice,
+                  std::string("job-1"))
+        .receive([](caf::ok_atom) {}, [&](caf::error& e) { FAIL(f.sys.render(e)); });
+    auto record = recorded(f);
+    REQUIRE(record.has_value());
+    CHECK(record->state == job_state::cancelled);
+    std::this_thread::sleep_for(std::chrono::milliseconds(2500));  // past the hold's next ask
+    int holds = 0;
+    f.self->request(f.keeper, f.wait, caf::get_atom::value)
+        .receive([&](int n) { holds = n; }, [&](caf::error& e) { FAIL(f.sys.render(e)); });
+    CHECK(holds == 1);
+    CHECK(balance_of(f, keeper, "escrow/job-1") == 0);
+    CHECK(balance_of(f, keeper, "user/alice") == 100'000'000);
+  }
+
+  TEST_CASE("a round's hold that the account cannot cover pauses the job until a top-up") {
+    auto st = stored_job(2, metered_spec);
+    job_fixture f(st, {}, [](job_fixture& f) {
+      auto keeper = spawn_ledger_keeper(f.sys, f.store);  // alice's account holds nothing
+      for (const char* account : {"user/alice", "escrow/job-1"})
+        f.self->request(keeper, f.wait, open_atom::value, std::string(account), false)
+            .receive([](caf::ok_atom) {}, [&](caf::error& e) { FAIL(f.sys.render(e)); });
+      return keeper;
+    });
+    auto s = f.await(
+        [](const job_status& s) { return s.state == job_state::paused || is_terminal(s.state); },
+        10);
+    CHECK(s.state == job_state::paused);
+    CHECK_MESSAGE(s.detail.find("the account user/alice cannot hold round 3's escrow") == 0,
+                  s.detail);
+    CHECK_MESSAGE(s.detail.find("would go below zero") != std::string::npos, s.detail);
+  }
+
   TEST_CASE("a cancel whose record cannot be written is an error, and the end is written again") {
     // The job quit when its end record could not be written: shown as cancelled, its record
     // said running, a second cancel was refused ("has ended"), and the next core to start
