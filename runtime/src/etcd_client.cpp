@@ -108,6 +108,10 @@ json compare_json(const etcd_compare& c) {
       j["target"] = "VALUE";
       j["value"] = to_base64(c.value);
       break;
+    case etcd_compare::target::lease:
+      j["target"] = "LEASE";
+      j["lease"] = std::to_string(c.lease);
+      break;
   }
   return j;
 }
@@ -277,6 +281,14 @@ expected<void> etcd_client::revoke(int64_t lease) {
   auto r = impl_->post("/v3/kv/lease/revoke", {{"ID", std::to_string(lease)}});
   if (!r) return r.error();
   return {};
+}
+
+expected<int64_t> etcd_client::time_to_live(int64_t lease) {
+  auto r = impl_->post("/v3/lease/timetolive", {{"ID", std::to_string(lease)}});
+  if (!r) return r.error();
+  return read_answer("/v3/lease/timetolive", [&]() -> expected<int64_t> {
+    return std::max<int64_t>(int_field(*r, "TTL"), 0);  // -1: expired, or never granted
+  });
 }
 
 expected<etcd_txn_result> etcd_client::txn(std::span<const etcd_compare> compare,

@@ -395,10 +395,95 @@ struct replicated_store::impl {
     return fetch_chunk(*ref);
   }
 
+  std::string member_key() const { return std::string(member_prefix) + config.core_id; }
+
+  // The error of a core id another live core holds (`holder`: its member record).
+  error id_taken(const etcd_kv& holder) const {
+    return error(errc::invalid_argument,
+                 "core id \"" + config.core_id + "\" is taken: another live core holds " +
+                     member_key() + " (its chunk service at " + text_of(holder.value) +
+                     "); give each core its own --core-id");
+  }
+
+  // Waits until no other core holds this core's member key: it is absent, or under `own`
+  // (this core's lease before, 0 for none). A key under another lease is another core's
+  // (two cores given the same --core-id wrote over each other's record, the leader pushed
+  // chunks to neither of them, and after a failover the survivor could not read the
+  // checkpoints), or that of this core's last run, which stopped without giving its lease
+  // back (killed): that lease lapses, nobody renewing it, and is waited for. A lease seen
+  // renewed (its time left grows; a live core renews every third of its TTL), or a key put
+  // again under another lease, or one without a lease, is a live core's:
+  // errc::invalid_argument, as for a key still there long after its lease should have ended.
+  expected<void> wait_for_member_key(int64_t own) {
+    int64_t holder_lease = 0;
+    int64_t least_left = 0;  // the holder's lease's least time left seen, in seconds
+    clock_type::time_point deadline;
+    for (bool first = true;; first = false) {
+      std::vector<etcd_kv> kvs;
+      int64_t left = -1;  // unknown
+      {
+        std::lock_guard lock(etcd_mutex);
+        auto r = etcd->range(member_key(), false);
+        if (!r) return r.error();
+        kvs = std::move(*r);
+        if (!kvs.empty() && kvs.front().lease != 0 && kvs.front().lease != own)
+          if (auto ttl = etcd->time_to_live(kvs.front().lease)) left = *ttl;
+      }
+      if (kvs.empty() || (own != 0 && kvs.front().lease == own)) return {};
+      const etcd_kv& holder = kvs.front();
+      if (holder.lease == 0 || (!first && holder.lease != holder_lease))
+        return id_taken(holder);
+      if (first) {
+        holder_lease = holder.lease;
+        least_left = left >= 0 ? left : config.lease_ttl_s;
+        // Twice the time left and 4 s: etcd says whole seconds (rounded down), ends an
+        // expired lease within a second or so, and gives a lease a whole TTL again where
+        // another of its members takes over its leadership. A live core's renewal is seen
+        // sooner where its TTL is over 2 s.
+        deadline = clock_type::now() + std::chrono::seconds(2 * least_left + 4);
+        spdlog::warn(
+            "replication: core id {} is held by lease {:x} ({} s left; chunk service at {}): "
+            "waiting for it to lapse, as a killed core's does, or to be renewed, as a live "
+            "core's is",
+            config.core_id, holder.lease, least_left, text_of(holder.value));
+      } else if (left > least_left || clock_type::now() >= deadline) {
+        return id_taken(holder);
+      } else if (left >= 0) {
+        least_left = left;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    }
+  }
+
+  // Puts this core's member record under lease `id`, where no other core holds the key: it
+  // is created, or replaced where it is under `own` (this core's lease before). Under
+  // etcd_mutex.
+  expected<void> claim_member_key(int64_t id, int64_t own) {
+    etcd_op put{member_key(), bytes_of(advertise), id};
+    etcd_compare absent{member_key(), etcd_compare::target::create_revision, 0, {}};
+    auto r = etcd->txn({&absent, 1}, {&put, 1});
+    if (!r) return r.error();
+    if (r->succeeded) return {};
+    if (own != 0) {
+      etcd_compare ours{member_key(), etcd_compare::target::lease, 0, {}, own};
+      r = etcd->txn({&ours, 1}, {&put, 1});
+      if (!r) return r.error();
+      if (r->succeeded) return {};
+    }
+    // Taken since it was looked at: by a core that has just joined.
+    auto kvs = etcd->range(member_key(), false);
+    if (kvs && !kvs->empty()) return id_taken(kvs->front());
+    return error(errc::unavailable, "core id \"" + config.core_id +
+                                        "\": its member key changed while this core joined");
+  }
+
   // Registers this core as a member under a fresh lease, then fetches every chunk committed
-  // values name that it lacks; only then may it campaign.
+  // values name that it lacks; only then may it campaign. A core id another live core holds
+  // is refused (errc::invalid_argument, naming it).
   expected<void> join() {
     member_ready = false;
+    const int64_t own = lease.load();
+    if (auto free = wait_for_member_key(own); !free) return free.error();
     int64_t id = 0;
     {
       std::lock_guard lock(etcd_mutex);
@@ -407,9 +492,10 @@ struct replicated_store::impl {
       if (l) extend_lease_deadline(asked);
       if (!l) return l.error();
       id = *l;
-      etcd_op put{std::string(member_prefix) + config.core_id, bytes_of(advertise), id};
-      auto r = etcd->txn({}, {&put, 1});
-      if (!r) return r.error();
+      if (auto claimed = claim_member_key(id, own); !claimed) {
+        (void)etcd->revoke(id);  // holds nothing; left, it would only lapse
+        return claimed.error();
+      }
     }
     lease = id;
     // Nothing else renews the lease while the committed values are read and the chunks come
@@ -471,10 +557,13 @@ struct replicated_store::impl {
     leave_membership();
   }
 
+  // Deletes this core's member record: only under its own lease, never another core's of the
+  // same id that holds the key (a join refused for that leaves through here).
   void leave_membership() {
     std::lock_guard lock(etcd_mutex);
-    etcd_op gone{std::string(member_prefix) + config.core_id, std::nullopt, 0};
-    if (auto r = etcd->txn({}, {&gone, 1}); !r)
+    etcd_compare ours{member_key(), etcd_compare::target::lease, 0, {}, lease.load()};
+    etcd_op gone{member_key(), std::nullopt, 0};
+    if (auto r = etcd->txn({&ours, 1}, {&gone, 1}); !r)
       spdlog::warn("replication: core {} cannot leave the membership: {}", config.core_id,
                    r.error().message());
   }

@@ -658,6 +658,58 @@ TEST_SUITE("replicated_store") {
     CHECK(**b.get("k") == bytes("after"));
   }
 
+  TEST_CASE("a core id another live core holds is refused; once its lease ends it is free" *
+            doctest::skip(!etcd_installed())) {
+    // Two cores given the same --core-id wrote over each other's member record: the leader
+    // pushed chunks to neither (it leaves its own id out), and after a failover the survivor
+    // could not read the checkpoints.
+    test::temp_dir dir;
+    etcd_server etcd(dir.path());
+    auto a = member_of(etcd, dir, "a", true);
+    auto twin_config = config_of(etcd, dir, "a");
+    twin_config.chunk_dir = dir / "chunks-twin";
+    const auto began = std::chrono::steady_clock::now();
+    auto twin = replicated_store::start(twin_config, [] {});
+    const double took_s =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - began).count();
+    REQUIRE_FALSE_MESSAGE(twin.has_value(), "a second core \"a\" started beside the first");
+    CHECK(twin.error().code() == errc::invalid_argument);
+    CHECK_MESSAGE(twin.error().message().find("core id \"a\" is taken") != std::string::npos,
+                  twin.error().message());
+    CHECK(took_s < 10);  // twice the holder's lease's time left (under 2 s) and 4 s
+
+    // The first keeps its record and its work: a core that joins fetches its checkpoint.
+    auto admin = etcd_client::make(etcd.endpoint());
+    auto member = admin->range("/gflex/member/a", false);
+    REQUIRE(member.has_value());
+    REQUIRE(member->size() == 1);
+    CHECK(std::string(member->front().value.begin(), member->front().value.end()) ==
+          "127.0.0.1:" + std::to_string(a->chunk_port()));
+    const auto checkpoint = large(100000, 5);
+    REQUIRE(commit_checkpoint(*a, checkpoint).first.has_value());
+    auto b = member_of(etcd, dir, "b");
+    CHECK(**b->get("ckpt/1") == checkpoint);
+
+    // Once the first has stopped (its lease given back), the id is free.
+    a.reset();
+    auto again = replicated_store::start(twin_config, [] {});
+    REQUIRE_MESSAGE(again.has_value(), again.error().message());
+    CHECK(**(*again)->get("ckpt/1") == checkpoint);
+
+    // A core killed keeps its record until its lease lapses, nobody renewing it: the core
+    // started again in its place waits for that, and joins.
+    auto lapsing = admin->grant_lease(2);
+    REQUIRE(lapsing.has_value());
+    etcd_op killed{"/gflex/member/c", bytes("127.0.0.1:1"), *lapsing};
+    REQUIRE(admin->txn({}, {&killed, 1}).has_value());
+    auto c = replicated_store::start(config_of(etcd, dir, "c"), [] {});
+    REQUIRE_MESSAGE(c.has_value(), c.error().message());
+    auto record = admin->range("/gflex/member/c", false);
+    REQUIRE(record.has_value());
+    REQUIRE(record->size() == 1);
+    CHECK(record->front().lease != *lapsing);
+  }
+
   TEST_CASE("a leader that stops gives its lease back: its keys go at once" *
             doctest::skip(!etcd_installed())) {
     // Kept to the end of their TTL, followers sent clients to a core that had stopped, and

@@ -29,11 +29,12 @@ struct etcd_kv {
 
 /// A comparison of a transaction; etcd's EQUAL only (all a fence or a campaign needs).
 struct etcd_compare {
-  enum class target { create_revision, mod_revision, value };
+  enum class target { create_revision, mod_revision, value, lease };
   std::string key;
   target what = target::mod_revision;
   int64_t revision = 0;  ///< for create_revision and mod_revision
   std::string value;     ///< for value
+  int64_t lease = 0;     ///< for lease: the key's lease (0: a key with none, or no key)
 };
 
 /// A write of a transaction: a put (with `lease`, 0 for none), or a delete when `value` is
@@ -75,6 +76,8 @@ class etcd_client {
   expected<int64_t> keep_alive(int64_t lease);
   /// Ends a lease now, deleting every key attached to it.
   expected<void> revoke(int64_t lease);
+  /// The seconds a lease has left unless renewed; 0 when etcd no longer knows it (expired).
+  expected<int64_t> time_to_live(int64_t lease);
 
   /// If every comparison holds, applies `success` (else `failure`), atomically.
   expected<etcd_txn_result> txn(std::span<const etcd_compare> compare,

@@ -5,7 +5,8 @@
 ///
 /// - Membership and leadership: each core holds an etcd lease (renewed every third of its
 ///   TTL) with its member record attached (/gflex/member/ID: the address of its chunk
-///   service). The leader is the core whose record /gflex/leader (attached to its lease) is;
+///   service), created only where no other live core holds it: a core id is one core's. The
+///   leader is the core whose record /gflex/leader (attached to its lease) is;
 ///   a core wins it with a transaction that creates the key only where none exists.
 /// - Fencing: every commit is one etcd transaction that applies only while /gflex/leader
 ///   still has the revision this core created it at; a core whose lease lapsed, or that
@@ -69,6 +70,8 @@ class replicated_store final : public key_value_store {
   /// the chunks that committed values name and this core lacks. `on_lost` is called (from
   /// the lease thread, or the thread of a commit that cannot be settled) when this core led
   /// and lost its lease or gave up the leadership: it must stop acting as leader at once.
+  /// errc::invalid_argument, naming the id, where another live core holds `core_id` (a
+  /// record under a lease that is not renewed, as a killed core's, is waited out: its TTL).
   static expected<std::unique_ptr<replicated_store>> start(replication_config config,
                                                            std::function<void()> on_lost);
   ~replicated_store() override;
