@@ -1836,7 +1836,8 @@ void return_stale_escrow(job_actor* self) {
     const auto waiting = "waiting for the ledger to return the escrow of an interrupted run (" +
                          why + "); asking again in " + std::to_string(wait.count()) + " s";
     spdlog::warn("job {}: {}", st.job.id, waiting);
-    if (!st.finished) {  // an ended job's status says how it ended
+    // An ended job's status says how it ended, as does a failed one started only to end.
+    if (!st.finished && !is_terminal(st.job.status.state)) {
       st.job.status.detail = waiting;
       publish(self);
     }
@@ -2010,9 +2011,13 @@ caf::behavior job_behavior(job_actor* self, job_start start, job_links links) {
       }
     }
   }
-  st.job.status.state = job_state::running;
-  st.job.status.detail.clear();
-  publish(self);
+  // A job started only to end is not shown running: one the supervisor failed (it kept
+  // stopping) went failed, running, failed, and a cancel in between was taken.
+  if (st.job.end_with.empty()) {
+    st.job.status.state = job_state::running;
+    st.job.status.detail.clear();
+    publish(self);
+  }
 
   // An error sent to the job outside a request (a node's actor refusing an abort it does
   // not understand) says nothing about the job: without this handler CAF would stop it.

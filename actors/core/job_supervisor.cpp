@@ -296,6 +296,11 @@ void read_record(supervisor_actor* self, const std::string& id, job_start::origi
               auto status = std::move(record->second);
               fill_from_spec(status, entry.spec);
               status.detail = entry.status.detail;
+              // Started only to end, a job the supervisor failed stays failed: its record,
+              // still saying running, showed it running again until its escrow was back,
+              // and a cancel meanwhile recorded "cancelled by its owner".
+              if (!end_with.empty() && is_terminal(entry.status.state))
+                status.state = entry.status.state;
               entry.status = std::move(status);
             } else if (found && !record) {
               spdlog::error("store: job {}: {}", id, record.error().message());

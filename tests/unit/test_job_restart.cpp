@@ -6,6 +6,8 @@
 
 #include <doctest/doctest.h>
 
+#include <optional>
+
 #include "job_fixture.hpp"
 
 using namespace gflex;
@@ -120,9 +122,75 @@ caf::actor asking_job(job_fixture& f, const caf::actor& other_than = {}) {
   return job == other_than ? caf::actor{} : job;
 }
 
+const std::string metered_spec =
+    k_spec + "[market]\naccount = \"user/alice\"\nbudget = 100.0\nmax_price = 1.0\n";
+
+// A ledger keeper over the fixture's store (alice's account holding 100 credits, job-1's
+// escrow open) behind a slow_ledger that passes holds on at once, and settlements when told.
+caf::actor funded_ledger(job_fixture& f) {
+  auto keeper = spawn_ledger_keeper(f.sys, f.store);
+  for (const char* account : {"user/alice", "escrow/job-1"})
+    f.self->request(keeper, f.wait, open_atom::value, std::string(account), false)
+        .receive([](caf::ok_atom) {}, [&](caf::error& e) { FAIL(f.sys.render(e)); });
+  f.self
+      ->request(keeper, f.wait, transfer_atom::value, std::string("credit"), std::string("test"),
+                std::vector<posting>{{"external", -100'000'000}, {"user/alice", 100'000'000}})
+      .receive([](uint64_t) {}, [&](caf::error& e) { FAIL(f.sys.render(e)); });
+  return f.sys.spawn(slow_ledger, keeper, false);
+}
+
 }  // namespace
 
 TEST_SUITE("job restart") {
+  TEST_CASE("a job failed for stopping too often is never shown running again") {
+    // Started once more only to end (its escrow returned, its record written), it took its
+    // record's state: shown failed, then running until its escrow was back, then failed,
+    // and a cancel meanwhile recorded it "cancelled by its owner".
+    job_fixture f(stored_job(2, metered_spec), {}, funded_ledger);
+    auto job = asking_job(f);
+    REQUIRE(job);
+    for (int restarts = 0; restarts < 3; ++restarts) {  // its restart budget
+      f.self->send_exit(job, caf::exit_reason::kill);
+      auto next = asking_job(f, job);
+      REQUIRE_MESSAGE(next, "not restarted after stop " << restarts + 1);
+      job = next;
+    }
+    // Its escrow takes a while to come back: the next two opens fail (asked again 2 s, then
+    // 4 s later).
+    f.self->send(f.keeper, caf::put_atom::value, open_atom::value, 2);
+    f.self->send_exit(job, caf::exit_reason::kill);  // one stop too many: it is failed
+    auto s = f.await([](const job_status& s) { return is_terminal(s.state); }, 1);
+    REQUIRE_MESSAGE(s.state == job_state::failed, s.detail);
+    CHECK_MESSAGE(s.detail.find("the job actor kept stopping") == 0, s.detail);
+    std::vector<std::string> seen;
+    for (int tries = 0; tries < 90; ++tries) {  // until its end is recorded, and a while after
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      f.self->send(f.keeper, caf::put_atom::value);  // the settlement of its end, once sent
+      s = f.status();
+      if (!is_terminal(s.state) || s.detail.find("the job actor kept stopping") != 0)
+        seen.push_back(std::string(to_string(s.state)) + ": " + s.detail);
+      if (tries == 10) {  // its escrow not back yet
+        std::string refused;
+        f.self->request(f.supervisor, f.wait, cancel_atom::value, f.alice, std::string("job-1"))
+            .receive([&](caf::ok_atom) { refused = "acknowledged"; },
+                     [&](caf::error& e) { refused = f.sys.render(e); });
+        CHECK_MESSAGE(refused.find("has already ended (failed)") != std::string::npos, refused);
+      }
+    }
+    CHECK_MESSAGE(seen.empty(), "after failed, shown " << seen.size() << " time(s) as "
+                                                       << (seen.empty() ? "" : seen.front()));
+    std::optional<job_status> record;
+    f.self->request(f.store, f.wait, read_atom::value, job_record_key("job-1"))
+        .receive(
+            [&](bool, std::vector<uint8_t>& v) {
+              if (auto r = decode_job_record(v)) record = r->second;
+            },
+            [&](caf::error& e) { FAIL(f.sys.render(e)); });
+    REQUIRE(record.has_value());
+    CHECK(record->state == job_state::failed);
+    CHECK_MESSAGE(record->detail.find("the job actor kept stopping") == 0, record->detail);
+  }
+
   TEST_CASE("a job whose restart cannot read its checkpoint yet tries again, and is not failed") {
     // It was shown as failed ("cannot restart") while its record said running, its escrow
     // held: a restarted core resumed it, and its owner could neither cancel it nor see why.
