@@ -1079,12 +1079,18 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links) {
           int64_t amount) -> caf::result<caf::ok_atom> {
         auto* entry = find_for(self, who, id);
         if (entry == nullptr) return to_caf(unknown_job(id));
-        if (is_terminal(entry->status.state) || !entry->actor)
+        if (is_terminal(entry->status.state))
           return to_caf(error(errc::invalid_argument, "job " + id + " has ended"));
         if (entry->spec.account.empty())
           return to_caf(error(errc::invalid_argument, "job " + id + " is unmetered (no account)"));
         if (amount <= 0 || amount > max_amount_micro)
           return to_caf(error(errc::invalid_argument, "a top-up must be in (0, 1e12] credits"));
+        // Not ended, with no actor: it waits for its checkpoint or data sets (a core that
+        // started), or is being restarted. Told it had ended, its owner gave up on a job that
+        // would resume.
+        if (!entry->actor)
+          return to_caf(
+              error(errc::unavailable, "job " + id + " is being started: try again shortly"));
         auto rp = self->make_response_promise<caf::ok_atom>();
         self->request(entry->actor, std::chrono::seconds(60), topup_atom::value, amount)
             .then([=](caf::ok_atom) mutable { rp.deliver(caf::ok_atom::value); },

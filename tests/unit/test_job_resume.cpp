@@ -9,6 +9,8 @@
 
 #include <doctest/doctest.h>
 
+#include <optional>
+
 #include "job_fixture.hpp"
 
 using namespace gflex;
@@ -119,6 +121,31 @@ TEST_SUITE("job resume") {
     CHECK_MESSAGE(s.detail.find("cancelled while it waited: waiting: its checkpoint cannot be "
                                 "read") == 0,
                   s.detail);
+  }
+
+  TEST_CASE("a top-up of a job that waits for its checkpoint is asked again, not refused") {
+    // It was told the job had ended: its owner gave up on a job that resumes once its
+    // checkpoint can be read.
+    auto st = stored_job(
+        2, k_spec + "[market]\naccount = \"user/alice\"\nbudget = 100.0\nmax_price = 1.0\n");
+    st.unreadable.insert(job_checkpoint_key("job-1"));
+    job_fixture f(st);
+    auto s = f.await(
+        [](const job_status& s) {
+          return s.detail.find("waiting: its checkpoint cannot be read: ") == 0;
+        },
+        5);
+    REQUIRE_MESSAGE(s.detail.find("waiting: its checkpoint cannot be read: ") == 0, s.detail);
+    std::optional<error> refused;
+    f.self
+        ->request(f.supervisor, f.wait, topup_atom::value, f.alice, std::string("job-1"),
+                  int64_t{5'000'000})
+        .receive([](caf::ok_atom) {}, [&](caf::error& e) { refused = from_caf(e); });
+    REQUIRE(refused.has_value());
+    CHECK(refused->code() == errc::unavailable);
+    CHECK_MESSAGE(refused->message() == "job job-1 is being started: try again shortly",
+                  refused->message());
+    CHECK(f.status().state == job_state::running);
   }
 
   TEST_CASE("a record a round behind its checkpoint resumes from the checkpoint's round") {
