@@ -523,25 +523,82 @@ struct replicated_store::impl {
         renewing.join();
       }
     } stop{fetching, renewing};
-    std::vector<chunk_ref> refs;
+    std::vector<std::pair<std::string, chunk_ref>> refs;  // by etcd key
     {
       std::lock_guard lock(etcd_mutex);
       auto kvs = etcd->range(data_prefix, true);
       if (!kvs) return kvs.error();
       for (const auto& kv : *kvs)
-        if (auto ref = as_chunk_ref(kv.value)) refs.push_back(*ref);
+        if (auto ref = as_chunk_ref(kv.value)) refs.emplace_back(kv.key, *ref);
     }
-    size_t fetched = 0;
-    for (const auto& ref : refs) {
-      if (chunk_file_present(config.chunk_dir / ref.digest)) continue;
-      auto got = fetch_chunk(ref);
+    size_t counts[4] = {};  // by chunk_fetch
+    for (const auto& [key, ref] : refs) {
+      auto got = fetch_named(key, ref);
       if (!got) return got.error();
-      ++fetched;
+      ++counts[static_cast<int>(*got)];
     }
-    spdlog::info("replication: core {} is a member ({} chunk(s) held, {} fetched)", config.core_id,
-                 refs.size(), fetched);
+    spdlog::info(
+        "replication: core {} is a member ({} chunk(s) named, {} fetched, {} no longer named, {} "
+        "held by no live core)",
+        config.core_id, refs.size(), counts[static_cast<int>(chunk_fetch::fetched)],
+        counts[static_cast<int>(chunk_fetch::unnamed)], counts[static_cast<int>(chunk_fetch::lost)]);
     member_ready = true;
     return {};
+  }
+
+  // What join() made of a chunk a committed value named.
+  enum class chunk_fetch { held, fetched, unnamed, lost };
+
+  // Makes sure this core holds the chunk `ref` that etcd key `key` named when join() read the
+  // references. join() reads them once, then fetches for as long as the data sets and
+  // checkpoints take (gigabytes), while later rounds replace the checkpoints and every core
+  // removes the chunks no value names (garbage_age_s): a chunk no core serves any more is
+  // looked for again under the key's value now. One no longer named is passed over; the one
+  // named now is fetched (a commit after this core's registration pushed it here, or the
+  // leader holds it). One still named that no live core holds (its only holders are gone) is
+  // logged and passed over: the core joins, and a reader of the key hears that no core holds
+  // its chunk (a job waits, saying its checkpoint cannot be read), until a core holding it
+  // joins. Failing the join for it instead kept every core from ever joining again. A chunk
+  // this core cannot write, or an etcd it cannot read, fails the join.
+  expected<chunk_fetch> fetch_named(const std::string& key, chunk_ref ref) {
+    const std::string_view name = std::string_view(key).substr(data_prefix.size());
+    // A key replaced at each look (a job's checkpoint, every round) whose chunk is gone each
+    // time would be looked at for ever.
+    for (int look = 0; look < 8; ++look) {
+      if (chunk_file_present(config.chunk_dir / ref.digest))
+        return look == 0 ? chunk_fetch::held : chunk_fetch::fetched;
+      auto got = fetch_chunk(ref);
+      if (got) return chunk_fetch::fetched;
+      if (got.error().code() != errc::unavailable) return got.error();
+      std::vector<etcd_kv> now;
+      {
+        std::lock_guard lock(etcd_mutex);
+        auto kvs = etcd->range(key, false);
+        if (!kvs) return kvs.error();
+        now = std::move(*kvs);
+      }
+      const auto named = now.empty() ? std::nullopt : as_chunk_ref(now.front().value);
+      if (!named) {
+        spdlog::info("replication: chunk {} of {} is no longer named; not fetched",
+                     ref.digest.substr(0, 12), name);
+        return chunk_fetch::unnamed;
+      }
+      if (named->digest == ref.digest) {
+        spdlog::error(
+            "replication: core {} joins without chunk {} of {}, which is still named: {}; "
+            "reading {} fails until a core that holds the chunk joins",
+            config.core_id, ref.digest, name, got.error().message(), name);
+        return chunk_fetch::lost;
+      }
+      spdlog::info("replication: {} was replaced while core {} joined; fetching its chunk {}",
+                   name, config.core_id, named->digest.substr(0, 12));
+      ref = *named;
+    }
+    spdlog::error(
+        "replication: core {} cannot fetch the chunk of {}: replaced at every look, and each "
+        "one gone; {} is read from the other cores when asked for",
+        config.core_id, name, name);
+    return chunk_fetch::lost;
   }
 
   // Leaves the membership (a follower only: a leader's own failed write fails its commit):

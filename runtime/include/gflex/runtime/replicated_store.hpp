@@ -20,7 +20,9 @@
 ///   large for etcd: each is a file named by its digest in every core's chunk directory,
 ///   pushed to every live member before the commit that names it, and etcd holds a
 ///   reference. A core that joins (or rejoins after a partition) fetches the chunks it lacks
-///   before it may campaign.
+///   before it may campaign; a chunk no core serves any more is looked for again under its
+///   key, passed over where no value names it now, and, still named but held by no live
+///   core, logged and passed over (its key's readers hear that no core holds it).
 ///
 /// The core's keys live under /gflex/data/.
 
@@ -67,7 +69,8 @@ struct replication_config {
 class replicated_store final : public key_value_store {
  public:
   /// Connects to etcd, starts the chunk service, registers this core as a member and fetches
-  /// the chunks that committed values name and this core lacks. `on_lost` is called (from
+  /// the chunks that committed values name and this core lacks (those replaced or erased
+  /// meanwhile are passed over, as are, logged, those no live core holds). `on_lost` is called (from
   /// the lease thread, or the thread of a commit that cannot be settled) when this core led
   /// and lost its lease or gave up the leadership: it must stop acting as leader at once.
   /// errc::invalid_argument, naming the id, where another live core holds `core_id` (a
