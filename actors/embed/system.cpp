@@ -248,6 +248,13 @@ std::optional<int> lead_replicated(core_config& config, caf::actor_system& sys) 
         "cores fetch parameters and checkpoints from it");
     return 2;
   }
+  // A one-server core switched to etcd: its state (data.mdb) is not read in this mode, and
+  // it would start empty, saying nothing, where etcd holds no state yet.
+  if (auto checked = check_single_core_state(config.data_dir, *endpoints); !checked) {
+    spdlog::error("{}", checked.error().message());
+    // etcd unreachable now is tried again by the service (exit 1); the state is to move (2).
+    return checked.error().code() == errc::unavailable ? 1 : 2;
+  }
   replication_config rc;
   rc.endpoints = *endpoints;
   rc.core_address =

@@ -1238,6 +1238,61 @@ uint16_t replicated_store::chunk_port() const {
   return impl_->chunks->port();
 }
 
+expected<void> check_single_core_state(const std::filesystem::path& data_dir,
+                                       const std::string& endpoints) {
+  const auto file = data_dir / "data.mdb";
+  std::error_code ec;
+  const bool there = std::filesystem::exists(file, ec);
+  if (ec) return error(errc::io_error, file.string() + ": " + ec.message());
+  if (!there) return {};  // opened, LMDB would make it
+  std::vector<std::string> keys;
+  {
+    auto lmdb = store::open(data_dir);
+    if (!lmdb)
+      return error(lmdb.error().code(),
+                   "cannot tell whether " + file.string() + " holds a core's state, which a " +
+                       "core on etcd would not use: " + lmdb.error().message());
+    auto listed = lmdb->keys("");
+    if (!listed) return listed.error();
+    keys = std::move(*listed);
+  }
+  if (keys.empty()) return {};
+  // What kinds of records they are, by their keys' first part ("ledger/", "user/").
+  std::set<std::string> kinds;
+  for (const auto& k : keys) {
+    if (kinds.size() == 12) break;
+    const auto slash = k.find('/');
+    kinds.insert(slash == std::string::npos ? k : k.substr(0, slash + 1));
+  }
+  std::string records = std::to_string(keys.size()) + " record(s) of a one-server core (";
+  for (const auto& k : kinds) records += (k == *kinds.begin() ? "" : ", ") + k;
+  records += ")";
+  auto client = etcd_client::make(endpoints);
+  if (!client) return client.error();
+  auto held = client->range(data_prefix, true);
+  if (!held)
+    return error(errc::unavailable, "cannot read etcd at " + endpoints + " (" +
+                                        held.error().message() + ") to see whether it holds " +
+                                        "a core's state beside what " + file.string() + " holds");
+  if (!held->empty()) {
+    spdlog::warn(
+        "{} holds {}; this core keeps its state in etcd at {} ({} key(s) under {}) and does "
+        "not use them",
+        file.string(), records, endpoints, held->size(), data_prefix);
+    return {};
+  }
+  return error(
+      errc::invalid_argument,
+      file.string() + " holds " + records + ": its accounts, API keys, ledger, tokens and " +
+          "jobs; etcd at " + endpoints + " holds no core's state (nothing under " +
+          std::string(data_prefix) + "). Started with --store etcd://, this core would " +
+          "start empty, without them. To go on with that state, run the core without " +
+          "--store; to start a core of several afresh, move data.mdb, lock.mdb and blobs/ " +
+          "out of " + data_dir.string() + " (keep the credentials and operator.key): nothing " +
+          "copies a one-server core's state into etcd yet (docs/FAILURES.md, \"A core of " +
+          "several servers\")");
+}
+
 expected<std::string> etcd_endpoints_of(const std::string& store_url) {
   constexpr std::string_view scheme = "etcd://";
   if (store_url.rfind(scheme, 0) != 0 || store_url.size() == scheme.size())

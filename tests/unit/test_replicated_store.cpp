@@ -27,6 +27,7 @@
 #include "gflex/runtime/digest.hpp"
 #include "gflex/runtime/etcd_client.hpp"
 #include "gflex/runtime/replicated_store.hpp"
+#include "running_core.hpp"
 #include "temp_dir.hpp"
 
 using namespace gflex;
@@ -1170,6 +1171,72 @@ TEST_SUITE("replicated_store") {
     auto back = c.Get("/chunk/" + digest, {{"Authorization", good}});
     REQUIRE(back);
     CHECK(back->body == body);
+  }
+
+  TEST_CASE("a one-server core's state is not left behind unsaid: on an empty etcd, refused" *
+            doctest::skip(!etcd_installed())) {
+    // With --store etcd:// the LMDB store in the data directory was never looked at: a
+    // one-server core switched to a core of several started with no accounts, balances or
+    // tokens, and nothing said why.
+    test::temp_dir dir, used, fresh, emptied;
+    etcd_server etcd(dir.path());
+    auto single = test::local_core_config(used);
+    const std::string key = test::operator_key(used);
+    std::string not_opened = "the core did not start";
+    const int alone = run_core(single, [&](local_core& core) -> expected<std::unique_ptr<core_service>> {
+      auto opened = core.connect(key).create_account("user/bea");
+      not_opened = opened ? "" : opened.error().message();
+      return error(errc::invalid_argument, "the test is done");  // stops the core
+    });
+    REQUIRE(alone == 2);
+    REQUIRE_MESSAGE(not_opened.empty(), not_opened);
+    // The same data directory, or another, on etcd: whether the core started, and its code.
+    auto on_etcd = [&](core_config config) {
+      config.store_url = "etcd://" + etcd.endpoint();
+      config.port = test::free_loopback_port();
+      config.chunk_listen = "127.0.0.1:0";
+      bool started = false;
+      const int code = run_core(config, [&](local_core&) -> expected<std::unique_ptr<core_service>> {
+        started = true;
+        return error(errc::invalid_argument, "the test is done");
+      });
+      return std::make_pair(started, code);
+    };
+    const auto [used_started, used_code] = on_etcd(single);
+    CHECK_FALSE(used_started);
+    CHECK(used_code == 2);  // a configuration to fix: not restarted by the service
+    auto admin = etcd_client::make(etcd.endpoint());
+    auto members = admin->range("/gflex/member/", true);
+    REQUIRE(members.has_value());
+    CHECK_MESSAGE(members->empty(), "the refused core joined the cores");
+    auto refused = check_single_core_state(used.path(), etcd.endpoint());
+    REQUIRE_FALSE(refused.has_value());
+    CHECK(refused.error().code() == errc::invalid_argument);
+    const std::string why = refused.error().message();
+    CHECK_MESSAGE(why.find((used.path() / "data.mdb").string() + " holds") != std::string::npos,
+                  why);
+    CHECK_MESSAGE(why.find("apikey/, ledger/") != std::string::npos, why);  // user/bea's
+    CHECK_MESSAGE(why.find("etcd at " + etcd.endpoint() + " holds no core's state") !=
+                      std::string::npos,
+                  why);
+    CHECK_MESSAGE(why.find("without --store") != std::string::npos, why);
+
+    // What `gflex-core init` makes is no state, nor is an LMDB store with no record (a core
+    // started and stopped): such a core starts on the empty etcd.
+    auto fresh_config = test::local_core_config(fresh);
+    REQUIRE(check_single_core_state(fresh.path(), etcd.endpoint()).has_value());
+    CHECK_FALSE(std::filesystem::exists(fresh.path() / "data.mdb"));  // not made by the check
+    REQUIRE(init_core(emptied.path()).has_value());
+    REQUIRE(store::open(emptied.path()).has_value());
+    CHECK(check_single_core_state(emptied.path(), etcd.endpoint()).has_value());
+    const auto [fresh_started, fresh_code] = on_etcd(fresh_config);
+    CHECK(fresh_started);
+    CHECK(fresh_code == 2);  // the starter's "the test is done"
+
+    // Once etcd holds a core's state, the data.mdb beside it is not used, and not refused.
+    etcd_op state{"/gflex/data/user/ann", bytes("a record"), 0};
+    REQUIRE(admin->txn({}, {&state, 1}).has_value());
+    CHECK(check_single_core_state(used.path(), etcd.endpoint()).has_value());
   }
 
   TEST_CASE("bad configuration is refused before anything starts") {

@@ -109,6 +109,17 @@ class replicated_store final : public key_value_store {
   std::unique_ptr<impl> impl_;
 };
 
+/// Whether a core may keep its state in etcd at `endpoints` given what its data directory
+/// holds. Refused (errc::invalid_argument, naming both stores and what to do) where the
+/// directory's LMDB store (data.mdb: a one-server core's accounts, API keys, ledger, tokens and
+/// jobs) holds records and etcd holds none of a core's state: the core would start empty, as
+/// if they were lost, and say nothing. The files `gflex-core init` makes (credentials, the
+/// operator key) and an LMDB store with no record (a core started and stopped) are no state.
+/// Where both hold state, data.mdb is not used, and a warning says so. A data directory
+/// without data.mdb is not touched; errc::unavailable where etcd cannot be read.
+expected<void> check_single_core_state(const std::filesystem::path& data_dir,
+                                       const std::string& endpoints);
+
 /// The store URL's etcd endpoints: "etcd://h:p,h:p" gives "h:p,h:p"; errc::invalid_argument
 /// for any other scheme.
 expected<std::string> etcd_endpoints_of(const std::string& store_url);
