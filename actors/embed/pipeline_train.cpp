@@ -176,6 +176,11 @@ bool train_driver::poll(std::vector<round_update>& out) {
   auto s = options_.client->status(job_id_);
   if (!s && rides_out(s.error())) return false;
   if (!s) fail("train: job " + job_id_ + ": " + s.error().message());
+  // A paused job waits for its owner (its budget spent: a top-up resumes it); the stage goes
+  // on following it, and says why once, not in silence.
+  if (s->state == job_state::paused && s->detail != paused_detail_)
+    spdlog::warn("train: job {} is paused: {}", job_id_, s->detail);
+  paused_detail_ = s->state == job_state::paused ? s->detail : std::string();
   if (s->round > last_round_) {
     // The status and the parameters are two asks: a round committed between them (or an
     // export made before the last) would pair one round's loss and accuracy with another's

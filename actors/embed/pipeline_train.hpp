@@ -69,6 +69,8 @@ class train_driver {
   std::string job_name_;  ///< The spec's [job] name.
   std::string job_id_;
   int64_t last_round_ = 0;
+  /// The job's paused detail last logged (empty: not paused at the last poll).
+  std::string paused_detail_;
   /// Since when polls have failed for a lost link (none: the last one was answered).
   std::chrono::steady_clock::time_point lost_since_{};
 

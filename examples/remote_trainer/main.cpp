@@ -6,7 +6,9 @@
 //   remote_trainer HOST:PORT API_KEY_FILE CORE_CERT [ROUNDS] [OUT.gfck] [ACCOUNT:BUDGET]
 //
 // With ACCOUNT:BUDGET (user/NAME:CREDITS) the job is paid from that account, at most BUDGET
-// credits, and the trainer reports the bill as rounds are paid for.
+// credits, and the trainer reports the bill as rounds are paid for. It reports each change
+// of the job's state with its reason: a job whose budget is spent is paused until its owner
+// tops it up (`gflex topup JOB CREDITS`), and the trainer goes on following it.
 // The core must have nodes joined (with their join tokens) to run the job. Exit status: 0
 // when the job is done and its parameters are written, 1 otherwise, 2 for bad arguments.
 
@@ -88,6 +90,13 @@ int main(int argc, char** argv) {
   events.on_bill = [](const gflex::job_status& s, int64_t micro) {
     std::printf("bill: %+lld micro-credits (%lld of %lld spent)\n", static_cast<long long>(micro),
                 static_cast<long long>(s.credits_spent), static_cast<long long>(s.budget));
+  };
+  // A paused job waits for its owner (a budget spent: `gflex topup JOB CREDITS` resumes it):
+  // say so and why, rather than wait in silence.
+  events.on_state = [](const gflex::job_status& s) {
+    std::printf("%s %s%s%s\n", s.job_id.c_str(), gflex::to_string(s.state),
+                s.detail.empty() ? "" : ": ", s.detail.c_str());
+    std::fflush(stdout);
   };
   events.on_node_joined = [](const gflex::node_status& n) {
     std::printf("node %s joined (%s tier)\n", n.name.c_str(), gflex::to_string(n.tier));

@@ -87,7 +87,11 @@ flags=$(PKG_CONFIG_PATH="$PREFIX/lib/pkgconfig" pkg-config --cflags --libs gflex
 # shellcheck disable=SC2086
 c++ "$SRC/examples/custom_trainer/main.cpp" -o "$WORK/custom_trainer_pc" $flags \
   -Wl,-rpath,"$PREFIX/lib" 2>"$WORK/pc.log" || fail "build with pkg-config: $(tail -3 "$WORK/pc.log")"
-"$WORK/custom_trainer_pc" 0 >/dev/null 2>&1 && fail "custom_trainer accepted 0 nodes"
+# Run, not only linked: a library it cannot load exits 127, a crash 134 or 139.
+rc=0
+"$WORK/custom_trainer_pc" 0 >/dev/null 2>"$WORK/custom_trainer_pc.err" || rc=$?
+[ "$rc" = 2 ] && grep -q "^usage: custom_trainer" "$WORK/custom_trainer_pc.err" ||
+  fail "custom_trainer built with pkg-config's flags, given 0 nodes: exit $rc, $(head -2 "$WORK/custom_trainer_pc.err")"
 
 # custom_trainer: its own model on an in-process cluster of 2 nodes.
 timeout -s KILL 180 "$WORK/examples/custom_trainer/custom_trainer" 2 8 >"$WORK/custom.out" \
@@ -171,6 +175,23 @@ grep -q "^bill: +[0-9]* micro-credits" "$WORK/remote.out" ||
 grep -q "is not a byte-level language model" "$WORK/sample.err" ||
   fail "the fetched checkpoint is not remote_trainer's model: $(cat "$WORK/sample.err")"
 echo "ok: remote_trainer (installed SDK): $(tail -2 "$WORK/remote.out" | head -1)"
+# A budget 5 micro-credits above one round's escrow (2 workers x 10 credits an hour x 120 s,
+# 0.666667 credits): the job pauses once its first round is paid for, and the trainer says so
+# and why (it waited in silence); a top-up with the account's key resumes it to its end.
+key_file dave
+"$BIN/gflex-core" account credit user/dave 10 --core "$core" >/dev/null || fail "credit user/dave"
+timeout -s KILL 180 "$WORK/examples/remote_trainer/remote_trainer" "$core" "$WORK/dave.key" \
+  "$GFLEX_CORE_CERT" 4 "$WORK/dave.gfck" user/dave:0.666672 >"$WORK/dave.out" 2>"$WORK/dave.err" &
+dave_trainer=$!
+wait_for 90 "remote_trainer to say its job paused" grep -q "^job-[0-9]* paused: .*budget" "$WORK/dave.out"
+dave_job=$(sed -n 's/^submitted //p' "$WORK/dave.out")
+GFLEX_API_KEY=$(cat "$WORK/dave.key") "$BIN/gflex" topup "$dave_job" 5 --core "$core" >/dev/null ||
+  fail "gflex topup $dave_job"
+rc=0
+wait "$dave_trainer" || rc=$?
+[ "$rc" = 0 ] && grep -q ": done, test accuracy" "$WORK/dave.out" &&
+  echo "ok: remote_trainer said why its job paused ($(grep -m1 ' paused: ' "$WORK/dave.out" | cut -c1-80)...) and followed it to its end after a top-up" ||
+  fail "remote_trainer on a paused job: exit $rc, $(tail -3 "$WORK/dave.out") $(tail -2 "$WORK/dave.err")"
 # A wrong key gets the core's refusal as a value, not a crash.
 echo "gfk_0000000000000000000000000000000000000000000000000000000000000000" >"$WORK/bad.key"
 rc=0
