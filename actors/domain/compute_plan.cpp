@@ -2,6 +2,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <mutex>
 
 #include "gflex/kernels/devices.hpp"
@@ -16,13 +17,19 @@ expected<compute_plan> plan_gpus(const node_config& config, const std::string& g
   if (found.empty())
     return error(errc::no_device,
                  "--backend " + config.backend + ": no usable CUDA device (" + why + ")");
-  auto chosen = kernels::parse_gpu_list(gpu_list, static_cast<int>(found.size()));
+  // Device numbers, not positions in `found`: a device the driver cannot describe is left
+  // out of it, and the others keep their numbers.
+  std::vector<int> usable;
+  for (const auto& info : found) usable.push_back(info.ordinal);
+  auto chosen = kernels::parse_gpu_list(gpu_list, usable);
   if (!chosen) return chosen.error();
   auto limit = kernels::parse_byte_size(config.gpu_memory_limit);  // checked by plan_compute
   compute_plan plan;
   plan.workers = config.streams_per_gpu;
   for (int ordinal : *chosen) {
-    const auto& info = found[static_cast<size_t>(ordinal)];
+    const auto& info = *std::find_if(found.begin(), found.end(), [&](const kernels::gpu_info& d) {
+      return d.ordinal == ordinal;
+    });
     if (*limit > info.memory_bytes)
       return error(errc::invalid_argument, "--gpu-memory-limit " + config.gpu_memory_limit +
                                                " is more than cuda:" + std::to_string(ordinal) +

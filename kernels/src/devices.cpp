@@ -4,6 +4,7 @@
 
 #include "gflex/kernels/devices.hpp"
 
+#include <algorithm>
 #include <charconv>
 #include <set>
 
@@ -50,12 +51,9 @@ bool conv2d_geometry::valid() const {
          width + 2 * pad_w >= kernel_w && out_height() > 0 && out_width() > 0;
 }
 
-expected<std::vector<int>> parse_gpu_list(const std::string& text, int count) {
+expected<std::vector<int>> parse_gpu_list(const std::string& text, const std::vector<int>& usable) {
+  if (text.empty()) return usable;
   std::vector<int> out;
-  if (text.empty()) {
-    for (int i = 0; i < count; ++i) out.push_back(i);
-    return out;
-  }
   std::set<int> seen;
   std::string_view rest = text;
   while (true) {
@@ -66,9 +64,13 @@ expected<std::vector<int>> parse_gpu_list(const std::string& text, int count) {
     if (item.empty() || ec != std::errc() || end != item.data() + item.size() || ordinal < 0)
       return error(errc::invalid_argument,
                    "--gpus: '" + std::string(item) + "' is not a device number (e.g. --gpus 0,2)");
-    if (ordinal >= count)
-      return error(errc::no_device, "--gpus: there is no CUDA device " + std::to_string(ordinal) +
-                                        " (" + std::to_string(count) + " found)");
+    if (std::find(usable.begin(), usable.end(), ordinal) == usable.end()) {
+      std::string there;
+      for (int u : usable) there += (there.empty() ? "" : ",") + std::to_string(u);
+      return error(errc::no_device,
+                   "--gpus: there is no usable CUDA device " + std::to_string(ordinal) +
+                       " (usable: " + (there.empty() ? std::string("none") : there) + ")");
+    }
     if (!seen.insert(ordinal).second)
       return error(errc::invalid_argument,
                    "--gpus: device " + std::to_string(ordinal) + " is listed twice");

@@ -18,21 +18,36 @@ using namespace gflex::kernels;
 
 TEST_SUITE("devices") {
   TEST_CASE("--gpus lists: all by default, distinct existing ordinals") {
-    CHECK(parse_gpu_list("", 3).value() == std::vector<int>{0, 1, 2});
-    CHECK(parse_gpu_list("", 0).value().empty());
-    CHECK(parse_gpu_list("0,2", 3).value() == std::vector<int>{0, 2});
-    CHECK(parse_gpu_list("1", 2).value() == std::vector<int>{1});
-    auto missing = parse_gpu_list("0,2", 2);
+    const std::vector<int> three{0, 1, 2};
+    CHECK(parse_gpu_list("", three).value() == three);
+    CHECK(parse_gpu_list("", {}).value().empty());
+    CHECK(parse_gpu_list("0,2", three).value() == std::vector<int>{0, 2});
+    CHECK(parse_gpu_list("1", {0, 1}).value() == std::vector<int>{1});
+    auto missing = parse_gpu_list("0,2", {0, 1});
     REQUIRE_FALSE(missing.has_value());
     CHECK(missing.error().code() == errc::no_device);
-    CHECK(missing.error().message().find("no CUDA device 2 (2 found)") != std::string::npos);
+    CHECK(missing.error().message().find("no usable CUDA device 2 (usable: 0,1)") !=
+          std::string::npos);
     for (const char* bad : {"x", "0,,1", "-1", "1,", "0 1", "1.5"}) {
       CAPTURE(bad);
-      auto r = parse_gpu_list(bad, 8);
+      auto r = parse_gpu_list(bad, {0, 1, 2, 3, 4, 5, 6, 7});
       REQUIRE_FALSE(r.has_value());
       CHECK(r.error().code() == errc::invalid_argument);
     }
-    CHECK(parse_gpu_list("1,1", 2).error().message().find("twice") != std::string::npos);
+    CHECK(parse_gpu_list("1,1", {0, 1}).error().message().find("twice") != std::string::npos);
+  }
+
+  TEST_CASE("--gpus names CUDA device numbers, which skip a device the driver cannot describe") {
+    // cuda_devices() leaves out such a device; the others keep their numbers. Taken as
+    // positions, the default chose the broken device 0, and --gpus 1,2 was refused.
+    const std::vector<int> usable{1, 2};
+    CHECK(parse_gpu_list("", usable).value() == usable);
+    CHECK(parse_gpu_list("1,2", usable).value() == usable);
+    CHECK(parse_gpu_list("2", usable).value() == std::vector<int>{2});
+    auto broken = parse_gpu_list("0", usable);
+    REQUIRE_FALSE(broken.has_value());
+    CHECK(broken.error().message().find("no usable CUDA device 0 (usable: 1,2)") !=
+          std::string::npos);
   }
 
   TEST_CASE("byte sizes with binary suffixes") {

@@ -98,9 +98,11 @@ struct gpu_sample {
 /// are not made up.
 expected<std::vector<gpu_sample>> sample_gpus(const std::vector<int>& ordinals);
 
-/// Parses a --gpus list ("0,2"): distinct ordinals, each below `count`; an empty string
-/// means every device. Errors name the bad entry and the devices there are.
-expected<std::vector<int>> parse_gpu_list(const std::string& text, int count);
+/// Parses a --gpus list ("0,2"): distinct CUDA device numbers, each one of `usable` (the
+/// ordinals of cuda_devices(), which leaves out a device the driver cannot describe, so they
+/// need not run 0..n-1); an empty string means every usable device. Errors name the bad entry
+/// and the devices there are.
+expected<std::vector<int>> parse_gpu_list(const std::string& text, const std::vector<int>& usable);
 
 /// Parses a byte size with an optional binary suffix ("512M", "6G", "1073741824"); "0" means
 /// no limit.
