@@ -541,7 +541,8 @@ struct replicated_store::impl {
         "replication: core {} is a member ({} chunk(s) named, {} fetched, {} no longer named, {} "
         "held by no live core)",
         config.core_id, refs.size(), counts[static_cast<int>(chunk_fetch::fetched)],
-        counts[static_cast<int>(chunk_fetch::unnamed)], counts[static_cast<int>(chunk_fetch::lost)]);
+        counts[static_cast<int>(chunk_fetch::unnamed)],
+        counts[static_cast<int>(chunk_fetch::lost)]);
     member_ready = true;
     return {};
   }
@@ -590,8 +591,8 @@ struct replicated_store::impl {
             config.core_id, ref.digest, name, got.error().message(), name);
         return chunk_fetch::lost;
       }
-      spdlog::info("replication: {} was replaced while core {} joined; fetching its chunk {}",
-                   name, config.core_id, named->digest.substr(0, 12));
+      spdlog::info("replication: {} was replaced while core {} joined; fetching its chunk {}", name,
+                   config.core_id, named->digest.substr(0, 12));
       ref = *named;
     }
     spdlog::error(

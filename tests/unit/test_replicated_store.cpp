@@ -1078,9 +1078,8 @@ TEST_SUITE("replicated_store") {
     httplib::Server peer;
     std::atomic<bool> moved{false};
     std::optional<expected<void>> replaced;
-    peer.Put(R"(/chunk/.*)", [](const httplib::Request&, httplib::Response& res) {
-      res.status = 204;
-    });
+    peer.Put(R"(/chunk/.*)",
+             [](const httplib::Request&, httplib::Response& res) { res.status = 204; });
     peer.Get(R"(/chunk/.*)", [&](const httplib::Request&, httplib::Response& res) {
       if (!moved.exchange(true)) {
         std::vector<store_write> later = {{"ckpt/x", x2}, {"ckpt/y", std::nullopt}};
@@ -1183,11 +1182,12 @@ TEST_SUITE("replicated_store") {
     auto single = test::local_core_config(used);
     const std::string key = test::operator_key(used);
     std::string not_opened = "the core did not start";
-    const int alone = run_core(single, [&](local_core& core) -> expected<std::unique_ptr<core_service>> {
-      auto opened = core.connect(key).create_account("user/bea");
-      not_opened = opened ? "" : opened.error().message();
-      return error(errc::invalid_argument, "the test is done");  // stops the core
-    });
+    const int alone =
+        run_core(single, [&](local_core& core) -> expected<std::unique_ptr<core_service>> {
+          auto opened = core.connect(key).create_account("user/bea");
+          not_opened = opened ? "" : opened.error().message();
+          return error(errc::invalid_argument, "the test is done");  // stops the core
+        });
     REQUIRE(alone == 2);
     REQUIRE_MESSAGE(not_opened.empty(), not_opened);
     // The same data directory, or another, on etcd: whether the core started, and its code.
@@ -1196,10 +1196,11 @@ TEST_SUITE("replicated_store") {
       config.port = test::free_loopback_port();
       config.chunk_listen = "127.0.0.1:0";
       bool started = false;
-      const int code = run_core(config, [&](local_core&) -> expected<std::unique_ptr<core_service>> {
-        started = true;
-        return error(errc::invalid_argument, "the test is done");
-      });
+      const int code =
+          run_core(config, [&](local_core&) -> expected<std::unique_ptr<core_service>> {
+            started = true;
+            return error(errc::invalid_argument, "the test is done");
+          });
       return std::make_pair(started, code);
     };
     const auto [used_started, used_code] = on_etcd(single);
@@ -1216,9 +1217,9 @@ TEST_SUITE("replicated_store") {
     CHECK_MESSAGE(why.find((used.path() / "data.mdb").string() + " holds") != std::string::npos,
                   why);
     CHECK_MESSAGE(why.find("apikey/, ledger/") != std::string::npos, why);  // user/bea's
-    CHECK_MESSAGE(why.find("etcd at " + etcd.endpoint() + " holds no core's state") !=
-                      std::string::npos,
-                  why);
+    CHECK_MESSAGE(
+        why.find("etcd at " + etcd.endpoint() + " holds no core's state") != std::string::npos,
+        why);
     CHECK_MESSAGE(why.find("without --store") != std::string::npos, why);
 
     // What `gflex-core init` makes is no state, nor is an LMDB store with no record (a core

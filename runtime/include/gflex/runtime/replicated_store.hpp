@@ -70,8 +70,8 @@ class replicated_store final : public key_value_store {
  public:
   /// Connects to etcd, starts the chunk service, registers this core as a member and fetches
   /// the chunks that committed values name and this core lacks (those replaced or erased
-  /// meanwhile are passed over, as are, logged, those no live core holds). `on_lost` is called (from
-  /// the lease thread, or the thread of a commit that cannot be settled) when this core led
+  /// meanwhile are passed over, as are, logged, those no live core holds). `on_lost` is called
+  /// (from the lease thread, or the thread of a commit that cannot be settled) when this core led
   /// and lost its lease or gave up the leadership: it must stop acting as leader at once.
   /// errc::invalid_argument, naming the id, where another live core holds `core_id` (a
   /// record under a lease that is not renewed, as a killed core's, is waited out: its TTL).
