@@ -241,15 +241,22 @@ struct replicated_store::impl {
     }
   }
 
-  // The other live cores: id -> chunk address.
-  expected<std::vector<std::pair<std::string, std::string>>> peers() const {
+  // Another live core, as its member record says.
+  struct member {
+    std::string id;
+    std::string address;  // its chunk service's
+    int64_t lease = 0;    // the lease its record is under
+  };
+
+  // The other live cores.
+  expected<std::vector<member>> peers() const {
     std::lock_guard lock(etcd_mutex);
     auto kvs = etcd->range(member_prefix, true);
     if (!kvs) return kvs.error();
-    std::vector<std::pair<std::string, std::string>> out;
+    std::vector<member> out;
     for (auto& kv : *kvs) {
       std::string id = kv.key.substr(member_prefix.size());
-      if (id != config.core_id) out.emplace_back(id, text_of(kv.value));
+      if (id != config.core_id) out.push_back({std::move(id), text_of(kv.value), kv.lease});
     }
     return out;
   }
@@ -273,15 +280,15 @@ struct replicated_store::impl {
   }
 
   // Pushes a chunk to every other live core, to all at once; a core that cannot take it is
-  // tried again until it does or its membership lapses (its lease TTL): a committed value is
-  // on every core that is a member when it commits.
+  // tried again until it does, leaves, or is taken out of the membership (push_chunk_to): a
+  // committed value is on every core that is a member when it commits.
   expected<void> push_chunk(const std::string& digest, std::span<const uint8_t> bytes) {
     auto others = peers();
     if (!others) return others.error();
     std::vector<std::future<expected<void>>> pushes;
-    for (const auto& member : *others)  // (clang 14 cannot capture structured bindings)
-      pushes.push_back(std::async(std::launch::async, [this, &digest, bytes, member] {
-        return push_chunk_to(member.first, member.second, digest, bytes);
+    for (const auto& m : *others)
+      pushes.push_back(std::async(std::launch::async, [this, &digest, bytes, &m] {
+        return push_chunk_to(m, digest, bytes);
       }));
     expected<void> all;
     for (auto& p : pushes)
@@ -304,20 +311,30 @@ struct replicated_store::impl {
   expected<void> keep_chunk(const std::string& digest, std::span<const uint8_t> bytes) {
     auto others = peers();
     if (!others) return others.error();
-    for (const auto& [id, address] : *others) {
-      auto c = client_of(address, 5);
+    for (const auto& m : *others) {
+      auto c = client_of(m.address, 5);
       auto r =
           c.Post("/touch/" + digest, httplib::Headers{{"Authorization", bearer}}, "", "text/plain");
       if (r && r->status == 204) continue;
-      if (auto ok = push_chunk_to(id, address, digest, bytes); !ok) return ok;
+      if (auto ok = push_chunk_to(m, digest, bytes); !ok) return ok;
     }
     return {};
   }
 
-  expected<void> push_chunk_to(const std::string& id, const std::string& address,
-                               const std::string& digest, std::span<const uint8_t> bytes) {
-    auto [host, port] = split_host_port(address);
-    const auto give_up = clock_type::now() + std::chrono::seconds(config.lease_ttl_s + 5);
+  // Pushes a chunk to member `m`, tried again every 0.25 s until it takes it or leaves. One
+  // still registered (its lease renewed) that has not taken it within the lease's TTL and 5 s
+  // of the last try that got further into the chunk than any before (its chunk service
+  // unreachable from here: a firewall, a wrong advertised address, a link cut between the two
+  // cores only) is taken out of the membership (evict), and the commit goes on without it:
+  // waited for, it failed every commit, and with them every job's round. It sees its record
+  // gone and joins again, fetching what it lacks (renew_leases).
+  expected<void> push_chunk_to(const member& m, const std::string& digest,
+                               std::span<const uint8_t> bytes) {
+    const auto& id = m.id;
+    auto [host, port] = split_host_port(m.address);
+    const auto bound = std::chrono::seconds(config.lease_ttl_s + 5);
+    auto give_up = clock_type::now() + bound;
+    size_t furthest = 0;  // the most bytes of the chunk one try sent
     for (;;) {
       httplib::Client c(host, port);
       c.set_tcp_nodelay(true);  // see etcd_client.cpp
@@ -325,13 +342,22 @@ struct replicated_store::impl {
       c.set_write_timeout(30, 0);
       c.set_read_timeout(30, 0);
       httplib::Headers h{{"Authorization", bearer}};
+      std::atomic<size_t> sent{0};
       // A core cut off or frozen mid-push would hold the commit for the socket's timeouts:
       // while the push runs, the core's membership is looked at every third of the lease,
       // and a push to a core that left is cut short (stop() is httplib's way to abort a
       // request from another thread). A large chunk to a live core takes as long as it takes.
       auto push = std::async(std::launch::async, [&] {
-        return c.Put("/chunk/" + digest, h, reinterpret_cast<const char*>(bytes.data()),
-                     bytes.size(), "application/octet-stream");
+        return c.Put(
+            "/chunk/" + digest, h, bytes.size(),
+            [&](size_t offset, size_t length, httplib::DataSink& sink) {
+              const size_t n = std::min<size_t>(length, size_t{1} << 20);
+              if (!sink.write(reinterpret_cast<const char*>(bytes.data()) + offset, n))
+                return false;
+              sent = offset + n;
+              return true;
+            },
+            "application/octet-stream");
       });
       const auto look = std::chrono::milliseconds(config.lease_ttl_s * 1000 / 3);
       bool left = false;
@@ -346,20 +372,54 @@ struct replicated_store::impl {
         spdlog::warn("replication: core {} left before taking chunk {}", id, digest.substr(0, 12));
         return {};
       }
+      // A try cut short after it got further than any before (a transient error late in a
+      // long transfer) is given the whole bound again.
+      if (sent.load() > furthest) {
+        furthest = sent.load();
+        give_up = clock_type::now() + bound;
+      }
       if (clock_type::now() > give_up)
-        return error(errc::unavailable,
-                     "core " + id + " at " + address + " does not take chunk " + digest + " (" +
-                         (r ? "HTTP " + std::to_string(r->status) : httplib::to_string(r.error())) +
-                         ")");
+        return evict(
+            m, "it did not take chunk " + digest.substr(0, 12) + " of " +
+                   std::to_string(bytes.size()) + " bytes within " + std::to_string(bound.count()) +
+                   " s (" +
+                   (r ? "HTTP " + std::to_string(r->status) : httplib::to_string(r.error())) + ")");
       std::this_thread::sleep_for(std::chrono::milliseconds(250));
     }
+  }
+
+  // Takes member `m` out of the membership: deletes its member record, only while it is under
+  // the lease it was read under (a core that has joined again since keeps its new record).
+  // Fails only where etcd cannot be asked.
+  expected<void> evict(const member& m, const std::string& why) {
+    const std::string key = std::string(member_prefix) + m.id;
+    etcd_compare same{key, etcd_compare::target::lease, 0, {}, m.lease};
+    etcd_op gone{key, std::nullopt, 0};
+    expected<etcd_txn_result> r = error(errc::unavailable, "");
+    {
+      std::lock_guard lock(etcd_mutex);
+      r = etcd->txn({&same, 1}, {&gone, 1});
+    }
+    if (!r)
+      return error(errc::unavailable,
+                   "core " + m.id + " at " + m.address + ": " + why +
+                       ", and it cannot be taken out of the membership: " + r.error().message());
+    if (r->succeeded)
+      spdlog::error(
+          "replication: core {} (chunk service at {}) is taken out of the membership: {}; the "
+          "commit goes on without it, and it joins again, fetching what it lacks",
+          m.id, m.address, why);
+    else
+      spdlog::warn("replication: core {} left or joined again before taking a chunk ({})", m.id,
+                   why);
+    return {};
   }
 
   // Fetches a chunk this core lacks from the other cores.
   expected<std::vector<uint8_t>> fetch_chunk(const chunk_ref& ref) const {
     auto others = peers();
     if (!others) return others.error();
-    for (const auto& [id, address] : *others) {
+    for (const auto& [id, address, member_lease] : *others) {
       auto c = client_of(address, 60);
       auto r = c.Get("/chunk/" + ref.digest, httplib::Headers{{"Authorization", bearer}});
       if (!r || r->status != 200 || r->body.size() != ref.size) continue;
@@ -703,6 +763,12 @@ struct replicated_store::impl {
                                       std::chrono::milliseconds(config.lease_ttl_s * 1000 / 6)));
   }
 
+  // Whether this core's member record is there under its lease; true where etcd cannot say.
+  bool own_member_key(etcd_client& client) const {
+    auto kvs = client.range(member_key(), false);
+    return !kvs || (!kvs->empty() && kvs->front().lease == lease.load());
+  }
+
   void renew_leases() {
     auto client = renewal_client();
     if (!client) return;
@@ -721,6 +787,17 @@ struct replicated_store::impl {
                            clock_type::now() - last_ok > std::chrono::seconds(config.lease_ttl_s);
       if (left && *left > 0) {
         last_ok = clock_type::now();
+        if (!resigned && !leading && member_ready && !own_member_key(*client)) {
+          // The leader took this core out of the membership (its pushes here failed): the
+          // commits since went on without it, and it lacks their chunks. It joins again, as
+          // after resigning, fetching them.
+          member_ready = false;
+          resigned = true;
+          spdlog::error(
+              "replication: core {} was taken out of the membership (the leader could not push "
+              "chunks to its chunk service at {}); it joins again",
+              config.core_id, advertise);
+        }
         if (resigned && !leading && last_ok >= next_rejoin) {
           next_rejoin = last_ok + std::chrono::seconds(5);
           if (auto ok = join(); ok) {

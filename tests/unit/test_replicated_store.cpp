@@ -953,6 +953,52 @@ TEST_SUITE("replicated_store") {
     CHECK(**a->get("ckpt/big") == w.front().value);
   }
 
+  TEST_CASE("a member whose chunk service the leader cannot reach is taken out; it joins again" *
+            doctest::skip(!etcd_installed())) {
+    // A follower that reaches etcd but whose chunk service the leader cannot reach (a
+    // firewall, a wrong advertised address) kept its membership, its lease renewed: every push
+    // to it was tried for 7 s and failed the commit, and with it every job's round.
+    test::temp_dir dir;
+    etcd_server etcd(dir.path());
+    auto a = leading(config_of(etcd, dir, "a"));
+    const auto refusing = bound_socket();  // bound, never listening: connections are refused
+    auto follower = config_of(etcd, dir, "b");
+    follower.chunk_advertise = "127.0.0.1:" + std::to_string(refusing.second);
+    auto b = replicated_store::start(follower, [] {});
+    REQUIRE_MESSAGE(b.has_value(), b.error().message());
+    auto admin = etcd_client::make(etcd.endpoint());
+    REQUIRE(admin.has_value());
+    auto before = admin->range("/gflex/member/b", false);
+    REQUIRE(before.has_value());
+    REQUIRE(before->size() == 1);
+    const int64_t first_lease = before->front().lease;
+    const auto checkpoint = large(size_t{1} << 20, 9);
+    const auto outcome = commit_checkpoint(*a, checkpoint);
+    const auto& committed = outcome.first;
+    const double took = outcome.second;
+    REQUIRE_MESSAGE(committed.has_value(), committed.error().message());
+    CHECK_MESSAGE(took < 12.0, "the commit took " << took << " s");
+    // b's record under the lease it had is gone (b may be back already, under another lease).
+    auto after = admin->range("/gflex/member/b", false);
+    REQUIRE(after.has_value());
+    CHECK((after->empty() || after->front().lease != first_lease));
+    // b sees it was taken out, and joins again, fetching the chunk it lacks from a.
+    const auto chunk = follower.chunk_dir / digest_hex(checkpoint);
+    bool back = false;
+    for (int i = 0; i < 100 && !back; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      auto now = admin->range("/gflex/member/b", false);
+      back = now && !now->empty() && now->front().lease != first_lease &&
+             std::filesystem::exists(chunk);
+    }
+    ::close(refusing.first);
+    CHECK_MESSAGE(back, "b did not join again with the chunk");
+    auto read = (*b)->get("ckpt/1");
+    REQUIRE_MESSAGE(read.has_value(), read.error().message());
+    REQUIRE(read->has_value());
+    CHECK(**read == checkpoint);
+  }
+
   TEST_CASE("the leader compacts etcd's history: past revisions do not pile up" *
             doctest::skip(!etcd_installed())) {
     // Every round rewrites its job's record; etcd keeps every revision until compacted and,

@@ -19,10 +19,13 @@
 /// - Values of `chunk_threshold` bytes or more (parameters, checkpoints, data sets) are too
 ///   large for etcd: each is a file named by its digest in every core's chunk directory,
 ///   pushed to every live member before the commit that names it, and etcd holds a
-///   reference. A core that joins (or rejoins after a partition) fetches the chunks it lacks
-///   before it may campaign; a chunk no core serves any more is looked for again under its
-///   key, passed over where no value names it now, and, still named but held by no live
-///   core, logged and passed over (its key's readers hear that no core holds it).
+///   reference. A member that does not take a chunk within its lease's TTL and 5 s (its chunk
+///   service unreachable from the leader) is taken out of the membership, its record deleted,
+///   and the commit goes on without it; it sees its record gone and joins again. A core that
+///   joins (or rejoins after a partition) fetches the chunks it lacks before it may campaign;
+///   a chunk no core serves any more is looked for again under its key, passed over where no
+///   value names it now, and, still named but held by no live core, logged and passed over
+///   (its key's readers hear that no core holds it).
 ///
 /// The core's keys live under /gflex/data/.
 
