@@ -11,16 +11,7 @@ G="$BIN/gflex"
 
 shipped_spec 4 "$WORK/job.toml"
 start_cluster 0
-# The verifier re-computes with another OpenBLAS kernel than the community nodes where it
-# can (as hybrid_cheats.sh does): honest work is checked on other arithmetic.
-verifier_env=()
-if grep -qw avx2 /proc/cpuinfo; then
-  verifier_env=(env OPENBLAS_CORETYPE=Haswell)
-else
-  echo "skipped: re-computation on another kernel (no AVX2 here): the verifier computes as the others do"
-fi
-start core1 "${verifier_env[@]}" "$BIN/gflex-node" --join "$core" --name core1 \
-  --data-dir "$WORK/core1" --tier core --token "$TOKEN_core"
+start_verifier core1
 for i in 1 2 3 4; do
   start "node$i" "$BIN/gflex-node" --join "$core" --name "node$i" --data-dir "$WORK/node$i"
 done

@@ -12,17 +12,7 @@ shipped_spec 7 "$WORK/job.toml"
 grep -q '^tier = "hybrid"$' "$WORK/job.toml" || fail "the shipped spec is not hybrid"
 
 start_cluster 0
-# The core-tier node re-computes with another OpenBLAS kernel than the community nodes (AVX2
-# FMA where the library's own choice here is another), so that honest work is checked on
-# other arithmetic, as a GPU's is on a CPU verifier.
-verifier_env=()
-if grep -qw avx2 /proc/cpuinfo; then
-  verifier_env=(env OPENBLAS_CORETYPE=Haswell)
-else
-  echo "skipped: re-computation on another kernel (no AVX2 here): the verifier computes as the others do"
-fi
-start core1 "${verifier_env[@]}" "$BIN/gflex-node" --join "$core" --name core1 \
-  --data-dir "$WORK/core1" --tier core --token "$TOKEN_core" --workers 2
+start_verifier core1 --workers 2
 for i in 1 2 3 4 5; do
   start "honest$i" "$BIN/gflex-node" --join "$core" --name "honest$i" --data-dir "$WORK/honest$i"
 done

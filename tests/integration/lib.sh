@@ -173,6 +173,23 @@ start_cluster() {
   wait_for 30 "$n nodes to join" bash -c "[ \$('$BIN/gflex' nodes --core $core | wc -l) -eq $n ]"
 }
 
+# start_verifier NAME [ARGS...]: a core-tier node NAME on $core (with the core tier's token)
+# that re-computes with another OpenBLAS kernel than the community nodes where it can (AVX2
+# FMA where the library's own choice here is another), so that honest work is checked on
+# other arithmetic, as a GPU's is on a CPU verifier.
+start_verifier() {
+  local name=$1
+  shift
+  local verifier_env=()
+  if grep -qw avx2 /proc/cpuinfo; then
+    verifier_env=(env OPENBLAS_CORETYPE=Haswell)
+  else
+    echo "skipped: re-computation on another kernel (no AVX2 here): the verifier computes as the others do"
+  fi
+  start "$name" "${verifier_env[@]}" "$BIN/gflex-node" --join "$core" --name "$name" \
+    --data-dir "$WORK/$name" --tier core --token "$TOKEN_core" "$@"
+}
+
 # expect_job_done JOB MIN_ACCURACY: waits (3 minutes at most) for JOB on $core to end, and
 # checks that it is done with at least MIN_ACCURACY test accuracy.
 expect_job_done() {

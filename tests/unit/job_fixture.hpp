@@ -410,4 +410,34 @@ struct job_fixture : configured_system {
   }
 };
 
+// k_spec paid from alice's account.
+inline const std::string metered_spec =
+    k_spec + "[market]\naccount = \"user/alice\"\nbudget = 100.0\nmax_price = 1.0\n";
+
+// A ledger keeper over the fixture's store: alice's account, holding 100 credits, and job-1's
+// escrow open.
+inline caf::actor funded_keeper(job_fixture& f) {
+  auto keeper = spawn_ledger_keeper(f.sys, f.store);
+  for (const char* account : {"user/alice", "escrow/job-1"})
+    f.self->request(keeper, f.wait, open_atom::value, std::string(account), false)
+        .receive([](caf::ok_atom) {}, [&](caf::error& e) { FAIL(f.sys.render(e)); });
+  f.self
+      ->request(keeper, f.wait, transfer_atom::value, std::string("credit"), std::string("test"),
+                std::vector<posting>{{"external", -100'000'000}, {"user/alice", 100'000'000}})
+      .receive([](uint64_t) {}, [&](caf::error& e) { FAIL(f.sys.render(e)); });
+  return keeper;
+}
+
+// Waits (10 s at most) until the fixture's slow_ledger holds a request back: the round's
+// hold is on its way.
+inline void await_held_request(job_fixture& f) {
+  int64_t waiting = 0;
+  for (int tries = 0; tries < 100 && waiting == 0; ++tries) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    f.self->request(f.keeper, f.wait, caf::get_atom::value)
+        .receive([&](int64_t n) { waiting = n; }, [&](caf::error& e) { FAIL(f.sys.render(e)); });
+  }
+  REQUIRE(waiting == 1);
+}
+
 }  // namespace gflex::test

@@ -209,140 +209,27 @@ struct hostile_peer {
   }
 };
 
-}  // namespace
-
-TEST_CASE("a peer's forged exit, down and error messages kill a plain actor, not a guarded one") {
-  served_child child;
-  REQUIRE(child.port != 0);
-  const uint16_t port = child.port;
-
-  caf::actor_system_config cfg;
-  configure_actor_system(cfg);
-  cfg.load<caf::io::middleman>();
-  caf::actor_system sys{cfg};
-  auto door = sys.middleman().remote_actor("127.0.0.1", port);
-  REQUIRE_MESSAGE(static_cast<bool>(door), sys.render(door.error()));
-  caf::scoped_actor self{sys};
-  caf::actor plain, guard;
-  self->request(*door, std::chrono::seconds(10), probe_atom::value, 0)
-      .receive(
-          [&](caf::actor& p, caf::actor& g) {
-            plain = p;
-            guard = g;
-          },
-          [&](caf::error& e) { FAIL(sys.render(e)); });
-  REQUIRE(plain);
-  REQUIRE(guard);
-  self->monitor(plain);
-
-  for (const auto& target : {plain, guard}) {
-    // A forged down message about the door, an unsolicited error, exit messages of every
-    // kind, the unconditional one last.
-    self->send(target, caf::down_msg{door->address(), caf::exit_reason::kill});
-    self->send(target, caf::make_error(caf::sec::runtime_error));
-    self->send_exit(target, caf::exit_reason::user_shutdown);
-    caf::anon_send_exit(target, caf::exit_reason::kill);
-  }
-  bool plain_died = false;
-  self->receive([&](caf::down_msg& d) { plain_died = d.source == plain.address(); },
-                caf::after(std::chrono::seconds(10)) >> [] {});
-  CHECK_MESSAGE(plain_died, "the attack does not kill an unguarded actor: the test proves nothing");
-
-  uint64_t dropped = 0;
-  bool answered = false;
-  self->request(guard, std::chrono::seconds(10), probe_atom::value)
-      .receive(
-          [&](uint64_t n) {
-            answered = true;
-            dropped = n;
-          },
-          [&](caf::error& e) { MESSAGE("guarded actor: " << sys.render(e)); });
-  CHECK(answered);
-  CHECK(dropped == 4);
-}
-
-TEST_CASE("a peer's message sent as the served process's own actor closes its connection") {
-  // CAF takes a routed message's source from the message: naming the child's own node, a
-  // peer's exit message seems to come from the child's door (a local actor), which the guard
-  // obeys. send_as(door, ...) makes exactly that message.
-  hostile_peer peer;
-  auto& sys = *peer.sys;
-  auto& self = *peer.self;
-  caf::actor guard;
-  self->request(peer.door, std::chrono::seconds(10), probe_atom::value, 0)
-      .receive([&](caf::actor&, caf::actor& g) { guard = g; },
-               [&](caf::error& e) { FAIL(sys.render(e)); });
-  REQUIRE(guard);
-  const caf::actor as_door = peer.door;
-  caf::send_as(as_door, guard, caf::exit_msg{as_door.address(), caf::exit_reason::kill});
-
-  // The child closed the connection; a new one finds the guarded actor alive, and the exit
-  // message never reached it (nothing dropped: it came from no one the guard saw).
-  std::optional<uint64_t> answered;
-  for (int tries = 0; tries < 50 && !answered; ++tries) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    auto again = sys.middleman().remote_actor("127.0.0.1", peer.child.port);
-    if (!again) continue;
-    caf::actor fresh_guard;
-    self->request(*again, std::chrono::seconds(5), probe_atom::value, 0)
-        .receive([&](caf::actor&, caf::actor& g) { fresh_guard = g; }, [&](caf::error&) {});
-    if (fresh_guard) answered = probe(self, fresh_guard, std::chrono::seconds(5));
-  }
-  REQUIRE_MESSAGE(answered.has_value(), "the guarded actor died of an exit sent as the door");
-  CHECK(*answered == 0);
-}
-
-TEST_CASE("a peer's response does not answer a request its actor made of another") {
-  hostile_peer peer;
-  auto& sys = *peer.sys;
+// What the plain and the guarded asker (in that order) answer while this peer sends each, from
+// `sender`, `forged` as the response to every id an actor's first requests take: each asks
+// the silent actor (its request ids count from 1) when asked.
+std::pair<std::string, std::string> answers_under_forgery(hostile_peer& peer,
+                                                          const caf::strong_actor_ptr& sender,
+                                                          const caf::message& forged) {
   auto& self = *peer.self;
   const auto set = peer.second_set();
-  const caf::actor guarded_ask = set[0], plain_ask = set[1];
-  for (const auto& target : {plain_ask, guarded_ask}) {
-    // The asker asks the silent actor (its request ids count from 1); meanwhile this peer
-    // answers in its place, under every id an actor's first requests take.
+  std::vector<std::string> out;
+  for (const auto& target : {set[1], set[0]}) {
     std::string answer;
     auto asked = self->request(target, std::chrono::seconds(10), probe_atom::value, 0, 0);
     std::this_thread::sleep_for(std::chrono::milliseconds(300));
     for (uint64_t id = 1; id <= 64; ++id)
-      target->enqueue(self->ctrl(), caf::make_message_id(id).response_id(),
-                      caf::make_message(std::string("forged: operator")), nullptr);
+      target->enqueue(sender, caf::make_message_id(id).response_id(), forged, nullptr);
     std::move(asked).receive([&](std::string& a) { answer = a; },
-                             [&](caf::error& e) { answer = sys.render(e); });
-    if (target == plain_ask)
-      CHECK_MESSAGE(answer == "forged: operator",
-                    "the forgery does not reach an unguarded actor: the test proves nothing");
-    else
-      CHECK(answer == "no answer");
+                             [&](caf::error& e) { answer = peer.sys->render(e); });
+    out.push_back(answer);
   }
+  return {out[0], out[1]};
 }
-
-TEST_CASE("a peer's error without a sender does not fail a request a guarded actor made") {
-  // In the mailbox it looks like CAF's own bounce of a request to a dead local actor; only
-  // BASP knows it came from the peer.
-  hostile_peer peer;
-  auto& sys = *peer.sys;
-  auto& self = *peer.self;
-  const auto set = peer.second_set();
-  const caf::actor guarded_ask = set[0], plain_ask = set[1];
-  for (const auto& target : {plain_ask, guarded_ask}) {
-    std::string answer;
-    auto asked = self->request(target, std::chrono::seconds(10), probe_atom::value, 0, 0);
-    std::this_thread::sleep_for(std::chrono::milliseconds(300));
-    for (uint64_t id = 1; id <= 64; ++id)
-      target->enqueue(nullptr, caf::make_message_id(id).response_id(),
-                      caf::make_message(caf::make_error(caf::sec::runtime_error)), nullptr);
-    std::move(asked).receive([&](std::string& a) { answer = a; },
-                             [&](caf::error& e) { answer = sys.render(e); });
-    if (target == plain_ask)
-      CHECK_MESSAGE(answer == "failed",
-                    "the forgery does not reach an unguarded actor: the test proves nothing");
-    else
-      CHECK(answer == "no answer");
-  }
-}
-
-namespace {
 
 // Asks the served child's door (probe_atom, 0) over a new connection, until it answers:
 // its plain and guarded counters; empty handles when it never does within 5 s.
@@ -364,31 +251,6 @@ std::pair<caf::actor, caf::actor> counters_anew(hostile_peer& peer) {
   }
   return {};
 }
-
-}  // namespace
-
-TEST_CASE("a peer's link message closes its connection and links nothing") {
-  // BASP links the two actors a link message names at once, past every mailbox: linked to
-  // the guarded actor, the plain one, killed, took the guarded one with it (its exit comes
-  // from an actor of the child's own process).
-  hostile_peer peer;
-  auto& self = *peer.self;
-  auto [plain, guard] = counters_anew(peer);
-  REQUIRE(guard);
-  self->send(guard, caf::link_atom::value, caf::actor_cast<caf::strong_actor_ptr>(plain));
-  std::this_thread::sleep_for(std::chrono::milliseconds(300));
-  // Over the same connection if it is still open, a new one otherwise.
-  std::tie(plain, guard) = counters_anew(peer);
-  REQUIRE(plain);
-  caf::anon_send_exit(plain, caf::exit_reason::kill);
-  std::this_thread::sleep_for(std::chrono::milliseconds(300));
-  std::tie(plain, guard) = counters_anew(peer);
-  REQUIRE(guard);
-  CHECK_MESSAGE(probe(self, guard, std::chrono::seconds(5)).has_value(),
-                "the guarded actor died with the plain one a peer linked it to");
-}
-
-namespace {
 
 // A raw BASP frame: its header (as caf::io::basp serializes it) and payload.
 std::vector<char> basp_frame(caf::actor_system& sys, caf::io::basp::message_type op,
@@ -469,6 +331,121 @@ void send_raw(caf::actor_system& sys, int fd, const caf::node_id& self_node,
 }
 
 }  // namespace
+
+TEST_CASE("a peer's forged exit, down and error messages kill a plain actor, not a guarded one") {
+  served_child child;
+  REQUIRE(child.port != 0);
+  const uint16_t port = child.port;
+
+  caf::actor_system_config cfg;
+  configure_actor_system(cfg);
+  cfg.load<caf::io::middleman>();
+  caf::actor_system sys{cfg};
+  auto door = sys.middleman().remote_actor("127.0.0.1", port);
+  REQUIRE_MESSAGE(static_cast<bool>(door), sys.render(door.error()));
+  caf::scoped_actor self{sys};
+  caf::actor plain, guard;
+  self->request(*door, std::chrono::seconds(10), probe_atom::value, 0)
+      .receive(
+          [&](caf::actor& p, caf::actor& g) {
+            plain = p;
+            guard = g;
+          },
+          [&](caf::error& e) { FAIL(sys.render(e)); });
+  REQUIRE(plain);
+  REQUIRE(guard);
+  self->monitor(plain);
+
+  for (const auto& target : {plain, guard}) {
+    // A forged down message about the door, an unsolicited error, exit messages of every
+    // kind, the unconditional one last.
+    self->send(target, caf::down_msg{door->address(), caf::exit_reason::kill});
+    self->send(target, caf::make_error(caf::sec::runtime_error));
+    self->send_exit(target, caf::exit_reason::user_shutdown);
+    caf::anon_send_exit(target, caf::exit_reason::kill);
+  }
+  bool plain_died = false;
+  self->receive([&](caf::down_msg& d) { plain_died = d.source == plain.address(); },
+                caf::after(std::chrono::seconds(10)) >> [] {});
+  CHECK_MESSAGE(plain_died, "the attack does not kill an unguarded actor: the test proves nothing");
+
+  uint64_t dropped = 0;
+  bool answered = false;
+  self->request(guard, std::chrono::seconds(10), probe_atom::value)
+      .receive(
+          [&](uint64_t n) {
+            answered = true;
+            dropped = n;
+          },
+          [&](caf::error& e) { MESSAGE("guarded actor: " << sys.render(e)); });
+  CHECK(answered);
+  CHECK(dropped == 4);
+}
+
+TEST_CASE("a peer's message sent as the served process's own actor closes its connection") {
+  // CAF takes a routed message's source from the message: naming the child's own node, a
+  // peer's exit message seems to come from the child's door (a local actor), which the guard
+  // obeys. send_as(door, ...) makes exactly that message.
+  hostile_peer peer;
+  auto& sys = *peer.sys;
+  auto& self = *peer.self;
+  caf::actor guard;
+  self->request(peer.door, std::chrono::seconds(10), probe_atom::value, 0)
+      .receive([&](caf::actor&, caf::actor& g) { guard = g; },
+               [&](caf::error& e) { FAIL(sys.render(e)); });
+  REQUIRE(guard);
+  const caf::actor as_door = peer.door;
+  caf::send_as(as_door, guard, caf::exit_msg{as_door.address(), caf::exit_reason::kill});
+
+  // The child closed the connection; a new one finds the guarded actor alive, and the exit
+  // message never reached it (nothing dropped: it came from no one the guard saw).
+  std::optional<uint64_t> answered;
+  auto fresh = counters_anew(peer);
+  if (fresh.second) answered = probe(self, fresh.second, std::chrono::seconds(5));
+  REQUIRE_MESSAGE(answered.has_value(), "the guarded actor died of an exit sent as the door");
+  CHECK(*answered == 0);
+}
+
+TEST_CASE("a peer's response does not answer a request its actor made of another") {
+  hostile_peer peer;
+  auto [plain, guarded] = answers_under_forgery(peer, (*peer.self)->ctrl(),
+                                                caf::make_message(std::string("forged: operator")));
+  CHECK_MESSAGE(plain == "forged: operator",
+                "the forgery does not reach an unguarded actor: the test proves nothing");
+  CHECK(guarded == "no answer");
+}
+
+TEST_CASE("a peer's error without a sender does not fail a request a guarded actor made") {
+  // In the mailbox it looks like CAF's own bounce of a request to a dead local actor; only
+  // BASP knows it came from the peer.
+  hostile_peer peer;
+  auto [plain, guarded] = answers_under_forgery(
+      peer, nullptr, caf::make_message(caf::make_error(caf::sec::runtime_error)));
+  CHECK_MESSAGE(plain == "failed",
+                "the forgery does not reach an unguarded actor: the test proves nothing");
+  CHECK(guarded == "no answer");
+}
+
+TEST_CASE("a peer's link message closes its connection and links nothing") {
+  // BASP links the two actors a link message names at once, past every mailbox: linked to
+  // the guarded actor, the plain one, killed, took the guarded one with it (its exit comes
+  // from an actor of the child's own process).
+  hostile_peer peer;
+  auto& self = *peer.self;
+  auto [plain, guard] = counters_anew(peer);
+  REQUIRE(guard);
+  self->send(guard, caf::link_atom::value, caf::actor_cast<caf::strong_actor_ptr>(plain));
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  // Over the same connection if it is still open, a new one otherwise.
+  std::tie(plain, guard) = counters_anew(peer);
+  REQUIRE(plain);
+  caf::anon_send_exit(plain, caf::exit_reason::kill);
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  std::tie(plain, guard) = counters_anew(peer);
+  REQUIRE(guard);
+  CHECK_MESSAGE(probe(self, guard, std::chrono::seconds(5)).has_value(),
+                "the guarded actor died with the plain one a peer linked it to");
+}
 
 TEST_CASE("a standalone process cuts off a peer that speaks for another node") {
   // Each made-up node id a peer names (as a routed message's source, in a monitor message, in

@@ -16,23 +16,6 @@ using namespace gflex::test;
 
 namespace {
 
-const std::string metered_spec =
-    k_spec + "[market]\naccount = \"user/alice\"\nbudget = 100.0\nmax_price = 1.0\n";
-
-// A ledger keeper over the fixture's store: alice's account, holding 100 credits, and job-1's
-// escrow open.
-caf::actor funded_keeper(job_fixture& f) {
-  auto keeper = spawn_ledger_keeper(f.sys, f.store);
-  for (const char* account : {"user/alice", "escrow/job-1"})
-    f.self->request(keeper, f.wait, open_atom::value, std::string(account), false)
-        .receive([](caf::ok_atom) {}, [&](caf::error& e) { FAIL(f.sys.render(e)); });
-  f.self
-      ->request(keeper, f.wait, transfer_atom::value, std::string("credit"), std::string("test"),
-                std::vector<posting>{{"external", -100'000'000}, {"user/alice", 100'000'000}})
-      .receive([](uint64_t) {}, [&](caf::error& e) { FAIL(f.sys.render(e)); });
-  return keeper;
-}
-
 // `account`'s balance as `keeper` has it.
 int64_t balance_of(job_fixture& f, const caf::actor& keeper, const std::string& account) {
   int64_t out = -1;
@@ -286,13 +269,7 @@ TEST_SUITE("job cancel") {
       auto keeper = funded_keeper(f);
       return f.sys.spawn(slow_ledger, keeper, true);
     });
-    int64_t waiting = 0;
-    for (int tries = 0; tries < 100 && waiting == 0; ++tries) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(100));
-      f.self->request(f.keeper, f.wait, caf::get_atom::value)
-          .receive([&](int64_t n) { waiting = n; }, [&](caf::error& e) { FAIL(f.sys.render(e)); });
-    }
-    REQUIRE(waiting == 1);  // the round's hold is on its way
+    await_held_request(f);  // the round's hold is on its way
     caf::actor keeper;      // held after the fixture: a handle outliving its system hangs its end
     f.self->request(f.keeper, f.wait, caf::get_atom::value, caf::get_atom::value)
         .receive([&](caf::actor& k) { keeper = k; }, [&](caf::error& e) { FAIL(f.sys.render(e)); });
@@ -317,13 +294,7 @@ TEST_SUITE("job cancel") {
       auto keeper = funded_keeper(f);
       return f.sys.spawn(slow_ledger, keeper, true);
     });
-    int64_t waiting = 0;
-    for (int tries = 0; tries < 100 && waiting == 0; ++tries) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(100));
-      f.self->request(f.keeper, f.wait, caf::get_atom::value)
-          .receive([&](int64_t n) { waiting = n; }, [&](caf::error& e) { FAIL(f.sys.render(e)); });
-    }
-    REQUIRE(waiting == 1);  // the round's hold is on its way
+    await_held_request(f);  // the round's hold is on its way
     auto first =
         f.self->request(f.supervisor, f.wait, cancel_atom::value, f.alice, std::string("job-1"));
     auto second =

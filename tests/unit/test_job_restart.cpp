@@ -122,21 +122,9 @@ caf::actor asking_job(job_fixture& f, const caf::actor& other_than = {}) {
   return job == other_than ? caf::actor{} : job;
 }
 
-const std::string metered_spec =
-    k_spec + "[market]\naccount = \"user/alice\"\nbudget = 100.0\nmax_price = 1.0\n";
-
-// A ledger keeper over the fixture's store (alice's account holding 100 credits, job-1's
-// escrow open) behind a slow_ledger that passes holds on at once, and settlements when told.
+// funded_keeper behind a slow_ledger that passes holds on at once, and settlements when told.
 caf::actor funded_ledger(job_fixture& f) {
-  auto keeper = spawn_ledger_keeper(f.sys, f.store);
-  for (const char* account : {"user/alice", "escrow/job-1"})
-    f.self->request(keeper, f.wait, open_atom::value, std::string(account), false)
-        .receive([](caf::ok_atom) {}, [&](caf::error& e) { FAIL(f.sys.render(e)); });
-  f.self
-      ->request(keeper, f.wait, transfer_atom::value, std::string("credit"), std::string("test"),
-                std::vector<posting>{{"external", -100'000'000}, {"user/alice", 100'000'000}})
-      .receive([](uint64_t) {}, [&](caf::error& e) { FAIL(f.sys.render(e)); });
-  return f.sys.spawn(slow_ledger, keeper, false);
+  return f.sys.spawn(slow_ledger, funded_keeper(f), false);
 }
 
 }  // namespace
