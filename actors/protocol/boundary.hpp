@@ -66,9 +66,10 @@ class guarded : public Base {
  public:
   template <class... Ts>
   explicit guarded(caf::actor_config& cfg, Ts&&... xs) : Base(cfg, std::forward<Ts>(xs)...) {
-    note_guarded_actor(this->id());  // a peer's sender-less response to it is dropped in BASP
+    note_guarded_actor(this->node(), this->id());  // a peer's sender-less response to it is
+                                                   // dropped in BASP
   }
-  ~guarded() override { forget_guarded_actor(this->id()); }
+  ~guarded() override { forget_guarded_actor(this->node(), this->id()); }
 
   void enqueue(caf::mailbox_element_ptr ptr, caf::execution_unit* host) override {
     if (ptr && !from_admitted_sender(*ptr, this->node(),

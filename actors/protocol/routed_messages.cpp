@@ -10,9 +10,11 @@
 #include <caf/proxy_registry.hpp>
 
 #include <atomic>
+#include <map>
 #include <mutex>
+#include <set>
 #include <string>
-#include <unordered_set>
+#include <utility>
 
 #include "interposition.hpp"
 
@@ -24,15 +26,19 @@ std::atomic<uint64_t> refused{0};
 std::atomic<uint64_t> dropped{0};
 
 std::atomic<bool> third_parties_refused{false};
-// The BASP instance of this process (one middleman), once it has handled a message.
-std::atomic<caf::io::basp::instance*> basp_instance{nullptr};
 
+// Each actor system's BASP instance (a process may hold several systems: an embedded core
+// and a client), by the proxy registry it fills, once it has handled a message.
+std::mutex instances_mutex;
+std::map<const caf::proxy_registry*, caf::io::basp::instance*> instances;
+
+// Guarded actors by node and id: ids count up from 1 in each actor system.
 std::mutex guarded_mutex;
-std::unordered_set<caf::actor_id> guarded_ids;
+std::set<std::pair<caf::node_id, caf::actor_id>> guarded_ids;
 
-bool is_guarded(caf::actor_id id) {
+bool is_guarded(const caf::node_id& node, caf::actor_id id) {
   std::lock_guard<std::mutex> lock(guarded_mutex);
-  return guarded_ids.count(id) != 0;
+  return guarded_ids.count({node, id}) != 0;
 }
 
 // caf::io::basp::instance::handle(execution_unit*, new_data_msg&, header&, bool)
@@ -55,14 +61,14 @@ uint64_t anonymous_responses_dropped() {
   return dropped.load();
 }
 
-void note_guarded_actor(caf::actor_id id) {
+void note_guarded_actor(const caf::node_id& node, caf::actor_id id) {
   std::lock_guard<std::mutex> lock(guarded_mutex);
-  guarded_ids.insert(id);
+  guarded_ids.insert({node, id});
 }
 
-void forget_guarded_actor(caf::actor_id id) {
+void forget_guarded_actor(const caf::node_id& node, caf::actor_id id) {
   std::lock_guard<std::mutex> lock(guarded_mutex);
-  guarded_ids.erase(id);
+  guarded_ids.erase({node, id});
 }
 
 void refuse_third_party_nodes() {
@@ -89,10 +95,10 @@ using caf::io::basp::message_type;
 enum class verdict { pass, drop, refuse };
 
 verdict judge_local_message(caf::binary_deserializer& payload, const header& hdr,
-                            std::string& why) {
+                            const caf::node_id& here, std::string& why) {
   if (hdr.source_actor == caf::invalid_actor_id &&
       caf::make_message_id(hdr.operation_data).is_response() &&
-      !hdr.has(header::named_receiver_flag) && gflex::is_guarded(hdr.dest_actor))
+      !hdr.has(header::named_receiver_flag) && gflex::is_guarded(here, hdr.dest_actor))
     return verdict::drop;
   size_t stages = 0;
   if (payload.begin_sequence(stages)) return verdict::pass;  // CAF reports it malformed
@@ -125,11 +131,17 @@ caf::io::basp::connection_state caf::io::basp::instance::handle(execution_unit* 
   using fn = connection_state (*)(instance*, execution_unit*, new_data_msg&, header&, bool);
   static fn real = reinterpret_cast<fn>(dlsym(RTLD_NEXT, gflex::handle_symbol));
   if (!is_payload || dm.buf.size() != hdr.payload_len) return real(this, ctx, dm, hdr, is_payload);
-  gflex::basp_instance.store(this);
+  {
+    std::lock_guard<std::mutex> lock(gflex::instances_mutex);
+    gflex::instances[&proxies()] = this;
+  }
   binary_deserializer payload{ctx, dm.buf};
   std::string why;
   verdict v = verdict::pass;
   const bool star = gflex::third_parties_refused.load();
+  // A message before the peer's handshake: BASP would take it from node `none`, whose
+  // senders are null (a peer's error so sent passed for CAF's own bounce).
+  const bool shaken = static_cast<bool>(tbl().lookup_direct(dm.handle));
   switch (hdr.operation) {
     case message_type::client_handshake: {
       node_id source_node;
@@ -141,8 +153,16 @@ caf::io::basp::connection_state caf::io::basp::instance::handle(execution_unit* 
     }
     case message_type::routed_message: {
       node_id source_node, dest_node;
+      if (!shaken) {
+        why = "a message before its handshake";
+        v = verdict::refuse;
+        break;
+      }
       if (payload(source_node, dest_node)) break;
-      if (source_node == this_node()) {
+      if (source_node == none) {  // CAF names the sender's node, or its own
+        why = "a routed message from no node";
+        v = verdict::refuse;
+      } else if (source_node == this_node()) {
         why = "a message as this process's own actor " + std::to_string(hdr.source_actor);
         v = verdict::refuse;
       } else if (star &&
@@ -150,18 +170,26 @@ caf::io::basp::connection_state caf::io::basp::instance::handle(execution_unit* 
         why = "a message routed from or to another node";
         v = verdict::refuse;
       } else if (dest_node == this_node()) {
-        v = judge_local_message(payload, hdr, why);
+        v = judge_local_message(payload, hdr, this_node(), why);
       }
       break;
     }
     case message_type::direct_message:
-      v = judge_local_message(payload, hdr, why);
+      if (!shaken) {
+        why = "a message before its handshake";
+        v = verdict::refuse;
+      } else {
+        v = judge_local_message(payload, hdr, this_node(), why);
+      }
       break;
     case message_type::monitor_message:
     case message_type::down_message: {
       node_id source_node, dest_node;
-      if (star && !payload(source_node, dest_node) &&
-          (source_node != tbl().lookup_direct(dm.handle) || dest_node != this_node())) {
+      if (!shaken) {
+        why = "a monitor or down message before its handshake";
+        v = verdict::refuse;
+      } else if (star && !payload(source_node, dest_node) &&
+                 (source_node != tbl().lookup_direct(dm.handle) || dest_node != this_node())) {
         why = "a monitor or down message from or to another node";
         v = verdict::refuse;
       }
@@ -189,8 +217,16 @@ caf::io::basp::connection_state caf::io::basp::instance::handle(execution_unit* 
 caf::strong_actor_ptr caf::proxy_registry::get_or_put(const node_id& nid, actor_id aid) {
   using fn = strong_actor_ptr (*)(proxy_registry*, const node_id&, actor_id);
   static fn real = reinterpret_cast<fn>(dlsym(RTLD_NEXT, gflex::get_or_put_symbol));
-  if (gflex::third_parties_refused.load() && nid != none) {
-    auto* basp = gflex::basp_instance.load();
+  // CAF's would make no proxy for node none either, but keep an empty entry for each id for
+  // good: a message of made-up handles on no node grew the registry without bound.
+  if (nid == none) return nullptr;
+  if (gflex::third_parties_refused.load()) {
+    caf::io::basp::instance* basp = nullptr;
+    {
+      std::lock_guard<std::mutex> lock(gflex::instances_mutex);
+      auto it = gflex::instances.find(this);
+      if (it != gflex::instances.end()) basp = it->second;
+    }
     if (basp == nullptr || !basp->tbl().lookup_direct(nid)) return nullptr;
   }
   return real(this, nid, aid);

@@ -17,7 +17,9 @@
 /// - sends a link or unlink message: BASP links the two actors it names at once, bypassing
 ///   every mailbox, and a peer's session linked to the door took the door down with it;
 /// - sends a message with a forwarding stack: its entries, which may name local actors, get
-///   the answer in the sender's place. Nothing in this program sends one.
+///   the answer in the sender's place. Nothing in this program sends one;
+/// - sends a message before its handshake, or a routed one from no node: BASP takes it from
+///   node `none`, and its sender is null whatever actor it names.
 /// And it drops (without closing) a response without a sender that a peer sends to a guarded
 /// actor (boundary.hpp): in a guarded actor's mailbox it looks like CAF's own bounce of a
 /// request to a dead local actor, and so failed a request that actor had made of its own
@@ -25,6 +27,7 @@
 /// between other processes (a pipeline's workers) are let through.
 
 #include <caf/actor_addr.hpp>
+#include <caf/node_id.hpp>
 
 #include <cstdint>
 
@@ -38,10 +41,11 @@ uint64_t forged_sources_refused();
 /// Sender-less responses from peers dropped at a guarded actor, since the process started.
 uint64_t anonymous_responses_dropped();
 
-/// Marks the actor of id `id` (of this process) as guarded: a peer's sender-less response to
-/// it is dropped in BASP. guarded<> calls these from its constructor and destructor.
-void note_guarded_actor(caf::actor_id id);
-void forget_guarded_actor(caf::actor_id id);
+/// Marks the actor of id `id` of the actor system whose node is `node` as guarded: a peer's
+/// sender-less response to it is dropped in BASP. guarded<> calls these from its constructor
+/// and destructor.
+void note_guarded_actor(const caf::node_id& node, caf::actor_id id);
+void forget_guarded_actor(const caf::node_id& node, caf::actor_id id);
 
 /// From now on this process speaks only with its own peers and routes for no one (a
 /// standalone core: every node, client and other core connects to it directly). A peer's

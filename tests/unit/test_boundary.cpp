@@ -447,6 +447,29 @@ TEST_CASE("a peer's link message closes its connection and links nothing") {
                 "the guarded actor died with the plain one a peer linked it to");
 }
 
+TEST_CASE("a peer's message before its handshake closes its connection") {
+  // BASP took it from node none, whose senders are null whatever actor it names: a peer's
+  // error response so sent passed for CAF's own bounce of a request to a dead local actor,
+  // and failed the guarded actor's request.
+  hostile_peer peer;
+  auto& sys = *peer.sys;
+  std::vector<char> error_payload;
+  {
+    caf::binary_serializer sink{sys, error_payload};
+    std::vector<caf::strong_actor_ptr> stages;
+    auto msg = caf::make_message(caf::make_error(caf::sec::runtime_error));
+    REQUIRE_FALSE(sink(stages, msg));
+  }
+  const int fd = raw_connection(sys, peer.child.port);
+  auto frame = basp_frame(sys, caf::io::basp::message_type::direct_message,
+                          caf::make_message_id(1).response_id().integer_value(), 1, peer.door.id(),
+                          error_payload);
+  REQUIRE(::send(fd, frame.data(), frame.size(), MSG_NOSIGNAL) ==
+          static_cast<ssize_t>(frame.size()));
+  CHECK(closed_by_peer(fd, std::chrono::milliseconds(1500)));
+  ::close(fd);
+}
+
 TEST_CASE("a standalone process cuts off a peer that speaks for another node") {
   // Each made-up node id a peer names (as a routed message's source, in a monitor message, in
   // an actor handle) had BASP keep a route, a proxy and a helper actor for good. A standalone
