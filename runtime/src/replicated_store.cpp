@@ -202,7 +202,7 @@ struct replicated_store::impl {
   uint64_t commits_sent = 0;  // under etcd_mutex: makes each commit's writer record unique
   // Under etcd_mutex: commits etcd refuses come at the rate of the rounds; one line in 30 s.
   log_throttle refusals_logged{1, std::chrono::seconds(30)};
-  int64_t compacted_to = 0;   // under etcd_mutex: the last compaction's
+  int64_t compacted_to = 0;  // under etcd_mutex: the last compaction's
   // The chunks of the commit in flight (written and being pushed, not yet named): the
   // garbage collection spares them, and their temporary files.
   mutable std::mutex committing_mutex;
@@ -491,8 +491,7 @@ struct replicated_store::impl {
       }
       if (kvs.empty() || (own != 0 && kvs.front().lease == own)) return {};
       const etcd_kv& holder = kvs.front();
-      if (holder.lease == 0 || (!first && holder.lease != holder_lease))
-        return id_taken(holder);
+      if (holder.lease == 0 || (!first && holder.lease != holder_lease)) return id_taken(holder);
       if (first) {
         holder_lease = holder.lease;
         least_left = left >= 0 ? left : config.lease_ttl_s;
@@ -898,8 +897,7 @@ struct replicated_store::impl {
             "replication: etcd refuses the commits of core {}, and nothing of them is "
             "written: {}{}",
             config.core_id, r.error().message(),
-            held_back == 0 ? ""
-                           : " (" + std::to_string(held_back) + " more since the last line)");
+            held_back == 0 ? "" : " (" + std::to_string(held_back) + " more since the last line)");
       return error(errc::store_error,
                    "etcd refused the commit; nothing of it was written: " + r.error().message());
     }

@@ -193,8 +193,8 @@ TEST_SUITE("etcd client") {
     // one that a member answered 5xx, or not in time, may still land, even where the next
     // member refused it: that one must be settled, not taken for a refusal.
     fake_etcd first, second;
-    auto c = etcd_client::make("127.0.0.1:" + std::to_string(first.port) + ",127.0.0.1:" +
-                               std::to_string(second.port));
+    auto c = etcd_client::make("127.0.0.1:" + std::to_string(first.port) +
+                               ",127.0.0.1:" + std::to_string(second.port));
     REQUIRE(c.has_value());
     etcd_op put{"k", std::vector<uint8_t>{1}, 0};
     const std::string no_space =

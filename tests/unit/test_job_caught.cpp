@@ -1023,16 +1023,15 @@ TEST_SUITE("job caught nodes") {
     claims diverging;
     diverging.diverges = true;
     caf::actor market;
-    resumed_job r(6,
-                  {{"nan-gpu", node_tier::core, std::chrono::milliseconds(0), diverging, -1, 0},
-                   {"honest", node_tier::core, std::chrono::milliseconds(0), {}, -1, 1}},
-                  false,
-                  [&](caf::actor_system& sys, job_links& links) {
-                    late_core_market(sys, links, market);
-                  },
-                  // No backups: a backup of the shard, sent to the honest node now and then,
-                  // hid the stall (the shard went to nan-gpu 5,000 times in 10 s meanwhile).
-                  "[round]\nbackup_after = 0\n");
+    resumed_job r(
+        6,
+        {{"nan-gpu", node_tier::core, std::chrono::milliseconds(0), diverging, -1, 0},
+         {"honest", node_tier::core, std::chrono::milliseconds(0), {}, -1, 1}},
+        false,
+        [&](caf::actor_system& sys, job_links& links) { late_core_market(sys, links, market); },
+        // No backups: a backup of the shard, sent to the honest node now and then,
+        // hid the stall (the shard went to nan-gpu 5,000 times in 10 s meanwhile).
+        "[round]\nbackup_after = 0\n");
     offer_to(r.f.self, market, r.slots);  // nan-gpu asks nothing: the cheapest
     auto s = r.committed(3);
     REQUIRE_MESSAGE(s.has_value(), "round 3 did not commit: nan-gpu got its shard back each time");
@@ -1043,7 +1042,8 @@ TEST_SUITE("job caught nodes") {
     CHECK(answered == 1);  // left out of the job's acquires after it
   }
 
-  TEST_CASE("a key's second word in a round that it diverged, or any once disproved, is its fault") {
+  TEST_CASE(
+      "a key's second word in a round that it diverged, or any once disproved, is its fault") {
     // Believed or not, it was the job's model's fault: the market freed the slot at once, and
     // a node saying it of every assignment lost nothing anywhere for it.
     claims diverging;
@@ -1053,8 +1053,9 @@ TEST_SUITE("job caught nodes") {
       std::vector<std::string> out;
       for (int tries = 0; tries < 50 && !enough(out); ++tries) {
         if (tries > 0) std::this_thread::sleep_for(std::chrono::milliseconds(100));
-        r.f.self->request(r.links.market, std::chrono::seconds(10), caf::get_atom::value,
-                          release_atom::value)
+        r.f.self
+            ->request(r.links.market, std::chrono::seconds(10), caf::get_atom::value,
+                      release_atom::value)
             .receive([&](std::vector<std::string>& f) { out = std::move(f); },
                      [&](caf::error& e) { FAIL(r.f.sys.render(e)); });
       }

@@ -584,8 +584,7 @@ TEST_SUITE("replicated_store") {
 
     // A commit on a thread of its own, waited for up to `limit_s`: one still waiting then
     // fails the test, and the alarm is cleared so that it ends. Its outcome, and its seconds.
-    auto bounded_commit = [&etcd](replicated_store& leader, const std::string& value,
-                                  int limit_s) {
+    auto bounded_commit = [&etcd](replicated_store& leader, const std::string& value, int limit_s) {
       auto f = std::async(std::launch::async, [&leader, value] {
         std::vector<store_write> w = {{"k", bytes(value)}};
         const auto began = std::chrono::steady_clock::now();
@@ -595,8 +594,7 @@ TEST_SUITE("replicated_store") {
             std::chrono::duration<double>(std::chrono::steady_clock::now() - began).count());
       });
       if (f.wait_for(std::chrono::seconds(limit_s)) != std::future_status::ready) {
-        FAIL_CHECK("the commit of \"" << value << "\" has not answered after " << limit_s
-                                       << " s");
+        FAIL_CHECK("the commit of \"" << value << "\" has not answered after " << limit_s << " s");
         space_alarm(etcd, false);
       }
       return f.get();
