@@ -16,6 +16,20 @@
 using namespace gflex;
 using namespace gflex::test;
 
+namespace {
+
+// The status of job-1 once it says it waits for its checkpoint (5 s at most; a slow machine
+// shows the data sets' loading first).
+job_status await_checkpoint_wait(job_fixture& f) {
+  return f.await(
+      [](const job_status& s) {
+        return s.detail.find("waiting: its checkpoint cannot be read: ") == 0;
+      },
+      5);
+}
+
+}  // namespace
+
 TEST_SUITE("job resume") {
   TEST_CASE("a failed read of the data sets fails no job: it waits, then resumes") {
     auto st = stored_job();
@@ -106,11 +120,7 @@ TEST_SUITE("job resume") {
     st.unreadable.insert(job_checkpoint_key("job-1"));
     job_fixture f(st);
     // Awaited by its words: a slow machine shows the data sets' loading first.
-    auto s = f.await(
-        [](const job_status& s) {
-          return s.detail.find("waiting: its checkpoint cannot be read: ") == 0;
-        },
-        5);
+    auto s = await_checkpoint_wait(f);
     CHECK(s.state == job_state::running);
     CHECK_MESSAGE(s.detail.find("waiting: its checkpoint cannot be read: ") == 0, s.detail);
     f.self->request(f.supervisor, f.wait, cancel_atom::value, f.alice, std::string("job-1"))
@@ -126,15 +136,10 @@ TEST_SUITE("job resume") {
   TEST_CASE("a top-up of a job that waits for its checkpoint is asked again, not refused") {
     // It was told the job had ended: its owner gave up on a job that resumes once its
     // checkpoint can be read.
-    auto st = stored_job(
-        2, k_spec + "[market]\naccount = \"user/alice\"\nbudget = 100.0\nmax_price = 1.0\n");
+    auto st = stored_job(2, metered_spec);
     st.unreadable.insert(job_checkpoint_key("job-1"));
     job_fixture f(st);
-    auto s = f.await(
-        [](const job_status& s) {
-          return s.detail.find("waiting: its checkpoint cannot be read: ") == 0;
-        },
-        5);
+    auto s = await_checkpoint_wait(f);
     REQUIRE_MESSAGE(s.detail.find("waiting: its checkpoint cannot be read: ") == 0, s.detail);
     std::optional<error> refused;
     f.self
