@@ -87,6 +87,10 @@ struct job_supervisor_state {
   /// Stored sets that could not be loaded (a shard damaged or missing): left out of the
   /// catalog, yet removable.
   std::map<data_set_id, data_set_info> damaged_sets;
+  /// Stored sets a shard of which the store could not answer at the last load (a chunk no
+  /// core reaches now), with why: read again every 5 s, and until then neither served nor
+  /// deleted. The jobs on one wait; the other sets are served meanwhile.
+  std::map<data_set_id, std::pair<data_set_info, std::string>> unloaded_sets;
   std::map<data_set_id, upload_in_progress> uploads;
   uint64_t upload_marks = 0;  ///< The last mark given to a part (upload_in_progress).
   /// Sets whose last part came and whose commit is under way: counted against their
@@ -108,10 +112,12 @@ struct job_supervisor_state {
   /// keeper's barrier, the checkpoint), with what they restart to end with (empty: to train
   /// on): tried again every 5 s, as resumed ones are.
   std::map<std::string, std::string> awaiting_restart;
-  /// Whether the stored data sets are in the catalog. Until they are (a read failed: tried
-  /// again every 5 s), the jobs on users' data sets wait in `awaiting_data`, unstarted: they
-  /// would otherwise find no data set and fail for good.
+  /// Whether the stored data sets are in the catalog, every one (`data_sets_loaded`), or all
+  /// but `unloaded_sets` (`data_sets_listed`). Until a job's set is (a read failed: tried
+  /// again every 5 s), the job waits in `awaiting_data`, unstarted: it would otherwise find
+  /// no data set and fail for good.
   bool data_sets_loaded = false;
+  bool data_sets_listed = false;
   bool loading_data_sets = false;
   std::string data_sets_error;
   std::set<std::string> awaiting_data;
@@ -373,6 +379,8 @@ std::vector<std::string> unreferenced_chunks(const job_supervisor_state& st,
   for (const auto* sets : {&st.data_sets, &st.damaged_sets})
     for (const auto& [other, info] : *sets)
       if (other != id) name(info);
+  for (const auto& [other, unloaded] : st.unloaded_sets)
+    if (other != id) name(unloaded.first);
   if (kept != nullptr) name(*kept);
   for (const auto& [digest, n] : st.storing_chunks) named.insert(digest);
   std::set<std::string> out;
@@ -386,6 +394,7 @@ std::vector<std::string> unreferenced_chunks(const job_supervisor_state& st,
 const data_set_info* stored_set(const job_supervisor_state& st, const data_set_id& id) {
   if (auto it = st.data_sets.find(id); it != st.data_sets.end()) return &it->second;
   if (auto it = st.damaged_sets.find(id); it != st.damaged_sets.end()) return &it->second;
+  if (auto it = st.unloaded_sets.find(id); it != st.unloaded_sets.end()) return &it->second.first;
   return nullptr;
 }
 
@@ -422,20 +431,52 @@ error being_removed(const data_set_id& id) {
 
 void resume_from_checkpoint(supervisor_actor* self, const std::string& id);
 
-// The stored data sets are in the catalog: the jobs are resumed, or those that waited for
-// their data set.
+bool on_user_data(const job_spec& spec);
+
+// Why a job of `owner` on `spec`'s data set waits for it to load; none when it need not (the
+// set is loaded, or not a user's).
+std::optional<std::string> data_set_wait(const job_supervisor_state& st, const std::string& owner,
+                                         const job_spec& spec) {
+  if (!on_user_data(spec)) return std::nullopt;
+  if (!st.data_sets_listed)
+    return "waiting for the stored data sets to load" +
+           (st.data_sets_error.empty() ? std::string() : ": " + st.data_sets_error);
+  if (auto it = st.unloaded_sets.find({owner, spec.data_set}); it != st.unloaded_sets.end())
+    return "waiting for data set '" + spec.data_set + "' to load: " + it->second.second;
+  return std::nullopt;
+}
+
+// The stored data sets are in the catalog, all or all but `unloaded_sets`: the jobs are
+// resumed, or those that waited for a set now loaded.
 void data_sets_loaded(supervisor_actor* self) {
   auto& st = self->state;
   st.loading_data_sets = false;
-  st.data_sets_loaded = true;
+  st.data_sets_listed = true;
+  st.data_sets_loaded = st.unloaded_sets.empty();
   st.data_sets_error.clear();
+  if (!st.data_sets_loaded) {
+    std::string names;
+    for (const auto& [id, unloaded] : st.unloaded_sets)
+      names += (names.empty() ? "" : ", ") + id.first + "/" + id.second;
+    spdlog::error("data set(s) {} cannot be read now (trying again in 5 s): {}", names,
+                  st.unloaded_sets.begin()->second.second);
+    self->delayed_send(self, std::chrono::seconds(5), tick_atom::value);
+  }
   if (!st.resumed) {
     if (!st.resuming) resume_jobs(self);
     return;
   }
   auto ids = std::move(st.awaiting_data);
   st.awaiting_data.clear();
-  for (const auto& id : ids) resume_from_checkpoint(self, id);
+  for (const auto& id : ids) {
+    auto& entry = st.jobs[id];
+    if (auto why = data_set_wait(st, entry.status.owner, entry.spec)) {
+      entry.status.detail = *why;
+      st.awaiting_data.insert(id);
+    } else {
+      resume_from_checkpoint(self, id);
+    }
+  }
 }
 
 // The data sets could not be read: the jobs that do not train on one are resumed, the others
@@ -446,7 +487,8 @@ void data_sets_not_loaded(supervisor_actor* self, const caf::error& e) {
   st.data_sets_error = self->system().render(e);
   spdlog::error("cannot load data sets (trying again in 5 s): {}", st.data_sets_error);
   for (const auto& id : st.awaiting_data)
-    st.jobs[id].status.detail = "waiting for the stored data sets to load: " + st.data_sets_error;
+    if (auto why = data_set_wait(st, st.jobs[id].status.owner, st.jobs[id].spec))
+      st.jobs[id].status.detail = *why;
   self->delayed_send(self, std::chrono::seconds(5), tick_atom::value);
   if (!st.resumed && !st.resuming) resume_jobs(self);
 }
@@ -463,9 +505,16 @@ struct data_set_load {
   std::vector<std::pair<std::string, expected<data_set_info>>> manifests;  // by store key
   std::map<std::string, std::shared_ptr<const std::vector<uint8_t>>> chunks;
   std::map<std::string, std::string> unreadable;  // digest -> why (damaged or missing)
-  std::optional<caf::error> cannot_answer;        // a read the store could not answer now
+  std::map<std::string, std::string> unanswered;  // digest -> why the store cannot answer now
   size_t pending = 0;
 };
+
+// Whether a set the store lists is known already: loaded or left out by an earlier load (one
+// that left others unloaded), or stored, replaced or removed since the listing was read.
+bool known_apart_from_load(const job_supervisor_state& st, const data_set_id& id) {
+  return st.data_sets.count(id) != 0 || st.damaged_sets.count(id) != 0 ||
+         st.committing.count(id) != 0 || st.removing.count(id) != 0;
+}
 
 void delete_unnamed_shards(supervisor_actor* self, std::set<std::string> named);
 
@@ -473,11 +522,8 @@ void delete_unnamed_shards(supervisor_actor* self, std::set<std::string> named);
 // shard leaves its set out, and that set only), and the jobs resumed.
 void data_sets_read(supervisor_actor* self, std::shared_ptr<data_set_load> load) {
   auto& st = self->state;
-  if (load->cannot_answer) {
-    data_sets_not_loaded(self, *load->cannot_answer);
-    return;
-  }
   std::set<std::string> named;
+  st.unloaded_sets.clear();
   bool unreadable_manifest = false;
   for (auto& [key, info] : load->manifests) {
     if (!info) {
@@ -486,7 +532,7 @@ void data_sets_read(supervisor_actor* self, std::shared_ptr<data_set_load> load)
       // unknown, so none is deleted as unnamed while it is stored.
       spdlog::error("store: {}: {}", key, info.error().message());
       unreadable_manifest = true;
-      if (auto id = data_set_of_key(key)) {
+      if (auto id = data_set_of_key(key); id && !known_apart_from_load(st, *id)) {
         data_set_info unknown;
         unknown.owner = std::move(id->first);
         unknown.name = std::move(id->second);
@@ -499,14 +545,23 @@ void data_sets_read(supervisor_actor* self, std::shared_ptr<data_set_load> load)
     }
     named.insert(info->train_shards.begin(), info->train_shards.end());
     named.insert(info->test_shards.begin(), info->test_shards.end());
-    std::string damaged;
+    const data_set_id id{info->owner, info->name};
+    if (known_apart_from_load(st, id)) continue;
+    std::string damaged, unanswered;
     for (const auto* shards : {&info->test_shards, &info->train_shards})
-      for (const auto& d : *shards)
+      for (const auto& d : *shards) {
         if (auto it = load->unreadable.find(d); damaged.empty() && it != load->unreadable.end())
           damaged = "shard " + d.substr(0, 12) + ": " + it->second;
+        if (auto it = load->unanswered.find(d); unanswered.empty() && it != load->unanswered.end())
+          unanswered = "shard " + d.substr(0, 12) + ": " + it->second;
+      }
+    if (!unanswered.empty()) {
+      // Neither served nor left out as damaged: read again in 5 s.
+      st.unloaded_sets[id] = {*info, unanswered};
+      continue;
+    }
     auto ok = damaged.empty() ? st.links.catalog->put_user_set(*info, load->chunks, st.data_limits)
                               : expected<void>(error(errc::store_error, damaged));
-    const data_set_id id{info->owner, info->name};
     if (!ok) {
       // Left out, yet known: a job on it says why, and `gflex data rm` removes it.
       spdlog::error("store: data set {}/{} cannot be loaded: {}", info->owner, info->name,
@@ -523,7 +578,7 @@ void data_sets_read(supervisor_actor* self, std::shared_ptr<data_set_load> load)
                    : ", " + std::to_string(st.damaged_sets.size()) + " left out");
   if (unreadable_manifest)
     spdlog::warn("store: no unnamed shard is deleted while a manifest cannot be read");
-  else
+  else if (st.unloaded_sets.empty())
     delete_unnamed_shards(self, std::move(named));
   data_sets_loaded(self);
 }
@@ -582,6 +637,7 @@ void load_data_sets(supervisor_actor* self) {
       .then(
           [=](std::vector<std::string>& keys, std::vector<std::vector<uint8_t>>& values) {
             if (keys.empty()) {
+              self->state.unloaded_sets.clear();
               data_sets_loaded(self);
               return;
             }
@@ -589,7 +645,8 @@ void load_data_sets(supervisor_actor* self) {
             std::set<std::string> digests;
             for (size_t i = 0; i < keys.size(); ++i) {
               auto info = decode_data_set(values[i]);
-              if (info) {
+              // Those an earlier load (or a push since) made known are not read again.
+              if (info && !known_apart_from_load(self->state, {info->owner, info->name})) {
                 digests.insert(info->train_shards.begin(), info->train_shards.end());
                 digests.insert(info->test_shards.begin(), info->test_shards.end());
               }
@@ -614,7 +671,7 @@ void load_data_sets(supervisor_actor* self) {
                       },
                       [=](caf::error& e) {
                         if (store_cannot_answer(e))
-                          load->cannot_answer = e;
+                          load->unanswered[d] = self->system().render(e);
                         else
                           load->unreadable[d] = from_caf(e).message();
                         one_done();
@@ -714,10 +771,8 @@ void scan_job_records(supervisor_actor* self) {
               entry.spec_text = spec_text;
               entry.spec = *spec;
               if (is_terminal(status.state)) continue;
-              if (on_user_data(*spec) && !self->state.data_sets_loaded) {
-                const auto& why = self->state.data_sets_error;
-                entry.status.detail = "waiting for the stored data sets to load" +
-                                      (why.empty() ? std::string() : ": " + why);
+              if (auto why = data_set_wait(self->state, status.owner, *spec)) {
+                entry.status.detail = *why;
                 self->state.awaiting_data.insert(status.job_id);
                 continue;
               }
@@ -985,6 +1040,19 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links) {
           if (self->state.removing.count({owner, spec->data_set}) != 0)
             return to_caf(error(errc::unavailable,
                                 "job spec: " + being_removed({owner, spec->data_set}).message()));
+          // Not yet read from the store: the catalog would call it unknown.
+          if (!self->state.data_sets_listed)
+            return to_caf(error(errc::unavailable,
+                                "job spec: data.set: the stored data sets are still loading" +
+                                    (self->state.data_sets_error.empty()
+                                         ? std::string()
+                                         : " (" + self->state.data_sets_error + ")") +
+                                    ": try again shortly"));
+          if (auto it = self->state.unloaded_sets.find({owner, spec->data_set});
+              it != self->state.unloaded_sets.end())
+            return to_caf(error(errc::unavailable, "job spec: data.set: '" + spec->data_set +
+                                                       "' cannot be read from the store now (" +
+                                                       it->second.second + "): try again shortly"));
           auto data = self->state.links.catalog->user_set(owner, spec->data_set, **w);
           if (!data)
             return to_caf(error(data.error().code(), "job spec: " + data.error().message()));
@@ -1233,6 +1301,7 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links) {
           self->state.committing.erase(id);
           self->state.data_sets[id] = *info;
           self->state.damaged_sets.erase(id);
+          self->state.unloaded_sets.erase(id);
           spdlog::info("data set {}/{} stored: {} training and {} test samples, {} bytes", who,
                        name, info->train_samples, info->test_samples, info->bytes);
           rp.deliver(*info);
@@ -1311,6 +1380,7 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links) {
               st.removing.erase(id);
               st.data_sets.erase(id);
               st.damaged_sets.erase(id);
+              st.unloaded_sets.erase(id);
               st.links.catalog->drop_user_set(who, name);
               rp.deliver(caf::ok_atom::value);
             },

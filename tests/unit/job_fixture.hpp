@@ -38,7 +38,8 @@ struct failing_store_state {
   std::map<std::string, std::vector<uint8_t>> kept;
   /// Reads of the data sets' shards still to fail, as a store that cannot answer now fails.
   int shard_read_failures = 0;
-  std::set<std::string> unreadable;  ///< Keys whose reads fail (the store cannot answer).
+  std::set<std::string> unreadable;          ///< Keys whose reads fail (the store cannot answer).
+  std::map<std::string, int> failing_reads;  ///< Keys whose next N reads fail as `unreadable`'s.
   std::set<std::string> damaged;     ///< Keys whose values are damaged (reads and scans fail).
   std::set<std::string> unwritable;  ///< Keys whose commits fail (with all of their batch).
   std::map<std::string, int> failing_commits;  ///< Keys whose next N commits fail.
@@ -115,6 +116,11 @@ inline caf::behavior failing_store(caf::stateful_actor<failing_store_state>* sel
           return store_failure(key + ": the store did not answer");
         }
         if (self->state.unreadable.count(key) != 0) return store_failure(key + ": unreadable");
+        if (auto it = self->state.failing_reads.find(key);
+            it != self->state.failing_reads.end() && it->second > 0) {
+          --it->second;
+          return store_failure(key + ": unreadable");
+        }
         if (self->state.damaged.count(key) != 0)
           return to_caf(error(errc::store_error, key + ": damaged (its size or digest is wrong)"));
         auto it = self->state.kept.find(key);

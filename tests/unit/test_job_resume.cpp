@@ -38,11 +38,11 @@ TEST_SUITE("job resume") {
     // The failed read's words (a slow machine shows the plain "loading" detail first).
     auto s = f.await(
         [](const job_status& s) {
-          return s.detail.find("waiting for the stored data sets to load: ") == 0;
+          return s.detail.find("waiting for data set 'c' to load: shard ") == 0;
         },
         5);
     CHECK(s.state == job_state::running);
-    CHECK_MESSAGE(s.detail.find("waiting for the stored data sets to load: ") == 0, s.detail);
+    CHECK_MESSAGE(s.detail.find("waiting for data set 'c' to load: shard ") == 0, s.detail);
     CHECK(s.round == 2);
     // Resumed once they load: it waits for workers from round 2.
     s = f.await([](const job_status& s) { return s.detail.find("waiting for workers") == 0; }, 15);
@@ -101,6 +101,42 @@ TEST_SUITE("job resume") {
     CHECK(gone.count(data_set_key("user/alice", "d")) == 1);
     CHECK(gone.count(data_chunk_key(digest_hex(train))) == 1);
     CHECK(gone.count(data_chunk_key(digest_hex(test))) == 1);
+  }
+
+  TEST_CASE("a set whose shard the store cannot answer waits alone: the other sets load") {
+    // One chunk no core reached kept every user's data sets unloaded, and every job on any
+    // of them waiting, until it could be read.
+    auto st = stored_job();
+    const auto train = encode_shard(samples(9), 0, 9), test = encode_shard(samples(4), 0, 4);
+    data_upload up("user/alice", "d", 2, {});
+    REQUIRE(up.add({0, 2, false, train}).has_value());
+    REQUIRE(up.add({1, 2, true, test}).has_value());
+    st.kept[data_set_key("user/alice", "d")] = encode_data_set(up.finish().value());
+    st.kept[data_chunk_key(digest_hex(train))] = train;
+    st.kept[data_chunk_key(digest_hex(test))] = test;
+    st.failing_reads[data_chunk_key(digest_hex(train))] = 1;  // read again 5 s later
+    job_fixture f(st);
+    // The job on "c" resumes before "d" is read again.
+    auto s =
+        f.await([](const job_status& s) { return s.detail.find("waiting for workers") == 0; }, 4);
+    CHECK_MESSAGE(s.detail.find("waiting for workers: 1 assignment(s) of round 3") == 0, s.detail);
+    // A job on "d" meanwhile is refused for now, saying why, not "no such set".
+    const std::string on_d =
+        std::string(free_spec).replace(free_spec.find("set = \"c\""), 9, "set = \"d\"");
+    std::string refused;
+    f.self->request(f.supervisor, f.wait, submit_atom::value, f.alice, on_d)
+        .receive([](std::string&) {}, [&](caf::error& e) { refused = f.sys.render(e); });
+    CHECK_MESSAGE(
+        refused.find("'d' cannot be read from the store now (shard ") != std::string::npos,
+        refused);
+    // Read again: it is served, and taken.
+    std::string id;
+    for (int tries = 0; tries < 100 && id.empty(); ++tries) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      f.self->request(f.supervisor, f.wait, submit_atom::value, f.alice, on_d)
+          .receive([&](std::string& got) { id = got; }, [](caf::error&) {});
+    }
+    CHECK(id == "job-2");
   }
 
   TEST_CASE("a job on a data set with a damaged shard ends, failed, saying so") {
