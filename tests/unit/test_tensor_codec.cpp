@@ -5,6 +5,7 @@
 
 #include <zstd.h>
 
+#include <algorithm>
 #include <cstring>
 
 #include "gflex/runtime/rng.hpp"
@@ -75,12 +76,24 @@ TEST_SUITE("tensor_codec") {
   TEST_CASE("inconsistent contents are rejected") {
     auto t = random_tensor({2, 3}, 5);
     auto bytes = encode_tensor(t);
-    // Flip bits one at a time; whatever decodes must still be self-consistent.
+    // Flip a byte at a time. Whatever decodes must be a tensor the message holds whole: its
+    // element bytes are bytes of the message (it travels raw), none made up or left unset, and
+    // it encodes and decodes again to the same type, shape and bytes.
     for (size_t i = 0; i < bytes.size(); ++i) {
       auto copy = bytes;
       copy[i] ^= 0xFF;
       auto out = decode_tensor(copy);
-      if (out) CHECK(static_cast<size_t>(out->nbytes()) == out->numel() * size_of(out->type()));
+      if (!out) continue;
+      INFO("byte " << i << " flipped decodes to shape " << to_string(out->shape()));
+      const auto* elements = static_cast<const uint8_t*>(out->raw());
+      const size_t n = out->nbytes();
+      CHECK(std::search(copy.begin(), copy.end(), elements, elements + n) != copy.end());
+      auto again = decode_tensor(encode_tensor(*out));
+      REQUIRE(again.has_value());
+      CHECK(again->type() == out->type());
+      CHECK(again->shape() == out->shape());
+      REQUIRE(again->nbytes() == n);
+      CHECK(std::memcmp(again->raw(), elements, n) == 0);
     }
     SUBCASE("trailing bytes") {
       bytes.resize(bytes.size() + 8, 0);
@@ -154,6 +167,17 @@ TEST_SUITE("tensor_codec") {
     auto one = decode_tensor(build({100}, 0, 100));
     REQUIRE(one.has_value());
     CHECK(one->numel() == 100);
+    // Raw data shorter or longer than the shape says: refused, never a tensor partly unset or
+    // written past its end.
+    for (unsigned data_bytes : {100u, 300u}) {
+      auto out = decode_tensor(build({}, data_bytes, 200));
+      REQUIRE_FALSE(out.has_value());
+      CHECK(out.error().code() == errc::malformed_message);
+      CHECK_MESSAGE(out.error().message().find("shape [200] of u8 needs 200 data bytes but the "
+                                               "message has " +
+                                               std::to_string(data_bytes)) != std::string::npos,
+                    out.error().message());
+    }
   }
 
   TEST_CASE("packed tensors decode to the same bytes and are smaller") {
