@@ -2269,6 +2269,12 @@ caf::behavior job_behavior(job_actor* self, job_start start, job_links links) {
             caf::actor_cast<caf::strong_actor_ptr>(self->state.links.supervisor))
           return to_caf(error(errc::invalid_argument, "only the job supervisor cancels a job"));
         auto& st = self->state;
+        // Ended otherwise (done, failed), its end perhaps still being written: not cancelled,
+        // and not said to be (its owner was told "cancelled" of a job that ended done).
+        if (st.finished && st.job.status.state != job_state::cancelled)
+          return to_caf(error(errc::invalid_argument, "job '" + st.job.id +
+                                                          "' has already ended (" +
+                                                          to_string(st.job.status.state) + ")"));
         if (st.ended_and_recorded) return caf::ok_atom::value;
         // Ending already, it may still wait for a round's commit, its hold or an interrupted
         // run's escrow before its end is written: acknowledged at once, a second cancel said

@@ -1267,6 +1267,29 @@ TEST_SUITE("job caught nodes") {
     f.self->send_exit(inner, caf::exit_reason::user_shutdown);  // the fixture ends the other
   }
 
+  TEST_CASE("a cancel while a job's done end is being written says it ended, not cancelled") {
+    // The job had ended done and waited for its end record's write: the cancel was answered
+    // "ok", and its owner told "cancelled" of a job recorded done.
+    caf::actor inner;
+    resumed_job r(3, {{"core-node", node_tier::core, std::chrono::milliseconds(0), {}}}, true,
+                  [&](caf::actor_system& sys, job_links& links) {
+                    inner = links.store;
+                    links.store = sys.spawn(slow_store, inner, links.supervisor,
+                                            std::chrono::milliseconds(800));
+                  });
+    auto& f = r.f;
+    int commits = 0;  // the last round's, then the end record's
+    for (int tries = 0; tries < 200 && commits < 2; ++tries)
+      f.self->receive([&](commit_atom) { ++commits; }, [](progress_atom, job_status&) {},
+                      caf::after(std::chrono::milliseconds(50)) >> [] {});
+    REQUIRE(commits == 2);
+    std::string refused;
+    f.self->request(r.job, std::chrono::seconds(30), cancel_atom::value)
+        .receive([](caf::ok_atom) {}, [&](caf::error& e) { refused = f.sys.render(e); });
+    CHECK_MESSAGE(refused.find("'job-1' has already ended (done)") != std::string::npos, refused);
+    f.self->send_exit(inner, caf::exit_reason::user_shutdown);  // the fixture ends the other
+  }
+
   TEST_CASE("a running job's status pairs its committed round with that round's test loss") {
     // Between a round's evaluation and its commit, the status said the round before, with
     // its accuracy and training loss, but with the new round's test loss (a language model's
