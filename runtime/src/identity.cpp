@@ -41,7 +41,9 @@ node_identity node_identity::generate() {
 
 expected<node_identity> node_identity::load_or_create(const std::filesystem::path& file) {
   if (sodium_init() < 0) return error(errc::io_error, "libsodium cannot start");
-  int fd = ::open(file.c_str(), O_RDONLY | O_NOFOLLOW);
+  // O_NONBLOCK: opening a FIFO no one writes would wait in open(2) for ever, before the check
+  // below could refuse it; a regular file's reads are not changed by it.
+  int fd = ::open(file.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK);
   if (fd < 0 && errno == ENOENT) {
     std::error_code ec;
     std::filesystem::create_directories(file.parent_path(), ec);

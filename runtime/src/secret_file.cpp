@@ -14,7 +14,9 @@ namespace gflex {
 
 expected<std::string> read_secret_file(const std::filesystem::path& file) {
   // One open file for every check and the read, so that nothing swaps the file between.
-  int fd = ::open(file.c_str(), O_RDONLY | O_NOFOLLOW);
+  // O_NONBLOCK: opening a FIFO no one writes would wait in open(2) for ever, before the check
+  // below could refuse it; a regular file's reads are not changed by it.
+  int fd = ::open(file.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK);
   // A link is not followed (whoever may change it could point it elsewhere): said so, not
   // as "too many levels of symbolic links" (ELOOP), which a single link seemed not to be.
   if (fd < 0 && errno == ELOOP)

@@ -1,7 +1,11 @@
 #include <doctest/doctest.h>
+#include <fcntl.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
+#include <chrono>
 #include <fstream>
+#include <future>
 #include <string>
 
 #include "access.hpp"
@@ -199,6 +203,25 @@ TEST_SUITE("secret files") {
     CHECK_MESSAGE(linked.error().message().find("is a symbolic link") != std::string::npos,
                   linked.error().message());
     CHECK_FALSE(read_secret_file(dir.path()).has_value());
+  }
+
+  TEST_CASE("a pipe as a secret file is refused at once, named, not waited on for a writer") {
+    // `mkfifo key; gflex status --api-key-file key` waited for ever in open(2).
+    test::temp_dir dir;
+    const auto fifo = dir / "key";
+    REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
+    auto read = std::async(std::launch::async, [&] { return read_secret_file(fifo); });
+    const bool done = read.wait_for(std::chrono::seconds(5)) == std::future_status::ready;
+    // A reader stuck in open is let go by a writer, so that the test ends (and fails).
+    if (!done) {
+      const int writer = ::open(fifo.c_str(), O_WRONLY | O_NONBLOCK);
+      if (writer >= 0) ::close(writer);
+    }
+    CHECK_MESSAGE(done, "opening a pipe that no one writes blocked");
+    auto got = read.get();
+    REQUIRE_FALSE(got.has_value());
+    CHECK(got.error().code() == errc::invalid_argument);
+    CHECK(got.error().message() == fifo.string() + " is not a regular file");
   }
 }
 

@@ -1,11 +1,14 @@
 #include <doctest/doctest.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <fstream>
+#include <future>
 
 #include "gflex/runtime/identity.hpp"
 #include "gflex/runtime/secret_file.hpp"
@@ -43,6 +46,24 @@ TEST_SUITE("identity") {
     auto bad = node_identity::load_or_create(junk);
     REQUIRE_FALSE(bad.has_value());
     CHECK(bad.error().message().find("is not a node key") != std::string::npos);
+  }
+
+  TEST_CASE("a key file that is a pipe is refused at once, named, not waited on for a writer") {
+    // gflex-node waited for ever at start in open(2) when DATA/node.key was a FIFO.
+    test::temp_dir dir;
+    const auto fifo = dir / "node.key";
+    REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
+    auto load = std::async(std::launch::async, [&] { return node_identity::load_or_create(fifo); });
+    const bool done = load.wait_for(std::chrono::seconds(5)) == std::future_status::ready;
+    // A reader stuck in open is let go by a writer, so that the test ends (and fails).
+    if (!done) {
+      const int writer = ::open(fifo.c_str(), O_WRONLY | O_NONBLOCK);
+      if (writer >= 0) ::close(writer);
+    }
+    CHECK_MESSAGE(done, "opening a pipe that no one writes blocked");
+    auto got = load.get();
+    REQUIRE_FALSE(got.has_value());
+    CHECK(got.error().message() == fifo.string() + ": is not a regular file");
   }
 
   TEST_CASE("signatures verify for their key and message only") {
