@@ -11,10 +11,12 @@ namespace gflex {
 
 std::vector<double> priced_throughputs(std::span<const speed_evidence> nodes) {
   auto sane = [](double x) { return std::isfinite(x) && x > 0.0 ? x : 0.0; };
-  std::vector<double> factors;
-  for (const auto& n : nodes)
+  std::vector<double> factors, claims;
+  for (const auto& n : nodes) {
+    if (sane(n.claimed) > 0.0) claims.push_back(sane(n.claimed));
     if (n.measured && sane(*n.measured) > 0.0 && sane(n.claimed) > 0.0)
       factors.push_back(n.claimed / *n.measured);
+  }
   // Lower medians: of two, the upper one was the liar's own, and it kept its claim whole.
   auto lower_median = [](std::vector<double> v) {
     const auto middle = v.begin() + static_cast<std::ptrdiff_t>((v.size() - 1) / 2);
@@ -22,14 +24,16 @@ std::vector<double> priced_throughputs(std::span<const speed_evidence> nodes) {
     return *middle;
   };
   std::vector<double> out(nodes.size(), 0.0);
-  if (factors.empty()) {
-    // Nothing measured yet (every user model is a workload of its own at first): claims, but
-    // none above the middle one, so that one node's 9e11 does not win every new job's work.
-    std::vector<double> claims;
-    for (const auto& n : nodes)
-      if (sane(n.claimed) > 0.0) claims.push_back(sane(n.claimed));
+  if (factors.size() < 2) {
+    // Too few measured to calibrate (every user model is a workload of its own at first):
+    // claims, but none above the middle one, so that one node's 9e11 does not win every new
+    // job's work. One measured node is no calibration: the factor would be its own ratio,
+    // and priced it at its claim, above every node not measured yet, for every round.
     const double most = claims.empty() ? 0.0 : lower_median(claims);
-    for (size_t i = 0; i < nodes.size(); ++i) out[i] = std::min(sane(nodes[i].claimed), most);
+    for (size_t i = 0; i < nodes.size(); ++i) {
+      const bool did_nothing = nodes[i].measured && !(sane(*nodes[i].measured) > 0.0);
+      out[i] = did_nothing ? 0.0 : std::min(sane(nodes[i].claimed), most);
+    }
     return out;
   }
   const double factor = lower_median(factors);

@@ -69,10 +69,12 @@ struct speed_evidence {
 
 /// The throughputs the market prices nodes by, never a claim alone. Measured rates are in
 /// the workload's units; the (lower) median over measured nodes of claimed / measured
-/// converts them to calibration units (an honest majority, or half, calibrates it). A
-/// measured node is priced by min(claimed, measured x that factor); a node not measured yet
-/// by its claim, but never above the fastest measured node, nor, where none is measured,
-/// above the (lower) median claim. Non-finite or negative figures count as 0.
+/// converts them to calibration units (an honest majority, or half, calibrates it), once at
+/// least two nodes are measured: one node's ratio is its own, and would price it at its
+/// claim. A measured node is priced by min(claimed, measured x that factor); a node not
+/// measured yet by its claim, but never above the fastest measured node. Until two are
+/// measured, every node is priced by its claim but never above the (lower) median claim.
+/// Non-finite or negative figures count as 0 (a measured one: nothing done).
 std::vector<double> priced_throughputs(std::span<const speed_evidence> nodes);
 
 /// Why a bid would not take a slot even when it is free: its tier is not the policy's, its

@@ -386,4 +386,32 @@ TEST_SUITE("matcher") {
     priced = priced_throughputs(odd);
     CHECK(priced[1] == 0.0);
   }
+
+  TEST_CASE("one node measured on a workload is not priced at its claim: the others get work") {
+    // A node claiming 9e11 (under the 1e12 a claim may be) took a new workload's first round,
+    // every claim capped alike, and was measured. Its own ratio then calibrated the workload,
+    // priced it at 9e11, and it took every slot of every round: the honest nodes were never
+    // measured, and on a core with no core tier nothing else would ever be.
+    std::vector<speed_evidence> nodes{
+        {9e11, 250.0}, {1000.0, std::nullopt}, {1000.0, std::nullopt}};
+    auto priced = priced_throughputs(nodes);
+    CHECK(priced == std::vector<double>{1000.0, 1000.0, 1000.0});  // the middle claim, all
+    std::vector<slot_offer> offers;
+    for (double t : priced) offers.push_back(offer(0, 1.0, t));
+    offers[0].served = 2;  // round 1's
+    for (int round = 0; round < 4; ++round) {
+      auto r = match_slots(offers, {}, 2, static_cast<size_t>(round));
+      REQUIRE(r.chosen.size() == 2);
+      for (size_t i : r.chosen) offers[i].served += 1;
+    }
+    CHECK(offers[1].served == 3);
+    CHECK(offers[2].served == 3);
+    // An honest node measured too calibrates the workload (the lower of two ratios is its
+    // own): the liar is priced by what it does, and the node not measured yet by its claim.
+    nodes[1].measured = 500.0;
+    priced = priced_throughputs(nodes);
+    CHECK(priced[0] == doctest::Approx(500.0));
+    CHECK(priced[1] == doctest::Approx(1000.0));
+    CHECK(priced[2] == doctest::Approx(1000.0));
+  }
 }
