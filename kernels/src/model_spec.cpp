@@ -87,6 +87,39 @@ bool is_loss(layer_kind k) {
   return k == layer_kind::softmax_xent || k == layer_kind::next_token_xent || k == layer_kind::mse;
 }
 
+/// Operations a softmax does per value of its rows (max, exp, sum, divide), as GELU's and
+/// tanh's polynomial or a cross-entropy's log-sum-exp: an exp costs ten or more.
+constexpr double k_softmax_ops = 20.0;
+
+/// Forward operations per output value a layer does outside the matrix products and pooling
+/// windows `planned_layer::flops` counts (a loss's output is its input). Uncounted, a
+/// chain of 500 norms and GELUs on a [512, 1024] activation planned at a few million FLOPs
+/// a sample while each of its forward passes did about 5e9 operations, and the core, which
+/// sizes its evaluation by the count (evaluation_budget.hpp), spent tens of minutes of its
+/// CPU on every evaluation.
+double per_value_ops(layer_kind k) {
+  switch (k) {
+    case layer_kind::relu:
+    case layer_kind::dropout:
+    case layer_kind::embedding:  // a row copied
+    case layer_kind::position_embedding:
+    case layer_kind::add:
+      return 1.0;
+    case layer_kind::mse:
+      return 3.0;
+    case layer_kind::layer_norm:  // two passes over the row, then scale and shift
+    case layer_kind::rms_norm:
+      return 10.0;
+    case layer_kind::gelu:
+    case layer_kind::tanh:
+    case layer_kind::softmax_xent:
+    case layer_kind::next_token_xent:
+      return k_softmax_ops;
+    default:
+      return 0.0;
+  }
+}
+
 bool valid_name(const std::string& s) {
   if (s.empty() || s.size() > 64) return false;
   return std::all_of(s.begin(), s.end(), [](char c) {
@@ -600,6 +633,7 @@ expected<model_plan> plan_model(const model_spec& spec, const model_limits& limi
         const double probs = static_cast<double>(l.heads) * t * t;
         kept += 4.0 * t * d + probs;
         scratch = std::max(scratch, probs);
+        p.vector_flops = k_softmax_ops * probs;  // each head's rows of probabilities
         break;
       }
       case layer_kind::add: {
@@ -643,6 +677,8 @@ expected<model_plan> plan_model(const model_spec& spec, const model_limits& limi
                                           std::to_string(limits.max_extent)));
     if (!checked_numel(out)) return fail(at, "output shape " + shape_text(out) + " is too large");
     p.out_shape = out;
+    p.vector_flops += per_value_ops(l.kind) * static_cast<double>(*checked_numel(out));
+    const double layer_flops = p.flops + p.vector_flops;
     const bool view = l.kind == layer_kind::flatten || l.kind == layer_kind::reshape;
     if (is_loss(l.kind)) {
       if (i + 1 != spec.layers.size()) return fail(at, "a loss must be the last layer");
@@ -668,9 +704,9 @@ expected<model_plan> plan_model(const model_spec& spec, const model_limits& limi
                   "probabilities, convolution patches) to " +
                       fmt_count(working) + ", more than " +
                       std::to_string(limits.max_working_values));
-    if (plan.forward_flops + p.flops > limits.max_forward_flops)
+    if (plan.forward_flops + layer_flops > limits.max_forward_flops)
       return fail(at, "brings one sample's forward pass to " +
-                          fmt_count(plan.forward_flops + p.flops) + " FLOPs, more than " +
+                          fmt_count(plan.forward_flops + layer_flops) + " FLOPs, more than " +
                           fmt_count(limits.max_forward_flops));
     plan.working_values = static_cast<int64_t>(working);
     if (!l.name.empty()) {
@@ -679,7 +715,7 @@ expected<model_plan> plan_model(const model_spec& spec, const model_limits& limi
       names[l.name] = p.output;
     }
     previous = p.output;
-    plan.forward_flops += p.flops;
+    plan.forward_flops += layer_flops;
     plan.layers.push_back(std::move(p));
   }
   if (!is_loss(spec.layers.back().kind))

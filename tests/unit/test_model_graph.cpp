@@ -742,9 +742,48 @@ layers = [
     CHECK(plan->classes == 10);
     CHECK(plan->sample_values == 784);
     CHECK(plan->layers[2].out_shape == shape_t{14, 14, 8});
-    // The pool's window is counted: one operation per value it reads.
-    CHECK(plan->forward_flops ==
-          doctest::Approx(2.0 * 28 * 28 * 8 * 9 + 14 * 14 * 8 * 4 + 2.0 * 1568 * 10));
+    // The pool's window is counted: one operation per value it reads; the ReLU one a value,
+    // the loss's softmax 20 a class.
+    CHECK(plan->forward_flops == doctest::Approx(2.0 * 28 * 28 * 8 * 9 + 28 * 28 * 8 +
+                                                 14 * 14 * 8 * 4 + 2.0 * 1568 * 10 + 20 * 10));
+    CHECK(plan->layers[1].flops == 0.0);  // no product: not in a training step's GEMM count
+    CHECK(plan->layers[1].vector_flops == 28 * 28 * 8);
+  }
+
+  TEST_CASE("plans: norms, activations and softmax rows are counted, a cost per value") {
+    // A chain of norms and GELUs has no matrix product: counted as 0, it passed for free
+    // where the core sizes its evaluation by the count, and each of its passes did about 5e9
+    // operations at 500 layers of [512, 1024].
+    auto chain = [](int n, int64_t width) {
+      std::string s = "[model]\ninput = [512, " + std::to_string(width) + "]\nlayers = [\n";
+      for (int i = 0; i < n; ++i) s += R"({ type = "layer_norm" }, { type = "gelu" },)";
+      s += R"({ type = "flatten" }, { type = "linear", units = 2 }, { type = "softmax_xent" }])";
+      return plan_model(*parse_model_spec(s, "spec"));
+    };
+    auto one = chain(1, 64), two = chain(2, 64), wide = chain(2, 128);
+    REQUIRE(one.has_value());
+    REQUIRE(two.has_value());
+    REQUIRE(wide.has_value());
+    const double gemm = 2.0 * 512 * 64 * 2, values = 512.0 * 64;
+    // A norm 10 operations a value, a GELU 20.
+    CHECK(one->layers[0].vector_flops == doctest::Approx(10 * values));
+    CHECK(one->layers[1].vector_flops == doctest::Approx(20 * values));
+    CHECK(one->forward_flops == doctest::Approx(gemm + 30 * values + 20 * 2));
+    CHECK(two->forward_flops - one->forward_flops == doctest::Approx(30 * values));
+    // Twice the values, twice the chain's count.
+    CHECK(wide->forward_flops - 2.0 * gemm - 40 ==
+          doctest::Approx(2.0 * (two->forward_flops - gemm - 40)));
+    // Attention's softmax: 20 operations per value of its [heads, t, t] probabilities.
+    auto att = plan_model(*parse_model_spec(R"([model]
+input = [16]
+vocab = 8
+layers = [ { type = "embedding", dim = 8 }, { type = "attention", heads = 2 },
+           { type = "linear", units = 8 }, { type = "next_token_xent" } ])",
+                                            "spec"));
+    REQUIRE(att.has_value());
+    CHECK(att->layers[0].vector_flops == 16 * 8);
+    CHECK(att->layers[1].vector_flops == doctest::Approx(20.0 * 2 * 16 * 16));
+    CHECK(att->layers[3].vector_flops == doctest::Approx(20.0 * 16 * 8));
   }
 
   TEST_CASE("a convolutional net may flatten a feature map of more than 2^20 values") {

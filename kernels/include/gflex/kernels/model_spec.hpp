@@ -131,7 +131,12 @@ struct planned_layer {
   int output = 0;  ///< Value it writes (== input for flatten and reshape: a view).
   shape_t in_shape, out_shape;
   std::vector<parameter_block> params;
-  double flops = 0.0;  ///< Forward floating-point operations per sample.
+  /// Forward floating-point operations per sample of its matrix products (linear, conv2d,
+  /// attention) and pooling windows: what a training step's GEMM count reads.
+  double flops = 0.0;
+  /// Forward operations per sample beyond `flops`: activations, norms, softmax rows (a
+  /// loss's, attention's [heads, t, t]), copies and sums, a few to twenty a value.
+  double vector_flops = 0.0;
 };
 
 /// A validated model.
@@ -140,7 +145,7 @@ struct model_plan {
   std::vector<planned_layer> layers;
   std::vector<shape_t> values;  ///< Shape of every value (per sample).
   int64_t parameters = 0;
-  double forward_flops = 0.0;  ///< Per sample.
+  double forward_flops = 0.0;  ///< Per sample: every layer's flops and vector_flops.
   /// Values one sample's pass holds at once (model_limits::max_working_values).
   int64_t working_values = 0;
   int64_t classes = 0;        ///< Labels the loss takes (the vocabulary for a token model).
