@@ -265,7 +265,7 @@ void hello(uplink_actor* self, caf::actor core) {
             self->monitor(st.session);
             // Chunks come through the session too.
             self->send(st.cache, serve_atom::value, st.session);
-            spdlog::info("joined the core as {} with {} worker(s)", w.node_id, st.workers.size());
+            spdlog::info("joined the core as {} with {} worker(s)", st.node_id, st.workers.size());
             if (st.config.on_activity) {
               node_activity n;
               n.what = node_activity::kind::joined;
@@ -621,13 +621,15 @@ caf::behavior uplink_behavior(uplink_actor* self, uplink_config config, caf::act
     if (st.leaving) return;
     if (st.session && down.source == st.session.address()) {
       // The core ended this node's session (its registry restarted, the lease ran out, or
-      // it disconnected the node): join again through the front door.
+      // it disconnected the node): join again through the front door. Its reason is the
+      // core's own text.
       spdlog::warn("the core ended this node's session ({}); joining again",
-                   self->system().render(down.reason));
+                   from_core(self->system().render(down.reason)));
     } else if (!st.core || down.source != st.core.address()) {
       return;
     } else {
-      spdlog::warn("lost the core ({}); reconnecting", self->system().render(down.reason));
+      spdlog::warn("lost the core ({}); reconnecting",
+                   from_core(self->system().render(down.reason)));
     }
     lose_core(self);
   });

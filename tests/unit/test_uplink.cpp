@@ -6,6 +6,8 @@
 
 #include <doctest/doctest.h>
 
+#include <spdlog/sinks/ostream_sink.h>
+#include <spdlog/spdlog.h>
 #include <caf/all.hpp>
 #include <caf/io/middleman.hpp>
 
@@ -15,6 +17,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -860,25 +863,38 @@ TEST_SUITE("uplink") {
   TEST_CASE("text from the core reaches the node's terminal without its escape sequences") {
     // The node id of the welcome and an assignment's job id went to the status line and the
     // log as the core sent them: a hostile core could set the window's title, clear the
-    // screen or draw a fake prompt.
+    // screen or draw a fake prompt. So did the welcome's node id in the log's "joined" line,
+    // and the reason the core gave for ending the session, or for its front door stopping
+    // (megabytes of it).
     test::configured_system s;
+    std::ostringstream lines;
+    auto logged = std::make_shared<spdlog::logger>(
+        "uplink", std::make_shared<spdlog::sinks::ostream_sink_mt>(lines));
+    auto before = spdlog::default_logger();
+    spdlog::set_default_logger(logged);
     caf::actor test = caf::actor_cast<caf::actor>(s.self);
     const std::string hostile = "n\x1b]0;owned\x07\x1b[2J";
-    auto core = s.sys.spawn([hostile](caf::event_based_actor* self) -> caf::behavior {
+    const caf::error hostile_reason =
+        to_caf(error(errc::permission_denied, hostile + std::string(1 << 20, 'x')));
+    auto hellos = std::make_shared<int>(0);
+    auto core = s.sys.spawn([=](caf::event_based_actor* self) -> caf::behavior {
       return {
           [=](hello_atom, node_hello& h) -> node_welcome {
             node_welcome w;
             w.protocol = h.protocol;
             w.node_id = hostile;
             w.heartbeat_ms = 50;
+            const bool first = ++*hellos == 1;
             w.session = self->spawn(
                 scripted_session, h.uplink,
-                [hostile](node_session_actor::pointer session, caf::actor up) {
+                [=](node_session_actor::pointer session, caf::actor up) {
+                  if (!first) return;
                   assignment a;
                   a.id = 7;
                   a.job_id = hostile;
                   session->request(up, std::chrono::seconds(10), assign_atom::value, uint32_t{0}, a)
                       .then([](assignment_result&) {}, [](caf::error&) {});
+                  session->quit(hostile_reason);  // the core ends the session, saying why
                 });
             w.payload_chunk_bytes = 1024;
             return w;
@@ -888,6 +904,7 @@ TEST_SUITE("uplink") {
     auto config = probe_config();
     config.on_activity = [test](const node_activity& n) {
       if (n.what == node_activity::kind::joined) caf::anon_send(test, n.node_id, n.node_id);
+      if (n.what == node_activity::kind::lost) caf::anon_send(test, true);
     };
     auto worker = s.sys.spawn([test](caf::event_based_actor*) -> caf::behavior {
       return {[test](assign_atom, assignment& a) {
@@ -900,16 +917,36 @@ TEST_SUITE("uplink") {
     auto sink = s.sys.spawn(quiet_sink);
     auto uplink = spawn_uplink(s.sys, config, core, {worker}, sink, sink);
     std::string node_id, job_id;
-    for (int i = 0; i < 2; ++i)
-      s.self->receive([&](std::string& id, std::string&) { node_id = id; },
-                      [&](std::string& id) { job_id = id; },
-                      caf::after(std::chrono::seconds(10)) >> [] {});
+    int joins = 0, losses = 0;
+    auto hear = [&] {
+      s.self->receive(
+          [&](std::string& id, std::string&) {
+            node_id = id;
+            ++joins;
+          },
+          [&](std::string& id) { job_id = id; }, [&](bool) { ++losses; },
+          caf::after(std::chrono::seconds(10)) >> [] {});
+    };
+    // Joined, the job's id at the worker, the session ended, joined again.
+    for (int i = 0; i < 10 && (joins < 2 || job_id.empty() || losses < 1); ++i) hear();
+    CHECK(joins >= 2);
+    // The core's front door stops, saying why.
+    s.self->send_exit(core, hostile_reason);
+    for (int i = 0; i < 10 && losses < 2; ++i) hear();
+    CHECK(losses >= 2);
+    for (auto& x : {uplink, sink, worker}) s.self->send_exit(x, caf::exit_reason::user_shutdown);
+    spdlog::set_default_logger(before);
     CHECK(!node_id.empty());
     CHECK(!job_id.empty());
     CHECK_MESSAGE(node_id.find('\x1b') == std::string::npos, node_id);
     CHECK_MESSAGE(job_id.find('\x1b') == std::string::npos, job_id);
-    for (auto& x : {uplink, core, sink, worker})
-      s.self->send_exit(x, caf::exit_reason::user_shutdown);
+    logged->flush();
+    const std::string log = lines.str();
+    CHECK_MESSAGE(log.find("joined the core as n") != std::string::npos, log);
+    CHECK_MESSAGE(log.find("the core ended this node's session") != std::string::npos, log);
+    CHECK_MESSAGE(log.find("lost the core") != std::string::npos, log);
+    CHECK_MESSAGE(log.find('\x1b') == std::string::npos, log.substr(0, 2000));
+    CHECK_MESSAGE(log.size() < 20000, log.substr(0, 2000));
   }
 
   TEST_CASE("a core of several that is busy sending parameters is not taken for lost") {
