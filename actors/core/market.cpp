@@ -47,6 +47,15 @@ constexpr auto reservation = std::chrono::milliseconds(500);
 constexpr auto waiter_stale = std::chrono::seconds(2);
 // The workloads a node's measured rates are kept for (by market_workload).
 constexpr size_t max_measured_workloads = 64;
+// Past this many workloads with an exploratory slot on record, those no longer out are dropped.
+constexpr size_t max_explorations = 1024;
+
+/// A slot given on its node's claim alone (slot_bid::explore) for a workload, while out: its
+/// worker and the job that holds it.
+struct exploration {
+  caf::actor_addr worker;
+  caf::actor_addr holder;
+};
 
 /// How long a slot whose assignments keep failing is left out: 0.5 s after the first
 /// failure, doubling up to a minute, so that a broken worker cannot soak up a round's work.
@@ -86,7 +95,19 @@ struct market_state {
   /// Workers a job said it holds that no offer has named yet (this market was restarted, and
   /// the registry offers the slots again): busy, held by that job, once offered.
   std::map<caf::actor_addr, caf::actor> claimed;
+  /// The exploratory slot out for each workload: one at a time, so that a node claiming 9e11
+  /// on a workload that has not measured it gets one slot on its claim, not a round's; its
+  /// answer measures it.
+  std::unordered_map<std::string, exploration> exploring;
   static inline const char* name = "market";
+
+  /// Whether the slot given as `x` is still out, held by the job it was given to.
+  bool still_out(const exploration& x) const {
+    auto it = slot_of.find(x.worker);
+    if (it == slot_of.end()) return false;
+    const auto& e = slots[it->second];
+    return e.busy && e.holder && e.holder.address() == x.holder;
+  }
 
   uint32_t node_id(const std::string& name) {
     auto [it, added] = node_ids.emplace(name, static_cast<uint32_t>(nodes.size()));
@@ -308,14 +329,23 @@ caf::behavior market_actor(caf::stateful_actor<market_state>* self, double newco
         for (const auto& e : st.slots) {
           const bool held_for_another =
               e.reserved_for && e.reserved_for != asker && now < e.reserved_until;
+          const auto& speed = speeds[node_index[e.node]];
           offers.push_back(st.offer_of(e, priced[node_index[e.node]],
                                        !e.busy && now >= e.cooldown_until &&
                                            now >= st.nodes[e.node].cooldown_until &&
                                            !held_for_another));
+          if (!speed.measured) offers.back().claimed = speed.claimed;
         }
         slot_bid bid{static_cast<trust_tier>(std::min<uint8_t>(policy, 2)), max_price,
                      min_reputation};
         bid.avoided = std::move(avoided);
+        // One exploratory slot per workload at a time: the node's answer measures it.
+        auto x = st.exploring.find(workload);
+        if (x != st.exploring.end() && !st.still_out(x->second)) {
+          st.exploring.erase(x);
+          x = st.exploring.end();
+        }
+        bid.explore = asker && x == st.exploring.end() ? 1 : 0;
         if (bid.policy != trust_tier::core && wanted > 0) {
           st.newcomer_quota += st.newcomer_share * static_cast<double>(wanted);
           bid.reserve_new = static_cast<size_t>(std::floor(st.newcomer_quota));
@@ -329,6 +359,12 @@ caf::behavior market_actor(caf::stateful_actor<market_state>* self, double newco
         out.low_reputation = m.low_reputation;
         out.avoided = m.avoided;
         if (holder && st.watched.insert(holder.address()).second) self->monitor(holder);
+        if (m.explored > 0) {
+          if (st.exploring.size() >= max_explorations)
+            std::erase_if(st.exploring,
+                          [&](const auto& other) { return !st.still_out(other.second); });
+          st.exploring[workload] = {st.slots[m.chosen.front()].slot.worker.address(), asker};
+        }
         size_t to_newcomers = 0;
         for (size_t i : m.chosen) {
           auto& e = st.slots[i];

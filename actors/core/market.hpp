@@ -19,8 +19,11 @@
 ///   equal cost the node given the least work so far; a share of community slots
 ///   (`newcomer_share` of the slots asked for, the fractions carried from one acquire to the
 ///   next) goes to nodes given fewer than 5 assignments first; no slot of a node whose id is
-///   in `avoided` (nodes the job's work ran out of memory on) is taken. The reply counts the
-///   slots left out (busy, wrong tier, too expensive, low reputation, avoided).
+///   in `avoided` (nodes the job's work ran out of memory on) is taken. One slot per workload
+///   at a time, while its holder has it, goes on its node's claim alone where that node has
+///   not been measured on the workload and its claim, if true, makes it the cheapest
+///   (slot_bid::explore): its answer measures it. The reply counts the slots left out (busy,
+///   wrong tier, too expensive, low reputation, avoided).
 /// - (score_atom, node_name, score) from the reputation tracker: a node's current score.
 /// - (rate_atom, node_name, workload, samples/s) from a session, through the registry: the
 ///   rate the core measured for one of the node's assignments (averaged per node).

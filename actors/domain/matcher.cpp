@@ -119,12 +119,38 @@ match_result match_slots(std::span<const slot_offer> offers, const slot_bid& bid
     }
     pool.erase(pool.begin(), pool.begin() + static_cast<std::ptrdiff_t>(begin));
   };
+  // Exploration: a node not measured on the workload is priced below its claim (at most the
+  // fastest measured node, priced_throughputs), and one asking more per hour than the measured
+  // nodes then cost more per unit of work than they did, got work only when every other slot
+  // was busy, and so was never measured: a GPU doing 30 times a CPU node's work at 3 times its
+  // price sat idle while jobs paid ten times what they needed. The bid's exploratory slots go
+  // to nodes that, if their claims hold, are the cheapest; the market bounds how many.
+  if (bid.explore > 0 && wanted > 0) {
+    auto& pool = community_pool.empty() ? core_pool : community_pool;
+    double cheapest = std::numeric_limits<double>::infinity();
+    for (size_t i : pool) cheapest = std::min(cheapest, unit_cost(offers[i]));
+    auto claimed_cost = [&](size_t i) {
+      return static_cast<double>(offers[i].price) / offers[i].claimed;
+    };
+    auto promising = std::stable_partition(pool.begin(), pool.end(), [&](size_t i) {
+      return offers[i].claimed > offers[i].throughput && claimed_cost(i) < cheapest;
+    });
+    std::sort(pool.begin(), promising, [&](size_t a, size_t b) {
+      if (claimed_cost(a) != claimed_cost(b)) return claimed_cost(a) < claimed_cost(b);
+      return fairer(a, b);
+    });
+    const auto k = static_cast<std::ptrdiff_t>(
+        std::min({bid.explore, wanted, static_cast<size_t>(promising - pool.begin())}));
+    out.chosen.assign(pool.begin(), pool.begin() + k);
+    out.explored = out.chosen.size();
+    pool.erase(pool.begin(), pool.begin() + k);
+  }
   // Newcomers first, for the reserved share: they earn and get tested.
   if (bid.reserve_new > 0) {
     std::vector<size_t> newcomers, rest;
     for (size_t i : community_pool)
       (offers[i].served < bid.newcomer_served ? newcomers : rest).push_back(i);
-    take(newcomers, std::min(bid.reserve_new, wanted));
+    take(newcomers, std::min(bid.reserve_new, wanted - out.chosen.size()));
     rest.insert(rest.end(), newcomers.begin(), newcomers.end());
     community_pool = std::move(rest);
   }

@@ -9,7 +9,10 @@
 /// identical machines differ by measurement noise), and among equal offers the node that has
 /// been given the least work goes first, so every eligible node gets its turn. A number of
 /// slots can be reserved for newcomers (nodes with little history), so that they earn and
-/// get tested. The counts of slots left out say why a job waits.
+/// get tested. A bid may also give a slot to a node on its claim alone where the market
+/// prices it below that claim until it is measured (exploration): otherwise a fast node that
+/// asks more per hour than the measured ones never gets the work that would measure it. The
+/// counts of slots left out say why a job waits.
 
 #include <cstddef>
 #include <cstdint>
@@ -32,6 +35,9 @@ struct slot_offer {
   bool available = true;     ///< Free, not cooling down.
   int64_t served = 0;        ///< Assignments its node has been given: its history.
   std::string_view node_id;  ///< Its node, as slot_bid::avoided names nodes.
+  /// Where its node has not been measured on the job's workload: the throughput it claims
+  /// (above `throughput` where the market caps it). 0 where it has been.
+  double claimed = 0.0;
 };
 
 /// What a job asks for.
@@ -47,6 +53,11 @@ struct slot_bid {
   /// Nodes the job's work does not fit (they ran out of memory on its model): their slots
   /// would only fail again.
   std::vector<std::string> avoided;
+  /// Of the slots wanted, how many may go on a claim alone (exploration): to slots whose
+  /// node, if its claim (slot_offer::claimed) holds, is cheaper per unit of work than every
+  /// slot the bid would take by price, the lowest cost by claim first; community slots first
+  /// where there are such, as for the rest.
+  size_t explore = 0;
 };
 
 struct match_result {
@@ -56,6 +67,7 @@ struct match_result {
   int64_t too_expensive = 0;
   int64_t low_reputation = 0;
   int64_t avoided = 0;  ///< Would fit but for slot_bid::avoided.
+  size_t explored = 0;  ///< How many of the first chosen went on a claim (slot_bid::explore).
 };
 
 /// What the market knows of a node's speed: the throughput it claims (calibrated, in

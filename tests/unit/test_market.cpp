@@ -414,4 +414,52 @@ TEST_SUITE("matcher") {
     CHECK(priced[1] == doctest::Approx(1000.0));
     CHECK(priced[2] == doctest::Approx(1000.0));
   }
+
+  TEST_CASE("a node whose unmeasured claim makes it the cheapest gets a slot to be measured") {
+    // A GPU node doing 30 times a CPU node's work asks 3 times its price. Not measured on the
+    // workload, it is priced as the fastest measured node at most: three times their cost per
+    // unit of work, outside the band of equal costs. It got work only when every CPU slot was
+    // busy, so it was never measured, and jobs paid ten times what they needed to.
+    std::vector<speed_evidence> nodes{
+        {1000.0, 1000.0}, {1000.0, 1000.0}, {1000.0, 1000.0}, {30000.0, std::nullopt}};
+    auto priced = priced_throughputs(nodes);
+    REQUIRE(priced[3] == doctest::Approx(1000.0));
+    std::vector<slot_offer> offers;
+    for (size_t i = 0; i < nodes.size(); ++i)
+      offers.push_back(offer(0, i < 3 ? 1.0 : 3.0, priced[i]));
+    offers[3].claimed = 30000.0;  // not measured: what it claims
+    slot_bid bid;
+    CHECK(match_slots(offers, bid, 3).chosen == std::vector<size_t>{0, 1, 2});  // by price alone
+    bid.explore = 1;
+    auto r = match_slots(offers, bid, 3);
+    CHECK(r.chosen == std::vector<size_t>{3, 0, 1});  // one slot on its claim, first
+    CHECK(r.explored == 1);
+    // Measured, it is priced by what it did, and its slots go first by price alone.
+    nodes[3].measured = 30000.0;
+    CHECK(priced_throughputs(nodes)[3] == doctest::Approx(30000.0));
+    // Bounded: of two nodes claiming to be cheapest, only `explore` slots go on a claim, to
+    // the lowest cost by claim (a liar's 9e11 is measured at once and priced by that).
+    offers.push_back(offer(0, 3.0, 1000.0));
+    offers[4].claimed = 9e11;
+    r = match_slots(offers, bid, 3);
+    CHECK(r.chosen == std::vector<size_t>{4, 0, 1});
+    CHECK(r.explored == 1);
+    // No slot on a claim that would not make it the cheapest, nor where none is wanted, nor
+    // for a node measured (claimed 0) however low its priced throughput.
+    offers[3].claimed = 2000.0;
+    offers[4].claimed = 0.0;
+    r = match_slots(offers, bid, 3);
+    CHECK(r.chosen == std::vector<size_t>{0, 1, 2});
+    CHECK(r.explored == 0);
+    CHECK(match_slots(offers, bid, 0).chosen.empty());
+    // Community slots first for a hybrid bid: a core-tier node is explored only where no
+    // community slot is free.
+    offers[3] = offer(1, 3.0, 1000.0);
+    offers[3].claimed = 30000.0;
+    CHECK(match_slots(offers, bid, 1).chosen == std::vector<size_t>{0});
+    for (size_t i : {0, 1, 2, 4}) offers[i].available = false;
+    r = match_slots(offers, bid, 1);
+    CHECK(r.chosen == std::vector<size_t>{3});
+    CHECK(r.explored == 1);
+  }
 }

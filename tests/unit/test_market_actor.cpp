@@ -220,4 +220,54 @@ TEST_SUITE("market actor") {
     CHECK(acquire(heavy, 1).slots.empty());
     s.self->send_exit(w3, caf::exit_reason::user_shutdown);
   }
+
+  TEST_CASE_FIXTURE(market_fixture,
+                    "a node not measured on a workload gets one slot on its claim at a time") {
+    // A GPU node at 3 credits an hour claiming 30 times the work of measured CPU nodes at 1
+    // was priced as the fastest of them, got work only when all of them were busy, and was
+    // never measured. Now one slot per workload goes on such a claim while it is out.
+    std::vector<caf::actor> cpus, gpus;
+    for (int i = 0; i < 3; ++i) cpus.push_back(s.sys.spawn(idle_worker));
+    for (int i = 0; i < 2; ++i) gpus.push_back(s.sys.spawn(idle_worker));
+    auto offer_priced = [&](const std::string& node_id, const std::vector<caf::actor>& workers,
+                            double credits, double throughput) {
+      std::vector<worker_slot> slots;
+      for (const auto& w : workers) {
+        worker_slot slot;
+        slot.worker = w;
+        slot.node_name = "name-" + node_id;
+        slot.price = static_cast<int64_t>(credits * 1e6);
+        slot.throughput = throughput;
+        slots.push_back(slot);
+      }
+      s.self->send(market, offer_atom::value, node_id, slots);
+    };
+    for (int i = 0; i < 3; ++i) {
+      const auto id = "c" + std::to_string(i);
+      offer_priced(id, {cpus[static_cast<size_t>(i)]}, 1.0, 1000.0);
+      s.self->send(market, rate_atom::value, "name-" + id, std::string("w"), 1000.0);
+    }
+    offer_priced("g", gpus, 3.0, 30000.0);
+    auto gpu_slots = [](const acquire_reply& r) {
+      size_t n = 0;
+      for (const auto& slot : r.slots) n += slot.node_name == "name-g" ? 1 : 0;
+      return n;
+    };
+    caf::scoped_actor first{s.sys}, second{s.sys};
+    auto a = acquire(first, 2);
+    REQUIRE(a.slots.size() == 2);
+    CHECK(a.slots[0].node_name == "name-g");  // on its claim
+    CHECK(gpu_slots(a) == 1);
+    auto b = acquire(second, 2);  // while that slot is out, no other goes on the claim
+    CHECK(b.slots.size() == 2);
+    CHECK(gpu_slots(b) == 0);
+    for (const auto& slot : b.slots) second->send(market, release_atom::value, slot.worker);
+    // Its answer measured it at what it claimed: its slots go first by price.
+    s.self->send(market, rate_atom::value, std::string("name-g"), std::string("w"), 30000.0);
+    first->send(market, release_atom::value, a.slots[0].worker);
+    auto c = acquire(first, 2);
+    CHECK(gpu_slots(c) == 2);
+    for (const auto& w : cpus) s.self->send_exit(w, caf::exit_reason::user_shutdown);
+    for (const auto& w : gpus) s.self->send_exit(w, caf::exit_reason::user_shutdown);
+  }
 }
