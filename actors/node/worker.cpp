@@ -48,6 +48,17 @@ struct worker_state {
     uint64_t last_used = 0;
   };
   std::map<std::string, kept_shard> shards;
+  /// Assignments waiting for their shard, by ask: the cache asked and the answer owed. A
+  /// cache that stops drops the promises it holds unanswered (CAF 0.17 sends nothing for
+  /// them): when the node supervisor hands over its replacement, the assignments asked of
+  /// the old one fail at once, rather than hold their slots for the ask's 30 minutes.
+  struct shard_wait {
+    caf::actor_addr cache;
+    caf::typed_response_promise<assignment_result> answer;
+    std::string shard;
+  };
+  std::map<uint64_t, shard_wait> shard_waits;
+  uint64_t shard_asks = 0;
   int assignments = 0;
   bool device_broke = false;                        // a test aid's broken device has failed once
   std::unique_ptr<misbehaving_worker> misbehaving;  // test aid; null for honest workers
@@ -521,13 +532,17 @@ caf::behavior worker_behavior(worker_actor* self, worker_config config, caf::act
           return std::move(*r);
         }
         auto rp = self->make_response_promise<assignment_result>();
+        const uint64_t ask = ++self->state.shard_asks;
+        self->state.shard_waits[ask] = {self->state.cache.address(), rp, a.shard};
         // The cache fails a fetch once no chunk has come for 2 minutes; while chunks come
         // (behind the node's other shards, on a slow link) the worker waits for its own.
         auto asked =
             self->request(self->state.cache, std::chrono::minutes(30), shard_atom::value, a.shard);
         prefetch_next();
+        // An ask no longer waited for was answered when its cache stopped.
         std::move(asked).then(
             [=](decoded_shard& d) mutable {
+              if (self->state.shard_waits.erase(ask) == 0) return;
               keep_shard(self->state, a.shard, d.data);
               auto r = compute(a, *d.data);
               if (!r)
@@ -535,11 +550,28 @@ caf::behavior worker_behavior(worker_actor* self, worker_config config, caf::act
               else
                 rp.deliver(std::move(*r));
             },
-            [=](caf::error& e) mutable { rp.deliver(e); });
+            [=](caf::error& e) mutable {
+              if (self->state.shard_waits.erase(ask) == 0) return;
+              rp.deliver(e);
+            });
         return rp;
       },
       [=](update_atom, const std::string& role, caf::actor& replacement) {
-        if (role == "cache") self->state.cache = std::move(replacement);  // restarted cache
+        auto& st = self->state;
+        if (role != "cache") return;
+        st.cache = std::move(replacement);  // restarted by the node supervisor
+        // The old cache answers none of what it was asked: those assignments go back to their
+        // jobs now (the core hands them out again), their slots free for the next.
+        for (auto it = st.shard_waits.begin(); it != st.shard_waits.end();) {
+          if (it->second.cache == st.cache.address()) {
+            ++it;
+            continue;
+          }
+          it->second.answer.deliver(to_caf(
+              error(errc::unavailable, "the node's cache stopped before it had shard " +
+                                           it->second.shard.substr(0, 12) + "; it was restarted")));
+          it = st.shard_waits.erase(it);
+        }
       },
   };
 }

@@ -11,6 +11,9 @@
 /// - (assign_atom, assignment) -> assignment_result, or an error that says what was wrong
 ///   with the assignment (unknown workload, wrong parameter size, non-finite values, bad
 ///   hyper-parameters) or that the shard could not be had.
+/// - (update_atom, "cache", new cache) from the node supervisor: its cache was restarted.
+///   Assignments still waiting for a shard from the old one fail at once (unavailable): a
+///   stopped cache answers nothing.
 /// An assignment the node no longer wants is cancelled through `worker_config::cancelled`
 /// (the uplink writes it), which the worker reads before and between its steps: a running
 /// handler cannot receive a message.

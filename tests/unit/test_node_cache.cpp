@@ -30,6 +30,7 @@
 #include "messages.hpp"
 #include "node_metrics.hpp"
 #include "temp_dir.hpp"
+#include "worker.hpp"
 
 using namespace gflex;
 
@@ -101,6 +102,22 @@ caf::actor spawn_slow_server(caf::actor_system& sys, std::shared_ptr<counting_se
               rp.deliver(s->chunks.at(digest));
               if (!held->empty()) self->delayed_send(self, delay, deliver_atom::value);
             }};
+  });
+}
+
+// A data server that never answers: the asks it holds, and how many came.
+struct holding_server {
+  std::vector<caf::typed_response_promise<std::vector<uint8_t>>> held;
+  std::atomic<int> asked{0};
+};
+
+caf::actor spawn_holding_server(caf::actor_system& sys, std::shared_ptr<holding_server> s) {
+  return sys.spawn([s](caf::event_based_actor* self) -> caf::behavior {
+    return {[=](chunk_atom, const std::string&) -> caf::result<std::vector<uint8_t>> {
+      s->held.push_back(self->make_response_promise<std::vector<uint8_t>>());
+      s->asked += 1;
+      return s->held.back();
+    }};
   });
 }
 
@@ -367,6 +384,48 @@ TEST_SUITE("node cache") {
     REQUIRE(fetch(digests[5]));  // the newest, still there
     CHECK(server->asked == asked);
     CHECK(on_disk().first.size() == 1);
+  }
+
+  TEST_CASE("a worker waiting for its shard is answered at once when its cache is restarted") {
+    // A cache that stops drops the promises it holds unanswered (CAF 0.17 sends nothing for
+    // them): the node supervisor handed the workers its replacement, and each worker that
+    // had asked the old one for a shard held its slot for the ask's 30 minutes.
+    test::configured_system s;
+    test::temp_dir dir;
+    auto server = std::make_shared<holding_server>();
+    auto data_server = spawn_holding_server(s.sys, server);
+    auto cache = spawn_cache(s.sys, dir.path());
+    s.self->send(cache, serve_atom::value, data_server);
+    auto worker = spawn_worker(s.sys, worker_config{}, cache);
+    assignment a;
+    a.id = 1;
+    a.job_id = "job-1";
+    a.shard = std::string(64, 'a');
+    auto answer = s.self->request(worker, std::chrono::seconds(10), assign_atom::value, a);
+    for (int i = 0; i < 500 && server->asked < 1; ++i)
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    REQUIRE(server->asked == 1);  // the cache waits for the shard's chunk
+    // The cache dies (a defect) and the node supervisor restarts it.
+    s.self->send_exit(cache, caf::exit_reason::kill);
+    auto replacement = spawn_cache(s.sys, dir.path());
+    s.self->send(replacement, serve_atom::value, data_server);  // as the uplink does
+    s.self->send(worker, update_atom::value, std::string("cache"), replacement);
+    const auto since = std::chrono::steady_clock::now();
+    error got;
+    std::move(answer).receive([](assignment_result&) { FAIL("computed without its shard"); },
+                              [&](caf::error& e) { got = from_caf(e, &s.sys); });
+    CHECK_MESSAGE(got.code() == errc::unavailable, got.message());
+    CHECK_MESSAGE(got.message().find("cache") != std::string::npos, got.message());
+    CHECK(std::chrono::steady_clock::now() - since < std::chrono::seconds(5));
+    // An assignment after the restart asks the new cache.
+    a.id = 2;
+    auto second = s.self->request(worker, std::chrono::seconds(10), assign_atom::value, a);
+    for (int i = 0; i < 500 && server->asked < 2; ++i)
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    CHECK(server->asked == 2);
+    for (const auto& x : {worker, replacement, data_server})
+      s.self->send_exit(x, caf::exit_reason::user_shutdown);
+    std::move(second).receive([](assignment_result&) {}, [](caf::error&) {});
   }
 
   TEST_CASE("a shard the host has no memory to decode is an error for its workers at once" *
