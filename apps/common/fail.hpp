@@ -6,6 +6,8 @@
 
 #include <spdlog/spdlog.h>
 
+#include <string>
+
 #include "gflex/runtime/error.hpp"
 
 namespace gflex::app {
@@ -15,10 +17,22 @@ inline int fail(const error& e, int code = 1) {
   return code;
 }
 
+/// Whether a permission_denied refusal passes with time: the core also reports so a core of
+/// several that lost its leadership (the next leader takes the request) and an account at its
+/// limit of unfinished jobs (one of them ends). Told apart by their words, which the core
+/// gives no code of their own.
+inline bool passes_later(const error& e) {
+  const std::string& m = e.message();
+  return m.find("does not lead") != std::string::npos ||
+         m.find("no longer leads") != std::string::npos ||
+         m.find("unfinished jobs") != std::string::npos;
+}
+
 /// A core's refusal: 2 where the request itself was wrong (an unknown job or data set, a spec
-/// the core refuses: the same request fails again), 1 otherwise (a lost link, a store error:
-/// trying again may serve). All were 1, and a script that retried on 1 sent a spec that could
-/// never be taken again and again.
+/// the core refuses) or the key may not make it (none, an unknown one, another account's
+/// account or bill, an operator's command): the same request fails again. 1 otherwise (a lost
+/// link, a store error: trying again may serve). All were 1, and a script that retried on 1
+/// sent a spec that could never be taken, or a key that could never pass, again and again.
 inline int fail_answer(const error& e) {
   switch (e.code()) {
     case errc::invalid_argument:
@@ -27,6 +41,8 @@ inline int fail_answer(const error& e) {
     case errc::non_finite:
     case errc::bad_format:
       return fail(e, 2);
+    case errc::permission_denied:
+      return fail(e, passes_later(e) ? 1 : 2);
     default:
       return fail(e, 1);
   }

@@ -195,7 +195,7 @@ int run_status(const job_flags& f) {
     return 0;
   }
   auto all = c->jobs();
-  if (!all) return fail(all.error());
+  if (!all) return fail_answer(all.error());
   if (f.as_json) {
     auto list = nlohmann::json::array();
     for (const auto& s : *all) list.push_back(to_json(s));
@@ -214,7 +214,7 @@ int run_nodes(const job_flags& f) {
   std::optional<client> c;
   if (int code = connect_core(f.link, c); code != 0) return code;
   auto nodes = c->nodes();
-  if (!nodes) return fail(nodes.error());
+  if (!nodes) return fail_answer(nodes.error());
   // Each node's share of the work done: its validated results over all nodes' listed.
   uint64_t total = 0;
   for (const auto& n : *nodes) total += n.validated;
