@@ -118,6 +118,14 @@ expected<std::unique_ptr<kernels::workload>> workload_of(train_flags& f) {
   if (!spec) return spec.error();
   take_spec_settings(f, *spec);
   const bool local = !f.data.path.empty();
+  // A set pushed with `gflex data push` is on the core only: "unknown data set" sent the
+  // user looking for a typo in the spec, when its files are what this command needs.
+  if (!local && !spec->model.empty() && !kernels::is_builtin_data_set(spec->data_set))
+    return error(errc::invalid_argument,
+                 f.spec_file + ": data.set '" + spec->data_set +
+                     "' is not built in: a set pushed to a core (gflex data push) is on the "
+                     "core only; give its files here with --data FILE --format idx|npy|tokens "
+                     "(and --labels for idx and npy)");
   auto w = kernels::find_workload(spec->workload, spec->model, local ? "" : spec->data_set);
   if (!w) return error(w.error().code(), f.spec_file + ": " + w.error().message());
   return w;

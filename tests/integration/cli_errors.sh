@@ -30,6 +30,13 @@ expect_usage "train --classes -5" "--classes: Value -5 not in range" \
   "$G" train --spec "$spec" --data "$WORK/none.npy" --format npy --labels "$WORK/none.npy" --classes -5
 expect_usage "train --context -3" "--context: Value -3 not in range" \
   "$G" train --spec "$spec" --data "$WORK/none.txt" --format tokens --context -3
+# A model on a set pushed to a core: its files are needed here, which the error says (it said
+# "unknown data set", as if the spec had a typo).
+pushed="$WORK/pushed.toml"
+printf '[job]\nname = "p"\n[data]\nset = "fm-npy"\n[model]\ninput = [4]\nlayers = [\n  { type = "linear", units = 3 }, { type = "softmax_xent" },\n]\n' >"$pushed"
+expect_usage "train --spec on a pushed set without --data" \
+  "pushed.toml: data.set 'fm-npy' is not built in: .*--data FILE --format" \
+  "$G" train --spec "$pushed"
 # A damaged images file (a header of 10 28x28 images, 100 bytes of them) says it is cut short.
 python3 -c "import struct,sys; open(sys.argv[1],'wb').write(struct.pack('>BBBBIII',0,0,8,3,10,28,28)+bytes(100))" "$WORK/cut.idx"
 python3 -c "import struct,sys; open(sys.argv[1],'wb').write(struct.pack('>BBBBI',0,0,8,1,10)+bytes(10))" "$WORK/labels.idx"
