@@ -40,6 +40,8 @@ struct train_flags {
     CLI::Option* precision = nullptr;
     CLI::Option* seed = nullptr;
     CLI::Option* constant_lr = nullptr;
+    CLI::Option* classes = nullptr;
+    CLI::Option* context = nullptr;
   } given;
 };
 
@@ -128,7 +130,55 @@ expected<std::unique_ptr<kernels::workload>> workload_of(train_flags& f) {
                      "(and --labels for idx and npy)");
   auto w = kernels::find_workload(spec->workload, spec->model, local ? "" : spec->data_set);
   if (!w) return error(w.error().code(), f.spec_file + ": " + w.error().message());
+  // A text is cut into samples of the model's length unless --context says otherwise (its
+  // default, 64, failed every other model inside the trainer, naming neither file nor flag).
+  if (local && (*w)->token_input() && !on_command_line(f.given.context))
+    f.data.context = (*w)->feature_dim() - 1;  // a sample is its context and the next token
   return w;
+}
+
+// Whether the files read for --data are what the model takes (checked here, where the flags
+// and files can be named: the trainer refused them as a shape mismatch, exit 1). Labels that
+// do not reach the model's last class are the model's classes unless --classes says.
+expected<void> fit_to_model(const train_flags& f, const kernels::workload& w,
+                            dataset_splits& data) {
+  const std::string model = "the model of " + f.spec_file;
+  const bool tokens = data.train.tokens;
+  if (tokens != w.token_input())
+    return error(errc::invalid_argument,
+                 "--format " + f.data.format + ": " + model + " takes " +
+                     (w.token_input() ? "tokens (--format tokens)"
+                                      : std::to_string(w.feature_dim()) +
+                                            " values per sample (--format idx or npy)"));
+  const int64_t dim = data.train.feature_dim();
+  if (dim != w.feature_dim()) {
+    if (tokens)
+      return error(errc::invalid_argument,
+                   "--context " + std::to_string(f.data.context) + ": " + f.data.path +
+                       "'s samples are " + std::to_string(dim) + " tokens, " + model + " takes " +
+                       std::to_string(w.feature_dim()) + " (--context " +
+                       std::to_string(w.feature_dim() - 1) + ", or leave it out)");
+    return error(errc::invalid_argument, f.data.path + ": " + std::to_string(dim) +
+                                             " values per sample, " + model + " takes " +
+                                             std::to_string(w.feature_dim()));
+  }
+  const int64_t classes = data.train.classes;
+  if (classes == w.classes()) return {};
+  if (tokens)
+    return error(errc::invalid_argument, f.data.path + ": a text of bytes has " +
+                                             std::to_string(classes) + " token values, " + model +
+                                             " a vocabulary of " + std::to_string(w.classes()));
+  if (on_command_line(f.given.classes))
+    return error(errc::invalid_argument, "--classes " + std::to_string(f.data.classes) + ": " +
+                                             model + " takes " + std::to_string(w.classes()) +
+                                             " classes");
+  if (classes > w.classes())
+    return error(errc::invalid_argument,
+                 f.data.labels + ": the labels make " + std::to_string(classes) +
+                     " classes (the largest is " + std::to_string(classes - 1) + "), " + model +
+                     " takes " + std::to_string(w.classes()) + " (--classes)");
+  data.train.classes = data.test.classes = w.classes();
+  return {};
 }
 
 int run_training(train_flags& f) {
@@ -162,6 +212,11 @@ int run_training(train_flags& f) {
     // A file the user named that cannot be used is bad input (2), as `gflex data push` says.
     return f.data.path.empty() ? 1 : 2;
   }
+  if (!f.data.path.empty())
+    if (auto fits = fit_to_model(f, **w, *data); !fits) {
+      spdlog::error("{}", fits.error().message());
+      return 2;
+    }
   std::unique_ptr<progress_bar> bar;
   auto on_progress = [&](const kernels::train_progress& p) {
     if (!bar) bar = std::make_unique<progress_bar>("train", p.total_steps);
@@ -243,14 +298,15 @@ void add_common_flags(CLI::App* cmd, train_flags& f) {
                   "reads it)");
   cmd->add_option("--format", f.data.format, "--data's format: idx, npy or tokens");
   cmd->add_option("--labels", f.data.labels, "--data's labels file (idx and npy)");
-  cmd->add_option("--classes", f.data.classes, "--data's label count (default: largest + 1)")
-      ->check(CLI::Range(int64_t{2}, int64_t{65536}));
+  f.given.classes =
+      cmd->add_option("--classes", f.data.classes, "--data's label count (default: the model's)")
+          ->check(CLI::Range(int64_t{2}, int64_t{65536}));
   cmd->add_option("--test-fraction", f.data.test_fraction, "--data's held-out part")
       ->check(finite_range(0.001, 0.9))
       ->capture_default_str();
-  cmd->add_option("--context", f.data.context, "--data tokens: positions per sample")
-      ->check(CLI::Range(int64_t{1}, int64_t{65536}))
-      ->capture_default_str();
+  f.given.context = cmd->add_option("--context", f.data.context,
+                                    "--data tokens: positions per sample (default: the model's)")
+                        ->check(CLI::Range(int64_t{1}, int64_t{65536}));
   cmd->add_option("--backend", f.backend, "compute backend: cpu, cuda or cuda:N")
       ->capture_default_str();
   f.given.precision =

@@ -37,6 +37,51 @@ printf '[job]\nname = "p"\n[data]\nset = "fm-npy"\n[model]\ninput = [4]\nlayers 
 expect_usage "train --spec on a pushed set without --data" \
   "pushed.toml: data.set 'fm-npy' is not built in: .*--data FILE --format" \
   "$G" train --spec "$pushed"
+# --data files are read as the spec's model takes them, and checked against it before training:
+# --context and --classes default to the model's (a text was cut into 64 tokens a sample, and
+# labels not reaching the last class made fewer classes), and a file that does not fit says
+# which file or flag, exit 2 (the trainer refused it as a shape mismatch, exit 1).
+python3 - "$WORK" <<'PY'
+import struct, sys
+def write_npy(path, descr, shape, payload):
+    header = "{'descr': '%s', 'fortran_order': False, 'shape': (%s), }" % (
+        descr, ", ".join(str(s) for s in shape) + ("," if len(shape) == 1 else ""))
+    header += " " * (63 - (10 + len(header)) % 64) + "\n"
+    with open(f"{sys.argv[1]}/{path}", "wb") as f:
+        f.write(b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header.encode() + payload)
+write_npy("x4.npy", "<f4", (200, 4), struct.pack("<800f", *[i % 7 * 0.1 for i in range(800)]))
+for classes in (2, 5):
+    write_npy(f"y{classes}.npy", "<i8", (200,), struct.pack("<200q", *[i % classes for i in range(200)]))
+PY
+head -c 20000 /usr/share/games/fortunes/fortunes >"$WORK/text.txt"
+model() {  # model FILE INPUT [VOCAB] LAYERS: a spec of a [model] on a pushed set
+  printf '[job]\nname = "m"\n[data]\nset = "mine"\n[model]\ninput = [%s]\n%slayers = [%s]\n' \
+    "$2" "$3" "$4" >"$WORK/$1"
+}
+model m3.toml 4 "" '{ type = "linear", units = 3 }, { type = "softmax_xent" }'
+model m784.toml 784 "" '{ type = "linear", units = 3 }, { type = "softmax_xent" }'
+model t16.toml 16 $'vocab = 256\n' \
+  '{ type = "embedding", dim = 8 }, { type = "linear", units = 256 }, { type = "next_token_xent" }'
+quick=(--max-steps 2 --no-eval)
+for run in "m3.toml --data $WORK/x4.npy --format npy --labels $WORK/y2.npy" \
+  "t16.toml --data $WORK/text.txt --format tokens"; do
+  # shellcheck disable=SC2086
+  "$G" train --spec "$WORK"/$run "${quick[@]}" >"$WORK/out" 2>"$WORK/err" &&
+    echo "ok: train --spec $run" || fail "train --spec $run: $(tail -2 "$WORK/err")"
+done
+expect_usage "train --data of another width" "x4.npy: 4 values per sample, the model of .*m784.toml takes 784" \
+  "$G" train --spec "$WORK/m784.toml" --data "$WORK/x4.npy" --format npy --labels "$WORK/y2.npy" "${quick[@]}"
+expect_usage "train --data with more classes" \
+  "y5.npy: the labels make 5 classes \(the largest is 4\), the model of .*m3.toml takes 3 \(--classes\)" \
+  "$G" train --spec "$WORK/m3.toml" --data "$WORK/x4.npy" --format npy --labels "$WORK/y5.npy" "${quick[@]}"
+expect_usage "train --classes not the model's" "--classes 4: the model of .*m3.toml takes 3 classes" \
+  "$G" train --spec "$WORK/m3.toml" --data "$WORK/x4.npy" --format npy --labels "$WORK/y2.npy" \
+  --classes 4 "${quick[@]}"
+expect_usage "train --context not the model's" \
+  "--context 32: .*text.txt's samples are 33 tokens, the model of .*t16.toml takes 17 \(--context 16" \
+  "$G" train --spec "$WORK/t16.toml" --data "$WORK/text.txt" --format tokens --context 32 "${quick[@]}"
+expect_usage "train --data of values for a token model" "--format npy: the model of .*t16.toml takes tokens" \
+  "$G" train --spec "$WORK/t16.toml" --data "$WORK/x4.npy" --format npy --labels "$WORK/y2.npy" "${quick[@]}"
 # A damaged images file (a header of 10 28x28 images, 100 bytes of them) says it is cut short.
 python3 -c "import struct,sys; open(sys.argv[1],'wb').write(struct.pack('>BBBBIII',0,0,8,3,10,28,28)+bytes(100))" "$WORK/cut.idx"
 python3 -c "import struct,sys; open(sys.argv[1],'wb').write(struct.pack('>BBBBI',0,0,8,1,10)+bytes(10))" "$WORK/labels.idx"
