@@ -42,6 +42,10 @@ struct train_flags {
     CLI::Option* constant_lr = nullptr;
     CLI::Option* classes = nullptr;
     CLI::Option* context = nullptr;
+    CLI::Option* workload = nullptr;
+    CLI::Option* format = nullptr;
+    CLI::Option* labels = nullptr;
+    CLI::Option* test_fraction = nullptr;
   } given;
 };
 
@@ -113,6 +117,20 @@ nlohmann::json to_json(const train_flags& f, const kernels::train_report& r,
 expected<std::unique_ptr<kernels::workload>> workload_of(train_flags& f) {
   if (f.spec_file.empty() && !f.data.path.empty())
     return error(errc::invalid_argument, "--data: needs --spec (the model to train on it)");
+  // Flags that nothing would read are refused, as `gflex data push` refuses those its format
+  // does not take: they were ignored, and the run trained on other data than the user meant.
+  if (f.data.path.empty())
+    for (const auto& [flag, name] : {std::pair{f.given.format, "--format"},
+                                     {f.given.labels, "--labels"},
+                                     {f.given.classes, "--classes"},
+                                     {f.given.context, "--context"},
+                                     {f.given.test_fraction, "--test-fraction"}})
+      if (on_command_line(flag))
+        return error(errc::invalid_argument,
+                     std::string(name) + ": only with --data (the files to train on)");
+  if (!f.spec_file.empty() && on_command_line(f.given.workload))
+    return error(errc::invalid_argument,
+                 "--workload: not with --spec (the spec names what to train)");
   if (!f.data.path.empty() && f.data.format.empty())
     return error(errc::invalid_argument, "--format: required with --data (idx, npy or tokens)");
   if (f.spec_file.empty()) return kernels::find_workload(f.workload);
@@ -290,20 +308,23 @@ std::string check_non_negative(const std::string& text) {
 }
 
 void add_common_flags(CLI::App* cmd, train_flags& f) {
-  cmd->add_option("--workload", f.workload, "workload to train")->capture_default_str();
+  f.given.workload =
+      cmd->add_option("--workload", f.workload, "workload to train")->capture_default_str();
   cmd->add_option("--spec", f.spec_file,
                   "train what a job spec names: its [model] on its [data] set, or its workload");
   cmd->add_option("--data", f.data.path,
                   "with --spec: train on this file instead of the data set (as gflex data push "
                   "reads it)");
-  cmd->add_option("--format", f.data.format, "--data's format: idx, npy or tokens");
-  cmd->add_option("--labels", f.data.labels, "--data's labels file (idx and npy)");
+  f.given.format =
+      cmd->add_option("--format", f.data.format, "--data's format: idx, npy or tokens");
+  f.given.labels = cmd->add_option("--labels", f.data.labels, "--data's labels file (idx and npy)");
   f.given.classes =
       cmd->add_option("--classes", f.data.classes, "--data's label count (default: the model's)")
           ->check(CLI::Range(int64_t{2}, int64_t{65536}));
-  cmd->add_option("--test-fraction", f.data.test_fraction, "--data's held-out part")
-      ->check(finite_range(0.001, 0.9))
-      ->capture_default_str();
+  f.given.test_fraction =
+      cmd->add_option("--test-fraction", f.data.test_fraction, "--data's held-out part")
+          ->check(finite_range(0.001, 0.9))
+          ->capture_default_str();
   f.given.context = cmd->add_option("--context", f.data.context,
                                     "--data tokens: positions per sample (default: the model's)")
                         ->check(CLI::Range(int64_t{1}, int64_t{65536}));

@@ -82,6 +82,17 @@ expect_usage "train --context not the model's" \
   "$G" train --spec "$WORK/t16.toml" --data "$WORK/text.txt" --format tokens --context 32 "${quick[@]}"
 expect_usage "train --data of values for a token model" "--format npy: the model of .*t16.toml takes tokens" \
   "$G" train --spec "$WORK/t16.toml" --data "$WORK/x4.npy" --format npy --labels "$WORK/y2.npy" "${quick[@]}"
+# Flags that nothing would read are refused (they were ignored): those of --data without it,
+# and --workload beside the spec that names what to train.
+for flag in "--format npy" "--labels $WORK/y2.npy" "--classes 3" "--context 16" "--test-fraction 0.2"; do
+  # shellcheck disable=SC2086
+  expect_usage "train $flag without --data" "${flag%% *}: only with --data" \
+    "$G" train --spec "$WORK/m3.toml" $flag "${quick[@]}"
+done
+expect_usage "train --format without --data or --spec" "--format: only with --data" \
+  "$G" train --format idx "${quick[@]}"
+expect_usage "train --workload with --spec" "--workload: not with --spec" \
+  "$G" train --spec "$SRC/apps/jobs/fashion-mlp.toml" --workload fashion-cnn "${quick[@]}"
 # A damaged images file (a header of 10 28x28 images, 100 bytes of them) says it is cut short.
 python3 -c "import struct,sys; open(sys.argv[1],'wb').write(struct.pack('>BBBBIII',0,0,8,3,10,28,28)+bytes(100))" "$WORK/cut.idx"
 python3 -c "import struct,sys; open(sys.argv[1],'wb').write(struct.pack('>BBBBI',0,0,8,1,10)+bytes(10))" "$WORK/labels.idx"
