@@ -70,7 +70,8 @@ class job_progress {
     std::string status = line;
     if (!s.detail.empty() && !is_terminal(s.state)) status += " | " + s.detail;
     if (is_terminal(s.state)) {
-      bar_->finish(status + " | " + to_string(s.state));
+      // At the last committed round: a job that failed or was cancelled drew 100%.
+      bar_->finish(s.round, status + " | " + to_string(s.state));
     } else {
       bar_->update(s.round, status);
     }

@@ -50,6 +50,10 @@ void progress_bar::finish(const std::string& status) {
   draw(total_, status, true);
 }
 
+void progress_bar::finish(int64_t done, const std::string& status) {
+  draw(done, status, true);
+}
+
 void progress_bar::draw(int64_t done, const std::string& status, bool final) {
   done = std::clamp<int64_t>(done, 0, total_);
   double fraction = static_cast<double>(done) / static_cast<double>(total_);

@@ -219,6 +219,22 @@ printf '[job]\nname = "wide"\nworkload = "fashion-mlp"\nrounds = 2\nworkers = 40
 expect_error "more workers than a built-in set's shards" \
   "failed: job spec: job.workers: 40 workers, but the data set has only 20 shards" \
   "${ALICE[@]}" "$G" submit "$WORK/wide-builtin.toml" --core "$core" --wait
+# A job followed with --wait and cancelled before its first evaluation: its progress bar ends
+# at the round it stopped at (a full bar, 100%, was drawn for a job that failed or was
+# cancelled).
+printf '[job]\nname = "stopped"\nworkload = "fashion-mlp"\nrounds = 1000\nworkers = 1\n[eval]\nevery = 1000\n[market]\nmax_price = 0\n' \
+  >"$WORK/stopped.toml"
+"${ALICE[@]}" "$G" submit "$WORK/stopped.toml" --core "$core" --wait \
+  >"$WORK/stopped.out" 2>"$WORK/stopped.err" &
+PIDS+=($!)
+follower=$!
+wait_for 30 "the stopped job's id" test -s "$WORK/stopped.out"
+stopped=$(head -1 "$WORK/stopped.out")
+"${ALICE[@]}" "$G" cancel "$stopped" --core "$core" >/dev/null || fail "cancel $stopped"
+wait "$follower" || true
+grep -Eq '\] +[0-9]+% round [0-9]+/1000 .*\| cancelled \|' "$WORK/stopped.err" &&
+  ! grep -q "100%" "$WORK/stopped.err" ||
+  fail "the cancelled job's progress bar: $(grep -F '%' "$WORK/stopped.err" | tail -1)"
 timeout -s KILL 240 "${ALICE[@]}" "$G" submit "$spec" --core "$core" --wait --json "$WORK/job.json" \
   >"$WORK/job.out" 2>"$WORK/job.err" || fail "job on the pushed set: $(tail -3 "$WORK/job.err")"
 acc=$(json_get "$WORK/job.json" "j['test_accuracy']")

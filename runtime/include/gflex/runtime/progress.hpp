@@ -24,8 +24,12 @@ class progress_bar {
   /// the next update() redraws the bar below it.
   void clear_line();
 
-  /// Draws the final state and ends the line.
+  /// Draws the final state, all units finished, and ends the line.
   void finish(const std::string& status);
+
+  /// Draws the final state with `done` units finished and ends the line: a task that ended
+  /// early (a job that failed or was cancelled) shows where it stopped, not a full bar.
+  void finish(int64_t done, const std::string& status);
 
   /// Seconds since the bar was created.
   double elapsed_s() const;
