@@ -55,6 +55,15 @@ std::string human_bytes(double b) {
   return buf;
 }
 
+// "test accuracy 0.8812", or "not yet evaluated" for a job whose history has no evaluation
+// yet: its accuracy of 0 read as a model that had learnt nothing.
+std::string accuracy_text(const job_status& s) {
+  if (tested_round(s) == 0) return "not yet evaluated";
+  char text[48];
+  std::snprintf(text, sizeof text, "test accuracy %.4f", s.test_accuracy);
+  return text;
+}
+
 // Draws a job's progress bar from successive statuses.
 class job_progress {
  public:
@@ -62,10 +71,9 @@ class job_progress {
     if (!bar_ && s.rounds > 0) bar_ = std::make_shared<progress_bar>(s.job_id, s.rounds);
     if (!bar_) return;
     char line[256];
-    std::snprintf(line, sizeof line,
-                  "round %lld/%lld | loss %.4f | test accuracy %.4f | nodes %lld | %s moved",
+    std::snprintf(line, sizeof line, "round %lld/%lld | loss %.4f | %s | nodes %lld | %s moved",
                   static_cast<long long>(s.round), static_cast<long long>(s.rounds), s.train_loss,
-                  s.test_accuracy, static_cast<long long>(s.nodes),
+                  accuracy_text(s).c_str(), static_cast<long long>(s.nodes),
                   human_bytes(static_cast<double>(s.bytes_sent + s.bytes_received)).c_str());
     std::string status = line;
     if (!s.detail.empty() && !is_terminal(s.state)) status += " | " + s.detail;
@@ -148,8 +156,8 @@ int run_submit(const job_flags& f) {
   job_progress draw;
   auto s = c->wait(*id, draw);
   if (!s) return fail(s.error());
-  std::printf("%s %s: test accuracy %.4f after %lld rounds, %s moved, %.1f s\n", s->job_id.c_str(),
-              to_string(s->state), s->test_accuracy, static_cast<long long>(s->round),
+  std::printf("%s %s: %s after %lld rounds, %s moved, %.1f s\n", s->job_id.c_str(),
+              to_string(s->state), accuracy_text(*s).c_str(), static_cast<long long>(s->round),
               human_bytes(static_cast<double>(s->bytes_sent + s->bytes_received)).c_str(),
               s->elapsed_s);
   if (!f.json.empty() && !write_json(f.json, to_json(*s))) return 1;
@@ -174,14 +182,13 @@ int run_status(const job_flags& f) {
           tested > 0 && tested != s->round ? " (round " + std::to_string(tested) + ")" : "";
       // A model too large for the core to evaluate on all of its test split is scored on
       // part of it: said, so that its figures are not read as the whole split's.
-      if (s->tested_samples > 0 && s->tested_samples < s->test_samples)
+      if (tested > 0 && s->tested_samples > 0 && s->tested_samples < s->test_samples)
         of_round += " on " + std::to_string(s->tested_samples) + " of " +
                     std::to_string(s->test_samples) + " test samples";
-      std::printf("%s %s: %s, round %lld/%lld, test accuracy %.4f%s, loss %.4f%s%s\n",
-                  s->job_id.c_str(), s->name.c_str(), to_string(s->state),
-                  static_cast<long long>(s->round), static_cast<long long>(s->rounds),
-                  s->test_accuracy, of_round.c_str(), s->train_loss, s->detail.empty() ? "" : " - ",
-                  s->detail.c_str());
+      std::printf("%s %s: %s, round %lld/%lld, %s%s, loss %.4f%s%s\n", s->job_id.c_str(),
+                  s->name.c_str(), to_string(s->state), static_cast<long long>(s->round),
+                  static_cast<long long>(s->rounds), accuracy_text(*s).c_str(), of_round.c_str(),
+                  s->train_loss, s->detail.empty() ? "" : " - ", s->detail.c_str());
       if (!s->account.empty())
         std::printf(
             "  cost: %s credits spent of a %s budget (%s in escrow) by %s, for %.4f "
@@ -342,9 +349,8 @@ int run_demo(const job_flags& f) {
     std::printf("test loss %.4f nats per %s (%.4f bits)\n", last->test_loss,
                 kernels::model_takes_tokens(spec->model) ? "token" : "sample",
                 last->test_loss / std::log(2.0));
-  std::printf("%s: test accuracy %.4f after %lld rounds on %d node(s), %s moved, %.1f s\n",
-              to_string(last->state), last->test_accuracy, static_cast<long long>(last->round),
-              f.nodes,
+  std::printf("%s: %s after %lld rounds on %d node(s), %s moved, %.1f s\n", to_string(last->state),
+              accuracy_text(*last).c_str(), static_cast<long long>(last->round), f.nodes,
               human_bytes(static_cast<double>(last->bytes_sent + last->bytes_received)).c_str(),
               last->elapsed_s);
   if (!f.json.empty() && !write_json(f.json, to_json(*last))) return 1;

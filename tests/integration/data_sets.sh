@@ -235,6 +235,14 @@ wait "$follower" || true
 grep -Eq '\] +[0-9]+% round [0-9]+/1000 .*\| cancelled \|' "$WORK/stopped.err" &&
   ! grep -q "100%" "$WORK/stopped.err" ||
   fail "the cancelled job's progress bar: $(grep -F '%' "$WORK/stopped.err" | tail -1)"
+# Never evaluated: said so, where its test accuracy read 0.0000, as if the model learnt nothing.
+grep -Eq "^$stopped cancelled: not yet evaluated after [0-9]+ rounds" "$WORK/stopped.out" ||
+  fail "the cancelled job's summary: $(tail -1 "$WORK/stopped.out")"
+grep -q "| not yet evaluated |" "$WORK/stopped.err" ||
+  fail "the cancelled job's progress: $(tail -1 "$WORK/stopped.err")"
+"${ALICE[@]}" "$G" status "$stopped" --core "$core" >"$WORK/stopped.status" || fail "status $stopped"
+grep -Eq "^$stopped stopped: cancelled, round [0-9]+/1000, not yet evaluated, loss" "$WORK/stopped.status" ||
+  fail "status of a job never evaluated: $(cat "$WORK/stopped.status")"
 timeout -s KILL 240 "${ALICE[@]}" "$G" submit "$spec" --core "$core" --wait --json "$WORK/job.json" \
   >"$WORK/job.out" 2>"$WORK/job.err" || fail "job on the pushed set: $(tail -3 "$WORK/job.err")"
 acc=$(json_get "$WORK/job.json" "j['test_accuracy']")
