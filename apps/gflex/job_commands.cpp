@@ -5,7 +5,13 @@
 #include <algorithm>
 #include <cmath>
 
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -44,6 +50,23 @@ bool write_json(const std::string& file, const nlohmann::json& j) {
 bool json_writable(const std::string& file) {
   std::ofstream out(file, std::ios::app);
   return static_cast<bool>(out);
+}
+
+// Whether `file` can be written as write_file_atomically writes it (a file beside it first,
+// then renamed): tried with such a file, removed at once. Checked before a model is
+// downloaded, which took as long as the download to fail (exit 1) on a mistyped directory.
+expected<void> file_writable(const std::string& file, const std::string& flag) {
+  std::error_code ec;
+  if (std::filesystem::is_directory(file, ec))
+    return error(errc::io_error, flag + " " + file + ": is a directory");
+  const std::string probe = file + ".probe." + std::to_string(::getpid());
+  const int fd = ::open(probe.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+  if (fd < 0)
+    return error(errc::io_error,
+                 flag + " " + file + ": cannot be written (" + std::strerror(errno) + ")");
+  ::close(fd);
+  ::unlink(probe.c_str());
+  return {};
 }
 
 std::string human_bytes(double b) {
@@ -274,6 +297,8 @@ int run_cancel(const job_flags& f) {
 }
 
 int run_fetch(const job_flags& f) {
+  if (auto ok = file_writable(f.out, "--out"); !ok)
+    return fail(error(ok.error().code(), ok.error().message() + "; nothing was fetched"), 2);
   std::optional<client> c;
   if (int code = connect_core(f.link, c); code != 0) return code;
   auto bytes = c->fetch(f.job_id);
@@ -340,6 +365,10 @@ int run_demo(const job_flags& f) {
   auto spec = parse_job_spec(
       text, f.spec_file.empty() ? "built-in " + f.demo_workload + " job" : f.spec_file);
   if (!spec) return fail(spec.error(), 2);
+  // Checked first, as submit checks it: a demo ran to its end (minutes) to fail on its JSON.
+  if (!f.json.empty() && !json_writable(f.json))
+    return fail(
+        error(errc::io_error, f.json + ": cannot be written (--json); the demo did not run"), 2);
   spdlog::info("demo: a core and {} node(s) in this process, training {} for {} rounds", f.nodes,
                spec->workload, spec->rounds);
   job_progress draw;

@@ -229,6 +229,17 @@ expect_error "missing spec file" "nope.toml: no such file" "$G" submit "$WORK/no
 # again by scripts, and paid for twice.
 expect_usage "an unwritable --json" "cannot be written \(--json\); nothing was submitted" \
   "$G" submit "$SRC/apps/jobs/fashion-mlp.toml" --json /proc/gflex/id.json --core 127.0.0.1:1
+# Output files are checked before the work: a fetch downloaded the whole model, and a demo ran
+# to its end, to fail on a path that could never be written (exit 1, which scripts retry).
+expect_usage "fetch --out in a missing directory" \
+  "--out $WORK/missing/m.gfck: cannot be written \(No such file or directory\); nothing was fetched" \
+  "$G" fetch job-1 --out "$WORK/missing/m.gfck" --core 127.0.0.1:1
+[ -e "$WORK/missing" ] && fail "fetch --out made something"
+expect_usage "fetch --out a directory" "--out $WORK: is a directory" \
+  "$G" fetch job-1 --out "$WORK" --core 127.0.0.1:1
+printf '[job]\nworkload = "fashion-mlp"\nrounds = 1\nworkers = 1\n' >"$WORK/one.toml"
+expect_usage "demo with an unwritable --json" "cannot be written \(--json\); the demo did not run" \
+  "$G" demo --nodes 1 --spec "$WORK/one.toml" --json /proc/gflex/demo.json
 printf 'not a checkpoint at all!' >"$WORK/bad.gfck"
 expect_error "eval of a damaged checkpoint" "bad.gfck: malformed checkpoint" "$G" eval "$WORK/bad.gfck"
 expect_error "sample of a damaged checkpoint" "bad.gfck: malformed checkpoint" "$G" sample "$WORK/bad.gfck"
