@@ -27,7 +27,15 @@ struct market_flags {
 int run_account(const market_flags& f) {
   std::optional<client> c;
   if (int code = connect_core(f.link, c); code != 0) return code;
-  auto a = c->account(f.id.empty() ? std::string("platform") : f.id);
+  std::string id = f.id;
+  if (id.empty()) {
+    // The key's own account (the operator's: the platform's). "platform" for every key
+    // refused an account's key unless it named its account.
+    auto who = c->principal();
+    if (!who) return fail_answer(who.error());
+    id = *who == "operator" ? std::string("platform") : *who;
+  }
+  auto a = c->account(id);
   if (!a) return fail_answer(a.error());
   if (f.as_json) {
     std::printf("%s\n", json_text(to_json(*a)).c_str());
@@ -78,7 +86,9 @@ void add_market_commands(CLI::App& app, std::function<int()>& run) {
   auto core_flag = [&](CLI::App* cmd) { add_connection_flags(cmd, f->link); };
 
   auto* account = app.add_subcommand("account", "show an account's balance and recent entries");
-  account->add_option("id", f->id, "user/NAME, node/NAME, escrow/JOB or platform (default)");
+  account->add_option("id", f->id,
+                      "user/NAME, node/NAME, escrow/JOB or platform (default: the key's own "
+                      "account; the operator's: platform)");
   account->add_flag("--json", f->as_json, "print JSON");
   core_flag(account);
   account->callback(set(run_account));

@@ -122,6 +122,10 @@ grep -q "$job" "$WORK/bob-list" && fail "bob's list shows alice's job"
 expect_usage "bob reads alice's account" "belongs to user/bob, not to user/alice" \
   "${BOB[@]}" "$G" account user/alice --core "$core"
 "${BOB[@]}" "$G" account user/bob --core "$core" >/dev/null || fail "bob reads his own account"
+# Without an id, the key's own account (it was "platform", which refused every account's key).
+"${BOB[@]}" "$G" account --core "$core" >"$WORK/bob-account" 2>&1 &&
+  grep -q "^user/bob: " "$WORK/bob-account" || fail "bob's default account: $(cat "$WORK/bob-account")"
+"$G" account --core "$core" | grep -q "^platform: " || fail "the operator's default account is not platform"
 printf '[market]\naccount = "user/alice"\nbudget = 10\nmax_price = 1\n' >>"$WORK/billed.toml"
 cat "$WORK/long.toml" "$WORK/billed.toml" >"$WORK/bill-alice.toml"
 expect_usage "bob bills alice" "belongs to user/bob, which cannot bill user/alice" \
