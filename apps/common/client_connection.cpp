@@ -1,8 +1,13 @@
 #include "client_connection.hpp"
 
+#include <fcntl.h>
 #include <spdlog/spdlog.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
+#include <cerrno>
 #include <cstdlib>
+#include <cstring>
 
 #include "core_address.hpp"
 #include "gflex/runtime/secret_file.hpp"
@@ -27,6 +32,22 @@ expected<std::string> api_key_of(const connection_flags& f) {
 }
 
 }  // namespace
+
+expected<void> check_core_cert_file(const std::string& file, const std::string& what) {
+  const int fd = ::open(file.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    const int why = errno;
+    return error(errc::io_error,
+                 what + " " + file + ": " +
+                     (why == ENOENT ? std::string("no such file")
+                                    : "cannot be read (" + std::string(std::strerror(why)) + ")"));
+  }
+  struct stat st {};
+  const bool directory = ::fstat(fd, &st) == 0 && S_ISDIR(st.st_mode);
+  ::close(fd);
+  if (directory) return error(errc::io_error, what + " " + file + ": is a directory");
+  return {};
+}
 
 void add_connection_flags(CLI::App* cmd, connection_flags& f) {
   cmd->add_option("--core", f.core,
@@ -54,9 +75,18 @@ int connect_core(const connection_flags& f, std::optional<client>& out) {
   }
   options.api_key = std::move(*key);
   options.core_cert = f.core_cert;
+  const char* cert_from = "--core-cert";
   if (options.core_cert.empty())
-    if (const char* env = std::getenv("GFLEX_CORE_CERT")) options.core_cert = env;
+    if (const char* env = std::getenv("GFLEX_CORE_CERT")) {
+      options.core_cert = env;
+      cert_from = "GFLEX_CORE_CERT";
+    }
   options.insecure = f.insecure;
+  if (!f.insecure && !options.core_cert.empty())
+    if (auto ok = check_core_cert_file(options.core_cert.string(), cert_from); !ok) {
+      spdlog::error("{}", ok.error().message());
+      return 2;
+    }
   if (f.insecure)
     spdlog::warn(
         "--insecure: the link to the core is NOT encrypted, and this client cannot tell "

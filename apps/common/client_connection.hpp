@@ -21,6 +21,11 @@ struct connection_flags {
   bool insecure = false;
 };
 
+/// Whether `file` (the core's certificate bundle, named by `what`: "--core-cert" or
+/// "GFLEX_CORE_CERT") can be opened and read; the error says why not, naming the file. The
+/// TLS check that follows reads an absent or unreadable file as one that is not a bundle.
+expected<void> check_core_cert_file(const std::string& file, const std::string& what);
+
 /// Adds --core, --api-key-file, --core-cert and --insecure to `cmd`.
 void add_connection_flags(CLI::App* cmd, connection_flags& f);
 

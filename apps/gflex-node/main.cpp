@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <string>
 
+#include "client_connection.hpp"
 #include "core_address.hpp"
 #include "gflex/gflex.hpp"
 #include "gflex/kernels/blas_kernels.hpp"
@@ -110,9 +111,19 @@ int main(int argc, char** argv) {
   // A secret is better kept out of the process list: the environment is the usual place.
   if (const char* token = std::getenv("GFLEX_TOKEN"); config.token.empty() && token != nullptr)
     config.token = token;
-  if (const char* cert = std::getenv("GFLEX_CORE_CERT"); core_cert.empty() && cert != nullptr)
+  const char* cert_from = "--core-cert";
+  if (const char* cert = std::getenv("GFLEX_CORE_CERT"); core_cert.empty() && cert != nullptr) {
     core_cert = cert;
+    cert_from = "GFLEX_CORE_CERT";
+  }
   config.core_cert = core_cert;
+  // Said as the OS says it: the bundle's TLS check took an absent file for one that is not a
+  // bundle.
+  if (!config.insecure && !core_cert.empty())
+    if (auto ok = gflex::app::check_core_cert_file(core_cert, cert_from); !ok) {
+      std::fprintf(stderr, "gflex-node: %s\n", ok.error().message().c_str());
+      return 2;
+    }
   auto address =
       gflex::app::start_daemon("gflex-node", log_level, join.substr(0, join.find(',')), "--join");
   if (!address) return 2;

@@ -144,6 +144,14 @@ expect_usage "core flag before an operator command" \
 # A node's device flags are checked before it contacts the core (there is none at port 1).
 N="$BIN/gflex-node"
 nd="$WORK/node"
+# A certificate bundle that cannot be read says why, naming the file and where it was named
+# (an absent file was "not a core certificate bundle (it needs two certificates").
+expect_usage "a missing --core-cert" "--core-cert $WORK/absent.pem: no such file" \
+  "$G" status --core 127.0.0.1:1 --core-cert "$WORK/absent.pem"
+GFLEX_CORE_CERT="$WORK" expect_usage "a directory as GFLEX_CORE_CERT" \
+  "GFLEX_CORE_CERT $WORK: is a directory" "$G" status --core 127.0.0.1:1
+expect_usage "node: a missing --core-cert" "--core-cert $WORK/absent.pem: no such file" \
+  "$N" --join 127.0.0.1:1 --data-dir "$nd" --token t --core-cert "$WORK/absent.pem"
 expect_usage "node: unknown tier" '--tier: tier must be "community" or "core", got "gold"' \
   "$N" --join 127.0.0.1:1 --data-dir "$nd" --token t --insecure --tier gold
 expect_usage "node: --price nan" "--price: Value nan is not a finite number" \
