@@ -14,7 +14,7 @@ G="$BIN/gflex"
 C="$BIN/gflex-core"
 
 CORE_ARGS="--max-jobs-per-account 3" start_cluster 1
-nodes_now() { "$G" nodes --core "$core" | wc -l; }
+nodes_now() { node_count; }
 
 # -- join tokens -------------------------------------------------------------------------------
 NODE=("$BIN/gflex-node" --join "$core")  # + --name NAME --data-dir DIR: a node to refuse
@@ -64,7 +64,7 @@ start t-single-again "${NODE[@]}" --name t-single --data-dir "$WORK/t-single" --
 wait_for 60 "t-single to join again with its token" \
   grep -q "joined the core" "$WORK/t-single-again.log"
 kill -KILL "$PID_t_single_again"
-wait_for 30 "t-single to leave the node list" bash -c "[ \$(\"$G\" nodes --core $core | wc -l) -eq 2 ]"
+wait_for 30 "t-single to leave the node list" node_count_is 2
 # Expiry closes a token to new keys; a node it admitted before rejoins (a core restart makes
 # every node rejoin, and an expired token turned them all away, each node exiting).
 lasting=$("$C" token create --tier community --expires 4s --core "$core") || fail "token create"
@@ -78,7 +78,7 @@ start t-lasting-again "${NODE[@]}" --name t-lasting --data-dir "$WORK/t-lasting"
 wait_for 60 "t-lasting to rejoin after its token expired" \
   grep -q "joined the core" "$WORK/t-lasting-again.log"
 kill -KILL "$PID_t_lasting_again"
-wait_for 30 "t-lasting to leave the node list" bash -c "[ \$(\"$G\" nodes --core $core | wc -l) -eq 2 ]"
+wait_for 30 "t-lasting to leave the node list" node_count_is 2
 expect_error "bad --uses" "not in range" "$C" token create --uses -3 --core "$core"
 
 # -- the data directory ------------------------------------------------------------------------
