@@ -154,12 +154,29 @@ class cnn_model final : public detail::model_base {
 cnn_workload::cnn_workload(std::string name, cnn_shape shape,
                            std::function<expected<dataset_splits>()> data)
     : name_(std::move(name)), shape_(shape), data_(std::move(data)) {
-  GFLEX_CHECK(
-      shape_.height % 4 == 0 && shape_.width % 4 == 0 && shape_.height > 0 && shape_.width > 0,
-      "a CNN's image height and width must be positive multiples of 4");
-  GFLEX_CHECK(shape_.channels > 0 && shape_.conv1 > 0 && shape_.conv2 > 0 && shape_.hidden > 0 &&
-                  shape_.classes > 1,
-              "a CNN needs positive widths and at least two classes");
+  // Kept, not aborted on: an embedding program's shape may come from its user, and an abort
+  // ended that program.
+  const auto& s = shape_;
+  auto text = [](const char* key, int64_t v) { return std::string(key) + " " + std::to_string(v); };
+  if (s.height < 1 || s.height % 4 != 0)
+    invalid_ =
+        "a CNN's image height must be a positive multiple of 4, got " + std::to_string(s.height);
+  else if (s.width < 1 || s.width % 4 != 0)
+    invalid_ =
+        "a CNN's image width must be a positive multiple of 4, got " + std::to_string(s.width);
+  else if (s.channels < 1 || s.conv1 < 1 || s.conv2 < 1 || s.hidden < 1)
+    invalid_ = "a CNN's widths must be positive, got " + text("channels", s.channels) + ", " +
+               text("conv1", s.conv1) + ", " + text("conv2", s.conv2) + ", " +
+               text("hidden", s.hidden);
+  else if (s.classes < 2)
+    invalid_ = "a CNN needs at least 2 classes, got " + std::to_string(s.classes);
+  if (!invalid_.empty()) invalid_ = name_ + ": " + invalid_;
+}
+
+expected<void> cnn_workload::check_batch(int64_t batch) const {
+  (void)batch;
+  if (!invalid_.empty()) return error(errc::invalid_argument, invalid_);
+  return {};
 }
 
 std::string cnn_workload::describe() const {
@@ -171,6 +188,7 @@ std::string cnn_workload::describe() const {
 }
 
 double cnn_workload::forward_flops() const {
+  if (!invalid_.empty()) return 0.0;
   const auto& s = shape_;
   const auto d = [](int64_t v) { return static_cast<double>(v); };
   // 3x3 convolutions at full and half resolution (each followed by a 2x2 pooling), then the
@@ -182,6 +200,7 @@ double cnn_workload::forward_flops() const {
 }
 
 std::vector<parameter_block> cnn_workload::layout() const {
+  if (!invalid_.empty()) return {};  // no parameters: instantiate() says why
   const auto& s = shape_;
   const int64_t flat = (s.height / 4) * (s.width / 4) * s.conv2;
   std::vector<parameter_block> blocks = {
@@ -224,6 +243,7 @@ void cnn_workload::init_parameters(uint64_t seed, std::span<float> out) const {
 }
 
 expected<std::unique_ptr<model>> cnn_workload::instantiate(backend& b, int64_t max_batch) const {
+  if (!invalid_.empty()) return error(errc::invalid_argument, invalid_);
   return detail::make_model<cnn_model>(max_batch, b, shape_, layout());
 }
 

@@ -94,7 +94,38 @@ class mlp_model final : public detail::model_base {
 mlp_workload::mlp_workload(std::string name, std::vector<int64_t> widths,
                            std::function<expected<dataset_splits>()> data)
     : name_(std::move(name)), widths_(std::move(widths)), data_(std::move(data)) {
-  GFLEX_CHECK(widths_.size() >= 2, "an MLP needs an input and an output width");
+  // Kept, not aborted on: an embedding program's widths may come from its user, and a width
+  // of 0 or below reached the GEMMs (which refused it and left the layer's output unwritten,
+  // training went on from garbage) or offset the parameters backwards.
+  if (widths_.size() < 2) {
+    invalid_ = "an MLP needs an input and an output width, got " + std::to_string(widths_.size()) +
+               " widths";
+  } else if (widths_.back() < 2) {
+    invalid_ =
+        "an MLP needs at least 2 classes (its last width), got " + std::to_string(widths_.back());
+  } else {
+    for (size_t l = 0; l < widths_.size(); ++l)
+      if (widths_[l] < 1) {
+        invalid_ = "an MLP's widths must be positive, width " + std::to_string(l) + " is " +
+                   std::to_string(widths_[l]);
+        break;
+      }
+  }
+  if (!invalid_.empty()) invalid_ = name_ + ": " + invalid_;
+}
+
+int64_t mlp_workload::feature_dim() const {
+  return widths_.empty() ? 0 : widths_.front();
+}
+
+int64_t mlp_workload::classes() const {
+  return widths_.empty() ? 0 : widths_.back();
+}
+
+expected<void> mlp_workload::check_batch(int64_t batch) const {
+  (void)batch;
+  if (!invalid_.empty()) return error(errc::invalid_argument, invalid_);
+  return {};
 }
 
 std::string mlp_workload::describe() const {
@@ -107,6 +138,7 @@ std::string mlp_workload::describe() const {
 }
 
 double mlp_workload::forward_flops() const {
+  if (!invalid_.empty()) return 0.0;
   double flops = 0.0;
   for (size_t l = 0; l + 1 < widths_.size(); ++l)
     flops += 2.0 * static_cast<double>(widths_[l]) * static_cast<double>(widths_[l + 1]);
@@ -115,6 +147,7 @@ double mlp_workload::forward_flops() const {
 
 std::vector<parameter_block> mlp_workload::layout() const {
   std::vector<parameter_block> blocks;
+  if (!invalid_.empty()) return blocks;  // no parameters: instantiate() says why
   int64_t offset = 0;
   for (size_t l = 0; l + 1 < widths_.size(); ++l) {
     std::string layer = "fc" + std::to_string(l + 1);
@@ -146,6 +179,7 @@ void mlp_workload::init_parameters(uint64_t seed, std::span<float> out) const {
 }
 
 expected<std::unique_ptr<model>> mlp_workload::instantiate(backend& b, int64_t max_batch) const {
+  if (!invalid_.empty()) return error(errc::invalid_argument, invalid_);
   return detail::make_model<mlp_model>(max_batch, b, widths_, layout());
 }
 

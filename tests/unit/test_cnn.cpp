@@ -72,6 +72,48 @@ TEST_SUITE("cnn") {
     CHECK((*real)->describe().find("fashion-cnn") != std::string::npos);
   }
 
+  TEST_CASE("a shape the network cannot take is a clear error, not an abort") {
+    // An embedding program's shape may come from its user: a bad one aborted the program.
+    auto data = small_data();
+    auto be = make_cpu_backend(1);
+    auto refused = [&](cnn_shape s, const std::string& fragment) {
+      CAPTURE(fragment);
+      cnn_workload bad("bad-cnn", s, [data] { return data; });
+      CHECK(bad.parameter_count() == 0);
+      CHECK(bad.forward_flops() == 0.0);
+      auto m = bad.instantiate(*be, 4);
+      REQUIRE_FALSE(m.has_value());
+      CHECK(m.error().code() == errc::invalid_argument);
+      CHECK_MESSAGE(m.error().message().find(fragment) != std::string::npos, m.error().message());
+      CHECK(bad.check_batch(4).error().code() == errc::invalid_argument);
+    };
+    const cnn_shape good{
+        .height = 8, .width = 8, .channels = 1, .conv1 = 3, .conv2 = 4, .hidden = 6, .classes = 3};
+    cnn_shape s = good;
+    s.height = 6;
+    refused(s, "bad-cnn: a CNN's image height must be a positive multiple of 4, got 6");
+    s = good;
+    s.width = -8;
+    refused(s, "image width must be a positive multiple of 4, got -8");
+    s = good;
+    s.conv2 = 0;
+    refused(s, "widths must be positive, got channels 1, conv1 3, conv2 0, hidden 6");
+    s = good;
+    s.hidden = -1;
+    refused(s, "hidden -1");
+    s = good;
+    s.classes = 1;
+    refused(s, "at least 2 classes, got 1");
+    // Through train(): the data fit its input and classes, the hidden width does not.
+    s = good;
+    s.hidden = 0;
+    cnn_workload zero("zero-cnn", s, [data] { return data; });
+    auto r = train(zero, data, *be, {});
+    REQUIRE_FALSE(r.has_value());
+    CHECK(r.error().code() == errc::invalid_argument);
+    CHECK(r.error().message().find("hidden 0") != std::string::npos);
+  }
+
   TEST_CASE("backpropagation matches finite differences") {
     auto data = small_data();
     auto w = small_cnn(data);

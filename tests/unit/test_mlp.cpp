@@ -205,6 +205,32 @@ TEST_SUITE("mlp") {
     REQUIRE_FALSE(r.has_value());
     CHECK(r.error().code() == errc::shape_mismatch);
     CHECK(r.error().message().find("5 features") != std::string::npos);
+
+    // Widths an embedding program took from its user: a width of 0 or below reached the
+    // GEMMs, which refused it and left the layer's output unwritten, and training went on
+    // from garbage; too few widths aborted the program.
+    auto refused = [&](std::vector<int64_t> widths, const std::string& fragment) {
+      CAPTURE(fragment);
+      mlp_workload bad("bad-mlp", std::move(widths), [data] { return data; });
+      CHECK(bad.parameter_count() == 0);
+      auto m = bad.instantiate(*be, 4);
+      REQUIRE_FALSE(m.has_value());
+      CHECK(m.error().code() == errc::invalid_argument);
+      CHECK_MESSAGE(m.error().message().find(fragment) != std::string::npos, m.error().message());
+      CHECK(bad.check_batch(4).error().code() == errc::invalid_argument);
+    };
+    refused({8, 0, 3}, "bad-mlp: an MLP's widths must be positive, width 1 is 0");
+    refused({8, -16, 3}, "width 1 is -16");
+    refused({0, 16, 3}, "width 0 is 0");
+    refused({8, 16, 1}, "at least 2 classes (its last width), got 1");
+    refused({8}, "an input and an output width, got 1 widths");
+    refused({}, "got 0 widths");
+    // Through train(): the data fit its input and classes, the hidden width does not.
+    mlp_workload zero("zero-mlp", {8, 0, 3}, [data] { return data; });
+    auto z = train(zero, data, *be, {});
+    REQUIRE_FALSE(z.has_value());
+    CHECK(z.error().code() == errc::invalid_argument);
+    CHECK(z.error().message().find("width 1 is 0") != std::string::npos);
   }
 
   TEST_CASE("evaluate refuses wrong sizes and non-finite parameters") {

@@ -28,7 +28,9 @@ struct cnn_shape {
 
 class cnn_workload final : public workload {
  public:
-  /// `data` loads the data set; `shape` needs height and width divisible by 4.
+  /// `data` loads the data set; `shape` needs height and width positive multiples of 4,
+  /// positive widths and at least 2 classes. Another shape makes a workload with no
+  /// parameters whose instantiate() and check_batch() are errc::invalid_argument naming it.
   cnn_workload(std::string name, cnn_shape shape, std::function<expected<dataset_splits>()> data);
 
   std::string name() const override { return name_; }
@@ -38,6 +40,7 @@ class cnn_workload final : public workload {
   std::vector<parameter_block> layout() const override;
   void init_parameters(uint64_t seed, std::span<float> out) const override;
   expected<std::unique_ptr<model>> instantiate(backend& b, int64_t max_batch) const override;
+  expected<void> check_batch(int64_t batch) const override;
   expected<dataset_splits> load_data() const override { return data_(); }
   double forward_flops() const override;
 
@@ -47,6 +50,7 @@ class cnn_workload final : public workload {
   std::string name_;
   cnn_shape shape_;
   std::function<expected<dataset_splits>()> data_;
+  std::string invalid_;  ///< Why the shape cannot make this network; empty when it can.
 };
 
 }  // namespace gflex::kernels
