@@ -1113,33 +1113,64 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links) {
                            rp.deliver(e);
                          });
         };
-        if (spec->account.empty()) {
-          accept(*spec);
-          return rp;
-        }
         // A metered job's account must exist, and hold one round's escrow, before anything
         // is recorded.
-        self->request(self->state.links.ledger, std::chrono::seconds(30), account_atom::value,
-                      spec->account)
-            .then(
-                [=](account_info& info) mutable {
-                  auto need = round_escrow(*spec);
-                  if (info.balance < need) {
+        auto funded = [=]() mutable {
+          if (spec->account.empty()) return accept(*spec);
+          self->request(self->state.links.ledger, std::chrono::seconds(30), account_atom::value,
+                        spec->account)
+              .then(
+                  [=](account_info& info) mutable {
+                    auto need = round_escrow(*spec);
+                    if (info.balance < need) {
+                      submitted();
+                      rp.deliver(to_caf(error(errc::invalid_argument,
+                                              "job spec: market.account: " + info.id + " holds " +
+                                                  format_credits(info.balance) +
+                                                  " credits, less than one round's "
+                                                  "escrow (" +
+                                                  format_credits(need) + ")")));
+                      return;
+                    }
+                    accept(*spec);
+                  },
+                  [=](caf::error& e) mutable {
                     submitted();
-                    rp.deliver(to_caf(
-                        error(errc::invalid_argument, "job spec: market.account: " + info.id +
-                                                          " holds " + format_credits(info.balance) +
-                                                          " credits, less than one round's "
-                                                          "escrow (" +
-                                                          format_credits(need) + ")")));
+                    rp.deliver(to_caf(error(errc::invalid_argument,
+                                            "job spec: market.account: " + from_caf(e).message())));
+                  });
+        };
+        if (user_set) {
+          funded();
+          return rp;
+        }
+        // A built-in set's shards are known once it is loaded: a job of more workers than
+        // shards was accepted, then failed at its start. Loaded (seconds) off the
+        // supervisor's thread; the job's start finds it in the catalog.
+        std::shared_ptr<const kernels::workload> workload = std::move(*w);
+        auto loader = self->spawn<caf::detached>(
+            [catalog = self->state.links.catalog, workload](caf::event_based_actor* loader) {
+              return caf::behavior{[=](caf::get_atom) -> caf::result<uint64_t> {
+                loader->quit();
+                auto data = catalog->get(*workload);
+                if (!data) return to_caf(data.error());
+                return static_cast<uint64_t>((*data)->shards.size());
+              }};
+            });
+        self->request(loader, std::chrono::minutes(5), caf::get_atom::value)
+            .then(
+                [=](uint64_t shards) mutable {
+                  if (auto fits = check_workers_fit(spec->workers, shards); !fits) {
+                    submitted();
+                    rp.deliver(to_caf(fits.error()));
                     return;
                   }
-                  accept(*spec);
+                  funded();
                 },
                 [=](caf::error& e) mutable {
                   submitted();
-                  rp.deliver(to_caf(error(errc::invalid_argument,
-                                          "job spec: market.account: " + from_caf(e).message())));
+                  rp.deliver(to_caf(
+                      error(from_caf(e).code(), "job spec: data.set: " + from_caf(e).message())));
                 });
         return rp;
       },

@@ -208,17 +208,18 @@ expect_error "another account's set" "user/bob has no data set 'fm-npy'" \
 sed -e 's/^set = "fm-npy"/set = "text"/' "$spec" >"$WORK/mismatch.toml"
 expect_error "a set that does not fit the model" "'text' has 33 tokens per sample and 256 classes" \
   "${ALICE[@]}" "$G" submit "$WORK/mismatch.toml" --core "$core"
-# More workers than the data set has shards: a round could never fill. Refused at submit on a
-# pushed set (whose shards the core knows); a job on a built-in set fails at its start.
+# More workers than the data set has shards: a round could never fill. Refused at submit, on a
+# pushed set and on a built-in one alike (a job on a built-in set was accepted, then failed).
 sed -e 's/^workers = 2/workers = 64/' "$spec" >"$WORK/wide.toml"
 expect_error "more workers than a pushed set's shards" \
   "job.workers: 64 workers, but the data set has only [0-9]+ shards" \
   "${ALICE[@]}" "$G" submit "$WORK/wide.toml" --core "$core"
 printf '[job]\nname = "wide"\nworkload = "fashion-mlp"\nrounds = 2\nworkers = 40\n[market]\nmax_price = 0\n' \
   >"$WORK/wide-builtin.toml"
-expect_error "more workers than a built-in set's shards" \
-  "failed: job spec: job.workers: 40 workers, but the data set has only 20 shards" \
+expect_usage "more workers than a built-in set's shards" \
+  "job spec: job.workers: 40 workers, but the data set has only 20 shards" \
   "${ALICE[@]}" "$G" submit "$WORK/wide-builtin.toml" --core "$core" --wait
+grep -q "failed" "$WORK/err" && fail "the wide built-in job was accepted, then failed"
 # A job followed with --wait and cancelled before its first evaluation: its progress bar ends
 # at the round it stopped at (a full bar, 100%, was drawn for a job that failed or was
 # cancelled).

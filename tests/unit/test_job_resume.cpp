@@ -11,6 +11,7 @@
 
 #include <optional>
 
+#include "fashion_mnist_installed.hpp"
 #include "job_fixture.hpp"
 
 using namespace gflex;
@@ -232,6 +233,30 @@ TEST_SUITE("job resume") {
     f.self->request(f.supervisor, f.wait, submit_atom::value, f.alice, free_spec)
         .receive([&](std::string& x) { id = x; }, [&](caf::error& e) { FAIL(f.sys.render(e)); });
     CHECK(id == "job-3");
+  }
+
+  TEST_CASE("a job of more workers than its built-in set's shards is refused at submit" *
+            doctest::skip(!fashion_mnist_installed())) {
+    // Accepted (an id printed, exit 0), it failed at its start.
+    job_fixture f(stored_job());
+    f.await([](const job_status& s) { return !s.detail.empty(); }, 10);  // records read
+    auto submit = [&](int workers) -> expected<std::string> {
+      expected<std::string> out = error(errc::none, "");
+      const std::string text = "[job]\nworkload = \"fashion-mlp\"\nrounds = 2\nworkers = " +
+                               std::to_string(workers) + "\n[market]\nmax_price = 0\n";
+      f.self->request(f.supervisor, f.wait, submit_atom::value, f.alice, text)
+          .receive([&](std::string& id) { out = std::move(id); },
+                   [&](caf::error& e) { out = from_caf(e); });
+      return out;
+    };
+    auto refused = submit(32);  // the catalog cuts Fashion-MNIST's 60,000 samples into 20
+    REQUIRE_FALSE(refused.has_value());
+    CHECK(refused.error().code() == errc::invalid_argument);
+    CHECK_MESSAGE(refused.error().message().find("job.workers: 32 workers, but the data set has "
+                                                 "only 20 shards") != std::string::npos,
+                  refused.error().message());
+    auto taken = submit(2);
+    CHECK_MESSAGE(taken.has_value(), (taken ? "" : taken.error().message()));
   }
 
   TEST_CASE("a submitted job whose record the store answers late is read back and started") {
