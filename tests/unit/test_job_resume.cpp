@@ -9,9 +9,11 @@
 
 #include <doctest/doctest.h>
 
+#include <filesystem>
 #include <optional>
 
 #include "fashion_mnist_installed.hpp"
+#include "gflex/kernels/backend.hpp"
 #include "job_fixture.hpp"
 
 using namespace gflex;
@@ -242,8 +244,9 @@ TEST_SUITE("job resume") {
     f.await([](const job_status& s) { return !s.detail.empty(); }, 10);  // records read
     auto submit = [&](int workers) -> expected<std::string> {
       expected<std::string> out = error(errc::none, "");
-      const std::string text = "[job]\nworkload = \"fashion-mlp\"\nrounds = 2\nworkers = " +
-                               std::to_string(workers) + "\n[market]\nmax_price = 0\n";
+      const std::string text =
+          "[job]\nworkload = \"fashion-mlp\"\nrounds = 2\nworkers = " + std::to_string(workers) +
+          "\n[market]\nmax_price = 0\n";
       f.self->request(f.supervisor, f.wait, submit_atom::value, f.alice, text)
           .receive([&](std::string& id) { out = std::move(id); },
                    [&](caf::error& e) { out = from_caf(e); });
@@ -257,6 +260,35 @@ TEST_SUITE("job resume") {
                   refused.error().message());
     auto taken = submit(2);
     CHECK_MESSAGE(taken.has_value(), (taken ? "" : taken.error().message()));
+  }
+
+  TEST_CASE("a job between its evaluations holds no evaluation threads") {
+    // Each job's evaluator kept a pool of a thread per core for the job's life: a core of a
+    // few hundred jobs ran out of threads, and new jobs failed at their start.
+    auto threads_now = [] {
+      return std::distance(std::filesystem::directory_iterator("/proc/self/task"),
+                           std::filesystem::directory_iterator{});
+    };
+    // OpenBLAS's thread count, which a backend of 0 threads takes, is the process's: 16 for
+    // this test (a pool of 15), then what it was.
+    const auto described = kernels::make_cpu_backend(0)->describe();
+    const int before = std::stoi(described.substr(described.rfind(", ") + 2));
+    kernels::make_cpu_backend(16);
+    {
+      job_fixture f(stored_job());
+      auto s = f.await(
+          [](const job_status& s) { return s.detail.find("waiting for workers") == 0; }, 10);
+      REQUIRE(s.detail.find("waiting for workers") == 0);
+      const auto running = threads_now();
+      f.self->request(f.supervisor, f.wait, cancel_atom::value, f.alice, std::string("job-1"))
+          .receive([](caf::ok_atom) {}, [&](caf::error& e) { FAIL(f.sys.render(e)); });
+      f.await([](const job_status& s) { return is_terminal(s.state); }, 10);
+      std::this_thread::sleep_for(std::chrono::milliseconds(300));  // its thread ends
+      const auto ended = threads_now();
+      // The job's own (detached) thread goes; a pool would take 15 more with it.
+      CHECK_MESSAGE(running - ended < 8, "the job held " << (running - ended) << " threads");
+    }
+    kernels::make_cpu_backend(before);
   }
 
   TEST_CASE("a submitted job whose record the store answers late is read back and started") {
