@@ -396,7 +396,8 @@ TEST_SUITE("node cache") {
     auto data_server = spawn_holding_server(s.sys, server);
     auto cache = spawn_cache(s.sys, dir.path());
     s.self->send(cache, serve_atom::value, data_server);
-    auto worker = spawn_worker(s.sys, worker_config{}, cache);
+    worker_config config;
+    auto worker = spawn_worker(s.sys, config, cache);
     assignment a;
     a.id = 1;
     a.job_id = "job-1";
