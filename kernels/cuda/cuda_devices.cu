@@ -88,7 +88,21 @@ uint64_t cuda_memory_in_use(int ordinal) {
   return detail::budgets[static_cast<size_t>(ordinal)].in_use.load();
 }
 
-std::vector<gpu_info> cuda_devices(std::string* why_none) {
+std::vector<int> cuda_architectures() {
+#ifdef __CUDA_ARCH_LIST__
+  // nvcc (11.5 and later) names what it compiles this file for, as every .cu file of the
+  // build (CMAKE_CUDA_ARCHITECTURES): 800 for sm_80.
+  std::vector<int> architectures{__CUDA_ARCH_LIST__};
+  for (int& a : architectures) a /= 10;
+  std::sort(architectures.begin(), architectures.end());
+  architectures.erase(std::unique(architectures.begin(), architectures.end()), architectures.end());
+  return architectures;
+#else
+  return {};  // not known: no device is left out for it
+#endif
+}
+
+std::vector<gpu_info> cuda_driver_devices(std::string* why_none) {
   int count = 0;
   const cudaError_t status = cudaGetDeviceCount(&count);
   if (status != cudaSuccess) {

@@ -4,8 +4,11 @@
 
 #include "gflex/kernels/devices.hpp"
 
+#include <spdlog/spdlog.h>
+
 #include <algorithm>
 #include <charconv>
+#include <mutex>
 #include <set>
 
 #include "gflex/kernels/backend.hpp"
@@ -20,7 +23,61 @@ namespace {
                                         std::to_string(heads > 0 ? d / heads : 0) + " values"));
 }
 
+/// "sm_80, sm_90 (compute capability 8.0 and later)".
+std::string architectures_text(const std::vector<int>& architectures) {
+  std::string out;
+  for (int a : architectures) out += (out.empty() ? "sm_" : ", sm_") + std::to_string(a);
+  const int lowest = architectures.front();
+  return out + " (compute capability " + std::to_string(lowest / 10) + "." +
+         std::to_string(lowest % 10) + " and later)";
+}
+
 }  // namespace
+
+std::vector<gpu_info> runnable_cuda_devices(std::vector<gpu_info> devices,
+                                            const std::vector<int>& architectures,
+                                            std::vector<std::string>* left_out) {
+  if (architectures.empty()) return devices;
+  const int lowest = *std::min_element(architectures.begin(), architectures.end());
+  std::vector<gpu_info> runnable;
+  for (auto& d : devices) {
+    if (d.cc_major * 10 + d.cc_minor >= lowest) {
+      runnable.push_back(std::move(d));
+      continue;
+    }
+    if (left_out != nullptr)
+      left_out->push_back(
+          "cuda:" + std::to_string(d.ordinal) + " " + d.name + " (compute capability " +
+          std::to_string(d.cc_major) + "." + std::to_string(d.cc_minor) +
+          ") is left out: this build's kernels are for " + architectures_text(architectures) +
+          "; a build with CMAKE_CUDA_ARCHITECTURES=" + std::to_string(d.cc_major) +
+          std::to_string(d.cc_minor) + " among them would run on it");
+  }
+  return runnable;
+}
+
+std::vector<gpu_info> cuda_devices(std::string* why_none) {
+  std::string why;
+  std::vector<std::string> left_out;
+  auto usable = runnable_cuda_devices(cuda_driver_devices(&why), cuda_architectures(), &left_out);
+  if (!left_out.empty()) {
+    // Once per process: a node lists its devices more than once, the embedded demo's nodes
+    // share one process.
+    static std::once_flag said;
+    std::call_once(said, [&] {
+      for (const auto& line : left_out) spdlog::warn("{}", line);
+    });
+  }
+  if (usable.empty() && why_none != nullptr) {
+    if (left_out.empty()) {
+      *why_none = why;
+    } else {
+      why_none->clear();
+      for (const auto& line : left_out) *why_none += (why_none->empty() ? "" : "; ") + line;
+    }
+  }
+  return usable;
+}
 
 void backend::fused_attention_forward(const float*, int64_t, int64_t, int64_t d, int64_t heads,
                                       float, float*, float*) {
@@ -67,9 +124,15 @@ expected<std::vector<int>> parse_gpu_list(const std::string& text, const std::ve
     if (std::find(usable.begin(), usable.end(), ordinal) == usable.end()) {
       std::string there;
       for (int u : usable) there += (there.empty() ? "" : ",") + std::to_string(u);
+      // The device may be there but older than the kernels: cuda_devices() leaves it out
+      // (and has logged it); naming the build's architectures says what would run.
+      const auto architectures = cuda_architectures();
       return error(errc::no_device,
                    "--gpus: there is no usable CUDA device " + std::to_string(ordinal) +
-                       " (usable: " + (there.empty() ? std::string("none") : there) + ")");
+                       " (usable: " + (there.empty() ? std::string("none") : there) + ")" +
+                       (architectures.empty() ? std::string()
+                                              : "; this build's kernels run on " +
+                                                    architectures_text(architectures)));
     }
     if (!seen.insert(ordinal).second)
       return error(errc::invalid_argument,
@@ -98,8 +161,12 @@ expected<uint64_t> parse_byte_size(const std::string& text) {
 }
 
 #ifndef GFLEX_HAVE_CUDA
-std::vector<gpu_info> cuda_devices(std::string* why_none) {
+std::vector<gpu_info> cuda_driver_devices(std::string* why_none) {
   if (why_none != nullptr) *why_none = "this build of gflex has no CUDA backend";
+  return {};
+}
+
+std::vector<int> cuda_architectures() {
   return {};
 }
 

@@ -2,6 +2,7 @@
 
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <functional>
 #include <string>
 #include <vector>
@@ -48,6 +49,60 @@ TEST_SUITE("devices") {
     REQUIRE_FALSE(broken.has_value());
     CHECK(broken.error().message().find("no usable CUDA device 0 (usable: 1,2)") !=
           std::string::npos);
+  }
+
+  TEST_CASE("a device older than the build's kernels is left out, saying why") {
+    // Built for sm_80 and sm_90, a Volta or Turing card was listed: auto took the GPU path and
+    // the first kernel launch failed (no kernel image for the device), so the node did not
+    // start where it would have served on the CPU.
+    auto gpu = [](int ordinal, const char* name, int major, int minor) {
+      gpu_info d;
+      d.ordinal = ordinal;
+      d.name = name;
+      d.cc_major = major;
+      d.cc_minor = minor;
+      return d;
+    };
+    const std::vector<gpu_info> all{
+        gpu(0, "Tesla V100", 7, 0),      gpu(1, "A100", 8, 0), gpu(2, "RTX 4090", 8, 9),
+        gpu(3, "Tesla T4", 7, 5),        gpu(4, "H100", 9, 0), gpu(5, "B200", 10, 0),
+        gpu(6, "GeForce GTX 1080", 6, 1)};
+    std::vector<std::string> why;
+    auto usable = runnable_cuda_devices(all, {80, 90}, &why);
+    std::vector<int> ordinals;
+    for (const auto& d : usable) ordinals.push_back(d.ordinal);
+    CHECK(ordinals == std::vector<int>{1, 2, 4, 5});  // 10.0 runs the sm_90 PTX
+    REQUIRE(why.size() == 3);
+    CHECK(why[0] ==
+          "cuda:0 Tesla V100 (compute capability 7.0) is left out: this build's kernels are for "
+          "sm_80, sm_90 (compute capability 8.0 and later); a build with "
+          "CMAKE_CUDA_ARCHITECTURES=70 among them would run on it");
+    CHECK(why[1].find("cuda:3 Tesla T4 (compute capability 7.5) is left out") == 0);
+    CHECK(why[2].find("cuda:6 GeForce GTX 1080 (compute capability 6.1)") == 0);
+    // Only old cards: none usable, and a node on auto serves on the CPU.
+    CHECK(runnable_cuda_devices({gpu(0, "Tesla T4", 7, 5)}, {80, 90}).empty());
+    // A build that includes the card's architecture keeps it; unknown architectures drop none.
+    CHECK(runnable_cuda_devices({gpu(0, "Tesla T4", 7, 5)}, {75, 80}).size() == 1);
+    CHECK(runnable_cuda_devices(all, {}).size() == all.size());
+    // Naming the left-out card (--backend cuda:3) is refused, saying what the kernels run on.
+    std::vector<int> numbers;
+    for (const auto& d : usable) numbers.push_back(d.ordinal);
+    auto named = parse_gpu_list("3", numbers);
+    REQUIRE_FALSE(named.has_value());
+    CHECK(named.error().code() == errc::no_device);
+    CHECK(named.error().message().find("no usable CUDA device 3 (usable: 1,2,4,5)") !=
+          std::string::npos);
+    // The build's architectures come from its compiler: sm_80 and sm_90 here.
+    if (cuda_compiled()) {
+      const auto built = cuda_architectures();
+      REQUIRE_FALSE(built.empty());
+      CHECK(std::is_sorted(built.begin(), built.end()));
+      CHECK(built.front() >= 50);
+      CHECK(named.error().message().find("this build's kernels run on sm_" +
+                                         std::to_string(built.front())) != std::string::npos);
+    } else {
+      CHECK(cuda_architectures().empty());
+    }
   }
 
   TEST_CASE("byte sizes with binary suffixes") {

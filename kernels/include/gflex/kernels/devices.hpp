@@ -23,10 +23,32 @@ struct gpu_info {
   std::string pci_bus_id;     ///< "0000:3b:00.0": how NVML finds the same device.
 };
 
-/// The usable CUDA devices, in ordinal order; empty where this build has no CUDA backend or
-/// there is no driver or device. `why_none`, when given, receives the reason for an empty
-/// list ("no CUDA driver: ...", "built without CUDA").
+/// The usable CUDA devices, in ordinal order: those of cuda_driver_devices() that this
+/// build's kernels run on (runnable_cuda_devices(); each device left out is logged once, with
+/// the reason, as a warning). Empty where this build has no CUDA backend or there is no
+/// driver or usable device. `why_none`, when given, receives the reason for an empty list
+/// ("no CUDA driver: ...", "built without CUDA", "cuda:0 Tesla T4 (compute capability 7.5)
+/// is left out: ...").
 std::vector<gpu_info> cuda_devices(std::string* why_none = nullptr);
+
+/// Every CUDA device the driver lists and describes, in ordinal order, whether or not this
+/// build's kernels run on it; `why_none` as cuda_devices().
+std::vector<gpu_info> cuda_driver_devices(std::string* why_none = nullptr);
+
+/// The CUDA architectures this build's kernels are compiled for (80 for sm_80), ascending;
+/// empty where this build has no CUDA backend or its compiler does not say.
+std::vector<int> cuda_architectures();
+
+/// The devices of `devices` that kernels compiled for `architectures` (as
+/// cuda_architectures()) run on: those whose compute capability is at least the lowest
+/// architecture. Below it there is no kernel image for the device: its first kernel launch
+/// fails (cudaErrorNoKernelImageForDevice), where a node would have served on the CPU. A
+/// newer device runs the compiled PTX (CMake embeds it for each architecture unless told
+/// `-real`). Each device left out adds a line to `left_out`, when given, naming it and why.
+/// An empty `architectures` (not known) leaves out none.
+std::vector<gpu_info> runnable_cuda_devices(std::vector<gpu_info> devices,
+                                            const std::vector<int>& architectures,
+                                            std::vector<std::string>* left_out = nullptr);
 
 /// What one device achieved in a short measurement.
 struct device_calibration {
@@ -99,9 +121,10 @@ struct gpu_sample {
 expected<std::vector<gpu_sample>> sample_gpus(const std::vector<int>& ordinals);
 
 /// Parses a --gpus list ("0,2"): distinct CUDA device numbers, each one of `usable` (the
-/// ordinals of cuda_devices(), which leaves out a device the driver cannot describe, so they
-/// need not run 0..n-1); an empty string means every usable device. Errors name the bad entry
-/// and the devices there are.
+/// ordinals of cuda_devices(), which leaves out a device the driver cannot describe or this
+/// build's kernels do not run on, so they need not run 0..n-1); an empty string means every
+/// usable device. Errors name the bad entry, the devices there are and, in a CUDA build, the
+/// compute capabilities its kernels run on.
 expected<std::vector<int>> parse_gpu_list(const std::string& text, const std::vector<int>& usable);
 
 /// Parses a byte size with an optional binary suffix ("512M", "6G", "1073741824"); "0" means
