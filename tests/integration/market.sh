@@ -21,7 +21,17 @@ start verifier "$BIN/gflex-node" --join "$core" --name verifier --data-dir "$WOR
 start cheap "$BIN/gflex-node" --join "$core" --name cheap --data-dir "$WORK/cheap" --price 50
 start mid "$BIN/gflex-node" --join "$core" --name mid --data-dir "$WORK/mid" --price 80
 start dear "$BIN/gflex-node" --join "$core" --name dear --data-dir "$WORK/dear" --price 500
-wait_for 30 "4 nodes to join" bash -c "[ \$('$G' nodes --core $core | wc -l) -eq 4 ]"
+# joined N [NAME...]: whether the core lists N nodes (of those NAMEs only, where given). Counted
+# from the JSON: the table adds a line for each GPU (cuda:N) and one for a flagged node.
+joined() {
+  local n=$1
+  shift
+  [ "$("$G" nodes --core "$core" --json | python3 -c '
+import json, sys
+names = set(sys.argv[1:])
+print(sum(1 for node in json.load(sys.stdin) if not names or node["name"] in names))' "$@")" = "$n" ]
+}
+wait_for 30 "4 nodes to join" joined 4
 
 ledger_state() { "$G" ledger verify --core "$core" --json | python3 -c \
   "import json,sys; j=json.load(sys.stdin); print(j['ok'], j['entries'], j['issued'])"; }
@@ -36,8 +46,7 @@ restart_core() {
   wait "${!pid_var}" 2>/dev/null || true
   start "$new" "$C" --listen "$core" --data-dir "$WORK/core" --fee 0.1 "$@"
   wait_for 20 "$new to listen" grep -q "core listening" "$WORK/$new.log"
-  wait_for 60 "the nodes to join $new" bash -c \
-    "[ \$('$G' nodes --core $core | grep -cE 'verifier|cheap|mid') -eq 3 ]"
+  wait_for 60 "the nodes to join $new" joined 3 verifier cheap mid
 }
 
 # run_to_end NAME SECONDS: submits $WORK/NAME.toml, waits up to SECONDS for the job to end
