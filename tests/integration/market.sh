@@ -225,12 +225,15 @@ check(v["settled_rounds"].get(job) == 3, f"each of 3 rounds paid once ({v['settl
 check(v["stale_escrow"] == 0 and v["in_escrow"] == "0", f"no escrow left ({v['in_escrow']})")
 finish()
 PY
-restart_core core3 core4
+# With debug lines: a round's confirmation (its payments on their way to the ledger) dates it.
+restart_core core3 core4 --log-level debug
 
 # -- a node caught in one job is not paid for its open work in another ----------------------
 # twofaced, the cheapest node, works honestly for a metered job and cheats (sign flips) in a
 # second one that only it is cheap enough for. When the second job catches it, the first
 # discards twofaced's work in its open rounds: it would otherwise pay it when they commit.
+# Its pay from the first job is that of the rounds confirmed before the job heard, only (a
+# round confirmed just before may commit just after), and stays so while the job goes on.
 twofaced_token=$("$C" token create --tier community --core "$core") || fail "make twofaced's token"
 job_spec user/bob 5 | sed -e 's/^rounds = 12$/rounds = 400/' -e 's/^workers = 2$/workers = 3/' \
   -e 's/^name = "paid"$/name = "honest-part"/' >"$WORK/honest-part.toml"
@@ -246,6 +249,45 @@ job_spec user/bob 1 | sed -e 's/^rounds = 12$/rounds = 20/' -e 's/^max_price = 1
 wait_for 90 "$fair to hear that twofaced was caught in $cheated" \
   grep -q "job $fair: node twofaced was caught in another job" "$WORK/core4.log"
 grep "job $fair: node twofaced was caught" "$WORK/core4.log"
+# committed_after_catch N: whether $fair committed N rounds since it heard.
+committed_after_catch() {
+  [ "$(sed -n "/job $fair: node twofaced was caught/,\$p" "$WORK/core4.log" |
+    grep -c "job $fair: round .* committed")" -ge "$1" ]
+}
+wait_for 60 "$fair to commit 2 rounds after the catch" committed_after_catch 2
+"$G" account node/twofaced --core "$core" --json >"$WORK/twofaced-1.json"
+wait_for 60 "$fair to commit 2 more rounds" committed_after_catch 4
+"$G" account node/twofaced --core "$core" --json >"$WORK/twofaced-2.json"
+python3 - "$WORK" "$fair" <<'PY' || fail "twofaced's pay"
+import json, os, re, sys
+work, fair = sys.argv[1], sys.argv[2]
+before, after = (json.load(open(f"{work}/twofaced-{i}.json")) for i in (1, 2))
+log = open(f"{work}/core4.log").read().splitlines()
+sys.path.insert(0, os.environ["SRC"] + "/tests/integration")
+from checks import check, finish
+heard = next(i for i, line in enumerate(log) if f"job {fair}: node twofaced was caught" in line)
+confirmed = set()
+for line in log[:heard]:
+    if m := re.search(rf"job {fair}: round (\d+) confirmed", line):
+        confirmed.add(int(m.group(1)))
+paid = {}  # round -> micro-credits, of $fair's settlements in twofaced's entries
+for line in after["recent"]:
+    if m := re.search(rf"  settle  \+([0-9.]+)  {fair} round (\d+):", line):
+        paid[int(m.group(2))] = paid.get(int(m.group(2)), 0) + round(float(m.group(1)) * 1e6)
+if not paid:
+    print(f"note: twofaced was caught before {fair} paid it for anything")
+late = sorted(set(paid) - confirmed)
+check(not late, f"{fair} paid twofaced for rounds confirmed before it heard only "
+      f"(rounds {sorted(confirmed)}; also paid for {late})")
+check(before["balance_micro"] == after["balance_micro"],
+      f"twofaced's balance stays while {fair} goes on ({before['balance']}, {after['balance']})")
+if len(after["recent"]) < 20:  # every entry of its account listed
+    earned = sum(v for r, v in paid.items() if r in confirmed)
+    check(after["balance_micro"] == earned,
+          f"twofaced holds what it earned before it was caught ({after['balance_micro']} "
+          f"micro-credits, {earned} earned)")
+finish()
+PY
 # A budget stays within what a spec may ask: top-ups past 1e12 credits are refused (they
 # overflowed it, and a negative budget paused the job for good).
 expect_error "top-up past the budget bound" "past 1e12 credits" \
