@@ -2069,7 +2069,7 @@ caf::behavior job_behavior(job_actor* self, job_start start, job_links links) {
         if (st.finished || st.caught.count(node) != 0) return;
         spdlog::warn("job {}: node {} was caught in another job ({}); its work here is discarded",
                      st.job.id, node, why);
-        (void)why;  // BROKEN: discard_work_of(self, node, "caught in another job: " + why);
+        discard_work_of(self, node, "caught in another job: " + why);
       },
       [=](booked_atom, const std::string& op) {
         if (self->state.asking.count(op) != 0) ask_booked(self, op);
