@@ -107,9 +107,12 @@ uint64_t available_host_memory();
 /// A device's state now, for a node's metrics.
 struct gpu_sample {
   int ordinal = 0;
-  uint64_t memory_total = 0;      ///< Bytes.
-  uint64_t memory_used = 0;       ///< Bytes used on the device by every process (NVML).
-  uint64_t memory_ours = 0;       ///< Bytes this process's backends hold (cuda_memory_in_use).
+  uint64_t memory_total = 0;  ///< Bytes.
+  uint64_t memory_used = 0;   ///< Bytes used on the device by every process (NVML).
+  /// Bytes this process's backends have allocated and not freed (cuda_memory_in_use: what
+  /// --gpu-memory-limit counts), not the CUDA context, the libraries' own memory or what the
+  /// pool keeps: the process holds more.
+  uint64_t memory_ours = 0;
   double utilization = -1.0;      ///< Share of the last sample period a kernel ran, [0, 1].
   double memory_activity = -1.0;  ///< Share of it device memory was read or written, [0, 1].
 };
