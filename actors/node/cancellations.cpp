@@ -4,6 +4,10 @@ namespace gflex {
 
 void cancellations::cancel(uint64_t id) {
   std::lock_guard lock(mutex_);
+  cancel_locked(id);
+}
+
+void cancellations::cancel_locked(uint64_t id) {
   if (ids_.count(id) != 0) return;
   ids_[id] = ++count_;
   order_.emplace_back(id, count_);
@@ -25,6 +29,21 @@ bool cancellations::cancelled(uint64_t id) const {
 void cancellations::forget(uint64_t id) {
   std::lock_guard lock(mutex_);
   ids_.erase(id);
+}
+
+void cancellations::hold(uint64_t id) {
+  std::lock_guard lock(mutex_);
+  held_.insert(id);
+}
+
+void cancellations::release(uint64_t id) {
+  std::lock_guard lock(mutex_);
+  if (auto it = held_.find(id); it != held_.end()) held_.erase(it);
+}
+
+void cancellations::cancel_held() {
+  std::lock_guard lock(mutex_);
+  for (uint64_t id : held_) cancel_locked(id);
 }
 
 }  // namespace gflex

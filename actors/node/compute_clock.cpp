@@ -22,12 +22,4 @@ double compute_clock::seconds(clock_type::time_point now) const {
   return s;
 }
 
-std::vector<uint64_t> compute_clock::running() const {
-  std::lock_guard<std::mutex> lock(mutex_);
-  std::vector<uint64_t> out;
-  for (auto it = running_.begin(); it != running_.end(); it = running_.upper_bound(it->first))
-    out.push_back(it->first);
-  return out;
-}
-
 }  // namespace gflex

@@ -12,7 +12,6 @@
 #include <cstdint>
 #include <map>
 #include <mutex>
-#include <vector>
 
 namespace gflex {
 
@@ -26,8 +25,6 @@ class compute_clock {
   void stop(uint64_t id, clock_type::time_point now = clock_type::now());
   /// Seconds given: the ended assignments' and the running ones' until `now`.
   double seconds(clock_type::time_point now = clock_type::now()) const;
-  /// The assignments running now (each once).
-  std::vector<uint64_t> running() const;
 
  private:
   mutable std::mutex mutex_;

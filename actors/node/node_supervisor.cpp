@@ -71,8 +71,9 @@ caf::actor restart_child(node_actor_type* self, const caf::actor_addr& who) {
     // The core gives the old uplink's work to other nodes as its session ends; the new
     // uplink knows none of it. Computed to the end, it held the workers for minutes, counted
     // against --max-hours, and the next session's first assignments queued behind it past
-    // their deadlines.
-    for (uint64_t id : c.config.compute_used->running()) c.config.cancelled->cancel(id);
+    // their deadlines. Every assignment a worker accepted is cancelled, those still waiting
+    // for their shard too (cancelled only once computing, they ran every step once it came).
+    c.config.cancelled->cancel_held();
     c.uplink = spawn_uplink(sys, c.uplink_cfg, c.core, c.workers, c.cache, c.owner);
     return c.uplink;
   }

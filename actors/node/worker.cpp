@@ -35,6 +35,28 @@ struct loaded_model {
   uint64_t last_used = 0;  ///< worker_state::uses when an assignment last ran it.
 };
 
+/// Holds assignment `id` (cancellations::hold) from its acceptance to its answer: released
+/// however the worker answers, and when the worker stops with it unanswered.
+class held_assignment {
+ public:
+  held_assignment(std::shared_ptr<cancellations> held_by, uint64_t id)
+      : held_by_(std::move(held_by)), id_(id) {
+    held_by_->hold(id_);
+  }
+  held_assignment(held_assignment&& other) noexcept
+      : held_by_(std::move(other.held_by_)), id_(other.id_) {}
+  held_assignment(const held_assignment&) = delete;
+  held_assignment& operator=(const held_assignment&) = delete;
+  held_assignment& operator=(held_assignment&&) = delete;
+  ~held_assignment() {
+    if (held_by_) held_by_->release(id_);
+  }
+
+ private:
+  std::shared_ptr<cancellations> held_by_;
+  uint64_t id_;
+};
+
 struct worker_state {
   worker_config config;
   caf::actor cache;
@@ -56,6 +78,7 @@ struct worker_state {
     caf::actor_addr cache;
     caf::typed_response_promise<assignment_result> answer;
     std::string shard;
+    held_assignment held;
   };
   std::map<uint64_t, shard_wait> shard_waits;
   uint64_t shard_asks = 0;
@@ -516,6 +539,11 @@ caf::behavior worker_behavior(worker_actor* self, worker_config config, caf::act
   };
   return {
       [=](assign_atom, assignment& a) -> caf::result<assignment_result> {
+        // Held from here, a shard still coming too: a restarted uplink cancels what the old
+        // one handed out (the core gave that work to other nodes), and cancelled only once
+        // computing, one whose shard came after ran every step for nobody, its time counted
+        // against --max-hours, the new session's work queued behind it.
+        held_assignment held(self->state.config.cancelled, a.id);
         auto& shards = self->state.shards;
         // The cache fetches and decodes the next round's shard on its own thread meanwhile,
         // after this round's (asked first when it is not here: the cache takes requests in
@@ -533,7 +561,9 @@ caf::behavior worker_behavior(worker_actor* self, worker_config config, caf::act
         }
         auto rp = self->make_response_promise<assignment_result>();
         const uint64_t ask = ++self->state.shard_asks;
-        self->state.shard_waits[ask] = {self->state.cache.address(), rp, a.shard};
+        self->state.shard_waits.emplace(
+            ask,
+            worker_state::shard_wait{self->state.cache.address(), rp, a.shard, std::move(held)});
         // The cache fails a fetch once no chunk has come for 2 minutes; while chunks come
         // (behind the node's other shards, on a slow link) the worker waits for its own.
         auto asked =
@@ -542,7 +572,9 @@ caf::behavior worker_behavior(worker_actor* self, worker_config config, caf::act
         // An ask no longer waited for was answered when its cache stopped.
         std::move(asked).then(
             [=](decoded_shard& d) mutable {
-              if (self->state.shard_waits.erase(ask) == 0) return;
+              // Kept to the end: the assignment is held while it computes.
+              auto wait = self->state.shard_waits.extract(ask);
+              if (wait.empty()) return;
               keep_shard(self->state, a.shard, d.data);
               auto r = compute(a, *d.data);
               if (!r)

@@ -16,7 +16,9 @@
 ///   stopped cache answers nothing.
 /// An assignment the node no longer wants is cancelled through `worker_config::cancelled`
 /// (the uplink writes it), which the worker reads before and between its steps: a running
-/// handler cannot receive a message.
+/// handler cannot receive a message. The worker holds there each assignment it accepted
+/// until it answers it, so that the node supervisor can cancel them all when it restarts the
+/// uplink.
 
 #include <caf/fwd.hpp>
 

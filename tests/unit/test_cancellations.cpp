@@ -1,7 +1,8 @@
 /// @file
 /// The node's list of assignments it no longer wants computed: bounded, and what it forgets
 /// first is what it was told longest ago (stale aborts of assignments that had ended), never
-/// the one cancelled now.
+/// the one cancelled now; and the assignments its workers hold, cancelled together when the
+/// uplink that handed them out is restarted.
 
 #include <doctest/doctest.h>
 
@@ -42,5 +43,30 @@ TEST_SUITE("cancellations") {
       d.forget(1u << 20 | i);
     }
     CHECK(d.cancelled(9));
+  }
+
+  TEST_CASE("what the workers hold is cancelled at once, what they answered not") {
+    // A restarted uplink cancelled only the assignments computing: one whose shard was still
+    // coming ran every step once it came, for an uplink that was gone.
+    cancellations c;
+    c.hold(1);
+    c.hold(2);
+    c.hold(2);  // a re-computation of one's own work beside it
+    c.hold(3);
+    c.release(2);
+    c.release(3);
+    c.release(4);  // never held: nothing changes
+    c.cancel_held();
+    CHECK(c.cancelled(1));
+    CHECK(c.cancelled(2));  // still held once
+    CHECK_FALSE(c.cancelled(3));
+    CHECK_FALSE(c.cancelled(4));
+    c.release(1);
+    c.release(2);
+    c.forget(1);
+    c.forget(2);
+    c.cancel_held();
+    CHECK_FALSE(c.cancelled(1));
+    CHECK_FALSE(c.cancelled(2));
   }
 }

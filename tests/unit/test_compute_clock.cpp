@@ -6,7 +6,6 @@
 #include <doctest/doctest.h>
 
 #include <chrono>
-#include <vector>
 
 #include "compute_clock.hpp"
 
@@ -36,22 +35,5 @@ TEST_SUITE("compute clock") {
     clock.start(3, t0 + 700s);
     clock.start(3, t0 + 700s);
     CHECK(clock.seconds(t0 + 710s) == doctest::Approx(150.0));
-  }
-
-  TEST_CASE("the running assignments are listed once each, the ended ones not") {
-    // A restarted uplink cancels them: the core has given its old session's work to others.
-    compute_clock clock;
-    const auto t0 = compute_clock::clock_type::time_point{} + 1000s;
-    CHECK(clock.running().empty());
-    clock.start(5, t0);
-    clock.start(3, t0);
-    clock.start(3, t0);  // a re-computation of its own work beside it
-    clock.start(9, t0);
-    clock.stop(9, t0 + 1s);
-    CHECK(clock.running() == std::vector<uint64_t>{3, 5});
-    clock.stop(3, t0 + 2s);
-    CHECK(clock.running() == std::vector<uint64_t>{3, 5});
-    clock.stop(3, t0 + 2s);
-    CHECK(clock.running() == std::vector<uint64_t>{5});
   }
 }

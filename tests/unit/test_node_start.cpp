@@ -1,11 +1,67 @@
 /// A node that could not start (actors/node/node_supervisor.hpp): its exit code says whether
-/// starting again may work, which is what a service manager restarts by.
+/// starting again may work, which is what a service manager restarts by. And a started node
+/// whose uplink is restarted: the new session's work is not held up by the old one's.
 
 #include <doctest/doctest.h>
 
+#include <caf/all.hpp>
+
+#include <chrono>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "configured_system.hpp"
+#include "gflex/runtime/digest.hpp"
+#include "gflex/runtime/shard.hpp"
+#include "messages.hpp"
 #include "node_supervisor.hpp"
+#include "temp_dir.hpp"
 
 using namespace gflex;
+
+namespace {
+
+// A core played by one actor: its front door welcomes every hello with itself as the session
+// (so that the node's cache keeps its data server across joins), tells `test` each uplink
+// that joins, and `test` each chunk asked for ("asked"), which it holds until (ok_atom). From
+// `test`: (assign_atom, a) hands worker 0 of the latest uplink `a`.
+caf::behavior one_actor_core(caf::event_based_actor* self, caf::actor test,
+                             std::vector<uint8_t> chunk) {
+  using promise = caf::typed_response_promise<std::vector<uint8_t>>;
+  auto held = std::make_shared<std::vector<promise>>();
+  auto uplink = std::make_shared<caf::actor>();
+  return {
+      [=](hello_atom, node_hello& h) -> node_welcome {
+        *uplink = h.uplink;
+        caf::anon_send(test, h.uplink);
+        node_welcome w;
+        w.protocol = h.protocol;
+        w.node_id = "n1";
+        w.heartbeat_ms = 50;
+        w.session = caf::actor_cast<node_session_actor>(self);
+        return w;
+      },
+      [](beat_atom) {},
+      [](bye_atom) {},
+      [](earned_atom) { return int64_t{0}; },
+      [=](chunk_atom, const std::string&) -> caf::result<std::vector<uint8_t>> {
+        held->push_back(self->make_response_promise<std::vector<uint8_t>>());
+        caf::anon_send(test, std::string("asked"));
+        return held->back();
+      },
+      [=](caf::ok_atom) {
+        for (auto& rp : *held) rp.deliver(chunk);
+        held->clear();
+      },
+      [=](assign_atom, assignment& a) {
+        self->request(*uplink, std::chrono::seconds(30), assign_atom::value, uint32_t{0}, a)
+            .then([](assignment_result&) {}, [](caf::error&) {});
+      },
+  };
+}
+
+}  // namespace
 
 TEST_SUITE("node start") {
   TEST_CASE("a device or file that failed at start is restarted; settings are final") {
@@ -16,5 +72,64 @@ TEST_SUITE("node start") {
     CHECK(start_failure_exit_code(error(errc::unavailable, "NCCL")) == 1);
     CHECK(start_failure_exit_code(error(errc::invalid_argument, "--workers")) == 2);
     CHECK(start_failure_exit_code(error(errc::no_device, "no CUDA device")) == 2);
+  }
+
+  TEST_CASE("a restarted uplink cancels the old one's work whose shard is still coming") {
+    // Only the assignments computing were cancelled: one whose worker still waited for its
+    // shard ran every step once the shard came, for an uplink that was gone, its time
+    // counted against --max-hours and the new session's work queued behind it.
+    test::configured_system s;
+    test::temp_dir dir;
+    caf::actor test = caf::actor_cast<caf::actor>(s.self);
+    dataset d;
+    d.classes = 10;
+    d.features = tensor::zeros({4, 16}, dtype::f32);
+    d.labels = tensor::zeros({4}, dtype::i32);
+    const auto shard = encode_shard(d, 0, 4);
+    auto core = s.sys.spawn(one_actor_core, test, shard);
+    auto owner = s.sys.spawn([](caf::event_based_actor* self) -> caf::behavior {
+      self->set_default_handler(caf::drop);
+      return {[](int) {}};
+    });
+    node_config config;
+    config.data_dir = dir.path();
+    config.backend = "cpu";
+    config.memory_limit = std::string("0");  // no bound (a bound is process-wide)
+    config.token = std::string(8, 't');      // any: the core here checks none
+    config.on_activity = [test](const node_activity& n) {
+      if (n.what == node_activity::kind::started) caf::anon_send(test, n.job_id, true);
+    };
+    auto node = spawn_node(s.sys, config, node_test_aids{}, "", 0, core, owner);
+    REQUIRE_MESSAGE(node.has_value(), node.error().message());
+    std::vector<caf::actor> uplinks;
+    std::vector<std::string> started;
+    int asked = 0;
+    auto until = [&](auto done) {
+      bool timed_out = false;
+      while (!done() && !timed_out)
+        s.self->receive([&](caf::actor& u) { uplinks.push_back(u); },
+                        [&](std::string&) { ++asked; },
+                        [&](std::string& job, bool) { started.push_back(job); },
+                        caf::after(std::chrono::seconds(10)) >> [&] { timed_out = true; });
+      return done();
+    };
+    auto assign = [&](uint64_t id, const std::string& job) {
+      assignment a;
+      a.id = id;
+      a.job_id = job;
+      a.shard = digest_hex(shard);
+      s.self->send(core, assign_atom::value, a);
+    };
+    REQUIRE(until([&] { return uplinks.size() == 1; }));
+    assign(11, "old");
+    REQUIRE(until([&] { return asked == 1; }));  // its worker waits for the shard
+    s.self->send_exit(uplinks[0], caf::exit_reason::kill);
+    REQUIRE(until([&] { return uplinks.size() == 2; }));  // restarted, joined again
+    s.self->send(core, caf::ok_atom::value);              // the shard comes
+    assign(12, "new");
+    REQUIRE(until([&] { return !started.empty(); }));
+    CHECK_MESSAGE(started.front() == "new", "the old uplink's assignment ran first");
+    for (const auto& x : {*node, core, owner})
+      s.self->send_exit(x, caf::exit_reason::user_shutdown);
   }
 }
