@@ -17,15 +17,13 @@ inline int fail(const error& e, int code = 1) {
   return code;
 }
 
-/// Whether a permission_denied refusal passes with time: the core also reports so a core of
-/// several that lost its leadership (the next leader takes the request) and an account at its
-/// limit of unfinished jobs (one of them ends). Told apart by their words, which the core
-/// gives no code of their own.
+/// Whether a permission_denied refusal passes with time: the replicated store also reports so
+/// a core of several that lost its leadership (the next leader takes the request). Told apart
+/// by its words: the core's fencing reads that code.
 inline bool passes_later(const error& e) {
   const std::string& m = e.message();
   return m.find("does not lead") != std::string::npos ||
-         m.find("no longer leads") != std::string::npos ||
-         m.find("unfinished jobs") != std::string::npos;
+         m.find("no longer leads") != std::string::npos;
 }
 
 /// A core's refusal: 2 where the request itself was wrong (an unknown job or data set, a spec

@@ -158,8 +158,7 @@ for i in 1 2 3; do
 done
 expect_error "a fourth unfinished job" "user/bob already has 3 unfinished jobs" \
   "${BOB[@]}" "$G" submit "$WORK/long-free.toml" --core "$core"
-# A refusal that passes once a job ends: 1, to be tried again, though the core calls it a
-# permission it lacks.
+# A refusal that passes once a job ends (a limit, not a permission): 1, to be tried again.
 [ "$rc_seen" = 1 ] || fail "a fourth unfinished job: exit $rc_seen, not 1 (to be retried)"
 while read -r j; do
   "${BOB_G[@]}" cancel "$j" --core "$core" >/dev/null || fail "bob cancels $j"
