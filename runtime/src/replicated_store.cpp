@@ -42,9 +42,11 @@ struct chunk_ref {
   std::string digest;
 };
 
+// The bytes of a chunk's reference in etcd (see encode_chunk_ref).
+constexpr size_t chunk_ref_size = sizeof chunk_marker + 8 + 64;
+
 std::optional<chunk_ref> as_chunk_ref(std::span<const uint8_t> v) {
-  if (v.size() != sizeof chunk_marker + 8 + 64 ||
-      std::memcmp(v.data(), chunk_marker, sizeof chunk_marker))
+  if (v.size() != chunk_ref_size || std::memcmp(v.data(), chunk_marker, sizeof chunk_marker))
     return std::nullopt;
   chunk_ref r;
   std::memcpy(&r.size, v.data() + sizeof chunk_marker, 8);
@@ -54,7 +56,7 @@ std::optional<chunk_ref> as_chunk_ref(std::span<const uint8_t> v) {
 }
 
 std::vector<uint8_t> encode_chunk_ref(const chunk_ref& r) {
-  std::vector<uint8_t> out(sizeof chunk_marker + 8 + 64);
+  std::vector<uint8_t> out(chunk_ref_size);
   std::memcpy(out.data(), chunk_marker, sizeof chunk_marker);
   std::memcpy(out.data() + sizeof chunk_marker, &r.size, 8);
   std::memcpy(out.data() + sizeof chunk_marker + 8, r.digest.data(), 64);
@@ -844,10 +846,20 @@ struct replicated_store::impl {
       }
     } spare{*this, digests};
     const auto pushes_began = clock_type::now();
-    for (const auto& w : writes) {
+    // The batch's values kept in etcd, in bytes: past config.inline_limit, the transaction
+    // could pass etcd's request limit (a data set's shards, each under the threshold, are
+    // stored in one batch), and further values go to chunks. One no longer than a reference
+    // stays in etcd: as a chunk it would take more there, not less.
+    size_t inline_bytes = 0;
+    std::vector<bool> chunked(writes.size(), false);
+    for (size_t i = 0; i < writes.size(); ++i) {
+      const auto& w = writes[i];
       if (w.key.empty()) return error(errc::store_error, "empty store key");
       etcd_op op{std::string(data_prefix) + w.key, std::nullopt, 0};
-      if (w.value && w.value->size() >= config.chunk_threshold) {
+      chunked[i] = w.value && (w.value->size() >= config.chunk_threshold ||
+                               (w.value->size() > chunk_ref_size &&
+                                inline_bytes + w.value->size() > config.inline_limit));
+      if (chunked[i]) {
         chunk_ref ref{w.value->size(), digest_hex(*w.value)};
         {
           std::lock_guard lock(committing_mutex);
@@ -860,6 +872,7 @@ struct replicated_store::impl {
         if (auto ok = push_chunk(ref.digest, *w.value); !ok) return ok;
         op.value = encode_chunk_ref(ref);
       } else {
+        if (w.value) inline_bytes += w.value->size();
         op.value = w.value;
       }
       ops.push_back(std::move(op));
@@ -868,9 +881,9 @@ struct replicated_store::impl {
     // this core's to know): where the pushes took over a second, the first may be gone there
     // before the commit names it.
     if (!digests.empty() && clock_type::now() - pushes_began > std::chrono::seconds(1))
-      for (const auto& w : writes)
-        if (w.value && w.value->size() >= config.chunk_threshold)
-          if (auto ok = keep_chunk(digest_hex(*w.value), *w.value); !ok) return ok;
+      for (size_t i = 0; i < writes.size(); ++i)
+        if (chunked[i])
+          if (auto ok = keep_chunk(digest_hex(*writes[i].value), *writes[i].value); !ok) return ok;
     const int64_t fence = leader_revision;
     std::lock_guard lock(etcd_mutex);
     if (!writer_revision) {

@@ -13,6 +13,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <filesystem>
@@ -456,6 +457,54 @@ TEST_SUITE("replicated_store") {
     }
     CHECK(**(*b)->get("ckpt/1") == next);
     CHECK(**(*b)->get("ckpt/1") == next);  // and kept, mended
+  }
+
+  TEST_CASE("a batch of many values under the chunk threshold commits: past a bound, chunks" *
+            doctest::skip(!etcd_installed())) {
+    // A data set's manifest and its shards are stored in one batch, and every value under
+    // the threshold went into the transaction: a set of many shards of nearly 64 KiB was one
+    // transaction over etcd's request limit (1.5 MiB by default), refused whole, where a
+    // one-server core stored it.
+    test::temp_dir dir;
+    etcd_server etcd(dir.path());
+    auto config = config_of(etcd, dir, "a");
+    config.chunk_threshold = size_t{64} << 10;
+    auto a = leading(config);
+    auto follower = config_of(etcd, dir, "b");
+    follower.chunk_threshold = config.chunk_threshold;
+    auto b = replicated_store::start(follower, [] {});
+    REQUIRE(b.has_value());
+    std::vector<store_write> batch = {{"set/manifest", bytes("64 shards")}};
+    for (int i = 0; i < 64; ++i)
+      batch.push_back({"set/shard/" + std::to_string(i), large(60 << 10, static_cast<uint8_t>(i))});
+    auto committed = a->commit(batch);
+    REQUIRE_MESSAGE(committed.has_value(), committed.error().message());
+
+    // etcd holds at most inline_limit bytes of the values, and references to the others,
+    // whose chunks were pushed to the follower before the commit.
+    auto raw = etcd_client::make(etcd.endpoint())->range("/gflex/data/set/", true);
+    REQUIRE(raw.has_value());
+    REQUIRE(raw->size() == batch.size());
+    size_t in_etcd = 0, chunks = 0;
+    for (const auto& kv : *raw) {
+      const auto& w = *std::find_if(batch.begin(), batch.end(), [&](const store_write& w) {
+        return "/gflex/data/" + w.key == kv.key;
+      });
+      if (kv.value == *w.value) {
+        in_etcd += kv.value.size();
+        continue;
+      }
+      ++chunks;
+      CHECK_MESSAGE(std::filesystem::exists(follower.chunk_dir / digest_hex(*w.value)),
+                    w.key << "'s chunk is not on the follower");
+    }
+    CHECK(in_etcd <= config.inline_limit);
+    CHECK(chunks >= 64 - config.inline_limit / (60 << 10));
+    CHECK(**a->get("set/manifest") == bytes("64 shards"));
+    for (const auto& w : batch) {
+      CHECK(**a->get(w.key) == *w.value);
+      CHECK(**(*b)->get(w.key) == *w.value);
+    }
   }
 
   TEST_CASE("one leader; a follower cannot commit; a deposed leader is fenced off" *

@@ -17,7 +17,8 @@
 ///   cannot settle it within twice its lease's TTL gives up the leadership. A commit etcd
 ///   refuses outright (a 4xx: its space quota full) wrote nothing and fails at once.
 /// - Values of `chunk_threshold` bytes or more (parameters, checkpoints, data sets) are too
-///   large for etcd: each is a file named by its digest in every core's chunk directory,
+///   large for etcd, as are a commit's further values once those it keeps in etcd pass
+///   `inline_limit` bytes: each is a file named by its digest in every core's chunk directory,
 ///   pushed to every live member before the commit that names it, and etcd holds a
 ///   reference. A member that does not take a chunk within its lease's TTL and 5 s (its chunk
 ///   service unreachable from the leader) is taken out of the membership, its record deleted,
@@ -56,6 +57,12 @@ struct replication_config {
   std::string core_address;
   int64_t lease_ttl_s = 5;
   size_t chunk_threshold = size_t{64} << 10;
+  /// The most bytes of values one commit keeps in etcd itself: past it, a value is kept as a
+  /// chunk whatever its size (one no longer than a chunk's reference excepted). A commit is
+  /// one etcd transaction, which etcd refuses over its request limit (--max-request-bytes):
+  /// a data set of many shards just under `chunk_threshold`, stored in one batch, was
+  /// refused whole.
+  size_t inline_limit = size_t{1} << 20;
   /// The leader compacts etcd's history to this many revisions behind its newest: every
   /// round rewrites its job's record, and etcd, keeping every revision, would fill its space
   /// quota and refuse every commit (nothing reads past revisions).
