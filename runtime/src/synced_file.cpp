@@ -46,6 +46,15 @@ expected<void> write_synced(const std::filesystem::path& file, std::span<const u
   remove_dead_writers_files(file);
   const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode);
   if (fd < 0) return failed("cannot create");
+  // open() takes the process's umask off `mode`: a core's public certificates, asked for as
+  // 0644, came out 0600 under a service's UMask=0077, and a node's service running as
+  // another user could not read the copy it was given.
+  if (::fchmod(fd, mode) != 0) {
+    const int saved = errno;
+    ::close(fd);
+    errno = saved;
+    return failed("cannot set its mode");
+  }
   for (size_t at = 0; at < bytes.size();) {
     const ssize_t n = ::write(fd, bytes.data() + at, bytes.size() - at);
     if (n < 0 && errno == EINTR) continue;

@@ -102,10 +102,20 @@ expected<void> write_new(const std::filesystem::path& file, const std::string& t
   return write_new_file(file, {reinterpret_cast<const uint8_t*>(text.data()), text.size()}, mode);
 }
 
-std::vector<cert_ptr> read_certs(const std::filesystem::path& pem) {
+// The certificates in a PEM file. One that cannot be opened is an error naming it and the
+// system's reason: an absent file, or one this user may not read, was reported as a file
+// holding no certificate ("not a core certificate bundle"), and its owner looked for what
+// was wrong with its contents.
+expected<std::vector<cert_ptr>> read_certs(const std::filesystem::path& pem) {
+  std::FILE* file = std::fopen(pem.c_str(), "r");
+  if (file == nullptr)
+    return error(errc::io_error, pem.string() + ": cannot be read (" + std::strerror(errno) + ")");
+  bio_ptr bio(BIO_new_fp(file, BIO_CLOSE));
+  if (!bio) {
+    std::fclose(file);
+    return error(errc::io_error, pem.string() + ": OpenSSL cannot read it");
+  }
   std::vector<cert_ptr> out;
-  bio_ptr bio(BIO_new_file(pem.c_str(), "r"));
-  if (!bio) return out;
   while (X509* c = PEM_read_bio_X509(bio.get(), nullptr, nullptr, nullptr)) out.emplace_back(c);
   return out;
 }
@@ -199,16 +209,18 @@ expected<std::string> create_core_credentials(const std::filesystem::path& data_
 
 expected<std::string> pinned_fingerprint(const std::filesystem::path& pem) {
   auto certs = read_certs(pem);
-  if (certs.empty())
-    return error(errc::bad_format, pem.string() + ": no certificate in it (or unreadable)");
-  X509* root = self_signed(certs);
+  if (!certs) return certs.error();
+  if (certs->empty()) return error(errc::bad_format, pem.string() + ": no certificate in it");
+  X509* root = self_signed(*certs);
   if (root == nullptr)
     return error(errc::bad_format, pem.string() + ": has no self-signed (authority) certificate");
   return fingerprint_of(root);
 }
 
 expected<void> check_core_bundle(const std::filesystem::path& bundle) {
-  auto certs = read_certs(bundle);
+  auto read = read_certs(bundle);
+  if (!read) return read.error();
+  const auto& certs = *read;
   auto bad = [&](const std::string& what) {
     return error(errc::bad_format, bundle.string() + ": not a core certificate bundle (" + what +
                                        "; use the core-cert.pem that `gflex-core init` wrote)");

@@ -10,8 +10,15 @@ import time
 def init_core(bin_dir, data_dir):
     """Makes the core's credentials in data_dir; returns the environment for its nodes and
     clients (a copy of this process's, with the core's bundle and the operator's key)."""
+    # Under umask 077, as the core's service runs it (UMask=0077): the files handed to nodes
+    # and clients must still be readable by others (a node's service runs as its own user).
     subprocess.run([f"{bin_dir}/gflex-core", "init", "--data-dir", data_dir], check=True,
-                   stdout=subprocess.DEVNULL)
+                   stdout=subprocess.DEVNULL, umask=0o077)
+    for name in ("core-cert.pem", "tls/ca.crt", "tls/core.crt"):
+        mode = os.stat(os.path.join(data_dir, name)).st_mode & 0o777
+        if mode != 0o644:
+            raise RuntimeError(f"gflex-core init under umask 077 made {name} mode {mode:o}, "
+                               "not 644: other users cannot read it")
     env = dict(os.environ)
     env["GFLEX_CORE_CERT"] = os.path.join(data_dir, "core-cert.pem")
     with open(os.path.join(data_dir, "operator.key")) as f:

@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <filesystem>
 #include <fstream>
 #include <future>
 #include <string>
@@ -262,7 +263,17 @@ TEST_SUITE("tls credentials") {
       auto r = check_core_bundle(p);
       return r ? std::string() : r.error().message();
     };
-    CHECK(why(dir / "absent.pem").find("two certificates") != std::string::npos);
+    // A file that cannot be read says why, not that its contents are wrong.
+    const auto absent = dir / "absent.pem";
+    CHECK(why(absent) == absent.string() + ": cannot be read (No such file or directory)");
+    if (::geteuid() != 0) {  // root reads any file
+      const auto unreadable = dir / "unreadable.pem";
+      std::filesystem::copy_file(files.bundle, unreadable);
+      std::filesystem::permissions(unreadable, std::filesystem::perms::none);
+      CHECK(why(unreadable) == unreadable.string() + ": cannot be read (Permission denied)");
+      CHECK(pinned_fingerprint(unreadable).error().message().find("Permission denied") !=
+            std::string::npos);
+    }
     CHECK(why(files.ca_cert).find("two certificates") != std::string::npos);
     // The core's own chain has no key in it.
     CHECK(why(files.core_cert).find("no private key") != std::string::npos);
@@ -278,6 +289,29 @@ TEST_SUITE("tls credentials") {
     std::ofstream(mixed) << mine.substr(0, mine.find("-----BEGIN PRIVATE KEY-----"))
                          << theirs.substr(key_at);
     CHECK(why(mixed).find("does not belong") != std::string::npos);
-    CHECK_FALSE(pinned_fingerprint(dir / "absent.pem").has_value());
+    auto no_file = pinned_fingerprint(absent);
+    REQUIRE_FALSE(no_file.has_value());
+    CHECK(no_file.error().message().find("No such file or directory") != std::string::npos);
+  }
+
+  TEST_CASE("a core's public files are readable by all, whatever the umask") {
+    // The core's service makes its credentials under UMask=0077: the bundle handed to nodes
+    // and clients, and the certificates, came out 0600, and a node's service running as
+    // another user could not read its copy.
+    test::temp_dir dir;
+    const mode_t before = ::umask(077);
+    auto made = create_core_credentials(dir.path());
+    ::umask(before);
+    REQUIRE_MESSAGE(made.has_value(), made.error().message());
+    auto files = core_tls_files::in(dir.path());
+    auto mode_of = [](const std::filesystem::path& p) {
+      struct stat st {};
+      REQUIRE(::stat(p.c_str(), &st) == 0);
+      return st.st_mode & 0777;
+    };
+    for (const auto& pub : {files.ca_cert, files.core_cert, files.bundle})
+      CHECK_MESSAGE(mode_of(pub) == 0644, pub.string());
+    for (const auto& key : {files.ca_key, files.core_key})
+      CHECK_MESSAGE(mode_of(key) == 0600, key.string());
   }
 }
