@@ -261,6 +261,7 @@ std::optional<int> lead_replicated(core_config& config, caf::actor_system& sys) 
       config.advertise.empty() ? config.host + ":" + std::to_string(config.port) : config.advertise;
   rc.core_id = config.core_id.empty() ? rc.core_address : config.core_id;
   rc.chunk_listen = config.chunk_listen;
+  rc.chunk_advertise = config.chunk_advertise;
   rc.chunk_dir = config.data_dir / "chunks";
   rc.secret = config.operator_key;
   rc.lease_ttl_s = config.leader_lease_s;
@@ -273,8 +274,9 @@ std::optional<int> lead_replicated(core_config& config, caf::actor_system& sys) 
   });
   if (!started) {
     spdlog::error("{}", started.error().message());
-    // A configuration to fix (--core-id, --advertise, --chunk-listen, the endpoints) is not
-    // tried again by the service (exit 2); one that cannot reach etcd now is (exit 1).
+    // A configuration to fix (--core-id, --advertise, --chunk-listen, --chunk-advertise, the
+    // endpoints) is not tried again by the service (exit 2); one that cannot reach etcd now
+    // is (exit 1).
     return started.error().code() == errc::invalid_argument ? 2 : 1;
   }
   std::shared_ptr<replicated_store> store(std::move(*started));

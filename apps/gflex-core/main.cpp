@@ -174,6 +174,11 @@ int main(int argc, char** argv) {
   app.add_option("--chunk-listen", config.chunk_listen,
                  "HOST:PORT the other cores fetch parameters and checkpoints from (with "
                  "--store etcd://)");
+  app.add_option("--chunk-advertise", config.chunk_advertise,
+                 "HOST:PORT the other cores reach --chunk-listen at, where that is another "
+                 "address (NAT, a public address on no interface here; --chunk-listen may then "
+                 "be 0.0.0.0:PORT)")
+      ->needs(store);
   app.add_option("--leader-lease-s", config.leader_lease_s,
                  "seconds without renewal after which a leader's etcd lease lapses")
       ->needs(store)

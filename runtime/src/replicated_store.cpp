@@ -1082,7 +1082,23 @@ expected<std::unique_ptr<replicated_store>> replicated_store::start(replication_
     return error(errc::invalid_argument,
                  "--chunk-listen \"" + config.chunk_listen +
                      "\": the other cores fetch chunks at this address; give one they reach "
-                     "this core at, not every address");
+                     "this core at, not every address, or give it with --chunk-advertise");
+  // Written into this core's member record as it is: the other cores push every chunk there.
+  if (!config.chunk_advertise.empty()) {
+    const auto colon = config.chunk_advertise.rfind(':');
+    const std::string port_text =
+        colon == std::string::npos ? "" : config.chunk_advertise.substr(colon + 1);
+    const bool numeric = !port_text.empty() && port_text.size() <= 5 &&
+                         port_text.find_first_not_of("0123456789") == std::string::npos;
+    const int port = numeric ? std::stoi(port_text) : 0;
+    const std::string host =
+        colon == std::string::npos ? "" : config.chunk_advertise.substr(0, colon);
+    if (host.empty() || port <= 0 || port > 65535 || every_address(host))
+      return error(errc::invalid_argument,
+                   "--chunk-advertise \"" + config.chunk_advertise +
+                       "\" is no HOST:PORT the other cores can reach this core's chunk service "
+                       "at (a host, not every address, and a port from 1 to 65535)");
+  }
   auto p = std::make_unique<impl>();
   auto client = etcd_client::make(config.endpoints);
   if (!client) return client.error();

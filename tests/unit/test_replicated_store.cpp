@@ -1338,6 +1338,42 @@ TEST_SUITE("replicated_store") {
     CHECK(check_single_core_state(used.path(), etcd.endpoint()).has_value());
   }
 
+  TEST_CASE("a chunk service listening on every address is reached at --chunk-advertise" *
+            doctest::skip(!etcd_installed())) {
+    // A core's config had no chunk_advertise, and --chunk-listen 0.0.0.0:PORT is refused
+    // without one: a core behind NAT, or whose public address is on none of its interfaces,
+    // could not serve its chunks to the other cores.
+    test::temp_dir dir, data;
+    etcd_server etcd(dir.path());
+    auto config = test::local_core_config(data);
+    config.store_url = "etcd://" + etcd.endpoint();
+    config.port = test::free_loopback_port();
+    const uint16_t chunk_port = test::free_loopback_port();
+    config.chunk_listen = "0.0.0.0:" + std::to_string(chunk_port);
+    config.chunk_advertise = "127.0.0.1:" + std::to_string(chunk_port);
+    const std::string key = test::operator_key(data);
+    std::string record = "the core did not start";
+    int chunk_status = 0;
+    const int code = run_core(config, [&](local_core&) -> expected<std::unique_ptr<core_service>> {
+      // What the other cores read to push chunks here, and what answers there.
+      auto members = etcd_client::make(etcd.endpoint())->range("/gflex/member/", true);
+      if (members && members->size() == 1)
+        record.assign(members->front().value.begin(), members->front().value.end());
+      httplib::Client chunks("127.0.0.1", chunk_port);
+      auto r = chunks.Get(
+          "/chunk/" + std::string(64, '0'),
+          httplib::Headers{
+              {"Authorization",
+               "Bearer " + digest_hex(std::span(reinterpret_cast<const uint8_t*>(key.data()),
+                                                key.size()))}});
+      chunk_status = r ? r->status : -1;
+      return error(errc::invalid_argument, "the test is done");
+    });
+    CHECK(code == 2);  // the starter's "the test is done"
+    CHECK(record == config.chunk_advertise);
+    CHECK(chunk_status == 404);  // the chunk service, which holds no such chunk
+  }
+
   TEST_CASE("bad configuration is refused before anything starts") {
     replication_config c;
     c.endpoints = "127.0.0.1:1";
@@ -1362,6 +1398,25 @@ TEST_SUITE("replicated_store") {
     auto chunks = replicated_store::start(c, [] {});
     REQUIRE_FALSE(chunks.has_value());
     CHECK(chunks.error().message().find("--chunk-listen") != std::string::npos);
+    // With an address to be reached at, which must be one another machine can be sent to.
+    test::temp_dir chunk_dir;
+    c.chunk_dir = chunk_dir.path();
+    for (const char* bad : {"0.0.0.0:7401", "[::]:7401", "10.0.0.1", "10.0.0.1:", "10.0.0.1:0",
+                            "10.0.0.1:x", ":7401", "10.0.0.1:70000", "10.0.0.1:123456"}) {
+      c.chunk_advertise = bad;
+      auto refused = replicated_store::start(c, [] {});
+      REQUIRE_FALSE(refused.has_value());
+      CHECK(refused.error().code() == errc::invalid_argument);
+      CHECK_MESSAGE(refused.error().message().find("--chunk-advertise \"" + std::string(bad)) !=
+                        std::string::npos,
+                    refused.error().message());
+    }
+    c.chunk_listen = "0.0.0.0:0";
+    c.chunk_advertise = "203.0.113.7:7401";
+    auto advertised = replicated_store::start(c, [] {});  // no etcd at 127.0.0.1:1
+    REQUIRE_FALSE(advertised.has_value());
+    CHECK_MESSAGE(advertised.error().code() != errc::invalid_argument,
+                  advertised.error().message());
     CHECK_FALSE(etcd_client::make("no-port").has_value());
     CHECK_FALSE(etcd_client::make("h:0").has_value());
     CHECK_FALSE(etcd_endpoints_of("http://127.0.0.1:2379").has_value());

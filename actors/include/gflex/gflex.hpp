@@ -45,7 +45,11 @@ struct core_config {
   /// HOST:PORT other machines reach this core at, which a leader writes into its record for
   /// the followers to send clients to (default: host:port, which must then not be 0.0.0.0).
   std::string advertise;
-  std::string chunk_listen;    ///< HOST:PORT its chunk service listens on (the other cores).
+  std::string chunk_listen;  ///< HOST:PORT its chunk service listens on (the other cores).
+  /// HOST:PORT the other cores reach its chunk service at, where that is not chunk_listen's
+  /// address (NAT, a public address on no interface of this machine; chunk_listen may then be
+  /// 0.0.0.0:PORT). Default: chunk_listen's address, with the port it got.
+  std::string chunk_advertise;
   int64_t leader_lease_s = 5;  ///< TTL of the etcd lease a leader holds.
   /// The store the core keeps its state in, when its caller opened one (run_core does for
   /// store_url); null: LMDB in data_dir.

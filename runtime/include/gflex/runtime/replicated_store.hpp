@@ -46,7 +46,8 @@ struct replication_config {
   std::string endpoints;  ///< etcd members, "host:port,host:port,..."
   std::string core_id;    ///< this core's name among the cores (letters, digits, '-', '.', ':')
   /// Where this core serves its chunks to the other cores (HOST:PORT; port 0: any free one),
-  /// and the address they reach it at (default: the listen address with the chosen port).
+  /// and the address they reach it at (default: the listen address with the chosen port; only
+  /// with one may the listen address be every address, 0.0.0.0).
   std::string chunk_listen;
   std::string chunk_advertise;
   std::filesystem::path chunk_dir;  ///< the chunk files (created if missing)
