@@ -1,7 +1,8 @@
 // A C++ trainer against a remote core: connects with an account's API key over TLS pinned to
 // the core's certificate, submits a model built in C++, follows the job to its end (rounds,
-// the bill, nodes joining and lost) and writes the trained parameters (a checkpoint `gflex
-// sample`/`gflex train` can read).
+// the bill, nodes joining and lost) and writes the trained parameters: a checkpoint whose
+// test accuracy `gflex eval OUT.gfck [--json FILE]` measures on Fashion-MNIST's test split
+// (the model is an MLP, no language model for `gflex sample`).
 //
 //   remote_trainer HOST:PORT API_KEY_FILE CORE_CERT [ROUNDS] [OUT.gfck] [ACCOUNT:BUDGET]
 //
