@@ -118,8 +118,9 @@ void check_gemm(backend& b, bool ta, bool tb, int64_t m, int64_t n, int64_t k, f
   check_close(g.run(b), g.want, 1e-4, 1e-5 * std::sqrt(static_cast<double>(k)) * 4);
 }
 
-// Direct convolution in double: y[n,oh,ow,k] = sum over r,s,c of x[n,oh+r-ph,ow+s-pw,c] *
-// w[k,r,s,c], and its two adjoints, for checking all three convolution operations.
+// Direct convolution in double: y[n,oh,ow,k] = sum over r,s,c of
+// x[n,oh*stride+r-ph,ow*stride+s-pw,c] * w[k,r,s,c], and its two adjoints, for checking all three
+// convolution operations.
 struct conv_reference {
   conv2d_geometry g;
   int64_t x_at(int64_t n, int64_t h, int64_t w, int64_t c) const {
@@ -140,7 +141,7 @@ struct conv_reference {
           for (int64_t k = 0; k < g.out_channels; ++k)
             for (int64_t r = 0; r < g.kernel_h; ++r)
               for (int64_t s = 0; s < g.kernel_w; ++s) {
-                int64_t ih = oh + r - g.pad_h, iw = ow + s - g.pad_w;
+                int64_t ih = oh * g.stride + r - g.pad_h, iw = ow * g.stride + s - g.pad_w;
                 if (ih < 0 || ih >= g.height || iw < 0 || iw >= g.width) continue;
                 for (int64_t c = 0; c < g.in_channels; ++c)
                   f(x_at(n, ih, iw, c), w_at(k, r, s, c), y_at(n, oh, ow, k));
@@ -154,6 +155,7 @@ void check_conv(backend& b, const conv2d_geometry& g) {
   CAPTURE(g.in_channels);
   CAPTURE(g.kernel_h);
   CAPTURE(g.pad_h);
+  CAPTURE(g.stride);
   REQUIRE(g.valid());
   conv_reference ref{g};
   const int64_t nx = g.batch * g.height * g.width * g.in_channels;
@@ -253,6 +255,11 @@ TEST_SUITE("backend") {
       check_conv(*b, {2, 9, 7, 3, 5, 3, 2, 1, 0});
       check_conv(*b, {2, 5, 6, 4, 3, 1, 1, 0, 0});
       check_conv(*b, {9, 64, 64, 16, 8, 3, 3, 1, 1});
+      // Strided: through the patch matrix (patches of 72 and 100 values, stride 2 and 3, the
+      // last leaving input rows unread) and the direct path (a patch of 18).
+      check_conv(*b, {2, 14, 14, 8, 16, 3, 3, 1, 1, 2});
+      check_conv(*b, {2, 11, 10, 4, 6, 5, 5, 2, 2, 3});
+      check_conv(*b, {2, 9, 7, 3, 5, 3, 2, 1, 0, 2});
     }
   }
 
