@@ -490,6 +490,10 @@ caf::behavior keeper(keeper_actor* self, caf::actor store, std::chrono::millisec
       },
       [=](account_atom, const std::string& account) -> caf::result<account_info> {
         auto& st = self->state;
+        // A ledger that failed its check holds no account in memory: "unknown account" told
+        // users and the operator that accounts which exist were gone.
+        if (!st.broken.empty())
+          return to_caf(error(errc::store_error, "the ledger fails its check: " + st.broken));
         if (!st.book.has_account(account))
           return to_caf(error(errc::invalid_argument, "unknown account " + account));
         account_info info;

@@ -29,6 +29,10 @@
 /// - (ledger_atom) -> ledger_report: re-reads everything from LMDB and verifies it; also
 ///   counts escrow that ended jobs still hold (`escrow/<job>` accounts named in
 ///   `ended_jobs`, which the caller passes: (ledger_atom, ended_jobs)).
+/// A ledger whose stored chain fails its check at start loads no account: every request but
+/// ledger_atom is answered errc::store_error, "the ledger fails its check: <why>", until it
+/// is repaired. An open with exists_ok is refused too (the account may well exist, but
+/// nothing trusted says so), and with it every node's join.
 /// Messages are handled one at a time, each waiting for its write, so the chain in LMDB is
 /// always a prefix of the one in memory. Every answer is definite: a write the store does not
 /// answer in time may still land, so the keeper then reads the stored head (which the store

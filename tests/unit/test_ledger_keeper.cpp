@@ -224,6 +224,24 @@ TEST_SUITE("ledger_keeper") {
     self->request(keeper, timeout, open_atom::value, std::string("user/bob"), false)
         .receive([&](caf::ok_atom) {}, [&](caf::error& e) { refusal = from_caf(e).message(); });
     CHECK(refusal.find("the ledger fails its check") != std::string::npos);
+    // Nor does it say an account it cannot read is gone: alice was told "unknown account
+    // user/alice", as if her account and credits had never been.
+    refusal.clear();
+    errc code = errc::none;
+    self->request(keeper, timeout, account_atom::value, std::string("user/alice"))
+        .receive([&](account_info&) { FAIL("a broken ledger showed an account"); },
+                 [&](caf::error& e) {
+                   refusal = from_caf(e).message();
+                   code = from_caf(e).code();
+                 });
+    CHECK_MESSAGE(refusal.find("the ledger fails its check: ") == 0, refusal);
+    CHECK(code == errc::store_error);
+    // An existing account's open (a node's join) is refused too: nothing trusted says it
+    // exists.
+    refusal.clear();
+    self->request(keeper, timeout, open_atom::value, std::string("user/alice"), true)
+        .receive([&](caf::ok_atom) {}, [&](caf::error& e) { refusal = from_caf(e).message(); });
+    CHECK(refusal.find("the ledger fails its check") != std::string::npos);
     self->send_exit(keeper, caf::exit_reason::user_shutdown);
     self->send_exit(store, caf::exit_reason::user_shutdown);
   }
