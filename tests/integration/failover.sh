@@ -83,7 +83,23 @@ start_member() {  # start_member I: core cI (again), its log $WORK/cI-N.log
   start "c$i-$runs" "${run[@]}" "$C" --store "etcd://$endpoints" --core-id "c$i" \
     "${listen[@]}" --chunk-listen "$at:${!chunk}" --data-dir "$WORK/c$i" \
     --leader-lease-s "$LEASE_S" --lease-ms 2000 --heartbeat-ms 300
-  eval "LOG_c$i=$WORK/c$i-$runs.log PID_c$i=\$PID_c${i}_$runs"
+  eval "LOG_c$i=$WORK/c$i-$runs.log PID_c$i=\$PID_c${i}_$runs MARK_c$i=0"
+}
+# mark_cores: each core's log line count now (MARK_cI; a core started later reads from its
+# log's start), so that a wait after a fault reads only what the cores logged after it: a
+# follower's log names every leader it has followed, the first one from its start.
+mark_cores() {
+  local i log
+  for i in 1 2 3; do
+    log="LOG_c$i"
+    eval "MARK_c$i=$(log_mark "${!log}")"
+  done
+}
+# follows I LEADER: whether core cI logged that it follows LEADER since its mark. (Its first
+# line, "following (no leader yet)", names none.)
+follows() {
+  local log="LOG_c$1" mark="MARK_c$1"
+  logged_since "${!mark}" "${!log}" "following $2[ ;]"
 }
 leader_id() { etcd get /gflex/leader --print-value-only 2>/dev/null | cut -d' ' -f1; }
 said() {  # said LOG: the last lines a core logged, when it did not do what was waited for
@@ -95,8 +111,8 @@ wait_for 30 "c1 to lead" grep -q "core listening" "$LOG_c1"
 grep -q "core listening" "$LOG_c1" || said "$LOG_c1"
 start_member 2
 start_member 3
-wait_for 30 "c2 and c3 to follow" bash -c "grep -q following '$LOG_c2' && grep -q following '$LOG_c3'"
-for log in "$LOG_c2" "$LOG_c3"; do grep -q following "$log" || said "$log"; done
+wait_for 30 "c2 and c3 to follow c1" eval "follows 2 c1 && follows 3 c1"
+for i in 2 3; do follows "$i" c1 || { log="LOG_c$i" && said "${!log}"; }; done
 [ "$(leader_id)" = c1 ] || fail "c1 does not lead: $(leader_id)"
 echo "ok: c1 leads, c2 and c3 follow"
 
@@ -144,6 +160,7 @@ kill_leader() {  # kill_leader MIN_ROUND: SIGKILL the leader once MIN_ROUND is c
   local who pid
   who=$(leader_id)
   pid="PID_$who"
+  mark_cores
   kill -KILL "${!pid}"
   wait "${!pid}" 2>/dev/null || true
   local at=$SECONDS
@@ -154,20 +171,22 @@ kill_leader() {  # kill_leader MIN_ROUND: SIGKILL the leader once MIN_ROUND is c
 }
 kill_leader 6
 kill_leader 14
+lead=$(leader_id)
 for i in 1 2 3; do
   log="LOG_c$i"
-  [ "c$i" = "$(leader_id)" ] && continue
-  wait_for 30 "c$i to follow" grep -q following "${!log}"
-  grep -q following "${!log}" || said "${!log}"
+  [ "c$i" = "$lead" ] && continue
+  wait_for 30 "c$i to follow $lead" follows "$i" "$lead"
+  follows "$i" "$lead" || said "${!log}"
 done
 
 # c3, following (killed first if it leads), is cut off past its lease and healed: it joins
 # again, and the job goes on meanwhile.
 if [ "$(leader_id)" = c3 ]; then
   kill_leader 0
-  wait_for 30 "c3 to follow" grep -q following "$LOG_c3"
+  wait_for 30 "c3 to follow $(leader_id)" follows 3 "$(leader_id)"
 fi
 cut_round=$("$G" status "$job" --core "$cores" --json | python3 -c "import json,sys; print(json.load(sys.stdin)['round'])")
+mark_cores
 if [ -n "${ns:-}" ]; then
   ip link set "$host_if" down
   sleep $((LEASE_S + 2))
@@ -179,9 +198,9 @@ else
   kill -CONT "$PID_c3"
   how="frozen"
 fi
-wait_for 20 "c3 to join again" grep -q "joining again" "$LOG_c3"
-wait_for 30 "c3 to be a member again" bash -c "[ \$(grep -c 'is a member' '$LOG_c3') -ge 2 ]"
-grep -q "joining again" "$LOG_c3" || said "$LOG_c3"
+wait_for 20 "c3 to join again" logged_since "$MARK_c3" "$LOG_c3" "joining again"
+wait_for 30 "c3 to be a member again" logged_since "$MARK_c3" "$LOG_c3" "is a member"
+logged_since "$MARK_c3" "$LOG_c3" "joining again" || said "$LOG_c3"
 echo "ok: follower c3 $how for $((LEASE_S + 2)) s from round $cut_round joined again: $(grep 'is a member' "$LOG_c3" | tail -1 | sed 's/.*is a member/a member/')"
 
 # The leader frozen past its lease (a long pause: swap, a stopped VM) and resumed: another
@@ -244,8 +263,7 @@ for i in 1 2 3; do
     { fail "c$i stopped after etcd member e1 was killed (code $code) without losing its lease"; said "${!log}"; }
   echo "ok: c$i stopped (code 3) when etcd's election outlasted its lease; started again"
   start_member "$i"
-  log="LOG_c$i"
-  wait_for 30 "c$i to follow again" grep -q following "${!log}"
+  wait_for 30 "c$i to follow again" follows "$i" "c[0-9]"
 done
 
 # Every follower reads the job as the leader committed it.

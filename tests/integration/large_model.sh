@@ -110,8 +110,10 @@ until grep -q "computing job-1 round 1" "$WORK/node1.log" &&
   ((SECONDS < deadline)) || { fail "node1 never held its first assignment's model"; break; }
   sleep 0.1
 done
+core_mark=$(log_mark "$WORK/core.log")
 kill -STOP "$PID_node1"
-wait_for 20 "the core to give up on the frozen node1" grep -q "(node1) missed its heartbeats" "$WORK/core.log"
+wait_for 20 "the core to give up on the frozen node1" \
+  logged_since "$core_mark" "$WORK/core.log" "(node1) missed its heartbeats"
 kill -CONT "$PID_node1"
 before=$failures
 wait_for 120 "node1 to stop the work its ended session gave it" \

@@ -79,6 +79,20 @@ wait_for() {
   done
 }
 
+# log_mark FILE: how many lines FILE holds now (0 while there is none), taken before a fault so
+# that logged_since reads only what comes after it.
+log_mark() {
+  if [ -f "$1" ]; then wc -l <"$1"; else echo 0; fi
+}
+
+# logged_since MARK FILE PATTERN: whether FILE has a line matching PATTERN (grep's basic regex)
+# past its first MARK lines: what a process logged before the fault (the same words from its
+# start, say) cannot satisfy a wait for what it does after. (Not a pipe: grep -q ends first,
+# and pipefail would take tail's SIGPIPE for no match.)
+logged_since() {
+  grep -q -e "$3" <(tail -n "+$(($1 + 1))" "$2" 2>/dev/null)
+}
+
 # netns_or_skip NS HOST_IF NS_IF NET: the network namespace NS joined to this one by a veth
 # pair (veth_into), both removed when the test ends; where namespaces cannot be made (not
 # root, no iproute2) the test exits 77, which CTest reports as skipped, not passed.

@@ -29,13 +29,14 @@ until [ "$(round)" -ge 5 ] 2>/dev/null; do
   ((SECONDS < deadline)) || { fail "timed out waiting for round 5"; break; }
   sleep 0.2
 done
+core_mark=$(log_mark "$WORK/core.log") node2_mark=$(log_mark "$WORK/node2.log")
 kill -STOP "$PID_node2"
 stopped_at=$SECONDS
-wait_for 10 "the core to give up on the frozen node" grep -q "(node2) missed its heartbeats" \
-  "$WORK/core.log"
+wait_for 10 "the core to give up on the frozen node" \
+  logged_since "$core_mark" "$WORK/core.log" "(node2) missed its heartbeats"
 echo "ok: frozen node2 given up after $((SECONDS - stopped_at)) s (lease 2 s)"
 kill -CONT "$PID_node2"
-wait_for 20 "node2 to join again" grep -q "joining again" "$WORK/node2.log"
+wait_for 20 "node2 to join again" logged_since "$node2_mark" "$WORK/node2.log" "joining again"
 wait_for 20 "three nodes again" bash -c "[ \$('$G' nodes --core $core | wc -l) -eq 3 ]"
 echo "ok: node2 joined again after SIGCONT"
 
