@@ -3,14 +3,17 @@
 # nodes given every core's address, a metered job running. Core c3 runs in a network
 # namespace of its own behind a veth link (as root; elsewhere all on loopback). The leader
 # core is killed with SIGKILL mid-job, then the next leader; then c3, following, is
-# partitioned away (its link cut past its lease; without namespaces it is frozen with SIGSTOP)
-# and healed; then the leader is frozen past its lease and resumed (it must stop, code 3);
+# partitioned away (its link cut past its lease) and healed; then the leader is frozen past its lease and resumed (it must stop, code 3);
 # then one etcd member is killed. Followers are read from and written through.
 # Checks: a follower takes over each time and the nodes find it; the
 # job finishes within 0.005 of the same job's accuracy on an undisturbed core of three; the
 # ledger verifies on the last leader; every round of the job is paid exactly once (from the
 # entries in etcd); and no commit was made by a core that did not hold the leadership at
 # that revision (from etcd's revision history of /gflex/writer and /gflex/leader).
+# Where network namespaces cannot be made (not root, no iproute2), c3 is frozen with SIGSTOP
+# instead of cut off: a frozen core sends nothing, while a cut-off one goes on talking to a
+# link that drops it, so the partition is untested and the test exits 77 (CTest: skipped)
+# once everything else passed. GFLEX_ALLOW_NO_NETNS=1 accepts the freeze as a pass.
 source "$(dirname "$0")/lib.sh"
 G="$BIN/gflex"
 C="$BIN/gflex-core"
@@ -35,7 +38,8 @@ if [ "$(id -u)" -eq 0 ] && command -v ip >/dev/null && ip netns add "gfx-c3-$$" 
   host=$net.1 c3_host=$net.2 c3_run=(ip netns exec "$ns")
   echo "ok: c3 gets network namespace $ns ($c3_host, the host's end $host)"
 else
-  echo "skipped: the partition of c3 (network namespaces need root and iproute2): c3 runs on loopback and is frozen instead"
+  no_netns=1
+  echo "no network namespace (they need root and iproute2): c3 runs on loopback, and is frozen with SIGSTOP where it would be cut off"
 fi
 
 # -- three etcd members ------------------------------------------------------------------------
@@ -246,7 +250,7 @@ round=$(json_get "$WORK/final.json" "j['round']")
 [ "$round" -eq "$ROUNDS" ] || fail "job ended at round $round"
 python3 -c "import sys; sys.exit(0 if abs($acc - $calm) <= 0.005 else 1)" ||
   fail "test accuracy $acc is not within 0.005 of the undisturbed $calm"
-echo "ok: $job done through two leader kills and a cut-off follower: accuracy $acc (undisturbed $calm)"
+echo "ok: $job done through two leader kills and a $how follower: accuracy $acc (undisturbed $calm)"
 
 "$G" ledger verify --core "$cores" || fail "ledger verify on the leader"
 
@@ -337,4 +341,8 @@ while rev > 0:
     rev = mod - 1
 print(f"{checked} commits checked against the leadership at their revisions")
 EOF
+if [ "$failures" -eq 0 ] && [ -n "${no_netns:-}" ] && [ "${GFLEX_ALLOW_NO_NETNS:-}" != 1 ]; then
+  echo "skipped: the partition of c3 (no network namespace: it was frozen instead; GFLEX_ALLOW_NO_NETNS=1 accepts that)"
+  exit 77
+fi
 finish
