@@ -167,9 +167,21 @@ struct job_actor_state {
   bool closing = false;  // past its deadline with a quorum: close with what is in
   bool waiting_for_workers = false;
   std::optional<unconfirmed_round> unconfirmed;
-  // Nodes (by key) whose workers said this round's work diverged (non-finite), and what each
-  // said: with diverged_nodes_to_fail of them the job ends failed.
-  std::map<std::vector<uint8_t>, std::string> diverged;
+  // Nodes (by key) whose workers said this round's work diverged (non-finite): what each said
+  // last, and when it first said it. Decided on (decide_divergence) once the round cannot go
+  // on without them, or diverged_nodes_to_fail of them said it.
+  struct divergence_report {
+    std::string said;
+    clock_type::time_point first;
+  };
+  std::map<std::vector<uint8_t>, divergence_report> diverged;
+  // Their nodes (by id): an acquire that finds every other node busy or gone, and only these
+  // left out, finds no node left to compute the round's work.
+  std::set<std::string> diverged_nodes;
+  // The work the last of them said diverged, and its words: what the core tier is asked to
+  // compute should the round's divergence be checked.
+  assignment diverged_work;
+  std::string diverged_said;
   // Whether one of them is a core-tier node's (the platform's own word), and whether the
   // round's divergence is being re-computed on the core tier, or was and did not diverge there
   // (the reports are then not believed for the rest of the round).
@@ -603,10 +615,11 @@ void record_end(job_actor* self) {
                           });
 }
 
-// Distinct nodes whose workers must say a round diverged before the job ends failed: a run
-// that diverges does so on every node (the same parameters, shard and seed), and is otherwise
-// handed out for ever, each failure cooling a worker down; one node's word, or two's, is not
-// enough (a faulty GPU, or a hostile node, says it of work that runs).
+// Distinct nodes whose workers, saying a round diverged, have it decided (decide_divergence)
+// even while other nodes could still compute its work: a run that diverges does so on every
+// node (the same parameters, shard and seed), and is otherwise handed out for ever, each
+// failure cooling a worker down; one node's word, or two's, is not enough while another node
+// can take the work (a faulty GPU, or a hostile node, says it of work that runs).
 constexpr size_t diverged_nodes_to_fail = 3;
 // How many times in all a rejection is told to a reputation tracker that does not take it, 2 s
 // apart (report_rejection): a restart of the tracker takes well under a minute.
@@ -615,15 +628,16 @@ constexpr int rejection_attempts = 30;
 void fail_assignment(job_actor* self, uint64_t id, const std::string& why,
                      bool node_at_fault = true);
 
-// The job ends: its round diverged on `nodes` nodes (`said`: what the last one said).
+// The job ends: its round diverged on the nodes of st.diverged (`said`: what the last one said).
 void end_diverged(job_actor* self, const std::string& said) {
   auto& st = self->state;
-  spdlog::warn("job {}: round {} diverged on {} nodes ({}); the job ends", st.job.id,
-               st.job.status.round + 1, st.diverged.size(), said);
+  const auto nodes =
+      std::to_string(st.diverged.size()) + (st.diverged.size() == 1 ? " node" : " nodes");
+  spdlog::warn("job {}: round {} diverged on {} ({}); the job ends", st.job.id,
+               st.job.status.round + 1, nodes, said);
   finish(self, job_state::failed,
-         "training diverged in round " + std::to_string(st.job.status.round + 1) + " on " +
-             std::to_string(st.diverged.size()) + " nodes (" + said +
-             "); a lower lr, or inputs of a smaller scale, may train");
+         "training diverged in round " + std::to_string(st.job.status.round + 1) + " on " + nodes +
+             " (" + said + "); a lower lr, or inputs of a smaller scale, may train");
 }
 
 // How long a top-up waits for the rounds' commits sent before it (its record is written after
@@ -638,11 +652,16 @@ const auto verify_wait = std::chrono::seconds(static_cast<int64_t>(max_deadline_
 
 // Community nodes alone said the round diverged: keys cost nothing, and three that said it of
 // every assignment ended any job. The work is computed on the core tier first: the job ends
-// if it diverges there too (or there is no core tier to ask); otherwise the reports are not
-// believed for the rest of the round.
+// if it diverges there too (or, with three nodes' word, there is no core tier to ask);
+// otherwise the reports are not believed for the rest of the round.
 void check_divergence(job_actor* self, const assignment& work, const std::string& said) {
   auto& st = self->state;
-  if (!st.links.verifier) return end_diverged(self, said);
+  if (!st.links.verifier) {
+    // Nothing better to go on than the reports: fewer than three nodes' word stays unbelieved
+    // (the round waits for another node to compute its work).
+    if (st.diverged.size() >= diverged_nodes_to_fail) end_diverged(self, said);
+    return;
+  }
   st.divergence_checking = true;
   st.divergence_work = work;
   st.divergence_said = said;
@@ -662,8 +681,8 @@ void check_divergence(job_actor* self, const assignment& work, const std::string
             st.divergence_checking = false;
             st.divergence_disproved = true;
             spdlog::warn(
-                "job {}: {} community nodes said round {} diverged, but the core tier computed "
-                "it: their reports are not believed",
+                "job {}: {} node(s) said round {} diverged, but the core tier computed it: "
+                "their reports are not believed",
                 st.job.id, st.diverged.size(), round + 1);
           },
           [=](caf::error& e) {
@@ -673,12 +692,14 @@ void check_divergence(job_actor* self, const assignment& work, const std::string
             const auto err = from_caf(e, &self->system());
             // No core-tier worker was free in time. Under --unverified wait the check is asked
             // again: taking the reports then let three keys end any job whenever the core tier
-            // was busy for a minute. Under accept the community's word is taken, as its
-            // unverified results are.
-            if (err.code() == errc::unavailable && !st.links.accept_unverified) {
+            // was busy for a minute. Under accept the word of three community nodes is taken,
+            // as their unverified results are; that of one or two (a key that says it again,
+            // the only nodes the job has) is not: one key would end any job then.
+            if (err.code() == errc::unavailable &&
+                (!st.links.accept_unverified || st.diverged.size() < diverged_nodes_to_fail)) {
               spdlog::warn(
-                  "job {}: {} community nodes said round {} diverged; waiting for the "
-                  "core tier to check it: {}",
+                  "job {}: {} node(s) said round {} diverged; waiting for the core tier to "
+                  "check it: {}",
                   st.job.id, st.diverged.size(), round + 1, err.message());
               self->delayed_send(self, std::chrono::seconds(5), verify_atom::value, round,
                                  generation);
@@ -691,6 +712,22 @@ void check_divergence(job_actor* self, const assignment& work, const std::string
             spdlog::warn("job {}: the core tier could not check round {}'s divergence: {}",
                          st.job.id, round + 1, err.message());
           });
+}
+
+// Decides the round's divergence once it cannot go on without it (no node left to compute
+// its work but those that said it diverged, or a key that said it again of work it was given
+// after): a core-tier node's word (the platform's own) ends the job, and community nodes'
+// alone is checked on the core tier. Waiting for a third node's word, a job that only one or
+// two nodes could take (a core of two core-tier servers, `gflex demo --nodes 2`) handed its
+// work out for ever, its nodes cooled down and its escrow held.
+void decide_divergence(job_actor* self) {
+  auto& st = self->state;
+  if (st.finished || st.divergence_disproved || st.divergence_checking || st.diverged.empty())
+    return;
+  if (st.diverged_on_core) return end_diverged(self, st.diverged_said);
+  const auto work = st.diverged_work;
+  const auto said = st.diverged_said;
+  check_divergence(self, work, said);
 }
 
 // Whether a worker's error says the assignment ran out of device or host memory (the
@@ -765,11 +802,26 @@ void assignment_failed(job_actor* self, uint64_t id, const caf::error& e) {
   }
   if (it != st.pending.end() && err.code() == errc::non_finite && !st.divergence_disproved) {
     const auto& slot = it->second.slot;
-    st.diverged[slot.public_key] = err.message();
+    const auto now = clock_type::now();
+    auto [report, first] = st.diverged.try_emplace(slot.public_key, err.message(), now);
+    // Given the round's work again once it was no longer left out, and saying it again: no
+    // other node took that work meanwhile.
+    const bool again = !first && it->second.started > report->second.first;
+    report->second.said = err.message();
+    st.diverged_nodes.insert(slot.node_id);
     st.diverged_on_core = st.diverged_on_core || slot.tier == static_cast<uint8_t>(node_tier::core);
+    if (!st.divergence_checking) {
+      st.diverged_work = it->second.work;
+      st.diverged_said = err.message();
+    }
+    if (st.diverged.size() >= diverged_nodes_to_fail && st.diverged_on_core)
+      return end_diverged(self, err.message());
     if (st.diverged.size() >= diverged_nodes_to_fail) {
-      if (st.diverged_on_core) return end_diverged(self, err.message());
-      if (!st.divergence_checking) check_divergence(self, it->second.work, err.message());
+      decide_divergence(self);
+    } else if (again) {
+      // Checked on the core tier even where a core-tier node says it: a faulty GPU of the
+      // platform's says it each time, while the core tier's other workers compute the work.
+      if (!st.divergence_checking) check_divergence(self, st.diverged_work, st.diverged_said);
     }
   }
   // Out of memory, past the deadline, diverged (believed) or refused by the kernels: the job's
@@ -842,6 +894,7 @@ void open_round(job_actor* self) {
   st.durations.clear();
   st.closing = false;
   st.diverged.clear();
+  st.diverged_nodes.clear();
   st.diverged_on_core = false;
   st.divergence_checking = false;
   st.divergence_disproved = false;
@@ -1655,10 +1708,15 @@ void dispatch(job_actor* self) {
     return;
   st.waiting_for_workers = true;
   auto wanted = static_cast<int64_t>(st.unassigned.size());
+  auto avoided = avoided_nodes(st);
+  // Whether a node that said this round diverged is among those left out.
+  const bool avoids_diverged = std::any_of(avoided.begin(), avoided.end(), [&](const auto& node) {
+    return st.diverged_nodes.count(node) != 0;
+  });
   self->request(st.links.market, std::chrono::seconds(10), acquire_atom::value, st.job.id,
                 market_workload(st.job.spec.workload, st.job.spec.model), wanted,
                 static_cast<uint8_t>(st.job.spec.tier), st.job.spec.max_price,
-                st.job.spec.min_reputation, avoided_nodes(st))
+                st.job.spec.min_reputation, std::move(avoided))
       .then(
           [=](acquire_reply& reply) {
             auto& st = self->state;
@@ -1699,6 +1757,11 @@ void dispatch(job_actor* self) {
                           " left out for a while: this job's work " + last->failure;
               }
               self->delayed_send(self, std::chrono::milliseconds(250), tick_atom::value);
+              // No node that could take the work is busy, and those the job left out include
+              // nodes that said the round diverged: none is left to compute it but them.
+              if (reply.slots.empty() && reply.busy == 0 && reply.avoided > 0 && avoids_diverged)
+                decide_divergence(self);
+              if (st.finished) return;
             }
             if (detail != st.job.status.detail) {
               st.job.status.detail = detail;

@@ -1016,6 +1016,53 @@ TEST_SUITE("job caught nodes") {
     }
   }
 
+  TEST_CASE("a round that diverges on every node that can take it ends the job, core or not") {
+    // The job waited for a third node's word: with one or two nodes to take its work (a core
+    // of one or two core-tier servers, `gflex demo --nodes 2`) it handed the work out for
+    // ever, its nodes cooled down as at fault, the round never closing.
+    claims diverging;
+    diverging.diverges = true;
+    for (const size_t count : {size_t{1}, size_t{2}}) {
+      CAPTURE(count);
+      std::vector<test_node> nodes;
+      for (size_t i = 0; i < count; ++i)
+        nodes.push_back({"core-" + std::to_string(i), node_tier::core, std::chrono::milliseconds(0),
+                         diverging});
+      caf::actor market;
+      resumed_job r(
+          6, nodes, false,
+          [&](caf::actor_system& sys, job_links& links) { late_core_market(sys, links, market); },
+          "[round]\nbackup_after = 0\n");
+      offer_to(r.f.self, market, r.slots);
+      auto s = r.ended();
+      REQUIRE_MESSAGE(s.has_value(), "the job still runs 10 s after each of its nodes diverged");
+      CHECK(s->state == job_state::failed);
+      const auto said = "training diverged in round 3 on " + std::to_string(count) +
+                        (count == 1 ? " node (" : " nodes (");
+      CHECK_MESSAGE(s->detail.find(said) != std::string::npos, s->detail);
+    }
+    {
+      // Community nodes' word is checked on the core tier first, where it diverges too.
+      caf::actor market;
+      resumed_job r(
+          6,
+          {{"a", node_tier::community, std::chrono::milliseconds(0), diverging},
+           {"b", node_tier::community, std::chrono::milliseconds(0), diverging}},
+          false,
+          [&](caf::actor_system& sys, job_links& links) {
+            late_core_market(sys, links, market);
+            links.verifier = sys.spawn(diverging_verifier);
+          },
+          "[round]\nbackup_after = 0\n");
+      offer_to(r.f.self, market, r.slots);
+      auto s = r.ended();
+      REQUIRE_MESSAGE(s.has_value(), "the job still runs 10 s after both its nodes diverged");
+      CHECK(s->state == job_state::failed);
+      CHECK_MESSAGE(s->detail.find("training diverged in round 3 on 2 nodes") != std::string::npos,
+                    s->detail);
+    }
+  }
+
   TEST_CASE("a node that says every assignment diverged is left out; an honest one computes it") {
     // Its slot was freed at once, with no cooldown, and the market (cheapest first) gave it
     // the same shard back at the next acquire: a GPU that gives NaN for everything, or a node
