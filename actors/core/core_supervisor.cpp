@@ -316,8 +316,11 @@ caf::behavior core_actor(core_actor_type* self, core_children children, core_con
         if (hello.protocol != protocol_version) {
           // Logged before the name is checked: at most 64 bytes of it, printable (a hello of
           // megabytes of name, new lines in it, wrote them all, and forged lines, to the log).
-          spdlog::warn("refused node {}: protocol version {}",
-                       printable_text(std::string_view(hello.name).substr(0, 64)), hello.protocol);
+          // Within the refusals' bound: any peer with the core's bundle can send such hellos
+          // in a loop, and a line each filled the disk.
+          log_refusal(self, "refused node " +
+                                printable_text(std::string_view(hello.name).substr(0, 64)) +
+                                ": protocol version " + std::to_string(hello.protocol));
           return to_caf(
               error(errc::invalid_argument, "protocol version " + std::to_string(hello.protocol) +
                                                 " is not supported (this core speaks version " +

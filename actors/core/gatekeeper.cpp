@@ -43,8 +43,8 @@ struct gatekeeper_state {
   caf::actor store;
   std::string operator_key;
   join_failures failures;
-  // Refusals are logged at most 20 in 10 s (a guesser's hellos are as many as it sends);
-  // core_metrics counts every one.
+  // Refused and held joins are logged at most 20 in 10 s together (a guesser's hellos are as
+  // many as it sends); core_metrics counts every refusal.
   log_throttle refusal_log{20, std::chrono::seconds(10)};
   std::map<uint64_t, pending_admit> held;  // answers delayed for addresses that keep failing
   uint64_t next_held = 1;
@@ -114,23 +114,29 @@ store_batch one_write(std::string key, std::vector<uint8_t> value) {
   return b;
 }
 
+// Whether a line about a refused or held join may be written now, within
+// gatekeeper_state::refusal_log's bound; if lines were held back before it, it says how many.
+bool may_log_join(gatekeeper_actor* self) {
+  uint64_t held_back = 0;
+  if (!self->state.refusal_log.allow(log_throttle::clock::now(), held_back)) return false;
+  if (held_back > 0)
+    spdlog::warn(
+        "gatekeeper: {} more refused or held joins were not logged (a log line each would "
+        "let a peer fill the disk; gflex_core_join_refusals_total counts the refusals)",
+        held_back);
+  return true;
+}
+
 // Decides a join and answers `p`: the token's record is read, checked, and its join count
 // written back; every refusal is counted against the address.
 void decide(gatekeeper_actor* self, pending_admit p) {
   auto refuse = [self](pending_admit& p, const error& e) {
     self->state.failures.record(p.address, join_failures::clock::now());
     core_metrics::join_refusals(to_string(e.code())).inc();
-    uint64_t held_back = 0;
-    if (self->state.refusal_log.allow(log_throttle::clock::now(), held_back)) {
-      if (held_back > 0)
-        spdlog::warn(
-            "gatekeeper: {} more refused joins were not logged (a log line each would "
-            "let a peer fill the disk; gflex_core_join_refusals_total counts them all)",
-            held_back);
+    if (may_log_join(self))
       spdlog::warn("gatekeeper: refused a join from {}: {} ({} failures from there recently)",
                    p.address, e.message(),
                    self->state.failures.count(p.address, join_failures::clock::now()));
-    }
     p.promise.deliver(to_caf(e));
   };
   if (!p.proof_ok) {
@@ -429,11 +435,14 @@ caf::behavior gatekeeper(gatekeeper_actor* self, caf::actor store, std::string o
           decide(self, std::move(p));
         } else {
           // Held, not refused: a node that has the right token still gets in, only slower.
-          spdlog::info(
-              "gatekeeper: holding the answer to a hello from {} for {} ms ({} failed "
-              "joins from there recently)",
-              p.address, wait.count(),
-              self->state.failures.count(p.address, join_failures::clock::now()));
+          // A line each is within the refusals' bound: a failing address's every further
+          // hello comes here, as many as it sends.
+          if (may_log_join(self))
+            spdlog::info(
+                "gatekeeper: holding the answer to a hello from {} for {} ms ({} failed "
+                "joins from there recently)",
+                p.address, wait.count(),
+                self->state.failures.count(p.address, join_failures::clock::now()));
           auto& held = self->state.held;
           const auto from_there = std::count_if(held.begin(), held.end(), [&](const auto& h) {
             return h.second.address == p.address;

@@ -18,6 +18,10 @@ grep -q "node rogue-.* flagged" "$WORK/core.log" || fail "the core flagged no ro
 ! grep -q "^FORGED-LOG-LINE" "$WORK/core.log" || fail "a hello's name forged a line of the core's log"
 [ "$(wc -L <"$WORK/core.log")" -lt 4096 ] ||
   fail "the core logged a line of $(wc -L <"$WORK/core.log") characters"
+# The probe's 300 hellos of another protocol, sent in a loop: at most 20 lines in 10 s are
+# logged, the rest counted (a line each let a peer fill the disk).
+looped=$(grep -c "refused node looping-[0-9]*: protocol version" "$WORK/core.log")
+[ "$looped" -le 60 ] || fail "the core logged $looped of 300 hellos of another protocol"
 
 grep -q "session of node .* (mallory): dropped" "$WORK/core.log" ||
   fail "the core logged no dropped message"

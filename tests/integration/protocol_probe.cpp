@@ -701,6 +701,18 @@ TEST_CASE("hellos outside the protocol are refused; a single-use token admits on
       make_hello(protocol_version + 1,
                  "probe\nFORGED-LOG-LINE critical\n" + std::string(1 << 20, 'x'), 1, worker);
   CHECK(ask_hello(self, p.core, forging).find("is not supported") != std::string::npos);
+  // Hellos of another protocol in a loop, as any peer with the core's bundle can send them:
+  // each is refused, and the core's log keeps to its bound (protocol.sh counts its lines; a
+  // line each filled the disk).
+  const int looped = 300;
+  for (int i = 0; i < looped; ++i)
+    self->send(p.core, hello_atom::value,
+               make_hello(protocol_version + 1, "looping-" + std::to_string(i), 1, worker));
+  int refused = 0;
+  for (int i = 0; i < looped; ++i)
+    self->receive([](node_welcome&) {}, [&](caf::error&) { ++refused; },
+                  caf::after(std::chrono::seconds(90)) >> [] { FAIL("no answer to a hello"); });
+  CHECK(refused == looped);
   CHECK(ask_hello(self, p.core, make_hello(protocol_version, "probe", 0, worker))
             .find("1-1024 workers") != std::string::npos);
   CHECK(ask_hello(self, p.core, make_hello(protocol_version, "probe", 5000, worker))

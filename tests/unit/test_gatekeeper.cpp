@@ -18,6 +18,7 @@
 #include <thread>
 #include <vector>
 
+#include "access.hpp"
 #include "configured_system.hpp"
 #include "gatekeeper.hpp"
 #include "gflex/accounts.hpp"
@@ -172,6 +173,41 @@ TEST_SUITE("gatekeeper") {
       ++logged;
     CHECK(logged >= 1);
     CHECK(logged <= 20);
+  }
+
+  TEST_CASE_FIXTURE(gate_fixture, "held hellos keep to the log's bound, however many come") {
+    // Past five failures, every hello from an address is held, and each wrote an info line:
+    // a guesser looping its hellos wrote as many as it sent.
+    std::ostringstream lines;
+    auto sink = std::make_shared<spdlog::sinks::ostream_sink_mt>(lines);
+    auto before = spdlog::default_logger();
+    auto counted = std::make_shared<spdlog::logger>("counted", sink);
+    counted->set_level(spdlog::level::info);
+    spdlog::set_default_logger(counted);
+    auto bad_hello = [&] {
+      self->send(gate, admit_atom::value, std::string("gft_bad"), std::string("community"),
+                 std::string("10.0.8.1"), true, key(800));
+    };
+    for (int i = 0; i < join_failures::free_failures; ++i) {
+      bad_hello();
+      self->receive([](caf::ok_atom) {}, [](caf::error&) {},
+                    caf::after(timeout) >> [&] { FAIL("no answer to a hello"); });
+    }
+    const int hellos = 200;
+    for (int i = 0; i < hellos; ++i) bad_hello();
+    int refused = 0;
+    for (int i = 0; i < hellos; ++i)
+      self->receive([](caf::ok_atom) {}, [&](caf::error&) { ++refused; },
+                    caf::after(timeout) >> [&] { FAIL("no answer to a hello"); });
+    spdlog::set_default_logger(before);
+    CHECK(refused == hellos);
+    const std::string text = lines.str();
+    int held = 0;
+    for (size_t at = text.find("holding the answer"); at != std::string::npos;
+         at = text.find("holding the answer", at + 1))
+      ++held;
+    CHECK(held >= 1);
+    CHECK_MESSAGE(held <= 20, held << " held hellos logged");
   }
 
   TEST_CASE_FIXTURE(gate_fixture, "twelve joins at once with one token: every key is bound") {
