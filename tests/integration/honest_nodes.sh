@@ -11,11 +11,11 @@ G="$BIN/gflex"
 
 shipped_spec 4 "$WORK/job.toml"
 start_cluster 0
-start_verifier core1
 for i in 1 2 3 4; do
   start "node$i" "$BIN/gflex-node" --join "$core" --name "node$i" --data-dir "$WORK/node$i"
 done
-wait_for 30 "5 nodes to join" bash -c "[ \$('$G' nodes --core $core | wc -l) -eq 5 ]"
+wait_for 30 "4 nodes to join" node_count_is 4
+start_verifier core1
 submit_job job "$WORK/job.toml" 330
 "$G" nodes --core "$core"
 python3 - "$WORK/job.json" "$WORK/job-nodes.json" <<'PY' || fail "the four honest nodes' job"

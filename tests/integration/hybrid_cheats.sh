@@ -12,7 +12,6 @@ shipped_spec 7 "$WORK/job.toml"
 grep -q '^tier = "hybrid"$' "$WORK/job.toml" || fail "the shipped spec is not hybrid"
 
 start_cluster 0
-start_verifier core1 --workers 2
 for i in 1 2 3 4 5; do
   start "honest$i" "$BIN/gflex-node" --join "$core" --name "honest$i" --data-dir "$WORK/honest$i"
 done
@@ -20,7 +19,8 @@ start scaler "$BIN/gflex-node" --join "$core" --name scaler --data-dir "$WORK/sc
   --misbehave scale:1.5
 start replayer "$BIN/gflex-node" --join "$core" --name replayer --data-dir "$WORK/replayer" \
   --misbehave sometimes:0.34:stale
-wait_for 30 "8 nodes to join" bash -c "[ \$('$G' nodes --core $core | wc -l) -eq 8 ]"
+wait_for 30 "7 nodes to join" node_count_is 7
+start_verifier core1 --workers 2
 
 submit_job job "$WORK/job.toml" 330
 "$G" nodes --core "$core"
