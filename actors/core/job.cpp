@@ -73,6 +73,9 @@ struct round_result {
   double wall_s = 0.0;  // from sending the assignment to its answer, as the core saw it
   check_state check = check_state::deciding;
   bool excluded = false;  // an outlier left out of the round's mean while it is re-computed
+  // Screened as unlike the rest of its round (an outlier, or one that stands out): used only
+  // once a re-computation reproduces it.
+  bool stood_out = false;
 };
 
 using round_results = std::map<int64_t, round_result>;  // by shard: the first valid one wins
@@ -511,7 +514,8 @@ payment payment_of(const job_actor_state& st, const round_result& r) {
 // An outlier left out of its round's mean that was never re-computed (no core-tier worker
 // could, and the operator accepts unverified results): nothing of it was used and nothing
 // shows it honest, so it is neither paid nor credited. A node sending noise while the core
-// tier was busy earned for work thrown away.
+// tier was busy earned for work thrown away. A result that merely stood out is left out so
+// too once it can only be unverified (verify, try_advance).
 bool unproven_outlier(const round_result& r) {
   return r.excluded && r.check == check_state::unverified;
 }
@@ -906,8 +910,9 @@ void open_round(job_actor* self) {
 
 // Undoes the unconfirmed round and the current one: theta and momentum go back to before
 // the unconfirmed round, which is collected again (its other results kept, their checks
-// going on); the current round's work is discarded, never credited.
-void roll_back(job_actor* self) {
+// going on); the current round's work is discarded, never credited. `why`: what it is
+// collected again without.
+void roll_back(job_actor* self, const char* why = "the caught work") {
   auto& st = self->state;
   GFLEX_CHECK(st.unconfirmed->params != nullptr,
               "a round kept nothing to roll back to, yet one of its results was re-computed");
@@ -925,8 +930,8 @@ void roll_back(job_actor* self) {
   s.train_loss = u.train_loss_before;
   s.nodes = u.nodes_before;
   s.rollbacks += 1;
-  spdlog::warn("job {}: round {} rolled back: it is collected again without the caught work",
-               st.job.id, u.index + 1);
+  spdlog::warn("job {}: round {} rolled back: it is collected again without {}", st.job.id,
+               u.index + 1, why);
   st.round_params = u.params;
   st.results = std::move(u.results);
   // A next round that waited quietly for this one's escrow to settle is gone with it; this
@@ -1121,16 +1126,35 @@ void verify(job_actor* self, uint64_t assignment_id) {
             // tier cannot run the work: out of its memory, a shard it cannot fetch): the
             // operator's policy decides. Asked again every second, such a result held its
             // round unconfirmed for good, at up to three re-computations a try, with no word
-            // in the job's status.
-            const bool failed_there =
-                err.code() != errc::unavailable && err.code() != errc::limit_exceeded;
-            if (st.links.accept_unverified) {
+            // in the job's status. A verifier that holds all it may (limit_exceeded) refused
+            // the request at once: it is asked again, as under --unverified wait, and the
+            // result is used unverified only once the verifier has held it for
+            // --verify-wait-s with no core-tier worker free (errc::unavailable). Taken at
+            // once, a flood of re-computations let every result through unchecked.
+            const bool refused = err.code() == errc::limit_exceeded;
+            const bool failed_there = err.code() != errc::unavailable && !refused;
+            if (st.links.accept_unverified && !refused) {
               r->check = check_state::unverified;
               st.job.status.unverified_results += 1;
+              // One that stood out is used only once reproduced: left out as an outlier is,
+              // it is neither used nor paid. Already in the applied round's mean, that round
+              // is rolled back and applied again without it.
+              const bool applied = r->stood_out && !r->excluded && st.unconfirmed &&
+                                   std::any_of(st.unconfirmed->results.begin(),
+                                               st.unconfirmed->results.end(), [&](const auto& x) {
+                                                 return x.second.assignment_id == assignment_id;
+                                               });
+              if (r->stood_out) r->excluded = true;
               spdlog::warn(
-                  "job {}: the result of {} for round {} is used unverified ({}; the core runs "
+                  "job {}: the result of {} for round {} is {} unverified ({}; the core runs "
                   "with --unverified accept)",
-                  st.job.id, r->slot.node_name, r->work.round + 1, err.message());
+                  st.job.id, r->slot.node_name, r->work.round + 1,
+                  r->stood_out ? "left out of its mean" : "used", err.message());
+              if (applied) {
+                roll_back(self, "a result that stood out and cannot be re-computed");
+                try_advance(self);
+                return;
+              }
               try_confirm(self);
               try_advance(self);
               return;
@@ -1404,6 +1428,7 @@ void try_advance(job_actor* self) {
     auto& r = *order[i];
     const auto& v = screened[i];
     r.excluded = false;  // a round collected again after a rollback is screened anew
+    r.stood_out = false;
     if (v.verdict == screen_verdict::typical) continue;
     st.job.status.screened_results += 1;
     if (r.slot.tier == static_cast<uint8_t>(node_tier::core)) {
@@ -1412,6 +1437,18 @@ void try_advance(job_actor* self) {
       continue;
     }
     if (r.check == check_state::verified) continue;  // proven already (sampled and re-computed)
+    r.stood_out = true;
+    // Sampled, and found unverifiable before it was screened (--unverified accept): it will
+    // never be reproduced, so it is left out as an outlier is, never used or paid.
+    if (r.check == check_state::unverified) {
+      r.excluded = true;
+      spdlog::info(
+          "job {}: the result of {} for round {} {}: {}; it cannot be re-computed, so it is "
+          "left out of the mean",
+          st.job.id, r.slot.node_name, st.job.status.round + 1,
+          v.verdict == screen_verdict::outlier ? "is an outlier" : "stands out", v.why);
+      continue;
+    }
     r.excluded = v.verdict == screen_verdict::outlier;
     spdlog::info("job {}: the result of {} for round {} {}: {}; re-computing it", st.job.id,
                  r.slot.node_name, st.job.status.round + 1,

@@ -232,6 +232,30 @@ caf::behavior failing_verifier(caf::event_based_actor*) {
   };
 }
 
+// A verifier that answers every check errc::unavailable at once, as one that held it for
+// --verify-wait-s with no core-tier worker free does.
+caf::behavior unavailable_verifier(caf::event_based_actor*) {
+  return {
+      [](verify_atom, verify_request&) -> caf::result<double, double, double> {
+        return to_caf(error(errc::unavailable, "no core-tier worker was free to re-compute it"));
+      },
+  };
+}
+
+// A verifier that holds all it may: it refuses its first `refusals` checks at once
+// (errc::limit_exceeded), then answers as unavailable_verifier does. Counts them in `asked`.
+caf::behavior full_verifier(caf::event_based_actor*, int refusals,
+                            std::shared_ptr<std::atomic<int>> asked) {
+  return {
+      [=](verify_atom, verify_request&) -> caf::result<double, double, double> {
+        if (++*asked <= refusals)
+          return to_caf(error(errc::limit_exceeded,
+                              "4096 re-computations are waiting for a core-tier worker"));
+        return to_caf(error(errc::unavailable, "no core-tier worker was free to re-compute it"));
+      },
+  };
+}
+
 // A reputation tracker that samples every result for re-computation but the first of
 // `unsampled`, and notes whom it credits.
 caf::behavior sampling_all_but_first(caf::stateful_actor<credits_state>* self,
@@ -825,6 +849,48 @@ TEST_SUITE("job caught nodes") {
     CHECK(s->unverified_results >= 1);
     const auto credited = r.credited();
     CHECK(std::count(credited.begin(), credited.end(), "flipper") == 0);
+    CHECK(std::count(credited.begin(), credited.end(), "honest-a") >= 1);
+  }
+
+  TEST_CASE("a verifier that refuses a check is asked again, not skipped, under accept") {
+    // Refused at once (the verifier held all it may), the result was used unverified at once
+    // under --unverified accept: the operator's --verify-wait-s never passed, and a flood of
+    // re-computations let every sampled result through unchecked.
+    auto asked = std::make_shared<std::atomic<int>>(0);
+    resumed_job r(3, {{"volunteer", node_tier::community, std::chrono::milliseconds(0), {}}}, true,
+                  [&](caf::actor_system& sys, job_links& links) {
+                    links.reputation = sys.spawn(sampling_reputation);
+                    links.verifier = sys.spawn(full_verifier, 1, asked);
+                    links.accept_unverified = true;
+                  });
+    // Refused: the last round, 3, waits for the verifier, asked again 5 s later.
+    CHECK_FALSE(r.committed(3, 3).has_value());
+    CHECK(asked->load() == 1);
+    // Then it held the check with no core-tier worker free: used unverified.
+    auto s = r.committed(3, 10);
+    REQUIRE_MESSAGE(s.has_value(), "round 3 was not committed once the verifier had held it");
+    CHECK(asked->load() >= 2);
+    CHECK(s->unverified_results >= 1);
+  }
+
+  TEST_CASE("a result that stands out and cannot be re-computed is neither used nor paid") {
+    // With no core-tier worker (--unverified accept), a result 1.5 times the others' (it stands
+    // out; no outlier) went into the round's mean unchecked, and was credited and paid.
+    claims scaled;
+    scaled.value = 0.0015f;
+    resumed_job r(5,
+                  {{"honest-a", node_tier::community, std::chrono::milliseconds(0), {}},
+                   {"honest-b", node_tier::community, std::chrono::milliseconds(0), {}},
+                   {"scaled", node_tier::community, std::chrono::milliseconds(0), scaled}},
+                  true, [](caf::actor_system& sys, job_links& links) {
+                    links.verifier = sys.spawn(unavailable_verifier);
+                    links.accept_unverified = true;
+                  });
+    auto s = r.committed(4);
+    REQUIRE(s.has_value());
+    CHECK(s->unverified_results >= 1);
+    const auto credited = r.credited();
+    CHECK(std::count(credited.begin(), credited.end(), "scaled") == 0);
     CHECK(std::count(credited.begin(), credited.end(), "honest-a") >= 1);
   }
 
