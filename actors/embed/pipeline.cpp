@@ -30,6 +30,7 @@
 #include <cstdio>
 #include <deque>
 #include <exception>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -40,6 +41,7 @@
 #include <thread>
 #include <tuple>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "gflex/pipeline.hpp"
@@ -939,6 +941,12 @@ struct coordinator_state {
   std::vector<caf::response_promise> waiting;
   std::chrono::steady_clock::time_point started_at = std::chrono::steady_clock::now();
   std::shared_ptr<const std::atomic<bool>> run_failed;  ///< See stage_init::run_failed.
+  /// A restart's adoption requests (pprod) not answered yet, by the consumer instance asked:
+  /// that instance's death settles them too. One in a lost process never answers (CAF drops
+  /// what is sent to a proxy it has killed), and the producers of the replacement were never
+  /// told of it: the run hung. (Not settled by a timeout: a live consumer busy with a slow
+  /// item answers late, and its predecessor's acknowledgements with it.)
+  std::map<caf::actor_addr, std::vector<std::function<void()>>> adoption_asks;
 };
 
 using coordinator_actor = caf::stateful_actor<coordinator_state>;
@@ -1109,6 +1117,13 @@ std::string death_cause(coordinator_actor* self, stage_counters& c, const caf::e
 
 void on_down(coordinator_actor* self, const caf::down_msg& dm) {
   auto& st = self->state;
+  // A consumer that died holds nothing of a replaced producer's predecessor: the restarts
+  // waiting for its answer wait no more.
+  if (auto asks = st.adoption_asks.find(dm.source); asks != st.adoption_asks.end()) {
+    auto settle = std::move(asks->second);
+    st.adoption_asks.erase(asks);
+    for (auto& f : settle) f();
+  }
   auto it = st.by_address.find(dm.source);
   if (it == st.by_address.end()) {
     for (auto& h : st.hosts)
@@ -1192,9 +1207,15 @@ void on_down(coordinator_actor* self, const caf::down_msg& dm) {
       for (auto& k : st.stages[static_cast<size_t>(c)])
         if (!k.finished && k.actor) {
           ++*answers_due;
+          // Answered, failed or settled by the consumer's death (adoption_asks): once.
+          auto answered = [tell_producers, done = std::make_shared<bool>(false)] {
+            if (std::exchange(*done, true)) return;
+            tell_producers();
+          };
+          st.adoption_asks[k.actor.address()].push_back(answered);
           self->request(k.actor, caf::infinite, pprod_atom::value, pipe_replace{i, fresh}, epoch)
-              .then([=](bool) { tell_producers(); },
-                    [=](caf::error&) { tell_producers(); });  // it died: it holds nothing
+              .then([=](bool) { answered(); },
+                    [=](caf::error&) { answered(); });  // it died: it holds nothing
         }
     tell_producers();
   });

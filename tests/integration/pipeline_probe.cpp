@@ -4,9 +4,9 @@
 ///
 ///   gflex_pipeline_probe serve --port-file F --workers W [--items N] [--token T]
 ///                        [--kill-actor-ms MS] [--join-timeout-ms MS] [--relay]
-///                        [--relay-fails-at X] [--square-restarts R]
+///                        [--relay-fails-at X] [--square-restarts R] [--chain]
 ///   gflex_pipeline_probe join --port P [--token T] [--other-graph] [--other-type] [--relay]
-///                        [--relay-fails-at X] [--square-restarts R]
+///                        [--relay-fails-at X] [--square-restarts R] [--chain]
 ///
 /// The graph: a source of 0..N-1 (in the pipeline's process) -> "square" (a map on the
 /// workers, 2 instances, 2 ms per item: [x, x*x]) -> "check" (a sink in the pipeline's
@@ -22,7 +22,8 @@
 /// with them in flight. --relay-fails-at X (implies --relay) makes the relay throw once when
 /// it takes item X, while square, slowed down for the 40 items before X, still holds items
 /// that carry the acknowledgements of the source's items: the restarted relay must not be
-/// given those items again.
+/// given those items again. --chain (to both) adds "pass", a map on the workers after square:
+/// two chained stages in one worker process, which lose their instances at once when it dies.
 
 #include <atomic>
 #include <chrono>
@@ -56,6 +57,7 @@ struct args {
   bool relay = false;
   int64_t relay_fails_at = -1;
   int square_restarts = 5;
+  bool chain = false;
 };
 
 struct tally {
@@ -101,25 +103,30 @@ pl::graph build(const args& a, tally* t) {
         .sink("check", [](const std::vector<double>&) {});
     return g;
   }
-  numbers
-      .map(
-          "square",
-          [fails_at](const int64_t& x) {
-            const bool slow = fails_at >= 0 && x >= fails_at - 40 && x < fails_at;
-            std::this_thread::sleep_for(std::chrono::milliseconds(slow ? 100 : 2));
-            return std::vector<int64_t>{x, x * x};
-          },
-          square)
-      .sink("check", [t](const std::vector<int64_t>& v) {
-        if (t == nullptr) return;
-        std::lock_guard<std::mutex> lock(t->m);
-        if (v.size() != 2 || v[0] < 0 || v[0] >= static_cast<int64_t>(t->seen.size()) ||
-            v[1] != v[0] * v[0]) {
-          ++t->wrong;
-          return;
-        }
-        ++t->seen[static_cast<size_t>(v[0])];
-      });
+  auto squares = numbers.map(
+      "square",
+      [fails_at](const int64_t& x) {
+        const bool slow = fails_at >= 0 && x >= fails_at - 40 && x < fails_at;
+        std::this_thread::sleep_for(std::chrono::milliseconds(slow ? 100 : 2));
+        return std::vector<int64_t>{x, x * x};
+      },
+      square);
+  if (a.chain) {
+    pl::stage_options pass = square;
+    pass.instances = 1;
+    squares = squares.map(
+        "pass", [](const std::vector<int64_t>& v) { return v; }, pass);
+  }
+  squares.sink("check", [t](const std::vector<int64_t>& v) {
+    if (t == nullptr) return;
+    std::lock_guard<std::mutex> lock(t->m);
+    if (v.size() != 2 || v[0] < 0 || v[0] >= static_cast<int64_t>(t->seen.size()) ||
+        v[1] != v[0] * v[0]) {
+      ++t->wrong;
+      return;
+    }
+    ++t->seen[static_cast<size_t>(v[0])];
+  });
   return g;
 }
 
@@ -223,6 +230,8 @@ int main(int argc, char** argv) {
       a.relay = true;
     else if (s == "--square-restarts")
       a.square_restarts = std::stoi(next());
+    else if (s == "--chain")
+      a.chain = true;
     else if (s == "--relay-fails-at") {
       a.relay = true;
       a.relay_fails_at = std::stoll(next());

@@ -2,8 +2,8 @@
 # A pipeline whose middle stage runs in worker processes of the same program
 # (gflex_pipeline_probe): a worker process killed with SIGKILL mid-run, and a worker's stage
 # actor killed mid-run, and the pipeline recovers both with every item through exactly once;
-# a wrong token and a different graph are refused; a worker whose pipeline's process is lost
-# ends with an error instead of waiting.
+# two chained stages in a killed worker process restart; a wrong token and a different graph
+# are refused; a worker whose pipeline's process is lost ends with an error instead of waiting.
 source "$(dirname "$0")/lib.sh"
 PROBE="$BIN/gflex_pipeline_probe"
 
@@ -85,6 +85,28 @@ grep -Eq "done: 3000 items, each once" "$WORK/relayfail.log" ||
   fail "relayfail: $(tail -1 "$WORK/relayfail.log")"
 expect_exit 20 "$PID_relayfail_w1" relayfail-w1
 expect_exit 20 "$PID_relayfail_w2" relayfail-w2
+
+# 1d. Two chained stages (square, then pass) in the one worker process, which is killed: both
+# restart in the pipeline's process. square's replacement asks pass's dead instance to adopt
+# what it held, which never answers (CAF drops what is sent to a lost process's actors): its
+# death must settle the ask (the run hung, the source never told of the replacement). The
+# items pass held are lost with it (square, which kept them, died too, and the source had
+# their acknowledgements): the run must end, with no item twice.
+JOIN_ARGS=--chain serve_and_join chain 1 --items 3000 --chain
+wait_for 20 "chain to run" grep -q running "$WORK/chain.log"
+sleep 1
+kill -KILL "$PID_chain_w1"
+echo "killed worker process $PID_chain_w1"
+deadline=$((SECONDS + 60))
+while kill -0 "$PID_chain" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.2; done
+if kill -0 "$PID_chain" 2>/dev/null; then
+  fail "chain did not end within 60s: $(tail -1 "$WORK/chain.log")"
+elif grep -Eq "done: 3000 items, each once; square restarts [1-9].*workers joined 1, lost 1|error: [0-9]+ missing, 0 more than once, 0 wrong" \
+  "$WORK/chain.log"; then
+  echo "ok: chain ended: $(tail -1 "$WORK/chain.log")"
+else
+  fail "chain: $(tail -1 "$WORK/chain.log")"
+fi
 
 # 2. A worker's stage actor killed mid-run (the process stays).
 serve_and_join killactor 2 --items 2000 --kill-actor-ms 800
