@@ -114,7 +114,19 @@ void train_driver::submit() {
   dataset_splits splits;
   splits.train = make_split(train_x_, train_y_, sample_values_, options_);
   splits.test = make_split(test_x_, test_y_, sample_values_, options_);
+  // A core restarting (or a follower taking over) during the upload is ridden out as a poll
+  // rides it out: the stage failed at once, each replacement's push failed as fast, and the
+  // stage's restarts were spent within a second.
+  const auto until = std::chrono::steady_clock::now() + gflex::detail::link_loss_patience;
   auto pushed = options_.client->push_data(options_.data_set, splits, workers_);
+  if (!pushed && gflex::detail::is_link_loss(pushed.error()))
+    spdlog::warn("train: pushing data set {}: {}; trying again for up to 2 minutes",
+                 options_.data_set, pushed.error().message());
+  while (!pushed && gflex::detail::is_link_loss(pushed.error()) &&
+         std::chrono::steady_clock::now() < until) {
+    std::this_thread::sleep_for(std::chrono::seconds(1));
+    pushed = options_.client->push_data(options_.data_set, splits, workers_);
+  }
   if (!pushed) fail("train: pushing the data set: " + pushed.error().message());
   // A submit whose answer is lost may have made the job all the same (client::submit says
   // so): it trained and billed with nobody to follow or cancel it, and the stage's restart

@@ -32,7 +32,8 @@ class train_driver {
   bool submitted() const { return !job_id_.empty(); }
   int64_t dropped() const { return dropped_; }
 
-  /// Pushes the samples as the data set and submits the job (throws on refusal).
+  /// Pushes the samples as the data set and submits the job (throws on refusal). A lost link
+  /// to the core is ridden out for up to 2 minutes, as in poll().
   void submit();
 
   /// Polls the job once: appends an update when a round was committed since the last one

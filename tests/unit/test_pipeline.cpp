@@ -1017,6 +1017,69 @@ TEST_SUITE("pipeline") {
         report.error().message());
   }
 
+  TEST_CASE("a train stage pushes its data set across a restart of its core") {
+    // A push that found the link lost failed the stage at once, and each replacement's push
+    // failed as fast: a core restarting during the upload failed the run within a second.
+    // The source holds back the batch that fills the stage until the core is killed; the
+    // core comes back on its data a moment later, and the stage pushes and submits there.
+    test::temp_dir dir;
+    auto config = test::local_core_config(dir);
+    config.port = test::free_loopback_port();
+    const auto link = test::operator_link(dir);
+    auto first = std::make_unique<test::forked_core>(config);
+    auto c = client::connect("127.0.0.1", config.port, link);
+    REQUIRE_MESSAGE(c.has_value(), c.error().message());
+    auto t = linear_job(*c, "pushes", 3);
+    t.max_samples = 40;  // full at the 20th batch (position 19)
+    std::promise<void> core_killed;
+    auto killed = core_killed.get_future().share();
+    std::atomic<bool> holding{false};
+    graph g;
+    g.source<int64_t>(
+         "ids",
+         [&, killed](int64_t p) -> std::optional<int64_t> {
+           if (p == 19) {
+             holding = true;
+             killed.wait();
+           }
+           if (p >= 100) return std::nullopt;
+           return p;
+         },
+         stage_options{.blocking = true})
+        .map("batch", two_rows)
+        .train("train", t, stage_options{.restarts = 1})
+        .sink("rounds", [](const round_update&) {});
+    auto run = std::async(std::launch::async, [&] { return g.run({}, std::chrono::seconds(120)); });
+    for (int tries = 0; tries < 200 && !holding; ++tries)
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    if (!holding) core_killed.set_value();  // the run must not wait on it for ever
+    REQUIRE(holding);
+    first->kill();
+    core_killed.set_value();
+    std::this_thread::sleep_for(std::chrono::milliseconds(2500));  // its pushes find no core
+    test::forked_core second(config);
+    auto again = client::connect("127.0.0.1", config.port, link);
+    REQUIRE(again.has_value());
+    std::vector<job_status> jobs;
+    for (int tries = 0; tries < 300 && jobs.empty(); ++tries) {
+      if (auto j = again->jobs(); j) jobs = *j;
+      if (jobs.empty()) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    if (jobs.empty()) {  // the run failed instead: its error says why
+      auto report = run.get();
+      FAIL_CHECK("no job was submitted: " << (report ? std::string("the run ended")
+                                                     : report.error().message()));
+      return;
+    }
+    REQUIRE(jobs.size() == 1);
+    REQUIRE(again->cancel(jobs.front().job_id).has_value());
+    auto report = run.get();
+    REQUIRE_FALSE(report.has_value());
+    CHECK_MESSAGE(
+        report.error().message().find(jobs.front().job_id + " cancelled") != std::string::npos,
+        report.error().message());
+  }
+
   TEST_CASE("a train stage runs a distributed job on the samples it is fed") {
     embedded_config config;
     config.nodes = 2;
