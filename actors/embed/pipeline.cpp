@@ -1012,7 +1012,9 @@ void place(coordinator_actor* self, int s, int i, std::function<void()> then) {
           [=](caf::actor& a) {
             auto& st = self->state;
             auto& rec = st.stages[static_cast<size_t>(s)][static_cast<size_t>(i)];
-            if (st.failed || st.ended || rec.epoch != epoch || !a) {
+            // Finished meanwhile: a train stage downstream needed no more (pfull), and the
+            // instance, counted as finished, must not run (its end would count twice).
+            if (st.failed || st.ended || rec.epoch != epoch || rec.finished || !a) {
               if (a) self->send_exit(a, caf::exit_reason::kill);
               return;
             }
@@ -1028,7 +1030,9 @@ void place(coordinator_actor* self, int s, int i, std::function<void()> then) {
                 h.alive = false;
                 ++st.workers_lost;
               }
-            if (st.failed || st.ended) return;
+            if (st.failed || st.ended ||
+                st.stages[static_cast<size_t>(s)][static_cast<size_t>(i)].finished)
+              return;
             place(self, s, i, then);
           });
 }
@@ -1136,7 +1140,7 @@ void on_down(coordinator_actor* self, const caf::down_msg& dm) {
   const int s = it->second.first, i = it->second.second;
   st.by_address.erase(it);
   auto& rec = st.stages[static_cast<size_t>(s)][static_cast<size_t>(i)];
-  if (st.failed) return;
+  if (st.failed || rec.finished) return;  // finished counts once (see pfull)
   if (!dm.reason) {
     rec.finished = true;
     --st.unfinished;
