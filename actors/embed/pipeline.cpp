@@ -1621,6 +1621,11 @@ expected<run_report> graph::run(const run_options& options) const {
   if (auto ok = detail::validate(*stages_, options.workers); !ok) return ok.error();
   if (options.workers < 0 || options.workers > 256)
     return error(errc::invalid_argument, "pipeline: workers must be in [0, 256]");
+  if (options.deadline.count() < 0)
+    return error(errc::invalid_argument,
+                 "pipeline: the deadline must not be negative (zero: no deadline)");
+  if (options.join_timeout.count() < 0)
+    return error(errc::invalid_argument, "pipeline: join_timeout must not be negative");
   if (options.workers > 0 && options.token.size() < 16)
     return error(errc::invalid_argument,
                  "pipeline: worker processes need a token of at least 16 characters");
@@ -1650,14 +1655,32 @@ expected<run_report> graph::run(const run_options& options) const {
         throw;
       }
     }
+    // The run's deadline bounds the wait too (it counts from the call of run()).
+    auto wait_for = options.join_timeout;
+    bool deadline_first = false;
+    if (options.deadline.count() > 0) {
+      const auto left = std::max(std::chrono::milliseconds(1),
+                                 std::chrono::duration_cast<std::chrono::milliseconds>(
+                                     deadline_at - std::chrono::steady_clock::now()));
+      deadline_first = left < wait_for;
+      wait_for = std::min(wait_for, left);
+    }
     std::optional<error> failed;
-    self->request(gate, caf::duration{options.join_timeout}, detail::pwait_atom::value)
+    self->request(gate, caf::duration{wait_for}, detail::pwait_atom::value)
         .receive([&](std::vector<caf::actor>& h) { hosts = std::move(h); },
                  [&](caf::error&) {
-                   failed = error(errc::unavailable,
-                                  "pipeline: " + std::to_string(options.workers) +
-                                      " worker processes did not join within " +
-                                      std::to_string(options.join_timeout.count()) + " ms");
+                   char text[64];
+                   std::snprintf(text, sizeof text, "%g",
+                                 static_cast<double>(options.deadline.count()) / 1000.0);
+                   failed =
+                       error(errc::unavailable,
+                             deadline_first
+                                 ? "pipeline: its deadline of " + std::string(text) +
+                                       " s passed while it waited for " +
+                                       std::to_string(options.workers) + " worker processes to join"
+                                 : "pipeline: " + std::to_string(options.workers) +
+                                       " worker processes did not join within " +
+                                       std::to_string(options.join_timeout.count()) + " ms");
                  });
     if (failed) {
       self->send_exit(gate, caf::exit_reason::user_shutdown);
@@ -1764,6 +1787,8 @@ expected<run_report> graph::run(const run_options& options) const {
 
 expected<join_report> graph::join(const join_options& options) const {
   if (auto ok = detail::validate(*stages_, -1); !ok) return ok.error();
+  if (options.connect_timeout.count() < 0)
+    return error(errc::invalid_argument, "pipeline: connect_timeout must not be negative");
   caf::actor_system_config cfg;
   detail::configure_pipeline_system(cfg, true);
   caf::actor_system sys{cfg};

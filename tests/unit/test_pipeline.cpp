@@ -671,6 +671,50 @@ TEST_SUITE("pipeline") {
     }
   }
 
+  TEST_CASE("the run's deadline bounds the wait for worker processes to join") {
+    // The wait for the workers was bounded by join_timeout alone, though the deadline counts
+    // from the call of run().
+    graph g;
+    g.source<int64_t>("numbers", count_to(10))
+        .map(
+            "m", [](const int64_t& v) { return v; }, stage_options{.on_workers = true})
+        .sink("s", [](const int64_t&) {});
+    run_options o;
+    o.workers = 1;  // none joins
+    o.token = "a-token-of-sixteen-chars";
+    o.join_timeout = std::chrono::seconds(60);
+    o.deadline = std::chrono::milliseconds(500);
+    const auto began = std::chrono::steady_clock::now();
+    auto r = g.run(o);
+    const double took =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - began).count();
+    REQUIRE_FALSE(r.has_value());
+    CHECK(r.error().code() == errc::unavailable);
+    CHECK_MESSAGE(took < 10.0, "run() took " << took << " s");
+    CHECK(r.error().message() ==
+          "pipeline: its deadline of 0.5 s passed while it waited for 1 worker processes to join");
+    // Negative times are refused, not taken for "none" or "at once".
+    o.deadline = std::chrono::milliseconds(-1);
+    auto negative = g.run(o);
+    REQUIRE_FALSE(negative.has_value());
+    CHECK(negative.error().code() == errc::invalid_argument);
+    CHECK(negative.error().message() ==
+          "pipeline: the deadline must not be negative (zero: no deadline)");
+    o.deadline = {};
+    o.join_timeout = std::chrono::milliseconds(-5);
+    auto no_wait = g.run(o);
+    REQUIRE_FALSE(no_wait.has_value());
+    CHECK(no_wait.error().message() == "pipeline: join_timeout must not be negative");
+    join_options j;
+    j.port = 1;
+    j.token = o.token;
+    j.connect_timeout = std::chrono::milliseconds(-1);
+    auto joined = g.join(j);
+    REQUIRE_FALSE(joined.has_value());
+    CHECK(joined.error().code() == errc::invalid_argument);
+    CHECK(joined.error().message() == "pipeline: connect_timeout must not be negative");
+  }
+
   TEST_CASE("a worker process joins a graph with a train stage, which it never runs") {
     // Both roles build the same graph (the fingerprint covers the train stage), but a worker
     // has no client: its train stage's options are not checked there.
