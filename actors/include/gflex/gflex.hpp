@@ -39,7 +39,10 @@ struct core_config {
   std::filesystem::path data_dir;  ///< LMDB store; required.
   /// A core of several servers (docs/FAILURES.md): "etcd://HOST:PORT,..." keeps the state in
   /// etcd instead of LMDB; the core serves nodes and clients only while it leads. Empty: the
-  /// one-machine core on LMDB.
+  /// one-machine core on LMDB. A core that loses its leadership ends the whole process at
+  /// once with exit code 3 (std::_Exit, from the store's thread: run_core does not return,
+  /// no destructor runs), since another core may lead already: run such a core in a
+  /// process of its own.
   std::string store_url;
   std::string core_id;  ///< This core's name among the cores (default: HOST:PORT).
   /// HOST:PORT other machines reach this core at, which a leader writes into its record for
@@ -172,7 +175,8 @@ struct node_config {
 /// fingerprint. Refuses, changing nothing, when the directory already has credentials.
 expected<std::string> init_core(const std::filesystem::path& data_dir);
 
-/// Runs a core until SIGINT or SIGTERM; returns the process exit code. While it runs, its
+/// Runs a core until SIGINT or SIGTERM; returns the process exit code (with a store_url,
+/// a lost leadership ends the process instead, with exit code 3). While it runs, its
 /// own handlers take the two signals (in any thread); the caller's are put back when it
 /// returns. The data directory must have been made by init_core: the operator key is read
 /// from it, and (unless `insecure`) the TLS credentials.
