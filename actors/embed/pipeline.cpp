@@ -1549,6 +1549,10 @@ expected<void> validate(const std::vector<stage_def>& stages, int workers) {
     if (d.options.on_workers) {
       if (d.kind == stage_kind::train)
         return bad(at + "a train stage runs in the pipeline's own process, not on workers");
+      // A source sends its item, then its position to the coordinator: two messages, and a
+      // worker process killed between them left the item sent and the position before it,
+      // so the replacement generated that item again (twice through the pipeline).
+      if (source) return bad(at + "a source runs in the pipeline's own process, not on workers");
       if (workers == 0)
         return bad(at + "runs on workers, but the run has none (run_options::workers)");
       if (d.input >= 0 && !stages[static_cast<size_t>(d.input)].decode)

@@ -644,6 +644,26 @@ TEST_SUITE("pipeline") {
       CHECK(message(g, o) == "pipeline: worker processes need a token of at least 16 characters");
     }
     {
+      // A source's item and its position would leave a worker process in two messages: one
+      // lost between them repeats the item.
+      graph g;
+      g.source<int64_t>("numbers", count_to(10), workers).sink("s", [](const int64_t&) {});
+      run_options o;
+      o.workers = 1;
+      o.token = "a-token-of-sixteen-chars";
+      o.join_timeout = std::chrono::milliseconds(500);
+      CHECK(message(g, o) ==
+            "pipeline stage 0 'numbers': a source runs in the pipeline's own process, not on "
+            "workers");
+      join_options j;
+      j.port = 1;
+      j.token = o.token;
+      j.connect_timeout = std::chrono::milliseconds(100);
+      auto joined = g.join(j);
+      REQUIRE_FALSE(joined.has_value());
+      CHECK(joined.error().code() == errc::invalid_argument);
+    }
+    {
       // A type with no codec cannot reach a worker process, nor leave one.
       struct opaque {
         int64_t v = 0;

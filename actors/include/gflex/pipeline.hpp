@@ -78,7 +78,9 @@ struct stage_options {
   bool blocking = false;
   /// Runs in the pipeline's worker processes (run_options::workers) instead of the
   /// pipeline's own; instances are spread over them. The stage's input and output types
-  /// need a codec. A train stage runs in the pipeline's process.
+  /// need a codec. A source or train stage runs in the pipeline's process: run() refuses
+  /// either on workers (a source's position and its items reach the pipeline in separate
+  /// messages, and a worker lost between them would repeat an item).
   bool on_workers = false;
 };
 
