@@ -5,9 +5,11 @@
 // consumer instance until that instance acknowledges it, and may keep at most the consumer's
 // window of them: the acknowledgement is the credit. A consumer acknowledges an input only
 // once the outputs it produced from it have been sent on (a batch's inputs when the batch is
-// sent, a shuffled item when it leaves the buffer), in the same message handler. So when a
-// stage instance dies, everything it had not finished is still held by its producers, which
-// send it again to the replacement, and nothing it finished is repeated: its outputs are
+// sent, a shuffled item when it leaves the buffer), in the same message handler; one to a
+// producer in another process travels with those outputs until they leave this process (see
+// pipe_item::carried). So when a stage instance dies, everything it had not finished is
+// still held by its producers, which send it again to the replacement, and nothing it
+// finished is repeated: its outputs are
 // already with its consumers (and the acknowledgements its outputs to another process
 // carried have reached its producers: the coordinator tells the producers of the
 // replacement only once its consumers have answered the news of it). A source's state is its
@@ -73,18 +75,31 @@ struct origin_tag {
   uint64_t index = 0;  ///< In an adoption: the outputs of that input its consumer has.
 };
 
-struct pipe_item {
-  input_ref from;
-  item value;
-  origin_tag origin;
-};
-
-/// An item for another process: its producer's codec encoded it.
 struct pipe_ack {
   int consumer = 0;    ///< The consumer's instance.
   uint64_t epoch = 0;  ///< The producer epoch the item was sent under.
   uint64_t seq = 0;
 };
+
+/// Acknowledgements an item carries: acks[i] to to[i].
+struct carried_acks {
+  std::vector<caf::actor> to;
+  std::vector<pipe_ack> acks;
+};
+
+struct pipe_item {
+  input_ref from;
+  item value;
+  origin_tag origin;
+  /// Acknowledgements to producers in other processes of the inputs that made this item,
+  /// which it carries until it, or what is made from it, leaves this process (or is
+  /// finished with nothing sent on). Sent when the item was passed on in this process, they
+  /// let those producers forget inputs that a death of this process then lost: a worker
+  /// holding two chained stages lost the items the second had not finished.
+  carried_acks carried;
+};
+
+/// An item for another process: its producer's codec encoded it.
 
 struct pipe_wire_item {
   int producer = 0;
@@ -319,12 +334,6 @@ struct stage_init {
   std::shared_ptr<const std::atomic<bool>> run_failed;
 };
 
-/// Acknowledgements an item to another process carries (pipe_wire_item): acks[i] to to[i].
-struct carried_acks {
-  std::vector<caf::actor> to;
-  std::vector<pipe_ack> acks;
-};
-
 struct out_slot {
   caf::actor actor;
   int64_t credit = 0;
@@ -385,14 +394,22 @@ struct stage_state {
 
 using stage_actor = caf::stateful_actor<stage_state>;
 
-/// Finishes an input: its producer may forget it. Each input is finished once, by whichever
+/// Sends acknowledgements now.
+void send_acks(stage_actor* self, const carried_acks& acks) {
+  for (size_t i = 0; i < acks.acks.size() && i < acks.to.size(); ++i)
+    if (acks.to[i]) self->send(acks.to[i], pack_atom::value, acks.acks[i]);
+}
+
+/// Finishes an input that leaves nothing to send on: its producer may forget it, and so may
+/// the producers whose acknowledgements it carried. Each input is finished once, by whichever
 /// instance completes it, so the stage's items_in counts here, not on arrival (an item sent
 /// again to a replacement arrived twice).
-void ack(stage_actor* self, const input_ref& ref) {
+void ack(stage_actor* self, const pipe_item& in) {
   ++self->state.init.counters->in;
-  if (ref.sender)
-    self->send(ref.sender, pack_atom::value,
-               pipe_ack{self->state.init.instance, ref.epoch, ref.seq});
+  if (in.from.sender)
+    self->send(in.from.sender, pack_atom::value,
+               pipe_ack{self->state.init.instance, in.from.epoch, in.from.seq});
+  send_acks(self, in.carried);
 }
 
 void process_inbox(stage_actor* self);
@@ -400,18 +417,30 @@ void maybe_finish(stage_actor* self);
 
 /// Sends an item to a consumer instance: as the object in this process, encoded otherwise,
 /// with the acknowledgements `acks` (of the inputs it completes): to another process they
-/// travel in the item's message; in this process they go first, as their own messages.
-void send_item(stage_actor* self, const caf::actor& to, const input_ref& ref, item value,
-               const carried_acks& acks = {}, const origin_tag& origin = {}) {
+/// travel in the item's message. In this process, those to producers here go first, as their
+/// own messages, and those to producers in other processes travel with the item, which keeps
+/// them until it (or what is made from it) leaves this process: the item is all that holds
+/// those inputs once their producers have forgotten them. Returns the acknowledgements the
+/// item carries.
+carried_acks send_item(stage_actor* self, const caf::actor& to, const input_ref& ref, item value,
+                       const carried_acks& acks = {}, const origin_tag& origin = {}) {
   if (elsewhere(self, to)) {
     pipe_wire_item w{ref.producer, ref.epoch, ref.seq, self->state.init.def->encode(value),
                      acks.to,      acks.acks, origin};
     self->send(to, pwitem_atom::value, std::move(w));
-  } else {
-    for (size_t i = 0; i < acks.acks.size(); ++i)
-      self->send(acks.to[i], pack_atom::value, acks.acks[i]);
-    self->send(to, pitem_atom::value, pipe_item{ref, std::move(value), origin});
+    return acks;
   }
+  carried_acks carried;
+  for (size_t i = 0; i < acks.acks.size() && i < acks.to.size(); ++i) {
+    if (elsewhere(self, acks.to[i])) {
+      carried.to.push_back(acks.to[i]);
+      carried.acks.push_back(acks.acks[i]);
+    } else if (acks.to[i]) {
+      self->send(acks.to[i], pack_atom::value, acks.acks[i]);
+    }
+  }
+  self->send(to, pitem_atom::value, pipe_item{ref, std::move(value), origin, carried});
+  return carried;
 }
 
 /// A replacement notes how many outputs of an input its predecessor's consumer has.
@@ -452,7 +481,7 @@ void flush(stage_actor* self) {
   if (st.slots.empty()) {  // nobody reads this stage (a train stage's updates): dropped
     st.init.counters->out += static_cast<int64_t>(st.outbox.size());
     for (const auto& e : st.outbox)
-      for (const auto& in : e.finishes) ack(self, in.from);
+      for (const auto& in : e.finishes) ack(self, in);
     st.outbox.clear();
   }
   while (!st.outbox.empty()) {
@@ -476,17 +505,21 @@ void flush(stage_actor* self) {
     // The item finishes its inputs: their acknowledgements go with it, as one message to
     // another process (kept with it until it is acknowledged in turn): a process killed
     // between two messages could otherwise leave the item delivered and its inputs
-    // unacknowledged, and the inputs, replayed, would arrive twice.
+    // unacknowledged, and the inputs, replayed, would arrive twice. So do those its inputs
+    // carried (see pipe_item::carried).
     carried_acks acks;
     st.init.counters->in += static_cast<int64_t>(e.finishes.size());  // see ack()
-    for (const auto& in : e.finishes)
+    for (const auto& in : e.finishes) {
       if (in.from.sender) {
         acks.to.push_back(in.from.sender);
         acks.acks.push_back(pipe_ack{st.init.instance, in.from.epoch, in.from.seq});
       }
-    if (!acks.acks.empty() && elsewhere(self, slot->actor)) slot->carried[seq] = acks;
-    send_item(self, slot->actor, input_ref{st.init.instance, st.init.epoch, seq, {}},
-              std::move(e.value), acks, e.origin);
+      acks.to.insert(acks.to.end(), in.carried.to.begin(), in.carried.to.end());
+      acks.acks.insert(acks.acks.end(), in.carried.acks.begin(), in.carried.acks.end());
+    }
+    auto carried = send_item(self, slot->actor, input_ref{st.init.instance, st.init.epoch, seq, {}},
+                             std::move(e.value), acks, e.origin);
+    if (!carried.acks.empty()) slot->carried[seq] = std::move(carried);
   }
 }
 
@@ -519,7 +552,7 @@ void submit_train(stage_actor* self) {
   auto run_failed = [&] { return st.init.run_failed && st.init.run_failed->load(); };
   if (run_failed()) return;  // killed next: nothing to upload for
   st.train->submit();
-  for (auto& h : st.held) ack(self, h.from);
+  for (auto& h : st.held) ack(self, h);
   st.held.clear();
   self->send(st.init.coordinator, pckpt_atom::value,
              pipe_checkpoint{st.init.stage, st.init.instance, st.train->checkpoint()});
@@ -554,7 +587,7 @@ void handle(stage_actor* self, pipe_item in) {
     case stage_kind::train:
       if (st.train->submitted() || st.train->full()) {
         st.train->absorb(get<sample_batch>(in.value));  // counted as dropped
-        ack(self, in.from);
+        ack(self, in);
       } else {
         st.train->absorb(get<sample_batch>(in.value));
         st.held.push_back(std::move(in));
@@ -573,7 +606,7 @@ void handle(stage_actor* self, pipe_item in) {
         st.sent_before.erase(b);
       }
       if (skip == outs.size()) {  // nothing (left) to send: finished now
-        ack(self, in.from);
+        ack(self, in);
         break;
       }
       for (size_t k = skip; k < outs.size(); ++k) {
@@ -801,6 +834,11 @@ caf::behavior stage_behavior(stage_actor* self, stage_init init) {
           if (it.from.producer != r.instance || it.from.epoch >= epoch) return;
           const uint64_t key = (uint64_t{1} << 63) | st.next_adoption++;
           it.from = input_ref{r.instance, epoch, key, r.actor};
+          // The acknowledgements it carried go now, as an item from another process delivers
+          // them on arrival: the replacement's producers are sent again what they still hold,
+          // and would send this item's inputs twice.
+          send_acks(self, it.carried);
+          it.carried = {};
           adopted.emplace_back(key, it.value);
         };
         for (auto& x : st.inbox) adopt(x);

@@ -90,8 +90,10 @@ expect_exit 20 "$PID_relayfail_w2" relayfail-w2
 # restart in the pipeline's process. square's replacement asks pass's dead instance to adopt
 # what it held, which never answers (CAF drops what is sent to a lost process's actors): its
 # death must settle the ask (the run hung, the source never told of the replacement). The
-# items pass held are lost with it (square, which kept them, died too, and the source had
-# their acknowledgements): the run must end, with no item twice.
+# items pass held were lost with it (square, which kept them, died too, and the source had
+# their acknowledgements, sent when square passed its outputs on to pass): an acknowledgement
+# to the source now leaves the worker process only with what was made from the item, so the
+# source sends those items again, and every item must go through once.
 JOIN_ARGS=--chain serve_and_join chain 1 --items 3000 --chain
 wait_for 20 "chain to run" grep -q running "$WORK/chain.log"
 sleep 1
@@ -101,7 +103,7 @@ deadline=$((SECONDS + 60))
 while kill -0 "$PID_chain" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.2; done
 if kill -0 "$PID_chain" 2>/dev/null; then
   fail "chain did not end within 60s: $(tail -1 "$WORK/chain.log")"
-elif grep -Eq "done: 3000 items, each once; square restarts [1-9].*workers joined 1, lost 1|error: [0-9]+ missing, 0 more than once, 0 wrong" \
+elif grep -Eq "done: 3000 items, each once; square restarts [1-9].*workers joined 1, lost 1" \
   "$WORK/chain.log"; then
   echo "ok: chain ended: $(tail -1 "$WORK/chain.log")"
 else
