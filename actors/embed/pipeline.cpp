@@ -47,6 +47,7 @@
 #include <vector>
 
 #include "gflex/pipeline.hpp"
+#include "gflex/runtime/tcp_probe.hpp"
 #include "messages.hpp"
 #include "pipeline_system.hpp"
 #include "pipeline_train.hpp"
@@ -1835,17 +1836,31 @@ expected<join_report> graph::join(const join_options& options) const {
   detail::configure_pipeline_system(cfg, true);
   caf::actor_system sys{cfg};
   const std::string where = options.host + ":" + std::to_string(options.port);
-  // The pipeline may not be listening yet: tried again until the timeout.
+  // The pipeline may not be listening yet: tried again until the timeout. Each try is
+  // probed first with the time left: remote_actor connects in blocking mode, and to an
+  // address whose packets are dropped it waited for the kernel's SYN retries (about 2
+  // minutes), whatever the timeout.
   const auto until = std::chrono::steady_clock::now() + options.connect_timeout;
   caf::expected<caf::actor> gate = caf::sec::cannot_connect_to_node;
+  std::string why;
   while (true) {
-    gate = sys.middleman().remote_actor(options.host, options.port);
-    if (gate || std::chrono::steady_clock::now() >= until) break;
+    const auto left = std::max(std::chrono::milliseconds(100),
+                               std::chrono::duration_cast<std::chrono::milliseconds>(
+                                   until - std::chrono::steady_clock::now()));
+    if (auto reachable = probe_tcp(options.host, options.port, left); !reachable) {
+      why = reachable.error().message();
+    } else {
+      gate = sys.middleman().remote_actor(options.host, options.port);
+      if (gate) break;
+      why = where + ": " + detail::render(sys, gate.error());
+    }
+    if (std::chrono::steady_clock::now() >= until) break;
     std::this_thread::sleep_for(std::chrono::milliseconds(200));
   }
   if (!gate)
-    return error(errc::unavailable, "pipeline: cannot reach the pipeline at " + where + ": " +
-                                        detail::render(sys, gate.error()));
+    return error(errc::unavailable,
+                 "pipeline: cannot reach the pipeline at " + why + " (tried for " +
+                     std::to_string(options.connect_timeout.count()) + " ms: connect_timeout)");
   auto defs = std::make_shared<const std::vector<detail::stage_def>>(*stages_);
   auto spawned = std::make_shared<std::atomic<int>>(0);
   auto host = sys.spawn(detail::host_behavior, defs, spawned, *gate);

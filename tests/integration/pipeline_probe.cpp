@@ -5,8 +5,9 @@
 ///   gflex_pipeline_probe serve --port-file F --workers W [--items N] [--token T]
 ///                        [--kill-actor-ms MS] [--join-timeout-ms MS] [--relay]
 ///                        [--relay-fails-at X] [--square-restarts R] [--chain]
-///   gflex_pipeline_probe join --port P [--token T] [--other-graph] [--other-type] [--relay]
-///                        [--relay-fails-at X] [--square-restarts R] [--chain]
+///   gflex_pipeline_probe join --port P [--host H] [--connect-timeout-ms MS] [--token T]
+///                        [--other-graph] [--other-type] [--relay] [--relay-fails-at X]
+///                        [--square-restarts R] [--chain]
 ///
 /// The graph: a source of 0..N-1 (in the pipeline's process) -> "square" (a map on the
 /// workers, 2 instances, 2 ms per item: [x, x*x]) -> "check" (a sink in the pipeline's
@@ -52,6 +53,8 @@ struct args {
   int kill_actor_ms = 0;
   int join_timeout_ms = 30000;
   int port = 0;
+  std::string host = "127.0.0.1";
+  int connect_timeout_ms = 10000;
   bool other_graph = false;
   bool other_type = false;  ///< square returns doubles: the same stages, another item type
   bool relay = false;
@@ -179,8 +182,10 @@ int serve(const args& a) {
 int join(const args& a) {
   auto g = build(a, nullptr);
   pl::join_options o;
+  o.host = a.host;
   o.port = static_cast<uint16_t>(a.port);
   o.token = a.token;
+  o.connect_timeout = std::chrono::milliseconds(a.connect_timeout_ms);
   auto r = g.join(o);
   if (!r) {
     std::printf("error: %s\n", r.error().message().c_str());
@@ -222,6 +227,10 @@ int main(int argc, char** argv) {
       a.join_timeout_ms = std::stoi(next());
     else if (s == "--port")
       a.port = std::stoi(next());
+    else if (s == "--host")
+      a.host = next();
+    else if (s == "--connect-timeout-ms")
+      a.connect_timeout_ms = std::stoi(next());
     else if (s == "--other-graph")
       a.other_graph = true;
     else if (s == "--other-type")

@@ -2,7 +2,8 @@
 # A pipeline whose middle stage runs in worker processes of the same program
 # (gflex_pipeline_probe): a worker process killed with SIGKILL mid-run, and a worker's stage
 # actor killed mid-run, and the pipeline recovers both with every item through exactly once;
-# two chained stages in a killed worker process restart; a wrong token and a different graph
+# two chained stages in a killed worker process restart; a worker joining an address whose
+# packets are dropped gives up at its timeout; a wrong token and a different graph
 # are refused; a worker whose pipeline's process is lost ends with an error instead of waiting.
 source "$(dirname "$0")/lib.sh"
 PROBE="$BIN/gflex_pipeline_probe"
@@ -108,6 +109,36 @@ elif grep -Eq "done: 3000 items, each once; square restarts [1-9].*workers joine
   echo "ok: chain ended: $(tail -1 "$WORK/chain.log")"
 else
   fail "chain: $(tail -1 "$WORK/chain.log")"
+fi
+
+# 1e. A worker joining an address whose packets are dropped gives up at its connect timeout:
+# remote_actor's blocking connect waited for the kernel's SYN retries (about 2 minutes). The
+# joiner runs in a network namespace whose only route to 10.211.1.1 leads into a second
+# namespace that does not forward: its SYNs vanish, no reset, no ICMP.
+ns_a="gfx-pj-a-$$" ns_b="gfx-pj-b-$$"
+if [ "$(id -u)" -eq 0 ] && command -v ip >/dev/null && ip netns add "$ns_a" 2>/dev/null; then
+  trap 'cleanup; ip netns del "$ns_a" 2>/dev/null || true; ip netns del "$ns_b" 2>/dev/null || true' EXIT
+  ip netns add "$ns_b"
+  ip link add "pja$$" type veth peer name "pjb$$"
+  ip link set "pja$$" netns "$ns_a"
+  ip link set "pjb$$" netns "$ns_b"
+  ip -n "$ns_a" addr add 10.211.0.1/30 dev "pja$$"
+  ip -n "$ns_b" addr add 10.211.0.2/30 dev "pjb$$"
+  ip -n "$ns_a" link set "pja$$" up
+  ip -n "$ns_b" link set "pjb$$" up
+  ip -n "$ns_a" link set lo up
+  ip -n "$ns_a" route add 10.211.1.1/32 via 10.211.0.2
+  ip netns exec "$ns_b" sysctl -qw net.ipv4.ip_forward=0
+  start dropped ip netns exec "$ns_a" "$PROBE" join --host 10.211.1.1 --port 7 \
+    --connect-timeout-ms 2000
+  expect_exit 30 "$PID_dropped" dropped 1
+  grep -q "error: pipeline: cannot reach the pipeline at 10.211.1.1:7: no answer.*tried for 2000 ms" \
+    "$WORK/dropped.log" || fail "dropped: $(tail -1 "$WORK/dropped.log")"
+  ip netns del "$ns_a"
+  ip netns del "$ns_b"
+else
+  echo "skipped: an unreachable address needs root and network namespaces"
+  SKIPPED+=("1e (no network namespaces)")
 fi
 
 # 2. A worker's stage actor killed mid-run (the process stays).

@@ -373,6 +373,8 @@ struct join_options {
   std::string host = "127.0.0.1";
   uint16_t port = 0;
   std::string token;
+  /// How long join() tries to reach the pipeline (which may not listen yet), also at an
+  /// address whose packets are dropped; each try waits at least 100 ms for an answer.
   std::chrono::milliseconds connect_timeout{10000};
 };
 
