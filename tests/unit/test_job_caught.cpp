@@ -899,12 +899,12 @@ TEST_SUITE("job caught nodes") {
     // went on using, crediting and paying the other names' results.
     resumed_job r(6,
                   {{"cheat", node_tier::community, std::chrono::milliseconds(0), {}},
-                   {"cheat-alias", node_tier::community, std::chrono::milliseconds(0), {}},
+                   {"cheat-alias", node_tier::community, std::chrono::milliseconds(300), {}},
                    {"honest", node_tier::core, std::chrono::milliseconds(0), {}}},
                   true, [](caf::actor_system& sys, job_links& links) {
                     links.reputation = sys.spawn(key_sharing_reputation, "cheat", "cheat-alias");
-                    // The cheat's result is re-computed first; the alias's, re-computed
-                    // as replays (it sends the same update each time), match.
+                    // The cheat's result is re-computed first. The alias answers later (the
+                    // same update from another key: a copy, re-computed before the cheat's).
                     links.verifier = sys.spawn(refuting_nth, 1, std::chrono::milliseconds(0));
                   });
     auto s = r.committed(5, 20);
@@ -928,7 +928,7 @@ TEST_SUITE("job caught nodes") {
     // here and in the other jobs.
     resumed_job r(6,
                   {{"cheat", node_tier::community, std::chrono::milliseconds(0), {}},
-                   {"cheat-alias", node_tier::community, std::chrono::milliseconds(0), {}},
+                   {"cheat-alias", node_tier::community, std::chrono::milliseconds(300), {}},
                    {"honest", node_tier::core, std::chrono::milliseconds(0), {}}},
                   true, [](caf::actor_system& sys, job_links& links) {
                     links.reputation = sys.spawn(forgetful_reputation, "cheat", "cheat-alias");
@@ -1001,6 +1001,32 @@ TEST_SUITE("job caught nodes") {
         .receive([&](int64_t n) { asked = n; }, [&](caf::error& e) { FAIL(r.f.sys.render(e)); });
     CHECK(asked == 2);  // round 3's two results; round 4's were re-computed unasked
     CHECK(checked->load() >= 2);
+  }
+
+  TEST_CASE("a result that copies another key's result of the round is re-computed and caught") {
+    // The copier returns the honest node's update signed with its own key: no earlier result
+    // of its key is like it, and it sits on the round's median, so it was used, credited and
+    // paid whenever it was not sampled. Both are re-computed now: the copy first (refuted),
+    // the original (confirmed). Nothing here is sampled.
+    resumed_job r(
+        3,
+        {{"honest", node_tier::community, std::chrono::milliseconds(0), {}},
+         {"copier", node_tier::community, std::chrono::milliseconds(300), {}}},
+        true,
+        [](caf::actor_system& sys, job_links& links) {
+          links.verifier = sys.spawn(refuting_nth, 1, std::chrono::milliseconds(0));
+        },
+        // No backup of the copier's shard: computed by the honest node, it would be
+        // a replay of its own.
+        "[round]\nbackup_after = 0\n");
+    auto s = r.ended(15);
+    REQUIRE(s.has_value());
+    CHECK(s->state == job_state::done);
+    CHECK(s->rejected_results == 1);
+    CHECK(s->verified_results >= 1);  // the honest node's, re-computed and matched
+    const auto credited = r.credited();
+    CHECK(std::count(credited.begin(), credited.end(), "copier") == 0);
+    CHECK(std::count(credited.begin(), credited.end(), "honest") >= 1);
   }
 
   TEST_CASE("a round that cannot be committed credits no node") {
