@@ -25,6 +25,8 @@ struct pending_check {
   verify_request request;
   caf::response_promise promise;
   int attempts = 0;
+  /// Attempts that ran past their wait: each next one waits twice as long (run).
+  int timeouts = 0;
   std::chrono::steady_clock::time_point queued = std::chrono::steady_clock::now();
 };
 
@@ -74,10 +76,15 @@ void run(verifier_actor* self, pending_check check, const worker_slot& slot) {
                                 ? std::min(check.request.deadline_s, max_deadline_s)
                                 : max_deadline_s;
   const auto& limits = self->state.limits;
-  const auto wait = std::clamp(
-      std::chrono::milliseconds(static_cast<int64_t>(deadline_s * limits.recompute_factor * 1000)),
-      limits.min_recompute_wait,
-      std::chrono::milliseconds(static_cast<int64_t>(max_deadline_s * 1000)));
+  const auto longest = std::chrono::milliseconds(static_cast<int64_t>(max_deadline_s * 1000));
+  // Doubled after each attempt that ran out of time: the speed gap between the node and the
+  // core tier's worker (a CPU re-computing a GPU's work on a large model) can pass any fixed
+  // factor, and every attempt then timed out alike.
+  const auto wait = std::min(std::clamp(std::chrono::milliseconds(static_cast<int64_t>(
+                                            deadline_s * limits.recompute_factor * 1000)),
+                                        limits.min_recompute_wait, longest) *
+                                 (int64_t{1} << std::min(check.timeouts, 16)),
+                             longest);
   work.answer_within_s = std::chrono::duration<double>(wait).count();
   self->state.running[id] = {std::move(check), slot};
   // Watched while it runs: a worker that goes down (its node's link lost) holds the request,
@@ -136,8 +143,25 @@ void run(verifier_actor* self, pending_check check, const worker_slot& slot) {
               pump(self);
               return;
             }
-            self->send(st.market, release_atom::value, done.slot.worker, true);
-            retry_or_fail(self, std::move(done.check), self->system().render(e));
+            // Past its wait, the worker is slower than the work needs, not broken: cooled down
+            // as at fault, the core tier's workers were kept from every job's work for it, and
+            // a core tier too slow for one job's model left out of all of them. So is work
+            // that does not fit there (out of its memory, refused by its kernels), as a job
+            // takes it of its own assignments.
+            const auto err = from_caf(e, &self->system());
+            const bool timed_out = e == caf::sec::request_timeout;
+            const bool does_not_fit = (err.code() == errc::device_error &&
+                                       err.message().find("out of") != std::string::npos &&
+                                       err.message().find("memory") != std::string::npos) ||
+                                      err.code() == errc::invalid_argument;
+            self->send(st.market, release_atom::value, done.slot.worker, true,
+                       !(timed_out || does_not_fit));
+            if (timed_out) done.check.timeouts += 1;
+            retry_or_fail(self, std::move(done.check),
+                          timed_out ? "its core-tier worker " + done.slot.node_name +
+                                          " did not answer within " +
+                                          std::to_string(wait.count() / 1000) + " s"
+                                    : self->system().render(e));
           });
 }
 
@@ -242,7 +266,7 @@ caf::behavior verifier(verifier_actor* self, caf::actor market, verifier_limits 
           return promise;
         }
         self->state.queue.push_back(
-            {std::move(request), promise, 0, std::chrono::steady_clock::now()});
+            {std::move(request), promise, 0, 0, std::chrono::steady_clock::now()});
         pump(self);
         return promise;
       },

@@ -40,8 +40,10 @@ struct verifier_limits {
   uint64_t max_claimed_bytes = uint64_t{4} << 30;
   /// A re-computation not answered within `recompute_factor` times its job's deadline_s (at
   /// least `min_recompute_wait`, at most max_deadline_s) is aborted and tried on another
-  /// core-tier worker. Its worker may be slower than the node it checks (a CPU for a GPU's
-  /// work), hence the factor; a worker that hung held its job's round for a day.
+  /// core-tier worker, which waits twice as long as the attempt before it (at most
+  /// max_deadline_s); the worker that ran out of time is not held at fault. Its worker may be
+  /// slower than the node it checks (a CPU for a GPU's work), hence the factor; a worker that
+  /// hung held its job's round for a day.
   double recompute_factor = 30.0;
   std::chrono::milliseconds min_recompute_wait{std::chrono::minutes(10)};
 };

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <map>
 #include <memory>
 #include <string>
 #include <thread>
@@ -66,6 +67,7 @@ caf::actor spawn_one_slot_market(caf::actor_system& sys, caf::actor worker) {
         // the verifier after its first re-computation.
         [](release_atom, const caf::actor&) {},
         [](release_atom, const caf::actor&, bool) {},
+        [](release_atom, const caf::actor&, bool, bool) {},
     };
   });
 }
@@ -110,6 +112,70 @@ caf::actor spawn_turn_market(caf::actor_system& sys, std::vector<caf::actor> wor
         // error message, which ended it).
         [](release_atom, const caf::actor&) {},
         [](release_atom, const caf::actor&, bool) {},
+        [](release_atom, const caf::actor&, bool, bool) {},
+    };
+  });
+}
+
+// A core-tier worker that answers every assignment with a result of `values` zeros, `delay`
+// after it came: slower than the verifier first waits.
+caf::actor spawn_slow_worker(caf::actor_system& sys, size_t values,
+                             std::chrono::milliseconds delay) {
+  return sys.spawn([=](caf::event_based_actor* self) -> caf::behavior {
+    auto held =
+        std::make_shared<std::map<uint64_t, caf::typed_response_promise<assignment_result>>>();
+    return {
+        [=](assign_atom, assignment& a) {
+          auto rp = self->make_response_promise<assignment_result>();
+          (*held)[a.id] = rp;
+          self->delayed_send(self, delay, caf::put_atom::value, a.id);
+          return rp;
+        },
+        [=](caf::put_atom, uint64_t id) {
+          assignment_result r;
+          r.assignment_id = id;
+          r.update = encode_update(std::vector<float>(values, 0.0f), compression::fp32);
+          r.compute_s = 0.25;
+          held->at(id).deliver(std::move(r));
+          held->erase(id);
+        },
+        [](abort_atom, uint64_t) {},
+    };
+  });
+}
+
+// Releases after a failure a market took: those held against the worker's node, and not.
+struct fault_counts {
+  std::atomic<int> at_fault{0};
+  std::atomic<int> not_at_fault{0};
+};
+
+// A market that offers `worker` as a core-tier slot at every acquire, and counts the releases
+// after a failure in `faults`.
+caf::actor spawn_fault_counting_market(caf::actor_system& sys, caf::actor worker,
+                                       std::shared_ptr<fault_counts> faults) {
+  return sys.spawn([=](caf::event_based_actor* self) -> caf::behavior {
+    self->set_default_handler(caf::drop);
+    return {
+        [=](acquire_atom, const std::string&, const std::string&, int64_t wanted, uint8_t, int64_t,
+            double, const std::vector<std::string>&) {
+          acquire_reply r;
+          if (wanted > 0) {
+            worker_slot s;
+            s.worker = worker;
+            s.node_name = "core-node";
+            s.tier = static_cast<uint8_t>(node_tier::core);
+            r.slots.push_back(s);
+          }
+          return r;
+        },
+        [](release_atom, const caf::actor&) {},
+        [=](release_atom, const caf::actor&, bool failed) {  // the market's: the node's fault
+          if (failed) ++faults->at_fault;
+        },
+        [=](release_atom, const caf::actor&, bool failed, bool node_at_fault) {
+          if (failed) ++(node_at_fault ? faults->at_fault : faults->not_at_fault);
+        },
     };
   });
 }
@@ -275,6 +341,34 @@ TEST_SUITE("verifier") {
     CHECK(*asked == 2);
     CHECK_MESSAGE(took < 10.0, "answered after " << took << " s");
     for (const auto& a : {verifier, market, hung, computing})
+      s.self->send_exit(a, caf::exit_reason::user_shutdown);
+  }
+
+  TEST_CASE("a re-computation past its wait is tried again longer, not held against its worker") {
+    // A core tier slower than the node (a CPU re-computing a GPU's work on a large model)
+    // timed out on every try alike, each timeout cooling the core-tier worker down as at
+    // fault, and the check failed after three. Here the worker takes 1.5 s, the first wait is
+    // 1 s (deadline_s 0.5, times 2), the second 2 s.
+    test::configured_system s;
+    auto slow = spawn_slow_worker(s.sys, 4, std::chrono::milliseconds(1500));
+    auto faults = std::make_shared<fault_counts>();
+    auto market = spawn_fault_counting_market(s.sys, slow, faults);
+    verifier_limits limits;
+    limits.recompute_factor = 2.0;
+    limits.min_recompute_wait = std::chrono::seconds(1);
+    auto verifier = spawn_verifier(s.sys, market, limits);
+    verdict v;
+    s.self->request(verifier, std::chrono::seconds(20), verify_atom::value, request_of({}, 0.5))
+        .receive(
+            [&](double, double, double compute_s) {
+              v.answered = true;
+              v.compute_s = compute_s;
+            },
+            [&](caf::error& e) { v.err = from_caf(e, &s.sys); });
+    CHECK_MESSAGE(v.answered, v.err.message());
+    CHECK(faults->at_fault.load() == 0);
+    CHECK(faults->not_at_fault.load() == 1);
+    for (const auto& a : {verifier, market, slow})
       s.self->send_exit(a, caf::exit_reason::user_shutdown);
   }
 
