@@ -1019,9 +1019,9 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links) {
         for (const auto& [id, entry] : self->state.jobs)
           if (entry.status.owner == owner && !is_terminal(entry.status.state)) ++unfinished;
         if (unfinished >= self->state.links.max_jobs_per_account)
-          return to_caf(error(errc::limit_exceeded,
-                              owner + " already has " + std::to_string(unfinished) +
-                                  " unfinished jobs, the most one account may have"));
+          return to_caf(
+              error(errc::limit_exceeded, owner + " already has " + std::to_string(unfinished) +
+                                              " unfinished jobs, the most one account may have"));
         const bool builtin_data = kernels::is_builtin_data_set(spec->data_set);
         auto w = kernels::find_workload(spec->workload, spec->model,
                                         builtin_data ? spec->data_set : std::string());
