@@ -4,10 +4,6 @@
 /// node closed it; and an account gets its API key once.
 
 #include <doctest/doctest.h>
-#include <spdlog/sinks/ostream_sink.h>
-#include <spdlog/spdlog.h>
-
-#include <sstream>
 
 #include <algorithm>
 
@@ -19,6 +15,7 @@
 #include <vector>
 
 #include "access.hpp"
+#include "captured_log.hpp"
 #include "configured_system.hpp"
 #include "gatekeeper.hpp"
 #include "gflex/accounts.hpp"
@@ -152,10 +149,7 @@ TEST_SUITE("gatekeeper") {
   TEST_CASE_FIXTURE(gate_fixture, "refused joins keep to the log's bound, however many come") {
     // Each refusal was a warning line: a peer with no token sending hellos as fast as it can
     // wrote about 1 MB of log a second, until the disk was full.
-    std::ostringstream lines;
-    auto sink = std::make_shared<spdlog::sinks::ostream_sink_mt>(lines);
-    auto before = spdlog::default_logger();
-    spdlog::set_default_logger(std::make_shared<spdlog::logger>("counted", sink));
+    test::captured_log log;
     const int hellos = 200;
     for (int i = 0; i < hellos; ++i)  // a bad key proof, each from its own address
       self->send(gate, admit_atom::value, std::string("gft_") + std::string(64, '0'),
@@ -164,13 +158,8 @@ TEST_SUITE("gatekeeper") {
     for (int i = 0; i < hellos; ++i)
       self->receive([](caf::ok_atom) {}, [&](caf::error&) { ++refused; },
                     caf::after(timeout) >> [&] { FAIL("no answer to a hello"); });
-    spdlog::set_default_logger(before);
     CHECK(refused == hellos);
-    const std::string text = lines.str();
-    int logged = 0;
-    for (size_t at = text.find("refused a join"); at != std::string::npos;
-         at = text.find("refused a join", at + 1))
-      ++logged;
+    const int logged = log.count("refused a join");
     CHECK(logged >= 1);
     CHECK(logged <= 20);
   }
@@ -178,12 +167,7 @@ TEST_SUITE("gatekeeper") {
   TEST_CASE_FIXTURE(gate_fixture, "held hellos keep to the log's bound, however many come") {
     // Past five failures, every hello from an address is held, and each wrote an info line:
     // a guesser looping its hellos wrote as many as it sent.
-    std::ostringstream lines;
-    auto sink = std::make_shared<spdlog::sinks::ostream_sink_mt>(lines);
-    auto before = spdlog::default_logger();
-    auto counted = std::make_shared<spdlog::logger>("counted", sink);
-    counted->set_level(spdlog::level::info);
-    spdlog::set_default_logger(counted);
+    test::captured_log log;
     auto bad_hello = [&] {
       self->send(gate, admit_atom::value, std::string("gft_bad"), std::string("community"),
                  std::string("10.0.8.1"), true, key(800));
@@ -199,13 +183,8 @@ TEST_SUITE("gatekeeper") {
     for (int i = 0; i < hellos; ++i)
       self->receive([](caf::ok_atom) {}, [&](caf::error&) { ++refused; },
                     caf::after(timeout) >> [&] { FAIL("no answer to a hello"); });
-    spdlog::set_default_logger(before);
     CHECK(refused == hellos);
-    const std::string text = lines.str();
-    int held = 0;
-    for (size_t at = text.find("holding the answer"); at != std::string::npos;
-         at = text.find("holding the answer", at + 1))
-      ++held;
+    const int held = log.count("holding the answer");
     CHECK(held >= 1);
     CHECK_MESSAGE(held <= 20, held << " held hellos logged");
   }

@@ -31,6 +31,24 @@ job_status await_checkpoint_wait(job_fixture& f) {
       5);
 }
 
+// The store keys of the shards of alice's second data set.
+struct set_d_keys {
+  std::string train_key, test_key;
+};
+
+// Alice's second data set, "d" (9 training samples, 4 test), stored in `st` beside "c".
+set_d_keys add_set_d(failing_store_state& st) {
+  const auto train = encode_shard(samples(9), 0, 9), test = encode_shard(samples(4), 0, 4);
+  data_upload up("user/alice", "d", 2, {});
+  REQUIRE(up.add({0, 2, false, train}).has_value());
+  REQUIRE(up.add({1, 2, true, test}).has_value());
+  st.kept[data_set_key("user/alice", "d")] = encode_data_set(up.finish().value());
+  set_d_keys out{data_chunk_key(digest_hex(train)), data_chunk_key(digest_hex(test))};
+  st.kept[out.train_key] = train;
+  st.kept[out.test_key] = test;
+  return out;
+}
+
 }  // namespace
 
 TEST_SUITE("job resume") {
@@ -81,14 +99,8 @@ TEST_SUITE("job resume") {
     // were left unloaded, the load tried again every 5 s for good, and `gflex data rm` of the
     // damaged set said there was none.
     auto st = stored_job();
-    const auto train = encode_shard(samples(9), 0, 9), test = encode_shard(samples(4), 0, 4);
-    data_upload up("user/alice", "d", 2, {});
-    REQUIRE(up.add({0, 2, false, train}).has_value());
-    REQUIRE(up.add({1, 2, true, test}).has_value());
-    st.kept[data_set_key("user/alice", "d")] = encode_data_set(up.finish().value());
-    st.kept[data_chunk_key(digest_hex(train))] = train;
-    st.kept[data_chunk_key(digest_hex(test))] = test;
-    st.damaged.insert(data_chunk_key(digest_hex(train)));
+    const auto d = add_set_d(st);
+    st.damaged.insert(d.train_key);
     job_fixture f(st);
     // The job on "c" resumes: it waits for workers from round 2.
     auto s =
@@ -102,22 +114,15 @@ TEST_SUITE("job resume") {
                  [&](caf::error& e) { FAIL(f.sys.render(e)); });
     const std::set<std::string> gone(deleted.begin(), deleted.end());
     CHECK(gone.count(data_set_key("user/alice", "d")) == 1);
-    CHECK(gone.count(data_chunk_key(digest_hex(train))) == 1);
-    CHECK(gone.count(data_chunk_key(digest_hex(test))) == 1);
+    CHECK(gone.count(d.train_key) == 1);
+    CHECK(gone.count(d.test_key) == 1);
   }
 
   TEST_CASE("a set whose shard the store cannot answer waits alone: the other sets load") {
     // One chunk no core reached kept every user's data sets unloaded, and every job on any
     // of them waiting, until it could be read.
     auto st = stored_job();
-    const auto train = encode_shard(samples(9), 0, 9), test = encode_shard(samples(4), 0, 4);
-    data_upload up("user/alice", "d", 2, {});
-    REQUIRE(up.add({0, 2, false, train}).has_value());
-    REQUIRE(up.add({1, 2, true, test}).has_value());
-    st.kept[data_set_key("user/alice", "d")] = encode_data_set(up.finish().value());
-    st.kept[data_chunk_key(digest_hex(train))] = train;
-    st.kept[data_chunk_key(digest_hex(test))] = test;
-    st.failing_reads[data_chunk_key(digest_hex(train))] = 1;  // read again 5 s later
+    st.failing_reads[add_set_d(st).train_key] = 1;  // read again 5 s later
     job_fixture f(st);
     // The job on "c" resumes before "d" is read again.
     auto s =

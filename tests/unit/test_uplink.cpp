@@ -6,8 +6,6 @@
 
 #include <doctest/doctest.h>
 
-#include <spdlog/sinks/ostream_sink.h>
-#include <spdlog/spdlog.h>
 #include <caf/all.hpp>
 #include <caf/io/middleman.hpp>
 
@@ -17,11 +15,11 @@
 #include <map>
 #include <memory>
 #include <optional>
-#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "captured_log.hpp"
 #include "configured_system.hpp"
 #include "gflex/runtime/digest.hpp"
 #include "messages.hpp"
@@ -867,11 +865,7 @@ TEST_SUITE("uplink") {
     // and the reason the core gave for ending the session, or for its front door stopping
     // (megabytes of it).
     test::configured_system s;
-    std::ostringstream lines;
-    auto logged = std::make_shared<spdlog::logger>(
-        "uplink", std::make_shared<spdlog::sinks::ostream_sink_mt>(lines));
-    auto before = spdlog::default_logger();
-    spdlog::set_default_logger(logged);
+    test::captured_log captured;
     caf::actor test = caf::actor_cast<caf::actor>(s.self);
     const std::string hostile = "n\x1b]0;owned\x07\x1b[2J";
     const caf::error hostile_reason =
@@ -935,13 +929,11 @@ TEST_SUITE("uplink") {
     for (int i = 0; i < 10 && losses < 2; ++i) hear();
     CHECK(losses >= 2);
     for (auto& x : {uplink, sink, worker}) s.self->send_exit(x, caf::exit_reason::user_shutdown);
-    spdlog::set_default_logger(before);
     CHECK(!node_id.empty());
     CHECK(!job_id.empty());
     CHECK_MESSAGE(node_id.find('\x1b') == std::string::npos, node_id);
     CHECK_MESSAGE(job_id.find('\x1b') == std::string::npos, job_id);
-    logged->flush();
-    const std::string log = lines.str();
+    const std::string log = captured.text();
     CHECK_MESSAGE(log.find("joined the core as n") != std::string::npos, log);
     CHECK_MESSAGE(log.find("the core ended this node's session") != std::string::npos, log);
     CHECK_MESSAGE(log.find("lost the core") != std::string::npos, log);
