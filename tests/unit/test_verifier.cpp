@@ -46,13 +46,21 @@ caf::actor spawn_core_worker(caf::actor_system& sys, bool diverges, size_t value
   });
 }
 
-// A market that offers `worker` as a core-tier slot at every acquire.
-caf::actor spawn_one_slot_market(caf::actor_system& sys, caf::actor worker) {
-  return sys.spawn([worker](caf::event_based_actor* self) -> caf::behavior {
+// Releases after a failure a market took: those held against the worker's node, and not.
+struct fault_counts {
+  std::atomic<int> at_fault{0};
+  std::atomic<int> not_at_fault{0};
+};
+
+// A market that offers `worker` as a core-tier slot at every acquire; with `faults`, it
+// counts there the releases after a failure.
+caf::actor spawn_one_slot_market(caf::actor_system& sys, caf::actor worker,
+                                 std::shared_ptr<fault_counts> faults = nullptr) {
+  return sys.spawn([=](caf::event_based_actor* self) -> caf::behavior {
     self->set_default_handler(caf::drop);
     return {
-        [worker](acquire_atom, const std::string&, const std::string&, int64_t wanted, uint8_t,
-                 int64_t, double, const std::vector<std::string>&) {
+        [=](acquire_atom, const std::string&, const std::string&, int64_t wanted, uint8_t, int64_t,
+            double, const std::vector<std::string>&) {
           acquire_reply r;
           if (wanted > 0) {
             worker_slot s;
@@ -66,8 +74,12 @@ caf::actor spawn_one_slot_market(caf::actor_system& sys, caf::actor worker) {
         // Handled, not dropped: a dropped message's error goes back to its sender, and ended
         // the verifier after its first re-computation.
         [](release_atom, const caf::actor&) {},
-        [](release_atom, const caf::actor&, bool) {},
-        [](release_atom, const caf::actor&, bool, bool) {},
+        [=](release_atom, const caf::actor&, bool failed) {  // the market's: the node's fault
+          if (failed && faults) ++faults->at_fault;
+        },
+        [=](release_atom, const caf::actor&, bool failed, bool node_at_fault) {
+          if (failed && faults) ++(node_at_fault ? faults->at_fault : faults->not_at_fault);
+        },
     };
   });
 }
@@ -140,42 +152,6 @@ caf::actor spawn_slow_worker(caf::actor_system& sys, size_t values,
           held->erase(id);
         },
         [](abort_atom, uint64_t) {},
-    };
-  });
-}
-
-// Releases after a failure a market took: those held against the worker's node, and not.
-struct fault_counts {
-  std::atomic<int> at_fault{0};
-  std::atomic<int> not_at_fault{0};
-};
-
-// A market that offers `worker` as a core-tier slot at every acquire, and counts the releases
-// after a failure in `faults`.
-caf::actor spawn_fault_counting_market(caf::actor_system& sys, caf::actor worker,
-                                       std::shared_ptr<fault_counts> faults) {
-  return sys.spawn([=](caf::event_based_actor* self) -> caf::behavior {
-    self->set_default_handler(caf::drop);
-    return {
-        [=](acquire_atom, const std::string&, const std::string&, int64_t wanted, uint8_t, int64_t,
-            double, const std::vector<std::string>&) {
-          acquire_reply r;
-          if (wanted > 0) {
-            worker_slot s;
-            s.worker = worker;
-            s.node_name = "core-node";
-            s.tier = static_cast<uint8_t>(node_tier::core);
-            r.slots.push_back(s);
-          }
-          return r;
-        },
-        [](release_atom, const caf::actor&) {},
-        [=](release_atom, const caf::actor&, bool failed) {  // the market's: the node's fault
-          if (failed) ++faults->at_fault;
-        },
-        [=](release_atom, const caf::actor&, bool failed, bool node_at_fault) {
-          if (failed) ++(node_at_fault ? faults->at_fault : faults->not_at_fault);
-        },
     };
   });
 }
@@ -352,7 +328,7 @@ TEST_SUITE("verifier") {
     test::configured_system s;
     auto slow = spawn_slow_worker(s.sys, 4, std::chrono::milliseconds(1500));
     auto faults = std::make_shared<fault_counts>();
-    auto market = spawn_fault_counting_market(s.sys, slow, faults);
+    auto market = spawn_one_slot_market(s.sys, slow, faults);
     verifier_limits limits;
     limits.recompute_factor = 2.0;
     limits.min_recompute_wait = std::chrono::seconds(1);
