@@ -120,6 +120,27 @@ concept can_sink = requires(S s, F f) {
   s.sink("s", f);
 };
 
+// The jobs `k` lists once it lists any, asked every 100 ms for `seconds`; none after.
+std::vector<job_status> jobs_once_listed(client& k, int seconds) {
+  for (int tries = 0; tries < seconds * 10; ++tries) {
+    auto jobs = k.jobs();
+    if (jobs && !jobs->empty()) return *jobs;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  return {};
+}
+
+// Cancels the job `id` a train stage follows, and checks that its pipeline's `run` fails
+// saying so.
+template <class Run>
+void cancel_and_check_report(client& k, const std::string& id, Run& run) {
+  REQUIRE(k.cancel(id).has_value());
+  auto report = run.get();
+  REQUIRE_FALSE(report.has_value());
+  CHECK_MESSAGE(report.error().message().find(id + " cancelled") != std::string::npos,
+                report.error().message());
+}
+
 }  // namespace
 
 TEST_SUITE("pipeline") {
@@ -1045,17 +1066,9 @@ TEST_SUITE("pipeline") {
         .train("train", t, stage_options{.restarts = 0})
         .sink("rounds", [](const round_update&) {});
     auto run = std::async(std::launch::async, [&] { return g.run({}, std::chrono::seconds(120)); });
-    auto jobs_of = [&](client& k) {
-      for (int tries = 0; tries < 100; ++tries) {
-        auto jobs = k.jobs();
-        if (jobs && !jobs->empty()) return *jobs;
-        std::this_thread::sleep_for(std::chrono::milliseconds(100));
-      }
-      return std::vector<job_status>{};
-    };
     auto watching = client::connect("127.0.0.1", config.port, link);
     REQUIRE(watching.has_value());
-    REQUIRE(jobs_of(*watching).size() == 1);  // submitted: the stage follows it
+    REQUIRE(jobs_once_listed(*watching, 10).size() == 1);  // submitted: the stage follows it
     first->kill();
     std::this_thread::sleep_for(std::chrono::milliseconds(1000));  // its polls find no core
     // A client whose session died with its core says so at its next request: sent to the
@@ -1071,14 +1084,9 @@ TEST_SUITE("pipeline") {
     test::forked_core second(config);
     auto again = client::connect("127.0.0.1", config.port, link);
     REQUIRE(again.has_value());
-    const auto jobs = jobs_of(*again);
+    const auto jobs = jobs_once_listed(*again, 10);
     REQUIRE(jobs.size() == 1);
-    REQUIRE(again->cancel(jobs.front().job_id).has_value());
-    auto report = run.get();
-    REQUIRE_FALSE(report.has_value());
-    CHECK_MESSAGE(
-        report.error().message().find(jobs.front().job_id + " cancelled") != std::string::npos,
-        report.error().message());
+    cancel_and_check_report(*again, jobs.front().job_id, run);
   }
 
   TEST_CASE("a train stage pushes its data set across a restart of its core") {
@@ -1124,11 +1132,7 @@ TEST_SUITE("pipeline") {
     test::forked_core second(config);
     auto again = client::connect("127.0.0.1", config.port, link);
     REQUIRE(again.has_value());
-    std::vector<job_status> jobs;
-    for (int tries = 0; tries < 300 && jobs.empty(); ++tries) {
-      if (auto j = again->jobs(); j) jobs = *j;
-      if (jobs.empty()) std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    }
+    const auto jobs = jobs_once_listed(*again, 30);
     if (jobs.empty()) {  // the run failed instead: its error says why
       auto report = run.get();
       FAIL_CHECK("no job was submitted: " << (report ? std::string("the run ended")
@@ -1136,12 +1140,7 @@ TEST_SUITE("pipeline") {
       return;
     }
     REQUIRE(jobs.size() == 1);
-    REQUIRE(again->cancel(jobs.front().job_id).has_value());
-    auto report = run.get();
-    REQUIRE_FALSE(report.has_value());
-    CHECK_MESSAGE(
-        report.error().message().find(jobs.front().job_id + " cancelled") != std::string::npos,
-        report.error().message());
+    cancel_and_check_report(*again, jobs.front().job_id, run);
   }
 
   TEST_CASE("a train stage runs a distributed job on the samples it is fed") {
