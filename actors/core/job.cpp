@@ -810,7 +810,8 @@ void assignment_failed(job_actor* self, uint64_t id, const caf::error& e) {
   if (it != st.pending.end() && err.code() == errc::non_finite && !st.divergence_disproved) {
     const auto& slot = it->second.slot;
     const auto now = clock_type::now();
-    auto [report, first] = st.diverged.try_emplace(slot.public_key, err.message(), now);
+    auto [report, first] = st.diverged.try_emplace(
+        slot.public_key, job_actor_state::divergence_report{err.message(), now});
     // Given the round's work again once it was no longer left out, and saying it again: no
     // other node took that work meanwhile.
     const bool again = !first && it->second.started > report->second.first;
