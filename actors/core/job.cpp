@@ -78,7 +78,7 @@ struct round_result {
   bool stood_out = false;
   // A count sketch of the update (update_sketch; empty for a core-tier result): the round's
   // later results are compared with it, a copy of another key's result being re-computed.
-  std::vector<float> sketch;
+  std::vector<float> sketch{};
 };
 
 using round_results = std::map<int64_t, round_result>;  // by shard: the first valid one wins

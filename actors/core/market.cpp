@@ -244,7 +244,7 @@ caf::behavior market_actor(caf::stateful_actor<market_state>* self, double newco
           self->monitor(s.worker);
           const uint32_t node = self->state.node_id(s.node_name);
           self->state.slot_of[s.worker.address()] = slots.size();
-          slots.push_back({std::move(s), false, nullptr, 0, {}, node});
+          slots.push_back({std::move(s), false, nullptr, 0, {}, node, {}, {}});
           if (auto c = self->state.claimed.find(slots.back().slot.worker.address());
               c != self->state.claimed.end()) {
             slots.back().busy = true;
@@ -336,8 +336,10 @@ caf::behavior market_actor(caf::stateful_actor<market_state>* self, double newco
                                            !held_for_another));
           if (!speed.measured) offers.back().claimed = speed.claimed;
         }
-        slot_bid bid{static_cast<trust_tier>(std::min<uint8_t>(policy, 2)), max_price,
-                     min_reputation};
+        slot_bid bid;
+        bid.policy = static_cast<trust_tier>(std::min<uint8_t>(policy, 2));
+        bid.max_price = max_price;
+        bid.min_reputation = min_reputation;
         bid.avoided = std::move(avoided);
         // One exploratory slot per workload at a time: the node's answer measures it.
         auto x = st.exploring.find(workload);

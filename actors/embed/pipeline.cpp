@@ -729,7 +729,7 @@ caf::behavior stage_behavior(stage_actor* self, stage_init init) {
         st.producer_ended.assign(w.producers_finished.begin(), w.producers_finished.end());
         st.window = w.consumer_window;
         st.awaiting_adoption.insert(w.awaiting_adoption.begin(), w.awaiting_adoption.end());
-        for (auto& a : w.consumers) st.slots.push_back(out_slot{std::move(a), st.window, {}});
+        for (auto& a : w.consumers) st.slots.push_back(out_slot{std::move(a), st.window, {}, {}});
         st.wired = true;
         guarded(self, [&] {
           if (st.init.def->kind == stage_kind::source)
@@ -757,7 +757,9 @@ caf::behavior stage_behavior(stage_actor* self, stage_init init) {
         guarded(self, [&] {
           pipe_item in{input_ref{w.producer, w.epoch, w.seq,
                                  caf::actor_cast<caf::actor>(self->current_sender())},
-                       (*st.init.defs)[static_cast<size_t>(input)].decode(w.bytes), w.origin};
+                       (*st.init.defs)[static_cast<size_t>(input)].decode(w.bytes),
+                       w.origin,
+                       {}};
           note_origin(self, in.from, in.origin);
           st.inbox.push_back(std::move(in));
           process_inbox(self);
