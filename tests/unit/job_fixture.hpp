@@ -416,6 +416,16 @@ struct job_fixture : configured_system {
   }
 };
 
+// The status of job-1 once it says it waits for its checkpoint, within 5 s (awaited by its
+// words: a slow machine shows the data sets' loading first).
+inline job_status await_checkpoint_wait(job_fixture& f) {
+  return f.await(
+      [](const job_status& s) {
+        return s.detail.find("waiting: its checkpoint cannot be read: ") == 0;
+      },
+      5);
+}
+
 // k_spec paid from alice's account.
 inline const std::string metered_spec =
     k_spec + "[market]\naccount = \"user/alice\"\nbudget = 100.0\nmax_price = 1.0\n";

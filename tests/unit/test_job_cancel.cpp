@@ -62,16 +62,6 @@ std::optional<job_status> recorded(job_fixture& f) {
   return out;
 }
 
-// The job's status once its checkpoint is known to be unreadable, within 5 s.
-job_status waiting_for_its_checkpoint(job_fixture& f) {
-  // Awaited by its words: a slow machine shows the data sets' loading first.
-  return f.await(
-      [](const job_status& s) {
-        return s.detail.find("waiting: its checkpoint cannot be read: ") == 0;
-      },
-      5);
-}
-
 struct flaky_hold_state {
   caf::actor keeper;
   caf::error failure;  // the next hold's answer, once, unless empty
@@ -315,7 +305,7 @@ TEST_SUITE("job cancel") {
     auto st = stored_job();
     st.unreadable.insert(job_checkpoint_key("job-1"));
     job_fixture f(st);
-    auto s = waiting_for_its_checkpoint(f);
+    auto s = await_checkpoint_wait(f);
     REQUIRE_MESSAGE(s.detail.find("waiting: its checkpoint cannot be read: ") == 0, s.detail);
     f.self->send(f.store, caf::put_atom::value, job_record_key("job-1"), 2);  // two writes fail
     std::string refused;
@@ -342,7 +332,7 @@ TEST_SUITE("job cancel") {
     auto st = stored_job(2, metered_spec);
     st.unreadable.insert(job_checkpoint_key("job-1"));
     job_fixture f(st, {}, interrupted_run_ledger);
-    auto s = waiting_for_its_checkpoint(f);
+    auto s = await_checkpoint_wait(f);
     REQUIRE_MESSAGE(s.detail.find("waiting: its checkpoint cannot be read: ") == 0, s.detail);
     caf::actor keeper;  // held after the fixture: a handle outliving its system hangs its end
     f.self->request(f.keeper, f.wait, caf::get_atom::value, caf::get_atom::value)

@@ -21,16 +21,6 @@ using namespace gflex::test;
 
 namespace {
 
-// The status of job-1 once it says it waits for its checkpoint (5 s at most; a slow machine
-// shows the data sets' loading first).
-job_status await_checkpoint_wait(job_fixture& f) {
-  return f.await(
-      [](const job_status& s) {
-        return s.detail.find("waiting: its checkpoint cannot be read: ") == 0;
-      },
-      5);
-}
-
 // The store keys of the shards of alice's second data set.
 struct set_d_keys {
   std::string train_key, test_key;
