@@ -120,6 +120,21 @@ concept can_sink = requires(S s, F f) {
   s.sink("s", f);
 };
 
+// A core in a child process, on its own data and port, which a test kills (`first`) and
+// starts again on that data; and an operator's client of it.
+struct core_in_child {
+  test::temp_dir dir;
+  core_config config = test::local_core_config(dir);
+  client_options link = test::operator_link(dir);
+  std::unique_ptr<test::forked_core> first;
+
+  core_in_child() {
+    config.port = test::free_loopback_port();
+    first = std::make_unique<test::forked_core>(config);
+  }
+  auto connect() const { return client::connect("127.0.0.1", config.port, link); }
+};
+
 // The jobs `k` lists once it lists any, asked every 100 ms for `seconds`; none after.
 std::vector<job_status> jobs_once_listed(client& k, int seconds) {
   for (int tries = 0; tries < seconds * 10; ++tries) {
@@ -1051,12 +1066,8 @@ TEST_SUITE("pipeline") {
     // client::wait rode it out. The core runs in a child process, killed and started again on
     // its data; the job has no node: it waits, and is cancelled once the core is back, which
     // the stage reports.
-    test::temp_dir dir;
-    auto config = test::local_core_config(dir);
-    config.port = test::free_loopback_port();
-    const auto link = test::operator_link(dir);
-    auto first = std::make_unique<test::forked_core>(config);
-    auto c = client::connect("127.0.0.1", config.port, link);
+    core_in_child core;
+    auto c = core.connect();
     REQUIRE_MESSAGE(c.has_value(), c.error().message());
     auto t = linear_job(*c, "waits", 3);
     t.max_samples = 40;
@@ -1066,10 +1077,10 @@ TEST_SUITE("pipeline") {
         .train("train", t, stage_options{.restarts = 0})
         .sink("rounds", [](const round_update&) {});
     auto run = std::async(std::launch::async, [&] { return g.run({}, std::chrono::seconds(120)); });
-    auto watching = client::connect("127.0.0.1", config.port, link);
+    auto watching = core.connect();
     REQUIRE(watching.has_value());
     REQUIRE(jobs_once_listed(*watching, 10).size() == 1);  // submitted: the stage follows it
-    first->kill();
+    core.first->kill();
     std::this_thread::sleep_for(std::chrono::milliseconds(1000));  // its polls find no core
     // A client whose session died with its core says so at its next request: sent to the
     // session's dead proxy, the request was dropped, and answered by its timeout (30 s).
@@ -1081,8 +1092,8 @@ TEST_SUITE("pipeline") {
     CHECK_MESSAGE(gone.error().message().starts_with("the link to the core was lost"),
                   gone.error().message());
     CHECK_MESSAGE(took < 10.0, "the request took " << took << " s");
-    test::forked_core second(config);
-    auto again = client::connect("127.0.0.1", config.port, link);
+    test::forked_core second(core.config);
+    auto again = core.connect();
     REQUIRE(again.has_value());
     const auto jobs = jobs_once_listed(*again, 10);
     REQUIRE(jobs.size() == 1);
@@ -1094,12 +1105,8 @@ TEST_SUITE("pipeline") {
     // failed as fast: a core restarting during the upload failed the run within a second.
     // The source holds back the batch that fills the stage until the core is killed; the
     // core comes back on its data a moment later, and the stage pushes and submits there.
-    test::temp_dir dir;
-    auto config = test::local_core_config(dir);
-    config.port = test::free_loopback_port();
-    const auto link = test::operator_link(dir);
-    auto first = std::make_unique<test::forked_core>(config);
-    auto c = client::connect("127.0.0.1", config.port, link);
+    core_in_child core;
+    auto c = core.connect();
     REQUIRE_MESSAGE(c.has_value(), c.error().message());
     auto t = linear_job(*c, "pushes", 3);
     t.max_samples = 40;  // full at the 20th batch (position 19)
@@ -1126,11 +1133,11 @@ TEST_SUITE("pipeline") {
       std::this_thread::sleep_for(std::chrono::milliseconds(50));
     if (!holding) core_killed.set_value();  // the run must not wait on it for ever
     REQUIRE(holding);
-    first->kill();
+    core.first->kill();
     core_killed.set_value();
     std::this_thread::sleep_for(std::chrono::milliseconds(2500));  // its pushes find no core
-    test::forked_core second(config);
-    auto again = client::connect("127.0.0.1", config.port, link);
+    test::forked_core second(core.config);
+    auto again = core.connect();
     REQUIRE(again.has_value());
     const auto jobs = jobs_once_listed(*again, 30);
     if (jobs.empty()) {  // the run failed instead: its error says why
