@@ -113,10 +113,8 @@ caf::behavior follower_door(door_actor* self, std::string core_id, caf::actor st
                       std::vector<std::vector<uint8_t>>& values) mutable {
                     std::vector<job_status> out;
                     for (size_t i = 0; i < keys.size(); ++i)
-                      if (auto s = status_for(who, keys[i], values[i])) {
-                        s->history.clear();  // one job's status carries its curve, the list not
-                        out.push_back(std::move(*s));
-                      }
+                      if (auto s = status_for(who, keys[i], values[i]))
+                        out.push_back(list_entry(std::move(*s)));
                     rp.deliver(std::move(out));
                   },
                   [=](caf::error& e) mutable { rp.deliver(e); });

@@ -1204,10 +1204,7 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links) {
       [=](jobs_atom, const std::string& who) -> std::vector<job_status> {
         std::vector<job_status> out;
         for (const auto& [id, entry] : self->state.jobs)
-          if (may_touch(who, entry.status)) {
-            out.push_back(entry.status);
-            out.back().history.clear();  // one job's status carries its curve, the list not
-          }
+          if (may_touch(who, entry.status)) out.push_back(list_entry(entry.status));
         // In the order they were submitted: the dashboard charts the newest.
         std::sort(out.begin(), out.end(), [](const job_status& a, const job_status& b) {
           return submitted_before(a.job_id, b.job_id);

@@ -39,6 +39,18 @@ int64_t tested_round(const job_status& s) {
   return 0;
 }
 
+job_status list_entry(job_status s) {
+  auto last = std::find_if(s.history.rbegin(), s.history.rend(),
+                           [](const round_point& p) { return p.evaluated; });
+  if (last == s.history.rend()) {
+    s.history.clear();
+  } else {
+    const round_point kept = *last;
+    s.history.assign(1, kept);
+  }
+  return s;
+}
+
 std::vector<uint8_t> encode_job_record(const std::string& spec_text, const job_status& s) {
   capnp::MallocMessageBuilder message;
   auto r = message.initRoot<schema::JobRecord>();

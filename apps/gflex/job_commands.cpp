@@ -233,10 +233,14 @@ int run_status(const job_flags& f) {
     std::printf("%s\n", json_text(list).c_str());
   } else {
     std::printf("%-10s %-20s %-10s %9s %9s\n", "JOB", "NAME", "STATE", "ROUND", "ACCURACY");
-    for (const auto& s : *all)
-      std::printf("%-10s %-20s %-10s %4lld/%-4lld %9.4f\n", s.job_id.c_str(), s.name.c_str(),
+    for (const auto& s : *all) {
+      // A job not yet evaluated has no accuracy: "-", not 0.0000 (a model that learnt nothing).
+      char accuracy[16] = "-";
+      if (tested_round(s) > 0) std::snprintf(accuracy, sizeof accuracy, "%.4f", s.test_accuracy);
+      std::printf("%-10s %-20s %-10s %4lld/%-4lld %9s\n", s.job_id.c_str(), s.name.c_str(),
                   to_string(s.state), static_cast<long long>(s.round),
-                  static_cast<long long>(s.rounds), s.test_accuracy);
+                  static_cast<long long>(s.rounds), accuracy);
+    }
   }
   return 0;
 }

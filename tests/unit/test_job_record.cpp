@@ -75,6 +75,23 @@ TEST_CASE("job record: the round the test figures are of") {
   CHECK(tested_round(s) == 30);
 }
 
+TEST_CASE("job record: a listed job keeps the round its test figures are of, and no curve") {
+  job_status s;
+  s.round = 37;
+  for (int64_t r = 1; r <= 37; ++r)
+    add_round(s.history, {r, 0.5, 0.0, 0.0, r % 10 == 0, static_cast<double>(r)});
+  const auto listed = list_entry(s);
+  REQUIRE(listed.history.size() == 1);
+  CHECK(tested_round(listed) == 30);
+  CHECK(listed.history.front().elapsed_s == 30.0);
+  // Not yet evaluated: nothing kept, and the list tells it from an accuracy of 0.
+  job_status fresh;
+  fresh.round = 5;
+  for (int64_t r = 1; r <= 5; ++r) add_round(fresh.history, {r, 0.5, 0.0, 0.0, false, 0.0});
+  CHECK(list_entry(fresh).history.empty());
+  CHECK(tested_round(list_entry(fresh)) == 0);
+}
+
 TEST_CASE("job record: jobs list in the order they were submitted") {
   // Listed as text, job-10 came before job-2: the dashboard, which charts the newest eight,
   // charted job-9 to job-2 while job-12 ran.

@@ -105,7 +105,8 @@ struct job_status {
   int64_t cloud_cost = 0;
   /// The committed rounds, oldest first; past `max_history` points every other older one is
   /// dropped, so a long job keeps its curve's shape. Only the status of one job carries it
-  /// (client::status); the list of jobs leaves it empty.
+  /// whole (client::status); the list of jobs keeps only its last evaluated round, which
+  /// says what round its test figures are of (see list_entry).
   std::vector<round_point> history;
   static constexpr size_t max_history = 1024;
 };
@@ -120,6 +121,11 @@ void trim_history(std::vector<round_point>& history, int64_t round);
 /// evaluated every N rounds that ended between two evaluations (cancelled, failed) shows
 /// figures of a round before its last.
 int64_t tested_round(const job_status& s);
+
+/// `s` as the list of jobs shows it: its history cut to its last evaluated round, so the
+/// list stays small and still tells a job not yet evaluated (its test accuracy of 0 is no
+/// figure) from one evaluated at 0.
+job_status list_entry(job_status s);
 
 /// A node as the core's registry sees it, with its reputation.
 /// A GPU as its node measured it at start.
