@@ -13,8 +13,16 @@ threads=${1:-$(nproc)}
 batch=${2:-128}
 epochs=${3:-3}
 workload=${4:-fashion-mlp}
-peer=tests/bench/torch_mlp.py
-[ "$workload" = fashion-cnn ] && peer=tests/bench/torch_cnn.py
+# Each workload has its own PyTorch peer: any other would be compared with the wrong model.
+case $workload in
+  fashion-mlp) peer=tests/bench/torch_mlp.py ;;
+  fashion-cnn) peer=tests/bench/torch_cnn.py ;;
+  *)
+    echo "mlp_vs_pytorch: workload '$workload' has no PyTorch peer here;" \
+      "use fashion-mlp or fashion-cnn" >&2
+    exit 2
+    ;;
+esac
 
 if ! /usr/bin/python3 -c "import torch" 2>/dev/null; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-torch >/dev/null
@@ -23,17 +31,25 @@ fi
 
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
+# What failed, and the end of its log (which the trap then removes).
+fail() {
+  echo "mlp_vs_pytorch: $1 failed:" >&2
+  tail -5 "$2" >&2
+  exit 1
+}
 # Each side runs twice, alternating, and keeps its better run: the machine is shared.
 for round in 1 2; do
   build/bin/gflex --log-level warn train --workload "$workload" --epochs "$epochs" --batch-size "$batch" \
-    --threads "$threads" --constant-lr --json "$out/gflex$round.json" >/dev/null 2>&1
+    --threads "$threads" --constant-lr --json "$out/gflex$round.json" >"$out/gflex$round.log" 2>&1 ||
+    fail "gflex train --workload $workload" "$out/gflex$round.log"
   # PASSIVE: Debian's torch spins its OpenMP pool beside OpenBLAS's own (lm_vs_torch.py
   # says why); spinning, its steps took twice as long on 2 cores, which flattered gflex.
   OPENBLAS_NUM_THREADS=$threads OMP_NUM_THREADS=$threads OMP_WAIT_POLICY=PASSIVE /usr/bin/python3 \
     "$peer" --threads "$threads" --batch-size "$batch" --epochs "$epochs" \
     >"$out/torch$round.json"
 done
-build/bin/gflex_bench_step "$threads" "$batch" cpu "$workload" >"$out/step.json"
+build/bin/gflex_bench_step "$threads" "$batch" cpu "$workload" >"$out/step.json" \
+  2>"$out/step.log" || fail "gflex_bench_step $workload" "$out/step.log"
 
 /usr/bin/python3 - "$out" "$threads" "$batch" "$epochs" "$workload" <<'PY'
 import json, sys, platform, subprocess
