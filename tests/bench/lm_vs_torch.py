@@ -40,6 +40,12 @@ intra-op OpenMP pool (libgomp) beside OpenBLAS's own pthread pool, and with both
 the same T cores a step of this model took 2.2x as long on 2 cores (5x-15x with another
 process busy).
 
+OpenBLAS kernels: where OpenBLAS does not know the CPU it runs its generic Prescott kernels,
+and gflex runs itself again with OPENBLAS_CORETYPE set to what the CPU supports
+(kernels/src/blas_kernels.cpp). The script asks the gflex binary which core it ends on
+(OPENBLAS_VERBOSE=2 names each core loaded) and, where gflex chose one, sets
+OPENBLAS_CORETYPE to it for PyTorch too; the table's header names the core.
+
 The peer is Debian's python3-torch: if `import torch` fails the script installs it with
 apt-get (and says so), and runs itself again under /usr/bin/python3, which sees it.
 """
@@ -139,6 +145,17 @@ def ensure_torch():
     sys.stdout.flush()
     os.environ[REEXEC_GUARD] = "1"
     os.execv(SYSTEM_PYTHON, [SYSTEM_PYTHON] + sys.argv)
+
+
+def openblas_core(gflex):
+    """The OpenBLAS core gflex trains on, and whether gflex chose it (the library named another
+    first, and gflex ran itself again with OPENBLAS_CORETYPE); None where OpenBLAS names
+    none."""
+    r = subprocess.run([gflex, "--help"], capture_output=True, text=True,
+                       env=dict(os.environ, OPENBLAS_VERBOSE="2"))
+    cores = [line[len("Core: "):].strip() for line in r.stderr.splitlines()
+             if line.startswith("Core: ")]
+    return (cores[-1], len(cores) > 1) if cores else (None, False)
 
 
 def read_model(spec_path):
@@ -534,6 +551,14 @@ def main():
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(a.threads)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see the module's docstring
+    gflex = os.path.join(a.bin, "gflex")
+    if not os.access(gflex, os.X_OK):
+        fail(f"{gflex}: not an executable")
+    # PyTorch's GEMMs run in the same OpenBLAS: on the kernels gflex runs on (the module's
+    # docstring says why), set before torch loads the library.
+    core, chosen_by_gflex = openblas_core(gflex)
+    if chosen_by_gflex and "OPENBLAS_CORETYPE" not in os.environ:
+        os.environ["OPENBLAS_CORETYPE"] = core
     ensure_torch()
     import torch
     if a.device == "cuda" and not torch.cuda.is_available():
@@ -596,7 +621,7 @@ def main():
     best = lambda runs: max(runs, key=lambda x: x["samples_per_s"]) if runs else None  # noqa: E731
     g, f, t, c = best(g_runs), best(f_runs), best(t_runs), best(c_runs)
     report(a, model, parameters, train.shape[0], test.shape[0], g, f, t, c,
-           {"gflex_runs": g_runs, "pytorch_runs": t_runs})
+           {"gflex_runs": g_runs, "pytorch_runs": t_runs}, core)
     sys.stdout.flush()
     if cut_short:
         sys.exit(124)
@@ -620,8 +645,9 @@ def on_sigterm(signum, frame):
     raise CutShort()
 
 
-def report(a, model, parameters, n_train, n_test, g, f, t, c, runs):
-    """Prints the table of the rows that ran (None: a row that did not) and writes --json."""
+def report(a, model, parameters, n_train, n_test, g, f, t, c, runs, core):
+    """Prints the table of the rows that ran (None: a row that did not) and writes --json;
+    `core`: the OpenBLAS core both sides run on (None: not reported)."""
     T = model["input"][0]
     # Model FLOPs per token (the PaLM estimate): 6 per parameter, and the attention scores
     # and their products, 12 x layers x context x width.
@@ -635,7 +661,9 @@ def report(a, model, parameters, n_train, n_test, g, f, t, c, runs):
           f"{a.steps} steps ({a.steps * a.batch * T} tokens), AdamW lr {a.lr} cosine to 5%, "
           f"{a.threads} threads (torch: set_num_threads({a.threads}), OpenBLAS "
           f"{os.environ['OPENBLAS_NUM_THREADS']}, OMP_WAIT_POLICY="
-          f"{os.environ['OMP_WAIT_POLICY']})" +
+          f"{os.environ['OMP_WAIT_POLICY']}); OpenBLAS core {core or 'not reported'}" +
+          (" (OPENBLAS_CORETYPE)" if "OPENBLAS_CORETYPE" in os.environ else "") +
+          " on both sides" +
           (f"; torch attention: {t['attention']}" if t else "") +
           f"; initial parameters and sample order: {a.rng}'s generator, seed {a.seed}; "
           f"better of {a.repeats} runs each")
@@ -674,7 +702,7 @@ def report(a, model, parameters, n_train, n_test, g, f, t, c, runs):
                        "pytorch_compiled": c, "device": a.device,
                        "precision": a.precision, "flops_per_token": flops_per_token,
                        "peak_tflops": a.peak_tflops, "parameters": parameters,
-                       "context": T, "steps": a.steps,
+                       "context": T, "steps": a.steps, "openblas_core": core,
                        "batch": a.batch, "lr": a.lr, "threads": a.threads, **runs}, out, indent=2)
 
 if __name__ == "__main__":

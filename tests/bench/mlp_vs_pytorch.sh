@@ -29,6 +29,18 @@ if ! /usr/bin/python3 -c "import torch" 2>/dev/null; then
 fi
 [ -x build/bin/gflex ] || bash .ci/setup >/dev/null
 
+# Where OpenBLAS does not know the CPU it runs its generic Prescott kernels, and gflex then runs
+# itself again with OPENBLAS_CORETYPE set to what the CPU supports (kernels/src/blas_kernels.cpp).
+# The peer does its GEMMs in the same OpenBLAS and must get the same kernels. OpenBLAS names each
+# core it loads (OPENBLAS_VERBOSE=2): a second name is the one gflex chose, and both sides get it.
+cores=$(OPENBLAS_VERBOSE=2 build/bin/gflex --help 2>&1 >/dev/null | sed -n 's/^Core: //p' || true)
+core=${cores##*$'\n'}
+if [ -z "${OPENBLAS_CORETYPE:-}" ] && [ "$cores" != "$core" ]; then
+  export OPENBLAS_CORETYPE=$core
+fi
+core_note="OpenBLAS core ${core:-not reported}${OPENBLAS_CORETYPE:+ (OPENBLAS_CORETYPE)}"
+core_note+=" on both sides"
+
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 # What failed, and the end of its log (which the trap then removes).
@@ -51,9 +63,9 @@ done
 build/bin/gflex_bench_step "$threads" "$batch" cpu "$workload" >"$out/step.json" \
   2>"$out/step.log" || fail "gflex_bench_step $workload" "$out/step.log"
 
-/usr/bin/python3 - "$out" "$threads" "$batch" "$epochs" "$workload" <<'PY'
+/usr/bin/python3 - "$out" "$threads" "$batch" "$epochs" "$workload" "$core_note" <<'PY'
 import json, sys, platform, subprocess
-d, threads, batch, epochs, workload = sys.argv[1:]
+d, threads, batch, epochs, workload, core_note = sys.argv[1:]
 load = lambda n: json.load(open(f"{d}/{n}.json"))
 g = max((load("gflex1"), load("gflex2")), key=lambda r: r["samples_per_s"])
 t = max((load("torch1"), load("torch2")), key=lambda r: r["samples_per_s"])
@@ -61,7 +73,7 @@ s = load("step")
 cpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
 model = next((l.split(":", 1)[1].strip() for l in cpu.splitlines() if l.startswith("Model name")), "?")
 shape = "784-512-256-10" if workload == "fashion-mlp" else "conv3x3-32, pool, conv3x3-64, pool, 128, 10"
-print(f"machine: {model}, {threads} threads; {workload} {shape}, batch {batch}, AdamW, {epochs} epochs; PyTorch with OMP_WAIT_POLICY=PASSIVE")
+print(f"machine: {model}, {threads} threads; {workload} {shape}, batch {batch}, AdamW, {epochs} epochs; {core_note}; PyTorch with OMP_WAIT_POLICY=PASSIVE")
 print()
 print("| | samples/s | test accuracy | ratio |")
 print("| --- | ---: | ---: | ---: |")
