@@ -645,6 +645,21 @@ def on_sigterm(signum, frame):
     raise CutShort()
 
 
+def run_mean_train_loss(g, n_train):
+    """gflex's mean training loss over the whole run, as PyTorch's is: `gflex train --json`
+    gives each epoch's mean (history), which are weighted by the epoch's samples. Every epoch
+    but the last is a whole pass over the n_train training samples; the last takes the rest of
+    the run's. None where they do not add up (a split other than gflex's)."""
+    history = g.get("history") or []
+    if not history:
+        return None
+    last = g["samples"] - n_train * (len(history) - 1)
+    if not 0 < last <= n_train:
+        return None
+    weights = [n_train] * (len(history) - 1) + [last]
+    return sum(w * e["train_loss"] for w, e in zip(weights, history)) / g["samples"]
+
+
 def report(a, model, parameters, n_train, n_test, g, f, t, c, runs, core):
     """Prints the table of the rows that ran (None: a row that did not) and writes --json;
     `core`: the OpenBLAS core both sides run on (None: not reported)."""
@@ -691,11 +706,13 @@ def report(a, model, parameters, n_train, n_test, g, f, t, c, runs, core):
         print(f"gflex with fused attention / compiled pytorch tokens/s: "
               f"{tokens(f) / tokens(c):.2f}x")
     if g and t:
-        g_train_loss = g["history"][-1]["train_loss"] if g.get("history") else float("nan")
+        g_train_loss = run_mean_train_loss(g, n_train)
         print(f"gflex / pytorch tokens/s: {tokens(g) / tokens(t):.2f}x; held-out bits/byte, "
               f"gflex - pytorch: {g['test_bits'] - t['test_bits']:+.4f}")
-        print(f"mean training loss over the run (nats/token): gflex {g_train_loss:.4f}, "
-              f"pytorch {t['train_loss']:.4f}")
+        print("mean training loss over the run (nats/token): gflex " +
+              (f"{g_train_loss:.4f}" if g_train_loss is not None else
+               "not known (its epochs' samples do not add up to the run's)") +
+              f", pytorch {t['train_loss']:.4f}")
     if a.json:
         with open(a.json, "w") as out:
             json.dump({"gflex": g, "gflex_fused_attention": f, "pytorch": t,
