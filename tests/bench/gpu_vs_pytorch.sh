@@ -13,6 +13,8 @@
 #
 # Then fashion-mlp's step by batch size (128 to 16,384 in FP32, 1,024 and 4,096 in bf16) with
 # gflex_bench_step: the GEMM-bound part against the GEMM peak at the same precision.
+# A gflex_bench_step run that fails is said and left out of its table, and the script then
+# exits 1.
 #
 # Timing: training steps only, evaluation excluded, every epoch counted (warm-up included on
 # both sides). Both sides hold the training set in GPU memory, copied there once before
@@ -80,6 +82,16 @@ if [ "${torch_cuda##*$'\n'}" != 1 ]; then
   exit 0
 fi
 
+# A gflex_bench_step run that fails leaves its rows out of the tables and is counted: the
+# script's exit status says so after the tables (run-gpu.sh judges by it).
+step_failures=0
+bench_step_failed() {
+  echo "gflex_bench_step $1 failed:"
+  tail -3 "$2"
+  rm -f "$3"
+  step_failures=$((step_failures + 1))
+}
+
 card=$(nvidia-smi --query-gpu=name --format=csv,noheader -i 0 2>/dev/null | head -1 || true)
 [ -n "$card" ] || card=$("$python" -c 'import torch; print(torch.cuda.get_device_name(0))')
 
@@ -100,7 +112,8 @@ for workload in fashion-mlp fashion-cnn; do
   # and convolutions) and the rate it reaches, against cuBLAS's 4096^3 peak in the same run.
   if [ -x "$bin/gflex_bench_step" ]; then
     "$bin/gflex_bench_step" 0 "$batch" cuda:0 "$workload" >"$out/step-$workload.json" \
-      2>"$out/step-$workload.log" || { echo "gflex_bench_step $workload failed:"; tail -3 "$out/step-$workload.log"; }
+      2>"$out/step-$workload.log" ||
+      bench_step_failed "$workload" "$out/step-$workload.log" "$out/step-$workload.json"
   fi
 done
 
@@ -112,7 +125,8 @@ if [ -x "$bin/gflex_bench_step" ]; then
     read -r rows precision <<<"$run"
     "$bin/gflex_bench_step" 0 "$rows" cuda:0 fashion-mlp "$precision" \
       >"$out/batch-$rows-$precision.json" 2>"$out/batch-$rows-$precision.log" ||
-      { echo "gflex_bench_step $rows $precision failed:"; tail -3 "$out/batch-$rows-$precision.log"; }
+      bench_step_failed "fashion-mlp $rows $precision" "$out/batch-$rows-$precision.log" \
+        "$out/batch-$rows-$precision.json"
   done
 fi
 
@@ -216,3 +230,7 @@ elif dev is not None and dev.get("gemm_rates_error"):
     print()
     print(f"GEMM rates by precision not measured: {dev['gemm_rates_error']}")
 PY
+if ((step_failures > 0)); then
+  echo "gpu_vs_pytorch: $step_failures gflex_bench_step runs failed (the ends of their logs are above)" >&2
+  exit 1
+fi
