@@ -119,6 +119,9 @@ struct job_supervisor_state {
   bool data_sets_loaded = false;
   bool data_sets_listed = false;
   bool loading_data_sets = false;
+  /// Sets removed while a load runs: its manifest scan may predate the removal, and its
+  /// shard reads, answered after it, would register the removed set again.
+  std::set<data_set_id> removed_while_loading;
   std::string data_sets_error;
   std::set<std::string> awaiting_data;
   /// Per account, submits accepted by the job limit whose record is not yet written (the
@@ -513,7 +516,8 @@ struct data_set_load {
 // that left others unloaded), or stored, replaced or removed since the listing was read.
 bool known_apart_from_load(const job_supervisor_state& st, const data_set_id& id) {
   return st.data_sets.count(id) != 0 || st.damaged_sets.count(id) != 0 ||
-         st.committing.count(id) != 0 || st.removing.count(id) != 0;
+         st.committing.count(id) != 0 || st.removing.count(id) != 0 ||
+         st.removed_while_loading.count(id) != 0;
 }
 
 void delete_unnamed_shards(supervisor_actor* self, std::set<std::string> named);
@@ -633,6 +637,8 @@ void delete_unnamed_shards(supervisor_actor* self, std::set<std::string> named) 
 void load_data_sets(supervisor_actor* self) {
   auto store = self->state.links.store;
   self->state.loading_data_sets = true;
+  // Removals before this scan are in it; only those after it are to be told apart.
+  self->state.removed_while_loading.clear();
   self->request(store, std::chrono::seconds(120), scan_atom::value, std::string(data_set_prefix))
       .then(
           [=](std::vector<std::string>& keys, std::vector<std::vector<uint8_t>>& values) {
@@ -1409,6 +1415,8 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links) {
               st.data_sets.erase(id);
               st.damaged_sets.erase(id);
               st.unloaded_sets.erase(id);
+              // A load under way may have listed it before: that load must not put it back.
+              if (st.loading_data_sets) st.removed_while_loading.insert(id);
               st.links.catalog->drop_user_set(who, name);
               rp.deliver(caf::ok_atom::value);
             },

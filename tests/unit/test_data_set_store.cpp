@@ -8,6 +8,7 @@
 
 #include <caf/all.hpp>
 
+#include <algorithm>
 #include <chrono>
 #include <map>
 #include <memory>
@@ -408,6 +409,58 @@ TEST_SUITE("data set store") {
     submit.receive([&](std::string& id) { job = id; },
                    [&](caf::error& e) { FAIL(f.sys.render(e)); });
     CHECK(job == "job-1");
+  }
+
+  TEST_CASE("a set removed while a load reads its shards is not put back by that load") {
+    // A finished removal left no trace: a load whose manifest scan came before it (the 5 s
+    // retry of a set whose shard the store could not answer) registered the set again once
+    // its shard reads came back, and the removed set was listed and served.
+    const auto train = shard_of(test::samples(10)), test = shard_of(test::samples(5)),
+               orphan = shard_of(test::samples(7));
+    data_upload up("user/alice", "x", 2, {});
+    REQUIRE(up.add({0, 2, false, train}).has_value());
+    REQUIRE(up.add({1, 2, true, test}).has_value());
+    test::failing_store_state st;
+    st.kept[data_set_key("user/alice", "x")] = encode_data_set(up.finish().value());
+    for (const auto* s : {&train, &test, &orphan}) st.kept[data_chunk_key(digest_of(*s))] = *s;
+    const auto train_key = data_chunk_key(digest_of(train));
+    st.failing_reads[train_key] = 1;  // unloaded by the first load, read again 5 s later
+    st.shard_read_delay = std::chrono::milliseconds(1500);
+    test::job_fixture f(st);
+    // The second load has scanned the manifests and waits for x's shards.
+    int reads = 0;
+    for (int tries = 0; tries < 200 && reads < 2; ++tries) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      f.self->request(f.store, f.wait, caf::get_atom::value, train_key)
+          .receive([&](int n) { reads = n; }, [&](caf::error& e) { FAIL(f.sys.render(e)); });
+    }
+    REQUIRE(reads == 2);
+    f.self->request(f.supervisor, f.wait, drm_atom::value, f.alice, std::string("x"))
+        .receive([](caf::ok_atom) {}, [&](caf::error& e) { FAIL(f.sys.render(e)); });
+    // That load has ended once it deletes the shards no stored set names.
+    const auto orphan_key = data_chunk_key(digest_of(orphan));
+    bool ended = false;
+    for (int tries = 0; tries < 100 && !ended; ++tries) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      f.self->request(f.store, f.wait, caf::get_atom::value)
+          .receive(
+              [&](std::vector<std::string>& keys) {
+                ended = std::count(keys.begin(), keys.end(), orphan_key) != 0;
+              },
+              [&](caf::error& e) { FAIL(f.sys.render(e)); });
+    }
+    REQUIRE(ended);
+    std::vector<data_set_info> listed{data_set_info{}};
+    f.self->request(f.supervisor, f.wait, dlist_atom::value, f.alice)
+        .receive([&](std::vector<data_set_info>& sets) { listed = std::move(sets); },
+                 [&](caf::error& e) { FAIL(f.sys.render(e)); });
+    CHECK(listed.empty());
+    const std::string on_x =
+        std::string(test::free_spec).replace(test::free_spec.find("set = \"c\""), 9, "set = \"x\"");
+    std::string refused;
+    f.self->request(f.supervisor, f.wait, submit_atom::value, f.alice, on_x)
+        .receive([](std::string&) {}, [&](caf::error& e) { refused = f.sys.render(e); });
+    CHECK_MESSAGE(refused.find("user/alice has no data set 'x'") != std::string::npos, refused);
   }
 
   TEST_CASE("an upload started afresh is not dropped by the timers of the one it replaced") {
