@@ -94,22 +94,41 @@ inline metrics::counter dropped_messages(const char* session) {
                              {{"session", session}});
 }
 
-/// Notes the calling actor's mailbox length in gflex_core_mailbox_messages{actor=role}, at
-/// most every 250 ms. CAF lets only the actor itself read its mailbox, so the busy actors
-/// call this from their busiest handler: the figure is the backlog each time they get to it.
-/// It counts the messages the actor has taken in and not yet handled, read without changing
-/// the queue (mailbox().size() would move new messages in, which corrupts the queue CAF is
-/// iterating while a handler runs); those that arrived since are counted next time.
+/// Messages waiting in the mailbox of the busy actor `role`, as note_mailbox last saw them.
+inline metrics::gauge mailbox_messages(const char* role) {
+  return metrics::gauge_of(
+      "gflex_core_mailbox_messages",
+      "Messages waiting in the mailbox of the core's busy actors, when last seen",
+      {{"actor", role}});
+}
+
+/// Notes the calling actor's mailbox length in gflex_core_mailbox_messages{actor=role}: a
+/// rise at most every 250 ms, a fall at once. CAF lets only the actor itself read its mailbox,
+/// so the busy actors call this from their busiest handler: the figure is the backlog each
+/// time they get to it. It counts the messages the actor has taken in and not yet handled,
+/// read without changing the queue (mailbox().size() would move new messages in, which
+/// corrupts the queue CAF is iterating while a handler runs); those that arrived since are
+/// counted next time.
 template <class Self>
 void note_mailbox(Self* self, const char* role) {
-  auto& st = self->state;
-  const auto now = std::chrono::steady_clock::now();
-  if (now - st.mailbox_noted < std::chrono::milliseconds(250)) return;
-  st.mailbox_noted = now;
-  metrics::gauge_of("gflex_core_mailbox_messages",
-                    "Messages waiting in the mailbox of the core's busy actors, when last seen",
-                    {{"actor", role}})
-      .set(static_cast<double>(self->mailbox().queue().total_task_size()));
+  // Each actor type notes under one role: its gauge is looked up once, not by name (under the
+  // metrics registry's lock) on every message of its busiest handler.
+  static const std::string first_role = role;
+  static const metrics::gauge first_gauge = mailbox_messages(role);
+  const metrics::gauge gauge = first_role == role ? first_gauge : mailbox_messages(role);
+  const auto backlog = static_cast<double>(self->mailbox().queue().total_task_size());
+  const double shown = gauge.value();
+  if (backlog == shown) return;
+  // Only rises are throttled. A burst's first message sees its peak; throttling the falls too
+  // would skip the drained mailbox, and once the actor goes quiet nothing calls this again:
+  // the gauge would keep the peak, and an alert on the backlog would never clear.
+  if (backlog > shown) {
+    auto& st = self->state;
+    const auto now = std::chrono::steady_clock::now();
+    if (now - st.mailbox_noted < std::chrono::milliseconds(250)) return;
+    st.mailbox_noted = now;
+  }
+  gauge.set(backlog);
 }
 
 }  // namespace gflex::core_metrics
