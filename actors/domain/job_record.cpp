@@ -18,11 +18,19 @@ namespace gflex {
 void add_round(std::vector<round_point>& history, const round_point& p) {
   if (history.size() >= job_status::max_history) {
     // Every other point of the older half goes: the curve keeps its shape and its recent
-    // detail, and the record stays bounded however long the job runs.
+    // detail, and the record stays bounded however long the job runs. The last evaluated
+    // point stays whichever it is: the job's test figures are of its round (tested_round),
+    // and a job evaluated every 1,000 rounds lost it and read as not yet evaluated.
     const size_t half = history.size() / 2;
+    const auto last_evaluated = std::find_if(history.rbegin(), history.rend(),
+                                             [](const round_point& q) { return q.evaluated; });
+    const auto keep_evaluated = last_evaluated == history.rend()
+                                    ? history.size()
+                                    : static_cast<size_t>(history.rend() - last_evaluated) - 1;
     std::vector<round_point> kept;
     kept.reserve(history.size());
-    for (size_t i = 0; i < half; i += 2) kept.push_back(history[i]);
+    for (size_t i = 0; i < half; ++i)
+      if (i % 2 == 0 || i == keep_evaluated) kept.push_back(history[i]);
     kept.insert(kept.end(), history.begin() + static_cast<std::ptrdiff_t>(half), history.end());
     history = std::move(kept);
   }

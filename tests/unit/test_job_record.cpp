@@ -75,6 +75,23 @@ TEST_CASE("job record: the round the test figures are of") {
   CHECK(tested_round(s) == 30);
 }
 
+TEST_CASE("job record: a job evaluated rarely keeps its last evaluated round however long") {
+  // Thinning the older half dropped round 1000 (an odd index by then): the job read as not
+  // yet evaluated from round 1537 to 1999.
+  job_status s;
+  for (int64_t r = 1; r <= 4000; ++r) {
+    add_round(s.history, {r, 0.0, 0.0, 0.0, r % 1000 == 0, 0.0});
+    s.round = r;
+    const int64_t expected = r / 1000 * 1000;
+    if (tested_round(s) != expected) {
+      FAIL_CHECK("after round " << r << " the tested round is " << tested_round(s) << ", not "
+                                << expected);
+      break;
+    }
+  }
+  CHECK(s.history.size() <= job_status::max_history);
+}
+
 TEST_CASE("job record: a listed job keeps the round its test figures are of, and no curve") {
   job_status s;
   s.round = 37;
