@@ -133,6 +133,7 @@ def ddp_rank(rank, master, target, data, limit_s):
     opt = torch.optim.AdamW(ddp.parameters(), lr=1e-3, weight_decay=0.0)
     loss_fn = torch.nn.CrossEntropyLoss()
     steps, accuracy, epoch, reached, done = 0, 0.0, 0, False, False
+    evaluated_at = None  # rank 0: when its last evaluation ended
     while not done and epoch < 50:
         g = torch.Generator().manual_seed(epoch)
         order = torch.randperm(x.shape[0], generator=g)[rank::WORKERS]  # DistributedSampler
@@ -147,6 +148,7 @@ def ddp_rank(rank, master, target, data, limit_s):
                 if rank == 0:
                     with torch.no_grad():
                         accuracy = (model(xt).argmax(1) == yt).float().mean().item()
+                    evaluated_at = time.time()
                     flag[0] = 1.0 if accuracy >= target else 0.0
                     flag[1] = 1.0 if time.time() - start > limit_s else 0.0
                 dist.broadcast(flag, 0)
@@ -155,8 +157,11 @@ def ddp_rank(rank, master, target, data, limit_s):
                     break
         epoch += 1
     if rank == 0:
+        # The run ends, for the table, at the evaluation that stopped it (at or above the
+        # target, or past the limit), not when the processes have torn down after it.
+        stopped_at = evaluated_at if done else time.time()
         print(json.dumps({"steps": steps, "accuracy": accuracy, "epochs": epoch,
-                          "reached": bool(reached)}), flush=True)
+                          "reached": bool(reached), "t": stopped_at}), flush=True)
     dist.destroy_process_group()
 
 
@@ -188,10 +193,11 @@ def run_ddp(target, data, limit_s, net=None):
             if p.poll() is None:
                 p.kill()
                 p.wait()
-    wall = time.time() - t0
     if any(p.returncode != 0 for p in procs):
         raise RuntimeError("a DDP rank failed")
     r = json.loads(procs[0].stdout.read().strip().splitlines()[-1])
+    # To rank 0's evaluation that stopped the run, as for Hivemind (one clock: the same host).
+    wall = r["t"] - t0
     # On loopback every byte is between two ranks: sent by one, received by another.
     per_worker = (sum(a + b for a, b in net.worker_bytes()) / WORKERS if net
                   else 2 * (loopback_bytes() - before) / WORKERS)
