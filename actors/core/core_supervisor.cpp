@@ -602,12 +602,15 @@ expected<void> check_core_config(const core_config& config) {
         "the platform's fee must be in [0, 0.99] of a payment, not " + std::to_string(config.fee));
   // A core of several's own settings without its store: each core ran alone on its own copy
   // of the data directory, with the same keys, leading and billing on its own (split brain).
-  if (config.store_url.empty() &&
-      (!config.core_id.empty() || !config.advertise.empty() || !config.chunk_listen.empty()))
+  // Its --chunk-advertise is read by the replicated store alone: without one, nothing serves
+  // chunks at that address, and the setting was dropped without a word.
+  if (config.store_url.empty() && (!config.core_id.empty() || !config.advertise.empty() ||
+                                   !config.chunk_listen.empty() || !config.chunk_advertise.empty()))
     return error(errc::invalid_argument,
-                 std::string(!config.core_id.empty()     ? "--core-id"
-                             : !config.advertise.empty() ? "--advertise"
-                                                         : "--chunk-listen") +
+                 std::string(!config.core_id.empty()        ? "--core-id"
+                             : !config.advertise.empty()    ? "--advertise"
+                             : !config.chunk_listen.empty() ? "--chunk-listen"
+                                                            : "--chunk-advertise") +
                      " is for one of a core of several, which needs --store etcd://...: without "
                      "it this core would run alone on its own store");
   // A lease shorter than two heartbeats drops healthy nodes every lease, with their work in
@@ -618,6 +621,27 @@ expected<void> check_core_config(const core_config& config) {
                      " must be at least twice --heartbeat-ms " +
                      std::to_string(config.heartbeat_ms) +
                      ": a node beats once per heartbeat and is lost after a lease of silence");
+  // The bounds of gflex-core's flags, which an embedding program's core_config passed
+  // unchecked: a shard of 0 samples divided by zero (SIGFPE, the core gone) at the first job
+  // on a built-in data set; a chunk rate of 0 never refilled a node's byte budget, and every
+  // data fetch stalled; a chunk queue of 0 disconnected every node at its first chunk
+  // request; payload chunks past 64 MiB were refused by every node's uplink (none joined),
+  // and chunks of 0 KiB are not the whole payloads a node takes a 0 in its welcome for.
+  auto out_of = [](const char* flag, int64_t value, int64_t low, int64_t high,
+                   const char* unit) -> expected<void> {
+    if (value >= low && value <= high) return {};
+    return error(errc::invalid_argument, std::string(flag) + " must be in [" + std::to_string(low) +
+                                             ", " + std::to_string(high) + "] " + unit + ", not " +
+                                             std::to_string(value));
+  };
+  for (auto checked :
+       {out_of("--shard-samples", config.shard_samples, 1, 1'000'000,
+               "training samples per data shard"),
+        out_of("--chunk-rate", config.chunk_mib_per_s, 1, 1'000'000,
+               "MiB per second of data chunks per node"),
+        out_of("--chunk-queue", config.chunk_queue, 1, 100'000, "chunk requests waiting per node"),
+        out_of("--payload-chunk-kib", config.payload_chunk_kib, 16, 65'536, "KiB per chunk")})
+    if (!checked) return checked;
   return {};
 }
 

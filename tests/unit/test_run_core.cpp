@@ -329,3 +329,58 @@ TEST_CASE("a core's fee outside [0, 0.99] is refused before the core starts") {
   config.fee = 0.99;
   CHECK(check_core_config(config).has_value());
 }
+
+TEST_CASE("a core's data-serving settings outside gflex-core's bounds are refused") {
+  // gflex-core's flags were checked, an embedding program's core_config was not: 0 samples a
+  // shard divided by zero (SIGFPE) at the first job on a built-in data set, a chunk rate of 0
+  // stalled every data fetch, a chunk queue of 0 disconnected every node at its first chunk
+  // request, and payload chunks past 64 MiB were refused by every node (none joined).
+  struct bad_setting {
+    const char* flag;
+    void (*set)(core_config&);
+  };
+  const bad_setting bad[] = {
+      {"--shard-samples", [](core_config& c) { c.shard_samples = 0; }},
+      {"--shard-samples", [](core_config& c) { c.shard_samples = -5; }},
+      {"--shard-samples", [](core_config& c) { c.shard_samples = 1'000'001; }},
+      {"--chunk-rate", [](core_config& c) { c.chunk_mib_per_s = 0; }},
+      {"--chunk-queue", [](core_config& c) { c.chunk_queue = 0; }},
+      {"--payload-chunk-kib", [](core_config& c) { c.payload_chunk_kib = 0; }},
+      {"--payload-chunk-kib", [](core_config& c) { c.payload_chunk_kib = 65'537; }},
+  };
+  for (const auto& b : bad) {
+    core_config config;
+    b.set(config);
+    const std::string flag = b.flag;
+    CAPTURE(flag);
+    auto checked = check_core_config(config);
+    REQUIRE_FALSE(checked.has_value());
+    CHECK(checked.error().code() == errc::invalid_argument);
+    CHECK_MESSAGE(checked.error().message().starts_with(flag + " must be in ["),
+                  checked.error().message());
+  }
+  // The bounds themselves are taken.
+  core_config edges;
+  edges.shard_samples = 1;
+  edges.chunk_mib_per_s = 1;
+  edges.chunk_queue = 1;
+  edges.payload_chunk_kib = 16;
+  CHECK(check_core_config(edges).has_value());
+  edges.shard_samples = 1'000'000;
+  edges.payload_chunk_kib = 65'536;
+  CHECK(check_core_config(edges).has_value());
+}
+
+TEST_CASE("a chunk service's advertised address without a core of several is refused") {
+  // Only the replicated store reads chunk_advertise: a one-server core started with it had
+  // no chunk service at that address, and the setting was dropped without a word.
+  core_config config;
+  config.chunk_advertise = "203.0.113.7:7401";
+  auto checked = check_core_config(config);
+  REQUIRE_FALSE(checked.has_value());
+  CHECK_MESSAGE(checked.error().message().starts_with("--chunk-advertise is for one of a core of "
+                                                      "several, which needs --store etcd://"),
+                checked.error().message());
+  config.store_url = "etcd://127.0.0.1:2379";
+  CHECK(check_core_config(config).has_value());
+}
