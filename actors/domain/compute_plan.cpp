@@ -11,7 +11,8 @@ namespace gflex {
 
 namespace {
 
-expected<compute_plan> plan_gpus(const node_config& config, const std::string& gpu_list) {
+expected<compute_plan> plan_gpus(const node_config& config, const std::string& gpu_list,
+                                 const std::string& flag) {
   std::string why;
   auto found = kernels::cuda_devices(&why);
   if (found.empty())
@@ -21,7 +22,7 @@ expected<compute_plan> plan_gpus(const node_config& config, const std::string& g
   // out of it, and the others keep their numbers.
   std::vector<int> usable;
   for (const auto& info : found) usable.push_back(info.ordinal);
-  auto chosen = kernels::parse_gpu_list(gpu_list, usable);
+  auto chosen = kernels::parse_gpu_list(gpu_list, usable, flag);
   if (!chosen) return chosen.error();
   auto limit = kernels::parse_byte_size(config.gpu_memory_limit);  // checked by plan_compute
   compute_plan plan;
@@ -83,15 +84,20 @@ expected<compute_plan> plan_compute(const node_config& config) {
   if (!host_limit) return host_limit.error();
   kernels::set_host_memory_limit(*host_limit);
   const std::string& b = config.backend;
-  if (b == "cuda") return plan_gpus(config, config.gpus);
+  if (b == "cuda") return plan_gpus(config, config.gpus, "--gpus");
   if (b.starts_with("cuda:")) {
     if (!config.gpus.empty())
       return error(errc::invalid_argument, "give either --backend cuda:N or --gpus, not both");
-    return plan_gpus(config, b.substr(5));
+    // An empty list means every device to --gpus; "cuda:" is a device number left out.
+    if (b.size() == 5)
+      return error(errc::invalid_argument,
+                   "--backend cuda: needs a device number (cuda:0), or use --backend cuda for "
+                   "every device");
+    return plan_gpus(config, b.substr(5), "--backend cuda:");
   }
   if (b == "auto") {
     std::string why;
-    if (!kernels::cuda_devices(&why).empty()) return plan_gpus(config, config.gpus);
+    if (!kernels::cuda_devices(&why).empty()) return plan_gpus(config, config.gpus, "--gpus");
     if (!config.gpus.empty())
       return error(errc::no_device,
                    "--gpus " + config.gpus + ": no usable CUDA device (" + why + ")");

@@ -108,7 +108,10 @@ bool conv2d_geometry::valid() const {
          width + 2 * pad_w >= kernel_w && out_height() > 0 && out_width() > 0;
 }
 
-expected<std::vector<int>> parse_gpu_list(const std::string& text, const std::vector<int>& usable) {
+expected<std::vector<int>> parse_gpu_list(const std::string& text, const std::vector<int>& usable,
+                                          const std::string& flag) {
+  // "--gpus 3" reads "--gpus: ..."; "--backend cuda:3" reads "--backend cuda:3: ...".
+  const std::string at = flag == "--gpus" ? flag : flag + text;
   if (text.empty()) return usable;
   std::vector<int> out;
   std::set<int> seen;
@@ -120,7 +123,8 @@ expected<std::vector<int>> parse_gpu_list(const std::string& text, const std::ve
     auto [end, ec] = std::from_chars(item.data(), item.data() + item.size(), ordinal);
     if (item.empty() || ec != std::errc() || end != item.data() + item.size() || ordinal < 0)
       return error(errc::invalid_argument,
-                   "--gpus: '" + std::string(item) + "' is not a device number (e.g. --gpus 0,2)");
+                   at + ": '" + std::string(item) + "' is not a device number (e.g. " +
+                       (flag == "--gpus" ? "--gpus 0,2" : flag + "0") + ")");
     if (std::find(usable.begin(), usable.end(), ordinal) == usable.end()) {
       std::string there;
       for (int u : usable) there += (there.empty() ? "" : ",") + std::to_string(u);
@@ -128,7 +132,7 @@ expected<std::vector<int>> parse_gpu_list(const std::string& text, const std::ve
       // (and has logged it); naming the build's architectures says what would run.
       const auto architectures = cuda_architectures();
       return error(errc::no_device,
-                   "--gpus: there is no usable CUDA device " + std::to_string(ordinal) +
+                   at + ": there is no usable CUDA device " + std::to_string(ordinal) +
                        " (usable: " + (there.empty() ? std::string("none") : there) + ")" +
                        (architectures.empty() ? std::string()
                                               : "; this build's kernels run on " +
@@ -136,7 +140,7 @@ expected<std::vector<int>> parse_gpu_list(const std::string& text, const std::ve
     }
     if (!seen.insert(ordinal).second)
       return error(errc::invalid_argument,
-                   "--gpus: device " + std::to_string(ordinal) + " is listed twice");
+                   at + ": device " + std::to_string(ordinal) + " is listed twice");
     out.push_back(ordinal);
     if (comma == std::string_view::npos) break;
     rest = rest.substr(comma + 1);

@@ -166,6 +166,8 @@ expect_usage "train: --epochs 0100001" "--epochs: Value 100001 not in range" \
   "$G" train --epochs 0100001
 expect_error "node: --gpus on the CPU" "--gpus needs a CUDA backend" \
   "$N" --join 127.0.0.1:1 --data-dir "$nd" --token t --insecure --backend cpu --gpus 0
+expect_usage "node: --backend cuda: without a number" "--backend cuda: needs a device number" \
+  "$N" --join 127.0.0.1:1 --data-dir "$nd" --token t --insecure --backend cuda:
 expect_usage "node: unknown backend" "unknown --backend 'tpu'" \
   "$N" --join 127.0.0.1:1 --data-dir "$nd" --token t --insecure --backend tpu
 expect_error "node: bad memory limit" "--gpu-memory-limit: '6X' is not a byte size" \

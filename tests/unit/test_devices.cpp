@@ -38,6 +38,20 @@ TEST_SUITE("devices") {
     CHECK(parse_gpu_list("1,1", {0, 1}).error().message().find("twice") != std::string::npos);
   }
 
+  TEST_CASE("a device list from --backend cuda:N is named so in its errors") {
+    // The node's --backend cuda:7 was refused as "--gpus: ...", a flag the user never gave.
+    auto missing = parse_gpu_list("7", {0, 1}, "--backend cuda:");
+    REQUIRE_FALSE(missing.has_value());
+    CHECK(missing.error().message().starts_with(
+        "--backend cuda:7: there is no usable CUDA device 7 (usable: 0,1)"));
+    auto bad = parse_gpu_list("x", {0, 1}, "--backend cuda:");
+    REQUIRE_FALSE(bad.has_value());
+    CHECK(bad.error().message() ==
+          "--backend cuda:x: 'x' is not a device number (e.g. "
+          "--backend cuda:0)");
+    CHECK(parse_gpu_list("x", {0}).error().message().starts_with("--gpus: 'x'"));
+  }
+
   TEST_CASE("--gpus names CUDA device numbers, which skip a device the driver cannot describe") {
     // cuda_devices() leaves out such a device; the others keep their numbers. Taken as
     // positions, the default chose the broken device 0, and --gpus 1,2 was refused.

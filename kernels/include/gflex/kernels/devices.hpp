@@ -127,8 +127,10 @@ expected<std::vector<gpu_sample>> sample_gpus(const std::vector<int>& ordinals);
 /// ordinals of cuda_devices(), which leaves out a device the driver cannot describe or this
 /// build's kernels do not run on, so they need not run 0..n-1); an empty string means every
 /// usable device. Errors name the bad entry, the devices there are and, in a CUDA build, the
-/// compute capabilities its kernels run on.
-expected<std::vector<int>> parse_gpu_list(const std::string& text, const std::vector<int>& usable);
+/// compute capabilities its kernels run on, and are prefixed with `flag`, the option the
+/// list came from ("--gpus", or "--backend cuda:" for --backend cuda:N).
+expected<std::vector<int>> parse_gpu_list(const std::string& text, const std::vector<int>& usable,
+                                          const std::string& flag = "--gpus");
 
 /// Parses a byte size with an optional binary suffix ("512M", "6G", "1073741824"); "0" means
 /// no limit.
