@@ -38,6 +38,11 @@ install(TARGETS gflex_sdk EXPORT gflexTargets
 install(TARGETS gflex RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR} COMPONENT client)
 install(TARGETS gflex-core RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR} COMPONENT core)
 install(TARGETS gflex-node RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR} COMPONENT node)
+# The shipped job specs, for `gflex submit` and `gflex train --spec`: fashion-mlp.toml is the
+# reference of every key, and the README's commands name them (/usr/share/gflex/jobs/ once
+# packaged).
+install(DIRECTORY ${PROJECT_SOURCE_DIR}/apps/jobs/ DESTINATION ${CMAKE_INSTALL_DATADIR}/gflex/jobs
+        COMPONENT client FILES_MATCHING PATTERN "*.toml")
 # The public headers; <gflex/test_aids.hpp> is for the project's own tests.
 foreach(dir runtime kernels actors)
   install(DIRECTORY ${PROJECT_SOURCE_DIR}/${dir}/include/ DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}

@@ -98,7 +98,8 @@ for unit in core node; do
     fail "gflex-$unit.service: no ExecStart=/usr/bin/gflex-$unit"
 done
 for f in usr/include/gflex/gflex.hpp usr/lib/x86_64-linux-gnu/cmake/gflex/gflexConfig.cmake \
-         usr/lib/x86_64-linux-gnu/pkgconfig/gflex.pc usr/share/gflex/core.env.example; do
+         usr/lib/x86_64-linux-gnu/pkgconfig/gflex.pc usr/share/gflex/core.env.example \
+         usr/share/gflex/jobs/fashion-mlp.toml usr/share/gflex/jobs/lm.toml; do
   [ -e "$ROOT/$f" ] || fail "/$f is not installed"
 done
 
