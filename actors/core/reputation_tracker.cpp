@@ -173,32 +173,35 @@ caf::behavior tracker(tracker_actor* self, caf::actor store, caf::actor market, 
             .on_validated(self->state.policy, static_cast<result_check>(check), compute_s, earned);
         changed(self, name, false);
       },
-      // Answers the other names of its key that this flags: the job that caught the node
+      // Answers every other name of its key, flagged now or before: the job that caught the node
       // discards their work too, and has the other jobs do so (a caught key's other names
-      // kept their unconfirmed results, and were paid for them).
+      // kept their unconfirmed results, and were paid for them). Answered at every telling, not
+      // only the first: a job whose request timed out (this tracker busy reading its records)
+      // tells it again, and that answer is the only one it gets; discarding is idempotent.
       [=](reject_atom, const std::string& name, std::string& reason) -> std::vector<std::string> {
+        auto& st = self->state;
         std::vector<std::string> siblings;
         auto& r = record_of(self, name);
         bool first = !r.flagged;
         spdlog::warn("node {} {}: {}", name, first ? "flagged" : "rejected again", reason);
-        r.on_rejected(self->state.policy, std::move(reason));
+        r.on_rejected(st.policy, std::move(reason));
         if (first) {
-          self->send(self->state.market, bar_atom::value, name);
+          self->send(st.market, bar_atom::value, name);
           // Its key is banned and its tokens revoked: it cannot come back as someone else.
-          if (!r.public_key.empty()) {
-            self->send(self->state.gate, bar_atom::value, r.public_key, name);
-            // Nor go on as the other names of its key, already joined.
-            auto it = self->state.names_of_key.find(r.public_key);
-            for (const auto& other :
-                 it == self->state.names_of_key.end() ? std::set<std::string>{} : it->second) {
-              auto& sibling = record_of(self, other);
-              if (other == name || sibling.flagged) continue;
-              spdlog::warn("node {} flagged: its node key was caught as {}", other, name);
-              sibling.on_rejected(self->state.policy, "its node key was caught as " + name);
-              self->send(self->state.market, bar_atom::value, other);
-              self->state.dirty.insert(other);
-              siblings.push_back(other);
-            }
+          if (!r.public_key.empty()) self->send(st.gate, bar_atom::value, r.public_key, name);
+        }
+        // Nor go on as the other names of its key, already joined.
+        auto it = r.public_key.empty() ? st.names_of_key.end() : st.names_of_key.find(r.public_key);
+        if (it != st.names_of_key.end()) {
+          for (const auto& other : it->second) {
+            if (other == name) continue;
+            siblings.push_back(other);
+            auto& sibling = record_of(self, other);
+            if (sibling.flagged) continue;
+            spdlog::warn("node {} flagged: its node key was caught as {}", other, name);
+            sibling.on_rejected(st.policy, "its node key was caught as " + name);
+            self->send(st.market, bar_atom::value, other);
+            st.dirty.insert(other);
           }
         }
         changed(self, name, true);

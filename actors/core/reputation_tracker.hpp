@@ -15,10 +15,12 @@
 ///   committed round (`check`: a result_check, how it was checked); it is credited, and
 ///   `earned` micro-credits (what the node was paid for it, 0 for an unmetered job) are added
 ///   to its earnings.
-/// - (reject_atom, name, reason): a result of the node was refused. The node is flagged, the
-///   market told to bar it (bar_atom, name), and the gatekeeper to ban its key and the tokens
-///   it joined with (bar_atom, key, name). Every other name of its key is flagged and barred
-///   with it: one key behind many names is one cheat.
+/// - (reject_atom, name, reason) -> vector<string>: a result of the node was refused. The node
+///   is flagged, the market told to bar it (bar_atom, name), and the gatekeeper to ban its key
+///   and the tokens it joined with (bar_atom, key, name). Every other name of its key is
+///   flagged and barred with it: one key behind many names is one cheat. The answer is every
+///   other name of its key, at every telling (a job whose first request timed out learns them
+///   from its next), so that the jobs discard their work too.
 /// - (nodes_atom) -> vector<node_status>: every record, reputation fields filled in.
 /// - (update_atom, "market" | "store" | "gate", actor): a restarted sibling; a new market is told
 ///   every barred node and every score again.

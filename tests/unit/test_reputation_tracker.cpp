@@ -113,6 +113,32 @@ TEST_SUITE("reputation tracker") {
     }
   }
 
+  TEST_CASE("every telling of a rejection is answered with the other names of the key") {
+    // Only the first was: a job whose request timed out (a restarted tracker still reading
+    // its records) told it again, got no names, and the siblings' open work was committed
+    // and paid.
+    tracker_fixture f;
+    for (const auto* name : {"k1", "k2", "k3"}) REQUIRE(f.hello(name, key_k).empty());
+    REQUIRE(f.hello("honest", key_l).empty());
+    // The names answered, sorted and joined with commas (readable in a failed check).
+    auto reject = [&](const std::string& name) {
+      std::vector<std::string> siblings;
+      f.self
+          ->request(f.tracker, std::chrono::seconds(10), reject_atom::value, name,
+                    std::string("a forged result"))
+          .receive([&](std::vector<std::string>& names) { siblings = std::move(names); },
+                   [&](caf::error& e) { FAIL(f.sys.render(e)); });
+      std::sort(siblings.begin(), siblings.end());
+      std::string joined;
+      for (const auto& s : siblings) joined += (joined.empty() ? "" : ",") + s;
+      return joined;
+    };
+    CHECK(reject("k2") == "k1,k3");
+    CHECK(reject("k2") == "k1,k3");  // the telling again
+    CHECK(reject("k1") == "k2,k3");  // flagged before, as a sibling
+    CHECK(reject("honest") == "");   // its key has no other name
+  }
+
   TEST_CASE("a flag whose write failed is written again, and a restarted tracker keeps it") {
     // A failed write of the records was only logged: a flagged node's record never changes
     // again, so nothing rewrote it, and after a restart the node was unflagged and got work.
