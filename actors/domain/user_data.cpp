@@ -17,11 +17,32 @@ uint64_t core_memory_bytes(const data_set_info& info) {
   return info.bytes + 4 * test_values;
 }
 
+std::optional<std::string> missing_samples(int64_t train, int64_t test) {
+  if (train > 0 && test > 0) return std::nullopt;
+  return "needs training and test samples, has " + std::to_string(train) + " and " +
+         std::to_string(test);
+}
+
+std::optional<std::string> sample_kind_mismatch(const sample_kind& got, const sample_kind& first,
+                                                const std::string& first_what) {
+  if (got == first) return std::nullopt;
+  return "has " + std::to_string(got.values) + " values per sample and " +
+         std::to_string(got.classes) + " classes" + (got.tokens ? " (tokens)" : "") + ", " +
+         first_what + " " + std::to_string(first.values) + " and " + std::to_string(first.classes) +
+         (first.tokens ? " (tokens)" : "");
+}
+
 expected<std::vector<data_part_rows>> plan_data_parts(const dataset_splits& data,
                                                       int64_t min_train_shards,
                                                       const user_data_limits& limits) {
   const int64_t train = data.train.size(), test = data.test.size();
-  if (train == 0) return error(errc::invalid_argument, "the training split is empty");
+  // The core refuses both only once every part is in: up to a gigabyte sent for nothing.
+  if (auto missing = missing_samples(train, test))
+    return error(errc::invalid_argument, "the data set " + *missing);
+  const sample_kind train_kind{data.train.feature_dim(), data.train.classes, data.train.tokens};
+  const sample_kind test_kind{data.test.feature_dim(), data.test.classes, data.test.tokens};
+  if (auto mismatch = sample_kind_mismatch(test_kind, train_kind, "the training split"))
+    return error(errc::invalid_argument, "the test split " + *mismatch);
   const int64_t test_values = test * data.test.feature_dim();
   if (test_values > limits.max_test_values)
     return error(errc::invalid_argument, "the test split has " + std::to_string(test_values) +
@@ -107,13 +128,11 @@ expected<void> data_upload::add(const data_part& p) {
                std::to_string(limits_.max_part_values));
   if (p.test && test_values_ + values > limits_.max_test_values)
     return bad("the test split would pass " + std::to_string(limits_.max_test_values) + " values");
-  if (info_.parts_received > 0 &&
-      (shard->feature_dim() != info_.sample_values || shard->classes != info_.classes ||
-       shard->tokens != info_.tokens))
-    return bad("has " + std::to_string(shard->feature_dim()) + " values per sample and " +
-               std::to_string(shard->classes) + " classes" + (shard->tokens ? " (tokens)" : "") +
-               ", the first part " + std::to_string(info_.sample_values) + " and " +
-               std::to_string(info_.classes) + (info_.tokens ? " (tokens)" : ""));
+  if (info_.parts_received > 0)
+    if (auto mismatch = sample_kind_mismatch({shard->feature_dim(), shard->classes, shard->tokens},
+                                             {info_.sample_values, info_.classes, info_.tokens},
+                                             "the first part"))
+      return bad(*mismatch);
   if (!p.test && !info_.test_shards.empty())
     return bad("training shards come before the test shards");
   info_.sample_values = shard->feature_dim();
@@ -133,11 +152,8 @@ expected<void> data_upload::add(const data_part& p) {
 expected<data_set_info> data_upload::finish() const {
   if (!complete())
     return error(errc::invalid_argument, "data set '" + info_.name + "': the upload is incomplete");
-  if (info_.train_samples == 0 || info_.test_samples == 0)
-    return error(errc::invalid_argument, "data set '" + info_.name +
-                                             "': needs training and test samples, has " +
-                                             std::to_string(info_.train_samples) + " and " +
-                                             std::to_string(info_.test_samples));
+  if (auto missing = missing_samples(info_.train_samples, info_.test_samples))
+    return error(errc::invalid_argument, "data set '" + info_.name + "': " + *missing);
   return info_;
 }
 

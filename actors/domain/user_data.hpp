@@ -45,6 +45,28 @@ bool valid_data_set_name(const std::string& name);
 /// about as many shards whichever way it came (a round gives each worker its own shard).
 inline constexpr int64_t default_shard_samples = 3000;
 
+/// What every sample of one data set is, in both of its splits: the values it holds, the
+/// classes its labels (and token ids) range over, and whether its values are token ids.
+struct sample_kind {
+  int64_t values = 0;
+  int64_t classes = 0;
+  bool tokens = false;
+  bool operator==(const sample_kind&) const = default;
+};
+
+/// Why a data set of `train` training and `test` test samples cannot be stored ("needs
+/// training and test samples, has 10 and 0"); none where it has both. The core says so once
+/// the last part is in (data_upload::finish), a client before it sends the first
+/// (plan_data_parts): one wording for both.
+std::optional<std::string> missing_samples(int64_t train, int64_t test);
+
+/// Why samples of kind `got` cannot join a data set whose samples are `first`, which
+/// `first_what` names ("the first part", "the training split"): "has 5 values per sample and
+/// 3 classes, the first part 4 and 3"; none where they agree. The core refuses such a part
+/// (data_upload::add), a client such a test split before it sends any (plan_data_parts).
+std::optional<std::string> sample_kind_mismatch(const sample_kind& got, const sample_kind& first,
+                                                const std::string& first_what);
+
 /// One part of an upload: rows [begin, end) of the training or the test split.
 struct data_part_rows {
   bool test = false;
@@ -53,10 +75,11 @@ struct data_part_rows {
 
 /// How a client cuts `data` into the parts it sends, before it sends any: the training split
 /// into at least `min_train_shards` shards (0: one per default_shard_samples samples), each
-/// of at most about 8 MiB, then the test split. A set the core would refuse for its size
-/// (more parts than limits.max_parts, a test split over limits.max_test_values) is an
-/// errc::invalid_argument that says what to change, rather than a refusal after every
-/// training part was uploaded.
+/// of at most about 8 MiB, then the test split. A set the core would refuse (an empty split,
+/// a test split whose samples are not of the training split's kind, more parts than
+/// limits.max_parts, a test split over limits.max_test_values) is an errc::invalid_argument
+/// that says what to change, in the core's words, rather than a refusal after every training
+/// part was uploaded.
 expected<std::vector<data_part_rows>> plan_data_parts(const dataset_splits& data,
                                                       int64_t min_train_shards,
                                                       const user_data_limits& limits = {});

@@ -72,6 +72,45 @@ TEST_SUITE("user data") {
     auto big_test = plan_data_parts(text, 0, small_test);
     REQUIRE_FALSE(big_test.has_value());
     CHECK(big_test.error().message().find("the test split has 32500 values") != std::string::npos);
+    // What the core refuses only once every training part is in (an empty split), or at the
+    // first test part (samples of another kind), is refused here, in the core's words.
+    dataset_splits no_test{text.train, {}};
+    auto empty = plan_data_parts(no_test, 0);
+    REQUIRE_FALSE(empty.has_value());
+    CHECK(empty.error().code() == errc::invalid_argument);
+    CHECK_MESSAGE(
+        empty.error().message() == "the data set needs training and test samples, has 22000 and 0",
+        empty.error().message());
+    dataset_splits no_train{{}, text.test};
+    auto untrained = plan_data_parts(no_train, 0);
+    REQUIRE_FALSE(untrained.has_value());
+    CHECK(untrained.error().message().find("has 0 and 500") != std::string::npos);
+    dataset_splits narrow{text.train, values(500, 64, 10, 0.5f)};
+    auto wrong_dim = plan_data_parts(narrow, 0);
+    REQUIRE_FALSE(wrong_dim.has_value());
+    CHECK_MESSAGE(wrong_dim.error().message() ==
+                      "the test split has 64 values per sample and 10 classes, the training "
+                      "split 65 and 10",
+                  wrong_dim.error().message());
+    dataset_splits fewer{text.train, values(500, 65, 9, 0.5f)};
+    auto wrong_classes = plan_data_parts(fewer, 0);
+    REQUIRE_FALSE(wrong_classes.has_value());
+    CHECK(wrong_classes.error().message().find("65 values per sample and 9 classes") !=
+          std::string::npos);
+    dataset_splits as_tokens{text.train, values(500, 65, 10, 0.0f)};
+    as_tokens.test.tokens = true;
+    auto wrong_kind = plan_data_parts(as_tokens, 0);
+    REQUIRE_FALSE(wrong_kind.has_value());
+    CHECK(wrong_kind.error().message().find("10 classes (tokens), the training split 65 and 10") !=
+          std::string::npos);
+    // The core's refusal of such a part reads the same.
+    data_upload up("user/alice", "set", 2, {});
+    REQUIRE(up.add(part(0, 2, false, values(10, 65, 10, 0.5f))).has_value());
+    auto core = up.add(part(1, 2, true, narrow.test));
+    REQUIRE_FALSE(core.has_value());
+    CHECK(core.error().message().find(
+              "has 64 values per sample and 10 classes, the first part 65 and 10") !=
+          std::string::npos);
   }
 
   TEST_CASE("real-valued and token shards round-trip exactly") {
