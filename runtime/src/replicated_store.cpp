@@ -176,6 +176,20 @@ bool every_address(const std::string& host) {
   return host.empty() || host == "0.0.0.0" || host == "::" || host == "[::]" || host == "*";
 }
 
+// The header every chunk request names the core it is meant for in, and every refusal of
+// one meant for another core names the core that answered in. Two cores given one chunk
+// address (--chunk-listen 127.0.0.1:7401 on each machine, or one --chunk-advertise copied to
+// every core) each reached its own chunk service where it meant the other's: the leader's
+// push to a follower was taken by the leader's own service, which held the chunk, and the
+// follower was counted as holding every chunk while it held none.
+constexpr const char* core_header = "Gflex-Core-Id";
+
+// The core a chunk service's refusal (421) names, as words for a log line or an error.
+std::string answering_core(const httplib::Response& r) {
+  const std::string id = r.get_header_value(core_header);
+  return valid_core_id(id) ? "core " + id + "'s chunk service" : "another core's chunk service";
+}
+
 }  // namespace
 
 struct replicated_store::impl {
@@ -298,6 +312,12 @@ struct replicated_store::impl {
     return all;
   }
 
+  // The headers of a request to core `to`'s chunk service: the shared secret, and the core
+  // the request is meant for (core_header).
+  httplib::Headers chunk_headers(const std::string& to) const {
+    return {{"Authorization", bearer}, {core_header, to}};
+  }
+
   // A client of another core's chunk service, answers awaited up to `read_s` seconds.
   static httplib::Client client_of(const std::string& address, time_t read_s) {
     auto [host, port] = split_host_port(address);
@@ -315,8 +335,7 @@ struct replicated_store::impl {
     if (!others) return others.error();
     for (const auto& m : *others) {
       auto c = client_of(m.address, 5);
-      auto r =
-          c.Post("/touch/" + digest, httplib::Headers{{"Authorization", bearer}}, "", "text/plain");
+      auto r = c.Post("/touch/" + digest, chunk_headers(m.id), "", "text/plain");
       if (r && r->status == 204) continue;
       if (auto ok = push_chunk_to(m, digest, bytes); !ok) return ok;
     }
@@ -343,7 +362,7 @@ struct replicated_store::impl {
       c.set_connection_timeout(1, 0);
       c.set_write_timeout(30, 0);
       c.set_read_timeout(30, 0);
-      httplib::Headers h{{"Authorization", bearer}};
+      const httplib::Headers h = chunk_headers(id);
       std::atomic<size_t> sent{0};
       // A core cut off or frozen mid-push would hold the commit for the socket's timeouts:
       // while the push runs, the core's membership is looked at every third of the lease,
@@ -370,6 +389,13 @@ struct replicated_store::impl {
         }
       auto r = push.get();
       if (r && r->status == 204) return {};
+      if (r && r->status == 421)
+        // Another core's chunk service answers at m's address: m holds nothing pushed there,
+        // and tried again, the push would only be refused again.
+        return evict(m, "its chunk service address " + m.address + " reaches " +
+                            answering_core(*r) +
+                            ", not its own: two cores are given one chunk address (give each "
+                            "its own --chunk-listen, or --chunk-advertise)");
       if (!is_member(id)) {
         spdlog::warn("replication: core {} left before taking chunk {}", id, digest.substr(0, 12));
         return {};
@@ -423,7 +449,15 @@ struct replicated_store::impl {
     if (!others) return others.error();
     for (const auto& [id, address, member_lease] : *others) {
       auto c = client_of(address, 60);
-      auto r = c.Get("/chunk/" + ref.digest, httplib::Headers{{"Authorization", bearer}});
+      auto r = c.Get("/chunk/" + ref.digest, chunk_headers(id));
+      if (r && r->status == 421) {
+        spdlog::warn(
+            "replication: core {}'s chunk service address {} reaches {}, not its own: two "
+            "cores are given one chunk address (give each its own --chunk-listen, or "
+            "--chunk-advertise)",
+            id, address, answering_core(*r));
+        continue;
+      }
       if (!r || r->status != 200 || r->body.size() != ref.size) continue;
       std::span<const uint8_t> body(reinterpret_cast<const uint8_t*>(r->body.data()),
                                     r->body.size());
@@ -1130,11 +1164,26 @@ expected<std::unique_ptr<replicated_store>> replicated_store::start(replication_
     return given.size() == bearer.size() &&
            sodium_memcmp(given.data(), bearer.data(), bearer.size()) == 0;
   };
+  // A request meant for another core (core_header) is refused, naming this one: served, it
+  // would tell the sender that core holds what only this one does. One that names no core (a
+  // tool, a core of an earlier version) is served.
+  auto misdirected = [self](const httplib::Request& req, httplib::Response& res) {
+    const std::string meant = req.get_header_value(core_header);
+    if (meant.empty() || meant == self->config.core_id) return false;
+    res.status = 421;
+    res.set_header(core_header, self->config.core_id);
+    res.set_content("this is the chunk service of core " + self->config.core_id +
+                        ", not of the core the request is meant for: two cores are given one "
+                        "chunk address (--chunk-listen, --chunk-advertise)",
+                    "text/plain");
+    return true;
+  };
   auto server = http::server::start(
       host, static_cast<uint16_t>(port), 2,
-      [self](httplib::Server& http) {
-        http.Put(R"(/chunk/([0-9a-f]{64}))", [self](const httplib::Request& req,
-                                                    httplib::Response& res) {
+      [self, misdirected](httplib::Server& http) {
+        http.Put(R"(/chunk/([0-9a-f]{64}))", [self, misdirected](const httplib::Request& req,
+                                                                 httplib::Response& res) {
+          if (misdirected(req, res)) return;
           const std::string digest = req.matches[1];
           std::span<const uint8_t> body(reinterpret_cast<const uint8_t*>(req.body.data()),
                                         req.body.size());
@@ -1177,8 +1226,9 @@ expected<std::unique_ptr<replicated_store>> replicated_store::start(replication_
         });
         // The leader's word, before a commit whose pushes took long, that a chunk it pushed
         // is still wanted: kept (its age starts again) if here, else 404 and pushed again.
-        http.Post(R"(/touch/([0-9a-f]{64}))", [self](const httplib::Request& req,
-                                                     httplib::Response& res) {
+        http.Post(R"(/touch/([0-9a-f]{64}))", [self, misdirected](const httplib::Request& req,
+                                                                  httplib::Response& res) {
+          if (misdirected(req, res)) return;
           // Under the garbage collection's lock, as a PUT: touched between its look at the
           // file's age and its removal, the chunk was confirmed, then removed.
           std::lock_guard lock(self->committing_mutex);
@@ -1187,8 +1237,9 @@ expected<std::unique_ptr<replicated_store>> replicated_store::start(replication_
                                            std::filesystem::file_time_type::clock::now(), ec);
           res.status = ec ? 404 : 204;
         });
-        http.Get(R"(/chunk/([0-9a-f]{64}))", [self](const httplib::Request& req,
-                                                    httplib::Response& res) {
+        http.Get(R"(/chunk/([0-9a-f]{64}))", [self, misdirected](const httplib::Request& req,
+                                                                 httplib::Response& res) {
+          if (misdirected(req, res)) return;
           std::ifstream in(self->config.chunk_dir / std::string(req.matches[1]), std::ios::binary);
           if (!in) {
             res.status = 404;
@@ -1204,6 +1255,21 @@ expected<std::unique_ptr<replicated_store>> replicated_store::start(replication_
   p->advertise = p->config.chunk_advertise.empty() ? host + ":" + std::to_string(p->chunks->port())
                                                    : p->config.chunk_advertise;
   p->on_lost = std::move(on_lost);
+  // An address another core's chunk service answers at (one --chunk-advertise copied to
+  // every core) is refused before this core joins: the leader would push this core's chunks
+  // there. An address this machine cannot reach itself at (NAT without hairpinning) says
+  // nothing here; the leader's pushes find a clash it cannot see (cores each given one
+  // loopback address).
+  {
+    auto c = impl::client_of(p->advertise, 2);
+    auto r = c.Get("/chunk/" + std::string(64, '0'), p->chunk_headers(p->config.core_id));
+    if (r && r->status == 421)
+      return error(
+          errc::invalid_argument,
+          std::string(p->config.chunk_advertise.empty() ? "--chunk-listen" : "--chunk-advertise") +
+              " \"" + p->advertise + "\" reaches " + answering_core(*r) +
+              ", not this core's: give each core its own chunk address");
+  }
   if (auto ok = p->join(); !ok) return ok.error();
   p->lease_thread = std::thread([self] { self->renew_leases(); });
   p->lease_watch = std::thread([self] { self->watch_lease(); });

@@ -1374,6 +1374,81 @@ TEST_SUITE("replicated_store") {
     CHECK(chunk_status == 404);  // the chunk service, which holds no such chunk
   }
 
+  TEST_CASE("a push that reaches another core's chunk service is not counted as held" *
+            doctest::skip(!etcd_installed())) {
+    // Cores given one chunk address (--chunk-listen 127.0.0.1:7401 on each machine) each
+    // reached their own chunk service where they meant another's: the leader's push to b was
+    // taken by the leader's own service, which held the chunk, and b was counted as holding
+    // every chunk while it held none; once the leader was gone, no core held them. Here b's
+    // record names a's chunk service, as such a b's does as seen from a.
+    test::temp_dir dir;
+    etcd_server etcd(dir.path());
+    auto a = leading(config_of(etcd, dir, "a"));
+    auto b = member_of(etcd, dir, "b");
+    auto admin = etcd_client::make(etcd.endpoint());
+    auto record = admin->range("/gflex/member/b", false);
+    REQUIRE(record.has_value());
+    REQUIRE(record->size() == 1);
+    const int64_t b_lease = record->front().lease;
+    etcd_op clash{"/gflex/member/b", bytes("127.0.0.1:" + std::to_string(a->chunk_port())),
+                  b_lease};
+    REQUIRE(admin->txn({}, {&clash, 1}).has_value());
+    const auto checkpoint = large(100000, 11);
+    const auto outcome = commit_checkpoint(*a, checkpoint);
+    REQUIRE_MESSAGE(outcome.first.has_value(), outcome.first.error().message());
+    CHECK_MESSAGE(outcome.second < 3.0, "the commit took " << outcome.second << " s");
+    // b, which holds nothing, is taken out of the membership, not counted as holding it.
+    auto after = admin->range("/gflex/member/b", false);
+    REQUIRE(after.has_value());
+    CHECK_MESSAGE((after->empty() || after->front().lease != b_lease),
+                  "a counted b as holding the chunk a's own chunk service took");
+    // b joins again at its own address, fetching the chunk: it reads it once a is gone.
+    const auto chunk = dir / "chunks-b" / digest_hex(checkpoint);
+    bool held = false;
+    for (int i = 0; i < 100 && !held; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      held = std::filesystem::exists(chunk);
+    }
+    CHECK_MESSAGE(held, "b did not join again with the chunk");
+    a.reset();
+    auto read = b->get("ckpt/1");
+    REQUIRE_MESSAGE(read.has_value(), read.error().message());
+    REQUIRE(read->has_value());
+    CHECK(**read == checkpoint);
+  }
+
+  TEST_CASE("a chunk address that reaches another core's chunk service is refused at start" *
+            doctest::skip(!etcd_installed())) {
+    // One --chunk-advertise copied to every core: the leader pushed b's chunks to a's service.
+    test::temp_dir dir;
+    etcd_server etcd(dir.path());
+    auto a = member_of(etcd, dir, "a");
+    const std::string a_address = "127.0.0.1:" + std::to_string(a->chunk_port());
+    // a's chunk service serves what is meant for a, or for no core named, and refuses, naming
+    // itself, what is meant for another.
+    httplib::Client c("127.0.0.1", a->chunk_port());
+    const std::string path = "/chunk/" + std::string(64, '0');
+    auto unnamed = c.Get(path, {{"Authorization", chunk_bearer()}});
+    auto for_a = c.Get(path, {{"Authorization", chunk_bearer()}, {"Gflex-Core-Id", "a"}});
+    auto for_b = c.Get(path, {{"Authorization", chunk_bearer()}, {"Gflex-Core-Id", "b"}});
+    REQUIRE((unnamed && for_a && for_b));
+    CHECK(unnamed->status == 404);
+    CHECK(for_a->status == 404);
+    CHECK(for_b->status == 421);
+    CHECK(for_b->get_header_value("Gflex-Core-Id") == "a");
+    auto copied = config_of(etcd, dir, "b");
+    copied.chunk_advertise = a_address;
+    auto b = replicated_store::start(copied, [] {});
+    REQUIRE_FALSE(b.has_value());
+    CHECK(b.error().code() == errc::invalid_argument);
+    const std::string why = b.error().message();
+    CHECK_MESSAGE(why.find("--chunk-advertise \"" + a_address +
+                           "\" reaches core a's chunk "
+                           "service") != std::string::npos,
+                  why);
+    CHECK(etcd_client::make(etcd.endpoint())->range("/gflex/member/b", false)->empty());
+  }
+
   TEST_CASE("bad configuration is refused before anything starts") {
     replication_config c;
     c.endpoints = "127.0.0.1:1";

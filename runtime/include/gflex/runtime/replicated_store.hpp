@@ -27,6 +27,11 @@
 ///   a chunk no core serves any more is looked for again under its key, passed over where no
 ///   value names it now, and, still named but held by no live core, logged and passed over
 ///   (its key's readers hear that no core holds it).
+/// - Every chunk request names the core it is meant for; a chunk service refuses one meant
+///   for another core (421), so that cores given one chunk address are not counted as
+///   holding each other's chunks: the leader takes such a core out of the membership, and a
+///   core whose chunk address reaches another core's service from its own machine is refused
+///   at start.
 ///
 /// The core's keys live under /gflex/data/.
 
