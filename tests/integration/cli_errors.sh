@@ -15,7 +15,7 @@ expect_error "bad log level" "unknown log level 'loud'" "$G" train --log-level l
 expect_error "unknown workload" "unknown workload 'cifar-resnet' \(known: fashion-cnn, fashion-mlp\)" \
   "$G" train --workload cifar-resnet
 expect_error "unknown backend" "unknown backend 'tpu'" "$G" train --backend tpu
-expect_error "missing CUDA device" "no CUDA device|no CUDA backend" "$G" train --backend cuda:7
+expect_error "missing CUDA device" "no usable CUDA device 7|no CUDA backend" "$G" train --backend cuda:7
 expect_error "unknown precision" "unknown precision 'fp8' \(use fp32, tf32 or bf16\)" \
   "$G" train --precision fp8
 

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "gflex/kernels/backend.hpp"
+#include "gflex/kernels/devices.hpp"
 #include "gflex/runtime/rng.hpp"
 #include "gflex/runtime/update_codec.hpp"
 #include "skip_case.hpp"
@@ -976,5 +977,25 @@ TEST_SUITE("backend") {
     auto far = make_backend("cuda:999", 1);
     REQUIRE_FALSE(far.has_value());
     CHECK(far.error().code() == errc::no_device);
+  }
+
+  TEST_CASE("make_backend takes only the CUDA devices the kernels run on") {
+    // "cuda" took device 0 whatever it was: a card older than the build's kernels failed at
+    // its first launch, where the node's plan left it out saying why.
+    if (!cuda_compiled()) GFLEX_SKIP_CASE("a build without CUDA (make_backend says so itself)");
+    const auto usable = cuda_devices();
+    if (!usable.empty()) {
+      auto first = make_backend("cuda", 1);
+      REQUIRE(first.has_value());
+      CHECK((*first)->where().index == usable.front().ordinal);
+      return;
+    }
+    auto none = make_backend("cuda", 1);
+    REQUIRE_FALSE(none.has_value());
+    CHECK(none.error().code() == errc::no_device);
+    CHECK(none.error().message().starts_with("no usable CUDA device ("));
+    auto named = make_backend("cuda:0", 1);
+    REQUIRE_FALSE(named.has_value());
+    CHECK(named.error().message().starts_with("cuda:0: there is no usable CUDA device 0"));
   }
 }
