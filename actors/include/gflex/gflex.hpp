@@ -294,7 +294,8 @@ class client {
   /// training split is cut into at least `min_train_shards` shards where it has that many
   /// samples (a round gives each of its workers a different shard); 0 cuts one per 3,000
   /// samples, as the core cuts its built-in sets. A set the core's limits refuse (parts,
-  /// the test split's size) is refused before a byte is sent.
+  /// the test split's size, an empty split, a test split of other values per sample,
+  /// classes or token flag than the training split) is refused before a byte is sent.
   expected<data_set_info> push_data(const std::string& name, const dataset_splits& data,
                                     int64_t min_train_shards = 0);
   /// This account's data sets (the operator's key: everyone's).
