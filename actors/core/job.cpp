@@ -76,6 +76,9 @@ struct round_result {
   // Screened as unlike the rest of its round (an outlier, or one that stands out): used only
   // once a re-computation reproduces it.
   bool stood_out = false;
+  // Counted in the job's screened_results already: a round collected again after a rollback
+  // is screened anew, and a result it kept is one result however often it is screened.
+  bool counted_screened = false;
   // A count sketch of the update (update_sketch; empty for a core-tier result): the round's
   // later results are compared with it, a copy of another key's result being re-computed.
   std::vector<float> sketch{};
@@ -1434,7 +1437,8 @@ void try_advance(job_actor* self) {
     r.excluded = false;  // a round collected again after a rollback is screened anew
     r.stood_out = false;
     if (v.verdict == screen_verdict::typical) continue;
-    st.job.status.screened_results += 1;
+    if (!r.counted_screened) st.job.status.screened_results += 1;
+    r.counted_screened = true;
     if (r.slot.tier == static_cast<uint8_t>(node_tier::core)) {
       spdlog::info("job {}: the core-tier result of {} for round {} is atypical ({}); used as is",
                    st.job.id, r.slot.node_name, st.job.status.round + 1, v.why);
@@ -1527,14 +1531,13 @@ void try_advance(job_actor* self) {
   auto& s = st.job.status;
   // The round's training loss is the median of what the nodes report, of the results used:
   // a loss is a node's claim, and one node's 1e300 (or 0) would make the mean what it says.
+  // Its nodes are those of the results used too: an outlier left out trained nothing of it.
   std::vector<double> losses;
   std::set<std::string> nodes;
-  for (const auto& [shard, r] : st.results) {
-    if (!r.excluded) losses.push_back(r.loss);
-    nodes.insert(r.slot.node_id);
+  for (const auto* r : used) {
+    losses.push_back(r->loss);
+    nodes.insert(r->slot.node_id);
   }
-  if (losses.empty())
-    for (const auto& [shard, r] : st.results) losses.push_back(r.loss);
   s.round += 1;
   s.train_loss = median_of(losses);
   s.nodes = static_cast<int64_t>(nodes.size());

@@ -847,6 +847,8 @@ TEST_SUITE("job caught nodes") {
     auto s = r.committed(3);
     REQUIRE(s.has_value());
     CHECK(s->unverified_results >= 1);
+    // The round's nodes are those whose results it used: the flipper's was left out.
+    CHECK(s->nodes == 2);
     const auto credited = r.credited();
     CHECK(std::count(credited.begin(), credited.end(), "flipper") == 0);
     CHECK(std::count(credited.begin(), credited.end(), "honest-a") >= 1);
@@ -892,6 +894,29 @@ TEST_SUITE("job caught nodes") {
     const auto credited = r.credited();
     CHECK(std::count(credited.begin(), credited.end(), "scaled") == 0);
     CHECK(std::count(credited.begin(), credited.end(), "honest-a") >= 1);
+  }
+
+  TEST_CASE("a result screened again after its round's rollback is counted once") {
+    // The one round, 3, is applied with a result that stands out in its mean; that result
+    // cannot be re-computed (--unverified accept), so the round is rolled back and screened
+    // anew with the same three results, which counted the result in screened_results again.
+    // The round then uses two of them: its nodes counted the third's too.
+    claims scaled;
+    scaled.value = 0.0015f;
+    resumed_job r(3,
+                  {{"honest-a", node_tier::community, std::chrono::milliseconds(0), {}},
+                   {"honest-b", node_tier::community, std::chrono::milliseconds(0), {}},
+                   {"scaled", node_tier::community, std::chrono::milliseconds(0), scaled}},
+                  true, [](caf::actor_system& sys, job_links& links) {
+                    links.verifier = sys.spawn(unavailable_verifier);
+                    links.accept_unverified = true;
+                  });
+    auto s = r.ended();
+    REQUIRE(s.has_value());
+    CHECK(s->state == job_state::done);
+    CHECK(s->rollbacks == 1);
+    CHECK(s->screened_results == 1);
+    CHECK(s->nodes == 2);
   }
 
   TEST_CASE("a caught node's other names on its key lose their work here too") {
