@@ -41,12 +41,14 @@ for i in $(seq 1 8); do
   start "node$i" "$BIN/gflex-node" --join "$core" --name "node$i" --data-dir "$WORK/node$i" \
     $extra
 done
-wait_for 30 "9 nodes to join" bash -c "[ \$('$G' nodes --core $core | wc -l) -eq 9 ]"
+# Counted from --json: the text listing has a line more per GPU of a CUDA node and per flagged
+# node's last rejection.
+wait_for 30 "9 nodes to join" node_count_is 9
 
 # A core-tier join with a community token is refused (exit 3) and changes nothing.
 expect_error "forged core tier" "admits the community tier, not the core tier" \
   "$BIN/gflex-node" --join "$core" --name forger --data-dir "$WORK/forger" --tier core
-[ "$("$G" nodes --core "$core" | wc -l)" -eq 9 ] || fail "the refused node is listed"
+node_count_is 9 || fail "the refused node is listed ($(node_count) nodes)"
 
 submit_job first "$WORK/job.toml"
 "$G" nodes --core "$core"
