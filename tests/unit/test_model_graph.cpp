@@ -4,6 +4,7 @@
 
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <functional>
@@ -1090,6 +1091,72 @@ layers = [ { type = "layer_norm" }, { type = "layer_norm" }, { type = "layer_nor
     CHECK(first[10] == first[11]);  // the last token of a sample starts the next one
     CHECK(splits->train.labels.data<int32_t>()[0] == 10);
     CHECK_FALSE(make_token_splits(std::vector<uint8_t>(5), 11, 10).has_value());
+  }
+
+  TEST_CASE(
+      "a token model is causal: later tokens leave the earlier positions' logits as they were") {
+    // The gradient checks hold the wiring to its own gradients, and the kernels to their
+    // references: a mask wrong the same way forward and backward would pass them both, and
+    // gflex sample (which pads after the prompt) and the per-token loss would be wrong.
+    const int64_t t = 9, vocab = 13, batch = 2;
+    auto w = graph(R"([model]
+input = [9]
+vocab = 13
+layers = [
+  { type = "embedding", dim = 64 }, { type = "position_embedding", name = "x0" },
+  { type = "layer_norm" }, { type = "attention", heads = 2 }, { type = "add", with = "x0" },
+  { type = "rms_norm" }, { type = "linear", units = 13 }, { type = "next_token_xent" },
+])");
+    std::vector<float> params(static_cast<size_t>(w->parameter_count()));
+    w->init_parameters(3, params);
+    const auto first = random_batch(*w, batch, vocab, 21);
+    struct restore_env {
+      ~restore_env() { unsetenv("GFLEX_FUSED_ATTENTION"); }
+    } restore;
+    for (const bool fused : {false, true}) {
+      CAPTURE(fused);
+      if (fused)
+        setenv("GFLEX_FUSED_ATTENTION", "1", 1);
+      else
+        unsetenv("GFLEX_FUSED_ATTENTION");
+      auto be = make_cpu_backend(1);
+      if (fused) {
+        be->set_precision(math_precision::bf16);  // the CPU's fused path runs under it
+        REQUIRE(be->fused_attention(32));
+      }
+      auto m = w->instantiate(*be, batch);
+      REQUIRE_MESSAGE(m.has_value(), (m ? "" : m.error().message()));
+      (*m)->load_parameters(params);
+      auto logits_of = [&](const std::vector<float>& x) {
+        std::vector<float> out(static_cast<size_t>(batch * t * vocab));
+        (*m)->predict(x.data(), batch, out);
+        return out;
+      };
+      const auto before = logits_of(first.x);
+      for (int64_t k = 0; k + 1 < t; ++k) {
+        // Every token after position k changed, in every sample.
+        auto later = first.x;
+        for (int64_t b = 0; b < batch; ++b)
+          for (int64_t p = k + 1; p < t; ++p) {
+            auto& token = later[static_cast<size_t>(b * w->feature_dim() + p)];
+            token = static_cast<float>((static_cast<int64_t>(token) + 1 + p) % vocab);
+          }
+        const auto after = logits_of(later);
+        double moved_before = 0.0, moved_after = 0.0;
+        for (int64_t b = 0; b < batch; ++b)
+          for (int64_t p = 0; p < t; ++p)
+            for (int64_t v = 0; v < vocab; ++v) {
+              const size_t i = static_cast<size_t>((b * t + p) * vocab + v);
+              const double d = std::fabs(static_cast<double>(after[i]) - before[i]);
+              (p <= k ? moved_before : moved_after) =
+                  std::max(p <= k ? moved_before : moved_after, d);
+            }
+        CHECK_MESSAGE(moved_before <= 1e-6, "positions 0.." << k << " moved by " << moved_before);
+        // The change is seen where it may be: the test would pass on a model that ignored its
+        // input.
+        CHECK(moved_after > 1e-3);
+      }
+    }
   }
 
   TEST_CASE("a token outside the vocabulary is an error, not a read out of bounds") {
