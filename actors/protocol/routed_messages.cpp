@@ -10,12 +10,14 @@
 #include <caf/proxy_registry.hpp>
 
 #include <atomic>
+#include <chrono>
 #include <map>
 #include <mutex>
 #include <set>
 #include <string>
 #include <utility>
 
+#include "gflex/runtime/log_throttle.hpp"
 #include "interposition.hpp"
 
 namespace gflex {
@@ -24,6 +26,7 @@ namespace {
 
 std::atomic<uint64_t> refused{0};
 std::atomic<uint64_t> dropped{0};
+std::atomic<uint64_t> named_dropped{0};
 
 std::atomic<bool> third_parties_refused{false};
 
@@ -61,6 +64,10 @@ uint64_t anonymous_responses_dropped() {
   return dropped.load();
 }
 
+uint64_t named_receiver_messages_dropped() {
+  return named_dropped.load();
+}
+
 void note_guarded_actor(const caf::node_id& node, caf::actor_id id) {
   std::lock_guard<std::mutex> lock(guarded_mutex);
   guarded_ids.insert({node, id});
@@ -92,13 +99,19 @@ using caf::io::basp::message_type;
 
 // What becomes of a message for an actor of this process (its payload read up to the
 // forwarding stack).
-enum class verdict { pass, drop, refuse };
+enum class verdict { pass, drop, drop_named, refuse };
 
 verdict judge_local_message(caf::binary_deserializer& payload, const header& hdr,
                             const caf::node_id& here, std::string& why) {
+  // CAF's named actors (its spawn and config servers) serve no peer of this program, and the
+  // config server keeps whatever a (put_atom, key, message) gives it, for good: a peer with no
+  // token and no hello grew the core's memory by up to a message's size limit a message until
+  // the core was killed. Dropped, not closed: every CAF peer asks the spawn server for its
+  // "info" once it has connected (for remote spawns, which this program never makes).
+  if (hdr.has(header::named_receiver_flag)) return verdict::drop_named;
   if (hdr.source_actor == caf::invalid_actor_id &&
       caf::make_message_id(hdr.operation_data).is_response() &&
-      !hdr.has(header::named_receiver_flag) && gflex::is_guarded(here, hdr.dest_actor))
+      gflex::is_guarded(here, hdr.dest_actor))
     return verdict::drop;
   size_t stages = 0;
   if (payload.begin_sequence(stages)) return verdict::pass;  // CAF reports it malformed
@@ -117,6 +130,28 @@ verdict judge_local_message(caf::binary_deserializer& payload, const header& hdr
     return verdict::refuse;
   }
   return verdict::pass;
+}
+
+// Counts a dropped message to the named actor `name`, and logs it (at most 20 lines in 10 s:
+// a peer sends as many as it likes). CAF's own question to the spawn server, which each peer
+// asks once, is no warning.
+void note_named_drop(caf::atom_value name) {
+  gflex::named_dropped.fetch_add(1);
+  if (name == caf::atom("SpawnServ")) {
+    spdlog::debug("dropped a peer's message to CAF's spawn server");
+    return;
+  }
+  static std::mutex log_mutex;
+  static gflex::log_throttle throttle{20, std::chrono::seconds(10)};
+  uint64_t held_back = 0;
+  bool log = false;
+  {
+    std::lock_guard<std::mutex> lock(log_mutex);
+    log = throttle.allow(gflex::log_throttle::clock::now(), held_back);
+  }
+  if (!log) return;
+  if (held_back > 0) spdlog::warn("{} more messages to named actors dropped unlogged", held_back);
+  spdlog::warn("dropped a peer's message to the named actor {}", caf::to_string(name));
 }
 
 }  // namespace
@@ -200,6 +235,10 @@ caf::io::basp::connection_state caf::io::basp::instance::handle(execution_unit* 
   }
   if (v == verdict::drop) {
     gflex::dropped.fetch_add(1);
+    return connection_state::await_header;
+  }
+  if (v == verdict::drop_named) {
+    note_named_drop(static_cast<atom_value>(hdr.dest_actor));
     return connection_state::await_header;
   }
   if (v == verdict::refuse) {

@@ -23,8 +23,12 @@
 /// And it drops (without closing) a response without a sender that a peer sends to a guarded
 /// actor (boundary.hpp): in a guarded actor's mailbox it looks like CAF's own bounce of a
 /// request to a dead local actor, and so failed a request that actor had made of its own
-/// children (a client's submit, a node's hello answered "permission denied"). Messages routed
-/// between other processes (a pipeline's workers) are let through.
+/// children (a client's submit, a node's hello answered "permission denied"); and every message
+/// a peer sends to a named actor of this process (CAF's spawn and config servers, which serve
+/// no peer here): the config server keeps whatever it is given, for good, so a peer with no
+/// token could fill the core's memory. CAF's peers ask the spawn server one question on
+/// connecting, so these drops do not close the connection. Messages routed between other
+/// processes (a pipeline's workers) are let through.
 
 #include <caf/actor_addr.hpp>
 #include <caf/node_id.hpp>
@@ -40,6 +44,9 @@ uint64_t forged_sources_refused();
 
 /// Sender-less responses from peers dropped at a guarded actor, since the process started.
 uint64_t anonymous_responses_dropped();
+
+/// Peers' messages to a named actor of this process dropped, since the process started.
+uint64_t named_receiver_messages_dropped();
 
 /// Marks the actor of id `id` of the actor system whose node is `node` as guarded: a peer's
 /// sender-less response to it is dropped in BASP. guarded<> calls these from its constructor

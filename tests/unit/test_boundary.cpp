@@ -96,7 +96,8 @@ caf::behavior plain_asker(caf::event_based_actor* self, caf::actor quiet) {
 // The child: publishes its door on a listener and lives until killed by the parent. The door
 // answers (probe_atom, int) with a plain and a guarded counter; (probe_atom, int, int) with a
 // guarded and a plain asker, a guarded counter bound to no peer and one bound to the asking
-// process; (caf::get_atom) with how many strangers' messages the one bound to none dropped.
+// process; (caf::get_atom) with how many strangers' messages the one bound to none dropped;
+// (caf::get_atom, key) with whether CAF's config server of the child holds a value at `key`.
 [[noreturn]] void serve(int ready_fd, bool standalone) {
   if (standalone) gflex::refuse_third_party_nodes();
   caf::actor_system_config cfg;
@@ -127,6 +128,15 @@ caf::behavior plain_asker(caf::event_based_actor* self, caf::actor quiet) {
           return caf::make_message(guarded_ask, plain_ask, elsewhere, here);
         },
         [=](caf::get_atom) { return counter_of(elsewhere)->strangers(); },
+        [=](caf::get_atom, const std::string& key) -> caf::result<bool> {
+          auto rp = self->make_response_promise<bool>();
+          auto config_serv =
+              caf::actor_cast<caf::actor>(self->system().registry().get(caf::atom("ConfigServ")));
+          self->request(config_serv, std::chrono::seconds(5), caf::get_atom::value, key)
+              .then([=](std::string&, caf::message& value) mutable { rp.deliver(!value.empty()); },
+                    [=](caf::error& e) mutable { rp.deliver(std::move(e)); });
+          return rp;
+        },
     };
   });
   auto port = sys.middleman().publish(door, 0, "127.0.0.1");
@@ -252,11 +262,11 @@ std::pair<caf::actor, caf::actor> counters_anew(hostile_peer& peer) {
   return {};
 }
 
-// A raw BASP frame: its header (as caf::io::basp serializes it) and payload.
+// A raw BASP frame: its header (as caf::io::basp serializes it, with `flags`) and payload.
 std::vector<char> basp_frame(caf::actor_system& sys, caf::io::basp::message_type op,
                              uint64_t operation_data, caf::actor_id source, caf::actor_id dest,
-                             const std::vector<char>& payload) {
-  caf::io::basp::header hdr{op,     0,   static_cast<uint32_t>(payload.size()), operation_data,
+                             const std::vector<char>& payload, uint8_t flags = 0) {
+  caf::io::basp::header hdr{op,     flags, static_cast<uint32_t>(payload.size()), operation_data,
                             source, dest};
   std::vector<char> out;
   caf::binary_serializer sink{sys, out};
@@ -468,6 +478,37 @@ TEST_CASE("a peer's message before its handshake closes its connection") {
           static_cast<ssize_t>(frame.size()));
   CHECK(closed_by_peer(fd, std::chrono::milliseconds(1500)));
   ::close(fd);
+}
+
+TEST_CASE("a peer's message to a named actor is dropped: CAF's config server keeps nothing") {
+  // CAF registers its spawn and config servers by name in every actor system, and the config
+  // server keeps whatever a (put_atom, key, message) gives it, for good: a peer with no token
+  // and no hello grew the core's memory by up to 128 MiB a message until it was killed.
+  hostile_peer peer;
+  auto& sys = *peer.sys;
+  std::vector<char> put;
+  {
+    caf::binary_serializer sink{sys, put};
+    std::vector<caf::strong_actor_ptr> stages;
+    auto msg = caf::make_message(caf::put_atom::value, std::string("planted"),
+                                 caf::make_message(std::string(4096, 'x')));
+    REQUIRE_FALSE(sink(stages, msg));
+  }
+  const int fd = raw_connection(sys, peer.child.port);
+  send_raw(sys, fd, made_up_node(4),
+           {basp_frame(sys, caf::io::basp::message_type::direct_message,
+                       caf::make_message_id().integer_value(), 9,
+                       static_cast<caf::actor_id>(caf::atom("ConfigServ")), put,
+                       caf::io::basp::header::named_receiver_flag)});
+  // Dropped, not closed: every CAF peer asks the spawn server for its "info" on connecting.
+  CHECK_FALSE(closed_by_peer(fd, std::chrono::milliseconds(500)));
+  ::close(fd);
+  std::optional<bool> kept;
+  (*peer.self)
+      ->request(peer.door, std::chrono::seconds(10), caf::get_atom::value, std::string("planted"))
+      .receive([&](bool k) { kept = k; }, [&](caf::error& e) { FAIL(sys.render(e)); });
+  REQUIRE(kept.has_value());
+  CHECK_MESSAGE(!*kept, "the child's config server kept what a peer put there");
 }
 
 TEST_CASE("a standalone process cuts off a peer that speaks for another node") {
