@@ -84,9 +84,9 @@ struct job_supervisor_state {
   std::map<std::string, job_entry> jobs;
   /// Users' data sets: stored, and uploads in progress (in memory until their last part).
   std::map<data_set_id, data_set_info> data_sets;
-  /// Stored sets that could not be loaded (a shard damaged or missing): left out of the
-  /// catalog, yet removable.
-  std::map<data_set_id, data_set_info> damaged_sets;
+  /// Stored sets that could not be loaded (a shard damaged or missing), with why: left out of
+  /// the catalog, yet removable.
+  std::map<data_set_id, std::pair<data_set_info, std::string>> damaged_sets;
   /// Stored sets a shard of which the store could not answer at the last load (a chunk no
   /// core reaches now), with why: read again every 5 s, and until then neither served nor
   /// deleted. The jobs on one wait; the other sets are served meanwhile.
@@ -379,11 +379,11 @@ std::vector<std::string> unreferenced_chunks(const job_supervisor_state& st,
     named.insert(i.train_shards.begin(), i.train_shards.end());
     named.insert(i.test_shards.begin(), i.test_shards.end());
   };
-  for (const auto* sets : {&st.data_sets, &st.damaged_sets})
-    for (const auto& [other, info] : *sets)
-      if (other != id) name(info);
-  for (const auto& [other, unloaded] : st.unloaded_sets)
-    if (other != id) name(unloaded.first);
+  for (const auto& [other, info] : st.data_sets)
+    if (other != id) name(info);
+  for (const auto* sets : {&st.damaged_sets, &st.unloaded_sets})
+    for (const auto& [other, left_out] : *sets)
+      if (other != id) name(left_out.first);
   if (kept != nullptr) name(*kept);
   for (const auto& [digest, n] : st.storing_chunks) named.insert(digest);
   std::set<std::string> out;
@@ -396,7 +396,7 @@ std::vector<std::string> unreferenced_chunks(const job_supervisor_state& st,
 // A user's stored data set, loaded or left out as damaged; null when there is none.
 const data_set_info* stored_set(const job_supervisor_state& st, const data_set_id& id) {
   if (auto it = st.data_sets.find(id); it != st.data_sets.end()) return &it->second;
-  if (auto it = st.damaged_sets.find(id); it != st.damaged_sets.end()) return &it->second;
+  if (auto it = st.damaged_sets.find(id); it != st.damaged_sets.end()) return &it->second.first;
   if (auto it = st.unloaded_sets.find(id); it != st.unloaded_sets.end()) return &it->second.first;
   return nullptr;
 }
@@ -538,12 +538,11 @@ void data_sets_read(supervisor_actor* self, std::shared_ptr<data_set_load> load)
       unreadable_manifest = true;
       if (auto id = data_set_of_key(key); id && !known_apart_from_load(st, *id)) {
         data_set_info unknown;
-        unknown.owner = std::move(id->first);
-        unknown.name = std::move(id->second);
-        st.links.catalog->note_damaged_set(
-            unknown.owner, unknown.name,
-            "its manifest cannot be read (" + info.error().message() + ")");
-        st.damaged_sets[{unknown.owner, unknown.name}] = std::move(unknown);
+        unknown.owner = id->first;
+        unknown.name = id->second;
+        auto why = "its manifest cannot be read (" + info.error().message() + ")";
+        st.links.catalog->note_damaged_set(unknown.owner, unknown.name, why);
+        st.damaged_sets[*id] = {std::move(unknown), std::move(why)};
       }
       continue;
     }
@@ -571,7 +570,7 @@ void data_sets_read(supervisor_actor* self, std::shared_ptr<data_set_load> load)
       spdlog::error("store: data set {}/{} cannot be loaded: {}", info->owner, info->name,
                     ok.error().message());
       st.links.catalog->note_damaged_set(info->owner, info->name, ok.error().message());
-      st.damaged_sets[id] = *info;
+      st.damaged_sets[id] = {*info, ok.error().message()};
       continue;
     }
     st.data_sets[id] = *info;
@@ -1345,10 +1344,17 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links) {
           self->state.committing.erase(id);
           // Not stored: not served either; the set it was to replace is served again
           // (dropped too, it was listed but refused to every job until the core restarted).
-          if (previous)
-            self->state.links.catalog->restore_user_set(*previous);
-          else
-            self->state.links.catalog->drop_user_set(who, name);
+          auto& catalog = *self->state.links.catalog;
+          if (previous) {
+            catalog.restore_user_set(*previous);
+          } else {
+            catalog.drop_user_set(who, name);
+            // A damaged set it was to replace is still stored, and still listed as left out:
+            // the catalog forgot its damage when it took the new set, and a job on it was
+            // told there was no such set.
+            if (auto it = self->state.damaged_sets.find(id); it != self->state.damaged_sets.end())
+              catalog.note_damaged_set(who, name, it->second.second);
+          }
           rp.deliver(e);
         };
         // Read back after a failure (a large set on a slow disk): a set landed late was in

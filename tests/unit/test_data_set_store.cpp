@@ -201,6 +201,46 @@ TEST_SUITE("data set store") {
     CHECK(f.catalog->chunk(digest_of(t1)) != nullptr);  // its shard is served again
   }
 
+  TEST_CASE("a replacement of a damaged set that cannot be stored leaves it damaged") {
+    // The catalog forgot the damage when it took the new set, and dropped that one when the
+    // commit failed: a job on the set was told there was no such set, while it was still
+    // stored and listed as left out.
+    const auto train = shard_of(test::samples(10)), test = shard_of(test::samples(5)),
+               t2 = shard_of(test::samples(12));
+    data_upload up("user/alice", "c", 2, {});
+    REQUIRE(up.add({0, 2, false, train}).has_value());
+    REQUIRE(up.add({1, 2, true, test}).has_value());
+    test::failing_store_state st;
+    st.kept[data_set_key("user/alice", "c")] = encode_data_set(up.finish().value());
+    st.kept[data_chunk_key(digest_of(test))] = test;  // its training shard is missing
+    st.unwritable.insert(data_set_key("user/alice", "c"));
+    test::job_fixture f(st);
+    auto refusal_of_job = [&] {
+      std::string out;
+      f.self->request(f.supervisor, f.wait, submit_atom::value, f.alice, test::free_spec)
+          .receive([](std::string&) {}, [&](caf::error& e) { out = f.sys.render(e); });
+      return out;
+    };
+    const std::string damaged = "'c' cannot be read from the core's store (shard ";
+    std::string refused;
+    for (int tries = 0; tries < 100 && refused.find(damaged) == std::string::npos; ++tries) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      refused = refusal_of_job();
+    }
+    REQUIRE_MESSAGE(refused.find(damaged) != std::string::npos, refused);
+    std::string not_stored;
+    for (uint32_t i = 0; i < 2; ++i)
+      f.self
+          ->request(f.supervisor, f.wait, dpush_atom::value, f.alice, std::string("c"),
+                    data_part{i, 2, i == 1, i == 0 ? t2 : test})
+          .receive([](data_set_info&) {}, [&](caf::error& e) { not_stored = f.sys.render(e); });
+    CHECK_MESSAGE(not_stored.find("unwritable") != std::string::npos, not_stored);
+    refused = refusal_of_job();
+    CHECK_MESSAGE(
+        refused.find(damaged + digest_of(train).substr(0, 12) + ": missing") != std::string::npos,
+        refused);
+  }
+
   TEST_CASE("a set that jobs train on is neither removed nor replaced") {
     // A running job holds its data in memory, but a restarted one looks it up again: removed,
     // it failed after rounds already paid for; replaced, it went on on other data.
