@@ -1635,8 +1635,7 @@ void on_result(job_actor* self, uint64_t id, assignment_result& r) {
   }
   self->send(st.links.market, release_atom::value, slot.worker);
   st.job.status.bytes_received += r.update.size();
-  core_metrics::assignments("accepted").inc();
-  core_metrics::bytes("in", "update").inc(static_cast<double>(r.update.size()));
+  core_metrics::assignments("accepted").inc();  // its bytes counted by the session they came by
   spdlog::debug(
       "job {}: accepted assignment {:016x} (round {}, shard {}) from {}: {:.3f} s of "
       "compute, {} bytes",
@@ -1747,7 +1746,9 @@ void send_assignment(job_actor* self, const worker_slot& slot, int64_t shard) {
   const auto params_bytes = st.round_params->bytes.size();
   st.job.status.bytes_sent += params_bytes;
   core_metrics::assignments("sent").inc();
-  core_metrics::bytes("out", "parameters").inc(static_cast<double>(params_bytes));
+  // Payload bytes are counted by the node's session, where they cross the network (inline, or
+  // chunk by chunk as served): counted here too, a chunked payload counted twice, and one that
+  // stayed in this process (an in-process node's) once for nothing.
   st.copies[shard] += 1;
   if (st.monitored.insert(slot.worker.address()).second) self->monitor(slot.worker);
   uint64_t id = a.id;

@@ -504,6 +504,7 @@ node_session_internal::behavior_type session_behavior(session_actor* self, sessi
             // Packed once per round, by the first session that sends them: parameters are
             // most of what a node downloads.
             a.params = p->wire_bytes();
+            core_metrics::bytes("out", "parameters").inc(static_cast<double>(a.params.size()));
           } else {
             a.params_chunks = p->chunks;
             a.params_bytes = p->bytes.size();
@@ -520,6 +521,11 @@ node_session_internal::behavior_type session_behavior(session_actor* self, sessi
             .then(
                 [=](assignment_result& r) mutable {
                   auto& st = self->state;
+                  // Payload bytes are counted where they cross the network, as the node
+                  // counts them: an update inline here, withdrawn or not; one in chunks as
+                  // they are pulled. An in-process node's moved nowhere.
+                  if (node_is_remote(self))
+                    core_metrics::bytes("in", "update").inc(static_cast<double>(r.update.size()));
                   if (!st.out.count(id)) return;  // withdrawn by the core (an abort)
                   st.in_flight.erase(id);
                   withdraw_params(self, id);

@@ -6,12 +6,18 @@
 # metrics (--metrics-listen): after the job they count its rounds and assignments, and pass
 # `promtool check metrics`. The core stops on SIGTERM. The core cuts payloads into chunks of
 # 64 KiB (--payload-chunk-kib), so the job's parameters and updates travel as content-addressed
-# chunks (the way a model too large for one message does), checked in the metrics.
+# chunks (the way a model too large for one message does), checked in the metrics. Every node
+# serves metrics too: the payload bytes the core counts in each direction are those the nodes
+# count the other way, each byte once, where it crosses the network.
 source "$(dirname "$0")/lib.sh"
 G="$BIN/gflex"
 core_metrics=127.0.0.1:$(free_port)
 node_metrics=127.0.0.1:$(free_port)
-CORE_ARGS="--metrics-listen $core_metrics --payload-chunk-kib 64" NODE_ARGS_1="--metrics-listen $node_metrics" start_cluster 3
+node2_metrics=127.0.0.1:$(free_port)
+node3_metrics=127.0.0.1:$(free_port)
+CORE_ARGS="--metrics-listen $core_metrics --payload-chunk-kib 64" \
+  NODE_ARGS_1="--metrics-listen $node_metrics" NODE_ARGS_2="--metrics-listen $node2_metrics" \
+  NODE_ARGS_3="--metrics-listen $node3_metrics" start_cluster 3
 
 timeout -s KILL 240 "$G" submit "$SRC/apps/jobs/fashion-mlp.toml" --core "$core" --wait \
   --json "$WORK/summary.json" >"$WORK/submit.out" 2>"$WORK/submit.err" ||
@@ -59,12 +65,15 @@ grep -q "reference must be" "$WORK/credit3.err" || fail "malformed reference: $(
   fail "a refused credit offered a retry: $(cat "$WORK/credit3.err")"
 metrics "$core_metrics" "$WORK/core.prom"
 metrics "$node_metrics" "$WORK/node.prom"
-python3 - "$WORK/core.prom" "$WORK/node.prom" <<'PY' || fail "metrics values"
+metrics "$node2_metrics" "$WORK/node2.prom"
+metrics "$node3_metrics" "$WORK/node3.prom"
+python3 - "$WORK"/{core,node,node2,node3}.prom <<'PY' || fail "metrics values"
 import os, sys
 sys.path.insert(0, os.environ["SRC"] + "/tests/integration")
 from checks import metrics_values
 values = lambda path: metrics_values(open(path).read())
 core, node = values(sys.argv[1]), values(sys.argv[2])
+nodes = [node] + [values(path) for path in sys.argv[3:]]
 def need(d, k, cond, what):
     assert k in d, f"no {k}"
     assert cond(d[k]), f"{k} = {d[k]}: {what}"
@@ -90,6 +99,23 @@ need(node, 'gflex_node_assignments_total{outcome="done"}', lambda v: v >= 1, "wo
 need(node, "gflex_node_step_duration_seconds_count", lambda v: v >= 1, "steps timed")
 need(node, "gflex_node_samples_per_second", lambda v: v > 0, "a rate")
 need(node, "gflex_node_credits_earned", lambda v: v == 0, "nothing paid for an unmetered job")
+# Each payload byte is counted once, where it crosses the network: the parameters the core
+# sent are those the nodes received, inline or in chunks, and the updates it received those
+# they sent (the core counted a chunked payload whole a second time). Within 10% and 64 KiB
+# for a chunk counted at one end only: one on its way when its assignment was withdrawn.
+def payload(d, prefix, direction, kinds):
+    return sum(d.get(f'{prefix}_payload_bytes_total{{direction="{direction}",kind="{k}"}}', 0)
+               for k in kinds)
+for core_dir, node_dir, kinds in (("out", "in", ("parameters", "parameter_chunk")),
+                                  ("in", "out", ("update", "update_chunk"))):
+    at_core = payload(core, "gflex_core", core_dir, kinds)
+    at_nodes = sum(payload(n, "gflex_node", node_dir, kinds) for n in nodes)
+    assert at_nodes > 0, f"the nodes counted no {kinds[0]} {node_dir}"
+    assert abs(at_core - at_nodes) <= 0.1 * at_nodes + 65536, (
+        f"the core counted {at_core:.0f} bytes of {kinds[0]} {core_dir}, "
+        f"the nodes {at_nodes:.0f} {node_dir}")
+    print(f"ok: {kinds[0]} bytes {core_dir} of the core {at_core:.0f}, {node_dir} of the nodes "
+          f"{at_nodes:.0f}")
 done = int(node['gflex_node_assignments_total{outcome="done"}'])
 rounds = int(core["gflex_core_rounds_committed_total"])
 print(f"ok: metrics: the core counted {rounds} rounds, node1 {done} assignments done")
