@@ -15,7 +15,10 @@
 namespace gflex {
 
 /// Loads CAF's OpenSSL module into `cfg` for a core: its certificate chain and key, and the
-/// authority whose link certificates it accepts. Checks that the files exist first.
+/// authority whose link certificates it accepts. Loads them first as CAF will for every
+/// connection, and checks that the key is the certificate's and that the certificate is a
+/// server certificate from that authority: an error names the file and changes nothing in
+/// `cfg`, where CAF would end the process at the first connection.
 expected<void> configure_core_tls(caf::actor_system_config& cfg,
                                   const std::filesystem::path& data_dir);
 

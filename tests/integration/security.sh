@@ -2,7 +2,8 @@
 # Security against a real core over TLS. Join tokens: nodes without one, with a malformed,
 # unknown, expired, revoked or other-tier token, or presenting another node's name with their
 # own key, are refused (exit 3) and change nothing; failures are counted per address and,
-# past five, answers to that address are held back. Clients: an account's key sees and
+# past five, answers to that address are held back. A core whose key is not its
+# certificate's refuses to start. Clients: an account's key sees and
 # changes only that account's jobs and account, operator commands need the operator's key,
 # an account may have three unfinished jobs here. Bad bytes on the core's port and an
 # oversized job spec or a BASP header announcing 3 GiB leave the core up and unchanged (and
@@ -90,6 +91,14 @@ expect_error "a second core on a data directory in use" \
   "$C" --listen "127.0.0.1:$(free_port)" --data-dir "$WORK/core"
 [ "$rc_seen" = 1 ] || fail "a data directory in use: exit $rc_seen, not 1 (to be retried)"
 [ "$(nodes_now)" -ge 1 ] || fail "the first core stopped answering after a second one tried its data"
+# A core key that is not its certificate's is refused at start, as bad usage (the service is
+# not restarted). CAF loads the key only when a connection comes, and then ended the core
+# that had logged that it listens, at each node's or client's first try.
+"$C" init --data-dir "$WORK/mixed" >/dev/null || fail "init the mixed-up core"
+cp "$WORK/mixed/tls/ca.key" "$WORK/mixed/tls/core.key"
+expect_usage "a core key that is not its certificate's" \
+  "$WORK/mixed/tls/core.key is not the key of the certificate in $WORK/mixed/tls/core.crt" \
+  "$C" --listen "127.0.0.1:$(free_port)" --data-dir "$WORK/mixed"
 
 # -- clients -----------------------------------------------------------------------------------
 key_file alice
