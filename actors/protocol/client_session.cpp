@@ -125,9 +125,12 @@ client_session_actor spawn_client_session(caf::actor_system& sys, std::string ke
                                           client_session_limits limits, caf::node_id peer) {
   auto session = sys.spawn(client_session, std::move(key), std::move(principal), std::move(door),
                            std::move(link), limits);
-  // Bound before its handle leaves this function: nothing reaches it from elsewhere first.
+  // Bound before its handle leaves this function: nothing reaches it from elsewhere first. It
+  // asks its client nothing, so a response from there is a forgery: CAF matches one by its id
+  // alone, and the client's answer to a request relayed to the door lowered in_flight while
+  // the real request stayed open inside the core.
   static_cast<session_actor*>(caf::actor_cast<caf::abstract_actor*>(session))
-      ->bind_peer(std::move(peer));
+      ->bind_peer(std::move(peer), peer_responses::dropped);
   return session;
 }
 

@@ -27,7 +27,8 @@ struct client_session_limits {
 /// Spawns the session of a client with `key` (authenticated as `principal`), relaying to
 /// `door`; it lives while `link` (an actor of the client's) does. Only actors of this process
 /// and of `peer` (the client's process) reach it: another peer that learns or guesses its
-/// handle cannot use the key it carries.
+/// handle cannot use the key it carries. It asks `peer` nothing and drops every response from
+/// there, so the client cannot answer the session's requests to the door in the door's place.
 client_session_actor spawn_client_session(caf::actor_system& sys, std::string key,
                                           std::string principal, caf::actor door, caf::actor link,
                                           client_session_limits limits, caf::node_id peer);
