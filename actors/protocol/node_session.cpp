@@ -285,12 +285,32 @@ constexpr auto pull_quiet_limit = std::chrono::seconds(30);
 // An error the node answered with, as the core passes it on: the node's own words reach the
 // job's status, the core's log and users' terminals and JSON, so printable text only (bytes
 // that are not UTF-8 made `gflex status --json` abort), and no more of them than a status
-// line shows. Errors of CAF's own (a timeout, a lost link) are the session's, kept as they are.
-caf::error node_words(caf::error e) {
-  if (e.category() != error_category) return e;
-  const auto said = from_caf(e);
-  return to_caf(
-      error(said.code(), printable_text(std::string_view(said.message()).substr(0, 512))));
+// line shows. Only errors of the session's own making keep CAF's category: its request's
+// timeout (which CAF sends it from itself) and CAF's bounce of a request to a link that is
+// gone (no sender: a peer's response without one is dropped in BASP, routed_messages.hpp).
+// Any other comes from the node's process, whatever category it names: a node that answered
+// with CAF's timeout passed for slow and was never cooled down, one with a context of
+// megabytes and line breaks wrote forged lines into the core's log (the job logs an error
+// rendered in full), and one with no error at all (code 0, which has no category) crashed
+// the core.
+caf::error node_words(session_actor* self, caf::error e) {
+  const auto& sender = self->current_sender();
+  if (!sender || sender == self->ctrl()) return e;
+  constexpr size_t shown = 512;
+  if (!e) return to_caf(error(errc::io_error, "the node answered with an error of no code"));
+  const auto& context = e.context();
+  const std::string_view said =
+      context.match_elements<std::string>() ? context.get_as<std::string>(0) : std::string_view{};
+  if (e.category() == error_category && is_named(static_cast<errc>(e.code())))
+    return to_caf(error(static_cast<errc>(e.code()), printable_text(said.substr(0, shown))));
+  // Named by code and category only: CAF renders a context whole, escaping little.
+  std::string text =
+      "the node answered with " +
+      (e.category() == error_category ? "gflex error code " + std::to_string(e.code())
+                                      : self->system().render(caf::error(e.code(), e.category()))) +
+      (said.empty() ? "" : ": ");
+  text.append(said.substr(0, shown));
+  return to_caf(error(errc::io_error, printable_text(std::string_view(text).substr(0, shown))));
 }
 
 // Asks the uplink for the answer's chunks, a few at a time; delivers the whole answer. A chunk
@@ -339,7 +359,7 @@ void pull_answer(session_actor* self, std::shared_ptr<answer_pull> p) {
               p->in_flight -= 1;
               if (p->ended) return;
               p->ended = true;
-              p->promise.deliver(node_words(std::move(e)));
+              p->promise.deliver(node_words(self, std::move(e)));
               self->state.out.erase(p->id);
               self->send(self->state.uplink, abort_atom::value, p->id);  // the rest is not wanted
             });
@@ -572,7 +592,7 @@ node_session_internal::behavior_type session_behavior(session_actor* self, sessi
                   st.out.erase(id);
                   st.in_flight.erase(id);
                   withdraw_params(self, id);
-                  rp.deliver(node_words(std::move(e)));
+                  rp.deliver(node_words(self, std::move(e)));
                 });
         return rp;
       },

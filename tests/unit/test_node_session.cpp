@@ -8,6 +8,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <map>
 #include <memory>
 #include <string>
 #include <thread>
@@ -108,6 +109,94 @@ TEST_SUITE("node session") {
     CHECK(got.message().size() == 512);
     for (const auto& a : {caf::actor_cast<caf::actor>(spawned.session), uplink, sink})
       s.self->send_exit(a, caf::exit_reason::user_shutdown);
+    for (const auto& w : spawned.workers) s.self->send_exit(w, caf::exit_reason::user_shutdown);
+  }
+
+  TEST_CASE("a node's error answer of CAF's categories is passed on as its printable text") {
+    // Only errors in the gflex category were made printable; any other went on as the node
+    // wrote it, taken for CAF's own: a node that answered every assignment (or its update's
+    // chunk) with CAF's request_timeout passed for slow and was never cooled down, and one
+    // with a context of line breaks and megabytes wrote forged lines into the core's log.
+    test::configured_system s;
+    const std::string forged =
+        "\"\nFORGED-LOG-LINE core: all is well\n" + std::string(1 << 20, 'z');
+    auto uplink = s.sys.spawn([forged](caf::event_based_actor* self) -> caf::behavior {
+      self->set_default_handler(caf::drop);
+      return {[forged](assign_atom, uint32_t, assignment& a) -> caf::result<caf::message> {
+                if (a.id == 1) return caf::make_error(caf::sec::request_timeout);
+                if (a.id == 2) return caf::error(1, caf::atom("x"), caf::make_message(forged));
+                if (a.id == 3) return caf::error(200, error_category, caf::make_message(forged));
+                if (a.id == 4) return caf::make_message(forged);  // no answer of the interface's
+                assignment_result r;  // its update in a chunk, which it fails to send
+                r.assignment_id = a.id;
+                r.update_chunks = {std::string(64, 'd')};
+                r.update_bytes = 100;
+                return caf::make_message(std::move(r));
+              },
+              [](chunk_atom, const std::string&) -> caf::result<std::vector<uint8_t>> {
+                return caf::make_error(caf::sec::request_timeout);
+              },
+              [](abort_atom, uint64_t) {}};
+    });
+    auto sink = s.sys.spawn(sink_actor);
+    auto spawned =
+        spawn_node_session(s.sys, {"n1", "node", "", 0, 1}, session_limits{}, uplink, sink, sink);
+    for (uint64_t id : {1, 2, 3, 4, 5}) {
+      CAPTURE(id);
+      assignment a;
+      a.id = id;
+      caf::error caught;
+      s.self->request(spawned.workers.at(0), std::chrono::seconds(5), assign_atom::value, a)
+          .receive([](assignment_result&) { FAIL("answered with a result"); },
+                   [&](caf::error& e) { caught = std::move(e); });
+      REQUIRE(static_cast<bool>(caught));
+      CHECK(caught != caf::sec::request_timeout);
+      CHECK(caught.category() == error_category);
+      const auto got = from_caf(caught, &s.sys);
+      CHECK(got.code() == errc::io_error);
+      CHECK_MESSAGE(is_printable_text(got.message()), got.message().substr(0, 200));
+      CHECK(got.message().size() <= 512);
+      const std::map<uint64_t, std::string> said{
+          {1, "the node answered with system_error(request_timeout)"},
+          {2, "the node answered with error(1, 'x'): \"?FORGED-LOG-LINE core: all is well?zzz"},
+          {3, "the node answered with gflex error code 200: \"?FORGED-LOG-LINE"},
+          {4, "the node answered with system_error(unexpected_response)"},
+          {5, "the node answered with system_error(request_timeout)"}};
+      CHECK_MESSAGE(got.message().starts_with(said.at(id)), got.message().substr(0, 200));
+      CHECK(s.sys.render(caught).find('\n') == std::string::npos);
+      CHECK(s.sys.render(caught).size() < 600);
+    }
+    for (const auto& a : {caf::actor_cast<caf::actor>(spawned.session), uplink, sink})
+      s.self->send_exit(a, caf::exit_reason::user_shutdown);
+    for (const auto& w : spawned.workers) s.self->send_exit(w, caf::exit_reason::user_shutdown);
+  }
+
+  TEST_CASE("a node's error answer of no code fails its assignment as the node's") {
+    // An error of code 0 is CAF's "no error", which has no category: the session read one
+    // through a null pointer, and the core crashed.
+    test::configured_system s;
+    auto uplink = s.sys.spawn([](caf::event_based_actor* self) -> caf::behavior {
+      self->set_default_handler(caf::drop);
+      return {[](assign_atom, uint32_t, assignment&) -> caf::result<caf::message> {
+        return caf::make_message(caf::error{});
+      }};
+    });
+    auto sink = s.sys.spawn(sink_actor);
+    auto spawned =
+        spawn_node_session(s.sys, {"n1", "node", "", 0, 1}, session_limits{}, uplink, sink, sink);
+    assignment a;
+    a.id = 5;
+    caf::error caught;
+    s.self->request(spawned.workers.at(0), std::chrono::seconds(5), assign_atom::value, a)
+        .receive([](assignment_result&) { FAIL("answered with a result"); },
+                 [&](caf::error& e) { caught = std::move(e); });
+    REQUIRE(static_cast<bool>(caught));
+    CHECK(caught.category() == error_category);
+    const auto got = from_caf(caught, &s.sys);
+    CHECK(got.code() == errc::io_error);
+    CHECK_MESSAGE(got.message() == "the node answered with an error of no code", got.message());
+    for (const auto& x : {caf::actor_cast<caf::actor>(spawned.session), uplink, sink})
+      s.self->send_exit(x, caf::exit_reason::user_shutdown);
     for (const auto& w : spawned.workers) s.self->send_exit(w, caf::exit_reason::user_shutdown);
   }
 
@@ -242,13 +331,18 @@ TEST_SUITE("node session") {
     a.id = 7;
     a.answer_within_s = 1.0;  // the job's deadline_s
     const auto asked_at = std::chrono::steady_clock::now();
-    bool failed = false;
+    bool failed = false, timed_out = false;
     s.self->request(spawned.workers.at(0), std::chrono::seconds(10), assign_atom::value, a)
         .receive([](assignment_result&) { FAIL("answered with a result"); },
-                 [&](caf::error&) { failed = true; });
+                 [&](caf::error& e) {
+                   failed = true;
+                   timed_out = e == caf::sec::request_timeout;
+                 });
     const double took =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - asked_at).count();
     CHECK(failed);
+    CHECK(timed_out);  // the session's own timeout: slow there, which the job does not hold
+                       // against the node
     CHECK(took >= 1.4);
     CHECK_MESSAGE(took < 5.0, "given up on after " << took << " s");
     for (const auto& x : {caf::actor_cast<caf::actor>(spawned.session), uplink, sink})
