@@ -92,6 +92,16 @@ void log_refusal(core_actor_type* self, const std::string& line) {
   spdlog::warn("{}", line);
 }
 
+// A hello refused for `why`, said of `who` ("refused node NAME"): counted by its kind and
+// logged within the bound. Every refusal a hello gets passes here once, the gatekeeper's,
+// the reputation tracker's and the registry's included: gflex_core_join_refusals_total
+// counted the gatekeeper's alone, so a peer's flood of hellos of another protocol, or of
+// malformed ones, showed in no metric, and the registry's refusals not even in the log.
+void note_refusal(core_actor_type* self, const std::string& who, const error& why) {
+  core_metrics::join_refusals(to_string(why.code())).inc();
+  log_refusal(self, who + ": " + why.message());
+}
+
 // A join token is gft_ and 64 hex digits; a longer one is refused before the gatekeeper
 // (which says what a token looks like to one of any length up to this).
 constexpr size_t max_credential_chars = 256;
@@ -313,50 +323,52 @@ caf::behavior core_actor(core_actor_type* self, core_children children, core_con
                                    std::move(link));
       },
       [=](hello_atom, node_hello& hello) -> caf::result<node_welcome> {
-        if (hello.protocol != protocol_version) {
-          // Logged before the name is checked: at most 64 bytes of it, printable (a hello of
-          // megabytes of name, new lines in it, wrote them all, and forged lines, to the log).
-          // Within the refusals' bound: any peer with the core's bundle can send such hellos
-          // in a loop, and a line each filled the disk.
-          log_refusal(self, "refused node " +
-                                printable_text(std::string_view(hello.name).substr(0, 64)) +
-                                ": protocol version " + std::to_string(hello.protocol));
-          return to_caf(
+        // The name is logged before it is checked: at most 64 bytes of it, printable (a hello
+        // of megabytes of name, new lines in it, wrote them all, and forged lines, to the
+        // log). Within the refusals' bound: any peer with the core's bundle can send such
+        // hellos in a loop, and a line each filled the disk.
+        const auto who =
+            "refused node " + printable_text(std::string_view(hello.name).substr(0, 64));
+        auto refuse = [=](const error& why) {
+          note_refusal(self, who, why);
+          return to_caf(why);
+        };
+        if (hello.protocol != protocol_version)
+          return refuse(
               error(errc::invalid_argument, "protocol version " + std::to_string(hello.protocol) +
                                                 " is not supported (this core speaks version " +
                                                 std::to_string(protocol_version) + ")"));
-        }
         if (hello.workers == 0 || hello.workers > 1024 || !hello.uplink ||
             !is_account_id("node/" + hello.name))
-          return to_caf(error(errc::invalid_argument,
+          return refuse(error(errc::invalid_argument,
                               "a node must name itself (1-128 of A-Z a-z 0-9 . _ -) and bring "
                               "1-1024 workers and an uplink"));
         // Before anything is made of them: a hello with a key of megabytes was held (hex
         // encoded, copied) for the 30 s of a failure delay before its proof was checked.
         if (hello.public_key.size() != public_key_bytes || hello.proof.size() != signature_bytes ||
             hello.credential.size() > max_credential_chars)
-          return to_caf(error(errc::invalid_argument,
+          return refuse(error(errc::invalid_argument,
                               "a node's hello brings a " + std::to_string(public_key_bytes) +
                                   "-byte public key, a " + std::to_string(signature_bytes) +
                                   "-byte proof and a join token (gft_ and 64 hex digits)"));
         if (hello.device.size() > max_device_description_chars)
-          return to_caf(error(errc::invalid_argument,
+          return refuse(error(errc::invalid_argument,
                               "a node's device description has at most " +
                                   std::to_string(max_device_description_chars) +
                                   " characters, not " + std::to_string(hello.device.size())));
         if (!is_printable_text(hello.device))
-          return to_caf(error(errc::invalid_argument,
+          return refuse(error(errc::invalid_argument,
                               "a node's device description must be printable UTF-8 (no control "
                               "characters)"));
         if (hello.price < 0 || hello.price > max_node_price_micro ||
             !(hello.throughput >= 0.0 && hello.throughput < 1e12))
-          return to_caf(error(errc::invalid_argument,
+          return refuse(error(errc::invalid_argument,
                               "a node's price must be in [0, 1000000] credits per hour and its "
                               "throughput finite and not negative"));
         if (auto bad = check_gpus(hello.gpus); !bad.empty())
-          return to_caf(error(errc::invalid_argument, "a node's GPU list: " + bad));
+          return refuse(error(errc::invalid_argument, "a node's GPU list: " + bad));
         if (hello.tier > static_cast<uint8_t>(node_tier::core))
-          return to_caf(error(errc::invalid_argument, "unknown tier " + std::to_string(hello.tier) +
+          return refuse(error(errc::invalid_argument, "unknown tier " + std::to_string(hello.tier) +
                                                           " (community is 0, core is 1)"));
         // The node proves it holds the key it presents (its identity from here on), and
         // brings a join token for its tier; the gatekeeper counts failures per address.
@@ -370,7 +382,7 @@ caf::behavior core_actor(core_actor_type* self, core_children children, core_con
         // hello without a sender, or naming another process's uplink, would join nodes that
         // answer to nobody, past --max-per-address.
         if (!sender || sender->node() != hello.uplink->node())
-          return to_caf(error(errc::invalid_argument,
+          return refuse(error(errc::invalid_argument,
                               "a node says hello from the process of the uplink it names"));
         auto rp = self->make_response_promise<node_welcome>();
         const auto name = hello.name;
@@ -385,18 +397,25 @@ caf::behavior core_actor(core_actor_type* self, core_children children, core_con
                         "node/" + name, true)
               .then(
                   [=](caf::ok_atom) mutable {
+                    // The registry refuses past --max-per-address and a key joined already.
                     self->request(self->state.children->registry, std::chrono::seconds(10),
-                                  hello_atom::value, std::move(hello), std::move(address))
+                                  hello_atom::value, std::move(hello), address)
                         .then([=](node_welcome& w) mutable { rp.deliver(std::move(w)); },
-                              [=](caf::error& e) mutable { rp.deliver(e); });
+                              [=](caf::error& e) mutable {
+                                note_refusal(self, "refused node " + name + " from " + address,
+                                             from_caf(e, &self->system()));
+                                rp.deliver(e);
+                              });
                   },
                   [=](caf::error& e) mutable {
+                    // The core's own failure, not the node's: logged in full, for the operator.
                     spdlog::error("cannot open the payout account of node {}: {}", name,
                                   self->system().render(e));
-                    rp.deliver(to_caf(error(errc::unavailable,
-                                            "the core cannot open this node's payout account "
-                                            "now: " +
-                                                self->system().render(e))));
+                    auto why = error(errc::unavailable,
+                                     "the core cannot open this node's payout account now: " +
+                                         self->system().render(e));
+                    core_metrics::join_refusals(to_string(why.code())).inc();
+                    rp.deliver(to_caf(why));
                   });
         };
         auto bind = [=](node_hello hello, std::string address) mutable {
@@ -404,7 +423,7 @@ caf::behavior core_actor(core_actor_type* self, core_children children, core_con
                         hello_atom::value, name, tier, key)
               .then([=](caf::ok_atom) mutable { join(std::move(hello), address); },
                     [=](caf::error& e) mutable {
-                      log_refusal(self, "refused node " + name + ": " + from_caf(e).message());
+                      note_refusal(self, "refused node " + name, from_caf(e, &self->system()));
                       rp.deliver(e);
                     });
         };
@@ -414,8 +433,8 @@ caf::behavior core_actor(core_actor_type* self, core_children children, core_con
                         proof_ok, key)
               .then([=](caf::ok_atom) mutable { bind(std::move(hello), address); },
                     [=](caf::error& e) mutable {
-                      log_refusal(self, "refused node " + name + " from " + address + ": " +
-                                            from_caf(e).message());
+                      note_refusal(self, "refused node " + name + " from " + address,
+                                   from_caf(e, &self->system()));
                       rp.deliver(e);
                     });
         };

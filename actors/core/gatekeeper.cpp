@@ -10,7 +10,6 @@
 #include <set>
 
 #include "access.hpp"
-#include "core_metrics.hpp"
 #include "gflex/runtime/log_throttle.hpp"
 #include "messages.hpp"
 #include "store_write.hpp"
@@ -44,7 +43,8 @@ struct gatekeeper_state {
   std::string operator_key;
   join_failures failures;
   // Refused and held joins are logged at most 20 in 10 s together (a guesser's hellos are as
-  // many as it sends); core_metrics counts every refusal.
+  // many as it sends); the core supervisor, which answers the hello, counts every refusal
+  // (gflex_core_join_refusals_total), these among them.
   log_throttle refusal_log{20, std::chrono::seconds(10)};
   std::map<uint64_t, pending_admit> held;  // answers delayed for addresses that keep failing
   uint64_t next_held = 1;
@@ -132,7 +132,6 @@ bool may_log_join(gatekeeper_actor* self) {
 void decide(gatekeeper_actor* self, pending_admit p) {
   auto refuse = [self](pending_admit& p, const error& e) {
     self->state.failures.record(p.address, join_failures::clock::now());
-    core_metrics::join_refusals(to_string(e.code())).inc();
     if (may_log_join(self))
       spdlog::warn("gatekeeper: refused a join from {}: {} ({} failures from there recently)",
                    p.address, e.message(),
@@ -154,7 +153,6 @@ void decide(gatekeeper_actor* self, pending_admit p) {
   auto check_token = [=](pending_admit p) {
     if (auto w = self->state.tokens_waiting.find(key);
         w != self->state.tokens_waiting.end() && w->second.size() >= max_waiting_joins) {
-      core_metrics::join_refusals(to_string(errc::limit_exceeded)).inc();
       p.promise.deliver(to_caf(
           error(errc::limit_exceeded, std::to_string(max_waiting_joins) +
                                           " joins with this token are being admitted; try again "
@@ -448,7 +446,6 @@ caf::behavior gatekeeper(gatekeeper_actor* self, caf::actor store, std::string o
             return h.second.address == p.address;
           });
           if (held.size() >= max_held || static_cast<size_t>(from_there) >= max_held_per_address) {
-            core_metrics::join_refusals(to_string(errc::limit_exceeded)).inc();
             p.promise.deliver(to_caf(error(errc::limit_exceeded,
                                            "too many joins are waiting for an answer; try later")));
             return rp;
