@@ -23,7 +23,8 @@
 
 namespace gflex {
 
-/// Checks settings of `config` that are valid alone but not together.
+/// Checks `config` as gflex-core checks its flags: values out of their ranges (an embedding
+/// program sets them directly) and settings valid alone but not together.
 expected<void> check_core_config(const core_config& config);
 
 /// Spawns a core's actor tree; fails when the store cannot be opened or the config does not
