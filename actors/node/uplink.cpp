@@ -337,6 +337,14 @@ void connect(uplink_actor* self) {
 
 void release_worker(uplink_actor* self, uint32_t index);
 
+// Whether this node's session lives in another process (the core's): only then do payloads
+// cross the network, go in chunks, and count in the node's payload bytes, as the core counts
+// them (an embedded node's move nowhere).
+bool core_is_remote(uplink_actor* self) {
+  const auto& session = self->state.session;
+  return session && session.node() != self->node();
+}
+
 // Whether assignment `id` is on this node: waiting for its worker or its parameters, or
 // running.
 bool holds_assignment(const uplink_state& st, uint64_t id) {
@@ -373,7 +381,7 @@ void run_on_worker(uplink_actor* self, uint32_t index, assignment a,
               return;
             }
             const uint64_t chunk = st.payload_chunk_bytes;
-            const bool remote = st.session && st.session.node() != self->node();
+            const bool remote = core_is_remote(self);
             if (remote && chunk > 0 && r.update.size() > chunk) {
               auto bytes = std::make_shared<const std::vector<uint8_t>>(std::move(r.update));
               r.update.clear();
@@ -390,7 +398,8 @@ void run_on_worker(uplink_actor* self, uint32_t index, assignment a,
               self->delayed_send(self, answer_idle, expire_atom::value, id);
             }
             // An update in chunks is counted as the session collects them.
-            node_metrics::bytes("out", "update").inc(static_cast<double>(r.update.size()));
+            if (remote)
+              node_metrics::bytes("out", "update").inc(static_cast<double>(r.update.size()));
             rp.deliver(std::move(r));
             release_worker(self, index);
           },
@@ -714,7 +723,8 @@ caf::behavior uplink_behavior(uplink_actor* self, uplink_config config, caf::act
                               "assignment " + std::to_string(a.id) + " is here already"));
         a.job_id = from_core(a.job_id);  // shown in the node's status line and log
         // Counted where they move: parameters in chunks as those come (pump_params).
-        node_metrics::bytes("in", "parameters").inc(static_cast<double>(a.params.size()));
+        if (core_is_remote(self))
+          node_metrics::bytes("in", "parameters").inc(static_cast<double>(a.params.size()));
         if (st.busy.count(index) > 0 && st.deferred[index].size() >= max_waiting_per_worker)
           return to_caf(error(errc::limit_exceeded, "worker " + std::to_string(index) + " has " +
                                                         std::to_string(max_waiting_per_worker) +
