@@ -7,7 +7,6 @@
 
 #include <spdlog/spdlog.h>
 
-#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <fstream>
@@ -32,9 +31,6 @@ constexpr std::string_view data_prefix = "/gflex/data/";
 constexpr std::string_view member_prefix = "/gflex/member/";
 constexpr std::string_view leader_key = "/gflex/leader";
 constexpr std::string_view writer_key = "/gflex/writer";
-// Rewritten by every core as it registers (with its member record, in one transaction), and
-// compared by every commit that names chunks: see fenced_commit.
-constexpr std::string_view joined_key = "/gflex/joined";
 
 // A value kept as a chunk: this marker, the value's size (8 bytes, little-endian), then its
 // digest (64 hex). No value the core stores begins with a NUL and "gflex-chunk".
@@ -299,20 +295,14 @@ struct replicated_store::impl {
     return kv.mod_revision;
   }
 
-  // /gflex/joined's revision (0 while no core has registered since etcd was new).
-  expected<int64_t> joined_revision() const {
-    std::lock_guard lock(etcd_mutex);
-    auto kvs = etcd->range(joined_key, false);
-    if (!kvs) return kvs.error();
-    return kvs->empty() ? 0 : kvs->front().mod_revision;
-  }
-
-  // Pushes a chunk to the cores `to`, to all at once; a core that cannot take it is tried
-  // again until it does, leaves, or is taken out of the membership (push_chunk_to).
-  expected<void> push_chunk(const std::vector<member>& to, const std::string& digest,
-                            std::span<const uint8_t> bytes) {
+  // Pushes a chunk to every other live core, to all at once; a core that cannot take it is
+  // tried again until it does, leaves, or is taken out of the membership (push_chunk_to): a
+  // committed value is on every core that is a member when it commits.
+  expected<void> push_chunk(const std::string& digest, std::span<const uint8_t> bytes) {
+    auto others = peers();
+    if (!others) return others.error();
     std::vector<std::future<expected<void>>> pushes;
-    for (const auto& m : to)
+    for (const auto& m : *others)
       pushes.push_back(std::async(std::launch::async, [this, &digest, bytes, &m] {
         return push_chunk_to(m, digest, bytes);
       }));
@@ -564,17 +554,14 @@ struct replicated_store::impl {
   // is created, or replaced where it is under `own` (this core's lease before). Under
   // etcd_mutex.
   expected<void> claim_member_key(int64_t id, int64_t own) {
-    // /gflex/joined moves with the record: a commit whose chunks were pushed before this core
-    // registered then fails, and pushes them here too (fenced_commit).
-    const etcd_op put[2] = {{member_key(), bytes_of(advertise), id},
-                            {std::string(joined_key), bytes_of(config.core_id), 0}};
+    etcd_op put{member_key(), bytes_of(advertise), id};
     etcd_compare absent{member_key(), etcd_compare::target::create_revision, 0, {}};
-    auto r = etcd->txn({&absent, 1}, put);
+    auto r = etcd->txn({&absent, 1}, {&put, 1});
     if (!r) return r.error();
     if (r->succeeded) return {};
     if (own != 0) {
       etcd_compare ours{member_key(), etcd_compare::target::lease, 0, {}, own};
-      r = etcd->txn({&ours, 1}, put);
+      r = etcd->txn({&ours, 1}, {&put, 1});
       if (!r) return r.error();
       if (r->succeeded) return {};
     }
@@ -893,17 +880,6 @@ struct replicated_store::impl {
       }
     } spare{*this, digests};
     const auto pushes_began = clock_type::now();
-    // The cores the chunks were pushed to, read after /gflex/joined's revision `joined`,
-    // which the transaction compares. A core registers (rewriting /gflex/joined) and then
-    // reads the committed values: one that registered after the member list was read may
-    // have read them before this commit lands, and joined without its chunks (a member when
-    // it committed, the only one left once this core is gone). Its registration moved
-    // /gflex/joined, so the transaction fails, nothing of it written, and is sent again once
-    // the chunks are on every core registered since; one registered later still reads the
-    // commit. A look at the member list after the transaction instead would leave the commit
-    // named in etcd and on no newcomer, should this core die before those pushes.
-    std::optional<int64_t> joined;
-    std::vector<member> pushed_to;
     // The batch's values kept in etcd, in bytes: past config.inline_limit, the transaction
     // could pass etcd's request limit (a data set's shards, each under the threshold, are
     // stored in one batch), and further values go to chunks. One no longer than a reference
@@ -927,15 +903,7 @@ struct replicated_store::impl {
         const bool had = chunk_file_present(config.chunk_dir / ref.digest);
         if (auto ok = write_chunk(config.chunk_dir, ref.digest, *w.value); !ok) return ok;
         if (!had) chunk_bytes_add(w.value->size());
-        if (!joined) {
-          auto j = joined_revision();
-          if (!j) return j.error();
-          auto others = peers();
-          if (!others) return others.error();
-          joined = *j;
-          pushed_to = std::move(*others);
-        }
-        if (auto ok = push_chunk(pushed_to, ref.digest, *w.value); !ok) return ok;
+        if (auto ok = push_chunk(ref.digest, *w.value); !ok) return ok;
         op.value = encode_chunk_ref(ref);
       } else {
         if (w.value) inline_bytes += w.value->size();
@@ -951,46 +919,6 @@ struct replicated_store::impl {
         if (chunked[i])
           if (auto ok = keep_chunk(digest_hex(*writes[i].value), *writes[i].value); !ok) return ok;
     const int64_t fence = leader_revision;
-    // Bounded: a core taken out of the membership joins again every 5 s at the most, and
-    // each pass takes the pushes to the few cores that joined since the last.
-    constexpr int passes = 8;
-    for (int pass = 1;; ++pass) {
-      auto landed = commit_txn(ops, fence, joined);
-      if (!landed) return landed.error();
-      if (*landed) return {};
-      if (pass == passes)
-        return error(errc::unavailable,
-                     "cores kept joining while the commit's chunks were pushed to them (" +
-                         std::to_string(passes) + " tries); nothing of it was written");
-      auto j = joined_revision();
-      if (!j) return j.error();
-      auto others = peers();
-      if (!others) return others.error();
-      // A core is new under a lease the chunks were not pushed to it under: one taken out
-      // of the membership and joined again may have lost them.
-      std::vector<member> joiners;
-      for (const auto& m : *others)
-        if (std::none_of(pushed_to.begin(), pushed_to.end(),
-                         [&m](const member& p) { return p.id == m.id && p.lease == m.lease; }))
-          joiners.push_back(m);
-      spdlog::info(
-          "replication: {} core(s) joined while a commit's chunks were pushed; pushing "
-          "them there before it is sent again",
-          joiners.size());
-      for (size_t i = 0, k = 0; i < writes.size(); ++i)
-        if (chunked[i])
-          if (auto ok = push_chunk(joiners, digests[k++], *writes[i].value); !ok) return ok;
-      joined = *j;
-      pushed_to = std::move(*others);
-    }
-  }
-
-  // Sends a commit's transaction (`ops`, the batch's writes; the writer record is added) under
-  // the leader's `fence`, and, for a batch with chunks, /gflex/joined's revision `joined`:
-  // true where it landed, false where a core registered since `joined` (nothing of it was
-  // written; fenced_commit pushes the chunks there and sends it again).
-  expected<bool> commit_txn(std::vector<etcd_op> ops, int64_t fence,
-                            std::optional<int64_t> joined) {
     std::lock_guard lock(etcd_mutex);
     if (!writer_revision) {
       auto kvs = etcd->range(writer_key, false);
@@ -1001,11 +929,10 @@ struct replicated_store::impl {
     const std::string mark =
         config.core_id + " " + std::to_string(fence) + " " + std::to_string(++commits_sent);
     ops.push_back({std::string(writer_key), bytes_of(mark), 0});
-    const etcd_compare compares[3] = {
+    const etcd_compare compares[2] = {
         {std::string(leader_key), etcd_compare::target::mod_revision, fence, {}},
-        {std::string(writer_key), etcd_compare::target::mod_revision, before, {}},
-        {std::string(joined_key), etcd_compare::target::mod_revision, joined.value_or(0), {}}};
-    auto r = etcd->txn(std::span(compares, joined ? 3 : 2), ops);
+        {std::string(writer_key), etcd_compare::target::mod_revision, before, {}}};
+    auto r = etcd->txn(compares, ops);
     if (!r && r.error().code() == errc::store_error) {
       // etcd refused it outright (an HTTP 4xx: its space quota is full, say): nothing of it
       // was written, and it can never land, so there is nothing to settle (a barrier would
@@ -1021,11 +948,7 @@ struct replicated_store::impl {
       return error(errc::store_error,
                    "etcd refused the commit; nothing of it was written: " + r.error().message());
     }
-    if (!r) {
-      if (auto settled = settle_lost_commit(mark, fence, before, r.error()); !settled)
-        return settled.error();
-      return true;
-    }
+    if (!r) return settle_lost_commit(mark, fence, before, r.error());
     if (r->succeeded) writer_revision = r->revision;
     if (r->succeeded && r->revision - compacted_to > 2 * config.kept_revisions) {
       // Once every kept_revisions commits or so: what was replaced long ago goes.
@@ -1045,12 +968,8 @@ struct replicated_store::impl {
           w && !w->empty() && text_of(w->front().value) == mark) {
         writer_revision = w->front().mod_revision;
         spdlog::info("replication: a commit sent again to another member had landed");
-        return true;
+        return {};
       }
-      if (joined)
-        if (auto kvs = etcd->range(joined_key, false);
-            kvs && (kvs->empty() ? 0 : kvs->front().mod_revision) != *joined)
-          return false;
       if (auto kvs = etcd->range(leader_key, false);
           kvs && !kvs->empty() && kvs->front().mod_revision == fence)
         // Still this core's leadership: only the writer's revision moved, which no commit
@@ -1060,7 +979,7 @@ struct replicated_store::impl {
                      "nothing of it was written");
       return fenced_off();
     }
-    return true;
+    return {};
   }
 
   error fenced_off() {

@@ -1219,45 +1219,6 @@ TEST_SUITE("replicated_store") {
     CHECK(*led);
   }
 
-  TEST_CASE("a core that joins while a commit's chunks are pushed holds them once it commits" *
-            doctest::skip(!etcd_installed())) {
-    // The leader read the member list as each push began: a core that registered after that
-    // and read the committed values before the commit's transaction landed became a ready
-    // member without the commit's chunk, and with the leader gone, it could not be read.
-    // Here a member ("0peer") starts b when the push reaches it, and takes the chunk.
-    test::temp_dir dir;
-    etcd_server etcd(dir.path());
-    auto a = leading(config_of(etcd, dir, "a"));
-    httplib::Server peer;
-    std::optional<expected<std::unique_ptr<replicated_store>>> b;
-    peer.Put(R"(/chunk/.*)", [&](const httplib::Request&, httplib::Response& res) {
-      if (!b) b = replicated_store::start(config_of(etcd, dir, "b"), [] {});
-      res.status = 204;
-    });
-    const int peer_port = peer.bind_to_any_port("127.0.0.1");
-    std::thread serving([&] { peer.listen_after_bind(); });
-    auto admin = etcd_client::make(etcd.endpoint());
-    auto lease = admin->grant_lease(60);
-    REQUIRE(lease.has_value());
-    etcd_op member{"/gflex/member/0peer", bytes("127.0.0.1:" + std::to_string(peer_port)), *lease};
-    REQUIRE(admin->txn({}, {&member, 1}).has_value());
-    const auto checkpoint = large(100000, 12);
-    const auto outcome = commit_checkpoint(*a, checkpoint);
-    peer.stop();
-    serving.join();
-    REQUIRE_MESSAGE(outcome.first.has_value(), outcome.first.error().message());
-    REQUIRE(b.has_value());
-    REQUIRE_MESSAGE(b->has_value(), b->error().message());
-    CHECK_MESSAGE(std::filesystem::exists(dir / "chunks-b" / digest_hex(checkpoint)),
-                  "b, a member before the commit landed, lacks its chunk");
-    // 0peer serves nothing: with a gone, b alone can hold the checkpoint.
-    a.reset();
-    auto read = (**b)->get("ckpt/1");
-    REQUIRE_MESSAGE(read.has_value(), read.error().message());
-    REQUIRE(read->has_value());
-    CHECK(**read == checkpoint);
-  }
-
   TEST_CASE("the chunk service refuses a wrong secret and contents that are not their digest" *
             doctest::skip(!etcd_installed())) {
     chunk_service_of_one f;

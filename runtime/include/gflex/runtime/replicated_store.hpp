@@ -27,10 +27,6 @@
 ///   a chunk no core serves any more is looked for again under its key, passed over where no
 ///   value names it now, and, still named but held by no live core, logged and passed over
 ///   (its key's readers hear that no core holds it).
-/// - A core registering rewrites /gflex/joined, which a commit with chunks compares: one that
-///   registers while the chunks are pushed (after the member list was read, perhaps reading
-///   the committed values before the commit lands) fails the transaction, which is sent
-///   again once the chunks are on it too.
 /// - Every chunk request names the core it is meant for; a chunk service refuses one meant
 ///   for another core (421), so that cores given one chunk address are not counted as
 ///   holding each other's chunks: the leader takes such a core out of the membership, and a
