@@ -18,7 +18,8 @@ namespace {
 
 struct door_state {
   std::string core_id;
-  caf::actor store, gate;
+  caf::actor store;
+  caf::actor gate;  // the gatekeeper as reading_gate passes its answers on
   std::shared_ptr<const leader_record> leader;
   client_sessions sessions;  // the clients' (client_door.hpp)
   static inline const char* name = "follower_door";
@@ -41,6 +42,53 @@ error to_the_leader(const door_state& st) {
                                      ", is at " + record.substr(space + 1));
 }
 
+// What a follower answers when its read of the replicated state failed (cut off from etcd,
+// say, while the clients still reach it): the leader it last knew, as for a write, or "try
+// another core". Passed on as it was, the store's error was final to a client, which then
+// tried none of its other cores: every client that named this core first failed, a key's
+// check included, while another core led.
+error cannot_read(const std::string& core_id, const leader_record& leader, const caf::error& why,
+                  caf::actor_system& sys) {
+  const std::string reason = from_caf(why, &sys).message();
+  const std::string record = leader.get();
+  const auto space = record.find(' ');
+  // " follows and no core leads" and " is at HOST:PORT" at the end are what clients match
+  // (link_loss.hpp, leader_redirect.hpp).
+  if (space == std::string::npos)
+    return error(errc::unavailable, "core " + core_id +
+                                        " follows and no core leads as far as it knows: it "
+                                        "cannot read the replicated state (" +
+                                        reason + "); try another core");
+  return error(errc::not_leader, "core " + core_id + " follows and cannot read the replicated " +
+                                     "state (" + reason + "); the leader it last knew, " +
+                                     record.substr(0, space) + ", is at " +
+                                     record.substr(space + 1));
+}
+
+// The gatekeeper as this door's sessions and keyed requests meet it. A key it refuses stays
+// refused (permission_denied): a wrong key must not send a client round the cores. Any other
+// failure is of its read of the replicated state, answered as cannot_read says.
+caf::behavior reading_gate(caf::event_based_actor* self, caf::actor gate, std::string core_id,
+                           std::shared_ptr<const leader_record> leader) {
+  return {
+      [=](auth_atom, std::string& key) -> caf::result<std::string> {
+        auto rp = self->make_response_promise<std::string>();
+        // Short of the door's 30 s: a gatekeeper whose store hangs is a failed read too,
+        // rather than the door's own timeout, which sends a client nowhere else.
+        self->request(gate, std::chrono::seconds(25), auth_atom::value, std::move(key))
+            .then([=](std::string& who) mutable { rp.deliver(std::move(who)); },
+                  [=](caf::error& e) mutable {
+                    if (e.category() == error_category &&
+                        static_cast<errc>(e.code()) == errc::permission_denied)
+                      rp.deliver(std::move(e));
+                    else
+                      rp.deliver(to_caf(cannot_read(core_id, *leader, e, self->system())));
+                  });
+        return rp;
+      },
+  };
+}
+
 std::string as_text(const std::vector<uint8_t>& bytes) {
   return {reinterpret_cast<const char*>(bytes.data()), bytes.size()};
 }
@@ -57,8 +105,9 @@ caf::behavior follower_door(door_actor* self, std::string core_id, caf::actor st
   auto& st = self->state;
   st.core_id = std::move(core_id);
   st.store = std::move(store);
-  st.gate = std::move(gate);
   st.leader = std::move(leader);
+  // Linked: it ends with the door, and the door with it.
+  st.gate = self->spawn<caf::linked>(reading_gate, std::move(gate), st.core_id, st.leader);
   self->set_down_handler(
       [=](const caf::down_msg& down) { self->state.sessions.forget(down.source); });
   // A peer's error messages are dropped; whatever this door does not answer goes to the
@@ -68,6 +117,10 @@ caf::behavior follower_door(door_actor* self, std::string core_id, caf::actor st
       [=](caf::scheduled_actor*, caf::message_view&) -> caf::result<caf::message> {
         return to_caf(to_the_leader(self->state));
       });
+  // A read of the replicated state that failed, as cannot_read answers it.
+  auto unreadable = [=](const caf::error& e) {
+    return to_caf(cannot_read(self->state.core_id, *self->state.leader, e, self->system()));
+  };
   // As on the leader (client_door.hpp).
   auto authorized = [=](const std::string& key, bool operator_only, authorized_fn then) {
     return authorize(self, self->state.gate, key, operator_only, std::move(then));
@@ -101,7 +154,7 @@ caf::behavior follower_door(door_actor* self, std::string core_id, caf::actor st
                     if (s) return rp.deliver(std::move(*s));
                     rp.deliver(unknown);
                   },
-                  [=](caf::error& e) mutable { rp.deliver(e); });
+                  [=](caf::error& e) mutable { rp.deliver(unreadable(e)); });
         });
       },
       [=](jobs_atom, std::string& key) {
@@ -117,7 +170,7 @@ caf::behavior follower_door(door_actor* self, std::string core_id, caf::actor st
                         out.push_back(list_entry(std::move(*s)));
                     rp.deliver(std::move(out));
                   },
-                  [=](caf::error& e) mutable { rp.deliver(e); });
+                  [=](caf::error& e) mutable { rp.deliver(unreadable(e)); });
         });
       },
       [=](nodes_atom, std::string& key) {
@@ -141,7 +194,7 @@ caf::behavior follower_door(door_actor* self, std::string core_id, caf::actor st
                     }
                     rp.deliver(std::move(out));
                   },
-                  [=](caf::error& e) mutable { rp.deliver(e); });
+                  [=](caf::error& e) mutable { rp.deliver(unreadable(e)); });
         });
       },
   };

@@ -13,8 +13,14 @@
 ///   earnings (which nodes are connected only the leader knows: `last_seen_s` is -1).
 /// - Anything else, a node's hello included: errc::not_leader, whose message ends with the
 ///   leader's address ("... is at HOST:PORT"); a client sends the request there
-///   (gflex::client does so once by itself) and a node tries its next core. With no leader
-///   at the moment: errc::unavailable.
+///   (gflex::client does so by itself, and goes on to its other cores when that leader
+///   cannot be reached) and a node tries its next core. With no leader at the moment:
+///   errc::unavailable.
+/// - A read of the replicated state that fails (this core cut off from etcd while clients
+///   still reach it), a key's check included: errc::not_leader naming the leader it last
+///   knew, as above, or with none errc::unavailable ("... follows and no core leads as far as
+///   it knows ...; try another core"), never the store's own error, which a client took as
+///   final. A key the gatekeeper refuses stays refused (errc::permission_denied).
 /// Like the leader's door it is guarded (boundary.hpp): a peer's exit messages and forged
 /// system messages are dropped.
 

@@ -494,6 +494,17 @@ int run_node(const node_config& config, const std::string& host, uint16_t port,
 using detail::link_lost;
 using detail::no_answer;
 
+namespace {
+// A follower's answer in the leader's stead: it names a leader (errc::not_leader), or says
+// that none leads as far as it knows (follower_door.hpp). The follower did nothing of the
+// request, which may be sent elsewhere as it is.
+bool from_a_follower(const error& e) {
+  return e.code() == errc::not_leader ||
+         (e.code() == errc::unavailable &&
+          e.message().find(" follows and no core leads") != std::string::npos);
+}
+}  // namespace
+
 // The sessions a client's link actor watches: one whose core died is noted here.
 using watch_atom = caf::atom_constant<caf::atom("watch")>;
 struct session_watch {
@@ -667,14 +678,34 @@ struct client::impl {
   }
 
   // A request to this client's session. A core of several: a follower answers reads and
-  // names the leader for the rest; the request then goes there, once.
+  // names the leader for the rest; the request then goes there (past_followers).
   template <class T, class... Ts>
   expected<T> ask_session(std::chrono::seconds timeout, const Ts&... xs) {
-    auto answer = ask_session_once<T>(timeout, xs...);
-    if (!answer && answer.error().code() == errc::not_leader &&
-        go_to_leader(answer.error().message()))
-      answer = ask_session_once<T>(timeout, xs...);
+    auto answer = past_followers([&] { return ask_session_once<T>(timeout, xs...); });
     if (!answer && owned) return detail::as_failover(answer.error());
+    return answer;
+  }
+
+  // Makes `attempt` (a request, or the session's welcome) again while a follower answers it
+  // (from_a_follower): at the leader the follower names, else, when that leader cannot be
+  // reached or it names none, at the next of the other cores. A follower cut off from the
+  // replicated state (from etcd) answers so even the key's check; the client that stayed
+  // with it failed, every request, while another core led. Each core and each leader named
+  // is tried about once: the last answer is returned after that.
+  template <class F>
+  auto past_followers(F attempt) -> decltype(attempt()) {
+    auto answer = attempt();
+    if (!owned) return answer;  // a client in the core's process has no other core
+    size_t cores = 1;
+    {
+      std::lock_guard<std::mutex> guard(mutex);
+      cores += other_cores.size();
+    }
+    for (size_t moves = 0; !answer && from_a_follower(answer.error()) && moves < 2 * cores;
+         ++moves) {
+      if (!go_to_leader(answer.error().message()) && !go_to_next_core()) break;
+      answer = attempt();
+    }
     return answer;
   }
 
@@ -756,6 +787,37 @@ struct client::impl {
     this->port = static_cast<uint16_t>(port);
     return true;
   }
+
+  // Connects to the first of the other cores that can be reached, and puts the core it leaves
+  // last among them; the next request asks the new one for a session. False when none can be
+  // reached: the client stays.
+  bool go_to_next_core() {
+    std::lock_guard<std::mutex> guard(mutex);
+    for (auto it = other_cores.begin(); it != other_cores.end(); ++it) {
+      const auto [h, p] = *it;
+      if (auto reachable = probe_tcp(h, p); !reachable) {
+        spdlog::debug("cannot reach the core at {}", reachable.error().message());
+        continue;
+      }
+      auto next =
+          insecure ? sys->middleman().remote_actor(h, p) : caf::openssl::remote_actor(*sys, h, p);
+      if (!next) {
+        spdlog::debug("cannot reach the core at {}:{}: {}", h, p, sys->render(next.error()));
+        continue;
+      }
+      spdlog::info(
+          "the core at {}:{} follows and cannot send this request on; using the one at {}:{}", host,
+          port, h, p);
+      forget_session();
+      core = *next;
+      other_cores.erase(it);
+      other_cores.emplace_back(host, port);
+      host = h;
+      port = p;
+      return true;
+    }
+    return false;
+  }
 };
 
 client::client(std::unique_ptr<impl> p) : impl_(std::move(p)) {}
@@ -811,7 +873,7 @@ expected<client> client::connect(const std::string& host, uint16_t port,
 }
 
 expected<std::string> client::principal() {
-  auto s = impl_->session_handle();
+  auto s = impl_->past_followers([&] { return impl_->session_handle(); });
   if (!s) return s.error();
   std::lock_guard<std::mutex> guard(impl_->mutex);
   return impl_->principal;

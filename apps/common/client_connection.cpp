@@ -94,7 +94,9 @@ int connect_core(const connection_flags& f, std::optional<client>& out) {
   // A core of several: the first core that answers is used. A follower answers reads and
   // names the leader for the rest (the client goes there); a core that is down is skipped.
   // Each connection is given the other addresses: a client that follows a job (`--wait`)
-  // goes on to them once its core is gone.
+  // goes on to them once its core is gone, and every client once its core follows and
+  // cannot pass a request on (the leader it names is gone, or it cannot read the replicated
+  // state, a key's check included): only a connection's failure is left to this loop.
   auto connect_to = [&](size_t i) {
     auto o = options;
     for (size_t j = 0; j < addresses->size(); ++j)

@@ -2,11 +2,13 @@
 /// holding what the leader committed: keys are checked as on the leader, status, jobs and
 /// nodes are answered from the records (each principal seeing only its own jobs), and every
 /// other request, a node's hello included, names the leader; with no leader it says to try
-/// again.
+/// again. A read of the replicated state that fails (a key's check included) names the leader
+/// too, or says to try another core, and a wrong key stays refused.
 
 #include <doctest/doctest.h>
 
 #include <caf/all.hpp>
+#include <caf/io/middleman.hpp>
 
 #include <filesystem>
 #include <fstream>
@@ -14,13 +16,16 @@
 #include <string>
 #include <vector>
 
+#include "client_door.hpp"
 #include "configured_system.hpp"
 #include "follower_door.hpp"
 #include "gatekeeper.hpp"
+#include "gflex/gflex.hpp"
 #include "job_record.hpp"
 #include "link_loss.hpp"
 #include "messages.hpp"
 #include "reputation.hpp"
+#include "running_core.hpp"
 #include "store.hpp"
 #include "temp_dir.hpp"
 
@@ -39,6 +44,52 @@ std::string shipped_spec() {
 
 std::vector<uint8_t> bytes_of(const std::string& s) {
   return {s.begin(), s.end()};
+}
+
+// A store cut off from etcd: every read fails as the replicated store's do then.
+caf::behavior cut_off_store(caf::event_based_actor*) {
+  const auto cut_off = [] {
+    return to_caf(
+        error(errc::unavailable, "no etcd member answered (last: 10.0.0.9:2379: Connection)"));
+  };
+  return {
+      [=](read_atom, const std::string&) -> caf::result<bool, std::vector<uint8_t>> {
+        return cut_off();
+      },
+      [=](scan_atom, const std::string&, const std::string&)
+          -> caf::result<std::vector<std::string>, std::vector<std::vector<uint8_t>>> {
+        return cut_off();
+      },
+  };
+}
+
+// The leader as a client meets it: every key is alice's, and a job's status is answered;
+// (get_atom) says how many sessions it gave.
+struct leading_door_state {
+  client_sessions sessions;
+  uint64_t welcomed = 0;
+};
+
+caf::behavior any_key_gate(caf::event_based_actor*) {
+  return {[](auth_atom, const std::string&) { return std::string("user/alice"); }};
+}
+
+caf::behavior leading_door(caf::stateful_actor<leading_door_state>* self, caf::actor gate) {
+  self->set_down_handler(
+      [=](const caf::down_msg& down) { self->state.sessions.forget(down.source); });
+  return {
+      [=](auth_atom, std::string& key, caf::actor& link) {
+        self->state.welcomed += 1;
+        return open_client_session(self, gate, std::move(key), std::move(link));
+      },
+      [=](status_atom, const std::string&, const std::string& id) {
+        job_status s;
+        s.job_id = id;
+        s.round = 9;
+        return s;
+      },
+      [=](caf::get_atom) { return self->state.welcomed; },
+  };
 }
 
 struct door_fixture : test::configured_system {
@@ -85,12 +136,22 @@ struct door_fixture : test::configured_system {
 
   ~door_fixture() {
     for (const auto& a : {door, gate, store, link}) self->send_exit(a, caf::exit_reason::kill);
+    for (const auto& a : also) self->send_exit(a, caf::exit_reason::kill);
   }
 
-  // A session for `key`, or the door's error.
-  expected<caf::actor> session_of(const std::string& key) {
+  // `a`, a test's own actor, ended with the fixture: a failed REQUIRE leaves it running, and
+  // the actor system's end waited for it for ever.
+  caf::actor own(caf::actor a) {
+    also.push_back(a);
+    return a;
+  }
+  std::vector<caf::actor> also;
+
+  // A session for `key` at `at` (this fixture's door by default), or the door's error.
+  expected<caf::actor> session_of(const std::string& key) { return session_of(key, door); }
+  expected<caf::actor> session_of(const std::string& key, const caf::actor& at) {
     expected<caf::actor> out = error(errc::io_error, "no answer");
-    self->request(door, timeout, auth_atom::value, key, link)
+    self->request(at, timeout, auth_atom::value, key, link)
         .receive([&](client_welcome& w) { out = caf::actor_cast<caf::actor>(w.session); },
                  [&](caf::error& e) { out = from_caf(e, &sys); });
     return out;
@@ -174,5 +235,106 @@ TEST_SUITE("follower_door") {
     const error refusal(errc::unavailable, "no core-tier worker is free");
     CHECK_FALSE(detail::is_link_loss(detail::as_failover(refusal)));
     CHECK_FALSE(detail::is_link_loss(detail::as_failover(error(errc::invalid_argument, "x"))));
+  }
+
+  TEST_CASE_FIXTURE(door_fixture,
+                    "a follower that cannot read the replicated state sends clients on, and "
+                    "still refuses a wrong key") {
+    // Cut off from etcd while clients still reach it: the store's error, passed on, was final
+    // to a client, which tried none of its other cores while another core led.
+    auto cut = own(sys.spawn(cut_off_store));
+    auto cut_gate = own(spawn_gatekeeper(sys, cut, operator_key));
+    auto cut_door = own(spawn_follower_door(sys, "c2", cut, cut_gate, leader));
+    auto sent_on = [](const error& e) {
+      return e.code() == errc::not_leader &&
+             e.message().find("no etcd member answered") != std::string::npos &&
+             e.message().ends_with("the leader it last knew, c1, is at 127.0.0.1:7400");
+    };
+    // The key's check reads the store: an account's session is not given, and the answer
+    // names the leader.
+    auto alice = session_of(alice_key, cut_door);
+    REQUIRE_FALSE(alice.has_value());
+    CHECK_MESSAGE(sent_on(alice.error()), alice.error().message());
+    // Keys refused without a read stay refused: a wrong key must not send a client round.
+    for (const auto& bad : {std::string("not a key"), std::string()}) {
+      auto refused = session_of(bad, cut_door);
+      REQUIRE_FALSE(refused.has_value());
+      CHECK(refused.error().code() == errc::permission_denied);
+    }
+    // The operator's key needs no read; the reads behind its requests fail, each sent on.
+    auto op = session_of(operator_key, cut_door);
+    REQUIRE(op.has_value());
+    auto status = ask<job_status>(*op, status_atom::value, std::string("job-1"));
+    REQUIRE_FALSE(status.has_value());
+    CHECK_MESSAGE(sent_on(status.error()), status.error().message());
+    auto jobs = ask<std::vector<job_status>>(*op, jobs_atom::value);
+    REQUIRE_FALSE(jobs.has_value());
+    CHECK_MESSAGE(sent_on(jobs.error()), jobs.error().message());
+    auto nodes = ask<std::vector<node_status>>(*op, nodes_atom::value);
+    REQUIRE_FALSE(nodes.has_value());
+    CHECK_MESSAGE(sent_on(nodes.error()), nodes.error().message());
+    // Knowing no leader: "try another core", which a client following a job rides out.
+    leader->set("");
+    auto none = session_of(alice_key, cut_door);
+    REQUIRE_FALSE(none.has_value());
+    CHECK(none.error().code() == errc::unavailable);
+    CHECK_MESSAGE(none.error().message().find(" follows and no core leads") != std::string::npos,
+                  none.error().message());
+    CHECK(none.error().message().find("no etcd member answered") != std::string::npos);
+    CHECK(detail::is_link_loss(detail::as_failover(none.error())));
+  }
+
+  TEST_CASE_FIXTURE(door_fixture,
+                    "a client goes past a follower cut off from the replicated state to its "
+                    "other cores, but not with a wrong key") {
+    // c1 follows, cut off from etcd; the leader it last knew is gone since; another core
+    // leads. A client that named c1 first failed every request, its key's check included.
+    auto cut = own(sys.spawn(cut_off_store));
+    auto cut_gate = own(spawn_gatekeeper(sys, cut, operator_key));
+    auto cut_door = own(spawn_follower_door(sys, "c1", cut, cut_gate, leader));
+    leader->set("c9 127.0.0.1:" + std::to_string(test::free_loopback_port()));
+    auto gate_of_leader = own(sys.spawn(any_key_gate));
+    auto leading = own(sys.spawn(leading_door, gate_of_leader));
+    auto follower_port = sys.middleman().publish(cut_door, 0, "127.0.0.1");
+    auto leader_port = sys.middleman().publish(leading, 0, "127.0.0.1");
+    REQUIRE(follower_port);
+    REQUIRE(leader_port);
+    client_options options;
+    options.insecure = true;
+    options.api_key = alice_key;
+    options.other_cores = {{"127.0.0.1", *leader_port}};
+    {
+      auto c = client::connect("127.0.0.1", *follower_port, options);
+      REQUIRE(c.has_value());
+      auto job = c->status("job-1");
+      CHECK_MESSAGE(job.has_value(), job.error().message());
+      if (job) CHECK(job->round == 9);
+    }
+    // Knowing no leader, the follower says to try another core: the client does, for the
+    // key's check alone too.
+    leader->set("");
+    {
+      auto c = client::connect("127.0.0.1", *follower_port, options);
+      REQUIRE(c.has_value());
+      auto who = c->principal();
+      CHECK_MESSAGE(who.has_value(), who.error().message());
+      if (who) CHECK(*who == "user/alice");
+      auto job = c->status("job-1");
+      CHECK_MESSAGE(job.has_value(), job.error().message());
+    }
+    // A wrong key is refused on c1, finally: the leader here would have taken any key.
+    const auto welcomed = ask<uint64_t>(leading, caf::get_atom::value);
+    REQUIRE(welcomed.has_value());
+    options.api_key = "not a key";
+    {
+      auto c = client::connect("127.0.0.1", *follower_port, options);
+      REQUIRE(c.has_value());
+      auto job = c->status("job-1");
+      REQUIRE_FALSE(job.has_value());
+      CHECK_MESSAGE(job.error().code() == errc::permission_denied, job.error().message());
+    }
+    const auto welcomed_after = ask<uint64_t>(leading, caf::get_atom::value);
+    REQUIRE(welcomed_after.has_value());
+    CHECK(*welcomed_after == *welcomed);
   }
 }
