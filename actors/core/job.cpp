@@ -742,6 +742,13 @@ void decide_divergence(job_actor* self) {
 
 // Whether a worker's error says the assignment ran out of device or host memory (the
 // worker's words: "out of device memory", "allocating ...: out of host memory (...)").
+// Past the job's deadline (CAF's timeout, the session's own), or a node saying the core did
+// not serve it its parameters in time (unavailable, the uplink's words for it): slowness,
+// the core's or the job's, not the node's fault.
+bool core_too_slow(const caf::error& e, const error& err) {
+  return e == caf::sec::request_timeout || err.code() == errc::unavailable;
+}
+
 bool ran_out_of_memory(const error& err) {
   const auto& m = err.message();
   return err.code() == errc::device_error && m.find("out of") != std::string::npos &&
@@ -839,7 +846,7 @@ void assignment_failed(job_actor* self, uint64_t id, const caf::error& e) {
   // model and settings, not the node, as far as anyone else's job can tell. The market frees
   // the slot for them.
   const bool node_at_fault =
-      diverged_at_fault || !(ran_out_of_memory(err) || e == caf::sec::request_timeout ||
+      diverged_at_fault || !(ran_out_of_memory(err) || core_too_slow(e, err) ||
                              err.code() == errc::non_finite || refused_by_kernels);
   fail_assignment(self, id, self->system().render(e), node_at_fault);
 }

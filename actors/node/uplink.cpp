@@ -507,8 +507,16 @@ void pump_params(uplink_actor* self, std::shared_ptr<params_fetch> f) {
               // Asked before the abort of the assignments waiting reached this uplink, a chunk
               // the core has let go fails; the next assignment of these parameters asks again
               // (kept as the fetch's failure, it failed that one too).
+              // The core's failure to serve it in time (CAF's timeout, a lost link) says so
+              // in gflex's words: passed on as it was, the session takes any error from the
+              // node as the node's own (node_words) and the job cooled the node down as at
+              // fault for the core's slowness.
               if (!f->failure && !f->waiting.empty() && epoch == f->epoch)
-                f->failure = std::move(e);
+                f->failure = e.category() == error_category
+                                 ? std::move(e)
+                                 : to_caf(error(errc::unavailable,
+                                                "the core did not serve a parameter chunk (" +
+                                                    self->system().render(e) + ")"));
               pump_params(self, f);
             });
   }

@@ -82,4 +82,23 @@ TEST_SUITE("job out of memory") {
     for (const auto& r : released) CHECK(r == "failed: not the node's fault");
     side.self->send_exit(worker, caf::exit_reason::user_shutdown);
   }
+
+  TEST_CASE("a node the core did not serve its parameters in time is not cooled down") {
+    // The uplink's own fetch of the parameter chunks timed out (the core was slow to serve
+    // them): it says so as unavailable. Taken as the node's fault, each node of a job whose
+    // core was overloaded was cooled down for every job, and the next rounds had fewer workers.
+    configured_system side;
+    auto worker = side.sys.spawn(
+        answering_worker,
+        error(errc::unavailable, "the core did not serve a parameter chunk (request_timeout)"));
+    job_fixture f(stored_job(), {node_slot(worker, "n-far", "far")});
+    std::vector<std::string> released;
+    for (int i = 0; i < 100 && released.empty(); ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      released = releases(f);
+    }
+    REQUIRE_FALSE(released.empty());
+    for (const auto& r : released) CHECK(r == "failed: not the node's fault");
+    side.self->send_exit(worker, caf::exit_reason::user_shutdown);
+  }
 }
