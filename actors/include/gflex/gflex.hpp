@@ -224,7 +224,8 @@ struct client_options {
   bool insecure = false;  ///< Plain TCP instead (needs a core run with --insecure).
   /// A core of several: the other cores' addresses (host, port). When the link to the one it
   /// uses is lost, the client dials it again, then these in turn (a follower names the
-  /// leader, and the client goes there).
+  /// leader, and the client goes there). A follower that cannot read the replicated state,
+  /// or knows no leader, sends the client on to these too; a wrong key stays final.
   std::vector<std::pair<std::string, uint16_t>> other_cores;
 };
 
