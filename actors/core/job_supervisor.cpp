@@ -292,7 +292,12 @@ void read_checkpoint(supervisor_actor* self, const std::string& id, job_start::o
 
 // A restarted job's figures come from its record, written with its checkpoint: those the
 // dead actor last reported could include a round not committed (or miss one that was), and
-// its spending and budget were misjudged by that round. Then its checkpoint is read.
+// its spending and budget were misjudged by that round. Then its checkpoint is read. A record
+// that says the job ended ends it here, as a starting core's scan does: the actor died after
+// its end was written (the last round's commit records it done) but before it took the
+// answer. Started again, it found every round committed and wrote its end once more from the
+// figures it last reported, a round behind: the last round's accuracy, curve and payment
+// were lost from a record already right.
 void read_record(supervisor_actor* self, const std::string& id, job_start::origin from,
                  std::string end_with, std::function<void(const caf::error&)> failed) {
   self->request(self->state.links.store, std::chrono::seconds(120), read_atom::value,
@@ -300,7 +305,16 @@ void read_record(supervisor_actor* self, const std::string& id, job_start::origi
       .then(
           [=](bool found, std::vector<uint8_t>& bytes) {
             auto record = decode_job_record(bytes);
-            if (found && record && !is_terminal(record->second.state)) {
+            if (found && record && is_terminal(record->second.state)) {
+              auto& entry = self->state.jobs[id];
+              auto status = std::move(record->second);
+              fill_from_spec(status, entry.spec);
+              spdlog::info("job {}: its end is recorded ({}); not restarted", id,
+                           to_string(status.state));
+              entry.status = std::move(status);
+              return;
+            }
+            if (found && record) {
               auto& entry = self->state.jobs[id];
               auto status = std::move(record->second);
               fill_from_spec(status, entry.spec);

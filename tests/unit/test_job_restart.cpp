@@ -266,4 +266,53 @@ TEST_SUITE("job restart") {
     CHECK(after.credits_spent == 1'500'000);
     CHECK(after.state == job_state::running);
   }
+
+  TEST_CASE("a job whose actor died after its last round recorded it done keeps that record") {
+    // The last round's record says done, written with its checkpoint: an actor that died before
+    // it took the store's answer was started again, found every round committed and wrote its
+    // end from its last report, a round behind (its accuracy, its curve, its spending).
+    job_fixture f(stored_job());
+    auto job = asking_job(f);
+    REQUIRE(job);
+    REQUIRE(f.status().round == 2);  // what the actor reported: round 2 of 3
+    job_status done;
+    done.job_id = "job-1";
+    done.owner = "user/alice";
+    done.state = job_state::done;
+    done.round = 3;
+    done.test_accuracy = 0.875;
+    add_round(done.history, {3, 0.25, 0.5, 0.875, true, 12.0});
+    const std::vector<float> theta(4 * 3 + 3, 0.25f), momentum(theta.size(), 0.0f);
+    checkpoint_view c;
+    c.step = 3;
+    c.data_set = "c";
+    c.vectors = {{"theta", theta}, {"outer_momentum", momentum}};
+    store_batch batch;
+    batch.keys = {job_record_key("job-1"), job_checkpoint_key("job-1")};
+    batch.values.push_back(encode_job_record(k_spec, done));
+    batch.values.push_back(encode_checkpoint(c));
+    f.self->request(f.store, f.wait, commit_atom::value, std::move(batch))
+        .receive([](caf::ok_atom) {}, [&](caf::error& e) { FAIL(f.sys.render(e)); });
+    f.self->send_exit(job, caf::exit_reason::kill);  // its actor dies before the answer
+    auto s = f.await([](const job_status& s) { return is_terminal(s.state); }, 5);
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));  // an end written again lands
+    s = f.status();
+    CHECK(s.state == job_state::done);
+    CHECK(s.round == 3);
+    CHECK(s.test_accuracy == doctest::Approx(0.875));
+    CHECK_MESSAGE((!s.history.empty() && s.history.back().round == 3),
+                  "history of " << s.history.size() << " point(s)");
+    std::optional<job_status> record;
+    f.self->request(f.store, f.wait, read_atom::value, job_record_key("job-1"))
+        .receive(
+            [&](bool, std::vector<uint8_t>& v) {
+              if (auto r = decode_job_record(v)) record = r->second;
+            },
+            [&](caf::error& e) { FAIL(f.sys.render(e)); });
+    REQUIRE(record.has_value());
+    CHECK(record->state == job_state::done);
+    CHECK(record->test_accuracy == doctest::Approx(0.875));
+    CHECK_MESSAGE((!record->history.empty() && record->history.back().round == 3),
+                  "history of " << record->history.size() << " point(s)");
+  }
 }
