@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 
 #include "gflex/runtime/digest.hpp"
@@ -59,8 +60,10 @@ expected<node_identity> node_identity::load_or_create(const std::filesystem::pat
   }
   if ((st.st_mode & 077) != 0) {
     ::close(fd);
-    return key_error(file, "may be read by others (mode " + std::to_string(st.st_mode & 0777) +
-                               " in octal digits " + "should be 0600); fix it with chmod 600");
+    char mode[8];
+    std::snprintf(mode, sizeof mode, "%04o", static_cast<unsigned>(st.st_mode & 0777));
+    return key_error(file, std::string("may be read by others (mode ") + mode +
+                               ", should be 0600); fix it with chmod 600");
   }
   node_identity id;
   ssize_t got = ::read(fd, id.secret_.data(), id.secret_.size());

@@ -39,7 +39,10 @@ TEST_SUITE("identity") {
     ::chmod(file.c_str(), 0644);
     auto open = node_identity::load_or_create(file);
     REQUIRE_FALSE(open.has_value());
-    CHECK(open.error().message().find("read by others") != std::string::npos);
+    // The mode as chmod takes it: "mode 420 in octal digits" was 0644 printed in decimal.
+    CHECK_MESSAGE(open.error().message().find(
+                      "may be read by others (mode 0644, should be 0600)") != std::string::npos,
+                  open.error().message());
     auto junk = dir / "junk.key";
     std::ofstream(junk) << "not a key";
     ::chmod(junk.c_str(), 0600);
