@@ -1139,13 +1139,23 @@ expected<job_status> client::follow(const std::string& job_id, const job_events&
         continue;
       }
       if (!listed) return listed.error();
-      std::map<std::string, node_status> now;
-      for (auto& n : *listed) now.emplace(n.node_id, std::move(n));
-      for (const auto& [id, n] : now)
-        if (!known.contains(id) && events.on_node_joined) events.on_node_joined(n);
-      for (const auto& [id, n] : known)
-        if (!now.contains(id) && events.on_node_lost) events.on_node_lost(n);
-      known = std::move(now);
+      // A follower (met during a failover, or named first) knows the nodes' records, not
+      // their connections: it lists each with node id "-" and no last-seen time. Compared by
+      // node id, that listing reported every connected node lost and one node, perhaps long
+      // gone, joined, then all of them joined again behind the next leader. Nodes stay as a
+      // leader last listed them until one lists them again.
+      const bool from_follower = std::any_of(listed->begin(), listed->end(), [](const auto& n) {
+        return n.node_id == "-" || n.last_seen_s < 0;
+      });
+      if (!from_follower) {
+        std::map<std::string, node_status> now;
+        for (auto& n : *listed) now.emplace(n.node_id, std::move(n));
+        for (const auto& [id, n] : now)
+          if (!known.contains(id) && events.on_node_joined) events.on_node_joined(n);
+        for (const auto& [id, n] : known)
+          if (!now.contains(id) && events.on_node_lost) events.on_node_lost(n);
+        known = std::move(now);
+      }
     }
     if ((first || s->state != state) && events.on_state) events.on_state(*s);
     state = s->state;

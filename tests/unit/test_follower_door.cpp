@@ -3,7 +3,8 @@
 /// nodes are answered from the records (each principal seeing only its own jobs), and every
 /// other request, a node's hello included, names the leader; with no leader it says to try
 /// again. A read of the replicated state that fails (a key's check included) names the leader
-/// too, or says to try another core, and a wrong key stays refused.
+/// too, or says to try another core, and a wrong key stays refused. A client following a job
+/// over a follower reports no node events from its listing, which knows no connections.
 
 #include <doctest/doctest.h>
 
@@ -205,6 +206,45 @@ TEST_SUITE("follower_door") {
     CHECK(nodes->front().validated == 12);
     CHECK(nodes->front().node_id == "-");
     CHECK(nodes->front().last_seen_s < 0);
+  }
+
+  TEST_CASE_FIXTURE(door_fixture,
+                    "following a job over a follower reports no node joined or lost from its "
+                    "listing") {
+    // A second node and a job that has ended, so that following returns after one look.
+    store_batch batch;
+    reputation r;
+    r.name = "n2";
+    batch.keys.push_back("node/n2/reputation");
+    batch.values.push_back(bytes_of(encode_reputation(r)));
+    job_status ended;
+    ended.job_id = "job-3";
+    ended.owner = "operator";
+    ended.state = job_state::done;
+    ended.round = 30;
+    batch.keys.push_back(job_record_key("job-3"));
+    batch.values.push_back(encode_job_record(shipped_spec(), ended));
+    self->request(store, timeout, commit_atom::value, std::move(batch))
+        .receive([](caf::ok_atom) {}, [&](caf::error& e) { FAIL(sys.render(e)); });
+    auto port = sys.middleman().publish(door, 0, "127.0.0.1");
+    REQUIRE(port);
+    client_options options;
+    options.insecure = true;
+    options.api_key = operator_key;
+    auto c = client::connect("127.0.0.1", *port, options);
+    REQUIRE(c.has_value());
+    REQUIRE(c->nodes()->size() == 2);  // both records, each with node id "-"
+    // The follower knows no connections: every node of its listing has the same id "-", and
+    // one of them was reported joined (and, had the leader listed them before, all lost).
+    std::vector<std::string> joined, lost;
+    job_events events;
+    events.on_node_joined = [&](const node_status& n) { joined.push_back(n.name); };
+    events.on_node_lost = [&](const node_status& n) { lost.push_back(n.name); };
+    auto last = c->follow("job-3", events, std::chrono::milliseconds(10));
+    REQUIRE_MESSAGE(last.has_value(), last.error().message());
+    CHECK(last->state == job_state::done);
+    CHECK_MESSAGE(joined.empty(), joined.size(), " joined");
+    CHECK_MESSAGE(lost.empty(), lost.size(), " lost");
   }
 
   TEST_CASE_FIXTURE(door_fixture, "writes and hellos name the leader; with none, try again") {
