@@ -5,13 +5,7 @@
 #include <algorithm>
 #include <cmath>
 
-#include <fcntl.h>
-#include <unistd.h>
-
-#include <cerrno>
 #include <cstdio>
-#include <cstring>
-#include <filesystem>
 #include <fstream>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -32,6 +26,7 @@
 #include "gflex/runtime/job_spec.hpp"
 #include "gflex/runtime/progress.hpp"
 #include "status_json.hpp"
+#include "writable.hpp"
 
 namespace gflex::app {
 
@@ -42,31 +37,6 @@ bool write_json(const std::string& file, const nlohmann::json& j) {
   out << json_text(j) << '\n';
   if (!out) spdlog::error("{}: cannot write the JSON summary", file);
   return static_cast<bool>(out);
-}
-
-// Whether `file` can be written (made if missing, its content left): checked before a job is
-// submitted, since a script told "failed" (exit 1) by an unwritable --json submits again, and
-// pays for a second job.
-bool json_writable(const std::string& file) {
-  std::ofstream out(file, std::ios::app);
-  return static_cast<bool>(out);
-}
-
-// Whether `file` can be written as write_file_atomically writes it (a file beside it first,
-// then renamed): tried with such a file, removed at once. Checked before a model is
-// downloaded, which took as long as the download to fail (exit 1) on a mistyped directory.
-expected<void> file_writable(const std::string& file, const std::string& flag) {
-  std::error_code ec;
-  if (std::filesystem::is_directory(file, ec))
-    return error(errc::io_error, flag + " " + file + ": is a directory");
-  const std::string probe = file + ".probe." + std::to_string(::getpid());
-  const int fd = ::open(probe.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
-  if (fd < 0)
-    return error(errc::io_error,
-                 flag + " " + file + ": cannot be written (" + std::strerror(errno) + ")");
-  ::close(fd);
-  ::unlink(probe.c_str());
-  return {};
 }
 
 std::string human_bytes(double b) {

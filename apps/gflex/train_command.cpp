@@ -16,6 +16,7 @@
 #include "gflex/runtime/job_spec.hpp"
 #include "gflex/runtime/progress.hpp"
 #include "parse_command_line.hpp"
+#include "writable.hpp"
 
 namespace gflex::app {
 
@@ -203,6 +204,12 @@ int run_training(train_flags& f) {
   auto w = workload_of(f);
   if (!w) {
     spdlog::error("{}", w.error().message());
+    return 2;
+  }
+  // Checked before the run, as submit and demo check it: a whole training run was wasted on a
+  // path that could never be written, and its exit 1 had a script train again.
+  if (!f.json.empty() && !json_writable(f.json)) {
+    spdlog::error("{}: cannot be written (--json); nothing was trained", f.json);
     return 2;
   }
   auto precision = parse_math_precision(f.precision);
