@@ -72,8 +72,8 @@ struct match_result {
 
 /// What the market knows of a node's speed: the throughput it claims (calibrated, in
 /// fashion-mlp samples per second) and, once it has answered assignments of the job's
-/// workload, the rate the core measured (samples of the workload per second, from sending
-/// an assignment to its answer).
+/// workload, the rate the core measured (samples of the workload per second of the compute
+/// time the node reported, capped at the time from sending an assignment to its answer).
 struct speed_evidence {
   double claimed = 0.0;
   std::optional<double> measured;

@@ -554,10 +554,18 @@ node_session_internal::behavior_type session_behavior(session_actor* self, sessi
                   // was priced by a rate of nothing done.
                   rate_report rate;
                   if (check_answer(self, id, sent_at, r)) {
+                    // Per second of compute, capped at the wall time (check_answer), as the
+                    // job pays for it (billing.hpp): the wall time also counts sending the
+                    // parameters, fetching the shard and sending the update back, a cost
+                    // that does not grow with the work, so assignments of one step measured
+                    // tens of times slower than long ones on identical nodes, and the one
+                    // calibration factor for all nodes carried that into their prices. A node
+                    // that reports no compute time is measured by the wall time.
                     const double took =
                         std::chrono::duration<double>(clock_type::now() - sent_at).count();
-                    if (took > 0.0 && samples > 0.0)
-                      rate = {st.registry, st.who.name, workload, samples / took};
+                    const double busy = r.compute_s > 0.0 ? std::min(r.compute_s, took) : took;
+                    if (busy > 0.0 && samples > 0.0)
+                      rate = {st.registry, st.who.name, workload, samples / busy};
                   }
                   if (r.update_chunks.empty()) {
                     st.out.erase(id);

@@ -1,17 +1,24 @@
 /// @file
 /// The market actor (actors/core/market.hpp) as the jobs and the registry talk to it: a slot
 /// is freed only by the job that holds it, a restarted market learns which slots the jobs
-/// hold, and a slot a job lets go goes first to a job that waits for one.
+/// hold, and a slot a job lets go goes first to a job that waits for one. Nodes' sessions
+/// (actors/protocol/node_session.hpp) measure the rates the market prices nodes by.
 
 #include <doctest/doctest.h>
 
+#include <atomic>
 #include <chrono>
+#include <map>
+#include <memory>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "configured_system.hpp"
 #include "market.hpp"
+#include "messages.hpp"
+#include "node_session.hpp"
 
 using namespace gflex;
 
@@ -61,9 +68,105 @@ struct market_fixture {
   }
 };
 
+// A node's uplink that computes `samples_per_s` and spends `overhead` more on each assignment
+// (parameters, shard and update on the wire), whatever its size; it reports its compute time.
+caf::behavior timed_uplink(caf::event_based_actor* self, double samples_per_s,
+                           std::chrono::milliseconds overhead) {
+  using pending_answer =
+      std::pair<caf::typed_response_promise<assignment_result>, assignment_result>;
+  auto pending = std::make_shared<std::map<uint64_t, pending_answer>>();
+  self->set_default_handler(caf::drop);
+  return {
+      [=](assign_atom, uint32_t, assignment& a) {
+        assignment_result r;
+        r.assignment_id = a.id;
+        r.samples = a.local_steps * a.batch_size;
+        r.compute_s = static_cast<double>(r.samples) / samples_per_s;
+        auto rp = self->make_response_promise<assignment_result>();
+        (*pending)[a.id] = {rp, r};
+        self->delayed_send(
+            self,
+            overhead + std::chrono::milliseconds(static_cast<int64_t>(r.compute_s * 1000.0 + 1.0)),
+            tick_atom::value, a.id);
+        return rp;
+      },
+      [=](tick_atom, uint64_t id) {
+        auto it = pending->find(id);
+        if (it == pending->end()) return;
+        it->second.first.deliver(std::move(it->second.second));
+        pending->erase(it);
+      },
+  };
+}
+
+// The registry as far as rates go: passes them on to the market, and counts them.
+caf::behavior rate_relay(caf::event_based_actor* self, caf::actor market,
+                         std::shared_ptr<std::atomic<int>> rates) {
+  self->set_default_handler(caf::drop);
+  return {[=](rate_atom, const std::string& name, const std::string& workload, double rate) {
+    self->send(market, rate_atom::value, name, workload, rate);
+    ++*rates;
+  }};
+}
+
 }  // namespace
 
 TEST_SUITE("market actor") {
+  TEST_CASE_FIXTURE(market_fixture,
+                    "identical nodes measured on assignments of different sizes cost the same") {
+    // A session measured samples over the time from sending an assignment to its answer,
+    // transfers included: a node that served assignments of one step of 32 samples measured
+    // tens of times slower than one that served 100 steps, on the same machine, and with the
+    // one calibration factor both were priced by, the first was never chosen again.
+    auto rates = std::make_shared<std::atomic<int>>(0);
+    auto relay = s.sys.spawn(rate_relay, market, rates);
+    std::vector<caf::actor> uplinks;
+    std::vector<spawned_session> sessions;
+    for (const char* id : {"a", "b"}) {
+      uplinks.push_back(s.sys.spawn(timed_uplink, 20000.0, std::chrono::milliseconds(100)));
+      sessions.push_back(spawn_node_session(s.sys, {id, std::string("name-") + id, "", 0, 1},
+                                            session_limits{}, uplinks.back(), relay, relay));
+    }
+    // Node a answers a short assignment, node b a long one, of the same workload.
+    for (size_t i = 0; i < 2; ++i) {
+      assignment a;
+      a.id = 7;
+      a.workload = "w";
+      a.local_steps = i == 0 ? 1 : 100;
+      a.batch_size = 32;
+      s.self->request(sessions[i].workers.at(0), std::chrono::seconds(5), assign_atom::value, a)
+          .receive([](assignment_result&) {}, [&](caf::error& e) { FAIL(s.sys.render(e)); });
+    }
+    for (int tries = 0; tries < 200 && *rates < 2; ++tries)
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    REQUIRE(*rates == 2);
+    // Their slots, at one price and one claim: equal costs, so each gets its turns.
+    for (auto [worker, id] : {std::pair{w1, "a"}, std::pair{w2, "b"}}) {
+      worker_slot slot;
+      slot.worker = worker;
+      slot.node_name = std::string("name-") + id;
+      slot.price = 1000000;
+      slot.throughput = 100.0;
+      s.self->send(market, offer_atom::value, std::string(id), std::vector<worker_slot>{slot});
+    }
+    caf::scoped_actor job{s.sys};
+    std::map<std::string, int> turns;
+    for (int round = 0; round < 4; ++round) {
+      auto got = acquire(job);
+      REQUIRE(got.slots.size() == 1);
+      turns[got.slots[0].node_name] += 1;
+      job->send(market, release_atom::value, got.slots[0].worker);
+    }
+    CHECK(turns["name-a"] == 2);
+    CHECK(turns["name-b"] == 2);
+    for (const auto& x : sessions) {
+      s.self->send_exit(x.session, caf::exit_reason::user_shutdown);
+      for (const auto& w : x.workers) s.self->send_exit(w, caf::exit_reason::user_shutdown);
+    }
+    for (const auto& u : uplinks) s.self->send_exit(u, caf::exit_reason::user_shutdown);
+    s.self->send_exit(relay, caf::exit_reason::user_shutdown);
+  }
+
   TEST_CASE_FIXTURE(market_fixture,
                     "a restarted market hands out no worker before the jobs' claims come in") {
     // The registry offers every slot again as free at once; the jobs hear of the new market
