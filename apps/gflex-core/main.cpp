@@ -28,6 +28,7 @@
 namespace {
 
 using gflex::app::fail;
+using gflex::app::fail_answer;
 
 struct operator_flags {
   gflex::app::connection_flags link;
@@ -61,9 +62,12 @@ int run_operator(const operator_flags& f) {
   }
   std::optional<gflex::client> c;
   if (int code = gflex::app::connect_core(f.link, c); code != 0) return code;
+  // The core's refusals exit as the gflex client's do (fail_answer): 2 for a request that fails
+  // again as sent (an account that exists, an unknown one or token, a key that is not the
+  // operator's), 1 for what trying again may serve (a lost link, a store error).
   if (f.action == "create") {
     auto key = c->create_account(f.id);
-    if (!key) return fail(key.error());
+    if (!key) return fail_answer(key.error());
     // The key goes to stdout alone, to be saved by whoever runs this; it is shown once.
     std::fprintf(stderr, "%s opened; its API key (shown once, keep it secret):\n", f.id.c_str());
     std::printf("%s\n", key->c_str());
@@ -83,7 +87,7 @@ int run_operator(const operator_flags& f) {
                      "to retry without crediting twice: gflex-core account credit %s %s "
                      "--reference %s\n",
                      f.id.c_str(), f.amount.c_str(), reference.c_str());
-      return fail(seq.error());
+      return fail_answer(seq.error());
     }
     // A reference booked before is answered with its first entry: "booked", not "credited
     // now", is true both times. Said before the balance is read: a failed read (exit 1, no
@@ -100,17 +104,17 @@ int run_operator(const operator_flags& f) {
   }
   if (f.action == "token-create") {
     auto token = c->create_token(f.tier, lifetime_s, f.uses);
-    if (!token) return fail(token.error());
+    if (!token) return fail_answer(token.error());
     std::printf("%s\n", token->c_str());
     return 0;
   }
   if (f.action == "token-revoke") {
-    if (auto r = c->revoke_token(f.id); !r) return fail(r.error());
+    if (auto r = c->revoke_token(f.id); !r) return fail_answer(r.error());
     std::printf("token %s revoked\n", f.id.c_str());
     return 0;
   }
   auto tokens = c->tokens();
-  if (!tokens) return fail(tokens.error());
+  if (!tokens) return fail_answer(tokens.error());
   auto when = [](int64_t t) {
     if (t == 0) return std::string("never");
     char buf[32];

@@ -59,22 +59,28 @@ run_to_end() {
 }
 
 # -- accounts and bad input ------------------------------------------------------------------
-"$C" account create user/alice --core "$core" >/dev/null || fail "create user/alice"
+"$C" account create user/alice --core "$core" >"$WORK/alice.key" || fail "create user/alice"
 "$C" account credit user/alice 10 --core "$core" >/dev/null || fail "credit user/alice"
 "$C" account create user/poor --core "$core" >/dev/null || fail "create user/poor"
 "$C" account credit user/poor 0.01 --core "$core" >/dev/null || fail "credit user/poor"
 before=$(ledger_state)
-expect_error "duplicate account" "exists already" "$C" account create user/alice --core "$core"
-expect_error "malformed account" "not an account id|user accounts only" \
+# The core's refusals of a request that fails again as sent exit 2, as the gflex client's do
+# (they exited 1, which scripts take for "try again").
+expect_usage "duplicate account" "exists already" "$C" account create user/alice --core "$core"
+expect_usage "malformed account" "not an account id|user accounts only" \
   "$C" account create alice --core "$core"
-expect_error "node account from a client" "user accounts only" \
+expect_usage "node account from a client" "user accounts only" \
   "$C" account create node/cheap --core "$core"
+expect_usage "revoke of an unknown token" "no join token has the id abcdef" \
+  "$C" token revoke abcdef --core "$core"
+expect_usage "operator command with a user's key" "only the operator's key may do this" \
+  env GFLEX_API_KEY="$(cat "$WORK/alice.key")" "$C" token list --core "$core"
 expect_error "negative credit" "non-negative decimal" "$C" account credit user/alice -5 --core "$core"
 expect_error "absurd credit" "more than 1e12 credits" \
   "$C" account credit user/alice 99999999999999 --core "$core"
 expect_error "unparsable credit" "non-negative decimal" \
   "$C" account credit user/alice 1e3 --core "$core"
-expect_error "unknown account" "unknown account user/nobody" \
+expect_usage "unknown account" "unknown account user/nobody" \
   "$C" account credit user/nobody 5 --core "$core"
 expect_error "unknown account shown" "unknown account user/nobody" \
   "$G" account user/nobody --core "$core"
