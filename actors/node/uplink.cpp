@@ -59,10 +59,14 @@ struct answer_chunk {
   std::shared_ptr<const std::vector<uint8_t>> bytes;
   uint64_t chunk_bytes = 0;
   uint64_t index = 0;
-  // Occurrences not yet served, by the assignment whose answer holds them. Two answers can
-  // share a chunk (a region of zeros: an embedding's rows no sample touched), and letting
-  // one answer go took the chunk from the other, whose upload then failed.
-  std::map<uint64_t, uint32_t> owed;
+  // Occurrences in each answer that holds the chunk, by assignment. Two answers can share a
+  // chunk (a region of zeros: an embedding's rows no sample touched), and letting one answer
+  // go took the chunk from the other, whose upload then failed.
+  std::map<uint64_t, uint64_t> owners;
+  // Occurrences not yet served, of all owners together. A pull names only the digest, not
+  // the answer it is for: which owner a serve counts against is unknown, so an owner that
+  // goes takes off no more than the others can no longer need (drop_answer).
+  uint64_t unserved = 0;
 };
 
 /// Parameters fetched or being fetched that the uplink keeps (the current round's, and the
@@ -389,8 +393,9 @@ void run_on_worker(uplink_actor* self, uint32_t index, assignment a,
               r.update_chunks = chunk_digests(*bytes, chunk);
               for (uint64_t i = 0; i < r.update_chunks.size(); ++i) {
                 auto& c = st.answer_chunks[r.update_chunks[i]];
-                if (!c.bytes) c = answer_chunk{bytes, chunk, i, {}};
-                c.owed[id] += 1;
+                if (!c.bytes) c = answer_chunk{bytes, chunk, i, {}, 0};
+                c.owners[id] += 1;
+                c.unserved += 1;
               }
               // Kept while the session collects it; an answer nobody collects goes. Timed from
               // the last chunk taken: a fixed 10 minutes cut a slow uplink's upload short.
@@ -418,8 +423,15 @@ void drop_answer(uplink_actor* self, uint64_t id) {
   auto& st = self->state;
   if (st.answer_taken.erase(id) == 0) return;
   for (auto it = st.answer_chunks.begin(); it != st.answer_chunks.end();) {
-    it->second.owed.erase(id);
-    it = it->second.owed.empty() ? st.answer_chunks.erase(it) : std::next(it);
+    auto& c = it->second;
+    if (c.owners.erase(id) > 0) {
+      // The serves so far may all have been the other owners': what they still need is at
+      // most their own occurrences, and never more than was still owed.
+      uint64_t others = 0;
+      for (const auto& owner : c.owners) others += owner.second;
+      c.unserved = std::min(c.unserved, others);
+    }
+    it = c.unserved == 0 ? st.answer_chunks.erase(it) : std::next(it);
   }
 }
 
@@ -775,12 +787,12 @@ caf::behavior uplink_behavior(uplink_actor* self, uplink_config config, caf::act
                                  c.bytes->begin() + static_cast<std::ptrdiff_t>(r.offset + r.size));
         node_metrics::bytes("out", "update_chunk").inc(static_cast<double>(out.size()));
         // Which answer's occurrence this was, the session does not say: each owner's upload
-        // is under way, and one occurrence is counted off.
-        for (const auto& owner : c.owed)
+        // is under way, and one occurrence of them all is counted off (counted off one owner,
+        // the wrong one's going later took the chunk from the owner still collecting it).
+        for (const auto& owner : c.owners)
           if (auto t = st.answer_taken.find(owner.first); t != st.answer_taken.end())
             t->second = std::chrono::steady_clock::now();
-        if (auto first = c.owed.begin(); --first->second == 0) c.owed.erase(first);
-        if (c.owed.empty()) st.answer_chunks.erase(it);
+        if (--c.unserved == 0) st.answer_chunks.erase(it);
         return out;
       },
       [=](expire_atom, uint64_t id) {

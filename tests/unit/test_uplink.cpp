@@ -9,6 +9,7 @@
 #include <caf/all.hpp>
 #include <caf/io/middleman.hpp>
 
+#include <algorithm>
 #include <chrono>
 #include <deque>
 #include <functional>
@@ -292,24 +293,43 @@ caf::behavior zeros_worker(caf::event_based_actor*) {
 
 // A session that hands workers 0 and 1 assignments 1 and 2 (zeros_worker's), lets the one
 // answered first go once both are answered (its job took another node's copy), then
-// collects every chunk of the other's update. `test` hears how many chunks came, negative
+// collects every chunk of the other's update. With `collect_dropped_first`, it collects
+// every chunk of assignment 2's update first and only then lets assignment 2 go, and
+// collects assignment 1's. `test` hears how many chunks of the last update came, negative
 // if an answer or a chunk failed.
 node_session_actor::behavior_type collecting_session(node_session_actor::pointer self,
-                                                     caf::actor uplink, caf::actor test) {
+                                                     caf::actor uplink, caf::actor test,
+                                                     bool collect_dropped_first) {
   auto started = std::make_shared<bool>(false);
   auto answers = std::make_shared<std::vector<assignment_result>>();  // in the order answered
-  auto collect = [=] {
-    self->send(caf::actor_cast<node_uplink_actor>(uplink), abort_atom::value,
-               answers->front().assignment_id);
+  // Pulls every chunk of `r`'s update, then runs `then` with how many came (negative: one
+  // failed).
+  auto pull = [=](const assignment_result& r, std::function<void(int)> then) {
     auto got = std::make_shared<int>(0);
-    const auto digests = answers->back().update_chunks;
+    const auto digests = r.update_chunks;
     for (const auto& d : digests)
       self->request(uplink, std::chrono::seconds(10), chunk_atom::value, d)
           .then(
               [=](std::vector<uint8_t>&) {
-                if (++*got == static_cast<int>(digests.size())) caf::anon_send(test, *got);
+                if (++*got == static_cast<int>(digests.size())) then(*got);
               },
-              [=](caf::error&) { caf::anon_send(test, -static_cast<int>(digests.size())); });
+              [=](caf::error&) { then(-static_cast<int>(digests.size())); });
+  };
+  auto collect = [=] {
+    auto report = [test](int n) { caf::anon_send(test, n); };
+    if (!collect_dropped_first) {
+      self->send(caf::actor_cast<node_uplink_actor>(uplink), abort_atom::value,
+                 answers->front().assignment_id);
+      return pull(answers->back(), report);
+    }
+    std::sort(answers->begin(), answers->end(),
+              [](const auto& a, const auto& b) { return a.assignment_id < b.assignment_id; });
+    pull(answers->back(), [=](int n) {
+      if (n < 0) return report(n);
+      self->send(caf::actor_cast<node_uplink_actor>(uplink), abort_atom::value,
+                 answers->back().assignment_id);
+      pull(answers->front(), report);
+    });
   };
   return {
       [=](beat_atom) {
@@ -829,14 +849,22 @@ TEST_SUITE("uplink") {
 
   TEST_CASE("an answer's chunks that another answer shares stay when that one goes") {
     // Chunks were kept by digest under the first answer that had them: letting that answer
-    // go (aborted, or idle) took them from the second, whose upload then failed. Answers go
-    // in chunks only to a core on another machine: the core here is in a second system.
+    // go (aborted, or idle) took them from the second, whose upload then failed. So did a
+    // serve counted off the smaller id's occurrences while the larger id's answer asked for
+    // it: letting the larger go then took what the smaller still needed. Answers go in
+    // chunks only to a core on another machine: the core here is in a second system.
+    bool collect_dropped_first = false;
+    SUBCASE("the one that goes was not collected") {}
+    SUBCASE("the one that goes was collected first") {
+      collect_dropped_first = true;
+    }
     test::configured_system node;
     test::configured_system core_side;
     caf::actor test = caf::actor_cast<caf::actor>(node.self);
-    auto door = welcoming_core(core_side.sys, [test](caf::event_based_actor* self, caf::actor u) {
-      return self->spawn<caf::linked>(collecting_session, u, test);
-    });
+    auto door = welcoming_core(
+        core_side.sys, [test, collect_dropped_first](caf::event_based_actor* self, caf::actor u) {
+          return self->spawn<caf::linked>(collecting_session, u, test, collect_dropped_first);
+        });
     auto port = core_side.sys.middleman().publish(door, 0, "127.0.0.1");
     REQUIRE(static_cast<bool>(port));
     auto config = probe_config();
