@@ -53,4 +53,12 @@ expect_error "zero nodes" "--nodes" "$BIN/gflex" demo --nodes 0
 printf '[job]\nworkload = "fashion-mlp"\nrounds = -1\n' >"$WORK/bad.toml"
 expect_error "bad demo spec" "bad.toml: job.rounds: must be an integer in \[1, 100000\], got -1" \
   "$BIN/gflex" demo --spec "$WORK/bad.toml"
+# A spec that parses but that the embedded core refuses at submit is bad input too (exit 2,
+# as from `gflex submit`): it exited 1, which scripts retry.
+printf '[job]\nworkload = "fashion-mlp"\nrounds = 1\nworkers = 40\n' >"$WORK/wide.toml"
+expect_usage "demo spec the core refuses" "job.workers: 40 workers, but the data set has only" \
+  "$BIN/gflex" demo --nodes 1 --spec "$WORK/wide.toml"
+# --workload beside --spec was ignored: the spec's workload ran instead.
+expect_usage "demo --workload with --spec" "--workload: not with --spec" \
+  "$BIN/gflex" demo --nodes 1 --spec "$WORK/wide.toml" --workload lm
 finish
