@@ -133,6 +133,10 @@ expected<dataset_splits> split(const dataset& all, double fraction) {
 }  // namespace
 
 expected<dataset_splits> read_data_files(const data_files& f) {
+  // The format first: a mistyped one (text) was told "--labels: required with --format text",
+  // as if the format were known and the labels missing.
+  if (f.format != "idx" && f.format != "npy" && f.format != "tokens")
+    return error(errc::invalid_argument, "--format: idx, npy or tokens, got '" + f.format + "'");
   if (f.format == "tokens") {
     // A text's labels are its next tokens, its classes the 256 byte values: given, these
     // were ignored (a --labels file that did not exist passed).
@@ -172,13 +176,11 @@ expected<dataset_splits> read_data_files(const data_files& f) {
         features.error().message().find("has 2 dimensions, expected 3") != std::string::npos)
       features = read_idx_u8(f.path, 2);
     labels = read_idx_u8(f.labels, 1);
-  } else if (f.format == "npy") {
+  } else {  // npy
     features = read_npy(f.path);
     labels = read_npy(f.labels);
     if (labels && labels->type() == dtype::f32)
       return error(errc::bad_format, f.labels + ": labels must be integers, not floats");
-  } else {
-    return error(errc::invalid_argument, "--format: idx, npy or tokens, got '" + f.format + "'");
   }
   if (!features) return features.error();
   if (!labels) return labels.error();

@@ -24,6 +24,11 @@ spec="$SRC/apps/jobs/fashion-cnn.toml"
 [ -f "$spec" ] || spec=$(ls "$SRC"/apps/jobs/*.toml | head -1)
 expect_error "train --data without --format" "--format: required with --data" \
   "$G" train --spec "$spec" --data "$WORK/none.idx"
+# A mistyped format is named as such: it was told "--labels: required with --format text".
+expect_usage "train --format text" "--format: idx, npy or tokens, got 'text'" \
+  "$G" train --spec "$spec" --data "$WORK/none.txt" --format text
+expect_usage "data push --format text" "--format: idx, npy or tokens, got 'text'" \
+  "$G" data push t "$WORK/none.txt" --format text --core 127.0.0.1:1
 # --classes and --context are checked as gflex data push checks them: -5 classes meant "the
 # largest label + 1", and a context of -3 failed later, as "at least 2 tokens".
 expect_usage "train --classes -5" "--classes: Value -5 not in range" \
