@@ -63,13 +63,19 @@ clock_type::duration cooldown(int failures) {
   return std::chrono::milliseconds(500) * (1 << std::min(failures - 1, 7));
 }
 
+/// A node's rate on one workload, as the core measured it, and when it last did.
+struct measurement {
+  double rate = 0.0;  // samples/s, averaged over its answers
+  clock_type::time_point at{};
+};
+
 // What the market knows of each node it has seen, by a dense id given at its first offer:
 // an acquire reads it for every slot, and string-keyed maps made that the most of a
 // dispatch's time at 10,000 nodes (docs/SCALING.md).
 struct node_facts {
-  double score = 0.5;                      // reputation, from the tracker (0.5 until it says)
-  int64_t served = 0;                      // assignments given (its history)
-  std::map<std::string, double> measured;  // samples/s the core measured, by workload
+  double score = 0.5;                           // reputation, from the tracker (0.5 until it says)
+  int64_t served = 0;                           // assignments given (its history)
+  std::map<std::string, measurement> measured;  // by workload
   // Failed assignments of any of its slots in a row, and until when the node is left out:
   // a node chooses how many slots it brings (up to 1024 workers), and one that failed every
   // assignment at once went through them all, each cooling down on its own, while jobs
@@ -90,6 +96,8 @@ struct market_state {
   std::unordered_map<std::string, uint32_t> node_ids;  // node name -> index in `nodes`
   std::vector<node_facts> nodes;
   double newcomer_share = 0.05;
+  /// How long a node's measured rate on a workload counts without a new answer (spawn_market).
+  clock_type::duration remeasure_after = std::chrono::minutes(10);
   double newcomer_quota = 0.0;  // reserved slots owed to newcomers, fractions carried over
   std::vector<waiter> waiting;  // oldest turn first
   /// Workers a job said it holds that no offer has named yet (this market was restarted, and
@@ -216,9 +224,11 @@ void release(caf::stateful_actor<market_state>* self, const caf::actor& worker, 
 }
 
 caf::behavior market_actor(caf::stateful_actor<market_state>* self, double newcomer_share,
-                           std::chrono::milliseconds settle) {
+                           std::chrono::milliseconds settle,
+                           std::chrono::milliseconds remeasure_after) {
   self->state.settle_until = clock_type::now() + settle;
   self->state.newcomer_share = newcomer_share;
+  self->state.remeasure_after = remeasure_after;
   // A job that dies holding slots (its supervisor restarts it) must not keep them busy.
   // A worker that dies (its node supervisor offers a replacement) loses its slot.
   self->set_down_handler([=](const caf::down_msg& down) {
@@ -289,6 +299,7 @@ caf::behavior market_actor(caf::stateful_actor<market_state>* self, double newco
         if (!std::isfinite(rate) || rate <= 0.0 || rate > 1e12 || workload.size() > 128) return;
         auto& st = self->state;
         auto& measured = st.nodes[st.node_id(name)].measured;
+        const auto now = clock_type::now();
         auto it = measured.find(workload);
         if (it == measured.end()) {
           // Every user's model is a workload of its own: a node that served many kept a rate
@@ -299,9 +310,14 @@ caf::behavior market_actor(caf::stateful_actor<market_state>* self, double newco
                          static_cast<long>(std::hash<std::string>{}(workload) % measured.size()));
             measured.erase(other);
           }
-          measured.emplace(workload, rate);
-        } else
-          it->second = 0.7 * it->second + 0.3 * rate;
+          measured.emplace(workload, measurement{rate, now});
+        } else if (now - it->second.at >= st.remeasure_after) {
+          // A rate that no longer counted (acquire) is not blended into the new one: the node
+          // is measured afresh.
+          it->second = {rate, now};
+        } else {
+          it->second = {0.7 * it->second.rate + 0.3 * rate, now};
+        }
       },
       [=](acquire_atom, const std::string&, const std::string& workload, int64_t wanted,
           uint8_t policy, int64_t max_price, double min_reputation,
@@ -317,8 +333,16 @@ caf::behavior market_actor(caf::stateful_actor<market_state>* self, double newco
           if (node_index[e.node] >= 0) continue;
           node_index[e.node] = static_cast<int32_t>(speeds.size());
           speed_evidence ev{e.slot.throughput, std::nullopt};
+          // A rate not measured again within remeasure_after counts no more: the node is
+          // priced as one not measured yet (its claim, at most the fastest measured node). Only
+          // work measures a node, and a node priced out of the band of equal costs by one slow
+          // answer (its owner used the machine) got none while the nodes in the band covered
+          // demand, for good. The price of that bound: once a period per workload, a node
+          // that is slow in truth gets work on its claim until its answers price it again.
           const auto& measured = st.nodes[e.node].measured;
-          if (auto m = measured.find(workload); m != measured.end()) ev.measured = m->second;
+          if (auto m = measured.find(workload);
+              m != measured.end() && now - m->second.at < st.remeasure_after)
+            ev.measured = m->second.rate;
           speeds.push_back(ev);
         }
         const auto priced = priced_throughputs(speeds);
@@ -452,8 +476,9 @@ caf::behavior market_actor(caf::stateful_actor<market_state>* self, double newco
 }  // namespace
 
 caf::actor spawn_market(caf::actor_system& sys, double newcomer_share,
-                        std::chrono::milliseconds settle) {
-  return sys.spawn(market_actor, newcomer_share, settle);
+                        std::chrono::milliseconds settle,
+                        std::chrono::milliseconds remeasure_after) {
+  return sys.spawn(market_actor, newcomer_share, settle, remeasure_after);
 }
 
 }  // namespace gflex

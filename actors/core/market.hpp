@@ -26,7 +26,10 @@
 ///   wrong tier, too expensive, low reputation, avoided).
 /// - (score_atom, node_name, score) from the reputation tracker: a node's current score.
 /// - (rate_atom, node_name, workload, samples/s) from a session, through the registry: the
-///   rate the core measured for one of the node's assignments (averaged per node).
+///   rate the core measured for one of the node's assignments (averaged per node). A node's
+///   rate on a workload that no answer renewed for `remeasure_after` counts no more (the node
+///   is priced as one not measured yet), and its next answer measures it afresh: one slow
+///   answer priced it out of jobs' reach for good, since only work measures a node again.
 /// - (bar_atom, node_name) from the reputation tracker: a node caught misbehaving. Its slots
 ///   go (their holders hear withdraw_atom) and it is never offered again.
 /// - (acquire_atom, workers) from a job or the verifier told of a new market: the workers it
@@ -62,7 +65,10 @@ namespace gflex {
 /// registry offers every slot again as free at once, and the jobs hear of the new market a
 /// hop later: a job whose acquire came first took a worker another job was running an
 /// assignment on, and one of the two timed out, unpaid.
+/// `remeasure_after`: how long a node's measured rate on a workload counts without a new
+/// answer of that workload (rate_atom above); > 0.
 caf::actor spawn_market(caf::actor_system& sys, double newcomer_share = 0.05,
-                        std::chrono::milliseconds settle = std::chrono::milliseconds(0));
+                        std::chrono::milliseconds settle = std::chrono::milliseconds(0),
+                        std::chrono::milliseconds remeasure_after = std::chrono::minutes(10));
 
 }  // namespace gflex

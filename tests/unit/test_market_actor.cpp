@@ -325,6 +325,63 @@ TEST_SUITE("market actor") {
   }
 
   TEST_CASE_FIXTURE(market_fixture,
+                    "a node priced out by one slow answer gets work again once that rate is old") {
+    // Only work measures a node: one slow answer (its owner used the machine) priced a node
+    // out of the band of equal costs, the nodes in the band covered every job's demand, and
+    // it never got the work that would have measured it again.
+    auto aging =
+        spawn_market(s.sys, 0.0, std::chrono::milliseconds(0), std::chrono::milliseconds(300));
+    std::vector<caf::actor> workers;
+    for (int i = 0; i < 3; ++i) {
+      const auto id = "c" + std::to_string(i);
+      workers.push_back(s.sys.spawn(idle_worker));
+      worker_slot slot;
+      slot.worker = workers.back();
+      slot.node_name = "name-" + id;
+      slot.price = 1000000;
+      slot.throughput = 1000.0;
+      s.self->send(aging, offer_atom::value, id, std::vector<worker_slot>{slot});
+      s.self->send(aging, rate_atom::value, "name-" + id, std::string("w"), 1000.0);
+    }
+    // c2 answers once at a hundredth of its speed: averaged, 703, 42% above the others' cost.
+    s.self->send(aging, rate_atom::value, std::string("name-c2"), std::string("w"), 10.0);
+    caf::scoped_actor job{s.sys};
+    // A job takes two slots a round, and the nodes that answer are measured at full speed.
+    auto round = [&] {
+      acquire_reply out;
+      job->request(aging, std::chrono::seconds(10), acquire_atom::value, std::string("job"),
+                   std::string("w"), int64_t{2}, uint8_t{2}, int64_t{-1}, 0.0,
+                   std::vector<std::string>{})
+          .receive([&](acquire_reply& r) { out = std::move(r); },
+                   [&](caf::error& e) { FAIL(s.sys.render(e)); });
+      bool c2 = false;
+      for (const auto& slot : out.slots) {
+        c2 = c2 || slot.node_name == "name-c2";
+        job->send(aging, rate_atom::value, slot.node_name, std::string("w"), 1000.0);
+        job->send(aging, release_atom::value, slot.worker);
+      }
+      return c2;
+    };
+    CHECK_FALSE(round());  // priced out, while its slow rate is new
+    CHECK_FALSE(round());
+    int rounds = 0;
+    bool served = false;
+    while (!served && rounds < 10) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      served = round();
+      ++rounds;
+    }
+    CHECK(served);
+    CHECK(rounds <= 4);  // within the 300 ms its rate counts, and a round
+    // Measured afresh at full speed, not averaged with the slow answer: in the band again.
+    int c2_rounds = 0;
+    for (int i = 0; i < 6; ++i) c2_rounds += round() ? 1 : 0;
+    CHECK(c2_rounds >= 3);
+    s.self->send_exit(aging, caf::exit_reason::user_shutdown);
+    for (const auto& w : workers) s.self->send_exit(w, caf::exit_reason::user_shutdown);
+  }
+
+  TEST_CASE_FIXTURE(market_fixture,
                     "a node not measured on a workload gets one slot on its claim at a time") {
     // A GPU node at 3 credits an hour claiming 30 times the work of measured CPU nodes at 1
     // was priced as the fastest of them, got work only when all of them were busy, and was
