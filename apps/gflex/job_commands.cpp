@@ -357,7 +357,9 @@ int run_demo(const job_flags& f) {
   // The embedded core refuses a spec that parses but does not fit (more workers than shards)
   // as the core of `gflex submit` does: 2, as there; a lost node or a signal stays 1.
   if (!last) return fail_answer(last.error());
-  if (!spec->model.empty())
+  // A job that ended before its first evaluation has no test loss: its 0 read as a perfect
+  // model.
+  if (!spec->model.empty() && tested_round(*last) > 0)
     std::printf("test loss %.4f nats per %s (%.4f bits)\n", last->test_loss,
                 kernels::model_takes_tokens(spec->model) ? "token" : "sample",
                 last->test_loss / std::log(2.0));

@@ -58,6 +58,40 @@ expect_error "bad demo spec" "bad.toml: job.rounds: must be an integer in \[1, 1
 printf '[job]\nworkload = "fashion-mlp"\nrounds = 1\nworkers = 40\n' >"$WORK/wide.toml"
 expect_usage "demo spec the core refuses" "job.workers: 40 workers, but the data set has only" \
   "$BIN/gflex" demo --nodes 1 --spec "$WORK/wide.toml"
+# A job that ends before its first evaluation (a deep linear model at lr 10 diverges in its
+# first round) has no test figures: "test loss 0.0000" read as a perfect model.
+cat >"$WORK/diverge.toml" <<'TOML'
+[job]
+name = "diverge"
+rounds = 3
+workers = 1
+[inner]
+optimizer = "sgd"
+local_steps = 5
+batch_size = 16
+lr = 10.0
+lr_schedule = "constant"
+[eval]
+every = 3
+[data]
+set = "fashion-mnist"
+[model]
+input = [784]
+layers = [
+  { type = "linear", units = 512 }, { type = "linear", units = 512 },
+  { type = "linear", units = 512 }, { type = "linear", units = 10 }, { type = "softmax_xent" },
+]
+TOML
+rc=0
+timeout -s KILL 120 "$BIN/gflex" demo --nodes 1 --spec "$WORK/diverge.toml" >"$WORK/diverge.out" \
+  2>"$WORK/diverge.err" || rc=$?
+if [ "$rc" != 1 ] || ! grep -q "^failed: not yet evaluated" "$WORK/diverge.out"; then
+  fail "a diverging demo: exit $rc, $(tail -2 "$WORK/diverge.out")"
+elif grep -q "test loss" "$WORK/diverge.out"; then
+  fail "a demo ended before its first evaluation printed a test loss: $(grep "test loss" "$WORK/diverge.out")"
+else
+  echo "ok: a demo ended before its first evaluation prints no test loss"
+fi
 # --workload beside --spec was ignored: the spec's workload ran instead.
 expect_usage "demo --workload with --spec" "--workload: not with --spec" \
   "$BIN/gflex" demo --nodes 1 --spec "$WORK/wide.toml" --workload lm
