@@ -17,9 +17,17 @@
 
 namespace gflex::app {
 
-/// Whether `file` can be written (made if missing, its content left).
+/// Whether `file` can be written, its content left. A file the probe makes is removed at
+/// once: a submit refused after the probe left an empty one behind, read as its summary.
 inline bool json_writable(const std::string& file) {
-  std::ofstream out(file, std::ios::app);
+  const int fd = ::open(file.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+  if (fd >= 0) {
+    ::close(fd);
+    ::unlink(file.c_str());
+    return true;
+  }
+  if (errno != EEXIST) return false;
+  std::ofstream out(file, std::ios::app);  // there already: opened without a change
   return static_cast<bool>(out);
 }
 

@@ -244,6 +244,15 @@ expect_error "missing spec file" "nope.toml: no such file" "$G" submit "$WORK/no
 # again by scripts, and paid for twice.
 expect_usage "an unwritable --json" "cannot be written \(--json\); nothing was submitted" \
   "$G" submit "$SRC/apps/jobs/fashion-mlp.toml" --json /proc/gflex/id.json --core 127.0.0.1:1
+# The probe leaves nothing behind: a submit that failed after it left an empty --json file,
+# read as its summary; a file there before keeps its content.
+expect_error "submit to no core" "cannot reach the core at 127.0.0.1:1" \
+  "$G" submit "$SRC/apps/jobs/fashion-mlp.toml" --json "$WORK/id.json" --core 127.0.0.1:1 --insecure
+[ -e "$WORK/id.json" ] && fail "a failed submit left its --json file behind"
+echo kept >"$WORK/kept.json"
+expect_error "submit to no core, --json there" "cannot reach the core at 127.0.0.1:1" \
+  "$G" submit "$SRC/apps/jobs/fashion-mlp.toml" --json "$WORK/kept.json" --core 127.0.0.1:1 --insecure
+[ "$(cat "$WORK/kept.json")" = kept ] || fail "a failed submit changed its --json file"
 # Output files are checked before the work: a fetch downloaded the whole model, and a demo ran
 # to its end, to fail on a path that could never be written (exit 1, which scripts retry).
 expect_usage "fetch --out in a missing directory" \
