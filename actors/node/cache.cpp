@@ -68,8 +68,8 @@ struct cache_state {
   std::chrono::steady_clock::time_point last_told{};
   /// Chunk requests to the server not yet answered, by a number of their own: a session
   /// that ends leaves its requests unanswered (until their timeout), so a new server fails
-  /// them at once and frees their slots.
-  std::map<uint64_t, chunk_handler> out;
+  /// them at once and frees their slots. Each with the digest it asks for.
+  std::map<uint64_t, std::pair<std::string, chunk_handler>> out;
   uint64_t last_request = 0;
   /// When a chunk (or an error) last came from the server, or a request went out while none
   /// was; whether a check of it is due.
@@ -165,6 +165,26 @@ void tell_heard(cache_actor_type* self) {
   self->send(st.listener, heard_atom::value);
 }
 
+// A data chunk the core did not serve: its data server lacks it, is slow or restarting, the
+// session it was asked of ended, or the node has joined none yet. The worker passes the error
+// on to its job, which takes io_error for the node's own fault and cools the node down, and
+// unavailable for the core's (as the uplink says of a parameter chunk it did not get).
+error not_served(const std::string& digest, const std::string& why) {
+  return error(errc::unavailable,
+               "the core did not serve data chunk " + digest.substr(0, 16) + " (" + why + ")");
+}
+
+// A chunk request's failure in the job's terms: CAF's (a timeout, the session gone) and the
+// core's own io_error ("no chunk ... here") are the core's failure to serve; the session's
+// refusals of the node's ask (not one of its chunks, too many asks) stay as they are.
+error chunk_failure(caf::actor_system& sys, const std::string& digest, const caf::error& e) {
+  if (e.category() != error_category) return not_served(digest, sys.render(e));
+  auto err = from_caf(e);
+  if (err.code() == errc::io_error || err.code() == errc::unavailable)
+    return not_served(digest, err.message());
+  return err;
+}
+
 // Asks the server for the chunk when a request slot is free, else queues the ask.
 void request_chunk(cache_actor_type* self, const std::string& digest, chunk_handler done) {
   auto& st = self->state;
@@ -172,10 +192,10 @@ void request_chunk(cache_actor_type* self, const std::string& digest, chunk_hand
     st.waiting.emplace_back(digest, std::move(done));
     return;
   }
-  if (!st.server) return done(error(errc::io_error, "no data server yet (not joined)"));
+  if (!st.server) return done(not_served(digest, "no data server yet: not joined"));
   const uint64_t id = ++st.last_request;
   if (st.out.empty()) st.progress = std::chrono::steady_clock::now();
-  st.out.emplace(id, std::move(done));
+  st.out.emplace(id, std::pair{digest, std::move(done)});
   if (!std::exchange(st.watching, true)) watch(self);
   if (st.out.size() == 1 && st.listener) self->send(st.listener, heard_atom::value, uint64_t{1});
   const auto file = st.dir / digest;
@@ -202,7 +222,8 @@ void request_chunk(cache_actor_type* self, const std::string& digest, chunk_hand
           },
           [=](caf::error& e) {
             self->state.progress = std::chrono::steady_clock::now();
-            if (auto handler = take_request(self, id)) handler(from_caf(e));
+            if (auto handler = take_request(self, id))
+              handler(chunk_failure(self->system(), digest, e));
           });
 }
 
@@ -212,7 +233,7 @@ chunk_handler take_request(cache_actor_type* self, uint64_t id) {
   auto& st = self->state;
   auto it = st.out.find(id);
   if (it == st.out.end()) return {};
-  chunk_handler handler = std::move(it->second);
+  chunk_handler handler = std::move(it->second.second);
   st.out.erase(it);
   requests_ended(self);
   return handler;
@@ -336,8 +357,8 @@ caf::behavior cache_actor(cache_actor_type* self, std::filesystem::path dir, uin
         // timeout, so that they hold no slot (nor a worker waiting for its shard).
         auto stale = std::move(st.out);
         st.out.clear();
-        for (auto& [id, handler] : stale)
-          handler(error(errc::io_error, "the session the chunk was asked of ended"));
+        for (auto& [id, ask] : stale)
+          ask.second(not_served(ask.first, "the session it was asked of ended"));
         if (stale.empty())
           ask_waiting(self);
         else
@@ -352,9 +373,10 @@ caf::behavior cache_actor(cache_actor_type* self, std::filesystem::path dir, uin
         if (std::chrono::steady_clock::now() - st.progress >= st.silence) {
           auto stuck = std::move(st.out);
           st.out.clear();
-          for (auto& [id, handler] : stuck)
-            handler(error(errc::unavailable, "no chunk came from the core for " +
-                                                 std::to_string(st.silence.count() / 1000) + " s"));
+          for (auto& [id, ask] : stuck)
+            ask.second(error(errc::unavailable, "no chunk came from the core for " +
+                                                    std::to_string(st.silence.count() / 1000) +
+                                                    " s"));
           requests_ended(self);
         }
         if (!st.out.empty() && !std::exchange(st.watching, true)) watch(self);

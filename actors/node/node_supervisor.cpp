@@ -79,9 +79,13 @@ caf::actor restart_child(node_actor_type* self, const caf::actor_addr& who) {
   }
   if (who == c.cache.address()) {
     c.cache = spawn_cache(sys, c.cache_dir, c.cache_limit);
+    // The uplink first: it names the session to the new cache (serve_atom), and a worker told
+    // first could ask the new cache for its shard before that, which then failed for want of
+    // a data server. Two senders are not ordered, so this narrows the window; what still
+    // comes before the session fails as unavailable, not as the node's fault.
+    self->send(c.uplink, update_atom::value, std::string("cache"), c.cache);
     for (const auto& w : c.workers)
       self->send(w, update_atom::value, std::string("cache"), c.cache);
-    self->send(c.uplink, update_atom::value, std::string("cache"), c.cache);
     return c.cache;
   }
   return {};

@@ -292,6 +292,44 @@ TEST_SUITE("node cache") {
       s.self->send_exit(a, caf::exit_reason::user_shutdown);  // the stuck one's timer: 1 h
   }
 
+  TEST_CASE("a data chunk the core does not serve is unavailable, not the node's fault") {
+    // CAF's errors (the data server gone, a timeout) became io_error, which the job takes
+    // for the node's own fault: honest nodes were cooled down while the core restarted its
+    // data server or lacked a chunk.
+    test::configured_system s;
+    test::temp_dir dir;
+    auto cache = spawn_cache(s.sys, dir.path());
+    auto ask = [&](const std::string& digest) {
+      error out(errc::io_error, "no answer");
+      s.self->request(cache, std::chrono::seconds(10), chunk_atom::value, digest)
+          .receive([&](std::vector<uint8_t>&) { out = error(errc::io_error, "served"); },
+                   [&](caf::error& e) { out = from_caf(e); });
+      return out;
+    };
+    const std::string digest(64, 'b');
+    auto not_joined = ask(digest);  // no data server yet
+    CHECK_MESSAGE(not_joined.code() == errc::unavailable, not_joined.message());
+    auto dead = s.sys.spawn([](caf::event_based_actor*) -> caf::behavior {
+      return {[](chunk_atom, const std::string&) { return std::vector<uint8_t>{}; }};
+    });
+    s.self->send_exit(dead, caf::exit_reason::kill);
+    s.self->wait_for(dead);
+    s.self->send(cache, serve_atom::value, dead);
+    auto gone = ask(digest);
+    CHECK_MESSAGE(gone.code() == errc::unavailable, gone.message());
+    CHECK(gone.message().find("the core did not serve data chunk bbbb") != std::string::npos);
+    // The session's refusal of the node's own ask stays what it is.
+    auto refusing = s.sys.spawn([](caf::event_based_actor*) -> caf::behavior {
+      return {[](chunk_atom, const std::string&) -> caf::result<std::vector<uint8_t>> {
+        return to_caf(error(errc::permission_denied, "chunk is not one of this node's"));
+      }};
+    });
+    s.self->send(cache, serve_atom::value, refusing);
+    auto refused = ask(digest);
+    CHECK_MESSAGE(refused.code() == errc::permission_denied, refused.message());
+    for (auto& a : {cache, refusing}) s.self->send_exit(a, caf::exit_reason::user_shutdown);
+  }
+
   TEST_CASE("a chunk's temporary file that a killed node left is removed when the cache starts") {
     // A node killed while it wrote a chunk left DIGEST.tmp.PID, which nothing removed nor
     // counted against --cache-limit: disk use grew past the limit with every kill.
@@ -324,7 +362,7 @@ TEST_SUITE("node cache") {
     CHECK(not_digest.error().code() == errc::invalid_argument);
     auto missing = shard(std::string(64, 'a'));
     REQUIRE_FALSE(missing.has_value());
-    CHECK(missing.error().code() == errc::io_error);
+    CHECK(missing.error().code() == errc::unavailable);  // the core's to serve
     // The cache still serves what it can.
     const auto good = add(encode_shard(pixels(5, 0), 0, 5));
     auto ok = shard(good);
