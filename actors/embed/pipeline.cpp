@@ -1412,6 +1412,8 @@ struct gate_state {
   std::vector<caf::actor> hosts;
   caf::actor coordinator;  ///< Once the pipeline runs: later workers go to it.
   std::vector<caf::response_promise> waiting;
+  /// Set once the pipeline gave up before it started: why, for a worker that joins later.
+  std::string given_up;
 };
 
 using gate_actor = caf::stateful_actor<gate_state>;
@@ -1445,6 +1447,9 @@ caf::behavior gate_behavior(gate_actor* self, std::string token, std::string fin
         if (!host || host.node() != self->current_sender()->node())
           return caf::make_error(caf::sec::runtime_error,
                                  std::string("pipeline: a worker joins with its own host"));
+        if (!st.given_up.empty())
+          return caf::make_error(caf::sec::runtime_error,
+                                 "pipeline: the pipeline did not start: " + st.given_up);
         st.hosts.push_back(host);
         if (st.coordinator) self->send(st.coordinator, phost_atom::value, host);
         deliver();
@@ -1462,6 +1467,14 @@ caf::behavior gate_behavior(gate_actor* self, std::string token, std::string fin
       },
       [=](phosts_atom) -> caf::result<std::vector<caf::actor>> {
         if (!local()) return caf::sec::unexpected_message;
+        return self->state.hosts;
+      },
+      // The pipeline gives up before it starts: all that joined, each to be told why, and
+      // a worker that joins while they are told is refused with the reason (it saw only
+      // this actor go, and took the pipeline's process for lost).
+      [=](pbye_atom, std::string& why) -> caf::result<std::vector<caf::actor>> {
+        if (!local() || why.empty()) return caf::sec::unexpected_message;
+        self->state.given_up = std::move(why);
         return self->state.hosts;
       },
   };
@@ -1521,6 +1534,15 @@ caf::behavior host_behavior(host_actor* self, std::shared_ptr<const std::vector<
         if (!from_pipeline()) return false;
         for (auto& a : self->state.instances) self->send_exit(a, caf::exit_reason::kill);
         self->quit();
+        return true;
+      },
+      // The pipeline gave up before it started (too few workers joined, its deadline passed,
+      // on_listening threw): join() returns why, not that the pipeline's process was lost.
+      [=](pbye_atom, const std::string& why) -> bool {
+        if (!from_pipeline()) return false;
+        for (auto& a : self->state.instances) self->send_exit(a, caf::exit_reason::kill);
+        self->quit(caf::make_error(caf::sec::runtime_error,
+                                   "pipeline: the pipeline did not start: " + why));
         return true;
       },
   };
@@ -1680,6 +1702,18 @@ expected<run_report> graph::run(const run_options& options) const {
   caf::scoped_actor self{sys};
   std::vector<caf::actor> hosts;
   caf::actor gate;
+  // Before the start: the workers that joined are told why the pipeline gives up, each
+  // answering before this process closes its links, and then the gate stops. Stopped alone,
+  // the gate's end was all they saw, and they ended with "the pipeline's process was lost".
+  auto give_up = [&](const std::string& why) {
+    std::vector<caf::actor> joined;
+    self->request(gate, std::chrono::seconds(5), detail::pbye_atom::value, why)
+        .receive([&](std::vector<caf::actor>& h) { joined = std::move(h); }, [](caf::error&) {});
+    for (auto& h : joined)
+      self->request(h, std::chrono::seconds(2), detail::pbye_atom::value, why)
+          .receive([](bool) {}, [](caf::error&) {});
+    self->send_exit(gate, caf::exit_reason::user_shutdown);
+  };
   if (options.workers > 0) {
     gate = sys.spawn(detail::gate_behavior, options.token, detail::fingerprint(*stages_),
                      static_cast<size_t>(options.workers));
@@ -1696,7 +1730,7 @@ expected<run_report> graph::run(const run_options& options) const {
       try {
         options.on_listening(*port);
       } catch (...) {
-        self->send_exit(gate, caf::exit_reason::user_shutdown);
+        give_up("on_listening threw");
         throw;
       }
     }
@@ -1710,26 +1744,24 @@ expected<run_report> graph::run(const run_options& options) const {
       deadline_first = left < wait_for;
       wait_for = std::min(wait_for, left);
     }
-    std::optional<error> failed;
+    std::optional<std::string> failed;
     self->request(gate, caf::duration{wait_for}, detail::pwait_atom::value)
         .receive([&](std::vector<caf::actor>& h) { hosts = std::move(h); },
                  [&](caf::error&) {
                    char text[64];
                    std::snprintf(text, sizeof text, "%g",
                                  static_cast<double>(options.deadline.count()) / 1000.0);
-                   failed =
-                       error(errc::unavailable,
-                             deadline_first
-                                 ? "pipeline: its deadline of " + std::string(text) +
-                                       " s passed while it waited for " +
-                                       std::to_string(options.workers) + " worker processes to join"
-                                 : "pipeline: " + std::to_string(options.workers) +
-                                       " worker processes did not join within " +
-                                       std::to_string(options.join_timeout.count()) + " ms");
+                   failed = deadline_first
+                                ? "its deadline of " + std::string(text) +
+                                      " s passed while it waited for " +
+                                      std::to_string(options.workers) + " worker processes to join"
+                                : std::to_string(options.workers) +
+                                      " worker processes did not join within " +
+                                      std::to_string(options.join_timeout.count()) + " ms";
                  });
     if (failed) {
-      self->send_exit(gate, caf::exit_reason::user_shutdown);
-      return *failed;
+      give_up(*failed);
+      return error(errc::unavailable, "pipeline: " + *failed);
     }
   }
   auto run_failed = std::make_shared<std::atomic<bool>>(false);

@@ -4,7 +4,8 @@
 # actor killed mid-run, and the pipeline recovers both with every item through exactly once;
 # two chained stages in a killed worker process restart; a worker joining an address whose
 # packets are dropped gives up at its timeout; a wrong token and a different graph
-# are refused; a worker whose pipeline's process is lost ends with an error instead of waiting.
+# are refused; a worker whose pipeline gives up before it starts is told why; a worker whose
+# pipeline's process is lost ends with an error instead of waiting.
 source "$(dirname "$0")/lib.sh"
 PROBE="$BIN/gflex_pipeline_probe"
 
@@ -150,11 +151,14 @@ grep -Eq "done: 2000 items, each once; square restarts [1-9].*workers joined 2, 
 expect_exit 20 "$PID_killactor_w1" killactor-w1
 expect_exit 20 "$PID_killactor_w2" killactor-w2
 
-# 3. A wrong token and a different graph are refused; the pipeline then times out waiting.
+# 3. A wrong token and a different graph are refused; the pipeline then times out waiting
+# for its second worker, and the one that joined is told why (it saw only the pipeline's
+# published actor go, and ended with "the pipeline's process was lost").
 rm -f "$WORK/refuse.port"
-start refuse "$PROBE" serve --port-file "$WORK/refuse.port" --workers 1 --join-timeout-ms 6000
+start refuse "$PROBE" serve --port-file "$WORK/refuse.port" --workers 2 --join-timeout-ms 6000
 wait_for 20 "refuse to listen" test -s "$WORK/refuse.port"
 port=$(cat "$WORK/refuse.port")
+start refuse-w1 "$PROBE" join --port "$port"
 rc=0
 timeout -s KILL 30 "$PROBE" join --port "$port" --token wrong-token-wrong-token >"$WORK/badtoken.log" 2>&1 || rc=$?
 { [ "$rc" -eq 1 ] && grep -q "refused this process: pipeline: a wrong token" "$WORK/badtoken.log"; } ||
@@ -169,8 +173,11 @@ timeout -s KILL 30 "$PROBE" join --port "$port" --other-type >"$WORK/othertype.l
 { [ "$rc" -eq 1 ] && grep -q "builds a different graph" "$WORK/othertype.log"; } ||
   fail "another item type: exit $rc, $(tail -1 "$WORK/othertype.log")"
 expect_exit 30 "$PID_refuse" refuse 1
-grep -q "error: pipeline: 1 worker processes did not join within 6000 ms" "$WORK/refuse.log" ||
+grep -q "error: pipeline: 2 worker processes did not join within 6000 ms" "$WORK/refuse.log" ||
   fail "refuse: $(tail -1 "$WORK/refuse.log")"
+expect_exit 20 "$PID_refuse_w1" refuse-w1 1
+grep -q "error: pipeline: the pipeline did not start: 2 worker processes did not join within 6000 ms" \
+  "$WORK/refuse-w1.log" || fail "refuse-w1: $(tail -1 "$WORK/refuse-w1.log")"
 
 # 4. The pipeline's process killed: its worker ends with an error.
 serve_and_join lost 1 --items 100000
