@@ -333,8 +333,24 @@ void connect(uplink_actor* self) {
             hello(self, caf::actor_cast<caf::actor>(ptr));
           },
           [=](caf::error& e) {
-            spdlog::warn("uplink: cannot reach the core at {}:{}: {}", host, port,
-                         self->system().render(e));
+            // A link that ends in its handshake is most often the two ends disagreeing on
+            // TLS, or a core other than the one the node's certificate names: said as the
+            // client says it (client::connect), not as CAF's bare code, retried for ever.
+            // A TLS handshake that fails is CAF's cannot_connect_to_node, which after the
+            // probe above (the port accepts connections) says the same.
+            std::string why = self->system().render(e);
+            if (e == caf::sec::disconnect_during_handshake ||
+                (self->state.config.tls && e == caf::sec::cannot_connect_to_node)) {
+              const auto& cafile = self->system().config().openssl_cafile;
+              if (!self->state.config.tls)
+                why += " (does the core serve TLS? then drop --insecure)";
+              else if (cafile.empty())
+                why += " (does the core serve TLS rather than --insecure?)";
+              else
+                why += " (is this the core whose certificate " + cafile +
+                       " holds, and does it serve TLS rather than --insecure?)";
+            }
+            spdlog::warn("uplink: cannot reach the core at {}:{}: {}", host, port, why);
             retry_later(self);
           });
 }

@@ -8,6 +8,7 @@
 
 #include <caf/all.hpp>
 #include <caf/io/middleman.hpp>
+#include <caf/openssl/all.hpp>
 
 #include <algorithm>
 #include <chrono>
@@ -882,6 +883,42 @@ TEST_SUITE("uplink") {
     node.self->send_exit(uplink, caf::exit_reason::user_shutdown);
     node.self->send_exit(sink, caf::exit_reason::user_shutdown);
     core_side.self->send_exit(door, caf::exit_reason::user_shutdown);
+  }
+
+  TEST_CASE("a node and a core that disagree on TLS are told so in the node's log") {
+    // The log said only CAF's code, retry after retry, where the client says what is likely
+    // wrong: one end with --insecure, or another core than the certificate names.
+    bool node_tls = false;
+    std::string hint;
+    SUBCASE("the node with --insecure, the core with TLS") {
+      hint = "does the core serve TLS? then drop --insecure";
+    }
+    SUBCASE("the node with TLS, the core with --insecure") {
+      node_tls = true;
+      hint = "does the core serve TLS rather than --insecure?";
+    }
+    test::captured_log captured;
+    // No certificate at either end: CAF's anonymous ciphers suffice to disagree.
+    caf::actor_system_config node_cfg, core_cfg;
+    test::configured_system::configured(node_cfg).load<caf::openssl::manager>();
+    test::configured_system::configured(core_cfg).load<caf::openssl::manager>();
+    caf::actor_system node_sys{node_cfg};
+    caf::actor_system core_sys{core_cfg};
+    auto door = core_sys.spawn(quiet_sink);
+    auto port = node_tls ? core_sys.middleman().publish(door, 0, "127.0.0.1")
+                         : caf::openssl::publish(door, 0, "127.0.0.1");
+    REQUIRE(static_cast<bool>(port));
+    auto config = probe_config();
+    config.host = "127.0.0.1";
+    config.port = *port;
+    config.tls = node_tls;
+    auto sink = node_sys.spawn(quiet_sink);
+    auto uplink =
+        spawn_uplink(node_sys, config, nullptr, {node_sys.spawn(instant_worker)}, sink, sink);
+    for (int i = 0; i < 100 && captured.count("cannot reach the core at 127.0.0.1") == 0; ++i)
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    CHECK_MESSAGE(captured.count(hint) > 0, captured.text());
+    for (auto& a : {uplink, sink, door}) caf::anon_send_exit(a, caf::exit_reason::user_shutdown);
   }
 
   TEST_CASE("a node whose core follows joins the leader that core names") {
