@@ -235,6 +235,7 @@ using prun_atom = caf::atom_constant<caf::atom("prun")>;
 using pstop_atom = caf::atom_constant<caf::atom("pstop")>;
 using ptrain_atom = caf::atom_constant<caf::atom("ptrain")>;    ///< train jobs left running
 using pfull_atom = caf::atom_constant<caf::atom("pfull")>;      ///< a train stage needs no more
+using phold_atom = caf::atom_constant<caf::atom("phold")>;      ///< a train stage is pushing
 using pwitem_atom = caf::atom_constant<caf::atom("pwitem")>;    ///< an encoded item
 using pwadopt_atom = caf::atom_constant<caf::atom("pwadopt")>;  ///< an encoded adoption
 using pstat_atom = caf::atom_constant<caf::atom("pstat")>;
@@ -333,6 +334,8 @@ struct stage_init {
   /// Set by the run once it has failed, before it asks which train jobs to cancel: a train
   /// stage still uploading then cancels the job it submits itself (null: never set).
   std::shared_ptr<const std::atomic<bool>> run_failed;
+  /// A source: generates nothing (the train stage it feeds is pushing; see phold).
+  bool paused = false;
 };
 
 struct out_slot {
@@ -552,6 +555,13 @@ void submit_train(stage_actor* self) {
   auto& st = self->state;
   auto run_failed = [&] { return st.init.run_failed && st.init.run_failed->load(); };
   if (run_failed()) return;  // killed next: nothing to upload for
+  // The push and submit below block this stage for seconds or minutes, and its window takes
+  // everything its producer sends (it holds its inputs until the push, and their number is
+  // not known in items): the source feeding it stops generating now, or all it made
+  // meanwhile waited in this stage's mailbox and its producer's unfinished items. It is not
+  // stopped for good (pfull) before the push: should the push fail, the stages before this
+  // one send what it held again to its replacement.
+  self->send(st.init.coordinator, phold_atom::value);
   st.train->submit();
   for (auto& h : st.held) ack(self, h);
   st.held.clear();
@@ -674,7 +684,7 @@ void maybe_finish(stage_actor* self) {
 
 void pull(stage_actor* self) {
   auto& st = self->state;
-  if (st.gen_done || st.pulling) return;
+  if (st.gen_done || st.pulling || st.init.paused) return;
   const bool credit =
       std::any_of(st.slots.begin(), st.slots.end(), [](const out_slot& s) { return s.credit > 0; });
   if (!credit) return;
@@ -905,7 +915,7 @@ caf::behavior stage_behavior(stage_actor* self, stage_init init) {
         auto& st = self->state;
         st.pulling = false;
         guarded(self, [&] {
-          if (st.gen_done) return;
+          if (st.gen_done || st.init.paused) return;
           const bool credit = std::any_of(st.slots.begin(), st.slots.end(),
                                           [](const out_slot& s) { return s.credit > 0; });
           if (!credit) return;
@@ -923,6 +933,7 @@ caf::behavior stage_behavior(stage_actor* self, stage_init init) {
           pull(self);
         });
       },
+      [=](phold_atom) { self->state.init.paused = true; },
       [=](ptick_atom) {
         auto& st = self->state;
         guarded(self, [&] {
@@ -969,6 +980,7 @@ struct coordinator_state {
   // failure, and one held several of its instances (a stage of 8 on 2 workers: 4 at once).
   std::vector<int> failures;
   std::vector<std::shared_ptr<stage_counters>> counters;
+  std::vector<bool> paused;  ///< Per stage: a source whose train stage is pushing (phold).
   std::map<caf::actor_addr, std::pair<int, int>> by_address;
   std::vector<host_record> hosts;  ///< Worker processes, in the order they joined.
   size_t next_host = 0;
@@ -1013,6 +1025,7 @@ stage_init init_for(coordinator_actor* self, int s, int i) {
   init.checkpoint = rec.checkpoint;
   init.counters = st.counters[static_cast<size_t>(s)];
   init.run_failed = st.run_failed;
+  init.paused = st.paused[static_cast<size_t>(s)];  // a replacement stays paused
   return init;
 }
 
@@ -1284,6 +1297,7 @@ caf::behavior coordinator_behavior(coordinator_actor* self, std::vector<stage_de
   st.stages.resize(n);
   st.restarts.assign(n, 0);
   st.failures.assign(n, 0);
+  st.paused.assign(n, false);
   for (size_t s = 0; s < n; ++s) {
     st.counters.push_back(std::make_shared<stage_counters>());
     if (st.defs[s].input >= 0)
@@ -1364,6 +1378,22 @@ caf::behavior coordinator_behavior(coordinator_actor* self, std::vector<stage_de
               for (size_t i = 0; i < st.stages[static_cast<size_t>(input)].size(); ++i)
                 self->send(k.actor, pend_atom::value, pipe_end{static_cast<int>(i)});
         conclude(self);
+      },
+      // A train stage starts its push: the source of the chain that feeds it generates no
+      // more (its instances, and any replacement), until the push's end stops it (pfull).
+      [=](phold_atom) {
+        auto& st = self->state;
+        auto it = st.by_address.find(caf::actor_cast<caf::actor_addr>(self->current_sender()));
+        if (st.failed || it == st.by_address.end() ||
+            st.defs[static_cast<size_t>(it->second.first)].kind != stage_kind::train)
+          return;
+        int p = st.defs[static_cast<size_t>(it->second.first)].input;
+        while (p >= 0 && st.defs[static_cast<size_t>(p)].input >= 0)
+          p = st.defs[static_cast<size_t>(p)].input;
+        if (p < 0) return;
+        st.paused[static_cast<size_t>(p)] = true;
+        for (auto& r : st.stages[static_cast<size_t>(p)])
+          if (!r.finished && r.actor) self->send(r.actor, phold_atom::value);
       },
       [=](pstop_atom, const std::string& why) {
         // The caller gives up (its deadline passed): every stage is killed.

@@ -358,7 +358,7 @@ TEST_SUITE("pipeline") {
       split.sink(
           "collect",
           [&](const int64_t& v) {
-            std::this_thread::sleep_for(std::chrono::microseconds(300));
+            std::this_thread::sleep_for(std::chrono::microseconds(100));
             out.add(v);
           },
           stage_options{.window = 8});
@@ -969,13 +969,28 @@ TEST_SUITE("pipeline") {
     t.max_samples = 40;
     int rounds = 0;
     graph g;
-    g.source<int64_t>("ids", [](int64_t position) -> std::optional<int64_t> { return position; })
+    // An item every 100 us: slower than the train stage takes them in, so that what the
+    // source makes during the push shows alone.
+    g.source<int64_t>("ids",
+                      [](int64_t position) -> std::optional<int64_t> {
+                        std::this_thread::sleep_for(std::chrono::microseconds(100));
+                        return position;
+                      })
         .map("batch", two_rows)
         .train("train", t)
         .sink("rounds", [&](const round_update& u) { rounds = static_cast<int>(u.status.round); });
     auto report = g.run({}, bound);
     REQUIRE_MESSAGE(report.has_value(), report.error().message());
     CHECK(rounds == 2);
+    // The push and submit block the train stage, and its window takes whatever it is sent:
+    // the source ran on meanwhile, all it made waiting in the train stage's mailbox and held
+    // by batch, without bound (the longer the push, the more). The source stops when the push
+    // starts: it made the 20 batches the stage holds, and the one or two under way.
+    const auto made = report->stage("ids")->items_out;
+    const auto waiting = report->stage("batch")->peak_unfinished;
+    MESSAGE("ids made " << made << "; at most " << waiting << " waited for the train stage");
+    CHECK(made <= 24);
+    CHECK(waiting <= 24);
   }
 
   TEST_CASE("a round update pairs the job's status with the parameters of the same round") {
