@@ -661,6 +661,22 @@ const std::string one_round_budget =
 const std::string metered_50 =
     "[market]\naccount = \"user/alice\"\nbudget = 50.0\nmax_price = 1.0\n";
 
+// A job of `rounds` rounds on honest-a, honest-b and "scaled", whose results are 1.5 times
+// theirs (it stands out; no outlier), with no core-tier worker to re-compute it
+// (--unverified accept).
+resumed_job standing_out_unverified(int rounds) {
+  claims scaled;
+  scaled.value = 0.0015f;
+  return resumed_job(rounds,
+                     {{"honest-a", node_tier::community, std::chrono::milliseconds(0), {}},
+                      {"honest-b", node_tier::community, std::chrono::milliseconds(0), {}},
+                      {"scaled", node_tier::community, std::chrono::milliseconds(0), scaled}},
+                     true, [](caf::actor_system& sys, job_links& links) {
+                       links.verifier = sys.spawn(unavailable_verifier);
+                       links.accept_unverified = true;
+                     });
+}
+
 }  // namespace
 
 TEST_SUITE("job caught nodes") {
@@ -878,16 +894,7 @@ TEST_SUITE("job caught nodes") {
   TEST_CASE("a result that stands out and cannot be re-computed is neither used nor paid") {
     // With no core-tier worker (--unverified accept), a result 1.5 times the others' (it stands
     // out; no outlier) went into the round's mean unchecked, and was credited and paid.
-    claims scaled;
-    scaled.value = 0.0015f;
-    resumed_job r(5,
-                  {{"honest-a", node_tier::community, std::chrono::milliseconds(0), {}},
-                   {"honest-b", node_tier::community, std::chrono::milliseconds(0), {}},
-                   {"scaled", node_tier::community, std::chrono::milliseconds(0), scaled}},
-                  true, [](caf::actor_system& sys, job_links& links) {
-                    links.verifier = sys.spawn(unavailable_verifier);
-                    links.accept_unverified = true;
-                  });
+    auto r = standing_out_unverified(5);
     auto s = r.committed(4);
     REQUIRE(s.has_value());
     CHECK(s->unverified_results >= 1);
@@ -901,16 +908,7 @@ TEST_SUITE("job caught nodes") {
     // cannot be re-computed (--unverified accept), so the round is rolled back and screened
     // anew with the same three results, which counted the result in screened_results again.
     // The round then uses two of them: its nodes counted the third's too.
-    claims scaled;
-    scaled.value = 0.0015f;
-    resumed_job r(3,
-                  {{"honest-a", node_tier::community, std::chrono::milliseconds(0), {}},
-                   {"honest-b", node_tier::community, std::chrono::milliseconds(0), {}},
-                   {"scaled", node_tier::community, std::chrono::milliseconds(0), scaled}},
-                  true, [](caf::actor_system& sys, job_links& links) {
-                    links.verifier = sys.spawn(unavailable_verifier);
-                    links.accept_unverified = true;
-                  });
+    auto r = standing_out_unverified(3);
     auto s = r.ended();
     REQUIRE(s.has_value());
     CHECK(s->state == job_state::done);

@@ -127,6 +127,18 @@ caf::actor funded_ledger(job_fixture& f) {
   return f.sys.spawn(slow_ledger, funded_keeper(f), false);
 }
 
+// The record of job `id` as the store holds it (none where it holds none, or not one).
+std::optional<job_status> stored_record(job_fixture& f, const std::string& id) {
+  std::optional<job_status> record;
+  f.self->request(f.store, f.wait, read_atom::value, job_record_key(id))
+      .receive(
+          [&](bool, std::vector<uint8_t>& v) {
+            if (auto r = decode_job_record(v)) record = r->second;
+          },
+          [&](caf::error& e) { FAIL(f.sys.render(e)); });
+  return record;
+}
+
 }  // namespace
 
 TEST_SUITE("job restart") {
@@ -167,13 +179,7 @@ TEST_SUITE("job restart") {
     }
     CHECK_MESSAGE(seen.empty(), "after failed, shown " << seen.size() << " time(s) as "
                                                        << (seen.empty() ? "" : seen.front()));
-    std::optional<job_status> record;
-    f.self->request(f.store, f.wait, read_atom::value, job_record_key("job-1"))
-        .receive(
-            [&](bool, std::vector<uint8_t>& v) {
-              if (auto r = decode_job_record(v)) record = r->second;
-            },
-            [&](caf::error& e) { FAIL(f.sys.render(e)); });
+    const auto record = stored_record(f, "job-1");
     REQUIRE(record.has_value());
     CHECK(record->state == job_state::failed);
     CHECK_MESSAGE(record->detail.find("the job actor kept stopping") == 0, record->detail);
@@ -302,13 +308,7 @@ TEST_SUITE("job restart") {
     CHECK(s.test_accuracy == doctest::Approx(0.875));
     CHECK_MESSAGE((!s.history.empty() && s.history.back().round == 3),
                   "history of " << s.history.size() << " point(s)");
-    std::optional<job_status> record;
-    f.self->request(f.store, f.wait, read_atom::value, job_record_key("job-1"))
-        .receive(
-            [&](bool, std::vector<uint8_t>& v) {
-              if (auto r = decode_job_record(v)) record = r->second;
-            },
-            [&](caf::error& e) { FAIL(f.sys.render(e)); });
+    const auto record = stored_record(f, "job-1");
     REQUIRE(record.has_value());
     CHECK(record->state == job_state::done);
     CHECK(record->test_accuracy == doctest::Approx(0.875));
