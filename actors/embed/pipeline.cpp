@@ -1145,6 +1145,18 @@ run_report make_report(coordinator_actor* self) {
   return r;
 }
 
+// The train stage whose instance sent the current message, or -1 where the sender is no
+// live train stage's instance (or the run failed): pfull and phold stop and pause the stages
+// before it, which only the train stage they feed may ask.
+int train_stage_asking(coordinator_actor* self) {
+  auto& st = self->state;
+  auto it = st.by_address.find(caf::actor_cast<caf::actor_addr>(self->current_sender()));
+  if (st.failed || it == st.by_address.end() ||
+      st.defs[static_cast<size_t>(it->second.first)].kind != stage_kind::train)
+    return -1;
+  return it->second.first;
+}
+
 void conclude(coordinator_actor* self) {
   auto& st = self->state;
   if (!st.failed && st.unfinished > 0) return;
@@ -1355,11 +1367,8 @@ caf::behavior coordinator_behavior(coordinator_actor* self, std::vector<stage_de
       // alone) are stopped, counted as finished, and it is told that its inputs ended.
       [=](pfull_atom) {
         auto& st = self->state;
-        auto it = st.by_address.find(caf::actor_cast<caf::actor_addr>(self->current_sender()));
-        if (st.failed || it == st.by_address.end() ||
-            st.defs[static_cast<size_t>(it->second.first)].kind != stage_kind::train)
-          return;
-        const int train = it->second.first;
+        const int train = train_stage_asking(self);
+        if (train < 0) return;
         for (int p = st.defs[static_cast<size_t>(train)].input; p >= 0;
              p = st.defs[static_cast<size_t>(p)].input)
           for (auto& r : st.stages[static_cast<size_t>(p)]) {
@@ -1383,11 +1392,9 @@ caf::behavior coordinator_behavior(coordinator_actor* self, std::vector<stage_de
       // more (its instances, and any replacement), until the push's end stops it (pfull).
       [=](phold_atom) {
         auto& st = self->state;
-        auto it = st.by_address.find(caf::actor_cast<caf::actor_addr>(self->current_sender()));
-        if (st.failed || it == st.by_address.end() ||
-            st.defs[static_cast<size_t>(it->second.first)].kind != stage_kind::train)
-          return;
-        int p = st.defs[static_cast<size_t>(it->second.first)].input;
+        const int train = train_stage_asking(self);
+        if (train < 0) return;
+        int p = st.defs[static_cast<size_t>(train)].input;
         while (p >= 0 && st.defs[static_cast<size_t>(p)].input >= 0)
           p = st.defs[static_cast<size_t>(p)].input;
         if (p < 0) return;
