@@ -96,6 +96,18 @@ layers = [
   { type = "linear", units = 3 }, { type = "softmax_xent" },
 ])";
 
+// GFLEX_FUSED_ATTENTION for the models instantiated next (read at instantiation); unset again
+// when the case ends, so that later cases run the composed path.
+struct fused_attention_setting {
+  void use(bool fused) {
+    if (fused)
+      setenv("GFLEX_FUSED_ATTENTION", "1", 1);
+    else
+      unsetenv("GFLEX_FUSED_ATTENTION");
+  }
+  ~fused_attention_setting() { unsetenv("GFLEX_FUSED_ATTENTION"); }
+};
+
 std::string plan_error(const std::string& text) {
   auto w = find_workload("test-model", text, "");
   REQUIRE_FALSE(w.has_value());
@@ -309,9 +321,7 @@ layers = [
     std::vector<float> params(static_cast<size_t>(w->parameter_count()));
     w->init_parameters(5, params);
     auto data = random_batch(*w, 6, 11, 3);
-    struct restore_env {
-      ~restore_env() { unsetenv("GFLEX_FUSED_ATTENTION"); }
-    } restore;
+    fused_attention_setting restore;
     std::vector<std::unique_ptr<backend>> backends;
     backends.push_back(make_cpu_backend(1));
     if (cuda_device_count() > 0) {
@@ -331,10 +341,7 @@ layers = [
       }
       // The gradients, and the memory the backends hold while the model is alive.
       auto run = [&](bool fused) {
-        if (fused)
-          setenv("GFLEX_FUSED_ATTENTION", "1", 1);
-        else
-          unsetenv("GFLEX_FUSED_ATTENTION");
+        restore.use(fused);
         auto m = w->instantiate(*b, 6);
         REQUIRE_MESSAGE(m.has_value(), (m ? "" : m.error().message()));
         (*m)->load_parameters(params);
@@ -1110,15 +1117,10 @@ layers = [
     std::vector<float> params(static_cast<size_t>(w->parameter_count()));
     w->init_parameters(3, params);
     const auto first = random_batch(*w, batch, vocab, 21);
-    struct restore_env {
-      ~restore_env() { unsetenv("GFLEX_FUSED_ATTENTION"); }
-    } restore;
+    fused_attention_setting restore;
     for (const bool fused : {false, true}) {
       CAPTURE(fused);
-      if (fused)
-        setenv("GFLEX_FUSED_ATTENTION", "1", 1);
-      else
-        unsetenv("GFLEX_FUSED_ATTENTION");
+      restore.use(fused);
       auto be = make_cpu_backend(1);
       if (fused) {
         be->set_precision(math_precision::bf16);  // the CPU's fused path runs under it
