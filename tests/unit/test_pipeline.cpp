@@ -965,9 +965,8 @@ TEST_SUITE("pipeline") {
     config.nodes = 1;
     auto cluster = embedded_cluster::start(config);
     REQUIRE_MESSAGE(cluster.has_value(), cluster.error().message());
-    // Wide rows (64 Ki values, 10 MiB for the 40 rows pushed): a push long enough (tens of
-    // milliseconds) that what the source would make during it stands out from what a
-    // scheduler's stall on a loaded machine lets through before the pause reaches it.
+    // Wide rows (64 Ki values, 10 MiB for the 40 rows pushed): a push of 100 ms alone, up to
+    // a second on a loaded machine.
     constexpr int64_t wide = 64 << 10;
     kernels::model_builder model("short", {wide});
     model.linear(2).softmax_xent();
@@ -976,18 +975,40 @@ TEST_SUITE("pipeline") {
     t.spec_toml = "[job]\nname = \"short\"\nrounds = 2\nworkers = 1\n" + model.toml();
     t.classes = 2;
     t.tokens = false;
-    t.max_samples = 40;
+    t.max_samples = 40;  // the 20 batches of ids 0 to 19
     int rounds = 0;
+    // When the source made each item, when the 20th batch went to the train stage (its push
+    // starts as it arrives), and when the pushed data set showed on the core (its push ended).
+    using clock = std::chrono::steady_clock;
+    const auto t0 = clock::now();
+    auto ms = [t0] { return std::chrono::duration<double, std::milli>(clock::now() - t0).count(); };
+    std::mutex made_mutex;
+    std::vector<double> made_at;
+    std::atomic<double> last_batch_at{-1.0};
+    std::atomic<double> pushed_at{-1.0};
+    std::atomic<bool> run_over{false};
+    std::thread watch([&] {
+      while (!run_over.load()) {
+        auto sets = cluster->client().data_sets();
+        if (sets.has_value() && !sets->empty()) {
+          pushed_at = ms();
+          return;
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      }
+    });
     graph g;
-    // An item every millisecond: slower than the train stage takes them in, so that what the
-    // source makes during the push shows alone.
+    // An item every millisecond: slower than the train stage takes them in.
     g.source<int64_t>("ids",
-                      [](int64_t position) -> std::optional<int64_t> {
+                      [&](int64_t position) -> std::optional<int64_t> {
                         std::this_thread::sleep_for(std::chrono::milliseconds(1));
+                        std::lock_guard<std::mutex> lock(made_mutex);
+                        made_at.push_back(ms());
                         return position;
                       })
         .map("batch",
-             [](const int64_t& i) {
+             [&](const int64_t& i) {
+               if (i == 19) last_batch_at = ms();
                sample_batch b;
                b.sample_values = wide;
                b.labels = {static_cast<int32_t>(i % 2), static_cast<int32_t>((i + 1) % 2)};
@@ -997,18 +1018,27 @@ TEST_SUITE("pipeline") {
         .train("train", t)
         .sink("rounds", [&](const round_update& u) { rounds = static_cast<int>(u.status.round); });
     auto report = g.run({}, bound);
+    run_over = true;
+    watch.join();
     REQUIRE_MESSAGE(report.has_value(), report.error().message());
     CHECK(rounds == 2);
     // The push and submit block the train stage, and its window takes whatever it is sent:
     // the source ran on meanwhile, all it made waiting in the train stage's mailbox and held
-    // by batch, without bound (the longer the push, the more). The source stops when the push
-    // starts: it made the 20 batches the stage holds, and the few under way (the pause takes
-    // a few milliseconds to reach it). Without the pause it made over 130 here.
-    const auto made = report->stage("ids")->items_out;
-    const auto waiting = report->stage("batch")->peak_unfinished;
-    MESSAGE("ids made " << made << "; at most " << waiting << " waited for the train stage");
-    CHECK(made <= 40);
-    CHECK(waiting <= 40);
+    // by batch (the longer the push, the more). The source stops when the push starts. The
+    // pause takes a scheduler's while to reach it (1 ms alone, up to a quarter of a second
+    // with six such runs on 2 cores), so what is checked is when it stopped: well before the
+    // push ended. Without the pause it stopped only after the push and the submit.
+    std::lock_guard<std::mutex> lock(made_mutex);
+    REQUIRE(made_at.size() >= 20);
+    REQUIRE(last_batch_at.load() >= 0.0);
+    REQUIRE_MESSAGE(pushed_at.load() >= 0.0, "the data set never showed on the core");
+    const double stopped_after = made_at.back() - last_batch_at.load();
+    const double push_took = pushed_at.load() - last_batch_at.load();
+    MESSAGE("ids made " << made_at.size() << ", at most " << report->stage("batch")->peak_unfinished
+                        << " waited for the train stage; the source stopped " << stopped_after
+                        << " ms after the 20th batch, the push ended " << push_took
+                        << " ms after it");
+    CHECK(stopped_after < push_took / 2);
   }
 
   TEST_CASE("a round update pairs the job's status with the parameters of the same round") {
