@@ -1026,8 +1026,9 @@ TEST_SUITE("pipeline") {
     // the source ran on meanwhile, all it made waiting in the train stage's mailbox and held
     // by batch (the longer the push, the more). The source stops when the push starts. The
     // pause takes a scheduler's while to reach it (1 ms alone, up to a quarter of a second
-    // with six such runs on 2 cores), so what is checked is when it stopped: well before the
-    // push ended. Without the pause it stopped only after the push and the submit.
+    // with six such runs on 2 cores, against pushes of 0.7 to 1 s), so what is checked is when
+    // it stopped: well before the push ended. Without the pause it stopped only after the push
+    // and the submit (at 1.01 to 1.03 times the push's time).
     std::lock_guard<std::mutex> lock(made_mutex);
     REQUIRE(made_at.size() >= 20);
     REQUIRE(last_batch_at.load() >= 0.0);
@@ -1038,7 +1039,7 @@ TEST_SUITE("pipeline") {
                         << " waited for the train stage; the source stopped " << stopped_after
                         << " ms after the 20th batch, the push ended " << push_took
                         << " ms after it");
-    CHECK(stopped_after < push_took / 2);
+    CHECK(stopped_after < push_took * 0.75);
   }
 
   TEST_CASE("a round update pairs the job's status with the parameters of the same round") {
