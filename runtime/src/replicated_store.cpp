@@ -618,35 +618,96 @@ struct replicated_store::impl {
         renewing.join();
       }
     } stop{fetching, renewing};
-    std::vector<std::pair<std::string, chunk_ref>> refs;  // by etcd key
-    {
-      std::lock_guard lock(etcd_mutex);
-      auto kvs = etcd->range(data_prefix, true);
-      if (!kvs) return kvs.error();
-      for (const auto& kv : *kvs)
-        if (auto ref = as_chunk_ref(kv.value)) refs.emplace_back(kv.key, *ref);
-    }
-    size_t counts[4] = {};  // by chunk_fetch
-    for (const auto& [key, ref] : refs) {
-      auto got = fetch_named(key, ref);
-      if (!got) return got.error();
-      ++counts[static_cast<int>(*got)];
+    // The leader chose whom to push a commit's chunks to as its pushes began: a commit whose
+    // pushes began before this core's member key existed passed it by, and may land after the
+    // references were read. Once it has what a read names, this core looks at /gflex/writer
+    // (every commit moves it): where a commit landed since, it reads the references again and
+    // fetches what they name that it lacks, until a read names nothing new. The chunks of
+    // commits whose pushes began after the key existed were pushed here, so under a steady
+    // stream of commits the second read finds nothing new; a core that finds something new at
+    // every read is not being pushed to, and gives up, as a failed join does.
+    auto read = committed_references();
+    if (!read) return read.error();
+    std::set<std::string> looked_at;  // the digests fetched, found held, or passed over
+    size_t counts[4] = {};            // by chunk_fetch
+    for (int reads = 1;; ++reads) {
+      size_t fresh = 0;
+      for (const auto& [key, ref] : read->refs) {
+        if (reads > 1 &&
+            (looked_at.count(ref.digest) || chunk_file_present(config.chunk_dir / ref.digest)))
+          continue;
+        looked_at.insert(ref.digest);
+        ++fresh;
+        auto got = fetch_named(key, ref);
+        if (!got) return got.error();
+        ++counts[static_cast<int>(*got)];
+      }
+      if (reads > 1 && fresh == 0) break;
+      auto writer = writer_mod_revision();
+      if (!writer) return writer.error();
+      if (*writer == read->writer) break;  // nothing committed since the read
+      if (reads == max_reference_reads) {
+        spdlog::error(
+            "replication: core {} cannot join: each of {} reads of the committed references "
+            "named chunks it lacked, committed since it registered and not pushed to it (a "
+            "leader that cannot reach its chunk service at {} commits without it); it leaves the "
+            "membership",
+            config.core_id, reads, advertise);
+        leave_membership();
+        return error(errc::unavailable,
+                     "core " + config.core_id + " cannot join: each of " + std::to_string(reads) +
+                         " reads of the committed references named chunks it lacked");
+      }
+      read = committed_references();
+      if (!read) return read.error();
     }
     spdlog::info(
         "replication: core {} is a member ({} chunk(s) named, {} fetched, {} no longer named, {} "
         "held by no live core)",
-        config.core_id, refs.size(), counts[static_cast<int>(chunk_fetch::fetched)],
+        config.core_id, read->refs.size(), counts[static_cast<int>(chunk_fetch::fetched)],
         counts[static_cast<int>(chunk_fetch::unnamed)],
         counts[static_cast<int>(chunk_fetch::lost)]);
     member_ready = true;
     return {};
   }
 
+  // The most reads of the committed references one join makes (see join).
+  static constexpr int max_reference_reads = 5;
+
+  struct named_chunks {
+    int64_t writer = 0;
+    std::vector<std::pair<std::string, chunk_ref>> refs;  // by etcd key
+  };
+
+  // The chunks the committed values name, and /gflex/writer's revision as of the read (0
+  // before the first commit).
+  expected<named_chunks> committed_references() const {
+    named_chunks out;
+    std::lock_guard lock(etcd_mutex);
+    // The writer first: the values read after it are at least as new as its revision.
+    auto writer = etcd->range(writer_key, false);
+    if (!writer) return writer.error();
+    out.writer = writer->empty() ? 0 : writer->front().mod_revision;
+    auto kvs = etcd->range(data_prefix, true);
+    if (!kvs) return kvs.error();
+    for (const auto& kv : *kvs)
+      if (auto ref = as_chunk_ref(kv.value)) out.refs.emplace_back(kv.key, *ref);
+    return out;
+  }
+
+  // /gflex/writer's revision now (0 before the first commit): a commit moves it.
+  expected<int64_t> writer_mod_revision() const {
+    std::lock_guard lock(etcd_mutex);
+    auto kvs = etcd->range(writer_key, false);
+    if (!kvs) return kvs.error();
+    return kvs->empty() ? 0 : kvs->front().mod_revision;
+  }
+
   // What join() made of a chunk a committed value named.
   enum class chunk_fetch { held, fetched, unnamed, lost };
 
   // Makes sure this core holds the chunk `ref` that etcd key `key` named when join() read the
-  // references. join() reads them once, then fetches for as long as the data sets and
+  // references. join() reads them, then fetches for as long as the data sets and
   // checkpoints take (gigabytes), while later rounds replace the checkpoints and every core
   // removes the chunks no value names (garbage_age_s): a chunk no core serves any more is
   // looked for again under the key's value now. One no longer named is passed over; the one

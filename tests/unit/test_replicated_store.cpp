@@ -142,6 +142,7 @@ class etcd_server {
 // An HTTP proxy in front of etcd whose requests to `path` take `delay` longer while `slow` is
 // set: reads of ranges as reading a large store whole does, or lease renewals as a member
 // cut off without a reset (its connections stay open, and nothing comes back for long).
+// Clearing `slow` sends the requests held back on at once; `held` counts them.
 class slow_path_proxy {
  public:
   slow_path_proxy(const std::string& etcd_endpoint, std::string path,
@@ -150,10 +151,13 @@ class slow_path_proxy {
     const std::string host = etcd_endpoint.substr(0, colon);
     const int port = std::stoi(etcd_endpoint.substr(colon + 1));
     server_.Post(R"(/.*)", [=, this](const httplib::Request& req, httplib::Response& res) {
-      if (slow && req.path == path)
-        for (auto waited = std::chrono::milliseconds(0); waited < delay && !stopping_;
+      if (slow && req.path == path) {
+        ++held;
+        for (auto waited = std::chrono::milliseconds(0); waited < delay && !stopping_ && slow;
              waited += std::chrono::milliseconds(50))
           std::this_thread::sleep_for(std::chrono::milliseconds(50));
+        --held;
+      }
       httplib::Client etcd(host, port);
       auto r = etcd.Post(req.path, req.body, "application/json");
       if (!r) {
@@ -173,6 +177,7 @@ class slow_path_proxy {
   }
   std::string endpoint() const { return "127.0.0.1:" + std::to_string(port_); }
   std::atomic<bool> slow{false};
+  std::atomic<int> held{0};
 
  private:
   std::atomic<bool> stopping_{false};
@@ -1217,6 +1222,131 @@ TEST_SUITE("replicated_store") {
     auto led = (*b)->campaign(stop, {});
     REQUIRE(led.has_value());
     CHECK(*led);
+  }
+
+  TEST_CASE("a core that joins while a commit's chunks are pushed fetches them once it lands" *
+            doctest::skip(!etcd_installed())) {
+    // The leader chose whom to push a commit's chunks to as its pushes began, and a core that
+    // registered after that read the committed references before the commit landed: it
+    // joined without the commit's chunks, counted as holding them, and once the leader was
+    // gone no core could read them. Here a's commit is held back on its way to etcd after
+    // its pushes, and lands when b, joining, first asks a member for a chunk (after its read
+    // of the references): "0peer", asked first ("0peer" sorts before "a"), lets it go.
+    test::temp_dir dir;
+    etcd_server etcd(dir.path());
+    slow_path_proxy proxy(etcd.endpoint(), "/v3/kv/txn", std::chrono::seconds(4));
+    auto config = config_of(etcd, dir, "a");
+    config.endpoints = proxy.endpoint();
+    auto a = leading(config);
+    const auto old = large(100000, 1), fresh = large(100000, 2);
+    std::vector<store_write> first = {{"ckpt/old", old}};
+    REQUIRE(a->commit(first).has_value());
+    httplib::Server peer;
+    std::atomic<bool> released{false};
+    std::shared_future<expected<void>> committing;
+    peer.Put(R"(/chunk/.*)",
+             [](const httplib::Request&, httplib::Response& res) { res.status = 204; });
+    peer.Get(R"(/chunk/.*)", [&](const httplib::Request&, httplib::Response& res) {
+      if (!released.exchange(true)) {
+        proxy.slow = false;
+        committing.wait_for(std::chrono::seconds(10));
+      }
+      res.status = 404;
+    });
+    const int peer_port = peer.bind_to_any_port("127.0.0.1");
+    std::thread serving([&] { peer.listen_after_bind(); });
+    auto admin = etcd_client::make(etcd.endpoint());
+    auto lease = admin->grant_lease(60);
+    REQUIRE(lease.has_value());
+    etcd_op member{"/gflex/member/0peer", bytes("127.0.0.1:" + std::to_string(peer_port)), *lease};
+    REQUIRE(admin->txn({}, {&member, 1}).has_value());
+    proxy.slow = true;
+    committing = std::async(std::launch::async, [&] {
+                   std::vector<store_write> next = {{"ckpt/new", fresh}};
+                   return a->commit(next);
+                 }).share();
+    for (int i = 0; i < 200 && proxy.held.load() == 0; ++i)
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    REQUIRE_MESSAGE(proxy.held.load() == 1, "a's commit did not reach etcd");
+    auto b = replicated_store::start(config_of(etcd, dir, "b"), [] {});
+    const auto landed = committing.get();
+    peer.stop();
+    serving.join();
+    REQUIRE(released.load());
+    REQUIRE_MESSAGE(landed.has_value(), landed.error().message());
+    REQUIRE_MESSAGE(b.has_value(), b.error().message());
+    CHECK_MESSAGE(std::filesystem::exists(dir / "chunks-b" / digest_hex(fresh)),
+                  "b joined without the chunk of the commit that landed as it joined");
+    // With a gone, b leads, and reads what a committed.
+    a.reset();
+    (void)admin->revoke(*lease);
+    std::atomic<int> stop{0};
+    auto led = (*b)->campaign(stop, {});
+    REQUIRE(led.has_value());
+    REQUIRE(*led);
+    auto read = (*b)->get("ckpt/new");
+    REQUIRE_MESSAGE(read.has_value(), read.error().message());
+    REQUIRE(read->has_value());
+    CHECK(**read == fresh);
+  }
+
+  TEST_CASE("a core that finds chunks it lacks at every read of the references stops joining" *
+            doctest::skip(!etcd_installed())) {
+    // A joining core reads the references again while commits since its last read name chunks
+    // it lacks; one that finds such chunks every time is not being pushed to, and gives up
+    // after a few reads instead of looking for ever. Here every chunk b asks "0peer" for
+    // (asked first) comes with a commit naming one more chunk, as a leader that cannot
+    // push to b commits without it.
+    test::temp_dir dir;
+    etcd_server etcd(dir.path());
+    auto a = leading(config_of(etcd, dir, "a"));
+    std::vector<store_write> w = {{"ckpt/old", large(100000, 1)}};
+    for (int i = 0; i < 8; ++i)
+      w.push_back({"later/" + std::to_string(i), large(100000, static_cast<uint8_t>(10 + i))});
+    REQUIRE(a->commit(w).has_value());
+    // The later chunks' references, taken out of etcd (their files stay on a) and put back
+    // one at a time.
+    auto admin = etcd_client::make(etcd.endpoint());
+    auto later = admin->range("/gflex/data/later/", true);
+    REQUIRE(later.has_value());
+    REQUIRE(later->size() == 8);
+    etcd_op erase{"/gflex/data/later/", std::nullopt, 0};
+    for (const auto& kv : *later) {
+      erase.key = kv.key;
+      REQUIRE(admin->txn({}, {&erase, 1}).has_value());
+    }
+    httplib::Server peer;
+    std::mutex committing;
+    size_t committed = 0;
+    peer.Get(R"(/chunk/.*)", [&](const httplib::Request&, httplib::Response& res) {
+      std::lock_guard lock(committing);
+      if (committed < later->size()) {
+        auto client = etcd_client::make(etcd.endpoint());
+        const etcd_op ops[2] = {
+            {"/gflex/data/again/" + std::to_string(committed), later->at(committed).value, 0},
+            {"/gflex/writer", bytes("a commit that passed b by"), 0}};
+        if (client && client->txn({}, ops)) ++committed;
+      }
+      res.status = 404;
+    });
+    const int peer_port = peer.bind_to_any_port("127.0.0.1");
+    std::thread serving([&] { peer.listen_after_bind(); });
+    auto lease = admin->grant_lease(60);
+    REQUIRE(lease.has_value());
+    etcd_op member{"/gflex/member/0peer", bytes("127.0.0.1:" + std::to_string(peer_port)), *lease};
+    REQUIRE(admin->txn({}, {&member, 1}).has_value());
+    auto b = replicated_store::start(config_of(etcd, dir, "b"), [] {});
+    peer.stop();
+    serving.join();
+    REQUIRE_FALSE(b.has_value());
+    CHECK_MESSAGE(
+        b.error().message().find("cannot join: each of 5 reads of the committed "
+                                 "references named chunks it lacked") != std::string::npos,
+        b.error().message());
+    CHECK(committed == 5);
+    auto held = admin->range("/gflex/member/b", false);
+    REQUIRE(held.has_value());
+    CHECK_MESSAGE(held->empty(), "b stayed in the membership");
   }
 
   TEST_CASE("the chunk service refuses a wrong secret and contents that are not their digest" *
