@@ -740,15 +740,18 @@ void decide_divergence(job_actor* self) {
   check_divergence(self, work, said);
 }
 
-// Whether a worker's error says the assignment ran out of device or host memory (the
-// worker's words: "out of device memory", "allocating ...: out of host memory (...)").
-// Past the job's deadline (CAF's timeout, the session's own), or a node saying the core did
-// not serve it its parameters in time (unavailable, the uplink's words for it): slowness,
-// the core's or the job's, not the node's fault.
+// Past the job's deadline (CAF's timeout, the session's own), or the core failing to serve
+// the work's parameters or shard (unavailable): slowness, the core's or the job's, not the
+// node's fault. A node's session passes a node's `unavailable` on as such only where it saw
+// the core fail one of the work's chunks, or the node wait for them as long as a node waits
+// (node_session.cpp, core_may_have_failed); said sooner, it is the node's io_error: taken
+// from the node at its word, one that answered every assignment so was never cooled down.
 bool core_too_slow(const caf::error& e, const error& err) {
   return e == caf::sec::request_timeout || err.code() == errc::unavailable;
 }
 
+// Whether a worker's error says the assignment ran out of device or host memory (the
+// worker's words: "out of device memory", "allocating ...: out of host memory (...)").
 bool ran_out_of_memory(const error& err) {
   const auto& m = err.message();
   return err.code() == errc::device_error && m.find("out of") != std::string::npos &&

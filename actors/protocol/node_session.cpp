@@ -58,6 +58,15 @@ constexpr int answer_chunks_in_flight = 4;
 
 struct answer_pull;
 
+/// An assignment the node has and has not answered yet: what its session saw of it, by which
+/// it judges whose fault the node's failure is.
+struct assignment_watch {
+  clock_type::time_point sent_at;
+  std::set<std::string> chunks;  // its parameter chunks and shard, which the node may ask for
+  bool asked = false;            // the node asked for one of them
+  bool core_failed = false;      // the core (its data server) failed such an ask
+};
+
 /// An assignment out on the node, until the job has its answer: the job's promise, and once
 /// the node answered with chunks, their collection.
 struct assignment_out {
@@ -74,7 +83,7 @@ struct session_state {
   int64_t earned = 0;
   clock_type::time_point earned_at{};
   bool asking_earned = false;
-  std::map<uint64_t, clock_type::time_point> in_flight;                  // assignment id -> sent at
+  std::map<uint64_t, assignment_watch> in_flight;                        // by assignment id
   std::map<uint64_t, assignment_out> out;                                // by assignment id
   std::map<std::string, param_chunk> param_chunks;                       // by digest
   std::map<uint64_t, std::shared_ptr<const shared_params>> chunked_out;  // by assignment
@@ -162,6 +171,28 @@ bool answered_by_core(session_actor* self) {
   return false;
 }
 
+// The node asked for chunk `digest`: each assignment out on it that needs the chunk notes it.
+void note_asked(session_actor* self, const std::string& digest) {
+  for (auto& [id, w] : self->state.in_flight)
+    if (w.chunks.count(digest) != 0) w.asked = true;
+}
+
+// The core failed the node's ask for chunk `digest`: each assignment that needs it notes it.
+void note_not_served(session_actor* self, const std::string& digest) {
+  for (auto& [id, w] : self->state.in_flight)
+    if (w.chunks.count(digest) != 0) w.core_failed = true;
+}
+
+// Whether the node can say, without lying, that the core failed to serve assignment `w`'s
+// inputs: the core failed an ask for one of its chunks, or the node asked for them and gave up
+// no sooner than a node waits for a chunk (the session serves a parameter chunk at once, but an
+// overloaded core, or a congested link, can hold the ask or the chunk past that wait, unseen
+// here). A node that says so sooner, of work whose chunks it was served or never asked for,
+// speaks for itself.
+bool core_may_have_failed(const session_state& st, const assignment_watch& w) {
+  return w.core_failed || (w.asked && clock_type::now() - w.sent_at >= st.limits.node_chunk_wait);
+}
+
 void refill(session_actor* self) {
   auto& st = self->state;
   auto now = clock_type::now();
@@ -206,6 +237,7 @@ void pump_chunks(session_actor* self) {
             [=](caf::error& e) mutable {
               if (!answered_by_core(self)) return;
               self->state.chunks_serving -= 1;
+              note_not_served(self, next.digest);
               next.promise.deliver(std::move(e));
               pump_chunks(self);
             });
@@ -292,8 +324,13 @@ constexpr auto pull_quiet_limit = std::chrono::seconds(30);
 // with CAF's timeout passed for slow and was never cooled down, one with a context of
 // megabytes and line breaks wrote forged lines into the core's log (the job logs an error
 // rendered in full), and one with no error at all (code 0, which has no category) crashed
-// the core.
-caf::error node_words(session_actor* self, caf::error e) {
+// the core. Its `unavailable` says that the core failed to serve it, which the job does not
+// hold against the node (job.cpp, core_too_slow): it keeps that code only where the session
+// saw cause for it (`believed`: core_may_have_failed of the assignment), and is otherwise the
+// node's io_error, which cools the node down. Passed on as the node named it, a node that
+// answered every assignment so at once got the same shard back in a tight loop, never
+// cooled down, and stalled its job.
+caf::error node_words(session_actor* self, caf::error e, bool believed = false) {
   const auto& sender = self->current_sender();
   if (!sender || sender == self->ctrl()) return e;
   constexpr size_t shown = 512;
@@ -301,6 +338,14 @@ caf::error node_words(session_actor* self, caf::error e) {
   const auto& context = e.context();
   const std::string_view said =
       context.match_elements<std::string>() ? context.get_as<std::string>(0) : std::string_view{};
+  if (e.category() == error_category && static_cast<errc>(e.code()) == errc::unavailable &&
+      !believed) {
+    std::string text =
+        "the node said the core did not serve it, yet no chunk of its work went unserved for "
+        "as long as a node waits: ";
+    text.append(said.substr(0, shown));
+    return to_caf(error(errc::io_error, printable_text(std::string_view(text).substr(0, shown))));
+  }
   if (e.category() == error_category && is_named(static_cast<errc>(e.code())))
     return to_caf(error(static_cast<errc>(e.code()), printable_text(said.substr(0, shown))));
   // Named by code and category only: CAF renders a context whole, escaping little.
@@ -465,6 +510,7 @@ node_session_internal::behavior_type session_behavior(session_actor* self, sessi
             return to_caf(error(errc::limit_exceeded, "parameter chunk served too often"));
           }
           chunk.served += 1;
+          note_asked(self, digest);
           const auto& p = *chunk.params;
           const auto r = chunk_at(p.bytes.size(), p.chunk_bytes, chunk.index);
           core_metrics::bytes("out", "parameter_chunk").inc(static_cast<double>(r.size));
@@ -488,6 +534,7 @@ node_session_internal::behavior_type session_behavior(session_actor* self, sessi
           disconnect(self, why);
           return to_caf(error(errc::limit_exceeded, why));
         }
+        note_asked(self, digest);
         auto rp = self->make_response_promise<std::vector<uint8_t>>();
         st.chunk_queue.push_back({std::move(digest), rp});
         pump_chunks(self);
@@ -503,6 +550,9 @@ node_session_internal::behavior_type session_behavior(session_actor* self, sessi
           return to_caf(error(errc::invalid_argument, "no such worker"));
         const uint64_t id = a.id;
         const auto sent_at = clock_type::now();
+        assignment_watch watch;
+        watch.sent_at = sent_at;
+        if (!a.shard.empty()) watch.chunks.insert(a.shard);
         for (const auto* digest : {&a.shard, &a.next_shard})
           if (!digest->empty() && st.granted.insert(*digest).second) {
             st.granted_order.push_back(*digest);
@@ -528,10 +578,11 @@ node_session_internal::behavior_type session_behavior(session_actor* self, sessi
           } else {
             a.params_chunks = p->chunks;
             a.params_bytes = p->bytes.size();
+            watch.chunks.insert(p->chunks.begin(), p->chunks.end());
             offer_params(self, id, std::move(p));
           }
         }
-        st.in_flight[id] = sent_at;
+        st.in_flight[id] = std::move(watch);
         auto rp = self->make_response_promise<assignment_result>();
         st.out[id].promise = rp;
         // The job withdraws an assignment past its deadline (an abort); this bound is only
@@ -597,10 +648,13 @@ node_session_internal::behavior_type session_behavior(session_actor* self, sessi
                 [=](caf::error& e) mutable {
                   auto& st = self->state;
                   if (!st.out.count(id)) return;  // withdrawn by the core (an abort)
+                  const auto w = st.in_flight.find(id);
+                  const bool believed =
+                      w != st.in_flight.end() && core_may_have_failed(st, w->second);
                   st.out.erase(id);
                   st.in_flight.erase(id);
                   withdraw_params(self, id);
-                  rp.deliver(node_words(self, std::move(e)));
+                  rp.deliver(node_words(self, std::move(e), believed));
                 });
         return rp;
       },

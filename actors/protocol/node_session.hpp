@@ -39,6 +39,11 @@ struct session_limits {
   /// How much longer than its asker (assignment::answer_within_s) the session waits for the
   /// node's answer to an assignment, before it gives up on it.
   std::chrono::milliseconds answer_slack{std::chrono::minutes(5)};
+  /// How long a node waits for a chunk before it says the core did not serve it (the uplink's
+  /// wait for a parameter chunk, its cache's silence for a data chunk). A node that says so of
+  /// an assignment sooner, with no chunk of it failed by the core, is at fault (a node's
+  /// `unavailable` alone let it fail every assignment at once and never be cooled down).
+  std::chrono::milliseconds node_chunk_wait{std::chrono::minutes(2)};
 };
 
 /// Who the session speaks for.
