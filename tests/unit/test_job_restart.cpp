@@ -89,7 +89,12 @@ int questions_to(job_fixture& f) {
 // Job-1's checkpoint, read `before` times so far, is not read again while the fixture's
 // held_ledger holds its one question, and is read once when it answers.
 void read_once_the_keeper_answers(job_fixture& f, int before) {
-  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  // The question comes three hops after the kill (the actor's end, its down message, the
+  // supervisor's request), late on a loaded machine: a put sent before it came would answer
+  // nothing, and the question would be held for good.
+  for (int tries = 0; tries < 1000 && questions_to(f) < 1; ++tries)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));  // for a read that did not wait
   CHECK(checkpoint_reads(f) == before);  // not read while the keeper has not answered
   CHECK(questions_to(f) == 1);
   f.self->send(f.keeper, caf::put_atom::value);
