@@ -55,7 +55,7 @@ grep -q "failed (.*out of device memory.*); reassigning shard" "$WORK/core.log" 
   fail "the core did not reassign the failed assignment"
 grep -q "a node child stopped" "$WORK/node1.log" && fail "the worker was restarted: it should have stayed up"
 kill -0 "$PID_node1" 2>/dev/null || fail "node1 exited after the device failure"
-[ "$("$G" nodes --core "$core" | wc -l)" -eq 3 ] || fail "a node left after the device failure"
+node_count_is 3 || fail "a node left after the device failure"
 echo "ok: the failed assignment ran elsewhere; node1 and its worker stayed up"
 
 grep -q "on node3 failed (device_error: allocating .*: out of host memory (--memory-limit 16777216 bytes" "$WORK/core.log" ||

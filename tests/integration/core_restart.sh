@@ -31,7 +31,7 @@ if [ "${resumed:-0}" -ge "$before" ]; then
 else
   fail "resumed from round ${resumed:-?}, but round $before had been committed"
 fi
-wait_for 60 "the nodes to reconnect" bash -c "[ \$('$G' nodes --core $core | wc -l) -eq 3 ]"
+wait_for 60 "the nodes to reconnect" node_count_is 3
 echo "ok: the nodes reconnected by themselves"
 
 wait_for 240 "the job to finish" bash -c "'$G' status $job --core $core | grep -qE ' (done|failed|cancelled),'"

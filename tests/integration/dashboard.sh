@@ -19,7 +19,7 @@ CORE_ARGS="--http-listen $dash" NODE_ARGS_1="--price 10" start_cluster 1
 # node1, whose output is a file, logs a plain line per assignment.
 start node2_tty script -qfec "stty cols 200; exec $BIN/gflex-node --join $core --name node2 --data-dir $WORK/node2 \
   --tier core --token $TOKEN_core --price 10" "$WORK/node2.tty"
-wait_for 30 "2 nodes to join" bash -c "[ \$('$BIN/gflex' nodes --core $core | wc -l) -eq 2 ]"
+wait_for 30 "2 nodes to join" node_count_is 2
 PIDS+=($(pgrep -P "$PID_node2_tty" || true))  # the node itself, killed by pid at the end
 grep -q "dashboard on http://$dash/" "$WORK/core.log" || fail "the core does not tell the dashboard's address"
 

@@ -128,7 +128,7 @@ for i in 1 2 3 4; do
   start "node$i" "$BIN/gflex-node" --join "$cores" --name "node$i" --data-dir "$WORK/node$i" \
     --tier core --token "$TOKEN"
 done
-wait_for 30 "4 nodes to join" bash -c "[ \$('$G' nodes --core $cores | wc -l) -eq 4 ]"
+wait_for 30 "4 nodes to join" node_count_is 4 "$cores"
 (umask 077 && "$C" account create user/alice --core "$cores" >"$WORK/alice.key" 2>/dev/null) || fail "account create"
 # A write given to a follower alone reaches the leader (the follower names it; the client
 # goes there), and the follower then reads what the leader committed.

@@ -188,15 +188,18 @@ start_cluster() {
   wait_for 30 "$n nodes to join" node_count_is "$n"
 }
 
-# node_count: how many nodes the core at $core lists, counted in `gflex nodes --json` (its text
-# has a line more for each GPU of a CUDA node and for a flagged node's last rejection).
+# node_count [CORE]: how many nodes the core at CORE (default $core; a list of cores too) lists,
+# counted in `gflex nodes --json` (its text has a line more for each GPU of a CUDA node and for
+# a flagged node's last rejection).
 node_count() {
-  "$BIN/gflex" nodes --core "$core" --json | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))'
+  "$BIN/gflex" nodes --core "${1:-$core}" --json |
+    python3 -c 'import json,sys; print(len(json.load(sys.stdin)))'
 }
 
-# node_count_is N: whether the core at $core lists N nodes (a listing that fails is not 0).
+# node_count_is N [CORE]: whether the core at CORE (default $core) lists N nodes (a listing
+# that fails is not 0).
 node_count_is() {
-  [ "$(node_count 2>/dev/null)" = "$1" ]
+  [ "$(node_count "${2:-}" 2>/dev/null)" = "$1" ]
 }
 
 # start_verifier NAME [ARGS...]: a core-tier node NAME on $core (with the core tier's token),

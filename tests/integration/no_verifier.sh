@@ -23,7 +23,7 @@ start_core core "$core" "$WORK/core" --verify-wait-s 2
 for i in 1 2; do
   start "node$i" "$BIN/gflex-node" --join "$core" --name "node$i" --data-dir "$WORK/node$i"
 done
-wait_for 30 "2 community nodes to join" bash -c "[ \$('$G' nodes --core $core | wc -l) -eq 2 ]"
+wait_for 30 "2 community nodes to join" node_count_is 2
 job=$("$G" submit "$spec" --core "$core" 2>"$WORK/submit.err") || fail "submit: $(cat "$WORK/submit.err")"
 grep -q "warning: no core-tier node is connected to verify $job" "$WORK/submit.err" &&
   echo "ok: the submit warns that no core-tier node can verify" ||
@@ -59,7 +59,7 @@ start_core core2 "$core" "$WORK/core2" --verify-wait-s 1 --unverified accept
 for i in 3 4; do
   start "node$i" "$BIN/gflex-node" --join "$core" --name "node$i" --data-dir "$WORK/node$i"
 done
-wait_for 30 "2 community nodes to join" bash -c "[ \$('$G' nodes --core $core | wc -l) -eq 2 ]"
+wait_for 30 "2 community nodes to join" node_count_is 2
 timeout -s KILL 120 "$G" submit "$spec" --core "$core" --wait --json "$WORK/accepted.json" \
   >"$WORK/accepted.out" 2>&1 || fail "the job under --unverified accept: $(tail -3 "$WORK/accepted.out")"
 python3 - "$WORK/accepted.json" <<'PY' || fail "the job under --unverified accept"

@@ -23,7 +23,7 @@ for i in 1 2; do
 done
 start far ip netns exec "$ns" "$BIN/gflex-node" --join "$core" --name far --data-dir "$WORK/far" \
   --tier core --token "$TOKEN_core"
-wait_for 30 "three nodes to join" bash -c "[ \$('$G' nodes --core $core | wc -l) -eq 3 ]"
+wait_for 30 "three nodes to join" node_count_is 3
 grep -q "far" <("$G" nodes --core "$core") || fail "the namespaced node did not join"
 
 "$G" submit "$SRC/apps/jobs/fashion-mlp.toml" --core "$core" --json "$WORK/submitted.json" \
@@ -46,7 +46,7 @@ ip link set "$host_if" up
 echo "ok: link healed"
 wait_for 60 "the node to join again" grep -qE "joining again|joined the core as n[4-9]" \
   "$WORK/far.log"
-wait_for 30 "three nodes again" bash -c "[ \$('$G' nodes --core $core | wc -l) -eq 3 ]"
+wait_for 30 "three nodes again" node_count_is 3
 echo "ok: the node joined again after the heal"
 
 expect_job_done "$job" 0.885

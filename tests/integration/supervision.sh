@@ -37,7 +37,7 @@ wait_for 10 "the core to give up on the frozen node" \
 echo "ok: frozen node2 given up after $((SECONDS - stopped_at)) s (lease 2 s)"
 kill -CONT "$PID_node2"
 wait_for 20 "node2 to join again" logged_since "$node2_mark" "$WORK/node2.log" "joining again"
-wait_for 20 "three nodes again" bash -c "[ \$('$G' nodes --core $core | wc -l) -eq 3 ]"
+wait_for 20 "three nodes again" node_count_is 3
 echo "ok: node2 joined again after SIGCONT"
 
 kill -TERM "$PID_node3"
@@ -80,7 +80,7 @@ crash=127.0.0.1:$(free_port)
 start_core crashcore "$crash" "$WORK/crashcore" --crash-job-at-round 3
 start crashnode "$BIN/gflex-node" --join "$crash" --name crashnode --data-dir "$WORK/crashnode" \
   --tier core --token "$TOKEN_core"
-wait_for 30 "crashnode to join" bash -c "[ \$('$G' nodes --core $crash | wc -l) -eq 1 ]"
+wait_for 30 "crashnode to join" node_count_is 1 "$crash"
 "$BIN/gflex-core" account create user/carol --core "$crash" >/dev/null || fail "create user/carol"
 "$BIN/gflex-core" account credit user/carol 10 --core "$crash" >/dev/null || fail "credit carol"
 printf '[job]\nname = "crashy"\nworkload = "fashion-mlp"\nrounds = 6\nworkers = 1\n[inner]\nlocal_steps = 10\n[market]\naccount = "user/carol"\nbudget = 5\nmax_price = 100\n' \
