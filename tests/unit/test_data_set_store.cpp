@@ -140,27 +140,51 @@ TEST_SUITE("data set store") {
   TEST_CASE("an upload given up on goes with its data set's removal, or once idle") {
     // Before, an upload stopped mid-way (Ctrl-C, a part that timed out) stayed in the core's
     // memory for good, and two of them refused every further push of the account.
-    store_fixture f({}, std::chrono::milliseconds(800));
+    // Idle uploads go after 3 s: a part, its answer and the timer each took up to a quarter of
+    // a second on a loaded machine. An upload is seen alive 1 s after its last part, and gone
+    // by polling (part 0 of a new upload, refused while two are in progress, changes nothing),
+    // no earlier than 3 s after its last part.
+    const auto idle = std::chrono::seconds(3);
+    store_fixture f({}, idle);
+    using clock = std::chrono::steady_clock;
     const auto t = shard_of(test::samples(10));
+    const auto t2 = shard_of(test::samples(11));
+    const auto b_at = clock::now();
     REQUIRE(f.push_part("a", 0, 3, t).empty());
     REQUIRE(f.push_part("b", 0, 3, t).empty());
-    auto third = f.push_part("c", 0, 3, t);
+    auto third = f.push_part("c", 0, 4, t);
     CHECK_MESSAGE(third.find("2 uploads in progress") != std::string::npos, third);
     f.remove("a");  // no such data set, but its upload
-    CHECK(f.push_part("c", 0, 3, t).empty());
+    CHECK(f.push_part("c", 0, 4, t).empty());
     CHECK(f.push_part("a", 1, 3, t).find("no upload in progress") != std::string::npos);
     // Parts keep an upload alive (c); without them it is dropped (b).
-    const auto t2 = shard_of(test::samples(11));
-    std::this_thread::sleep_for(std::chrono::milliseconds(500));
-    CHECK(f.push_part("c", 1, 3, t2).empty());
-    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    std::this_thread::sleep_for(std::chrono::seconds(1));
+    CHECK(f.push_part("c", 1, 4, t2).empty());
+    std::this_thread::sleep_for(std::chrono::seconds(1));
+    const auto c_at = clock::now();
+    CHECK(f.push_part("c", 2, 4, t2).empty());
+    // Part 0 of `name` once one of the two uploads in progress is gone, polled for until 10 s
+    // past `from` + 3 s; the last refusal if none went.
+    auto taken_once_one_goes = [&](const std::string& name, clock::time_point from) {
+      std::string refusal;
+      do {
+        refusal = f.push_part(name, 0, 3, t);
+        if (refusal.find("2 uploads in progress") == std::string::npos) break;
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      } while (clock::now() < from + idle + std::chrono::seconds(10));
+      return refusal;
+    };
+    auto d = taken_once_one_goes("d", b_at);
+    CHECK_MESSAGE(d.empty(), d);
+    // b went, not before its 3 s without a part, and c's parts kept it.
+    CHECK(clock::now() - b_at >= idle);
     CHECK(f.push_part("b", 1, 3, t2).find("no upload in progress") != std::string::npos);
-    CHECK(f.push_part("d", 0, 3, t).empty());
     CHECK(f.push_part("e", 0, 3, t).find("2 uploads in progress") != std::string::npos);
-    std::this_thread::sleep_for(std::chrono::milliseconds(1500));
-    CHECK(f.push_part("c", 2, 3, t).find("no upload in progress") != std::string::npos);
-    CHECK(f.push_part("e", 0, 3, t).empty());
-    CHECK(f.push_part("f", 0, 3, t).empty());
+    // c goes 3 s after its last part, more than 3 s after its first: each part renewed it.
+    auto e = taken_once_one_goes("e", c_at);
+    CHECK_MESSAGE(e.empty(), e);
+    CHECK(clock::now() - c_at >= idle);
+    CHECK(f.push_part("c", 3, 4, t).find("no upload in progress") != std::string::npos);
   }
 
   TEST_CASE("an account's data sets are bounded in bytes together, replaced ones not counted") {
