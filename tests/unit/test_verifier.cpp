@@ -323,10 +323,11 @@ TEST_SUITE("verifier") {
   TEST_CASE("a re-computation past its wait is tried again longer, not held against its worker") {
     // A core tier slower than the node (a CPU re-computing a GPU's work on a large model)
     // timed out on every try alike, each timeout cooling the core-tier worker down as at
-    // fault, and the check failed after three. Here the worker takes 1.5 s, the first wait is
-    // 1 s (deadline_s 0.5, times 2), the second 2 s.
+    // fault, and the check failed after three. Here the worker takes 3 s, the first wait is
+    // 2 s (deadline_s 1, times 2), the second 4 s: a second apart either way, as the hops of a
+    // loaded machine (up to a quarter of a second each) need.
     test::configured_system s;
-    auto slow = spawn_slow_worker(s.sys, 4, std::chrono::milliseconds(1500));
+    auto slow = spawn_slow_worker(s.sys, 4, std::chrono::milliseconds(3000));
     auto faults = std::make_shared<fault_counts>();
     auto market = spawn_one_slot_market(s.sys, slow, faults);
     verifier_limits limits;
@@ -334,7 +335,7 @@ TEST_SUITE("verifier") {
     limits.min_recompute_wait = std::chrono::seconds(1);
     auto verifier = spawn_verifier(s.sys, market, limits);
     verdict v;
-    s.self->request(verifier, std::chrono::seconds(20), verify_atom::value, request_of({}, 0.5))
+    s.self->request(verifier, std::chrono::seconds(20), verify_atom::value, request_of({}, 1.0))
         .receive(
             [&](double, double, double compute_s) {
               v.answered = true;
