@@ -13,10 +13,14 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <fstream>
 #include <future>
 #include <memory>
+#include <mutex>
+#include <random>
+#include <set>
 #include <string>
 #include <thread>
 
@@ -100,19 +104,40 @@ inline core_config local_core_config(const temp_dir& dir) {
   return config;
 }
 
-// A loopback port free now (bound, read, closed): for a core restarted on the same port.
+// A loopback port free now, below the kernel's ephemeral range, and handed out once in this
+// process: for a core restarted on the same port. A port bind(0) gave lay in that range, where
+// another test process's bind(0) or outgoing connection could take it while the first core
+// was down; the second core then could not listen, or the test reached the wrong server. From
+// 10000, under the integration tests' ports (20000 up).
 inline uint16_t free_loopback_port() {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  REQUIRE(fd >= 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof addr;
-  const bool bound = ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0 &&
-                     ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0;
-  ::close(fd);
-  REQUIRE(bound);
-  return ntohs(addr.sin_port);
+  static std::mutex mutex;
+  static std::set<uint16_t> given;
+  static std::mt19937 pick{std::random_device{}()};
+  std::lock_guard<std::mutex> lock(mutex);
+  int ephemeral_low = 32768;
+  std::ifstream("/proc/sys/net/ipv4/ip_local_port_range") >> ephemeral_low;
+  const int high = std::min(ephemeral_low, 20000);
+  const int low = high - 10000 > 1024 ? high - 10000 : 1024;
+  REQUIRE_MESSAGE(high - low >= 1000,
+                  "ip_local_port_range starts at " << ephemeral_low << ": no ports below it");
+  std::uniform_int_distribution<int> in_range(low, high - 1);
+  for (int tries = 0; tries < 1000; ++tries) {
+    const auto port = static_cast<uint16_t>(in_range(pick));
+    if (given.count(port) != 0) continue;
+    const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    REQUIRE(fd >= 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    addr.sin_port = htons(port);
+    const bool bound = ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0;
+    ::close(fd);
+    if (!bound) continue;  // in use
+    given.insert(port);
+    return port;
+  }
+  FAIL("no free loopback port in " << low << "-" << high - 1 << " after 1000 tries");
+  return 0;
 }
 
 // The operator's API key that init_core wrote in `dir`.
