@@ -205,6 +205,13 @@ struct replicated_store::impl {
 
   std::atomic<int64_t> lease{0};
   std::atomic<bool> member_ready{false};  // registered and holding every committed chunk
+  // A commit whose pushes began before this core registered passed it by, and may land after
+  // join()'s last read of the references (catch_up). Under catch_up_mutex: the revision this
+  // core's member key was put at while such a commit may still land (0 once none can), and
+  // /gflex/writer's revision as of the last read of the references whose chunks it fetched.
+  std::mutex catch_up_mutex;
+  int64_t registered_unsettled = 0;
+  int64_t references_read_at = 0;
   // This core could not store a chunk pushed to it (a full or failed disk): it left the
   // membership, so that the leader's commits go on without it (they waited for it, failed,
   // and failed every job's round), and joins again, fetching what it lacks, once it can.
@@ -236,7 +243,8 @@ struct replicated_store::impl {
   std::thread lease_watch;
   // Chunk files are collected on a thread of their own: collecting reads every value under
   // the data prefix (the ledger's entries grow for good), and run on the renewing thread it
-  // held the renewals back past the lease's TTL, and the leader ended itself.
+  // held the renewals back past the lease's TTL, and the leader ended itself. The same thread
+  // fetches the chunks of a commit that passed this core by as it joined (catch_up).
   std::thread garbage_thread;
 
   ~impl() {
@@ -551,19 +559,19 @@ struct replicated_store::impl {
   }
 
   // Puts this core's member record under lease `id`, where no other core holds the key: it
-  // is created, or replaced where it is under `own` (this core's lease before). Under
-  // etcd_mutex.
-  expected<void> claim_member_key(int64_t id, int64_t own) {
+  // is created, or replaced where it is under `own` (this core's lease before). The revision
+  // it was put at. Under etcd_mutex.
+  expected<int64_t> claim_member_key(int64_t id, int64_t own) {
     etcd_op put{member_key(), bytes_of(advertise), id};
     etcd_compare absent{member_key(), etcd_compare::target::create_revision, 0, {}};
     auto r = etcd->txn({&absent, 1}, {&put, 1});
     if (!r) return r.error();
-    if (r->succeeded) return {};
+    if (r->succeeded) return r->revision;
     if (own != 0) {
       etcd_compare ours{member_key(), etcd_compare::target::lease, 0, {}, own};
       r = etcd->txn({&ours, 1}, {&put, 1});
       if (!r) return r.error();
-      if (r->succeeded) return {};
+      if (r->succeeded) return r->revision;
     }
     // Taken since it was looked at: by a core that has just joined.
     auto kvs = etcd->range(member_key(), false);
@@ -580,6 +588,7 @@ struct replicated_store::impl {
     const int64_t own = lease.load();
     if (auto free = wait_for_member_key(own); !free) return free.error();
     int64_t id = 0;
+    int64_t registered = 0;  // the revision the member key was put at
     {
       std::lock_guard lock(etcd_mutex);
       const auto asked = clock_type::now();
@@ -587,10 +596,12 @@ struct replicated_store::impl {
       if (l) extend_lease_deadline(asked);
       if (!l) return l.error();
       id = *l;
-      if (auto claimed = claim_member_key(id, own); !claimed) {
+      auto claimed = claim_member_key(id, own);
+      if (!claimed) {
         (void)etcd->revoke(id);  // holds nothing; left, it would only lapse
         return claimed.error();
       }
+      registered = *claimed;
     }
     lease = id;
     // Nothing else renews the lease while the committed values are read and the chunks come
@@ -667,8 +678,58 @@ struct replicated_store::impl {
         config.core_id, read->refs.size(), counts[static_cast<int>(chunk_fetch::fetched)],
         counts[static_cast<int>(chunk_fetch::unnamed)],
         counts[static_cast<int>(chunk_fetch::lost)]);
+    {
+      // A last read as of a commit landed since the registration holds the one that was in
+      // flight then, if any; otherwise it may land yet (catch_up).
+      std::lock_guard lock(catch_up_mutex);
+      registered_unsettled = read->writer > registered ? 0 : registered;
+      references_read_at = read->writer;
+    }
     member_ready = true;
     return {};
+  }
+
+  // Fetches the chunks of a commit whose pushes began before this core registered and that
+  // landed after join()'s last read of the references: the leader had chosen whom to push to
+  // without it. The leader commits one batch at a time, so only the first commit to land
+  // after the registration can be such a one (a deposed leader's commit in flight never
+  // lands), and every later one is pushed here: once a read of the references as of a commit
+  // landed since the registration has been fetched, there is nothing more to look for. Until
+  // then, looked for every quarter second (a glance at /gflex/writer): the leader that
+  // committed it may be the only core that holds its chunks, and may be gone soon after. On
+  // the garbage thread, as a fetch may take long; one that fails is tried again at the next
+  // look.
+  void catch_up() {
+    int64_t registered = 0, read_at = 0;
+    {
+      std::lock_guard lock(catch_up_mutex);
+      // A commit of another leader's can no longer land once this core leads.
+      if (leading) registered_unsettled = 0;
+      registered = registered_unsettled;
+      read_at = references_read_at;
+    }
+    if (registered == 0) return;
+    auto writer = writer_mod_revision();
+    if (!writer || *writer == read_at) return;
+    auto read = committed_references();
+    if (!read) return;
+    for (const auto& [key, ref] : read->refs) {
+      if (chunk_file_present(config.chunk_dir / ref.digest)) continue;
+      const std::string_view name = std::string_view(key).substr(data_prefix.size());
+      spdlog::info(
+          "replication: core {} fetches chunk {} of {}, committed as it joined without being "
+          "pushed to it",
+          config.core_id, ref.digest.substr(0, 12), name);
+      if (auto got = fetch_named(key, ref); !got) {
+        spdlog::warn("replication: core {} cannot fetch chunk {} of {} yet: {}", config.core_id,
+                     ref.digest.substr(0, 12), name, got.error().message());
+        return;
+      }
+    }
+    std::lock_guard lock(catch_up_mutex);
+    if (registered_unsettled != registered) return;  // joined again meanwhile
+    references_read_at = read->writer;
+    if (read->writer > registered) registered_unsettled = 0;
   }
 
   // The most reads of the committed references one join makes (see join).
@@ -782,14 +843,21 @@ struct replicated_store::impl {
                    r.error().message());
   }
 
-  // Collects garbage every garbage_period_s (no more often than every 0.5 s) while this core is a
-  // member.
-  void collect_garbage_periodically() {
+  // While this core is a member: looks for a commit that passed it by as it joined every
+  // quarter second (catch_up), and collects garbage every garbage_period_s (no more often than
+  // every 0.5 s).
+  void tend_chunks() {
     const auto period = std::max(std::chrono::milliseconds(500),
                                  std::chrono::milliseconds(config.garbage_period_s * 1000));
+    const auto look = std::chrono::milliseconds(250);
     auto next = clock_type::now() + period;
+    auto next_look = clock_type::now() + look;
     while (!stopping) {
       std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      if (clock_type::now() >= next_look) {
+        if (member_ready) catch_up();
+        next_look = clock_type::now() + look;
+      }
       if (clock_type::now() < next) continue;
       if (member_ready) collect_garbage();
       next = clock_type::now() + period;
@@ -1334,7 +1402,7 @@ expected<std::unique_ptr<replicated_store>> replicated_store::start(replication_
   if (auto ok = p->join(); !ok) return ok.error();
   p->lease_thread = std::thread([self] { self->renew_leases(); });
   p->lease_watch = std::thread([self] { self->watch_lease(); });
-  p->garbage_thread = std::thread([self] { self->collect_garbage_periodically(); });
+  p->garbage_thread = std::thread([self] { self->tend_chunks(); });
   return std::unique_ptr<replicated_store>(new replicated_store(std::move(p)));
 }
 

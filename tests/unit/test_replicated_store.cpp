@@ -1290,6 +1290,46 @@ TEST_SUITE("replicated_store") {
     CHECK(**read == fresh);
   }
 
+  TEST_CASE("a core that joined as a commit's chunks were pushed fetches them once it lands" *
+            doctest::skip(!etcd_installed())) {
+    // As above, but the commit lands after b has joined: no read of b's join could see it.
+    test::temp_dir dir;
+    etcd_server etcd(dir.path());
+    slow_path_proxy proxy(etcd.endpoint(), "/v3/kv/txn", std::chrono::seconds(4));
+    auto config = config_of(etcd, dir, "a");
+    config.endpoints = proxy.endpoint();
+    auto a = leading(config);
+    const auto fresh = large(100000, 2);
+    proxy.slow = true;
+    auto committing = std::async(std::launch::async, [&] {
+      std::vector<store_write> w = {{"ckpt/new", fresh}};
+      return a->commit(w);
+    });
+    for (int i = 0; i < 200 && proxy.held.load() == 0; ++i)
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    REQUIRE_MESSAGE(proxy.held.load() == 1, "a's commit did not reach etcd");
+    auto b = replicated_store::start(config_of(etcd, dir, "b"), [] {});
+    proxy.slow = false;
+    const auto landed = committing.get();
+    REQUIRE_MESSAGE(b.has_value(), b.error().message());
+    REQUIRE_MESSAGE(landed.has_value(), landed.error().message());
+    const auto chunk = dir / "chunks-b" / digest_hex(fresh);
+    for (int i = 0; i < 50 && !std::filesystem::exists(chunk); ++i)
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    CHECK_MESSAGE(std::filesystem::exists(chunk),
+                  "b lacks the chunk of the commit that landed after it joined");
+    // With a gone, b leads, and reads what a committed.
+    a.reset();
+    std::atomic<int> stop{0};
+    auto led = (*b)->campaign(stop, {});
+    REQUIRE(led.has_value());
+    REQUIRE(*led);
+    auto read = (*b)->get("ckpt/new");
+    REQUIRE_MESSAGE(read.has_value(), read.error().message());
+    REQUIRE(read->has_value());
+    CHECK(**read == fresh);
+  }
+
   TEST_CASE("a core that finds chunks it lacks at every read of the references stops joining" *
             doctest::skip(!etcd_installed())) {
     // A joining core reads the references again while commits since its last read name chunks

@@ -29,7 +29,9 @@
 ///   (its key's readers hear that no core holds it). A commit whose pushes began before the
 ///   core registered passed it by, and may land after its read of the references: where a
 ///   commit landed since (/gflex/writer moved), the core reads them again and fetches what
-///   it lacks, until a read names nothing new (after 5 reads that each did, it gives up).
+///   it lacks, until a read names nothing new (after 5 reads that each did, it gives up);
+///   where no commit has landed since it registered, it looks every quarter second until one
+///   has, and fetches what that one names.
 /// - Every chunk request names the core it is meant for; a chunk service refuses one meant
 ///   for another core (421), so that cores given one chunk address are not counted as
 ///   holding each other's chunks: the leader takes such a core out of the membership, and a
