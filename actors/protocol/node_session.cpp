@@ -59,12 +59,18 @@ constexpr int answer_chunks_in_flight = 4;
 struct answer_pull;
 
 /// An assignment the node has and has not answered yet: what its session saw of it, by which
-/// it judges whose fault the node's failure is.
+/// it judges whose fault the node's failure is, and how fast the node computed it.
 struct assignment_watch {
   clock_type::time_point sent_at;
-  std::set<std::string> chunks;  // its parameter chunks and shard, which the node may ask for
-  bool asked = false;            // the node asked for one of them
-  bool core_failed = false;      // the core (its data server) failed such an ask
+  /// Since when the node has held its parameters: the first serve of the last of their
+  /// chunks it could not have held before, or sent_at (parameters inline, or held). Its
+  /// compute time counts from here.
+  clock_type::time_point params_at;
+  /// Its parameter chunks and shard, which the node may ask for; true for a parameter chunk
+  /// whose first serve, to come, moves params_at.
+  std::map<std::string, bool> chunks;
+  bool asked = false;        // the node asked for one of them
+  bool core_failed = false;  // the core (its data server) failed such an ask
 };
 
 /// An assignment out on the node, until the job has its answer: the job's promise, and once
@@ -175,6 +181,18 @@ bool answered_by_core(session_actor* self) {
 void note_asked(session_actor* self, const std::string& digest) {
   for (auto& [id, w] : self->state.in_flight)
     if (w.chunks.count(digest) != 0) w.asked = true;
+}
+
+// Chunk `digest` was served to the node: each assignment that could not be computed without
+// it, nor its chunk held before, counts its compute time from now. Only a first serve counts:
+// a node that asked for a chunk again once done would shrink its compute time to nothing.
+void note_served(session_actor* self, const std::string& digest) {
+  const auto now = clock_type::now();
+  for (auto& [id, w] : self->state.in_flight)
+    if (auto c = w.chunks.find(digest); c != w.chunks.end() && c->second) {
+      c->second = false;
+      w.params_at = std::max(w.params_at, now);
+    }
 }
 
 // The core failed the node's ask for chunk `digest`: each assignment that needs it notes it.
@@ -511,6 +529,7 @@ node_session_internal::behavior_type session_behavior(session_actor* self, sessi
           }
           chunk.served += 1;
           note_asked(self, digest);
+          note_served(self, digest);
           const auto& p = *chunk.params;
           const auto r = chunk_at(p.bytes.size(), p.chunk_bytes, chunk.index);
           core_metrics::bytes("out", "parameter_chunk").inc(static_cast<double>(r.size));
@@ -551,8 +570,10 @@ node_session_internal::behavior_type session_behavior(session_actor* self, sessi
         const uint64_t id = a.id;
         const auto sent_at = clock_type::now();
         assignment_watch watch;
-        watch.sent_at = sent_at;
-        if (!a.shard.empty()) watch.chunks.insert(a.shard);
+        watch.sent_at = watch.params_at = sent_at;
+        // Not a chunk that times its compute: a node may hold its shard from before (its
+        // cache keeps shards on disk across sessions), and ask for it once done.
+        if (!a.shard.empty()) watch.chunks.emplace(a.shard, false);
         for (const auto* digest : {&a.shard, &a.next_shard})
           if (!digest->empty() && st.granted.insert(*digest).second) {
             st.granted_order.push_back(*digest);
@@ -578,7 +599,12 @@ node_session_internal::behavior_type session_behavior(session_actor* self, sessi
           } else {
             a.params_chunks = p->chunks;
             a.params_bytes = p->bytes.size();
-            watch.chunks.insert(p->chunks.begin(), p->chunks.end());
+            // A chunk the node was served, or offered for work withdrawn since, it may hold.
+            for (const auto& digest : p->chunks) {
+              const auto c = st.param_chunks.find(digest);
+              watch.chunks.emplace(digest, (c == st.param_chunks.end() || c->second.served == 0) &&
+                                               st.withdrawn.count(digest) == 0);
+            }
             offer_params(self, id, std::move(p));
           }
         }
@@ -598,6 +624,8 @@ node_session_internal::behavior_type session_behavior(session_actor* self, sessi
                   if (node_is_remote(self))
                     core_metrics::bytes("in", "update").inc(static_cast<double>(r.update.size()));
                   if (!st.out.count(id)) return;  // withdrawn by the core (an abort)
+                  const auto w = st.in_flight.find(id);
+                  const auto params_at = w != st.in_flight.end() ? w->second.params_at : sent_at;
                   st.in_flight.erase(id);
                   withdraw_params(self, id);
                   // The rate it measured counts for the market once the whole answer is in:
@@ -605,16 +633,30 @@ node_session_internal::behavior_type session_behavior(session_actor* self, sessi
                   // was priced by a rate of nothing done.
                   rate_report rate;
                   if (check_answer(self, id, sent_at, r)) {
-                    // Per second of compute, capped at the wall time (check_answer), as the
-                    // job pays for it (billing.hpp): the wall time also counts sending the
-                    // parameters, fetching the shard and sending the update back, a cost
-                    // that does not grow with the work, so assignments of one step measured
-                    // tens of times slower than long ones on identical nodes, and the one
+                    // Per second of compute, not of the wall time, which also counts sending
+                    // the parameters, fetching the shard and sending the update back, a cost
+                    // that does not grow with the work: assignments of one step measured tens
+                    // of times slower than long ones on identical nodes, and the one
                     // calibration factor for all nodes carried that into their prices. A node
-                    // that reports no compute time is measured by the wall time.
-                    const double took =
-                        std::chrono::duration<double>(clock_type::now() - sent_at).count();
-                    const double busy = r.compute_s > 0.0 ? std::min(r.compute_s, took) : took;
+                    // in another process is timed by the session, from when it had its
+                    // parameters (the first serve of their last chunk it could not hold
+                    // before; the assignment's, when they went inline) to its answer (an
+                    // update in chunks comes after): a time it cannot shrink. A shard it
+                    // fetches meanwhile counts (it may hold one and ask for it once done).
+                    // Its own figure is not taken: one that reported next to none was priced
+                    // at next to no cost, given most of every job's work, and raised the
+                    // fastest measured rate, which caps the claims of nodes not measured yet.
+                    // A node in the core's own process (embedded, the operator's: the
+                    // registry bounds none of them either) is taken at its word, capped at
+                    // the wall time (its parameters cross no link to be timed by); with none,
+                    // the wall time.
+                    const auto now = clock_type::now();
+                    const double took = std::chrono::duration<double>(now - sent_at).count();
+                    double busy = took;
+                    if (node_is_remote(self))
+                      busy = std::chrono::duration<double>(now - params_at).count();
+                    else if (r.compute_s > 0.0)
+                      busy = std::min(r.compute_s, took);
                     if (busy > 0.0 && samples > 0.0)
                       rate = {st.registry, st.who.name, workload, samples / busy};
                   }

@@ -111,6 +111,160 @@ struct unserved_session {
   }
 };
 
+// How a test node's uplink does an assignment: waits `before_fetch` (a slow link), asks its
+// session for the parameter chunks, computes `compute` once they came, asks for the first
+// again when `ask_again`, and answers, reporting `reported_s` of compute (< 0: the time it
+// computed).
+struct uplink_script {
+  std::chrono::milliseconds before_fetch{0};
+  std::chrono::milliseconds compute{200};
+  bool ask_again = false;
+  double reported_s = -1.0;
+};
+
+// A node's uplink in another process that does each assignment as `script` says, asking its
+// session (`*session`) for the parameter chunks.
+caf::behavior scripted_uplink(caf::event_based_actor* self, std::shared_ptr<caf::actor> session,
+                              uplink_script script) {
+  struct work {
+    caf::response_promise promise;
+    assignment_result result;
+    std::vector<std::string> chunks;
+    size_t waiting = 0;
+  };
+  auto works = std::make_shared<std::map<uint64_t, work>>();
+  self->set_default_handler(caf::drop);
+  auto answer = [=](uint64_t id) {
+    auto it = works->find(id);
+    if (it == works->end()) return;
+    it->second.promise.deliver(std::move(it->second.result));
+    works->erase(it);
+  };
+  return {
+      [=](assign_atom, uint32_t, assignment& a) -> caf::result<assignment_result> {
+        auto& w = (*works)[a.id];
+        w.promise = self->make_response_promise();
+        w.result.assignment_id = a.id;
+        w.result.samples = a.local_steps * a.batch_size;
+        w.result.compute_s = script.reported_s >= 0.0
+                                 ? script.reported_s
+                                 : std::chrono::duration<double>(script.compute).count();
+        w.chunks = a.params_chunks;
+        self->delayed_send(self, script.before_fetch, caf::get_atom::value, a.id);
+        return caf::delegated<assignment_result>();
+      },
+      // Fetches the parameters' chunks, then computes.
+      [=](caf::get_atom, uint64_t id) {
+        auto& w = works->at(id);
+        w.waiting = w.chunks.size();
+        if (w.waiting == 0) self->delayed_send(self, script.compute, caf::ok_atom::value, id);
+        for (const auto& digest : w.chunks)
+          self->request(*session, std::chrono::seconds(10), chunk_atom::value, digest)
+              .then(
+                  [=](std::vector<uint8_t>&) {
+                    if (--works->at(id).waiting == 0)
+                      self->delayed_send(self, script.compute, caf::ok_atom::value, id);
+                  },
+                  [](caf::error&) {});
+      },
+      // Computed: answers, maybe after asking for its first chunk again.
+      [=](caf::ok_atom, uint64_t id) {
+        const auto& w = works->at(id);
+        if (!script.ask_again || w.chunks.empty()) return answer(id);
+        self->request(*session, std::chrono::seconds(10), chunk_atom::value, w.chunks.front())
+            .then([=](std::vector<uint8_t>&) { answer(id); }, [](caf::error&) {});
+      },
+      [](abort_atom, uint64_t) {},
+  };
+}
+
+// The registry as far as rates go: keeps the last each node's session measured.
+caf::behavior rate_keeper(caf::event_based_actor* self) {
+  auto rates = std::make_shared<std::map<std::string, double>>();
+  self->set_default_handler(caf::drop);
+  return {
+      [=](rate_atom, const std::string& name, const std::string&, double rate) {
+        (*rates)[name] = rate;
+      },
+      [=](caf::get_atom, const std::string& name) {
+        auto it = rates->find(name);
+        return it == rates->end() ? 0.0 : it->second;
+      },
+  };
+}
+
+// Nodes in another process (`node`, an actor system of their own) with their sessions in the
+// core's (`core`), each uplink following its script; their rates go to one rate_keeper.
+struct remote_nodes {
+  configured_system& core;
+  configured_system& node;
+  caf::actor rates, sink;
+  std::vector<caf::actor> uplinks;
+  std::vector<spawned_session> sessions;
+
+  remote_nodes(configured_system& core, configured_system& node, std::vector<uplink_script> scripts)
+      : core(core),
+        node(node),
+        rates(core.sys.spawn(rate_keeper)),
+        sink(core.sys.spawn(sink_actor)) {
+    for (size_t i = 0; i < scripts.size(); ++i) {
+      auto handle = std::make_shared<caf::actor>();
+      uplinks.push_back(node.sys.spawn(scripted_uplink, handle, scripts[i]));
+      const std::string id = "n" + std::to_string(i);
+      sessions.push_back(spawn_node_session(core.sys, {id, "node-" + std::to_string(i), "", 0, 1},
+                                            session_limits{}, uplinks.back(), rates, sink));
+      *handle = caf::actor_cast<caf::actor>(sessions.back().session);
+    }
+  }
+  ~remote_nodes() {
+    for (const auto& x : sessions) {
+      core.self->send_exit(x.session, caf::exit_reason::user_shutdown);
+      for (const auto& w : x.workers) core.self->send_exit(w, caf::exit_reason::user_shutdown);
+    }
+    for (const auto& u : uplinks) node.self->send_exit(u, caf::exit_reason::user_shutdown);
+    core.self->send_exit(rates, caf::exit_reason::user_shutdown);
+    core.self->send_exit(sink, caf::exit_reason::user_shutdown);
+  }
+
+  // Work `id` of `samples` samples, its parameters in `chunks` chunks (none: inline).
+  static assignment work(uint64_t id, int64_t samples, size_t chunks) {
+    assignment a;
+    a.id = id;
+    a.workload = "w";
+    a.local_steps = samples / 32;
+    a.batch_size = 32;
+    auto p = std::make_shared<shared_params>();
+    p->bytes.assign(1024 * std::max<size_t>(chunks, 1), uint8_t{7});
+    p->chunk_bytes = 1024;
+    for (size_t c = 0; c < chunks; ++c) p->chunks.push_back(std::string(63, 'c') + char('0' + c));
+    a.params_ref = std::move(p);
+    return a;
+  }
+
+  // Gives each node `i` work(i + 1, ...), one after another, and waits for its answer (a
+  // node that failed to answer fails the test).
+  void run(int64_t samples, size_t chunks) {
+    for (size_t i = 0; i < sessions.size(); ++i)
+      core.self
+          ->request(sessions[i].workers.at(0), std::chrono::seconds(10), assign_atom::value,
+                    work(i + 1, samples, chunks))
+          .receive([](assignment_result&) {}, [&](caf::error& e) { FAIL(core.sys.render(e)); });
+  }
+
+  // The rate node `i`'s session measured (0 until it has one).
+  double rate(size_t i) {
+    double out = 0.0;
+    for (int tries = 0; tries < 200 && out == 0.0; ++tries) {
+      core.self
+          ->request(rates, std::chrono::seconds(5), caf::get_atom::value,
+                    "node-" + std::to_string(i))
+          .receive([&](double r) { out = r; }, [&](caf::error& e) { FAIL(core.sys.render(e)); });
+      if (out == 0.0) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    return out;
+  }
+};
+
 // Each release the job fixture's market was sent so far, as it notes them.
 std::vector<std::string> releases(job_fixture& f) {
   std::vector<std::string> released;
@@ -174,5 +328,50 @@ TEST_SUITE("session claims") {
       const auto got = node.assign(1, shard);
       CHECK_MESSAGE(got.code() == errc::io_error, got.message());
     }
+  }
+
+  TEST_CASE("a node that reports a compute time far below its own is not rated above its twin") {
+    // The rate the market prices a node by was its samples over the compute time it reported
+    // (capped at the wall time): one that reported next to none was measured at 1e11 samples/s,
+    // priced at next to no cost, given most of every job's work, and raised the fastest rate,
+    // which caps the claims of nodes not measured yet.
+    configured_system core, node;
+    REQUIRE(node.sys.node() != core.sys.node());  // its uplinks are of another process
+    const int64_t samples = 320;
+    uplink_script honest, liar;
+    liar.reported_s = static_cast<double>(samples) / 1e11;
+    remote_nodes nodes(core, node, {honest, liar});
+    nodes.run(samples, 0);
+    const double honest_rate = nodes.rate(0), liar_rate = nodes.rate(1);
+    REQUIRE(honest_rate > 0.0);
+    REQUIRE(liar_rate > 0.0);
+    // Both computed 200 ms: the session's clock, not the liar's word (timing noise aside).
+    CHECK_MESSAGE(liar_rate <= 1.5 * honest_rate,
+                  "liar " << liar_rate << " honest " << honest_rate);
+    CHECK(honest_rate <= static_cast<double>(samples) / 0.2);
+  }
+
+  TEST_CASE("a node's rate leaves out its parameters' download, and asking again shrinks nothing") {
+    // Timed from sending the assignment, a node on a slow link measured slower than an
+    // identical one on a fast link, and one step's work slower than many (the download does
+    // not grow with the work). Timed from the last serve of a chunk, a node that asked for one
+    // again once done measured as fast as it liked.
+    configured_system core, node;
+    const int64_t samples = 320;
+    uplink_script slow_link, asks_again;
+    slow_link.before_fetch = std::chrono::milliseconds(500);
+    slow_link.compute = std::chrono::milliseconds(100);
+    asks_again.compute = std::chrono::milliseconds(300);
+    asks_again.ask_again = true;
+    asks_again.reported_s = 1e-9;
+    remote_nodes nodes(core, node, {slow_link, asks_again});
+    nodes.run(samples, 2);
+    const double slow_rate = nodes.rate(0), again_rate = nodes.rate(1);
+    // 100 ms of compute after 500 ms of download: rated by the compute, give or take a loaded
+    // machine's delays, not by the 600 ms.
+    CHECK_MESSAGE(slow_rate > static_cast<double>(samples) / 0.4, slow_rate);
+    // 300 ms from its chunks to its answer.
+    CHECK_MESSAGE(again_rate > 0.0, again_rate);
+    CHECK_MESSAGE(again_rate <= static_cast<double>(samples) / 0.25, again_rate);
   }
 }
