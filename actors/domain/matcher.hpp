@@ -72,8 +72,9 @@ struct match_result {
 
 /// What the market knows of a node's speed: the throughput it claims (calibrated, in
 /// fashion-mlp samples per second) and, once it has answered assignments of the job's
-/// workload, the rate the core measured (samples of the workload per second of the compute
-/// time the node reported, capped at the time from sending an assignment to its answer).
+/// workload, the rate the core measured (samples of the workload per second of the time its
+/// node session saw the work take: from the last parameter chunk served, or the assignment
+/// sent with its parameters inline, to the answer; never a figure the node reports).
 struct speed_evidence {
   double claimed = 0.0;
   std::optional<double> measured;
