@@ -3,17 +3,21 @@
 /// the embedded core-plus-nodes used by `gflex demo`.
 
 #include <fcntl.h>
+#include <netdb.h>
+#include <poll.h>
 #include <signal.h>
 #include <spdlog/spdlog.h>
+#include <sys/socket.h>
 #include <unistd.h>
 #include <caf/io/middleman.hpp>
 #include <caf/openssl/manager.hpp>
 #include <caf/openssl/publish.hpp>
-#include <caf/openssl/remote_actor.hpp>
 
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <cstdlib>
+#include <cstring>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -503,6 +507,88 @@ bool from_a_follower(const error& e) {
          (e.code() == errc::unavailable &&
           e.message().find(" follows and no core leads") != std::string::npos);
 }
+
+// How long a client waits for a core that took its connection to answer: once for the
+// probe below, once for CAF's handshake. A frozen core (SIGSTOP, a suspended machine) or
+// another program on its port takes the connection in the kernel and says nothing, and CAF
+// 0.17 waits for its handshake for ever: `gflex status` hung there, as did a trainer that
+// dialled its core again.
+constexpr std::chrono::seconds core_answer_timeout{10};
+
+// What the probe says: a TLS alert record (close_notify). A TLS server answers it at once
+// with an alert of its own or by closing; a plain CAF core sends its handshake unasked. Any
+// bytes, the connection's end or a reset show a process that serves the port.
+constexpr unsigned char probe_goodbye[] = {0x15, 0x03, 0x01, 0x00, 0x02, 0x01, 0x00};
+
+// Whether a process answers at host:port within `timeout`: connects, says goodbye and waits
+// for anything back. CAF is given only a core that answered: once it dials, a handshake
+// that gets no answer cannot be cancelled, and over TLS it keeps the middleman's thread
+// busy until the peer answers or closes (client::impl::dispose).
+expected<void> probe_answer(const std::string& host, uint16_t port, std::chrono::seconds timeout) {
+  const std::string where = host + ":" + std::to_string(port);
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  addrinfo* found = nullptr;
+  if (const int rc = ::getaddrinfo(host.c_str(), std::to_string(port).c_str(), &hints, &found);
+      rc != 0)
+    return error(errc::io_error,
+                 where + ": cannot resolve " + host + " (" + ::gai_strerror(rc) + ")");
+  std::unique_ptr<addrinfo, decltype(&::freeaddrinfo)> owned(found, ::freeaddrinfo);
+  const auto until = std::chrono::steady_clock::now() + timeout;
+  // The events seen on `fd` (POLLERR for a failed poll), or 0 once `until` has passed.
+  auto wait = [until](int fd, short events) -> short {
+    for (;;) {
+      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+          until - std::chrono::steady_clock::now());
+      if (left.count() <= 0) return 0;
+      pollfd p{fd, events, 0};
+      const int n = ::poll(&p, 1, static_cast<int>(left.count()));
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) return POLLERR;
+      return n == 0 ? short{0} : p.revents;
+    }
+  };
+  int last = ETIMEDOUT;
+  for (const addrinfo* a = found; a != nullptr; a = a->ai_next) {
+    const int fd =
+        ::socket(a->ai_family, a->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, a->ai_protocol);
+    if (fd < 0) {
+      last = errno;
+      continue;
+    }
+    struct closer {
+      int fd;
+      ~closer() { ::close(fd); }
+    } closed{fd};
+    if (::connect(fd, a->ai_addr, a->ai_addrlen) != 0) {
+      if (errno != EINPROGRESS) {
+        last = errno;
+        continue;
+      }
+      if (wait(fd, POLLOUT) == 0) break;  // past the bound: ETIMEDOUT
+      int err = 0;
+      socklen_t len = sizeof err;
+      if (::getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = errno;
+      if (err != 0) {
+        last = err;
+        continue;
+      }
+    }
+    // A peer that reset the connection already answered; MSG_NOSIGNAL keeps that a poll
+    // event rather than a SIGPIPE.
+    (void)::send(fd, probe_goodbye, sizeof probe_goodbye, MSG_NOSIGNAL);
+    if (wait(fd, POLLIN) != 0) return {};
+    return error(errc::io_error, where + ": took the connection but did not answer within " +
+                                     std::to_string(timeout.count()) +
+                                     " s (is the core frozen or stopped, or is another "
+                                     "program listening there?)");
+  }
+  if (last == ETIMEDOUT)
+    return error(errc::io_error, where + ": the core did not take the connection within " +
+                                     std::to_string(timeout.count()) + " s");
+  return error(errc::io_error, where + ": " + std::strerror(last));
+}
 }  // namespace
 
 // The sessions a client's link actor watches: one whose core died is noted here.
@@ -542,8 +628,12 @@ struct client::impl {
   // sent to a dead proxy is dropped, never answered: the next request waited out its 30 s
   // timeout before it dialled the core again.
   std::shared_ptr<session_watch> watch = std::make_shared<session_watch>();
-  std::string principal;  // who the key authenticates as, once the session is given
-  bool insecure = false;  // plain TCP (--insecure) rather than TLS
+  std::string principal;            // who the key authenticates as, once the session is given
+  bool insecure = false;            // plain TCP (--insecure) rather than TLS
+  std::filesystem::path core_cert;  // the bundle TLS is pinned to, named in dial's hints
+  // A dial gave up on a TLS handshake that CAF still waits for (dial): the actor system
+  // cannot be stopped now (dispose).
+  bool dial_left_pending = false;
   // Where a remote client dials its core again once the link is lost (the core restarted, a
   // follower took over as leader): the session died with it, and is asked for anew.
   std::string host;
@@ -568,6 +658,76 @@ struct client::impl {
 
   ~impl() {
     link.reset();  // while the actor system it lives in is still here
+  }
+
+  // Destroys `p`, unless a dial of it left a TLS handshake pending: then `p` and its actor
+  // system are let go, unstopped, for the rest of the process. CAF 0.17's middleman stops
+  // only once each connection has written what it holds, and a handshake its peer never
+  // answers holds its first bytes for ever: stopping the system waited with it, and the
+  // caller that got the dial's error never returned.
+  static void dispose(std::unique_ptr<impl> p) {
+    if (p && p->dial_left_pending) (void)p.release();
+  }
+
+  // The core's front door at h:p, from the middleman's link if it has one; an error (io_error)
+  // begins with h:p and says why not. Bounded: a machine that is off is found by probe_tcp
+  // (3 s), a process that takes the connection and says nothing by probe_answer, and a core
+  // that goes silent after its probe by the request's timeout (core_answer_timeout each).
+  expected<caf::actor> dial(const std::string& h, uint16_t p) {
+    const std::string where = h + ":" + std::to_string(p);
+    if (auto reachable = probe_tcp(h, p); !reachable)
+      return error(errc::io_error, reachable.error().message());
+    if (auto answers = probe_answer(h, p, core_answer_timeout); !answers) return answers.error();
+    // What caf::io::middleman::remote_actor and caf::openssl::remote_actor ask, with a
+    // timeout: theirs is infinite.
+    const caf::io::middleman_actor middleman =
+        insecure ? sys->middleman().actor_handle() : sys->openssl_manager().actor_handle();
+    caf::scoped_actor self{*sys};
+    expected<caf::actor> out = error(errc::io_error, where + ": no answer");
+    self->request(middleman, core_answer_timeout, caf::connect_atom::value, h, p)
+        .receive(
+            [&](caf::node_id&, caf::strong_actor_ptr& front_door, std::set<std::string>& ifs) {
+              if (!front_door)
+                out = error(errc::io_error, where + ": " +
+                                                sys->render(caf::make_error(
+                                                    caf::sec::no_actor_published_at_port, p)));
+              else if (!sys->assignable<caf::actor>(ifs))
+                out = error(errc::io_error,
+                            where + ": " +
+                                sys->render(caf::make_error(
+                                    caf::sec::unexpected_actor_messaging_interface, ifs)));
+              else
+                out = caf::actor_cast<caf::actor>(std::move(front_door));
+            },
+            [&](caf::error& e) {
+              // The request's timeout, or CAF's check of silent links that closed the
+              // connection first (its first heartbeat tick takes a link still in its handshake
+              // for silent): either way no handshake came within the bound.
+              const bool silent =
+                  e == caf::sec::request_timeout || e == caf::sec::connection_timeout;
+              std::string why = sys->render(e);
+              if (silent)
+                why = "took the connection but did not finish its handshake within " +
+                      std::to_string(core_answer_timeout.count()) +
+                      " s (is the core frozen or stopped?)";
+              if (e == caf::sec::disconnect_during_handshake)
+                why += insecure ? " (does the core serve TLS? then drop --insecure)"
+                                : " (is this the core whose certificate " + core_cert.string() +
+                                      " holds, and does it serve TLS rather than --insecure?)";
+              // A TLS connection whose handshake had no answer stays in the middleman, even
+              // once CAF closed it (dispose); a plain one wrote its handshake to the kernel,
+              // and closes.
+              if (silent && !insecure) {
+                dial_left_pending = true;
+                spdlog::warn(
+                    "the TLS handshake with {} is left pending: CAF cannot cancel it, and this "
+                    "client's network thread keeps polling it until the core answers or closes "
+                    "the connection",
+                    where);
+              }
+              out = error(errc::io_error, where + ": " + why);
+            });
+    return out;
   }
 
   // The link actor, made if there is none, watching the front door (under the lock): a core
@@ -617,16 +777,10 @@ struct client::impl {
       core_unanswered = false;
       std::string why;
       for (const auto& [h, p] : tries) {
-        // A machine that is off held this connect for minutes (probe_tcp): passed over.
-        if (auto reachable = probe_tcp(h, p); !reachable) {
-          why += (why.empty() ? "" : "; ") + reachable.error().message();
-          continue;
-        }
-        auto again =
-            insecure ? sys->middleman().remote_actor(h, p) : caf::openssl::remote_actor(*sys, h, p);
+        // A machine that is off, or a core that is frozen, is passed over in seconds (dial).
+        auto again = dial(h, p);
         if (!again) {
-          why += (why.empty() ? "" : "; ") + h + ":" + std::to_string(p) + ": " +
-                 sys->render(again.error());
+          why += (why.empty() ? "" : "; ") + again.error().message();
           continue;
         }
         core = *again;
@@ -765,14 +919,9 @@ struct client::impl {
     if (!named) return false;
     const auto& [host, port] = *named;
     const std::string address = host + ":" + std::to_string(port);
-    if (auto reachable = probe_tcp(host, static_cast<uint16_t>(port)); !reachable) {
-      spdlog::warn("cannot reach the leader: {}", reachable.error().message());
-      return false;
-    }
-    auto leader = insecure ? sys->middleman().remote_actor(host, static_cast<uint16_t>(port))
-                           : caf::openssl::remote_actor(*sys, host, static_cast<uint16_t>(port));
+    auto leader = dial(host, static_cast<uint16_t>(port));
     if (!leader) {
-      spdlog::warn("cannot reach the leader at {}: {}", address, sys->render(leader.error()));
+      spdlog::warn("cannot reach the leader at {}", leader.error().message());
       return false;
     }
     spdlog::debug("a follower sent this request to the leader at {}", address);
@@ -795,14 +944,9 @@ struct client::impl {
     std::lock_guard<std::mutex> guard(mutex);
     for (auto it = other_cores.begin(); it != other_cores.end(); ++it) {
       const auto [h, p] = *it;
-      if (auto reachable = probe_tcp(h, p); !reachable) {
-        spdlog::debug("cannot reach the core at {}", reachable.error().message());
-        continue;
-      }
-      auto next =
-          insecure ? sys->middleman().remote_actor(h, p) : caf::openssl::remote_actor(*sys, h, p);
+      auto next = dial(h, p);
       if (!next) {
-        spdlog::debug("cannot reach the core at {}:{}: {}", h, p, sys->render(next.error()));
+        spdlog::debug("cannot reach the core at {}", next.error().message());
         continue;
       }
       spdlog::info(
@@ -822,8 +966,18 @@ struct client::impl {
 
 client::client(std::unique_ptr<impl> p) : impl_(std::move(p)) {}
 client::client(client&&) noexcept = default;
-client& client::operator=(client&&) noexcept = default;
-client::~client() = default;
+
+client& client::operator=(client&& other) noexcept {
+  if (this != &other) {
+    impl::dispose(std::move(impl_));
+    impl_ = std::move(other.impl_);
+  }
+  return *this;
+}
+
+client::~client() {
+  impl::dispose(std::move(impl_));
+}
 
 client in_process_core::connect(const std::string& api_key) {
   auto p = std::make_unique<client::impl>();
@@ -840,26 +994,20 @@ expected<client> client::connect(const std::string& host, uint16_t port,
   configure_actor_system(p->cfg);
   p->key = options.api_key;
   p->insecure = options.insecure;
+  p->core_cert = options.core_cert;
   if (!options.insecure) {
     auto fingerprint = configure_peer_tls(p->cfg, options.core_cert);
     if (!fingerprint) return fingerprint.error();
   }
   p->own_system();
   // A core machine that is off held the connect for the kernel's SYN retries (minutes), and
-  // the caller tried the next core only after: probed first, it is told in seconds.
-  if (auto reachable = probe_tcp(host, port); !reachable)
-    return error(errc::io_error, "cannot reach the core at " + reachable.error().message());
-  auto core = options.insecure ? p->sys->middleman().remote_actor(host, port)
-                               : caf::openssl::remote_actor(*p->sys, host, port);
+  // a frozen core its handshake for ever; the caller tried the next core only after: dialled
+  // within bounds, each is told in seconds.
+  auto core = p->dial(host, port);
   if (!core) {
-    std::string why = p->sys->render(core.error());
-    if (core.error() == caf::sec::disconnect_during_handshake)
-      why += options.insecure
-                 ? " (does the core serve TLS? then drop --insecure)"
-                 : " (is this the core whose certificate " + options.core_cert.string() +
-                       " holds, and does it serve TLS rather than --insecure?)";
-    return error(errc::io_error,
-                 "cannot reach the core at " + host + ":" + std::to_string(port) + ": " + why);
+    auto why = error(errc::io_error, "cannot reach the core at " + core.error().message());
+    impl::dispose(std::move(p));
+    return why;
   }
   p->core = *core;
   p->host = host;
