@@ -199,6 +199,9 @@ struct job_actor_state {
   // What the divergence check asked (asked again of a restarted verifier).
   assignment divergence_work;
   std::string divergence_said;
+  // While the check waits for a core-tier worker, what the job's status says of the wait
+  // (show_divergence_wait); empty otherwise.
+  std::string divergence_waiting;
   // Counts the verifiers this job has asked: a restarted one holds none of the checks the
   // one before held (their promises went with it, never answered), so they are asked again,
   // and answers to an earlier one's requests are ignored.
@@ -660,6 +663,32 @@ constexpr auto topup_wait = std::chrono::seconds(20);
 // a verifier that is gone.
 const auto verify_wait = std::chrono::seconds(static_cast<int64_t>(max_deadline_s) + 3600);
 
+// `detail` with the divergence check's wait (divergence_waiting) after it: the acquires' and the
+// round watch's details, set four times a second, otherwise hid it as soon as it was shown.
+std::string with_divergence_wait(const job_actor_state& st, std::string detail) {
+  if (st.divergence_waiting.empty()) return detail;
+  return detail.empty() ? st.divergence_waiting : detail + "; " + st.divergence_waiting;
+}
+
+// Shows in the job's status that its divergence check waits (`waiting`), or (empty) that it
+// waits no longer. Under --unverified wait the check may wait as long as the core tier is
+// busy, the job holding its escrow: without a word in its status, nobody could tell why.
+void show_divergence_wait(job_actor* self, std::string waiting) {
+  auto& st = self->state;
+  auto detail = st.job.status.detail;
+  // The wait shown before ends the detail (with_divergence_wait): it is taken off first.
+  if (!st.divergence_waiting.empty() && detail.ends_with(st.divergence_waiting)) {
+    detail.resize(detail.size() - st.divergence_waiting.size());
+    if (detail.ends_with("; ")) detail.resize(detail.size() - 2);
+  }
+  st.divergence_waiting = std::move(waiting);
+  detail = with_divergence_wait(st, std::move(detail));
+  // An ended job's status says how it ended.
+  if (st.finished || detail == st.job.status.detail) return;
+  st.job.status.detail = std::move(detail);
+  publish(self);
+}
+
 // Community nodes alone said the round diverged: keys cost nothing, and three that said it of
 // every assignment ended any job. The work is computed on the core tier first: the job ends
 // if it diverges there too (or, with three nodes' word, there is no core tier to ask);
@@ -690,6 +719,7 @@ void check_divergence(job_actor* self, const assignment& work, const std::string
               return;
             st.divergence_checking = false;
             st.divergence_disproved = true;
+            show_divergence_wait(self, "");
             spdlog::warn(
                 "job {}: {} node(s) said round {} diverged, but the core tier computed it: "
                 "their reports are not believed",
@@ -711,11 +741,17 @@ void check_divergence(job_actor* self, const assignment& work, const std::string
                   "job {}: {} node(s) said round {} diverged; waiting for the core tier to "
                   "check it: {}",
                   st.job.id, st.diverged.size(), round + 1, err.message());
+              const auto nodes = std::to_string(st.diverged.size()) +
+                                 (st.diverged.size() == 1 ? " node" : " nodes");
+              show_divergence_wait(self, "waiting for the core tier to check whether round " +
+                                             std::to_string(round + 1) + " diverges, as " + nodes +
+                                             " said: " + err.message());
               self->delayed_send(self, std::chrono::seconds(5), verify_atom::value, round,
                                  generation);
               return;
             }
             st.divergence_checking = false;
+            show_divergence_wait(self, "");
             // Diverged there too, or no core-tier worker to ask (nothing better to go on).
             if (err.code() == errc::non_finite || err.code() == errc::unavailable)
               return end_diverged(self, said);
@@ -813,9 +849,13 @@ void assignment_failed(job_actor* self, uint64_t id, const caf::error& e) {
   bool diverged_at_fault = false;
   if (it != st.pending.end() && err.code() == errc::non_finite) {
     const auto& slot = it->second.slot;
-    // Its word is not the job's model's once the core tier computed the work, nor when its key
-    // says so twice in a round (it was left out after the first): the market cools it down.
-    diverged_at_fault = st.divergence_disproved || st.diverged.count(slot.public_key) != 0;
+    // Its word is not the job's model's once the core tier computed the work: the market cools
+    // it down. Before that, a key that says so twice in a round (it was left out after the
+    // first) is held at fault only where there is no core tier to ask. While the check waits
+    // (--unverified wait, the core tier busy) an honest node given the work again says it
+    // again, and was cooled down for every job for a report nobody had disproved.
+    diverged_at_fault =
+        st.divergence_disproved || (!st.links.verifier && st.diverged.count(slot.public_key) != 0);
     leave_out(st, it->second,
               "diverged there (" + slot.node_name + ": " + err.message().substr(0, 200) + ")",
               std::chrono::minutes(1));
@@ -919,6 +959,7 @@ void open_round(job_actor* self) {
   st.diverged_on_core = false;
   st.divergence_checking = false;
   st.divergence_disproved = false;
+  show_divergence_wait(self, "");  // a new round's work is checked anew, if need be
   st.round_started = clock_type::now();
   st.first_sent.reset();
   self->delayed_send(self, std::chrono::milliseconds(250), tick_atom::value,
@@ -1846,6 +1887,7 @@ void dispatch(job_actor* self) {
                 decide_divergence(self);
               if (st.finished) return;
             }
+            detail = with_divergence_wait(st, std::move(detail));
             if (detail != st.job.status.detail) {
               st.job.status.detail = detail;
               publish(self);
@@ -1929,6 +1971,7 @@ void watch_round(job_actor* self) {
         std::to_string(st.unconfirmed->index + 1) + " on core-tier workers" +
         (st.verifier_missing.empty() ? std::string()
                                      : " (waiting for a verifier: " + st.verifier_missing + ")");
+    detail = with_divergence_wait(st, std::move(detail));
     if (detail != st.job.status.detail) {
       st.job.status.detail = detail;
       publish(self);
