@@ -4,6 +4,7 @@
 #include <bit>
 #include <cmath>
 #include <limits>
+#include <numeric>
 #include <thread>
 #include <utility>
 
@@ -18,7 +19,10 @@ double median_of(std::vector<double> v) {
   if (v.size() % 2 == 1) return *mid;
   double upper = *mid;
   double lower = *std::max_element(v.begin(), mid);
-  return 0.5 * (lower + upper);
+  // Not 0.5 * (lower + upper): the sum of two finite values near DBL_MAX is infinite (a node
+  // reporting a loss of 1.7e308 twice made the round's loss inf), and halving each first
+  // rounds two equal subnormals down. std::midpoint neither overflows nor loses them.
+  return std::midpoint(lower, upper);
 }
 
 namespace {

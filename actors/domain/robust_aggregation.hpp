@@ -16,7 +16,8 @@ namespace gflex {
 
 double l2_norm(std::span<const float> x) noexcept;
 
-/// The median (the mean of the middle two for an even count); 0 for none.
+/// The median (the mean of the middle two for an even count, finite whenever they are); 0 for
+/// none.
 double median_of(std::vector<double> values);
 
 /// |claimed - reference| / |reference| (L2). 0 when both are zero, infinity when only the

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <map>
 #include <random>
 #include <string>
@@ -166,6 +167,21 @@ TEST_SUITE("reputation") {
 }
 
 TEST_SUITE("robust_aggregation") {
+  TEST_CASE("the median of an even count is finite whenever its middle two are") {
+    // A node reporting a loss of 1.7e308 twice made the round's loss infinite: the middle
+    // two were summed before they were halved.
+    CHECK(median_of({1.7e308, 1.7e308}) == 1.7e308);
+    const double max = std::numeric_limits<double>::max();
+    CHECK(median_of({max, max, 1.0, max}) == max);
+    CHECK(median_of({-max, max}) == 0.0);
+    // Halved first, two equal subnormals rounded down to zero.
+    const double tiny = std::numeric_limits<double>::denorm_min();
+    CHECK(median_of({tiny, tiny}) == tiny);
+    CHECK(median_of({1.0, 4.0, 2.0, 3.0}) == 2.5);
+    CHECK(median_of({3.0, 1.0, 2.0}) == 2.0);
+    CHECK(median_of({}) == 0.0);
+  }
+
   TEST_CASE("relative distance") {
     std::vector<float> a{3.0f, 4.0f}, b{3.0f, 4.0f}, z{0.0f, 0.0f}, flipped{-3.0f, -4.0f};
     CHECK(relative_distance(a, b) == 0.0);
