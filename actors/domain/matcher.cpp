@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <limits>
+#include <unordered_map>
 
 #include "reputation.hpp"
 
@@ -99,19 +100,37 @@ match_result match_slots(std::span<const slot_offer> offers, const slot_bid& bid
     if (offers[a].served != offers[b].served) return offers[a].served < offers[b].served;
     return rotated(a) < rotated(b);
   };
+  // Slots already chosen in this match, per node: a band's slots spread over its nodes.
+  std::unordered_map<std::string_view, size_t> chosen_of;
   // Takes up to `count` of `pool` into the result: repeatedly the offers within the band of
-  // the cheapest left, the least served of them first.
+  // the cheapest left, the least served of them first, one slot of each node before a second
+  // of any. Every slot of a node shares its `served`, so by that alone a node of many slots
+  // took a whole round's band: its results then made the median the round's screening judges
+  // every other result by, and the round's reported loss.
+  std::vector<size_t> turn(offers.size(), 0);
   auto take = [&](std::vector<size_t>& pool, size_t count) {
     std::sort(pool.begin(), pool.end(),
               [&](size_t a, size_t b) { return unit_cost(offers[a]) < unit_cost(offers[b]); });
+    chosen_of.clear();  // those explored, or taken as newcomers, count too
+    for (size_t i : out.chosen) chosen_of[offers[i].node_id] += 1;
     size_t begin = 0;
     while (count > 0 && begin < pool.size()) {
       const double limit = unit_cost(offers[pool[begin]]) * (1.0 + bid.equal_cost_band);
       size_t end = begin;
       while (end < pool.size() && unit_cost(offers[pool[end]]) <= limit) ++end;
-      std::sort(pool.begin() + static_cast<std::ptrdiff_t>(begin),
-                pool.begin() + static_cast<std::ptrdiff_t>(end), fairer);
+      const auto first = pool.begin() + static_cast<std::ptrdiff_t>(begin);
+      const auto last = pool.begin() + static_cast<std::ptrdiff_t>(end);
+      std::sort(first, last, fairer);
+      // A slot's turn: how many of its node's slots come before it (chosen, or fairer in the
+      // band); fairer order within a turn.
+      std::unordered_map<std::string_view, size_t> seen;
+      for (auto it = first; it != last; ++it) {
+        const auto node = offers[*it].node_id;
+        turn[*it] = chosen_of[node] + seen[node]++;
+      }
+      std::stable_sort(first, last, [&](size_t a, size_t b) { return turn[a] < turn[b]; });
       const size_t k = std::min(count, end - begin);
+      for (size_t i = begin; i < begin + k; ++i) chosen_of[offers[pool[i]].node_id] += 1;
       out.chosen.insert(out.chosen.end(), pool.begin() + static_cast<std::ptrdiff_t>(begin),
                         pool.begin() + static_cast<std::ptrdiff_t>(begin + k));
       count -= k;

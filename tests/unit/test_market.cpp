@@ -3,6 +3,7 @@
 #include <limits>
 
 #include <cmath>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -279,6 +280,42 @@ TEST_SUITE("matcher") {
     r = match_slots(offers, bid, 3);
     CHECK(r.chosen == std::vector<size_t>{0, 1});
     CHECK(r.busy == 1);
+  }
+
+  TEST_CASE("a band's slots spread over its nodes: one slot of each before a second of any") {
+    // "many" offers 8 slots, the least served of the band; "b" and "c" offer 2 each at the
+    // same cost. By `served` alone all 6 slots of a round went to "many", whose results then
+    // made the median every result was screened against.
+    std::vector<slot_offer> offers;
+    auto add = [&](std::string_view node, int64_t served, size_t slots) {
+      for (size_t i = 0; i < slots; ++i) {
+        offers.push_back(offer(0, 1.0, 1000));
+        offers.back().node_id = node;
+        offers.back().served = served;
+      }
+    };
+    add("many", 0, 8);
+    add("b", 10, 2);
+    add("c", 20, 2);
+    slot_bid bid{trust_tier::community, -1, 0.0};
+    auto per_node = [&](const match_result& r) {
+      std::map<std::string_view, int> n;
+      for (size_t i : r.chosen) n[offers[i].node_id] += 1;
+      return n;
+    };
+    auto r = match_slots(offers, bid, 6);
+    REQUIRE(r.chosen.size() == 6);
+    CHECK(per_node(r) == std::map<std::string_view, int>{{"b", 2}, {"c", 2}, {"many", 2}});
+    // The least served first within a turn.
+    r = match_slots(offers, bid, 2);
+    CHECK(per_node(r) == std::map<std::string_view, int>{{"b", 1}, {"many", 1}});
+    // Past what the other nodes offer, the rest of the band is the many-slot node's.
+    r = match_slots(offers, bid, 10);
+    CHECK(per_node(r) == std::map<std::string_view, int>{{"b", 2}, {"c", 2}, {"many", 6}});
+    // A cheaper band is still taken first, whoever offers it.
+    for (size_t i = 0; i < 8; ++i) offers[i].price /= 2;
+    r = match_slots(offers, bid, 6);
+    CHECK(per_node(r) == std::map<std::string_view, int>{{"many", 6}});
   }
 
   TEST_CASE("hybrid takes community slots first, core for the rest; core takes core only") {
