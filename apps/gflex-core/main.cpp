@@ -20,6 +20,7 @@
 #include "gflex/gflex.hpp"
 #include "gflex/kernels/blas_kernels.hpp"
 #include "gflex/runtime/credits.hpp"
+#include "gflex/runtime/fd_limit.hpp"
 #include "gflex/runtime/lifetime.hpp"
 #include "gflex/runtime/logging.hpp"
 #include "large_buffers.hpp"
@@ -358,6 +359,9 @@ int main(int argc, char** argv) {
   }
   auto address = gflex::app::start_daemon("gflex-core", log_level, listen, "--listen");
   if (!address) return 2;
+  // Each node and client holds a connection, one descriptor: the 10,000 nodes a core is
+  // measured with (docs/SCALING.md), their clients, the store and the metrics fit in 16,384.
+  gflex::raise_fd_limit(16384, "10,000 nodes (a connection each) and their clients");
   config.host = address->host;
   config.port = address->port;
   config.standalone = true;

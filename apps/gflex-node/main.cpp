@@ -11,6 +11,7 @@
 #include "core_address.hpp"
 #include "gflex/gflex.hpp"
 #include "gflex/kernels/blas_kernels.hpp"
+#include "gflex/runtime/fd_limit.hpp"
 #include "gflex/test_aids.hpp"
 #include "node_progress.hpp"
 #include "parse_command_line.hpp"
@@ -127,6 +128,8 @@ int main(int argc, char** argv) {
   auto address =
       gflex::app::start_daemon("gflex-node", log_level, join.substr(0, join.find(',')), "--join");
   if (!address) return 2;
+  // The cache's chunk files and the node's connections are descriptors too.
+  gflex::raise_fd_limit();
   auto cores = gflex::app::parse_host_ports(join, "--join");
   if (!cores) {
     std::fprintf(stderr, "gflex-node: %s\n", cores.error().message().c_str());
