@@ -3,11 +3,8 @@
 /// the embedded core-plus-nodes used by `gflex demo`.
 
 #include <fcntl.h>
-#include <netdb.h>
-#include <poll.h>
 #include <signal.h>
 #include <spdlog/spdlog.h>
-#include <sys/socket.h>
 #include <unistd.h>
 #include <caf/io/middleman.hpp>
 #include <caf/openssl/manager.hpp>
@@ -15,9 +12,7 @@
 
 #include <algorithm>
 #include <atomic>
-#include <cerrno>
 #include <cstdlib>
-#include <cstring>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -25,6 +20,7 @@
 #include <thread>
 
 #include "access.hpp"
+#include "answer_probe.hpp"
 #include "core_supervisor.hpp"
 #include "follower_door.hpp"
 #include "gatekeeper.hpp"
@@ -508,87 +504,12 @@ bool from_a_follower(const error& e) {
           e.message().find(" follows and no core leads") != std::string::npos);
 }
 
-// How long a client waits for a core that took its connection to answer: once for the
-// probe below, once for CAF's handshake. A frozen core (SIGSTOP, a suspended machine) or
+// How long a client waits for a core that took its connection to answer: once for
+// probe_answer, once for CAF's handshake. A frozen core (SIGSTOP, a suspended machine) or
 // another program on its port takes the connection in the kernel and says nothing, and CAF
 // 0.17 waits for its handshake for ever: `gflex status` hung there, as did a trainer that
 // dialled its core again.
 constexpr std::chrono::seconds core_answer_timeout{10};
-
-// What the probe says: a TLS alert record (close_notify). A TLS server answers it at once
-// with an alert of its own or by closing; a plain CAF core sends its handshake unasked. Any
-// bytes, the connection's end or a reset show a process that serves the port.
-constexpr unsigned char probe_goodbye[] = {0x15, 0x03, 0x01, 0x00, 0x02, 0x01, 0x00};
-
-// Whether a process answers at host:port within `timeout`: connects, says goodbye and waits
-// for anything back. CAF is given only a core that answered: once it dials, a handshake
-// that gets no answer cannot be cancelled, and over TLS it keeps the middleman's thread
-// busy until the peer answers or closes (client::impl::dispose).
-expected<void> probe_answer(const std::string& host, uint16_t port, std::chrono::seconds timeout) {
-  const std::string where = host + ":" + std::to_string(port);
-  addrinfo hints{};
-  hints.ai_family = AF_UNSPEC;
-  hints.ai_socktype = SOCK_STREAM;
-  addrinfo* found = nullptr;
-  if (const int rc = ::getaddrinfo(host.c_str(), std::to_string(port).c_str(), &hints, &found);
-      rc != 0)
-    return error(errc::io_error,
-                 where + ": cannot resolve " + host + " (" + ::gai_strerror(rc) + ")");
-  std::unique_ptr<addrinfo, decltype(&::freeaddrinfo)> owned(found, ::freeaddrinfo);
-  const auto until = std::chrono::steady_clock::now() + timeout;
-  // The events seen on `fd` (POLLERR for a failed poll), or 0 once `until` has passed.
-  auto wait = [until](int fd, short events) -> short {
-    for (;;) {
-      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
-          until - std::chrono::steady_clock::now());
-      if (left.count() <= 0) return 0;
-      pollfd p{fd, events, 0};
-      const int n = ::poll(&p, 1, static_cast<int>(left.count()));
-      if (n < 0 && errno == EINTR) continue;
-      if (n < 0) return POLLERR;
-      return n == 0 ? short{0} : p.revents;
-    }
-  };
-  int last = ETIMEDOUT;
-  for (const addrinfo* a = found; a != nullptr; a = a->ai_next) {
-    const int fd =
-        ::socket(a->ai_family, a->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, a->ai_protocol);
-    if (fd < 0) {
-      last = errno;
-      continue;
-    }
-    struct closer {
-      int fd;
-      ~closer() { ::close(fd); }
-    } closed{fd};
-    if (::connect(fd, a->ai_addr, a->ai_addrlen) != 0) {
-      if (errno != EINPROGRESS) {
-        last = errno;
-        continue;
-      }
-      if (wait(fd, POLLOUT) == 0) break;  // past the bound: ETIMEDOUT
-      int err = 0;
-      socklen_t len = sizeof err;
-      if (::getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = errno;
-      if (err != 0) {
-        last = err;
-        continue;
-      }
-    }
-    // A peer that reset the connection already answered; MSG_NOSIGNAL keeps that a poll
-    // event rather than a SIGPIPE.
-    (void)::send(fd, probe_goodbye, sizeof probe_goodbye, MSG_NOSIGNAL);
-    if (wait(fd, POLLIN) != 0) return {};
-    return error(errc::io_error, where + ": took the connection but did not answer within " +
-                                     std::to_string(timeout.count()) +
-                                     " s (is the core frozen or stopped, or is another "
-                                     "program listening there?)");
-  }
-  if (last == ETIMEDOUT)
-    return error(errc::io_error, where + ": the core did not take the connection within " +
-                                     std::to_string(timeout.count()) + " s");
-  return error(errc::io_error, where + ": " + std::strerror(last));
-}
 }  // namespace
 
 // The sessions a client's link actor watches: one whose core died is noted here.

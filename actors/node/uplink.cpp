@@ -14,6 +14,7 @@
 #include <optional>
 #include <set>
 
+#include "answer_probe.hpp"
 #include "cache.hpp"
 #include "gflex/kernels/devices.hpp"
 #include "gflex/runtime/payload_chunks.hpp"
@@ -307,22 +308,38 @@ void hello(uplink_actor* self, caf::actor core) {
           });
 }
 
-void connect(uplink_actor* self) {
-  auto& st = self->state;
-  if (st.fixed_core) return hello(self, st.fixed_core);
-  auto mm = st.config.tls ? self->system().openssl_manager().actor_handle()
-                          : self->system().middleman().actor_handle();
-  auto address = core_address(st);
-  if (st.leader_named) address = *std::exchange(st.leader_named, std::nullopt);
-  const std::string host = address.first;
-  const uint16_t port = address.second;
-  // CAF's connect blocks its middleman: to a core machine that is off, for the kernel's SYN
-  // retries (minutes), and the next core's connect waited behind it. Probed first (at most
-  // 3 s here), such a core is passed over.
-  if (auto reachable = probe_tcp(host, port); !reachable) {
-    spdlog::warn("uplink: cannot reach the core at {}", reachable.error().message());
-    return retry_later(self);
-  }
+// How long the uplink waits for a core that took its connection to say anything
+// (probe_answer). A frozen core (SIGSTOP, a suspended machine) or another program on its port
+// takes the connection in the kernel and says nothing: dialled by CAF over TLS, its handshake
+// kept a network thread of the node polling, a CPU core's worth, for as long as the address
+// stayed silent (for good where another program listens there).
+constexpr std::chrono::seconds core_answer_wait{10};
+
+// How long the uplink waits for core_prober: both probes' bounds (3 s and core_answer_wait),
+// with room for the name lookup each of them makes.
+constexpr std::chrono::seconds core_probe_wait{30};
+
+// Probes a core's address once, on a thread of its own: reachable (probe_tcp), then answering
+// (probe_answer). Both block, together for up to 13 s, which on a scheduler thread kept the
+// uplink from its other messages (a worker's restart, the node's bye). Answers nothing where
+// the address answered; else an error that begins with host:port and says why not.
+caf::behavior core_prober(caf::event_based_actor* self) {
+  return {
+      [=](caf::connect_atom, const std::string& host, uint16_t port) -> caf::result<void> {
+        self->quit();
+        if (auto reachable = probe_tcp(host, port); !reachable) return to_caf(reachable.error());
+        if (auto answers = probe_answer(host, port, core_answer_wait); !answers)
+          return to_caf(answers.error());
+        return caf::unit;
+      },
+  };
+}
+
+// Asks the middleman for the front door at host:port, an address that answered its probes,
+// and says hello there.
+void dial(uplink_actor* self, const std::string& host, uint16_t port) {
+  auto mm = self->state.config.tls ? self->system().openssl_manager().actor_handle()
+                                   : self->system().middleman().actor_handle();
   self->request(mm, std::chrono::seconds(15), caf::connect_atom::value, host, port)
       .then(
           [=](const caf::node_id&, caf::strong_actor_ptr& ptr, const std::set<std::string>&) {
@@ -337,7 +354,7 @@ void connect(uplink_actor* self) {
             // TLS, or a core other than the one the node's certificate names: said as the
             // client says it (client::connect), not as CAF's bare code, retried for ever.
             // A TLS handshake that fails is CAF's cannot_connect_to_node, which after the
-            // probe above (the port accepts connections) says the same.
+            // probes (the port answers) says the same.
             std::string why = self->system().render(e);
             if (e == caf::sec::disconnect_during_handshake ||
                 (self->state.config.tls && e == caf::sec::cannot_connect_to_node)) {
@@ -353,6 +370,30 @@ void connect(uplink_actor* self) {
             spdlog::warn("uplink: cannot reach the core at {}:{}: {}", host, port, why);
             retry_later(self);
           });
+}
+
+void connect(uplink_actor* self) {
+  auto& st = self->state;
+  if (st.fixed_core) return hello(self, st.fixed_core);
+  auto address = core_address(st);
+  if (st.leader_named) address = *std::exchange(st.leader_named, std::nullopt);
+  const std::string host = address.first;
+  const uint16_t port = address.second;
+  // CAF's connect blocks its middleman: to a core machine that is off, for the kernel's SYN
+  // retries (minutes), and the next core's connect waited behind it; and over TLS a core that
+  // takes the connection but never answers kept a network thread busy (core_answer_wait).
+  // Probed first, such a core is passed over, and CAF never dials it.
+  self->request(self->spawn<caf::detached>(core_prober), core_probe_wait, caf::connect_atom::value,
+                host, port)
+      .then([=]() { dial(self, host, port); },
+            [=](caf::error& e) {
+              // The probes' own errors begin with the address; the prober's timeout does not.
+              std::string why = from_caf(e, &self->system()).message();
+              if (e.category() != error_category)
+                why = host + ":" + std::to_string(port) + ": " + why;
+              spdlog::warn("uplink: cannot reach the core at {}", why);
+              retry_later(self);
+            });
 }
 
 void release_worker(uplink_actor* self, uint32_t index);
