@@ -1,6 +1,7 @@
 #include "robust_aggregation.hpp"
 
 #include <algorithm>
+#include <array>
 #include <bit>
 #include <cmath>
 #include <limits>
@@ -440,6 +441,62 @@ void robust_mean(const std::vector<std::span<const float>>& updates, double clip
   robust_mean_block(updates, scale, trim, 0, updates[0].size(), out);
 }
 
+namespace {
+
+// compact_sketch's codes: 10 steps an octave, the largest magnitude at 127.
+constexpr double steps_per_octave = 10.0;
+constexpr int largest_code = 127;
+
+// The value of each code (as a uint8_t), relative to the sketch's largest magnitude.
+const std::array<double, 256>& code_values() {
+  static const std::array<double, 256> values = [] {
+    std::array<double, 256> v{};
+    for (int k = 1; k <= largest_code; ++k) {
+      const double magnitude = std::exp2((k - largest_code) / steps_per_octave);
+      v[static_cast<uint8_t>(k)] = magnitude;
+      v[static_cast<uint8_t>(-k)] = -magnitude;
+    }
+    return v;  // codes 0 and -128 (never made) are 0
+  }();
+  return values;
+}
+
+}  // namespace
+
+compact_sketch::compact_sketch(std::span<const float> sketch) : code_(sketch.size(), 0) {
+  double largest = 0.0;
+  for (float v : sketch) {
+    if (!std::isfinite(v)) return;  // kept as zeros
+    largest = std::max(largest, std::abs(static_cast<double>(v)));
+  }
+  if (largest == 0.0) return;
+  for (size_t i = 0; i < sketch.size(); ++i) {
+    const double magnitude = std::abs(static_cast<double>(sketch[i]));
+    if (magnitude == 0.0) continue;
+    // Rounded on the logarithmic scale, so a value is off by at most 2^(1/20) - 1 of itself;
+    // one that rounds below the first step is kept as 0 (off by under 2^-12.65 of the largest).
+    const double code =
+        std::round(largest_code + steps_per_octave * std::log2(magnitude / largest));
+    if (code < 1.0) continue;
+    const auto k = static_cast<int8_t>(code);
+    code_[i] = sketch[i] < 0.0f ? static_cast<int8_t>(-k) : k;
+  }
+}
+
+double compact_sketch::cosine_with(std::span<const float> other) const {
+  GFLEX_CHECK(other.size() == code_.size(), "compact_sketch: sizes differ");
+  const auto& value = code_values();
+  double dot = 0.0, na = 0.0, nb = 0.0;
+  for (size_t i = 0; i < code_.size(); ++i) {
+    const double a = other[i];
+    const double b = value[static_cast<uint8_t>(code_[i])];
+    dot += a * b;
+    na += a * a;
+    nb += b * b;
+  }
+  return na > 0.0 && nb > 0.0 ? dot / std::sqrt(na * nb) : 0.0;
+}
+
 bool replay_sketches::repeats(const std::vector<uint8_t>& key, std::vector<float> sketch) {
   auto it = by_key_.find(key);
   if (it == by_key_.end()) {
@@ -453,12 +510,25 @@ bool replay_sketches::repeats(const std::vector<uint8_t>& key, std::vector<float
   }
   auto& k = it->second;
   k.heard = ++calls_;
-  const bool seen = std::any_of(
-      k.last.begin(), k.last.end(),
-      [&](const std::vector<float>& earlier) { return cosine(sketch, earlier) > replay_cosine; });
-  k.last.push_back(std::move(sketch));
-  if (k.last.size() > replay_memory) k.last.erase(k.last.begin());
+  const bool seen = std::any_of(k.last.begin(), k.last.end(), [&](const compact_sketch& earlier) {
+    return earlier.cosine_with(sketch) > replay_cosine;
+  });
+  // The oldest goes before the newest comes: the list never holds more than replay_memory,
+  // so it never grows its capacity past that either.
+  if (k.last.size() >= replay_memory) k.last.erase(k.last.begin());
+  k.last.emplace_back(sketch);
   return seen;
+}
+
+size_t replay_sketches::bytes() const {
+  // A std::map node holds its value and, in libstdc++, a colour and three links.
+  constexpr size_t node = sizeof(decltype(by_key_)::value_type) + 4 * sizeof(void*);
+  size_t total = sizeof(*this);
+  for (const auto& [key, k] : by_key_) {
+    total += node + key.capacity() + k.last.capacity() * sizeof(compact_sketch);
+    for (const auto& s : k.last) total += s.heap_bytes();
+  }
+  return total;
 }
 
 }  // namespace gflex

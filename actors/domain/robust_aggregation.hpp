@@ -115,22 +115,64 @@ double cosine(std::span<const float> a, std::span<const float> b);
 inline constexpr double replay_cosine = 0.95;
 inline constexpr size_t replay_memory = 16;
 
+/// A count sketch kept for cosines only, in one byte a bucket (4 KiB for the job's 4,096, a
+/// quarter of its floats): each value's sign and its magnitude on a logarithmic scale, 10
+/// steps an octave below the sketch's largest magnitude (values under 2^-12.65 of it are kept
+/// as 0). No scale is kept: a cosine does not depend on one. Linear steps (int8 with a scale)
+/// would bound each value's error by a fraction of the largest only: a sketch whose weight
+/// sits in a few buckets would lose its other buckets, and its cosines, to rounding (by up to
+/// a quarter of its norm). Logarithmic steps bound each value's error by a fraction of itself.
+///
+/// The bound. A kept value is off by at most delta = 2^(1/20) - 1 = 0.0353 of itself, and each
+/// of the n - 1 values below the largest, M, that is kept as 0 by less than t M, with t =
+/// 2^-12.65 = 1.56e-4; the sketch's norm is at least M. So the decoded sketch b' of a sketch
+/// b is off by at most eps ||b||, eps^2 = (delta^2 + (n - 1) t^2) / (1 + (n - 1) t^2): eps =
+/// 0.0366 for n = 4,096 (`max_error`). The angle between b and b' is then at most asin(eps) =
+/// 2.1 degrees, and so is the change in the angle between b and any vector, whose cosine
+/// therefore moves by at most 0.037 anywhere. At replay_cosine (18.2 degrees): a true cosine
+/// above 0.961 is always read above 0.95, and one below 0.937 never is; a replay (cosine 1) is
+/// read above sqrt(1 - eps^2) = 0.9993, and honest results (0.24 between a node's successive
+/// ones, under 0.8 within a round) stay far below.
+class compact_sketch {
+ public:
+  /// How far a sketch of 4,096 buckets may be from the one kept, as a fraction of its norm.
+  static constexpr double max_error = 0.0367;
+
+  /// Keeps `sketch`. One with a non-finite value is kept as zeros: in floats its cosines are
+  /// NaN (never above a bound); kept, they are 0.
+  explicit compact_sketch(std::span<const float> sketch);
+  /// Cosine similarity of `other` with the sketch kept, in double (0 if either is zero); sizes
+  /// must match (a caller bug otherwise).
+  double cosine_with(std::span<const float> other) const;
+  size_t size() const { return code_.size(); }
+  /// The bytes it holds outside itself.
+  size_t heap_bytes() const { return code_.capacity(); }
+
+ private:
+  std::vector<int8_t> code_;  // sign and 127 + 10 log2(|value| / largest); 0 for 0
+};
+
 /// Each node key's last `replay_memory` update sketches, by key (one key joins under several
 /// names, and replayed its updates in turn under each), for at most `keys` keys: past them,
 /// the key heard from longest ago is forgotten. Unbounded, a job kept 256 KiB for every key
 /// that ever sent it a result, for its whole life (a churning pool of 500 keys: 125 MiB).
+/// Sketches are kept as compact_sketch, about 65 KiB a key: 50 jobs of 59 workers (300 keys
+/// each) hold 0.9 GiB of them, where floats, 256 KiB a key, would take 3.7 GiB.
 class replay_sketches {
  public:
   explicit replay_sketches(size_t keys) : keys_(keys < 1 ? 1 : keys) {}
-  /// Whether `sketch` repeats one of `key`'s last ones (a cosine above replay_cosine); it is
-  /// kept either way, as the key's newest.
+  /// Whether `sketch` repeats one of `key`'s last ones (a cosine above replay_cosine, read
+  /// within compact_sketch::max_error); it is kept either way, as the key's newest.
   bool repeats(const std::vector<uint8_t>& key, std::vector<float> sketch);
   size_t keys() const { return by_key_.size(); }
+  /// About how many bytes the sketches and their keys hold (the allocator's own overhead left
+  /// out).
+  size_t bytes() const;
 
  private:
   struct kept {
-    std::vector<std::vector<float>> last;  // oldest first
-    uint64_t heard = 0;                    // when, in calls of repeats()
+    std::vector<compact_sketch> last;  // oldest first
+    uint64_t heard = 0;                // when, in calls of repeats()
   };
   size_t keys_;
   uint64_t calls_ = 0;

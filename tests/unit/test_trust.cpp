@@ -340,6 +340,112 @@ TEST_SUITE("robust_aggregation") {
     CHECK(many.keys() == 8);
   }
 
+  TEST_CASE("a key's 16 kept sketches take a byte a bucket") {
+    // In floats they would take 256 KiB a key: 3.7 GiB on a core running 50 jobs of 300 keys.
+    replay_sketches book(10);
+    for (uint8_t key = 0; key < 10; ++key)
+      for (uint64_t i = 0; i < 20; ++i)
+        (void)book.repeats({key, 1}, update_sketch(gaussian(5000, 1000 * key + i)));
+    REQUIRE(book.keys() == 10);
+    const size_t sketches = 10 * replay_memory;
+    CHECK(book.bytes() <= sketches * (4096 + 64));  // 4 KiB each, and 64 bytes for the rest
+    CHECK(book.bytes() >= sketches * 4096);         // all of it counted
+  }
+
+  TEST_CASE(
+      "a kept sketch's cosines are within its bound of the floats', however its weight lies") {
+    const size_t n = 4096;
+    rng r(77);
+    auto sign = [&] { return r.normal() < 0.0 ? -1.0f : 1.0f; };
+    std::vector<std::pair<std::string, std::vector<float>>> kept;
+    kept.emplace_back("dense", update_sketch(gaussian(100000, 1)));
+    {
+      auto u = gaussian(100000, 2);  // 20 coordinates carry most of the weight
+      for (float& v : u) v *= 1e-3f;
+      for (size_t i = 0; i < 20; ++i) u[i * 4999] = 10.0f * sign();
+      kept.emplace_back("a few buckets", update_sketch(u));
+    }
+    {
+      auto u = gaussian(100000, 3);  // heavy tails: a normal over a normal
+      auto d = gaussian(100000, 4);
+      for (size_t i = 0; i < u.size(); ++i) u[i] /= std::max(std::abs(d[i]), 1e-3f);
+      kept.emplace_back("heavy tails", update_sketch(u));
+    }
+    // One bucket and the rest: all just under where they are kept as 0; all at half a step of
+    // int8 with a scale (which would lose a quarter of the norm to rounding); all nearly
+    // halfway between two logarithmic steps, rounded up and down in turn (the largest error
+    // rounding can make, and none of it a common scale that a cosine ignores).
+    for (const std::string name : {"just kept as 0", "half a linear step", "between steps"}) {
+      std::vector<float> b(n);
+      b[0] = 1.0f;
+      for (size_t i = 1; i < n; ++i) {
+        const double step = static_cast<double>(i % 120) + (i % 2 == 0 ? 0.501 : 0.499);
+        const double rest = name == "just kept as 0"       ? 1.55e-4
+                            : name == "half a linear step" ? 0.5 / 127.0 - 1e-6
+                                                           : std::exp2((step - 127.0) / 10.0);
+        b[i] = sign() * static_cast<float>(rest);
+      }
+      kept.emplace_back(name, b);
+    }
+    for (const auto& [name, b] : kept) {
+      CAPTURE(name);
+      const compact_sketch c(b);
+      REQUIRE(c.size() == n);
+      CHECK(c.heap_bytes() == n);
+      // The decoded sketch is within asin(max_error) of the sketch: the bound everything
+      // else follows from.
+      CHECK(c.cosine_with(b) >=
+            std::sqrt(1.0 - compact_sketch::max_error * compact_sketch::max_error));
+      // Vectors at chosen cosines from it: each read within max_error, and on the right side
+      // of replay_cosine when the true one is outside [0.937, 0.961].
+      std::vector<double> unit(n), other(n);
+      const double norm = l2_norm(b);
+      for (size_t i = 0; i < n; ++i) unit[i] = b[i] / norm;
+      for (uint64_t trial = 0; trial < 4; ++trial) {
+        auto g = gaussian(n, 500 + trial);
+        double along = 0.0, rest_sq = 0.0;
+        for (size_t i = 0; i < n; ++i) along += g[i] * unit[i];
+        for (size_t i = 0; i < n; ++i) {
+          other[i] = g[i] - along * unit[i];
+          rest_sq += other[i] * other[i];
+        }
+        for (double target : {0.9615, 0.95, 0.9375, 0.8, 0.24, 0.0, -0.9}) {
+          CAPTURE(target);
+          std::vector<float> a(n);
+          const double across = std::sqrt(1.0 - target * target) / std::sqrt(rest_sq);
+          for (size_t i = 0; i < n; ++i)
+            a[i] = static_cast<float>(target * unit[i] + across * other[i]);
+          const double exact = cosine(a, b), read = c.cosine_with(a);
+          REQUIRE(exact == doctest::Approx(target).epsilon(1e-5));
+          CHECK(std::abs(read - exact) <= compact_sketch::max_error);
+          if (exact > 0.961) CHECK(read > replay_cosine);
+          if (exact < 0.937) CHECK(read < replay_cosine);
+        }
+      }
+    }
+    // Zero and non-finite sketches compare as 0, as they did in floats (0, or NaN: never a
+    // replay).
+    std::vector<float> zero(n, 0.0f), bad = update_sketch(gaussian(5000, 9));
+    bad[7] = std::numeric_limits<float>::infinity();
+    CHECK(compact_sketch(zero).cosine_with(kept[0].second) == 0.0);
+    CHECK(compact_sketch(bad).cosine_with(bad) == 0.0);
+  }
+
+  TEST_CASE("a node's distinct results are not replays, even close ones; a replay is one") {
+    // Updates with cosines of about 0.8 between them, far closer than a node's successive
+    // honest ones (0.24).
+    auto round = honest_round(20, 20000, 0.5, 31);
+    std::vector<std::vector<float>> sketches;
+    for (const auto& u : round) sketches.push_back(update_sketch(u));
+    REQUIRE(cosine(sketches[0], sketches[1]) == doctest::Approx(0.8).epsilon(0.05));
+    replay_sketches book(4);
+    const std::vector<uint8_t> key{9};
+    for (const auto& s : sketches) CHECK_FALSE(book.repeats(key, s));
+    auto again = round[10];
+    for (size_t i = 0; i < again.size(); i += 97) again[i] += 0.01f;  // int8-like noise
+    CHECK(book.repeats(key, update_sketch(again)));
+  }
+
   TEST_CASE("the robust mean clips large updates and trims per coordinate") {
     std::vector<std::vector<float>> u{{1.0f, 0.0f}, {1.0f, 0.0f}, {1.0f, 0.0f}, {100.0f, 0.0f}};
     std::vector<double> mean;
