@@ -2,15 +2,25 @@
 #include "interposition.hpp"
 
 #include <dlfcn.h>
+// The kernel's tcp_info, not glibc's (netinet/tcp.h, which cannot be included beside it):
+// glibc's ends before tcpi_bytes_acked.
+#include <linux/tcp.h>
 #include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <spdlog/spdlog.h>
 #include <sys/socket.h>
+#include <unistd.h>
 #include <caf/io/abstract_broker.hpp>
 #include <caf/io/scribe.hpp>
 
+#include <algorithm>
 #include <atomic>
+#include <cstddef>
+#include <limits>
+#include <map>
 #include <mutex>
+#include <optional>
+#include <string>
+#include <utility>
 
 #include "gflex/runtime/log_throttle.hpp"
 
@@ -49,16 +59,119 @@ uint16_t peer_port(int fd) {
   return 0;
 }
 
+// The socket of connection `hdl`, or -1 where it is not found; `port` (if given) its peer's
+// port. CAF's scribes for TCP (and TLS over it) are named by their socket; the port CAF knows
+// for the connection confirms it.
+int socket_of(caf::io::abstract_broker& broker, caf::io::connection_handle hdl,
+              uint16_t* port = nullptr) {
+  if (hdl.id() < 0) return -1;
+  const int fd = static_cast<int>(hdl.id());
+  const uint16_t remote = peer_port(fd);
+  if (remote == 0 || remote != broker.remote_port(hdl)) return -1;
+  if (port) *port = remote;
+  return fd;
+}
+
+// The kernel's view of socket `fd`, or nothing.
+std::optional<tcp_info> tcp_info_of(int fd) {
+  tcp_info info{};
+  socklen_t len = sizeof info;
+  if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &info, &len) != 0) return std::nullopt;
+  // A kernel older than the header fills less; what it leaves out reads as zero.
+  return info;
+}
+
+// The kernel's numbers of the two states of an open connection (include/net/tcp_states.h),
+// which no header here exports beside the kernel's tcp_info.
+constexpr uint8_t tcp_established = 1;
+constexpr uint8_t tcp_close_wait = 8;
+
+// The bound in effect: read on every I/O thread at each flush over stall_bytes, replaced by
+// set_unsent_bound (tests).
+std::atomic<size_t> stall_bytes{unsent_stall_bytes};
+std::atomic<int64_t> stall_ms{std::chrono::milliseconds(unsent_stall_time).count()};
+std::atomic<size_t> max_bytes{max_unsent_bytes()};
+
+// A connection with more than stall_bytes waiting, as its last flush left it.
+struct backlog {
+  uint16_t port = 0;   // the peer's: a new connection on a reused socket number is another
+  size_t waiting = 0;  // bytes behind the write in progress
+  uint64_t acked = 0;  // bytes the peer's kernel acknowledged, 0 where unknown
+  std::chrono::steady_clock::time_point since;  // when it went over, or last made progress
+  bool shut = false;                            // shut down for it (or its socket not found)
+};
+
+// Kept per I/O thread, with no lock: a broker runs on its actor system's multiplexer thread
+// only. Only connections over stall_bytes have an entry; one whose waiting bytes fall under
+// it loses it, as does one found gone when another connection of its broker goes over.
+using backlog_key = std::pair<const caf::io::abstract_broker*, int64_t>;
+thread_local std::map<backlog_key, backlog> backlogs;
+
+// Why a connection is shut down, if it is.
+enum class verdict { keep, stalled, too_much };
+
+// Whether connection `hdl` of `broker`, with `waiting` bytes behind the write in progress
+// after a flush, is kept. The peer made progress if the kernel counts more bytes acknowledged
+// than at the last flush (the peer's receive buffer makes room for them only as its program
+// reads), or if fewer bytes wait (the write in progress completed and the stream took them):
+// progress every stall_time keeps a connection open however much waits, up to max_bytes.
+// The clock runs from the flush that found it over stall_bytes, so a broker's own time
+// serializing a burst counts too: stall_time is far longer than that.
+verdict judge(caf::io::abstract_broker& broker, caf::io::connection_handle hdl, size_t waiting) {
+  const backlog_key key{&broker, hdl.id()};
+  if (waiting <= stall_bytes.load(std::memory_order_relaxed)) {
+    if (!backlogs.empty()) backlogs.erase(key);
+    return verdict::keep;
+  }
+  const auto now = std::chrono::steady_clock::now();
+  auto [at, fresh] = backlogs.try_emplace(key);
+  if (fresh) {
+    // Connections of this broker that closed while over the bound (CAF's cleanup does not
+    // come through here); checked on the broker's own thread, as valid() must be.
+    for (auto i = backlogs.lower_bound({&broker, std::numeric_limits<int64_t>::min()});
+         i != backlogs.end() && i->first.first == &broker;) {
+      if (i != at && !broker.valid(caf::io::connection_handle::from_int(i->first.second)))
+        i = backlogs.erase(i);
+      else
+        ++i;
+    }
+  }
+  backlog& b = at->second;
+  uint16_t port = 0;
+  const int fd = socket_of(broker, hdl, &port);
+  if (b.shut) {
+    // Shut down here already: CAF closes it once it sees its socket fail (a shut socket has
+    // no peer), unless the socket number names another connection by now.
+    if (fd < 0 || port == b.port) return verdict::keep;
+    b = backlog{};
+    fresh = true;
+  }
+  uint64_t acked = 0;
+  if (fd >= 0)
+    if (auto info = tcp_info_of(fd)) acked = info->tcpi_bytes_acked;
+  const bool progress = fresh || port != b.port || acked != b.acked || waiting < b.waiting;
+  b.port = port;
+  b.waiting = waiting;
+  b.acked = acked;
+  if (progress) b.since = now;
+  verdict out = verdict::keep;
+  if (waiting > max_bytes.load(std::memory_order_relaxed))
+    out = verdict::too_much;
+  else if (now - b.since > std::chrono::milliseconds(stall_ms.load(std::memory_order_relaxed)))
+    out = verdict::stalled;
+  b.shut = out != verdict::keep;
+  return out;
+}
+
 // Shuts down the connection `hdl` of `broker`, whose peer has let `waiting` bytes pile up.
 // Not closed through CAF: its close() waits for the unsent bytes to be written before it
 // closes the socket, which a peer that does not read never lets happen. Shut down, the socket
 // fails its next read and write, and CAF closes it by the path of a peer that went away
 // (BASP drops the route, and the peer's actors go down here).
 void shut_down_stalled(caf::io::abstract_broker& broker, caf::io::connection_handle hdl,
-                       size_t waiting) {
-  // CAF's scribes for TCP (and TLS over it) are named by their socket.
-  const int fd = static_cast<int>(hdl.id());
-  if (hdl.id() < 0 || peer_port(fd) == 0 || peer_port(fd) != broker.remote_port(hdl)) {
+                       size_t waiting, verdict why) {
+  const int fd = socket_of(broker, hdl);
+  if (fd < 0) {
     static std::mutex log_mutex;
     static log_throttle throttle{20, std::chrono::seconds(10)};
     if (may_log(log_mutex, throttle, "connections with too much to send were left open"))
@@ -66,13 +179,9 @@ void shut_down_stalled(caf::io::abstract_broker& broker, caf::io::connection_han
                     waiting >> 20);
     return;
   }
-  // Once shut down (each flush until CAF's cleanup comes round would do it again), the
-  // state is no longer one of an open connection.
-  tcp_info info{};
-  socklen_t len = sizeof info;
-  if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &info, &len) != 0 ||
-      (info.tcpi_state != TCP_ESTABLISHED && info.tcpi_state != TCP_CLOSE_WAIT))
-    return;
+  // A socket no longer open (its peer reset it) needs no shutting down, and is not counted.
+  const auto info = tcp_info_of(fd);
+  if (!info || (info->tcpi_state != tcp_established && info->tcpi_state != tcp_close_wait)) return;
   // Closed with a reset, dropping what waits: the kernel would otherwise keep trying to send
   // it to the peer that does not read.
   linger abort{1, 0};
@@ -81,11 +190,17 @@ void shut_down_stalled(caf::io::abstract_broker& broker, caf::io::connection_han
   stalled.fetch_add(1);
   static std::mutex log_mutex;
   static log_throttle throttle{20, std::chrono::seconds(10)};
-  if (may_log(log_mutex, throttle, "connections whose peer stopped reading were closed"))
+  if (!may_log(log_mutex, throttle, "connections whose peer stopped reading were closed")) return;
+  if (why == verdict::too_much)
     spdlog::warn(
-        "closed the connection to {} port {}: {} MiB wait to be sent to it (the limit is {} "
-        "MiB); its peer stopped reading",
-        broker.remote_addr(hdl), broker.remote_port(hdl), waiting >> 20, max_unsent_bytes >> 20);
+        "closed the connection to {} port {}: {} bytes wait to be sent to it, more than the {} "
+        "MiB one connection may have waiting",
+        broker.remote_addr(hdl), broker.remote_port(hdl), waiting, max_bytes.load() >> 20);
+  else
+    spdlog::warn(
+        "closed the connection to {} port {}: {} MiB wait to be sent to it, and its peer "
+        "took none for {} s; it stopped reading",
+        broker.remote_addr(hdl), broker.remote_port(hdl), waiting >> 20, stall_ms.load() / 1000.0);
 }
 
 }  // namespace
@@ -96,6 +211,38 @@ uint64_t oversized_messages_refused() {
 
 uint64_t stalled_connections_closed() {
   return stalled.load();
+}
+
+size_t max_unsent_bytes() {
+  static const size_t bytes = [] {
+    const long pages = sysconf(_SC_PHYS_PAGES);
+    const long page_size = sysconf(_SC_PAGE_SIZE);
+    const size_t eighth =
+        pages > 0 && page_size > 0 ? static_cast<size_t>(pages) * page_size / 8 : 0;
+    return std::clamp(eighth, size_t{1} << 30, size_t{4} << 30);
+  }();
+  return bytes;
+}
+
+unsent_bound current_unsent_bound() {
+  return {stall_bytes.load(), std::chrono::milliseconds(stall_ms.load()), max_bytes.load()};
+}
+
+expected<void> set_unsent_bound(const unsent_bound& bound) {
+  if (bound.stall_bytes == 0 || bound.stall_bytes > bound.max_bytes)
+    return error(errc::invalid_argument, "the bytes that may wait with no progress (" +
+                                             std::to_string(bound.stall_bytes) +
+                                             ") must be above 0 and at most the "
+                                             "bytes that may wait at all (" +
+                                             std::to_string(bound.max_bytes) + ")");
+  if (bound.stall_time <= std::chrono::milliseconds::zero())
+    return error(errc::invalid_argument,
+                 "the time bytes may wait with no progress must be positive, not " +
+                     std::to_string(bound.stall_time.count()) + " ms");
+  stall_bytes.store(bound.stall_bytes);
+  stall_ms.store(bound.stall_time.count());
+  max_bytes.store(bound.max_bytes);
+  return {};
 }
 
 expected<void> message_limit_in_effect() {
@@ -142,11 +289,14 @@ void caf::io::abstract_broker::flush(connection_handle hdl) {
     // Written for a connection that is gone (BASP writes to one until its cleanup comes
     // round): CAF keeps such bytes in one buffer per broker, which nothing ever empties.
     wr_buf(hdl).clear();
+    gflex::backlogs.erase({this, hdl.id()});
     return;
   }
   real(this, hdl);
-  // After CAF's flush, wr_buf holds what waits behind the write in progress (none is: it
-  // took the buffer). It grows while the peer does not read.
+  // After CAF's flush, wr_buf is the stream's offline buffer: what waits behind the write in
+  // progress (or nothing, if no write was in progress: it took the buffer). It grows while
+  // the peer does not read, and also with each burst a healthy peer is sent.
   const size_t waiting = wr_buf(hdl).size();
-  if (waiting > gflex::max_unsent_bytes) gflex::shut_down_stalled(*this, hdl, waiting);
+  if (const auto why = gflex::judge(*this, hdl, waiting); why != gflex::verdict::keep)
+    gflex::shut_down_stalled(*this, hdl, waiting, why);
 }
