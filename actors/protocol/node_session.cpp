@@ -20,17 +20,30 @@ namespace gflex {
 
 namespace {
 
+/// How long the asker of assignment `a` (a job, the verifier) waits for its answer, in
+/// seconds: its own bound, or the longest deadline a spec may give.
+double asker_wait_s(const assignment& a) {
+  return a.answer_within_s > 0.0 && std::isfinite(a.answer_within_s)
+             ? std::min(a.answer_within_s, max_deadline_s)
+             : max_deadline_s;
+}
+
 /// How long a session waits for its node's answer to an assignment `a`: past its asker's own
 /// wait (the job withdraws one past its deadline before), or past the longest deadline a spec
 /// may give. CAF 0.17 keeps a request's timeout in its clock until it fires, answered or not
 /// (with a hold on the session): every assignment's day-long one stayed a day, tens of
 /// millions of them on a busy core.
 std::chrono::milliseconds answer_wait(const assignment& a, const session_limits& limits) {
-  const double asker_s = a.answer_within_s > 0.0 && std::isfinite(a.answer_within_s)
-                             ? std::min(a.answer_within_s, max_deadline_s)
-                             : max_deadline_s;
-  return std::chrono::milliseconds(static_cast<int64_t>(asker_s * 1000.0)) + limits.answer_slack;
+  return std::chrono::milliseconds(static_cast<int64_t>(asker_wait_s(a) * 1000.0)) +
+         limits.answer_slack;
 }
+
+/// The share of its asker's wait past which an assignment withdrawn unanswered counts as one
+/// that ran out of time. The job starts its deadline a hop before the session sends the work,
+/// and its abort comes a hop after the deadline, so a withdrawal at the deadline may come a
+/// little short of it here; one well before it (a round closed by a quorum, a backup that
+/// won) says nothing of the node's speed.
+constexpr double deadline_share = 0.9;
 
 using clock_type = std::chrono::steady_clock;
 
@@ -74,10 +87,15 @@ struct assignment_watch {
 };
 
 /// An assignment out on the node, until the job has its answer: the job's promise, and once
-/// the node answered with chunks, their collection.
+/// the node answered with chunks, their collection. What it is kept with measures a node that
+/// lets it run out of time (measure_unanswered).
 struct assignment_out {
   caf::typed_response_promise<assignment_result> promise;
   std::shared_ptr<answer_pull> pull;
+  clock_type::time_point sent_at;
+  double asker_s = 0.0;  // how long its asker waits (asker_wait_s)
+  double samples = 0.0;  // the work it stands for, by the assignment
+  std::string workload;  // market_workload of it
 };
 
 struct session_state {
@@ -311,6 +329,33 @@ struct rate_report {
   }
 };
 
+// Assignment `out` ended with no whole answer from the node: withdrawn by its asker, or given
+// up on by the session. Where its asker's deadline had passed, the node's rate goes to the
+// market as it would for an answer: the samples over the time since the session sent the work,
+// which the node did not finish them in (a true bound, however it spent that time). Measured by
+// answers alone, a node that took work and never answered kept its claimed rate for good (a
+// timeout is not held against a node): one that claimed 9e11 samples/s at the lowest price was
+// the cheapest, took every job's slots first, and held each round for its whole deadline. Not
+// where the core failed to serve the work's chunks (`core_failed`), nor for a withdrawal well
+// before the deadline (deadline_share).
+void measure_unanswered(session_actor* self, uint64_t id, const assignment_out& out,
+                        bool core_failed) {
+  auto& st = self->state;
+  const double ran = std::chrono::duration<double>(clock_type::now() - out.sent_at).count();
+  if (core_failed || out.samples <= 0.0 || ran <= 0.0 || ran < deadline_share * out.asker_s) return;
+  spdlog::info(
+      "session of node {} ({}): assignment {:016x} unanswered after {:.1f} s; measured "
+      "at {:.3g} samples/s",
+      st.who.node_id, st.who.name, id, ran, out.samples / ran);
+  rate_report{st.registry, st.who.name, out.workload, out.samples / ran}.send();
+}
+
+// Whether error `e`, as the session's request to its node's uplink ended, is the session's own
+// timeout: CAF sends it from the session itself, never from the node.
+bool own_timeout(session_actor* self, const caf::error& e) {
+  return e == caf::sec::request_timeout && self->current_sender() == self->ctrl();
+}
+
 // An answer whose update the node sent as chunks, being collected from its uplink.
 struct answer_pull {
   uint64_t id = 0;  // the assignment's (the answer's own may be a lie)
@@ -422,6 +467,10 @@ void pull_answer(session_actor* self, std::shared_ptr<answer_pull> p) {
               p->in_flight -= 1;
               if (p->ended) return;
               p->ended = true;
+              // Its update not in by its deadline: a whole answer is what the market measures.
+              if (auto out = self->state.out.find(p->id);
+                  out != self->state.out.end() && own_timeout(self, e))
+                measure_unanswered(self, p->id, out->second, false);
               p->promise.deliver(node_words(self, std::move(e)));
               self->state.out.erase(p->id);
               self->send(self->state.uplink, abort_atom::value, p->id);  // the rest is not wanted
@@ -610,7 +659,12 @@ node_session_internal::behavior_type session_behavior(session_actor* self, sessi
         }
         st.in_flight[id] = std::move(watch);
         auto rp = self->make_response_promise<assignment_result>();
-        st.out[id].promise = rp;
+        auto& sent = st.out[id];
+        sent.promise = rp;
+        sent.sent_at = sent_at;
+        sent.asker_s = asker_wait_s(a);
+        sent.samples = samples;
+        sent.workload = workload;
         // The job withdraws an assignment past its deadline (an abort); this bound is only
         // for a job that is gone, and may not cut short a deadline a spec may give.
         const auto wait = answer_wait(a, st.limits);
@@ -689,10 +743,15 @@ node_session_internal::behavior_type session_behavior(session_actor* self, sessi
                 },
                 [=](caf::error& e) mutable {
                   auto& st = self->state;
-                  if (!st.out.count(id)) return;  // withdrawn by the core (an abort)
+                  const auto out = st.out.find(id);
+                  if (out == st.out.end()) return;  // withdrawn by the core (an abort)
                   const auto w = st.in_flight.find(id);
                   const bool believed =
                       w != st.in_flight.end() && core_may_have_failed(st, w->second);
+                  // Given up on past its asker's deadline (its asker gone, or its abort lost).
+                  if (own_timeout(self, e))
+                    measure_unanswered(self, id, out->second,
+                                       w != st.in_flight.end() && w->second.core_failed);
                   st.out.erase(id);
                   st.in_flight.erase(id);
                   withdraw_params(self, id);
@@ -705,6 +764,10 @@ node_session_internal::behavior_type session_behavior(session_actor* self, sessi
         if (!from_core(self)) return drop(self, "an abort (only the core withdraws work)");
         auto it = st.out.find(id);
         if (it == st.out.end()) return;
+        // A job withdraws work at its deadline (fail_assignment): a node that lets it run out
+        // of time, answering nothing, is measured by it (measure_unanswered).
+        const auto w = st.in_flight.find(id);
+        measure_unanswered(self, id, it->second, w != st.in_flight.end() && w->second.core_failed);
         // The node hears of it while it computes the work or still holds its answer's chunks
         // (it kept an update of up to a gigabyte for 10 minutes, every round it lost a race).
         if (st.in_flight.count(id) || (it->second.pull && !it->second.pull->ended))

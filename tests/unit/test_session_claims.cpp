@@ -114,12 +114,14 @@ struct unserved_session {
 // How a test node's uplink does an assignment: waits `before_fetch` (a slow link), asks its
 // session for the parameter chunks, computes `compute` once they came, asks for the first
 // again when `ask_again`, and answers, reporting `reported_s` of compute (< 0: the time it
-// computed).
+// computed). With `withholds_update`, it answers at once instead, naming an update chunk it
+// never sends.
 struct uplink_script {
   std::chrono::milliseconds before_fetch{0};
   std::chrono::milliseconds compute{200};
   bool ask_again = false;
   double reported_s = -1.0;
+  bool withholds_update = false;
 };
 
 // A node's uplink in another process that does each assignment as `script` says, asking its
@@ -133,6 +135,7 @@ caf::behavior scripted_uplink(caf::event_based_actor* self, std::shared_ptr<caf:
     size_t waiting = 0;
   };
   auto works = std::make_shared<std::map<uint64_t, work>>();
+  auto held = std::make_shared<std::vector<caf::response_promise>>();
   self->set_default_handler(caf::drop);
   auto answer = [=](uint64_t id) {
     auto it = works->find(id);
@@ -142,6 +145,14 @@ caf::behavior scripted_uplink(caf::event_based_actor* self, std::shared_ptr<caf:
   };
   return {
       [=](assign_atom, uint32_t, assignment& a) -> caf::result<assignment_result> {
+        if (script.withholds_update) {
+          assignment_result r;
+          r.assignment_id = a.id;
+          r.samples = a.local_steps * a.batch_size;
+          r.update_chunks = {std::string(64, 'e')};
+          r.update_bytes = 100;
+          return r;
+        }
         auto& w = (*works)[a.id];
         w.promise = self->make_response_promise();
         w.result.assignment_id = a.id;
@@ -174,6 +185,11 @@ caf::behavior scripted_uplink(caf::event_based_actor* self, std::shared_ptr<caf:
         self->request(*session, std::chrono::seconds(10), chunk_atom::value, w.chunks.front())
             .then([=](std::vector<uint8_t>&) { answer(id); }, [](caf::error&) {});
       },
+      // Its session asks for its answer's update chunks: never sent.
+      [=](chunk_atom, const std::string&) -> caf::result<std::vector<uint8_t>> {
+        held->push_back(self->make_response_promise());
+        return caf::delegated<std::vector<uint8_t>>();
+      },
       [](abort_atom, uint64_t) {},
   };
 }
@@ -202,7 +218,8 @@ struct remote_nodes {
   std::vector<caf::actor> uplinks;
   std::vector<spawned_session> sessions;
 
-  remote_nodes(configured_system& core, configured_system& node, std::vector<uplink_script> scripts)
+  remote_nodes(configured_system& core, configured_system& node, std::vector<uplink_script> scripts,
+               session_limits limits = {})
       : core(core),
         node(node),
         rates(core.sys.spawn(rate_keeper)),
@@ -212,7 +229,7 @@ struct remote_nodes {
       uplinks.push_back(node.sys.spawn(scripted_uplink, handle, scripts[i]));
       const std::string id = "n" + std::to_string(i);
       sessions.push_back(spawn_node_session(core.sys, {id, "node-" + std::to_string(i), "", 0, 1},
-                                            session_limits{}, uplinks.back(), rates, sink));
+                                            limits, uplinks.back(), rates, sink));
       *handle = caf::actor_cast<caf::actor>(sessions.back().session);
     }
   }
@@ -249,6 +266,24 @@ struct remote_nodes {
           ->request(sessions[i].workers.at(0), std::chrono::seconds(10), assign_atom::value,
                     work(i + 1, samples, chunks))
           .receive([](assignment_result&) {}, [&](caf::error& e) { FAIL(core.sys.render(e)); });
+  }
+
+  // Asks node `i` for work(id, samples, chunks) as a job of deadline `deadline_s` does, giving up
+  // after `wait` (the job's deadline, or less); whether it gave up with no answer.
+  bool ask(size_t i, uint64_t id, int64_t samples, size_t chunks, double deadline_s,
+           std::chrono::milliseconds wait) {
+    auto a = work(id, samples, chunks);
+    a.answer_within_s = deadline_s;
+    bool timed_out = false;
+    core.self->request(sessions[i].workers.at(0), wait, assign_atom::value, std::move(a))
+        .receive([](assignment_result&) { FAIL("answered with a result"); },
+                 [&](caf::error& e) { timed_out = e == caf::sec::request_timeout; });
+    return timed_out;
+  }
+
+  // Withdraws work `id` from node `i`, as a job does once it gave up on it (fail_assignment).
+  void withdraw(size_t i, uint64_t id) {
+    core.self->send(sessions[i].workers.at(0), abort_atom::value, id);
   }
 
   // The rate node `i`'s session measured (0 until it has one).
@@ -373,5 +408,50 @@ TEST_SUITE("session claims") {
     // 300 ms from its chunks to its answer.
     CHECK_MESSAGE(again_rate > 0.0, again_rate);
     CHECK_MESSAGE(again_rate <= static_cast<double>(samples) / 0.25, again_rate);
+  }
+
+  TEST_CASE("a node that takes work and lets it run out of time is measured by it") {
+    // Only an answer measured a node, and running out of time is not held against one: a node
+    // that claimed 9e11 samples/s at the lowest price and never answered kept its claim for
+    // good, the cheapest node, given every job's work first, each round held for its whole
+    // deadline. The samples over the time the session saw it hold them is a true bound.
+    configured_system core, node;
+    const int64_t samples = 320;
+    const double deadline_s = 1.0;
+    const auto deadline = std::chrono::milliseconds(1000);
+    uplink_script silent, withholds;
+    silent.compute = std::chrono::minutes(10);
+    withholds.withholds_update = true;
+    session_limits limits;
+    limits.answer_slack = std::chrono::milliseconds(300);
+    remote_nodes nodes(core, node, {silent, withholds}, limits);
+    SUBCASE("its job withdraws it at its deadline") {
+      REQUIRE(nodes.ask(0, 1, samples, 2, deadline_s, deadline));
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));  // a busy job's abort
+      nodes.withdraw(0, 1);
+      const double rate = nodes.rate(0);
+      REQUIRE_MESSAGE(rate > 0.0, "no rate measured");
+      CHECK_MESSAGE(rate <= static_cast<double>(samples) / deadline_s, rate);
+    }
+    SUBCASE("its job is gone, and its session gives up on it") {
+      REQUIRE(nodes.ask(0, 1, samples, 0, deadline_s, deadline));
+      const double rate = nodes.rate(0);
+      REQUIRE_MESSAGE(rate > 0.0, "no rate measured");
+      CHECK_MESSAGE(rate <= static_cast<double>(samples) / deadline_s, rate);
+    }
+    SUBCASE("it answers at once, and never sends its update") {
+      REQUIRE(nodes.ask(1, 1, samples, 0, deadline_s, deadline));
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      nodes.withdraw(1, 1);
+      const double rate = nodes.rate(1);
+      REQUIRE_MESSAGE(rate > 0.0, "no rate measured");
+      CHECK_MESSAGE(rate <= static_cast<double>(samples) / deadline_s, rate);
+    }
+    SUBCASE("withdrawn well before its deadline, it is not measured") {
+      // A round a quorum closed, a backup that won: the node may have been nearly done.
+      REQUIRE(nodes.ask(0, 1, samples, 2, 10.0, std::chrono::milliseconds(200)));
+      nodes.withdraw(0, 1);
+      CHECK(nodes.rate(0) == 0.0);
+    }
   }
 }
