@@ -1826,8 +1826,37 @@ void send_assignment(job_actor* self, const worker_slot& slot, int64_t shard) {
           [=](caf::error& e) { assignment_failed(self, id, e); });
 }
 
+// The nodes (by id) that compute a copy of each shard out now.
+std::map<int64_t, std::set<std::string>> copies_by_shard(const job_actor_state& st) {
+  std::map<int64_t, std::set<std::string>> out;
+  for (const auto& [id, a] : st.pending) out[a.shard].insert(a.slot.node_id);
+  return out;
+}
+
+// The nodes that compute a copy of every shard queued: none of their slots may take any of
+// them, so the acquire leaves them out. Nodes offer a slot per worker, and a backup of a
+// straggler's shard went to the cheapest free slot, often another of the straggling node's:
+// it ran as slowly there (the same machine, busy or slow), and, the shard counted as backed
+// up, the round got no other copy.
+std::vector<std::string> nodes_with_every_copy(
+    const job_actor_state& st, const std::map<int64_t, std::set<std::string>>& copies) {
+  std::vector<std::string> out;
+  if (st.unassigned.empty()) return out;
+  const auto first = copies.find(st.unassigned.front());
+  if (first == copies.end()) return out;
+  for (const auto& node : first->second)
+    if (std::all_of(st.unassigned.begin(), st.unassigned.end(), [&](int64_t shard) {
+          const auto c = copies.find(shard);
+          return c != copies.end() && c->second.count(node) != 0;
+        }))
+      out.push_back(node);
+  return out;
+}
+
 void dispatch(job_actor* self) {
   auto& st = self->state;
+  // A backup queued for a shard that has been answered since is not needed.
+  std::erase_if(st.unassigned, [&](int64_t shard) { return st.results.count(shard) != 0; });
   if (st.finished || st.unassigned.empty() || st.waiting_for_workers || st.holding || st.paused)
     return;
   st.waiting_for_workers = true;
@@ -1837,6 +1866,10 @@ void dispatch(job_actor* self) {
   const bool avoids_diverged = std::any_of(avoided.begin(), avoided.end(), [&](const auto& node) {
     return st.diverged_nodes.count(node) != 0;
   });
+  const auto with_copies = nodes_with_every_copy(st, copies_by_shard(st));
+  for (const auto& node : with_copies)
+    if (std::find(avoided.begin(), avoided.end(), node) == avoided.end()) avoided.push_back(node);
+  const bool avoids_copies = !with_copies.empty();
   self->request(st.links.market, std::chrono::seconds(10), acquire_atom::value, st.job.id,
                 market_workload(st.job.spec.workload, st.job.spec.model), wanted,
                 static_cast<uint8_t>(st.job.spec.tier), st.job.spec.max_price,
@@ -1850,16 +1883,30 @@ void dispatch(job_actor* self) {
               for (auto& s : slots) self->send(st.links.market, release_atom::value, s.worker);
               return;
             }
+            // A backup queued for a shard that has been answered since is not needed.
+            std::erase_if(st.unassigned,
+                          [&](int64_t shard) { return st.results.count(shard) != 0; });
+            auto copies = copies_by_shard(st);
             for (auto& s : slots) {
-              // A backup queued for a shard that has been answered since is not needed.
-              while (!st.unassigned.empty() && st.results.count(st.unassigned.front()))
-                st.unassigned.pop_front();
-              if (st.unassigned.empty() || st.caught.count(s.node_name)) {
+              // The first shard queued of which the slot's node computes no copy yet: a
+              // backup on the node it backs up runs no faster there. Where the node has a copy
+              // of every shard queued, the slot goes back, and the next acquire leaves the
+              // node out.
+              const auto next =
+                  st.caught.count(s.node_name) != 0
+                      ? st.unassigned.end()
+                      : std::find_if(st.unassigned.begin(), st.unassigned.end(),
+                                     [&](int64_t shard) {
+                                       const auto c = copies.find(shard);
+                                       return c == copies.end() || c->second.count(s.node_id) == 0;
+                                     });
+              if (next == st.unassigned.end()) {
                 self->send(st.links.market, release_atom::value, s.worker);
                 continue;
               }
-              int64_t shard = st.unassigned.front();
-              st.unassigned.pop_front();
+              const int64_t shard = *next;
+              st.unassigned.erase(next);
+              copies[shard].insert(s.node_id);
               send_assignment(self, s, shard);
             }
             std::string detail;
@@ -1879,6 +1926,10 @@ void dispatch(job_actor* self) {
                     last = &unsuited;
                 detail += ", " + std::to_string(reply.avoided) +
                           " left out for a while: this job's work " + last->failure;
+                if (avoids_copies) detail += ", or their node computes the shard already";
+              } else if (reply.avoided > 0 && avoids_copies) {
+                detail += ", " + std::to_string(reply.avoided) +
+                          " left out: their node computes the shard already";
               }
               self->delayed_send(self, std::chrono::milliseconds(250), tick_atom::value);
               // No node that could take the work is busy, and those the job left out include

@@ -1,0 +1,176 @@
+/// @file
+/// A backup copy of a straggler's shard goes to another node. Nodes offer a slot per worker,
+/// and the backup went to the cheapest free slot, often another of the straggling node's own:
+/// it ran as slowly there, and the shard, counted as backed up, got no other copy.
+
+#include <doctest/doctest.h>
+
+#include <optional>
+
+#include "gflex/runtime/identity.hpp"
+#include "gflex/runtime/job_spec.hpp"
+#include "gflex/runtime/update_codec.hpp"
+#include "job_fixture.hpp"
+
+using namespace gflex;
+using namespace gflex::test;
+
+namespace {
+
+// A worker of node `key` that answers every assignment `delay` after it came with a small
+// signed update. (caf::get_atom) -> the assignments it was given.
+caf::behavior delayed_worker(caf::stateful_actor<std::map<uint64_t, caf::response_promise>>* self,
+                             std::shared_ptr<node_identity> key, size_t parameters,
+                             std::chrono::milliseconds delay) {
+  auto given = std::make_shared<int64_t>(0);
+  return {
+      [=](assign_atom, assignment& a) -> caf::response_promise {
+        ++*given;
+        auto rp = self->make_response_promise();
+        self->state[a.id] = rp;
+        self->delayed_send(self, delay, caf::put_atom::value, a.id);
+        return rp;
+      },
+      [=](caf::put_atom, uint64_t id) {
+        auto it = self->state.find(id);
+        if (it == self->state.end()) return;
+        assignment_result r;
+        r.assignment_id = id;
+        r.update = encode_update(std::vector<float>(parameters, 0.001f), compression::fp32);
+        r.loss = 1.0;
+        r.samples = 12;
+        r.compute_s = 0.01;
+        r.signature = key->sign(result_message(id, r.update));
+        it->second.deliver(std::move(r));
+        self->state.erase(it);
+      },
+      [=](caf::get_atom) { return *given; },
+      [](abort_atom, uint64_t) {},
+  };
+}
+
+struct ordered_market_state {
+  std::vector<worker_slot> slots;  // cheapest first
+  std::set<caf::actor_addr> busy;
+};
+
+// A market that hands out its free slots cheapest first (the order given), leaving out those
+// of the nodes an acquire avoids, as the core's market does.
+caf::behavior ordered_market(caf::stateful_actor<ordered_market_state>* self,
+                             std::vector<worker_slot> slots) {
+  self->state.slots = std::move(slots);
+  auto free = [=](const caf::actor& w) { self->state.busy.erase(w.address()); };
+  return {
+      [=](acquire_atom, const std::string&, const std::string&, int64_t wanted, uint8_t, int64_t,
+          double, const std::vector<std::string>& avoided) {
+        acquire_reply r;
+        for (const auto& s : self->state.slots) {
+          if (static_cast<int64_t>(r.slots.size()) >= wanted) break;
+          if (std::find(avoided.begin(), avoided.end(), s.node_id) != avoided.end()) {
+            r.avoided += 1;
+            continue;
+          }
+          if (!self->state.busy.insert(s.worker.address()).second) {
+            r.busy += 1;
+            continue;
+          }
+          r.slots.push_back(s);
+        }
+        return r;
+      },
+      [=](release_atom, const caf::actor& w) { free(w); },
+      [=](release_atom, const caf::actor& w, bool) { free(w); },
+      [=](release_atom, const caf::actor& w, bool, bool) { free(w); },
+      [=](release_atom, const std::vector<caf::actor>&) {},
+  };
+}
+
+// A reputation tracker that takes the job's credits.
+caf::behavior crediting_reputation(caf::event_based_actor*) {
+  return {
+      [](credit_atom, const std::string&, uint8_t, double, int64_t) {},
+      [](reject_atom, const std::string&, std::string&) { return std::vector<std::string>{}; },
+  };
+}
+
+}  // namespace
+
+TEST_SUITE("job backups") {
+  TEST_CASE("a straggler's backup goes to another node, not to the straggler's other slot") {
+    // Node "slow" offers two slots, the cheapest; node "other" one. The round's two shards go
+    // to slow's slots; the first takes 5 s, the second answers at once, so the first is backed
+    // up. Slow's second slot is free again and the cheapest: the backup went there.
+    configured_system f;
+    std::string spec_text = k_spec;
+    spec_text.replace(spec_text.find("workers = 1"), 11, "workers = 2");
+    auto stored = stored_job(2, spec_text, 2);
+    auto spec = parse_job_spec(spec_text, "test");
+    REQUIRE(spec.has_value());
+    // Made before any actor: a REQUIRE that fails after would leave them running.
+    auto catalog = std::make_shared<data_catalog>();
+    auto info = decode_data_set(stored.kept.at(data_set_key("user/alice", "c")));
+    REQUIRE(info.has_value());
+    std::map<std::string, std::shared_ptr<const std::vector<uint8_t>>> chunks;
+    for (const auto& [k, v] : stored.kept)
+      if (k.starts_with(data_chunk_prefix))
+        chunks[k.substr(std::string(data_chunk_prefix).size())] =
+            std::make_shared<const std::vector<uint8_t>>(v);
+    REQUIRE(catalog->put_user_set(*info, chunks).has_value());
+    const size_t parameters = 4 * 3 + 3;
+    auto slow_key = std::make_shared<node_identity>(node_identity::generate());
+    auto other_key = std::make_shared<node_identity>(node_identity::generate());
+    auto slot_of = [&](std::shared_ptr<node_identity> key, std::string node,
+                       std::chrono::milliseconds delay) {
+      worker_slot slot =
+          node_slot(f.sys.spawn(delayed_worker, key, parameters, delay), "id-" + node, node);
+      slot.tier = static_cast<uint8_t>(node_tier::core);  // trusted: no re-computation
+      slot.public_key = key->public_key();
+      return slot;
+    };
+    const std::vector<worker_slot> slots = {
+        slot_of(slow_key, "slow", std::chrono::seconds(5)),
+        slot_of(slow_key, "slow", std::chrono::milliseconds(0)),
+        slot_of(other_key, "other", std::chrono::milliseconds(0))};
+    job_links links;
+    links.store = f.sys.spawn(failing_store, stored);
+    links.market = f.sys.spawn(ordered_market, slots);
+    links.reputation = f.sys.spawn(crediting_reputation);
+    links.supervisor = caf::actor_cast<caf::actor>(f.self);  // the test stands for it
+    links.catalog = catalog;
+    job_start start;
+    start.id = "job-1";
+    start.spec_text = spec_text;
+    start.spec = *spec;
+    start.status.job_id = "job-1";
+    start.status.owner = "user/alice";
+    start.status.state = job_state::running;
+    start.status.round = 2;
+    start.status.rounds = spec->rounds;
+    start.checkpoint = stored.kept.at(job_checkpoint_key("job-1"));
+    start.from = job_start::origin::resumed;
+    auto job = spawn_job(f.sys, std::move(start), links);
+
+    // Its one round, 3, ends once the backup is answered (well before the straggler's 5 s).
+    std::optional<job_status> end;
+    for (int tries = 0; tries < 80 && !end; ++tries)
+      f.self->receive(
+          [&](progress_atom, job_status& s) {
+            if (is_terminal(s.state)) end = std::move(s);
+          },
+          caf::after(std::chrono::milliseconds(50)) >> [] {});
+    auto given = [&](const worker_slot& s) {
+      int64_t n = -1;
+      f.self->request(s.worker, std::chrono::seconds(10), caf::get_atom::value)
+          .receive([&](int64_t x) { n = x; }, [&](caf::error& e) { FAIL(f.sys.render(e)); });
+      return n;
+    };
+    const auto on_slow = given(slots[1]), on_other = given(slots[2]);
+    for (const auto& a : {job, links.market, links.reputation, links.store})
+      f.self->send_exit(a, caf::exit_reason::user_shutdown);
+    for (const auto& s : slots) f.self->send_exit(s.worker, caf::exit_reason::user_shutdown);
+    REQUIRE_MESSAGE(end.has_value(), "the round did not end within 4 s");
+    CHECK(end->state == job_state::done);
+    CHECK_MESSAGE(on_other == 1, "the backup went to slow's other slot, not to node other");
+    CHECK(on_slow == 1);
+  }
+}
