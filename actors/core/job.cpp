@@ -82,6 +82,17 @@ struct round_result {
   // A count sketch of the update (update_sketch; empty for a core-tier result): the round's
   // later results are compared with it, a copy of another key's result being re-computed.
   std::vector<float> sketch{};
+  // Its asks of the verifier in a row that were refused (the verifier held all it may) or
+  // found no core-tier worker: each waits twice as long as the one before (verify). Asked
+  // again every 5 s, thousands of refused results made the job re-ask some hundreds of times
+  // a second, each ask unpacking the whole update and logging a line.
+  int verify_deferrals = 0;
+  // What the verifier said of its last ask that was not answered with a re-computation: the
+  // wait is logged once per change of it, not at every ask.
+  errc verify_said = errc::none;
+  // A re-ask is scheduled (verify): an ask made meanwhile (to a restarted verifier) takes
+  // its place.
+  bool reask_due = false;
 };
 
 using round_results = std::map<int64_t, round_result>;  // by shard: the first valid one wins
@@ -1119,6 +1130,7 @@ void verify(job_actor* self, uint64_t assignment_id) {
   auto& st = self->state;
   auto* r = find_result(st, assignment_id);
   if (r == nullptr) return;
+  r->reask_due = false;
   verify_request req;
   req.work = r->work;
   // The parameters it started from: the current round's, or the unconfirmed round's.
@@ -1219,10 +1231,25 @@ void verify(job_actor* self, uint64_t assignment_id) {
             }
             st.verifier_missing =
                 failed_there ? "its re-computations failed: " + err.message() : err.message();
-            spdlog::warn("job {}: waiting for a verifier: {}", st.job.id, st.verifier_missing);
-            self->delayed_send(self,
-                               failed_there ? std::chrono::seconds(30) : std::chrono::seconds(5),
-                               verify_atom::value, assignment_id);
+            // Refused, or no core-tier worker: asked again later and later (verify_retry,
+            // doubling up to 60 times it), as the core tier is saturated. Its re-computations
+            // failing: every 30 s (the verifier took the ask).
+            r->verify_deferrals = failed_there ? 0 : r->verify_deferrals + 1;
+            const auto base = st.links.verify_retry;
+            const auto wait =
+                failed_there ? std::chrono::milliseconds(std::chrono::seconds(30))
+                             : std::min(base * (int64_t{1} << std::min(r->verify_deferrals - 1, 6)),
+                                        base * 60);
+            const bool said_before = r->verify_said == err.code();
+            r->verify_said = err.code();
+            spdlog::log(said_before ? spdlog::level::debug : spdlog::level::warn,
+                        "job {}: waiting for a verifier for the result of {} for round {}: {}; "
+                        "asking again in {:.3g} s{}",
+                        st.job.id, r->slot.node_name, r->work.round + 1, st.verifier_missing,
+                        std::chrono::duration<double>(wait).count(),
+                        said_before ? "" : " (said again, this is not logged)");
+            r->reask_due = true;
+            self->delayed_send(self, wait, verify_atom::value, assignment_id);
           });
 }
 
@@ -2462,7 +2489,14 @@ caf::behavior job_behavior(job_actor* self, job_start start, job_links links) {
         if (role == "ledger") self->state.links.ledger = std::move(replacement);
         dispatch(self);
       },
-      [=](verify_atom, uint64_t assignment_id) { verify(self, assignment_id); },
+      // A result's re-computation asked again (verify). From this actor alone: a node that knows
+      // the job's address would otherwise have the verifier re-run any result at will.
+      [=](verify_atom, uint64_t assignment_id) {
+        if (self->current_sender() != self->ctrl()) return;
+        auto* r = find_result(self->state, assignment_id);
+        if (r == nullptr || !r->reask_due || self->state.finished) return;
+        verify(self, assignment_id);
+      },
       // The divergence check of `round`, asked again after the core tier had no worker free.
       [=](verify_atom, int64_t round, uint64_t generation) {
         auto& st = self->state;

@@ -77,6 +77,10 @@ struct job_links {
   /// How long the ledger may take to answer a hold or a settlement before the job asks it
   /// whether the operation was booked (a test aid shortens it).
   std::chrono::milliseconds ledger_wait{60000};
+  /// How long a job waits before it asks the verifier again for a result's re-computation
+  /// that it refused (it held all it may) or found no core-tier worker for; doubled with each
+  /// such answer in a row for that result, up to 60 times this (a test aid shortens it).
+  std::chrono::milliseconds verify_retry{5000};
   /// How long the store may take to answer a job's record (a submitted job's, a top-up's)
   /// before it is read back (a test aid shortens it); a data set's commit, four times that.
   std::chrono::milliseconds record_wait{30000};

@@ -1,0 +1,152 @@
+/// @file
+/// A result the verifier refuses (it holds all it may) or finds no core-tier worker for is
+/// asked again later and later, and its wait is logged once. Asked again every 5 s, thousands
+/// of refused results made a job re-ask hundreds of times a second, each ask unpacking the
+/// whole update and writing a warning.
+
+#include <doctest/doctest.h>
+
+#include <mutex>
+#include <optional>
+
+#include "captured_log.hpp"
+#include "gflex/runtime/identity.hpp"
+#include "gflex/runtime/job_spec.hpp"
+#include "gflex/runtime/update_codec.hpp"
+#include "job_fixture.hpp"
+
+using namespace gflex;
+using namespace gflex::test;
+
+namespace {
+
+// A worker of node `key` that answers every assignment at once with a small signed update.
+caf::behavior answering_worker(caf::event_based_actor*, std::shared_ptr<node_identity> key,
+                               size_t parameters) {
+  return {
+      [=](assign_atom, assignment& a) {
+        assignment_result r;
+        r.assignment_id = a.id;
+        r.update = encode_update(std::vector<float>(parameters, 0.001f), compression::fp32);
+        r.loss = 1.0;
+        r.samples = 12;
+        r.compute_s = 0.01;
+        r.signature = key->sign(result_message(a.id, r.update));
+        return r;
+      },
+      [](abort_atom, uint64_t) {},
+  };
+}
+
+// A reputation tracker that samples every result for re-computation.
+caf::behavior sampling_reputation(caf::event_based_actor*) {
+  return {
+      [](sample_atom, const std::string&) { return true; },
+      [](credit_atom, const std::string&, uint8_t, double, int64_t) {},
+      [](reject_atom, const std::string&, std::string&) { return std::vector<std::string>{}; },
+  };
+}
+
+// When each check came to a verifier.
+struct asks {
+  std::mutex mutex;
+  std::vector<std::chrono::steady_clock::time_point> at;
+
+  /// How many came within `window` of the first; 0 if none came.
+  size_t within(std::chrono::milliseconds window) {
+    std::lock_guard<std::mutex> lock(mutex);
+    if (at.empty()) return 0;
+    return static_cast<size_t>(std::count_if(
+        at.begin(), at.end(), [&](const auto& t) { return t - at.front() <= window; }));
+  }
+  size_t count() {
+    std::lock_guard<std::mutex> lock(mutex);
+    return at.size();
+  }
+};
+
+// A verifier that answers every check at once with `code`: limit_exceeded as one that holds
+// all it may, unavailable as one that held it with no core-tier worker free.
+caf::behavior answering_verifier(caf::event_based_actor*, errc code, std::shared_ptr<asks> seen) {
+  return {
+      [=](verify_atom, verify_request&) -> caf::result<double, double, double> {
+        {
+          std::lock_guard<std::mutex> lock(seen->mutex);
+          seen->at.push_back(std::chrono::steady_clock::now());
+        }
+        return to_caf(error(code, code == errc::limit_exceeded
+                                      ? "4096 re-computations are waiting for a core-tier worker"
+                                      : "no core-tier worker was free to re-compute it"));
+      },
+  };
+}
+
+}  // namespace
+
+TEST_SUITE("job verification back-off") {
+  TEST_CASE("a result the verifier refuses or cannot serve is asked again later and later") {
+    for (const auto code : {errc::limit_exceeded, errc::unavailable}) {
+      const std::string code_name = to_string(code);
+      CAPTURE(code_name);
+      captured_log log(spdlog::level::warn);
+      configured_system f;
+      auto stored = stored_job(2, k_spec, 1);
+      auto spec = parse_job_spec(k_spec, "test");
+      REQUIRE(spec.has_value());
+      // Made before any actor: a REQUIRE that fails after would leave them running.
+      auto catalog = std::make_shared<data_catalog>();
+      auto info = decode_data_set(stored.kept.at(data_set_key("user/alice", "c")));
+      REQUIRE(info.has_value());
+      std::map<std::string, std::shared_ptr<const std::vector<uint8_t>>> chunks;
+      for (const auto& [k, v] : stored.kept)
+        if (k.starts_with(data_chunk_prefix))
+          chunks[k.substr(std::string(data_chunk_prefix).size())] =
+              std::make_shared<const std::vector<uint8_t>>(v);
+      REQUIRE(catalog->put_user_set(*info, chunks).has_value());
+      const size_t parameters = 4 * 3 + 3;
+      auto key = std::make_shared<node_identity>(node_identity::generate());
+      worker_slot slot =
+          node_slot(f.sys.spawn(answering_worker, key, parameters), "id-volunteer", "volunteer");
+      slot.tier = static_cast<uint8_t>(node_tier::community);
+      slot.public_key = key->public_key();
+      auto seen = std::make_shared<asks>();
+      job_links links;
+      links.store = f.sys.spawn(failing_store, stored);
+      links.market = f.sys.spawn(offering_market, std::vector<worker_slot>{slot});
+      links.reputation = f.sys.spawn(sampling_reputation);
+      links.verifier = f.sys.spawn(answering_verifier, code, seen);
+      links.verify_retry = std::chrono::milliseconds(50);
+      links.supervisor = caf::actor_cast<caf::actor>(f.self);  // the test stands for it
+      links.catalog = catalog;
+      job_start start;
+      start.id = "job-1";
+      start.spec_text = k_spec;
+      start.spec = *spec;
+      start.status.job_id = "job-1";
+      start.status.owner = "user/alice";
+      start.status.state = job_state::running;
+      start.status.round = 2;
+      start.status.rounds = spec->rounds;
+      start.checkpoint = stored.kept.at(job_checkpoint_key("job-1"));
+      start.from = job_start::origin::resumed;
+      auto job = spawn_job(f.sys, std::move(start), links);
+
+      // The volunteer's result of round 3 is sampled and sent to the verifier.
+      for (int tries = 0; tries < 100 && seen->count() == 0; ++tries)
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      const bool asked = seen->count() >= 1;
+      // 3 s from the first ask: asked again 50 ms after each answer, 60 times or so; doubling
+      // from 50 ms, after 50, 150, 350, 750 and 1550 ms (then 3150).
+      if (asked) std::this_thread::sleep_for(std::chrono::milliseconds(3300));
+      const auto in_window = seen->within(std::chrono::milliseconds(3000));
+      for (const auto& a : {job, links.market, links.reputation, links.store, links.verifier})
+        f.self->send_exit(a, caf::exit_reason::user_shutdown);
+      f.self->send_exit(slot.worker, caf::exit_reason::user_shutdown);
+      REQUIRE_MESSAGE(asked, "the result was never sent to the verifier");
+      CHECK_MESSAGE(in_window >= 4, "the result was not asked again: " << in_window << " asks");
+      CHECK_MESSAGE(in_window <= 8, "asked " << in_window << " times in 3 s: no back-off");
+      // The wait is logged once for the result, not at each ask.
+      CHECK(log.count("waiting for a verifier for the result of volunteer for round 3") == 1);
+    }
+  }
+}
