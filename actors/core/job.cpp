@@ -1676,8 +1676,11 @@ void on_result(job_actor* self, uint64_t id, assignment_result& r) {
   }
   auto update = decode_packed_update(r.update, st.job.theta.size());
   // Every number a node reports is checked: a non-finite or negative compute time would
-  // reach the bill (a NaN converted to micro-credits is undefined).
+  // reach the bill (a NaN converted to micro-credits is undefined). Every loss head
+  // (softmax_xent, next_token_xent, mse) gives a loss of 0 or more, so a negative one was made
+  // up. A large one is not bounded: an honest run that diverges slowly reports large losses.
   const char* bad_figure = !std::isfinite(r.loss) ? "non-finite loss"
+                           : r.loss < 0.0         ? "negative loss"
                            : !std::isfinite(r.compute_s) || r.compute_s < 0.0
                                ? "compute_s not a finite, non-negative number"
                            : r.samples < 0 ? "negative samples"
