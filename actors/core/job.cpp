@@ -1231,15 +1231,18 @@ void verify(job_actor* self, uint64_t assignment_id) {
             }
             st.verifier_missing =
                 failed_there ? "its re-computations failed: " + err.message() : err.message();
-            // Refused, or no core-tier worker: asked again later and later (verify_retry,
-            // doubling up to 60 times it), as the core tier is saturated. Its re-computations
-            // failing: every 30 s (the verifier took the ask).
-            r->verify_deferrals = failed_there ? 0 : r->verify_deferrals + 1;
+            // Refused at once (the verifier holds all it may): asked again later and later
+            // (verify_retry, doubling up to 60 times it), as the core tier is saturated. No
+            // core-tier worker free: after verify_retry, as the verifier held the ask for its
+            // wait (--verify-wait-s) before it said so; doubling, a round waited minutes more
+            // once a worker was free. Its re-computations failing: every 30 s.
+            r->verify_deferrals = refused ? r->verify_deferrals + 1 : 0;
             const auto base = st.links.verify_retry;
             const auto wait =
                 failed_there ? std::chrono::milliseconds(std::chrono::seconds(30))
-                             : std::min(base * (int64_t{1} << std::min(r->verify_deferrals - 1, 6)),
-                                        base * 60);
+                : refused    ? std::min(base * (int64_t{1} << std::min(r->verify_deferrals - 1, 6)),
+                                        base * 60)
+                             : base;
             const bool said_before = r->verify_said == err.code();
             r->verify_said = err.code();
             spdlog::log(said_before ? spdlog::level::debug : spdlog::level::warn,
