@@ -23,14 +23,23 @@ struct pending_admit {
   std::string token, tier, address;
   bool proof_ok = false;
   std::string key;  // the node key (hex) the hello presents
+  // A key that joined before, proven by the hello's signature: its failures and held answers
+  // are its own, not its address's.
+  bool known = false;
 };
 
 /// Answers held for addresses that keep failing; past this many a new hello is refused at
 /// once (a guesser must not grow the core's memory).
 constexpr size_t max_held = 1024;
-// Of which from one address: a flood of bad hellos from one address pushed the oldest held
-// answers out, those of nodes with valid tokens from other addresses among them.
+// Of which from one address (or one known key): a flood of bad hellos from one address pushed
+// the oldest held answers out, those of nodes with valid tokens from other addresses among
+// them.
 constexpr size_t max_held_per_address = 16;
+
+// Node keys remembered as having joined, at most. Only a valid token adds one, but a token
+// without a use limit admits any number of keys: past the bound, a new key is slowed by its
+// address's failures, as before it had joined.
+constexpr size_t max_known_keys = 262144;
 
 /// Joins with one token that may wait for the one before them (each reads and writes the
 /// token's record in turn); past them a join is refused, to be tried again. A node that sent
@@ -41,7 +50,17 @@ constexpr size_t max_waiting_joins = 256;
 struct gatekeeper_state {
   caf::actor store;
   std::string operator_key;
-  join_failures failures;
+  join_failures failures;  // by address
+  // Node keys bound to a token record (they joined with a valid token), and the failures of
+  // signed hellos that present them. Counted by address only, six failed joins in ten minutes
+  // made every hello from the address wait, up to 30 s: behind one NAT, a node restarting
+  // with an expired token held up every other node there, and a peer keeping 16 bad hellos in
+  // flight got all the others refused. A signed hello with a key that joined is slowed by its
+  // key's failures instead: a guesser gets such a key only by joining with a valid token (or
+  // from a copy of that node's hello, whose proof signs its name only), and is slowed by that
+  // key's failures then. Every other hello is slowed by its address's, as before.
+  std::set<std::string> known_keys;
+  join_failures key_failures;
   // Refused and held joins are logged at most 20 in 10 s together (a guesser's hellos are as
   // many as it sends); the core supervisor, which answers the hello, counts every refusal
   // (gflex_core_join_refusals_total), these among them.
@@ -132,6 +151,7 @@ bool may_log_join(gatekeeper_actor* self) {
 void decide(gatekeeper_actor* self, pending_admit p) {
   auto refuse = [self](pending_admit& p, const error& e) {
     self->state.failures.record(p.address, join_failures::clock::now());
+    if (p.known) self->state.key_failures.record(p.key, join_failures::clock::now());
     if (may_log_join(self))
       spdlog::warn("gatekeeper: refused a join from {}: {} ({} failures from there recently)",
                    p.address, e.message(),
@@ -206,6 +226,8 @@ void decide(gatekeeper_actor* self, pending_admit p) {
                     self, self->state.store, store_timeout, one_write(key, encode_token_record(*r)),
                     read_back(key, std::chrono::minutes(5), bound),
                     [=]() mutable {
+                      if (self->state.known_keys.size() < max_known_keys)
+                        self->state.known_keys.insert(p.key);
                       p.promise.deliver(caf::ok_atom::value);
                       done();
                     },
@@ -235,12 +257,54 @@ void decide(gatekeeper_actor* self, pending_admit p) {
           [=](caf::error& e) mutable { p.promise.deliver(e); });
 }
 
+// Learns the keys bound to the stored tokens: a restarted core is rejoined by all its nodes at
+// once, and those behind an address that fails must not wait for it.
+void learn_known_keys(gatekeeper_actor* self) {
+  self->request(self->state.store, store_timeout, scan_atom::value, std::string("token/"))
+      .then(
+          [=](std::vector<std::string>&, std::vector<std::vector<uint8_t>>& values) {
+            auto& known = self->state.known_keys;
+            for (const auto& v : values)
+              if (auto r = decode_token_record(v))
+                for (auto& k : r->keys)
+                  if (known.size() < max_known_keys) known.insert(std::move(k));
+          },
+          [=](caf::error& e) {
+            // Only slower joins: each key is learnt again when it joins.
+            spdlog::warn("gatekeeper: cannot read the join tokens' node keys: {}",
+                         self->system().render(e));
+          });
+}
+
+// Holds the answer to held hello `id` for `wait`, then decides it.
+void hold(gatekeeper_actor* self, uint64_t id, std::chrono::milliseconds wait) {
+  auto it = self->state.held.find(id);
+  if (it == self->state.held.end()) return;
+  const auto& p = it->second;
+  // A line each is within the refusals' bound: a failing address's every further hello
+  // comes here, as many as it sends.
+  if (may_log_join(self)) {
+    const auto now = join_failures::clock::now();
+    spdlog::info(
+        "gatekeeper: holding the answer to a hello from {} for {} ms ({} failed joins from {} "
+        "recently)",
+        p.address, wait.count(),
+        p.known ? self->state.key_failures.count(p.key, now)
+                : self->state.failures.count(p.address, now),
+        p.known ? "its node key" : "there");
+  }
+  self->delayed_send(self, wait, tick_atom::value, id);
+}
+
 caf::behavior gatekeeper(gatekeeper_actor* self, caf::actor store, std::string operator_key) {
   self->state.store = std::move(store);
   self->state.operator_key = std::move(operator_key);
+  learn_known_keys(self);
   return {
       [=](update_atom, const std::string& role, caf::actor& replacement) {
-        if (role == "store") self->state.store = replacement;
+        if (role != "store") return;
+        self->state.store = replacement;
+        learn_known_keys(self);  // a store that replaced a failed one may hold more
       },
       [=](auth_atom, const std::string& key) -> caf::result<std::string> {
         const auto& op = self->state.operator_key;
@@ -428,32 +492,30 @@ caf::behavior gatekeeper(gatekeeper_actor* self, caf::actor store, std::string o
         auto rp = self->make_response_promise<caf::ok_atom>();
         pending_admit p{rp,       std::move(token), std::move(tier), std::move(address),
                         proof_ok, std::move(key)};
-        auto wait = self->state.failures.delay(p.address, join_failures::clock::now());
+        auto& st = self->state;
+        const auto now = join_failures::clock::now();
+        p.known = p.proof_ok && st.known_keys.count(p.key) != 0;
+        const auto wait =
+            p.known ? st.key_failures.delay(p.key, now) : st.failures.delay(p.address, now);
         if (wait.count() == 0) {
           decide(self, std::move(p));
-        } else {
-          // Held, not refused: a node that has the right token still gets in, only slower.
-          // A line each is within the refusals' bound: a failing address's every further
-          // hello comes here, as many as it sends.
-          if (may_log_join(self))
-            spdlog::info(
-                "gatekeeper: holding the answer to a hello from {} for {} ms ({} failed "
-                "joins from there recently)",
-                p.address, wait.count(),
-                self->state.failures.count(p.address, join_failures::clock::now()));
-          auto& held = self->state.held;
-          const auto from_there = std::count_if(held.begin(), held.end(), [&](const auto& h) {
-            return h.second.address == p.address;
-          });
-          if (held.size() >= max_held || static_cast<size_t>(from_there) >= max_held_per_address) {
-            p.promise.deliver(to_caf(error(errc::limit_exceeded,
-                                           "too many joins are waiting for an answer; try later")));
-            return rp;
-          }
-          auto id = self->state.next_held++;
-          held.emplace(id, std::move(p));
-          self->delayed_send(self, wait, tick_atom::value, id);
+          return rp;
         }
+        // Held, not refused: a node that has the right token still gets in, only slower. Each
+        // known key has slots of its own, so that a flood from its address crowds it out of
+        // none.
+        const auto alike = std::count_if(st.held.begin(), st.held.end(), [&](const auto& h) {
+          const auto& o = h.second;
+          return o.known == p.known && (p.known ? o.key == p.key : o.address == p.address);
+        });
+        if (st.held.size() >= max_held || static_cast<size_t>(alike) >= max_held_per_address) {
+          p.promise.deliver(to_caf(
+              error(errc::limit_exceeded, "too many joins are waiting for an answer; try later")));
+          return rp;
+        }
+        const auto id = st.next_held++;
+        st.held.emplace(id, std::move(p));
+        hold(self, id, wait);
         return rp;
       },
       // From the reputation tracker: the node with `key` (hex) was caught. Its key is banned

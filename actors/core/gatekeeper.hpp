@@ -17,7 +17,9 @@
 /// - (admit_atom, token, tier, address, bool proof_ok, key hex) -> ok_atom: whether a node
 ///   that signed its hello (proof_ok) with `key` may join `tier` with `token` (the key is not
 ///   banned; the token is bound to it or has a use left); failures are counted per address,
-///   and an address with many recent failures waits for its answer (at most 1024 wait).
+///   and an address with many recent failures waits for its answer (at most 1024 wait, 16 per
+///   address). A signed hello whose key joined before is counted, and waits, by its key's
+///   failures instead of its address's, in slots of its own.
 /// - (bar_atom, key hex, name) from the reputation tracker: the node was caught; its key is
 ///   banned and every token bound to it closed to new keys.
 /// The records are read from the store when asked, so a revocation holds at once and a

@@ -64,6 +64,8 @@ std::string banned_key_store_key(std::string_view key_hex);
 /// `window`, every further hello from that address is answered only after a delay that
 /// doubles with each failure (from 250 ms, at most `max_delay`). A success does not clear
 /// the count (a guesser could interleave a valid token); old failures age out of the window.
+/// The gatekeeper counts the failures of a node key that joined before the same way, in a
+/// record of its own, and slows that key's hellos by them instead of their address's.
 class join_failures {
  public:
   using clock = std::chrono::steady_clock;

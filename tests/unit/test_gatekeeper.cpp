@@ -74,6 +74,36 @@ struct gate_fixture : test::configured_system {
     return admitted;
   }
 
+  // Sends `gate` 21 hellos of `node_key` from `address` with a wrong token, and waits for their
+  // refusals: five come at once, the other 16 are held together for 250 ms. The address (and a
+  // key that joined before) then has its hellos held for the longest wait, 30 s.
+  void fail_from(const caf::actor& g, const std::string& address, const std::string& node_key) {
+    auto bad_hello = [&] {
+      self->send(g, admit_atom::value, std::string("gft_") + std::string(64, '2'),
+                 std::string("community"), address, true, node_key);
+    };
+    for (int i = 0; i < join_failures::free_failures; ++i) {
+      bad_hello();
+      self->receive([](caf::ok_atom) { FAIL("a wrong token was admitted"); }, [](caf::error&) {},
+                    caf::after(timeout) >> [&] { FAIL("no answer to a hello"); });
+    }
+    for (int i = 0; i < 16; ++i) bad_hello();
+    for (int i = 0; i < 16; ++i)
+      self->receive([](caf::ok_atom) { FAIL("a wrong token was admitted"); }, [](caf::error&) {},
+                    caf::after(timeout) >> [&] { FAIL("no answer to a hello"); });
+  }
+
+  // The answer of `g` to a signed hello, within `within`: empty if admitted, else the refusal
+  // (a timeout's among them), which a failed check shows.
+  std::string answer(const caf::actor& g, const std::string& token, const std::string& address,
+                     const std::string& node_key, std::chrono::seconds within) {
+    std::string out;
+    self->request(g, within, admit_atom::value, token, std::string("community"), address, true,
+                  node_key)
+        .receive([](caf::ok_atom) {}, [&](caf::error& e) { out = sys.render(e); });
+    return out;
+  }
+
   join_token_record record_of(const std::string& token) {
     join_token_record out;
     self->request(gate, timeout, token_atom::value)
@@ -354,6 +384,59 @@ TEST_SUITE("gatekeeper") {
     for (int i = 0; i < 1100; ++i)
       self->receive([](caf::ok_atom) {}, [](caf::error&) {},
                     caf::after(timeout) >> [&] { FAIL("no answer to a hello"); });
+  }
+
+  TEST_CASE_FIXTURE(gate_fixture,
+                    "nodes that joined before are not held up by their address's failures") {
+    // Failures were counted by address only: behind one NAT, a node restarting with an
+    // expired token made every other node there wait 30 s for each hello, and a peer keeping
+    // 16 bad hellos in flight got them all refused. A guesser there must still be slowed.
+    const auto token = new_token(0);
+    REQUIRE(join_at_once(token, 30, 32) == 2);  // keys 30 and 31 join before
+    // A restarted gatekeeper: it learns the keys bound before from the store.
+    auto restarted = spawn_gatekeeper(sys, store, "the operator's key");
+    const std::string shared = "10.7.0.1";
+    fail_from(restarted, shared, key(700));
+    const auto in = std::chrono::seconds(10);
+    const auto wrong = std::string("gft_") + std::string(64, '3');
+    // A node that joined before: at once. Key 40 joins from elsewhere, learnt as it joins.
+    CHECK_MESSAGE(answer(restarted, token, shared, key(30), in) == "", "a known node");
+    REQUIRE(answer(restarted, token, "10.7.0.9", key(40), in) == "");
+    // A guesser's hello is held, a known key's included when its proof fails.
+    self->send(restarted, admit_atom::value, wrong, std::string("community"), shared, true,
+               key(701));
+    self->send(restarted, admit_atom::value, wrong, std::string("community"), shared, false,
+               key(31));
+    self->receive([](caf::ok_atom) { FAIL("a wrong token was admitted"); },
+                  [&](caf::error& e) { FAIL("a guess answered at once: " << sys.render(e)); },
+                  caf::after(std::chrono::seconds(2)) >> [] {});
+    // The address's slots fill with 14 more: a further guess is refused, known nodes are not.
+    for (int i = 0; i < 14; ++i)
+      self->send(restarted, admit_atom::value, wrong, std::string("community"), shared, true,
+                 key(702));
+    CHECK(answer(restarted, wrong, shared, key(703), in).find("too many joins are waiting") !=
+          std::string::npos);
+    CHECK_MESSAGE(answer(restarted, token, shared, key(31), in) == "", "a known node, full");
+    CHECK_MESSAGE(answer(restarted, token, shared, key(40), in) == "", "a node joined since");
+    self->send_exit(restarted, caf::exit_reason::kill);
+  }
+
+  TEST_CASE_FIXTURE(gate_fixture, "a node key that joined and keeps failing is slowed itself") {
+    // Its failures are counted against its key, not only its address: a node that joined with
+    // one token, exempt from its address's failures, cannot guess others faster than a
+    // stranger, from that address or any other.
+    const auto token = new_token(0);
+    REQUIRE(join_at_once(token, 50, 52) == 2);
+    const std::string shared = "10.6.0.1";
+    fail_from(gate, shared, key(50));
+    const auto in = std::chrono::seconds(10);
+    self->send(gate, admit_atom::value, std::string("gft_") + std::string(64, '4'),
+               std::string("community"), std::string("10.6.0.2"), true, key(50));
+    self->receive([](caf::ok_atom) { FAIL("a wrong token was admitted"); },
+                  [&](caf::error& e) { FAIL("a guess answered at once: " << sys.render(e)); },
+                  caf::after(std::chrono::seconds(2)) >> [] {});
+    // Another key that joined, from its address: still at once.
+    CHECK_MESSAGE(answer(gate, token, shared, key(51), in) == "", "another known node");
   }
 
   TEST_CASE_FIXTURE(gate_fixture, "an API key written after its request timed out is given") {
