@@ -380,9 +380,11 @@ TEST_SUITE("session claims") {
     const double honest_rate = nodes.rate(0), liar_rate = nodes.rate(1);
     REQUIRE(honest_rate > 0.0);
     REQUIRE(liar_rate > 0.0);
-    // Both computed 200 ms: the session's clock, not the liar's word (timing noise aside).
-    CHECK_MESSAGE(liar_rate <= 1.5 * honest_rate,
-                  "liar " << liar_rate << " honest " << honest_rate);
+    // Both computed 200 ms: the session's clock, not the liar's word, so neither is rated
+    // above the samples over that time (a loaded machine only makes the measured time longer:
+    // a bound against the honest twin's rate failed when its turn came late).
+    MESSAGE("liar " << liar_rate << " honest " << honest_rate);
+    CHECK(liar_rate <= static_cast<double>(samples) / 0.2);
     CHECK(honest_rate <= static_cast<double>(samples) / 0.2);
   }
 
