@@ -82,8 +82,7 @@ struct assignment_watch {
   /// Its parameter chunks and shard, which the node may ask for; true for a parameter chunk
   /// whose first serve, to come, moves params_at.
   std::map<std::string, bool> chunks;
-  bool asked = false;        // the node asked for one of them
-  bool core_failed = false;  // the core (its data server) failed such an ask
+  bool core_failed = false;  // the core (its data server) failed an ask for one of them
 };
 
 /// An assignment out on the node, until the job has its answer: the job's promise, and once
@@ -113,6 +112,13 @@ struct session_state {
   std::map<uint64_t, std::shared_ptr<const shared_params>> chunked_out;  // by assignment
   std::deque<chunk_request> chunk_queue;
   uint32_t chunks_serving = 0;
+  // The asks of the data server out for this node (at most chunks_in_flight), by the order
+  // they went, with when each went; and when the data server last failed one, or answered one
+  // it held for longer than data_server_slow. What the session believes of a node's word that
+  // the core did not serve it (core_may_have_failed): evidence a node cannot make up.
+  std::map<uint64_t, clock_type::time_point> data_asks;
+  uint64_t data_asks_sent = 0;
+  std::optional<clock_type::time_point> core_lapsed_at;
   double chunk_budget = 0.0;  // bytes that may go out now; refilled at chunk_bytes_per_s
   clock_type::time_point budget_at;
   bool refill_pending = false;
@@ -195,12 +201,6 @@ bool answered_by_core(session_actor* self) {
   return false;
 }
 
-// The node asked for chunk `digest`: each assignment out on it that needs the chunk notes it.
-void note_asked(session_actor* self, const std::string& digest) {
-  for (auto& [id, w] : self->state.in_flight)
-    if (w.chunks.count(digest) != 0) w.asked = true;
-}
-
 // Chunk `digest` was served to the node: each assignment that could not be computed without
 // it, nor its chunk held before, counts its compute time from now. Only a first serve counts:
 // a node that asked for a chunk again once done would shrink its compute time to nothing.
@@ -219,14 +219,30 @@ void note_not_served(session_actor* self, const std::string& digest) {
     if (w.chunks.count(digest) != 0) w.core_failed = true;
 }
 
-// Whether the node can say, without lying, that the core failed to serve assignment `w`'s
-// inputs: the core failed an ask for one of its chunks, or the node asked for them and gave up
-// no sooner than a node waits for a chunk (the session serves a parameter chunk at once, but an
-// overloaded core, or a congested link, can hold the ask or the chunk past that wait, unseen
-// here). A node that says so sooner, of work whose chunks it was served or never asked for,
-// speaks for itself.
-bool core_may_have_failed(const session_state& st, const assignment_watch& w) {
-  return w.core_failed || (w.asked && clock_type::now() - w.sent_at >= st.limits.node_chunk_wait);
+// The data server answered ask `ask` of this session, `failed` or not: a failure, or an answer
+// it held for longer than one that serves normally takes, is a lapse of the core's.
+void note_data_answer(session_actor* self, uint64_t ask, bool failed) {
+  auto& st = self->state;
+  const auto now = clock_type::now();
+  const auto it = st.data_asks.find(ask);
+  if (it == st.data_asks.end()) return;
+  if (failed || now - it->second > st.limits.data_server_slow) st.core_lapsed_at = now;
+  st.data_asks.erase(it);
+}
+
+// Whether the node can say, without lying, that the core failed to serve its work: the data
+// server failed an ask of this session, or held one for longer than data_server_slow, within
+// the last node_chunk_wait, or holds one that long now. Judged by the session's asks, not the
+// assignment's: a node's cache fails every request it has out once nothing came for as long
+// as a node waits, whichever ask the data server held (an assignment sent a minute after the
+// held one was failed with it, its own wait not run out), and an assignment whose shard was
+// prefetched during the one before, or whose parameters were fetched for an earlier one,
+// asks for nothing of its own. Parameter chunks are served by the session at once, from
+// memory. A node that says so while the data server answers promptly speaks for itself.
+bool core_may_have_failed(const session_state& st) {
+  const auto now = clock_type::now();
+  if (st.core_lapsed_at && now - *st.core_lapsed_at <= st.limits.node_chunk_wait) return true;
+  return !st.data_asks.empty() && now - st.data_asks.begin()->second > st.limits.data_server_slow;
 }
 
 void refill(session_actor* self) {
@@ -258,6 +274,8 @@ void pump_chunks(session_actor* self) {
     auto next = std::move(st.chunk_queue.front());
     st.chunk_queue.pop_front();
     st.chunks_serving += 1;
+    const uint64_t ask = st.data_asks_sent++;
+    st.data_asks.emplace(ask, clock_type::now());
     // request + deliver, never delegate: the data server must not answer the node itself
     // (a handle that crosses the network is one the peer can message).
     self->request(st.data_server, std::chrono::seconds(120), chunk_atom::value, next.digest)
@@ -266,6 +284,7 @@ void pump_chunks(session_actor* self) {
               if (!answered_by_core(self)) return;
               auto& st = self->state;
               st.chunks_serving -= 1;
+              note_data_answer(self, ask, false);
               st.chunk_budget -= static_cast<double>(bytes.size());
               next.promise.deliver(std::move(bytes));
               pump_chunks(self);
@@ -273,6 +292,7 @@ void pump_chunks(session_actor* self) {
             [=](caf::error& e) mutable {
               if (!answered_by_core(self)) return;
               self->state.chunks_serving -= 1;
+              note_data_answer(self, ask, true);
               note_not_served(self, next.digest);
               next.promise.deliver(std::move(e));
               pump_chunks(self);
@@ -389,10 +409,10 @@ constexpr auto pull_quiet_limit = std::chrono::seconds(30);
 // rendered in full), and one with no error at all (code 0, which has no category) crashed
 // the core. Its `unavailable` says that the core failed to serve it, which the job does not
 // hold against the node (job.cpp, core_too_slow): it keeps that code only where the session
-// saw cause for it (`believed`: core_may_have_failed of the assignment), and is otherwise the
-// node's io_error, which cools the node down. Passed on as the node named it, a node that
-// answered every assignment so at once got the same shard back in a tight loop, never
-// cooled down, and stalled its job.
+// saw cause for it (`believed`: the core failed one of the assignment's chunks, or
+// core_may_have_failed), and is otherwise the node's io_error, which cools the node down.
+// Passed on as the node named it, a node that answered every assignment so at once got the
+// same shard back in a tight loop, never cooled down, and stalled its job.
 caf::error node_words(session_actor* self, caf::error e, bool believed = false) {
   const auto& sender = self->current_sender();
   if (!sender || sender == self->ctrl()) return e;
@@ -404,8 +424,8 @@ caf::error node_words(session_actor* self, caf::error e, bool believed = false) 
   if (e.category() == error_category && static_cast<errc>(e.code()) == errc::unavailable &&
       !believed) {
     std::string text =
-        "the node said the core did not serve it, yet no chunk of its work went unserved for "
-        "as long as a node waits: ";
+        "the node said the core did not serve it, yet the core's data server failed or held "
+        "none of its chunk asks: ";
     text.append(said.substr(0, shown));
     return to_caf(error(errc::io_error, printable_text(std::string_view(text).substr(0, shown))));
   }
@@ -577,7 +597,6 @@ node_session_internal::behavior_type session_behavior(session_actor* self, sessi
             return to_caf(error(errc::limit_exceeded, "parameter chunk served too often"));
           }
           chunk.served += 1;
-          note_asked(self, digest);
           note_served(self, digest);
           const auto& p = *chunk.params;
           const auto r = chunk_at(p.bytes.size(), p.chunk_bytes, chunk.index);
@@ -602,7 +621,6 @@ node_session_internal::behavior_type session_behavior(session_actor* self, sessi
           disconnect(self, why);
           return to_caf(error(errc::limit_exceeded, why));
         }
-        note_asked(self, digest);
         auto rp = self->make_response_promise<std::vector<uint8_t>>();
         st.chunk_queue.push_back({std::move(digest), rp});
         pump_chunks(self);
@@ -746,8 +764,8 @@ node_session_internal::behavior_type session_behavior(session_actor* self, sessi
                   const auto out = st.out.find(id);
                   if (out == st.out.end()) return;  // withdrawn by the core (an abort)
                   const auto w = st.in_flight.find(id);
-                  const bool believed =
-                      w != st.in_flight.end() && core_may_have_failed(st, w->second);
+                  const bool believed = (w != st.in_flight.end() && w->second.core_failed) ||
+                                        core_may_have_failed(st);
                   // Given up on past its asker's deadline (its asker gone, or its abort lost).
                   if (own_timeout(self, e))
                     measure_unanswered(self, id, out->second,

@@ -40,10 +40,14 @@ struct session_limits {
   /// node's answer to an assignment, before it gives up on it.
   std::chrono::milliseconds answer_slack{std::chrono::minutes(5)};
   /// How long a node waits for a chunk before it says the core did not serve it (the uplink's
-  /// wait for a parameter chunk, its cache's silence for a data chunk). A node that says so of
-  /// an assignment sooner, with no chunk of it failed by the core, is at fault (a node's
-  /// `unavailable` alone let it fail every assignment at once and never be cooled down).
+  /// wait for a parameter chunk, its cache's silence for a data chunk): for as long after the
+  /// data server failed, or was slow to answer, an ask of this session, a node's word that the
+  /// core did not serve it stands. Otherwise it is at fault (a node's `unavailable` alone let
+  /// it fail every assignment at once and never be cooled down).
   std::chrono::milliseconds node_chunk_wait{std::chrono::minutes(2)};
+  /// An ask the data server holds for longer than this is one it is failing to serve: a data
+  /// server that serves normally answers in milliseconds.
+  std::chrono::milliseconds data_server_slow{std::chrono::seconds(10)};
 };
 
 /// Who the session speaks for.

@@ -111,6 +111,44 @@ struct unserved_session {
   }
 };
 
+// A data server that holds each ask for chunk `hung` unanswered, and serves any other at once.
+caf::behavior hanging_data_server(caf::event_based_actor* self, std::string hung) {
+  self->set_default_handler(caf::drop);
+  auto held = std::make_shared<std::vector<caf::response_promise>>();
+  return {[=](chunk_atom, const std::string& digest) -> caf::result<std::vector<uint8_t>> {
+    if (digest != hung) return std::vector<uint8_t>(16, uint8_t{1});
+    held->push_back(self->make_response_promise());
+    return caf::delegated<std::vector<uint8_t>>();
+  }};
+}
+
+// A node's uplink whose cache, as a node's does, fails every request it has out once nothing
+// came for its wait: it asks its session (`*session`) for the first assignment's shard, and for
+// a later one's when `asks_later` (otherwise prefetched during the one before), and fails every
+// assignment it holds `silence` after the first arrived, saying that the core did not serve it.
+caf::behavior silent_cache_uplink(caf::event_based_actor* self, std::shared_ptr<caf::actor> session,
+                                  bool asks_later, std::chrono::milliseconds silence) {
+  self->set_default_handler(caf::drop);
+  auto pending = std::make_shared<std::vector<caf::response_promise>>();
+  return {
+      [=](assign_atom, uint32_t, assignment& a) -> caf::result<assignment_result> {
+        if (pending->empty()) self->delayed_send(self, silence, tick_atom::value);
+        if (pending->empty() || asks_later)
+          self->request(*session, std::chrono::seconds(10), chunk_atom::value, a.shard)
+              .then([](std::vector<uint8_t>&) {}, [](caf::error&) {});
+        pending->push_back(self->make_response_promise());
+        return caf::delegated<assignment_result>();
+      },
+      [=](tick_atom) {
+        for (auto& rp : *pending)
+          rp.deliver(
+              to_caf(error(errc::unavailable, "the core did not serve data chunk (timeout)")));
+        pending->clear();
+      },
+      [](abort_atom, uint64_t) {},
+  };
+}
+
 // How a test node's uplink does an assignment: waits `before_fetch` (a slow link), asks its
 // session for the parameter chunks, computes `compute` once they came, asks for the first
 // again when `ask_again`, and answers, reporting `reported_s` of compute (< 0: the time it
@@ -338,9 +376,12 @@ TEST_SUITE("session claims") {
       CHECK_MESSAGE(got.code() == errc::unavailable, got.message());
       CHECK(got.message() == "the core did not serve data chunk (timeout)");
     }
-    SUBCASE("it asked for the shard and waited as long as a node waits") {
+    SUBCASE("the data server held the shard it asked for longer than it answers in") {
+      // A node's waiting alone (asked, and gave up no sooner than a node waits) is evidence
+      // it can make up: the data server holding its ask past data_server_slow is not.
       session_limits limits;
       limits.node_chunk_wait = std::chrono::milliseconds(300);
+      limits.data_server_slow = std::chrono::milliseconds(100);
       unserved_session node(s, true, std::chrono::milliseconds(500), false, limits);
       const auto got = node.assign(1, shard);
       CHECK_MESSAGE(got.code() == errc::unavailable, got.message());
@@ -358,11 +399,90 @@ TEST_SUITE("session claims") {
       CHECK_MESSAGE(got.code() == errc::io_error, got.message());
       CHECK(got.message().find("the core did not serve data chunk (timeout)") != std::string::npos);
     }
-    SUBCASE("it asked for the shard and gave up sooner than a node waits") {
+    SUBCASE("it asked for the shard and gave up before the data server was slow") {
       unserved_session node(s, true, std::chrono::milliseconds(20), false, limits);
       const auto got = node.assign(1, shard);
       CHECK_MESSAGE(got.code() == errc::io_error, got.message());
     }
+  }
+
+  TEST_CASE("a node's word that the core did not serve it stands while the core holds any ask") {
+    // A node's cache fails every request it has out once nothing came for as long as a node
+    // waits (2 minutes), not each ask's own wait: with the data server hung on the first
+    // assignment's shard, a second one sent a minute later is failed with it. Judged by its own
+    // asks, the second was the honest node's fault (61 s, not 2 minutes, since it was sent), and
+    // so was one whose shard was prefetched, asking for nothing of its own. Scaled down: 1 s is
+    // 100 ms here.
+    configured_system s;
+    const std::string held(64, 'h'), second(64, 'i');
+    session_limits limits;
+    limits.node_chunk_wait = std::chrono::milliseconds(1200);
+    limits.data_server_slow = std::chrono::milliseconds(100);
+    bool asks_later = true;
+    SUBCASE("the second assignment asked for its shard at once") {
+      asks_later = true;
+    }
+    SUBCASE("the second assignment's shard was prefetched") {
+      asks_later = false;
+    }
+    auto handle = std::make_shared<caf::actor>();
+    auto sink = s.sys.spawn(sink_actor);
+    auto data_server = s.sys.spawn(hanging_data_server, held);
+    auto uplink =
+        s.sys.spawn(silent_cache_uplink, handle, asks_later, std::chrono::milliseconds(1210));
+    auto spawned =
+        spawn_node_session(s.sys, {"n1", "node", "", 0, 1}, limits, uplink, sink, data_server);
+    *handle = caf::actor_cast<caf::actor>(spawned.session);
+    assignment first, later;
+    first.id = 1;
+    first.shard = held;
+    first.next_shard = second;
+    later.id = 2;
+    later.shard = second;
+    auto first_answer =
+        s.self->request(spawned.workers.at(0), std::chrono::seconds(10), assign_atom::value, first);
+    std::this_thread::sleep_for(std::chrono::milliseconds(600));
+    error got;
+    s.self->request(spawned.workers.at(0), std::chrono::seconds(10), assign_atom::value, later)
+        .receive([](assignment_result&) { FAIL("answered with a result"); },
+                 [&](caf::error& e) { got = from_caf(e, &s.sys); });
+    CHECK_MESSAGE(got.code() == errc::unavailable, got.message());
+    first_answer.receive([](assignment_result&) { FAIL("answered with a result"); },
+                         [&](caf::error& e) {
+                           const auto first_got = from_caf(e, &s.sys);
+                           CHECK_MESSAGE(first_got.code() == errc::unavailable,
+                                         first_got.message());
+                         });
+    for (const auto& x : {caf::actor_cast<caf::actor>(spawned.session), uplink, sink, data_server})
+      s.self->send_exit(x, caf::exit_reason::user_shutdown);
+    for (const auto& w : spawned.workers) s.self->send_exit(w, caf::exit_reason::user_shutdown);
+  }
+
+  TEST_CASE("a node's word that the core did not serve it is its own where every ask was served") {
+    // Asking for its shard and waiting as long as a node waits proves nothing of the core: a
+    // node that does so with every assignment would get its shard back, never cooled down.
+    configured_system s;
+    session_limits limits;
+    limits.node_chunk_wait = std::chrono::milliseconds(300);
+    limits.data_server_slow = std::chrono::milliseconds(100);
+    auto handle = std::make_shared<caf::actor>();
+    auto sink = s.sys.spawn(sink_actor);
+    auto data_server = s.sys.spawn(hanging_data_server, std::string());
+    auto uplink = s.sys.spawn(unserved_uplink, handle, true, std::chrono::milliseconds(400));
+    auto spawned =
+        spawn_node_session(s.sys, {"n1", "node", "", 0, 1}, limits, uplink, sink, data_server);
+    *handle = caf::actor_cast<caf::actor>(spawned.session);
+    assignment a;
+    a.id = 1;
+    a.shard = std::string(64, 'j');
+    error got;
+    s.self->request(spawned.workers.at(0), std::chrono::seconds(10), assign_atom::value, a)
+        .receive([](assignment_result&) { FAIL("answered with a result"); },
+                 [&](caf::error& e) { got = from_caf(e, &s.sys); });
+    CHECK_MESSAGE(got.code() == errc::io_error, got.message());
+    for (const auto& x : {caf::actor_cast<caf::actor>(spawned.session), uplink, sink, data_server})
+      s.self->send_exit(x, caf::exit_reason::user_shutdown);
+    for (const auto& w : spawned.workers) s.self->send_exit(w, caf::exit_reason::user_shutdown);
   }
 
   TEST_CASE("a node that reports a compute time far below its own is not rated above its twin") {
