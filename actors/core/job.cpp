@@ -1886,6 +1886,19 @@ std::vector<std::string> nodes_with_every_copy(
   return out;
 }
 
+// Whether a node that did not say the round diverged computes a copy of a shard queued. The
+// acquire leaves such a node out for holding the copy (nodes_with_every_copy), and the market
+// counts it as left out, not busy: read as "no node is left but those that said it diverged",
+// a core-tier node's report ended the job while a straggler's backup was queued and the
+// straggler was still computing the shard.
+bool copy_out_elsewhere(const job_actor_state& st) {
+  return std::any_of(st.pending.begin(), st.pending.end(), [&](const auto& p) {
+    const auto& a = p.second;
+    return st.diverged_nodes.count(a.slot.node_id) == 0 &&
+           std::find(st.unassigned.begin(), st.unassigned.end(), a.shard) != st.unassigned.end();
+  });
+}
+
 void dispatch(job_actor* self) {
   auto& st = self->state;
   // A backup queued for a shard that has been answered since is not needed.
@@ -1966,8 +1979,10 @@ void dispatch(job_actor* self) {
               }
               self->delayed_send(self, std::chrono::milliseconds(250), tick_atom::value);
               // No node that could take the work is busy, and those the job left out include
-              // nodes that said the round diverged: none is left to compute it but them.
-              if (reply.slots.empty() && reply.busy == 0 && reply.avoided > 0 && avoids_diverged)
+              // nodes that said the round diverged: none is left to compute it but them (a node
+              // left out for computing a copy of the work is still computing it).
+              if (reply.slots.empty() && reply.busy == 0 && reply.avoided > 0 && avoids_diverged &&
+                  !copy_out_elsewhere(st))
                 decide_divergence(self);
               if (st.finished) return;
             }

@@ -85,6 +85,17 @@ caf::behavior ordered_market(caf::stateful_actor<ordered_market_state>* self,
   };
 }
 
+// A worker whose training diverges, as a faulty GPU's does: it answers every assignment
+// errc::non_finite at once.
+caf::behavior diverging_worker(caf::event_based_actor*) {
+  return {
+      [](assign_atom, assignment&) -> caf::result<assignment_result> {
+        return to_caf(error(errc::non_finite, "training diverged: the loss is not finite"));
+      },
+      [](abort_atom, uint64_t) {},
+  };
+}
+
 // A reputation tracker that takes the job's credits.
 caf::behavior crediting_reputation(caf::event_based_actor*) {
   return {
@@ -172,5 +183,79 @@ TEST_SUITE("job backups") {
     CHECK(end->state == job_state::done);
     CHECK_MESSAGE(on_other == 1, "the backup went to slow's other slot, not to node other");
     CHECK(on_slow == 1);
+  }
+
+  TEST_CASE("a straggler's backup left out with the node that said the round diverged waits") {
+    // Node "faulty" (core tier, a GPU that gives NaN) offers the cheapest slot; node "slow"
+    // two, one slow and one fast. The round's first shard goes to faulty, which says it
+    // diverged and is left out; the second to slow's slow slot. The first goes again to
+    // slow's fast slot, which answers at once, so the second is backed up: the acquire leaves
+    // out faulty (it said the round diverged) and slow (it computes the shard), and the
+    // market has no slot busy. Read as "no node left but the one that said it diverged",
+    // faulty's word ended the job while slow computed the shard. The straggler's tier plays
+    // no part (a community node's results would need a verifier in this fixture).
+    configured_system f;
+    std::string spec_text = k_spec;
+    spec_text.replace(spec_text.find("workers = 1"), 11, "workers = 2");
+    auto stored = stored_job(2, spec_text, 2);
+    auto spec = parse_job_spec(spec_text, "test");
+    REQUIRE(spec.has_value());
+    // Made before any actor: a REQUIRE that fails after would leave them running.
+    auto catalog = std::make_shared<data_catalog>();
+    auto info = decode_data_set(stored.kept.at(data_set_key("user/alice", "c")));
+    REQUIRE(info.has_value());
+    std::map<std::string, std::shared_ptr<const std::vector<uint8_t>>> chunks;
+    for (const auto& [k, v] : stored.kept)
+      if (k.starts_with(data_chunk_prefix))
+        chunks[k.substr(std::string(data_chunk_prefix).size())] =
+            std::make_shared<const std::vector<uint8_t>>(v);
+    REQUIRE(catalog->put_user_set(*info, chunks).has_value());
+    const size_t parameters = 4 * 3 + 3;
+    auto faulty_key = std::make_shared<node_identity>(node_identity::generate());
+    auto slow_key = std::make_shared<node_identity>(node_identity::generate());
+    auto core_slot = [&](caf::actor worker, std::shared_ptr<node_identity> key, std::string node) {
+      worker_slot slot = node_slot(std::move(worker), "id-" + node, node);
+      slot.tier = static_cast<uint8_t>(node_tier::core);  // trusted: no re-computation
+      slot.public_key = key->public_key();
+      return slot;
+    };
+    const std::vector<worker_slot> slots = {
+        core_slot(f.sys.spawn(diverging_worker), faulty_key, "faulty"),
+        core_slot(f.sys.spawn(delayed_worker, slow_key, parameters, std::chrono::seconds(2)),
+                  slow_key, "slow"),
+        core_slot(f.sys.spawn(delayed_worker, slow_key, parameters, std::chrono::milliseconds(0)),
+                  slow_key, "slow")};
+    job_links links;
+    links.store = f.sys.spawn(failing_store, stored);
+    links.market = f.sys.spawn(ordered_market, slots);
+    links.reputation = f.sys.spawn(crediting_reputation);
+    links.supervisor = caf::actor_cast<caf::actor>(f.self);  // the test stands for it
+    links.catalog = catalog;
+    job_start start;
+    start.id = "job-1";
+    start.spec_text = spec_text;
+    start.spec = *spec;
+    start.status.job_id = "job-1";
+    start.status.owner = "user/alice";
+    start.status.state = job_state::running;
+    start.status.round = 2;
+    start.status.rounds = spec->rounds;
+    start.checkpoint = stored.kept.at(job_checkpoint_key("job-1"));
+    start.from = job_start::origin::resumed;
+    auto job = spawn_job(f.sys, std::move(start), links);
+
+    // Its one round, 3, ends once the straggler answers, 2 s after it was given the shard.
+    std::optional<job_status> end;
+    for (int tries = 0; tries < 120 && !end; ++tries)
+      f.self->receive(
+          [&](progress_atom, job_status& s) {
+            if (is_terminal(s.state)) end = std::move(s);
+          },
+          caf::after(std::chrono::milliseconds(50)) >> [] {});
+    for (const auto& a : {job, links.market, links.reputation, links.store})
+      f.self->send_exit(a, caf::exit_reason::user_shutdown);
+    for (const auto& s : slots) f.self->send_exit(s.worker, caf::exit_reason::user_shutdown);
+    REQUIRE_MESSAGE(end.has_value(), "the round did not end within 6 s");
+    CHECK_MESSAGE(end->state == job_state::done, ("the job ended: " + end->detail));
   }
 }
