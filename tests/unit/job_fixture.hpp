@@ -366,6 +366,39 @@ inline failing_store_state stored_job(int64_t recorded_round = 2, const std::str
   return st;
 }
 
+// The user's data set "c" of `st` (as stored_job() keeps it), registered as the job
+// supervisor would.
+inline std::shared_ptr<data_catalog> catalog_of(const failing_store_state& st) {
+  auto catalog = std::make_shared<data_catalog>();
+  auto info = decode_data_set(st.kept.at(data_set_key("user/alice", "c")));
+  REQUIRE(info.has_value());
+  std::map<std::string, std::shared_ptr<const std::vector<uint8_t>>> chunks;
+  for (const auto& [k, v] : st.kept)
+    if (k.starts_with(data_chunk_prefix))
+      chunks[k.substr(std::string(data_chunk_prefix).size())] =
+          std::make_shared<const std::vector<uint8_t>>(v);
+  REQUIRE(catalog->put_user_set(*info, chunks).has_value());
+  return catalog;
+}
+
+// Alice's running job-1 of `spec` (read from `spec_text`) as the supervisor resumes it at
+// `round`, from the checkpoint `stored` keeps.
+inline job_start resumed_start(const failing_store_state& stored, const std::string& spec_text,
+                               const job_spec& spec, int64_t round) {
+  job_start start;
+  start.id = "job-1";
+  start.spec_text = spec_text;
+  start.spec = spec;
+  start.status.job_id = "job-1";
+  start.status.owner = "user/alice";
+  start.status.state = job_state::running;
+  start.status.round = round;
+  start.status.rounds = spec.rounds;
+  start.checkpoint = stored.kept.at(job_checkpoint_key("job-1"));
+  start.from = job_start::origin::resumed;
+  return start;
+}
+
 // A job supervisor over a failing_store of `st` and an offering_market of `slots`; with
 // `ledger`, the ledger it returns too (made and prepared before the supervisor starts and
 // resumes the stored jobs: a keeper over `store`, or an actor played by the test).

@@ -118,15 +118,7 @@ TEST_SUITE("job backups") {
     auto spec = parse_job_spec(spec_text, "test");
     REQUIRE(spec.has_value());
     // Made before any actor: a REQUIRE that fails after would leave them running.
-    auto catalog = std::make_shared<data_catalog>();
-    auto info = decode_data_set(stored.kept.at(data_set_key("user/alice", "c")));
-    REQUIRE(info.has_value());
-    std::map<std::string, std::shared_ptr<const std::vector<uint8_t>>> chunks;
-    for (const auto& [k, v] : stored.kept)
-      if (k.starts_with(data_chunk_prefix))
-        chunks[k.substr(std::string(data_chunk_prefix).size())] =
-            std::make_shared<const std::vector<uint8_t>>(v);
-    REQUIRE(catalog->put_user_set(*info, chunks).has_value());
+    auto catalog = catalog_of(stored);
     const size_t parameters = 4 * 3 + 3;
     auto slow_key = std::make_shared<node_identity>(node_identity::generate());
     auto other_key = std::make_shared<node_identity>(node_identity::generate());
@@ -148,17 +140,7 @@ TEST_SUITE("job backups") {
     links.reputation = f.sys.spawn(crediting_reputation);
     links.supervisor = caf::actor_cast<caf::actor>(f.self);  // the test stands for it
     links.catalog = catalog;
-    job_start start;
-    start.id = "job-1";
-    start.spec_text = spec_text;
-    start.spec = *spec;
-    start.status.job_id = "job-1";
-    start.status.owner = "user/alice";
-    start.status.state = job_state::running;
-    start.status.round = 2;
-    start.status.rounds = spec->rounds;
-    start.checkpoint = stored.kept.at(job_checkpoint_key("job-1"));
-    start.from = job_start::origin::resumed;
+    auto start = resumed_start(stored, spec_text, *spec, 2);
     auto job = spawn_job(f.sys, std::move(start), links);
 
     // Its one round, 3, ends once the backup is answered (well before the straggler's 5 s).
@@ -201,15 +183,7 @@ TEST_SUITE("job backups") {
     auto spec = parse_job_spec(spec_text, "test");
     REQUIRE(spec.has_value());
     // Made before any actor: a REQUIRE that fails after would leave them running.
-    auto catalog = std::make_shared<data_catalog>();
-    auto info = decode_data_set(stored.kept.at(data_set_key("user/alice", "c")));
-    REQUIRE(info.has_value());
-    std::map<std::string, std::shared_ptr<const std::vector<uint8_t>>> chunks;
-    for (const auto& [k, v] : stored.kept)
-      if (k.starts_with(data_chunk_prefix))
-        chunks[k.substr(std::string(data_chunk_prefix).size())] =
-            std::make_shared<const std::vector<uint8_t>>(v);
-    REQUIRE(catalog->put_user_set(*info, chunks).has_value());
+    auto catalog = catalog_of(stored);
     const size_t parameters = 4 * 3 + 3;
     auto faulty_key = std::make_shared<node_identity>(node_identity::generate());
     auto slow_key = std::make_shared<node_identity>(node_identity::generate());
@@ -231,17 +205,7 @@ TEST_SUITE("job backups") {
     links.reputation = f.sys.spawn(crediting_reputation);
     links.supervisor = caf::actor_cast<caf::actor>(f.self);  // the test stands for it
     links.catalog = catalog;
-    job_start start;
-    start.id = "job-1";
-    start.spec_text = spec_text;
-    start.spec = *spec;
-    start.status.job_id = "job-1";
-    start.status.owner = "user/alice";
-    start.status.state = job_state::running;
-    start.status.round = 2;
-    start.status.rounds = spec->rounds;
-    start.checkpoint = stored.kept.at(job_checkpoint_key("job-1"));
-    start.from = job_start::origin::resumed;
+    auto start = resumed_start(stored, spec_text, *spec, 2);
     auto job = spawn_job(f.sys, std::move(start), links);
 
     // Its one round, 3, ends once the straggler answers, 2 s after it was given the shard.

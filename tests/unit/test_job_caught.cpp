@@ -404,20 +404,6 @@ caf::actor funded_keeper(caf::actor_system& sys, const caf::actor& store) {
   return keeper;
 }
 
-// The user's data set "c" of stored_job(), registered as the job supervisor would.
-std::shared_ptr<data_catalog> catalog_of(const failing_store_state& st) {
-  auto catalog = std::make_shared<data_catalog>();
-  auto info = decode_data_set(st.kept.at(data_set_key("user/alice", "c")));
-  REQUIRE(info.has_value());
-  std::map<std::string, std::shared_ptr<const std::vector<uint8_t>>> chunks;
-  for (const auto& [k, v] : st.kept)
-    if (k.starts_with(data_chunk_prefix))
-      chunks[k.substr(std::string(data_chunk_prefix).size())] =
-          std::make_shared<const std::vector<uint8_t>>(v);
-  REQUIRE(catalog->put_user_set(*info, chunks).has_value());
-  return catalog;
-}
-
 // A node of the job's round: its name, tier, how long it takes and what it says.
 struct test_node {
   std::string name;
@@ -472,17 +458,7 @@ struct resumed_job {
     links.supervisor = caf::actor_cast<caf::actor>(f.self);  // the test stands for it
     links.catalog = catalog_of(stored);
     if (adjust) adjust(f.sys, links);
-    job_start start;
-    start.id = "job-1";
-    start.spec_text = spec_text;
-    start.spec = *spec;
-    start.status.job_id = "job-1";
-    start.status.owner = "user/alice";
-    start.status.state = job_state::running;
-    start.status.round = 2;
-    start.status.rounds = spec->rounds;
-    start.checkpoint = stored.kept.at(job_checkpoint_key("job-1"));
-    start.from = job_start::origin::resumed;
+    auto start = resumed_start(stored, spec_text, *spec, 2);
     job = spawn_job(f.sys, std::move(start), links);
     f.self->monitor(job);
   }

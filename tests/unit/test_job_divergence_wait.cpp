@@ -113,20 +113,6 @@ caf::behavior busy_core_verifier(caf::event_based_actor*, int unavailable,
   };
 }
 
-// The user's data set "c" of stored_job(), registered as the job supervisor would.
-std::shared_ptr<data_catalog> catalog_of(const failing_store_state& st) {
-  auto catalog = std::make_shared<data_catalog>();
-  auto info = decode_data_set(st.kept.at(data_set_key("user/alice", "c")));
-  REQUIRE(info.has_value());
-  std::map<std::string, std::shared_ptr<const std::vector<uint8_t>>> chunks;
-  for (const auto& [k, v] : st.kept)
-    if (k.starts_with(data_chunk_prefix))
-      chunks[k.substr(std::string(data_chunk_prefix).size())] =
-          std::make_shared<const std::vector<uint8_t>>(v);
-  REQUIRE(catalog->put_user_set(*info, chunks).has_value());
-  return catalog;
-}
-
 // Alice's job-1 of 6 rounds, resumed at round 2 and spawned directly, its supervisor played by
 // the test: two community nodes, a and b, whose training diverges (100 ms an assignment), in a
 // reoffering_market; a busy_core_verifier whose first `unavailable` checks find no core-tier
@@ -167,17 +153,7 @@ struct diverging_job {
     links.accept_unverified = false;
     links.supervisor = caf::actor_cast<caf::actor>(f.self);  // the test stands for it
     links.catalog = catalog_of(stored);
-    job_start start;
-    start.id = "job-1";
-    start.spec_text = spec_text;
-    start.spec = *spec;
-    start.status.job_id = "job-1";
-    start.status.owner = "user/alice";
-    start.status.state = job_state::running;
-    start.status.round = 2;
-    start.status.rounds = spec->rounds;
-    start.checkpoint = stored.kept.at(job_checkpoint_key("job-1"));
-    start.from = job_start::origin::resumed;
+    auto start = resumed_start(stored, spec_text, *spec, 2);
     job = spawn_job(f.sys, std::move(start), links);
     f.self->monitor(job);
   }

@@ -96,15 +96,7 @@ TEST_SUITE("job verification back-off") {
       auto spec = parse_job_spec(k_spec, "test");
       REQUIRE(spec.has_value());
       // Made before any actor: a REQUIRE that fails after would leave them running.
-      auto catalog = std::make_shared<data_catalog>();
-      auto info = decode_data_set(stored.kept.at(data_set_key("user/alice", "c")));
-      REQUIRE(info.has_value());
-      std::map<std::string, std::shared_ptr<const std::vector<uint8_t>>> chunks;
-      for (const auto& [k, v] : stored.kept)
-        if (k.starts_with(data_chunk_prefix))
-          chunks[k.substr(std::string(data_chunk_prefix).size())] =
-              std::make_shared<const std::vector<uint8_t>>(v);
-      REQUIRE(catalog->put_user_set(*info, chunks).has_value());
+      auto catalog = catalog_of(stored);
       const size_t parameters = 4 * 3 + 3;
       auto key = std::make_shared<node_identity>(node_identity::generate());
       worker_slot slot =
@@ -120,17 +112,7 @@ TEST_SUITE("job verification back-off") {
       links.verify_retry = std::chrono::milliseconds(50);
       links.supervisor = caf::actor_cast<caf::actor>(f.self);  // the test stands for it
       links.catalog = catalog;
-      job_start start;
-      start.id = "job-1";
-      start.spec_text = k_spec;
-      start.spec = *spec;
-      start.status.job_id = "job-1";
-      start.status.owner = "user/alice";
-      start.status.state = job_state::running;
-      start.status.round = 2;
-      start.status.rounds = spec->rounds;
-      start.checkpoint = stored.kept.at(job_checkpoint_key("job-1"));
-      start.from = job_start::origin::resumed;
+      auto start = resumed_start(stored, k_spec, *spec, 2);
       auto job = spawn_job(f.sys, std::move(start), links);
 
       // The volunteer's result of round 3 is sampled and sent to the verifier.
