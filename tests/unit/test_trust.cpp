@@ -387,7 +387,10 @@ TEST_SUITE("robust_aggregation") {
       }
       kept.emplace_back(name, b);
     }
-    for (const auto& [name, b] : kept) {
+    for (const auto& shape : kept) {
+      // No structured binding: doctest's CAPTURE takes it into a lambda, which clang refuses.
+      const std::string& name = shape.first;
+      const std::vector<float>& b = shape.second;
       CAPTURE(name);
       const compact_sketch c(b);
       REQUIRE(c.size() == n);
