@@ -14,14 +14,9 @@ namespace gflex {
 
 namespace {
 
-/// One address: 0 when it accepted the connection, else the errno (ETIMEDOUT past `until`).
-int connect_one(const addrinfo& a, std::chrono::steady_clock::time_point until) {
-  const int fd = ::socket(a.ai_family, a.ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, a.ai_protocol);
-  if (fd < 0) return errno;
-  struct closer {
-    int fd;
-    ~closer() { ::close(fd); }
-  } closed{fd};
+/// Connects `fd` to one address: 0 when it accepted the connection, else the errno
+/// (ETIMEDOUT past `until`).
+int connect_one(int fd, const addrinfo& a, std::chrono::steady_clock::time_point until) {
   if (::connect(fd, a.ai_addr, a.ai_addrlen) == 0) return 0;
   if (errno != EINPROGRESS) return errno;
   for (;;) {
@@ -42,8 +37,13 @@ int connect_one(const addrinfo& a, std::chrono::steady_clock::time_point until) 
 
 }  // namespace
 
-expected<void> probe_tcp(const std::string& host, uint16_t port,
-                         std::chrono::milliseconds timeout) {
+tcp_socket::~tcp_socket() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+expected<tcp_socket> connect_tcp(const std::string& host, uint16_t port,
+                                 std::chrono::steady_clock::time_point until,
+                                 std::chrono::milliseconds timeout_ms) {
   const std::string where = host + ":" + std::to_string(port);
   addrinfo hints{};
   hints.ai_family = AF_UNSPEC;
@@ -54,16 +54,29 @@ expected<void> probe_tcp(const std::string& host, uint16_t port,
     return error(errc::unavailable,
                  where + ": cannot resolve " + host + " (" + ::gai_strerror(rc) + ")");
   std::unique_ptr<addrinfo, decltype(&::freeaddrinfo)> owned(found, ::freeaddrinfo);
-  const auto until = std::chrono::steady_clock::now() + timeout;
   int last = ETIMEDOUT;
   for (const addrinfo* a = found; a != nullptr; a = a->ai_next) {
-    last = connect_one(*a, until);
-    if (last == 0) return {};
+    const int fd =
+        ::socket(a->ai_family, a->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, a->ai_protocol);
+    if (fd < 0) {
+      last = errno;
+      continue;
+    }
+    tcp_socket socket{fd};
+    last = connect_one(fd, *a, until);
+    if (last == 0) return socket;
   }
   if (last == ETIMEDOUT)
-    return error(errc::unavailable, where + ": no answer in " + std::to_string(timeout.count()) +
+    return error(errc::unavailable, where + ": no answer in " + std::to_string(timeout_ms.count()) +
                                         " ms (the machine is off, or its packets are dropped)");
   return error(errc::unavailable, where + ": " + std::strerror(last));
+}
+
+expected<void> probe_tcp(const std::string& host, uint16_t port,
+                         std::chrono::milliseconds timeout) {
+  auto connected = connect_tcp(host, port, std::chrono::steady_clock::now() + timeout, timeout);
+  if (!connected) return connected.error();
+  return {};
 }
 
 }  // namespace gflex
