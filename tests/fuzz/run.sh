@@ -33,49 +33,80 @@ else
 fi
 # The integration tests' processes write any sanitizer report to a file of their own; a run
 # with such a file fails even if the test's own checks passed. Leaks are not checked there
-# (daemons that are killed do not free what they hold).
-reports=$OUT/sanitizer-reports
-for t in security protocol; do
+# (daemons that are killed do not free what they hold). The two run side by side: most of
+# their time is spent waiting on leases and tokens, and each has its ports, work folder and
+# report folder to itself.
+integration() {
+  local t=$1 reports=$OUT/sanitizer-reports-$1
   rm -rf "$reports" && mkdir -p "$reports"
   if ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:log_path=$reports/asan \
     UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:log_path=$reports/ubsan \
     timeout -s KILL 600 bash "$ROOT/tests/integration/$t.sh" "$OUT/bin" >"$OUT/$t.log" 2>&1 &&
     [ -z "$(ls -A "$reports")" ]; then
-    echo "integration test $t under ASan and UBSan: ok"
+    echo "integration test $t under ASan and UBSan: ok" >"$OUT/$t.result"
   else
-    echo "integration test $t under ASan and UBSan: FAILED"
-    tail -20 "$OUT/$t.log"
-    cat "$reports"/* 2>/dev/null | head -60
-    exit 1
+    {
+      echo "integration test $t under ASan and UBSan: FAILED"
+      tail -20 "$OUT/$t.log"
+      cat "$reports"/* 2>/dev/null | head -60
+    } >"$OUT/$t.result"
+    return 1
   fi
+}
+integration_failed=0
+pids=()
+for t in security protocol; do
+  integration "$t" &
+  pids+=($!)
 done
+for pid in "${pids[@]}"; do wait "$pid" || integration_failed=1; done
+cat "$OUT/security.result" "$OUT/protocol.result"
+[ "$integration_failed" -eq 0 ] || exit 1
 rm -rf "$OUT/seeds"
 "$OUT/bin/fuzz_seeds" "$OUT/seeds"
 cp "$ROOT/apps/jobs/fashion-mlp.toml" "$OUT/seeds/job_spec/"
 mkdir -p "$OUT/seeds/model_spec"
 cp "$ROOT/apps/jobs/lm.toml" "$ROOT/apps/jobs/fashion-cnn.toml" "$OUT/seeds/model_spec/"
 mkdir -p "$OUT/crashes"
-failed=0
-targets=(tensor checkpoint update shard job_spec model_spec idx ledger_entry reputation core)
-for target in "${targets[@]}"; do
-  corpus=$OUT/corpus/$target
+# Each decoder's target runs for SECONDS on one thread, two at a time; the core's harness,
+# which keeps a whole core's threads busy, runs alone.
+fuzz() {
+  local target=$1 corpus=$OUT/corpus/$1 log=$OUT/fuzz_$1.log
   mkdir -p "$corpus" "$OUT/seeds/$target"
-  log=$OUT/fuzz_$target.log
   # The core's harness keeps a whole core alive across inputs (no per-input leak check) and
   # waits up to 20 s for its answers.
-  extra=(-rss_limit_mb=2048 -timeout=10)
+  local extra=(-rss_limit_mb=2048 -timeout=10)
   [ "$target" = core ] && extra=(-rss_limit_mb=4096 -timeout=30 -detect_leaks=0)
   if timeout -s KILL $((SECONDS_EACH + 90)) "$OUT/bin/fuzz_$target" "$corpus" "$OUT/seeds/$target" \
     -max_total_time="$SECONDS_EACH" "${extra[@]}" -max_len=65536 \
     -artifact_prefix="$OUT/crashes/$target-" -print_final_stats=1 >"$log" 2>&1; then
-    execs=$(grep -a -m1 "stat::number_of_executed_units" "$log" | awk '{print $2}')
-    cov=$(grep -a -E "^#[0-9]+.*cov:" "$log" | tail -1 | sed -E 's/.*cov: ([0-9]+).*/\1/')
-    echo "fuzz $target: ok, ${execs:-?} executions in ${SECONDS_EACH} s, coverage ${cov:-?} edges"
+    local execs cov
+    execs=$(grep -a -m1 "stat::number_of_executed_units" "$log" | awk '{print $2}' || true)
+    cov=$(grep -a -E "^#[0-9]+.*cov:" "$log" | tail -1 | sed -E 's/.*cov: ([0-9]+).*/\1/' || true)
+    echo "fuzz $target: ok, ${execs:-?} executions in ${SECONDS_EACH} s, coverage ${cov:-?} edges" \
+      >"$OUT/fuzz_$target.result"
   else
-    echo "fuzz $target: FAILED (see $log and $OUT/crashes/)"
-    tail -30 "$log"
-    failed=$((failed + 1))
+    {
+      echo "fuzz $target: FAILED (see $log and $OUT/crashes/)"
+      tail -30 "$log"
+    } >"$OUT/fuzz_$target.result"
+    return 1
   fi
+}
+failed=0
+batches=("core" "tensor checkpoint" "update shard" "job_spec model_spec" "idx ledger_entry"
+  "reputation")
+targets=()
+for batch in "${batches[@]}"; do
+  read -ra together <<<"$batch"
+  pids=()
+  for target in "${together[@]}"; do
+    fuzz "$target" &
+    pids+=($!)
+  done
+  for pid in "${pids[@]}"; do wait "$pid" || failed=$((failed + 1)); done
+  for target in "${together[@]}"; do cat "$OUT/fuzz_$target.result"; done
+  targets+=("${together[@]}")
 done
 echo "$((${#targets[@]} - failed)) passed, $failed failed"
 [ "$failed" -eq 0 ]
