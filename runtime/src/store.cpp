@@ -155,10 +155,45 @@ expected<store> store::open(const std::filesystem::path& dir, size_t map_bytes) 
   std::filesystem::create_directories(p->blobs, ec);
   if (ec)
     return error(errc::io_error, p->blobs.string() + ": cannot create (" + ec.message() + ")");
+  // LMDB takes an empty or missing data.mdb for a new store and starts it empty: where a
+  // store was there before (its lock file or a blob beside it), the core would lose its
+  // accounts and ledger and say nothing.
+  const auto data_file = dir / "data.mdb";
+  const auto data_size = std::filesystem::file_size(data_file, ec);
+  const bool missing = ec == std::errc::no_such_file_or_directory;
+  if (missing || (!ec && data_size == 0)) {
+    std::string evidence;
+    if (std::filesystem::exists(dir / "lock.mdb", ec)) evidence = "lock.mdb";
+    if (!std::filesystem::is_empty(p->blobs, ec) && !ec)
+      evidence += (evidence.empty() ? "" : ", ") + std::string("files under blobs/");
+    if (!evidence.empty())
+      return error(errc::store_error,
+                   data_file.string() + (missing ? " is missing" : " is empty") +
+                       ", yet a store was there (beside it: " + evidence + "), lost or " +
+                       "truncated since: restore data.mdb from a backup, or, to start an " +
+                       "empty store, move data.mdb, lock.mdb and blobs/ out of " + p->dir);
+  }
+  ec.clear();  // a file that cannot be looked at is LMDB's to report
   if (int rc = mdb_env_create(&p->env); rc != 0) return lmdb_error(p->dir, rc);
   mdb_env_set_mapsize(p->env, map_bytes);
   if (int rc = mdb_env_open(p->env, p->dir.c_str(), 0, 0600); rc != 0)
     return lmdb_error(p->dir, rc);
+  // LMDB 0.9 maps the file without checking that it holds the pages its meta page counts: a
+  // truncated file (a full disk, a partial copy) faults with SIGBUS at the first read past its
+  // end, and a core restarted on it crashes again at every start without a word.
+  MDB_envinfo info{};
+  MDB_stat stat{};
+  if (int rc = mdb_env_info(p->env, &info); rc != 0) return lmdb_error(p->dir, rc);
+  if (int rc = mdb_env_stat(p->env, &stat); rc != 0) return lmdb_error(p->dir, rc);
+  const auto needed = static_cast<uintmax_t>(info.me_last_pgno + 1) * stat.ms_psize;
+  const auto held = std::filesystem::file_size(data_file, ec);
+  if (ec)
+    return error(errc::store_error,
+                 data_file.string() + ": cannot tell its size (" + ec.message() + ")");
+  if (held < needed)
+    return error(errc::store_error, data_file.string() + " is truncated: it holds " +
+                                        std::to_string(held) + " bytes, its pages need " +
+                                        std::to_string(needed) + "; restore it from a backup");
   MDB_txn* txn = nullptr;
   if (int rc = mdb_txn_begin(p->env, nullptr, 0, &txn); rc != 0) return lmdb_error(p->dir, rc);
   if (int rc = mdb_dbi_open(txn, nullptr, 0, &p->dbi); rc != 0) {

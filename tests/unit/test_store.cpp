@@ -156,6 +156,64 @@ TEST_SUITE("store") {
     CHECK(**s->get("job/1/checkpoint") == big);
   }
 
+  TEST_CASE("a truncated data.mdb is refused, naming its size and the size its pages need") {
+    test::temp_dir dir;
+    {
+      auto s = store::open(dir.path());
+      REQUIRE(s.has_value());
+      // Enough records for a tree of many pages, whose root lies far into the file.
+      for (int i = 0; i < 2000; ++i)
+        REQUIRE(s->put("job/" + std::to_string(i), std::vector<uint8_t>(200, 7)).has_value());
+    }
+    const auto file = dir.path() / "data.mdb";
+    const auto full = std::filesystem::file_size(file);
+    REQUIRE(full > 3 * 4096);
+    std::filesystem::resize_file(file, 3 * 4096);
+    // LMDB alone maps it and faults (SIGBUS) at the first read past the end.
+    auto s = store::open(dir.path());
+    REQUIRE_FALSE(s.has_value());
+    CHECK(s.error().code() == errc::store_error);
+    const auto& why = s.error().message();
+    CHECK_MESSAGE(why.find(file.string() + " is truncated") != std::string::npos, why);
+    CHECK_MESSAGE(why.find("holds 12288 bytes") != std::string::npos, why);
+    CHECK_MESSAGE(why.find("need " + std::to_string(full)) != std::string::npos, why);
+    CHECK(std::filesystem::file_size(file) == 3 * 4096);  // left as it was
+  }
+
+  TEST_CASE("an emptied or missing data.mdb where a store was is refused, not started empty") {
+    test::temp_dir dir;
+    {
+      auto s = store::open(dir.path());
+      REQUIRE(s.has_value());
+      REQUIRE(s->put("ledger/1", bytes("credits")).has_value());
+    }
+    const auto file = dir.path() / "data.mdb";
+    std::filesystem::resize_file(file, 0);
+    auto emptied = store::open(dir.path());
+    REQUIRE_FALSE(emptied.has_value());
+    CHECK(emptied.error().code() == errc::store_error);
+    CHECK_MESSAGE(emptied.error().message().find(file.string() + " is empty") != std::string::npos,
+                  emptied.error().message());
+    CHECK(emptied.error().message().find("lock.mdb") != std::string::npos);
+    CHECK(std::filesystem::file_size(file) == 0);  // not made a new store
+    // Missing, with only a large value's file beside it.
+    std::filesystem::remove(file);
+    std::filesystem::remove(dir.path() / "lock.mdb");
+    std::ofstream(dir.path() / "blobs" / "a-blob") << "x";
+    auto missing = store::open(dir.path());
+    REQUIRE_FALSE(missing.has_value());
+    CHECK_MESSAGE(
+        missing.error().message().find(file.string() + " is missing") != std::string::npos,
+        missing.error().message());
+    CHECK(missing.error().message().find("blobs/") != std::string::npos);
+    CHECK_FALSE(std::filesystem::exists(file));
+    // Moved out as the message says, the store starts empty.
+    std::filesystem::remove_all(dir.path() / "blobs");
+    auto fresh = store::open(dir.path());
+    REQUIRE(fresh.has_value());
+    CHECK(fresh->keys("")->empty());
+  }
+
   TEST_CASE("an unusable directory is a clear error") {
     auto s = store::open("/proc/gflex-cannot-exist");
     REQUIRE_FALSE(s.has_value());
