@@ -23,7 +23,9 @@ export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
 # under the sanitizers and exercise no code the others do not; the release build's suite runs
 # them. They are reported as skipped here. The rest run in pieces side by side, as CTest runs
 # them (tests/unit/run_parallel.py).
-if python3 "$ROOT/tests/unit/run_parallel.py" "$OUT/bin/gflex_unit_tests" \
+# The pieces' times of the release build's run (if it ran) order the first sanitized run's.
+[ -f "$OUT/unit-times.json" ] || cp "$ROOT/build/unit-times.json" "$OUT/" 2>/dev/null || true
+if GFLEX_UNIT_TIMES=$OUT/unit-times.json python3 "$ROOT/tests/unit/run_parallel.py" "$OUT/bin/gflex_unit_tests" \
   -tce="*learns real Fashion-MNIST*" >"$OUT/unit.log" 2>&1; then
   echo "unit tests under ASan and UBSan: $(grep -m1 'test cases:' "$OUT/unit.log")"
 else

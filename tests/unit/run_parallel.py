@@ -9,6 +9,10 @@ ARGS (doctest filters such as -tce=...) go to every piece and to the listing.
 
 Usage: run_parallel.py BIN [ARGS...]   (GFLEX_UNIT_JOBS: processes at a time, default 4)
 
+GFLEX_UNIT_TIMES names a file of each piece's wall time from the last run (JSON): the pieces
+that took longest are started first, so that the run does not end waiting on one slow piece
+begun last. The file is written again after each run.
+
 Prints the output of each piece that failed, the cases skipped and why, then one summary
 line in doctest's words ("[doctest] test cases: N | P passed | F failed | S skipped").
 Skipped are the cases marked `doctest::skip` (doctest leaves them out of its listing; they
@@ -18,11 +22,13 @@ a piece ended without its summary (a crash, a sanitizer's abort), 2 on a usage e
 """
 
 import html
+import json
 import os
 import re
 import subprocess
 import sys
 import tempfile
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 PER_PIECE = 4
@@ -57,6 +63,12 @@ def pieces(files):
     return out
 
 
+def piece_key(piece):
+    """A piece's name in the times file: its source file's name and its first and last case."""
+    f, first, last = piece
+    return f"{os.path.basename(f)}:{first}-{last}"
+
+
 def main():
     if len(sys.argv) < 2:
         print(__doc__, file=sys.stderr)
@@ -70,14 +82,27 @@ def main():
         n for n, _ in listed_cases(binary, ["--no-skip=true", *args])) if name not in
         set(n for n, _ in chosen)]
     work = pieces(files)
+    times_file = os.environ.get("GFLEX_UNIT_TIMES")
+    times = {}
+    if times_file and os.path.exists(times_file):
+        try:
+            with open(times_file) as t:
+                times = {k: float(v) for k, v in json.load(t).items()}
+        except (ValueError, AttributeError, TypeError):
+            times = {}  # a damaged file only loses the order
+    # Unknown pieces (new cases) first, as they may be slow; then the slowest known first.
+    work.sort(key=lambda p: -times.get(piece_key(p), float("inf")))
+    took = {}
 
     def run(piece):
         f, first, last = piece
+        start = time.monotonic()
         with tempfile.TemporaryFile(mode="w+") as log:
             rc = subprocess.run([binary, f"-sf={f}", f"--first={first}", f"--last={last}", *args],
                                 stdout=log, stderr=subprocess.STDOUT).returncode
             log.seek(0)
             text = log.read()
+        took[piece_key(piece)] = round(time.monotonic() - start, 2)
         m = SUMMARY.search(text)
         failed = int(m.group(3)) if m else None
         return piece, rc, failed, text
@@ -96,6 +121,11 @@ def main():
                     broken += 1  # ended without its summary, or with an error outside a case
                 else:
                     failed_cases += failed
+    if times_file:
+        with open(times_file, "w") as t:
+            json.dump({**times, **took}, t, indent=0, sort_keys=True)
+    slowest = sorted(took.items(), key=lambda kv: -kv[1])[:3]
+    print("slowest pieces: " + ", ".join(f"{k} {v:.0f} s" for k, v in slowest), flush=True)
     for name in marked:
         print(f"skipped (marked): {name}", flush=True)
     for why in skipped_at_run:
