@@ -154,6 +154,24 @@ void note_named_drop(caf::atom_value name) {
   spdlog::warn("dropped a peer's message to the named actor {}", caf::to_string(name));
 }
 
+// Counts a connection closed for `why`, and logs it (at most 20 lines in 10 s, as above): any
+// holder of a core's bundle may connect and send a bad frame in a loop, and each wrote a line.
+void note_refusal(const std::string& why) {
+  gflex::refused.fetch_add(1);
+  static std::mutex log_mutex;
+  static gflex::log_throttle throttle{20, std::chrono::seconds(10)};
+  uint64_t held_back = 0;
+  bool log = false;
+  {
+    std::lock_guard<std::mutex> lock(log_mutex);
+    log = throttle.allow(gflex::log_throttle::clock::now(), held_back);
+  }
+  if (!log) return;
+  if (held_back > 0)
+    spdlog::warn("{} more connections closed for what their peers sent unlogged", held_back);
+  spdlog::warn("closed a connection whose peer sent {}", why);
+}
+
 }  // namespace
 
 // The executable's definition comes first in symbol lookup, so the broker's calls (through
@@ -242,8 +260,7 @@ caf::io::basp::connection_state caf::io::basp::instance::handle(execution_unit* 
     return connection_state::await_header;
   }
   if (v == verdict::refuse) {
-    gflex::refused.fetch_add(1);
-    spdlog::warn("closed a connection whose peer sent {}", why);
+    note_refusal(why);
     return connection_state::malformed_basp_message;
   }
   return real(this, ctx, dm, hdr, is_payload);

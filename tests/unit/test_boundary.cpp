@@ -32,6 +32,7 @@
 #include <vector>
 
 #include "boundary.hpp"
+#include "captured_log.hpp"
 #include "message_limit.hpp"
 #include "messages.hpp"
 #include "routed_messages.hpp"
@@ -478,6 +479,52 @@ TEST_CASE("a peer's message before its handshake closes its connection") {
           static_cast<ssize_t>(frame.size()));
   CHECK(closed_by_peer(fd, std::chrono::milliseconds(1500)));
   ::close(fd);
+}
+
+TEST_CASE("a peer that is cut off again and again writes a bounded log") {
+  // Anyone holding a core's bundle may connect and send a bad frame in a loop: a line for each
+  // closed connection filled the core's disk. This process serves (the check is process-wide)
+  // so that its own log can be read.
+  test::captured_log log{spdlog::level::warn};
+  caf::actor_system_config cfg;
+  configure_actor_system(cfg);
+  cfg.load<caf::io::middleman>();
+  caf::actor_system sys{cfg};
+  auto door = sys.spawn(plain_counter);
+  // The actor system's end waits for its actors: the door is ended first, also by a REQUIRE.
+  struct ender {
+    caf::actor whom;
+    ~ender() { caf::anon_send_exit(whom, caf::exit_reason::kill); }
+  } end_door{door};
+  auto port = sys.middleman().publish(door, 0, "127.0.0.1");
+  REQUIRE_MESSAGE(static_cast<bool>(port), sys.render(port.error()));
+  std::vector<char> error_payload;
+  {
+    caf::binary_serializer sink{sys, error_payload};
+    std::vector<caf::strong_actor_ptr> stages;
+    auto msg = caf::make_message(caf::make_error(caf::sec::runtime_error));
+    REQUIRE_FALSE(sink(stages, msg));
+  }
+  const auto frame = basp_frame(sys, caf::io::basp::message_type::direct_message,
+                                caf::make_message_id(1).response_id().integer_value(), 1, door.id(),
+                                error_payload);
+  const uint64_t refused_before = forged_sources_refused();
+  const auto started = std::chrono::steady_clock::now();
+  constexpr int connections = 300;
+  for (int i = 0; i < connections; ++i) {
+    const int fd = raw_connection(sys, *port);
+    REQUIRE(::send(fd, frame.data(), frame.size(), MSG_NOSIGNAL) ==
+            static_cast<ssize_t>(frame.size()));
+    REQUIRE(closed_by_peer(fd, std::chrono::milliseconds(1500)));
+    ::close(fd);
+  }
+  const auto periods = 1 + (std::chrono::steady_clock::now() - started) / std::chrono::seconds(10);
+  CHECK(forged_sources_refused() - refused_before == connections);
+  // At most 20 lines in each 10 s the loop took, and one more saying how many were held back.
+  const int lines = log.count("closed a connection whose peer sent");
+  CAPTURE(periods);
+  CHECK(lines <= 20 * periods);
+  CHECK(log.count("unlogged") <= periods);
 }
 
 TEST_CASE("a peer's message to a named actor is dropped: CAF's config server keeps nothing") {
