@@ -21,6 +21,9 @@ caf::behavior store_actor(caf::stateful_actor<store_state>* self,
                           std::shared_ptr<key_value_store> db,
                           std::chrono::milliseconds commit_delay) {
   self->state.db = std::move(db);
+  // Set once here too, not only after a commit: a core restarted with nothing to commit
+  // showed 0 until its first one, however large its store.
+  core_metrics::store_bytes().set(static_cast<double>(self->state.db->used_bytes()));
   return {
       [=](commit_atom, store_batch& batch) -> caf::result<caf::ok_atom> {
         core_metrics::note_mailbox(self, "store");

@@ -1,10 +1,18 @@
 #include <doctest/doctest.h>
 
+#include <caf/all.hpp>
+
+#include <chrono>
 #include <filesystem>
 #include <fstream>
 #include <string>
+#include <thread>
 
+#include "configured_system.hpp"
+#include "core_metrics.hpp"
+#include "gflex/runtime/metrics.hpp"
 #include "gflex/runtime/store.hpp"
+#include "store.hpp"
 #include "temp_dir.hpp"
 
 using namespace gflex;
@@ -82,7 +90,10 @@ TEST_SUITE("store") {
       std::vector<store_write> batch = {{"job/1/checkpoint", big}, {"job/1/record", bytes("r")}};
       REQUIRE(s->commit(batch).has_value());
       CHECK(blobs() == 1);
-      CHECK(s->used_bytes() < int64_t{1} << 20);  // LMDB holds only the reference
+      // LMDB holds only the reference; the store's size counts the file all the same.
+      CHECK(std::filesystem::file_size(dir.path() / "data.mdb") < size_t{1} << 20);
+      CHECK(s->used_bytes() >= static_cast<int64_t>(big.size()));
+      CHECK(s->used_bytes() < static_cast<int64_t>(big.size()) + (int64_t{1} << 20));
     }
     auto s = store::open(dir.path());  // reopened: the reference still finds its file
     REQUIRE(s.has_value());
@@ -212,6 +223,30 @@ TEST_SUITE("store") {
     auto fresh = store::open(dir.path());
     REQUIRE(fresh.has_value());
     CHECK(fresh->keys("")->empty());
+  }
+
+  TEST_CASE("the store's size is shown from the start, large values' files included") {
+    // gflex_core_store_bytes was set only after a commit: a core restarted with nothing to
+    // commit showed 0, and it counted LMDB's pages only, not the checkpoints under blobs/.
+    test::temp_dir dir;
+    const std::vector<uint8_t> big(size_t{17} << 20, 0x42);
+    {
+      auto s = store::open(dir.path());
+      REQUIRE(s.has_value());
+      REQUIRE(s->put("job/1/checkpoint", big).has_value());
+    }
+    core_metrics::store_bytes().set(0);
+    test::configured_system actors;
+    auto actor = spawn_store(actors.sys, dir.path());
+    REQUIRE(actor.has_value());
+    // Set on the actor's own thread as it starts: waited for, no message sent.
+    for (int i = 0; i < 100 && core_metrics::store_bytes().value() == 0; ++i)
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    const double shown = core_metrics::store_bytes().value();
+    CHECK(shown >= static_cast<double>(big.size()));
+    CHECK(shown < static_cast<double>(big.size() + (size_t{1} << 20)));
+    CHECK(metrics::render().find("gflex_core_store_bytes ") != std::string::npos);
+    actors.self->send_exit(*actor, caf::exit_reason::user_shutdown);
   }
 
   TEST_CASE("an unusable directory is a clear error") {

@@ -73,7 +73,9 @@ class store final : public key_value_store {
   /// Opens (creating if needed) the store in `dir`; `map_bytes` bounds its size. The bound is
   /// address space, not disk: the file grows with what is written. 64 GiB leaves room for the
   /// checkpoints of large models (a 150-million-parameter job's is 1.2 GB, and LMDB keeps the
-  /// old copy until the new one is committed).
+  /// old copy until the new one is committed). errc::store_error, naming data.mdb, where it is
+  /// shorter than its pages (truncated: LMDB would fault on it), or empty or missing while its
+  /// lock.mdb or blobs/ show that a store was there (LMDB would start it empty).
   static expected<store> open(const std::filesystem::path& dir, size_t map_bytes = size_t{1} << 36);
 
   /// Applies all writes in one LMDB write transaction.
@@ -95,7 +97,9 @@ class store final : public key_value_store {
 
   expected<std::vector<std::string>> keys(std::string_view prefix) const override;
 
-  /// The bytes the store's pages use in its file (its high-water mark).
+  /// The bytes the store uses on disk: its pages in data.mdb (their high-water mark) and the
+  /// large values' files under blobs/ (a checkpoint's, a data set's: most of it, where jobs
+  /// are large).
   int64_t used_bytes() const override;
 
  private:
