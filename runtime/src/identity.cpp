@@ -16,8 +16,20 @@ namespace gflex {
 
 namespace {
 
-error key_error(const std::filesystem::path& file, const std::string& what) {
-  return error(errc::io_error, file.string() + ": " + what);
+// An error naming `file`. `code` says whether starting again may help: io_error for a failure
+// that may pass (the disk, a descriptor limit), a settings error (exit 2) for a key file that
+// stays wrong until someone fixes it: a node's service restarted on it for ever, measuring its
+// GPUs each time.
+error key_error(const std::filesystem::path& file, const std::string& what,
+                errc code = errc::invalid_argument) {
+  return error(code, file.string() + ": " + what);
+}
+
+// Whether open(2) failing with `err` is the file's own doing (its kind, its owner or mode), not
+// a failure that may pass.
+bool lasting_open_error(int err) {
+  return err == EACCES || err == EPERM || err == ELOOP || err == ENOTDIR || err == EISDIR ||
+         err == ENXIO;
 }
 
 void append(std::vector<uint8_t>& out, std::string_view text) {
@@ -52,7 +64,11 @@ expected<node_identity> node_identity::load_or_create(const std::filesystem::pat
     if (auto written = write_new_file(file, id.secret_); !written) return written.error();
     return id;
   }
-  if (fd < 0) return key_error(file, std::string("cannot open (") + std::strerror(errno) + ")");
+  if (fd < 0) {
+    const int err = errno;
+    return key_error(file, std::string("cannot open (") + std::strerror(err) + ")",
+                     lasting_open_error(err) ? errc::invalid_argument : errc::io_error);
+  }
   struct stat st {};
   if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
     ::close(fd);
@@ -67,11 +83,15 @@ expected<node_identity> node_identity::load_or_create(const std::filesystem::pat
   }
   node_identity id;
   ssize_t got = ::read(fd, id.secret_.data(), id.secret_.size());
+  int err = got < 0 ? errno : 0;
   char extra = 0;
   ssize_t more = ::read(fd, &extra, 1);
+  if (more < 0 && err == 0) err = errno;
   ::close(fd);
+  if (got < 0 || more < 0)
+    return key_error(file, std::string("cannot read (") + std::strerror(err) + ")", errc::io_error);
   if (got != static_cast<ssize_t>(id.secret_.size()) || more != 0)
-    return key_error(file, "is not a node key (64 bytes)");
+    return key_error(file, "is not a node key (64 bytes)", errc::bad_format);
   id.public_.resize(crypto_sign_PUBLICKEYBYTES);
   crypto_sign_ed25519_sk_to_pk(id.public_.data(), id.secret_.data());
   return id;

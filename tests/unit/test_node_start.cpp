@@ -6,7 +6,10 @@
 
 #include <caf/all.hpp>
 
+#include <sys/stat.h>
+
 #include <chrono>
+#include <fstream>
 #include <memory>
 #include <string>
 #include <vector>
@@ -72,6 +75,42 @@ TEST_SUITE("node start") {
     CHECK(start_failure_exit_code(error(errc::unavailable, "NCCL")) == 1);
     CHECK(start_failure_exit_code(error(errc::invalid_argument, "--workers")) == 2);
     CHECK(start_failure_exit_code(error(errc::no_device, "no CUDA device")) == 2);
+  }
+
+  TEST_CASE("a node key file that is wrong is a settings error, not restarted") {
+    // Each was io_error, exit 1: the service restarted the node for ever, planning its GPUs
+    // each time, on a file that stays wrong until someone fixes it.
+    test::configured_system s;
+    node_config config;
+    config.backend = "cpu";
+    config.memory_limit = std::string("0");
+    config.token = std::string(8, 't');
+    auto owner = s.sys.spawn([](caf::event_based_actor* self) -> caf::behavior {
+      self->set_default_handler(caf::drop);
+      return {[](int) {}};
+    });
+    auto start_with = [&](const std::string& what, auto make_key) {
+      CAPTURE(what);
+      test::temp_dir dir;
+      config.data_dir = dir.path();
+      make_key(dir / "node.key");
+      auto node = spawn_node(s.sys, config, node_test_aids{}, "", 0, caf::actor{}, owner);
+      if (node) s.self->send_exit(*node, caf::exit_reason::user_shutdown);
+      REQUIRE_FALSE(node.has_value());
+      CHECK(node.error().message().find("node.key") != std::string::npos);
+      CHECK(start_failure_exit_code(node.error()) == 2);
+    };
+    start_with("too short", [](const std::filesystem::path& key) {
+      std::ofstream(key) << "not a key";
+      ::chmod(key.c_str(), 0600);
+    });
+    start_with("readable by others", [](const std::filesystem::path& key) {
+      std::ofstream(key) << std::string(64, 'k');
+      ::chmod(key.c_str(), 0644);
+    });
+    start_with("a directory",
+               [](const std::filesystem::path& key) { std::filesystem::create_directory(key); });
+    s.self->send_exit(owner, caf::exit_reason::user_shutdown);
   }
 
   TEST_CASE("a restarted uplink cancels the old one's work whose shard is still coming") {

@@ -23,7 +23,10 @@ inline constexpr size_t signature_bytes = 64;
 class node_identity {
  public:
   /// Reads the key in `file`, or makes one and writes it (mode 0600) if there is none. A key
-  /// file that others may read, or that is not a key, is an error naming the file.
+  /// file that others may read, or that is not a key, is an error naming the file:
+  /// errc::io_error only where trying again may work (a failed read, a descriptor limit);
+  /// a file of the wrong kind, owner or mode is errc::invalid_argument, and one of the wrong
+  /// size errc::bad_format, which stay until someone fixes the file.
   static expected<node_identity> load_or_create(const std::filesystem::path& file);
 
   /// A fresh key pair held in memory only (embedded nodes, tests).
