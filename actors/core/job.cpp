@@ -141,16 +141,24 @@ struct unconfirmed_round {
 /// A committed round's figures: what clients are shown of a running job, and what an ended
 /// job's record says, never those of a round that a crash or a failed verification could
 /// still take back. All of them together: a status with one round's count and another's
-/// test loss paired figures that never were.
+/// test loss paired figures that never were. The bill is among them: a round is paid in the
+/// transaction that commits it, and shown paid before, it was shown paid by a round that a
+/// crash took back (the figures went down after a restart), and a client that reports each
+/// rise of credits_spent never heard of the real payment.
 struct committed_figures {
   int64_t round = 0;
   double test_accuracy = 0.0;
   double test_loss = 0.0;
   double train_loss = 0.0;
   int64_t nodes = 0;
+  double compute_s = 0.0;
+  int64_t credits_spent = 0;
+  double device_hours = 0.0;
+  int64_t cloud_cost = 0;
 
   static committed_figures of(const job_status& s) {
-    return {s.round, s.test_accuracy, s.test_loss, s.train_loss, s.nodes};
+    return {s.round,     s.test_accuracy, s.test_loss,    s.train_loss, s.nodes,
+            s.compute_s, s.credits_spent, s.device_hours, s.cloud_cost};
   }
   /// Puts these figures in `s`, its history cut after their round.
   void show_in(job_status& s) const {
@@ -159,6 +167,10 @@ struct committed_figures {
     s.test_loss = test_loss;
     s.train_loss = train_loss;
     s.nodes = nodes;
+    s.compute_s = compute_s;
+    s.credits_spent = credits_spent;
+    s.device_hours = device_hours;
+    s.cloud_cost = cloud_cost;
     trim_history(s.history, round);
   }
 };
@@ -257,6 +269,10 @@ struct job_actor_state {
   // end record, written first, said the round before while the checkpoint and the payments
   // were the round's, and an answer after the end paused the ended job).
   int settling = 0;  // commits on their way
+  // The escrow of the round whose commit is on its way: the ledger holds it until the commit
+  // lands (it leaves st.held when the round is settled in memory), so the status still shows
+  // it held, as the bill does not show the round paid yet.
+  int64_t settling_hold = 0;
   // Escrow an interrupted run left is still to be returned (return_stale_escrow): a job that
   // ends meanwhile (cancelled) writes its end once it is back. Its end returns only what
   // this run holds, and the interrupted run's escrow stayed held for good.
@@ -317,7 +333,9 @@ std::string format_g(double x) {
   return buf;
 }
 
-void publish(job_actor* self) {
+// The job's status as clients are shown it: a running job's figures (its bill included) are
+// those of its last durable commit.
+job_status shown_status(job_actor* self) {
   auto& st = self->state;
   auto& s = st.job.status;
   s.elapsed_s =
@@ -325,12 +343,17 @@ void publish(job_actor* self) {
   auto shown = s;
   if (!is_terminal(s.state)) {
     st.durable.show_in(shown);
+    shown.credits_held += st.settling_hold;
   }
   if (shown.round > 0 && s.state == job_state::running) {
     double per_round = s.elapsed_s / static_cast<double>(shown.round);
     shown.eta_s = s.eta_s = per_round * static_cast<double>(s.rounds - shown.round);
   }
-  self->send(st.links.supervisor, progress_atom::value, shown);
+  return shown;
+}
+
+void publish(job_actor* self) {
+  self->send(self->state.links.supervisor, progress_atom::value, shown_status(self));
 }
 
 void dispatch(job_actor* self);
@@ -427,9 +450,11 @@ void hold_round(job_actor* self) {
   const int64_t hold = round_escrow(st.job.spec);
   auto& s = st.job.status;
   if (s.credits_spent + total_held(st) + hold > s.budget) {
-    // With a round still unconfirmed its escrow may come back soon: wait for it quietly.
+    // With a round still unconfirmed its escrow may come back soon: wait for it quietly. So
+    // too while a round's commit is on its way: the pause's words would name as spent what
+    // the round has not paid yet (it is tried again once the commit is answered).
     st.paused_for_budget = true;
-    if (total_held(st) > 0) {
+    if (total_held(st) > 0 || st.settling > 0) {
       st.paused = true;
       return;
     }
@@ -1329,9 +1354,12 @@ void try_confirm(job_actor* self) {
                        std::min(r.compute_s, r.wall_s), pay.cost - pay.fee});
     st.job.status.compute_s += std::min(r.compute_s, r.wall_s);
   }
+  // The bill figures count the round from here (the budget's check of the next hold needs
+  // them), and are shown (and recorded at an end) only once its commit lands: committed_figures.
   settlement pay;
   if (metered(st)) {
     pay = settle_round(st, u.index, u.results);
+    st.settling_hold = pay.hold;
     s.credits_spent += pay.paid;
     s.credits_held = total_held(st);
     s.device_hours += pay.hours;
@@ -1376,6 +1404,7 @@ void try_confirm(job_actor* self) {
   auto committed = [=] {
     auto& st = self->state;
     st.settling -= 1;
+    st.settling_hold = 0;
     for (const auto& c : credits)
       self->send(st.links.reputation, credit_atom::value, c.node, c.check, c.compute_s, c.earned);
     st.durable = figures;
@@ -1409,11 +1438,13 @@ void try_confirm(job_actor* self) {
     // its account), and what it would have paid is not spent.
     auto& st = self->state;
     st.settling -= 1;
+    st.settling_hold = 0;
     commit_answered(self, commit_number);
     if (metered(st) && settled.hold > 0) {
       st.held[settled_index] = settled.hold;
       st.job.status.credits_spent -= settled.paid;
       st.job.status.device_hours -= settled.hours;
+      st.job.status.credits_held = total_held(st);
     }
     if (st.finished) {  // ended meanwhile: the hold goes back with its end
       if (st.settling == 0 && !st.hold_in_flight) record_end(self);
@@ -2126,7 +2157,8 @@ void return_stale_escrow(job_actor* self) {
     const auto waiting = "waiting for the ledger to return the escrow of an interrupted run (" +
                          why + "); asking again in " + std::to_string(wait.count()) + " s";
     spdlog::warn("job {}: {}", st.job.id, waiting);
-    // An ended job's status says how it ended, as does a failed one started only to end.
+    // An ended job's status says how it ended, as does a failed one started only to end; one
+    // started only to end that has not ended yet still says why it ends.
     if (!st.finished && !is_terminal(st.job.status.state)) {
       st.job.status.detail = waiting;
       publish(self);
@@ -2301,7 +2333,8 @@ caf::behavior job_behavior(job_actor* self, job_start start, job_links links) {
     }
   }
   // A job started only to end is not shown running: one the supervisor failed (it kept
-  // stopping) went failed, running, failed, and a cancel in between was taken.
+  // stopping) went failed, running, failed, and a cancel in between was taken. One that
+  // fails here says why at once: it may wait a while for an interrupted run's escrow first.
   if (st.job.end_with.empty()) {
     st.job.status.state = job_state::running;
     st.job.status.detail.clear();
@@ -2565,6 +2598,9 @@ caf::behavior job_behavior(job_actor* self, job_start start, job_links links) {
             caf::actor_cast<caf::strong_actor_ptr>(self->state.links.supervisor))
           return to_caf(error(errc::invalid_argument, "only the job supervisor cancels a job"));
         auto& st = self->state;
+        // Started only to fail (its checkpoint or data set cannot be used), it may still wait
+        // for an interrupted run's escrow: it fails now, and the canceller is told why.
+        // Recorded "cancelled by its owner", its end lost the reason it could not go on.
         // Ended otherwise (done, failed), its end perhaps still being written: not cancelled,
         // and not said to be (its owner was told "cancelled" of a job that ended done).
         if (st.finished && st.job.status.state != job_state::cancelled)
@@ -2585,7 +2621,8 @@ caf::behavior job_behavior(job_actor* self, job_start start, job_links links) {
                started_to_cancel ? st.job.end_with : "cancelled by its owner");
         return rp;
       },
-      [=](status_atom) -> job_status { return self->state.job.status; },
+      // As it is published: a round not committed yet is not shown, nor its bill.
+      [=](status_atom) -> job_status { return shown_status(self); },
   };
 }
 

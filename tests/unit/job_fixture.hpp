@@ -463,18 +463,25 @@ inline job_status await_checkpoint_wait(job_fixture& f) {
 inline const std::string metered_spec =
     k_spec + "[market]\naccount = \"user/alice\"\nbudget = 100.0\nmax_price = 1.0\n";
 
-// A ledger keeper over the fixture's store: alice's account, holding 100 credits, and job-1's
-// escrow open.
-inline caf::actor funded_keeper(job_fixture& f) {
-  auto keeper = spawn_ledger_keeper(f.sys, f.store);
+// A ledger keeper of `f`'s system over `store`: alice's account, holding 100 credits, and
+// job-1's escrow open.
+inline caf::actor funded_keeper(configured_system& f, const caf::actor& store) {
+  const std::chrono::seconds wait{30};
+  auto keeper = spawn_ledger_keeper(f.sys, store);
   for (const char* account : {"user/alice", "escrow/job-1"})
-    f.self->request(keeper, f.wait, open_atom::value, std::string(account), false)
+    f.self->request(keeper, wait, open_atom::value, std::string(account), false)
         .receive([](caf::ok_atom) {}, [&](caf::error& e) { FAIL(f.sys.render(e)); });
   f.self
-      ->request(keeper, f.wait, transfer_atom::value, std::string("credit"), std::string("test"),
+      ->request(keeper, wait, transfer_atom::value, std::string("credit"), std::string("test"),
                 std::vector<posting>{{"external", -100'000'000}, {"user/alice", 100'000'000}})
       .receive([](uint64_t) {}, [&](caf::error& e) { FAIL(f.sys.render(e)); });
   return keeper;
+}
+
+// A ledger keeper over the fixture's store: alice's account, holding 100 credits, and job-1's
+// escrow open.
+inline caf::actor funded_keeper(job_fixture& f) {
+  return funded_keeper(f, f.store);
 }
 
 // Waits (10 s at most) until the fixture's slow_ledger holds a request back: the round's

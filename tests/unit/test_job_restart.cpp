@@ -6,9 +6,14 @@
 
 #include <doctest/doctest.h>
 
+#include <deque>
 #include <optional>
 
+#include "gflex/runtime/identity.hpp"
+#include "gflex/runtime/job_spec.hpp"
+#include "gflex/runtime/update_codec.hpp"
 #include "job_fixture.hpp"
+#include "ledger_book.hpp"
 
 using namespace gflex;
 using namespace gflex::test;
@@ -144,9 +149,141 @@ std::optional<job_status> stored_record(job_fixture& f, const std::string& id) {
   return record;
 }
 
+// A worker of node `key` that answers each assignment 200 ms after it came with a small
+// signed update, claiming 0.1 s of compute: the core sees it take longer, and pays the claim.
+caf::behavior paid_worker(caf::event_based_actor* self, std::shared_ptr<node_identity> key,
+                          size_t parameters) {
+  using answer = std::pair<caf::typed_response_promise<assignment_result>, assignment_result>;
+  auto due = std::make_shared<std::deque<answer>>();
+  return {
+      [=](assign_atom, assignment& a) -> caf::result<assignment_result> {
+        assignment_result r;
+        r.assignment_id = a.id;
+        r.update = encode_update(std::vector<float>(parameters, 0.001f), compression::fp32);
+        r.loss = 0.5;
+        r.samples = 12;
+        r.compute_s = 0.1;
+        r.signature = key->sign(result_message(a.id, r.update));
+        due->emplace_back(self->make_response_promise<assignment_result>(), std::move(r));
+        self->delayed_send(self, std::chrono::milliseconds(200), tick_atom::value);
+        return due->back().first;
+      },
+      [=](tick_atom) {
+        auto [rp, r] = std::move(due->front());
+        due->pop_front();
+        rp.deliver(std::move(r));
+      },
+      [](abort_atom, uint64_t) {},
+  };
+}
+
+// A reputation tracker that takes the job's credits and rejections.
+caf::behavior taking_reputation(caf::event_based_actor*) {
+  return {
+      [](credit_atom, const std::string&, uint8_t, double, int64_t) {},
+      [](reject_atom, const std::string&, std::string&) { return std::vector<std::string>{}; },
+  };
+}
+
 }  // namespace
 
 TEST_SUITE("job restart") {
+  TEST_CASE("a round's bill is shown once its commit lands, not before") {
+    // Counted as the round was settled in memory, the bill was published while the round's
+    // commit (its payments with it) was on its way: a crash then showed the job's spending
+    // lower after its restart, and a client that reports each rise of credits_spent never
+    // reported the round's real payment.
+    configured_system f;
+    const std::chrono::seconds wait{30};
+    auto spec_text = metered_spec;
+    spec_text.replace(spec_text.find("rounds = 3"), 10, "rounds = 5");
+    auto stored = stored_job(2, spec_text);
+    auto spec = parse_job_spec(spec_text, "test");
+    REQUIRE(spec.has_value());
+    // Made before any actor: a REQUIRE that fails after would leave them running.
+    auto catalog = catalog_of(stored);
+    auto key = std::make_shared<node_identity>(node_identity::generate());
+    worker_slot slot = node_slot(f.sys.spawn(paid_worker, key, 4 * 3 + 3), "id-paid", "paid");
+    slot.tier = static_cast<uint8_t>(node_tier::core);  // trusted: no re-computation
+    slot.public_key = key->public_key();
+    slot.price = 1'000'000;  // a credit per device-hour
+    job_links links;
+    links.store = f.sys.spawn(failing_store, stored);
+    auto keeper = funded_keeper(f, links.store);
+    for (const char* account : {"node/paid", ledger_book::platform})  // what the round pays
+      f.self->request(keeper, wait, open_atom::value, std::string(account), true)
+          .receive([](caf::ok_atom) {}, [&](caf::error& e) { FAIL(f.sys.render(e)); });
+    links.ledger = f.sys.spawn(slow_ledger, keeper, false);  // settlements wait for the test
+    links.market = f.sys.spawn(offering_market, std::vector<worker_slot>{slot});  // round 3's
+    links.reputation = f.sys.spawn(taking_reputation);
+    links.supervisor = caf::actor_cast<caf::actor>(f.self);  // the test stands for it
+    links.catalog = catalog;
+    auto job = spawn_job(f.sys, resumed_start(stored, spec_text, *spec, 2), links);
+    auto escrow = [&] {
+      int64_t out = -1;
+      f.self->request(keeper, wait, account_atom::value, std::string("escrow/job-1"))
+          .receive([&](account_info& i) { out = i.balance; },
+                   [&](caf::error& e) { FAIL(f.sys.render(e)); });
+      return out;
+    };
+    // Round 3 is computed and settled, its commit held by the ledger; round 4 has its escrow
+    // held and waits for workers, which the job publishes.
+    std::vector<job_status> before;
+    auto waits = [](const job_status& s) {
+      return s.detail.find("waiting for workers: 1 assignment(s) of round 4") == 0;
+    };
+    for (int tries = 0; tries < 200 && (before.empty() || !waits(before.back())); ++tries)
+      f.self->receive([&](progress_atom, job_status& s) { before.push_back(std::move(s)); },
+                      caf::after(std::chrono::milliseconds(50)) >> [] {});
+    REQUIRE_MESSAGE((!before.empty() && waits(before.back())),
+                    (before.empty() ? std::string("nothing published") : before.back().detail));
+    int64_t held_writes = 0;
+    f.self->request(links.ledger, wait, caf::get_atom::value)
+        .receive([&](int64_t n) { held_writes = n; },
+                 [&](caf::error& e) { FAIL(f.sys.render(e)); });
+    REQUIRE(held_writes == 1);  // round 3's settlement, still on its way
+    for (const auto& s : before) {
+      CAPTURE(s.detail);
+      CHECK(s.round == 2);
+      CHECK(s.credits_spent == 0);
+      CHECK(s.compute_s == 0.0);
+      CHECK(s.device_hours == 0.0);
+      CHECK(s.cloud_cost == 0);
+    }
+    // Round 3's escrow is still held, round 4's too: shown as the ledger holds them.
+    CHECK(before.back().credits_held == escrow());
+    CHECK(before.back().credits_held == 2 * round_escrow(*spec));
+    f.self->send(links.ledger, caf::put_atom::value);  // the commit lands
+    std::optional<job_status> after;
+    for (int tries = 0; tries < 200 && !after; ++tries)
+      f.self->receive(
+          [&](progress_atom, job_status& s) {
+            if (s.round == 3) after = std::move(s);
+          },
+          caf::after(std::chrono::milliseconds(50)) >> [] {});
+    REQUIRE_MESSAGE(after.has_value(), "round 3's commit was not published");
+    CHECK(after->credits_spent > 0);
+    CHECK(after->compute_s == doctest::Approx(0.1));
+    CHECK(after->device_hours > 0.0);
+    CHECK(after->cloud_cost > 0);
+    CHECK(after->credits_held == escrow());
+    CHECK(after->credits_held == round_escrow(*spec));
+    std::optional<job_status> record;
+    f.self->request(links.store, wait, read_atom::value, job_record_key("job-1"))
+        .receive(
+            [&](bool, std::vector<uint8_t>& v) {
+              if (auto r = decode_job_record(v)) record = r->second;
+            },
+            [&](caf::error& e) { FAIL(f.sys.render(e)); });
+    REQUIRE(record.has_value());
+    CHECK(record->round == 3);
+    CHECK(record->credits_spent == after->credits_spent);
+    CHECK(record->device_hours == doctest::Approx(after->device_hours));
+    for (const auto& a : {job, links.market, links.reputation, links.ledger, links.store})
+      f.self->send_exit(a, caf::exit_reason::user_shutdown);
+    f.self->send_exit(slot.worker, caf::exit_reason::user_shutdown);
+  }
+
   TEST_CASE("a job failed for stopping too often is never shown running again") {
     // Started once more only to end (its escrow returned, its record written), it took its
     // record's state: shown failed, then running until its escrow was back, then failed,
