@@ -2160,7 +2160,7 @@ void return_stale_escrow(job_actor* self) {
     // An ended job's status says how it ended, as does a failed one started only to end; one
     // started only to end that has not ended yet still says why it ends.
     if (!st.finished && !is_terminal(st.job.status.state)) {
-      st.job.status.detail = waiting;
+      st.job.status.detail = st.job.end_with.empty() ? waiting : st.job.end_with + "; " + waiting;
       publish(self);
     }
     self->delayed_send(self, wait, tick_atom::value, open_atom::value);
@@ -2338,6 +2338,9 @@ caf::behavior job_behavior(job_actor* self, job_start start, job_links links) {
   if (st.job.end_with.empty()) {
     st.job.status.state = job_state::running;
     st.job.status.detail.clear();
+    publish(self);
+  } else if (st.job.end_state == job_state::failed && !is_terminal(st.job.status.state)) {
+    st.job.status.detail = st.job.end_with;
     publish(self);
   }
 
@@ -2601,12 +2604,17 @@ caf::behavior job_behavior(job_actor* self, job_start start, job_links links) {
         // Started only to fail (its checkpoint or data set cannot be used), it may still wait
         // for an interrupted run's escrow: it fails now, and the canceller is told why.
         // Recorded "cancelled by its owner", its end lost the reason it could not go on.
+        if (!st.job.end_with.empty() && st.job.end_state == job_state::failed)
+          finish(self, job_state::failed, st.job.end_with);
         // Ended otherwise (done, failed), its end perhaps still being written: not cancelled,
         // and not said to be (its owner was told "cancelled" of a job that ended done).
-        if (st.finished && st.job.status.state != job_state::cancelled)
-          return to_caf(error(errc::invalid_argument, "job '" + st.job.id +
-                                                          "' has already ended (" +
-                                                          to_string(st.job.status.state) + ")"));
+        if (st.finished && st.job.status.state != job_state::cancelled) {
+          const auto& detail = st.job.status.detail;
+          return to_caf(error(errc::invalid_argument,
+                              "job '" + st.job.id + "' has already ended (" +
+                                  to_string(st.job.status.state) +
+                                  (detail.empty() ? std::string() : ": " + detail) + ")"));
+        }
         if (st.ended_and_recorded) return caf::ok_atom::value;
         // Ending already, it may still wait for a round's commit, its hold or an interrupted
         // run's escrow before its end is written: acknowledged at once, a second cancel said

@@ -349,6 +349,50 @@ TEST_SUITE("job cancel") {
     CHECK(balance_of(f, keeper, "user/alice") == 100'000'000);
   }
 
+  TEST_CASE("a job that cannot resume, cancelled while its escrow comes back, ends failed") {
+    // Its checkpoint damaged, it waited for its interrupted run's escrow before it failed: a
+    // cancel then recorded "cancelled by its owner", and why it could not go on was lost.
+    auto st = stored_job(2, metered_spec);
+    st.kept[job_checkpoint_key("job-1")] = {1, 2, 3, 4};
+    job_fixture f(st, {}, interrupted_run_ledger);
+    // It says why it ends while it waits for the ledger (the first open fails).
+    auto waiting = f.await(
+        [](const job_status& s) {
+          return s.detail.find("waiting for the ledger") != std::string::npos ||
+                 is_terminal(s.state);
+        },
+        10);
+    REQUIRE_MESSAGE(!is_terminal(waiting.state), waiting.detail);
+    CHECK_MESSAGE(waiting.detail.find("its checkpoint is damaged (") == 0, waiting.detail);
+    CHECK_MESSAGE(waiting.detail.find(": the job cannot resume from it; waiting for the ledger") !=
+                      std::string::npos,
+                  waiting.detail);
+    caf::actor keeper;  // held after the fixture: a handle outliving its system hangs its end
+    f.self->request(f.keeper, f.wait, caf::get_atom::value, caf::get_atom::value)
+        .receive([&](caf::actor& k) { keeper = k; }, [&](caf::error& e) { FAIL(f.sys.render(e)); });
+    std::string answer;
+    f.self->request(f.supervisor, f.wait, cancel_atom::value, f.alice, std::string("job-1"))
+        .receive([&](caf::ok_atom) { answer = "acknowledged"; },
+                 [&](caf::error& e) { answer = f.sys.render(e); });
+    CHECK_MESSAGE(answer.find("'job-1' has already ended (failed: its checkpoint is damaged (") !=
+                      std::string::npos,
+                  answer);
+    // Its end is written once the escrow is back (the open is asked again 2 s later).
+    auto s = f.await([](const job_status& s) { return is_terminal(s.state); }, 10);
+    CHECK(s.state == job_state::failed);
+    std::optional<job_status> record;
+    for (int tries = 0; tries < 50 && !(record && is_terminal(record->state)); ++tries) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      record = recorded(f);
+    }
+    REQUIRE(record.has_value());
+    CHECK(record->state == job_state::failed);
+    CHECK(record->round == 2);
+    CHECK_MESSAGE(record->detail.find("its checkpoint is damaged (") == 0, record->detail);
+    CHECK(balance_of(f, keeper, "escrow/job-1") == 0);
+    CHECK(balance_of(f, keeper, "user/alice") == 100'000'000);
+  }
+
   TEST_CASE("a job cancelled while its interrupted run's escrow is not back yet returns it") {
     // Its end returned only what this run held: the escrow of the interrupted run, still
     // being asked back, stayed held for good.
