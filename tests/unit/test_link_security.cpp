@@ -1,13 +1,22 @@
 #include "link_security.hpp"
 
+#include <arpa/inet.h>
+#include <dlfcn.h>
 #include <doctest/doctest.h>
+#include <netinet/in.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <sys/socket.h>
 #include <unistd.h>
+#include <caf/actor_system.hpp>
 #include <caf/actor_system_config.hpp>
+#include <caf/openssl/all.hpp>
 
 #include <filesystem>
 #include <fstream>
 #include <string>
 
+#include "configured_system.hpp"
 #include "gflex/runtime/tls_credentials.hpp"
 #include "skip_case.hpp"
 #include "temp_dir.hpp"
@@ -33,6 +42,47 @@ std::string refusal(const fs::path& data_dir) {
   CHECK(cfg.openssl_key.empty());
   CHECK(cfg.openssl_cafile.empty());
   return ok.error().message();
+}
+
+// A TLS handshake with the core at 127.0.0.1:`port` by a plain OpenSSL client that offers
+// versions up to `max_version`, holding the bundle's link certificate as nodes do: empty
+// when it completed, else OpenSSL's reason. The client calls libssl's SSL_connect itself,
+// not this program's (link_security.cpp's, which would hold it to TLS 1.3 too).
+std::string handshake(uint16_t port, const fs::path& bundle, int max_version) {
+  static auto real_connect = reinterpret_cast<int (*)(SSL*)>(dlsym(RTLD_NEXT, "SSL_connect"));
+  REQUIRE(static_cast<bool>(real_connect));
+  std::unique_ptr<SSL_CTX, decltype(&SSL_CTX_free)> ctx(SSL_CTX_new(TLS_client_method()),
+                                                        SSL_CTX_free);
+  REQUIRE(ctx != nullptr);
+  SSL_CTX_set_min_proto_version(ctx.get(), TLS1_2_VERSION);
+  SSL_CTX_set_max_proto_version(ctx.get(), max_version);
+  REQUIRE(SSL_CTX_use_certificate_chain_file(ctx.get(), bundle.c_str()) == 1);
+  REQUIRE(SSL_CTX_use_PrivateKey_file(ctx.get(), bundle.c_str(), SSL_FILETYPE_PEM) == 1);
+  REQUIRE(SSL_CTX_load_verify_locations(ctx.get(), bundle.c_str(), nullptr) == 1);
+  SSL_CTX_set_verify(ctx.get(), SSL_VERIFY_PEER, nullptr);
+  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  REQUIRE(fd >= 0);
+  struct closer {
+    int fd;
+    ~closer() { ::close(fd); }
+  } closed{fd};
+  timeval bound{10, 0};  // a core that never answers fails the case, not hangs it
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &bound, sizeof bound);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(port);
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  REQUIRE(::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+  std::unique_ptr<SSL, decltype(&SSL_free)> ssl(SSL_new(ctx.get()), SSL_free);
+  SSL_set_fd(ssl.get(), fd);
+  ERR_clear_error();
+  if (real_connect(ssl.get()) == 1) {
+    SSL_shutdown(ssl.get());
+    return {};
+  }
+  char why[256] = "no reason given";
+  if (const auto e = ERR_get_error(); e != 0) ERR_error_string_n(e, why, sizeof why);
+  return why;
 }
 
 }  // namespace
@@ -116,5 +166,24 @@ TEST_SUITE("link security") {
     CHECK(refusal(dir.path()) == files.core_key.string() +
                                      ": cannot be read (Permission denied); the core loads it "
                                      "for every TLS connection");
+  }
+
+  TEST_CASE("a core's link is TLS 1.3: a peer that offers at most TLS 1.2 is refused") {
+    // SECURITY.md promises TLS 1.3 on every link; CAF's context took TLS 1.2 as well wherever
+    // the system's OpenSSL configuration set no minimum.
+    test::temp_dir dir;
+    REQUIRE(create_core_credentials(dir.path()).has_value());
+    caf::actor_system_config cfg;
+    test::configured_system::configured(cfg);
+    REQUIRE(configure_core_tls(cfg, dir.path()).has_value());
+    caf::actor_system sys{cfg};
+    auto door = sys.spawn([]() -> caf::behavior { return {[](int) {}}; });
+    auto port = caf::openssl::publish(door, 0, "127.0.0.1");
+    REQUIRE(static_cast<bool>(port));
+    const auto bundle = core_tls_files::in(dir.path()).bundle;
+    CHECK(handshake(*port, bundle, TLS1_3_VERSION).empty());
+    const auto old = handshake(*port, bundle, TLS1_2_VERSION);
+    CHECK_MESSAGE(old.find("protocol version") != std::string::npos, old);
+    caf::anon_send_exit(door, caf::exit_reason::user_shutdown);
   }
 }
