@@ -31,13 +31,15 @@ int serve_metrics(const std::string& address) {
     spdlog::error("{}", where.error().message());
     return 2;
   }
-  auto port = metrics::serve(address);
+  // Without an IPv6 address's brackets: metrics::serve splits at the last colon and takes
+  // what is before it for the host.
+  auto port = metrics::serve(where->host + ":" + std::to_string(where->port));
   if (!port) {
     spdlog::error("{}", port.error().message());
     // A port in use may be free at the next start (the service restarts on exit 1, not 2).
     return port.error().code() == errc::unavailable ? 1 : 2;
   }
-  spdlog::info("metrics on http://{}:{}/metrics", where->host, *port);
+  spdlog::info("metrics on http://{}/metrics", to_string(host_port{where->host, *port}));
   return 0;
 }
 

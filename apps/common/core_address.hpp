@@ -2,6 +2,9 @@
 /// @file
 /// Parsing of HOST:PORT arguments shared by the apps.
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+
 #include <charconv>
 #include <cstdint>
 #include <cstdio>
@@ -17,7 +20,11 @@ struct host_port {
   uint16_t port = 0;
 };
 
-/// "host:port" with a port in [1, 65535]; `flag` names the option in errors.
+/// "host:port" with a port in [1, 65535]; `flag` names the option in errors. An IPv6 address
+/// goes in brackets ("[::1]:9464"), which are taken off: getaddrinfo, httplib and CAF took
+/// "[::1]" for a host name they could not find, and the failure read as a port in use. One
+/// without brackets is taken where it is an address (":::7400", every address), and refused
+/// where it is not ("2001:db8::7400" left out its port).
 inline expected<host_port> parse_host_port(const std::string& text, const std::string& flag) {
   auto colon = text.rfind(':');
   auto bad = [&] {
@@ -30,7 +37,31 @@ inline expected<host_port> parse_host_port(const std::string& text, const std::s
   const char* end = text.data() + text.size();
   auto [ptr, ec] = std::from_chars(begin, end, port);
   if (ec != std::errc() || ptr != end || port == 0 || port > 65535) return bad();
-  return host_port{text.substr(0, colon), static_cast<uint16_t>(port)};
+  std::string host = text.substr(0, colon);
+  if (host.front() == '[') {
+    if (host.size() < 3 || host.back() != ']' || host.find_first_of("[]", 1) != host.size() - 1)
+      return error(errc::invalid_argument, flag + ": '" + text +
+                                               "' opens a bracket it does not close right before " +
+                                               "the port ([IPV6]:PORT)");
+    host = host.substr(1, host.size() - 2);
+  } else if (host.find_first_of("[]") != std::string::npos) {
+    return bad();
+  } else if (host.find(':') != std::string::npos) {
+    in6_addr address{};
+    if (::inet_pton(AF_INET6, host.c_str(), &address) != 1)
+      return error(errc::invalid_argument,
+                   flag + ": '" + host + "' (before the last colon of '" + text +
+                       "') is not an IPv6 address; write one in brackets with its port, "
+                       "[2001:db8::1]:7400");
+  }
+  return host_port{std::move(host), static_cast<uint16_t>(port)};
+}
+
+/// `where` as HOST:PORT, an IPv6 address in brackets (to show, or to give a parser that splits
+/// at the last colon).
+inline std::string to_string(const host_port& where) {
+  const bool v6 = where.host.find(':') != std::string::npos;
+  return (v6 ? "[" + where.host + "]" : where.host) + ":" + std::to_string(where.port);
 }
 
 /// "host:port[,host:port...]": the servers of a core of several (only the leader serves);

@@ -99,6 +99,10 @@ cp "$WORK/mixed/tls/ca.key" "$WORK/mixed/tls/core.key"
 expect_usage "a core key that is not its certificate's" \
   "$WORK/mixed/tls/core.key is not the key of the certificate in $WORK/mixed/tls/core.crt" \
   "$C" --listen "127.0.0.1:$(free_port)" --data-dir "$WORK/mixed"
+# An IPv6 address that is not one is bad usage found before anything listens: it failed as a
+# host name not found, which read as a port in use (exit 1: the service restarted the core).
+expect_usage "an IPv6 address left out of brackets" "--http-listen: .* is not an IPv6 address" \
+  "$C" --listen "127.0.0.1:$(free_port)" --http-listen "2001:db8::7400" --data-dir "$WORK/core"
 
 # -- clients -----------------------------------------------------------------------------------
 key_file alice
