@@ -5,10 +5,12 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 
+#include <cctype>
 #include <charconv>
 #include <cstdint>
 #include <cstdio>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "gflex/runtime/error.hpp"
@@ -62,6 +64,35 @@ inline expected<host_port> parse_host_port(const std::string& text, const std::s
 inline std::string to_string(const host_port& where) {
   const bool v6 = where.host.find(':') != std::string::npos;
   return (v6 ? "[" + where.host + "]" : where.host) + ":" + std::to_string(where.port);
+}
+
+/// Whether an address to listen on takes in `a` also takes in `b` on the same port: one names
+/// every address of the machine, or both name the same one.
+inline bool same_listen_host(const std::string& a, const std::string& b) {
+  auto canonical = [](std::string h) {
+    for (char& c : h) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    if (h == "localhost") return std::string("127.0.0.1");
+    return h;
+  };
+  auto every = [](const std::string& h) { return h == "0.0.0.0" || h == "::" || h == "*"; };
+  return every(a) || every(b) || canonical(a) == canonical(b);
+}
+
+/// An error naming both flags where two of `listens` (flag, address) would listen on one port:
+/// the second bind failed as a port in use, exit 1, and a service restarted the process for
+/// ever on flags that never work.
+inline expected<void> check_distinct_listens(
+    const std::vector<std::pair<std::string, host_port>>& listens) {
+  for (size_t i = 0; i < listens.size(); ++i)
+    for (size_t j = i + 1; j < listens.size(); ++j) {
+      const auto& [flag_a, a] = listens[i];
+      const auto& [flag_b, b] = listens[j];
+      if (a.port != b.port || !same_listen_host(a.host, b.host)) continue;
+      return error(errc::invalid_argument, flag_a + " " + to_string(a) + " and " + flag_b + " " +
+                                               to_string(b) +
+                                               " listen on the same port: give each its own");
+    }
+  return {};
 }
 
 /// "host:port[,host:port...]": the servers of a core of several (only the leader serves);

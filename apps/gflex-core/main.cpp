@@ -365,6 +365,23 @@ int main(int argc, char** argv) {
   config.host = address->host;
   config.port = address->port;
   config.standalone = true;
+  // Every address checked before anything listens: two flags on one port failed as a port in
+  // use (exit 1), the dashboard's only after the core had started, and a service restarted
+  // the core for ever on flags that never work.
+  std::vector<std::pair<std::string, gflex::app::host_port>> listens{{"--listen", *address}};
+  for (const auto& [flag, text] :
+       {std::pair<std::string, std::string>{"--metrics-listen", metrics_listen},
+        {"--http-listen", http_listen}}) {
+    if (text.empty()) continue;
+    auto where = gflex::app::parse_host_port(text, flag);
+    if (!where) return fail(where.error(), 2);
+    listens.emplace_back(flag, *where);
+  }
+  // A chunk address of port 0 (any) or one malformed is left to the chunk service to judge.
+  if (auto chunks = gflex::app::parse_host_port(config.chunk_listen, "--chunk-listen"); chunks)
+    listens.emplace_back("--chunk-listen", *chunks);
+  if (auto distinct = gflex::app::check_distinct_listens(listens); !distinct)
+    return fail(distinct.error(), 2);
   if (int code = gflex::app::serve_metrics(metrics_listen); code != 0) return code;
   if (http_listen.empty()) return gflex::run_core(config);
   auto where = gflex::app::parse_host_port(http_listen, "--http-listen");

@@ -7,15 +7,55 @@
 #include "gflex/runtime/http_server.hpp"
 
 #include <httplib.h>
+#include <netdb.h>
 #include <pthread.h>
 #include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cstdlib>
+#include <cstring>
 #include <thread>
 
 namespace gflex::http {
+
+namespace {
+
+// Why binding to host:port failed, which httplib does not say: tried again here. A port in
+// use may be free at the next start (errc::unavailable, exit 1: a service restarts); an
+// address that is not this machine's, a name that does not resolve or a port this user may
+// not take stays so (errc::invalid_argument, exit 2), and was restarted for ever.
+error bind_failure(const std::string& host, uint16_t port, const std::string& what) {
+  const std::string where = "cannot serve " + what + " on " + host + ":" + std::to_string(port);
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE;
+  addrinfo* found = nullptr;
+  const std::string service = std::to_string(port);
+  if (const int rc = ::getaddrinfo(host.c_str(), service.c_str(), &hints, &found); rc != 0)
+    return error(errc::invalid_argument, where + ": " + ::gai_strerror(rc));
+  int in_use = 0, lasting = 0;
+  for (addrinfo* a = found; a != nullptr; a = a->ai_next) {
+    const int fd = ::socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC, a->ai_protocol);
+    if (fd < 0) continue;
+    int yes = 1;
+    ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
+    const int err = ::bind(fd, a->ai_addr, a->ai_addrlen) == 0 ? 0 : errno;
+    ::close(fd);
+    if (err == EADDRINUSE) in_use = err;
+    if (err == EADDRNOTAVAIL || err == EACCES) lasting = err;
+  }
+  ::freeaddrinfo(found);
+  if (in_use == 0 && lasting != 0)
+    return error(errc::invalid_argument, where + ": " + std::strerror(lasting));
+  return error(errc::unavailable, where + ": the address is in use");
+}
+
+}  // namespace
 
 struct server::impl {
   httplib::Server http;
@@ -80,10 +120,7 @@ expected<std::unique_ptr<server>> server::start(const std::string& host, uint16_
   routes(http);
   const int bound =
       port == 0 ? http.bind_to_any_port(host) : (http.bind_to_port(host, port) ? port : -1);
-  if (bound <= 0)
-    return error(errc::unavailable, "cannot serve " + what + " on " + host + ":" +
-                                        std::to_string(port) +
-                                        ": the address is in use or not this machine's");
+  if (bound <= 0) return bind_failure(host, port, what);
   s->port_ = static_cast<uint16_t>(bound);
   // The server's threads (this loop and the pool it starts) take no signals: a stop
   // delivered to one of them would be lost.

@@ -103,6 +103,12 @@ expect_usage "a core key that is not its certificate's" \
 # host name not found, which read as a port in use (exit 1: the service restarted the core).
 expect_usage "an IPv6 address left out of brackets" "--http-listen: .* is not an IPv6 address" \
   "$C" --listen "127.0.0.1:$(free_port)" --http-listen "2001:db8::7400" --data-dir "$WORK/core"
+# Two of the core's flags on one port are bad usage found before anything listens: the second
+# bind failed as a port in use (exit 1), and the service restarted the core for ever.
+clash=$(free_port)
+expect_usage "two of the core's flags on one port" \
+  "--listen 127.0.0.1:$clash and --metrics-listen 0.0.0.0:$clash listen on the same port" \
+  "$C" --listen "127.0.0.1:$clash" --metrics-listen "0.0.0.0:$clash" --data-dir "$WORK/core"
 
 # -- clients -----------------------------------------------------------------------------------
 key_file alice

@@ -1,6 +1,6 @@
 /// @file
 /// HOST:PORT flags as the apps read them (apps/common/core_address.hpp): IPv6 addresses in
-/// brackets.
+/// brackets, and a core's listening flags that name one port twice.
 
 #include <doctest/doctest.h>
 
@@ -51,5 +51,31 @@ TEST_SUITE("core address") {
       CHECK(parsed.error().code() == errc::invalid_argument);
       CHECK(parsed.error().message().find("--http-listen") != std::string::npos);
     }
+  }
+
+  TEST_CASE("two listening flags on one port are refused, naming both") {
+    auto at = [](const std::string& text) { return *parse_host_port(text, "x"); };
+    using listens = std::vector<std::pair<std::string, host_port>>;
+    auto clash = app::check_distinct_listens(listens{{"--listen", at("127.0.0.1:7400")},
+                                                     {"--metrics-listen", at("127.0.0.1:9464")},
+                                                     {"--http-listen", at("0.0.0.0:7400")}});
+    REQUIRE_FALSE(clash.has_value());
+    CHECK(clash.error().code() == errc::invalid_argument);
+    const std::string why = clash.error().message();
+    CHECK(why.find("--listen 127.0.0.1:7400") != std::string::npos);
+    CHECK(why.find("--http-listen 0.0.0.0:7400") != std::string::npos);
+    CHECK_FALSE(app::check_distinct_listens(listens{{"--listen", at("localhost:7400")},
+                                                    {"--chunk-listen", at("127.0.0.1:7400")}})
+                    .has_value());
+    CHECK_FALSE(app::check_distinct_listens(
+                    listens{{"--listen", at("[::]:7400")}, {"--metrics-listen", at("[::1]:7400")}})
+                    .has_value());
+    // Other ports, or other addresses of the machine on one port, are fine.
+    CHECK(app::check_distinct_listens(listens{{"--listen", at("127.0.0.1:7400")},
+                                              {"--metrics-listen", at("127.0.0.1:9464")}})
+              .has_value());
+    CHECK(app::check_distinct_listens(
+              listens{{"--listen", at("10.0.0.1:7400")}, {"--http-listen", at("127.0.0.1:7400")}})
+              .has_value());
   }
 }

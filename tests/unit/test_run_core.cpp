@@ -6,6 +6,7 @@
 
 #include <doctest/doctest.h>
 
+#include <httplib.h>
 #include <signal.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
@@ -29,6 +30,7 @@
 
 #include "core_supervisor.hpp"
 #include "gflex/gflex.hpp"
+#include "gflex/runtime/http_server.hpp"
 #include "gflex/runtime/tls_credentials.hpp"
 #include "running_core.hpp"
 #include "temp_dir.hpp"
@@ -102,6 +104,33 @@ TEST_CASE("run_core stops on SIGTERM and gives the program its handlers back") {
     CHECK(second.code.get() == 0);
   }
   sigaction(SIGTERM, &old, nullptr);
+}
+
+TEST_CASE("a service given an address not this machine's is a setting; a port in use may free") {
+  // httplib says only that binding failed, and each failure was errc::unavailable: run_core
+  // (and --metrics-listen) exited 1 on an address no restart makes this machine's, and a
+  // service restarted the core for ever. 192.0.2.1 is a documentation address (RFC 5737).
+  auto start_on = [](const std::string& host, uint16_t port) {
+    return http::server::start(
+        host, port, 1, [](httplib::Server&) {}, "the dashboard");
+  };
+  std::ifstream nonlocal("/proc/sys/net/ipv4/ip_nonlocal_bind");
+  int any_address_binds = 0;
+  nonlocal >> any_address_binds;
+  if (any_address_binds == 0) {
+    auto elsewhere = start_on("192.0.2.1", test::free_loopback_port());
+    REQUIRE_FALSE(elsewhere.has_value());
+    CHECK(elsewhere.error().code() == errc::invalid_argument);
+    CHECK(elsewhere.error().message().find("192.0.2.1") != std::string::npos);
+  }
+  auto unknown = start_on("no-such-host.invalid", test::free_loopback_port());
+  REQUIRE_FALSE(unknown.has_value());
+  CHECK(unknown.error().code() == errc::invalid_argument);
+  auto held = start_on("127.0.0.1", 0);
+  REQUIRE_MESSAGE(held.has_value(), held.error().message());
+  auto again = start_on("127.0.0.1", (*held)->port());
+  REQUIRE_FALSE(again.has_value());
+  CHECK(again.error().code() == errc::unavailable);
 }
 
 TEST_CASE("a service starter that throws stops the core, and run_core passes the exception on") {
