@@ -55,52 +55,88 @@ expected<void> peer_guards_in_effect() {
   return routed_message_check_in_effect();
 }
 
-// SIGINT and SIGTERM set a flag from a handler (any thread may take them: OpenBLAS starts its
-// threads before main, so blocking the signals in main's threads is not enough); a watcher
-// thread polls the flag and turns it into a message for the process's owner actor.
-std::atomic<int> received_signal{0};
+// SIGINT and SIGTERM are counted by a handler (any thread may take them: OpenBLAS starts its
+// threads before main, so blocking the signals in main's threads is not enough); each
+// watcher's thread polls the count and turns a signal taken since the watcher began into a
+// message for its run's owner actor. A count rather than a flag that each run cleared: runs
+// may overlap in one process (run_core, run_node, run_embedded on different threads), and one
+// run's end cleared a signal that another had not yet seen.
+std::atomic<uint64_t> stop_signals_taken{0};
+std::atomic<int> last_stop_signal{0};
 
 extern "C" void on_stop_signal(int sig) {
-  received_signal.store(sig);
+  last_stop_signal.store(sig);
+  stop_signals_taken.fetch_add(1);
 }
 
-// The handlers are the caller's again once the watcher goes, and a signal taken by one run
-// does not stop the next (an embedding program's Ctrl-C, a second run_core).
+// The handlers are installed once for every watcher alive, and the caller's come back when the
+// last one goes: each watcher that saved and restored its own put them back out of order (the
+// first run to end gave the caller its handlers while another still ran, which a signal then
+// no longer stopped; the last left the stale handler installed).
+std::mutex handlers_mutex;
+int handler_users = 0;
+struct sigaction callers_int {};
+struct sigaction callers_term {};
+
+// The handlers are the caller's again once the last watcher goes, and a signal taken before a
+// run does not stop it (an embedding program's Ctrl-C, a second run_core).
 class signal_watcher {
  public:
-  signal_watcher() {
-    received_signal.store(0);
-    struct sigaction action {};
-    action.sa_handler = on_stop_signal;
-    sigemptyset(&action.sa_mask);
-    sigaction(SIGINT, &action, &old_int_);
-    sigaction(SIGTERM, &action, &old_term_);
-  }
-  void start(caf::actor owner) {
-    thread_ = std::thread([this, owner] {
+  signal_watcher() : seen_(stop_signals_taken.load()) {
+    {
+      std::lock_guard<std::mutex> lock(handlers_mutex);
+      if (handler_users++ == 0) {
+        struct sigaction action {};
+        action.sa_handler = on_stop_signal;
+        sigemptyset(&action.sa_mask);
+        sigaction(SIGINT, &action, &callers_int);
+        sigaction(SIGTERM, &action, &callers_term);
+      }
+    }
+    thread_ = std::thread([this] {
       while (!done_) {
-        if (int sig = received_signal.load(); sig != 0) {
-          caf::anon_send(owner, stop_atom::value, 0,
-                         std::string(sig == SIGINT ? "interrupted" : "terminated"));
-          return;
+        if (received_.load() == 0 && stop_signals_taken.load() != seen_)
+          received_.store(last_stop_signal.load());
+        if (const int sig = received_.load(); sig != 0) {
+          std::lock_guard<std::mutex> lock(owner_mutex_);
+          if (owner_) {
+            caf::anon_send(owner_, stop_atom::value, 0,
+                           std::string(sig == SIGINT ? "interrupted" : "terminated"));
+            owner_ = nullptr;
+          }
         }
         std::this_thread::sleep_for(std::chrono::milliseconds(50));
       }
     });
   }
+  /// From now on a signal (also one taken before) is sent to `owner` as (stop_atom, 0, why).
+  void start(caf::actor owner) {
+    std::lock_guard<std::mutex> lock(owner_mutex_);
+    owner_ = std::move(owner);
+  }
+  /// The signal taken since this watcher began (SIGINT or SIGTERM), 0 if none.
+  int signal() const { return stop_signals_taken.load() != seen_ ? last_stop_signal.load() : 0; }
+  /// The same, as a flag its thread sets (within 50 ms), for a loop that takes a flag.
+  const std::atomic<int>& flag() const { return received_; }
   ~signal_watcher() {
     done_ = true;
     if (thread_.joinable()) thread_.join();
-    sigaction(SIGINT, &old_int_, nullptr);
-    sigaction(SIGTERM, &old_term_, nullptr);
-    received_signal.store(0);
+    std::lock_guard<std::mutex> lock(handlers_mutex);
+    if (--handler_users == 0) {
+      sigaction(SIGINT, &callers_int, nullptr);
+      sigaction(SIGTERM, &callers_term, nullptr);
+    }
   }
+  signal_watcher(const signal_watcher&) = delete;
+  signal_watcher& operator=(const signal_watcher&) = delete;
 
  private:
+  const uint64_t seen_;
+  std::atomic<int> received_{0};
   std::atomic<bool> done_{false};
+  std::mutex owner_mutex_;
+  caf::actor owner_;
   std::thread thread_;
-  struct sigaction old_int_ {};
-  struct sigaction old_term_ {};
 };
 
 // Waits until a signal arrives, `watched` goes down, or someone sends (stop_atom, code, why).
@@ -236,7 +272,8 @@ namespace {
 // nodes from the replicated state and sends every other request to the leader. On success
 // config.shared_store holds the replicated store and the door is gone, its address free for
 // the leader's; nullopt when a stop signal came first.
-std::optional<int> lead_replicated(core_config& config, caf::actor_system& sys) {
+std::optional<int> lead_replicated(core_config& config, caf::actor_system& sys,
+                                   const std::atomic<int>& stop) {
   auto endpoints = etcd_endpoints_of(config.store_url);
   if (!endpoints) {
     spdlog::error("{}", endpoints.error().message());
@@ -300,7 +337,7 @@ std::optional<int> lead_replicated(core_config& config, caf::actor_system& sys) 
     stop_follower();
     return 1;
   }
-  auto led = store->campaign(received_signal, [&](const std::string& record) {
+  auto led = store->campaign(stop, [&](const std::string& record) {
     leader->set(record);
     spdlog::info("following {}; answering reads on {}:{}",
                  record.empty() ? std::string("(no leader yet)") : record, config.host, *port);
@@ -373,7 +410,7 @@ int run_core(const core_config& given, const core_service_starter& start) {
   }
   caf::actor_system sys{cfg};
   if (!config.store_url.empty())
-    if (auto code = lead_replicated(config, sys)) return *code;
+    if (auto code = lead_replicated(config, sys, signals.flag())) return *code;
   // The core's front door drops exit messages that come from no actor of this process
   // (boundary.hpp): an anonymous one would be ignored and the process would never end, so
   // this actor is the one that stops it.
@@ -1366,8 +1403,8 @@ expected<job_status> run_embedded(const embedded_config& config, const std::stri
   // from the start: the nodes calibrate one after another (seconds, for many), and a signal
   // then killed the process too. Made first, the watcher goes last, after the cluster.
   signal_watcher signals;
-  auto stopped = [](const std::string& what) -> std::optional<error> {
-    const int sig = received_signal.load();
+  auto stopped = [&signals](const std::string& what) -> std::optional<error> {
+    const int sig = signals.signal();
     if (sig == 0) return std::nullopt;
     return error(errc::unavailable,
                  std::string(sig == SIGINT ? "interrupted" : "terminated") + ": " + what);
@@ -1383,11 +1420,11 @@ expected<job_status> run_embedded(const embedded_config& config, const std::stri
     (void)(*s)->client.cancel(*id);
     return stopped("job " + *id + " was cancelled");
   };
-  if (received_signal.load() != 0) return *cancelled();
+  if (signals.signal() != 0) return *cancelled();
   if (auto err = embedded_cluster::add_nodes(**s, config)) return err;
   // In-process status calls cost microseconds: polled often, the end is seen when it comes.
   for (;;) {
-    if (received_signal.load() != 0) return *cancelled();
+    if (signals.signal() != 0) return *cancelled();
     auto st = (*s)->client.status(*id);
     if (!st) return st.error();
     if (on_status) on_status(*st);

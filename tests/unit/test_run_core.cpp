@@ -106,6 +106,62 @@ TEST_CASE("run_core stops on SIGTERM and gives the program its handlers back") {
   sigaction(SIGTERM, &old, nullptr);
 }
 
+TEST_CASE("overlapping runs in one process: the last to end gives the program its handlers") {
+  // Each run saved the handlers it found and put them back at its end: the first run, ending
+  // while the second ran, gave the program its SIGTERM handler back (a signal then no longer
+  // stopped the second run), and the second, ending last, put the first's back for good.
+  test::temp_dir first_dir, second_dir;
+  const auto first_config = local_core_config(first_dir);
+  const auto second_config = local_core_config(second_dir);
+  struct sigaction mine {
+  }, old{};
+  mine.sa_handler = program_handler;
+  sigemptyset(&mine.sa_mask);
+  REQUIRE(sigaction(SIGTERM, &mine, &old) == 0);
+  program_saw.store(0);
+  auto handler_now = [] {
+    struct sigaction now {};
+    sigaction(SIGTERM, nullptr, &now);
+    return now.sa_handler;
+  };
+
+  // The first run waits in its service starter until told, then fails (exit 2).
+  std::promise<void> in_starter, release;
+  auto released = release.get_future().share();
+  auto first = std::async(std::launch::async, [&] {
+    return run_core(first_config, [&](local_core&) -> expected<std::unique_ptr<core_service>> {
+      in_starter.set_value();
+      released.wait();
+      return error(errc::invalid_argument, "the first run's service is refused");
+    });
+  });
+  REQUIRE(in_starter.get_future().wait_for(std::chrono::seconds(60)) == std::future_status::ready);
+  const auto core_handler = handler_now();
+  const bool the_core_took_it = core_handler != program_handler;
+  CHECK(the_core_took_it);
+  {
+    running_core second(second_config);
+    release.set_value();
+    REQUIRE(first.wait_for(std::chrono::seconds(60)) == std::future_status::ready);
+    CHECK(first.get() == 2);
+    const bool still_the_core = handler_now() == core_handler;
+    CHECK_MESSAGE(still_the_core,
+                  "the first run to end gave the program its handler while another ran");
+    // A SIGTERM stops the run still going (by hand where the handler is gone, so that the
+    // test ends).
+    if (still_the_core)
+      ::raise(SIGTERM);
+    else
+      core_handler(SIGTERM);
+    REQUIRE(second.code.wait_for(std::chrono::seconds(60)) == std::future_status::ready);
+    CHECK(second.code.get() == 0);
+  }
+  CHECK(program_saw.load() == 0);
+  const bool the_program_again = handler_now() == program_handler;
+  CHECK_MESSAGE(the_program_again, "the last run to end left a run's handler installed");
+  sigaction(SIGTERM, &old, nullptr);
+}
+
 TEST_CASE("a service given an address not this machine's is a setting; a port in use may free") {
   // httplib says only that binding failed, and each failure was errc::unavailable: run_core
   // (and --metrics-listen) exited 1 on an address no restart makes this machine's, and a
