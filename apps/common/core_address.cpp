@@ -39,7 +39,7 @@ int serve_metrics(const std::string& address) {
     // A port in use may be free at the next start (the service restarts on exit 1, not 2).
     return port.error().code() == errc::unavailable ? 1 : 2;
   }
-  spdlog::info("metrics on http://{}/metrics", to_string(host_port{where->host, *port}));
+  spdlog::info("metrics on http://{}/metrics", address_text(host_port{where->host, *port}));
   return 0;
 }
 

@@ -61,7 +61,7 @@ inline expected<host_port> parse_host_port(const std::string& text, const std::s
 
 /// `where` as HOST:PORT, an IPv6 address in brackets (to show, or to give a parser that splits
 /// at the last colon).
-inline std::string to_string(const host_port& where) {
+inline std::string address_text(const host_port& where) {
   const bool v6 = where.host.find(':') != std::string::npos;
   return (v6 ? "[" + where.host + "]" : where.host) + ":" + std::to_string(where.port);
 }
@@ -88,8 +88,8 @@ inline expected<void> check_distinct_listens(
       const auto& [flag_a, a] = listens[i];
       const auto& [flag_b, b] = listens[j];
       if (a.port != b.port || !same_listen_host(a.host, b.host)) continue;
-      return error(errc::invalid_argument, flag_a + " " + to_string(a) + " and " + flag_b + " " +
-                                               to_string(b) +
+      return error(errc::invalid_argument, flag_a + " " + address_text(a) + " and " + flag_b + " " +
+                                               address_text(b) +
                                                " listen on the same port: give each its own");
     }
   return {};

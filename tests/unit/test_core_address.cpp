@@ -25,7 +25,7 @@ TEST_SUITE("core address") {
     auto doc = parse_host_port("[2001:db8::1]:7400", "--listen");
     REQUIRE(doc.has_value());
     CHECK(doc->host == "2001:db8::1");
-    CHECK(app::to_string(*doc) == "[2001:db8::1]:7400");
+    CHECK(app::address_text(*doc) == "[2001:db8::1]:7400");
   }
 
   TEST_CASE("the forms that worked before still do") {
