@@ -81,6 +81,10 @@ expected<node_identity> node_identity::load_or_create(const std::filesystem::pat
     return key_error(file, std::string("may be read by others (mode ") + mode +
                                ", should be 0600); fix it with chmod 600");
   }
+  if (st.st_uid != ::geteuid() && st.st_uid != 0) {  // its owner could read or swap the key
+    ::close(fd);
+    return key_error(file, foreign_owner(st.st_uid));
+  }
   node_identity id;
   ssize_t got = ::read(fd, id.secret_.data(), id.secret_.size());
   int err = got < 0 ? errno : 0;

@@ -12,6 +12,12 @@
 
 namespace gflex {
 
+std::string foreign_owner(unsigned owner) {
+  return "is owned by uid " + std::to_string(owner) + ", not by this user (uid " +
+         std::to_string(::geteuid()) +
+         ") or root: its owner may read or replace it; chown it to this user";
+}
+
 expected<std::string> read_secret_file(const std::filesystem::path& file) {
   // One open file for every check and the read, so that nothing swaps the file between.
   // O_NONBLOCK: opening a FIFO no one writes would wait in open(2) for ever, before the check
@@ -34,6 +40,12 @@ expected<std::string> read_secret_file(const std::filesystem::path& file) {
   if ((st.st_mode & 077) != 0) {
     ::close(fd);
     return error(errc::invalid_argument, file.string() + " may be read by others; chmod 600 it");
+  }
+  // Mode 0600 keeps out everyone but the owner: a file another user owns (a root-run core
+  // given a directory of someone else's) is theirs to read or replace.
+  if (st.st_uid != ::geteuid() && st.st_uid != 0) {
+    ::close(fd);
+    return error(errc::invalid_argument, file.string() + " " + foreign_owner(st.st_uid));
   }
   char buf[4096];
   ssize_t n = ::read(fd, buf, sizeof buf);

@@ -12,6 +12,7 @@
 
 #include "gflex/runtime/identity.hpp"
 #include "gflex/runtime/secret_file.hpp"
+#include "skip_case.hpp"
 #include "temp_dir.hpp"
 
 using namespace gflex;
@@ -137,5 +138,33 @@ TEST_SUITE("identity") {
     CHECK_FALSE(std::filesystem::exists(left));
     CHECK(std::filesystem::exists(running));  // its writer may still be at work
     CHECK(std::filesystem::exists(other));    // another file's
+  }
+
+  TEST_CASE("a key or secret file another user owns is refused, naming its owner") {
+    // Mode 0600 keeps out all but the owner: a root-run node or core given someone else's
+    // directory took their node.key or operator.key, which they may read or replace.
+    if (::geteuid() != 0) GFLEX_SKIP_CASE("giving a file another owner needs root");
+    test::temp_dir dir;
+    auto key = dir / "node.key";
+    REQUIRE(node_identity::load_or_create(key).has_value());
+    auto secret = dir / "operator.key";
+    std::ofstream(secret) << "gfk_abc\n";
+    ::chmod(secret.c_str(), 0600);
+    REQUIRE(read_secret_file(secret).has_value());
+    for (const auto& file : {key, secret}) REQUIRE(::chown(file.c_str(), 4242, 4242) == 0);
+    auto node = node_identity::load_or_create(key);
+    REQUIRE_FALSE(node.has_value());
+    CHECK(node.error().code() == errc::invalid_argument);
+    CHECK_MESSAGE(node.error().message().find("is owned by uid 4242") != std::string::npos,
+                  node.error().message());
+    auto read = read_secret_file(secret);
+    REQUIRE_FALSE(read.has_value());
+    CHECK(read.error().code() == errc::invalid_argument);
+    CHECK_MESSAGE(read.error().message().find(secret.string() + " is owned by uid 4242") == 0,
+                  read.error().message());
+    // Files root owns are taken (a packaged default).
+    for (const auto& file : {key, secret}) REQUIRE(::chown(file.c_str(), 0, 0) == 0);
+    CHECK(node_identity::load_or_create(key).has_value());
+    CHECK(read_secret_file(secret).has_value());
   }
 }

@@ -15,8 +15,12 @@ namespace gflex {
 
 /// The first line of `file`, trailing spaces and line ends removed. Refused with a message
 /// naming the file: a file that cannot be opened (errc::io_error), that is a symbolic link or
-/// not a regular file, or that others may read (errc::invalid_argument).
+/// not a regular file, that others may read, or that another user than this one or root owns
+/// (errc::invalid_argument).
 expected<std::string> read_secret_file(const std::filesystem::path& file);
+
+/// Why a secret file owned by uid `owner` is refused, for the message after its name.
+std::string foreign_owner(unsigned owner);
 
 /// Creates `file` holding `bytes`, with `mode`, never over an existing file (errc::io_error
 /// then, naming it). Whole or not at all: the bytes go to a temporary file beside it, synced,
