@@ -35,8 +35,11 @@ class server {
  public:
   /// Binds `host`:`port` (0: any free port), lets `routes` add the handlers, and serves on
   /// `threads` threads within `limits`; a compressed request body (Content-Encoding) is
-  /// refused (415): a small one may decompress to any size. errc::unavailable when it cannot
-  /// listen there (`what` names the service in the error: "metrics", "the dashboard").
+  /// refused (415): a small one may decompress to any size. When it cannot listen there
+  /// (`what` names the service in the error: "metrics", "the dashboard"): errc::unavailable
+  /// for a port in use, which may free; errc::invalid_argument for a setting that stays wrong
+  /// (an address not this machine's, a name that does not resolve, a port this user may not
+  /// take).
   static expected<std::unique_ptr<server>> start(
       const std::string& host, uint16_t port, int threads,
       const std::function<void(httplib::Server&)>& routes, const std::string& what,
