@@ -1141,6 +1141,14 @@ expected<ledger_report> client::verify_ledger() {
 expected<void> client::topup(const std::string& job_id, int64_t micro) {
   auto r =
       impl_->ask_session<caf::ok_atom>(std::chrono::seconds(75), topup_atom::value, job_id, micro);
+  // As with a submit: not answered is not refused. The job may commit the top-up after the
+  // answer's wait, and a user who tried again on the word of a failure raised the budget twice.
+  if (!r && r.error().code() == errc::unavailable &&
+      (r.error().message().starts_with(no_answer) || r.error().message().starts_with(link_lost)))
+    return error(errc::unavailable, r.error().message() +
+                                        "; the top-up may have been made all the same: see the "
+                                        "job's budget (gflex status " +
+                                        job_id + ") before topping it up again");
   if (!r) return r.error();
   return {};
 }
