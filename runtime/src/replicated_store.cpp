@@ -233,6 +233,10 @@ struct replicated_store::impl {
   mutable std::atomic<int64_t> chunk_bytes{0};  // in the chunk directory
 
   std::atomic<bool> stopping{false};
+  // The caller's stop flag (its stop signal's) while start() joins, null once it has: a core
+  // told to stop as it joined (its chunks to fetch, gigabytes; a core id to wait for) went on
+  // until it had joined. Read on start()'s thread only.
+  const std::atomic<int>* start_stop = nullptr;
   std::thread lease_thread;
   // When this core's lease ends at the latest, in steady-clock nanoseconds: its TTL after the
   // last renewal etcd took (counted from when it was sent). A renewal waits for etcd up to
@@ -263,6 +267,16 @@ struct replicated_store::impl {
         spdlog::warn("replication: core {} could not give its lease back: {}", config.core_id,
                      gone.error().message());
     }
+  }
+
+  // Whether this core is to stop: it is being destroyed (a rejoin on the lease thread, a
+  // catch-up on the garbage thread), or its caller's stop flag is set (start()).
+  bool stop_asked() const { return stopping || (start_stop != nullptr && start_stop->load() != 0); }
+
+  // The error of a join or fetch a stop cut short.
+  error stopped(const std::string& during) const {
+    return error(errc::unavailable,
+                 "core " + config.core_id + " stopped while " + during + ": a stop was asked");
   }
 
   // Another live core, as its member record says.
@@ -451,13 +465,29 @@ struct replicated_store::impl {
     return {};
   }
 
-  // Fetches a chunk this core lacks from the other cores.
+  // GETs `path` with `c`, cut short (httplib's stop()) once a stop is asked: a core that sends
+  // slowly or not at all held a stopping core for the read timeout (60 s) at each chunk.
+  httplib::Result get_unless_stopped(httplib::Client& c, const std::string& path,
+                                     const httplib::Headers& headers) const {
+    auto got = std::async(std::launch::async, [&] { return c.Get(path, headers); });
+    // Asked again at each look: a stop that comes before the request has its socket does
+    // nothing.
+    while (got.wait_for(std::chrono::milliseconds(50)) != std::future_status::ready)
+      if (stop_asked()) c.stop();
+    return got.get();
+  }
+
+  // Fetches a chunk this core lacks from the other cores. A stop (stop_asked) ends it, a GET
+  // in flight included.
   expected<std::vector<uint8_t>> fetch_chunk(const chunk_ref& ref) const {
     auto others = peers();
     if (!others) return others.error();
+    const std::string what = "fetching chunk " + ref.digest.substr(0, 12);
     for (const auto& [id, address, member_lease] : *others) {
+      if (stop_asked()) return stopped(what);
       auto c = client_of(address, 60);
-      auto r = c.Get("/chunk/" + ref.digest, chunk_headers(id));
+      auto r = get_unless_stopped(c, "/chunk/" + ref.digest, chunk_headers(id));
+      if (stop_asked()) return stopped(what);
       if (r && r->status == 421) {
         spdlog::warn(
             "replication: core {}'s chunk service address {} reaches {}, not its own: two "
@@ -523,6 +553,7 @@ struct replicated_store::impl {
     int64_t least_left = 0;  // the holder's lease's least time left seen, in seconds
     clock_type::time_point deadline;
     for (bool first = true;; first = false) {
+      if (stop_asked()) return stopped("waiting for core id \"" + config.core_id + "\"");
       std::vector<etcd_kv> kvs;
       int64_t left = -1;  // unknown
       {
@@ -644,6 +675,7 @@ struct replicated_store::impl {
     for (int reads = 1;; ++reads) {
       size_t fresh = 0;
       for (const auto& [key, ref] : read->refs) {
+        if (stop_asked()) return stopped("joining (fetching the chunks it lacks)");
         if (reads > 1 &&
             (looked_at.count(ref.digest) || chunk_file_present(config.chunk_dir / ref.digest)))
           continue;
@@ -787,7 +819,8 @@ struct replicated_store::impl {
         return look == 0 ? chunk_fetch::held : chunk_fetch::fetched;
       auto got = fetch_chunk(ref);
       if (got) return chunk_fetch::fetched;
-      if (got.error().code() != errc::unavailable) return got.error();
+      // Cut short by a stop, it says nothing of who holds the chunk.
+      if (got.error().code() != errc::unavailable || stop_asked()) return got.error();
       std::vector<etcd_kv> now;
       {
         std::lock_guard lock(etcd_mutex);
@@ -1228,7 +1261,8 @@ replicated_store::replicated_store(std::unique_ptr<impl> p) : impl_(std::move(p)
 replicated_store::~replicated_store() = default;
 
 expected<std::unique_ptr<replicated_store>> replicated_store::start(replication_config config,
-                                                                    std::function<void()> on_lost) {
+                                                                    std::function<void()> on_lost,
+                                                                    const std::atomic<int>* stop) {
   if (!valid_core_id(config.core_id))
     return error(errc::invalid_argument,
                  "core id \"" + config.core_id +
@@ -1399,7 +1433,9 @@ expected<std::unique_ptr<replicated_store>> replicated_store::start(replication_
               " \"" + p->advertise + "\" reaches " + answering_core(*r) +
               ", not this core's: give each core its own chunk address");
   }
+  p->start_stop = stop;
   if (auto ok = p->join(); !ok) return ok.error();
+  p->start_stop = nullptr;  // the caller's flag may not outlive the start
   p->lease_thread = std::thread([self] { self->renew_leases(); });
   p->lease_watch = std::thread([self] { self->watch_lease(); });
   p->garbage_thread = std::thread([self] { self->tend_chunks(); });

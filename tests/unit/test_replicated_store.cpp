@@ -1619,6 +1619,124 @@ TEST_SUITE("replicated_store") {
     CHECK(etcd_client::make(etcd.endpoint())->range("/gflex/member/b", false)->empty());
   }
 
+  TEST_CASE("a core told to stop as it joins stops, a fetch in flight included" *
+            doctest::skip(!etcd_installed())) {
+    // The join fetched every chunk it lacked (60 s of read timeout at each core asked) and
+    // waited out a core id's old lease without looking at the stop signal: a core given
+    // SIGTERM as it joined went on until it had joined.
+    test::temp_dir dir;
+    etcd_server etcd(dir.path());
+    auto a = leading(config_of(etcd, dir, "a"));
+    std::vector<store_write> w = {{"ckpt/x", large(100000, 7)}};
+    REQUIRE(a->commit(w).has_value());
+    // A member asked first ("0slow" sorts before "a") that sends nothing until released.
+    httplib::Server slow;
+    std::atomic<bool> release{false};
+    std::atomic<int> asked{0};
+    slow.Get(R"(/chunk/.*)", [&](const httplib::Request&, httplib::Response& res) {
+      ++asked;
+      for (int i = 0; i < 1200 && !release; ++i)
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      res.status = 404;
+    });
+    const int slow_port = slow.bind_to_any_port("127.0.0.1");
+    std::thread serving([&] { slow.listen_after_bind(); });
+    auto admin = etcd_client::make(etcd.endpoint());
+    auto lease = admin->grant_lease(60);
+    REQUIRE(lease.has_value());
+    etcd_op member{"/gflex/member/0slow", bytes("127.0.0.1:" + std::to_string(slow_port)), *lease};
+    REQUIRE(admin->txn({}, {&member, 1}).has_value());
+    std::atomic<int> stop{0};
+    auto joining = std::async(std::launch::async, [&] {
+      return replicated_store::start(
+          config_of(etcd, dir, "b"), [] {}, &stop);
+    });
+    for (int i = 0; i < 200 && asked == 0; ++i)
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    REQUIRE(asked > 0);
+    stop = SIGTERM;
+    const bool ended = joining.wait_for(std::chrono::seconds(5)) == std::future_status::ready;
+    release = true;
+    auto b = joining.get();
+    slow.stop();
+    serving.join();
+    CHECK_MESSAGE(ended, "start went on for 5 s after its stop flag was set");
+    CHECK_FALSE(b.has_value());
+    if (b)
+      b->reset();  // joined regardless: stopped here, giving its lease back
+    else
+      CHECK_MESSAGE(
+          b.error().message().find("core b stopped while fetching chunk") != std::string::npos,
+          b.error().message());
+    // It gave its lease back, and with it its member key.
+    CHECK(admin->range("/gflex/member/b", false)->empty());
+
+    // Waiting for its core id's old lease to lapse (a killed core's), it stops too.
+    auto old = admin->grant_lease(30);
+    REQUIRE(old.has_value());
+    etcd_op held{"/gflex/member/c", bytes("127.0.0.1:1"), *old};
+    REQUIRE(admin->txn({}, {&held, 1}).has_value());
+    stop = 0;
+    auto waiting = std::async(std::launch::async, [&] {
+      return replicated_store::start(
+          config_of(etcd, dir, "c"), [] {}, &stop);
+    });
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    stop = SIGINT;
+    const bool waited_out = waiting.wait_for(std::chrono::seconds(3)) == std::future_status::ready;
+    REQUIRE(admin->revoke(*old).has_value());  // frees it, had the stop gone unseen
+    auto c = waiting.get();
+    CHECK_MESSAGE(waited_out, "start waited on for 3 s after its stop flag was set");
+    REQUIRE_FALSE(c.has_value());
+    CHECK_MESSAGE(
+        c.error().message().find("core c stopped while waiting for core id") != std::string::npos,
+        c.error().message());
+  }
+
+  TEST_CASE("a core stopped while it joins again stops at once, a fetch in flight included" *
+            doctest::skip(!etcd_installed())) {
+    // A core taken out of the membership joins again on its lease thread, fetching what it
+    // lacks; its destructor waited for that thread, so a stop waited for every fetch.
+    test::temp_dir dir;
+    etcd_server etcd(dir.path());
+    auto a = leading(config_of(etcd, dir, "a"));
+    const auto x = large(100000, 7);
+    std::vector<store_write> w = {{"ckpt/x", x}};
+    REQUIRE(a->commit(w).has_value());
+    auto b = member_of(etcd, dir, "b");
+    REQUIRE(std::filesystem::exists(dir / "chunks-b" / digest_hex(x)));
+    httplib::Server slow;
+    std::atomic<bool> release{false};
+    std::atomic<int> asked{0};
+    slow.Get(R"(/chunk/.*)", [&](const httplib::Request&, httplib::Response& res) {
+      ++asked;
+      for (int i = 0; i < 1200 && !release; ++i)
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      res.status = 404;
+    });
+    const int slow_port = slow.bind_to_any_port("127.0.0.1");
+    std::thread serving([&] { slow.listen_after_bind(); });
+    auto admin = etcd_client::make(etcd.endpoint());
+    auto lease = admin->grant_lease(60);
+    REQUIRE(lease.has_value());
+    etcd_op member{"/gflex/member/0slow", bytes("127.0.0.1:" + std::to_string(slow_port)), *lease};
+    REQUIRE(admin->txn({}, {&member, 1}).has_value());
+    // b loses its copy and is taken out: it joins again, asking "0slow" first.
+    std::filesystem::remove(dir / "chunks-b" / digest_hex(x));
+    etcd_op out{"/gflex/member/b", std::nullopt, 0};
+    REQUIRE(admin->txn({}, {&out, 1}).has_value());
+    for (int i = 0; i < 200 && asked == 0; ++i)
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    REQUIRE(asked > 0);
+    auto stopping = std::async(std::launch::async, [&] { b.reset(); });
+    const bool ended = stopping.wait_for(std::chrono::seconds(5)) == std::future_status::ready;
+    release = true;
+    stopping.get();
+    slow.stop();
+    serving.join();
+    CHECK_MESSAGE(ended, "the core took over 5 s to stop while it joined again");
+  }
+
   TEST_CASE("bad configuration is refused before anything starts") {
     replication_config c;
     c.endpoints = "127.0.0.1:1";

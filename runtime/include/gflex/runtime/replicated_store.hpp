@@ -37,6 +37,8 @@
 ///   holding each other's chunks: the leader takes such a core out of the membership, and a
 ///   core whose chunk address reaches another core's service from its own machine is refused
 ///   at start.
+/// - A core being destroyed (a rejoin on its lease thread) or told to stop as it starts
+///   (`start`'s flag) ends its join and its fetches at once, a GET in flight included.
 ///
 /// The core's keys live under /gflex/data/.
 
@@ -96,8 +98,12 @@ class replicated_store final : public key_value_store {
   /// and lost its lease or gave up the leadership: it must stop acting as leader at once.
   /// errc::invalid_argument, naming the id, where another live core holds `core_id` (a
   /// record under a lease that is not renewed, as a killed core's, is waited out: its TTL).
+  /// `stop` (the process's stop-signal flag; read, never written, and only until start
+  /// returns): once it is not 0, the wait and the fetches end, one in flight included, and
+  /// start returns errc::unavailable saying that the core stopped.
   static expected<std::unique_ptr<replicated_store>> start(replication_config config,
-                                                           std::function<void()> on_lost);
+                                                           std::function<void()> on_lost,
+                                                           const std::atomic<int>* stop = nullptr);
   ~replicated_store() override;
 
   /// Tries, every second, to become the leader until it does (true) or `stop` is set
