@@ -32,6 +32,18 @@ constexpr std::string_view member_prefix = "/gflex/member/";
 constexpr std::string_view leader_key = "/gflex/leader";
 constexpr std::string_view writer_key = "/gflex/writer";
 
+// The chunk service's threads, and the most of them that serve GETs at once (503 past it):
+// two cores joining at once each fetched every chunk from the first peer in key order, a GET
+// of a checkpoint lasting as long as its transfer, and with both threads taken the leader's
+// PUTs waited, made no progress, and the leader took a healthy core out of the membership
+// after its lease's TTL and 5 s. The threads beyond the GETs' are the PUTs' and touches'.
+constexpr int chunk_service_threads = 6;
+constexpr int chunk_gets_at_once = 4;
+
+// How long a fetch asks again, every quarter second, while every core that holds a chunk is
+// busy serving others (503) before it gives up.
+constexpr auto fetch_busy_bound = std::chrono::seconds(120);
+
 // A value kept as a chunk: this marker, the value's size (8 bytes, little-endian), then its
 // digest (64 hex). No value the core stores begins with a NUL and "gflex-chunk".
 constexpr char chunk_marker[13] = {'\0', 'g', 'f', 'l', 'e', 'x', '-',
@@ -200,6 +212,9 @@ struct replicated_store::impl {
   mutable std::mutex etcd_mutex;  // guards `etcd` (one client; the store actor and campaign)
   mutable std::optional<etcd_client> etcd;
 
+  // The chunk service's GETs being served (chunk_gets_at_once); declared before the service,
+  // whose answers still being sent hold slots until it has stopped.
+  std::atomic<int> gets_serving{0};
   std::unique_ptr<http::server> chunks;
   std::string advertise;  // HOST:PORT other cores fetch this core's chunks at
 
@@ -477,36 +492,54 @@ struct replicated_store::impl {
     return got.get();
   }
 
-  // Fetches a chunk this core lacks from the other cores. A stop (stop_asked) ends it, a GET
-  // in flight included.
+  // Fetches a chunk this core lacks from the other cores, in their key order. A core busy
+  // serving others (503: its GETs at chunk_gets_at_once) is passed for the next; where a
+  // busy one may be the only holder, they are all asked again every quarter second, up to
+  // fetch_busy_bound. A stop (stop_asked) ends it, a GET in flight included.
   expected<std::vector<uint8_t>> fetch_chunk(const chunk_ref& ref) const {
-    auto others = peers();
-    if (!others) return others.error();
+    const auto give_up = clock_type::now() + fetch_busy_bound;
     const std::string what = "fetching chunk " + ref.digest.substr(0, 12);
-    for (const auto& [id, address, member_lease] : *others) {
-      if (stop_asked()) return stopped(what);
-      auto c = client_of(address, 60);
-      auto r = get_unless_stopped(c, "/chunk/" + ref.digest, chunk_headers(id));
-      if (stop_asked()) return stopped(what);
-      if (r && r->status == 421) {
-        spdlog::warn(
-            "replication: core {}'s chunk service address {} reaches {}, not its own: two "
-            "cores are given one chunk address (give each its own --chunk-listen, or "
-            "--chunk-advertise)",
-            id, address, answering_core(*r));
-        continue;
+    for (;;) {
+      auto others = peers();
+      if (!others) return others.error();
+      bool busy = false;
+      for (const auto& [id, address, member_lease] : *others) {
+        if (stop_asked()) return stopped(what);
+        auto c = client_of(address, 60);
+        auto r = get_unless_stopped(c, "/chunk/" + ref.digest, chunk_headers(id));
+        if (stop_asked()) return stopped(what);
+        if (r && r->status == 503) {
+          busy = true;
+          continue;
+        }
+        if (r && r->status == 421) {
+          spdlog::warn(
+              "replication: core {}'s chunk service address {} reaches {}, not its own: two "
+              "cores are given one chunk address (give each its own --chunk-listen, or "
+              "--chunk-advertise)",
+              id, address, answering_core(*r));
+          continue;
+        }
+        if (!r || r->status != 200 || r->body.size() != ref.size) continue;
+        std::span<const uint8_t> body(reinterpret_cast<const uint8_t*>(r->body.data()),
+                                      r->body.size());
+        if (digest_hex(body) != ref.digest) {
+          spdlog::warn("replication: core {} sent chunk {} with other contents", id,
+                       ref.digest.substr(0, 12));
+          continue;
+        }
+        if (auto ok = write_chunk(config.chunk_dir, ref.digest, body); !ok) return ok.error();
+        chunk_bytes_add(body.size());
+        return std::vector<uint8_t>(body.begin(), body.end());
       }
-      if (!r || r->status != 200 || r->body.size() != ref.size) continue;
-      std::span<const uint8_t> body(reinterpret_cast<const uint8_t*>(r->body.data()),
-                                    r->body.size());
-      if (digest_hex(body) != ref.digest) {
-        spdlog::warn("replication: core {} sent chunk {} with other contents", id,
-                     ref.digest.substr(0, 12));
-        continue;
-      }
-      if (auto ok = write_chunk(config.chunk_dir, ref.digest, body); !ok) return ok.error();
-      chunk_bytes_add(body.size());
-      return std::vector<uint8_t>(body.begin(), body.end());
+      if (!busy) break;
+      if (clock_type::now() > give_up)
+        return error(errc::unavailable,
+                     "no core could serve chunk " + ref.digest + " within " +
+                         std::to_string(fetch_busy_bound.count()) +
+                         " s: those that may hold it were busy serving other cores");
+      for (int i = 0; i < 5 && !stop_asked(); ++i)
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
     }
     return error(errc::unavailable, "no core holds chunk " + ref.digest);
   }
@@ -1342,7 +1375,7 @@ expected<std::unique_ptr<replicated_store>> replicated_store::start(replication_
     return true;
   };
   auto server = http::server::start(
-      host, static_cast<uint16_t>(port), 2,
+      host, static_cast<uint16_t>(port), chunk_service_threads,
       [self, misdirected](httplib::Server& http) {
         http.Put(R"(/chunk/([0-9a-f]{64}))", [self, misdirected](const httplib::Request& req,
                                                                  httplib::Response& res) {
@@ -1403,13 +1436,41 @@ expected<std::unique_ptr<replicated_store>> replicated_store::start(replication_
         http.Get(R"(/chunk/([0-9a-f]{64}))", [self, misdirected](const httplib::Request& req,
                                                                  httplib::Response& res) {
           if (misdirected(req, res)) return;
-          std::ifstream in(self->config.chunk_dir / std::string(req.matches[1]), std::ios::binary);
-          if (!in) {
+          // A slot among chunk_gets_at_once, held until the answer is sent (the provider
+          // keeps it, and httplib sends the body after this handler returns); past them, the
+          // fetcher asks the next core, and the PUTs keep threads of their own.
+          struct get_slot {
+            std::atomic<int>& serving;
+            ~get_slot() { --serving; }
+          };
+          if (self->gets_serving.fetch_add(1) >= chunk_gets_at_once) {
+            --self->gets_serving;
+            res.status = 503;
+            res.set_header("Retry-After", "1");
+            res.set_content("this core's chunk service is busy serving other cores", "text/plain");
+            return;
+          }
+          auto slot = std::make_shared<get_slot>(self->gets_serving);
+          const auto file = self->config.chunk_dir / std::string(req.matches[1]);
+          auto in = std::make_shared<std::ifstream>(file, std::ios::binary);
+          std::error_code ec;
+          const auto size = std::filesystem::file_size(file, ec);
+          if (!*in || ec) {
             res.status = 404;
             return;
           }
-          std::string body((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-          res.set_content(std::move(body), "application/octet-stream");
+          // Sent from the file a MiB at a time: read whole first, each of the GETs held a
+          // checkpoint in memory. A file cut short meanwhile ends the answer early, which the
+          // fetcher takes for a failure, as a wrong digest.
+          res.set_content_provider(
+              size, "application/octet-stream",
+              [in, slot](size_t offset, size_t length, httplib::DataSink& sink) {
+                std::vector<char> buf(std::min<size_t>(length, size_t{1} << 20));
+                in->seekg(static_cast<std::streamoff>(offset));
+                in->read(buf.data(), static_cast<std::streamsize>(buf.size()));
+                const auto n = in->gcount();
+                return n > 0 && sink.write(buf.data(), static_cast<size_t>(n));
+              });
         });
       },
       "the chunk service", std::move(limits));

@@ -1737,6 +1737,75 @@ TEST_SUITE("replicated_store") {
     CHECK_MESSAGE(ended, "the core took over 5 s to stop while it joined again");
   }
 
+  TEST_CASE("a chunk service busy with long GETs still takes the leader's PUTs" *
+            doctest::skip(!etcd_installed())) {
+    // Two threads served every request: two cores joining, each fetching a checkpoint from
+    // the first core in key order, held both for as long as their transfers took, and the
+    // leader's pushes waited until it took the core out of the membership. GETs past a bound
+    // are answered 503 now (the fetcher asks the next core), and the PUTs keep threads.
+    chunk_service_of_one f;
+    const auto big = large(size_t{48} << 20, 5);
+    const std::string digest = digest_hex(big);
+    {
+      std::ofstream out(f.dir / "chunks-a" / digest, std::ios::binary);
+      out.write(reinterpret_cast<const char*>(big.data()),
+                static_cast<std::streamsize>(big.size()));
+    }
+    // Fetchers that read slowly (16 KiB every 20 ms), as cores fetching over a slow link.
+    std::atomic<bool> done{false};
+    std::atomic<int> reading{0};
+    std::vector<std::thread> fetchers;
+    const std::string request = "GET /chunk/" + digest +
+                                " HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: " + chunk_bearer() +
+                                "\r\nGflex-Core-Id: a\r\nConnection: close\r\n\r\n";
+    const int port = f.a->chunk_port();
+    for (int i = 0; i < 4; ++i)
+      fetchers.emplace_back([&] {
+        const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+        int small = 64 << 10;
+        ::setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
+        sockaddr_in addr{};
+        addr.sin_family = AF_INET;
+        addr.sin_port = htons(static_cast<uint16_t>(port));
+        addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 ||
+            ::write(fd, request.data(), request.size()) != static_cast<ssize_t>(request.size())) {
+          ::close(fd);
+          return;
+        }
+        char buf[16 << 10];
+        bool counted = false;
+        while (!done) {
+          if (::read(fd, buf, sizeof buf) <= 0) break;
+          if (!counted) {
+            counted = true;
+            ++reading;
+          }
+          std::this_thread::sleep_for(std::chrono::milliseconds(20));
+        }
+        ::close(fd);
+      });
+    // All four are served at once (with two threads, two waited their turn).
+    for (int i = 0; i < 200 && reading < 4; ++i)
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    httplib::Client c("127.0.0.1", port);
+    c.set_read_timeout(3, 0);
+    c.set_write_timeout(3, 0);
+    // Another GET is turned away at once, for the fetcher to ask the next core.
+    auto turned = c.Get("/chunk/" + digest, {{"Authorization", chunk_bearer()}});
+    // The leader's push is taken.
+    const std::string small = "a small chunk";
+    auto pushed = c.Put("/chunk/" + digest_of(small), {{"Authorization", chunk_bearer()}}, small,
+                        "application/octet-stream");
+    done = true;
+    for (auto& t : fetchers) t.join();
+    CHECK(reading.load() >= 2);  // the service was busy with long GETs
+    CHECK_MESSAGE(turned, "no answer to a GET within 3 s: " << httplib::to_string(turned.error()));
+    if (turned) CHECK(turned->status == 503);
+    CHECK_MESSAGE(pushed, "no answer to a PUT within 3 s: " << httplib::to_string(pushed.error()));
+    if (pushed) CHECK(pushed->status == 204);
+  }
+
   TEST_CASE("bad configuration is refused before anything starts") {
     replication_config c;
     c.endpoints = "127.0.0.1:1";

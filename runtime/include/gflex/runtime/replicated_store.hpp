@@ -37,6 +37,10 @@
 ///   holding each other's chunks: the leader takes such a core out of the membership, and a
 ///   core whose chunk address reaches another core's service from its own machine is refused
 ///   at start.
+/// - A chunk service serves at most 4 GETs at once (the others get 503, and the fetcher asks
+///   the next core, or all again a quarter second later), so that a leader's pushes always
+///   find a thread: joining cores fetching checkpoints from one core held its every thread,
+///   and the leader took that healthy core out of the membership.
 /// - A core being destroyed (a rejoin on its lease thread) or told to stop as it starts
 ///   (`start`'s flag) ends its join and its fetches at once, a GET in flight included.
 ///
