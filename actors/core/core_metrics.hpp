@@ -74,7 +74,8 @@ inline metrics::counter bytes(const char* direction, const char* kind) {
 
 inline const metrics::gauge& store_bytes() {
   static const auto g =
-      metrics::gauge_of("gflex_core_store_bytes", "Size of the core's LMDB store file");
+      metrics::gauge_of("gflex_core_store_bytes",
+                        "Bytes the core's store uses on disk (LMDB's pages and its blob files)");
   return g;
 }
 

@@ -304,11 +304,20 @@ std::optional<int> lead_replicated(core_config& config, caf::actor_system& sys,
   rc.lease_ttl_s = config.leader_lease_s;
   // A leader that lost its lease must not act once more: another core may lead already.
   // Everything it committed is in etcd; nothing local needs saving.
-  auto started = replicated_store::start(rc, [] {
-    spdlog::critical("this core lost the leadership; stopping at once");
-    spdlog::default_logger()->flush();
-    std::_Exit(3);
-  });
+  auto started = replicated_store::start(
+      rc,
+      [] {
+        spdlog::critical("this core lost the leadership; stopping at once");
+        spdlog::default_logger()->flush();
+        std::_Exit(3);
+      },
+      &stop);
+  // Stopped by SIGINT or SIGTERM while it joined (fetching the chunks it lacked): a stop asked
+  // for, not a failure for the service to try again.
+  if (!started && stop.load() != 0) {
+    spdlog::info("{}", started.error().message());
+    return 0;
+  }
   if (!started) {
     spdlog::error("{}", started.error().message());
     // A configuration to fix (--core-id, --advertise, --chunk-listen, --chunk-advertise, the
