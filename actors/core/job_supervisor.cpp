@@ -1,6 +1,7 @@
 #include "job_supervisor.hpp"
 
 #include <spdlog/spdlog.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <deque>
@@ -15,6 +16,7 @@
 #include "gflex/kernels/workload.hpp"
 #include "gflex/runtime/checkpoint.hpp"
 #include "gflex/runtime/printable_text.hpp"
+#include "gflex/runtime/update_codec.hpp"
 #include "job.hpp"
 #include "messages.hpp"
 #include "restart_budget.hpp"
@@ -23,6 +25,21 @@
 #include "user_data.hpp"
 
 namespace gflex {
+
+job_memory_budget default_job_memory_budget() {
+  job_memory_budget out;
+  const long pages = sysconf(_SC_PHYS_PAGES), page_bytes = sysconf(_SC_PAGE_SIZE);
+  if (pages > 0 && page_bytes > 0)
+    out.core = static_cast<uint64_t>(pages) * static_cast<uint64_t>(page_bytes) / 2;
+  return out;
+}
+
+uint64_t job_core_memory_bytes(int64_t parameters, const job_spec& spec) {
+  const auto n = static_cast<uint64_t>(std::max<int64_t>(parameters, 0));
+  const uint64_t blocks = (n + default_update_block_size - 1) / default_update_block_size;
+  const uint64_t update = spec.compression == compression::fp32 ? 4 * n : n + 4 * blocks;
+  return 3 * 4 * n + 2 * static_cast<uint64_t>(std::max<int64_t>(spec.workers, 0)) * update;
+}
 
 namespace {
 
@@ -33,6 +50,8 @@ struct job_entry {
   job_spec spec;
   restart_budget restarts;
   bool ending = false;  // started a last time only to record its failure (restart_job)
+  /// The core's memory it takes (job_core_memory_bytes), planned once from its spec.
+  std::optional<uint64_t> core_memory;
 };
 
 using data_set_id = std::pair<std::string, std::string>;  // owner, name
@@ -128,6 +147,10 @@ struct job_supervisor_state {
   /// ledger check and the store write are asynchronous): they count against the limit too,
   /// so that parallel submits cannot all pass it.
   std::map<std::string, int64_t> submitting;
+  /// Per account, the core's memory those submits' jobs will take: counted against the job
+  /// memory budget for the same reason.
+  std::map<std::string, uint64_t> submitting_memory;
+  job_memory_budget memory_budget;
   /// Per user data set, those submits: a set removed while one is recorded was gone under
   /// the job it started.
   std::map<data_set_id, int> submitting_on;
@@ -256,6 +279,57 @@ void next_queued_export(supervisor_actor* self) {
     st.queued_exports.pop_front();
     fetch_model(self, next.who, next.id, 0, std::move(next.promise));
   }
+}
+
+// The core's memory the job of `entry` takes; 0 for one whose model no longer plans (it fails
+// at its start, holding nothing).
+uint64_t core_memory_of(job_entry& entry) {
+  if (!entry.core_memory) {
+    const bool builtin_data = kernels::is_builtin_data_set(entry.spec.data_set);
+    auto w = kernels::find_workload(entry.spec.workload, entry.spec.model,
+                                    builtin_data ? entry.spec.data_set : std::string());
+    entry.core_memory = w ? job_core_memory_bytes((*w)->parameter_count(), entry.spec) : 0;
+  }
+  return *entry.core_memory;
+}
+
+std::string bytes_text(uint64_t bytes) {
+  char gib[32];
+  std::snprintf(gib, sizeof gib, "%.2f", static_cast<double>(bytes) / double(uint64_t{1} << 30));
+  return std::to_string(bytes) + " bytes (" + gib + " GiB)";
+}
+
+// Why a job of `owner` whose model has `parameters` and takes `need` bytes of the core's
+// memory does not fit the job memory budget, its account's or the core's, with the unfinished
+// jobs and those being submitted; none where it fits.
+std::optional<error> over_memory_budget(job_supervisor_state& st, const std::string& owner,
+                                        const job_spec& spec, int64_t parameters, uint64_t need) {
+  uint64_t mine = 0, all = 0;
+  for (const auto& [who, bytes] : st.submitting_memory) {
+    all += bytes;
+    if (who == owner) mine += bytes;
+  }
+  for (auto& [id, entry] : st.jobs)
+    if (!is_terminal(entry.status.state)) {
+      const uint64_t bytes = core_memory_of(entry);
+      all += bytes;
+      if (entry.status.owner == owner) mine += bytes;
+    }
+  const auto& budget = st.memory_budget;
+  const uint64_t mine_left = mine < budget.per_account ? budget.per_account - mine : 0;
+  const uint64_t all_left = all < budget.core ? budget.core - all : 0;
+  if (need <= mine_left && need <= all_left) return std::nullopt;
+  const std::string whose = need > mine_left
+                                ? owner + "'s unfinished jobs have " + bytes_text(mine_left) +
+                                      " left of a budget of " + bytes_text(budget.per_account)
+                                : "the core's unfinished jobs have " + bytes_text(all_left) +
+                                      " left of a budget of " + bytes_text(budget.core);
+  return error(errc::limit_exceeded,
+               "job spec: its model's " + std::to_string(parameters) + " parameters need " +
+                   bytes_text(need) + " of the core's memory (3 copies of the parameters, and " +
+                   "the updates of 2 rounds of " + std::to_string(spec.workers) + " workers at " +
+                   (spec.compression == compression::fp32 ? "fp32" : "int8") + "), but " + whose +
+                   ": use a smaller model or fewer workers, or wait for a job to end");
 }
 
 error unknown_job(const std::string& id) {
@@ -1052,8 +1126,10 @@ void store_user_set(
                  kept, [=](caf::error& e, caf::error&) mutable { not_kept(e); });
 }
 
-caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links) {
+caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links,
+                                   job_memory_budget budget) {
   self->state.links = std::move(links);
+  self->state.memory_budget = budget;
   self->state.links.run_epoch =
       static_cast<uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count());
   self->state.links.supervisor = caf::actor_cast<caf::actor>(self);
@@ -1177,6 +1253,13 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links) {
                                                   : "job spec: " + w.error().message()));
         // Refused here, before any node runs it (a pipeline's train stage checks the same).
         if (auto runs = check_spec_runs(*spec, **w); !runs) return to_caf(runs.error());
+        // Every unfinished job holds its model's state in the core: unbounded, one account's
+        // large models filled the core's memory, and the core restarted after the kill
+        // resumed them all and was killed again.
+        const int64_t parameters = (*w)->parameter_count();
+        const uint64_t need = job_core_memory_bytes(parameters, *spec);
+        if (auto over = over_memory_budget(self->state, owner, *spec, parameters, need))
+          return to_caf(*over);
         if (!spec->model.empty() && !builtin_data) {
           // The catalog serves a set from before its commit: a job started on it then
           // trained on data the store may never hold.
@@ -1207,6 +1290,7 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links) {
         }
         auto rp = self->make_response_promise<std::string>();
         self->state.submitting[owner] += 1;
+        self->state.submitting_memory[owner] += need;
         const std::optional<data_set_id> user_set =
             !spec->model.empty() && !builtin_data
                 ? std::optional<data_set_id>(data_set_id{owner, spec->data_set})
@@ -1217,6 +1301,9 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links) {
           auto& pending = self->state.submitting;
           if (auto it = pending.find(owner); it != pending.end() && --it->second <= 0)
             pending.erase(it);
+          auto& memory = self->state.submitting_memory;
+          if (auto it = memory.find(owner); it != memory.end() && (it->second -= need) == 0)
+            memory.erase(it);
           if (!user_set) return;
           auto& on = self->state.submitting_on;
           if (auto it = on.find(*user_set); it != on.end() && --it->second <= 0) on.erase(it);
@@ -1247,6 +1334,7 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links) {
             start_job(
                 self,
                 job_start{id, text, spec, status, {}, {}, {}, job_start::origin::submitted, {}});
+            self->state.jobs[id].core_memory = need;
             rp.deliver(id);
           };
           // Read back after a failure: a record landed late was a job known only to the
@@ -1591,8 +1679,8 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links) {
 
 }  // namespace
 
-caf::actor spawn_job_supervisor(caf::actor_system& sys, job_links links) {
-  return sys.spawn(job_supervisor_actor, std::move(links));
+caf::actor spawn_job_supervisor(caf::actor_system& sys, job_links links, job_memory_budget budget) {
+  return sys.spawn(job_supervisor_actor, std::move(links), budget);
 }
 
 }  // namespace gflex

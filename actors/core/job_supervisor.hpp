@@ -9,8 +9,9 @@
 /// by the job actors as (progress_atom, job_status)), so status queries never wait on a busy job.
 ///
 /// Protocol (from the core supervisor, on behalf of clients):
-/// - (submit_atom, spec_toml) -> job id: validates the spec (errors name the key), records
-///   the job and starts it.
+/// - (submit_atom, spec_toml) -> job id: validates the spec (errors name the key), checks
+///   that the core's memory its model takes fits the job memory budget, records the job and
+///   starts it.
 /// - (status_atom, job_id) -> job_status;  (jobs_atom) -> vector<job_status>
 /// - (cancel_atom, job_id) -> ok_atom
 /// - (fetch_atom, job_id, offset) -> model_part: the checkpoint of the last committed round,
@@ -28,9 +29,33 @@ namespace gflex {
 class data_catalog;
 
 struct job_links;
+struct job_spec;
+
+/// Bounds on the core's memory that the unfinished jobs' models take together
+/// (job_core_memory_bytes of each), checked as a job is submitted: every job holds its
+/// model's state in the core from its start to its end, and a restarted core resumes them
+/// all, so that jobs past the machine's memory failed it again at every start.
+struct job_memory_budget {
+  uint64_t per_account = uint64_t{8} << 30;  ///< One account's jobs.
+  uint64_t core = uint64_t{8} << 30;         ///< Every account's jobs.
+};
+
+/// 8 GiB per account, and half the machine's physical memory for the whole core (8 GiB
+/// where the machine does not tell its memory).
+job_memory_budget default_job_memory_budget();
+
+/// The core's memory a job of a model of `parameters` takes, by its spec's workers and
+/// [wire] compression: the parameters (4 bytes each) three times (theta, the outer momentum
+/// or a rollback's copy of theta, and the round's encoded parameters), and the updates of
+/// two rounds of `workers` results (an open round holds every result it takes, as it came,
+/// and a round waiting for its verification keeps its own): 1 byte per parameter and a
+/// 4-byte scale per block at int8, 4 bytes at fp32.
+uint64_t job_core_memory_bytes(int64_t parameters, const job_spec& spec);
 
 /// `links` names the core's store, market, reputation tracker and verifier (its supervisor
-/// field is set to the new actor) and the data catalog, handed to every job.
-caf::actor spawn_job_supervisor(caf::actor_system& sys, job_links links);
+/// field is set to the new actor) and the data catalog, handed to every job; `budget` bounds
+/// the core's memory the jobs take.
+caf::actor spawn_job_supervisor(caf::actor_system& sys, job_links links,
+                                job_memory_budget budget = default_job_memory_budget());
 
 }  // namespace gflex
