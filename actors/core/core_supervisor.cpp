@@ -5,6 +5,7 @@
 #include <caf/io/middleman.hpp>
 
 #include <deque>
+#include <functional>
 #include <map>
 
 #include "boundary.hpp"
@@ -316,6 +317,22 @@ caf::behavior core_actor(core_actor_type* self, core_children children, core_con
   auto authorized = [=](const std::string& key, bool operator_only, authorized_fn then) {
     return authorize(self, self->state.children->gate, key, operator_only, std::move(then));
   };
+  // Calls `then` once `account` is known to be a user account the ledger holds; else `rp` is
+  // answered why not. The gatekeeper knows keys, not accounts: without this, an unknown or
+  // mistyped account was given a key (no ledger account behind it), or "revoked" with nothing
+  // said.
+  auto with_user_account = [=](caf::response_promise& rp, const std::string& account,
+                               std::function<void()> then) {
+    if (!account.starts_with("user/")) {
+      rp.deliver(to_caf(error(errc::invalid_argument,
+                              "'" + account + "': only user accounts (user/NAME) have API keys")));
+      return;
+    }
+    self->request(self->state.children->ledger, std::chrono::seconds(30), account_atom::value,
+                  account)
+        .then([=](account_info&) mutable { then(); },
+              [=](caf::error& e) mutable { rp.deliver(std::move(e)); });
+  };
   return {
       // A client's API key, and an actor of its own whose end ends the session: its session.
       [=](auth_atom, std::string& key, caf::actor& link) -> caf::result<client_welcome> {
@@ -530,6 +547,26 @@ caf::behavior core_actor(core_actor_type* self, core_children children, core_con
                           account);
                   },
                   [=](caf::error& e) mutable { rp.deliver(e); });
+        });
+      },
+      // Operator: replace an account's API key (update), or take it away (revoke; the account
+      // keeps its credits and jobs). A leaked key opened its account for good. Each request
+      // of a client is authorized anew (authorized), so the old key is refused from its next
+      // request on, in a session opened with it too.
+      [=](update_atom, std::string& key, api_key_atom k, std::string& account) {
+        return authorized(key, true, [=](caf::response_promise& rp, const std::string&) {
+          with_user_account(rp, account, [=]() mutable {
+            relay(as<std::string>{}, rp, self->state.children->gate, update_atom::value, k,
+                  account);
+          });
+        });
+      },
+      [=](revoke_atom, std::string& key, api_key_atom k, std::string& account) {
+        return authorized(key, true, [=](caf::response_promise& rp, const std::string&) {
+          with_user_account(rp, account, [=]() mutable {
+            relay(as<caf::ok_atom>{}, rp, self->state.children->gate, revoke_atom::value, k,
+                  account);
+          });
         });
       },
       [=](credit_in_atom, std::string& key, std::string& account, int64_t amount,

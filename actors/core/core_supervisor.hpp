@@ -11,7 +11,11 @@
 /// - Client requests (submit, status, jobs, cancel, fetch, topup, account; the operator's
 ///   open, creditin, token, revoke, ledger, nodes) carry an API key after the atom; the
 ///   gatekeeper resolves it to a principal, and the job supervisor, ledger keeper or
-///   gatekeeper answers for that principal (docs/PROTOCOL.md).
+///   gatekeeper answers for that principal (docs/PROTOCOL.md). The key is resolved anew for
+///   every request, so a key replaced or revoked is refused from the next one on.
+/// - The operator's (update_atom, key, api_key_atom, user/NAME) -> new API key and
+///   (revoke_atom, key, api_key_atom, user/NAME) -> ok_atom replace or delete an account's
+///   key (gatekeeper.hpp); an account the ledger does not hold is errc::invalid_argument.
 ///
 /// It supervises its children one for one: each is monitored and, when it dies, restarted
 /// from what it persists or can rebuild, and the siblings holding its handle are told

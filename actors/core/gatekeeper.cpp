@@ -73,7 +73,10 @@ struct gatekeeper_state {
   // pass its use limit, and no join's write undoes a closure or a revocation.
   std::set<std::string> tokens_changing;
   std::map<std::string, std::deque<std::function<void()>>> tokens_waiting;
-  std::set<std::string> accounts_keyed;  // accounts whose key is being made
+  // Accounts whose key is being made, replaced or revoked: each reads the account's key
+  // records, then writes, and one at a time per account keeps a creation from adding a second
+  // key beside a replacement's, and a revocation from missing the key a replacement writes.
+  std::set<std::string> accounts_keyed;
   // Keys banned since this gatekeeper started (the store holds them all): a join that read
   // its key's ban before the ban was written, then waited its turn on a token, is refused
   // here before its key is bound. Bound unchecked, the caught node came back under a new
@@ -131,6 +134,23 @@ store_batch one_write(std::string key, std::vector<uint8_t> value) {
   b.keys.push_back(std::move(key));
   b.values.push_back(std::move(value));
   return b;
+}
+
+// The store keys of the API key records of `account`, from a scan of api_key_store_key("").
+// An empty record is a deleted one (store_batch erases with an empty value; a store that keeps
+// the empty value holds no account there).
+std::vector<std::string> keys_of(const std::string& account, const std::vector<std::string>& keys,
+                                 const std::vector<std::vector<uint8_t>>& owners) {
+  std::vector<std::string> out;
+  for (size_t i = 0; i < keys.size() && i < owners.size(); ++i)
+    if (std::string(owners[i].begin(), owners[i].end()) == account) out.push_back(keys[i]);
+  return out;
+}
+
+// The refusal of a second change of one account's key while one is under way.
+caf::error account_busy(const std::string& account) {
+  return to_caf(error(errc::invalid_argument, "the API key of account " + account +
+                                                  " is being made or changed now; try again"));
 }
 
 // Whether a line about a refused or held join may be written now, within
@@ -319,7 +339,9 @@ caf::behavior gatekeeper(gatekeeper_actor* self, caf::actor store, std::string o
                       api_key_store_key(secret_digest(key)))
             .then(
                 [=](bool found, std::vector<uint8_t>& bytes) mutable {
-                  if (!found) {
+                  // An empty record is a revoked or replaced key (see keys_of): refused as
+                  // one never made, or it authenticated as the principal "".
+                  if (!found || bytes.empty()) {
                     rp.deliver(to_caf(error(errc::permission_denied, "unknown API key")));
                     return;
                   }
@@ -333,9 +355,7 @@ caf::behavior gatekeeper(gatekeeper_actor* self, caf::actor store, std::string o
         // written, and a write that failed left an open account no key reached: it gets its
         // key when created again, and an account with a key is refused. Two creations of
         // one account at once would both find no key: the second is refused.
-        if (!self->state.accounts_keyed.insert(account).second)
-          return to_caf(
-              error(errc::invalid_argument, "account " + account + " is being created now"));
+        if (!self->state.accounts_keyed.insert(account).second) return account_busy(account);
         auto rp = self->make_response_promise<std::string>();
         auto done = [=](auto&& answer) mutable {
           self->state.accounts_keyed.erase(account);
@@ -343,13 +363,13 @@ caf::behavior gatekeeper(gatekeeper_actor* self, caf::actor store, std::string o
         };
         self->request(self->state.store, store_timeout, scan_atom::value, api_key_store_key(""))
             .then(
-                [=](std::vector<std::string>&, std::vector<std::vector<uint8_t>>& owners) mutable {
-                  for (const auto& owner : owners)
-                    if (std::string(owner.begin(), owner.end()) == account) {
-                      done(to_caf(
-                          error(errc::invalid_argument, "account " + account + " exists already")));
-                      return;
-                    }
+                [=](std::vector<std::string>& keys,
+                    std::vector<std::vector<uint8_t>>& owners) mutable {
+                  if (!keys_of(account, keys, owners).empty()) {
+                    done(to_caf(
+                        error(errc::invalid_argument, "account " + account + " exists already")));
+                    return;
+                  }
                   auto key = new_api_key();
                   const auto stored_at = api_key_store_key(secret_digest(key));
                   // Read back after a failure: a key written late was shown to nobody, and
@@ -360,6 +380,87 @@ caf::behavior gatekeeper(gatekeeper_actor* self, caf::actor store, std::string o
                       one_write(stored_at, bytes_of(account)),
                       holds_value(stored_at, std::chrono::minutes(5), bytes_of(account)),
                       [=]() mutable { done(key); },
+                      [=](caf::error& e, caf::error&) mutable { done(std::move(e)); });
+                },
+                [=](caf::error& e) mutable { done(std::move(e)); });
+        return rp;
+      },
+      [=](update_atom, api_key_atom, const std::string& account) -> caf::result<std::string> {
+        // A leaked key opened the account for good: nothing replaced or deleted a key record.
+        // The new record and the deletion of the old ones are one commit, so that no failure
+        // leaves the old key valid beside a new one shown to nobody, nor the account with
+        // neither. An account without a key (revoked) gets one.
+        if (!self->state.accounts_keyed.insert(account).second) return account_busy(account);
+        auto rp = self->make_response_promise<std::string>();
+        auto done = [=](auto&& answer) mutable {
+          self->state.accounts_keyed.erase(account);
+          rp.deliver(std::forward<decltype(answer)>(answer));
+        };
+        self->request(self->state.store, store_timeout, scan_atom::value, api_key_store_key(""))
+            .then(
+                [=](std::vector<std::string>& keys,
+                    std::vector<std::vector<uint8_t>>& owners) mutable {
+                  const auto old = keys_of(account, keys, owners);
+                  auto key = new_api_key();
+                  const auto stored_at = api_key_store_key(secret_digest(key));
+                  auto batch = one_write(stored_at, bytes_of(account));
+                  for (const auto& k : old) {
+                    batch.keys.push_back(k);
+                    batch.values.emplace_back();
+                  }
+                  // Read back after a failure: the new record landed only with the deletions,
+                  // and a key written late was shown to nobody while the old one was gone.
+                  commit_checked(
+                      self, self->state.store, store_timeout, std::move(batch),
+                      holds_value(stored_at, std::chrono::minutes(5), bytes_of(account)),
+                      [=]() mutable {
+                        spdlog::info(
+                            "gatekeeper: account {} has a new API key ({} old one{} "
+                            "refused from now on)",
+                            account, old.size(), old.size() == 1 ? "" : "s");
+                        done(key);
+                      },
+                      [=](caf::error& e, caf::error&) mutable { done(std::move(e)); });
+                },
+                [=](caf::error& e) mutable { done(std::move(e)); });
+        return rp;
+      },
+      [=](revoke_atom, api_key_atom, const std::string& account) -> caf::result<caf::ok_atom> {
+        // The key records go; the account, its credits and jobs stay, opened by no key until
+        // it is given a new one. An account without a key is answered ok: revoking again
+        // (after a lost answer) finds nothing left to do.
+        if (!self->state.accounts_keyed.insert(account).second) return account_busy(account);
+        auto rp = self->make_response_promise<caf::ok_atom>();
+        auto done = [=](auto&& answer) mutable {
+          self->state.accounts_keyed.erase(account);
+          rp.deliver(std::forward<decltype(answer)>(answer));
+        };
+        self->request(self->state.store, store_timeout, scan_atom::value, api_key_store_key(""))
+            .then(
+                [=](std::vector<std::string>& keys,
+                    std::vector<std::vector<uint8_t>>& owners) mutable {
+                  const auto old = keys_of(account, keys, owners);
+                  if (old.empty()) {
+                    done(caf::ok_atom::value);
+                    return;
+                  }
+                  store_batch batch;
+                  for (const auto& k : old) {
+                    batch.keys.push_back(k);
+                    batch.values.emplace_back();
+                  }
+                  // Read back after a failure: a revocation that landed late was reported as
+                  // failed, and the operator believed the key still opened the account.
+                  auto gone = [](bool found, const std::vector<uint8_t>& now) {
+                    return !found || now.empty();
+                  };
+                  commit_checked(
+                      self, self->state.store, store_timeout, std::move(batch),
+                      read_back(old.front(), std::chrono::minutes(5), gone),
+                      [=]() mutable {
+                        spdlog::info("gatekeeper: the API key of account {} is revoked", account);
+                        done(caf::ok_atom::value);
+                      },
                       [=](caf::error& e, caf::error&) mutable { done(std::move(e)); });
                 },
                 [=](caf::error& e) mutable { done(std::move(e)); });

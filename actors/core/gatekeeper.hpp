@@ -9,6 +9,12 @@
 ///   unknown or malformed key is errc::permission_denied.
 /// - (api_key_atom, account) -> api_key: the key of `account`, made and recorded at once; an
 ///   account that has a key already is refused (one key per account).
+/// - (update_atom, api_key_atom, account) -> api_key: a new key of `account`, recorded in the
+///   commit that deletes its old one (if any): the old key is refused from then on.
+/// - (revoke_atom, api_key_atom, account) -> ok_atom: deletes the key of `account` (ok when it
+///   has none); no key opens the account until it is given one again (update or create).
+///   Making, replacing and revoking one account's key happen one at a time; another asked
+///   meanwhile is refused (errc::invalid_argument), to be tried again.
 /// - (token_atom, tier, lifetime_s, uses) -> token: a new join token (lifetime 0: no expiry)
 ///   that admits `uses` node keys (0: any number); it binds to the keys that use it.
 /// - (token_atom) -> std::vector<join_token_record>: every token's record, newest last.
@@ -22,8 +28,9 @@
 ///   failures instead of its address's, in slots of its own.
 /// - (bar_atom, key hex, name) from the reputation tracker: the node was caught; its key is
 ///   banned and every token bound to it closed to new keys.
-/// The records are read from the store when asked, so a revocation holds at once and a
-/// restarted gatekeeper needs no warm-up.
+/// The records are read from the store when asked, so a revocation holds at once (for a key:
+/// from the next request of a client session opened with it, each request being authenticated
+/// anew) and a restarted gatekeeper needs no warm-up.
 
 #include <caf/fwd.hpp>
 

@@ -1,7 +1,8 @@
 /// The gatekeeper (actors/core/gatekeeper.hpp) under concurrent requests: a token's record is
 /// read, changed and written back while the store answers, so joins with one token at once
 /// must not lose each other's key bindings, pass its use limit, or reopen it after a caught
-/// node closed it; and an account gets its API key once.
+/// node closed it; an account gets its API key once; and a key replaced or revoked opens
+/// nothing from then on, in a client session opened with it too.
 
 #include <doctest/doctest.h>
 
@@ -12,11 +13,13 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #include "access.hpp"
 #include "captured_log.hpp"
 #include "configured_system.hpp"
+#include "core_supervisor.hpp"
 #include "gatekeeper.hpp"
 #include "gflex/accounts.hpp"
 #include "messages.hpp"
@@ -102,6 +105,40 @@ struct gate_fixture : test::configured_system {
                   node_key)
         .receive([](caf::ok_atom) {}, [&](caf::error& e) { out = sys.render(e); });
     return out;
+  }
+
+  // Whose `key` is, as `g` (this fixture's gatekeeper by default) says, or its refusal.
+  std::string principal_of(const std::string& key) { return principal_of(gate, key); }
+  std::string principal_of(const caf::actor& g, const std::string& key) {
+    std::string who;
+    self->request(g, timeout, auth_atom::value, key)
+        .receive([&](std::string& p) { who = p; }, [&](caf::error& e) { who = sys.render(e); });
+    return who;
+  }
+
+  // The answer of `g` to a request for a key: the key (first) or the refusal (second).
+  template <class... Ts>
+  std::pair<std::string, std::string> key_from(const caf::actor& g, Ts&&... xs) {
+    std::string key, refusal;
+    self->request(g, timeout, std::forward<Ts>(xs)...)
+        .receive([&](std::string& k) { key = k; }, [&](caf::error& e) { refusal = sys.render(e); });
+    return {key, refusal};
+  }
+  std::pair<std::string, std::string> new_key(const std::string& account) {
+    return key_from(gate, api_key_atom::value, account);
+  }
+  std::pair<std::string, std::string> replace_key(const std::string& account,
+                                                  const caf::actor* g = nullptr) {
+    return key_from(g != nullptr ? *g : gate, update_atom::value, api_key_atom::value, account);
+  }
+  // The refusal of a revocation of `account`'s key (empty: revoked).
+  std::string revoke_key(const std::string& account, const caf::actor* g = nullptr) {
+    std::string refusal = "no answer";
+    self->request(g != nullptr ? *g : gate, timeout, revoke_atom::value, api_key_atom::value,
+                  account)
+        .receive([&](caf::ok_atom) { refusal.clear(); },
+                 [&](caf::error& e) { refusal = sys.render(e); });
+    return refusal;
   }
 
   join_token_record record_of(const std::string& token) {
@@ -487,5 +524,171 @@ TEST_SUITE("gatekeeper") {
     CHECK(keys == 1);
     CHECK(refusals == 1);
     CHECK(principal_of(alice) == "user/alice");  // the first key stays valid
+  }
+  TEST_CASE_FIXTURE(
+      gate_fixture,
+      "a replaced API key is refused as one never made; the new one opens the account") {
+    // Nothing replaced or deleted a key record: a leaked key submitted, fetched and cancelled
+    // for its account for good.
+    const auto never_made = principal_of("gfk_" + std::string(64, '7'));
+    REQUIRE(never_made.find("unknown API key") != std::string::npos);
+    auto [first, none] = new_key("user/alice");
+    REQUIRE(none.empty());
+    auto [bob, none_for_bob] = new_key("user/bob");
+    REQUIRE(none_for_bob.empty());
+    auto [second, refusal] = replace_key("user/alice");
+    REQUIRE_MESSAGE(refusal.empty(), refusal);
+    CHECK(second != first);
+    CHECK(principal_of(second) == "user/alice");
+    CHECK(principal_of(first) == never_made);
+    CHECK(principal_of(bob) == "user/bob");  // another account's key stays
+    // Its record is gone with it, in the commit that wrote the new one.
+    bool left = true;
+    self->request(store, timeout, read_atom::value, api_key_store_key(secret_digest(first)))
+        .receive([&](bool found, std::vector<uint8_t>& v) { left = found && !v.empty(); },
+                 [&](caf::error& e) { FAIL(sys.render(e)); });
+    CHECK_FALSE(left);
+    // Replaced again: only the newest opens it; and it still has one key, so a creation of it
+    // is refused.
+    auto [third, again] = replace_key("user/alice");
+    REQUIRE_MESSAGE(again.empty(), again);
+    CHECK(principal_of(second) == never_made);
+    CHECK(principal_of(third) == "user/alice");
+    CHECK(new_key("user/alice").second.find("exists already") != std::string::npos);
+  }
+
+  TEST_CASE_FIXTURE(gate_fixture,
+                    "a revoked API key opens nothing until the account gets a new one") {
+    const auto never_made = principal_of("gfk_" + std::string(64, '7'));
+    auto [alice, none] = new_key("user/alice");
+    REQUIRE(none.empty());
+    auto [bob, none_for_bob] = new_key("user/bob");
+    REQUIRE(none_for_bob.empty());
+    CHECK(revoke_key("user/alice") == "");
+    CHECK(principal_of(alice) == never_made);
+    CHECK(principal_of(bob) == "user/bob");
+    CHECK(revoke_key("user/alice") == "");  // again (an answer lost): nothing left to do
+    auto [given, refusal] = replace_key("user/alice");
+    REQUIRE_MESSAGE(refusal.empty(), refusal);
+    CHECK(principal_of(given) == "user/alice");
+    CHECK(principal_of(alice) == never_made);
+  }
+
+  TEST_CASE_FIXTURE(
+      gate_fixture,
+      "a key replaced, or revoked, by a write that timed out but landed is reported so") {
+    // Reported as failed, the new key was shown to nobody while the old one was gone, and a
+    // revocation that held was believed not to.
+    auto [old_key, none] = new_key("user/erin");
+    REQUIRE(none.empty());
+    auto late = sys.spawn(late_store, store, api_key_store_key(""));
+    auto slow_gate = spawn_gatekeeper(sys, late, "the operator's key");
+    auto [replaced, refusal] = replace_key("user/erin", &slow_gate);
+    CHECK_MESSAGE(refusal.empty(), refusal);
+    CHECK(principal_of(replaced) == "user/erin");
+    CHECK(principal_of(old_key).find("unknown API key") != std::string::npos);
+    CHECK(revoke_key("user/erin", &slow_gate) == "");
+    CHECK(principal_of(replaced).find("unknown API key") != std::string::npos);
+    for (const auto& a : {slow_gate, late}) self->send_exit(a, caf::exit_reason::kill);
+  }
+
+  TEST_CASE_FIXTURE(gate_fixture, "changes of one account's key at once are made one at a time") {
+    // Each reads the account's key records, then writes: a replacement beside a creation or
+    // another replacement kept a second key valid, and a revocation missed the key a
+    // replacement was writing.
+    REQUIRE(new_key("user/fay").second.empty());
+    for (int i = 0; i < 2; ++i)
+      self->send(gate, update_atom::value, api_key_atom::value, std::string("user/fay"));
+    std::vector<std::string> keys, refusals;
+    for (int i = 0; i < 2; ++i)
+      self->receive([&](std::string& k) { keys.push_back(k); },
+                    [&](caf::error& e) { refusals.push_back(sys.render(e)); },
+                    caf::after(timeout) >> [&] { FAIL("no answer"); });
+    REQUIRE(keys.size() == 1);
+    REQUIRE(refusals.size() == 1);
+    CHECK_MESSAGE(refusals[0].find("is being made or changed now; try again") != std::string::npos,
+                  refusals[0]);
+    CHECK(principal_of(keys[0]) == "user/fay");
+  }
+
+  TEST_CASE(
+      "a client session opened with a key is refused from its next request once the key is "
+      "replaced or revoked") {
+    // Through the core's front door, as gflex-core's operator commands reach it: the operator's
+    // key only, a ledger account only, and every request of a session authenticated anew.
+    test::configured_system s;
+    test::temp_dir dir;
+    const std::string op = "the operator's key";
+    core_config config;
+    config.data_dir = dir.path();
+    config.operator_key = op;
+    auto core = spawn_core(s.sys, config);
+    REQUIRE_MESSAGE(core.has_value(), core.error().message());
+    auto link =
+        s.sys.spawn([](caf::event_based_actor*) -> caf::behavior { return {[](tick_atom) {}}; });
+    const std::chrono::seconds timeout{30};
+    // The core's refusal of `xs`, or "answered" when it answers with an Answer.
+    auto refusal_of = [&]<class Answer>(std::type_identity<Answer>, auto&&... xs) {
+      std::string out = "answered";
+      s.self->request(*core, timeout, std::forward<decltype(xs)>(xs)...)
+          .receive([](Answer&) {}, [&](caf::error& e) { out = s.sys.render(e); });
+      return out;
+    };
+    const std::type_identity<std::string> a_key;
+    const std::type_identity<caf::ok_atom> ok;
+    auto key_of = [&](auto&&... xs) {
+      std::string out;
+      s.self->request(*core, timeout, std::forward<decltype(xs)>(xs)...)
+          .receive([&](std::string& k) { out = k; },
+                   [&](caf::error& e) { FAIL("no key: " << s.sys.render(e)); });
+      return out;
+    };
+    auto session_of = [&](const std::string& key) {
+      caf::actor out;
+      s.self->request(*core, timeout, auth_atom::value, key, link)
+          .receive([&](client_welcome& w) { out = caf::actor_cast<caf::actor>(w.session); },
+                   [&](caf::error& e) { FAIL("no session: " << s.sys.render(e)); });
+      return out;
+    };
+    // What a session answers to a listing of its jobs: empty when it lists them.
+    auto listing = [&](const caf::actor& session) {
+      std::string out = "no answer";
+      s.self->request(session, timeout, jobs_atom::value)
+          .receive([&](std::vector<job_status>&) { out.clear(); },
+                   [&](caf::error& e) { out = s.sys.render(e); });
+      return out;
+    };
+    const std::string alice = "user/alice";
+    const auto first = key_of(open_atom::value, op, alice);
+    auto opened_with_first = session_of(first);
+    REQUIRE(listing(opened_with_first) == "");
+    const auto second = key_of(update_atom::value, op, api_key_atom::value, alice);
+    CHECK(second != first);
+    CHECK(listing(opened_with_first).find("unknown API key") != std::string::npos);
+    auto opened_with_second = session_of(second);
+    CHECK(listing(opened_with_second) == "");
+    // The account's own key may not replace it: the operator's only.
+    CHECK(refusal_of(a_key, update_atom::value, second, api_key_atom::value, alice)
+              .find("only the operator's key may do this") != std::string::npos);
+    CHECK(refusal_of(ok, revoke_atom::value, op, api_key_atom::value, alice) == "answered");
+    CHECK(listing(opened_with_second).find("unknown API key") != std::string::npos);
+    // The account stays, keyless, with its credits.
+    CHECK(refusal_of(std::type_identity<account_info>{}, account_atom::value, op, alice) ==
+          "answered");
+    // Accounts the ledger does not hold, and those that have no API keys, are refused.
+    for (auto* what : {"update", "revoke"}) {
+      CAPTURE(what);
+      auto refused = [&](const std::string& account) {
+        return what == std::string("update")
+                   ? refusal_of(a_key, update_atom::value, op, api_key_atom::value, account)
+                   : refusal_of(ok, revoke_atom::value, op, api_key_atom::value, account);
+      };
+      CHECK(refused("user/nobody").find("unknown account user/nobody") != std::string::npos);
+      CHECK(refused("node/n1").find("only user accounts (user/NAME) have API keys") !=
+            std::string::npos);
+    }
+    for (const auto& a : {opened_with_first, opened_with_second, link})
+      s.self->send_exit(a, caf::exit_reason::kill);
+    s.self->send_exit(*core, caf::exit_reason::user_shutdown);
   }
 }
