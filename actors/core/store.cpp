@@ -5,6 +5,7 @@
 #include "gflex/runtime/store.hpp"
 #include "messages.hpp"
 
+#include <optional>
 #include <thread>
 
 namespace gflex {
@@ -32,8 +33,15 @@ caf::behavior store_actor(caf::stateful_actor<store_state>* self,
         if (commit_delay.count() > 0) std::this_thread::sleep_for(commit_delay);  // test aid
         std::vector<store_write> writes;
         writes.reserve(batch.keys.size());
-        for (size_t i = 0; i < batch.keys.size(); ++i)
-          writes.push_back({std::move(batch.keys[i]), std::move(batch.values[i])});
+        // An empty value deletes its key (the callers' way to remove a data set, its
+        // unnamed shards, an API key): written as an empty value instead, a removed set's
+        // manifest came back at the next start as a damaged set, its shards were "deleted"
+        // again at every start, and a removal's read-back never found it gone.
+        for (size_t i = 0; i < batch.keys.size(); ++i) {
+          std::optional<std::vector<uint8_t>> value;
+          if (!batch.values[i].empty()) value = std::move(batch.values[i]);
+          writes.push_back({std::move(batch.keys[i]), std::move(value)});
+        }
         if (auto ok = self->state.db->commit(writes); !ok) return to_caf(ok.error());
         core_metrics::store_bytes().set(static_cast<double>(self->state.db->used_bytes()));
         return caf::ok_atom::value;

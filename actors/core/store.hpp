@@ -4,7 +4,8 @@
 /// write transaction blocks and must begin and end on one thread.
 ///
 /// Protocol:
-/// - (commit_atom, store_batch) -> ok_atom | error: all writes in one transaction.
+/// - (commit_atom, store_batch) -> ok_atom | error: all writes in one transaction; a key
+///   given an empty value is deleted.
 /// - (read_atom, key) -> (bool found, bytes): one value.
 /// - (scan_atom, prefix) -> (keys, values): every key starting with prefix, in order.
 /// - (scan_atom, prefix, suffix) -> (keys, values): those that also end with suffix (the

@@ -12,6 +12,7 @@
 #include "core_metrics.hpp"
 #include "gflex/runtime/metrics.hpp"
 #include "gflex/runtime/store.hpp"
+#include "messages.hpp"
 #include "store.hpp"
 #include "temp_dir.hpp"
 
@@ -246,6 +247,41 @@ TEST_SUITE("store") {
     CHECK(shown >= static_cast<double>(big.size()));
     CHECK(shown < static_cast<double>(big.size() + (size_t{1} << 20)));
     CHECK(metrics::render().find("gflex_core_store_bytes ") != std::string::npos);
+    actors.self->send_exit(*actor, caf::exit_reason::user_shutdown);
+  }
+
+  TEST_CASE("the store actor deletes a key given an empty value") {
+    // The core removes data sets, their unnamed shards and API keys so; LMDB kept an empty
+    // value, which a scan then returned (a removed set came back as a damaged one).
+    test::temp_dir dir;
+    test::configured_system actors;
+    auto actor = spawn_store(actors.sys, dir.path());
+    REQUIRE(actor.has_value());
+    auto commit = [&](store_batch batch) {
+      bool ok = false;
+      actors.self->request(*actor, std::chrono::seconds(10), commit_atom::value, std::move(batch))
+          .receive([&](caf::ok_atom) { ok = true; }, [&](caf::error& e) { FAIL(to_string(e)); });
+      return ok;
+    };
+    auto scan = [&] {
+      std::vector<std::string> keys;
+      actors.self->request(*actor, std::chrono::seconds(10), scan_atom::value, std::string("set/"))
+          .receive([&](std::vector<std::string>& k,
+                       std::vector<std::vector<uint8_t>>&) { keys = std::move(k); },
+                   [&](caf::error& e) { FAIL(to_string(e)); });
+      return keys;
+    };
+    REQUIRE(commit({{"set/a", "set/b"}, {bytes("manifest a"), bytes("manifest b")}}));
+    CHECK(scan() == std::vector<std::string>{"set/a", "set/b"});
+    REQUIRE(commit({{"set/a"}, {std::vector<uint8_t>{}}}));
+    CHECK(scan() == std::vector<std::string>{"set/b"});
+    bool found = true;
+    actors.self->request(*actor, std::chrono::seconds(10), read_atom::value, std::string("set/a"))
+        .receive([&](bool f, std::vector<uint8_t>&) { found = f; },
+                 [&](caf::error& e) { FAIL(to_string(e)); });
+    CHECK_FALSE(found);
+    // Deleting what is not there is no error.
+    CHECK(commit({{"set/none"}, {std::vector<uint8_t>{}}}));
     actors.self->send_exit(*actor, caf::exit_reason::user_shutdown);
   }
 
