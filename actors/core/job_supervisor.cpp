@@ -803,6 +803,9 @@ void load_data_sets(supervisor_actor* self) {
             auto load = std::make_shared<data_set_load>();
             std::set<std::string> digests;
             for (size_t i = 0; i < keys.size(); ++i) {
+              // A set removed by a core whose store kept removals as empty values: gone, not
+              // a damaged set.
+              if (values[i].empty()) continue;
               auto info = decode_data_set(values[i]);
               // Those an earlier load (or a push since) made known are not read again.
               if (info && !known_apart_from_load(self->state, {info->owner, info->name})) {

@@ -340,6 +340,23 @@ TEST_SUITE("data set store") {
     CHECK(f.deleted().count(data_set_key("user/alice", "x")) == 1);
   }
 
+  TEST_CASE("a manifest kept as an empty value is a removed set, not a damaged one") {
+    // The store kept removals as empty values: each removed set came back at the next start
+    // as a set whose manifest could not be read, listed as damaged until removed again.
+    const auto t = shard_of(test::samples(10));
+    std::map<std::string, std::vector<uint8_t>> kept;
+    kept[data_set_key("user/alice", "gone")] = {};
+    kept[data_chunk_key(digest_of(t))] = t;
+    store_fixture f(kept);
+    std::this_thread::sleep_for(std::chrono::milliseconds(1000));  // the load has ended
+    std::string refusal;
+    f.self->request(f.supervisor, f.wait, drm_atom::value, f.alice, std::string("gone"))
+        .receive([](caf::ok_atom) {}, [&](caf::error& e) { refusal = f.sys.render(e); });
+    CHECK_MESSAGE(refusal.find("has no data set 'gone'") != std::string::npos, refusal);
+    // Its shard, named by no set, is deleted as any other.
+    CHECK(f.deleted().count(data_chunk_key(digest_of(t))) == 1);
+  }
+
   TEST_CASE("an account's quota counts the test split as the core holds it: decoded") {
     // The core keeps a set's test split decoded (f32) to evaluate on; a packed one took many
     // times the memory its bytes counted for.
