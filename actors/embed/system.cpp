@@ -1113,6 +1113,18 @@ expected<std::string> client::create_account(const std::string& id) {
   return impl_->ask_session<std::string>(std::chrono::seconds(30), open_atom::value, id);
 }
 
+expected<std::string> client::replace_api_key(const std::string& id) {
+  return impl_->ask_session<std::string>(std::chrono::seconds(30), update_atom::value,
+                                         api_key_atom::value, id);
+}
+
+expected<void> client::revoke_api_key(const std::string& id) {
+  auto r = impl_->ask_session<caf::ok_atom>(std::chrono::seconds(30), revoke_atom::value,
+                                            api_key_atom::value, id);
+  if (!r) return r.error();
+  return {};
+}
+
 expected<std::string> client::create_token(const std::string& tier, int64_t lifetime_s,
                                            int64_t uses) {
   if (uses < 0) uses = tier == to_string(node_tier::community) ? 1 : 0;

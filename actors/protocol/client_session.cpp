@@ -100,6 +100,12 @@ client_session_actor::behavior_type client_session(session_actor* self, std::str
       [=](open_atom a, std::string& account) {
         return relay<std::string>(self, a, key_of(), account);
       },
+      [=](update_atom a, api_key_atom k, std::string& account) {
+        return relay<std::string>(self, a, key_of(), k, account);
+      },
+      [=](revoke_atom a, api_key_atom k, std::string& account) {
+        return relay<caf::ok_atom>(self, a, key_of(), k, account);
+      },
       [=](credit_in_atom a, std::string& account, int64_t amount, std::string& reference) {
         return relay<uint64_t>(self, a, key_of(), account, amount, reference);
       },

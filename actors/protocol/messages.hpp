@@ -272,6 +272,8 @@ using client_session_actor = caf::typed_actor<
     caf::replies_to<topup_atom, std::string, int64_t>::with<caf::ok_atom>,
     caf::replies_to<account_atom, std::string>::with<account_info>,
     caf::replies_to<open_atom, std::string>::with<std::string>,
+    caf::replies_to<update_atom, api_key_atom, std::string>::with<std::string>,
+    caf::replies_to<revoke_atom, api_key_atom, std::string>::with<caf::ok_atom>,
     caf::replies_to<credit_in_atom, std::string, int64_t, std::string>::with<uint64_t>,
     caf::replies_to<ledger_atom>::with<ledger_report>,
     caf::replies_to<token_atom, std::string, int64_t, int64_t>::with<std::string>,

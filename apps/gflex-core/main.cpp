@@ -1,8 +1,8 @@
 /// @file
 /// `gflex-core init --data-dir DIR`: makes a new core's credentials (TLS, operator key).
 /// `gflex-core --listen HOST:PORT --data-dir DIR`: runs a core until SIGINT or SIGTERM.
-/// `gflex-core account create|credit ...`, `gflex-core token create|list|revoke ...`: the
-/// operator's commands, against a running core, with the operator's key.
+/// `gflex-core account create|rekey|revoke|credit ...`, `gflex-core token create|list|revoke
+/// ...`: the operator's commands, against a running core, with the operator's key.
 
 #include <spdlog/spdlog.h>
 #include <CLI/CLI.hpp>
@@ -66,12 +66,24 @@ int run_operator(const operator_flags& f) {
   // The core's refusals exit as the gflex client's do (fail_answer): 2 for a request that fails
   // again as sent (an account that exists, an unknown one or token, a key that is not the
   // operator's), 1 for what trying again may serve (a lost link, a store error).
-  if (f.action == "create") {
-    auto key = c->create_account(f.id);
+  if (f.action == "create" || f.action == "rekey") {
+    auto key = f.action == "create" ? c->create_account(f.id) : c->replace_api_key(f.id);
     if (!key) return fail_answer(key.error());
     // The key goes to stdout alone, to be saved by whoever runs this; it is shown once.
-    std::fprintf(stderr, "%s opened; its API key (shown once, keep it secret):\n", f.id.c_str());
+    if (f.action == "create")
+      std::fprintf(stderr, "%s opened; its API key (shown once, keep it secret):\n", f.id.c_str());
+    else
+      std::fprintf(stderr,
+                   "%s has a new API key; the old one opens nothing from now on (shown once, "
+                   "keep it secret):\n",
+                   f.id.c_str());
     std::printf("%s\n", key->c_str());
+    return 0;
+  }
+  if (f.action == "revoke") {
+    if (auto r = c->revoke_api_key(f.id); !r) return fail_answer(r.error());
+    std::printf("%s: API key revoked; no key opens it until `gflex-core account rekey %s`\n",
+                f.id.c_str(), f.id.c_str());
     return 0;
   }
   if (f.action == "credit") {
@@ -276,12 +288,26 @@ int main(int argc, char** argv) {
   init->add_option("--data-dir", init_dir, "the core's data directory")->required();
 
   operator_flags f;
-  auto* account = app.add_subcommand("account", "operator: open and credit ledger accounts");
+  auto* account = app.add_subcommand(
+      "account", "operator: open and credit ledger accounts, replace or revoke their API keys");
   account->require_subcommand(1);
   auto* create = account->add_subcommand("create", "open an account; prints its API key");
   create->add_option("id", f.id, "user/NAME")->required();
   gflex::app::add_connection_flags(create, f.link);
   create->callback([&] { f.action = "create"; });
+  // A leaked key opened its account for good: these replace it, or take it away.
+  auto* rekey = account->add_subcommand(
+      "rekey", "give an account a new API key, which it prints; the old one opens nothing more");
+  rekey->add_option("id", f.id, "user/NAME")->required();
+  gflex::app::add_connection_flags(rekey, f.link);
+  rekey->callback([&] { f.action = "rekey"; });
+  auto* revoke = account->add_subcommand(
+      "revoke",
+      "revoke an account's API key: it keeps its credits and jobs, and no key opens it until "
+      "`account rekey`");
+  revoke->add_option("id", f.id, "user/NAME")->required();
+  gflex::app::add_connection_flags(revoke, f.link);
+  revoke->callback([&] { f.action = "revoke"; });
   auto* credit = account->add_subcommand("credit", "credit an account from outside");
   credit->add_option("id", f.id, "user/NAME")->required();
   credit->add_option("amount", f.amount, "credits")->required();
@@ -330,6 +356,8 @@ int main(int argc, char** argv) {
     std::string command = init->parsed()         ? "init"
                           : f.action == "create" ? "account create"
                           : f.action == "credit" ? "account credit"
+                          : f.action == "rekey"  ? "account rekey"
+                          : f.action == "revoke" ? "account revoke"
                                                  : f.action;
     std::replace(command.begin(), command.end(), '-', ' ');
     for (const CLI::Option* option : app.get_options())

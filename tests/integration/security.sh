@@ -5,11 +5,11 @@
 # past five, answers to that address are held back. A core whose key is not its
 # certificate's refuses to start. Clients: an account's key sees and
 # changes only that account's jobs and account, operator commands need the operator's key,
-# an account may have three unfinished jobs here. Bad bytes on the core's port and an
-# oversized job spec or a BASP header announcing 3 GiB leave the core up and unchanged (and
-# the last without a large allocation). A packet capture of the core's port
-# while a job trains and its parameters are fetched holds none of the parameters' bytes;
-# the same capture of an --insecure core does (so the check can fail).
+# an account may have three unfinished jobs here, a key the operator replaced is refused.
+# Bad bytes on the core's port and an oversized job spec or a BASP header announcing 3 GiB
+# leave the core up and unchanged (and the last without a large allocation). A packet capture
+# of the core's port while a job trains and its parameters are fetched holds none of the
+# parameters' bytes; the same capture of an --insecure core does (so the check can fail).
 source "$(dirname "$0")/lib.sh"
 G="$BIN/gflex"
 C="$BIN/gflex-core"
@@ -182,6 +182,15 @@ expect_error "a fourth unfinished job" "user/bob already has 3 unfinished jobs" 
 while read -r j; do
   "${BOB_G[@]}" cancel "$j" --core "$core" >/dev/null || fail "bob cancels $j"
 done <"$WORK/bob-jobs"
+# A key replaced is refused from then on, as one never made (a leaked key opened its account
+# for good); the new one works. An account the core does not hold is bad usage.
+(umask 077 && "$C" account rekey user/bob --core "$core" >"$WORK/bob-new.key") ||
+  fail "account rekey user/bob"
+expect_usage "bob's replaced key" "unknown API key" "${BOB[@]}" "$G" status --core "$core"
+env "GFLEX_API_KEY=$(cat "$WORK/bob-new.key")" "$G" status --core "$core" >/dev/null ||
+  fail "bob's new key is refused"
+expect_usage "rekey of an unknown account" "unknown account user/nobody" \
+  "$C" account rekey user/nobody --core "$core"
 
 # -- bad bytes and oversized input -------------------------------------------------------------
 "$G" status --core "$core" >"$WORK/jobs-before" || fail "status"

@@ -306,6 +306,14 @@ class client {
   /// Operator: opens a ledger account (user/NAME) and returns its new API key; an existing
   /// or malformed id is refused.
   expected<std::string> create_account(const std::string& id);
+  /// Operator: a new API key of the account `id` (user/NAME), whose old key is refused from
+  /// then on (in sessions opened with it too); an account without a key (revoked) gets one.
+  /// An account the core does not hold is errc::invalid_argument.
+  expected<std::string> replace_api_key(const std::string& id);
+  /// Operator: deletes the API key of the account `id`: the account keeps its credits and
+  /// jobs, and no key opens it until replace_api_key gives it one. An account without a key
+  /// is ok; one the core does not hold is errc::invalid_argument.
+  expected<void> revoke_api_key(const std::string& id);
   /// Operator: credits `micro` micro-credits to an account from outside, as the payment named
   /// `reference` (1-128 characters of A-Z a-z 0-9 . _ -); returns the entry's sequence number.
   /// A reference is credited once: sent again (after a timeout, say), the credit is answered
