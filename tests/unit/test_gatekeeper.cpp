@@ -511,7 +511,9 @@ TEST_SUITE("gatekeeper") {
     auto [alice, none] = ask_key("user/alice");
     REQUIRE(none.empty());
     CHECK(principal_of(alice) == "user/alice");
-    auto [again, refusal] = ask_key("user/alice");
+    const auto again_refusal = ask_key("user/alice");
+    const auto& again = again_refusal.first;
+    const auto& refusal = again_refusal.second;
     CHECK(again.empty());
     CHECK(refusal.find("account user/alice exists already") != std::string::npos);
     CHECK(ask_key("user/bob").second.empty());  // another account is not refused
@@ -536,7 +538,9 @@ TEST_SUITE("gatekeeper") {
     REQUIRE(none.empty());
     auto [bob, none_for_bob] = new_key("user/bob");
     REQUIRE(none_for_bob.empty());
-    auto [second, refusal] = replace_key("user/alice");
+    const auto second_refusal = replace_key("user/alice");
+    const auto& second = second_refusal.first;
+    const auto& refusal = second_refusal.second;
     REQUIRE_MESSAGE(refusal.empty(), refusal);
     CHECK(second != first);
     CHECK(principal_of(second) == "user/alice");
@@ -550,7 +554,9 @@ TEST_SUITE("gatekeeper") {
     CHECK_FALSE(left);
     // Replaced again: only the newest opens it; and it still has one key, so a creation of it
     // is refused.
-    auto [third, again] = replace_key("user/alice");
+    const auto third_again = replace_key("user/alice");
+    const auto& third = third_again.first;
+    const auto& again = third_again.second;
     REQUIRE_MESSAGE(again.empty(), again);
     CHECK(principal_of(second) == never_made);
     CHECK(principal_of(third) == "user/alice");
@@ -568,7 +574,9 @@ TEST_SUITE("gatekeeper") {
     CHECK(principal_of(alice) == never_made);
     CHECK(principal_of(bob) == "user/bob");
     CHECK(revoke_key("user/alice") == "");  // again (an answer lost): nothing left to do
-    auto [given, refusal] = replace_key("user/alice");
+    const auto given_refusal = replace_key("user/alice");
+    const auto& given = given_refusal.first;
+    const auto& refusal = given_refusal.second;
     REQUIRE_MESSAGE(refusal.empty(), refusal);
     CHECK(principal_of(given) == "user/alice");
     CHECK(principal_of(alice) == never_made);
@@ -583,7 +591,9 @@ TEST_SUITE("gatekeeper") {
     REQUIRE(none.empty());
     auto late = sys.spawn(late_store, store, api_key_store_key(""));
     auto slow_gate = spawn_gatekeeper(sys, late, "the operator's key");
-    auto [replaced, refusal] = replace_key("user/erin", &slow_gate);
+    const auto replaced_refusal = replace_key("user/erin", &slow_gate);
+    const auto& replaced = replaced_refusal.first;
+    const auto& refusal = replaced_refusal.second;
     CHECK_MESSAGE(refusal.empty(), refusal);
     CHECK(principal_of(replaced) == "user/erin");
     CHECK(principal_of(old_key).find("unknown API key") != std::string::npos);

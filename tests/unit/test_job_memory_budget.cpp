@@ -151,7 +151,10 @@ TEST_SUITE("job memory budget") {
     const auto wide = script.substr(begin + open.size(), end - begin - open.size());
     jobs["large_model.sh"] = memory_of(wide, "large_model.sh");
     CHECK(jobs["large_model.sh"] > uint64_t{2} << 30);  // it is the large one
-    for (const auto& [name, bytes] : jobs) {
+    for (const auto& job : jobs) {
+      // Named, not bound: clang refuses a structured binding in doctest's CAPTURE.
+      const std::string& name = job.first;
+      const uint64_t bytes = job.second;
       CAPTURE(name);
       CAPTURE(bytes);
       CHECK(bytes <= budget.per_account);
