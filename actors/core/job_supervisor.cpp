@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <deque>
 #include <functional>
 #include <map>
@@ -72,10 +73,10 @@ struct model_export {
 };
 
 /// Exports kept at once (each being made holds a checkpoint and its export: up to 2 GiB
-/// each), and how long one stays unused before it goes. A fetch that needs another while
-/// all are being made waits for one (at most `max_waiting_exports` wait; more are refused).
+/// each). A fetch that needs another while all are being made waits for one (at most
+/// `max_waiting_exports` wait; more are refused). How long one stays unused before it goes is
+/// the supervisor's `export_idle` (spawn_job_supervisor).
 constexpr size_t max_exports = 4;
-constexpr auto export_idle = std::chrono::minutes(5);
 /// An export read within this long is being read: it does not make room for another (its
 /// reader's next part would find it gone); a fetch that needs its place waits.
 constexpr auto export_reading = std::chrono::seconds(10);
@@ -163,11 +164,59 @@ struct job_supervisor_state {
   std::map<std::string, int> storing_chunks;
   std::map<std::string, model_export> exports;  // by job
   std::deque<queued_fetch> queued_exports;      // fetches waiting while max_exports are made
+  std::chrono::milliseconds export_idle{std::chrono::minutes(5)};  // unused this long: dropped
+  bool export_sweep_set = false;  // a (fetch_atom, tick_atom) timer is on its way
   job_links links;
   static inline const char* name = "job_supervisor";
 };
 
 using supervisor_actor = caf::stateful_actor<job_supervisor_state>;
+
+/// The bytes the model exports kept take, every job supervisor's of the process: freed as
+/// the last reference to an export's bytes goes.
+const metrics::gauge& model_export_bytes() {
+  static const auto g = metrics::gauge_of("gflex_core_model_export_bytes",
+                                          "Bytes the model exports kept for gflex fetch take");
+  return g;
+}
+
+// `bytes` as a kept export's, counted in model_export_bytes while they are held.
+std::shared_ptr<const std::vector<uint8_t>> counted_export(std::vector<uint8_t> bytes) {
+  const auto size = static_cast<double>(bytes.size());
+  model_export_bytes().inc(size);
+  return {new std::vector<uint8_t>(std::move(bytes)), [size](const std::vector<uint8_t>* b) {
+            model_export_bytes().dec(size);
+            delete b;
+          }};
+}
+
+// Drops the exports made and unused for `export_idle`, and sets one timer ((fetch_atom,
+// tick_atom)) for the next to go while any is kept. Swept only as a fetch came, an export
+// (up to about 1 GiB) stayed in memory for as long as no one fetched again.
+void sweep_exports(supervisor_actor* self) {
+  auto& st = self->state;
+  const auto now = std::chrono::steady_clock::now();
+  std::optional<std::chrono::steady_clock::time_point> next;
+  for (auto it = st.exports.begin(); it != st.exports.end();) {
+    if (!it->second.bytes) {  // being made: swept once made
+      ++it;
+      continue;
+    }
+    const auto due = it->second.used + st.export_idle;
+    if (due <= now) {
+      it = st.exports.erase(it);
+      continue;
+    }
+    if (!next || due < *next) next = due;
+    ++it;
+  }
+  // A use only moves an export's due time later: the timer set stays the earliest, and is
+  // set again from there (one at a time, however many fetches come).
+  if (!next || st.export_sweep_set) return;
+  st.export_sweep_set = true;
+  self->delayed_send(self, std::chrono::ceil<std::chrono::milliseconds>(*next - now),
+                     fetch_atom::value, tick_atom::value);
+}
 
 void deliver_part(caf::typed_response_promise<model_part>& rp, expected<model_part> part) {
   if (part)
@@ -978,10 +1027,8 @@ void fetch_model(supervisor_actor* self, const std::string& who, const std::stri
     rp.deliver(to_caf(unknown_job(id)));
     return;
   }
+  sweep_exports(self);
   const auto now = std::chrono::steady_clock::now();
-  for (auto it = st.exports.begin(); it != st.exports.end();)
-    it = it->second.bytes && now - it->second.used > export_idle ? st.exports.erase(it)
-                                                                 : std::next(it);
   auto found = st.exports.find(id);
   if (found != st.exports.end() && found->second.bytes &&
       (offset > 0 || found->second.step == entry->status.round)) {
@@ -1049,11 +1096,12 @@ void fetch_model(supervisor_actor* self, const std::string& who, const std::stri
             if (it == st.exports.end()) return;
             it->second.step = step;
             it->second.used = std::chrono::steady_clock::now();
-            it->second.bytes = std::make_shared<const std::vector<uint8_t>>(std::move(bytes));
+            it->second.bytes = counted_export(std::move(bytes));
             auto waiting = std::move(it->second.waiting);
             it->second.waiting.clear();
             for (auto& w : waiting)
               deliver_part(w.promise, part_of(it->second, w.offset, st.links.payload_chunk_bytes));
+            sweep_exports(self);  // its timer
             next_queued_export(self);
           },
           [=](caf::error& e) {
@@ -1130,9 +1178,11 @@ void store_user_set(
 }
 
 caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links,
-                                   job_memory_budget budget) {
+                                   job_memory_budget budget,
+                                   std::chrono::milliseconds export_idle) {
   self->state.links = std::move(links);
   self->state.memory_budget = budget;
+  self->state.export_idle = export_idle;
   self->state.links.run_epoch =
       static_cast<uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count());
   self->state.links.supervisor = caf::actor_cast<caf::actor>(self);
@@ -1677,13 +1727,20 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links,
       [=](fetch_atom) {
         if (self->current_sender() == self->ctrl()) next_queued_export(self);
       },
+      // Its own timer: the exports unused for export_idle go.
+      [=](fetch_atom, tick_atom) {
+        if (self->current_sender() != self->ctrl()) return;
+        self->state.export_sweep_set = false;
+        sweep_exports(self);
+      },
   };
 }
 
 }  // namespace
 
-caf::actor spawn_job_supervisor(caf::actor_system& sys, job_links links, job_memory_budget budget) {
-  return sys.spawn(job_supervisor_actor, std::move(links), budget);
+caf::actor spawn_job_supervisor(caf::actor_system& sys, job_links links, job_memory_budget budget,
+                                std::chrono::milliseconds export_idle) {
+  return sys.spawn(job_supervisor_actor, std::move(links), budget, export_idle);
 }
 
 }  // namespace gflex

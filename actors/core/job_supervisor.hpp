@@ -17,10 +17,13 @@
 /// - (fetch_atom, job_id, offset) -> model_part: the checkpoint of the last committed round,
 ///   its parameters named by the workload's layout, in parts of one payload chunk. Offset 0
 ///   makes the export (on a detached thread) unless the one kept is of the current round;
-///   later offsets read the kept one, which the parts' `step` identifies.
+///   later offsets read the kept one, which the parts' `step` identifies. An export unused
+///   for `export_idle` is dropped by a timer (up to about 1 GiB each, up to 4 kept); the bytes
+///   the kept ones take are the gauge gflex_core_model_export_bytes.
 
 #include <caf/fwd.hpp>
 
+#include <chrono>
 #include <cstdint>
 #include <memory>
 
@@ -54,8 +57,10 @@ uint64_t job_core_memory_bytes(int64_t parameters, const job_spec& spec);
 
 /// `links` names the core's store, market, reputation tracker and verifier (its supervisor
 /// field is set to the new actor) and the data catalog, handed to every job; `budget` bounds
-/// the core's memory the jobs take.
+/// the core's memory the jobs take; a model export unused for `export_idle` is dropped (a
+/// test aid shortens it).
 caf::actor spawn_job_supervisor(caf::actor_system& sys, job_links links,
-                                job_memory_budget budget = default_job_memory_budget());
+                                job_memory_budget budget = default_job_memory_budget(),
+                                std::chrono::milliseconds export_idle = std::chrono::minutes(5));
 
 }  // namespace gflex

@@ -23,6 +23,7 @@
 #include "gflex/job_status.hpp"
 #include "gflex/kernels/workload.hpp"
 #include "gflex/runtime/checkpoint.hpp"
+#include "gflex/runtime/metrics.hpp"
 #include "job.hpp"
 #include "job_record.hpp"
 #include "job_supervisor.hpp"
@@ -112,12 +113,12 @@ struct exports_fixture : test::configured_system {
   caf::actor supervisor;
   std::vector<caf::response_handle<caf::blocking_actor, caf::message, true>> fetches;
 
-  exports_fixture() {
+  explicit exports_fixture(std::chrono::milliseconds export_idle = std::chrono::minutes(5)) {
     job_links links;
     links.store = store;
     links.catalog = std::make_shared<data_catalog>();
     links.payload_chunk_bytes = 64 << 10;  // a model of several parts
-    supervisor = spawn_job_supervisor(sys, links);
+    supervisor = spawn_job_supervisor(sys, links, default_job_memory_budget(), export_idle);
     size_t listed = 0;
     for (int tries = 0; tries < 50 && listed < jobs; ++tries) {
       self->request(supervisor, wait, jobs_atom::value, alice)
@@ -172,6 +173,27 @@ struct exports_fixture : test::configured_system {
   }
 };
 
+// Its exports go after 1 s unused.
+struct idle_exports_fixture : exports_fixture {
+  idle_exports_fixture() : exports_fixture(std::chrono::seconds(1)) {}
+};
+
+namespace {
+
+// A whole checkpoint of fashion-mlp at step 1, its parameters all 0.5.
+std::vector<uint8_t> fashion_checkpoint() {
+  auto w = kernels::find_workload("fashion-mlp");
+  REQUIRE(w.has_value());
+  const std::vector<float> theta(static_cast<size_t>((*w)->parameter_count()), 0.5f);
+  checkpoint_view c;
+  c.workload = "fashion-mlp";
+  c.step = 1;
+  c.vectors = {{"theta", theta}};
+  return encode_checkpoint(c);
+}
+
+}  // namespace
+
 TEST_SUITE("model exports") {
   TEST_CASE_FIXTURE(exports_fixture,
                     "at most four exports are made at once; the other fetches wait, past 64 an "
@@ -225,5 +247,37 @@ TEST_SUITE("model exports") {
     const auto n = outcomes();
     CHECK(n[1] == 4);
     CHECK(n[3] == 0);
+  }
+
+  TEST_CASE_FIXTURE(idle_exports_fixture,
+                    "an export unused for its idle time goes, fetched "
+                    "again or not") {
+    // Dropped only as a later fetch came: after a gflex fetch, the export (up to about 1 GiB)
+    // stayed in the core's memory for as long as no one fetched again.
+    const auto kept = metrics::gauge_of("gflex_core_model_export_bytes", "");
+    const double before = kept.value();
+    fetch(2);
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    REQUIRE(store_counts().first == 1);
+    caf::anon_send(store, caf::put_atom::value, job_checkpoint_key("job-2"), fashion_checkpoint());
+    model_part first;
+    fetches[0].receive([&](model_part& p) { first = std::move(p); },
+                       [&](caf::error& e) { FAIL(sys.render(e)); });
+    fetches.clear();
+    REQUIRE(first.total > first.bytes.size());
+    CHECK(kept.value() - before == static_cast<double>(first.total));
+    // Read again 0.5 s after it was made: it stays 1 s from then, past its first due time.
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    self->request(supervisor, wait, fetch_atom::value, alice, std::string("job-2"),
+                  uint64_t{first.bytes.size()})
+        .receive([&](model_part& p) { CHECK(p.offset == first.bytes.size()); },
+                 [&](caf::error& e) { FAIL(sys.render(e)); });
+    std::this_thread::sleep_for(std::chrono::milliseconds(700));
+    CHECK(kept.value() - before == static_cast<double>(first.total));
+    // Then it goes, with no further fetch.
+    for (int tries = 0; tries < 50 && kept.value() > before; ++tries)
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    CHECK_MESSAGE(kept.value() == before,
+                  "the export's " << (kept.value() - before) << " bytes are still kept");
   }
 }
