@@ -1478,9 +1478,27 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links,
           return to_caf(
               error(errc::unavailable, "job " + id + " is being started: try again shortly"));
         auto rp = self->make_response_promise<caf::ok_atom>();
-        self->request(entry->actor, std::chrono::seconds(60), topup_atom::value, amount)
+        // The job may wait 20 s for its rounds' commits, then record_wait for the record's
+        // write, and read it back: a top-up not answered in time (60 s at record_wait's 30 s)
+        // may still land. Told only "request timeout", its owner topped up again and paid twice.
+        const auto answer_wait = 2 * self->state.links.record_wait;
+        self->request(entry->actor, answer_wait, topup_atom::value, amount)
             .then([=](caf::ok_atom) mutable { rp.deliver(caf::ok_atom::value); },
-                  [=](caf::error& e) mutable { rp.deliver(e); });
+                  [=](caf::error& e) mutable {
+                    if (e != caf::sec::request_timeout) {
+                      rp.deliver(e);
+                      return;
+                    }
+                    rp.deliver(to_caf(
+                        error(errc::unavailable,
+                              "job " + id + " did not answer the top-up within " +
+                                  std::to_string(
+                                      std::chrono::duration_cast<std::chrono::seconds>(answer_wait)
+                                          .count()) +
+                                  " s; it may have been made all the same: see the job's budget "
+                                  "(gflex status " +
+                                  id + ") before topping it up again")));
+                  });
         return rp;
       },
       [=](status_atom, const std::string& who, const std::string& id) -> caf::result<job_status> {

@@ -187,6 +187,33 @@ TEST_SUITE("job resume") {
     CHECK(f.status().state == job_state::running);
   }
 
+  TEST_CASE("a top-up its job does not answer in time is told it may have been made") {
+    // Told only "request timeout" while the job still wrote the top-up (its record's write
+    // answered late, then read back), its owner topped up again and paid twice.
+    job_fixture f(
+        stored_job(2, metered_spec), {}, [](job_fixture& f) { return funded_keeper(f); },
+        std::chrono::milliseconds(300));  // the supervisor waits 600 ms for the job's answer
+    auto s =
+        f.await([](const job_status& s) { return s.detail.find("waiting for workers") == 0; }, 10);
+    REQUIRE_MESSAGE(s.detail.find("waiting for workers") == 0, s.detail);
+    f.self->send(f.store, held_atom::value, job_record_key("job-1"));  // answered late
+    std::optional<error> refused;
+    f.self
+        ->request(f.supervisor, f.wait, topup_atom::value, f.alice, std::string("job-1"),
+                  int64_t{5'000'000})
+        .receive([](caf::ok_atom) {}, [&](caf::error& e) { refused = from_caf(e, &f.sys); });
+    REQUIRE(refused.has_value());
+    CHECK(refused->code() == errc::unavailable);
+    CHECK_MESSAGE(refused->message().find("job job-1 did not answer the top-up within 0 s; it "
+                                          "may have been made all the same: see the job's "
+                                          "budget (gflex status job-1) before topping it up "
+                                          "again") == 0,
+                  refused->message());
+    f.self->send(f.store, caf::put_atom::value, held_atom::value);  // it lands
+    s = f.await([](const job_status& s) { return s.budget > 100'000'000; }, 10);
+    CHECK_MESSAGE(s.budget == 105'000'000, "the top-up did land: " << s.budget);
+  }
+
   TEST_CASE("a record a round behind its checkpoint resumes from the checkpoint's round") {
     // A top-up's record (of the last durable round) landed after the next round's record and
     // checkpoint: resumed from the record's round, that round was trained and paid again.
