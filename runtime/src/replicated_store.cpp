@@ -1440,6 +1440,9 @@ expected<std::unique_ptr<replicated_store>> replicated_store::start(replication_
           // keeps it, and httplib sends the body after this handler returns); past them, the
           // fetcher asks the next core, and the PUTs keep threads of their own.
           struct get_slot {
+            // A constructor of its own: make_shared's parenthesized aggregate initialization
+            // is C++20 that clang does not have yet.
+            explicit get_slot(std::atomic<int>& counter) : serving(counter) {}
             std::atomic<int>& serving;
             ~get_slot() { --serving; }
           };
