@@ -43,6 +43,12 @@ constexpr int chunk_gets_at_once = 4;
 // How long a fetch asks again, every quarter second, while every core that holds a chunk is
 // busy serving others (503) before it gives up.
 constexpr auto fetch_busy_bound = std::chrono::seconds(120);
+// What a chunk service's refusal (403) of this core's bearer means: its core's operator.key,
+// from which the bearer is derived, is not this one's (a core made with its own `gflex-core
+// init` rather than given a copy of the first core's data directory's key).
+constexpr std::string_view operator_keys_differ =
+    "its chunk service refuses this core's key: the cores' operator.key files differ (every "
+    "core of several needs a copy of the same DATA_DIR/operator.key)";
 
 // A value kept as a chunk: this marker, the value's size (8 bytes, little-endian), then its
 // digest (64 hex). No value the core stores begins with a NUL and "gflex-chunk".
@@ -426,6 +432,10 @@ struct replicated_store::impl {
         }
       auto r = push.get();
       if (r && r->status == 204) return {};
+      if (r && r->status == 403)
+        // Its chunk service refuses this core's credentials: tried again, it would refuse
+        // again, and every commit waited the whole bound first.
+        return evict(m, std::string(operator_keys_differ));
       if (r && r->status == 421)
         // Another core's chunk service answers at m's address: m holds nothing pushed there,
         // and tried again, the push would only be refused again.
@@ -510,6 +520,11 @@ struct replicated_store::impl {
         if (stop_asked()) return stopped(what);
         if (r && r->status == 503) {
           busy = true;
+          continue;
+        }
+        if (r && r->status == 403) {
+          spdlog::warn("replication: core {} refused to serve chunk {}: {}", id,
+                       ref.digest.substr(0, 12), operator_keys_differ);
           continue;
         }
         if (r && r->status == 421) {
