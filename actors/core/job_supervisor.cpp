@@ -11,12 +11,19 @@
 #include <optional>
 #include <set>
 
+// As the runtime library reads specs: toml++ built as Debian's shared library (its CMake
+// target's definitions), whose symbols the runtime already links.
+#define TOML_HEADER_ONLY 0
+#define TOML_SHARED_LIB 1
+#include <toml++/toml.h>
+
 #include "core_metrics.hpp"
 #include "data_catalog.hpp"
 #include "gflex/kernels/model_spec.hpp"
 #include "gflex/kernels/workload.hpp"
 #include "gflex/runtime/checkpoint.hpp"
 #include "gflex/runtime/printable_text.hpp"
+#include "gflex/runtime/toml_nesting.hpp"
 #include "gflex/runtime/update_codec.hpp"
 #include "job.hpp"
 #include "messages.hpp"
@@ -914,6 +921,48 @@ bool on_user_data(const job_spec& spec) {
 
 void scan_job_records(supervisor_actor* self);
 
+// The paying account ([market] account) of a stored spec that parse_job_spec no longer
+// accepts, read leniently: only that key, whatever else the text holds. Empty when the text
+// names none or cannot be read as TOML at all.
+std::string recorded_account(const std::string& spec_text) {
+  if (!check_toml_nesting(spec_text, "job spec")) return {};  // toml++ would recurse that deep
+  try {
+    const auto root = toml::parse(spec_text);
+    return std::string(root["market"]["account"].value_or(std::string_view()));
+  } catch (const toml::parse_error&) {
+    return {};
+  }
+}
+
+// A stored job whose spec this core no longer accepts (a stricter check since it was
+// submitted). It is never run; left out, it was unknown to its owner and the escrow its
+// interrupted round held stayed held for good (no actor returned it, and `ledger verify`
+// counts only ended jobs). It is kept, failed, saying why, and one that had not ended is
+// started only to end, as a job that kept stopping is: its escrow goes back to the paying
+// account and its end is recorded (with its spec text as stored).
+void keep_unaccepted_job(supervisor_actor* self, const std::string& spec_text, job_status status,
+                         const error& why) {
+  const auto id = status.job_id;
+  auto& entry = self->state.jobs[id];
+  entry.spec_text = spec_text;
+  entry.spec.account = recorded_account(spec_text);
+  entry.spec.budget = status.budget;
+  entry.core_memory = 0;  // it holds nothing of the core's memory: it is never run
+  status.account = entry.spec.account;
+  if (is_terminal(status.state)) {
+    spdlog::warn("store: job {} (ended) has a spec no longer accepted: {}", id, why.message());
+    entry.status = std::move(status);
+    return;
+  }
+  status.state = job_state::failed;
+  status.detail = "its spec is no longer accepted: " + why.message();
+  spdlog::error("store: job {}: {}; ending it", id, status.detail);
+  entry.ending = true;  // an actor that stops on the way is not started to train
+  job_start start{
+      id, spec_text, entry.spec, status, {}, {}, {}, job_start::origin::resumed, status.detail};
+  start_job(self, std::move(start));
+}
+
 void resume_jobs(supervisor_actor* self) {
   self->state.resuming = true;
   // Replacing a supervisor that died, whose jobs' actors ended with it: a round one of them
@@ -971,8 +1020,7 @@ void scan_job_records(supervisor_actor* self) {
                   self->state.next_id, std::strtoull(digits.c_str(), nullptr, 10) + 1);
               auto spec = parse_job_spec(spec_text, status.job_id);
               if (!spec) {
-                spdlog::error("store: job {}: its spec no longer parses ({}); left out",
-                              status.job_id, spec.error().message());
+                keep_unaccepted_job(self, spec_text, std::move(status), spec.error());
                 continue;
               }
               fill_from_spec(status, *spec);

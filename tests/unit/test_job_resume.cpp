@@ -259,6 +259,58 @@ TEST_SUITE("job resume") {
     CHECK(id == "job-3");
   }
 
+  TEST_CASE("a job whose spec is no longer accepted is kept, failed, and its escrow returned") {
+    // A core upgraded to stricter spec checks left such a job out: its owner was told
+    // "unknown job", and the escrow its interrupted round held stayed held for good.
+    auto st = stored_job(2, metered_spec + "[retired]\nkey = 1\n");
+    job_fixture f(st, {}, [](job_fixture& f) {
+      auto keeper = funded_keeper(f);
+      f.self
+          ->request(keeper, f.wait, transfer_atom::value, std::string("hold"),
+                    std::string("round 3's escrow"),
+                    std::vector<posting>{{"user/alice", -5'000'000}, {"escrow/job-1", 5'000'000}})
+          .receive([](uint64_t) {}, [&](caf::error& e) { FAIL(f.sys.render(e)); });
+      return keeper;
+    });
+    auto balance = [&](const std::string& account) {
+      int64_t out = -1;
+      f.self->request(f.keeper, f.wait, account_atom::value, account)
+          .receive([&](account_info& a) { out = a.balance; },
+                   [&](caf::error& e) { FAIL(f.sys.render(e)); });
+      return out;
+    };
+    auto s = f.await([](const job_status& s) { return is_terminal(s.state); }, 10);
+    CHECK(s.job_id == "job-1");  // its owner still sees it
+    CHECK(s.state == job_state::failed);
+    CHECK_MESSAGE(s.detail.find("its spec is no longer accepted: ") == 0, s.detail);
+    CHECK_MESSAGE(s.detail.find("retired") != std::string::npos, s.detail);
+    int64_t escrow = -1;
+    for (int tries = 0; tries < 50 && escrow != 0; ++tries) {
+      escrow = balance("escrow/job-1");
+      if (escrow != 0) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    CHECK(escrow == 0);
+    CHECK(balance("user/alice") == 100'000'000);
+    // Its end is recorded: a core restarted since does not take it up again.
+    bool found = false;
+    std::vector<uint8_t> bytes;
+    for (int tries = 0; tries < 50; ++tries) {
+      f.self->request(f.store, f.wait, read_atom::value, job_record_key("job-1"))
+          .receive(
+              [&](bool x, std::vector<uint8_t>& b) {
+                found = x;
+                bytes = std::move(b);
+              },
+              [&](caf::error& e) { FAIL(f.sys.render(e)); });
+      auto r = decode_job_record(bytes);
+      if (found && r && is_terminal(r->second.state)) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    auto record = decode_job_record(bytes);
+    REQUIRE(record.has_value());
+    CHECK(record->second.state == job_state::failed);
+  }
+
   TEST_CASE("a job of more workers than its built-in set's shards is refused at submit" *
             doctest::skip(!fashion_mnist_installed())) {
     // Accepted (an id printed, exit 0), it failed at its start.
