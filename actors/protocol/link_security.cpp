@@ -189,28 +189,14 @@ extern "C" int SSL_write(SSL* ssl, const void* buf, int num) {
   return real(ssl, buf, num);
 }
 
-// CAF's context (TLS_method) takes any version the system's OpenSSL allows, TLS 1.2 included
-// where its configuration sets no minimum; every gflex link is TLS 1.3, so an older peer is
-// refused in the handshake. Set before the handshake's first step; the calls that go on with
-// it leave it as it is.
-namespace {
-
-void require_tls13(SSL* ssl) {
-  if (SSL_in_before(ssl)) SSL_set_min_proto_version(ssl, TLS1_3_VERSION);
-}
-
-}  // namespace
-
 extern "C" int SSL_connect(SSL* ssl) {
   static auto real = real_ssl<int (*)(SSL*)>("SSL_connect");
   ERR_clear_error();
-  require_tls13(ssl);
   return real(ssl);
 }
 
 extern "C" int SSL_accept(SSL* ssl) {
   static auto real = real_ssl<int (*)(SSL*)>("SSL_accept");
   ERR_clear_error();
-  require_tls13(ssl);
   return real(ssl);
 }
