@@ -15,6 +15,7 @@
 #include <optional>
 #include <set>
 #include <stdexcept>
+#include <utility>
 
 #include "core_metrics.hpp"
 #include "data_catalog.hpp"
@@ -297,6 +298,10 @@ struct job_actor_state {
   // Answered once the job's end is recorded (or cannot be): a cancel is acknowledged only
   // when a restarted core would no longer resume the job.
   std::vector<caf::typed_response_promise<caf::ok_atom>> end_waiters;
+  // Cancels that came while the last round's commit was on its way (try_confirm shows the job
+  // done from then): answered once it is (answer_waiting_cancels). Taken at once, a job whose
+  // every round then committed was recorded "cancelled by its owner".
+  std::vector<caf::typed_response_promise<caf::ok_atom>> cancels_at_last_commit;
   int end_writes_failed = 0;  // the end record's writes that failed so far (it is tried again)
   int escrow_tries = 0;       // asks of the ledger for an interrupted run's escrow that failed
   // A round's escrow hold the ledger could not book (its store failed, its keeper restarted
@@ -601,6 +606,29 @@ void finish(job_actor* self, job_state state, const std::string& detail) {
     return;
   }
   record_end(self);
+}
+
+// What a cancel of a job that ended otherwise (done, failed) is told.
+error already_ended(const job_actor_state& st) {
+  const auto& detail = st.job.status.detail;
+  return error(errc::invalid_argument, "job '" + st.job.id + "' has already ended (" +
+                                           to_string(st.job.status.state) +
+                                           (detail.empty() ? std::string() : ": " + detail) + ")");
+}
+
+// Answers the cancels that waited for the last round's commit, once the job has ended: one
+// cancelled is acknowledged with its end recorded, any other end is said.
+void answer_waiting_cancels(job_actor* self) {
+  auto& st = self->state;
+  if (!st.finished) return;
+  for (auto& rp : std::exchange(st.cancels_at_last_commit, {})) {
+    if (st.job.status.state != job_state::cancelled)
+      rp.deliver(to_caf(already_ended(st)));
+    else if (st.ended_and_recorded)
+      rp.deliver(caf::ok_atom::value);
+    else
+      st.end_waiters.push_back(rp);
+  }
 }
 
 // Writes the ended job's record, returning what escrow still holds.
@@ -1414,10 +1442,12 @@ void try_confirm(job_actor* self) {
                  figures.round, st.job.status.rounds, figures.train_loss, figures.test_accuracy);
     if (st.finished) {  // ended meanwhile: its record says this round
       if (st.settling == 0 && !st.hold_in_flight) record_end(self);
+      answer_waiting_cancels(self);
       return;
     }
     if (last) {
       finish(self, job_state::done, "");
+      answer_waiting_cancels(self);  // done: not cancelled
       return;
     }
     publish(self);
@@ -1448,9 +1478,15 @@ void try_confirm(job_actor* self) {
     }
     if (st.finished) {  // ended meanwhile: the hold goes back with its end
       if (st.settling == 0 && !st.hold_in_flight) record_end(self);
+      answer_waiting_cancels(self);
       return;
     }
-    finish(self, job_state::failed, "cannot commit round: " + why);
+    // The last round not committed, a cancel that waited for it is taken.
+    if (!st.cancels_at_last_commit.empty())
+      finish(self, job_state::cancelled, "cancelled by its owner");
+    else
+      finish(self, job_state::failed, "cannot commit round: " + why);
+    answer_waiting_cancels(self);
   };
   // A settlement the ledger did not answer may still be booked (and its record and
   // checkpoint written with it): the job asks before it takes the round as lost, or it would
@@ -2608,14 +2644,17 @@ caf::behavior job_behavior(job_actor* self, job_start start, job_links links) {
           finish(self, job_state::failed, st.job.end_with);
         // Ended otherwise (done, failed), its end perhaps still being written: not cancelled,
         // and not said to be (its owner was told "cancelled" of a job that ended done).
-        if (st.finished && st.job.status.state != job_state::cancelled) {
-          const auto& detail = st.job.status.detail;
-          return to_caf(error(errc::invalid_argument,
-                              "job '" + st.job.id + "' has already ended (" +
-                                  to_string(st.job.status.state) +
-                                  (detail.empty() ? std::string() : ": " + detail) + ")"));
-        }
+        if (st.finished && st.job.status.state != job_state::cancelled)
+          return to_caf(already_ended(st));
         if (st.ended_and_recorded) return caf::ok_atom::value;
+        // Its last round's commit on its way (try_confirm showed it done), it is not taken
+        // until that commit is answered: a job that then ends done was recorded "cancelled by
+        // its owner". Only a commit that fails lets the cancel end it.
+        if (!st.finished && st.job.status.state == job_state::done) {
+          auto rp = self->make_response_promise<caf::ok_atom>();
+          st.cancels_at_last_commit.push_back(rp);
+          return rp;
+        }
         // Ending already, it may still wait for a round's commit, its hold or an interrupted
         // run's escrow before its end is written: acknowledged at once, a second cancel said
         // "cancelled" of a job that a core stopped meanwhile resumed.

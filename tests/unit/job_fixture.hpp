@@ -69,6 +69,31 @@ inline caf::error store_failure(const std::string& what) {
   return caf::make_error(caf::sec::runtime_error, what);
 }
 
+// Answers the commits failing_store holds (applied, or failed), then the reads behind them;
+// commits are held no more.
+inline void release_held(caf::stateful_actor<failing_store_state>* self, bool applied) {
+  self->state.held_keys.clear();
+  for (auto& [b, rp] : std::exchange(self->state.held_commits, {})) {
+    if (!applied) {
+      rp.deliver(store_failure("the held commit failed"));
+      continue;
+    }
+    for (size_t i = 0; i < b.keys.size(); ++i)
+      if (b.values[i].empty())
+        self->state.kept.erase(b.keys[i]);
+      else
+        self->state.kept[b.keys[i]] = std::move(b.values[i]);
+    rp.deliver(caf::ok_atom::value);
+  }
+  for (auto& [key, rp] : std::exchange(self->state.held_reads, {})) {
+    auto it = self->state.kept.find(key);
+    if (it == self->state.kept.end())
+      rp.deliver(false, std::vector<uint8_t>{});
+    else
+      rp.deliver(true, it->second);
+  }
+}
+
 // A store of `kept` whose first `shard_read_failures` reads of the shards fail, as do the
 // reads of the keys in `unreadable` (as a store that cannot answer) and of those in `damaged`
 // (as LMDB's of a damaged file), and the commits naming a key in `unwritable` (to which
@@ -167,23 +192,12 @@ inline caf::behavior failing_store(caf::stateful_actor<failing_store_state>* sel
       },
       [=](caf::put_atom, const std::string& key) { self->state.unwritable.insert(key); },
       [=](held_atom, const std::string& key) { self->state.held_keys.insert(key); },
-      [=](caf::put_atom, held_atom) {
-        self->state.held_keys.clear();
-        for (auto& [b, rp] : std::exchange(self->state.held_commits, {})) {
-          for (size_t i = 0; i < b.keys.size(); ++i)
-            if (b.values[i].empty())
-              self->state.kept.erase(b.keys[i]);
-            else
-              self->state.kept[b.keys[i]] = std::move(b.values[i]);
-          rp.deliver(caf::ok_atom::value);
-        }
-        for (auto& [key, rp] : std::exchange(self->state.held_reads, {})) {
-          auto it = self->state.kept.find(key);
-          if (it == self->state.kept.end())
-            rp.deliver(false, std::vector<uint8_t>{});
-          else
-            rp.deliver(true, it->second);
-        }
+      [=](caf::put_atom, held_atom) { release_held(self, true); },
+      // The held commits fail instead (a disk that failed the write), none of them applied.
+      [=](caf::put_atom, held_atom, bool applied) { release_held(self, applied); },
+      // How many commits are held.
+      [=](caf::get_atom, held_atom) {
+        return static_cast<int64_t>(self->state.held_commits.size());
       },
       [=](caf::put_atom, const std::string& key, int times) {
         self->state.failing_commits[key] = times;

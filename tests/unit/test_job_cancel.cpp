@@ -9,6 +9,8 @@
 
 #include <optional>
 
+#include "gflex/runtime/identity.hpp"
+#include "gflex/runtime/update_codec.hpp"
 #include "job_fixture.hpp"
 
 using namespace gflex;
@@ -152,9 +154,109 @@ void holds_again_after(const caf::error& failure) {
   CHECK(balance_of(f, keeper, "user/alice") == 100'000'000 - s.credits_held);
 }
 
+// A worker of node `key` that answers every assignment at once with a small signed update.
+caf::behavior prompt_worker(caf::event_based_actor*, std::shared_ptr<node_identity> key,
+                            size_t parameters) {
+  return {
+      [=](assign_atom, assignment& a) {
+        assignment_result r;
+        r.assignment_id = a.id;
+        r.update = encode_update(std::vector<float>(parameters, 0.001f), compression::fp32);
+        r.loss = 1.0;
+        r.samples = 12;
+        r.compute_s = 0.01;
+        r.signature = key->sign(result_message(a.id, r.update));
+        return r;
+      },
+      [](abort_atom, uint64_t) {},
+  };
+}
+
+// Alice's job-1, resumed at round 2 of its 3 with a trusted worker for its last round, whose
+// commit (record and checkpoint) the store holds; a cancel is sent (by the test, standing for
+// the job supervisor) while it is held, and the commit then lands (`applied`) or fails.
+// Returns what the cancel was told (empty: acknowledged) and the record's state after it.
+std::pair<std::string, std::optional<job_state>> cancel_during_last_commit(bool applied) {
+  configured_system f;
+  const std::chrono::seconds wait{30};
+  auto stored = stored_job();
+  stored.held_keys.insert(job_checkpoint_key("job-1"));
+  auto spec = parse_job_spec(k_spec, "test");
+  REQUIRE(spec.has_value());
+  auto catalog = catalog_of(stored);  // made before any actor: a failed REQUIRE leaves none
+  auto key = std::make_shared<node_identity>(node_identity::generate());
+  worker_slot slot = node_slot(f.sys.spawn(prompt_worker, key, 4 * 3 + 3), "id-w", "w");
+  slot.tier = static_cast<uint8_t>(node_tier::core);  // trusted: no re-computation
+  slot.public_key = key->public_key();
+  job_links links;
+  links.store = f.sys.spawn(failing_store, stored);
+  links.market = f.sys.spawn(offering_market, std::vector<worker_slot>{slot});
+  links.supervisor = caf::actor_cast<caf::actor>(f.self);  // the test stands for it
+  links.catalog = catalog;
+  auto job = spawn_job(f.sys, resumed_start(stored, k_spec, *spec, 2), links);
+  auto stop = [&] {
+    for (const auto& a : {job, links.market, links.store, slot.worker})
+      f.self->send_exit(a, caf::exit_reason::user_shutdown);
+  };
+  int64_t held = 0;
+  for (int tries = 0; tries < 100 && held == 0; ++tries) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    f.self->request(links.store, wait, caf::get_atom::value, held_atom::value)
+        .receive([&](int64_t n) { held = n; }, [&](caf::error& e) { FAIL(f.sys.render(e)); });
+  }
+  if (held != 1) {
+    stop();
+    FAIL("the last round's commit was not held");
+  }
+  // The commit is answered 0.5 s into the cancel.
+  if (applied)
+    f.self->delayed_send(links.store, std::chrono::milliseconds(500), caf::put_atom::value,
+                         held_atom::value);
+  else
+    f.self->delayed_send(links.store, std::chrono::milliseconds(500), caf::put_atom::value,
+                         held_atom::value, false);
+  std::string told = "no answer";
+  f.self->request(job, wait, cancel_atom::value)
+      .receive([&](caf::ok_atom) { told.clear(); },
+               [&](caf::error& e) { told = from_caf(e).message(); });
+  std::optional<job_state> state;
+  for (int tries = 0; tries < 50 && !(state && is_terminal(*state)); ++tries) {
+    f.self->request(links.store, wait, read_atom::value, job_record_key("job-1"))
+        .receive(
+            [&](bool, std::vector<uint8_t>& v) {
+              if (auto r = decode_job_record(v)) state = r->second.state;
+            },
+            [&](caf::error& e) { FAIL(f.sys.render(e)); });
+    if (!(state && is_terminal(*state)))
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  stop();
+  return {told, state};
+}
+
 }  // namespace
 
 TEST_SUITE("job cancel") {
+  TEST_CASE("a cancel while the last round's commit is on its way waits for it: done stays done") {
+    // The job showed done from the moment the commit was sent: a cancel then was taken, and a
+    // job whose every round committed was recorded "cancelled by its owner".
+    const auto out = cancel_during_last_commit(true);
+    const std::string& answer = out.first;
+    const auto& state = out.second;
+    CHECK_MESSAGE(answer.find("has already ended (done)") != std::string::npos, answer);
+    REQUIRE(state.has_value());
+    CHECK(*state == job_state::done);
+  }
+
+  TEST_CASE("a cancel while the last round's commit is on its way ends the job if it fails") {
+    const auto out = cancel_during_last_commit(false);
+    const std::string& answer = out.first;
+    const auto& state = out.second;
+    CHECK_MESSAGE(answer.empty(), answer);
+    REQUIRE(state.has_value());
+    CHECK(*state == job_state::cancelled);
+  }
+
   TEST_CASE("a round's hold that the ledger's store failed is asked again, not paused") {
     holds_again_after(to_caf(error(errc::store_error, "ledger/head: the store did not answer")));
   }
