@@ -25,9 +25,11 @@ namespace gflex::http {
 namespace {
 
 // Why binding to host:port failed, which httplib does not say: tried again here. A port in
-// use may be free at the next start (errc::unavailable, exit 1: a service restarts); an
-// address that is not this machine's, a name that does not resolve or a port this user may
-// not take stays so (errc::invalid_argument, exit 2), and was restarted for ever.
+// use may be free at the next start, and an address not this machine's may be one soon (an
+// interface still being configured at boot: DHCP, IPv6 address detection), as may a name a
+// resolver could not look up now (errc::unavailable, exit 1: a service restarts). A name that
+// does not exist or a port this user may not take stays so (errc::invalid_argument, exit 2),
+// and was restarted for ever.
 error bind_failure(const std::string& host, uint16_t port, const std::string& what) {
   const std::string where = "cannot serve " + what + " on " + host + ":" + std::to_string(port);
   addrinfo hints{};
@@ -37,8 +39,9 @@ error bind_failure(const std::string& host, uint16_t port, const std::string& wh
   addrinfo* found = nullptr;
   const std::string service = std::to_string(port);
   if (const int rc = ::getaddrinfo(host.c_str(), service.c_str(), &hints, &found); rc != 0)
-    return error(errc::invalid_argument, where + ": " + ::gai_strerror(rc));
-  int in_use = 0, lasting = 0;
+    return error(rc == EAI_AGAIN || rc == EAI_FAIL ? errc::unavailable : errc::invalid_argument,
+                 where + ": " + ::gai_strerror(rc));
+  int in_use = 0, not_here = 0, lasting = 0;
   for (addrinfo* a = found; a != nullptr; a = a->ai_next) {
     const int fd = ::socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC, a->ai_protocol);
     if (fd < 0) continue;
@@ -47,11 +50,15 @@ error bind_failure(const std::string& host, uint16_t port, const std::string& wh
     const int err = ::bind(fd, a->ai_addr, a->ai_addrlen) == 0 ? 0 : errno;
     ::close(fd);
     if (err == EADDRINUSE) in_use = err;
-    if (err == EADDRNOTAVAIL || err == EACCES) lasting = err;
+    if (err == EADDRNOTAVAIL) not_here = err;
+    if (err == EACCES) lasting = err;
   }
   ::freeaddrinfo(found);
   if (in_use == 0 && lasting != 0)
     return error(errc::invalid_argument, where + ": " + std::strerror(lasting));
+  if (in_use == 0 && not_here != 0)
+    return error(errc::unavailable,
+                 where + ": not an address of this machine (yet: is its interface up?)");
   return error(errc::unavailable, where + ": the address is in use");
 }
 

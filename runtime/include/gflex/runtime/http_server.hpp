@@ -37,9 +37,9 @@ class server {
   /// `threads` threads within `limits`; a compressed request body (Content-Encoding) is
   /// refused (415): a small one may decompress to any size. When it cannot listen there
   /// (`what` names the service in the error: "metrics", "the dashboard"): errc::unavailable
-  /// for a port in use, which may free; errc::invalid_argument for a setting that stays wrong
-  /// (an address not this machine's, a name that does not resolve, a port this user may not
-  /// take).
+  /// for what may pass (a port in use, an address not this machine's yet, a lookup that
+  /// failed for now); errc::invalid_argument for a setting that stays wrong (a name that does
+  /// not exist, a port this user may not take).
   static expected<std::unique_ptr<server>> start(
       const std::string& host, uint16_t port, int threads,
       const std::function<void(httplib::Server&)>& routes, const std::string& what,
