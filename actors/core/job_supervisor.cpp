@@ -11,10 +11,6 @@
 #include <optional>
 #include <set>
 
-// As the runtime library reads specs: toml++ built as Debian's shared library (its CMake
-// target's definitions), whose symbols the runtime already links.
-#define TOML_HEADER_ONLY 0
-#define TOML_SHARED_LIB 1
 #include <toml++/toml.h>
 
 #include "core_metrics.hpp"
