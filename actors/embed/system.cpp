@@ -1113,15 +1113,35 @@ expected<std::string> client::create_account(const std::string& id) {
   return impl_->ask_session<std::string>(std::chrono::seconds(30), open_atom::value, id);
 }
 
+namespace {
+
+// A change of an account's key not answered may have landed (the gatekeeper's store write
+// outlived the wait, and it reads the write back before it answers): the old key may open
+// nothing now, and a replaced key's new one was shown to no one. Said so, as a submit is.
+error key_change_unanswered(const error& e, const std::string& id) {
+  if (e.code() != errc::unavailable ||
+      !(e.message().starts_with(no_answer) || e.message().starts_with(link_lost)))
+    return e;
+  return error(errc::unavailable,
+               e.message() + "; the change of " + id +
+                   "'s key may have been made all the same, its old key then opening nothing: "
+                   "run rekey again (refused while the change is still being written)");
+}
+
+}  // namespace
+
+// 90 s: the gatekeeper's store write waits 30 s, and its read-back after that usually less.
 expected<std::string> client::replace_api_key(const std::string& id) {
-  return impl_->ask_session<std::string>(std::chrono::seconds(30), update_atom::value,
-                                         api_key_atom::value, id);
+  auto r = impl_->ask_session<std::string>(std::chrono::seconds(90), update_atom::value,
+                                           api_key_atom::value, id);
+  if (!r) return key_change_unanswered(r.error(), id);
+  return r;
 }
 
 expected<void> client::revoke_api_key(const std::string& id) {
-  auto r = impl_->ask_session<caf::ok_atom>(std::chrono::seconds(30), revoke_atom::value,
+  auto r = impl_->ask_session<caf::ok_atom>(std::chrono::seconds(90), revoke_atom::value,
                                             api_key_atom::value, id);
-  if (!r) return r.error();
+  if (!r) return key_change_unanswered(r.error(), id);
   return {};
 }
 
