@@ -128,6 +128,15 @@ verifier_limits verifier_limits_of(const core_config& config) {
   return limits;
 }
 
+// The operator's bounds on the jobs' models in the core's memory; a core-wide 0 is half of
+// this machine's memory (default_job_memory_budget).
+job_memory_budget job_memory_of(const core_config& config) {
+  auto budget = default_job_memory_budget();
+  budget.per_account = config.max_job_memory_per_account;
+  if (config.max_job_memory > 0) budget.core = config.max_job_memory;
+  return budget;
+}
+
 job_links links_of(const core_children& c, std::shared_ptr<data_catalog> catalog,
                    const core_config& config) {
   job_links links;
@@ -219,7 +228,7 @@ caf::actor restart_child(core_actor_type* self, const caf::actor_addr& who) {
   } else if (who == c.jobs.address()) {
     auto links = links_of(c, st.catalog, st.config);
     links.after_restart = true;
-    c.jobs = spawn_job_supervisor(sys, std::move(links));
+    c.jobs = spawn_job_supervisor(sys, std::move(links), job_memory_of(st.config));
     return c.jobs;
   } else if (who == c.reputation.address()) {
     c.reputation = spawn_reputation_tracker(sys, c.store, c.market, c.gate, reputation_policy{});
@@ -716,7 +725,7 @@ expected<caf::actor> spawn_core(caf::actor_system& sys, const core_config& confi
   caf::anon_send(c.registry, update_atom::value, std::string("reputation"), c.reputation);
   c.verifier = spawn_verifier(sys, c.market, verifier_limits_of(config));
   c.ledger = spawn_ledger_keeper(sys, c.store, std::chrono::milliseconds(config.ledger_wait_ms));
-  c.jobs = spawn_job_supervisor(sys, links_of(c, catalog, config));
+  c.jobs = spawn_job_supervisor(sys, links_of(c, catalog, config), job_memory_of(config));
   return sys.spawn(core_actor, c, config, catalog);
 }
 

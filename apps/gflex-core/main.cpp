@@ -154,6 +154,8 @@ int main(int argc, char** argv) {
   std::string listen = "127.0.0.1:7400", log_level = "info", metrics_listen;
   gflex::core_config config;
   int64_t data_quota_mib = static_cast<int64_t>(config.max_data_bytes_per_account >> 20);
+  int64_t job_memory_account_mib = static_cast<int64_t>(config.max_job_memory_per_account >> 20);
+  int64_t job_memory_mib = 0;
   app.add_option("--listen", listen, "HOST:PORT to accept nodes and clients on")
       ->capture_default_str();
   app.add_option("--metrics-listen", metrics_listen,
@@ -263,6 +265,15 @@ int main(int argc, char** argv) {
          "decoded)")
       ->check(CLI::Range(int64_t{1}, int64_t{1} << 30))
       ->capture_default_str();
+  app.add_option("--max-job-memory-per-account-mib", job_memory_account_mib,
+                 "MiB of the core's memory one account's unfinished jobs' models may take "
+                 "(parameters three times, and two rounds of workers' updates)")
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 30))
+      ->capture_default_str();
+  app.add_option("--max-job-memory-mib", job_memory_mib,
+                 "MiB of the core's memory every account's unfinished jobs' models may take "
+                 "(default: half of this machine's memory)")
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 30));
   app.add_option("--unverified", config.unverified,
                  "when no core-tier worker can re-compute sampled results: wait for one, or "
                  "accept them unverified (counted in each job's unverified_results)")
@@ -345,6 +356,8 @@ int main(int argc, char** argv) {
   token_revoke->callback([&] { f.action = "token-revoke"; });
   if (auto code = gflex::app::parse_command_line(app, argc, argv)) return *code;
   config.max_data_bytes_per_account = static_cast<uint64_t>(data_quota_mib) << 20;
+  config.max_job_memory_per_account = static_cast<uint64_t>(job_memory_account_mib) << 20;
+  config.max_job_memory = static_cast<uint64_t>(job_memory_mib) << 20;
 
   if (auto ok = gflex::init_logging(log_level); !ok) {
     std::fprintf(stderr, "gflex-core: %s\n", ok.error().message().c_str());

@@ -5,7 +5,8 @@
 # past five, answers to that address are held back. A core whose key is not its
 # certificate's refuses to start. Clients: an account's key sees and
 # changes only that account's jobs and account, operator commands need the operator's key,
-# an account may have three unfinished jobs here, a key the operator replaced is refused.
+# an account may have three unfinished jobs here, and models within 512 MiB of the core's
+# memory, a key the operator replaced is refused.
 # Bad bytes on the core's port and an oversized job spec or a BASP header announcing 3 GiB
 # leave the core up and unchanged (and the last without a large allocation). A packet capture
 # of the core's port while a job trains and its parameters are fetched holds none of the
@@ -14,7 +15,7 @@ source "$(dirname "$0")/lib.sh"
 G="$BIN/gflex"
 C="$BIN/gflex-core"
 
-CORE_ARGS="--max-jobs-per-account 3" start_cluster 1
+CORE_ARGS="--max-jobs-per-account 3 --max-job-memory-per-account-mib 512" start_cluster 1
 nodes_now() { node_count; }
 
 # -- join tokens -------------------------------------------------------------------------------
@@ -182,6 +183,23 @@ expect_error "a fourth unfinished job" "user/bob already has 3 unfinished jobs" 
 while read -r j; do
   "${BOB_G[@]}" cancel "$j" --core "$core" >/dev/null || fail "bob cancels $j"
 done <"$WORK/bob-jobs"
+# A model the core's memory would hold past the account's 512 MiB here (78.5M parameters: a
+# job takes over 900 MiB) is refused at submit, naming what it needs; a restarted core
+# resumed such jobs and failed again at every start.
+cat >"$WORK/wide.toml" <<'TOML'
+[job]
+name = "wide"
+[market]
+max_price = 0
+[data]
+set = "fashion-mnist"
+[model]
+input = [784]
+layers = [{type = "linear", units = 100000}, {type = "relu"}, {type = "linear", units = 10},
+          {type = "softmax_xent"}]
+TOML
+expect_error "a model past the account's memory" "parameters need [0-9]+ bytes .* of the core's memory" \
+  "${BOB[@]}" "$G" submit "$WORK/wide.toml" --core "$core"
 # A key replaced is refused from then on, as one never made (a leaked key opened its account
 # for good); the new one works. An account the core does not hold is bad usage.
 (umask 077 && "$C" account rekey user/bob --core "$core" >"$WORK/bob-new.key") ||

@@ -76,6 +76,10 @@ struct core_config {
   int max_jobs_per_account = 16;
   /// Shard bytes one account's data sets may hold together (the core keeps them in memory).
   uint64_t max_data_bytes_per_account = uint64_t{4} << 30;
+  /// The core's memory the unfinished jobs' models may take, checked at submit: one
+  /// account's together, and every account's (0: half of this machine's memory).
+  uint64_t max_job_memory_per_account = uint64_t{8} << 30;
+  uint64_t max_job_memory = 0;
   /// Sampled community results are re-computed on core-tier workers. When none has been
   /// free for `verify_wait_s` seconds, a job either waits for one ("wait": its status says
   /// so) or uses such results unverified ("accept": with reduced assurance, counted in its
