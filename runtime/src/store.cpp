@@ -6,7 +6,10 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <csetjmp>
+#include <csignal>
 #include <cstring>
+#include <mutex>
 #include <set>
 
 #include "gflex/runtime/digest.hpp"
@@ -127,6 +130,76 @@ MDB_val as_val(std::string_view s) {
   return MDB_val{s.size(), const_cast<char*>(s.data())};
 }
 
+// LMDB 0.9 maps data.mdb without checking that the file holds the pages its trees use: a file
+// cut short (a full disk, a partial copy) faults with SIGBUS at the first read past its end,
+// and a core restarted on it crashed again at every start without a word. Its size cannot tell
+// beforehand: a page freed in the transaction that allocated it ("loose", or an overflow run)
+// is counted in the meta page's last page number but never written, so a healthy file may end
+// before that page (LMDB's own copy stops at the file's size for this reason). The start-up
+// walk reads every page the trees use instead, and turns a fault of its own reads into an
+// error.
+struct walk_guard {
+  sigjmp_buf jump;
+};
+
+// The walk on this thread while it reads LMDB's pages, else null. Armed only around LMDB's
+// cursor reads and touch_pages, which read nothing but the map (LMDB 0.9 does not say where
+// its map lies unless it is fixed, so the fault's address is not checked against it).
+thread_local walk_guard* armed_walk = nullptr;
+
+std::mutex bus_handler_mutex;
+int bus_walks = 0;              // walks in progress on all threads, under bus_handler_mutex
+struct sigaction bus_previous;  // the action before on_bus; written only while bus_walks == 0
+
+void on_bus(int, siginfo_t* info, void*) {
+  walk_guard* walk = armed_walk;
+  // si_code > 0: raised by a faulting read, not sent by a process.
+  if (walk != nullptr && info->si_code > 0) {
+    armed_walk = nullptr;
+    siglongjmp(walk->jump, 1);
+  }
+  // Not a read of this thread's walk: the action in force before the walks takes it. A fault
+  // returned from faults again under it, with its own address; a signal sent is sent again.
+  sigaction(SIGBUS, &bus_previous, nullptr);
+  if (info->si_code <= 0) raise(SIGBUS);
+}
+
+// Installs on_bus for the life of one walk: the first of several walks at once saves the
+// action it replaces, and the last puts it back (unless the action was changed since: on_bus
+// gave a foreign signal to it, or another library set its own).
+class bus_handler_scope {
+ public:
+  bus_handler_scope() {
+    std::lock_guard lock(bus_handler_mutex);
+    if (bus_walks++ > 0) return;
+    struct sigaction action {};
+    action.sa_sigaction = on_bus;
+    // SA_NODEFER: SIGBUS stays unblocked while on_bus runs, so that a signal it raises again
+    // reaches the previous action at once, and a jump out of it leaves nothing blocked.
+    action.sa_flags = SA_SIGINFO | SA_NODEFER;
+    sigemptyset(&action.sa_mask);
+    sigaction(SIGBUS, &action, &bus_previous);
+  }
+  ~bus_handler_scope() {
+    std::lock_guard lock(bus_handler_mutex);
+    if (--bus_walks > 0) return;
+    struct sigaction current {};
+    if (sigaction(SIGBUS, nullptr, &current) == 0 && (current.sa_flags & SA_SIGINFO) != 0 &&
+        current.sa_sigaction == on_bus)
+      sigaction(SIGBUS, &bus_previous, nullptr);
+  }
+  bus_handler_scope(const bus_handler_scope&) = delete;
+  bus_handler_scope& operator=(const bus_handler_scope&) = delete;
+};
+
+// Reads one byte of each page a value spans: LMDB's cursor does not read a large value's
+// overflow pages, which a later read would fault on.
+void touch_pages(const MDB_val& v, size_t page) {
+  const volatile char* bytes = static_cast<const char*>(v.mv_data);
+  for (size_t at = 0; at < v.mv_size; at += page) static_cast<void>(bytes[at]);
+  if (v.mv_size > 0) static_cast<void>(bytes[v.mv_size - 1]);
+}
+
 }  // namespace
 
 struct store::impl {
@@ -178,22 +251,6 @@ expected<store> store::open(const std::filesystem::path& dir, size_t map_bytes) 
   mdb_env_set_mapsize(p->env, map_bytes);
   if (int rc = mdb_env_open(p->env, p->dir.c_str(), 0, 0600); rc != 0)
     return lmdb_error(p->dir, rc);
-  // LMDB 0.9 maps the file without checking that it holds the pages its meta page counts: a
-  // truncated file (a full disk, a partial copy) faults with SIGBUS at the first read past its
-  // end, and a core restarted on it crashes again at every start without a word.
-  MDB_envinfo info{};
-  MDB_stat stat{};
-  if (int rc = mdb_env_info(p->env, &info); rc != 0) return lmdb_error(p->dir, rc);
-  if (int rc = mdb_env_stat(p->env, &stat); rc != 0) return lmdb_error(p->dir, rc);
-  const auto needed = static_cast<uintmax_t>(info.me_last_pgno + 1) * stat.ms_psize;
-  const auto held = std::filesystem::file_size(data_file, ec);
-  if (ec)
-    return error(errc::store_error,
-                 data_file.string() + ": cannot tell its size (" + ec.message() + ")");
-  if (held < needed)
-    return error(errc::store_error, data_file.string() + " is truncated: it holds " +
-                                        std::to_string(held) + " bytes, its pages need " +
-                                        std::to_string(needed) + "; restore it from a backup");
   MDB_txn* txn = nullptr;
   if (int rc = mdb_txn_begin(p->env, nullptr, 0, &txn); rc != 0) return lmdb_error(p->dir, rc);
   if (int rc = mdb_dbi_open(txn, nullptr, 0, &p->dbi); rc != 0) {
@@ -202,11 +259,12 @@ expected<store> store::open(const std::filesystem::path& dir, size_t map_bytes) 
   }
   if (int rc = mdb_txn_commit(txn); rc != 0) return lmdb_error(p->dir, rc);
   store s(std::move(p));
-  s.sweep_blobs();
+  // The sweep reads every page the store's trees use: a file cut short is refused there.
+  if (auto swept = s.sweep_blobs(); !swept) return swept.error();
   return s;
 }
 
-void store::sweep_blobs() {
+expected<void> store::sweep_blobs() {
   // A crash between a blob's file and the commit that names it (or between a commit and the
   // removal of the file it replaced) leaves a file no key names: it goes at the next start.
   // Only the core's process opens its store, so no other writer can be between the two steps.
@@ -214,29 +272,68 @@ void store::sweep_blobs() {
   auto listed = scan_raw([&](std::span<const uint8_t> value) {
     if (auto r = as_blob_ref(value)) named.insert(r->name);
   });
-  if (!listed) return;  // nothing is removed on a doubt
+  if (!listed) return listed.error();
+  if (!*listed) return {};  // nothing is removed on a doubt
   std::error_code ec;
   for (const auto& entry : std::filesystem::directory_iterator(impl_->blobs, ec)) {
     const auto name = entry.path().filename().string();
     if (!named.count(name)) std::filesystem::remove(entry.path(), ec);
   }
+  return {};
 }
 
-bool store::scan_raw(const std::function<void(std::span<const uint8_t>)>& fn) const {
+expected<bool> store::scan_raw(const std::function<void(std::span<const uint8_t>)>& fn) const {
+  MDB_stat stat{};
+  if (mdb_env_stat(impl_->env, &stat) != 0) return false;
   MDB_txn* txn = nullptr;
   if (mdb_txn_begin(impl_->env, nullptr, MDB_RDONLY, &txn) != 0) return false;
-  MDB_cursor* cursor = nullptr;
-  if (mdb_cursor_open(txn, impl_->dbi, &cursor) != 0) {
+  // The tree of free pages (LMDB's handle 0, which a read-only transaction may read) is walked
+  // too: the first commit reads it, and would fault on a page of it past the end.
+  MDB_cursor* cursors[2] = {nullptr, nullptr};
+  if (mdb_cursor_open(txn, impl_->dbi, &cursors[0]) != 0 ||
+      mdb_cursor_open(txn, 0, &cursors[1]) != 0) {
+    if (cursors[0] != nullptr) mdb_cursor_close(cursors[0]);
     mdb_txn_abort(txn);
     return false;
   }
-  MDB_val k, v;
-  int rc = mdb_cursor_get(cursor, &k, &v, MDB_FIRST);
-  while (rc == 0) {
-    fn({static_cast<const uint8_t*>(v.mv_data), v.mv_size});
-    rc = mdb_cursor_get(cursor, &k, &v, MDB_NEXT);
+  walk_guard walk;
+  bus_handler_scope handler;
+  // Everything the jump back needs was set above and is not changed below: only LMDB's frames
+  // and touch_pages lie between here and a faulting read, none with anything to destroy.
+  if (sigsetjmp(walk.jump, 1) != 0) {
+    // A read transaction holds no lock and no page of its own: ending it frees its memory and
+    // its reader slot, whatever the cursor was doing when the read faulted. The environment is
+    // closed with the store that open() drops.
+    mdb_cursor_close(cursors[0]);
+    mdb_cursor_close(cursors[1]);
+    mdb_txn_abort(txn);
+    const auto file = std::filesystem::path(impl_->dir) / "data.mdb";
+    std::error_code ec;
+    const auto held = std::filesystem::file_size(file, ec);
+    return error(errc::store_error,
+                 file.string() + " is truncated: " +
+                     (ec ? std::string() : "it holds " + std::to_string(held) + " bytes, and ") +
+                     "a page its records use lies past its end (cut short: restore it from a " +
+                     "backup)");
   }
-  mdb_cursor_close(cursor);
+  int rc = MDB_NOTFOUND;
+  for (MDB_cursor* cursor : cursors) {
+    MDB_val k, v;
+    armed_walk = &walk;
+    rc = mdb_cursor_get(cursor, &k, &v, MDB_FIRST);
+    while (rc == 0) {
+      touch_pages(v, stat.ms_psize);
+      // Disarmed while fn runs: its pages were read, and a jump must skip no C++ frame.
+      armed_walk = nullptr;
+      if (cursor == cursors[0]) fn({static_cast<const uint8_t*>(v.mv_data), v.mv_size});
+      armed_walk = &walk;
+      rc = mdb_cursor_get(cursor, &k, &v, MDB_NEXT);
+    }
+    armed_walk = nullptr;
+    if (rc != MDB_NOTFOUND) break;
+  }
+  mdb_cursor_close(cursors[0]);
+  mdb_cursor_close(cursors[1]);
   mdb_txn_abort(txn);
   return rc == MDB_NOTFOUND;
 }

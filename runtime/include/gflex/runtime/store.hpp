@@ -73,9 +73,10 @@ class store final : public key_value_store {
   /// Opens (creating if needed) the store in `dir`; `map_bytes` bounds its size. The bound is
   /// address space, not disk: the file grows with what is written. 64 GiB leaves room for the
   /// checkpoints of large models (a 150-million-parameter job's is 1.2 GB, and LMDB keeps the
-  /// old copy until the new one is committed). errc::store_error, naming data.mdb, where it is
-  /// shorter than its pages (truncated: LMDB would fault on it), or empty or missing while its
-  /// lock.mdb or blobs/ show that a store was there (LMDB would start it empty).
+  /// old copy until the new one is committed). errc::store_error, naming data.mdb, where a page
+  /// its records use lies past its end (cut short: LMDB would fault on it; found by reading
+  /// every such page, as the file's size alone cannot tell), or where it is empty or missing
+  /// while its lock.mdb or blobs/ show that a store was there (LMDB would start it empty).
   static expected<store> open(const std::filesystem::path& dir, size_t map_bytes = size_t{1} << 36);
 
   /// Applies all writes in one LMDB write transaction.
@@ -105,11 +106,14 @@ class store final : public key_value_store {
  private:
   struct impl;
   explicit store(std::unique_ptr<impl> p);
-  /// Removes files under blobs/ that no key names (left by a crash); called by open().
-  void sweep_blobs();
-  /// Calls `fn` with every stored value as LMDB holds it (references unresolved); false when
-  /// the store could not be read to its end.
-  bool scan_raw(const std::function<void(std::span<const uint8_t>)>& fn) const;
+  /// Removes files under blobs/ that no key names (left by a crash); called by open(). Fails
+  /// only where data.mdb is cut short (see scan_raw).
+  expected<void> sweep_blobs();
+  /// Calls `fn` with every stored value as LMDB holds it (references unresolved), reading
+  /// every page of both of LMDB's trees (the records' and the free pages'); false when the
+  /// store could not be read to its end, errc::store_error where a page lies past the end of
+  /// data.mdb (the fault is caught: SIGBUS is handled for the walk only, on this thread only).
+  expected<bool> scan_raw(const std::function<void(std::span<const uint8_t>)>& fn) const;
   std::unique_ptr<impl> impl_;
 };
 
