@@ -427,7 +427,9 @@ int run_core(const core_config& given, const core_service_starter& start) {
   auto core = spawn_core(sys, config);
   if (!core) {
     spdlog::error("{}", core.error().message());
-    return 1;
+    // A damaged store (data.mdb cut short or emptied) is the operator's to restore: a
+    // service does not restart the core on it for ever (exit 2); anything else may pass.
+    return core.error().code() == errc::bad_format ? 2 : 1;
   }
   auto port = config.insecure
                   ? sys.middleman().publish(*core, config.port, config.host.c_str(), true)

@@ -240,7 +240,7 @@ expected<store> store::open(const std::filesystem::path& dir, size_t map_bytes) 
     if (!std::filesystem::is_empty(p->blobs, ec) && !ec)
       evidence += (evidence.empty() ? "" : ", ") + std::string("files under blobs/");
     if (!evidence.empty())
-      return error(errc::store_error,
+      return error(errc::bad_format,
                    data_file.string() + (missing ? " is missing" : " is empty") +
                        ", yet a store was there (beside it: " + evidence + "), lost or " +
                        "truncated since: restore data.mdb from a backup, or, to start an " +
@@ -310,7 +310,8 @@ expected<bool> store::scan_raw(const std::function<void(std::span<const uint8_t>
     const auto file = std::filesystem::path(impl_->dir) / "data.mdb";
     std::error_code ec;
     const auto held = std::filesystem::file_size(file, ec);
-    return error(errc::store_error,
+    // bad_format: a file to restore, not a failure a restart mends (run_core: exit 2).
+    return error(errc::bad_format,
                  file.string() + " is truncated: " +
                      (ec ? std::string() : "it holds " + std::to_string(held) + " bytes, and ") +
                      "a page its records use lies past its end (cut short: restore it from a " +

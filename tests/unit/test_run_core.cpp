@@ -31,6 +31,7 @@
 #include "core_supervisor.hpp"
 #include "gflex/gflex.hpp"
 #include "gflex/runtime/http_server.hpp"
+#include "gflex/runtime/store.hpp"
 #include "gflex/runtime/tls_credentials.hpp"
 #include "running_core.hpp"
 #include "temp_dir.hpp"
@@ -71,6 +72,21 @@ struct two_cores {
 };
 
 }  // namespace
+
+TEST_CASE("a core on an emptied store exits 2, the operator's to restore, not 1") {
+  // exit 1 is what a service restarts: on a data.mdb cut short or emptied it did so every 5 s
+  // for ever, the file's state unchanged.
+  test::temp_dir dir;
+  const auto config = local_core_config(dir);
+  {
+    auto s = store::open(dir.path());
+    REQUIRE(s.has_value());
+    REQUIRE(s->put("ledger/head", std::vector<uint8_t>{'1'}).has_value());
+  }
+  std::filesystem::resize_file(dir.path() / "data.mdb", 0);
+  CHECK(run_core(config) == 2);
+  CHECK(std::filesystem::file_size(dir.path() / "data.mdb") == 0);  // changed nothing
+}
 
 TEST_CASE("run_core stops on SIGTERM and gives the program its handlers back") {
   test::temp_dir dir;

@@ -186,7 +186,7 @@ TEST_SUITE("store") {
     for (int start = 0; start < 2; ++start) {  // refused again at the next start
       auto s = store::open(dir.path());
       REQUIRE_FALSE(s.has_value());
-      CHECK(s.error().code() == errc::store_error);
+      CHECK(s.error().code() == errc::bad_format);
       const auto& why = s.error().message();
       CHECK_MESSAGE(why.find(file.string() + " is truncated") != std::string::npos, why);
       CHECK_MESSAGE(why.find("holds 12288 bytes") != std::string::npos, why);
@@ -305,7 +305,7 @@ TEST_SUITE("store") {
     std::filesystem::resize_file(file, 0);
     auto emptied = store::open(dir.path());
     REQUIRE_FALSE(emptied.has_value());
-    CHECK(emptied.error().code() == errc::store_error);
+    CHECK(emptied.error().code() == errc::bad_format);
     CHECK_MESSAGE(emptied.error().message().find(file.string() + " is empty") != std::string::npos,
                   emptied.error().message());
     CHECK(emptied.error().message().find("lock.mdb") != std::string::npos);
