@@ -1706,6 +1706,11 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links,
         const data_set_info* known = stored_set(st, id);
         if (known == nullptr) {
           if (was_uploading) return caf::ok_atom::value;
+          // The stored sets are decoded off this actor as a core starts: one not registered
+          // yet is not "no data set" (nothing is changed; the owner tries again).
+          if (st.loading_data_sets)
+            return to_caf(error(errc::unavailable,
+                                "the core is still loading its data sets; try again shortly"));
           return to_caf(error(errc::invalid_argument, who + " has no data set '" + name + "'"));
         }
         if (auto busy = in_use(st, id, "removed")) return to_caf(*busy);
