@@ -662,74 +662,9 @@ bool known_apart_from_load(const job_supervisor_state& st, const data_set_id& id
 
 void delete_unnamed_shards(supervisor_actor* self, std::set<std::string> named);
 
-/// Users' data sets made ready to register (data_catalog::prepare_user_set), by set.
-using prepared_sets = std::map<data_set_id, expected<data_catalog::user_set_entry>>;
-
-// Makes the sets `infos` of the shards `chunks` ready to register on a detached actor, then
-// calls `done` with them (or `failed`) on this one. Decoding every shard of a large set takes
-// seconds: on this actor's thread it held up every client's status, submit and push
-// meanwhile, past their timeouts. The catalog is left to this actor, which registers what it
-// gets back, so that a removal or push meanwhile is told apart as before.
-void prepare_user_sets(supervisor_actor* self, std::vector<data_set_info> infos,
-                       std::map<std::string, std::shared_ptr<const std::vector<uint8_t>>> chunks,
-                       std::function<void(prepared_sets&)> done,
-                       std::function<void(const caf::error&)> failed) {
-  // Filled by the preparer and read here only once its answer came (its answer is sent
-  // after the last write).
-  auto out = std::make_shared<prepared_sets>();
-  auto preparer =
-      self->spawn<caf::detached>([=, limits = self->state.data_limits](caf::event_based_actor* p) {
-        return caf::behavior{[=](caf::get_atom) {
-          p->quit();
-          for (const auto& info : infos)
-            out->emplace(data_set_id{info.owner, info.name},
-                         data_catalog::prepare_user_set(info, chunks, limits));
-          return caf::ok_atom::value;
-        }};
-      });
-  self->request(preparer, std::chrono::minutes(10), caf::get_atom::value)
-      .then([=](caf::ok_atom) { done(*out); }, [=](caf::error& e) { failed(e); });
-}
-
-// Why `info` cannot be registered from `load`: a shard of it damaged or missing (first), or
-// one the store could not answer now (second); empty where neither.
-std::pair<std::string, std::string> shard_trouble(const data_set_load& load,
-                                                  const data_set_info& info) {
-  std::string damaged, unanswered;
-  for (const auto* shards : {&info.test_shards, &info.train_shards})
-    for (const auto& d : *shards) {
-      if (auto it = load.unreadable.find(d); damaged.empty() && it != load.unreadable.end())
-        damaged = "shard " + d.substr(0, 12) + ": " + it->second;
-      if (auto it = load.unanswered.find(d); unanswered.empty() && it != load.unanswered.end())
-        unanswered = "shard " + d.substr(0, 12) + ": " + it->second;
-    }
-  return {std::move(damaged), std::move(unanswered)};
-}
-
-void register_data_sets(supervisor_actor* self, std::shared_ptr<data_set_load> load,
-                        prepared_sets prepared);
-
-// Every shard is read: the sets to be registered are decoded off this actor
-// (prepare_user_sets), then registered.
+// Every shard is read: the sets are registered with the catalog, each on its own (a damaged
+// shard leaves its set out, and that set only), and the jobs resumed.
 void data_sets_read(supervisor_actor* self, std::shared_ptr<data_set_load> load) {
-  std::vector<data_set_info> ready;
-  for (const auto& [key, info] : load->manifests)
-    if (info && !known_apart_from_load(self->state, {info->owner, info->name})) {
-      auto [damaged, unanswered] = shard_trouble(*load, *info);
-      if (damaged.empty() && unanswered.empty()) ready.push_back(*info);
-    }
-  if (ready.empty()) return register_data_sets(self, std::move(load), {});
-  auto chunks = load->chunks;
-  prepare_user_sets(
-      self, std::move(ready), std::move(chunks),
-      [=](prepared_sets& prepared) { register_data_sets(self, load, std::move(prepared)); },
-      [=](const caf::error& e) { data_sets_not_loaded(self, e); });
-}
-
-// The sets of `load` are registered with the catalog (those `prepared`), each on its own (a
-// damaged shard leaves its set out, and that set only), and the jobs resumed.
-void register_data_sets(supervisor_actor* self, std::shared_ptr<data_set_load> load,
-                        prepared_sets prepared) {
   auto& st = self->state;
   std::set<std::string> named;
   st.unloaded_sets.clear();
@@ -755,22 +690,21 @@ void register_data_sets(supervisor_actor* self, std::shared_ptr<data_set_load> l
     named.insert(info->test_shards.begin(), info->test_shards.end());
     const data_set_id id{info->owner, info->name};
     if (known_apart_from_load(st, id)) continue;
-    auto [damaged, unanswered] = shard_trouble(*load, *info);
-    auto entry = prepared.find(id);
-    if (unanswered.empty() && damaged.empty() && entry == prepared.end())
-      unanswered = "it was pushed or removed while it was read";  // known then, no longer
+    std::string damaged, unanswered;
+    for (const auto* shards : {&info->test_shards, &info->train_shards})
+      for (const auto& d : *shards) {
+        if (auto it = load->unreadable.find(d); damaged.empty() && it != load->unreadable.end())
+          damaged = "shard " + d.substr(0, 12) + ": " + it->second;
+        if (auto it = load->unanswered.find(d); unanswered.empty() && it != load->unanswered.end())
+          unanswered = "shard " + d.substr(0, 12) + ": " + it->second;
+      }
     if (!unanswered.empty()) {
       // Neither served nor left out as damaged: read again in 5 s.
       st.unloaded_sets[id] = {*info, unanswered};
       continue;
     }
-    expected<void> ok;
-    if (!damaged.empty())
-      ok = error(errc::store_error, damaged);
-    else if (!entry->second)
-      ok = entry->second.error();
-    else
-      st.links.catalog->restore_user_set(std::move(*entry->second));
+    auto ok = damaged.empty() ? st.links.catalog->put_user_set(*info, load->chunks, st.data_limits)
+                              : expected<void>(error(errc::store_error, damaged));
     if (!ok) {
       // Left out, yet known: a job on it says why, and `gflex data rm` removes it.
       spdlog::error("store: data set {}/{} cannot be loaded: {}", info->owner, info->name,
@@ -1158,67 +1092,6 @@ void fetch_model(supervisor_actor* self, const std::string& who, const std::stri
             }
             next_queued_export(self);
           });
-}
-
-// Registers the user's data set `entry` (prepared from the shards `chunks`, and counted as
-// being stored until `stored` is called) with the catalog and stores it, manifest and shards
-// in one transaction; `rp` is answered with it, or with why it was not stored. The set it
-// replaces is kept, to be put back if the new one cannot be stored.
-void store_user_set(
-    supervisor_actor* self, data_catalog::user_set_entry entry,
-    const std::map<std::string, std::shared_ptr<const std::vector<uint8_t>>>& chunks,
-    std::function<void()> stored, caf::typed_response_promise<data_set_info> rp) {
-  auto& st = self->state;
-  auto info = std::make_shared<const data_set_info>(entry.info);
-  const std::string who = info->owner, name = info->name;
-  const data_set_id id{who, name};
-  auto previous = st.links.catalog->registered_user_set(who, name);
-  st.links.catalog->restore_user_set(std::move(entry));
-  store_batch batch;
-  batch.keys.push_back(data_set_key(who, name));
-  batch.values.push_back(encode_data_set(*info));
-  for (const auto& [digest, bytes] : chunks) {
-    batch.keys.push_back(data_chunk_key(digest));
-    batch.values.push_back(*bytes);
-  }
-  // A set replaced (or one that could not be loaded): its shards the new one and no
-  // other names go with it.
-  if (const auto* old = stored_set(st, id))
-    for (const auto& digest : unreferenced_chunks(st, *old, id, &*info)) {
-      batch.keys.push_back(data_chunk_key(digest));
-      batch.values.emplace_back();
-    }
-  auto kept = [=]() mutable {
-    stored();
-    self->state.data_sets[id] = *info;
-    self->state.damaged_sets.erase(id);
-    self->state.unloaded_sets.erase(id);
-    spdlog::info("data set {}/{} stored: {} training and {} test samples, {} bytes", who, name,
-                 info->train_samples, info->test_samples, info->bytes);
-    rp.deliver(*info);
-  };
-  auto not_kept = [=](const caf::error& e) mutable {
-    stored();
-    // Not stored: not served either; the set it was to replace is served again
-    // (dropped too, it was listed but refused to every job until the core restarted).
-    auto& catalog = *self->state.links.catalog;
-    if (previous) {
-      catalog.restore_user_set(*previous);
-    } else {
-      catalog.drop_user_set(who, name);
-      // A damaged set it was to replace is still stored, and still listed as left out:
-      // the catalog forgot its damage when it took the new set, and a job on it was
-      // told there was no such set.
-      if (auto it = self->state.damaged_sets.find(id); it != self->state.damaged_sets.end())
-        catalog.note_damaged_set(who, name, it->second.second);
-    }
-    rp.deliver(e);
-  };
-  // Read back after a failure (a large set on a slow disk): a set landed late was in
-  // the store but unknown (not listed, its name free for a push) until a restart.
-  auto check = holds_value(data_set_key(who, name), std::chrono::minutes(10), batch.values.front());
-  commit_checked(self, st.links.store, 4 * st.links.record_wait, std::move(batch), std::move(check),
-                 kept, [=](caf::error& e, caf::error&) mutable { not_kept(e); });
 }
 
 caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links,
@@ -1644,37 +1517,70 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links,
           }
         auto chunks = upload.chunks();
         st.uploads.erase(it);
-        // From here until its commit ends the set counts as being stored: neither pushed
-        // again, removed nor trained on, and its shards are not deleted as named by no set.
-        st.committing[id] = *info;
-        for (const auto& [digest, bytes] : chunks) ++st.storing_chunks[digest];
-        auto stored = [=] {
-          auto& st = self->state;
-          st.committing.erase(id);
-          for (const auto& [digest, bytes] : chunks)
-            if (auto it = st.storing_chunks.find(digest);
-                it != st.storing_chunks.end() && --it->second == 0)
-              st.storing_chunks.erase(it);
-        };
-        auto rp = self->make_response_promise<data_set_info>();
         // In memory first: a set the catalog refuses is never stored (a stored one is loaded
-        // again at every start). Its shards are decoded off this actor, then it is
-        // registered and stored.
-        prepare_user_sets(
-            self, {*info}, chunks,
-            [=](prepared_sets& prepared) mutable {
-              auto& entry = prepared.begin()->second;
-              if (!entry) {
-                stored();
-                rp.deliver(to_caf(entry.error()));
-                return;
-              }
-              store_user_set(self, std::move(*entry), chunks, stored, rp);
-            },
-            [=](const caf::error& e) mutable {
-              stored();
-              rp.deliver(e);
-            });
+        // again at every start). The set it replaces is kept, to be put back if the new one
+        // cannot be stored.
+        auto previous = st.links.catalog->registered_user_set(who, name);
+        if (auto ok = st.links.catalog->put_user_set(*info, chunks, st.data_limits); !ok)
+          return to_caf(ok.error());
+        store_batch batch;
+        batch.keys.push_back(data_set_key(who, name));
+        batch.values.push_back(encode_data_set(*info));
+        for (const auto& [digest, bytes] : chunks) {
+          batch.keys.push_back(data_chunk_key(digest));
+          batch.values.push_back(*bytes);
+          ++st.storing_chunks[digest];
+        }
+        // A set replaced (or one that could not be loaded): its shards the new one and no
+        // other names go with it.
+        if (const auto* old = stored_set(st, id))
+          for (const auto& digest : unreferenced_chunks(st, *old, id, &*info)) {
+            batch.keys.push_back(data_chunk_key(digest));
+            batch.values.emplace_back();
+          }
+        auto stored = [=] {
+          for (const auto& [digest, bytes] : chunks)
+            if (auto it = self->state.storing_chunks.find(digest);
+                it != self->state.storing_chunks.end() && --it->second == 0)
+              self->state.storing_chunks.erase(it);
+        };
+        st.committing[id] = *info;
+        auto rp = self->make_response_promise<data_set_info>();
+        auto kept = [=]() mutable {
+          stored();
+          self->state.committing.erase(id);
+          self->state.data_sets[id] = *info;
+          self->state.damaged_sets.erase(id);
+          self->state.unloaded_sets.erase(id);
+          spdlog::info("data set {}/{} stored: {} training and {} test samples, {} bytes", who,
+                       name, info->train_samples, info->test_samples, info->bytes);
+          rp.deliver(*info);
+        };
+        auto not_kept = [=](const caf::error& e) mutable {
+          stored();
+          self->state.committing.erase(id);
+          // Not stored: not served either; the set it was to replace is served again
+          // (dropped too, it was listed but refused to every job until the core restarted).
+          auto& catalog = *self->state.links.catalog;
+          if (previous) {
+            catalog.restore_user_set(*previous);
+          } else {
+            catalog.drop_user_set(who, name);
+            // A damaged set it was to replace is still stored, and still listed as left out:
+            // the catalog forgot its damage when it took the new set, and a job on it was
+            // told there was no such set.
+            if (auto it = self->state.damaged_sets.find(id); it != self->state.damaged_sets.end())
+              catalog.note_damaged_set(who, name, it->second.second);
+          }
+          rp.deliver(e);
+        };
+        // Read back after a failure (a large set on a slow disk): a set landed late was in
+        // the store but unknown (not listed, its name free for a push) until a restart.
+        auto check =
+            holds_value(data_set_key(who, name), std::chrono::minutes(10), batch.values.front());
+        commit_checked(self, st.links.store, 4 * st.links.record_wait, std::move(batch),
+                       std::move(check), kept,
+                       [=](caf::error& e, caf::error&) mutable { not_kept(e); });
         return rp;
       },
       // An upload's timer: no part came since the one marked `mark` (an upload finished or

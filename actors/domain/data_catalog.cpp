@@ -92,7 +92,7 @@ expected<std::shared_ptr<const served_data>> data_catalog::get(const kernels::wo
   return out;
 }
 
-expected<data_catalog::user_set_entry> data_catalog::prepare_user_set(
+expected<void> data_catalog::put_user_set(
     const data_set_info& info,
     const std::map<std::string, std::shared_ptr<const std::vector<uint8_t>>>& chunks,
     const user_data_limits& limits) {
@@ -138,16 +138,11 @@ expected<data_catalog::user_set_entry> data_catalog::prepare_user_set(
     data->train_samples += d->size();
     data->held_chunks.push_back(it->second);
   }
-  return user_set_entry{info, std::move(data)};
-}
-
-expected<void> data_catalog::put_user_set(
-    const data_set_info& info,
-    const std::map<std::string, std::shared_ptr<const std::vector<uint8_t>>>& chunks,
-    const user_data_limits& limits) {
-  auto entry = prepare_user_set(info, chunks, limits);
-  if (!entry) return entry.error();
-  restore_user_set(std::move(*entry));
+  std::lock_guard<std::mutex> guard(mutex_);
+  for (const auto& digest : info.train_shards) chunks_[digest] = chunks.at(digest);
+  user_sets_[{info.owner, info.name}] = {info, std::move(data)};  // a replaced one goes
+  damaged_sets_.erase({info.owner, info.name});
+  forget_unheld();
   return {};
 }
 
@@ -172,7 +167,7 @@ void data_catalog::restore_user_set(user_set_entry entry) {
     chunks_[shards[i].digest] = entry.data->held_chunks[i];
   const std::pair<std::string, std::string> key{entry.info.owner, entry.info.name};
   damaged_sets_.erase(key);
-  user_sets_[key] = std::move(entry);  // a replaced one goes
+  user_sets_[key] = std::move(entry);
   forget_unheld();
 }
 

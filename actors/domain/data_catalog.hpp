@@ -50,33 +50,21 @@ class data_catalog {
   /// every one it ever loaded.
   expected<std::shared_ptr<const served_data>> get(const kernels::workload& w);
 
-  /// A user's data set as registered: its record and data.
-  struct user_set_entry {
-    data_set_info info;
-    std::shared_ptr<const served_data> data;
-  };
-  /// A user's data set (data_sets.hpp) made ready to register from its shards' bytes: its
-  /// test shards decoded, its training shards decoded to be checked (a damaged stored shard is
-  /// refused here, not by every node given it) and counted, within `limits` (a set stored
-  /// before the limits were checked is refused, not decoded). Touches no catalog: it decodes
-  /// the whole set, seconds for a large one, so the job supervisor calls it on a detached
-  /// actor and registers what it gives with restore_user_set.
-  static expected<user_set_entry> prepare_user_set(
-      const data_set_info& info,
-      const std::map<std::string, std::shared_ptr<const std::vector<uint8_t>>>& chunks,
-      const user_data_limits& limits = {});
-  /// prepare_user_set, then restore_user_set: registers the set, replacing one of the same
-  /// owner and name. An error leaves it out. Blocking as prepare_user_set is.
+  /// Registers a user's data set (data_sets.hpp) with its shards' bytes, replacing one of
+  /// the same owner and name; its test shards are decoded here, within `limits` (a set
+  /// stored before the limits were checked is refused, not decoded). An error leaves it out.
   expected<void> put_user_set(
       const data_set_info& info,
       const std::map<std::string, std::shared_ptr<const std::vector<uint8_t>>>& chunks,
       const user_data_limits& limits = {});
-  /// A user's data set as registered, to put back with restore_user_set when a replacement
-  /// could not be stored; none when there is none.
+  /// A user's data set as registered (its record and data), to put back with
+  /// restore_user_set when a replacement could not be stored; none when there is none.
+  struct user_set_entry {
+    data_set_info info;
+    std::shared_ptr<const served_data> data;
+  };
   std::optional<user_set_entry> registered_user_set(const std::string& owner,
                                                     const std::string& name) const;
-  /// Registers `entry` (one registered before, or one prepare_user_set made), replacing the
-  /// set of the same owner and name.
   void restore_user_set(user_set_entry entry);
   /// Forgets a user's data set (its shards stay while another set or a job holds them; the
   /// memory of those nobody holds is freed).

@@ -57,17 +57,6 @@ void push_c(test::job_fixture& f, const std::vector<uint8_t>& train) {
         .receive([](data_set_info&) {}, [&](caf::error& e) { FAIL(f.sys.render(e)); });
 }
 
-// `n` samples of `values` zeros each (8-bit pixels), in 3 classes.
-dataset zeros(int64_t n, int64_t values) {
-  dataset out;
-  out.classes = 3;
-  out.features = tensor::empty({n, values}, dtype::f32);
-  out.labels = tensor::empty({n}, dtype::i32);
-  std::fill_n(out.features.data<float>(), n * values, 0.0f);
-  for (int64_t i = 0; i < n; ++i) out.labels.data<int32_t>()[i] = static_cast<int32_t>(i % 3);
-  return out;
-}
-
 struct store_fixture : test::configured_system {
   const std::string alice = "user/alice";
   const std::chrono::seconds wait{30};
@@ -560,101 +549,6 @@ TEST_SUITE("data set store") {
     f.self->request(f.supervisor, f.wait, submit_atom::value, f.alice, on_x)
         .receive([](std::string&) {}, [&](caf::error& e) { refused = f.sys.render(e); });
     CHECK_MESSAGE(refused.find("user/alice has no data set 'x'") != std::string::npos, refused);
-  }
-
-  TEST_CASE("a stored set is registered with each shard's samples, a damaged one left out") {
-    // Its shards are decoded off the supervisor now: they are still each counted and
-    // checked, and a shard whose bytes do not decode still leaves its set out.
-    const auto t1 = shard_of(test::samples(10)), t2 = shard_of(test::samples(13)),
-               e = shard_of(test::samples(5));
-    data_upload up("user/alice", "a", 3, {});
-    REQUIRE(up.add({0, 3, false, t1}).has_value());
-    REQUIRE(up.add({1, 3, false, t2}).has_value());
-    REQUIRE(up.add({2, 3, true, e}).has_value());
-    auto good = up.finish().value();
-    // "b" names a training shard whose stored bytes are cut short (the store's digest check
-    // passed: written so).
-    auto damaged = good;
-    damaged.name = "b";
-    const std::vector<uint8_t> cut(t2.begin(),
-                                   t2.begin() + static_cast<std::ptrdiff_t>(t2.size() / 2));
-    damaged.train_shards[1] = digest_of(cut);
-    std::map<std::string, std::vector<uint8_t>> kept;
-    kept[data_set_key("user/alice", "a")] = encode_data_set(good);
-    kept[data_set_key("user/alice", "b")] = encode_data_set(damaged);
-    for (const auto* s : {&t1, &t2, &e, &cut}) kept[data_chunk_key(digest_of(*s))] = *s;
-    store_fixture f(kept);
-    std::vector<data_set_info> listed;
-    for (int tries = 0; tries < 100 && listed.empty(); ++tries) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(100));
-      f.self->request(f.supervisor, f.wait, dlist_atom::value, f.alice)
-          .receive([&](std::vector<data_set_info>& sets) { listed = std::move(sets); },
-                   [&](caf::error& e) { FAIL(f.sys.render(e)); });
-    }
-    REQUIRE(listed.size() == 1);
-    CHECK(listed.front().name == "a");
-    auto a = f.catalog->registered_user_set(f.alice, "a");
-    REQUIRE(a.has_value());
-    REQUIRE(a->data->shards.size() == 2);
-    CHECK(a->data->shards[0].samples == 10);
-    CHECK(a->data->shards[1].samples == 13);
-    CHECK(a->data->train_samples == 23);
-    CHECK(a->data->test.size() == 5);
-    CHECK(f.catalog->chunk(digest_of(t2)) != nullptr);  // served
-    CHECK_FALSE(f.catalog->registered_user_set(f.alice, "b").has_value());
-    // A job on b is told why.
-    auto spec = parse_job_spec(test::k_spec, "spec");
-    REQUIRE(spec.has_value());
-    auto w = kernels::find_workload(spec->workload, spec->model, "");
-    REQUIRE(w.has_value());
-    auto b = f.catalog->user_set(f.alice, "b", **w);
-    REQUIRE_FALSE(b.has_value());
-    CHECK_MESSAGE(b.error().message().find("'b' cannot be read from the core's store (malformed") !=
-                      std::string::npos,
-                  b.error().message());
-  }
-
-  TEST_CASE("the supervisor answers while a large stored set is decoded") {
-    // Every shard of every stored set was decoded inside one of the supervisor's handlers,
-    // only to count its samples: a set of gigabytes held up every client's status, submit and
-    // push for seconds (past a client's 30 s timeout for the largest), and the jobs' progress.
-    // A shard of 8000 samples of 4096 values (32 MB, under the limit of a part) decodes to
-    // 125 MiB of floats; the set names it `repeats` times.
-    const auto big = encode_shard(zeros(8000, 4096), 0, 8000), e = shard_of(zeros(5, 4096));
-    constexpr int64_t repeats = 24;
-    auto info = set_of(big, e);
-    info.name = "big";
-    info.train_shards.assign(repeats, digest_of(big));
-    info.train_samples = 8000 * repeats;
-    std::map<std::string, std::vector<uint8_t>> kept;
-    kept[data_set_key("user/alice", "big")] = encode_data_set(info);
-    kept[data_chunk_key(digest_of(big))] = big;
-    kept[data_chunk_key(digest_of(e))] = e;
-    using clock = std::chrono::steady_clock;
-    const auto start = clock::now();
-    store_fixture f(kept);
-    // Polled until the set is listed: the longest any answer took, against the whole load.
-    clock::duration longest{};
-    bool listed = false;
-    while (!listed && clock::now() - start < std::chrono::seconds(120)) {
-      const auto asked = clock::now();
-      f.self->request(f.supervisor, f.wait, dlist_atom::value, f.alice)
-          .receive([&](std::vector<data_set_info>& sets) { listed = !sets.empty(); },
-                   [&](caf::error& e) { FAIL(f.sys.render(e)); });
-      longest = std::max(longest, clock::now() - asked);
-      std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    }
-    REQUIRE(listed);
-    const auto load = clock::now() - start;
-    const auto ms = [](clock::duration d) {
-      return std::chrono::duration_cast<std::chrono::milliseconds>(d).count();
-    };
-    INFO("the load took ", ms(load), " ms; the longest answer ", ms(longest), " ms");
-    REQUIRE(load > std::chrono::milliseconds(500));  // long enough to tell
-    CHECK(longest < load / 4);
-    auto served = f.catalog->registered_user_set(f.alice, "big");
-    REQUIRE(served.has_value());
-    CHECK(served->data->train_samples == 8000 * repeats);
   }
 
   TEST_CASE("an upload started afresh is not dropped by the timers of the one it replaced") {
