@@ -17,7 +17,6 @@
 #include <cstddef>
 #include <limits>
 #include <map>
-#include <mutex>
 #include <optional>
 #include <string>
 #include <utility>
@@ -38,13 +37,9 @@ constexpr const char* flush_symbol = "_ZN3caf2io15abstract_broker5flushENS0_17co
 
 // Whether a line may be written, at most 20 in 10 s for each `throttle` (a peer makes as many
 // such events as it likes); if lines were held back before it, `what` says how many.
-bool may_log(std::mutex& m, log_throttle& throttle, const char* what) {
+bool may_log(locked_log_throttle& throttle, const char* what) {
   uint64_t held_back = 0;
-  bool log = false;
-  {
-    std::lock_guard lock(m);
-    log = throttle.allow(log_throttle::clock::now(), held_back);
-  }
+  const bool log = throttle.allow(held_back);
   if (log && held_back > 0) spdlog::warn("{} more {} unlogged", held_back, what);
   return log;
 }
@@ -172,9 +167,8 @@ void shut_down_stalled(caf::io::abstract_broker& broker, caf::io::connection_han
                        size_t waiting, verdict why) {
   const int fd = socket_of(broker, hdl);
   if (fd < 0) {
-    static std::mutex log_mutex;
-    static log_throttle throttle{20, std::chrono::seconds(10)};
-    if (may_log(log_mutex, throttle, "connections with too much to send were left open"))
+    static locked_log_throttle throttle{20, std::chrono::seconds(10)};
+    if (may_log(throttle, "connections with too much to send were left open"))
       spdlog::error("a connection has {} MiB waiting to be sent, and its socket is not found",
                     waiting >> 20);
     return;
@@ -188,9 +182,8 @@ void shut_down_stalled(caf::io::abstract_broker& broker, caf::io::connection_han
   setsockopt(fd, SOL_SOCKET, SO_LINGER, &abort, sizeof abort);
   shutdown(fd, SHUT_RDWR);
   stalled.fetch_add(1);
-  static std::mutex log_mutex;
-  static log_throttle throttle{20, std::chrono::seconds(10)};
-  if (!may_log(log_mutex, throttle, "connections whose peer stopped reading were closed")) return;
+  static locked_log_throttle throttle{20, std::chrono::seconds(10)};
+  if (!may_log(throttle, "connections whose peer stopped reading were closed")) return;
   if (why == verdict::too_much)
     spdlog::warn(
         "closed the connection to {} port {}: {} bytes wait to be sent to it, more than the {} "
@@ -265,10 +258,8 @@ void caf::io::abstract_broker::configure_read(connection_handle hdl, receive_pol
   if (cfg.second > gflex::max_message_bytes) {
     gflex::refused.fetch_add(1);
     // At most 20 lines in 10 s: a peer opens as many such connections as it likes.
-    static std::mutex log_mutex;
-    static gflex::log_throttle throttle{20, std::chrono::seconds(10)};
-    if (gflex::may_log(log_mutex, throttle,
-                       "connections that announced oversized messages were closed"))
+    static gflex::locked_log_throttle throttle{20, std::chrono::seconds(10)};
+    if (gflex::may_log(throttle, "connections that announced oversized messages were closed"))
       spdlog::warn("closed a connection that announced a {} byte message (the limit is {})",
                    cfg.second, gflex::max_message_bytes);
     // Read no such payload: BASP gets the next header's worth of bytes as the payload it

@@ -141,15 +141,9 @@ void note_named_drop(caf::atom_value name) {
     spdlog::debug("dropped a peer's message to CAF's spawn server");
     return;
   }
-  static std::mutex log_mutex;
-  static gflex::log_throttle throttle{20, std::chrono::seconds(10)};
+  static gflex::locked_log_throttle throttle{20, std::chrono::seconds(10)};
   uint64_t held_back = 0;
-  bool log = false;
-  {
-    std::lock_guard<std::mutex> lock(log_mutex);
-    log = throttle.allow(gflex::log_throttle::clock::now(), held_back);
-  }
-  if (!log) return;
+  if (!throttle.allow(held_back)) return;
   if (held_back > 0) spdlog::warn("{} more messages to named actors dropped unlogged", held_back);
   spdlog::warn("dropped a peer's message to the named actor {}", caf::to_string(name));
 }
@@ -158,15 +152,9 @@ void note_named_drop(caf::atom_value name) {
 // holder of a core's bundle may connect and send a bad frame in a loop, and each wrote a line.
 void note_refusal(const std::string& why) {
   gflex::refused.fetch_add(1);
-  static std::mutex log_mutex;
-  static gflex::log_throttle throttle{20, std::chrono::seconds(10)};
+  static gflex::locked_log_throttle throttle{20, std::chrono::seconds(10)};
   uint64_t held_back = 0;
-  bool log = false;
-  {
-    std::lock_guard<std::mutex> lock(log_mutex);
-    log = throttle.allow(gflex::log_throttle::clock::now(), held_back);
-  }
-  if (!log) return;
+  if (!throttle.allow(held_back)) return;
   if (held_back > 0)
     spdlog::warn("{} more connections closed for what their peers sent unlogged", held_back);
   spdlog::warn("closed a connection whose peer sent {}", why);

@@ -8,6 +8,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <mutex>
 
 namespace gflex {
 
@@ -41,6 +42,24 @@ class log_throttle {
   clock::time_point started_{};
   uint64_t written_ = 0;
   uint64_t held_ = 0;
+};
+
+/// A log_throttle for a site any thread reaches (code every broker or scheduler thread runs,
+/// with the throttle a function-local static): allow() under a lock, at the time it is called.
+class locked_log_throttle {
+ public:
+  locked_log_throttle(uint64_t burst, log_throttle::clock::duration period)
+      : throttle_(burst, period) {}
+
+  /// As log_throttle::allow, now.
+  bool allow(uint64_t& held_back) {
+    std::lock_guard lock(mutex_);
+    return throttle_.allow(log_throttle::clock::now(), held_back);
+  }
+
+ private:
+  std::mutex mutex_;
+  log_throttle throttle_;
 };
 
 }  // namespace gflex
