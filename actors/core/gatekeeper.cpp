@@ -153,6 +153,27 @@ caf::error account_busy(const std::string& account) {
                                                   " is being made or changed now; try again"));
 }
 
+// Changes the API key records of `account`: `change` is called with the store keys of its
+// records (keys_of) and `done`, which answers the client and ends the change. One change of an
+// account at a time (account_busy otherwise): two at once would both act on the same records.
+template <class Answer, class Change>
+caf::result<Answer> change_account_keys(gatekeeper_actor* self, const std::string& account,
+                                        Change change) {
+  if (!self->state.accounts_keyed.insert(account).second) return account_busy(account);
+  auto rp = self->make_response_promise<Answer>();
+  auto done = [=](auto&& answer) mutable {
+    self->state.accounts_keyed.erase(account);
+    rp.deliver(std::forward<decltype(answer)>(answer));
+  };
+  self->request(self->state.store, store_timeout, scan_atom::value, api_key_store_key(""))
+      .then(
+          [=](std::vector<std::string>& keys, std::vector<std::vector<uint8_t>>& owners) mutable {
+            change(keys_of(account, keys, owners), done);
+          },
+          [=](caf::error& e) mutable { done(std::move(e)); });
+  return rp;
+}
+
 // Whether a line about a refused or held join may be written now, within
 // gatekeeper_state::refusal_log's bound; if lines were held back before it, it says how many.
 bool may_log_join(gatekeeper_actor* self) {
@@ -355,116 +376,83 @@ caf::behavior gatekeeper(gatekeeper_actor* self, caf::actor store, std::string o
         // written, and a write that failed left an open account no key reached: it gets its
         // key when created again, and an account with a key is refused. Two creations of
         // one account at once would both find no key: the second is refused.
-        if (!self->state.accounts_keyed.insert(account).second) return account_busy(account);
-        auto rp = self->make_response_promise<std::string>();
-        auto done = [=](auto&& answer) mutable {
-          self->state.accounts_keyed.erase(account);
-          rp.deliver(std::forward<decltype(answer)>(answer));
-        };
-        self->request(self->state.store, store_timeout, scan_atom::value, api_key_store_key(""))
-            .then(
-                [=](std::vector<std::string>& keys,
-                    std::vector<std::vector<uint8_t>>& owners) mutable {
-                  if (!keys_of(account, keys, owners).empty()) {
-                    done(to_caf(
-                        error(errc::invalid_argument, "account " + account + " exists already")));
-                    return;
-                  }
-                  auto key = new_api_key();
-                  const auto stored_at = api_key_store_key(secret_digest(key));
-                  // Read back after a failure: a key written late was shown to nobody, and
-                  // the account, which has a key, could never be given one ("exists
-                  // already").
-                  commit_checked(
-                      self, self->state.store, store_timeout,
-                      one_write(stored_at, bytes_of(account)),
-                      holds_value(stored_at, std::chrono::minutes(5), bytes_of(account)),
-                      [=]() mutable { done(key); },
-                      [=](caf::error& e, caf::error&) mutable { done(std::move(e)); });
-                },
-                [=](caf::error& e) mutable { done(std::move(e)); });
-        return rp;
+        return change_account_keys<std::string>(
+            self, account, [=](const std::vector<std::string>& old, auto done) mutable {
+              if (!old.empty()) {
+                done(to_caf(
+                    error(errc::invalid_argument, "account " + account + " exists already")));
+                return;
+              }
+              auto key = new_api_key();
+              const auto stored_at = api_key_store_key(secret_digest(key));
+              // Read back after a failure: a key written late was shown to nobody, and
+              // the account, which has a key, could never be given one ("exists
+              // already").
+              commit_checked(
+                  self, self->state.store, store_timeout, one_write(stored_at, bytes_of(account)),
+                  holds_value(stored_at, std::chrono::minutes(5), bytes_of(account)),
+                  [=]() mutable { done(key); },
+                  [=](caf::error& e, caf::error&) mutable { done(std::move(e)); });
+            });
       },
       [=](update_atom, api_key_atom, const std::string& account) -> caf::result<std::string> {
         // A leaked key opened the account for good: nothing replaced or deleted a key record.
         // The new record and the deletion of the old ones are one commit, so that no failure
         // leaves the old key valid beside a new one shown to nobody, nor the account with
         // neither. An account without a key (revoked) gets one.
-        if (!self->state.accounts_keyed.insert(account).second) return account_busy(account);
-        auto rp = self->make_response_promise<std::string>();
-        auto done = [=](auto&& answer) mutable {
-          self->state.accounts_keyed.erase(account);
-          rp.deliver(std::forward<decltype(answer)>(answer));
-        };
-        self->request(self->state.store, store_timeout, scan_atom::value, api_key_store_key(""))
-            .then(
-                [=](std::vector<std::string>& keys,
-                    std::vector<std::vector<uint8_t>>& owners) mutable {
-                  const auto old = keys_of(account, keys, owners);
-                  auto key = new_api_key();
-                  const auto stored_at = api_key_store_key(secret_digest(key));
-                  auto batch = one_write(stored_at, bytes_of(account));
-                  for (const auto& k : old) {
-                    batch.keys.push_back(k);
-                    batch.values.emplace_back();
-                  }
-                  // Read back after a failure: the new record landed only with the deletions,
-                  // and a key written late was shown to nobody while the old one was gone.
-                  commit_checked(
-                      self, self->state.store, store_timeout, std::move(batch),
-                      holds_value(stored_at, std::chrono::minutes(5), bytes_of(account)),
-                      [=]() mutable {
-                        spdlog::info(
-                            "gatekeeper: account {} has a new API key ({} old one{} "
-                            "refused from now on)",
-                            account, old.size(), old.size() == 1 ? "" : "s");
-                        done(key);
-                      },
-                      [=](caf::error& e, caf::error&) mutable { done(std::move(e)); });
-                },
-                [=](caf::error& e) mutable { done(std::move(e)); });
-        return rp;
+        return change_account_keys<std::string>(
+            self, account, [=](const std::vector<std::string>& old, auto done) mutable {
+              auto key = new_api_key();
+              const auto stored_at = api_key_store_key(secret_digest(key));
+              auto batch = one_write(stored_at, bytes_of(account));
+              for (const auto& k : old) {
+                batch.keys.push_back(k);
+                batch.values.emplace_back();
+              }
+              // Read back after a failure: the new record landed only with the deletions,
+              // and a key written late was shown to nobody while the old one was gone.
+              commit_checked(
+                  self, self->state.store, store_timeout, std::move(batch),
+                  holds_value(stored_at, std::chrono::minutes(5), bytes_of(account)),
+                  [=]() mutable {
+                    spdlog::info(
+                        "gatekeeper: account {} has a new API key ({} old one{} "
+                        "refused from now on)",
+                        account, old.size(), old.size() == 1 ? "" : "s");
+                    done(key);
+                  },
+                  [=](caf::error& e, caf::error&) mutable { done(std::move(e)); });
+            });
       },
       [=](revoke_atom, api_key_atom, const std::string& account) -> caf::result<caf::ok_atom> {
         // The key records go; the account, its credits and jobs stay, opened by no key until
         // it is given a new one. An account without a key is answered ok: revoking again
         // (after a lost answer) finds nothing left to do.
-        if (!self->state.accounts_keyed.insert(account).second) return account_busy(account);
-        auto rp = self->make_response_promise<caf::ok_atom>();
-        auto done = [=](auto&& answer) mutable {
-          self->state.accounts_keyed.erase(account);
-          rp.deliver(std::forward<decltype(answer)>(answer));
-        };
-        self->request(self->state.store, store_timeout, scan_atom::value, api_key_store_key(""))
-            .then(
-                [=](std::vector<std::string>& keys,
-                    std::vector<std::vector<uint8_t>>& owners) mutable {
-                  const auto old = keys_of(account, keys, owners);
-                  if (old.empty()) {
+        return change_account_keys<caf::ok_atom>(
+            self, account, [=](const std::vector<std::string>& old, auto done) mutable {
+              if (old.empty()) {
+                done(caf::ok_atom::value);
+                return;
+              }
+              store_batch batch;
+              for (const auto& k : old) {
+                batch.keys.push_back(k);
+                batch.values.emplace_back();
+              }
+              // Read back after a failure: a revocation that landed late was reported as
+              // failed, and the operator believed the key still opened the account.
+              auto gone = [](bool found, const std::vector<uint8_t>& now) {
+                return !found || now.empty();
+              };
+              commit_checked(
+                  self, self->state.store, store_timeout, std::move(batch),
+                  read_back(old.front(), std::chrono::minutes(5), gone),
+                  [=]() mutable {
+                    spdlog::info("gatekeeper: the API key of account {} is revoked", account);
                     done(caf::ok_atom::value);
-                    return;
-                  }
-                  store_batch batch;
-                  for (const auto& k : old) {
-                    batch.keys.push_back(k);
-                    batch.values.emplace_back();
-                  }
-                  // Read back after a failure: a revocation that landed late was reported as
-                  // failed, and the operator believed the key still opened the account.
-                  auto gone = [](bool found, const std::vector<uint8_t>& now) {
-                    return !found || now.empty();
-                  };
-                  commit_checked(
-                      self, self->state.store, store_timeout, std::move(batch),
-                      read_back(old.front(), std::chrono::minutes(5), gone),
-                      [=]() mutable {
-                        spdlog::info("gatekeeper: the API key of account {} is revoked", account);
-                        done(caf::ok_atom::value);
-                      },
-                      [=](caf::error& e, caf::error&) mutable { done(std::move(e)); });
-                },
-                [=](caf::error& e) mutable { done(std::move(e)); });
-        return rp;
+                  },
+                  [=](caf::error& e, caf::error&) mutable { done(std::move(e)); });
+            });
       },
       [=](token_atom, const std::string& tier, int64_t lifetime_s,
           int64_t uses) -> caf::result<std::string> {
