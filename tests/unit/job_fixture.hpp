@@ -24,7 +24,9 @@
 #include "data_catalog.hpp"
 #include "gflex/runtime/checkpoint.hpp"
 #include "gflex/runtime/digest.hpp"
+#include "gflex/runtime/identity.hpp"
 #include "gflex/runtime/shard.hpp"
+#include "gflex/runtime/update_codec.hpp"
 #include "job.hpp"
 #include "job_record.hpp"
 #include "job_supervisor.hpp"
@@ -508,6 +510,30 @@ inline void await_held_request(job_fixture& f) {
         .receive([&](int64_t n) { waiting = n; }, [&](caf::error& e) { FAIL(f.sys.render(e)); });
   }
   REQUIRE(waiting == 1);
+}
+
+/// Node `key`'s result of assignment `a`: every one of `parameters` moved by 0.001, of 12
+/// samples, at `loss`, claiming `compute_s` of compute, signed.
+inline assignment_result small_signed_result(const node_identity& key, const assignment& a,
+                                             size_t parameters, double loss = 1.0,
+                                             double compute_s = 0.01) {
+  assignment_result r;
+  r.assignment_id = a.id;
+  r.update = encode_update(std::vector<float>(parameters, 0.001f), compression::fp32);
+  r.loss = loss;
+  r.samples = 12;
+  r.compute_s = compute_s;
+  r.signature = key.sign(result_message(a.id, r.update));
+  return r;
+}
+
+/// A worker of node `key` that answers every assignment at once with a small_signed_result.
+inline caf::behavior prompt_worker(caf::event_based_actor*, std::shared_ptr<node_identity> key,
+                                   size_t parameters) {
+  return {
+      [=](assign_atom, assignment& a) { return small_signed_result(*key, a, parameters); },
+      [](abort_atom, uint64_t) {},
+  };
 }
 
 }  // namespace gflex::test

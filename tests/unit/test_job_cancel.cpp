@@ -154,24 +154,6 @@ void holds_again_after(const caf::error& failure) {
   CHECK(balance_of(f, keeper, "user/alice") == 100'000'000 - s.credits_held);
 }
 
-// A worker of node `key` that answers every assignment at once with a small signed update.
-caf::behavior prompt_worker(caf::event_based_actor*, std::shared_ptr<node_identity> key,
-                            size_t parameters) {
-  return {
-      [=](assign_atom, assignment& a) {
-        assignment_result r;
-        r.assignment_id = a.id;
-        r.update = encode_update(std::vector<float>(parameters, 0.001f), compression::fp32);
-        r.loss = 1.0;
-        r.samples = 12;
-        r.compute_s = 0.01;
-        r.signature = key->sign(result_message(a.id, r.update));
-        return r;
-      },
-      [](abort_atom, uint64_t) {},
-  };
-}
-
 // Alice's job-1, resumed at round 2 of its 3 with a trusted worker for its last round, whose
 // commit (record and checkpoint) the store holds; a cancel is sent (by the test, standing for
 // the job supervisor) while it is held, and the commit then lands (`applied`) or fails.

@@ -157,13 +157,7 @@ caf::behavior paid_worker(caf::event_based_actor* self, std::shared_ptr<node_ide
   auto due = std::make_shared<std::deque<answer>>();
   return {
       [=](assign_atom, assignment& a) -> caf::result<assignment_result> {
-        assignment_result r;
-        r.assignment_id = a.id;
-        r.update = encode_update(std::vector<float>(parameters, 0.001f), compression::fp32);
-        r.loss = 0.5;
-        r.samples = 12;
-        r.compute_s = 0.1;
-        r.signature = key->sign(result_message(a.id, r.update));
+        auto r = small_signed_result(*key, a, parameters, 0.5, 0.1);
         due->emplace_back(self->make_response_promise<assignment_result>(), std::move(r));
         self->delayed_send(self, std::chrono::milliseconds(200), tick_atom::value);
         return due->back().first;

@@ -20,24 +20,6 @@ using namespace gflex::test;
 
 namespace {
 
-// A worker of node `key` that answers every assignment at once with a small signed update.
-caf::behavior answering_worker(caf::event_based_actor*, std::shared_ptr<node_identity> key,
-                               size_t parameters) {
-  return {
-      [=](assign_atom, assignment& a) {
-        assignment_result r;
-        r.assignment_id = a.id;
-        r.update = encode_update(std::vector<float>(parameters, 0.001f), compression::fp32);
-        r.loss = 1.0;
-        r.samples = 12;
-        r.compute_s = 0.01;
-        r.signature = key->sign(result_message(a.id, r.update));
-        return r;
-      },
-      [](abort_atom, uint64_t) {},
-  };
-}
-
 // A reputation tracker that samples every result for re-computation.
 caf::behavior sampling_reputation(caf::event_based_actor*) {
   return {
@@ -100,7 +82,7 @@ TEST_SUITE("job verification back-off") {
       const size_t parameters = 4 * 3 + 3;
       auto key = std::make_shared<node_identity>(node_identity::generate());
       worker_slot slot =
-          node_slot(f.sys.spawn(answering_worker, key, parameters), "id-volunteer", "volunteer");
+          node_slot(f.sys.spawn(prompt_worker, key, parameters), "id-volunteer", "volunteer");
       slot.tier = static_cast<uint8_t>(node_tier::community);
       slot.public_key = key->public_key();
       auto seen = std::make_shared<asks>();
