@@ -116,15 +116,22 @@ class dashboard final : public core_service {
       out["verify"] = to_json(report->first);
       out["verify_age_s"] = report->second;
       ids.insert("platform");
-      if (auto jobs = c.jobs())
+      auto jobs = c.jobs();
+      if (!jobs && key_refused(jobs.error())) return fail(res, jobs.error());
+      if (jobs)
         for (const auto& j : *jobs)
           if (!j.account.empty()) ids.insert(j.account);
     } else {
       ids.insert(who);
     }
     auto accounts = nlohmann::json::array();
-    for (const auto& id : ids)
-      if (auto a = c.account(id)) accounts.push_back(to_json(*a));
+    for (const auto& id : ids) {
+      auto a = c.account(id);
+      // A key refused since its client was opened sees no account: answered as refused, or
+      // the page took an empty ledger for the account's.
+      if (!a && key_refused(a.error())) return fail(res, a.error());
+      if (a) accounts.push_back(to_json(*a));
+    }
     out["accounts"] = std::move(accounts);
     answer(res, out);
   }
@@ -150,7 +157,23 @@ class dashboard final : public core_service {
     res.set_content(json_text(j, -1), "application/json");
   }
 
+  // Whether the core refused the key itself: replaced or revoked after its client was opened
+  // (the core checks the key at every request), not a known key asking for what it may not
+  // see. Told apart by the gatekeeper's words, as the only code both share is
+  // permission_denied.
+  static bool key_refused(const error& e) {
+    return e.code() == errc::permission_denied &&
+           e.message().find("unknown API key") != std::string::npos;
+  }
+
+  // A refused key is a 401, as at its client's opening: the page then asks for a key, where
+  // a 403 had it poll with the dead key for ever. with_client forgets the key's client.
   static void fail(httplib::Response& res, const error& e) {
+    if (key_refused(e)) {
+      res.status = 401;
+      res.set_header("WWW-Authenticate", "Bearer");
+      return answer(res, {{"error", e.message()}});
+    }
     res.status = e.code() == errc::permission_denied  ? 403
                  : e.code() == errc::invalid_argument ? 404
                                                       : 502;
@@ -167,7 +190,8 @@ class dashboard final : public core_service {
       res.set_header("WWW-Authenticate", "Bearer");
       return answer(res, {{"error", "an API key is needed (Authorization: Bearer KEY)"}});
     }
-    auto entry = client_for(header.substr(bearer.size()));
+    const std::string key = header.substr(bearer.size());
+    auto entry = client_for(key);
     // Only a key the core refused is 401: a core that did not answer in time is a 503, and
     // the page keeps polling (on a 401 it shows its login form and stops).
     if (!entry && entry.error().code() != errc::permission_denied) {
@@ -180,9 +204,19 @@ class dashboard final : public core_service {
       res.set_header("WWW-Authenticate", "Bearer");
       return answer(res, {{"error", entry.error().message()}});
     }
-    std::lock_guard<std::mutex> lock((*entry)->m);
-    (*entry)->last_used = clock_type::now();
-    use(*(*entry)->c, (*entry)->principal);
+    {
+      std::lock_guard<std::mutex> lock((*entry)->m);
+      (*entry)->last_used = clock_type::now();
+      use(*(*entry)->c, (*entry)->principal);
+    }
+    // The core refused the key (fail answered 401): its client is forgotten, so that the
+    // session ends and a later request with the key is checked anew, not relayed through
+    // a client kept alive by the polling. Another request may have replaced it meanwhile.
+    if (res.status == 401) {
+      std::lock_guard<std::mutex> lock(m_);
+      if (auto it = clients_.find(key); it != clients_.end() && it->second == *entry)
+        clients_.erase(it);
+    }
   }
 
   // The kept client of `key`, opened (and the key checked by the core) on first use.

@@ -6,8 +6,9 @@
 # a loss curve with one point per committed round; a screenshot is kept in
 # build/test-output/dashboard.png. The JSON endpoints answer a missing, malformed or unknown
 # key with 401 and no data, alice sees her job but not the nodes (403), and her job's history
-# has a point per round. A dashboard without Chart.js, or on a port in use, stops the core
-# with a clear error.
+# has a point per round; once her key is replaced, the old one is answered 401 (the page then
+# asks for a key) and the new one opens her views. A dashboard without Chart.js, or on a port
+# in use, stops the core with a clear error.
 source "$(dirname "$0")/lib.sh"
 G="$BIN/gflex"
 C="$BIN/gflex-core"
@@ -117,6 +118,31 @@ expect_status "the operator: the ledger again" /api/ledger "$OP" 200
 python3 -c "import json,sys; j=json.load(open(sys.argv[1])); assert j['verify']['ok'] and 1.0 <= j['verify_age_s'] < 60, j['verify_age_s']" \
   "$WORK/answer.json" && echo "ok: the ledger's check was not run again within the minute" ||
   fail "the ledger's check ran again: $(head -c 300 "$WORK/answer.json")"
+
+# A key replaced while its client is kept (alice's requests above opened it): the core
+# refuses it from its next request on, and the dashboard answers 401 (the page then asks for
+# a key), on the ledger too, not an empty list of accounts; the new key opens her views.
+# rekey_alice FIRST_PATH: replaces alice's key, then asks FIRST_PATH with the old one first
+# (through the kept client), and the other endpoints after.
+rekey_alice() {
+  local old=$ALICE path
+  ALICE=$(umask 077 && "$C" account rekey user/alice --core "$core" 2>/dev/null) ||
+    fail "account rekey user/alice"
+  for path in "$1" /api/jobs /api/ledger "/api/jobs/$job"; do
+    expect_status "alice's replaced key: $path" "$path" "Bearer $old" 401
+    grep -q "unknown API key" "$WORK/answer.json" ||
+      fail "the 401 does not name the refused key: $(head -c 200 "$WORK/answer.json")"
+  done
+  expect_status "alice's new key: her jobs" /api/jobs "Bearer $ALICE" 200
+  python3 -c "import json,sys; j=json.load(open(sys.argv[1])); assert [x['job_id'] for x in j] == [sys.argv[2]], j" \
+    "$WORK/answer.json" "$job" || fail "alice's jobs with her new key"
+  expect_status "alice's new key: her ledger account" /api/ledger "Bearer $ALICE" 200
+  python3 -c "import json,sys; j=json.load(open(sys.argv[1])); assert [a['id'] for a in j['accounts']] == ['user/alice'], j" \
+    "$WORK/answer.json" || fail "alice's ledger view with her new key"
+  expect_status "alice's new key: the nodes stay the operator's" /api/nodes "Bearer $ALICE" 403
+}
+rekey_alice /api/ledger
+rekey_alice /api/jobs
 
 # -- the page in a real browser ---------------------------------------------------------------
 browser=$(command -v chromium || command -v chromium-browser || true)
