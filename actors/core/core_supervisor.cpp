@@ -4,6 +4,9 @@
 
 #include <caf/io/middleman.hpp>
 
+#include <algorithm>
+#include <cstdint>
+#include <cstdio>
 #include <deque>
 #include <functional>
 #include <map>
@@ -678,6 +681,74 @@ expected<void> check_core_config(const core_config& config) {
                                                             : "--chunk-advertise") +
                      " is for one of a core of several, which needs --store etcd://...: without "
                      "it this core would run alone on its own store");
+  // The bounds of gflex-core's flags, which an embedding program's core_config passed
+  // unchecked: a shard of 0 samples divided by zero (SIGFPE, the core gone) at the first job
+  // on a built-in data set; a chunk rate of 0 never refilled a node's byte budget, and every
+  // data fetch stalled; a chunk queue of 0 disconnected every node at its first chunk
+  // request; payload chunks past 64 MiB were refused by every node's uplink (none joined),
+  // and chunks of 0 KiB are not the whole payloads a node takes a 0 in its welcome for. A
+  // heartbeat under 50 ms is raised to 50 by every node, so a lease under 100 ms dropped
+  // them all at once; 0 nodes per address or jobs per account refused every one.
+  auto out_of = [](const char* flag, int64_t value, int64_t low, int64_t high,
+                   const char* unit) -> expected<void> {
+    if (value >= low && value <= high) return {};
+    return error(errc::invalid_argument, std::string(flag) + " must be in [" + std::to_string(low) +
+                                             ", " + std::to_string(high) + "] " + unit + ", not " +
+                                             std::to_string(value));
+  };
+  // Byte quotas are MiB on the command line (1 MiB to 2^30 MiB).
+  constexpr int64_t mib = int64_t{1} << 20, most_bytes = int64_t{1} << 50;
+  auto bytes = [](uint64_t value) {
+    return static_cast<int64_t>(std::min<uint64_t>(value, uint64_t{INT64_MAX}));
+  };
+  for (auto checked :
+       {out_of("--heartbeat-ms", config.heartbeat_ms, 50, 600'000, "ms"),
+        out_of("--lease-ms", config.lease_ms, 100, 3'600'000, "ms"),
+        out_of("--max-per-address", config.max_nodes_per_address, 1, 1'000'000,
+               "nodes connected from one address"),
+        out_of("--max-jobs-per-account", config.max_jobs_per_account, 1, 100'000,
+               "unfinished jobs per account"),
+        out_of("--shard-samples", config.shard_samples, 1, 1'000'000,
+               "training samples per data shard"),
+        out_of("--chunk-rate", config.chunk_mib_per_s, 1, 1'000'000,
+               "MiB per second of data chunks per node"),
+        out_of("--chunk-queue", config.chunk_queue, 1, 100'000, "chunk requests waiting per node"),
+        out_of("--payload-chunk-kib", config.payload_chunk_kib, 16, 65'536, "KiB per chunk"),
+        out_of("max_data_bytes_per_account", bytes(config.max_data_bytes_per_account), mib,
+               most_bytes, "bytes (--max-data-per-account-mib)"),
+        out_of("max_job_memory_per_account", bytes(config.max_job_memory_per_account), mib,
+               most_bytes, "bytes (--max-job-memory-per-account-mib)"),
+        // 0 is half of this machine's memory.
+        config.max_job_memory == 0 ? expected<void>{}
+                                   : out_of("max_job_memory", bytes(config.max_job_memory), mib,
+                                            most_bytes, "bytes, or 0 (--max-job-memory-mib)"),
+        out_of("--crash-job-at-round", config.crash_job_at_round, 0, 1'000'000, "rounds"),
+        out_of("--store-commit-delay-ms", config.store_commit_delay_ms, 0, 600'000, "ms"),
+        out_of("--ledger-wait-ms", config.ledger_wait_ms, 100, 3'600'000, "ms")})
+    if (!checked) return checked;
+  // A lease is read only by a core of several.
+  if (!config.store_url.empty())
+    if (auto checked = out_of("--leader-lease-s", config.leader_lease_s, 2, 600, "s"); !checked)
+      return checked;
+  // A NaN share reached an integer cast of the market's newcomer quota (undefined behaviour),
+  // and a NaN wait one of the verifier's deadline: the comparisons below are false for NaN.
+  auto outside = [](const char* flag, double value, double low, double high,
+                    const char* unit) -> expected<void> {
+    if (value >= low && value <= high) return {};
+    char text[160];
+    std::snprintf(text, sizeof text, "%s must be in [%g, %g] %s, not %g", flag, low, high, unit,
+                  value);
+    return error(errc::invalid_argument, std::string(text));
+  };
+  for (auto checked :
+       {outside("--newcomer-share", config.newcomer_share, 0.0, 1.0, "of each round's assignments"),
+        outside("--verify-wait-s", config.verify_wait_s, 0.1, 86'400.0, "s"),
+        outside("--cloud-price", config.cloud_price, 0.0, 1e6, "credits per device-hour")})
+    if (!checked) return checked;
+  // Anything but "accept" waited, so "Accept" or "acept" waited without a word.
+  if (config.unverified != "wait" && config.unverified != "accept")
+    return error(errc::invalid_argument,
+                 "--unverified must be wait or accept, not \"" + config.unverified + "\"");
   // A lease shorter than two heartbeats drops healthy nodes every lease, with their work in
   // flight, and they join again for ever.
   if (uint64_t{config.lease_ms} < 2 * uint64_t{config.heartbeat_ms})
@@ -686,27 +757,6 @@ expected<void> check_core_config(const core_config& config) {
                      " must be at least twice --heartbeat-ms " +
                      std::to_string(config.heartbeat_ms) +
                      ": a node beats once per heartbeat and is lost after a lease of silence");
-  // The bounds of gflex-core's flags, which an embedding program's core_config passed
-  // unchecked: a shard of 0 samples divided by zero (SIGFPE, the core gone) at the first job
-  // on a built-in data set; a chunk rate of 0 never refilled a node's byte budget, and every
-  // data fetch stalled; a chunk queue of 0 disconnected every node at its first chunk
-  // request; payload chunks past 64 MiB were refused by every node's uplink (none joined),
-  // and chunks of 0 KiB are not the whole payloads a node takes a 0 in its welcome for.
-  auto out_of = [](const char* flag, int64_t value, int64_t low, int64_t high,
-                   const char* unit) -> expected<void> {
-    if (value >= low && value <= high) return {};
-    return error(errc::invalid_argument, std::string(flag) + " must be in [" + std::to_string(low) +
-                                             ", " + std::to_string(high) + "] " + unit + ", not " +
-                                             std::to_string(value));
-  };
-  for (auto checked :
-       {out_of("--shard-samples", config.shard_samples, 1, 1'000'000,
-               "training samples per data shard"),
-        out_of("--chunk-rate", config.chunk_mib_per_s, 1, 1'000'000,
-               "MiB per second of data chunks per node"),
-        out_of("--chunk-queue", config.chunk_queue, 1, 100'000, "chunk requests waiting per node"),
-        out_of("--payload-chunk-kib", config.payload_chunk_kib, 16, 65'536, "KiB per chunk")})
-    if (!checked) return checked;
   return {};
 }
 

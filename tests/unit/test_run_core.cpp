@@ -478,6 +478,90 @@ TEST_CASE("a core's data-serving settings outside gflex-core's bounds are refuse
   CHECK(check_core_config(edges).has_value());
 }
 
+TEST_CASE("a core's node, job and verification settings outside gflex-core's bounds are refused") {
+  // Only gflex-core's flags were checked: a heartbeat of 20 ms with a lease of 40 passed, and
+  // every node (which beats at least every 50 ms) was dropped every lease; unverified "Accept"
+  // waited without a word; a NaN newcomer share or verification wait reached an integer cast
+  // (undefined behaviour); 0 nodes per address refused every node.
+  struct bad_setting {
+    const char* name;
+    void (*set)(core_config&);
+  };
+  const bad_setting bad[] = {
+      {"--heartbeat-ms must be in [50, 600000]",
+       [](core_config& c) {
+         c.heartbeat_ms = 20;
+         c.lease_ms = 40;
+       }},
+      {"--heartbeat-ms must be in [50, 600000]", [](core_config& c) { c.heartbeat_ms = 600'001; }},
+      {"--lease-ms must be in [100, 3600000]",
+       [](core_config& c) {
+         c.heartbeat_ms = 50;
+         c.lease_ms = 99;
+       }},
+      {"--max-per-address must be in [1, 1000000]",
+       [](core_config& c) { c.max_nodes_per_address = 0; }},
+      {"--max-jobs-per-account must be in [1, 100000]",
+       [](core_config& c) { c.max_jobs_per_account = 0; }},
+      {"max_data_bytes_per_account must be in [1048576, ",
+       [](core_config& c) { c.max_data_bytes_per_account = 0; }},
+      {"max_job_memory_per_account must be in [1048576, ",
+       [](core_config& c) { c.max_job_memory_per_account = 1000; }},
+      {"max_job_memory must be in [1048576, ", [](core_config& c) { c.max_job_memory = 1; }},
+      {"--crash-job-at-round must be in [0, 1000000]",
+       [](core_config& c) { c.crash_job_at_round = -1; }},
+      {"--store-commit-delay-ms must be in [0, 600000]",
+       [](core_config& c) { c.store_commit_delay_ms = -1; }},
+      {"--ledger-wait-ms must be in [100, 3600000]", [](core_config& c) { c.ledger_wait_ms = 0; }},
+      {"--leader-lease-s must be in [2, 600]",
+       [](core_config& c) {
+         c.store_url = "etcd://127.0.0.1:2379";
+         c.leader_lease_s = 0;
+       }},
+      {"--newcomer-share must be in [0, 1]",
+       [](core_config& c) { c.newcomer_share = std::nan(""); }},
+      {"--newcomer-share must be in [0, 1]", [](core_config& c) { c.newcomer_share = 1.5; }},
+      {"--newcomer-share must be in [0, 1]", [](core_config& c) { c.newcomer_share = -0.1; }},
+      {"--verify-wait-s must be in [0.1, 86400]",
+       [](core_config& c) { c.verify_wait_s = std::nan(""); }},
+      {"--verify-wait-s must be in [0.1, 86400]", [](core_config& c) { c.verify_wait_s = 0.05; }},
+      {"--verify-wait-s must be in [0.1, 86400]",
+       [](core_config& c) { c.verify_wait_s = INFINITY; }},
+      {"--cloud-price must be in [0, 1e+06]", [](core_config& c) { c.cloud_price = std::nan(""); }},
+      {"--unverified must be wait or accept, not \"Accept\"",
+       [](core_config& c) { c.unverified = "Accept"; }},
+  };
+  for (const auto& b : bad) {
+    core_config config;
+    b.set(config);
+    const std::string expected_start = b.name;
+    CAPTURE(expected_start);
+    auto checked = check_core_config(config);
+    REQUIRE_FALSE(checked.has_value());
+    CHECK(checked.error().code() == errc::invalid_argument);
+    CHECK_MESSAGE(checked.error().message().starts_with(expected_start), checked.error().message());
+  }
+  // The bounds themselves are taken, and a core-wide job memory of 0 (half this machine's).
+  core_config edges;
+  edges.heartbeat_ms = 50;
+  edges.lease_ms = 100;
+  edges.max_nodes_per_address = 1;
+  edges.max_jobs_per_account = 1;
+  edges.max_data_bytes_per_account = uint64_t{1} << 20;
+  edges.max_job_memory_per_account = uint64_t{1} << 20;
+  edges.max_job_memory = 0;
+  edges.ledger_wait_ms = 100;
+  edges.newcomer_share = 0.0;
+  edges.verify_wait_s = 0.1;
+  edges.unverified = "accept";
+  CHECK(check_core_config(edges).has_value());
+  edges.newcomer_share = 1.0;
+  edges.verify_wait_s = 86'400.0;
+  edges.max_job_memory = uint64_t{1} << 50;
+  edges.unverified = "wait";
+  CHECK(check_core_config(edges).has_value());
+}
+
 TEST_CASE("a chunk service's advertised address without a core of several is refused") {
   // Only the replicated store reads chunk_advertise: a one-server core started with it had
   // no chunk service at that address, and the setting was dropped without a word.
