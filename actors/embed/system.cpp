@@ -1276,7 +1276,9 @@ expected<job_status> client::follow(const std::string& job_id, const job_events&
   job_state state = job_state::queued;
   int64_t round = 0, spent = 0;
   auto lost_since = std::chrono::steady_clock::time_point{};
-  for (bool first = true;; first = false) {
+  // Whether the last node listing failed, said once per run of failures.
+  bool listing_failed = false;
+  for (bool first = true;;) {
     auto s = status(job_id);
     if (!s && keeps_following(s.error(), lost_since)) {
       std::this_thread::sleep_for(std::max(poll, std::chrono::milliseconds(500)));
@@ -1290,31 +1292,41 @@ expected<job_status> client::follow(const std::string& job_id, const job_events&
         want_nodes = false;
         listed = std::vector<node_status>{};
       }
-      // Ridden out as the status is: a lost link here ended the following at once.
-      if (!listed && keeps_following(listed.error(), lost_since)) {
-        std::this_thread::sleep_for(std::max(poll, std::chrono::milliseconds(500)));
-        continue;
-      }
-      if (!listed) return listed.error();
-      // A follower (met during a failover, or named first) knows the nodes' records, not
-      // their connections: it lists each with node id "-" and no last-seen time. Compared by
-      // node id, that listing reported every connected node lost and one node, perhaps long
-      // gone, joined, then all of them joined again behind the next leader. Nodes stay as a
-      // leader last listed them until one lists them again.
-      const bool from_follower = std::any_of(listed->begin(), listed->end(), [](const auto& n) {
-        return n.node_id == "-" || n.last_seen_s < 0;
-      });
-      if (!from_follower) {
-        std::map<std::string, node_status> now;
-        for (auto& n : *listed) now.emplace(n.node_id, std::move(n));
-        for (const auto& [id, n] : now)
-          if (!known.contains(id) && events.on_node_joined) events.on_node_joined(n);
-        for (const auto& [id, n] : known)
-          if (!now.contains(id) && events.on_node_lost) events.on_node_lost(n);
-        known = std::move(now);
+      // The job is what is followed: a listing that fails (a lost link, a registry that did
+      // not answer) only skips this poll's node events. Such an error ended the following,
+      // and a lost link skipped every report while each status was answered (each restarted
+      // the loss clock), for ever: the job's end was never reported.
+      if (!listed) {
+        if (!listing_failed)
+          spdlog::warn(
+              "cannot list the nodes ({}); following the job without node events "
+              "until a listing works again",
+              listed.error().message());
+        listing_failed = true;
+      } else {
+        listing_failed = false;
+        // A follower (met during a failover, or named first) knows the nodes' records, not
+        // their connections: it lists each with node id "-" and no last-seen time. Compared
+        // by node id, that listing reported every connected node lost and one node, perhaps
+        // long gone, joined, then all of them joined again behind the next leader. Nodes stay
+        // as a leader last listed them until one lists them again.
+        const bool from_follower = std::any_of(listed->begin(), listed->end(), [](const auto& n) {
+          return n.node_id == "-" || n.last_seen_s < 0;
+        });
+        if (!from_follower) {
+          std::map<std::string, node_status> now;
+          for (auto& n : *listed) now.emplace(n.node_id, std::move(n));
+          for (const auto& [id, n] : now)
+            if (!known.contains(id) && events.on_node_joined) events.on_node_joined(n);
+          for (const auto& [id, n] : known)
+            if (!now.contains(id) && events.on_node_lost) events.on_node_lost(n);
+          known = std::move(now);
+        }
       }
     }
+    // The first status answered is reported, though polls before it found no core.
     if ((first || s->state != state) && events.on_state) events.on_state(*s);
+    first = false;
     state = s->state;
     if (s->round > round) {
       if (events.on_round) events.on_round(*s, round);

@@ -93,6 +93,50 @@ caf::behavior leading_door(caf::stateful_actor<leading_door_state>* self, caf::a
   };
 }
 
+// A leader whose node listing fails while each status is answered, for a client following
+// job-9: queued, queued, running, then done. The listing fails at every ask but the third,
+// which lists node n1; with `lost_link` it fails as a lost link does, else as a registry
+// that did not answer. Past eight status asks, the status fails too, so that a client that
+// never sees the job end is stopped.
+struct listing_fails_state {
+  client_sessions sessions;
+  int statuses = 0;
+  int listings = 0;
+};
+
+caf::behavior listing_fails_door(caf::stateful_actor<listing_fails_state>* self, caf::actor gate,
+                                 bool lost_link) {
+  self->set_down_handler(
+      [=](const caf::down_msg& down) { self->state.sessions.forget(down.source); });
+  return {
+      [=](auth_atom, std::string& key, caf::actor& link) {
+        return open_client_session(self, gate, std::move(key), std::move(link));
+      },
+      [=](status_atom, const std::string&, const std::string& id) -> caf::result<job_status> {
+        const int n = ++self->state.statuses;
+        if (n > 8) return to_caf(error(errc::invalid_argument, "asked past the end of the job"));
+        job_status s;
+        s.job_id = id;
+        s.owner = "operator";
+        s.state = n <= 2 ? job_state::queued : n == 3 ? job_state::running : job_state::done;
+        s.round = n <= 2 ? 0 : n - 2;
+        return s;
+      },
+      [=](nodes_atom, const std::string&) -> caf::result<std::vector<node_status>> {
+        if (++self->state.listings == 3) {
+          node_status n;
+          n.node_id = "node-1";
+          n.name = "n1";
+          return std::vector<node_status>{n};
+        }
+        if (lost_link)
+          return to_caf(error(errc::unavailable,
+                              std::string(detail::no_answer) + " (the registry, within 10 s)"));
+        return to_caf(error(errc::io_error, "the registry did not answer"));
+      },
+  };
+}
+
 struct door_fixture : test::configured_system {
   test::temp_dir dir;
   caf::actor store, gate, door, link;
@@ -376,5 +420,43 @@ TEST_SUITE("follower_door") {
     const auto welcomed_after = ask<uint64_t>(leading, caf::get_atom::value);
     REQUIRE(welcomed_after.has_value());
     CHECK(*welcomed_after == *welcomed);
+  }
+
+  TEST_CASE_FIXTURE(door_fixture,
+                    "following a job whose node listing fails reports the job to its end") {
+    // Each answered status restarted the loss clock before the nodes were asked, so a listing
+    // lost again and again was ridden out for ever, every report skipped, the job's end too;
+    // any other error of the listing ended the following though the job's status was fine.
+    for (const bool lost_link : {true, false}) {
+      CAPTURE(lost_link);
+      auto gate_of_leader = own(sys.spawn(any_key_gate));
+      auto leading = own(sys.spawn(listing_fails_door, gate_of_leader, lost_link));
+      auto port = sys.middleman().publish(leading, 0, "127.0.0.1");
+      REQUIRE(port);
+      client_options options;
+      options.insecure = true;
+      options.api_key = operator_key;
+      auto c = client::connect("127.0.0.1", *port, options);
+      REQUIRE(c.has_value());
+      std::vector<job_state> states;
+      std::vector<std::string> joined, lost;
+      int64_t last_round = 0;
+      job_events events;
+      events.on_state = [&](const job_status& s) { states.push_back(s.state); };
+      events.on_round = [&](const job_status& s, int64_t) { last_round = s.round; };
+      events.on_node_joined = [&](const node_status& n) { joined.push_back(n.name); };
+      events.on_node_lost = [&](const node_status& n) { lost.push_back(n.name); };
+      auto last = c->follow("job-9", events, std::chrono::milliseconds(10));
+      CHECK_MESSAGE(last.has_value(), last.error().message());
+      if (!last) continue;
+      CHECK(last->state == job_state::done);
+      CHECK(last_round == 2);
+      // The first state seen is reported, though its poll's listing failed.
+      CHECK(states ==
+            std::vector<job_state>{job_state::queued, job_state::running, job_state::done});
+      // The one listing that worked reported n1; the failed ones after it lost nobody.
+      CHECK(joined == std::vector<std::string>{"n1"});
+      CHECK_MESSAGE(lost.empty(), lost.size(), " lost");
+    }
   }
 }

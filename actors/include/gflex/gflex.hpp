@@ -289,7 +289,8 @@ class client {
                             const std::function<void(const job_status&)>& on_status = {},
                             std::chrono::milliseconds poll = std::chrono::milliseconds(200));
   /// Follows a job to its end, polling its status (and, for the node events, the cluster's
-  /// nodes) every `poll`, and calls `events` with what changed; returns the final status.
+  /// nodes) every `poll`, and calls `events` with what changed; returns the final status. A
+  /// node listing that fails skips that poll's node events (logged once until one works).
   expected<job_status> follow(const std::string& job_id, const job_events& events,
                               std::chrono::milliseconds poll = std::chrono::milliseconds(200));
 
