@@ -239,12 +239,13 @@ using phold_atom = caf::atom_constant<caf::atom("phold")>;      ///< a train sta
 using pwitem_atom = caf::atom_constant<caf::atom("pwitem")>;    ///< an encoded item
 using pwadopt_atom = caf::atom_constant<caf::atom("pwadopt")>;  ///< an encoded adoption
 using pstat_atom = caf::atom_constant<caf::atom("pstat")>;
-using pjoin_atom = caf::atom_constant<caf::atom("pjoin")>;    ///< a worker process joins
-using pwait_atom = caf::atom_constant<caf::atom("pwait")>;    ///< the workers, once joined
-using phost_atom = caf::atom_constant<caf::atom("phost")>;    ///< a late worker process
-using phosts_atom = caf::atom_constant<caf::atom("phosts")>;  ///< all that joined
-using pspawn_atom = caf::atom_constant<caf::atom("pspawn")>;  ///< place an instance
-using pbye_atom = caf::atom_constant<caf::atom("pbye")>;      ///< the pipeline ended
+using pjoin_atom = caf::atom_constant<caf::atom("pjoin")>;        ///< a worker process joins
+using pwait_atom = caf::atom_constant<caf::atom("pwait")>;        ///< the workers, once joined
+using phost_atom = caf::atom_constant<caf::atom("phost")>;        ///< a late worker process
+using phosts_atom = caf::atom_constant<caf::atom("phosts")>;      ///< all that joined
+using pspawn_atom = caf::atom_constant<caf::atom("pspawn")>;      ///< place an instance
+using pbye_atom = caf::atom_constant<caf::atom("pbye")>;          ///< the pipeline ended
+using pstarted_atom = caf::atom_constant<caf::atom("pstarted")>;  ///< every stage has an actor
 
 /// Whether `a` lives in another process than `self`.
 bool elsewhere(const caf::local_actor* self, const caf::actor& a) {
@@ -992,6 +993,9 @@ struct coordinator_state {
   std::string failure;
   bool ended = false;
   std::vector<caf::response_promise> waiting;
+  /// Asked when every stage has an actor (pstarted): answered true at the start, false when
+  /// the run ends before it.
+  std::vector<caf::response_promise> starting;
   std::chrono::steady_clock::time_point started_at = std::chrono::steady_clock::now();
   std::shared_ptr<const std::atomic<bool>> run_failed;  ///< See stage_init::run_failed.
   /// A restart's adoption requests (pprod) not answered yet, by the consumer instance asked:
@@ -1122,6 +1126,8 @@ void start(coordinator_actor* self) {
   for (size_t s = st.stages.size(); s-- > 0;)
     for (size_t i = 0; i < st.stages[s].size(); ++i)
       wire(self, static_cast<int>(s), static_cast<int>(i));
+  for (auto& p : st.starting) p.deliver(true);
+  st.starting.clear();
 }
 
 run_report make_report(coordinator_actor* self) {
@@ -1161,6 +1167,8 @@ void conclude(coordinator_actor* self) {
   auto& st = self->state;
   if (!st.failed && st.unfinished > 0) return;
   st.ended = true;  // every request for the result, now or later, gets it
+  for (auto& p : st.starting) p.deliver(false);  // it ended before it started
+  st.starting.clear();
   for (auto& p : st.waiting) {
     if (st.failed)
       p.deliver(caf::make_error(caf::sec::runtime_error, st.failure));
@@ -1330,6 +1338,16 @@ caf::behavior coordinator_behavior(coordinator_actor* self, std::vector<stage_de
         auto p = self->make_response_promise<run_report>();
         self->state.waiting.push_back(p);
         conclude(self);
+        return p;
+      },
+      // run() asks before it calls on_running: stages on worker processes are placed by a
+      // request to their process, and until it answers such a stage has no actor (a kill
+      // from on_running found none and did nothing).
+      [=](pstarted_atom) -> caf::result<bool> {
+        auto& st = self->state;
+        if (st.started || st.ended) return st.started;
+        auto p = self->make_response_promise<bool>();
+        st.starting.push_back(p);
         return p;
       },
       [=](phost_atom, caf::actor& host) { add_host(self, std::move(host)); },
@@ -1826,7 +1844,15 @@ expected<run_report> graph::run(const run_options& options) const {
   // The handle lives until the run has ended, not just through on_running: a caller's thread
   // that kills a stage later (fault injection while the run goes on) used it destroyed.
   detail::running_pipeline handle(sys, coordinator);
-  if (options.on_running) {
+  // on_running is called once every stage has an actor, those placed on worker processes
+  // included (bounded by the deadline); not for a run that ended before (its deadline
+  // passed, or a stage failed past its restarts, while the stages were placed).
+  bool started = false;
+  if (options.on_running)
+    self->request(coordinator, deadline.count() > 0 ? caf::duration{time_left()} : caf::infinite,
+                  detail::pstarted_atom::value)
+        .receive([&](bool s) { started = s; }, [](caf::error&) {});
+  if (started) {
     try {
       options.on_running(handle);
     } catch (...) {

@@ -797,6 +797,50 @@ TEST_SUITE("pipeline") {
     CHECK(joined.error().message().find("cannot reach the pipeline") != std::string::npos);
   }
 
+  TEST_CASE("on_running comes once the stages on worker processes have actors: it may kill one") {
+    // on_running was called as soon as the coordinator was spawned, while a stage's instance
+    // was still being placed on a worker (a request to that process): a kill from on_running
+    // found no actor, returned false and injected nothing. The worker joins from a thread of
+    // this process, with an actor system of its own.
+    graph g;
+    seen out;
+    const int64_t n = 500;
+    g.source<int64_t>("numbers", count_to(n))
+        .map(
+            "square", [](const int64_t& v) { return v * v; }, stage_options{.on_workers = true})
+        .sink("collect", [&](const int64_t& v) {
+          std::this_thread::sleep_for(std::chrono::microseconds(200));
+          out.add(v);
+        });
+    run_options o;
+    o.workers = 1;
+    o.token = "a-token-of-sixteen-chars";
+    o.join_timeout = std::chrono::seconds(20);
+    o.deadline = bound;
+    std::thread worker;
+    std::optional<expected<join_report>> joined;
+    o.on_listening = [&](uint16_t port) {
+      worker = std::thread([&g, &joined, port, token = o.token] {
+        join_options j;
+        j.port = port;
+        j.token = token;
+        joined = g.join(j);
+      });
+    };
+    bool killed = false;
+    o.on_running = [&](running& r) { killed = r.kill("square", 0); };  // no wait first
+    auto report = g.run(o);
+    if (worker.joinable()) worker.join();
+    REQUIRE_MESSAGE(report.has_value(), report.error().message());
+    REQUIRE(joined.has_value());
+    REQUIRE_MESSAGE(joined->has_value(), joined->error().message());
+    CHECK(killed);
+    CHECK(report->stage("square")->restarts == 1);
+    std::vector<int64_t> want(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) want[static_cast<size_t>(i)] = i * i;
+    CHECK(out.sorted() == want);
+  }
+
   TEST_CASE("the types between stages are checked when the graph is compiled") {
     using ints = stream<int64_t>;
     auto on_int = [](const int64_t& v) { return v; };

@@ -347,7 +347,9 @@ class running {
 
 /// How a pipeline runs.
 struct run_options {
-  /// Called once every stage has started, with a handle for fault injection.
+  /// Called once every stage has started (has an actor, on a worker process too), with a
+  /// handle for fault injection; not called for a run that ends before that (its deadline
+  /// passed, or a stage failed past its restarts, while the stages were placed).
   std::function<void(running&)> on_running;
   /// Counted from the call of run(), on_running and the workers' joining included: stages
   /// still unfinished when it passes are killed (zero: no deadline). run() still returns only
@@ -397,10 +399,10 @@ class graph {
   /// Runs the pipeline to its end (every item through every stage) or its failure: a stage
   /// that failed more often than its restarts allow, named in the error (errc::stage_failed).
   /// `on_running` is called once every stage has started, with a handle for fault
-  /// injection. With a `deadline`, stages still unfinished when it passes are killed and
-  /// the run is errc::unavailable naming them. A stream read by two stages, a stage without
-  /// a name or two of the same name, and options out of range are errc::invalid_argument
-  /// before anything starts.
+  /// injection (see run_options::on_running). With a `deadline`, stages still unfinished
+  /// when it passes are killed and the run is errc::unavailable naming them. A stream read by
+  /// two stages, a stage without a name or two of the same name, and options out of range
+  /// are errc::invalid_argument before anything starts.
   expected<run_report> run(const std::function<void(running&)>& on_running = {},
                            std::chrono::milliseconds deadline = {}) const;
   /// The same, with worker processes when `options.workers` > 0: the pipeline listens,
