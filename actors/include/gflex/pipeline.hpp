@@ -6,7 +6,7 @@
 ///
 ///   gflex::pipeline::graph g;
 ///   auto lines = g.source<std::string>("read", read_line);        // std::optional<T>(position)
-///   auto tokens = lines.flat_map<sample>("tokenize", cut_windows); // f(T&&, emit)
+///   auto tokens = lines.flat_map<sample>("tokenize", cut_windows); // f(const T&, emit)
 ///   tokens.shuffle("shuffle", 4096, 7).batch("batch", 256).sink("count", count);
 ///   auto report = g.run();
 ///
