@@ -255,6 +255,41 @@ caf::actor restart_child(core_actor_type* self, const caf::actor_addr& who) {
   return {};
 }
 
+// Join token `id` (or the prefix of its id that named it) is revoked: the nodes its keys
+// joined as are taken out by the registry now, and `rp` is answered once they are. A token
+// revoked because it leaked must not leave the nodes it let in taking and being paid for work
+// until their connection next drops. Should that fail, the revocation stands (it is stored,
+// and their rejoin is refused): the answer is still ok, and the failure logged.
+void shut_out_token_nodes(core_actor_type* self, const std::string& id, caf::response_promise rp) {
+  auto gave_up = [=](caf::error& e) mutable {
+    spdlog::error(
+        "join token {} is revoked, but the nodes it admitted could not be taken out "
+        "now (they are refused when they join again): {}",
+        id, self->system().render(e));
+    rp.deliver(caf::ok_atom::value);
+  };
+  self->request(self->state.children->gate, std::chrono::minutes(1), token_atom::value)
+      .then(
+          [=](std::vector<join_token_record>& tokens) mutable {
+            for (const auto& t : tokens)
+              if (t.revoked && t.id.compare(0, id.size(), id) == 0) {
+                self->request(self->state.children->registry, std::chrono::minutes(1),
+                              revoke_atom::value, t.id, t.keys)
+                    .then(
+                        [=](int64_t ended) mutable {
+                          if (ended > 0)
+                            spdlog::info("join token {} revoked: {} node(s) it admitted taken out",
+                                         t.id, ended);
+                          rp.deliver(caf::ok_atom::value);
+                        },
+                        gave_up);
+                return;
+              }
+            rp.deliver(caf::ok_atom::value);  // revoked, and gone since
+          },
+          gave_up);
+}
+
 caf::behavior core_actor(core_actor_type* self, core_children children, core_config config,
                          std::shared_ptr<data_catalog> catalog) {
   self->state.children = std::make_shared<core_children>(children);
@@ -622,7 +657,9 @@ caf::behavior core_actor(core_actor_type* self, core_children children, core_con
       },
       [=](revoke_atom a, std::string& key, std::string& id) {
         return authorized(key, true, [=](caf::response_promise& rp, const std::string&) {
-          relay(as<caf::ok_atom>{}, rp, self->state.children->gate, a, id);
+          self->request(self->state.children->gate, std::chrono::minutes(5), a, id)
+              .then([=](caf::ok_atom) mutable { shut_out_token_nodes(self, id, rp); },
+                    [=](caf::error& e) mutable { rp.deliver(std::move(e)); });
         });
       },
       [=](ledger_atom a, std::string& key) {

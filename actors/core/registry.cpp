@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <map>
+#include <set>
 
 #include "core_metrics.hpp"
 #include "gflex/runtime/identity.hpp"
@@ -214,6 +215,20 @@ caf::behavior registry_actor(caf::stateful_actor<registry_state>* self, caf::act
       // From a session: a measured rate, for the market's prices.
       [=](rate_atom, const std::string& name, const std::string& workload, double rate) {
         self->send(self->state.market, rate_atom::value, name, workload, rate);
+      },
+      // From the core supervisor: join token `token_id` was revoked. The nodes of the keys it
+      // admitted are shut out now, not at their next join, which may be days away: their
+      // sessions end, and their rejoins with the revoked token are refused. Answers how many.
+      [=](revoke_atom, const std::string& token_id,
+          const std::vector<std::string>& keys) -> int64_t {
+        const std::set<std::string> admitted(keys.begin(), keys.end());
+        std::vector<std::string> ids;
+        for (const auto& [id, node] : self->state.nodes)
+          if (!node.public_key.empty() && admitted.count(key_hex(node.public_key)) != 0)
+            ids.push_back(id);
+        for (const auto& id : ids)
+          remove_node(id, "was admitted by join token " + token_id + ", which is revoked");
+        return static_cast<int64_t>(ids.size());
       },
       [=](nodes_atom) -> std::vector<node_status> {
         std::vector<node_status> out;

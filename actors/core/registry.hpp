@@ -14,6 +14,9 @@
 ///   that ends (the node said bye, its uplink went down, it was disconnected) takes the node
 ///   out of the registry and its workers out of the market at once.
 /// - (nodes_atom) -> vector<node_status>.
+/// - (revoke_atom, token id, node keys (hex)) -> int64_t from the core supervisor: a join
+///   token was revoked; the nodes of those keys are taken out as a lost node is, their
+///   sessions ended (their rejoin with the token is refused). Answers how many were.
 /// - (update_atom, "market" | "data_server", actor) from the core supervisor: a restarted
 ///   sibling. A new market is offered every known node's workers again; a new data server
 ///   is passed to every session.

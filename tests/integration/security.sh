@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Security against a real core over TLS. Join tokens: nodes without one, with a malformed,
 # unknown, expired, revoked or other-tier token, or presenting another node's name with their
-# own key, are refused (exit 3) and change nothing; failures are counted per address and,
-# past five, answers to that address are held back. A core whose key is not its
+# own key, are refused (exit 3) and change nothing; a node whose token is revoked is taken
+# out at once and cannot rejoin; failures are counted per address and, past five, answers to
+# that address are held back. A core whose key is not its
 # certificate's refuses to start. Clients: an account's key sees and
 # changes only that account's jobs and account, operator commands need the operator's key,
 # an account may have three unfinished jobs here, and models within 512 MiB of the core's
@@ -82,6 +83,22 @@ wait_for 60 "t-lasting to rejoin after its token expired" \
 kill -KILL "$PID_t_lasting_again"
 wait_for 30 "t-lasting to leave the node list" node_count_is 2
 expect_error "bad --uses" "not in range" "$C" token create --uses -3 --core "$core"
+# Revoking a token shuts out the nodes it admitted at once (a leaked token's nodes took and
+# were paid for work until their connection next dropped), and they cannot come back with it.
+leaked=$("$C" token create --tier community --core "$core") || fail "token create"
+start t-leaked "${NODE[@]}" --name t-leaked --data-dir "$WORK/t-leaked" --token "$leaked"
+wait_for 60 "t-leaked to join" grep -q "joined the core" "$WORK/t-leaked.log"
+wait_for 30 "t-leaked in the node list" node_count_is 3
+leaked_id=$("$C" token list --core "$core" | tail -1 | cut -d' ' -f1)
+"$C" token revoke "$leaked_id" --core "$core" >/dev/null || fail "token revoke $leaked_id"
+wait_for 30 "the revoked token's node to leave the node list" node_count_is 2
+wait_for 60 "t-leaked to exit" bash -c "! kill -0 $PID_t_leaked 2>/dev/null"
+leaked_rc=0
+wait "$PID_t_leaked" || leaked_rc=$?
+[ "$leaked_rc" = 3 ] || fail "the revoked token's node exited $leaked_rc, not 3: $(tail -3 "$WORK/t-leaked.log")"
+grep -q "was revoked" "$WORK/t-leaked.log" || fail "t-leaked was not told its token was revoked"
+grep -q "admitted by join token $leaked_id.*, which is revoked" "$WORK/core.log" ||
+  fail "the core did not say why it took t-leaked out"
 
 # -- the data directory ------------------------------------------------------------------------
 # A second core on the running core's data directory is refused before it touches the store
