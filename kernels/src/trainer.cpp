@@ -21,6 +21,10 @@ double seconds_since(clock_type::time_point start) {
 }
 
 expected<void> check_data(const workload& w, const dataset& d, const char* split) {
+  // Every label indexes its row's logits and every row is read by its number: a label outside
+  // [0, classes) or fewer rows of features than labels would be read out of bounds, and a
+  // value that is not finite turns the loss into NaN (blamed on the learning rate).
+  if (auto ok = check_dataset(d, std::string(split) + " data"); !ok) return ok.error();
   if (d.feature_dim() != w.feature_dim() || d.classes != w.classes())
     return error(errc::shape_mismatch, std::string(split) + " data has " +
                                            std::to_string(d.feature_dim()) + " features and " +

@@ -233,6 +233,50 @@ TEST_SUITE("mlp") {
     CHECK(z.error().message().find("width 1 is 0") != std::string::npos);
   }
 
+  TEST_CASE("labels out of range, short features and non-finite features are clear errors") {
+    auto w = small_mlp(small_data());
+    auto be = make_cpu_backend(1);
+    std::vector<float> params(w.parameter_count());
+    w.init_parameters(1, params);
+    // Each bad set is refused by train() (as either split) and by evaluate(): the CPU's loss
+    // read z[label] unchecked, past the logits for a label of `classes` or below them for -1.
+    auto refused = [&](const dataset& bad, const std::string& fragment) {
+      CAPTURE(fragment);
+      dataset_splits as_train{bad, small_data().test};
+      dataset_splits as_test{small_data().train, bad};
+      train_options o;
+      o.max_steps = 1;
+      for (const auto* splits : {&as_train, &as_test}) {
+        auto r = train(w, *splits, *be, o);
+        REQUIRE_FALSE(r.has_value());
+        CHECK(r.error().code() == errc::invalid_argument);
+        CHECK_MESSAGE(r.error().message().find(fragment) != std::string::npos, r.error().message());
+      }
+      CHECK(train(w, as_train, *be, o).error().message().find("training") != std::string::npos);
+      CHECK(train(w, as_test, *be, o).error().message().find("test") != std::string::npos);
+      auto e = evaluate(w, bad, *be, params);
+      REQUIRE_FALSE(e.has_value());
+      CHECK(e.error().code() == errc::invalid_argument);
+      CHECK_MESSAGE(e.error().message().find(fragment) != std::string::npos, e.error().message());
+    };
+    auto with_label = [](int32_t label) {
+      auto d = blobs(300, 8, 3, 3);
+      d.labels.span<int32_t>()[17] = label;
+      return d;
+    };
+    refused(with_label(3), "label 3 of row 17 is outside [0, 3)");
+    refused(with_label(-1), "label -1 of row 17 is outside [0, 3)");
+    refused(with_label(1 << 30), "label 1073741824 of row 17 is outside [0, 3)");
+    // Fewer rows of features than labels: the last labels' rows were read past the features.
+    auto short_rows = blobs(300, 8, 3, 3);
+    auto fewer = blobs(299, 8, 3, 3);
+    short_rows.features = fewer.features;
+    refused(short_rows, "299 rows of features but 300 labels");
+    auto nan = blobs(300, 8, 3, 3);
+    nan.features.span<float>()[5 * 8 + 2] = std::nanf("");
+    refused(nan, "row 5 holds a value that is not finite");
+  }
+
   TEST_CASE("evaluate refuses wrong sizes and non-finite parameters") {
     auto data = small_data();
     auto w = small_mlp(data);

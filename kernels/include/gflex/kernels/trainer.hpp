@@ -74,13 +74,16 @@ struct train_progress {
   const epoch_report* finished_epoch = nullptr;  ///< Set once per epoch, after evaluation.
 };
 
-/// Trains `w` on `data` with backend `b`. Validates options and that the data set matches
-/// the workload (feature size, classes); a compute failure is returned as its error.
+/// Trains `w` on `data` with backend `b`. Validates options, each split as check_dataset
+/// does (labels in [0, classes), as many rows of features as labels, finite features) and
+/// that it matches the workload (feature size, classes); a compute failure is returned as its
+/// error.
 expected<train_report> train(const workload& w, const dataset_splits& data, backend& b,
                              const train_options& options,
                              const std::function<void(const train_progress&)>& on_progress = {});
 
 /// Test-split loss and accuracy of parameters `params` (host, parameter_count() floats).
+/// `test` is checked as train() checks its splits.
 expected<batch_stats> evaluate(const workload& w, const dataset& test, backend& b,
                                std::span<const float> params, int64_t batch_size = 1000);
 
