@@ -45,6 +45,10 @@ expected<void> check_options(const train_options& o) {
   if (!(o.optimizer.beta1 >= 0.0f && o.optimizer.beta1 < 1.0f) ||
       !(o.optimizer.beta2 >= 0.0f && o.optimizer.beta2 < 1.0f))
     return bad("AdamW betas must be in [0, 1)");
+  // AdamW divides by sqrt(v) + eps, and v stays 0 for a parameter that never had a gradient:
+  // an eps of 0 makes it 0 / 0 (NaN), a negative one may divide by 0 or flip the step.
+  if (!(o.optimizer.eps > 0.0f) || !std::isfinite(o.optimizer.eps))
+    return bad("AdamW eps must be positive and finite");
   if (!(o.optimizer.weight_decay >= 0.0f) || !std::isfinite(o.optimizer.weight_decay))
     return bad("weight decay must be non-negative and finite");
   // Each step multiplies every parameter by 1 - lr x weight decay: it must stay positive.
@@ -54,6 +58,11 @@ expected<void> check_options(const train_options& o) {
         "parameter by 1 - lr x weight decay)");
   if (o.optimizer.plain_sgd && o.optimizer.weight_decay != 0.0f)
     return bad("weight decay applies to AdamW only (plain SGD would ignore it)");
+  // The cosine schedule ends at this fraction of the learning rate: below 0 the last steps
+  // climb the loss, above 1 the rate grows, and NaN makes every step's rate NaN.
+  if (!(o.final_lr_fraction >= 0.0f && o.final_lr_fraction <= 1.0f))
+    return bad("final learning-rate fraction must be in [0, 1], got " +
+               std::to_string(o.final_lr_fraction));
   if (o.max_steps < 0) return bad("max_steps must not be negative");
   if (o.warmup_steps < 0) return bad("warmup_steps must not be negative");
   return {};

@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <limits>
 
 #include "fashion_mnist_installed.hpp"
 #include "finite_difference.hpp"
@@ -275,6 +276,41 @@ TEST_SUITE("mlp") {
     auto nan = blobs(300, 8, 3, 3);
     nan.features.span<float>()[5 * 8 + 2] = std::nanf("");
     refused(nan, "row 5 holds a value that is not finite");
+  }
+
+  TEST_CASE("an AdamW eps or a final learning-rate fraction out of range is a clear error") {
+    auto data = small_data();
+    auto w = small_mlp(data);
+    auto be = make_cpu_backend(1);
+    auto expect = [&](train_options o, const std::string& fragment) {
+      CAPTURE(fragment);
+      auto r = train(w, data, *be, o);
+      REQUIRE_FALSE(r.has_value());
+      CHECK(r.error().code() == errc::invalid_argument);
+      CHECK_MESSAGE(r.error().message().find(fragment) != std::string::npos, r.error().message());
+    };
+    // An eps of 0 divided 0 by 0 for a parameter whose gradient stayed 0 (NaN, then reported
+    // as divergence and blamed on the learning rate); a negative one could divide by 0 or
+    // flip a step.
+    for (float eps : {0.0f, -1e-8f, std::nanf(""), std::numeric_limits<float>::infinity()}) {
+      train_options o;
+      o.optimizer.eps = eps;
+      expect(o, "AdamW eps must be positive and finite");
+    }
+    // Below 0 the last steps' learning rate is negative (gradient ascent); above 1 the
+    // schedule rises; NaN makes every step's rate NaN.
+    for (float f : {-0.5f, 1.5f, std::nanf(""), std::numeric_limits<float>::infinity()}) {
+      train_options o;
+      o.final_lr_fraction = f;
+      expect(o, "final learning-rate fraction must be in [0, 1]");
+    }
+    train_options edge;
+    edge.max_steps = 2;
+    edge.evaluate = false;
+    edge.final_lr_fraction = 0.0f;
+    CHECK(train(w, data, *be, edge).has_value());
+    edge.final_lr_fraction = 1.0f;
+    CHECK(train(w, data, *be, edge).has_value());
   }
 
   TEST_CASE("evaluate refuses wrong sizes and non-finite parameters") {
