@@ -593,6 +593,11 @@ expected<model_plan> plan_model(const model_spec& spec, const model_limits& limi
         out = {numel};
         break;
       case layer_kind::reshape: {
+        // As the parser's rule for `shape`: with no extents checked_numel counts 1 value, and
+        // the next layer would read the last axis of an empty shape.
+        if (l.shape.empty() || l.shape.size() > 4)
+          return fail(at + ".shape",
+                      "must be an array of 1 to 4 positive integers, got " + shape_text(l.shape));
         auto n = checked_numel(l.shape);
         if (!n || *n != numel)
           return fail(at + ".shape", shape_text(l.shape) + " does not hold the " +

@@ -976,6 +976,39 @@ layers = [ { type = "embedding", dim = 4 }, { type = "reshape", shape = [64, 2, 
               .find("model.width: unknown key") != std::string::npos);
   }
 
+  TEST_CASE("a spec built in C++ that reshapes to no axes or more than 4 is refused") {
+    // The parser refuses shape = [], and checked_numel of no extents is 1: a spec filled in
+    // C++ reshaped [1] to [], and the next layer read the last axis of an empty shape.
+    auto with_shape = [](std::vector<int64_t> shape) {
+      model_spec spec;
+      spec.input = {4};
+      layer_spec first;
+      first.units = 1;
+      layer_spec reshape;
+      reshape.kind = layer_kind::reshape;
+      reshape.shape = std::move(shape);
+      layer_spec second;
+      second.units = 2;
+      layer_spec flatten;
+      flatten.kind = layer_kind::flatten;
+      layer_spec loss;
+      loss.kind = layer_kind::softmax_xent;
+      spec.layers = {first, reshape, second, flatten, loss};
+      return plan_model(spec);
+    };
+    REQUIRE_MESSAGE(with_shape({1}).has_value(), with_shape({1}).error().message());
+    REQUIRE(with_shape({1, 1, 1, 1}).has_value());
+    for (const auto& shape : {std::vector<int64_t>{}, std::vector<int64_t>{1, 1, 1, 1, 1}}) {
+      auto plan = with_shape(shape);
+      REQUIRE_FALSE(plan.has_value());
+      CHECK(plan.error().code() == errc::invalid_argument);
+      CHECK_MESSAGE(
+          plan.error().message().find("model.layers[1] (reshape).shape: must be an "
+                                      "array of 1 to 4 positive integers") != std::string::npos,
+          plan.error().message());
+    }
+  }
+
   TEST_CASE("a job spec carries its model and data set, and refuses them half given") {
     const std::string model = R"(
 [data]
