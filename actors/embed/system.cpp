@@ -587,6 +587,9 @@ struct client::impl {
   // the handles so that they are released first; null for a client of a core in this
   // process, which uses the core's.
   std::unique_ptr<caf::actor_system> owned;
+  // What keeps `sys` running for a client an embedded cluster lent: it ends with the last of
+  // the cluster and its clients (embedded_cluster's cluster_system).
+  std::shared_ptr<void> lender;
   caf::actor_system* sys = nullptr;
   caf::actor core;                     // the front door
   std::string key;                     // the API key, given to the front door once
@@ -1341,23 +1344,59 @@ expected<job_status> client::follow(const std::string& job_id, const job_events&
   }
 }
 
-// What an embedded cluster holds. Members are destroyed in reverse order: the node and
-// core handles and the owning actor before the client, which owns the actor system.
-struct embedded_cluster::state {
-  // First, so that it is released last: after the client's actor system, and with it the
-  // core's store, has ended.
+// The actor system an embedded cluster runs its core and nodes in, shared by the cluster and
+// every client it lends: it ends with the last of them. The system was the client's alone,
+// and a client moved out of the cluster took it along: destroyed first, it waited for the
+// core and nodes nobody stopped (a hang), and the cluster's next request found no client.
+struct cluster_system {
+  // First, so that it is released last: after the actor system, and with it the core's
+  // store, has ended.
   std::optional<dir_lock> lock;
+  std::filesystem::path temporary_dir;  // removed once the system has ended; empty: kept
+  caf::actor_system_config cfg;
+  std::optional<caf::actor_system> sys;
+
+  cluster_system() {
+    configure_actor_system(cfg);
+    sys.emplace(cfg);
+  }
+  cluster_system(const cluster_system&) = delete;
+  cluster_system& operator=(const cluster_system&) = delete;
+
+  ~cluster_system() {
+    sys.reset();
+    std::error_code ec;
+    if (!temporary_dir.empty()) std::filesystem::remove_all(temporary_dir, ec);
+  }
+};
+
+// What an embedded cluster holds. Members are destroyed in reverse order: the node and core
+// handles and the owning actor, then the client, then the cluster's share of its system.
+struct embedded_cluster::state {
+  std::shared_ptr<cluster_system> system;
   gflex::client client;
   std::filesystem::path dir;
-  bool temporary = false;
+  std::string operator_key;
   std::optional<caf::scoped_actor> owner;
   caf::actor core;
   std::vector<caf::actor> nodes;
   std::vector<std::string> names;
 
-  explicit state(gflex::client c) : client(std::move(c)) {}
+  explicit state(std::shared_ptr<cluster_system> sys)
+      : system(std::move(sys)), client(lend(system, {}, {})) {}
   state(const state&) = delete;
   state& operator=(const state&) = delete;
+
+  // A client of `core` in the cluster's actor system, holding a share of it.
+  static gflex::client lend(const std::shared_ptr<cluster_system>& system, caf::actor core,
+                            std::string key) {
+    auto p = std::make_unique<client::impl>();
+    p->lender = system;
+    p->sys = &*system->sys;
+    p->core = std::move(core);
+    p->key = std::move(key);
+    return gflex::client(std::move(p));
+  }
 
   // Nodes first and waited for, so that none of them sees the core vanish and reconnects.
   // They leave as a node told to stop does (bye: the core hears it leave, not lose it).
@@ -1375,8 +1414,6 @@ struct embedded_cluster::state {
     nodes.clear();
     core = nullptr;
     owner.reset();
-    std::error_code ec;
-    if (temporary) std::filesystem::remove_all(dir, ec);
   }
 };
 
@@ -1386,6 +1423,8 @@ embedded_cluster& embedded_cluster::operator=(embedded_cluster&&) noexcept = def
 embedded_cluster::~embedded_cluster() = default;
 
 gflex::client& embedded_cluster::client() {
+  // Moved away (or moved from by an assignment), the client is replaced by a new one.
+  if (!s_->client.impl_) s_->client = state::lend(s_->system, s_->core, s_->operator_key);
   return s_->client;
 }
 
@@ -1408,23 +1447,22 @@ expected<std::unique_ptr<embedded_cluster::state>> embedded_cluster::start_core(
       return error(errc::io_error, "cannot create a temporary directory");
     dir = pattern;
   }
-  auto p = std::make_unique<client::impl>();
-  configure_actor_system(p->cfg);
-  p->own_system();
-  auto s = std::make_unique<state>(gflex::client(std::move(p)));
+  auto system = std::make_shared<cluster_system>();
+  if (temporary) system->temporary_dir = dir;
+  auto s = std::make_unique<state>(std::move(system));
   s->dir = dir;
-  s->temporary = temporary;
-  auto& sys = s->client.impl_->system();
+  auto& sys = *s->system->sys;
   // The process is the core's operator, with a key made for this run.
   core_config core_cfg;
   core_cfg.data_dir = dir / "core";
   core_cfg.operator_key = new_api_key();
   auto lock = dir_lock::acquire(core_cfg.data_dir, "gflex-core");
   if (!lock) return lock.error();
-  s->lock = std::move(*lock);
+  s->system->lock = std::move(*lock);
   auto core = spawn_core(sys, core_cfg);
   if (!core) return core.error();
   s->core = *core;
+  s->operator_key = core_cfg.operator_key;
   s->client.impl_->core = *core;
   s->client.impl_->key = core_cfg.operator_key;
   s->owner.emplace(sys);
@@ -1436,7 +1474,7 @@ expected<std::unique_ptr<embedded_cluster::state>> embedded_cluster::start_core(
 error embedded_cluster::add_nodes(state& s, const embedded_config& config) {
   auto token = s.client.create_token("core", 0);
   if (!token) return token.error();
-  auto& sys = s.client.impl_->system();
+  auto& sys = *s.system->sys;
   for (int i = 0; i < config.nodes; ++i) {
     node_config n;
     n.name = "node-" + std::to_string(i + 1);

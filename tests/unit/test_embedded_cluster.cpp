@@ -3,8 +3,17 @@
 
 #include <doctest/doctest.h>
 
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <chrono>
 #include <cmath>
+#include <cstdio>
+#include <optional>
+#include <thread>
 
 #include "fashion_mnist_installed.hpp"
 #include "gflex/gflex.hpp"
@@ -21,6 +30,40 @@ std::string small_job(const std::string& name, const kernels::model_builder& mod
          "\"\nrounds = 2\nworkers = 2\n[inner]\nlocal_steps = 5\nbatch_size = 32\n"
          "[data]\nset = \"fashion-mnist\"\n" +
          model.toml();
+}
+
+// What a child process does with the clients of embedded clusters: 0 when everything answered
+// as it should, else the step that did not (said on stderr).
+int moved_clients() {
+  auto failed = [](int step, const std::string& why) {
+    std::fprintf(stderr, "step %d: %s\n", step, why.c_str());
+    return step;
+  };
+  embedded_config config;
+  config.nodes = 1;
+  auto cluster = embedded_cluster::start(config);
+  if (!cluster) return failed(1, cluster.error().message());
+  {
+    gflex::client moved = std::move(cluster->client());
+    if (auto jobs = moved.jobs(); !jobs) return failed(2, jobs.error().message());
+  }  // it took the cluster's actor system, and waited here for the core and nodes it runs
+  if (auto jobs = cluster->client().jobs(); !jobs) return failed(3, jobs.error().message());
+  auto other = embedded_cluster::start(config);
+  if (!other) return failed(4, other.error().message());
+  // The client assigned over was the owner of the first cluster's system: the same wait.
+  cluster->client() = std::move(other->client());
+  if (auto jobs = cluster->client().jobs(); !jobs) return failed(5, jobs.error().message());
+  if (auto jobs = other->client().jobs(); !jobs) return failed(6, jobs.error().message());
+  // A client that outlives its cluster: its requests fail, and it ends.
+  std::optional<gflex::client> outliving;
+  {
+    auto third = embedded_cluster::start(config);
+    if (!third) return failed(7, third.error().message());
+    outliving.emplace(std::move(third->client()));
+  }
+  if (outliving->jobs()) return failed(8, "the cluster is gone, yet its client was answered");
+  outliving.reset();
+  return 0;
 }
 
 }  // namespace
@@ -125,5 +168,37 @@ TEST_SUITE("embedded cluster") {
     CHECK(second.error().message().find("in use by another gflex-core") != std::string::npos);
     // The first still serves: its status answers.
     CHECK(first->client().jobs().has_value());
+  }
+
+  TEST_CASE("a cluster's client moved out or assigned to leaves the cluster serving and ending") {
+    // The client owned the cluster's actor system: moved out and destroyed, it waited for the
+    // core and nodes that run in it, for ever; the cluster's next request found no client (a
+    // null pointer). In a child process, so that a hang is seen (and killed) here.
+    const pid_t parent = ::getpid();
+    const pid_t pid = ::fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+      ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+      if (::getppid() != parent) ::_exit(100);
+      ::_exit(moved_clients());
+    }
+    int status = 0;
+    bool ended = false;
+    const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+    while (!ended && std::chrono::steady_clock::now() < until) {
+      ended = ::waitpid(pid, &status, WNOHANG) == pid;
+      if (!ended) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    if (!ended) {
+      ::kill(pid, SIGKILL);
+      ::waitpid(pid, &status, 0);
+    }
+    CHECK_MESSAGE(ended, "the clusters and their clients did not end within 120 s");
+    if (ended) {
+      CHECK_MESSAGE(WIFEXITED(status), "killed by signal ", WTERMSIG(status));
+      if (WIFEXITED(status))
+        CHECK_MESSAGE(WEXITSTATUS(status) == 0, "failed at step ", WEXITSTATUS(status),
+                      " (its error is above)");
+    }
   }
 }

@@ -369,6 +369,9 @@ class embedded_cluster {
   /// Stops the nodes, then the core; a temporary data directory is removed.
   ~embedded_cluster();
 
+  /// The operator's client of this cluster. The cluster's actor system is not the client's:
+  /// it may be moved out (the next call lends a new one) or assigned to, and one moved out
+  /// may outlive the cluster (its requests then fail: the core is gone).
   gflex::client& client();
   /// The nodes' names ("node-1", ...).
   std::vector<std::string> node_names() const;
