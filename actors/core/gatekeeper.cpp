@@ -147,10 +147,12 @@ std::vector<std::string> keys_of(const std::string& account, const std::vector<s
   return out;
 }
 
-// The refusal of a second change of one account's key while one is under way.
+// The refusal of a second change of one account's key while one is under way. Unavailable,
+// not invalid: the same request passes once the first change is done, and the operator's CLI
+// exits 1 (try again) on it, where 2 tells a script the request fails again as sent.
 caf::error account_busy(const std::string& account) {
-  return to_caf(error(errc::invalid_argument, "the API key of account " + account +
-                                                  " is being made or changed now; try again"));
+  return to_caf(error(errc::unavailable, "the API key of account " + account +
+                                             " is being made or changed now; try again"));
 }
 
 // Changes the API key records of `account`: `change` is called with the store keys of its

@@ -610,14 +610,21 @@ TEST_SUITE("gatekeeper") {
     for (int i = 0; i < 2; ++i)
       self->send(gate, update_atom::value, api_key_atom::value, std::string("user/fay"));
     std::vector<std::string> keys, refusals;
+    std::vector<errc> codes;
     for (int i = 0; i < 2; ++i)
       self->receive([&](std::string& k) { keys.push_back(k); },
-                    [&](caf::error& e) { refusals.push_back(sys.render(e)); },
+                    [&](caf::error& e) {
+                      refusals.push_back(sys.render(e));
+                      codes.push_back(from_caf(e).code());
+                    },
                     caf::after(timeout) >> [&] { FAIL("no answer"); });
     REQUIRE(keys.size() == 1);
     REQUIRE(refusals.size() == 1);
     CHECK_MESSAGE(refusals[0].find("is being made or changed now; try again") != std::string::npos,
                   refusals[0]);
+    // Passes once the first is done: unavailable, which the CLI exits 1 on (try again), not
+    // invalid_argument's 2 (fails again as sent), which a script retrying on 1 gave up on.
+    CHECK_MESSAGE(codes[0] == errc::unavailable, refusals[0]);
     CHECK(principal_of(keys[0]) == "user/fay");
   }
 
