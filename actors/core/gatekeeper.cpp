@@ -380,9 +380,16 @@ caf::behavior gatekeeper(gatekeeper_actor* self, caf::actor store, std::string o
         // one account at once would both find no key: the second is refused.
         return change_account_keys<std::string>(
             self, account, [=](const std::vector<std::string>& old, auto done) mutable {
+              // Said how to give it a key all the same: a creation whose answer was lost
+              // (the key written after the client stopped waiting) left a key shown to
+              // nobody, and creating it again only ever comes here.
               if (!old.empty()) {
-                done(to_caf(
-                    error(errc::invalid_argument, "account " + account + " exists already")));
+                done(to_caf(error(errc::invalid_argument,
+                                  "account " + account +
+                                      " exists already and has an API key; to give it a new "
+                                      "one (its old one then opening nothing): gflex-core "
+                                      "account rekey " +
+                                      account)));
                 return;
               }
               auto key = new_api_key();

@@ -516,6 +516,10 @@ TEST_SUITE("gatekeeper") {
     const auto& refusal = again_refusal.second;
     CHECK(again.empty());
     CHECK(refusal.find("account user/alice exists already") != std::string::npos);
+    // The way to a key for it all the same (a creation's answer lost, its key shown to nobody):
+    // creating it again only ever comes here.
+    CHECK_MESSAGE(refusal.find("gflex-core account rekey user/alice") != std::string::npos,
+                  refusal);
     CHECK(ask_key("user/bob").second.empty());  // another account is not refused
     // Two creations at once: one key, one refusal.
     for (int i = 0; i < 2; ++i) self->send(gate, api_key_atom::value, std::string("user/carol"));
