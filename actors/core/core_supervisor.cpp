@@ -664,14 +664,11 @@ caf::behavior core_actor(core_actor_type* self, core_children children, core_con
       },
       [=](ledger_atom a, std::string& key) {
         return authorized(key, true, [=](caf::response_promise& rp, const std::string&) {
-          // Ended jobs must hold nothing in escrow; the job supervisor knows which ended.
-          self->request(self->state.children->jobs, std::chrono::seconds(30), jobs_atom::value,
-                        std::string(operator_principal))
+          // Ended jobs must hold nothing in escrow; the job supervisor knows which ended, and
+          // names only those whose end (which returns their escrow) is recorded.
+          self->request(self->state.children->jobs, std::chrono::seconds(30), a)
               .then(
-                  [=](std::vector<job_status>& jobs) mutable {
-                    std::vector<std::string> ended;
-                    for (const auto& j : jobs)
-                      if (is_terminal(j.state)) ended.push_back(j.job_id);
+                  [=](std::vector<std::string>& ended) mutable {
                     relay(as<ledger_report>{}, rp, self->state.children->ledger, a, ended);
                   },
                   [=](caf::error& e) mutable { rp.deliver(e); });

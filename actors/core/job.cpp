@@ -642,14 +642,20 @@ void record_end(job_actor* self) {
   // What escrow still holds goes back with the final record, in one transaction.
   // Escrow is let go of once the record is written: an end whose write failed is written
   // again, returning it then.
+  const int64_t releasing = metered(st) ? total_held(st) : 0;
   std::vector<posting> release;
-  if (metered(st) && total_held(st) > 0)
-    release = {{escrow_of(st), -total_held(st)}, {st.job.spec.account, total_held(st)}};
-  st.job.status.credits_held = 0;
-  publish(self);
+  if (releasing > 0) release = {{escrow_of(st), -releasing}, {st.job.spec.account, releasing}};
+  // The record goes with the release: once it is stored, escrow holds nothing of the job.
+  auto ended = st.job.status;
+  ended.credits_held = 0;
   store_batch batch;
   batch.keys.push_back(job_record_key(st.job.id));
-  batch.values.push_back(encode_job_record(st.job.spec_text, st.job.status));
+  batch.values.push_back(encode_job_record(st.job.spec_text, ended));
+  // Until the release is booked the ended job is shown holding what escrow still holds:
+  // shown ended with 0 in escrow while its end was written (and again while a failing store
+  // had it written again and again), it was what `gflex ledger verify` reported as stale.
+  st.job.status.credits_held = releasing;
+  publish(self);
   const auto op = ledger_op(st, "end", st.job.status.round);
   const bool named = !release.empty();
   auto written =
@@ -660,9 +666,14 @@ void record_end(job_actor* self) {
                   : self->request(st.links.store, std::chrono::seconds(30), commit_atom::value,
                                   std::move(batch));
   auto recorded = [=] {
-    self->state.held.clear();
-    for (auto& rp : self->state.end_waiters) rp.deliver(caf::ok_atom::value);
-    self->state.ended_and_recorded = true;
+    auto& st = self->state;
+    st.held.clear();
+    st.job.status.credits_held = 0;
+    publish(self);
+    // The ledger's audit counts the job ended (its escrow stale) only from now on.
+    self->send(st.links.supervisor, progress_atom::value, stop_atom::value);
+    for (auto& rp : st.end_waiters) rp.deliver(caf::ok_atom::value);
+    st.ended_and_recorded = true;
     if (self->state.rejections_untold == 0) self->quit();
   };
   auto not_recorded = [=](const std::string& why) {

@@ -54,6 +54,10 @@ struct job_entry {
   job_spec spec;
   restart_budget restarts;
   bool ending = false;  // started a last time only to record its failure (restart_job)
+  /// Whether its end is in the store (read from there, or its actor said it wrote it): the
+  /// escrow of a job shown ended is returned with its end record, and until that is written
+  /// the ledger's audit does not count the job ended.
+  bool end_recorded = false;
   /// The core's memory it takes (job_core_memory_bytes), planned once from its spec.
   std::optional<uint64_t> core_memory;
 };
@@ -438,6 +442,7 @@ void read_record(supervisor_actor* self, const std::string& id, job_start::origi
               spdlog::info("job {}: its end is recorded ({}); not restarted", id,
                            to_string(status.state));
               entry.status = std::move(status);
+              entry.end_recorded = true;
               return;
             }
             if (found && record) {
@@ -484,6 +489,9 @@ void read_checkpoint(supervisor_actor* self, const std::string& id, job_start::o
             auto& entry = self->state.jobs[id];
             job_start start{id,   entry.spec_text, entry.spec, entry.status, {}, {}, {},
                             from, end_with};
+            // A cancelled job whose actor died before its end was written ends cancelled.
+            if (!end_with.empty() && entry.status.state == job_state::cancelled)
+              start.end_state = job_state::cancelled;
             if (found) start.checkpoint = std::move(bytes);
             start_job(self, std::move(start));
           },
@@ -882,6 +890,7 @@ void keep_unaccepted_job(supervisor_actor* self, const std::string& spec_text, j
   if (is_terminal(status.state)) {
     spdlog::warn("store: job {} (ended) has a spec no longer accepted: {}", id, why.message());
     entry.status = std::move(status);
+    entry.end_recorded = true;
     return;
   }
   status.state = job_state::failed;
@@ -959,7 +968,8 @@ void scan_job_records(supervisor_actor* self) {
               entry.status = status;
               entry.spec_text = spec_text;
               entry.spec = *spec;
-              if (is_terminal(status.state)) continue;
+              entry.end_recorded = is_terminal(status.state);
+              if (entry.end_recorded) continue;
               if (auto why = data_set_wait(self->state, status.owner, *spec)) {
                 entry.status.detail = *why;
                 self->state.awaiting_data.insert(status.job_id);
@@ -1107,7 +1117,22 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links,
     for (auto& [id, entry] : self->state.jobs) {
       if (entry.actor.address() != down.source) continue;
       entry.actor = nullptr;
-      if (is_terminal(entry.status.state) || !down.reason) return;
+      if (!down.reason) return;
+      if (is_terminal(entry.status.state)) {
+        if (entry.end_recorded) return;
+        // Shown ended (cancelled, failed, escalated), it died before its end was written: its
+        // record says running and escrow still holds its rounds'. Left so, the escrow stayed
+        // held until a core restarted and resumed the job. It is started again only to end
+        // (a done one, to find its rounds committed), 5 s on: one that dies at once does not
+        // spin.
+        spdlog::error(
+            "job {} stopped before its end ({}) was recorded ({}); ending it again in 5 s", id,
+            to_string(entry.status.state), self->system().render(down.reason));
+        self->state.awaiting_restart[id] =
+            entry.status.state == job_state::done ? std::string() : entry.status.detail;
+        self->delayed_send(self, std::chrono::seconds(5), tick_atom::value);
+        return;
+      }
       // A job that died before it ended restarts from its last committed round, unless it
       // keeps dying: then it is failed (escalation) rather than restarted forever.
       std::string why = self->system().render(down.reason);
@@ -1156,6 +1181,12 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links,
         if (it == self->state.jobs.end()) return;
         if (s.owner.empty()) s.owner = it->second.status.owner;
         it->second.status = std::move(s);
+      },
+      // A job's actor wrote its end (and returned its escrow with it).
+      [=](progress_atom, stop_atom) {
+        auto sender = caf::actor_cast<caf::actor>(self->current_sender());
+        for (auto& [id, entry] : self->state.jobs)
+          if (entry.actor && entry.actor == sender) entry.end_recorded = true;
       },
       // A job caught `node`: every other job discards the node's work not yet committed (a
       // caught cheat is paid nothing it has not been paid already).
@@ -1422,6 +1453,16 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links,
         auto* entry = find_for(self, who, id);
         if (entry == nullptr) return to_caf(unknown_job(id));
         return entry->status;
+      },
+      // The jobs whose end is recorded, for the ledger's audit (`gflex ledger verify`): an
+      // ended job's escrow must be empty. One shown ended whose end record, with the release of
+      // its escrow, is still on its way (or failing, written again) is not among them: counted,
+      // its escrow was reported stale until the release landed.
+      [=](ledger_atom) -> std::vector<std::string> {
+        std::vector<std::string> out;
+        for (const auto& [id, entry] : self->state.jobs)
+          if (is_terminal(entry.status.state) && entry.end_recorded) out.push_back(id);
+        return out;
       },
       [=](jobs_atom, const std::string& who) -> std::vector<job_status> {
         std::vector<job_status> out;
