@@ -256,6 +256,9 @@ struct job_actor_state {
   bool holding = false;
   bool paused = false;
   bool paused_for_budget = false;  // re-tried when a round settles and frees escrow
+  // Paused because the account could not hold a round's escrow (its budget could): a top-up
+  // of 0 resumes it once the account is credited (topup_atom).
+  bool paused_for_account = false;
   // Drawn at the actor's start; names this run's ledger operations (ledger_op), so that a
   // restarted job's operations never meet those of the run it replaces.
   std::string run_id;
@@ -511,7 +514,8 @@ void request_hold(job_actor* self, int64_t index, int64_t hold) {
     pause(self, "the account " + st.job.spec.account + " cannot hold round " +
                     std::to_string(index + 1) + "'s escrow (" + format_credits(hold) +
                     " credits): " + why + " (credit it, then gflex topup " + st.job.id +
-                    " AMOUNT)");
+                    " AMOUNT resumes it; an AMOUNT of 0 leaves its budget as it is)");
+    st.paused_for_account = st.paused;
   };
   // Not booked, and not for want of credits: the hold is asked for again, later and later
   // (as an interrupted run's escrow is returned). The round waits for it, holding nothing; a
@@ -2253,6 +2257,18 @@ void return_stale_escrow(job_actor* self) {
           [=](caf::error& e) { again("cannot open it: " + from_caf(e).message()); });
 }
 
+// A paused job (for its budget or its account) runs again, holding its round's escrow first.
+void resume_paused(job_actor* self) {
+  auto& st = self->state;
+  st.paused = false;
+  st.paused_for_budget = false;
+  st.paused_for_account = false;
+  st.job.status.state = job_state::running;
+  st.job.status.detail.clear();
+  publish(self);
+  hold_round(self);
+}
+
 // A job that stops without ending (its supervisor went down, or it threw) tells the
 // workers of its assignments to stop: the market frees their slots as the job goes down, and
 // the next job's work, queued behind the dead one's, missed its deadline, its honest node
@@ -2464,8 +2480,22 @@ caf::behavior job_behavior(job_actor* self, job_start start, job_links links) {
                                         " past 1e12 credits"))
                      : caf::error{};
         };
-        if (amount <= 0)
-          return to_caf(error(errc::invalid_argument, "a top-up must be more than 0 credits"));
+        if (amount < 0)
+          return to_caf(error(errc::invalid_argument, "a top-up must be 0 credits or more"));
+        if (amount == 0) {
+          // Paused because its account could not hold a round's escrow, the job needs no more
+          // budget, only the credits its account has been given since: 0 resumes it. A job
+          // whose budget is at the cap could otherwise never resume, every larger top-up
+          // passing the cap.
+          if (!st.paused_for_account)
+            return to_caf(error(errc::invalid_argument,
+                                "a top-up of 0 only resumes a job paused because its account "
+                                "could not hold a round's escrow, and job " +
+                                    st.job.id + " is not: top it up by more than 0 credits"));
+          spdlog::info("job {}: resumed by a top-up of 0", st.job.id);
+          resume_paused(self);
+          return caf::ok_atom::value;
+        }
         if (auto refused = past_cap()) return refused;
         // The budget is raised as its record is written, and lowered again if the write
         // fails: raised at once, a top-up whose write failed or came too late for the
@@ -2494,12 +2524,7 @@ caf::behavior job_behavior(job_actor* self, job_start start, job_links links) {
             spdlog::info("job {}: budget topped up by {} to {} credits", st.job.id,
                          format_credits(amount), format_credits(st.job.status.budget));
             if (st.paused && !st.finished) {
-              st.paused = false;
-              st.paused_for_budget = false;
-              st.job.status.state = job_state::running;
-              st.job.status.detail.clear();
-              publish(self);
-              hold_round(self);
+              resume_paused(self);
             } else {
               publish(self);
             }

@@ -1417,8 +1417,10 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links,
           return to_caf(error(errc::invalid_argument, "job " + id + " has ended"));
         if (entry->spec.account.empty())
           return to_caf(error(errc::invalid_argument, "job " + id + " is unmetered (no account)"));
-        if (amount <= 0 || amount > max_amount_micro)
-          return to_caf(error(errc::invalid_argument, "a top-up must be in (0, 1e12] credits"));
+        // 0 resumes a job paused because its account could not hold a round's escrow (the
+        // job refuses it otherwise): one whose budget is at the cap can be raised no further.
+        if (amount < 0 || amount > max_amount_micro)
+          return to_caf(error(errc::invalid_argument, "a top-up must be in [0, 1e12] credits"));
         // Not ended, with no actor: it waits for its checkpoint or data sets (a core that
         // started), or is being restarted. Told it had ended, its owner gave up on a job that
         // would resume.

@@ -399,6 +399,63 @@ TEST_SUITE("job cancel") {
     CHECK_MESSAGE(s.detail.find("would go below zero") != std::string::npos, s.detail);
   }
 
+  TEST_CASE("a job at the budget's cap paused for its account resumes at a top-up of 0") {
+    // Every top-up of a job whose budget is at the cap (1e12 credits) passed it and was
+    // refused: paused because its account was short, the job could never resume once the
+    // account was credited.
+    auto st = stored_job(2, k_spec +
+                                "[market]\naccount = \"user/alice\"\nbudget = 1000000000000\n"
+                                "max_price = 1.0\n");
+    job_fixture f(st, {}, [](job_fixture& f) {
+      auto keeper = spawn_ledger_keeper(f.sys, f.store);  // alice's account holds nothing
+      for (const char* account : {"user/alice", "escrow/job-1"})
+        f.self->request(keeper, f.wait, open_atom::value, std::string(account), false)
+            .receive([](caf::ok_atom) {}, [&](caf::error& e) { FAIL(f.sys.render(e)); });
+      return keeper;
+    });
+    auto s = f.await(
+        [](const job_status& s) { return s.state == job_state::paused || is_terminal(s.state); },
+        10);
+    REQUIRE(s.state == job_state::paused);
+    CHECK(s.budget == max_amount_micro);
+    CHECK_MESSAGE(s.detail.find("the account user/alice cannot hold round 3's escrow") == 0,
+                  s.detail);
+    CHECK_MESSAGE(s.detail.find("an AMOUNT of 0 leaves its budget as it is") != std::string::npos,
+                  s.detail);
+    f.self
+        ->request(f.keeper, f.wait, transfer_atom::value, std::string("credit"),
+                  std::string("test"),
+                  std::vector<posting>{{"external", -100'000'000}, {"user/alice", 100'000'000}})
+        .receive([](uint64_t) {}, [&](caf::error& e) { FAIL(f.sys.render(e)); });
+    auto topup = [&](int64_t amount) {
+      std::string answer;
+      f.self
+          ->request(f.supervisor, f.wait, topup_atom::value, f.alice, std::string("job-1"), amount)
+          .receive([&](caf::ok_atom) { answer = "ok"; },
+                   [&](caf::error& e) { answer = from_caf(e).message(); });
+      return answer;
+    };
+    const auto past = topup(1'000'000);
+    CHECK_MESSAGE(past.find("past 1e12 credits") != std::string::npos, past);
+    const auto resumed = topup(0);
+    CHECK_MESSAGE(resumed == "ok", resumed);
+    s = f.await(
+        [](const job_status& s) {
+          return (s.detail.find("waiting for workers") == 0 && s.credits_held > 0) ||
+                 is_terminal(s.state);
+        },
+        10);
+    CHECK(s.state == job_state::running);
+    CHECK_MESSAGE(s.detail.find("waiting for workers") == 0, s.detail);
+    CHECK(s.credits_held > 0);
+    CHECK(s.budget == max_amount_micro);
+    CHECK(balance_of(f, f.keeper, "escrow/job-1") == s.credits_held);
+    // Running, it needs no resuming: a top-up of 0 is refused, and says why.
+    const auto again = topup(0);
+    CHECK_MESSAGE(again.find("a top-up of 0 only resumes a job paused because its account") == 0,
+                  again);
+  }
+
   TEST_CASE("a cancel whose record cannot be written is an error, and the end is written again") {
     // The job quit when its end record could not be written: shown as cancelled, its record
     // said running, a second cancel was refused ("has ended"), and the next core to start
