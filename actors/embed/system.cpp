@@ -1114,19 +1114,20 @@ expected<std::vector<uint8_t>> client::fetch(const std::string& job_id) {
                                       "'s model changed or went faster than it was read, 5 times");
 }
 
-expected<std::string> client::create_account(const std::string& id) {
-  return impl_->ask_session<std::string>(std::chrono::seconds(30), open_atom::value, id);
-}
-
 namespace {
+
+// Whether `e` says that a request went unanswered (or its link was lost while it waited): it
+// may have been done all the same.
+bool unanswered(const error& e) {
+  return e.code() == errc::unavailable &&
+         (e.message().starts_with(no_answer) || e.message().starts_with(link_lost));
+}
 
 // A change of an account's key not answered may have landed (the gatekeeper's store write
 // outlived the wait, and it reads the write back before it answers): the old key may open
 // nothing now, and a replaced key's new one was shown to no one. Said so, as a submit is.
 error key_change_unanswered(const error& e, const std::string& id) {
-  if (e.code() != errc::unavailable ||
-      !(e.message().starts_with(no_answer) || e.message().starts_with(link_lost)))
-    return e;
+  if (!unanswered(e)) return e;
   return error(errc::unavailable,
                e.message() + "; the change of " + id +
                    "'s key may have been made all the same, its old key then opening nothing: "
@@ -1134,6 +1135,20 @@ error key_change_unanswered(const error& e, const std::string& id) {
 }
 
 }  // namespace
+
+// 90 s, as a rekey: the ledger opens the account (a write of up to 30 s), then the gatekeeper
+// writes its key as a rekey does. With 30 s, a busy store's creation was reported as not
+// answered and its key, written after, was shown to nobody; creating it again is refused once
+// the account has a key, so the note names the way out.
+expected<std::string> client::create_account(const std::string& id) {
+  auto r = impl_->ask_session<std::string>(std::chrono::seconds(90), open_atom::value, id);
+  if (r || !unanswered(r.error())) return r;
+  return error(errc::unavailable,
+               r.error().message() + "; " + id +
+                   " and its API key may have been made all the same, the key shown to nobody: "
+                   "run `gflex-core account rekey " +
+                   id + "` to get a key (creating it again refuses an account that has one)");
+}
 
 // 90 s: the gatekeeper's store write waits 30 s, and its read-back after that usually less.
 expected<std::string> client::replace_api_key(const std::string& id) {

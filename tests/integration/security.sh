@@ -11,7 +11,8 @@
 # Bad bytes on the core's port and an oversized job spec or a BASP header announcing 3 GiB
 # leave the core up and unchanged (and the last without a large allocation). A packet capture
 # of the core's port while a job trains and its parameters are fetched holds none of the
-# parameters' bytes; the same capture of an --insecure core does (so the check can fail).
+# parameters' bytes; the same capture of an --insecure core does (so the check can fail). An
+# account whose creation takes longer than 30 s (a slow store) is created, its key shown.
 source "$(dirname "$0")/lib.sh"
 G="$BIN/gflex"
 C="$BIN/gflex-core"
@@ -341,4 +342,24 @@ start plain_node "$BIN/gflex-node" --join "$core" --name p1 --data-dir "$WORK/p1
 wait_for 30 "the plain node to join" grep -q "joined the core" "$WORK/plain_node.log"
 INSECURE=--insecure capture plain
 [ "$found" -ge 32 ] || fail "the plain capture shows only $found of 64 pieces"
+
+# -- an account made slower than the client used to wait ---------------------------------------
+# Every store commit takes 20 s: the ledger's opening of the account and the gatekeeper's key
+# write take some 40 s together. The client waited 30 s and said only that the core did not
+# answer (exit 1), and the key, written after, was shown to nobody.
+kill -KILL "$PID_plain" "$PID_plain_node"
+core=127.0.0.1:$(free_port)
+start plain_slow "$C" --listen "$core" --data-dir "$WORK/plain" --insecure \
+  --store-commit-delay-ms 20000
+wait_for 60 "the slow core to listen" grep -q "core listening" "$WORK/plain_slow.log"
+created=$SECONDS
+if "$C" account create user/slow --core "$core" --insecure >"$WORK/slow.key" \
+  2>"$WORK/slow-create.err"; then
+  echo "ok: user/slow created in $((SECONDS - created)) s"
+  env "GFLEX_API_KEY=$(cat "$WORK/slow.key")" "$G" account --core "$core" --insecure |
+    grep -q "^user/slow: " || fail "the slow creation's key does not open user/slow"
+else
+  fail "a creation of some 40 s: $(tail -2 "$WORK/slow-create.err")"
+fi
+((SECONDS - created >= 30)) || fail "the creation took under 30 s: nothing tested"
 finish
