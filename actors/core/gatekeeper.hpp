@@ -14,7 +14,7 @@
 /// - (revoke_atom, api_key_atom, account) -> ok_atom: deletes the key of `account` (ok when it
 ///   has none); no key opens the account until it is given one again (update or create).
 ///   Making, replacing and revoking one account's key happen one at a time; another asked
-///   meanwhile is refused (errc::invalid_argument), to be tried again.
+///   meanwhile is refused (errc::unavailable), to be tried again.
 /// - (token_atom, tier, lifetime_s, uses) -> token: a new join token (lifetime 0: no expiry)
 ///   that admits `uses` node keys (0: any number); it binds to the keys that use it.
 /// - (token_atom) -> std::vector<join_token_record>: every token's record, newest last.
