@@ -11,6 +11,7 @@
 #include <functional>
 #include <map>
 
+#include "access.hpp"
 #include "boundary.hpp"
 #include "client_door.hpp"
 #include "client_session.hpp"
@@ -255,8 +256,8 @@ caf::actor restart_child(core_actor_type* self, const caf::actor_addr& who) {
   return {};
 }
 
-// Join token `id` (or the prefix of its id that named it) is revoked: the nodes its keys
-// joined as are taken out by the registry now, and `rp` is answered once they are. A token
+// Join token `id` (or the prefix of its id that named it) is revoked: the nodes it admitted
+// are taken out by the registry now, and `rp` is answered once they are. A token
 // revoked because it leaked must not leave the nodes it let in taking and being paid for work
 // until their connection next drops. Should that fail, the revocation stands (it is stored,
 // and their rejoin is refused): the answer is still ok, and the failure logged.
@@ -274,7 +275,7 @@ void shut_out_token_nodes(core_actor_type* self, const std::string& id, caf::res
             for (const auto& t : tokens)
               if (t.revoked && t.id.compare(0, id.size(), id) == 0) {
                 self->request(self->state.children->registry, std::chrono::minutes(1),
-                              revoke_atom::value, t.id, t.keys)
+                              revoke_atom::value, t.id)
                     .then(
                         [=](int64_t ended) mutable {
                           if (ended > 0)
@@ -440,6 +441,10 @@ caf::behavior core_actor(core_actor_type* self, core_children children, core_con
                                          hello_message(hello.protocol, hello.name), hello.proof);
         auto token = std::move(hello.credential);
         hello.credential.clear();
+        // The record of the token that admits it (access.hpp): the registry takes the node out
+        // if that token is revoked while it is joined.
+        const std::string token_id =
+            token.empty() ? std::string() : secret_digest(token).substr(0, 12);
         // Taken before the promise: making one moves the sender out of the message.
         auto sender = self->current_sender();
         // Its session serves the process that says hello, and only it (node_session.hpp): a
@@ -463,7 +468,7 @@ caf::behavior core_actor(core_actor_type* self, core_children children, core_con
                   [=](caf::ok_atom) mutable {
                     // The registry refuses past --max-per-address and a key joined already.
                     self->request(self->state.children->registry, std::chrono::seconds(10),
-                                  hello_atom::value, std::move(hello), address)
+                                  hello_atom::value, std::move(hello), address, token_id)
                         .then([=](node_welcome& w) mutable { rp.deliver(std::move(w)); },
                               [=](caf::error& e) mutable {
                                 note_refusal(self, "refused node " + name + " from " + address,

@@ -31,6 +31,7 @@ struct node_entry {
   int64_t price = 0;
   double throughput = 0.0;
   std::vector<uint8_t> public_key;
+  std::string token_id;  // the join token it was admitted with this time (its record's id)
 };
 
 struct registry_state {
@@ -43,6 +44,9 @@ struct registry_state {
   caf::actor data_server;
   caf::actor reputation;                   // told by the core supervisor (update_atom "reputation")
   std::map<std::string, int> per_address;  // live sessions per address
+  /// Join tokens revoked since this registry started: a node admitted with one just before
+  /// its revocation, whose hello reaches the registry after it, is refused, not joined.
+  std::set<std::string> revoked_tokens;
   static inline const char* name = "registry";
 
   // A registry that stops (and is restarted: its nodes join the new one) takes its nodes off
@@ -95,8 +99,11 @@ caf::behavior registry_actor(caf::stateful_actor<registry_state>* self, caf::act
   });
   self->delayed_send(self, std::chrono::milliseconds(config.lease_ms / 4 + 1), tick_atom::value);
   return {
-      [=](hello_atom, node_hello& hello, std::string& address) -> caf::result<node_welcome> {
+      [=](hello_atom, node_hello& hello, std::string& address,
+          std::string& token_id) -> caf::result<node_welcome> {
         auto& st = self->state;
+        if (!token_id.empty() && st.revoked_tokens.count(token_id) != 0)
+          return to_caf(error(errc::permission_denied, "join token " + token_id + " was revoked"));
         // Nodes in the core's own process (embedded) are the operator's: not bounded.
         if (address != "local" &&
             st.per_address[address] >= static_cast<int>(config.max_per_address)) {
@@ -139,6 +146,7 @@ caf::behavior registry_actor(caf::stateful_actor<registry_state>* self, caf::act
         entry.price = hello.price;
         entry.throughput = hello.throughput;
         entry.public_key = hello.public_key;
+        entry.token_id = std::move(token_id);
         st.nodes[id] = std::move(entry);
         if (!hello.public_key.empty()) st.by_key[hello.public_key] = id;
         std::vector<worker_slot> slots;
@@ -216,18 +224,18 @@ caf::behavior registry_actor(caf::stateful_actor<registry_state>* self, caf::act
       [=](rate_atom, const std::string& name, const std::string& workload, double rate) {
         self->send(self->state.market, rate_atom::value, name, workload, rate);
       },
-      // From the core supervisor: join token `token_id` was revoked. The nodes of the keys it
-      // admitted are shut out now, not at their next join, which may be days away: their
-      // sessions end, and their rejoins with the revoked token are refused. Answers how many.
-      [=](revoke_atom, const std::string& token_id,
-          const std::vector<std::string>& keys) -> int64_t {
-        const std::set<std::string> admitted(keys.begin(), keys.end());
+      // From the core supervisor: join token `token_id` was revoked. The nodes admitted with
+      // it are shut out now, not at their next join, which may be days away: their sessions
+      // end, and their rejoins with it are refused. A node whose key the token also admitted
+      // once, but that joined with another token this time (tokens rotated after a leak),
+      // stays. Answers how many were taken out.
+      [=](revoke_atom, const std::string& token_id) -> int64_t {
+        self->state.revoked_tokens.insert(token_id);
         std::vector<std::string> ids;
         for (const auto& [id, node] : self->state.nodes)
-          if (!node.public_key.empty() && admitted.count(key_hex(node.public_key)) != 0)
-            ids.push_back(id);
+          if (node.token_id == token_id) ids.push_back(id);
         for (const auto& id : ids)
-          remove_node(id, "was admitted by join token " + token_id + ", which is revoked");
+          remove_node(id, "was admitted with join token " + token_id + ", which is revoked");
         return static_cast<int64_t>(ids.size());
       },
       [=](nodes_atom) -> std::vector<node_status> {

@@ -3,8 +3,9 @@
 /// The registry actor: the nodes that have joined, their workers, and their heartbeats.
 ///
 /// Protocol:
-/// - (hello_atom, node_hello, address) -> node_welcome, forwarded by the core supervisor
-///   once the node is admitted: assigns a node id, spawns the node's session (node_session.hpp)
+/// - (hello_atom, node_hello, address, token id) -> node_welcome, forwarded by the core
+///   supervisor once the node is admitted (with the id of the join token that admitted it, or
+///   none): assigns a node id, spawns the node's session (node_session.hpp)
 ///   and offers the session's worker handles to the market. The welcome carries only the
 ///   session. At most `max_per_address` nodes from one address at once, and one session per
 ///   node key: a hello whose key is joined already is refused (limit_exceeded) until that
@@ -14,9 +15,9 @@
 ///   that ends (the node said bye, its uplink went down, it was disconnected) takes the node
 ///   out of the registry and its workers out of the market at once.
 /// - (nodes_atom) -> vector<node_status>.
-/// - (revoke_atom, token id, node keys (hex)) -> int64_t from the core supervisor: a join
-///   token was revoked; the nodes of those keys are taken out as a lost node is, their
-///   sessions ended (their rejoin with the token is refused). Answers how many were.
+/// - (revoke_atom, token id) -> int64_t from the core supervisor: a join token was revoked;
+///   the nodes admitted with it are taken out as a lost node is, their sessions ended, and a
+///   hello admitted with it that comes after is refused. Answers how many were taken out.
 /// - (update_atom, "market" | "data_server", actor) from the core supervisor: a restarted
 ///   sibling. A new market is offered every known node's workers again; a new data server
 ///   is passed to every session.

@@ -86,20 +86,34 @@ wait_for 30 "t-lasting to leave the node list" node_count_is 2
 expect_error "bad --uses" "not in range" "$C" token create --uses -3 --core "$core"
 # Revoking a token shuts out the nodes it admitted at once (a leaked token's nodes took and
 # were paid for work until their connection next dropped), and they cannot come back with it.
-leaked=$("$C" token create --tier community --core "$core") || fail "token create"
+# A node moved to a new token after the leak (its key bound to both) stays.
+leaked=$("$C" token create --tier community --uses 2 --core "$core") || fail "token create"
+leaked_id=$("$C" token list --core "$core" | tail -1 | cut -d' ' -f1)
 start t-leaked "${NODE[@]}" --name t-leaked --data-dir "$WORK/t-leaked" --token "$leaked"
 wait_for 60 "t-leaked to join" grep -q "joined the core" "$WORK/t-leaked.log"
-wait_for 30 "t-leaked in the node list" node_count_is 3
-leaked_id=$("$C" token list --core "$core" | tail -1 | cut -d' ' -f1)
+start t-moved "${NODE[@]}" --name t-moved --data-dir "$WORK/t-moved" --token "$leaked"
+wait_for 60 "t-moved to join" grep -q "joined the core" "$WORK/t-moved.log"
+kill -KILL "$PID_t_moved"
+fresh=$("$C" token create --tier community --core "$core") || fail "token create"
+start t-moved-again "${NODE[@]}" --name t-moved --data-dir "$WORK/t-moved" --token "$fresh"
+wait_for 60 "t-moved to join again with a new token" \
+  grep -q "joined the core" "$WORK/t-moved-again.log"
+wait_for 30 "t-leaked and t-moved in the node list" node_count_is 4
 "$C" token revoke "$leaked_id" --core "$core" >/dev/null || fail "token revoke $leaked_id"
-wait_for 30 "the revoked token's node to leave the node list" node_count_is 2
+wait_for 30 "the revoked token's node to leave the node list" node_count_is 3
 wait_for 60 "t-leaked to exit" bash -c "! kill -0 $PID_t_leaked 2>/dev/null"
 leaked_rc=0
 wait "$PID_t_leaked" || leaked_rc=$?
 [ "$leaked_rc" = 3 ] || fail "the revoked token's node exited $leaked_rc, not 3: $(tail -3 "$WORK/t-leaked.log")"
 grep -q "was revoked" "$WORK/t-leaked.log" || fail "t-leaked was not told its token was revoked"
-grep -q "admitted by join token $leaked_id.*, which is revoked" "$WORK/core.log" ||
+grep -q "admitted with join token $leaked_id, which is revoked" "$WORK/core.log" ||
   fail "the core did not say why it took t-leaked out"
+sleep 2
+[ "$(nodes_now)" -eq 3 ] || fail "the node moved to a new token was taken out with the revoked one"
+grep -q "t-moved.*admitted with join token" "$WORK/core.log" &&
+  fail "the core took out t-moved, which joined with another token"
+kill -KILL "$PID_t_moved_again"
+wait_for 30 "t-moved to leave the node list" node_count_is 2
 
 # -- the data directory ------------------------------------------------------------------------
 # A second core on the running core's data directory is refused before it touches the store

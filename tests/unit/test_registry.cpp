@@ -5,6 +5,7 @@
 
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <chrono>
 #include <string>
 #include <thread>
@@ -43,12 +44,14 @@ struct registry_fixture {
   }
 
   // A hello from `address`; its welcome, or the registry's refusal.
-  expected<node_welcome> hello(node_hello h, const std::string& address = "local") {
+  // `token_id`: the join token that admitted it.
+  expected<node_welcome> hello(node_hello h, const std::string& address = "local",
+                               const std::string& token_id = "") {
     h.protocol = protocol_version;
     h.workers = 1;
     h.uplink = sink;
     expected<node_welcome> out = error(errc::none, "");
-    s.self->request(registry, std::chrono::seconds(5), hello_atom::value, h, address)
+    s.self->request(registry, std::chrono::seconds(5), hello_atom::value, h, address, token_id)
         .receive([&](node_welcome& w) { out = std::move(w); },
                  [&](caf::error& e) { out = from_caf(e, &s.sys); });
     return out;
@@ -105,6 +108,38 @@ TEST_SUITE("registry") {
     CHECK(left.empty());
     CHECK(std::chrono::steady_clock::now() - last_beat > std::chrono::milliseconds(600));
     (void)silent;
+  }
+
+  TEST_CASE(
+      "a revoked token's nodes are taken out; nodes it admitted that joined with another stay") {
+    // A leaked token is revoked: the nodes it let in must not go on working until their
+    // connection drops. Honest nodes moved to a new token (their keys bound to both) stay.
+    registry_fixture r(60000);
+    auto join = [&](const std::string& name, const std::string& token_id) {
+      node_hello h;
+      h.name = name;
+      return r.hello(h, "local", token_id);
+    };
+    REQUIRE(join("leaked", "aaaaaaaaaaaa"));
+    REQUIRE(join("rotated", "bbbbbbbbbbbb"));
+    REQUIRE(join("operator's", ""));
+    int64_t taken = -1;
+    r.s.self
+        ->request(r.registry, std::chrono::seconds(5), revoke_atom::value,
+                  std::string("aaaaaaaaaaaa"))
+        .receive([&](int64_t n) { taken = n; }, [&](caf::error& e) { FAIL(r.s.sys.render(e)); });
+    CHECK(taken == 1);
+    std::vector<std::string> names;
+    for (const auto& n : r.listed()) names.push_back(n.name);
+    std::sort(names.begin(), names.end());
+    CHECK(names == std::vector<std::string>{"operator's", "rotated"});
+    // A join the gatekeeper admitted with it just before the revocation, whose hello comes
+    // after, is refused.
+    auto late = join("late", "aaaaaaaaaaaa");
+    REQUIRE_FALSE(late.has_value());
+    CHECK(late.error().code() == errc::permission_denied);
+    CHECK(late.error().message() == "join token aaaaaaaaaaaa was revoked");
+    CHECK(r.listed().size() == 2);
   }
 
   TEST_CASE("a registry that stops takes its nodes off the count of connected nodes") {
