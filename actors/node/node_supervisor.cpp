@@ -101,6 +101,10 @@ caf::behavior node_actor(node_actor_type* self, node_children children) {
   self->monitor(current->uplink);
   for (auto& w : current->workers) self->monitor(w);
   self->attach_functor([current](const caf::error&) {
+    // A worker computes an assignment in one handler on its own thread: the exit below waits
+    // in its mailbox until every step has run (minutes for a large model), and an embedded
+    // cluster's actor system, stopping, waited for it. Cancelled, it stops at its next step.
+    current->config.cancelled->cancel_held();
     for (auto& w : current->workers) caf::anon_send_exit(w, caf::exit_reason::user_shutdown);
     caf::anon_send_exit(current->uplink, caf::exit_reason::user_shutdown);
     caf::anon_send_exit(current->cache, caf::exit_reason::user_shutdown);
@@ -150,6 +154,9 @@ caf::behavior node_actor(node_actor_type* self, node_children children) {
         self->delayed_send(self, std::chrono::seconds(1), tick_atom::value);
       },
       [=](bye_atom) {
+        // The core gives this node's work to others once it hears the bye; the uplink, leaving,
+        // no longer cancels what its session handed out, so the node does.
+        current->config.cancelled->cancel_held();
         self->send(current->uplink, bye_atom::value);
         // Let the bye leave before the children are stopped.
         self->delayed_send(self, std::chrono::milliseconds(200), stop_atom::value);

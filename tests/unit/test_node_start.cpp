@@ -1,6 +1,7 @@
 /// A node that could not start (actors/node/node_supervisor.hpp): its exit code says whether
 /// starting again may work, which is what a service manager restarts by. And a started node
-/// whose uplink is restarted: the new session's work is not held up by the old one's.
+/// whose uplink is restarted: the new session's work is not held up by the old one's. A node
+/// that stops cancels what its workers compute.
 
 #include <doctest/doctest.h>
 
@@ -15,8 +16,11 @@
 #include <vector>
 
 #include "configured_system.hpp"
+#include "gflex/kernels/model_spec.hpp"
 #include "gflex/runtime/digest.hpp"
 #include "gflex/runtime/shard.hpp"
+#include "gflex/runtime/tensor_codec.hpp"
+#include "gflex/runtime/update_codec.hpp"
 #include "messages.hpp"
 #include "node_supervisor.hpp"
 #include "temp_dir.hpp"
@@ -170,5 +174,90 @@ TEST_SUITE("node start") {
     CHECK_MESSAGE(started.front() == "new", "the old uplink's assignment ran first");
     for (const auto& x : {*node, core, owner})
       s.self->send_exit(x, caf::exit_reason::user_shutdown);
+  }
+
+  TEST_CASE("a node that says bye or stops cancels what its workers compute") {
+    // Only a restarted uplink cancelled the workers' assignments: a node that stopped sent its
+    // workers an exit that waited in their mailboxes while they computed every step, and an
+    // embedded cluster's destructor waited for them (minutes for a large model).
+    const std::string model =
+        "[model]\ninput = [64]\nlayers = [ { type = \"linear\", units = 256 }, "
+        "{ type = \"relu\" }, { type = \"linear\", units = 3 }, { type = \"softmax_xent\" } ]\n";
+    auto spec = kernels::parse_model_spec(model, "model");
+    REQUIRE(spec.has_value());
+    auto plan = kernels::plan_model(*spec);
+    REQUIRE(plan.has_value());
+    dataset d;
+    d.classes = 3;
+    d.features = tensor::zeros({32, 64}, dtype::f32);
+    d.labels = tensor::zeros({32}, dtype::i32);
+    const auto shard = encode_shard(d, 0, 32);
+    for (const bool bye : {true, false}) {
+      CAPTURE(bye);
+      test::configured_system s;
+      test::temp_dir dir;
+      caf::actor test = caf::actor_cast<caf::actor>(s.self);
+      auto core = s.sys.spawn(one_actor_core, test, shard);
+      auto owner = s.sys.spawn([](caf::event_based_actor* self) -> caf::behavior {
+        self->set_default_handler(caf::drop);
+        return {[](int) {}};
+      });
+      node_config config;
+      config.data_dir = dir.path();
+      config.backend = "cpu";
+      config.memory_limit = std::string("0");
+      config.token = std::string(8, 't');
+      config.on_activity = [test](const node_activity& n) {
+        if (n.what != node_activity::kind::joined && n.what != node_activity::kind::earned)
+          caf::anon_send(test, static_cast<int>(n.what));
+      };
+      auto node = spawn_node(s.sys, config, node_test_aids{}, "", 0, core, owner);
+      REQUIRE_MESSAGE(node.has_value(), node.error().message());
+      // Whatever fails below, the actors stop: the actor system waits for them as it ends.
+      struct stopped_at_end {
+        caf::scoped_actor& self;
+        std::vector<caf::actor> actors;
+        ~stopped_at_end() {
+          for (const auto& x : actors) self->send_exit(x, caf::exit_reason::user_shutdown);
+        }
+      } stop_all{s.self, {*node, core, owner}};
+      int last = -1;  // the latest activity (node_activity::kind)
+      bool joined = false;
+      auto until = [&](auto done, std::chrono::seconds wait) {
+        bool timed_out = false;
+        while (!done() && !timed_out)
+          s.self->receive([&](caf::actor&) { joined = true; },
+                          // The worker asks for its shard: served at once.
+                          [&](std::string&) { s.self->send(core, caf::ok_atom::value); },
+                          [&](int what) { last = what; },
+                          caf::after(wait) >> [&] { timed_out = true; });
+        return done();
+      };
+      REQUIRE(until([&] { return joined; }, std::chrono::seconds(10)));
+      assignment a;
+      a.id = 21;
+      a.job_id = "slow";
+      a.workload = "model";
+      a.model = model;
+      a.shard = digest_hex(shard);
+      a.local_steps = 400000;  // over 10 s here: it is cancelled long before
+      a.batch_size = 32;
+      a.compression = static_cast<uint8_t>(compression::fp32);
+      a.params = encode_tensor(tensor::zeros({plan->parameters}, dtype::f32));
+      s.self->send(core, assign_atom::value, a);
+      REQUIRE(until([&] { return last != -1; }, std::chrono::seconds(10)));
+      REQUIRE(last == static_cast<int>(node_activity::kind::started));
+      const auto since = std::chrono::steady_clock::now();
+      if (bye)
+        s.self->send(*node, bye_atom::value);
+      else
+        s.self->send_exit(*node, caf::exit_reason::user_shutdown);
+      last = -1;
+      REQUIRE(until([&] { return last != -1; }, std::chrono::seconds(120)));
+      const auto took = std::chrono::steady_clock::now() - since;
+      CHECK_MESSAGE(last == static_cast<int>(node_activity::kind::cancelled),
+                    "the assignment was not cancelled (activity " << last << ")");
+      CHECK(took < std::chrono::seconds(5));
+    }
   }
 }
