@@ -22,6 +22,7 @@
 #include "gflex/runtime/toml_nesting.hpp"
 #include "gflex/runtime/update_codec.hpp"
 #include "job.hpp"
+#include "link_loss.hpp"
 #include "messages.hpp"
 #include "restart_budget.hpp"
 #include "spec_runs.hpp"
@@ -390,6 +391,18 @@ std::optional<error> over_memory_budget(job_supervisor_state& st, const std::str
 
 error unknown_job(const std::string& id) {
   return error(errc::invalid_argument, "unknown job '" + id + "'");
+}
+
+// The answer to a request that names a job or lists them while the stored job records are
+// still being read (a core starting, or one taking over from another, which first fences the
+// ledger): every job is unknown until then. Answered "unknown job", `gflex status` failed as
+// if the id were wrong and `gflex submit --wait` gave up on its job; said as an answer that
+// did not come (link_loss.hpp), a client following a job asks again, as after a failover.
+error records_unread() {
+  return error(errc::unavailable,
+               std::string(detail::no_answer) +
+                   ": it is still reading its job records (it is starting, or taking over from "
+                   "another core); ask again shortly");
 }
 
 // Whether `who` may see and change a job: its owner, or the operator. Others are told the
@@ -1411,6 +1424,13 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links,
       },
       [=](topup_atom, const std::string& who, const std::string& id,
           int64_t amount) -> caf::result<caf::ok_atom> {
+        // Not said as an answer that did not come: a client told so warns that the top-up may
+        // have been made all the same.
+        if (!self->state.resumed)
+          return to_caf(error(errc::unavailable,
+                              "job " + id +
+                                  " cannot be topped up yet: the core is still reading its job "
+                                  "records; nothing was changed: top it up again shortly"));
         auto* entry = find_for(self, who, id);
         if (entry == nullptr) return to_caf(unknown_job(id));
         if (is_terminal(entry->status.state))
@@ -1452,6 +1472,7 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links,
         return rp;
       },
       [=](status_atom, const std::string& who, const std::string& id) -> caf::result<job_status> {
+        if (!self->state.resumed) return to_caf(records_unread());
         auto* entry = find_for(self, who, id);
         if (entry == nullptr) return to_caf(unknown_job(id));
         return entry->status;
@@ -1460,13 +1481,16 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links,
       // ended job's escrow must be empty. One shown ended whose end record, with the release of
       // its escrow, is still on its way (or failing, written again) is not among them: counted,
       // its escrow was reported stale until the release landed.
-      [=](ledger_atom) -> std::vector<std::string> {
+      [=](ledger_atom) -> caf::result<std::vector<std::string>> {
+        // Some ended jobs may not be known yet: their escrow would go unchecked.
+        if (!self->state.resumed) return to_caf(records_unread());
         std::vector<std::string> out;
         for (const auto& [id, entry] : self->state.jobs)
           if (is_terminal(entry.status.state) && entry.end_recorded) out.push_back(id);
         return out;
       },
-      [=](jobs_atom, const std::string& who) -> std::vector<job_status> {
+      [=](jobs_atom, const std::string& who) -> caf::result<std::vector<job_status>> {
+        if (!self->state.resumed) return to_caf(records_unread());
         std::vector<job_status> out;
         for (const auto& [id, entry] : self->state.jobs)
           if (may_touch(who, entry.status)) out.push_back(list_entry(entry.status));
@@ -1698,6 +1722,7 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links,
         return rp;
       },
       [=](cancel_atom, const std::string& who, const std::string& id) -> caf::result<caf::ok_atom> {
+        if (!self->state.resumed) return to_caf(records_unread());
         auto* entry = find_for(self, who, id);
         if (entry == nullptr) return to_caf(unknown_job(id));
         if (is_terminal(entry->status.state))
@@ -1735,6 +1760,7 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links,
       },
       [=](fetch_atom, const std::string& who, const std::string& id,
           uint64_t offset) -> caf::result<model_part> {
+        if (!self->state.resumed) return to_caf(records_unread());
         auto rp = self->make_response_promise<model_part>();
         fetch_model(self, who, id, offset, rp);
         return rp;

@@ -66,6 +66,8 @@ struct failing_store_state {
 };
 
 using held_atom = caf::atom_constant<caf::atom("held")>;
+/// (repair_atom, key) to a failing_store: the key's value is whole again (damaged no more).
+using repair_atom = caf::atom_constant<caf::atom("repair")>;
 
 inline caf::error store_failure(const std::string& what) {
   return caf::make_error(caf::sec::runtime_error, what);
@@ -194,6 +196,7 @@ inline caf::behavior failing_store(caf::stateful_actor<failing_store_state>* sel
       },
       [=](caf::put_atom, const std::string& key) { self->state.unwritable.insert(key); },
       [=](held_atom, const std::string& key) { self->state.held_keys.insert(key); },
+      [=](repair_atom, const std::string& key) { self->state.damaged.erase(key); },
       [=](caf::put_atom, held_atom) { release_held(self, true); },
       // The held commits fail instead (a disk that failed the write), none of them applied.
       [=](caf::put_atom, held_atom, bool applied) { release_held(self, applied); },

@@ -15,6 +15,7 @@
 #include "fashion_mnist_installed.hpp"
 #include "gflex/kernels/backend.hpp"
 #include "job_fixture.hpp"
+#include "link_loss.hpp"
 
 using namespace gflex;
 using namespace gflex::test;
@@ -36,6 +37,17 @@ set_d_keys add_set_d(failing_store_state& st) {
   set_d_keys out{data_chunk_key(digest_hex(train)), data_chunk_key(digest_hex(test))};
   st.kept[out.train_key] = train;
   st.kept[out.test_key] = test;
+  return out;
+}
+
+// What the job supervisor of `f` refuses a request of `xs` with (expecting an `Answer`); an
+// error of errc::none if it answers.
+template <class Answer, class... Ts>
+error refusal_of(job_fixture& f, const Ts&... xs) {
+  error out;
+  f.self->request(f.supervisor, f.wait, xs...)
+      .receive([&](Answer) { out = error(errc::none, "answered"); },
+               [&](caf::error& e) { out = from_caf(e); });
   return out;
 }
 
@@ -243,6 +255,39 @@ TEST_SUITE("job resume") {
     CHECK(s.state == job_state::failed);
     CHECK(s.round == 2);
     CHECK_MESSAGE(s.detail.find("its checkpoint of round 2 is missing") == 0, s.detail);
+  }
+
+  TEST_CASE("a job asked of before the job records are read is not unknown: ask again, it says") {
+    // Until the scan of the job records answered, every stored job was "unknown" (an invalid
+    // argument): `gflex status` failed as for a wrong id, and `gflex submit --wait` (or a new
+    // leader's client after a failover) gave up on a job that was there.
+    auto st = stored_job();
+    st.damaged.insert(job_record_key("job-1"));  // the scan fails until it is repaired
+    job_fixture f(st);
+    const std::string id = "job-1";
+    const auto status = refusal_of<job_status>(f, status_atom::value, f.alice, id);
+    CHECK(status.code() == errc::unavailable);
+    CHECK_MESSAGE(detail::is_link_loss(status), status.message());
+    CHECK_MESSAGE(status.message().find("still reading its job records") != std::string::npos,
+                  status.message());
+    for (const auto& e : {refusal_of<std::vector<job_status>>(f, jobs_atom::value, f.alice),
+                          refusal_of<caf::ok_atom>(f, cancel_atom::value, f.alice, id),
+                          refusal_of<model_part>(f, fetch_atom::value, f.alice, id, uint64_t{0})}) {
+      CHECK(e.code() == errc::unavailable);
+      CHECK_MESSAGE(detail::is_link_loss(e), e.message());
+    }
+    const auto topup =
+        refusal_of<caf::ok_atom>(f, topup_atom::value, f.alice, id, int64_t{1'000'000});
+    CHECK(topup.code() == errc::unavailable);
+    CHECK_MESSAGE(topup.message().find("still reading its job records; nothing was changed") !=
+                      std::string::npos,
+                  topup.message());
+    // Read again 5 s after the failed scan, the record tells the job.
+    f.self->send(f.store, repair_atom::value, job_record_key("job-1"));
+    auto s = f.await([](const job_status& s) { return s.state == job_state::running; }, 10);
+    CHECK(s.job_id == "job-1");
+    CHECK(s.state == job_state::running);
+    CHECK(s.round == 2);
   }
 
   TEST_CASE("a record that cannot be read keeps its id: a new job is not given it") {
