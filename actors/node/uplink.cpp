@@ -13,6 +13,7 @@
 #include <map>
 #include <optional>
 #include <set>
+#include <utility>
 
 #include "answer_probe.hpp"
 #include "cache.hpp"
@@ -35,6 +36,39 @@ struct waiting_assignment {
   caf::typed_response_promise<assignment_result> promise;
 };
 
+/// Bytes of parameters that a fetch's buffer may hold, counted in the uplink's total of them
+/// (uplink_state::params_reserved) until released or destroyed. The workers' buffers are
+/// reserved in the kernels' host memory budget; a fetch's are not, so the uplink holds its
+/// fetches to that budget's limit itself.
+class params_reservation {
+ public:
+  params_reservation() = default;
+  params_reservation(std::shared_ptr<uint64_t> total, uint64_t bytes)
+      : total_(std::move(total)), bytes_(bytes) {
+    *total_ += bytes_;
+  }
+  params_reservation(params_reservation&& other) noexcept
+      : total_(std::move(other.total_)), bytes_(std::exchange(other.bytes_, 0)) {}
+  params_reservation& operator=(params_reservation&& other) noexcept {
+    if (this != &other) {
+      release();
+      total_ = std::move(other.total_);
+      bytes_ = std::exchange(other.bytes_, 0);
+    }
+    return *this;
+  }
+  ~params_reservation() { release(); }
+  void release() noexcept {
+    if (total_) *total_ -= bytes_;
+    total_.reset();
+    bytes_ = 0;
+  }
+
+ private:
+  std::shared_ptr<uint64_t> total_;
+  uint64_t bytes_ = 0;
+};
+
 /// Parameters being fetched from the session chunk by chunk, or fetched. A fetch that the
 /// session's end interrupted keeps what it has: the next assignment of the same parameters
 /// (from the next session, after a reconnect) asks only for the chunks still missing.
@@ -53,6 +87,7 @@ struct params_fetch {
   // the assignments of these parameters that come after.
   uint64_t epoch = 0;
   std::chrono::steady_clock::time_point idle_since{};  // when its last waiting assignment left
+  params_reservation reserved;                         // `parts`' bytes, while it holds them
 };
 
 /// A chunk of an answer sent with update_chunks, until the session has taken it.
@@ -135,6 +170,9 @@ struct uplink_state {
   uint32_t heartbeat_ms = 1000;
   uint64_t payload_chunk_bytes = 0;                   // the session's; 0: payloads travel whole
   std::vector<std::shared_ptr<params_fetch>> params;  // newest last
+  // Bytes the fetches' buffers may hold together (params_reservation); shared with them, as a
+  // fetch may outlive this state in a chunk request's handler.
+  std::shared_ptr<uint64_t> params_reserved = std::make_shared<uint64_t>(0);
   std::map<std::string, answer_chunk> answer_chunks;  // by digest
   // When the session last took a chunk of each answer in answer_chunks (by assignment): an
   // answer it has not touched for answer_idle goes.
@@ -554,6 +592,7 @@ void pump_params(uplink_actor* self, std::shared_ptr<params_fetch> f) {
               if (auto added = f->parts->add(i, bytes); !added) {
                 spdlog::warn("uplink: parameters from the core: {}", added.error().message());
                 f->parts.reset();  // nothing of it is trusted any more
+                f->reserved.release();
                 return end_fetch(self, f, to_caf(added.error()));
               }
               if (f->parts->complete()) {
@@ -562,6 +601,7 @@ void pump_params(uplink_actor* self, std::shared_ptr<params_fetch> f) {
                 p->chunks = f->chunks;
                 p->bytes = f->parts->take();
                 f->parts.reset();
+                f->reserved.release();  // the assignments hold them now, the workers decode them
                 f->complete = true;
                 f->kept = p;
                 return end_fetch(self, f, caf::error{}, std::move(p));
@@ -591,6 +631,24 @@ void pump_params(uplink_actor* self, std::shared_ptr<params_fetch> f) {
   }
 }
 
+// Whether a fetch of `bytes` of parameters fits the node's host memory budget (--memory-limit)
+// beside the fetches under way. A core could otherwise name made-up parameters of a gigabyte
+// to each worker and have the node hold them all, outside the budget (to the kernel's
+// out-of-memory killer). Fetches no assignment waits for, kept only for a later assignment of
+// their parameters, let their buffers go first where it does not.
+bool params_fit(uplink_state& st, uint64_t bytes) {
+  const uint64_t limit = kernels::host_memory_limit();
+  auto fits = [&] { return bytes <= limit && *st.params_reserved <= limit - bytes; };
+  if (limit == 0 || fits()) return true;
+  std::erase_if(st.params, [](const std::shared_ptr<params_fetch>& f) {
+    if (!f->waiting.empty() || !f->parts) return false;
+    f->parts.reset();  // its chunk requests still out find it gone
+    f->reserved.release();
+    return true;
+  });
+  return fits();
+}
+
 // Finds or starts the fetch of an assignment's parameters, and queues the assignment on it.
 void fetch_params(uplink_actor* self, uint32_t index, assignment a,
                   caf::typed_response_promise<assignment_result> rp) {
@@ -608,6 +666,17 @@ void fetch_params(uplink_actor* self, uint32_t index, assignment a,
   if (it != st.params.end() && (*it)->parts) {
     f = *it;
   } else {
+    // Holds nothing any more (erased before params_fit, which may erase others).
+    if (it != st.params.end()) st.params.erase(it);
+    if (a.params_bytes <= max_params_bytes && !params_fit(st, a.params_bytes)) {
+      rp.deliver(
+          to_caf(error(errc::limit_exceeded,
+                       "parameters of " + std::to_string(a.params_bytes) +
+                           " bytes do not fit beside the " + std::to_string(*st.params_reserved) +
+                           " bytes of parameters this node fetches already (--memory-limit " +
+                           std::to_string(kernels::host_memory_limit()) + " bytes)")));
+      return release_worker(self, index);
+    }
     auto parts = chunk_assembler::make(a.params_bytes, st.payload_chunk_bytes, a.params_chunks,
                                        max_params_bytes);
     if (!parts) {
@@ -617,7 +686,7 @@ void fetch_params(uplink_actor* self, uint32_t index, assignment a,
     f = std::make_shared<params_fetch>();
     f->chunks = a.params_chunks;
     f->parts = std::move(*parts);
-    if (it != st.params.end()) st.params.erase(it);
+    f->reserved = params_reservation(st.params_reserved, a.params_bytes);
     st.params.push_back(f);
   }
   a.params_chunks.clear();

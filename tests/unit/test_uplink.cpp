@@ -23,6 +23,7 @@
 
 #include "captured_log.hpp"
 #include "configured_system.hpp"
+#include "gflex/kernels/devices.hpp"
 #include "gflex/runtime/digest.hpp"
 #include "messages.hpp"
 #include "node_metrics.hpp"
@@ -748,6 +749,62 @@ TEST_SUITE("uplink") {
     std::this_thread::sleep_for(std::chrono::seconds(2));  // the session ends
     for (auto& a : {uplink, core, sink, worker})
       s.self->send_exit(a, caf::exit_reason::user_shutdown);
+  }
+
+  TEST_CASE("parameters a node fetches are held to its host memory budget") {
+    // Each fetch's buffer was the whole of its parameters, made at once and outside the
+    // budget: a core naming made-up parameters of a gigabyte to each of 16 workers, and
+    // serving none of them, had the node hold 16 GiB.
+    test::configured_system s;
+    caf::actor test = caf::actor_cast<caf::actor>(s.self);
+    struct limit_restored {
+      uint64_t before = kernels::host_memory_limit();
+      ~limit_restored() { kernels::set_host_memory_limit(before); }
+    } restored;
+    kernels::set_host_memory_limit(4 * 1024);
+    // Workers 0 and 1 wait for 2 KiB each (the budget's 4 KiB), worker 2 is refused 1 KiB
+    // more, worker 3 shares worker 0's parameters (no more memory), and parameters over the
+    // budget on their own are refused too (worker 4).
+    session_script script = [test](node_session_actor::pointer self, caf::actor uplink) {
+      const std::vector<std::pair<uint32_t, assignment>> work = {{0, chunked(500, 0, 2)},
+                                                                 {1, chunked(501, 1, 2)},
+                                                                 {2, chunked(502, 2, 1)},
+                                                                 {3, chunked(503, 0, 2)},
+                                                                 {4, chunked(504, 4, 5)}};
+      for (const auto& w : work) {
+        const uint64_t id = w.second.id;
+        self->request(uplink, std::chrono::seconds(2), assign_atom::value, w.first, w.second)
+            .then([test, id](assignment_result&) { caf::anon_send(test, id, std::string("done")); },
+                  [test, id](caf::error& e) {
+                    const auto err = from_caf(e);
+                    caf::anon_send(test, id,
+                                   err.code() == errc::limit_exceeded ? "refused: " + err.message()
+                                                                      : std::string("waiting"));
+                  });
+      }
+      self->delayed_send(self, std::chrono::seconds(3), bye_atom::value);  // the test is over
+    };
+    auto core = s.sys.spawn(scripted_core, std::vector<session_script>{script}, 1024);
+    auto sink = s.sys.spawn(quiet_sink);
+    std::vector<caf::actor> workers;
+    for (int i = 0; i < 5; ++i) workers.push_back(s.sys.spawn(instant_worker));
+    auto uplink = spawn_uplink(s.sys, probe_config(), core, workers, sink, sink);
+    std::map<uint64_t, std::string> heard;
+    for (int i = 0; i < 5; ++i)
+      s.self->receive([&](uint64_t id, std::string& what) { heard[id] = what; },
+                      caf::after(std::chrono::seconds(10)) >> [] {});
+    std::string told;  // what each assignment heard, for the log
+    for (const auto& h : heard) told += std::to_string(h.first) + ": " + h.second + "; ";
+    CAPTURE(told);
+    CHECK(heard[500] == "waiting");
+    CHECK(heard[501] == "waiting");
+    CHECK(heard[502].starts_with("refused: parameters of 1024 bytes do not fit"));
+    CHECK(heard[502].find("--memory-limit") != std::string::npos);
+    CHECK(heard[503] == "waiting");
+    CHECK(heard[504].starts_with("refused: "));
+    std::this_thread::sleep_for(std::chrono::seconds(2));  // the session ends
+    for (auto& a : workers) s.self->send_exit(a, caf::exit_reason::user_shutdown);
+    for (auto& a : {uplink, core, sink}) s.self->send_exit(a, caf::exit_reason::user_shutdown);
   }
 
   TEST_CASE("the node's joined activity names the workers it runs, not --workers") {
