@@ -357,12 +357,18 @@ caf::behavior cache_actor(cache_actor_type* self, std::filesystem::path dir, uin
         // timeout, so that they hold no slot (nor a worker waiting for its shard).
         auto stale = std::move(st.out);
         st.out.clear();
+        // So were those waiting for a slot: the last session's workers' shards and prefetches,
+        // whose chunks the new session has granted none of. Sent to it, each was a chunk that
+        // none of the node's assignments named, counted against an honest node as a hostile
+        // message. Failed, their workers ask again under the new session if they still need
+        // them.
+        auto queued = std::move(st.waiting);
+        st.waiting.clear();
         for (auto& [id, ask] : stale)
           ask.second(not_served(ask.first, "the session it was asked of ended"));
-        if (stale.empty())
-          ask_waiting(self);
-        else
-          requests_ended(self);
+        for (auto& ask : queued)
+          ask.second(not_served(ask.first, "the session it was asked for ended"));
+        if (!stale.empty()) requests_ended(self);
       },
       // Requests out while no chunk has come for `silence`: failed (the server, or the link,
       // is stuck).

@@ -424,6 +424,60 @@ TEST_SUITE("node cache") {
     CHECK(on_disk().first.size() == 1);
   }
 
+  TEST_CASE("asks the last session never took are not sent to the next one") {
+    // Asks waiting for a request slot went to the new session, which had granted none of
+    // their chunks: each counted as a hostile message of an honest node, 120 a reconnect on a
+    // node of 64 workers.
+    test::configured_system s;
+    test::temp_dir dir;
+    caf::actor test = caf::actor_cast<caf::actor>(s.self);
+    auto old_server = std::make_shared<holding_server>();
+    auto new_server = std::make_shared<counting_server>();
+    auto cache = spawn_cache(s.sys, dir.path());
+    auto old_door = spawn_holding_server(s.sys, old_server);
+    auto new_door = spawn_server(s.sys, new_server);
+    s.self->send(cache, serve_atom::value, old_door);
+    // Eight asks: six out to the old session (the cache's slots), two waiting for a slot.
+    std::vector<std::string> digests;
+    for (int i = 0; i < 8; ++i) {
+      std::vector<uint8_t> bytes(100, static_cast<uint8_t>(i));
+      digests.push_back(digest_hex(bytes));
+      new_server->chunks[digests.back()] = std::move(bytes);
+      s.sys.spawn([=](caf::event_based_actor* asker) -> caf::behavior {
+        const std::string digest = digests.back();
+        asker->request(cache, std::chrono::seconds(10), chunk_atom::value, digest)
+            .then(
+                [=](std::vector<uint8_t>&) {
+                  asker->send(test, digest, std::string("served"));
+                  asker->quit();
+                },
+                [=](caf::error& e) {
+                  asker->send(test, digest, from_caf(e).message());
+                  asker->quit();
+                });
+        return {[](int) {}};
+      });
+    }
+    for (int i = 0; i < 500 && old_server->asked < 6; ++i)
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));  // the last two ask too
+    REQUIRE(old_server->asked == 6);
+    s.self->send(cache, serve_atom::value, new_door);  // a reconnect
+    std::map<std::string, std::string> answers;
+    for (int i = 0; i < 8; ++i)
+      s.self->receive([&](std::string& digest, std::string& what) { answers[digest] = what; },
+                      caf::after(std::chrono::seconds(10)) >> [] {});
+    REQUIRE(answers.size() == 8);
+    for (const auto& d : digests) {
+      CAPTURE(d);
+      CAPTURE(answers[d]);
+      CHECK(answers[d].find("the core did not serve data chunk") != std::string::npos);
+    }
+    CHECK(new_server->asked.load() == 0);
+    for (const auto& x : {cache, old_door, new_door})
+      s.self->send_exit(x, caf::exit_reason::user_shutdown);
+  }
+
   TEST_CASE("a worker waiting for its shard is answered at once when its cache is restarted") {
     // A cache that stops drops the promises it holds unanswered (CAF 0.17 sends nothing for
     // them): the node supervisor handed the workers its replacement, and each worker that
