@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
+#include <future>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -581,6 +582,8 @@ struct session_link {
   ~session_link() { caf::anon_send_exit(actor, caf::exit_reason::user_shutdown); }
 };
 
+struct cluster_system;
+
 struct client::impl {
   caf::actor_system_config cfg;
   // The client's own actor system (a remote client, an embedded cluster), declared before
@@ -589,7 +592,7 @@ struct client::impl {
   std::unique_ptr<caf::actor_system> owned;
   // What keeps `sys` running for a client an embedded cluster lent: it ends with the last of
   // the cluster and its clients (embedded_cluster's cluster_system).
-  std::shared_ptr<void> lender;
+  std::shared_ptr<cluster_system> lender;
   caf::actor_system* sys = nullptr;
   caf::actor core;                     // the front door
   std::string key;                     // the API key, given to the front door once
@@ -622,6 +625,10 @@ struct client::impl {
   // replaced and forgotten under this lock, never sent to under it.
   std::mutex mutex;
   caf::actor_system& system() { return *sys; }
+
+  // Whether the embedded cluster that lent this client has ended (its core and nodes
+  // stopped); false for any other client.
+  bool lender_ended() const;
 
   void own_system() {
     owned = std::make_unique<caf::actor_system>(cfg);
@@ -727,6 +734,12 @@ struct client::impl {
   };
   expected<session_in_use> session_handle() {
     std::lock_guard<std::mutex> guard(mutex);
+    // Said as what it is, not as a lost link: following a job rode out a lost link for
+    // minutes (link_loss_patience), waiting for a core that will never come back.
+    if (lender_ended())
+      return error(errc::unavailable,
+                   "the embedded cluster that lent this client has ended: its core and nodes "
+                   "are stopped");
     bool went_down = false;
     {
       std::lock_guard<std::mutex> seen(watch->mutex);
@@ -1364,10 +1377,15 @@ expected<job_status> client::follow(const std::string& job_id, const job_events&
 // and a client moved out of the cluster took it along: destroyed first, it waited for the
 // core and nodes nobody stopped (a hang), and the cluster's next request found no client.
 struct cluster_system {
-  // First, so that it is released last: after the actor system, and with it the core's
-  // store, has ended.
+  // First, so that it is released last. The cluster's end releases it once the core's store
+  // has closed (embedded_cluster::state); only a store that did not close in time leaves it
+  // here, for the actor system's end.
   std::optional<dir_lock> lock;
-  std::filesystem::path temporary_dir;  // removed once the system has ended; empty: kept
+  // Removed at the cluster's end, and again once the system has ended (what a node's actors
+  // still wrote as they stopped); empty: kept.
+  std::filesystem::path temporary_dir;
+  // Set as the cluster's end begins: a lent client's requests are refused from then on.
+  std::atomic<bool> ended{false};
   caf::actor_system_config cfg;
   std::optional<caf::actor_system> sys;
 
@@ -1385,6 +1403,16 @@ struct cluster_system {
   }
 };
 
+bool client::impl::lender_ended() const {
+  return lender && lender->ended.load();
+}
+
+namespace {
+// How long an embedded cluster's end waits for its store to close (a write under way
+// finishes first) before it leaves the data directory locked.
+constexpr std::chrono::seconds store_close_wait{30};
+}  // namespace
+
 // What an embedded cluster holds. Members are destroyed in reverse order: the node and core
 // handles and the owning actor, then the client, then the cluster's share of its system.
 struct embedded_cluster::state {
@@ -1392,6 +1420,9 @@ struct embedded_cluster::state {
   gflex::client client;
   std::filesystem::path dir;
   std::string operator_key;
+  // Ready once the core's store, and with it the LMDB environment in the data directory, has
+  // closed; not valid while no store was opened.
+  std::future<void> store_closed;
   std::optional<caf::scoped_actor> owner;
   caf::actor core;
   std::vector<caf::actor> nodes;
@@ -1416,6 +1447,7 @@ struct embedded_cluster::state {
   // Nodes first and waited for, so that none of them sees the core vanish and reconnects.
   // They leave as a node told to stop does (bye: the core hears it leave, not lose it).
   ~state() {
+    system->ended = true;
     if (owner) {
       for (auto& n : nodes) (*owner)->send(n, bye_atom::value);
       (*owner)->wait_for(nodes);
@@ -1429,6 +1461,28 @@ struct embedded_cluster::state {
     nodes.clear();
     core = nullptr;
     owner.reset();
+    release_data_dir();
+  }
+
+  // Frees the data directory, and removes a temporary one, now rather than with the actor
+  // system, which a client moved out of the cluster keeps for as long as it lives: the
+  // directory stayed locked (the next cluster on it refused) and on disk until then. Only
+  // once the store has closed: the core stops its store as it ends, but does not wait for it,
+  // and a cluster that opened the same files while this one's LMDB environment was open
+  // would share its locks and pages with it.
+  void release_data_dir() {
+    if (store_closed.valid() &&
+        store_closed.wait_for(store_close_wait) != std::future_status::ready) {
+      spdlog::error(
+          "the embedded cluster's store in {} did not close within {} s: the directory stays "
+          "in use until the clients the cluster lent have ended",
+          dir.string(), store_close_wait.count());
+      return;
+    }
+    system->lock.reset();
+    if (system->temporary_dir.empty()) return;
+    std::error_code ec;
+    std::filesystem::remove_all(system->temporary_dir, ec);
   }
 };
 
@@ -1474,6 +1528,17 @@ expected<std::unique_ptr<embedded_cluster::state>> embedded_cluster::start_core(
   auto lock = dir_lock::acquire(core_cfg.data_dir, "gflex-core");
   if (!lock) return lock.error();
   s->system->lock = std::move(*lock);
+  // Opened here, not by the core, so that the cluster's end can tell when it has closed
+  // (state::release_data_dir): its last holder is the store actor, which the core stops as it
+  // ends without waiting. A store actor the core restarts serves the same environment.
+  auto db = store::open(core_cfg.data_dir);
+  if (!db) return db.error();
+  auto closed = std::make_shared<std::promise<void>>();
+  s->store_closed = closed->get_future();
+  core_cfg.shared_store = std::shared_ptr<store>(new store(std::move(*db)), [closed](store* p) {
+    delete p;
+    closed->set_value();
+  });
   auto core = spawn_core(sys, core_cfg);
   if (!core) return core.error();
   s->core = *core;

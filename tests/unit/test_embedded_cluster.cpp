@@ -12,6 +12,8 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
+#include <filesystem>
 #include <optional>
 #include <thread>
 
@@ -32,9 +34,10 @@ std::string small_job(const std::string& name, const kernels::model_builder& mod
          model.toml();
 }
 
-// What a child process does with the clients of embedded clusters: 0 when everything answered
-// as it should, else the step that did not (said on stderr).
-int moved_clients() {
+// What a child process does with the clients of embedded clusters, in `scratch` (a directory
+// of its own): 0 when everything answered as it should, else the step that did not (said on
+// stderr).
+int moved_clients(const std::filesystem::path& scratch) {
   auto failed = [](int step, const std::string& why) {
     std::fprintf(stderr, "step %d: %s\n", step, why.c_str());
     return step;
@@ -62,6 +65,51 @@ int moved_clients() {
     outliving.emplace(std::move(third->client()));
   }
   if (outliving->jobs()) return failed(8, "the cluster is gone, yet its client was answered");
+  // A client that outlives its cluster does not keep the cluster's data directory: it held the
+  // lock (the next cluster on it was refused as "in use") and a temporary directory stayed on
+  // disk, until that client ended.
+  embedded_config named = config;
+  named.data_dir = scratch / "data";
+  std::optional<gflex::client> lent;
+  {
+    auto fourth = embedded_cluster::start(named);
+    if (!fourth) return failed(9, fourth.error().message());
+    lent.emplace(std::move(fourth->client()));
+    if (auto jobs = lent->jobs(); !jobs) return failed(10, jobs.error().message());
+  }
+  auto fifth = embedded_cluster::start(named);
+  if (!fifth)
+    return failed(11, "a cluster on the directory of one that ended: " + fifth.error().message());
+  // The lent client's requests fail at once, saying why, and not as a lost link: following a
+  // job rode one out for two minutes.
+  const auto asked = std::chrono::steady_clock::now();
+  auto refused = lent->jobs();
+  const auto took = std::chrono::steady_clock::now() - asked;
+  if (refused) return failed(12, "the cluster is gone, yet its client was answered");
+  if (took > std::chrono::seconds(3))
+    return failed(13, "refused after " + std::to_string(took / std::chrono::milliseconds(1)) +
+                          " ms: " + refused.error().message());
+  if (refused.error().message().find("the embedded cluster that lent this client has ended") ==
+      std::string::npos)
+    return failed(14, "refused as: " + refused.error().message());
+  const auto followed = std::chrono::steady_clock::now();
+  auto waited = lent->wait("job-1");
+  if (waited || std::chrono::steady_clock::now() - followed > std::chrono::seconds(3))
+    return failed(15, "following a job of the ended cluster did not fail at once");
+  // A temporary directory goes with its cluster, though a client it lent lives on.
+  const auto temporary = scratch / "tmp";
+  std::filesystem::create_directories(temporary);
+  ::setenv("TMPDIR", temporary.c_str(), 1);
+  std::optional<gflex::client> lent_by_temporary;
+  {
+    auto sixth = embedded_cluster::start(config);
+    if (!sixth) return failed(16, sixth.error().message());
+    lent_by_temporary.emplace(std::move(sixth->client()));
+  }
+  for (const auto& left : std::filesystem::directory_iterator(temporary))
+    return failed(17, "the ended cluster's temporary directory stayed: " + left.path().string());
+  lent_by_temporary.reset();
+  lent.reset();
   outliving.reset();
   return 0;
 }
@@ -174,13 +222,15 @@ TEST_SUITE("embedded cluster") {
     // The client owned the cluster's actor system: moved out and destroyed, it waited for the
     // core and nodes that run in it, for ever; the cluster's next request found no client (a
     // null pointer). In a child process, so that a hang is seen (and killed) here.
+    test::temp_dir scratch;
+    REQUIRE_FALSE(scratch.path().empty());
     const pid_t parent = ::getpid();
     const pid_t pid = ::fork();
     REQUIRE(pid >= 0);
     if (pid == 0) {
       ::prctl(PR_SET_PDEATHSIG, SIGKILL);
       if (::getppid() != parent) ::_exit(100);
-      ::_exit(moved_clients());
+      ::_exit(moved_clients(scratch.path()));
     }
     int status = 0;
     bool ended = false;

@@ -366,12 +366,16 @@ class embedded_cluster {
   static expected<embedded_cluster> start(const embedded_config& config);
   embedded_cluster(embedded_cluster&&) noexcept;
   embedded_cluster& operator=(embedded_cluster&&) noexcept;
-  /// Stops the nodes, then the core; a temporary data directory is removed.
+  /// Stops the nodes, then the core, and waits for the core's store to close; the data
+  /// directory is then free for another cluster, and a temporary one is removed, even while a
+  /// client moved out of the cluster lives on.
   ~embedded_cluster();
 
   /// The operator's client of this cluster. The cluster's actor system is not the client's:
   /// it may be moved out (the next call lends a new one) or assigned to, and one moved out
-  /// may outlive the cluster (its requests then fail: the core is gone).
+  /// may outlive the cluster: its requests then fail at once (errc::unavailable, "the embedded
+  /// cluster that lent this client has ended"), and the actor system, with no core or node
+  /// left in it, ends with the last such client.
   gflex::client& client();
   /// The nodes' names ("node-1", ...).
   std::vector<std::string> node_names() const;
