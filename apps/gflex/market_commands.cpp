@@ -68,11 +68,16 @@ int run_verify(const market_flags& f) {
 int run_topup(const market_flags& f) {
   auto amount = parse_credits(f.amount);
   if (!amount) return fail(amount.error(), 2);
-  if (*amount == 0) return fail(error(errc::invalid_argument, "a top-up must be positive"), 2);
   std::optional<client> c;
   if (int code = connect_core(f.link, c); code != 0) return code;
   if (auto r = c->topup(f.id, *amount); !r) return fail_answer(r.error());
-  std::printf("%s: budget raised by %s credits\n", f.id.c_str(), format_credits(*amount).c_str());
+  // 0 resumes a job paused because its account could not hold a round's escrow, once the
+  // account is credited (a job at the largest budget could not be topped up at all); the core
+  // refuses it for any other job.
+  if (*amount == 0)
+    std::printf("%s: resumed, its budget as it was\n", f.id.c_str());
+  else
+    std::printf("%s: budget raised by %s credits\n", f.id.c_str(), format_credits(*amount).c_str());
   return 0;
 }
 
@@ -105,7 +110,10 @@ void add_market_commands(CLI::App& app, std::function<int()>& run) {
 
   auto* topup = app.add_subcommand("topup", "raise a metered job's budget; a paused job resumes");
   topup->add_option("job", f->id, "a job id")->required();
-  topup->add_option("amount", f->amount, "credits to add")->required();
+  topup
+      ->add_option("amount", f->amount,
+                   "credits to add (0: resume a job paused for its account, once credited)")
+      ->required();
   core_flag(topup);
   topup->callback(set(run_topup));
 }

@@ -126,6 +126,9 @@ job=$("$G" submit "$WORK/paid.toml" --core "$core") || fail "submit the metered 
 wait_for 120 "$job to pause on its budget" bash -c \
   "'$G' status $job --core $core | grep -q 'paused.*budget exhausted'"
 "$G" status "$job" --core "$core"
+# 0 resumes only a job paused for its account (credited since); this one needs more budget.
+expect_error "a top-up of 0 of a job out of budget" "a top-up of 0 only resumes a job paused" \
+  "$G" topup "$job" 0 --core "$core"
 "$G" topup "$job" 0.08 --core "$core" >/dev/null || fail "topup"
 # A burst of payments: kill the core once a few more rounds are committed after the top-up.
 committed() { grep -c "job $job: round .* committed" "$WORK/core.log" || true; }
