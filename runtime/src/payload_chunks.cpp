@@ -51,7 +51,10 @@ expected<chunk_assembler> chunk_assembler::make(uint64_t total, uint64_t chunk_b
   a.digests_ = std::move(digests);
   a.have_.assign(a.digests_.size(), false);
   a.missing_ = a.digests_.size();
-  a.bytes_.resize(total);
+  // Reserved, not filled: the buffer is used as chunks come. Zero-filled up front, an
+  // announcement of a gigabyte that no chunk followed held a gigabyte of the node's memory
+  // (per fetch), and the fill ran on the receiving actor's thread.
+  a.bytes_.reserve(total);
   return a;
 }
 
@@ -67,6 +70,7 @@ expected<void> chunk_assembler::add(uint64_t index, std::span<const uint8_t> pie
     return error(errc::malformed_message,
                  "chunked payload: chunk " + std::to_string(index) + " does not match its digest");
   if (!have_[index]) {
+    if (bytes_.size() < r.offset + r.size) bytes_.resize(r.offset + r.size);  // reserved: no move
     if (r.size > 0) std::memcpy(bytes_.data() + r.offset, piece.data(), r.size);
     have_[index] = true;
     missing_ -= 1;

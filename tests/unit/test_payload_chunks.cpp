@@ -78,3 +78,23 @@ TEST_CASE("payload chunks: impossible announcements are refused before memory is
   REQUIRE_FALSE(huge.has_value());
   CHECK(huge.error().message().find("at most") != std::string::npos);
 }
+
+TEST_CASE("payload chunks: an announcement takes memory only as its chunks come") {
+  // The whole payload was zero-filled when announced: a core naming parameters of a gigabyte
+  // and serving none of them had a node hold a gigabyte per fetch.
+  const uint64_t chunk = 4096;
+  auto bytes = pattern(4 * chunk - 100);
+  auto digests = chunk_digests(bytes, chunk);
+  auto a = chunk_assembler::make(bytes.size(), chunk, digests, 1 << 20);
+  REQUIRE(a.has_value());
+  CHECK(a->held() == 0);
+  REQUIRE(a->add(1, piece(bytes, chunk, 1)));
+  CHECK(a->held() == 2 * chunk);
+  REQUIRE(a->add(0, piece(bytes, chunk, 0)));
+  CHECK(a->held() == 2 * chunk);
+  REQUIRE(a->add(3, piece(bytes, chunk, 3)));
+  CHECK(a->held() == bytes.size());
+  REQUIRE(a->add(2, piece(bytes, chunk, 2)));
+  REQUIRE(a->complete());
+  CHECK(a->take() == bytes);
+}

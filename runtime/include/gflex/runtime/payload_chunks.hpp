@@ -39,7 +39,8 @@ class chunk_assembler {
  public:
   /// Refuses an announcement that cannot be right: a total over `max_total`, a chunk size
   /// outside [1 KiB, 64 MiB], a digest count that does not match the total, or a malformed
-  /// digest. Memory for the whole payload is reserved only after these checks.
+  /// digest. Memory for the whole payload is reserved only after these checks, and used only
+  /// as chunks are put in place (held()).
   static expected<chunk_assembler> make(uint64_t total, uint64_t chunk_bytes,
                                         std::vector<std::string> digests, uint64_t max_total);
 
@@ -50,6 +51,8 @@ class chunk_assembler {
   uint64_t missing() const noexcept { return missing_; }
   bool complete() const noexcept { return missing_ == 0; }
   uint64_t count() const noexcept { return digests_.size(); }
+  /// Bytes of the buffer in use: up to the end of the furthest chunk in place (0 before any).
+  uint64_t held() const noexcept { return bytes_.size(); }
   const std::vector<std::string>& digests() const noexcept { return digests_; }
 
   /// The payload, once complete (the assembler is empty afterwards).
