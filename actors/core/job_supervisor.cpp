@@ -1137,7 +1137,18 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links,
         // record says running and escrow still holds its rounds'. Left so, the escrow stayed
         // held until a core restarted and resumed the job. It is started again only to end
         // (a done one, to find its rounds committed), 5 s on: one that dies at once does not
-        // spin.
+        // spin. Within the job's restart budget: an actor that died the same way at every
+        // start (short of memory for its checkpoint) was started every 5 s for ever, reading
+        // its checkpoint each time; past it, the end is left to the core's next start, which
+        // resumes the job from its record and returns what escrow holds.
+        if (!entry.restarts.allow(std::chrono::steady_clock::now(), entry.status.round)) {
+          spdlog::error(
+              "job {} stopped before its end ({}) was recorded, and {} ({}): its record and "
+              "escrow are left to the next start of this core",
+              id, to_string(entry.status.state), entry.restarts.why_not(),
+              self->system().render(down.reason));
+          return;
+        }
         spdlog::error(
             "job {} stopped before its end ({}) was recorded ({}); ending it again in 5 s", id,
             to_string(entry.status.state), self->system().render(down.reason));
