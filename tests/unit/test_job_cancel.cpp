@@ -245,6 +245,15 @@ job_status holding_its_round(job_fixture& f) {
   return s;
 }
 
+// A ledger keeper with alice's account and job-1's escrow open, alice's holding nothing.
+caf::actor unfunded_keeper(job_fixture& f) {
+  auto keeper = spawn_ledger_keeper(f.sys, f.store);
+  for (const char* account : {"user/alice", "escrow/job-1"})
+    f.self->request(keeper, f.wait, open_atom::value, std::string(account), false)
+        .receive([](caf::ok_atom) {}, [&](caf::error& e) { FAIL(f.sys.render(e)); });
+  return keeper;
+}
+
 }  // namespace
 
 TEST_SUITE("job cancel") {
@@ -383,13 +392,7 @@ TEST_SUITE("job cancel") {
 
   TEST_CASE("a round's hold that the account cannot cover pauses the job until a top-up") {
     auto st = stored_job(2, metered_spec);
-    job_fixture f(st, {}, [](job_fixture& f) {
-      auto keeper = spawn_ledger_keeper(f.sys, f.store);  // alice's account holds nothing
-      for (const char* account : {"user/alice", "escrow/job-1"})
-        f.self->request(keeper, f.wait, open_atom::value, std::string(account), false)
-            .receive([](caf::ok_atom) {}, [&](caf::error& e) { FAIL(f.sys.render(e)); });
-      return keeper;
-    });
+    job_fixture f(st, {}, [](job_fixture& f) { return unfunded_keeper(f); });
     auto s = f.await(
         [](const job_status& s) { return s.state == job_state::paused || is_terminal(s.state); },
         10);
@@ -406,13 +409,7 @@ TEST_SUITE("job cancel") {
     auto st = stored_job(2, k_spec +
                                 "[market]\naccount = \"user/alice\"\nbudget = 1000000000000\n"
                                 "max_price = 1.0\n");
-    job_fixture f(st, {}, [](job_fixture& f) {
-      auto keeper = spawn_ledger_keeper(f.sys, f.store);  // alice's account holds nothing
-      for (const char* account : {"user/alice", "escrow/job-1"})
-        f.self->request(keeper, f.wait, open_atom::value, std::string(account), false)
-            .receive([](caf::ok_atom) {}, [&](caf::error& e) { FAIL(f.sys.render(e)); });
-      return keeper;
-    });
+    job_fixture f(st, {}, [](job_fixture& f) { return unfunded_keeper(f); });
     auto s = f.await(
         [](const job_status& s) { return s.state == job_state::paused || is_terminal(s.state); },
         10);

@@ -68,6 +68,24 @@ caf::behavior one_actor_core(caf::event_based_actor* self, caf::actor test,
   };
 }
 
+// The actor a node in these tests reports to: what the node tells its owner is dropped.
+caf::actor node_owner(caf::actor_system& sys) {
+  return sys.spawn([](caf::event_based_actor* self) -> caf::behavior {
+    self->set_default_handler(caf::drop);
+    return {[](int) {}};
+  });
+}
+
+// A CPU node's settings with no memory bound (a bound is process-wide) and any join token
+// (the cores here check none).
+node_config cpu_node_config() {
+  node_config config;
+  config.backend = "cpu";
+  config.memory_limit = std::string("0");
+  config.token = std::string(8, 't');
+  return config;
+}
+
 }  // namespace
 
 TEST_SUITE("node start") {
@@ -85,14 +103,8 @@ TEST_SUITE("node start") {
     // Each was io_error, exit 1: the service restarted the node for ever, planning its GPUs
     // each time, on a file that stays wrong until someone fixes it.
     test::configured_system s;
-    node_config config;
-    config.backend = "cpu";
-    config.memory_limit = std::string("0");
-    config.token = std::string(8, 't');
-    auto owner = s.sys.spawn([](caf::event_based_actor* self) -> caf::behavior {
-      self->set_default_handler(caf::drop);
-      return {[](int) {}};
-    });
+    node_config config = cpu_node_config();
+    auto owner = node_owner(s.sys);
     auto start_with = [&](const std::string& what, auto make_key) {
       CAPTURE(what);
       test::temp_dir dir;
@@ -130,15 +142,9 @@ TEST_SUITE("node start") {
     d.labels = tensor::zeros({4}, dtype::i32);
     const auto shard = encode_shard(d, 0, 4);
     auto core = s.sys.spawn(one_actor_core, test, shard);
-    auto owner = s.sys.spawn([](caf::event_based_actor* self) -> caf::behavior {
-      self->set_default_handler(caf::drop);
-      return {[](int) {}};
-    });
-    node_config config;
+    auto owner = node_owner(s.sys);
+    node_config config = cpu_node_config();
     config.data_dir = dir.path();
-    config.backend = "cpu";
-    config.memory_limit = std::string("0");  // no bound (a bound is process-wide)
-    config.token = std::string(8, 't');      // any: the core here checks none
     config.on_activity = [test](const node_activity& n) {
       if (n.what == node_activity::kind::started) caf::anon_send(test, n.job_id, true);
     };
@@ -198,15 +204,9 @@ TEST_SUITE("node start") {
       test::temp_dir dir;
       caf::actor test = caf::actor_cast<caf::actor>(s.self);
       auto core = s.sys.spawn(one_actor_core, test, shard);
-      auto owner = s.sys.spawn([](caf::event_based_actor* self) -> caf::behavior {
-        self->set_default_handler(caf::drop);
-        return {[](int) {}};
-      });
-      node_config config;
+      auto owner = node_owner(s.sys);
+      node_config config = cpu_node_config();
       config.data_dir = dir.path();
-      config.backend = "cpu";
-      config.memory_limit = std::string("0");
-      config.token = std::string(8, 't');
       config.on_activity = [test](const node_activity& n) {
         if (n.what != node_activity::kind::joined && n.what != node_activity::kind::earned)
           caf::anon_send(test, static_cast<int>(n.what));
