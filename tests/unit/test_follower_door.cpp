@@ -212,6 +212,14 @@ struct door_fixture : test::configured_system {
   }
 };
 
+// An operator's client, without TLS, of the door published on loopback at `port`.
+expected<client> operator_client(uint16_t port) {
+  client_options options;
+  options.insecure = true;
+  options.api_key = operator_key;
+  return client::connect("127.0.0.1", port, options);
+}
+
 }  // namespace
 
 TEST_SUITE("follower_door") {
@@ -272,10 +280,7 @@ TEST_SUITE("follower_door") {
         .receive([](caf::ok_atom) {}, [&](caf::error& e) { FAIL(sys.render(e)); });
     auto port = sys.middleman().publish(door, 0, "127.0.0.1");
     REQUIRE(port);
-    client_options options;
-    options.insecure = true;
-    options.api_key = operator_key;
-    auto c = client::connect("127.0.0.1", *port, options);
+    auto c = operator_client(*port);
     REQUIRE(c.has_value());
     REQUIRE(c->nodes()->size() == 2);  // both records, each with node id "-"
     // The follower knows no connections: every node of its listing has the same id "-", and
@@ -433,10 +438,7 @@ TEST_SUITE("follower_door") {
       auto leading = own(sys.spawn(listing_fails_door, gate_of_leader, lost_link));
       auto port = sys.middleman().publish(leading, 0, "127.0.0.1");
       REQUIRE(port);
-      client_options options;
-      options.insecure = true;
-      options.api_key = operator_key;
-      auto c = client::connect("127.0.0.1", *port, options);
+      auto c = operator_client(*port);
       REQUIRE(c.has_value());
       std::vector<job_state> states;
       std::vector<std::string> joined, lost;
