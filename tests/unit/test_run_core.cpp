@@ -71,6 +71,19 @@ struct two_cores {
   }
 };
 
+// check_core_config refuses a default core_config changed by `set`, as invalid_argument with
+// a message that starts with `expected_start`.
+template <class Set>
+void check_refused(const Set& set, const std::string& expected_start) {
+  core_config config;
+  set(config);
+  CAPTURE(expected_start);
+  auto checked = check_core_config(config);
+  REQUIRE_FALSE(checked.has_value());
+  CHECK(checked.error().code() == errc::invalid_argument);
+  CHECK_MESSAGE(checked.error().message().starts_with(expected_start), checked.error().message());
+}
+
 }  // namespace
 
 TEST_CASE("a core on an emptied store exits 2, the operator's to restore, not 1") {
@@ -455,17 +468,7 @@ TEST_CASE("a core's data-serving settings outside gflex-core's bounds are refuse
       {"--payload-chunk-kib", [](core_config& c) { c.payload_chunk_kib = 0; }},
       {"--payload-chunk-kib", [](core_config& c) { c.payload_chunk_kib = 65'537; }},
   };
-  for (const auto& b : bad) {
-    core_config config;
-    b.set(config);
-    const std::string flag = b.flag;
-    CAPTURE(flag);
-    auto checked = check_core_config(config);
-    REQUIRE_FALSE(checked.has_value());
-    CHECK(checked.error().code() == errc::invalid_argument);
-    CHECK_MESSAGE(checked.error().message().starts_with(flag + " must be in ["),
-                  checked.error().message());
-  }
+  for (const auto& b : bad) check_refused(b.set, std::string(b.flag) + " must be in [");
   // The bounds themselves are taken.
   core_config edges;
   edges.shard_samples = 1;
@@ -531,16 +534,7 @@ TEST_CASE("a core's node, job and verification settings outside gflex-core's bou
       {"--unverified must be wait or accept, not \"Accept\"",
        [](core_config& c) { c.unverified = "Accept"; }},
   };
-  for (const auto& b : bad) {
-    core_config config;
-    b.set(config);
-    const std::string expected_start = b.name;
-    CAPTURE(expected_start);
-    auto checked = check_core_config(config);
-    REQUIRE_FALSE(checked.has_value());
-    CHECK(checked.error().code() == errc::invalid_argument);
-    CHECK_MESSAGE(checked.error().message().starts_with(expected_start), checked.error().message());
-  }
+  for (const auto& b : bad) check_refused(b.set, b.name);
   // The bounds themselves are taken, and a core-wide job memory of 0 (half this machine's).
   core_config edges;
   edges.heartbeat_ms = 50;
