@@ -349,6 +349,28 @@ caf::behavior refuting_nth(caf::stateful_actor<refuting_state>* self, int nth,
   };
 }
 
+// unavailable_verifier's answer `delay` later: a round whose results all come at once is
+// applied before any of its checks is answered, as when the core tier is busy for a while.
+caf::behavior late_unavailable_verifier(caf::stateful_actor<refuting_state>* self,
+                                        std::chrono::milliseconds delay) {
+  return {
+      [=](verify_atom, verify_request&) -> caf::result<double, double, double> {
+        const int n = ++self->state.asked;
+        auto rp = self->make_response_promise<double, double, double>();
+        self->state.held.emplace(n, rp);
+        self->delayed_send(self, delay, caf::put_atom::value, n);
+        return rp;
+      },
+      [=](caf::put_atom, int n) {
+        auto it = self->state.held.find(n);
+        if (it == self->state.held.end()) return;
+        it->second.deliver(
+            to_caf(error(errc::unavailable, "no core-tier worker was free to re-compute it")));
+        self->state.held.erase(it);
+      },
+  };
+}
+
 struct slow_store_state {
   caf::actor inner, watcher;
   std::deque<std::pair<store_batch, caf::typed_response_promise<caf::ok_atom>>> commits;
@@ -640,15 +662,19 @@ const std::string metered_50 =
 // A job of `rounds` rounds on honest-a, honest-b and "scaled", whose results are 1.5 times
 // theirs (it stands out; no outlier), with no core-tier worker to re-compute it
 // (--unverified accept).
-resumed_job standing_out_unverified(int rounds) {
+// Its checks are answered unavailable at once, or `late` (late_unavailable_verifier).
+resumed_job standing_out_unverified(int rounds,
+                                    std::chrono::milliseconds late = std::chrono::milliseconds(0)) {
   claims scaled;
   scaled.value = 0.0015f;
   return resumed_job(rounds,
                      {{"honest-a", node_tier::community, std::chrono::milliseconds(0), {}},
                       {"honest-b", node_tier::community, std::chrono::milliseconds(0), {}},
                       {"scaled", node_tier::community, std::chrono::milliseconds(0), scaled}},
-                     true, [](caf::actor_system& sys, job_links& links) {
-                       links.verifier = sys.spawn(unavailable_verifier);
+                     true, [late](caf::actor_system& sys, job_links& links) {
+                       links.verifier = late.count() == 0
+                                            ? sys.spawn(unavailable_verifier)
+                                            : sys.spawn(late_unavailable_verifier, late);
                        links.accept_unverified = true;
                      });
 }
@@ -883,8 +909,11 @@ TEST_SUITE("job caught nodes") {
     // The one round, 3, is applied with a result that stands out in its mean; that result
     // cannot be re-computed (--unverified accept), so the round is rolled back and screened
     // anew with the same three results, which counted the result in screened_results again.
-    // The round then uses two of them: its nodes counted the third's too.
-    auto r = standing_out_unverified(3);
+    // The round then uses two of them: its nodes counted the third's too. The checks are
+    // answered 300 ms late, after all three results came: answered at once, one could come
+    // before the last result, and the round was screened with it known unverifiable (left
+    // out, no rollback: this test then failed `0 == 1` rollbacks under load).
+    auto r = standing_out_unverified(3, std::chrono::milliseconds(300));
     auto s = r.ended();
     REQUIRE(s.has_value());
     CHECK(s->state == job_state::done);
