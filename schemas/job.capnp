@@ -68,6 +68,9 @@ struct JobRecord {
   # When it was submitted, in Unix seconds (0: before this was kept); deadline_h counts from
   # there.
   submittedUnix @29 :Int64;
+  # The id its client gave the submission (empty: none): the same client asking again with
+  # it, its first answer lost, is answered with this job instead of a second one.
+  submission @30 :Text;
 }
 
 struct RoundPoint {

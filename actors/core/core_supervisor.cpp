@@ -528,6 +528,12 @@ caf::behavior core_actor(core_actor_type* self, core_children children, core_con
           relay(as<std::string>{}, rp, jobs(), a, who, text);
         });
       },
+      // With the id the client gave the submission: asked again with it, the same job.
+      [=](submit_atom a, std::string& key, std::string& text, std::string& submission) {
+        return authorized(key, false, [=](caf::response_promise& rp, const std::string& who) {
+          relay(as<std::string>{}, rp, jobs(), a, who, text, submission);
+        });
+      },
       [=](status_atom a, std::string& key, std::string& id) {
         return authorized(key, false, [=](caf::response_promise& rp, const std::string& who) {
           relay(as<job_status>{}, rp, jobs(), a, who, id);

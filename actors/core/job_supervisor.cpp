@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
 #include <chrono>
 #include <deque>
 #include <functional>
@@ -130,12 +131,15 @@ struct job_supervisor_state {
   /// Submits wait for it: one taken before would be given the id of a stored job.
   bool resumed = false;
   struct waiting_submit {
-    std::string who, text;
+    std::string who, text, submission;
     caf::typed_response_promise<std::string> answer;
   };
   std::vector<waiting_submit> waiting_submits;  // answered once `resumed`
-  bool resuming = false;                        // the job records are being read
-  std::set<std::string> awaiting_checkpoint;    // resumed jobs whose checkpoint read failed
+  /// The submits with a client's id (owner, id) being made, with the same submits asked
+  /// again meanwhile: those are taken again once the first is made or refused.
+  std::map<std::pair<std::string, std::string>, std::vector<waiting_submit>> submitting_ids;
+  bool resuming = false;                      // the job records are being read
+  std::set<std::string> awaiting_checkpoint;  // resumed jobs whose checkpoint read failed
   /// Jobs whose actor died and whose restart could not read what it waits for (the ledger
   /// keeper's barrier, the checkpoint), with what they restart to end with (empty: to train
   /// on): tried again every 5 s, as resumed ones are.
@@ -1012,7 +1016,7 @@ void jobs_resumed(supervisor_actor* self) {
   for (auto& waiter : waiting) {
     auto rp = waiter.answer;
     self->request(caf::actor_cast<caf::actor>(self), std::chrono::seconds(60), submit_atom::value,
-                  waiter.who, waiter.text)
+                  waiter.who, waiter.text, waiter.submission)
         .then([rp](std::string& id) mutable { rp.deliver(std::move(id)); },
               [rp](caf::error& e) mutable { rp.deliver(std::move(e)); });
   }
@@ -1115,6 +1119,247 @@ void fetch_model(supervisor_actor* self, const std::string& who, const std::stri
             }
             next_queued_export(self);
           });
+}
+
+// Takes a submit of `who`. `submission`: the id the client gave it (empty: none), with which
+// a submit asked again, its answer lost, is answered with the job it made.
+caf::result<std::string> take_submit(supervisor_actor* self, const std::string& who,
+                                     std::string text, std::string submission) {
+  if (!submission.empty()) {
+    const bool well_formed =
+        submission.size() <= 64 && std::all_of(submission.begin(), submission.end(), [](char c) {
+          return std::isalnum(static_cast<unsigned char>(c)) != 0 || c == '-' || c == '_';
+        });
+    if (!well_formed)
+      return to_caf(error(errc::invalid_argument,
+                          "a submission id is 1 to 64 of [A-Za-z0-9_-]; nothing was submitted"));
+  }
+  if (!self->state.resumed) {
+    auto rp = self->make_response_promise<std::string>();
+    self->state.waiting_submits.push_back({who, std::move(text), std::move(submission), rp});
+    return rp;
+  }
+  auto spec = parse_job_spec(text, "job spec");
+  if (!spec) return to_caf(spec.error());
+  // An account bills its own jobs only; the operator may bill any account.
+  if (who != operator_principal && !spec->account.empty() && spec->account != who)
+    return to_caf(
+        error(errc::permission_denied, "job spec: market.account: this API key belongs to " + who +
+                                           ", which cannot bill " + spec->account));
+  // An account's job is paid from its credits. One that named no paying account ran
+  // unmetered on nodes that ask a price: they were never paid for verified work. Without
+  // an account, an account's job may only take nodes that ask nothing.
+  if (who != operator_principal && spec->account.empty() && spec->max_price != 0)
+    return to_caf(
+        error(errc::invalid_argument,
+              "job spec: market.account: a job submitted with " + who +
+                  "'s API key is paid from its credits: name it (account = \"" + who +
+                  "\") with a budget and a max_price, or set max_price = 0 to run only on nodes "
+                  "that ask nothing"));
+  const std::string owner = who != operator_principal ? who
+                            : !spec->account.empty()  ? spec->account
+                                                      : std::string(operator_principal);
+  // Asked again with the id the client gave it, its first answer lost (a busy core, a link
+  // that dropped): answered with the job the first made, or once it is made or refused. Made
+  // again, the owner ran and paid for two jobs.
+  if (!submission.empty()) {
+    for (const auto& [id, entry] : self->state.jobs)
+      if (entry.status.owner == owner && entry.status.submission == submission) {
+        if (entry.spec_text != text)
+          return to_caf(
+              error(errc::invalid_argument, "submission id '" + submission + "' made " + id +
+                                                " from another spec; nothing was submitted"));
+        return id;
+      }
+    if (auto it = self->state.submitting_ids.find({owner, submission});
+        it != self->state.submitting_ids.end()) {
+      auto rp = self->make_response_promise<std::string>();
+      it->second.push_back({who, std::move(text), submission, rp});
+      return rp;
+    }
+  }
+  int64_t unfinished = self->state.submitting[owner];
+  for (const auto& [id, entry] : self->state.jobs)
+    if (entry.status.owner == owner && !is_terminal(entry.status.state)) ++unfinished;
+  if (unfinished >= self->state.links.max_jobs_per_account)
+    return to_caf(
+        error(errc::limit_exceeded, owner + " already has " + std::to_string(unfinished) +
+                                        " unfinished jobs, the most one account may have"));
+  const bool builtin_data = kernels::is_builtin_data_set(spec->data_set);
+  auto w = kernels::find_workload(spec->workload, spec->model,
+                                  builtin_data ? spec->data_set : std::string());
+  if (!w)
+    return to_caf(error(w.error().code(), spec->model.empty()
+                                              ? "job spec: job.workload: " + w.error().message()
+                                              : "job spec: " + w.error().message()));
+  // Refused here, before any node runs it (a pipeline's train stage checks the same).
+  if (auto runs = check_spec_runs(*spec, **w); !runs) return to_caf(runs.error());
+  // Every unfinished job holds its model's state in the core: unbounded, one account's
+  // large models filled the core's memory, and the core restarted after the kill
+  // resumed them all and was killed again.
+  const int64_t parameters = (*w)->parameter_count();
+  const uint64_t need = job_core_memory_bytes(parameters, *spec);
+  if (auto over = over_memory_budget(self->state, owner, *spec, parameters, need))
+    return to_caf(*over);
+  if (!spec->model.empty() && !builtin_data) {
+    // The catalog serves a set from before its commit: a job started on it then
+    // trained on data the store may never hold.
+    if (self->state.committing.count({owner, spec->data_set}) != 0)
+      return to_caf(
+          error(errc::unavailable, "job spec: " + being_stored({owner, spec->data_set}).message()));
+    if (self->state.removing.count({owner, spec->data_set}) != 0)
+      return to_caf(error(errc::unavailable,
+                          "job spec: " + being_removed({owner, spec->data_set}).message()));
+    // Not yet read from the store: the catalog would call it unknown.
+    if (!self->state.data_sets_listed)
+      return to_caf(error(
+          errc::unavailable,
+          "job spec: data.set: the stored data sets are still loading" +
+              (self->state.data_sets_error.empty() ? std::string()
+                                                   : " (" + self->state.data_sets_error + ")") +
+              ": try again shortly"));
+    if (auto it = self->state.unloaded_sets.find({owner, spec->data_set});
+        it != self->state.unloaded_sets.end())
+      return to_caf(error(errc::unavailable, "job spec: data.set: '" + spec->data_set +
+                                                 "' cannot be read from the store now (" +
+                                                 it->second.second + "): try again shortly"));
+    auto data = self->state.links.catalog->user_set(owner, spec->data_set, **w);
+    if (!data) return to_caf(error(data.error().code(), "job spec: " + data.error().message()));
+    if (auto fits = check_workers_fit(spec->workers, (*data)->shards.size()); !fits)
+      return to_caf(fits.error());
+  }
+  auto rp = self->make_response_promise<std::string>();
+  self->state.submitting[owner] += 1;
+  self->state.submitting_memory[owner] += need;
+  const std::optional<data_set_id> user_set =
+      !spec->model.empty() && !builtin_data
+          ? std::optional<data_set_id>(data_set_id{owner, spec->data_set})
+          : std::nullopt;
+  if (user_set) self->state.submitting_on[*user_set] += 1;
+  if (!submission.empty()) self->state.submitting_ids[{owner, submission}];
+  // Called once on every way out of this submit, whatever its outcome.
+  auto submitted = [=] {
+    if (!submission.empty()) {
+      // The same submits asked meanwhile are taken again, behind this one's job (started on
+      // this turn) or its refusal: answered with the job, or tried anew.
+      auto node = self->state.submitting_ids.extract({owner, submission});
+      if (!node.empty())
+        for (auto& again : node.mapped()) {
+          auto answer = again.answer;
+          self->request(caf::actor_cast<caf::actor>(self), std::chrono::seconds(60),
+                        submit_atom::value, again.who, again.text, again.submission)
+              .then([answer](std::string& id) mutable { answer.deliver(std::move(id)); },
+                    [answer](caf::error& e) mutable { answer.deliver(std::move(e)); });
+        }
+    }
+    auto& pending = self->state.submitting;
+    if (auto it = pending.find(owner); it != pending.end() && --it->second <= 0) pending.erase(it);
+    auto& memory = self->state.submitting_memory;
+    if (auto it = memory.find(owner); it != memory.end() && (it->second -= need) == 0)
+      memory.erase(it);
+    if (!user_set) return;
+    auto& on = self->state.submitting_on;
+    if (auto it = on.find(*user_set); it != on.end() && --it->second <= 0) on.erase(it);
+  };
+  auto accept = [=](job_spec spec) mutable {
+    auto& st = self->state;
+    std::string id = "job-" + std::to_string(st.next_id++);
+    while (st.jobs.count(id) != 0) id = "job-" + std::to_string(st.next_id++);
+    job_status status;
+    status.job_id = id;
+    status.name = spec.name;
+    status.workload = spec.workload;
+    status.rounds = spec.rounds;
+    status.state = job_state::queued;
+    status.submitted_unix = std::chrono::duration_cast<std::chrono::seconds>(
+                                std::chrono::system_clock::now().time_since_epoch())
+                                .count();
+    status.account = spec.account;
+    status.budget = spec.budget;
+    status.owner = owner;
+    status.submission = submission;
+    store_batch batch;
+    batch.keys.push_back(job_record_key(id));
+    batch.values.push_back(encode_job_record(text, status));
+    auto recorded = [=]() mutable {
+      submitted();
+      spdlog::info("job {} ({}) submitted: {} rounds of {} workers", id, status.name, status.rounds,
+                   spec.workers);
+      start_job(self,
+                job_start{id, text, spec, status, {}, {}, {}, job_start::origin::submitted, {}});
+      self->state.jobs[id].core_memory = need;
+      rp.deliver(id);
+    };
+    // Read back after a failure: a record landed late was a job known only to the
+    // store, run (and billed) after the next restart while its owner, told it failed,
+    // submitted again.
+    auto check = holds_value(job_record_key(id), std::chrono::minutes(5), batch.values[0]);
+    commit_checked(self, st.links.store, st.links.record_wait, std::move(batch), std::move(check),
+                   recorded, [=](caf::error& e, caf::error&) mutable {
+                     submitted();
+                     rp.deliver(e);
+                   });
+  };
+  // A metered job's account must exist, and hold one round's escrow, before anything
+  // is recorded.
+  auto funded = [=]() mutable {
+    if (spec->account.empty()) return accept(*spec);
+    self->request(self->state.links.ledger, std::chrono::seconds(30), account_atom::value,
+                  spec->account)
+        .then(
+            [=](account_info& info) mutable {
+              auto need = round_escrow(*spec);
+              if (info.balance < need) {
+                submitted();
+                rp.deliver(to_caf(
+                    error(errc::invalid_argument, "job spec: market.account: " + info.id +
+                                                      " holds " + format_credits(info.balance) +
+                                                      " credits, less than one round's "
+                                                      "escrow (" +
+                                                      format_credits(need) + ")")));
+                return;
+              }
+              accept(*spec);
+            },
+            [=](caf::error& e) mutable {
+              submitted();
+              rp.deliver(to_caf(error(errc::invalid_argument,
+                                      "job spec: market.account: " + from_caf(e).message())));
+            });
+  };
+  if (user_set) {
+    funded();
+    return rp;
+  }
+  // A built-in set's shards are known once it is loaded: a job of more workers than
+  // shards was accepted, then failed at its start. Loaded (seconds) off the
+  // supervisor's thread; the job's start finds it in the catalog.
+  std::shared_ptr<const kernels::workload> workload = std::move(*w);
+  auto loader = self->spawn<caf::detached>(
+      [catalog = self->state.links.catalog, workload](caf::event_based_actor* loader) {
+        return caf::behavior{[=](caf::get_atom) -> caf::result<uint64_t> {
+          loader->quit();
+          auto data = catalog->get(*workload);
+          if (!data) return to_caf(data.error());
+          return static_cast<uint64_t>((*data)->shards.size());
+        }};
+      });
+  self->request(loader, std::chrono::minutes(5), caf::get_atom::value)
+      .then(
+          [=](uint64_t shards) mutable {
+            if (auto fits = check_workers_fit(spec->workers, shards); !fits) {
+              submitted();
+              rp.deliver(to_caf(fits.error()));
+              return;
+            }
+            funded();
+          },
+          [=](caf::error& e) mutable {
+            submitted();
+            rp.deliver(
+                to_caf(error(from_caf(e).code(), "job spec: data.set: " + from_caf(e).message())));
+          });
+  return rp;
 }
 
 caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links,
@@ -1237,201 +1482,11 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links,
           if (!st.jobs[id].actor) restart_job(self, id, end_with);
       },
       [=](submit_atom, const std::string& who, std::string text) -> caf::result<std::string> {
-        if (!self->state.resumed) {
-          auto rp = self->make_response_promise<std::string>();
-          self->state.waiting_submits.push_back({who, std::move(text), rp});
-          return rp;
-        }
-        auto spec = parse_job_spec(text, "job spec");
-        if (!spec) return to_caf(spec.error());
-        // An account bills its own jobs only; the operator may bill any account.
-        if (who != operator_principal && !spec->account.empty() && spec->account != who)
-          return to_caf(
-              error(errc::permission_denied, "job spec: market.account: this API key belongs to " +
-                                                 who + ", which cannot bill " + spec->account));
-        // An account's job is paid from its credits. One that named no paying account ran
-        // unmetered on nodes that ask a price: they were never paid for verified work. Without
-        // an account, an account's job may only take nodes that ask nothing.
-        if (who != operator_principal && spec->account.empty() && spec->max_price != 0)
-          return to_caf(error(
-              errc::invalid_argument,
-              "job spec: market.account: a job submitted with " + who +
-                  "'s API key is paid from its credits: name it (account = \"" + who +
-                  "\") with a budget and a max_price, or set max_price = 0 to run only on nodes "
-                  "that ask nothing"));
-        const std::string owner = who != operator_principal ? who
-                                  : !spec->account.empty()  ? spec->account
-                                                            : std::string(operator_principal);
-        int64_t unfinished = self->state.submitting[owner];
-        for (const auto& [id, entry] : self->state.jobs)
-          if (entry.status.owner == owner && !is_terminal(entry.status.state)) ++unfinished;
-        if (unfinished >= self->state.links.max_jobs_per_account)
-          return to_caf(
-              error(errc::limit_exceeded, owner + " already has " + std::to_string(unfinished) +
-                                              " unfinished jobs, the most one account may have"));
-        const bool builtin_data = kernels::is_builtin_data_set(spec->data_set);
-        auto w = kernels::find_workload(spec->workload, spec->model,
-                                        builtin_data ? spec->data_set : std::string());
-        if (!w)
-          return to_caf(error(w.error().code(),
-                              spec->model.empty() ? "job spec: job.workload: " + w.error().message()
-                                                  : "job spec: " + w.error().message()));
-        // Refused here, before any node runs it (a pipeline's train stage checks the same).
-        if (auto runs = check_spec_runs(*spec, **w); !runs) return to_caf(runs.error());
-        // Every unfinished job holds its model's state in the core: unbounded, one account's
-        // large models filled the core's memory, and the core restarted after the kill
-        // resumed them all and was killed again.
-        const int64_t parameters = (*w)->parameter_count();
-        const uint64_t need = job_core_memory_bytes(parameters, *spec);
-        if (auto over = over_memory_budget(self->state, owner, *spec, parameters, need))
-          return to_caf(*over);
-        if (!spec->model.empty() && !builtin_data) {
-          // The catalog serves a set from before its commit: a job started on it then
-          // trained on data the store may never hold.
-          if (self->state.committing.count({owner, spec->data_set}) != 0)
-            return to_caf(error(errc::unavailable,
-                                "job spec: " + being_stored({owner, spec->data_set}).message()));
-          if (self->state.removing.count({owner, spec->data_set}) != 0)
-            return to_caf(error(errc::unavailable,
-                                "job spec: " + being_removed({owner, spec->data_set}).message()));
-          // Not yet read from the store: the catalog would call it unknown.
-          if (!self->state.data_sets_listed)
-            return to_caf(error(errc::unavailable,
-                                "job spec: data.set: the stored data sets are still loading" +
-                                    (self->state.data_sets_error.empty()
-                                         ? std::string()
-                                         : " (" + self->state.data_sets_error + ")") +
-                                    ": try again shortly"));
-          if (auto it = self->state.unloaded_sets.find({owner, spec->data_set});
-              it != self->state.unloaded_sets.end())
-            return to_caf(error(errc::unavailable, "job spec: data.set: '" + spec->data_set +
-                                                       "' cannot be read from the store now (" +
-                                                       it->second.second + "): try again shortly"));
-          auto data = self->state.links.catalog->user_set(owner, spec->data_set, **w);
-          if (!data)
-            return to_caf(error(data.error().code(), "job spec: " + data.error().message()));
-          if (auto fits = check_workers_fit(spec->workers, (*data)->shards.size()); !fits)
-            return to_caf(fits.error());
-        }
-        auto rp = self->make_response_promise<std::string>();
-        self->state.submitting[owner] += 1;
-        self->state.submitting_memory[owner] += need;
-        const std::optional<data_set_id> user_set =
-            !spec->model.empty() && !builtin_data
-                ? std::optional<data_set_id>(data_set_id{owner, spec->data_set})
-                : std::nullopt;
-        if (user_set) self->state.submitting_on[*user_set] += 1;
-        // Called once on every way out of this submit, whatever its outcome.
-        auto submitted = [=] {
-          auto& pending = self->state.submitting;
-          if (auto it = pending.find(owner); it != pending.end() && --it->second <= 0)
-            pending.erase(it);
-          auto& memory = self->state.submitting_memory;
-          if (auto it = memory.find(owner); it != memory.end() && (it->second -= need) == 0)
-            memory.erase(it);
-          if (!user_set) return;
-          auto& on = self->state.submitting_on;
-          if (auto it = on.find(*user_set); it != on.end() && --it->second <= 0) on.erase(it);
-        };
-        auto accept = [=](job_spec spec) mutable {
-          auto& st = self->state;
-          std::string id = "job-" + std::to_string(st.next_id++);
-          while (st.jobs.count(id) != 0) id = "job-" + std::to_string(st.next_id++);
-          job_status status;
-          status.job_id = id;
-          status.name = spec.name;
-          status.workload = spec.workload;
-          status.rounds = spec.rounds;
-          status.state = job_state::queued;
-          status.submitted_unix = std::chrono::duration_cast<std::chrono::seconds>(
-                                      std::chrono::system_clock::now().time_since_epoch())
-                                      .count();
-          status.account = spec.account;
-          status.budget = spec.budget;
-          status.owner = owner;
-          store_batch batch;
-          batch.keys.push_back(job_record_key(id));
-          batch.values.push_back(encode_job_record(text, status));
-          auto recorded = [=]() mutable {
-            submitted();
-            spdlog::info("job {} ({}) submitted: {} rounds of {} workers", id, status.name,
-                         status.rounds, spec.workers);
-            start_job(
-                self,
-                job_start{id, text, spec, status, {}, {}, {}, job_start::origin::submitted, {}});
-            self->state.jobs[id].core_memory = need;
-            rp.deliver(id);
-          };
-          // Read back after a failure: a record landed late was a job known only to the
-          // store, run (and billed) after the next restart while its owner, told it failed,
-          // submitted again.
-          auto check = holds_value(job_record_key(id), std::chrono::minutes(5), batch.values[0]);
-          commit_checked(self, st.links.store, st.links.record_wait, std::move(batch),
-                         std::move(check), recorded, [=](caf::error& e, caf::error&) mutable {
-                           submitted();
-                           rp.deliver(e);
-                         });
-        };
-        // A metered job's account must exist, and hold one round's escrow, before anything
-        // is recorded.
-        auto funded = [=]() mutable {
-          if (spec->account.empty()) return accept(*spec);
-          self->request(self->state.links.ledger, std::chrono::seconds(30), account_atom::value,
-                        spec->account)
-              .then(
-                  [=](account_info& info) mutable {
-                    auto need = round_escrow(*spec);
-                    if (info.balance < need) {
-                      submitted();
-                      rp.deliver(to_caf(error(errc::invalid_argument,
-                                              "job spec: market.account: " + info.id + " holds " +
-                                                  format_credits(info.balance) +
-                                                  " credits, less than one round's "
-                                                  "escrow (" +
-                                                  format_credits(need) + ")")));
-                      return;
-                    }
-                    accept(*spec);
-                  },
-                  [=](caf::error& e) mutable {
-                    submitted();
-                    rp.deliver(to_caf(error(errc::invalid_argument,
-                                            "job spec: market.account: " + from_caf(e).message())));
-                  });
-        };
-        if (user_set) {
-          funded();
-          return rp;
-        }
-        // A built-in set's shards are known once it is loaded: a job of more workers than
-        // shards was accepted, then failed at its start. Loaded (seconds) off the
-        // supervisor's thread; the job's start finds it in the catalog.
-        std::shared_ptr<const kernels::workload> workload = std::move(*w);
-        auto loader = self->spawn<caf::detached>(
-            [catalog = self->state.links.catalog, workload](caf::event_based_actor* loader) {
-              return caf::behavior{[=](caf::get_atom) -> caf::result<uint64_t> {
-                loader->quit();
-                auto data = catalog->get(*workload);
-                if (!data) return to_caf(data.error());
-                return static_cast<uint64_t>((*data)->shards.size());
-              }};
-            });
-        self->request(loader, std::chrono::minutes(5), caf::get_atom::value)
-            .then(
-                [=](uint64_t shards) mutable {
-                  if (auto fits = check_workers_fit(spec->workers, shards); !fits) {
-                    submitted();
-                    rp.deliver(to_caf(fits.error()));
-                    return;
-                  }
-                  funded();
-                },
-                [=](caf::error& e) mutable {
-                  submitted();
-                  rp.deliver(to_caf(
-                      error(from_caf(e).code(), "job spec: data.set: " + from_caf(e).message())));
-                });
-        return rp;
+        return take_submit(self, who, std::move(text), std::string());
+      },
+      [=](submit_atom, const std::string& who, std::string text,
+          std::string submission) -> caf::result<std::string> {
+        return take_submit(self, who, std::move(text), std::move(submission));
       },
       [=](topup_atom, const std::string& who, const std::string& id,
           int64_t amount) -> caf::result<caf::ok_atom> {

@@ -11,7 +11,9 @@
 /// Protocol (from the core supervisor, on behalf of clients):
 /// - (submit_atom, spec_toml) -> job id: validates the spec (errors name the key), checks
 ///   that the core's memory its model takes fits the job memory budget, records the job and
-///   starts it.
+///   starts it. (submit_atom, spec_toml, submission) the same, with the id the client gave
+///   the submission: asked again with it by the same owner, the job it made (kept in its
+///   record), or the first's outcome while that is being made.
 /// - (status_atom, job_id) -> job_status;  (jobs_atom) -> vector<job_status>
 /// - (cancel_atom, job_id) -> ok_atom
 /// - (fetch_atom, job_id, offset) -> model_part: the checkpoint of the last committed round,

@@ -91,6 +91,7 @@ std::vector<uint8_t> encode_job_record(const std::string& spec_text, const job_s
   r.setTestedSamples(static_cast<uint64_t>(std::max<int64_t>(s.tested_samples, 0)));
   r.setTestSamples(static_cast<uint64_t>(std::max<int64_t>(s.test_samples, 0)));
   r.setSubmittedUnix(std::max<int64_t>(s.submitted_unix, 0));
+  r.setSubmission(s.submission);
   auto points = r.initHistory(static_cast<unsigned>(s.history.size()));
   for (unsigned i = 0; i < s.history.size(); ++i) {
     const auto& p = s.history[i];
@@ -151,6 +152,7 @@ expected<std::pair<std::string, job_status>> decode_job_record(std::span<const u
     s.test_samples =
         static_cast<int64_t>(r.getTestSamples() <= most_samples ? r.getTestSamples() : 0);
     s.submitted_unix = std::max<int64_t>(r.getSubmittedUnix(), 0);
+    s.submission = r.getSubmission().cStr();
     for (auto p : r.getHistory())
       s.history.push_back({static_cast<int64_t>(p.getRound()), p.getTrainLoss(), p.getTestLoss(),
                            p.getTestAccuracy(), p.getEvaluated(), p.getElapsed()});

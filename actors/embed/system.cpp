@@ -17,6 +17,7 @@
 #include <map>
 #include <mutex>
 #include <optional>
+#include <random>
 #include <set>
 #include <thread>
 
@@ -1013,17 +1014,32 @@ expected<std::string> client::principal() {
 }
 
 expected<std::string> client::submit(const std::string& spec_toml) {
-  auto id =
-      impl_->ask_session<std::string>(std::chrono::seconds(60), submit_atom::value, spec_toml);
-  // Not answered is not refused: a busy core may still have made the job, and a user who
-  // submitted again on the word of a failure paid for two.
-  if (!id && id.error().code() == errc::unavailable &&
-      (id.error().message().starts_with(no_answer) || id.error().message().starts_with(link_lost)))
-    return error(errc::unavailable,
-                 id.error().message() +
-                     "; the job may have been made all the same: list the jobs (gflex status) "
-                     "before submitting it again");
-  return id;
+  // 128 random bits: no two submissions share one.
+  std::random_device random;
+  std::string submission;
+  for (int i = 0; i < 4; ++i) submission += fmt::format("{:08x}", random());
+  return submit(spec_toml, submission);
+}
+
+expected<std::string> client::submit(const std::string& spec_toml, const std::string& submission) {
+  // Not answered is not refused: a busy core, or one that lost the link or its lead, may
+  // have made the job all the same. Asked again with the same submission id, the core
+  // answers with the job it made (or makes it once); made again, its owner paid for two.
+  const auto first_loss = std::chrono::steady_clock::now();
+  for (int attempt = 1;; ++attempt) {
+    auto id = impl_->ask_session<std::string>(std::chrono::seconds(60), submit_atom::value,
+                                              spec_toml, submission);
+    if (id || !detail::is_link_loss(id.error())) return id;
+    if (std::chrono::steady_clock::now() - first_loss >= detail::link_loss_patience)
+      return error(errc::unavailable,
+                   id.error().message() + " (asked " + std::to_string(attempt) +
+                       " times with submission id " + submission +
+                       "); the job may have been made all the same: list the jobs (gflex "
+                       "status) before submitting it again");
+    spdlog::warn("the submit was not answered ({}); asking again with the same submission id",
+                 id.error().message());
+    std::this_thread::sleep_for(std::chrono::seconds(2));
+  }
 }
 
 expected<job_status> client::status(const std::string& job_id) {

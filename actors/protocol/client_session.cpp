@@ -79,6 +79,9 @@ client_session_actor::behavior_type client_session(session_actor* self, std::str
   auto key_of = [=] { return self->state.key; };
   return {
       [=](submit_atom a, std::string& text) { return relay<std::string>(self, a, key_of(), text); },
+      [=](submit_atom a, std::string& text, std::string& submission) {
+        return relay<std::string>(self, a, key_of(), text, submission);
+      },
       [=](status_atom a, std::string& id) { return relay<job_status>(self, a, key_of(), id); },
       [=](jobs_atom a) { return relay<std::vector<job_status>>(self, a, key_of()); },
       [=](nodes_atom a) { return relay<std::vector<node_status>>(self, a, key_of()); },

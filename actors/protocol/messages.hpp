@@ -264,6 +264,7 @@ typename Inspector::result_type inspect(Inspector& f, model_part& x) {
 /// the key's principal. Anything else is dropped and counted.
 using client_session_actor = caf::typed_actor<
     caf::replies_to<submit_atom, std::string>::with<std::string>,
+    caf::replies_to<submit_atom, std::string, std::string>::with<std::string>,
     caf::replies_to<status_atom, std::string>::with<job_status>,
     caf::replies_to<jobs_atom>::with<std::vector<job_status>>,
     caf::replies_to<nodes_atom>::with<std::vector<node_status>>,

@@ -137,6 +137,31 @@ caf::behavior listing_fails_door(caf::stateful_actor<listing_fails_state>* self,
   };
 }
 
+// A leader whose first answer to a submit is lost (as a core that did not answer), and
+// which answers every later one with job-7; (get_atom) lists the submission ids it saw.
+struct losing_submit_state {
+  client_sessions sessions;
+  std::vector<std::string> submissions;
+};
+
+caf::behavior losing_submit_door(caf::stateful_actor<losing_submit_state>* self, caf::actor gate) {
+  self->set_down_handler(
+      [=](const caf::down_msg& down) { self->state.sessions.forget(down.source); });
+  return {
+      [=](auth_atom, std::string& key, caf::actor& link) {
+        return open_client_session(self, gate, std::move(key), std::move(link));
+      },
+      [=](submit_atom, const std::string&, const std::string&,
+          const std::string& submission) -> caf::result<std::string> {
+        self->state.submissions.push_back(submission);
+        if (self->state.submissions.size() == 1)
+          return to_caf(error(errc::unavailable, std::string(detail::no_answer) + " within 60 s"));
+        return std::string("job-7");
+      },
+      [=](caf::get_atom) { return self->state.submissions; },
+  };
+}
+
 struct door_fixture : test::configured_system {
   test::temp_dir dir;
   caf::actor store, gate, door, link;
@@ -425,6 +450,33 @@ TEST_SUITE("follower_door") {
     const auto welcomed_after = ask<uint64_t>(leading, caf::get_atom::value);
     REQUIRE(welcomed_after.has_value());
     CHECK(*welcomed_after == *welcomed);
+  }
+
+  TEST_CASE_FIXTURE(door_fixture,
+                    "a submit whose answer is lost is asked again with the same submission id") {
+    // Submitted again on the word of a lost answer, a job the core had made was made twice,
+    // run and billed twice. The core answers the same id with the job it made.
+    auto gate_of_leader = own(sys.spawn(any_key_gate));
+    auto leading = own(sys.spawn(losing_submit_door, gate_of_leader));
+    auto port = sys.middleman().publish(leading, 0, "127.0.0.1");
+    REQUIRE(port);
+    auto c = operator_client(*port);
+    REQUIRE(c.has_value());
+    auto id = c->submit(shipped_spec());
+    CHECK_MESSAGE(id.has_value(), id.error().message());
+    if (id) CHECK(*id == "job-7");
+    auto seen = ask<std::vector<std::string>>(leading, caf::get_atom::value);
+    REQUIRE(seen.has_value());
+    REQUIRE(seen->size() == 2);
+    CHECK((*seen)[0].size() == 32);  // 128 random bits, in hex
+    CHECK((*seen)[1] == (*seen)[0]);
+    // A caller's own id is the one sent.
+    auto mine = c->submit(shipped_spec(), "trainer-run-12");
+    CHECK_MESSAGE(mine.has_value(), mine.error().message());
+    seen = ask<std::vector<std::string>>(leading, caf::get_atom::value);
+    REQUIRE(seen.has_value());
+    REQUIRE(seen->size() == 3);
+    CHECK(seen->back() == "trainer-run-12");
   }
 
   TEST_CASE_FIXTURE(door_fixture,

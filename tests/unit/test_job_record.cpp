@@ -17,6 +17,7 @@ TEST_CASE("job record: the round history survives encoding") {
   s.nodes = 4;             // shown by `gflex status`: it read 0 after a core restart
   s.tested_samples = 500;  // an evaluation on part of the test split says so after a restart
   s.submitted_unix = 1'800'000'000;  // the deadline counts from it after a restart
+  s.submission = "c0ffee-1";         // a submit asked again after a restart finds its job
   s.test_samples = 10000;
   for (int64_t r = 1; r <= 3; ++r)
     add_round(s.history,
@@ -28,6 +29,7 @@ TEST_CASE("job record: the round history survives encoding") {
   CHECK(back->second.nodes == 4);
   CHECK(back->second.tested_samples == 500);
   CHECK(back->second.submitted_unix == 1'800'000'000);
+  CHECK(back->second.submission == "c0ffee-1");
   CHECK(back->second.test_samples == 10000);
   const auto& h = back->second.history;
   REQUIRE(h.size() == 3);

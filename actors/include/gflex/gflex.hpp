@@ -270,8 +270,15 @@ class client {
   expected<std::string> principal();
 
   /// Submits a job spec (TOML text); returns the job id. The core validates the spec and
-  /// refuses bad ones with an error naming the key.
+  /// refuses bad ones with an error naming the key. An answer lost (the link, a busy core, a
+  /// failover) is asked for again, for up to two minutes, with the same submission id, which
+  /// the core answers with the job it made: never two jobs of one call.
   expected<std::string> submit(const std::string& spec_toml);
+  /// As above, with the caller's submission id (1 to 64 of [A-Za-z0-9_-]): a program that
+  /// restarts and submits again with the id it kept gets the job it made before, not a
+  /// second one (a submission id is its owner's: other accounts' ids do not meet it). The
+  /// same id with another spec is refused (invalid_argument).
+  expected<std::string> submit(const std::string& spec_toml, const std::string& submission);
   expected<job_status> status(const std::string& job_id);
   expected<std::vector<job_status>> jobs();
   expected<std::vector<node_status>> nodes();

@@ -84,6 +84,9 @@ struct job_status {
   /// When it was submitted, in Unix seconds of the core that took it (0 in records written
   /// before it was kept): its [market] deadline_h counts from there.
   int64_t submitted_unix = 0;
+  /// The id its client gave the submission (empty: none given): a submit of the same owner
+  /// with it again is answered with this job. Kept in the record; not sent to clients.
+  std::string submission;
   double eta_s = -1.0;            ///< Estimated seconds to completion; negative when unknown.
   uint64_t late_results = 0;      ///< Results that arrived after their round closed.
   uint64_t rejected_results = 0;  ///< Results refused by the checks or by verification.

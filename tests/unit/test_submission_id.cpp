@@ -1,0 +1,127 @@
+/// @file
+/// A submit asked again with the id its client gave it is answered with the job the first
+/// made: whether that job is made already, is being stored, or was made before the core
+/// restarted. Without the id, a client whose answer was lost (a busy core, a dropped link,
+/// a failover) and that submitted again made a second job, run and billed beside the first.
+
+#include <doctest/doctest.h>
+
+#include <string>
+#include <thread>
+
+#include "job_fixture.hpp"
+
+using namespace gflex;
+using namespace gflex::test;
+
+namespace {
+
+// The job id `who`'s submit of `text` with `submission` is answered with, or the refusal.
+expected<std::string> submit(job_fixture& f, const std::string& who, const std::string& text,
+                             const std::string& submission) {
+  expected<std::string> out = error(errc::io_error, "no answer");
+  f.self->request(f.supervisor, f.wait, submit_atom::value, who, text, submission)
+      .receive([&](std::string& id) { out = std::move(id); },
+               [&](caf::error& e) { out = from_caf(e); });
+  return out;
+}
+
+// Bob's data set "c" beside alice's in `st` (as stored_job() keeps hers).
+void add_bobs_set(failing_store_state& st) {
+  const auto train = encode_shard(samples(12), 0, 12), test = encode_shard(samples(6), 0, 6);
+  data_upload up("user/bob", "c", 2, {});
+  REQUIRE(up.add({0, 2, false, train}).has_value());
+  REQUIRE(up.add({1, 2, true, test}).has_value());
+  st.kept[data_set_key("user/bob", "c")] = encode_data_set(up.finish().value());
+  st.kept[data_chunk_key(digest_hex(train))] = train;
+  st.kept[data_chunk_key(digest_hex(test))] = test;
+}
+
+size_t jobs_of(job_fixture& f, const std::string& who) {
+  size_t out = 0;
+  f.self->request(f.supervisor, f.wait, jobs_atom::value, who)
+      .receive([&](std::vector<job_status>& all) { out = all.size(); },
+               [&](caf::error& e) { FAIL(f.sys.render(e)); });
+  return out;
+}
+
+}  // namespace
+
+TEST_SUITE("submission id") {
+  TEST_CASE("a submit asked again with its submission id is answered with the same job") {
+    auto st = stored_job();
+    add_bobs_set(st);
+    job_fixture f(st);
+    f.await([](const job_status& s) { return !s.detail.empty(); }, 10);  // records read
+    auto first = submit(f, f.alice, free_spec, "a1b2");
+    REQUIRE_MESSAGE(first.has_value(), first.error().message());
+    CHECK(*first == "job-2");
+    auto again = submit(f, f.alice, free_spec, "a1b2");
+    REQUIRE_MESSAGE(again.has_value(), again.error().message());
+    CHECK(*again == "job-2");
+    CHECK(jobs_of(f, f.alice) == 2);  // job-1 and job-2
+    // Another id is another job; the same id of another owner too (ids are the owner's).
+    auto other = submit(f, f.alice, free_spec, "c3d4");
+    REQUIRE(other.has_value());
+    CHECK(*other == "job-3");
+    auto bobs = submit(f, "user/bob", free_spec, "a1b2");
+    REQUIRE_MESSAGE(bobs.has_value(), bobs.error().message());
+    CHECK(*bobs == "job-4");
+    // The same id with another spec is refused, naming the job it made; nothing is made.
+    auto changed = submit(f, f.alice, free_spec + "# another\n[eval]\nevery = 2\n", "a1b2");
+    REQUIRE_FALSE(changed.has_value());
+    CHECK(changed.error().code() == errc::invalid_argument);
+    CHECK_MESSAGE(
+        changed.error().message().find("made job-2 from another spec") != std::string::npos,
+        changed.error().message());
+    CHECK(jobs_of(f, f.alice) == 3);
+  }
+
+  TEST_CASE("a submit asked again while the first is being stored gets the first's job") {
+    auto st = stored_job();
+    st.held_keys.insert(job_record_key("job-2"));
+    job_fixture f(st);
+    f.await([](const job_status& s) { return !s.detail.empty(); }, 10);  // records read
+    auto first = f.self->request(f.supervisor, f.wait, submit_atom::value, f.alice, free_spec,
+                                 std::string("held-1"));
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));  // its record is held
+    auto again = f.self->request(f.supervisor, f.wait, submit_atom::value, f.alice, free_spec,
+                                 std::string("held-1"));
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    f.self->send(f.store, caf::put_atom::value, held_atom::value);  // it lands
+    std::string first_id, again_id;
+    first.receive([&](std::string& x) { first_id = x; },
+                  [&](caf::error& e) { FAIL(f.sys.render(e)); });
+    again.receive([&](std::string& x) { again_id = x; },
+                  [&](caf::error& e) { FAIL(f.sys.render(e)); });
+    CHECK(first_id == "job-2");
+    CHECK(again_id == "job-2");
+    CHECK(jobs_of(f, f.alice) == 2);
+  }
+
+  TEST_CASE("a core that restarted answers a submission id from the job's record") {
+    auto st = stored_job(2, free_spec);
+    auto record = decode_job_record(st.kept.at(job_record_key("job-1")));
+    REQUIRE(record.has_value());
+    record->second.submission = "before-restart";
+    st.kept[job_record_key("job-1")] = encode_job_record(free_spec, record->second);
+    job_fixture f(st);
+    auto id = submit(f, f.alice, free_spec, "before-restart");  // waits for the records
+    REQUIRE_MESSAGE(id.has_value(), id.error().message());
+    CHECK(*id == "job-1");
+    CHECK(jobs_of(f, f.alice) == 1);
+  }
+
+  TEST_CASE("a malformed submission id is refused and nothing is submitted") {
+    job_fixture f(stored_job());
+    f.await([](const job_status& s) { return !s.detail.empty(); }, 10);
+    for (const std::string& bad : {std::string(65, 'a'), std::string("a b"),
+                                   std::string("a\x1b[2J"), std::string("\xc3\xa9")}) {
+      auto id = submit(f, f.alice, free_spec, bad);
+      REQUIRE_FALSE(id.has_value());
+      CHECK(id.error().code() == errc::invalid_argument);
+      CHECK(id.error().message().find("submission id") != std::string::npos);
+    }
+    CHECK(jobs_of(f, f.alice) == 1);
+  }
+}
