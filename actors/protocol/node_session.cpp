@@ -292,7 +292,14 @@ void pump_chunks(session_actor* self) {
             [=](caf::error& e) mutable {
               if (!answered_by_core(self)) return;
               self->state.chunks_serving -= 1;
-              note_data_answer(self, ask, true);
+              // The data server's own word that it holds no such chunk comes at once and is
+              // no lapse of the core's: a node that asked for a granted shard of a job that
+              // had ended (its set removed) was then believed, for node_chunk_wait, that the
+              // core failed every assignment it gave back at once. An assignment out that
+              // needs the chunk notes the failure (note_not_served).
+              const bool absent =
+                  e.category() == error_category && static_cast<errc>(e.code()) == errc::io_error;
+              note_data_answer(self, ask, !absent);
               note_not_served(self, next.digest);
               next.promise.deliver(std::move(e));
               pump_chunks(self);

@@ -74,6 +74,33 @@ caf::behavior unserved_uplink(caf::event_based_actor* self, std::shared_ptr<caf:
   };
 }
 
+// A node's uplink that fails its first assignment at once, and each later one once it asked
+// its session (`*session`) for the first one's shard (granted to it, needed by no work out
+// now) and heard back, saying that the core did not serve it.
+caf::behavior stale_asking_uplink(caf::event_based_actor* self,
+                                  std::shared_ptr<caf::actor> session) {
+  self->set_default_handler(caf::drop);
+  auto first_shard = std::make_shared<std::string>();
+  return {
+      [=](assign_atom, uint32_t, assignment& a) -> caf::result<assignment_result> {
+        if (first_shard->empty()) {
+          *first_shard = a.shard;
+          return to_caf(error(errc::io_error, "out of memory"));
+        }
+        auto rp = self->make_response_promise();
+        auto fail = [rp]() mutable {
+          rp.deliver(
+              to_caf(error(errc::unavailable, "the core did not serve data chunk (timeout)")));
+        };
+        self->request(*session, std::chrono::seconds(10), chunk_atom::value, *first_shard)
+            .then([=](std::vector<uint8_t>&) mutable { fail(); },
+                  [=](caf::error&) mutable { fail(); });
+        return caf::delegated<assignment_result>();
+      },
+      [](abort_atom, uint64_t) {},
+  };
+}
+
 // A node's session in `s` over an unserved_uplink(ask, after) and a test_data_server(fails),
 // with `limits`; everything is stopped at the end of the scope.
 struct unserved_session {
@@ -404,6 +431,36 @@ TEST_SUITE("session claims") {
       const auto got = node.assign(1, shard);
       CHECK_MESSAGE(got.code() == errc::io_error, got.message());
     }
+  }
+
+  TEST_CASE("a node's word that the core did not serve it is its own after asking for old work") {
+    // The data server's answer that it holds no such chunk (a granted shard of a job that
+    // ended, its set removed) was taken for a lapse of the core's: for node_chunk_wait, the
+    // node was believed that the core failed every assignment it then gave back at once.
+    configured_system s;
+    auto handle = std::make_shared<caf::actor>();
+    auto sink = s.sys.spawn(sink_actor);
+    auto data_server = s.sys.spawn(test_data_server, true);  // holds no chunk
+    auto uplink = s.sys.spawn(stale_asking_uplink, handle);
+    auto spawned =
+        spawn_node_session(s.sys, {"n1", "node", "", 0, 1}, {}, uplink, sink, data_server);
+    *handle = caf::actor_cast<caf::actor>(spawned.session);
+    auto assign = [&](uint64_t id, const std::string& shard) {
+      assignment a;
+      a.id = id;
+      a.shard = shard;
+      error got;
+      s.self->request(spawned.workers.at(0), std::chrono::seconds(10), assign_atom::value, a)
+          .receive([](assignment_result&) { FAIL("answered with a result"); },
+                   [&](caf::error& e) { got = from_caf(e, &s.sys); });
+      return got;
+    };
+    assign(1, std::string(64, 'c'));
+    const auto got = assign(2, std::string(64, 'd'));
+    CHECK_MESSAGE(got.code() == errc::io_error, got.message());
+    for (const auto& x : {caf::actor_cast<caf::actor>(spawned.session), uplink, sink, data_server})
+      s.self->send_exit(x, caf::exit_reason::user_shutdown);
+    for (const auto& w : spawned.workers) s.self->send_exit(w, caf::exit_reason::user_shutdown);
   }
 
   TEST_CASE("a node's word that the core did not serve it stands while the core holds any ask") {
