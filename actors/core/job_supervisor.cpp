@@ -138,6 +138,10 @@ struct job_supervisor_state {
   /// The submits with a client's id (owner, id) being made, with the same submits asked
   /// again meanwhile: those are taken again once the first is made or refused.
   std::map<std::pair<std::string, std::string>, std::vector<waiting_submit>> submitting_ids;
+  /// The submission ids (owner, id) whose record's write failed and whose read-back failed
+  /// too: whether their job is stored is unknown until the records are read again (a
+  /// restart, a failover), so a repeat is refused rather than made a second job.
+  std::set<std::pair<std::string, std::string>> unknown_submissions;
   bool resuming = false;                      // the job records are being read
   std::set<std::string> awaiting_checkpoint;  // resumed jobs whose checkpoint read failed
   /// Jobs whose actor died and whose restart could not read what it waits for (the ledger
@@ -1163,6 +1167,12 @@ caf::result<std::string> take_submit(supervisor_actor* self, const std::string& 
   // that dropped): answered with the job the first made, or once it is made or refused. Made
   // again, the owner ran and paid for two jobs.
   if (!submission.empty()) {
+    if (self->state.unknown_submissions.count({owner, submission}) != 0)
+      return to_caf(error(errc::io_error,
+                          "submission id '" + submission +
+                              "': the store failed its job's record and the read that checks "
+                              "it, so whether the job was made is unknown until the core reads "
+                              "its records again (a restart); list the jobs (gflex status) then"));
     for (const auto& [id, entry] : self->state.jobs)
       if (entry.status.owner == owner && entry.status.submission == submission) {
         if (entry.spec_text != text)
@@ -1238,20 +1248,15 @@ caf::result<std::string> take_submit(supervisor_actor* self, const std::string& 
   if (user_set) self->state.submitting_on[*user_set] += 1;
   if (!submission.empty()) self->state.submitting_ids[{owner, submission}];
   // Called once on every way out of this submit, whatever its outcome.
+  // The same submits asked meanwhile (the same owner and submission id), out of the way.
+  auto repeats = [=] {
+    std::vector<job_supervisor_state::waiting_submit> out;
+    if (submission.empty()) return out;
+    auto node = self->state.submitting_ids.extract({owner, submission});
+    if (!node.empty()) out = std::move(node.mapped());
+    return out;
+  };
   auto submitted = [=] {
-    if (!submission.empty()) {
-      // The same submits asked meanwhile are taken again, behind this one's job (started on
-      // this turn) or its refusal: answered with the job, or tried anew.
-      auto node = self->state.submitting_ids.extract({owner, submission});
-      if (!node.empty())
-        for (auto& again : node.mapped()) {
-          auto answer = again.answer;
-          self->request(caf::actor_cast<caf::actor>(self), std::chrono::seconds(60),
-                        submit_atom::value, again.who, again.text, again.submission)
-              .then([answer](std::string& id) mutable { answer.deliver(std::move(id)); },
-                    [answer](caf::error& e) mutable { answer.deliver(std::move(e)); });
-        }
-    }
     auto& pending = self->state.submitting;
     if (auto it = pending.find(owner); it != pending.end() && --it->second <= 0) pending.erase(it);
     auto& memory = self->state.submitting_memory;
@@ -1260,6 +1265,13 @@ caf::result<std::string> take_submit(supervisor_actor* self, const std::string& 
     if (!user_set) return;
     auto& on = self->state.submitting_on;
     if (auto it = on.find(*user_set); it != on.end() && --it->second <= 0) on.erase(it);
+  };
+  // Refuses this submit, and the same submits asked meanwhile with the same: a repeat taken
+  // anew instead made a job its client may have given up on and submitted again itself.
+  auto refuse = [=](caf::error e) mutable {
+    submitted();
+    for (auto& again : repeats()) again.answer.deliver(e);
+    rp.deliver(std::move(e));
   };
   auto accept = [=](job_spec spec) mutable {
     auto& st = self->state;
@@ -1283,6 +1295,15 @@ caf::result<std::string> take_submit(supervisor_actor* self, const std::string& 
     batch.values.push_back(encode_job_record(text, status));
     auto recorded = [=]() mutable {
       submitted();
+      // The same submits asked meanwhile are taken again behind this turn, which starts the
+      // job: each is answered with it (or refused, its spec another).
+      for (auto& again : repeats()) {
+        auto answer = again.answer;
+        self->request(caf::actor_cast<caf::actor>(self), std::chrono::seconds(60),
+                      submit_atom::value, again.who, again.text, again.submission)
+            .then([answer](std::string& made) mutable { answer.deliver(std::move(made)); },
+                  [answer](caf::error& e) mutable { answer.deliver(std::move(e)); });
+      }
       spdlog::info("job {} ({}) submitted: {} rounds of {} workers", id, status.name, status.rounds,
                    spec.workers);
       start_job(self,
@@ -1295,9 +1316,10 @@ caf::result<std::string> take_submit(supervisor_actor* self, const std::string& 
     // submitted again.
     auto check = holds_value(job_record_key(id), std::chrono::minutes(5), batch.values[0]);
     commit_checked(self, st.links.store, st.links.record_wait, std::move(batch), std::move(check),
-                   recorded, [=](caf::error& e, caf::error&) mutable {
-                     submitted();
-                     rp.deliver(e);
+                   recorded, [=](caf::error& e, caf::error& read_error) mutable {
+                     if (read_error && !submission.empty())
+                       self->state.unknown_submissions.insert({owner, submission});
+                     refuse(e);
                    });
   };
   // A metered job's account must exist, and hold one round's escrow, before anything
@@ -1310,21 +1332,19 @@ caf::result<std::string> take_submit(supervisor_actor* self, const std::string& 
             [=](account_info& info) mutable {
               auto need = round_escrow(*spec);
               if (info.balance < need) {
-                submitted();
-                rp.deliver(to_caf(
-                    error(errc::invalid_argument, "job spec: market.account: " + info.id +
-                                                      " holds " + format_credits(info.balance) +
-                                                      " credits, less than one round's "
-                                                      "escrow (" +
-                                                      format_credits(need) + ")")));
+                refuse(to_caf(error(errc::invalid_argument, "job spec: market.account: " + info.id +
+                                                                " holds " +
+                                                                format_credits(info.balance) +
+                                                                " credits, less than one round's "
+                                                                "escrow (" +
+                                                                format_credits(need) + ")")));
                 return;
               }
               accept(*spec);
             },
             [=](caf::error& e) mutable {
-              submitted();
-              rp.deliver(to_caf(error(errc::invalid_argument,
-                                      "job spec: market.account: " + from_caf(e).message())));
+              refuse(to_caf(error(errc::invalid_argument,
+                                  "job spec: market.account: " + from_caf(e).message())));
             });
   };
   if (user_set) {
@@ -1348,15 +1368,13 @@ caf::result<std::string> take_submit(supervisor_actor* self, const std::string& 
       .then(
           [=](uint64_t shards) mutable {
             if (auto fits = check_workers_fit(spec->workers, shards); !fits) {
-              submitted();
-              rp.deliver(to_caf(fits.error()));
+              refuse(to_caf(fits.error()));
               return;
             }
             funded();
           },
           [=](caf::error& e) mutable {
-            submitted();
-            rp.deliver(
+            refuse(
                 to_caf(error(from_caf(e).code(), "job spec: data.set: " + from_caf(e).message())));
           });
   return rp;
@@ -1486,6 +1504,10 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links,
       },
       [=](submit_atom, const std::string& who, std::string text,
           std::string submission) -> caf::result<std::string> {
+        if (submission.empty())
+          return to_caf(
+              error(errc::invalid_argument,
+                    "a submission id is 1 to 64 of [A-Za-z0-9_-]; nothing was submitted"));
         return take_submit(self, who, std::move(text), std::move(submission));
       },
       [=](topup_atom, const std::string& who, const std::string& id,

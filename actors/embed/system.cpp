@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cctype>
 #include <cstdlib>
 #include <future>
 #include <map>
@@ -1022,6 +1023,16 @@ expected<std::string> client::submit(const std::string& spec_toml) {
 }
 
 expected<std::string> client::submit(const std::string& spec_toml, const std::string& submission) {
+  // Refused here as the core refuses it: an empty id would be no id, and a lost answer
+  // asked again without one makes a second job.
+  const bool well_formed =
+      !submission.empty() && submission.size() <= 64 &&
+      std::all_of(submission.begin(), submission.end(), [](char c) {
+        return std::isalnum(static_cast<unsigned char>(c)) != 0 || c == '-' || c == '_';
+      });
+  if (!well_formed)
+    return error(errc::invalid_argument,
+                 "a submission id is 1 to 64 of [A-Za-z0-9_-]; nothing was submitted");
   // Not answered is not refused: a busy core, or one that lost the link or its lead, may
   // have made the job all the same. Asked again with the same submission id, the core
   // answers with the job it made (or makes it once); made again, its owner paid for two.
@@ -1034,8 +1045,9 @@ expected<std::string> client::submit(const std::string& spec_toml, const std::st
       return error(errc::unavailable,
                    id.error().message() + " (asked " + std::to_string(attempt) +
                        " times with submission id " + submission +
-                       "); the job may have been made all the same: list the jobs (gflex "
-                       "status) before submitting it again");
+                       "); the job may have been made all the same: submit it again with "
+                       "that submission id (gflex submit --submission-id " +
+                       submission + "), which answers with the job if it was made");
     spdlog::warn("the submit was not answered ({}); asking again with the same submission id",
                  id.error().message());
     std::this_thread::sleep_for(std::chrono::seconds(2));

@@ -93,6 +93,9 @@ struct job_flags {
   std::string spec_file;
   std::string job_id;
   std::string json;
+  /// The submit's submission id (empty: a random one): given again, the core answers with
+  /// the job it made instead of making a second.
+  std::string submission_id;
   std::string out;
   bool wait = false;
   bool as_json = false;
@@ -122,7 +125,7 @@ int run_submit(const job_flags& f) {
         error(errc::io_error, f.json + ": cannot be written (--json); nothing was submitted"), 2);
   std::optional<client> c;
   if (int code = connect_core(f.link, c); code != 0) return code;
-  auto id = c->submit(*text);
+  auto id = f.submission_id.empty() ? c->submit(*text) : c->submit(*text, f.submission_id);
   if (!id) return fail_answer(id.error());
   std::printf("%s\n", id->c_str());
   std::fflush(stdout);
@@ -385,6 +388,9 @@ void add_job_commands(CLI::App& app, std::function<int()>& run) {
   core_flag(submit);
   submit->add_flag("--wait", f->wait, "follow the job with a progress bar until it ends");
   submit->add_option("--json", f->json, "write {\"job_id\"} (or, with --wait, the summary)");
+  submit->add_option("--submission-id", f->submission_id,
+                     "ID (1 to 64 of [A-Za-z0-9_-]) the core keeps with the job: submitted again "
+                     "with it, the job it made, never a second (default: a random one)");
   submit->callback(set(run_submit));
 
   auto* status = app.add_subcommand("status", "show jobs, or one job");

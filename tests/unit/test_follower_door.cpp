@@ -477,6 +477,16 @@ TEST_SUITE("follower_door") {
     REQUIRE(seen.has_value());
     REQUIRE(seen->size() == 3);
     CHECK(seen->back() == "trainer-run-12");
+    // An empty or malformed id is refused before anything is sent: empty, it was no id, and
+    // the answer lost, the submit asked again made a second job.
+    for (const std::string& bad : {std::string(), std::string("a b")}) {
+      auto refused = c->submit(shipped_spec(), bad);
+      REQUIRE_FALSE(refused.has_value());
+      CHECK(refused.error().code() == errc::invalid_argument);
+    }
+    seen = ask<std::vector<std::string>>(leading, caf::get_atom::value);
+    REQUIRE(seen.has_value());
+    CHECK(seen->size() == 3);
   }
 
   TEST_CASE_FIXTURE(door_fixture,

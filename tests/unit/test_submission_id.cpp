@@ -99,6 +99,56 @@ TEST_SUITE("submission id") {
     CHECK(jobs_of(f, f.alice) == 2);
   }
 
+  TEST_CASE("a submit refused while its repeat waited gives the repeat its refusal") {
+    // The repeat was taken anew instead: a job its client had given up on (and, told the job
+    // may have been made, had submitted again itself with another id) was made after all.
+    auto st = stored_job();
+    st.held_keys.insert(job_record_key("job-2"));
+    job_fixture f(st, {}, {}, std::chrono::milliseconds(500));
+    f.await([](const job_status& s) { return !s.detail.empty(); }, 10);  // records read
+    auto first = f.self->request(f.supervisor, f.wait, submit_atom::value, f.alice, free_spec,
+                                 std::string("refused-1"));
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    auto again = f.self->request(f.supervisor, f.wait, submit_atom::value, f.alice, free_spec,
+                                 std::string("refused-1"));
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    f.self->send(f.store, caf::put_atom::value, held_atom::value, false);  // the write fails
+    std::string first_why = "answered", again_why = "answered";
+    first.receive([](std::string& x) { FAIL("made " << x); },
+                  [&](caf::error& e) { first_why = f.sys.render(e); });
+    again.receive([](std::string& x) { FAIL("the repeat made " << x); },
+                  [&](caf::error& e) { again_why = f.sys.render(e); });
+    CHECK(first_why != "answered");
+    CHECK(again_why == first_why);  // the first's refusal
+    CHECK(jobs_of(f, f.alice) == 1);
+    // Known not stored (the read-back found nothing): asked again, the job is made.
+    auto made = submit(f, f.alice, free_spec, "refused-1");
+    CHECK_MESSAGE(made.has_value(), made.error().message());
+    CHECK(jobs_of(f, f.alice) == 2);
+  }
+
+  TEST_CASE("a submission whose record's outcome is unknown is not made again") {
+    // The write failed and so did the read that checks it: the record may be in the store,
+    // and a repeat with the same id made a second job beside it, both run after a restart.
+    auto st = stored_job();
+    st.unwritable.insert(job_record_key("job-2"));
+    st.unreadable.insert(job_record_key("job-2"));
+    job_fixture f(st, {}, {}, std::chrono::milliseconds(500));
+    f.await([](const job_status& s) { return !s.detail.empty(); }, 10);  // records read
+    auto first = submit(f, f.alice, free_spec, "unknown-1");
+    REQUIRE_FALSE(first.has_value());
+    auto again = submit(f, f.alice, free_spec, "unknown-1");
+    REQUIRE_FALSE(again.has_value());
+    CHECK(again.error().code() == errc::io_error);
+    CHECK_MESSAGE(
+        again.error().message().find("whether the job was made is unknown") != std::string::npos,
+        again.error().message());
+    CHECK(jobs_of(f, f.alice) == 1);
+    // Another submission is its own.
+    auto other = submit(f, f.alice, free_spec, "unknown-2");
+    CHECK_MESSAGE(other.has_value(), other.error().message());
+  }
+
   TEST_CASE("a core that restarted answers a submission id from the job's record") {
     auto st = stored_job(2, free_spec);
     auto record = decode_job_record(st.kept.at(job_record_key("job-1")));
@@ -115,7 +165,7 @@ TEST_SUITE("submission id") {
   TEST_CASE("a malformed submission id is refused and nothing is submitted") {
     job_fixture f(stored_job());
     f.await([](const job_status& s) { return !s.detail.empty(); }, 10);
-    for (const std::string& bad : {std::string(65, 'a'), std::string("a b"),
+    for (const std::string& bad : {std::string(), std::string(65, 'a'), std::string("a b"),
                                    std::string("a\x1b[2J"), std::string("\xc3\xa9")}) {
       auto id = submit(f, f.alice, free_spec, bad);
       REQUIRE_FALSE(id.has_value());
