@@ -19,6 +19,7 @@
 #include "gflex/kernels/model_spec.hpp"
 #include "gflex/kernels/workload.hpp"
 #include "gflex/runtime/checkpoint.hpp"
+#include "gflex/runtime/digest.hpp"
 #include "gflex/runtime/printable_text.hpp"
 #include "gflex/runtime/toml_nesting.hpp"
 #include "gflex/runtime/update_codec.hpp"
@@ -839,11 +840,16 @@ void load_data_sets(supervisor_actor* self) {
               self->request(store, std::chrono::seconds(300), read_atom::value, data_chunk_key(d))
                   .then(
                       [=](bool found, std::vector<uint8_t>& bytes) {
-                        if (found)
+                        // The store keeps a shard of a few MiB in LMDB, which checks nothing:
+                        // a byte flipped on disk still decoded, and was served to node after
+                        // node, each refusing it as failing verification and blamed for it.
+                        if (!found)
+                          load->unreadable[d] = "missing";
+                        else if (digest_hex(bytes) != d)
+                          load->unreadable[d] = "its bytes do not match its digest";
+                        else
                           load->chunks[d] =
                               std::make_shared<const std::vector<uint8_t>>(std::move(bytes));
-                        else
-                          load->unreadable[d] = "missing";
                         one_done();
                       },
                       [=](caf::error& e) {

@@ -161,6 +161,18 @@ TEST_SUITE("job resume") {
         s.detail);
   }
 
+  TEST_CASE("a shard whose stored bytes no longer match its digest is damaged, not served") {
+    // A byte flipped on disk (LMDB checks nothing) still decoded: the set loaded, and every
+    // node it was served to refused the shard and was blamed for it.
+    auto st = stored_job();
+    for (auto& [k, v] : st.kept)
+      if (k.starts_with(data_chunk_prefix) && v.size() > 0) v.back() ^= 0x01;
+    job_fixture f(st);
+    auto s = f.await([](const job_status& s) { return is_terminal(s.state); }, 10);
+    CHECK(s.state == job_state::failed);
+    CHECK_MESSAGE(s.detail.find("do not match its digest") != std::string::npos, s.detail);
+  }
+
   TEST_CASE("a job whose checkpoint cannot be read waits, and can be cancelled") {
     auto st = stored_job();
     st.unreadable.insert(job_checkpoint_key("job-1"));
