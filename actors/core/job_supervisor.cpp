@@ -155,6 +155,14 @@ struct job_supervisor_state {
   /// no data set and fail for good.
   bool data_sets_loaded = false;
   bool data_sets_listed = false;
+  /// Pushes of a first part held until `data_sets_listed` (a few at most; more are refused
+  /// as unavailable): a stored set is unknown until then.
+  struct held_push {
+    std::string who, name;
+    data_part part;
+    caf::typed_response_promise<data_set_info> answer;
+  };
+  std::vector<held_push> held_pushes;
   bool loading_data_sets = false;
   /// Sets removed while a load runs: its manifest scan may predate the removal, and its
   /// shard reads, answered after it, would register the removed set again.
@@ -626,6 +634,16 @@ void data_sets_loaded(supervisor_actor* self) {
   st.loading_data_sets = false;
   st.data_sets_listed = true;
   st.data_sets_loaded = st.unloaded_sets.empty();
+  // The pushes held meanwhile are taken now, in order, against the stored sets.
+  auto held = std::move(st.held_pushes);
+  st.held_pushes.clear();
+  for (auto& push : held) {
+    auto answer = push.answer;
+    self->request(caf::actor_cast<caf::actor>(self), std::chrono::seconds(120), dpush_atom::value,
+                  push.who, push.name, std::move(push.part))
+        .then([answer](data_set_info& info) mutable { answer.deliver(std::move(info)); },
+              [answer](caf::error& e) mutable { answer.deliver(std::move(e)); });
+  }
   st.data_sets_error.clear();
   if (!st.data_sets_loaded) {
     std::string names;
@@ -1609,7 +1627,19 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links,
         const data_set_id id{who, name};
         if (part.index == 0) {
           st.uploads.erase(id);
-          if (stored_set(st, id) != nullptr)
+          // Not yet read from the store as a core starts, a stored set was unknown here: a
+          // push replaced it under the job that waited for it, which then resumed on the new
+          // data, and the account's limits counted none of the stored sets.
+          if (!st.data_sets_listed) {
+            if (st.held_pushes.size() >= 8)
+              return to_caf(error(errc::unavailable,
+                                  "the core is still loading its data sets; nothing was stored: "
+                                  "push again shortly"));
+            auto rp = self->make_response_promise<data_set_info>();
+            st.held_pushes.push_back({who, name, std::move(part), rp});
+            return rp;
+          }
+          if (stored_set(st, id) != nullptr || st.unloaded_sets.count(id) != 0)
             if (auto busy = in_use(st, id, "replaced")) return to_caf(*busy);
           if (part.count == 0 || part.count > st.data_limits.max_parts)
             return to_caf(error(errc::invalid_argument,

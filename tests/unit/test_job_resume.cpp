@@ -173,6 +173,24 @@ TEST_SUITE("job resume") {
     CHECK_MESSAGE(s.detail.find("do not match its digest") != std::string::npos, s.detail);
   }
 
+  TEST_CASE("a push while the stored sets load waits for them: a set a job waits for stays") {
+    // Unknown until its shards were read, a stored set was replaced under the job that waited
+    // for it, which then resumed on the new data (and the account's limits counted nothing).
+    auto st = stored_job();
+    st.shard_read_delay = std::chrono::milliseconds(1500);
+    job_fixture f(st);
+    const auto train = encode_shard(samples(3), 0, 3);
+    const auto start = std::chrono::steady_clock::now();
+    const auto refused = refusal_of<data_set_info>(f, dpush_atom::value, f.alice, std::string("c"),
+                                                   data_part{0, 2, false, train});
+    // Answered once the sets were read (1.5 s), refused as the job trains on it.
+    CHECK(std::chrono::steady_clock::now() - start >= std::chrono::milliseconds(1000));
+    CHECK_MESSAGE(refused.message().find("replaced") != std::string::npos, refused.message());
+    auto s =
+        f.await([](const job_status& s) { return s.detail.find("waiting for workers") == 0; }, 10);
+    CHECK_MESSAGE(s.detail.find("waiting for workers") == 0, s.detail);
+  }
+
   TEST_CASE("a job whose checkpoint cannot be read waits, and can be cancelled") {
     auto st = stored_job();
     st.unreadable.insert(job_checkpoint_key("job-1"));
