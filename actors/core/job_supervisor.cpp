@@ -627,14 +627,17 @@ std::optional<std::string> data_set_wait(const job_supervisor_state& st, const s
   return std::nullopt;
 }
 
-// The stored data sets are in the catalog, all or all but `unloaded_sets`: the jobs are
-// resumed, or those that waited for a set now loaded.
-void data_sets_loaded(supervisor_actor* self) {
+// Whether a push or removal of a data set can be judged: the stored sets and the stored
+// jobs (which may train on them) are known.
+bool data_known(const job_supervisor_state& st) {
+  return st.data_sets_listed && st.resumed;
+}
+
+// The first parts of pushes held until the stored sets and jobs were known, taken now in
+// order (once both are).
+void take_held_pushes(supervisor_actor* self) {
   auto& st = self->state;
-  st.loading_data_sets = false;
-  st.data_sets_listed = true;
-  st.data_sets_loaded = st.unloaded_sets.empty();
-  // The pushes held meanwhile are taken now, in order, against the stored sets.
+  if (!data_known(st)) return;
   auto held = std::move(st.held_pushes);
   st.held_pushes.clear();
   for (auto& push : held) {
@@ -644,6 +647,25 @@ void data_sets_loaded(supervisor_actor* self) {
         .then([answer](data_set_info& info) mutable { answer.deliver(std::move(info)); },
               [answer](caf::error& e) mutable { answer.deliver(std::move(e)); });
   }
+}
+
+// Why a push or removal cannot be taken yet, as a passing loss: a client asks again.
+error data_not_known(const job_supervisor_state& st) {
+  return error(errc::unavailable,
+               std::string(detail::no_answer) + ": it is still " +
+                   (!st.data_sets_listed ? "loading its data sets" : "reading its job records") +
+                   (st.data_sets_error.empty() ? std::string() : " (" + st.data_sets_error + ")") +
+                   "; nothing was changed: try again shortly");
+}
+
+// The stored data sets are in the catalog, all or all but `unloaded_sets`: the jobs are
+// resumed, or those that waited for a set now loaded.
+void data_sets_loaded(supervisor_actor* self) {
+  auto& st = self->state;
+  st.loading_data_sets = false;
+  st.data_sets_listed = true;
+  st.data_sets_loaded = st.unloaded_sets.empty();
+  take_held_pushes(self);
   st.data_sets_error.clear();
   if (!st.data_sets_loaded) {
     std::string names;
@@ -676,6 +698,11 @@ void data_sets_not_loaded(supervisor_actor* self, const caf::error& e) {
   auto& st = self->state;
   st.loading_data_sets = false;
   st.data_sets_error = self->system().render(e);
+  // Held until the read is tried again (5 s, for as long as it fails), their clients gave up
+  // and the parts were taken long after: told now, they push again.
+  auto held = std::move(st.held_pushes);
+  st.held_pushes.clear();
+  for (auto& push : held) push.answer.deliver(to_caf(data_not_known(st)));
   spdlog::error("cannot load data sets (trying again in 5 s): {}", st.data_sets_error);
   for (const auto& id : st.awaiting_data)
     if (auto why = data_set_wait(st, st.jobs[id].status.owner, st.jobs[id].spec))
@@ -1043,11 +1070,18 @@ void jobs_resumed(supervisor_actor* self) {
   st.waiting_submits.clear();
   for (auto& waiter : waiting) {
     auto rp = waiter.answer;
-    self->request(caf::actor_cast<caf::actor>(self), std::chrono::seconds(60), submit_atom::value,
-                  waiter.who, waiter.text, waiter.submission)
-        .then([rp](std::string& id) mutable { rp.deliver(std::move(id)); },
-              [rp](caf::error& e) mutable { rp.deliver(std::move(e)); });
+    // A submit without an id (an older client's) is asked again without one: the form with
+    // one refuses an empty id.
+    auto again =
+        waiter.submission.empty()
+            ? self->request(caf::actor_cast<caf::actor>(self), std::chrono::seconds(60),
+                            submit_atom::value, waiter.who, waiter.text)
+            : self->request(caf::actor_cast<caf::actor>(self), std::chrono::seconds(60),
+                            submit_atom::value, waiter.who, waiter.text, waiter.submission);
+    std::move(again).then([rp](std::string& id) mutable { rp.deliver(std::move(id)); },
+                          [rp](caf::error& e) mutable { rp.deliver(std::move(e)); });
   }
+  take_held_pushes(self);
 }
 
 // Answers a fetch of part of job `id`'s model from `offset`: from the export kept, once it
@@ -1294,7 +1328,13 @@ caf::result<std::string> take_submit(supervisor_actor* self, const std::string& 
   // anew instead made a job its client may have given up on and submitted again itself.
   auto refuse = [=](caf::error e) mutable {
     submitted();
-    for (auto& again : repeats()) again.answer.deliver(e);
+    for (auto& again : repeats())
+      again.answer.deliver(
+          again.text == text
+              ? e
+              : to_caf(error(errc::invalid_argument, "submission id '" + submission +
+                                                         "' was given another spec; nothing was "
+                                                         "submitted")));
     rp.deliver(std::move(e));
   };
   auto accept = [=](job_spec spec) mutable {
@@ -1630,11 +1670,14 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links,
           // Not yet read from the store as a core starts, a stored set was unknown here: a
           // push replaced it under the job that waited for it, which then resumed on the new
           // data, and the account's limits counted none of the stored sets.
-          if (!st.data_sets_listed) {
-            if (st.held_pushes.size() >= 8)
-              return to_caf(error(errc::unavailable,
-                                  "the core is still loading its data sets; nothing was stored: "
-                                  "push again shortly"));
+          if (!data_known(st)) {
+            // Bounded: a few in all, one per account (its uploads are bounded by 2 anyway), of
+            // a shard's size at most; past that, the client is told to push again.
+            const auto theirs = std::count_if(st.held_pushes.begin(), st.held_pushes.end(),
+                                              [&](const auto& h) { return h.who == who; });
+            if (st.held_pushes.size() >= 8 || theirs >= 1 ||
+                part.shard.size() > st.data_limits.max_part_bytes)
+              return to_caf(data_not_known(st));
             auto rp = self->make_response_promise<data_set_info>();
             st.held_pushes.push_back({who, name, std::move(part), rp});
             return rp;
@@ -1794,6 +1837,9 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links,
       [=](drm_atom, const std::string& who, const std::string& name) -> caf::result<caf::ok_atom> {
         const data_set_id id{who, name};
         auto& st = self->state;
+        // The stored jobs unread, one training on the set was not seen (in_use), and the set
+        // it needs was deleted under it.
+        if (!data_known(st)) return to_caf(data_not_known(st));
         if (st.committing.count(id) != 0) return to_caf(being_stored(id));
         if (st.removing.count(id) != 0) return to_caf(being_removed(id));
         // An upload of that name in progress goes too (a push given up on, whose parts the

@@ -191,6 +191,30 @@ TEST_SUITE("job resume") {
     CHECK_MESSAGE(s.detail.find("waiting for workers") == 0, s.detail);
   }
 
+  TEST_CASE("a submit or push or removal before the job records are read waits for them") {
+    // A submit without a submission id (an older client's), held meanwhile, was asked again
+    // with an empty one and refused; a push was taken once the sets were read, before the
+    // jobs were, and replaced the set under the job that trains on it; a removal deleted it.
+    auto st = stored_job();
+    st.damaged.insert(job_record_key("job-1"));  // the scan fails until it is repaired
+    job_fixture f(st);
+    auto submit = f.self->request(f.supervisor, f.wait, submit_atom::value, f.alice, free_spec);
+    const auto train = encode_shard(samples(3), 0, 3);
+    auto push = f.self->request(f.supervisor, f.wait, dpush_atom::value, f.alice, std::string("c"),
+                                data_part{0, 2, false, train});
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));  // the sets are read
+    const auto removal = refusal_of<caf::ok_atom>(f, drm_atom::value, f.alice, std::string("c"));
+    CHECK_MESSAGE(detail::is_link_loss(removal), removal.message());
+    f.self->send(f.store, repair_atom::value, job_record_key("job-1"));
+    std::string id, why;
+    submit.receive([&](std::string& x) { id = x; }, [&](caf::error& e) { why = f.sys.render(e); });
+    CHECK_MESSAGE(id == "job-2", why);
+    push.receive([](data_set_info&) { FAIL("the set was replaced under job-1"); },
+                 [&](caf::error& e) { why = f.sys.render(e); });
+    CHECK_MESSAGE(why.find("cannot be replaced while jobs train on it (job-1") != std::string::npos,
+                  why);
+  }
+
   TEST_CASE("a job whose checkpoint cannot be read waits, and can be cancelled") {
     auto st = stored_job();
     st.unreadable.insert(job_checkpoint_key("job-1"));
