@@ -155,14 +155,6 @@ struct job_supervisor_state {
   /// no data set and fail for good.
   bool data_sets_loaded = false;
   bool data_sets_listed = false;
-  /// Pushes of a first part held until `data_sets_listed` (a few at most; more are refused
-  /// as unavailable): a stored set is unknown until then.
-  struct held_push {
-    std::string who, name;
-    data_part part;
-    caf::typed_response_promise<data_set_info> answer;
-  };
-  std::vector<held_push> held_pushes;
   bool loading_data_sets = false;
   /// Sets removed while a load runs: its manifest scan may predate the removal, and its
   /// shard reads, answered after it, would register the removed set again.
@@ -633,22 +625,6 @@ bool data_known(const job_supervisor_state& st) {
   return st.data_sets_listed && st.resumed;
 }
 
-// The first parts of pushes held until the stored sets and jobs were known, taken now in
-// order (once both are).
-void take_held_pushes(supervisor_actor* self) {
-  auto& st = self->state;
-  if (!data_known(st)) return;
-  auto held = std::move(st.held_pushes);
-  st.held_pushes.clear();
-  for (auto& push : held) {
-    auto answer = push.answer;
-    self->request(caf::actor_cast<caf::actor>(self), std::chrono::seconds(120), dpush_atom::value,
-                  push.who, push.name, std::move(push.part))
-        .then([answer](data_set_info& info) mutable { answer.deliver(std::move(info)); },
-              [answer](caf::error& e) mutable { answer.deliver(std::move(e)); });
-  }
-}
-
 // Why a push or removal cannot be taken yet, as a passing loss: a client asks again.
 error data_not_known(const job_supervisor_state& st) {
   return error(errc::unavailable,
@@ -665,7 +641,6 @@ void data_sets_loaded(supervisor_actor* self) {
   st.loading_data_sets = false;
   st.data_sets_listed = true;
   st.data_sets_loaded = st.unloaded_sets.empty();
-  take_held_pushes(self);
   st.data_sets_error.clear();
   if (!st.data_sets_loaded) {
     std::string names;
@@ -698,11 +673,6 @@ void data_sets_not_loaded(supervisor_actor* self, const caf::error& e) {
   auto& st = self->state;
   st.loading_data_sets = false;
   st.data_sets_error = self->system().render(e);
-  // Held until the read is tried again (5 s, for as long as it fails), their clients gave up
-  // and the parts were taken long after: told now, they push again.
-  auto held = std::move(st.held_pushes);
-  st.held_pushes.clear();
-  for (auto& push : held) push.answer.deliver(to_caf(data_not_known(st)));
   spdlog::error("cannot load data sets (trying again in 5 s): {}", st.data_sets_error);
   for (const auto& id : st.awaiting_data)
     if (auto why = data_set_wait(st, st.jobs[id].status.owner, st.jobs[id].spec))
@@ -1081,7 +1051,6 @@ void jobs_resumed(supervisor_actor* self) {
     std::move(again).then([rp](std::string& id) mutable { rp.deliver(std::move(id)); },
                           [rp](caf::error& e) mutable { rp.deliver(std::move(e)); });
   }
-  take_held_pushes(self);
 }
 
 // Answers a fetch of part of job `id`'s model from `offset`: from the export kept, once it
@@ -1282,7 +1251,8 @@ caf::result<std::string> take_submit(supervisor_actor* self, const std::string& 
     if (!self->state.data_sets_listed)
       return to_caf(error(
           errc::unavailable,
-          "job spec: data.set: the stored data sets are still loading" +
+          // A passing loss: the client asks again, with the same submission id.
+          std::string(detail::no_answer) + ": it is still loading its stored data sets" +
               (self->state.data_sets_error.empty() ? std::string()
                                                    : " (" + self->state.data_sets_error + ")") +
               ": try again shortly"));
@@ -1670,18 +1640,11 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links,
           // Not yet read from the store as a core starts, a stored set was unknown here: a
           // push replaced it under the job that waited for it, which then resumed on the new
           // data, and the account's limits counted none of the stored sets.
-          if (!data_known(st)) {
-            // Bounded: a few in all, one per account (its uploads are bounded by 2 anyway), of
-            // a shard's size at most; past that, the client is told to push again.
-            const auto theirs = std::count_if(st.held_pushes.begin(), st.held_pushes.end(),
-                                              [&](const auto& h) { return h.who == who; });
-            if (st.held_pushes.size() >= 8 || theirs >= 1 ||
-                part.shard.size() > st.data_limits.max_part_bytes)
-              return to_caf(data_not_known(st));
-            auto rp = self->make_response_promise<data_set_info>();
-            st.held_pushes.push_back({who, name, std::move(part), rp});
-            return rp;
-          }
+          // Not yet read from the store as a core starts, a stored set, or a stored job
+          // training on it, was unknown here: a push replaced the set under the job, which
+          // then resumed on the new data, and the account's limits counted none of its sets.
+          // Refused as a passing loss: the client asks again (client::push_data).
+          if (!data_known(st)) return to_caf(data_not_known(st));
           if (stored_set(st, id) != nullptr || st.unloaded_sets.count(id) != 0)
             if (auto busy = in_use(st, id, "replaced")) return to_caf(*busy);
           if (part.count == 0 || part.count > st.data_limits.max_parts)

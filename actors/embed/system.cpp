@@ -1092,8 +1092,18 @@ expected<data_set_info> client::push_data(const std::string& name, const dataset
     part.count = static_cast<uint32_t>(pieces->size());
     part.test = rows.test;
     part.shard = encode_shard(rows.test ? data.test : data.train, rows.begin, rows.end);
-    last = impl_->ask_session<data_set_info>(std::chrono::seconds(120), dpush_atom::value, name,
-                                             std::move(part));
+    // The first part starts the upload afresh, so it is asked again while the core says it
+    // cannot take it yet (a starting core reading its stored sets and jobs) or its answer is
+    // lost; a later part would meet an upload that may have taken it already.
+    const auto first_loss = std::chrono::steady_clock::now();
+    for (;;) {
+      last = impl_->ask_session<data_set_info>(std::chrono::seconds(120), dpush_atom::value, name,
+                                               part);
+      if (last || i != 0 || !detail::is_link_loss(last.error()) ||
+          std::chrono::steady_clock::now() - first_loss >= detail::link_loss_patience)
+        break;
+      std::this_thread::sleep_for(std::chrono::seconds(1));
+    }
     if (!last) return last.error();
   }
   return last;

@@ -24,6 +24,7 @@
 #include "job.hpp"
 #include "job_fixture.hpp"
 #include "job_supervisor.hpp"
+#include "link_loss.hpp"
 #include "messages.hpp"
 #include "user_data.hpp"
 
@@ -47,8 +48,24 @@ data_set_info set_of(const std::vector<uint8_t>& train, const std::vector<uint8_
   return up.finish().value();
 }
 
+// Waits (10 s at most) until `supervisor` knows its stored data sets and jobs: until then
+// it refuses pushes and removals as a passing loss, which a client asks again after.
+void wait_data_known(caf::scoped_actor& self, const caf::actor& supervisor) {
+  for (int tries = 0; tries < 100; ++tries) {
+    bool known = true;
+    self->request(supervisor, std::chrono::seconds(10), drm_atom::value, std::string("user/nobody"),
+                  std::string("none"))
+        .receive([](caf::ok_atom) {},
+                 [&](caf::error& e) { known = !detail::is_link_loss(from_caf(e)); });
+    if (known) return;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  FAIL("the job supervisor never came to know its stored data sets and jobs");
+}
+
 // Alice's set "c" of `train` and a test shard, pushed to the supervisor of `f`.
 void push_c(test::job_fixture& f, const std::vector<uint8_t>& train) {
+  wait_data_known(f.self, f.supervisor);
   const auto test = shard_of(test::samples(6));
   for (uint32_t i = 0; i < 2; ++i)
     f.self
@@ -78,6 +95,7 @@ struct store_fixture : test::configured_system {
     links.max_data_bytes_per_account = max_data_bytes;
     links.record_wait = record_wait;
     supervisor = spawn_job_supervisor(sys, links);
+    wait_data_known(self, supervisor);
   }
   ~store_fixture() {
     self->send_exit(supervisor, caf::exit_reason::user_shutdown);
@@ -423,6 +441,7 @@ TEST_SUITE("data set store") {
     // The catalog serves the set from before its commit: a job started then trained on data
     // the store might never hold, and failed (or trained on the set it replaced) once resumed.
     test::job_fixture f(test::failing_store_state{});
+    wait_data_known(f.self, f.supervisor);
     const auto train = shard_of(test::samples(12)), test = shard_of(test::samples(6));
     f.self->send(f.store, test::held_atom::value, data_set_key(f.alice, "c"));
     f.self
