@@ -101,6 +101,20 @@ caf::behavior stale_asking_uplink(caf::event_based_actor* self,
   };
 }
 
+// The error the job hears of an assignment `id` of shard `shard` to the first worker of
+// `spawned` (an answer fails the test).
+error assign_to(configured_system& s, const spawned_session& spawned, uint64_t id,
+                const std::string& shard) {
+  assignment a;
+  a.id = id;
+  a.shard = shard;
+  error got;
+  s.self->request(spawned.workers.at(0), std::chrono::seconds(10), assign_atom::value, a)
+      .receive([](assignment_result&) { FAIL("answered with a result"); },
+               [&](caf::error& e) { got = from_caf(e, &s.sys); });
+  return got;
+}
+
 // A node's session in `s` over an unserved_uplink(ask, after) and a test_data_server(fails),
 // with `limits`; everything is stopped at the end of the scope.
 struct unserved_session {
@@ -125,17 +139,7 @@ struct unserved_session {
     for (const auto& w : spawned.workers) s.self->send_exit(w, caf::exit_reason::user_shutdown);
   }
 
-  // The error the job hears of an assignment of shard `shard`.
-  error assign(uint64_t id, const std::string& shard) {
-    assignment a;
-    a.id = id;
-    a.shard = shard;
-    error got;
-    s.self->request(spawned.workers.at(0), std::chrono::seconds(10), assign_atom::value, a)
-        .receive([](assignment_result&) { FAIL("answered with a result"); },
-                 [&](caf::error& e) { got = from_caf(e, &s.sys); });
-    return got;
-  }
+  error assign(uint64_t id, const std::string& shard) { return assign_to(s, spawned, id, shard); }
 };
 
 // A data server that holds each ask for chunk `hung` unanswered, and serves any other at once.
@@ -445,18 +449,8 @@ TEST_SUITE("session claims") {
     auto spawned =
         spawn_node_session(s.sys, {"n1", "node", "", 0, 1}, {}, uplink, sink, data_server);
     *handle = caf::actor_cast<caf::actor>(spawned.session);
-    auto assign = [&](uint64_t id, const std::string& shard) {
-      assignment a;
-      a.id = id;
-      a.shard = shard;
-      error got;
-      s.self->request(spawned.workers.at(0), std::chrono::seconds(10), assign_atom::value, a)
-          .receive([](assignment_result&) { FAIL("answered with a result"); },
-                   [&](caf::error& e) { got = from_caf(e, &s.sys); });
-      return got;
-    };
-    assign(1, std::string(64, 'c'));
-    const auto got = assign(2, std::string(64, 'd'));
+    assign_to(s, spawned, 1, std::string(64, 'c'));
+    const auto got = assign_to(s, spawned, 2, std::string(64, 'd'));
     CHECK_MESSAGE(got.code() == errc::io_error, got.message());
     for (const auto& x : {caf::actor_cast<caf::actor>(spawned.session), uplink, sink, data_server})
       s.self->send_exit(x, caf::exit_reason::user_shutdown);
