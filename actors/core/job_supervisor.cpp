@@ -137,7 +137,8 @@ struct job_supervisor_state {
   };
   std::vector<waiting_submit> waiting_submits;  // answered once `resumed`
   /// The submits with a client's id (owner, id) being made, with the same submits asked
-  /// again meanwhile: those are taken again once the first is made or refused.
+  /// again meanwhile: once the first is made, those are taken again (and find its job); once
+  /// it is refused, they get its refusal.
   std::map<std::pair<std::string, std::string>, std::vector<waiting_submit>> submitting_ids;
   /// The submission ids (owner, id) whose record's write failed and whose read-back failed
   /// too: whether their job is stored is unknown until the records are read again (a
