@@ -4,7 +4,6 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <cctype>
 #include <chrono>
 #include <deque>
 #include <functional>
@@ -1158,13 +1157,7 @@ void fetch_model(supervisor_actor* self, const std::string& who, const std::stri
 caf::result<std::string> take_submit(supervisor_actor* self, const std::string& who,
                                      std::string text, std::string submission) {
   if (!submission.empty()) {
-    const bool well_formed =
-        submission.size() <= 64 && std::all_of(submission.begin(), submission.end(), [](char c) {
-          return std::isalnum(static_cast<unsigned char>(c)) != 0 || c == '-' || c == '_';
-        });
-    if (!well_formed)
-      return to_caf(error(errc::invalid_argument,
-                          "a submission id is 1 to 64 of [A-Za-z0-9_-]; nothing was submitted"));
+    if (auto ok = check_submission_id(submission); !ok) return to_caf(ok.error());
   }
   if (!self->state.resumed) {
     auto rp = self->make_response_promise<std::string>();
@@ -1539,10 +1532,7 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links,
       },
       [=](submit_atom, const std::string& who, std::string text,
           std::string submission) -> caf::result<std::string> {
-        if (submission.empty())
-          return to_caf(
-              error(errc::invalid_argument,
-                    "a submission id is 1 to 64 of [A-Za-z0-9_-]; nothing was submitted"));
+        if (auto ok = check_submission_id(submission); !ok) return to_caf(ok.error());
         return take_submit(self, who, std::move(text), std::move(submission));
       },
       [=](topup_atom, const std::string& who, const std::string& id,

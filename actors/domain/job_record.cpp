@@ -5,13 +5,13 @@
 #include <capnp/serialize.h>
 #include <kj/exception.h>
 
+#include <algorithm>
+#include <cctype>
 #include <cstring>
 #include <string_view>
 
 #include "gflex/schema/job.capnp.h"
 #include "job_record.hpp"
-
-#include <algorithm>
 
 namespace gflex {
 
@@ -167,6 +167,17 @@ void fill_from_spec(job_status& s, const job_spec& spec) {
   s.name = spec.name;
   s.workload = spec.workload;
   s.account = spec.account;
+}
+
+expected<void> check_submission_id(const std::string& id) {
+  const bool well_formed =
+      !id.empty() && id.size() <= 64 && std::all_of(id.begin(), id.end(), [](char c) {
+        return std::isalnum(static_cast<unsigned char>(c)) != 0 || c == '-' || c == '_';
+      });
+  if (!well_formed)
+    return error(errc::invalid_argument,
+                 "a submission id is 1 to 64 of [A-Za-z0-9_-]; nothing was submitted");
+  return {};
 }
 
 bool submitted_before(const std::string& a, const std::string& b) {

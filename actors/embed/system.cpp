@@ -12,7 +12,6 @@
 
 #include <algorithm>
 #include <atomic>
-#include <cctype>
 #include <cstdlib>
 #include <future>
 #include <map>
@@ -36,6 +35,7 @@
 #include "gflex/runtime/tcp_probe.hpp"
 #include "gflex/runtime/tls_credentials.hpp"
 #include "gflex/test_aids.hpp"
+#include "job_record.hpp"
 #include "leader_redirect.hpp"
 #include "link_loss.hpp"
 #include "link_security.hpp"
@@ -1025,14 +1025,7 @@ expected<std::string> client::submit(const std::string& spec_toml) {
 expected<std::string> client::submit(const std::string& spec_toml, const std::string& submission) {
   // Refused here as the core refuses it: an empty id would be no id, and a lost answer
   // asked again without one makes a second job.
-  const bool well_formed =
-      !submission.empty() && submission.size() <= 64 &&
-      std::all_of(submission.begin(), submission.end(), [](char c) {
-        return std::isalnum(static_cast<unsigned char>(c)) != 0 || c == '-' || c == '_';
-      });
-  if (!well_formed)
-    return error(errc::invalid_argument,
-                 "a submission id is 1 to 64 of [A-Za-z0-9_-]; nothing was submitted");
+  if (auto ok = check_submission_id(submission); !ok) return ok.error();
   // Not answered is not refused: a busy core, or one that lost the link or its lead, may
   // have made the job all the same. Asked again with the same submission id, the core
   // answers with the job it made (or makes it once); made again, its owner paid for two.
