@@ -1799,7 +1799,8 @@ void on_result(job_actor* self, uint64_t id, assignment_result& r) {
     st.copies[shard] -= 1;
     other = st.pending.erase(other);
   }
-  self->send(st.links.market, release_atom::value, slot.worker);
+  // Answered: the market ends the node's run of failures (a plain release would not).
+  self->send(st.links.market, release_atom::value, slot.worker, false);
   st.job.status.bytes_received += r.update.size();
   core_metrics::assignments("accepted").inc();  // its bytes counted by the session they came by
   spdlog::debug(

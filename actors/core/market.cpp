@@ -195,20 +195,28 @@ struct market_state {
   }
 };
 
+/// Why a holder lets a slot go (release_atom): its node answered the work, the work failed
+/// there (through the node's fault or through the job's), or neither (the work was cancelled:
+/// a losing copy, a closed round, an ended job; an acquire's slot not needed).
+enum class release_reason : uint8_t { no_word, answered, failed_not_at_fault, failed_at_fault };
+
 // A slot its holder lets go (release_atom): free again, after a failure counted against its
 // node (a cooldown for the slot and the node) only where the node is at fault. A failure the
 // job's own settings caused says nothing of the node: counted, one user's job could keep every
 // node it touched out of all jobs' reach for a minute at a time. Neither is it cleared then:
-// the releasing job leaves the node out of its own acquires (job.cpp, leave_out).
-void release(caf::stateful_actor<market_state>* self, const caf::actor& worker, bool failed,
-             bool node_at_fault) {
+// the releasing job leaves the node out of its own acquires (job.cpp, leave_out). Only an
+// answer ends a run of failures: work cancelled says nothing of the node, and cleared the run
+// at each losing copy or closed round, so that a node failing every assignment it finished
+// cooled down for half a second each time, never longer.
+void release(caf::stateful_actor<market_state>* self, const caf::actor& worker,
+             release_reason why) {
   auto& st = self->state;
   st.drop_claim(self, worker);
   auto* e = st.held_by_sender(self, worker);
   if (e == nullptr) return;
   e->busy = false;
   e->holder = nullptr;
-  if (failed && node_at_fault) {
+  if (why == release_reason::failed_at_fault) {
     e->failures += 1;
     e->cooldown_until = clock_type::now() + cooldown(e->failures);
     auto& node = st.nodes[e->node];
@@ -216,7 +224,7 @@ void release(caf::stateful_actor<market_state>* self, const caf::actor& worker, 
     node.cooldown_until = clock_type::now() + cooldown(node.failures);
     return;
   }
-  if (!failed) {
+  if (why == release_reason::answered) {
     e->failures = 0;
     st.nodes[e->node].failures = 0;
   }
@@ -458,12 +466,19 @@ caf::behavior market_actor(caf::stateful_actor<market_state>* self, double newco
       // Only its holder frees a slot: after a restart of this actor the registry offers every
       // slot again as free, and a job's release of work it handed out before would free a
       // slot another job has acquired since.
-      [=](release_atom, const caf::actor& worker) { release(self, worker, false, false); },
+      // The work was cancelled, or never sent: nothing is said of the node.
+      [=](release_atom, const caf::actor& worker) {
+        release(self, worker, release_reason::no_word);
+      },
+      // Its node answered (`failed` false), or failed it through its own fault.
       [=](release_atom, const caf::actor& worker, bool failed) {
-        release(self, worker, failed, true);
+        release(self, worker, failed ? release_reason::failed_at_fault : release_reason::answered);
       },
       [=](release_atom, const caf::actor& worker, bool failed, bool node_at_fault) {
-        release(self, worker, failed, node_at_fault);
+        release(self, worker,
+                !failed         ? release_reason::answered
+                : node_at_fault ? release_reason::failed_at_fault
+                                : release_reason::failed_not_at_fault);
       },
       [=](nodes_atom) -> caf::result<int64_t, int64_t> {
         int64_t free = 0;

@@ -39,8 +39,10 @@
 ///   fewer than it wanted, within 2 s), the slot is held for the first such job whose bid it
 ///   fits for 500 ms: the releasing job, asking again at once, no longer takes it back ahead
 ///   of jobs that wait. Waiting jobs take such turns in order.
-/// - (release_atom, worker, failed): the same after a failed assignment; a slot that keeps
-///   failing is left out for a while (0.5 s, doubling per failure in a row up to a minute).
+///   Its work was cancelled, or never sent: nothing is said of the node.
+/// - (release_atom, worker, failed): the same after its node answered the work (`failed`
+///   false) or failed it; a node that keeps failing is left out for a while (0.5 s, doubling
+///   per failure in a row up to a minute). Only an answer ends the row.
 /// - (release_atom, worker, failed, node_at_fault): with node_at_fault false, a failure the
 ///   job's own settings caused (its model out of the node's memory, past its deadline,
 ///   diverged): the slot is free again for every other job (held for a waiting one first),

@@ -100,7 +100,7 @@ void run(verifier_actor* self, pending_check check, const worker_slot& slot) {
             auto done = std::move(it->second);
             st.running.erase(it);
             self->demonitor(done.slot.worker);
-            self->send(st.market, release_atom::value, done.slot.worker);
+            self->send(st.market, release_atom::value, done.slot.worker, false);  // answered
             const auto& claimed = done.check.request.claimed;
             // Nothing claimed: the job asks only whether the core tier computes the work
             // (community nodes said it diverges).

@@ -298,9 +298,33 @@ TEST_SUITE("market actor") {
     std::this_thread::sleep_for(std::chrono::milliseconds(600));  // the first cooldown
     auto again = acquire(job);
     REQUIRE(again.slots.size() == 1);
-    job->send(market, release_atom::value, again.slots[0].worker);  // it worked
+    job->send(market, release_atom::value, again.slots[0].worker, false);  // it worked
     CHECK(acquire(job).slots.size() == 1);
     s.self->send_exit(w3, caf::exit_reason::user_shutdown);
+  }
+
+  TEST_CASE_FIXTURE(market_fixture, "work cancelled on a failing node does not end its run") {
+    // A losing copy or a closed round let go with no word of the node cleared its run of
+    // failures: a node failing every assignment it finished cooled down 0.5 s each time.
+    offer_node("n1", {w1, w2});
+    caf::scoped_actor job{s.sys};
+    // Three failures, each after a cancelled assignment: cooled down 0.5, 1 and 2 s.
+    for (auto wait_ms : {600, 1100}) {
+      auto failing = acquire(job);
+      REQUIRE(failing.slots.size() == 1);
+      job->send(market, release_atom::value, failing.slots[0].worker, true);
+      std::this_thread::sleep_for(std::chrono::milliseconds(wait_ms));
+      auto cancelled = acquire(job);
+      REQUIRE(cancelled.slots.size() == 1);
+      job->send(market, release_atom::value, cancelled.slots[0].worker);  // a losing copy
+    }
+    auto third = acquire(job);
+    REQUIRE(third.slots.size() == 1);
+    job->send(market, release_atom::value, third.slots[0].worker, true);
+    std::this_thread::sleep_for(std::chrono::milliseconds(1000));
+    CHECK(acquire(job).slots.empty());  // its third failure in a row: 2 s (not 0.5 s)
+    std::this_thread::sleep_for(std::chrono::milliseconds(1200));
+    CHECK(acquire(job).slots.size() == 1);
   }
 
   TEST_CASE_FIXTURE(market_fixture,
