@@ -108,16 +108,30 @@ match_result match_slots(std::span<const slot_offer> offers, const slot_bid& bid
   // took a whole round's band: its results then made the median the round's screening judges
   // every other result by, and the round's reported loss.
   std::vector<size_t> turn(offers.size(), 0);
+  // Within a band of equal cost, how much a slot's node does per second decides no more: but
+  // offers of price 0 all cost 0 per unit of work, so by cost alone a slow node (or one with
+  // many slow workers) took as much of a free job's work as one ten times as fast, and every
+  // round waited for it. Free offers are banded by throughput instead: within the band of
+  // the fastest free one left.
+  auto cheaper = [&](size_t a, size_t b) {
+    const double ca = unit_cost(offers[a]), cb = unit_cost(offers[b]);
+    if (ca != cb) return ca < cb;
+    return offers[a].throughput > offers[b].throughput;
+  };
+  auto in_band_of = [&](size_t first, size_t i) {
+    const double cost = unit_cost(offers[first]);
+    if (cost > 0.0) return unit_cost(offers[i]) <= cost * (1.0 + bid.equal_cost_band);
+    return unit_cost(offers[i]) == 0.0 &&
+           offers[i].throughput * (1.0 + bid.equal_cost_band) >= offers[first].throughput;
+  };
   auto take = [&](std::vector<size_t>& pool, size_t count) {
-    std::sort(pool.begin(), pool.end(),
-              [&](size_t a, size_t b) { return unit_cost(offers[a]) < unit_cost(offers[b]); });
+    std::sort(pool.begin(), pool.end(), cheaper);
     chosen_of.clear();  // those explored, or taken as newcomers, count too
     for (size_t i : out.chosen) chosen_of[offers[i].node_id] += 1;
     size_t begin = 0;
     while (count > 0 && begin < pool.size()) {
-      const double limit = unit_cost(offers[pool[begin]]) * (1.0 + bid.equal_cost_band);
       size_t end = begin;
-      while (end < pool.size() && unit_cost(offers[pool[end]]) <= limit) ++end;
+      while (end < pool.size() && in_band_of(pool[begin], pool[end])) ++end;
       const auto first = pool.begin() + static_cast<std::ptrdiff_t>(begin);
       const auto last = pool.begin() + static_cast<std::ptrdiff_t>(end);
       std::sort(first, last, fairer);

@@ -6,7 +6,8 @@
 /// taken cheapest first by cost per unit of work, price over calibrated throughput; hybrid
 /// jobs take community slots first and core-tier slots for the rest. Offers whose costs are
 /// within `equal_cost_band` of the cheapest left count as equal (calibrated throughputs of
-/// identical machines differ by measurement noise), and among equal offers the node that has
+/// identical machines differ by measurement noise); offers of price 0, which all cost 0, count
+/// as equal within that band of the fastest free one left. Among equal offers the node that has
 /// been given the least work goes first, so every eligible node gets its turn. A number of
 /// slots can be reserved for newcomers (nodes with little history), so that they earn and
 /// get tested. A bid may also give a slot to a node on its claim alone where the market

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <map>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -365,6 +366,29 @@ TEST_SUITE("matcher") {
     offers[2].throughput = 2000.0;
     auto r = match_slots(offers, {}, 3);
     CHECK(r.chosen.front() == 2);
+  }
+
+  TEST_CASE("free offers go to the fastest nodes first: a free job waits for no slow one") {
+    // Every offer of price 0 costs 0 per unit of work: the least served node went first
+    // whatever its speed, so a node ten times slower (or one of many slow workers) took as
+    // much of a free job's work as the fast ones, and each round waited for it.
+    std::vector<slot_offer> offers{offer(0, 0.0, 100), offer(0, 0.0, 1000), offer(0, 0.0, 1100),
+                                   offer(0, 0.0, 120), offer(0, 1.0, 5000)};
+    const std::vector<std::string> ids{"slow", "fast", "faster", "slow2", "priced"};
+    for (size_t i = 0; i < offers.size(); ++i) {
+      offers[i].node_id = ids[i];
+      offers[i].served = i == 0 || i == 3 ? 0 : 50;  // the slow ones served least
+    }
+    auto r = match_slots(offers, {}, 2);
+    CHECK(std::set<size_t>(r.chosen.begin(), r.chosen.end()) == std::set<size_t>{1, 2});
+    // Past the fast band, the slow free ones, then what costs credits.
+    r = match_slots(offers, {}, 6);
+    CHECK(r.chosen.size() == 5);
+    CHECK(std::set<size_t>(r.chosen.begin() + 2, r.chosen.begin() + 4) == std::set<size_t>{0, 3});
+    CHECK(r.chosen[4] == 4);
+    // Within the band of the fastest (1,000 and 1,100 are equal), the least served first.
+    offers[2].served = 60;
+    CHECK(match_slots(offers, {}, 1).chosen == std::vector<size_t>{1});
   }
 
   TEST_CASE("a reserved share goes to newcomers first") {
