@@ -31,6 +31,8 @@ struct slot_entry {
   // Freed while a job waited for a slot: held for that job a moment (market_state::waiting).
   caf::actor_addr reserved_for;
   clock_type::time_point reserved_until{};
+  // While out on its node's claim alone (slot_bid::explore): the workload it went for.
+  std::string explored_for;
 };
 
 /// A job whose last acquire got fewer slots than it wanted, with its bid: a slot another job
@@ -82,6 +84,12 @@ struct node_facts {
   // handed it their work.
   int failures = 0;
   clock_type::time_point cooldown_until{};
+  // Workloads whose slot on its claim alone it failed (it ran out of memory, its work passed
+  // the deadline, it broke), and when: it is not explored on them again for remeasure_after.
+  // Its answer was all that would measure it, so it stayed on its claim, the cheapest, and
+  // took every job's one exploratory slot for its workload: a node that says "out of memory"
+  // to each kept every other new node from being measured, for good.
+  std::map<std::string, clock_type::time_point> exploration_failed;
 };
 
 struct market_state {
@@ -216,6 +224,16 @@ void release(caf::stateful_actor<market_state>* self, const caf::actor& worker,
   if (e == nullptr) return;
   e->busy = false;
   e->holder = nullptr;
+  if (!e->explored_for.empty() && why != release_reason::answered &&
+      why != release_reason::no_word) {
+    auto& failed = st.nodes[e->node].exploration_failed;
+    if (failed.size() >= max_measured_workloads && !failed.count(e->explored_for))
+      failed.erase(std::min_element(failed.begin(), failed.end(), [](const auto& a, const auto& b) {
+        return a.second < b.second;
+      }));
+    failed[e->explored_for] = clock_type::now();
+  }
+  e->explored_for.clear();
   if (why == release_reason::failed_at_fault) {
     e->failures += 1;
     e->cooldown_until = clock_type::now() + cooldown(e->failures);
@@ -366,7 +384,11 @@ caf::behavior market_actor(caf::stateful_actor<market_state>* self, double newco
                                        !e.busy && now >= e.cooldown_until &&
                                            now >= st.nodes[e.node].cooldown_until &&
                                            !held_for_another));
-          if (!speed.measured) offers.back().claimed = speed.claimed;
+          // Not explored again on a workload whose exploratory slot it failed, for a while.
+          const auto& failed = st.nodes[e.node].exploration_failed;
+          const auto f = failed.find(workload);
+          const bool failed_lately = f != failed.end() && now - f->second < st.remeasure_after;
+          if (!speed.measured && !failed_lately) offers.back().claimed = speed.claimed;
         }
         slot_bid bid;
         bid.policy = static_cast<trust_tier>(std::min<uint8_t>(policy, 2));
@@ -409,8 +431,10 @@ caf::behavior market_actor(caf::stateful_actor<market_state>* self, double newco
           e.busy = true;
           e.holder = holder;
           e.reserved_for = caf::actor_addr{};
+          e.explored_for.clear();
           out.slots.push_back(e.slot);
         }
+        if (m.explored > 0) st.slots[m.chosen.front()].explored_for = workload;
         // A job that got fewer than it wanted waits (keeping its turn); one served leaves.
         auto me = std::find_if(st.waiting.begin(), st.waiting.end(),
                                [&](const waiter& w) { return w.job == asker; });

@@ -22,7 +22,9 @@
 ///   in `avoided` (nodes the job's work ran out of memory on) is taken. One slot per workload
 ///   at a time, while its holder has it, goes on its node's claim alone where that node has
 ///   not been measured on the workload and its claim, if true, makes it the cheapest
-///   (slot_bid::explore): its answer measures it. The reply counts the slots left out (busy,
+///   (slot_bid::explore): its answer measures it. A node that failed such a slot (out of its
+///   memory, past the deadline, broken) is not explored on that workload again for
+///   `remeasure_after`. The reply counts the slots left out (busy,
 ///   wrong tier, too expensive, low reputation, avoided).
 /// - (score_atom, node_name, score) from the reputation tracker: a node's current score.
 /// - (rate_atom, node_name, workload, samples/s) from a session, through the registry: the

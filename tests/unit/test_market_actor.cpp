@@ -468,4 +468,42 @@ TEST_SUITE("market actor") {
     for (const auto& w : cpus) s.self->send_exit(w, caf::exit_reason::user_shutdown);
     for (const auto& w : gpus) s.self->send_exit(w, caf::exit_reason::user_shutdown);
   }
+
+  TEST_CASE_FIXTURE(market_fixture,
+                    "a node that fails its slot on a claim is not explored again on that work") {
+    // A node claiming the most that answered its exploratory slot "out of memory" (a failure
+    // the job takes on itself) stayed unmeasured, the cheapest on its claim, and took every
+    // job's exploratory slot for the workload: no other new node was ever measured on it.
+    std::vector<caf::actor> workers;
+    auto offer_priced = [&](const std::string& node_id, double credits, double throughput) {
+      workers.push_back(s.sys.spawn(idle_worker));
+      worker_slot slot;
+      slot.worker = workers.back();
+      slot.node_name = "name-" + node_id;
+      slot.price = static_cast<int64_t>(credits * 1e6);
+      slot.throughput = throughput;
+      s.self->send(market, offer_atom::value, node_id, std::vector<worker_slot>{slot});
+    };
+    for (int i = 0; i < 3; ++i) {
+      const auto id = "c" + std::to_string(i);
+      offer_priced(id, 1.0, 1000.0);
+      s.self->send(market, rate_atom::value, "name-" + id, std::string("w"), 1000.0);
+    }
+    offer_priced("liar", 3.0, 90000.0);
+    offer_priced("gpu", 3.0, 30000.0);
+    caf::scoped_actor first{s.sys}, second{s.sys};
+    auto a = acquire(first, 1);
+    REQUIRE(a.slots.size() == 1);
+    CHECK(a.slots[0].node_name == "name-liar");  // its claim is the cheapest
+    first->send(market, release_atom::value, a.slots[0].worker, true, false);  // "out of memory"
+    auto b = acquire(second, 1);
+    REQUIRE(b.slots.size() == 1);
+    CHECK(b.slots[0].node_name == "name-gpu");
+    // A cancelled slot on a claim says nothing: the node is explored again.
+    second->send(market, release_atom::value, b.slots[0].worker);
+    auto c = acquire(first, 1);
+    REQUIRE(c.slots.size() == 1);
+    CHECK(c.slots[0].node_name == "name-gpu");
+    for (const auto& w : workers) s.self->send_exit(w, caf::exit_reason::user_shutdown);
+  }
 }
