@@ -11,6 +11,7 @@
 #include <caf/all.hpp>
 #include <caf/io/middleman.hpp>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -160,6 +161,52 @@ caf::behavior losing_submit_door(caf::stateful_actor<losing_submit_state>* self,
       },
       [=](caf::get_atom) { return self->state.submissions; },
   };
+}
+
+// A leader still loading its data sets: a push's first part is answered as a passing loss
+// (as a starting core's job supervisor answers it) its first two times, then taken; with
+// `lose_second`, the second part's answer is lost. (get_atom) lists the parts it saw.
+struct losing_push_state {
+  client_sessions sessions;
+  std::vector<uint32_t> parts;
+};
+
+caf::behavior losing_push_door(caf::stateful_actor<losing_push_state>* self, caf::actor gate,
+                               bool lose_second) {
+  self->set_down_handler(
+      [=](const caf::down_msg& down) { self->state.sessions.forget(down.source); });
+  return {
+      [=](auth_atom, std::string& key, caf::actor& link) {
+        return open_client_session(self, gate, std::move(key), std::move(link));
+      },
+      [=](dpush_atom, const std::string&, const std::string& name,
+          const data_part& part) -> caf::result<data_set_info> {
+        auto& parts = self->state.parts;
+        parts.push_back(part.index);
+        if (part.index == 0 && std::count(parts.begin(), parts.end(), 0u) <= 2)
+          return to_caf(error(errc::unavailable,
+                              std::string(detail::no_answer) +
+                                  ": it is still loading its data sets; nothing was changed"));
+        if (part.index == 1 && lose_second)
+          return to_caf(error(errc::unavailable, std::string(detail::no_answer) + " within 120 s"));
+        data_set_info info;
+        info.name = name;
+        info.parts_received = part.index + 1;
+        return info;
+      },
+      [=](caf::get_atom) { return self->state.parts; },
+  };
+}
+
+// Two classes of four features: rows enough for the parts a push is cut into.
+dataset two_class_rows(int64_t n) {
+  dataset d;
+  d.classes = 2;
+  d.features = tensor::empty({n, 4}, dtype::f32);
+  d.labels = tensor::empty({n}, dtype::i32);
+  for (int64_t i = 0; i < n * 4; ++i) d.features.data<float>()[i] = static_cast<float>(i % 7);
+  for (int64_t i = 0; i < n; ++i) d.labels.data<int32_t>()[i] = static_cast<int32_t>(i % 2);
+  return d;
 }
 
 struct door_fixture : test::configured_system {
@@ -487,6 +534,35 @@ TEST_SUITE("follower_door") {
     seen = ask<std::vector<std::string>>(leading, caf::get_atom::value);
     REQUIRE(seen.has_value());
     CHECK(seen->size() == 3);
+  }
+
+  TEST_CASE_FIXTURE(door_fixture,
+                    "a push's first part is asked again while the core cannot take it yet") {
+    // A starting core answers a push's first part as a passing loss until it has read its
+    // stored sets and jobs: `gflex data push` (and a pipeline's upload) rides that out. A
+    // later part is never sent twice: the upload may have taken it already.
+    for (const bool lose_second : {false, true}) {
+      CAPTURE(lose_second);
+      auto gate_of_leader = own(sys.spawn(any_key_gate));
+      auto leading = own(sys.spawn(losing_push_door, gate_of_leader, lose_second));
+      auto port = sys.middleman().publish(leading, 0, "127.0.0.1");
+      REQUIRE(port);
+      auto c = operator_client(*port);
+      REQUIRE(c.has_value());
+      const dataset_splits data{two_class_rows(40), two_class_rows(8)};
+      auto pushed = c->push_data("rows", data, 2);
+      auto seen = ask<std::vector<uint32_t>>(leading, caf::get_atom::value);
+      REQUIRE(seen.has_value());
+      if (!lose_second) {
+        CHECK_MESSAGE(pushed.has_value(), pushed.error().message());
+        // Part 0 three times (two passing losses), then each other part once.
+        CHECK(*seen == std::vector<uint32_t>{0, 0, 0, 1, 2});
+      } else {
+        REQUIRE_FALSE(pushed.has_value());
+        CHECK(detail::is_link_loss(pushed.error()));
+        CHECK(*seen == std::vector<uint32_t>{0, 0, 0, 1});
+      }
+    }
   }
 
   TEST_CASE_FIXTURE(door_fixture,
