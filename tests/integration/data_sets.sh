@@ -244,6 +244,21 @@ grep -q "| not yet evaluated |" "$WORK/stopped.err" ||
 "${ALICE[@]}" "$G" status "$stopped" --core "$core" >"$WORK/stopped.status" || fail "status $stopped"
 grep -Eq "^$stopped stopped: cancelled, round [0-9]+/1000, not yet evaluated, loss" "$WORK/stopped.status" ||
   fail "status of a job never evaluated: $(cat "$WORK/stopped.status")"
+# A submit asked again with its submission id (as after a lost answer) is answered with the
+# job the first one made, never a second job; the same id with another spec is refused.
+first=$("${ALICE[@]}" "$G" submit "$WORK/stopped.toml" --core "$core" --submission-id run-42) ||
+  fail "submit with --submission-id"
+again=$("${ALICE[@]}" "$G" submit "$WORK/stopped.toml" --core "$core" --submission-id run-42) ||
+  fail "submit again with --submission-id"
+[ "$first" = "$again" ] || fail "the same submission id made $first, then $again"
+"${ALICE[@]}" "$G" cancel "$first" --core "$core" >/dev/null || fail "cancel $first"
+sed 's/^rounds = 1000$/rounds = 999/' "$WORK/stopped.toml" >"$WORK/stopped-999.toml"
+expect_error "the same submission id with another spec" \
+  "submission id 'run-42' made $first from another spec; nothing was submitted" \
+  "${ALICE[@]}" "$G" submit "$WORK/stopped-999.toml" --core "$core" --submission-id run-42
+expect_error "a malformed submission id" "submission id" \
+  "${ALICE[@]}" "$G" submit "$WORK/stopped.toml" --core "$core" --submission-id "a b"
+echo "ok: a submission id asked again gives its first job ($first); another spec is refused"
 timeout -s KILL 240 "${ALICE[@]}" "$G" submit "$spec" --core "$core" --wait --json "$WORK/job.json" \
   >"$WORK/job.out" 2>"$WORK/job.err" || fail "job on the pushed set: $(tail -3 "$WORK/job.err")"
 acc=$(json_get "$WORK/job.json" "j['test_accuracy']")
