@@ -171,6 +171,9 @@ void max_pool_row(const float* __restrict top, const float* __restrict bottom, i
 /// convolved directly: a patch matrix 9 columns wide makes a GEMM whose reduction is too
 /// short to pay for writing the matrix.
 constexpr int64_t k_direct_patch = 32;
+/// Parts a direct filter gradient's batch is summed in (conv2d_backward_filter): a constant,
+/// so that its bits do not depend on the thread count.
+constexpr int64_t k_filter_parts = 16;
 
 /// Gathers the patch of output pixel (oh, ow) of one sample, in filter order (r, s, c), zeros
 /// for padding.
@@ -422,9 +425,12 @@ class cpu_backend final : public backend {
                               float* dw) override {
     const int64_t pixels = g.out_height() * g.out_width(), patch = g.patch();
     if (patch <= k_direct_patch) {
-      // Each thread sums its samples into its own [patch][K] partial; the partials are added
-      // in thread order, so the result depends only on the thread count.
-      const int64_t k_n = g.out_channels, parts = pool_.threads();
+      // The batch is cut into a fixed number of parts, whatever the thread count; each part
+      // sums its samples into its own [patch][K] partial, and the partials are added in part
+      // order. Cut per thread, the sum's order was the thread count's: a node run with
+      // --threads 8 and a verifier on one thread computed other bits for the same assignment
+      // (a 3x3 first layer over one or three channels takes this path).
+      const int64_t k_n = g.out_channels, parts = std::min(g.batch, k_filter_parts);
       std::vector<float> partial(static_cast<size_t>(parts * patch * k_n), 0.0f);
       const int64_t per_part = (g.batch + parts - 1) / parts;
       pool_.run(parts, 1, 2, [&](int64_t begin, int64_t end) {
@@ -444,10 +450,10 @@ class cpu_backend final : public backend {
       });
       for (int64_t k = 0; k < k_n; ++k)
         for (int64_t j = 0; j < patch; ++j) {
-          float total = 0.0f;
+          double total = 0.0;
           for (int64_t part = 0; part < parts; ++part)
             total += partial[static_cast<size_t>((part * patch + j) * k_n + k)];
-          dw[k * patch + j] = total;
+          dw[k * patch + j] = static_cast<float>(total);
         }
       return;
     }

@@ -563,6 +563,43 @@ TEST_SUITE("backend") {
     }
   }
 
+  TEST_CASE("the CPU's convolutions give the same bits on any thread count") {
+    // A node's --threads and its verifier's differ: the same assignment must give the same
+    // bits, or an honest node's update is a distance away from its re-computation. The direct
+    // filter gradient (a 3x3 first layer over one or three channels) summed its batch per
+    // thread, so 1 and 3 threads added it in other orders.
+    const std::vector<conv2d_geometry> geometries{
+        {10, 6, 6, 1, 4, 3, 3, 1, 1},    // direct: a patch of 9
+        {37, 12, 12, 3, 8, 3, 3, 1, 1},  // direct: a patch of 27, a batch not a multiple
+        {5, 9, 9, 8, 6, 3, 3, 1, 1},     // through the patch matrix: a patch of 72
+    };
+    for (const auto& g : geometries) {
+      CAPTURE(g.batch);
+      CAPTURE(g.in_channels);
+      const int64_t nx = g.batch * g.height * g.width * g.in_channels;
+      const int64_t nw = g.out_channels * g.patch();
+      const int64_t ny = g.batch * g.out_height() * g.out_width() * g.out_channels;
+      auto x = random_vector(nx, 51), w = random_vector(nw, 52), dy = random_vector(ny, 53);
+      std::vector<std::vector<float>> results;
+      for (int threads : {1, 3, 4}) {
+        CAPTURE(threads);
+        auto b = make_cpu_backend(threads);
+        std::vector<float> y(static_cast<size_t>(ny)), dx(static_cast<size_t>(nx)),
+            dw(static_cast<size_t>(nw));
+        b->conv2d_forward(g, x.data(), w.data(), y.data());
+        b->conv2d_backward_data(g, dy.data(), w.data(), dx.data());
+        b->conv2d_backward_filter(g, x.data(), dy.data(), dw.data());
+        std::vector<float> all = y;
+        all.insert(all.end(), dx.begin(), dx.end());
+        all.insert(all.end(), dw.begin(), dw.end());
+        results.push_back(std::move(all));
+      }
+      for (size_t i = 1; i < results.size(); ++i)
+        CHECK(std::memcmp(results[0].data(), results[i].data(),
+                          results[0].size() * sizeof(float)) == 0);
+    }
+  }
+
   TEST_CASE("column_sum of tall matrices: a convolution's bias gradient, a batch's bias") {
     // Tall enough that a GPU sums chunks of rows on many blocks, then the chunks' partials.
     for (auto& b : backends_under_test()) {
