@@ -392,6 +392,10 @@ struct stage_state {
   std::unique_ptr<train_driver> train;
   bool train_done = false;
   bool ticking = false;
+  /// A round update waits in the outbox: its round is the stage's checkpoint once it is sent.
+  /// Checkpointed as it was made, an update that waited for credit was lost with the stage:
+  /// its replacement resumed past it, and the job's last round never reached the sink.
+  bool train_checkpoint_due = false;
   // counts reported so far (in a worker process)
   int64_t reported_in = 0;
   int64_t reported_out = 0;
@@ -481,8 +485,13 @@ void report_counts(stage_actor* self) {
 
 /// Sends what the outbox holds while some consumer instance has credit; once it is empty,
 /// the inputs that produced it are finished.
+void train_checkpoint(stage_actor* self);
+
 void flush(stage_actor* self) {
   auto& st = self->state;
+  // Not wired yet, it has no consumers to count: a replacement train stage polls as it
+  // starts, and what it made before its wiring came was dropped as read by nobody.
+  if (!st.wired) return;
   if (st.slots.empty()) {  // nobody reads this stage (a train stage's updates): dropped
     st.init.counters->out += static_cast<int64_t>(st.outbox.size());
     for (const auto& e : st.outbox)
@@ -526,6 +535,16 @@ void flush(stage_actor* self) {
                              std::move(e.value), acks, e.origin);
     if (!carried.acks.empty()) slot->carried[seq] = std::move(carried);
   }
+  train_checkpoint(self);
+}
+
+/// A train stage's round update has left the outbox: its round is the checkpoint.
+void train_checkpoint(stage_actor* self) {
+  auto& st = self->state;
+  if (!st.train_checkpoint_due || !st.outbox.empty() || !st.train) return;
+  st.train_checkpoint_due = false;
+  self->send(st.init.coordinator, pckpt_atom::value,
+             pipe_checkpoint{st.init.stage, st.init.instance, st.train->checkpoint()});
 }
 
 void emit(stage_actor* self, item value, std::vector<pipe_item> finishes = {},
@@ -743,6 +762,7 @@ caf::behavior stage_behavior(stage_actor* self, stage_init init) {
         for (auto& a : w.consumers) st.slots.push_back(out_slot{std::move(a), st.window, {}, {}});
         st.wired = true;
         guarded(self, [&] {
+          flush(self);  // what a replacement train stage made before this came
           if (st.init.def->kind == stage_kind::source)
             pull(self);
           else
@@ -943,9 +963,7 @@ caf::behavior stage_behavior(stage_actor* self, stage_init init) {
             std::vector<round_update> updates;
             st.train_done = st.train->poll(updates);
             for (auto& u : updates) emit(self, make_item<round_update>(std::move(u)));
-            if (!updates.empty())
-              self->send(st.init.coordinator, pckpt_atom::value,
-                         pipe_checkpoint{st.init.stage, st.init.instance, st.train->checkpoint()});
+            if (!updates.empty()) st.train_checkpoint_due = true;
             flush(self);
           }
           if (st.train_done)

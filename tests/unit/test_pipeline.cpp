@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstdlib>
 #include <future>
 #include <iterator>
@@ -1119,6 +1120,83 @@ TEST_SUITE("pipeline") {
     for (const auto& u : updates)
       CHECK_MESSAGE((*u.parameters == last) == (u.status.round == 40),
                     "round " << u.status.round << "'s update");
+  }
+
+  TEST_CASE("a train stage killed while its last round waits for credit still delivers it") {
+    // The stage checkpointed a round as it made the round's update, before it was sent: an
+    // update that waited for its consumer's credit was lost with the stage, whose
+    // replacement resumed past it. The job's last round never reached the sink, and the run
+    // succeeded all the same. Rounds of a few tenths of a second, polled every 10 ms: the
+    // slow map holds round 1 (its one credit), so the update of round 2 waits.
+    embedded_config config;
+    config.nodes = 1;
+    auto cluster = embedded_cluster::start(config);
+    REQUIRE_MESSAGE(cluster.has_value(), cluster.error().message());
+    auto& client = cluster->client();
+    kernels::model_builder model("credit", {8});
+    model.linear(2048).relu().linear(2).softmax_xent();
+    train_options t;
+    t.client = &client;
+    t.spec_toml =
+        "[job]\nname = \"credit\"\nrounds = 2\nworkers = 1\n[inner]\nlocal_steps = "
+        "1000\nbatch_size = 32\n" +
+        model.toml();
+    t.classes = 2;
+    t.tokens = false;
+    t.poll = std::chrono::milliseconds(10);
+    std::mutex m;
+    std::condition_variable cv;
+    bool release = false;
+    std::vector<int64_t> held_first, delivered;
+    graph g;
+    g.source<int64_t>("ids", count_to(40))
+        .map("batch", two_rows)
+        .train("train", t)
+        .map(
+            "slow",
+            [&](const round_update& u) {
+              std::unique_lock<std::mutex> lock(m);
+              if (held_first.empty()) {
+                held_first.push_back(u.status.round);
+                cv.wait_for(lock, std::chrono::seconds(60), [&] { return release; });
+              }
+              return u.status.round;
+            },
+            stage_options{.window = 1, .blocking = true})
+        .sink("rounds", [&](const int64_t& round) {
+          std::lock_guard<std::mutex> lock(m);
+          delivered.push_back(round);
+        });
+    std::thread killer;
+    std::atomic<bool> killed{false};
+    auto report = g.run(
+        [&](running& r) {
+          killer = std::thread([&] {
+            // Once the job is done, and a few polls later (its last update then waits in the
+            // train stage's outbox), the stage is killed; then the slow map lets go.
+            const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+            bool done = false;
+            while (!done && std::chrono::steady_clock::now() < deadline) {
+              auto jobs = client.jobs();
+              done = jobs && !jobs->empty() && jobs->front().state == job_state::done;
+              std::this_thread::sleep_for(std::chrono::milliseconds(20));
+            }
+            std::this_thread::sleep_for(std::chrono::milliseconds(300));
+            killed = r.kill("train");
+            std::lock_guard<std::mutex> lock(m);
+            release = true;
+            cv.notify_all();
+          });
+        },
+        bound);
+    killer.join();
+    REQUIRE_MESSAGE(report.has_value(), report.error().message());
+    CHECK(killed.load());
+    REQUIRE_FALSE(held_first.empty());
+    if (held_first.front() != 1)
+      MESSAGE("the job's two rounds came within one poll: nothing waited for credit");
+    REQUIRE_FALSE(delivered.empty());
+    CHECK(delivered.back() == 2);
   }
 
   TEST_CASE("a train stage whose submit answer was lost follows the job it made") {
