@@ -668,10 +668,14 @@ void fetch_params(uplink_actor* self, uint32_t index, assignment a,
   } else {
     // Holds nothing any more (erased before params_fit, which may erase others).
     if (it != st.params.end()) st.params.erase(it);
+    // Said as the worker says a model that does not fit (a device_error, "out of ... memory"):
+    // the job leaves this node out a while, and the market does not hold it against the node.
+    // As limit_exceeded, the node was cooled down for every job, and this one sent it the
+    // same parameters again after each cooldown.
     if (a.params_bytes <= max_params_bytes && !params_fit(st, a.params_bytes)) {
       rp.deliver(
-          to_caf(error(errc::limit_exceeded,
-                       "parameters of " + std::to_string(a.params_bytes) +
+          to_caf(error(errc::device_error,
+                       "out of host memory: parameters of " + std::to_string(a.params_bytes) +
                            " bytes do not fit beside the " + std::to_string(*st.params_reserved) +
                            " bytes of parameters this node fetches already (--memory-limit " +
                            std::to_string(kernels::host_memory_limit()) + " bytes)")));
@@ -967,8 +971,12 @@ caf::behavior uplink_behavior(uplink_actor* self, uplink_config config, caf::act
               w->promise.deliver(
                   to_caf(error(errc::invalid_argument, "assignment aborted by its job")));
               f->waiting.erase(w);
+              // Held, and noted idle first: the worker's next assignment, started by
+              // release_worker, may fetch other parameters, which grows or trims st.params
+              // under `f`.
+              const auto fetch = f;
+              note_idle(self, fetch);
               release_worker(self, index);
-              note_idle(self, f);
               return;
             }
       },
