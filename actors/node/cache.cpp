@@ -299,10 +299,16 @@ void decode_shard_for(cache_actor_type* self, const std::string& digest) {
   });
 }
 
+// When this process started (near enough: when its libraries were loaded).
+const auto process_started = std::filesystem::file_time_type::clock::now();
+
 // The chunk files a cache finds on disk, in the order they were last used (written or read).
-// Whether `name` is the temporary file of a chunk whose writer (write_file_atomically:
-// DIGEST.tmp.PID) is gone: killed while it wrote, it left the file, which no limit counted.
-bool left_by_a_dead_writer(const std::string& name) {
+// Whether `name`, last written at `written`, is the temporary file of a chunk whose writer
+// (write_file_atomically: DIGEST.tmp.PID) is gone: killed while it wrote, it left the file,
+// which no limit counted. One of this process's pid written before this process started is a
+// dead predecessor's: a node in a container has the same pid (often 1) at every start, and
+// its files were kept for good.
+bool left_by_a_dead_writer(const std::string& name, std::filesystem::file_time_type written) {
   constexpr std::string_view tmp = ".tmp.";
   if (name.size() <= 64 + tmp.size() || !is_digest_hex(name.substr(0, 64)) ||
       name.compare(64, tmp.size(), tmp) != 0)
@@ -311,7 +317,9 @@ bool left_by_a_dead_writer(const std::string& name) {
   if (pid_text.size() > 9 || !std::all_of(pid_text.begin(), pid_text.end(), ::isdigit))
     return false;
   const pid_t pid = static_cast<pid_t>(std::stol(pid_text));
-  return pid != ::getpid() && (pid <= 0 || (::kill(pid, 0) != 0 && errno == ESRCH));
+  // A second's margin: a file's time is the kernel's coarse clock, some milliseconds behind.
+  if (pid == ::getpid()) return written < process_started - std::chrono::seconds(1);
+  return pid <= 0 || (::kill(pid, 0) != 0 && errno == ESRCH);
 }
 
 void scan_chunk_files(cache_state& st) {
@@ -320,7 +328,7 @@ void scan_chunk_files(cache_state& st) {
   for (const auto& entry : std::filesystem::directory_iterator(st.dir, ec)) {
     const auto name = entry.path().filename().string();
     std::error_code entry_ec;
-    if (left_by_a_dead_writer(name)) {
+    if (left_by_a_dead_writer(name, entry.last_write_time(entry_ec)) && !entry_ec) {
       std::filesystem::remove(entry.path(), entry_ec);
       continue;
     }

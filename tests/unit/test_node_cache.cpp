@@ -338,12 +338,18 @@ TEST_SUITE("node cache") {
     const std::string digest(64, 'a');
     const auto left = dir.path() / (digest + ".tmp.999999999");  // no such process
     const auto own = dir.path() / (digest + ".tmp." + std::to_string(::getpid()));
+    // Of this process's pid, but written before it started: a predecessor's (a node in a
+    // container is pid 1 at every start, and its files were kept for good).
+    const auto before = dir.path() / (std::string(64, 'b') + ".tmp." + std::to_string(::getpid()));
     const auto other = dir.path() / "notes.tmp.1";  // not the cache's to remove
-    for (const auto& f : {left, own, other}) std::ofstream(f) << std::string(1024, 'x');
+    for (const auto& f : {left, own, before, other}) std::ofstream(f) << std::string(1024, 'x');
+    std::filesystem::last_write_time(
+        before, std::filesystem::file_time_type::clock::now() - std::chrono::hours(1));
     auto cache = spawn_cache(s.sys, dir.path(), 512 << 10);
     s.self->request(cache, std::chrono::seconds(10), chunk_atom::value, std::string("x"))
         .receive([](std::vector<uint8_t>&) {}, [](caf::error&) {});  // it has started
     CHECK_FALSE(std::filesystem::exists(left));
+    CHECK_FALSE(std::filesystem::exists(before));
     CHECK(std::filesystem::exists(own));  // this process is writing it
     CHECK(std::filesystem::exists(other));
     s.self->send_exit(cache, caf::exit_reason::user_shutdown);
