@@ -21,7 +21,10 @@ class model_base : public model {
   model_base(backend& b, int64_t parameters, int64_t feature_dim, int64_t max_batch)
       : backend_(b), count_(parameters), feature_dim_(feature_dim), max_batch_(max_batch) {
     params_ = b.allocate({count_}, dtype::f32);
-    grads_ = b.allocate({count_}, dtype::f32);
+    // On the host, made at the first backward pass: a model that only evaluates (every job's
+    // on the core, at each evaluation) held a parameter-sized buffer it never wrote, a GiB
+    // for the largest models. A device's is made here, before any step is recorded.
+    if (b.where().kind != device_kind::host) grads_ = b.allocate({count_}, dtype::f32);
     b.fill(params_.data<float>(), count_, 0.0f);
     reset_optimizer();
     if (b.where().kind != device_kind::host) {
@@ -61,12 +64,15 @@ class model_base : public model {
 
   adamw_config& optimizer() override { return optimizer_; }
 
-  float* gradients() override { return grads_.data<float>(); }
+  float* gradients() override {
+    if (grads_.numel() == 0) grads_ = backend_.allocate({count_}, dtype::f32);
+    return grads_.data<float>();
+  }
 
   void apply_gradients() override {
     ++step_;
     if (optimizer_.plain_sgd) {
-      backend_.axpby(count_, -optimizer_.lr, grads_.data<float>(), 1.0f, params_.data<float>());
+      backend_.axpby(count_, -optimizer_.lr, gradients(), 1.0f, params_.data<float>());
     } else {
       // The moments are made at the first AdamW step: a model trained with SGD or only
       // evaluated (a large one on the core) never holds them, two parameter-sized buffers.
@@ -77,8 +83,8 @@ class model_base : public model {
         backend_.fill(v_.data<float>(), count_, 0.0f);
         moments_ = true;
       }
-      backend_.adamw(params_.data<float>(), grads_.data<float>(), m_.data<float>(),
-                     v_.data<float>(), count_, optimizer_, step_);
+      backend_.adamw(params_.data<float>(), gradients(), m_.data<float>(), v_.data<float>(), count_,
+                     optimizer_, step_);
     }
   }
 
@@ -86,7 +92,7 @@ class model_base : public model {
                          std::span<float> out) override {
     GFLEX_CHECK(static_cast<int64_t>(out.size()) == count_, "gradient count mismatch");
     backward(features, labels, batch, 1.0f / static_cast<float>(batch));
-    backend_.download(grads_.raw(), out.data(), grads_.nbytes());
+    backend_.download(gradients(), out.data(), static_cast<size_t>(count_) * sizeof(float));
   }
 
   void backward_rows(const float* features, int64_t data_rows, const int32_t* rows,

@@ -1120,6 +1120,36 @@ layers = [ { type = "layer_norm" }, { type = "layer_norm" }, { type = "layer_nor
     CHECK_MESSAGE(training >= evaluating + activations, training << " bytes to train");
   }
 
+  TEST_CASE("a model that only evaluates holds no parameter gradients on the host") {
+    // The parameters' gradient buffer was made with the model: every job's evaluation on the
+    // core held its model's parameters twice, a GiB more for the largest models.
+    auto w = graph(R"([model]
+input = [4096]
+layers = [ { type = "linear", units = 4096 }, { type = "linear", units = 2 },
+           { type = "softmax_xent" } ])");
+    auto be = make_cpu_backend(1);
+    const int64_t batch = 4;
+    std::vector<float> x(static_cast<size_t>(batch * 4096), 0.25f);
+    std::vector<int32_t> y(static_cast<size_t>(batch), 1);
+    const uint64_t parameter_bytes = static_cast<uint64_t>(w->parameter_count()) * sizeof(float);
+    const uint64_t base = host_memory_in_use();
+    auto m = w->instantiate(*be, batch);
+    REQUIRE(m.has_value());
+    (*m)->evaluate_batch(x.data(), y.data(), batch);
+    const uint64_t evaluating = host_memory_in_use() - base;
+    CHECK_MESSAGE(evaluating < parameter_bytes * 5 / 4,
+                  evaluating << " bytes to evaluate " << parameter_bytes << " of parameters");
+    // Training makes them, and computes the same gradients as a fresh model.
+    std::vector<float> g(static_cast<size_t>(w->parameter_count()));
+    (*m)->compute_gradients(x.data(), y.data(), batch, g);
+    CHECK(host_memory_in_use() - base >= evaluating + parameter_bytes);
+    auto fresh = w->instantiate(*be, batch);
+    REQUIRE(fresh.has_value());
+    std::vector<float> g_fresh(g.size());
+    (*fresh)->compute_gradients(x.data(), y.data(), batch, g_fresh);
+    CHECK(g == g_fresh);
+  }
+
   TEST_CASE("token data: windows overlap by one byte and the held-out split is every tenth") {
     std::vector<uint8_t> bytes(1000);
     for (size_t i = 0; i < bytes.size(); ++i) bytes[i] = static_cast<uint8_t>(i % 251);
