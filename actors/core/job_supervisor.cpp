@@ -1628,9 +1628,6 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links,
         const data_set_id id{who, name};
         if (part.index == 0) {
           st.uploads.erase(id);
-          // Not yet read from the store as a core starts, a stored set was unknown here: a
-          // push replaced it under the job that waited for it, which then resumed on the new
-          // data, and the account's limits counted none of the stored sets.
           // Not yet read from the store as a core starts, a stored set, or a stored job
           // training on it, was unknown here: a push replaced the set under the job, which
           // then resumed on the new data, and the account's limits counted none of its sets.
@@ -1648,7 +1645,16 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links,
           for (const auto& [key, _] : st.data_sets) owned += key.first == who && key != id;
           for (const auto& [key, _] : st.committing)
             owned += key.first == who && key != id && st.data_sets.count(key) == 0;
-          for (const auto& [key, _] : st.uploads) uploading += key.first == who;
+          // A stored set that did not load is the account's all the same; an upload of a new
+          // name will be one: counted only once stored, two uploads begun beside the 64th set
+          // both became sets, 65 of them.
+          for (const auto& [key, _] : st.unloaded_sets)
+            owned += key.first == who && key != id && st.data_sets.count(key) == 0;
+          for (const auto& [key, _] : st.uploads) {
+            uploading += key.first == who;
+            owned += key.first == who && key != id && st.data_sets.count(key) == 0 &&
+                     st.committing.count(key) == 0 && st.unloaded_sets.count(key) == 0;
+          }
           if (owned >= st.data_limits.max_sets_per_owner || uploading >= 2)
             return to_caf(
                 error(errc::limit_exceeded, who + " has " + std::to_string(owned) +

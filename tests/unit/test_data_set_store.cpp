@@ -205,6 +205,26 @@ TEST_SUITE("data set store") {
     CHECK(f.push_part("c", 3, 4, t).find("no upload in progress") != std::string::npos);
   }
 
+  TEST_CASE("uploads begun beside an account's last free set cannot make one set too many") {
+    // Counted once stored, two uploads of new names begun beside the 64th set were both
+    // taken, and the account held 65 sets.
+    store_fixture f;
+    const auto t = shard_of(test::samples(10)), e = shard_of(test::samples(5));
+    for (int i = 0; i < 63; ++i) f.push("s" + std::to_string(i), t, e);
+    CHECK(f.push_part("x", 0, 2, t).empty());
+    const auto second = f.push_part("y", 0, 2, t);
+    CHECK_MESSAGE(second.find("64 data sets") != std::string::npos, second);
+    CHECK(f.push_part("x", 1, 2, e, true).empty());
+    f.push_part("y", 1, 2, e, true);  // refused: its upload never began
+    size_t sets = 0;
+    f.self->request(f.supervisor, f.wait, dlist_atom::value, f.alice)
+        .receive([&](std::vector<data_set_info>& all) { sets = all.size(); },
+                 [&](caf::error& err) { FAIL(f.sys.render(err)); });
+    CHECK(sets == 64);
+    // Replacing one of them is no new set.
+    CHECK(f.push_part("s0", 0, 2, t).empty());
+  }
+
   TEST_CASE("an account's data sets are bounded in bytes together, replaced ones not counted") {
     // Each set was bounded, and the count of sets: 64 sets of 1 GiB, all held in the core's
     // memory, were one account's to upload.
