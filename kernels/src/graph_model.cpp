@@ -119,6 +119,7 @@ class graph_model final : public detail::model_base {
   // eval`) held as much again as its activations for nothing, past the memory its bounds
   // allow for.
   expected<void> prepare_training() override {
+    if (auto ready = model_base::prepare_training(); !ready) return ready;
     try {
       allocate_training_buffers();
       return {};

@@ -64,6 +64,17 @@ class model_base : public model {
 
   adamw_config& optimizer() override { return optimizer_; }
 
+  // The parameters' gradients: a worker makes a model's training buffers before its first
+  // step, to know it fits beside the models it keeps.
+  expected<void> prepare_training() override {
+    try {
+      gradients();
+      return {};
+    } catch (const compute_error& e) {
+      return e.err();
+    }
+  }
+
   float* gradients() override {
     if (grads_.numel() == 0) grads_ = backend_.allocate({count_}, dtype::f32);
     return grads_.data<float>();
