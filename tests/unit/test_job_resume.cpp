@@ -188,6 +188,9 @@ TEST_SUITE("job resume") {
     CHECK_MESSAGE(detail::is_link_loss(loading), loading.message());  // a client asks again
     CHECK_MESSAGE(loading.message().find("still loading its data sets") != std::string::npos,
                   loading.message());
+    // Listed meanwhile, alice's sets were said to be none (`gflex data show c`: exit 2).
+    const auto listing = refusal_of<std::vector<data_set_info>>(f, dlist_atom::value, f.alice);
+    CHECK_MESSAGE(detail::is_link_loss(listing), listing.message());
     // Loaded: the job on it resumes, and the set is not replaced under it.
     auto s =
         f.await([](const job_status& s) { return s.detail.find("waiting for workers") == 0; }, 10);
@@ -196,6 +199,14 @@ TEST_SUITE("job resume") {
     CHECK_MESSAGE(loaded.message().find("cannot be replaced while jobs train on it (job-1") !=
                       std::string::npos,
                   loaded.message());
+    std::vector<std::string> listed;
+    f.self->request(f.supervisor, f.wait, dlist_atom::value, f.alice)
+        .receive(
+            [&](std::vector<data_set_info>& sets) {
+              for (const auto& set : sets) listed.push_back(set.name);
+            },
+            [&](caf::error& e) { FAIL(f.sys.render(e)); });
+    CHECK(listed == std::vector<std::string>{"c"});
   }
 
   TEST_CASE("a submit or push or removal before the job records are read is not lost") {
