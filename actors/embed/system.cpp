@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <cstdlib>
 #include <future>
 #include <map>
@@ -28,7 +29,9 @@
 #include "gatekeeper.hpp"
 #include "gflex/gflex.hpp"
 #include "gflex/runtime/checkpoint.hpp"
+#include "gflex/runtime/credits.hpp"
 #include "gflex/runtime/dir_lock.hpp"
+#include "gflex/runtime/job_spec.hpp"
 #include "gflex/runtime/replicated_store.hpp"
 #include "gflex/runtime/secret_file.hpp"
 #include "gflex/runtime/shard.hpp"
@@ -1615,6 +1618,20 @@ expected<job_status> run_embedded(const embedded_config& config, const std::stri
   // from the start: the nodes calibrate one after another (seconds, for many), and a signal
   // then killed the process too. Made first, the watcher goes last, after the cluster.
   signal_watcher signals;
+  // A job no node of this cluster takes waited for workers for ever (the progress bar said
+  // so until Ctrl-C): its nodes are the core tier's, asking node_config's default price.
+  if (auto spec = parse_job_spec(spec_toml, "the job spec"); spec) {
+    const auto price = static_cast<int64_t>(std::llround(node_config{}.price * 1e6));
+    if (spec->tier == trust_tier::community)
+      return error(errc::invalid_argument,
+                   "trust.tier = \"community\": this cluster's nodes are core-tier, so no node "
+                   "would take the job; use \"hybrid\" or \"core\"");
+    if (spec->max_price >= 0 && spec->max_price < price)
+      return error(errc::invalid_argument,
+                   "market.max_price: " + format_credits(spec->max_price) +
+                       " per device-hour is less than this cluster's nodes ask (" +
+                       format_credits(price) + "), so no node would take the job");
+  }
   auto stopped = [&signals](const std::string& what) -> std::optional<error> {
     const int sig = signals.signal();
     if (sig == 0) return std::nullopt;

@@ -264,6 +264,15 @@ expect_usage "fetch --out a directory" "--out $WORK: is a directory" \
 printf '[job]\nworkload = "fashion-mlp"\nrounds = 1\nworkers = 1\n' >"$WORK/one.toml"
 expect_usage "demo with an unwritable --json" "cannot be written \(--json\); the demo did not run" \
   "$G" demo --nodes 1 --spec "$WORK/one.toml" --json /proc/gflex/demo.json
+# A job the demo's nodes (core tier, asking 1 credit an hour) never take waited for workers
+# until Ctrl-C.
+printf '[trust]\ntier = "community"\n' | cat "$WORK/one.toml" - >"$WORK/community.toml"
+expect_usage "demo of a community-tier job" 'trust.tier = "community": this cluster.s nodes are core-tier' \
+  "$G" demo --nodes 1 --spec "$WORK/community.toml"
+printf '[market]\nmax_price = 0.5\n' | cat "$WORK/one.toml" - >"$WORK/cheap.toml"
+expect_usage "demo of a job paying less than its nodes ask" \
+  "market.max_price: 0.5 per device-hour is less than this cluster.s nodes ask \(1\)" \
+  "$G" demo --nodes 1 --spec "$WORK/cheap.toml"
 printf 'not a checkpoint at all!' >"$WORK/bad.gfck"
 expect_error "eval of a damaged checkpoint" "bad.gfck: malformed checkpoint" "$G" eval "$WORK/bad.gfck"
 expect_error "sample of a damaged checkpoint" "bad.gfck: malformed checkpoint" "$G" sample "$WORK/bad.gfck"
