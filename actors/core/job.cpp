@@ -737,10 +737,13 @@ void end_diverged(job_actor* self, const std::string& said) {
 // after a store write of up to 30 s more.
 constexpr auto topup_wait = std::chrono::seconds(20);
 
-// How long a job waits for the verifier: it answers once a re-computation (which takes about
-// as long as an assignment, max_deadline_s at most) is done or has failed; this bound is for
-// a verifier that is gone.
-const auto verify_wait = std::chrono::seconds(static_cast<int64_t>(max_deadline_s) + 3600);
+// How long a job waits for the verifier: it answers once a re-computation is done or has
+// failed; this bound is for a verifier that is gone (one replaced is told of, and asked
+// again). A check's waits double from its first up to max_deadline_s (less than twice that
+// together), and it gets three tries at that longest one: a bound of one try's cut a slow
+// core tier's check short, asked it again from its first wait, and held a core-tier worker
+// on the first for nothing.
+const auto verify_wait = std::chrono::seconds(5 * static_cast<int64_t>(max_deadline_s) + 3600);
 
 // `detail` with the divergence check's wait (divergence_waiting) after it: the acquires' and the
 // round watch's details, set four times a second, otherwise hid it as soon as it was shown.

@@ -18,8 +18,11 @@ namespace gflex {
 
 namespace {
 
-/// Tries a request gets before the verifier gives up on it.
+/// Tries a request gets before the verifier gives up on it. A try that ran past a wait
+/// shorter than the longest is not counted: the next waits twice as long (run).
 constexpr int max_attempts = 3;
+/// The works whose timed-out tries are remembered past their check (remember_timeouts).
+constexpr size_t max_remembered_works = 4096;
 
 struct pending_check {
   verify_request request;
@@ -42,6 +45,12 @@ struct verifier_state {
   std::map<uint64_t, running_check> running;  // by the re-computation's assignment id
   bool asking = false;                        // an acquire is in flight
   bool tick_scheduled = false;
+  /// Timed-out tries per work (job, round, shard), kept past the check: a job asks again for
+  /// a check that failed (--unverified wait, every 30 s), and each new check began its
+  /// doubling afresh, so a core tier more than four times slower than its first wait (a CPU
+  /// re-computing a GPU's work) never finished one, and the job's round waited for ever.
+  std::map<std::string, int> timeouts_of;
+  std::deque<std::string> remembered;  // oldest first
   static inline const char* name = "verifier";
 };
 
@@ -49,8 +58,27 @@ using verifier_actor = caf::stateful_actor<verifier_state>;
 
 void pump(verifier_actor* self);
 
-void retry_or_fail(verifier_actor* self, pending_check check, const std::string& why) {
-  if (++check.attempts >= max_attempts) {
+// A work's key among the remembered timeouts.
+std::string work_key(const assignment& w) {
+  return w.job_id + ' ' + std::to_string(w.round) + ' ' + w.shard;
+}
+
+void remember_timeouts(verifier_state& st, const assignment& w, int timeouts) {
+  auto key = work_key(w);
+  auto [it, added] = st.timeouts_of.insert_or_assign(key, timeouts);
+  if (!added) return;
+  st.remembered.push_back(std::move(key));
+  if (st.remembered.size() > max_remembered_works) {
+    st.timeouts_of.erase(st.remembered.front());
+    st.remembered.pop_front();
+  }
+}
+
+// `counted`: whether the try that failed counts against max_attempts.
+void retry_or_fail(verifier_actor* self, pending_check check, const std::string& why,
+                   bool counted = true) {
+  if (counted) ++check.attempts;
+  if (check.attempts >= max_attempts) {
     check.promise.deliver(to_caf(error(errc::io_error, "re-computation failed: " + why)));
   } else {
     check.queued = std::chrono::steady_clock::now();  // its wait starts again
@@ -156,12 +184,16 @@ void run(verifier_actor* self, pending_check check, const worker_slot& slot) {
                                       err.code() == errc::invalid_argument;
             self->send(st.market, release_atom::value, done.slot.worker, true,
                        !(timed_out || does_not_fit));
-            if (timed_out) done.check.timeouts += 1;
+            if (timed_out) {
+              done.check.timeouts += 1;
+              remember_timeouts(st, done.check.request.work, done.check.timeouts);
+            }
             retry_or_fail(self, std::move(done.check),
                           timed_out ? "its core-tier worker " + done.slot.node_name +
                                           " did not answer within " +
                                           std::to_string(wait.count() / 1000) + " s"
-                                    : self->system().render(e));
+                                    : self->system().render(e),
+                          !timed_out || wait >= longest);
           });
 }
 
@@ -265,8 +297,10 @@ caf::behavior verifier(verifier_actor* self, caf::actor market, verifier_limits 
                                            "the most the verifier holds")));
           return promise;
         }
+        const auto known = st.timeouts_of.find(work_key(request.work));
+        const int timeouts = known == st.timeouts_of.end() ? 0 : known->second;
         self->state.queue.push_back(
-            {std::move(request), promise, 0, 0, std::chrono::steady_clock::now()});
+            {std::move(request), promise, 0, timeouts, std::chrono::steady_clock::now()});
         pump(self);
         return promise;
       },

@@ -10,6 +10,7 @@
 #include <chrono>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -131,13 +132,27 @@ caf::actor spawn_turn_market(caf::actor_system& sys, std::vector<caf::actor> wor
 
 // A core-tier worker that answers every assignment with a result of `values` zeros, `delay`
 // after it came: slower than the verifier first waits.
-caf::actor spawn_slow_worker(caf::actor_system& sys, size_t values,
-                             std::chrono::milliseconds delay) {
+// The waits each assignment was given (assignment::answer_within_s), in order.
+struct given_waits {
+  std::mutex m;
+  std::vector<double> seconds;
+  std::vector<double> all() {
+    std::lock_guard<std::mutex> lock(m);
+    return seconds;
+  }
+};
+
+caf::actor spawn_slow_worker(caf::actor_system& sys, size_t values, std::chrono::milliseconds delay,
+                             std::shared_ptr<given_waits> waits = nullptr) {
   return sys.spawn([=](caf::event_based_actor* self) -> caf::behavior {
     auto held =
         std::make_shared<std::map<uint64_t, caf::typed_response_promise<assignment_result>>>();
     return {
         [=](assign_atom, assignment& a) {
+          if (waits) {
+            std::lock_guard<std::mutex> lock(waits->m);
+            waits->seconds.push_back(a.answer_within_s);
+          }
           auto rp = self->make_response_promise<assignment_result>();
           (*held)[a.id] = rp;
           self->delayed_send(self, delay, caf::put_atom::value, a.id);
@@ -345,6 +360,41 @@ TEST_SUITE("verifier") {
     CHECK_MESSAGE(v.answered, v.err.message());
     CHECK(faults->at_fault.load() == 0);
     CHECK(faults->not_at_fault.load() == 1);
+    for (const auto& a : {verifier, market, slow})
+      s.self->send_exit(a, caf::exit_reason::user_shutdown);
+  }
+
+  TEST_CASE("tries past a wait shorter than the longest do not count: the wait doubles on") {
+    // Each timed-out try counted against the three a check gets: a core tier more than four
+    // times slower than its first wait (a CPU re-computing a GPU node's work) never finished
+    // a check, and a job that waits for its checks (--unverified wait) stalled for good. And
+    // a check asked again began its waits afresh. The worker takes 1.5 s; the first wait is
+    // 0.2 s (deadline_s 0.2, times 1), then 0.4, 0.8 and 1.6 s.
+    test::configured_system s;
+    auto waits = std::make_shared<given_waits>();
+    auto slow = spawn_slow_worker(s.sys, 4, std::chrono::milliseconds(1500), waits);
+    auto market = spawn_one_slot_market(s.sys, slow);
+    verifier_limits limits;
+    limits.recompute_factor = 1.0;
+    limits.min_recompute_wait = std::chrono::milliseconds(200);
+    auto verifier = spawn_verifier(s.sys, market, limits);
+    auto check = [&] {
+      verdict v;
+      s.self->request(verifier, std::chrono::seconds(30), verify_atom::value, request_of({}, 0.2))
+          .receive([&](double, double, double) { v.answered = true; },
+                   [&](caf::error& e) { v.err = from_caf(e, &s.sys); });
+      return v;
+    };
+    auto first = check();
+    CHECK_MESSAGE(first.answered, first.err.message());
+    const auto tried = waits->all().size();
+    CHECK(tried >= 4);
+    // The same work asked again starts at the wait that was enough.
+    auto again = check();
+    CHECK_MESSAGE(again.answered, again.err.message());
+    const auto all = waits->all();
+    REQUIRE(all.size() > tried);
+    CHECK(all[tried] >= 1.5);
     for (const auto& a : {verifier, market, slow})
       s.self->send_exit(a, caf::exit_reason::user_shutdown);
   }
