@@ -2358,6 +2358,18 @@ caf::behavior job_behavior(job_actor* self, job_start start, job_links links) {
         : spec.model.empty() || builtin_data
             ? st.links.catalog->get(**w)
             : st.links.catalog->user_set(st.job.status.owner, spec.data_set, **w);
+    // Submitted (and checked) under a smaller --shard-samples than this core's, a job on a
+    // built-in set has more workers than this core's cut has shards: it gets a cut of its
+    // own, as fine as its workers need. It failed for good at its resume, and a restart with
+    // the first setting did not bring it back.
+    const bool cut_here = spec.model.empty() || builtin_data;
+    if (data && cut_here && spec.workers > static_cast<int64_t>((*data)->shards.size())) {
+      spdlog::warn(
+          "job {}: its {} workers need as many shards, and this core's --shard-samples "
+          "cuts its data into {}: cut into {} for it",
+          st.job.id, spec.workers, (*data)->shards.size(), spec.workers);
+      data = st.links.catalog->get(**w, spec.workers);
+    }
     if (data) {
       if (auto fits = check_workers_fit(spec.workers, (*data)->shards.size()); !fits)
         data = fits.error();  // a round could never fill: the job fails now rather than hang

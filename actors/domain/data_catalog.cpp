@@ -20,9 +20,11 @@ expected<void> check_workers_fit(int64_t workers, size_t shards) {
                    std::to_string(shards) + ")");
 }
 
-expected<std::shared_ptr<const served_data>> data_catalog::get(const kernels::workload& w) {
+expected<std::shared_ptr<const served_data>> data_catalog::get(const kernels::workload& w,
+                                                               int64_t min_shards) {
   // A user-defined model's data depend on its declaration (a token model's sample length).
-  const std::string key = w.name() + '\n' + w.model_text();
+  const std::string key = w.name() + '\n' + w.model_text() +
+                          (min_shards > 0 ? "\nat least " + std::to_string(min_shards) : "");
   {
     std::lock_guard<std::mutex> guard(mutex_);
     if (auto it = by_workload_.find(key); it != by_workload_.end())
@@ -43,9 +45,9 @@ expected<std::shared_ptr<const served_data>> data_catalog::get(const kernels::wo
   // As many shards as `shard_samples` makes, their sizes differing by one sample at most: a
   // short last shard (234 samples of the language model's 36,234) was drawn as often as the
   // others, each of its samples about 13 times as often, and weighed as much in each round.
-  const auto ranges =
-      shard_ranges(train.size(), 1, (train.size() + shard_samples_ - 1) / shard_samples_,
-                   std::numeric_limits<int64_t>::max());
+  const int64_t cut_count = std::max((train.size() + shard_samples_ - 1) / shard_samples_,
+                                     std::min(min_shards, train.size()));
+  const auto ranges = shard_ranges(train.size(), 1, cut_count, std::numeric_limits<int64_t>::max());
   const auto count = static_cast<int64_t>(ranges.size());
   std::vector<std::shared_ptr<std::vector<uint8_t>>> cut(static_cast<size_t>(count));
   std::vector<shard_info> infos(static_cast<size_t>(count));

@@ -48,7 +48,13 @@ class data_catalog {
   /// while a job holds them, and the kept_loads most recently loaded besides: each model
   /// declaration (a token model's context) or workload name loads its own, and a core kept
   /// every one it ever loaded.
-  expected<std::shared_ptr<const served_data>> get(const kernels::workload& w);
+  ///
+  /// With `min_shards`, the training split is cut into at least that many shards (at most one
+  /// per sample): a job submitted under a smaller --shard-samples than the core restarted
+  /// with has more workers than this core's cut has shards, and failed for good at its
+  /// resume.
+  expected<std::shared_ptr<const served_data>> get(const kernels::workload& w,
+                                                   int64_t min_shards = 0);
 
   /// Registers a user's data set (data_sets.hpp) with its shards' bytes, replacing one of
   /// the same owner and name; its test shards are decoded here, within `limits` (a set

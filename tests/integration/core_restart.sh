@@ -50,4 +50,27 @@ if wait "$PID_waiter" && [ "$(json_get "$WORK/waited.json" "j['state']")" = done
 else
   fail "gflex submit --wait did not follow the job through the restart: $(tail -3 "$WORK/waiter.log")"
 fi
+
+# A job submitted under a --shard-samples that cut its data finer than the next start's: its
+# 25 workers need 25 shards, and the default cuts Fashion-MNIST into 20. It failed for good
+# at its resume ("25 workers, but the data set has only 20 shards").
+kill -KILL "$PID_core2"
+wait "$PID_core2" 2>/dev/null || true
+start core3 "$BIN/gflex-core" --listen "$core" --data-dir "$WORK/core" --shard-samples 2000
+wait_for 20 "the core with --shard-samples 2000 to listen" grep -q "core listening" "$WORK/core3.log"
+sed -e 's/^workers = .*/workers = 25/' "$SRC/apps/jobs/fashion-mlp.toml" >"$WORK/wide.toml"
+wide=$("$G" submit "$WORK/wide.toml" --core "$core") || fail "submit the 25-worker job"
+wait_for 60 "$wide to start" bash -c "'$G' status $wide --core $core | grep -q ' running,'"
+kill -KILL "$PID_core3"
+wait "$PID_core3" 2>/dev/null || true
+start core4 "$BIN/gflex-core" --listen "$core" --data-dir "$WORK/core"
+wait_for 20 "the core with the default --shard-samples to listen" grep -q "core listening" \
+  "$WORK/core4.log"
+wait_for 60 "$wide to be cut into 25 shards" grep -q "job $wide: its 25 workers need" "$WORK/core4.log"
+sleep 2
+"$G" status "$wide" --core "$core" --json >"$WORK/wide.json" || fail "status of $wide"
+wide_state=$(json_get "$WORK/wide.json" "j['state']")
+[ "$wide_state" = running ] || fail "$wide is $wide_state after a restart with a coarser cut: \
+$(json_get "$WORK/wide.json" "j['detail']")"
+echo "ok: $wide resumed under a coarser --shard-samples, with a cut of its own"
 finish

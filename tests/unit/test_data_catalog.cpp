@@ -71,6 +71,28 @@ TEST_SUITE("data catalog") {
     CHECK(again->get() == second->get());
   }
 
+  TEST_CASE("a job that needs more shards than the core's cut gets a finer cut of its own") {
+    // A job submitted under a smaller --shard-samples than the core restarted with had more
+    // workers than shards, and failed for good at its resume.
+    data_catalog catalog(10);
+    auto w = workload_loading_for(std::chrono::milliseconds(0), "fine", 40);
+    auto usual = catalog.get(*w);
+    REQUIRE(usual.has_value());
+    CHECK((*usual)->shards.size() == 4);
+    auto finer = catalog.get(*w, 7);
+    REQUIRE(finer.has_value());
+    CHECK((*finer)->shards.size() == 7);
+    int64_t samples = 0;
+    for (const auto& shard : (*finer)->shards) {
+      samples += shard.samples;
+      CHECK(catalog.chunk(shard.digest) != nullptr);  // served like any other
+    }
+    CHECK(samples == 40);
+    CHECK((*catalog.get(*w))->shards.size() == 4);         // the usual cut is still the usual one
+    CHECK((*catalog.get(*w, 2))->shards.size() == 4);      // never coarser than the core's
+    CHECK((*catalog.get(*w, 1000))->shards.size() == 40);  // at most one sample a shard
+  }
+
   TEST_CASE("shards cut on several threads are those cut one by one, in order, of even size") {
     // 103 samples in shards of 10 were ten of 10 and one of 3, whose samples were drawn three
     // times as often as the others' and weighed as much in each round: now 11 of 9 or 10.
