@@ -92,11 +92,16 @@ expected<void> write_blob(const std::filesystem::path& dir, const std::string& n
     ::unlink(tmp.c_str());
     return e;
   }
-  int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dfd >= 0) {
-    ::fsync(dfd);
-    ::close(dfd);
+  // A directory that cannot be synced fails the write: taken for done, the commit that names
+  // the file was durable and the rename not, and a power loss then took the round's
+  // checkpoint back (the replicated store's chunks fail so already).
+  const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd < 0 || ::fsync(dfd) != 0) {
+    auto e = io_error(dir.string() + ": cannot sync the directory");
+    if (dfd >= 0) ::close(dfd);
+    return e;
   }
+  ::close(dfd);
   return {};
 }
 
@@ -379,6 +384,7 @@ expected<void> store::commit(std::span<const store_write> writes) {
     const bool existed = std::filesystem::exists(impl_->blobs / r.name, ec);
     if (auto ok = write_blob(impl_->blobs, r.name, *w.value); !ok) {
       drop_written();
+      if (!existed) ::unlink((impl_->blobs / r.name).c_str());  // renamed, maybe, not synced
       return ok.error();
     }
     if (!existed) written.insert(r.name);

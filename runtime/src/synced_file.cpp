@@ -78,11 +78,20 @@ expected<void> write_synced(const std::filesystem::path& file, std::span<const u
     ::unlink(tmp.c_str());
   }
   if (!sync) return {};
+  // A directory that cannot be synced fails the write, as the file's own sync does: taken for
+  // done, a key or a certificate said written could be gone after a power loss. A file made
+  // new is removed again (a retry would find it there); one replaced is left, and said not
+  // durable.
   const auto dir = file.parent_path().empty() ? std::filesystem::path(".") : file.parent_path();
-  if (const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC); dfd >= 0) {
-    ::fsync(dfd);
-    ::close(dfd);
+  const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd < 0 || ::fsync(dfd) != 0) {
+    const int saved = errno;
+    if (dfd >= 0) ::close(dfd);
+    if (!replace) ::unlink(file.c_str());
+    errno = saved;
+    return failed("cannot sync its directory");
   }
+  ::close(dfd);
   return {};
 }
 
