@@ -9,8 +9,10 @@
 #include <spdlog/spdlog.h>
 #include <sys/socket.h>
 #include <unistd.h>
+#include <caf/binary_deserializer.hpp>
 #include <caf/io/abstract_broker.hpp>
 #include <caf/io/scribe.hpp>
+#include <caf/sec.hpp>
 
 #include <algorithm>
 #include <atomic>
@@ -34,6 +36,7 @@ constexpr const char* configure_read_symbol =
     "_ZN3caf2io15abstract_broker14configure_readENS0_17connection_handleESt4pairINS0_19"
     "receive_policy_flagEmE";
 constexpr const char* flush_symbol = "_ZN3caf2io15abstract_broker5flushENS0_17connection_handleE";
+constexpr const char* begin_sequence_symbol = "_ZN3caf19binary_deserializer14begin_sequenceERm";
 
 // Whether a line may be written, at most 20 in 10 s for each `throttle` (a peer makes as many
 // such events as it likes); if lines were held back before it, `what` says how many.
@@ -244,8 +247,14 @@ expected<void> message_limit_in_effect() {
                                   "the message size limit");
       !read)
     return read;
-  return interposed_here(flush_symbol, reinterpret_cast<const void*>(&oversized_messages_refused),
-                         "the bound on unsent bytes");
+  if (auto flush =
+          interposed_here(flush_symbol, reinterpret_cast<const void*>(&oversized_messages_refused),
+                          "the bound on unsent bytes");
+      !flush)
+    return flush;
+  return interposed_here(begin_sequence_symbol,
+                         reinterpret_cast<const void*>(&oversized_messages_refused),
+                         "the check of sequence lengths against the message's bytes");
 }
 
 }  // namespace gflex
@@ -290,4 +299,17 @@ void caf::io::abstract_broker::flush(connection_handle hdl) {
   const size_t waiting = wr_buf(hdl).size();
   if (const auto why = gflex::judge(*this, hdl, waiting); why != gflex::verdict::keep)
     gflex::shut_down_stalled(*this, hdl, waiting, why);
+}
+
+// A sequence's length is read before its elements: CAF sizes a string or a byte vector to it
+// (and zero-fills it) before it checks that the bytes are there, so a message of 40 bytes
+// that announced 4 GiB made the core allocate and fill 4 GiB, before any token or key was
+// asked for. Every element of every type the program sends takes at least a byte, so a
+// length past the bytes left is malformed: refused as CAF refuses a message cut short.
+caf::error caf::binary_deserializer::begin_sequence(size_t& list_size) {
+  using fn = caf::error (*)(binary_deserializer*, size_t&);
+  static fn real = reinterpret_cast<fn>(dlsym(RTLD_NEXT, gflex::begin_sequence_symbol));
+  if (auto e = real(this, list_size)) return e;
+  if (list_size > remaining()) return caf::make_error(caf::sec::end_of_stream);
+  return caf::none;
 }

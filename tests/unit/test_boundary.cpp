@@ -23,6 +23,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <fstream>
 #include <memory>
 #include <optional>
 #include <string>
@@ -680,6 +681,63 @@ TEST_CASE("the message size limit is in effect in this process") {
   // configure_read resolves to the interposed one and libcaf_io does not bind symbolically.
   auto in_effect = gflex::message_limit_in_effect();
   CHECK_MESSAGE(in_effect.has_value(), (in_effect ? "" : in_effect.error().message()));
+}
+
+// This process's peak resident memory (VmHWM), in bytes; 0 if it cannot be read.
+uint64_t peak_resident_bytes() {
+  std::ifstream status("/proc/self/status");
+  std::string word;
+  while (status >> word)
+    if (word == "VmHWM:") {
+      uint64_t kib = 0;
+      status >> kib;
+      return kib << 10;
+    }
+  return 0;
+}
+
+TEST_CASE("a sequence that announces more than its message holds is refused unallocated") {
+  // CAF sized a byte vector or a string to the length a message announced (and zero-filled
+  // it) before it checked that the bytes were there: 40 bytes from a peer that had shown no
+  // token or key made the core allocate and fill 4 GiB. 256 MiB here.
+  caf::actor_system_config cfg;
+  caf::actor_system sys{cfg};
+  std::vector<char> bytes;
+  {
+    caf::binary_serializer sink{sys, bytes};
+    size_t announced = size_t{256} << 20;
+    REQUIRE_FALSE(sink.begin_sequence(announced));
+  }
+  bytes.resize(bytes.size() + 8, 'x');  // a few bytes, not 256 MiB
+  const bool peak_reset = static_cast<bool>(std::ofstream("/proc/self/clear_refs") << "5");
+  const uint64_t before = peak_resident_bytes();
+  std::vector<uint8_t> vector_out;
+  std::string string_out;
+  {
+    caf::binary_deserializer source{sys, bytes};
+    CHECK(static_cast<bool>(source(vector_out)));
+  }
+  {
+    caf::binary_deserializer source{sys, bytes};
+    CHECK(static_cast<bool>(source(string_out)));
+  }
+  const uint64_t after = peak_resident_bytes();
+  if (!peak_reset || before == 0) {
+    MESSAGE("skipped the memory check: this process's peak memory cannot be reset or read");
+    return;
+  }
+  CHECK_MESSAGE(after - before < (uint64_t{64} << 20),
+                "reading them took the peak from " << before << " to " << after << " bytes");
+  // A sequence within its bytes still reads.
+  std::vector<char> fine;
+  {
+    caf::binary_serializer sink{sys, fine};
+    REQUIRE_FALSE(sink(std::vector<uint8_t>{1, 2, 3}, std::string("ok")));
+  }
+  caf::binary_deserializer source{sys, fine};
+  REQUIRE_FALSE(source(vector_out, string_out));
+  CHECK(vector_out == std::vector<uint8_t>{1, 2, 3});
+  CHECK(string_out == "ok");
 }
 
 TEST_CASE("the check of routed messages' sources is in effect in this process") {
