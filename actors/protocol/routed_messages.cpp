@@ -56,6 +56,12 @@ constexpr const char* link_message_types = "@<>+@atom+@strong_actor_ptr";
 
 }  // namespace
 
+std::atomic<uint64_t> proxies_over_bound{0};
+
+uint64_t proxies_refused() {
+  return proxies_over_bound.load();
+}
+
 uint64_t forged_sources_refused() {
   return refused.load();
 }
@@ -272,6 +278,10 @@ caf::strong_actor_ptr caf::proxy_registry::get_or_put(const node_id& nid, actor_
       if (it != gflex::instances.end()) basp = it->second;
     }
     if (basp == nullptr || !basp->tbl().lookup_direct(nid)) return nullptr;
+  }
+  if (count_proxies(nid) >= gflex::max_proxies_per_node && !get(nid, aid)) {
+    gflex::proxies_over_bound.fetch_add(1);
+    return nullptr;
   }
   return real(this, nid, aid);
 }

@@ -21,6 +21,7 @@
 #include <caf/io/basp/header.hpp>
 #include <caf/io/middleman.hpp>
 
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <fstream>
@@ -480,6 +481,44 @@ TEST_CASE("a peer's message before its handshake closes its connection") {
           static_cast<ssize_t>(frame.size()));
   CHECK(closed_by_peer(fd, std::chrono::milliseconds(1500)));
   ::close(fd);
+}
+
+TEST_CASE("a peer's actors past a bound get no proxies: their handles read as none") {
+  // Each new actor id a peer named as a message's source had BASP keep a proxy for the
+  // connection's life: tiny messages from made-up ids, with no token or key, grew the core's
+  // memory without bound. Past max_proxies_per_node the messages still come, sender-less.
+  caf::actor_system_config cfg;
+  configure_actor_system(cfg);
+  cfg.load<caf::io::middleman>();
+  caf::actor_system sys{cfg};
+  auto counted = std::make_shared<std::atomic<size_t>>(0);
+  auto target = sys.spawn([counted](caf::event_based_actor*) -> caf::behavior {
+    return {[counted](int32_t) { ++*counted; }};
+  });
+  auto port = sys.middleman().publish(target, 0, "127.0.0.1");
+  REQUIRE(port);
+  std::vector<char> payload;
+  {
+    caf::binary_serializer sink{sys, payload};
+    std::vector<caf::strong_actor_ptr> stages;
+    auto msg = caf::make_message(int32_t{1});
+    REQUIRE_FALSE(sink(stages, msg));
+  }
+  const size_t total = gflex::max_proxies_per_node + 500;
+  std::vector<std::vector<char>> frames;
+  for (size_t i = 1; i <= total; ++i)
+    frames.push_back(basp_frame(sys, caf::io::basp::message_type::direct_message,
+                                caf::make_message_id().integer_value(),
+                                static_cast<caf::actor_id>(i), target.id(), payload));
+  const uint64_t refused_before = gflex::proxies_refused();
+  const int fd = raw_connection(sys, *port);
+  send_raw(sys, fd, made_up_node(11), frames);
+  for (int tries = 0; tries < 200 && counted->load() < total; ++tries)
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  CHECK(counted->load() == total);  // every message came
+  CHECK(gflex::proxies_refused() - refused_before >= 500);
+  ::close(fd);
+  caf::anon_send_exit(target, caf::exit_reason::user_shutdown);
 }
 
 TEST_CASE("a peer that is cut off again and again writes a bounded log") {
