@@ -15,6 +15,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <filesystem>
 #include <fstream>
 #include <future>
 #include <memory>
@@ -51,6 +52,31 @@ struct running_core {
 // A core run by run_core in a child process, killed (SIGKILL) at the end or by kill(): its
 // clients see its links close, as when a real core's process dies. Ready once its port takes
 // connections.
+// Stops process `pid` (SIGSTOP) and returns once every thread of it has stopped (at most
+// 5 s): kill() returns before a busy process's threads have all taken the stop, and a thread
+// still running answered a request sent right after it.
+inline bool stop_process(pid_t pid) {
+  if (::kill(pid, SIGSTOP) != 0) return false;
+  const std::string tasks = "/proc/" + std::to_string(pid) + "/task";
+  for (int tries = 0; tries < 500; ++tries) {
+    bool all_stopped = true;
+    std::error_code ec;
+    for (const auto& task : std::filesystem::directory_iterator(tasks, ec)) {
+      std::ifstream stat(task.path() / "stat");
+      std::string line;
+      std::getline(stat, line);
+      // "pid (comm) S ...": the state follows the last ')' (a thread's name may hold one).
+      const auto close = line.rfind(')');
+      const char state =
+          close != std::string::npos && close + 2 < line.size() ? line[close + 2] : '?';
+      if (state != 'T' && state != 't') all_stopped = false;
+    }
+    if (!ec && all_stopped) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return false;
+}
+
 struct forked_core {
   pid_t pid = -1;
 

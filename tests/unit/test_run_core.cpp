@@ -284,8 +284,8 @@ TEST_CASE("a client whose core stops answering with its link open goes on to ano
   // timeout there while another core led, until following a job gave up.
   two_cores cores;
   auto& c = cores.client;
-  REQUIRE(::kill(cores.first->pid, SIGSTOP) == 0);  // frozen: its socket stays open
-  auto unanswered = c->jobs();                      // waits out its 30 s
+  REQUIRE(test::stop_process(cores.first->pid));  // frozen: its socket stays open
+  auto unanswered = c->jobs();                    // waits out its 30 s
   CHECK_FALSE(unanswered.has_value());
   const auto asked = std::chrono::steady_clock::now();
   auto jobs = c->jobs();
