@@ -739,11 +739,10 @@ constexpr auto topup_wait = std::chrono::seconds(20);
 
 // How long a job waits for the verifier: it answers once a re-computation is done or has
 // failed; this bound is for a verifier that is gone (one replaced is told of, and asked
-// again). A check's waits double from its first up to max_deadline_s (less than twice that
-// together), and it gets three tries at that longest one: a bound of one try's cut a slow
-// core tier's check short, asked it again from its first wait, and held a core-tier worker
-// on the first for nothing.
-const auto verify_wait = std::chrono::seconds(5 * static_cast<int64_t>(max_deadline_s) + 3600);
+// again). A check whose waits doubled past it is asked again, and goes on from the wait it
+// reached (the verifier remembers a work's timeouts). Longer, it held each request's timer
+// that much longer: CAF 0.17 does not cancel a request's timeout once it is answered.
+const auto verify_wait = std::chrono::seconds(static_cast<int64_t>(max_deadline_s) + 3600);
 
 // `detail` with the divergence check's wait (divergence_waiting) after it: the acquires' and the
 // round watch's details, set four times a second, otherwise hid it as soon as it was shown.
