@@ -11,20 +11,11 @@
 #include "data_catalog.hpp"
 #include "gflex/kernels/model_builder.hpp"
 #include "gflex/runtime/digest.hpp"
+#include "two_class_rows.hpp"
 
 using namespace gflex;
 
 namespace {
-
-dataset tiny(int64_t n) {
-  dataset d;
-  d.classes = 2;
-  d.features = tensor::empty({n, 4}, dtype::f32);
-  d.labels = tensor::empty({n}, dtype::i32);
-  for (int64_t i = 0; i < n * 4; ++i) d.features.data<float>()[i] = static_cast<float>(i % 7);
-  for (int64_t i = 0; i < n; ++i) d.labels.data<int32_t>()[i] = static_cast<int32_t>(i % 2);
-  return d;
-}
 
 std::unique_ptr<kernels::workload> workload_loading_for(std::chrono::milliseconds delay,
                                                         const std::string& name,
@@ -33,11 +24,11 @@ std::unique_ptr<kernels::workload> workload_loading_for(std::chrono::millisecond
   m.linear(2).softmax_xent();
   auto plan = m.plan();
   REQUIRE(plan.has_value());
-  return kernels::make_graph_workload(name, std::move(*plan), m.toml(),
-                                      [delay, train_rows]() -> expected<dataset_splits> {
-                                        std::this_thread::sleep_for(delay);
-                                        return dataset_splits{tiny(train_rows), tiny(10)};
-                                      });
+  return kernels::make_graph_workload(
+      name, std::move(*plan), m.toml(), [delay, train_rows]() -> expected<dataset_splits> {
+        std::this_thread::sleep_for(delay);
+        return dataset_splits{test::two_class_rows(train_rows), test::two_class_rows(10)};
+      });
 }
 
 }  // namespace
@@ -100,7 +91,7 @@ TEST_SUITE("data catalog") {
     auto w = workload_loading_for(std::chrono::milliseconds(0), "odd", 103);
     auto data = catalog.get(*w);
     REQUIRE(data.has_value());
-    const auto train = tiny(103);
+    const auto train = test::two_class_rows(103);
     REQUIRE((*data)->shards.size() == 11);
     CHECK((*data)->train_samples == 103);
     for (int64_t i = 0; i < 11; ++i) {

@@ -30,6 +30,7 @@
 #include "running_core.hpp"
 #include "store.hpp"
 #include "temp_dir.hpp"
+#include "two_class_rows.hpp"
 
 using namespace gflex;
 
@@ -196,17 +197,6 @@ caf::behavior losing_push_door(caf::stateful_actor<losing_push_state>* self, caf
       },
       [=](caf::get_atom) { return self->state.parts; },
   };
-}
-
-// Two classes of four features: rows enough for the parts a push is cut into.
-dataset two_class_rows(int64_t n) {
-  dataset d;
-  d.classes = 2;
-  d.features = tensor::empty({n, 4}, dtype::f32);
-  d.labels = tensor::empty({n}, dtype::i32);
-  for (int64_t i = 0; i < n * 4; ++i) d.features.data<float>()[i] = static_cast<float>(i % 7);
-  for (int64_t i = 0; i < n; ++i) d.labels.data<int32_t>()[i] = static_cast<int32_t>(i % 2);
-  return d;
 }
 
 struct door_fixture : test::configured_system {
@@ -549,7 +539,7 @@ TEST_SUITE("follower_door") {
       REQUIRE(port);
       auto c = operator_client(*port);
       REQUIRE(c.has_value());
-      const dataset_splits data{two_class_rows(40), two_class_rows(8)};
+      const dataset_splits data{test::two_class_rows(40), test::two_class_rows(8)};
       auto pushed = c->push_data("rows", data, 2);
       auto seen = ask<std::vector<uint32_t>>(leading, caf::get_atom::value);
       REQUIRE(seen.has_value());
