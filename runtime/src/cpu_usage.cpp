@@ -39,10 +39,14 @@ cpu_monitor::sample cpu_monitor::take() {
 }
 
 std::optional<double> cpu_monitor::others_busy(std::chrono::steady_clock::duration max_age,
-                                               std::chrono::steady_clock::duration probe) {
-  if (std::chrono::steady_clock::now() - last_at_ > max_age) {
+                                               std::chrono::steady_clock::duration probe,
+                                               std::chrono::steady_clock::duration min_window) {
+  auto since = std::chrono::steady_clock::now() - last_at_;
+  if (since > max_age) {
     last_ = take();
     std::this_thread::sleep_for(probe);
+  } else if (since < min_window) {
+    std::this_thread::sleep_for(min_window - since);
   }
   auto now = take();
   auto before = last_;

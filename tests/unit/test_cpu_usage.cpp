@@ -3,8 +3,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <thread>
+#include <vector>
 
 #include "gflex/runtime/cpu_usage.hpp"
 
@@ -63,4 +65,22 @@ TEST_CASE("cpu_monitor judges by the last few seconds, not since a call long ago
   waitpid(child, nullptr, 0);
   REQUIRE(busy.has_value());
   CHECK(*busy >= 0.6 / cpus);
+}
+
+TEST_CASE("cpu_monitor asked twice at once still sees another process keep the CPUs busy") {
+  // Assignments back to back asked within a few milliseconds: /proc/stat had moved by no clock
+  // tick, nothing was known, and an idle-only node took work on a busy machine.
+  cpu_monitor m;
+  const unsigned cpus = std::max(1u, std::thread::hardware_concurrency());
+  std::vector<pid_t> children;
+  for (unsigned i = 0; i < cpus; ++i) children.push_back(spinning_child());
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  auto first = m.others_busy();
+  auto second = m.others_busy();
+  for (pid_t c : children) kill(c, SIGKILL);
+  for (pid_t c : children) waitpid(c, nullptr, 0);
+  REQUIRE(first.has_value());
+  REQUIRE(second.has_value());
+  CHECK(*first > 0.5);
+  CHECK(*second > 0.5);
 }
