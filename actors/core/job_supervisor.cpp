@@ -10,6 +10,7 @@
 #include <map>
 #include <optional>
 #include <set>
+#include <tuple>
 
 #include <toml++/toml.h>
 
@@ -1794,8 +1795,25 @@ caf::behavior job_supervisor_actor(supervisor_actor* self, job_links links,
         // uploaded again what the core holds. A passing loss: a client asks again.
         if (!self->state.data_sets_listed) return to_caf(data_not_known(self->state));
         std::vector<data_set_info> out;
-        for (const auto& [key, info] : self->state.data_sets)
-          if (who == operator_principal || key.first == who) out.push_back(info);
+        const auto& st = self->state;
+        auto listed = [&](const data_set_id& key) {
+          return who == operator_principal || key.first == who;
+        };
+        for (const auto& [key, info] : st.data_sets)
+          if (listed(key)) out.push_back(info);
+        for (const auto& [key, left_out] : st.damaged_sets)
+          if (listed(key)) {
+            out.push_back(left_out.first);
+            out.back().unusable = "damaged (" + left_out.second + "); remove it and push again";
+          }
+        for (const auto& [key, left_out] : st.unloaded_sets)
+          if (listed(key)) {
+            out.push_back(left_out.first);
+            out.back().unusable = "not loaded yet (" + left_out.second + "); read again every 5 s";
+          }
+        std::sort(out.begin(), out.end(), [](const data_set_info& a, const data_set_info& b) {
+          return std::tie(a.owner, a.name) < std::tie(b.owner, b.name);
+        });
         return out;
       },
       [=](drm_atom, const std::string& who, const std::string& name) -> caf::result<caf::ok_atom> {

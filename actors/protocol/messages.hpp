@@ -388,7 +388,7 @@ template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, data_set_info& x) {
   return f(caf::meta::type_name("data_set_info"), x.owner, x.name, x.train_samples, x.test_samples,
            x.sample_values, x.classes, x.tokens, x.bytes, x.train_shards, x.test_shards,
-           x.parts_received);
+           x.parts_received, x.unusable);
 }
 
 template <class Inspector>

@@ -32,6 +32,7 @@ struct data_flags {
   data_files files;
   int64_t shards = 0;  // training shards at least; 0: one per 3,000 samples
   bool as_json = false;
+  std::string owner;  // show: whose set (the operator's key sees every account's)
 };
 
 // Features [n, ...] and labels [n] as a data set: u8 features are pixels (scaled to [0, 1]),
@@ -200,7 +201,9 @@ nlohmann::json to_json(const data_set_info& i) {
           {"classes", i.classes},
           {"tokens", i.tokens},
           {"bytes", i.bytes},
-          {"shards", i.train_shards.size() + i.test_shards.size()}};
+          {"shards", i.train_shards.size() + i.test_shards.size()},
+          {"usable", i.unusable.empty()},
+          {"unusable", i.unusable}};
 }
 
 void print(const data_set_info& i) {
@@ -211,6 +214,7 @@ void print(const data_set_info& i) {
       static_cast<long long>(i.test_samples), static_cast<long long>(i.sample_values),
       i.tokens ? "tokens" : "values", static_cast<long long>(i.classes),
       static_cast<double>(i.bytes) / 1e6, i.train_shards.size() + i.test_shards.size());
+  if (!i.unusable.empty()) std::printf("  unusable: %s\n", i.unusable.c_str());
 }
 
 int run_push(const data_flags& f) {
@@ -241,11 +245,24 @@ int run_list(const data_flags& f) {
   auto sets = c->data_sets();
   if (!sets) return fail_answer(sets.error());
   if (!f.name.empty()) {
-    auto it = std::find_if(sets->begin(), sets->end(),
-                           [&](const data_set_info& i) { return i.name == f.name; });
-    if (it == sets->end())
-      return fail(error(errc::invalid_argument, "no data set '" + f.name + "'"), 2);
-    *sets = {*it};
+    // The operator's key lists every account's sets: two accounts' sets of one name were
+    // shown as the first of them, said nowhere.
+    std::vector<data_set_info> named;
+    for (auto& i : *sets)
+      if (i.name == f.name && (f.owner.empty() || i.owner == f.owner)) named.push_back(i);
+    if (named.empty())
+      return fail(
+          error(errc::invalid_argument, "no data set '" + f.name + "'" +
+                                            (f.owner.empty() ? std::string() : " of " + f.owner)),
+          2);
+    if (named.size() > 1) {
+      std::string owners;
+      for (const auto& i : named) owners += (owners.empty() ? "" : ", ") + i.owner;
+      return fail(error(errc::invalid_argument, "data sets '" + f.name + "' of several accounts (" +
+                                                    owners + "): say which with --owner"),
+                  2);
+    }
+    *sets = std::move(named);
   }
   if (f.as_json) {
     nlohmann::json j = nlohmann::json::array();
@@ -307,6 +324,9 @@ void add_data_commands(CLI::App& app, std::function<int()>& run) {
 
   auto* show = data->add_subcommand("show", "one data set");
   show->add_option("name", f->name, "its name")->required();
+  show->add_option("--owner", f->owner,
+                   "the account that holds it (user/NAME or operator), where the operator's key "
+                   "sees several of that name");
   show->add_flag("--json", f->as_json, "print JSON");
   add_connection_flags(show, f->link);
   show->callback(set(run_list));

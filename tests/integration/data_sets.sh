@@ -119,6 +119,19 @@ listed=$("${ALICE[@]}" "$G" data list --core "$core") || fail "alice's data list
 listed=$("${BOB[@]}" "$G" data list --core "$core") || fail "bob's data list failed"
 [ -z "$listed" ] || fail "bob sees alice's data sets"
 echo "ok: idx, npy and tokens pushed; only alice sees them"
+# Two accounts' sets of one name: the operator's key sees both, and `data show` says which to
+# pick rather than show the first of them.
+"${BOB[@]}" "$G" data push text "$WORK/text.txt" --format tokens --context 32 \
+  --core "$core" >/dev/null || fail "bob's push of a set named as one of alice's"
+expect_usage "the operator's data show of a name two accounts hold" \
+  "data sets 'text' of several accounts .user/alice, user/bob.: say which with --owner" \
+  "$G" data show text --core "$core"
+"$G" data show text --owner user/bob --core "$core" --json >"$WORK/bob-text.json" ||
+  fail "the operator's data show --owner user/bob"
+[ "$(json_get "$WORK/bob-text.json" "(j['owner'], j['usable'])")" = "('user/bob', True)" ] ||
+  fail "data show --owner: $(cat "$WORK/bob-text.json")"
+"${BOB[@]}" "$G" data rm text --core "$core" >/dev/null || fail "bob's data rm"
+echo "ok: the operator's data show names the account where two hold a set's name"
 # A core machine that is off (its packets dropped) listed first: the client passes over it in
 # seconds. CAF's blocking connect held it for the kernel's SYN retries, about 2 minutes.
 cat >"$WORK/blackhole.py" <<'PY'

@@ -51,6 +51,20 @@ error refusal_of(job_fixture& f, const Ts&... xs) {
   return out;
 }
 
+// Alice's set `name` as the core lists it; an empty one (no name) when it is not listed.
+data_set_info listed_set(job_fixture& f, const std::string& name) {
+  data_set_info found;
+  f.self->request(f.supervisor, f.wait, dlist_atom::value, f.alice)
+      .receive(
+          [&](std::vector<data_set_info>& sets) {
+            for (auto& i : sets)
+              if (i.name == name) found = i;
+          },
+          [&](caf::error& e) { FAIL(f.sys.render(e)); });
+  REQUIRE_MESSAGE(found.name == name, "no data set '" << name << "' listed");
+  return found;
+}
+
 }  // namespace
 
 TEST_SUITE("job resume") {
@@ -108,6 +122,10 @@ TEST_SUITE("job resume") {
     auto s =
         f.await([](const job_status& s) { return s.detail.find("waiting for workers") == 0; }, 10);
     CHECK_MESSAGE(s.detail.find("waiting for workers: 1 assignment(s) of round 3") == 0, s.detail);
+    // Listed, saying why it cannot be used: left out, its owner saw "no data set".
+    const auto d_listed = listed_set(f, "d");
+    CHECK_MESSAGE(d_listed.unusable.find("damaged (") == 0, d_listed.unusable);
+    CHECK(listed_set(f, "c").unusable.empty());
     f.self->request(f.supervisor, f.wait, drm_atom::value, f.alice, std::string("d"))
         .receive([](caf::ok_atom) {}, [&](caf::error& e) { FAIL(f.sys.render(e)); });
     std::vector<std::string> deleted;
@@ -139,6 +157,8 @@ TEST_SUITE("job resume") {
     CHECK_MESSAGE(
         refused.find("'d' cannot be read from the store now (shard ") != std::string::npos,
         refused);
+    const auto d_listed = listed_set(f, "d");
+    CHECK_MESSAGE(d_listed.unusable.find("not loaded yet (") == 0, d_listed.unusable);
     // Read again: it is served, and taken.
     std::string id;
     for (int tries = 0; tries < 100 && id.empty(); ++tries) {

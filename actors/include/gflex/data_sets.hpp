@@ -23,6 +23,10 @@ struct data_set_info {
   std::vector<std::string> train_shards;  ///< BLAKE2b-256 hex digests, in order.
   std::vector<std::string> test_shards;
   uint32_t parts_received = 0;  ///< Of an upload in progress: parts staged so far.
+  /// Why jobs cannot use it now (a shard damaged or missing, a shard the store did not answer
+  /// at the last load); empty when they can. Such a set is listed all the same: left out,
+  /// its owner saw "no data set" and pushed again under a name the core still held.
+  std::string unusable;
 };
 
 /// client -> core: one shard of an upload. Parts arrive in order, index 0 first (which starts
