@@ -70,6 +70,9 @@ caf::error to_caf(const error& e) {
 }
 
 error from_caf(const caf::error& e, caf::actor_system* sys) {
+  // An error of no code (a peer's answer) has no category: CAF 0.17 reads it through a null
+  // pointer.
+  if (!e) return error(errc::io_error, "an error of no code");
   if (e.category() == error_category) {
     std::string message;
     if (e.context().match_elements<std::string>()) message = e.context().get_as<std::string>(0);

@@ -422,9 +422,9 @@ constexpr auto pull_quiet_limit = std::chrono::seconds(30);
 // same shard back in a tight loop, never cooled down, and stalled its job.
 caf::error node_words(session_actor* self, caf::error e, bool believed = false) {
   const auto& sender = self->current_sender();
+  if (!e) return to_caf(error(errc::io_error, "the node answered with an error of no code"));
   if (!sender || sender == self->ctrl()) return e;
   constexpr size_t shown = 512;
-  if (!e) return to_caf(error(errc::io_error, "the node answered with an error of no code"));
   const auto& context = e.context();
   const std::string_view said =
       context.match_elements<std::string>() ? context.get_as<std::string>(0) : std::string_view{};

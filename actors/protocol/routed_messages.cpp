@@ -261,9 +261,10 @@ caf::io::basp::connection_state caf::io::basp::instance::handle(execution_unit* 
 }
 
 // A handle on a node this process has no connection to reads as none in a process that
-// refuses third parties (refuse_third_party_nodes); everything else goes on to CAF's
-// definition, which makes the proxy (and, for a node it did not know, a route and a helper
-// actor that nothing ever removes).
+// refuses third parties (refuse_third_party_nodes); one of a node past max_proxies_per_node
+// reads as that node's stand-in actor (overflow_actor_id), still the node's; everything else
+// goes on to CAF's definition, which makes the proxy (and, for a node it did not know, a
+// route and a helper actor that nothing ever removes).
 caf::strong_actor_ptr caf::proxy_registry::get_or_put(const node_id& nid, actor_id aid) {
   using fn = strong_actor_ptr (*)(proxy_registry*, const node_id&, actor_id);
   static fn real = reinterpret_cast<fn>(dlsym(RTLD_NEXT, gflex::get_or_put_symbol));
@@ -279,9 +280,10 @@ caf::strong_actor_ptr caf::proxy_registry::get_or_put(const node_id& nid, actor_
     }
     if (basp == nullptr || !basp->tbl().lookup_direct(nid)) return nullptr;
   }
-  if (count_proxies(nid) >= gflex::max_proxies_per_node && !get(nid, aid)) {
+  if (aid != gflex::overflow_actor_id && count_proxies(nid) >= gflex::max_proxies_per_node &&
+      !get(nid, aid)) {
     gflex::proxies_over_bound.fetch_add(1);
-    return nullptr;
+    return real(this, nid, gflex::overflow_actor_id);
   }
   return real(this, nid, aid);
 }

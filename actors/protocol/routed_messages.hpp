@@ -62,13 +62,19 @@ void forget_guarded_actor(const caf::node_id& node, caf::actor_id id);
 /// and a helper actor for good (a peer could grow the core's memory without bound).
 void refuse_third_party_nodes();
 
-/// Actors of one peer node this process keeps proxies of, at most: past it, another handle of
-/// that node reads as none (a message from it comes with no sender). A node's are its uplink,
-/// its cache and up to 1,024 workers; a peer that named new actor ids of its own in message
-/// after message, with no token or key, had a proxy kept for each for its connection's life.
+/// Actors of one peer node this process keeps proxies of, at most: past it, every other handle
+/// of that node reads as one stand-in actor of that node (overflow_actor_id). A node's are its
+/// uplink, its cache and up to 1,024 workers; a peer that named new actor ids of its own in
+/// message after message, with no token or key, had a proxy kept for each for its connection's
+/// life. Read as none, a message from such an actor came with no sender, and a sender-less
+/// error response passed for CAF's own bounce of a request to a dead local actor: a guarded
+/// actor took it, and one of no code crashed the core's door.
 inline constexpr size_t max_proxies_per_node = 8192;
 
-/// How many handles were read as none for the bound above.
+/// The actor id every handle of a peer node past max_proxies_per_node reads as.
+inline constexpr uint64_t overflow_actor_id = ~uint64_t{0};
+
+/// How many handles were read as the stand-in for the bound above.
 uint64_t proxies_refused();
 
 /// Whether the checks are in effect in this process (interposition.hpp). run_core, run_node

@@ -439,6 +439,14 @@ TEST_CASE("a peer's error without a sender does not fail a request a guarded act
   CHECK(guarded == "no answer");
 }
 
+TEST_CASE("an error of no code reads as an io_error, not through a null pointer") {
+  // A peer's answer of caf::error{}: CAF 0.17's category() of it reads a null pointer, and the
+  // core's door crashed reading one.
+  const auto read = gflex::from_caf(caf::error{}, nullptr);
+  CHECK(read.code() == gflex::errc::io_error);
+  CHECK(read.message() == "an error of no code");
+}
+
 TEST_CASE("a peer's link message closes its connection and links nothing") {
   // BASP links the two actors a link message names at once, past every mailbox: linked to
   // the guarded actor, the plain one, killed, took the guarded one with it (its exit comes
@@ -483,17 +491,26 @@ TEST_CASE("a peer's message before its handshake closes its connection") {
   ::close(fd);
 }
 
-TEST_CASE("a peer's actors past a bound get no proxies: their handles read as none") {
+TEST_CASE("a peer's actors past a bound read as one stand-in of that peer, never as none") {
   // Each new actor id a peer named as a message's source had BASP keep a proxy for the
   // connection's life: tiny messages from made-up ids, with no token or key, grew the core's
-  // memory without bound. Past max_proxies_per_node the messages still come, sender-less.
+  // memory without bound. Past max_proxies_per_node they were read as none: the messages came
+  // sender-less, and a sender-less error response passed for CAF's own bounce of a request to
+  // a dead local actor (one of no code crashed the core's door).
   caf::actor_system_config cfg;
   configure_actor_system(cfg);
   cfg.load<caf::io::middleman>();
   caf::actor_system sys{cfg};
   auto counted = std::make_shared<std::atomic<size_t>>(0);
-  auto target = sys.spawn([counted](caf::event_based_actor*) -> caf::behavior {
-    return {[counted](int32_t) { ++*counted; }};
+  auto senderless = std::make_shared<std::atomic<size_t>>(0);
+  auto stand_in = std::make_shared<std::atomic<size_t>>(0);
+  auto target = sys.spawn([=](caf::event_based_actor* self) -> caf::behavior {
+    return {[=](int32_t) {
+      ++*counted;
+      const auto& sender = self->current_sender();
+      if (!sender) ++*senderless;
+      if (sender && sender->id() == gflex::overflow_actor_id) ++*stand_in;
+    }};
   });
   auto port = sys.middleman().publish(target, 0, "127.0.0.1");
   REQUIRE(port);
@@ -516,6 +533,8 @@ TEST_CASE("a peer's actors past a bound get no proxies: their handles read as no
   for (int tries = 0; tries < 200 && counted->load() < total; ++tries)
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   CHECK(counted->load() == total);  // every message came
+  CHECK(senderless->load() == 0);
+  CHECK(stand_in->load() == 500);
   CHECK(gflex::proxies_refused() - refused_before >= 500);
   ::close(fd);
   caf::anon_send_exit(target, caf::exit_reason::user_shutdown);
