@@ -2014,6 +2014,15 @@ void dispatch(job_actor* self) {
               for (auto& s : slots) self->send(st.links.market, release_atom::value, s.worker);
               return;
             }
+            // Asked for the round before (a straggler's backup), answered after the next
+            // round's escrow hold went out, or after the job paused for one: the slots go
+            // back. They got the next round's work at once, before its escrow was held (or
+            // while the job said it was paused), and a round so collected was paid from none.
+            // The hold's answer, or the top-up, dispatches again.
+            if (st.holding || st.paused) {
+              for (auto& s : slots) self->send(st.links.market, release_atom::value, s.worker);
+              return;
+            }
             // A backup queued for a shard that has been answered since is not needed.
             std::erase_if(st.unassigned,
                           [&](int64_t shard) { return st.results.count(shard) != 0; });
