@@ -1073,12 +1073,21 @@ void roll_back(job_actor* self, const char* why = "the caught work") {
                u.index + 1, why);
   st.round_params = u.params;
   st.results = std::move(u.results);
-  // A next round that waited quietly for this one's escrow to settle is gone with it; this
-  // round still holds its own escrow, so it is collected now (else nothing would dispatch
-  // it: the quiet wait ends only with a settle or a top-up).
-  if (st.paused_for_budget && s.state != job_state::paused) {
-    st.paused_for_budget = false;
+  // A pause is for the next round's escrow (the budget or the account short of it, or a quiet
+  // wait for this one's to settle): that round is gone with the rollback, and this one still
+  // holds its own escrow, so it is collected now. Paused on, nothing dispatched it: the job
+  // waited for a top-up it did not need (the quiet wait ends only with a settle or a top-up).
+  // The next round asks for its hold again when it starts.
+  if (st.paused && st.held.count(u.index) != 0) {
+    const bool said = s.state == job_state::paused;
     st.paused = false;
+    st.paused_for_budget = false;
+    st.paused_for_account = false;
+    if (said) {
+      s.state = job_state::running;
+      s.detail.clear();
+      publish(self);
+    }
   }
   open_round(self);
   for (int64_t shard : shards_of_round(st, u.index))

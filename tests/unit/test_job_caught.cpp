@@ -679,6 +679,55 @@ resumed_job standing_out_unverified(int rounds,
                      });
 }
 
+// A verifier that holds every check until (caf::put_atom) refutes the first it holds.
+caf::behavior refuting_when_told(caf::stateful_actor<refuting_state>* self) {
+  return {
+      [=](verify_atom, verify_request&) -> caf::result<double, double, double> {
+        const int n = ++self->state.asked;
+        auto rp = self->make_response_promise<double, double, double>();
+        self->state.held.emplace(n, rp);
+        return rp;
+      },
+      [=](caf::put_atom) {
+        auto it = self->state.held.begin();
+        if (it == self->state.held.end()) return;
+        it->second.deliver(1.0, 1.0, 0.01);
+        self->state.held.erase(it);
+      },
+  };
+}
+
+// A ledger in front of `keeper` that refuses the `nth` escrow hold (from 1) as an account
+// short of credits is refused, and passes everything else on. Linked to `keeper`.
+caf::behavior refusing_nth_hold(caf::event_based_actor* self, caf::actor keeper, int nth) {
+  self->link_to(keeper);
+  auto holds = std::make_shared<int>(0);
+  return {
+      [=](open_atom a, std::string& account, bool exists_ok) {
+        return self->delegate(keeper, a, std::move(account), exists_ok);
+      },
+      [=](account_atom a, std::string& account) {
+        return self->delegate(keeper, a, std::move(account));
+      },
+      [=](booked_atom a, std::string& op) { return self->delegate(keeper, a, std::move(op)); },
+      [=](settle_atom a, std::string& kind, std::string& memo, std::vector<posting>& postings,
+          store_batch& batch, std::string& op) {
+        return self->delegate(keeper, a, std::move(kind), std::move(memo), std::move(postings),
+                              std::move(batch), std::move(op));
+      },
+      [=](transfer_atom a, std::string& kind, std::string& memo, std::vector<posting>& postings,
+          std::string& op) -> caf::result<uint64_t> {
+        if (kind == "hold" && ++*holds == nth)
+          return to_caf(error(errc::invalid_argument, "user/alice would go below zero"));
+        auto rp = self->make_response_promise<uint64_t>();
+        self->request(keeper, std::chrono::seconds(30), a, kind, memo, postings, op)
+            .then([=](uint64_t seq) mutable { rp.deliver(seq); },
+                  [=](caf::error& e) mutable { rp.deliver(e); });
+        return rp;
+      },
+  };
+}
+
 }  // namespace
 
 TEST_SUITE("job caught nodes") {
@@ -1636,6 +1685,32 @@ TEST_SUITE("job caught nodes") {
     auto running = r.state_seen(job_state::running);  // resumed, with the budget stored
     REQUIRE(running.has_value());
     CHECK(running->budget == 10'033'334);
+  }
+
+  TEST_CASE("a round rolled back while the next one's hold was refused is collected again") {
+    // Round 3 is applied while the volunteer's result is re-computed; round 4's hold is refused
+    // (the account short) and the job pauses for a top-up. The re-computation then catches the
+    // volunteer, and round 3 is rolled back: it holds its own escrow, yet the pause (for round
+    // 4's) stayed, nothing was dispatched, and the job waited for a top-up it did not need.
+    resumed_job r(
+        6,
+        {{"volunteer", node_tier::community, std::chrono::milliseconds(0), {}, -1, 1'000'000},
+         {"core-node", node_tier::core, std::chrono::milliseconds(0), {}, -1, 1'000'000}},
+        true,
+        [](caf::actor_system& sys, job_links& links) {
+          links.reputation = sys.spawn(sampling_reputation);
+          links.verifier = sys.spawn(refuting_when_told);
+          links.ledger = sys.spawn(refusing_nth_hold, funded_keeper(sys, links.store), 2);
+        },
+        metered_50);
+    auto paused = r.state_seen(job_state::paused);
+    REQUIRE(paused.has_value());
+    CHECK_MESSAGE(paused->detail.find("cannot hold round 4's escrow") != std::string::npos,
+                  paused->detail);
+    r.f.self->send(r.links.verifier, caf::put_atom::value);  // the volunteer is caught
+    auto s = r.committed(4, 10);
+    REQUIRE_MESSAGE(s.has_value(), "round 3 was not collected again after its rollback");
+    CHECK(s->rollbacks == 1);
   }
 
   TEST_CASE("a job restarted with its last round committed ends done, training nothing more") {
