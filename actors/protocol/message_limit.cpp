@@ -301,15 +301,55 @@ void caf::io::abstract_broker::flush(connection_handle hdl) {
     gflex::shut_down_stalled(*this, hdl, waiting, why);
 }
 
+namespace {
+
+// The containers (strings, vectors, maps) one deserializer may still begin: a sixteenth of
+// its bytes, and 4,096 more. Each takes a byte on the wire at least but 24 to 32 bytes in memory,
+// so a message of 128 MiB of empty strings (CAF's own `@strvec`, or any vector of strings a
+// node may send) became 4 GiB of strings, and 2 GiB more while its vector grew, before any
+// token or key was asked for; now about twice its size at most, and as much again while a
+// vector grows. The program's own messages begin a container per 16 bytes or more (a digest,
+// a posting, a node's row), past the first 4,096.
+struct container_budget {
+  const caf::binary_deserializer* reader = nullptr;
+  const void* end = nullptr;  // the reader's buffer's end
+  size_t last_remaining = 0;  // at the reader's last begin_sequence
+  size_t left = 0;
+};
+thread_local container_budget containers;
+
+// Counts a container `reader` begins, `before` bytes from its end; false past its budget.
+// A deserializer reads a length of a byte at least at each begin_sequence, so one that has
+// as many bytes left as at its last call or more, or another end, is a new one (another
+// message, perhaps in a buffer at the same address).
+bool within_budget(const caf::binary_deserializer& reader, size_t before) {
+  auto& b = containers;
+  const void* end = reader.remainder().data() + reader.remainder().size();
+  if (b.reader != &reader || b.end != end || before >= b.last_remaining) {
+    b.reader = &reader;
+    b.end = end;
+    b.left = before / 16 + 4096;
+  }
+  b.last_remaining = before;
+  if (b.left == 0) return false;
+  b.left -= 1;
+  return true;
+}
+
+}  // namespace
+
 // A sequence's length is read before its elements: CAF sizes a string or a byte vector to it
 // (and zero-fills it) before it checks that the bytes are there, so a message of 40 bytes
 // that announced 4 GiB made the core allocate and fill 4 GiB, before any token or key was
 // asked for. Every element of every type the program sends takes at least a byte, so a
-// length past the bytes left is malformed: refused as CAF refuses a message cut short.
+// length past the bytes left is malformed: refused as CAF refuses a message cut short. So
+// is a message that begins more containers than container_budget allows.
 caf::error caf::binary_deserializer::begin_sequence(size_t& list_size) {
   using fn = caf::error (*)(binary_deserializer*, size_t&);
   static fn real = reinterpret_cast<fn>(dlsym(RTLD_NEXT, gflex::begin_sequence_symbol));
+  const size_t before = remaining();
   if (auto e = real(this, list_size)) return e;
   if (list_size > remaining()) return caf::make_error(caf::sec::end_of_stream);
+  if (!within_budget(*this, before)) return caf::make_error(caf::sec::invalid_argument);
   return caf::none;
 }
