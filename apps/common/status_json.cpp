@@ -44,6 +44,13 @@ nlohmann::json to_json(const job_status& s) {
                       {"cost_ratio", s.cloud_cost > 0 ? static_cast<double>(s.credits_spent) /
                                                             static_cast<double>(s.cloud_cost)
                                                       : 0.0}};
+  // Not evaluated yet (queued, or ended before its first test): no figures, not zeros, which
+  // read as a model that learnt nothing, or as 0 bits per byte (perfect), as `gflex train`
+  // says with `evaluated: false`.
+  const bool evaluated = tested_round(s) > 0;
+  j["evaluated"] = evaluated;
+  if (!evaluated)
+    for (const char* figure : {"test_accuracy", "test_loss", "test_bits"}) j[figure] = nullptr;
   if (!s.history.empty()) {
     auto points = nlohmann::json::array();
     for (const auto& p : s.history)

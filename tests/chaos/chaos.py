@@ -149,8 +149,9 @@ def run_job(label, chaos):
     for name, _ in frozen:
         procs[name].send_signal(signal.SIGCONT)
     st = status(job)
-    print(f"{label}: {job} {st and st['state']}, round {st and st['round']}, "
-          f"test accuracy {st and st['test_accuracy']:.4f}, {time.time() - start_t:.1f} s",
+    accuracy = st and st["test_accuracy"]  # None: no status, or not evaluated
+    print(f"{label}: {job} {st and st['state']}, round {st and st['round']}, test accuracy "
+          f"{'none' if accuracy is None else f'{accuracy:.4f}'}, {time.time() - start_t:.1f} s",
           flush=True)
     return job, st, core_killed
 
