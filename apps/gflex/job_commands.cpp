@@ -10,6 +10,7 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <optional>
+#include <random>
 #include <sstream>
 #include <thread>
 
@@ -125,8 +126,24 @@ int run_submit(const job_flags& f) {
         error(errc::io_error, f.json + ": cannot be written (--json); nothing was submitted"), 2);
   std::optional<client> c;
   if (int code = connect_core(f.link, c); code != 0) return code;
-  auto id = f.submission_id.empty() ? c->submit(*text) : c->submit(*text, f.submission_id);
-  if (!id) return fail_answer(id.error());
+  // Drawn here rather than by the client, so that a run that gives up (no answer within its
+  // patience, or a follow cut short) can name it: run again with it, the core answers with
+  // the job it made; run again without it, a second job ran and was paid for.
+  std::string submission = f.submission_id;
+  if (submission.empty()) {
+    std::random_device random;
+    for (int i = 0; i < 4; ++i) submission += fmt::format("{:08x}", random());
+  }
+  auto id = c->submit(*text, submission);
+  if (!id) {
+    const int code = fail_answer(id.error());
+    if (code == 1)
+      std::fprintf(stderr,
+                   "the core may have made the job: submit again with --submission-id %s to be "
+                   "answered with it rather than make a second\n",
+                   submission.c_str());
+    return code;
+  }
   std::printf("%s\n", id->c_str());
   std::fflush(stdout);
   // Community results are sampled and re-computed on core-tier workers: without one, the job
@@ -143,16 +160,29 @@ int run_submit(const job_flags& f) {
                    "--unverified accept)\n",
                    id->c_str());
   }
+  // Exit 1 after the job was made: a script that retries a failed run must not submit it
+  // again (a second job, paid for) but follow this one.
+  auto made_all_the_same = [&] {
+    std::fprintf(stderr,
+                 "%s was submitted and may be running: follow it with `gflex status %s` (submitted "
+                 "again with --submission-id %s, the core answers with it)\n",
+                 id->c_str(), id->c_str(), submission.c_str());
+  };
   if (!f.wait) {
     if (!f.json.empty() && !write_json(f.json, {{"job_id", *id}})) {
       std::fprintf(stderr, "%s was submitted; only its JSON could not be written\n", id->c_str());
+      made_all_the_same();
       return 1;
     }
     return 0;
   }
   job_progress draw;
   auto s = c->wait(*id, draw);
-  if (!s) return fail(s.error());
+  if (!s) {
+    const int code = fail(s.error());
+    made_all_the_same();
+    return code;
+  }
   std::printf("%s %s: %s after %lld rounds, %s moved, %.1f s\n", s->job_id.c_str(),
               to_string(s->state), accuracy_text(*s).c_str(), static_cast<long long>(s->round),
               human_bytes(static_cast<double>(s->bytes_sent + s->bytes_received)).c_str(),
