@@ -975,6 +975,27 @@ void assignment_failed(job_actor* self, uint64_t id, const caf::error& e) {
   fail_assignment(self, id, self->system().render(e), node_at_fault);
 }
 
+// A copy that went out before the one that won, still unanswered: it ran longer than the
+// winner's whole run, so its samples over the time it ran bound its node's rate (a true
+// bound, however the node spent that time), which goes to the market as a measurement, as a
+// session's of an answer does. Cancelled with no word, a node that took work and never
+// answered (or an honest one its owner slowed) was never measured once a backup beat it: it
+// kept its claimed rate, the cheapest it was given every round's first copies, and each
+// round waited for a backup.
+void measure_lost_race(job_actor* self, const in_flight& loser) {
+  const auto& a = loser.work;
+  const double samples = static_cast<double>(std::max<int64_t>(a.local_steps, 0)) *
+                         static_cast<double>(std::max<int64_t>(a.batch_size, 0));
+  const double ran = std::chrono::duration<double>(clock_type::now() - loser.started).count();
+  if (samples <= 0.0 || ran <= 0.0) return;
+  spdlog::info(
+      "job {}: {} lost the race for shard {} after {:.1f} s unanswered; measured at "
+      "{:.3g} samples/s at most",
+      self->state.job.id, loser.slot.node_name, loser.shard, ran, samples / ran);
+  self->send(self->state.links.market, rate_atom::value, loser.slot.node_name,
+             market_workload(a.workload, a.model), samples / ran);
+}
+
 void fail_assignment(job_actor* self, uint64_t id, const std::string& why, bool node_at_fault) {
   auto& st = self->state;
   auto it = st.pending.find(id);
@@ -1790,6 +1811,7 @@ void on_result(job_actor* self, uint64_t id, assignment_result& r) {
   auto slot = it->second.slot;
   auto shard = it->second.shard;
   auto work = std::move(it->second.work);
+  const auto winner_started = it->second.started;
   if (auto u = st.unsuited.find(slot.node_id); u != st.unsuited.end())
     u->second.backoff.succeeded();
   // The time the core saw the assignment take: a node is never paid for more.
@@ -1807,6 +1829,7 @@ void on_result(job_actor* self, uint64_t id, assignment_result& r) {
     }
     self->send(other->second.slot.worker, abort_atom::value, other->first);
     self->send(st.links.market, release_atom::value, other->second.slot.worker);
+    if (other->second.started < winner_started) measure_lost_race(self, other->second);
     st.copies[shard] -= 1;
     other = st.pending.erase(other);
   }

@@ -5,6 +5,7 @@
 
 #include <doctest/doctest.h>
 
+#include <cmath>
 #include <optional>
 
 #include "gflex/runtime/identity.hpp"
@@ -52,10 +53,12 @@ caf::behavior delayed_worker(caf::stateful_actor<std::map<uint64_t, caf::respons
 struct ordered_market_state {
   std::vector<worker_slot> slots;  // cheapest first
   std::set<caf::actor_addr> busy;
+  std::vector<std::string> measured;  // the nodes a rate was reported of, in order
 };
 
 // A market that hands out its free slots cheapest first (the order given), leaving out those
-// of the nodes an acquire avoids, as the core's market does.
+// of the nodes an acquire avoids, as the core's market does. (caf::get_atom, rate_atom) -> the
+// nodes measured (rate_atom) so far.
 caf::behavior ordered_market(caf::stateful_actor<ordered_market_state>* self,
                              std::vector<worker_slot> slots) {
   self->state.slots = std::move(slots);
@@ -82,6 +85,10 @@ caf::behavior ordered_market(caf::stateful_actor<ordered_market_state>* self,
       [=](release_atom, const caf::actor& w, bool) { free(w); },
       [=](release_atom, const caf::actor& w, bool, bool) { free(w); },
       [=](release_atom, const std::vector<caf::actor>&) {},
+      [=](rate_atom, const std::string& node, const std::string&, double rate) {
+        if (std::isfinite(rate) && rate > 0.0) self->state.measured.push_back(node);
+      },
+      [=](caf::get_atom, rate_atom) { return self->state.measured; },
   };
 }
 
@@ -158,6 +165,13 @@ TEST_SUITE("job backups") {
       return n;
     };
     const auto on_slow = given(slots[1]), on_other = given(slots[2]);
+    // The straggler lost the race to a copy sent after it: its node is measured by it (its
+    // samples over the time it ran unanswered). Cancelled with no word, a node that never
+    // answered kept its claimed rate, and the first copies of every round.
+    std::vector<std::string> measured;
+    f.self->request(links.market, std::chrono::seconds(10), caf::get_atom::value, rate_atom::value)
+        .receive([&](std::vector<std::string>& m) { measured = std::move(m); },
+                 [&](caf::error& e) { FAIL(f.sys.render(e)); });
     for (const auto& a : {job, links.market, links.reputation, links.store})
       f.self->send_exit(a, caf::exit_reason::user_shutdown);
     for (const auto& s : slots) f.self->send_exit(s.worker, caf::exit_reason::user_shutdown);
@@ -165,6 +179,7 @@ TEST_SUITE("job backups") {
     CHECK(end->state == job_state::done);
     CHECK_MESSAGE(on_other == 1, "the backup went to slow's other slot, not to node other");
     CHECK(on_slow == 1);
+    CHECK(measured == std::vector<std::string>{"slow"});
   }
 
   TEST_CASE("a straggler's backup left out with the node that said the round diverged waits") {
