@@ -753,6 +753,7 @@ void lose_core(uplink_actor* self) {
   for (auto& [id, a] : st.running) {
     st.config.cancelled->cancel(id);
     a.abandoned = true;
+    if (a.index < st.workers.size()) self->send(st.workers[a.index], abort_atom::value, id);
   }
   for (auto& [index, queue] : st.deferred)
     for (auto& w : queue) w.promise.deliver(to_caf(error(errc::io_error, "the session ended")));
@@ -952,7 +953,14 @@ caf::behavior uplink_behavior(uplink_actor* self, uplink_config config, caf::act
         if (self->current_sender() != caf::actor_cast<caf::strong_actor_ptr>(st.session)) return;
         drop_answer(self, id);            // answered already: the core takes no more of it
         st.config.cancelled->cancel(id);  // a running assignment stops at its next step
-        if (auto r = st.running.find(id); r != st.running.end()) r->second.abandoned = true;
+        if (auto r = st.running.find(id); r != st.running.end()) {
+          r->second.abandoned = true;
+          // One whose shard is still coming is given up on by its worker now, not when the
+          // shard has come (minutes on a slow link): the worker stayed busy, and the node's
+          // next assignment waited behind a download nobody wanted.
+          if (r->second.index < st.workers.size())
+            self->send(st.workers[r->second.index], abort_atom::value, id);
+        }
         for (auto& [index, queue] : st.deferred)
           for (auto w = queue.begin(); w != queue.end(); ++w)
             if (w->work.id == id) {

@@ -79,6 +79,7 @@ struct worker_state {
     caf::typed_response_promise<assignment_result> answer;
     std::string shard;
     held_assignment held;
+    uint64_t assignment_id = 0;
   };
   std::map<uint64_t, shard_wait> shard_waits;
   uint64_t shard_asks = 0;
@@ -562,8 +563,8 @@ caf::behavior worker_behavior(worker_actor* self, worker_config config, caf::act
         auto rp = self->make_response_promise<assignment_result>();
         const uint64_t ask = ++self->state.shard_asks;
         self->state.shard_waits.emplace(
-            ask,
-            worker_state::shard_wait{self->state.cache.address(), rp, a.shard, std::move(held)});
+            ask, worker_state::shard_wait{self->state.cache.address(), rp, a.shard, std::move(held),
+                                          a.id});
         // The cache fails a fetch once no chunk has come for 2 minutes; while chunks come
         // (behind the node's other shards, on a slow link) the worker waits for its own.
         auto asked =
@@ -574,8 +575,9 @@ caf::behavior worker_behavior(worker_actor* self, worker_config config, caf::act
             [=](decoded_shard& d) mutable {
               // Kept to the end: the assignment is held while it computes.
               auto wait = self->state.shard_waits.extract(ask);
-              if (wait.empty()) return;
+              // Kept for the next assignment on it, also where this one was aborted.
               keep_shard(self->state, a.shard, d.data);
+              if (wait.empty()) return;
               auto r = compute(a, *d.data);
               if (!r)
                 rp.deliver(std::move(r.error()));
@@ -587,6 +589,19 @@ caf::behavior worker_behavior(worker_actor* self, worker_config config, caf::act
               rp.deliver(e);
             });
         return rp;
+      },
+      // From the uplink: its job withdrew assignment `id`. One still waiting for its shard ends
+      // now (the cache goes on fetching it, for the next); one computing stops at its next
+      // step (the uplink's cancellations).
+      [=](abort_atom, uint64_t id) {
+        auto& waits = self->state.shard_waits;
+        for (auto it = waits.begin(); it != waits.end(); ++it)
+          if (it->second.assignment_id == id) {
+            it->second.answer.deliver(
+                to_caf(error(errc::invalid_argument, "assignment aborted by its job")));
+            waits.erase(it);
+            return;
+          }
       },
       [=](update_atom, const std::string& role, caf::actor& replacement) {
         auto& st = self->state;

@@ -21,13 +21,18 @@
 #include <thread>
 #include <vector>
 
+#include "cache.hpp"
 #include "captured_log.hpp"
 #include "configured_system.hpp"
 #include "gflex/kernels/devices.hpp"
+#include "gflex/kernels/model_spec.hpp"
 #include "gflex/runtime/digest.hpp"
+#include "gflex/runtime/tensor_codec.hpp"
+#include "gflex/runtime/update_codec.hpp"
 #include "messages.hpp"
 #include "node_metrics.hpp"
 #include "uplink.hpp"
+#include "worker.hpp"
 
 using namespace gflex;
 
@@ -245,6 +250,7 @@ caf::behavior instant_worker(caf::event_based_actor*) {
         r.assignment_id = a.id;
         return r;
       },
+      [](abort_atom, uint64_t) {},  // a worker hears of its work's aborts
   };
 }
 
@@ -266,6 +272,7 @@ caf::behavior holding_worker(caf::event_based_actor* self) {
         }
         held->clear();
       },
+      [](abort_atom, uint64_t) {},  // past its last step: it answers all the same
   };
 }
 
@@ -290,6 +297,7 @@ caf::behavior zeros_worker(caf::event_based_actor*) {
         r.update.assign(4096, 0);
         return r;
       },
+      [](abort_atom, uint64_t) {},
   };
 }
 
@@ -401,6 +409,46 @@ void assign_to(node_session_actor::pointer self, caf::actor uplink, caf::actor t
             [test, id](caf::error&) { caf::anon_send(test, id, false); });
 }
 
+// A cache that never answers for shard "slow" (a download on a slow link) and answers any
+// other at once with a few rows of 4 values, 3 classes.
+caf::behavior slow_shard_cache(caf::event_based_actor* self) {
+  auto data = std::make_shared<dataset>();
+  data->classes = 3;
+  data->features = tensor::empty({12, 4}, dtype::f32);
+  data->labels = tensor::empty({12}, dtype::i32);
+  for (int64_t i = 0; i < 48; ++i) data->features.data<float>()[i] = 0.1f * (i % 5);
+  for (int64_t i = 0; i < 12; ++i) data->labels.data<int32_t>()[i] = static_cast<int32_t>(i % 3);
+  auto held = std::make_shared<std::vector<caf::response_promise>>();
+  return {
+      [=](shard_atom, const std::string& digest) -> caf::result<decoded_shard> {
+        if (digest != "slow") return decoded_shard{data};
+        held->push_back(self->make_response_promise());
+        return caf::delegated<decoded_shard>{};
+      },
+      [](prefetch_atom, const std::string&) {},
+      [](serve_atom, const caf::actor&) {},
+  };
+}
+
+// Assignment `id` of a small model on shard `shard`, its parameters inline.
+assignment on_shard(uint64_t id, const std::string& shard) {
+  const std::string model =
+      "[model]\ninput = [4]\nlayers = [ { type = \"linear\", units = 3 }, "
+      "{ type = \"softmax_xent\" } ]\n";
+  assignment a;
+  a.id = id;
+  a.job_id = "job-1";
+  a.workload = "model";
+  a.model = model;
+  a.shard = shard;
+  a.local_steps = 1;
+  a.batch_size = 4;
+  a.lr = 0.01f;
+  a.compression = static_cast<uint8_t>(compression::fp32);
+  a.params = encode_tensor(tensor::zeros({4 * 3 + 3}, dtype::f32));
+  return a;
+}
+
 }  // namespace
 
 // Whether a node of a core of several (another core to try, core_silence 3 s: 15 s in use,
@@ -458,11 +506,12 @@ counted counted_payload(bool remote) {
   auto sink = node.sys.spawn(quiet_sink);
   auto worker = node.sys.spawn([](caf::event_based_actor*) -> caf::behavior {
     return {[](assign_atom, assignment& a) {
-      assignment_result r;
-      r.assignment_id = a.id;
-      r.update.assign(700, 2);
-      return r;
-    }};
+              assignment_result r;
+              r.assignment_id = a.id;
+              r.update.assign(700, 2);
+              return r;
+            },
+            [](abort_atom, uint64_t) {}};
   });
   const double in = node_metrics::bytes("in", "parameters").value();
   const double out = node_metrics::bytes("out", "update").value();
@@ -558,6 +607,39 @@ TEST_SUITE("uplink") {
     CHECK_MESSAGE(got == 200, "the next assignment on the worker: " << got);
     std::this_thread::sleep_for(std::chrono::seconds(2));  // the session ends
     for (auto& a : {uplink, core, sink, worker})
+      s.self->send_exit(a, caf::exit_reason::user_shutdown);
+  }
+
+  TEST_CASE("an abort stops a worker's wait for its assignment's shard, freeing the worker") {
+    // A backup won (or the round closed) while this node still downloaded the shard: the
+    // worker waited for the download (minutes on a slow link), busy, and the node's next
+    // assignment on it waited behind a download nobody wanted, past its deadline.
+    test::configured_system s;
+    caf::actor test = caf::actor_cast<caf::actor>(s.self);
+    session_script script = [test](node_session_actor::pointer self, caf::actor uplink) {
+      self->request(uplink, caf::infinite, assign_atom::value, uint32_t{0}, on_shard(100, "slow"))
+          .then([](assignment_result&) {}, [](caf::error&) {});
+      self->delayed_send(caf::actor_cast<node_uplink_actor>(uplink), std::chrono::milliseconds(300),
+                         abort_atom::value, uint64_t{100});
+      self->request(uplink, std::chrono::seconds(10), assign_atom::value, uint32_t{0},
+                    on_shard(200, "here"))
+          .then([test](assignment_result& r) { caf::anon_send(test, r.assignment_id); },
+                [test](caf::error&) { caf::anon_send(test, uint64_t{0}); });
+      self->delayed_send(self, std::chrono::seconds(8), bye_atom::value);  // the test is over
+    };
+    auto core = s.sys.spawn(scripted_core, std::vector<session_script>{script}, 1024);
+    auto cache = s.sys.spawn(slow_shard_cache);
+    worker_config config;
+    auto worker = spawn_worker(s.sys, config, cache);
+    auto sink = s.sys.spawn(quiet_sink);
+    auto uplink = spawn_uplink(s.sys, probe_config(), core, {worker}, cache, sink);
+    uint64_t got = 1;
+    s.self->receive([&](uint64_t id) { got = id; }, caf::after(std::chrono::seconds(5)) >> [] {});
+    const std::string outcome = got == 200 ? "answered"
+                                : got == 0 ? "failed"
+                                           : "not answered in 5 s (the worker kept busy?)";
+    CHECK_MESSAGE(got == 200, "the next assignment on the worker: " << outcome);
+    for (auto& a : {uplink, core, sink, worker, cache})
       s.self->send_exit(a, caf::exit_reason::user_shutdown);
   }
 
@@ -1062,11 +1144,12 @@ TEST_SUITE("uplink") {
     };
     auto worker = s.sys.spawn([test](caf::event_based_actor*) -> caf::behavior {
       return {[test](assign_atom, assignment& a) {
-        caf::anon_send(test, a.job_id);
-        assignment_result r;
-        r.assignment_id = a.id;
-        return r;
-      }};
+                caf::anon_send(test, a.job_id);
+                assignment_result r;
+                r.assignment_id = a.id;
+                return r;
+              },
+              [](abort_atom, uint64_t) {}};
     });
     auto sink = s.sys.spawn(quiet_sink);
     auto uplink = spawn_uplink(s.sys, config, core, {worker}, sink, sink);
