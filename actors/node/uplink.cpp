@@ -195,6 +195,10 @@ struct uplink_state {
   std::chrono::steady_clock::time_point fetching_since{};
   bool gpu_sampling_off = false;  // NVML could not serve; said once
   int attempt = 0;
+  // The core whose answer to this node's hello is awaited (watched: CAF answers no request
+  // over a lost link), and the hellos sent so far: an answer to one before the last is late.
+  caf::actor_addr greeting;
+  uint64_t greetings = 0;
   size_t core_index = 0;  // which of the cores (0: config.host) the next connect tries
   bool leaving = false;   // said bye: no more heartbeats, no rejoining
   static inline const char* name = "uplink";
@@ -239,7 +243,10 @@ void retry_later(uplink_actor* self) {
     // A core of several: try the next server soon; back off once every one has failed.
     st.core_index = (st.core_index + 1) % (st.config.other_cores.size() + 1);
     if (st.core_index != 0) {
-      self->delayed_send(self, std::chrono::milliseconds(200), caf::connect_atom::value);
+      // Jittered: the nodes of a leader that went all lose it at once, and each hello makes
+      // the next core do a TLS handshake and a store write.
+      self->delayed_send(self, std::chrono::milliseconds(100 + randombytes_uniform(200)),
+                         caf::connect_atom::value);
       return;
     }
   }
@@ -278,9 +285,22 @@ void hello(uplink_actor* self, caf::actor core) {
   // Longer than a core holds a hello from an address where many joins failed (up to 30 s, to
   // slow guessing down): an honest node behind it (a shared NAT) is let in, only slower. A
   // node that gave up sooner asked again, to be held again, and never joined.
+  const uint64_t greeting = ++st.greetings;
+  st.greeting = core.address();
+  self->monitor(core);
+  // Answered (or failed), the hello's watch on its core ends; an answer to a hello after which
+  // another went (its core went away first: the down handler) is dropped.
+  auto answered = [=] {
+    auto& st = self->state;
+    if (st.greetings != greeting) return false;
+    st.greeting = caf::actor_addr{};
+    self->demonitor(core);
+    return true;
+  };
   self->request(core, std::chrono::seconds(60), hello_atom::value, std::move(h))
       .then(
           [=](node_welcome& w) {
+            if (!answered()) return;
             auto& st = self->state;
             if (!w.session) {
               spdlog::warn("uplink: the core's welcome holds no session");
@@ -319,6 +339,7 @@ void hello(uplink_actor* self, caf::actor core) {
             self->send(self, tick_atom::value, st.generation);
           },
           [=](caf::error& e) {
+            if (!answered()) return;
             auto err = from_caf(e, &self->system());
             if (err.code() == errc::invalid_argument || err.code() == errc::permission_denied) {
               const auto why = from_core(err.message());
@@ -779,6 +800,17 @@ caf::behavior uplink_behavior(uplink_actor* self, uplink_config config, caf::act
   self->set_down_handler([=](const caf::down_msg& down) {
     auto& st = self->state;
     if (st.leaving) return;
+    if (st.greeting && down.source == st.greeting) {
+      // The core went away (killed, out of its lease, its link cut) while it held this node's
+      // hello: CAF answers no request over a lost link, and the node waited out the hello's
+      // 60 s, while another core may have led within seconds.
+      st.greeting = caf::actor_addr{};
+      st.greetings += 1;  // its answer, should one come, is dropped
+      spdlog::warn("the core went away before it answered this node's hello ({})",
+                   from_core(self->system().render(down.reason)));
+      retry_later(self);
+      return;
+    }
     if (st.session && down.source == st.session.address()) {
       // The core ended this node's session (its registry restarted, the lease ran out, or
       // it disconnected the node): join again through the front door. Its reason is the

@@ -643,6 +643,28 @@ TEST_SUITE("uplink") {
       s.self->send_exit(a, caf::exit_reason::user_shutdown);
   }
 
+  TEST_CASE("a core that goes away while it holds this node's hello is tried again at once") {
+    // Killed, out of its lease or cut off while it held the hello (a gatekeeper holds one for
+    // up to 30 s): CAF answers no request over a lost link, and the node waited out the hello's
+    // 60 s before it tried again, while another core may have led within seconds.
+    test::configured_system s;
+    test::captured_log log{spdlog::level::info};
+    session_script idle = [](node_session_actor::pointer, caf::actor) {};
+    auto core = s.sys.spawn(holding_core, idle, std::chrono::milliseconds(60000));
+    auto worker = s.sys.spawn(instant_worker);
+    auto sink = s.sys.spawn(quiet_sink);
+    auto uplink = spawn_uplink(s.sys, probe_config(), core, {worker}, sink, sink);
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));  // its hello is held
+    s.self->send_exit(core, caf::exit_reason::kill);
+    bool again = false;
+    for (int tries = 0; tries < 30 && !again; ++tries) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      again = log.count("uplink: retrying in") > 0;
+    }
+    CHECK_MESSAGE(again, "no retry within 3 s of the core's end: " << log.text());
+    for (auto& a : {uplink, sink, worker}) s.self->send_exit(a, caf::exit_reason::user_shutdown);
+  }
+
   TEST_CASE("an answer that comes after its assignment's abort is not kept for the session") {
     // A worker past its last step answered all the same: the uplink kept the update, in
     // chunks, for a session that would never take them (up to a gigabyte, 10 minutes), and
