@@ -1281,6 +1281,11 @@ void verify(job_actor* self, uint64_t assignment_id) {
             if (r == nullptr || st.finished || r->check != check_state::verifying ||
                 generation != st.verifier_generation)
               return;
+            // Bounced by a verifier that had died: it says nothing of the core tier. Its
+            // replacement is at hand (the core's supervisor restarts it, and the job asks it
+            // again what is still being verified): taken as "could not run", --unverified
+            // accept used the result unchecked.
+            if (e == caf::sec::request_receiver_down) return;
             const auto err = from_caf(e);
             // The core tier's re-computation diverged: the work diverges, whatever the node
             // sent (the trusted tier decides, as it does when community nodes say a round

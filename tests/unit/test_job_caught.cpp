@@ -826,6 +826,28 @@ TEST_SUITE("job caught nodes") {
     f.self->send_exit(replacement, caf::exit_reason::user_shutdown);
   }
 
+  TEST_CASE("a check the verifier died with waits for its replacement, even under accept") {
+    // Bounced by a verifier that had died (request_receiver_down), the check read as "could
+    // not run" and --unverified accept used the result unchecked, though the verifier's
+    // restart is at hand (the job asks it again what is still being verified).
+    resumed_job r(4, {{"volunteer", node_tier::community, std::chrono::milliseconds(0), {}}}, true,
+                  [&](caf::actor_system& sys, job_links& links) {
+                    links.reputation = sys.spawn(sampling_reputation);
+                    links.verifier = sys.spawn(holding_verifier);
+                    caf::anon_send_exit(links.verifier, caf::exit_reason::kill);
+                    links.accept_unverified = true;
+                  });
+    auto& f = r.f;
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));  // round 3's check bounced
+    auto replacement = f.sys.spawn(confirming_verifier);
+    f.self->send(r.job, update_atom::value, std::string("verifier"), replacement);
+    auto s = r.committed(3, 10);
+    f.self->send_exit(replacement, caf::exit_reason::user_shutdown);
+    REQUIRE_MESSAGE(s.has_value(), "round 3 was not committed within 10 s");
+    CHECK(s->unverified_results == 0);
+    CHECK(s->verified_results >= 1);
+  }
+
   TEST_CASE("a result whose re-computation diverges on the core tier ends the job as diverged") {
     // Taken for a re-computation that could not run: the round waited for a verifier for
     // good (re-asking every 30 s), or, with --unverified accept, used the node's finite
