@@ -539,4 +539,39 @@ inline caf::behavior prompt_worker(caf::event_based_actor*, std::shared_ptr<node
   };
 }
 
+/// A worker of node `key` that answers every assignment `delay` after it came with a
+/// small_signed_result. (caf::get_atom) -> how many assignments it was given.
+inline caf::behavior delayed_worker(
+    caf::stateful_actor<std::map<uint64_t, caf::response_promise>>* self,
+    std::shared_ptr<node_identity> key, size_t parameters, std::chrono::milliseconds delay) {
+  auto given = std::make_shared<int64_t>(0);
+  return {
+      [=](assign_atom, assignment& a) -> caf::response_promise {
+        ++*given;
+        auto rp = self->make_response_promise();
+        self->state[a.id] = rp;
+        self->delayed_send(self, delay, caf::put_atom::value, a.id);
+        return rp;
+      },
+      [=](caf::put_atom, uint64_t id) {
+        auto it = self->state.find(id);
+        if (it == self->state.end()) return;
+        assignment a;
+        a.id = id;
+        it->second.deliver(small_signed_result(*key, a, parameters));
+        self->state.erase(it);
+      },
+      [=](caf::get_atom) { return *given; },
+      [](abort_atom, uint64_t) {},
+  };
+}
+
+/// A reputation tracker that takes a job's credits and rejects nobody.
+inline caf::behavior crediting_reputation(caf::event_based_actor*) {
+  return {
+      [](credit_atom, const std::string&, uint8_t, double, int64_t) {},
+      [](reject_atom, const std::string&, std::string&) { return std::vector<std::string>{}; },
+  };
+}
+
 }  // namespace gflex::test

@@ -18,38 +18,6 @@ using namespace gflex::test;
 
 namespace {
 
-// A worker of node `key` that answers every assignment `delay` after it came with a small
-// signed update. (caf::get_atom) -> the assignments it was given.
-caf::behavior delayed_worker(caf::stateful_actor<std::map<uint64_t, caf::response_promise>>* self,
-                             std::shared_ptr<node_identity> key, size_t parameters,
-                             std::chrono::milliseconds delay) {
-  auto given = std::make_shared<int64_t>(0);
-  return {
-      [=](assign_atom, assignment& a) -> caf::response_promise {
-        ++*given;
-        auto rp = self->make_response_promise();
-        self->state[a.id] = rp;
-        self->delayed_send(self, delay, caf::put_atom::value, a.id);
-        return rp;
-      },
-      [=](caf::put_atom, uint64_t id) {
-        auto it = self->state.find(id);
-        if (it == self->state.end()) return;
-        assignment_result r;
-        r.assignment_id = id;
-        r.update = encode_update(std::vector<float>(parameters, 0.001f), compression::fp32);
-        r.loss = 1.0;
-        r.samples = 12;
-        r.compute_s = 0.01;
-        r.signature = key->sign(result_message(id, r.update));
-        it->second.deliver(std::move(r));
-        self->state.erase(it);
-      },
-      [=](caf::get_atom) { return *given; },
-      [](abort_atom, uint64_t) {},
-  };
-}
-
 struct ordered_market_state {
   std::vector<worker_slot> slots;  // cheapest first
   std::set<caf::actor_addr> busy;
@@ -100,14 +68,6 @@ caf::behavior diverging_worker(caf::event_based_actor*) {
         return to_caf(error(errc::non_finite, "training diverged: the loss is not finite"));
       },
       [](abort_atom, uint64_t) {},
-  };
-}
-
-// A reputation tracker that takes the job's credits.
-caf::behavior crediting_reputation(caf::event_based_actor*) {
-  return {
-      [](credit_atom, const std::string&, uint8_t, double, int64_t) {},
-      [](reject_atom, const std::string&, std::string&) { return std::vector<std::string>{}; },
   };
 }
 

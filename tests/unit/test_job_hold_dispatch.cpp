@@ -19,33 +19,6 @@ using namespace gflex::test;
 
 namespace {
 
-// A worker of node `key` that answers each assignment `delay` after it came with a small
-// signed result. (caf::get_atom) -> how many it was given.
-caf::behavior counted_worker(caf::stateful_actor<std::map<uint64_t, caf::response_promise>>* self,
-                             std::shared_ptr<node_identity> key, size_t parameters,
-                             std::chrono::milliseconds delay) {
-  auto given = std::make_shared<int64_t>(0);
-  return {
-      [=](assign_atom, assignment& a) -> caf::response_promise {
-        ++*given;
-        auto rp = self->make_response_promise();
-        self->state[a.id] = rp;
-        self->delayed_send(self, delay, caf::put_atom::value, a.id);
-        return rp;
-      },
-      [=](caf::put_atom, uint64_t id) {
-        auto it = self->state.find(id);
-        if (it == self->state.end()) return;
-        assignment r;
-        r.id = id;
-        it->second.deliver(small_signed_result(*key, r, parameters));
-        self->state.erase(it);
-      },
-      [=](caf::get_atom) { return *given; },
-      [](abort_atom, uint64_t) {},
-  };
-}
-
 struct held_market_state {
   std::vector<worker_slot> first;  // the first acquire's answer
   worker_slot later;               // the held second acquire's, once the test says
@@ -92,14 +65,6 @@ caf::behavior held_market(caf::stateful_actor<held_market_state>* self,
   };
 }
 
-// A reputation tracker that takes the job's credits.
-caf::behavior crediting_reputation(caf::event_based_actor*) {
-  return {
-      [](credit_atom, const std::string&, uint8_t, double, int64_t) {},
-      [](reject_atom, const std::string&, std::string&) { return std::vector<std::string>{}; },
-  };
-}
-
 }  // namespace
 
 TEST_SUITE("job hold dispatch") {
@@ -121,7 +86,7 @@ TEST_SUITE("job hold dispatch") {
     auto slot_of = [&](std::string node, std::chrono::milliseconds delay) {
       auto key = std::make_shared<node_identity>(node_identity::generate());
       worker_slot slot =
-          node_slot(f.sys.spawn(counted_worker, key, parameters, delay), "id-" + node, node);
+          node_slot(f.sys.spawn(delayed_worker, key, parameters, delay), "id-" + node, node);
       slot.tier = static_cast<uint8_t>(node_tier::core);  // trusted: no re-computation
       slot.public_key = key->public_key();
       slot.price = 1'000'000;
