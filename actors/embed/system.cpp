@@ -30,6 +30,7 @@
 #include "gflex/gflex.hpp"
 #include "gflex/runtime/checkpoint.hpp"
 #include "gflex/runtime/credits.hpp"
+#include "gflex/runtime/digest.hpp"
 #include "gflex/runtime/dir_lock.hpp"
 #include "gflex/runtime/job_spec.hpp"
 #include "gflex/runtime/replicated_store.hpp"
@@ -571,6 +572,62 @@ using watch_atom = caf::atom_constant<caf::atom("watch")>;
 struct session_watch {
   std::mutex mutex;
   std::set<caf::actor_addr> down;
+  // Requests out on a watched actor: the blocking actor that waits and the response it
+  // waits for. CAF 0.17 answers no request out on a proxy whose link dies (a core killed
+  // with a request in flight): the client waited out the whole timeout (120 s a data set's
+  // part, 300 s a fetch) before it dialled the core again.
+  struct waiter {
+    caf::actor_addr on;
+    caf::strong_actor_ptr self;
+    caf::message_id response;
+  };
+  std::map<uint64_t, waiter> waiting;  // by a number of their own (watched_request)
+  uint64_t next_waiter = 0;
+
+  // Under the lock: fails the request `w` waits for, as one whose receiver went down.
+  static void fail(const waiter& w) {
+    w.self->enqueue(caf::make_mailbox_element(nullptr, w.response, {},
+                                              caf::make_error(caf::sec::request_receiver_down)),
+                    nullptr);
+  }
+
+  void went_down(const caf::actor_addr& a) {
+    std::lock_guard<std::mutex> seen(mutex);
+    down.insert(a);
+    std::erase_if(waiting, [&](const auto& entry) {
+      if (entry.second.on != a) return false;
+      fail(entry.second);
+      return true;
+    });
+  }
+};
+
+// A request out on an actor the link actor watches, for as long as it waits: failed at once
+// as request_receiver_down once that actor goes down (or if it went down already).
+class watched_request {
+ public:
+  watched_request(std::shared_ptr<session_watch> watch, const caf::actor& to,
+                  caf::blocking_actor* self, caf::message_id response)
+      : watch_(std::move(watch)) {
+    std::lock_guard<std::mutex> seen(watch_->mutex);
+    session_watch::waiter w{to.address(), caf::strong_actor_ptr{self->ctrl()}, response};
+    if (watch_->down.count(w.on) > 0) {
+      session_watch::fail(w);
+      return;
+    }
+    id_ = ++watch_->next_waiter;
+    watch_->waiting.emplace(id_, std::move(w));
+  }
+  ~watched_request() {
+    std::lock_guard<std::mutex> seen(watch_->mutex);
+    watch_->waiting.erase(id_);  // none if it went down (went_down took it out)
+  }
+  watched_request(const watched_request&) = delete;
+  watched_request& operator=(const watched_request&) = delete;
+
+ private:
+  std::shared_ptr<session_watch> watch_;
+  uint64_t id_ = 0;
 };
 
 // A client's link actor: the core ends the session given for it when it ends. Held by the
@@ -722,10 +779,7 @@ struct client::impl {
     if (link) return;
     link = std::make_shared<session_link>(
         sys->spawn([watch = watch](caf::event_based_actor* self) -> caf::behavior {
-          self->set_down_handler([watch](const caf::down_msg& d) {
-            std::lock_guard<std::mutex> seen(watch->mutex);
-            watch->down.insert(d.source);
-          });
+          self->set_down_handler([watch](const caf::down_msg& d) { watch->went_down(d.source); });
           return {[](tick_atom) {}, [self](watch_atom, const caf::actor& a) { self->monitor(a); }};
         }));
     if (core) caf::anon_send(link->actor, watch_atom::value, core);
@@ -794,25 +848,27 @@ struct client::impl {
     ensure_link();
     caf::scoped_actor self{*sys};
     expected<client_welcome> w = error(errc::io_error, "no answer");
-    self->request(core, std::chrono::seconds(30), auth_atom::value, key, link->actor)
-        .receive([&](client_welcome& x) { w = std::move(x); },
-                 [&](caf::error& e) {
-                   // A front door that is gone, or does not answer, is dialled again at the
-                   // next request, as a session that is: kept, every later request asked the
-                   // same dead proxy, and following a job gave up at once (not a link loss).
-                   const bool gone = e == caf::sec::request_receiver_down ||
-                                     e == caf::exit_reason::remote_link_unreachable;
-                   if (!gone && e != caf::sec::request_timeout) {
-                     w = from_caf(e, sys);
-                     return;
-                   }
-                   w = error(errc::unavailable, gone ? std::string(link_lost) + " (" +
-                                                           sys->render(e) +
-                                                           "); the next request reconnects"
-                                                     : std::string(no_answer) + " within 30 s");
-                   core_lost = owned != nullptr && !host.empty();
-                   core_unanswered = core_lost && !gone;
-                 });
+    auto welcome =
+        self->request(core, std::chrono::seconds(30), auth_atom::value, key, link->actor);
+    watched_request watched(watch, core, self.ptr(), welcome.id());
+    welcome.receive([&](client_welcome& x) { w = std::move(x); },
+                    [&](caf::error& e) {
+                      // A front door that is gone, or does not answer, is dialled again at the
+                      // next request, as a session that is: kept, every later request asked the
+                      // same dead proxy, and following a job gave up at once (not a link loss).
+                      const bool gone = e == caf::sec::request_receiver_down ||
+                                        e == caf::exit_reason::remote_link_unreachable;
+                      if (!gone && e != caf::sec::request_timeout) {
+                        w = from_caf(e, sys);
+                        return;
+                      }
+                      w = error(errc::unavailable, gone ? std::string(link_lost) + " (" +
+                                                              sys->render(e) +
+                                                              "); the next request reconnects"
+                                                        : std::string(no_answer) + " within 30 s");
+                      core_lost = owned != nullptr && !host.empty();
+                      core_unanswered = core_lost && !gone;
+                    });
     if (!w) return w.error();
     if (!w->session) return error(errc::io_error, "the core's answer holds no session");
     session = caf::actor_cast<caf::actor>(w->session);
@@ -860,33 +916,34 @@ struct client::impl {
     const caf::actor* s = &in_use->session;
     caf::scoped_actor self{*sys};
     expected<T> out = error(errc::io_error, "no answer");
-    self->request(*s, timeout, xs...)
-        .receive([&](T& value) { out = std::move(value); },
-                 [&](caf::error& e) {
-                   // The session is gone (with its link, or its core), or the core did not
-                   // answer: a core killed with the request in flight never does, and a TLS
-                   // link may not say that it closed. The next request dials the core again
-                   // and asks for a new session (a slow core's old one just ends). This one
-                   // may or may not have been done, so it is not sent again here.
-                   const bool gone = e == caf::sec::request_receiver_down ||
-                                     e == caf::exit_reason::remote_link_unreachable;
-                   if (gone || e == caf::sec::request_timeout) {
-                     out = error(errc::unavailable,
-                                 gone ? std::string(link_lost) + " (" + sys->render(e) +
-                                            "); the next request reconnects"
-                                      : std::string(no_answer) + " within " +
-                                            std::to_string(timeout.count()) + " s");
-                     std::lock_guard<std::mutex> guard(mutex);
-                     // Another thread may have replaced the session since this request left.
-                     if (session == *s) {
-                       forget_session();
-                       core_lost = owned != nullptr && !host.empty();
-                       core_unanswered = core_lost && !gone;
+    auto answer = self->request(*s, timeout, xs...);
+    watched_request watched(watch, *s, self.ptr(), answer.id());
+    answer.receive([&](T& value) { out = std::move(value); },
+                   [&](caf::error& e) {
+                     // The session is gone (with its link, or its core), or the core did not
+                     // answer: a core killed with the request in flight never does, and a TLS
+                     // link may not say that it closed. The next request dials the core again
+                     // and asks for a new session (a slow core's old one just ends). This one
+                     // may or may not have been done, so it is not sent again here.
+                     const bool gone = e == caf::sec::request_receiver_down ||
+                                       e == caf::exit_reason::remote_link_unreachable;
+                     if (gone || e == caf::sec::request_timeout) {
+                       out = error(errc::unavailable,
+                                   gone ? std::string(link_lost) + " (" + sys->render(e) +
+                                              "); the next request reconnects"
+                                        : std::string(no_answer) + " within " +
+                                              std::to_string(timeout.count()) + " s");
+                       std::lock_guard<std::mutex> guard(mutex);
+                       // Another thread may have replaced the session since this request left.
+                       if (session == *s) {
+                         forget_session();
+                         core_lost = owned != nullptr && !host.empty();
+                         core_unanswered = core_lost && !gone;
+                       }
+                       return;
                      }
-                     return;
-                   }
-                   out = from_caf(e, sys);
-                 });
+                     out = from_caf(e, sys);
+                   });
     return out;
   }
 
@@ -1080,27 +1137,67 @@ expected<data_set_info> client::push_data(const std::string& name, const dataset
     if (auto ok = check_dataset(data.test, "the test split"); !ok) return ok.error();
   auto pieces = plan_data_parts(data, min_train_shards);
   if (!pieces) return pieces.error();
+  std::vector<std::string> train_digests, test_digests;
+  // A lost link (a core restarting, a follower taking over) or a core that no longer holds
+  // the upload (it restarted, or the upload sat idle past its expiry) loses the parts sent
+  // so far: the upload is sent again from its first part, which starts it afresh at the
+  // core. A later part's loss failed the whole push ("no upload in progress", exit 2) and a
+  // script pushed a large set again from the start by hand. Losses are ridden out for
+  // link_loss_patience from the first one in a row, and the whole push is started again a
+  // few times at most.
+  constexpr int max_restarts = 5;
+  int restarts = 0;
+  std::chrono::steady_clock::time_point lost_since{};  // none lost when at the epoch
   expected<data_set_info> last = error(errc::invalid_argument, "nothing sent");
-  for (size_t i = 0; i < pieces->size(); ++i) {
+  for (size_t i = 0; i < pieces->size();) {
     const auto& rows = (*pieces)[i];
     data_part part;
     part.index = static_cast<uint32_t>(i);
     part.count = static_cast<uint32_t>(pieces->size());
     part.test = rows.test;
     part.shard = encode_shard(rows.test ? data.test : data.train, rows.begin, rows.end);
-    // The first part starts the upload afresh, so it is asked again while the core says it
-    // cannot take it yet (a starting core reading its stored sets and jobs) or its answer is
-    // lost; a later part would meet an upload that may have taken it already.
-    const auto first_loss = std::chrono::steady_clock::now();
-    for (;;) {
-      last = impl_->ask_session<data_set_info>(std::chrono::seconds(120), dpush_atom::value, name,
-                                               part);
-      if (last || i != 0 || !detail::is_link_loss(last.error()) ||
-          std::chrono::steady_clock::now() - first_loss >= detail::link_loss_patience)
-        break;
-      std::this_thread::sleep_for(std::chrono::seconds(1));
+    if (i == 0) {
+      train_digests.clear();
+      test_digests.clear();
     }
-    if (!last) return last.error();
+    (rows.test ? test_digests : train_digests).push_back(digest_hex(part.shard));
+    last =
+        impl_->ask_session<data_set_info>(std::chrono::seconds(120), dpush_atom::value, name, part);
+    if (last) {
+      lost_since = {};
+      ++i;
+      continue;
+    }
+    const bool lost = detail::is_link_loss(last.error());
+    const bool upload_gone =
+        i != 0 && last.error().code() == errc::invalid_argument &&
+        last.error().message().find("no upload in progress") != std::string::npos;
+    if (!lost && !upload_gone) return last.error();
+    const auto now = std::chrono::steady_clock::now();
+    if (lost_since == std::chrono::steady_clock::time_point{}) lost_since = now;
+    if (now - lost_since >= detail::link_loss_patience || (i != 0 && restarts == max_restarts))
+      return error(last.error().code(),
+                   last.error().message() + " (data set '" + name + "', part " +
+                       std::to_string(i + 1) + " of " + std::to_string(pieces->size()) +
+                       (restarts > 0 ? ", after " + std::to_string(restarts) + " fresh starts"
+                                     : std::string()) +
+                       ")");
+    if (lost && i + 1 == pieces->size()) {
+      // The last part stores the set: its answer may be what was lost. A set of these very
+      // shards is the push done (sent again, it is refused while a job trains on it).
+      auto sets = data_sets();
+      if (sets)
+        for (auto& s : *sets)
+          if (s.name == name && s.train_shards == train_digests && s.test_shards == test_digests)
+            return std::move(s);
+    }
+    if (lost) std::this_thread::sleep_for(std::chrono::seconds(1));
+    if (i != 0) {
+      spdlog::warn("data set '{}': part {} of {}: {}; sending it again from the first part", name,
+                   i + 1, pieces->size(), last.error().message());
+      ++restarts;
+      i = 0;
+    }
   }
   return last;
 }

@@ -12,6 +12,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cmath>
@@ -23,6 +24,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <random>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -34,6 +36,7 @@
 #include "gflex/runtime/store.hpp"
 #include "gflex/runtime/tls_credentials.hpp"
 #include "running_core.hpp"
+#include "tcp_bytes_sent.hpp"
 #include "temp_dir.hpp"
 
 using namespace gflex;
@@ -373,6 +376,58 @@ TEST_CASE("one thread's request that times out leaves another thread's on the se
   REQUIRE(pushed.wait_for(std::chrono::seconds(30)) == std::future_status::ready);
   auto info = pushed.get();
   CHECK_MESSAGE(info.has_value(), info.error().message());
+}
+
+TEST_CASE("a push whose core restarts part way sends the set again from its first part") {
+  // A later part's lost link, or a restarted core's "no upload in progress", failed the whole
+  // push: `gflex data push` exited 2 and a large set was pushed again by hand. The core is
+  // killed once a quarter of the set's bytes have reached it, and started again.
+  test::temp_dir dir;
+  auto config = local_core_config(dir);
+  config.port = test::free_loopback_port();
+  auto core = std::make_unique<test::forked_core>(config);
+  auto c = gflex::client::connect("127.0.0.1", config.port, test::operator_link(dir));
+  REQUIRE_MESSAGE(c.has_value(), c.error().message());
+  REQUIRE(c->principal().has_value());
+  dataset_splits data;
+  std::mt19937 gen(7);
+  std::uniform_real_distribution<float> value(0.0f, 1.0f);
+  constexpr int64_t train = 200, values = 4096;
+  for (auto* d : {&data.train, &data.test}) {
+    const int64_t n = d == &data.train ? train : 8;
+    d->classes = 2;
+    d->features = tensor::empty({n, values}, dtype::f32);
+    d->labels = tensor::zeros({n}, dtype::i32);
+    std::generate_n(d->features.data<float>(), n * values, [&] { return value(gen); });
+  }
+  const uint64_t before = test::tcp_bytes_sent_to(config.port);
+  auto pushed =
+      std::async(std::launch::async, [&] { return c->push_data("restarted", data, train); });
+  // Random values travel as about 3.5 bytes each: a quarter of the training split, and the
+  // last part, which stores the set, far from sent.
+  bool killed = false;
+  for (int polls = 0; polls < 6000 && !killed; ++polls) {
+    if (test::tcp_bytes_sent_to(config.port) - before > train * values * 3 / 4) {
+      REQUIRE(pushed.wait_for(std::chrono::seconds(0)) == std::future_status::timeout);
+      core->kill();
+      killed = true;
+    } else {
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+  }
+  REQUIRE(killed);
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));  // the link's end is seen
+  core = std::make_unique<test::forked_core>(config);
+  REQUIRE(pushed.wait_for(std::chrono::seconds(110)) == std::future_status::ready);
+  auto info = pushed.get();
+  REQUIRE_MESSAGE(info.has_value(), info.error().message());
+  CHECK(info->train_samples == train);
+  CHECK(info->test_samples == 8);
+  CHECK(info->train_shards.size() == static_cast<size_t>(train));
+  auto sets = c->data_sets();
+  REQUIRE_MESSAGE(sets.has_value(), sets.error().message());
+  REQUIRE(sets->size() == 1);
+  CHECK(sets->front().train_shards == info->train_shards);
 }
 
 TEST_CASE("an init that fails part way leaves nothing behind: the next one makes the credentials") {
