@@ -920,9 +920,9 @@ struct client::impl {
     watched_request watched(watch, *s, self.ptr(), answer.id());
     answer.receive([&](T& value) { out = std::move(value); },
                    [&](caf::error& e) {
-                     // The session is gone (with its link, or its core), or the core did not
-                     // answer: a core killed with the request in flight never does, and a TLS
-                     // link may not say that it closed. The next request dials the core again
+                     // The session is gone (with its link, or its core: watched_request), or
+                     // the core did not answer: a frozen core never does, and a TLS link may
+                     // not say that it closed. The next request dials the core again
                      // and asks for a new session (a slow core's old one just ends). This one
                      // may or may not have been done, so it is not sent again here.
                      const bool gone = e == caf::sec::request_receiver_down ||
