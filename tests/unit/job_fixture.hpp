@@ -14,6 +14,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <set>
 #include <string>
 #include <thread>
@@ -25,6 +26,7 @@
 #include "gflex/runtime/checkpoint.hpp"
 #include "gflex/runtime/digest.hpp"
 #include "gflex/runtime/identity.hpp"
+#include "gflex/runtime/job_spec.hpp"
 #include "gflex/runtime/shard.hpp"
 #include "gflex/runtime/update_codec.hpp"
 #include "job.hpp"
@@ -416,6 +418,56 @@ inline job_start resumed_start(const failing_store_state& stored, const std::str
   start.checkpoint = stored.kept.at(job_checkpoint_key("job-1"));
   start.from = job_start::origin::resumed;
   return start;
+}
+
+// Alice's job-1 of `spec_text` with `train_shards` training shards, stored at round 2, for a
+// test to resume with links of its own: the records, the spec and the catalog are made before
+// any actor (a REQUIRE that fails after one is made leaves it running).
+struct resumable_job {
+  std::string spec_text;
+  failing_store_state stored;
+  job_spec spec;
+  std::shared_ptr<data_catalog> catalog;
+
+  resumable_job(std::string text, uint32_t train_shards)
+      : spec_text(std::move(text)), stored(stored_job(2, spec_text, train_shards)) {
+    auto parsed = parse_job_spec(spec_text, "test");
+    REQUIRE_MESSAGE(parsed.has_value(), parsed.error().message());
+    spec = std::move(*parsed);
+    catalog = catalog_of(stored);
+  }
+
+  // Resumes it at round 2 in `f` with `links`, whose store is a failing_store of its records
+  // unless the test made one, and the test standing for its supervisor.
+  caf::actor spawn(configured_system& f, job_links& links) const {
+    if (!links.store) links.store = f.sys.spawn(failing_store, stored);
+    links.supervisor = caf::actor_cast<caf::actor>(f.self);
+    links.catalog = catalog;
+    return spawn_job(f.sys, resumed_start(stored, spec_text, spec, 2), links);
+  }
+};
+
+// A slot of `worker` on a trusted node (core tier: its results are not re-computed) whose
+// key is `key`.
+inline worker_slot core_slot(caf::actor worker, const node_identity& key, std::string node) {
+  worker_slot slot = node_slot(std::move(worker), "id-" + node, node);
+  slot.tier = static_cast<uint8_t>(node_tier::core);
+  slot.public_key = key.public_key();
+  return slot;
+}
+
+// The job's status once it has ended, as it tells the test standing for its supervisor;
+// nullopt if not within `within`.
+inline std::optional<job_status> job_end(configured_system& f, std::chrono::milliseconds within) {
+  std::optional<job_status> end;
+  const auto until = std::chrono::steady_clock::now() + within;
+  while (!end && std::chrono::steady_clock::now() < until)
+    f.self->receive(
+        [&](progress_atom, job_status& s) {
+          if (is_terminal(s.state)) end = std::move(s);
+        },
+        [](const caf::down_msg&) {}, caf::after(std::chrono::milliseconds(50)) >> [] {});
+  return end;
 }
 
 // A job supervisor over a failing_store of `st` and an offering_market of `slots`; with

@@ -81,43 +81,25 @@ TEST_SUITE("job backups") {
     configured_system f;
     std::string spec_text = k_spec;
     spec_text.replace(spec_text.find("workers = 1"), 11, "workers = 2");
-    auto stored = stored_job(2, spec_text, 2);
-    auto spec = parse_job_spec(spec_text, "test");
-    REQUIRE(spec.has_value());
-    // Made before any actor: a REQUIRE that fails after would leave them running.
-    auto catalog = catalog_of(stored);
+    const resumable_job resumed(spec_text, 2);
     const size_t parameters = 4 * 3 + 3;
     auto slow_key = std::make_shared<node_identity>(node_identity::generate());
     auto other_key = std::make_shared<node_identity>(node_identity::generate());
     auto slot_of = [&](std::shared_ptr<node_identity> key, std::string node,
                        std::chrono::milliseconds delay) {
-      worker_slot slot =
-          node_slot(f.sys.spawn(delayed_worker, key, parameters, delay), "id-" + node, node);
-      slot.tier = static_cast<uint8_t>(node_tier::core);  // trusted: no re-computation
-      slot.public_key = key->public_key();
-      return slot;
+      return core_slot(f.sys.spawn(delayed_worker, key, parameters, delay), *key, node);
     };
     const std::vector<worker_slot> slots = {
         slot_of(slow_key, "slow", std::chrono::seconds(5)),
         slot_of(slow_key, "slow", std::chrono::milliseconds(0)),
         slot_of(other_key, "other", std::chrono::milliseconds(0))};
     job_links links;
-    links.store = f.sys.spawn(failing_store, stored);
     links.market = f.sys.spawn(ordered_market, slots);
     links.reputation = f.sys.spawn(crediting_reputation);
-    links.supervisor = caf::actor_cast<caf::actor>(f.self);  // the test stands for it
-    links.catalog = catalog;
-    auto start = resumed_start(stored, spec_text, *spec, 2);
-    auto job = spawn_job(f.sys, std::move(start), links);
+    auto job = resumed.spawn(f, links);
 
     // Its one round, 3, ends once the backup is answered (well before the straggler's 5 s).
-    std::optional<job_status> end;
-    for (int tries = 0; tries < 80 && !end; ++tries)
-      f.self->receive(
-          [&](progress_atom, job_status& s) {
-            if (is_terminal(s.state)) end = std::move(s);
-          },
-          caf::after(std::chrono::milliseconds(50)) >> [] {});
+    const auto end = job_end(f, std::chrono::seconds(4));
     auto given = [&](const worker_slot& s) {
       int64_t n = -1;
       f.self->request(s.worker, std::chrono::seconds(10), caf::get_atom::value)
@@ -154,43 +136,23 @@ TEST_SUITE("job backups") {
     configured_system f;
     std::string spec_text = k_spec;
     spec_text.replace(spec_text.find("workers = 1"), 11, "workers = 2");
-    auto stored = stored_job(2, spec_text, 2);
-    auto spec = parse_job_spec(spec_text, "test");
-    REQUIRE(spec.has_value());
-    // Made before any actor: a REQUIRE that fails after would leave them running.
-    auto catalog = catalog_of(stored);
+    const resumable_job resumed(spec_text, 2);
     const size_t parameters = 4 * 3 + 3;
-    auto faulty_key = std::make_shared<node_identity>(node_identity::generate());
+    const auto faulty_key = node_identity::generate();
     auto slow_key = std::make_shared<node_identity>(node_identity::generate());
-    auto core_slot = [&](caf::actor worker, std::shared_ptr<node_identity> key, std::string node) {
-      worker_slot slot = node_slot(std::move(worker), "id-" + node, node);
-      slot.tier = static_cast<uint8_t>(node_tier::core);  // trusted: no re-computation
-      slot.public_key = key->public_key();
-      return slot;
-    };
     const std::vector<worker_slot> slots = {
         core_slot(f.sys.spawn(diverging_worker), faulty_key, "faulty"),
         core_slot(f.sys.spawn(delayed_worker, slow_key, parameters, std::chrono::seconds(2)),
-                  slow_key, "slow"),
+                  *slow_key, "slow"),
         core_slot(f.sys.spawn(delayed_worker, slow_key, parameters, std::chrono::milliseconds(0)),
-                  slow_key, "slow")};
+                  *slow_key, "slow")};
     job_links links;
-    links.store = f.sys.spawn(failing_store, stored);
     links.market = f.sys.spawn(ordered_market, slots);
     links.reputation = f.sys.spawn(crediting_reputation);
-    links.supervisor = caf::actor_cast<caf::actor>(f.self);  // the test stands for it
-    links.catalog = catalog;
-    auto start = resumed_start(stored, spec_text, *spec, 2);
-    auto job = spawn_job(f.sys, std::move(start), links);
+    auto job = resumed.spawn(f, links);
 
     // Its one round, 3, ends once the straggler answers, 2 s after it was given the shard.
-    std::optional<job_status> end;
-    for (int tries = 0; tries < 120 && !end; ++tries)
-      f.self->receive(
-          [&](progress_atom, job_status& s) {
-            if (is_terminal(s.state)) end = std::move(s);
-          },
-          caf::after(std::chrono::milliseconds(50)) >> [] {});
+    const auto end = job_end(f, std::chrono::seconds(6));
     for (const auto& a : {job, links.market, links.reputation, links.store})
       f.self->send_exit(a, caf::exit_reason::user_shutdown);
     for (const auto& s : slots) f.self->send_exit(s.worker, caf::exit_reason::user_shutdown);

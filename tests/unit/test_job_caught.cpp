@@ -455,9 +455,7 @@ struct resumed_job {
         spec_text.find("rounds = 3\nworkers = 1"), 22,
         "rounds = " + std::to_string(rounds) + "\nworkers = " + std::to_string(nodes.size()));
     spec_text += more_spec;
-    auto stored = stored_job(2, spec_text, static_cast<uint32_t>(nodes.size()));
-    auto spec = parse_job_spec(spec_text, "test");
-    REQUIRE(spec.has_value());
+    const resumable_job resumed(spec_text, static_cast<uint32_t>(nodes.size()));
     const size_t parameters = 4 * 3 + 3;
     std::vector<std::shared_ptr<node_identity>> keys;
     for (size_t i = 0; i < nodes.size(); ++i) {
@@ -474,14 +472,13 @@ struct resumed_job {
       slot.price = nodes[i].price;
       slots.push_back(slot);
     }
-    links.store = f.sys.spawn(failing_store, stored);
+    links.store = f.sys.spawn(failing_store, resumed.stored);
     links.market = f.sys.spawn(holding_market, slots, reoffer);
     links.reputation = f.sys.spawn(noting_reputation);
     links.supervisor = caf::actor_cast<caf::actor>(f.self);  // the test stands for it
-    links.catalog = catalog_of(stored);
+    links.catalog = resumed.catalog;
     if (adjust) adjust(f.sys, links);
-    auto start = resumed_start(stored, spec_text, *spec, 2);
-    job = spawn_job(f.sys, std::move(start), links);
+    job = resumed.spawn(f, links);
     f.self->monitor(job);
   }
   ~resumed_job() {

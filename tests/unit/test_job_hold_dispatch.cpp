@@ -10,7 +10,6 @@
 #include <optional>
 
 #include "gflex/runtime/identity.hpp"
-#include "gflex/runtime/job_spec.hpp"
 #include "gflex/runtime/update_codec.hpp"
 #include "job_fixture.hpp"
 
@@ -77,18 +76,11 @@ TEST_SUITE("job hold dispatch") {
     std::string spec_text = metered_spec;
     spec_text.replace(spec_text.find("workers = 1"), 11, "workers = 2");
     spec_text.replace(spec_text.find("rounds = 3"), 10, "rounds = 4");
-    auto stored = stored_job(2, spec_text, 2);
-    auto spec = parse_job_spec(spec_text, "test");
-    REQUIRE(spec.has_value());
-    // Made before any actor: a REQUIRE that fails after would leave them running.
-    auto catalog = catalog_of(stored);
+    const resumable_job resumed(spec_text, 2);
     const size_t parameters = 4 * 3 + 3;
     auto slot_of = [&](std::string node, std::chrono::milliseconds delay) {
       auto key = std::make_shared<node_identity>(node_identity::generate());
-      worker_slot slot =
-          node_slot(f.sys.spawn(delayed_worker, key, parameters, delay), "id-" + node, node);
-      slot.tier = static_cast<uint8_t>(node_tier::core);  // trusted: no re-computation
-      slot.public_key = key->public_key();
+      worker_slot slot = core_slot(f.sys.spawn(delayed_worker, key, parameters, delay), *key, node);
       slot.price = 1'000'000;
       return slot;
     };
@@ -96,14 +88,11 @@ TEST_SUITE("job hold dispatch") {
     const auto slow = slot_of("slow", std::chrono::seconds(2));
     const auto late = slot_of("late", std::chrono::milliseconds(0));
     job_links links;
-    links.store = f.sys.spawn(failing_store, stored);
+    links.store = f.sys.spawn(failing_store, resumed.stored);
     links.market = f.sys.spawn(held_market, std::vector<worker_slot>{fast, slow}, late);
     links.reputation = f.sys.spawn(crediting_reputation);
     links.ledger = f.sys.spawn(slow_ledger, funded_keeper(f, links.store), true);
-    links.supervisor = caf::actor_cast<caf::actor>(f.self);  // the test stands for it
-    links.catalog = catalog;
-    auto start = resumed_start(stored, spec_text, *spec, 2);
-    auto job = spawn_job(f.sys, std::move(start), links);
+    auto job = resumed.spawn(f, links);
     auto ask = [&](const caf::actor& whom, auto... xs) {
       int64_t n = -1;
       f.self->request(whom, std::chrono::seconds(10), xs...)
