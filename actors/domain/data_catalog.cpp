@@ -141,7 +141,17 @@ expected<void> data_catalog::put_user_set(
     data->held_chunks.push_back(it->second);
   }
   std::lock_guard<std::mutex> guard(mutex_);
-  for (const auto& digest : info.train_shards) chunks_[digest] = chunks.at(digest);
+  // One copy of a shard is served, whoever holds it: a shard another set holds already (two
+  // uploads of the same data, by one account or two) is shared, not pointed away from. The
+  // entry pointed at the newer copy only, and once that set went (removed, replaced, its
+  // commit failed) the older set's shard was served by nobody: its jobs asked for it for good.
+  for (size_t i = 0; i < info.train_shards.size(); ++i) {
+    auto& served = chunks_[info.train_shards[i]];
+    if (auto live = served.lock())
+      data->held_chunks[i] = std::move(live);
+    else
+      served = data->held_chunks[i];
+  }
   user_sets_[{info.owner, info.name}] = {info, std::move(data)};  // a replaced one goes
   damaged_sets_.erase({info.owner, info.name});
   forget_unheld();
@@ -165,8 +175,12 @@ std::optional<data_catalog::user_set_entry> data_catalog::registered_user_set(
 void data_catalog::restore_user_set(user_set_entry entry) {
   std::lock_guard<std::mutex> guard(mutex_);
   const auto& shards = entry.data->shards;
+  // Its shards are served still (the set's data is held) unless nobody held them: then they
+  // are served from its copy. Pointed at its copy whatever, a live copy another set holds
+  // was pointed away from (put_user_set).
   for (size_t i = 0; i < shards.size() && i < entry.data->held_chunks.size(); ++i)
-    chunks_[shards[i].digest] = entry.data->held_chunks[i];
+    if (auto& served = chunks_[shards[i].digest]; served.expired())
+      served = entry.data->held_chunks[i];
   const std::pair<std::string, std::string> key{entry.info.owner, entry.info.name};
   damaged_sets_.erase(key);
   user_sets_[key] = std::move(entry);

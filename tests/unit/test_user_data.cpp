@@ -276,6 +276,44 @@ TEST_SUITE("user data") {
     CHECK(bytes.expired());  // its memory too
   }
 
+  TEST_CASE("a shard two sets hold is served while either holds it") {
+    // Two uploads of the same data (by two accounts here) hold a copy each; the catalog
+    // pointed at the newer one, and once that set went (removed, replaced, its commit failed)
+    // the older set's shard was served by nobody: its jobs asked for it for good.
+    auto upload = [](const std::string& owner, float test_scale) {
+      data_upload up(owner, "set", 2, {});
+      REQUIRE(up.add(part(0, 2, false, values(10, 4, 3, 0.5f))).has_value());
+      REQUIRE(up.add(part(1, 2, true, values(5, 4, 3, test_scale))).has_value());
+      return up;
+    };
+    for (const bool replaced : {false, true}) {
+      CAPTURE(replaced);
+      data_catalog catalog;
+      std::string shard;
+      {
+        auto alice = upload("user/alice", 0.5f);
+        const auto info = alice.finish().value();
+        REQUIRE(catalog.put_user_set(info, alice.chunks()).has_value());
+        shard = info.train_shards.at(0);
+        auto bob = upload("user/bob", 0.25f);
+        const auto bobs = bob.finish().value();
+        REQUIRE(bobs.train_shards.at(0) == shard);
+        REQUIRE(catalog.put_user_set(bobs, bob.chunks()).has_value());
+      }  // the uploads let go
+      if (replaced) {
+        data_upload other("user/bob", "set", 2, {});
+        REQUIRE(other.add(part(0, 2, false, values(10, 4, 3, 0.125f))).has_value());
+        REQUIRE(other.add(part(1, 2, true, values(5, 4, 3, 0.25f))).has_value());
+        REQUIRE(catalog.put_user_set(other.finish().value(), other.chunks()).has_value());
+      } else {
+        catalog.drop_user_set("user/bob", "set");
+      }
+      CHECK(catalog.chunk(shard) != nullptr);  // alice's set holds it
+      catalog.drop_user_set("user/alice", "set");
+      CHECK(catalog.chunk(shard) == nullptr);
+    }
+  }
+
   TEST_CASE(".npy files: the formats users save, and what is refused") {
     const std::string dir = "/tmp";
     auto write = [&](const std::string& name, const std::string& descr, const std::string& shape,
