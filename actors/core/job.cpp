@@ -1676,7 +1676,10 @@ void try_advance(job_actor* self) {
       used_norms.push_back(screened[i].norm);
     }
   if (used.empty()) {
+    // Used, so not left out: marked so, they were used in the mean and then neither paid nor
+    // counted by a roll-back when one of their nodes was caught.
     used = order;
+    for (auto* r : used) r->excluded = false;
     for (const auto& v : screened) used_norms.push_back(v.norm);
   }
   if (st.closing)

@@ -314,7 +314,11 @@ std::vector<screened_result> round_screen::verdicts(const screen_bounds& bounds)
   const double cosine_spread = std::max(1.4826 * mad(cosines, median_cosine), chance);
   for (size_t i = 0; i < n; ++i) {
     auto& r = out[i];
-    if (r.norm > bounds.norm_bound * median_norm || r.norm * bounds.norm_bound < median_norm) {
+    // Against the median as the logs have it (zero read as the smallest norm): taken as it
+    // is, a zero norm was below any bound of a median clamped to 1e-30, and a round of zero
+    // updates (a frozen model) was all outliers, its median among them.
+    const double norm = std::exp(log_norms[i]);
+    if (norm > bounds.norm_bound * median_norm || norm * bounds.norm_bound < median_norm) {
       r.verdict = screen_verdict::outlier;
       r.why = "update norm " + format(r.norm) + " is outside [" +
               format(median_norm / bounds.norm_bound) + ", " +

@@ -217,6 +217,20 @@ TEST_SUITE("robust_aggregation") {
         }
   }
 
+  TEST_CASE("a round of zero updates is typical, and a minority that moves stands apart") {
+    // Norms were compared unclamped against a median clamped to 1e-30: 0 < 1e-30, so every
+    // zero update of a round that moved nothing (a frozen model, a learning rate too small to
+    // change a float) was an outlier, the round's median among them, and the job used them
+    // all in its mean while it marked them left out (not paid, not rolled back).
+    const std::vector<float> zero(1000, 0.0f);
+    CHECK(atypical({zero, zero, zero}).empty());
+    CHECK(atypical({zero, zero, zero, zero}).empty());
+    std::vector<float> moved(1000, 0.01f);
+    const auto apart = atypical({zero, zero, moved, zero});
+    CHECK(apart.size() == 1);
+    CHECK(apart.count(2) == 1);
+  }
+
   TEST_CASE("sign flips, noise, scaling and laziness are outliers; a minority cannot hide") {
     // Late in training (sigma 12) honest updates agree by little more than unrelated
     // directions in 50,000 dimensions would: 200,000 (fashion-mlp has 235,000) leave room.
