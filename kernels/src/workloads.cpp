@@ -116,6 +116,19 @@ expected<std::function<expected<dataset_splits>()>> data_set_loader(const std::s
       return error(errc::invalid_argument,
                    "data.set: fortunes is byte-level text: the model needs vocab = 256");
     const int64_t window = plan.sample_values;
+    // Checked here, before a job is accepted, from the files' sizes: a context too long for
+    // the corpus was accepted, its budget held, and the job failed as it started. (A machine
+    // without the corpus, a node's, says so when it loads it.)
+    if (auto size = text_corpus_size(fortunes_dir()))
+      if (auto fits = check_token_splits(static_cast<int64_t>(*size), window); !fits) {
+        // A sample is the input and the token after it; the test split takes one in ten.
+        const auto longest = (static_cast<int64_t>(*size) - 1) / 10 + 1;
+        return error(errc::invalid_argument, "data.set: fortunes: " + fits.error().message() +
+                                                 " (an input of " + std::to_string(window - 1) +
+                                                 " and the token after it): an input of " +
+                                                 std::to_string(std::max<int64_t>(longest - 1, 0)) +
+                                                 " tokens at most fits this core's corpus");
+      }
     return std::function<expected<dataset_splits>()>([window]() -> expected<dataset_splits> {
       auto bytes = read_text_corpus(fortunes_dir());
       if (!bytes) return bytes.error();

@@ -12,7 +12,10 @@ std::filesystem::path fortunes_dir() {
   return default_fortunes_dir;
 }
 
-expected<std::vector<uint8_t>> read_text_corpus(const std::filesystem::path& dir) {
+namespace {
+
+// The corpus's files, in name order (read_text_corpus).
+expected<std::vector<std::filesystem::path>> corpus_files(const std::filesystem::path& dir) {
   std::error_code ec;
   if (!std::filesystem::is_directory(dir, ec))
     return error(errc::io_error, dir.string() +
@@ -31,8 +34,40 @@ expected<std::vector<uint8_t>> read_text_corpus(const std::filesystem::path& dir
   }
   if (ec) return error(errc::io_error, dir.string() + ": cannot list: " + ec.message());
   std::sort(files.begin(), files.end());
+  return files;
+}
+
+}  // namespace
+
+expected<uint64_t> text_corpus_size(const std::filesystem::path& dir) {
+  auto files = corpus_files(dir);
+  if (!files) return files.error();
+  uint64_t size = 0;
+  for (const auto& f : *files) {
+    std::error_code ec;
+    const auto bytes = std::filesystem::file_size(f, ec);
+    if (ec) return error(errc::io_error, f.string() + ": " + ec.message());
+    size += bytes;
+  }
+  return size;
+}
+
+expected<void> check_token_splits(int64_t bytes, int64_t window, int64_t test_every) {
+  if (window < 2) return error(errc::invalid_argument, "a token sample needs at least 2 tokens");
+  const int64_t samples = bytes < window ? 0 : (bytes - 1) / (window - 1);
+  const int64_t test = test_every > 0 ? samples / test_every : 0;
+  if (samples - test < 1 || (test_every > 0 && test < 1))
+    return error(errc::invalid_argument, "the text has " + std::to_string(bytes) +
+                                             " bytes: too few for samples of " +
+                                             std::to_string(window) + " tokens");
+  return {};
+}
+
+expected<std::vector<uint8_t>> read_text_corpus(const std::filesystem::path& dir) {
+  auto files = corpus_files(dir);
+  if (!files) return files.error();
   std::vector<uint8_t> bytes;
-  for (const auto& f : files) {
+  for (const auto& f : *files) {
     std::ifstream in(f, std::ios::binary);
     if (!in) return error(errc::io_error, f.string() + ": cannot open");
     bytes.insert(bytes.end(), std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
@@ -43,14 +78,10 @@ expected<std::vector<uint8_t>> read_text_corpus(const std::filesystem::path& dir
 
 expected<dataset_splits> make_token_splits(const std::vector<uint8_t>& bytes, int64_t window,
                                            int64_t test_every) {
-  if (window < 2) return error(errc::invalid_argument, "a token sample needs at least 2 tokens");
   const auto size = static_cast<int64_t>(bytes.size());
-  const int64_t samples = size < window ? 0 : (size - 1) / (window - 1);
+  if (auto ok = check_token_splits(size, window, test_every); !ok) return ok.error();
+  const int64_t samples = (size - 1) / (window - 1);
   const int64_t test = test_every > 0 ? samples / test_every : 0;
-  if (samples - test < 1 || (test_every > 0 && test < 1))
-    return error(errc::invalid_argument, "the text has " + std::to_string(size) +
-                                             " bytes: too few for samples of " +
-                                             std::to_string(window) + " tokens");
   dataset_splits out;
   for (dataset* d : {&out.train, &out.test}) {
     const int64_t n = d == &out.test ? test : samples - test;

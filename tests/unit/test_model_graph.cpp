@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <fstream>
 #include <functional>
 #include <string>
 #include <vector>
@@ -21,6 +22,7 @@
 #include "host_replicas.hpp"
 #include "recording_backend.hpp"
 #include "skip_case.hpp"
+#include "temp_dir.hpp"
 
 using namespace gflex;
 using namespace gflex::kernels;
@@ -1043,6 +1045,36 @@ layers = [ { type = "linear", units = 32 }, { type = "relu" },
     auto fortunes_for_images = find_workload("m", spec->model, "fortunes");
     REQUIRE_FALSE(fortunes_for_images.has_value());
     CHECK(fortunes_for_images.error().message().find("vocab = 256") != std::string::npos);
+    // A context too long for the corpus: refused here, where a job is accepted (it was
+    // accepted, its budget held, and it failed as it started).
+    {
+      test::temp_dir corpus;
+      std::ofstream(corpus / "text") << std::string(1000, 'x');
+      const char* before = std::getenv("GFLEX_FORTUNES_DIR");
+      const std::string kept = before != nullptr ? before : "";
+      ::setenv("GFLEX_FORTUNES_DIR", corpus.path().c_str(), 1);
+      auto token_model = [](int context) {
+        return "[model]\ninput = [" + std::to_string(context) +
+               "]\nvocab = 256\nlayers = [ { type = \"embedding\", dim = 4 }, "
+               "{ type = \"linear\", units = 256 }, { type = \"next_token_xent\" } ]\n";
+      };
+      auto too_long = find_workload("m", token_model(200), "fortunes");
+      auto fits = find_workload("m", token_model(99), "fortunes");
+      auto one_past = find_workload("m", token_model(100), "fortunes");
+      if (before != nullptr)
+        ::setenv("GFLEX_FORTUNES_DIR", kept.c_str(), 1);
+      else
+        ::unsetenv("GFLEX_FORTUNES_DIR");
+      REQUIRE_FALSE(too_long.has_value());
+      CHECK_MESSAGE(
+          too_long.error().message().find("fortunes: the text has 1000 bytes: too few "
+                                          "for samples of 201 tokens") != std::string::npos,
+          too_long.error().message());
+      CHECK(too_long.error().message().find("an input of 99 tokens at most fits") !=
+            std::string::npos);
+      CHECK_MESSAGE(fits.has_value(), (fits ? "" : fits.error().message()));
+      CHECK_FALSE(one_past.has_value());
+    }
     // Seven classes on ten: refused where a job is accepted, not by every worker after it.
     std::string seven = spec->model;
     const size_t units = seven.find("units = 10");

@@ -23,6 +23,13 @@ std::filesystem::path fortunes_dir();
 /// texts; not their .dat indexes or .u8 links), in name order, concatenated.
 expected<std::vector<uint8_t>> read_text_corpus(const std::filesystem::path& dir);
 
+/// The corpus's size in bytes (what read_text_corpus would read), from the files' sizes.
+expected<uint64_t> text_corpus_size(const std::filesystem::path& dir);
+
+/// Whether a text of `bytes` bytes cuts into samples of `window` tokens for both splits
+/// (make_token_splits): errc::invalid_argument, saying why, if not.
+expected<void> check_token_splits(int64_t bytes, int64_t window, int64_t test_every = 10);
+
 /// Cuts `bytes` into samples of `window` tokens (features f32 [n, window] holding byte values,
 /// labels i32 [n] the last token of each sample, 256 classes). Consecutive samples overlap
 /// by one token, so that every byte but the first is a next-token target once. Every
