@@ -588,6 +588,9 @@ expected<model_plan> plan_model(const model_spec& spec, const model_limits& limi
         // did 4,096 times its output's work where no bound on one sample's pass saw it.
         p.flops = static_cast<double>(out[0] * out[1] * out[2]) * static_cast<double>(l.size) *
                   static_cast<double>(l.size);
+        // Kept: a max pool's winners, an index (4 bytes, as a value) per output
+        // (graph_model): uncounted, a pass held up to twice what its bound said.
+        if (l.kind == layer_kind::max_pool) kept += static_cast<double>(out[0] * out[1] * out[2]);
         break;
       case layer_kind::flatten:
         out = {numel};
@@ -609,6 +612,9 @@ expected<model_plan> plan_model(const model_spec& spec, const model_limits& limi
       case layer_kind::rms_norm:
         add_param("gamma", {last});
         if (l.kind == layer_kind::layer_norm) add_param("beta", {last});
+        // Kept: two statistics a row (graph_model); a norm over rows one value wide held
+        // three times its output, uncounted.
+        kept += 2.0 * static_cast<double>(numel / last);
         break;
       case layer_kind::embedding:
         out = {in[0], l.dim};

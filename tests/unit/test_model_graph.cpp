@@ -1152,6 +1152,43 @@ layers = [ { type = "layer_norm" }, { type = "layer_norm" }, { type = "layer_nor
     CHECK_MESSAGE(training >= evaluating + activations, training << " bytes to train");
   }
 
+  TEST_CASE("what an evaluation holds is within its plan's working values") {
+    // A max pool's winners and a norm's row statistics were not counted: a pass held up to
+    // twice (pools) or three times (norms over narrow rows) the values its bound allowed,
+    // and the core's evaluation batch, sized by it, as much more.
+    const std::string pools = R"([model]
+input = [256, 256, 1]
+layers = [ { type = "max_pool", size = 1 }, { type = "max_pool", size = 1 },
+           { type = "max_pool", size = 1 }, { type = "max_pool", size = 1 },
+           { type = "flatten" }, { type = "linear", units = 2 }, { type = "softmax_xent" } ])";
+    const std::string norms = R"([model]
+input = [65536, 1]
+layers = [ { type = "layer_norm" }, { type = "rms_norm" }, { type = "layer_norm" },
+           { type = "rms_norm" }, { type = "flatten" }, { type = "linear", units = 2 },
+           { type = "softmax_xent" } ])";
+    for (const auto& text : {pools, norms}) {
+      CAPTURE(text);
+      auto spec = parse_model_spec(text, "model");
+      REQUIRE(spec.has_value());
+      auto plan = plan_model(*spec);
+      REQUIRE(plan.has_value());
+      auto w = graph(text);
+      auto be = make_cpu_backend(1);
+      const int64_t batch = 4;
+      const auto r = random_batch(*w, batch, 0, 3);
+      const uint64_t parameter_bytes = static_cast<uint64_t>(w->parameter_count()) * sizeof(float);
+      const uint64_t base = host_memory_in_use();
+      auto m = w->instantiate(*be, batch);
+      REQUIRE(m.has_value());
+      (*m)->evaluate_batch(r.x.data(), r.y.data(), batch);
+      const uint64_t evaluating = host_memory_in_use() - base;
+      const auto planned = static_cast<uint64_t>(plan->working_values) * batch * sizeof(float);
+      CHECK_MESSAGE(evaluating <= planned + parameter_bytes + (uint64_t{1} << 20),
+                    evaluating << " bytes held to evaluate; the plan says " << planned
+                               << " and the parameters " << parameter_bytes);
+    }
+  }
+
   TEST_CASE("a model that only evaluates holds no parameter gradients on the host") {
     // The parameters' gradient buffer was made with the model: every job's evaluation on the
     // core held its model's parameters twice, a GiB more for the largest models.

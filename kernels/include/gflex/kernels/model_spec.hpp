@@ -112,7 +112,8 @@ struct model_limits {
   int64_t max_activations = int64_t{1} << 28;
   /// Values one sample's pass holds at once (2 GiB of fp32): its layer outputs, what each
   /// attention keeps for its backward pass (projections, context and [heads, t, t]
-  /// probabilities, on the CPU) and the largest scratch (a convolution's patch matrix, the
+  /// probabilities, on the CPU), a max pool's winners, a norm's row statistics and the
+  /// largest scratch (a convolution's patch matrix, the
   /// probabilities' gradients). The core evaluates every job's model on its own CPU, a batch
   /// of one sample at the least: a pass past this would not fit there. A GPT-2-small-sized
   /// model at a context of 1,024 holds about 390 million.
