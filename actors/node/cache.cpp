@@ -59,8 +59,14 @@ struct cache_state {
   /// go first. The volunteer's disk is theirs: chunks of every data set a node had served
   /// stayed for good.
   uint64_t limit = 0;
-  std::map<std::string, chunk_file> files;  // by digest
-  uint64_t on_disk = 0;                     // bytes of `files`
+  /// What the chunk files leave free of their file system: the least recently used go, and a
+  /// chunk that cannot have room is served from memory, not written. Within --cache-limit
+  /// (10 GB by default) a node filled a volunteer's small disk: their own programs then
+  /// failed for want of space, and so did every chunk write after.
+  uint64_t keep_free = 0;
+  std::chrono::steady_clock::time_point said_full{};  // when a chunk was last left unwritten
+  std::map<std::string, chunk_file> files;            // by digest
+  uint64_t on_disk = 0;                               // bytes of `files`
   uint64_t uses = 0;
   caf::actor server;
   /// Who named the server (the uplink), told as chunks arrive from it; when it last was.
@@ -124,6 +130,24 @@ void evict_past_limit(cache_state& st, const std::string& keep) {
     if (oldest == st.files.end()) return;
     spdlog::debug("cache: {} removed, the least recently used chunk (the cache is past {} bytes)",
                   oldest->first.substr(0, 12), st.limit);
+    remove_chunk_file(st, std::string(oldest->first));
+  }
+}
+
+// Whether `bytes` more fit the chunk directory's file system with `keep_free` left: the least
+// recently used chunk files go while they do not. True when the free space is not known.
+bool make_room(cache_state& st, uint64_t bytes) {
+  if (st.keep_free == 0) return true;
+  for (;;) {
+    std::error_code ec;
+    const auto space = std::filesystem::space(st.dir, ec);
+    if (ec || space.available >= bytes + st.keep_free) return true;
+    auto oldest = st.files.end();
+    for (auto it = st.files.begin(); it != st.files.end(); ++it)
+      if (oldest == st.files.end() || it->second.used < oldest->second.used) oldest = it;
+    if (oldest == st.files.end()) return false;
+    spdlog::debug("cache: {} removed, the least recently used chunk (the disk has {} bytes free)",
+                  oldest->first.substr(0, 12), space.available);
     remove_chunk_file(st, std::string(oldest->first));
   }
 }
@@ -214,10 +238,21 @@ void request_chunk(cache_actor_type* self, const std::string& digest, chunk_hand
               return;
             }
             // Checked against its digest when read again: not synced.
-            if (auto ok = write_file_atomically(file, bytes, file_sync::no); !ok)
+            auto& st = self->state;
+            if (!make_room(st, bytes.size())) {
+              const auto now = std::chrono::steady_clock::now();
+              if (now - st.said_full >= std::chrono::minutes(1)) {
+                st.said_full = now;
+                spdlog::warn(
+                    "cache: the disk of {} has under {} bytes free beside the chunk files: "
+                    "chunks are served from memory, not kept (fetched again when used again)",
+                    st.dir.string(), st.keep_free);
+              }
+            } else if (auto ok = write_file_atomically(file, bytes, file_sync::no); !ok) {
               spdlog::warn("cache: {}", ok.error().message());
-            else
-              note_chunk_file(self->state, digest, bytes.size());
+            } else {
+              note_chunk_file(st, digest, bytes.size());
+            }
             if (handler) handler(std::move(bytes));
           },
           [=](caf::error& e) {
@@ -346,8 +381,9 @@ void scan_chunk_files(cache_state& st) {
 }
 
 caf::behavior cache_actor(cache_actor_type* self, std::filesystem::path dir, uint64_t limit,
-                          std::chrono::milliseconds silence) {
+                          std::chrono::milliseconds silence, uint64_t keep_free) {
   self->state.silence = silence;
+  self->state.keep_free = keep_free;
   std::error_code ec;
   // Users' data on a volunteer's disk: the owner's alone, as each chunk file is.
   if (std::filesystem::create_directories(dir, ec))
@@ -440,8 +476,9 @@ caf::behavior cache_actor(cache_actor_type* self, std::filesystem::path dir, uin
 }  // namespace
 
 caf::actor spawn_cache(caf::actor_system& sys, const std::filesystem::path& dir,
-                       uint64_t limit_bytes, std::chrono::milliseconds silence) {
-  return sys.spawn<caf::detached>(cache_actor, dir, limit_bytes, silence);
+                       uint64_t limit_bytes, std::chrono::milliseconds silence,
+                       uint64_t keep_free_bytes) {
+  return sys.spawn<caf::detached>(cache_actor, dir, limit_bytes, silence, keep_free_bytes);
 }
 
 }  // namespace gflex

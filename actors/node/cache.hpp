@@ -51,12 +51,15 @@ inline constexpr size_t prefetched_shards = 8;
 inline constexpr size_t prefetched_bytes = size_t{256} << 20;
 
 /// The chunk files take at most `limit_bytes` of `dir` (0: no bound): past it, the least
-/// recently used go (the one just fetched stays, even alone past the bound). Chunk requests
-/// out to the source fail once none of them has been answered for `silence` (2 minutes; tests
-/// pass less).
+/// recently used go (the one just fetched stays, even alone past the bound). They leave
+/// `keep_free_bytes` of its file system free (0: no bound): the least recently used go, and
+/// a chunk that has no room even then is served from memory, not kept. Chunk requests out to
+/// the source fail once none of them has been answered for `silence` (2 minutes; tests pass
+/// less).
 caf::actor spawn_cache(caf::actor_system& sys, const std::filesystem::path& dir,
                        uint64_t limit_bytes = 0,
-                       std::chrono::milliseconds silence = std::chrono::minutes(2));
+                       std::chrono::milliseconds silence = std::chrono::minutes(2),
+                       uint64_t keep_free_bytes = 0);
 
 }  // namespace gflex
 

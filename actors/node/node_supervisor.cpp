@@ -25,6 +25,10 @@ namespace gflex {
 
 namespace {
 
+// What the chunk cache leaves free of its disk whatever --cache-limit says: the volunteer's
+// own programs need room, and a full disk failed them (spawn_cache).
+constexpr uint64_t cache_keep_free = uint64_t{1} << 30;
+
 struct node_children {
   caf::actor cache, uplink;
   std::vector<caf::actor> workers;
@@ -78,7 +82,8 @@ caf::actor restart_child(node_actor_type* self, const caf::actor_addr& who) {
     return c.uplink;
   }
   if (who == c.cache.address()) {
-    c.cache = spawn_cache(sys, c.cache_dir, c.cache_limit);
+    c.cache =
+        spawn_cache(sys, c.cache_dir, c.cache_limit, std::chrono::minutes(2), cache_keep_free);
     // The uplink first: it names the session to the new cache (serve_atom), and a worker told
     // first could ask the new cache for its shard before that, which then failed for want of
     // a data server. Two senders are not ordered, so this narrows the window; what still
@@ -219,7 +224,8 @@ expected<caf::actor> spawn_node(caf::actor_system& sys, const node_config& confi
   auto key = std::make_shared<const node_identity>(std::move(*identity));
   spdlog::info("node key {}", key_hex(key->public_key()));
   node_children c;
-  c.cache = spawn_cache(sys, config.data_dir / "chunks", *cache_limit);
+  c.cache = spawn_cache(sys, config.data_dir / "chunks", *cache_limit, std::chrono::minutes(2),
+                        cache_keep_free);
   c.cache_limit = *cache_limit;
   c.config.ranks = plan->ranks;
   c.config.threads = config.threads_per_worker;

@@ -54,7 +54,7 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--cache-limit", config.cache_limit,
                  "disk the data chunk cache may take under --data-dir, e.g. 20G (0: no limit); "
-                 "the least recently used chunks go first")
+                 "the least recently used chunks go first, and 1 GiB of the disk is left free")
       ->capture_default_str();
   app.add_option("--threads", config.threads_per_worker, "CPU threads per worker")
       ->check(CLI::Range(1, 256))

@@ -430,6 +430,44 @@ TEST_SUITE("node cache") {
     CHECK(on_disk().first.size() == 1);
   }
 
+  TEST_CASE_FIXTURE(cache_fixture,
+                    "the chunk files leave the disk's reserve free: the oldest go and then none "
+                    "is kept") {
+    // Within --cache-limit (10 GB by default) a node filled a volunteer's small disk: their
+    // own programs failed for want of space, and so did every chunk write after.
+    std::vector<std::string> digests;
+    for (int i = 0; i < 3; ++i) digests.push_back(add(std::vector<uint8_t>(1000, uint8_t(i))));
+    auto fetch = [&](const std::string& digest) {
+      bool ok = false;
+      self->request(cache, timeout, chunk_atom::value, digest)
+          .receive([&](std::vector<uint8_t>& b) { ok = digest_hex(b) == digest; },
+                   [&](caf::error& e) { FAIL(sys.render(e)); });
+      return ok;
+    };
+    auto holds = [&](const std::string& digest) {
+      return std::filesystem::exists(dir.path() / digest);
+    };
+    REQUIRE(fetch(digests[0]));
+    REQUIRE(fetch(digests[1]));
+    CHECK(holds(digests[0]));
+    CHECK(holds(digests[1]));
+    // Started again asked to leave more than the disk has free: no chunk fits.
+    self->send_exit(cache, caf::exit_reason::user_shutdown);
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    const auto free_now = std::filesystem::space(dir.path()).available;
+    cache =
+        spawn_cache(sys, dir.path(), 0, std::chrono::minutes(2), free_now + (uint64_t{1} << 40));
+    self->send(cache, serve_atom::value, spawn_server(sys, server));
+    const int asked = server->asked;
+    REQUIRE(fetch(digests[2]));  // served all the same, from memory
+    CHECK(server->asked == asked + 1);
+    CHECK_FALSE(holds(digests[0]));  // the files there went first
+    CHECK_FALSE(holds(digests[1]));
+    CHECK_FALSE(holds(digests[2]));  // and it was not written
+    REQUIRE(fetch(digests[2]));      // so it is fetched again
+    CHECK(server->asked == asked + 2);
+  }
+
   TEST_CASE("asks the last session never took are not sent to the next one") {
     // Asks waiting for a request slot went to the new session, which had granted none of
     // their chunks: each counted as a hostile message of an honest node, 120 a reconnect on a
