@@ -24,9 +24,19 @@ constexpr int max_attempts = 3;
 /// The works whose timed-out tries are remembered past their check (remember_timeouts).
 constexpr size_t max_remembered_works = 4096;
 
+// Who asked for a check: the job, and the job again for each time it asked anew while the
+// check was queued or running (its request timed out first). Each is answered.
+struct askers {
+  std::vector<caf::response_promise> promises;
+  template <class... Ts>
+  void deliver(const Ts&... xs) {
+    for (auto& p : promises) p.deliver(xs...);
+  }
+};
+
 struct pending_check {
   verify_request request;
-  caf::response_promise promise;
+  askers promise;
   int attempts = 0;
   /// Attempts that ran past their wait: each next one waits twice as long (run).
   int timeouts = 0;
@@ -277,6 +287,26 @@ caf::behavior verifier(verifier_actor* self, caf::actor market, verifier_limits 
       [=](verify_atom, verify_request& request) -> caf::response_promise {
         auto promise = self->make_response_promise();
         auto& st = self->state;
+        // The same check asked again (a job's request that timed out before a slow core tier
+        // answered, asked anew under --unverified wait) waits for the one queued or running:
+        // each ask started a copy beside the first, on another core-tier worker, whose
+        // answer went nowhere, and the job waited for the copy.
+        auto same = [&](const pending_check& c) {
+          return c.request.work.job_id == request.work.job_id &&
+                 c.request.work.round == request.work.round &&
+                 c.request.work.shard == request.work.shard &&
+                 c.request.work.id == request.work.id && c.request.claimed == request.claimed;
+        };
+        for (auto& c : st.queue)
+          if (same(c)) {
+            c.promise.promises.push_back(promise);
+            return promise;
+          }
+        for (auto& [id, r] : st.running)
+          if (same(r.check)) {
+            r.check.promise.promises.push_back(promise);
+            return promise;
+          }
         uint64_t held = 0;
         for (const auto& c : st.queue) held += c.request.claimed.size() * sizeof(float);
         for (const auto& [id, r] : st.running)
@@ -300,7 +330,7 @@ caf::behavior verifier(verifier_actor* self, caf::actor market, verifier_limits 
         const auto known = st.timeouts_of.find(work_key(request.work));
         const int timeouts = known == st.timeouts_of.end() ? 0 : known->second;
         self->state.queue.push_back(
-            {std::move(request), promise, 0, timeouts, std::chrono::steady_clock::now()});
+            {std::move(request), askers{{promise}}, 0, timeouts, std::chrono::steady_clock::now()});
         pump(self);
         return promise;
       },

@@ -399,6 +399,46 @@ TEST_SUITE("verifier") {
       s.self->send_exit(a, caf::exit_reason::user_shutdown);
   }
 
+  TEST_CASE("a check asked again while it runs is answered by the one running") {
+    // A job's request that timed out before a slow core tier answered, asked anew (under
+    // --unverified wait), started a second re-computation beside the first: its answer went
+    // nowhere, and the job waited for the copy. The worker takes 1.5 s; the first ask gives
+    // up after 0.5 s.
+    test::configured_system s;
+    auto waits = std::make_shared<given_waits>();
+    auto slow = spawn_slow_worker(s.sys, 4, std::chrono::milliseconds(1500), waits);
+    auto market = spawn_turn_market(s.sys, {slow});
+    verifier_limits limits;
+    limits.min_recompute_wait = std::chrono::seconds(20);
+    auto verifier = spawn_verifier(s.sys, market, limits);
+    const auto req = request_of({0.0f, 0.0f, 0.0f, 0.0f});
+    bool first_timed_out = false;
+    s.self->request(verifier, std::chrono::milliseconds(500), verify_atom::value, req)
+        .receive([&](double, double, double) {},
+                 [&](caf::error& e) { first_timed_out = e == caf::sec::request_timeout; });
+    const auto asked_again = std::chrono::steady_clock::now();
+    verdict again;
+    double distance = -1.0;
+    s.self->request(verifier, std::chrono::seconds(10), verify_atom::value, req)
+        .receive(
+            [&](double d, double, double) {
+              again.answered = true;
+              distance = d;
+            },
+            [&](caf::error& e) { again.err = from_caf(e, &s.sys); });
+    const double took =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - asked_again).count();
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));  // a copy would be out now
+    const auto given = waits->all().size();
+    for (const auto& a : {verifier, market, slow})
+      s.self->send_exit(a, caf::exit_reason::user_shutdown);
+    CHECK(first_timed_out);
+    REQUIRE_MESSAGE(again.answered, again.err.message());
+    CHECK(distance == 0.0);
+    CHECK_MESSAGE(took < 1.4, "the second ask took " << took << " s");
+    CHECK(given == 1);
+  }
+
   TEST_CASE("claimed updates the verifier holds are bounded in bytes, not only in count") {
     // 4,096 waiting re-computations of a 25M-parameter model's fp32 updates are 400 GB: with
     // 200 new nodes on a job, the core ran out of memory.
@@ -416,8 +456,10 @@ TEST_SUITE("verifier") {
     auto verifier = spawn_verifier(s.sys, market, limits);
     const auto request = request_of(std::vector<float>(80, 0.5f));
     s.self->send(verifier, verify_atom::value, request);  // held: 320 bytes
+    auto other = request;  // another shard's check (the same one would wait for the first)
+    other.work.shard = std::string(64, 'b');
     verdict v;
-    s.self->request(verifier, std::chrono::seconds(10), verify_atom::value, request)
+    s.self->request(verifier, std::chrono::seconds(10), verify_atom::value, other)
         .receive([&](double, double, double) { v.answered = true; },
                  [&](caf::error& e) { v.err = from_caf(e, &s.sys); });
     CHECK_FALSE(v.answered);
