@@ -48,6 +48,12 @@ uint64_t job_core_memory_bytes(int64_t parameters, const job_spec& spec) {
   return 3 * 4 * n + 2 * static_cast<uint64_t>(std::max<int64_t>(spec.workers, 0)) * update;
 }
 
+uint64_t job_core_memory_bytes(const kernels::workload& w, const job_spec& spec) {
+  const int64_t parameters = w.parameter_count();
+  return job_core_memory_bytes(parameters, spec) +
+         4 * static_cast<uint64_t>(std::max<int64_t>(parameters, 0)) + w.evaluation_bytes();
+}
+
 namespace {
 
 struct job_entry {
@@ -355,7 +361,7 @@ uint64_t core_memory_of(job_entry& entry) {
     const bool builtin_data = kernels::is_builtin_data_set(entry.spec.data_set);
     auto w = kernels::find_workload(entry.spec.workload, entry.spec.model,
                                     builtin_data ? entry.spec.data_set : std::string());
-    entry.core_memory = w ? job_core_memory_bytes((*w)->parameter_count(), entry.spec) : 0;
+    entry.core_memory = w ? job_core_memory_bytes(**w, entry.spec) : 0;
   }
   return *entry.core_memory;
 }
@@ -393,9 +399,10 @@ std::optional<error> over_memory_budget(job_supervisor_state& st, const std::str
                                       " left of a budget of " + bytes_text(budget.core);
   return error(errc::limit_exceeded,
                "job spec: its model's " + std::to_string(parameters) + " parameters need " +
-                   bytes_text(need) + " of the core's memory (3 copies of the parameters, and " +
+                   bytes_text(need) + " of the core's memory (3 copies of the parameters, " +
                    "the updates of 2 rounds of " + std::to_string(spec.workers) + " workers at " +
-                   (spec.compression == compression::fp32 ? "fp32" : "int8") + "), but " + whose +
+                   (spec.compression == compression::fp32 ? "fp32" : "int8") +
+                   ", and an evaluation's copy of the parameters and batch), but " + whose +
                    ": use a smaller model or fewer workers, or wait for a job to end");
 }
 
@@ -1230,7 +1237,7 @@ caf::result<std::string> take_submit(supervisor_actor* self, const std::string& 
   // large models filled the core's memory, and the core restarted after the kill
   // resumed them all and was killed again.
   const int64_t parameters = (*w)->parameter_count();
-  const uint64_t need = job_core_memory_bytes(parameters, *spec);
+  const uint64_t need = job_core_memory_bytes(**w, *spec);
   if (auto over = over_memory_budget(self->state, owner, *spec, parameters, need))
     return to_caf(*over);
   if (!spec->model.empty() && !builtin_data) {

@@ -31,6 +31,9 @@
 
 namespace gflex {
 
+namespace kernels {
+class workload;
+}
 class data_catalog;
 
 struct job_links;
@@ -56,6 +59,12 @@ job_memory_budget default_job_memory_budget();
 /// and a round waiting for its verification keeps its own): 1 byte per parameter and a
 /// 4-byte scale per block at int8, 4 bytes at fp32.
 uint64_t job_core_memory_bytes(int64_t parameters, const job_spec& spec);
+
+/// job_core_memory_bytes of a job of `w`, and what its evaluations on the core hold: a copy
+/// of the parameters and a batch's working values (kernels::workload::evaluation_bytes). Each
+/// job evaluates on its own thread, all of them at once: uncounted, an account's jobs of
+/// small models with long contexts each held a GiB or two there, past the budget.
+uint64_t job_core_memory_bytes(const kernels::workload& w, const job_spec& spec);
 
 /// `links` names the core's store, market, reputation tracker and verifier (its supervisor
 /// field is set to the new actor) and the data catalog, handed to every job; `budget` bounds

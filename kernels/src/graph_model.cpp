@@ -881,6 +881,10 @@ class graph_workload final : public workload {
   double forward_flops() const override { return plan_.forward_flops; }
 
   int64_t eval_batch() const override { return eval_batch_; }
+  uint64_t evaluation_bytes() const override {
+    return static_cast<uint64_t>(eval_batch_) * static_cast<uint64_t>(plan_.working_values) *
+           sizeof(float);
+  }
   int64_t classes() const override { return plan_.classes; }
   std::string model_text() const override { return text_; }
 

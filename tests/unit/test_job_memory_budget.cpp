@@ -46,7 +46,7 @@ uint64_t memory_of(const std::string& text, const std::string& what) {
   const bool builtin = kernels::is_builtin_data_set(spec->data_set);
   auto w = kernels::find_workload(spec->workload, spec->model, builtin ? spec->data_set : "");
   REQUIRE_MESSAGE(w.has_value(), what);
-  return job_core_memory_bytes((*w)->parameter_count(), *spec);
+  return job_core_memory_bytes(**w, *spec);
 }
 
 // k_spec's model: a linear layer of 4 x 3 weights and 3 biases, one int8 worker.
@@ -188,6 +188,34 @@ TEST_SUITE("job memory budget") {
     CHECK(f.submit(f.bob) == "job-3");
     f.cancel(f.alice, "job-1");
     CHECK(f.submit(f.alice) == "job-4");
+  }
+
+  TEST_CASE("a job's evaluation on the core counts against the budget") {
+    // Each job evaluates on the core, on a thread of its own, all of them at once: a copy of
+    // the parameters and a batch's working values (here 2 million values a sample, a batch of
+    // 31: 248 MiB). Uncounted, the budget took 117 MB for each such job, and five of them fit
+    // where each held 420 MB as it evaluated.
+    std::string wide = test::free_spec;
+    const std::string linear = R"({ type = "linear", units = 3 })";
+    REQUIRE(wide.find(linear) != std::string::npos);
+    wide.replace(wide.find(linear), linear.size(),
+                 R"({ type = "linear", units = 1048576 }, { type = "relu" }, )" + linear);
+    auto spec = parse_job_spec(wide, "wide");
+    REQUIRE(spec.has_value());
+    auto w = kernels::find_workload(spec->workload, spec->model, "");
+    REQUIRE(w.has_value());
+    const auto parameters = (*w)->parameter_count();
+    CHECK((*w)->evaluation_bytes() >= uint64_t{240} << 20);
+    const uint64_t one = memory_of(wide, "wide");
+    CHECK(one == job_core_memory_bytes(parameters, *spec) + 4 * static_cast<uint64_t>(parameters) +
+                     (*w)->evaluation_bytes());
+    budget_fixture f({uint64_t{600} << 20, uint64_t{1} << 40});
+    CHECK(f.submit(f.alice, wide) == "job-1");
+    const auto refused = f.submit(f.alice, wide);
+    CHECK_MESSAGE(refused.find("limit_exceeded") != std::string::npos, refused);
+    CHECK_MESSAGE(
+        refused.find("an evaluation's copy of the parameters and batch") != std::string::npos,
+        refused);
   }
 
   TEST_CASE("every account's jobs together are refused past the core's budget") {

@@ -168,6 +168,10 @@ class workload {
   virtual bool token_input() const { return false; }
   /// The most samples an evaluation pass should take at once (activation memory).
   virtual int64_t eval_batch() const { return 1000; }
+  /// Host memory an evaluation pass of eval_batch() samples holds beyond the parameters (the
+  /// values the plan's working_values counts, 4 bytes each); 0 where not planned (the
+  /// built-in models, whose passes are small).
+  virtual uint64_t evaluation_bytes() const { return 0; }
   /// Floating-point operations of one sample's forward pass (model_plan::forward_flops).
   virtual double forward_flops() const = 0;
   /// Loads the workload's data set (training and test splits).
