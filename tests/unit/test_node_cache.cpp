@@ -147,6 +147,19 @@ struct cache_fixture : test::configured_system {
     return out;
   }
 
+  // Whether the cache answered the chunk `digest` with its bytes.
+  bool fetch(const std::string& digest) {
+    bool ok = false;
+    self->request(cache, timeout, chunk_atom::value, digest)
+        .receive([&](std::vector<uint8_t>& b) { ok = digest_hex(b) == digest; },
+                 [&](caf::error& e) { FAIL(sys.render(e)); });
+    return ok;
+  }
+  // Whether the chunk `digest` has its file on disk.
+  bool holds(const std::string& digest) const {
+    return std::filesystem::exists(dir.path() / digest);
+  }
+
   void wait_until_asked(int times) {
     for (int i = 0; i < 500 && server->asked < times; ++i)
       std::this_thread::sleep_for(std::chrono::milliseconds(10));
@@ -384,13 +397,6 @@ TEST_SUITE("node cache") {
     self->send_exit(cache, caf::exit_reason::user_shutdown);
     cache = spawn_cache(sys, dir.path(), 3500);  // three chunks fit
     self->send(cache, serve_atom::value, spawn_server(sys, server));
-    auto fetch = [&](const std::string& digest) {
-      bool ok = false;
-      self->request(cache, timeout, chunk_atom::value, digest)
-          .receive([&](std::vector<uint8_t>& b) { ok = digest_hex(b) == digest; },
-                   [&](caf::error& e) { FAIL(sys.render(e)); });
-      return ok;
-    };
     auto on_disk = [&] {
       std::vector<std::string> names;
       uint64_t bytes = 0;
@@ -399,9 +405,6 @@ TEST_SUITE("node cache") {
         bytes += e.file_size();
       }
       return std::make_pair(names, bytes);
-    };
-    auto holds = [&](const std::string& digest) {
-      return std::filesystem::exists(dir.path() / digest);
     };
     for (int i = 0; i < 3; ++i) REQUIRE(fetch(digests[i]));
     CHECK(on_disk().second == 3000);
@@ -437,16 +440,6 @@ TEST_SUITE("node cache") {
     // own programs failed for want of space, and so did every chunk write after.
     std::vector<std::string> digests;
     for (int i = 0; i < 3; ++i) digests.push_back(add(std::vector<uint8_t>(1000, uint8_t(i))));
-    auto fetch = [&](const std::string& digest) {
-      bool ok = false;
-      self->request(cache, timeout, chunk_atom::value, digest)
-          .receive([&](std::vector<uint8_t>& b) { ok = digest_hex(b) == digest; },
-                   [&](caf::error& e) { FAIL(sys.render(e)); });
-      return ok;
-    };
-    auto holds = [&](const std::string& digest) {
-      return std::filesystem::exists(dir.path() / digest);
-    };
     REQUIRE(fetch(digests[0]));
     REQUIRE(fetch(digests[1]));
     CHECK(holds(digests[0]));
